@@ -1,0 +1,254 @@
+"""Type checking: the syntax tree becomes typed IR diagrams, or a located error says why not."""
+
+from __future__ import annotations
+
+from fusionc.analysis.paths import (channel_mismatch, coupling_paths, linear_paths, normalise_coupling,
+                                    why_not)
+from fusionc.errors import FusionError, Span
+from fusionc.frontend import ast
+from fusionc.ir.diagram import MODES, CouplingVertex, Diagram, Input, Value
+from fusionc.ir.irreps import Irreps
+
+GROUPS = ("O3", "SO3")
+CONVENTIONS = ("e3nn",)
+_LINEAR_MODES = ("uvw", "uuu", "none")
+
+
+def _not_yet(what: str, span: Span) -> FusionError:
+    return FusionError(f"{what} is not supported yet", span)
+
+
+class _DiagramChecker:
+    def __init__(self, d: ast.DiagramDef, group: str, convention: str, filename: str) -> None:
+        self.d, self.group, self.convention, self.filename = d, group, convention, filename
+        self.inputs: dict[str, Input] = {}
+        self.outputs: dict[str, ast.OutDecl] = {}
+        self.values: dict[str, Value] = {}
+        self.decl_span: dict[str, Span] = {}
+        self.used: set[str] = set()
+        self.weights_user: dict[str, Span] = {}
+
+    def irreps(self, text: ast.IrrepsText) -> Irreps:
+        return Irreps.parse(text.text, so3=self.group == "SO3", span=text.span)
+
+    def declare(self, name: ast.Name) -> None:
+        if name.text in self.decl_span:
+            first = self.decl_span[name.text]
+            raise FusionError(f"'{name.text}' is already declared at line {first.line}", name.span)
+        self.decl_span[name.text] = name.span
+
+    def check(self) -> Diagram:
+        for stmt in self.d.statements:
+            if isinstance(stmt, ast.InDecl):
+                self.declare(stmt.name)
+                self.inputs[stmt.name.text] = self.input(stmt)
+            elif isinstance(stmt, ast.OutDecl):
+                self.declare(stmt.name)
+                self.outputs[stmt.name.text] = stmt
+        order: list[Value] = []
+        for stmt in self.d.statements:
+            if isinstance(stmt, ast.LetStmt):
+                self.declare(stmt.name)
+                order.append(self.let(stmt))
+            elif isinstance(stmt, ast.AssignStmt):
+                order.append(self.assign(stmt))
+        for name, decl in self.outputs.items():
+            if name not in self.values:
+                raise FusionError(f"output '{name}' is never assigned", decl.name.span)
+        for name in list(self.inputs) + [v.name for v in order if not v.is_output]:
+            if name not in self.used:
+                kind = "input" if name in self.inputs else "let"
+                raise FusionError(f"{kind} '{name}' is never used", self.decl_span[name])
+        return Diagram(self.d.name.text, self.group, self.convention, tuple(self.inputs.values()),
+                       tuple(order), self.filename)
+
+    def input(self, stmt: ast.InDecl) -> Input:
+        t = stmt.type
+        if isinstance(t, ast.WeightsType):
+            return Input(stmt.name.text, "weights", span=stmt.span)
+        if isinstance(t, ast.IndexType):
+            if t.size < 1:
+                raise FusionError("an index input needs at least one value: index(K) with K ≥ 1", t.span)
+            return Input(stmt.name.text, "index", size=t.size, span=stmt.span)
+        return Input(stmt.name.text, "irreps", irreps=self.irreps(t), span=stmt.span)
+
+    def operand(self, name: ast.Name) -> Irreps:
+        """The irreps of a value read by a term; marks it used."""
+        text = name.text
+        if text in self.inputs:
+            i = self.inputs[text]
+            if i.kind != "irreps":
+                raise FusionError(f"'{text}' is a {i.kind} input: it can only follow "
+                                  f"'{'by' if i.kind == 'weights' else 'per'}'", name.span)
+            self.used.add(text)
+            return i.irreps
+        if text in self.outputs:
+            raise FusionError(f"output '{text}' cannot be read inside the diagram; compute it with a "
+                              f"'let' and read that", name.span)
+        if text in self.values:
+            self.used.add(text)
+            return self.values[text].irreps
+        if text in self.decl_span:
+            raise FusionError(f"'{text}' is used before it is defined", name.span)
+        raise FusionError(f"unknown name '{text}'", name.span)
+
+    def let(self, stmt: ast.LetStmt) -> Value:
+        irreps = self.let_irreps(stmt.expr)
+        value = Value(stmt.name.text, irreps, self.terms(stmt.name.text, irreps, stmt.expr), False, stmt.span)
+        self.values[value.name] = value
+        return value
+
+    def let_irreps(self, expr: ast.Expr) -> Irreps:
+        for term in expr.terms:
+            if isinstance(term, ast.FuseTerm) and term.target is not None:
+                return self.irreps(term.target)
+        first = expr.terms[0]
+        if isinstance(first, ast.NameTerm):
+            return self.operand(first.operand)
+        raise FusionError("a let needs '-> IRREPS' on its fuse term to say what it produces", first.span)
+
+    def assign(self, stmt: ast.AssignStmt) -> Value:
+        name = stmt.name.text
+        if name not in self.outputs:
+            if name in self.inputs:
+                raise FusionError(f"'{name}' is an input and cannot be assigned", stmt.name.span)
+            raise FusionError(f"'{name}' is not a declared output (declare 'out {name} : IRREPS', or "
+                              f"use 'let')", stmt.name.span)
+        if name in self.values:
+            first = self.values[name].span
+            raise FusionError(f"output '{name}' is assigned twice (first at line {first.line})", stmt.name.span)
+        irreps = self.irreps(self.outputs[name].irreps)
+        value = Value(name, irreps, self.terms(name, irreps, stmt.expr), True, stmt.span)
+        self.values[name] = value
+        return value
+
+    def terms(self, dest: str, irreps: Irreps, expr: ast.Expr) -> tuple[CouplingVertex, ...]:
+        vertices = tuple(self.term(f"{dest}.{k}", dest, irreps, t) for k, t in enumerate(expr.terms))
+        produced = {b for v in vertices for p in v.paths for b in [v.placement[p.out_block]]}
+        for block_index, block in enumerate(irreps):
+            if block_index not in produced:
+                raise FusionError(self.unproduced(dest, block_index, irreps, vertices), expr.span)
+        return vertices
+
+    def unproduced(self, dest: str, block_index: int, irreps: Irreps, vertices) -> str:
+        block = irreps[block_index]
+        head = f"no term produces block {block} of '{dest}'"
+        for v in vertices:
+            if block_index not in v.placement:
+                continue
+            if len(v.irreps_in) == 2:
+                reasons = [why_not(a.ir, b.ir, block.ir) for a in v.irreps_in[0] for b in v.irreps_in[1]]
+                parity = [r for r in reasons if "parity" in r]
+                return f"{head}: {(parity or reasons)[0]}"
+            return f"{head}: {v.operands[0]} has no {block.ir} block"
+        return f"{head}: no term targets it"
+
+    def mix(self, mix: ast.Mix | None, linear: bool) -> tuple[str, str | None]:
+        if mix is None:
+            return "none", None
+        mode = mix.mode.text
+        if mode not in MODES:
+            raise FusionError(f"unknown mix mode '{mode}'; expected one of {', '.join(MODES)}", mix.mode.span)
+        if linear and mode not in _LINEAR_MODES:
+            raise FusionError(f"mix {mode} needs two operands; a linear map takes "
+                              f"{', '.join(_LINEAR_MODES)}", mix.mode.span)
+        if mix.per is not None:
+            raise _not_yet("per-index weights ('per')", mix.per.span)
+        if mix.by is None:
+            return mode, None
+        by = mix.by
+        if mode == "none":
+            raise FusionError("mix none has no weights to take 'by' an input", by.span)
+        if by.text not in self.inputs:
+            raise FusionError(f"unknown name '{by.text}'", by.span)
+        if self.inputs[by.text].kind != "weights":
+            raise FusionError(f"'by {by.text}' needs a weights input, but '{by.text}' is declared as "
+                              f"{self.inputs[by.text].kind}", by.span)
+        if by.text in self.weights_user:
+            first = self.weights_user[by.text]
+            raise FusionError(f"weights input '{by.text}' already feeds the term at line {first.line}",
+                              by.span)
+        self.weights_user[by.text] = by.span
+        self.used.add(by.text)
+        return mode, by.text
+
+    def placement(self, target: Irreps, dest_name: str, dest: Irreps, span: Span) -> tuple[int, ...]:
+        taken: set[int] = set()
+        out = []
+        for block in target:
+            match = next((i for i, b in enumerate(dest) if b == block and i not in taken), None)
+            if match is None:
+                raise FusionError(f"this term gives {block}, which '{dest_name}' ({dest}) does not have", span)
+            taken.add(match)
+            out.append(match)
+        return tuple(out)
+
+    def term(self, vid: str, dest_name: str, dest: Irreps, term: ast.Term) -> CouplingVertex:
+        text = _term_text(term)
+        if isinstance(term, ast.NameTerm):
+            x = self.operand(term.operand)
+            mode, source = self.mix(term.mix, linear=True)
+            paths = linear_paths(mode, x, dest)
+            for p in paths:
+                a, c = x[p.operand_blocks[0]], dest[p.out_block]
+                if mode in ("uuu", "none") and a.mul != c.mul:
+                    raise FusionError(f"mix {mode} maps channels one to one: {a} cannot give {c}",
+                                      term.mix.mode.span if term.mix else term.span)
+            return CouplingVertex(vid, (term.operand.text,), (x,), dest, mode, source, paths,
+                                  tuple(range(len(dest))), text, term.span)
+        if len(term.operands) > 2:
+            raise _not_yet("fusion of more than two operands", term.operands[2].span)
+        if len(term.operands) < 2:
+            raise FusionError("fuse needs two operands; for a linear map write 'NAME mix MODE'", term.span)
+        if term.operands[0].text == term.operands[1].text:
+            raise _not_yet("fusion of a repeated operand (symmetric fusion)", term.operands[1].span)
+        if term.options:
+            raise _not_yet(f"the fuse option '{term.options[0].key.text}'", term.options[0].span)
+        x, y = (self.operand(n) for n in term.operands)
+        mode, source = self.mix(term.mix, linear=False)
+        target = self.irreps(term.target) if term.target is not None else dest
+        placement = self.placement(target, dest_name, dest, term.target.span if term.target else term.span)
+        triples = coupling_paths(mode, x, y, target)
+        for i1, i2, io in triples:
+            problem = channel_mismatch(mode, x[i1], y[i2], target[io])
+            if problem:
+                raise FusionError(problem, term.mix.mode.span if term.mix else term.span)
+        produced = {io for _, _, io in triples}
+        for io, block in enumerate(target):
+            if io not in produced and term.target is not None:
+                reasons = [why_not(a.ir, b.ir, block.ir) for a in x for b in y]
+                parity = [r for r in reasons if "parity" in r]
+                raise FusionError(f"no path gives {block}: {(parity or reasons)[0]}", term.target.span)
+        paths = normalise_coupling(mode, x, y, target, triples)
+        return CouplingVertex(vid, tuple(n.text for n in term.operands), (x, y), target, mode, source, paths,
+                              placement, text, term.span)
+
+
+def _term_text(term: ast.Term) -> str:
+    mix = ""
+    if term.mix:
+        mix = f" mix {term.mix.mode.text}" + (f" by {term.mix.by.text}" if term.mix.by else "")
+    if isinstance(term, ast.NameTerm):
+        return f"{term.operand.text}{mix}"
+    target = f" -> {' '.join(term.target.text.split())}" if term.target else ""
+    return f"fuse({', '.join(n.text for n in term.operands)}){target}{mix}"
+
+
+def build(program: ast.Program, filename: str = "<string>") -> tuple[Diagram, ...]:
+    """Type-check every diagram of a program; raises `FusionError` at the first problem."""
+    group = program.group.text if program.group else "O3"
+    if group not in GROUPS:
+        raise FusionError(f"unknown group '{group}'; expected O3 or SO3", program.group.span)
+    convention = program.convention.text if program.convention else "e3nn"
+    if convention not in CONVENTIONS:
+        raise FusionError(f"unknown convention '{convention}'; expected {', '.join(CONVENTIONS)}",
+                          program.convention.span)
+    seen: dict[str, Span] = {}
+    diagrams = []
+    for d in program.diagrams:
+        if d.name.text in seen:
+            raise FusionError(f"diagram '{d.name.text}' is already defined at line {seen[d.name.text].line}",
+                              d.name.span)
+        seen[d.name.text] = d.name.span
+        diagrams.append(_DiagramChecker(d, group, convention, filename).check())
+    return tuple(diagrams)

@@ -1,0 +1,185 @@
+"""The torch back end: emits a readable, deterministic Python module, one nn.Module per diagram.
+
+Rows are in the `mul_ir` layout; every path is one einsum over (rows z, channels u/v/w,
+components i/j/k) with its CG table as a buffer and its weights as a view of a flat vector laid
+out as e3nn lays it out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from fusionc.analysis.cost import path_equation
+from fusionc.ir.diagram import CouplingPath, CouplingVertex, Diagram
+from fusionc.version import __version__
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.depth = 0
+
+    def __call__(self, line: str = "") -> None:
+        self.lines.append(("    " * self.depth + line) if line else "")
+
+    def indent(self) -> None:
+        self.depth += 1
+
+    def dedent(self) -> None:
+        self.depth -= 1
+
+
+def _cg_name(t: CouplingVertex, p: CouplingPath) -> str:
+    ls = [irreps[b].ir.l for irreps, b in zip(t.irreps_in, p.operand_blocks)] + [t.irreps_out[p.out_block].ir.l]
+    return "cg_" + "_".join(map(str, ls))
+
+
+def _cg_tables(d: Diagram) -> list[tuple[int, int, int]]:
+    tables = set()
+    for t in d.vertices:
+        if len(t.operands) == 2:
+            for p in t.paths:
+                tables.add(tuple(int(x) for x in _cg_name(t, p).split("_")[1:]))
+    return sorted(tables)
+
+
+def _weight_inputs(d: Diagram) -> dict[str, CouplingVertex]:
+    return {t.weight_source: t for t in d.vertices if t.weight_source is not None}
+
+
+def _emit_class(w: _Writer, d: Diagram) -> None:
+    irreps_inputs = [i for i in d.inputs if i.kind == "irreps"]
+    weight_inputs = _weight_inputs(d)
+    outputs = d.outputs
+    w(f"class {d.name}(torch.nn.Module):")
+    w.indent()
+    w('"""' + "; ".join(f"{v.name} = {' + '.join(t.text for t in v.terms)}" for v in outputs))
+    w()
+    for i in d.inputs:
+        kind = str(i.irreps) if i.kind == "irreps" else f"weights ({weight_inputs[i.name].weight_numel} per row)"
+        w(f"in  {i.name} : {kind}")
+    for v in d.values:
+        w(f"{'out' if v.is_output else 'let'} {v.name} : {v.irreps}")
+    w('"""')
+    w()
+    w(f"irreps_in = {tuple(str(i.irreps) for i in irreps_inputs)!r}")
+    w(f"irreps_out = {tuple(str(v.irreps) for v in outputs)!r}")
+    w(f"weight_numel = {d.internal_weight_numel}")
+    w(f"input_weight_numel = { {k: t.weight_numel for k, t in weight_inputs.items()}!r}")
+    w()
+    w("def __init__(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:")
+    w.indent()
+    w("super().__init__()")
+    w("dtype = dtype or torch.get_default_dtype()")
+    if d.internal_weight_numel:
+        w("# internal weights, one block per path in path order, initialised as e3nn does")
+        w(f"self.weight = torch.nn.Parameter(torch.randn({d.internal_weight_numel}, dtype=dtype, device=device))")
+    else:
+        w('self.register_buffer("weight", torch.zeros(0, dtype=dtype, device=device), persistent=False)')
+    for l1, l2, l3 in _cg_tables(d):
+        w(f'self.register_buffer("cg_{l1}_{l2}_{l3}", rt.wigner_3j({l1}, {l2}, {l3}, dtype, device), '
+          f'persistent=False)')
+    w.dedent()
+    w()
+    args = ", ".join(f"{i.name}: torch.Tensor" for i in d.inputs)
+    ret = "torch.Tensor" if len(outputs) == 1 else f"tuple[{', '.join(['torch.Tensor'] * len(outputs))}]"
+    w(f"def forward(self, {args}) -> {ret}:")
+    w.indent()
+    specs = ", ".join(f'"{i.name}": ({i.name}, {i.irreps.dim})' for i in irreps_inputs)
+    wspecs = ", ".join(f'"{k}": ({k}, {t.weight_numel})' for k, t in weight_inputs.items())
+    w(f"batch = rt.batch_shape(self.weight, {{{specs}}}, {{{wspecs}}})")
+    w("n = rt.numel(batch)")
+    for i in irreps_inputs:
+        w(f"{i.name} = rt.rows({i.name}, batch, {i.irreps.dim})")
+    for k, t in weight_inputs.items():
+        w(f"{k} = rt.weight_rows({k}, batch, {t.weight_numel})")
+    offsets = {}
+    offset = 0
+    for t in d.vertices:
+        if t.weight_source is None:
+            offsets[t.id] = offset
+            offset += t.weight_numel
+    for v in d.values:
+        _emit_value(w, d, v, offsets)
+    for v in outputs:
+        w(f"{v.name} = {v.name}.reshape(*batch, {v.irreps.dim})")
+    w(f"return {', '.join(v.name for v in outputs)}")
+    w.dedent()
+    w.dedent()
+
+
+def _block(name: str, irreps, index: int) -> str:
+    start, stop = irreps.slices()[index]
+    b = irreps[index]
+    return f"{name}[:, {start}:{stop}].reshape(n, {b.mul}, {b.ir.dim})"
+
+
+def _emit_value(w: _Writer, d: Diagram, v, offsets: dict[str, int]) -> None:
+    w()
+    w(f"# {'out' if v.is_output else 'let'} {v.name} : {v.irreps}")
+    contributions: dict[int, list[str]] = {i: [] for i in range(len(v.irreps))}
+    counter = 0
+    for t in v.terms:
+        w(f"# {t.id}: {t.text}")
+        for p in t.paths:
+            operands = [_block(op, irreps, b) for op, irreps, b in zip(t.operands, t.irreps_in, p.operand_blocks)]
+            if len(t.operands) == 2:
+                operands.append(f"self.{_cg_name(t, p)}")
+            if p.weight_shape:
+                shape = ", ".join(map(str, p.weight_shape))
+                if t.weight_source is None:
+                    start = offsets[t.id] + p.weight_offset
+                    operands.append(f"self.weight[{start}:{start + p.weight_numel}].view({shape})")
+                else:
+                    start = p.weight_offset
+                    operands.append(f"{t.weight_source}[:, {start}:{start + p.weight_numel}].view(n, {shape})")
+            equation = path_equation(t.mode, len(t.operands), t.weight_source is not None)
+            out_block = t.irreps_out[p.out_block]
+            label = " ⊗ ".join(str(irreps[b]) for irreps, b in zip(t.irreps_in, p.operand_blocks))
+            name = f"{v.name}_{counter}"
+            counter += 1
+            w(f"# {label} -> {out_block}")
+            scale = "" if p.normalization == 1.0 else f" * {p.normalization!r}"
+            if equation == "zui->zui":
+                w(f"{name} = {operands[0]}{scale}")
+            else:
+                w(f'{name} = torch.einsum("{equation}", {", ".join(operands)}){scale}')
+            contributions[t.placement[p.out_block]].append(name)
+    parts = []
+    for index, names in contributions.items():
+        block = v.irreps[index]
+        if names:
+            parts.append(f"({' + '.join(names)}).reshape(n, {block.dim})")
+        else:  # pruned: nothing downstream reads this block
+            parts.append(f"self.weight.new_zeros(n, {block.dim})")
+    if len(parts) == 1:
+        w(f"{v.name} = {parts[0]}")
+    else:
+        w(f"{v.name} = torch.cat([")
+        w.indent()
+        for part in parts:
+            w(f"{part},")
+        w.dedent()
+        w("], dim=1)")
+
+
+def emit(diagrams: tuple[Diagram, ...], source: str, filename: str) -> str:
+    """The generated module for `diagrams`; same input, same bytes."""
+    w = _Writer()
+    digest = hashlib.sha256(source.encode()).hexdigest()
+    w(f"# Generated by fusionc {__version__} (torch back end) from {filename} — do not edit.")
+    w(f"# Source sha256: {digest}")
+    w(f'"""fusionc torch ops compiled from {filename}: {", ".join(d.name for d in diagrams)}."""')
+    w()
+    w("from __future__ import annotations")
+    w()
+    w("import torch")
+    w()
+    w("from fusionc.runtime import torch_ops as rt")
+    w()
+    w(f"__all__ = {[d.name for d in diagrams]!r}")
+    for d in diagrams:
+        w()
+        w()
+        _emit_class(w, d)
+    return "\n".join(w.lines) + "\n"

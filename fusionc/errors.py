@@ -1,0 +1,51 @@
+"""Errors that point at the diagram text: file:line:col, the line, a caret, and the reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Span:
+    """A region of source text; lines and columns count from 1."""
+
+    line: int
+    column: int
+    end_line: int | None = None
+    end_column: int | None = None
+
+    def shifted(self, offset: int) -> Span:
+        """The span `offset` characters further along the same line."""
+        return Span(self.line, self.column + offset)
+
+
+class FusionError(Exception):
+    """A syntax or type error in a `.fus` source, rendered like a compiler diagnostic."""
+
+    def __init__(self, message: str, span: Span | None = None, *, source: str | None = None,
+                 filename: str = "<string>") -> None:
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self.source = source
+        self.filename = filename
+
+    def located(self, source: str, filename: str) -> FusionError:
+        """The same error, attached to the text it refers to."""
+        return FusionError(self.message, self.span, source=source, filename=filename)
+
+    def __str__(self) -> str:
+        if self.span is None:
+            return f"{self.filename}: error: {self.message}"
+        head = f"{self.filename}:{self.span.line}:{self.span.column}: error: {self.message}"
+        if self.source is None:
+            return head
+        lines = self.source.splitlines()
+        if not 1 <= self.span.line <= len(lines):
+            return head
+        text = lines[self.span.line - 1].expandtabs(1)
+        width = 1
+        if self.span.end_line == self.span.line and self.span.end_column:
+            width = max(1, self.span.end_column - self.span.column)
+        caret = " " * (self.span.column - 1) + "^" * width
+        return f"{head}\n    {text}\n    {caret}"

@@ -1,0 +1,153 @@
+"""The graph IR: frozen values for inputs, coupling vertices and values, over a networkx graph.
+
+A diagram computes each of its values (every `let` and `out`) as a sum of terms; each term is a
+`CouplingVertex` whose paths couple one block of each operand into one block of its value.
+Passes take a `Diagram` and return a new one.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from math import prod
+
+import networkx as nx
+
+from fusionc.errors import Span
+from fusionc.ir.irreps import Irreps
+
+#: Channel-mixing modes, named as e3nn names them; `none` couples element-wise with no weights.
+MODES = ("uvw", "uvu", "uuu", "uvuv", "none")
+
+
+@dataclass(frozen=True)
+class Input:
+    """A declared input: irreps features, a flat `weights` vector, or an `index(K)` column."""
+
+    name: str
+    kind: str  # "irreps" | "weights" | "index"
+    irreps: Irreps | None = None
+    size: int | None = None
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class CouplingPath:
+    """One block of each operand coupled into one block of the vertex's output."""
+
+    operand_blocks: tuple[int, ...]
+    out_block: int
+    weight_shape: tuple[int, ...]  # () when the path has no weights
+    weight_offset: int
+    normalization: float
+
+    @property
+    def weight_numel(self) -> int:
+        return prod(self.weight_shape) if self.weight_shape else 0
+
+
+@dataclass(frozen=True)
+class CouplingVertex:
+    """One term: couples its operands (one: a linear map; two: a tensor product) path by path."""
+
+    id: str
+    operands: tuple[str, ...]
+    irreps_in: tuple[Irreps, ...]
+    irreps_out: Irreps
+    mode: str
+    weight_source: str | None  # None: internal parameters; else the `weights` input it reads
+    paths: tuple[CouplingPath, ...]
+    placement: tuple[int, ...]  # block i of irreps_out lands in block placement[i] of the value
+    text: str = field(default="", compare=False)
+    span: Span | None = field(default=None, compare=False)
+
+    @property
+    def weight_numel(self) -> int:
+        return sum(p.weight_numel for p in self.paths)
+
+    @property
+    def has_weights(self) -> bool:
+        return self.mode != "none"
+
+
+@dataclass(frozen=True)
+class Value:
+    """A `let` or `out`: the sum of its terms."""
+
+    name: str
+    irreps: Irreps
+    terms: tuple[CouplingVertex, ...]
+    is_output: bool
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Diagram:
+    """A typed diagram; values are in evaluation order."""
+
+    name: str
+    group: str
+    convention: str
+    inputs: tuple[Input, ...]
+    values: tuple[Value, ...]
+    source_file: str = "<string>"
+
+    @property
+    def outputs(self) -> tuple[Value, ...]:
+        return tuple(v for v in self.values if v.is_output)
+
+    @property
+    def vertices(self) -> tuple[CouplingVertex, ...]:
+        return tuple(t for v in self.values for t in v.terms)
+
+    @property
+    def internal_weight_numel(self) -> int:
+        return sum(t.weight_numel for t in self.vertices if t.weight_source is None)
+
+    def input(self, name: str) -> Input:
+        return next(i for i in self.inputs if i.name == name)
+
+    def irreps_of(self, name: str) -> Irreps:
+        for i in self.inputs:
+            if i.name == name:
+                assert i.irreps is not None
+                return i.irreps
+        return next(v.irreps for v in self.values if v.name == name)
+
+    def replace_values(self, values: tuple[Value, ...]) -> Diagram:
+        return Diagram(self.name, self.group, self.convention, self.inputs, values, self.source_file)
+
+    @functools.cached_property
+    def graph(self) -> nx.MultiDiGraph:
+        """Inputs, vertices and values as nodes; edges carry the irreps that flow along them."""
+        g = nx.MultiDiGraph()
+        for i in self.inputs:
+            g.add_node(i.name, kind=f"in:{i.kind}", label=str(i.irreps) if i.irreps else i.kind)
+        for v in self.values:
+            g.add_node(v.name, kind="out" if v.is_output else "let", label=str(v.irreps))
+            for t in v.terms:
+                g.add_node(t.id, kind="vertex", label=f"{'fuse' if len(t.operands) > 1 else 'linear'} {t.mode}")
+                for pos, (op, irreps) in enumerate(zip(t.operands, t.irreps_in)):
+                    g.add_edge(op, t.id, label=str(irreps), position=pos)
+                if t.weight_source is not None:
+                    g.add_edge(t.weight_source, t.id, label=f"{t.weight_numel} weights", position=len(t.operands))
+                g.add_edge(t.id, v.name, label=str(t.irreps_out), position=0)
+        return g
+
+    def pretty(self) -> str:
+        """A printable form of the IR, one line per vertex and path."""
+        lines = [f"diagram {self.name}  [group {self.group}, convention {self.convention}]"]
+        for i in self.inputs:
+            what = str(i.irreps) if i.kind == "irreps" else (f"index({i.size})" if i.kind == "index" else "weights")
+            lines.append(f"  in  {i.name} : {what}")
+        for v in self.values:
+            lines.append(f"  {'out' if v.is_output else 'let'} {v.name} : {v.irreps}")
+            for t in v.terms:
+                source = f" by {t.weight_source}" if t.weight_source else ""
+                lines.append(f"    {t.id} = {t.mode} ({', '.join(t.operands)}){source}  "
+                             f"[{len(t.paths)} paths, {t.weight_numel} weights]")
+                for p in t.paths:
+                    ins = " ⊗ ".join(f"{irr[b]}" for irr, b in zip(t.irreps_in, p.operand_blocks))
+                    lines.append(f"      {ins} -> {t.irreps_out[p.out_block]}"
+                                 f"  w{list(p.weight_shape)} c={p.normalization:.6g}")
+        return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The runtime: loading compiled modules and the helpers generated code calls (needs torch)."""

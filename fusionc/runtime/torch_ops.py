@@ -1,0 +1,63 @@
+"""Helpers the generated torch modules call: CG buffers and input validation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fusionc.algebra.cg import wigner_3j as _wigner_3j
+
+
+def wigner_3j(l1: int, l2: int, l3: int, dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
+    """The real-basis CG tensor as a torch tensor."""
+    return torch.tensor(_wigner_3j(l1, l2, l3), dtype=dtype, device=device)
+
+
+def _check_float(name: str, x: object, dim: int, ref: torch.Tensor, what: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"input '{name}' must be a tensor of shape {what}, got {type(x).__name__}")
+    if x.dim() == 0 or x.shape[-1] != dim:
+        raise ValueError(f"input '{name}' must have shape {what}, got {tuple(x.shape)}")
+    if x.dtype != ref.dtype:
+        raise ValueError(f"input '{name}' has dtype {x.dtype} but the module is {ref.dtype}; "
+                         f"convert one of them (e.g. module.to({x.dtype}))")
+    if x.device != ref.device:
+        raise ValueError(f"input '{name}' is on {x.device} but the module is on {ref.device}")
+    return x
+
+
+def batch_shape(ref: torch.Tensor, features: dict[str, tuple[torch.Tensor, int]],
+                weights: dict[str, tuple[torch.Tensor, int]]) -> torch.Size:
+    """The broadcast leading shape of all inputs; a ValueError names any input that does not fit."""
+    shapes = []
+    for name, (x, dim) in features.items():
+        shapes.append(_check_float(name, x, dim, ref, f"(..., {dim})").shape[:-1])
+    try:
+        batch = torch.broadcast_shapes(*shapes)
+    except RuntimeError:
+        listed = ", ".join(f"'{k}' {tuple(v[0].shape)}" for k, v in features.items())
+        raise ValueError(f"the leading (batch) shapes of the inputs do not broadcast: {listed}") from None
+    for name, (w, numel) in weights.items():
+        leading = _check_float(name, w, numel, ref, f"({numel},) or (..., {numel})").shape[:-1]
+        try:
+            if torch.broadcast_shapes(leading, batch) != batch:
+                raise RuntimeError
+        except RuntimeError:
+            raise ValueError(f"input '{name}' must have shape ({numel},) or {(*batch, numel)}, "
+                             f"got {tuple(w.shape)}") from None
+    return batch
+
+
+def numel(batch: torch.Size) -> int:
+    return math.prod(batch)
+
+
+def rows(x: torch.Tensor, batch: torch.Size, dim: int) -> torch.Tensor:
+    """x as an (n, dim) matrix of rows, broadcast to the batch shape."""
+    return x.expand(*batch, dim).reshape(-1, dim)
+
+
+def weight_rows(w: torch.Tensor, batch: torch.Size, numel: int) -> torch.Tensor:
+    """Per-row weights as an (n, numel) matrix; a shared (numel,) vector is broadcast."""
+    return w.expand(*batch, numel).reshape(-1, numel)
