@@ -51,7 +51,7 @@ def _emit_class(w: _Writer, d: Diagram) -> None:
     irreps_inputs = [i for i in d.inputs if i.kind == "irreps"]
     weight_inputs = _weight_inputs(d)
     outputs = d.outputs
-    w(f"class {d.name}(torch.nn.Module):")
+    w(f"class {d.name}(rt.FusionModule):")
     w.indent()
     w('"""' + "; ".join(f"{v.name} = {' + '.join(t.text for t in v.terms)}" for v in outputs))
     w()
@@ -66,6 +66,7 @@ def _emit_class(w: _Writer, d: Diagram) -> None:
     w(f"irreps_out = {tuple(str(v.irreps) for v in outputs)!r}")
     w(f"weight_numel = {d.internal_weight_numel}")
     w(f"input_weight_numel = { {k: t.weight_numel for k, t in weight_inputs.items()}!r}")
+    w(f"cg_tables = {tuple(_cg_tables(d))!r}")
     w()
     w("def __init__(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:")
     w.indent()
@@ -76,9 +77,7 @@ def _emit_class(w: _Writer, d: Diagram) -> None:
         w(f"self.weight = torch.nn.Parameter(torch.randn({d.internal_weight_numel}, dtype=dtype, device=device))")
     else:
         w('self.register_buffer("weight", torch.zeros(0, dtype=dtype, device=device), persistent=False)')
-    for l1, l2, l3 in _cg_tables(d):
-        w(f'self.register_buffer("cg_{l1}_{l2}_{l3}", rt.wigner_3j({l1}, {l2}, {l3}, dtype, device), '
-          f'persistent=False)')
+    w("self._register_cg(dtype, device)")
     w.dedent()
     w()
     args = ", ".join(f"{i.name}: torch.Tensor" for i in d.inputs)

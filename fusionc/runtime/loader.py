@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import sys
@@ -15,6 +16,18 @@ from fusionc.pipeline import compile_source
 from fusionc.version import __version__
 
 _TRAILER = "# fusionc cache entry sha256: "
+
+
+@functools.lru_cache(maxsize=1)
+def compiler_fingerprint() -> str:
+    """A hash of the compiler's own files, so that a changed compiler never reuses stale code."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256(__version__.encode())
+    for path in sorted(root.rglob("*")):
+        if path.suffix in (".py", ".lark") and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 class CompiledOps:
@@ -58,7 +71,7 @@ def _import(path: Path, key: str) -> ModuleType:
 
 
 def loads(source: str, backend: str = "torch", filename: str = "<string>") -> CompiledOps:
-    """Compile a `.fus` source (cached by source, options and compiler version) and import it.
+    """Compile a `.fus` source (cached by source, options and compiler) and import it.
 
     >>> ops = loads("diagram lin { in x : 4x1o  out y : 2x1o  y = x mix uvw }")
     >>> ops.lin().weight_numel
@@ -66,7 +79,7 @@ def loads(source: str, backend: str = "torch", filename: str = "<string>") -> Co
     """
     emit = get_backend(backend)
     diagrams = compile_source(source, filename)
-    key = hashlib.sha256("\0".join([__version__, backend, filename, source]).encode()).hexdigest()
+    key = hashlib.sha256("\0".join([compiler_fingerprint(), backend, filename, source]).encode()).hexdigest()
     path = cache_root() / "modules" / f"{backend}_{key[:32]}.py"
     if not _read_entry(path):
         body = emit(diagrams, source, filename)

@@ -14,6 +14,28 @@ def wigner_3j(l1: int, l2: int, l3: int, dtype: torch.dtype, device: torch.devic
     return torch.tensor(_wigner_3j(l1, l2, l3), dtype=dtype, device=device)
 
 
+class FusionModule(torch.nn.Module):
+    """Base of generated modules: CG tables are buffers, rebuilt exactly on dtype or device moves.
+
+    `module.double()` on a float32 module would otherwise upcast CG values already rounded to
+    float32; rebuilding them from the exact tables keeps float64 results exact.
+    """
+
+    cg_tables: tuple[tuple[int, int, int], ...] = ()
+
+    def _register_cg(self, dtype: torch.dtype, device: torch.device | str | None) -> None:
+        for ls in self.cg_tables:
+            self.register_buffer("cg_{}_{}_{}".format(*ls), wigner_3j(*ls, dtype, device), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for ls in self.cg_tables:
+            name = "cg_{}_{}_{}".format(*ls)
+            moved = getattr(self, name)
+            setattr(self, name, wigner_3j(*ls, moved.dtype, moved.device))
+        return self
+
+
 def _check_float(name: str, x: object, dim: int, ref: torch.Tensor, what: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"input '{name}' must be a tensor of shape {what}, got {type(x).__name__}")

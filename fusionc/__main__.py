@@ -1,0 +1,5 @@
+import sys
+
+from fusionc.cli import main
+
+sys.exit(main())

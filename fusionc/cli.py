@@ -1,0 +1,156 @@
+"""The `fusionc` command: check, compile and show diagrams.
+
+Exit status: 0 on success, 2 on a syntax or type error in the source (printed as
+file:line:col with a caret, never a traceback), 1 when a numerical check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fusionc.analysis.cost import diagram_flops, path_flops
+from fusionc.errors import FusionError
+from fusionc.ir.diagram import Diagram
+from fusionc.pipeline import PASS_NAMES, compile_source
+
+NUMERIC_TOLERANCE = 1e-10
+
+
+def _describe(d: Diagram) -> list[str]:
+    lines = [f"diagram {d.name}  (group {d.group}, convention {d.convention})"]
+    for i in d.inputs:
+        if i.kind == "irreps":
+            lines.append(f"  in  {i.name} : {i.irreps}  (dim {i.irreps.dim})")
+        elif i.kind == "weights":
+            numel = sum(t.weight_numel for t in d.vertices if t.weight_source == i.name)
+            lines.append(f"  in  {i.name} : weights  ({numel} per row)")
+        else:
+            lines.append(f"  in  {i.name} : index({i.size})")
+    for v in d.values:
+        lines.append(f"  {'out' if v.is_output else 'let'} {v.name} : {v.irreps}  (dim {v.irreps.dim})")
+    for t in d.vertices:
+        lines.append(f"  {t.id} = {t.text}: {len(t.paths)} paths, {t.weight_numel} weights"
+                     + (f" from '{t.weight_source}'" if t.weight_source else ""))
+        for p in t.paths:
+            ins = " ⊗ ".join(f"{op}[{b}] {irreps[b]}" for op, irreps, b in zip(t.operands, t.irreps_in, p.operand_blocks))
+            shape = "×".join(map(str, p.weight_shape)) or "none"
+            lines.append(f"      {ins} -> {t.irreps_out[p.out_block]}   weights {shape}   "
+                         f"FLOPs/row {path_flops(t, p)}")
+    external = sum(t.weight_numel for t in d.vertices if t.weight_source is not None)
+    lines.append(f"  parameters: {d.internal_weight_numel} learnable, {external} per row from weights inputs")
+    lines.append(f"  FLOPs per row: {diagram_flops(d)} (dense CG, opt_einsum order)")
+    return lines
+
+
+def _compile(path: Path, dump_ir: str | None) -> tuple[str, tuple[Diagram, ...]]:
+    try:
+        source = path.read_text()
+    except OSError as exc:
+        raise FusionError(f"cannot read {path}: {exc.strerror}", filename=str(path)) from None
+    return source, compile_source(source, str(path), dump_ir=dump_ir)
+
+
+def _check(args: argparse.Namespace) -> int:
+    status = 0
+    for path in args.files:
+        source, diagrams = _compile(Path(path), args.dump_ir)
+        print(f"{path}: {len(diagrams)} diagram{'s' if len(diagrams) != 1 else ''}, well typed")
+        ops = None
+        if args.numeric:
+            from fusionc.runtime.loader import loads
+            from fusionc.testing import equivariance_error
+
+            ops = loads(source, "torch", str(path))
+        for d in diagrams:
+            print("\n".join(_describe(d)))
+            if ops is not None:
+                error = equivariance_error(getattr(ops, d.name)(), d, rotations=args.rotations)
+                ok = error < NUMERIC_TOLERANCE
+                status = status or (0 if ok else 1)
+                what = "rotations and inversion" if d.group == "O3" else "rotations"
+                print(f"  equivariance ({args.rotations} random {what}, float64): max relative error "
+                      f"{error:.2e}  {'ok' if ok else f'FAILED (tolerance {NUMERIC_TOLERANCE:.0e})'}")
+        print()
+    return status
+
+
+def _compile_cmd(args: argparse.Namespace) -> int:
+    from fusionc.algebra.cache import atomic_write
+    from fusionc.backends import get_backend
+
+    emit = get_backend(args.backend)
+    source, diagrams = _compile(Path(args.file), args.dump_ir)
+    code = emit(diagrams, source, args.file)
+    if args.output == "-":
+        sys.stdout.write(code)
+    else:
+        atomic_write(Path(args.output), code.encode())
+        print(f"wrote {args.output} ({', '.join(d.name for d in diagrams)})")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from fusionc.algebra.cache import atomic_write
+    from fusionc.show import to_dot, to_svg
+
+    suffix = Path(args.output).suffix
+    if suffix not in (".svg", ".dot"):
+        raise ValueError(f"cannot draw to '{args.output}': the output must end in .svg or .dot")
+    _, diagrams = _compile(Path(args.file), None)
+    if args.diagram:
+        chosen = tuple(d for d in diagrams if d.name == args.diagram)
+        if not chosen:
+            raise ValueError(f"no diagram '{args.diagram}' in {args.file}; it has "
+                             f"{', '.join(d.name for d in diagrams)}")
+        diagrams = chosen
+    text = to_svg(diagrams) if suffix == ".svg" else to_dot(diagrams)
+    atomic_write(Path(args.output), text.encode())
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    from fusionc.version import __version__
+
+    parser = argparse.ArgumentParser(prog="fusionc", description="Compile O(3)-equivariant fusion diagrams.")
+    parser.add_argument("--version", action="version", version=f"fusionc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="type-check diagrams and report paths, parameters and FLOPs")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("--numeric", action="store_true",
+                       help="also test equivariance numerically (float64, random rotations and inversion)")
+    check.add_argument("--rotations", type=int, default=3, help="random rotations for --numeric (default 3)")
+    check.add_argument("--dump-ir", choices=PASS_NAMES, metavar="PASS",
+                       help=f"print the IR after a pass ({', '.join(PASS_NAMES)})")
+    check.set_defaults(run=_check)
+    comp = sub.add_parser("compile", help="generate code for a back end")
+    comp.add_argument("file", metavar="FILE")
+    comp.add_argument("-o", "--output", required=True, help="output .py file, or - for stdout")
+    comp.add_argument("--backend", default="torch", help="back end (default torch)")
+    comp.add_argument("--dump-ir", choices=PASS_NAMES, metavar="PASS",
+                      help=f"print the IR after a pass ({', '.join(PASS_NAMES)})")
+    comp.set_defaults(run=_compile_cmd)
+    show = sub.add_parser("show", help="draw diagrams as SVG or Graphviz DOT")
+    show.add_argument("file", metavar="FILE")
+    show.add_argument("-o", "--output", required=True, help="OUT.svg or OUT.dot")
+    show.add_argument("--diagram", help="draw only this diagram")
+    show.set_defaults(run=_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except FusionError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"fusionc: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

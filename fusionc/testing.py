@@ -1,0 +1,105 @@
+"""Helpers shared by the tests and by users: random diagrams and a numerical equivariance check.
+
+>>> src = random_diagram(0, "uvw")
+>>> src.startswith("diagram random_uvw_0")
+True
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from fusionc.algebra.rotations import random_rotation, representation
+from fusionc.ir.diagram import Diagram
+from fusionc.ir.irreps import Irrep, Irreps, MulIrrep
+
+
+def _random_irreps(rng: random.Random, lmax: int, muls: list[int], n_blocks: int) -> Irreps:
+    irreps = sorted({Irrep(rng.randint(0, lmax), rng.choice((1, -1))) for _ in range(n_blocks)})
+    return Irreps(tuple(MulIrrep(rng.choice(muls), ir) for ir in irreps))
+
+
+def random_two_input(seed: int, mode: str, lmax: int = 4, max_mul: int = 16) -> tuple[Irreps, Irreps, Irreps]:
+    """Random irreps (x, y, out) for which `fuse(x, y) mix mode` is well typed and every output
+    block is reachable: multiplicities fit the mode and out keeps only what x ⊗ y contains."""
+    rng = random.Random(seed)
+    while True:
+        x = _random_irreps(rng, lmax, list(range(1, max_mul + 1)), rng.randint(1, 4))
+        same = [x[0].mul] if mode in ("uuu", "none") else list(range(1, max_mul + 1))
+        if mode in ("uuu", "none"):
+            x = Irreps(tuple(MulIrrep(same[0], b.ir) for b in x))
+        y = _random_irreps(rng, lmax, same if mode in ("uuu", "none") else [1, 2, 3, 4] + same[:4], rng.randint(1, 4))
+        reachable = sorted({ir for a in x for b in y for ir in a.ir * b.ir})
+        chosen = sorted(rng.sample(reachable, k=min(len(reachable), rng.randint(1, 5))))
+        out = []
+        for ir in chosen:
+            feeders = [(a, b) for a in x for b in y if a.ir.couples(b.ir, ir)]
+            muls = {"uvw": rng.randint(1, max_mul), "uvu": feeders[0][0].mul, "uuu": feeders[0][0].mul,
+                    "none": feeders[0][0].mul, "uvuv": feeders[0][0].mul * feeders[0][1].mul}[mode]
+            if mode in ("uvu", "uvuv") and any({"uvu": a.mul, "uvuv": a.mul * b.mul}[mode] != muls
+                                               for a, b in feeders):
+                continue
+            out.append(MulIrrep(muls, ir))
+        if out:
+            return x, y, Irreps(tuple(out))
+
+
+def random_diagram(seed: int, mode: str, lmax: int = 4, max_mul: int = 16, by: bool = False) -> str:
+    """The `.fus` source of a random two-input diagram `z = fuse(x, y) mix mode`."""
+    x, y, out = random_two_input(seed, mode, lmax, max_mul)
+    weights = "\n    in  w : weights" if by else ""
+    mix = f"mix {mode}" + (" by w" if by else "")
+    return (f"diagram random_{mode}_{seed} {{\n    in  x : {x}\n    in  y : {y}{weights}\n"
+            f"    out z : {out}\n    z = fuse(x, y) {mix}\n}}\n")
+
+
+def random_inputs(module: torch.nn.Module, diagram: Diagram, batch: int, generator: torch.Generator,
+                  dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
+    """Random arguments for `module`, in the order of the diagram's `in` declarations."""
+    args = []
+    for i in diagram.inputs:
+        if i.kind == "irreps":
+            args.append(torch.randn(batch, i.irreps.dim, generator=generator, dtype=dtype))
+        elif i.kind == "weights":
+            args.append(torch.randn(batch, module.input_weight_numel[i.name], generator=generator, dtype=dtype))
+        else:
+            args.append(torch.randint(0, i.size, (batch,), generator=generator))
+    return args
+
+
+def _as_tuple(out) -> tuple[torch.Tensor, ...]:
+    return out if isinstance(out, tuple) else (out,)
+
+
+def equivariance_error(module: torch.nn.Module, diagram: Diagram, *, seed: int = 0, rotations: int = 3,
+                       batch: int = 4) -> float:
+    """Largest relative error of f(D x) = D f(x) over random rotations (and the inversion, for O(3)),
+    in float64, with the representations built independently of the CG tables."""
+    module = module.double()
+    rng = np.random.default_rng(seed)
+    args = random_inputs(module, diagram, batch, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        outs = _as_tuple(module(*args))
+        worst = 0.0
+        inversions = (False, True) if diagram.group == "O3" else (False,)
+        for _ in range(rotations):
+            rotation = random_rotation(rng)
+            for inversion in inversions:
+                def act(irreps: Irreps, x: torch.Tensor) -> torch.Tensor:
+                    return x @ torch.from_numpy(representation(irreps, rotation, inversion)).T
+                moved = [act(i.irreps, a) if i.kind == "irreps" else a for i, a in zip(diagram.inputs, args)]
+                outs_moved = _as_tuple(module(*moved))
+                for v, o, om in zip(diagram.outputs, outs, outs_moved):
+                    scale = max(o.abs().max().item(), 1e-300)
+                    worst = max(worst, (om - act(v.irreps, o)).abs().max().item() / scale)
+    return worst
+
+
+def assert_equivariant(module: torch.nn.Module, diagram: Diagram, tol: float = 1e-10, **kwargs) -> float:
+    """Raise AssertionError unless `module` is equivariant to `tol`; returns the error."""
+    error = equivariance_error(module, diagram, **kwargs)
+    assert error < tol, f"{diagram.name}: equivariance error {error:.3g} exceeds {tol:.0e}"
+    return error
