@@ -78,7 +78,9 @@ def equivariance_error(module: torch.nn.Module, diagram: Diagram, *, seed: int =
                        batch: int = 4) -> float:
     """Largest relative error of f(D x) = D f(x) over random rotations (and the inversion, for O(3)),
     in float64, with the representations built independently of the CG tables."""
-    module = module.double()
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    if any(t.dtype != torch.float64 for t in tensors):
+        module = module.double()
     rng = np.random.default_rng(seed)
     args = random_inputs(module, diagram, batch, torch.Generator().manual_seed(seed))
     with torch.no_grad():

@@ -1,0 +1,85 @@
+"""The Python API and the compiled-module cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fusionc
+from conftest import REPO
+from fusionc.algebra.cache import cache_root
+from fusionc.backends import torch_backend
+
+SOURCE = "diagram lin {\n  in x : 4x0e + 2x1o\n  out y : 3x0e + 2x1o\n  y = x mix uvw\n}\n"
+
+
+def _entries():
+    return sorted((cache_root() / "modules").glob("*.py"))
+
+
+def test_load_exposes_one_class_per_diagram() -> None:
+    ops = fusionc.load(REPO / "kernels" / "tensor_products.fus")
+    assert [d.name for d in ops.diagrams] == ["fc_tp", "conv_tp", "elementwise_tp", "full_tp", "linear",
+                                              "tp_then_linear"]
+    tp = ops.fc_tp()
+    assert tp.irreps_in == ("32x0e+32x1o+32x2e", "1x0e+1x1o+1x2e+1x3o")
+    assert tp.irreps_out == ("32x0e+32x1o+32x2e",)
+    assert tp.weight.shape == (tp.weight_numel,)
+    z = tp(torch.randn(3, 288), torch.randn(3, 16))
+    assert z.shape == (3, 288)
+
+
+def test_same_source_hits_the_cache() -> None:
+    before = set(_entries())
+    fusionc.loads(SOURCE, filename="hit.fus")
+    first = set(_entries())
+    fusionc.loads(SOURCE, filename="hit.fus")
+    assert len(first - before) == 1 and set(_entries()) == first
+
+
+def test_corrupt_module_entry_is_rebuilt() -> None:
+    ops = fusionc.loads(SOURCE, filename="corrupt.fus")
+    ops.path.write_text(ops.path.read_text()[:100])
+    import sys
+    for name in [m for m in sys.modules if m.startswith("fusionc_generated_")]:
+        del sys.modules[name]
+    again = fusionc.loads(SOURCE, filename="corrupt.fus")
+    assert again.path == ops.path
+    assert again.lin()(torch.randn(2, 10)).shape == (2, 9)
+
+
+def test_crash_mid_compile_leaves_no_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    def crash(*args):
+        raise RuntimeError("simulated crash in the back end")
+
+    monkeypatch.setitem(fusionc.runtime.loader.get_backend.__globals__["BACKENDS"], "torch", crash)
+    with pytest.raises(RuntimeError, match="simulated"):
+        fusionc.loads(SOURCE, filename="crash.fus")
+    assert not any("crash" in p.read_text() for p in _entries())
+    assert not list((cache_root() / "modules").glob(".*")) if (cache_root() / "modules").exists() else True
+    monkeypatch.undo()
+    assert fusionc.loads(SOURCE, filename="crash.fus").lin()(torch.randn(1, 10)).shape == (1, 9)
+
+
+def test_unknown_backend_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="unknown backend 'cuda'; available back ends: torch"):
+        fusionc.loads(SOURCE, backend="cuda")
+
+
+def test_type_errors_surface_as_fusion_errors() -> None:
+    with pytest.raises(fusionc.FusionError, match=r"<string>:2:11: error: unknown name 'q'"):
+        fusionc.loads("diagram d { in x : 0e  out y : 0e\n  y = x + q mix uvw }")
+
+
+def test_dtype_and_device_moves_keep_cg_exact() -> None:
+    ops = fusionc.loads("diagram d { in x : 1x2e  in y : 1x3o  out z : 1x1o  z = fuse(x, y) mix uvw }")
+    module = ops.d().double()
+    exact = torch.tensor(fusionc.algebra.wigner_3j(2, 3, 1))
+    assert torch.equal(module.cg_2_3_1, exact)
+    assert module.float().cg_2_3_1.dtype == torch.float32
+
+
+def test_generated_module_is_plain_readable_python() -> None:
+    text = fusionc.loads(SOURCE).path.read_text()
+    assert "torch.einsum(\"zui,uw->zwi\"" in text and "# 4x0e -> 3x0e" in text
+    assert torch_backend.__name__ == "fusionc.backends.torch_backend"

@@ -1,0 +1,65 @@
+"""`fusionc check --numeric` on the standard library, and proof that the check can fail."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fusionc
+from conftest import KERNELS, REPO
+from fusionc.cli import main
+from fusionc.testing import assert_equivariant, equivariance_error
+
+
+@pytest.mark.parametrize("path", KERNELS, ids=lambda p: p.stem)
+def test_check_numeric_passes_on_kernels(path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--numeric", str(path)]) == 0
+    report = capsys.readouterr().out
+    lines = [line for line in report.splitlines() if "equivariance" in line]
+    assert len(lines) == report.count("\ndiagram ") + report.startswith("diagram ")
+    assert all(line.endswith("ok") for line in lines)
+
+
+def test_check_catches_a_corrupted_cg_table() -> None:
+    ops = fusionc.load(REPO / "kernels" / "tensor_products.fus")
+    diagram = next(d for d in ops.diagrams if d.name == "fc_tp")
+    module = ops.fc_tp().double()
+    assert_equivariant(module, diagram)
+    with torch.no_grad():  # swap two m components of one coupling: no longer an intertwiner
+        module.cg_1_1_2.copy_(module.cg_1_1_2[[1, 0, 2]])
+    assert equivariance_error(module, diagram) > 1e-3
+
+
+class _SquaresVectors(torch.nn.Module):
+    """Deliberately not equivariant: squares each component of a 1o feature."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * x
+
+
+def test_check_catches_a_nonlinear_non_equivariant_module() -> None:
+    diagram = fusionc.loads("diagram d { in x : 2x1o  out y : 2x1o  y = x }").diagrams[0]
+    assert equivariance_error(_SquaresVectors(), diagram) > 1e-2
+    with pytest.raises(AssertionError, match="equivariance error"):
+        assert_equivariant(_SquaresVectors(), diagram)
+
+
+def test_check_numeric_exit_status_on_failure(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """The CLI exits 1 when the numeric check fails (here: the CG tables are corrupted)."""
+    import fusionc.runtime.torch_ops as rt
+
+    real = rt.wigner_3j
+
+    def wrong(l1, l2, l3, dtype, device):
+        table = real(l1, l2, l3, dtype, device)
+        return table.flip(0) if l1 == 1 else table
+
+    monkeypatch.setattr(rt, "wigner_3j", wrong)
+    src = tmp_path / "d.fus"
+    src.write_text("diagram d {\n  in x : 2x1o\n  in y : 1o\n  out z : 2x0e + 2x1e\n  z = fuse(x, y) mix uvu\n}\n")
+    assert main(["check", "--numeric", str(src)]) == 1
+
+
+def test_so3_diagrams_check_rotations_only() -> None:
+    ops = fusionc.loads("group SO3\ndiagram d { in x : 4x1  in y : 2  out z : 4x(1 + 2 + 3)  z = fuse(x, y) mix uvu }")
+    assert_equivariant(ops.d(), ops.diagrams[0])
