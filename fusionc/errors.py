@@ -14,9 +14,13 @@ class Span:
     end_line: int | None = None
     end_column: int | None = None
 
-    def shifted(self, offset: int) -> Span:
-        """The span `offset` characters further along the same line."""
-        return Span(self.line, self.column + offset)
+    def advanced(self, text: str, offset: int) -> Span:
+        """Where `text`, starting at this span, has its character number `offset` (newlines counted)."""
+        before = text[:offset]
+        newlines = before.count("\n")
+        if not newlines:
+            return Span(self.line, self.column + offset)
+        return Span(self.line + newlines, offset - before.rfind("\n"))
 
 
 class FusionError(Exception):

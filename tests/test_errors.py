@@ -483,6 +483,84 @@ diagram d {
     y = x mix uvw
 }
 """, 3, 13, "an index input needs at least one value: index(K) with K ≥ 1", id="index-zero"),
+    # --- found by review, fixed: keep them fixed -----------------------------------------------
+    pytest.param("""\
+diagram d {
+    in  x : 2x(3x(0e))
+    out y : 6x0e
+    y = x
+}
+""", 2, 16, "groups cannot be nested", id="irreps-nested-group"),
+    pytest.param("""\
+diagram d {
+    in  x : 8x(0e + 1o
+    out y : 8x0e
+    y = x
+}
+""", 2, 23, "expected ')' to close the group", id="irreps-unclosed-group"),
+    pytest.param("""\
+diagram d {
+    in  x : 8x()
+    out y : 8x0e
+    y = x
+}
+""", 2, 16, "expected an irrep", id="irreps-empty-group"),
+    pytest.param("""\
+diagram d {
+    in  x : 8x0e +
+            8x1
+    out y : 8x0e
+    y = x
+}
+""", 3, 15, "O(3) irrep '1' needs a parity", id="irreps-error-on-continuation-line"),
+    pytest.param("""\
+diagram d {
+    in  x : 8x0e
+    out y : 8x0e
+    y = t mix uvw
+    let t = x mix uvw
+}
+""", 4, 9, "'t' is used before it is defined (line 5)", id="names-let-forward-reference"),
+    pytest.param("""\
+diagram d {
+    in  x : 8x0e
+    out y : 8x0e
+    y = x mix uvw
+
+diagram e {
+}
+""", 6, 1, "unexpected 'diagram'; expected", id="syntax-keyword-is-not-a-name"),
+    pytest.param("""\
+diagram d {
+    in  x : 8x0e
+    in  w : weights
+    out y : 8x0e
+    y = x mix by w
+}
+""", 5, 15, "expected a mix mode (uvw, uvu, uuu, uvuv or none)", id="syntax-mix-without-mode"),
+    pytest.param("""\
+diagram d {
+    in  x : 8x0e
+    out in : 8x0e
+    in = x mix uvw
+}
+""", 3, 9, "unexpected 'in'; expected a name", id="syntax-reserved-keyword-as-name"),
+    pytest.param("""\
+diagram d {
+    in  x : 8x0e
+    out y : 8x0e
+    let t = x mix uvw
+    t = x mix uvw
+    y = t
+}
+""", 5, 5, "'t' is a let, defined once at line 4; it cannot be assigned again", id="names-assign-to-let"),
+    pytest.param("""\
+diagram d {
+    in  x : 8x0e
+    out y : 16x0e
+    y = x
+}
+""", 4, 9, "a term without 'mix' maps channels one to one: 8x0e cannot give 16x0e", id="modes-linear-without-mix"),
 ]
 
 
@@ -502,11 +580,6 @@ def assert_located(stderr: str, path: Path, line: int, column: int, phrase: str)
     caret = shown[2]
     assert set(caret.strip()) == {"^"}, stderr
     assert caret.index("^") == 4 + column - 1, stderr  # rendered lines are indented by four spaces
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("FUSIONC_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
 @pytest.mark.parametrize("source, line, column, phrase", CASES)

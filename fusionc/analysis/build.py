@@ -27,6 +27,7 @@ class _DiagramChecker:
         self.decl_span: dict[str, Span] = {}
         self.used: set[str] = set()
         self.weights_user: dict[str, Span] = {}
+        self.lets: set[str] = set()
 
     def irreps(self, text: ast.IrrepsText) -> Irreps:
         return Irreps.parse(text.text, so3=self.group == "SO3", span=text.span)
@@ -45,10 +46,12 @@ class _DiagramChecker:
             elif isinstance(stmt, ast.OutDecl):
                 self.declare(stmt.name)
                 self.outputs[stmt.name.text] = stmt
+            elif isinstance(stmt, ast.LetStmt):
+                self.declare(stmt.name)
+                self.lets.add(stmt.name.text)
         order: list[Value] = []
         for stmt in self.d.statements:
             if isinstance(stmt, ast.LetStmt):
-                self.declare(stmt.name)
                 order.append(self.let(stmt))
             elif isinstance(stmt, ast.AssignStmt):
                 order.append(self.assign(stmt))
@@ -78,7 +81,7 @@ class _DiagramChecker:
         if text in self.inputs:
             i = self.inputs[text]
             if i.kind != "irreps":
-                raise FusionError(f"'{text}' is a {i.kind} input: it can only follow "
+                raise FusionError(f"'{text}' is {'a weights' if i.kind == 'weights' else 'an index'} input: it can only follow "
                                   f"'{'by' if i.kind == 'weights' else 'per'}'", name.span)
             self.used.add(text)
             return i.irreps
@@ -88,8 +91,9 @@ class _DiagramChecker:
         if text in self.values:
             self.used.add(text)
             return self.values[text].irreps
-        if text in self.decl_span:
-            raise FusionError(f"'{text}' is used before it is defined", name.span)
+        if text in self.lets:
+            raise FusionError(f"'{text}' is used before it is defined (line {self.decl_span[text].line})",
+                              name.span)
         raise FusionError(f"unknown name '{text}'", name.span)
 
     def let(self, stmt: ast.LetStmt) -> Value:
@@ -112,6 +116,9 @@ class _DiagramChecker:
         if name not in self.outputs:
             if name in self.inputs:
                 raise FusionError(f"'{name}' is an input and cannot be assigned", stmt.name.span)
+            if name in self.lets:
+                raise FusionError(f"'{name}' is a let, defined once at line {self.decl_span[name].line}; "
+                                  f"it cannot be assigned again", stmt.name.span)
             raise FusionError(f"'{name}' is not a declared output (declare 'out {name} : IRREPS', or "
                               f"use 'let')", stmt.name.span)
         if name in self.values:
@@ -166,8 +173,8 @@ class _DiagramChecker:
                               f"{self.inputs[by.text].kind}", by.span)
         if by.text in self.weights_user:
             first = self.weights_user[by.text]
-            raise FusionError(f"weights input '{by.text}' already feeds the term at line {first.line}",
-                              by.span)
+            raise FusionError(f"weights input '{by.text}' already feeds the term at line {first.line}, "
+                              f"column {first.column}; each weights input feeds one term", by.span)
         self.weights_user[by.text] = by.span
         self.used.add(by.text)
         return mode, by.text
@@ -192,8 +199,9 @@ class _DiagramChecker:
             for p in paths:
                 a, c = x[p.operand_blocks[0]], dest[p.out_block]
                 if mode in ("uuu", "none") and a.mul != c.mul:
-                    raise FusionError(f"mix {mode} maps channels one to one: {a} cannot give {c}",
-                                      term.mix.mode.span if term.mix else term.span)
+                    how = f"mix {mode} maps" if term.mix else "a term without 'mix' maps"
+                    raise FusionError(f"{how} channels one to one: {a} cannot give {c}; 'mix uvw' mixes "
+                                      f"channels", term.mix.mode.span if term.mix else term.span)
             return CouplingVertex(vid, (term.operand.text,), (x,), dest, mode, source, paths,
                                   tuple(range(len(dest))), text, term.span)
         if len(term.operands) > 2:

@@ -10,10 +10,11 @@ import lark
 
 from fusionc.errors import FusionError, Span
 from fusionc.frontend import ast
+from fusionc.ir.irreps import Irreps
 
 _READABLE = {
     "NAME": "a name", "INT": "an integer", "IRREPS": "irreps such as 32x0e + 1o",
-    "LBRACE": "'{'", "RBRACE": "'}'", "LPAR": "'('", "RPAR": "')'", "COLON": "':'",
+    "MODE": "a mix mode (uvw, uvu, uuu, uvuv or none)", "LBRACE": "'{'", "RBRACE": "'}'", "LPAR": "'('", "RPAR": "')'", "COLON": "':'",
     "EQUAL": "'='", "PLUS": "'+'", "COMMA": "','", "SEMICOLON": "';'", "__ANON_0": "'->'",
     "$END": "end of file",
 }
@@ -52,11 +53,31 @@ def _describe(names: set[str]) -> str:
 
 
 def _end_of(source: str) -> Span:
-    lines = source.splitlines() or [""]
-    return Span(len(lines), len(lines[-1]) + 1)
+    """Just after the last line that holds code (not blank, not only a comment)."""
+    lines = source.splitlines()
+    for number in range(len(lines), 0, -1):
+        code = lines[number - 1].split("#")[0].rstrip()
+        if code:
+            return Span(number, len(code) + 1)
+    return Span(1, 1)
+
+
+def _irreps_diagnosis(source: str, line: int, column: int) -> FusionError | None:
+    """Where the lexer found no irreps but the text starts like one, the irreps parser says why."""
+    rest = source.splitlines()[line - 1][column - 1:].split("#")[0]
+    if not rest[:1].isdigit():
+        return None
+    try:
+        Irreps.parse(rest.rstrip(), span=Span(line, column), check_parity=False)
+    except FusionError as exc:
+        return exc
+    return None
 
 
 def _syntax_error(exc: lark.exceptions.UnexpectedInput, source: str) -> FusionError:
+    expected = set(getattr(exc, "allowed", None) or getattr(exc, "expected", None) or ())
+    if "IRREPS" in expected and exc.line > 0 and (diagnosis := _irreps_diagnosis(source, exc.line, exc.column)):
+        return diagnosis
     if isinstance(exc, lark.exceptions.UnexpectedCharacters):
         found = repr(exc.char)
         message = f"unexpected character {found}"
@@ -75,6 +96,9 @@ def _syntax_error(exc: lark.exceptions.UnexpectedInput, source: str) -> FusionEr
 
 class _ToAst(lark.Transformer):
     def NAME(self, token):  # noqa: N802 (lark's terminal callback names)
+        return ast.Name(str(token), _span(token))
+
+    def MODE(self, token):  # noqa: N802
         return ast.Name(str(token), _span(token))
 
     def INT(self, token):  # noqa: N802

@@ -71,10 +71,9 @@ class Irreps:
     blocks: tuple[MulIrrep, ...]
 
     @staticmethod
-    def parse(text: str, *, so3: bool = False, span: Span | None = None) -> Irreps:
+    def parse(text: str, *, so3: bool = False, span: Span | None = None, check_parity: bool = True) -> Irreps:
         """Parse `32x0e + 1o`, with grouping `32x(0e + 1o)`; SO(3) irreps carry no parity."""
-        parser = _IrrepsParser(text, so3, span)
-        return parser.parse()
+        return _IrrepsParser(text, so3, span, check_parity).parse()
 
     @property
     def dim(self) -> int:
@@ -109,13 +108,15 @@ class Irreps:
 
 
 class _IrrepsParser:
-    def __init__(self, text: str, so3: bool, span: Span | None) -> None:
-        self.text, self.so3, self.span, self.pos = text, so3, span, 0
+    def __init__(self, text: str, so3: bool, span: Span | None, check_parity: bool) -> None:
+        self.text, self.so3, self.span, self.check_parity, self.pos = text, so3, span, check_parity, 0
 
     def error(self, message: str, at: int) -> FusionError:
-        return FusionError(message, self.span.shifted(at) if self.span else None)
+        return FusionError(message, self.span.advanced(self.text, at) if self.span else None)
 
     def irrep(self, l_text: str, parity: str, at: int) -> Irrep:
+        if not self.check_parity:
+            return Irrep(int(l_text), NO_PARITY)
         if self.so3 and parity:
             raise self.error(f"SO(3) irreps carry no parity: write '{l_text}', not "
                              f"'{l_text}{parity}' (or declare 'group O3')", at)
