@@ -10,15 +10,22 @@ import argparse
 import sys
 from pathlib import Path
 
-from fusionc.analysis.cost import diagram_flops, path_flops
+from fusionc.analysis.cost import path_flops
+from fusionc.analysis.plan import explain, plan_diagram
 from fusionc.errors import FusionError
-from fusionc.ir.diagram import Diagram
+from fusionc.ir.diagram import Diagram, path_label
 from fusionc.pipeline import PASS_NAMES, compile_source
 
 NUMERIC_TOLERANCE = 1e-10
 
 
+class UsageError(Exception):
+    """A bad command line (unknown back end, output format, diagram): exit 2 with a message."""
+
+
 def _describe(d: Diagram) -> list[str]:
+    plan = plan_diagram(d)
+    term_cost = {t.vertex: t.planned for t in plan.terms}
     lines = [f"diagram {d.name}  (group {d.group}, convention {d.convention})"]
     for i in d.inputs:
         if i.kind == "irreps":
@@ -31,16 +38,20 @@ def _describe(d: Diagram) -> list[str]:
     for v in d.values:
         lines.append(f"  {'out' if v.is_output else 'let'} {v.name} : {v.irreps}  (dim {v.irreps.dim})")
     for t in d.vertices:
-        lines.append(f"  {t.id} = {t.text}: {len(t.paths)} paths, {t.weight_numel} weights"
-                     + (f" from '{t.weight_source}'" if t.weight_source else ""))
+        weights = f"{t.weight_numel} weights"
+        if t.weight_source:
+            weights += f" from '{t.weight_source}'"
+        if t.per:
+            weights += f" for each of the {t.weight_sets} values of '{t.per}'"
+        kind = "fusion trees" if t.is_tree else "paths"
+        lines.append(f"  {t.id} = {t.text}: {len(t.paths)} {kind}, {weights}, {term_cost[t.id]} FLOPs/row")
         for p in t.paths:
-            ins = " ⊗ ".join(f"{op}[{b}] {irreps[b]}" for op, irreps, b in zip(t.operands, t.irreps_in, p.operand_blocks))
             shape = "×".join(map(str, p.weight_shape)) or "none"
-            lines.append(f"      {ins} -> {t.irreps_out[p.out_block]}   weights {shape}   "
-                         f"FLOPs/row {path_flops(t, p)}")
+            flops = "" if t.is_tree else f"   FLOPs/row {path_flops(t, p)}"
+            lines.append(f"      {path_label(t, p)}   weights {shape}{flops}")
     external = sum(t.weight_numel for t in d.vertices if t.weight_source is not None)
     lines.append(f"  parameters: {d.internal_weight_numel} learnable, {external} per row from weights inputs")
-    lines.append(f"  FLOPs per row: {diagram_flops(d)} (dense CG, opt_einsum order)")
+    lines.append(f"  FLOPs per row: {plan.planned_flops} (see --explain for the plan)")
     return lines
 
 
@@ -65,6 +76,8 @@ def _check(args: argparse.Namespace) -> int:
             ops = loads(source, "torch", str(path))
         for d in diagrams:
             print("\n".join(_describe(d)))
+            if args.explain:
+                print(explain(d, plan_diagram(d)))
             if ops is not None:
                 error = equivariance_error(getattr(ops, d.name)(), d, rotations=args.rotations)
                 ok = error < NUMERIC_TOLERANCE
@@ -80,7 +93,10 @@ def _compile_cmd(args: argparse.Namespace) -> int:
     from fusionc.algebra.cache import atomic_write
     from fusionc.backends import get_backend
 
-    emit = get_backend(args.backend)
+    try:
+        emit = get_backend(args.backend)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     source, diagrams = _compile(Path(args.file), args.dump_ir)
     code = emit(diagrams, source, args.file)
     if args.output == "-":
@@ -97,12 +113,12 @@ def _show(args: argparse.Namespace) -> int:
 
     suffix = Path(args.output).suffix
     if suffix not in (".svg", ".dot"):
-        raise ValueError(f"cannot draw to '{args.output}': the output must end in .svg or .dot")
+        raise UsageError(f"cannot draw to '{args.output}': the output must end in .svg or .dot")
     _, diagrams = _compile(Path(args.file), None)
     if args.diagram:
         chosen = tuple(d for d in diagrams if d.name == args.diagram)
         if not chosen:
-            raise ValueError(f"no diagram '{args.diagram}' in {args.file}; it has "
+            raise UsageError(f"no diagram '{args.diagram}' in {args.file}; it has "
                              f"{', '.join(d.name for d in diagrams)}")
         diagrams = chosen
     text = to_svg(diagrams) if suffix == ".svg" else to_dot(diagrams)
@@ -121,6 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("files", nargs="+", metavar="FILE")
     check.add_argument("--numeric", action="store_true",
                        help="also test equivariance numerically (float64, random rotations and inversion)")
+    check.add_argument("--explain", action="store_true",
+                       help="print each diagram's contraction plan: FLOPs per row, naive and chosen")
     check.add_argument("--rotations", type=int, default=3, help="random rotations for --numeric (default 3)")
     check.add_argument("--dump-ir", choices=PASS_NAMES, metavar="PASS",
                        help=f"print the IR after a pass ({', '.join(PASS_NAMES)})")
@@ -147,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     except FusionError as exc:
         print(exc, file=sys.stderr)
         return 2
-    except ValueError as exc:
+    except UsageError as exc:
         print(f"fusionc: error: {exc}", file=sys.stderr)
         return 2
 

@@ -439,25 +439,34 @@ diagram d {
     y = x mix uvw
 }
 """, 2, 12, "'convention' is declared twice (first at line 1)", id="headers-convention-twice"),
-    # --- not supported yet ------------------------------------------------------------------
+    # --- fusion trees, symmetric fusion, per-index weights ----------------------------------
     pytest.param("""\
 diagram d {
     in  a : 8x0e
     in  b : 8x0e
     in  c : 8x0e
     out y : 8x0e
-    y = fuse(a, b, c) mix uuu
+    y = fuse(a, b, c) mix uvw
 }
-""", 6, 20, "fusion of more than two operands is not supported yet", id="not-yet-nary-fuse"),
+""", 6, 27, "a fusion of 3 operands mixes channels element-wise: use mix uuu (weighted) or none, not uvw",
+                 id="trees-nary-needs-uuu"),
     pytest.param("""\
 diagram d {
-    in  x : 8x0e
-    in  s : 0e
-    in  z : index(10)
-    out y : 8x0e
-    y = fuse(x, s) mix uvu per z
+    in  x : 8x0e + 8x1o
+    out y : 8x1o
+    y = fuse(x, x) mix uvu
 }
-""", 6, 32, "per-index weights ('per') is not supported yet", id="not-yet-per"),
+""", 4, 24, "a fusion of a repeated operand mixes channels element-wise", id="trees-symmetric-needs-uuu"),
+    pytest.param("""\
+diagram d {
+    in  a : 8x0e
+    in  b : 4x1o
+    in  c : 8x1o
+    out y : 8x0e
+    y = fuse(a, b, c) mix uuu
+}
+""", 6, 27, "mix uuu pairs channels one to one: 8x0e, 4x1o, 8x1o, 8x0e must have the same multiplicity",
+                 id="trees-nary-multiplicity"),
     pytest.param("""\
 diagram d {
     in  a : 8x0e
@@ -465,15 +474,52 @@ diagram d {
     out y : 8x0e
     y = fuse(a, b; lmax=2) mix uuu
 }
-""", 5, 20, "the fuse option 'lmax' is not supported yet", id="not-yet-lmax"),
+""", 5, 20, "lmax bounds the inner labels of a fusion of three or more operands", id="trees-lmax-two-operands"),
+    pytest.param("""\
+diagram d {
+    in  a : 8x1o
+    in  b : 8x1o
+    in  c : 8x1o
+    out y : 8x2o
+    y = fuse(a, b, c; lmax=0) -> 8x2o mix uuu
+}
+""", 6, 34, "no fusion tree of a, b, c gives 8x2o with inner labels up to l=0", id="trees-lmax-unreachable"),
+    pytest.param("""\
+diagram d {
+    in  a : 8x0e
+    in  b : 8x0e
+    in  c : 8x0e
+    out y : 8x0e
+    y = fuse(a, b, c; depth=2) mix uuu
+}
+""", 6, 23, "unknown fuse option 'depth'; the option is lmax=N", id="trees-unknown-option"),
     pytest.param("""\
 diagram d {
     in  x : 8x0e
+    in  s : 0e
+    in  w : weights
     out y : 8x0e
-    y = fuse(x, x) mix uuu
+    y = fuse(x, s) mix uvu per w
 }
-""", 4, 17, "fusion of a repeated operand (symmetric fusion) is not supported yet",
-                 id="not-yet-repeated-operand"),
+""", 6, 32, "'per w' needs an index input (in w : index(K)), but 'w' is declared as weights",
+                 id="per-needs-index-input"),
+    pytest.param("""\
+diagram d {
+    in  x : 8x0e
+    in  z : index(4)
+    out y : 8x0e
+    y = fuse(x, x) mix none per z
+}
+""", 5, 33, "mix none has no weights to select 'per' index", id="per-with-mix-none"),
+    pytest.param("""\
+diagram d {
+    in  x : 8x0e
+    in  w : weights
+    in  z : index(4)
+    out y : 8x0e
+    y = x mix uuu by w per z
+}
+""", 6, 28, "weights come either 'by' an input or 'per' index", id="per-and-by"),
     # --- index inputs -----------------------------------------------------------------------
     pytest.param("""\
 diagram d {

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from fusionc.analysis.paths import (channel_mismatch, coupling_paths, linear_paths, normalise_coupling,
-                                    why_not)
+                                    tree_paths, why_not)
+from fusionc.analysis.trees import canonical_order, symmetric_trees
 from fusionc.errors import FusionError, Span
 from fusionc.frontend import ast
 from fusionc.ir.diagram import MODES, CouplingVertex, Diagram, Input, Value
@@ -12,10 +13,7 @@ from fusionc.ir.irreps import Irreps
 GROUPS = ("O3", "SO3")
 CONVENTIONS = ("e3nn",)
 _LINEAR_MODES = ("uvw", "uuu", "none")
-
-
-def _not_yet(what: str, span: Span) -> FusionError:
-    return FusionError(f"{what} is not supported yet", span)
+_TREE_MODES = ("uuu", "none")
 
 
 class _DiagramChecker:
@@ -143,6 +141,8 @@ class _DiagramChecker:
         for v in vertices:
             if block_index not in v.placement:
                 continue
+            if v.is_tree:
+                return f"{head}: no fusion tree of {', '.join(v.operands)} reaches it"
             if len(v.irreps_in) == 2:
                 reasons = [why_not(a.ir, b.ir, block.ir) for a in v.irreps_in[0] for b in v.irreps_in[1]]
                 parity = [r for r in reasons if "parity" in r]
@@ -150,19 +150,33 @@ class _DiagramChecker:
             return f"{head}: {v.operands[0]} has no {block.ir} block"
         return f"{head}: no term targets it"
 
-    def mix(self, mix: ast.Mix | None, linear: bool) -> tuple[str, str | None]:
+    def mix(self, mix: ast.Mix | None, linear: bool) -> tuple[str, str | None, str | None, int]:
+        """The mode, the weights input (`by`), the index input (`per`) and its size."""
         if mix is None:
-            return "none", None
+            return "none", None, None, 1
         mode = mix.mode.text
         if mode not in MODES:
             raise FusionError(f"unknown mix mode '{mode}'; expected one of {', '.join(MODES)}", mix.mode.span)
         if linear and mode not in _LINEAR_MODES:
             raise FusionError(f"mix {mode} needs two operands; a linear map takes "
                               f"{', '.join(_LINEAR_MODES)}", mix.mode.span)
+        per, sets = None, 1
         if mix.per is not None:
-            raise _not_yet("per-index weights ('per')", mix.per.span)
+            if mode == "none":
+                raise FusionError("mix none has no weights to select 'per' index", mix.per.span)
+            if mix.by is not None:
+                raise FusionError("weights come either 'by' an input or 'per' index from the module's own "
+                                  "parameters, not both", mix.per.span)
+            per = mix.per.text
+            if per not in self.inputs:
+                raise FusionError(f"unknown name '{per}'", mix.per.span)
+            if self.inputs[per].kind != "index":
+                raise FusionError(f"'per {per}' needs an index input (in {per} : index(K)), but '{per}' is "
+                                  f"declared as {self.inputs[per].kind}", mix.per.span)
+            self.used.add(per)
+            sets = self.inputs[per].size
         if mix.by is None:
-            return mode, None
+            return mode, None, per, sets
         by = mix.by
         if mode == "none":
             raise FusionError("mix none has no weights to take 'by' an input", by.span)
@@ -177,7 +191,7 @@ class _DiagramChecker:
                               f"column {first.column}; each weights input feeds one term", by.span)
         self.weights_user[by.text] = by.span
         self.used.add(by.text)
-        return mode, by.text
+        return mode, by.text, None, 1
 
     def placement(self, target: Irreps, dest_name: str, dest: Irreps, span: Span) -> tuple[int, ...]:
         taken: set[int] = set()
@@ -194,7 +208,7 @@ class _DiagramChecker:
         text = _term_text(term)
         if isinstance(term, ast.NameTerm):
             x = self.operand(term.operand)
-            mode, source = self.mix(term.mix, linear=True)
+            mode, source, per, sets = self.mix(term.mix, linear=True)
             paths = linear_paths(mode, x, dest)
             for p in paths:
                 a, c = x[p.operand_blocks[0]], dest[p.out_block]
@@ -203,19 +217,19 @@ class _DiagramChecker:
                     raise FusionError(f"{how} channels one to one: {a} cannot give {c}; 'mix uvw' mixes "
                                       f"channels", term.mix.mode.span if term.mix else term.span)
             return CouplingVertex(vid, (term.operand.text,), (x,), dest, mode, source, paths,
-                                  tuple(range(len(dest))), text, term.span)
-        if len(term.operands) > 2:
-            raise _not_yet("fusion of more than two operands", term.operands[2].span)
+                                  tuple(range(len(dest))), per, sets, text, term.span)
         if len(term.operands) < 2:
             raise FusionError("fuse needs two operands; for a linear map write 'NAME mix MODE'", term.span)
-        if term.operands[0].text == term.operands[1].text:
-            raise _not_yet("fusion of a repeated operand (symmetric fusion)", term.operands[1].span)
-        if term.options:
-            raise _not_yet(f"the fuse option '{term.options[0].key.text}'", term.options[0].span)
-        x, y = (self.operand(n) for n in term.operands)
-        mode, source = self.mix(term.mix, linear=False)
+        operand_irreps = {n.text: self.operand(n) for n in term.operands}
+        mode, source, per, sets = self.mix(term.mix, linear=False)
+        lmax = self.fuse_options(term)
         target = self.irreps(term.target) if term.target is not None else dest
         placement = self.placement(target, dest_name, dest, term.target.span if term.target else term.span)
+        names = tuple(n.text for n in term.operands)
+        if len(names) > 2 or len(set(names)) < len(names):
+            return self.tree_term(vid, term, names, operand_irreps, mode, source, per, sets, lmax, target,
+                                  placement, text)
+        x, y = (operand_irreps[n] for n in names)
         triples = coupling_paths(mode, x, y, target)
         for i1, i2, io in triples:
             problem = channel_mismatch(mode, x[i1], y[i2], target[io])
@@ -228,18 +242,59 @@ class _DiagramChecker:
                 parity = [r for r in reasons if "parity" in r]
                 raise FusionError(f"no path gives {block}: {(parity or reasons)[0]}", term.target.span)
         paths = normalise_coupling(mode, x, y, target, triples)
-        return CouplingVertex(vid, tuple(n.text for n in term.operands), (x, y), target, mode, source, paths,
-                              placement, text, term.span)
+        return CouplingVertex(vid, names, (x, y), target, mode, source, paths, placement, per, sets, text,
+                              term.span)
+
+    def fuse_options(self, term: ast.FuseTerm) -> int | None:
+        lmax = None
+        for option in term.options:
+            if option.key.text != "lmax":
+                raise FusionError(f"unknown fuse option '{option.key.text}'; the option is lmax=N", option.key.span)
+            if lmax is not None:
+                raise FusionError("lmax is given twice", option.span)
+            if len(term.operands) < 3:
+                raise FusionError("lmax bounds the inner labels of a fusion of three or more operands; "
+                                  "a fusion of two has none", option.span)
+            lmax = option.value
+        return lmax
+
+    def tree_term(self, vid: str, term: ast.FuseTerm, names: tuple[str, ...], operand_irreps: dict[str, Irreps],
+                  mode: str, source: str | None, per: str | None, sets: int, lmax: int | None,
+                  target: Irreps, placement: tuple[int, ...], text: str) -> CouplingVertex:
+        """A fusion of three or more operands, or of a repeated one, as a set of fusion trees."""
+        where = term.mix.mode.span if term.mix else term.span
+        if mode not in _TREE_MODES:
+            what = "a repeated operand" if len(names) == 2 else f"{len(names)} operands"
+            raise FusionError(f"a fusion of {what} mixes channels element-wise: use mix uuu (weighted) or "
+                              f"none, not {mode}", where)
+        canonical = canonical_order(names)
+        irreps = tuple(operand_irreps[n] for n in canonical)
+        trees = symmetric_trees(canonical, irreps, target, lmax)
+        for t in trees:
+            blocks = [irr[b] for irr, b in zip(irreps, t.blocks)] + [target[t.out_block]]
+            if len({b.mul for b in blocks}) > 1:
+                listed = ", ".join(map(str, blocks))
+                raise FusionError(f"mix {mode} pairs channels one to one: {listed} must have the same "
+                                  f"multiplicity", where)
+        produced = {t.out_block for t in trees}
+        for io, block in enumerate(target):
+            if io not in produced and term.target is not None:
+                bound = f" with inner labels up to l={lmax}" if lmax is not None else ""
+                raise FusionError(f"no fusion tree of {', '.join(names)} gives {block}{bound}", term.target.span)
+        return CouplingVertex(vid, canonical, irreps, target, mode, source, tree_paths(mode, target, trees),
+                              placement, per, sets, text, term.span)
 
 
 def _term_text(term: ast.Term) -> str:
     mix = ""
     if term.mix:
-        mix = f" mix {term.mix.mode.text}" + (f" by {term.mix.by.text}" if term.mix.by else "")
+        mix = (f" mix {term.mix.mode.text}" + (f" by {term.mix.by.text}" if term.mix.by else "")
+               + (f" per {term.mix.per.text}" if term.mix.per else ""))
     if isinstance(term, ast.NameTerm):
         return f"{term.operand.text}{mix}"
     target = f" -> {' '.join(term.target.text.split())}" if term.target else ""
-    return f"fuse({', '.join(n.text for n in term.operands)}){target}{mix}"
+    options = "".join(f"; {o.key.text}={o.value}" for o in term.options)
+    return f"fuse({', '.join(n.text for n in term.operands)}{options}){target}{mix}"
 
 
 def build(program: ast.Program, filename: str = "<string>") -> tuple[Diagram, ...]:

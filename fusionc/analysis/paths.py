@@ -65,6 +65,25 @@ def normalise_coupling(mode: str, x: Irreps, y: Irreps, out: Irreps,
     return tuple(paths)
 
 
+def tree_paths(mode: str, target: Irreps, trees) -> tuple[CouplingPath, ...]:
+    """Paths of fusion trees with component normalisation: each inner CG of label k scaled by
+    sqrt(2k+1), and each output block by sqrt(dim / number of trees reaching it)."""
+    fan_in: dict[int, int] = {}
+    for t in trees:
+        fan_in[t.out_block] = fan_in.get(t.out_block, 0) + 1
+    paths, offset = [], 0
+    for t in trees:
+        out = target[t.out_block]
+        inner = 1
+        for k in t.inner:
+            inner *= k.dim
+        shape = (out.mul,) if mode == "uuu" else ()
+        paths.append(CouplingPath(t.blocks, t.out_block, shape, offset, sqrt(inner * out.ir.dim / fan_in[t.out_block]),
+                                  t.inner))
+        offset += paths[-1].weight_numel
+    return tuple(paths)
+
+
 def linear_paths(mode: str, x: Irreps, out: Irreps) -> tuple[CouplingPath, ...]:
     """Paths of an equivariant linear map (e3nn `o3.Linear` for uvw), in (i_in, i_out) order."""
     pairs = [(i, o) for i, a in enumerate(x) for o, b in enumerate(out) if a.ir == b.ir]

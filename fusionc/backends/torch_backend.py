@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 
 from fusionc.analysis.cost import path_equation
-from fusionc.ir.diagram import CouplingPath, CouplingVertex, Diagram
+from fusionc.analysis.plan import Contribution, Couple, DiagramPlan, Leaf, WeightedSum, plan_diagram
+from fusionc.ir.diagram import CouplingPath, CouplingVertex, Diagram, path_label
 from fusionc.version import __version__
 
 
@@ -34,10 +35,10 @@ def _cg_name(t: CouplingVertex, p: CouplingPath) -> str:
     return "cg_" + "_".join(map(str, ls))
 
 
-def _cg_tables(d: Diagram) -> list[tuple[int, int, int]]:
-    tables = set()
+def _cg_tables(d: Diagram, plan: DiagramPlan) -> list[tuple[int, int, int]]:
+    tables = {(s.la, s.lb, s.k.l) for s in plan.steps if isinstance(s, Couple)}
     for t in d.vertices:
-        if len(t.operands) == 2:
+        if len(t.operands) == 2 and not t.is_tree:
             for p in t.paths:
                 tables.add(tuple(int(x) for x in _cg_name(t, p).split("_")[1:]))
     return sorted(tables)
@@ -48,6 +49,7 @@ def _weight_inputs(d: Diagram) -> dict[str, CouplingVertex]:
 
 
 def _emit_class(w: _Writer, d: Diagram) -> None:
+    plan = plan_diagram(d)
     irreps_inputs = [i for i in d.inputs if i.kind == "irreps"]
     weight_inputs = _weight_inputs(d)
     outputs = d.outputs
@@ -56,7 +58,8 @@ def _emit_class(w: _Writer, d: Diagram) -> None:
     w('"""' + "; ".join(f"{v.name} = {' + '.join(t.text for t in v.terms)}" for v in outputs))
     w()
     for i in d.inputs:
-        kind = str(i.irreps) if i.kind == "irreps" else f"weights ({weight_inputs[i.name].weight_numel} per row)"
+        kind = {"irreps": str(i.irreps), "index": f"index({i.size})"}.get(
+            i.kind, f"weights ({weight_inputs[i.name].weight_numel} per row)" if i.kind == "weights" else "")
         w(f"in  {i.name} : {kind}")
     for v in d.values:
         w(f"{'out' if v.is_output else 'let'} {v.name} : {v.irreps}")
@@ -66,14 +69,15 @@ def _emit_class(w: _Writer, d: Diagram) -> None:
     w(f"irreps_out = {tuple(str(v.irreps) for v in outputs)!r}")
     w(f"weight_numel = {d.internal_weight_numel}")
     w(f"input_weight_numel = { {k: t.weight_numel for k, t in weight_inputs.items()}!r}")
-    w(f"cg_tables = {tuple(_cg_tables(d))!r}")
+    w(f"cg_tables = {tuple(_cg_tables(d, plan))!r}")
     w()
     w("def __init__(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:")
     w.indent()
     w("super().__init__()")
     w("dtype = dtype or torch.get_default_dtype()")
     if d.internal_weight_numel:
-        w("# internal weights, one block per path in path order, initialised as e3nn does")
+        w("# internal weights: per term (and per index value, for 'per'), one block per path in path order;")
+        w("# initialised as e3nn does")
         w(f"self.weight = torch.nn.Parameter(torch.randn({d.internal_weight_numel}, dtype=dtype, device=device))")
     else:
         w('self.register_buffer("weight", torch.zeros(0, dtype=dtype, device=device), persistent=False)')
@@ -92,14 +96,16 @@ def _emit_class(w: _Writer, d: Diagram) -> None:
         w(f"{i.name} = rt.rows({i.name}, batch, {i.irreps.dim})")
     for k, t in weight_inputs.items():
         w(f"{k} = rt.weight_rows({k}, batch, {t.weight_numel})")
+    for i in d.inputs:
+        if i.kind == "index":
+            w(f'{i.name} = rt.index_rows({i.name}, batch, {i.size}, "{i.name}")')
     offsets = {}
     offset = 0
     for t in d.vertices:
-        if t.weight_source is None:
-            offsets[t.id] = offset
-            offset += t.weight_numel
+        offsets[t.id] = offset
+        offset += t.parameter_numel
     for v in d.values:
-        _emit_value(w, d, v, offsets)
+        _emit_value(w, d, v, offsets, plan)
     for v in outputs:
         w(f"{v.name} = {v.name}.reshape(*batch, {v.irreps.dim})")
     w(f"return {', '.join(v.name for v in outputs)}")
@@ -113,31 +119,70 @@ def _block(name: str, irreps, index: int) -> str:
     return f"{name}[:, {start}:{stop}].reshape(n, {b.mul}, {b.ir.dim})"
 
 
-def _emit_value(w: _Writer, d: Diagram, v, offsets: dict[str, int]) -> None:
+def _weights(w: _Writer, t: CouplingVertex, offset: int) -> str | None:
+    """Bind the term's weights to a local: a (numel,) vector, or (n, numel) rows for by/per."""
+    if not t.has_weights:
+        return None
+    name = "w_" + t.id.replace(".", "_")
+    if t.weight_source is not None:
+        w(f"{name} = {t.weight_source}")
+    elif t.per is not None:
+        sets = f"self.weight[{offset}:{offset + t.parameter_numel}].view({t.weight_sets}, {t.weight_numel})"
+        w(f"{name} = {sets}[{t.per}]  # one weight set per row, chosen by {t.per}")
+    else:
+        w(f"{name} = self.weight[{offset}:{offset + t.weight_numel}]")
+    return name
+
+
+def _scaled(node: str, weights: str | None, start: int | None, mul: int, coeff: float) -> str:
+    if start is not None and weights is not None:
+        return f"{node} * ({weights}[..., {start}:{start + mul}, None] * {coeff!r})"
+    return node if coeff == 1.0 else f"{node} * {coeff!r}"
+
+
+def _emit_tree_term(w: _Writer, t: CouplingVertex, weights: str | None, plan: DiagramPlan,
+                    contributions: dict[int, list[str]]) -> None:
+    for step in plan.vertex_steps[t.id]:
+        if isinstance(step, Leaf):
+            irreps = next(irr for op, irr in zip(t.operands, t.irreps_in) if op == step.operand)
+            w(f"{step.name} = {_block(step.operand, irreps, step.block)}")
+        elif isinstance(step, Couple):
+            w(f'{step.name} = torch.einsum("zui,zuj,ijk->zuk", {step.a}, {step.b}, '
+              f'self.cg_{step.la}_{step.lb}_{step.k.l})  # -> {step.mul}x{step.k}')
+        elif isinstance(step, WeightedSum):
+            parts = [_scaled(node, weights, start, step.mul, c) for node, start, c in step.parts]
+            w(f"{step.name} = {' + '.join(parts)}")
+        elif isinstance(step, Contribution):
+            contributions[step.block].append(_scaled(step.node, weights, step.start, step.mul, step.coeff))
+
+
+def _emit_value(w: _Writer, d: Diagram, v, offsets: dict[str, int], plan: DiagramPlan) -> None:
     w()
     w(f"# {'out' if v.is_output else 'let'} {v.name} : {v.irreps}")
     contributions: dict[int, list[str]] = {i: [] for i in range(len(v.irreps))}
     counter = 0
     for t in v.terms:
         w(f"# {t.id}: {t.text}")
+        weights = _weights(w, t, offsets[t.id])
+        if t.is_tree:
+            w(f"# {len(t.paths)} fusion trees; shared couplings are reused from earlier terms")
+            _emit_tree_term(w, t, weights, plan, contributions)
+            continue
         for p in t.paths:
             operands = [_block(op, irreps, b) for op, irreps, b in zip(t.operands, t.irreps_in, p.operand_blocks)]
             if len(t.operands) == 2:
                 operands.append(f"self.{_cg_name(t, p)}")
             if p.weight_shape:
                 shape = ", ".join(map(str, p.weight_shape))
-                if t.weight_source is None:
-                    start = offsets[t.id] + p.weight_offset
-                    operands.append(f"self.weight[{start}:{start + p.weight_numel}].view({shape})")
+                start = p.weight_offset
+                if t.per_row_weights:
+                    operands.append(f"{weights}[:, {start}:{start + p.weight_numel}].view(n, {shape})")
                 else:
-                    start = p.weight_offset
-                    operands.append(f"{t.weight_source}[:, {start}:{start + p.weight_numel}].view(n, {shape})")
-            equation = path_equation(t.mode, len(t.operands), t.weight_source is not None)
-            out_block = t.irreps_out[p.out_block]
-            label = " ⊗ ".join(str(irreps[b]) for irreps, b in zip(t.irreps_in, p.operand_blocks))
+                    operands.append(f"{weights}[{start}:{start + p.weight_numel}].view({shape})")
+            equation = path_equation(t.mode, len(t.operands), t.per_row_weights)
             name = f"{v.name}_{counter}"
             counter += 1
-            w(f"# {label} -> {out_block}")
+            w(f"# {path_label(t, p)}")
             scale = "" if p.normalization == 1.0 else f" * {p.normalization!r}"
             if equation == "zui->zui":
                 w(f"{name} = {operands[0]}{scale}")

@@ -14,7 +14,7 @@ from math import prod
 import networkx as nx
 
 from fusionc.errors import Span
-from fusionc.ir.irreps import Irreps
+from fusionc.ir.irreps import Irrep, Irreps
 
 #: Channel-mixing modes, named as e3nn names them; `none` couples element-wise with no weights.
 MODES = ("uvw", "uvu", "uuu", "uvuv", "none")
@@ -33,13 +33,18 @@ class Input:
 
 @dataclass(frozen=True)
 class CouplingPath:
-    """One block of each operand coupled into one block of the vertex's output."""
+    """One block of each operand coupled into one block of the vertex's output.
+
+    With three or more operands the path is a fusion tree ((x1 ⊗ x2)_k1 ⊗ x3)_k2 … and `inner`
+    holds its inner labels k1, k2, ….
+    """
 
     operand_blocks: tuple[int, ...]
     out_block: int
     weight_shape: tuple[int, ...]  # () when the path has no weights
     weight_offset: int
     normalization: float
+    inner: tuple[Irrep, ...] = ()
 
     @property
     def weight_numel(self) -> int:
@@ -58,16 +63,44 @@ class CouplingVertex:
     weight_source: str | None  # None: internal parameters; else the `weights` input it reads
     paths: tuple[CouplingPath, ...]
     placement: tuple[int, ...]  # block i of irreps_out lands in block placement[i] of the value
+    per: str | None = None  # the index input that selects one of `weight_sets` weight vectors
+    weight_sets: int = 1
     text: str = field(default="", compare=False)
     span: Span | None = field(default=None, compare=False)
 
     @property
     def weight_numel(self) -> int:
+        """Weights of one set (one index value)."""
         return sum(p.weight_numel for p in self.paths)
+
+    @property
+    def parameter_numel(self) -> int:
+        """Learnable parameters: every weight set, unless the weights come `by` an input."""
+        return 0 if self.weight_source else self.weight_sets * self.weight_numel
+
+    @property
+    def is_tree(self) -> bool:
+        """A fusion of three or more operands, or of a repeated one: planned as fusion trees."""
+        return len(self.operands) > 2 or len(set(self.operands)) < len(self.operands)
+
+    @property
+    def per_row_weights(self) -> bool:
+        return self.weight_source is not None or self.per is not None
 
     @property
     def has_weights(self) -> bool:
         return self.mode != "none"
+
+
+def path_label(t: CouplingVertex, p: CouplingPath) -> str:
+    """`(32x0e ⊗ 1x1o)_1o ⊗ 1x2e -> 32x1o`: the operand blocks, the inner labels, the output."""
+    blocks = [str(irreps[b]) for irreps, b in zip(t.irreps_in, p.operand_blocks)]
+    text = blocks[0]
+    for block, k in zip(blocks[1:-1], p.inner):
+        text = f"({text} ⊗ {block})_{k}"
+    if len(blocks) > 1:
+        text = f"{text} ⊗ {blocks[-1]}"
+    return f"{text} -> {t.irreps_out[p.out_block]}"
 
 
 @dataclass(frozen=True)
@@ -102,7 +135,7 @@ class Diagram:
 
     @property
     def internal_weight_numel(self) -> int:
-        return sum(t.weight_numel for t in self.vertices if t.weight_source is None)
+        return sum(t.parameter_numel for t in self.vertices)
 
     def input(self, name: str) -> Input:
         return next(i for i in self.inputs if i.name == name)
@@ -131,6 +164,8 @@ class Diagram:
                     g.add_edge(op, t.id, label=str(irreps), position=pos)
                 if t.weight_source is not None:
                     g.add_edge(t.weight_source, t.id, label=f"{t.weight_numel} weights", position=len(t.operands))
+                if t.per is not None:
+                    g.add_edge(t.per, t.id, label=f"selects 1 of {t.weight_sets}", position=len(t.operands) + 1)
                 g.add_edge(t.id, v.name, label=str(t.irreps_out), position=0)
         return g
 
@@ -143,11 +178,10 @@ class Diagram:
         for v in self.values:
             lines.append(f"  {'out' if v.is_output else 'let'} {v.name} : {v.irreps}")
             for t in v.terms:
-                source = f" by {t.weight_source}" if t.weight_source else ""
+                source = (f" by {t.weight_source}" if t.weight_source else "") + (f" per {t.per}" if t.per else "")
                 lines.append(f"    {t.id} = {t.mode} ({', '.join(t.operands)}){source}  "
                              f"[{len(t.paths)} paths, {t.weight_numel} weights]")
                 for p in t.paths:
-                    ins = " ⊗ ".join(f"{irr[b]}" for irr, b in zip(t.irreps_in, p.operand_blocks))
-                    lines.append(f"      {ins} -> {t.irreps_out[p.out_block]}"
+                    lines.append(f"      {path_label(t, p)}"
                                  f"  w{list(p.weight_shape)} c={p.normalization:.6g}")
         return "\n".join(lines)

@@ -83,3 +83,18 @@ def rows(x: torch.Tensor, batch: torch.Size, dim: int) -> torch.Tensor:
 def weight_rows(w: torch.Tensor, batch: torch.Size, numel: int) -> torch.Tensor:
     """Per-row weights as an (n, numel) matrix; a shared (numel,) vector is broadcast."""
     return w.expand(*batch, numel).reshape(-1, numel)
+
+
+def index_rows(z: torch.Tensor, batch: torch.Size, size: int, name: str) -> torch.Tensor:
+    """An index input as an (n,) column of integers in [0, size), broadcast to the batch shape."""
+    if not isinstance(z, torch.Tensor) or z.dtype.is_floating_point or z.dtype.is_complex or z.dtype == torch.bool:
+        raise ValueError(f"input '{name}' must be an integer tensor of shape {tuple(batch)} with values in "
+                         f"[0, {size}), got {getattr(z, 'dtype', type(z).__name__)}")
+    try:
+        if torch.broadcast_shapes(z.shape, batch) != batch:
+            raise RuntimeError
+    except RuntimeError:
+        raise ValueError(f"input '{name}' must have shape {tuple(batch)}, got {tuple(z.shape)}") from None
+    if z.numel() and (int(z.min()) < 0 or int(z.max()) >= size):
+        raise ValueError(f"input '{name}' has values outside [0, {size}): min {int(z.min())}, max {int(z.max())}")
+    return z.expand(batch).reshape(-1)
