@@ -120,8 +120,9 @@ def _independent(group: list[Tree], names, irreps, target, rng: np.random.Genera
         if key not in samples:
             samples[key] = rng.normal(size=(m, irreps[i][b].ir.dim))
     values = [tree_tensor_values(irreps, t, target, samples, names).ravel() for t in group]
-    # a tree that vanishes on the diagonal does so up to rounding: judge against the group's scale
-    scale = max(np.linalg.norm(v) for v in values)
+    # a tree that vanishes on the diagonal does so up to rounding; with unit-normal samples and
+    # unit-norm CG tables a tree that does not is of order sqrt(m)
+    scale = max([np.linalg.norm(v) for v in values] + [np.sqrt(m)])
     basis: list[np.ndarray] = []
     keep = []
     for t, v in zip(group, values):
