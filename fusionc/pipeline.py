@@ -6,6 +6,7 @@ from typing import Callable
 
 from fusionc.analysis.build import build
 from fusionc.analysis.prune import prune
+from fusionc.analysis.recouple import recouple
 from fusionc.errors import FusionError
 from fusionc.frontend.parser import parse
 from fusionc.ir.diagram import Diagram
@@ -13,6 +14,7 @@ from fusionc.ir.diagram import Diagram
 #: IR passes after type checking, in order; `--dump-ir=NAME` prints the IR after any of them.
 PASSES: tuple[tuple[str, Callable[[Diagram], Diagram]], ...] = (
     ("prune", prune),
+    ("recouple", recouple),
 )
 PASS_NAMES = ("check",) + tuple(name for name, _ in PASSES)
 

@@ -217,7 +217,7 @@ class _DiagramChecker:
                     raise FusionError(f"{how} channels one to one: {a} cannot give {c}; 'mix uvw' mixes "
                                       f"channels", term.mix.mode.span if term.mix else term.span)
             return CouplingVertex(vid, (term.operand.text,), (x,), dest, mode, source, paths,
-                                  tuple(range(len(dest))), per, sets, text, term.span)
+                                  tuple(range(len(dest))), per, sets, text=text, span=term.span)
         if len(term.operands) < 2:
             raise FusionError("fuse needs two operands; for a linear map write 'NAME mix MODE'", term.span)
         operand_irreps = {n.text: self.operand(n) for n in term.operands}
@@ -242,8 +242,8 @@ class _DiagramChecker:
                 parity = [r for r in reasons if "parity" in r]
                 raise FusionError(f"no path gives {block}: {(parity or reasons)[0]}", term.target.span)
         paths = normalise_coupling(mode, x, y, target, triples)
-        return CouplingVertex(vid, names, (x, y), target, mode, source, paths, placement, per, sets, text,
-                              term.span)
+        return CouplingVertex(vid, names, (x, y), target, mode, source, paths, placement, per, sets, text=text,
+                              span=term.span)
 
     def fuse_options(self, term: ast.FuseTerm) -> int | None:
         lmax = None
@@ -282,7 +282,7 @@ class _DiagramChecker:
                 bound = f" with inner labels up to l={lmax}" if lmax is not None else ""
                 raise FusionError(f"no fusion tree of {', '.join(names)} gives {block}{bound}", term.target.span)
         return CouplingVertex(vid, canonical, irreps, target, mode, source, tree_paths(mode, target, trees),
-                              placement, per, sets, text, term.span)
+                              placement, per, sets, text=text, span=term.span)
 
 
 def _term_text(term: ast.Term) -> str:

@@ -142,51 +142,99 @@ class Planner:
 
         return self._add(key, make)
 
+    def _prefix(self, t: CouplingVertex, blocks: tuple[int, ...], labels: tuple[Irrep, ...]) -> str:
+        """The left chain over the first len(labels) + 1 operands."""
+        node = self.leaf(t, 0, blocks[0])
+        for position, k in enumerate(labels, start=1):
+            node = self.couple(node, self.leaf(t, position, blocks[position]), k)
+        return node
+
+    def _finish(self, value: str, t: CouplingVertex, groups: dict[tuple, list], summed_first: bool) -> None:
+        """Per group (output block, fixed node, label k): Σ w · the group's nodes of label k, then
+        one coupling with the fixed node, the sum on the left when `summed_first`."""
+
+        def couple(fixed: str, summed: str, ir: Irrep) -> str:
+            return self.couple(summed, fixed, ir) if summed_first else self.couple(fixed, summed, ir)
+
+        for (out_block, fixed, k), parts in groups.items():
+            out = t.irreps_out[out_block]
+            if len(parts) == 1 and out.ir.dim < k.dim:  # one tree: cheaper to weight its output
+                node, start, coeff = parts[0]
+                final = couple(fixed, node, out.ir)
+                self.plan.steps.append(Contribution(value, t.placement[out_block], t.id, final, start, out.mul,
+                                                    coeff, 2 * out.mul * out.ir.dim + out.mul))
+                continue
+            flops = sum(2 * out.mul * k.dim + (out.mul if start is not None else 0) for _, start, _ in parts)
+            summed = self._add(("wsum", t.id, out_block, fixed, k),
+                               lambda name: WeightedSum(name, t.id, tuple(parts), out.mul, k, flops))
+            final = couple(fixed, summed, out.ir)
+            self.plan.steps.append(Contribution(value, t.placement[out_block], t.id, final, None, out.mul, 1.0,
+                                                out.mul * out.ir.dim))
+
+    def _split(self, value: str, t: CouplingVertex) -> int:
+        """Plan a recoupled term; returns the per-row FLOPs of mapping its weights."""
+        recoupled = t.recoupled
+        n = len(t.operands)
+        constants: dict[int, float] = {}
+        for _, j, v in recoupled.matrix:
+            constants[j] = constants.get(j, 0.0) + v
+        groups: dict[tuple, list] = {}
+        for j, p in enumerate(recoupled.paths):
+            c = p.inner[-1]
+            left = self._prefix(t, p.operand_blocks, p.inner[:-1])
+            pair = self.couple(self.leaf(t, n - 2, p.operand_blocks[-2]), self.leaf(t, n - 1, p.operand_blocks[-1]), c)
+            part = (pair, p.weight_offset, 1.0) if p.weight_shape else (pair, None, constants[j])
+            groups.setdefault((p.out_block, left, c), []).append(part)
+        self._finish(value, t, groups, summed_first=False)
+        mul = t.paths[0].weight_shape[0] if t.paths[0].weight_shape else 0
+        return 2 * len(recoupled.matrix) * mul if t.per_row_weights else 0
+
     def vertex(self, value: str, t: CouplingVertex) -> None:
         """Plan one tree term; new steps are appended, shared ones reused."""
         before = sum(s.flops for s in self.plan.steps if not isinstance(s, Leaf))
         first = len(self.plan.steps)
         naive = 0
-        groups: dict[tuple, list] = {}
         n = len(t.operands)
-        for p in t.paths:
+        for p in t.paths:  # the naive plan: each canonical tree densely, left to right
             out = t.irreps_out[p.out_block]
             labels = list(p.inner) + [out.ir]
-            node = self.leaf(t, 0, p.operand_blocks[0])
             current = t.irreps_in[0][p.operand_blocks[0]].ir
             for position in range(1, n):
                 block = t.irreps_in[position][p.operand_blocks[position]]
                 naive += naive_coupling_cost(out.mul, current.l, block.ir.l, labels[position - 1].l)
                 current = labels[position - 1]
-                if position < n - 1:
-                    node = self.couple(node, self.leaf(t, position, p.operand_blocks[position]), current)
             naive += 2 * out.mul * out.ir.dim  # weight the tree's output and add it up
+        extra = 0
+        if t.recoupled is not None:
+            extra = self._split(value, t)
+        else:
+            self._canonical(value, t)
+        after = sum(s.flops for s in self.plan.steps if not isinstance(s, Leaf))
+        self.plan.vertex_steps[t.id] = self.plan.steps[first:]
+        self.plan.terms.append(TermCost(t.id, t.text, naive, after - before + extra, len(t.paths)))
+
+    def _canonical(self, value: str, t: CouplingVertex) -> None:
+        n = len(t.operands)
+        groups: dict[tuple, list] = {}
+        for p in t.paths:
+            out = t.irreps_out[p.out_block]
+            node = self._prefix(t, p.operand_blocks, p.inner) if n > 2 else self.leaf(t, 0, p.operand_blocks[0])
             start = p.weight_offset if p.weight_shape else None
             if n == 2:
                 final = self.couple(node, self.leaf(t, 1, p.operand_blocks[1]), out.ir)
                 self.plan.steps.append(Contribution(value, t.placement[p.out_block], t.id, final, start, out.mul,
                                                     p.normalization, 2 * out.mul * out.ir.dim))
             else:
-                key = (p.out_block, p.inner[-1], p.operand_blocks[-1])
-                groups.setdefault(key, []).append((node, start, p.normalization))
-        for (out_block, k, last), parts in groups.items():
-            out = t.irreps_out[out_block]
-            leaf = self.leaf(t, n - 1, last)
-            if len(parts) == 1 and out.ir.dim < k.dim:  # one tree: cheaper to weight its output
-                node, start, coeff = parts[0]
-                final = self.couple(node, leaf, out.ir)
-                self.plan.steps.append(Contribution(value, t.placement[out_block], t.id, final, start, out.mul,
-                                                    coeff, 2 * out.mul * out.ir.dim + out.mul))
-                continue
-            flops = sum(2 * out.mul * k.dim + (out.mul if start is not None else 0) for _, start, _ in parts)
-            summed = self._add(("wsum", t.id, out_block, k, last),
-                               lambda name: WeightedSum(name, t.id, tuple(parts), out.mul, k, flops))
-            final = self.couple(summed, leaf, out.ir)
-            self.plan.steps.append(Contribution(value, t.placement[out_block], t.id, final, None, out.mul, 1.0,
-                                                out.mul * out.ir.dim))
-        after = sum(s.flops for s in self.plan.steps if not isinstance(s, Leaf))
-        self.plan.vertex_steps[t.id] = self.plan.steps[first:]
-        self.plan.terms.append(TermCost(t.id, t.text, naive, after - before, len(t.paths)))
+                leaf = self.leaf(t, n - 1, p.operand_blocks[-1])
+                groups.setdefault((p.out_block, leaf, p.inner[-1]), []).append((node, start, p.normalization))
+        self._finish(value, t, groups, summed_first=True)
+
+
+def term_cost(diagram: Diagram, t: CouplingVertex) -> int:
+    """Per-row FLOPs of one tree term planned on its own."""
+    planner = Planner(diagram)
+    planner.vertex("_", t)
+    return planner.plan.terms[0].planned
 
 
 def plan_diagram(diagram: Diagram) -> DiagramPlan:

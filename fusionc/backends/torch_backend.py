@@ -70,6 +70,21 @@ def _emit_class(w: _Writer, d: Diagram) -> None:
     w(f"weight_numel = {d.internal_weight_numel}")
     w(f"input_weight_numel = { {k: t.weight_numel for k, t in weight_inputs.items()}!r}")
     w(f"cg_tables = {tuple(_cg_tables(d, plan))!r}")
+    recoupled = [t for t in d.vertices if t.recoupled is not None and t.has_weights]
+    if recoupled:
+        w("recouplings = {  # weights of the canonical trees -> weights of the recoupled shape (exact 6j)")
+        w.indent()
+        for t in recoupled:
+            shape = (len(t.paths), len(t.recoupled.paths))
+            w(f'"{_recoupling_name(t)}": ({shape!r}, (')
+            w.indent()
+            entries = [f"({i}, {j}, {v!r})," for i, j, v in t.recoupled.matrix]
+            for start in range(0, len(entries), 4):
+                w(" ".join(entries[start:start + 4]))
+            w.dedent()
+            w(")),")
+        w.dedent()
+        w("}")
     w()
     w("def __init__(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:")
     w.indent()
@@ -81,7 +96,7 @@ def _emit_class(w: _Writer, d: Diagram) -> None:
         w(f"self.weight = torch.nn.Parameter(torch.randn({d.internal_weight_numel}, dtype=dtype, device=device))")
     else:
         w('self.register_buffer("weight", torch.zeros(0, dtype=dtype, device=device), persistent=False)')
-    w("self._register_cg(dtype, device)")
+    w("self._register_constants(dtype, device)")
     w.dedent()
     w()
     args = ", ".join(f"{i.name}: torch.Tensor" for i in d.inputs)
@@ -119,8 +134,13 @@ def _block(name: str, irreps, index: int) -> str:
     return f"{name}[:, {start}:{stop}].reshape(n, {b.mul}, {b.ir.dim})"
 
 
+def _recoupling_name(t: CouplingVertex) -> str:
+    return "recouple_" + t.id.replace(".", "_")
+
+
 def _weights(w: _Writer, t: CouplingVertex, offset: int) -> str | None:
-    """Bind the term's weights to a local: a (numel,) vector, or (n, numel) rows for by/per."""
+    """Bind the term's weights to a local: a (numel,) vector, or (n, numel) rows for by/per;
+    for a recoupled term, mapped onto the trees of its new shape."""
     if not t.has_weights:
         return None
     name = "w_" + t.id.replace(".", "_")
@@ -131,6 +151,10 @@ def _weights(w: _Writer, t: CouplingVertex, offset: int) -> str | None:
         w(f"{name} = {sets}[{t.per}]  # one weight set per row, chosen by {t.per}")
     else:
         w(f"{name} = self.weight[{offset}:{offset + t.weight_numel}]")
+    if t.recoupled is not None:
+        mul = t.paths[0].weight_shape[0]
+        w(f'{name} = torch.einsum("...pu,pq->...qu", {name}.unflatten(-1, ({len(t.paths)}, {mul})), '
+          f"self.{_recoupling_name(t)}).flatten(-2)  # recoupled: same function, cheaper shape")
     return name
 
 

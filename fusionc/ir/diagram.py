@@ -52,6 +52,19 @@ class CouplingPath:
 
 
 @dataclass(frozen=True)
+class Recoupled:
+    """A fusion-tree term evaluated in the shape (x1 … x_{n-2}) ⊗ (x_{n-1} ⊗ x_n)_c.
+
+    `paths` are the trees of that shape (inner = the prefix's labels, then c); the weights of the
+    canonical trees map onto them by `matrix`, entries (canonical path, new path, coefficient)
+    with the canonical normalisation folded in, so the function is unchanged.
+    """
+
+    paths: tuple[CouplingPath, ...]
+    matrix: tuple[tuple[int, int, float], ...]
+
+
+@dataclass(frozen=True)
 class CouplingVertex:
     """One term: couples its operands (one: a linear map; two: a tensor product) path by path."""
 
@@ -65,6 +78,7 @@ class CouplingVertex:
     placement: tuple[int, ...]  # block i of irreps_out lands in block placement[i] of the value
     per: str | None = None  # the index input that selects one of `weight_sets` weight vectors
     weight_sets: int = 1
+    recoupled: Recoupled | None = None  # set by the recoupling pass when that shape is cheaper
     text: str = field(default="", compare=False)
     span: Span | None = field(default=None, compare=False)
 

@@ -15,24 +15,35 @@ def wigner_3j(l1: int, l2: int, l3: int, dtype: torch.dtype, device: torch.devic
 
 
 class FusionModule(torch.nn.Module):
-    """Base of generated modules: CG tables are buffers, rebuilt exactly on dtype or device moves.
+    """Base of generated modules: constant tables are buffers, rebuilt exactly on dtype or device moves.
 
     `module.double()` on a float32 module would otherwise upcast CG values already rounded to
-    float32; rebuilding them from the exact tables keeps float64 results exact.
+    float32; rebuilding them from the exact tables keeps float64 results exact. The constants are
+    the CG tables `cg_{l1}_{l2}_{l3}` and the recoupling matrices of recoupled terms (sparse
+    entries (row, column, value) of a (rows, columns) matrix).
     """
 
     cg_tables: tuple[tuple[int, int, int], ...] = ()
+    recouplings: dict[str, tuple[tuple[int, int], tuple[tuple[int, int, float], ...]]] = {}
 
-    def _register_cg(self, dtype: torch.dtype, device: torch.device | str | None) -> None:
-        for ls in self.cg_tables:
-            self.register_buffer("cg_{}_{}_{}".format(*ls), wigner_3j(*ls, dtype, device), persistent=False)
+    def _constants(self, dtype: torch.dtype, device: torch.device | str | None) -> dict[str, torch.Tensor]:
+        tables = {"cg_{}_{}_{}".format(*ls): wigner_3j(*ls, dtype, device) for ls in self.cg_tables}
+        for name, (shape, entries) in self.recouplings.items():
+            matrix = torch.zeros(shape, dtype=torch.float64)
+            for row, column, value in entries:
+                matrix[row, column] = value
+            tables[name] = matrix.to(dtype=dtype, device=device)
+        return tables
+
+    def _register_constants(self, dtype: torch.dtype, device: torch.device | str | None) -> None:
+        for name, table in self._constants(dtype, device).items():
+            self.register_buffer(name, table, persistent=False)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        for ls in self.cg_tables:
-            name = "cg_{}_{}_{}".format(*ls)
+        for name in self._constants(torch.float64, "cpu"):
             moved = getattr(self, name)
-            setattr(self, name, wigner_3j(*ls, moved.dtype, moved.device))
+            setattr(self, name, self._constants(moved.dtype, moved.device)[name])
         return self
 
 

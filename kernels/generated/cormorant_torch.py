@@ -31,7 +31,7 @@ class cormorant_cg(rt.FusionModule):
         # internal weights: per term (and per index value, for 'per'), one block per path in path order;
         # initialised as e3nn does
         self.weight = torch.nn.Parameter(torch.randn(1680, dtype=dtype, device=device))
-        self._register_cg(dtype, device)
+        self._register_constants(dtype, device)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"f": (f, 144)}, {})
@@ -108,7 +108,7 @@ class cormorant_message(rt.FusionModule):
         # internal weights: per term (and per index value, for 'per'), one block per path in path order;
         # initialised as e3nn does
         self.weight = torch.nn.Parameter(torch.randn(768, dtype=dtype, device=device))
-        self._register_cg(dtype, device)
+        self._register_constants(dtype, device)
 
     def forward(self, f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"f": (f, 144), "sh": (sh, 9)}, {"w": (w, 240)})

@@ -31,7 +31,7 @@ class mace_product(rt.FusionModule):
         # internal weights: per term (and per index value, for 'per'), one block per path in path order;
         # initialised as e3nn does
         self.weight = torch.nn.Parameter(torch.randn(18560, dtype=dtype, device=device))
-        self._register_cg(dtype, device)
+        self._register_constants(dtype, device)
 
     def forward(self, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"A": (A, 1024)}, {})
@@ -112,7 +112,7 @@ class mace_product_2(rt.FusionModule):
         # internal weights: per term (and per index value, for 'per'), one block per path in path order;
         # initialised as e3nn does
         self.weight = torch.nn.Parameter(torch.randn(5760, dtype=dtype, device=device))
-        self._register_cg(dtype, device)
+        self._register_constants(dtype, device)
 
     def forward(self, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"A": (A, 1024)}, {})
@@ -169,7 +169,7 @@ class mace_product_4(rt.FusionModule):
         # internal weights: per term (and per index value, for 'per'), one block per path in path order;
         # initialised as e3nn does
         self.weight = torch.nn.Parameter(torch.randn(7424, dtype=dtype, device=device))
-        self._register_cg(dtype, device)
+        self._register_constants(dtype, device)
 
     def forward(self, A: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"A": (A, 288)}, {})

@@ -31,7 +31,7 @@ class fc_tp(rt.FusionModule):
         # internal weights: per term (and per index value, for 'per'), one block per path in path order;
         # initialised as e3nn does
         self.weight = torch.nn.Parameter(torch.randn(13312, dtype=dtype, device=device))
-        self._register_cg(dtype, device)
+        self._register_constants(dtype, device)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"x": (x, 288), "y": (y, 16)}, {})
@@ -96,7 +96,7 @@ class conv_tp(rt.FusionModule):
         super().__init__()
         dtype = dtype or torch.get_default_dtype()
         self.register_buffer("weight", torch.zeros(0, dtype=dtype, device=device), persistent=False)
-        self._register_cg(dtype, device)
+        self._register_constants(dtype, device)
 
     def forward(self, h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"h": (h, 288), "sh": (sh, 16)}, {"w": (w, 768)})
@@ -189,7 +189,7 @@ class elementwise_tp(rt.FusionModule):
         # internal weights: per term (and per index value, for 'per'), one block per path in path order;
         # initialised as e3nn does
         self.weight = torch.nn.Parameter(torch.randn(208, dtype=dtype, device=device))
-        self._register_cg(dtype, device)
+        self._register_constants(dtype, device)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"a": (a, 144), "b": (b, 144)}, {})
@@ -256,7 +256,7 @@ class full_tp(rt.FusionModule):
         # internal weights: per term (and per index value, for 'per'), one block per path in path order;
         # initialised as e3nn does
         self.weight = torch.nn.Parameter(torch.randn(160, dtype=dtype, device=device))
-        self._register_cg(dtype, device)
+        self._register_constants(dtype, device)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"a": (a, 16), "b": (b, 32)}, {})
@@ -305,7 +305,7 @@ class linear(rt.FusionModule):
         # internal weights: per term (and per index value, for 'per'), one block per path in path order;
         # initialised as e3nn does
         self.weight = torch.nn.Parameter(torch.randn(896, dtype=dtype, device=device))
-        self._register_cg(dtype, device)
+        self._register_constants(dtype, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"x": (x, 120)}, {})
@@ -351,7 +351,7 @@ class tp_then_linear(rt.FusionModule):
         # internal weights: per term (and per index value, for 'per'), one block per path in path order;
         # initialised as e3nn does
         self.weight = torch.nn.Parameter(torch.randn(160, dtype=dtype, device=device))
-        self._register_cg(dtype, device)
+        self._register_constants(dtype, device)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"x": (x, 32), "y": (y, 4)}, {})
