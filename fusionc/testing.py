@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from fusionc.algebra.rotations import random_rotation, representation
+from fusionc.analysis.trees import canonical_order, symmetric_trees
 from fusionc.ir.diagram import Diagram
 from fusionc.ir.irreps import Irrep, Irreps, MulIrrep
 
@@ -54,6 +55,75 @@ def random_diagram(seed: int, mode: str, lmax: int = 4, max_mul: int = 16, by: b
     mix = f"mix {mode}" + (" by w" if by else "")
     return (f"diagram random_{mode}_{seed} {{\n    in  x : {x}\n    in  y : {y}{weights}\n"
             f"    out z : {out}\n    z = fuse(x, y) {mix}\n}}\n")
+
+
+_NARY_NAMES = ("A", "B", "C", "D")
+
+
+def _nary_operands(rng: random.Random) -> tuple[str, ...]:
+    """Operand names of a random fusion of 2–4 operands; two operands always repeat one name
+    (else the term would be a plain tensor product), more repeat one sometimes, in any order."""
+    n = rng.randint(2, 4)
+    if n == 2:
+        return ("A", "A")
+    if rng.random() < 0.6:
+        return _NARY_NAMES[:n]
+    distinct = rng.randint(1, n - 1)
+    names = list(_NARY_NAMES[:distinct]) + [rng.choice(_NARY_NAMES[:distinct]) for _ in range(n - distinct)]
+    rng.shuffle(names)
+    return tuple(names)
+
+
+def random_nary_diagram(seed: int, lmax: int = 3) -> str:
+    """The `.fus` source of a random fusion-tree diagram `y = fuse(...) mix uuu|none [per z]`.
+
+    2–4 operands (two operands are always a repeated one, `fuse(A, A)`; more sometimes repeat,
+    in any order, e.g. `fuse(A, B, A)`), O(3) irreps of degree at most `lmax` (at most 2 with four
+    operands, to stay small) with one multiplicity 1–4 for every block, mode `uuu` or `none`,
+    sometimes `; lmax=N` on the inner labels (three or more operands) and, for `uuu`, sometimes
+    `per z` with `in z : index(K)`. The output keeps 1–3 irreps that the trees reach (after the
+    symmetrisation of repeated operands), so every seed compiles; the same seed gives the same text.
+
+    >>> src = random_nary_diagram(11)
+    >>> print(src, end="")
+    diagram random_nary_11 {
+        in  B : 2x0o+2x2e+2x3e
+        in  A : 2x0e+2x1e
+        out y : 2x0e+2x1e+2x2o
+        y = fuse(B, A, B) mix none
+    }
+    >>> from fusionc.pipeline import compile_source
+    >>> [(t.operands, len(t.paths)) for t in compile_source(src)[0].vertices]
+    [(('B', 'B', 'A'), 15)]
+    """
+    rng = random.Random(seed)
+    while True:
+        names = _nary_operands(rng)
+        n = len(names)
+        mul = rng.randint(1, 4)
+        max_l = min(lmax, 2) if n == 4 else lmax
+        irreps = {name: _random_irreps(rng, max_l, [mul], rng.randint(1, 3 if n < 4 else 2))
+                  for name in dict.fromkeys(names)}
+        bound = rng.randint(min(1, 2 * max_l), 2 * max_l) if n >= 3 and rng.random() < 0.3 else None
+        canonical = canonical_order(names)
+        candidates = Irreps(tuple(MulIrrep(mul, Irrep(l, p)) for l in range(lmax + 1) for p in (1, -1)))
+        trees = symmetric_trees(canonical, tuple(irreps[m] for m in canonical), candidates, bound)
+        reachable = sorted({candidates[t.out_block].ir for t in trees})
+        if not reachable:
+            continue
+        chosen = rng.sample(reachable, rng.randint(1, min(3, len(reachable))))
+        out = Irreps(tuple(MulIrrep(mul, ir) for ir in sorted(chosen)))
+        mode = rng.choice(("uuu", "none"))
+        sets = rng.randint(2, 3) if mode == "uuu" and rng.random() < 0.5 else None
+        lines = [f"diagram random_nary_{seed} {{"]
+        lines += [f"    in  {name} : {ir}" for name, ir in irreps.items()]
+        if sets:
+            lines.append(f"    in  z : index({sets})")
+        lines.append(f"    out y : {out}")
+        option = f"; lmax={bound}" if bound is not None else ""
+        mix = f" mix {mode}" + (" per z" if sets else "")
+        lines.append(f"    y = fuse({', '.join(names)}{option}){mix}")
+        return "\n".join(lines) + "\n}\n"
 
 
 def random_inputs(module: torch.nn.Module, diagram: Diagram, batch: int, generator: torch.Generator,
