@@ -1,0 +1,1 @@
+"""Importers from other equivariant libraries (each imports its library only when called)."""
