@@ -220,6 +220,17 @@ def test_symmetric_tree_counts(v: str, nu: int) -> None:
     assert found == {ir: n for ir, n in expected.items() if n}
 
 
+@pytest.mark.parametrize("out", ["0e", "0o", "1o", "1e", "2e"])
+def test_correlation_four_up_to_l3(out: str) -> None:
+    """Sym^4(0e+1o+2e+3o): compiled count = characters = rank of the trees on the diagonal."""
+    v, ir = Irreps.parse("0e+1o+2e+3o"), Irreps.parse(out)[0].ir
+    expected = symmetric_multiplicity([(v, 4)], ir)
+    assert symmetric_rank(v, 4, ir) == expected
+    (diagram,) = compile_source(f"diagram d {{ in A : 2x(0e + 1o + 2e + 3o) out B : 2x{out} "
+                                f"B = fuse(A, A, A, A) mix uuu }}")
+    assert len(diagram.vertices[0].paths) == expected
+
+
 @pytest.mark.parametrize("nu, out, paths", [(3, "0e", 8), (3, "1o", 12), (2, "1o", 3)],
                          ids=["nu3-0e", "nu3-1o", "nu2-1o"])
 def test_symmetric_counts_of_the_issue(nu: int, out: str, paths: int) -> None:
