@@ -48,8 +48,7 @@ def _weight_inputs(d: Diagram) -> dict[str, CouplingVertex]:
     return {t.weight_source: t for t in d.vertices if t.weight_source is not None}
 
 
-def _emit_class(w: _Writer, d: Diagram) -> None:
-    plan = plan_diagram(d)
+def _emit_class(w: _Writer, d: Diagram, plan: DiagramPlan) -> None:
     irreps_inputs = [i for i in d.inputs if i.kind == "irreps"]
     weight_inputs = _weight_inputs(d)
     outputs = d.outputs
@@ -106,14 +105,44 @@ def _emit_class(w: _Writer, d: Diagram) -> None:
     specs = ", ".join(f'"{i.name}": ({i.name}, {i.irreps.dim})' for i in irreps_inputs)
     wspecs = ", ".join(f'"{k}": ({k}, {t.weight_numel})' for k, t in weight_inputs.items())
     w(f"batch = rt.batch_shape(self.weight, {{{specs}}}, {{{wspecs}}})")
-    w("n = rt.numel(batch)")
-    for i in irreps_inputs:
-        w(f"{i.name} = rt.rows({i.name}, batch, {i.irreps.dim})")
-    for k, t in weight_inputs.items():
-        w(f"{k} = rt.weight_rows({k}, batch, {t.weight_numel})")
+    rows = []
+    for i in d.inputs:
+        if i.kind == "irreps":
+            rows.append(f"rt.rows({i.name}, batch, {i.irreps.dim})")
+        elif i.kind == "weights":
+            rows.append(f"rt.weight_rows({i.name}, batch, {weight_inputs[i.name].weight_numel})")
+        else:
+            rows.append(f'rt.index_rows({i.name}, batch, "{i.name}")')
+    w("outputs = _ops.{}([".format(d.name))
+    w.indent()
+    for r in rows:
+        w(f"{r},")
+    w.dedent()
+    w("], self.weight, self.constants())")
+    w(f"return {', '.join(f'outputs[{k}].reshape(*batch, {v.irreps.dim})' for k, v in enumerate(outputs))}")
+    w.dedent()
+    w.dedent()
+
+
+def _emit_rows_function(w: _Writer, d: Diagram, plan: DiagramPlan) -> None:
+    """The diagram on (n, dim) rows, as a plain function of tensors: the body of its custom op."""
+    constants = [f"cg_{a}_{b}_{c}" for a, b, c in _cg_tables(d, plan)]
+    constants += [_recoupling_name(t) for t in d.vertices if t.recoupled is not None and t.has_weights]
+    names = [i.name for i in d.inputs] + ["weight"] + constants
+    w(f"def _{d.name}(")
+    w.indent()
+    for start in range(0, len(names), 4):
+        w(" ".join(f"{name}: torch.Tensor," for name in names[start:start + 4]))
+    w.dedent()
+    w(") -> list[torch.Tensor]:")
+    w.indent()
+    shapes = ", ".join(f"{i.name} {_row_shape(d, i)}" for i in d.inputs)
+    w(f'"""{d.name} on rows: {shapes} -> {", ".join(f"{v.name} (n, {v.irreps.dim})" for v in d.outputs)}."""')
+    first = next(i for i in d.inputs if i.kind == "irreps")
+    w(f"n = {first.name}.shape[0]")
     for i in d.inputs:
         if i.kind == "index":
-            w(f'{i.name} = rt.index_rows({i.name}, batch, {i.size}, "{i.name}")')
+            w(f'rt.check_index_range({i.name}, {i.size}, "{i.name}")')
     offsets = {}
     offset = 0
     for t in d.vertices:
@@ -121,11 +150,16 @@ def _emit_class(w: _Writer, d: Diagram) -> None:
         offset += t.parameter_numel
     for v in d.values:
         _emit_value(w, d, v, offsets, plan)
-    for v in outputs:
-        w(f"{v.name} = {v.name}.reshape(*batch, {v.irreps.dim})")
-    w(f"return {', '.join(v.name for v in outputs)}")
+    w(f"return [{', '.join(v.name for v in d.outputs)}]")
     w.dedent()
-    w.dedent()
+
+
+def _row_shape(d: Diagram, i) -> str:
+    if i.kind == "irreps":
+        return f"(n, {i.irreps.dim})"
+    if i.kind == "weights":
+        return f"(n, {_weight_inputs(d)[i.name].weight_numel})"
+    return "(n,)"
 
 
 def _block(name: str, irreps, index: int) -> str:
@@ -147,14 +181,14 @@ def _weights(w: _Writer, t: CouplingVertex, offset: int) -> str | None:
     if t.weight_source is not None:
         w(f"{name} = {t.weight_source}")
     elif t.per is not None:
-        sets = f"self.weight[{offset}:{offset + t.parameter_numel}].view({t.weight_sets}, {t.weight_numel})"
+        sets = f"weight[{offset}:{offset + t.parameter_numel}].view({t.weight_sets}, {t.weight_numel})"
         w(f"{name} = {sets}[{t.per}]  # one weight set per row, chosen by {t.per}")
     else:
-        w(f"{name} = self.weight[{offset}:{offset + t.weight_numel}]")
+        w(f"{name} = weight[{offset}:{offset + t.weight_numel}]")
     if t.recoupled is not None:
         mul = t.paths[0].weight_shape[0]
         w(f'{name} = torch.einsum("...pu,pq->...qu", {name}.unflatten(-1, ({len(t.paths)}, {mul})), '
-          f"self.{_recoupling_name(t)}).flatten(-2)  # recoupled: same function, cheaper shape")
+          f"{_recoupling_name(t)}).flatten(-2)  # recoupled: same function, cheaper shape")
     return name
 
 
@@ -172,7 +206,7 @@ def _emit_tree_term(w: _Writer, t: CouplingVertex, weights: str | None, plan: Di
             w(f"{step.name} = {_block(step.operand, irreps, step.block)}")
         elif isinstance(step, Couple):
             w(f'{step.name} = torch.einsum("zui,zuj,ijk->zuk", {step.a}, {step.b}, '
-              f'self.cg_{step.la}_{step.lb}_{step.k.l})  # -> {step.mul}x{step.k}')
+              f'cg_{step.la}_{step.lb}_{step.k.l})  # -> {step.mul}x{step.k}')
         elif isinstance(step, WeightedSum):
             parts = [_scaled(node, weights, start, step.mul, c) for node, start, c in step.parts]
             w(f"{step.name} = {' + '.join(parts)}")
@@ -195,7 +229,7 @@ def _emit_value(w: _Writer, d: Diagram, v, offsets: dict[str, int], plan: Diagra
         for p in t.paths:
             operands = [_block(op, irreps, b) for op, irreps, b in zip(t.operands, t.irreps_in, p.operand_blocks)]
             if len(t.operands) == 2:
-                operands.append(f"self.{_cg_name(t, p)}")
+                operands.append(_cg_name(t, p))
             if p.weight_shape:
                 shape = ", ".join(map(str, p.weight_shape))
                 start = p.weight_offset
@@ -219,7 +253,7 @@ def _emit_value(w: _Writer, d: Diagram, v, offsets: dict[str, int], plan: Diagra
         if names:
             parts.append(f"({' + '.join(names)}).reshape(n, {block.dim})")
         else:  # pruned: nothing downstream reads this block
-            parts.append(f"self.weight.new_zeros(n, {block.dim})")
+            parts.append(f"weight.new_zeros(n, {block.dim})")
     if len(parts) == 1:
         w(f"{v.name} = {parts[0]}")
     else:
@@ -246,8 +280,26 @@ def emit(diagrams: tuple[Diagram, ...], source: str, filename: str) -> str:
     w("from fusionc.runtime import torch_ops as rt")
     w()
     w(f"__all__ = {[d.name for d in diagrams]!r}")
+    plans = {d.name: plan_diagram(d) for d in diagrams}
+    functions = []
+    for d in diagrams:
+        f = _Writer()
+        _emit_rows_function(f, d, plans[d.name])
+        functions.append((d, f.lines))
+    # ops are named by a hash of their code: the same name always means the same computation
+    digest = hashlib.sha256("\n".join(line for _, lines in functions for line in lines).encode()).hexdigest()
+    w()
+    w(f'_ops = rt.OpNamespace("fusionc_{digest[:16]}")')
+    for d, lines in functions:
+        w()
+        w()
+        w.lines.extend(lines)
+        w()
+        w()
+        outputs = ", ".join(str(v.irreps.dim) for v in d.outputs)
+        w(f"_ops.register(\"{d.name}\", _{d.name}, outputs=({outputs},))")
     for d in diagrams:
         w()
         w()
-        _emit_class(w, d)
+        _emit_class(w, d, plans[d.name])
     return "\n".join(w.lines) + "\n"

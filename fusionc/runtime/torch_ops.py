@@ -39,6 +39,11 @@ class FusionModule(torch.nn.Module):
         for name, table in self._constants(dtype, device).items():
             self.register_buffer(name, table, persistent=False)
 
+    def constants(self) -> list[torch.Tensor]:
+        """The constant tables in the order the diagram's op takes them."""
+        names = ["cg_{}_{}_{}".format(*ls) for ls in self.cg_tables] + list(self.recouplings)
+        return [getattr(self, name) for name in names]
+
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
         for name in self._constants(torch.float64, "cpu"):
@@ -96,16 +101,79 @@ def weight_rows(w: torch.Tensor, batch: torch.Size, numel: int) -> torch.Tensor:
     return w.expand(*batch, numel).reshape(-1, numel)
 
 
-def index_rows(z: torch.Tensor, batch: torch.Size, size: int, name: str) -> torch.Tensor:
-    """An index input as an (n,) column of integers in [0, size), broadcast to the batch shape."""
+def index_rows(z: torch.Tensor, batch: torch.Size, name: str) -> torch.Tensor:
+    """An index input as an (n,) integer column, broadcast to the batch shape (its values are
+    checked inside the op, where the data is at hand)."""
     if not isinstance(z, torch.Tensor) or z.dtype.is_floating_point or z.dtype.is_complex or z.dtype == torch.bool:
-        raise ValueError(f"input '{name}' must be an integer tensor of shape {tuple(batch)} with values in "
-                         f"[0, {size}), got {getattr(z, 'dtype', type(z).__name__)}")
+        raise ValueError(f"input '{name}' must be an integer tensor of shape {tuple(batch)}, "
+                         f"got {getattr(z, 'dtype', type(z).__name__)}")
     try:
         if torch.broadcast_shapes(z.shape, batch) != batch:
             raise RuntimeError
     except RuntimeError:
         raise ValueError(f"input '{name}' must have shape {tuple(batch)}, got {tuple(z.shape)}") from None
+    return z.expand(batch).reshape(-1)
+
+
+def check_index_range(z: torch.Tensor, size: int, name: str) -> None:
     if z.numel() and (int(z.min()) < 0 or int(z.max()) >= size):
         raise ValueError(f"input '{name}' has values outside [0, {size}): min {int(z.min())}, max {int(z.max())}")
-    return z.expand(batch).reshape(-1)
+
+
+class OpNamespace:
+    """The torch.library ops of one generated module: each diagram's row function as a custom op
+    with a fake (meta) implementation, for torch.compile, and autograd.
+
+    The backward is the vector-Jacobian product of the row function itself (torch.func.vjp over
+    its einsums), so it is differentiable again: double backward, and forces in training, work.
+    """
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+
+    def register(self, name: str, fn, outputs: tuple[int, ...]) -> None:
+        qualname = f"{self.namespace}::{name}"
+        try:  # the namespace is a hash of the code: an op of that name is this very op
+            setattr(self, name, getattr(getattr(torch.ops, self.namespace), name))
+            return
+        except AttributeError:
+            pass
+
+        schema = "(Tensor[] inputs, Tensor weight, Tensor[] constants) -> Tensor[]"
+
+        @torch.library.custom_op(qualname, mutates_args=(), schema=schema)
+        def op(inputs, weight, constants):
+            return fn(*inputs, weight, *constants)
+
+        @op.register_fake
+        def _(inputs, weight, constants):
+            n = inputs[0].shape[0]
+            return [weight.new_empty(n, dim) for dim in outputs]
+
+        def setup_context(ctx, inputs, output):
+            rows, weight, constants = inputs
+            ctx.save_for_backward(*rows, weight, *constants)
+            ctx.counts = (len(rows), len(constants))
+
+        def backward(ctx, grads):
+            saved = ctx.saved_tensors
+            count, _ = ctx.counts
+            rows, weight, constants = list(saved[:count]), saved[count], list(saved[count + 1:])
+            floats = [i for i, r in enumerate(rows) if r.is_floating_point()]
+
+            def of(weight, *xs):
+                args = list(rows)
+                for i, x in zip(floats, xs):
+                    args[i] = x
+                return fn(*args, weight, *constants)
+
+            _, vjp = torch.func.vjp(of, weight, *(rows[i] for i in floats))
+            n = rows[0].shape[0]
+            cotangents = vjp([g if g is not None else weight.new_zeros(n, dim) for g, dim in zip(grads, outputs)])
+            grad_rows: list[torch.Tensor | None] = [None] * count
+            for i, g in zip(floats, cotangents[1:]):
+                grad_rows[i] = g
+            return grad_rows, cotangents[0], [None] * len(constants)
+
+        op.register_autograd(backward, setup_context=setup_context)
+        setattr(self, name, op)

@@ -10,6 +10,135 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
+_ops = rt.OpNamespace("fusionc_572a75baee7c1a15")
+
+
+def _cormorant_cg(
+    f: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor,
+    cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
+    cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """cormorant_cg on rows: f (n, 144) -> g (n, 144)."""
+    n = f.shape[0]
+
+    # let p : 16x0+16x1+16x2
+    # p.0: fuse(f, f) -> 16x(0 + 1 + 2) mix uuu
+    w_p_0 = weight[0:144]
+    # 9 fusion trees; shared couplings are reused from earlier terms
+    p0 = f[:, 0:16].reshape(n, 16, 1)
+    p1 = torch.einsum("zui,zuj,ijk->zuk", p0, p0, cg_0_0_0)  # -> 16x0
+    p2 = f[:, 16:64].reshape(n, 16, 3)
+    p3 = torch.einsum("zui,zuj,ijk->zuk", p0, p2, cg_0_1_1)  # -> 16x1
+    p4 = f[:, 64:144].reshape(n, 16, 5)
+    p5 = torch.einsum("zui,zuj,ijk->zuk", p0, p4, cg_0_2_2)  # -> 16x2
+    p6 = torch.einsum("zui,zuj,ijk->zuk", p2, p2, cg_1_1_0)  # -> 16x0
+    p7 = torch.einsum("zui,zuj,ijk->zuk", p2, p2, cg_1_1_2)  # -> 16x2
+    p8 = torch.einsum("zui,zuj,ijk->zuk", p2, p4, cg_1_2_1)  # -> 16x1
+    p9 = torch.einsum("zui,zuj,ijk->zuk", p2, p4, cg_1_2_2)  # -> 16x2
+    p10 = torch.einsum("zui,zuj,ijk->zuk", p4, p4, cg_2_2_0)  # -> 16x0
+    p11 = torch.einsum("zui,zuj,ijk->zuk", p4, p4, cg_2_2_2)  # -> 16x2
+    p = torch.cat([
+        (p1 * (w_p_0[..., 0:16, None] * 0.5773502691896257) + p6 * (w_p_0[..., 48:64, None] * 0.5773502691896257) + p10 * (w_p_0[..., 112:128, None] * 0.5773502691896257)).reshape(n, 16),
+        (p3 * (w_p_0[..., 16:32, None] * 1.224744871391589) + p8 * (w_p_0[..., 80:96, None] * 1.224744871391589)).reshape(n, 48),
+        (p5 * (w_p_0[..., 32:48, None] * 1.118033988749895) + p7 * (w_p_0[..., 64:80, None] * 1.118033988749895) + p9 * (w_p_0[..., 96:112, None] * 1.118033988749895) + p11 * (w_p_0[..., 128:144, None] * 1.118033988749895)).reshape(n, 80),
+    ], dim=1)
+
+    # out g : 16x0+16x1+16x2
+    # g.0: p mix uvw
+    w_g_0 = weight[144:912]
+    # 16x0 -> 16x0
+    g_0 = torch.einsum("zui,uw->zwi", p[:, 0:16].reshape(n, 16, 1), w_g_0[0:256].view(16, 16)) * 0.25
+    # 16x1 -> 16x1
+    g_1 = torch.einsum("zui,uw->zwi", p[:, 16:64].reshape(n, 16, 3), w_g_0[256:512].view(16, 16)) * 0.25
+    # 16x2 -> 16x2
+    g_2 = torch.einsum("zui,uw->zwi", p[:, 64:144].reshape(n, 16, 5), w_g_0[512:768].view(16, 16)) * 0.25
+    # g.1: f mix uvw
+    w_g_1 = weight[912:1680]
+    # 16x0 -> 16x0
+    g_3 = torch.einsum("zui,uw->zwi", f[:, 0:16].reshape(n, 16, 1), w_g_1[0:256].view(16, 16)) * 0.25
+    # 16x1 -> 16x1
+    g_4 = torch.einsum("zui,uw->zwi", f[:, 16:64].reshape(n, 16, 3), w_g_1[256:512].view(16, 16)) * 0.25
+    # 16x2 -> 16x2
+    g_5 = torch.einsum("zui,uw->zwi", f[:, 64:144].reshape(n, 16, 5), w_g_1[512:768].view(16, 16)) * 0.25
+    g = torch.cat([
+        (g_0 + g_3).reshape(n, 16),
+        (g_1 + g_4).reshape(n, 48),
+        (g_2 + g_5).reshape(n, 80),
+    ], dim=1)
+    return [g]
+
+
+_ops.register("cormorant_cg", _cormorant_cg, outputs=(144,))
+
+
+def _cormorant_message(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
+    cg_1_2_2: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor,
+    cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """cormorant_message on rows: f (n, 144), sh (n, 9), w (n, 240) -> m (n, 144)."""
+    n = f.shape[0]
+
+    # let p : 16x0+16x1+16x2
+    # p.0: fuse(f, sh) -> 16x(0 + 1 + 2) mix uvu by w
+    w_p_0 = w
+    # 16x0 ⊗ 1x0 -> 16x0
+    p_0 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 0:16].reshape(n, 16, 1), sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0, w_p_0[:, 0:16].view(n, 16, 1)) * 0.5773502691896257
+    # 16x0 ⊗ 1x1 -> 16x1
+    p_1 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 0:16].reshape(n, 16, 1), sh[:, 1:4].reshape(n, 1, 3), cg_0_1_1, w_p_0[:, 16:32].view(n, 16, 1)) * 0.7071067811865476
+    # 16x0 ⊗ 1x2 -> 16x2
+    p_2 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 0:16].reshape(n, 16, 1), sh[:, 4:9].reshape(n, 1, 5), cg_0_2_2, w_p_0[:, 32:48].view(n, 16, 1)) * 0.9128709291752769
+    # 16x1 ⊗ 1x0 -> 16x1
+    p_3 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 16:64].reshape(n, 16, 3), sh[:, 0:1].reshape(n, 1, 1), cg_1_0_1, w_p_0[:, 48:64].view(n, 16, 1)) * 0.7071067811865476
+    # 16x1 ⊗ 1x1 -> 16x0
+    p_4 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 16:64].reshape(n, 16, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_0, w_p_0[:, 64:80].view(n, 16, 1)) * 0.5773502691896257
+    # 16x1 ⊗ 1x1 -> 16x1
+    p_5 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 16:64].reshape(n, 16, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_1, w_p_0[:, 80:96].view(n, 16, 1)) * 0.7071067811865476
+    # 16x1 ⊗ 1x1 -> 16x2
+    p_6 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 16:64].reshape(n, 16, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_2, w_p_0[:, 96:112].view(n, 16, 1)) * 0.9128709291752769
+    # 16x1 ⊗ 1x2 -> 16x1
+    p_7 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 16:64].reshape(n, 16, 3), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_1, w_p_0[:, 112:128].view(n, 16, 1)) * 0.7071067811865476
+    # 16x1 ⊗ 1x2 -> 16x2
+    p_8 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 16:64].reshape(n, 16, 3), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_2, w_p_0[:, 128:144].view(n, 16, 1)) * 0.9128709291752769
+    # 16x2 ⊗ 1x0 -> 16x2
+    p_9 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 64:144].reshape(n, 16, 5), sh[:, 0:1].reshape(n, 1, 1), cg_2_0_2, w_p_0[:, 144:160].view(n, 16, 1)) * 0.9128709291752769
+    # 16x2 ⊗ 1x1 -> 16x1
+    p_10 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 64:144].reshape(n, 16, 5), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_1, w_p_0[:, 160:176].view(n, 16, 1)) * 0.7071067811865476
+    # 16x2 ⊗ 1x1 -> 16x2
+    p_11 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 64:144].reshape(n, 16, 5), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_2, w_p_0[:, 176:192].view(n, 16, 1)) * 0.9128709291752769
+    # 16x2 ⊗ 1x2 -> 16x0
+    p_12 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 64:144].reshape(n, 16, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_0, w_p_0[:, 192:208].view(n, 16, 1)) * 0.5773502691896257
+    # 16x2 ⊗ 1x2 -> 16x1
+    p_13 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 64:144].reshape(n, 16, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_1, w_p_0[:, 208:224].view(n, 16, 1)) * 0.7071067811865476
+    # 16x2 ⊗ 1x2 -> 16x2
+    p_14 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 64:144].reshape(n, 16, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_2, w_p_0[:, 224:240].view(n, 16, 1)) * 0.9128709291752769
+    p = torch.cat([
+        (p_0 + p_4 + p_12).reshape(n, 16),
+        (p_1 + p_3 + p_5 + p_7 + p_10 + p_13).reshape(n, 48),
+        (p_2 + p_6 + p_8 + p_9 + p_11 + p_14).reshape(n, 80),
+    ], dim=1)
+
+    # out m : 16x0+16x1+16x2
+    # m.0: p mix uvw
+    w_m_0 = weight[0:768]
+    # 16x0 -> 16x0
+    m_0 = torch.einsum("zui,uw->zwi", p[:, 0:16].reshape(n, 16, 1), w_m_0[0:256].view(16, 16)) * 0.25
+    # 16x1 -> 16x1
+    m_1 = torch.einsum("zui,uw->zwi", p[:, 16:64].reshape(n, 16, 3), w_m_0[256:512].view(16, 16)) * 0.25
+    # 16x2 -> 16x2
+    m_2 = torch.einsum("zui,uw->zwi", p[:, 64:144].reshape(n, 16, 5), w_m_0[512:768].view(16, 16)) * 0.25
+    m = torch.cat([
+        (m_0).reshape(n, 16),
+        (m_1).reshape(n, 48),
+        (m_2).reshape(n, 80),
+    ], dim=1)
+    return [m]
+
+
+_ops.register("cormorant_message", _cormorant_message, outputs=(144,))
+
 
 class cormorant_cg(rt.FusionModule):
     """g = p mix uvw + f mix uvw
@@ -35,55 +164,10 @@ class cormorant_cg(rt.FusionModule):
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"f": (f, 144)}, {})
-        n = rt.numel(batch)
-        f = rt.rows(f, batch, 144)
-
-        # let p : 16x0+16x1+16x2
-        # p.0: fuse(f, f) -> 16x(0 + 1 + 2) mix uuu
-        w_p_0 = self.weight[0:144]
-        # 9 fusion trees; shared couplings are reused from earlier terms
-        p0 = f[:, 0:16].reshape(n, 16, 1)
-        p1 = torch.einsum("zui,zuj,ijk->zuk", p0, p0, self.cg_0_0_0)  # -> 16x0
-        p2 = f[:, 16:64].reshape(n, 16, 3)
-        p3 = torch.einsum("zui,zuj,ijk->zuk", p0, p2, self.cg_0_1_1)  # -> 16x1
-        p4 = f[:, 64:144].reshape(n, 16, 5)
-        p5 = torch.einsum("zui,zuj,ijk->zuk", p0, p4, self.cg_0_2_2)  # -> 16x2
-        p6 = torch.einsum("zui,zuj,ijk->zuk", p2, p2, self.cg_1_1_0)  # -> 16x0
-        p7 = torch.einsum("zui,zuj,ijk->zuk", p2, p2, self.cg_1_1_2)  # -> 16x2
-        p8 = torch.einsum("zui,zuj,ijk->zuk", p2, p4, self.cg_1_2_1)  # -> 16x1
-        p9 = torch.einsum("zui,zuj,ijk->zuk", p2, p4, self.cg_1_2_2)  # -> 16x2
-        p10 = torch.einsum("zui,zuj,ijk->zuk", p4, p4, self.cg_2_2_0)  # -> 16x0
-        p11 = torch.einsum("zui,zuj,ijk->zuk", p4, p4, self.cg_2_2_2)  # -> 16x2
-        p = torch.cat([
-            (p1 * (w_p_0[..., 0:16, None] * 0.5773502691896257) + p6 * (w_p_0[..., 48:64, None] * 0.5773502691896257) + p10 * (w_p_0[..., 112:128, None] * 0.5773502691896257)).reshape(n, 16),
-            (p3 * (w_p_0[..., 16:32, None] * 1.224744871391589) + p8 * (w_p_0[..., 80:96, None] * 1.224744871391589)).reshape(n, 48),
-            (p5 * (w_p_0[..., 32:48, None] * 1.118033988749895) + p7 * (w_p_0[..., 64:80, None] * 1.118033988749895) + p9 * (w_p_0[..., 96:112, None] * 1.118033988749895) + p11 * (w_p_0[..., 128:144, None] * 1.118033988749895)).reshape(n, 80),
-        ], dim=1)
-
-        # out g : 16x0+16x1+16x2
-        # g.0: p mix uvw
-        w_g_0 = self.weight[144:912]
-        # 16x0 -> 16x0
-        g_0 = torch.einsum("zui,uw->zwi", p[:, 0:16].reshape(n, 16, 1), w_g_0[0:256].view(16, 16)) * 0.25
-        # 16x1 -> 16x1
-        g_1 = torch.einsum("zui,uw->zwi", p[:, 16:64].reshape(n, 16, 3), w_g_0[256:512].view(16, 16)) * 0.25
-        # 16x2 -> 16x2
-        g_2 = torch.einsum("zui,uw->zwi", p[:, 64:144].reshape(n, 16, 5), w_g_0[512:768].view(16, 16)) * 0.25
-        # g.1: f mix uvw
-        w_g_1 = self.weight[912:1680]
-        # 16x0 -> 16x0
-        g_3 = torch.einsum("zui,uw->zwi", f[:, 0:16].reshape(n, 16, 1), w_g_1[0:256].view(16, 16)) * 0.25
-        # 16x1 -> 16x1
-        g_4 = torch.einsum("zui,uw->zwi", f[:, 16:64].reshape(n, 16, 3), w_g_1[256:512].view(16, 16)) * 0.25
-        # 16x2 -> 16x2
-        g_5 = torch.einsum("zui,uw->zwi", f[:, 64:144].reshape(n, 16, 5), w_g_1[512:768].view(16, 16)) * 0.25
-        g = torch.cat([
-            (g_0 + g_3).reshape(n, 16),
-            (g_1 + g_4).reshape(n, 48),
-            (g_2 + g_5).reshape(n, 80),
-        ], dim=1)
-        g = g.reshape(*batch, 144)
-        return g
+        outputs = _ops.cormorant_cg([
+            rt.rows(f, batch, 144),
+        ], self.weight, self.constants())
+        return outputs[0].reshape(*batch, 144)
 
 
 class cormorant_message(rt.FusionModule):
@@ -112,63 +196,9 @@ class cormorant_message(rt.FusionModule):
 
     def forward(self, f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"f": (f, 144), "sh": (sh, 9)}, {"w": (w, 240)})
-        n = rt.numel(batch)
-        f = rt.rows(f, batch, 144)
-        sh = rt.rows(sh, batch, 9)
-        w = rt.weight_rows(w, batch, 240)
-
-        # let p : 16x0+16x1+16x2
-        # p.0: fuse(f, sh) -> 16x(0 + 1 + 2) mix uvu by w
-        w_p_0 = w
-        # 16x0 ⊗ 1x0 -> 16x0
-        p_0 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 0:16].reshape(n, 16, 1), sh[:, 0:1].reshape(n, 1, 1), self.cg_0_0_0, w_p_0[:, 0:16].view(n, 16, 1)) * 0.5773502691896257
-        # 16x0 ⊗ 1x1 -> 16x1
-        p_1 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 0:16].reshape(n, 16, 1), sh[:, 1:4].reshape(n, 1, 3), self.cg_0_1_1, w_p_0[:, 16:32].view(n, 16, 1)) * 0.7071067811865476
-        # 16x0 ⊗ 1x2 -> 16x2
-        p_2 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 0:16].reshape(n, 16, 1), sh[:, 4:9].reshape(n, 1, 5), self.cg_0_2_2, w_p_0[:, 32:48].view(n, 16, 1)) * 0.9128709291752769
-        # 16x1 ⊗ 1x0 -> 16x1
-        p_3 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 16:64].reshape(n, 16, 3), sh[:, 0:1].reshape(n, 1, 1), self.cg_1_0_1, w_p_0[:, 48:64].view(n, 16, 1)) * 0.7071067811865476
-        # 16x1 ⊗ 1x1 -> 16x0
-        p_4 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 16:64].reshape(n, 16, 3), sh[:, 1:4].reshape(n, 1, 3), self.cg_1_1_0, w_p_0[:, 64:80].view(n, 16, 1)) * 0.5773502691896257
-        # 16x1 ⊗ 1x1 -> 16x1
-        p_5 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 16:64].reshape(n, 16, 3), sh[:, 1:4].reshape(n, 1, 3), self.cg_1_1_1, w_p_0[:, 80:96].view(n, 16, 1)) * 0.7071067811865476
-        # 16x1 ⊗ 1x1 -> 16x2
-        p_6 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 16:64].reshape(n, 16, 3), sh[:, 1:4].reshape(n, 1, 3), self.cg_1_1_2, w_p_0[:, 96:112].view(n, 16, 1)) * 0.9128709291752769
-        # 16x1 ⊗ 1x2 -> 16x1
-        p_7 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 16:64].reshape(n, 16, 3), sh[:, 4:9].reshape(n, 1, 5), self.cg_1_2_1, w_p_0[:, 112:128].view(n, 16, 1)) * 0.7071067811865476
-        # 16x1 ⊗ 1x2 -> 16x2
-        p_8 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 16:64].reshape(n, 16, 3), sh[:, 4:9].reshape(n, 1, 5), self.cg_1_2_2, w_p_0[:, 128:144].view(n, 16, 1)) * 0.9128709291752769
-        # 16x2 ⊗ 1x0 -> 16x2
-        p_9 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 64:144].reshape(n, 16, 5), sh[:, 0:1].reshape(n, 1, 1), self.cg_2_0_2, w_p_0[:, 144:160].view(n, 16, 1)) * 0.9128709291752769
-        # 16x2 ⊗ 1x1 -> 16x1
-        p_10 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 64:144].reshape(n, 16, 5), sh[:, 1:4].reshape(n, 1, 3), self.cg_2_1_1, w_p_0[:, 160:176].view(n, 16, 1)) * 0.7071067811865476
-        # 16x2 ⊗ 1x1 -> 16x2
-        p_11 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 64:144].reshape(n, 16, 5), sh[:, 1:4].reshape(n, 1, 3), self.cg_2_1_2, w_p_0[:, 176:192].view(n, 16, 1)) * 0.9128709291752769
-        # 16x2 ⊗ 1x2 -> 16x0
-        p_12 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 64:144].reshape(n, 16, 5), sh[:, 4:9].reshape(n, 1, 5), self.cg_2_2_0, w_p_0[:, 192:208].view(n, 16, 1)) * 0.5773502691896257
-        # 16x2 ⊗ 1x2 -> 16x1
-        p_13 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 64:144].reshape(n, 16, 5), sh[:, 4:9].reshape(n, 1, 5), self.cg_2_2_1, w_p_0[:, 208:224].view(n, 16, 1)) * 0.7071067811865476
-        # 16x2 ⊗ 1x2 -> 16x2
-        p_14 = torch.einsum("zui,zvj,ijk,zuv->zuk", f[:, 64:144].reshape(n, 16, 5), sh[:, 4:9].reshape(n, 1, 5), self.cg_2_2_2, w_p_0[:, 224:240].view(n, 16, 1)) * 0.9128709291752769
-        p = torch.cat([
-            (p_0 + p_4 + p_12).reshape(n, 16),
-            (p_1 + p_3 + p_5 + p_7 + p_10 + p_13).reshape(n, 48),
-            (p_2 + p_6 + p_8 + p_9 + p_11 + p_14).reshape(n, 80),
-        ], dim=1)
-
-        # out m : 16x0+16x1+16x2
-        # m.0: p mix uvw
-        w_m_0 = self.weight[0:768]
-        # 16x0 -> 16x0
-        m_0 = torch.einsum("zui,uw->zwi", p[:, 0:16].reshape(n, 16, 1), w_m_0[0:256].view(16, 16)) * 0.25
-        # 16x1 -> 16x1
-        m_1 = torch.einsum("zui,uw->zwi", p[:, 16:64].reshape(n, 16, 3), w_m_0[256:512].view(16, 16)) * 0.25
-        # 16x2 -> 16x2
-        m_2 = torch.einsum("zui,uw->zwi", p[:, 64:144].reshape(n, 16, 5), w_m_0[512:768].view(16, 16)) * 0.25
-        m = torch.cat([
-            (m_0).reshape(n, 16),
-            (m_1).reshape(n, 48),
-            (m_2).reshape(n, 80),
-        ], dim=1)
-        m = m.reshape(*batch, 144)
-        return m
+        outputs = _ops.cormorant_message([
+            rt.rows(f, batch, 144),
+            rt.rows(sh, batch, 9),
+            rt.weight_rows(w, batch, 240),
+        ], self.weight, self.constants())
+        return outputs[0].reshape(*batch, 144)

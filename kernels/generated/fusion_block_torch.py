@@ -10,6 +10,245 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fusion_block', 'fusion_block_3']
 
+_ops = rt.OpNamespace("fusionc_9cde400da6d44356")
+
+
+def _fusion_block(
+    x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, x4: torch.Tensor,
+    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
+    cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor,
+    cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_1_2_3: torch.Tensor, cg_2_0_2: torch.Tensor,
+    cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor, cg_2_1_3: torch.Tensor, cg_2_2_0: torch.Tensor,
+    cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor, cg_2_2_3: torch.Tensor, cg_3_1_2: torch.Tensor,
+    cg_3_2_1: torch.Tensor, cg_3_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """fusion_block on rows: x1 (n, 144), x2 (n, 144), x3 (n, 144), x4 (n, 144) -> y (n, 144)."""
+    n = x1.shape[0]
+
+    # let t : 16x0e+16x1o+16x2e+16x1e+16x2o
+    # t.0: fuse(x1, x2) -> 16x(0e + 1o + 2e + 1e + 2o) mix uuu
+    w_t_0 = weight[0:240]
+    # 16x0e ⊗ 16x0e -> 16x0e
+    t_0 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 0:16].reshape(n, 16, 1), x2[:, 0:16].reshape(n, 16, 1), cg_0_0_0, w_t_0[0:16].view(16)) * 0.5773502691896257
+    # 16x0e ⊗ 16x1o -> 16x1o
+    t_1 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 0:16].reshape(n, 16, 1), x2[:, 16:64].reshape(n, 16, 3), cg_0_1_1, w_t_0[16:32].view(16)) * 0.8660254037844386
+    # 16x0e ⊗ 16x2e -> 16x2e
+    t_2 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 0:16].reshape(n, 16, 1), x2[:, 64:144].reshape(n, 16, 5), cg_0_2_2, w_t_0[32:48].view(16)) * 1.118033988749895
+    # 16x1o ⊗ 16x0e -> 16x1o
+    t_3 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 16:64].reshape(n, 16, 3), x2[:, 0:16].reshape(n, 16, 1), cg_1_0_1, w_t_0[48:64].view(16)) * 0.8660254037844386
+    # 16x1o ⊗ 16x1o -> 16x0e
+    t_4 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 16:64].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3), cg_1_1_0, w_t_0[64:80].view(16)) * 0.5773502691896257
+    # 16x1o ⊗ 16x1o -> 16x2e
+    t_5 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 16:64].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3), cg_1_1_2, w_t_0[80:96].view(16)) * 1.118033988749895
+    # 16x1o ⊗ 16x1o -> 16x1e
+    t_6 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 16:64].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3), cg_1_1_1, w_t_0[96:112].view(16)) * 1.224744871391589
+    # 16x1o ⊗ 16x2e -> 16x1o
+    t_7 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 16:64].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5), cg_1_2_1, w_t_0[112:128].view(16)) * 0.8660254037844386
+    # 16x1o ⊗ 16x2e -> 16x2o
+    t_8 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 16:64].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5), cg_1_2_2, w_t_0[128:144].view(16)) * 1.5811388300841898
+    # 16x2e ⊗ 16x0e -> 16x2e
+    t_9 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 64:144].reshape(n, 16, 5), x2[:, 0:16].reshape(n, 16, 1), cg_2_0_2, w_t_0[144:160].view(16)) * 1.118033988749895
+    # 16x2e ⊗ 16x1o -> 16x1o
+    t_10 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 64:144].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3), cg_2_1_1, w_t_0[160:176].view(16)) * 0.8660254037844386
+    # 16x2e ⊗ 16x1o -> 16x2o
+    t_11 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 64:144].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3), cg_2_1_2, w_t_0[176:192].view(16)) * 1.5811388300841898
+    # 16x2e ⊗ 16x2e -> 16x0e
+    t_12 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 64:144].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5), cg_2_2_0, w_t_0[192:208].view(16)) * 0.5773502691896257
+    # 16x2e ⊗ 16x2e -> 16x2e
+    t_13 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 64:144].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5), cg_2_2_2, w_t_0[208:224].view(16)) * 1.118033988749895
+    # 16x2e ⊗ 16x2e -> 16x1e
+    t_14 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 64:144].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5), cg_2_2_1, w_t_0[224:240].view(16)) * 1.224744871391589
+    t = torch.cat([
+        (t_0 + t_4 + t_12).reshape(n, 16),
+        (t_1 + t_3 + t_7 + t_10).reshape(n, 48),
+        (t_2 + t_5 + t_9 + t_13).reshape(n, 80),
+        (t_6 + t_14).reshape(n, 48),
+        (t_8 + t_11).reshape(n, 80),
+    ], dim=1)
+
+    # out y : 16x0e+16x1o+16x2e
+    # y.0: fuse(t, x3, x4; lmax=3) mix uuu
+    w_y_0 = weight[240:1616]
+    # 86 fusion trees; shared couplings are reused from earlier terms
+    p0 = t[:, 0:16].reshape(n, 16, 1)
+    p1 = x3[:, 0:16].reshape(n, 16, 1)
+    p2 = torch.einsum("zui,zuj,ijk->zuk", p0, p1, cg_0_0_0)  # -> 16x0e
+    p3 = x4[:, 0:16].reshape(n, 16, 1)
+    p4 = x4[:, 16:64].reshape(n, 16, 3)
+    p5 = x4[:, 64:144].reshape(n, 16, 5)
+    p6 = x3[:, 16:64].reshape(n, 16, 3)
+    p7 = torch.einsum("zui,zuj,ijk->zuk", p0, p6, cg_0_1_1)  # -> 16x1o
+    p8 = x3[:, 64:144].reshape(n, 16, 5)
+    p9 = torch.einsum("zui,zuj,ijk->zuk", p0, p8, cg_0_2_2)  # -> 16x2e
+    p10 = t[:, 16:64].reshape(n, 16, 3)
+    p11 = torch.einsum("zui,zuj,ijk->zuk", p10, p1, cg_1_0_1)  # -> 16x1o
+    p12 = torch.einsum("zui,zuj,ijk->zuk", p10, p6, cg_1_1_0)  # -> 16x0e
+    p13 = torch.einsum("zui,zuj,ijk->zuk", p10, p6, cg_1_1_2)  # -> 16x2e
+    p14 = torch.einsum("zui,zuj,ijk->zuk", p10, p6, cg_1_1_1)  # -> 16x1e
+    p15 = torch.einsum("zui,zuj,ijk->zuk", p10, p8, cg_1_2_1)  # -> 16x1o
+    p16 = torch.einsum("zui,zuj,ijk->zuk", p10, p8, cg_1_2_2)  # -> 16x2o
+    p17 = torch.einsum("zui,zuj,ijk->zuk", p10, p8, cg_1_2_3)  # -> 16x3o
+    p18 = t[:, 64:144].reshape(n, 16, 5)
+    p19 = torch.einsum("zui,zuj,ijk->zuk", p18, p1, cg_2_0_2)  # -> 16x2e
+    p20 = torch.einsum("zui,zuj,ijk->zuk", p18, p6, cg_2_1_1)  # -> 16x1o
+    p21 = torch.einsum("zui,zuj,ijk->zuk", p18, p6, cg_2_1_2)  # -> 16x2o
+    p22 = torch.einsum("zui,zuj,ijk->zuk", p18, p6, cg_2_1_3)  # -> 16x3o
+    p23 = torch.einsum("zui,zuj,ijk->zuk", p18, p8, cg_2_2_0)  # -> 16x0e
+    p24 = torch.einsum("zui,zuj,ijk->zuk", p18, p8, cg_2_2_2)  # -> 16x2e
+    p25 = torch.einsum("zui,zuj,ijk->zuk", p18, p8, cg_2_2_1)  # -> 16x1e
+    p26 = torch.einsum("zui,zuj,ijk->zuk", p18, p8, cg_2_2_3)  # -> 16x3e
+    p27 = t[:, 144:192].reshape(n, 16, 3)
+    p28 = torch.einsum("zui,zuj,ijk->zuk", p27, p1, cg_1_0_1)  # -> 16x1e
+    p29 = torch.einsum("zui,zuj,ijk->zuk", p27, p6, cg_1_1_1)  # -> 16x1o
+    p30 = torch.einsum("zui,zuj,ijk->zuk", p27, p6, cg_1_1_2)  # -> 16x2o
+    p31 = torch.einsum("zui,zuj,ijk->zuk", p27, p8, cg_1_2_2)  # -> 16x2e
+    p32 = torch.einsum("zui,zuj,ijk->zuk", p27, p8, cg_1_2_1)  # -> 16x1e
+    p33 = torch.einsum("zui,zuj,ijk->zuk", p27, p8, cg_1_2_3)  # -> 16x3e
+    p34 = t[:, 192:272].reshape(n, 16, 5)
+    p35 = torch.einsum("zui,zuj,ijk->zuk", p34, p1, cg_2_0_2)  # -> 16x2o
+    p36 = torch.einsum("zui,zuj,ijk->zuk", p34, p6, cg_2_1_2)  # -> 16x2e
+    p37 = torch.einsum("zui,zuj,ijk->zuk", p34, p6, cg_2_1_1)  # -> 16x1e
+    p38 = torch.einsum("zui,zuj,ijk->zuk", p34, p6, cg_2_1_3)  # -> 16x3e
+    p39 = torch.einsum("zui,zuj,ijk->zuk", p34, p8, cg_2_2_1)  # -> 16x1o
+    p40 = torch.einsum("zui,zuj,ijk->zuk", p34, p8, cg_2_2_2)  # -> 16x2o
+    p41 = torch.einsum("zui,zuj,ijk->zuk", p34, p8, cg_2_2_3)  # -> 16x3o
+    p42 = p2 * (w_y_0[..., 0:16, None] * 0.2581988897471611) + p12 * (w_y_0[..., 240:256, None] * 0.2581988897471611) + p23 * (w_y_0[..., 704:720, None] * 0.2581988897471611)
+    p43 = torch.einsum("zui,zuj,ijk->zuk", p42, p3, cg_0_0_0)  # -> 16x0e
+    p44 = p2 * (w_y_0[..., 16:32, None] * 0.2970442628930023) + p12 * (w_y_0[..., 272:288, None] * 0.2970442628930023) + p23 * (w_y_0[..., 736:752, None] * 0.2970442628930023)
+    p45 = torch.einsum("zui,zuj,ijk->zuk", p44, p4, cg_0_1_1)  # -> 16x1o
+    p46 = p2 * (w_y_0[..., 32:48, None] * 0.36760731104690386) + p12 * (w_y_0[..., 320:336, None] * 0.36760731104690386) + p23 * (w_y_0[..., 784:800, None] * 0.36760731104690386)
+    p47 = torch.einsum("zui,zuj,ijk->zuk", p46, p5, cg_0_2_2)  # -> 16x2e
+    p48 = p7 * (w_y_0[..., 48:64, None] * 0.5144957554275266) + p11 * (w_y_0[..., 176:192, None] * 0.5144957554275266) + p15 * (w_y_0[..., 384:400, None] * 0.5144957554275266) + p20 * (w_y_0[..., 576:592, None] * 0.5144957554275266) + p29 * (w_y_0[..., 896:912, None] * 0.5144957554275266) + p39 * (w_y_0[..., 1248:1264, None] * 0.5144957554275266)
+    p49 = torch.einsum("zui,zuj,ijk->zuk", p48, p3, cg_1_0_1)  # -> 16x1o
+    p50 = p7 * (w_y_0[..., 64:80, None] * 0.4472135954999579) + p11 * (w_y_0[..., 192:208, None] * 0.4472135954999579) + p15 * (w_y_0[..., 400:416, None] * 0.4472135954999579) + p20 * (w_y_0[..., 592:608, None] * 0.4472135954999579) + p29 * (w_y_0[..., 912:928, None] * 0.4472135954999579) + p39 * (w_y_0[..., 1264:1280, None] * 0.4472135954999579)
+    p51 = torch.einsum("zui,zuj,ijk->zuk", p50, p4, cg_1_1_0)  # -> 16x0e
+    p52 = p7 * (w_y_0[..., 80:96, None] * 0.6367145399670133) + p11 * (w_y_0[..., 208:224, None] * 0.6367145399670133) + p15 * (w_y_0[..., 416:432, None] * 0.6367145399670133) + p20 * (w_y_0[..., 608:624, None] * 0.6367145399670133) + p29 * (w_y_0[..., 928:944, None] * 0.6367145399670133) + p39 * (w_y_0[..., 1280:1296, None] * 0.6367145399670133)
+    p53 = torch.einsum("zui,zuj,ijk->zuk", p52, p4, cg_1_1_2)  # -> 16x2e
+    p54 = p7 * (w_y_0[..., 96:112, None] * 0.5144957554275266) + p11 * (w_y_0[..., 224:240, None] * 0.5144957554275266) + p15 * (w_y_0[..., 464:480, None] * 0.5144957554275266) + p20 * (w_y_0[..., 656:672, None] * 0.5144957554275266) + p29 * (w_y_0[..., 960:976, None] * 0.5144957554275266) + p39 * (w_y_0[..., 1328:1344, None] * 0.5144957554275266)
+    p55 = torch.einsum("zui,zuj,ijk->zuk", p54, p5, cg_1_2_1)  # -> 16x1o
+    p56 = p9 * (w_y_0[..., 112:128, None] * 0.8219949365267865) + p13 * (w_y_0[..., 256:272, None] * 0.8219949365267865) + p19 * (w_y_0[..., 512:528, None] * 0.8219949365267865) + p24 * (w_y_0[..., 720:736, None] * 0.8219949365267865) + p31 * (w_y_0[..., 992:1008, None] * 0.8219949365267865) + p36 * (w_y_0[..., 1136:1152, None] * 0.8219949365267865)
+    p57 = torch.einsum("zui,zuj,ijk->zuk", p56, p3, cg_2_0_2)  # -> 16x2e
+    p58 = p9 * (w_y_0[..., 128:144, None] * 0.6642111641550714) + p13 * (w_y_0[..., 304:320, None] * 0.6642111641550714) + p19 * (w_y_0[..., 528:544, None] * 0.6642111641550714) + p24 * (w_y_0[..., 768:784, None] * 0.6642111641550714) + p31 * (w_y_0[..., 1024:1040, None] * 0.6642111641550714) + p36 * (w_y_0[..., 1168:1184, None] * 0.6642111641550714)
+    p59 = torch.einsum("zui,zuj,ijk->zuk", p58, p4, cg_2_1_1)  # -> 16x1o
+    p60 = p9 * (w_y_0[..., 144:160, None] * 0.5773502691896257) + p13 * (w_y_0[..., 352:368, None] * 0.5773502691896257) + p19 * (w_y_0[..., 544:560, None] * 0.5773502691896257) + p24 * (w_y_0[..., 816:832, None] * 0.5773502691896257) + p31 * (w_y_0[..., 1056:1072, None] * 0.5773502691896257) + p36 * (w_y_0[..., 1200:1216, None] * 0.5773502691896257)
+    p61 = torch.einsum("zui,zuj,ijk->zuk", p60, p5, cg_2_2_0)  # -> 16x0e
+    p62 = p9 * (w_y_0[..., 160:176, None] * 0.8219949365267865) + p13 * (w_y_0[..., 368:384, None] * 0.8219949365267865) + p19 * (w_y_0[..., 560:576, None] * 0.8219949365267865) + p24 * (w_y_0[..., 832:848, None] * 0.8219949365267865) + p31 * (w_y_0[..., 1072:1088, None] * 0.8219949365267865) + p36 * (w_y_0[..., 1216:1232, None] * 0.8219949365267865)
+    p63 = torch.einsum("zui,zuj,ijk->zuk", p62, p5, cg_2_2_2)  # -> 16x2e
+    p64 = p14 * (w_y_0[..., 288:304, None] * 0.5144957554275266) + p25 * (w_y_0[..., 752:768, None] * 0.5144957554275266) + p28 * (w_y_0[..., 864:880, None] * 0.5144957554275266) + p32 * (w_y_0[..., 1008:1024, None] * 0.5144957554275266) + p37 * (w_y_0[..., 1152:1168, None] * 0.5144957554275266)
+    p65 = torch.einsum("zui,zuj,ijk->zuk", p64, p4, cg_1_1_1)  # -> 16x1o
+    p66 = p14 * (w_y_0[..., 336:352, None] * 0.6367145399670133) + p25 * (w_y_0[..., 800:816, None] * 0.6367145399670133) + p28 * (w_y_0[..., 880:896, None] * 0.6367145399670133) + p32 * (w_y_0[..., 1040:1056, None] * 0.6367145399670133) + p37 * (w_y_0[..., 1184:1200, None] * 0.6367145399670133)
+    p67 = torch.einsum("zui,zuj,ijk->zuk", p66, p5, cg_1_2_2)  # -> 16x2e
+    p68 = p16 * (w_y_0[..., 432:448, None] * 0.8219949365267865) + p21 * (w_y_0[..., 624:640, None] * 0.8219949365267865) + p30 * (w_y_0[..., 944:960, None] * 0.8219949365267865) + p35 * (w_y_0[..., 1104:1120, None] * 0.8219949365267865) + p40 * (w_y_0[..., 1296:1312, None] * 0.8219949365267865)
+    p69 = torch.einsum("zui,zuj,ijk->zuk", p68, p4, cg_2_1_2)  # -> 16x2e
+    p70 = p17 * (w_y_0[..., 448:464, None] * 0.9725975251592747) + p22 * (w_y_0[..., 640:656, None] * 0.9725975251592747) + p41 * (w_y_0[..., 1312:1328, None] * 0.9725975251592747)
+    p71 = torch.einsum("zui,zuj,ijk->zuk", p70, p4, cg_3_1_2)  # -> 16x2e
+    p72 = p16 * (w_y_0[..., 480:496, None] * 0.6642111641550714) + p21 * (w_y_0[..., 672:688, None] * 0.6642111641550714) + p30 * (w_y_0[..., 976:992, None] * 0.6642111641550714) + p35 * (w_y_0[..., 1120:1136, None] * 0.6642111641550714) + p40 * (w_y_0[..., 1344:1360, None] * 0.6642111641550714)
+    p73 = torch.einsum("zui,zuj,ijk->zuk", p72, p5, cg_2_2_1)  # -> 16x1o
+    p74 = p17 * (w_y_0[..., 496:512, None] * 0.7859052479933758) + p22 * (w_y_0[..., 688:704, None] * 0.7859052479933758) + p41 * (w_y_0[..., 1360:1376, None] * 0.7859052479933758)
+    p75 = torch.einsum("zui,zuj,ijk->zuk", p74, p5, cg_3_2_1)  # -> 16x1o
+    p76 = p26 * (w_y_0[..., 848:864, None] * 0.9725975251592747) + p33 * (w_y_0[..., 1088:1104, None] * 0.9725975251592747) + p38 * (w_y_0[..., 1232:1248, None] * 0.9725975251592747)
+    p77 = torch.einsum("zui,zuj,ijk->zuk", p76, p5, cg_3_2_2)  # -> 16x2e
+    y = torch.cat([
+        (p43 + p51 + p61).reshape(n, 16),
+        (p45 + p49 + p55 + p59 + p65 + p73 + p75).reshape(n, 48),
+        (p47 + p53 + p57 + p63 + p67 + p69 + p71 + p77).reshape(n, 80),
+    ], dim=1)
+    return [y]
+
+
+_ops.register("fusion_block", _fusion_block, outputs=(144,))
+
+
+def _fusion_block_3(
+    x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
+    cg_1_2_2: torch.Tensor, cg_1_2_3: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor,
+    cg_2_1_2: torch.Tensor, cg_2_1_3: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor,
+    cg_2_2_2: torch.Tensor, cg_2_2_3: torch.Tensor, cg_2_2_4: torch.Tensor, cg_3_1_2: torch.Tensor,
+    cg_3_2_1: torch.Tensor, cg_3_2_2: torch.Tensor, cg_4_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """fusion_block_3 on rows: x1 (n, 144), x2 (n, 144), x3 (n, 144) -> y (n, 144)."""
+    n = x1.shape[0]
+
+    # out y : 16x0e+16x1o+16x2e
+    # y.0: fuse(x1, x2, x3) mix uuu
+    w_y_0 = weight[0:880]
+    # 55 fusion trees; shared couplings are reused from earlier terms
+    p0 = x1[:, 0:16].reshape(n, 16, 1)
+    p1 = x2[:, 0:16].reshape(n, 16, 1)
+    p2 = torch.einsum("zui,zuj,ijk->zuk", p0, p1, cg_0_0_0)  # -> 16x0e
+    p3 = x3[:, 0:16].reshape(n, 16, 1)
+    p4 = x3[:, 16:64].reshape(n, 16, 3)
+    p5 = x3[:, 64:144].reshape(n, 16, 5)
+    p6 = x2[:, 16:64].reshape(n, 16, 3)
+    p7 = torch.einsum("zui,zuj,ijk->zuk", p0, p6, cg_0_1_1)  # -> 16x1o
+    p8 = x2[:, 64:144].reshape(n, 16, 5)
+    p9 = torch.einsum("zui,zuj,ijk->zuk", p0, p8, cg_0_2_2)  # -> 16x2e
+    p10 = x1[:, 16:64].reshape(n, 16, 3)
+    p11 = torch.einsum("zui,zuj,ijk->zuk", p10, p1, cg_1_0_1)  # -> 16x1o
+    p12 = torch.einsum("zui,zuj,ijk->zuk", p10, p6, cg_1_1_0)  # -> 16x0e
+    p13 = torch.einsum("zui,zuj,ijk->zuk", p10, p6, cg_1_1_2)  # -> 16x2e
+    p14 = torch.einsum("zui,zuj,ijk->zuk", p10, p6, cg_1_1_1)  # -> 16x1e
+    p15 = torch.einsum("zui,zuj,ijk->zuk", p10, p8, cg_1_2_1)  # -> 16x1o
+    p16 = torch.einsum("zui,zuj,ijk->zuk", p10, p8, cg_1_2_2)  # -> 16x2o
+    p17 = torch.einsum("zui,zuj,ijk->zuk", p10, p8, cg_1_2_3)  # -> 16x3o
+    p18 = x1[:, 64:144].reshape(n, 16, 5)
+    p19 = torch.einsum("zui,zuj,ijk->zuk", p18, p1, cg_2_0_2)  # -> 16x2e
+    p20 = torch.einsum("zui,zuj,ijk->zuk", p18, p6, cg_2_1_1)  # -> 16x1o
+    p21 = torch.einsum("zui,zuj,ijk->zuk", p18, p6, cg_2_1_2)  # -> 16x2o
+    p22 = torch.einsum("zui,zuj,ijk->zuk", p18, p6, cg_2_1_3)  # -> 16x3o
+    p23 = torch.einsum("zui,zuj,ijk->zuk", p18, p8, cg_2_2_0)  # -> 16x0e
+    p24 = torch.einsum("zui,zuj,ijk->zuk", p18, p8, cg_2_2_2)  # -> 16x2e
+    p25 = torch.einsum("zui,zuj,ijk->zuk", p18, p8, cg_2_2_1)  # -> 16x1e
+    p26 = torch.einsum("zui,zuj,ijk->zuk", p18, p8, cg_2_2_3)  # -> 16x3e
+    p27 = torch.einsum("zui,zuj,ijk->zuk", p18, p8, cg_2_2_4)  # -> 16x4e
+    p28 = p2 * (w_y_0[..., 0:16, None] * 0.30151134457776363) + p12 * (w_y_0[..., 240:256, None] * 0.30151134457776363) + p23 * (w_y_0[..., 704:720, None] * 0.30151134457776363)
+    p29 = torch.einsum("zui,zuj,ijk->zuk", p28, p3, cg_0_0_0)  # -> 16x0e
+    p30 = p2 * (w_y_0[..., 16:32, None] * 0.3779644730092272) + p12 * (w_y_0[..., 272:288, None] * 0.3779644730092272) + p23 * (w_y_0[..., 736:752, None] * 0.3779644730092272)
+    p31 = torch.einsum("zui,zuj,ijk->zuk", p30, p4, cg_0_1_1)  # -> 16x1o
+    p32 = p2 * (w_y_0[..., 32:48, None] * 0.4662524041201569) + p12 * (w_y_0[..., 320:336, None] * 0.4662524041201569) + p23 * (w_y_0[..., 784:800, None] * 0.4662524041201569)
+    p33 = torch.einsum("zui,zuj,ijk->zuk", p32, p5, cg_0_2_2)  # -> 16x2e
+    p34 = p7 * (w_y_0[..., 48:64, None] * 0.6546536707079771) + p11 * (w_y_0[..., 176:192, None] * 0.6546536707079771) + p15 * (w_y_0[..., 384:400, None] * 0.6546536707079771) + p20 * (w_y_0[..., 576:592, None] * 0.6546536707079771)
+    p35 = torch.einsum("zui,zuj,ijk->zuk", p34, p3, cg_1_0_1)  # -> 16x1o
+    p36 = p7 * (w_y_0[..., 64:80, None] * 0.5222329678670935) + p11 * (w_y_0[..., 192:208, None] * 0.5222329678670935) + p15 * (w_y_0[..., 400:416, None] * 0.5222329678670935) + p20 * (w_y_0[..., 592:608, None] * 0.5222329678670935)
+    p37 = torch.einsum("zui,zuj,ijk->zuk", p36, p4, cg_1_1_0)  # -> 16x0e
+    p38 = p7 * (w_y_0[..., 80:96, None] * 0.8075728530872482) + p11 * (w_y_0[..., 208:224, None] * 0.8075728530872482) + p15 * (w_y_0[..., 416:432, None] * 0.8075728530872482) + p20 * (w_y_0[..., 608:624, None] * 0.8075728530872482)
+    p39 = torch.einsum("zui,zuj,ijk->zuk", p38, p4, cg_1_1_2)  # -> 16x2e
+    p40 = p7 * (w_y_0[..., 96:112, None] * 0.6546536707079771) + p11 * (w_y_0[..., 224:240, None] * 0.6546536707079771) + p15 * (w_y_0[..., 464:480, None] * 0.6546536707079771) + p20 * (w_y_0[..., 656:672, None] * 0.6546536707079771)
+    p41 = torch.einsum("zui,zuj,ijk->zuk", p40, p5, cg_1_2_1)  # -> 16x1o
+    p42 = p9 * (w_y_0[..., 112:128, None] * 1.0425720702853738) + p13 * (w_y_0[..., 256:272, None] * 1.0425720702853738) + p19 * (w_y_0[..., 512:528, None] * 1.0425720702853738) + p24 * (w_y_0[..., 720:736, None] * 1.0425720702853738)
+    p43 = torch.einsum("zui,zuj,ijk->zuk", p42, p3, cg_2_0_2)  # -> 16x2e
+    p44 = p9 * (w_y_0[..., 128:144, None] * 0.8451542547285166) + p13 * (w_y_0[..., 304:320, None] * 0.8451542547285166) + p19 * (w_y_0[..., 528:544, None] * 0.8451542547285166) + p24 * (w_y_0[..., 768:784, None] * 0.8451542547285166)
+    p45 = torch.einsum("zui,zuj,ijk->zuk", p44, p4, cg_2_1_1)  # -> 16x1o
+    p46 = p9 * (w_y_0[..., 144:160, None] * 0.674199862463242) + p13 * (w_y_0[..., 352:368, None] * 0.674199862463242) + p19 * (w_y_0[..., 544:560, None] * 0.674199862463242) + p24 * (w_y_0[..., 816:832, None] * 0.674199862463242)
+    p47 = torch.einsum("zui,zuj,ijk->zuk", p46, p5, cg_2_2_0)  # -> 16x0e
+    p48 = p9 * (w_y_0[..., 160:176, None] * 1.0425720702853738) + p13 * (w_y_0[..., 368:384, None] * 1.0425720702853738) + p19 * (w_y_0[..., 560:576, None] * 1.0425720702853738) + p24 * (w_y_0[..., 832:848, None] * 1.0425720702853738)
+    p49 = torch.einsum("zui,zuj,ijk->zuk", p48, p5, cg_2_2_2)  # -> 16x2e
+    p50 = p14 * (w_y_0[..., 288:304, None] * 0.6546536707079771) + p25 * (w_y_0[..., 752:768, None] * 0.6546536707079771)
+    p51 = torch.einsum("zui,zuj,ijk->zuk", p50, p4, cg_1_1_1)  # -> 16x1o
+    p52 = p14 * (w_y_0[..., 336:352, None] * 0.8075728530872482) + p25 * (w_y_0[..., 800:816, None] * 0.8075728530872482)
+    p53 = torch.einsum("zui,zuj,ijk->zuk", p52, p5, cg_1_2_2)  # -> 16x2e
+    p54 = p16 * (w_y_0[..., 432:448, None] * 1.0425720702853738) + p21 * (w_y_0[..., 624:640, None] * 1.0425720702853738)
+    p55 = torch.einsum("zui,zuj,ijk->zuk", p54, p4, cg_2_1_2)  # -> 16x2e
+    p56 = p17 * (w_y_0[..., 448:464, None] * 1.2335879094879225) + p22 * (w_y_0[..., 640:656, None] * 1.2335879094879225)
+    p57 = torch.einsum("zui,zuj,ijk->zuk", p56, p4, cg_3_1_2)  # -> 16x2e
+    p58 = p16 * (w_y_0[..., 480:496, None] * 0.8451542547285166) + p21 * (w_y_0[..., 672:688, None] * 0.8451542547285166)
+    p59 = torch.einsum("zui,zuj,ijk->zuk", p58, p5, cg_2_2_1)  # -> 16x1o
+    p60 = p17 * (w_y_0[..., 496:512, None] * 1.0) + p22 * (w_y_0[..., 688:704, None] * 1.0)
+    p61 = torch.einsum("zui,zuj,ijk->zuk", p60, p5, cg_3_2_1)  # -> 16x1o
+    p62 = torch.einsum("zui,zuj,ijk->zuk", p26, p5, cg_3_2_2)  # -> 16x2e
+    p63 = torch.einsum("zui,zuj,ijk->zuk", p27, p5, cg_4_2_2)  # -> 16x2e
+    y = torch.cat([
+        (p29 + p37 + p47).reshape(n, 16),
+        (p31 + p35 + p41 + p45 + p51 + p59 + p61).reshape(n, 48),
+        (p33 + p39 + p43 + p49 + p53 + p55 + p57 + p62 * (w_y_0[..., 848:864, None] * 1.2335879094879225) + p63 * (w_y_0[..., 864:880, None] * 1.3987572123604706)).reshape(n, 80),
+    ], dim=1)
+    return [y]
+
+
+_ops.register("fusion_block_3", _fusion_block_3, outputs=(144,))
+
 
 class fusion_block(rt.FusionModule):
     """y = fuse(t, x3, x4; lmax=3) mix uuu
@@ -38,142 +277,13 @@ class fusion_block(rt.FusionModule):
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, x4: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"x1": (x1, 144), "x2": (x2, 144), "x3": (x3, 144), "x4": (x4, 144)}, {})
-        n = rt.numel(batch)
-        x1 = rt.rows(x1, batch, 144)
-        x2 = rt.rows(x2, batch, 144)
-        x3 = rt.rows(x3, batch, 144)
-        x4 = rt.rows(x4, batch, 144)
-
-        # let t : 16x0e+16x1o+16x2e+16x1e+16x2o
-        # t.0: fuse(x1, x2) -> 16x(0e + 1o + 2e + 1e + 2o) mix uuu
-        w_t_0 = self.weight[0:240]
-        # 16x0e ⊗ 16x0e -> 16x0e
-        t_0 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 0:16].reshape(n, 16, 1), x2[:, 0:16].reshape(n, 16, 1), self.cg_0_0_0, w_t_0[0:16].view(16)) * 0.5773502691896257
-        # 16x0e ⊗ 16x1o -> 16x1o
-        t_1 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 0:16].reshape(n, 16, 1), x2[:, 16:64].reshape(n, 16, 3), self.cg_0_1_1, w_t_0[16:32].view(16)) * 0.8660254037844386
-        # 16x0e ⊗ 16x2e -> 16x2e
-        t_2 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 0:16].reshape(n, 16, 1), x2[:, 64:144].reshape(n, 16, 5), self.cg_0_2_2, w_t_0[32:48].view(16)) * 1.118033988749895
-        # 16x1o ⊗ 16x0e -> 16x1o
-        t_3 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 16:64].reshape(n, 16, 3), x2[:, 0:16].reshape(n, 16, 1), self.cg_1_0_1, w_t_0[48:64].view(16)) * 0.8660254037844386
-        # 16x1o ⊗ 16x1o -> 16x0e
-        t_4 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 16:64].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3), self.cg_1_1_0, w_t_0[64:80].view(16)) * 0.5773502691896257
-        # 16x1o ⊗ 16x1o -> 16x2e
-        t_5 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 16:64].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3), self.cg_1_1_2, w_t_0[80:96].view(16)) * 1.118033988749895
-        # 16x1o ⊗ 16x1o -> 16x1e
-        t_6 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 16:64].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3), self.cg_1_1_1, w_t_0[96:112].view(16)) * 1.224744871391589
-        # 16x1o ⊗ 16x2e -> 16x1o
-        t_7 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 16:64].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5), self.cg_1_2_1, w_t_0[112:128].view(16)) * 0.8660254037844386
-        # 16x1o ⊗ 16x2e -> 16x2o
-        t_8 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 16:64].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5), self.cg_1_2_2, w_t_0[128:144].view(16)) * 1.5811388300841898
-        # 16x2e ⊗ 16x0e -> 16x2e
-        t_9 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 64:144].reshape(n, 16, 5), x2[:, 0:16].reshape(n, 16, 1), self.cg_2_0_2, w_t_0[144:160].view(16)) * 1.118033988749895
-        # 16x2e ⊗ 16x1o -> 16x1o
-        t_10 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 64:144].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3), self.cg_2_1_1, w_t_0[160:176].view(16)) * 0.8660254037844386
-        # 16x2e ⊗ 16x1o -> 16x2o
-        t_11 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 64:144].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3), self.cg_2_1_2, w_t_0[176:192].view(16)) * 1.5811388300841898
-        # 16x2e ⊗ 16x2e -> 16x0e
-        t_12 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 64:144].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5), self.cg_2_2_0, w_t_0[192:208].view(16)) * 0.5773502691896257
-        # 16x2e ⊗ 16x2e -> 16x2e
-        t_13 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 64:144].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5), self.cg_2_2_2, w_t_0[208:224].view(16)) * 1.118033988749895
-        # 16x2e ⊗ 16x2e -> 16x1e
-        t_14 = torch.einsum("zui,zuj,ijk,u->zuk", x1[:, 64:144].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5), self.cg_2_2_1, w_t_0[224:240].view(16)) * 1.224744871391589
-        t = torch.cat([
-            (t_0 + t_4 + t_12).reshape(n, 16),
-            (t_1 + t_3 + t_7 + t_10).reshape(n, 48),
-            (t_2 + t_5 + t_9 + t_13).reshape(n, 80),
-            (t_6 + t_14).reshape(n, 48),
-            (t_8 + t_11).reshape(n, 80),
-        ], dim=1)
-
-        # out y : 16x0e+16x1o+16x2e
-        # y.0: fuse(t, x3, x4; lmax=3) mix uuu
-        w_y_0 = self.weight[240:1616]
-        # 86 fusion trees; shared couplings are reused from earlier terms
-        p0 = t[:, 0:16].reshape(n, 16, 1)
-        p1 = x3[:, 0:16].reshape(n, 16, 1)
-        p2 = torch.einsum("zui,zuj,ijk->zuk", p0, p1, self.cg_0_0_0)  # -> 16x0e
-        p3 = x4[:, 0:16].reshape(n, 16, 1)
-        p4 = x4[:, 16:64].reshape(n, 16, 3)
-        p5 = x4[:, 64:144].reshape(n, 16, 5)
-        p6 = x3[:, 16:64].reshape(n, 16, 3)
-        p7 = torch.einsum("zui,zuj,ijk->zuk", p0, p6, self.cg_0_1_1)  # -> 16x1o
-        p8 = x3[:, 64:144].reshape(n, 16, 5)
-        p9 = torch.einsum("zui,zuj,ijk->zuk", p0, p8, self.cg_0_2_2)  # -> 16x2e
-        p10 = t[:, 16:64].reshape(n, 16, 3)
-        p11 = torch.einsum("zui,zuj,ijk->zuk", p10, p1, self.cg_1_0_1)  # -> 16x1o
-        p12 = torch.einsum("zui,zuj,ijk->zuk", p10, p6, self.cg_1_1_0)  # -> 16x0e
-        p13 = torch.einsum("zui,zuj,ijk->zuk", p10, p6, self.cg_1_1_2)  # -> 16x2e
-        p14 = torch.einsum("zui,zuj,ijk->zuk", p10, p6, self.cg_1_1_1)  # -> 16x1e
-        p15 = torch.einsum("zui,zuj,ijk->zuk", p10, p8, self.cg_1_2_1)  # -> 16x1o
-        p16 = torch.einsum("zui,zuj,ijk->zuk", p10, p8, self.cg_1_2_2)  # -> 16x2o
-        p17 = torch.einsum("zui,zuj,ijk->zuk", p10, p8, self.cg_1_2_3)  # -> 16x3o
-        p18 = t[:, 64:144].reshape(n, 16, 5)
-        p19 = torch.einsum("zui,zuj,ijk->zuk", p18, p1, self.cg_2_0_2)  # -> 16x2e
-        p20 = torch.einsum("zui,zuj,ijk->zuk", p18, p6, self.cg_2_1_1)  # -> 16x1o
-        p21 = torch.einsum("zui,zuj,ijk->zuk", p18, p6, self.cg_2_1_2)  # -> 16x2o
-        p22 = torch.einsum("zui,zuj,ijk->zuk", p18, p6, self.cg_2_1_3)  # -> 16x3o
-        p23 = torch.einsum("zui,zuj,ijk->zuk", p18, p8, self.cg_2_2_0)  # -> 16x0e
-        p24 = torch.einsum("zui,zuj,ijk->zuk", p18, p8, self.cg_2_2_2)  # -> 16x2e
-        p25 = torch.einsum("zui,zuj,ijk->zuk", p18, p8, self.cg_2_2_1)  # -> 16x1e
-        p26 = torch.einsum("zui,zuj,ijk->zuk", p18, p8, self.cg_2_2_3)  # -> 16x3e
-        p27 = t[:, 144:192].reshape(n, 16, 3)
-        p28 = torch.einsum("zui,zuj,ijk->zuk", p27, p1, self.cg_1_0_1)  # -> 16x1e
-        p29 = torch.einsum("zui,zuj,ijk->zuk", p27, p6, self.cg_1_1_1)  # -> 16x1o
-        p30 = torch.einsum("zui,zuj,ijk->zuk", p27, p6, self.cg_1_1_2)  # -> 16x2o
-        p31 = torch.einsum("zui,zuj,ijk->zuk", p27, p8, self.cg_1_2_2)  # -> 16x2e
-        p32 = torch.einsum("zui,zuj,ijk->zuk", p27, p8, self.cg_1_2_1)  # -> 16x1e
-        p33 = torch.einsum("zui,zuj,ijk->zuk", p27, p8, self.cg_1_2_3)  # -> 16x3e
-        p34 = t[:, 192:272].reshape(n, 16, 5)
-        p35 = torch.einsum("zui,zuj,ijk->zuk", p34, p1, self.cg_2_0_2)  # -> 16x2o
-        p36 = torch.einsum("zui,zuj,ijk->zuk", p34, p6, self.cg_2_1_2)  # -> 16x2e
-        p37 = torch.einsum("zui,zuj,ijk->zuk", p34, p6, self.cg_2_1_1)  # -> 16x1e
-        p38 = torch.einsum("zui,zuj,ijk->zuk", p34, p6, self.cg_2_1_3)  # -> 16x3e
-        p39 = torch.einsum("zui,zuj,ijk->zuk", p34, p8, self.cg_2_2_1)  # -> 16x1o
-        p40 = torch.einsum("zui,zuj,ijk->zuk", p34, p8, self.cg_2_2_2)  # -> 16x2o
-        p41 = torch.einsum("zui,zuj,ijk->zuk", p34, p8, self.cg_2_2_3)  # -> 16x3o
-        p42 = p2 * (w_y_0[..., 0:16, None] * 0.2581988897471611) + p12 * (w_y_0[..., 240:256, None] * 0.2581988897471611) + p23 * (w_y_0[..., 704:720, None] * 0.2581988897471611)
-        p43 = torch.einsum("zui,zuj,ijk->zuk", p42, p3, self.cg_0_0_0)  # -> 16x0e
-        p44 = p2 * (w_y_0[..., 16:32, None] * 0.2970442628930023) + p12 * (w_y_0[..., 272:288, None] * 0.2970442628930023) + p23 * (w_y_0[..., 736:752, None] * 0.2970442628930023)
-        p45 = torch.einsum("zui,zuj,ijk->zuk", p44, p4, self.cg_0_1_1)  # -> 16x1o
-        p46 = p2 * (w_y_0[..., 32:48, None] * 0.36760731104690386) + p12 * (w_y_0[..., 320:336, None] * 0.36760731104690386) + p23 * (w_y_0[..., 784:800, None] * 0.36760731104690386)
-        p47 = torch.einsum("zui,zuj,ijk->zuk", p46, p5, self.cg_0_2_2)  # -> 16x2e
-        p48 = p7 * (w_y_0[..., 48:64, None] * 0.5144957554275266) + p11 * (w_y_0[..., 176:192, None] * 0.5144957554275266) + p15 * (w_y_0[..., 384:400, None] * 0.5144957554275266) + p20 * (w_y_0[..., 576:592, None] * 0.5144957554275266) + p29 * (w_y_0[..., 896:912, None] * 0.5144957554275266) + p39 * (w_y_0[..., 1248:1264, None] * 0.5144957554275266)
-        p49 = torch.einsum("zui,zuj,ijk->zuk", p48, p3, self.cg_1_0_1)  # -> 16x1o
-        p50 = p7 * (w_y_0[..., 64:80, None] * 0.4472135954999579) + p11 * (w_y_0[..., 192:208, None] * 0.4472135954999579) + p15 * (w_y_0[..., 400:416, None] * 0.4472135954999579) + p20 * (w_y_0[..., 592:608, None] * 0.4472135954999579) + p29 * (w_y_0[..., 912:928, None] * 0.4472135954999579) + p39 * (w_y_0[..., 1264:1280, None] * 0.4472135954999579)
-        p51 = torch.einsum("zui,zuj,ijk->zuk", p50, p4, self.cg_1_1_0)  # -> 16x0e
-        p52 = p7 * (w_y_0[..., 80:96, None] * 0.6367145399670133) + p11 * (w_y_0[..., 208:224, None] * 0.6367145399670133) + p15 * (w_y_0[..., 416:432, None] * 0.6367145399670133) + p20 * (w_y_0[..., 608:624, None] * 0.6367145399670133) + p29 * (w_y_0[..., 928:944, None] * 0.6367145399670133) + p39 * (w_y_0[..., 1280:1296, None] * 0.6367145399670133)
-        p53 = torch.einsum("zui,zuj,ijk->zuk", p52, p4, self.cg_1_1_2)  # -> 16x2e
-        p54 = p7 * (w_y_0[..., 96:112, None] * 0.5144957554275266) + p11 * (w_y_0[..., 224:240, None] * 0.5144957554275266) + p15 * (w_y_0[..., 464:480, None] * 0.5144957554275266) + p20 * (w_y_0[..., 656:672, None] * 0.5144957554275266) + p29 * (w_y_0[..., 960:976, None] * 0.5144957554275266) + p39 * (w_y_0[..., 1328:1344, None] * 0.5144957554275266)
-        p55 = torch.einsum("zui,zuj,ijk->zuk", p54, p5, self.cg_1_2_1)  # -> 16x1o
-        p56 = p9 * (w_y_0[..., 112:128, None] * 0.8219949365267865) + p13 * (w_y_0[..., 256:272, None] * 0.8219949365267865) + p19 * (w_y_0[..., 512:528, None] * 0.8219949365267865) + p24 * (w_y_0[..., 720:736, None] * 0.8219949365267865) + p31 * (w_y_0[..., 992:1008, None] * 0.8219949365267865) + p36 * (w_y_0[..., 1136:1152, None] * 0.8219949365267865)
-        p57 = torch.einsum("zui,zuj,ijk->zuk", p56, p3, self.cg_2_0_2)  # -> 16x2e
-        p58 = p9 * (w_y_0[..., 128:144, None] * 0.6642111641550714) + p13 * (w_y_0[..., 304:320, None] * 0.6642111641550714) + p19 * (w_y_0[..., 528:544, None] * 0.6642111641550714) + p24 * (w_y_0[..., 768:784, None] * 0.6642111641550714) + p31 * (w_y_0[..., 1024:1040, None] * 0.6642111641550714) + p36 * (w_y_0[..., 1168:1184, None] * 0.6642111641550714)
-        p59 = torch.einsum("zui,zuj,ijk->zuk", p58, p4, self.cg_2_1_1)  # -> 16x1o
-        p60 = p9 * (w_y_0[..., 144:160, None] * 0.5773502691896257) + p13 * (w_y_0[..., 352:368, None] * 0.5773502691896257) + p19 * (w_y_0[..., 544:560, None] * 0.5773502691896257) + p24 * (w_y_0[..., 816:832, None] * 0.5773502691896257) + p31 * (w_y_0[..., 1056:1072, None] * 0.5773502691896257) + p36 * (w_y_0[..., 1200:1216, None] * 0.5773502691896257)
-        p61 = torch.einsum("zui,zuj,ijk->zuk", p60, p5, self.cg_2_2_0)  # -> 16x0e
-        p62 = p9 * (w_y_0[..., 160:176, None] * 0.8219949365267865) + p13 * (w_y_0[..., 368:384, None] * 0.8219949365267865) + p19 * (w_y_0[..., 560:576, None] * 0.8219949365267865) + p24 * (w_y_0[..., 832:848, None] * 0.8219949365267865) + p31 * (w_y_0[..., 1072:1088, None] * 0.8219949365267865) + p36 * (w_y_0[..., 1216:1232, None] * 0.8219949365267865)
-        p63 = torch.einsum("zui,zuj,ijk->zuk", p62, p5, self.cg_2_2_2)  # -> 16x2e
-        p64 = p14 * (w_y_0[..., 288:304, None] * 0.5144957554275266) + p25 * (w_y_0[..., 752:768, None] * 0.5144957554275266) + p28 * (w_y_0[..., 864:880, None] * 0.5144957554275266) + p32 * (w_y_0[..., 1008:1024, None] * 0.5144957554275266) + p37 * (w_y_0[..., 1152:1168, None] * 0.5144957554275266)
-        p65 = torch.einsum("zui,zuj,ijk->zuk", p64, p4, self.cg_1_1_1)  # -> 16x1o
-        p66 = p14 * (w_y_0[..., 336:352, None] * 0.6367145399670133) + p25 * (w_y_0[..., 800:816, None] * 0.6367145399670133) + p28 * (w_y_0[..., 880:896, None] * 0.6367145399670133) + p32 * (w_y_0[..., 1040:1056, None] * 0.6367145399670133) + p37 * (w_y_0[..., 1184:1200, None] * 0.6367145399670133)
-        p67 = torch.einsum("zui,zuj,ijk->zuk", p66, p5, self.cg_1_2_2)  # -> 16x2e
-        p68 = p16 * (w_y_0[..., 432:448, None] * 0.8219949365267865) + p21 * (w_y_0[..., 624:640, None] * 0.8219949365267865) + p30 * (w_y_0[..., 944:960, None] * 0.8219949365267865) + p35 * (w_y_0[..., 1104:1120, None] * 0.8219949365267865) + p40 * (w_y_0[..., 1296:1312, None] * 0.8219949365267865)
-        p69 = torch.einsum("zui,zuj,ijk->zuk", p68, p4, self.cg_2_1_2)  # -> 16x2e
-        p70 = p17 * (w_y_0[..., 448:464, None] * 0.9725975251592747) + p22 * (w_y_0[..., 640:656, None] * 0.9725975251592747) + p41 * (w_y_0[..., 1312:1328, None] * 0.9725975251592747)
-        p71 = torch.einsum("zui,zuj,ijk->zuk", p70, p4, self.cg_3_1_2)  # -> 16x2e
-        p72 = p16 * (w_y_0[..., 480:496, None] * 0.6642111641550714) + p21 * (w_y_0[..., 672:688, None] * 0.6642111641550714) + p30 * (w_y_0[..., 976:992, None] * 0.6642111641550714) + p35 * (w_y_0[..., 1120:1136, None] * 0.6642111641550714) + p40 * (w_y_0[..., 1344:1360, None] * 0.6642111641550714)
-        p73 = torch.einsum("zui,zuj,ijk->zuk", p72, p5, self.cg_2_2_1)  # -> 16x1o
-        p74 = p17 * (w_y_0[..., 496:512, None] * 0.7859052479933758) + p22 * (w_y_0[..., 688:704, None] * 0.7859052479933758) + p41 * (w_y_0[..., 1360:1376, None] * 0.7859052479933758)
-        p75 = torch.einsum("zui,zuj,ijk->zuk", p74, p5, self.cg_3_2_1)  # -> 16x1o
-        p76 = p26 * (w_y_0[..., 848:864, None] * 0.9725975251592747) + p33 * (w_y_0[..., 1088:1104, None] * 0.9725975251592747) + p38 * (w_y_0[..., 1232:1248, None] * 0.9725975251592747)
-        p77 = torch.einsum("zui,zuj,ijk->zuk", p76, p5, self.cg_3_2_2)  # -> 16x2e
-        y = torch.cat([
-            (p43 + p51 + p61).reshape(n, 16),
-            (p45 + p49 + p55 + p59 + p65 + p73 + p75).reshape(n, 48),
-            (p47 + p53 + p57 + p63 + p67 + p69 + p71 + p77).reshape(n, 80),
-        ], dim=1)
-        y = y.reshape(*batch, 144)
-        return y
+        outputs = _ops.fusion_block([
+            rt.rows(x1, batch, 144),
+            rt.rows(x2, batch, 144),
+            rt.rows(x3, batch, 144),
+            rt.rows(x4, batch, 144),
+        ], self.weight, self.constants())
+        return outputs[0].reshape(*batch, 144)
 
 
 class fusion_block_3(rt.FusionModule):
@@ -201,83 +311,9 @@ class fusion_block_3(rt.FusionModule):
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"x1": (x1, 144), "x2": (x2, 144), "x3": (x3, 144)}, {})
-        n = rt.numel(batch)
-        x1 = rt.rows(x1, batch, 144)
-        x2 = rt.rows(x2, batch, 144)
-        x3 = rt.rows(x3, batch, 144)
-
-        # out y : 16x0e+16x1o+16x2e
-        # y.0: fuse(x1, x2, x3) mix uuu
-        w_y_0 = self.weight[0:880]
-        # 55 fusion trees; shared couplings are reused from earlier terms
-        p0 = x1[:, 0:16].reshape(n, 16, 1)
-        p1 = x2[:, 0:16].reshape(n, 16, 1)
-        p2 = torch.einsum("zui,zuj,ijk->zuk", p0, p1, self.cg_0_0_0)  # -> 16x0e
-        p3 = x3[:, 0:16].reshape(n, 16, 1)
-        p4 = x3[:, 16:64].reshape(n, 16, 3)
-        p5 = x3[:, 64:144].reshape(n, 16, 5)
-        p6 = x2[:, 16:64].reshape(n, 16, 3)
-        p7 = torch.einsum("zui,zuj,ijk->zuk", p0, p6, self.cg_0_1_1)  # -> 16x1o
-        p8 = x2[:, 64:144].reshape(n, 16, 5)
-        p9 = torch.einsum("zui,zuj,ijk->zuk", p0, p8, self.cg_0_2_2)  # -> 16x2e
-        p10 = x1[:, 16:64].reshape(n, 16, 3)
-        p11 = torch.einsum("zui,zuj,ijk->zuk", p10, p1, self.cg_1_0_1)  # -> 16x1o
-        p12 = torch.einsum("zui,zuj,ijk->zuk", p10, p6, self.cg_1_1_0)  # -> 16x0e
-        p13 = torch.einsum("zui,zuj,ijk->zuk", p10, p6, self.cg_1_1_2)  # -> 16x2e
-        p14 = torch.einsum("zui,zuj,ijk->zuk", p10, p6, self.cg_1_1_1)  # -> 16x1e
-        p15 = torch.einsum("zui,zuj,ijk->zuk", p10, p8, self.cg_1_2_1)  # -> 16x1o
-        p16 = torch.einsum("zui,zuj,ijk->zuk", p10, p8, self.cg_1_2_2)  # -> 16x2o
-        p17 = torch.einsum("zui,zuj,ijk->zuk", p10, p8, self.cg_1_2_3)  # -> 16x3o
-        p18 = x1[:, 64:144].reshape(n, 16, 5)
-        p19 = torch.einsum("zui,zuj,ijk->zuk", p18, p1, self.cg_2_0_2)  # -> 16x2e
-        p20 = torch.einsum("zui,zuj,ijk->zuk", p18, p6, self.cg_2_1_1)  # -> 16x1o
-        p21 = torch.einsum("zui,zuj,ijk->zuk", p18, p6, self.cg_2_1_2)  # -> 16x2o
-        p22 = torch.einsum("zui,zuj,ijk->zuk", p18, p6, self.cg_2_1_3)  # -> 16x3o
-        p23 = torch.einsum("zui,zuj,ijk->zuk", p18, p8, self.cg_2_2_0)  # -> 16x0e
-        p24 = torch.einsum("zui,zuj,ijk->zuk", p18, p8, self.cg_2_2_2)  # -> 16x2e
-        p25 = torch.einsum("zui,zuj,ijk->zuk", p18, p8, self.cg_2_2_1)  # -> 16x1e
-        p26 = torch.einsum("zui,zuj,ijk->zuk", p18, p8, self.cg_2_2_3)  # -> 16x3e
-        p27 = torch.einsum("zui,zuj,ijk->zuk", p18, p8, self.cg_2_2_4)  # -> 16x4e
-        p28 = p2 * (w_y_0[..., 0:16, None] * 0.30151134457776363) + p12 * (w_y_0[..., 240:256, None] * 0.30151134457776363) + p23 * (w_y_0[..., 704:720, None] * 0.30151134457776363)
-        p29 = torch.einsum("zui,zuj,ijk->zuk", p28, p3, self.cg_0_0_0)  # -> 16x0e
-        p30 = p2 * (w_y_0[..., 16:32, None] * 0.3779644730092272) + p12 * (w_y_0[..., 272:288, None] * 0.3779644730092272) + p23 * (w_y_0[..., 736:752, None] * 0.3779644730092272)
-        p31 = torch.einsum("zui,zuj,ijk->zuk", p30, p4, self.cg_0_1_1)  # -> 16x1o
-        p32 = p2 * (w_y_0[..., 32:48, None] * 0.4662524041201569) + p12 * (w_y_0[..., 320:336, None] * 0.4662524041201569) + p23 * (w_y_0[..., 784:800, None] * 0.4662524041201569)
-        p33 = torch.einsum("zui,zuj,ijk->zuk", p32, p5, self.cg_0_2_2)  # -> 16x2e
-        p34 = p7 * (w_y_0[..., 48:64, None] * 0.6546536707079771) + p11 * (w_y_0[..., 176:192, None] * 0.6546536707079771) + p15 * (w_y_0[..., 384:400, None] * 0.6546536707079771) + p20 * (w_y_0[..., 576:592, None] * 0.6546536707079771)
-        p35 = torch.einsum("zui,zuj,ijk->zuk", p34, p3, self.cg_1_0_1)  # -> 16x1o
-        p36 = p7 * (w_y_0[..., 64:80, None] * 0.5222329678670935) + p11 * (w_y_0[..., 192:208, None] * 0.5222329678670935) + p15 * (w_y_0[..., 400:416, None] * 0.5222329678670935) + p20 * (w_y_0[..., 592:608, None] * 0.5222329678670935)
-        p37 = torch.einsum("zui,zuj,ijk->zuk", p36, p4, self.cg_1_1_0)  # -> 16x0e
-        p38 = p7 * (w_y_0[..., 80:96, None] * 0.8075728530872482) + p11 * (w_y_0[..., 208:224, None] * 0.8075728530872482) + p15 * (w_y_0[..., 416:432, None] * 0.8075728530872482) + p20 * (w_y_0[..., 608:624, None] * 0.8075728530872482)
-        p39 = torch.einsum("zui,zuj,ijk->zuk", p38, p4, self.cg_1_1_2)  # -> 16x2e
-        p40 = p7 * (w_y_0[..., 96:112, None] * 0.6546536707079771) + p11 * (w_y_0[..., 224:240, None] * 0.6546536707079771) + p15 * (w_y_0[..., 464:480, None] * 0.6546536707079771) + p20 * (w_y_0[..., 656:672, None] * 0.6546536707079771)
-        p41 = torch.einsum("zui,zuj,ijk->zuk", p40, p5, self.cg_1_2_1)  # -> 16x1o
-        p42 = p9 * (w_y_0[..., 112:128, None] * 1.0425720702853738) + p13 * (w_y_0[..., 256:272, None] * 1.0425720702853738) + p19 * (w_y_0[..., 512:528, None] * 1.0425720702853738) + p24 * (w_y_0[..., 720:736, None] * 1.0425720702853738)
-        p43 = torch.einsum("zui,zuj,ijk->zuk", p42, p3, self.cg_2_0_2)  # -> 16x2e
-        p44 = p9 * (w_y_0[..., 128:144, None] * 0.8451542547285166) + p13 * (w_y_0[..., 304:320, None] * 0.8451542547285166) + p19 * (w_y_0[..., 528:544, None] * 0.8451542547285166) + p24 * (w_y_0[..., 768:784, None] * 0.8451542547285166)
-        p45 = torch.einsum("zui,zuj,ijk->zuk", p44, p4, self.cg_2_1_1)  # -> 16x1o
-        p46 = p9 * (w_y_0[..., 144:160, None] * 0.674199862463242) + p13 * (w_y_0[..., 352:368, None] * 0.674199862463242) + p19 * (w_y_0[..., 544:560, None] * 0.674199862463242) + p24 * (w_y_0[..., 816:832, None] * 0.674199862463242)
-        p47 = torch.einsum("zui,zuj,ijk->zuk", p46, p5, self.cg_2_2_0)  # -> 16x0e
-        p48 = p9 * (w_y_0[..., 160:176, None] * 1.0425720702853738) + p13 * (w_y_0[..., 368:384, None] * 1.0425720702853738) + p19 * (w_y_0[..., 560:576, None] * 1.0425720702853738) + p24 * (w_y_0[..., 832:848, None] * 1.0425720702853738)
-        p49 = torch.einsum("zui,zuj,ijk->zuk", p48, p5, self.cg_2_2_2)  # -> 16x2e
-        p50 = p14 * (w_y_0[..., 288:304, None] * 0.6546536707079771) + p25 * (w_y_0[..., 752:768, None] * 0.6546536707079771)
-        p51 = torch.einsum("zui,zuj,ijk->zuk", p50, p4, self.cg_1_1_1)  # -> 16x1o
-        p52 = p14 * (w_y_0[..., 336:352, None] * 0.8075728530872482) + p25 * (w_y_0[..., 800:816, None] * 0.8075728530872482)
-        p53 = torch.einsum("zui,zuj,ijk->zuk", p52, p5, self.cg_1_2_2)  # -> 16x2e
-        p54 = p16 * (w_y_0[..., 432:448, None] * 1.0425720702853738) + p21 * (w_y_0[..., 624:640, None] * 1.0425720702853738)
-        p55 = torch.einsum("zui,zuj,ijk->zuk", p54, p4, self.cg_2_1_2)  # -> 16x2e
-        p56 = p17 * (w_y_0[..., 448:464, None] * 1.2335879094879225) + p22 * (w_y_0[..., 640:656, None] * 1.2335879094879225)
-        p57 = torch.einsum("zui,zuj,ijk->zuk", p56, p4, self.cg_3_1_2)  # -> 16x2e
-        p58 = p16 * (w_y_0[..., 480:496, None] * 0.8451542547285166) + p21 * (w_y_0[..., 672:688, None] * 0.8451542547285166)
-        p59 = torch.einsum("zui,zuj,ijk->zuk", p58, p5, self.cg_2_2_1)  # -> 16x1o
-        p60 = p17 * (w_y_0[..., 496:512, None] * 1.0) + p22 * (w_y_0[..., 688:704, None] * 1.0)
-        p61 = torch.einsum("zui,zuj,ijk->zuk", p60, p5, self.cg_3_2_1)  # -> 16x1o
-        p62 = torch.einsum("zui,zuj,ijk->zuk", p26, p5, self.cg_3_2_2)  # -> 16x2e
-        p63 = torch.einsum("zui,zuj,ijk->zuk", p27, p5, self.cg_4_2_2)  # -> 16x2e
-        y = torch.cat([
-            (p29 + p37 + p47).reshape(n, 16),
-            (p31 + p35 + p41 + p45 + p51 + p59 + p61).reshape(n, 48),
-            (p33 + p39 + p43 + p49 + p53 + p55 + p57 + p62 * (w_y_0[..., 848:864, None] * 1.2335879094879225) + p63 * (w_y_0[..., 864:880, None] * 1.3987572123604706)).reshape(n, 80),
-        ], dim=1)
-        y = y.reshape(*batch, 144)
-        return y
+        outputs = _ops.fusion_block_3([
+            rt.rows(x1, batch, 144),
+            rt.rows(x2, batch, 144),
+            rt.rows(x3, batch, 144),
+        ], self.weight, self.constants())
+        return outputs[0].reshape(*batch, 144)

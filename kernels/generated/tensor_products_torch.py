@@ -10,6 +10,288 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
+_ops = rt.OpNamespace("fusionc_3d74e6b9039f0482")
+
+
+def _fc_tp(
+    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_3_2: torch.Tensor, cg_2_0_2: torch.Tensor,
+    cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor, cg_2_3_1: torch.Tensor,
+) -> list[torch.Tensor]:
+    """fc_tp on rows: x (n, 288), y (n, 16) -> z (n, 288)."""
+    n = x.shape[0]
+
+    # out z : 32x0e+32x1o+32x2e
+    # z.0: fuse(x, y) mix uvw
+    w_z_0 = weight[0:13312]
+    # 32x0e ⊗ 1x0e -> 32x0e
+    z_0 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 0:32].reshape(n, 32, 1), y[:, 0:1].reshape(n, 1, 1), cg_0_0_0, w_z_0[0:1024].view(32, 1, 32)) * 0.10206207261596575
+    # 32x0e ⊗ 1x1o -> 32x1o
+    z_1 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 0:32].reshape(n, 32, 1), y[:, 1:4].reshape(n, 1, 3), cg_0_1_1, w_z_0[1024:2048].view(32, 1, 32)) * 0.13693063937629152
+    # 32x0e ⊗ 1x2e -> 32x2e
+    z_2 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 0:32].reshape(n, 32, 1), y[:, 4:9].reshape(n, 1, 5), cg_0_2_2, w_z_0[2048:3072].view(32, 1, 32)) * 0.1767766952966369
+    # 32x1o ⊗ 1x0e -> 32x1o
+    z_3 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1), cg_1_0_1, w_z_0[3072:4096].view(32, 1, 32)) * 0.13693063937629152
+    # 32x1o ⊗ 1x1o -> 32x0e
+    z_4 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3), cg_1_1_0, w_z_0[4096:5120].view(32, 1, 32)) * 0.10206207261596575
+    # 32x1o ⊗ 1x1o -> 32x2e
+    z_5 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3), cg_1_1_2, w_z_0[5120:6144].view(32, 1, 32)) * 0.1767766952966369
+    # 32x1o ⊗ 1x2e -> 32x1o
+    z_6 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 32:128].reshape(n, 32, 3), y[:, 4:9].reshape(n, 1, 5), cg_1_2_1, w_z_0[6144:7168].view(32, 1, 32)) * 0.13693063937629152
+    # 32x1o ⊗ 1x3o -> 32x2e
+    z_7 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 32:128].reshape(n, 32, 3), y[:, 9:16].reshape(n, 1, 7), cg_1_3_2, w_z_0[7168:8192].view(32, 1, 32)) * 0.1767766952966369
+    # 32x2e ⊗ 1x0e -> 32x2e
+    z_8 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1), cg_2_0_2, w_z_0[8192:9216].view(32, 1, 32)) * 0.1767766952966369
+    # 32x2e ⊗ 1x1o -> 32x1o
+    z_9 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3), cg_2_1_1, w_z_0[9216:10240].view(32, 1, 32)) * 0.13693063937629152
+    # 32x2e ⊗ 1x2e -> 32x0e
+    z_10 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5), cg_2_2_0, w_z_0[10240:11264].view(32, 1, 32)) * 0.10206207261596575
+    # 32x2e ⊗ 1x2e -> 32x2e
+    z_11 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5), cg_2_2_2, w_z_0[11264:12288].view(32, 1, 32)) * 0.1767766952966369
+    # 32x2e ⊗ 1x3o -> 32x1o
+    z_12 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7), cg_2_3_1, w_z_0[12288:13312].view(32, 1, 32)) * 0.13693063937629152
+    z = torch.cat([
+        (z_0 + z_4 + z_10).reshape(n, 32),
+        (z_1 + z_3 + z_6 + z_9 + z_12).reshape(n, 96),
+        (z_2 + z_5 + z_7 + z_8 + z_11).reshape(n, 160),
+    ], dim=1)
+    return [z]
+
+
+_ops.register("fc_tp", _fc_tp, outputs=(288,))
+
+
+def _conv_tp(
+    h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_0_3_3: torch.Tensor,
+    cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor,
+    cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_1_2_3: torch.Tensor, cg_1_3_2: torch.Tensor,
+    cg_1_3_3: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor,
+    cg_2_1_3: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
+    cg_2_2_3: torch.Tensor, cg_2_3_1: torch.Tensor, cg_2_3_2: torch.Tensor, cg_2_3_3: torch.Tensor,
+) -> list[torch.Tensor]:
+    """conv_tp on rows: h (n, 288), sh (n, 16), w (n, 768) -> m (n, 992)."""
+    n = h.shape[0]
+
+    # out m : 32x0e+32x1o+32x2e+32x1e+32x2o+32x3o+32x3e
+    # m.0: fuse(h, sh) mix uvu by w
+    w_m_0 = w
+    # 32x0e ⊗ 1x0e -> 32x0e
+    m_0 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 0:32].reshape(n, 32, 1), sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0, w_m_0[:, 0:32].view(n, 32, 1)) * 0.5773502691896257
+    # 32x0e ⊗ 1x1o -> 32x1o
+    m_1 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 0:32].reshape(n, 32, 1), sh[:, 1:4].reshape(n, 1, 3), cg_0_1_1, w_m_0[:, 32:64].view(n, 32, 1)) * 0.7745966692414834
+    # 32x0e ⊗ 1x2e -> 32x2e
+    m_2 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 0:32].reshape(n, 32, 1), sh[:, 4:9].reshape(n, 1, 5), cg_0_2_2, w_m_0[:, 64:96].view(n, 32, 1))
+    # 32x0e ⊗ 1x3o -> 32x3o
+    m_3 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 0:32].reshape(n, 32, 1), sh[:, 9:16].reshape(n, 1, 7), cg_0_3_3, w_m_0[:, 96:128].view(n, 32, 1)) * 1.3228756555322954
+    # 32x1o ⊗ 1x0e -> 32x1o
+    m_4 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 0:1].reshape(n, 1, 1), cg_1_0_1, w_m_0[:, 128:160].view(n, 32, 1)) * 0.7745966692414834
+    # 32x1o ⊗ 1x1o -> 32x0e
+    m_5 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_0, w_m_0[:, 160:192].view(n, 32, 1)) * 0.5773502691896257
+    # 32x1o ⊗ 1x1o -> 32x2e
+    m_6 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_2, w_m_0[:, 192:224].view(n, 32, 1))
+    # 32x1o ⊗ 1x1o -> 32x1e
+    m_7 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_1, w_m_0[:, 224:256].view(n, 32, 1)) * 1.224744871391589
+    # 32x1o ⊗ 1x2e -> 32x1o
+    m_8 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_1, w_m_0[:, 256:288].view(n, 32, 1)) * 0.7745966692414834
+    # 32x1o ⊗ 1x2e -> 32x2o
+    m_9 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_2, w_m_0[:, 288:320].view(n, 32, 1)) * 1.2909944487358056
+    # 32x1o ⊗ 1x2e -> 32x3o
+    m_10 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_3, w_m_0[:, 320:352].view(n, 32, 1)) * 1.3228756555322954
+    # 32x1o ⊗ 1x3o -> 32x2e
+    m_11 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7), cg_1_3_2, w_m_0[:, 352:384].view(n, 32, 1))
+    # 32x1o ⊗ 1x3o -> 32x3e
+    m_12 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7), cg_1_3_3, w_m_0[:, 384:416].view(n, 32, 1)) * 1.8708286933869707
+    # 32x2e ⊗ 1x0e -> 32x2e
+    m_13 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 0:1].reshape(n, 1, 1), cg_2_0_2, w_m_0[:, 416:448].view(n, 32, 1))
+    # 32x2e ⊗ 1x1o -> 32x1o
+    m_14 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_1, w_m_0[:, 448:480].view(n, 32, 1)) * 0.7745966692414834
+    # 32x2e ⊗ 1x1o -> 32x2o
+    m_15 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_2, w_m_0[:, 480:512].view(n, 32, 1)) * 1.2909944487358056
+    # 32x2e ⊗ 1x1o -> 32x3o
+    m_16 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_3, w_m_0[:, 512:544].view(n, 32, 1)) * 1.3228756555322954
+    # 32x2e ⊗ 1x2e -> 32x0e
+    m_17 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_0, w_m_0[:, 544:576].view(n, 32, 1)) * 0.5773502691896257
+    # 32x2e ⊗ 1x2e -> 32x2e
+    m_18 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_2, w_m_0[:, 576:608].view(n, 32, 1))
+    # 32x2e ⊗ 1x2e -> 32x1e
+    m_19 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_1, w_m_0[:, 608:640].view(n, 32, 1)) * 1.224744871391589
+    # 32x2e ⊗ 1x2e -> 32x3e
+    m_20 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_3, w_m_0[:, 640:672].view(n, 32, 1)) * 1.8708286933869707
+    # 32x2e ⊗ 1x3o -> 32x1o
+    m_21 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_1, w_m_0[:, 672:704].view(n, 32, 1)) * 0.7745966692414834
+    # 32x2e ⊗ 1x3o -> 32x2o
+    m_22 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_2, w_m_0[:, 704:736].view(n, 32, 1)) * 1.2909944487358056
+    # 32x2e ⊗ 1x3o -> 32x3o
+    m_23 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_3, w_m_0[:, 736:768].view(n, 32, 1)) * 1.3228756555322954
+    m = torch.cat([
+        (m_0 + m_5 + m_17).reshape(n, 32),
+        (m_1 + m_4 + m_8 + m_14 + m_21).reshape(n, 96),
+        (m_2 + m_6 + m_11 + m_13 + m_18).reshape(n, 160),
+        (m_7 + m_19).reshape(n, 96),
+        (m_9 + m_15 + m_22).reshape(n, 160),
+        (m_3 + m_10 + m_16 + m_23).reshape(n, 224),
+        (m_12 + m_20).reshape(n, 224),
+    ], dim=1)
+    return [m]
+
+
+_ops.register("conv_tp", _conv_tp, outputs=(992,))
+
+
+def _elementwise_tp(
+    a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_2_0_2: torch.Tensor,
+    cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """elementwise_tp on rows: a (n, 144), b (n, 144) -> c (n, 192)."""
+    n = a.shape[0]
+
+    # out c : 16x0e+16x1o+16x2e+16x1e
+    # c.0: fuse(a, b) mix uuu
+    w_c_0 = weight[0:208]
+    # 16x0e ⊗ 16x0e -> 16x0e
+    c_0 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1), cg_0_0_0, w_c_0[0:16].view(16)) * 0.5773502691896257
+    # 16x0e ⊗ 16x1o -> 16x1o
+    c_1 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3), cg_0_1_1, w_c_0[16:32].view(16)) * 0.8660254037844386
+    # 16x0e ⊗ 16x2e -> 16x2e
+    c_2 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5), cg_0_2_2, w_c_0[32:48].view(16)) * 1.118033988749895
+    # 16x1o ⊗ 16x0e -> 16x1o
+    c_3 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1), cg_1_0_1, w_c_0[48:64].view(16)) * 0.8660254037844386
+    # 16x1o ⊗ 16x1o -> 16x0e
+    c_4 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_1_1_0, w_c_0[64:80].view(16)) * 0.5773502691896257
+    # 16x1o ⊗ 16x1o -> 16x2e
+    c_5 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_1_1_2, w_c_0[80:96].view(16)) * 1.118033988749895
+    # 16x1o ⊗ 16x1o -> 16x1e
+    c_6 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_1_1_1, w_c_0[96:112].view(16)) * 1.224744871391589
+    # 16x1o ⊗ 16x2e -> 16x1o
+    c_7 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5), cg_1_2_1, w_c_0[112:128].view(16)) * 0.8660254037844386
+    # 16x2e ⊗ 16x0e -> 16x2e
+    c_8 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), cg_2_0_2, w_c_0[128:144].view(16)) * 1.118033988749895
+    # 16x2e ⊗ 16x1o -> 16x1o
+    c_9 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3), cg_2_1_1, w_c_0[144:160].view(16)) * 0.8660254037844386
+    # 16x2e ⊗ 16x2e -> 16x0e
+    c_10 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_2_2_0, w_c_0[160:176].view(16)) * 0.5773502691896257
+    # 16x2e ⊗ 16x2e -> 16x2e
+    c_11 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_2_2_2, w_c_0[176:192].view(16)) * 1.118033988749895
+    # 16x2e ⊗ 16x2e -> 16x1e
+    c_12 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_2_2_1, w_c_0[192:208].view(16)) * 1.224744871391589
+    c = torch.cat([
+        (c_0 + c_4 + c_10).reshape(n, 16),
+        (c_1 + c_3 + c_7 + c_9).reshape(n, 48),
+        (c_2 + c_5 + c_8 + c_11).reshape(n, 80),
+        (c_6 + c_12).reshape(n, 48),
+    ], dim=1)
+    return [c]
+
+
+_ops.register("elementwise_tp", _elementwise_tp, outputs=(192,))
+
+
+def _full_tp(
+    a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
+) -> list[torch.Tensor]:
+    """full_tp on rows: a (n, 16), b (n, 32) -> c (n, 224)."""
+    n = a.shape[0]
+
+    # out c : 32x0e+32x1o+32x1e
+    # c.0: fuse(a, b) mix uvuv
+    w_c_0 = weight[0:160]
+    # 4x0e ⊗ 8x0e -> 32x0e
+    c_0 = torch.einsum("zui,zvj,ijk,uv->zuvk", a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1), cg_0_0_0, w_c_0[0:32].view(4, 8)) * 0.7071067811865476
+    # 4x0e ⊗ 8x1o -> 32x1o
+    c_1 = torch.einsum("zui,zvj,ijk,uv->zuvk", a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3), cg_0_1_1, w_c_0[32:64].view(4, 8)) * 1.224744871391589
+    # 4x1o ⊗ 8x0e -> 32x1o
+    c_2 = torch.einsum("zui,zvj,ijk,uv->zuvk", a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1), cg_1_0_1, w_c_0[64:96].view(4, 8)) * 1.224744871391589
+    # 4x1o ⊗ 8x1o -> 32x0e
+    c_3 = torch.einsum("zui,zvj,ijk,uv->zuvk", a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3), cg_1_1_0, w_c_0[96:128].view(4, 8)) * 0.7071067811865476
+    # 4x1o ⊗ 8x1o -> 32x1e
+    c_4 = torch.einsum("zui,zvj,ijk,uv->zuvk", a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3), cg_1_1_1, w_c_0[128:160].view(4, 8)) * 1.7320508075688772
+    c = torch.cat([
+        (c_0 + c_3).reshape(n, 32),
+        (c_1 + c_2).reshape(n, 96),
+        (c_4).reshape(n, 96),
+    ], dim=1)
+    return [c]
+
+
+_ops.register("full_tp", _full_tp, outputs=(224,))
+
+
+def _linear(
+    x: torch.Tensor, weight: torch.Tensor,
+) -> list[torch.Tensor]:
+    """linear on rows: x (n, 120) -> y (n, 144)."""
+    n = x.shape[0]
+
+    # out y : 16x0e+16x1o+16x2e
+    # y.0: x mix uvw
+    w_y_0 = weight[0:896]
+    # 32x0e -> 16x0e
+    y_0 = torch.einsum("zui,uw->zwi", x[:, 0:32].reshape(n, 32, 1), w_y_0[0:512].view(32, 16)) * 0.17677669529663687
+    # 16x1o -> 16x1o
+    y_1 = torch.einsum("zui,uw->zwi", x[:, 32:80].reshape(n, 16, 3), w_y_0[512:768].view(16, 16)) * 0.25
+    # 8x2e -> 16x2e
+    y_2 = torch.einsum("zui,uw->zwi", x[:, 80:120].reshape(n, 8, 5), w_y_0[768:896].view(8, 16)) * 0.35355339059327373
+    y = torch.cat([
+        (y_0).reshape(n, 16),
+        (y_1).reshape(n, 48),
+        (y_2).reshape(n, 80),
+    ], dim=1)
+    return [y]
+
+
+_ops.register("linear", _linear, outputs=(144,))
+
+
+def _tp_then_linear(
+    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """tp_then_linear on rows: x (n, 32), y (n, 4) -> z (n, 32)."""
+    n = x.shape[0]
+
+    # let t : 8x0e+8x1o+8x1e
+    # t.0: fuse(x, y) -> 8x(0e + 1o + 1e) mix uvu
+    w_t_0 = weight[0:32]
+    # 8x0e ⊗ 1x0e -> 8x0e
+    t_0 = torch.einsum("zui,zvj,ijk,uv->zuk", x[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1), cg_0_0_0, w_t_0[0:8].view(8, 1)) * 0.7071067811865476
+    # 8x0e ⊗ 1x1o -> 8x1o
+    t_1 = torch.einsum("zui,zvj,ijk,uv->zuk", x[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3), cg_0_1_1, w_t_0[8:16].view(8, 1)) * 1.224744871391589
+    # 8x1o ⊗ 1x0e -> 8x1o
+    t_2 = torch.einsum("zui,zvj,ijk,uv->zuk", x[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1), cg_1_0_1, w_t_0[16:24].view(8, 1)) * 1.224744871391589
+    # 8x1o ⊗ 1x1o -> 8x0e
+    t_3 = torch.einsum("zui,zvj,ijk,uv->zuk", x[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3), cg_1_1_0, w_t_0[24:32].view(8, 1)) * 0.7071067811865476
+    t = torch.cat([
+        (t_0 + t_3).reshape(n, 8),
+        (t_1 + t_2).reshape(n, 24),
+        weight.new_zeros(n, 24),
+    ], dim=1)
+
+    # out z : 8x0e+8x1o
+    # z.0: t mix uvw
+    w_z_0 = weight[32:160]
+    # 8x0e -> 8x0e
+    z_0 = torch.einsum("zui,uw->zwi", t[:, 0:8].reshape(n, 8, 1), w_z_0[0:64].view(8, 8)) * 0.35355339059327373
+    # 8x1o -> 8x1o
+    z_1 = torch.einsum("zui,uw->zwi", t[:, 8:32].reshape(n, 8, 3), w_z_0[64:128].view(8, 8)) * 0.35355339059327373
+    # z.1: x
+    # 8x0e -> 8x0e
+    z_2 = x[:, 0:8].reshape(n, 8, 1)
+    # 8x1o -> 8x1o
+    z_3 = x[:, 8:32].reshape(n, 8, 3)
+    z = torch.cat([
+        (z_0 + z_2).reshape(n, 8),
+        (z_1 + z_3).reshape(n, 24),
+    ], dim=1)
+    return [z]
+
+
+_ops.register("tp_then_linear", _tp_then_linear, outputs=(32,))
+
 
 class fc_tp(rt.FusionModule):
     """z = fuse(x, y) mix uvw
@@ -35,46 +317,11 @@ class fc_tp(rt.FusionModule):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"x": (x, 288), "y": (y, 16)}, {})
-        n = rt.numel(batch)
-        x = rt.rows(x, batch, 288)
-        y = rt.rows(y, batch, 16)
-
-        # out z : 32x0e+32x1o+32x2e
-        # z.0: fuse(x, y) mix uvw
-        w_z_0 = self.weight[0:13312]
-        # 32x0e ⊗ 1x0e -> 32x0e
-        z_0 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 0:32].reshape(n, 32, 1), y[:, 0:1].reshape(n, 1, 1), self.cg_0_0_0, w_z_0[0:1024].view(32, 1, 32)) * 0.10206207261596575
-        # 32x0e ⊗ 1x1o -> 32x1o
-        z_1 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 0:32].reshape(n, 32, 1), y[:, 1:4].reshape(n, 1, 3), self.cg_0_1_1, w_z_0[1024:2048].view(32, 1, 32)) * 0.13693063937629152
-        # 32x0e ⊗ 1x2e -> 32x2e
-        z_2 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 0:32].reshape(n, 32, 1), y[:, 4:9].reshape(n, 1, 5), self.cg_0_2_2, w_z_0[2048:3072].view(32, 1, 32)) * 0.1767766952966369
-        # 32x1o ⊗ 1x0e -> 32x1o
-        z_3 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1), self.cg_1_0_1, w_z_0[3072:4096].view(32, 1, 32)) * 0.13693063937629152
-        # 32x1o ⊗ 1x1o -> 32x0e
-        z_4 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3), self.cg_1_1_0, w_z_0[4096:5120].view(32, 1, 32)) * 0.10206207261596575
-        # 32x1o ⊗ 1x1o -> 32x2e
-        z_5 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3), self.cg_1_1_2, w_z_0[5120:6144].view(32, 1, 32)) * 0.1767766952966369
-        # 32x1o ⊗ 1x2e -> 32x1o
-        z_6 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 32:128].reshape(n, 32, 3), y[:, 4:9].reshape(n, 1, 5), self.cg_1_2_1, w_z_0[6144:7168].view(32, 1, 32)) * 0.13693063937629152
-        # 32x1o ⊗ 1x3o -> 32x2e
-        z_7 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 32:128].reshape(n, 32, 3), y[:, 9:16].reshape(n, 1, 7), self.cg_1_3_2, w_z_0[7168:8192].view(32, 1, 32)) * 0.1767766952966369
-        # 32x2e ⊗ 1x0e -> 32x2e
-        z_8 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1), self.cg_2_0_2, w_z_0[8192:9216].view(32, 1, 32)) * 0.1767766952966369
-        # 32x2e ⊗ 1x1o -> 32x1o
-        z_9 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3), self.cg_2_1_1, w_z_0[9216:10240].view(32, 1, 32)) * 0.13693063937629152
-        # 32x2e ⊗ 1x2e -> 32x0e
-        z_10 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5), self.cg_2_2_0, w_z_0[10240:11264].view(32, 1, 32)) * 0.10206207261596575
-        # 32x2e ⊗ 1x2e -> 32x2e
-        z_11 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5), self.cg_2_2_2, w_z_0[11264:12288].view(32, 1, 32)) * 0.1767766952966369
-        # 32x2e ⊗ 1x3o -> 32x1o
-        z_12 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7), self.cg_2_3_1, w_z_0[12288:13312].view(32, 1, 32)) * 0.13693063937629152
-        z = torch.cat([
-            (z_0 + z_4 + z_10).reshape(n, 32),
-            (z_1 + z_3 + z_6 + z_9 + z_12).reshape(n, 96),
-            (z_2 + z_5 + z_7 + z_8 + z_11).reshape(n, 160),
-        ], dim=1)
-        z = z.reshape(*batch, 288)
-        return z
+        outputs = _ops.fc_tp([
+            rt.rows(x, batch, 288),
+            rt.rows(y, batch, 16),
+        ], self.weight, self.constants())
+        return outputs[0].reshape(*batch, 288)
 
 
 class conv_tp(rt.FusionModule):
@@ -100,73 +347,12 @@ class conv_tp(rt.FusionModule):
 
     def forward(self, h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"h": (h, 288), "sh": (sh, 16)}, {"w": (w, 768)})
-        n = rt.numel(batch)
-        h = rt.rows(h, batch, 288)
-        sh = rt.rows(sh, batch, 16)
-        w = rt.weight_rows(w, batch, 768)
-
-        # out m : 32x0e+32x1o+32x2e+32x1e+32x2o+32x3o+32x3e
-        # m.0: fuse(h, sh) mix uvu by w
-        w_m_0 = w
-        # 32x0e ⊗ 1x0e -> 32x0e
-        m_0 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 0:32].reshape(n, 32, 1), sh[:, 0:1].reshape(n, 1, 1), self.cg_0_0_0, w_m_0[:, 0:32].view(n, 32, 1)) * 0.5773502691896257
-        # 32x0e ⊗ 1x1o -> 32x1o
-        m_1 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 0:32].reshape(n, 32, 1), sh[:, 1:4].reshape(n, 1, 3), self.cg_0_1_1, w_m_0[:, 32:64].view(n, 32, 1)) * 0.7745966692414834
-        # 32x0e ⊗ 1x2e -> 32x2e
-        m_2 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 0:32].reshape(n, 32, 1), sh[:, 4:9].reshape(n, 1, 5), self.cg_0_2_2, w_m_0[:, 64:96].view(n, 32, 1))
-        # 32x0e ⊗ 1x3o -> 32x3o
-        m_3 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 0:32].reshape(n, 32, 1), sh[:, 9:16].reshape(n, 1, 7), self.cg_0_3_3, w_m_0[:, 96:128].view(n, 32, 1)) * 1.3228756555322954
-        # 32x1o ⊗ 1x0e -> 32x1o
-        m_4 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 0:1].reshape(n, 1, 1), self.cg_1_0_1, w_m_0[:, 128:160].view(n, 32, 1)) * 0.7745966692414834
-        # 32x1o ⊗ 1x1o -> 32x0e
-        m_5 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), self.cg_1_1_0, w_m_0[:, 160:192].view(n, 32, 1)) * 0.5773502691896257
-        # 32x1o ⊗ 1x1o -> 32x2e
-        m_6 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), self.cg_1_1_2, w_m_0[:, 192:224].view(n, 32, 1))
-        # 32x1o ⊗ 1x1o -> 32x1e
-        m_7 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), self.cg_1_1_1, w_m_0[:, 224:256].view(n, 32, 1)) * 1.224744871391589
-        # 32x1o ⊗ 1x2e -> 32x1o
-        m_8 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), self.cg_1_2_1, w_m_0[:, 256:288].view(n, 32, 1)) * 0.7745966692414834
-        # 32x1o ⊗ 1x2e -> 32x2o
-        m_9 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), self.cg_1_2_2, w_m_0[:, 288:320].view(n, 32, 1)) * 1.2909944487358056
-        # 32x1o ⊗ 1x2e -> 32x3o
-        m_10 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), self.cg_1_2_3, w_m_0[:, 320:352].view(n, 32, 1)) * 1.3228756555322954
-        # 32x1o ⊗ 1x3o -> 32x2e
-        m_11 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7), self.cg_1_3_2, w_m_0[:, 352:384].view(n, 32, 1))
-        # 32x1o ⊗ 1x3o -> 32x3e
-        m_12 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7), self.cg_1_3_3, w_m_0[:, 384:416].view(n, 32, 1)) * 1.8708286933869707
-        # 32x2e ⊗ 1x0e -> 32x2e
-        m_13 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 0:1].reshape(n, 1, 1), self.cg_2_0_2, w_m_0[:, 416:448].view(n, 32, 1))
-        # 32x2e ⊗ 1x1o -> 32x1o
-        m_14 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), self.cg_2_1_1, w_m_0[:, 448:480].view(n, 32, 1)) * 0.7745966692414834
-        # 32x2e ⊗ 1x1o -> 32x2o
-        m_15 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), self.cg_2_1_2, w_m_0[:, 480:512].view(n, 32, 1)) * 1.2909944487358056
-        # 32x2e ⊗ 1x1o -> 32x3o
-        m_16 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), self.cg_2_1_3, w_m_0[:, 512:544].view(n, 32, 1)) * 1.3228756555322954
-        # 32x2e ⊗ 1x2e -> 32x0e
-        m_17 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), self.cg_2_2_0, w_m_0[:, 544:576].view(n, 32, 1)) * 0.5773502691896257
-        # 32x2e ⊗ 1x2e -> 32x2e
-        m_18 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), self.cg_2_2_2, w_m_0[:, 576:608].view(n, 32, 1))
-        # 32x2e ⊗ 1x2e -> 32x1e
-        m_19 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), self.cg_2_2_1, w_m_0[:, 608:640].view(n, 32, 1)) * 1.224744871391589
-        # 32x2e ⊗ 1x2e -> 32x3e
-        m_20 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), self.cg_2_2_3, w_m_0[:, 640:672].view(n, 32, 1)) * 1.8708286933869707
-        # 32x2e ⊗ 1x3o -> 32x1o
-        m_21 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), self.cg_2_3_1, w_m_0[:, 672:704].view(n, 32, 1)) * 0.7745966692414834
-        # 32x2e ⊗ 1x3o -> 32x2o
-        m_22 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), self.cg_2_3_2, w_m_0[:, 704:736].view(n, 32, 1)) * 1.2909944487358056
-        # 32x2e ⊗ 1x3o -> 32x3o
-        m_23 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), self.cg_2_3_3, w_m_0[:, 736:768].view(n, 32, 1)) * 1.3228756555322954
-        m = torch.cat([
-            (m_0 + m_5 + m_17).reshape(n, 32),
-            (m_1 + m_4 + m_8 + m_14 + m_21).reshape(n, 96),
-            (m_2 + m_6 + m_11 + m_13 + m_18).reshape(n, 160),
-            (m_7 + m_19).reshape(n, 96),
-            (m_9 + m_15 + m_22).reshape(n, 160),
-            (m_3 + m_10 + m_16 + m_23).reshape(n, 224),
-            (m_12 + m_20).reshape(n, 224),
-        ], dim=1)
-        m = m.reshape(*batch, 992)
-        return m
+        outputs = _ops.conv_tp([
+            rt.rows(h, batch, 288),
+            rt.rows(sh, batch, 16),
+            rt.weight_rows(w, batch, 768),
+        ], self.weight, self.constants())
+        return outputs[0].reshape(*batch, 992)
 
 
 class elementwise_tp(rt.FusionModule):
@@ -193,47 +379,11 @@ class elementwise_tp(rt.FusionModule):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"a": (a, 144), "b": (b, 144)}, {})
-        n = rt.numel(batch)
-        a = rt.rows(a, batch, 144)
-        b = rt.rows(b, batch, 144)
-
-        # out c : 16x0e+16x1o+16x2e+16x1e
-        # c.0: fuse(a, b) mix uuu
-        w_c_0 = self.weight[0:208]
-        # 16x0e ⊗ 16x0e -> 16x0e
-        c_0 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1), self.cg_0_0_0, w_c_0[0:16].view(16)) * 0.5773502691896257
-        # 16x0e ⊗ 16x1o -> 16x1o
-        c_1 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3), self.cg_0_1_1, w_c_0[16:32].view(16)) * 0.8660254037844386
-        # 16x0e ⊗ 16x2e -> 16x2e
-        c_2 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5), self.cg_0_2_2, w_c_0[32:48].view(16)) * 1.118033988749895
-        # 16x1o ⊗ 16x0e -> 16x1o
-        c_3 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1), self.cg_1_0_1, w_c_0[48:64].view(16)) * 0.8660254037844386
-        # 16x1o ⊗ 16x1o -> 16x0e
-        c_4 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), self.cg_1_1_0, w_c_0[64:80].view(16)) * 0.5773502691896257
-        # 16x1o ⊗ 16x1o -> 16x2e
-        c_5 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), self.cg_1_1_2, w_c_0[80:96].view(16)) * 1.118033988749895
-        # 16x1o ⊗ 16x1o -> 16x1e
-        c_6 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), self.cg_1_1_1, w_c_0[96:112].view(16)) * 1.224744871391589
-        # 16x1o ⊗ 16x2e -> 16x1o
-        c_7 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5), self.cg_1_2_1, w_c_0[112:128].view(16)) * 0.8660254037844386
-        # 16x2e ⊗ 16x0e -> 16x2e
-        c_8 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), self.cg_2_0_2, w_c_0[128:144].view(16)) * 1.118033988749895
-        # 16x2e ⊗ 16x1o -> 16x1o
-        c_9 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3), self.cg_2_1_1, w_c_0[144:160].view(16)) * 0.8660254037844386
-        # 16x2e ⊗ 16x2e -> 16x0e
-        c_10 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), self.cg_2_2_0, w_c_0[160:176].view(16)) * 0.5773502691896257
-        # 16x2e ⊗ 16x2e -> 16x2e
-        c_11 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), self.cg_2_2_2, w_c_0[176:192].view(16)) * 1.118033988749895
-        # 16x2e ⊗ 16x2e -> 16x1e
-        c_12 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), self.cg_2_2_1, w_c_0[192:208].view(16)) * 1.224744871391589
-        c = torch.cat([
-            (c_0 + c_4 + c_10).reshape(n, 16),
-            (c_1 + c_3 + c_7 + c_9).reshape(n, 48),
-            (c_2 + c_5 + c_8 + c_11).reshape(n, 80),
-            (c_6 + c_12).reshape(n, 48),
-        ], dim=1)
-        c = c.reshape(*batch, 192)
-        return c
+        outputs = _ops.elementwise_tp([
+            rt.rows(a, batch, 144),
+            rt.rows(b, batch, 144),
+        ], self.weight, self.constants())
+        return outputs[0].reshape(*batch, 192)
 
 
 class full_tp(rt.FusionModule):
@@ -260,30 +410,11 @@ class full_tp(rt.FusionModule):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"a": (a, 16), "b": (b, 32)}, {})
-        n = rt.numel(batch)
-        a = rt.rows(a, batch, 16)
-        b = rt.rows(b, batch, 32)
-
-        # out c : 32x0e+32x1o+32x1e
-        # c.0: fuse(a, b) mix uvuv
-        w_c_0 = self.weight[0:160]
-        # 4x0e ⊗ 8x0e -> 32x0e
-        c_0 = torch.einsum("zui,zvj,ijk,uv->zuvk", a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1), self.cg_0_0_0, w_c_0[0:32].view(4, 8)) * 0.7071067811865476
-        # 4x0e ⊗ 8x1o -> 32x1o
-        c_1 = torch.einsum("zui,zvj,ijk,uv->zuvk", a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3), self.cg_0_1_1, w_c_0[32:64].view(4, 8)) * 1.224744871391589
-        # 4x1o ⊗ 8x0e -> 32x1o
-        c_2 = torch.einsum("zui,zvj,ijk,uv->zuvk", a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1), self.cg_1_0_1, w_c_0[64:96].view(4, 8)) * 1.224744871391589
-        # 4x1o ⊗ 8x1o -> 32x0e
-        c_3 = torch.einsum("zui,zvj,ijk,uv->zuvk", a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3), self.cg_1_1_0, w_c_0[96:128].view(4, 8)) * 0.7071067811865476
-        # 4x1o ⊗ 8x1o -> 32x1e
-        c_4 = torch.einsum("zui,zvj,ijk,uv->zuvk", a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3), self.cg_1_1_1, w_c_0[128:160].view(4, 8)) * 1.7320508075688772
-        c = torch.cat([
-            (c_0 + c_3).reshape(n, 32),
-            (c_1 + c_2).reshape(n, 96),
-            (c_4).reshape(n, 96),
-        ], dim=1)
-        c = c.reshape(*batch, 224)
-        return c
+        outputs = _ops.full_tp([
+            rt.rows(a, batch, 16),
+            rt.rows(b, batch, 32),
+        ], self.weight, self.constants())
+        return outputs[0].reshape(*batch, 224)
 
 
 class linear(rt.FusionModule):
@@ -309,25 +440,10 @@ class linear(rt.FusionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"x": (x, 120)}, {})
-        n = rt.numel(batch)
-        x = rt.rows(x, batch, 120)
-
-        # out y : 16x0e+16x1o+16x2e
-        # y.0: x mix uvw
-        w_y_0 = self.weight[0:896]
-        # 32x0e -> 16x0e
-        y_0 = torch.einsum("zui,uw->zwi", x[:, 0:32].reshape(n, 32, 1), w_y_0[0:512].view(32, 16)) * 0.17677669529663687
-        # 16x1o -> 16x1o
-        y_1 = torch.einsum("zui,uw->zwi", x[:, 32:80].reshape(n, 16, 3), w_y_0[512:768].view(16, 16)) * 0.25
-        # 8x2e -> 16x2e
-        y_2 = torch.einsum("zui,uw->zwi", x[:, 80:120].reshape(n, 8, 5), w_y_0[768:896].view(8, 16)) * 0.35355339059327373
-        y = torch.cat([
-            (y_0).reshape(n, 16),
-            (y_1).reshape(n, 48),
-            (y_2).reshape(n, 80),
-        ], dim=1)
-        y = y.reshape(*batch, 144)
-        return y
+        outputs = _ops.linear([
+            rt.rows(x, batch, 120),
+        ], self.weight, self.constants())
+        return outputs[0].reshape(*batch, 144)
 
 
 class tp_then_linear(rt.FusionModule):
@@ -355,42 +471,8 @@ class tp_then_linear(rt.FusionModule):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         batch = rt.batch_shape(self.weight, {"x": (x, 32), "y": (y, 4)}, {})
-        n = rt.numel(batch)
-        x = rt.rows(x, batch, 32)
-        y = rt.rows(y, batch, 4)
-
-        # let t : 8x0e+8x1o+8x1e
-        # t.0: fuse(x, y) -> 8x(0e + 1o + 1e) mix uvu
-        w_t_0 = self.weight[0:32]
-        # 8x0e ⊗ 1x0e -> 8x0e
-        t_0 = torch.einsum("zui,zvj,ijk,uv->zuk", x[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1), self.cg_0_0_0, w_t_0[0:8].view(8, 1)) * 0.7071067811865476
-        # 8x0e ⊗ 1x1o -> 8x1o
-        t_1 = torch.einsum("zui,zvj,ijk,uv->zuk", x[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3), self.cg_0_1_1, w_t_0[8:16].view(8, 1)) * 1.224744871391589
-        # 8x1o ⊗ 1x0e -> 8x1o
-        t_2 = torch.einsum("zui,zvj,ijk,uv->zuk", x[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1), self.cg_1_0_1, w_t_0[16:24].view(8, 1)) * 1.224744871391589
-        # 8x1o ⊗ 1x1o -> 8x0e
-        t_3 = torch.einsum("zui,zvj,ijk,uv->zuk", x[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3), self.cg_1_1_0, w_t_0[24:32].view(8, 1)) * 0.7071067811865476
-        t = torch.cat([
-            (t_0 + t_3).reshape(n, 8),
-            (t_1 + t_2).reshape(n, 24),
-            self.weight.new_zeros(n, 24),
-        ], dim=1)
-
-        # out z : 8x0e+8x1o
-        # z.0: t mix uvw
-        w_z_0 = self.weight[32:160]
-        # 8x0e -> 8x0e
-        z_0 = torch.einsum("zui,uw->zwi", t[:, 0:8].reshape(n, 8, 1), w_z_0[0:64].view(8, 8)) * 0.35355339059327373
-        # 8x1o -> 8x1o
-        z_1 = torch.einsum("zui,uw->zwi", t[:, 8:32].reshape(n, 8, 3), w_z_0[64:128].view(8, 8)) * 0.35355339059327373
-        # z.1: x
-        # 8x0e -> 8x0e
-        z_2 = x[:, 0:8].reshape(n, 8, 1)
-        # 8x1o -> 8x1o
-        z_3 = x[:, 8:32].reshape(n, 8, 3)
-        z = torch.cat([
-            (z_0 + z_2).reshape(n, 8),
-            (z_1 + z_3).reshape(n, 24),
-        ], dim=1)
-        z = z.reshape(*batch, 32)
-        return z
+        outputs = _ops.tp_then_linear([
+            rt.rows(x, batch, 32),
+            rt.rows(y, batch, 4),
+        ], self.weight, self.constants())
+        return outputs[0].reshape(*batch, 32)
