@@ -83,3 +83,30 @@ def test_generated_module_is_plain_readable_python() -> None:
     text = fusionc.loads(SOURCE).path.read_text()
     assert "torch.einsum(\"zui,uw->zwi\"" in text and "# 4x0e -> 3x0e" in text
     assert torch_backend.__name__ == "fusionc.backends.torch_backend"
+
+
+CONCURRENT = r"""
+import sys
+import fusionc
+ops = fusionc.loads(open(sys.argv[1]).read(), filename="concurrent.fus")
+print(ops.path)
+"""
+
+
+def test_two_processes_compiling_at_once_share_one_entry(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    source = tmp_path / "concurrent.fus"
+    source.write_text("diagram c { in x : 4x(0e + 1o + 2e)  in y : 0e + 1o + 2e  out z : 4x(0e + 1o + 2e)\n"
+                      "  z = fuse(x, y) mix uvw }\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FUSIONC_CACHE_DIR": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT, str(source)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+    assert all(code == 0 for _, _, code in results), [err for _, err, _ in results]
+    paths = {out.strip() for out, _, _ in results}
+    assert len(paths) == 1
+    entries = list((tmp_path / "cache" / "modules").iterdir())
+    assert [e.name for e in entries] == [os.path.basename(paths.pop())]  # one entry, no temporary files

@@ -140,9 +140,6 @@ def _emit_rows_function(w: _Writer, d: Diagram, plan: DiagramPlan) -> None:
     w(f'"""{d.name} on rows: {shapes} -> {", ".join(f"{v.name} (n, {v.irreps.dim})" for v in d.outputs)}."""')
     first = next(i for i in d.inputs if i.kind == "irreps")
     w(f"n = {first.name}.shape[0]")
-    for i in d.inputs:
-        if i.kind == "index":
-            w(f'rt.check_index_range({i.name}, {i.size}, "{i.name}")')
     offsets = {}
     offset = 0
     for t in d.vertices:
@@ -297,7 +294,8 @@ def emit(diagrams: tuple[Diagram, ...], source: str, filename: str) -> str:
         w()
         w()
         outputs = ", ".join(str(v.irreps.dim) for v in d.outputs)
-        w(f"_ops.register(\"{d.name}\", _{d.name}, outputs=({outputs},))")
+        ranges = {k: (i.name, i.size) for k, i in enumerate(d.inputs) if i.kind == "index"}
+        w(f"_ops.register(\"{d.name}\", _{d.name}, outputs=({outputs},), index_ranges={ranges!r})")
     for d in diagrams:
         w()
         w()

@@ -131,7 +131,10 @@ class OpNamespace:
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
 
-    def register(self, name: str, fn, outputs: tuple[int, ...]) -> None:
+    def register(self, name: str, fn, outputs: tuple[int, ...],
+                 index_ranges: dict[int, tuple[str, int]]) -> None:
+        """Register `fn` (rows in, rows out) as op `name`; `index_ranges` maps the position of each
+        index input to its name and size, checked when the op runs (not when it is traced)."""
         qualname = f"{self.namespace}::{name}"
         try:  # the namespace is a hash of the code: an op of that name is this very op
             setattr(self, name, getattr(getattr(torch.ops, self.namespace), name))
@@ -143,6 +146,8 @@ class OpNamespace:
 
         @torch.library.custom_op(qualname, mutates_args=(), schema=schema)
         def op(inputs, weight, constants):
+            for position, (input_name, size) in index_ranges.items():
+                check_index_range(inputs[position], size, input_name)
             return fn(*inputs, weight, *constants)
 
         @op.register_fake

@@ -68,7 +68,7 @@ def _cormorant_cg(
     return [g]
 
 
-_ops.register("cormorant_cg", _cormorant_cg, outputs=(144,))
+_ops.register("cormorant_cg", _cormorant_cg, outputs=(144,), index_ranges={})
 
 
 def _cormorant_message(
@@ -137,7 +137,7 @@ def _cormorant_message(
     return [m]
 
 
-_ops.register("cormorant_message", _cormorant_message, outputs=(144,))
+_ops.register("cormorant_message", _cormorant_message, outputs=(144,), index_ranges={})
 
 
 class cormorant_cg(rt.FusionModule):

@@ -156,7 +156,7 @@ def _fusion_block(
     return [y]
 
 
-_ops.register("fusion_block", _fusion_block, outputs=(144,))
+_ops.register("fusion_block", _fusion_block, outputs=(144,), index_ranges={})
 
 
 def _fusion_block_3(
@@ -247,7 +247,7 @@ def _fusion_block_3(
     return [y]
 
 
-_ops.register("fusion_block_3", _fusion_block_3, outputs=(144,))
+_ops.register("fusion_block_3", _fusion_block_3, outputs=(144,), index_ranges={})
 
 
 class fusion_block(rt.FusionModule):

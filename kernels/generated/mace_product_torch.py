@@ -10,7 +10,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['mace_product', 'mace_product_2', 'mace_product_4']
 
-_ops = rt.OpNamespace("fusionc_328f9ae2f09a5071")
+_ops = rt.OpNamespace("fusionc_80515f1772fcca63")
 
 
 def _mace_product(
@@ -22,7 +22,6 @@ def _mace_product(
 ) -> list[torch.Tensor]:
     """mace_product on rows: A (n, 1024), z (n,) -> B (n, 256)."""
     n = A.shape[0]
-    rt.check_index_range(z, 10, "z")
 
     # out B : 64x0e+64x1o
     # B.0: A mix uuu per z
@@ -76,7 +75,7 @@ def _mace_product(
     return [B]
 
 
-_ops.register("mace_product", _mace_product, outputs=(256,))
+_ops.register("mace_product", _mace_product, outputs=(256,), index_ranges={1: ('z', 10)})
 
 
 def _mace_product_2(
@@ -86,7 +85,6 @@ def _mace_product_2(
 ) -> list[torch.Tensor]:
     """mace_product_2 on rows: A (n, 1024), z (n,) -> B (n, 256)."""
     n = A.shape[0]
-    rt.check_index_range(z, 10, "z")
 
     # out B : 64x0e+64x1o
     # B.0: A mix uuu per z
@@ -116,7 +114,7 @@ def _mace_product_2(
     return [B]
 
 
-_ops.register("mace_product_2", _mace_product_2, outputs=(256,))
+_ops.register("mace_product_2", _mace_product_2, outputs=(256,), index_ranges={1: ('z', 10)})
 
 
 def _mace_product_4(
@@ -127,7 +125,6 @@ def _mace_product_4(
 ) -> list[torch.Tensor]:
     """mace_product_4 on rows: A (n, 288), z (n,) -> B (n, 288)."""
     n = A.shape[0]
-    rt.check_index_range(z, 4, "z")
 
     # out B : 32x0e+32x1o+32x2e
     # B.0: A mix uuu per z
@@ -218,7 +215,7 @@ def _mace_product_4(
     return [B]
 
 
-_ops.register("mace_product_4", _mace_product_4, outputs=(288,))
+_ops.register("mace_product_4", _mace_product_4, outputs=(288,), index_ranges={1: ('z', 4)})
 
 
 class mace_product(rt.FusionModule):

@@ -59,7 +59,7 @@ def _fc_tp(
     return [z]
 
 
-_ops.register("fc_tp", _fc_tp, outputs=(288,))
+_ops.register("fc_tp", _fc_tp, outputs=(288,), index_ranges={})
 
 
 def _conv_tp(
@@ -137,7 +137,7 @@ def _conv_tp(
     return [m]
 
 
-_ops.register("conv_tp", _conv_tp, outputs=(992,))
+_ops.register("conv_tp", _conv_tp, outputs=(992,), index_ranges={})
 
 
 def _elementwise_tp(
@@ -187,7 +187,7 @@ def _elementwise_tp(
     return [c]
 
 
-_ops.register("elementwise_tp", _elementwise_tp, outputs=(192,))
+_ops.register("elementwise_tp", _elementwise_tp, outputs=(192,), index_ranges={})
 
 
 def _full_tp(
@@ -218,7 +218,7 @@ def _full_tp(
     return [c]
 
 
-_ops.register("full_tp", _full_tp, outputs=(224,))
+_ops.register("full_tp", _full_tp, outputs=(224,), index_ranges={})
 
 
 def _linear(
@@ -244,7 +244,7 @@ def _linear(
     return [y]
 
 
-_ops.register("linear", _linear, outputs=(144,))
+_ops.register("linear", _linear, outputs=(144,), index_ranges={})
 
 
 def _tp_then_linear(
@@ -290,7 +290,7 @@ def _tp_then_linear(
     return [z]
 
 
-_ops.register("tp_then_linear", _tp_then_linear, outputs=(32,))
+_ops.register("tp_then_linear", _tp_then_linear, outputs=(32,), index_ranges={})
 
 
 class fc_tp(rt.FusionModule):
