@@ -97,13 +97,24 @@ def _compile_cmd(args: argparse.Namespace) -> int:
         emit = get_backend(args.backend)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if args.target and args.backend != "triton":
+        raise UsageError("--target compiles Triton kernels: use it with --backend triton")
+    if not args.target and not args.output:
+        raise UsageError("say where to write the code (-o OUT.py, or -o - for stdout), or give --target")
     source, diagrams = _compile(Path(args.file), args.dump_ir)
     code = emit(diagrams, source, args.file)
     if args.output == "-":
         sys.stdout.write(code)
-    else:
+    elif args.output:
         atomic_write(Path(args.output), code.encode())
         print(f"wrote {args.output} ({', '.join(d.name for d in diagrams)})")
+    for target in args.target or ():
+        from fusionc.backends.triton_aot import compile_for, format_reports
+        from fusionc.runtime.loader import loads
+
+        ops = loads(source, "triton", args.file)
+        print(f"{args.file}: kernels compiled ahead of time for {target} (float32)")
+        print(format_reports(compile_for(ops.module, diagrams, target)))
     return 0
 
 
@@ -145,8 +156,11 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(run=_check)
     comp = sub.add_parser("compile", help="generate code for a back end")
     comp.add_argument("file", metavar="FILE")
-    comp.add_argument("-o", "--output", required=True, help="output .py file, or - for stdout")
-    comp.add_argument("--backend", default="torch", help="back end (default torch)")
+    comp.add_argument("-o", "--output", help="output .py file, or - for stdout")
+    comp.add_argument("--backend", default="torch", help="back end: torch (default) or triton")
+    comp.add_argument("--target", action="append", metavar="sm_NN",
+                      help="with --backend triton: compile every kernel for this GPU (sm_80, sm_90; repeatable) "
+                           "and report registers, shared and local (spill) memory, FLOPs and bytes per row")
     comp.add_argument("--dump-ir", choices=PASS_NAMES, metavar="PASS",
                       help=f"print the IR after a pass ({', '.join(PASS_NAMES)})")
     comp.set_defaults(run=_compile_cmd)

@@ -6,13 +6,29 @@ import pytest
 
 from conftest import KERNELS, REPO
 from fusionc.backends import get_backend
+from fusionc.errors import FusionError
 from fusionc.pipeline import compile_source
 
 
-def _generate(path) -> str:
+def _generate(path, backend: str = "torch") -> str:
     relative = path.relative_to(REPO).as_posix()
     source = path.read_text()
-    return get_backend("torch")(compile_source(source, relative), source, relative)
+    return get_backend(backend)(compile_source(source, relative), source, relative)
+
+
+@pytest.mark.parametrize("path", KERNELS, ids=lambda p: p.stem)
+def test_generated_triton_code_matches_golden(path, request: pytest.FixtureRequest) -> None:
+    """Kernels of files the triton back end lowers are checked in; the others have none."""
+    golden = REPO / "kernels" / "generated" / f"{path.stem}_triton.py"
+    try:
+        code = _generate(path, "triton")
+    except FusionError:
+        assert not golden.exists()
+        return
+    if request.config.getoption("--update-golden"):
+        golden.write_text(code)
+    assert golden.exists(), f"missing {golden}; run pytest --update-golden"
+    assert code == golden.read_text(), f"{golden.name} differs from the compiler's output"
 
 
 @pytest.mark.parametrize("path", KERNELS, ids=lambda p: p.stem)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-from fusionc.backends import torch_backend
+from fusionc.backends import torch_backend, triton_backend
 from fusionc.ir.diagram import Diagram
 
 Emitter = Callable[[tuple[Diagram, ...], str, str], str]
 
-BACKENDS: dict[str, Emitter] = {"torch": torch_backend.emit}
+#: Code generation needs neither torch nor triton; running the triton modules needs triton.
+BACKENDS: dict[str, Emitter] = {"torch": torch_backend.emit, "triton": triton_backend.emit}
 
 
 def get_backend(name: str) -> Emitter:

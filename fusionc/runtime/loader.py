@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import importlib.util
 import sys
 from pathlib import Path
@@ -79,7 +80,10 @@ def loads(source: str, backend: str = "torch", filename: str = "<string>") -> Co
     """
     emit = get_backend(backend)
     diagrams = compile_source(source, filename)
-    key = hashlib.sha256("\0".join([compiler_fingerprint(), backend, filename, source]).encode()).hexdigest()
+    parts = [compiler_fingerprint(), backend, filename, source]
+    if backend == "triton":  # kernels compile differently under another Triton
+        parts.append(importlib.metadata.version("triton"))
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()
     path = cache_root() / "modules" / f"{backend}_{key[:32]}.py"
     if not _read_entry(path):
         body = emit(diagrams, source, filename)

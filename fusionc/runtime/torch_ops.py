@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -115,6 +116,14 @@ def index_rows(z: torch.Tensor, batch: torch.Size, name: str) -> torch.Tensor:
     return z.expand(batch).reshape(-1)
 
 
+def output_rows(like: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """An uninitialised (n, dim) output for a kernel to fill; NaN-filled when
+    FUSIONC_POISON_OUTPUTS=1, so that a test sees any element the kernel did not write."""
+    if os.environ.get("FUSIONC_POISON_OUTPUTS") == "1":
+        return like.new_full((n, dim), float("nan"))
+    return like.new_empty(n, dim)
+
+
 def check_index_range(z: torch.Tensor, size: int, name: str) -> None:
     if z.numel() and (int(z.min()) < 0 or int(z.max()) >= size):
         raise ValueError(f"input '{name}' has values outside [0, {size}): min {int(z.min())}, max {int(z.max())}")
@@ -131,10 +140,13 @@ class OpNamespace:
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
 
-    def register(self, name: str, fn, outputs: tuple[int, ...],
-                 index_ranges: dict[int, tuple[str, int]]) -> None:
+    def register(self, name: str, fn, outputs: tuple[int, ...], index_ranges: dict[int, tuple[str, int]],
+                 derivative_of=None) -> None:
         """Register `fn` (rows in, rows out) as op `name`; `index_ranges` maps the position of each
-        index input to its name and size, checked when the op runs (not when it is traced)."""
+        index input to its name and size, checked when the op runs (not when it is traced). The
+        backward is the VJP of `derivative_of` (default `fn`), a torch function computing the same
+        thing as `fn`: for a kernel back end, the torch row function of the same diagram."""
+        reference = derivative_of or fn
         qualname = f"{self.namespace}::{name}"
         try:  # the namespace is a hash of the code: an op of that name is this very op
             setattr(self, name, getattr(getattr(torch.ops, self.namespace), name))
@@ -170,7 +182,7 @@ class OpNamespace:
                 args = list(rows)
                 for i, x in zip(floats, xs):
                     args[i] = x
-                return fn(*args, weight, *constants)
+                return reference(*args, weight, *constants)
 
             _, vjp = torch.func.vjp(of, weight, *(rows[i] for i in floats))
             n = rows[0].shape[0]

@@ -1,0 +1,100 @@
+"""Ahead-of-time compilation of generated Triton kernels for a GPU this machine need not have.
+
+Each kernel is compiled with `triton.compile(ASTSource(...), target=GPUTarget("cuda", sm, 32))` for
+float32 rows, and its cubin's resource usage (registers, shared and local memory, the last being
+register spills) is read with the `cuobjdump` that Triton ships.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from fusionc.analysis.plan import plan_diagram
+from fusionc.backends.triton_backend import tile_sizes, _channels
+from fusionc.ir.diagram import Diagram
+
+_USAGE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+
+
+@dataclass(frozen=True)
+class KernelReport:
+    kernel: str
+    target: str
+    registers: int
+    shared_bytes: int
+    local_bytes: int
+    flops_per_row: int
+    bytes_per_row: int
+
+
+def _cuobjdump() -> Path:
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        raise RuntimeError(f"cuobjdump is not where Triton ships it ({tool})")
+    return tool
+
+
+def _signature(d: Diagram) -> dict[str, str]:
+    types = {"irreps": "*fp32", "weights": "*fp32", "index": "*i64"}
+    signature = {i.name: types[i.kind] for i in d.inputs}
+    signature["weight"] = "*fp32"
+    signature.update({f"{v.name}_out": "*fp32" for v in d.outputs})
+    signature.update({"n": "i32", "BLOCK_Z": "constexpr", "BLOCK_U": "constexpr"})
+    return signature
+
+
+def _bytes_per_row(d: Diagram) -> int:
+    """float32 traffic of one row: its inputs read, its outputs written (weights shared by rows
+    are not counted; per-row weights are)."""
+    total = 0
+    for i in d.inputs:
+        if i.kind == "irreps":
+            total += 4 * i.irreps.dim
+        elif i.kind == "index":
+            total += 8
+        else:
+            total += 4 * next(t.weight_numel for t in d.vertices if t.weight_source == i.name)
+    return total + sum(4 * v.irreps.dim for v in d.outputs)
+
+
+def compile_for(module: ModuleType, diagrams: tuple[Diagram, ...], target: str) -> list[KernelReport]:
+    """Compile every kernel of a generated Triton module for `target` (sm_80, sm_90, …)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    match = re.fullmatch(r"sm_(\d+)", target)
+    if not match:
+        raise ValueError(f"unknown target '{target}'; expected sm_80, sm_90, …")
+    capability = int(match.group(1))
+    reports = []
+    for d in diagrams:
+        block_z, block_u, warps = tile_sizes(_channels(d))
+        kernel = getattr(module, f"_{d.name}_kernel")
+        source = ASTSource(fn=kernel, signature=_signature(d), constexprs={"BLOCK_Z": block_z, "BLOCK_U": block_u})
+        compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": warps})
+        with tempfile.TemporaryDirectory() as tmp:
+            cubin = Path(tmp) / "kernel.cubin"
+            cubin.write_bytes(compiled.asm["cubin"])
+            usage = subprocess.run([str(_cuobjdump()), "--dump-resource-usage", str(cubin)],
+                                   capture_output=True, text=True, check=True).stdout
+        registers, _, shared, local = map(int, _USAGE.search(usage).groups())
+        reports.append(KernelReport(f"_{d.name}_kernel", target, registers, shared, local,
+                                    plan_diagram(d).planned_flops, _bytes_per_row(d)))
+    return reports
+
+
+def format_reports(reports: list[KernelReport]) -> str:
+    lines = [f"{'kernel':<28}{'target':>7}{'registers':>10}{'shared B':>10}{'local B':>9}"
+             f"{'FLOPs/row':>11}{'bytes/row':>10}"]
+    for r in reports:
+        lines.append(f"{r.kernel:<28}{r.target:>7}{r.registers:>10}{r.shared_bytes:>10}{r.local_bytes:>9}"
+                     f"{r.flops_per_row:>11,}{r.bytes_per_row:>10,}")
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""The Triton back end under TRITON_INTERPRET=1 on the CPU, and compiled ahead of time for GPUs.
+
+Outputs are poisoned with NaN before each kernel runs, so an element a kernel fails to write
+fails the comparison with the torch back end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fusionc
+from conftest import REPO
+from fusionc.cli import main
+from fusionc.testing import random_inputs, random_nary_diagram
+
+pytest.importorskip("triton", reason="the triton back end needs triton")
+assert os.environ.get("TRITON_INTERPRET") == "1", "tests/conftest.py sets TRITON_INTERPRET=1"
+
+KERNEL_FILES = ["mace_product.fus", "fusion_block.fus"]
+ELEMENTWISE = """diagram elementwise_tp { in a : 16x(0e + 1o + 2e)  in b : 16x(0e + 1o + 2e)
+                 out c : 16x(0e + 1o + 2e + 1e)  c = fuse(a, b) mix uuu }"""
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FUSIONC_POISON_OUTPUTS", "1")
+
+
+def _pair(source: str, filename: str):
+    return fusionc.loads(source, "torch", filename), fusionc.loads(source, "triton", filename)
+
+
+def _modules(torch_ops, triton_ops, name: str, dtype: torch.dtype):
+    reference = getattr(torch_ops, name)(dtype=dtype)
+    kernel = getattr(triton_ops, name)(dtype=dtype)
+    kernel.load_state_dict(reference.state_dict())
+    return reference, kernel
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def _compare(torch_ops, triton_ops, diagram, dtype: torch.dtype, tol: float, rows: int = 5) -> None:
+    reference, kernel = _modules(torch_ops, triton_ops, diagram.name, dtype)
+    args = random_inputs(reference, diagram, rows, torch.Generator().manual_seed(0), dtype)
+    floats = [a.requires_grad_() if a.is_floating_point() else a for a in args]
+    out, expected = kernel(*floats), reference(*floats)
+    assert not out.isnan().any(), "the kernel left output elements unwritten"
+    assert _relative(out, expected) <= tol
+    # backward and double backward through the op: d/dx of |f|², then of the gradients' norm
+    results = []
+    for module, result in ((kernel, out), (reference, expected)):
+        targets = [a for a in floats if a.is_floating_point()]
+        targets += [module.weight] if module.weight.requires_grad else []
+        grads = torch.autograd.grad(result.pow(2).sum(), targets, create_graph=True)
+        second = torch.autograd.grad(sum(g.pow(2).sum() for g in grads), targets)
+        results.append(grads + second)
+    for a, b in zip(*results):
+        assert _relative(a, b) <= tol
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)], ids=["f32", "f64"])
+@pytest.mark.parametrize("file", KERNEL_FILES)
+def test_kernels_equal_the_torch_back_end(file: str, dtype: torch.dtype, tol: float) -> None:
+    path = REPO / "kernels" / file
+    torch_ops, triton_ops = _pair(path.read_text(), f"kernels/{file}")
+    for diagram in torch_ops.diagrams:
+        _compare(torch_ops, triton_ops, diagram, dtype, tol)
+
+
+def test_elementwise_product_equals_the_torch_back_end() -> None:
+    torch_ops, triton_ops = _pair(ELEMENTWISE, "elementwise.fus")
+    _compare(torch_ops, triton_ops, torch_ops.diagrams[0], torch.float32, 1e-5, rows=37)
+
+
+@pytest.mark.parametrize("seed", range(20), ids=lambda s: f"seed{s}")
+def test_random_diagrams_equal_the_torch_back_end(seed: int) -> None:
+    source = random_nary_diagram(seed)
+    torch_ops, triton_ops = _pair(source, f"random{seed}.fus")
+    _compare(torch_ops, triton_ops, torch_ops.diagrams[0], torch.float32, 1e-5, rows=7)
+
+
+def test_gradcheck_through_the_kernel() -> None:
+    source = """diagram g { in A : 2x(0e + 1o + 2e)  in z : index(3)  out B : 2x(0e + 1o)
+                B = A mix uuu per z + fuse(A, A) mix uuu per z + fuse(A, A, A) mix uuu per z }"""
+    _, triton_ops = _pair(source, "gradcheck.fus")
+    module = triton_ops.g(dtype=torch.float64)
+    a = torch.randn(3, 18, dtype=torch.float64, requires_grad=True)
+    z = torch.tensor([0, 2, 1])
+
+    def f(a, weight):
+        return triton_ops.module._ops.g([a, z], weight, module.constants())[0]
+
+    weight = module.weight.detach().requires_grad_()
+    assert torch.autograd.gradcheck(f, (a, weight))
+    assert torch.autograd.gradgradcheck(f, (a, weight))
+
+
+def test_channel_mixing_is_a_clear_error(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    out = tmp_path / "tp.py"
+    assert main(["compile", str(REPO / "kernels" / "tensor_products.fus"), "--backend", "triton", "-o", str(out)]) == 2
+    assert "the triton back end does not lower mix uvw yet (term z.0 of diagram fc_tp)" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("file", KERNEL_FILES)
+def test_ahead_of_time_for_sm80_and_sm90_without_spills(file: str, tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(PYTHONPATH=str(REPO), FUSIONC_CACHE_DIR=str(tmp_path))
+    result = subprocess.run([sys.executable, "-m", "fusionc", "compile", f"kernels/{file}", "--backend", "triton",
+                             "--target", "sm_80", "--target", "sm_90"], cwd=REPO, env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    rows = re.findall(r"^(_\w+_kernel)\s+(sm_\d+)\s+(\d+)\s+(\d+)\s+(\d+)", result.stdout, re.MULTILINE)
+    diagrams = fusionc.load(REPO / "kernels" / file).diagrams
+    assert {(kernel, target) for kernel, target, *_ in rows} == {
+        (f"_{d.name}_kernel", t) for d in diagrams for t in ("sm_80", "sm_90")}
+    assert all(int(local) == 0 for *_, local in rows), result.stdout
+    assert all(0 < int(registers) <= 255 for _, _, registers, _, _ in rows)
