@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from fusionc.algebra.cg import wigner_3j
 from fusionc.analysis.plan import Contribution, Couple, DiagramPlan, Leaf, WeightedSum
-from fusionc.backends.torch_backend import _recoupling_name, _Writer, _weight_inputs, emit_module
+from fusionc.backends.torch_backend import CodeWriter, emit_module
 from fusionc.errors import FusionError
 from fusionc.ir.diagram import CouplingVertex, Diagram
 from fusionc.ir.irreps import Irreps
@@ -23,7 +23,7 @@ from fusionc.ir.irreps import Irreps
 WARP = 32
 
 
-def _channels(d: Diagram) -> int:
+def channels(d: Diagram) -> int:
     """The one multiplicity every block of the diagram shares, or a clear error."""
     muls = {b.mul for i in d.inputs if i.kind == "irreps" for b in i.irreps}
     muls |= {b.mul for v in d.values for b in v.irreps}
@@ -52,8 +52,8 @@ def _terms(coefficients: list[tuple[float, str]]) -> str:
 class _Kernel:
     """Writes one kernel body: tiles as local variables, named after the plan's nodes."""
 
-    def __init__(self, d: Diagram, plan: DiagramPlan, w: _Writer) -> None:
-        self.d, self.plan, self.w = d, plan, w
+    def __init__(self, plan: DiagramPlan, w: CodeWriter) -> None:
+        self.plan, self.w = plan, w
         self.components: dict[tuple, list[str]] = {}  # (operand, block) or node name -> tiles
         self.weights: dict[tuple, str] = {}
         self.indices: dict[str, str] = {}
@@ -119,26 +119,25 @@ class _Kernel:
         return [f"{x} * {factor}" for x in tiles]
 
 
-def _emit_kernel(w: _Writer, d: Diagram, plan: DiagramPlan) -> None:
+def _emit_kernel(w: CodeWriter, d: Diagram, plan: DiagramPlan) -> None:
     args = [i.name for i in d.inputs] + ["weight"] + [v.name + "_out" for v in d.outputs]
     w("@triton.jit")
     w(f"def _{d.name}_kernel({', '.join(args)}, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):")
     w.indent()
-    channels = _channels(d)
+    mul = channels(d)
     w(f'"""{d.name}: one BLOCK_Z × BLOCK_U tile of rows × channels, the whole diagram in registers."""')
     w("rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)")
     w("chans = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)")
-    w(f"row_mask = rows < n")
-    w(f"chan_mask = chans < {channels}")
+    w("row_mask = rows < n")
+    w(f"chan_mask = chans < {mul}")
     w("mask = row_mask[:, None] & chan_mask[None, :]")
     first = next(i for i in d.inputs if i.kind == "irreps")
     w(f"zero = tl.zeros([BLOCK_Z, BLOCK_U], dtype={first.name}.dtype.element_ty)")
-    k = _Kernel(d, plan, w)
+    k = _Kernel(plan, w)
     offsets, offset = {}, 0
     for t in d.vertices:
         offsets[t.id] = offset
         offset += t.parameter_numel
-    value_blocks: dict[str, Irreps] = {v.name: v.irreps for v in d.values}
     for v in d.values:
         w()
         w(f"# {'out' if v.is_output else 'let'} {v.name} : {v.irreps}")
@@ -162,18 +161,17 @@ def _emit_kernel(w: _Writer, d: Diagram, plan: DiagramPlan) -> None:
                 for m, name in enumerate(names):
                     w(f"tl.store({v.name}_out + rows[:, None] * {v.irreps.dim} + ({start + m} + chans[None, :] * "
                       f"{dim}), {name}, mask=mask)")
-    del value_blocks
     w.dedent()
 
 
-def _operand_irreps(k: _Kernel, t: CouplingVertex, operand: str) -> Irreps:
+def _operand_irreps(t: CouplingVertex, operand: str) -> Irreps:
     return next(irreps for op, irreps in zip(t.operands, t.irreps_in) if op == operand)
 
 
 def _tree_term(k: _Kernel, t: CouplingVertex, offset: int, sums: dict[int, list[list[str]]]) -> None:
     for step in k.plan.vertex_steps[t.id]:
         if isinstance(step, Leaf):
-            k.components[step.name] = k.block(step.operand, _operand_irreps(k, t, step.operand), step.block)
+            k.components[step.name] = k.block(step.operand, _operand_irreps(t, step.operand), step.block)
         elif isinstance(step, Couple):
             k.components[step.name] = k.couple(step.name, k.components[step.a], k.components[step.b],
                                                step.la, step.lb, step.k.l)
@@ -201,8 +199,8 @@ def _path_term(k: _Kernel, t: CouplingVertex, offset: int, sums: dict[int, list[
         sums[t.placement[p.out_block]].append(k.scaled(tiles, t, offset, start, p.normalization))
 
 
-def _emit_launcher(w: _Writer, d: Diagram) -> None:
-    block_z, block_u, warps = tile_sizes(_channels(d))
+def _emit_launcher(w: CodeWriter, d: Diagram) -> None:
+    block_z, block_u, warps = tile_sizes(channels(d))
     names = [i.name for i in d.inputs] + ["weight"]
     w(f"def _{d.name}_triton({', '.join(names)}, *constants: torch.Tensor) -> list[torch.Tensor]:")
     w.indent()
@@ -213,8 +211,7 @@ def _emit_launcher(w: _Writer, d: Diagram) -> None:
     for v in d.outputs:
         w(f"{v.name}_out = rt.output_rows({first.name}, n, {v.irreps.dim})")
         outs.append(f"{v.name}_out")
-    channels = _channels(d)
-    w(f"grid = (triton.cdiv(n, {block_z}), triton.cdiv({channels}, {block_u}))")
+    w(f"grid = (triton.cdiv(n, {block_z}), triton.cdiv({channels(d)}, {block_u}))")
     args = [f"{i.name}.contiguous()" for i in d.inputs] + ["weight.contiguous()"] + outs
     w(f"_{d.name}_kernel[grid]({', '.join(args)}, n, BLOCK_Z={block_z}, BLOCK_U={block_u}, num_warps={warps})")
     w(f"return [{', '.join(outs)}]")
@@ -222,7 +219,7 @@ def _emit_launcher(w: _Writer, d: Diagram) -> None:
 
 
 def _lower(d: Diagram, plan: DiagramPlan) -> tuple[list[str], str]:
-    w = _Writer()
+    w = CodeWriter()
     _emit_kernel(w, d, plan)
     w()
     w()
@@ -233,6 +230,6 @@ def _lower(d: Diagram, plan: DiagramPlan) -> tuple[list[str], str]:
 def emit(diagrams: tuple[Diagram, ...], source: str, filename: str) -> str:
     """The generated Triton module for `diagrams`; same input, same bytes."""
     for d in diagrams:
-        _channels(d)
+        channels(d)
     return emit_module(diagrams, source, filename, "triton",
                        imports=("import triton", "import triton.language as tl"), lowering=_lower)
