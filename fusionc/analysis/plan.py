@@ -6,7 +6,10 @@ Every tree term is a tensor network of operand blocks, CG tables and weights. Th
 - sums weighted prefixes before the last coupling: Σ_t w_t CG(P_t ⊗ x) = CG((Σ_t w_t P_t) ⊗ x)
   for the trees that end with the same inner label and the same last block;
 - orders each coupling's contraction with opt_einsum, driven by a path optimiser that counts
-  only the non-zero entries of CG tables.
+  only the non-zero entries of CG tables, or evaluates it in one fused pass over those entries
+  when that is cheaper;
+- for a recoupled term, pairs the last two operands first and sums the weighted pairs before
+  coupling them with the rest.
 The naive plan it is compared with evaluates each tree on its own, densely, left to right.
 """
 
@@ -110,8 +113,7 @@ def naive_coupling_cost(mul: int, la: int, lb: int, k: int) -> int:
 class Planner:
     """Builds the plan of a diagram's tree terms, sharing couplings across all of them."""
 
-    def __init__(self, diagram: Diagram) -> None:
-        self.diagram = diagram
+    def __init__(self) -> None:
         self.plan = DiagramPlan()
         self.names: dict[tuple, str] = {}
         self.shapes: dict[str, tuple[int, Irrep]] = {}
@@ -230,16 +232,16 @@ class Planner:
         self._finish(value, t, groups, summed_first=True)
 
 
-def term_cost(diagram: Diagram, t: CouplingVertex) -> int:
+def term_cost(t: CouplingVertex) -> int:
     """Per-row FLOPs of one tree term planned on its own."""
-    planner = Planner(diagram)
+    planner = Planner()
     planner.vertex("_", t)
     return planner.plan.terms[0].planned
 
 
 def plan_diagram(diagram: Diagram) -> DiagramPlan:
     """The plan of every term: tree terms through the planner, the others path by path."""
-    planner = Planner(diagram)
+    planner = Planner()
     for v in diagram.values:
         for t in v.terms:
             if t.is_tree:

@@ -49,7 +49,7 @@ def recouple(diagram: Diagram) -> Diagram:
         for t in v.terms:
             if t.is_tree and len(t.operands) >= 3 and len(set(t.operands)) == len(t.operands):
                 split = recouple_vertex(t)
-                if term_cost(diagram, split) < term_cost(diagram, t):
+                if term_cost(split) < term_cost(t):
                     t = split
             terms.append(t)
         values.append(Value(v.name, v.irreps, tuple(terms), v.is_output, v.span))
