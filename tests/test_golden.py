@@ -6,7 +6,6 @@ import pytest
 
 from conftest import KERNELS, REPO
 from fusionc.backends import get_backend
-from fusionc.errors import FusionError
 from fusionc.pipeline import compile_source
 
 
@@ -16,25 +15,11 @@ def _generate(path, backend: str = "torch") -> str:
     return get_backend(backend)(compile_source(source, relative), source, relative)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("path", KERNELS, ids=lambda p: p.stem)
-def test_generated_triton_code_matches_golden(path, request: pytest.FixtureRequest) -> None:
-    """Kernels of files the triton back end lowers are checked in; the others have none."""
-    golden = REPO / "kernels" / "generated" / f"{path.stem}_triton.py"
-    try:
-        code = _generate(path, "triton")
-    except FusionError:
-        assert not golden.exists()
-        return
-    if request.config.getoption("--update-golden"):
-        golden.write_text(code)
-    assert golden.exists(), f"missing {golden}; run pytest --update-golden"
-    assert code == golden.read_text(), f"{golden.name} differs from the compiler's output"
-
-
-@pytest.mark.parametrize("path", KERNELS, ids=lambda p: p.stem)
-def test_generated_torch_code_matches_golden(path, request: pytest.FixtureRequest) -> None:
-    golden = REPO / "kernels" / "generated" / f"{path.stem}_torch.py"
-    code = _generate(path)
+def test_generated_code_matches_golden(path, backend: str, request: pytest.FixtureRequest) -> None:
+    golden = REPO / "kernels" / "generated" / f"{path.stem}_{backend}.py"
+    code = _generate(path, backend)
     if request.config.getoption("--update-golden"):
         golden.write_text(code)
     assert golden.exists(), f"missing {golden}; run pytest --update-golden"

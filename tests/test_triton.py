@@ -16,15 +16,12 @@ import torch
 
 import fusionc
 from conftest import REPO
-from fusionc.cli import main
-from fusionc.testing import random_inputs, random_nary_diagram
+from fusionc.testing import random_diagram, random_inputs, random_nary_diagram
 
 pytest.importorskip("triton", reason="the triton back end needs triton")
 assert os.environ.get("TRITON_INTERPRET") == "1", "tests/conftest.py sets TRITON_INTERPRET=1"
 
-KERNEL_FILES = ["mace_product.fus", "fusion_block.fus"]
-ELEMENTWISE = """diagram elementwise_tp { in a : 16x(0e + 1o + 2e)  in b : 16x(0e + 1o + 2e)
-                 out c : 16x(0e + 1o + 2e + 1e)  c = fuse(a, b) mix uuu }"""
+KERNEL_FILES = sorted(p.name for p in (REPO / "kernels").glob("*.fus"))
 
 
 @pytest.fixture(autouse=True)
@@ -75,9 +72,16 @@ def test_kernels_equal_the_torch_back_end(file: str, dtype: torch.dtype, tol: fl
         _compare(torch_ops, triton_ops, diagram, dtype, tol)
 
 
-def test_elementwise_product_equals_the_torch_back_end() -> None:
-    torch_ops, triton_ops = _pair(ELEMENTWISE, "elementwise.fus")
-    _compare(torch_ops, triton_ops, torch_ops.diagrams[0], torch.float32, 1e-5, rows=37)
+PRODUCTS = [(mode, by) for mode in ("uvw", "uvu", "uuu", "uvuv", "none") for by in (False, True)
+            if not (mode == "none" and by)]  # mix none has no weights to take by an input
+
+
+@pytest.mark.parametrize("mode,by", PRODUCTS, ids=[f"{m}-{'by' if b else 'internal'}" for m, b in PRODUCTS])
+def test_two_input_products_equal_the_torch_back_end(mode: str, by: bool) -> None:
+    for seed in range(3):
+        source = random_diagram(seed, mode, lmax=2, max_mul=6, by=by)
+        torch_ops, triton_ops = _pair(source, f"{mode}{seed}.fus")
+        _compare(torch_ops, triton_ops, torch_ops.diagrams[0], torch.float32, 1e-5, rows=19)
 
 
 @pytest.mark.parametrize("seed", range(20), ids=lambda s: f"seed{s}")
@@ -101,13 +105,6 @@ def test_gradcheck_through_the_kernel() -> None:
     weight = module.weight.detach().requires_grad_()
     assert torch.autograd.gradcheck(f, (a, weight))
     assert torch.autograd.gradgradcheck(f, (a, weight))
-
-
-def test_channel_mixing_is_a_clear_error(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
-    out = tmp_path / "tp.py"
-    assert main(["compile", str(REPO / "kernels" / "tensor_products.fus"), "--backend", "triton", "-o", str(out)]) == 2
-    assert "the triton back end does not lower mix uvw yet (term z.0 of diagram fc_tp)" in capsys.readouterr().err
-    assert not out.exists()
 
 
 @pytest.mark.parametrize("file", KERNEL_FILES)

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 from fusionc.analysis.plan import plan_diagram
-from fusionc.backends.triton_backend import channels, tile_sizes
+from fusionc.backends.triton_backend import tile_sizes
 from fusionc.ir.diagram import Diagram
 
 _USAGE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
@@ -76,10 +76,10 @@ def compile_for(module: ModuleType, diagrams: tuple[Diagram, ...], target: str) 
     capability = int(match.group(1))
     reports = []
     for d in diagrams:
-        block_z, block_u, warps = tile_sizes(channels(d))
+        block_z, block_u, warps = tile_sizes(d)
         kernel = getattr(module, f"_{d.name}_kernel")
         source = ASTSource(fn=kernel, signature=_signature(d), constexprs={"BLOCK_Z": block_z, "BLOCK_U": block_u})
-        compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": warps})
+        compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": warps, "enable_fp_fusion": True})
         with tempfile.TemporaryDirectory() as tmp:
             cubin = Path(tmp) / "kernel.cubin"
             cubin.write_bytes(compiled.asm["cubin"])

@@ -1,13 +1,15 @@
-"""The Triton back end: one fused kernel per diagram, for diagrams whose terms couple channels
-one to one (`mix uuu` / `none`: MACE products, fusion blocks, element-wise products).
+"""The Triton back end: one fused kernel per diagram.
 
-A program owns a tile of BLOCK_Z rows × BLOCK_U channels and evaluates the whole diagram on it
-in registers: every component of every block is one [BLOCK_Z, BLOCK_U] tile, each coupling of
-the plan is unrolled over the non-zero entries of its CG table (compile-time constants, zeros
-skipped), shared couplings are computed once, per-index weights are gathered inside the kernel,
-and recoupled terms map their weights through the exact recoupling matrix in registers.
+Every component of every block is a [rows, channels] tile in registers; each coupling is
+unrolled over the non-zero entries of its CG table (compile-time constants, zeros skipped),
+shared couplings of the plan are computed once, per-index weights are gathered inside the
+kernel, and recoupled terms map their weights through the exact recoupling matrix in registers.
+- Diagrams whose terms all couple channels one to one (`uuu`, `none`: MACE products, fusion
+  blocks) with one multiplicity tile rows × channels across programs (BLOCK_Z × BLOCK_U).
+- Others tile rows only (BLOCK_Z = 16) and hold every channel of a block: channel mixing with
+  shared weights is a tl.dot in IEEE precision (not TF32), with per-row weights a broadcast sum;
+  `uvuv` places channel pairs (u, v) through a 0/1 selection matrix.
 The kernel is the op's forward; its backward is the VJP of the same diagram's torch row function.
-Channel-mixing modes (uvw, uvu, uvuv) are not lowered yet: compiling them is a clear error.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 from fusionc.algebra.cg import wigner_3j
 from fusionc.analysis.plan import Contribution, Couple, DiagramPlan, Leaf, WeightedSum
 from fusionc.backends.torch_backend import CodeWriter, emit_module
-from fusionc.errors import FusionError
 from fusionc.ir.diagram import CouplingVertex, Diagram
 from fusionc.ir.irreps import Irreps
 
@@ -23,25 +24,30 @@ from fusionc.ir.irreps import Irreps
 WARP = 32
 
 
-def channels(d: Diagram) -> int:
-    """The one multiplicity every block of the diagram shares, or a clear error."""
+def channels(d: Diagram) -> int | None:
+    """The one multiplicity shared by every block of a diagram whose terms all couple channels one
+    to one: its kernel tiles channels across programs. None: the kernel tiles rows only."""
     muls = {b.mul for i in d.inputs if i.kind == "irreps" for b in i.irreps}
     muls |= {b.mul for v in d.values for b in v.irreps}
-    for t in d.vertices:
-        if t.mode not in ("uuu", "none"):
-            raise FusionError(f"the triton back end does not lower mix {t.mode} yet (term {t.id} of "
-                              f"diagram {d.name}); use --backend torch", t.span)
-    if len(muls) != 1:
-        raise FusionError(f"the triton back end needs one multiplicity for every block of diagram {d.name} "
-                          f"(found {sorted(muls)}); use --backend torch", None)
-    return muls.pop()
+    if len(muls) == 1 and all(t.mode in ("uuu", "none") for t in d.vertices):
+        return muls.pop()
+    return None
 
 
-def tile_sizes(channels: int) -> tuple[int, int, int]:
-    """(BLOCK_Z, BLOCK_U, num_warps): a warp's worth of elements per tile, channels first."""
-    block_u = 1
-    while block_u < min(channels, WARP):
-        block_u *= 2
+def _pow2(n: int, least: int = 1) -> int:
+    p = least
+    while p < n:
+        p *= 2
+    return p
+
+
+def tile_sizes(d: Diagram) -> tuple[int, int, int]:
+    """(BLOCK_Z, BLOCK_U, num_warps). Channel-wise diagrams: a warp's worth of elements per tile,
+    channels first. Otherwise 16 rows (tl.dot's least size) by every channel, four warps."""
+    mul = channels(d)
+    if mul is None:
+        return 16, 1, 4
+    block_u = _pow2(min(mul, WARP))
     return WARP // block_u, block_u, 1
 
 
@@ -52,25 +58,51 @@ def _terms(coefficients: list[tuple[float, str]]) -> str:
 class _Kernel:
     """Writes one kernel body: tiles as local variables, named after the plan's nodes."""
 
-    def __init__(self, plan: DiagramPlan, w: CodeWriter) -> None:
-        self.plan, self.w = plan, w
+    def __init__(self, plan: DiagramPlan, w: CodeWriter, channel_tiled: bool, dtype: str) -> None:
+        self.plan, self.w, self.channel_tiled, self.dtype = plan, w, channel_tiled, dtype
         self.components: dict[tuple, list[str]] = {}  # (operand, block) or node name -> tiles
         self.weights: dict[tuple, str] = {}
         self.indices: dict[str, str] = {}
+        self.columns: dict[tuple, str] = {}
+        self.channel_sets: dict[int, tuple[str, str, str, str]] = {}
+
+    def chan(self, mul: int) -> tuple[str, str, str, str]:
+        """(channel index, channel mask, tile mask, zero tile) for blocks of `mul` channels."""
+        if self.channel_tiled:
+            return "chans", "chan_mask", "mask", "zero"
+        if mul not in self.channel_sets:
+            self.w(f"ch{mul} = tl.arange(0, {_pow2(mul, 16)})")
+            self.w(f"cm{mul} = ch{mul} < {mul}")
+            self.w(f"mask{mul} = row_mask[:, None] & cm{mul}[None, :]")
+            self.w(f"zero{mul} = tl.zeros([BLOCK_Z, {_pow2(mul, 16)}], dtype={self.dtype})")
+            self.channel_sets[mul] = (f"ch{mul}", f"cm{mul}", f"mask{mul}", f"zero{mul}")
+        return self.channel_sets[mul]
 
     def block(self, operand: str, irreps: Irreps, index: int) -> list[str]:
         key = (operand, index)
         if key not in self.components:
             start, _ = irreps.slices()[index]
-            dim = irreps[index].ir.dim
+            dim, mul = irreps[index].ir.dim, irreps[index].mul
+            ch, _, mask, _ = self.chan(mul)
             names = []
             for m in range(dim):
                 name = f"{operand}_{index}_{m}"
                 self.w(f"{name} = tl.load({operand} + rows[:, None] * {irreps.dim} + "
-                       f"({start + m} + chans[None, :] * {dim}), mask=mask, other=0.0)")
+                       f"({start + m} + {ch}[None, :] * {dim}), mask={mask}, other=0.0)")
                 names.append(name)
             self.components[key] = names
         return self.components[key]
+
+    def column(self, operand: str, irreps: Irreps, index: int, channel: int, m: int) -> str:
+        """Component m of one channel of a block, for every row: a [BLOCK_Z] vector."""
+        key = (operand, index, channel, m)
+        if key not in self.columns:
+            start, _ = irreps.slices()[index]
+            name = f"{operand}_{index}_c{channel}_{m}"
+            self.w(f"{name} = tl.load({operand} + rows * {irreps.dim} + {start + channel * irreps[index].ir.dim + m}, "
+                   f"mask=row_mask, other=0.0)")
+            self.columns[key] = name
+        return self.columns[key]
 
     def couple(self, name: str, a: list[str], b: list[str], la: int, lb: int, lk: int) -> list[str]:
         table = wigner_3j(la, lb, lk)
@@ -104,15 +136,25 @@ class _Kernel:
         self.weights[key] = name
         return name
 
-    def _raw_weight(self, t: CouplingVertex, offset: int, start: int) -> str:
+    def _raw_weight(self, t: CouplingVertex, offset: int, start: int, stride: int = 1) -> str:
+        """A [rows or 1, channels] tile of weights start + channel · stride (of one weight set)."""
+        ch, cm, mask, _ = self.chan(t.irreps_out[t.paths[0].out_block].mul if t.is_tree else self._mul(t, start))
+        where = f"{start} + {ch}[None, :] * {stride}"
+        return self._load_weights(t, offset, where, mask, f"{cm}[None, :]")
+
+    def _mul(self, t: CouplingVertex, start: int) -> int:
+        path = next(p for p in t.paths if p.weight_offset == start)
+        return t.irreps_in[0][path.operand_blocks[0]].mul
+
+    def _load_weights(self, t: CouplingVertex, offset: int, where: str, row_mask: str, shared_mask: str) -> str:
+        """Load weights at offsets `where` (an expression over channel indices) of the term's set."""
         if t.weight_source is not None:
-            return (f"tl.load({t.weight_source} + rows[:, None] * {t.weight_numel} + ({start} + chans[None, :]), "
-                    f"mask=mask, other=0.0)")
+            return f"tl.load({t.weight_source} + rows[:, None] * {t.weight_numel} + ({where}), mask={row_mask}, other=0.0)"
         if t.per is not None:
             z = self.index(t.per)
-            return (f"tl.load(weight + {offset} + {z}[:, None] * {t.weight_numel} + ({start} + chans[None, :]), "
-                    f"mask=mask, other=0.0)")
-        return f"tl.load(weight + {offset + start} + chans[None, :], mask=chan_mask[None, :], other=0.0)"
+            return (f"tl.load(weight + {offset} + {z}[:, None] * {t.weight_numel} + ({where}), mask={row_mask}, "
+                    f"other=0.0)")
+        return f"tl.load(weight + {offset} + ({where}), mask={shared_mask}, other=0.0)"
 
     def scaled(self, tiles: list[str], t: CouplingVertex, offset: int, start: int | None, coeff: float) -> list[str]:
         factor = f"{coeff!r}" if start is None else f"{self.weight(t, offset, start)} * {coeff!r}"
@@ -125,15 +167,19 @@ def _emit_kernel(w: CodeWriter, d: Diagram, plan: DiagramPlan) -> None:
     w(f"def _{d.name}_kernel({', '.join(args)}, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):")
     w.indent()
     mul = channels(d)
-    w(f'"""{d.name}: one BLOCK_Z × BLOCK_U tile of rows × channels, the whole diagram in registers."""')
-    w("rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)")
-    w("chans = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)")
-    w("row_mask = rows < n")
-    w(f"chan_mask = chans < {mul}")
-    w("mask = row_mask[:, None] & chan_mask[None, :]")
     first = next(i for i in d.inputs if i.kind == "irreps")
-    w(f"zero = tl.zeros([BLOCK_Z, BLOCK_U], dtype={first.name}.dtype.element_ty)")
-    k = _Kernel(plan, w)
+    dtype = f"{first.name}.dtype.element_ty"
+    w("rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)")
+    w("row_mask = rows < n")
+    if mul is not None:
+        w(f'"""{d.name}: a tile of BLOCK_Z rows × BLOCK_U channels, the whole diagram in registers."""')
+        w("chans = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)")
+        w(f"chan_mask = chans < {mul}")
+        w("mask = row_mask[:, None] & chan_mask[None, :]")
+        w(f"zero = tl.zeros([BLOCK_Z, BLOCK_U], dtype={dtype})")
+    else:
+        w(f'"""{d.name}: BLOCK_Z rows with all their channels, the whole diagram in registers."""')
+    k = _Kernel(plan, w, channel_tiled=mul is not None, dtype=dtype)
     offsets, offset = {}, 0
     for t in d.vertices:
         offsets[t.id] = offset
@@ -146,21 +192,24 @@ def _emit_kernel(w: CodeWriter, d: Diagram, plan: DiagramPlan) -> None:
             w(f"# {t.id}: {t.text}")
             if t.is_tree:
                 _tree_term(k, t, offsets[t.id], sums)
-            else:
+            elif t.mode in ("uuu", "none"):
                 _path_term(k, t, offsets[t.id], sums)
+            else:
+                _mixing_term(k, t, offsets[t.id], sums)
         for b, parts in sums.items():
+            block = v.irreps[b]
+            ch, _, mask, zero = k.chan(block.mul)
             names = []
-            for m in range(v.irreps[b].ir.dim):
+            for m in range(block.ir.dim):
                 name = f"{v.name}_{b}_{m}"
-                w(f"{name} = {' + '.join(p[m] for p in parts) if parts else 'zero'}")
+                w(f"{name} = {' + '.join(p[m] for p in parts) if parts else zero}")
                 names.append(name)
             k.components[(v.name, b)] = names
             if v.is_output:
                 start, _ = v.irreps.slices()[b]
-                dim = v.irreps[b].ir.dim
                 for m, name in enumerate(names):
-                    w(f"tl.store({v.name}_out + rows[:, None] * {v.irreps.dim} + ({start + m} + chans[None, :] * "
-                      f"{dim}), {name}, mask=mask)")
+                    w(f"tl.store({v.name}_out + rows[:, None] * {v.irreps.dim} + ({start + m} + {ch}[None, :] * "
+                      f"{block.ir.dim}), {name}, mask={mask})")
     w.dedent()
 
 
@@ -199,21 +248,87 @@ def _path_term(k: _Kernel, t: CouplingVertex, offset: int, sums: dict[int, list[
         sums[t.placement[p.out_block]].append(k.scaled(tiles, t, offset, start, p.normalization))
 
 
+def _mixing_term(k: _Kernel, t: CouplingVertex, offset: int, sums: dict[int, list[list[str]]]) -> None:
+    """Paths that mix channels (uvw, uvu, uvuv): rows × channels tiles, with tl.dot where the
+    weights are shared (IEEE float32, not TF32), broadcast sums where they come per row."""
+    for n, p in enumerate(t.paths):
+        name = f"{t.id.replace('.', '_')}_p{n}"
+        a = t.irreps_in[0][p.operand_blocks[0]]
+        out = t.irreps_out[p.out_block]
+        x = k.block(t.operands[0], t.irreps_in[0], p.operand_blocks[0])
+        ch_u, cm_u, _, _ = k.chan(a.mul)
+        ch_w, cm_w, _, _ = k.chan(out.mul)
+        start = p.weight_offset
+        if len(t.operands) == 1:  # linear uvw: out_i = x_i · W
+            sums[t.placement[p.out_block]].append(
+                [f"{_matmul(k, t, offset, tile, f'{start}', a.mul, out.mul, ch_u, ch_w, cm_u, cm_w)} * "
+                 f"{p.normalization!r}" for tile in x])
+            continue
+        b = t.irreps_in[1][p.operand_blocks[1]]
+        table = wigner_3j(a.ir.l, b.ir.l, out.ir.l)
+        acc = [f"{name}_{m}" for m in range(out.ir.dim)]
+        for m in acc:
+            k.w(f"{m} = {k.chan(out.mul)[3]}")
+        for v in range(b.mul):
+            ys = [k.column(t.operands[1], t.irreps_in[1], p.operand_blocks[1], v, j) for j in range(b.ir.dim)]
+            coupled = []
+            for m in range(out.ir.dim):
+                terms = [(float(table[i, j, m]), f"{x[i]} * {ys[j]}[:, None]") for i in range(a.ir.dim)
+                         for j in range(b.ir.dim) if table[i, j, m] != 0.0]
+                coupled.append(_terms(terms))
+            for m, expression in enumerate(coupled):
+                k.w(f"{name}_t = {expression}")
+                if t.mode == "uvw":  # W[u, v, w]: contract u
+                    where = f"{start} + {v * out.mul}"
+                    contribution = _matmul(k, t, offset, f"{name}_t", where, a.mul, out.mul, ch_u, ch_w, cm_u, cm_w,
+                                           stride=b.mul * out.mul)
+                else:  # uvu, uvuv: W[u, v]
+                    weights = k._load_weights(t, offset, f"{start} + {ch_u}[None, :] * {b.mul} + {v}",
+                                              f"row_mask[:, None] & {cm_u}[None, :]", f"{cm_u}[None, :]")
+                    contribution = f"{name}_t * {weights}"
+                    if t.mode == "uvuv":  # channel (u, v) of the output is u·V + v
+                        select = (f"(({ch_u}[:, None] * {b.mul} + {v}) == {ch_w}[None, :]).to({k.dtype})")
+                        contribution = f"tl.dot({contribution}, {select}, input_precision='ieee')"
+                k.w(f"{acc[m]} += {contribution}")
+        sums[t.placement[p.out_block]].append([f"{m} * {p.normalization!r}" for m in acc])
+
+
+def _matmul(k: _Kernel, t: CouplingVertex, offset: int, tile: str, start: str, rows_in: int, cols_out: int,
+            ch_u: str, ch_w: str, cm_u: str, cm_w: str, stride: int | None = None) -> str:
+    """tile [BLOCK_Z, u] · W[u, w], W at start + u · stride + w of the term's weights."""
+    stride = cols_out if stride is None else stride
+    if t.per_row_weights:
+        where = f"{start} + {ch_u}[None, :, None] * {stride} + {ch_w}[None, None, :]"
+        source = t.weight_source
+        if source is not None:
+            weights = (f"tl.load({source} + rows[:, None, None] * {t.weight_numel} + ({where}), "
+                       f"mask=row_mask[:, None, None] & {cm_u}[None, :, None] & {cm_w}[None, None, :], other=0.0)")
+        else:
+            z = k.index(t.per)
+            weights = (f"tl.load(weight + {offset} + {z}[:, None, None] * {t.weight_numel} + ({where}), "
+                       f"mask=row_mask[:, None, None] & {cm_u}[None, :, None] & {cm_w}[None, None, :], other=0.0)")
+        return f"tl.sum({tile}[:, :, None] * {weights}, axis=1)"
+    weights = (f"tl.load(weight + {offset} + ({start} + {ch_u}[:, None] * {stride} + {ch_w}[None, :]), "
+               f"mask={cm_u}[:, None] & {cm_w}[None, :], other=0.0)")
+    return f"tl.dot({tile}, {weights}, input_precision='ieee')"
+
+
 def _emit_launcher(w: CodeWriter, d: Diagram) -> None:
-    block_z, block_u, warps = tile_sizes(channels(d))
+    block_z, block_u, warps = tile_sizes(d)
     names = [i.name for i in d.inputs] + ["weight"]
     w(f"def _{d.name}_triton({', '.join(names)}, *constants: torch.Tensor) -> list[torch.Tensor]:")
     w.indent()
-    w(f'"""Launch the {d.name} kernel on (n, dim) rows; tiles of {block_z} rows × {block_u} channels."""')
+    w(f'"""Launch the {d.name} kernel on (n, dim) rows, {block_z} rows per program."""')
     first = next(i for i in d.inputs if i.kind == "irreps")
     w(f"n = {first.name}.shape[0]")
     outs = []
     for v in d.outputs:
         w(f"{v.name}_out = rt.output_rows({first.name}, n, {v.irreps.dim})")
         outs.append(f"{v.name}_out")
-    w(f"grid = (triton.cdiv(n, {block_z}), triton.cdiv({channels(d)}, {block_u}))")
+    w(f"grid = (triton.cdiv(n, {block_z}), triton.cdiv({channels(d) or 1}, {block_u}))")
     args = [f"{i.name}.contiguous()" for i in d.inputs] + ["weight.contiguous()"] + outs
-    w(f"_{d.name}_kernel[grid]({', '.join(args)}, n, BLOCK_Z={block_z}, BLOCK_U={block_u}, num_warps={warps})")
+    w(f"_{d.name}_kernel[grid]({', '.join(args)}, n, BLOCK_Z={block_z}, BLOCK_U={block_u}, num_warps={warps}, "
+      f"enable_fp_fusion=True)")
     w(f"return [{', '.join(outs)}]")
     w.dedent()
 
@@ -229,7 +344,5 @@ def _lower(d: Diagram, plan: DiagramPlan) -> tuple[list[str], str]:
 
 def emit(diagrams: tuple[Diagram, ...], source: str, filename: str) -> str:
     """The generated Triton module for `diagrams`; same input, same bytes."""
-    for d in diagrams:
-        channels(d)
     return emit_module(diagrams, source, filename, "triton",
                        imports=("import triton", "import triton.language as tl"), lowering=_lower)

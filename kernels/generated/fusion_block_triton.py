@@ -12,7 +12,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fusion_block', 'fusion_block_3']
 
-_ops = rt.OpNamespace("fusionc_42c86ad301caa4b3")
+_ops = rt.OpNamespace("fusionc_aa5194743054b4e5")
 
 
 def _fusion_block(
@@ -160,10 +160,10 @@ def _fusion_block(
 
 @triton.jit
 def _fusion_block_kernel(x1, x2, x3, x4, weight, y_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
-    """fusion_block: one BLOCK_Z × BLOCK_U tile of rows × channels, the whole diagram in registers."""
     rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
-    chans = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
     row_mask = rows < n
+    """fusion_block: a tile of BLOCK_Z rows × BLOCK_U channels, the whole diagram in registers."""
+    chans = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
     chan_mask = chans < 16
     mask = row_mask[:, None] & chan_mask[None, :]
     zero = tl.zeros([BLOCK_Z, BLOCK_U], dtype=x1.dtype.element_ty)
@@ -173,14 +173,14 @@ def _fusion_block_kernel(x1, x2, x3, x4, weight, y_out, n, BLOCK_Z: tl.constexpr
     x1_0_0 = tl.load(x1 + rows[:, None] * 144 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
     x2_0_0 = tl.load(x2 + rows[:, None] * 144 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
     t_0_p0_0 = 1.0 * x1_0_0 * x2_0_0
-    w_t_0_0 = tl.load(weight + 0 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_t_0_0 = tl.load(weight + 0 + (0 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     x2_1_0 = tl.load(x2 + rows[:, None] * 144 + (16 + chans[None, :] * 3), mask=mask, other=0.0)
     x2_1_1 = tl.load(x2 + rows[:, None] * 144 + (17 + chans[None, :] * 3), mask=mask, other=0.0)
     x2_1_2 = tl.load(x2 + rows[:, None] * 144 + (18 + chans[None, :] * 3), mask=mask, other=0.0)
     t_0_p1_0 = 0.5773502691896257 * x1_0_0 * x2_1_0
     t_0_p1_1 = 0.5773502691896257 * x1_0_0 * x2_1_1
     t_0_p1_2 = 0.5773502691896257 * x1_0_0 * x2_1_2
-    w_t_0_16 = tl.load(weight + 16 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_t_0_16 = tl.load(weight + 0 + (16 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     x2_2_0 = tl.load(x2 + rows[:, None] * 144 + (64 + chans[None, :] * 5), mask=mask, other=0.0)
     x2_2_1 = tl.load(x2 + rows[:, None] * 144 + (65 + chans[None, :] * 5), mask=mask, other=0.0)
     x2_2_2 = tl.load(x2 + rows[:, None] * 144 + (66 + chans[None, :] * 5), mask=mask, other=0.0)
@@ -191,36 +191,36 @@ def _fusion_block_kernel(x1, x2, x3, x4, weight, y_out, n, BLOCK_Z: tl.constexpr
     t_0_p2_2 = 0.4472135954999579 * x1_0_0 * x2_2_2
     t_0_p2_3 = 0.4472135954999579 * x1_0_0 * x2_2_3
     t_0_p2_4 = 0.4472135954999579 * x1_0_0 * x2_2_4
-    w_t_0_32 = tl.load(weight + 32 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_t_0_32 = tl.load(weight + 0 + (32 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     x1_1_0 = tl.load(x1 + rows[:, None] * 144 + (16 + chans[None, :] * 3), mask=mask, other=0.0)
     x1_1_1 = tl.load(x1 + rows[:, None] * 144 + (17 + chans[None, :] * 3), mask=mask, other=0.0)
     x1_1_2 = tl.load(x1 + rows[:, None] * 144 + (18 + chans[None, :] * 3), mask=mask, other=0.0)
     t_0_p3_0 = 0.5773502691896257 * x1_1_0 * x2_0_0
     t_0_p3_1 = 0.5773502691896257 * x1_1_1 * x2_0_0
     t_0_p3_2 = 0.5773502691896257 * x1_1_2 * x2_0_0
-    w_t_0_48 = tl.load(weight + 48 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_t_0_48 = tl.load(weight + 0 + (48 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     t_0_p4_0 = 0.5773502691896257 * x1_1_0 * x2_1_0 + 0.5773502691896257 * x1_1_1 * x2_1_1 + 0.5773502691896257 * x1_1_2 * x2_1_2
-    w_t_0_64 = tl.load(weight + 64 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_t_0_64 = tl.load(weight + 0 + (64 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     t_0_p5_0 = 0.31622776601683794 * x1_1_0 * x2_1_2 + 0.31622776601683794 * x1_1_2 * x2_1_0
     t_0_p5_1 = 0.31622776601683794 * x1_1_0 * x2_1_1 + 0.31622776601683794 * x1_1_1 * x2_1_0
     t_0_p5_2 = -0.18257418583505536 * x1_1_0 * x2_1_0 + 0.3651483716701107 * x1_1_1 * x2_1_1 + -0.18257418583505536 * x1_1_2 * x2_1_2
     t_0_p5_3 = 0.31622776601683794 * x1_1_1 * x2_1_2 + 0.31622776601683794 * x1_1_2 * x2_1_1
     t_0_p5_4 = -0.31622776601683794 * x1_1_0 * x2_1_0 + 0.31622776601683794 * x1_1_2 * x2_1_2
-    w_t_0_80 = tl.load(weight + 80 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_t_0_80 = tl.load(weight + 0 + (80 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     t_0_p6_0 = 0.408248290463863 * x1_1_1 * x2_1_2 + -0.408248290463863 * x1_1_2 * x2_1_1
     t_0_p6_1 = -0.408248290463863 * x1_1_0 * x2_1_2 + 0.408248290463863 * x1_1_2 * x2_1_0
     t_0_p6_2 = 0.408248290463863 * x1_1_0 * x2_1_1 + -0.408248290463863 * x1_1_1 * x2_1_0
-    w_t_0_96 = tl.load(weight + 96 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_t_0_96 = tl.load(weight + 0 + (96 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     t_0_p7_0 = -0.18257418583505536 * x1_1_0 * x2_2_2 + -0.31622776601683794 * x1_1_0 * x2_2_4 + 0.31622776601683794 * x1_1_1 * x2_2_1 + 0.31622776601683794 * x1_1_2 * x2_2_0
     t_0_p7_1 = 0.31622776601683794 * x1_1_0 * x2_2_1 + 0.3651483716701107 * x1_1_1 * x2_2_2 + 0.31622776601683794 * x1_1_2 * x2_2_3
     t_0_p7_2 = 0.31622776601683794 * x1_1_0 * x2_2_0 + 0.31622776601683794 * x1_1_1 * x2_2_3 + -0.18257418583505536 * x1_1_2 * x2_2_2 + 0.31622776601683794 * x1_1_2 * x2_2_4
-    w_t_0_112 = tl.load(weight + 112 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_t_0_112 = tl.load(weight + 0 + (112 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     t_0_p8_0 = 0.18257418583505536 * x1_1_0 * x2_2_1 + 0.3651483716701107 * x1_1_1 * x2_2_4 + -0.18257418583505536 * x1_1_2 * x2_2_3
     t_0_p8_1 = -0.18257418583505536 * x1_1_0 * x2_2_0 + 0.18257418583505536 * x1_1_1 * x2_2_3 + -0.31622776601683794 * x1_1_2 * x2_2_2 + -0.18257418583505536 * x1_1_2 * x2_2_4
     t_0_p8_2 = -0.31622776601683794 * x1_1_0 * x2_2_3 + 0.31622776601683794 * x1_1_2 * x2_2_1
     t_0_p8_3 = 0.31622776601683794 * x1_1_0 * x2_2_2 + -0.18257418583505536 * x1_1_0 * x2_2_4 + -0.18257418583505536 * x1_1_1 * x2_2_1 + 0.18257418583505536 * x1_1_2 * x2_2_0
     t_0_p8_4 = 0.18257418583505536 * x1_1_0 * x2_2_3 + -0.3651483716701107 * x1_1_1 * x2_2_0 + 0.18257418583505536 * x1_1_2 * x2_2_1
-    w_t_0_128 = tl.load(weight + 128 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_t_0_128 = tl.load(weight + 0 + (128 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     x1_2_0 = tl.load(x1 + rows[:, None] * 144 + (64 + chans[None, :] * 5), mask=mask, other=0.0)
     x1_2_1 = tl.load(x1 + rows[:, None] * 144 + (65 + chans[None, :] * 5), mask=mask, other=0.0)
     x1_2_2 = tl.load(x1 + rows[:, None] * 144 + (66 + chans[None, :] * 5), mask=mask, other=0.0)
@@ -231,29 +231,29 @@ def _fusion_block_kernel(x1, x2, x3, x4, weight, y_out, n, BLOCK_Z: tl.constexpr
     t_0_p9_2 = 0.4472135954999579 * x1_2_2 * x2_0_0
     t_0_p9_3 = 0.4472135954999579 * x1_2_3 * x2_0_0
     t_0_p9_4 = 0.4472135954999579 * x1_2_4 * x2_0_0
-    w_t_0_144 = tl.load(weight + 144 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_t_0_144 = tl.load(weight + 0 + (144 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     t_0_p10_0 = 0.31622776601683794 * x1_2_0 * x2_1_2 + 0.31622776601683794 * x1_2_1 * x2_1_1 + -0.18257418583505536 * x1_2_2 * x2_1_0 + -0.31622776601683794 * x1_2_4 * x2_1_0
     t_0_p10_1 = 0.31622776601683794 * x1_2_1 * x2_1_0 + 0.3651483716701107 * x1_2_2 * x2_1_1 + 0.31622776601683794 * x1_2_3 * x2_1_2
     t_0_p10_2 = 0.31622776601683794 * x1_2_0 * x2_1_0 + -0.18257418583505536 * x1_2_2 * x2_1_2 + 0.31622776601683794 * x1_2_3 * x2_1_1 + 0.31622776601683794 * x1_2_4 * x2_1_2
-    w_t_0_160 = tl.load(weight + 160 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_t_0_160 = tl.load(weight + 0 + (160 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     t_0_p11_0 = -0.18257418583505536 * x1_2_1 * x2_1_0 + 0.18257418583505536 * x1_2_3 * x2_1_2 + -0.3651483716701107 * x1_2_4 * x2_1_1
     t_0_p11_1 = 0.18257418583505536 * x1_2_0 * x2_1_0 + 0.31622776601683794 * x1_2_2 * x2_1_2 + -0.18257418583505536 * x1_2_3 * x2_1_1 + 0.18257418583505536 * x1_2_4 * x2_1_2
     t_0_p11_2 = -0.31622776601683794 * x1_2_1 * x2_1_2 + 0.31622776601683794 * x1_2_3 * x2_1_0
     t_0_p11_3 = -0.18257418583505536 * x1_2_0 * x2_1_2 + 0.18257418583505536 * x1_2_1 * x2_1_1 + -0.31622776601683794 * x1_2_2 * x2_1_0 + 0.18257418583505536 * x1_2_4 * x2_1_0
     t_0_p11_4 = 0.3651483716701107 * x1_2_0 * x2_1_1 + -0.18257418583505536 * x1_2_1 * x2_1_2 + -0.18257418583505536 * x1_2_3 * x2_1_0
-    w_t_0_176 = tl.load(weight + 176 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_t_0_176 = tl.load(weight + 0 + (176 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     t_0_p12_0 = 0.4472135954999579 * x1_2_0 * x2_2_0 + 0.4472135954999579 * x1_2_1 * x2_2_1 + 0.4472135954999579 * x1_2_2 * x2_2_2 + 0.4472135954999579 * x1_2_3 * x2_2_3 + 0.4472135954999579 * x1_2_4 * x2_2_4
-    w_t_0_192 = tl.load(weight + 192 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_t_0_192 = tl.load(weight + 0 + (192 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     t_0_p13_0 = -0.23904572186687872 * x1_2_0 * x2_2_2 + 0.20701966780270625 * x1_2_1 * x2_2_3 + -0.23904572186687872 * x1_2_2 * x2_2_0 + 0.20701966780270625 * x1_2_3 * x2_2_1
     t_0_p13_1 = 0.20701966780270625 * x1_2_0 * x2_2_3 + 0.11952286093343936 * x1_2_1 * x2_2_2 + -0.20701966780270625 * x1_2_1 * x2_2_4 + 0.11952286093343936 * x1_2_2 * x2_2_1 + 0.20701966780270625 * x1_2_3 * x2_2_0 + -0.20701966780270625 * x1_2_4 * x2_2_1
     t_0_p13_2 = -0.23904572186687872 * x1_2_0 * x2_2_0 + 0.11952286093343936 * x1_2_1 * x2_2_1 + 0.23904572186687872 * x1_2_2 * x2_2_2 + 0.11952286093343936 * x1_2_3 * x2_2_3 + -0.23904572186687872 * x1_2_4 * x2_2_4
     t_0_p13_3 = 0.20701966780270625 * x1_2_0 * x2_2_1 + 0.20701966780270625 * x1_2_1 * x2_2_0 + 0.11952286093343936 * x1_2_2 * x2_2_3 + 0.11952286093343936 * x1_2_3 * x2_2_2 + 0.20701966780270625 * x1_2_3 * x2_2_4 + 0.20701966780270625 * x1_2_4 * x2_2_3
     t_0_p13_4 = -0.20701966780270625 * x1_2_1 * x2_2_1 + -0.23904572186687872 * x1_2_2 * x2_2_4 + 0.20701966780270625 * x1_2_3 * x2_2_3 + -0.23904572186687872 * x1_2_4 * x2_2_2
-    w_t_0_208 = tl.load(weight + 208 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_t_0_208 = tl.load(weight + 0 + (208 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     t_0_p14_0 = -0.18257418583505536 * x1_2_0 * x2_2_1 + 0.18257418583505536 * x1_2_1 * x2_2_0 + 0.31622776601683794 * x1_2_2 * x2_2_3 + -0.31622776601683794 * x1_2_3 * x2_2_2 + 0.18257418583505536 * x1_2_3 * x2_2_4 + -0.18257418583505536 * x1_2_4 * x2_2_3
     t_0_p14_1 = -0.3651483716701107 * x1_2_0 * x2_2_4 + -0.18257418583505536 * x1_2_1 * x2_2_3 + 0.18257418583505536 * x1_2_3 * x2_2_1 + 0.3651483716701107 * x1_2_4 * x2_2_0
     t_0_p14_2 = 0.18257418583505536 * x1_2_0 * x2_2_3 + 0.31622776601683794 * x1_2_1 * x2_2_2 + 0.18257418583505536 * x1_2_1 * x2_2_4 + -0.31622776601683794 * x1_2_2 * x2_2_1 + -0.18257418583505536 * x1_2_3 * x2_2_0 + -0.18257418583505536 * x1_2_4 * x2_2_1
-    w_t_0_224 = tl.load(weight + 224 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_t_0_224 = tl.load(weight + 0 + (224 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     t_0_0 = t_0_p0_0 * w_t_0_0 * 0.5773502691896257 + t_0_p4_0 * w_t_0_64 * 0.5773502691896257 + t_0_p12_0 * w_t_0_192 * 0.5773502691896257
     t_1_0 = t_0_p1_0 * w_t_0_16 * 0.8660254037844386 + t_0_p3_0 * w_t_0_48 * 0.8660254037844386 + t_0_p7_0 * w_t_0_112 * 0.8660254037844386 + t_0_p10_0 * w_t_0_160 * 0.8660254037844386
     t_1_1 = t_0_p1_1 * w_t_0_16 * 0.8660254037844386 + t_0_p3_1 * w_t_0_48 * 0.8660254037844386 + t_0_p7_1 * w_t_0_112 * 0.8660254037844386 + t_0_p10_1 * w_t_0_160 * 0.8660254037844386
@@ -425,55 +425,55 @@ def _fusion_block_kernel(x1, x2, x3, x4, weight, y_out, n, BLOCK_Z: tl.constexpr
     p41_4 = -0.14638501094227999 * t_4_0 * x3_2_3 + 0.1690308509457033 * t_4_1 * x3_2_2 + -0.14638501094227999 * t_4_1 * x3_2_4 + -0.1690308509457033 * t_4_2 * x3_2_1 + 0.14638501094227999 * t_4_3 * x3_2_0 + 0.14638501094227999 * t_4_4 * x3_2_1
     p41_5 = 0.2672612419124244 * t_4_0 * x3_2_2 + -0.2672612419124244 * t_4_2 * x3_2_0
     p41_6 = 0.18898223650461363 * t_4_0 * x3_2_3 + -0.18898223650461363 * t_4_1 * x3_2_4 + -0.18898223650461363 * t_4_3 * x3_2_0 + 0.18898223650461363 * t_4_4 * x3_2_1
-    w_y_0_0 = tl.load(weight + 240 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_240 = tl.load(weight + 480 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_704 = tl.load(weight + 944 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_0 = tl.load(weight + 240 + (0 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_240 = tl.load(weight + 240 + (240 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_704 = tl.load(weight + 240 + (704 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p42_0 = p2_0 * w_y_0_0 * 0.2581988897471611 + p12_0 * w_y_0_240 * 0.2581988897471611 + p23_0 * w_y_0_704 * 0.2581988897471611
     p43_0 = 1.0 * p42_0 * x4_0_0
-    w_y_0_16 = tl.load(weight + 256 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_272 = tl.load(weight + 512 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_736 = tl.load(weight + 976 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_16 = tl.load(weight + 240 + (16 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_272 = tl.load(weight + 240 + (272 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_736 = tl.load(weight + 240 + (736 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p44_0 = p2_0 * w_y_0_16 * 0.2970442628930023 + p12_0 * w_y_0_272 * 0.2970442628930023 + p23_0 * w_y_0_736 * 0.2970442628930023
     p45_0 = 0.5773502691896257 * p44_0 * x4_1_0
     p45_1 = 0.5773502691896257 * p44_0 * x4_1_1
     p45_2 = 0.5773502691896257 * p44_0 * x4_1_2
-    w_y_0_32 = tl.load(weight + 272 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_320 = tl.load(weight + 560 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_784 = tl.load(weight + 1024 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_32 = tl.load(weight + 240 + (32 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_320 = tl.load(weight + 240 + (320 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_784 = tl.load(weight + 240 + (784 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p46_0 = p2_0 * w_y_0_32 * 0.36760731104690386 + p12_0 * w_y_0_320 * 0.36760731104690386 + p23_0 * w_y_0_784 * 0.36760731104690386
     p47_0 = 0.4472135954999579 * p46_0 * x4_2_0
     p47_1 = 0.4472135954999579 * p46_0 * x4_2_1
     p47_2 = 0.4472135954999579 * p46_0 * x4_2_2
     p47_3 = 0.4472135954999579 * p46_0 * x4_2_3
     p47_4 = 0.4472135954999579 * p46_0 * x4_2_4
-    w_y_0_48 = tl.load(weight + 288 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_176 = tl.load(weight + 416 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_384 = tl.load(weight + 624 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_576 = tl.load(weight + 816 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_896 = tl.load(weight + 1136 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1248 = tl.load(weight + 1488 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_48 = tl.load(weight + 240 + (48 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_176 = tl.load(weight + 240 + (176 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_384 = tl.load(weight + 240 + (384 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_576 = tl.load(weight + 240 + (576 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_896 = tl.load(weight + 240 + (896 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1248 = tl.load(weight + 240 + (1248 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p48_0 = p7_0 * w_y_0_48 * 0.5144957554275266 + p11_0 * w_y_0_176 * 0.5144957554275266 + p15_0 * w_y_0_384 * 0.5144957554275266 + p20_0 * w_y_0_576 * 0.5144957554275266 + p29_0 * w_y_0_896 * 0.5144957554275266 + p39_0 * w_y_0_1248 * 0.5144957554275266
     p48_1 = p7_1 * w_y_0_48 * 0.5144957554275266 + p11_1 * w_y_0_176 * 0.5144957554275266 + p15_1 * w_y_0_384 * 0.5144957554275266 + p20_1 * w_y_0_576 * 0.5144957554275266 + p29_1 * w_y_0_896 * 0.5144957554275266 + p39_1 * w_y_0_1248 * 0.5144957554275266
     p48_2 = p7_2 * w_y_0_48 * 0.5144957554275266 + p11_2 * w_y_0_176 * 0.5144957554275266 + p15_2 * w_y_0_384 * 0.5144957554275266 + p20_2 * w_y_0_576 * 0.5144957554275266 + p29_2 * w_y_0_896 * 0.5144957554275266 + p39_2 * w_y_0_1248 * 0.5144957554275266
     p49_0 = 0.5773502691896257 * p48_0 * x4_0_0
     p49_1 = 0.5773502691896257 * p48_1 * x4_0_0
     p49_2 = 0.5773502691896257 * p48_2 * x4_0_0
-    w_y_0_64 = tl.load(weight + 304 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_192 = tl.load(weight + 432 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_400 = tl.load(weight + 640 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_592 = tl.load(weight + 832 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_912 = tl.load(weight + 1152 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1264 = tl.load(weight + 1504 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_64 = tl.load(weight + 240 + (64 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_192 = tl.load(weight + 240 + (192 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_400 = tl.load(weight + 240 + (400 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_592 = tl.load(weight + 240 + (592 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_912 = tl.load(weight + 240 + (912 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1264 = tl.load(weight + 240 + (1264 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p50_0 = p7_0 * w_y_0_64 * 0.4472135954999579 + p11_0 * w_y_0_192 * 0.4472135954999579 + p15_0 * w_y_0_400 * 0.4472135954999579 + p20_0 * w_y_0_592 * 0.4472135954999579 + p29_0 * w_y_0_912 * 0.4472135954999579 + p39_0 * w_y_0_1264 * 0.4472135954999579
     p50_1 = p7_1 * w_y_0_64 * 0.4472135954999579 + p11_1 * w_y_0_192 * 0.4472135954999579 + p15_1 * w_y_0_400 * 0.4472135954999579 + p20_1 * w_y_0_592 * 0.4472135954999579 + p29_1 * w_y_0_912 * 0.4472135954999579 + p39_1 * w_y_0_1264 * 0.4472135954999579
     p50_2 = p7_2 * w_y_0_64 * 0.4472135954999579 + p11_2 * w_y_0_192 * 0.4472135954999579 + p15_2 * w_y_0_400 * 0.4472135954999579 + p20_2 * w_y_0_592 * 0.4472135954999579 + p29_2 * w_y_0_912 * 0.4472135954999579 + p39_2 * w_y_0_1264 * 0.4472135954999579
     p51_0 = 0.5773502691896257 * p50_0 * x4_1_0 + 0.5773502691896257 * p50_1 * x4_1_1 + 0.5773502691896257 * p50_2 * x4_1_2
-    w_y_0_80 = tl.load(weight + 320 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_208 = tl.load(weight + 448 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_416 = tl.load(weight + 656 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_608 = tl.load(weight + 848 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_928 = tl.load(weight + 1168 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1280 = tl.load(weight + 1520 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_80 = tl.load(weight + 240 + (80 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_208 = tl.load(weight + 240 + (208 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_416 = tl.load(weight + 240 + (416 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_608 = tl.load(weight + 240 + (608 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_928 = tl.load(weight + 240 + (928 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1280 = tl.load(weight + 240 + (1280 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p52_0 = p7_0 * w_y_0_80 * 0.6367145399670133 + p11_0 * w_y_0_208 * 0.6367145399670133 + p15_0 * w_y_0_416 * 0.6367145399670133 + p20_0 * w_y_0_608 * 0.6367145399670133 + p29_0 * w_y_0_928 * 0.6367145399670133 + p39_0 * w_y_0_1280 * 0.6367145399670133
     p52_1 = p7_1 * w_y_0_80 * 0.6367145399670133 + p11_1 * w_y_0_208 * 0.6367145399670133 + p15_1 * w_y_0_416 * 0.6367145399670133 + p20_1 * w_y_0_608 * 0.6367145399670133 + p29_1 * w_y_0_928 * 0.6367145399670133 + p39_1 * w_y_0_1280 * 0.6367145399670133
     p52_2 = p7_2 * w_y_0_80 * 0.6367145399670133 + p11_2 * w_y_0_208 * 0.6367145399670133 + p15_2 * w_y_0_416 * 0.6367145399670133 + p20_2 * w_y_0_608 * 0.6367145399670133 + p29_2 * w_y_0_928 * 0.6367145399670133 + p39_2 * w_y_0_1280 * 0.6367145399670133
@@ -482,24 +482,24 @@ def _fusion_block_kernel(x1, x2, x3, x4, weight, y_out, n, BLOCK_Z: tl.constexpr
     p53_2 = -0.18257418583505536 * p52_0 * x4_1_0 + 0.3651483716701107 * p52_1 * x4_1_1 + -0.18257418583505536 * p52_2 * x4_1_2
     p53_3 = 0.31622776601683794 * p52_1 * x4_1_2 + 0.31622776601683794 * p52_2 * x4_1_1
     p53_4 = -0.31622776601683794 * p52_0 * x4_1_0 + 0.31622776601683794 * p52_2 * x4_1_2
-    w_y_0_96 = tl.load(weight + 336 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_224 = tl.load(weight + 464 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_464 = tl.load(weight + 704 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_656 = tl.load(weight + 896 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_960 = tl.load(weight + 1200 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1328 = tl.load(weight + 1568 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_96 = tl.load(weight + 240 + (96 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_224 = tl.load(weight + 240 + (224 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_464 = tl.load(weight + 240 + (464 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_656 = tl.load(weight + 240 + (656 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_960 = tl.load(weight + 240 + (960 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1328 = tl.load(weight + 240 + (1328 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p54_0 = p7_0 * w_y_0_96 * 0.5144957554275266 + p11_0 * w_y_0_224 * 0.5144957554275266 + p15_0 * w_y_0_464 * 0.5144957554275266 + p20_0 * w_y_0_656 * 0.5144957554275266 + p29_0 * w_y_0_960 * 0.5144957554275266 + p39_0 * w_y_0_1328 * 0.5144957554275266
     p54_1 = p7_1 * w_y_0_96 * 0.5144957554275266 + p11_1 * w_y_0_224 * 0.5144957554275266 + p15_1 * w_y_0_464 * 0.5144957554275266 + p20_1 * w_y_0_656 * 0.5144957554275266 + p29_1 * w_y_0_960 * 0.5144957554275266 + p39_1 * w_y_0_1328 * 0.5144957554275266
     p54_2 = p7_2 * w_y_0_96 * 0.5144957554275266 + p11_2 * w_y_0_224 * 0.5144957554275266 + p15_2 * w_y_0_464 * 0.5144957554275266 + p20_2 * w_y_0_656 * 0.5144957554275266 + p29_2 * w_y_0_960 * 0.5144957554275266 + p39_2 * w_y_0_1328 * 0.5144957554275266
     p55_0 = -0.18257418583505536 * p54_0 * x4_2_2 + -0.31622776601683794 * p54_0 * x4_2_4 + 0.31622776601683794 * p54_1 * x4_2_1 + 0.31622776601683794 * p54_2 * x4_2_0
     p55_1 = 0.31622776601683794 * p54_0 * x4_2_1 + 0.3651483716701107 * p54_1 * x4_2_2 + 0.31622776601683794 * p54_2 * x4_2_3
     p55_2 = 0.31622776601683794 * p54_0 * x4_2_0 + 0.31622776601683794 * p54_1 * x4_2_3 + -0.18257418583505536 * p54_2 * x4_2_2 + 0.31622776601683794 * p54_2 * x4_2_4
-    w_y_0_112 = tl.load(weight + 352 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_256 = tl.load(weight + 496 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_512 = tl.load(weight + 752 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_720 = tl.load(weight + 960 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_992 = tl.load(weight + 1232 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1136 = tl.load(weight + 1376 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_112 = tl.load(weight + 240 + (112 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_256 = tl.load(weight + 240 + (256 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_512 = tl.load(weight + 240 + (512 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_720 = tl.load(weight + 240 + (720 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_992 = tl.load(weight + 240 + (992 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1136 = tl.load(weight + 240 + (1136 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p56_0 = p9_0 * w_y_0_112 * 0.8219949365267865 + p13_0 * w_y_0_256 * 0.8219949365267865 + p19_0 * w_y_0_512 * 0.8219949365267865 + p24_0 * w_y_0_720 * 0.8219949365267865 + p31_0 * w_y_0_992 * 0.8219949365267865 + p36_0 * w_y_0_1136 * 0.8219949365267865
     p56_1 = p9_1 * w_y_0_112 * 0.8219949365267865 + p13_1 * w_y_0_256 * 0.8219949365267865 + p19_1 * w_y_0_512 * 0.8219949365267865 + p24_1 * w_y_0_720 * 0.8219949365267865 + p31_1 * w_y_0_992 * 0.8219949365267865 + p36_1 * w_y_0_1136 * 0.8219949365267865
     p56_2 = p9_2 * w_y_0_112 * 0.8219949365267865 + p13_2 * w_y_0_256 * 0.8219949365267865 + p19_2 * w_y_0_512 * 0.8219949365267865 + p24_2 * w_y_0_720 * 0.8219949365267865 + p31_2 * w_y_0_992 * 0.8219949365267865 + p36_2 * w_y_0_1136 * 0.8219949365267865
@@ -510,12 +510,12 @@ def _fusion_block_kernel(x1, x2, x3, x4, weight, y_out, n, BLOCK_Z: tl.constexpr
     p57_2 = 0.4472135954999579 * p56_2 * x4_0_0
     p57_3 = 0.4472135954999579 * p56_3 * x4_0_0
     p57_4 = 0.4472135954999579 * p56_4 * x4_0_0
-    w_y_0_128 = tl.load(weight + 368 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_304 = tl.load(weight + 544 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_528 = tl.load(weight + 768 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_768 = tl.load(weight + 1008 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1024 = tl.load(weight + 1264 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1168 = tl.load(weight + 1408 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_128 = tl.load(weight + 240 + (128 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_304 = tl.load(weight + 240 + (304 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_528 = tl.load(weight + 240 + (528 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_768 = tl.load(weight + 240 + (768 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1024 = tl.load(weight + 240 + (1024 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1168 = tl.load(weight + 240 + (1168 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p58_0 = p9_0 * w_y_0_128 * 0.6642111641550714 + p13_0 * w_y_0_304 * 0.6642111641550714 + p19_0 * w_y_0_528 * 0.6642111641550714 + p24_0 * w_y_0_768 * 0.6642111641550714 + p31_0 * w_y_0_1024 * 0.6642111641550714 + p36_0 * w_y_0_1168 * 0.6642111641550714
     p58_1 = p9_1 * w_y_0_128 * 0.6642111641550714 + p13_1 * w_y_0_304 * 0.6642111641550714 + p19_1 * w_y_0_528 * 0.6642111641550714 + p24_1 * w_y_0_768 * 0.6642111641550714 + p31_1 * w_y_0_1024 * 0.6642111641550714 + p36_1 * w_y_0_1168 * 0.6642111641550714
     p58_2 = p9_2 * w_y_0_128 * 0.6642111641550714 + p13_2 * w_y_0_304 * 0.6642111641550714 + p19_2 * w_y_0_528 * 0.6642111641550714 + p24_2 * w_y_0_768 * 0.6642111641550714 + p31_2 * w_y_0_1024 * 0.6642111641550714 + p36_2 * w_y_0_1168 * 0.6642111641550714
@@ -524,24 +524,24 @@ def _fusion_block_kernel(x1, x2, x3, x4, weight, y_out, n, BLOCK_Z: tl.constexpr
     p59_0 = 0.31622776601683794 * p58_0 * x4_1_2 + 0.31622776601683794 * p58_1 * x4_1_1 + -0.18257418583505536 * p58_2 * x4_1_0 + -0.31622776601683794 * p58_4 * x4_1_0
     p59_1 = 0.31622776601683794 * p58_1 * x4_1_0 + 0.3651483716701107 * p58_2 * x4_1_1 + 0.31622776601683794 * p58_3 * x4_1_2
     p59_2 = 0.31622776601683794 * p58_0 * x4_1_0 + -0.18257418583505536 * p58_2 * x4_1_2 + 0.31622776601683794 * p58_3 * x4_1_1 + 0.31622776601683794 * p58_4 * x4_1_2
-    w_y_0_144 = tl.load(weight + 384 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_352 = tl.load(weight + 592 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_544 = tl.load(weight + 784 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_816 = tl.load(weight + 1056 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1056 = tl.load(weight + 1296 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1200 = tl.load(weight + 1440 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_144 = tl.load(weight + 240 + (144 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_352 = tl.load(weight + 240 + (352 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_544 = tl.load(weight + 240 + (544 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_816 = tl.load(weight + 240 + (816 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1056 = tl.load(weight + 240 + (1056 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1200 = tl.load(weight + 240 + (1200 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p60_0 = p9_0 * w_y_0_144 * 0.5773502691896257 + p13_0 * w_y_0_352 * 0.5773502691896257 + p19_0 * w_y_0_544 * 0.5773502691896257 + p24_0 * w_y_0_816 * 0.5773502691896257 + p31_0 * w_y_0_1056 * 0.5773502691896257 + p36_0 * w_y_0_1200 * 0.5773502691896257
     p60_1 = p9_1 * w_y_0_144 * 0.5773502691896257 + p13_1 * w_y_0_352 * 0.5773502691896257 + p19_1 * w_y_0_544 * 0.5773502691896257 + p24_1 * w_y_0_816 * 0.5773502691896257 + p31_1 * w_y_0_1056 * 0.5773502691896257 + p36_1 * w_y_0_1200 * 0.5773502691896257
     p60_2 = p9_2 * w_y_0_144 * 0.5773502691896257 + p13_2 * w_y_0_352 * 0.5773502691896257 + p19_2 * w_y_0_544 * 0.5773502691896257 + p24_2 * w_y_0_816 * 0.5773502691896257 + p31_2 * w_y_0_1056 * 0.5773502691896257 + p36_2 * w_y_0_1200 * 0.5773502691896257
     p60_3 = p9_3 * w_y_0_144 * 0.5773502691896257 + p13_3 * w_y_0_352 * 0.5773502691896257 + p19_3 * w_y_0_544 * 0.5773502691896257 + p24_3 * w_y_0_816 * 0.5773502691896257 + p31_3 * w_y_0_1056 * 0.5773502691896257 + p36_3 * w_y_0_1200 * 0.5773502691896257
     p60_4 = p9_4 * w_y_0_144 * 0.5773502691896257 + p13_4 * w_y_0_352 * 0.5773502691896257 + p19_4 * w_y_0_544 * 0.5773502691896257 + p24_4 * w_y_0_816 * 0.5773502691896257 + p31_4 * w_y_0_1056 * 0.5773502691896257 + p36_4 * w_y_0_1200 * 0.5773502691896257
     p61_0 = 0.4472135954999579 * p60_0 * x4_2_0 + 0.4472135954999579 * p60_1 * x4_2_1 + 0.4472135954999579 * p60_2 * x4_2_2 + 0.4472135954999579 * p60_3 * x4_2_3 + 0.4472135954999579 * p60_4 * x4_2_4
-    w_y_0_160 = tl.load(weight + 400 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_368 = tl.load(weight + 608 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_560 = tl.load(weight + 800 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_832 = tl.load(weight + 1072 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1072 = tl.load(weight + 1312 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1216 = tl.load(weight + 1456 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_160 = tl.load(weight + 240 + (160 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_368 = tl.load(weight + 240 + (368 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_560 = tl.load(weight + 240 + (560 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_832 = tl.load(weight + 240 + (832 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1072 = tl.load(weight + 240 + (1072 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1216 = tl.load(weight + 240 + (1216 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p62_0 = p9_0 * w_y_0_160 * 0.8219949365267865 + p13_0 * w_y_0_368 * 0.8219949365267865 + p19_0 * w_y_0_560 * 0.8219949365267865 + p24_0 * w_y_0_832 * 0.8219949365267865 + p31_0 * w_y_0_1072 * 0.8219949365267865 + p36_0 * w_y_0_1216 * 0.8219949365267865
     p62_1 = p9_1 * w_y_0_160 * 0.8219949365267865 + p13_1 * w_y_0_368 * 0.8219949365267865 + p19_1 * w_y_0_560 * 0.8219949365267865 + p24_1 * w_y_0_832 * 0.8219949365267865 + p31_1 * w_y_0_1072 * 0.8219949365267865 + p36_1 * w_y_0_1216 * 0.8219949365267865
     p62_2 = p9_2 * w_y_0_160 * 0.8219949365267865 + p13_2 * w_y_0_368 * 0.8219949365267865 + p19_2 * w_y_0_560 * 0.8219949365267865 + p24_2 * w_y_0_832 * 0.8219949365267865 + p31_2 * w_y_0_1072 * 0.8219949365267865 + p36_2 * w_y_0_1216 * 0.8219949365267865
@@ -552,22 +552,22 @@ def _fusion_block_kernel(x1, x2, x3, x4, weight, y_out, n, BLOCK_Z: tl.constexpr
     p63_2 = -0.23904572186687872 * p62_0 * x4_2_0 + 0.11952286093343936 * p62_1 * x4_2_1 + 0.23904572186687872 * p62_2 * x4_2_2 + 0.11952286093343936 * p62_3 * x4_2_3 + -0.23904572186687872 * p62_4 * x4_2_4
     p63_3 = 0.20701966780270625 * p62_0 * x4_2_1 + 0.20701966780270625 * p62_1 * x4_2_0 + 0.11952286093343936 * p62_2 * x4_2_3 + 0.11952286093343936 * p62_3 * x4_2_2 + 0.20701966780270625 * p62_3 * x4_2_4 + 0.20701966780270625 * p62_4 * x4_2_3
     p63_4 = -0.20701966780270625 * p62_1 * x4_2_1 + -0.23904572186687872 * p62_2 * x4_2_4 + 0.20701966780270625 * p62_3 * x4_2_3 + -0.23904572186687872 * p62_4 * x4_2_2
-    w_y_0_288 = tl.load(weight + 528 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_752 = tl.load(weight + 992 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_864 = tl.load(weight + 1104 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1008 = tl.load(weight + 1248 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1152 = tl.load(weight + 1392 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_288 = tl.load(weight + 240 + (288 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_752 = tl.load(weight + 240 + (752 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_864 = tl.load(weight + 240 + (864 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1008 = tl.load(weight + 240 + (1008 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1152 = tl.load(weight + 240 + (1152 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p64_0 = p14_0 * w_y_0_288 * 0.5144957554275266 + p25_0 * w_y_0_752 * 0.5144957554275266 + p28_0 * w_y_0_864 * 0.5144957554275266 + p32_0 * w_y_0_1008 * 0.5144957554275266 + p37_0 * w_y_0_1152 * 0.5144957554275266
     p64_1 = p14_1 * w_y_0_288 * 0.5144957554275266 + p25_1 * w_y_0_752 * 0.5144957554275266 + p28_1 * w_y_0_864 * 0.5144957554275266 + p32_1 * w_y_0_1008 * 0.5144957554275266 + p37_1 * w_y_0_1152 * 0.5144957554275266
     p64_2 = p14_2 * w_y_0_288 * 0.5144957554275266 + p25_2 * w_y_0_752 * 0.5144957554275266 + p28_2 * w_y_0_864 * 0.5144957554275266 + p32_2 * w_y_0_1008 * 0.5144957554275266 + p37_2 * w_y_0_1152 * 0.5144957554275266
     p65_0 = 0.408248290463863 * p64_1 * x4_1_2 + -0.408248290463863 * p64_2 * x4_1_1
     p65_1 = -0.408248290463863 * p64_0 * x4_1_2 + 0.408248290463863 * p64_2 * x4_1_0
     p65_2 = 0.408248290463863 * p64_0 * x4_1_1 + -0.408248290463863 * p64_1 * x4_1_0
-    w_y_0_336 = tl.load(weight + 576 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_800 = tl.load(weight + 1040 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_880 = tl.load(weight + 1120 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1040 = tl.load(weight + 1280 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1184 = tl.load(weight + 1424 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_336 = tl.load(weight + 240 + (336 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_800 = tl.load(weight + 240 + (800 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_880 = tl.load(weight + 240 + (880 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1040 = tl.load(weight + 240 + (1040 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1184 = tl.load(weight + 240 + (1184 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p66_0 = p14_0 * w_y_0_336 * 0.6367145399670133 + p25_0 * w_y_0_800 * 0.6367145399670133 + p28_0 * w_y_0_880 * 0.6367145399670133 + p32_0 * w_y_0_1040 * 0.6367145399670133 + p37_0 * w_y_0_1184 * 0.6367145399670133
     p66_1 = p14_1 * w_y_0_336 * 0.6367145399670133 + p25_1 * w_y_0_800 * 0.6367145399670133 + p28_1 * w_y_0_880 * 0.6367145399670133 + p32_1 * w_y_0_1040 * 0.6367145399670133 + p37_1 * w_y_0_1184 * 0.6367145399670133
     p66_2 = p14_2 * w_y_0_336 * 0.6367145399670133 + p25_2 * w_y_0_800 * 0.6367145399670133 + p28_2 * w_y_0_880 * 0.6367145399670133 + p32_2 * w_y_0_1040 * 0.6367145399670133 + p37_2 * w_y_0_1184 * 0.6367145399670133
@@ -576,11 +576,11 @@ def _fusion_block_kernel(x1, x2, x3, x4, weight, y_out, n, BLOCK_Z: tl.constexpr
     p67_2 = -0.31622776601683794 * p66_0 * x4_2_3 + 0.31622776601683794 * p66_2 * x4_2_1
     p67_3 = 0.31622776601683794 * p66_0 * x4_2_2 + -0.18257418583505536 * p66_0 * x4_2_4 + -0.18257418583505536 * p66_1 * x4_2_1 + 0.18257418583505536 * p66_2 * x4_2_0
     p67_4 = 0.18257418583505536 * p66_0 * x4_2_3 + -0.3651483716701107 * p66_1 * x4_2_0 + 0.18257418583505536 * p66_2 * x4_2_1
-    w_y_0_432 = tl.load(weight + 672 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_624 = tl.load(weight + 864 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_944 = tl.load(weight + 1184 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1104 = tl.load(weight + 1344 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1296 = tl.load(weight + 1536 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_432 = tl.load(weight + 240 + (432 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_624 = tl.load(weight + 240 + (624 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_944 = tl.load(weight + 240 + (944 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1104 = tl.load(weight + 240 + (1104 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1296 = tl.load(weight + 240 + (1296 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p68_0 = p16_0 * w_y_0_432 * 0.8219949365267865 + p21_0 * w_y_0_624 * 0.8219949365267865 + p30_0 * w_y_0_944 * 0.8219949365267865 + p35_0 * w_y_0_1104 * 0.8219949365267865 + p40_0 * w_y_0_1296 * 0.8219949365267865
     p68_1 = p16_1 * w_y_0_432 * 0.8219949365267865 + p21_1 * w_y_0_624 * 0.8219949365267865 + p30_1 * w_y_0_944 * 0.8219949365267865 + p35_1 * w_y_0_1104 * 0.8219949365267865 + p40_1 * w_y_0_1296 * 0.8219949365267865
     p68_2 = p16_2 * w_y_0_432 * 0.8219949365267865 + p21_2 * w_y_0_624 * 0.8219949365267865 + p30_2 * w_y_0_944 * 0.8219949365267865 + p35_2 * w_y_0_1104 * 0.8219949365267865 + p40_2 * w_y_0_1296 * 0.8219949365267865
@@ -591,9 +591,9 @@ def _fusion_block_kernel(x1, x2, x3, x4, weight, y_out, n, BLOCK_Z: tl.constexpr
     p69_2 = -0.31622776601683794 * p68_1 * x4_1_2 + 0.31622776601683794 * p68_3 * x4_1_0
     p69_3 = -0.18257418583505536 * p68_0 * x4_1_2 + 0.18257418583505536 * p68_1 * x4_1_1 + -0.31622776601683794 * p68_2 * x4_1_0 + 0.18257418583505536 * p68_4 * x4_1_0
     p69_4 = 0.3651483716701107 * p68_0 * x4_1_1 + -0.18257418583505536 * p68_1 * x4_1_2 + -0.18257418583505536 * p68_3 * x4_1_0
-    w_y_0_448 = tl.load(weight + 688 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_640 = tl.load(weight + 880 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1312 = tl.load(weight + 1552 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_448 = tl.load(weight + 240 + (448 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_640 = tl.load(weight + 240 + (640 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1312 = tl.load(weight + 240 + (1312 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p70_0 = p17_0 * w_y_0_448 * 0.9725975251592747 + p22_0 * w_y_0_640 * 0.9725975251592747 + p41_0 * w_y_0_1312 * 0.9725975251592747
     p70_1 = p17_1 * w_y_0_448 * 0.9725975251592747 + p22_1 * w_y_0_640 * 0.9725975251592747 + p41_1 * w_y_0_1312 * 0.9725975251592747
     p70_2 = p17_2 * w_y_0_448 * 0.9725975251592747 + p22_2 * w_y_0_640 * 0.9725975251592747 + p41_2 * w_y_0_1312 * 0.9725975251592747
@@ -606,11 +606,11 @@ def _fusion_block_kernel(x1, x2, x3, x4, weight, y_out, n, BLOCK_Z: tl.constexpr
     p71_2 = 0.23904572186687872 * p70_2 * x4_1_0 + 0.29277002188455997 * p70_3 * x4_1_1 + 0.23904572186687872 * p70_4 * x4_1_2
     p71_3 = 0.2182178902359924 * p70_1 * x4_1_0 + -0.1690308509457033 * p70_3 * x4_1_2 + 0.2760262237369417 * p70_4 * x4_1_1 + 0.2182178902359924 * p70_5 * x4_1_2
     p71_4 = 0.2672612419124244 * p70_0 * x4_1_0 + 0.06900655593423542 * p70_2 * x4_1_0 + -0.06900655593423542 * p70_4 * x4_1_2 + 0.2182178902359924 * p70_5 * x4_1_1 + 0.2672612419124244 * p70_6 * x4_1_2
-    w_y_0_480 = tl.load(weight + 720 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_672 = tl.load(weight + 912 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_976 = tl.load(weight + 1216 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1120 = tl.load(weight + 1360 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1344 = tl.load(weight + 1584 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_480 = tl.load(weight + 240 + (480 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_672 = tl.load(weight + 240 + (672 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_976 = tl.load(weight + 240 + (976 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1120 = tl.load(weight + 240 + (1120 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1344 = tl.load(weight + 240 + (1344 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p72_0 = p16_0 * w_y_0_480 * 0.6642111641550714 + p21_0 * w_y_0_672 * 0.6642111641550714 + p30_0 * w_y_0_976 * 0.6642111641550714 + p35_0 * w_y_0_1120 * 0.6642111641550714 + p40_0 * w_y_0_1344 * 0.6642111641550714
     p72_1 = p16_1 * w_y_0_480 * 0.6642111641550714 + p21_1 * w_y_0_672 * 0.6642111641550714 + p30_1 * w_y_0_976 * 0.6642111641550714 + p35_1 * w_y_0_1120 * 0.6642111641550714 + p40_1 * w_y_0_1344 * 0.6642111641550714
     p72_2 = p16_2 * w_y_0_480 * 0.6642111641550714 + p21_2 * w_y_0_672 * 0.6642111641550714 + p30_2 * w_y_0_976 * 0.6642111641550714 + p35_2 * w_y_0_1120 * 0.6642111641550714 + p40_2 * w_y_0_1344 * 0.6642111641550714
@@ -619,9 +619,9 @@ def _fusion_block_kernel(x1, x2, x3, x4, weight, y_out, n, BLOCK_Z: tl.constexpr
     p73_0 = -0.18257418583505536 * p72_0 * x4_2_1 + 0.18257418583505536 * p72_1 * x4_2_0 + 0.31622776601683794 * p72_2 * x4_2_3 + -0.31622776601683794 * p72_3 * x4_2_2 + 0.18257418583505536 * p72_3 * x4_2_4 + -0.18257418583505536 * p72_4 * x4_2_3
     p73_1 = -0.3651483716701107 * p72_0 * x4_2_4 + -0.18257418583505536 * p72_1 * x4_2_3 + 0.18257418583505536 * p72_3 * x4_2_1 + 0.3651483716701107 * p72_4 * x4_2_0
     p73_2 = 0.18257418583505536 * p72_0 * x4_2_3 + 0.31622776601683794 * p72_1 * x4_2_2 + 0.18257418583505536 * p72_1 * x4_2_4 + -0.31622776601683794 * p72_2 * x4_2_1 + -0.18257418583505536 * p72_3 * x4_2_0 + -0.18257418583505536 * p72_4 * x4_2_1
-    w_y_0_496 = tl.load(weight + 736 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_688 = tl.load(weight + 928 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1360 = tl.load(weight + 1600 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_496 = tl.load(weight + 240 + (496 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_688 = tl.load(weight + 240 + (688 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1360 = tl.load(weight + 240 + (1360 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p74_0 = p17_0 * w_y_0_496 * 0.7859052479933758 + p22_0 * w_y_0_688 * 0.7859052479933758 + p41_0 * w_y_0_1360 * 0.7859052479933758
     p74_1 = p17_1 * w_y_0_496 * 0.7859052479933758 + p22_1 * w_y_0_688 * 0.7859052479933758 + p41_1 * w_y_0_1360 * 0.7859052479933758
     p74_2 = p17_2 * w_y_0_496 * 0.7859052479933758 + p22_2 * w_y_0_688 * 0.7859052479933758 + p41_2 * w_y_0_1360 * 0.7859052479933758
@@ -632,9 +632,9 @@ def _fusion_block_kernel(x1, x2, x3, x4, weight, y_out, n, BLOCK_Z: tl.constexpr
     p75_0 = 0.2672612419124244 * p74_0 * x4_2_4 + 0.2182178902359924 * p74_1 * x4_2_3 + 0.23904572186687872 * p74_2 * x4_2_2 + 0.06900655593423542 * p74_2 * x4_2_4 + -0.1690308509457033 * p74_3 * x4_2_1 + -0.06900655593423542 * p74_4 * x4_2_0 + -0.2182178902359924 * p74_5 * x4_2_1 + -0.2672612419124244 * p74_6 * x4_2_0
     p75_1 = 0.2182178902359924 * p74_1 * x4_2_0 + 0.2760262237369417 * p74_2 * x4_2_1 + 0.29277002188455997 * p74_3 * x4_2_2 + 0.2760262237369417 * p74_4 * x4_2_3 + 0.2182178902359924 * p74_5 * x4_2_4
     p75_2 = 0.2672612419124244 * p74_0 * x4_2_0 + 0.2182178902359924 * p74_1 * x4_2_1 + -0.06900655593423542 * p74_2 * x4_2_0 + -0.1690308509457033 * p74_3 * x4_2_3 + 0.23904572186687872 * p74_4 * x4_2_2 + -0.06900655593423542 * p74_4 * x4_2_4 + 0.2182178902359924 * p74_5 * x4_2_3 + 0.2672612419124244 * p74_6 * x4_2_4
-    w_y_0_848 = tl.load(weight + 1088 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1088 = tl.load(weight + 1328 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_1232 = tl.load(weight + 1472 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_848 = tl.load(weight + 240 + (848 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1088 = tl.load(weight + 240 + (1088 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_1232 = tl.load(weight + 240 + (1232 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p76_0 = p26_0 * w_y_0_848 * 0.9725975251592747 + p33_0 * w_y_0_1088 * 0.9725975251592747 + p38_0 * w_y_0_1232 * 0.9725975251592747
     p76_1 = p26_1 * w_y_0_848 * 0.9725975251592747 + p33_1 * w_y_0_1088 * 0.9725975251592747 + p38_1 * w_y_0_1232 * 0.9725975251592747
     p76_2 = p26_2 * w_y_0_848 * 0.9725975251592747 + p33_2 * w_y_0_1088 * 0.9725975251592747 + p38_2 * w_y_0_1232 * 0.9725975251592747
@@ -668,11 +668,11 @@ def _fusion_block_kernel(x1, x2, x3, x4, weight, y_out, n, BLOCK_Z: tl.constexpr
 
 
 def _fusion_block_triton(x1, x2, x3, x4, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the fusion_block kernel on (n, dim) rows; tiles of 2 rows × 16 channels."""
+    """Launch the fusion_block kernel on (n, dim) rows, 2 rows per program."""
     n = x1.shape[0]
     y_out = rt.output_rows(x1, n, 144)
     grid = (triton.cdiv(n, 2), triton.cdiv(16, 16))
-    _fusion_block_kernel[grid](x1.contiguous(), x2.contiguous(), x3.contiguous(), x4.contiguous(), weight.contiguous(), y_out, n, BLOCK_Z=2, BLOCK_U=16, num_warps=1)
+    _fusion_block_kernel[grid](x1.contiguous(), x2.contiguous(), x3.contiguous(), x4.contiguous(), weight.contiguous(), y_out, n, BLOCK_Z=2, BLOCK_U=16, num_warps=1, enable_fp_fusion=True)
     return [y_out]
 
 
@@ -769,10 +769,10 @@ def _fusion_block_3(
 
 @triton.jit
 def _fusion_block_3_kernel(x1, x2, x3, weight, y_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
-    """fusion_block_3: one BLOCK_Z × BLOCK_U tile of rows × channels, the whole diagram in registers."""
     rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
-    chans = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
     row_mask = rows < n
+    """fusion_block_3: a tile of BLOCK_Z rows × BLOCK_U channels, the whole diagram in registers."""
+    chans = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
     chan_mask = chans < 16
     mask = row_mask[:, None] & chan_mask[None, :]
     zero = tl.zeros([BLOCK_Z, BLOCK_U], dtype=x1.dtype.element_ty)
@@ -887,49 +887,49 @@ def _fusion_block_3_kernel(x1, x2, x3, weight, y_out, n, BLOCK_Z: tl.constexpr, 
     p27_6 = -0.1781741612749496 * x1_2_1 * x2_2_1 + 0.1543033499620919 * x1_2_2 * x2_2_4 + 0.1781741612749496 * x1_2_3 * x2_2_3 + 0.1543033499620919 * x1_2_4 * x2_2_2
     p27_7 = -0.16666666666666666 * x1_2_0 * x2_2_1 + -0.16666666666666666 * x1_2_1 * x2_2_0 + 0.16666666666666666 * x1_2_3 * x2_2_4 + 0.16666666666666666 * x1_2_4 * x2_2_3
     p27_8 = -0.23570226039551584 * x1_2_0 * x2_2_0 + 0.23570226039551584 * x1_2_4 * x2_2_4
-    w_y_0_0 = tl.load(weight + 0 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_240 = tl.load(weight + 240 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_704 = tl.load(weight + 704 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_0 = tl.load(weight + 0 + (0 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_240 = tl.load(weight + 0 + (240 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_704 = tl.load(weight + 0 + (704 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p28_0 = p2_0 * w_y_0_0 * 0.30151134457776363 + p12_0 * w_y_0_240 * 0.30151134457776363 + p23_0 * w_y_0_704 * 0.30151134457776363
     p29_0 = 1.0 * p28_0 * x3_0_0
-    w_y_0_16 = tl.load(weight + 16 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_272 = tl.load(weight + 272 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_736 = tl.load(weight + 736 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_16 = tl.load(weight + 0 + (16 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_272 = tl.load(weight + 0 + (272 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_736 = tl.load(weight + 0 + (736 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p30_0 = p2_0 * w_y_0_16 * 0.3779644730092272 + p12_0 * w_y_0_272 * 0.3779644730092272 + p23_0 * w_y_0_736 * 0.3779644730092272
     p31_0 = 0.5773502691896257 * p30_0 * x3_1_0
     p31_1 = 0.5773502691896257 * p30_0 * x3_1_1
     p31_2 = 0.5773502691896257 * p30_0 * x3_1_2
-    w_y_0_32 = tl.load(weight + 32 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_320 = tl.load(weight + 320 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_784 = tl.load(weight + 784 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_32 = tl.load(weight + 0 + (32 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_320 = tl.load(weight + 0 + (320 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_784 = tl.load(weight + 0 + (784 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p32_0 = p2_0 * w_y_0_32 * 0.4662524041201569 + p12_0 * w_y_0_320 * 0.4662524041201569 + p23_0 * w_y_0_784 * 0.4662524041201569
     p33_0 = 0.4472135954999579 * p32_0 * x3_2_0
     p33_1 = 0.4472135954999579 * p32_0 * x3_2_1
     p33_2 = 0.4472135954999579 * p32_0 * x3_2_2
     p33_3 = 0.4472135954999579 * p32_0 * x3_2_3
     p33_4 = 0.4472135954999579 * p32_0 * x3_2_4
-    w_y_0_48 = tl.load(weight + 48 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_176 = tl.load(weight + 176 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_384 = tl.load(weight + 384 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_576 = tl.load(weight + 576 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_48 = tl.load(weight + 0 + (48 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_176 = tl.load(weight + 0 + (176 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_384 = tl.load(weight + 0 + (384 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_576 = tl.load(weight + 0 + (576 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p34_0 = p7_0 * w_y_0_48 * 0.6546536707079771 + p11_0 * w_y_0_176 * 0.6546536707079771 + p15_0 * w_y_0_384 * 0.6546536707079771 + p20_0 * w_y_0_576 * 0.6546536707079771
     p34_1 = p7_1 * w_y_0_48 * 0.6546536707079771 + p11_1 * w_y_0_176 * 0.6546536707079771 + p15_1 * w_y_0_384 * 0.6546536707079771 + p20_1 * w_y_0_576 * 0.6546536707079771
     p34_2 = p7_2 * w_y_0_48 * 0.6546536707079771 + p11_2 * w_y_0_176 * 0.6546536707079771 + p15_2 * w_y_0_384 * 0.6546536707079771 + p20_2 * w_y_0_576 * 0.6546536707079771
     p35_0 = 0.5773502691896257 * p34_0 * x3_0_0
     p35_1 = 0.5773502691896257 * p34_1 * x3_0_0
     p35_2 = 0.5773502691896257 * p34_2 * x3_0_0
-    w_y_0_64 = tl.load(weight + 64 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_192 = tl.load(weight + 192 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_400 = tl.load(weight + 400 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_592 = tl.load(weight + 592 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_64 = tl.load(weight + 0 + (64 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_192 = tl.load(weight + 0 + (192 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_400 = tl.load(weight + 0 + (400 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_592 = tl.load(weight + 0 + (592 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p36_0 = p7_0 * w_y_0_64 * 0.5222329678670935 + p11_0 * w_y_0_192 * 0.5222329678670935 + p15_0 * w_y_0_400 * 0.5222329678670935 + p20_0 * w_y_0_592 * 0.5222329678670935
     p36_1 = p7_1 * w_y_0_64 * 0.5222329678670935 + p11_1 * w_y_0_192 * 0.5222329678670935 + p15_1 * w_y_0_400 * 0.5222329678670935 + p20_1 * w_y_0_592 * 0.5222329678670935
     p36_2 = p7_2 * w_y_0_64 * 0.5222329678670935 + p11_2 * w_y_0_192 * 0.5222329678670935 + p15_2 * w_y_0_400 * 0.5222329678670935 + p20_2 * w_y_0_592 * 0.5222329678670935
     p37_0 = 0.5773502691896257 * p36_0 * x3_1_0 + 0.5773502691896257 * p36_1 * x3_1_1 + 0.5773502691896257 * p36_2 * x3_1_2
-    w_y_0_80 = tl.load(weight + 80 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_208 = tl.load(weight + 208 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_416 = tl.load(weight + 416 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_608 = tl.load(weight + 608 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_80 = tl.load(weight + 0 + (80 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_208 = tl.load(weight + 0 + (208 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_416 = tl.load(weight + 0 + (416 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_608 = tl.load(weight + 0 + (608 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p38_0 = p7_0 * w_y_0_80 * 0.8075728530872482 + p11_0 * w_y_0_208 * 0.8075728530872482 + p15_0 * w_y_0_416 * 0.8075728530872482 + p20_0 * w_y_0_608 * 0.8075728530872482
     p38_1 = p7_1 * w_y_0_80 * 0.8075728530872482 + p11_1 * w_y_0_208 * 0.8075728530872482 + p15_1 * w_y_0_416 * 0.8075728530872482 + p20_1 * w_y_0_608 * 0.8075728530872482
     p38_2 = p7_2 * w_y_0_80 * 0.8075728530872482 + p11_2 * w_y_0_208 * 0.8075728530872482 + p15_2 * w_y_0_416 * 0.8075728530872482 + p20_2 * w_y_0_608 * 0.8075728530872482
@@ -938,20 +938,20 @@ def _fusion_block_3_kernel(x1, x2, x3, weight, y_out, n, BLOCK_Z: tl.constexpr, 
     p39_2 = -0.18257418583505536 * p38_0 * x3_1_0 + 0.3651483716701107 * p38_1 * x3_1_1 + -0.18257418583505536 * p38_2 * x3_1_2
     p39_3 = 0.31622776601683794 * p38_1 * x3_1_2 + 0.31622776601683794 * p38_2 * x3_1_1
     p39_4 = -0.31622776601683794 * p38_0 * x3_1_0 + 0.31622776601683794 * p38_2 * x3_1_2
-    w_y_0_96 = tl.load(weight + 96 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_224 = tl.load(weight + 224 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_464 = tl.load(weight + 464 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_656 = tl.load(weight + 656 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_96 = tl.load(weight + 0 + (96 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_224 = tl.load(weight + 0 + (224 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_464 = tl.load(weight + 0 + (464 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_656 = tl.load(weight + 0 + (656 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p40_0 = p7_0 * w_y_0_96 * 0.6546536707079771 + p11_0 * w_y_0_224 * 0.6546536707079771 + p15_0 * w_y_0_464 * 0.6546536707079771 + p20_0 * w_y_0_656 * 0.6546536707079771
     p40_1 = p7_1 * w_y_0_96 * 0.6546536707079771 + p11_1 * w_y_0_224 * 0.6546536707079771 + p15_1 * w_y_0_464 * 0.6546536707079771 + p20_1 * w_y_0_656 * 0.6546536707079771
     p40_2 = p7_2 * w_y_0_96 * 0.6546536707079771 + p11_2 * w_y_0_224 * 0.6546536707079771 + p15_2 * w_y_0_464 * 0.6546536707079771 + p20_2 * w_y_0_656 * 0.6546536707079771
     p41_0 = -0.18257418583505536 * p40_0 * x3_2_2 + -0.31622776601683794 * p40_0 * x3_2_4 + 0.31622776601683794 * p40_1 * x3_2_1 + 0.31622776601683794 * p40_2 * x3_2_0
     p41_1 = 0.31622776601683794 * p40_0 * x3_2_1 + 0.3651483716701107 * p40_1 * x3_2_2 + 0.31622776601683794 * p40_2 * x3_2_3
     p41_2 = 0.31622776601683794 * p40_0 * x3_2_0 + 0.31622776601683794 * p40_1 * x3_2_3 + -0.18257418583505536 * p40_2 * x3_2_2 + 0.31622776601683794 * p40_2 * x3_2_4
-    w_y_0_112 = tl.load(weight + 112 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_256 = tl.load(weight + 256 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_512 = tl.load(weight + 512 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_720 = tl.load(weight + 720 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_112 = tl.load(weight + 0 + (112 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_256 = tl.load(weight + 0 + (256 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_512 = tl.load(weight + 0 + (512 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_720 = tl.load(weight + 0 + (720 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p42_0 = p9_0 * w_y_0_112 * 1.0425720702853738 + p13_0 * w_y_0_256 * 1.0425720702853738 + p19_0 * w_y_0_512 * 1.0425720702853738 + p24_0 * w_y_0_720 * 1.0425720702853738
     p42_1 = p9_1 * w_y_0_112 * 1.0425720702853738 + p13_1 * w_y_0_256 * 1.0425720702853738 + p19_1 * w_y_0_512 * 1.0425720702853738 + p24_1 * w_y_0_720 * 1.0425720702853738
     p42_2 = p9_2 * w_y_0_112 * 1.0425720702853738 + p13_2 * w_y_0_256 * 1.0425720702853738 + p19_2 * w_y_0_512 * 1.0425720702853738 + p24_2 * w_y_0_720 * 1.0425720702853738
@@ -962,10 +962,10 @@ def _fusion_block_3_kernel(x1, x2, x3, weight, y_out, n, BLOCK_Z: tl.constexpr, 
     p43_2 = 0.4472135954999579 * p42_2 * x3_0_0
     p43_3 = 0.4472135954999579 * p42_3 * x3_0_0
     p43_4 = 0.4472135954999579 * p42_4 * x3_0_0
-    w_y_0_128 = tl.load(weight + 128 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_304 = tl.load(weight + 304 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_528 = tl.load(weight + 528 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_768 = tl.load(weight + 768 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_128 = tl.load(weight + 0 + (128 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_304 = tl.load(weight + 0 + (304 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_528 = tl.load(weight + 0 + (528 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_768 = tl.load(weight + 0 + (768 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p44_0 = p9_0 * w_y_0_128 * 0.8451542547285166 + p13_0 * w_y_0_304 * 0.8451542547285166 + p19_0 * w_y_0_528 * 0.8451542547285166 + p24_0 * w_y_0_768 * 0.8451542547285166
     p44_1 = p9_1 * w_y_0_128 * 0.8451542547285166 + p13_1 * w_y_0_304 * 0.8451542547285166 + p19_1 * w_y_0_528 * 0.8451542547285166 + p24_1 * w_y_0_768 * 0.8451542547285166
     p44_2 = p9_2 * w_y_0_128 * 0.8451542547285166 + p13_2 * w_y_0_304 * 0.8451542547285166 + p19_2 * w_y_0_528 * 0.8451542547285166 + p24_2 * w_y_0_768 * 0.8451542547285166
@@ -974,20 +974,20 @@ def _fusion_block_3_kernel(x1, x2, x3, weight, y_out, n, BLOCK_Z: tl.constexpr, 
     p45_0 = 0.31622776601683794 * p44_0 * x3_1_2 + 0.31622776601683794 * p44_1 * x3_1_1 + -0.18257418583505536 * p44_2 * x3_1_0 + -0.31622776601683794 * p44_4 * x3_1_0
     p45_1 = 0.31622776601683794 * p44_1 * x3_1_0 + 0.3651483716701107 * p44_2 * x3_1_1 + 0.31622776601683794 * p44_3 * x3_1_2
     p45_2 = 0.31622776601683794 * p44_0 * x3_1_0 + -0.18257418583505536 * p44_2 * x3_1_2 + 0.31622776601683794 * p44_3 * x3_1_1 + 0.31622776601683794 * p44_4 * x3_1_2
-    w_y_0_144 = tl.load(weight + 144 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_352 = tl.load(weight + 352 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_544 = tl.load(weight + 544 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_816 = tl.load(weight + 816 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_144 = tl.load(weight + 0 + (144 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_352 = tl.load(weight + 0 + (352 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_544 = tl.load(weight + 0 + (544 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_816 = tl.load(weight + 0 + (816 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p46_0 = p9_0 * w_y_0_144 * 0.674199862463242 + p13_0 * w_y_0_352 * 0.674199862463242 + p19_0 * w_y_0_544 * 0.674199862463242 + p24_0 * w_y_0_816 * 0.674199862463242
     p46_1 = p9_1 * w_y_0_144 * 0.674199862463242 + p13_1 * w_y_0_352 * 0.674199862463242 + p19_1 * w_y_0_544 * 0.674199862463242 + p24_1 * w_y_0_816 * 0.674199862463242
     p46_2 = p9_2 * w_y_0_144 * 0.674199862463242 + p13_2 * w_y_0_352 * 0.674199862463242 + p19_2 * w_y_0_544 * 0.674199862463242 + p24_2 * w_y_0_816 * 0.674199862463242
     p46_3 = p9_3 * w_y_0_144 * 0.674199862463242 + p13_3 * w_y_0_352 * 0.674199862463242 + p19_3 * w_y_0_544 * 0.674199862463242 + p24_3 * w_y_0_816 * 0.674199862463242
     p46_4 = p9_4 * w_y_0_144 * 0.674199862463242 + p13_4 * w_y_0_352 * 0.674199862463242 + p19_4 * w_y_0_544 * 0.674199862463242 + p24_4 * w_y_0_816 * 0.674199862463242
     p47_0 = 0.4472135954999579 * p46_0 * x3_2_0 + 0.4472135954999579 * p46_1 * x3_2_1 + 0.4472135954999579 * p46_2 * x3_2_2 + 0.4472135954999579 * p46_3 * x3_2_3 + 0.4472135954999579 * p46_4 * x3_2_4
-    w_y_0_160 = tl.load(weight + 160 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_368 = tl.load(weight + 368 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_560 = tl.load(weight + 560 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_832 = tl.load(weight + 832 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_160 = tl.load(weight + 0 + (160 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_368 = tl.load(weight + 0 + (368 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_560 = tl.load(weight + 0 + (560 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_832 = tl.load(weight + 0 + (832 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p48_0 = p9_0 * w_y_0_160 * 1.0425720702853738 + p13_0 * w_y_0_368 * 1.0425720702853738 + p19_0 * w_y_0_560 * 1.0425720702853738 + p24_0 * w_y_0_832 * 1.0425720702853738
     p48_1 = p9_1 * w_y_0_160 * 1.0425720702853738 + p13_1 * w_y_0_368 * 1.0425720702853738 + p19_1 * w_y_0_560 * 1.0425720702853738 + p24_1 * w_y_0_832 * 1.0425720702853738
     p48_2 = p9_2 * w_y_0_160 * 1.0425720702853738 + p13_2 * w_y_0_368 * 1.0425720702853738 + p19_2 * w_y_0_560 * 1.0425720702853738 + p24_2 * w_y_0_832 * 1.0425720702853738
@@ -998,16 +998,16 @@ def _fusion_block_3_kernel(x1, x2, x3, weight, y_out, n, BLOCK_Z: tl.constexpr, 
     p49_2 = -0.23904572186687872 * p48_0 * x3_2_0 + 0.11952286093343936 * p48_1 * x3_2_1 + 0.23904572186687872 * p48_2 * x3_2_2 + 0.11952286093343936 * p48_3 * x3_2_3 + -0.23904572186687872 * p48_4 * x3_2_4
     p49_3 = 0.20701966780270625 * p48_0 * x3_2_1 + 0.20701966780270625 * p48_1 * x3_2_0 + 0.11952286093343936 * p48_2 * x3_2_3 + 0.11952286093343936 * p48_3 * x3_2_2 + 0.20701966780270625 * p48_3 * x3_2_4 + 0.20701966780270625 * p48_4 * x3_2_3
     p49_4 = -0.20701966780270625 * p48_1 * x3_2_1 + -0.23904572186687872 * p48_2 * x3_2_4 + 0.20701966780270625 * p48_3 * x3_2_3 + -0.23904572186687872 * p48_4 * x3_2_2
-    w_y_0_288 = tl.load(weight + 288 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_752 = tl.load(weight + 752 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_288 = tl.load(weight + 0 + (288 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_752 = tl.load(weight + 0 + (752 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p50_0 = p14_0 * w_y_0_288 * 0.6546536707079771 + p25_0 * w_y_0_752 * 0.6546536707079771
     p50_1 = p14_1 * w_y_0_288 * 0.6546536707079771 + p25_1 * w_y_0_752 * 0.6546536707079771
     p50_2 = p14_2 * w_y_0_288 * 0.6546536707079771 + p25_2 * w_y_0_752 * 0.6546536707079771
     p51_0 = 0.408248290463863 * p50_1 * x3_1_2 + -0.408248290463863 * p50_2 * x3_1_1
     p51_1 = -0.408248290463863 * p50_0 * x3_1_2 + 0.408248290463863 * p50_2 * x3_1_0
     p51_2 = 0.408248290463863 * p50_0 * x3_1_1 + -0.408248290463863 * p50_1 * x3_1_0
-    w_y_0_336 = tl.load(weight + 336 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_800 = tl.load(weight + 800 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_336 = tl.load(weight + 0 + (336 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_800 = tl.load(weight + 0 + (800 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p52_0 = p14_0 * w_y_0_336 * 0.8075728530872482 + p25_0 * w_y_0_800 * 0.8075728530872482
     p52_1 = p14_1 * w_y_0_336 * 0.8075728530872482 + p25_1 * w_y_0_800 * 0.8075728530872482
     p52_2 = p14_2 * w_y_0_336 * 0.8075728530872482 + p25_2 * w_y_0_800 * 0.8075728530872482
@@ -1016,8 +1016,8 @@ def _fusion_block_3_kernel(x1, x2, x3, weight, y_out, n, BLOCK_Z: tl.constexpr, 
     p53_2 = -0.31622776601683794 * p52_0 * x3_2_3 + 0.31622776601683794 * p52_2 * x3_2_1
     p53_3 = 0.31622776601683794 * p52_0 * x3_2_2 + -0.18257418583505536 * p52_0 * x3_2_4 + -0.18257418583505536 * p52_1 * x3_2_1 + 0.18257418583505536 * p52_2 * x3_2_0
     p53_4 = 0.18257418583505536 * p52_0 * x3_2_3 + -0.3651483716701107 * p52_1 * x3_2_0 + 0.18257418583505536 * p52_2 * x3_2_1
-    w_y_0_432 = tl.load(weight + 432 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_624 = tl.load(weight + 624 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_432 = tl.load(weight + 0 + (432 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_624 = tl.load(weight + 0 + (624 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p54_0 = p16_0 * w_y_0_432 * 1.0425720702853738 + p21_0 * w_y_0_624 * 1.0425720702853738
     p54_1 = p16_1 * w_y_0_432 * 1.0425720702853738 + p21_1 * w_y_0_624 * 1.0425720702853738
     p54_2 = p16_2 * w_y_0_432 * 1.0425720702853738 + p21_2 * w_y_0_624 * 1.0425720702853738
@@ -1028,8 +1028,8 @@ def _fusion_block_3_kernel(x1, x2, x3, weight, y_out, n, BLOCK_Z: tl.constexpr, 
     p55_2 = -0.31622776601683794 * p54_1 * x3_1_2 + 0.31622776601683794 * p54_3 * x3_1_0
     p55_3 = -0.18257418583505536 * p54_0 * x3_1_2 + 0.18257418583505536 * p54_1 * x3_1_1 + -0.31622776601683794 * p54_2 * x3_1_0 + 0.18257418583505536 * p54_4 * x3_1_0
     p55_4 = 0.3651483716701107 * p54_0 * x3_1_1 + -0.18257418583505536 * p54_1 * x3_1_2 + -0.18257418583505536 * p54_3 * x3_1_0
-    w_y_0_448 = tl.load(weight + 448 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_640 = tl.load(weight + 640 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_448 = tl.load(weight + 0 + (448 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_640 = tl.load(weight + 0 + (640 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p56_0 = p17_0 * w_y_0_448 * 1.2335879094879225 + p22_0 * w_y_0_640 * 1.2335879094879225
     p56_1 = p17_1 * w_y_0_448 * 1.2335879094879225 + p22_1 * w_y_0_640 * 1.2335879094879225
     p56_2 = p17_2 * w_y_0_448 * 1.2335879094879225 + p22_2 * w_y_0_640 * 1.2335879094879225
@@ -1042,8 +1042,8 @@ def _fusion_block_3_kernel(x1, x2, x3, weight, y_out, n, BLOCK_Z: tl.constexpr, 
     p57_2 = 0.23904572186687872 * p56_2 * x3_1_0 + 0.29277002188455997 * p56_3 * x3_1_1 + 0.23904572186687872 * p56_4 * x3_1_2
     p57_3 = 0.2182178902359924 * p56_1 * x3_1_0 + -0.1690308509457033 * p56_3 * x3_1_2 + 0.2760262237369417 * p56_4 * x3_1_1 + 0.2182178902359924 * p56_5 * x3_1_2
     p57_4 = 0.2672612419124244 * p56_0 * x3_1_0 + 0.06900655593423542 * p56_2 * x3_1_0 + -0.06900655593423542 * p56_4 * x3_1_2 + 0.2182178902359924 * p56_5 * x3_1_1 + 0.2672612419124244 * p56_6 * x3_1_2
-    w_y_0_480 = tl.load(weight + 480 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_672 = tl.load(weight + 672 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_480 = tl.load(weight + 0 + (480 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_672 = tl.load(weight + 0 + (672 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p58_0 = p16_0 * w_y_0_480 * 0.8451542547285166 + p21_0 * w_y_0_672 * 0.8451542547285166
     p58_1 = p16_1 * w_y_0_480 * 0.8451542547285166 + p21_1 * w_y_0_672 * 0.8451542547285166
     p58_2 = p16_2 * w_y_0_480 * 0.8451542547285166 + p21_2 * w_y_0_672 * 0.8451542547285166
@@ -1052,8 +1052,8 @@ def _fusion_block_3_kernel(x1, x2, x3, weight, y_out, n, BLOCK_Z: tl.constexpr, 
     p59_0 = -0.18257418583505536 * p58_0 * x3_2_1 + 0.18257418583505536 * p58_1 * x3_2_0 + 0.31622776601683794 * p58_2 * x3_2_3 + -0.31622776601683794 * p58_3 * x3_2_2 + 0.18257418583505536 * p58_3 * x3_2_4 + -0.18257418583505536 * p58_4 * x3_2_3
     p59_1 = -0.3651483716701107 * p58_0 * x3_2_4 + -0.18257418583505536 * p58_1 * x3_2_3 + 0.18257418583505536 * p58_3 * x3_2_1 + 0.3651483716701107 * p58_4 * x3_2_0
     p59_2 = 0.18257418583505536 * p58_0 * x3_2_3 + 0.31622776601683794 * p58_1 * x3_2_2 + 0.18257418583505536 * p58_1 * x3_2_4 + -0.31622776601683794 * p58_2 * x3_2_1 + -0.18257418583505536 * p58_3 * x3_2_0 + -0.18257418583505536 * p58_4 * x3_2_1
-    w_y_0_496 = tl.load(weight + 496 + chans[None, :], mask=chan_mask[None, :], other=0.0)
-    w_y_0_688 = tl.load(weight + 688 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_496 = tl.load(weight + 0 + (496 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    w_y_0_688 = tl.load(weight + 0 + (688 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p60_0 = p17_0 * w_y_0_496 * 1.0 + p22_0 * w_y_0_688 * 1.0
     p60_1 = p17_1 * w_y_0_496 * 1.0 + p22_1 * w_y_0_688 * 1.0
     p60_2 = p17_2 * w_y_0_496 * 1.0 + p22_2 * w_y_0_688 * 1.0
@@ -1069,13 +1069,13 @@ def _fusion_block_3_kernel(x1, x2, x3, weight, y_out, n, BLOCK_Z: tl.constexpr, 
     p62_2 = -0.2672612419124244 * p26_1 * x3_2_4 + -0.1690308509457033 * p26_2 * x3_2_3 + 0.1690308509457033 * p26_4 * x3_2_1 + 0.2672612419124244 * p26_5 * x3_2_0
     p62_3 = -0.18898223650461363 * p26_0 * x3_2_4 + 0.1690308509457033 * p26_2 * x3_2_2 + 0.14638501094227999 * p26_2 * x3_2_4 + -0.23904572186687872 * p26_3 * x3_2_1 + -0.14638501094227999 * p26_4 * x3_2_0 + 0.18898223650461363 * p26_6 * x3_2_0
     p62_4 = 0.18898223650461363 * p26_0 * x3_2_3 + 0.2672612419124244 * p26_1 * x3_2_2 + -0.14638501094227999 * p26_2 * x3_2_3 + 0.11952286093343936 * p26_3 * x3_2_0 + -0.14638501094227999 * p26_4 * x3_2_1 + -0.18898223650461363 * p26_6 * x3_2_1
-    w_y_0_848 = tl.load(weight + 848 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_848 = tl.load(weight + 0 + (848 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     p63_0 = 0.23570226039551584 * p27_0 * x3_2_4 + 0.16666666666666666 * p27_1 * x3_2_3 + 0.1543033499620919 * p27_2 * x3_2_2 + -0.06299407883487121 * p27_3 * x3_2_3 + 0.03984095364447979 * p27_4 * x3_2_0 + -0.06299407883487121 * p27_5 * x3_2_1 + -0.16666666666666666 * p27_7 * x3_2_1 + -0.23570226039551584 * p27_8 * x3_2_0
     p63_1 = 0.16666666666666666 * p27_1 * x3_2_4 + 0.1781741612749496 * p27_2 * x3_2_3 + 0.2182178902359924 * p27_3 * x3_2_2 + 0.06299407883487121 * p27_3 * x3_2_4 + -0.15936381457791915 * p27_4 * x3_2_1 + -0.06299407883487121 * p27_5 * x3_2_0 + -0.1781741612749496 * p27_6 * x3_2_1 + -0.16666666666666666 * p27_7 * x3_2_0
     p63_2 = 0.1543033499620919 * p27_2 * x3_2_0 + 0.2182178902359924 * p27_3 * x3_2_1 + 0.23904572186687872 * p27_4 * x3_2_2 + 0.2182178902359924 * p27_5 * x3_2_3 + 0.1543033499620919 * p27_6 * x3_2_4
     p63_3 = 0.16666666666666666 * p27_1 * x3_2_0 + 0.1781741612749496 * p27_2 * x3_2_1 + -0.06299407883487121 * p27_3 * x3_2_0 + -0.15936381457791915 * p27_4 * x3_2_3 + 0.2182178902359924 * p27_5 * x3_2_2 + -0.06299407883487121 * p27_5 * x3_2_4 + 0.1781741612749496 * p27_6 * x3_2_3 + 0.16666666666666666 * p27_7 * x3_2_4
     p63_4 = 0.23570226039551584 * p27_0 * x3_2_0 + 0.16666666666666666 * p27_1 * x3_2_1 + 0.06299407883487121 * p27_3 * x3_2_1 + 0.03984095364447979 * p27_4 * x3_2_4 + -0.06299407883487121 * p27_5 * x3_2_3 + 0.1543033499620919 * p27_6 * x3_2_2 + 0.16666666666666666 * p27_7 * x3_2_3 + 0.23570226039551584 * p27_8 * x3_2_4
-    w_y_0_864 = tl.load(weight + 864 + chans[None, :], mask=chan_mask[None, :], other=0.0)
+    w_y_0_864 = tl.load(weight + 0 + (864 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
     y_0_0 = p29_0 * 1.0 + p37_0 * 1.0 + p47_0 * 1.0
     tl.store(y_out + rows[:, None] * 144 + (0 + chans[None, :] * 1), y_0_0, mask=mask)
     y_1_0 = p31_0 * 1.0 + p35_0 * 1.0 + p41_0 * 1.0 + p45_0 * 1.0 + p51_0 * 1.0 + p59_0 * 1.0 + p61_0 * 1.0
@@ -1097,11 +1097,11 @@ def _fusion_block_3_kernel(x1, x2, x3, weight, y_out, n, BLOCK_Z: tl.constexpr, 
 
 
 def _fusion_block_3_triton(x1, x2, x3, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the fusion_block_3 kernel on (n, dim) rows; tiles of 2 rows × 16 channels."""
+    """Launch the fusion_block_3 kernel on (n, dim) rows, 2 rows per program."""
     n = x1.shape[0]
     y_out = rt.output_rows(x1, n, 144)
     grid = (triton.cdiv(n, 2), triton.cdiv(16, 16))
-    _fusion_block_3_kernel[grid](x1.contiguous(), x2.contiguous(), x3.contiguous(), weight.contiguous(), y_out, n, BLOCK_Z=2, BLOCK_U=16, num_warps=1)
+    _fusion_block_3_kernel[grid](x1.contiguous(), x2.contiguous(), x3.contiguous(), weight.contiguous(), y_out, n, BLOCK_Z=2, BLOCK_U=16, num_warps=1, enable_fp_fusion=True)
     return [y_out]
 
 
