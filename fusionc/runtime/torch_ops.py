@@ -1,4 +1,5 @@
-"""Helpers the generated torch modules call: CG buffers and input validation."""
+"""What generated modules call: the module base with exact constant tables, input validation,
+and the registration of each diagram as a torch.library custom op."""
 
 from __future__ import annotations
 
@@ -40,16 +41,20 @@ class FusionModule(torch.nn.Module):
         for name, table in self._constants(dtype, device).items():
             self.register_buffer(name, table, persistent=False)
 
+    def _constant_names(self) -> list[str]:
+        return ["cg_{}_{}_{}".format(*ls) for ls in self.cg_tables] + list(self.recouplings)
+
     def constants(self) -> list[torch.Tensor]:
         """The constant tables in the order the diagram's op takes them."""
-        names = ["cg_{}_{}_{}".format(*ls) for ls in self.cg_tables] + list(self.recouplings)
-        return [getattr(self, name) for name in names]
+        return [getattr(self, name) for name in self._constant_names()]
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        for name in self._constants(torch.float64, "cpu"):
-            moved = getattr(self, name)
-            setattr(self, name, self._constants(moved.dtype, moved.device)[name])
+        names = self._constant_names()
+        if names:
+            moved = getattr(self, names[0])
+            for name, table in self._constants(moved.dtype, moved.device).items():
+                setattr(self, name, table)
         return self
 
 
@@ -170,11 +175,10 @@ class OpNamespace:
         def setup_context(ctx, inputs, output):
             rows, weight, constants = inputs
             ctx.save_for_backward(*rows, weight, *constants)
-            ctx.counts = (len(rows), len(constants))
+            ctx.count = len(rows)
 
         def backward(ctx, grads):
-            saved = ctx.saved_tensors
-            count, _ = ctx.counts
+            saved, count = ctx.saved_tensors, ctx.count
             rows, weight, constants = list(saved[:count]), saved[count], list(saved[count + 1:])
             floats = [i for i, r in enumerate(rows) if r.is_floating_point()]
 
