@@ -32,7 +32,7 @@ def recouple_vertex(t: CouplingVertex) -> CouplingVertex:
             j = index.setdefault(key, len(index))
             entries[(i, j)] = entries.get((i, j), 0.0) + p.normalization * f
     mul = t.paths[0].weight_shape
-    ordered = sorted(index, key=lambda key: (key[0], key[1], key[2]))
+    ordered = sorted(index)
     renumber = {index[key]: n for n, key in enumerate(ordered)}
     size = mul[0] if mul else 0
     paths = tuple(CouplingPath(blocks, out, mul, n * size, 1.0, inner)
