@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from fusionc.analysis.cost import path_flops
-from fusionc.analysis.plan import explain, plan_diagram
+from fusionc.analysis.plan import DiagramPlan, explain, plan_diagram
 from fusionc.errors import FusionError
 from fusionc.ir.diagram import Diagram, path_label
 from fusionc.pipeline import PASS_NAMES, compile_source
@@ -23,8 +23,7 @@ class UsageError(Exception):
     """A bad command line (unknown back end, output format, diagram): exit 2 with a message."""
 
 
-def _describe(d: Diagram) -> list[str]:
-    plan = plan_diagram(d)
+def _describe(d: Diagram, plan: DiagramPlan) -> list[str]:
     term_cost = {t.vertex: t.planned for t in plan.terms}
     lines = [f"diagram {d.name}  (group {d.group}, convention {d.convention})"]
     for i in d.inputs:
@@ -75,9 +74,10 @@ def _check(args: argparse.Namespace) -> int:
 
             ops = loads(source, "torch", str(path))
         for d in diagrams:
-            print("\n".join(_describe(d)))
+            plan = plan_diagram(d)
+            print("\n".join(_describe(d, plan)))
             if args.explain:
-                print(explain(d, plan_diagram(d)))
+                print(explain(d, plan))
             if ops is not None:
                 error = equivariance_error(getattr(ops, d.name)(), d, rotations=args.rotations)
                 ok = error < NUMERIC_TOLERANCE
