@@ -10,9 +10,12 @@ from __future__ import annotations
 import hashlib
 from typing import Callable
 
-from fusionc.analysis.cost import path_equation
-from fusionc.analysis.plan import Contribution, Couple, DiagramPlan, Leaf, WeightedSum, plan_diagram
-from fusionc.ir.diagram import CouplingPath, CouplingVertex, Diagram, path_label
+from math import prod
+
+from fusionc.analysis.plan import DiagramPlan, plan_diagram
+from fusionc.analysis.program import (Einsum, Gather, Program, Statement, Tensor, View, derivative, lower,
+                                      recoupling_name)
+from fusionc.ir.diagram import CouplingVertex, Diagram
 from fusionc.version import __version__
 
 
@@ -31,25 +34,11 @@ class CodeWriter:
         self.depth -= 1
 
 
-def _cg_name(t: CouplingVertex, p: CouplingPath) -> str:
-    ls = [irreps[b].ir.l for irreps, b in zip(t.irreps_in, p.operand_blocks)] + [t.irreps_out[p.out_block].ir.l]
-    return "cg_" + "_".join(map(str, ls))
-
-
-def _cg_tables(d: Diagram, plan: DiagramPlan) -> list[tuple[int, int, int]]:
-    tables = {(s.la, s.lb, s.k.l) for s in plan.steps if isinstance(s, Couple)}
-    for t in d.vertices:
-        if len(t.operands) == 2 and not t.is_tree:
-            for p in t.paths:
-                tables.add(tuple(int(x) for x in _cg_name(t, p).split("_")[1:]))
-    return sorted(tables)
-
-
 def _weight_inputs(d: Diagram) -> dict[str, CouplingVertex]:
     return {t.weight_source: t for t in d.vertices if t.weight_source is not None}
 
 
-def _emit_class(w: CodeWriter, d: Diagram, plan: DiagramPlan) -> None:
+def _emit_class(w: CodeWriter, d: Diagram, forward: Program) -> None:
     irreps_inputs = [i for i in d.inputs if i.kind == "irreps"]
     weight_inputs = _weight_inputs(d)
     outputs = d.outputs
@@ -69,14 +58,16 @@ def _emit_class(w: CodeWriter, d: Diagram, plan: DiagramPlan) -> None:
     w(f"irreps_out = {tuple(str(v.irreps) for v in outputs)!r}")
     w(f"weight_numel = {d.internal_weight_numel}")
     w(f"input_weight_numel = { {k: t.weight_numel for k, t in weight_inputs.items()}!r}")
-    w(f"cg_tables = {tuple(_cg_tables(d, plan))!r}")
-    recoupled = [t for t in d.vertices if t.recoupled is not None and t.has_weights]
+    tables = tuple(tuple(int(x) for x in c[3:].split("_")) for c in forward.constants if c.startswith("cg_"))
+    w(f"cg_tables = {tables!r}")
+    names = [c for c in forward.constants if not c.startswith("cg_")]
+    recoupled = [next(t for t in d.vertices if recoupling_name(t) == name) for name in names]
     if recoupled:
         w("recouplings = {  # weights of the canonical trees -> weights of the recoupled shape (exact 6j)")
         w.indent()
         for t in recoupled:
             shape = (len(t.paths), len(t.recoupled.paths))
-            w(f'"{_recoupling_name(t)}": ({shape!r}, (')
+            w(f'"{recoupling_name(t)}": ({shape!r}, (')
             w.indent()
             entries = [f"({i}, {j}, {v!r})," for i, j, v in t.recoupled.matrix]
             for start in range(0, len(entries), 4):
@@ -125,156 +116,178 @@ def _emit_class(w: CodeWriter, d: Diagram, plan: DiagramPlan) -> None:
     w.dedent()
 
 
-def _emit_rows_function(w: CodeWriter, d: Diagram, plan: DiagramPlan) -> None:
-    """The diagram on (n, dim) rows, as a plain function of tensors: the body of its custom op."""
-    constants = [f"cg_{a}_{b}_{c}" for a, b, c in _cg_tables(d, plan)]
-    constants += [_recoupling_name(t) for t in d.vertices if t.recoupled is not None and t.has_weights]
-    names = [i.name for i in d.inputs] + ["weight"] + constants
-    w(f"def _{d.name}(")
+def _slice(t: Tensor, v: View, source: str) -> str:
+    """A view of a flat tensor as its shape: (n, *shape) for row tensors, else shape."""
+    shape = ", ".join(map(str, v.shape))
+    if t.rows:
+        part = source if (v.start, v.numel) == (0, t.size) else f"{source}[:, {v.start}:{v.start + v.numel}]"
+        return f"{part}.reshape(n, {shape})"
+    part = source if (v.start, v.numel) == (0, t.size) else f"{source}[{v.start}:{v.start + v.numel}]"
+    return part if v.shape in ((t.size,), t.shape) else f"{part}.view({shape})"
+
+
+class _ProgramWriter:
+    """Writes a program as straight-line torch code. Each statement is one einsum (or gather /
+    scatter) bound to a local; the pieces of a tensor are summed per segment and concatenated when
+    the tensor is first read, or at the end for outputs."""
+
+    def __init__(self, w: CodeWriter, p: Program) -> None:
+        self.w, self.p = w, p
+        self.pieces: dict[str, dict[tuple[int, tuple[int, ...]], list[str]]] = {}
+        self.ready: dict[str, tuple[str, tuple[int, ...]]] = {}  # tensor -> (local, shape of the local)
+        self.writers: dict[str, int] = {}
+        for s in p.statements:
+            self.writers[s.out.tensor] = self.writers.get(s.out.tensor, 0) + 1
+        self.locals = 0
+
+    def read(self, v: View) -> str:
+        t = self.p.tensors[v.tensor]
+        if t.kind not in ("temp", "output"):
+            return _slice(t, v, v.tensor)
+        local, shape = self.materialize(v.tensor)
+        if shape == v.shape:
+            return local
+        flat = local if len(shape) == 1 else f"{local}.reshape(n, -1)" if t.rows else f"{local}.reshape(-1)"
+        return _slice(t, v, flat)
+
+    def add(self, s: Statement, expression: str) -> None:
+        t = self.p.tensors[s.out.tensor]
+        whole = (s.out.start, s.out.numel) == (0, t.size)
+        if t.kind == "temp" and self.writers[s.out.tensor] == 1 and whole:
+            self.w(f"{s.out.tensor} = {expression}")
+            self.ready[s.out.tensor] = (s.out.tensor, s.out.shape)
+            return
+        local = f"{s.out.tensor.lstrip('_')}_{self.locals}"
+        self.locals += 1
+        self.w(f"{local} = {expression}")
+        self.pieces.setdefault(s.out.tensor, {}).setdefault((s.out.start, s.out.shape), []).append(local)
+
+    def materialize(self, name: str) -> tuple[str, tuple[int, ...]]:
+        if name in self.ready:
+            return self.ready[name]
+        t = self.p.tensors[name]
+        pieces = self.pieces.pop(name, {})
+        lead = "n, " if t.rows else ""
+        if len(pieces) == 1 and next(iter(pieces))[0] == 0 and prod(next(iter(pieces))[1]) == t.size:
+            (_, shape), names = next(iter(pieces.items()))
+            self.w(f"{name} = {' + '.join(names)}")
+            self.ready[name] = (name, shape)
+            return self.ready[name]
+        segments = sorted(pieces.items())
+        ends = [start + prod(shape) for (start, shape), _ in segments]
+        disjoint = all(ends[k] <= segments[k + 1][0][0] for k in range(len(segments) - 1))
+        parts, position = [], 0
+        if disjoint:
+            for (start, shape), names in segments:
+                if start > position:
+                    parts.append(f"weight.new_zeros({lead}{start - position})")
+                total = " + ".join(names)
+                parts.append(f"({total}).reshape({lead}{prod(shape)})" if len(names) > 1 else
+                             f"{total}.reshape({lead}{prod(shape)})")
+                position = start + prod(shape)
+        if not disjoint or not parts:
+            self.w(f"{name} = weight.new_zeros({lead}{t.size})")
+            for (start, shape), names in segments:
+                where = f"[:, {start}:{start + prod(shape)}]" if t.rows else f"[{start}:{start + prod(shape)}]"
+                self.w(f"{name}{where} += ({' + '.join(names)}).reshape({lead}{prod(shape)})")
+        else:
+            if position < t.size:
+                parts.append(f"weight.new_zeros({lead}{t.size - position})")
+            if len(parts) == 1:
+                self.w(f"{name} = {parts[0]}")
+            else:
+                self.w(f"{name} = torch.cat([")
+                self.w.indent()
+                for part in parts:
+                    self.w(f"{part},")
+                self.w.dedent()
+                self.w(f"], dim={-1})")
+        self.ready[name] = (name, (t.size,))
+        return self.ready[name]
+
+    def statement(self, s: Statement) -> None:
+        if s.note:
+            self.w(f"# {s.note}")
+        if isinstance(s, Einsum):
+            operands = [self.read(v) for v in s.operands]
+            if len(operands) == 1 and s.operands[0].labels == s.out.labels:
+                expression = operands[0]
+            else:
+                equation = ",".join(v.labels for v in s.operands) + "->" + s.out.labels
+                expression = f'torch.einsum("{equation}", {", ".join(operands)})'
+            if s.coeff != 1.0:
+                expression += f" * {s.coeff!r}"
+        elif isinstance(s, Gather):
+            expression = f"{self.read(s.source)}.reshape({s.sets}, {s.out.numel})[{s.index}]"
+        else:
+            numel = s.source.numel
+            expression = (f"weight.new_zeros({s.sets}, {numel}).index_add(0, {s.index}, "
+                          f"{self.read(s.source)}.reshape(n, {numel})).reshape({s.out.numel})")
+        self.add(s, expression)
+
+
+def _emit_program(w: CodeWriter, p: Program) -> None:
+    """A program as a plain function of tensors on rows: the body of its custom op."""
+    names = list(p.inputs) + ["weight"] + list(p.constants)
+    w(f"def _{p.name}(")
     w.indent()
     for start in range(0, len(names), 4):
         w(" ".join(f"{name}: torch.Tensor," for name in names[start:start + 4]))
     w.dedent()
     w(") -> list[torch.Tensor]:")
     w.indent()
-    shapes = ", ".join(f"{i.name} {_row_shape(d, i)}" for i in d.inputs)
-    w(f'"""{d.name} on rows: {shapes} -> {", ".join(f"{v.name} (n, {v.irreps.dim})" for v in d.outputs)}."""')
-    first = next(i for i in d.inputs if i.kind == "irreps")
-    w(f"n = {first.name}.shape[0]")
-    offsets = {}
-    offset = 0
-    for t in d.vertices:
-        offsets[t.id] = offset
-        offset += t.parameter_numel
-    for v in d.values:
-        _emit_value(w, d, v, offsets, plan)
-    w(f"return [{', '.join(v.name for v in d.outputs)}]")
+
+    def shape(name: str) -> str:
+        t = p.tensors[name]
+        return f"{name} (n, {t.size})" if t.rows and t.kind != "index" else (f"{name} (n,)" if t.rows else
+                                                                              f"{name} ({t.size},)")
+
+    summary = f"{', '.join(shape(i) for i in p.inputs)} -> {', '.join(shape(o) for o in p.outputs)}"
+    w(f'"""{p.doc or p.name + " on rows"}: {summary}."""')
+    first = next(i for i in p.inputs if p.tensors[i].rows)
+    w(f"n = {first}.shape[0]")
+    writer = _ProgramWriter(w, p)
+    for s in p.statements:
+        writer.statement(s)
+    results = []
+    for o in p.outputs:
+        local, shape = writer.materialize(o)
+        t = p.tensors[o]
+        results.append(local if shape == (t.size,) else f"{local}.reshape({'n, ' if t.rows else ''}{t.size})")
+    w(f"return [{', '.join(results)}]")
     w.dedent()
-
-
-def _row_shape(d: Diagram, i) -> str:
-    if i.kind == "irreps":
-        return f"(n, {i.irreps.dim})"
-    if i.kind == "weights":
-        return f"(n, {_weight_inputs(d)[i.name].weight_numel})"
-    return "(n,)"
-
-
-def _block(name: str, irreps, index: int) -> str:
-    start, stop = irreps.slices()[index]
-    b = irreps[index]
-    return f"{name}[:, {start}:{stop}].reshape(n, {b.mul}, {b.ir.dim})"
-
-
-def _recoupling_name(t: CouplingVertex) -> str:
-    return "recouple_" + t.id.replace(".", "_")
-
-
-def _weights(w: CodeWriter, t: CouplingVertex, offset: int) -> str | None:
-    """Bind the term's weights to a local: a (numel,) vector, or (n, numel) rows for by/per;
-    for a recoupled term, mapped onto the trees of its new shape."""
-    if not t.has_weights:
-        return None
-    name = "w_" + t.id.replace(".", "_")
-    if t.weight_source is not None:
-        w(f"{name} = {t.weight_source}")
-    elif t.per is not None:
-        sets = f"weight[{offset}:{offset + t.parameter_numel}].view({t.weight_sets}, {t.weight_numel})"
-        w(f"{name} = {sets}[{t.per}]  # one weight set per row, chosen by {t.per}")
-    else:
-        w(f"{name} = weight[{offset}:{offset + t.weight_numel}]")
-    if t.recoupled is not None:
-        mul = t.paths[0].weight_shape[0]
-        w(f'{name} = torch.einsum("...pu,pq->...qu", {name}.unflatten(-1, ({len(t.paths)}, {mul})), '
-          f"{_recoupling_name(t)}).flatten(-2)  # recoupled: same function, cheaper shape")
-    return name
-
-
-def _scaled(node: str, weights: str | None, start: int | None, mul: int, coeff: float) -> str:
-    if start is not None and weights is not None:
-        return f"{node} * ({weights}[..., {start}:{start + mul}, None] * {coeff!r})"
-    return node if coeff == 1.0 else f"{node} * {coeff!r}"
-
-
-def _emit_tree_term(w: CodeWriter, t: CouplingVertex, weights: str | None, plan: DiagramPlan,
-                    contributions: dict[int, list[str]]) -> None:
-    for step in plan.vertex_steps[t.id]:
-        if isinstance(step, Leaf):
-            irreps = next(irr for op, irr in zip(t.operands, t.irreps_in) if op == step.operand)
-            w(f"{step.name} = {_block(step.operand, irreps, step.block)}")
-        elif isinstance(step, Couple):
-            w(f'{step.name} = torch.einsum("zui,zuj,ijk->zuk", {step.a}, {step.b}, '
-              f'cg_{step.la}_{step.lb}_{step.k.l})  # -> {step.mul}x{step.k}')
-        elif isinstance(step, WeightedSum):
-            parts = [_scaled(node, weights, start, step.mul, c) for node, start, c in step.parts]
-            w(f"{step.name} = {' + '.join(parts)}")
-        elif isinstance(step, Contribution):
-            contributions[step.block].append(_scaled(step.node, weights, step.start, step.mul, step.coeff))
-
-
-def _emit_value(w: CodeWriter, d: Diagram, v, offsets: dict[str, int], plan: DiagramPlan) -> None:
-    w()
-    w(f"# {'out' if v.is_output else 'let'} {v.name} : {v.irreps}")
-    contributions: dict[int, list[str]] = {i: [] for i in range(len(v.irreps))}
-    counter = 0
-    for t in v.terms:
-        w(f"# {t.id}: {t.text}")
-        weights = _weights(w, t, offsets[t.id])
-        if t.is_tree:
-            w(f"# {len(t.paths)} fusion trees; shared couplings are reused from earlier terms")
-            _emit_tree_term(w, t, weights, plan, contributions)
-            continue
-        for p in t.paths:
-            operands = [_block(op, irreps, b) for op, irreps, b in zip(t.operands, t.irreps_in, p.operand_blocks)]
-            if len(t.operands) == 2:
-                operands.append(_cg_name(t, p))
-            if p.weight_shape:
-                shape = ", ".join(map(str, p.weight_shape))
-                start = p.weight_offset
-                if t.per_row_weights:
-                    operands.append(f"{weights}[:, {start}:{start + p.weight_numel}].view(n, {shape})")
-                else:
-                    operands.append(f"{weights}[{start}:{start + p.weight_numel}].view({shape})")
-            equation = path_equation(t.mode, len(t.operands), t.per_row_weights)
-            name = f"{v.name}_{counter}"
-            counter += 1
-            w(f"# {path_label(t, p)}")
-            scale = "" if p.normalization == 1.0 else f" * {p.normalization!r}"
-            if equation == "zui->zui":
-                w(f"{name} = {operands[0]}{scale}")
-            else:
-                w(f'{name} = torch.einsum("{equation}", {", ".join(operands)}){scale}')
-            contributions[t.placement[p.out_block]].append(name)
-    parts = []
-    for index, names in contributions.items():
-        block = v.irreps[index]
-        if names:
-            parts.append(f"({' + '.join(names)}).reshape(n, {block.dim})")
-        else:  # pruned: nothing downstream reads this block
-            parts.append(f"weight.new_zeros(n, {block.dim})")
-    if len(parts) == 1:
-        w(f"{v.name} = {parts[0]}")
-    else:
-        w(f"{v.name} = torch.cat([")
-        w.indent()
-        for part in parts:
-            w(f"{part},")
-        w.dedent()
-        w("], dim=1)")
 
 
 Lowering = Callable[[Diagram, DiagramPlan], tuple[list[str], str]]
 
 
+def programs(d: Diagram, plan: DiagramPlan) -> tuple[Program, Program, Program]:
+    """The diagram's forward program, its derivative, and the derivative of that."""
+    forward = lower(d, plan)
+    backward = derivative(forward, "d_")
+    return forward, backward, derivative(backward, "d2_")
+
+
+def _signature(p: Program) -> str:
+    outputs = tuple((p.tensors[o].size, p.tensors[o].rows) for o in p.outputs)
+    ranges = {k: (i, p.tensors[i].size) for k, i in enumerate(p.inputs) if p.tensors[i].kind == "index"}
+    return f"outputs={outputs!r}, index_ranges={ranges!r}"
+
+
 def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backend: str,
                 imports: tuple[str, ...] = (), lowering: Lowering | None = None) -> str:
-    """A generated module: per diagram a torch row function, registered as a custom op, and an
-    nn.Module calling it. With `lowering` (another back end), the op runs the code it returns
-    (lines, and the function to call) and the torch row function serves as its derivative."""
+    """A generated module: per diagram its forward, backward and double-backward programs as torch
+    functions, registered as custom ops (each op's autograd is the next program's op), and an
+    nn.Module calling the forward op. With `lowering` (another back end), the forward op runs the
+    code it returns (lines, and the function to call)."""
     w = CodeWriter()
     w(f"# Generated by fusionc {__version__} ({backend} back end) from {filename} — do not edit.")
     w(f"# Source sha256: {hashlib.sha256(source.encode()).hexdigest()}")
-    w(f'"""fusionc {backend} ops compiled from {filename}: {", ".join(d.name for d in diagrams)}."""')
+    w(f'"""fusionc {backend} ops compiled from {filename}: {", ".join(d.name for d in diagrams)}.')
+    w()
+    w("Per diagram: `_<name>` (forward), `_<name>_d` (its vector-Jacobian product) and `_<name>_d_d2`")
+    w("(the product's own), each a program of labelled contractions compiled from the diagram.")
+    w('"""')
     w()
     w("from __future__ import annotations")
     w()
@@ -288,30 +301,37 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
     plans = {d.name: plan_diagram(d) for d in diagrams}
     functions = []
     for d in diagrams:
-        f = CodeWriter()
-        _emit_rows_function(f, d, plans[d.name])
+        chain = programs(d, plans[d.name])
+        blocks = []
+        for p in chain:
+            f = CodeWriter()
+            _emit_program(f, p)
+            blocks.append(f.lines)
         lowered = lowering(d, plans[d.name]) if lowering else ([], None)
-        functions.append((d, f.lines, lowered))
+        functions.append((d, chain, blocks, lowered))
     # ops are named by a hash of their code: the same name always means the same computation
-    code = "\n".join(line for _, lines, (extra, _) in functions for line in lines + extra)
+    code = "\n".join(line for _, _, blocks, (extra, _) in functions for lines in blocks + [extra] for line in lines)
     w()
     w(f'_ops = rt.OpNamespace("fusionc_{hashlib.sha256(code.encode()).hexdigest()[:16]}")')
-    for d, lines, (extra, runner) in functions:
-        for block in (lines, extra):
+    for d, chain, blocks, (extra, runner) in functions:
+        for block in blocks + [extra]:
             if block:
                 w()
                 w()
                 w.lines.extend(block)
         w()
         w()
-        outputs = ", ".join(str(v.irreps.dim) for v in d.outputs)
-        ranges = {k: (i.name, i.size) for k, i in enumerate(d.inputs) if i.kind == "index"}
-        run = f", derivative_of=_{d.name}" if runner else ""
-        w(f"_ops.register(\"{d.name}\", {runner or '_' + d.name}, outputs=({outputs},), index_ranges={ranges!r}{run})")
-    for d in diagrams:
+        forward, backward, second = chain
+        w(f"# {d.name}: each op's autograd is the next program's op; the last one's is autograd through its code")
+        w(f'_ops.register("{second.name}", _{second.name}, {_signature(second)})')
+        w(f'_ops.register("{backward.name}", _{backward.name}, {_signature(backward)}, '
+          f'backward=_ops.{second.name})')
+        w(f'_ops.register("{d.name}", {runner or "_" + d.name}, {_signature(forward)}, '
+          f'backward=_ops.{backward.name}, check_indices=True)')
+    for d, chain, _, _ in functions:
         w()
         w()
-        _emit_class(w, d, plans[d.name])
+        _emit_class(w, d, chain[0])
     return "\n".join(w.lines) + "\n"
 
 

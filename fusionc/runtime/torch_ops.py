@@ -135,23 +135,24 @@ def check_index_range(z: torch.Tensor, size: int, name: str) -> None:
 
 
 class OpNamespace:
-    """The torch.library ops of one generated module: each diagram's row function as a custom op
-    with a fake (meta) implementation, for torch.compile, and autograd.
+    """The torch.library ops of one generated module: each program (a diagram's forward, its
+    derivative, the derivative's derivative) as a custom op with a fake (meta) implementation,
+    for torch.compile, and autograd.
 
-    The backward is the vector-Jacobian product of the row function itself (torch.func.vjp over
-    its einsums), so it is differentiable again: double backward, and forces in training, work.
+    An op's backward is the op of its derivative program; the last op of a chain differentiates
+    through its own torch code (torch.func.vjp), so every order of derivative is available.
     """
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
 
-    def register(self, name: str, fn, outputs: tuple[int, ...], index_ranges: dict[int, tuple[str, int]],
-                 derivative_of=None) -> None:
-        """Register `fn` (rows in, rows out) as op `name`; `index_ranges` maps the position of each
-        index input to its name and size, checked when the op runs (not when it is traced). The
-        backward is the VJP of `derivative_of` (default `fn`), a torch function computing the same
-        thing as `fn`: for a kernel back end, the torch row function of the same diagram."""
-        reference = derivative_of or fn
+    def register(self, name: str, fn, outputs: tuple[tuple[int, bool], ...],
+                 index_ranges: dict[int, tuple[str, int]], backward=None, check_indices: bool = False) -> None:
+        """Register `fn` as op `name`. `outputs` are (size, rows) per output: (n, size) or (size,).
+        `index_ranges` maps the position of each index input to its name and size; with
+        `check_indices` the values are checked when the op runs (not when it is traced). `backward`
+        is the op computing this one's vector-Jacobian product from (inputs + cotangents, weight,
+        constants); without it, the VJP of `fn` itself."""
         qualname = f"{self.namespace}::{name}"
         try:  # the namespace is a hash of the code: an op of that name is this very op
             setattr(self, name, getattr(getattr(torch.ops, self.namespace), name))
@@ -163,38 +164,52 @@ class OpNamespace:
 
         @torch.library.custom_op(qualname, mutates_args=(), schema=schema)
         def op(inputs, weight, constants):
-            for position, (input_name, size) in index_ranges.items():
-                check_index_range(inputs[position], size, input_name)
+            if check_indices:
+                for position, (input_name, size) in index_ranges.items():
+                    check_index_range(inputs[position], size, input_name)
             return fn(*inputs, weight, *constants)
 
         @op.register_fake
         def _(inputs, weight, constants):
             n = inputs[0].shape[0]
-            return [weight.new_empty(n, dim) for dim in outputs]
+            return [weight.new_empty(n, size) if rows else weight.new_empty(size) for size, rows in outputs]
 
         def setup_context(ctx, inputs, output):
             rows, weight, constants = inputs
             ctx.save_for_backward(*rows, weight, *constants)
             ctx.count = len(rows)
 
-        def backward(ctx, grads):
-            saved, count = ctx.saved_tensors, ctx.count
-            rows, weight, constants = list(saved[:count]), saved[count], list(saved[count + 1:])
+        def cotangents(grads, n: int, like: torch.Tensor) -> list[torch.Tensor]:
+            return [g if g is not None else (like.new_zeros(n, size) if rows else like.new_zeros(size))
+                    for g, (size, rows) in zip(grads, outputs)]
+
+        def vjp(rows, weight, constants, grads) -> list[torch.Tensor]:
+            """Gradients of the floating inputs, then of the weight, by autograd through `fn`."""
             floats = [i for i, r in enumerate(rows) if r.is_floating_point()]
 
             def of(weight, *xs):
                 args = list(rows)
                 for i, x in zip(floats, xs):
                     args[i] = x
-                return reference(*args, weight, *constants)
+                return fn(*args, weight, *constants)
 
-            _, vjp = torch.func.vjp(of, weight, *(rows[i] for i in floats))
-            n = rows[0].shape[0]
-            cotangents = vjp([g if g is not None else weight.new_zeros(n, dim) for g, dim in zip(grads, outputs)])
+            _, pullback = torch.func.vjp(of, weight, *(rows[i] for i in floats))
+            result = pullback(grads)
+            return list(result[1:]) + [result[0]]
+
+        def backward_fn(ctx, grads):
+            saved, count = ctx.saved_tensors, ctx.count
+            rows, weight, constants = list(saved[:count]), saved[count], list(saved[count + 1:])
+            grads = cotangents(grads, rows[0].shape[0], weight)
+            if backward is not None:
+                result = backward(rows + grads, weight, constants)
+            else:
+                result = vjp(rows, weight, constants, grads)
             grad_rows: list[torch.Tensor | None] = [None] * count
-            for i, g in zip(floats, cotangents[1:]):
+            floats = [i for i, r in enumerate(rows) if r.is_floating_point()]
+            for i, g in zip(floats, result[:-1]):
                 grad_rows[i] = g
-            return grad_rows, cotangents[0], [None] * len(constants)
+            return grad_rows, result[-1], [None] * len(constants)
 
-        op.register_autograd(backward, setup_context=setup_context)
+        op.register_autograd(backward_fn, setup_context=setup_context)
         setattr(self, name, op)

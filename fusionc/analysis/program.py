@@ -1,0 +1,327 @@
+"""Diagrams as programs of labelled contractions, and their derivatives as programs of the same kind.
+
+A `Program` is what a back end runs for one diagram: flat tensors (rows × size, or size alone)
+cut into segments, and statements that each add one labelled contraction to a segment —
+`out[zwk] += c · Σ x[zui] y[zvj] cg[ijk] W[uvw]` — or gather/scatter one weight set per row.
+It is the fusion diagram with its channel and component indices written out: every path, every
+coupling of a planned fusion tree, every weighted sum is one statement, and intermediate nodes
+of the plan are temporaries shared by the statements that read them.
+
+The derivative of a program is again a program (DESIGN.md: the input's leg becomes the output,
+the output's cotangent becomes an input). For a statement out += c · Π operands, the gradient
+with respect to one operand is the same contraction with that operand's labels as output and the
+cotangent of `out` in its place; labels the operand lacks (rows `z` for shared weights) are summed,
+so weight gradients reduce over rows by construction. Gathers and scatters are each other's
+adjoints. The derivative program recomputes the forward temporaries it needs, so the derivative
+of the derivative (double backward, forces in training) is built by the same function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from math import prod
+
+from fusionc.analysis.cost import path_equation
+from fusionc.analysis.plan import Contribution, Couple, DiagramPlan, Leaf, WeightedSum
+from fusionc.ir.diagram import CouplingVertex, Diagram, path_label
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A flat tensor: (n, size) when `rows`, else (size,). Kinds: input (rows of features, weights
+    or cotangents, or a non-row cotangent), index (an (n,) integer column), param (the module's
+    flat weight vector), const (a CG table or recoupling matrix), temp, output."""
+
+    name: str
+    kind: str
+    size: int
+    rows: bool
+    shape: tuple[int, ...] = ()  # constants: their table shape
+
+    @property
+    def differentiable(self) -> bool:
+        return self.kind in ("input", "param", "temp", "output")
+
+
+@dataclass(frozen=True)
+class View:
+    """Elements [start, start + prod(shape)) of a tensor's last axis, as `shape`, with einsum
+    labels (a leading `z` for the rows axis of a row tensor)."""
+
+    tensor: str
+    start: int
+    shape: tuple[int, ...]
+    labels: str
+
+    @property
+    def numel(self) -> int:
+        return prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Einsum:
+    """out += coeff · einsum(operands -> out.labels)."""
+
+    out: View
+    operands: tuple[View, ...]
+    coeff: float = 1.0
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Gather:
+    """out (rows) += sets[index[z]], `source` viewed as (sets, out.numel)."""
+
+    out: View
+    source: View
+    index: str
+    sets: int
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Scatter:
+    """out (sets × numel, no rows) += Σ_z over rows with index[z] = s of source[z] into set s."""
+
+    out: View
+    source: View
+    index: str
+    sets: int
+    note: str = ""
+
+
+Statement = Einsum | Gather | Scatter
+
+
+@dataclass(frozen=True)
+class Program:
+    """`inputs` are the op's positional row arguments, then `weight` (the param) and `constants`."""
+
+    name: str
+    tensors: dict[str, Tensor]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    constants: tuple[str, ...]
+    statements: tuple[Statement, ...]
+    doc: str = ""
+
+    def reads(self, s: Statement) -> tuple[View, ...]:
+        return s.operands if isinstance(s, Einsum) else (s.source,)
+
+    @property
+    def differentiable_inputs(self) -> tuple[str, ...]:
+        return tuple(i for i in self.inputs if self.tensors[i].kind == "input")
+
+
+def _cg(la: int, lb: int, lk: int, labels: str = "ijk") -> View:
+    return View(f"cg_{la}_{lb}_{lk}", 0, (2 * la + 1, 2 * lb + 1, 2 * lk + 1), labels)
+
+
+def _constant_order(name: str) -> tuple:
+    """CG tables by (l1, l2, l3), then recoupling matrices by name."""
+    if name.startswith("cg_"):
+        return (0, tuple(int(x) for x in name[3:].split("_")), "")
+    return (1, (), name)
+
+
+def recoupling_name(t: CouplingVertex) -> str:
+    return "recouple_" + t.id.replace(".", "_")
+
+
+class _Lowering:
+    """Builds the forward program of one diagram from its plan."""
+
+    def __init__(self, d: Diagram, plan: DiagramPlan) -> None:
+        self.d, self.plan = d, plan
+        self.tensors: dict[str, Tensor] = {"weight": Tensor("weight", "param", d.internal_weight_numel, False)}
+        self.statements: list[Statement] = []
+        self.constants: dict[str, Tensor] = {}
+        self.nodes: dict[str, View] = {}  # plan node -> where it lives
+        self.bases: dict[str, int] = {}  # term -> offset of its weights in the tensor holding them
+        weight_inputs = {t.weight_source: t.weight_numel for t in d.vertices if t.weight_source is not None}
+        for i in d.inputs:
+            if i.kind == "irreps":
+                self.tensors[i.name] = Tensor(i.name, "input", i.irreps.dim, True)
+            elif i.kind == "weights":
+                self.tensors[i.name] = Tensor(i.name, "input", weight_inputs[i.name], True)
+            else:
+                self.tensors[i.name] = Tensor(i.name, "index", i.size, True)  # size: the number of values
+        for v in d.values:
+            self.tensors[v.name] = Tensor(v.name, "output" if v.is_output else "temp", v.irreps.dim, True)
+
+    def block(self, name: str, index: int, labels: str, split: tuple[int, ...] | None = None) -> View:
+        irreps = self.d.irreps_of(name)
+        start, _ = irreps.slices()[index]
+        b = irreps[index]
+        return View(name, start, (*(split or (b.mul,)), b.ir.dim), labels)
+
+    def const(self, view: View) -> View:
+        if view.tensor not in self.constants:
+            self.constants[view.tensor] = Tensor(view.tensor, "const", view.numel, False, view.shape)
+        return view
+
+    def temp(self, name: str, shape: tuple[int, ...], rows: bool = True) -> str:
+        self.tensors[name] = Tensor(name, "temp", prod(shape), rows)
+        return name
+
+    def weights(self, t: CouplingVertex, offset: int) -> str | None:
+        """The tensor holding the term's (one set of) weights: the param, a `by` input, the gathered
+        per-index set, or (recoupled) their image under the recoupling matrix."""
+        if not t.has_weights:
+            return None
+        if t.weight_source is not None:
+            source, base = t.weight_source, 0
+        elif t.per is not None:
+            source, base = self.temp("_w_" + t.id.replace(".", "_"), (t.weight_numel,)), 0
+            self.statements.append(Gather(View(source, 0, (t.weight_numel,), "zp"),
+                                          View("weight", offset, (t.weight_sets * t.weight_numel,), "p"),
+                                          t.per, t.weight_sets, note=f"one weight set per row, chosen by {t.per}"))
+        else:
+            source, base = "weight", offset
+        self.bases[t.id] = base
+        if t.recoupled is None:
+            return source
+        rows = self.tensors[source].rows
+        mul = t.paths[0].weight_shape[0]
+        shape = (len(t.recoupled.paths), mul)
+        name = self.temp("_r_" + t.id.replace(".", "_"), shape, rows)
+        z = "z" if rows else ""
+        matrix = self.const(View(recoupling_name(t), 0, (len(t.paths), len(t.recoupled.paths)), "pq"))
+        self.statements.append(Einsum(View(name, 0, shape, z + "qu"),
+                                      (View(source, base, (len(t.paths), mul), z + "pu"), matrix),
+                                      note="recoupled weights: same function, cheaper shape"))
+        self.bases[t.id] = 0
+        return name
+
+    def weight_view(self, t: CouplingVertex, source: str, start: int, shape: tuple[int, ...], labels: str) -> View:
+        rows = self.tensors[source].rows
+        return View(source, self.bases[t.id] + start, shape, ("z" if rows else "") + labels)
+
+    def run(self) -> Program:
+        d = self.d
+        offset = 0
+        for v in d.values:
+            for t in v.terms:
+                source = self.weights(t, offset)
+                offset += t.parameter_numel
+                if t.is_tree:
+                    self.tree(v.name, t, source)
+                else:
+                    self.paths(v.name, t, source)
+        inputs = tuple(i.name for i in d.inputs)
+        tensors = {**self.tensors, **self.constants}
+        constants = tuple(sorted(self.constants, key=_constant_order))
+        return Program(d.name, tensors, inputs, tuple(v.name for v in d.outputs), constants, tuple(self.statements))
+
+    def paths(self, value: str, t: CouplingVertex, source: str | None) -> None:
+        v = next(v for v in self.d.values if v.name == value)
+        equation = path_equation(t.mode, len(t.operands), t.per_row_weights)
+        ins, out = equation.split("->")
+        labels = ins.split(",")
+        for p in t.paths:
+            operands = []
+            for op, b, lab in zip(t.operands, p.operand_blocks, labels):
+                operands.append(self.block(op, b, lab))
+            rest = labels[len(t.operands):]
+            if len(t.operands) == 2:
+                ls = [irreps[b].ir.l for irreps, b in zip(t.irreps_in, p.operand_blocks)]
+                operands.append(self.const(_cg(ls[0], ls[1], t.irreps_out[p.out_block].ir.l, rest[0])))
+                rest = rest[1:]
+            if p.weight_shape:
+                operands.append(self.weight_view(t, source, p.weight_offset, p.weight_shape, rest[0].lstrip("z")))
+            ob = t.placement[p.out_block]
+            split = None
+            if t.mode == "uvuv":
+                split = (t.irreps_in[0][p.operand_blocks[0]].mul, t.irreps_in[1][p.operand_blocks[1]].mul)
+            self.statements.append(Einsum(self.block(v.name, ob, out, split), tuple(operands), p.normalization,
+                                          note=path_label(t, p)))
+
+    def tree(self, value: str, t: CouplingVertex, source: str | None) -> None:
+        """The plan's steps for one tree term; nodes shared with earlier terms are reused."""
+
+        def scaled(name: str, start: int | None, mul: int, coeff: float, out: View) -> Einsum:
+            operands = (self.nodes[name],)
+            if start is not None:
+                operands += (self.weight_view(t, source, start, (mul,), "u"),)
+            return Einsum(out, operands, coeff)
+
+        for step in self.plan.vertex_steps[t.id]:
+            if isinstance(step, Leaf):  # operand blocks are read in place
+                self.nodes[step.name] = self.block(step.operand, step.block, "zui")
+            elif isinstance(step, Couple):
+                shape = (step.mul, step.k.dim)
+                out = View(self.temp("_" + step.name, shape), 0, shape, "zuk")
+                a, b = self.nodes[step.a], self.nodes[step.b]
+                self.statements.append(Einsum(out, (a, replace(b, labels="zuj"),
+                                                    self.const(_cg(step.la, step.lb, step.k.l))),
+                                              note=f"{step.name} = ({step.a} ⊗ {step.b}) -> {step.mul}x{step.k}"))
+                self.nodes[step.name] = replace(out, labels="zui")
+            elif isinstance(step, WeightedSum):
+                shape = (step.mul, step.ir.dim)
+                out = View(self.temp("_" + step.name, shape), 0, shape, "zui")
+                for part, start, coeff in step.parts:
+                    self.statements.append(scaled(part, start, step.mul, coeff, out))
+                self.nodes[step.name] = out
+            elif isinstance(step, Contribution):
+                self.statements.append(scaled(step.node, step.start, step.mul, step.coeff,
+                                              self.block(value, step.block, "zui")))
+
+
+def lower(d: Diagram, plan: DiagramPlan) -> Program:
+    """The forward program of a diagram, following its plan."""
+    return _Lowering(d, plan).run()
+
+
+def derivative(p: Program, prefix: str = "d_") -> Program:
+    """The vector-Jacobian product of `p` as a program: inputs are p's inputs, then one cotangent
+    per output (named prefix + output); outputs are the gradients of p's differentiable inputs,
+    then of the param."""
+    taken = set(p.tensors)
+
+    def grad_name(name: str) -> str:
+        g = prefix + name
+        while g in taken:
+            g = "d" + g
+        return g
+
+    grads: dict[str, str] = {}
+    tensors = dict(p.tensors)
+    for name, t in p.tensors.items():
+        if t.differentiable:
+            grads[name] = grad_name(name)
+            kind = "input" if t.kind == "output" else ("output" if t.kind in ("input", "param") else "temp")
+            tensors[grads[name]] = Tensor(grads[name], kind, t.size, t.rows)
+    statements: list[Statement] = [s for s in p.statements if p.tensors[s.out.tensor].kind == "temp"]
+    for s in reversed(p.statements):
+        g_out = replace(s.out, tensor=grads[s.out.tensor])
+        if isinstance(s, Einsum):
+            for k, x in enumerate(s.operands):
+                if not p.tensors[x.tensor].differentiable:
+                    continue
+                others = s.operands[:k] + s.operands[k + 1:]
+                statements.append(Einsum(replace(x, tensor=grads[x.tensor]), (g_out,) + others, s.coeff,
+                                         note=f"∂/∂{x.tensor}: {s.note}" if s.note else ""))
+        elif isinstance(s, Gather):
+            statements.append(Scatter(replace(s.source, tensor=grads[s.source.tensor]), g_out, s.index, s.sets,
+                                      note="weight gradient per index value"))
+        else:
+            statements.append(Gather(replace(s.source, tensor=grads[s.source.tensor]), g_out, s.index, s.sets))
+    outputs = tuple(grads[i] for i in p.differentiable_inputs) + (grads["weight"],)
+    inputs = p.inputs + tuple(grads[o] for o in p.outputs)
+    return prune(Program(p.name + "_" + prefix.rstrip("_"), tensors, inputs, outputs, p.constants,
+                         tuple(statements), doc=f"the vector-Jacobian product of {p.name}"))
+
+
+def prune(p: Program) -> Program:
+    """Drop statements whose results nothing reads, and tensors no statement touches."""
+    needed = set(p.outputs)
+    kept: list[Statement] = []
+    for s in reversed(p.statements):
+        if s.out.tensor in needed:
+            kept.append(s)
+            needed.update(v.tensor for v in p.reads(s))
+            if not isinstance(s, Einsum):
+                needed.add(s.index)
+    kept.reverse()
+    used = needed | set(p.inputs) | set(p.constants) | {"weight"}
+    return replace(p, tensors={k: v for k, v in p.tensors.items() if k in used}, statements=tuple(kept))
