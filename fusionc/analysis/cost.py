@@ -52,7 +52,7 @@ class _SparseCG(opt_einsum.paths.PathOptimizer):
 
     def __call__(self, inputs, output, size_dict, memory_limit=None):
         best_cost, best_path = None, None
-        for path in _pair_orders(len(inputs)):
+        for path in pair_orders(len(inputs)):
             cost = _order_cost(path, [set(i) for i in inputs], set(output), size_dict, dict(self.density))
             if best_cost is None or cost < best_cost:
                 best_cost, best_path = cost, path
@@ -60,12 +60,12 @@ class _SparseCG(opt_einsum.paths.PathOptimizer):
 
 
 @functools.lru_cache(maxsize=None)
-def _pair_orders(n: int) -> tuple[tuple[tuple[int, int], ...], ...]:
+def pair_orders(n: int) -> tuple[tuple[tuple[int, int], ...], ...]:
     if n == 1:
         return ((),)
     orders = []
     for i, j in itertools.combinations(range(n), 2):
-        for rest in _pair_orders(n - 1):
+        for rest in pair_orders(n - 1):
             orders.append(((i, j),) + rest)
     return tuple(orders)
 

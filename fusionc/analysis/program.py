@@ -21,7 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from math import prod
 
-from fusionc.analysis.cost import path_equation
+import opt_einsum
+
+from fusionc.analysis.cost import pair_orders, path_equation
 from fusionc.analysis.plan import Contribution, Couple, DiagramPlan, Leaf, WeightedSum
 from fusionc.ir.diagram import CouplingVertex, Diagram, path_label
 
@@ -325,3 +327,79 @@ def prune(p: Program) -> Program:
     kept.reverse()
     used = needed | set(p.inputs) | set(p.constants) | {"weight"}
     return replace(p, tensors={k: v for k, v in p.tensors.items() if k in used}, statements=tuple(kept))
+
+
+#: Rows assumed when choosing contraction orders: the order depends on how rows compare with
+#: channel and component sizes, and any batch from a few hundred rows up chooses alike.
+PLANNING_ROWS = 1024
+
+#: Cost per FLOP of a product batched over rows with something summed (per row, tiny matrices:
+#: a loop of small products) relative to a matrix product whose rows fold into one large side:
+#: measured on the CPU with torch, 2,000 rows, (32 × 3)·(3 × 5) per row at about 4 GFLOP/s
+#: against about 95 GFLOP/s for (2,000·5 × 32)·(32 × 32).
+BATCHED_PENALTY = 16
+
+
+def pair_cost(a: str, b: str, kept: str, sizes: dict[str, int]) -> float:
+    """Cost of forming `kept` from operands labelled `a` and `b`: FLOPs, weighted by how well the
+    CPU runs that kind of product, plus the elements written."""
+    labels = set(a) | set(b)
+    flops = 2 * prod(sizes[c] for c in labels)
+    batched = "z" in a and "z" in b and "z" in kept and labels - set(kept)
+    return flops * (BATCHED_PENALTY if batched else 1) + prod(sizes[c] for c in kept)
+
+
+def factorize(p: Program, rows: int = PLANNING_ROWS) -> Program:
+    """Split every contraction of three or more operands into pairwise ones, in the order of least
+    `pair_cost`; a pairwise intermediate that several statements form (the cotangent with the
+    weights, shared by the gradients of both operands) is formed once, and costs nothing the
+    second time, so orders that share are preferred."""
+    tensors = dict(p.tensors)
+    formed: dict[tuple, View] = {}
+    statements: list[Statement] = []
+
+    def kept_labels(a: View, b: View, rest: list[View], out: View) -> str:
+        later = set(out.labels).union(*(v.labels for v in rest))
+        return "".join(sorted(set(a.labels + b.labels) & later, key=lambda c: (c != "z", c)))
+
+    def key(a: View, b: View, kept: str) -> tuple:
+        return tuple(sorted((a, b), key=repr)), kept
+
+    for s in p.statements:
+        if not isinstance(s, Einsum) or len(s.operands) < 3:
+            statements.append(s)
+            continue
+        sizes = {"z": rows}
+        for v in s.operands:
+            sizes.update(zip(v.labels.replace("z", ""), v.shape))
+
+        note = s.note
+
+        def run(order, build: bool) -> tuple[float, list[View]]:
+            nonlocal note
+            operands, total = list(s.operands), 0.0
+            for step, pair in enumerate(order):
+                a, b = (operands[k] for k in pair)
+                if step == len(order) - 1:  # the statement itself: out = a · b
+                    total += pair_cost(a.labels, b.labels, s.out.labels, sizes)
+                    break
+                for k in sorted(pair, reverse=True):
+                    operands.pop(k)
+                kept = kept_labels(a, b, operands, s.out)
+                shape = tuple(sizes[c] for c in kept if c != "z")
+                found = key(a, b, kept)
+                if found not in formed:
+                    total += pair_cost(a.labels, b.labels, kept, sizes)
+                    if build:
+                        name = f"_c{len(formed)}"
+                        tensors[name] = Tensor(name, "temp", prod(shape), "z" in kept)
+                        formed[found] = View(name, 0, shape, kept)
+                        statements.append(Einsum(formed[found], (a, b), note=note))
+                        note = ""
+                operands.append(formed[found] if build else View("?", 0, shape, kept))
+            return total, operands
+
+        best = min(pair_orders(len(s.operands)), key=lambda order: run(order, build=False)[0])
+        _, operands = run(best, build=True)
+        statements.append(replace(s, operands=tuple(operands), note=note))
+    return replace(p, tensors=tensors, statements=tuple(statements))

@@ -13,8 +13,8 @@ from typing import Callable
 from math import prod
 
 from fusionc.analysis.plan import DiagramPlan, plan_diagram
-from fusionc.analysis.program import (Einsum, Gather, Program, Statement, Tensor, View, derivative, lower,
-                                      recoupling_name)
+from fusionc.analysis.program import (Einsum, Gather, Program, Statement, Tensor, View, derivative, factorize,
+                                      lower, recoupling_name, PLANNING_ROWS)
 from fusionc.ir.diagram import CouplingVertex, Diagram
 from fusionc.version import __version__
 
@@ -205,18 +205,22 @@ class _ProgramWriter:
         self.ready[name] = (name, (t.size,))
         return self.ready[name]
 
+    def _numel(self, v: View) -> int:
+        return v.numel * (PLANNING_ROWS if self.p.tensors[v.tensor].rows else 1)
+
     def statement(self, s: Statement) -> None:
         if s.note:
             self.w(f"# {s.note}")
         if isinstance(s, Einsum):
             operands = [self.read(v) for v in s.operands]
             if len(operands) == 1 and s.operands[0].labels == s.out.labels:
-                expression = operands[0]
+                expression = operands[0] + ("" if s.coeff == 1.0 else f" * {s.coeff!r}")
             else:
+                if s.coeff != 1.0:  # scale the smallest operand: fewest multiplications
+                    k = min(range(len(operands)), key=lambda k: (self._numel(s.operands[k]), k))
+                    operands[k] = f"({operands[k]} * {s.coeff!r})"
                 equation = ",".join(v.labels for v in s.operands) + "->" + s.out.labels
                 expression = f'torch.einsum("{equation}", {", ".join(operands)})'
-            if s.coeff != 1.0:
-                expression += f" * {s.coeff!r}"
         elif isinstance(s, Gather):
             expression = f"{self.read(s.source)}.reshape({s.sets}, {s.out.numel})[{s.index}]"
         else:
@@ -305,7 +309,7 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
         blocks = []
         for p in chain:
             f = CodeWriter()
-            _emit_program(f, p)
+            _emit_program(f, factorize(p))
             blocks.append(f.lines)
         lowered = lowering(d, plans[d.name]) if lowering else ([], None)
         functions.append((d, chain, blocks, lowered))

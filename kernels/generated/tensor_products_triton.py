@@ -16,7 +16,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_6fb7d81231fa552b")
+_ops = rt.OpNamespace("fusionc_83540da46b8de64d")
 
 
 def _fc_tp(
@@ -28,31 +28,55 @@ def _fc_tp(
     """fc_tp on rows: x (n, 288), y (n, 16) -> z (n, 288)."""
     n = x.shape[0]
     # 32x0e ⊗ 1x0e -> 32x0e
-    z_0 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 0:32].reshape(n, 32, 1), y[:, 0:1].reshape(n, 1, 1), cg_0_0_0, weight[0:1024].view(32, 1, 32)) * 0.10206207261596575
+    _c0 = torch.einsum("zui,zvj->zijuv", x[:, 0:32].reshape(n, 32, 1), y[:, 0:1].reshape(n, 1, 1))
+    _c1 = torch.einsum("ijk,uvw->ijkuvw", cg_0_0_0, weight[0:1024].view(32, 1, 32))
+    z_0 = torch.einsum("zijuv,ijkuvw->zwk", _c0, (_c1 * 0.10206207261596575))
     # 32x0e ⊗ 1x1o -> 32x1o
-    z_1 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 0:32].reshape(n, 32, 1), y[:, 1:4].reshape(n, 1, 3), cg_0_1_1, weight[1024:2048].view(32, 1, 32)) * 0.13693063937629152
+    _c2 = torch.einsum("zui,uvw->zivw", x[:, 0:32].reshape(n, 32, 1), weight[1024:2048].view(32, 1, 32))
+    _c3 = torch.einsum("zvj,ijk->zikv", y[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
+    z_1 = torch.einsum("zivw,zikv->zwk", _c2, (_c3 * 0.13693063937629152))
     # 32x0e ⊗ 1x2e -> 32x2e
-    z_2 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 0:32].reshape(n, 32, 1), y[:, 4:9].reshape(n, 1, 5), cg_0_2_2, weight[2048:3072].view(32, 1, 32)) * 0.1767766952966369
+    _c4 = torch.einsum("zui,uvw->zivw", x[:, 0:32].reshape(n, 32, 1), weight[2048:3072].view(32, 1, 32))
+    _c5 = torch.einsum("zvj,ijk->zikv", y[:, 4:9].reshape(n, 1, 5), cg_0_2_2)
+    z_2 = torch.einsum("zivw,zikv->zwk", _c4, (_c5 * 0.1767766952966369))
     # 32x1o ⊗ 1x0e -> 32x1o
-    z_3 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1), cg_1_0_1, weight[3072:4096].view(32, 1, 32)) * 0.13693063937629152
+    _c6 = torch.einsum("zui,zvj->zijuv", x[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1))
+    _c7 = torch.einsum("ijk,zijuv->zkuv", cg_1_0_1, _c6)
+    z_3 = torch.einsum("uvw,zkuv->zwk", (weight[3072:4096].view(32, 1, 32) * 0.13693063937629152), _c7)
     # 32x1o ⊗ 1x1o -> 32x0e
-    z_4 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3), cg_1_1_0, weight[4096:5120].view(32, 1, 32)) * 0.10206207261596575
+    _c8 = torch.einsum("zui,zvj->zijuv", x[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3))
+    _c9 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c8)
+    z_4 = torch.einsum("uvw,zkuv->zwk", (weight[4096:5120].view(32, 1, 32) * 0.10206207261596575), _c9)
     # 32x1o ⊗ 1x1o -> 32x2e
-    z_5 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3), cg_1_1_2, weight[5120:6144].view(32, 1, 32)) * 0.1767766952966369
+    _c10 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_2, _c8)
+    z_5 = torch.einsum("uvw,zkuv->zwk", (weight[5120:6144].view(32, 1, 32) * 0.1767766952966369), _c10)
     # 32x1o ⊗ 1x2e -> 32x1o
-    z_6 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 32:128].reshape(n, 32, 3), y[:, 4:9].reshape(n, 1, 5), cg_1_2_1, weight[6144:7168].view(32, 1, 32)) * 0.13693063937629152
+    _c11 = torch.einsum("zui,zvj->zijuv", x[:, 32:128].reshape(n, 32, 3), y[:, 4:9].reshape(n, 1, 5))
+    _c12 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c11)
+    z_6 = torch.einsum("uvw,zkuv->zwk", (weight[6144:7168].view(32, 1, 32) * 0.13693063937629152), _c12)
     # 32x1o ⊗ 1x3o -> 32x2e
-    z_7 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 32:128].reshape(n, 32, 3), y[:, 9:16].reshape(n, 1, 7), cg_1_3_2, weight[7168:8192].view(32, 1, 32)) * 0.1767766952966369
+    _c13 = torch.einsum("zui,zvj->zijuv", x[:, 32:128].reshape(n, 32, 3), y[:, 9:16].reshape(n, 1, 7))
+    _c14 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_2, _c13)
+    z_7 = torch.einsum("uvw,zkuv->zwk", (weight[7168:8192].view(32, 1, 32) * 0.1767766952966369), _c14)
     # 32x2e ⊗ 1x0e -> 32x2e
-    z_8 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1), cg_2_0_2, weight[8192:9216].view(32, 1, 32)) * 0.1767766952966369
+    _c15 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1))
+    _c16 = torch.einsum("ijk,zijuv->zkuv", cg_2_0_2, _c15)
+    z_8 = torch.einsum("uvw,zkuv->zwk", (weight[8192:9216].view(32, 1, 32) * 0.1767766952966369), _c16)
     # 32x2e ⊗ 1x1o -> 32x1o
-    z_9 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3), cg_2_1_1, weight[9216:10240].view(32, 1, 32)) * 0.13693063937629152
+    _c17 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3))
+    _c18 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c17)
+    z_9 = torch.einsum("uvw,zkuv->zwk", (weight[9216:10240].view(32, 1, 32) * 0.13693063937629152), _c18)
     # 32x2e ⊗ 1x2e -> 32x0e
-    z_10 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5), cg_2_2_0, weight[10240:11264].view(32, 1, 32)) * 0.10206207261596575
+    _c19 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5))
+    _c20 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c19)
+    z_10 = torch.einsum("uvw,zkuv->zwk", (weight[10240:11264].view(32, 1, 32) * 0.10206207261596575), _c20)
     # 32x2e ⊗ 1x2e -> 32x2e
-    z_11 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5), cg_2_2_2, weight[11264:12288].view(32, 1, 32)) * 0.1767766952966369
+    _c21 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c19)
+    z_11 = torch.einsum("uvw,zkuv->zwk", (weight[11264:12288].view(32, 1, 32) * 0.1767766952966369), _c21)
     # 32x2e ⊗ 1x3o -> 32x1o
-    z_12 = torch.einsum("zui,zvj,ijk,uvw->zwk", x[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7), cg_2_3_1, weight[12288:13312].view(32, 1, 32)) * 0.13693063937629152
+    _c22 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7))
+    _c23 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_1, _c22)
+    z_12 = torch.einsum("uvw,zkuv->zwk", (weight[12288:13312].view(32, 1, 32) * 0.13693063937629152), _c23)
     z = torch.cat([
         (z_0 + z_4 + z_10).reshape(n, 32),
         (z_1 + z_3 + z_6 + z_9 + z_12).reshape(n, 96),
@@ -71,83 +95,141 @@ def _fc_tp_d(
     """the vector-Jacobian product of fc_tp: x (n, 288), y (n, 16), d_z (n, 288) -> d_x (n, 288), d_y (n, 16), d_weight (13312,)."""
     n = x.shape[0]
     # ∂/∂x: 32x2e ⊗ 1x3o -> 32x1o
-    d_x_0 = torch.einsum("zwk,zvj,ijk,uvw->zui", d_z[:, 32:128].reshape(n, 32, 3), y[:, 9:16].reshape(n, 1, 7), cg_2_3_1, weight[12288:13312].view(32, 1, 32)) * 0.13693063937629152
+    _c0 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 32:128].reshape(n, 32, 3), y[:, 9:16].reshape(n, 1, 7))
+    _c1 = torch.einsum("ijk,zjkvw->zivw", cg_2_3_1, _c0)
+    d_x_0 = torch.einsum("uvw,zivw->zui", (weight[12288:13312].view(32, 1, 32) * 0.13693063937629152), _c1)
     # ∂/∂y: 32x2e ⊗ 1x3o -> 32x1o
-    d_y_1 = torch.einsum("zwk,zui,ijk,uvw->zvj", d_z[:, 32:128].reshape(n, 32, 3), x[:, 128:288].reshape(n, 32, 5), cg_2_3_1, weight[12288:13312].view(32, 1, 32)) * 0.13693063937629152
+    _c2 = torch.einsum("zwk,uvw->zkuv", d_z[:, 32:128].reshape(n, 32, 3), weight[12288:13312].view(32, 1, 32))
+    _c3 = torch.einsum("zui,zkuv->zikv", x[:, 128:288].reshape(n, 32, 5), _c2)
+    d_y_1 = torch.einsum("ijk,zikv->zvj", (cg_2_3_1 * 0.13693063937629152), _c3)
     # ∂/∂weight: 32x2e ⊗ 1x3o -> 32x1o
-    d_weight_2 = torch.einsum("zwk,zui,zvj,ijk->uvw", d_z[:, 32:128].reshape(n, 32, 3), x[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7), cg_2_3_1) * 0.13693063937629152
+    _c4 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7))
+    _c5 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_1, _c4)
+    d_weight_2 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 32:128].reshape(n, 32, 3) * 0.13693063937629152), _c5)
     # ∂/∂x: 32x2e ⊗ 1x2e -> 32x2e
-    d_x_3 = torch.einsum("zwk,zvj,ijk,uvw->zui", d_z[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5), cg_2_2_2, weight[11264:12288].view(32, 1, 32)) * 0.1767766952966369
+    _c6 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5))
+    _c7 = torch.einsum("ijk,zjkvw->zivw", cg_2_2_2, _c6)
+    d_x_3 = torch.einsum("uvw,zivw->zui", (weight[11264:12288].view(32, 1, 32) * 0.1767766952966369), _c7)
     # ∂/∂y: 32x2e ⊗ 1x2e -> 32x2e
-    d_y_4 = torch.einsum("zwk,zui,ijk,uvw->zvj", d_z[:, 128:288].reshape(n, 32, 5), x[:, 128:288].reshape(n, 32, 5), cg_2_2_2, weight[11264:12288].view(32, 1, 32)) * 0.1767766952966369
+    _c8 = torch.einsum("zwk,uvw->zkuv", d_z[:, 128:288].reshape(n, 32, 5), weight[11264:12288].view(32, 1, 32))
+    _c9 = torch.einsum("zui,zkuv->zikv", x[:, 128:288].reshape(n, 32, 5), _c8)
+    d_y_4 = torch.einsum("ijk,zikv->zvj", (cg_2_2_2 * 0.1767766952966369), _c9)
     # ∂/∂weight: 32x2e ⊗ 1x2e -> 32x2e
-    d_weight_5 = torch.einsum("zwk,zui,zvj,ijk->uvw", d_z[:, 128:288].reshape(n, 32, 5), x[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5), cg_2_2_2) * 0.1767766952966369
+    d_weight_5 = torch.einsum("zui,zivw->uvw", (x[:, 128:288].reshape(n, 32, 5) * 0.1767766952966369), _c7)
     # ∂/∂x: 32x2e ⊗ 1x2e -> 32x0e
-    d_x_6 = torch.einsum("zwk,zvj,ijk,uvw->zui", d_z[:, 0:32].reshape(n, 32, 1), y[:, 4:9].reshape(n, 1, 5), cg_2_2_0, weight[10240:11264].view(32, 1, 32)) * 0.10206207261596575
+    _c10 = torch.einsum("zwk,uvw->zkuv", d_z[:, 0:32].reshape(n, 32, 1), weight[10240:11264].view(32, 1, 32))
+    _c11 = torch.einsum("zvj,ijk->zikv", y[:, 4:9].reshape(n, 1, 5), cg_2_2_0)
+    d_x_6 = torch.einsum("zkuv,zikv->zui", _c10, (_c11 * 0.10206207261596575))
     # ∂/∂y: 32x2e ⊗ 1x2e -> 32x0e
-    d_y_7 = torch.einsum("zwk,zui,ijk,uvw->zvj", d_z[:, 0:32].reshape(n, 32, 1), x[:, 128:288].reshape(n, 32, 5), cg_2_2_0, weight[10240:11264].view(32, 1, 32)) * 0.10206207261596575
+    _c12 = torch.einsum("zui,zkuv->zikv", x[:, 128:288].reshape(n, 32, 5), _c10)
+    d_y_7 = torch.einsum("ijk,zikv->zvj", (cg_2_2_0 * 0.10206207261596575), _c12)
     # ∂/∂weight: 32x2e ⊗ 1x2e -> 32x0e
-    d_weight_8 = torch.einsum("zwk,zui,zvj,ijk->uvw", d_z[:, 0:32].reshape(n, 32, 1), x[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5), cg_2_2_0) * 0.10206207261596575
+    _c13 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5))
+    _c14 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c13)
+    d_weight_8 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 0:32].reshape(n, 32, 1) * 0.10206207261596575), _c14)
     # ∂/∂x: 32x2e ⊗ 1x1o -> 32x1o
-    d_x_9 = torch.einsum("zwk,zvj,ijk,uvw->zui", d_z[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3), cg_2_1_1, weight[9216:10240].view(32, 1, 32)) * 0.13693063937629152
+    _c15 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3))
+    _c16 = torch.einsum("ijk,zjkvw->zivw", cg_2_1_1, _c15)
+    d_x_9 = torch.einsum("uvw,zivw->zui", (weight[9216:10240].view(32, 1, 32) * 0.13693063937629152), _c16)
     # ∂/∂y: 32x2e ⊗ 1x1o -> 32x1o
-    d_y_10 = torch.einsum("zwk,zui,ijk,uvw->zvj", d_z[:, 32:128].reshape(n, 32, 3), x[:, 128:288].reshape(n, 32, 5), cg_2_1_1, weight[9216:10240].view(32, 1, 32)) * 0.13693063937629152
+    _c17 = torch.einsum("zwk,uvw->zkuv", d_z[:, 32:128].reshape(n, 32, 3), weight[9216:10240].view(32, 1, 32))
+    _c18 = torch.einsum("zui,ijk->zjku", x[:, 128:288].reshape(n, 32, 5), cg_2_1_1)
+    d_y_10 = torch.einsum("zkuv,zjku->zvj", (_c17 * 0.13693063937629152), _c18)
     # ∂/∂weight: 32x2e ⊗ 1x1o -> 32x1o
-    d_weight_11 = torch.einsum("zwk,zui,zvj,ijk->uvw", d_z[:, 32:128].reshape(n, 32, 3), x[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3), cg_2_1_1) * 0.13693063937629152
+    _c19 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3))
+    _c20 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c19)
+    d_weight_11 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 32:128].reshape(n, 32, 3) * 0.13693063937629152), _c20)
     # ∂/∂x: 32x2e ⊗ 1x0e -> 32x2e
-    d_x_12 = torch.einsum("zwk,zvj,ijk,uvw->zui", d_z[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1), cg_2_0_2, weight[8192:9216].view(32, 1, 32)) * 0.1767766952966369
+    _c21 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1))
+    _c22 = torch.einsum("ijk,zjkvw->zivw", cg_2_0_2, _c21)
+    d_x_12 = torch.einsum("uvw,zivw->zui", (weight[8192:9216].view(32, 1, 32) * 0.1767766952966369), _c22)
     # ∂/∂y: 32x2e ⊗ 1x0e -> 32x2e
-    d_y_13 = torch.einsum("zwk,zui,ijk,uvw->zvj", d_z[:, 128:288].reshape(n, 32, 5), x[:, 128:288].reshape(n, 32, 5), cg_2_0_2, weight[8192:9216].view(32, 1, 32)) * 0.1767766952966369
+    _c23 = torch.einsum("zwk,ijk->zijw", d_z[:, 128:288].reshape(n, 32, 5), cg_2_0_2)
+    _c24 = torch.einsum("zui,uvw->zivw", x[:, 128:288].reshape(n, 32, 5), weight[8192:9216].view(32, 1, 32))
+    d_y_13 = torch.einsum("zijw,zivw->zvj", (_c23 * 0.1767766952966369), _c24)
     # ∂/∂weight: 32x2e ⊗ 1x0e -> 32x2e
-    d_weight_14 = torch.einsum("zwk,zui,zvj,ijk->uvw", d_z[:, 128:288].reshape(n, 32, 5), x[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1), cg_2_0_2) * 0.1767766952966369
+    _c25 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1))
+    d_weight_14 = torch.einsum("zijw,zijuv->uvw", (_c23 * 0.1767766952966369), _c25)
     # ∂/∂x: 32x1o ⊗ 1x3o -> 32x2e
-    d_x_15 = torch.einsum("zwk,zvj,ijk,uvw->zui", d_z[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7), cg_1_3_2, weight[7168:8192].view(32, 1, 32)) * 0.1767766952966369
+    _c26 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7))
+    _c27 = torch.einsum("ijk,zjkvw->zivw", cg_1_3_2, _c26)
+    d_x_15 = torch.einsum("uvw,zivw->zui", (weight[7168:8192].view(32, 1, 32) * 0.1767766952966369), _c27)
     # ∂/∂y: 32x1o ⊗ 1x3o -> 32x2e
-    d_y_16 = torch.einsum("zwk,zui,ijk,uvw->zvj", d_z[:, 128:288].reshape(n, 32, 5), x[:, 32:128].reshape(n, 32, 3), cg_1_3_2, weight[7168:8192].view(32, 1, 32)) * 0.1767766952966369
+    _c28 = torch.einsum("zui,uvw->zivw", x[:, 32:128].reshape(n, 32, 3), weight[7168:8192].view(32, 1, 32))
+    _c29 = torch.einsum("zwk,zivw->zikv", d_z[:, 128:288].reshape(n, 32, 5), _c28)
+    d_y_16 = torch.einsum("ijk,zikv->zvj", (cg_1_3_2 * 0.1767766952966369), _c29)
     # ∂/∂weight: 32x1o ⊗ 1x3o -> 32x2e
-    d_weight_17 = torch.einsum("zwk,zui,zvj,ijk->uvw", d_z[:, 128:288].reshape(n, 32, 5), x[:, 32:128].reshape(n, 32, 3), y[:, 9:16].reshape(n, 1, 7), cg_1_3_2) * 0.1767766952966369
+    d_weight_17 = torch.einsum("zui,zivw->uvw", (x[:, 32:128].reshape(n, 32, 3) * 0.1767766952966369), _c27)
     # ∂/∂x: 32x1o ⊗ 1x2e -> 32x1o
-    d_x_18 = torch.einsum("zwk,zvj,ijk,uvw->zui", d_z[:, 32:128].reshape(n, 32, 3), y[:, 4:9].reshape(n, 1, 5), cg_1_2_1, weight[6144:7168].view(32, 1, 32)) * 0.13693063937629152
+    _c30 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 32:128].reshape(n, 32, 3), y[:, 4:9].reshape(n, 1, 5))
+    _c31 = torch.einsum("ijk,zjkvw->zivw", cg_1_2_1, _c30)
+    d_x_18 = torch.einsum("uvw,zivw->zui", (weight[6144:7168].view(32, 1, 32) * 0.13693063937629152), _c31)
     # ∂/∂y: 32x1o ⊗ 1x2e -> 32x1o
-    d_y_19 = torch.einsum("zwk,zui,ijk,uvw->zvj", d_z[:, 32:128].reshape(n, 32, 3), x[:, 32:128].reshape(n, 32, 3), cg_1_2_1, weight[6144:7168].view(32, 1, 32)) * 0.13693063937629152
+    _c32 = torch.einsum("zwk,uvw->zkuv", d_z[:, 32:128].reshape(n, 32, 3), weight[6144:7168].view(32, 1, 32))
+    _c33 = torch.einsum("zui,zkuv->zikv", x[:, 32:128].reshape(n, 32, 3), _c32)
+    d_y_19 = torch.einsum("ijk,zikv->zvj", (cg_1_2_1 * 0.13693063937629152), _c33)
     # ∂/∂weight: 32x1o ⊗ 1x2e -> 32x1o
-    d_weight_20 = torch.einsum("zwk,zui,zvj,ijk->uvw", d_z[:, 32:128].reshape(n, 32, 3), x[:, 32:128].reshape(n, 32, 3), y[:, 4:9].reshape(n, 1, 5), cg_1_2_1) * 0.13693063937629152
+    d_weight_20 = torch.einsum("zui,zivw->uvw", (x[:, 32:128].reshape(n, 32, 3) * 0.13693063937629152), _c31)
     # ∂/∂x: 32x1o ⊗ 1x1o -> 32x2e
-    d_x_21 = torch.einsum("zwk,zvj,ijk,uvw->zui", d_z[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3), cg_1_1_2, weight[5120:6144].view(32, 1, 32)) * 0.1767766952966369
+    _c34 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3))
+    _c35 = torch.einsum("ijk,zjkvw->zivw", cg_1_1_2, _c34)
+    d_x_21 = torch.einsum("uvw,zivw->zui", (weight[5120:6144].view(32, 1, 32) * 0.1767766952966369), _c35)
     # ∂/∂y: 32x1o ⊗ 1x1o -> 32x2e
-    d_y_22 = torch.einsum("zwk,zui,ijk,uvw->zvj", d_z[:, 128:288].reshape(n, 32, 5), x[:, 32:128].reshape(n, 32, 3), cg_1_1_2, weight[5120:6144].view(32, 1, 32)) * 0.1767766952966369
+    _c36 = torch.einsum("zwk,ijk->zijw", d_z[:, 128:288].reshape(n, 32, 5), cg_1_1_2)
+    _c37 = torch.einsum("zui,uvw->zivw", x[:, 32:128].reshape(n, 32, 3), weight[5120:6144].view(32, 1, 32))
+    d_y_22 = torch.einsum("zijw,zivw->zvj", _c36, (_c37 * 0.1767766952966369))
     # ∂/∂weight: 32x1o ⊗ 1x1o -> 32x2e
-    d_weight_23 = torch.einsum("zwk,zui,zvj,ijk->uvw", d_z[:, 128:288].reshape(n, 32, 5), x[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3), cg_1_1_2) * 0.1767766952966369
+    d_weight_23 = torch.einsum("zui,zivw->uvw", (x[:, 32:128].reshape(n, 32, 3) * 0.1767766952966369), _c35)
     # ∂/∂x: 32x1o ⊗ 1x1o -> 32x0e
-    d_x_24 = torch.einsum("zwk,zvj,ijk,uvw->zui", d_z[:, 0:32].reshape(n, 32, 1), y[:, 1:4].reshape(n, 1, 3), cg_1_1_0, weight[4096:5120].view(32, 1, 32)) * 0.10206207261596575
+    _c38 = torch.einsum("zwk,uvw->zkuv", d_z[:, 0:32].reshape(n, 32, 1), weight[4096:5120].view(32, 1, 32))
+    _c39 = torch.einsum("zvj,ijk->zikv", y[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
+    d_x_24 = torch.einsum("zkuv,zikv->zui", _c38, (_c39 * 0.10206207261596575))
     # ∂/∂y: 32x1o ⊗ 1x1o -> 32x0e
-    d_y_25 = torch.einsum("zwk,zui,ijk,uvw->zvj", d_z[:, 0:32].reshape(n, 32, 1), x[:, 32:128].reshape(n, 32, 3), cg_1_1_0, weight[4096:5120].view(32, 1, 32)) * 0.10206207261596575
+    _c40 = torch.einsum("zui,zkuv->zikv", x[:, 32:128].reshape(n, 32, 3), _c38)
+    d_y_25 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.10206207261596575), _c40)
     # ∂/∂weight: 32x1o ⊗ 1x1o -> 32x0e
-    d_weight_26 = torch.einsum("zwk,zui,zvj,ijk->uvw", d_z[:, 0:32].reshape(n, 32, 1), x[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3), cg_1_1_0) * 0.10206207261596575
+    _c41 = torch.einsum("zui,zvj->zijuv", x[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3))
+    _c42 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c41)
+    d_weight_26 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 0:32].reshape(n, 32, 1) * 0.10206207261596575), _c42)
     # ∂/∂x: 32x1o ⊗ 1x0e -> 32x1o
-    d_x_27 = torch.einsum("zwk,zvj,ijk,uvw->zui", d_z[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1), cg_1_0_1, weight[3072:4096].view(32, 1, 32)) * 0.13693063937629152
+    _c43 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1))
+    _c44 = torch.einsum("ijk,zjkvw->zivw", cg_1_0_1, _c43)
+    d_x_27 = torch.einsum("uvw,zivw->zui", (weight[3072:4096].view(32, 1, 32) * 0.13693063937629152), _c44)
     # ∂/∂y: 32x1o ⊗ 1x0e -> 32x1o
-    d_y_28 = torch.einsum("zwk,zui,ijk,uvw->zvj", d_z[:, 32:128].reshape(n, 32, 3), x[:, 32:128].reshape(n, 32, 3), cg_1_0_1, weight[3072:4096].view(32, 1, 32)) * 0.13693063937629152
+    _c45 = torch.einsum("zwk,ijk->zijw", d_z[:, 32:128].reshape(n, 32, 3), cg_1_0_1)
+    _c46 = torch.einsum("zui,uvw->zivw", x[:, 32:128].reshape(n, 32, 3), weight[3072:4096].view(32, 1, 32))
+    d_y_28 = torch.einsum("zijw,zivw->zvj", (_c45 * 0.13693063937629152), _c46)
     # ∂/∂weight: 32x1o ⊗ 1x0e -> 32x1o
-    d_weight_29 = torch.einsum("zwk,zui,zvj,ijk->uvw", d_z[:, 32:128].reshape(n, 32, 3), x[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1), cg_1_0_1) * 0.13693063937629152
+    _c47 = torch.einsum("zui,zvj->zijuv", x[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1))
+    d_weight_29 = torch.einsum("zijw,zijuv->uvw", (_c45 * 0.13693063937629152), _c47)
     # ∂/∂x: 32x0e ⊗ 1x2e -> 32x2e
-    d_x_30 = torch.einsum("zwk,zvj,ijk,uvw->zui", d_z[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5), cg_0_2_2, weight[2048:3072].view(32, 1, 32)) * 0.1767766952966369
+    _c48 = torch.einsum("ijk,zjkvw->zivw", cg_0_2_2, _c6)
+    d_x_30 = torch.einsum("uvw,zivw->zui", (weight[2048:3072].view(32, 1, 32) * 0.1767766952966369), _c48)
     # ∂/∂y: 32x0e ⊗ 1x2e -> 32x2e
-    d_y_31 = torch.einsum("zwk,zui,ijk,uvw->zvj", d_z[:, 128:288].reshape(n, 32, 5), x[:, 0:32].reshape(n, 32, 1), cg_0_2_2, weight[2048:3072].view(32, 1, 32)) * 0.1767766952966369
+    _c49 = torch.einsum("zui,uvw->zivw", x[:, 0:32].reshape(n, 32, 1), weight[2048:3072].view(32, 1, 32))
+    _c50 = torch.einsum("zwk,zivw->zikv", d_z[:, 128:288].reshape(n, 32, 5), _c49)
+    d_y_31 = torch.einsum("ijk,zikv->zvj", (cg_0_2_2 * 0.1767766952966369), _c50)
     # ∂/∂weight: 32x0e ⊗ 1x2e -> 32x2e
-    d_weight_32 = torch.einsum("zwk,zui,zvj,ijk->uvw", d_z[:, 128:288].reshape(n, 32, 5), x[:, 0:32].reshape(n, 32, 1), y[:, 4:9].reshape(n, 1, 5), cg_0_2_2) * 0.1767766952966369
+    d_weight_32 = torch.einsum("zui,zivw->uvw", (x[:, 0:32].reshape(n, 32, 1) * 0.1767766952966369), _c48)
     # ∂/∂x: 32x0e ⊗ 1x1o -> 32x1o
-    d_x_33 = torch.einsum("zwk,zvj,ijk,uvw->zui", d_z[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3), cg_0_1_1, weight[1024:2048].view(32, 1, 32)) * 0.13693063937629152
+    _c51 = torch.einsum("ijk,zjkvw->zivw", cg_0_1_1, _c15)
+    d_x_33 = torch.einsum("uvw,zivw->zui", (weight[1024:2048].view(32, 1, 32) * 0.13693063937629152), _c51)
     # ∂/∂y: 32x0e ⊗ 1x1o -> 32x1o
-    d_y_34 = torch.einsum("zwk,zui,ijk,uvw->zvj", d_z[:, 32:128].reshape(n, 32, 3), x[:, 0:32].reshape(n, 32, 1), cg_0_1_1, weight[1024:2048].view(32, 1, 32)) * 0.13693063937629152
+    _c52 = torch.einsum("zui,uvw->zivw", x[:, 0:32].reshape(n, 32, 1), weight[1024:2048].view(32, 1, 32))
+    _c53 = torch.einsum("zwk,zivw->zikv", d_z[:, 32:128].reshape(n, 32, 3), _c52)
+    d_y_34 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 0.13693063937629152), _c53)
     # ∂/∂weight: 32x0e ⊗ 1x1o -> 32x1o
-    d_weight_35 = torch.einsum("zwk,zui,zvj,ijk->uvw", d_z[:, 32:128].reshape(n, 32, 3), x[:, 0:32].reshape(n, 32, 1), y[:, 1:4].reshape(n, 1, 3), cg_0_1_1) * 0.13693063937629152
+    d_weight_35 = torch.einsum("zui,zivw->uvw", (x[:, 0:32].reshape(n, 32, 1) * 0.13693063937629152), _c51)
     # ∂/∂x: 32x0e ⊗ 1x0e -> 32x0e
-    d_x_36 = torch.einsum("zwk,zvj,ijk,uvw->zui", d_z[:, 0:32].reshape(n, 32, 1), y[:, 0:1].reshape(n, 1, 1), cg_0_0_0, weight[0:1024].view(32, 1, 32)) * 0.10206207261596575
+    _c54 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 0:32].reshape(n, 32, 1), y[:, 0:1].reshape(n, 1, 1))
+    _c55 = torch.einsum("ijk,uvw->ijkuvw", cg_0_0_0, weight[0:1024].view(32, 1, 32))
+    d_x_36 = torch.einsum("zjkvw,ijkuvw->zui", _c54, (_c55 * 0.10206207261596575))
     # ∂/∂y: 32x0e ⊗ 1x0e -> 32x0e
-    d_y_37 = torch.einsum("zwk,zui,ijk,uvw->zvj", d_z[:, 0:32].reshape(n, 32, 1), x[:, 0:32].reshape(n, 32, 1), cg_0_0_0, weight[0:1024].view(32, 1, 32)) * 0.10206207261596575
+    _c56 = torch.einsum("zwk,ijkuvw->zijuv", d_z[:, 0:32].reshape(n, 32, 1), _c55)
+    d_y_37 = torch.einsum("zui,zijuv->zvj", (x[:, 0:32].reshape(n, 32, 1) * 0.10206207261596575), _c56)
     # ∂/∂weight: 32x0e ⊗ 1x0e -> 32x0e
-    d_weight_38 = torch.einsum("zwk,zui,zvj,ijk->uvw", d_z[:, 0:32].reshape(n, 32, 1), x[:, 0:32].reshape(n, 32, 1), y[:, 0:1].reshape(n, 1, 1), cg_0_0_0) * 0.10206207261596575
+    _c57 = torch.einsum("zui,zjkvw->ijkuvw", x[:, 0:32].reshape(n, 32, 1), _c54)
+    d_weight_38 = torch.einsum("ijk,ijkuvw->uvw", (cg_0_0_0 * 0.10206207261596575), _c57)
     d_x = torch.cat([
         (d_x_30 + d_x_33 + d_x_36).reshape(n, 32),
         (d_x_15 + d_x_18 + d_x_21 + d_x_24 + d_x_27).reshape(n, 96),
@@ -187,239 +269,397 @@ def _fc_tp_d_d2(
     """the vector-Jacobian product of fc_tp_d: x (n, 288), y (n, 16), d_z (n, 288), d2_d_x (n, 288), d2_d_y (n, 16), d2_d_weight (13312,) -> d2_x (n, 288), d2_y (n, 16), d2_d_z (n, 288), d2_weight (13312,)."""
     n = x.shape[0]
     # ∂/∂d_z: ∂/∂weight: 32x0e ⊗ 1x0e -> 32x0e
-    d2_d_z_0 = torch.einsum("uvw,zui,zvj,ijk->zwk", d2_d_weight[0:1024].view(32, 1, 32), x[:, 0:32].reshape(n, 32, 1), y[:, 0:1].reshape(n, 1, 1), cg_0_0_0) * 0.10206207261596575
+    _c0 = torch.einsum("uvw,ijk->ijkuvw", d2_d_weight[0:1024].view(32, 1, 32), cg_0_0_0)
+    _c1 = torch.einsum("zui,zvj->zijuv", x[:, 0:32].reshape(n, 32, 1), y[:, 0:1].reshape(n, 1, 1))
+    d2_d_z_0 = torch.einsum("ijkuvw,zijuv->zwk", (_c0 * 0.10206207261596575), _c1)
     # ∂/∂x: ∂/∂weight: 32x0e ⊗ 1x0e -> 32x0e
-    d2_x_1 = torch.einsum("uvw,zwk,zvj,ijk->zui", d2_d_weight[0:1024].view(32, 1, 32), d_z[:, 0:32].reshape(n, 32, 1), y[:, 0:1].reshape(n, 1, 1), cg_0_0_0) * 0.10206207261596575
+    _c2 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 0:32].reshape(n, 32, 1), y[:, 0:1].reshape(n, 1, 1))
+    d2_x_1 = torch.einsum("ijkuvw,zjkvw->zui", (_c0 * 0.10206207261596575), _c2)
     # ∂/∂y: ∂/∂weight: 32x0e ⊗ 1x0e -> 32x0e
-    d2_y_2 = torch.einsum("uvw,zwk,zui,ijk->zvj", d2_d_weight[0:1024].view(32, 1, 32), d_z[:, 0:32].reshape(n, 32, 1), x[:, 0:32].reshape(n, 32, 1), cg_0_0_0) * 0.10206207261596575
+    _c3 = torch.einsum("zwk,ijkuvw->zijuv", d_z[:, 0:32].reshape(n, 32, 1), _c0)
+    d2_y_2 = torch.einsum("zui,zijuv->zvj", (x[:, 0:32].reshape(n, 32, 1) * 0.10206207261596575), _c3)
     # ∂/∂d_z: ∂/∂y: 32x0e ⊗ 1x0e -> 32x0e
-    d2_d_z_3 = torch.einsum("zvj,zui,ijk,uvw->zwk", d2_d_y[:, 0:1].reshape(n, 1, 1), x[:, 0:32].reshape(n, 32, 1), cg_0_0_0, weight[0:1024].view(32, 1, 32)) * 0.10206207261596575
+    _c4 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 0:1].reshape(n, 1, 1), x[:, 0:32].reshape(n, 32, 1))
+    _c5 = torch.einsum("ijk,uvw->ijkuvw", cg_0_0_0, weight[0:1024].view(32, 1, 32))
+    d2_d_z_3 = torch.einsum("zijuv,ijkuvw->zwk", _c4, (_c5 * 0.10206207261596575))
     # ∂/∂x: ∂/∂y: 32x0e ⊗ 1x0e -> 32x0e
-    d2_x_4 = torch.einsum("zvj,zwk,ijk,uvw->zui", d2_d_y[:, 0:1].reshape(n, 1, 1), d_z[:, 0:32].reshape(n, 32, 1), cg_0_0_0, weight[0:1024].view(32, 1, 32)) * 0.10206207261596575
+    _c6 = torch.einsum("zvj,zwk->zjkvw", d2_d_y[:, 0:1].reshape(n, 1, 1), d_z[:, 0:32].reshape(n, 32, 1))
+    d2_x_4 = torch.einsum("zjkvw,ijkuvw->zui", _c6, (_c5 * 0.10206207261596575))
     # ∂/∂weight: ∂/∂y: 32x0e ⊗ 1x0e -> 32x0e
-    d2_weight_5 = torch.einsum("zvj,zwk,zui,ijk->uvw", d2_d_y[:, 0:1].reshape(n, 1, 1), d_z[:, 0:32].reshape(n, 32, 1), x[:, 0:32].reshape(n, 32, 1), cg_0_0_0) * 0.10206207261596575
+    _c7 = torch.einsum("zui,zjkvw->ijkuvw", x[:, 0:32].reshape(n, 32, 1), _c6)
+    d2_weight_5 = torch.einsum("ijk,ijkuvw->uvw", (cg_0_0_0 * 0.10206207261596575), _c7)
     # ∂/∂d_z: ∂/∂x: 32x0e ⊗ 1x0e -> 32x0e
-    d2_d_z_6 = torch.einsum("zui,zvj,ijk,uvw->zwk", d2_d_x[:, 0:32].reshape(n, 32, 1), y[:, 0:1].reshape(n, 1, 1), cg_0_0_0, weight[0:1024].view(32, 1, 32)) * 0.10206207261596575
+    _c8 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 0:32].reshape(n, 32, 1), y[:, 0:1].reshape(n, 1, 1))
+    d2_d_z_6 = torch.einsum("zijuv,ijkuvw->zwk", _c8, (_c5 * 0.10206207261596575))
     # ∂/∂y: ∂/∂x: 32x0e ⊗ 1x0e -> 32x0e
-    d2_y_7 = torch.einsum("zui,zwk,ijk,uvw->zvj", d2_d_x[:, 0:32].reshape(n, 32, 1), d_z[:, 0:32].reshape(n, 32, 1), cg_0_0_0, weight[0:1024].view(32, 1, 32)) * 0.10206207261596575
+    _c9 = torch.einsum("zui,ijkuvw->zjkvw", d2_d_x[:, 0:32].reshape(n, 32, 1), _c5)
+    d2_y_7 = torch.einsum("zwk,zjkvw->zvj", (d_z[:, 0:32].reshape(n, 32, 1) * 0.10206207261596575), _c9)
     # ∂/∂weight: ∂/∂x: 32x0e ⊗ 1x0e -> 32x0e
-    d2_weight_8 = torch.einsum("zui,zwk,zvj,ijk->uvw", d2_d_x[:, 0:32].reshape(n, 32, 1), d_z[:, 0:32].reshape(n, 32, 1), y[:, 0:1].reshape(n, 1, 1), cg_0_0_0) * 0.10206207261596575
+    _c10 = torch.einsum("zwk,zijuv->ijkuvw", d_z[:, 0:32].reshape(n, 32, 1), _c8)
+    d2_weight_8 = torch.einsum("ijk,ijkuvw->uvw", (cg_0_0_0 * 0.10206207261596575), _c10)
     # ∂/∂d_z: ∂/∂weight: 32x0e ⊗ 1x1o -> 32x1o
-    d2_d_z_9 = torch.einsum("uvw,zui,zvj,ijk->zwk", d2_d_weight[1024:2048].view(32, 1, 32), x[:, 0:32].reshape(n, 32, 1), y[:, 1:4].reshape(n, 1, 3), cg_0_1_1) * 0.13693063937629152
+    _c11 = torch.einsum("uvw,zui->zivw", d2_d_weight[1024:2048].view(32, 1, 32), x[:, 0:32].reshape(n, 32, 1))
+    _c12 = torch.einsum("zvj,ijk->zikv", y[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
+    d2_d_z_9 = torch.einsum("zivw,zikv->zwk", _c11, (_c12 * 0.13693063937629152))
     # ∂/∂x: ∂/∂weight: 32x0e ⊗ 1x1o -> 32x1o
-    d2_x_10 = torch.einsum("uvw,zwk,zvj,ijk->zui", d2_d_weight[1024:2048].view(32, 1, 32), d_z[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3), cg_0_1_1) * 0.13693063937629152
+    _c13 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3))
+    _c14 = torch.einsum("ijk,zjkvw->zivw", cg_0_1_1, _c13)
+    d2_x_10 = torch.einsum("uvw,zivw->zui", (d2_d_weight[1024:2048].view(32, 1, 32) * 0.13693063937629152), _c14)
     # ∂/∂y: ∂/∂weight: 32x0e ⊗ 1x1o -> 32x1o
-    d2_y_11 = torch.einsum("uvw,zwk,zui,ijk->zvj", d2_d_weight[1024:2048].view(32, 1, 32), d_z[:, 32:128].reshape(n, 32, 3), x[:, 0:32].reshape(n, 32, 1), cg_0_1_1) * 0.13693063937629152
+    _c15 = torch.einsum("zwk,zivw->zikv", d_z[:, 32:128].reshape(n, 32, 3), _c11)
+    d2_y_11 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 0.13693063937629152), _c15)
     # ∂/∂d_z: ∂/∂y: 32x0e ⊗ 1x1o -> 32x1o
-    d2_d_z_12 = torch.einsum("zvj,zui,ijk,uvw->zwk", d2_d_y[:, 1:4].reshape(n, 1, 3), x[:, 0:32].reshape(n, 32, 1), cg_0_1_1, weight[1024:2048].view(32, 1, 32)) * 0.13693063937629152
+    _c16 = torch.einsum("zvj,ijk->zikv", d2_d_y[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
+    _c17 = torch.einsum("zui,uvw->zivw", x[:, 0:32].reshape(n, 32, 1), weight[1024:2048].view(32, 1, 32))
+    d2_d_z_12 = torch.einsum("zikv,zivw->zwk", (_c16 * 0.13693063937629152), _c17)
     # ∂/∂x: ∂/∂y: 32x0e ⊗ 1x1o -> 32x1o
-    d2_x_13 = torch.einsum("zvj,zwk,ijk,uvw->zui", d2_d_y[:, 1:4].reshape(n, 1, 3), d_z[:, 32:128].reshape(n, 32, 3), cg_0_1_1, weight[1024:2048].view(32, 1, 32)) * 0.13693063937629152
+    _c18 = torch.einsum("zvj,zwk->zjkvw", d2_d_y[:, 1:4].reshape(n, 1, 3), d_z[:, 32:128].reshape(n, 32, 3))
+    _c19 = torch.einsum("ijk,zjkvw->zivw", cg_0_1_1, _c18)
+    d2_x_13 = torch.einsum("uvw,zivw->zui", (weight[1024:2048].view(32, 1, 32) * 0.13693063937629152), _c19)
     # ∂/∂weight: ∂/∂y: 32x0e ⊗ 1x1o -> 32x1o
-    d2_weight_14 = torch.einsum("zvj,zwk,zui,ijk->uvw", d2_d_y[:, 1:4].reshape(n, 1, 3), d_z[:, 32:128].reshape(n, 32, 3), x[:, 0:32].reshape(n, 32, 1), cg_0_1_1) * 0.13693063937629152
+    d2_weight_14 = torch.einsum("zui,zivw->uvw", (x[:, 0:32].reshape(n, 32, 1) * 0.13693063937629152), _c19)
     # ∂/∂d_z: ∂/∂x: 32x0e ⊗ 1x1o -> 32x1o
-    d2_d_z_15 = torch.einsum("zui,zvj,ijk,uvw->zwk", d2_d_x[:, 0:32].reshape(n, 32, 1), y[:, 1:4].reshape(n, 1, 3), cg_0_1_1, weight[1024:2048].view(32, 1, 32)) * 0.13693063937629152
+    _c20 = torch.einsum("zui,uvw->zivw", d2_d_x[:, 0:32].reshape(n, 32, 1), weight[1024:2048].view(32, 1, 32))
+    d2_d_z_15 = torch.einsum("zivw,zikv->zwk", _c20, (_c12 * 0.13693063937629152))
     # ∂/∂y: ∂/∂x: 32x0e ⊗ 1x1o -> 32x1o
-    d2_y_16 = torch.einsum("zui,zwk,ijk,uvw->zvj", d2_d_x[:, 0:32].reshape(n, 32, 1), d_z[:, 32:128].reshape(n, 32, 3), cg_0_1_1, weight[1024:2048].view(32, 1, 32)) * 0.13693063937629152
+    _c21 = torch.einsum("zwk,zivw->zikv", d_z[:, 32:128].reshape(n, 32, 3), _c20)
+    d2_y_16 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 0.13693063937629152), _c21)
     # ∂/∂weight: ∂/∂x: 32x0e ⊗ 1x1o -> 32x1o
-    d2_weight_17 = torch.einsum("zui,zwk,zvj,ijk->uvw", d2_d_x[:, 0:32].reshape(n, 32, 1), d_z[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3), cg_0_1_1) * 0.13693063937629152
+    d2_weight_17 = torch.einsum("zui,zivw->uvw", (d2_d_x[:, 0:32].reshape(n, 32, 1) * 0.13693063937629152), _c14)
     # ∂/∂d_z: ∂/∂weight: 32x0e ⊗ 1x2e -> 32x2e
-    d2_d_z_18 = torch.einsum("uvw,zui,zvj,ijk->zwk", d2_d_weight[2048:3072].view(32, 1, 32), x[:, 0:32].reshape(n, 32, 1), y[:, 4:9].reshape(n, 1, 5), cg_0_2_2) * 0.1767766952966369
+    _c22 = torch.einsum("uvw,zui->zivw", d2_d_weight[2048:3072].view(32, 1, 32), x[:, 0:32].reshape(n, 32, 1))
+    _c23 = torch.einsum("zvj,ijk->zikv", y[:, 4:9].reshape(n, 1, 5), cg_0_2_2)
+    d2_d_z_18 = torch.einsum("zivw,zikv->zwk", _c22, (_c23 * 0.1767766952966369))
     # ∂/∂x: ∂/∂weight: 32x0e ⊗ 1x2e -> 32x2e
-    d2_x_19 = torch.einsum("uvw,zwk,zvj,ijk->zui", d2_d_weight[2048:3072].view(32, 1, 32), d_z[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5), cg_0_2_2) * 0.1767766952966369
+    _c24 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5))
+    _c25 = torch.einsum("ijk,zjkvw->zivw", cg_0_2_2, _c24)
+    d2_x_19 = torch.einsum("uvw,zivw->zui", (d2_d_weight[2048:3072].view(32, 1, 32) * 0.1767766952966369), _c25)
     # ∂/∂y: ∂/∂weight: 32x0e ⊗ 1x2e -> 32x2e
-    d2_y_20 = torch.einsum("uvw,zwk,zui,ijk->zvj", d2_d_weight[2048:3072].view(32, 1, 32), d_z[:, 128:288].reshape(n, 32, 5), x[:, 0:32].reshape(n, 32, 1), cg_0_2_2) * 0.1767766952966369
+    _c26 = torch.einsum("zwk,zivw->zikv", d_z[:, 128:288].reshape(n, 32, 5), _c22)
+    d2_y_20 = torch.einsum("ijk,zikv->zvj", (cg_0_2_2 * 0.1767766952966369), _c26)
     # ∂/∂d_z: ∂/∂y: 32x0e ⊗ 1x2e -> 32x2e
-    d2_d_z_21 = torch.einsum("zvj,zui,ijk,uvw->zwk", d2_d_y[:, 4:9].reshape(n, 1, 5), x[:, 0:32].reshape(n, 32, 1), cg_0_2_2, weight[2048:3072].view(32, 1, 32)) * 0.1767766952966369
+    _c27 = torch.einsum("zvj,ijk->zikv", d2_d_y[:, 4:9].reshape(n, 1, 5), cg_0_2_2)
+    _c28 = torch.einsum("zui,uvw->zivw", x[:, 0:32].reshape(n, 32, 1), weight[2048:3072].view(32, 1, 32))
+    d2_d_z_21 = torch.einsum("zikv,zivw->zwk", (_c27 * 0.1767766952966369), _c28)
     # ∂/∂x: ∂/∂y: 32x0e ⊗ 1x2e -> 32x2e
-    d2_x_22 = torch.einsum("zvj,zwk,ijk,uvw->zui", d2_d_y[:, 4:9].reshape(n, 1, 5), d_z[:, 128:288].reshape(n, 32, 5), cg_0_2_2, weight[2048:3072].view(32, 1, 32)) * 0.1767766952966369
+    _c29 = torch.einsum("zvj,zwk->zjkvw", d2_d_y[:, 4:9].reshape(n, 1, 5), d_z[:, 128:288].reshape(n, 32, 5))
+    _c30 = torch.einsum("ijk,zjkvw->zivw", cg_0_2_2, _c29)
+    d2_x_22 = torch.einsum("uvw,zivw->zui", (weight[2048:3072].view(32, 1, 32) * 0.1767766952966369), _c30)
     # ∂/∂weight: ∂/∂y: 32x0e ⊗ 1x2e -> 32x2e
-    d2_weight_23 = torch.einsum("zvj,zwk,zui,ijk->uvw", d2_d_y[:, 4:9].reshape(n, 1, 5), d_z[:, 128:288].reshape(n, 32, 5), x[:, 0:32].reshape(n, 32, 1), cg_0_2_2) * 0.1767766952966369
+    d2_weight_23 = torch.einsum("zui,zivw->uvw", (x[:, 0:32].reshape(n, 32, 1) * 0.1767766952966369), _c30)
     # ∂/∂d_z: ∂/∂x: 32x0e ⊗ 1x2e -> 32x2e
-    d2_d_z_24 = torch.einsum("zui,zvj,ijk,uvw->zwk", d2_d_x[:, 0:32].reshape(n, 32, 1), y[:, 4:9].reshape(n, 1, 5), cg_0_2_2, weight[2048:3072].view(32, 1, 32)) * 0.1767766952966369
+    _c31 = torch.einsum("zui,uvw->zivw", d2_d_x[:, 0:32].reshape(n, 32, 1), weight[2048:3072].view(32, 1, 32))
+    d2_d_z_24 = torch.einsum("zivw,zikv->zwk", _c31, (_c23 * 0.1767766952966369))
     # ∂/∂y: ∂/∂x: 32x0e ⊗ 1x2e -> 32x2e
-    d2_y_25 = torch.einsum("zui,zwk,ijk,uvw->zvj", d2_d_x[:, 0:32].reshape(n, 32, 1), d_z[:, 128:288].reshape(n, 32, 5), cg_0_2_2, weight[2048:3072].view(32, 1, 32)) * 0.1767766952966369
+    _c32 = torch.einsum("zwk,zivw->zikv", d_z[:, 128:288].reshape(n, 32, 5), _c31)
+    d2_y_25 = torch.einsum("ijk,zikv->zvj", (cg_0_2_2 * 0.1767766952966369), _c32)
     # ∂/∂weight: ∂/∂x: 32x0e ⊗ 1x2e -> 32x2e
-    d2_weight_26 = torch.einsum("zui,zwk,zvj,ijk->uvw", d2_d_x[:, 0:32].reshape(n, 32, 1), d_z[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5), cg_0_2_2) * 0.1767766952966369
+    d2_weight_26 = torch.einsum("zui,zivw->uvw", (d2_d_x[:, 0:32].reshape(n, 32, 1) * 0.1767766952966369), _c25)
     # ∂/∂d_z: ∂/∂weight: 32x1o ⊗ 1x0e -> 32x1o
-    d2_d_z_27 = torch.einsum("uvw,zui,zvj,ijk->zwk", d2_d_weight[3072:4096].view(32, 1, 32), x[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1), cg_1_0_1) * 0.13693063937629152
+    _c33 = torch.einsum("zui,zvj->zijuv", x[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1))
+    _c34 = torch.einsum("uvw,zijuv->zijw", d2_d_weight[3072:4096].view(32, 1, 32), _c33)
+    d2_d_z_27 = torch.einsum("ijk,zijw->zwk", (cg_1_0_1 * 0.13693063937629152), _c34)
     # ∂/∂x: ∂/∂weight: 32x1o ⊗ 1x0e -> 32x1o
-    d2_x_28 = torch.einsum("uvw,zwk,zvj,ijk->zui", d2_d_weight[3072:4096].view(32, 1, 32), d_z[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1), cg_1_0_1) * 0.13693063937629152
+    _c35 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1))
+    _c36 = torch.einsum("uvw,zjkvw->zjku", d2_d_weight[3072:4096].view(32, 1, 32), _c35)
+    d2_x_28 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 0.13693063937629152), _c36)
     # ∂/∂y: ∂/∂weight: 32x1o ⊗ 1x0e -> 32x1o
-    d2_y_29 = torch.einsum("uvw,zwk,zui,ijk->zvj", d2_d_weight[3072:4096].view(32, 1, 32), d_z[:, 32:128].reshape(n, 32, 3), x[:, 32:128].reshape(n, 32, 3), cg_1_0_1) * 0.13693063937629152
+    _c37 = torch.einsum("uvw,zwk->zkuv", d2_d_weight[3072:4096].view(32, 1, 32), d_z[:, 32:128].reshape(n, 32, 3))
+    _c38 = torch.einsum("zui,ijk->zjku", x[:, 32:128].reshape(n, 32, 3), cg_1_0_1)
+    d2_y_29 = torch.einsum("zkuv,zjku->zvj", (_c37 * 0.13693063937629152), _c38)
     # ∂/∂d_z: ∂/∂y: 32x1o ⊗ 1x0e -> 32x1o
-    d2_d_z_30 = torch.einsum("zvj,zui,ijk,uvw->zwk", d2_d_y[:, 0:1].reshape(n, 1, 1), x[:, 32:128].reshape(n, 32, 3), cg_1_0_1, weight[3072:4096].view(32, 1, 32)) * 0.13693063937629152
+    _c39 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 0:1].reshape(n, 1, 1), x[:, 32:128].reshape(n, 32, 3))
+    _c40 = torch.einsum("ijk,zijuv->zkuv", cg_1_0_1, _c39)
+    d2_d_z_30 = torch.einsum("uvw,zkuv->zwk", (weight[3072:4096].view(32, 1, 32) * 0.13693063937629152), _c40)
     # ∂/∂x: ∂/∂y: 32x1o ⊗ 1x0e -> 32x1o
-    d2_x_31 = torch.einsum("zvj,zwk,ijk,uvw->zui", d2_d_y[:, 0:1].reshape(n, 1, 1), d_z[:, 32:128].reshape(n, 32, 3), cg_1_0_1, weight[3072:4096].view(32, 1, 32)) * 0.13693063937629152
+    _c41 = torch.einsum("zvj,zwk->zjkvw", d2_d_y[:, 0:1].reshape(n, 1, 1), d_z[:, 32:128].reshape(n, 32, 3))
+    _c42 = torch.einsum("ijk,zjkvw->zivw", cg_1_0_1, _c41)
+    d2_x_31 = torch.einsum("uvw,zivw->zui", (weight[3072:4096].view(32, 1, 32) * 0.13693063937629152), _c42)
     # ∂/∂weight: ∂/∂y: 32x1o ⊗ 1x0e -> 32x1o
-    d2_weight_32 = torch.einsum("zvj,zwk,zui,ijk->uvw", d2_d_y[:, 0:1].reshape(n, 1, 1), d_z[:, 32:128].reshape(n, 32, 3), x[:, 32:128].reshape(n, 32, 3), cg_1_0_1) * 0.13693063937629152
+    d2_weight_32 = torch.einsum("zjkvw,zjku->uvw", (_c41 * 0.13693063937629152), _c38)
     # ∂/∂d_z: ∂/∂x: 32x1o ⊗ 1x0e -> 32x1o
-    d2_d_z_33 = torch.einsum("zui,zvj,ijk,uvw->zwk", d2_d_x[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1), cg_1_0_1, weight[3072:4096].view(32, 1, 32)) * 0.13693063937629152
+    _c43 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1))
+    _c44 = torch.einsum("ijk,zijuv->zkuv", cg_1_0_1, _c43)
+    d2_d_z_33 = torch.einsum("uvw,zkuv->zwk", (weight[3072:4096].view(32, 1, 32) * 0.13693063937629152), _c44)
     # ∂/∂y: ∂/∂x: 32x1o ⊗ 1x0e -> 32x1o
-    d2_y_34 = torch.einsum("zui,zwk,ijk,uvw->zvj", d2_d_x[:, 32:128].reshape(n, 32, 3), d_z[:, 32:128].reshape(n, 32, 3), cg_1_0_1, weight[3072:4096].view(32, 1, 32)) * 0.13693063937629152
+    _c45 = torch.einsum("zui,ijk->zjku", d2_d_x[:, 32:128].reshape(n, 32, 3), cg_1_0_1)
+    _c46 = torch.einsum("zwk,uvw->zkuv", d_z[:, 32:128].reshape(n, 32, 3), weight[3072:4096].view(32, 1, 32))
+    d2_y_34 = torch.einsum("zjku,zkuv->zvj", (_c45 * 0.13693063937629152), _c46)
     # ∂/∂weight: ∂/∂x: 32x1o ⊗ 1x0e -> 32x1o
-    d2_weight_35 = torch.einsum("zui,zwk,zvj,ijk->uvw", d2_d_x[:, 32:128].reshape(n, 32, 3), d_z[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1), cg_1_0_1) * 0.13693063937629152
+    d2_weight_35 = torch.einsum("zjku,zjkvw->uvw", (_c45 * 0.13693063937629152), _c35)
     # ∂/∂d_z: ∂/∂weight: 32x1o ⊗ 1x1o -> 32x0e
-    d2_d_z_36 = torch.einsum("uvw,zui,zvj,ijk->zwk", d2_d_weight[4096:5120].view(32, 1, 32), x[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3), cg_1_1_0) * 0.10206207261596575
+    _c47 = torch.einsum("zui,zvj->zijuv", x[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3))
+    _c48 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c47)
+    d2_d_z_36 = torch.einsum("uvw,zkuv->zwk", (d2_d_weight[4096:5120].view(32, 1, 32) * 0.10206207261596575), _c48)
     # ∂/∂x: ∂/∂weight: 32x1o ⊗ 1x1o -> 32x0e
-    d2_x_37 = torch.einsum("uvw,zwk,zvj,ijk->zui", d2_d_weight[4096:5120].view(32, 1, 32), d_z[:, 0:32].reshape(n, 32, 1), y[:, 1:4].reshape(n, 1, 3), cg_1_1_0) * 0.10206207261596575
+    _c49 = torch.einsum("uvw,zwk->zkuv", d2_d_weight[4096:5120].view(32, 1, 32), d_z[:, 0:32].reshape(n, 32, 1))
+    _c50 = torch.einsum("zvj,ijk->zikv", y[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
+    d2_x_37 = torch.einsum("zkuv,zikv->zui", _c49, (_c50 * 0.10206207261596575))
     # ∂/∂y: ∂/∂weight: 32x1o ⊗ 1x1o -> 32x0e
-    d2_y_38 = torch.einsum("uvw,zwk,zui,ijk->zvj", d2_d_weight[4096:5120].view(32, 1, 32), d_z[:, 0:32].reshape(n, 32, 1), x[:, 32:128].reshape(n, 32, 3), cg_1_1_0) * 0.10206207261596575
+    _c51 = torch.einsum("zui,zkuv->zikv", x[:, 32:128].reshape(n, 32, 3), _c49)
+    d2_y_38 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.10206207261596575), _c51)
     # ∂/∂d_z: ∂/∂y: 32x1o ⊗ 1x1o -> 32x0e
-    d2_d_z_39 = torch.einsum("zvj,zui,ijk,uvw->zwk", d2_d_y[:, 1:4].reshape(n, 1, 3), x[:, 32:128].reshape(n, 32, 3), cg_1_1_0, weight[4096:5120].view(32, 1, 32)) * 0.10206207261596575
+    _c52 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 1:4].reshape(n, 1, 3), x[:, 32:128].reshape(n, 32, 3))
+    _c53 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c52)
+    d2_d_z_39 = torch.einsum("uvw,zkuv->zwk", (weight[4096:5120].view(32, 1, 32) * 0.10206207261596575), _c53)
     # ∂/∂x: ∂/∂y: 32x1o ⊗ 1x1o -> 32x0e
-    d2_x_40 = torch.einsum("zvj,zwk,ijk,uvw->zui", d2_d_y[:, 1:4].reshape(n, 1, 3), d_z[:, 0:32].reshape(n, 32, 1), cg_1_1_0, weight[4096:5120].view(32, 1, 32)) * 0.10206207261596575
+    _c54 = torch.einsum("zvj,ijk->zikv", d2_d_y[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
+    _c55 = torch.einsum("zwk,uvw->zkuv", d_z[:, 0:32].reshape(n, 32, 1), weight[4096:5120].view(32, 1, 32))
+    d2_x_40 = torch.einsum("zikv,zkuv->zui", (_c54 * 0.10206207261596575), _c55)
     # ∂/∂weight: ∂/∂y: 32x1o ⊗ 1x1o -> 32x0e
-    d2_weight_41 = torch.einsum("zvj,zwk,zui,ijk->uvw", d2_d_y[:, 1:4].reshape(n, 1, 3), d_z[:, 0:32].reshape(n, 32, 1), x[:, 32:128].reshape(n, 32, 3), cg_1_1_0) * 0.10206207261596575
+    d2_weight_41 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 0:32].reshape(n, 32, 1) * 0.10206207261596575), _c53)
     # ∂/∂d_z: ∂/∂x: 32x1o ⊗ 1x1o -> 32x0e
-    d2_d_z_42 = torch.einsum("zui,zvj,ijk,uvw->zwk", d2_d_x[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3), cg_1_1_0, weight[4096:5120].view(32, 1, 32)) * 0.10206207261596575
+    _c56 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3))
+    _c57 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c56)
+    d2_d_z_42 = torch.einsum("uvw,zkuv->zwk", (weight[4096:5120].view(32, 1, 32) * 0.10206207261596575), _c57)
     # ∂/∂y: ∂/∂x: 32x1o ⊗ 1x1o -> 32x0e
-    d2_y_43 = torch.einsum("zui,zwk,ijk,uvw->zvj", d2_d_x[:, 32:128].reshape(n, 32, 3), d_z[:, 0:32].reshape(n, 32, 1), cg_1_1_0, weight[4096:5120].view(32, 1, 32)) * 0.10206207261596575
+    _c58 = torch.einsum("zui,zkuv->zikv", d2_d_x[:, 32:128].reshape(n, 32, 3), _c55)
+    d2_y_43 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.10206207261596575), _c58)
     # ∂/∂weight: ∂/∂x: 32x1o ⊗ 1x1o -> 32x0e
-    d2_weight_44 = torch.einsum("zui,zwk,zvj,ijk->uvw", d2_d_x[:, 32:128].reshape(n, 32, 3), d_z[:, 0:32].reshape(n, 32, 1), y[:, 1:4].reshape(n, 1, 3), cg_1_1_0) * 0.10206207261596575
+    d2_weight_44 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 0:32].reshape(n, 32, 1) * 0.10206207261596575), _c57)
     # ∂/∂d_z: ∂/∂weight: 32x1o ⊗ 1x1o -> 32x2e
-    d2_d_z_45 = torch.einsum("uvw,zui,zvj,ijk->zwk", d2_d_weight[5120:6144].view(32, 1, 32), x[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3), cg_1_1_2) * 0.1767766952966369
+    _c59 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_2, _c47)
+    d2_d_z_45 = torch.einsum("uvw,zkuv->zwk", (d2_d_weight[5120:6144].view(32, 1, 32) * 0.1767766952966369), _c59)
     # ∂/∂x: ∂/∂weight: 32x1o ⊗ 1x1o -> 32x2e
-    d2_x_46 = torch.einsum("uvw,zwk,zvj,ijk->zui", d2_d_weight[5120:6144].view(32, 1, 32), d_z[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3), cg_1_1_2) * 0.1767766952966369
+    _c60 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3))
+    _c61 = torch.einsum("ijk,zjkvw->zivw", cg_1_1_2, _c60)
+    d2_x_46 = torch.einsum("uvw,zivw->zui", (d2_d_weight[5120:6144].view(32, 1, 32) * 0.1767766952966369), _c61)
     # ∂/∂y: ∂/∂weight: 32x1o ⊗ 1x1o -> 32x2e
-    d2_y_47 = torch.einsum("uvw,zwk,zui,ijk->zvj", d2_d_weight[5120:6144].view(32, 1, 32), d_z[:, 128:288].reshape(n, 32, 5), x[:, 32:128].reshape(n, 32, 3), cg_1_1_2) * 0.1767766952966369
+    _c62 = torch.einsum("uvw,zui->zivw", d2_d_weight[5120:6144].view(32, 1, 32), x[:, 32:128].reshape(n, 32, 3))
+    _c63 = torch.einsum("zwk,ijk->zijw", d_z[:, 128:288].reshape(n, 32, 5), cg_1_1_2)
+    d2_y_47 = torch.einsum("zivw,zijw->zvj", (_c62 * 0.1767766952966369), _c63)
     # ∂/∂d_z: ∂/∂y: 32x1o ⊗ 1x1o -> 32x2e
-    d2_d_z_48 = torch.einsum("zvj,zui,ijk,uvw->zwk", d2_d_y[:, 1:4].reshape(n, 1, 3), x[:, 32:128].reshape(n, 32, 3), cg_1_1_2, weight[5120:6144].view(32, 1, 32)) * 0.1767766952966369
+    _c64 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_2, _c52)
+    d2_d_z_48 = torch.einsum("uvw,zkuv->zwk", (weight[5120:6144].view(32, 1, 32) * 0.1767766952966369), _c64)
     # ∂/∂x: ∂/∂y: 32x1o ⊗ 1x1o -> 32x2e
-    d2_x_49 = torch.einsum("zvj,zwk,ijk,uvw->zui", d2_d_y[:, 1:4].reshape(n, 1, 3), d_z[:, 128:288].reshape(n, 32, 5), cg_1_1_2, weight[5120:6144].view(32, 1, 32)) * 0.1767766952966369
+    _c65 = torch.einsum("zvj,zwk->zjkvw", d2_d_y[:, 1:4].reshape(n, 1, 3), d_z[:, 128:288].reshape(n, 32, 5))
+    _c66 = torch.einsum("ijk,zjkvw->zivw", cg_1_1_2, _c65)
+    d2_x_49 = torch.einsum("uvw,zivw->zui", (weight[5120:6144].view(32, 1, 32) * 0.1767766952966369), _c66)
     # ∂/∂weight: ∂/∂y: 32x1o ⊗ 1x1o -> 32x2e
-    d2_weight_50 = torch.einsum("zvj,zwk,zui,ijk->uvw", d2_d_y[:, 1:4].reshape(n, 1, 3), d_z[:, 128:288].reshape(n, 32, 5), x[:, 32:128].reshape(n, 32, 3), cg_1_1_2) * 0.1767766952966369
+    d2_weight_50 = torch.einsum("zui,zivw->uvw", (x[:, 32:128].reshape(n, 32, 3) * 0.1767766952966369), _c66)
     # ∂/∂d_z: ∂/∂x: 32x1o ⊗ 1x1o -> 32x2e
-    d2_d_z_51 = torch.einsum("zui,zvj,ijk,uvw->zwk", d2_d_x[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3), cg_1_1_2, weight[5120:6144].view(32, 1, 32)) * 0.1767766952966369
+    _c67 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_2, _c56)
+    d2_d_z_51 = torch.einsum("uvw,zkuv->zwk", (weight[5120:6144].view(32, 1, 32) * 0.1767766952966369), _c67)
     # ∂/∂y: ∂/∂x: 32x1o ⊗ 1x1o -> 32x2e
-    d2_y_52 = torch.einsum("zui,zwk,ijk,uvw->zvj", d2_d_x[:, 32:128].reshape(n, 32, 3), d_z[:, 128:288].reshape(n, 32, 5), cg_1_1_2, weight[5120:6144].view(32, 1, 32)) * 0.1767766952966369
+    _c68 = torch.einsum("zui,uvw->zivw", d2_d_x[:, 32:128].reshape(n, 32, 3), weight[5120:6144].view(32, 1, 32))
+    d2_y_52 = torch.einsum("zivw,zijw->zvj", (_c68 * 0.1767766952966369), _c63)
     # ∂/∂weight: ∂/∂x: 32x1o ⊗ 1x1o -> 32x2e
-    d2_weight_53 = torch.einsum("zui,zwk,zvj,ijk->uvw", d2_d_x[:, 32:128].reshape(n, 32, 3), d_z[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3), cg_1_1_2) * 0.1767766952966369
+    d2_weight_53 = torch.einsum("zui,zivw->uvw", (d2_d_x[:, 32:128].reshape(n, 32, 3) * 0.1767766952966369), _c61)
     # ∂/∂d_z: ∂/∂weight: 32x1o ⊗ 1x2e -> 32x1o
-    d2_d_z_54 = torch.einsum("uvw,zui,zvj,ijk->zwk", d2_d_weight[6144:7168].view(32, 1, 32), x[:, 32:128].reshape(n, 32, 3), y[:, 4:9].reshape(n, 1, 5), cg_1_2_1) * 0.13693063937629152
+    _c69 = torch.einsum("zui,zvj->zijuv", x[:, 32:128].reshape(n, 32, 3), y[:, 4:9].reshape(n, 1, 5))
+    _c70 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c69)
+    d2_d_z_54 = torch.einsum("uvw,zkuv->zwk", (d2_d_weight[6144:7168].view(32, 1, 32) * 0.13693063937629152), _c70)
     # ∂/∂x: ∂/∂weight: 32x1o ⊗ 1x2e -> 32x1o
-    d2_x_55 = torch.einsum("uvw,zwk,zvj,ijk->zui", d2_d_weight[6144:7168].view(32, 1, 32), d_z[:, 32:128].reshape(n, 32, 3), y[:, 4:9].reshape(n, 1, 5), cg_1_2_1) * 0.13693063937629152
+    _c71 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 32:128].reshape(n, 32, 3), y[:, 4:9].reshape(n, 1, 5))
+    _c72 = torch.einsum("ijk,zjkvw->zivw", cg_1_2_1, _c71)
+    d2_x_55 = torch.einsum("uvw,zivw->zui", (d2_d_weight[6144:7168].view(32, 1, 32) * 0.13693063937629152), _c72)
     # ∂/∂y: ∂/∂weight: 32x1o ⊗ 1x2e -> 32x1o
-    d2_y_56 = torch.einsum("uvw,zwk,zui,ijk->zvj", d2_d_weight[6144:7168].view(32, 1, 32), d_z[:, 32:128].reshape(n, 32, 3), x[:, 32:128].reshape(n, 32, 3), cg_1_2_1) * 0.13693063937629152
+    _c73 = torch.einsum("uvw,zwk->zkuv", d2_d_weight[6144:7168].view(32, 1, 32), d_z[:, 32:128].reshape(n, 32, 3))
+    _c74 = torch.einsum("zui,zkuv->zikv", x[:, 32:128].reshape(n, 32, 3), _c73)
+    d2_y_56 = torch.einsum("ijk,zikv->zvj", (cg_1_2_1 * 0.13693063937629152), _c74)
     # ∂/∂d_z: ∂/∂y: 32x1o ⊗ 1x2e -> 32x1o
-    d2_d_z_57 = torch.einsum("zvj,zui,ijk,uvw->zwk", d2_d_y[:, 4:9].reshape(n, 1, 5), x[:, 32:128].reshape(n, 32, 3), cg_1_2_1, weight[6144:7168].view(32, 1, 32)) * 0.13693063937629152
+    _c75 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 4:9].reshape(n, 1, 5), x[:, 32:128].reshape(n, 32, 3))
+    _c76 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c75)
+    d2_d_z_57 = torch.einsum("uvw,zkuv->zwk", (weight[6144:7168].view(32, 1, 32) * 0.13693063937629152), _c76)
     # ∂/∂x: ∂/∂y: 32x1o ⊗ 1x2e -> 32x1o
-    d2_x_58 = torch.einsum("zvj,zwk,ijk,uvw->zui", d2_d_y[:, 4:9].reshape(n, 1, 5), d_z[:, 32:128].reshape(n, 32, 3), cg_1_2_1, weight[6144:7168].view(32, 1, 32)) * 0.13693063937629152
+    _c77 = torch.einsum("zvj,zwk->zjkvw", d2_d_y[:, 4:9].reshape(n, 1, 5), d_z[:, 32:128].reshape(n, 32, 3))
+    _c78 = torch.einsum("ijk,zjkvw->zivw", cg_1_2_1, _c77)
+    d2_x_58 = torch.einsum("uvw,zivw->zui", (weight[6144:7168].view(32, 1, 32) * 0.13693063937629152), _c78)
     # ∂/∂weight: ∂/∂y: 32x1o ⊗ 1x2e -> 32x1o
-    d2_weight_59 = torch.einsum("zvj,zwk,zui,ijk->uvw", d2_d_y[:, 4:9].reshape(n, 1, 5), d_z[:, 32:128].reshape(n, 32, 3), x[:, 32:128].reshape(n, 32, 3), cg_1_2_1) * 0.13693063937629152
+    d2_weight_59 = torch.einsum("zui,zivw->uvw", (x[:, 32:128].reshape(n, 32, 3) * 0.13693063937629152), _c78)
     # ∂/∂d_z: ∂/∂x: 32x1o ⊗ 1x2e -> 32x1o
-    d2_d_z_60 = torch.einsum("zui,zvj,ijk,uvw->zwk", d2_d_x[:, 32:128].reshape(n, 32, 3), y[:, 4:9].reshape(n, 1, 5), cg_1_2_1, weight[6144:7168].view(32, 1, 32)) * 0.13693063937629152
+    _c79 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 32:128].reshape(n, 32, 3), y[:, 4:9].reshape(n, 1, 5))
+    _c80 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c79)
+    d2_d_z_60 = torch.einsum("uvw,zkuv->zwk", (weight[6144:7168].view(32, 1, 32) * 0.13693063937629152), _c80)
     # ∂/∂y: ∂/∂x: 32x1o ⊗ 1x2e -> 32x1o
-    d2_y_61 = torch.einsum("zui,zwk,ijk,uvw->zvj", d2_d_x[:, 32:128].reshape(n, 32, 3), d_z[:, 32:128].reshape(n, 32, 3), cg_1_2_1, weight[6144:7168].view(32, 1, 32)) * 0.13693063937629152
+    _c81 = torch.einsum("zui,uvw->zivw", d2_d_x[:, 32:128].reshape(n, 32, 3), weight[6144:7168].view(32, 1, 32))
+    _c82 = torch.einsum("zwk,zivw->zikv", d_z[:, 32:128].reshape(n, 32, 3), _c81)
+    d2_y_61 = torch.einsum("ijk,zikv->zvj", (cg_1_2_1 * 0.13693063937629152), _c82)
     # ∂/∂weight: ∂/∂x: 32x1o ⊗ 1x2e -> 32x1o
-    d2_weight_62 = torch.einsum("zui,zwk,zvj,ijk->uvw", d2_d_x[:, 32:128].reshape(n, 32, 3), d_z[:, 32:128].reshape(n, 32, 3), y[:, 4:9].reshape(n, 1, 5), cg_1_2_1) * 0.13693063937629152
+    d2_weight_62 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 32:128].reshape(n, 32, 3) * 0.13693063937629152), _c80)
     # ∂/∂d_z: ∂/∂weight: 32x1o ⊗ 1x3o -> 32x2e
-    d2_d_z_63 = torch.einsum("uvw,zui,zvj,ijk->zwk", d2_d_weight[7168:8192].view(32, 1, 32), x[:, 32:128].reshape(n, 32, 3), y[:, 9:16].reshape(n, 1, 7), cg_1_3_2) * 0.1767766952966369
+    _c83 = torch.einsum("zui,zvj->zijuv", x[:, 32:128].reshape(n, 32, 3), y[:, 9:16].reshape(n, 1, 7))
+    _c84 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_2, _c83)
+    d2_d_z_63 = torch.einsum("uvw,zkuv->zwk", (d2_d_weight[7168:8192].view(32, 1, 32) * 0.1767766952966369), _c84)
     # ∂/∂x: ∂/∂weight: 32x1o ⊗ 1x3o -> 32x2e
-    d2_x_64 = torch.einsum("uvw,zwk,zvj,ijk->zui", d2_d_weight[7168:8192].view(32, 1, 32), d_z[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7), cg_1_3_2) * 0.1767766952966369
+    _c85 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7))
+    _c86 = torch.einsum("ijk,zjkvw->zivw", cg_1_3_2, _c85)
+    d2_x_64 = torch.einsum("uvw,zivw->zui", (d2_d_weight[7168:8192].view(32, 1, 32) * 0.1767766952966369), _c86)
     # ∂/∂y: ∂/∂weight: 32x1o ⊗ 1x3o -> 32x2e
-    d2_y_65 = torch.einsum("uvw,zwk,zui,ijk->zvj", d2_d_weight[7168:8192].view(32, 1, 32), d_z[:, 128:288].reshape(n, 32, 5), x[:, 32:128].reshape(n, 32, 3), cg_1_3_2) * 0.1767766952966369
+    _c87 = torch.einsum("uvw,zui->zivw", d2_d_weight[7168:8192].view(32, 1, 32), x[:, 32:128].reshape(n, 32, 3))
+    _c88 = torch.einsum("zwk,zivw->zikv", d_z[:, 128:288].reshape(n, 32, 5), _c87)
+    d2_y_65 = torch.einsum("ijk,zikv->zvj", (cg_1_3_2 * 0.1767766952966369), _c88)
     # ∂/∂d_z: ∂/∂y: 32x1o ⊗ 1x3o -> 32x2e
-    d2_d_z_66 = torch.einsum("zvj,zui,ijk,uvw->zwk", d2_d_y[:, 9:16].reshape(n, 1, 7), x[:, 32:128].reshape(n, 32, 3), cg_1_3_2, weight[7168:8192].view(32, 1, 32)) * 0.1767766952966369
+    _c89 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 9:16].reshape(n, 1, 7), x[:, 32:128].reshape(n, 32, 3))
+    _c90 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_2, _c89)
+    d2_d_z_66 = torch.einsum("uvw,zkuv->zwk", (weight[7168:8192].view(32, 1, 32) * 0.1767766952966369), _c90)
     # ∂/∂x: ∂/∂y: 32x1o ⊗ 1x3o -> 32x2e
-    d2_x_67 = torch.einsum("zvj,zwk,ijk,uvw->zui", d2_d_y[:, 9:16].reshape(n, 1, 7), d_z[:, 128:288].reshape(n, 32, 5), cg_1_3_2, weight[7168:8192].view(32, 1, 32)) * 0.1767766952966369
+    _c91 = torch.einsum("zvj,zwk->zjkvw", d2_d_y[:, 9:16].reshape(n, 1, 7), d_z[:, 128:288].reshape(n, 32, 5))
+    _c92 = torch.einsum("ijk,zjkvw->zivw", cg_1_3_2, _c91)
+    d2_x_67 = torch.einsum("uvw,zivw->zui", (weight[7168:8192].view(32, 1, 32) * 0.1767766952966369), _c92)
     # ∂/∂weight: ∂/∂y: 32x1o ⊗ 1x3o -> 32x2e
-    d2_weight_68 = torch.einsum("zvj,zwk,zui,ijk->uvw", d2_d_y[:, 9:16].reshape(n, 1, 7), d_z[:, 128:288].reshape(n, 32, 5), x[:, 32:128].reshape(n, 32, 3), cg_1_3_2) * 0.1767766952966369
+    d2_weight_68 = torch.einsum("zui,zivw->uvw", (x[:, 32:128].reshape(n, 32, 3) * 0.1767766952966369), _c92)
     # ∂/∂d_z: ∂/∂x: 32x1o ⊗ 1x3o -> 32x2e
-    d2_d_z_69 = torch.einsum("zui,zvj,ijk,uvw->zwk", d2_d_x[:, 32:128].reshape(n, 32, 3), y[:, 9:16].reshape(n, 1, 7), cg_1_3_2, weight[7168:8192].view(32, 1, 32)) * 0.1767766952966369
+    _c93 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 32:128].reshape(n, 32, 3), y[:, 9:16].reshape(n, 1, 7))
+    _c94 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_2, _c93)
+    d2_d_z_69 = torch.einsum("uvw,zkuv->zwk", (weight[7168:8192].view(32, 1, 32) * 0.1767766952966369), _c94)
     # ∂/∂y: ∂/∂x: 32x1o ⊗ 1x3o -> 32x2e
-    d2_y_70 = torch.einsum("zui,zwk,ijk,uvw->zvj", d2_d_x[:, 32:128].reshape(n, 32, 3), d_z[:, 128:288].reshape(n, 32, 5), cg_1_3_2, weight[7168:8192].view(32, 1, 32)) * 0.1767766952966369
+    _c95 = torch.einsum("zui,uvw->zivw", d2_d_x[:, 32:128].reshape(n, 32, 3), weight[7168:8192].view(32, 1, 32))
+    _c96 = torch.einsum("zwk,zivw->zikv", d_z[:, 128:288].reshape(n, 32, 5), _c95)
+    d2_y_70 = torch.einsum("ijk,zikv->zvj", (cg_1_3_2 * 0.1767766952966369), _c96)
     # ∂/∂weight: ∂/∂x: 32x1o ⊗ 1x3o -> 32x2e
-    d2_weight_71 = torch.einsum("zui,zwk,zvj,ijk->uvw", d2_d_x[:, 32:128].reshape(n, 32, 3), d_z[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7), cg_1_3_2) * 0.1767766952966369
+    d2_weight_71 = torch.einsum("zui,zivw->uvw", (d2_d_x[:, 32:128].reshape(n, 32, 3) * 0.1767766952966369), _c86)
     # ∂/∂d_z: ∂/∂weight: 32x2e ⊗ 1x0e -> 32x2e
-    d2_d_z_72 = torch.einsum("uvw,zui,zvj,ijk->zwk", d2_d_weight[8192:9216].view(32, 1, 32), x[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1), cg_2_0_2) * 0.1767766952966369
+    _c97 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1))
+    _c98 = torch.einsum("uvw,zijuv->zijw", d2_d_weight[8192:9216].view(32, 1, 32), _c97)
+    d2_d_z_72 = torch.einsum("ijk,zijw->zwk", (cg_2_0_2 * 0.1767766952966369), _c98)
     # ∂/∂x: ∂/∂weight: 32x2e ⊗ 1x0e -> 32x2e
-    d2_x_73 = torch.einsum("uvw,zwk,zvj,ijk->zui", d2_d_weight[8192:9216].view(32, 1, 32), d_z[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1), cg_2_0_2) * 0.1767766952966369
+    _c99 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1))
+    _c100 = torch.einsum("uvw,zjkvw->zjku", d2_d_weight[8192:9216].view(32, 1, 32), _c99)
+    d2_x_73 = torch.einsum("ijk,zjku->zui", (cg_2_0_2 * 0.1767766952966369), _c100)
     # ∂/∂y: ∂/∂weight: 32x2e ⊗ 1x0e -> 32x2e
-    d2_y_74 = torch.einsum("uvw,zwk,zui,ijk->zvj", d2_d_weight[8192:9216].view(32, 1, 32), d_z[:, 128:288].reshape(n, 32, 5), x[:, 128:288].reshape(n, 32, 5), cg_2_0_2) * 0.1767766952966369
+    _c101 = torch.einsum("uvw,zwk->zkuv", d2_d_weight[8192:9216].view(32, 1, 32), d_z[:, 128:288].reshape(n, 32, 5))
+    _c102 = torch.einsum("zui,ijk->zjku", x[:, 128:288].reshape(n, 32, 5), cg_2_0_2)
+    d2_y_74 = torch.einsum("zkuv,zjku->zvj", (_c101 * 0.1767766952966369), _c102)
     # ∂/∂d_z: ∂/∂y: 32x2e ⊗ 1x0e -> 32x2e
-    d2_d_z_75 = torch.einsum("zvj,zui,ijk,uvw->zwk", d2_d_y[:, 0:1].reshape(n, 1, 1), x[:, 128:288].reshape(n, 32, 5), cg_2_0_2, weight[8192:9216].view(32, 1, 32)) * 0.1767766952966369
+    _c103 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 0:1].reshape(n, 1, 1), x[:, 128:288].reshape(n, 32, 5))
+    _c104 = torch.einsum("ijk,zijuv->zkuv", cg_2_0_2, _c103)
+    d2_d_z_75 = torch.einsum("uvw,zkuv->zwk", (weight[8192:9216].view(32, 1, 32) * 0.1767766952966369), _c104)
     # ∂/∂x: ∂/∂y: 32x2e ⊗ 1x0e -> 32x2e
-    d2_x_76 = torch.einsum("zvj,zwk,ijk,uvw->zui", d2_d_y[:, 0:1].reshape(n, 1, 1), d_z[:, 128:288].reshape(n, 32, 5), cg_2_0_2, weight[8192:9216].view(32, 1, 32)) * 0.1767766952966369
+    _c105 = torch.einsum("zvj,zwk->zjkvw", d2_d_y[:, 0:1].reshape(n, 1, 1), d_z[:, 128:288].reshape(n, 32, 5))
+    _c106 = torch.einsum("ijk,zjkvw->zivw", cg_2_0_2, _c105)
+    d2_x_76 = torch.einsum("uvw,zivw->zui", (weight[8192:9216].view(32, 1, 32) * 0.1767766952966369), _c106)
     # ∂/∂weight: ∂/∂y: 32x2e ⊗ 1x0e -> 32x2e
-    d2_weight_77 = torch.einsum("zvj,zwk,zui,ijk->uvw", d2_d_y[:, 0:1].reshape(n, 1, 1), d_z[:, 128:288].reshape(n, 32, 5), x[:, 128:288].reshape(n, 32, 5), cg_2_0_2) * 0.1767766952966369
+    d2_weight_77 = torch.einsum("zjkvw,zjku->uvw", (_c105 * 0.1767766952966369), _c102)
     # ∂/∂d_z: ∂/∂x: 32x2e ⊗ 1x0e -> 32x2e
-    d2_d_z_78 = torch.einsum("zui,zvj,ijk,uvw->zwk", d2_d_x[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1), cg_2_0_2, weight[8192:9216].view(32, 1, 32)) * 0.1767766952966369
+    _c107 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1))
+    _c108 = torch.einsum("ijk,zijuv->zkuv", cg_2_0_2, _c107)
+    d2_d_z_78 = torch.einsum("uvw,zkuv->zwk", (weight[8192:9216].view(32, 1, 32) * 0.1767766952966369), _c108)
     # ∂/∂y: ∂/∂x: 32x2e ⊗ 1x0e -> 32x2e
-    d2_y_79 = torch.einsum("zui,zwk,ijk,uvw->zvj", d2_d_x[:, 128:288].reshape(n, 32, 5), d_z[:, 128:288].reshape(n, 32, 5), cg_2_0_2, weight[8192:9216].view(32, 1, 32)) * 0.1767766952966369
+    _c109 = torch.einsum("zui,ijk->zjku", d2_d_x[:, 128:288].reshape(n, 32, 5), cg_2_0_2)
+    _c110 = torch.einsum("zwk,uvw->zkuv", d_z[:, 128:288].reshape(n, 32, 5), weight[8192:9216].view(32, 1, 32))
+    d2_y_79 = torch.einsum("zjku,zkuv->zvj", (_c109 * 0.1767766952966369), _c110)
     # ∂/∂weight: ∂/∂x: 32x2e ⊗ 1x0e -> 32x2e
-    d2_weight_80 = torch.einsum("zui,zwk,zvj,ijk->uvw", d2_d_x[:, 128:288].reshape(n, 32, 5), d_z[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1), cg_2_0_2) * 0.1767766952966369
+    d2_weight_80 = torch.einsum("zjku,zjkvw->uvw", (_c109 * 0.1767766952966369), _c99)
     # ∂/∂d_z: ∂/∂weight: 32x2e ⊗ 1x1o -> 32x1o
-    d2_d_z_81 = torch.einsum("uvw,zui,zvj,ijk->zwk", d2_d_weight[9216:10240].view(32, 1, 32), x[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3), cg_2_1_1) * 0.13693063937629152
+    _c111 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3))
+    _c112 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c111)
+    d2_d_z_81 = torch.einsum("uvw,zkuv->zwk", (d2_d_weight[9216:10240].view(32, 1, 32) * 0.13693063937629152), _c112)
     # ∂/∂x: ∂/∂weight: 32x2e ⊗ 1x1o -> 32x1o
-    d2_x_82 = torch.einsum("uvw,zwk,zvj,ijk->zui", d2_d_weight[9216:10240].view(32, 1, 32), d_z[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3), cg_2_1_1) * 0.13693063937629152
+    _c113 = torch.einsum("ijk,zjkvw->zivw", cg_2_1_1, _c13)
+    d2_x_82 = torch.einsum("uvw,zivw->zui", (d2_d_weight[9216:10240].view(32, 1, 32) * 0.13693063937629152), _c113)
     # ∂/∂y: ∂/∂weight: 32x2e ⊗ 1x1o -> 32x1o
-    d2_y_83 = torch.einsum("uvw,zwk,zui,ijk->zvj", d2_d_weight[9216:10240].view(32, 1, 32), d_z[:, 32:128].reshape(n, 32, 3), x[:, 128:288].reshape(n, 32, 5), cg_2_1_1) * 0.13693063937629152
+    _c114 = torch.einsum("uvw,zwk->zkuv", d2_d_weight[9216:10240].view(32, 1, 32), d_z[:, 32:128].reshape(n, 32, 3))
+    _c115 = torch.einsum("zui,ijk->zjku", x[:, 128:288].reshape(n, 32, 5), cg_2_1_1)
+    d2_y_83 = torch.einsum("zkuv,zjku->zvj", (_c114 * 0.13693063937629152), _c115)
     # ∂/∂d_z: ∂/∂y: 32x2e ⊗ 1x1o -> 32x1o
-    d2_d_z_84 = torch.einsum("zvj,zui,ijk,uvw->zwk", d2_d_y[:, 1:4].reshape(n, 1, 3), x[:, 128:288].reshape(n, 32, 5), cg_2_1_1, weight[9216:10240].view(32, 1, 32)) * 0.13693063937629152
+    _c116 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 1:4].reshape(n, 1, 3), x[:, 128:288].reshape(n, 32, 5))
+    _c117 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c116)
+    d2_d_z_84 = torch.einsum("uvw,zkuv->zwk", (weight[9216:10240].view(32, 1, 32) * 0.13693063937629152), _c117)
     # ∂/∂x: ∂/∂y: 32x2e ⊗ 1x1o -> 32x1o
-    d2_x_85 = torch.einsum("zvj,zwk,ijk,uvw->zui", d2_d_y[:, 1:4].reshape(n, 1, 3), d_z[:, 32:128].reshape(n, 32, 3), cg_2_1_1, weight[9216:10240].view(32, 1, 32)) * 0.13693063937629152
+    _c118 = torch.einsum("ijk,zjkvw->zivw", cg_2_1_1, _c18)
+    d2_x_85 = torch.einsum("uvw,zivw->zui", (weight[9216:10240].view(32, 1, 32) * 0.13693063937629152), _c118)
     # ∂/∂weight: ∂/∂y: 32x2e ⊗ 1x1o -> 32x1o
-    d2_weight_86 = torch.einsum("zvj,zwk,zui,ijk->uvw", d2_d_y[:, 1:4].reshape(n, 1, 3), d_z[:, 32:128].reshape(n, 32, 3), x[:, 128:288].reshape(n, 32, 5), cg_2_1_1) * 0.13693063937629152
+    d2_weight_86 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 32:128].reshape(n, 32, 3) * 0.13693063937629152), _c117)
     # ∂/∂d_z: ∂/∂x: 32x2e ⊗ 1x1o -> 32x1o
-    d2_d_z_87 = torch.einsum("zui,zvj,ijk,uvw->zwk", d2_d_x[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3), cg_2_1_1, weight[9216:10240].view(32, 1, 32)) * 0.13693063937629152
+    _c119 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3))
+    _c120 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c119)
+    d2_d_z_87 = torch.einsum("uvw,zkuv->zwk", (weight[9216:10240].view(32, 1, 32) * 0.13693063937629152), _c120)
     # ∂/∂y: ∂/∂x: 32x2e ⊗ 1x1o -> 32x1o
-    d2_y_88 = torch.einsum("zui,zwk,ijk,uvw->zvj", d2_d_x[:, 128:288].reshape(n, 32, 5), d_z[:, 32:128].reshape(n, 32, 3), cg_2_1_1, weight[9216:10240].view(32, 1, 32)) * 0.13693063937629152
+    _c121 = torch.einsum("zui,ijk->zjku", d2_d_x[:, 128:288].reshape(n, 32, 5), cg_2_1_1)
+    _c122 = torch.einsum("zwk,uvw->zkuv", d_z[:, 32:128].reshape(n, 32, 3), weight[9216:10240].view(32, 1, 32))
+    d2_y_88 = torch.einsum("zjku,zkuv->zvj", _c121, (_c122 * 0.13693063937629152))
     # ∂/∂weight: ∂/∂x: 32x2e ⊗ 1x1o -> 32x1o
-    d2_weight_89 = torch.einsum("zui,zwk,zvj,ijk->uvw", d2_d_x[:, 128:288].reshape(n, 32, 5), d_z[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3), cg_2_1_1) * 0.13693063937629152
+    d2_weight_89 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 32:128].reshape(n, 32, 3) * 0.13693063937629152), _c120)
     # ∂/∂d_z: ∂/∂weight: 32x2e ⊗ 1x2e -> 32x0e
-    d2_d_z_90 = torch.einsum("uvw,zui,zvj,ijk->zwk", d2_d_weight[10240:11264].view(32, 1, 32), x[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5), cg_2_2_0) * 0.10206207261596575
+    _c123 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5))
+    _c124 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c123)
+    d2_d_z_90 = torch.einsum("uvw,zkuv->zwk", (d2_d_weight[10240:11264].view(32, 1, 32) * 0.10206207261596575), _c124)
     # ∂/∂x: ∂/∂weight: 32x2e ⊗ 1x2e -> 32x0e
-    d2_x_91 = torch.einsum("uvw,zwk,zvj,ijk->zui", d2_d_weight[10240:11264].view(32, 1, 32), d_z[:, 0:32].reshape(n, 32, 1), y[:, 4:9].reshape(n, 1, 5), cg_2_2_0) * 0.10206207261596575
+    _c125 = torch.einsum("uvw,zwk->zkuv", d2_d_weight[10240:11264].view(32, 1, 32), d_z[:, 0:32].reshape(n, 32, 1))
+    _c126 = torch.einsum("zvj,ijk->zikv", y[:, 4:9].reshape(n, 1, 5), cg_2_2_0)
+    d2_x_91 = torch.einsum("zkuv,zikv->zui", _c125, (_c126 * 0.10206207261596575))
     # ∂/∂y: ∂/∂weight: 32x2e ⊗ 1x2e -> 32x0e
-    d2_y_92 = torch.einsum("uvw,zwk,zui,ijk->zvj", d2_d_weight[10240:11264].view(32, 1, 32), d_z[:, 0:32].reshape(n, 32, 1), x[:, 128:288].reshape(n, 32, 5), cg_2_2_0) * 0.10206207261596575
+    _c127 = torch.einsum("zui,zkuv->zikv", x[:, 128:288].reshape(n, 32, 5), _c125)
+    d2_y_92 = torch.einsum("ijk,zikv->zvj", (cg_2_2_0 * 0.10206207261596575), _c127)
     # ∂/∂d_z: ∂/∂y: 32x2e ⊗ 1x2e -> 32x0e
-    d2_d_z_93 = torch.einsum("zvj,zui,ijk,uvw->zwk", d2_d_y[:, 4:9].reshape(n, 1, 5), x[:, 128:288].reshape(n, 32, 5), cg_2_2_0, weight[10240:11264].view(32, 1, 32)) * 0.10206207261596575
+    _c128 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 4:9].reshape(n, 1, 5), x[:, 128:288].reshape(n, 32, 5))
+    _c129 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c128)
+    d2_d_z_93 = torch.einsum("uvw,zkuv->zwk", (weight[10240:11264].view(32, 1, 32) * 0.10206207261596575), _c129)
     # ∂/∂x: ∂/∂y: 32x2e ⊗ 1x2e -> 32x0e
-    d2_x_94 = torch.einsum("zvj,zwk,ijk,uvw->zui", d2_d_y[:, 4:9].reshape(n, 1, 5), d_z[:, 0:32].reshape(n, 32, 1), cg_2_2_0, weight[10240:11264].view(32, 1, 32)) * 0.10206207261596575
+    _c130 = torch.einsum("zvj,ijk->zikv", d2_d_y[:, 4:9].reshape(n, 1, 5), cg_2_2_0)
+    _c131 = torch.einsum("zwk,uvw->zkuv", d_z[:, 0:32].reshape(n, 32, 1), weight[10240:11264].view(32, 1, 32))
+    d2_x_94 = torch.einsum("zikv,zkuv->zui", (_c130 * 0.10206207261596575), _c131)
     # ∂/∂weight: ∂/∂y: 32x2e ⊗ 1x2e -> 32x0e
-    d2_weight_95 = torch.einsum("zvj,zwk,zui,ijk->uvw", d2_d_y[:, 4:9].reshape(n, 1, 5), d_z[:, 0:32].reshape(n, 32, 1), x[:, 128:288].reshape(n, 32, 5), cg_2_2_0) * 0.10206207261596575
+    d2_weight_95 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 0:32].reshape(n, 32, 1) * 0.10206207261596575), _c129)
     # ∂/∂d_z: ∂/∂x: 32x2e ⊗ 1x2e -> 32x0e
-    d2_d_z_96 = torch.einsum("zui,zvj,ijk,uvw->zwk", d2_d_x[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5), cg_2_2_0, weight[10240:11264].view(32, 1, 32)) * 0.10206207261596575
+    _c132 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5))
+    _c133 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c132)
+    d2_d_z_96 = torch.einsum("uvw,zkuv->zwk", (weight[10240:11264].view(32, 1, 32) * 0.10206207261596575), _c133)
     # ∂/∂y: ∂/∂x: 32x2e ⊗ 1x2e -> 32x0e
-    d2_y_97 = torch.einsum("zui,zwk,ijk,uvw->zvj", d2_d_x[:, 128:288].reshape(n, 32, 5), d_z[:, 0:32].reshape(n, 32, 1), cg_2_2_0, weight[10240:11264].view(32, 1, 32)) * 0.10206207261596575
+    _c134 = torch.einsum("zui,zkuv->zikv", d2_d_x[:, 128:288].reshape(n, 32, 5), _c131)
+    d2_y_97 = torch.einsum("ijk,zikv->zvj", (cg_2_2_0 * 0.10206207261596575), _c134)
     # ∂/∂weight: ∂/∂x: 32x2e ⊗ 1x2e -> 32x0e
-    d2_weight_98 = torch.einsum("zui,zwk,zvj,ijk->uvw", d2_d_x[:, 128:288].reshape(n, 32, 5), d_z[:, 0:32].reshape(n, 32, 1), y[:, 4:9].reshape(n, 1, 5), cg_2_2_0) * 0.10206207261596575
+    d2_weight_98 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 0:32].reshape(n, 32, 1) * 0.10206207261596575), _c133)
     # ∂/∂d_z: ∂/∂weight: 32x2e ⊗ 1x2e -> 32x2e
-    d2_d_z_99 = torch.einsum("uvw,zui,zvj,ijk->zwk", d2_d_weight[11264:12288].view(32, 1, 32), x[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5), cg_2_2_2) * 0.1767766952966369
+    _c135 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c123)
+    d2_d_z_99 = torch.einsum("uvw,zkuv->zwk", (d2_d_weight[11264:12288].view(32, 1, 32) * 0.1767766952966369), _c135)
     # ∂/∂x: ∂/∂weight: 32x2e ⊗ 1x2e -> 32x2e
-    d2_x_100 = torch.einsum("uvw,zwk,zvj,ijk->zui", d2_d_weight[11264:12288].view(32, 1, 32), d_z[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5), cg_2_2_2) * 0.1767766952966369
+    _c136 = torch.einsum("ijk,zjkvw->zivw", cg_2_2_2, _c24)
+    d2_x_100 = torch.einsum("uvw,zivw->zui", (d2_d_weight[11264:12288].view(32, 1, 32) * 0.1767766952966369), _c136)
     # ∂/∂y: ∂/∂weight: 32x2e ⊗ 1x2e -> 32x2e
-    d2_y_101 = torch.einsum("uvw,zwk,zui,ijk->zvj", d2_d_weight[11264:12288].view(32, 1, 32), d_z[:, 128:288].reshape(n, 32, 5), x[:, 128:288].reshape(n, 32, 5), cg_2_2_2) * 0.1767766952966369
+    _c137 = torch.einsum("uvw,zwk->zkuv", d2_d_weight[11264:12288].view(32, 1, 32), d_z[:, 128:288].reshape(n, 32, 5))
+    _c138 = torch.einsum("zui,zkuv->zikv", x[:, 128:288].reshape(n, 32, 5), _c137)
+    d2_y_101 = torch.einsum("ijk,zikv->zvj", (cg_2_2_2 * 0.1767766952966369), _c138)
     # ∂/∂d_z: ∂/∂y: 32x2e ⊗ 1x2e -> 32x2e
-    d2_d_z_102 = torch.einsum("zvj,zui,ijk,uvw->zwk", d2_d_y[:, 4:9].reshape(n, 1, 5), x[:, 128:288].reshape(n, 32, 5), cg_2_2_2, weight[11264:12288].view(32, 1, 32)) * 0.1767766952966369
+    _c139 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c128)
+    d2_d_z_102 = torch.einsum("uvw,zkuv->zwk", (weight[11264:12288].view(32, 1, 32) * 0.1767766952966369), _c139)
     # ∂/∂x: ∂/∂y: 32x2e ⊗ 1x2e -> 32x2e
-    d2_x_103 = torch.einsum("zvj,zwk,ijk,uvw->zui", d2_d_y[:, 4:9].reshape(n, 1, 5), d_z[:, 128:288].reshape(n, 32, 5), cg_2_2_2, weight[11264:12288].view(32, 1, 32)) * 0.1767766952966369
+    _c140 = torch.einsum("ijk,zjkvw->zivw", cg_2_2_2, _c29)
+    d2_x_103 = torch.einsum("uvw,zivw->zui", (weight[11264:12288].view(32, 1, 32) * 0.1767766952966369), _c140)
     # ∂/∂weight: ∂/∂y: 32x2e ⊗ 1x2e -> 32x2e
-    d2_weight_104 = torch.einsum("zvj,zwk,zui,ijk->uvw", d2_d_y[:, 4:9].reshape(n, 1, 5), d_z[:, 128:288].reshape(n, 32, 5), x[:, 128:288].reshape(n, 32, 5), cg_2_2_2) * 0.1767766952966369
+    d2_weight_104 = torch.einsum("zui,zivw->uvw", (x[:, 128:288].reshape(n, 32, 5) * 0.1767766952966369), _c140)
     # ∂/∂d_z: ∂/∂x: 32x2e ⊗ 1x2e -> 32x2e
-    d2_d_z_105 = torch.einsum("zui,zvj,ijk,uvw->zwk", d2_d_x[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5), cg_2_2_2, weight[11264:12288].view(32, 1, 32)) * 0.1767766952966369
+    _c141 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c132)
+    d2_d_z_105 = torch.einsum("uvw,zkuv->zwk", (weight[11264:12288].view(32, 1, 32) * 0.1767766952966369), _c141)
     # ∂/∂y: ∂/∂x: 32x2e ⊗ 1x2e -> 32x2e
-    d2_y_106 = torch.einsum("zui,zwk,ijk,uvw->zvj", d2_d_x[:, 128:288].reshape(n, 32, 5), d_z[:, 128:288].reshape(n, 32, 5), cg_2_2_2, weight[11264:12288].view(32, 1, 32)) * 0.1767766952966369
+    _c142 = torch.einsum("zui,uvw->zivw", d2_d_x[:, 128:288].reshape(n, 32, 5), weight[11264:12288].view(32, 1, 32))
+    _c143 = torch.einsum("zwk,zivw->zikv", d_z[:, 128:288].reshape(n, 32, 5), _c142)
+    d2_y_106 = torch.einsum("ijk,zikv->zvj", (cg_2_2_2 * 0.1767766952966369), _c143)
     # ∂/∂weight: ∂/∂x: 32x2e ⊗ 1x2e -> 32x2e
-    d2_weight_107 = torch.einsum("zui,zwk,zvj,ijk->uvw", d2_d_x[:, 128:288].reshape(n, 32, 5), d_z[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5), cg_2_2_2) * 0.1767766952966369
+    d2_weight_107 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 128:288].reshape(n, 32, 5) * 0.1767766952966369), _c141)
     # ∂/∂d_z: ∂/∂weight: 32x2e ⊗ 1x3o -> 32x1o
-    d2_d_z_108 = torch.einsum("uvw,zui,zvj,ijk->zwk", d2_d_weight[12288:13312].view(32, 1, 32), x[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7), cg_2_3_1) * 0.13693063937629152
+    _c144 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7))
+    _c145 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_1, _c144)
+    d2_d_z_108 = torch.einsum("uvw,zkuv->zwk", (d2_d_weight[12288:13312].view(32, 1, 32) * 0.13693063937629152), _c145)
     # ∂/∂x: ∂/∂weight: 32x2e ⊗ 1x3o -> 32x1o
-    d2_x_109 = torch.einsum("uvw,zwk,zvj,ijk->zui", d2_d_weight[12288:13312].view(32, 1, 32), d_z[:, 32:128].reshape(n, 32, 3), y[:, 9:16].reshape(n, 1, 7), cg_2_3_1) * 0.13693063937629152
+    _c146 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 32:128].reshape(n, 32, 3), y[:, 9:16].reshape(n, 1, 7))
+    _c147 = torch.einsum("ijk,zjkvw->zivw", cg_2_3_1, _c146)
+    d2_x_109 = torch.einsum("uvw,zivw->zui", (d2_d_weight[12288:13312].view(32, 1, 32) * 0.13693063937629152), _c147)
     # ∂/∂y: ∂/∂weight: 32x2e ⊗ 1x3o -> 32x1o
-    d2_y_110 = torch.einsum("uvw,zwk,zui,ijk->zvj", d2_d_weight[12288:13312].view(32, 1, 32), d_z[:, 32:128].reshape(n, 32, 3), x[:, 128:288].reshape(n, 32, 5), cg_2_3_1) * 0.13693063937629152
+    _c148 = torch.einsum("uvw,zwk->zkuv", d2_d_weight[12288:13312].view(32, 1, 32), d_z[:, 32:128].reshape(n, 32, 3))
+    _c149 = torch.einsum("zui,zkuv->zikv", x[:, 128:288].reshape(n, 32, 5), _c148)
+    d2_y_110 = torch.einsum("ijk,zikv->zvj", (cg_2_3_1 * 0.13693063937629152), _c149)
     # ∂/∂d_z: ∂/∂y: 32x2e ⊗ 1x3o -> 32x1o
-    d2_d_z_111 = torch.einsum("zvj,zui,ijk,uvw->zwk", d2_d_y[:, 9:16].reshape(n, 1, 7), x[:, 128:288].reshape(n, 32, 5), cg_2_3_1, weight[12288:13312].view(32, 1, 32)) * 0.13693063937629152
+    _c150 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 9:16].reshape(n, 1, 7), x[:, 128:288].reshape(n, 32, 5))
+    _c151 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_1, _c150)
+    d2_d_z_111 = torch.einsum("uvw,zkuv->zwk", (weight[12288:13312].view(32, 1, 32) * 0.13693063937629152), _c151)
     # ∂/∂x: ∂/∂y: 32x2e ⊗ 1x3o -> 32x1o
-    d2_x_112 = torch.einsum("zvj,zwk,ijk,uvw->zui", d2_d_y[:, 9:16].reshape(n, 1, 7), d_z[:, 32:128].reshape(n, 32, 3), cg_2_3_1, weight[12288:13312].view(32, 1, 32)) * 0.13693063937629152
+    _c152 = torch.einsum("zvj,zwk->zjkvw", d2_d_y[:, 9:16].reshape(n, 1, 7), d_z[:, 32:128].reshape(n, 32, 3))
+    _c153 = torch.einsum("ijk,zjkvw->zivw", cg_2_3_1, _c152)
+    d2_x_112 = torch.einsum("uvw,zivw->zui", (weight[12288:13312].view(32, 1, 32) * 0.13693063937629152), _c153)
     # ∂/∂weight: ∂/∂y: 32x2e ⊗ 1x3o -> 32x1o
-    d2_weight_113 = torch.einsum("zvj,zwk,zui,ijk->uvw", d2_d_y[:, 9:16].reshape(n, 1, 7), d_z[:, 32:128].reshape(n, 32, 3), x[:, 128:288].reshape(n, 32, 5), cg_2_3_1) * 0.13693063937629152
+    d2_weight_113 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 32:128].reshape(n, 32, 3) * 0.13693063937629152), _c151)
     # ∂/∂d_z: ∂/∂x: 32x2e ⊗ 1x3o -> 32x1o
-    d2_d_z_114 = torch.einsum("zui,zvj,ijk,uvw->zwk", d2_d_x[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7), cg_2_3_1, weight[12288:13312].view(32, 1, 32)) * 0.13693063937629152
+    _c154 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7))
+    _c155 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_1, _c154)
+    d2_d_z_114 = torch.einsum("uvw,zkuv->zwk", (weight[12288:13312].view(32, 1, 32) * 0.13693063937629152), _c155)
     # ∂/∂y: ∂/∂x: 32x2e ⊗ 1x3o -> 32x1o
-    d2_y_115 = torch.einsum("zui,zwk,ijk,uvw->zvj", d2_d_x[:, 128:288].reshape(n, 32, 5), d_z[:, 32:128].reshape(n, 32, 3), cg_2_3_1, weight[12288:13312].view(32, 1, 32)) * 0.13693063937629152
+    _c156 = torch.einsum("zwk,uvw->zkuv", d_z[:, 32:128].reshape(n, 32, 3), weight[12288:13312].view(32, 1, 32))
+    _c157 = torch.einsum("zui,zkuv->zikv", d2_d_x[:, 128:288].reshape(n, 32, 5), _c156)
+    d2_y_115 = torch.einsum("ijk,zikv->zvj", (cg_2_3_1 * 0.13693063937629152), _c157)
     # ∂/∂weight: ∂/∂x: 32x2e ⊗ 1x3o -> 32x1o
-    d2_weight_116 = torch.einsum("zui,zwk,zvj,ijk->uvw", d2_d_x[:, 128:288].reshape(n, 32, 5), d_z[:, 32:128].reshape(n, 32, 3), y[:, 9:16].reshape(n, 1, 7), cg_2_3_1) * 0.13693063937629152
+    d2_weight_116 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 32:128].reshape(n, 32, 3) * 0.13693063937629152), _c155)
     d2_x = torch.cat([
         (d2_x_1 + d2_x_4 + d2_x_10 + d2_x_13 + d2_x_19 + d2_x_22).reshape(n, 32),
         (d2_x_28 + d2_x_31 + d2_x_37 + d2_x_40 + d2_x_46 + d2_x_49 + d2_x_55 + d2_x_58 + d2_x_64 + d2_x_67).reshape(n, 96),
@@ -667,53 +907,93 @@ def _conv_tp(
     """conv_tp on rows: h (n, 288), sh (n, 16), w (n, 768) -> m (n, 992)."""
     n = h.shape[0]
     # 32x0e ⊗ 1x0e -> 32x0e
-    m_0 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 0:32].reshape(n, 32, 1), sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0, w[:, 0:32].reshape(n, 32, 1)) * 0.5773502691896257
+    _c0 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 0:32].reshape(n, 32, 1))
+    _c1 = torch.einsum("zvj,ijk->zikv", sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0)
+    m_0 = torch.einsum("ziuv,zikv->zuk", _c0, (_c1 * 0.5773502691896257))
     # 32x0e ⊗ 1x1o -> 32x1o
-    m_1 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 0:32].reshape(n, 32, 1), sh[:, 1:4].reshape(n, 1, 3), cg_0_1_1, w[:, 32:64].reshape(n, 32, 1)) * 0.7745966692414834
+    _c2 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 32:64].reshape(n, 32, 1))
+    _c3 = torch.einsum("zvj,ijk->zikv", sh[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
+    m_1 = torch.einsum("ziuv,zikv->zuk", _c2, (_c3 * 0.7745966692414834))
     # 32x0e ⊗ 1x2e -> 32x2e
-    m_2 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 0:32].reshape(n, 32, 1), sh[:, 4:9].reshape(n, 1, 5), cg_0_2_2, w[:, 64:96].reshape(n, 32, 1))
+    _c4 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 64:96].reshape(n, 32, 1))
+    _c5 = torch.einsum("zvj,ijk->zikv", sh[:, 4:9].reshape(n, 1, 5), cg_0_2_2)
+    m_2 = torch.einsum("ziuv,zikv->zuk", _c4, _c5)
     # 32x0e ⊗ 1x3o -> 32x3o
-    m_3 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 0:32].reshape(n, 32, 1), sh[:, 9:16].reshape(n, 1, 7), cg_0_3_3, w[:, 96:128].reshape(n, 32, 1)) * 1.3228756555322954
+    _c6 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 96:128].reshape(n, 32, 1))
+    _c7 = torch.einsum("zvj,ijk->zikv", sh[:, 9:16].reshape(n, 1, 7), cg_0_3_3)
+    m_3 = torch.einsum("ziuv,zikv->zuk", _c6, (_c7 * 1.3228756555322954))
     # 32x1o ⊗ 1x0e -> 32x1o
-    m_4 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 0:1].reshape(n, 1, 1), cg_1_0_1, w[:, 128:160].reshape(n, 32, 1)) * 0.7745966692414834
+    _c8 = torch.einsum("zvj,zuv->zju", sh[:, 0:1].reshape(n, 1, 1), w[:, 128:160].reshape(n, 32, 1))
+    _c9 = torch.einsum("zui,zju->ziju", h[:, 32:128].reshape(n, 32, 3), _c8)
+    m_4 = torch.einsum("ijk,ziju->zuk", (cg_1_0_1 * 0.7745966692414834), _c9)
     # 32x1o ⊗ 1x1o -> 32x0e
-    m_5 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_0, w[:, 160:192].reshape(n, 32, 1)) * 0.5773502691896257
+    _c10 = torch.einsum("zui,zvj->zijuv", h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3))
+    _c11 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c10)
+    m_5 = torch.einsum("zuv,zkuv->zuk", (w[:, 160:192].reshape(n, 32, 1) * 0.5773502691896257), _c11)
     # 32x1o ⊗ 1x1o -> 32x2e
-    m_6 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_2, w[:, 192:224].reshape(n, 32, 1))
+    _c12 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 192:224].reshape(n, 32, 1))
+    _c13 = torch.einsum("zui,zju->ziju", h[:, 32:128].reshape(n, 32, 3), _c12)
+    m_6 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c13)
     # 32x1o ⊗ 1x1o -> 32x1e
-    m_7 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_1, w[:, 224:256].reshape(n, 32, 1)) * 1.224744871391589
+    _c14 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_1, _c10)
+    m_7 = torch.einsum("zuv,zkuv->zuk", (w[:, 224:256].reshape(n, 32, 1) * 1.224744871391589), _c14)
     # 32x1o ⊗ 1x2e -> 32x1o
-    m_8 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_1, w[:, 256:288].reshape(n, 32, 1)) * 0.7745966692414834
+    _c15 = torch.einsum("zui,zvj->zijuv", h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5))
+    _c16 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c15)
+    m_8 = torch.einsum("zuv,zkuv->zuk", (w[:, 256:288].reshape(n, 32, 1) * 0.7745966692414834), _c16)
     # 32x1o ⊗ 1x2e -> 32x2o
-    m_9 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_2, w[:, 288:320].reshape(n, 32, 1)) * 1.2909944487358056
+    _c17 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_2, _c15)
+    m_9 = torch.einsum("zuv,zkuv->zuk", (w[:, 288:320].reshape(n, 32, 1) * 1.2909944487358056), _c17)
     # 32x1o ⊗ 1x2e -> 32x3o
-    m_10 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_3, w[:, 320:352].reshape(n, 32, 1)) * 1.3228756555322954
+    _c18 = torch.einsum("zvj,zuv->zju", sh[:, 4:9].reshape(n, 1, 5), w[:, 320:352].reshape(n, 32, 1))
+    _c19 = torch.einsum("zui,zju->ziju", h[:, 32:128].reshape(n, 32, 3), _c18)
+    m_10 = torch.einsum("ijk,ziju->zuk", (cg_1_2_3 * 1.3228756555322954), _c19)
     # 32x1o ⊗ 1x3o -> 32x2e
-    m_11 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7), cg_1_3_2, w[:, 352:384].reshape(n, 32, 1))
+    _c20 = torch.einsum("zui,zvj->zijuv", h[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7))
+    _c21 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_2, _c20)
+    m_11 = torch.einsum("zuv,zkuv->zuk", w[:, 352:384].reshape(n, 32, 1), _c21)
     # 32x1o ⊗ 1x3o -> 32x3e
-    m_12 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7), cg_1_3_3, w[:, 384:416].reshape(n, 32, 1)) * 1.8708286933869707
+    _c22 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_3, _c20)
+    m_12 = torch.einsum("zuv,zkuv->zuk", (w[:, 384:416].reshape(n, 32, 1) * 1.8708286933869707), _c22)
     # 32x2e ⊗ 1x0e -> 32x2e
-    m_13 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 0:1].reshape(n, 1, 1), cg_2_0_2, w[:, 416:448].reshape(n, 32, 1))
+    _c23 = torch.einsum("zvj,zuv->zju", sh[:, 0:1].reshape(n, 1, 1), w[:, 416:448].reshape(n, 32, 1))
+    _c24 = torch.einsum("zui,zju->ziju", h[:, 128:288].reshape(n, 32, 5), _c23)
+    m_13 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c24)
     # 32x2e ⊗ 1x1o -> 32x1o
-    m_14 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_1, w[:, 448:480].reshape(n, 32, 1)) * 0.7745966692414834
+    _c25 = torch.einsum("zui,zvj->zijuv", h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3))
+    _c26 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c25)
+    m_14 = torch.einsum("zuv,zkuv->zuk", (w[:, 448:480].reshape(n, 32, 1) * 0.7745966692414834), _c26)
     # 32x2e ⊗ 1x1o -> 32x2o
-    m_15 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_2, w[:, 480:512].reshape(n, 32, 1)) * 1.2909944487358056
+    _c27 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 480:512].reshape(n, 32, 1))
+    _c28 = torch.einsum("zui,zju->ziju", h[:, 128:288].reshape(n, 32, 5), _c27)
+    m_15 = torch.einsum("ijk,ziju->zuk", (cg_2_1_2 * 1.2909944487358056), _c28)
     # 32x2e ⊗ 1x1o -> 32x3o
-    m_16 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_3, w[:, 512:544].reshape(n, 32, 1)) * 1.3228756555322954
+    _c29 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 512:544].reshape(n, 32, 1))
+    _c30 = torch.einsum("zui,zju->ziju", h[:, 128:288].reshape(n, 32, 5), _c29)
+    m_16 = torch.einsum("ijk,ziju->zuk", (cg_2_1_3 * 1.3228756555322954), _c30)
     # 32x2e ⊗ 1x2e -> 32x0e
-    m_17 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_0, w[:, 544:576].reshape(n, 32, 1)) * 0.5773502691896257
+    _c31 = torch.einsum("zui,zvj->zijuv", h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5))
+    _c32 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c31)
+    m_17 = torch.einsum("zuv,zkuv->zuk", (w[:, 544:576].reshape(n, 32, 1) * 0.5773502691896257), _c32)
     # 32x2e ⊗ 1x2e -> 32x2e
-    m_18 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_2, w[:, 576:608].reshape(n, 32, 1))
+    _c33 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c31)
+    m_18 = torch.einsum("zuv,zkuv->zuk", w[:, 576:608].reshape(n, 32, 1), _c33)
     # 32x2e ⊗ 1x2e -> 32x1e
-    m_19 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_1, w[:, 608:640].reshape(n, 32, 1)) * 1.224744871391589
+    _c34 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_1, _c31)
+    m_19 = torch.einsum("zuv,zkuv->zuk", (w[:, 608:640].reshape(n, 32, 1) * 1.224744871391589), _c34)
     # 32x2e ⊗ 1x2e -> 32x3e
-    m_20 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_3, w[:, 640:672].reshape(n, 32, 1)) * 1.8708286933869707
+    _c35 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_3, _c31)
+    m_20 = torch.einsum("zuv,zkuv->zuk", (w[:, 640:672].reshape(n, 32, 1) * 1.8708286933869707), _c35)
     # 32x2e ⊗ 1x3o -> 32x1o
-    m_21 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_1, w[:, 672:704].reshape(n, 32, 1)) * 0.7745966692414834
+    _c36 = torch.einsum("zui,zvj->zijuv", h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7))
+    _c37 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_1, _c36)
+    m_21 = torch.einsum("zuv,zkuv->zuk", (w[:, 672:704].reshape(n, 32, 1) * 0.7745966692414834), _c37)
     # 32x2e ⊗ 1x3o -> 32x2o
-    m_22 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_2, w[:, 704:736].reshape(n, 32, 1)) * 1.2909944487358056
+    _c38 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_2, _c36)
+    m_22 = torch.einsum("zuv,zkuv->zuk", (w[:, 704:736].reshape(n, 32, 1) * 1.2909944487358056), _c38)
     # 32x2e ⊗ 1x3o -> 32x3o
-    m_23 = torch.einsum("zui,zvj,ijk,zuv->zuk", h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_3, w[:, 736:768].reshape(n, 32, 1)) * 1.3228756555322954
+    _c39 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_3, _c36)
+    m_23 = torch.einsum("zuv,zkuv->zuk", (w[:, 736:768].reshape(n, 32, 1) * 1.3228756555322954), _c39)
     m = torch.cat([
         (m_0 + m_5 + m_17).reshape(n, 32),
         (m_1 + m_4 + m_8 + m_14 + m_21).reshape(n, 96),
@@ -739,149 +1019,243 @@ def _conv_tp_d(
     """the vector-Jacobian product of conv_tp: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992) -> d_h (n, 288), d_sh (n, 16), d_w (n, 768), d_weight (0,)."""
     n = h.shape[0]
     # ∂/∂h: 32x2e ⊗ 1x3o -> 32x3o
-    d_h_0 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 544:768].reshape(n, 32, 7), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_3, w[:, 736:768].reshape(n, 32, 1)) * 1.3228756555322954
+    _c0 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 544:768].reshape(n, 32, 7), sh[:, 9:16].reshape(n, 1, 7))
+    _c1 = torch.einsum("ijk,zjkuv->ziuv", cg_2_3_3, _c0)
+    d_h_0 = torch.einsum("zuv,ziuv->zui", (w[:, 736:768].reshape(n, 32, 1) * 1.3228756555322954), _c1)
     # ∂/∂sh: 32x2e ⊗ 1x3o -> 32x3o
-    d_sh_1 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 544:768].reshape(n, 32, 7), h[:, 128:288].reshape(n, 32, 5), cg_2_3_3, w[:, 736:768].reshape(n, 32, 1)) * 1.3228756555322954
+    _c2 = torch.einsum("zuk,zui->ziku", d_m[:, 544:768].reshape(n, 32, 7), h[:, 128:288].reshape(n, 32, 5))
+    _c3 = torch.einsum("ijk,ziku->zju", cg_2_3_3, _c2)
+    d_sh_1 = torch.einsum("zuv,zju->zvj", (w[:, 736:768].reshape(n, 32, 1) * 1.3228756555322954), _c3)
     # ∂/∂w: 32x2e ⊗ 1x3o -> 32x3o
-    d_w_2 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 544:768].reshape(n, 32, 7), h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_3) * 1.3228756555322954
+    d_w_2 = torch.einsum("zui,ziuv->zuv", (h[:, 128:288].reshape(n, 32, 5) * 1.3228756555322954), _c1)
     # ∂/∂h: 32x2e ⊗ 1x3o -> 32x2o
-    d_h_3 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 384:544].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_2, w[:, 704:736].reshape(n, 32, 1)) * 1.2909944487358056
+    _c4 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 384:544].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7))
+    _c5 = torch.einsum("ijk,zjkuv->ziuv", cg_2_3_2, _c4)
+    d_h_3 = torch.einsum("zuv,ziuv->zui", (w[:, 704:736].reshape(n, 32, 1) * 1.2909944487358056), _c5)
     # ∂/∂sh: 32x2e ⊗ 1x3o -> 32x2o
-    d_sh_4 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 384:544].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5), cg_2_3_2, w[:, 704:736].reshape(n, 32, 1)) * 1.2909944487358056
+    _c6 = torch.einsum("zuk,zui->ziku", d_m[:, 384:544].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5))
+    _c7 = torch.einsum("ijk,ziku->zju", cg_2_3_2, _c6)
+    d_sh_4 = torch.einsum("zuv,zju->zvj", (w[:, 704:736].reshape(n, 32, 1) * 1.2909944487358056), _c7)
     # ∂/∂w: 32x2e ⊗ 1x3o -> 32x2o
-    d_w_5 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 384:544].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_2) * 1.2909944487358056
+    d_w_5 = torch.einsum("zui,ziuv->zuv", (h[:, 128:288].reshape(n, 32, 5) * 1.2909944487358056), _c5)
     # ∂/∂h: 32x2e ⊗ 1x3o -> 32x1o
-    d_h_6 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_1, w[:, 672:704].reshape(n, 32, 1)) * 0.7745966692414834
+    _c8 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7))
+    _c9 = torch.einsum("ijk,zjkuv->ziuv", cg_2_3_1, _c8)
+    d_h_6 = torch.einsum("zuv,ziuv->zui", (w[:, 672:704].reshape(n, 32, 1) * 0.7745966692414834), _c9)
     # ∂/∂sh: 32x2e ⊗ 1x3o -> 32x1o
-    d_sh_7 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 32:128].reshape(n, 32, 3), h[:, 128:288].reshape(n, 32, 5), cg_2_3_1, w[:, 672:704].reshape(n, 32, 1)) * 0.7745966692414834
+    _c10 = torch.einsum("zuk,zui->ziku", d_m[:, 32:128].reshape(n, 32, 3), h[:, 128:288].reshape(n, 32, 5))
+    _c11 = torch.einsum("ijk,ziku->zju", cg_2_3_1, _c10)
+    d_sh_7 = torch.einsum("zuv,zju->zvj", (w[:, 672:704].reshape(n, 32, 1) * 0.7745966692414834), _c11)
     # ∂/∂w: 32x2e ⊗ 1x3o -> 32x1o
-    d_w_8 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 32:128].reshape(n, 32, 3), h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_1) * 0.7745966692414834
+    d_w_8 = torch.einsum("zui,ziuv->zuv", (h[:, 128:288].reshape(n, 32, 5) * 0.7745966692414834), _c9)
     # ∂/∂h: 32x2e ⊗ 1x2e -> 32x3e
-    d_h_9 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 768:992].reshape(n, 32, 7), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_3, w[:, 640:672].reshape(n, 32, 1)) * 1.8708286933869707
+    _c12 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 768:992].reshape(n, 32, 7), sh[:, 4:9].reshape(n, 1, 5))
+    _c13 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_3, _c12)
+    d_h_9 = torch.einsum("zuv,ziuv->zui", (w[:, 640:672].reshape(n, 32, 1) * 1.8708286933869707), _c13)
     # ∂/∂sh: 32x2e ⊗ 1x2e -> 32x3e
-    d_sh_10 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 768:992].reshape(n, 32, 7), h[:, 128:288].reshape(n, 32, 5), cg_2_2_3, w[:, 640:672].reshape(n, 32, 1)) * 1.8708286933869707
+    _c14 = torch.einsum("zuk,zui->ziku", d_m[:, 768:992].reshape(n, 32, 7), h[:, 128:288].reshape(n, 32, 5))
+    _c15 = torch.einsum("ijk,ziku->zju", cg_2_2_3, _c14)
+    d_sh_10 = torch.einsum("zuv,zju->zvj", (w[:, 640:672].reshape(n, 32, 1) * 1.8708286933869707), _c15)
     # ∂/∂w: 32x2e ⊗ 1x2e -> 32x3e
-    d_w_11 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 768:992].reshape(n, 32, 7), h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_3) * 1.8708286933869707
+    d_w_11 = torch.einsum("zvj,zju->zuv", (sh[:, 4:9].reshape(n, 1, 5) * 1.8708286933869707), _c15)
     # ∂/∂h: 32x2e ⊗ 1x2e -> 32x1e
-    d_h_12 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 288:384].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_1, w[:, 608:640].reshape(n, 32, 1)) * 1.224744871391589
+    _c16 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 288:384].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5))
+    _c17 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_1, _c16)
+    d_h_12 = torch.einsum("zuv,ziuv->zui", (w[:, 608:640].reshape(n, 32, 1) * 1.224744871391589), _c17)
     # ∂/∂sh: 32x2e ⊗ 1x2e -> 32x1e
-    d_sh_13 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 288:384].reshape(n, 32, 3), h[:, 128:288].reshape(n, 32, 5), cg_2_2_1, w[:, 608:640].reshape(n, 32, 1)) * 1.224744871391589
+    _c18 = torch.einsum("zuk,zui->ziku", d_m[:, 288:384].reshape(n, 32, 3), h[:, 128:288].reshape(n, 32, 5))
+    _c19 = torch.einsum("ijk,ziku->zju", cg_2_2_1, _c18)
+    d_sh_13 = torch.einsum("zuv,zju->zvj", (w[:, 608:640].reshape(n, 32, 1) * 1.224744871391589), _c19)
     # ∂/∂w: 32x2e ⊗ 1x2e -> 32x1e
-    d_w_14 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 288:384].reshape(n, 32, 3), h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_1) * 1.224744871391589
+    d_w_14 = torch.einsum("zvj,zju->zuv", (sh[:, 4:9].reshape(n, 1, 5) * 1.224744871391589), _c19)
     # ∂/∂h: 32x2e ⊗ 1x2e -> 32x2e
-    d_h_15 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_2, w[:, 576:608].reshape(n, 32, 1))
+    _c20 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5))
+    _c21 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_2, _c20)
+    d_h_15 = torch.einsum("zuv,ziuv->zui", w[:, 576:608].reshape(n, 32, 1), _c21)
     # ∂/∂sh: 32x2e ⊗ 1x2e -> 32x2e
-    d_sh_16 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 128:288].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5), cg_2_2_2, w[:, 576:608].reshape(n, 32, 1))
+    _c22 = torch.einsum("zuk,zui->ziku", d_m[:, 128:288].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5))
+    _c23 = torch.einsum("ijk,ziku->zju", cg_2_2_2, _c22)
+    d_sh_16 = torch.einsum("zuv,zju->zvj", w[:, 576:608].reshape(n, 32, 1), _c23)
     # ∂/∂w: 32x2e ⊗ 1x2e -> 32x2e
-    d_w_17 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 128:288].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_2)
+    d_w_17 = torch.einsum("zvj,zju->zuv", sh[:, 4:9].reshape(n, 1, 5), _c23)
     # ∂/∂h: 32x2e ⊗ 1x2e -> 32x0e
-    d_h_18 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 0:32].reshape(n, 32, 1), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_0, w[:, 544:576].reshape(n, 32, 1)) * 0.5773502691896257
+    _c24 = torch.einsum("zuk,zuv->zkuv", d_m[:, 0:32].reshape(n, 32, 1), w[:, 544:576].reshape(n, 32, 1))
+    _c25 = torch.einsum("zvj,ijk->zikv", sh[:, 4:9].reshape(n, 1, 5), cg_2_2_0)
+    d_h_18 = torch.einsum("zkuv,zikv->zui", _c24, (_c25 * 0.5773502691896257))
     # ∂/∂sh: 32x2e ⊗ 1x2e -> 32x0e
-    d_sh_19 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 0:32].reshape(n, 32, 1), h[:, 128:288].reshape(n, 32, 5), cg_2_2_0, w[:, 544:576].reshape(n, 32, 1)) * 0.5773502691896257
+    _c26 = torch.einsum("zui,zkuv->zikv", h[:, 128:288].reshape(n, 32, 5), _c24)
+    d_sh_19 = torch.einsum("ijk,zikv->zvj", (cg_2_2_0 * 0.5773502691896257), _c26)
     # ∂/∂w: 32x2e ⊗ 1x2e -> 32x0e
-    d_w_20 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 0:32].reshape(n, 32, 1), h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_0) * 0.5773502691896257
+    _c27 = torch.einsum("zuk,zui->ziku", d_m[:, 0:32].reshape(n, 32, 1), h[:, 128:288].reshape(n, 32, 5))
+    _c28 = torch.einsum("zvj,ziku->zijkuv", sh[:, 4:9].reshape(n, 1, 5), _c27)
+    d_w_20 = torch.einsum("ijk,zijkuv->zuv", (cg_2_2_0 * 0.5773502691896257), _c28)
     # ∂/∂h: 32x2e ⊗ 1x1o -> 32x3o
-    d_h_21 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 544:768].reshape(n, 32, 7), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_3, w[:, 512:544].reshape(n, 32, 1)) * 1.3228756555322954
+    _c29 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 512:544].reshape(n, 32, 1))
+    _c30 = torch.einsum("zuk,zju->zjku", d_m[:, 544:768].reshape(n, 32, 7), _c29)
+    d_h_21 = torch.einsum("ijk,zjku->zui", (cg_2_1_3 * 1.3228756555322954), _c30)
     # ∂/∂sh: 32x2e ⊗ 1x1o -> 32x3o
-    d_sh_22 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 544:768].reshape(n, 32, 7), h[:, 128:288].reshape(n, 32, 5), cg_2_1_3, w[:, 512:544].reshape(n, 32, 1)) * 1.3228756555322954
+    _c31 = torch.einsum("ijk,ziku->zju", cg_2_1_3, _c2)
+    d_sh_22 = torch.einsum("zuv,zju->zvj", (w[:, 512:544].reshape(n, 32, 1) * 1.3228756555322954), _c31)
     # ∂/∂w: 32x2e ⊗ 1x1o -> 32x3o
-    d_w_23 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 544:768].reshape(n, 32, 7), h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_3) * 1.3228756555322954
+    d_w_23 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 1.3228756555322954), _c31)
     # ∂/∂h: 32x2e ⊗ 1x1o -> 32x2o
-    d_h_24 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 384:544].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_2, w[:, 480:512].reshape(n, 32, 1)) * 1.2909944487358056
+    _c32 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 480:512].reshape(n, 32, 1))
+    _c33 = torch.einsum("zuk,zju->zjku", d_m[:, 384:544].reshape(n, 32, 5), _c32)
+    d_h_24 = torch.einsum("ijk,zjku->zui", (cg_2_1_2 * 1.2909944487358056), _c33)
     # ∂/∂sh: 32x2e ⊗ 1x1o -> 32x2o
-    d_sh_25 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 384:544].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5), cg_2_1_2, w[:, 480:512].reshape(n, 32, 1)) * 1.2909944487358056
+    _c34 = torch.einsum("ijk,ziku->zju", cg_2_1_2, _c6)
+    d_sh_25 = torch.einsum("zuv,zju->zvj", (w[:, 480:512].reshape(n, 32, 1) * 1.2909944487358056), _c34)
     # ∂/∂w: 32x2e ⊗ 1x1o -> 32x2o
-    d_w_26 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 384:544].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_2) * 1.2909944487358056
+    d_w_26 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 1.2909944487358056), _c34)
     # ∂/∂h: 32x2e ⊗ 1x1o -> 32x1o
-    d_h_27 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_1, w[:, 448:480].reshape(n, 32, 1)) * 0.7745966692414834
+    _c35 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 448:480].reshape(n, 32, 1))
+    _c36 = torch.einsum("zuk,zju->zjku", d_m[:, 32:128].reshape(n, 32, 3), _c35)
+    d_h_27 = torch.einsum("ijk,zjku->zui", (cg_2_1_1 * 0.7745966692414834), _c36)
     # ∂/∂sh: 32x2e ⊗ 1x1o -> 32x1o
-    d_sh_28 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 32:128].reshape(n, 32, 3), h[:, 128:288].reshape(n, 32, 5), cg_2_1_1, w[:, 448:480].reshape(n, 32, 1)) * 0.7745966692414834
+    _c37 = torch.einsum("ijk,ziku->zju", cg_2_1_1, _c10)
+    d_sh_28 = torch.einsum("zuv,zju->zvj", (w[:, 448:480].reshape(n, 32, 1) * 0.7745966692414834), _c37)
     # ∂/∂w: 32x2e ⊗ 1x1o -> 32x1o
-    d_w_29 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 32:128].reshape(n, 32, 3), h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_1) * 0.7745966692414834
+    d_w_29 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 0.7745966692414834), _c37)
     # ∂/∂h: 32x2e ⊗ 1x0e -> 32x2e
-    d_h_30 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 128:288].reshape(n, 32, 5), sh[:, 0:1].reshape(n, 1, 1), cg_2_0_2, w[:, 416:448].reshape(n, 32, 1))
+    _c38 = torch.einsum("zvj,zuv->zju", sh[:, 0:1].reshape(n, 1, 1), w[:, 416:448].reshape(n, 32, 1))
+    _c39 = torch.einsum("zuk,zju->zjku", d_m[:, 128:288].reshape(n, 32, 5), _c38)
+    d_h_30 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c39)
     # ∂/∂sh: 32x2e ⊗ 1x0e -> 32x2e
-    d_sh_31 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 128:288].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5), cg_2_0_2, w[:, 416:448].reshape(n, 32, 1))
+    _c40 = torch.einsum("ijk,ziku->zju", cg_2_0_2, _c22)
+    d_sh_31 = torch.einsum("zuv,zju->zvj", w[:, 416:448].reshape(n, 32, 1), _c40)
     # ∂/∂w: 32x2e ⊗ 1x0e -> 32x2e
-    d_w_32 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 128:288].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5), sh[:, 0:1].reshape(n, 1, 1), cg_2_0_2)
+    d_w_32 = torch.einsum("zvj,zju->zuv", sh[:, 0:1].reshape(n, 1, 1), _c40)
     # ∂/∂h: 32x1o ⊗ 1x3o -> 32x3e
-    d_h_33 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 768:992].reshape(n, 32, 7), sh[:, 9:16].reshape(n, 1, 7), cg_1_3_3, w[:, 384:416].reshape(n, 32, 1)) * 1.8708286933869707
+    _c41 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 768:992].reshape(n, 32, 7), sh[:, 9:16].reshape(n, 1, 7))
+    _c42 = torch.einsum("ijk,zjkuv->ziuv", cg_1_3_3, _c41)
+    d_h_33 = torch.einsum("zuv,ziuv->zui", (w[:, 384:416].reshape(n, 32, 1) * 1.8708286933869707), _c42)
     # ∂/∂sh: 32x1o ⊗ 1x3o -> 32x3e
-    d_sh_34 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 768:992].reshape(n, 32, 7), h[:, 32:128].reshape(n, 32, 3), cg_1_3_3, w[:, 384:416].reshape(n, 32, 1)) * 1.8708286933869707
+    _c43 = torch.einsum("zuk,zui->ziku", d_m[:, 768:992].reshape(n, 32, 7), h[:, 32:128].reshape(n, 32, 3))
+    _c44 = torch.einsum("ijk,ziku->zju", cg_1_3_3, _c43)
+    d_sh_34 = torch.einsum("zuv,zju->zvj", (w[:, 384:416].reshape(n, 32, 1) * 1.8708286933869707), _c44)
     # ∂/∂w: 32x1o ⊗ 1x3o -> 32x3e
-    d_w_35 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 768:992].reshape(n, 32, 7), h[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7), cg_1_3_3) * 1.8708286933869707
+    d_w_35 = torch.einsum("zui,ziuv->zuv", (h[:, 32:128].reshape(n, 32, 3) * 1.8708286933869707), _c42)
     # ∂/∂h: 32x1o ⊗ 1x3o -> 32x2e
-    d_h_36 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_1_3_2, w[:, 352:384].reshape(n, 32, 1))
+    _c45 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7))
+    _c46 = torch.einsum("ijk,zjkuv->ziuv", cg_1_3_2, _c45)
+    d_h_36 = torch.einsum("zuv,ziuv->zui", w[:, 352:384].reshape(n, 32, 1), _c46)
     # ∂/∂sh: 32x1o ⊗ 1x3o -> 32x2e
-    d_sh_37 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 128:288].reshape(n, 32, 5), h[:, 32:128].reshape(n, 32, 3), cg_1_3_2, w[:, 352:384].reshape(n, 32, 1))
+    _c47 = torch.einsum("zuk,zui->ziku", d_m[:, 128:288].reshape(n, 32, 5), h[:, 32:128].reshape(n, 32, 3))
+    _c48 = torch.einsum("ijk,ziku->zju", cg_1_3_2, _c47)
+    d_sh_37 = torch.einsum("zuv,zju->zvj", w[:, 352:384].reshape(n, 32, 1), _c48)
     # ∂/∂w: 32x1o ⊗ 1x3o -> 32x2e
-    d_w_38 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 128:288].reshape(n, 32, 5), h[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7), cg_1_3_2)
+    d_w_38 = torch.einsum("zui,ziuv->zuv", h[:, 32:128].reshape(n, 32, 3), _c46)
     # ∂/∂h: 32x1o ⊗ 1x2e -> 32x3o
-    d_h_39 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 544:768].reshape(n, 32, 7), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_3, w[:, 320:352].reshape(n, 32, 1)) * 1.3228756555322954
+    _c49 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 544:768].reshape(n, 32, 7), sh[:, 4:9].reshape(n, 1, 5))
+    _c50 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_3, _c49)
+    d_h_39 = torch.einsum("zuv,ziuv->zui", (w[:, 320:352].reshape(n, 32, 1) * 1.3228756555322954), _c50)
     # ∂/∂sh: 32x1o ⊗ 1x2e -> 32x3o
-    d_sh_40 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 544:768].reshape(n, 32, 7), h[:, 32:128].reshape(n, 32, 3), cg_1_2_3, w[:, 320:352].reshape(n, 32, 1)) * 1.3228756555322954
+    _c51 = torch.einsum("zuk,zui->ziku", d_m[:, 544:768].reshape(n, 32, 7), h[:, 32:128].reshape(n, 32, 3))
+    _c52 = torch.einsum("ijk,ziku->zju", cg_1_2_3, _c51)
+    d_sh_40 = torch.einsum("zuv,zju->zvj", (w[:, 320:352].reshape(n, 32, 1) * 1.3228756555322954), _c52)
     # ∂/∂w: 32x1o ⊗ 1x2e -> 32x3o
-    d_w_41 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 544:768].reshape(n, 32, 7), h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_3) * 1.3228756555322954
+    d_w_41 = torch.einsum("zui,ziuv->zuv", (h[:, 32:128].reshape(n, 32, 3) * 1.3228756555322954), _c50)
     # ∂/∂h: 32x1o ⊗ 1x2e -> 32x2o
-    d_h_42 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 384:544].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_2, w[:, 288:320].reshape(n, 32, 1)) * 1.2909944487358056
+    _c53 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 384:544].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5))
+    _c54 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_2, _c53)
+    d_h_42 = torch.einsum("zuv,ziuv->zui", (w[:, 288:320].reshape(n, 32, 1) * 1.2909944487358056), _c54)
     # ∂/∂sh: 32x1o ⊗ 1x2e -> 32x2o
-    d_sh_43 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 384:544].reshape(n, 32, 5), h[:, 32:128].reshape(n, 32, 3), cg_1_2_2, w[:, 288:320].reshape(n, 32, 1)) * 1.2909944487358056
+    _c55 = torch.einsum("zuk,zui->ziku", d_m[:, 384:544].reshape(n, 32, 5), h[:, 32:128].reshape(n, 32, 3))
+    _c56 = torch.einsum("ijk,ziku->zju", cg_1_2_2, _c55)
+    d_sh_43 = torch.einsum("zuv,zju->zvj", (w[:, 288:320].reshape(n, 32, 1) * 1.2909944487358056), _c56)
     # ∂/∂w: 32x1o ⊗ 1x2e -> 32x2o
-    d_w_44 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 384:544].reshape(n, 32, 5), h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_2) * 1.2909944487358056
+    d_w_44 = torch.einsum("zui,ziuv->zuv", (h[:, 32:128].reshape(n, 32, 3) * 1.2909944487358056), _c54)
     # ∂/∂h: 32x1o ⊗ 1x2e -> 32x1o
-    d_h_45 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_1, w[:, 256:288].reshape(n, 32, 1)) * 0.7745966692414834
+    _c57 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5))
+    _c58 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_1, _c57)
+    d_h_45 = torch.einsum("zuv,ziuv->zui", (w[:, 256:288].reshape(n, 32, 1) * 0.7745966692414834), _c58)
     # ∂/∂sh: 32x1o ⊗ 1x2e -> 32x1o
-    d_sh_46 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 32:128].reshape(n, 32, 3), h[:, 32:128].reshape(n, 32, 3), cg_1_2_1, w[:, 256:288].reshape(n, 32, 1)) * 0.7745966692414834
+    _c59 = torch.einsum("zuk,zui->ziku", d_m[:, 32:128].reshape(n, 32, 3), h[:, 32:128].reshape(n, 32, 3))
+    _c60 = torch.einsum("ijk,ziku->zju", cg_1_2_1, _c59)
+    d_sh_46 = torch.einsum("zuv,zju->zvj", (w[:, 256:288].reshape(n, 32, 1) * 0.7745966692414834), _c60)
     # ∂/∂w: 32x1o ⊗ 1x2e -> 32x1o
-    d_w_47 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 32:128].reshape(n, 32, 3), h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_1) * 0.7745966692414834
+    d_w_47 = torch.einsum("zui,ziuv->zuv", (h[:, 32:128].reshape(n, 32, 3) * 0.7745966692414834), _c58)
     # ∂/∂h: 32x1o ⊗ 1x1o -> 32x1e
-    d_h_48 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 288:384].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_1, w[:, 224:256].reshape(n, 32, 1)) * 1.224744871391589
+    _c61 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 288:384].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3))
+    _c62 = torch.einsum("ijk,zjkuv->ziuv", cg_1_1_1, _c61)
+    d_h_48 = torch.einsum("zuv,ziuv->zui", (w[:, 224:256].reshape(n, 32, 1) * 1.224744871391589), _c62)
     # ∂/∂sh: 32x1o ⊗ 1x1o -> 32x1e
-    d_sh_49 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 288:384].reshape(n, 32, 3), h[:, 32:128].reshape(n, 32, 3), cg_1_1_1, w[:, 224:256].reshape(n, 32, 1)) * 1.224744871391589
+    _c63 = torch.einsum("zuk,zui->ziku", d_m[:, 288:384].reshape(n, 32, 3), h[:, 32:128].reshape(n, 32, 3))
+    _c64 = torch.einsum("ijk,ziku->zju", cg_1_1_1, _c63)
+    d_sh_49 = torch.einsum("zuv,zju->zvj", (w[:, 224:256].reshape(n, 32, 1) * 1.224744871391589), _c64)
     # ∂/∂w: 32x1o ⊗ 1x1o -> 32x1e
-    d_w_50 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 288:384].reshape(n, 32, 3), h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_1) * 1.224744871391589
+    _c65 = torch.einsum("zvj,ziku->zijkuv", sh[:, 1:4].reshape(n, 1, 3), _c63)
+    d_w_50 = torch.einsum("ijk,zijkuv->zuv", (cg_1_1_1 * 1.224744871391589), _c65)
     # ∂/∂h: 32x1o ⊗ 1x1o -> 32x2e
-    d_h_51 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_2, w[:, 192:224].reshape(n, 32, 1))
+    _c66 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3))
+    _c67 = torch.einsum("ijk,zjkuv->ziuv", cg_1_1_2, _c66)
+    d_h_51 = torch.einsum("zuv,ziuv->zui", w[:, 192:224].reshape(n, 32, 1), _c67)
     # ∂/∂sh: 32x1o ⊗ 1x1o -> 32x2e
-    d_sh_52 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 128:288].reshape(n, 32, 5), h[:, 32:128].reshape(n, 32, 3), cg_1_1_2, w[:, 192:224].reshape(n, 32, 1))
+    _c68 = torch.einsum("ijk,ziku->zju", cg_1_1_2, _c47)
+    d_sh_52 = torch.einsum("zuv,zju->zvj", w[:, 192:224].reshape(n, 32, 1), _c68)
     # ∂/∂w: 32x1o ⊗ 1x1o -> 32x2e
-    d_w_53 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 128:288].reshape(n, 32, 5), h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_2)
+    d_w_53 = torch.einsum("zvj,zju->zuv", sh[:, 1:4].reshape(n, 1, 3), _c68)
     # ∂/∂h: 32x1o ⊗ 1x1o -> 32x0e
-    d_h_54 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 0:32].reshape(n, 32, 1), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_0, w[:, 160:192].reshape(n, 32, 1)) * 0.5773502691896257
+    _c69 = torch.einsum("zuk,zuv->zkuv", d_m[:, 0:32].reshape(n, 32, 1), w[:, 160:192].reshape(n, 32, 1))
+    _c70 = torch.einsum("zvj,ijk->zikv", sh[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
+    d_h_54 = torch.einsum("zkuv,zikv->zui", _c69, (_c70 * 0.5773502691896257))
     # ∂/∂sh: 32x1o ⊗ 1x1o -> 32x0e
-    d_sh_55 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 0:32].reshape(n, 32, 1), h[:, 32:128].reshape(n, 32, 3), cg_1_1_0, w[:, 160:192].reshape(n, 32, 1)) * 0.5773502691896257
+    _c71 = torch.einsum("zui,zkuv->zikv", h[:, 32:128].reshape(n, 32, 3), _c69)
+    d_sh_55 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.5773502691896257), _c71)
     # ∂/∂w: 32x1o ⊗ 1x1o -> 32x0e
-    d_w_56 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 0:32].reshape(n, 32, 1), h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_0) * 0.5773502691896257
+    _c72 = torch.einsum("zuk,zui->ziku", d_m[:, 0:32].reshape(n, 32, 1), h[:, 32:128].reshape(n, 32, 3))
+    _c73 = torch.einsum("zvj,ziku->zijkuv", sh[:, 1:4].reshape(n, 1, 3), _c72)
+    d_w_56 = torch.einsum("ijk,zijkuv->zuv", (cg_1_1_0 * 0.5773502691896257), _c73)
     # ∂/∂h: 32x1o ⊗ 1x0e -> 32x1o
-    d_h_57 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 32:128].reshape(n, 32, 3), sh[:, 0:1].reshape(n, 1, 1), cg_1_0_1, w[:, 128:160].reshape(n, 32, 1)) * 0.7745966692414834
+    _c74 = torch.einsum("zvj,zuv->zju", sh[:, 0:1].reshape(n, 1, 1), w[:, 128:160].reshape(n, 32, 1))
+    _c75 = torch.einsum("zuk,zju->zjku", d_m[:, 32:128].reshape(n, 32, 3), _c74)
+    d_h_57 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 0.7745966692414834), _c75)
     # ∂/∂sh: 32x1o ⊗ 1x0e -> 32x1o
-    d_sh_58 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 32:128].reshape(n, 32, 3), h[:, 32:128].reshape(n, 32, 3), cg_1_0_1, w[:, 128:160].reshape(n, 32, 1)) * 0.7745966692414834
+    _c76 = torch.einsum("ijk,ziku->zju", cg_1_0_1, _c59)
+    d_sh_58 = torch.einsum("zuv,zju->zvj", (w[:, 128:160].reshape(n, 32, 1) * 0.7745966692414834), _c76)
     # ∂/∂w: 32x1o ⊗ 1x0e -> 32x1o
-    d_w_59 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 32:128].reshape(n, 32, 3), h[:, 32:128].reshape(n, 32, 3), sh[:, 0:1].reshape(n, 1, 1), cg_1_0_1) * 0.7745966692414834
+    _c77 = torch.einsum("zvj,ziku->zijkuv", sh[:, 0:1].reshape(n, 1, 1), _c59)
+    d_w_59 = torch.einsum("ijk,zijkuv->zuv", (cg_1_0_1 * 0.7745966692414834), _c77)
     # ∂/∂h: 32x0e ⊗ 1x3o -> 32x3o
-    d_h_60 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 544:768].reshape(n, 32, 7), sh[:, 9:16].reshape(n, 1, 7), cg_0_3_3, w[:, 96:128].reshape(n, 32, 1)) * 1.3228756555322954
+    _c78 = torch.einsum("ijk,zjkuv->ziuv", cg_0_3_3, _c0)
+    d_h_60 = torch.einsum("zuv,ziuv->zui", (w[:, 96:128].reshape(n, 32, 1) * 1.3228756555322954), _c78)
     # ∂/∂sh: 32x0e ⊗ 1x3o -> 32x3o
-    d_sh_61 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 544:768].reshape(n, 32, 7), h[:, 0:32].reshape(n, 32, 1), cg_0_3_3, w[:, 96:128].reshape(n, 32, 1)) * 1.3228756555322954
+    _c79 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 96:128].reshape(n, 32, 1))
+    _c80 = torch.einsum("zuk,ziuv->zikv", d_m[:, 544:768].reshape(n, 32, 7), _c79)
+    d_sh_61 = torch.einsum("ijk,zikv->zvj", (cg_0_3_3 * 1.3228756555322954), _c80)
     # ∂/∂w: 32x0e ⊗ 1x3o -> 32x3o
-    d_w_62 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 544:768].reshape(n, 32, 7), h[:, 0:32].reshape(n, 32, 1), sh[:, 9:16].reshape(n, 1, 7), cg_0_3_3) * 1.3228756555322954
+    d_w_62 = torch.einsum("zui,ziuv->zuv", (h[:, 0:32].reshape(n, 32, 1) * 1.3228756555322954), _c78)
     # ∂/∂h: 32x0e ⊗ 1x2e -> 32x2e
-    d_h_63 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_0_2_2, w[:, 64:96].reshape(n, 32, 1))
+    _c81 = torch.einsum("ijk,zjkuv->ziuv", cg_0_2_2, _c20)
+    d_h_63 = torch.einsum("zuv,ziuv->zui", w[:, 64:96].reshape(n, 32, 1), _c81)
     # ∂/∂sh: 32x0e ⊗ 1x2e -> 32x2e
-    d_sh_64 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 128:288].reshape(n, 32, 5), h[:, 0:32].reshape(n, 32, 1), cg_0_2_2, w[:, 64:96].reshape(n, 32, 1))
+    _c82 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 64:96].reshape(n, 32, 1))
+    _c83 = torch.einsum("zuk,ziuv->zikv", d_m[:, 128:288].reshape(n, 32, 5), _c82)
+    d_sh_64 = torch.einsum("ijk,zikv->zvj", cg_0_2_2, _c83)
     # ∂/∂w: 32x0e ⊗ 1x2e -> 32x2e
-    d_w_65 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 128:288].reshape(n, 32, 5), h[:, 0:32].reshape(n, 32, 1), sh[:, 4:9].reshape(n, 1, 5), cg_0_2_2)
+    d_w_65 = torch.einsum("zui,ziuv->zuv", h[:, 0:32].reshape(n, 32, 1), _c81)
     # ∂/∂h: 32x0e ⊗ 1x1o -> 32x1o
-    d_h_66 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_0_1_1, w[:, 32:64].reshape(n, 32, 1)) * 0.7745966692414834
+    _c84 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3))
+    _c85 = torch.einsum("ijk,zjkuv->ziuv", cg_0_1_1, _c84)
+    d_h_66 = torch.einsum("zuv,ziuv->zui", (w[:, 32:64].reshape(n, 32, 1) * 0.7745966692414834), _c85)
     # ∂/∂sh: 32x0e ⊗ 1x1o -> 32x1o
-    d_sh_67 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 32:128].reshape(n, 32, 3), h[:, 0:32].reshape(n, 32, 1), cg_0_1_1, w[:, 32:64].reshape(n, 32, 1)) * 0.7745966692414834
+    _c86 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 32:64].reshape(n, 32, 1))
+    _c87 = torch.einsum("zuk,ziuv->zikv", d_m[:, 32:128].reshape(n, 32, 3), _c86)
+    d_sh_67 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 0.7745966692414834), _c87)
     # ∂/∂w: 32x0e ⊗ 1x1o -> 32x1o
-    d_w_68 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 32:128].reshape(n, 32, 3), h[:, 0:32].reshape(n, 32, 1), sh[:, 1:4].reshape(n, 1, 3), cg_0_1_1) * 0.7745966692414834
+    _c88 = torch.einsum("zui,zjkuv->zijkuv", h[:, 0:32].reshape(n, 32, 1), _c84)
+    d_w_68 = torch.einsum("ijk,zijkuv->zuv", (cg_0_1_1 * 0.7745966692414834), _c88)
     # ∂/∂h: 32x0e ⊗ 1x0e -> 32x0e
-    d_h_69 = torch.einsum("zuk,zvj,ijk,zuv->zui", d_m[:, 0:32].reshape(n, 32, 1), sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0, w[:, 0:32].reshape(n, 32, 1)) * 0.5773502691896257
+    _c89 = torch.einsum("zuk,zuv->zkuv", d_m[:, 0:32].reshape(n, 32, 1), w[:, 0:32].reshape(n, 32, 1))
+    _c90 = torch.einsum("zvj,ijk->zikv", sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0)
+    d_h_69 = torch.einsum("zkuv,zikv->zui", _c89, (_c90 * 0.5773502691896257))
     # ∂/∂sh: 32x0e ⊗ 1x0e -> 32x0e
-    d_sh_70 = torch.einsum("zuk,zui,ijk,zuv->zvj", d_m[:, 0:32].reshape(n, 32, 1), h[:, 0:32].reshape(n, 32, 1), cg_0_0_0, w[:, 0:32].reshape(n, 32, 1)) * 0.5773502691896257
+    _c91 = torch.einsum("zui,zkuv->zikv", h[:, 0:32].reshape(n, 32, 1), _c89)
+    d_sh_70 = torch.einsum("ijk,zikv->zvj", (cg_0_0_0 * 0.5773502691896257), _c91)
     # ∂/∂w: 32x0e ⊗ 1x0e -> 32x0e
-    d_w_71 = torch.einsum("zuk,zui,zvj,ijk->zuv", d_m[:, 0:32].reshape(n, 32, 1), h[:, 0:32].reshape(n, 32, 1), sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0) * 0.5773502691896257
+    _c92 = torch.einsum("zuk,zui->ziku", d_m[:, 0:32].reshape(n, 32, 1), h[:, 0:32].reshape(n, 32, 1))
+    _c93 = torch.einsum("zvj,ziku->zijkuv", sh[:, 0:1].reshape(n, 1, 1), _c92)
+    d_w_71 = torch.einsum("ijk,zijkuv->zuv", (cg_0_0_0 * 0.5773502691896257), _c93)
     d_h = torch.cat([
         (d_h_60 + d_h_63 + d_h_66 + d_h_69).reshape(n, 32),
         (d_h_33 + d_h_36 + d_h_39 + d_h_42 + d_h_45 + d_h_48 + d_h_51 + d_h_54 + d_h_57).reshape(n, 96),
@@ -937,437 +1311,716 @@ def _conv_tp_d_d2(
     """the vector-Jacobian product of conv_tp_d: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992), d2_d_h (n, 288), d2_d_sh (n, 16), d2_d_w (n, 768), d2_d_weight (0,) -> d2_h (n, 288), d2_sh (n, 16), d2_w (n, 768), d2_d_m (n, 992), d2_weight (0,)."""
     n = h.shape[0]
     # ∂/∂d_m: ∂/∂w: 32x0e ⊗ 1x0e -> 32x0e
-    d2_d_m_0 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 0:32].reshape(n, 32, 1), h[:, 0:32].reshape(n, 32, 1), sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0) * 0.5773502691896257
+    _c0 = torch.einsum("zuv,zui->ziuv", d2_d_w[:, 0:32].reshape(n, 32, 1), h[:, 0:32].reshape(n, 32, 1))
+    _c1 = torch.einsum("zvj,ijk->zikv", sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0)
+    d2_d_m_0 = torch.einsum("ziuv,zikv->zuk", _c0, (_c1 * 0.5773502691896257))
     # ∂/∂h: ∂/∂w: 32x0e ⊗ 1x0e -> 32x0e
-    d2_h_1 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 0:32].reshape(n, 32, 1), d_m[:, 0:32].reshape(n, 32, 1), sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0) * 0.5773502691896257
+    _c2 = torch.einsum("zuv,zuk->zkuv", d2_d_w[:, 0:32].reshape(n, 32, 1), d_m[:, 0:32].reshape(n, 32, 1))
+    d2_h_1 = torch.einsum("zkuv,zikv->zui", _c2, (_c1 * 0.5773502691896257))
     # ∂/∂sh: ∂/∂w: 32x0e ⊗ 1x0e -> 32x0e
-    d2_sh_2 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 0:32].reshape(n, 32, 1), d_m[:, 0:32].reshape(n, 32, 1), h[:, 0:32].reshape(n, 32, 1), cg_0_0_0) * 0.5773502691896257
+    _c3 = torch.einsum("zui,zkuv->zikv", h[:, 0:32].reshape(n, 32, 1), _c2)
+    d2_sh_2 = torch.einsum("ijk,zikv->zvj", (cg_0_0_0 * 0.5773502691896257), _c3)
     # ∂/∂d_m: ∂/∂sh: 32x0e ⊗ 1x0e -> 32x0e
-    d2_d_m_3 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 0:1].reshape(n, 1, 1), h[:, 0:32].reshape(n, 32, 1), cg_0_0_0, w[:, 0:32].reshape(n, 32, 1)) * 0.5773502691896257
+    _c4 = torch.einsum("zvj,ijk->zikv", d2_d_sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0)
+    _c5 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 0:32].reshape(n, 32, 1))
+    d2_d_m_3 = torch.einsum("zikv,ziuv->zuk", (_c4 * 0.5773502691896257), _c5)
     # ∂/∂h: ∂/∂sh: 32x0e ⊗ 1x0e -> 32x0e
-    d2_h_4 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 0:1].reshape(n, 1, 1), d_m[:, 0:32].reshape(n, 32, 1), cg_0_0_0, w[:, 0:32].reshape(n, 32, 1)) * 0.5773502691896257
+    _c6 = torch.einsum("zuk,zuv->zkuv", d_m[:, 0:32].reshape(n, 32, 1), w[:, 0:32].reshape(n, 32, 1))
+    d2_h_4 = torch.einsum("zikv,zkuv->zui", (_c4 * 0.5773502691896257), _c6)
     # ∂/∂w: ∂/∂sh: 32x0e ⊗ 1x0e -> 32x0e
-    d2_w_5 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 0:1].reshape(n, 1, 1), d_m[:, 0:32].reshape(n, 32, 1), h[:, 0:32].reshape(n, 32, 1), cg_0_0_0) * 0.5773502691896257
+    _c7 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 0:1].reshape(n, 1, 1), d_m[:, 0:32].reshape(n, 32, 1))
+    _c8 = torch.einsum("zui,zjkuv->zijkuv", h[:, 0:32].reshape(n, 32, 1), _c7)
+    d2_w_5 = torch.einsum("ijk,zijkuv->zuv", (cg_0_0_0 * 0.5773502691896257), _c8)
     # ∂/∂d_m: ∂/∂h: 32x0e ⊗ 1x0e -> 32x0e
-    d2_d_m_6 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 0:32].reshape(n, 32, 1), sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0, w[:, 0:32].reshape(n, 32, 1)) * 0.5773502691896257
+    _c9 = torch.einsum("zui,zuv->ziuv", d2_d_h[:, 0:32].reshape(n, 32, 1), w[:, 0:32].reshape(n, 32, 1))
+    d2_d_m_6 = torch.einsum("ziuv,zikv->zuk", _c9, (_c1 * 0.5773502691896257))
     # ∂/∂sh: ∂/∂h: 32x0e ⊗ 1x0e -> 32x0e
-    d2_sh_7 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 0:32].reshape(n, 32, 1), d_m[:, 0:32].reshape(n, 32, 1), cg_0_0_0, w[:, 0:32].reshape(n, 32, 1)) * 0.5773502691896257
+    _c10 = torch.einsum("zuk,ziuv->zikv", d_m[:, 0:32].reshape(n, 32, 1), _c9)
+    d2_sh_7 = torch.einsum("ijk,zikv->zvj", (cg_0_0_0 * 0.5773502691896257), _c10)
     # ∂/∂w: ∂/∂h: 32x0e ⊗ 1x0e -> 32x0e
-    d2_w_8 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 0:32].reshape(n, 32, 1), d_m[:, 0:32].reshape(n, 32, 1), sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0) * 0.5773502691896257
+    _c11 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 0:32].reshape(n, 32, 1), d_m[:, 0:32].reshape(n, 32, 1))
+    _c12 = torch.einsum("zvj,ziku->zijkuv", sh[:, 0:1].reshape(n, 1, 1), _c11)
+    d2_w_8 = torch.einsum("ijk,zijkuv->zuv", (cg_0_0_0 * 0.5773502691896257), _c12)
     # ∂/∂d_m: ∂/∂w: 32x0e ⊗ 1x1o -> 32x1o
-    d2_d_m_9 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 32:64].reshape(n, 32, 1), h[:, 0:32].reshape(n, 32, 1), sh[:, 1:4].reshape(n, 1, 3), cg_0_1_1) * 0.7745966692414834
+    _c13 = torch.einsum("zuv,zui->ziuv", d2_d_w[:, 32:64].reshape(n, 32, 1), h[:, 0:32].reshape(n, 32, 1))
+    _c14 = torch.einsum("zvj,ijk->zikv", sh[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
+    d2_d_m_9 = torch.einsum("ziuv,zikv->zuk", _c13, (_c14 * 0.7745966692414834))
     # ∂/∂h: ∂/∂w: 32x0e ⊗ 1x1o -> 32x1o
-    d2_h_10 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 32:64].reshape(n, 32, 1), d_m[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_0_1_1) * 0.7745966692414834
+    _c15 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3))
+    _c16 = torch.einsum("ijk,zjkuv->ziuv", cg_0_1_1, _c15)
+    d2_h_10 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 32:64].reshape(n, 32, 1) * 0.7745966692414834), _c16)
     # ∂/∂sh: ∂/∂w: 32x0e ⊗ 1x1o -> 32x1o
-    d2_sh_11 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 32:64].reshape(n, 32, 1), d_m[:, 32:128].reshape(n, 32, 3), h[:, 0:32].reshape(n, 32, 1), cg_0_1_1) * 0.7745966692414834
+    _c17 = torch.einsum("zuk,ziuv->zikv", d_m[:, 32:128].reshape(n, 32, 3), _c13)
+    d2_sh_11 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 0.7745966692414834), _c17)
     # ∂/∂d_m: ∂/∂sh: 32x0e ⊗ 1x1o -> 32x1o
-    d2_d_m_12 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 1:4].reshape(n, 1, 3), h[:, 0:32].reshape(n, 32, 1), cg_0_1_1, w[:, 32:64].reshape(n, 32, 1)) * 0.7745966692414834
+    _c18 = torch.einsum("zvj,ijk->zikv", d2_d_sh[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
+    _c19 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 32:64].reshape(n, 32, 1))
+    d2_d_m_12 = torch.einsum("zikv,ziuv->zuk", (_c18 * 0.7745966692414834), _c19)
     # ∂/∂h: ∂/∂sh: 32x0e ⊗ 1x1o -> 32x1o
-    d2_h_13 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 1:4].reshape(n, 1, 3), d_m[:, 32:128].reshape(n, 32, 3), cg_0_1_1, w[:, 32:64].reshape(n, 32, 1)) * 0.7745966692414834
+    _c20 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 1:4].reshape(n, 1, 3), d_m[:, 32:128].reshape(n, 32, 3))
+    _c21 = torch.einsum("ijk,zjkuv->ziuv", cg_0_1_1, _c20)
+    d2_h_13 = torch.einsum("zuv,ziuv->zui", (w[:, 32:64].reshape(n, 32, 1) * 0.7745966692414834), _c21)
     # ∂/∂w: ∂/∂sh: 32x0e ⊗ 1x1o -> 32x1o
-    d2_w_14 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 1:4].reshape(n, 1, 3), d_m[:, 32:128].reshape(n, 32, 3), h[:, 0:32].reshape(n, 32, 1), cg_0_1_1) * 0.7745966692414834
+    _c22 = torch.einsum("zui,zjkuv->zijkuv", h[:, 0:32].reshape(n, 32, 1), _c20)
+    d2_w_14 = torch.einsum("ijk,zijkuv->zuv", (cg_0_1_1 * 0.7745966692414834), _c22)
     # ∂/∂d_m: ∂/∂h: 32x0e ⊗ 1x1o -> 32x1o
-    d2_d_m_15 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 0:32].reshape(n, 32, 1), sh[:, 1:4].reshape(n, 1, 3), cg_0_1_1, w[:, 32:64].reshape(n, 32, 1)) * 0.7745966692414834
+    _c23 = torch.einsum("zui,zuv->ziuv", d2_d_h[:, 0:32].reshape(n, 32, 1), w[:, 32:64].reshape(n, 32, 1))
+    d2_d_m_15 = torch.einsum("ziuv,zikv->zuk", _c23, (_c14 * 0.7745966692414834))
     # ∂/∂sh: ∂/∂h: 32x0e ⊗ 1x1o -> 32x1o
-    d2_sh_16 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 0:32].reshape(n, 32, 1), d_m[:, 32:128].reshape(n, 32, 3), cg_0_1_1, w[:, 32:64].reshape(n, 32, 1)) * 0.7745966692414834
+    _c24 = torch.einsum("zuk,ziuv->zikv", d_m[:, 32:128].reshape(n, 32, 3), _c23)
+    d2_sh_16 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 0.7745966692414834), _c24)
     # ∂/∂w: ∂/∂h: 32x0e ⊗ 1x1o -> 32x1o
-    d2_w_17 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 0:32].reshape(n, 32, 1), d_m[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_0_1_1) * 0.7745966692414834
+    _c25 = torch.einsum("zui,zjkuv->zijkuv", d2_d_h[:, 0:32].reshape(n, 32, 1), _c15)
+    d2_w_17 = torch.einsum("ijk,zijkuv->zuv", (cg_0_1_1 * 0.7745966692414834), _c25)
     # ∂/∂d_m: ∂/∂w: 32x0e ⊗ 1x2e -> 32x2e
-    d2_d_m_18 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 64:96].reshape(n, 32, 1), h[:, 0:32].reshape(n, 32, 1), sh[:, 4:9].reshape(n, 1, 5), cg_0_2_2)
+    _c26 = torch.einsum("zuv,zui->ziuv", d2_d_w[:, 64:96].reshape(n, 32, 1), h[:, 0:32].reshape(n, 32, 1))
+    _c27 = torch.einsum("zvj,ijk->zikv", sh[:, 4:9].reshape(n, 1, 5), cg_0_2_2)
+    d2_d_m_18 = torch.einsum("ziuv,zikv->zuk", _c26, _c27)
     # ∂/∂h: ∂/∂w: 32x0e ⊗ 1x2e -> 32x2e
-    d2_h_19 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 64:96].reshape(n, 32, 1), d_m[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_0_2_2)
+    _c28 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5))
+    _c29 = torch.einsum("ijk,zjkuv->ziuv", cg_0_2_2, _c28)
+    d2_h_19 = torch.einsum("zuv,ziuv->zui", d2_d_w[:, 64:96].reshape(n, 32, 1), _c29)
     # ∂/∂sh: ∂/∂w: 32x0e ⊗ 1x2e -> 32x2e
-    d2_sh_20 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 64:96].reshape(n, 32, 1), d_m[:, 128:288].reshape(n, 32, 5), h[:, 0:32].reshape(n, 32, 1), cg_0_2_2)
+    _c30 = torch.einsum("zuk,ziuv->zikv", d_m[:, 128:288].reshape(n, 32, 5), _c26)
+    d2_sh_20 = torch.einsum("ijk,zikv->zvj", cg_0_2_2, _c30)
     # ∂/∂d_m: ∂/∂sh: 32x0e ⊗ 1x2e -> 32x2e
-    d2_d_m_21 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 4:9].reshape(n, 1, 5), h[:, 0:32].reshape(n, 32, 1), cg_0_2_2, w[:, 64:96].reshape(n, 32, 1))
+    _c31 = torch.einsum("zvj,ijk->zikv", d2_d_sh[:, 4:9].reshape(n, 1, 5), cg_0_2_2)
+    _c32 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 64:96].reshape(n, 32, 1))
+    d2_d_m_21 = torch.einsum("zikv,ziuv->zuk", _c31, _c32)
     # ∂/∂h: ∂/∂sh: 32x0e ⊗ 1x2e -> 32x2e
-    d2_h_22 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 128:288].reshape(n, 32, 5), cg_0_2_2, w[:, 64:96].reshape(n, 32, 1))
+    _c33 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 128:288].reshape(n, 32, 5))
+    _c34 = torch.einsum("ijk,zjkuv->ziuv", cg_0_2_2, _c33)
+    d2_h_22 = torch.einsum("zuv,ziuv->zui", w[:, 64:96].reshape(n, 32, 1), _c34)
     # ∂/∂w: ∂/∂sh: 32x0e ⊗ 1x2e -> 32x2e
-    d2_w_23 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 128:288].reshape(n, 32, 5), h[:, 0:32].reshape(n, 32, 1), cg_0_2_2)
+    d2_w_23 = torch.einsum("zui,ziuv->zuv", h[:, 0:32].reshape(n, 32, 1), _c34)
     # ∂/∂d_m: ∂/∂h: 32x0e ⊗ 1x2e -> 32x2e
-    d2_d_m_24 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 0:32].reshape(n, 32, 1), sh[:, 4:9].reshape(n, 1, 5), cg_0_2_2, w[:, 64:96].reshape(n, 32, 1))
+    _c35 = torch.einsum("zui,zuv->ziuv", d2_d_h[:, 0:32].reshape(n, 32, 1), w[:, 64:96].reshape(n, 32, 1))
+    d2_d_m_24 = torch.einsum("ziuv,zikv->zuk", _c35, _c27)
     # ∂/∂sh: ∂/∂h: 32x0e ⊗ 1x2e -> 32x2e
-    d2_sh_25 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 0:32].reshape(n, 32, 1), d_m[:, 128:288].reshape(n, 32, 5), cg_0_2_2, w[:, 64:96].reshape(n, 32, 1))
+    _c36 = torch.einsum("zuk,ziuv->zikv", d_m[:, 128:288].reshape(n, 32, 5), _c35)
+    d2_sh_25 = torch.einsum("ijk,zikv->zvj", cg_0_2_2, _c36)
     # ∂/∂w: ∂/∂h: 32x0e ⊗ 1x2e -> 32x2e
-    d2_w_26 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 0:32].reshape(n, 32, 1), d_m[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_0_2_2)
+    d2_w_26 = torch.einsum("zui,ziuv->zuv", d2_d_h[:, 0:32].reshape(n, 32, 1), _c29)
     # ∂/∂d_m: ∂/∂w: 32x0e ⊗ 1x3o -> 32x3o
-    d2_d_m_27 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 96:128].reshape(n, 32, 1), h[:, 0:32].reshape(n, 32, 1), sh[:, 9:16].reshape(n, 1, 7), cg_0_3_3) * 1.3228756555322954
+    _c37 = torch.einsum("zuv,zui->ziuv", d2_d_w[:, 96:128].reshape(n, 32, 1), h[:, 0:32].reshape(n, 32, 1))
+    _c38 = torch.einsum("zvj,ijk->zikv", sh[:, 9:16].reshape(n, 1, 7), cg_0_3_3)
+    d2_d_m_27 = torch.einsum("ziuv,zikv->zuk", _c37, (_c38 * 1.3228756555322954))
     # ∂/∂h: ∂/∂w: 32x0e ⊗ 1x3o -> 32x3o
-    d2_h_28 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 96:128].reshape(n, 32, 1), d_m[:, 544:768].reshape(n, 32, 7), sh[:, 9:16].reshape(n, 1, 7), cg_0_3_3) * 1.3228756555322954
+    _c39 = torch.einsum("zuv,zuk->zkuv", d2_d_w[:, 96:128].reshape(n, 32, 1), d_m[:, 544:768].reshape(n, 32, 7))
+    d2_h_28 = torch.einsum("zkuv,zikv->zui", _c39, (_c38 * 1.3228756555322954))
     # ∂/∂sh: ∂/∂w: 32x0e ⊗ 1x3o -> 32x3o
-    d2_sh_29 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 96:128].reshape(n, 32, 1), d_m[:, 544:768].reshape(n, 32, 7), h[:, 0:32].reshape(n, 32, 1), cg_0_3_3) * 1.3228756555322954
+    _c40 = torch.einsum("zui,zkuv->zikv", h[:, 0:32].reshape(n, 32, 1), _c39)
+    d2_sh_29 = torch.einsum("ijk,zikv->zvj", (cg_0_3_3 * 1.3228756555322954), _c40)
     # ∂/∂d_m: ∂/∂sh: 32x0e ⊗ 1x3o -> 32x3o
-    d2_d_m_30 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 9:16].reshape(n, 1, 7), h[:, 0:32].reshape(n, 32, 1), cg_0_3_3, w[:, 96:128].reshape(n, 32, 1)) * 1.3228756555322954
+    _c41 = torch.einsum("zvj,ijk->zikv", d2_d_sh[:, 9:16].reshape(n, 1, 7), cg_0_3_3)
+    _c42 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 96:128].reshape(n, 32, 1))
+    d2_d_m_30 = torch.einsum("zikv,ziuv->zuk", (_c41 * 1.3228756555322954), _c42)
     # ∂/∂h: ∂/∂sh: 32x0e ⊗ 1x3o -> 32x3o
-    d2_h_31 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 544:768].reshape(n, 32, 7), cg_0_3_3, w[:, 96:128].reshape(n, 32, 1)) * 1.3228756555322954
+    _c43 = torch.einsum("zuk,zuv->zkuv", d_m[:, 544:768].reshape(n, 32, 7), w[:, 96:128].reshape(n, 32, 1))
+    d2_h_31 = torch.einsum("zikv,zkuv->zui", (_c41 * 1.3228756555322954), _c43)
     # ∂/∂w: ∂/∂sh: 32x0e ⊗ 1x3o -> 32x3o
-    d2_w_32 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 544:768].reshape(n, 32, 7), h[:, 0:32].reshape(n, 32, 1), cg_0_3_3) * 1.3228756555322954
+    _c44 = torch.einsum("zuk,zui->ziku", d_m[:, 544:768].reshape(n, 32, 7), h[:, 0:32].reshape(n, 32, 1))
+    d2_w_32 = torch.einsum("zikv,ziku->zuv", (_c41 * 1.3228756555322954), _c44)
     # ∂/∂d_m: ∂/∂h: 32x0e ⊗ 1x3o -> 32x3o
-    d2_d_m_33 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 0:32].reshape(n, 32, 1), sh[:, 9:16].reshape(n, 1, 7), cg_0_3_3, w[:, 96:128].reshape(n, 32, 1)) * 1.3228756555322954
+    _c45 = torch.einsum("zui,zuv->ziuv", d2_d_h[:, 0:32].reshape(n, 32, 1), w[:, 96:128].reshape(n, 32, 1))
+    d2_d_m_33 = torch.einsum("ziuv,zikv->zuk", _c45, (_c38 * 1.3228756555322954))
     # ∂/∂sh: ∂/∂h: 32x0e ⊗ 1x3o -> 32x3o
-    d2_sh_34 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 0:32].reshape(n, 32, 1), d_m[:, 544:768].reshape(n, 32, 7), cg_0_3_3, w[:, 96:128].reshape(n, 32, 1)) * 1.3228756555322954
+    _c46 = torch.einsum("zuk,ziuv->zikv", d_m[:, 544:768].reshape(n, 32, 7), _c45)
+    d2_sh_34 = torch.einsum("ijk,zikv->zvj", (cg_0_3_3 * 1.3228756555322954), _c46)
     # ∂/∂w: ∂/∂h: 32x0e ⊗ 1x3o -> 32x3o
-    d2_w_35 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 0:32].reshape(n, 32, 1), d_m[:, 544:768].reshape(n, 32, 7), sh[:, 9:16].reshape(n, 1, 7), cg_0_3_3) * 1.3228756555322954
+    _c47 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 0:32].reshape(n, 32, 1), d_m[:, 544:768].reshape(n, 32, 7))
+    d2_w_35 = torch.einsum("ziku,zikv->zuv", _c47, (_c38 * 1.3228756555322954))
     # ∂/∂d_m: ∂/∂w: 32x1o ⊗ 1x0e -> 32x1o
-    d2_d_m_36 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 128:160].reshape(n, 32, 1), h[:, 32:128].reshape(n, 32, 3), sh[:, 0:1].reshape(n, 1, 1), cg_1_0_1) * 0.7745966692414834
+    _c48 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 128:160].reshape(n, 32, 1), sh[:, 0:1].reshape(n, 1, 1))
+    _c49 = torch.einsum("zui,zju->ziju", h[:, 32:128].reshape(n, 32, 3), _c48)
+    d2_d_m_36 = torch.einsum("ijk,ziju->zuk", (cg_1_0_1 * 0.7745966692414834), _c49)
     # ∂/∂h: ∂/∂w: 32x1o ⊗ 1x0e -> 32x1o
-    d2_h_37 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 128:160].reshape(n, 32, 1), d_m[:, 32:128].reshape(n, 32, 3), sh[:, 0:1].reshape(n, 1, 1), cg_1_0_1) * 0.7745966692414834
+    _c50 = torch.einsum("zuk,zju->zjku", d_m[:, 32:128].reshape(n, 32, 3), _c48)
+    d2_h_37 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 0.7745966692414834), _c50)
     # ∂/∂sh: ∂/∂w: 32x1o ⊗ 1x0e -> 32x1o
-    d2_sh_38 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 128:160].reshape(n, 32, 1), d_m[:, 32:128].reshape(n, 32, 3), h[:, 32:128].reshape(n, 32, 3), cg_1_0_1) * 0.7745966692414834
+    _c51 = torch.einsum("zuk,zui->ziku", d_m[:, 32:128].reshape(n, 32, 3), h[:, 32:128].reshape(n, 32, 3))
+    _c52 = torch.einsum("ijk,ziku->zju", cg_1_0_1, _c51)
+    d2_sh_38 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 128:160].reshape(n, 32, 1) * 0.7745966692414834), _c52)
     # ∂/∂d_m: ∂/∂sh: 32x1o ⊗ 1x0e -> 32x1o
-    d2_d_m_39 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 0:1].reshape(n, 1, 1), h[:, 32:128].reshape(n, 32, 3), cg_1_0_1, w[:, 128:160].reshape(n, 32, 1)) * 0.7745966692414834
+    _c53 = torch.einsum("zvj,zuv->zju", d2_d_sh[:, 0:1].reshape(n, 1, 1), w[:, 128:160].reshape(n, 32, 1))
+    _c54 = torch.einsum("zui,zju->ziju", h[:, 32:128].reshape(n, 32, 3), _c53)
+    d2_d_m_39 = torch.einsum("ijk,ziju->zuk", (cg_1_0_1 * 0.7745966692414834), _c54)
     # ∂/∂h: ∂/∂sh: 32x1o ⊗ 1x0e -> 32x1o
-    d2_h_40 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 0:1].reshape(n, 1, 1), d_m[:, 32:128].reshape(n, 32, 3), cg_1_0_1, w[:, 128:160].reshape(n, 32, 1)) * 0.7745966692414834
+    _c55 = torch.einsum("zuk,zju->zjku", d_m[:, 32:128].reshape(n, 32, 3), _c53)
+    d2_h_40 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 0.7745966692414834), _c55)
     # ∂/∂w: ∂/∂sh: 32x1o ⊗ 1x0e -> 32x1o
-    d2_w_41 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 0:1].reshape(n, 1, 1), d_m[:, 32:128].reshape(n, 32, 3), h[:, 32:128].reshape(n, 32, 3), cg_1_0_1) * 0.7745966692414834
+    _c56 = torch.einsum("zvj,ziku->zijkuv", d2_d_sh[:, 0:1].reshape(n, 1, 1), _c51)
+    d2_w_41 = torch.einsum("ijk,zijkuv->zuv", (cg_1_0_1 * 0.7745966692414834), _c56)
     # ∂/∂d_m: ∂/∂h: 32x1o ⊗ 1x0e -> 32x1o
-    d2_d_m_42 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 32:128].reshape(n, 32, 3), sh[:, 0:1].reshape(n, 1, 1), cg_1_0_1, w[:, 128:160].reshape(n, 32, 1)) * 0.7745966692414834
+    _c57 = torch.einsum("zvj,zuv->zju", sh[:, 0:1].reshape(n, 1, 1), w[:, 128:160].reshape(n, 32, 1))
+    _c58 = torch.einsum("zui,zju->ziju", d2_d_h[:, 32:128].reshape(n, 32, 3), _c57)
+    d2_d_m_42 = torch.einsum("ijk,ziju->zuk", (cg_1_0_1 * 0.7745966692414834), _c58)
     # ∂/∂sh: ∂/∂h: 32x1o ⊗ 1x0e -> 32x1o
-    d2_sh_43 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 32:128].reshape(n, 32, 3), cg_1_0_1, w[:, 128:160].reshape(n, 32, 1)) * 0.7745966692414834
+    _c59 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 32:128].reshape(n, 32, 3))
+    _c60 = torch.einsum("ijk,ziku->zju", cg_1_0_1, _c59)
+    d2_sh_43 = torch.einsum("zuv,zju->zvj", (w[:, 128:160].reshape(n, 32, 1) * 0.7745966692414834), _c60)
     # ∂/∂w: ∂/∂h: 32x1o ⊗ 1x0e -> 32x1o
-    d2_w_44 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 32:128].reshape(n, 32, 3), sh[:, 0:1].reshape(n, 1, 1), cg_1_0_1) * 0.7745966692414834
+    _c61 = torch.einsum("zvj,ziku->zijkuv", sh[:, 0:1].reshape(n, 1, 1), _c59)
+    d2_w_44 = torch.einsum("ijk,zijkuv->zuv", (cg_1_0_1 * 0.7745966692414834), _c61)
     # ∂/∂d_m: ∂/∂w: 32x1o ⊗ 1x1o -> 32x0e
-    d2_d_m_45 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 160:192].reshape(n, 32, 1), h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_0) * 0.5773502691896257
+    _c62 = torch.einsum("zui,zvj->zijuv", h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3))
+    _c63 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c62)
+    d2_d_m_45 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 160:192].reshape(n, 32, 1) * 0.5773502691896257), _c63)
     # ∂/∂h: ∂/∂w: 32x1o ⊗ 1x1o -> 32x0e
-    d2_h_46 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 160:192].reshape(n, 32, 1), d_m[:, 0:32].reshape(n, 32, 1), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_0) * 0.5773502691896257
+    _c64 = torch.einsum("zuv,zuk->zkuv", d2_d_w[:, 160:192].reshape(n, 32, 1), d_m[:, 0:32].reshape(n, 32, 1))
+    _c65 = torch.einsum("zvj,ijk->zikv", sh[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
+    d2_h_46 = torch.einsum("zkuv,zikv->zui", _c64, (_c65 * 0.5773502691896257))
     # ∂/∂sh: ∂/∂w: 32x1o ⊗ 1x1o -> 32x0e
-    d2_sh_47 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 160:192].reshape(n, 32, 1), d_m[:, 0:32].reshape(n, 32, 1), h[:, 32:128].reshape(n, 32, 3), cg_1_1_0) * 0.5773502691896257
+    _c66 = torch.einsum("zui,zkuv->zikv", h[:, 32:128].reshape(n, 32, 3), _c64)
+    d2_sh_47 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.5773502691896257), _c66)
     # ∂/∂d_m: ∂/∂sh: 32x1o ⊗ 1x1o -> 32x0e
-    d2_d_m_48 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 1:4].reshape(n, 1, 3), h[:, 32:128].reshape(n, 32, 3), cg_1_1_0, w[:, 160:192].reshape(n, 32, 1)) * 0.5773502691896257
+    _c67 = torch.einsum("zvj,zui->zijuv", d2_d_sh[:, 1:4].reshape(n, 1, 3), h[:, 32:128].reshape(n, 32, 3))
+    _c68 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c67)
+    d2_d_m_48 = torch.einsum("zuv,zkuv->zuk", (w[:, 160:192].reshape(n, 32, 1) * 0.5773502691896257), _c68)
     # ∂/∂h: ∂/∂sh: 32x1o ⊗ 1x1o -> 32x0e
-    d2_h_49 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 1:4].reshape(n, 1, 3), d_m[:, 0:32].reshape(n, 32, 1), cg_1_1_0, w[:, 160:192].reshape(n, 32, 1)) * 0.5773502691896257
+    _c69 = torch.einsum("zvj,ijk->zikv", d2_d_sh[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
+    _c70 = torch.einsum("zuk,zuv->zkuv", d_m[:, 0:32].reshape(n, 32, 1), w[:, 160:192].reshape(n, 32, 1))
+    d2_h_49 = torch.einsum("zikv,zkuv->zui", (_c69 * 0.5773502691896257), _c70)
     # ∂/∂w: ∂/∂sh: 32x1o ⊗ 1x1o -> 32x0e
-    d2_w_50 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 1:4].reshape(n, 1, 3), d_m[:, 0:32].reshape(n, 32, 1), h[:, 32:128].reshape(n, 32, 3), cg_1_1_0) * 0.5773502691896257
+    _c71 = torch.einsum("zuk,zijuv->zijkuv", d_m[:, 0:32].reshape(n, 32, 1), _c67)
+    d2_w_50 = torch.einsum("ijk,zijkuv->zuv", (cg_1_1_0 * 0.5773502691896257), _c71)
     # ∂/∂d_m: ∂/∂h: 32x1o ⊗ 1x1o -> 32x0e
-    d2_d_m_51 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_0, w[:, 160:192].reshape(n, 32, 1)) * 0.5773502691896257
+    _c72 = torch.einsum("zui,zvj->zijuv", d2_d_h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3))
+    _c73 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c72)
+    d2_d_m_51 = torch.einsum("zuv,zkuv->zuk", (w[:, 160:192].reshape(n, 32, 1) * 0.5773502691896257), _c73)
     # ∂/∂sh: ∂/∂h: 32x1o ⊗ 1x1o -> 32x0e
-    d2_sh_52 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 0:32].reshape(n, 32, 1), cg_1_1_0, w[:, 160:192].reshape(n, 32, 1)) * 0.5773502691896257
+    _c74 = torch.einsum("zui,zkuv->zikv", d2_d_h[:, 32:128].reshape(n, 32, 3), _c70)
+    d2_sh_52 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.5773502691896257), _c74)
     # ∂/∂w: ∂/∂h: 32x1o ⊗ 1x1o -> 32x0e
-    d2_w_53 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 0:32].reshape(n, 32, 1), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_0) * 0.5773502691896257
+    _c75 = torch.einsum("zuk,zijuv->zijkuv", d_m[:, 0:32].reshape(n, 32, 1), _c72)
+    d2_w_53 = torch.einsum("ijk,zijkuv->zuv", (cg_1_1_0 * 0.5773502691896257), _c75)
     # ∂/∂d_m: ∂/∂w: 32x1o ⊗ 1x1o -> 32x2e
-    d2_d_m_54 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 192:224].reshape(n, 32, 1), h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_2)
+    _c76 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 192:224].reshape(n, 32, 1), sh[:, 1:4].reshape(n, 1, 3))
+    _c77 = torch.einsum("zui,zju->ziju", h[:, 32:128].reshape(n, 32, 3), _c76)
+    d2_d_m_54 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c77)
     # ∂/∂h: ∂/∂w: 32x1o ⊗ 1x1o -> 32x2e
-    d2_h_55 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 192:224].reshape(n, 32, 1), d_m[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_2)
+    _c78 = torch.einsum("zuk,zju->zjku", d_m[:, 128:288].reshape(n, 32, 5), _c76)
+    d2_h_55 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c78)
     # ∂/∂sh: ∂/∂w: 32x1o ⊗ 1x1o -> 32x2e
-    d2_sh_56 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 192:224].reshape(n, 32, 1), d_m[:, 128:288].reshape(n, 32, 5), h[:, 32:128].reshape(n, 32, 3), cg_1_1_2)
+    _c79 = torch.einsum("zuk,zui->ziku", d_m[:, 128:288].reshape(n, 32, 5), h[:, 32:128].reshape(n, 32, 3))
+    _c80 = torch.einsum("ijk,ziku->zju", cg_1_1_2, _c79)
+    d2_sh_56 = torch.einsum("zuv,zju->zvj", d2_d_w[:, 192:224].reshape(n, 32, 1), _c80)
     # ∂/∂d_m: ∂/∂sh: 32x1o ⊗ 1x1o -> 32x2e
-    d2_d_m_57 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 1:4].reshape(n, 1, 3), h[:, 32:128].reshape(n, 32, 3), cg_1_1_2, w[:, 192:224].reshape(n, 32, 1))
+    _c81 = torch.einsum("zvj,zuv->zju", d2_d_sh[:, 1:4].reshape(n, 1, 3), w[:, 192:224].reshape(n, 32, 1))
+    _c82 = torch.einsum("zui,zju->ziju", h[:, 32:128].reshape(n, 32, 3), _c81)
+    d2_d_m_57 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c82)
     # ∂/∂h: ∂/∂sh: 32x1o ⊗ 1x1o -> 32x2e
-    d2_h_58 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 1:4].reshape(n, 1, 3), d_m[:, 128:288].reshape(n, 32, 5), cg_1_1_2, w[:, 192:224].reshape(n, 32, 1))
+    _c83 = torch.einsum("zuk,zju->zjku", d_m[:, 128:288].reshape(n, 32, 5), _c81)
+    d2_h_58 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c83)
     # ∂/∂w: ∂/∂sh: 32x1o ⊗ 1x1o -> 32x2e
-    d2_w_59 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 1:4].reshape(n, 1, 3), d_m[:, 128:288].reshape(n, 32, 5), h[:, 32:128].reshape(n, 32, 3), cg_1_1_2)
+    d2_w_59 = torch.einsum("zvj,zju->zuv", d2_d_sh[:, 1:4].reshape(n, 1, 3), _c80)
     # ∂/∂d_m: ∂/∂h: 32x1o ⊗ 1x1o -> 32x2e
-    d2_d_m_60 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_2, w[:, 192:224].reshape(n, 32, 1))
+    _c84 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 192:224].reshape(n, 32, 1))
+    _c85 = torch.einsum("zui,zju->ziju", d2_d_h[:, 32:128].reshape(n, 32, 3), _c84)
+    d2_d_m_60 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c85)
     # ∂/∂sh: ∂/∂h: 32x1o ⊗ 1x1o -> 32x2e
-    d2_sh_61 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 128:288].reshape(n, 32, 5), cg_1_1_2, w[:, 192:224].reshape(n, 32, 1))
+    _c86 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 128:288].reshape(n, 32, 5))
+    _c87 = torch.einsum("ijk,ziku->zju", cg_1_1_2, _c86)
+    d2_sh_61 = torch.einsum("zuv,zju->zvj", w[:, 192:224].reshape(n, 32, 1), _c87)
     # ∂/∂w: ∂/∂h: 32x1o ⊗ 1x1o -> 32x2e
-    d2_w_62 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_2)
+    d2_w_62 = torch.einsum("zvj,zju->zuv", sh[:, 1:4].reshape(n, 1, 3), _c87)
     # ∂/∂d_m: ∂/∂w: 32x1o ⊗ 1x1o -> 32x1e
-    d2_d_m_63 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 224:256].reshape(n, 32, 1), h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_1) * 1.224744871391589
+    _c88 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_1, _c62)
+    d2_d_m_63 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 224:256].reshape(n, 32, 1) * 1.224744871391589), _c88)
     # ∂/∂h: ∂/∂w: 32x1o ⊗ 1x1o -> 32x1e
-    d2_h_64 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 224:256].reshape(n, 32, 1), d_m[:, 288:384].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_1) * 1.224744871391589
+    _c89 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 224:256].reshape(n, 32, 1), sh[:, 1:4].reshape(n, 1, 3))
+    _c90 = torch.einsum("zuk,zju->zjku", d_m[:, 288:384].reshape(n, 32, 3), _c89)
+    d2_h_64 = torch.einsum("ijk,zjku->zui", (cg_1_1_1 * 1.224744871391589), _c90)
     # ∂/∂sh: ∂/∂w: 32x1o ⊗ 1x1o -> 32x1e
-    d2_sh_65 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 224:256].reshape(n, 32, 1), d_m[:, 288:384].reshape(n, 32, 3), h[:, 32:128].reshape(n, 32, 3), cg_1_1_1) * 1.224744871391589
+    _c91 = torch.einsum("zuk,zui->ziku", d_m[:, 288:384].reshape(n, 32, 3), h[:, 32:128].reshape(n, 32, 3))
+    _c92 = torch.einsum("ijk,ziku->zju", cg_1_1_1, _c91)
+    d2_sh_65 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 224:256].reshape(n, 32, 1) * 1.224744871391589), _c92)
     # ∂/∂d_m: ∂/∂sh: 32x1o ⊗ 1x1o -> 32x1e
-    d2_d_m_66 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 1:4].reshape(n, 1, 3), h[:, 32:128].reshape(n, 32, 3), cg_1_1_1, w[:, 224:256].reshape(n, 32, 1)) * 1.224744871391589
+    _c93 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_1, _c67)
+    d2_d_m_66 = torch.einsum("zuv,zkuv->zuk", (w[:, 224:256].reshape(n, 32, 1) * 1.224744871391589), _c93)
     # ∂/∂h: ∂/∂sh: 32x1o ⊗ 1x1o -> 32x1e
-    d2_h_67 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 1:4].reshape(n, 1, 3), d_m[:, 288:384].reshape(n, 32, 3), cg_1_1_1, w[:, 224:256].reshape(n, 32, 1)) * 1.224744871391589
+    _c94 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 1:4].reshape(n, 1, 3), d_m[:, 288:384].reshape(n, 32, 3))
+    _c95 = torch.einsum("ijk,zjkuv->ziuv", cg_1_1_1, _c94)
+    d2_h_67 = torch.einsum("zuv,ziuv->zui", (w[:, 224:256].reshape(n, 32, 1) * 1.224744871391589), _c95)
     # ∂/∂w: ∂/∂sh: 32x1o ⊗ 1x1o -> 32x1e
-    d2_w_68 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 1:4].reshape(n, 1, 3), d_m[:, 288:384].reshape(n, 32, 3), h[:, 32:128].reshape(n, 32, 3), cg_1_1_1) * 1.224744871391589
+    _c96 = torch.einsum("zui,zjkuv->zijkuv", h[:, 32:128].reshape(n, 32, 3), _c94)
+    d2_w_68 = torch.einsum("ijk,zijkuv->zuv", (cg_1_1_1 * 1.224744871391589), _c96)
     # ∂/∂d_m: ∂/∂h: 32x1o ⊗ 1x1o -> 32x1e
-    d2_d_m_69 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_1, w[:, 224:256].reshape(n, 32, 1)) * 1.224744871391589
+    _c97 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_1, _c72)
+    d2_d_m_69 = torch.einsum("zuv,zkuv->zuk", (w[:, 224:256].reshape(n, 32, 1) * 1.224744871391589), _c97)
     # ∂/∂sh: ∂/∂h: 32x1o ⊗ 1x1o -> 32x1e
-    d2_sh_70 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 288:384].reshape(n, 32, 3), cg_1_1_1, w[:, 224:256].reshape(n, 32, 1)) * 1.224744871391589
+    _c98 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 288:384].reshape(n, 32, 3))
+    _c99 = torch.einsum("ijk,ziku->zju", cg_1_1_1, _c98)
+    d2_sh_70 = torch.einsum("zuv,zju->zvj", (w[:, 224:256].reshape(n, 32, 1) * 1.224744871391589), _c99)
     # ∂/∂w: ∂/∂h: 32x1o ⊗ 1x1o -> 32x1e
-    d2_w_71 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 288:384].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_1_1_1) * 1.224744871391589
+    _c100 = torch.einsum("zvj,ziku->zijkuv", sh[:, 1:4].reshape(n, 1, 3), _c98)
+    d2_w_71 = torch.einsum("ijk,zijkuv->zuv", (cg_1_1_1 * 1.224744871391589), _c100)
     # ∂/∂d_m: ∂/∂w: 32x1o ⊗ 1x2e -> 32x1o
-    d2_d_m_72 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 256:288].reshape(n, 32, 1), h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_1) * 0.7745966692414834
+    _c101 = torch.einsum("zui,zvj->zijuv", h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5))
+    _c102 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c101)
+    d2_d_m_72 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 256:288].reshape(n, 32, 1) * 0.7745966692414834), _c102)
     # ∂/∂h: ∂/∂w: 32x1o ⊗ 1x2e -> 32x1o
-    d2_h_73 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 256:288].reshape(n, 32, 1), d_m[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_1) * 0.7745966692414834
+    _c103 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5))
+    _c104 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_1, _c103)
+    d2_h_73 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 256:288].reshape(n, 32, 1) * 0.7745966692414834), _c104)
     # ∂/∂sh: ∂/∂w: 32x1o ⊗ 1x2e -> 32x1o
-    d2_sh_74 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 256:288].reshape(n, 32, 1), d_m[:, 32:128].reshape(n, 32, 3), h[:, 32:128].reshape(n, 32, 3), cg_1_2_1) * 0.7745966692414834
+    _c105 = torch.einsum("ijk,ziku->zju", cg_1_2_1, _c51)
+    d2_sh_74 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 256:288].reshape(n, 32, 1) * 0.7745966692414834), _c105)
     # ∂/∂d_m: ∂/∂sh: 32x1o ⊗ 1x2e -> 32x1o
-    d2_d_m_75 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 4:9].reshape(n, 1, 5), h[:, 32:128].reshape(n, 32, 3), cg_1_2_1, w[:, 256:288].reshape(n, 32, 1)) * 0.7745966692414834
+    _c106 = torch.einsum("zvj,zui->zijuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), h[:, 32:128].reshape(n, 32, 3))
+    _c107 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c106)
+    d2_d_m_75 = torch.einsum("zuv,zkuv->zuk", (w[:, 256:288].reshape(n, 32, 1) * 0.7745966692414834), _c107)
     # ∂/∂h: ∂/∂sh: 32x1o ⊗ 1x2e -> 32x1o
-    d2_h_76 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 32:128].reshape(n, 32, 3), cg_1_2_1, w[:, 256:288].reshape(n, 32, 1)) * 0.7745966692414834
+    _c108 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 32:128].reshape(n, 32, 3))
+    _c109 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_1, _c108)
+    d2_h_76 = torch.einsum("zuv,ziuv->zui", (w[:, 256:288].reshape(n, 32, 1) * 0.7745966692414834), _c109)
     # ∂/∂w: ∂/∂sh: 32x1o ⊗ 1x2e -> 32x1o
-    d2_w_77 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 32:128].reshape(n, 32, 3), h[:, 32:128].reshape(n, 32, 3), cg_1_2_1) * 0.7745966692414834
+    d2_w_77 = torch.einsum("zui,ziuv->zuv", (h[:, 32:128].reshape(n, 32, 3) * 0.7745966692414834), _c109)
     # ∂/∂d_m: ∂/∂h: 32x1o ⊗ 1x2e -> 32x1o
-    d2_d_m_78 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_1, w[:, 256:288].reshape(n, 32, 1)) * 0.7745966692414834
+    _c110 = torch.einsum("zui,zvj->zijuv", d2_d_h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5))
+    _c111 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c110)
+    d2_d_m_78 = torch.einsum("zuv,zkuv->zuk", (w[:, 256:288].reshape(n, 32, 1) * 0.7745966692414834), _c111)
     # ∂/∂sh: ∂/∂h: 32x1o ⊗ 1x2e -> 32x1o
-    d2_sh_79 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 32:128].reshape(n, 32, 3), cg_1_2_1, w[:, 256:288].reshape(n, 32, 1)) * 0.7745966692414834
+    _c112 = torch.einsum("ijk,ziku->zju", cg_1_2_1, _c59)
+    d2_sh_79 = torch.einsum("zuv,zju->zvj", (w[:, 256:288].reshape(n, 32, 1) * 0.7745966692414834), _c112)
     # ∂/∂w: ∂/∂h: 32x1o ⊗ 1x2e -> 32x1o
-    d2_w_80 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_1) * 0.7745966692414834
+    d2_w_80 = torch.einsum("zuk,zkuv->zuv", (d_m[:, 32:128].reshape(n, 32, 3) * 0.7745966692414834), _c111)
     # ∂/∂d_m: ∂/∂w: 32x1o ⊗ 1x2e -> 32x2o
-    d2_d_m_81 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 288:320].reshape(n, 32, 1), h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_2) * 1.2909944487358056
+    _c113 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_2, _c101)
+    d2_d_m_81 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 288:320].reshape(n, 32, 1) * 1.2909944487358056), _c113)
     # ∂/∂h: ∂/∂w: 32x1o ⊗ 1x2e -> 32x2o
-    d2_h_82 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 288:320].reshape(n, 32, 1), d_m[:, 384:544].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_2) * 1.2909944487358056
+    _c114 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 384:544].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5))
+    _c115 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_2, _c114)
+    d2_h_82 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 288:320].reshape(n, 32, 1) * 1.2909944487358056), _c115)
     # ∂/∂sh: ∂/∂w: 32x1o ⊗ 1x2e -> 32x2o
-    d2_sh_83 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 288:320].reshape(n, 32, 1), d_m[:, 384:544].reshape(n, 32, 5), h[:, 32:128].reshape(n, 32, 3), cg_1_2_2) * 1.2909944487358056
+    _c116 = torch.einsum("zuk,zui->ziku", d_m[:, 384:544].reshape(n, 32, 5), h[:, 32:128].reshape(n, 32, 3))
+    _c117 = torch.einsum("ijk,ziku->zju", cg_1_2_2, _c116)
+    d2_sh_83 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 288:320].reshape(n, 32, 1) * 1.2909944487358056), _c117)
     # ∂/∂d_m: ∂/∂sh: 32x1o ⊗ 1x2e -> 32x2o
-    d2_d_m_84 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 4:9].reshape(n, 1, 5), h[:, 32:128].reshape(n, 32, 3), cg_1_2_2, w[:, 288:320].reshape(n, 32, 1)) * 1.2909944487358056
+    _c118 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_2, _c106)
+    d2_d_m_84 = torch.einsum("zuv,zkuv->zuk", (w[:, 288:320].reshape(n, 32, 1) * 1.2909944487358056), _c118)
     # ∂/∂h: ∂/∂sh: 32x1o ⊗ 1x2e -> 32x2o
-    d2_h_85 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 384:544].reshape(n, 32, 5), cg_1_2_2, w[:, 288:320].reshape(n, 32, 1)) * 1.2909944487358056
+    _c119 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 384:544].reshape(n, 32, 5))
+    _c120 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_2, _c119)
+    d2_h_85 = torch.einsum("zuv,ziuv->zui", (w[:, 288:320].reshape(n, 32, 1) * 1.2909944487358056), _c120)
     # ∂/∂w: ∂/∂sh: 32x1o ⊗ 1x2e -> 32x2o
-    d2_w_86 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 384:544].reshape(n, 32, 5), h[:, 32:128].reshape(n, 32, 3), cg_1_2_2) * 1.2909944487358056
+    d2_w_86 = torch.einsum("zui,ziuv->zuv", (h[:, 32:128].reshape(n, 32, 3) * 1.2909944487358056), _c120)
     # ∂/∂d_m: ∂/∂h: 32x1o ⊗ 1x2e -> 32x2o
-    d2_d_m_87 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_2, w[:, 288:320].reshape(n, 32, 1)) * 1.2909944487358056
+    _c121 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_2, _c110)
+    d2_d_m_87 = torch.einsum("zuv,zkuv->zuk", (w[:, 288:320].reshape(n, 32, 1) * 1.2909944487358056), _c121)
     # ∂/∂sh: ∂/∂h: 32x1o ⊗ 1x2e -> 32x2o
-    d2_sh_88 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 384:544].reshape(n, 32, 5), cg_1_2_2, w[:, 288:320].reshape(n, 32, 1)) * 1.2909944487358056
+    _c122 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 384:544].reshape(n, 32, 5))
+    _c123 = torch.einsum("ijk,ziku->zju", cg_1_2_2, _c122)
+    d2_sh_88 = torch.einsum("zuv,zju->zvj", (w[:, 288:320].reshape(n, 32, 1) * 1.2909944487358056), _c123)
     # ∂/∂w: ∂/∂h: 32x1o ⊗ 1x2e -> 32x2o
-    d2_w_89 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 384:544].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_2) * 1.2909944487358056
+    d2_w_89 = torch.einsum("zui,ziuv->zuv", (d2_d_h[:, 32:128].reshape(n, 32, 3) * 1.2909944487358056), _c115)
     # ∂/∂d_m: ∂/∂w: 32x1o ⊗ 1x2e -> 32x3o
-    d2_d_m_90 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 320:352].reshape(n, 32, 1), h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_3) * 1.3228756555322954
+    _c124 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 320:352].reshape(n, 32, 1), sh[:, 4:9].reshape(n, 1, 5))
+    _c125 = torch.einsum("zui,zju->ziju", h[:, 32:128].reshape(n, 32, 3), _c124)
+    d2_d_m_90 = torch.einsum("ijk,ziju->zuk", (cg_1_2_3 * 1.3228756555322954), _c125)
     # ∂/∂h: ∂/∂w: 32x1o ⊗ 1x2e -> 32x3o
-    d2_h_91 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 320:352].reshape(n, 32, 1), d_m[:, 544:768].reshape(n, 32, 7), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_3) * 1.3228756555322954
+    _c126 = torch.einsum("zuk,zju->zjku", d_m[:, 544:768].reshape(n, 32, 7), _c124)
+    d2_h_91 = torch.einsum("ijk,zjku->zui", (cg_1_2_3 * 1.3228756555322954), _c126)
     # ∂/∂sh: ∂/∂w: 32x1o ⊗ 1x2e -> 32x3o
-    d2_sh_92 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 320:352].reshape(n, 32, 1), d_m[:, 544:768].reshape(n, 32, 7), h[:, 32:128].reshape(n, 32, 3), cg_1_2_3) * 1.3228756555322954
+    _c127 = torch.einsum("zuk,zui->ziku", d_m[:, 544:768].reshape(n, 32, 7), h[:, 32:128].reshape(n, 32, 3))
+    _c128 = torch.einsum("ijk,ziku->zju", cg_1_2_3, _c127)
+    d2_sh_92 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 320:352].reshape(n, 32, 1) * 1.3228756555322954), _c128)
     # ∂/∂d_m: ∂/∂sh: 32x1o ⊗ 1x2e -> 32x3o
-    d2_d_m_93 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 4:9].reshape(n, 1, 5), h[:, 32:128].reshape(n, 32, 3), cg_1_2_3, w[:, 320:352].reshape(n, 32, 1)) * 1.3228756555322954
+    _c129 = torch.einsum("zvj,zuv->zju", d2_d_sh[:, 4:9].reshape(n, 1, 5), w[:, 320:352].reshape(n, 32, 1))
+    _c130 = torch.einsum("zui,zju->ziju", h[:, 32:128].reshape(n, 32, 3), _c129)
+    d2_d_m_93 = torch.einsum("ijk,ziju->zuk", (cg_1_2_3 * 1.3228756555322954), _c130)
     # ∂/∂h: ∂/∂sh: 32x1o ⊗ 1x2e -> 32x3o
-    d2_h_94 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 544:768].reshape(n, 32, 7), cg_1_2_3, w[:, 320:352].reshape(n, 32, 1)) * 1.3228756555322954
+    _c131 = torch.einsum("zuk,zju->zjku", d_m[:, 544:768].reshape(n, 32, 7), _c129)
+    d2_h_94 = torch.einsum("ijk,zjku->zui", (cg_1_2_3 * 1.3228756555322954), _c131)
     # ∂/∂w: ∂/∂sh: 32x1o ⊗ 1x2e -> 32x3o
-    d2_w_95 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 544:768].reshape(n, 32, 7), h[:, 32:128].reshape(n, 32, 3), cg_1_2_3) * 1.3228756555322954
+    d2_w_95 = torch.einsum("zvj,zju->zuv", (d2_d_sh[:, 4:9].reshape(n, 1, 5) * 1.3228756555322954), _c128)
     # ∂/∂d_m: ∂/∂h: 32x1o ⊗ 1x2e -> 32x3o
-    d2_d_m_96 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_3, w[:, 320:352].reshape(n, 32, 1)) * 1.3228756555322954
+    _c132 = torch.einsum("zvj,zuv->zju", sh[:, 4:9].reshape(n, 1, 5), w[:, 320:352].reshape(n, 32, 1))
+    _c133 = torch.einsum("zui,zju->ziju", d2_d_h[:, 32:128].reshape(n, 32, 3), _c132)
+    d2_d_m_96 = torch.einsum("ijk,ziju->zuk", (cg_1_2_3 * 1.3228756555322954), _c133)
     # ∂/∂sh: ∂/∂h: 32x1o ⊗ 1x2e -> 32x3o
-    d2_sh_97 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 544:768].reshape(n, 32, 7), cg_1_2_3, w[:, 320:352].reshape(n, 32, 1)) * 1.3228756555322954
+    _c134 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 544:768].reshape(n, 32, 7))
+    _c135 = torch.einsum("ijk,ziku->zju", cg_1_2_3, _c134)
+    d2_sh_97 = torch.einsum("zuv,zju->zvj", (w[:, 320:352].reshape(n, 32, 1) * 1.3228756555322954), _c135)
     # ∂/∂w: ∂/∂h: 32x1o ⊗ 1x2e -> 32x3o
-    d2_w_98 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 544:768].reshape(n, 32, 7), sh[:, 4:9].reshape(n, 1, 5), cg_1_2_3) * 1.3228756555322954
+    d2_w_98 = torch.einsum("zvj,zju->zuv", (sh[:, 4:9].reshape(n, 1, 5) * 1.3228756555322954), _c135)
     # ∂/∂d_m: ∂/∂w: 32x1o ⊗ 1x3o -> 32x2e
-    d2_d_m_99 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 352:384].reshape(n, 32, 1), h[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7), cg_1_3_2)
+    _c136 = torch.einsum("zui,zvj->zijuv", h[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7))
+    _c137 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_2, _c136)
+    d2_d_m_99 = torch.einsum("zuv,zkuv->zuk", d2_d_w[:, 352:384].reshape(n, 32, 1), _c137)
     # ∂/∂h: ∂/∂w: 32x1o ⊗ 1x3o -> 32x2e
-    d2_h_100 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 352:384].reshape(n, 32, 1), d_m[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_1_3_2)
+    _c138 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7))
+    _c139 = torch.einsum("ijk,zjkuv->ziuv", cg_1_3_2, _c138)
+    d2_h_100 = torch.einsum("zuv,ziuv->zui", d2_d_w[:, 352:384].reshape(n, 32, 1), _c139)
     # ∂/∂sh: ∂/∂w: 32x1o ⊗ 1x3o -> 32x2e
-    d2_sh_101 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 352:384].reshape(n, 32, 1), d_m[:, 128:288].reshape(n, 32, 5), h[:, 32:128].reshape(n, 32, 3), cg_1_3_2)
+    _c140 = torch.einsum("ijk,ziku->zju", cg_1_3_2, _c79)
+    d2_sh_101 = torch.einsum("zuv,zju->zvj", d2_d_w[:, 352:384].reshape(n, 32, 1), _c140)
     # ∂/∂d_m: ∂/∂sh: 32x1o ⊗ 1x3o -> 32x2e
-    d2_d_m_102 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 9:16].reshape(n, 1, 7), h[:, 32:128].reshape(n, 32, 3), cg_1_3_2, w[:, 352:384].reshape(n, 32, 1))
+    _c141 = torch.einsum("zvj,zui->zijuv", d2_d_sh[:, 9:16].reshape(n, 1, 7), h[:, 32:128].reshape(n, 32, 3))
+    _c142 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_2, _c141)
+    d2_d_m_102 = torch.einsum("zuv,zkuv->zuk", w[:, 352:384].reshape(n, 32, 1), _c142)
     # ∂/∂h: ∂/∂sh: 32x1o ⊗ 1x3o -> 32x2e
-    d2_h_103 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 128:288].reshape(n, 32, 5), cg_1_3_2, w[:, 352:384].reshape(n, 32, 1))
+    _c143 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 128:288].reshape(n, 32, 5))
+    _c144 = torch.einsum("ijk,zjkuv->ziuv", cg_1_3_2, _c143)
+    d2_h_103 = torch.einsum("zuv,ziuv->zui", w[:, 352:384].reshape(n, 32, 1), _c144)
     # ∂/∂w: ∂/∂sh: 32x1o ⊗ 1x3o -> 32x2e
-    d2_w_104 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 128:288].reshape(n, 32, 5), h[:, 32:128].reshape(n, 32, 3), cg_1_3_2)
+    d2_w_104 = torch.einsum("zui,ziuv->zuv", h[:, 32:128].reshape(n, 32, 3), _c144)
     # ∂/∂d_m: ∂/∂h: 32x1o ⊗ 1x3o -> 32x2e
-    d2_d_m_105 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7), cg_1_3_2, w[:, 352:384].reshape(n, 32, 1))
+    _c145 = torch.einsum("zui,zvj->zijuv", d2_d_h[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7))
+    _c146 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_2, _c145)
+    d2_d_m_105 = torch.einsum("zuv,zkuv->zuk", w[:, 352:384].reshape(n, 32, 1), _c146)
     # ∂/∂sh: ∂/∂h: 32x1o ⊗ 1x3o -> 32x2e
-    d2_sh_106 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 128:288].reshape(n, 32, 5), cg_1_3_2, w[:, 352:384].reshape(n, 32, 1))
+    _c147 = torch.einsum("ijk,ziku->zju", cg_1_3_2, _c86)
+    d2_sh_106 = torch.einsum("zuv,zju->zvj", w[:, 352:384].reshape(n, 32, 1), _c147)
     # ∂/∂w: ∂/∂h: 32x1o ⊗ 1x3o -> 32x2e
-    d2_w_107 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_1_3_2)
+    d2_w_107 = torch.einsum("zui,ziuv->zuv", d2_d_h[:, 32:128].reshape(n, 32, 3), _c139)
     # ∂/∂d_m: ∂/∂w: 32x1o ⊗ 1x3o -> 32x3e
-    d2_d_m_108 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 384:416].reshape(n, 32, 1), h[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7), cg_1_3_3) * 1.8708286933869707
+    _c148 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_3, _c136)
+    d2_d_m_108 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 384:416].reshape(n, 32, 1) * 1.8708286933869707), _c148)
     # ∂/∂h: ∂/∂w: 32x1o ⊗ 1x3o -> 32x3e
-    d2_h_109 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 384:416].reshape(n, 32, 1), d_m[:, 768:992].reshape(n, 32, 7), sh[:, 9:16].reshape(n, 1, 7), cg_1_3_3) * 1.8708286933869707
+    _c149 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 768:992].reshape(n, 32, 7), sh[:, 9:16].reshape(n, 1, 7))
+    _c150 = torch.einsum("ijk,zjkuv->ziuv", cg_1_3_3, _c149)
+    d2_h_109 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 384:416].reshape(n, 32, 1) * 1.8708286933869707), _c150)
     # ∂/∂sh: ∂/∂w: 32x1o ⊗ 1x3o -> 32x3e
-    d2_sh_110 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 384:416].reshape(n, 32, 1), d_m[:, 768:992].reshape(n, 32, 7), h[:, 32:128].reshape(n, 32, 3), cg_1_3_3) * 1.8708286933869707
+    _c151 = torch.einsum("zuk,zui->ziku", d_m[:, 768:992].reshape(n, 32, 7), h[:, 32:128].reshape(n, 32, 3))
+    _c152 = torch.einsum("ijk,ziku->zju", cg_1_3_3, _c151)
+    d2_sh_110 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 384:416].reshape(n, 32, 1) * 1.8708286933869707), _c152)
     # ∂/∂d_m: ∂/∂sh: 32x1o ⊗ 1x3o -> 32x3e
-    d2_d_m_111 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 9:16].reshape(n, 1, 7), h[:, 32:128].reshape(n, 32, 3), cg_1_3_3, w[:, 384:416].reshape(n, 32, 1)) * 1.8708286933869707
+    _c153 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_3, _c141)
+    d2_d_m_111 = torch.einsum("zuv,zkuv->zuk", (w[:, 384:416].reshape(n, 32, 1) * 1.8708286933869707), _c153)
     # ∂/∂h: ∂/∂sh: 32x1o ⊗ 1x3o -> 32x3e
-    d2_h_112 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 768:992].reshape(n, 32, 7), cg_1_3_3, w[:, 384:416].reshape(n, 32, 1)) * 1.8708286933869707
+    _c154 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 768:992].reshape(n, 32, 7))
+    _c155 = torch.einsum("ijk,zjkuv->ziuv", cg_1_3_3, _c154)
+    d2_h_112 = torch.einsum("zuv,ziuv->zui", (w[:, 384:416].reshape(n, 32, 1) * 1.8708286933869707), _c155)
     # ∂/∂w: ∂/∂sh: 32x1o ⊗ 1x3o -> 32x3e
-    d2_w_113 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 768:992].reshape(n, 32, 7), h[:, 32:128].reshape(n, 32, 3), cg_1_3_3) * 1.8708286933869707
+    d2_w_113 = torch.einsum("zui,ziuv->zuv", (h[:, 32:128].reshape(n, 32, 3) * 1.8708286933869707), _c155)
     # ∂/∂d_m: ∂/∂h: 32x1o ⊗ 1x3o -> 32x3e
-    d2_d_m_114 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7), cg_1_3_3, w[:, 384:416].reshape(n, 32, 1)) * 1.8708286933869707
+    _c156 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_3, _c145)
+    d2_d_m_114 = torch.einsum("zuv,zkuv->zuk", (w[:, 384:416].reshape(n, 32, 1) * 1.8708286933869707), _c156)
     # ∂/∂sh: ∂/∂h: 32x1o ⊗ 1x3o -> 32x3e
-    d2_sh_115 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 768:992].reshape(n, 32, 7), cg_1_3_3, w[:, 384:416].reshape(n, 32, 1)) * 1.8708286933869707
+    _c157 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 768:992].reshape(n, 32, 7))
+    _c158 = torch.einsum("ijk,ziku->zju", cg_1_3_3, _c157)
+    d2_sh_115 = torch.einsum("zuv,zju->zvj", (w[:, 384:416].reshape(n, 32, 1) * 1.8708286933869707), _c158)
     # ∂/∂w: ∂/∂h: 32x1o ⊗ 1x3o -> 32x3e
-    d2_w_116 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 768:992].reshape(n, 32, 7), sh[:, 9:16].reshape(n, 1, 7), cg_1_3_3) * 1.8708286933869707
+    d2_w_116 = torch.einsum("zui,ziuv->zuv", (d2_d_h[:, 32:128].reshape(n, 32, 3) * 1.8708286933869707), _c150)
     # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x0e -> 32x2e
-    d2_d_m_117 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 416:448].reshape(n, 32, 1), h[:, 128:288].reshape(n, 32, 5), sh[:, 0:1].reshape(n, 1, 1), cg_2_0_2)
+    _c159 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 416:448].reshape(n, 32, 1), sh[:, 0:1].reshape(n, 1, 1))
+    _c160 = torch.einsum("zui,zju->ziju", h[:, 128:288].reshape(n, 32, 5), _c159)
+    d2_d_m_117 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c160)
     # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x0e -> 32x2e
-    d2_h_118 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 416:448].reshape(n, 32, 1), d_m[:, 128:288].reshape(n, 32, 5), sh[:, 0:1].reshape(n, 1, 1), cg_2_0_2)
+    _c161 = torch.einsum("zuk,zju->zjku", d_m[:, 128:288].reshape(n, 32, 5), _c159)
+    d2_h_118 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c161)
     # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x0e -> 32x2e
-    d2_sh_119 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 416:448].reshape(n, 32, 1), d_m[:, 128:288].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5), cg_2_0_2)
+    _c162 = torch.einsum("zuk,zui->ziku", d_m[:, 128:288].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5))
+    _c163 = torch.einsum("ijk,ziku->zju", cg_2_0_2, _c162)
+    d2_sh_119 = torch.einsum("zuv,zju->zvj", d2_d_w[:, 416:448].reshape(n, 32, 1), _c163)
     # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x0e -> 32x2e
-    d2_d_m_120 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 0:1].reshape(n, 1, 1), h[:, 128:288].reshape(n, 32, 5), cg_2_0_2, w[:, 416:448].reshape(n, 32, 1))
+    _c164 = torch.einsum("zvj,zuv->zju", d2_d_sh[:, 0:1].reshape(n, 1, 1), w[:, 416:448].reshape(n, 32, 1))
+    _c165 = torch.einsum("zui,zju->ziju", h[:, 128:288].reshape(n, 32, 5), _c164)
+    d2_d_m_120 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c165)
     # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x0e -> 32x2e
-    d2_h_121 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 0:1].reshape(n, 1, 1), d_m[:, 128:288].reshape(n, 32, 5), cg_2_0_2, w[:, 416:448].reshape(n, 32, 1))
+    _c166 = torch.einsum("zuk,zju->zjku", d_m[:, 128:288].reshape(n, 32, 5), _c164)
+    d2_h_121 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c166)
     # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x0e -> 32x2e
-    d2_w_122 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 0:1].reshape(n, 1, 1), d_m[:, 128:288].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5), cg_2_0_2)
+    d2_w_122 = torch.einsum("zvj,zju->zuv", d2_d_sh[:, 0:1].reshape(n, 1, 1), _c163)
     # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x0e -> 32x2e
-    d2_d_m_123 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 128:288].reshape(n, 32, 5), sh[:, 0:1].reshape(n, 1, 1), cg_2_0_2, w[:, 416:448].reshape(n, 32, 1))
+    _c167 = torch.einsum("zvj,zuv->zju", sh[:, 0:1].reshape(n, 1, 1), w[:, 416:448].reshape(n, 32, 1))
+    _c168 = torch.einsum("zui,zju->ziju", d2_d_h[:, 128:288].reshape(n, 32, 5), _c167)
+    d2_d_m_123 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c168)
     # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x0e -> 32x2e
-    d2_sh_124 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 128:288].reshape(n, 32, 5), cg_2_0_2, w[:, 416:448].reshape(n, 32, 1))
+    _c169 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 128:288].reshape(n, 32, 5))
+    _c170 = torch.einsum("ijk,ziku->zju", cg_2_0_2, _c169)
+    d2_sh_124 = torch.einsum("zuv,zju->zvj", w[:, 416:448].reshape(n, 32, 1), _c170)
     # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x0e -> 32x2e
-    d2_w_125 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 128:288].reshape(n, 32, 5), sh[:, 0:1].reshape(n, 1, 1), cg_2_0_2)
+    d2_w_125 = torch.einsum("zvj,zju->zuv", sh[:, 0:1].reshape(n, 1, 1), _c170)
     # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x1o -> 32x1o
-    d2_d_m_126 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 448:480].reshape(n, 32, 1), h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_1) * 0.7745966692414834
+    _c171 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 448:480].reshape(n, 32, 1), sh[:, 1:4].reshape(n, 1, 3))
+    _c172 = torch.einsum("zui,zju->ziju", h[:, 128:288].reshape(n, 32, 5), _c171)
+    d2_d_m_126 = torch.einsum("ijk,ziju->zuk", (cg_2_1_1 * 0.7745966692414834), _c172)
     # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x1o -> 32x1o
-    d2_h_127 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 448:480].reshape(n, 32, 1), d_m[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_1) * 0.7745966692414834
+    _c173 = torch.einsum("zuk,zju->zjku", d_m[:, 32:128].reshape(n, 32, 3), _c171)
+    d2_h_127 = torch.einsum("ijk,zjku->zui", (cg_2_1_1 * 0.7745966692414834), _c173)
     # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x1o -> 32x1o
-    d2_sh_128 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 448:480].reshape(n, 32, 1), d_m[:, 32:128].reshape(n, 32, 3), h[:, 128:288].reshape(n, 32, 5), cg_2_1_1) * 0.7745966692414834
+    _c174 = torch.einsum("zuk,zui->ziku", d_m[:, 32:128].reshape(n, 32, 3), h[:, 128:288].reshape(n, 32, 5))
+    _c175 = torch.einsum("ijk,ziku->zju", cg_2_1_1, _c174)
+    d2_sh_128 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 448:480].reshape(n, 32, 1) * 0.7745966692414834), _c175)
     # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x1o -> 32x1o
-    d2_d_m_129 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 1:4].reshape(n, 1, 3), h[:, 128:288].reshape(n, 32, 5), cg_2_1_1, w[:, 448:480].reshape(n, 32, 1)) * 0.7745966692414834
+    _c176 = torch.einsum("zvj,zui->zijuv", d2_d_sh[:, 1:4].reshape(n, 1, 3), h[:, 128:288].reshape(n, 32, 5))
+    _c177 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c176)
+    d2_d_m_129 = torch.einsum("zuv,zkuv->zuk", (w[:, 448:480].reshape(n, 32, 1) * 0.7745966692414834), _c177)
     # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x1o -> 32x1o
-    d2_h_130 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 1:4].reshape(n, 1, 3), d_m[:, 32:128].reshape(n, 32, 3), cg_2_1_1, w[:, 448:480].reshape(n, 32, 1)) * 0.7745966692414834
+    _c178 = torch.einsum("zvj,zuv->zju", d2_d_sh[:, 1:4].reshape(n, 1, 3), w[:, 448:480].reshape(n, 32, 1))
+    _c179 = torch.einsum("zuk,zju->zjku", d_m[:, 32:128].reshape(n, 32, 3), _c178)
+    d2_h_130 = torch.einsum("ijk,zjku->zui", (cg_2_1_1 * 0.7745966692414834), _c179)
     # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x1o -> 32x1o
-    d2_w_131 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 1:4].reshape(n, 1, 3), d_m[:, 32:128].reshape(n, 32, 3), h[:, 128:288].reshape(n, 32, 5), cg_2_1_1) * 0.7745966692414834
+    d2_w_131 = torch.einsum("zuk,zkuv->zuv", (d_m[:, 32:128].reshape(n, 32, 3) * 0.7745966692414834), _c177)
     # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x1o -> 32x1o
-    d2_d_m_132 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_1, w[:, 448:480].reshape(n, 32, 1)) * 0.7745966692414834
+    _c180 = torch.einsum("zui,zvj->zijuv", d2_d_h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3))
+    _c181 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c180)
+    d2_d_m_132 = torch.einsum("zuv,zkuv->zuk", (w[:, 448:480].reshape(n, 32, 1) * 0.7745966692414834), _c181)
     # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x1o -> 32x1o
-    d2_sh_133 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 32:128].reshape(n, 32, 3), cg_2_1_1, w[:, 448:480].reshape(n, 32, 1)) * 0.7745966692414834
+    _c182 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 32:128].reshape(n, 32, 3))
+    _c183 = torch.einsum("ijk,ziku->zju", cg_2_1_1, _c182)
+    d2_sh_133 = torch.einsum("zuv,zju->zvj", (w[:, 448:480].reshape(n, 32, 1) * 0.7745966692414834), _c183)
     # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x1o -> 32x1o
-    d2_w_134 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_1) * 0.7745966692414834
+    d2_w_134 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 0.7745966692414834), _c183)
     # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x1o -> 32x2o
-    d2_d_m_135 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 480:512].reshape(n, 32, 1), h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_2) * 1.2909944487358056
+    _c184 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 480:512].reshape(n, 32, 1), sh[:, 1:4].reshape(n, 1, 3))
+    _c185 = torch.einsum("zui,zju->ziju", h[:, 128:288].reshape(n, 32, 5), _c184)
+    d2_d_m_135 = torch.einsum("ijk,ziju->zuk", (cg_2_1_2 * 1.2909944487358056), _c185)
     # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x1o -> 32x2o
-    d2_h_136 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 480:512].reshape(n, 32, 1), d_m[:, 384:544].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_2) * 1.2909944487358056
+    _c186 = torch.einsum("zuk,zju->zjku", d_m[:, 384:544].reshape(n, 32, 5), _c184)
+    d2_h_136 = torch.einsum("ijk,zjku->zui", (cg_2_1_2 * 1.2909944487358056), _c186)
     # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x1o -> 32x2o
-    d2_sh_137 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 480:512].reshape(n, 32, 1), d_m[:, 384:544].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5), cg_2_1_2) * 1.2909944487358056
+    _c187 = torch.einsum("zuk,zui->ziku", d_m[:, 384:544].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5))
+    _c188 = torch.einsum("ijk,ziku->zju", cg_2_1_2, _c187)
+    d2_sh_137 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 480:512].reshape(n, 32, 1) * 1.2909944487358056), _c188)
     # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x1o -> 32x2o
-    d2_d_m_138 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 1:4].reshape(n, 1, 3), h[:, 128:288].reshape(n, 32, 5), cg_2_1_2, w[:, 480:512].reshape(n, 32, 1)) * 1.2909944487358056
+    _c189 = torch.einsum("zvj,zuv->zju", d2_d_sh[:, 1:4].reshape(n, 1, 3), w[:, 480:512].reshape(n, 32, 1))
+    _c190 = torch.einsum("zui,zju->ziju", h[:, 128:288].reshape(n, 32, 5), _c189)
+    d2_d_m_138 = torch.einsum("ijk,ziju->zuk", (cg_2_1_2 * 1.2909944487358056), _c190)
     # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x1o -> 32x2o
-    d2_h_139 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 1:4].reshape(n, 1, 3), d_m[:, 384:544].reshape(n, 32, 5), cg_2_1_2, w[:, 480:512].reshape(n, 32, 1)) * 1.2909944487358056
+    _c191 = torch.einsum("zuk,zju->zjku", d_m[:, 384:544].reshape(n, 32, 5), _c189)
+    d2_h_139 = torch.einsum("ijk,zjku->zui", (cg_2_1_2 * 1.2909944487358056), _c191)
     # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x1o -> 32x2o
-    d2_w_140 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 1:4].reshape(n, 1, 3), d_m[:, 384:544].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5), cg_2_1_2) * 1.2909944487358056
+    d2_w_140 = torch.einsum("zvj,zju->zuv", (d2_d_sh[:, 1:4].reshape(n, 1, 3) * 1.2909944487358056), _c188)
     # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x1o -> 32x2o
-    d2_d_m_141 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_2, w[:, 480:512].reshape(n, 32, 1)) * 1.2909944487358056
+    _c192 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 480:512].reshape(n, 32, 1))
+    _c193 = torch.einsum("zui,zju->ziju", d2_d_h[:, 128:288].reshape(n, 32, 5), _c192)
+    d2_d_m_141 = torch.einsum("ijk,ziju->zuk", (cg_2_1_2 * 1.2909944487358056), _c193)
     # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x1o -> 32x2o
-    d2_sh_142 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 384:544].reshape(n, 32, 5), cg_2_1_2, w[:, 480:512].reshape(n, 32, 1)) * 1.2909944487358056
+    _c194 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 384:544].reshape(n, 32, 5))
+    _c195 = torch.einsum("ijk,ziku->zju", cg_2_1_2, _c194)
+    d2_sh_142 = torch.einsum("zuv,zju->zvj", (w[:, 480:512].reshape(n, 32, 1) * 1.2909944487358056), _c195)
     # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x1o -> 32x2o
-    d2_w_143 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 384:544].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_2) * 1.2909944487358056
+    d2_w_143 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 1.2909944487358056), _c195)
     # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x1o -> 32x3o
-    d2_d_m_144 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 512:544].reshape(n, 32, 1), h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_3) * 1.3228756555322954
+    _c196 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 512:544].reshape(n, 32, 1), sh[:, 1:4].reshape(n, 1, 3))
+    _c197 = torch.einsum("zui,zju->ziju", h[:, 128:288].reshape(n, 32, 5), _c196)
+    d2_d_m_144 = torch.einsum("ijk,ziju->zuk", (cg_2_1_3 * 1.3228756555322954), _c197)
     # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x1o -> 32x3o
-    d2_h_145 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 512:544].reshape(n, 32, 1), d_m[:, 544:768].reshape(n, 32, 7), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_3) * 1.3228756555322954
+    _c198 = torch.einsum("zuk,zju->zjku", d_m[:, 544:768].reshape(n, 32, 7), _c196)
+    d2_h_145 = torch.einsum("ijk,zjku->zui", (cg_2_1_3 * 1.3228756555322954), _c198)
     # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x1o -> 32x3o
-    d2_sh_146 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 512:544].reshape(n, 32, 1), d_m[:, 544:768].reshape(n, 32, 7), h[:, 128:288].reshape(n, 32, 5), cg_2_1_3) * 1.3228756555322954
+    _c199 = torch.einsum("zuk,zui->ziku", d_m[:, 544:768].reshape(n, 32, 7), h[:, 128:288].reshape(n, 32, 5))
+    _c200 = torch.einsum("ijk,ziku->zju", cg_2_1_3, _c199)
+    d2_sh_146 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 512:544].reshape(n, 32, 1) * 1.3228756555322954), _c200)
     # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x1o -> 32x3o
-    d2_d_m_147 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 1:4].reshape(n, 1, 3), h[:, 128:288].reshape(n, 32, 5), cg_2_1_3, w[:, 512:544].reshape(n, 32, 1)) * 1.3228756555322954
+    _c201 = torch.einsum("zvj,zuv->zju", d2_d_sh[:, 1:4].reshape(n, 1, 3), w[:, 512:544].reshape(n, 32, 1))
+    _c202 = torch.einsum("zui,zju->ziju", h[:, 128:288].reshape(n, 32, 5), _c201)
+    d2_d_m_147 = torch.einsum("ijk,ziju->zuk", (cg_2_1_3 * 1.3228756555322954), _c202)
     # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x1o -> 32x3o
-    d2_h_148 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 1:4].reshape(n, 1, 3), d_m[:, 544:768].reshape(n, 32, 7), cg_2_1_3, w[:, 512:544].reshape(n, 32, 1)) * 1.3228756555322954
+    _c203 = torch.einsum("zuk,zju->zjku", d_m[:, 544:768].reshape(n, 32, 7), _c201)
+    d2_h_148 = torch.einsum("ijk,zjku->zui", (cg_2_1_3 * 1.3228756555322954), _c203)
     # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x1o -> 32x3o
-    d2_w_149 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 1:4].reshape(n, 1, 3), d_m[:, 544:768].reshape(n, 32, 7), h[:, 128:288].reshape(n, 32, 5), cg_2_1_3) * 1.3228756555322954
+    d2_w_149 = torch.einsum("zvj,zju->zuv", (d2_d_sh[:, 1:4].reshape(n, 1, 3) * 1.3228756555322954), _c200)
     # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x1o -> 32x3o
-    d2_d_m_150 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_3, w[:, 512:544].reshape(n, 32, 1)) * 1.3228756555322954
+    _c204 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 512:544].reshape(n, 32, 1))
+    _c205 = torch.einsum("zui,zju->ziju", d2_d_h[:, 128:288].reshape(n, 32, 5), _c204)
+    d2_d_m_150 = torch.einsum("ijk,ziju->zuk", (cg_2_1_3 * 1.3228756555322954), _c205)
     # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x1o -> 32x3o
-    d2_sh_151 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 544:768].reshape(n, 32, 7), cg_2_1_3, w[:, 512:544].reshape(n, 32, 1)) * 1.3228756555322954
+    _c206 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 544:768].reshape(n, 32, 7))
+    _c207 = torch.einsum("ijk,ziku->zju", cg_2_1_3, _c206)
+    d2_sh_151 = torch.einsum("zuv,zju->zvj", (w[:, 512:544].reshape(n, 32, 1) * 1.3228756555322954), _c207)
     # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x1o -> 32x3o
-    d2_w_152 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 544:768].reshape(n, 32, 7), sh[:, 1:4].reshape(n, 1, 3), cg_2_1_3) * 1.3228756555322954
+    d2_w_152 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 1.3228756555322954), _c207)
     # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x2e -> 32x0e
-    d2_d_m_153 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 544:576].reshape(n, 32, 1), h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_0) * 0.5773502691896257
+    _c208 = torch.einsum("zui,zvj->zijuv", h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5))
+    _c209 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c208)
+    d2_d_m_153 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 544:576].reshape(n, 32, 1) * 0.5773502691896257), _c209)
     # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x2e -> 32x0e
-    d2_h_154 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 544:576].reshape(n, 32, 1), d_m[:, 0:32].reshape(n, 32, 1), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_0) * 0.5773502691896257
+    _c210 = torch.einsum("zuv,zuk->zkuv", d2_d_w[:, 544:576].reshape(n, 32, 1), d_m[:, 0:32].reshape(n, 32, 1))
+    _c211 = torch.einsum("zvj,ijk->zikv", sh[:, 4:9].reshape(n, 1, 5), cg_2_2_0)
+    d2_h_154 = torch.einsum("zkuv,zikv->zui", _c210, (_c211 * 0.5773502691896257))
     # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x2e -> 32x0e
-    d2_sh_155 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 544:576].reshape(n, 32, 1), d_m[:, 0:32].reshape(n, 32, 1), h[:, 128:288].reshape(n, 32, 5), cg_2_2_0) * 0.5773502691896257
+    _c212 = torch.einsum("zui,zkuv->zikv", h[:, 128:288].reshape(n, 32, 5), _c210)
+    d2_sh_155 = torch.einsum("ijk,zikv->zvj", (cg_2_2_0 * 0.5773502691896257), _c212)
     # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x0e
-    d2_d_m_156 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 4:9].reshape(n, 1, 5), h[:, 128:288].reshape(n, 32, 5), cg_2_2_0, w[:, 544:576].reshape(n, 32, 1)) * 0.5773502691896257
+    _c213 = torch.einsum("zvj,zui->zijuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), h[:, 128:288].reshape(n, 32, 5))
+    _c214 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c213)
+    d2_d_m_156 = torch.einsum("zuv,zkuv->zuk", (w[:, 544:576].reshape(n, 32, 1) * 0.5773502691896257), _c214)
     # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x0e
-    d2_h_157 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 0:32].reshape(n, 32, 1), cg_2_2_0, w[:, 544:576].reshape(n, 32, 1)) * 0.5773502691896257
+    _c215 = torch.einsum("zvj,ijk->zikv", d2_d_sh[:, 4:9].reshape(n, 1, 5), cg_2_2_0)
+    _c216 = torch.einsum("zuk,zuv->zkuv", d_m[:, 0:32].reshape(n, 32, 1), w[:, 544:576].reshape(n, 32, 1))
+    d2_h_157 = torch.einsum("zikv,zkuv->zui", (_c215 * 0.5773502691896257), _c216)
     # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x0e
-    d2_w_158 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 0:32].reshape(n, 32, 1), h[:, 128:288].reshape(n, 32, 5), cg_2_2_0) * 0.5773502691896257
+    d2_w_158 = torch.einsum("zuk,zkuv->zuv", (d_m[:, 0:32].reshape(n, 32, 1) * 0.5773502691896257), _c214)
     # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x2e -> 32x0e
-    d2_d_m_159 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_0, w[:, 544:576].reshape(n, 32, 1)) * 0.5773502691896257
+    _c217 = torch.einsum("zui,zvj->zijuv", d2_d_h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5))
+    _c218 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c217)
+    d2_d_m_159 = torch.einsum("zuv,zkuv->zuk", (w[:, 544:576].reshape(n, 32, 1) * 0.5773502691896257), _c218)
     # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x2e -> 32x0e
-    d2_sh_160 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 0:32].reshape(n, 32, 1), cg_2_2_0, w[:, 544:576].reshape(n, 32, 1)) * 0.5773502691896257
+    _c219 = torch.einsum("zui,zkuv->zikv", d2_d_h[:, 128:288].reshape(n, 32, 5), _c216)
+    d2_sh_160 = torch.einsum("ijk,zikv->zvj", (cg_2_2_0 * 0.5773502691896257), _c219)
     # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x2e -> 32x0e
-    d2_w_161 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 0:32].reshape(n, 32, 1), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_0) * 0.5773502691896257
+    d2_w_161 = torch.einsum("zuk,zkuv->zuv", (d_m[:, 0:32].reshape(n, 32, 1) * 0.5773502691896257), _c218)
     # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x2e -> 32x2e
-    d2_d_m_162 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 576:608].reshape(n, 32, 1), h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_2)
+    _c220 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c208)
+    d2_d_m_162 = torch.einsum("zuv,zkuv->zuk", d2_d_w[:, 576:608].reshape(n, 32, 1), _c220)
     # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x2e -> 32x2e
-    d2_h_163 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 576:608].reshape(n, 32, 1), d_m[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_2)
+    _c221 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_2, _c28)
+    d2_h_163 = torch.einsum("zuv,ziuv->zui", d2_d_w[:, 576:608].reshape(n, 32, 1), _c221)
     # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x2e -> 32x2e
-    d2_sh_164 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 576:608].reshape(n, 32, 1), d_m[:, 128:288].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5), cg_2_2_2)
+    _c222 = torch.einsum("ijk,ziku->zju", cg_2_2_2, _c162)
+    d2_sh_164 = torch.einsum("zuv,zju->zvj", d2_d_w[:, 576:608].reshape(n, 32, 1), _c222)
     # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x2e
-    d2_d_m_165 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 4:9].reshape(n, 1, 5), h[:, 128:288].reshape(n, 32, 5), cg_2_2_2, w[:, 576:608].reshape(n, 32, 1))
+    _c223 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c213)
+    d2_d_m_165 = torch.einsum("zuv,zkuv->zuk", w[:, 576:608].reshape(n, 32, 1), _c223)
     # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x2e
-    d2_h_166 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 128:288].reshape(n, 32, 5), cg_2_2_2, w[:, 576:608].reshape(n, 32, 1))
+    _c224 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_2, _c33)
+    d2_h_166 = torch.einsum("zuv,ziuv->zui", w[:, 576:608].reshape(n, 32, 1), _c224)
     # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x2e
-    d2_w_167 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 128:288].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5), cg_2_2_2)
+    d2_w_167 = torch.einsum("zui,ziuv->zuv", h[:, 128:288].reshape(n, 32, 5), _c224)
     # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x2e -> 32x2e
-    d2_d_m_168 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_2, w[:, 576:608].reshape(n, 32, 1))
+    _c225 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c217)
+    d2_d_m_168 = torch.einsum("zuv,zkuv->zuk", w[:, 576:608].reshape(n, 32, 1), _c225)
     # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x2e -> 32x2e
-    d2_sh_169 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 128:288].reshape(n, 32, 5), cg_2_2_2, w[:, 576:608].reshape(n, 32, 1))
+    _c226 = torch.einsum("ijk,ziku->zju", cg_2_2_2, _c169)
+    d2_sh_169 = torch.einsum("zuv,zju->zvj", w[:, 576:608].reshape(n, 32, 1), _c226)
     # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x2e -> 32x2e
-    d2_w_170 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_2)
+    d2_w_170 = torch.einsum("zvj,zju->zuv", sh[:, 4:9].reshape(n, 1, 5), _c226)
     # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x2e -> 32x1e
-    d2_d_m_171 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 608:640].reshape(n, 32, 1), h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_1) * 1.224744871391589
+    _c227 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_1, _c208)
+    d2_d_m_171 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 608:640].reshape(n, 32, 1) * 1.224744871391589), _c227)
     # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x2e -> 32x1e
-    d2_h_172 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 608:640].reshape(n, 32, 1), d_m[:, 288:384].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_1) * 1.224744871391589
+    _c228 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 608:640].reshape(n, 32, 1), sh[:, 4:9].reshape(n, 1, 5))
+    _c229 = torch.einsum("zuk,zju->zjku", d_m[:, 288:384].reshape(n, 32, 3), _c228)
+    d2_h_172 = torch.einsum("ijk,zjku->zui", (cg_2_2_1 * 1.224744871391589), _c229)
     # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x2e -> 32x1e
-    d2_sh_173 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 608:640].reshape(n, 32, 1), d_m[:, 288:384].reshape(n, 32, 3), h[:, 128:288].reshape(n, 32, 5), cg_2_2_1) * 1.224744871391589
+    _c230 = torch.einsum("zuk,zui->ziku", d_m[:, 288:384].reshape(n, 32, 3), h[:, 128:288].reshape(n, 32, 5))
+    _c231 = torch.einsum("ijk,ziku->zju", cg_2_2_1, _c230)
+    d2_sh_173 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 608:640].reshape(n, 32, 1) * 1.224744871391589), _c231)
     # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x1e
-    d2_d_m_174 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 4:9].reshape(n, 1, 5), h[:, 128:288].reshape(n, 32, 5), cg_2_2_1, w[:, 608:640].reshape(n, 32, 1)) * 1.224744871391589
+    _c232 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_1, _c213)
+    d2_d_m_174 = torch.einsum("zuv,zkuv->zuk", (w[:, 608:640].reshape(n, 32, 1) * 1.224744871391589), _c232)
     # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x1e
-    d2_h_175 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 288:384].reshape(n, 32, 3), cg_2_2_1, w[:, 608:640].reshape(n, 32, 1)) * 1.224744871391589
+    _c233 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 288:384].reshape(n, 32, 3))
+    _c234 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_1, _c233)
+    d2_h_175 = torch.einsum("zuv,ziuv->zui", (w[:, 608:640].reshape(n, 32, 1) * 1.224744871391589), _c234)
     # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x1e
-    d2_w_176 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 288:384].reshape(n, 32, 3), h[:, 128:288].reshape(n, 32, 5), cg_2_2_1) * 1.224744871391589
+    d2_w_176 = torch.einsum("zuk,zkuv->zuv", (d_m[:, 288:384].reshape(n, 32, 3) * 1.224744871391589), _c232)
     # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x2e -> 32x1e
-    d2_d_m_177 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_1, w[:, 608:640].reshape(n, 32, 1)) * 1.224744871391589
+    _c235 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_1, _c217)
+    d2_d_m_177 = torch.einsum("zuv,zkuv->zuk", (w[:, 608:640].reshape(n, 32, 1) * 1.224744871391589), _c235)
     # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x2e -> 32x1e
-    d2_sh_178 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 288:384].reshape(n, 32, 3), cg_2_2_1, w[:, 608:640].reshape(n, 32, 1)) * 1.224744871391589
+    _c236 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 288:384].reshape(n, 32, 3))
+    _c237 = torch.einsum("ijk,ziku->zju", cg_2_2_1, _c236)
+    d2_sh_178 = torch.einsum("zuv,zju->zvj", (w[:, 608:640].reshape(n, 32, 1) * 1.224744871391589), _c237)
     # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x2e -> 32x1e
-    d2_w_179 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 288:384].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_1) * 1.224744871391589
+    d2_w_179 = torch.einsum("zuk,zkuv->zuv", (d_m[:, 288:384].reshape(n, 32, 3) * 1.224744871391589), _c235)
     # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x2e -> 32x3e
-    d2_d_m_180 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 640:672].reshape(n, 32, 1), h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_3) * 1.8708286933869707
+    _c238 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_3, _c208)
+    d2_d_m_180 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 640:672].reshape(n, 32, 1) * 1.8708286933869707), _c238)
     # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x2e -> 32x3e
-    d2_h_181 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 640:672].reshape(n, 32, 1), d_m[:, 768:992].reshape(n, 32, 7), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_3) * 1.8708286933869707
+    _c239 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 640:672].reshape(n, 32, 1), sh[:, 4:9].reshape(n, 1, 5))
+    _c240 = torch.einsum("zuk,zju->zjku", d_m[:, 768:992].reshape(n, 32, 7), _c239)
+    d2_h_181 = torch.einsum("ijk,zjku->zui", (cg_2_2_3 * 1.8708286933869707), _c240)
     # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x2e -> 32x3e
-    d2_sh_182 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 640:672].reshape(n, 32, 1), d_m[:, 768:992].reshape(n, 32, 7), h[:, 128:288].reshape(n, 32, 5), cg_2_2_3) * 1.8708286933869707
+    _c241 = torch.einsum("zuk,zui->ziku", d_m[:, 768:992].reshape(n, 32, 7), h[:, 128:288].reshape(n, 32, 5))
+    _c242 = torch.einsum("ijk,ziku->zju", cg_2_2_3, _c241)
+    d2_sh_182 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 640:672].reshape(n, 32, 1) * 1.8708286933869707), _c242)
     # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x3e
-    d2_d_m_183 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 4:9].reshape(n, 1, 5), h[:, 128:288].reshape(n, 32, 5), cg_2_2_3, w[:, 640:672].reshape(n, 32, 1)) * 1.8708286933869707
+    _c243 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_3, _c213)
+    d2_d_m_183 = torch.einsum("zuv,zkuv->zuk", (w[:, 640:672].reshape(n, 32, 1) * 1.8708286933869707), _c243)
     # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x3e
-    d2_h_184 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 768:992].reshape(n, 32, 7), cg_2_2_3, w[:, 640:672].reshape(n, 32, 1)) * 1.8708286933869707
+    _c244 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 768:992].reshape(n, 32, 7))
+    _c245 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_3, _c244)
+    d2_h_184 = torch.einsum("zuv,ziuv->zui", (w[:, 640:672].reshape(n, 32, 1) * 1.8708286933869707), _c245)
     # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x3e
-    d2_w_185 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 768:992].reshape(n, 32, 7), h[:, 128:288].reshape(n, 32, 5), cg_2_2_3) * 1.8708286933869707
+    d2_w_185 = torch.einsum("zui,ziuv->zuv", (h[:, 128:288].reshape(n, 32, 5) * 1.8708286933869707), _c245)
     # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x2e -> 32x3e
-    d2_d_m_186 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_3, w[:, 640:672].reshape(n, 32, 1)) * 1.8708286933869707
+    _c246 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_3, _c217)
+    d2_d_m_186 = torch.einsum("zuv,zkuv->zuk", (w[:, 640:672].reshape(n, 32, 1) * 1.8708286933869707), _c246)
     # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x2e -> 32x3e
-    d2_sh_187 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 768:992].reshape(n, 32, 7), cg_2_2_3, w[:, 640:672].reshape(n, 32, 1)) * 1.8708286933869707
+    _c247 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 768:992].reshape(n, 32, 7))
+    _c248 = torch.einsum("ijk,ziku->zju", cg_2_2_3, _c247)
+    d2_sh_187 = torch.einsum("zuv,zju->zvj", (w[:, 640:672].reshape(n, 32, 1) * 1.8708286933869707), _c248)
     # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x2e -> 32x3e
-    d2_w_188 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 768:992].reshape(n, 32, 7), sh[:, 4:9].reshape(n, 1, 5), cg_2_2_3) * 1.8708286933869707
+    d2_w_188 = torch.einsum("zvj,zju->zuv", (sh[:, 4:9].reshape(n, 1, 5) * 1.8708286933869707), _c248)
     # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x3o -> 32x1o
-    d2_d_m_189 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 672:704].reshape(n, 32, 1), h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_1) * 0.7745966692414834
+    _c249 = torch.einsum("zui,zvj->zijuv", h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7))
+    _c250 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_1, _c249)
+    d2_d_m_189 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 672:704].reshape(n, 32, 1) * 0.7745966692414834), _c250)
     # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x3o -> 32x1o
-    d2_h_190 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 672:704].reshape(n, 32, 1), d_m[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_1) * 0.7745966692414834
+    _c251 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7))
+    _c252 = torch.einsum("ijk,zjkuv->ziuv", cg_2_3_1, _c251)
+    d2_h_190 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 672:704].reshape(n, 32, 1) * 0.7745966692414834), _c252)
     # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x3o -> 32x1o
-    d2_sh_191 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 672:704].reshape(n, 32, 1), d_m[:, 32:128].reshape(n, 32, 3), h[:, 128:288].reshape(n, 32, 5), cg_2_3_1) * 0.7745966692414834
+    _c253 = torch.einsum("ijk,ziku->zju", cg_2_3_1, _c174)
+    d2_sh_191 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 672:704].reshape(n, 32, 1) * 0.7745966692414834), _c253)
     # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x3o -> 32x1o
-    d2_d_m_192 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 9:16].reshape(n, 1, 7), h[:, 128:288].reshape(n, 32, 5), cg_2_3_1, w[:, 672:704].reshape(n, 32, 1)) * 0.7745966692414834
+    _c254 = torch.einsum("zvj,zui->zijuv", d2_d_sh[:, 9:16].reshape(n, 1, 7), h[:, 128:288].reshape(n, 32, 5))
+    _c255 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_1, _c254)
+    d2_d_m_192 = torch.einsum("zuv,zkuv->zuk", (w[:, 672:704].reshape(n, 32, 1) * 0.7745966692414834), _c255)
     # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x3o -> 32x1o
-    d2_h_193 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 32:128].reshape(n, 32, 3), cg_2_3_1, w[:, 672:704].reshape(n, 32, 1)) * 0.7745966692414834
+    _c256 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 32:128].reshape(n, 32, 3))
+    _c257 = torch.einsum("ijk,zjkuv->ziuv", cg_2_3_1, _c256)
+    d2_h_193 = torch.einsum("zuv,ziuv->zui", (w[:, 672:704].reshape(n, 32, 1) * 0.7745966692414834), _c257)
     # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x3o -> 32x1o
-    d2_w_194 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 32:128].reshape(n, 32, 3), h[:, 128:288].reshape(n, 32, 5), cg_2_3_1) * 0.7745966692414834
+    d2_w_194 = torch.einsum("zuk,zkuv->zuv", (d_m[:, 32:128].reshape(n, 32, 3) * 0.7745966692414834), _c255)
     # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x3o -> 32x1o
-    d2_d_m_195 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_1, w[:, 672:704].reshape(n, 32, 1)) * 0.7745966692414834
+    _c258 = torch.einsum("zui,zvj->zijuv", d2_d_h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7))
+    _c259 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_1, _c258)
+    d2_d_m_195 = torch.einsum("zuv,zkuv->zuk", (w[:, 672:704].reshape(n, 32, 1) * 0.7745966692414834), _c259)
     # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x3o -> 32x1o
-    d2_sh_196 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 32:128].reshape(n, 32, 3), cg_2_3_1, w[:, 672:704].reshape(n, 32, 1)) * 0.7745966692414834
+    _c260 = torch.einsum("ijk,ziku->zju", cg_2_3_1, _c182)
+    d2_sh_196 = torch.einsum("zuv,zju->zvj", (w[:, 672:704].reshape(n, 32, 1) * 0.7745966692414834), _c260)
     # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x3o -> 32x1o
-    d2_w_197 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_1) * 0.7745966692414834
+    d2_w_197 = torch.einsum("zuk,zkuv->zuv", (d_m[:, 32:128].reshape(n, 32, 3) * 0.7745966692414834), _c259)
     # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x3o -> 32x2o
-    d2_d_m_198 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 704:736].reshape(n, 32, 1), h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_2) * 1.2909944487358056
+    _c261 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_2, _c249)
+    d2_d_m_198 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 704:736].reshape(n, 32, 1) * 1.2909944487358056), _c261)
     # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x3o -> 32x2o
-    d2_h_199 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 704:736].reshape(n, 32, 1), d_m[:, 384:544].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_2) * 1.2909944487358056
+    _c262 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 384:544].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7))
+    _c263 = torch.einsum("ijk,zjkuv->ziuv", cg_2_3_2, _c262)
+    d2_h_199 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 704:736].reshape(n, 32, 1) * 1.2909944487358056), _c263)
     # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x3o -> 32x2o
-    d2_sh_200 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 704:736].reshape(n, 32, 1), d_m[:, 384:544].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5), cg_2_3_2) * 1.2909944487358056
+    _c264 = torch.einsum("ijk,ziku->zju", cg_2_3_2, _c187)
+    d2_sh_200 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 704:736].reshape(n, 32, 1) * 1.2909944487358056), _c264)
     # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x3o -> 32x2o
-    d2_d_m_201 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 9:16].reshape(n, 1, 7), h[:, 128:288].reshape(n, 32, 5), cg_2_3_2, w[:, 704:736].reshape(n, 32, 1)) * 1.2909944487358056
+    _c265 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_2, _c254)
+    d2_d_m_201 = torch.einsum("zuv,zkuv->zuk", (w[:, 704:736].reshape(n, 32, 1) * 1.2909944487358056), _c265)
     # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x3o -> 32x2o
-    d2_h_202 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 384:544].reshape(n, 32, 5), cg_2_3_2, w[:, 704:736].reshape(n, 32, 1)) * 1.2909944487358056
+    _c266 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 384:544].reshape(n, 32, 5))
+    _c267 = torch.einsum("ijk,zjkuv->ziuv", cg_2_3_2, _c266)
+    d2_h_202 = torch.einsum("zuv,ziuv->zui", (w[:, 704:736].reshape(n, 32, 1) * 1.2909944487358056), _c267)
     # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x3o -> 32x2o
-    d2_w_203 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 384:544].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5), cg_2_3_2) * 1.2909944487358056
+    d2_w_203 = torch.einsum("zui,ziuv->zuv", (h[:, 128:288].reshape(n, 32, 5) * 1.2909944487358056), _c267)
     # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x3o -> 32x2o
-    d2_d_m_204 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_2, w[:, 704:736].reshape(n, 32, 1)) * 1.2909944487358056
+    _c268 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_2, _c258)
+    d2_d_m_204 = torch.einsum("zuv,zkuv->zuk", (w[:, 704:736].reshape(n, 32, 1) * 1.2909944487358056), _c268)
     # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x3o -> 32x2o
-    d2_sh_205 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 384:544].reshape(n, 32, 5), cg_2_3_2, w[:, 704:736].reshape(n, 32, 1)) * 1.2909944487358056
+    _c269 = torch.einsum("ijk,ziku->zju", cg_2_3_2, _c194)
+    d2_sh_205 = torch.einsum("zuv,zju->zvj", (w[:, 704:736].reshape(n, 32, 1) * 1.2909944487358056), _c269)
     # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x3o -> 32x2o
-    d2_w_206 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 384:544].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_2) * 1.2909944487358056
+    d2_w_206 = torch.einsum("zuk,zkuv->zuv", (d_m[:, 384:544].reshape(n, 32, 5) * 1.2909944487358056), _c268)
     # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x3o -> 32x3o
-    d2_d_m_207 = torch.einsum("zuv,zui,zvj,ijk->zuk", d2_d_w[:, 736:768].reshape(n, 32, 1), h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_3) * 1.3228756555322954
+    _c270 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_3, _c249)
+    d2_d_m_207 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 736:768].reshape(n, 32, 1) * 1.3228756555322954), _c270)
     # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x3o -> 32x3o
-    d2_h_208 = torch.einsum("zuv,zuk,zvj,ijk->zui", d2_d_w[:, 736:768].reshape(n, 32, 1), d_m[:, 544:768].reshape(n, 32, 7), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_3) * 1.3228756555322954
+    _c271 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 544:768].reshape(n, 32, 7), sh[:, 9:16].reshape(n, 1, 7))
+    _c272 = torch.einsum("ijk,zjkuv->ziuv", cg_2_3_3, _c271)
+    d2_h_208 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 736:768].reshape(n, 32, 1) * 1.3228756555322954), _c272)
     # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x3o -> 32x3o
-    d2_sh_209 = torch.einsum("zuv,zuk,zui,ijk->zvj", d2_d_w[:, 736:768].reshape(n, 32, 1), d_m[:, 544:768].reshape(n, 32, 7), h[:, 128:288].reshape(n, 32, 5), cg_2_3_3) * 1.3228756555322954
+    _c273 = torch.einsum("ijk,ziku->zju", cg_2_3_3, _c199)
+    d2_sh_209 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 736:768].reshape(n, 32, 1) * 1.3228756555322954), _c273)
     # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x3o -> 32x3o
-    d2_d_m_210 = torch.einsum("zvj,zui,ijk,zuv->zuk", d2_d_sh[:, 9:16].reshape(n, 1, 7), h[:, 128:288].reshape(n, 32, 5), cg_2_3_3, w[:, 736:768].reshape(n, 32, 1)) * 1.3228756555322954
+    _c274 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_3, _c254)
+    d2_d_m_210 = torch.einsum("zuv,zkuv->zuk", (w[:, 736:768].reshape(n, 32, 1) * 1.3228756555322954), _c274)
     # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x3o -> 32x3o
-    d2_h_211 = torch.einsum("zvj,zuk,ijk,zuv->zui", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 544:768].reshape(n, 32, 7), cg_2_3_3, w[:, 736:768].reshape(n, 32, 1)) * 1.3228756555322954
+    _c275 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 544:768].reshape(n, 32, 7))
+    _c276 = torch.einsum("ijk,zjkuv->ziuv", cg_2_3_3, _c275)
+    d2_h_211 = torch.einsum("zuv,ziuv->zui", (w[:, 736:768].reshape(n, 32, 1) * 1.3228756555322954), _c276)
     # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x3o -> 32x3o
-    d2_w_212 = torch.einsum("zvj,zuk,zui,ijk->zuv", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 544:768].reshape(n, 32, 7), h[:, 128:288].reshape(n, 32, 5), cg_2_3_3) * 1.3228756555322954
+    d2_w_212 = torch.einsum("zui,ziuv->zuv", (h[:, 128:288].reshape(n, 32, 5) * 1.3228756555322954), _c276)
     # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x3o -> 32x3o
-    d2_d_m_213 = torch.einsum("zui,zvj,ijk,zuv->zuk", d2_d_h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_3, w[:, 736:768].reshape(n, 32, 1)) * 1.3228756555322954
+    _c277 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_3, _c258)
+    d2_d_m_213 = torch.einsum("zuv,zkuv->zuk", (w[:, 736:768].reshape(n, 32, 1) * 1.3228756555322954), _c277)
     # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x3o -> 32x3o
-    d2_sh_214 = torch.einsum("zui,zuk,ijk,zuv->zvj", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 544:768].reshape(n, 32, 7), cg_2_3_3, w[:, 736:768].reshape(n, 32, 1)) * 1.3228756555322954
+    _c278 = torch.einsum("ijk,ziku->zju", cg_2_3_3, _c206)
+    d2_sh_214 = torch.einsum("zuv,zju->zvj", (w[:, 736:768].reshape(n, 32, 1) * 1.3228756555322954), _c278)
     # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x3o -> 32x3o
-    d2_w_215 = torch.einsum("zui,zuk,zvj,ijk->zuv", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 544:768].reshape(n, 32, 7), sh[:, 9:16].reshape(n, 1, 7), cg_2_3_3) * 1.3228756555322954
+    d2_w_215 = torch.einsum("zui,ziuv->zuv", (d2_d_h[:, 128:288].reshape(n, 32, 5) * 1.3228756555322954), _c272)
     d2_h = torch.cat([
         (d2_h_1 + d2_h_4 + d2_h_10 + d2_h_13 + d2_h_19 + d2_h_22 + d2_h_28 + d2_h_31).reshape(n, 32),
         (d2_h_37 + d2_h_40 + d2_h_46 + d2_h_49 + d2_h_55 + d2_h_58 + d2_h_64 + d2_h_67 + d2_h_73 + d2_h_76 + d2_h_82 + d2_h_85 + d2_h_91 + d2_h_94 + d2_h_100 + d2_h_103 + d2_h_109 + d2_h_112).reshape(n, 96),
@@ -1861,31 +2514,53 @@ def _elementwise_tp(
     """elementwise_tp on rows: a (n, 144), b (n, 144) -> c (n, 192)."""
     n = a.shape[0]
     # 16x0e ⊗ 16x0e -> 16x0e
-    c_0 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16)) * 0.5773502691896257
+    _c0 = torch.einsum("zui,zuj->ziju", a[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1))
+    _c1 = torch.einsum("ijk,u->ijku", cg_0_0_0, weight[0:16].view(16))
+    c_0 = torch.einsum("ziju,ijku->zuk", _c0, (_c1 * 0.5773502691896257))
     # 16x0e ⊗ 16x1o -> 16x1o
-    c_1 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16)) * 0.8660254037844386
+    _c2 = torch.einsum("zui,zuj->ziju", a[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3))
+    _c3 = torch.einsum("ijk,u->ijku", cg_0_1_1, weight[16:32].view(16))
+    c_1 = torch.einsum("ziju,ijku->zuk", _c2, (_c3 * 0.8660254037844386))
     # 16x0e ⊗ 16x2e -> 16x2e
-    c_2 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16)) * 1.118033988749895
+    _c4 = torch.einsum("zui,zuj->ziju", a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5))
+    _c5 = torch.einsum("ijk,u->ijku", cg_0_2_2, weight[32:48].view(16))
+    c_2 = torch.einsum("ziju,ijku->zuk", _c4, (_c5 * 1.118033988749895))
     # 16x1o ⊗ 16x0e -> 16x1o
-    c_3 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1), cg_1_0_1, weight[48:64].view(16)) * 0.8660254037844386
+    _c6 = torch.einsum("zui,zuj->ziju", a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1))
+    _c7 = torch.einsum("ijk,u->ijku", cg_1_0_1, weight[48:64].view(16))
+    c_3 = torch.einsum("ziju,ijku->zuk", _c6, (_c7 * 0.8660254037844386))
     # 16x1o ⊗ 16x1o -> 16x0e
-    c_4 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_1_1_0, weight[64:80].view(16)) * 0.5773502691896257
+    _c8 = torch.einsum("zui,zuj->ziju", a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    _c9 = torch.einsum("ijk,u->ijku", cg_1_1_0, weight[64:80].view(16))
+    c_4 = torch.einsum("ziju,ijku->zuk", _c8, (_c9 * 0.5773502691896257))
     # 16x1o ⊗ 16x1o -> 16x2e
-    c_5 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_1_1_2, weight[80:96].view(16)) * 1.118033988749895
+    _c10 = torch.einsum("ijk,u->ijku", cg_1_1_2, weight[80:96].view(16))
+    c_5 = torch.einsum("ziju,ijku->zuk", _c8, (_c10 * 1.118033988749895))
     # 16x1o ⊗ 16x1o -> 16x1e
-    c_6 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_1_1_1, weight[96:112].view(16)) * 1.224744871391589
+    _c11 = torch.einsum("ijk,u->ijku", cg_1_1_1, weight[96:112].view(16))
+    c_6 = torch.einsum("ziju,ijku->zuk", _c8, (_c11 * 1.224744871391589))
     # 16x1o ⊗ 16x2e -> 16x1o
-    c_7 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5), cg_1_2_1, weight[112:128].view(16)) * 0.8660254037844386
+    _c12 = torch.einsum("zui,zuj->ziju", a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    _c13 = torch.einsum("ijk,u->ijku", cg_1_2_1, weight[112:128].view(16))
+    c_7 = torch.einsum("ziju,ijku->zuk", _c12, (_c13 * 0.8660254037844386))
     # 16x2e ⊗ 16x0e -> 16x2e
-    c_8 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), cg_2_0_2, weight[128:144].view(16)) * 1.118033988749895
+    _c14 = torch.einsum("zui,zuj->ziju", a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1))
+    _c15 = torch.einsum("ijk,u->ijku", cg_2_0_2, weight[128:144].view(16))
+    c_8 = torch.einsum("ziju,ijku->zuk", _c14, (_c15 * 1.118033988749895))
     # 16x2e ⊗ 16x1o -> 16x1o
-    c_9 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3), cg_2_1_1, weight[144:160].view(16)) * 0.8660254037844386
+    _c16 = torch.einsum("zui,zuj->ziju", a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
+    _c17 = torch.einsum("ijk,u->ijku", cg_2_1_1, weight[144:160].view(16))
+    c_9 = torch.einsum("ziju,ijku->zuk", _c16, (_c17 * 0.8660254037844386))
     # 16x2e ⊗ 16x2e -> 16x0e
-    c_10 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_2_2_0, weight[160:176].view(16)) * 0.5773502691896257
+    _c18 = torch.einsum("zui,zuj->ziju", a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
+    _c19 = torch.einsum("ijk,u->ijku", cg_2_2_0, weight[160:176].view(16))
+    c_10 = torch.einsum("ziju,ijku->zuk", _c18, (_c19 * 0.5773502691896257))
     # 16x2e ⊗ 16x2e -> 16x2e
-    c_11 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_2_2_2, weight[176:192].view(16)) * 1.118033988749895
+    _c20 = torch.einsum("ijk,u->ijku", cg_2_2_2, weight[176:192].view(16))
+    c_11 = torch.einsum("ziju,ijku->zuk", _c18, (_c20 * 1.118033988749895))
     # 16x2e ⊗ 16x2e -> 16x1e
-    c_12 = torch.einsum("zui,zuj,ijk,u->zuk", a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_2_2_1, weight[192:208].view(16)) * 1.224744871391589
+    _c21 = torch.einsum("ijk,u->ijku", cg_2_2_1, weight[192:208].view(16))
+    c_12 = torch.einsum("ziju,ijku->zuk", _c18, (_c21 * 1.224744871391589))
     c = torch.cat([
         (c_0 + c_4 + c_10).reshape(n, 16),
         (c_1 + c_3 + c_7 + c_9).reshape(n, 48),
@@ -1905,83 +2580,131 @@ def _elementwise_tp_d(
     """the vector-Jacobian product of elementwise_tp: a (n, 144), b (n, 144), d_c (n, 192) -> d_a (n, 144), d_b (n, 144), d_weight (208,)."""
     n = a.shape[0]
     # ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
-    d_a_0 = torch.einsum("zuk,zuj,ijk,u->zui", d_c[:, 144:192].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5), cg_2_2_1, weight[192:208].view(16)) * 1.224744871391589
+    _c0 = torch.einsum("zuk,zuj->zjku", d_c[:, 144:192].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    _c1 = torch.einsum("ijk,u->ijku", cg_2_2_1, weight[192:208].view(16))
+    d_a_0 = torch.einsum("zjku,ijku->zui", _c0, (_c1 * 1.224744871391589))
     # ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
-    d_b_1 = torch.einsum("zuk,zui,ijk,u->zuj", d_c[:, 144:192].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5), cg_2_2_1, weight[192:208].view(16)) * 1.224744871391589
+    _c2 = torch.einsum("zuk,zui->ziku", d_c[:, 144:192].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
+    d_b_1 = torch.einsum("ziku,ijku->zuj", _c2, (_c1 * 1.224744871391589))
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    d_weight_2 = torch.einsum("zuk,zui,zuj,ijk->u", d_c[:, 144:192].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_2_2_1) * 1.224744871391589
+    _c3 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c2)
+    d_weight_2 = torch.einsum("ijk,ijku->u", (cg_2_2_1 * 1.224744871391589), _c3)
     # ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
-    d_a_3 = torch.einsum("zuk,zuj,ijk,u->zui", d_c[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_2_2_2, weight[176:192].view(16)) * 1.118033988749895
+    _c4 = torch.einsum("zuk,zuj->zjku", d_c[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
+    _c5 = torch.einsum("ijk,u->ijku", cg_2_2_2, weight[176:192].view(16))
+    d_a_3 = torch.einsum("zjku,ijku->zui", _c4, (_c5 * 1.118033988749895))
     # ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
-    d_b_4 = torch.einsum("zuk,zui,ijk,u->zuj", d_c[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5), cg_2_2_2, weight[176:192].view(16)) * 1.118033988749895
+    _c6 = torch.einsum("zuk,zui->ziku", d_c[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5))
+    d_b_4 = torch.einsum("ziku,ijku->zuj", _c6, (_c5 * 1.118033988749895))
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    d_weight_5 = torch.einsum("zuk,zui,zuj,ijk->u", d_c[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_2_2_2) * 1.118033988749895
+    _c7 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c6)
+    d_weight_5 = torch.einsum("ijk,ijku->u", (cg_2_2_2 * 1.118033988749895), _c7)
     # ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
-    d_a_6 = torch.einsum("zuk,zuj,ijk,u->zui", d_c[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5), cg_2_2_0, weight[160:176].view(16)) * 0.5773502691896257
+    _c8 = torch.einsum("zuk,zuj->zjku", d_c[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5))
+    _c9 = torch.einsum("ijk,u->ijku", cg_2_2_0, weight[160:176].view(16))
+    d_a_6 = torch.einsum("zjku,ijku->zui", _c8, (_c9 * 0.5773502691896257))
     # ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
-    d_b_7 = torch.einsum("zuk,zui,ijk,u->zuj", d_c[:, 0:16].reshape(n, 16, 1), a[:, 64:144].reshape(n, 16, 5), cg_2_2_0, weight[160:176].view(16)) * 0.5773502691896257
+    _c10 = torch.einsum("zuk,zui->ziku", d_c[:, 0:16].reshape(n, 16, 1), a[:, 64:144].reshape(n, 16, 5))
+    d_b_7 = torch.einsum("ziku,ijku->zuj", _c10, (_c9 * 0.5773502691896257))
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    d_weight_8 = torch.einsum("zuk,zui,zuj,ijk->u", d_c[:, 0:16].reshape(n, 16, 1), a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_2_2_0) * 0.5773502691896257
+    _c11 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c10)
+    d_weight_8 = torch.einsum("ijk,ijku->u", (cg_2_2_0 * 0.5773502691896257), _c11)
     # ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
-    d_a_9 = torch.einsum("zuk,zuj,ijk,u->zui", d_c[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_2_1_1, weight[144:160].view(16)) * 0.8660254037844386
+    _c12 = torch.einsum("zuk,zuj->zjku", d_c[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    _c13 = torch.einsum("ijk,u->ijku", cg_2_1_1, weight[144:160].view(16))
+    d_a_9 = torch.einsum("zjku,ijku->zui", _c12, (_c13 * 0.8660254037844386))
     # ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
-    d_b_10 = torch.einsum("zuk,zui,ijk,u->zuj", d_c[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5), cg_2_1_1, weight[144:160].view(16)) * 0.8660254037844386
+    _c14 = torch.einsum("zuk,zui->ziku", d_c[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
+    d_b_10 = torch.einsum("ziku,ijku->zuj", _c14, (_c13 * 0.8660254037844386))
     # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    d_weight_11 = torch.einsum("zuk,zui,zuj,ijk->u", d_c[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3), cg_2_1_1) * 0.8660254037844386
+    _c15 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c14)
+    d_weight_11 = torch.einsum("ijk,ijku->u", (cg_2_1_1 * 0.8660254037844386), _c15)
     # ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
-    d_a_12 = torch.einsum("zuk,zuj,ijk,u->zui", d_c[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), cg_2_0_2, weight[128:144].view(16)) * 1.118033988749895
+    _c16 = torch.einsum("zuk,zuj->zjku", d_c[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1))
+    _c17 = torch.einsum("ijk,u->ijku", cg_2_0_2, weight[128:144].view(16))
+    d_a_12 = torch.einsum("zjku,ijku->zui", _c16, (_c17 * 1.118033988749895))
     # ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
-    d_b_13 = torch.einsum("zuk,zui,ijk,u->zuj", d_c[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5), cg_2_0_2, weight[128:144].view(16)) * 1.118033988749895
+    d_b_13 = torch.einsum("ziku,ijku->zuj", _c6, (_c17 * 1.118033988749895))
     # ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    d_weight_14 = torch.einsum("zuk,zui,zuj,ijk->u", d_c[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), cg_2_0_2) * 1.118033988749895
+    _c18 = torch.einsum("zuj,ziku->ijku", b[:, 0:16].reshape(n, 16, 1), _c6)
+    d_weight_14 = torch.einsum("ijk,ijku->u", (cg_2_0_2 * 1.118033988749895), _c18)
     # ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
-    d_a_15 = torch.einsum("zuk,zuj,ijk,u->zui", d_c[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5), cg_1_2_1, weight[112:128].view(16)) * 0.8660254037844386
+    _c19 = torch.einsum("zuk,zuj->zjku", d_c[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    _c20 = torch.einsum("ijk,u->ijku", cg_1_2_1, weight[112:128].view(16))
+    d_a_15 = torch.einsum("zjku,ijku->zui", _c19, (_c20 * 0.8660254037844386))
     # ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
-    d_b_16 = torch.einsum("zuk,zui,ijk,u->zuj", d_c[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3), cg_1_2_1, weight[112:128].view(16)) * 0.8660254037844386
+    _c21 = torch.einsum("zuk,zui->ziku", d_c[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
+    d_b_16 = torch.einsum("ziku,ijku->zuj", _c21, (_c20 * 0.8660254037844386))
     # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    d_weight_17 = torch.einsum("zuk,zui,zuj,ijk->u", d_c[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5), cg_1_2_1) * 0.8660254037844386
+    _c22 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c21)
+    d_weight_17 = torch.einsum("ijk,ijku->u", (cg_1_2_1 * 0.8660254037844386), _c22)
     # ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
-    d_a_18 = torch.einsum("zuk,zuj,ijk,u->zui", d_c[:, 144:192].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_1_1_1, weight[96:112].view(16)) * 1.224744871391589
+    _c23 = torch.einsum("zuk,zuj->zjku", d_c[:, 144:192].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    _c24 = torch.einsum("ijk,u->ijku", cg_1_1_1, weight[96:112].view(16))
+    d_a_18 = torch.einsum("zjku,ijku->zui", _c23, (_c24 * 1.224744871391589))
     # ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
-    d_b_19 = torch.einsum("zuk,zui,ijk,u->zuj", d_c[:, 144:192].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3), cg_1_1_1, weight[96:112].view(16)) * 1.224744871391589
+    _c25 = torch.einsum("zuk,zui->ziku", d_c[:, 144:192].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
+    d_b_19 = torch.einsum("ziku,ijku->zuj", _c25, (_c24 * 1.224744871391589))
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    d_weight_20 = torch.einsum("zuk,zui,zuj,ijk->u", d_c[:, 144:192].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_1_1_1) * 1.224744871391589
+    _c26 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c25)
+    d_weight_20 = torch.einsum("ijk,ijku->u", (cg_1_1_1 * 1.224744871391589), _c26)
     # ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
-    d_a_21 = torch.einsum("zuk,zuj,ijk,u->zui", d_c[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3), cg_1_1_2, weight[80:96].view(16)) * 1.118033988749895
+    _c27 = torch.einsum("zuk,zuj->zjku", d_c[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
+    _c28 = torch.einsum("ijk,u->ijku", cg_1_1_2, weight[80:96].view(16))
+    d_a_21 = torch.einsum("zjku,ijku->zui", _c27, (_c28 * 1.118033988749895))
     # ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
-    d_b_22 = torch.einsum("zuk,zui,ijk,u->zuj", d_c[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3), cg_1_1_2, weight[80:96].view(16)) * 1.118033988749895
+    _c29 = torch.einsum("zuk,zui->ziku", d_c[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3))
+    d_b_22 = torch.einsum("ziku,ijku->zuj", _c29, (_c28 * 1.118033988749895))
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    d_weight_23 = torch.einsum("zuk,zui,zuj,ijk->u", d_c[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_1_1_2) * 1.118033988749895
+    _c30 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c29)
+    d_weight_23 = torch.einsum("ijk,ijku->u", (cg_1_1_2 * 1.118033988749895), _c30)
     # ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
-    d_a_24 = torch.einsum("zuk,zuj,ijk,u->zui", d_c[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3), cg_1_1_0, weight[64:80].view(16)) * 0.5773502691896257
+    _c31 = torch.einsum("zuk,zuj->zjku", d_c[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3))
+    _c32 = torch.einsum("ijk,u->ijku", cg_1_1_0, weight[64:80].view(16))
+    d_a_24 = torch.einsum("zjku,ijku->zui", _c31, (_c32 * 0.5773502691896257))
     # ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
-    d_b_25 = torch.einsum("zuk,zui,ijk,u->zuj", d_c[:, 0:16].reshape(n, 16, 1), a[:, 16:64].reshape(n, 16, 3), cg_1_1_0, weight[64:80].view(16)) * 0.5773502691896257
+    _c33 = torch.einsum("zuk,zui->ziku", d_c[:, 0:16].reshape(n, 16, 1), a[:, 16:64].reshape(n, 16, 3))
+    d_b_25 = torch.einsum("ziku,ijku->zuj", _c33, (_c32 * 0.5773502691896257))
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    d_weight_26 = torch.einsum("zuk,zui,zuj,ijk->u", d_c[:, 0:16].reshape(n, 16, 1), a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_1_1_0) * 0.5773502691896257
+    _c34 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c33)
+    d_weight_26 = torch.einsum("ijk,ijku->u", (cg_1_1_0 * 0.5773502691896257), _c34)
     # ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
-    d_a_27 = torch.einsum("zuk,zuj,ijk,u->zui", d_c[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1), cg_1_0_1, weight[48:64].view(16)) * 0.8660254037844386
+    _c35 = torch.einsum("zuk,zuj->zjku", d_c[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1))
+    _c36 = torch.einsum("ijk,u->ijku", cg_1_0_1, weight[48:64].view(16))
+    d_a_27 = torch.einsum("zjku,ijku->zui", _c35, (_c36 * 0.8660254037844386))
     # ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
-    d_b_28 = torch.einsum("zuk,zui,ijk,u->zuj", d_c[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3), cg_1_0_1, weight[48:64].view(16)) * 0.8660254037844386
+    d_b_28 = torch.einsum("ziku,ijku->zuj", _c21, (_c36 * 0.8660254037844386))
     # ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    d_weight_29 = torch.einsum("zuk,zui,zuj,ijk->u", d_c[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1), cg_1_0_1) * 0.8660254037844386
+    _c37 = torch.einsum("zuj,ziku->ijku", b[:, 0:16].reshape(n, 16, 1), _c21)
+    d_weight_29 = torch.einsum("ijk,ijku->u", (cg_1_0_1 * 0.8660254037844386), _c37)
     # ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
-    d_a_30 = torch.einsum("zuk,zuj,ijk,u->zui", d_c[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16)) * 1.118033988749895
+    _c38 = torch.einsum("ijk,u->ijku", cg_0_2_2, weight[32:48].view(16))
+    d_a_30 = torch.einsum("zjku,ijku->zui", _c4, (_c38 * 1.118033988749895))
     # ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
-    d_b_31 = torch.einsum("zuk,zui,ijk,u->zuj", d_c[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1), cg_0_2_2, weight[32:48].view(16)) * 1.118033988749895
+    _c39 = torch.einsum("zuk,zui->ziku", d_c[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1))
+    d_b_31 = torch.einsum("ziku,ijku->zuj", _c39, (_c38 * 1.118033988749895))
     # ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    d_weight_32 = torch.einsum("zuk,zui,zuj,ijk->u", d_c[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5), cg_0_2_2) * 1.118033988749895
+    _c40 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c39)
+    d_weight_32 = torch.einsum("ijk,ijku->u", (cg_0_2_2 * 1.118033988749895), _c40)
     # ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
-    d_a_33 = torch.einsum("zuk,zuj,ijk,u->zui", d_c[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16)) * 0.8660254037844386
+    _c41 = torch.einsum("ijk,u->ijku", cg_0_1_1, weight[16:32].view(16))
+    d_a_33 = torch.einsum("zjku,ijku->zui", _c12, (_c41 * 0.8660254037844386))
     # ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
-    d_b_34 = torch.einsum("zuk,zui,ijk,u->zuj", d_c[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1), cg_0_1_1, weight[16:32].view(16)) * 0.8660254037844386
+    _c42 = torch.einsum("zuk,zui->ziku", d_c[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1))
+    d_b_34 = torch.einsum("ziku,ijku->zuj", _c42, (_c41 * 0.8660254037844386))
     # ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
-    d_weight_35 = torch.einsum("zuk,zui,zuj,ijk->u", d_c[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3), cg_0_1_1) * 0.8660254037844386
+    _c43 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c42)
+    d_weight_35 = torch.einsum("ijk,ijku->u", (cg_0_1_1 * 0.8660254037844386), _c43)
     # ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
-    d_a_36 = torch.einsum("zuk,zuj,ijk,u->zui", d_c[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16)) * 0.5773502691896257
+    _c44 = torch.einsum("zuk,zuj->zjku", d_c[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1))
+    _c45 = torch.einsum("ijk,u->ijku", cg_0_0_0, weight[0:16].view(16))
+    d_a_36 = torch.einsum("zjku,ijku->zui", _c44, (_c45 * 0.5773502691896257))
     # ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
-    d_b_37 = torch.einsum("zuk,zui,ijk,u->zuj", d_c[:, 0:16].reshape(n, 16, 1), a[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16)) * 0.5773502691896257
+    _c46 = torch.einsum("zuk,zui->ziku", d_c[:, 0:16].reshape(n, 16, 1), a[:, 0:16].reshape(n, 16, 1))
+    d_b_37 = torch.einsum("ziku,ijku->zuj", _c46, (_c45 * 0.5773502691896257))
     # ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
-    d_weight_38 = torch.einsum("zuk,zui,zuj,ijk->u", d_c[:, 0:16].reshape(n, 16, 1), a[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1), cg_0_0_0) * 0.5773502691896257
+    _c47 = torch.einsum("zuj,ziku->ijku", b[:, 0:16].reshape(n, 16, 1), _c46)
+    d_weight_38 = torch.einsum("ijk,ijku->u", (cg_0_0_0 * 0.5773502691896257), _c47)
     d_a = torch.cat([
         (d_a_30 + d_a_33 + d_a_36).reshape(n, 16),
         (d_a_15 + d_a_18 + d_a_21 + d_a_24 + d_a_27).reshape(n, 48),
@@ -2020,239 +2743,362 @@ def _elementwise_tp_d_d2(
     """the vector-Jacobian product of elementwise_tp_d: a (n, 144), b (n, 144), d_c (n, 192), d2_d_a (n, 144), d2_d_b (n, 144), d2_d_weight (208,) -> d2_a (n, 144), d2_b (n, 144), d2_d_c (n, 192), d2_weight (208,)."""
     n = a.shape[0]
     # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
-    d2_d_c_0 = torch.einsum("u,zui,zuj,ijk->zuk", d2_d_weight[0:16].view(16), a[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1), cg_0_0_0) * 0.5773502691896257
+    _c0 = torch.einsum("u,ijk->ijku", d2_d_weight[0:16].view(16), cg_0_0_0)
+    _c1 = torch.einsum("zui,zuj->ziju", a[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1))
+    d2_d_c_0 = torch.einsum("ijku,ziju->zuk", (_c0 * 0.5773502691896257), _c1)
     # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
-    d2_a_1 = torch.einsum("u,zuk,zuj,ijk->zui", d2_d_weight[0:16].view(16), d_c[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1), cg_0_0_0) * 0.5773502691896257
+    _c2 = torch.einsum("zuk,zuj->zjku", d_c[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1))
+    d2_a_1 = torch.einsum("ijku,zjku->zui", (_c0 * 0.5773502691896257), _c2)
     # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
-    d2_b_2 = torch.einsum("u,zuk,zui,ijk->zuj", d2_d_weight[0:16].view(16), d_c[:, 0:16].reshape(n, 16, 1), a[:, 0:16].reshape(n, 16, 1), cg_0_0_0) * 0.5773502691896257
+    _c3 = torch.einsum("zuk,zui->ziku", d_c[:, 0:16].reshape(n, 16, 1), a[:, 0:16].reshape(n, 16, 1))
+    d2_b_2 = torch.einsum("ijku,ziku->zuj", (_c0 * 0.5773502691896257), _c3)
     # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
-    d2_d_c_3 = torch.einsum("zuj,zui,ijk,u->zuk", d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16)) * 0.5773502691896257
+    _c4 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 0:16].reshape(n, 16, 1))
+    _c5 = torch.einsum("ijk,u->ijku", cg_0_0_0, weight[0:16].view(16))
+    d2_d_c_3 = torch.einsum("ziju,ijku->zuk", _c4, (_c5 * 0.5773502691896257))
     # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
-    d2_a_4 = torch.einsum("zuj,zuk,ijk,u->zui", d2_d_b[:, 0:16].reshape(n, 16, 1), d_c[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16)) * 0.5773502691896257
+    _c6 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 0:16].reshape(n, 16, 1), d_c[:, 0:16].reshape(n, 16, 1))
+    d2_a_4 = torch.einsum("zjku,ijku->zui", _c6, (_c5 * 0.5773502691896257))
     # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
-    d2_weight_5 = torch.einsum("zuj,zuk,zui,ijk->u", d2_d_b[:, 0:16].reshape(n, 16, 1), d_c[:, 0:16].reshape(n, 16, 1), a[:, 0:16].reshape(n, 16, 1), cg_0_0_0) * 0.5773502691896257
+    _c7 = torch.einsum("zui,zjku->ijku", a[:, 0:16].reshape(n, 16, 1), _c6)
+    d2_weight_5 = torch.einsum("ijk,ijku->u", (cg_0_0_0 * 0.5773502691896257), _c7)
     # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
-    d2_d_c_6 = torch.einsum("zui,zuj,ijk,u->zuk", d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16)) * 0.5773502691896257
+    _c8 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1))
+    d2_d_c_6 = torch.einsum("ziju,ijku->zuk", _c8, (_c5 * 0.5773502691896257))
     # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
-    d2_b_7 = torch.einsum("zui,zuk,ijk,u->zuj", d2_d_a[:, 0:16].reshape(n, 16, 1), d_c[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16)) * 0.5773502691896257
+    _c9 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 0:16].reshape(n, 16, 1), d_c[:, 0:16].reshape(n, 16, 1))
+    d2_b_7 = torch.einsum("ziku,ijku->zuj", _c9, (_c5 * 0.5773502691896257))
     # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
-    d2_weight_8 = torch.einsum("zui,zuk,zuj,ijk->u", d2_d_a[:, 0:16].reshape(n, 16, 1), d_c[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1), cg_0_0_0) * 0.5773502691896257
+    _c10 = torch.einsum("zuj,ziku->ijku", b[:, 0:16].reshape(n, 16, 1), _c9)
+    d2_weight_8 = torch.einsum("ijk,ijku->u", (cg_0_0_0 * 0.5773502691896257), _c10)
     # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
-    d2_d_c_9 = torch.einsum("u,zui,zuj,ijk->zuk", d2_d_weight[16:32].view(16), a[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3), cg_0_1_1) * 0.8660254037844386
+    _c11 = torch.einsum("u,ijk->ijku", d2_d_weight[16:32].view(16), cg_0_1_1)
+    _c12 = torch.einsum("zui,zuj->ziju", a[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3))
+    d2_d_c_9 = torch.einsum("ijku,ziju->zuk", (_c11 * 0.8660254037844386), _c12)
     # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
-    d2_a_10 = torch.einsum("u,zuk,zuj,ijk->zui", d2_d_weight[16:32].view(16), d_c[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_0_1_1) * 0.8660254037844386
+    _c13 = torch.einsum("zuk,zuj->zjku", d_c[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    d2_a_10 = torch.einsum("ijku,zjku->zui", (_c11 * 0.8660254037844386), _c13)
     # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
-    d2_b_11 = torch.einsum("u,zuk,zui,ijk->zuj", d2_d_weight[16:32].view(16), d_c[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1), cg_0_1_1) * 0.8660254037844386
+    _c14 = torch.einsum("zuk,zui->ziku", d_c[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1))
+    d2_b_11 = torch.einsum("ijku,ziku->zuj", (_c11 * 0.8660254037844386), _c14)
     # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
-    d2_d_c_12 = torch.einsum("zuj,zui,ijk,u->zuk", d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1), cg_0_1_1, weight[16:32].view(16)) * 0.8660254037844386
+    _c15 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1))
+    _c16 = torch.einsum("ijk,u->ijku", cg_0_1_1, weight[16:32].view(16))
+    d2_d_c_12 = torch.einsum("ziju,ijku->zuk", _c15, (_c16 * 0.8660254037844386))
     # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
-    d2_a_13 = torch.einsum("zuj,zuk,ijk,u->zui", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16)) * 0.8660254037844386
+    _c17 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 16:64].reshape(n, 16, 3))
+    d2_a_13 = torch.einsum("zjku,ijku->zui", _c17, (_c16 * 0.8660254037844386))
     # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
-    d2_weight_14 = torch.einsum("zuj,zuk,zui,ijk->u", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1), cg_0_1_1) * 0.8660254037844386
+    _c18 = torch.einsum("zui,zjku->ijku", a[:, 0:16].reshape(n, 16, 1), _c17)
+    d2_weight_14 = torch.einsum("ijk,ijku->u", (cg_0_1_1 * 0.8660254037844386), _c18)
     # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
-    d2_d_c_15 = torch.einsum("zui,zuj,ijk,u->zuk", d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16)) * 0.8660254037844386
+    _c19 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3))
+    d2_d_c_15 = torch.einsum("ziju,ijku->zuk", _c19, (_c16 * 0.8660254037844386))
     # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
-    d2_b_16 = torch.einsum("zui,zuk,ijk,u->zuj", d2_d_a[:, 0:16].reshape(n, 16, 1), d_c[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16)) * 0.8660254037844386
+    _c20 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 0:16].reshape(n, 16, 1), d_c[:, 16:64].reshape(n, 16, 3))
+    d2_b_16 = torch.einsum("ziku,ijku->zuj", _c20, (_c16 * 0.8660254037844386))
     # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
-    d2_weight_17 = torch.einsum("zui,zuk,zuj,ijk->u", d2_d_a[:, 0:16].reshape(n, 16, 1), d_c[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_0_1_1) * 0.8660254037844386
+    _c21 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c20)
+    d2_weight_17 = torch.einsum("ijk,ijku->u", (cg_0_1_1 * 0.8660254037844386), _c21)
     # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    d2_d_c_18 = torch.einsum("u,zui,zuj,ijk->zuk", d2_d_weight[32:48].view(16), a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5), cg_0_2_2) * 1.118033988749895
+    _c22 = torch.einsum("u,ijk->ijku", d2_d_weight[32:48].view(16), cg_0_2_2)
+    _c23 = torch.einsum("zui,zuj->ziju", a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5))
+    d2_d_c_18 = torch.einsum("ijku,ziju->zuk", (_c22 * 1.118033988749895), _c23)
     # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    d2_a_19 = torch.einsum("u,zuk,zuj,ijk->zui", d2_d_weight[32:48].view(16), d_c[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_0_2_2) * 1.118033988749895
+    _c24 = torch.einsum("zuk,zuj->zjku", d_c[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
+    d2_a_19 = torch.einsum("ijku,zjku->zui", (_c22 * 1.118033988749895), _c24)
     # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    d2_b_20 = torch.einsum("u,zuk,zui,ijk->zuj", d2_d_weight[32:48].view(16), d_c[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1), cg_0_2_2) * 1.118033988749895
+    _c25 = torch.einsum("zuk,zui->ziku", d_c[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1))
+    d2_b_20 = torch.einsum("ijku,ziku->zuj", (_c22 * 1.118033988749895), _c25)
     # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
-    d2_d_c_21 = torch.einsum("zuj,zui,ijk,u->zuk", d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1), cg_0_2_2, weight[32:48].view(16)) * 1.118033988749895
+    _c26 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1))
+    _c27 = torch.einsum("ijk,u->ijku", cg_0_2_2, weight[32:48].view(16))
+    d2_d_c_21 = torch.einsum("ziju,ijku->zuk", _c26, (_c27 * 1.118033988749895))
     # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
-    d2_a_22 = torch.einsum("zuj,zuk,ijk,u->zui", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16)) * 1.118033988749895
+    _c28 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 64:144].reshape(n, 16, 5))
+    d2_a_22 = torch.einsum("zjku,ijku->zui", _c28, (_c27 * 1.118033988749895))
     # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
-    d2_weight_23 = torch.einsum("zuj,zuk,zui,ijk->u", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1), cg_0_2_2) * 1.118033988749895
+    _c29 = torch.einsum("zui,zjku->ijku", a[:, 0:16].reshape(n, 16, 1), _c28)
+    d2_weight_23 = torch.einsum("ijk,ijku->u", (cg_0_2_2 * 1.118033988749895), _c29)
     # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
-    d2_d_c_24 = torch.einsum("zui,zuj,ijk,u->zuk", d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16)) * 1.118033988749895
+    _c30 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5))
+    d2_d_c_24 = torch.einsum("ziju,ijku->zuk", _c30, (_c27 * 1.118033988749895))
     # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
-    d2_b_25 = torch.einsum("zui,zuk,ijk,u->zuj", d2_d_a[:, 0:16].reshape(n, 16, 1), d_c[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16)) * 1.118033988749895
+    _c31 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 0:16].reshape(n, 16, 1), d_c[:, 64:144].reshape(n, 16, 5))
+    d2_b_25 = torch.einsum("ziku,ijku->zuj", _c31, (_c27 * 1.118033988749895))
     # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
-    d2_weight_26 = torch.einsum("zui,zuk,zuj,ijk->u", d2_d_a[:, 0:16].reshape(n, 16, 1), d_c[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_0_2_2) * 1.118033988749895
+    _c32 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c31)
+    d2_weight_26 = torch.einsum("ijk,ijku->u", (cg_0_2_2 * 1.118033988749895), _c32)
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    d2_d_c_27 = torch.einsum("u,zui,zuj,ijk->zuk", d2_d_weight[48:64].view(16), a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1), cg_1_0_1) * 0.8660254037844386
+    _c33 = torch.einsum("u,ijk->ijku", d2_d_weight[48:64].view(16), cg_1_0_1)
+    _c34 = torch.einsum("zui,zuj->ziju", a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1))
+    d2_d_c_27 = torch.einsum("ijku,ziju->zuk", (_c33 * 0.8660254037844386), _c34)
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    d2_a_28 = torch.einsum("u,zuk,zuj,ijk->zui", d2_d_weight[48:64].view(16), d_c[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1), cg_1_0_1) * 0.8660254037844386
+    _c35 = torch.einsum("zuk,zuj->zjku", d_c[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1))
+    d2_a_28 = torch.einsum("ijku,zjku->zui", (_c33 * 0.8660254037844386), _c35)
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    d2_b_29 = torch.einsum("u,zuk,zui,ijk->zuj", d2_d_weight[48:64].view(16), d_c[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3), cg_1_0_1) * 0.8660254037844386
+    _c36 = torch.einsum("zuk,zui->ziku", d_c[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
+    d2_b_29 = torch.einsum("ijku,ziku->zuj", (_c33 * 0.8660254037844386), _c36)
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
-    d2_d_c_30 = torch.einsum("zuj,zui,ijk,u->zuk", d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 16:64].reshape(n, 16, 3), cg_1_0_1, weight[48:64].view(16)) * 0.8660254037844386
+    _c37 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 16:64].reshape(n, 16, 3))
+    _c38 = torch.einsum("ijk,u->ijku", cg_1_0_1, weight[48:64].view(16))
+    d2_d_c_30 = torch.einsum("ziju,ijku->zuk", _c37, (_c38 * 0.8660254037844386))
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
-    d2_a_31 = torch.einsum("zuj,zuk,ijk,u->zui", d2_d_b[:, 0:16].reshape(n, 16, 1), d_c[:, 16:64].reshape(n, 16, 3), cg_1_0_1, weight[48:64].view(16)) * 0.8660254037844386
+    _c39 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 0:16].reshape(n, 16, 1), d_c[:, 16:64].reshape(n, 16, 3))
+    d2_a_31 = torch.einsum("zjku,ijku->zui", _c39, (_c38 * 0.8660254037844386))
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
-    d2_weight_32 = torch.einsum("zuj,zuk,zui,ijk->u", d2_d_b[:, 0:16].reshape(n, 16, 1), d_c[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3), cg_1_0_1) * 0.8660254037844386
+    _c40 = torch.einsum("zui,zjku->ijku", a[:, 16:64].reshape(n, 16, 3), _c39)
+    d2_weight_32 = torch.einsum("ijk,ijku->u", (cg_1_0_1 * 0.8660254037844386), _c40)
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
-    d2_d_c_33 = torch.einsum("zui,zuj,ijk,u->zuk", d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1), cg_1_0_1, weight[48:64].view(16)) * 0.8660254037844386
+    _c41 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1))
+    d2_d_c_33 = torch.einsum("ziju,ijku->zuk", _c41, (_c38 * 0.8660254037844386))
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
-    d2_b_34 = torch.einsum("zui,zuk,ijk,u->zuj", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 16:64].reshape(n, 16, 3), cg_1_0_1, weight[48:64].view(16)) * 0.8660254037844386
+    _c42 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 16:64].reshape(n, 16, 3))
+    d2_b_34 = torch.einsum("ziku,ijku->zuj", _c42, (_c38 * 0.8660254037844386))
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
-    d2_weight_35 = torch.einsum("zui,zuk,zuj,ijk->u", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1), cg_1_0_1) * 0.8660254037844386
+    _c43 = torch.einsum("zuj,ziku->ijku", b[:, 0:16].reshape(n, 16, 1), _c42)
+    d2_weight_35 = torch.einsum("ijk,ijku->u", (cg_1_0_1 * 0.8660254037844386), _c43)
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    d2_d_c_36 = torch.einsum("u,zui,zuj,ijk->zuk", d2_d_weight[64:80].view(16), a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_1_1_0) * 0.5773502691896257
+    _c44 = torch.einsum("u,ijk->ijku", d2_d_weight[64:80].view(16), cg_1_1_0)
+    _c45 = torch.einsum("zui,zuj->ziju", a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    d2_d_c_36 = torch.einsum("ijku,ziju->zuk", (_c44 * 0.5773502691896257), _c45)
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    d2_a_37 = torch.einsum("u,zuk,zuj,ijk->zui", d2_d_weight[64:80].view(16), d_c[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3), cg_1_1_0) * 0.5773502691896257
+    _c46 = torch.einsum("zuk,zuj->zjku", d_c[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3))
+    d2_a_37 = torch.einsum("ijku,zjku->zui", (_c44 * 0.5773502691896257), _c46)
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    d2_b_38 = torch.einsum("u,zuk,zui,ijk->zuj", d2_d_weight[64:80].view(16), d_c[:, 0:16].reshape(n, 16, 1), a[:, 16:64].reshape(n, 16, 3), cg_1_1_0) * 0.5773502691896257
+    _c47 = torch.einsum("zuk,zui->ziku", d_c[:, 0:16].reshape(n, 16, 1), a[:, 16:64].reshape(n, 16, 3))
+    d2_b_38 = torch.einsum("ijku,ziku->zuj", (_c44 * 0.5773502691896257), _c47)
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
-    d2_d_c_39 = torch.einsum("zuj,zui,ijk,u->zuk", d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3), cg_1_1_0, weight[64:80].view(16)) * 0.5773502691896257
+    _c48 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
+    _c49 = torch.einsum("ijk,u->ijku", cg_1_1_0, weight[64:80].view(16))
+    d2_d_c_39 = torch.einsum("ziju,ijku->zuk", _c48, (_c49 * 0.5773502691896257))
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
-    d2_a_40 = torch.einsum("zuj,zuk,ijk,u->zui", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 0:16].reshape(n, 16, 1), cg_1_1_0, weight[64:80].view(16)) * 0.5773502691896257
+    _c50 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 0:16].reshape(n, 16, 1))
+    d2_a_40 = torch.einsum("zjku,ijku->zui", _c50, (_c49 * 0.5773502691896257))
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
-    d2_weight_41 = torch.einsum("zuj,zuk,zui,ijk->u", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 0:16].reshape(n, 16, 1), a[:, 16:64].reshape(n, 16, 3), cg_1_1_0) * 0.5773502691896257
+    _c51 = torch.einsum("zui,zjku->ijku", a[:, 16:64].reshape(n, 16, 3), _c50)
+    d2_weight_41 = torch.einsum("ijk,ijku->u", (cg_1_1_0 * 0.5773502691896257), _c51)
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
-    d2_d_c_42 = torch.einsum("zui,zuj,ijk,u->zuk", d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_1_1_0, weight[64:80].view(16)) * 0.5773502691896257
+    _c52 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    d2_d_c_42 = torch.einsum("ziju,ijku->zuk", _c52, (_c49 * 0.5773502691896257))
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
-    d2_b_43 = torch.einsum("zui,zuk,ijk,u->zuj", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 0:16].reshape(n, 16, 1), cg_1_1_0, weight[64:80].view(16)) * 0.5773502691896257
+    _c53 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 0:16].reshape(n, 16, 1))
+    d2_b_43 = torch.einsum("ziku,ijku->zuj", _c53, (_c49 * 0.5773502691896257))
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
-    d2_weight_44 = torch.einsum("zui,zuk,zuj,ijk->u", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3), cg_1_1_0) * 0.5773502691896257
+    _c54 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c53)
+    d2_weight_44 = torch.einsum("ijk,ijku->u", (cg_1_1_0 * 0.5773502691896257), _c54)
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    d2_d_c_45 = torch.einsum("u,zui,zuj,ijk->zuk", d2_d_weight[80:96].view(16), a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_1_1_2) * 1.118033988749895
+    _c55 = torch.einsum("u,ijk->ijku", d2_d_weight[80:96].view(16), cg_1_1_2)
+    d2_d_c_45 = torch.einsum("ijku,ziju->zuk", (_c55 * 1.118033988749895), _c45)
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    d2_a_46 = torch.einsum("u,zuk,zuj,ijk->zui", d2_d_weight[80:96].view(16), d_c[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3), cg_1_1_2) * 1.118033988749895
+    _c56 = torch.einsum("zuk,zuj->zjku", d_c[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
+    d2_a_46 = torch.einsum("ijku,zjku->zui", (_c55 * 1.118033988749895), _c56)
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    d2_b_47 = torch.einsum("u,zuk,zui,ijk->zuj", d2_d_weight[80:96].view(16), d_c[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3), cg_1_1_2) * 1.118033988749895
+    _c57 = torch.einsum("zuk,zui->ziku", d_c[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3))
+    d2_b_47 = torch.einsum("ijku,ziku->zuj", (_c55 * 1.118033988749895), _c57)
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
-    d2_d_c_48 = torch.einsum("zuj,zui,ijk,u->zuk", d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3), cg_1_1_2, weight[80:96].view(16)) * 1.118033988749895
+    _c58 = torch.einsum("ijk,u->ijku", cg_1_1_2, weight[80:96].view(16))
+    d2_d_c_48 = torch.einsum("ziju,ijku->zuk", _c48, (_c58 * 1.118033988749895))
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
-    d2_a_49 = torch.einsum("zuj,zuk,ijk,u->zui", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 64:144].reshape(n, 16, 5), cg_1_1_2, weight[80:96].view(16)) * 1.118033988749895
+    _c59 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 64:144].reshape(n, 16, 5))
+    d2_a_49 = torch.einsum("zjku,ijku->zui", _c59, (_c58 * 1.118033988749895))
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
-    d2_weight_50 = torch.einsum("zuj,zuk,zui,ijk->u", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3), cg_1_1_2) * 1.118033988749895
+    _c60 = torch.einsum("zui,zjku->ijku", a[:, 16:64].reshape(n, 16, 3), _c59)
+    d2_weight_50 = torch.einsum("ijk,ijku->u", (cg_1_1_2 * 1.118033988749895), _c60)
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
-    d2_d_c_51 = torch.einsum("zui,zuj,ijk,u->zuk", d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_1_1_2, weight[80:96].view(16)) * 1.118033988749895
+    d2_d_c_51 = torch.einsum("ziju,ijku->zuk", _c52, (_c58 * 1.118033988749895))
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
-    d2_b_52 = torch.einsum("zui,zuk,ijk,u->zuj", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 64:144].reshape(n, 16, 5), cg_1_1_2, weight[80:96].view(16)) * 1.118033988749895
+    _c61 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 64:144].reshape(n, 16, 5))
+    d2_b_52 = torch.einsum("ziku,ijku->zuj", _c61, (_c58 * 1.118033988749895))
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
-    d2_weight_53 = torch.einsum("zui,zuk,zuj,ijk->u", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3), cg_1_1_2) * 1.118033988749895
+    _c62 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c61)
+    d2_weight_53 = torch.einsum("ijk,ijku->u", (cg_1_1_2 * 1.118033988749895), _c62)
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    d2_d_c_54 = torch.einsum("u,zui,zuj,ijk->zuk", d2_d_weight[96:112].view(16), a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_1_1_1) * 1.224744871391589
+    _c63 = torch.einsum("u,ijk->ijku", d2_d_weight[96:112].view(16), cg_1_1_1)
+    d2_d_c_54 = torch.einsum("ijku,ziju->zuk", (_c63 * 1.224744871391589), _c45)
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    d2_a_55 = torch.einsum("u,zuk,zuj,ijk->zui", d2_d_weight[96:112].view(16), d_c[:, 144:192].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_1_1_1) * 1.224744871391589
+    _c64 = torch.einsum("zuk,zuj->zjku", d_c[:, 144:192].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    d2_a_55 = torch.einsum("ijku,zjku->zui", (_c63 * 1.224744871391589), _c64)
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    d2_b_56 = torch.einsum("u,zuk,zui,ijk->zuj", d2_d_weight[96:112].view(16), d_c[:, 144:192].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3), cg_1_1_1) * 1.224744871391589
+    _c65 = torch.einsum("zuk,zui->ziku", d_c[:, 144:192].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
+    d2_b_56 = torch.einsum("ijku,ziku->zuj", (_c63 * 1.224744871391589), _c65)
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
-    d2_d_c_57 = torch.einsum("zuj,zui,ijk,u->zuk", d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3), cg_1_1_1, weight[96:112].view(16)) * 1.224744871391589
+    _c66 = torch.einsum("ijk,u->ijku", cg_1_1_1, weight[96:112].view(16))
+    d2_d_c_57 = torch.einsum("ziju,ijku->zuk", _c48, (_c66 * 1.224744871391589))
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
-    d2_a_58 = torch.einsum("zuj,zuk,ijk,u->zui", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 144:192].reshape(n, 16, 3), cg_1_1_1, weight[96:112].view(16)) * 1.224744871391589
+    _c67 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 144:192].reshape(n, 16, 3))
+    d2_a_58 = torch.einsum("zjku,ijku->zui", _c67, (_c66 * 1.224744871391589))
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
-    d2_weight_59 = torch.einsum("zuj,zuk,zui,ijk->u", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 144:192].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3), cg_1_1_1) * 1.224744871391589
+    _c68 = torch.einsum("zui,zjku->ijku", a[:, 16:64].reshape(n, 16, 3), _c67)
+    d2_weight_59 = torch.einsum("ijk,ijku->u", (cg_1_1_1 * 1.224744871391589), _c68)
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
-    d2_d_c_60 = torch.einsum("zui,zuj,ijk,u->zuk", d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_1_1_1, weight[96:112].view(16)) * 1.224744871391589
+    d2_d_c_60 = torch.einsum("ziju,ijku->zuk", _c52, (_c66 * 1.224744871391589))
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
-    d2_b_61 = torch.einsum("zui,zuk,ijk,u->zuj", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 144:192].reshape(n, 16, 3), cg_1_1_1, weight[96:112].view(16)) * 1.224744871391589
+    _c69 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 144:192].reshape(n, 16, 3))
+    d2_b_61 = torch.einsum("ziku,ijku->zuj", _c69, (_c66 * 1.224744871391589))
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
-    d2_weight_62 = torch.einsum("zui,zuk,zuj,ijk->u", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 144:192].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_1_1_1) * 1.224744871391589
+    _c70 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c69)
+    d2_weight_62 = torch.einsum("ijk,ijku->u", (cg_1_1_1 * 1.224744871391589), _c70)
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    d2_d_c_63 = torch.einsum("u,zui,zuj,ijk->zuk", d2_d_weight[112:128].view(16), a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5), cg_1_2_1) * 0.8660254037844386
+    _c71 = torch.einsum("u,ijk->ijku", d2_d_weight[112:128].view(16), cg_1_2_1)
+    _c72 = torch.einsum("zui,zuj->ziju", a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    d2_d_c_63 = torch.einsum("ijku,ziju->zuk", (_c71 * 0.8660254037844386), _c72)
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    d2_a_64 = torch.einsum("u,zuk,zuj,ijk->zui", d2_d_weight[112:128].view(16), d_c[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5), cg_1_2_1) * 0.8660254037844386
+    _c73 = torch.einsum("zuk,zuj->zjku", d_c[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    d2_a_64 = torch.einsum("ijku,zjku->zui", (_c71 * 0.8660254037844386), _c73)
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    d2_b_65 = torch.einsum("u,zuk,zui,ijk->zuj", d2_d_weight[112:128].view(16), d_c[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3), cg_1_2_1) * 0.8660254037844386
+    d2_b_65 = torch.einsum("ijku,ziku->zuj", (_c71 * 0.8660254037844386), _c36)
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
-    d2_d_c_66 = torch.einsum("zuj,zui,ijk,u->zuk", d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3), cg_1_2_1, weight[112:128].view(16)) * 0.8660254037844386
+    _c74 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3))
+    _c75 = torch.einsum("ijk,u->ijku", cg_1_2_1, weight[112:128].view(16))
+    d2_d_c_66 = torch.einsum("ziju,ijku->zuk", _c74, (_c75 * 0.8660254037844386))
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
-    d2_a_67 = torch.einsum("zuj,zuk,ijk,u->zui", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 16:64].reshape(n, 16, 3), cg_1_2_1, weight[112:128].view(16)) * 0.8660254037844386
+    _c76 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 16:64].reshape(n, 16, 3))
+    d2_a_67 = torch.einsum("zjku,ijku->zui", _c76, (_c75 * 0.8660254037844386))
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
-    d2_weight_68 = torch.einsum("zuj,zuk,zui,ijk->u", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3), cg_1_2_1) * 0.8660254037844386
+    _c77 = torch.einsum("zui,zjku->ijku", a[:, 16:64].reshape(n, 16, 3), _c76)
+    d2_weight_68 = torch.einsum("ijk,ijku->u", (cg_1_2_1 * 0.8660254037844386), _c77)
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
-    d2_d_c_69 = torch.einsum("zui,zuj,ijk,u->zuk", d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5), cg_1_2_1, weight[112:128].view(16)) * 0.8660254037844386
+    _c78 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    d2_d_c_69 = torch.einsum("ziju,ijku->zuk", _c78, (_c75 * 0.8660254037844386))
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
-    d2_b_70 = torch.einsum("zui,zuk,ijk,u->zuj", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 16:64].reshape(n, 16, 3), cg_1_2_1, weight[112:128].view(16)) * 0.8660254037844386
+    d2_b_70 = torch.einsum("ziku,ijku->zuj", _c42, (_c75 * 0.8660254037844386))
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
-    d2_weight_71 = torch.einsum("zui,zuk,zuj,ijk->u", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5), cg_1_2_1) * 0.8660254037844386
+    _c79 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c42)
+    d2_weight_71 = torch.einsum("ijk,ijku->u", (cg_1_2_1 * 0.8660254037844386), _c79)
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    d2_d_c_72 = torch.einsum("u,zui,zuj,ijk->zuk", d2_d_weight[128:144].view(16), a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), cg_2_0_2) * 1.118033988749895
+    _c80 = torch.einsum("u,ijk->ijku", d2_d_weight[128:144].view(16), cg_2_0_2)
+    _c81 = torch.einsum("zui,zuj->ziju", a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1))
+    d2_d_c_72 = torch.einsum("ijku,ziju->zuk", (_c80 * 1.118033988749895), _c81)
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    d2_a_73 = torch.einsum("u,zuk,zuj,ijk->zui", d2_d_weight[128:144].view(16), d_c[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), cg_2_0_2) * 1.118033988749895
+    _c82 = torch.einsum("zuk,zuj->zjku", d_c[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1))
+    d2_a_73 = torch.einsum("ijku,zjku->zui", (_c80 * 1.118033988749895), _c82)
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    d2_b_74 = torch.einsum("u,zuk,zui,ijk->zuj", d2_d_weight[128:144].view(16), d_c[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5), cg_2_0_2) * 1.118033988749895
+    _c83 = torch.einsum("zuk,zui->ziku", d_c[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5))
+    d2_b_74 = torch.einsum("ijku,ziku->zuj", (_c80 * 1.118033988749895), _c83)
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
-    d2_d_c_75 = torch.einsum("zuj,zui,ijk,u->zuk", d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 64:144].reshape(n, 16, 5), cg_2_0_2, weight[128:144].view(16)) * 1.118033988749895
+    _c84 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 64:144].reshape(n, 16, 5))
+    _c85 = torch.einsum("ijk,u->ijku", cg_2_0_2, weight[128:144].view(16))
+    d2_d_c_75 = torch.einsum("ziju,ijku->zuk", _c84, (_c85 * 1.118033988749895))
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
-    d2_a_76 = torch.einsum("zuj,zuk,ijk,u->zui", d2_d_b[:, 0:16].reshape(n, 16, 1), d_c[:, 64:144].reshape(n, 16, 5), cg_2_0_2, weight[128:144].view(16)) * 1.118033988749895
+    _c86 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 0:16].reshape(n, 16, 1), d_c[:, 64:144].reshape(n, 16, 5))
+    d2_a_76 = torch.einsum("zjku,ijku->zui", _c86, (_c85 * 1.118033988749895))
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
-    d2_weight_77 = torch.einsum("zuj,zuk,zui,ijk->u", d2_d_b[:, 0:16].reshape(n, 16, 1), d_c[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5), cg_2_0_2) * 1.118033988749895
+    _c87 = torch.einsum("zui,zjku->ijku", a[:, 64:144].reshape(n, 16, 5), _c86)
+    d2_weight_77 = torch.einsum("ijk,ijku->u", (cg_2_0_2 * 1.118033988749895), _c87)
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
-    d2_d_c_78 = torch.einsum("zui,zuj,ijk,u->zuk", d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), cg_2_0_2, weight[128:144].view(16)) * 1.118033988749895
+    _c88 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1))
+    d2_d_c_78 = torch.einsum("ziju,ijku->zuk", _c88, (_c85 * 1.118033988749895))
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
-    d2_b_79 = torch.einsum("zui,zuk,ijk,u->zuj", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 64:144].reshape(n, 16, 5), cg_2_0_2, weight[128:144].view(16)) * 1.118033988749895
+    _c89 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 64:144].reshape(n, 16, 5))
+    d2_b_79 = torch.einsum("ziku,ijku->zuj", _c89, (_c85 * 1.118033988749895))
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
-    d2_weight_80 = torch.einsum("zui,zuk,zuj,ijk->u", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), cg_2_0_2) * 1.118033988749895
+    _c90 = torch.einsum("zuj,ziku->ijku", b[:, 0:16].reshape(n, 16, 1), _c89)
+    d2_weight_80 = torch.einsum("ijk,ijku->u", (cg_2_0_2 * 1.118033988749895), _c90)
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    d2_d_c_81 = torch.einsum("u,zui,zuj,ijk->zuk", d2_d_weight[144:160].view(16), a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3), cg_2_1_1) * 0.8660254037844386
+    _c91 = torch.einsum("u,ijk->ijku", d2_d_weight[144:160].view(16), cg_2_1_1)
+    _c92 = torch.einsum("zui,zuj->ziju", a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
+    d2_d_c_81 = torch.einsum("ijku,ziju->zuk", (_c91 * 0.8660254037844386), _c92)
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    d2_a_82 = torch.einsum("u,zuk,zuj,ijk->zui", d2_d_weight[144:160].view(16), d_c[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_2_1_1) * 0.8660254037844386
+    d2_a_82 = torch.einsum("ijku,zjku->zui", (_c91 * 0.8660254037844386), _c13)
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    d2_b_83 = torch.einsum("u,zuk,zui,ijk->zuj", d2_d_weight[144:160].view(16), d_c[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5), cg_2_1_1) * 0.8660254037844386
+    _c93 = torch.einsum("zuk,zui->ziku", d_c[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
+    d2_b_83 = torch.einsum("ijku,ziku->zuj", (_c91 * 0.8660254037844386), _c93)
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
-    d2_d_c_84 = torch.einsum("zuj,zui,ijk,u->zuk", d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5), cg_2_1_1, weight[144:160].view(16)) * 0.8660254037844386
+    _c94 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
+    _c95 = torch.einsum("ijk,u->ijku", cg_2_1_1, weight[144:160].view(16))
+    d2_d_c_84 = torch.einsum("ziju,ijku->zuk", _c94, (_c95 * 0.8660254037844386))
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
-    d2_a_85 = torch.einsum("zuj,zuk,ijk,u->zui", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 16:64].reshape(n, 16, 3), cg_2_1_1, weight[144:160].view(16)) * 0.8660254037844386
+    d2_a_85 = torch.einsum("zjku,ijku->zui", _c17, (_c95 * 0.8660254037844386))
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
-    d2_weight_86 = torch.einsum("zuj,zuk,zui,ijk->u", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5), cg_2_1_1) * 0.8660254037844386
+    _c96 = torch.einsum("zui,zjku->ijku", a[:, 64:144].reshape(n, 16, 5), _c17)
+    d2_weight_86 = torch.einsum("ijk,ijku->u", (cg_2_1_1 * 0.8660254037844386), _c96)
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
-    d2_d_c_87 = torch.einsum("zui,zuj,ijk,u->zuk", d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3), cg_2_1_1, weight[144:160].view(16)) * 0.8660254037844386
+    _c97 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
+    d2_d_c_87 = torch.einsum("ziju,ijku->zuk", _c97, (_c95 * 0.8660254037844386))
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
-    d2_b_88 = torch.einsum("zui,zuk,ijk,u->zuj", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 16:64].reshape(n, 16, 3), cg_2_1_1, weight[144:160].view(16)) * 0.8660254037844386
+    _c98 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 16:64].reshape(n, 16, 3))
+    d2_b_88 = torch.einsum("ziku,ijku->zuj", _c98, (_c95 * 0.8660254037844386))
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
-    d2_weight_89 = torch.einsum("zui,zuk,zuj,ijk->u", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3), cg_2_1_1) * 0.8660254037844386
+    _c99 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c98)
+    d2_weight_89 = torch.einsum("ijk,ijku->u", (cg_2_1_1 * 0.8660254037844386), _c99)
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    d2_d_c_90 = torch.einsum("u,zui,zuj,ijk->zuk", d2_d_weight[160:176].view(16), a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_2_2_0) * 0.5773502691896257
+    _c100 = torch.einsum("u,ijk->ijku", d2_d_weight[160:176].view(16), cg_2_2_0)
+    _c101 = torch.einsum("zui,zuj->ziju", a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
+    d2_d_c_90 = torch.einsum("ijku,ziju->zuk", (_c100 * 0.5773502691896257), _c101)
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    d2_a_91 = torch.einsum("u,zuk,zuj,ijk->zui", d2_d_weight[160:176].view(16), d_c[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5), cg_2_2_0) * 0.5773502691896257
+    _c102 = torch.einsum("zuk,zuj->zjku", d_c[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5))
+    d2_a_91 = torch.einsum("ijku,zjku->zui", (_c100 * 0.5773502691896257), _c102)
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    d2_b_92 = torch.einsum("u,zuk,zui,ijk->zuj", d2_d_weight[160:176].view(16), d_c[:, 0:16].reshape(n, 16, 1), a[:, 64:144].reshape(n, 16, 5), cg_2_2_0) * 0.5773502691896257
+    _c103 = torch.einsum("zuk,zui->ziku", d_c[:, 0:16].reshape(n, 16, 1), a[:, 64:144].reshape(n, 16, 5))
+    d2_b_92 = torch.einsum("ijku,ziku->zuj", (_c100 * 0.5773502691896257), _c103)
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
-    d2_d_c_93 = torch.einsum("zuj,zui,ijk,u->zuk", d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5), cg_2_2_0, weight[160:176].view(16)) * 0.5773502691896257
+    _c104 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5))
+    _c105 = torch.einsum("ijk,u->ijku", cg_2_2_0, weight[160:176].view(16))
+    d2_d_c_93 = torch.einsum("ziju,ijku->zuk", _c104, (_c105 * 0.5773502691896257))
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
-    d2_a_94 = torch.einsum("zuj,zuk,ijk,u->zui", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 0:16].reshape(n, 16, 1), cg_2_2_0, weight[160:176].view(16)) * 0.5773502691896257
+    _c106 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 0:16].reshape(n, 16, 1))
+    d2_a_94 = torch.einsum("zjku,ijku->zui", _c106, (_c105 * 0.5773502691896257))
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
-    d2_weight_95 = torch.einsum("zuj,zuk,zui,ijk->u", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 0:16].reshape(n, 16, 1), a[:, 64:144].reshape(n, 16, 5), cg_2_2_0) * 0.5773502691896257
+    _c107 = torch.einsum("zui,zjku->ijku", a[:, 64:144].reshape(n, 16, 5), _c106)
+    d2_weight_95 = torch.einsum("ijk,ijku->u", (cg_2_2_0 * 0.5773502691896257), _c107)
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
-    d2_d_c_96 = torch.einsum("zui,zuj,ijk,u->zuk", d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_2_2_0, weight[160:176].view(16)) * 0.5773502691896257
+    _c108 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
+    d2_d_c_96 = torch.einsum("ziju,ijku->zuk", _c108, (_c105 * 0.5773502691896257))
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
-    d2_b_97 = torch.einsum("zui,zuk,ijk,u->zuj", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 0:16].reshape(n, 16, 1), cg_2_2_0, weight[160:176].view(16)) * 0.5773502691896257
+    _c109 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 0:16].reshape(n, 16, 1))
+    d2_b_97 = torch.einsum("ziku,ijku->zuj", _c109, (_c105 * 0.5773502691896257))
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
-    d2_weight_98 = torch.einsum("zui,zuk,zuj,ijk->u", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5), cg_2_2_0) * 0.5773502691896257
+    _c110 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c109)
+    d2_weight_98 = torch.einsum("ijk,ijku->u", (cg_2_2_0 * 0.5773502691896257), _c110)
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    d2_d_c_99 = torch.einsum("u,zui,zuj,ijk->zuk", d2_d_weight[176:192].view(16), a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_2_2_2) * 1.118033988749895
+    _c111 = torch.einsum("u,ijk->ijku", d2_d_weight[176:192].view(16), cg_2_2_2)
+    d2_d_c_99 = torch.einsum("ijku,ziju->zuk", (_c111 * 1.118033988749895), _c101)
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    d2_a_100 = torch.einsum("u,zuk,zuj,ijk->zui", d2_d_weight[176:192].view(16), d_c[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_2_2_2) * 1.118033988749895
+    d2_a_100 = torch.einsum("ijku,zjku->zui", (_c111 * 1.118033988749895), _c24)
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    d2_b_101 = torch.einsum("u,zuk,zui,ijk->zuj", d2_d_weight[176:192].view(16), d_c[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5), cg_2_2_2) * 1.118033988749895
+    d2_b_101 = torch.einsum("ijku,ziku->zuj", (_c111 * 1.118033988749895), _c83)
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
-    d2_d_c_102 = torch.einsum("zuj,zui,ijk,u->zuk", d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5), cg_2_2_2, weight[176:192].view(16)) * 1.118033988749895
+    _c112 = torch.einsum("ijk,u->ijku", cg_2_2_2, weight[176:192].view(16))
+    d2_d_c_102 = torch.einsum("ziju,ijku->zuk", _c104, (_c112 * 1.118033988749895))
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
-    d2_a_103 = torch.einsum("zuj,zuk,ijk,u->zui", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 64:144].reshape(n, 16, 5), cg_2_2_2, weight[176:192].view(16)) * 1.118033988749895
+    d2_a_103 = torch.einsum("zjku,ijku->zui", _c28, (_c112 * 1.118033988749895))
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
-    d2_weight_104 = torch.einsum("zuj,zuk,zui,ijk->u", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5), cg_2_2_2) * 1.118033988749895
+    _c113 = torch.einsum("zui,zjku->ijku", a[:, 64:144].reshape(n, 16, 5), _c28)
+    d2_weight_104 = torch.einsum("ijk,ijku->u", (cg_2_2_2 * 1.118033988749895), _c113)
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
-    d2_d_c_105 = torch.einsum("zui,zuj,ijk,u->zuk", d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_2_2_2, weight[176:192].view(16)) * 1.118033988749895
+    d2_d_c_105 = torch.einsum("ziju,ijku->zuk", _c108, (_c112 * 1.118033988749895))
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
-    d2_b_106 = torch.einsum("zui,zuk,ijk,u->zuj", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 64:144].reshape(n, 16, 5), cg_2_2_2, weight[176:192].view(16)) * 1.118033988749895
+    d2_b_106 = torch.einsum("ziku,ijku->zuj", _c89, (_c112 * 1.118033988749895))
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
-    d2_weight_107 = torch.einsum("zui,zuk,zuj,ijk->u", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_2_2_2) * 1.118033988749895
+    _c114 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c89)
+    d2_weight_107 = torch.einsum("ijk,ijku->u", (cg_2_2_2 * 1.118033988749895), _c114)
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    d2_d_c_108 = torch.einsum("u,zui,zuj,ijk->zuk", d2_d_weight[192:208].view(16), a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_2_2_1) * 1.224744871391589
+    _c115 = torch.einsum("u,ijk->ijku", d2_d_weight[192:208].view(16), cg_2_2_1)
+    d2_d_c_108 = torch.einsum("ijku,ziju->zuk", (_c115 * 1.224744871391589), _c101)
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    d2_a_109 = torch.einsum("u,zuk,zuj,ijk->zui", d2_d_weight[192:208].view(16), d_c[:, 144:192].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5), cg_2_2_1) * 1.224744871391589
+    _c116 = torch.einsum("zuk,zuj->zjku", d_c[:, 144:192].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    d2_a_109 = torch.einsum("ijku,zjku->zui", (_c115 * 1.224744871391589), _c116)
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    d2_b_110 = torch.einsum("u,zuk,zui,ijk->zuj", d2_d_weight[192:208].view(16), d_c[:, 144:192].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5), cg_2_2_1) * 1.224744871391589
+    _c117 = torch.einsum("zuk,zui->ziku", d_c[:, 144:192].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
+    d2_b_110 = torch.einsum("ijku,ziku->zuj", (_c115 * 1.224744871391589), _c117)
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
-    d2_d_c_111 = torch.einsum("zuj,zui,ijk,u->zuk", d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5), cg_2_2_1, weight[192:208].view(16)) * 1.224744871391589
+    _c118 = torch.einsum("ijk,u->ijku", cg_2_2_1, weight[192:208].view(16))
+    d2_d_c_111 = torch.einsum("ziju,ijku->zuk", _c104, (_c118 * 1.224744871391589))
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
-    d2_a_112 = torch.einsum("zuj,zuk,ijk,u->zui", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3), cg_2_2_1, weight[192:208].view(16)) * 1.224744871391589
+    _c119 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3))
+    d2_a_112 = torch.einsum("zjku,ijku->zui", _c119, (_c118 * 1.224744871391589))
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
-    d2_weight_113 = torch.einsum("zuj,zuk,zui,ijk->u", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5), cg_2_2_1) * 1.224744871391589
+    _c120 = torch.einsum("zui,zjku->ijku", a[:, 64:144].reshape(n, 16, 5), _c119)
+    d2_weight_113 = torch.einsum("ijk,ijku->u", (cg_2_2_1 * 1.224744871391589), _c120)
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
-    d2_d_c_114 = torch.einsum("zui,zuj,ijk,u->zuk", d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5), cg_2_2_1, weight[192:208].view(16)) * 1.224744871391589
+    d2_d_c_114 = torch.einsum("ziju,ijku->zuk", _c108, (_c118 * 1.224744871391589))
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
-    d2_b_115 = torch.einsum("zui,zuk,ijk,u->zuj", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3), cg_2_2_1, weight[192:208].view(16)) * 1.224744871391589
+    _c121 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3))
+    d2_b_115 = torch.einsum("ziku,ijku->zuj", _c121, (_c118 * 1.224744871391589))
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
-    d2_weight_116 = torch.einsum("zui,zuk,zuj,ijk->u", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5), cg_2_2_1) * 1.224744871391589
+    _c122 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c121)
+    d2_weight_116 = torch.einsum("ijk,ijku->u", (cg_2_2_1 * 1.224744871391589), _c122)
     d2_a = torch.cat([
         (d2_a_1 + d2_a_4 + d2_a_10 + d2_a_13 + d2_a_19 + d2_a_22).reshape(n, 16),
         (d2_a_28 + d2_a_31 + d2_a_37 + d2_a_40 + d2_a_46 + d2_a_49 + d2_a_55 + d2_a_58 + d2_a_64 + d2_a_67).reshape(n, 48),
@@ -2419,15 +3265,24 @@ def _full_tp(
     """full_tp on rows: a (n, 16), b (n, 32) -> c (n, 224)."""
     n = a.shape[0]
     # 4x0e ⊗ 8x0e -> 32x0e
-    c_0 = torch.einsum("zui,zvj,ijk,uv->zuvk", a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1), cg_0_0_0, weight[0:32].view(4, 8)) * 0.7071067811865476
+    _c0 = torch.einsum("zui,zvj->zijuv", a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1))
+    _c1 = torch.einsum("ijk,uv->ijkuv", cg_0_0_0, weight[0:32].view(4, 8))
+    c_0 = torch.einsum("zijuv,ijkuv->zuvk", _c0, (_c1 * 0.7071067811865476))
     # 4x0e ⊗ 8x1o -> 32x1o
-    c_1 = torch.einsum("zui,zvj,ijk,uv->zuvk", a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3), cg_0_1_1, weight[32:64].view(4, 8)) * 1.224744871391589
+    _c2 = torch.einsum("zui,zvj->zijuv", a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3))
+    _c3 = torch.einsum("ijk,uv->ijkuv", cg_0_1_1, weight[32:64].view(4, 8))
+    c_1 = torch.einsum("zijuv,ijkuv->zuvk", _c2, (_c3 * 1.224744871391589))
     # 4x1o ⊗ 8x0e -> 32x1o
-    c_2 = torch.einsum("zui,zvj,ijk,uv->zuvk", a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1), cg_1_0_1, weight[64:96].view(4, 8)) * 1.224744871391589
+    _c4 = torch.einsum("zui,zvj->zijuv", a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1))
+    _c5 = torch.einsum("ijk,uv->ijkuv", cg_1_0_1, weight[64:96].view(4, 8))
+    c_2 = torch.einsum("zijuv,ijkuv->zuvk", _c4, (_c5 * 1.224744871391589))
     # 4x1o ⊗ 8x1o -> 32x0e
-    c_3 = torch.einsum("zui,zvj,ijk,uv->zuvk", a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3), cg_1_1_0, weight[96:128].view(4, 8)) * 0.7071067811865476
+    _c6 = torch.einsum("zui,zvj->zijuv", a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3))
+    _c7 = torch.einsum("ijk,uv->ijkuv", cg_1_1_0, weight[96:128].view(4, 8))
+    c_3 = torch.einsum("zijuv,ijkuv->zuvk", _c6, (_c7 * 0.7071067811865476))
     # 4x1o ⊗ 8x1o -> 32x1e
-    c_4 = torch.einsum("zui,zvj,ijk,uv->zuvk", a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3), cg_1_1_1, weight[128:160].view(4, 8)) * 1.7320508075688772
+    _c8 = torch.einsum("ijk,uv->ijkuv", cg_1_1_1, weight[128:160].view(4, 8))
+    c_4 = torch.einsum("zijuv,ijkuv->zuvk", _c6, (_c8 * 1.7320508075688772))
     c = torch.cat([
         (c_0 + c_3).reshape(n, 32),
         (c_1 + c_2).reshape(n, 96),
@@ -2444,35 +3299,59 @@ def _full_tp_d(
     """the vector-Jacobian product of full_tp: a (n, 16), b (n, 32), d_c (n, 224) -> d_a (n, 16), d_b (n, 32), d_weight (160,)."""
     n = a.shape[0]
     # ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
-    d_a_0 = torch.einsum("zuvk,zvj,ijk,uv->zui", d_c[:, 128:224].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3), cg_1_1_1, weight[128:160].view(4, 8)) * 1.7320508075688772
+    _c0 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 128:224].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3))
+    _c1 = torch.einsum("uv,zjkuv->zjku", weight[128:160].view(4, 8), _c0)
+    d_a_0 = torch.einsum("ijk,zjku->zui", (cg_1_1_1 * 1.7320508075688772), _c1)
     # ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    d_b_1 = torch.einsum("zuvk,zui,ijk,uv->zvj", d_c[:, 128:224].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3), cg_1_1_1, weight[128:160].view(4, 8)) * 1.7320508075688772
+    _c2 = torch.einsum("zuvk,zui->zikuv", d_c[:, 128:224].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
+    _c3 = torch.einsum("uv,zikuv->zikv", weight[128:160].view(4, 8), _c2)
+    d_b_1 = torch.einsum("ijk,zikv->zvj", (cg_1_1_1 * 1.7320508075688772), _c3)
     # ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
-    d_weight_2 = torch.einsum("zuvk,zui,zvj,ijk->uv", d_c[:, 128:224].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3), cg_1_1_1) * 1.7320508075688772
+    _c4 = torch.einsum("zui,ijk->zjku", a[:, 4:16].reshape(n, 4, 3), cg_1_1_1)
+    d_weight_2 = torch.einsum("zjkuv,zjku->uv", _c0, (_c4 * 1.7320508075688772))
     # ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    d_a_3 = torch.einsum("zuvk,zvj,ijk,uv->zui", d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 8:32].reshape(n, 8, 3), cg_1_1_0, weight[96:128].view(4, 8)) * 0.7071067811865476
+    _c5 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 8:32].reshape(n, 8, 3))
+    _c6 = torch.einsum("uv,zjkuv->zjku", weight[96:128].view(4, 8), _c5)
+    d_a_3 = torch.einsum("ijk,zjku->zui", (cg_1_1_0 * 0.7071067811865476), _c6)
     # ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    d_b_4 = torch.einsum("zuvk,zui,ijk,uv->zvj", d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3), cg_1_1_0, weight[96:128].view(4, 8)) * 0.7071067811865476
+    _c7 = torch.einsum("zuvk,zui->zikuv", d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3))
+    _c8 = torch.einsum("uv,zikuv->zikv", weight[96:128].view(4, 8), _c7)
+    d_b_4 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.7071067811865476), _c8)
     # ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
-    d_weight_5 = torch.einsum("zuvk,zui,zvj,ijk->uv", d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3), cg_1_1_0) * 0.7071067811865476
+    _c9 = torch.einsum("zui,ijk->zjku", a[:, 4:16].reshape(n, 4, 3), cg_1_1_0)
+    d_weight_5 = torch.einsum("zjkuv,zjku->uv", _c5, (_c9 * 0.7071067811865476))
     # ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    d_a_6 = torch.einsum("zuvk,zvj,ijk,uv->zui", d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1), cg_1_0_1, weight[64:96].view(4, 8)) * 1.224744871391589
+    _c10 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1))
+    _c11 = torch.einsum("uv,zjkuv->zjku", weight[64:96].view(4, 8), _c10)
+    d_a_6 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 1.224744871391589), _c11)
     # ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    d_b_7 = torch.einsum("zuvk,zui,ijk,uv->zvj", d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3), cg_1_0_1, weight[64:96].view(4, 8)) * 1.224744871391589
+    _c12 = torch.einsum("zuvk,zui->zikuv", d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
+    _c13 = torch.einsum("ijk,uv->ijkuv", cg_1_0_1, weight[64:96].view(4, 8))
+    d_b_7 = torch.einsum("zikuv,ijkuv->zvj", _c12, (_c13 * 1.224744871391589))
     # ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    d_weight_8 = torch.einsum("zuvk,zui,zvj,ijk->uv", d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1), cg_1_0_1) * 1.224744871391589
+    _c14 = torch.einsum("zui,ijk->zjku", a[:, 4:16].reshape(n, 4, 3), cg_1_0_1)
+    d_weight_8 = torch.einsum("zjkuv,zjku->uv", _c10, (_c14 * 1.224744871391589))
     # ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    d_a_9 = torch.einsum("zuvk,zvj,ijk,uv->zui", d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3), cg_0_1_1, weight[32:64].view(4, 8)) * 1.224744871391589
+    _c15 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3))
+    _c16 = torch.einsum("ijk,uv->ijkuv", cg_0_1_1, weight[32:64].view(4, 8))
+    d_a_9 = torch.einsum("zjkuv,ijkuv->zui", _c15, (_c16 * 1.224744871391589))
     # ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    d_b_10 = torch.einsum("zuvk,zui,ijk,uv->zvj", d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1), cg_0_1_1, weight[32:64].view(4, 8)) * 1.224744871391589
+    _c17 = torch.einsum("zuvk,zui->zikuv", d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1))
+    _c18 = torch.einsum("uv,zikuv->zikv", weight[32:64].view(4, 8), _c17)
+    d_b_10 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 1.224744871391589), _c18)
     # ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    d_weight_11 = torch.einsum("zuvk,zui,zvj,ijk->uv", d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3), cg_0_1_1) * 1.224744871391589
+    _c19 = torch.einsum("zvj,ijk->zikv", b[:, 8:32].reshape(n, 8, 3), cg_0_1_1)
+    d_weight_11 = torch.einsum("zikuv,zikv->uv", _c17, (_c19 * 1.224744871391589))
     # ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    d_a_12 = torch.einsum("zuvk,zvj,ijk,uv->zui", d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 0:8].reshape(n, 8, 1), cg_0_0_0, weight[0:32].view(4, 8)) * 0.7071067811865476
+    _c20 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 0:8].reshape(n, 8, 1))
+    _c21 = torch.einsum("ijk,uv->ijkuv", cg_0_0_0, weight[0:32].view(4, 8))
+    d_a_12 = torch.einsum("zjkuv,ijkuv->zui", _c20, (_c21 * 0.7071067811865476))
     # ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    d_b_13 = torch.einsum("zuvk,zui,ijk,uv->zvj", d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1), cg_0_0_0, weight[0:32].view(4, 8)) * 0.7071067811865476
+    _c22 = torch.einsum("zuvk,zui->zikuv", d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1))
+    d_b_13 = torch.einsum("zikuv,ijkuv->zvj", _c22, (_c21 * 0.7071067811865476))
     # ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    d_weight_14 = torch.einsum("zuvk,zui,zvj,ijk->uv", d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1), cg_0_0_0) * 0.7071067811865476
+    _c23 = torch.einsum("zvj,zikuv->ijkuv", b[:, 0:8].reshape(n, 8, 1), _c22)
+    d_weight_14 = torch.einsum("ijk,ijkuv->uv", (cg_0_0_0 * 0.7071067811865476), _c23)
     d_a = torch.cat([
         (d_a_9 + d_a_12).reshape(n, 4),
         (d_a_0 + d_a_3 + d_a_6).reshape(n, 12),
@@ -2499,95 +3378,159 @@ def _full_tp_d_d2(
     """the vector-Jacobian product of full_tp_d: a (n, 16), b (n, 32), d_c (n, 224), d2_d_a (n, 16), d2_d_b (n, 32), d2_d_weight (160,) -> d2_a (n, 16), d2_b (n, 32), d2_d_c (n, 224), d2_weight (160,)."""
     n = a.shape[0]
     # ∂/∂d_c: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    d2_d_c_0 = torch.einsum("uv,zui,zvj,ijk->zuvk", d2_d_weight[0:32].view(4, 8), a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1), cg_0_0_0) * 0.7071067811865476
+    _c0 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[0:32].view(4, 8), cg_0_0_0)
+    _c1 = torch.einsum("zui,zvj->zijuv", a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1))
+    d2_d_c_0 = torch.einsum("ijkuv,zijuv->zuvk", (_c0 * 0.7071067811865476), _c1)
     # ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    d2_a_1 = torch.einsum("uv,zuvk,zvj,ijk->zui", d2_d_weight[0:32].view(4, 8), d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 0:8].reshape(n, 8, 1), cg_0_0_0) * 0.7071067811865476
+    _c2 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 0:8].reshape(n, 8, 1))
+    d2_a_1 = torch.einsum("ijkuv,zjkuv->zui", (_c0 * 0.7071067811865476), _c2)
     # ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    d2_b_2 = torch.einsum("uv,zuvk,zui,ijk->zvj", d2_d_weight[0:32].view(4, 8), d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1), cg_0_0_0) * 0.7071067811865476
+    _c3 = torch.einsum("zuvk,zui->zikuv", d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1))
+    d2_b_2 = torch.einsum("ijkuv,zikuv->zvj", (_c0 * 0.7071067811865476), _c3)
     # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    d2_d_c_3 = torch.einsum("zvj,zui,ijk,uv->zuvk", d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 0:4].reshape(n, 4, 1), cg_0_0_0, weight[0:32].view(4, 8)) * 0.7071067811865476
+    _c4 = torch.einsum("zvj,zui->zijuv", d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 0:4].reshape(n, 4, 1))
+    _c5 = torch.einsum("ijk,uv->ijkuv", cg_0_0_0, weight[0:32].view(4, 8))
+    d2_d_c_3 = torch.einsum("zijuv,ijkuv->zuvk", _c4, (_c5 * 0.7071067811865476))
     # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    d2_a_4 = torch.einsum("zvj,zuvk,ijk,uv->zui", d2_d_b[:, 0:8].reshape(n, 8, 1), d_c[:, 0:32].reshape(n, 4, 8, 1), cg_0_0_0, weight[0:32].view(4, 8)) * 0.7071067811865476
+    _c6 = torch.einsum("zvj,zuvk->zjkuv", d2_d_b[:, 0:8].reshape(n, 8, 1), d_c[:, 0:32].reshape(n, 4, 8, 1))
+    d2_a_4 = torch.einsum("zjkuv,ijkuv->zui", _c6, (_c5 * 0.7071067811865476))
     # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    d2_weight_5 = torch.einsum("zvj,zuvk,zui,ijk->uv", d2_d_b[:, 0:8].reshape(n, 8, 1), d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1), cg_0_0_0) * 0.7071067811865476
+    _c7 = torch.einsum("zui,zjkuv->ijkuv", a[:, 0:4].reshape(n, 4, 1), _c6)
+    d2_weight_5 = torch.einsum("ijk,ijkuv->uv", (cg_0_0_0 * 0.7071067811865476), _c7)
     # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    d2_d_c_6 = torch.einsum("zui,zvj,ijk,uv->zuvk", d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1), cg_0_0_0, weight[0:32].view(4, 8)) * 0.7071067811865476
+    _c8 = torch.einsum("zui,zvj->zijuv", d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1))
+    d2_d_c_6 = torch.einsum("zijuv,ijkuv->zuvk", _c8, (_c5 * 0.7071067811865476))
     # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    d2_b_7 = torch.einsum("zui,zuvk,ijk,uv->zvj", d2_d_a[:, 0:4].reshape(n, 4, 1), d_c[:, 0:32].reshape(n, 4, 8, 1), cg_0_0_0, weight[0:32].view(4, 8)) * 0.7071067811865476
+    _c9 = torch.einsum("zui,zuvk->zikuv", d2_d_a[:, 0:4].reshape(n, 4, 1), d_c[:, 0:32].reshape(n, 4, 8, 1))
+    d2_b_7 = torch.einsum("zikuv,ijkuv->zvj", _c9, (_c5 * 0.7071067811865476))
     # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    d2_weight_8 = torch.einsum("zui,zuvk,zvj,ijk->uv", d2_d_a[:, 0:4].reshape(n, 4, 1), d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 0:8].reshape(n, 8, 1), cg_0_0_0) * 0.7071067811865476
+    _c10 = torch.einsum("zvj,zikuv->ijkuv", b[:, 0:8].reshape(n, 8, 1), _c9)
+    d2_weight_8 = torch.einsum("ijk,ijkuv->uv", (cg_0_0_0 * 0.7071067811865476), _c10)
     # ∂/∂d_c: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    d2_d_c_9 = torch.einsum("uv,zui,zvj,ijk->zuvk", d2_d_weight[32:64].view(4, 8), a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3), cg_0_1_1) * 1.224744871391589
+    _c11 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[32:64].view(4, 8), cg_0_1_1)
+    _c12 = torch.einsum("zui,zvj->zijuv", a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3))
+    d2_d_c_9 = torch.einsum("ijkuv,zijuv->zuvk", (_c11 * 1.224744871391589), _c12)
     # ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    d2_a_10 = torch.einsum("uv,zuvk,zvj,ijk->zui", d2_d_weight[32:64].view(4, 8), d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3), cg_0_1_1) * 1.224744871391589
+    _c13 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3))
+    d2_a_10 = torch.einsum("ijkuv,zjkuv->zui", (_c11 * 1.224744871391589), _c13)
     # ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    d2_b_11 = torch.einsum("uv,zuvk,zui,ijk->zvj", d2_d_weight[32:64].view(4, 8), d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1), cg_0_1_1) * 1.224744871391589
+    _c14 = torch.einsum("zuvk,zui->zikuv", d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1))
+    _c15 = torch.einsum("uv,zikuv->zikv", d2_d_weight[32:64].view(4, 8), _c14)
+    d2_b_11 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 1.224744871391589), _c15)
     # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    d2_d_c_12 = torch.einsum("zvj,zui,ijk,uv->zuvk", d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 0:4].reshape(n, 4, 1), cg_0_1_1, weight[32:64].view(4, 8)) * 1.224744871391589
+    _c16 = torch.einsum("zvj,zui->zijuv", d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 0:4].reshape(n, 4, 1))
+    _c17 = torch.einsum("ijk,uv->ijkuv", cg_0_1_1, weight[32:64].view(4, 8))
+    d2_d_c_12 = torch.einsum("zijuv,ijkuv->zuvk", _c16, (_c17 * 1.224744871391589))
     # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    d2_a_13 = torch.einsum("zvj,zuvk,ijk,uv->zui", d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 32:128].reshape(n, 4, 8, 3), cg_0_1_1, weight[32:64].view(4, 8)) * 1.224744871391589
+    _c18 = torch.einsum("zvj,zuvk->zjkuv", d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 32:128].reshape(n, 4, 8, 3))
+    d2_a_13 = torch.einsum("zjkuv,ijkuv->zui", _c18, (_c17 * 1.224744871391589))
     # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    d2_weight_14 = torch.einsum("zvj,zuvk,zui,ijk->uv", d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1), cg_0_1_1) * 1.224744871391589
+    _c19 = torch.einsum("zvj,ijk->zikv", d2_d_b[:, 8:32].reshape(n, 8, 3), cg_0_1_1)
+    d2_weight_14 = torch.einsum("zikv,zikuv->uv", (_c19 * 1.224744871391589), _c14)
     # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    d2_d_c_15 = torch.einsum("zui,zvj,ijk,uv->zuvk", d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3), cg_0_1_1, weight[32:64].view(4, 8)) * 1.224744871391589
+    _c20 = torch.einsum("zui,zvj->zijuv", d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3))
+    d2_d_c_15 = torch.einsum("zijuv,ijkuv->zuvk", _c20, (_c17 * 1.224744871391589))
     # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    d2_b_16 = torch.einsum("zui,zuvk,ijk,uv->zvj", d2_d_a[:, 0:4].reshape(n, 4, 1), d_c[:, 32:128].reshape(n, 4, 8, 3), cg_0_1_1, weight[32:64].view(4, 8)) * 1.224744871391589
+    _c21 = torch.einsum("zui,zuvk->zikuv", d2_d_a[:, 0:4].reshape(n, 4, 1), d_c[:, 32:128].reshape(n, 4, 8, 3))
+    _c22 = torch.einsum("uv,zikuv->zikv", weight[32:64].view(4, 8), _c21)
+    d2_b_16 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 1.224744871391589), _c22)
     # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    d2_weight_17 = torch.einsum("zui,zuvk,zvj,ijk->uv", d2_d_a[:, 0:4].reshape(n, 4, 1), d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3), cg_0_1_1) * 1.224744871391589
+    _c23 = torch.einsum("zvj,ijk->zikv", b[:, 8:32].reshape(n, 8, 3), cg_0_1_1)
+    d2_weight_17 = torch.einsum("zikuv,zikv->uv", _c21, (_c23 * 1.224744871391589))
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    d2_d_c_18 = torch.einsum("uv,zui,zvj,ijk->zuvk", d2_d_weight[64:96].view(4, 8), a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1), cg_1_0_1) * 1.224744871391589
+    _c24 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[64:96].view(4, 8), cg_1_0_1)
+    _c25 = torch.einsum("zui,zvj->zijuv", a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1))
+    d2_d_c_18 = torch.einsum("ijkuv,zijuv->zuvk", (_c24 * 1.224744871391589), _c25)
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    d2_a_19 = torch.einsum("uv,zuvk,zvj,ijk->zui", d2_d_weight[64:96].view(4, 8), d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1), cg_1_0_1) * 1.224744871391589
+    _c26 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1))
+    _c27 = torch.einsum("uv,zjkuv->zjku", d2_d_weight[64:96].view(4, 8), _c26)
+    d2_a_19 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 1.224744871391589), _c27)
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    d2_b_20 = torch.einsum("uv,zuvk,zui,ijk->zvj", d2_d_weight[64:96].view(4, 8), d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3), cg_1_0_1) * 1.224744871391589
+    _c28 = torch.einsum("zuvk,zui->zikuv", d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
+    d2_b_20 = torch.einsum("ijkuv,zikuv->zvj", (_c24 * 1.224744871391589), _c28)
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    d2_d_c_21 = torch.einsum("zvj,zui,ijk,uv->zuvk", d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 4:16].reshape(n, 4, 3), cg_1_0_1, weight[64:96].view(4, 8)) * 1.224744871391589
+    _c29 = torch.einsum("zvj,zui->zijuv", d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 4:16].reshape(n, 4, 3))
+    _c30 = torch.einsum("ijk,uv->ijkuv", cg_1_0_1, weight[64:96].view(4, 8))
+    d2_d_c_21 = torch.einsum("zijuv,ijkuv->zuvk", _c29, (_c30 * 1.224744871391589))
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    d2_a_22 = torch.einsum("zvj,zuvk,ijk,uv->zui", d2_d_b[:, 0:8].reshape(n, 8, 1), d_c[:, 32:128].reshape(n, 4, 8, 3), cg_1_0_1, weight[64:96].view(4, 8)) * 1.224744871391589
+    _c31 = torch.einsum("zvj,zuvk->zjkuv", d2_d_b[:, 0:8].reshape(n, 8, 1), d_c[:, 32:128].reshape(n, 4, 8, 3))
+    _c32 = torch.einsum("uv,zjkuv->zjku", weight[64:96].view(4, 8), _c31)
+    d2_a_22 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 1.224744871391589), _c32)
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    d2_weight_23 = torch.einsum("zvj,zuvk,zui,ijk->uv", d2_d_b[:, 0:8].reshape(n, 8, 1), d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3), cg_1_0_1) * 1.224744871391589
+    _c33 = torch.einsum("zui,ijk->zjku", a[:, 4:16].reshape(n, 4, 3), cg_1_0_1)
+    d2_weight_23 = torch.einsum("zjkuv,zjku->uv", _c31, (_c33 * 1.224744871391589))
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    d2_d_c_24 = torch.einsum("zui,zvj,ijk,uv->zuvk", d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1), cg_1_0_1, weight[64:96].view(4, 8)) * 1.224744871391589
+    _c34 = torch.einsum("zui,zvj->zijuv", d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1))
+    d2_d_c_24 = torch.einsum("zijuv,ijkuv->zuvk", _c34, (_c30 * 1.224744871391589))
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    d2_b_25 = torch.einsum("zui,zuvk,ijk,uv->zvj", d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 32:128].reshape(n, 4, 8, 3), cg_1_0_1, weight[64:96].view(4, 8)) * 1.224744871391589
+    _c35 = torch.einsum("zui,zuvk->zikuv", d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 32:128].reshape(n, 4, 8, 3))
+    d2_b_25 = torch.einsum("zikuv,ijkuv->zvj", _c35, (_c30 * 1.224744871391589))
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    d2_weight_26 = torch.einsum("zui,zuvk,zvj,ijk->uv", d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1), cg_1_0_1) * 1.224744871391589
+    _c36 = torch.einsum("zui,ijk->zjku", d2_d_a[:, 4:16].reshape(n, 4, 3), cg_1_0_1)
+    d2_weight_26 = torch.einsum("zjku,zjkuv->uv", (_c36 * 1.224744871391589), _c26)
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
-    d2_d_c_27 = torch.einsum("uv,zui,zvj,ijk->zuvk", d2_d_weight[96:128].view(4, 8), a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3), cg_1_1_0) * 0.7071067811865476
+    _c37 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[96:128].view(4, 8), cg_1_1_0)
+    _c38 = torch.einsum("zui,zvj->zijuv", a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3))
+    d2_d_c_27 = torch.einsum("ijkuv,zijuv->zuvk", (_c37 * 0.7071067811865476), _c38)
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
-    d2_a_28 = torch.einsum("uv,zuvk,zvj,ijk->zui", d2_d_weight[96:128].view(4, 8), d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 8:32].reshape(n, 8, 3), cg_1_1_0) * 0.7071067811865476
+    _c39 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 8:32].reshape(n, 8, 3))
+    _c40 = torch.einsum("uv,zjkuv->zjku", d2_d_weight[96:128].view(4, 8), _c39)
+    d2_a_28 = torch.einsum("ijk,zjku->zui", (cg_1_1_0 * 0.7071067811865476), _c40)
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
-    d2_b_29 = torch.einsum("uv,zuvk,zui,ijk->zvj", d2_d_weight[96:128].view(4, 8), d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3), cg_1_1_0) * 0.7071067811865476
+    _c41 = torch.einsum("zuvk,zui->zikuv", d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3))
+    _c42 = torch.einsum("uv,zikuv->zikv", d2_d_weight[96:128].view(4, 8), _c41)
+    d2_b_29 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.7071067811865476), _c42)
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    d2_d_c_30 = torch.einsum("zvj,zui,ijk,uv->zuvk", d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 4:16].reshape(n, 4, 3), cg_1_1_0, weight[96:128].view(4, 8)) * 0.7071067811865476
+    _c43 = torch.einsum("zvj,zui->zijuv", d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 4:16].reshape(n, 4, 3))
+    _c44 = torch.einsum("ijk,uv->ijkuv", cg_1_1_0, weight[96:128].view(4, 8))
+    d2_d_c_30 = torch.einsum("zijuv,ijkuv->zuvk", _c43, (_c44 * 0.7071067811865476))
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    d2_a_31 = torch.einsum("zvj,zuvk,ijk,uv->zui", d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 0:32].reshape(n, 4, 8, 1), cg_1_1_0, weight[96:128].view(4, 8)) * 0.7071067811865476
+    _c45 = torch.einsum("zvj,zuvk->zjkuv", d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 0:32].reshape(n, 4, 8, 1))
+    _c46 = torch.einsum("uv,zjkuv->zjku", weight[96:128].view(4, 8), _c45)
+    d2_a_31 = torch.einsum("ijk,zjku->zui", (cg_1_1_0 * 0.7071067811865476), _c46)
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    d2_weight_32 = torch.einsum("zvj,zuvk,zui,ijk->uv", d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3), cg_1_1_0) * 0.7071067811865476
+    _c47 = torch.einsum("zui,ijk->zjku", a[:, 4:16].reshape(n, 4, 3), cg_1_1_0)
+    d2_weight_32 = torch.einsum("zjkuv,zjku->uv", _c45, (_c47 * 0.7071067811865476))
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    d2_d_c_33 = torch.einsum("zui,zvj,ijk,uv->zuvk", d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3), cg_1_1_0, weight[96:128].view(4, 8)) * 0.7071067811865476
+    _c48 = torch.einsum("zui,zvj->zijuv", d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3))
+    d2_d_c_33 = torch.einsum("zijuv,ijkuv->zuvk", _c48, (_c44 * 0.7071067811865476))
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    d2_b_34 = torch.einsum("zui,zuvk,ijk,uv->zvj", d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 0:32].reshape(n, 4, 8, 1), cg_1_1_0, weight[96:128].view(4, 8)) * 0.7071067811865476
+    _c49 = torch.einsum("zui,zuvk->zikuv", d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 0:32].reshape(n, 4, 8, 1))
+    _c50 = torch.einsum("uv,zikuv->zikv", weight[96:128].view(4, 8), _c49)
+    d2_b_34 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.7071067811865476), _c50)
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    d2_weight_35 = torch.einsum("zui,zuvk,zvj,ijk->uv", d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 8:32].reshape(n, 8, 3), cg_1_1_0) * 0.7071067811865476
+    _c51 = torch.einsum("zui,ijk->zjku", d2_d_a[:, 4:16].reshape(n, 4, 3), cg_1_1_0)
+    d2_weight_35 = torch.einsum("zjku,zjkuv->uv", (_c51 * 0.7071067811865476), _c39)
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
-    d2_d_c_36 = torch.einsum("uv,zui,zvj,ijk->zuvk", d2_d_weight[128:160].view(4, 8), a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3), cg_1_1_1) * 1.7320508075688772
+    _c52 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[128:160].view(4, 8), cg_1_1_1)
+    d2_d_c_36 = torch.einsum("ijkuv,zijuv->zuvk", (_c52 * 1.7320508075688772), _c38)
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
-    d2_a_37 = torch.einsum("uv,zuvk,zvj,ijk->zui", d2_d_weight[128:160].view(4, 8), d_c[:, 128:224].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3), cg_1_1_1) * 1.7320508075688772
+    _c53 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 128:224].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3))
+    _c54 = torch.einsum("uv,zjkuv->zjku", d2_d_weight[128:160].view(4, 8), _c53)
+    d2_a_37 = torch.einsum("ijk,zjku->zui", (cg_1_1_1 * 1.7320508075688772), _c54)
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
-    d2_b_38 = torch.einsum("uv,zuvk,zui,ijk->zvj", d2_d_weight[128:160].view(4, 8), d_c[:, 128:224].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3), cg_1_1_1) * 1.7320508075688772
+    _c55 = torch.einsum("zuvk,zui->zikuv", d_c[:, 128:224].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
+    _c56 = torch.einsum("uv,zikuv->zikv", d2_d_weight[128:160].view(4, 8), _c55)
+    d2_b_38 = torch.einsum("ijk,zikv->zvj", (cg_1_1_1 * 1.7320508075688772), _c56)
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    d2_d_c_39 = torch.einsum("zvj,zui,ijk,uv->zuvk", d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 4:16].reshape(n, 4, 3), cg_1_1_1, weight[128:160].view(4, 8)) * 1.7320508075688772
+    _c57 = torch.einsum("ijk,uv->ijkuv", cg_1_1_1, weight[128:160].view(4, 8))
+    d2_d_c_39 = torch.einsum("zijuv,ijkuv->zuvk", _c43, (_c57 * 1.7320508075688772))
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    d2_a_40 = torch.einsum("zvj,zuvk,ijk,uv->zui", d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 128:224].reshape(n, 4, 8, 3), cg_1_1_1, weight[128:160].view(4, 8)) * 1.7320508075688772
+    _c58 = torch.einsum("zvj,zuvk->zjkuv", d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 128:224].reshape(n, 4, 8, 3))
+    _c59 = torch.einsum("uv,zjkuv->zjku", weight[128:160].view(4, 8), _c58)
+    d2_a_40 = torch.einsum("ijk,zjku->zui", (cg_1_1_1 * 1.7320508075688772), _c59)
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    d2_weight_41 = torch.einsum("zvj,zuvk,zui,ijk->uv", d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 128:224].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3), cg_1_1_1) * 1.7320508075688772
+    _c60 = torch.einsum("zui,ijk->zjku", a[:, 4:16].reshape(n, 4, 3), cg_1_1_1)
+    d2_weight_41 = torch.einsum("zjkuv,zjku->uv", _c58, (_c60 * 1.7320508075688772))
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
-    d2_d_c_42 = torch.einsum("zui,zvj,ijk,uv->zuvk", d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3), cg_1_1_1, weight[128:160].view(4, 8)) * 1.7320508075688772
+    d2_d_c_42 = torch.einsum("zijuv,ijkuv->zuvk", _c48, (_c57 * 1.7320508075688772))
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
-    d2_b_43 = torch.einsum("zui,zuvk,ijk,uv->zvj", d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 128:224].reshape(n, 4, 8, 3), cg_1_1_1, weight[128:160].view(4, 8)) * 1.7320508075688772
+    _c61 = torch.einsum("zui,zuvk->zikuv", d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 128:224].reshape(n, 4, 8, 3))
+    _c62 = torch.einsum("uv,zikuv->zikv", weight[128:160].view(4, 8), _c61)
+    d2_b_43 = torch.einsum("ijk,zikv->zvj", (cg_1_1_1 * 1.7320508075688772), _c62)
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
-    d2_weight_44 = torch.einsum("zui,zuvk,zvj,ijk->uv", d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 128:224].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3), cg_1_1_1) * 1.7320508075688772
+    _c63 = torch.einsum("zui,ijk->zjku", d2_d_a[:, 4:16].reshape(n, 4, 3), cg_1_1_1)
+    d2_weight_44 = torch.einsum("zjku,zjkuv->uv", (_c63 * 1.7320508075688772), _c53)
     d2_a = torch.cat([
         (d2_a_1 + d2_a_4 + d2_a_10 + d2_a_13).reshape(n, 4),
         (d2_a_19 + d2_a_22 + d2_a_28 + d2_a_31 + d2_a_37 + d2_a_40).reshape(n, 12),
@@ -2887,11 +3830,11 @@ def _linear(
     """linear on rows: x (n, 120) -> y (n, 144)."""
     n = x.shape[0]
     # 32x0e -> 16x0e
-    y_0 = torch.einsum("zui,uw->zwi", x[:, 0:32].reshape(n, 32, 1), weight[0:512].view(32, 16)) * 0.17677669529663687
+    y_0 = torch.einsum("zui,uw->zwi", x[:, 0:32].reshape(n, 32, 1), (weight[0:512].view(32, 16) * 0.17677669529663687))
     # 16x1o -> 16x1o
-    y_1 = torch.einsum("zui,uw->zwi", x[:, 32:80].reshape(n, 16, 3), weight[512:768].view(16, 16)) * 0.25
+    y_1 = torch.einsum("zui,uw->zwi", x[:, 32:80].reshape(n, 16, 3), (weight[512:768].view(16, 16) * 0.25))
     # 8x2e -> 16x2e
-    y_2 = torch.einsum("zui,uw->zwi", x[:, 80:120].reshape(n, 8, 5), weight[768:896].view(8, 16)) * 0.35355339059327373
+    y_2 = torch.einsum("zui,uw->zwi", x[:, 80:120].reshape(n, 8, 5), (weight[768:896].view(8, 16) * 0.35355339059327373))
     y = torch.cat([
         y_0.reshape(n, 16),
         y_1.reshape(n, 48),
@@ -2906,17 +3849,17 @@ def _linear_d(
     """the vector-Jacobian product of linear: x (n, 120), d_y (n, 144) -> d_x (n, 120), d_weight (896,)."""
     n = x.shape[0]
     # ∂/∂x: 8x2e -> 16x2e
-    d_x_0 = torch.einsum("zwi,uw->zui", d_y[:, 64:144].reshape(n, 16, 5), weight[768:896].view(8, 16)) * 0.35355339059327373
+    d_x_0 = torch.einsum("zwi,uw->zui", d_y[:, 64:144].reshape(n, 16, 5), (weight[768:896].view(8, 16) * 0.35355339059327373))
     # ∂/∂weight: 8x2e -> 16x2e
-    d_weight_1 = torch.einsum("zwi,zui->uw", d_y[:, 64:144].reshape(n, 16, 5), x[:, 80:120].reshape(n, 8, 5)) * 0.35355339059327373
+    d_weight_1 = torch.einsum("zwi,zui->uw", d_y[:, 64:144].reshape(n, 16, 5), (x[:, 80:120].reshape(n, 8, 5) * 0.35355339059327373))
     # ∂/∂x: 16x1o -> 16x1o
-    d_x_2 = torch.einsum("zwi,uw->zui", d_y[:, 16:64].reshape(n, 16, 3), weight[512:768].view(16, 16)) * 0.25
+    d_x_2 = torch.einsum("zwi,uw->zui", d_y[:, 16:64].reshape(n, 16, 3), (weight[512:768].view(16, 16) * 0.25))
     # ∂/∂weight: 16x1o -> 16x1o
-    d_weight_3 = torch.einsum("zwi,zui->uw", d_y[:, 16:64].reshape(n, 16, 3), x[:, 32:80].reshape(n, 16, 3)) * 0.25
+    d_weight_3 = torch.einsum("zwi,zui->uw", (d_y[:, 16:64].reshape(n, 16, 3) * 0.25), x[:, 32:80].reshape(n, 16, 3))
     # ∂/∂x: 32x0e -> 16x0e
-    d_x_4 = torch.einsum("zwi,uw->zui", d_y[:, 0:16].reshape(n, 16, 1), weight[0:512].view(32, 16)) * 0.17677669529663687
+    d_x_4 = torch.einsum("zwi,uw->zui", d_y[:, 0:16].reshape(n, 16, 1), (weight[0:512].view(32, 16) * 0.17677669529663687))
     # ∂/∂weight: 32x0e -> 16x0e
-    d_weight_5 = torch.einsum("zwi,zui->uw", d_y[:, 0:16].reshape(n, 16, 1), x[:, 0:32].reshape(n, 32, 1)) * 0.17677669529663687
+    d_weight_5 = torch.einsum("zwi,zui->uw", (d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687), x[:, 0:32].reshape(n, 32, 1))
     d_x = torch.cat([
         d_x_4.reshape(n, 32),
         d_x_2.reshape(n, 48),
@@ -2937,29 +3880,29 @@ def _linear_d_d2(
     """the vector-Jacobian product of linear_d: x (n, 120), d_y (n, 144), d2_d_x (n, 120), d2_d_weight (896,) -> d2_x (n, 120), d2_d_y (n, 144), d2_weight (896,)."""
     n = x.shape[0]
     # ∂/∂d_y: ∂/∂weight: 32x0e -> 16x0e
-    d2_d_y_0 = torch.einsum("uw,zui->zwi", d2_d_weight[0:512].view(32, 16), x[:, 0:32].reshape(n, 32, 1)) * 0.17677669529663687
+    d2_d_y_0 = torch.einsum("uw,zui->zwi", (d2_d_weight[0:512].view(32, 16) * 0.17677669529663687), x[:, 0:32].reshape(n, 32, 1))
     # ∂/∂x: ∂/∂weight: 32x0e -> 16x0e
-    d2_x_1 = torch.einsum("uw,zwi->zui", d2_d_weight[0:512].view(32, 16), d_y[:, 0:16].reshape(n, 16, 1)) * 0.17677669529663687
+    d2_x_1 = torch.einsum("uw,zwi->zui", (d2_d_weight[0:512].view(32, 16) * 0.17677669529663687), d_y[:, 0:16].reshape(n, 16, 1))
     # ∂/∂d_y: ∂/∂x: 32x0e -> 16x0e
-    d2_d_y_2 = torch.einsum("zui,uw->zwi", d2_d_x[:, 0:32].reshape(n, 32, 1), weight[0:512].view(32, 16)) * 0.17677669529663687
+    d2_d_y_2 = torch.einsum("zui,uw->zwi", d2_d_x[:, 0:32].reshape(n, 32, 1), (weight[0:512].view(32, 16) * 0.17677669529663687))
     # ∂/∂weight: ∂/∂x: 32x0e -> 16x0e
-    d2_weight_3 = torch.einsum("zui,zwi->uw", d2_d_x[:, 0:32].reshape(n, 32, 1), d_y[:, 0:16].reshape(n, 16, 1)) * 0.17677669529663687
+    d2_weight_3 = torch.einsum("zui,zwi->uw", d2_d_x[:, 0:32].reshape(n, 32, 1), (d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687))
     # ∂/∂d_y: ∂/∂weight: 16x1o -> 16x1o
-    d2_d_y_4 = torch.einsum("uw,zui->zwi", d2_d_weight[512:768].view(16, 16), x[:, 32:80].reshape(n, 16, 3)) * 0.25
+    d2_d_y_4 = torch.einsum("uw,zui->zwi", (d2_d_weight[512:768].view(16, 16) * 0.25), x[:, 32:80].reshape(n, 16, 3))
     # ∂/∂x: ∂/∂weight: 16x1o -> 16x1o
-    d2_x_5 = torch.einsum("uw,zwi->zui", d2_d_weight[512:768].view(16, 16), d_y[:, 16:64].reshape(n, 16, 3)) * 0.25
+    d2_x_5 = torch.einsum("uw,zwi->zui", (d2_d_weight[512:768].view(16, 16) * 0.25), d_y[:, 16:64].reshape(n, 16, 3))
     # ∂/∂d_y: ∂/∂x: 16x1o -> 16x1o
-    d2_d_y_6 = torch.einsum("zui,uw->zwi", d2_d_x[:, 32:80].reshape(n, 16, 3), weight[512:768].view(16, 16)) * 0.25
+    d2_d_y_6 = torch.einsum("zui,uw->zwi", d2_d_x[:, 32:80].reshape(n, 16, 3), (weight[512:768].view(16, 16) * 0.25))
     # ∂/∂weight: ∂/∂x: 16x1o -> 16x1o
-    d2_weight_7 = torch.einsum("zui,zwi->uw", d2_d_x[:, 32:80].reshape(n, 16, 3), d_y[:, 16:64].reshape(n, 16, 3)) * 0.25
+    d2_weight_7 = torch.einsum("zui,zwi->uw", (d2_d_x[:, 32:80].reshape(n, 16, 3) * 0.25), d_y[:, 16:64].reshape(n, 16, 3))
     # ∂/∂d_y: ∂/∂weight: 8x2e -> 16x2e
-    d2_d_y_8 = torch.einsum("uw,zui->zwi", d2_d_weight[768:896].view(8, 16), x[:, 80:120].reshape(n, 8, 5)) * 0.35355339059327373
+    d2_d_y_8 = torch.einsum("uw,zui->zwi", (d2_d_weight[768:896].view(8, 16) * 0.35355339059327373), x[:, 80:120].reshape(n, 8, 5))
     # ∂/∂x: ∂/∂weight: 8x2e -> 16x2e
-    d2_x_9 = torch.einsum("uw,zwi->zui", d2_d_weight[768:896].view(8, 16), d_y[:, 64:144].reshape(n, 16, 5)) * 0.35355339059327373
+    d2_x_9 = torch.einsum("uw,zwi->zui", (d2_d_weight[768:896].view(8, 16) * 0.35355339059327373), d_y[:, 64:144].reshape(n, 16, 5))
     # ∂/∂d_y: ∂/∂x: 8x2e -> 16x2e
-    d2_d_y_10 = torch.einsum("zui,uw->zwi", d2_d_x[:, 80:120].reshape(n, 8, 5), weight[768:896].view(8, 16)) * 0.35355339059327373
+    d2_d_y_10 = torch.einsum("zui,uw->zwi", d2_d_x[:, 80:120].reshape(n, 8, 5), (weight[768:896].view(8, 16) * 0.35355339059327373))
     # ∂/∂weight: ∂/∂x: 8x2e -> 16x2e
-    d2_weight_11 = torch.einsum("zui,zwi->uw", d2_d_x[:, 80:120].reshape(n, 8, 5), d_y[:, 64:144].reshape(n, 16, 5)) * 0.35355339059327373
+    d2_weight_11 = torch.einsum("zui,zwi->uw", (d2_d_x[:, 80:120].reshape(n, 8, 5) * 0.35355339059327373), d_y[:, 64:144].reshape(n, 16, 5))
     d2_x = torch.cat([
         d2_x_1.reshape(n, 32),
         d2_x_5.reshape(n, 48),
@@ -3049,22 +3992,30 @@ def _tp_then_linear(
     """tp_then_linear on rows: x (n, 32), y (n, 4) -> z (n, 32)."""
     n = x.shape[0]
     # 8x0e ⊗ 1x0e -> 8x0e
-    t_0 = torch.einsum("zui,zvj,ijk,uv->zuk", x[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1), cg_0_0_0, weight[0:8].view(8, 1)) * 0.7071067811865476
+    _c0 = torch.einsum("zui,zvj->zijuv", x[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1))
+    _c1 = torch.einsum("ijk,uv->ijkuv", cg_0_0_0, weight[0:8].view(8, 1))
+    t_0 = torch.einsum("zijuv,ijkuv->zuk", _c0, (_c1 * 0.7071067811865476))
     # 8x0e ⊗ 1x1o -> 8x1o
-    t_1 = torch.einsum("zui,zvj,ijk,uv->zuk", x[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3), cg_0_1_1, weight[8:16].view(8, 1)) * 1.224744871391589
+    _c2 = torch.einsum("zui,zvj->zijuv", x[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3))
+    _c3 = torch.einsum("ijk,uv->ijkuv", cg_0_1_1, weight[8:16].view(8, 1))
+    t_1 = torch.einsum("zijuv,ijkuv->zuk", _c2, (_c3 * 1.224744871391589))
     # 8x1o ⊗ 1x0e -> 8x1o
-    t_2 = torch.einsum("zui,zvj,ijk,uv->zuk", x[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1), cg_1_0_1, weight[16:24].view(8, 1)) * 1.224744871391589
+    _c4 = torch.einsum("zui,zvj->zijuv", x[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1))
+    _c5 = torch.einsum("ijk,uv->ijkuv", cg_1_0_1, weight[16:24].view(8, 1))
+    t_2 = torch.einsum("zijuv,ijkuv->zuk", _c4, (_c5 * 1.224744871391589))
     # 8x1o ⊗ 1x1o -> 8x0e
-    t_3 = torch.einsum("zui,zvj,ijk,uv->zuk", x[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3), cg_1_1_0, weight[24:32].view(8, 1)) * 0.7071067811865476
+    _c6 = torch.einsum("zui,zvj->zijuv", x[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3))
+    _c7 = torch.einsum("ijk,uv->ijkuv", cg_1_1_0, weight[24:32].view(8, 1))
+    t_3 = torch.einsum("zijuv,ijkuv->zuk", _c6, (_c7 * 0.7071067811865476))
     # 8x0e -> 8x0e
     t = torch.cat([
         (t_0 + t_3).reshape(n, 8),
         (t_1 + t_2).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    z_4 = torch.einsum("zui,uw->zwi", t[:, 0:8].reshape(n, 8, 1), weight[32:96].view(8, 8)) * 0.35355339059327373
+    z_4 = torch.einsum("zui,uw->zwi", t[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
     # 8x1o -> 8x1o
-    z_5 = torch.einsum("zui,uw->zwi", t[:, 8:32].reshape(n, 8, 3), weight[96:160].view(8, 8)) * 0.35355339059327373
+    z_5 = torch.einsum("zui,uw->zwi", t[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
     # 8x0e -> 8x0e
     z_6 = x[:, 0:8].reshape(n, 8, 1)
     # 8x1o -> 8x1o
@@ -3083,59 +4034,81 @@ def _tp_then_linear_d(
     """the vector-Jacobian product of tp_then_linear: x (n, 32), y (n, 4), d_z (n, 32) -> d_x (n, 32), d_y (n, 4), d_weight (160,)."""
     n = x.shape[0]
     # 8x0e ⊗ 1x0e -> 8x0e
-    t_0 = torch.einsum("zui,zvj,ijk,uv->zuk", x[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1), cg_0_0_0, weight[0:8].view(8, 1)) * 0.7071067811865476
+    _c0 = torch.einsum("zui,zvj->zijuv", x[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1))
+    _c1 = torch.einsum("ijk,uv->ijkuv", cg_0_0_0, weight[0:8].view(8, 1))
+    t_0 = torch.einsum("zijuv,ijkuv->zuk", _c0, (_c1 * 0.7071067811865476))
     # 8x0e ⊗ 1x1o -> 8x1o
-    t_1 = torch.einsum("zui,zvj,ijk,uv->zuk", x[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3), cg_0_1_1, weight[8:16].view(8, 1)) * 1.224744871391589
+    _c2 = torch.einsum("zui,zvj->zijuv", x[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3))
+    _c3 = torch.einsum("ijk,uv->ijkuv", cg_0_1_1, weight[8:16].view(8, 1))
+    t_1 = torch.einsum("zijuv,ijkuv->zuk", _c2, (_c3 * 1.224744871391589))
     # 8x1o ⊗ 1x0e -> 8x1o
-    t_2 = torch.einsum("zui,zvj,ijk,uv->zuk", x[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1), cg_1_0_1, weight[16:24].view(8, 1)) * 1.224744871391589
+    _c4 = torch.einsum("zui,zvj->zijuv", x[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1))
+    _c5 = torch.einsum("ijk,uv->ijkuv", cg_1_0_1, weight[16:24].view(8, 1))
+    t_2 = torch.einsum("zijuv,ijkuv->zuk", _c4, (_c5 * 1.224744871391589))
     # 8x1o ⊗ 1x1o -> 8x0e
-    t_3 = torch.einsum("zui,zvj,ijk,uv->zuk", x[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3), cg_1_1_0, weight[24:32].view(8, 1)) * 0.7071067811865476
+    _c6 = torch.einsum("zui,zvj->zijuv", x[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3))
+    _c7 = torch.einsum("ijk,uv->ijkuv", cg_1_1_0, weight[24:32].view(8, 1))
+    t_3 = torch.einsum("zijuv,ijkuv->zuk", _c6, (_c7 * 0.7071067811865476))
     # ∂/∂x: 8x1o -> 8x1o
     d_x_4 = d_z[:, 8:32].reshape(n, 8, 3)
     # ∂/∂x: 8x0e -> 8x0e
     d_x_5 = d_z[:, 0:8].reshape(n, 8, 1)
     # ∂/∂t: 8x1o -> 8x1o
-    d_t_6 = torch.einsum("zwi,uw->zui", d_z[:, 8:32].reshape(n, 8, 3), weight[96:160].view(8, 8)) * 0.35355339059327373
+    d_t_6 = torch.einsum("zwi,uw->zui", d_z[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
     # ∂/∂weight: 8x1o -> 8x1o
     t = torch.cat([
         (t_0 + t_3).reshape(n, 8),
         (t_1 + t_2).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    d_weight_7 = torch.einsum("zwi,zui->uw", d_z[:, 8:32].reshape(n, 8, 3), t[:, 8:32].reshape(n, 8, 3)) * 0.35355339059327373
+    d_weight_7 = torch.einsum("zwi,zui->uw", (d_z[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373), t[:, 8:32].reshape(n, 8, 3))
     # ∂/∂t: 8x0e -> 8x0e
-    d_t_8 = torch.einsum("zwi,uw->zui", d_z[:, 0:8].reshape(n, 8, 1), weight[32:96].view(8, 8)) * 0.35355339059327373
+    d_t_8 = torch.einsum("zwi,uw->zui", d_z[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
     # ∂/∂weight: 8x0e -> 8x0e
-    d_weight_9 = torch.einsum("zwi,zui->uw", d_z[:, 0:8].reshape(n, 8, 1), t[:, 0:8].reshape(n, 8, 1)) * 0.35355339059327373
+    d_weight_9 = torch.einsum("zwi,zui->uw", (d_z[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373), t[:, 0:8].reshape(n, 8, 1))
     # ∂/∂x: 8x1o ⊗ 1x1o -> 8x0e
     d_t = torch.cat([
         d_t_8.reshape(n, 8),
         d_t_6.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    d_x_10 = torch.einsum("zuk,zvj,ijk,uv->zui", d_t[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3), cg_1_1_0, weight[24:32].view(8, 1)) * 0.7071067811865476
+    _c8 = torch.einsum("zuk,zvj->zjkuv", d_t[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3))
+    d_x_10 = torch.einsum("zjkuv,ijkuv->zui", _c8, (_c7 * 0.7071067811865476))
     # ∂/∂y: 8x1o ⊗ 1x1o -> 8x0e
-    d_y_11 = torch.einsum("zuk,zui,ijk,uv->zvj", d_t[:, 0:8].reshape(n, 8, 1), x[:, 8:32].reshape(n, 8, 3), cg_1_1_0, weight[24:32].view(8, 1)) * 0.7071067811865476
+    _c9 = torch.einsum("zuk,zui->ziku", d_t[:, 0:8].reshape(n, 8, 1), x[:, 8:32].reshape(n, 8, 3))
+    _c10 = torch.einsum("uv,ziku->zikv", weight[24:32].view(8, 1), _c9)
+    d_y_11 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.7071067811865476), _c10)
     # ∂/∂weight: 8x1o ⊗ 1x1o -> 8x0e
-    d_weight_12 = torch.einsum("zuk,zui,zvj,ijk->uv", d_t[:, 0:8].reshape(n, 8, 1), x[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3), cg_1_1_0) * 0.7071067811865476
+    _c11 = torch.einsum("zvj,ijk->zikv", y[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
+    d_weight_12 = torch.einsum("ziku,zikv->uv", _c9, (_c11 * 0.7071067811865476))
     # ∂/∂x: 8x1o ⊗ 1x0e -> 8x1o
-    d_x_13 = torch.einsum("zuk,zvj,ijk,uv->zui", d_t[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1), cg_1_0_1, weight[16:24].view(8, 1)) * 1.224744871391589
+    _c12 = torch.einsum("zuk,zvj->zjkuv", d_t[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1))
+    d_x_13 = torch.einsum("zjkuv,ijkuv->zui", _c12, (_c5 * 1.224744871391589))
     # ∂/∂y: 8x1o ⊗ 1x0e -> 8x1o
-    d_y_14 = torch.einsum("zuk,zui,ijk,uv->zvj", d_t[:, 8:32].reshape(n, 8, 3), x[:, 8:32].reshape(n, 8, 3), cg_1_0_1, weight[16:24].view(8, 1)) * 1.224744871391589
+    _c13 = torch.einsum("zuk,zui->ziku", d_t[:, 8:32].reshape(n, 8, 3), x[:, 8:32].reshape(n, 8, 3))
+    d_y_14 = torch.einsum("ziku,ijkuv->zvj", _c13, (_c5 * 1.224744871391589))
     # ∂/∂weight: 8x1o ⊗ 1x0e -> 8x1o
-    d_weight_15 = torch.einsum("zuk,zui,zvj,ijk->uv", d_t[:, 8:32].reshape(n, 8, 3), x[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1), cg_1_0_1) * 1.224744871391589
+    _c14 = torch.einsum("zvj,ziku->ijkuv", y[:, 0:1].reshape(n, 1, 1), _c13)
+    d_weight_15 = torch.einsum("ijk,ijkuv->uv", (cg_1_0_1 * 1.224744871391589), _c14)
     # ∂/∂x: 8x0e ⊗ 1x1o -> 8x1o
-    d_x_16 = torch.einsum("zuk,zvj,ijk,uv->zui", d_t[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3), cg_0_1_1, weight[8:16].view(8, 1)) * 1.224744871391589
+    _c15 = torch.einsum("zuk,zvj->zjkuv", d_t[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3))
+    d_x_16 = torch.einsum("zjkuv,ijkuv->zui", _c15, (_c3 * 1.224744871391589))
     # ∂/∂y: 8x0e ⊗ 1x1o -> 8x1o
-    d_y_17 = torch.einsum("zuk,zui,ijk,uv->zvj", d_t[:, 8:32].reshape(n, 8, 3), x[:, 0:8].reshape(n, 8, 1), cg_0_1_1, weight[8:16].view(8, 1)) * 1.224744871391589
+    _c16 = torch.einsum("zuk,zui->ziku", d_t[:, 8:32].reshape(n, 8, 3), x[:, 0:8].reshape(n, 8, 1))
+    _c17 = torch.einsum("uv,ziku->zikv", weight[8:16].view(8, 1), _c16)
+    d_y_17 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 1.224744871391589), _c17)
     # ∂/∂weight: 8x0e ⊗ 1x1o -> 8x1o
-    d_weight_18 = torch.einsum("zuk,zui,zvj,ijk->uv", d_t[:, 8:32].reshape(n, 8, 3), x[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3), cg_0_1_1) * 1.224744871391589
+    _c18 = torch.einsum("zvj,ijk->zikv", y[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
+    d_weight_18 = torch.einsum("ziku,zikv->uv", _c16, (_c18 * 1.224744871391589))
     # ∂/∂x: 8x0e ⊗ 1x0e -> 8x0e
-    d_x_19 = torch.einsum("zuk,zvj,ijk,uv->zui", d_t[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1), cg_0_0_0, weight[0:8].view(8, 1)) * 0.7071067811865476
+    _c19 = torch.einsum("zuk,zvj->zjkuv", d_t[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1))
+    d_x_19 = torch.einsum("zjkuv,ijkuv->zui", _c19, (_c1 * 0.7071067811865476))
     # ∂/∂y: 8x0e ⊗ 1x0e -> 8x0e
-    d_y_20 = torch.einsum("zuk,zui,ijk,uv->zvj", d_t[:, 0:8].reshape(n, 8, 1), x[:, 0:8].reshape(n, 8, 1), cg_0_0_0, weight[0:8].view(8, 1)) * 0.7071067811865476
+    _c20 = torch.einsum("zuk,zui->ziku", d_t[:, 0:8].reshape(n, 8, 1), x[:, 0:8].reshape(n, 8, 1))
+    d_y_20 = torch.einsum("ziku,ijkuv->zvj", _c20, (_c1 * 0.7071067811865476))
     # ∂/∂weight: 8x0e ⊗ 1x0e -> 8x0e
-    d_weight_21 = torch.einsum("zuk,zui,zvj,ijk->uv", d_t[:, 0:8].reshape(n, 8, 1), x[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1), cg_0_0_0) * 0.7071067811865476
+    _c21 = torch.einsum("zvj,ziku->ijkuv", y[:, 0:1].reshape(n, 1, 1), _c20)
+    d_weight_21 = torch.einsum("ijk,ijkuv->uv", (cg_0_0_0 * 0.7071067811865476), _c21)
     d_x = torch.cat([
         (d_x_5 + d_x_16 + d_x_19).reshape(n, 8),
         (d_x_4 + d_x_10 + d_x_13).reshape(n, 24),
@@ -3163,120 +4136,168 @@ def _tp_then_linear_d_d2(
     """the vector-Jacobian product of tp_then_linear_d: x (n, 32), y (n, 4), d_z (n, 32), d2_d_x (n, 32), d2_d_y (n, 4), d2_d_weight (160,) -> d2_x (n, 32), d2_y (n, 4), d2_d_z (n, 32), d2_weight (160,)."""
     n = x.shape[0]
     # 8x0e ⊗ 1x0e -> 8x0e
-    t_0 = torch.einsum("zui,zvj,ijk,uv->zuk", x[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1), cg_0_0_0, weight[0:8].view(8, 1)) * 0.7071067811865476
+    _c0 = torch.einsum("zui,zvj->zijuv", x[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1))
+    _c1 = torch.einsum("ijk,uv->ijkuv", cg_0_0_0, weight[0:8].view(8, 1))
+    t_0 = torch.einsum("zijuv,ijkuv->zuk", _c0, (_c1 * 0.7071067811865476))
     # 8x0e ⊗ 1x1o -> 8x1o
-    t_1 = torch.einsum("zui,zvj,ijk,uv->zuk", x[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3), cg_0_1_1, weight[8:16].view(8, 1)) * 1.224744871391589
+    _c2 = torch.einsum("zui,zvj->zijuv", x[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3))
+    _c3 = torch.einsum("ijk,uv->ijkuv", cg_0_1_1, weight[8:16].view(8, 1))
+    t_1 = torch.einsum("zijuv,ijkuv->zuk", _c2, (_c3 * 1.224744871391589))
     # 8x1o ⊗ 1x0e -> 8x1o
-    t_2 = torch.einsum("zui,zvj,ijk,uv->zuk", x[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1), cg_1_0_1, weight[16:24].view(8, 1)) * 1.224744871391589
+    _c4 = torch.einsum("zui,zvj->zijuv", x[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1))
+    _c5 = torch.einsum("ijk,uv->ijkuv", cg_1_0_1, weight[16:24].view(8, 1))
+    t_2 = torch.einsum("zijuv,ijkuv->zuk", _c4, (_c5 * 1.224744871391589))
     # 8x1o ⊗ 1x1o -> 8x0e
-    t_3 = torch.einsum("zui,zvj,ijk,uv->zuk", x[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3), cg_1_1_0, weight[24:32].view(8, 1)) * 0.7071067811865476
+    _c6 = torch.einsum("zui,zvj->zijuv", x[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3))
+    _c7 = torch.einsum("ijk,uv->ijkuv", cg_1_1_0, weight[24:32].view(8, 1))
+    t_3 = torch.einsum("zijuv,ijkuv->zuk", _c6, (_c7 * 0.7071067811865476))
     # ∂/∂t: 8x1o -> 8x1o
-    d_t_4 = torch.einsum("zwi,uw->zui", d_z[:, 8:32].reshape(n, 8, 3), weight[96:160].view(8, 8)) * 0.35355339059327373
+    d_t_4 = torch.einsum("zwi,uw->zui", d_z[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
     # ∂/∂t: 8x0e -> 8x0e
-    d_t_5 = torch.einsum("zwi,uw->zui", d_z[:, 0:8].reshape(n, 8, 1), weight[32:96].view(8, 8)) * 0.35355339059327373
+    d_t_5 = torch.einsum("zwi,uw->zui", d_z[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
     # ∂/∂d_t: ∂/∂weight: 8x0e ⊗ 1x0e -> 8x0e
-    d2_d_t_6 = torch.einsum("uv,zui,zvj,ijk->zuk", d2_d_weight[0:8].view(8, 1), x[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1), cg_0_0_0) * 0.7071067811865476
+    _c8 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[0:8].view(8, 1), cg_0_0_0)
+    d2_d_t_6 = torch.einsum("ijkuv,zijuv->zuk", (_c8 * 0.7071067811865476), _c0)
     # ∂/∂x: ∂/∂weight: 8x0e ⊗ 1x0e -> 8x0e
     d_t = torch.cat([
         d_t_5.reshape(n, 8),
         d_t_4.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    d2_x_7 = torch.einsum("uv,zuk,zvj,ijk->zui", d2_d_weight[0:8].view(8, 1), d_t[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1), cg_0_0_0) * 0.7071067811865476
+    _c9 = torch.einsum("zuk,zvj->zjkuv", d_t[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1))
+    d2_x_7 = torch.einsum("ijkuv,zjkuv->zui", (_c8 * 0.7071067811865476), _c9)
     # ∂/∂y: ∂/∂weight: 8x0e ⊗ 1x0e -> 8x0e
-    d2_y_8 = torch.einsum("uv,zuk,zui,ijk->zvj", d2_d_weight[0:8].view(8, 1), d_t[:, 0:8].reshape(n, 8, 1), x[:, 0:8].reshape(n, 8, 1), cg_0_0_0) * 0.7071067811865476
+    _c10 = torch.einsum("zuk,zui->ziku", d_t[:, 0:8].reshape(n, 8, 1), x[:, 0:8].reshape(n, 8, 1))
+    d2_y_8 = torch.einsum("ijkuv,ziku->zvj", (_c8 * 0.7071067811865476), _c10)
     # ∂/∂d_t: ∂/∂y: 8x0e ⊗ 1x0e -> 8x0e
-    d2_d_t_9 = torch.einsum("zvj,zui,ijk,uv->zuk", d2_d_y[:, 0:1].reshape(n, 1, 1), x[:, 0:8].reshape(n, 8, 1), cg_0_0_0, weight[0:8].view(8, 1)) * 0.7071067811865476
+    _c11 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 0:1].reshape(n, 1, 1), x[:, 0:8].reshape(n, 8, 1))
+    d2_d_t_9 = torch.einsum("zijuv,ijkuv->zuk", _c11, (_c1 * 0.7071067811865476))
     # ∂/∂x: ∂/∂y: 8x0e ⊗ 1x0e -> 8x0e
-    d2_x_10 = torch.einsum("zvj,zuk,ijk,uv->zui", d2_d_y[:, 0:1].reshape(n, 1, 1), d_t[:, 0:8].reshape(n, 8, 1), cg_0_0_0, weight[0:8].view(8, 1)) * 0.7071067811865476
+    _c12 = torch.einsum("zvj,zuk->zjkuv", d2_d_y[:, 0:1].reshape(n, 1, 1), d_t[:, 0:8].reshape(n, 8, 1))
+    d2_x_10 = torch.einsum("zjkuv,ijkuv->zui", _c12, (_c1 * 0.7071067811865476))
     # ∂/∂weight: ∂/∂y: 8x0e ⊗ 1x0e -> 8x0e
-    d2_weight_11 = torch.einsum("zvj,zuk,zui,ijk->uv", d2_d_y[:, 0:1].reshape(n, 1, 1), d_t[:, 0:8].reshape(n, 8, 1), x[:, 0:8].reshape(n, 8, 1), cg_0_0_0) * 0.7071067811865476
+    _c13 = torch.einsum("zui,zjkuv->ijkuv", x[:, 0:8].reshape(n, 8, 1), _c12)
+    d2_weight_11 = torch.einsum("ijk,ijkuv->uv", (cg_0_0_0 * 0.7071067811865476), _c13)
     # ∂/∂d_t: ∂/∂x: 8x0e ⊗ 1x0e -> 8x0e
-    d2_d_t_12 = torch.einsum("zui,zvj,ijk,uv->zuk", d2_d_x[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1), cg_0_0_0, weight[0:8].view(8, 1)) * 0.7071067811865476
+    _c14 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1))
+    d2_d_t_12 = torch.einsum("zijuv,ijkuv->zuk", _c14, (_c1 * 0.7071067811865476))
     # ∂/∂y: ∂/∂x: 8x0e ⊗ 1x0e -> 8x0e
-    d2_y_13 = torch.einsum("zui,zuk,ijk,uv->zvj", d2_d_x[:, 0:8].reshape(n, 8, 1), d_t[:, 0:8].reshape(n, 8, 1), cg_0_0_0, weight[0:8].view(8, 1)) * 0.7071067811865476
+    _c15 = torch.einsum("zui,zuk->ziku", d2_d_x[:, 0:8].reshape(n, 8, 1), d_t[:, 0:8].reshape(n, 8, 1))
+    d2_y_13 = torch.einsum("ziku,ijkuv->zvj", _c15, (_c1 * 0.7071067811865476))
     # ∂/∂weight: ∂/∂x: 8x0e ⊗ 1x0e -> 8x0e
-    d2_weight_14 = torch.einsum("zui,zuk,zvj,ijk->uv", d2_d_x[:, 0:8].reshape(n, 8, 1), d_t[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1), cg_0_0_0) * 0.7071067811865476
+    _c16 = torch.einsum("zvj,ziku->ijkuv", y[:, 0:1].reshape(n, 1, 1), _c15)
+    d2_weight_14 = torch.einsum("ijk,ijkuv->uv", (cg_0_0_0 * 0.7071067811865476), _c16)
     # ∂/∂d_t: ∂/∂weight: 8x0e ⊗ 1x1o -> 8x1o
-    d2_d_t_15 = torch.einsum("uv,zui,zvj,ijk->zuk", d2_d_weight[8:16].view(8, 1), x[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3), cg_0_1_1) * 1.224744871391589
+    _c17 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[8:16].view(8, 1), cg_0_1_1)
+    d2_d_t_15 = torch.einsum("ijkuv,zijuv->zuk", (_c17 * 1.224744871391589), _c2)
     # ∂/∂x: ∂/∂weight: 8x0e ⊗ 1x1o -> 8x1o
-    d2_x_16 = torch.einsum("uv,zuk,zvj,ijk->zui", d2_d_weight[8:16].view(8, 1), d_t[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3), cg_0_1_1) * 1.224744871391589
+    _c18 = torch.einsum("zuk,zvj->zjkuv", d_t[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3))
+    d2_x_16 = torch.einsum("ijkuv,zjkuv->zui", (_c17 * 1.224744871391589), _c18)
     # ∂/∂y: ∂/∂weight: 8x0e ⊗ 1x1o -> 8x1o
-    d2_y_17 = torch.einsum("uv,zuk,zui,ijk->zvj", d2_d_weight[8:16].view(8, 1), d_t[:, 8:32].reshape(n, 8, 3), x[:, 0:8].reshape(n, 8, 1), cg_0_1_1) * 1.224744871391589
+    _c19 = torch.einsum("zuk,zui->ziku", d_t[:, 8:32].reshape(n, 8, 3), x[:, 0:8].reshape(n, 8, 1))
+    _c20 = torch.einsum("uv,ziku->zikv", d2_d_weight[8:16].view(8, 1), _c19)
+    d2_y_17 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 1.224744871391589), _c20)
     # ∂/∂d_t: ∂/∂y: 8x0e ⊗ 1x1o -> 8x1o
-    d2_d_t_18 = torch.einsum("zvj,zui,ijk,uv->zuk", d2_d_y[:, 1:4].reshape(n, 1, 3), x[:, 0:8].reshape(n, 8, 1), cg_0_1_1, weight[8:16].view(8, 1)) * 1.224744871391589
+    _c21 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 1:4].reshape(n, 1, 3), x[:, 0:8].reshape(n, 8, 1))
+    d2_d_t_18 = torch.einsum("zijuv,ijkuv->zuk", _c21, (_c3 * 1.224744871391589))
     # ∂/∂x: ∂/∂y: 8x0e ⊗ 1x1o -> 8x1o
-    d2_x_19 = torch.einsum("zvj,zuk,ijk,uv->zui", d2_d_y[:, 1:4].reshape(n, 1, 3), d_t[:, 8:32].reshape(n, 8, 3), cg_0_1_1, weight[8:16].view(8, 1)) * 1.224744871391589
+    _c22 = torch.einsum("zvj,zuk->zjkuv", d2_d_y[:, 1:4].reshape(n, 1, 3), d_t[:, 8:32].reshape(n, 8, 3))
+    d2_x_19 = torch.einsum("zjkuv,ijkuv->zui", _c22, (_c3 * 1.224744871391589))
     # ∂/∂weight: ∂/∂y: 8x0e ⊗ 1x1o -> 8x1o
-    d2_weight_20 = torch.einsum("zvj,zuk,zui,ijk->uv", d2_d_y[:, 1:4].reshape(n, 1, 3), d_t[:, 8:32].reshape(n, 8, 3), x[:, 0:8].reshape(n, 8, 1), cg_0_1_1) * 1.224744871391589
+    _c23 = torch.einsum("zvj,ijk->zikv", d2_d_y[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
+    d2_weight_20 = torch.einsum("zikv,ziku->uv", (_c23 * 1.224744871391589), _c19)
     # ∂/∂d_t: ∂/∂x: 8x0e ⊗ 1x1o -> 8x1o
-    d2_d_t_21 = torch.einsum("zui,zvj,ijk,uv->zuk", d2_d_x[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3), cg_0_1_1, weight[8:16].view(8, 1)) * 1.224744871391589
+    _c24 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3))
+    d2_d_t_21 = torch.einsum("zijuv,ijkuv->zuk", _c24, (_c3 * 1.224744871391589))
     # ∂/∂y: ∂/∂x: 8x0e ⊗ 1x1o -> 8x1o
-    d2_y_22 = torch.einsum("zui,zuk,ijk,uv->zvj", d2_d_x[:, 0:8].reshape(n, 8, 1), d_t[:, 8:32].reshape(n, 8, 3), cg_0_1_1, weight[8:16].view(8, 1)) * 1.224744871391589
+    _c25 = torch.einsum("zui,zuk->ziku", d2_d_x[:, 0:8].reshape(n, 8, 1), d_t[:, 8:32].reshape(n, 8, 3))
+    _c26 = torch.einsum("uv,ziku->zikv", weight[8:16].view(8, 1), _c25)
+    d2_y_22 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 1.224744871391589), _c26)
     # ∂/∂weight: ∂/∂x: 8x0e ⊗ 1x1o -> 8x1o
-    d2_weight_23 = torch.einsum("zui,zuk,zvj,ijk->uv", d2_d_x[:, 0:8].reshape(n, 8, 1), d_t[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3), cg_0_1_1) * 1.224744871391589
+    _c27 = torch.einsum("zvj,ijk->zikv", y[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
+    d2_weight_23 = torch.einsum("ziku,zikv->uv", _c25, (_c27 * 1.224744871391589))
     # ∂/∂d_t: ∂/∂weight: 8x1o ⊗ 1x0e -> 8x1o
-    d2_d_t_24 = torch.einsum("uv,zui,zvj,ijk->zuk", d2_d_weight[16:24].view(8, 1), x[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1), cg_1_0_1) * 1.224744871391589
+    _c28 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[16:24].view(8, 1), cg_1_0_1)
+    d2_d_t_24 = torch.einsum("ijkuv,zijuv->zuk", (_c28 * 1.224744871391589), _c4)
     # ∂/∂x: ∂/∂weight: 8x1o ⊗ 1x0e -> 8x1o
-    d2_x_25 = torch.einsum("uv,zuk,zvj,ijk->zui", d2_d_weight[16:24].view(8, 1), d_t[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1), cg_1_0_1) * 1.224744871391589
+    _c29 = torch.einsum("zuk,zvj->zjkuv", d_t[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1))
+    d2_x_25 = torch.einsum("ijkuv,zjkuv->zui", (_c28 * 1.224744871391589), _c29)
     # ∂/∂y: ∂/∂weight: 8x1o ⊗ 1x0e -> 8x1o
-    d2_y_26 = torch.einsum("uv,zuk,zui,ijk->zvj", d2_d_weight[16:24].view(8, 1), d_t[:, 8:32].reshape(n, 8, 3), x[:, 8:32].reshape(n, 8, 3), cg_1_0_1) * 1.224744871391589
+    _c30 = torch.einsum("zuk,zui->ziku", d_t[:, 8:32].reshape(n, 8, 3), x[:, 8:32].reshape(n, 8, 3))
+    d2_y_26 = torch.einsum("ijkuv,ziku->zvj", (_c28 * 1.224744871391589), _c30)
     # ∂/∂d_t: ∂/∂y: 8x1o ⊗ 1x0e -> 8x1o
-    d2_d_t_27 = torch.einsum("zvj,zui,ijk,uv->zuk", d2_d_y[:, 0:1].reshape(n, 1, 1), x[:, 8:32].reshape(n, 8, 3), cg_1_0_1, weight[16:24].view(8, 1)) * 1.224744871391589
+    _c31 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 0:1].reshape(n, 1, 1), x[:, 8:32].reshape(n, 8, 3))
+    d2_d_t_27 = torch.einsum("zijuv,ijkuv->zuk", _c31, (_c5 * 1.224744871391589))
     # ∂/∂x: ∂/∂y: 8x1o ⊗ 1x0e -> 8x1o
-    d2_x_28 = torch.einsum("zvj,zuk,ijk,uv->zui", d2_d_y[:, 0:1].reshape(n, 1, 1), d_t[:, 8:32].reshape(n, 8, 3), cg_1_0_1, weight[16:24].view(8, 1)) * 1.224744871391589
+    _c32 = torch.einsum("zvj,zuk->zjkuv", d2_d_y[:, 0:1].reshape(n, 1, 1), d_t[:, 8:32].reshape(n, 8, 3))
+    d2_x_28 = torch.einsum("zjkuv,ijkuv->zui", _c32, (_c5 * 1.224744871391589))
     # ∂/∂weight: ∂/∂y: 8x1o ⊗ 1x0e -> 8x1o
-    d2_weight_29 = torch.einsum("zvj,zuk,zui,ijk->uv", d2_d_y[:, 0:1].reshape(n, 1, 1), d_t[:, 8:32].reshape(n, 8, 3), x[:, 8:32].reshape(n, 8, 3), cg_1_0_1) * 1.224744871391589
+    _c33 = torch.einsum("zui,zjkuv->ijkuv", x[:, 8:32].reshape(n, 8, 3), _c32)
+    d2_weight_29 = torch.einsum("ijk,ijkuv->uv", (cg_1_0_1 * 1.224744871391589), _c33)
     # ∂/∂d_t: ∂/∂x: 8x1o ⊗ 1x0e -> 8x1o
-    d2_d_t_30 = torch.einsum("zui,zvj,ijk,uv->zuk", d2_d_x[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1), cg_1_0_1, weight[16:24].view(8, 1)) * 1.224744871391589
+    _c34 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1))
+    d2_d_t_30 = torch.einsum("zijuv,ijkuv->zuk", _c34, (_c5 * 1.224744871391589))
     # ∂/∂y: ∂/∂x: 8x1o ⊗ 1x0e -> 8x1o
-    d2_y_31 = torch.einsum("zui,zuk,ijk,uv->zvj", d2_d_x[:, 8:32].reshape(n, 8, 3), d_t[:, 8:32].reshape(n, 8, 3), cg_1_0_1, weight[16:24].view(8, 1)) * 1.224744871391589
+    _c35 = torch.einsum("zui,zuk->ziku", d2_d_x[:, 8:32].reshape(n, 8, 3), d_t[:, 8:32].reshape(n, 8, 3))
+    d2_y_31 = torch.einsum("ziku,ijkuv->zvj", _c35, (_c5 * 1.224744871391589))
     # ∂/∂weight: ∂/∂x: 8x1o ⊗ 1x0e -> 8x1o
-    d2_weight_32 = torch.einsum("zui,zuk,zvj,ijk->uv", d2_d_x[:, 8:32].reshape(n, 8, 3), d_t[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1), cg_1_0_1) * 1.224744871391589
+    _c36 = torch.einsum("zvj,ziku->ijkuv", y[:, 0:1].reshape(n, 1, 1), _c35)
+    d2_weight_32 = torch.einsum("ijk,ijkuv->uv", (cg_1_0_1 * 1.224744871391589), _c36)
     # ∂/∂d_t: ∂/∂weight: 8x1o ⊗ 1x1o -> 8x0e
-    d2_d_t_33 = torch.einsum("uv,zui,zvj,ijk->zuk", d2_d_weight[24:32].view(8, 1), x[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3), cg_1_1_0) * 0.7071067811865476
+    _c37 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[24:32].view(8, 1), cg_1_1_0)
+    d2_d_t_33 = torch.einsum("ijkuv,zijuv->zuk", (_c37 * 0.7071067811865476), _c6)
     # ∂/∂x: ∂/∂weight: 8x1o ⊗ 1x1o -> 8x0e
-    d2_x_34 = torch.einsum("uv,zuk,zvj,ijk->zui", d2_d_weight[24:32].view(8, 1), d_t[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3), cg_1_1_0) * 0.7071067811865476
+    _c38 = torch.einsum("zuk,zvj->zjkuv", d_t[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3))
+    d2_x_34 = torch.einsum("ijkuv,zjkuv->zui", (_c37 * 0.7071067811865476), _c38)
     # ∂/∂y: ∂/∂weight: 8x1o ⊗ 1x1o -> 8x0e
-    d2_y_35 = torch.einsum("uv,zuk,zui,ijk->zvj", d2_d_weight[24:32].view(8, 1), d_t[:, 0:8].reshape(n, 8, 1), x[:, 8:32].reshape(n, 8, 3), cg_1_1_0) * 0.7071067811865476
+    _c39 = torch.einsum("zuk,zui->ziku", d_t[:, 0:8].reshape(n, 8, 1), x[:, 8:32].reshape(n, 8, 3))
+    _c40 = torch.einsum("uv,ziku->zikv", d2_d_weight[24:32].view(8, 1), _c39)
+    d2_y_35 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.7071067811865476), _c40)
     # ∂/∂d_t: ∂/∂y: 8x1o ⊗ 1x1o -> 8x0e
-    d2_d_t_36 = torch.einsum("zvj,zui,ijk,uv->zuk", d2_d_y[:, 1:4].reshape(n, 1, 3), x[:, 8:32].reshape(n, 8, 3), cg_1_1_0, weight[24:32].view(8, 1)) * 0.7071067811865476
+    _c41 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 1:4].reshape(n, 1, 3), x[:, 8:32].reshape(n, 8, 3))
+    d2_d_t_36 = torch.einsum("zijuv,ijkuv->zuk", _c41, (_c7 * 0.7071067811865476))
     # ∂/∂x: ∂/∂y: 8x1o ⊗ 1x1o -> 8x0e
-    d2_x_37 = torch.einsum("zvj,zuk,ijk,uv->zui", d2_d_y[:, 1:4].reshape(n, 1, 3), d_t[:, 0:8].reshape(n, 8, 1), cg_1_1_0, weight[24:32].view(8, 1)) * 0.7071067811865476
+    _c42 = torch.einsum("zvj,zuk->zjkuv", d2_d_y[:, 1:4].reshape(n, 1, 3), d_t[:, 0:8].reshape(n, 8, 1))
+    d2_x_37 = torch.einsum("zjkuv,ijkuv->zui", _c42, (_c7 * 0.7071067811865476))
     # ∂/∂weight: ∂/∂y: 8x1o ⊗ 1x1o -> 8x0e
-    d2_weight_38 = torch.einsum("zvj,zuk,zui,ijk->uv", d2_d_y[:, 1:4].reshape(n, 1, 3), d_t[:, 0:8].reshape(n, 8, 1), x[:, 8:32].reshape(n, 8, 3), cg_1_1_0) * 0.7071067811865476
+    _c43 = torch.einsum("zvj,ijk->zikv", d2_d_y[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
+    d2_weight_38 = torch.einsum("zikv,ziku->uv", (_c43 * 0.7071067811865476), _c39)
     # ∂/∂d_t: ∂/∂x: 8x1o ⊗ 1x1o -> 8x0e
-    d2_d_t_39 = torch.einsum("zui,zvj,ijk,uv->zuk", d2_d_x[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3), cg_1_1_0, weight[24:32].view(8, 1)) * 0.7071067811865476
+    _c44 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3))
+    d2_d_t_39 = torch.einsum("zijuv,ijkuv->zuk", _c44, (_c7 * 0.7071067811865476))
     # ∂/∂y: ∂/∂x: 8x1o ⊗ 1x1o -> 8x0e
-    d2_y_40 = torch.einsum("zui,zuk,ijk,uv->zvj", d2_d_x[:, 8:32].reshape(n, 8, 3), d_t[:, 0:8].reshape(n, 8, 1), cg_1_1_0, weight[24:32].view(8, 1)) * 0.7071067811865476
+    _c45 = torch.einsum("zui,zuk->ziku", d2_d_x[:, 8:32].reshape(n, 8, 3), d_t[:, 0:8].reshape(n, 8, 1))
+    _c46 = torch.einsum("uv,ziku->zikv", weight[24:32].view(8, 1), _c45)
+    d2_y_40 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.7071067811865476), _c46)
     # ∂/∂weight: ∂/∂x: 8x1o ⊗ 1x1o -> 8x0e
-    d2_weight_41 = torch.einsum("zui,zuk,zvj,ijk->uv", d2_d_x[:, 8:32].reshape(n, 8, 3), d_t[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3), cg_1_1_0) * 0.7071067811865476
+    _c47 = torch.einsum("zvj,ijk->zikv", y[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
+    d2_weight_41 = torch.einsum("ziku,zikv->uv", _c45, (_c47 * 0.7071067811865476))
     # ∂/∂d_z: ∂/∂weight: 8x0e -> 8x0e
     t = torch.cat([
         (t_0 + t_3).reshape(n, 8),
         (t_1 + t_2).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    d2_d_z_42 = torch.einsum("uw,zui->zwi", d2_d_weight[32:96].view(8, 8), t[:, 0:8].reshape(n, 8, 1)) * 0.35355339059327373
+    d2_d_z_42 = torch.einsum("uw,zui->zwi", (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373), t[:, 0:8].reshape(n, 8, 1))
     # ∂/∂t: ∂/∂weight: 8x0e -> 8x0e
-    d2_t_43 = torch.einsum("uw,zwi->zui", d2_d_weight[32:96].view(8, 8), d_z[:, 0:8].reshape(n, 8, 1)) * 0.35355339059327373
+    d2_t_43 = torch.einsum("uw,zwi->zui", (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373), d_z[:, 0:8].reshape(n, 8, 1))
     # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
     d2_d_t = torch.cat([
         (d2_d_t_6 + d2_d_t_9 + d2_d_t_12 + d2_d_t_33 + d2_d_t_36 + d2_d_t_39).reshape(n, 8),
         (d2_d_t_15 + d2_d_t_18 + d2_d_t_21 + d2_d_t_24 + d2_d_t_27 + d2_d_t_30).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    d2_d_z_44 = torch.einsum("zui,uw->zwi", d2_d_t[:, 0:8].reshape(n, 8, 1), weight[32:96].view(8, 8)) * 0.35355339059327373
+    d2_d_z_44 = torch.einsum("zui,uw->zwi", d2_d_t[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
     # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
-    d2_weight_45 = torch.einsum("zui,zwi->uw", d2_d_t[:, 0:8].reshape(n, 8, 1), d_z[:, 0:8].reshape(n, 8, 1)) * 0.35355339059327373
+    d2_weight_45 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373), d_z[:, 0:8].reshape(n, 8, 1))
     # ∂/∂d_z: ∂/∂weight: 8x1o -> 8x1o
-    d2_d_z_46 = torch.einsum("uw,zui->zwi", d2_d_weight[96:160].view(8, 8), t[:, 8:32].reshape(n, 8, 3)) * 0.35355339059327373
+    d2_d_z_46 = torch.einsum("uw,zui->zwi", (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373), t[:, 8:32].reshape(n, 8, 3))
     # ∂/∂t: ∂/∂weight: 8x1o -> 8x1o
-    d2_t_47 = torch.einsum("uw,zwi->zui", d2_d_weight[96:160].view(8, 8), d_z[:, 8:32].reshape(n, 8, 3)) * 0.35355339059327373
+    d2_t_47 = torch.einsum("uw,zwi->zui", (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373), d_z[:, 8:32].reshape(n, 8, 3))
     # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
-    d2_d_z_48 = torch.einsum("zui,uw->zwi", d2_d_t[:, 8:32].reshape(n, 8, 3), weight[96:160].view(8, 8)) * 0.35355339059327373
+    d2_d_z_48 = torch.einsum("zui,uw->zwi", d2_d_t[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
     # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
-    d2_weight_49 = torch.einsum("zui,zwi->uw", d2_d_t[:, 8:32].reshape(n, 8, 3), d_z[:, 8:32].reshape(n, 8, 3)) * 0.35355339059327373
+    d2_weight_49 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373), d_z[:, 8:32].reshape(n, 8, 3))
     # ∂/∂d_z: ∂/∂x: 8x0e -> 8x0e
     d2_d_z_50 = d2_d_x[:, 0:8].reshape(n, 8, 1)
     # ∂/∂d_z: ∂/∂x: 8x1o -> 8x1o
@@ -3287,29 +4308,41 @@ def _tp_then_linear_d_d2(
         d2_t_47.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    d2_x_52 = torch.einsum("zuk,zvj,ijk,uv->zui", d2_t[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3), cg_1_1_0, weight[24:32].view(8, 1)) * 0.7071067811865476
+    _c48 = torch.einsum("zuk,zvj->zjkuv", d2_t[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3))
+    d2_x_52 = torch.einsum("zjkuv,ijkuv->zui", _c48, (_c7 * 0.7071067811865476))
     # ∂/∂y: 8x1o ⊗ 1x1o -> 8x0e
-    d2_y_53 = torch.einsum("zuk,zui,ijk,uv->zvj", d2_t[:, 0:8].reshape(n, 8, 1), x[:, 8:32].reshape(n, 8, 3), cg_1_1_0, weight[24:32].view(8, 1)) * 0.7071067811865476
+    _c49 = torch.einsum("zuk,zui->ziku", d2_t[:, 0:8].reshape(n, 8, 1), x[:, 8:32].reshape(n, 8, 3))
+    _c50 = torch.einsum("uv,ziku->zikv", weight[24:32].view(8, 1), _c49)
+    d2_y_53 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.7071067811865476), _c50)
     # ∂/∂weight: 8x1o ⊗ 1x1o -> 8x0e
-    d2_weight_54 = torch.einsum("zuk,zui,zvj,ijk->uv", d2_t[:, 0:8].reshape(n, 8, 1), x[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3), cg_1_1_0) * 0.7071067811865476
+    d2_weight_54 = torch.einsum("ziku,zikv->uv", _c49, (_c47 * 0.7071067811865476))
     # ∂/∂x: 8x1o ⊗ 1x0e -> 8x1o
-    d2_x_55 = torch.einsum("zuk,zvj,ijk,uv->zui", d2_t[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1), cg_1_0_1, weight[16:24].view(8, 1)) * 1.224744871391589
+    _c51 = torch.einsum("zuk,zvj->zjkuv", d2_t[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1))
+    d2_x_55 = torch.einsum("zjkuv,ijkuv->zui", _c51, (_c5 * 1.224744871391589))
     # ∂/∂y: 8x1o ⊗ 1x0e -> 8x1o
-    d2_y_56 = torch.einsum("zuk,zui,ijk,uv->zvj", d2_t[:, 8:32].reshape(n, 8, 3), x[:, 8:32].reshape(n, 8, 3), cg_1_0_1, weight[16:24].view(8, 1)) * 1.224744871391589
+    _c52 = torch.einsum("zuk,zui->ziku", d2_t[:, 8:32].reshape(n, 8, 3), x[:, 8:32].reshape(n, 8, 3))
+    d2_y_56 = torch.einsum("ziku,ijkuv->zvj", _c52, (_c5 * 1.224744871391589))
     # ∂/∂weight: 8x1o ⊗ 1x0e -> 8x1o
-    d2_weight_57 = torch.einsum("zuk,zui,zvj,ijk->uv", d2_t[:, 8:32].reshape(n, 8, 3), x[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1), cg_1_0_1) * 1.224744871391589
+    _c53 = torch.einsum("zvj,ziku->ijkuv", y[:, 0:1].reshape(n, 1, 1), _c52)
+    d2_weight_57 = torch.einsum("ijk,ijkuv->uv", (cg_1_0_1 * 1.224744871391589), _c53)
     # ∂/∂x: 8x0e ⊗ 1x1o -> 8x1o
-    d2_x_58 = torch.einsum("zuk,zvj,ijk,uv->zui", d2_t[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3), cg_0_1_1, weight[8:16].view(8, 1)) * 1.224744871391589
+    _c54 = torch.einsum("zuk,zvj->zjkuv", d2_t[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3))
+    d2_x_58 = torch.einsum("zjkuv,ijkuv->zui", _c54, (_c3 * 1.224744871391589))
     # ∂/∂y: 8x0e ⊗ 1x1o -> 8x1o
-    d2_y_59 = torch.einsum("zuk,zui,ijk,uv->zvj", d2_t[:, 8:32].reshape(n, 8, 3), x[:, 0:8].reshape(n, 8, 1), cg_0_1_1, weight[8:16].view(8, 1)) * 1.224744871391589
+    _c55 = torch.einsum("zuk,zui->ziku", d2_t[:, 8:32].reshape(n, 8, 3), x[:, 0:8].reshape(n, 8, 1))
+    _c56 = torch.einsum("uv,ziku->zikv", weight[8:16].view(8, 1), _c55)
+    d2_y_59 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 1.224744871391589), _c56)
     # ∂/∂weight: 8x0e ⊗ 1x1o -> 8x1o
-    d2_weight_60 = torch.einsum("zuk,zui,zvj,ijk->uv", d2_t[:, 8:32].reshape(n, 8, 3), x[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3), cg_0_1_1) * 1.224744871391589
+    d2_weight_60 = torch.einsum("ziku,zikv->uv", _c55, (_c27 * 1.224744871391589))
     # ∂/∂x: 8x0e ⊗ 1x0e -> 8x0e
-    d2_x_61 = torch.einsum("zuk,zvj,ijk,uv->zui", d2_t[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1), cg_0_0_0, weight[0:8].view(8, 1)) * 0.7071067811865476
+    _c57 = torch.einsum("zuk,zvj->zjkuv", d2_t[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1))
+    d2_x_61 = torch.einsum("zjkuv,ijkuv->zui", _c57, (_c1 * 0.7071067811865476))
     # ∂/∂y: 8x0e ⊗ 1x0e -> 8x0e
-    d2_y_62 = torch.einsum("zuk,zui,ijk,uv->zvj", d2_t[:, 0:8].reshape(n, 8, 1), x[:, 0:8].reshape(n, 8, 1), cg_0_0_0, weight[0:8].view(8, 1)) * 0.7071067811865476
+    _c58 = torch.einsum("zuk,zui->ziku", d2_t[:, 0:8].reshape(n, 8, 1), x[:, 0:8].reshape(n, 8, 1))
+    d2_y_62 = torch.einsum("ziku,ijkuv->zvj", _c58, (_c1 * 0.7071067811865476))
     # ∂/∂weight: 8x0e ⊗ 1x0e -> 8x0e
-    d2_weight_63 = torch.einsum("zuk,zui,zvj,ijk->uv", d2_t[:, 0:8].reshape(n, 8, 1), x[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1), cg_0_0_0) * 0.7071067811865476
+    _c59 = torch.einsum("zvj,ziku->ijkuv", y[:, 0:1].reshape(n, 1, 1), _c58)
+    d2_weight_63 = torch.einsum("ijk,ijkuv->uv", (cg_0_0_0 * 0.7071067811865476), _c59)
     d2_x = torch.cat([
         (d2_x_7 + d2_x_10 + d2_x_16 + d2_x_19 + d2_x_58 + d2_x_61).reshape(n, 8),
         (d2_x_25 + d2_x_28 + d2_x_34 + d2_x_37 + d2_x_52 + d2_x_55).reshape(n, 24),
