@@ -21,8 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from math import prod
 
-import opt_einsum
-
 from fusionc.analysis.cost import pair_orders, path_equation
 from fusionc.analysis.plan import Contribution, Couple, DiagramPlan, Leaf, WeightedSum
 from fusionc.ir.diagram import CouplingVertex, Diagram, path_label

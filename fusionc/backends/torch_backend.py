@@ -1,8 +1,10 @@
 """The torch back end: emits a readable, deterministic Python module, one nn.Module per diagram.
 
-Rows are in the `mul_ir` layout; every path is one einsum over (rows z, channels u/v/w,
-components i/j/k) with its CG table as a buffer and its weights as a view of a flat vector laid
-out as e3nn lays it out.
+Each diagram becomes three programs of labelled contractions (`fusionc.analysis.program`): the
+forward, its vector-Jacobian product and that product's own, each written as straight-line torch
+code — pairwise einsums over rows z, channels u/v/w and components i/j/k in the order the CPU
+cost model chooses, CG tables as buffers, weights as views of a flat vector laid out as e3nn
+lays it out — and registered as a custom op whose autograd is the next program's op.
 """
 
 from __future__ import annotations
