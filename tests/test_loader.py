@@ -72,11 +72,23 @@ def test_type_errors_surface_as_fusion_errors() -> None:
 
 
 def test_dtype_and_device_moves_keep_cg_exact() -> None:
-    ops = fusionc.loads("diagram d { in x : 1x2e  in y : 1x3o  out z : 1x1o  z = fuse(x, y) mix uvw }")
-    module = ops.d().double()
+    ops = fusionc.loads("diagram d { in x : 1x2e  in y : 2x3o  out z : 1x1o  z = fuse(x, y) mix uvw }")
+    module = ops.d().float().double()
     exact = torch.tensor(fusionc.algebra.wigner_3j(2, 3, 1))
     assert torch.equal(module.cg_2_3_1, exact)
     assert module.float().cg_2_3_1.dtype == torch.float32
+    # a batched product keeps its CG tables stacked in one matrix, rebuilt exactly too
+    ops = fusionc.loads("diagram b { in x : 1x2e  in y : 1x3o  out z : 1x1o  z = fuse(x, y) mix uvw }")
+    module = ops.b().float().double()
+    (name,) = module.matrices
+    entries = module.matrices[name][1]
+    table = getattr(module, name)
+    assert table.dtype == torch.float64 and len(entries) == int((table != 0).sum())
+    assert all(table[i, j].item() == v for i, j, v in entries)
+    # one path: G[j, i·3 + k] = c · cg[i, j, k], with c the path's normalisation
+    stacked = table.reshape(7, 5, 3).permute(1, 0, 2)
+    c = stacked.abs().max() / exact.abs().max()
+    torch.testing.assert_close(stacked, c * exact, rtol=1e-15, atol=0)
 
 
 def test_generated_module_is_plain_readable_python() -> None:

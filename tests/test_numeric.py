@@ -25,8 +25,12 @@ def test_check_catches_a_corrupted_cg_table() -> None:
     diagram = next(d for d in ops.diagrams if d.name == "fc_tp")
     module = ops.fc_tp().double()
     assert_equivariant(module, diagram)
-    with torch.no_grad():  # swap two m components of one coupling: no longer an intertwiner
-        module.cg_1_1_2.copy_(module.cg_1_1_2[[1, 0, 2]])
+    # fc_tp runs as batched products: its CG tables are stacked into one matrix G (rows: the
+    # components of y); swap two m components of y's 2e block there: no longer an intertwiner
+    (name,) = [n for n, _ in module.named_buffers() if n.startswith("_g_")]
+    table = getattr(module, name)
+    with torch.no_grad():
+        table.copy_(table[[0, 1, 2, 3, 5, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]])
     assert equivariance_error(module, diagram) > 1e-3
 
 
@@ -56,7 +60,7 @@ def test_check_numeric_exit_status_on_failure(monkeypatch: pytest.MonkeyPatch, t
 
     monkeypatch.setattr(rt, "wigner_3j", wrong)
     src = tmp_path / "d.fus"
-    src.write_text("diagram d {\n  in x : 2x1o\n  in y : 1o\n  out z : 2x0e + 2x1e\n  z = fuse(x, y) mix uvu\n}\n")
+    src.write_text("diagram d {\n  in x : 2x1o\n  in y : 2x1o\n  out z : 2x0e + 2x1e\n  z = fuse(x, y) mix uvw\n}\n")
     assert main(["check", "--numeric", str(src)]) == 1
 
 

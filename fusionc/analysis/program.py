@@ -18,12 +18,23 @@ of the derivative (double backward, forces in training) is built by the same fun
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from math import prod
 
+from fusionc.algebra.cg import wigner_3j
 from fusionc.analysis.cost import pair_orders, path_equation
 from fusionc.analysis.plan import Contribution, Couple, DiagramPlan, Leaf, WeightedSum
 from fusionc.ir.diagram import CouplingVertex, Diagram, path_label
+
+
+#: Rows assumed when choosing contraction orders and lowerings: the choice depends on how rows
+#: compare with channel and component sizes, and any batch from a few hundred rows up chooses alike.
+PLANNING_ROWS = 1024
+
+
+#: What one torch call costs beyond its FLOPs (dispatch, einsum's parsing and permutes), in
+#: FLOPs: about 10 µs at the 100 GFLOP/s of a good matrix product on this kind of CPU.
+OP_COST = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -104,6 +115,8 @@ class Program:
     constants: tuple[str, ...]
     statements: tuple[Statement, ...]
     doc: str = ""
+    #: constant matrices other than CG tables, as sparse entries (row, column, value)
+    matrices: dict[str, tuple[tuple[int, int, float], ...]] = field(default_factory=dict)
 
     def reads(self, s: Statement) -> tuple[View, ...]:
         return s.operands if isinstance(s, Einsum) else (s.source,)
@@ -136,6 +149,7 @@ class _Lowering:
         self.tensors: dict[str, Tensor] = {"weight": Tensor("weight", "param", d.internal_weight_numel, False)}
         self.statements: list[Statement] = []
         self.constants: dict[str, Tensor] = {}
+        self.matrices: dict[str, tuple[tuple[int, int, float], ...]] = {}
         self.nodes: dict[str, View] = {}  # plan node -> where it lives
         self.bases: dict[str, int] = {}  # term -> offset of its weights in the tensor holding them
         weight_inputs = {t.weight_source: t.weight_numel for t in d.vertices if t.weight_source is not None}
@@ -187,6 +201,7 @@ class _Lowering:
         name = self.temp("_r_" + t.id.replace(".", "_"), shape, rows)
         z = "z" if rows else ""
         matrix = self.const(View(recoupling_name(t), 0, (len(t.paths), len(t.recoupled.paths)), "pq"))
+        self.matrices[matrix.tensor] = t.recoupled.matrix
         self.statements.append(Einsum(View(name, 0, shape, z + "qu"),
                                       (View(source, base, (len(t.paths), mul), z + "pu"), matrix),
                                       note="recoupled weights: same function, cheaper shape"))
@@ -206,12 +221,93 @@ class _Lowering:
                 offset += t.parameter_numel
                 if t.is_tree:
                     self.tree(v.name, t, source)
-                else:
+                elif not self.batched(v.name, t, source):
                     self.paths(v.name, t, source)
         inputs = tuple(i.name for i in d.inputs)
         tensors = {**self.tensors, **self.constants}
         constants = tuple(sorted(self.constants, key=_constant_order))
-        return Program(d.name, tensors, inputs, tuple(v.name for v in d.outputs), constants, tuple(self.statements))
+        return Program(d.name, tensors, inputs, tuple(v.name for v in d.outputs), constants, tuple(self.statements),
+                       matrices=self.matrices)
+
+    def batched(self, value: str, t: CouplingVertex, source: str | None) -> bool:
+        """A product x ⊗ y whose second operand has one channel per block (spherical harmonics) and
+        whose weights mix or scale channels (uvw, uvu): lowered to a few large products instead of
+        one chain per path, when the cost model says so. Every path's CG table, scaled by its
+        normalisation, goes into one constant matrix G, so that y · G gives, per row, every path's
+        (i, k) map at once; per group of paths (x block, output block): x contracted with its part
+        of that (a product per row), then with the group's weights stacked (one matrix product).
+        Returns False (nothing emitted) where this does not apply or costs more."""
+        if len(t.operands) != 2 or t.mode not in ("uvw", "uvu") or any(b.mul != 1 for b in t.irreps_in[1]):
+            return False
+        if len(set(t.operands)) < 2 or not t.paths:
+            return False
+        groups: dict[tuple[int, int], list] = {}
+        for p in t.paths:
+            groups.setdefault((p.operand_blocks[0], p.out_block), []).append(p)
+        x_irreps, y_irreps, out_irreps = t.irreps_in[0], t.irreps_in[1], t.irreps_out
+        rows = PLANNING_ROWS
+        batched_cost = per_path_cost = 0.0
+        for (b, o), ps in groups.items():
+            mul, d_b, d_o, n_p = x_irreps[b].mul, x_irreps[b].ir.dim, out_irreps[o].ir.dim, len(ps)
+            batched_cost += 2 * rows * y_irreps.dim * d_b * n_p * d_o  # y · G
+            batched_cost += pair_cost("zui", "zipk", "zupk", {"z": rows, "u": mul, "i": d_b, "p": n_p, "k": d_o})
+            w_mul = out_irreps[o].mul
+            batched_cost += 2 * rows * mul * n_p * d_o * (w_mul if t.mode == "uvw" else 1)
+            for p in ps:
+                d_j = y_irreps[p.operand_blocks[1]].ir.dim
+                per_path_cost += 2 * rows * d_j * d_b * d_o  # y · CG
+                per_path_cost += pair_cost("zui", "zik", "zuk", {"z": rows, "u": mul, "i": d_b, "k": d_o})
+                per_path_cost += 2 * rows * mul * d_o * (w_mul if t.mode == "uvw" else 1)
+        batched_cost += OP_COST * (1 + 2 * len(groups))
+        per_path_cost += OP_COST * 3 * len(t.paths)
+        if batched_cost > per_path_cost:
+            return False
+        y_slices = y_irreps.slices()
+        name = "_g_" + t.id.replace(".", "_")
+        entries: list[tuple[int, int, float]] = []
+        column = 0
+        layout = []
+        for (b, o), ps in sorted(groups.items()):
+            d_b, d_o, n_p = x_irreps[b].ir.dim, out_irreps[o].ir.dim, len(ps)
+            for q, p in enumerate(ps):
+                table = wigner_3j(x_irreps[b].ir.l, y_irreps[p.operand_blocks[1]].ir.l, out_irreps[o].ir.l)
+                y_start = y_slices[p.operand_blocks[1]][0]
+                for i, j, k in zip(*table.nonzero()):
+                    entries.append((y_start + int(j), column + (int(i) * n_p + q) * d_o + int(k),
+                                    float(table[i, j, k]) * p.normalization))
+            layout.append(((b, o), ps, column))
+            column += d_b * n_p * d_o
+        matrix = self.const(View(name, 0, (y_irreps.dim, column), "jc"))
+        self.matrices[name] = tuple(sorted(entries))
+        maps = self.temp("_m_" + t.id.replace(".", "_"), (column,))
+        self.statements.append(Einsum(View(maps, 0, (column,), "zc"),
+                                      (View(t.operands[1], 0, (y_irreps.dim,), "zj"), matrix),
+                                      note=f"every path's (i, k) map at once: {t.operands[1]} · G"))
+        rows_w = self.tensors[source].rows
+        z = "z" if rows_w else ""
+        for (b, o), ps, start in layout:
+            mul, d_b, d_o, n_p = x_irreps[b].mul, x_irreps[b].ir.dim, out_irreps[o].ir.dim, len(ps)
+            w_mul = out_irreps[o].mul
+            group = f"{t.id.replace('.', '_')}_{b}_{o}"
+            products = self.temp(f"_t_{group}", (mul, n_p, d_o))
+            self.statements.append(Einsum(View(products, 0, (mul, n_p, d_o), "zupk"),
+                                          (self.block(t.operands[0], b, "zui"), View(maps, start, (d_b, n_p, d_o), "zipk")),
+                                          note=f"{len(ps)} paths {x_irreps[b]} ⊗ {t.operands[1]} -> {out_irreps[o]}"))
+            shape = (mul, w_mul) if t.mode == "uvw" else (mul,)
+            numel = prod(shape)
+            offsets = [self.bases[t.id] + p.weight_offset for p in ps]
+            if offsets == list(range(offsets[0], offsets[0] + numel * n_p, numel)):  # adjacent: read in place
+                stacked = View(source, offsets[0], (n_p, *shape), z + ("puw" if t.mode == "uvw" else "pu"))
+            else:  # gather the group's weights into one block
+                packed = self.temp(f"_w_{group}", (n_p, *shape), rows_w)
+                labels = z + ("uw" if t.mode == "uvw" else "u")
+                for q, offset in enumerate(offsets):
+                    self.statements.append(Einsum(View(packed, q * numel, shape, labels),
+                                                  (View(source, offset, shape, labels),)))
+                stacked = View(packed, 0, (n_p, *shape), z + ("puw" if t.mode == "uvw" else "pu"))
+            out = self.block(value, t.placement[o], "zwk" if t.mode == "uvw" else "zuk")
+            self.statements.append(Einsum(out, (View(products, 0, (mul, n_p, d_o), "zupk"), stacked)))
+        return True
 
     def paths(self, value: str, t: CouplingVertex, source: str | None) -> None:
         v = next(v for v in self.d.values if v.name == value)
@@ -272,10 +368,11 @@ def lower(d: Diagram, plan: DiagramPlan) -> Program:
     return _Lowering(d, plan).run()
 
 
-def derivative(p: Program, prefix: str = "d_") -> Program:
-    """The vector-Jacobian product of `p` as a program: inputs are p's inputs, then one cotangent
-    per output (named prefix + output); outputs are the gradients of p's differentiable inputs,
-    then of the param."""
+def derivative(p: Program, name: str, output: str | None = None, prefix: str = "d_") -> Program:
+    """The vector-Jacobian product of `p` as a program named `name`: its inputs are p's inputs, then
+    the cotangent of `output` (of every output, when None), named prefix + output; its outputs are
+    the gradients of p's differentiable inputs, then of the param. With one output's cotangent
+    only, everything that only the others' would reach is left out."""
     taken = set(p.tensors)
 
     def grad_name(name: str) -> str:
@@ -284,15 +381,18 @@ def derivative(p: Program, prefix: str = "d_") -> Program:
             g = "d" + g
         return g
 
+    seeded = p.outputs if output is None else (output,)
     grads: dict[str, str] = {}
     tensors = dict(p.tensors)
-    for name, t in p.tensors.items():
-        if t.differentiable:
-            grads[name] = grad_name(name)
+    for tensor, t in p.tensors.items():
+        if t.differentiable and (t.kind != "output" or tensor in seeded):
+            grads[tensor] = grad_name(tensor)
             kind = "input" if t.kind == "output" else ("output" if t.kind in ("input", "param") else "temp")
-            tensors[grads[name]] = Tensor(grads[name], kind, t.size, t.rows)
+            tensors[grads[tensor]] = Tensor(grads[tensor], kind, t.size, t.rows)
     statements: list[Statement] = [s for s in p.statements if p.tensors[s.out.tensor].kind == "temp"]
     for s in reversed(p.statements):
+        if s.out.tensor not in grads:  # an output without a cotangent
+            continue
         g_out = replace(s.out, tensor=grads[s.out.tensor])
         if isinstance(s, Einsum):
             for k, x in enumerate(s.operands):
@@ -307,9 +407,22 @@ def derivative(p: Program, prefix: str = "d_") -> Program:
         else:
             statements.append(Gather(replace(s.source, tensor=grads[s.source.tensor]), g_out, s.index, s.sets))
     outputs = tuple(grads[i] for i in p.differentiable_inputs) + (grads["weight"],)
-    inputs = p.inputs + tuple(grads[o] for o in p.outputs)
-    return prune(Program(p.name + "_" + prefix.rstrip("_"), tensors, inputs, outputs, p.constants,
-                         tuple(statements), doc=f"the vector-Jacobian product of {p.name}"))
+    inputs = p.inputs + tuple(grads[o] for o in seeded)
+    what = "" if output is None or len(p.outputs) == 1 else f" for the cotangent of {output}"
+    return prune(_drop_zeros(Program(name, tensors, inputs, outputs, p.constants, tuple(statements),
+                                     doc=f"the vector-Jacobian product of {p.name}{what}", matrices=p.matrices)))
+
+
+def _drop_zeros(p: Program) -> Program:
+    """Leave out statements that read a temporary nothing writes (zero), until none is left."""
+    statements = list(p.statements)
+    while True:
+        written = {s.out.tensor for s in statements}
+        zero = {k for k, t in p.tensors.items() if t.kind == "temp" and k not in written}
+        kept = [s for s in statements if not any(v.tensor in zero for v in p.reads(s))]
+        if len(kept) == len(statements):
+            return replace(p, statements=tuple(kept))
+        statements = kept
 
 
 def prune(p: Program) -> Program:
@@ -326,10 +439,6 @@ def prune(p: Program) -> Program:
     used = needed | set(p.inputs) | set(p.constants) | {"weight"}
     return replace(p, tensors={k: v for k, v in p.tensors.items() if k in used}, statements=tuple(kept))
 
-
-#: Rows assumed when choosing contraction orders: the order depends on how rows compare with
-#: channel and component sizes, and any batch from a few hundred rows up chooses alike.
-PLANNING_ROWS = 1024
 
 #: Cost per FLOP of a product batched over rows with something summed (per row, tiny matrices:
 #: a loop of small products) relative to a matrix product whose rows fold into one large side:

@@ -16,7 +16,7 @@ from math import prod
 
 from fusionc.analysis.plan import DiagramPlan, plan_diagram
 from fusionc.analysis.program import (Einsum, Gather, Program, Statement, Tensor, View, derivative, factorize,
-                                      lower, recoupling_name, PLANNING_ROWS)
+                                      lower, PLANNING_ROWS)
 from fusionc.ir.diagram import CouplingVertex, Diagram
 from fusionc.version import __version__
 
@@ -63,15 +63,13 @@ def _emit_class(w: CodeWriter, d: Diagram, forward: Program) -> None:
     tables = tuple(tuple(int(x) for x in c[3:].split("_")) for c in forward.constants if c.startswith("cg_"))
     w(f"cg_tables = {tables!r}")
     names = [c for c in forward.constants if not c.startswith("cg_")]
-    recoupled = [next(t for t in d.vertices if recoupling_name(t) == name) for name in names]
-    if recoupled:
-        w("recouplings = {  # weights of the canonical trees -> weights of the recoupled shape (exact 6j)")
+    if names:
+        w("matrices = {  # constant matrices as sparse (row, column, value): recouplings (exact 6j), stacked CG tables")
         w.indent()
-        for t in recoupled:
-            shape = (len(t.paths), len(t.recoupled.paths))
-            w(f'"{recoupling_name(t)}": ({shape!r}, (')
+        for name in names:
+            w(f'"{name}": ({forward.tensors[name].shape!r}, (')
             w.indent()
-            entries = [f"({i}, {j}, {v!r})," for i, j, v in t.recoupled.matrix]
+            entries = [f"({i}, {j}, {v!r})," for i, j, v in forward.matrices[name]]
             for start in range(0, len(entries), 4):
                 w(" ".join(entries[start:start + 4]))
             w.dedent()
@@ -267,11 +265,16 @@ def _emit_program(w: CodeWriter, p: Program) -> None:
 Lowering = Callable[[Diagram, DiagramPlan], tuple[list[str], str]]
 
 
-def programs(d: Diagram, plan: DiagramPlan) -> tuple[Program, Program, Program]:
-    """The diagram's forward program, its derivative, and the derivative of that."""
+def programs(d: Diagram, plan: DiagramPlan) -> tuple[Program, list[Program], list[list[Program]]]:
+    """The diagram's forward program; per output its vector-Jacobian product; per output of each of
+    those, the product's own. Splitting by cotangent lets autograd skip the work of a cotangent
+    that is absent (in force training, only the positions' gradient carries one)."""
     forward = lower(d, plan)
-    backward = derivative(forward, "d_")
-    return forward, backward, derivative(backward, "d2_")
+    firsts = [derivative(forward, f"{d.name}_d" + (f"_{o}" if len(forward.outputs) > 1 else ""), o)
+              for o in forward.outputs]
+    seconds = [[derivative(first, f"{first.name}2_{o.removeprefix('d_')}", o, prefix="d2_") for o in first.outputs]
+               for first in firsts]
+    return forward, firsts, seconds
 
 
 def _signature(p: Program) -> str:
@@ -291,8 +294,8 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
     w(f"# Source sha256: {hashlib.sha256(source.encode()).hexdigest()}")
     w(f'"""fusionc {backend} ops compiled from {filename}: {", ".join(d.name for d in diagrams)}.')
     w()
-    w("Per diagram: `_<name>` (forward), `_<name>_d` (its vector-Jacobian product) and `_<name>_d_d2`")
-    w("(the product's own), each a program of labelled contractions compiled from the diagram.")
+    w("Per diagram: `_<name>` (forward), `_<name>_d` (its vector-Jacobian product) and `_<name>_d2_<input>`")
+    w("(the product's own, per cotangent), each a program of labelled contractions compiled from the diagram.")
     w('"""')
     w()
     w("from __future__ import annotations")
@@ -307,19 +310,20 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
     plans = {d.name: plan_diagram(d) for d in diagrams}
     functions = []
     for d in diagrams:
-        chain = programs(d, plans[d.name])
+        forward, firsts, seconds = programs(d, plans[d.name])
+        chain = [forward, *firsts, *(p for group in seconds for p in group)]
         blocks = []
         for p in chain:
             f = CodeWriter()
             _emit_program(f, factorize(p))
             blocks.append(f.lines)
         lowered = lowering(d, plans[d.name]) if lowering else ([], None)
-        functions.append((d, chain, blocks, lowered))
+        functions.append((d, (forward, firsts, seconds), blocks, lowered))
     # ops are named by a hash of their code: the same name always means the same computation
     code = "\n".join(line for _, _, blocks, (extra, _) in functions for lines in blocks + [extra] for line in lines)
     w()
     w(f'_ops = rt.OpNamespace("fusionc_{hashlib.sha256(code.encode()).hexdigest()[:16]}")')
-    for d, chain, blocks, (extra, runner) in functions:
+    for d, (forward, firsts, seconds), blocks, (extra, runner) in functions:
         for block in blocks + [extra]:
             if block:
                 w()
@@ -327,17 +331,20 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
                 w.lines.extend(block)
         w()
         w()
-        forward, backward, second = chain
-        w(f"# {d.name}: each op's autograd is the next program's op; the last one's is autograd through its code")
-        w(f'_ops.register("{second.name}", _{second.name}, {_signature(second)})')
-        w(f'_ops.register("{backward.name}", _{backward.name}, {_signature(backward)}, '
-          f'backward=_ops.{second.name})')
+        w(f"# {d.name}: an op's autograd runs, per cotangent present, the op of its derivative program;")
+        w("# the last ones differentiate through their own torch code")
+        for first, group in zip(firsts, seconds):
+            for second in group:
+                w(f'_ops.register("{second.name}", _{second.name}, {_signature(second)})')
+            backward = ", ".join(f"_ops.{s.name}" for s in group)
+            w(f'_ops.register("{first.name}", _{first.name}, {_signature(first)}, backward=[{backward}])')
+        backward = ", ".join(f"_ops.{f.name}" for f in firsts)
         w(f'_ops.register("{d.name}", {runner or "_" + d.name}, {_signature(forward)}, '
-          f'backward=_ops.{backward.name}, check_indices=True)')
-    for d, chain, _, _ in functions:
+          f'backward=[{backward}], check_indices=True)')
+    for d, (forward, _, _), _, _ in functions:
         w()
         w()
-        _emit_class(w, d, chain[0])
+        _emit_class(w, d, forward)
     return "\n".join(w.lines) + "\n"
 
 

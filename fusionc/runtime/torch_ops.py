@@ -21,19 +21,21 @@ class FusionModule(torch.nn.Module):
 
     `module.double()` on a float32 module would otherwise upcast CG values already rounded to
     float32; rebuilding them from the exact tables keeps float64 results exact. The constants are
-    the CG tables `cg_{l1}_{l2}_{l3}` and the recoupling matrices of recoupled terms (sparse
-    entries (row, column, value) of a (rows, columns) matrix).
+    the CG tables `cg_{l1}_{l2}_{l3}` and constant matrices (the recoupling matrices of recoupled
+    terms, the stacked CG tables of batched products) given as sparse entries (row, column, value)
+    of a (rows, columns) matrix.
     """
 
     cg_tables: tuple[tuple[int, int, int], ...] = ()
-    recouplings: dict[str, tuple[tuple[int, int], tuple[tuple[int, int, float], ...]]] = {}
+    matrices: dict[str, tuple[tuple[int, int], tuple[tuple[int, int, float], ...]]] = {}
 
     def _constants(self, dtype: torch.dtype, device: torch.device | str | None) -> dict[str, torch.Tensor]:
         tables = {"cg_{}_{}_{}".format(*ls): wigner_3j(*ls, dtype, device) for ls in self.cg_tables}
-        for name, (shape, entries) in self.recouplings.items():
+        for name, (shape, entries) in self.matrices.items():
             matrix = torch.zeros(shape, dtype=torch.float64)
-            for row, column, value in entries:
-                matrix[row, column] = value
+            if entries:
+                rows, columns, values = zip(*entries)
+                matrix[list(rows), list(columns)] = torch.tensor(values, dtype=torch.float64)
             tables[name] = matrix.to(dtype=dtype, device=device)
         return tables
 
@@ -42,7 +44,7 @@ class FusionModule(torch.nn.Module):
             self.register_buffer(name, table, persistent=False)
 
     def _constant_names(self) -> list[str]:
-        return ["cg_{}_{}_{}".format(*ls) for ls in self.cg_tables] + list(self.recouplings)
+        return ["cg_{}_{}_{}".format(*ls) for ls in self.cg_tables] + list(self.matrices)
 
     def constants(self) -> list[torch.Tensor]:
         """The constant tables in the order the diagram's op takes them."""
@@ -151,8 +153,9 @@ class OpNamespace:
         """Register `fn` as op `name`. `outputs` are (size, rows) per output: (n, size) or (size,).
         `index_ranges` maps the position of each index input to its name and size; with
         `check_indices` the values are checked when the op runs (not when it is traced). `backward`
-        is the op computing this one's vector-Jacobian product from (inputs + cotangents, weight,
-        constants); without it, the VJP of `fn` itself."""
+        holds, per output, the op computing this one's vector-Jacobian product for that output's
+        cotangent from (inputs + [cotangent], weight, constants); the products of the cotangents
+        present are summed. Without it, the VJP of `fn` itself."""
         qualname = f"{self.namespace}::{name}"
         try:  # the namespace is a hash of the code: an op of that name is this very op
             setattr(self, name, getattr(getattr(torch.ops, self.namespace), name))
@@ -175,6 +178,7 @@ class OpNamespace:
             return [weight.new_empty(n, size) if rows else weight.new_empty(size) for size, rows in outputs]
 
         def setup_context(ctx, inputs, output):
+            ctx.set_materialize_grads(False)  # an unused output's cotangent stays None: its work is skipped
             rows, weight, constants = inputs
             ctx.save_for_backward(*rows, weight, *constants)
             ctx.count = len(rows)
@@ -200,11 +204,16 @@ class OpNamespace:
         def backward_fn(ctx, grads):
             saved, count = ctx.saved_tensors, ctx.count
             rows, weight, constants = list(saved[:count]), saved[count], list(saved[count + 1:])
-            grads = cotangents(grads, rows[0].shape[0], weight)
             if backward is not None:
-                result = backward(rows + grads, weight, constants)
+                result = None
+                for op, g in zip(backward, grads):
+                    if g is not None:
+                        part = op(rows + [g], weight, constants)
+                        result = part if result is None else [a + b for a, b in zip(result, part)]
+                if result is None:
+                    return [None] * count, None, [None] * len(constants)
             else:
-                result = vjp(rows, weight, constants, grads)
+                result = vjp(rows, weight, constants, cotangents(grads, rows[0].shape[0], weight))
             grad_rows: list[torch.Tensor | None] = [None] * count
             floats = [i for i, r in enumerate(rows) if r.is_floating_point()]
             for i, g in zip(floats, result[:-1]):

@@ -2,8 +2,8 @@
 # Source sha256: b6cbc0b98c3784c43545886f67dd36891fd55edfd20ab2651f935513342fc8c4
 """fusionc triton ops compiled from kernels/cormorant.fus: cormorant_cg, cormorant_message.
 
-Per diagram: `_<name>` (forward), `_<name>_d` (its vector-Jacobian product) and `_<name>_d_d2`
-(the product's own), each a program of labelled contractions compiled from the diagram.
+Per diagram: `_<name>` (forward), `_<name>_d` (its vector-Jacobian product) and `_<name>_d2_<input>`
+(the product's own, per cotangent), each a program of labelled contractions compiled from the diagram.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_2df906e4889483bd")
+_ops = rt.OpNamespace("fusionc_8d40922b599fdeaa")
 
 
 def _cormorant_cg(
@@ -255,13 +255,229 @@ def _cormorant_cg_d(
     return [d_f, d_weight]
 
 
-def _cormorant_cg_d_d2(
-    f: torch.Tensor, d_g: torch.Tensor, d2_d_f: torch.Tensor, d2_d_weight: torch.Tensor,
-    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
-    cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor,
-    cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
+def _cormorant_cg_d2_f(
+    f: torch.Tensor, d_g: torch.Tensor, d2_d_f: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor,
+    cg_2_2_2: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_cg_d: f (n, 144), d_g (n, 144), d2_d_f (n, 144), d2_d_weight (1680,) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
+    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f: f (n, 144), d_g (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
+    n = f.shape[0]
+    # ∂/∂p: 16x2 -> 16x2
+    d_p_0 = torch.einsum("zwi,uw->zui", d_g[:, 64:144].reshape(n, 16, 5), (weight[656:912].view(16, 16) * 0.25))
+    # ∂/∂p: 16x1 -> 16x1
+    d_p_1 = torch.einsum("zwi,uw->zui", d_g[:, 16:64].reshape(n, 16, 3), (weight[400:656].view(16, 16) * 0.25))
+    # ∂/∂p: 16x0 -> 16x0
+    d_p_2 = torch.einsum("zwi,uw->zui", d_g[:, 0:16].reshape(n, 16, 1), (weight[144:400].view(16, 16) * 0.25))
+    d_p = torch.cat([
+        d_p_2.reshape(n, 16),
+        d_p_1.reshape(n, 48),
+        d_p_0.reshape(n, 80),
+    ], dim=-1)
+    d__p11 = torch.einsum("zui,u->zui", d_p[:, 64:144].reshape(n, 16, 5), (weight[128:144].view(16) * 1.118033988749895))
+    d__p10 = torch.einsum("zui,u->zui", d_p[:, 0:16].reshape(n, 16, 1), (weight[112:128].view(16) * 0.5773502691896257))
+    d__p9 = torch.einsum("zui,u->zui", d_p[:, 64:144].reshape(n, 16, 5), (weight[96:112].view(16) * 1.118033988749895))
+    d__p8 = torch.einsum("zui,u->zui", d_p[:, 16:64].reshape(n, 16, 3), (weight[80:96].view(16) * 1.224744871391589))
+    d__p7 = torch.einsum("zui,u->zui", d_p[:, 64:144].reshape(n, 16, 5), (weight[64:80].view(16) * 1.118033988749895))
+    d__p6 = torch.einsum("zui,u->zui", d_p[:, 0:16].reshape(n, 16, 1), (weight[48:64].view(16) * 0.5773502691896257))
+    d__p5 = torch.einsum("zui,u->zui", d_p[:, 64:144].reshape(n, 16, 5), (weight[32:48].view(16) * 1.118033988749895))
+    d__p3 = torch.einsum("zui,u->zui", d_p[:, 16:64].reshape(n, 16, 3), (weight[16:32].view(16) * 1.224744871391589))
+    d__p1 = torch.einsum("zui,u->zui", d_p[:, 0:16].reshape(n, 16, 1), (weight[0:16].view(16) * 0.5773502691896257))
+    # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    _c0 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
+    d2_d__p1_3 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c0)
+    # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    _c1 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 0:16].reshape(n, 16, 1), d__p1)
+    d2_f_4 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c1)
+    # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    _c2 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
+    d2_d__p1_5 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c2)
+    # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    _c3 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 0:16].reshape(n, 16, 1), d__p1)
+    d2_f_6 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c3)
+    d2_d__p1 = d2_d__p1_3 + d2_d__p1_5
+    d2_d_p_7 = torch.einsum("zui,u->zui", d2_d__p1, (weight[0:16].view(16) * 0.5773502691896257))
+    d2_weight_8 = torch.einsum("zui,zui->u", (d2_d__p1 * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    _c4 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 0:16].reshape(n, 16, 1))
+    d2_d__p3_9 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c4)
+    # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    _c5 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p3)
+    d2_f_10 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c5)
+    # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    _c6 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3))
+    d2_d__p3_11 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c6)
+    # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    _c7 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 0:16].reshape(n, 16, 1), d__p3)
+    d2_f_12 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c7)
+    d2_d__p3 = d2_d__p3_9 + d2_d__p3_11
+    d2_d_p_13 = torch.einsum("zui,u->zui", d2_d__p3, (weight[16:32].view(16) * 1.224744871391589))
+    d2_weight_14 = torch.einsum("zui,zui->u", (d2_d__p3 * 1.224744871391589), d_p[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    _c8 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 0:16].reshape(n, 16, 1))
+    d2_d__p5_15 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c8)
+    # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    _c9 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p5)
+    d2_f_16 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c9)
+    # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    _c10 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 64:144].reshape(n, 16, 5))
+    d2_d__p5_17 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c10)
+    # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    _c11 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 0:16].reshape(n, 16, 1), d__p5)
+    d2_f_18 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c11)
+    d2_d__p5 = d2_d__p5_15 + d2_d__p5_17
+    d2_d_p_19 = torch.einsum("zui,u->zui", d2_d__p5, (weight[32:48].view(16) * 1.118033988749895))
+    d2_weight_20 = torch.einsum("zui,zui->u", (d2_d__p5 * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    _c12 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
+    d2_d__p6_21 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c12)
+    # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    _c13 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p6)
+    d2_f_22 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c13)
+    # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    _c14 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
+    d2_d__p6_23 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c14)
+    # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    _c15 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p6)
+    d2_f_24 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c15)
+    d2_d__p6 = d2_d__p6_21 + d2_d__p6_23
+    d2_d_p_25 = torch.einsum("zui,u->zui", d2_d__p6, (weight[48:64].view(16) * 0.5773502691896257))
+    d2_weight_26 = torch.einsum("zui,zui->u", (d2_d__p6 * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    d2_d__p7_27 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c12)
+    # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    _c16 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p7)
+    d2_f_28 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c16)
+    # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    d2_d__p7_29 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c14)
+    # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    _c17 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p7)
+    d2_f_30 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c17)
+    d2_d__p7 = d2_d__p7_27 + d2_d__p7_29
+    d2_d_p_31 = torch.einsum("zui,u->zui", d2_d__p7, (weight[64:80].view(16) * 1.118033988749895))
+    d2_weight_32 = torch.einsum("zui,zui->u", (d2_d__p7 * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    _c18 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 16:64].reshape(n, 16, 3))
+    d2_d__p8_33 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c18)
+    # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    _c19 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p8)
+    d2_f_34 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c19)
+    # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    _c20 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
+    d2_d__p8_35 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c20)
+    # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    _c21 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p8)
+    d2_f_36 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c21)
+    d2_d__p8 = d2_d__p8_33 + d2_d__p8_35
+    d2_d_p_37 = torch.einsum("zui,u->zui", d2_d__p8, (weight[80:96].view(16) * 1.224744871391589))
+    d2_weight_38 = torch.einsum("zui,zui->u", (d2_d__p8 * 1.224744871391589), d_p[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    d2_d__p9_39 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c18)
+    # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    _c22 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p9)
+    d2_f_40 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c22)
+    # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    d2_d__p9_41 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c20)
+    # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    _c23 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p9)
+    d2_f_42 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c23)
+    d2_d__p9 = d2_d__p9_39 + d2_d__p9_41
+    d2_d_p_43 = torch.einsum("zui,u->zui", d2_d__p9, (weight[96:112].view(16) * 1.118033988749895))
+    d2_weight_44 = torch.einsum("zui,zui->u", (d2_d__p9 * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    _c24 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
+    d2_d__p10_45 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c24)
+    # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    _c25 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p10)
+    d2_f_46 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c25)
+    # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    _c26 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
+    d2_d__p10_47 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c26)
+    # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    _c27 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p10)
+    d2_f_48 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c27)
+    d2_d__p10 = d2_d__p10_45 + d2_d__p10_47
+    d2_d_p_49 = torch.einsum("zui,u->zui", d2_d__p10, (weight[112:128].view(16) * 0.5773502691896257))
+    d2_weight_50 = torch.einsum("zui,zui->u", (d2_d__p10 * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    d2_d__p11_51 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c24)
+    # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    _c28 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p11)
+    d2_f_52 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c28)
+    # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    d2_d__p11_53 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c26)
+    # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    _c29 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p11)
+    d2_f_54 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c29)
+    d2_d__p11 = d2_d__p11_51 + d2_d__p11_53
+    d2_d_p_55 = torch.einsum("zui,u->zui", d2_d__p11, (weight[128:144].view(16) * 1.118033988749895))
+    d2_weight_56 = torch.einsum("zui,zui->u", (d2_d__p11 * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
+    d2_d_p = torch.cat([
+        (d2_d_p_7 + d2_d_p_25 + d2_d_p_49).reshape(n, 16),
+        (d2_d_p_13 + d2_d_p_37).reshape(n, 48),
+        (d2_d_p_19 + d2_d_p_31 + d2_d_p_43 + d2_d_p_55).reshape(n, 80),
+    ], dim=-1)
+    d2_d_g_57 = torch.einsum("zui,uw->zwi", d2_d_p[:, 0:16].reshape(n, 16, 1), (weight[144:400].view(16, 16) * 0.25))
+    # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
+    d2_weight_58 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25), d_g[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂d_g: ∂/∂p: 16x1 -> 16x1
+    d2_d_g_59 = torch.einsum("zui,uw->zwi", d2_d_p[:, 16:64].reshape(n, 16, 3), (weight[400:656].view(16, 16) * 0.25))
+    # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
+    d2_weight_60 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25), d_g[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
+    d2_d_g_61 = torch.einsum("zui,uw->zwi", d2_d_p[:, 64:144].reshape(n, 16, 5), (weight[656:912].view(16, 16) * 0.25))
+    # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
+    d2_weight_62 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25), d_g[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂d_g: ∂/∂f: 16x0 -> 16x0
+    d2_d_g_63 = torch.einsum("zui,uw->zwi", d2_d_f[:, 0:16].reshape(n, 16, 1), (weight[912:1168].view(16, 16) * 0.25))
+    # ∂/∂weight: ∂/∂f: 16x0 -> 16x0
+    d2_weight_64 = torch.einsum("zui,zwi->uw", (d2_d_f[:, 0:16].reshape(n, 16, 1) * 0.25), d_g[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂d_g: ∂/∂f: 16x1 -> 16x1
+    d2_d_g_65 = torch.einsum("zui,uw->zwi", d2_d_f[:, 16:64].reshape(n, 16, 3), (weight[1168:1424].view(16, 16) * 0.25))
+    # ∂/∂weight: ∂/∂f: 16x1 -> 16x1
+    d2_weight_66 = torch.einsum("zui,zwi->uw", (d2_d_f[:, 16:64].reshape(n, 16, 3) * 0.25), d_g[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂d_g: ∂/∂f: 16x2 -> 16x2
+    d2_d_g_67 = torch.einsum("zui,uw->zwi", d2_d_f[:, 64:144].reshape(n, 16, 5), (weight[1424:1680].view(16, 16) * 0.25))
+    # ∂/∂weight: ∂/∂f: 16x2 -> 16x2
+    d2_weight_68 = torch.einsum("zui,zwi->uw", (d2_d_f[:, 64:144].reshape(n, 16, 5) * 0.25), d_g[:, 64:144].reshape(n, 16, 5))
+    d2_f = torch.cat([
+        (d2_f_4 + d2_f_6 + d2_f_10 + d2_f_16).reshape(n, 16),
+        (d2_f_12 + d2_f_22 + d2_f_24 + d2_f_28 + d2_f_30 + d2_f_34 + d2_f_40).reshape(n, 48),
+        (d2_f_18 + d2_f_36 + d2_f_42 + d2_f_46 + d2_f_48 + d2_f_52 + d2_f_54).reshape(n, 80),
+    ], dim=-1)
+    d2_d_g = torch.cat([
+        (d2_d_g_57 + d2_d_g_63).reshape(n, 16),
+        (d2_d_g_59 + d2_d_g_65).reshape(n, 48),
+        (d2_d_g_61 + d2_d_g_67).reshape(n, 80),
+    ], dim=-1)
+    d2_weight = torch.cat([
+        d2_weight_8.reshape(16),
+        d2_weight_14.reshape(16),
+        d2_weight_20.reshape(16),
+        d2_weight_26.reshape(16),
+        d2_weight_32.reshape(16),
+        d2_weight_38.reshape(16),
+        d2_weight_44.reshape(16),
+        d2_weight_50.reshape(16),
+        d2_weight_56.reshape(16),
+        d2_weight_58.reshape(256),
+        d2_weight_60.reshape(256),
+        d2_weight_62.reshape(256),
+        d2_weight_64.reshape(256),
+        d2_weight_66.reshape(256),
+        d2_weight_68.reshape(256),
+    ], dim=-1)
+    return [d2_f, d2_d_g, d2_weight]
+
+
+def _cormorant_cg_d2_weight(
+    f: torch.Tensor, d_g: torch.Tensor, d2_d_weight: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor,
+    cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight: f (n, 144), d_g (n, 144), d2_d_weight (1680,) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
     n = f.shape[0]
     # p1 = (p0 ⊗ p0) -> 16x0
     _c0 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
@@ -302,337 +518,185 @@ def _cormorant_cg_d_d2(
     d_p_10 = torch.einsum("zwi,uw->zui", d_g[:, 16:64].reshape(n, 16, 3), (weight[400:656].view(16, 16) * 0.25))
     # ∂/∂p: 16x0 -> 16x0
     d_p_11 = torch.einsum("zwi,uw->zui", d_g[:, 0:16].reshape(n, 16, 1), (weight[144:400].view(16, 16) * 0.25))
+    d2_d_p_12 = torch.einsum("u,zui->zui", (d2_d_weight[0:16].view(16) * 0.5773502691896257), _p1)
     d_p = torch.cat([
         d_p_11.reshape(n, 16),
         d_p_10.reshape(n, 48),
         d_p_9.reshape(n, 80),
     ], dim=-1)
-    d__p11 = torch.einsum("zui,u->zui", d_p[:, 64:144].reshape(n, 16, 5), (weight[128:144].view(16) * 1.118033988749895))
-    d__p10 = torch.einsum("zui,u->zui", d_p[:, 0:16].reshape(n, 16, 1), (weight[112:128].view(16) * 0.5773502691896257))
-    d__p9 = torch.einsum("zui,u->zui", d_p[:, 64:144].reshape(n, 16, 5), (weight[96:112].view(16) * 1.118033988749895))
-    d__p8 = torch.einsum("zui,u->zui", d_p[:, 16:64].reshape(n, 16, 3), (weight[80:96].view(16) * 1.224744871391589))
-    d__p7 = torch.einsum("zui,u->zui", d_p[:, 64:144].reshape(n, 16, 5), (weight[64:80].view(16) * 1.118033988749895))
-    d__p6 = torch.einsum("zui,u->zui", d_p[:, 0:16].reshape(n, 16, 1), (weight[48:64].view(16) * 0.5773502691896257))
-    d__p5 = torch.einsum("zui,u->zui", d_p[:, 64:144].reshape(n, 16, 5), (weight[32:48].view(16) * 1.118033988749895))
-    d__p3 = torch.einsum("zui,u->zui", d_p[:, 16:64].reshape(n, 16, 3), (weight[16:32].view(16) * 1.224744871391589))
-    d__p1 = torch.einsum("zui,u->zui", d_p[:, 0:16].reshape(n, 16, 1), (weight[0:16].view(16) * 0.5773502691896257))
-    # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c6 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
-    d2_d__p1_12 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c6)
-    # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c7 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 0:16].reshape(n, 16, 1), d__p1)
-    d2_f_13 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c7)
-    # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c8 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
-    d2_d__p1_14 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c8)
-    # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c9 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 0:16].reshape(n, 16, 1), d__p1)
-    d2_f_15 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c9)
-    d2_d_p_16 = torch.einsum("u,zui->zui", (d2_d_weight[0:16].view(16) * 0.5773502691896257), _p1)
-    d2__p1_17 = torch.einsum("u,zui->zui", (d2_d_weight[0:16].view(16) * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
-    d2_d__p1 = d2_d__p1_12 + d2_d__p1_14
-    d2_d_p_18 = torch.einsum("zui,u->zui", d2_d__p1, (weight[0:16].view(16) * 0.5773502691896257))
-    d2_weight_19 = torch.einsum("zui,zui->u", (d2_d__p1 * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
-    # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c10 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 0:16].reshape(n, 16, 1))
-    d2_d__p3_20 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c10)
-    # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c11 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p3)
-    d2_f_21 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c11)
-    # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c12 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3))
-    d2_d__p3_22 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c12)
-    # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c13 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 0:16].reshape(n, 16, 1), d__p3)
-    d2_f_23 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c13)
-    d2_d_p_24 = torch.einsum("u,zui->zui", (d2_d_weight[16:32].view(16) * 1.224744871391589), _p3)
-    d2__p3_25 = torch.einsum("u,zui->zui", (d2_d_weight[16:32].view(16) * 1.224744871391589), d_p[:, 16:64].reshape(n, 16, 3))
-    d2_d__p3 = d2_d__p3_20 + d2_d__p3_22
-    d2_d_p_26 = torch.einsum("zui,u->zui", d2_d__p3, (weight[16:32].view(16) * 1.224744871391589))
-    d2_weight_27 = torch.einsum("zui,zui->u", (d2_d__p3 * 1.224744871391589), d_p[:, 16:64].reshape(n, 16, 3))
-    # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c14 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 0:16].reshape(n, 16, 1))
-    d2_d__p5_28 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c14)
-    # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c15 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p5)
-    d2_f_29 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c15)
-    # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c16 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 64:144].reshape(n, 16, 5))
-    d2_d__p5_30 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c16)
-    # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c17 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 0:16].reshape(n, 16, 1), d__p5)
-    d2_f_31 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c17)
-    d2_d_p_32 = torch.einsum("u,zui->zui", (d2_d_weight[32:48].view(16) * 1.118033988749895), _p5)
-    d2__p5_33 = torch.einsum("u,zui->zui", (d2_d_weight[32:48].view(16) * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
-    d2_d__p5 = d2_d__p5_28 + d2_d__p5_30
-    d2_d_p_34 = torch.einsum("zui,u->zui", d2_d__p5, (weight[32:48].view(16) * 1.118033988749895))
-    d2_weight_35 = torch.einsum("zui,zui->u", (d2_d__p5 * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
-    # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c18 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
-    d2_d__p6_36 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c18)
-    # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c19 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p6)
-    d2_f_37 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c19)
-    # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c20 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
-    d2_d__p6_38 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c20)
-    # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c21 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p6)
-    d2_f_39 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c21)
-    d2_d_p_40 = torch.einsum("u,zui->zui", (d2_d_weight[48:64].view(16) * 0.5773502691896257), _p6)
-    d2__p6_41 = torch.einsum("u,zui->zui", (d2_d_weight[48:64].view(16) * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
-    d2_d__p6 = d2_d__p6_36 + d2_d__p6_38
-    d2_d_p_42 = torch.einsum("zui,u->zui", d2_d__p6, (weight[48:64].view(16) * 0.5773502691896257))
-    d2_weight_43 = torch.einsum("zui,zui->u", (d2_d__p6 * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
-    # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    d2_d__p7_44 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c18)
-    # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _c22 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p7)
-    d2_f_45 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c22)
-    # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    d2_d__p7_46 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c20)
-    # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _c23 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p7)
-    d2_f_47 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c23)
-    d2_d_p_48 = torch.einsum("u,zui->zui", (d2_d_weight[64:80].view(16) * 1.118033988749895), _p7)
-    d2__p7_49 = torch.einsum("u,zui->zui", (d2_d_weight[64:80].view(16) * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
-    d2_d__p7 = d2_d__p7_44 + d2_d__p7_46
-    d2_d_p_50 = torch.einsum("zui,u->zui", d2_d__p7, (weight[64:80].view(16) * 1.118033988749895))
-    d2_weight_51 = torch.einsum("zui,zui->u", (d2_d__p7 * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
-    # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c24 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 16:64].reshape(n, 16, 3))
-    d2_d__p8_52 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c24)
-    # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c25 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p8)
-    d2_f_53 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c25)
-    # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c26 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
-    d2_d__p8_54 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c26)
-    # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c27 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p8)
-    d2_f_55 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c27)
-    d2_d_p_56 = torch.einsum("u,zui->zui", (d2_d_weight[80:96].view(16) * 1.224744871391589), _p8)
-    d2__p8_57 = torch.einsum("u,zui->zui", (d2_d_weight[80:96].view(16) * 1.224744871391589), d_p[:, 16:64].reshape(n, 16, 3))
-    d2_d__p8 = d2_d__p8_52 + d2_d__p8_54
-    d2_d_p_58 = torch.einsum("zui,u->zui", d2_d__p8, (weight[80:96].view(16) * 1.224744871391589))
-    d2_weight_59 = torch.einsum("zui,zui->u", (d2_d__p8 * 1.224744871391589), d_p[:, 16:64].reshape(n, 16, 3))
-    # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    d2_d__p9_60 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c24)
-    # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _c28 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p9)
-    d2_f_61 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c28)
-    # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    d2_d__p9_62 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c26)
-    # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _c29 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p9)
-    d2_f_63 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c29)
-    d2_d_p_64 = torch.einsum("u,zui->zui", (d2_d_weight[96:112].view(16) * 1.118033988749895), _p9)
-    d2__p9_65 = torch.einsum("u,zui->zui", (d2_d_weight[96:112].view(16) * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
-    d2_d__p9 = d2_d__p9_60 + d2_d__p9_62
-    d2_d_p_66 = torch.einsum("zui,u->zui", d2_d__p9, (weight[96:112].view(16) * 1.118033988749895))
-    d2_weight_67 = torch.einsum("zui,zui->u", (d2_d__p9 * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
-    # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c30 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
-    d2_d__p10_68 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c30)
-    # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c31 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p10)
-    d2_f_69 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c31)
-    # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c32 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
-    d2_d__p10_70 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c32)
-    # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c33 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p10)
-    d2_f_71 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c33)
-    d2_d_p_72 = torch.einsum("u,zui->zui", (d2_d_weight[112:128].view(16) * 0.5773502691896257), _p10)
-    d2__p10_73 = torch.einsum("u,zui->zui", (d2_d_weight[112:128].view(16) * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
-    d2_d__p10 = d2_d__p10_68 + d2_d__p10_70
-    d2_d_p_74 = torch.einsum("zui,u->zui", d2_d__p10, (weight[112:128].view(16) * 0.5773502691896257))
-    d2_weight_75 = torch.einsum("zui,zui->u", (d2_d__p10 * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
-    # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    d2_d__p11_76 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c30)
-    # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _c34 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p11)
-    d2_f_77 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c34)
-    # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    d2_d__p11_78 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c32)
-    # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _c35 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p11)
-    d2_f_79 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c35)
-    d2_d_p_80 = torch.einsum("u,zui->zui", (d2_d_weight[128:144].view(16) * 1.118033988749895), _p11)
-    d2__p11_81 = torch.einsum("u,zui->zui", (d2_d_weight[128:144].view(16) * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
-    d2_d__p11 = d2_d__p11_76 + d2_d__p11_78
-    d2_d_p_82 = torch.einsum("zui,u->zui", d2_d__p11, (weight[128:144].view(16) * 1.118033988749895))
-    d2_weight_83 = torch.einsum("zui,zui->u", (d2_d__p11 * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
+    d2__p1_13 = torch.einsum("u,zui->zui", (d2_d_weight[0:16].view(16) * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
+    d2_d_p_14 = torch.einsum("u,zui->zui", (d2_d_weight[16:32].view(16) * 1.224744871391589), _p3)
+    d2__p3_15 = torch.einsum("u,zui->zui", (d2_d_weight[16:32].view(16) * 1.224744871391589), d_p[:, 16:64].reshape(n, 16, 3))
+    d2_d_p_16 = torch.einsum("u,zui->zui", (d2_d_weight[32:48].view(16) * 1.118033988749895), _p5)
+    d2__p5_17 = torch.einsum("u,zui->zui", (d2_d_weight[32:48].view(16) * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
+    d2_d_p_18 = torch.einsum("u,zui->zui", (d2_d_weight[48:64].view(16) * 0.5773502691896257), _p6)
+    d2__p6_19 = torch.einsum("u,zui->zui", (d2_d_weight[48:64].view(16) * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
+    d2_d_p_20 = torch.einsum("u,zui->zui", (d2_d_weight[64:80].view(16) * 1.118033988749895), _p7)
+    d2__p7_21 = torch.einsum("u,zui->zui", (d2_d_weight[64:80].view(16) * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
+    d2_d_p_22 = torch.einsum("u,zui->zui", (d2_d_weight[80:96].view(16) * 1.224744871391589), _p8)
+    d2__p8_23 = torch.einsum("u,zui->zui", (d2_d_weight[80:96].view(16) * 1.224744871391589), d_p[:, 16:64].reshape(n, 16, 3))
+    d2_d_p_24 = torch.einsum("u,zui->zui", (d2_d_weight[96:112].view(16) * 1.118033988749895), _p9)
+    d2__p9_25 = torch.einsum("u,zui->zui", (d2_d_weight[96:112].view(16) * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
+    d2_d_p_26 = torch.einsum("u,zui->zui", (d2_d_weight[112:128].view(16) * 0.5773502691896257), _p10)
+    d2__p10_27 = torch.einsum("u,zui->zui", (d2_d_weight[112:128].view(16) * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
+    d2_d_p_28 = torch.einsum("u,zui->zui", (d2_d_weight[128:144].view(16) * 1.118033988749895), _p11)
+    d2__p11_29 = torch.einsum("u,zui->zui", (d2_d_weight[128:144].view(16) * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
     # ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0
     p = torch.cat([
         (p_0 + p_3 + p_7).reshape(n, 16),
         (p_1 + p_5).reshape(n, 48),
         (p_2 + p_4 + p_6 + p_8).reshape(n, 80),
     ], dim=-1)
-    d2_d_g_84 = torch.einsum("uw,zui->zwi", (d2_d_weight[144:400].view(16, 16) * 0.25), p[:, 0:16].reshape(n, 16, 1))
+    d2_d_g_30 = torch.einsum("uw,zui->zwi", (d2_d_weight[144:400].view(16, 16) * 0.25), p[:, 0:16].reshape(n, 16, 1))
     # ∂/∂p: ∂/∂weight: 16x0 -> 16x0
-    d2_p_85 = torch.einsum("uw,zwi->zui", (d2_d_weight[144:400].view(16, 16) * 0.25), d_g[:, 0:16].reshape(n, 16, 1))
+    d2_p_31 = torch.einsum("uw,zwi->zui", (d2_d_weight[144:400].view(16, 16) * 0.25), d_g[:, 0:16].reshape(n, 16, 1))
     # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
-        (d2_d_p_16 + d2_d_p_18 + d2_d_p_40 + d2_d_p_42 + d2_d_p_72 + d2_d_p_74).reshape(n, 16),
-        (d2_d_p_24 + d2_d_p_26 + d2_d_p_56 + d2_d_p_58).reshape(n, 48),
-        (d2_d_p_32 + d2_d_p_34 + d2_d_p_48 + d2_d_p_50 + d2_d_p_64 + d2_d_p_66 + d2_d_p_80 + d2_d_p_82).reshape(n, 80),
+        (d2_d_p_12 + d2_d_p_18 + d2_d_p_26).reshape(n, 16),
+        (d2_d_p_14 + d2_d_p_22).reshape(n, 48),
+        (d2_d_p_16 + d2_d_p_20 + d2_d_p_24 + d2_d_p_28).reshape(n, 80),
     ], dim=-1)
-    d2_d_g_86 = torch.einsum("zui,uw->zwi", d2_d_p[:, 0:16].reshape(n, 16, 1), (weight[144:400].view(16, 16) * 0.25))
+    d2_d_g_32 = torch.einsum("zui,uw->zwi", d2_d_p[:, 0:16].reshape(n, 16, 1), (weight[144:400].view(16, 16) * 0.25))
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_87 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25), d_g[:, 0:16].reshape(n, 16, 1))
+    d2_weight_33 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25), d_g[:, 0:16].reshape(n, 16, 1))
     # ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1
-    d2_d_g_88 = torch.einsum("uw,zui->zwi", (d2_d_weight[400:656].view(16, 16) * 0.25), p[:, 16:64].reshape(n, 16, 3))
+    d2_d_g_34 = torch.einsum("uw,zui->zwi", (d2_d_weight[400:656].view(16, 16) * 0.25), p[:, 16:64].reshape(n, 16, 3))
     # ∂/∂p: ∂/∂weight: 16x1 -> 16x1
-    d2_p_89 = torch.einsum("uw,zwi->zui", (d2_d_weight[400:656].view(16, 16) * 0.25), d_g[:, 16:64].reshape(n, 16, 3))
+    d2_p_35 = torch.einsum("uw,zwi->zui", (d2_d_weight[400:656].view(16, 16) * 0.25), d_g[:, 16:64].reshape(n, 16, 3))
     # ∂/∂d_g: ∂/∂p: 16x1 -> 16x1
-    d2_d_g_90 = torch.einsum("zui,uw->zwi", d2_d_p[:, 16:64].reshape(n, 16, 3), (weight[400:656].view(16, 16) * 0.25))
+    d2_d_g_36 = torch.einsum("zui,uw->zwi", d2_d_p[:, 16:64].reshape(n, 16, 3), (weight[400:656].view(16, 16) * 0.25))
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_91 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25), d_g[:, 16:64].reshape(n, 16, 3))
+    d2_weight_37 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25), d_g[:, 16:64].reshape(n, 16, 3))
     # ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2
-    d2_d_g_92 = torch.einsum("uw,zui->zwi", (d2_d_weight[656:912].view(16, 16) * 0.25), p[:, 64:144].reshape(n, 16, 5))
+    d2_d_g_38 = torch.einsum("uw,zui->zwi", (d2_d_weight[656:912].view(16, 16) * 0.25), p[:, 64:144].reshape(n, 16, 5))
     # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
-    d2_p_93 = torch.einsum("uw,zwi->zui", (d2_d_weight[656:912].view(16, 16) * 0.25), d_g[:, 64:144].reshape(n, 16, 5))
+    d2_p_39 = torch.einsum("uw,zwi->zui", (d2_d_weight[656:912].view(16, 16) * 0.25), d_g[:, 64:144].reshape(n, 16, 5))
     # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
-    d2_d_g_94 = torch.einsum("zui,uw->zwi", d2_d_p[:, 64:144].reshape(n, 16, 5), (weight[656:912].view(16, 16) * 0.25))
+    d2_d_g_40 = torch.einsum("zui,uw->zwi", d2_d_p[:, 64:144].reshape(n, 16, 5), (weight[656:912].view(16, 16) * 0.25))
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_95 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25), d_g[:, 64:144].reshape(n, 16, 5))
+    d2_weight_41 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25), d_g[:, 64:144].reshape(n, 16, 5))
     # ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0
-    d2_d_g_96 = torch.einsum("uw,zui->zwi", (d2_d_weight[912:1168].view(16, 16) * 0.25), f[:, 0:16].reshape(n, 16, 1))
+    d2_d_g_42 = torch.einsum("uw,zui->zwi", (d2_d_weight[912:1168].view(16, 16) * 0.25), f[:, 0:16].reshape(n, 16, 1))
     # ∂/∂f: ∂/∂weight: 16x0 -> 16x0
-    d2_f_97 = torch.einsum("uw,zwi->zui", (d2_d_weight[912:1168].view(16, 16) * 0.25), d_g[:, 0:16].reshape(n, 16, 1))
-    # ∂/∂d_g: ∂/∂f: 16x0 -> 16x0
-    d2_d_g_98 = torch.einsum("zui,uw->zwi", d2_d_f[:, 0:16].reshape(n, 16, 1), (weight[912:1168].view(16, 16) * 0.25))
-    # ∂/∂weight: ∂/∂f: 16x0 -> 16x0
-    d2_weight_99 = torch.einsum("zui,zwi->uw", (d2_d_f[:, 0:16].reshape(n, 16, 1) * 0.25), d_g[:, 0:16].reshape(n, 16, 1))
+    d2_f_43 = torch.einsum("uw,zwi->zui", (d2_d_weight[912:1168].view(16, 16) * 0.25), d_g[:, 0:16].reshape(n, 16, 1))
     # ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1
-    d2_d_g_100 = torch.einsum("uw,zui->zwi", (d2_d_weight[1168:1424].view(16, 16) * 0.25), f[:, 16:64].reshape(n, 16, 3))
+    d2_d_g_44 = torch.einsum("uw,zui->zwi", (d2_d_weight[1168:1424].view(16, 16) * 0.25), f[:, 16:64].reshape(n, 16, 3))
     # ∂/∂f: ∂/∂weight: 16x1 -> 16x1
-    d2_f_101 = torch.einsum("uw,zwi->zui", (d2_d_weight[1168:1424].view(16, 16) * 0.25), d_g[:, 16:64].reshape(n, 16, 3))
-    # ∂/∂d_g: ∂/∂f: 16x1 -> 16x1
-    d2_d_g_102 = torch.einsum("zui,uw->zwi", d2_d_f[:, 16:64].reshape(n, 16, 3), (weight[1168:1424].view(16, 16) * 0.25))
-    # ∂/∂weight: ∂/∂f: 16x1 -> 16x1
-    d2_weight_103 = torch.einsum("zui,zwi->uw", (d2_d_f[:, 16:64].reshape(n, 16, 3) * 0.25), d_g[:, 16:64].reshape(n, 16, 3))
+    d2_f_45 = torch.einsum("uw,zwi->zui", (d2_d_weight[1168:1424].view(16, 16) * 0.25), d_g[:, 16:64].reshape(n, 16, 3))
     # ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2
-    d2_d_g_104 = torch.einsum("uw,zui->zwi", (d2_d_weight[1424:1680].view(16, 16) * 0.25), f[:, 64:144].reshape(n, 16, 5))
+    d2_d_g_46 = torch.einsum("uw,zui->zwi", (d2_d_weight[1424:1680].view(16, 16) * 0.25), f[:, 64:144].reshape(n, 16, 5))
     # ∂/∂f: ∂/∂weight: 16x2 -> 16x2
-    d2_f_105 = torch.einsum("uw,zwi->zui", (d2_d_weight[1424:1680].view(16, 16) * 0.25), d_g[:, 64:144].reshape(n, 16, 5))
-    # ∂/∂d_g: ∂/∂f: 16x2 -> 16x2
-    d2_d_g_106 = torch.einsum("zui,uw->zwi", d2_d_f[:, 64:144].reshape(n, 16, 5), (weight[1424:1680].view(16, 16) * 0.25))
-    # ∂/∂weight: ∂/∂f: 16x2 -> 16x2
-    d2_weight_107 = torch.einsum("zui,zwi->uw", (d2_d_f[:, 64:144].reshape(n, 16, 5) * 0.25), d_g[:, 64:144].reshape(n, 16, 5))
+    d2_f_47 = torch.einsum("uw,zwi->zui", (d2_d_weight[1424:1680].view(16, 16) * 0.25), d_g[:, 64:144].reshape(n, 16, 5))
     d2_p = torch.cat([
-        d2_p_85.reshape(n, 16),
-        d2_p_89.reshape(n, 48),
-        d2_p_93.reshape(n, 80),
+        d2_p_31.reshape(n, 16),
+        d2_p_35.reshape(n, 48),
+        d2_p_39.reshape(n, 80),
     ], dim=-1)
-    d2__p11_108 = torch.einsum("zui,u->zui", d2_p[:, 64:144].reshape(n, 16, 5), (weight[128:144].view(16) * 1.118033988749895))
-    d2_weight_109 = torch.einsum("zui,zui->u", (d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p11)
+    d2__p11_48 = torch.einsum("zui,u->zui", d2_p[:, 64:144].reshape(n, 16, 5), (weight[128:144].view(16) * 1.118033988749895))
+    d2_weight_49 = torch.einsum("zui,zui->u", (d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p11)
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    d2__p11 = d2__p11_81 + d2__p11_108
-    _c36 = torch.einsum("zuk,zuj->zjku", d2__p11, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_110 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c36)
+    d2__p11 = d2__p11_29 + d2__p11_48
+    _c6 = torch.einsum("zuk,zuj->zjku", d2__p11, f[:, 64:144].reshape(n, 16, 5))
+    d2_f_50 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c6)
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _c37 = torch.einsum("zuk,zui->ziku", d2__p11, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_111 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c37)
-    d2__p10_112 = torch.einsum("zui,u->zui", d2_p[:, 0:16].reshape(n, 16, 1), (weight[112:128].view(16) * 0.5773502691896257))
-    d2_weight_113 = torch.einsum("zui,zui->u", (d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p10)
+    _c7 = torch.einsum("zuk,zui->ziku", d2__p11, f[:, 64:144].reshape(n, 16, 5))
+    d2_f_51 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c7)
+    d2__p10_52 = torch.einsum("zui,u->zui", d2_p[:, 0:16].reshape(n, 16, 1), (weight[112:128].view(16) * 0.5773502691896257))
+    d2_weight_53 = torch.einsum("zui,zui->u", (d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p10)
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    d2__p10 = d2__p10_73 + d2__p10_112
-    _c38 = torch.einsum("zuk,zuj->zjku", d2__p10, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_114 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c38)
+    d2__p10 = d2__p10_27 + d2__p10_52
+    _c8 = torch.einsum("zuk,zuj->zjku", d2__p10, f[:, 64:144].reshape(n, 16, 5))
+    d2_f_54 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c8)
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c39 = torch.einsum("zuk,zui->ziku", d2__p10, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_115 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c39)
-    d2__p9_116 = torch.einsum("zui,u->zui", d2_p[:, 64:144].reshape(n, 16, 5), (weight[96:112].view(16) * 1.118033988749895))
-    d2_weight_117 = torch.einsum("zui,zui->u", (d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p9)
+    _c9 = torch.einsum("zuk,zui->ziku", d2__p10, f[:, 64:144].reshape(n, 16, 5))
+    d2_f_55 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c9)
+    d2__p9_56 = torch.einsum("zui,u->zui", d2_p[:, 64:144].reshape(n, 16, 5), (weight[96:112].view(16) * 1.118033988749895))
+    d2_weight_57 = torch.einsum("zui,zui->u", (d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p9)
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    d2__p9 = d2__p9_65 + d2__p9_116
-    _c40 = torch.einsum("zuk,zuj->zjku", d2__p9, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_118 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c40)
+    d2__p9 = d2__p9_25 + d2__p9_56
+    _c10 = torch.einsum("zuk,zuj->zjku", d2__p9, f[:, 64:144].reshape(n, 16, 5))
+    d2_f_58 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c10)
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _c41 = torch.einsum("zuk,zui->ziku", d2__p9, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_119 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c41)
-    d2__p8_120 = torch.einsum("zui,u->zui", d2_p[:, 16:64].reshape(n, 16, 3), (weight[80:96].view(16) * 1.224744871391589))
-    d2_weight_121 = torch.einsum("zui,zui->u", (d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589), _p8)
+    _c11 = torch.einsum("zuk,zui->ziku", d2__p9, f[:, 16:64].reshape(n, 16, 3))
+    d2_f_59 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c11)
+    d2__p8_60 = torch.einsum("zui,u->zui", d2_p[:, 16:64].reshape(n, 16, 3), (weight[80:96].view(16) * 1.224744871391589))
+    d2_weight_61 = torch.einsum("zui,zui->u", (d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589), _p8)
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    d2__p8 = d2__p8_57 + d2__p8_120
-    _c42 = torch.einsum("zuk,zuj->zjku", d2__p8, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_122 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c42)
+    d2__p8 = d2__p8_23 + d2__p8_60
+    _c12 = torch.einsum("zuk,zuj->zjku", d2__p8, f[:, 64:144].reshape(n, 16, 5))
+    d2_f_62 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c12)
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c43 = torch.einsum("zuk,zui->ziku", d2__p8, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_123 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c43)
-    d2__p7_124 = torch.einsum("zui,u->zui", d2_p[:, 64:144].reshape(n, 16, 5), (weight[64:80].view(16) * 1.118033988749895))
-    d2_weight_125 = torch.einsum("zui,zui->u", (d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p7)
+    _c13 = torch.einsum("zuk,zui->ziku", d2__p8, f[:, 16:64].reshape(n, 16, 3))
+    d2_f_63 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c13)
+    d2__p7_64 = torch.einsum("zui,u->zui", d2_p[:, 64:144].reshape(n, 16, 5), (weight[64:80].view(16) * 1.118033988749895))
+    d2_weight_65 = torch.einsum("zui,zui->u", (d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p7)
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    d2__p7 = d2__p7_49 + d2__p7_124
-    _c44 = torch.einsum("zuk,zuj->zjku", d2__p7, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_126 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c44)
+    d2__p7 = d2__p7_21 + d2__p7_64
+    _c14 = torch.einsum("zuk,zuj->zjku", d2__p7, f[:, 16:64].reshape(n, 16, 3))
+    d2_f_66 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c14)
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _c45 = torch.einsum("zuk,zui->ziku", d2__p7, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_127 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c45)
-    d2__p6_128 = torch.einsum("zui,u->zui", d2_p[:, 0:16].reshape(n, 16, 1), (weight[48:64].view(16) * 0.5773502691896257))
-    d2_weight_129 = torch.einsum("zui,zui->u", (d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p6)
+    _c15 = torch.einsum("zuk,zui->ziku", d2__p7, f[:, 16:64].reshape(n, 16, 3))
+    d2_f_67 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c15)
+    d2__p6_68 = torch.einsum("zui,u->zui", d2_p[:, 0:16].reshape(n, 16, 1), (weight[48:64].view(16) * 0.5773502691896257))
+    d2_weight_69 = torch.einsum("zui,zui->u", (d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p6)
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    d2__p6 = d2__p6_41 + d2__p6_128
-    _c46 = torch.einsum("zuk,zuj->zjku", d2__p6, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_130 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c46)
+    d2__p6 = d2__p6_19 + d2__p6_68
+    _c16 = torch.einsum("zuk,zuj->zjku", d2__p6, f[:, 16:64].reshape(n, 16, 3))
+    d2_f_70 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c16)
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c47 = torch.einsum("zuk,zui->ziku", d2__p6, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_131 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c47)
-    d2__p5_132 = torch.einsum("zui,u->zui", d2_p[:, 64:144].reshape(n, 16, 5), (weight[32:48].view(16) * 1.118033988749895))
-    d2_weight_133 = torch.einsum("zui,zui->u", (d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p5)
+    _c17 = torch.einsum("zuk,zui->ziku", d2__p6, f[:, 16:64].reshape(n, 16, 3))
+    d2_f_71 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c17)
+    d2__p5_72 = torch.einsum("zui,u->zui", d2_p[:, 64:144].reshape(n, 16, 5), (weight[32:48].view(16) * 1.118033988749895))
+    d2_weight_73 = torch.einsum("zui,zui->u", (d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p5)
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    d2__p5 = d2__p5_33 + d2__p5_132
-    _c48 = torch.einsum("zuk,zuj->zjku", d2__p5, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_134 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c48)
+    d2__p5 = d2__p5_17 + d2__p5_72
+    _c18 = torch.einsum("zuk,zuj->zjku", d2__p5, f[:, 64:144].reshape(n, 16, 5))
+    d2_f_74 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c18)
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c49 = torch.einsum("zuk,zui->ziku", d2__p5, f[:, 0:16].reshape(n, 16, 1))
-    d2_f_135 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c49)
-    d2__p3_136 = torch.einsum("zui,u->zui", d2_p[:, 16:64].reshape(n, 16, 3), (weight[16:32].view(16) * 1.224744871391589))
-    d2_weight_137 = torch.einsum("zui,zui->u", (d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589), _p3)
+    _c19 = torch.einsum("zuk,zui->ziku", d2__p5, f[:, 0:16].reshape(n, 16, 1))
+    d2_f_75 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c19)
+    d2__p3_76 = torch.einsum("zui,u->zui", d2_p[:, 16:64].reshape(n, 16, 3), (weight[16:32].view(16) * 1.224744871391589))
+    d2_weight_77 = torch.einsum("zui,zui->u", (d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589), _p3)
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    d2__p3 = d2__p3_25 + d2__p3_136
-    _c50 = torch.einsum("zuk,zuj->zjku", d2__p3, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_138 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c50)
+    d2__p3 = d2__p3_15 + d2__p3_76
+    _c20 = torch.einsum("zuk,zuj->zjku", d2__p3, f[:, 16:64].reshape(n, 16, 3))
+    d2_f_78 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c20)
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c51 = torch.einsum("zuk,zui->ziku", d2__p3, f[:, 0:16].reshape(n, 16, 1))
-    d2_f_139 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c51)
-    d2__p1_140 = torch.einsum("zui,u->zui", d2_p[:, 0:16].reshape(n, 16, 1), (weight[0:16].view(16) * 0.5773502691896257))
-    d2_weight_141 = torch.einsum("zui,zui->u", (d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p1)
+    _c21 = torch.einsum("zuk,zui->ziku", d2__p3, f[:, 0:16].reshape(n, 16, 1))
+    d2_f_79 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c21)
+    d2__p1_80 = torch.einsum("zui,u->zui", d2_p[:, 0:16].reshape(n, 16, 1), (weight[0:16].view(16) * 0.5773502691896257))
+    d2_weight_81 = torch.einsum("zui,zui->u", (d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p1)
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    d2__p1 = d2__p1_17 + d2__p1_140
-    _c52 = torch.einsum("zuk,zuj->zjku", d2__p1, f[:, 0:16].reshape(n, 16, 1))
-    d2_f_142 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c52)
+    d2__p1 = d2__p1_13 + d2__p1_80
+    _c22 = torch.einsum("zuk,zuj->zjku", d2__p1, f[:, 0:16].reshape(n, 16, 1))
+    d2_f_82 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c22)
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c53 = torch.einsum("zuk,zui->ziku", d2__p1, f[:, 0:16].reshape(n, 16, 1))
-    d2_f_143 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c53)
+    _c23 = torch.einsum("zuk,zui->ziku", d2__p1, f[:, 0:16].reshape(n, 16, 1))
+    d2_f_83 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c23)
     d2_f = torch.cat([
-        (d2_f_13 + d2_f_15 + d2_f_21 + d2_f_29 + d2_f_97 + d2_f_134 + d2_f_138 + d2_f_142 + d2_f_143).reshape(n, 16),
-        (d2_f_23 + d2_f_37 + d2_f_39 + d2_f_45 + d2_f_47 + d2_f_53 + d2_f_61 + d2_f_101 + d2_f_118 + d2_f_122 + d2_f_126 + d2_f_127 + d2_f_130 + d2_f_131 + d2_f_139).reshape(n, 48),
-        (d2_f_31 + d2_f_55 + d2_f_63 + d2_f_69 + d2_f_71 + d2_f_77 + d2_f_79 + d2_f_105 + d2_f_110 + d2_f_111 + d2_f_114 + d2_f_115 + d2_f_119 + d2_f_123 + d2_f_135).reshape(n, 80),
+        (d2_f_43 + d2_f_74 + d2_f_78 + d2_f_82 + d2_f_83).reshape(n, 16),
+        (d2_f_45 + d2_f_58 + d2_f_62 + d2_f_66 + d2_f_67 + d2_f_70 + d2_f_71 + d2_f_79).reshape(n, 48),
+        (d2_f_47 + d2_f_50 + d2_f_51 + d2_f_54 + d2_f_55 + d2_f_59 + d2_f_63 + d2_f_75).reshape(n, 80),
     ], dim=-1)
     d2_d_g = torch.cat([
-        (d2_d_g_84 + d2_d_g_86 + d2_d_g_96 + d2_d_g_98).reshape(n, 16),
-        (d2_d_g_88 + d2_d_g_90 + d2_d_g_100 + d2_d_g_102).reshape(n, 48),
-        (d2_d_g_92 + d2_d_g_94 + d2_d_g_104 + d2_d_g_106).reshape(n, 80),
+        (d2_d_g_30 + d2_d_g_32 + d2_d_g_42).reshape(n, 16),
+        (d2_d_g_34 + d2_d_g_36 + d2_d_g_44).reshape(n, 48),
+        (d2_d_g_38 + d2_d_g_40 + d2_d_g_46).reshape(n, 80),
     ], dim=-1)
     d2_weight = torch.cat([
-        (d2_weight_19 + d2_weight_141).reshape(16),
-        (d2_weight_27 + d2_weight_137).reshape(16),
-        (d2_weight_35 + d2_weight_133).reshape(16),
-        (d2_weight_43 + d2_weight_129).reshape(16),
-        (d2_weight_51 + d2_weight_125).reshape(16),
-        (d2_weight_59 + d2_weight_121).reshape(16),
-        (d2_weight_67 + d2_weight_117).reshape(16),
-        (d2_weight_75 + d2_weight_113).reshape(16),
-        (d2_weight_83 + d2_weight_109).reshape(16),
-        d2_weight_87.reshape(256),
-        d2_weight_91.reshape(256),
-        d2_weight_95.reshape(256),
-        d2_weight_99.reshape(256),
-        d2_weight_103.reshape(256),
-        d2_weight_107.reshape(256),
+        d2_weight_81.reshape(16),
+        d2_weight_77.reshape(16),
+        d2_weight_73.reshape(16),
+        d2_weight_69.reshape(16),
+        d2_weight_65.reshape(16),
+        d2_weight_61.reshape(16),
+        d2_weight_57.reshape(16),
+        d2_weight_53.reshape(16),
+        d2_weight_49.reshape(16),
+        d2_weight_33.reshape(256),
+        d2_weight_37.reshape(256),
+        d2_weight_41.reshape(256),
+        weight.new_zeros(768),
     ], dim=-1)
     return [d2_f, d2_d_g, d2_weight]
 
@@ -738,1056 +802,1004 @@ def _cormorant_cg_triton(f, weight, *constants: torch.Tensor) -> list[torch.Tens
     return [g_out]
 
 
-# cormorant_cg: each op's autograd is the next program's op; the last one's is autograd through its code
-_ops.register("cormorant_cg_d_d2", _cormorant_cg_d_d2, outputs=((144, True), (144, True), (1680, False)), index_ranges={})
-_ops.register("cormorant_cg_d", _cormorant_cg_d, outputs=((144, True), (1680, False)), index_ranges={}, backward=_ops.cormorant_cg_d_d2)
-_ops.register("cormorant_cg", _cormorant_cg_triton, outputs=((144, True),), index_ranges={}, backward=_ops.cormorant_cg_d, check_indices=True)
+# cormorant_cg: an op's autograd runs, per cotangent present, the op of its derivative program;
+# the last ones differentiate through their own torch code
+_ops.register("cormorant_cg_d2_f", _cormorant_cg_d2_f, outputs=((144, True), (144, True), (1680, False)), index_ranges={})
+_ops.register("cormorant_cg_d2_weight", _cormorant_cg_d2_weight, outputs=((144, True), (144, True), (1680, False)), index_ranges={})
+_ops.register("cormorant_cg_d", _cormorant_cg_d, outputs=((144, True), (1680, False)), index_ranges={}, backward=[_ops.cormorant_cg_d2_f, _ops.cormorant_cg_d2_weight])
+_ops.register("cormorant_cg", _cormorant_cg_triton, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_cg_d], check_indices=True)
 
 
 def _cormorant_message(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, weight: torch.Tensor,
-    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor,
-    cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
-    cg_1_2_2: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor,
-    cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
+    _g_p_0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """cormorant_message on rows: f (n, 144), sh (n, 9), w (n, 240) -> m (n, 144)."""
     n = f.shape[0]
-    # 16x0 ⊗ 1x0 -> 16x0
-    _c0 = torch.einsum("zui,zuv->ziuv", f[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 16, 1))
-    _c1 = torch.einsum("zvj,ijk->zikv", sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0)
-    p_0 = torch.einsum("ziuv,zikv->zuk", _c0, (_c1 * 0.5773502691896257))
-    # 16x0 ⊗ 1x1 -> 16x1
-    _c2 = torch.einsum("zui,zuv->ziuv", f[:, 0:16].reshape(n, 16, 1), w[:, 16:32].reshape(n, 16, 1))
-    _c3 = torch.einsum("zvj,ijk->zikv", sh[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
-    p_1 = torch.einsum("ziuv,zikv->zuk", _c2, (_c3 * 0.7071067811865476))
-    # 16x0 ⊗ 1x2 -> 16x2
-    _c4 = torch.einsum("zui,zuv->ziuv", f[:, 0:16].reshape(n, 16, 1), w[:, 32:48].reshape(n, 16, 1))
-    _c5 = torch.einsum("zvj,ijk->zikv", sh[:, 4:9].reshape(n, 1, 5), cg_0_2_2)
-    p_2 = torch.einsum("ziuv,zikv->zuk", _c4, (_c5 * 0.9128709291752769))
-    # 16x1 ⊗ 1x0 -> 16x1
-    _c6 = torch.einsum("zvj,zuv->zju", sh[:, 0:1].reshape(n, 1, 1), w[:, 48:64].reshape(n, 16, 1))
-    _c7 = torch.einsum("zui,zju->ziju", f[:, 16:64].reshape(n, 16, 3), _c6)
-    p_3 = torch.einsum("ijk,ziju->zuk", (cg_1_0_1 * 0.7071067811865476), _c7)
-    # 16x1 ⊗ 1x1 -> 16x0
-    _c8 = torch.einsum("zui,zvj->zijuv", f[:, 16:64].reshape(n, 16, 3), sh[:, 1:4].reshape(n, 1, 3))
-    _c9 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c8)
-    p_4 = torch.einsum("zuv,zkuv->zuk", (w[:, 64:80].reshape(n, 16, 1) * 0.5773502691896257), _c9)
-    # 16x1 ⊗ 1x1 -> 16x1
-    _c10 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_1, _c8)
-    p_5 = torch.einsum("zuv,zkuv->zuk", (w[:, 80:96].reshape(n, 16, 1) * 0.7071067811865476), _c10)
-    # 16x1 ⊗ 1x1 -> 16x2
-    _c11 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 96:112].reshape(n, 16, 1))
-    _c12 = torch.einsum("zui,zju->ziju", f[:, 16:64].reshape(n, 16, 3), _c11)
-    p_6 = torch.einsum("ijk,ziju->zuk", (cg_1_1_2 * 0.9128709291752769), _c12)
-    # 16x1 ⊗ 1x2 -> 16x1
-    _c13 = torch.einsum("zui,zvj->zijuv", f[:, 16:64].reshape(n, 16, 3), sh[:, 4:9].reshape(n, 1, 5))
-    _c14 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c13)
-    p_7 = torch.einsum("zuv,zkuv->zuk", (w[:, 112:128].reshape(n, 16, 1) * 0.7071067811865476), _c14)
-    # 16x1 ⊗ 1x2 -> 16x2
-    _c15 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_2, _c13)
-    p_8 = torch.einsum("zuv,zkuv->zuk", (w[:, 128:144].reshape(n, 16, 1) * 0.9128709291752769), _c15)
-    # 16x2 ⊗ 1x0 -> 16x2
-    _c16 = torch.einsum("zvj,zuv->zju", sh[:, 0:1].reshape(n, 1, 1), w[:, 144:160].reshape(n, 16, 1))
-    _c17 = torch.einsum("zui,zju->ziju", f[:, 64:144].reshape(n, 16, 5), _c16)
-    p_9 = torch.einsum("ijk,ziju->zuk", (cg_2_0_2 * 0.9128709291752769), _c17)
-    # 16x2 ⊗ 1x1 -> 16x1
-    _c18 = torch.einsum("zui,zvj->zijuv", f[:, 64:144].reshape(n, 16, 5), sh[:, 1:4].reshape(n, 1, 3))
-    _c19 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c18)
-    p_10 = torch.einsum("zuv,zkuv->zuk", (w[:, 160:176].reshape(n, 16, 1) * 0.7071067811865476), _c19)
-    # 16x2 ⊗ 1x1 -> 16x2
-    _c20 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 176:192].reshape(n, 16, 1))
-    _c21 = torch.einsum("zui,zju->ziju", f[:, 64:144].reshape(n, 16, 5), _c20)
-    p_11 = torch.einsum("ijk,ziju->zuk", (cg_2_1_2 * 0.9128709291752769), _c21)
-    # 16x2 ⊗ 1x2 -> 16x0
-    _c22 = torch.einsum("zui,zvj->zijuv", f[:, 64:144].reshape(n, 16, 5), sh[:, 4:9].reshape(n, 1, 5))
-    _c23 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c22)
-    p_12 = torch.einsum("zuv,zkuv->zuk", (w[:, 192:208].reshape(n, 16, 1) * 0.5773502691896257), _c23)
-    # 16x2 ⊗ 1x2 -> 16x1
-    _c24 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_1, _c22)
-    p_13 = torch.einsum("zuv,zkuv->zuk", (w[:, 208:224].reshape(n, 16, 1) * 0.7071067811865476), _c24)
-    # 16x2 ⊗ 1x2 -> 16x2
-    _c25 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c22)
-    p_14 = torch.einsum("zuv,zkuv->zuk", (w[:, 224:240].reshape(n, 16, 1) * 0.9128709291752769), _c25)
+    # every path's (i, k) map at once: sh · G
+    _m_p_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 9), _g_p_0)
+    # 1 paths 16x0 ⊗ sh -> 16x0
+    _t_p_0_0_0 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
+    p_0 = torch.einsum("zupk,zpu->zuk", _t_p_0_0_0, w[:, 0:16].reshape(n, 1, 16))
+    # 1 paths 16x0 ⊗ sh -> 16x1
+    _t_p_0_0_1 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 1, 3))
+    p_1 = torch.einsum("zupk,zpu->zuk", _t_p_0_0_1, w[:, 16:32].reshape(n, 1, 16))
+    # 1 paths 16x0 ⊗ sh -> 16x2
+    _t_p_0_0_2 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 1, 5))
+    p_2 = torch.einsum("zupk,zpu->zuk", _t_p_0_0_2, w[:, 32:48].reshape(n, 1, 16))
+    # 1 paths 16x1 ⊗ sh -> 16x0
+    _t_p_0_1_0 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
+    p_3 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_0, w[:, 64:80].reshape(n, 1, 16))
+    # 3 paths 16x1 ⊗ sh -> 16x1
+    _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
+    w_p_0_1_1_5 = w[:, 80:96].reshape(n, 16)
+    w_p_0_1_1_6 = w[:, 112:128].reshape(n, 16)
+    _w_p_0_1_1 = torch.cat([
+        w_p_0_1_1_4.reshape(n, 16),
+        w_p_0_1_1_5.reshape(n, 16),
+        w_p_0_1_1_6.reshape(n, 16),
+    ], dim=-1)
+    p_7 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_1, _w_p_0_1_1.reshape(n, 3, 16))
+    # 2 paths 16x1 ⊗ sh -> 16x2
+    _t_p_0_1_2 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    w_p_0_1_2_8 = w[:, 96:112].reshape(n, 16)
+    w_p_0_1_2_9 = w[:, 128:144].reshape(n, 16)
+    _w_p_0_1_2 = torch.cat([
+        w_p_0_1_2_8.reshape(n, 16),
+        w_p_0_1_2_9.reshape(n, 16),
+    ], dim=-1)
+    p_10 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_2, _w_p_0_1_2.reshape(n, 2, 16))
+    # 1 paths 16x2 ⊗ sh -> 16x0
+    _t_p_0_2_0 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
+    p_11 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_0, w[:, 192:208].reshape(n, 1, 16))
+    # 2 paths 16x2 ⊗ sh -> 16x1
+    _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
+    w_p_0_2_1_13 = w[:, 208:224].reshape(n, 16)
+    _w_p_0_2_1 = torch.cat([
+        w_p_0_2_1_12.reshape(n, 16),
+        w_p_0_2_1_13.reshape(n, 16),
+    ], dim=-1)
+    p_14 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_1, _w_p_0_2_1.reshape(n, 2, 16))
+    # 3 paths 16x2 ⊗ sh -> 16x2
+    _t_p_0_2_2 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    w_p_0_2_2_15 = w[:, 144:160].reshape(n, 16)
+    w_p_0_2_2_16 = w[:, 176:192].reshape(n, 16)
+    w_p_0_2_2_17 = w[:, 224:240].reshape(n, 16)
+    _w_p_0_2_2 = torch.cat([
+        w_p_0_2_2_15.reshape(n, 16),
+        w_p_0_2_2_16.reshape(n, 16),
+        w_p_0_2_2_17.reshape(n, 16),
+    ], dim=-1)
+    p_18 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_2, _w_p_0_2_2.reshape(n, 3, 16))
     # 16x0 -> 16x0
     p = torch.cat([
-        (p_0 + p_4 + p_12).reshape(n, 16),
-        (p_1 + p_3 + p_5 + p_7 + p_10 + p_13).reshape(n, 48),
-        (p_2 + p_6 + p_8 + p_9 + p_11 + p_14).reshape(n, 80),
+        (p_0 + p_3 + p_11).reshape(n, 16),
+        (p_1 + p_7 + p_14).reshape(n, 48),
+        (p_2 + p_10 + p_18).reshape(n, 80),
     ], dim=-1)
-    m_15 = torch.einsum("zui,uw->zwi", p[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    m_19 = torch.einsum("zui,uw->zwi", p[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
     # 16x1 -> 16x1
-    m_16 = torch.einsum("zui,uw->zwi", p[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    m_20 = torch.einsum("zui,uw->zwi", p[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
     # 16x2 -> 16x2
-    m_17 = torch.einsum("zui,uw->zwi", p[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    m_21 = torch.einsum("zui,uw->zwi", p[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
     m = torch.cat([
-        m_15.reshape(n, 16),
-        m_16.reshape(n, 48),
-        m_17.reshape(n, 80),
+        m_19.reshape(n, 16),
+        m_20.reshape(n, 48),
+        m_21.reshape(n, 80),
     ], dim=-1)
     return [m]
 
 
 def _cormorant_message_d(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
-    cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor,
-    cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor,
-    cg_2_1_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
+    weight: torch.Tensor, _g_p_0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of cormorant_message: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_f (n, 144), d_sh (n, 9), d_w (n, 240), d_weight (768,)."""
     n = f.shape[0]
-    # 16x0 ⊗ 1x0 -> 16x0
-    _c0 = torch.einsum("zui,zuv->ziuv", f[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 16, 1))
-    _c1 = torch.einsum("zvj,ijk->zikv", sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0)
-    p_0 = torch.einsum("ziuv,zikv->zuk", _c0, (_c1 * 0.5773502691896257))
-    # 16x0 ⊗ 1x1 -> 16x1
-    _c2 = torch.einsum("zui,zuv->ziuv", f[:, 0:16].reshape(n, 16, 1), w[:, 16:32].reshape(n, 16, 1))
-    _c3 = torch.einsum("zvj,ijk->zikv", sh[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
-    p_1 = torch.einsum("ziuv,zikv->zuk", _c2, (_c3 * 0.7071067811865476))
-    # 16x0 ⊗ 1x2 -> 16x2
-    _c4 = torch.einsum("zui,zuv->ziuv", f[:, 0:16].reshape(n, 16, 1), w[:, 32:48].reshape(n, 16, 1))
-    _c5 = torch.einsum("zvj,ijk->zikv", sh[:, 4:9].reshape(n, 1, 5), cg_0_2_2)
-    p_2 = torch.einsum("ziuv,zikv->zuk", _c4, (_c5 * 0.9128709291752769))
-    # 16x1 ⊗ 1x0 -> 16x1
-    _c6 = torch.einsum("zvj,zuv->zju", sh[:, 0:1].reshape(n, 1, 1), w[:, 48:64].reshape(n, 16, 1))
-    _c7 = torch.einsum("zui,zju->ziju", f[:, 16:64].reshape(n, 16, 3), _c6)
-    p_3 = torch.einsum("ijk,ziju->zuk", (cg_1_0_1 * 0.7071067811865476), _c7)
-    # 16x1 ⊗ 1x1 -> 16x0
-    _c8 = torch.einsum("zui,zvj->zijuv", f[:, 16:64].reshape(n, 16, 3), sh[:, 1:4].reshape(n, 1, 3))
-    _c9 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c8)
-    p_4 = torch.einsum("zuv,zkuv->zuk", (w[:, 64:80].reshape(n, 16, 1) * 0.5773502691896257), _c9)
-    # 16x1 ⊗ 1x1 -> 16x1
-    _c10 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_1, _c8)
-    p_5 = torch.einsum("zuv,zkuv->zuk", (w[:, 80:96].reshape(n, 16, 1) * 0.7071067811865476), _c10)
-    # 16x1 ⊗ 1x1 -> 16x2
-    _c11 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 96:112].reshape(n, 16, 1))
-    _c12 = torch.einsum("zui,zju->ziju", f[:, 16:64].reshape(n, 16, 3), _c11)
-    p_6 = torch.einsum("ijk,ziju->zuk", (cg_1_1_2 * 0.9128709291752769), _c12)
-    # 16x1 ⊗ 1x2 -> 16x1
-    _c13 = torch.einsum("zui,zvj->zijuv", f[:, 16:64].reshape(n, 16, 3), sh[:, 4:9].reshape(n, 1, 5))
-    _c14 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c13)
-    p_7 = torch.einsum("zuv,zkuv->zuk", (w[:, 112:128].reshape(n, 16, 1) * 0.7071067811865476), _c14)
-    # 16x1 ⊗ 1x2 -> 16x2
-    _c15 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_2, _c13)
-    p_8 = torch.einsum("zuv,zkuv->zuk", (w[:, 128:144].reshape(n, 16, 1) * 0.9128709291752769), _c15)
-    # 16x2 ⊗ 1x0 -> 16x2
-    _c16 = torch.einsum("zvj,zuv->zju", sh[:, 0:1].reshape(n, 1, 1), w[:, 144:160].reshape(n, 16, 1))
-    _c17 = torch.einsum("zui,zju->ziju", f[:, 64:144].reshape(n, 16, 5), _c16)
-    p_9 = torch.einsum("ijk,ziju->zuk", (cg_2_0_2 * 0.9128709291752769), _c17)
-    # 16x2 ⊗ 1x1 -> 16x1
-    _c18 = torch.einsum("zui,zvj->zijuv", f[:, 64:144].reshape(n, 16, 5), sh[:, 1:4].reshape(n, 1, 3))
-    _c19 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c18)
-    p_10 = torch.einsum("zuv,zkuv->zuk", (w[:, 160:176].reshape(n, 16, 1) * 0.7071067811865476), _c19)
-    # 16x2 ⊗ 1x1 -> 16x2
-    _c20 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 176:192].reshape(n, 16, 1))
-    _c21 = torch.einsum("zui,zju->ziju", f[:, 64:144].reshape(n, 16, 5), _c20)
-    p_11 = torch.einsum("ijk,ziju->zuk", (cg_2_1_2 * 0.9128709291752769), _c21)
-    # 16x2 ⊗ 1x2 -> 16x0
-    _c22 = torch.einsum("zui,zvj->zijuv", f[:, 64:144].reshape(n, 16, 5), sh[:, 4:9].reshape(n, 1, 5))
-    _c23 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c22)
-    p_12 = torch.einsum("zuv,zkuv->zuk", (w[:, 192:208].reshape(n, 16, 1) * 0.5773502691896257), _c23)
-    # 16x2 ⊗ 1x2 -> 16x1
-    _c24 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_1, _c22)
-    p_13 = torch.einsum("zuv,zkuv->zuk", (w[:, 208:224].reshape(n, 16, 1) * 0.7071067811865476), _c24)
-    # 16x2 ⊗ 1x2 -> 16x2
-    _c25 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c22)
-    p_14 = torch.einsum("zuv,zkuv->zuk", (w[:, 224:240].reshape(n, 16, 1) * 0.9128709291752769), _c25)
+    # every path's (i, k) map at once: sh · G
+    _m_p_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 9), _g_p_0)
+    # 1 paths 16x0 ⊗ sh -> 16x0
+    _t_p_0_0_0 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
+    p_0 = torch.einsum("zupk,zpu->zuk", _t_p_0_0_0, w[:, 0:16].reshape(n, 1, 16))
+    # 1 paths 16x0 ⊗ sh -> 16x1
+    _t_p_0_0_1 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 1, 3))
+    p_1 = torch.einsum("zupk,zpu->zuk", _t_p_0_0_1, w[:, 16:32].reshape(n, 1, 16))
+    # 1 paths 16x0 ⊗ sh -> 16x2
+    _t_p_0_0_2 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 1, 5))
+    p_2 = torch.einsum("zupk,zpu->zuk", _t_p_0_0_2, w[:, 32:48].reshape(n, 1, 16))
+    # 1 paths 16x1 ⊗ sh -> 16x0
+    _t_p_0_1_0 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
+    p_3 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_0, w[:, 64:80].reshape(n, 1, 16))
+    # 3 paths 16x1 ⊗ sh -> 16x1
+    _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
+    w_p_0_1_1_5 = w[:, 80:96].reshape(n, 16)
+    w_p_0_1_1_6 = w[:, 112:128].reshape(n, 16)
+    _w_p_0_1_1 = torch.cat([
+        w_p_0_1_1_4.reshape(n, 16),
+        w_p_0_1_1_5.reshape(n, 16),
+        w_p_0_1_1_6.reshape(n, 16),
+    ], dim=-1)
+    p_7 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_1, _w_p_0_1_1.reshape(n, 3, 16))
+    # 2 paths 16x1 ⊗ sh -> 16x2
+    _t_p_0_1_2 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    w_p_0_1_2_8 = w[:, 96:112].reshape(n, 16)
+    w_p_0_1_2_9 = w[:, 128:144].reshape(n, 16)
+    _w_p_0_1_2 = torch.cat([
+        w_p_0_1_2_8.reshape(n, 16),
+        w_p_0_1_2_9.reshape(n, 16),
+    ], dim=-1)
+    p_10 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_2, _w_p_0_1_2.reshape(n, 2, 16))
+    # 1 paths 16x2 ⊗ sh -> 16x0
+    _t_p_0_2_0 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
+    p_11 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_0, w[:, 192:208].reshape(n, 1, 16))
+    # 2 paths 16x2 ⊗ sh -> 16x1
+    _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
+    w_p_0_2_1_13 = w[:, 208:224].reshape(n, 16)
+    _w_p_0_2_1 = torch.cat([
+        w_p_0_2_1_12.reshape(n, 16),
+        w_p_0_2_1_13.reshape(n, 16),
+    ], dim=-1)
+    p_14 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_1, _w_p_0_2_1.reshape(n, 2, 16))
+    # 3 paths 16x2 ⊗ sh -> 16x2
+    _t_p_0_2_2 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    w_p_0_2_2_15 = w[:, 144:160].reshape(n, 16)
+    w_p_0_2_2_16 = w[:, 176:192].reshape(n, 16)
+    w_p_0_2_2_17 = w[:, 224:240].reshape(n, 16)
+    _w_p_0_2_2 = torch.cat([
+        w_p_0_2_2_15.reshape(n, 16),
+        w_p_0_2_2_16.reshape(n, 16),
+        w_p_0_2_2_17.reshape(n, 16),
+    ], dim=-1)
+    p_18 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_2, _w_p_0_2_2.reshape(n, 3, 16))
     # ∂/∂p: 16x2 -> 16x2
-    d_p_15 = torch.einsum("zwi,uw->zui", d_m[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    d_p_19 = torch.einsum("zwi,uw->zui", d_m[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
     # ∂/∂weight: 16x2 -> 16x2
     p = torch.cat([
-        (p_0 + p_4 + p_12).reshape(n, 16),
-        (p_1 + p_3 + p_5 + p_7 + p_10 + p_13).reshape(n, 48),
-        (p_2 + p_6 + p_8 + p_9 + p_11 + p_14).reshape(n, 80),
+        (p_0 + p_3 + p_11).reshape(n, 16),
+        (p_1 + p_7 + p_14).reshape(n, 48),
+        (p_2 + p_10 + p_18).reshape(n, 80),
     ], dim=-1)
-    d_weight_16 = torch.einsum("zwi,zui->uw", (d_m[:, 64:144].reshape(n, 16, 5) * 0.25), p[:, 64:144].reshape(n, 16, 5))
+    d_weight_20 = torch.einsum("zwi,zui->uw", (d_m[:, 64:144].reshape(n, 16, 5) * 0.25), p[:, 64:144].reshape(n, 16, 5))
     # ∂/∂p: 16x1 -> 16x1
-    d_p_17 = torch.einsum("zwi,uw->zui", d_m[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    d_p_21 = torch.einsum("zwi,uw->zui", d_m[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_18 = torch.einsum("zwi,zui->uw", (d_m[:, 16:64].reshape(n, 16, 3) * 0.25), p[:, 16:64].reshape(n, 16, 3))
+    d_weight_22 = torch.einsum("zwi,zui->uw", (d_m[:, 16:64].reshape(n, 16, 3) * 0.25), p[:, 16:64].reshape(n, 16, 3))
     # ∂/∂p: 16x0 -> 16x0
-    d_p_19 = torch.einsum("zwi,uw->zui", d_m[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    d_p_23 = torch.einsum("zwi,uw->zui", d_m[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
     # ∂/∂weight: 16x0 -> 16x0
-    d_weight_20 = torch.einsum("zwi,zui->uw", (d_m[:, 0:16].reshape(n, 16, 1) * 0.25), p[:, 0:16].reshape(n, 16, 1))
-    # ∂/∂f: 16x2 ⊗ 1x2 -> 16x2
+    d_weight_24 = torch.einsum("zwi,zui->uw", (d_m[:, 0:16].reshape(n, 16, 1) * 0.25), p[:, 0:16].reshape(n, 16, 1))
     d_p = torch.cat([
-        d_p_19.reshape(n, 16),
-        d_p_17.reshape(n, 48),
-        d_p_15.reshape(n, 80),
+        d_p_23.reshape(n, 16),
+        d_p_21.reshape(n, 48),
+        d_p_19.reshape(n, 80),
     ], dim=-1)
-    _c26 = torch.einsum("zuk,zvj->zjkuv", d_p[:, 64:144].reshape(n, 16, 5), sh[:, 4:9].reshape(n, 1, 5))
-    _c27 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_2, _c26)
-    d_f_21 = torch.einsum("zuv,ziuv->zui", (w[:, 224:240].reshape(n, 16, 1) * 0.9128709291752769), _c27)
-    # ∂/∂sh: 16x2 ⊗ 1x2 -> 16x2
-    _c28 = torch.einsum("zuk,zui->ziku", d_p[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
-    _c29 = torch.einsum("ijk,ziku->zju", cg_2_2_2, _c28)
-    d_sh_22 = torch.einsum("zuv,zju->zvj", (w[:, 224:240].reshape(n, 16, 1) * 0.9128709291752769), _c29)
-    # ∂/∂w: 16x2 ⊗ 1x2 -> 16x2
-    d_w_23 = torch.einsum("zvj,zju->zuv", (sh[:, 4:9].reshape(n, 1, 5) * 0.9128709291752769), _c29)
-    # ∂/∂f: 16x2 ⊗ 1x2 -> 16x1
-    _c30 = torch.einsum("zuk,zvj->zjkuv", d_p[:, 16:64].reshape(n, 16, 3), sh[:, 4:9].reshape(n, 1, 5))
-    _c31 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_1, _c30)
-    d_f_24 = torch.einsum("zuv,ziuv->zui", (w[:, 208:224].reshape(n, 16, 1) * 0.7071067811865476), _c31)
-    # ∂/∂sh: 16x2 ⊗ 1x2 -> 16x1
-    _c32 = torch.einsum("zuk,zui->ziku", d_p[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
-    _c33 = torch.einsum("ijk,ziku->zju", cg_2_2_1, _c32)
-    d_sh_25 = torch.einsum("zuv,zju->zvj", (w[:, 208:224].reshape(n, 16, 1) * 0.7071067811865476), _c33)
-    # ∂/∂w: 16x2 ⊗ 1x2 -> 16x1
-    d_w_26 = torch.einsum("zuk,zkuv->zuv", (d_p[:, 16:64].reshape(n, 16, 3) * 0.7071067811865476), _c24)
-    # ∂/∂f: 16x2 ⊗ 1x2 -> 16x0
-    _c34 = torch.einsum("zuk,zuv->zkuv", d_p[:, 0:16].reshape(n, 16, 1), w[:, 192:208].reshape(n, 16, 1))
-    _c35 = torch.einsum("zvj,ijk->zikv", sh[:, 4:9].reshape(n, 1, 5), cg_2_2_0)
-    d_f_27 = torch.einsum("zkuv,zikv->zui", _c34, (_c35 * 0.5773502691896257))
-    # ∂/∂sh: 16x2 ⊗ 1x2 -> 16x0
-    _c36 = torch.einsum("zui,zkuv->zikv", f[:, 64:144].reshape(n, 16, 5), _c34)
-    d_sh_28 = torch.einsum("ijk,zikv->zvj", (cg_2_2_0 * 0.5773502691896257), _c36)
-    # ∂/∂w: 16x2 ⊗ 1x2 -> 16x0
-    d_w_29 = torch.einsum("zuk,zkuv->zuv", (d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _c23)
-    # ∂/∂f: 16x2 ⊗ 1x1 -> 16x2
-    _c37 = torch.einsum("zuk,zju->zjku", d_p[:, 64:144].reshape(n, 16, 5), _c20)
-    d_f_30 = torch.einsum("ijk,zjku->zui", (cg_2_1_2 * 0.9128709291752769), _c37)
-    # ∂/∂sh: 16x2 ⊗ 1x1 -> 16x2
-    _c38 = torch.einsum("ijk,ziku->zju", cg_2_1_2, _c28)
-    d_sh_31 = torch.einsum("zuv,zju->zvj", (w[:, 176:192].reshape(n, 16, 1) * 0.9128709291752769), _c38)
-    # ∂/∂w: 16x2 ⊗ 1x1 -> 16x2
-    d_w_32 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 0.9128709291752769), _c38)
-    # ∂/∂f: 16x2 ⊗ 1x1 -> 16x1
-    _c39 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 160:176].reshape(n, 16, 1))
-    _c40 = torch.einsum("zuk,zju->zjku", d_p[:, 16:64].reshape(n, 16, 3), _c39)
-    d_f_33 = torch.einsum("ijk,zjku->zui", (cg_2_1_1 * 0.7071067811865476), _c40)
-    # ∂/∂sh: 16x2 ⊗ 1x1 -> 16x1
-    _c41 = torch.einsum("ijk,ziku->zju", cg_2_1_1, _c32)
-    d_sh_34 = torch.einsum("zuv,zju->zvj", (w[:, 160:176].reshape(n, 16, 1) * 0.7071067811865476), _c41)
-    # ∂/∂w: 16x2 ⊗ 1x1 -> 16x1
-    d_w_35 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 0.7071067811865476), _c41)
-    # ∂/∂f: 16x2 ⊗ 1x0 -> 16x2
-    _c42 = torch.einsum("zuk,zju->zjku", d_p[:, 64:144].reshape(n, 16, 5), _c16)
-    d_f_36 = torch.einsum("ijk,zjku->zui", (cg_2_0_2 * 0.9128709291752769), _c42)
-    # ∂/∂sh: 16x2 ⊗ 1x0 -> 16x2
-    _c43 = torch.einsum("ijk,ziku->zju", cg_2_0_2, _c28)
-    d_sh_37 = torch.einsum("zuv,zju->zvj", (w[:, 144:160].reshape(n, 16, 1) * 0.9128709291752769), _c43)
-    # ∂/∂w: 16x2 ⊗ 1x0 -> 16x2
-    d_w_38 = torch.einsum("zvj,zju->zuv", (sh[:, 0:1].reshape(n, 1, 1) * 0.9128709291752769), _c43)
-    # ∂/∂f: 16x1 ⊗ 1x2 -> 16x2
-    _c44 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_2, _c26)
-    d_f_39 = torch.einsum("zuv,ziuv->zui", (w[:, 128:144].reshape(n, 16, 1) * 0.9128709291752769), _c44)
-    # ∂/∂sh: 16x1 ⊗ 1x2 -> 16x2
-    _c45 = torch.einsum("zuk,zui->ziku", d_p[:, 64:144].reshape(n, 16, 5), f[:, 16:64].reshape(n, 16, 3))
-    _c46 = torch.einsum("ijk,ziku->zju", cg_1_2_2, _c45)
-    d_sh_40 = torch.einsum("zuv,zju->zvj", (w[:, 128:144].reshape(n, 16, 1) * 0.9128709291752769), _c46)
-    # ∂/∂w: 16x1 ⊗ 1x2 -> 16x2
-    d_w_41 = torch.einsum("zui,ziuv->zuv", (f[:, 16:64].reshape(n, 16, 3) * 0.9128709291752769), _c44)
-    # ∂/∂f: 16x1 ⊗ 1x2 -> 16x1
-    _c47 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_1, _c30)
-    d_f_42 = torch.einsum("zuv,ziuv->zui", (w[:, 112:128].reshape(n, 16, 1) * 0.7071067811865476), _c47)
-    # ∂/∂sh: 16x1 ⊗ 1x2 -> 16x1
-    _c48 = torch.einsum("zuk,zui->ziku", d_p[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
-    _c49 = torch.einsum("ijk,ziku->zju", cg_1_2_1, _c48)
-    d_sh_43 = torch.einsum("zuv,zju->zvj", (w[:, 112:128].reshape(n, 16, 1) * 0.7071067811865476), _c49)
-    # ∂/∂w: 16x1 ⊗ 1x2 -> 16x1
-    d_w_44 = torch.einsum("zui,ziuv->zuv", (f[:, 16:64].reshape(n, 16, 3) * 0.7071067811865476), _c47)
-    # ∂/∂f: 16x1 ⊗ 1x1 -> 16x2
-    _c50 = torch.einsum("zuk,zju->zjku", d_p[:, 64:144].reshape(n, 16, 5), _c11)
-    d_f_45 = torch.einsum("ijk,zjku->zui", (cg_1_1_2 * 0.9128709291752769), _c50)
-    # ∂/∂sh: 16x1 ⊗ 1x1 -> 16x2
-    _c51 = torch.einsum("ijk,ziku->zju", cg_1_1_2, _c45)
-    d_sh_46 = torch.einsum("zuv,zju->zvj", (w[:, 96:112].reshape(n, 16, 1) * 0.9128709291752769), _c51)
-    # ∂/∂w: 16x1 ⊗ 1x1 -> 16x2
-    d_w_47 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 0.9128709291752769), _c51)
-    # ∂/∂f: 16x1 ⊗ 1x1 -> 16x1
-    _c52 = torch.einsum("zuk,zvj->zjkuv", d_p[:, 16:64].reshape(n, 16, 3), sh[:, 1:4].reshape(n, 1, 3))
-    _c53 = torch.einsum("ijk,zjkuv->ziuv", cg_1_1_1, _c52)
-    d_f_48 = torch.einsum("zuv,ziuv->zui", (w[:, 80:96].reshape(n, 16, 1) * 0.7071067811865476), _c53)
-    # ∂/∂sh: 16x1 ⊗ 1x1 -> 16x1
-    _c54 = torch.einsum("ijk,ziku->zju", cg_1_1_1, _c48)
-    d_sh_49 = torch.einsum("zuv,zju->zvj", (w[:, 80:96].reshape(n, 16, 1) * 0.7071067811865476), _c54)
-    # ∂/∂w: 16x1 ⊗ 1x1 -> 16x1
-    _c55 = torch.einsum("zvj,ziku->zijkuv", sh[:, 1:4].reshape(n, 1, 3), _c48)
-    d_w_50 = torch.einsum("ijk,zijkuv->zuv", (cg_1_1_1 * 0.7071067811865476), _c55)
-    # ∂/∂f: 16x1 ⊗ 1x1 -> 16x0
-    _c56 = torch.einsum("zuk,zuv->zkuv", d_p[:, 0:16].reshape(n, 16, 1), w[:, 64:80].reshape(n, 16, 1))
-    _c57 = torch.einsum("zvj,ijk->zikv", sh[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
-    d_f_51 = torch.einsum("zkuv,zikv->zui", _c56, (_c57 * 0.5773502691896257))
-    # ∂/∂sh: 16x1 ⊗ 1x1 -> 16x0
-    _c58 = torch.einsum("zui,zkuv->zikv", f[:, 16:64].reshape(n, 16, 3), _c56)
-    d_sh_52 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.5773502691896257), _c58)
-    # ∂/∂w: 16x1 ⊗ 1x1 -> 16x0
-    _c59 = torch.einsum("zuk,zijuv->zijkuv", d_p[:, 0:16].reshape(n, 16, 1), _c8)
-    d_w_53 = torch.einsum("ijk,zijkuv->zuv", (cg_1_1_0 * 0.5773502691896257), _c59)
-    # ∂/∂f: 16x1 ⊗ 1x0 -> 16x1
-    _c60 = torch.einsum("zuk,zju->zjku", d_p[:, 16:64].reshape(n, 16, 3), _c6)
-    d_f_54 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 0.7071067811865476), _c60)
-    # ∂/∂sh: 16x1 ⊗ 1x0 -> 16x1
-    _c61 = torch.einsum("ijk,ziku->zju", cg_1_0_1, _c48)
-    d_sh_55 = torch.einsum("zuv,zju->zvj", (w[:, 48:64].reshape(n, 16, 1) * 0.7071067811865476), _c61)
-    # ∂/∂w: 16x1 ⊗ 1x0 -> 16x1
-    _c62 = torch.einsum("zvj,ziku->zijkuv", sh[:, 0:1].reshape(n, 1, 1), _c48)
-    d_w_56 = torch.einsum("ijk,zijkuv->zuv", (cg_1_0_1 * 0.7071067811865476), _c62)
-    # ∂/∂f: 16x0 ⊗ 1x2 -> 16x2
-    _c63 = torch.einsum("ijk,zjkuv->ziuv", cg_0_2_2, _c26)
-    d_f_57 = torch.einsum("zuv,ziuv->zui", (w[:, 32:48].reshape(n, 16, 1) * 0.9128709291752769), _c63)
-    # ∂/∂sh: 16x0 ⊗ 1x2 -> 16x2
-    _c64 = torch.einsum("zuk,ziuv->zikv", d_p[:, 64:144].reshape(n, 16, 5), _c4)
-    d_sh_58 = torch.einsum("ijk,zikv->zvj", (cg_0_2_2 * 0.9128709291752769), _c64)
-    # ∂/∂w: 16x0 ⊗ 1x2 -> 16x2
-    d_w_59 = torch.einsum("zui,ziuv->zuv", (f[:, 0:16].reshape(n, 16, 1) * 0.9128709291752769), _c63)
-    # ∂/∂f: 16x0 ⊗ 1x1 -> 16x1
-    _c65 = torch.einsum("ijk,zjkuv->ziuv", cg_0_1_1, _c52)
-    d_f_60 = torch.einsum("zuv,ziuv->zui", (w[:, 16:32].reshape(n, 16, 1) * 0.7071067811865476), _c65)
-    # ∂/∂sh: 16x0 ⊗ 1x1 -> 16x1
-    _c66 = torch.einsum("zuk,ziuv->zikv", d_p[:, 16:64].reshape(n, 16, 3), _c2)
-    d_sh_61 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 0.7071067811865476), _c66)
-    # ∂/∂w: 16x0 ⊗ 1x1 -> 16x1
-    _c67 = torch.einsum("zui,zjkuv->zijkuv", f[:, 0:16].reshape(n, 16, 1), _c52)
-    d_w_62 = torch.einsum("ijk,zijkuv->zuv", (cg_0_1_1 * 0.7071067811865476), _c67)
-    # ∂/∂f: 16x0 ⊗ 1x0 -> 16x0
-    _c68 = torch.einsum("zuk,zuv->zkuv", d_p[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 16, 1))
-    d_f_63 = torch.einsum("zkuv,zikv->zui", _c68, (_c1 * 0.5773502691896257))
-    # ∂/∂sh: 16x0 ⊗ 1x0 -> 16x0
-    _c69 = torch.einsum("zui,zkuv->zikv", f[:, 0:16].reshape(n, 16, 1), _c68)
-    d_sh_64 = torch.einsum("ijk,zikv->zvj", (cg_0_0_0 * 0.5773502691896257), _c69)
-    # ∂/∂w: 16x0 ⊗ 1x0 -> 16x0
-    _c70 = torch.einsum("zuk,zui->ziku", d_p[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
-    _c71 = torch.einsum("zvj,ziku->zijkuv", sh[:, 0:1].reshape(n, 1, 1), _c70)
-    d_w_65 = torch.einsum("ijk,zijkuv->zuv", (cg_0_0_0 * 0.5773502691896257), _c71)
+    d__t_p_0_2_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_2_2.reshape(n, 3, 16))
+    d__w_p_0_2_2 = torch.einsum("zuk,zupk->zpu", d_p[:, 64:144].reshape(n, 16, 5), _t_p_0_2_2)
+    d_w_25 = d__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
+    d_w_26 = d__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d_w_27 = d__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    d_f_28 = torch.einsum("zupk,zipk->zui", d__t_p_0_2_2, _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    d__m_p_0_29 = torch.einsum("zupk,zui->zipk", d__t_p_0_2_2, f[:, 64:144].reshape(n, 16, 5))
+    d__t_p_0_2_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), _w_p_0_2_1.reshape(n, 2, 16))
+    d__w_p_0_2_1 = torch.einsum("zuk,zupk->zpu", d_p[:, 16:64].reshape(n, 16, 3), _t_p_0_2_1)
+    d_w_30 = d__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d_w_31 = d__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    d_f_32 = torch.einsum("zupk,zipk->zui", d__t_p_0_2_1, _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    d__m_p_0_33 = torch.einsum("zupk,zui->zipk", d__t_p_0_2_1, f[:, 64:144].reshape(n, 16, 5))
+    d__t_p_0_2_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 192:208].reshape(n, 1, 16))
+    d_w_34 = torch.einsum("zuk,zupk->zpu", d_p[:, 0:16].reshape(n, 16, 1), _t_p_0_2_0)
+    # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    d_f_35 = torch.einsum("zupk,zipk->zui", d__t_p_0_2_0, _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
+    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    d__m_p_0_36 = torch.einsum("zupk,zui->zipk", d__t_p_0_2_0, f[:, 64:144].reshape(n, 16, 5))
+    d__t_p_0_1_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_1_2.reshape(n, 2, 16))
+    d__w_p_0_1_2 = torch.einsum("zuk,zupk->zpu", d_p[:, 64:144].reshape(n, 16, 5), _t_p_0_1_2)
+    d_w_37 = d__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d_w_38 = d__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    d_f_39 = torch.einsum("zupk,zipk->zui", d__t_p_0_1_2, _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    d__m_p_0_40 = torch.einsum("zupk,zui->zipk", d__t_p_0_1_2, f[:, 16:64].reshape(n, 16, 3))
+    d__t_p_0_1_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), _w_p_0_1_1.reshape(n, 3, 16))
+    d__w_p_0_1_1 = torch.einsum("zuk,zupk->zpu", d_p[:, 16:64].reshape(n, 16, 3), _t_p_0_1_1)
+    d_w_41 = d__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
+    d_w_42 = d__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d_w_43 = d__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    d_f_44 = torch.einsum("zupk,zipk->zui", d__t_p_0_1_1, _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    d__m_p_0_45 = torch.einsum("zupk,zui->zipk", d__t_p_0_1_1, f[:, 16:64].reshape(n, 16, 3))
+    d__t_p_0_1_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 64:80].reshape(n, 1, 16))
+    d_w_46 = torch.einsum("zuk,zupk->zpu", d_p[:, 0:16].reshape(n, 16, 1), _t_p_0_1_0)
+    # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    d_f_47 = torch.einsum("zupk,zipk->zui", d__t_p_0_1_0, _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
+    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    d__m_p_0_48 = torch.einsum("zupk,zui->zipk", d__t_p_0_1_0, f[:, 16:64].reshape(n, 16, 3))
+    d__t_p_0_0_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), w[:, 32:48].reshape(n, 1, 16))
+    d_w_49 = torch.einsum("zuk,zupk->zpu", d_p[:, 64:144].reshape(n, 16, 5), _t_p_0_0_2)
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    d_f_50 = torch.einsum("zupk,zipk->zui", d__t_p_0_0_2, _m_p_0[:, 4:9].reshape(n, 1, 1, 5))
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    d__m_p_0_51 = torch.einsum("zupk,zui->zipk", d__t_p_0_0_2, f[:, 0:16].reshape(n, 16, 1))
+    d__t_p_0_0_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), w[:, 16:32].reshape(n, 1, 16))
+    d_w_52 = torch.einsum("zuk,zupk->zpu", d_p[:, 16:64].reshape(n, 16, 3), _t_p_0_0_1)
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    d_f_53 = torch.einsum("zupk,zipk->zui", d__t_p_0_0_1, _m_p_0[:, 1:4].reshape(n, 1, 1, 3))
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    d__m_p_0_54 = torch.einsum("zupk,zui->zipk", d__t_p_0_0_1, f[:, 0:16].reshape(n, 16, 1))
+    d__t_p_0_0_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16))
+    d_w_55 = torch.einsum("zuk,zupk->zpu", d_p[:, 0:16].reshape(n, 16, 1), _t_p_0_0_0)
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    d_f_56 = torch.einsum("zupk,zipk->zui", d__t_p_0_0_0, _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    d__m_p_0_57 = torch.einsum("zupk,zui->zipk", d__t_p_0_0_0, f[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    d__m_p_0 = torch.cat([
+        d__m_p_0_57.reshape(n, 1),
+        d__m_p_0_54.reshape(n, 3),
+        d__m_p_0_51.reshape(n, 5),
+        d__m_p_0_48.reshape(n, 3),
+        d__m_p_0_45.reshape(n, 27),
+        d__m_p_0_40.reshape(n, 30),
+        d__m_p_0_36.reshape(n, 5),
+        d__m_p_0_33.reshape(n, 30),
+        d__m_p_0_29.reshape(n, 75),
+    ], dim=-1)
+    d_sh_58 = torch.einsum("zc,jc->zj", d__m_p_0, _g_p_0)
     d_f = torch.cat([
-        (d_f_57 + d_f_60 + d_f_63).reshape(n, 16),
-        (d_f_39 + d_f_42 + d_f_45 + d_f_48 + d_f_51 + d_f_54).reshape(n, 48),
-        (d_f_21 + d_f_24 + d_f_27 + d_f_30 + d_f_33 + d_f_36).reshape(n, 80),
+        (d_f_50 + d_f_53 + d_f_56).reshape(n, 16),
+        (d_f_39 + d_f_44 + d_f_47).reshape(n, 48),
+        (d_f_28 + d_f_32 + d_f_35).reshape(n, 80),
     ], dim=-1)
-    d_sh = torch.cat([
-        (d_sh_37 + d_sh_55 + d_sh_64).reshape(n, 1),
-        (d_sh_31 + d_sh_34 + d_sh_46 + d_sh_49 + d_sh_52 + d_sh_61).reshape(n, 3),
-        (d_sh_22 + d_sh_25 + d_sh_28 + d_sh_40 + d_sh_43 + d_sh_58).reshape(n, 5),
-    ], dim=-1)
+    d_sh = d_sh_58
     d_w = torch.cat([
-        d_w_65.reshape(n, 16),
-        d_w_62.reshape(n, 16),
-        d_w_59.reshape(n, 16),
-        d_w_56.reshape(n, 16),
-        d_w_53.reshape(n, 16),
-        d_w_50.reshape(n, 16),
-        d_w_47.reshape(n, 16),
-        d_w_44.reshape(n, 16),
-        d_w_41.reshape(n, 16),
+        d_w_55.reshape(n, 16),
+        d_w_52.reshape(n, 16),
+        d_w_49.reshape(n, 16),
+        d_w_43.reshape(n, 16),
+        d_w_46.reshape(n, 16),
+        d_w_42.reshape(n, 16),
         d_w_38.reshape(n, 16),
-        d_w_35.reshape(n, 16),
-        d_w_32.reshape(n, 16),
-        d_w_29.reshape(n, 16),
+        d_w_41.reshape(n, 16),
+        d_w_37.reshape(n, 16),
+        d_w_27.reshape(n, 16),
+        d_w_31.reshape(n, 16),
         d_w_26.reshape(n, 16),
-        d_w_23.reshape(n, 16),
+        d_w_34.reshape(n, 16),
+        d_w_30.reshape(n, 16),
+        d_w_25.reshape(n, 16),
     ], dim=-1)
     d_weight = torch.cat([
+        d_weight_24.reshape(256),
+        d_weight_22.reshape(256),
         d_weight_20.reshape(256),
-        d_weight_18.reshape(256),
-        d_weight_16.reshape(256),
     ], dim=-1)
     return [d_f, d_sh, d_w, d_weight]
 
 
-def _cormorant_message_d_d2(
+def _cormorant_message_d2_f(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    d2_d_f: torch.Tensor, d2_d_sh: torch.Tensor, d2_d_w: torch.Tensor, d2_d_weight: torch.Tensor,
-    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
-    cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor,
-    cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor,
-    cg_2_1_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
+    d2_d_f: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_message_d: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_f (n, 144), d2_d_sh (n, 9), d2_d_w (n, 240), d2_d_weight (768,) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_f: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
-    # 16x0 ⊗ 1x0 -> 16x0
-    _c0 = torch.einsum("zui,zuv->ziuv", f[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 16, 1))
-    _c1 = torch.einsum("zvj,ijk->zikv", sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0)
-    p_0 = torch.einsum("ziuv,zikv->zuk", _c0, (_c1 * 0.5773502691896257))
-    # 16x0 ⊗ 1x1 -> 16x1
-    _c2 = torch.einsum("zui,zuv->ziuv", f[:, 0:16].reshape(n, 16, 1), w[:, 16:32].reshape(n, 16, 1))
-    _c3 = torch.einsum("zvj,ijk->zikv", sh[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
-    p_1 = torch.einsum("ziuv,zikv->zuk", _c2, (_c3 * 0.7071067811865476))
-    # 16x0 ⊗ 1x2 -> 16x2
-    _c4 = torch.einsum("zui,zuv->ziuv", f[:, 0:16].reshape(n, 16, 1), w[:, 32:48].reshape(n, 16, 1))
-    _c5 = torch.einsum("zvj,ijk->zikv", sh[:, 4:9].reshape(n, 1, 5), cg_0_2_2)
-    p_2 = torch.einsum("ziuv,zikv->zuk", _c4, (_c5 * 0.9128709291752769))
-    # 16x1 ⊗ 1x0 -> 16x1
-    _c6 = torch.einsum("zvj,zuv->zju", sh[:, 0:1].reshape(n, 1, 1), w[:, 48:64].reshape(n, 16, 1))
-    _c7 = torch.einsum("zui,zju->ziju", f[:, 16:64].reshape(n, 16, 3), _c6)
-    p_3 = torch.einsum("ijk,ziju->zuk", (cg_1_0_1 * 0.7071067811865476), _c7)
-    # 16x1 ⊗ 1x1 -> 16x0
-    _c8 = torch.einsum("zui,zvj->zijuv", f[:, 16:64].reshape(n, 16, 3), sh[:, 1:4].reshape(n, 1, 3))
-    _c9 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c8)
-    p_4 = torch.einsum("zuv,zkuv->zuk", (w[:, 64:80].reshape(n, 16, 1) * 0.5773502691896257), _c9)
-    # 16x1 ⊗ 1x1 -> 16x1
-    _c10 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_1, _c8)
-    p_5 = torch.einsum("zuv,zkuv->zuk", (w[:, 80:96].reshape(n, 16, 1) * 0.7071067811865476), _c10)
-    # 16x1 ⊗ 1x1 -> 16x2
-    _c11 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 96:112].reshape(n, 16, 1))
-    _c12 = torch.einsum("zui,zju->ziju", f[:, 16:64].reshape(n, 16, 3), _c11)
-    p_6 = torch.einsum("ijk,ziju->zuk", (cg_1_1_2 * 0.9128709291752769), _c12)
-    # 16x1 ⊗ 1x2 -> 16x1
-    _c13 = torch.einsum("zui,zvj->zijuv", f[:, 16:64].reshape(n, 16, 3), sh[:, 4:9].reshape(n, 1, 5))
-    _c14 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c13)
-    p_7 = torch.einsum("zuv,zkuv->zuk", (w[:, 112:128].reshape(n, 16, 1) * 0.7071067811865476), _c14)
-    # 16x1 ⊗ 1x2 -> 16x2
-    _c15 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_2, _c13)
-    p_8 = torch.einsum("zuv,zkuv->zuk", (w[:, 128:144].reshape(n, 16, 1) * 0.9128709291752769), _c15)
-    # 16x2 ⊗ 1x0 -> 16x2
-    _c16 = torch.einsum("zvj,zuv->zju", sh[:, 0:1].reshape(n, 1, 1), w[:, 144:160].reshape(n, 16, 1))
-    _c17 = torch.einsum("zui,zju->ziju", f[:, 64:144].reshape(n, 16, 5), _c16)
-    p_9 = torch.einsum("ijk,ziju->zuk", (cg_2_0_2 * 0.9128709291752769), _c17)
-    # 16x2 ⊗ 1x1 -> 16x1
-    _c18 = torch.einsum("zui,zvj->zijuv", f[:, 64:144].reshape(n, 16, 5), sh[:, 1:4].reshape(n, 1, 3))
-    _c19 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c18)
-    p_10 = torch.einsum("zuv,zkuv->zuk", (w[:, 160:176].reshape(n, 16, 1) * 0.7071067811865476), _c19)
-    # 16x2 ⊗ 1x1 -> 16x2
-    _c20 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 176:192].reshape(n, 16, 1))
-    _c21 = torch.einsum("zui,zju->ziju", f[:, 64:144].reshape(n, 16, 5), _c20)
-    p_11 = torch.einsum("ijk,ziju->zuk", (cg_2_1_2 * 0.9128709291752769), _c21)
-    # 16x2 ⊗ 1x2 -> 16x0
-    _c22 = torch.einsum("zui,zvj->zijuv", f[:, 64:144].reshape(n, 16, 5), sh[:, 4:9].reshape(n, 1, 5))
-    _c23 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c22)
-    p_12 = torch.einsum("zuv,zkuv->zuk", (w[:, 192:208].reshape(n, 16, 1) * 0.5773502691896257), _c23)
-    # 16x2 ⊗ 1x2 -> 16x1
-    _c24 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_1, _c22)
-    p_13 = torch.einsum("zuv,zkuv->zuk", (w[:, 208:224].reshape(n, 16, 1) * 0.7071067811865476), _c24)
-    # 16x2 ⊗ 1x2 -> 16x2
-    _c25 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c22)
-    p_14 = torch.einsum("zuv,zkuv->zuk", (w[:, 224:240].reshape(n, 16, 1) * 0.9128709291752769), _c25)
+    # every path's (i, k) map at once: sh · G
+    _m_p_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 9), _g_p_0)
+    w_p_0_1_1_0 = w[:, 48:64].reshape(n, 16)
+    w_p_0_1_1_1 = w[:, 80:96].reshape(n, 16)
+    w_p_0_1_1_2 = w[:, 112:128].reshape(n, 16)
+    w_p_0_1_2_3 = w[:, 96:112].reshape(n, 16)
+    w_p_0_1_2_4 = w[:, 128:144].reshape(n, 16)
+    w_p_0_2_1_5 = w[:, 160:176].reshape(n, 16)
+    w_p_0_2_1_6 = w[:, 208:224].reshape(n, 16)
+    w_p_0_2_2_7 = w[:, 144:160].reshape(n, 16)
+    w_p_0_2_2_8 = w[:, 176:192].reshape(n, 16)
+    w_p_0_2_2_9 = w[:, 224:240].reshape(n, 16)
     # ∂/∂p: 16x2 -> 16x2
-    d_p_15 = torch.einsum("zwi,uw->zui", d_m[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    d_p_10 = torch.einsum("zwi,uw->zui", d_m[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
     # ∂/∂p: 16x1 -> 16x1
-    d_p_16 = torch.einsum("zwi,uw->zui", d_m[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    d_p_11 = torch.einsum("zwi,uw->zui", d_m[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
     # ∂/∂p: 16x0 -> 16x0
-    d_p_17 = torch.einsum("zwi,uw->zui", d_m[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
-    # ∂/∂d_p: ∂/∂w: 16x0 ⊗ 1x0 -> 16x0
-    _c26 = torch.einsum("zuv,zui->ziuv", d2_d_w[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
-    d2_d_p_18 = torch.einsum("ziuv,zikv->zuk", _c26, (_c1 * 0.5773502691896257))
-    # ∂/∂f: ∂/∂w: 16x0 ⊗ 1x0 -> 16x0
+    d_p_12 = torch.einsum("zwi,uw->zui", d_m[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
     d_p = torch.cat([
-        d_p_17.reshape(n, 16),
-        d_p_16.reshape(n, 48),
-        d_p_15.reshape(n, 80),
+        d_p_12.reshape(n, 16),
+        d_p_11.reshape(n, 48),
+        d_p_10.reshape(n, 80),
     ], dim=-1)
-    _c27 = torch.einsum("zuv,zuk->zkuv", d2_d_w[:, 0:16].reshape(n, 16, 1), d_p[:, 0:16].reshape(n, 16, 1))
-    d2_f_19 = torch.einsum("zkuv,zikv->zui", _c27, (_c1 * 0.5773502691896257))
-    # ∂/∂sh: ∂/∂w: 16x0 ⊗ 1x0 -> 16x0
-    _c28 = torch.einsum("zui,zkuv->zikv", f[:, 0:16].reshape(n, 16, 1), _c27)
-    d2_sh_20 = torch.einsum("ijk,zikv->zvj", (cg_0_0_0 * 0.5773502691896257), _c28)
-    # ∂/∂d_p: ∂/∂sh: 16x0 ⊗ 1x0 -> 16x0
-    _c29 = torch.einsum("zvj,ijk->zikv", d2_d_sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0)
-    d2_d_p_21 = torch.einsum("zikv,ziuv->zuk", (_c29 * 0.5773502691896257), _c0)
-    # ∂/∂f: ∂/∂sh: 16x0 ⊗ 1x0 -> 16x0
-    _c30 = torch.einsum("zuk,zuv->zkuv", d_p[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 16, 1))
-    d2_f_22 = torch.einsum("zikv,zkuv->zui", (_c29 * 0.5773502691896257), _c30)
-    # ∂/∂w: ∂/∂sh: 16x0 ⊗ 1x0 -> 16x0
-    _c31 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 0:1].reshape(n, 1, 1), d_p[:, 0:16].reshape(n, 16, 1))
-    _c32 = torch.einsum("zui,zjkuv->zijkuv", f[:, 0:16].reshape(n, 16, 1), _c31)
-    d2_w_23 = torch.einsum("ijk,zijkuv->zuv", (cg_0_0_0 * 0.5773502691896257), _c32)
-    # ∂/∂d_p: ∂/∂f: 16x0 ⊗ 1x0 -> 16x0
-    _c33 = torch.einsum("zui,zuv->ziuv", d2_d_f[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 16, 1))
-    d2_d_p_24 = torch.einsum("ziuv,zikv->zuk", _c33, (_c1 * 0.5773502691896257))
-    # ∂/∂sh: ∂/∂f: 16x0 ⊗ 1x0 -> 16x0
-    _c34 = torch.einsum("zuk,ziuv->zikv", d_p[:, 0:16].reshape(n, 16, 1), _c33)
-    d2_sh_25 = torch.einsum("ijk,zikv->zvj", (cg_0_0_0 * 0.5773502691896257), _c34)
-    # ∂/∂w: ∂/∂f: 16x0 ⊗ 1x0 -> 16x0
-    _c35 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 0:16].reshape(n, 16, 1), d_p[:, 0:16].reshape(n, 16, 1))
-    _c36 = torch.einsum("zvj,ziku->zijkuv", sh[:, 0:1].reshape(n, 1, 1), _c35)
-    d2_w_26 = torch.einsum("ijk,zijkuv->zuv", (cg_0_0_0 * 0.5773502691896257), _c36)
-    # ∂/∂d_p: ∂/∂w: 16x0 ⊗ 1x1 -> 16x1
-    _c37 = torch.einsum("zuv,zui->ziuv", d2_d_w[:, 16:32].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
-    d2_d_p_27 = torch.einsum("ziuv,zikv->zuk", _c37, (_c3 * 0.7071067811865476))
-    # ∂/∂f: ∂/∂w: 16x0 ⊗ 1x1 -> 16x1
-    _c38 = torch.einsum("zuk,zvj->zjkuv", d_p[:, 16:64].reshape(n, 16, 3), sh[:, 1:4].reshape(n, 1, 3))
-    _c39 = torch.einsum("ijk,zjkuv->ziuv", cg_0_1_1, _c38)
-    d2_f_28 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 16:32].reshape(n, 16, 1) * 0.7071067811865476), _c39)
-    # ∂/∂sh: ∂/∂w: 16x0 ⊗ 1x1 -> 16x1
-    _c40 = torch.einsum("zuk,ziuv->zikv", d_p[:, 16:64].reshape(n, 16, 3), _c37)
-    d2_sh_29 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 0.7071067811865476), _c40)
-    # ∂/∂d_p: ∂/∂sh: 16x0 ⊗ 1x1 -> 16x1
-    _c41 = torch.einsum("zvj,ijk->zikv", d2_d_sh[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
-    d2_d_p_30 = torch.einsum("zikv,ziuv->zuk", (_c41 * 0.7071067811865476), _c2)
-    # ∂/∂f: ∂/∂sh: 16x0 ⊗ 1x1 -> 16x1
-    _c42 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 1:4].reshape(n, 1, 3), d_p[:, 16:64].reshape(n, 16, 3))
-    _c43 = torch.einsum("ijk,zjkuv->ziuv", cg_0_1_1, _c42)
-    d2_f_31 = torch.einsum("zuv,ziuv->zui", (w[:, 16:32].reshape(n, 16, 1) * 0.7071067811865476), _c43)
-    # ∂/∂w: ∂/∂sh: 16x0 ⊗ 1x1 -> 16x1
-    _c44 = torch.einsum("zui,zjkuv->zijkuv", f[:, 0:16].reshape(n, 16, 1), _c42)
-    d2_w_32 = torch.einsum("ijk,zijkuv->zuv", (cg_0_1_1 * 0.7071067811865476), _c44)
-    # ∂/∂d_p: ∂/∂f: 16x0 ⊗ 1x1 -> 16x1
-    _c45 = torch.einsum("zui,zuv->ziuv", d2_d_f[:, 0:16].reshape(n, 16, 1), w[:, 16:32].reshape(n, 16, 1))
-    d2_d_p_33 = torch.einsum("ziuv,zikv->zuk", _c45, (_c3 * 0.7071067811865476))
-    # ∂/∂sh: ∂/∂f: 16x0 ⊗ 1x1 -> 16x1
-    _c46 = torch.einsum("zuk,ziuv->zikv", d_p[:, 16:64].reshape(n, 16, 3), _c45)
-    d2_sh_34 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 0.7071067811865476), _c46)
-    # ∂/∂w: ∂/∂f: 16x0 ⊗ 1x1 -> 16x1
-    _c47 = torch.einsum("zui,zjkuv->zijkuv", d2_d_f[:, 0:16].reshape(n, 16, 1), _c38)
-    d2_w_35 = torch.einsum("ijk,zijkuv->zuv", (cg_0_1_1 * 0.7071067811865476), _c47)
-    # ∂/∂d_p: ∂/∂w: 16x0 ⊗ 1x2 -> 16x2
-    _c48 = torch.einsum("zuv,zui->ziuv", d2_d_w[:, 32:48].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
-    d2_d_p_36 = torch.einsum("ziuv,zikv->zuk", _c48, (_c5 * 0.9128709291752769))
-    # ∂/∂f: ∂/∂w: 16x0 ⊗ 1x2 -> 16x2
-    _c49 = torch.einsum("zuk,zvj->zjkuv", d_p[:, 64:144].reshape(n, 16, 5), sh[:, 4:9].reshape(n, 1, 5))
-    _c50 = torch.einsum("ijk,zjkuv->ziuv", cg_0_2_2, _c49)
-    d2_f_37 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 32:48].reshape(n, 16, 1) * 0.9128709291752769), _c50)
-    # ∂/∂sh: ∂/∂w: 16x0 ⊗ 1x2 -> 16x2
-    _c51 = torch.einsum("zuk,ziuv->zikv", d_p[:, 64:144].reshape(n, 16, 5), _c48)
-    d2_sh_38 = torch.einsum("ijk,zikv->zvj", (cg_0_2_2 * 0.9128709291752769), _c51)
-    # ∂/∂d_p: ∂/∂sh: 16x0 ⊗ 1x2 -> 16x2
-    _c52 = torch.einsum("zvj,ijk->zikv", d2_d_sh[:, 4:9].reshape(n, 1, 5), cg_0_2_2)
-    d2_d_p_39 = torch.einsum("zikv,ziuv->zuk", (_c52 * 0.9128709291752769), _c4)
-    # ∂/∂f: ∂/∂sh: 16x0 ⊗ 1x2 -> 16x2
-    _c53 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_p[:, 64:144].reshape(n, 16, 5))
-    _c54 = torch.einsum("ijk,zjkuv->ziuv", cg_0_2_2, _c53)
-    d2_f_40 = torch.einsum("zuv,ziuv->zui", (w[:, 32:48].reshape(n, 16, 1) * 0.9128709291752769), _c54)
-    # ∂/∂w: ∂/∂sh: 16x0 ⊗ 1x2 -> 16x2
-    d2_w_41 = torch.einsum("zui,ziuv->zuv", (f[:, 0:16].reshape(n, 16, 1) * 0.9128709291752769), _c54)
-    # ∂/∂d_p: ∂/∂f: 16x0 ⊗ 1x2 -> 16x2
-    _c55 = torch.einsum("zui,zuv->ziuv", d2_d_f[:, 0:16].reshape(n, 16, 1), w[:, 32:48].reshape(n, 16, 1))
-    d2_d_p_42 = torch.einsum("ziuv,zikv->zuk", _c55, (_c5 * 0.9128709291752769))
-    # ∂/∂sh: ∂/∂f: 16x0 ⊗ 1x2 -> 16x2
-    _c56 = torch.einsum("zuk,ziuv->zikv", d_p[:, 64:144].reshape(n, 16, 5), _c55)
-    d2_sh_43 = torch.einsum("ijk,zikv->zvj", (cg_0_2_2 * 0.9128709291752769), _c56)
-    # ∂/∂w: ∂/∂f: 16x0 ⊗ 1x2 -> 16x2
-    d2_w_44 = torch.einsum("zui,ziuv->zuv", (d2_d_f[:, 0:16].reshape(n, 16, 1) * 0.9128709291752769), _c50)
-    # ∂/∂d_p: ∂/∂w: 16x1 ⊗ 1x0 -> 16x1
-    _c57 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 48:64].reshape(n, 16, 1), sh[:, 0:1].reshape(n, 1, 1))
-    _c58 = torch.einsum("zui,zju->ziju", f[:, 16:64].reshape(n, 16, 3), _c57)
-    d2_d_p_45 = torch.einsum("ijk,ziju->zuk", (cg_1_0_1 * 0.7071067811865476), _c58)
-    # ∂/∂f: ∂/∂w: 16x1 ⊗ 1x0 -> 16x1
-    _c59 = torch.einsum("zuk,zju->zjku", d_p[:, 16:64].reshape(n, 16, 3), _c57)
-    d2_f_46 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 0.7071067811865476), _c59)
-    # ∂/∂sh: ∂/∂w: 16x1 ⊗ 1x0 -> 16x1
-    _c60 = torch.einsum("zuk,zui->ziku", d_p[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
-    _c61 = torch.einsum("ijk,ziku->zju", cg_1_0_1, _c60)
-    d2_sh_47 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 48:64].reshape(n, 16, 1) * 0.7071067811865476), _c61)
-    # ∂/∂d_p: ∂/∂sh: 16x1 ⊗ 1x0 -> 16x1
-    _c62 = torch.einsum("zvj,zuv->zju", d2_d_sh[:, 0:1].reshape(n, 1, 1), w[:, 48:64].reshape(n, 16, 1))
-    _c63 = torch.einsum("zui,zju->ziju", f[:, 16:64].reshape(n, 16, 3), _c62)
-    d2_d_p_48 = torch.einsum("ijk,ziju->zuk", (cg_1_0_1 * 0.7071067811865476), _c63)
-    # ∂/∂f: ∂/∂sh: 16x1 ⊗ 1x0 -> 16x1
-    _c64 = torch.einsum("zuk,zju->zjku", d_p[:, 16:64].reshape(n, 16, 3), _c62)
-    d2_f_49 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 0.7071067811865476), _c64)
-    # ∂/∂w: ∂/∂sh: 16x1 ⊗ 1x0 -> 16x1
-    _c65 = torch.einsum("zvj,ziku->zijkuv", d2_d_sh[:, 0:1].reshape(n, 1, 1), _c60)
-    d2_w_50 = torch.einsum("ijk,zijkuv->zuv", (cg_1_0_1 * 0.7071067811865476), _c65)
-    # ∂/∂d_p: ∂/∂f: 16x1 ⊗ 1x0 -> 16x1
-    _c66 = torch.einsum("zui,zju->ziju", d2_d_f[:, 16:64].reshape(n, 16, 3), _c6)
-    d2_d_p_51 = torch.einsum("ijk,ziju->zuk", (cg_1_0_1 * 0.7071067811865476), _c66)
-    # ∂/∂sh: ∂/∂f: 16x1 ⊗ 1x0 -> 16x1
-    _c67 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d_p[:, 16:64].reshape(n, 16, 3))
-    _c68 = torch.einsum("ijk,ziku->zju", cg_1_0_1, _c67)
-    d2_sh_52 = torch.einsum("zuv,zju->zvj", (w[:, 48:64].reshape(n, 16, 1) * 0.7071067811865476), _c68)
-    # ∂/∂w: ∂/∂f: 16x1 ⊗ 1x0 -> 16x1
-    _c69 = torch.einsum("zvj,ziku->zijkuv", sh[:, 0:1].reshape(n, 1, 1), _c67)
-    d2_w_53 = torch.einsum("ijk,zijkuv->zuv", (cg_1_0_1 * 0.7071067811865476), _c69)
-    # ∂/∂d_p: ∂/∂w: 16x1 ⊗ 1x1 -> 16x0
-    d2_d_p_54 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 64:80].reshape(n, 16, 1) * 0.5773502691896257), _c9)
-    # ∂/∂f: ∂/∂w: 16x1 ⊗ 1x1 -> 16x0
-    _c70 = torch.einsum("zuv,zuk->zkuv", d2_d_w[:, 64:80].reshape(n, 16, 1), d_p[:, 0:16].reshape(n, 16, 1))
-    _c71 = torch.einsum("zvj,ijk->zikv", sh[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
-    d2_f_55 = torch.einsum("zkuv,zikv->zui", _c70, (_c71 * 0.5773502691896257))
-    # ∂/∂sh: ∂/∂w: 16x1 ⊗ 1x1 -> 16x0
-    _c72 = torch.einsum("zui,zkuv->zikv", f[:, 16:64].reshape(n, 16, 3), _c70)
-    d2_sh_56 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.5773502691896257), _c72)
-    # ∂/∂d_p: ∂/∂sh: 16x1 ⊗ 1x1 -> 16x0
-    _c73 = torch.einsum("zvj,zui->zijuv", d2_d_sh[:, 1:4].reshape(n, 1, 3), f[:, 16:64].reshape(n, 16, 3))
-    _c74 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c73)
-    d2_d_p_57 = torch.einsum("zuv,zkuv->zuk", (w[:, 64:80].reshape(n, 16, 1) * 0.5773502691896257), _c74)
-    # ∂/∂f: ∂/∂sh: 16x1 ⊗ 1x1 -> 16x0
-    _c75 = torch.einsum("zvj,ijk->zikv", d2_d_sh[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
-    _c76 = torch.einsum("zuk,zuv->zkuv", d_p[:, 0:16].reshape(n, 16, 1), w[:, 64:80].reshape(n, 16, 1))
-    d2_f_58 = torch.einsum("zikv,zkuv->zui", (_c75 * 0.5773502691896257), _c76)
-    # ∂/∂w: ∂/∂sh: 16x1 ⊗ 1x1 -> 16x0
-    _c77 = torch.einsum("zuk,zijuv->zijkuv", d_p[:, 0:16].reshape(n, 16, 1), _c73)
-    d2_w_59 = torch.einsum("ijk,zijkuv->zuv", (cg_1_1_0 * 0.5773502691896257), _c77)
-    # ∂/∂d_p: ∂/∂f: 16x1 ⊗ 1x1 -> 16x0
-    _c78 = torch.einsum("zui,zvj->zijuv", d2_d_f[:, 16:64].reshape(n, 16, 3), sh[:, 1:4].reshape(n, 1, 3))
-    _c79 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c78)
-    d2_d_p_60 = torch.einsum("zuv,zkuv->zuk", (w[:, 64:80].reshape(n, 16, 1) * 0.5773502691896257), _c79)
-    # ∂/∂sh: ∂/∂f: 16x1 ⊗ 1x1 -> 16x0
-    _c80 = torch.einsum("zui,zkuv->zikv", d2_d_f[:, 16:64].reshape(n, 16, 3), _c76)
-    d2_sh_61 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.5773502691896257), _c80)
-    # ∂/∂w: ∂/∂f: 16x1 ⊗ 1x1 -> 16x0
-    _c81 = torch.einsum("zuk,zijuv->zijkuv", d_p[:, 0:16].reshape(n, 16, 1), _c78)
-    d2_w_62 = torch.einsum("ijk,zijkuv->zuv", (cg_1_1_0 * 0.5773502691896257), _c81)
-    # ∂/∂d_p: ∂/∂w: 16x1 ⊗ 1x1 -> 16x1
-    d2_d_p_63 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 80:96].reshape(n, 16, 1) * 0.7071067811865476), _c10)
-    # ∂/∂f: ∂/∂w: 16x1 ⊗ 1x1 -> 16x1
-    _c82 = torch.einsum("ijk,zjkuv->ziuv", cg_1_1_1, _c38)
-    d2_f_64 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 80:96].reshape(n, 16, 1) * 0.7071067811865476), _c82)
-    # ∂/∂sh: ∂/∂w: 16x1 ⊗ 1x1 -> 16x1
-    _c83 = torch.einsum("ijk,ziku->zju", cg_1_1_1, _c60)
-    d2_sh_65 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 80:96].reshape(n, 16, 1) * 0.7071067811865476), _c83)
-    # ∂/∂d_p: ∂/∂sh: 16x1 ⊗ 1x1 -> 16x1
-    _c84 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_1, _c73)
-    d2_d_p_66 = torch.einsum("zuv,zkuv->zuk", (w[:, 80:96].reshape(n, 16, 1) * 0.7071067811865476), _c84)
-    # ∂/∂f: ∂/∂sh: 16x1 ⊗ 1x1 -> 16x1
-    _c85 = torch.einsum("ijk,zjkuv->ziuv", cg_1_1_1, _c42)
-    d2_f_67 = torch.einsum("zuv,ziuv->zui", (w[:, 80:96].reshape(n, 16, 1) * 0.7071067811865476), _c85)
-    # ∂/∂w: ∂/∂sh: 16x1 ⊗ 1x1 -> 16x1
-    _c86 = torch.einsum("zui,zjkuv->zijkuv", f[:, 16:64].reshape(n, 16, 3), _c42)
-    d2_w_68 = torch.einsum("ijk,zijkuv->zuv", (cg_1_1_1 * 0.7071067811865476), _c86)
-    # ∂/∂d_p: ∂/∂f: 16x1 ⊗ 1x1 -> 16x1
-    _c87 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_1, _c78)
-    d2_d_p_69 = torch.einsum("zuv,zkuv->zuk", (w[:, 80:96].reshape(n, 16, 1) * 0.7071067811865476), _c87)
-    # ∂/∂sh: ∂/∂f: 16x1 ⊗ 1x1 -> 16x1
-    _c88 = torch.einsum("ijk,ziku->zju", cg_1_1_1, _c67)
-    d2_sh_70 = torch.einsum("zuv,zju->zvj", (w[:, 80:96].reshape(n, 16, 1) * 0.7071067811865476), _c88)
-    # ∂/∂w: ∂/∂f: 16x1 ⊗ 1x1 -> 16x1
-    _c89 = torch.einsum("zvj,ziku->zijkuv", sh[:, 1:4].reshape(n, 1, 3), _c67)
-    d2_w_71 = torch.einsum("ijk,zijkuv->zuv", (cg_1_1_1 * 0.7071067811865476), _c89)
-    # ∂/∂d_p: ∂/∂w: 16x1 ⊗ 1x1 -> 16x2
-    _c90 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 96:112].reshape(n, 16, 1), sh[:, 1:4].reshape(n, 1, 3))
-    _c91 = torch.einsum("zui,zju->ziju", f[:, 16:64].reshape(n, 16, 3), _c90)
-    d2_d_p_72 = torch.einsum("ijk,ziju->zuk", (cg_1_1_2 * 0.9128709291752769), _c91)
-    # ∂/∂f: ∂/∂w: 16x1 ⊗ 1x1 -> 16x2
-    _c92 = torch.einsum("zuk,zju->zjku", d_p[:, 64:144].reshape(n, 16, 5), _c90)
-    d2_f_73 = torch.einsum("ijk,zjku->zui", (cg_1_1_2 * 0.9128709291752769), _c92)
-    # ∂/∂sh: ∂/∂w: 16x1 ⊗ 1x1 -> 16x2
-    _c93 = torch.einsum("zuk,zui->ziku", d_p[:, 64:144].reshape(n, 16, 5), f[:, 16:64].reshape(n, 16, 3))
-    _c94 = torch.einsum("ijk,ziku->zju", cg_1_1_2, _c93)
-    d2_sh_74 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 96:112].reshape(n, 16, 1) * 0.9128709291752769), _c94)
-    # ∂/∂d_p: ∂/∂sh: 16x1 ⊗ 1x1 -> 16x2
-    _c95 = torch.einsum("zvj,zuv->zju", d2_d_sh[:, 1:4].reshape(n, 1, 3), w[:, 96:112].reshape(n, 16, 1))
-    _c96 = torch.einsum("zui,zju->ziju", f[:, 16:64].reshape(n, 16, 3), _c95)
-    d2_d_p_75 = torch.einsum("ijk,ziju->zuk", (cg_1_1_2 * 0.9128709291752769), _c96)
-    # ∂/∂f: ∂/∂sh: 16x1 ⊗ 1x1 -> 16x2
-    _c97 = torch.einsum("zuk,zju->zjku", d_p[:, 64:144].reshape(n, 16, 5), _c95)
-    d2_f_76 = torch.einsum("ijk,zjku->zui", (cg_1_1_2 * 0.9128709291752769), _c97)
-    # ∂/∂w: ∂/∂sh: 16x1 ⊗ 1x1 -> 16x2
-    d2_w_77 = torch.einsum("zvj,zju->zuv", (d2_d_sh[:, 1:4].reshape(n, 1, 3) * 0.9128709291752769), _c94)
-    # ∂/∂d_p: ∂/∂f: 16x1 ⊗ 1x1 -> 16x2
-    _c98 = torch.einsum("zui,zju->ziju", d2_d_f[:, 16:64].reshape(n, 16, 3), _c11)
-    d2_d_p_78 = torch.einsum("ijk,ziju->zuk", (cg_1_1_2 * 0.9128709291752769), _c98)
-    # ∂/∂sh: ∂/∂f: 16x1 ⊗ 1x1 -> 16x2
-    _c99 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d_p[:, 64:144].reshape(n, 16, 5))
-    _c100 = torch.einsum("ijk,ziku->zju", cg_1_1_2, _c99)
-    d2_sh_79 = torch.einsum("zuv,zju->zvj", (w[:, 96:112].reshape(n, 16, 1) * 0.9128709291752769), _c100)
-    # ∂/∂w: ∂/∂f: 16x1 ⊗ 1x1 -> 16x2
-    d2_w_80 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 0.9128709291752769), _c100)
-    # ∂/∂d_p: ∂/∂w: 16x1 ⊗ 1x2 -> 16x1
-    d2_d_p_81 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 112:128].reshape(n, 16, 1) * 0.7071067811865476), _c14)
-    # ∂/∂f: ∂/∂w: 16x1 ⊗ 1x2 -> 16x1
-    _c101 = torch.einsum("zuk,zvj->zjkuv", d_p[:, 16:64].reshape(n, 16, 3), sh[:, 4:9].reshape(n, 1, 5))
-    _c102 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_1, _c101)
-    d2_f_82 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 112:128].reshape(n, 16, 1) * 0.7071067811865476), _c102)
-    # ∂/∂sh: ∂/∂w: 16x1 ⊗ 1x2 -> 16x1
-    _c103 = torch.einsum("ijk,ziku->zju", cg_1_2_1, _c60)
-    d2_sh_83 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 112:128].reshape(n, 16, 1) * 0.7071067811865476), _c103)
-    # ∂/∂d_p: ∂/∂sh: 16x1 ⊗ 1x2 -> 16x1
-    _c104 = torch.einsum("zvj,zui->zijuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), f[:, 16:64].reshape(n, 16, 3))
-    _c105 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c104)
-    d2_d_p_84 = torch.einsum("zuv,zkuv->zuk", (w[:, 112:128].reshape(n, 16, 1) * 0.7071067811865476), _c105)
-    # ∂/∂f: ∂/∂sh: 16x1 ⊗ 1x2 -> 16x1
-    _c106 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_p[:, 16:64].reshape(n, 16, 3))
-    _c107 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_1, _c106)
-    d2_f_85 = torch.einsum("zuv,ziuv->zui", (w[:, 112:128].reshape(n, 16, 1) * 0.7071067811865476), _c107)
-    # ∂/∂w: ∂/∂sh: 16x1 ⊗ 1x2 -> 16x1
-    d2_w_86 = torch.einsum("zui,ziuv->zuv", (f[:, 16:64].reshape(n, 16, 3) * 0.7071067811865476), _c107)
-    # ∂/∂d_p: ∂/∂f: 16x1 ⊗ 1x2 -> 16x1
-    _c108 = torch.einsum("zui,zvj->zijuv", d2_d_f[:, 16:64].reshape(n, 16, 3), sh[:, 4:9].reshape(n, 1, 5))
-    _c109 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c108)
-    d2_d_p_87 = torch.einsum("zuv,zkuv->zuk", (w[:, 112:128].reshape(n, 16, 1) * 0.7071067811865476), _c109)
-    # ∂/∂sh: ∂/∂f: 16x1 ⊗ 1x2 -> 16x1
-    _c110 = torch.einsum("ijk,ziku->zju", cg_1_2_1, _c67)
-    d2_sh_88 = torch.einsum("zuv,zju->zvj", (w[:, 112:128].reshape(n, 16, 1) * 0.7071067811865476), _c110)
-    # ∂/∂w: ∂/∂f: 16x1 ⊗ 1x2 -> 16x1
-    d2_w_89 = torch.einsum("zuk,zkuv->zuv", (d_p[:, 16:64].reshape(n, 16, 3) * 0.7071067811865476), _c109)
-    # ∂/∂d_p: ∂/∂w: 16x1 ⊗ 1x2 -> 16x2
-    d2_d_p_90 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 128:144].reshape(n, 16, 1) * 0.9128709291752769), _c15)
-    # ∂/∂f: ∂/∂w: 16x1 ⊗ 1x2 -> 16x2
-    _c111 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_2, _c49)
-    d2_f_91 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 128:144].reshape(n, 16, 1) * 0.9128709291752769), _c111)
-    # ∂/∂sh: ∂/∂w: 16x1 ⊗ 1x2 -> 16x2
-    _c112 = torch.einsum("ijk,ziku->zju", cg_1_2_2, _c93)
-    d2_sh_92 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 128:144].reshape(n, 16, 1) * 0.9128709291752769), _c112)
-    # ∂/∂d_p: ∂/∂sh: 16x1 ⊗ 1x2 -> 16x2
-    _c113 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_2, _c104)
-    d2_d_p_93 = torch.einsum("zuv,zkuv->zuk", (w[:, 128:144].reshape(n, 16, 1) * 0.9128709291752769), _c113)
-    # ∂/∂f: ∂/∂sh: 16x1 ⊗ 1x2 -> 16x2
-    _c114 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_2, _c53)
-    d2_f_94 = torch.einsum("zuv,ziuv->zui", (w[:, 128:144].reshape(n, 16, 1) * 0.9128709291752769), _c114)
-    # ∂/∂w: ∂/∂sh: 16x1 ⊗ 1x2 -> 16x2
-    d2_w_95 = torch.einsum("zui,ziuv->zuv", (f[:, 16:64].reshape(n, 16, 3) * 0.9128709291752769), _c114)
-    # ∂/∂d_p: ∂/∂f: 16x1 ⊗ 1x2 -> 16x2
-    _c115 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_2, _c108)
-    d2_d_p_96 = torch.einsum("zuv,zkuv->zuk", (w[:, 128:144].reshape(n, 16, 1) * 0.9128709291752769), _c115)
-    # ∂/∂sh: ∂/∂f: 16x1 ⊗ 1x2 -> 16x2
-    _c116 = torch.einsum("ijk,ziku->zju", cg_1_2_2, _c99)
-    d2_sh_97 = torch.einsum("zuv,zju->zvj", (w[:, 128:144].reshape(n, 16, 1) * 0.9128709291752769), _c116)
-    # ∂/∂w: ∂/∂f: 16x1 ⊗ 1x2 -> 16x2
-    d2_w_98 = torch.einsum("zui,ziuv->zuv", (d2_d_f[:, 16:64].reshape(n, 16, 3) * 0.9128709291752769), _c111)
-    # ∂/∂d_p: ∂/∂w: 16x2 ⊗ 1x0 -> 16x2
-    _c117 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 144:160].reshape(n, 16, 1), sh[:, 0:1].reshape(n, 1, 1))
-    _c118 = torch.einsum("zui,zju->ziju", f[:, 64:144].reshape(n, 16, 5), _c117)
-    d2_d_p_99 = torch.einsum("ijk,ziju->zuk", (cg_2_0_2 * 0.9128709291752769), _c118)
-    # ∂/∂f: ∂/∂w: 16x2 ⊗ 1x0 -> 16x2
-    _c119 = torch.einsum("zuk,zju->zjku", d_p[:, 64:144].reshape(n, 16, 5), _c117)
-    d2_f_100 = torch.einsum("ijk,zjku->zui", (cg_2_0_2 * 0.9128709291752769), _c119)
-    # ∂/∂sh: ∂/∂w: 16x2 ⊗ 1x0 -> 16x2
-    _c120 = torch.einsum("zuk,zui->ziku", d_p[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
-    _c121 = torch.einsum("ijk,ziku->zju", cg_2_0_2, _c120)
-    d2_sh_101 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 144:160].reshape(n, 16, 1) * 0.9128709291752769), _c121)
-    # ∂/∂d_p: ∂/∂sh: 16x2 ⊗ 1x0 -> 16x2
-    _c122 = torch.einsum("zvj,zuv->zju", d2_d_sh[:, 0:1].reshape(n, 1, 1), w[:, 144:160].reshape(n, 16, 1))
-    _c123 = torch.einsum("zui,zju->ziju", f[:, 64:144].reshape(n, 16, 5), _c122)
-    d2_d_p_102 = torch.einsum("ijk,ziju->zuk", (cg_2_0_2 * 0.9128709291752769), _c123)
-    # ∂/∂f: ∂/∂sh: 16x2 ⊗ 1x0 -> 16x2
-    _c124 = torch.einsum("zuk,zju->zjku", d_p[:, 64:144].reshape(n, 16, 5), _c122)
-    d2_f_103 = torch.einsum("ijk,zjku->zui", (cg_2_0_2 * 0.9128709291752769), _c124)
-    # ∂/∂w: ∂/∂sh: 16x2 ⊗ 1x0 -> 16x2
-    d2_w_104 = torch.einsum("zvj,zju->zuv", (d2_d_sh[:, 0:1].reshape(n, 1, 1) * 0.9128709291752769), _c121)
-    # ∂/∂d_p: ∂/∂f: 16x2 ⊗ 1x0 -> 16x2
-    _c125 = torch.einsum("zui,zju->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), _c16)
-    d2_d_p_105 = torch.einsum("ijk,ziju->zuk", (cg_2_0_2 * 0.9128709291752769), _c125)
-    # ∂/∂sh: ∂/∂f: 16x2 ⊗ 1x0 -> 16x2
-    _c126 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 64:144].reshape(n, 16, 5), d_p[:, 64:144].reshape(n, 16, 5))
-    _c127 = torch.einsum("ijk,ziku->zju", cg_2_0_2, _c126)
-    d2_sh_106 = torch.einsum("zuv,zju->zvj", (w[:, 144:160].reshape(n, 16, 1) * 0.9128709291752769), _c127)
-    # ∂/∂w: ∂/∂f: 16x2 ⊗ 1x0 -> 16x2
-    d2_w_107 = torch.einsum("zvj,zju->zuv", (sh[:, 0:1].reshape(n, 1, 1) * 0.9128709291752769), _c127)
-    # ∂/∂d_p: ∂/∂w: 16x2 ⊗ 1x1 -> 16x1
-    d2_d_p_108 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 160:176].reshape(n, 16, 1) * 0.7071067811865476), _c19)
-    # ∂/∂f: ∂/∂w: 16x2 ⊗ 1x1 -> 16x1
-    _c128 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 160:176].reshape(n, 16, 1), sh[:, 1:4].reshape(n, 1, 3))
-    _c129 = torch.einsum("zuk,zju->zjku", d_p[:, 16:64].reshape(n, 16, 3), _c128)
-    d2_f_109 = torch.einsum("ijk,zjku->zui", (cg_2_1_1 * 0.7071067811865476), _c129)
-    # ∂/∂sh: ∂/∂w: 16x2 ⊗ 1x1 -> 16x1
-    _c130 = torch.einsum("zuk,zui->ziku", d_p[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
-    _c131 = torch.einsum("ijk,ziku->zju", cg_2_1_1, _c130)
-    d2_sh_110 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 160:176].reshape(n, 16, 1) * 0.7071067811865476), _c131)
-    # ∂/∂d_p: ∂/∂sh: 16x2 ⊗ 1x1 -> 16x1
-    _c132 = torch.einsum("zvj,zui->zijuv", d2_d_sh[:, 1:4].reshape(n, 1, 3), f[:, 64:144].reshape(n, 16, 5))
-    _c133 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c132)
-    d2_d_p_111 = torch.einsum("zuv,zkuv->zuk", (w[:, 160:176].reshape(n, 16, 1) * 0.7071067811865476), _c133)
-    # ∂/∂f: ∂/∂sh: 16x2 ⊗ 1x1 -> 16x1
-    _c134 = torch.einsum("zvj,zuv->zju", d2_d_sh[:, 1:4].reshape(n, 1, 3), w[:, 160:176].reshape(n, 16, 1))
-    _c135 = torch.einsum("zuk,zju->zjku", d_p[:, 16:64].reshape(n, 16, 3), _c134)
-    d2_f_112 = torch.einsum("ijk,zjku->zui", (cg_2_1_1 * 0.7071067811865476), _c135)
-    # ∂/∂w: ∂/∂sh: 16x2 ⊗ 1x1 -> 16x1
-    d2_w_113 = torch.einsum("zuk,zkuv->zuv", (d_p[:, 16:64].reshape(n, 16, 3) * 0.7071067811865476), _c133)
-    # ∂/∂d_p: ∂/∂f: 16x2 ⊗ 1x1 -> 16x1
-    _c136 = torch.einsum("zui,zvj->zijuv", d2_d_f[:, 64:144].reshape(n, 16, 5), sh[:, 1:4].reshape(n, 1, 3))
-    _c137 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c136)
-    d2_d_p_114 = torch.einsum("zuv,zkuv->zuk", (w[:, 160:176].reshape(n, 16, 1) * 0.7071067811865476), _c137)
-    # ∂/∂sh: ∂/∂f: 16x2 ⊗ 1x1 -> 16x1
-    _c138 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 64:144].reshape(n, 16, 5), d_p[:, 16:64].reshape(n, 16, 3))
-    _c139 = torch.einsum("ijk,ziku->zju", cg_2_1_1, _c138)
-    d2_sh_115 = torch.einsum("zuv,zju->zvj", (w[:, 160:176].reshape(n, 16, 1) * 0.7071067811865476), _c139)
-    # ∂/∂w: ∂/∂f: 16x2 ⊗ 1x1 -> 16x1
-    d2_w_116 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 0.7071067811865476), _c139)
-    # ∂/∂d_p: ∂/∂w: 16x2 ⊗ 1x1 -> 16x2
-    _c140 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 176:192].reshape(n, 16, 1), sh[:, 1:4].reshape(n, 1, 3))
-    _c141 = torch.einsum("zui,zju->ziju", f[:, 64:144].reshape(n, 16, 5), _c140)
-    d2_d_p_117 = torch.einsum("ijk,ziju->zuk", (cg_2_1_2 * 0.9128709291752769), _c141)
-    # ∂/∂f: ∂/∂w: 16x2 ⊗ 1x1 -> 16x2
-    _c142 = torch.einsum("zuk,zju->zjku", d_p[:, 64:144].reshape(n, 16, 5), _c140)
-    d2_f_118 = torch.einsum("ijk,zjku->zui", (cg_2_1_2 * 0.9128709291752769), _c142)
-    # ∂/∂sh: ∂/∂w: 16x2 ⊗ 1x1 -> 16x2
-    _c143 = torch.einsum("ijk,ziku->zju", cg_2_1_2, _c120)
-    d2_sh_119 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 176:192].reshape(n, 16, 1) * 0.9128709291752769), _c143)
-    # ∂/∂d_p: ∂/∂sh: 16x2 ⊗ 1x1 -> 16x2
-    _c144 = torch.einsum("zvj,zuv->zju", d2_d_sh[:, 1:4].reshape(n, 1, 3), w[:, 176:192].reshape(n, 16, 1))
-    _c145 = torch.einsum("zui,zju->ziju", f[:, 64:144].reshape(n, 16, 5), _c144)
-    d2_d_p_120 = torch.einsum("ijk,ziju->zuk", (cg_2_1_2 * 0.9128709291752769), _c145)
-    # ∂/∂f: ∂/∂sh: 16x2 ⊗ 1x1 -> 16x2
-    _c146 = torch.einsum("zuk,zju->zjku", d_p[:, 64:144].reshape(n, 16, 5), _c144)
-    d2_f_121 = torch.einsum("ijk,zjku->zui", (cg_2_1_2 * 0.9128709291752769), _c146)
-    # ∂/∂w: ∂/∂sh: 16x2 ⊗ 1x1 -> 16x2
-    d2_w_122 = torch.einsum("zvj,zju->zuv", (d2_d_sh[:, 1:4].reshape(n, 1, 3) * 0.9128709291752769), _c143)
-    # ∂/∂d_p: ∂/∂f: 16x2 ⊗ 1x1 -> 16x2
-    _c147 = torch.einsum("zui,zju->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), _c20)
-    d2_d_p_123 = torch.einsum("ijk,ziju->zuk", (cg_2_1_2 * 0.9128709291752769), _c147)
-    # ∂/∂sh: ∂/∂f: 16x2 ⊗ 1x1 -> 16x2
-    _c148 = torch.einsum("ijk,ziku->zju", cg_2_1_2, _c126)
-    d2_sh_124 = torch.einsum("zuv,zju->zvj", (w[:, 176:192].reshape(n, 16, 1) * 0.9128709291752769), _c148)
-    # ∂/∂w: ∂/∂f: 16x2 ⊗ 1x1 -> 16x2
-    d2_w_125 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 0.9128709291752769), _c148)
-    # ∂/∂d_p: ∂/∂w: 16x2 ⊗ 1x2 -> 16x0
-    d2_d_p_126 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 192:208].reshape(n, 16, 1) * 0.5773502691896257), _c23)
-    # ∂/∂f: ∂/∂w: 16x2 ⊗ 1x2 -> 16x0
-    _c149 = torch.einsum("zuv,zuk->zkuv", d2_d_w[:, 192:208].reshape(n, 16, 1), d_p[:, 0:16].reshape(n, 16, 1))
-    _c150 = torch.einsum("zvj,ijk->zikv", sh[:, 4:9].reshape(n, 1, 5), cg_2_2_0)
-    d2_f_127 = torch.einsum("zkuv,zikv->zui", _c149, (_c150 * 0.5773502691896257))
-    # ∂/∂sh: ∂/∂w: 16x2 ⊗ 1x2 -> 16x0
-    _c151 = torch.einsum("zui,zkuv->zikv", f[:, 64:144].reshape(n, 16, 5), _c149)
-    d2_sh_128 = torch.einsum("ijk,zikv->zvj", (cg_2_2_0 * 0.5773502691896257), _c151)
-    # ∂/∂d_p: ∂/∂sh: 16x2 ⊗ 1x2 -> 16x0
-    _c152 = torch.einsum("zvj,zui->zijuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), f[:, 64:144].reshape(n, 16, 5))
-    _c153 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c152)
-    d2_d_p_129 = torch.einsum("zuv,zkuv->zuk", (w[:, 192:208].reshape(n, 16, 1) * 0.5773502691896257), _c153)
-    # ∂/∂f: ∂/∂sh: 16x2 ⊗ 1x2 -> 16x0
-    _c154 = torch.einsum("zvj,ijk->zikv", d2_d_sh[:, 4:9].reshape(n, 1, 5), cg_2_2_0)
-    _c155 = torch.einsum("zuk,zuv->zkuv", d_p[:, 0:16].reshape(n, 16, 1), w[:, 192:208].reshape(n, 16, 1))
-    d2_f_130 = torch.einsum("zikv,zkuv->zui", (_c154 * 0.5773502691896257), _c155)
-    # ∂/∂w: ∂/∂sh: 16x2 ⊗ 1x2 -> 16x0
-    d2_w_131 = torch.einsum("zuk,zkuv->zuv", (d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _c153)
-    # ∂/∂d_p: ∂/∂f: 16x2 ⊗ 1x2 -> 16x0
-    _c156 = torch.einsum("zui,zvj->zijuv", d2_d_f[:, 64:144].reshape(n, 16, 5), sh[:, 4:9].reshape(n, 1, 5))
-    _c157 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c156)
-    d2_d_p_132 = torch.einsum("zuv,zkuv->zuk", (w[:, 192:208].reshape(n, 16, 1) * 0.5773502691896257), _c157)
-    # ∂/∂sh: ∂/∂f: 16x2 ⊗ 1x2 -> 16x0
-    _c158 = torch.einsum("zui,zkuv->zikv", d2_d_f[:, 64:144].reshape(n, 16, 5), _c155)
-    d2_sh_133 = torch.einsum("ijk,zikv->zvj", (cg_2_2_0 * 0.5773502691896257), _c158)
-    # ∂/∂w: ∂/∂f: 16x2 ⊗ 1x2 -> 16x0
-    d2_w_134 = torch.einsum("zuk,zkuv->zuv", (d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _c157)
-    # ∂/∂d_p: ∂/∂w: 16x2 ⊗ 1x2 -> 16x1
-    d2_d_p_135 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 208:224].reshape(n, 16, 1) * 0.7071067811865476), _c24)
-    # ∂/∂f: ∂/∂w: 16x2 ⊗ 1x2 -> 16x1
-    _c159 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_1, _c101)
-    d2_f_136 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 208:224].reshape(n, 16, 1) * 0.7071067811865476), _c159)
-    # ∂/∂sh: ∂/∂w: 16x2 ⊗ 1x2 -> 16x1
-    _c160 = torch.einsum("ijk,ziku->zju", cg_2_2_1, _c130)
-    d2_sh_137 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 208:224].reshape(n, 16, 1) * 0.7071067811865476), _c160)
-    # ∂/∂d_p: ∂/∂sh: 16x2 ⊗ 1x2 -> 16x1
-    _c161 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_1, _c152)
-    d2_d_p_138 = torch.einsum("zuv,zkuv->zuk", (w[:, 208:224].reshape(n, 16, 1) * 0.7071067811865476), _c161)
-    # ∂/∂f: ∂/∂sh: 16x2 ⊗ 1x2 -> 16x1
-    _c162 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_1, _c106)
-    d2_f_139 = torch.einsum("zuv,ziuv->zui", (w[:, 208:224].reshape(n, 16, 1) * 0.7071067811865476), _c162)
-    # ∂/∂w: ∂/∂sh: 16x2 ⊗ 1x2 -> 16x1
-    d2_w_140 = torch.einsum("zuk,zkuv->zuv", (d_p[:, 16:64].reshape(n, 16, 3) * 0.7071067811865476), _c161)
-    # ∂/∂d_p: ∂/∂f: 16x2 ⊗ 1x2 -> 16x1
-    _c163 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_1, _c156)
-    d2_d_p_141 = torch.einsum("zuv,zkuv->zuk", (w[:, 208:224].reshape(n, 16, 1) * 0.7071067811865476), _c163)
-    # ∂/∂sh: ∂/∂f: 16x2 ⊗ 1x2 -> 16x1
-    _c164 = torch.einsum("ijk,ziku->zju", cg_2_2_1, _c138)
-    d2_sh_142 = torch.einsum("zuv,zju->zvj", (w[:, 208:224].reshape(n, 16, 1) * 0.7071067811865476), _c164)
-    # ∂/∂w: ∂/∂f: 16x2 ⊗ 1x2 -> 16x1
-    d2_w_143 = torch.einsum("zuk,zkuv->zuv", (d_p[:, 16:64].reshape(n, 16, 3) * 0.7071067811865476), _c163)
-    # ∂/∂d_p: ∂/∂w: 16x2 ⊗ 1x2 -> 16x2
-    d2_d_p_144 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 224:240].reshape(n, 16, 1) * 0.9128709291752769), _c25)
-    # ∂/∂f: ∂/∂w: 16x2 ⊗ 1x2 -> 16x2
-    _c165 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_2, _c49)
-    d2_f_145 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 224:240].reshape(n, 16, 1) * 0.9128709291752769), _c165)
-    # ∂/∂sh: ∂/∂w: 16x2 ⊗ 1x2 -> 16x2
-    _c166 = torch.einsum("ijk,ziku->zju", cg_2_2_2, _c120)
-    d2_sh_146 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 224:240].reshape(n, 16, 1) * 0.9128709291752769), _c166)
-    # ∂/∂d_p: ∂/∂sh: 16x2 ⊗ 1x2 -> 16x2
-    _c167 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c152)
-    d2_d_p_147 = torch.einsum("zuv,zkuv->zuk", (w[:, 224:240].reshape(n, 16, 1) * 0.9128709291752769), _c167)
-    # ∂/∂f: ∂/∂sh: 16x2 ⊗ 1x2 -> 16x2
-    _c168 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_2, _c53)
-    d2_f_148 = torch.einsum("zuv,ziuv->zui", (w[:, 224:240].reshape(n, 16, 1) * 0.9128709291752769), _c168)
-    # ∂/∂w: ∂/∂sh: 16x2 ⊗ 1x2 -> 16x2
-    d2_w_149 = torch.einsum("zui,ziuv->zuv", (f[:, 64:144].reshape(n, 16, 5) * 0.9128709291752769), _c168)
-    # ∂/∂d_p: ∂/∂f: 16x2 ⊗ 1x2 -> 16x2
-    _c169 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c156)
-    d2_d_p_150 = torch.einsum("zuv,zkuv->zuk", (w[:, 224:240].reshape(n, 16, 1) * 0.9128709291752769), _c169)
-    # ∂/∂sh: ∂/∂f: 16x2 ⊗ 1x2 -> 16x2
-    _c170 = torch.einsum("ijk,ziku->zju", cg_2_2_2, _c126)
-    d2_sh_151 = torch.einsum("zuv,zju->zvj", (w[:, 224:240].reshape(n, 16, 1) * 0.9128709291752769), _c170)
-    # ∂/∂w: ∂/∂f: 16x2 ⊗ 1x2 -> 16x2
-    d2_w_152 = torch.einsum("zvj,zju->zuv", (sh[:, 4:9].reshape(n, 1, 5) * 0.9128709291752769), _c170)
-    # ∂/∂d_m: ∂/∂weight: 16x0 -> 16x0
-    p = torch.cat([
-        (p_0 + p_4 + p_12).reshape(n, 16),
-        (p_1 + p_3 + p_5 + p_7 + p_10 + p_13).reshape(n, 48),
-        (p_2 + p_6 + p_8 + p_9 + p_11 + p_14).reshape(n, 80),
+    _w_p_0_2_2 = torch.cat([
+        w_p_0_2_2_7.reshape(n, 16),
+        w_p_0_2_2_8.reshape(n, 16),
+        w_p_0_2_2_9.reshape(n, 16),
     ], dim=-1)
-    d2_d_m_153 = torch.einsum("uw,zui->zwi", (d2_d_weight[0:256].view(16, 16) * 0.25), p[:, 0:16].reshape(n, 16, 1))
-    # ∂/∂p: ∂/∂weight: 16x0 -> 16x0
-    d2_p_154 = torch.einsum("uw,zwi->zui", (d2_d_weight[0:256].view(16, 16) * 0.25), d_m[:, 0:16].reshape(n, 16, 1))
+    d__t_p_0_2_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_2_2.reshape(n, 3, 16))
+    _w_p_0_2_1 = torch.cat([
+        w_p_0_2_1_5.reshape(n, 16),
+        w_p_0_2_1_6.reshape(n, 16),
+    ], dim=-1)
+    d__t_p_0_2_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), _w_p_0_2_1.reshape(n, 2, 16))
+    d__t_p_0_2_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 192:208].reshape(n, 1, 16))
+    _w_p_0_1_2 = torch.cat([
+        w_p_0_1_2_3.reshape(n, 16),
+        w_p_0_1_2_4.reshape(n, 16),
+    ], dim=-1)
+    d__t_p_0_1_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_1_2.reshape(n, 2, 16))
+    _w_p_0_1_1 = torch.cat([
+        w_p_0_1_1_0.reshape(n, 16),
+        w_p_0_1_1_1.reshape(n, 16),
+        w_p_0_1_1_2.reshape(n, 16),
+    ], dim=-1)
+    d__t_p_0_1_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), _w_p_0_1_1.reshape(n, 3, 16))
+    d__t_p_0_1_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 64:80].reshape(n, 1, 16))
+    d__t_p_0_0_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), w[:, 32:48].reshape(n, 1, 16))
+    d__t_p_0_0_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), w[:, 16:32].reshape(n, 1, 16))
+    d__t_p_0_0_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16))
+    # ∂/∂d__t_p_0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    d2_d__t_p_0_0_0 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
+    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    d2__m_p_0_13 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 0:16].reshape(n, 16, 1), d__t_p_0_0_0)
+    d2_d_p_14 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_0_0, w[:, 0:16].reshape(n, 1, 16))
+    d2_w_15 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_0, d_p[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂d__t_p_0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    d2_d__t_p_0_0_1 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 1, 3))
+    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    d2__m_p_0_16 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 0:16].reshape(n, 16, 1), d__t_p_0_0_1)
+    d2_d_p_17 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_0_1, w[:, 16:32].reshape(n, 1, 16))
+    d2_w_18 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_1, d_p[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂d__t_p_0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    d2_d__t_p_0_0_2 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 1, 5))
+    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    d2__m_p_0_19 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 0:16].reshape(n, 16, 1), d__t_p_0_0_2)
+    d2_d_p_20 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_0_2, w[:, 32:48].reshape(n, 1, 16))
+    d2_w_21 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_2, d_p[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂d__t_p_0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    d2_d__t_p_0_1_0 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
+    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    d2__m_p_0_22 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 16:64].reshape(n, 16, 3), d__t_p_0_1_0)
+    d2_d_p_23 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_1_0, w[:, 64:80].reshape(n, 1, 16))
+    d2_w_24 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_1_0, d_p[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂d__t_p_0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    d2_d__t_p_0_1_1 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    d2__m_p_0_25 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 16:64].reshape(n, 16, 3), d__t_p_0_1_1)
+    d2_d_p_26 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_1_1, _w_p_0_1_1.reshape(n, 3, 16))
+    d2__w_p_0_1_1 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_1_1, d_p[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂d__t_p_0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    d2_d__t_p_0_1_2 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    d2__m_p_0_27 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 16:64].reshape(n, 16, 3), d__t_p_0_1_2)
+    d2_d_p_28 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_1_2, _w_p_0_1_2.reshape(n, 2, 16))
+    d2__w_p_0_1_2 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_1_2, d_p[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂d__t_p_0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    d2_d__t_p_0_2_0 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
+    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    d2__m_p_0_29 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 64:144].reshape(n, 16, 5), d__t_p_0_2_0)
+    d2_d_p_30 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_2_0, w[:, 192:208].reshape(n, 1, 16))
+    d2_w_31 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_2_0, d_p[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂d__t_p_0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    d2_d__t_p_0_2_1 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    d2__m_p_0_32 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 64:144].reshape(n, 16, 5), d__t_p_0_2_1)
+    d2_d_p_33 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_2_1, _w_p_0_2_1.reshape(n, 2, 16))
+    d2__w_p_0_2_1 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_2_1, d_p[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂d__t_p_0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    d2_d__t_p_0_2_2 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    d2__m_p_0_34 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 64:144].reshape(n, 16, 5), d__t_p_0_2_2)
+    d2_d_p_35 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_2_2, _w_p_0_2_2.reshape(n, 3, 16))
+    d2__w_p_0_2_2 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_2_2, d_p[:, 64:144].reshape(n, 16, 5))
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
-        (d2_d_p_18 + d2_d_p_21 + d2_d_p_24 + d2_d_p_54 + d2_d_p_57 + d2_d_p_60 + d2_d_p_126 + d2_d_p_129 + d2_d_p_132).reshape(n, 16),
-        (d2_d_p_27 + d2_d_p_30 + d2_d_p_33 + d2_d_p_45 + d2_d_p_48 + d2_d_p_51 + d2_d_p_63 + d2_d_p_66 + d2_d_p_69 + d2_d_p_81 + d2_d_p_84 + d2_d_p_87 + d2_d_p_108 + d2_d_p_111 + d2_d_p_114 + d2_d_p_135 + d2_d_p_138 + d2_d_p_141).reshape(n, 48),
-        (d2_d_p_36 + d2_d_p_39 + d2_d_p_42 + d2_d_p_72 + d2_d_p_75 + d2_d_p_78 + d2_d_p_90 + d2_d_p_93 + d2_d_p_96 + d2_d_p_99 + d2_d_p_102 + d2_d_p_105 + d2_d_p_117 + d2_d_p_120 + d2_d_p_123 + d2_d_p_144 + d2_d_p_147 + d2_d_p_150).reshape(n, 80),
+        (d2_d_p_14 + d2_d_p_23 + d2_d_p_30).reshape(n, 16),
+        (d2_d_p_17 + d2_d_p_26 + d2_d_p_33).reshape(n, 48),
+        (d2_d_p_20 + d2_d_p_28 + d2_d_p_35).reshape(n, 80),
     ], dim=-1)
-    d2_d_m_155 = torch.einsum("zui,uw->zwi", d2_d_p[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    d2_d_m_36 = torch.einsum("zui,uw->zwi", d2_d_p[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_156 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25), d_m[:, 0:16].reshape(n, 16, 1))
-    # ∂/∂d_m: ∂/∂weight: 16x1 -> 16x1
-    d2_d_m_157 = torch.einsum("uw,zui->zwi", (d2_d_weight[256:512].view(16, 16) * 0.25), p[:, 16:64].reshape(n, 16, 3))
-    # ∂/∂p: ∂/∂weight: 16x1 -> 16x1
-    d2_p_158 = torch.einsum("uw,zwi->zui", (d2_d_weight[256:512].view(16, 16) * 0.25), d_m[:, 16:64].reshape(n, 16, 3))
+    d2_weight_37 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25), d_m[:, 0:16].reshape(n, 16, 1))
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
-    d2_d_m_159 = torch.einsum("zui,uw->zwi", d2_d_p[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    d2_d_m_38 = torch.einsum("zui,uw->zwi", d2_d_p[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_160 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25), d_m[:, 16:64].reshape(n, 16, 3))
-    # ∂/∂d_m: ∂/∂weight: 16x2 -> 16x2
-    d2_d_m_161 = torch.einsum("uw,zui->zwi", (d2_d_weight[512:768].view(16, 16) * 0.25), p[:, 64:144].reshape(n, 16, 5))
-    # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
-    d2_p_162 = torch.einsum("uw,zwi->zui", (d2_d_weight[512:768].view(16, 16) * 0.25), d_m[:, 64:144].reshape(n, 16, 5))
+    d2_weight_39 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25), d_m[:, 16:64].reshape(n, 16, 3))
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
-    d2_d_m_163 = torch.einsum("zui,uw->zwi", d2_d_p[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    d2_d_m_40 = torch.einsum("zui,uw->zwi", d2_d_p[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_164 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25), d_m[:, 64:144].reshape(n, 16, 5))
-    # ∂/∂f: 16x2 ⊗ 1x2 -> 16x2
-    d2_p = torch.cat([
-        d2_p_154.reshape(n, 16),
-        d2_p_158.reshape(n, 48),
-        d2_p_162.reshape(n, 80),
+    d2_weight_41 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25), d_m[:, 64:144].reshape(n, 16, 5))
+    d2_w_42 = d2__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
+    d2_w_43 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d2_w_44 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    d2_w_45 = d2__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d2_w_46 = d2__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    d2_w_47 = d2__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d2_w_48 = d2__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    d2_w_49 = d2__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
+    d2_w_50 = d2__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d2_w_51 = d2__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    d2__m_p_0 = torch.cat([
+        d2__m_p_0_13.reshape(n, 1),
+        d2__m_p_0_16.reshape(n, 3),
+        d2__m_p_0_19.reshape(n, 5),
+        d2__m_p_0_22.reshape(n, 3),
+        d2__m_p_0_25.reshape(n, 27),
+        d2__m_p_0_27.reshape(n, 30),
+        d2__m_p_0_29.reshape(n, 5),
+        d2__m_p_0_32.reshape(n, 30),
+        d2__m_p_0_34.reshape(n, 75),
     ], dim=-1)
-    _c171 = torch.einsum("zuk,zvj->zjkuv", d2_p[:, 64:144].reshape(n, 16, 5), sh[:, 4:9].reshape(n, 1, 5))
-    _c172 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_2, _c171)
-    d2_f_165 = torch.einsum("zuv,ziuv->zui", (w[:, 224:240].reshape(n, 16, 1) * 0.9128709291752769), _c172)
-    # ∂/∂sh: 16x2 ⊗ 1x2 -> 16x2
-    _c173 = torch.einsum("zuk,zui->ziku", d2_p[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
-    _c174 = torch.einsum("ijk,ziku->zju", cg_2_2_2, _c173)
-    d2_sh_166 = torch.einsum("zuv,zju->zvj", (w[:, 224:240].reshape(n, 16, 1) * 0.9128709291752769), _c174)
-    # ∂/∂w: 16x2 ⊗ 1x2 -> 16x2
-    d2_w_167 = torch.einsum("zvj,zju->zuv", (sh[:, 4:9].reshape(n, 1, 5) * 0.9128709291752769), _c174)
-    # ∂/∂f: 16x2 ⊗ 1x2 -> 16x1
-    _c175 = torch.einsum("zuk,zvj->zjkuv", d2_p[:, 16:64].reshape(n, 16, 3), sh[:, 4:9].reshape(n, 1, 5))
-    _c176 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_1, _c175)
-    d2_f_168 = torch.einsum("zuv,ziuv->zui", (w[:, 208:224].reshape(n, 16, 1) * 0.7071067811865476), _c176)
-    # ∂/∂sh: 16x2 ⊗ 1x2 -> 16x1
-    _c177 = torch.einsum("zuk,zui->ziku", d2_p[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
-    _c178 = torch.einsum("ijk,ziku->zju", cg_2_2_1, _c177)
-    d2_sh_169 = torch.einsum("zuv,zju->zvj", (w[:, 208:224].reshape(n, 16, 1) * 0.7071067811865476), _c178)
-    # ∂/∂w: 16x2 ⊗ 1x2 -> 16x1
-    d2_w_170 = torch.einsum("zuk,zkuv->zuv", (d2_p[:, 16:64].reshape(n, 16, 3) * 0.7071067811865476), _c24)
-    # ∂/∂f: 16x2 ⊗ 1x2 -> 16x0
-    _c179 = torch.einsum("zuk,zuv->zkuv", d2_p[:, 0:16].reshape(n, 16, 1), w[:, 192:208].reshape(n, 16, 1))
-    d2_f_171 = torch.einsum("zkuv,zikv->zui", _c179, (_c150 * 0.5773502691896257))
-    # ∂/∂sh: 16x2 ⊗ 1x2 -> 16x0
-    _c180 = torch.einsum("zui,zkuv->zikv", f[:, 64:144].reshape(n, 16, 5), _c179)
-    d2_sh_172 = torch.einsum("ijk,zikv->zvj", (cg_2_2_0 * 0.5773502691896257), _c180)
-    # ∂/∂w: 16x2 ⊗ 1x2 -> 16x0
-    d2_w_173 = torch.einsum("zuk,zkuv->zuv", (d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _c23)
-    # ∂/∂f: 16x2 ⊗ 1x1 -> 16x2
-    _c181 = torch.einsum("zuk,zju->zjku", d2_p[:, 64:144].reshape(n, 16, 5), _c20)
-    d2_f_174 = torch.einsum("ijk,zjku->zui", (cg_2_1_2 * 0.9128709291752769), _c181)
-    # ∂/∂sh: 16x2 ⊗ 1x1 -> 16x2
-    _c182 = torch.einsum("ijk,ziku->zju", cg_2_1_2, _c173)
-    d2_sh_175 = torch.einsum("zuv,zju->zvj", (w[:, 176:192].reshape(n, 16, 1) * 0.9128709291752769), _c182)
-    # ∂/∂w: 16x2 ⊗ 1x1 -> 16x2
-    d2_w_176 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 0.9128709291752769), _c182)
-    # ∂/∂f: 16x2 ⊗ 1x1 -> 16x1
-    _c183 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 160:176].reshape(n, 16, 1))
-    _c184 = torch.einsum("zuk,zju->zjku", d2_p[:, 16:64].reshape(n, 16, 3), _c183)
-    d2_f_177 = torch.einsum("ijk,zjku->zui", (cg_2_1_1 * 0.7071067811865476), _c184)
-    # ∂/∂sh: 16x2 ⊗ 1x1 -> 16x1
-    _c185 = torch.einsum("ijk,ziku->zju", cg_2_1_1, _c177)
-    d2_sh_178 = torch.einsum("zuv,zju->zvj", (w[:, 160:176].reshape(n, 16, 1) * 0.7071067811865476), _c185)
-    # ∂/∂w: 16x2 ⊗ 1x1 -> 16x1
-    d2_w_179 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 0.7071067811865476), _c185)
-    # ∂/∂f: 16x2 ⊗ 1x0 -> 16x2
-    _c186 = torch.einsum("zuk,zju->zjku", d2_p[:, 64:144].reshape(n, 16, 5), _c16)
-    d2_f_180 = torch.einsum("ijk,zjku->zui", (cg_2_0_2 * 0.9128709291752769), _c186)
-    # ∂/∂sh: 16x2 ⊗ 1x0 -> 16x2
-    _c187 = torch.einsum("ijk,ziku->zju", cg_2_0_2, _c173)
-    d2_sh_181 = torch.einsum("zuv,zju->zvj", (w[:, 144:160].reshape(n, 16, 1) * 0.9128709291752769), _c187)
-    # ∂/∂w: 16x2 ⊗ 1x0 -> 16x2
-    d2_w_182 = torch.einsum("zvj,zju->zuv", (sh[:, 0:1].reshape(n, 1, 1) * 0.9128709291752769), _c187)
-    # ∂/∂f: 16x1 ⊗ 1x2 -> 16x2
-    _c188 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_2, _c171)
-    d2_f_183 = torch.einsum("zuv,ziuv->zui", (w[:, 128:144].reshape(n, 16, 1) * 0.9128709291752769), _c188)
-    # ∂/∂sh: 16x1 ⊗ 1x2 -> 16x2
-    _c189 = torch.einsum("zuk,zui->ziku", d2_p[:, 64:144].reshape(n, 16, 5), f[:, 16:64].reshape(n, 16, 3))
-    _c190 = torch.einsum("ijk,ziku->zju", cg_1_2_2, _c189)
-    d2_sh_184 = torch.einsum("zuv,zju->zvj", (w[:, 128:144].reshape(n, 16, 1) * 0.9128709291752769), _c190)
-    # ∂/∂w: 16x1 ⊗ 1x2 -> 16x2
-    d2_w_185 = torch.einsum("zui,ziuv->zuv", (f[:, 16:64].reshape(n, 16, 3) * 0.9128709291752769), _c188)
-    # ∂/∂f: 16x1 ⊗ 1x2 -> 16x1
-    _c191 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_1, _c175)
-    d2_f_186 = torch.einsum("zuv,ziuv->zui", (w[:, 112:128].reshape(n, 16, 1) * 0.7071067811865476), _c191)
-    # ∂/∂sh: 16x1 ⊗ 1x2 -> 16x1
-    _c192 = torch.einsum("zuk,zui->ziku", d2_p[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
-    _c193 = torch.einsum("ijk,ziku->zju", cg_1_2_1, _c192)
-    d2_sh_187 = torch.einsum("zuv,zju->zvj", (w[:, 112:128].reshape(n, 16, 1) * 0.7071067811865476), _c193)
-    # ∂/∂w: 16x1 ⊗ 1x2 -> 16x1
-    d2_w_188 = torch.einsum("zui,ziuv->zuv", (f[:, 16:64].reshape(n, 16, 3) * 0.7071067811865476), _c191)
-    # ∂/∂f: 16x1 ⊗ 1x1 -> 16x2
-    _c194 = torch.einsum("zuk,zju->zjku", d2_p[:, 64:144].reshape(n, 16, 5), _c11)
-    d2_f_189 = torch.einsum("ijk,zjku->zui", (cg_1_1_2 * 0.9128709291752769), _c194)
-    # ∂/∂sh: 16x1 ⊗ 1x1 -> 16x2
-    _c195 = torch.einsum("ijk,ziku->zju", cg_1_1_2, _c189)
-    d2_sh_190 = torch.einsum("zuv,zju->zvj", (w[:, 96:112].reshape(n, 16, 1) * 0.9128709291752769), _c195)
-    # ∂/∂w: 16x1 ⊗ 1x1 -> 16x2
-    d2_w_191 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 0.9128709291752769), _c195)
-    # ∂/∂f: 16x1 ⊗ 1x1 -> 16x1
-    _c196 = torch.einsum("zuk,zvj->zjkuv", d2_p[:, 16:64].reshape(n, 16, 3), sh[:, 1:4].reshape(n, 1, 3))
-    _c197 = torch.einsum("ijk,zjkuv->ziuv", cg_1_1_1, _c196)
-    d2_f_192 = torch.einsum("zuv,ziuv->zui", (w[:, 80:96].reshape(n, 16, 1) * 0.7071067811865476), _c197)
-    # ∂/∂sh: 16x1 ⊗ 1x1 -> 16x1
-    _c198 = torch.einsum("ijk,ziku->zju", cg_1_1_1, _c192)
-    d2_sh_193 = torch.einsum("zuv,zju->zvj", (w[:, 80:96].reshape(n, 16, 1) * 0.7071067811865476), _c198)
-    # ∂/∂w: 16x1 ⊗ 1x1 -> 16x1
-    _c199 = torch.einsum("zvj,ziku->zijkuv", sh[:, 1:4].reshape(n, 1, 3), _c192)
-    d2_w_194 = torch.einsum("ijk,zijkuv->zuv", (cg_1_1_1 * 0.7071067811865476), _c199)
-    # ∂/∂f: 16x1 ⊗ 1x1 -> 16x0
-    _c200 = torch.einsum("zuk,zuv->zkuv", d2_p[:, 0:16].reshape(n, 16, 1), w[:, 64:80].reshape(n, 16, 1))
-    d2_f_195 = torch.einsum("zkuv,zikv->zui", _c200, (_c71 * 0.5773502691896257))
-    # ∂/∂sh: 16x1 ⊗ 1x1 -> 16x0
-    _c201 = torch.einsum("zui,zkuv->zikv", f[:, 16:64].reshape(n, 16, 3), _c200)
-    d2_sh_196 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.5773502691896257), _c201)
-    # ∂/∂w: 16x1 ⊗ 1x1 -> 16x0
-    _c202 = torch.einsum("zuk,zijuv->zijkuv", d2_p[:, 0:16].reshape(n, 16, 1), _c8)
-    d2_w_197 = torch.einsum("ijk,zijkuv->zuv", (cg_1_1_0 * 0.5773502691896257), _c202)
-    # ∂/∂f: 16x1 ⊗ 1x0 -> 16x1
-    _c203 = torch.einsum("zuk,zju->zjku", d2_p[:, 16:64].reshape(n, 16, 3), _c6)
-    d2_f_198 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 0.7071067811865476), _c203)
-    # ∂/∂sh: 16x1 ⊗ 1x0 -> 16x1
-    _c204 = torch.einsum("ijk,ziku->zju", cg_1_0_1, _c192)
-    d2_sh_199 = torch.einsum("zuv,zju->zvj", (w[:, 48:64].reshape(n, 16, 1) * 0.7071067811865476), _c204)
-    # ∂/∂w: 16x1 ⊗ 1x0 -> 16x1
-    _c205 = torch.einsum("zvj,ziku->zijkuv", sh[:, 0:1].reshape(n, 1, 1), _c192)
-    d2_w_200 = torch.einsum("ijk,zijkuv->zuv", (cg_1_0_1 * 0.7071067811865476), _c205)
-    # ∂/∂f: 16x0 ⊗ 1x2 -> 16x2
-    _c206 = torch.einsum("ijk,zjkuv->ziuv", cg_0_2_2, _c171)
-    d2_f_201 = torch.einsum("zuv,ziuv->zui", (w[:, 32:48].reshape(n, 16, 1) * 0.9128709291752769), _c206)
-    # ∂/∂sh: 16x0 ⊗ 1x2 -> 16x2
-    _c207 = torch.einsum("zuk,ziuv->zikv", d2_p[:, 64:144].reshape(n, 16, 5), _c4)
-    d2_sh_202 = torch.einsum("ijk,zikv->zvj", (cg_0_2_2 * 0.9128709291752769), _c207)
-    # ∂/∂w: 16x0 ⊗ 1x2 -> 16x2
-    d2_w_203 = torch.einsum("zui,ziuv->zuv", (f[:, 0:16].reshape(n, 16, 1) * 0.9128709291752769), _c206)
-    # ∂/∂f: 16x0 ⊗ 1x1 -> 16x1
-    _c208 = torch.einsum("ijk,zjkuv->ziuv", cg_0_1_1, _c196)
-    d2_f_204 = torch.einsum("zuv,ziuv->zui", (w[:, 16:32].reshape(n, 16, 1) * 0.7071067811865476), _c208)
-    # ∂/∂sh: 16x0 ⊗ 1x1 -> 16x1
-    _c209 = torch.einsum("zuk,ziuv->zikv", d2_p[:, 16:64].reshape(n, 16, 3), _c2)
-    d2_sh_205 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 0.7071067811865476), _c209)
-    # ∂/∂w: 16x0 ⊗ 1x1 -> 16x1
-    _c210 = torch.einsum("zui,zjkuv->zijkuv", f[:, 0:16].reshape(n, 16, 1), _c196)
-    d2_w_206 = torch.einsum("ijk,zijkuv->zuv", (cg_0_1_1 * 0.7071067811865476), _c210)
-    # ∂/∂f: 16x0 ⊗ 1x0 -> 16x0
-    _c211 = torch.einsum("zuk,zuv->zkuv", d2_p[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 16, 1))
-    d2_f_207 = torch.einsum("zkuv,zikv->zui", _c211, (_c1 * 0.5773502691896257))
-    # ∂/∂sh: 16x0 ⊗ 1x0 -> 16x0
-    _c212 = torch.einsum("zui,zkuv->zikv", f[:, 0:16].reshape(n, 16, 1), _c211)
-    d2_sh_208 = torch.einsum("ijk,zikv->zvj", (cg_0_0_0 * 0.5773502691896257), _c212)
-    # ∂/∂w: 16x0 ⊗ 1x0 -> 16x0
-    _c213 = torch.einsum("zuk,zui->ziku", d2_p[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
-    _c214 = torch.einsum("zvj,ziku->zijkuv", sh[:, 0:1].reshape(n, 1, 1), _c213)
-    d2_w_209 = torch.einsum("ijk,zijkuv->zuv", (cg_0_0_0 * 0.5773502691896257), _c214)
-    d2_f = torch.cat([
-        (d2_f_19 + d2_f_22 + d2_f_28 + d2_f_31 + d2_f_37 + d2_f_40 + d2_f_201 + d2_f_204 + d2_f_207).reshape(n, 16),
-        (d2_f_46 + d2_f_49 + d2_f_55 + d2_f_58 + d2_f_64 + d2_f_67 + d2_f_73 + d2_f_76 + d2_f_82 + d2_f_85 + d2_f_91 + d2_f_94 + d2_f_183 + d2_f_186 + d2_f_189 + d2_f_192 + d2_f_195 + d2_f_198).reshape(n, 48),
-        (d2_f_100 + d2_f_103 + d2_f_109 + d2_f_112 + d2_f_118 + d2_f_121 + d2_f_127 + d2_f_130 + d2_f_136 + d2_f_139 + d2_f_145 + d2_f_148 + d2_f_165 + d2_f_168 + d2_f_171 + d2_f_174 + d2_f_177 + d2_f_180).reshape(n, 80),
-    ], dim=-1)
-    d2_sh = torch.cat([
-        (d2_sh_20 + d2_sh_25 + d2_sh_47 + d2_sh_52 + d2_sh_101 + d2_sh_106 + d2_sh_181 + d2_sh_199 + d2_sh_208).reshape(n, 1),
-        (d2_sh_29 + d2_sh_34 + d2_sh_56 + d2_sh_61 + d2_sh_65 + d2_sh_70 + d2_sh_74 + d2_sh_79 + d2_sh_110 + d2_sh_115 + d2_sh_119 + d2_sh_124 + d2_sh_175 + d2_sh_178 + d2_sh_190 + d2_sh_193 + d2_sh_196 + d2_sh_205).reshape(n, 3),
-        (d2_sh_38 + d2_sh_43 + d2_sh_83 + d2_sh_88 + d2_sh_92 + d2_sh_97 + d2_sh_128 + d2_sh_133 + d2_sh_137 + d2_sh_142 + d2_sh_146 + d2_sh_151 + d2_sh_166 + d2_sh_169 + d2_sh_172 + d2_sh_184 + d2_sh_187 + d2_sh_202).reshape(n, 5),
-    ], dim=-1)
+    d2_sh_52 = torch.einsum("zc,jc->zj", d2__m_p_0, _g_p_0)
+    d2_f = weight.new_zeros(n, 144)
+    d2_sh = d2_sh_52
     d2_w = torch.cat([
-        (d2_w_23 + d2_w_26 + d2_w_209).reshape(n, 16),
-        (d2_w_32 + d2_w_35 + d2_w_206).reshape(n, 16),
-        (d2_w_41 + d2_w_44 + d2_w_203).reshape(n, 16),
-        (d2_w_50 + d2_w_53 + d2_w_200).reshape(n, 16),
-        (d2_w_59 + d2_w_62 + d2_w_197).reshape(n, 16),
-        (d2_w_68 + d2_w_71 + d2_w_194).reshape(n, 16),
-        (d2_w_77 + d2_w_80 + d2_w_191).reshape(n, 16),
-        (d2_w_86 + d2_w_89 + d2_w_188).reshape(n, 16),
-        (d2_w_95 + d2_w_98 + d2_w_185).reshape(n, 16),
-        (d2_w_104 + d2_w_107 + d2_w_182).reshape(n, 16),
-        (d2_w_113 + d2_w_116 + d2_w_179).reshape(n, 16),
-        (d2_w_122 + d2_w_125 + d2_w_176).reshape(n, 16),
-        (d2_w_131 + d2_w_134 + d2_w_173).reshape(n, 16),
-        (d2_w_140 + d2_w_143 + d2_w_170).reshape(n, 16),
-        (d2_w_149 + d2_w_152 + d2_w_167).reshape(n, 16),
+        d2_w_15.reshape(n, 16),
+        d2_w_18.reshape(n, 16),
+        d2_w_21.reshape(n, 16),
+        d2_w_51.reshape(n, 16),
+        d2_w_24.reshape(n, 16),
+        d2_w_50.reshape(n, 16),
+        d2_w_48.reshape(n, 16),
+        d2_w_49.reshape(n, 16),
+        d2_w_47.reshape(n, 16),
+        d2_w_44.reshape(n, 16),
+        d2_w_46.reshape(n, 16),
+        d2_w_43.reshape(n, 16),
+        d2_w_31.reshape(n, 16),
+        d2_w_45.reshape(n, 16),
+        d2_w_42.reshape(n, 16),
     ], dim=-1)
     d2_d_m = torch.cat([
-        (d2_d_m_153 + d2_d_m_155).reshape(n, 16),
-        (d2_d_m_157 + d2_d_m_159).reshape(n, 48),
-        (d2_d_m_161 + d2_d_m_163).reshape(n, 80),
+        d2_d_m_36.reshape(n, 16),
+        d2_d_m_38.reshape(n, 48),
+        d2_d_m_40.reshape(n, 80),
     ], dim=-1)
     d2_weight = torch.cat([
-        d2_weight_156.reshape(256),
-        d2_weight_160.reshape(256),
-        d2_weight_164.reshape(256),
+        d2_weight_37.reshape(256),
+        d2_weight_39.reshape(256),
+        d2_weight_41.reshape(256),
     ], dim=-1)
+    return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
+
+
+def _cormorant_message_d2_sh(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    d2_d_sh: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_sh: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_sh (n, 9) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
+    n = f.shape[0]
+    w_p_0_1_1_0 = w[:, 48:64].reshape(n, 16)
+    w_p_0_1_1_1 = w[:, 80:96].reshape(n, 16)
+    w_p_0_1_1_2 = w[:, 112:128].reshape(n, 16)
+    w_p_0_1_2_3 = w[:, 96:112].reshape(n, 16)
+    w_p_0_1_2_4 = w[:, 128:144].reshape(n, 16)
+    w_p_0_2_1_5 = w[:, 160:176].reshape(n, 16)
+    w_p_0_2_1_6 = w[:, 208:224].reshape(n, 16)
+    w_p_0_2_2_7 = w[:, 144:160].reshape(n, 16)
+    w_p_0_2_2_8 = w[:, 176:192].reshape(n, 16)
+    w_p_0_2_2_9 = w[:, 224:240].reshape(n, 16)
+    # ∂/∂p: 16x2 -> 16x2
+    d_p_10 = torch.einsum("zwi,uw->zui", d_m[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    # ∂/∂p: 16x1 -> 16x1
+    d_p_11 = torch.einsum("zwi,uw->zui", d_m[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    # ∂/∂p: 16x0 -> 16x0
+    d_p_12 = torch.einsum("zwi,uw->zui", d_m[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    d_p = torch.cat([
+        d_p_12.reshape(n, 16),
+        d_p_11.reshape(n, 48),
+        d_p_10.reshape(n, 80),
+    ], dim=-1)
+    _w_p_0_2_2 = torch.cat([
+        w_p_0_2_2_7.reshape(n, 16),
+        w_p_0_2_2_8.reshape(n, 16),
+        w_p_0_2_2_9.reshape(n, 16),
+    ], dim=-1)
+    d__t_p_0_2_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_2_2.reshape(n, 3, 16))
+    _w_p_0_2_1 = torch.cat([
+        w_p_0_2_1_5.reshape(n, 16),
+        w_p_0_2_1_6.reshape(n, 16),
+    ], dim=-1)
+    d__t_p_0_2_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), _w_p_0_2_1.reshape(n, 2, 16))
+    d__t_p_0_2_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 192:208].reshape(n, 1, 16))
+    _w_p_0_1_2 = torch.cat([
+        w_p_0_1_2_3.reshape(n, 16),
+        w_p_0_1_2_4.reshape(n, 16),
+    ], dim=-1)
+    d__t_p_0_1_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_1_2.reshape(n, 2, 16))
+    _w_p_0_1_1 = torch.cat([
+        w_p_0_1_1_0.reshape(n, 16),
+        w_p_0_1_1_1.reshape(n, 16),
+        w_p_0_1_1_2.reshape(n, 16),
+    ], dim=-1)
+    d__t_p_0_1_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), _w_p_0_1_1.reshape(n, 3, 16))
+    d__t_p_0_1_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 64:80].reshape(n, 1, 16))
+    d__t_p_0_0_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), w[:, 32:48].reshape(n, 1, 16))
+    d__t_p_0_0_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), w[:, 16:32].reshape(n, 1, 16))
+    d__t_p_0_0_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16))
+    # ∂/∂d__m_p_0: ∂/∂sh: every path's (i, k) map at once: sh · G
+    d2_d__m_p_0 = torch.einsum("zj,jc->zc", d2_d_sh.reshape(n, 9), _g_p_0)
+    # ∂/∂d__t_p_0_0_0: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    d2_d__t_p_0_0_0 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1), f[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    d2_f_13 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1), d__t_p_0_0_0)
+    d2_d_p_14 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_0_0, w[:, 0:16].reshape(n, 1, 16))
+    d2_w_15 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_0, d_p[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂d__t_p_0_0_1: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    d2_d__t_p_0_0_1 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 1:4].reshape(n, 1, 1, 3), f[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    d2_f_16 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 1:4].reshape(n, 1, 1, 3), d__t_p_0_0_1)
+    d2_d_p_17 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_0_1, w[:, 16:32].reshape(n, 1, 16))
+    d2_w_18 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_1, d_p[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂d__t_p_0_0_2: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    d2_d__t_p_0_0_2 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 4:9].reshape(n, 1, 1, 5), f[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    d2_f_19 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 4:9].reshape(n, 1, 1, 5), d__t_p_0_0_2)
+    d2_d_p_20 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_0_2, w[:, 32:48].reshape(n, 1, 16))
+    d2_w_21 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_2, d_p[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂d__t_p_0_1_0: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    d2_d__t_p_0_1_0 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1), f[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    d2_f_22 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1), d__t_p_0_1_0)
+    d2_d_p_23 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_1_0, w[:, 64:80].reshape(n, 1, 16))
+    d2_w_24 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_1_0, d_p[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂d__t_p_0_1_1: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    d2_d__t_p_0_1_1 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3), f[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    d2_f_25 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3), d__t_p_0_1_1)
+    d2_d_p_26 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_1_1, _w_p_0_1_1.reshape(n, 3, 16))
+    d2__w_p_0_1_1 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_1_1, d_p[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂d__t_p_0_1_2: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    d2_d__t_p_0_1_2 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 39:69].reshape(n, 3, 2, 5), f[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    d2_f_27 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 39:69].reshape(n, 3, 2, 5), d__t_p_0_1_2)
+    d2_d_p_28 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_1_2, _w_p_0_1_2.reshape(n, 2, 16))
+    d2__w_p_0_1_2 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_1_2, d_p[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂d__t_p_0_2_0: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    d2_d__t_p_0_2_0 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1), f[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    d2_f_29 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1), d__t_p_0_2_0)
+    d2_d_p_30 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_2_0, w[:, 192:208].reshape(n, 1, 16))
+    d2_w_31 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_2_0, d_p[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂d__t_p_0_2_1: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    d2_d__t_p_0_2_1 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 74:104].reshape(n, 5, 2, 3), f[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    d2_f_32 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 74:104].reshape(n, 5, 2, 3), d__t_p_0_2_1)
+    d2_d_p_33 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_2_1, _w_p_0_2_1.reshape(n, 2, 16))
+    d2__w_p_0_2_1 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_2_1, d_p[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂d__t_p_0_2_2: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    d2_d__t_p_0_2_2 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 104:179].reshape(n, 5, 3, 5), f[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    d2_f_34 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 104:179].reshape(n, 5, 3, 5), d__t_p_0_2_2)
+    d2_d_p_35 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_2_2, _w_p_0_2_2.reshape(n, 3, 16))
+    d2__w_p_0_2_2 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_2_2, d_p[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
+    d2_d_p = torch.cat([
+        (d2_d_p_14 + d2_d_p_23 + d2_d_p_30).reshape(n, 16),
+        (d2_d_p_17 + d2_d_p_26 + d2_d_p_33).reshape(n, 48),
+        (d2_d_p_20 + d2_d_p_28 + d2_d_p_35).reshape(n, 80),
+    ], dim=-1)
+    d2_d_m_36 = torch.einsum("zui,uw->zwi", d2_d_p[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
+    d2_weight_37 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25), d_m[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
+    d2_d_m_38 = torch.einsum("zui,uw->zwi", d2_d_p[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
+    d2_weight_39 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25), d_m[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
+    d2_d_m_40 = torch.einsum("zui,uw->zwi", d2_d_p[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
+    d2_weight_41 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25), d_m[:, 64:144].reshape(n, 16, 5))
+    d2_w_42 = d2__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
+    d2_w_43 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d2_w_44 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    d2_w_45 = d2__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d2_w_46 = d2__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    d2_w_47 = d2__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d2_w_48 = d2__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    d2_w_49 = d2__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
+    d2_w_50 = d2__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d2_w_51 = d2__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    d2_f = torch.cat([
+        (d2_f_13 + d2_f_16 + d2_f_19).reshape(n, 16),
+        (d2_f_22 + d2_f_25 + d2_f_27).reshape(n, 48),
+        (d2_f_29 + d2_f_32 + d2_f_34).reshape(n, 80),
+    ], dim=-1)
+    d2_sh = weight.new_zeros(n, 9)
+    d2_w = torch.cat([
+        d2_w_15.reshape(n, 16),
+        d2_w_18.reshape(n, 16),
+        d2_w_21.reshape(n, 16),
+        d2_w_51.reshape(n, 16),
+        d2_w_24.reshape(n, 16),
+        d2_w_50.reshape(n, 16),
+        d2_w_48.reshape(n, 16),
+        d2_w_49.reshape(n, 16),
+        d2_w_47.reshape(n, 16),
+        d2_w_44.reshape(n, 16),
+        d2_w_46.reshape(n, 16),
+        d2_w_43.reshape(n, 16),
+        d2_w_31.reshape(n, 16),
+        d2_w_45.reshape(n, 16),
+        d2_w_42.reshape(n, 16),
+    ], dim=-1)
+    d2_d_m = torch.cat([
+        d2_d_m_36.reshape(n, 16),
+        d2_d_m_38.reshape(n, 48),
+        d2_d_m_40.reshape(n, 80),
+    ], dim=-1)
+    d2_weight = torch.cat([
+        d2_weight_37.reshape(256),
+        d2_weight_39.reshape(256),
+        d2_weight_41.reshape(256),
+    ], dim=-1)
+    return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
+
+
+def _cormorant_message_d2_w(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    d2_d_w: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_w: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_w (n, 240) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
+    n = f.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_p_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 9), _g_p_0)
+    # 1 paths 16x0 ⊗ sh -> 16x0
+    _t_p_0_0_0 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
+    # 1 paths 16x0 ⊗ sh -> 16x1
+    _t_p_0_0_1 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 1, 3))
+    # 1 paths 16x0 ⊗ sh -> 16x2
+    _t_p_0_0_2 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 1, 5))
+    # 1 paths 16x1 ⊗ sh -> 16x0
+    _t_p_0_1_0 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
+    # 3 paths 16x1 ⊗ sh -> 16x1
+    _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    # 2 paths 16x1 ⊗ sh -> 16x2
+    _t_p_0_1_2 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    # 1 paths 16x2 ⊗ sh -> 16x0
+    _t_p_0_2_0 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
+    # 2 paths 16x2 ⊗ sh -> 16x1
+    _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    # 3 paths 16x2 ⊗ sh -> 16x2
+    _t_p_0_2_2 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    # ∂/∂p: 16x2 -> 16x2
+    d_p_0 = torch.einsum("zwi,uw->zui", d_m[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    # ∂/∂p: 16x1 -> 16x1
+    d_p_1 = torch.einsum("zwi,uw->zui", d_m[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    # ∂/∂p: 16x0 -> 16x0
+    d_p_2 = torch.einsum("zwi,uw->zui", d_m[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    d2_d_p_3 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 0:16].reshape(n, 1, 16), _t_p_0_0_0)
+    d_p = torch.cat([
+        d_p_2.reshape(n, 16),
+        d_p_1.reshape(n, 48),
+        d_p_0.reshape(n, 80),
+    ], dim=-1)
+    d2__t_p_0_0_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 0:16].reshape(n, 1, 16), d_p[:, 0:16].reshape(n, 16, 1))
+    d2_d_p_4 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 16:32].reshape(n, 1, 16), _t_p_0_0_1)
+    d2__t_p_0_0_1 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 16:32].reshape(n, 1, 16), d_p[:, 16:64].reshape(n, 16, 3))
+    d2_d_p_5 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 32:48].reshape(n, 1, 16), _t_p_0_0_2)
+    d2__t_p_0_0_2 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 32:48].reshape(n, 1, 16), d_p[:, 64:144].reshape(n, 16, 5))
+    d2_d_p_6 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 64:80].reshape(n, 1, 16), _t_p_0_1_0)
+    d2__t_p_0_1_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 64:80].reshape(n, 1, 16), d_p[:, 0:16].reshape(n, 16, 1))
+    d2_d__w_p_0_1_1_7 = d2_d_w[:, 48:64].reshape(n, 16)
+    d2_d__w_p_0_1_1_8 = d2_d_w[:, 80:96].reshape(n, 16)
+    d2_d__w_p_0_1_1_9 = d2_d_w[:, 112:128].reshape(n, 16)
+    d2_d__w_p_0_1_1 = torch.cat([
+        d2_d__w_p_0_1_1_7.reshape(n, 16),
+        d2_d__w_p_0_1_1_8.reshape(n, 16),
+        d2_d__w_p_0_1_1_9.reshape(n, 16),
+    ], dim=-1)
+    d2_d_p_10 = torch.einsum("zpu,zupk->zuk", d2_d__w_p_0_1_1.reshape(n, 3, 16), _t_p_0_1_1)
+    d2__t_p_0_1_1 = torch.einsum("zpu,zuk->zupk", d2_d__w_p_0_1_1.reshape(n, 3, 16), d_p[:, 16:64].reshape(n, 16, 3))
+    d2_d__w_p_0_1_2_11 = d2_d_w[:, 96:112].reshape(n, 16)
+    d2_d__w_p_0_1_2_12 = d2_d_w[:, 128:144].reshape(n, 16)
+    d2_d__w_p_0_1_2 = torch.cat([
+        d2_d__w_p_0_1_2_11.reshape(n, 16),
+        d2_d__w_p_0_1_2_12.reshape(n, 16),
+    ], dim=-1)
+    d2_d_p_13 = torch.einsum("zpu,zupk->zuk", d2_d__w_p_0_1_2.reshape(n, 2, 16), _t_p_0_1_2)
+    d2__t_p_0_1_2 = torch.einsum("zpu,zuk->zupk", d2_d__w_p_0_1_2.reshape(n, 2, 16), d_p[:, 64:144].reshape(n, 16, 5))
+    d2_d_p_14 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 192:208].reshape(n, 1, 16), _t_p_0_2_0)
+    d2__t_p_0_2_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 192:208].reshape(n, 1, 16), d_p[:, 0:16].reshape(n, 16, 1))
+    d2_d__w_p_0_2_1_15 = d2_d_w[:, 160:176].reshape(n, 16)
+    d2_d__w_p_0_2_1_16 = d2_d_w[:, 208:224].reshape(n, 16)
+    d2_d__w_p_0_2_1 = torch.cat([
+        d2_d__w_p_0_2_1_15.reshape(n, 16),
+        d2_d__w_p_0_2_1_16.reshape(n, 16),
+    ], dim=-1)
+    d2_d_p_17 = torch.einsum("zpu,zupk->zuk", d2_d__w_p_0_2_1.reshape(n, 2, 16), _t_p_0_2_1)
+    d2__t_p_0_2_1 = torch.einsum("zpu,zuk->zupk", d2_d__w_p_0_2_1.reshape(n, 2, 16), d_p[:, 16:64].reshape(n, 16, 3))
+    d2_d__w_p_0_2_2_18 = d2_d_w[:, 144:160].reshape(n, 16)
+    d2_d__w_p_0_2_2_19 = d2_d_w[:, 176:192].reshape(n, 16)
+    d2_d__w_p_0_2_2_20 = d2_d_w[:, 224:240].reshape(n, 16)
+    d2_d__w_p_0_2_2 = torch.cat([
+        d2_d__w_p_0_2_2_18.reshape(n, 16),
+        d2_d__w_p_0_2_2_19.reshape(n, 16),
+        d2_d__w_p_0_2_2_20.reshape(n, 16),
+    ], dim=-1)
+    d2_d_p_21 = torch.einsum("zpu,zupk->zuk", d2_d__w_p_0_2_2.reshape(n, 3, 16), _t_p_0_2_2)
+    d2__t_p_0_2_2 = torch.einsum("zpu,zuk->zupk", d2_d__w_p_0_2_2.reshape(n, 3, 16), d_p[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
+    d2_d_p = torch.cat([
+        (d2_d_p_3 + d2_d_p_6 + d2_d_p_14).reshape(n, 16),
+        (d2_d_p_4 + d2_d_p_10 + d2_d_p_17).reshape(n, 48),
+        (d2_d_p_5 + d2_d_p_13 + d2_d_p_21).reshape(n, 80),
+    ], dim=-1)
+    d2_d_m_22 = torch.einsum("zui,uw->zwi", d2_d_p[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
+    d2_weight_23 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25), d_m[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
+    d2_d_m_24 = torch.einsum("zui,uw->zwi", d2_d_p[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
+    d2_weight_25 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25), d_m[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
+    d2_d_m_26 = torch.einsum("zui,uw->zwi", d2_d_p[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
+    d2_weight_27 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25), d_m[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    d2_f_28 = torch.einsum("zupk,zipk->zui", d2__t_p_0_2_2, _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    d2__m_p_0_29 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_2, f[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    d2_f_30 = torch.einsum("zupk,zipk->zui", d2__t_p_0_2_1, _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    d2__m_p_0_31 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_1, f[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    d2_f_32 = torch.einsum("zupk,zipk->zui", d2__t_p_0_2_0, _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
+    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    d2__m_p_0_33 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_0, f[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    d2_f_34 = torch.einsum("zupk,zipk->zui", d2__t_p_0_1_2, _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    d2__m_p_0_35 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_2, f[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    d2_f_36 = torch.einsum("zupk,zipk->zui", d2__t_p_0_1_1, _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    d2__m_p_0_37 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_1, f[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    d2_f_38 = torch.einsum("zupk,zipk->zui", d2__t_p_0_1_0, _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
+    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    d2__m_p_0_39 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_0, f[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    d2_f_40 = torch.einsum("zupk,zipk->zui", d2__t_p_0_0_2, _m_p_0[:, 4:9].reshape(n, 1, 1, 5))
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    d2__m_p_0_41 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_2, f[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    d2_f_42 = torch.einsum("zupk,zipk->zui", d2__t_p_0_0_1, _m_p_0[:, 1:4].reshape(n, 1, 1, 3))
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    d2__m_p_0_43 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_1, f[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    d2_f_44 = torch.einsum("zupk,zipk->zui", d2__t_p_0_0_0, _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    d2__m_p_0_45 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_0, f[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    d2__m_p_0 = torch.cat([
+        d2__m_p_0_45.reshape(n, 1),
+        d2__m_p_0_43.reshape(n, 3),
+        d2__m_p_0_41.reshape(n, 5),
+        d2__m_p_0_39.reshape(n, 3),
+        d2__m_p_0_37.reshape(n, 27),
+        d2__m_p_0_35.reshape(n, 30),
+        d2__m_p_0_33.reshape(n, 5),
+        d2__m_p_0_31.reshape(n, 30),
+        d2__m_p_0_29.reshape(n, 75),
+    ], dim=-1)
+    d2_sh_46 = torch.einsum("zc,jc->zj", d2__m_p_0, _g_p_0)
+    d2_f = torch.cat([
+        (d2_f_40 + d2_f_42 + d2_f_44).reshape(n, 16),
+        (d2_f_34 + d2_f_36 + d2_f_38).reshape(n, 48),
+        (d2_f_28 + d2_f_30 + d2_f_32).reshape(n, 80),
+    ], dim=-1)
+    d2_sh = d2_sh_46
+    d2_w = weight.new_zeros(n, 240)
+    d2_d_m = torch.cat([
+        d2_d_m_22.reshape(n, 16),
+        d2_d_m_24.reshape(n, 48),
+        d2_d_m_26.reshape(n, 80),
+    ], dim=-1)
+    d2_weight = torch.cat([
+        d2_weight_23.reshape(256),
+        d2_weight_25.reshape(256),
+        d2_weight_27.reshape(256),
+    ], dim=-1)
+    return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
+
+
+def _cormorant_message_d2_weight(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    d2_d_weight: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_weight: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_weight (768,) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
+    n = f.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_p_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 9), _g_p_0)
+    # 1 paths 16x0 ⊗ sh -> 16x0
+    _t_p_0_0_0 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
+    p_0 = torch.einsum("zupk,zpu->zuk", _t_p_0_0_0, w[:, 0:16].reshape(n, 1, 16))
+    # 1 paths 16x0 ⊗ sh -> 16x1
+    _t_p_0_0_1 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 1, 3))
+    p_1 = torch.einsum("zupk,zpu->zuk", _t_p_0_0_1, w[:, 16:32].reshape(n, 1, 16))
+    # 1 paths 16x0 ⊗ sh -> 16x2
+    _t_p_0_0_2 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 1, 5))
+    p_2 = torch.einsum("zupk,zpu->zuk", _t_p_0_0_2, w[:, 32:48].reshape(n, 1, 16))
+    # 1 paths 16x1 ⊗ sh -> 16x0
+    _t_p_0_1_0 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
+    p_3 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_0, w[:, 64:80].reshape(n, 1, 16))
+    # 3 paths 16x1 ⊗ sh -> 16x1
+    _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
+    w_p_0_1_1_5 = w[:, 80:96].reshape(n, 16)
+    w_p_0_1_1_6 = w[:, 112:128].reshape(n, 16)
+    _w_p_0_1_1 = torch.cat([
+        w_p_0_1_1_4.reshape(n, 16),
+        w_p_0_1_1_5.reshape(n, 16),
+        w_p_0_1_1_6.reshape(n, 16),
+    ], dim=-1)
+    p_7 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_1, _w_p_0_1_1.reshape(n, 3, 16))
+    # 2 paths 16x1 ⊗ sh -> 16x2
+    _t_p_0_1_2 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    w_p_0_1_2_8 = w[:, 96:112].reshape(n, 16)
+    w_p_0_1_2_9 = w[:, 128:144].reshape(n, 16)
+    _w_p_0_1_2 = torch.cat([
+        w_p_0_1_2_8.reshape(n, 16),
+        w_p_0_1_2_9.reshape(n, 16),
+    ], dim=-1)
+    p_10 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_2, _w_p_0_1_2.reshape(n, 2, 16))
+    # 1 paths 16x2 ⊗ sh -> 16x0
+    _t_p_0_2_0 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
+    p_11 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_0, w[:, 192:208].reshape(n, 1, 16))
+    # 2 paths 16x2 ⊗ sh -> 16x1
+    _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
+    w_p_0_2_1_13 = w[:, 208:224].reshape(n, 16)
+    _w_p_0_2_1 = torch.cat([
+        w_p_0_2_1_12.reshape(n, 16),
+        w_p_0_2_1_13.reshape(n, 16),
+    ], dim=-1)
+    p_14 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_1, _w_p_0_2_1.reshape(n, 2, 16))
+    # 3 paths 16x2 ⊗ sh -> 16x2
+    _t_p_0_2_2 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    w_p_0_2_2_15 = w[:, 144:160].reshape(n, 16)
+    w_p_0_2_2_16 = w[:, 176:192].reshape(n, 16)
+    w_p_0_2_2_17 = w[:, 224:240].reshape(n, 16)
+    _w_p_0_2_2 = torch.cat([
+        w_p_0_2_2_15.reshape(n, 16),
+        w_p_0_2_2_16.reshape(n, 16),
+        w_p_0_2_2_17.reshape(n, 16),
+    ], dim=-1)
+    p_18 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_2, _w_p_0_2_2.reshape(n, 3, 16))
+    # ∂/∂d_m: ∂/∂weight: 16x0 -> 16x0
+    p = torch.cat([
+        (p_0 + p_3 + p_11).reshape(n, 16),
+        (p_1 + p_7 + p_14).reshape(n, 48),
+        (p_2 + p_10 + p_18).reshape(n, 80),
+    ], dim=-1)
+    d2_d_m_19 = torch.einsum("uw,zui->zwi", (d2_d_weight[0:256].view(16, 16) * 0.25), p[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂p: ∂/∂weight: 16x0 -> 16x0
+    d2_p_20 = torch.einsum("uw,zwi->zui", (d2_d_weight[0:256].view(16, 16) * 0.25), d_m[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂d_m: ∂/∂weight: 16x1 -> 16x1
+    d2_d_m_21 = torch.einsum("uw,zui->zwi", (d2_d_weight[256:512].view(16, 16) * 0.25), p[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂p: ∂/∂weight: 16x1 -> 16x1
+    d2_p_22 = torch.einsum("uw,zwi->zui", (d2_d_weight[256:512].view(16, 16) * 0.25), d_m[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂d_m: ∂/∂weight: 16x2 -> 16x2
+    d2_d_m_23 = torch.einsum("uw,zui->zwi", (d2_d_weight[512:768].view(16, 16) * 0.25), p[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
+    d2_p_24 = torch.einsum("uw,zwi->zui", (d2_d_weight[512:768].view(16, 16) * 0.25), d_m[:, 64:144].reshape(n, 16, 5))
+    d2_p = torch.cat([
+        d2_p_20.reshape(n, 16),
+        d2_p_22.reshape(n, 48),
+        d2_p_24.reshape(n, 80),
+    ], dim=-1)
+    d2__t_p_0_2_2 = torch.einsum("zuk,zpu->zupk", d2_p[:, 64:144].reshape(n, 16, 5), _w_p_0_2_2.reshape(n, 3, 16))
+    d2__w_p_0_2_2 = torch.einsum("zuk,zupk->zpu", d2_p[:, 64:144].reshape(n, 16, 5), _t_p_0_2_2)
+    d2_w_25 = d2__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
+    d2_w_26 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d2_w_27 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    d2_f_28 = torch.einsum("zupk,zipk->zui", d2__t_p_0_2_2, _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    d2__m_p_0_29 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_2, f[:, 64:144].reshape(n, 16, 5))
+    d2__t_p_0_2_1 = torch.einsum("zuk,zpu->zupk", d2_p[:, 16:64].reshape(n, 16, 3), _w_p_0_2_1.reshape(n, 2, 16))
+    d2__w_p_0_2_1 = torch.einsum("zuk,zupk->zpu", d2_p[:, 16:64].reshape(n, 16, 3), _t_p_0_2_1)
+    d2_w_30 = d2__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d2_w_31 = d2__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    d2_f_32 = torch.einsum("zupk,zipk->zui", d2__t_p_0_2_1, _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    d2__m_p_0_33 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_1, f[:, 64:144].reshape(n, 16, 5))
+    d2__t_p_0_2_0 = torch.einsum("zuk,zpu->zupk", d2_p[:, 0:16].reshape(n, 16, 1), w[:, 192:208].reshape(n, 1, 16))
+    d2_w_34 = torch.einsum("zuk,zupk->zpu", d2_p[:, 0:16].reshape(n, 16, 1), _t_p_0_2_0)
+    # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    d2_f_35 = torch.einsum("zupk,zipk->zui", d2__t_p_0_2_0, _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
+    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    d2__m_p_0_36 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_0, f[:, 64:144].reshape(n, 16, 5))
+    d2__t_p_0_1_2 = torch.einsum("zuk,zpu->zupk", d2_p[:, 64:144].reshape(n, 16, 5), _w_p_0_1_2.reshape(n, 2, 16))
+    d2__w_p_0_1_2 = torch.einsum("zuk,zupk->zpu", d2_p[:, 64:144].reshape(n, 16, 5), _t_p_0_1_2)
+    d2_w_37 = d2__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d2_w_38 = d2__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    d2_f_39 = torch.einsum("zupk,zipk->zui", d2__t_p_0_1_2, _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    d2__m_p_0_40 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_2, f[:, 16:64].reshape(n, 16, 3))
+    d2__t_p_0_1_1 = torch.einsum("zuk,zpu->zupk", d2_p[:, 16:64].reshape(n, 16, 3), _w_p_0_1_1.reshape(n, 3, 16))
+    d2__w_p_0_1_1 = torch.einsum("zuk,zupk->zpu", d2_p[:, 16:64].reshape(n, 16, 3), _t_p_0_1_1)
+    d2_w_41 = d2__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
+    d2_w_42 = d2__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d2_w_43 = d2__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    d2_f_44 = torch.einsum("zupk,zipk->zui", d2__t_p_0_1_1, _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    d2__m_p_0_45 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_1, f[:, 16:64].reshape(n, 16, 3))
+    d2__t_p_0_1_0 = torch.einsum("zuk,zpu->zupk", d2_p[:, 0:16].reshape(n, 16, 1), w[:, 64:80].reshape(n, 1, 16))
+    d2_w_46 = torch.einsum("zuk,zupk->zpu", d2_p[:, 0:16].reshape(n, 16, 1), _t_p_0_1_0)
+    # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    d2_f_47 = torch.einsum("zupk,zipk->zui", d2__t_p_0_1_0, _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
+    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    d2__m_p_0_48 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_0, f[:, 16:64].reshape(n, 16, 3))
+    d2__t_p_0_0_2 = torch.einsum("zuk,zpu->zupk", d2_p[:, 64:144].reshape(n, 16, 5), w[:, 32:48].reshape(n, 1, 16))
+    d2_w_49 = torch.einsum("zuk,zupk->zpu", d2_p[:, 64:144].reshape(n, 16, 5), _t_p_0_0_2)
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    d2_f_50 = torch.einsum("zupk,zipk->zui", d2__t_p_0_0_2, _m_p_0[:, 4:9].reshape(n, 1, 1, 5))
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    d2__m_p_0_51 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_2, f[:, 0:16].reshape(n, 16, 1))
+    d2__t_p_0_0_1 = torch.einsum("zuk,zpu->zupk", d2_p[:, 16:64].reshape(n, 16, 3), w[:, 16:32].reshape(n, 1, 16))
+    d2_w_52 = torch.einsum("zuk,zupk->zpu", d2_p[:, 16:64].reshape(n, 16, 3), _t_p_0_0_1)
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    d2_f_53 = torch.einsum("zupk,zipk->zui", d2__t_p_0_0_1, _m_p_0[:, 1:4].reshape(n, 1, 1, 3))
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    d2__m_p_0_54 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_1, f[:, 0:16].reshape(n, 16, 1))
+    d2__t_p_0_0_0 = torch.einsum("zuk,zpu->zupk", d2_p[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16))
+    d2_w_55 = torch.einsum("zuk,zupk->zpu", d2_p[:, 0:16].reshape(n, 16, 1), _t_p_0_0_0)
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    d2_f_56 = torch.einsum("zupk,zipk->zui", d2__t_p_0_0_0, _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    d2__m_p_0_57 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_0, f[:, 0:16].reshape(n, 16, 1))
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    d2__m_p_0 = torch.cat([
+        d2__m_p_0_57.reshape(n, 1),
+        d2__m_p_0_54.reshape(n, 3),
+        d2__m_p_0_51.reshape(n, 5),
+        d2__m_p_0_48.reshape(n, 3),
+        d2__m_p_0_45.reshape(n, 27),
+        d2__m_p_0_40.reshape(n, 30),
+        d2__m_p_0_36.reshape(n, 5),
+        d2__m_p_0_33.reshape(n, 30),
+        d2__m_p_0_29.reshape(n, 75),
+    ], dim=-1)
+    d2_sh_58 = torch.einsum("zc,jc->zj", d2__m_p_0, _g_p_0)
+    d2_f = torch.cat([
+        (d2_f_50 + d2_f_53 + d2_f_56).reshape(n, 16),
+        (d2_f_39 + d2_f_44 + d2_f_47).reshape(n, 48),
+        (d2_f_28 + d2_f_32 + d2_f_35).reshape(n, 80),
+    ], dim=-1)
+    d2_sh = d2_sh_58
+    d2_w = torch.cat([
+        d2_w_55.reshape(n, 16),
+        d2_w_52.reshape(n, 16),
+        d2_w_49.reshape(n, 16),
+        d2_w_43.reshape(n, 16),
+        d2_w_46.reshape(n, 16),
+        d2_w_42.reshape(n, 16),
+        d2_w_38.reshape(n, 16),
+        d2_w_41.reshape(n, 16),
+        d2_w_37.reshape(n, 16),
+        d2_w_27.reshape(n, 16),
+        d2_w_31.reshape(n, 16),
+        d2_w_26.reshape(n, 16),
+        d2_w_34.reshape(n, 16),
+        d2_w_30.reshape(n, 16),
+        d2_w_25.reshape(n, 16),
+    ], dim=-1)
+    d2_d_m = torch.cat([
+        d2_d_m_19.reshape(n, 16),
+        d2_d_m_21.reshape(n, 48),
+        d2_d_m_23.reshape(n, 80),
+    ], dim=-1)
+    d2_weight = weight.new_zeros(768)
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
@@ -2015,10 +2027,14 @@ def _cormorant_message_triton(f, sh, w, weight, *constants: torch.Tensor) -> lis
     return [m_out]
 
 
-# cormorant_message: each op's autograd is the next program's op; the last one's is autograd through its code
-_ops.register("cormorant_message_d_d2", _cormorant_message_d_d2, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={})
-_ops.register("cormorant_message_d", _cormorant_message_d, outputs=((144, True), (9, True), (240, True), (768, False)), index_ranges={}, backward=_ops.cormorant_message_d_d2)
-_ops.register("cormorant_message", _cormorant_message_triton, outputs=((144, True),), index_ranges={}, backward=_ops.cormorant_message_d, check_indices=True)
+# cormorant_message: an op's autograd runs, per cotangent present, the op of its derivative program;
+# the last ones differentiate through their own torch code
+_ops.register("cormorant_message_d2_f", _cormorant_message_d2_f, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={})
+_ops.register("cormorant_message_d2_sh", _cormorant_message_d2_sh, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={})
+_ops.register("cormorant_message_d2_w", _cormorant_message_d2_w, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={})
+_ops.register("cormorant_message_d2_weight", _cormorant_message_d2_weight, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={})
+_ops.register("cormorant_message_d", _cormorant_message_d, outputs=((144, True), (9, True), (240, True), (768, False)), index_ranges={}, backward=[_ops.cormorant_message_d2_f, _ops.cormorant_message_d2_sh, _ops.cormorant_message_d2_w, _ops.cormorant_message_d2_weight])
+_ops.register("cormorant_message", _cormorant_message_triton, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_message_d], check_indices=True)
 
 
 class cormorant_cg(rt.FusionModule):
@@ -2065,7 +2081,46 @@ class cormorant_message(rt.FusionModule):
     irreps_out = ('16x0+16x1+16x2',)
     weight_numel = 768
     input_weight_numel = {'w': 240}
-    cg_tables = ((0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 0, 1), (1, 1, 0), (1, 1, 1), (1, 1, 2), (1, 2, 1), (1, 2, 2), (2, 0, 2), (2, 1, 1), (2, 1, 2), (2, 2, 0), (2, 2, 1), (2, 2, 2))
+    cg_tables = ()
+    matrices = {  # constant matrices as sparse (row, column, value): recouplings (exact 6j), stacked CG tables
+        "_g_p_0": ((9, 179), (
+            (0, 0, 0.5773502691896257), (0, 12, 0.408248290463863), (0, 22, 0.408248290463863), (0, 32, 0.408248290463863),
+            (0, 104, 0.408248290463863), (0, 120, 0.408248290463863), (0, 136, 0.408248290463863), (0, 152, 0.408248290463863),
+            (0, 168, 0.408248290463863), (1, 1, 0.408248290463863), (1, 9, 0.3333333333333333), (1, 26, -0.2886751345948129),
+            (1, 34, 0.2886751345948129), (1, 41, -0.16666666666666666), (1, 43, -0.2886751345948129), (1, 50, 0.2886751345948129),
+            (1, 59, 0.2886751345948129), (1, 76, 0.223606797749979), (1, 81, 0.223606797749979), (1, 86, -0.12909944487358055),
+            (1, 98, -0.223606797749979), (1, 110, 0.16666666666666666), (1, 124, -0.16666666666666666), (1, 142, -0.2886751345948129),
+            (1, 156, 0.2886751345948129), (1, 158, -0.16666666666666666), (1, 172, 0.16666666666666666), (2, 2, 0.408248290463863),
+            (2, 10, 0.3333333333333333), (2, 17, 0.2886751345948129), (2, 33, -0.2886751345948129), (2, 40, 0.2886751345948129),
+            (2, 51, 0.3333333333333333), (2, 62, 0.2886751345948129), (2, 80, 0.223606797749979), (2, 87, 0.2581988897471611),
+            (2, 94, 0.223606797749979), (2, 113, 0.3333333333333333), (2, 127, 0.16666666666666666), (2, 155, -0.16666666666666666),
+            (2, 169, -0.3333333333333333), (3, 3, 0.408248290463863), (3, 11, 0.3333333333333333), (3, 16, -0.2886751345948129),
+            (3, 24, 0.2886751345948129), (3, 39, 0.2886751345948129), (3, 52, 0.2886751345948129), (3, 61, -0.16666666666666666),
+            (3, 63, 0.2886751345948129), (3, 74, 0.223606797749979), (3, 88, -0.12909944487358055), (3, 93, 0.223606797749979),
+            (3, 100, 0.223606797749979), (3, 112, -0.16666666666666666), (3, 126, -0.2886751345948129), (3, 128, -0.16666666666666666),
+            (3, 140, 0.2886751345948129), (3, 154, 0.16666666666666666), (3, 170, 0.16666666666666666), (4, 4, 0.408248290463863),
+            (4, 20, 0.223606797749979), (4, 36, 0.223606797749979), (4, 45, -0.16666666666666666), (4, 58, -0.3333333333333333),
+            (4, 67, 0.16666666666666666), (4, 69, 0.2581988897471611), (4, 83, 0.12909944487358055), (4, 97, -0.12909944487358055),
+            (4, 102, 0.2581988897471611), (4, 116, -0.2182178902359924), (4, 132, 0.1889822365046136), (4, 144, -0.2182178902359924),
+            (4, 160, 0.1889822365046136), (5, 5, 0.408248290463863), (5, 19, 0.223606797749979), (5, 27, 0.223606797749979),
+            (5, 44, 0.16666666666666666), (5, 57, -0.16666666666666666), (5, 66, 0.2886751345948129), (5, 68, 0.16666666666666666),
+            (5, 70, 0.2581988897471611), (5, 77, -0.12909944487358055), (5, 91, -0.223606797749979), (5, 96, 0.12909944487358055),
+            (5, 103, -0.12909944487358055), (5, 117, 0.1889822365046136), (5, 131, 0.1091089451179962), (5, 133, -0.1889822365046136),
+            (5, 145, 0.1091089451179962), (5, 159, 0.1889822365046136), (5, 175, -0.1889822365046136), (6, 6, 0.408248290463863),
+            (6, 18, -0.12909944487358055), (6, 28, 0.2581988897471611), (6, 38, -0.12909944487358055), (6, 47, 0.2886751345948129),
+            (6, 65, -0.2886751345948129), (6, 71, 0.2581988897471611), (6, 85, 0.223606797749979), (6, 95, -0.223606797749979),
+            (6, 114, -0.2182178902359924), (6, 130, 0.1091089451179962), (6, 146, 0.2182178902359924), (6, 162, 0.1091089451179962),
+            (6, 178, -0.2182178902359924), (7, 7, 0.408248290463863), (7, 29, 0.223606797749979), (7, 37, 0.223606797749979),
+            (7, 46, -0.2886751345948129), (7, 48, 0.16666666666666666), (7, 55, 0.16666666666666666), (7, 64, -0.16666666666666666),
+            (7, 72, 0.2581988897471611), (7, 79, 0.12909944487358055), (7, 84, -0.12909944487358055), (7, 89, 0.223606797749979),
+            (7, 101, -0.12909944487358055), (7, 115, 0.1889822365046136), (7, 129, 0.1889822365046136), (7, 147, 0.1091089451179962),
+            (7, 161, 0.1091089451179962), (7, 163, 0.1889822365046136), (7, 177, 0.1889822365046136), (8, 8, 0.408248290463863),
+            (8, 18, -0.223606797749979), (8, 38, 0.223606797749979), (8, 47, -0.16666666666666666), (8, 54, 0.3333333333333333),
+            (8, 65, -0.16666666666666666), (8, 73, 0.2581988897471611), (8, 78, -0.2581988897471611), (8, 85, 0.12909944487358055),
+            (8, 95, 0.12909944487358055), (8, 130, -0.1889822365046136), (8, 148, -0.2182178902359924), (8, 162, 0.1889822365046136),
+            (8, 176, -0.2182178902359924),
+        )),
+    }
 
     def __init__(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__()

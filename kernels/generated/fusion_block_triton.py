@@ -2,8 +2,8 @@
 # Source sha256: ab1bac0d37c7b3bc978acbc1b44ba21712452c602f5671625f7569c03d598d05
 """fusionc triton ops compiled from kernels/fusion_block.fus: fusion_block, fusion_block_3.
 
-Per diagram: `_<name>` (forward), `_<name>_d` (its vector-Jacobian product) and `_<name>_d_d2`
-(the product's own), each a program of labelled contractions compiled from the diagram.
+Per diagram: `_<name>` (forward), `_<name>_d` (its vector-Jacobian product) and `_<name>_d2_<input>`
+(the product's own, per cotangent), each a program of labelled contractions compiled from the diagram.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fusion_block', 'fusion_block_3']
 
-_ops = rt.OpNamespace("fusionc_4a4928f9e9480e86")
+_ops = rt.OpNamespace("fusionc_8cd0ea7a9a4a1d7b")
 
 
 def _fusion_block(
@@ -1381,17 +1381,3143 @@ def _fusion_block_d(
     return [d_x1, d_x2, d_x3, d_x4, d_weight]
 
 
-def _fusion_block_d_d2(
+def _fusion_block_d2_x1(
     x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, x4: torch.Tensor,
-    d_y: torch.Tensor, d2_d_x1: torch.Tensor, d2_d_x2: torch.Tensor, d2_d_x3: torch.Tensor,
-    d2_d_x4: torch.Tensor, d2_d_weight: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    d_y: torch.Tensor, d2_d_x1: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
     cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
     cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor,
     cg_1_2_3: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor,
     cg_2_1_3: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
     cg_2_2_3: torch.Tensor, cg_3_1_2: torch.Tensor, cg_3_2_1: torch.Tensor, cg_3_2_2: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of fusion_block_d: x1 (n, 144), x2 (n, 144), x3 (n, 144), x4 (n, 144), d_y (n, 144), d2_d_x1 (n, 144), d2_d_x2 (n, 144), d2_d_x3 (n, 144), d2_d_x4 (n, 144), d2_d_weight (1616,) -> d2_x1 (n, 144), d2_x2 (n, 144), d2_x3 (n, 144), d2_x4 (n, 144), d2_d_y (n, 144), d2_weight (1616,)."""
+    """the vector-Jacobian product of fusion_block_d for the cotangent of d_x1: x1 (n, 144), x2 (n, 144), x3 (n, 144), x4 (n, 144), d_y (n, 144), d2_d_x1 (n, 144) -> d2_x1 (n, 144), d2_x2 (n, 144), d2_x3 (n, 144), d2_x4 (n, 144), d2_d_y (n, 144), d2_weight (1616,)."""
+    n = x1.shape[0]
+    d__p77 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
+    _c0 = torch.einsum("zuk,zuj->zjku", d__p77, x4[:, 64:144].reshape(n, 16, 5))
+    d__p76 = torch.einsum("ijk,zjku->zui", cg_3_2_2, _c0)
+    d__p38 = torch.einsum("zui,u->zui", d__p76, (weight[1472:1488].view(16) * 0.9725975251592747))
+    d__p33 = torch.einsum("zui,u->zui", d__p76, (weight[1328:1344].view(16) * 0.9725975251592747))
+    d__p26 = torch.einsum("zui,u->zui", d__p76, (weight[1088:1104].view(16) * 0.9725975251592747))
+    d__p75 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
+    _c1 = torch.einsum("zuk,zuj->zjku", d__p75, x4[:, 64:144].reshape(n, 16, 5))
+    d__p74 = torch.einsum("ijk,zjku->zui", cg_3_2_1, _c1)
+    d__p41_0 = torch.einsum("zui,u->zui", d__p74, (weight[1600:1616].view(16) * 0.7859052479933758))
+    d__p22_1 = torch.einsum("zui,u->zui", d__p74, (weight[928:944].view(16) * 0.7859052479933758))
+    d__p17_2 = torch.einsum("zui,u->zui", d__p74, (weight[736:752].view(16) * 0.7859052479933758))
+    d__p73 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
+    _c2 = torch.einsum("zuk,zuj->zjku", d__p73, x4[:, 64:144].reshape(n, 16, 5))
+    d__p72 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c2)
+    d__p40_3 = torch.einsum("zui,u->zui", d__p72, (weight[1584:1600].view(16) * 0.6642111641550714))
+    d__p35_4 = torch.einsum("zui,u->zui", d__p72, (weight[1360:1376].view(16) * 0.6642111641550714))
+    d__p30_5 = torch.einsum("zui,u->zui", d__p72, (weight[1216:1232].view(16) * 0.6642111641550714))
+    d__p21_6 = torch.einsum("zui,u->zui", d__p72, (weight[912:928].view(16) * 0.6642111641550714))
+    d__p16_7 = torch.einsum("zui,u->zui", d__p72, (weight[720:736].view(16) * 0.6642111641550714))
+    d__p71 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
+    _c3 = torch.einsum("zuk,zuj->zjku", d__p71, x4[:, 16:64].reshape(n, 16, 3))
+    d__p70 = torch.einsum("ijk,zjku->zui", cg_3_1_2, _c3)
+    d__p41_8 = torch.einsum("zui,u->zui", d__p70, (weight[1552:1568].view(16) * 0.9725975251592747))
+    d__p22_9 = torch.einsum("zui,u->zui", d__p70, (weight[880:896].view(16) * 0.9725975251592747))
+    d__p17_10 = torch.einsum("zui,u->zui", d__p70, (weight[688:704].view(16) * 0.9725975251592747))
+    d__p69 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
+    _c4 = torch.einsum("zuk,zuj->zjku", d__p69, x4[:, 16:64].reshape(n, 16, 3))
+    d__p68 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c4)
+    d__p40_11 = torch.einsum("zui,u->zui", d__p68, (weight[1536:1552].view(16) * 0.8219949365267865))
+    d__p35_12 = torch.einsum("zui,u->zui", d__p68, (weight[1344:1360].view(16) * 0.8219949365267865))
+    d__p30_13 = torch.einsum("zui,u->zui", d__p68, (weight[1184:1200].view(16) * 0.8219949365267865))
+    d__p21_14 = torch.einsum("zui,u->zui", d__p68, (weight[864:880].view(16) * 0.8219949365267865))
+    d__p16_15 = torch.einsum("zui,u->zui", d__p68, (weight[672:688].view(16) * 0.8219949365267865))
+    d__p67 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
+    _c5 = torch.einsum("zuk,zuj->zjku", d__p67, x4[:, 64:144].reshape(n, 16, 5))
+    d__p66 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c5)
+    d__p37_16 = torch.einsum("zui,u->zui", d__p66, (weight[1424:1440].view(16) * 0.6367145399670133))
+    d__p32_17 = torch.einsum("zui,u->zui", d__p66, (weight[1280:1296].view(16) * 0.6367145399670133))
+    d__p28_18 = torch.einsum("zui,u->zui", d__p66, (weight[1120:1136].view(16) * 0.6367145399670133))
+    d__p25_19 = torch.einsum("zui,u->zui", d__p66, (weight[1040:1056].view(16) * 0.6367145399670133))
+    d__p14_20 = torch.einsum("zui,u->zui", d__p66, (weight[576:592].view(16) * 0.6367145399670133))
+    d__p65 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
+    _c6 = torch.einsum("zuk,zuj->zjku", d__p65, x4[:, 16:64].reshape(n, 16, 3))
+    d__p64 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c6)
+    d__p37_21 = torch.einsum("zui,u->zui", d__p64, (weight[1392:1408].view(16) * 0.5144957554275266))
+    d__p32_22 = torch.einsum("zui,u->zui", d__p64, (weight[1248:1264].view(16) * 0.5144957554275266))
+    d__p28_23 = torch.einsum("zui,u->zui", d__p64, (weight[1104:1120].view(16) * 0.5144957554275266))
+    d__p25_24 = torch.einsum("zui,u->zui", d__p64, (weight[992:1008].view(16) * 0.5144957554275266))
+    d__p14_25 = torch.einsum("zui,u->zui", d__p64, (weight[528:544].view(16) * 0.5144957554275266))
+    d__p63 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
+    _c7 = torch.einsum("zuk,zuj->zjku", d__p63, x4[:, 64:144].reshape(n, 16, 5))
+    d__p62 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c7)
+    d__p36_26 = torch.einsum("zui,u->zui", d__p62, (weight[1456:1472].view(16) * 0.8219949365267865))
+    d__p31_27 = torch.einsum("zui,u->zui", d__p62, (weight[1312:1328].view(16) * 0.8219949365267865))
+    d__p24_28 = torch.einsum("zui,u->zui", d__p62, (weight[1072:1088].view(16) * 0.8219949365267865))
+    d__p19_29 = torch.einsum("zui,u->zui", d__p62, (weight[800:816].view(16) * 0.8219949365267865))
+    d__p13_30 = torch.einsum("zui,u->zui", d__p62, (weight[608:624].view(16) * 0.8219949365267865))
+    d__p9_31 = torch.einsum("zui,u->zui", d__p62, (weight[400:416].view(16) * 0.8219949365267865))
+    d__p61 = d_y[:, 0:16].reshape(n, 16, 1)
+    # ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
+    _c8 = torch.einsum("zuk,zuj->zjku", d__p61, x4[:, 64:144].reshape(n, 16, 5))
+    d__p60 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c8)
+    d__p36_32 = torch.einsum("zui,u->zui", d__p60, (weight[1440:1456].view(16) * 0.5773502691896257))
+    d__p31_33 = torch.einsum("zui,u->zui", d__p60, (weight[1296:1312].view(16) * 0.5773502691896257))
+    d__p24_34 = torch.einsum("zui,u->zui", d__p60, (weight[1056:1072].view(16) * 0.5773502691896257))
+    d__p19_35 = torch.einsum("zui,u->zui", d__p60, (weight[784:800].view(16) * 0.5773502691896257))
+    d__p13_36 = torch.einsum("zui,u->zui", d__p60, (weight[592:608].view(16) * 0.5773502691896257))
+    d__p9_37 = torch.einsum("zui,u->zui", d__p60, (weight[384:400].view(16) * 0.5773502691896257))
+    d__p59 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
+    _c9 = torch.einsum("zuk,zuj->zjku", d__p59, x4[:, 16:64].reshape(n, 16, 3))
+    d__p58 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c9)
+    d__p36_38 = torch.einsum("zui,u->zui", d__p58, (weight[1408:1424].view(16) * 0.6642111641550714))
+    d__p31_39 = torch.einsum("zui,u->zui", d__p58, (weight[1264:1280].view(16) * 0.6642111641550714))
+    d__p24_40 = torch.einsum("zui,u->zui", d__p58, (weight[1008:1024].view(16) * 0.6642111641550714))
+    d__p19_41 = torch.einsum("zui,u->zui", d__p58, (weight[768:784].view(16) * 0.6642111641550714))
+    d__p13_42 = torch.einsum("zui,u->zui", d__p58, (weight[544:560].view(16) * 0.6642111641550714))
+    d__p9_43 = torch.einsum("zui,u->zui", d__p58, (weight[368:384].view(16) * 0.6642111641550714))
+    d__p57 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
+    _c10 = torch.einsum("zuk,zuj->zjku", d__p57, x4[:, 0:16].reshape(n, 16, 1))
+    d__p56 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c10)
+    d__p36_44 = torch.einsum("zui,u->zui", d__p56, (weight[1376:1392].view(16) * 0.8219949365267865))
+    d__p31_45 = torch.einsum("zui,u->zui", d__p56, (weight[1232:1248].view(16) * 0.8219949365267865))
+    d__p24_46 = torch.einsum("zui,u->zui", d__p56, (weight[960:976].view(16) * 0.8219949365267865))
+    d__p19_47 = torch.einsum("zui,u->zui", d__p56, (weight[752:768].view(16) * 0.8219949365267865))
+    d__p13_48 = torch.einsum("zui,u->zui", d__p56, (weight[496:512].view(16) * 0.8219949365267865))
+    d__p9_49 = torch.einsum("zui,u->zui", d__p56, (weight[352:368].view(16) * 0.8219949365267865))
+    d__p55 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
+    _c11 = torch.einsum("zuk,zuj->zjku", d__p55, x4[:, 64:144].reshape(n, 16, 5))
+    d__p54 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c11)
+    d__p39_50 = torch.einsum("zui,u->zui", d__p54, (weight[1568:1584].view(16) * 0.5144957554275266))
+    d__p29_51 = torch.einsum("zui,u->zui", d__p54, (weight[1200:1216].view(16) * 0.5144957554275266))
+    d__p20_52 = torch.einsum("zui,u->zui", d__p54, (weight[896:912].view(16) * 0.5144957554275266))
+    d__p15_53 = torch.einsum("zui,u->zui", d__p54, (weight[704:720].view(16) * 0.5144957554275266))
+    d__p11_54 = torch.einsum("zui,u->zui", d__p54, (weight[464:480].view(16) * 0.5144957554275266))
+    d__p7_55 = torch.einsum("zui,u->zui", d__p54, (weight[336:352].view(16) * 0.5144957554275266))
+    d__p53 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
+    _c12 = torch.einsum("zuk,zuj->zjku", d__p53, x4[:, 16:64].reshape(n, 16, 3))
+    d__p52 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c12)
+    d__p39_56 = torch.einsum("zui,u->zui", d__p52, (weight[1520:1536].view(16) * 0.6367145399670133))
+    d__p29_57 = torch.einsum("zui,u->zui", d__p52, (weight[1168:1184].view(16) * 0.6367145399670133))
+    d__p20_58 = torch.einsum("zui,u->zui", d__p52, (weight[848:864].view(16) * 0.6367145399670133))
+    d__p15_59 = torch.einsum("zui,u->zui", d__p52, (weight[656:672].view(16) * 0.6367145399670133))
+    d__p11_60 = torch.einsum("zui,u->zui", d__p52, (weight[448:464].view(16) * 0.6367145399670133))
+    d__p7_61 = torch.einsum("zui,u->zui", d__p52, (weight[320:336].view(16) * 0.6367145399670133))
+    d__p51 = d_y[:, 0:16].reshape(n, 16, 1)
+    # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
+    _c13 = torch.einsum("zuk,zuj->zjku", d__p51, x4[:, 16:64].reshape(n, 16, 3))
+    d__p50 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c13)
+    d__p39_62 = torch.einsum("zui,u->zui", d__p50, (weight[1504:1520].view(16) * 0.4472135954999579))
+    d__p29_63 = torch.einsum("zui,u->zui", d__p50, (weight[1152:1168].view(16) * 0.4472135954999579))
+    d__p20_64 = torch.einsum("zui,u->zui", d__p50, (weight[832:848].view(16) * 0.4472135954999579))
+    d__p15_65 = torch.einsum("zui,u->zui", d__p50, (weight[640:656].view(16) * 0.4472135954999579))
+    d__p11_66 = torch.einsum("zui,u->zui", d__p50, (weight[432:448].view(16) * 0.4472135954999579))
+    d__p7_67 = torch.einsum("zui,u->zui", d__p50, (weight[304:320].view(16) * 0.4472135954999579))
+    d__p49 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
+    _c14 = torch.einsum("zuk,zuj->zjku", d__p49, x4[:, 0:16].reshape(n, 16, 1))
+    d__p48 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c14)
+    d__p39_68 = torch.einsum("zui,u->zui", d__p48, (weight[1488:1504].view(16) * 0.5144957554275266))
+    d__p29_69 = torch.einsum("zui,u->zui", d__p48, (weight[1136:1152].view(16) * 0.5144957554275266))
+    d__p20_70 = torch.einsum("zui,u->zui", d__p48, (weight[816:832].view(16) * 0.5144957554275266))
+    d__p15_71 = torch.einsum("zui,u->zui", d__p48, (weight[624:640].view(16) * 0.5144957554275266))
+    d__p11_72 = torch.einsum("zui,u->zui", d__p48, (weight[416:432].view(16) * 0.5144957554275266))
+    d__p7_73 = torch.einsum("zui,u->zui", d__p48, (weight[288:304].view(16) * 0.5144957554275266))
+    d__p47 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
+    _c15 = torch.einsum("zuk,zuj->zjku", d__p47, x4[:, 64:144].reshape(n, 16, 5))
+    d__p46 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c15)
+    d__p23_74 = torch.einsum("zui,u->zui", d__p46, (weight[1024:1040].view(16) * 0.36760731104690386))
+    d__p12_75 = torch.einsum("zui,u->zui", d__p46, (weight[560:576].view(16) * 0.36760731104690386))
+    d__p2_76 = torch.einsum("zui,u->zui", d__p46, (weight[272:288].view(16) * 0.36760731104690386))
+    d__p45 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
+    _c16 = torch.einsum("zuk,zuj->zjku", d__p45, x4[:, 16:64].reshape(n, 16, 3))
+    d__p44 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c16)
+    d__p23_77 = torch.einsum("zui,u->zui", d__p44, (weight[976:992].view(16) * 0.2970442628930023))
+    d__p12_78 = torch.einsum("zui,u->zui", d__p44, (weight[512:528].view(16) * 0.2970442628930023))
+    d__p2_79 = torch.einsum("zui,u->zui", d__p44, (weight[256:272].view(16) * 0.2970442628930023))
+    d__p43 = d_y[:, 0:16].reshape(n, 16, 1)
+    # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
+    _c17 = torch.einsum("zuk,zuj->zjku", d__p43, x4[:, 0:16].reshape(n, 16, 1))
+    d__p42 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c17)
+    d__p23_80 = torch.einsum("zui,u->zui", d__p42, (weight[944:960].view(16) * 0.2581988897471611))
+    d__p12_81 = torch.einsum("zui,u->zui", d__p42, (weight[480:496].view(16) * 0.2581988897471611))
+    d__p2_82 = torch.einsum("zui,u->zui", d__p42, (weight[240:256].view(16) * 0.2581988897471611))
+    # ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
+    d__p41 = d__p41_0 + d__p41_8
+    _c18 = torch.einsum("zuk,zuj->zjku", d__p41, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_83 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c18)
+    # ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
+    d__p40 = d__p40_3 + d__p40_11
+    _c19 = torch.einsum("zuk,zuj->zjku", d__p40, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_84 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c19)
+    # ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
+    d__p39 = d__p39_50 + d__p39_56 + d__p39_62 + d__p39_68
+    _c20 = torch.einsum("zuk,zuj->zjku", d__p39, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_85 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c20)
+    # ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
+    _c21 = torch.einsum("zuk,zuj->zjku", d__p38, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_86 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c21)
+    # ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
+    d__p37 = d__p37_16 + d__p37_21
+    _c22 = torch.einsum("zuk,zuj->zjku", d__p37, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_87 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c22)
+    # ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
+    d__p36 = d__p36_26 + d__p36_32 + d__p36_38 + d__p36_44
+    _c23 = torch.einsum("zuk,zuj->zjku", d__p36, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_88 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c23)
+    # ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
+    d__p35 = d__p35_4 + d__p35_12
+    _c24 = torch.einsum("zuk,zuj->zjku", d__p35, x3[:, 0:16].reshape(n, 16, 1))
+    d_t_89 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c24)
+    # ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
+    _c25 = torch.einsum("zuk,zuj->zjku", d__p33, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_90 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c25)
+    # ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
+    d__p32 = d__p32_17 + d__p32_22
+    _c26 = torch.einsum("zuk,zuj->zjku", d__p32, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_91 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c26)
+    # ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
+    d__p31 = d__p31_27 + d__p31_33 + d__p31_39 + d__p31_45
+    _c27 = torch.einsum("zuk,zuj->zjku", d__p31, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_92 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c27)
+    # ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
+    d__p30 = d__p30_5 + d__p30_13
+    _c28 = torch.einsum("zuk,zuj->zjku", d__p30, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_93 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c28)
+    # ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
+    d__p29 = d__p29_51 + d__p29_57 + d__p29_63 + d__p29_69
+    _c29 = torch.einsum("zuk,zuj->zjku", d__p29, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_94 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c29)
+    # ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
+    d__p28 = d__p28_18 + d__p28_23
+    _c30 = torch.einsum("zuk,zuj->zjku", d__p28, x3[:, 0:16].reshape(n, 16, 1))
+    d_t_95 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c30)
+    # ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
+    _c31 = torch.einsum("zuk,zuj->zjku", d__p26, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_96 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c31)
+    # ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
+    d__p25 = d__p25_19 + d__p25_24
+    _c32 = torch.einsum("zuk,zuj->zjku", d__p25, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_97 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c32)
+    # ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
+    d__p24 = d__p24_28 + d__p24_34 + d__p24_40 + d__p24_46
+    _c33 = torch.einsum("zuk,zuj->zjku", d__p24, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_98 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c33)
+    # ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
+    d__p23 = d__p23_74 + d__p23_77 + d__p23_80
+    _c34 = torch.einsum("zuk,zuj->zjku", d__p23, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_99 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c34)
+    # ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
+    d__p22 = d__p22_1 + d__p22_9
+    _c35 = torch.einsum("zuk,zuj->zjku", d__p22, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_100 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c35)
+    # ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
+    d__p21 = d__p21_6 + d__p21_14
+    _c36 = torch.einsum("zuk,zuj->zjku", d__p21, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_101 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c36)
+    # ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
+    d__p20 = d__p20_52 + d__p20_58 + d__p20_64 + d__p20_70
+    _c37 = torch.einsum("zuk,zuj->zjku", d__p20, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_102 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c37)
+    # ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
+    d__p19 = d__p19_29 + d__p19_35 + d__p19_41 + d__p19_47
+    _c38 = torch.einsum("zuk,zuj->zjku", d__p19, x3[:, 0:16].reshape(n, 16, 1))
+    d_t_103 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c38)
+    # ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
+    d__p17 = d__p17_2 + d__p17_10
+    _c39 = torch.einsum("zuk,zuj->zjku", d__p17, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_104 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c39)
+    # ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
+    d__p16 = d__p16_7 + d__p16_15
+    _c40 = torch.einsum("zuk,zuj->zjku", d__p16, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_105 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c40)
+    # ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
+    d__p15 = d__p15_53 + d__p15_59 + d__p15_65 + d__p15_71
+    _c41 = torch.einsum("zuk,zuj->zjku", d__p15, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_106 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c41)
+    # ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
+    d__p14 = d__p14_20 + d__p14_25
+    _c42 = torch.einsum("zuk,zuj->zjku", d__p14, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_107 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c42)
+    # ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
+    d__p13 = d__p13_30 + d__p13_36 + d__p13_42 + d__p13_48
+    _c43 = torch.einsum("zuk,zuj->zjku", d__p13, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_108 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c43)
+    # ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
+    d__p12 = d__p12_75 + d__p12_78 + d__p12_81
+    _c44 = torch.einsum("zuk,zuj->zjku", d__p12, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_109 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c44)
+    # ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
+    d__p11 = d__p11_54 + d__p11_60 + d__p11_66 + d__p11_72
+    _c45 = torch.einsum("zuk,zuj->zjku", d__p11, x3[:, 0:16].reshape(n, 16, 1))
+    d_t_110 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c45)
+    # ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
+    d__p9 = d__p9_31 + d__p9_37 + d__p9_43 + d__p9_49
+    _c46 = torch.einsum("zuk,zuj->zjku", d__p9, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_111 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c46)
+    # ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
+    d__p7 = d__p7_55 + d__p7_61 + d__p7_67 + d__p7_73
+    _c47 = torch.einsum("zuk,zuj->zjku", d__p7, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_112 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c47)
+    # ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
+    d__p2 = d__p2_76 + d__p2_79 + d__p2_82
+    _c48 = torch.einsum("zuk,zuj->zjku", d__p2, x3[:, 0:16].reshape(n, 16, 1))
+    d_t_113 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c48)
+    # ∂/∂d_t: ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
+    _c49 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 0:16].reshape(n, 16, 1), x2[:, 0:16].reshape(n, 16, 1))
+    _c50 = torch.einsum("ijk,u->ijku", cg_0_0_0, weight[0:16].view(16))
+    d2_d_t_114 = torch.einsum("ziju,ijku->zuk", _c49, (_c50 * 0.5773502691896257))
+    # ∂/∂x2: ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
+    d_t = torch.cat([
+        (d_t_111 + d_t_112 + d_t_113).reshape(n, 16),
+        (d_t_104 + d_t_105 + d_t_106 + d_t_107 + d_t_108 + d_t_109 + d_t_110).reshape(n, 48),
+        (d_t_96 + d_t_97 + d_t_98 + d_t_99 + d_t_100 + d_t_101 + d_t_102 + d_t_103).reshape(n, 80),
+        (d_t_90 + d_t_91 + d_t_92 + d_t_93 + d_t_94 + d_t_95).reshape(n, 48),
+        (d_t_83 + d_t_84 + d_t_85 + d_t_86 + d_t_87 + d_t_88 + d_t_89).reshape(n, 80),
+    ], dim=-1)
+    _c51 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 0:16].reshape(n, 16, 1), d_t[:, 0:16].reshape(n, 16, 1))
+    d2_x2_115 = torch.einsum("ziku,ijku->zuj", _c51, (_c50 * 0.5773502691896257))
+    # ∂/∂weight: ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
+    _c52 = torch.einsum("zuj,ziku->ijku", x2[:, 0:16].reshape(n, 16, 1), _c51)
+    d2_weight_116 = torch.einsum("ijk,ijku->u", (cg_0_0_0 * 0.5773502691896257), _c52)
+    # ∂/∂d_t: ∂/∂x1: 16x0e ⊗ 16x1o -> 16x1o
+    _c53 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 0:16].reshape(n, 16, 1), x2[:, 16:64].reshape(n, 16, 3))
+    _c54 = torch.einsum("ijk,u->ijku", cg_0_1_1, weight[16:32].view(16))
+    d2_d_t_117 = torch.einsum("ziju,ijku->zuk", _c53, (_c54 * 0.8660254037844386))
+    # ∂/∂x2: ∂/∂x1: 16x0e ⊗ 16x1o -> 16x1o
+    _c55 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 0:16].reshape(n, 16, 1), d_t[:, 16:64].reshape(n, 16, 3))
+    d2_x2_118 = torch.einsum("ziku,ijku->zuj", _c55, (_c54 * 0.8660254037844386))
+    # ∂/∂weight: ∂/∂x1: 16x0e ⊗ 16x1o -> 16x1o
+    _c56 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c55)
+    d2_weight_119 = torch.einsum("ijk,ijku->u", (cg_0_1_1 * 0.8660254037844386), _c56)
+    # ∂/∂d_t: ∂/∂x1: 16x0e ⊗ 16x2e -> 16x2e
+    _c57 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 0:16].reshape(n, 16, 1), x2[:, 64:144].reshape(n, 16, 5))
+    _c58 = torch.einsum("ijk,u->ijku", cg_0_2_2, weight[32:48].view(16))
+    d2_d_t_120 = torch.einsum("ziju,ijku->zuk", _c57, (_c58 * 1.118033988749895))
+    # ∂/∂x2: ∂/∂x1: 16x0e ⊗ 16x2e -> 16x2e
+    _c59 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 0:16].reshape(n, 16, 1), d_t[:, 64:144].reshape(n, 16, 5))
+    d2_x2_121 = torch.einsum("ziku,ijku->zuj", _c59, (_c58 * 1.118033988749895))
+    # ∂/∂weight: ∂/∂x1: 16x0e ⊗ 16x2e -> 16x2e
+    _c60 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c59)
+    d2_weight_122 = torch.einsum("ijk,ijku->u", (cg_0_2_2 * 1.118033988749895), _c60)
+    # ∂/∂d_t: ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
+    _c61 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 16:64].reshape(n, 16, 3), x2[:, 0:16].reshape(n, 16, 1))
+    _c62 = torch.einsum("ijk,u->ijku", cg_1_0_1, weight[48:64].view(16))
+    d2_d_t_123 = torch.einsum("ziju,ijku->zuk", _c61, (_c62 * 0.8660254037844386))
+    # ∂/∂x2: ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
+    _c63 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d_t[:, 16:64].reshape(n, 16, 3))
+    d2_x2_124 = torch.einsum("ziku,ijku->zuj", _c63, (_c62 * 0.8660254037844386))
+    # ∂/∂weight: ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
+    _c64 = torch.einsum("zuj,ziku->ijku", x2[:, 0:16].reshape(n, 16, 1), _c63)
+    d2_weight_125 = torch.einsum("ijk,ijku->u", (cg_1_0_1 * 0.8660254037844386), _c64)
+    # ∂/∂d_t: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
+    _c65 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 16:64].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3))
+    _c66 = torch.einsum("ijk,u->ijku", cg_1_1_0, weight[64:80].view(16))
+    d2_d_t_126 = torch.einsum("ziju,ijku->zuk", _c65, (_c66 * 0.5773502691896257))
+    # ∂/∂x2: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
+    _c67 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d_t[:, 0:16].reshape(n, 16, 1))
+    d2_x2_127 = torch.einsum("ziku,ijku->zuj", _c67, (_c66 * 0.5773502691896257))
+    # ∂/∂weight: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
+    _c68 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c67)
+    d2_weight_128 = torch.einsum("ijk,ijku->u", (cg_1_1_0 * 0.5773502691896257), _c68)
+    # ∂/∂d_t: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x2e
+    _c69 = torch.einsum("ijk,u->ijku", cg_1_1_2, weight[80:96].view(16))
+    d2_d_t_129 = torch.einsum("ziju,ijku->zuk", _c65, (_c69 * 1.118033988749895))
+    # ∂/∂x2: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x2e
+    _c70 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d_t[:, 64:144].reshape(n, 16, 5))
+    d2_x2_130 = torch.einsum("ziku,ijku->zuj", _c70, (_c69 * 1.118033988749895))
+    # ∂/∂weight: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x2e
+    _c71 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c70)
+    d2_weight_131 = torch.einsum("ijk,ijku->u", (cg_1_1_2 * 1.118033988749895), _c71)
+    # ∂/∂d_t: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x1e
+    _c72 = torch.einsum("ijk,u->ijku", cg_1_1_1, weight[96:112].view(16))
+    d2_d_t_132 = torch.einsum("ziju,ijku->zuk", _c65, (_c72 * 1.224744871391589))
+    # ∂/∂x2: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x1e
+    _c73 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d_t[:, 144:192].reshape(n, 16, 3))
+    d2_x2_133 = torch.einsum("ziku,ijku->zuj", _c73, (_c72 * 1.224744871391589))
+    # ∂/∂weight: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x1e
+    _c74 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c73)
+    d2_weight_134 = torch.einsum("ijk,ijku->u", (cg_1_1_1 * 1.224744871391589), _c74)
+    # ∂/∂d_t: ∂/∂x1: 16x1o ⊗ 16x2e -> 16x1o
+    _c75 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 16:64].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5))
+    _c76 = torch.einsum("ijk,u->ijku", cg_1_2_1, weight[112:128].view(16))
+    d2_d_t_135 = torch.einsum("ziju,ijku->zuk", _c75, (_c76 * 0.8660254037844386))
+    # ∂/∂x2: ∂/∂x1: 16x1o ⊗ 16x2e -> 16x1o
+    d2_x2_136 = torch.einsum("ziku,ijku->zuj", _c63, (_c76 * 0.8660254037844386))
+    # ∂/∂weight: ∂/∂x1: 16x1o ⊗ 16x2e -> 16x1o
+    _c77 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c63)
+    d2_weight_137 = torch.einsum("ijk,ijku->u", (cg_1_2_1 * 0.8660254037844386), _c77)
+    # ∂/∂d_t: ∂/∂x1: 16x1o ⊗ 16x2e -> 16x2o
+    _c78 = torch.einsum("ijk,u->ijku", cg_1_2_2, weight[128:144].view(16))
+    d2_d_t_138 = torch.einsum("ziju,ijku->zuk", _c75, (_c78 * 1.5811388300841898))
+    # ∂/∂x2: ∂/∂x1: 16x1o ⊗ 16x2e -> 16x2o
+    _c79 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d_t[:, 192:272].reshape(n, 16, 5))
+    d2_x2_139 = torch.einsum("ziku,ijku->zuj", _c79, (_c78 * 1.5811388300841898))
+    # ∂/∂weight: ∂/∂x1: 16x1o ⊗ 16x2e -> 16x2o
+    _c80 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c79)
+    d2_weight_140 = torch.einsum("ijk,ijku->u", (cg_1_2_2 * 1.5811388300841898), _c80)
+    # ∂/∂d_t: ∂/∂x1: 16x2e ⊗ 16x0e -> 16x2e
+    _c81 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 64:144].reshape(n, 16, 5), x2[:, 0:16].reshape(n, 16, 1))
+    _c82 = torch.einsum("ijk,u->ijku", cg_2_0_2, weight[144:160].view(16))
+    d2_d_t_141 = torch.einsum("ziju,ijku->zuk", _c81, (_c82 * 1.118033988749895))
+    # ∂/∂x2: ∂/∂x1: 16x2e ⊗ 16x0e -> 16x2e
+    _c83 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d_t[:, 64:144].reshape(n, 16, 5))
+    d2_x2_142 = torch.einsum("ziku,ijku->zuj", _c83, (_c82 * 1.118033988749895))
+    # ∂/∂weight: ∂/∂x1: 16x2e ⊗ 16x0e -> 16x2e
+    _c84 = torch.einsum("zuj,ziku->ijku", x2[:, 0:16].reshape(n, 16, 1), _c83)
+    d2_weight_143 = torch.einsum("ijk,ijku->u", (cg_2_0_2 * 1.118033988749895), _c84)
+    # ∂/∂d_t: ∂/∂x1: 16x2e ⊗ 16x1o -> 16x1o
+    _c85 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 64:144].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3))
+    _c86 = torch.einsum("ijk,u->ijku", cg_2_1_1, weight[160:176].view(16))
+    d2_d_t_144 = torch.einsum("ziju,ijku->zuk", _c85, (_c86 * 0.8660254037844386))
+    # ∂/∂x2: ∂/∂x1: 16x2e ⊗ 16x1o -> 16x1o
+    _c87 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d_t[:, 16:64].reshape(n, 16, 3))
+    d2_x2_145 = torch.einsum("ziku,ijku->zuj", _c87, (_c86 * 0.8660254037844386))
+    # ∂/∂weight: ∂/∂x1: 16x2e ⊗ 16x1o -> 16x1o
+    _c88 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c87)
+    d2_weight_146 = torch.einsum("ijk,ijku->u", (cg_2_1_1 * 0.8660254037844386), _c88)
+    # ∂/∂d_t: ∂/∂x1: 16x2e ⊗ 16x1o -> 16x2o
+    _c89 = torch.einsum("ijk,u->ijku", cg_2_1_2, weight[176:192].view(16))
+    d2_d_t_147 = torch.einsum("ziju,ijku->zuk", _c85, (_c89 * 1.5811388300841898))
+    # ∂/∂x2: ∂/∂x1: 16x2e ⊗ 16x1o -> 16x2o
+    _c90 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d_t[:, 192:272].reshape(n, 16, 5))
+    d2_x2_148 = torch.einsum("ziku,ijku->zuj", _c90, (_c89 * 1.5811388300841898))
+    # ∂/∂weight: ∂/∂x1: 16x2e ⊗ 16x1o -> 16x2o
+    _c91 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c90)
+    d2_weight_149 = torch.einsum("ijk,ijku->u", (cg_2_1_2 * 1.5811388300841898), _c91)
+    # ∂/∂d_t: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x0e
+    _c92 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 64:144].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5))
+    _c93 = torch.einsum("ijk,u->ijku", cg_2_2_0, weight[192:208].view(16))
+    d2_d_t_150 = torch.einsum("ziju,ijku->zuk", _c92, (_c93 * 0.5773502691896257))
+    # ∂/∂x2: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x0e
+    _c94 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d_t[:, 0:16].reshape(n, 16, 1))
+    d2_x2_151 = torch.einsum("ziku,ijku->zuj", _c94, (_c93 * 0.5773502691896257))
+    # ∂/∂weight: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x0e
+    _c95 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c94)
+    d2_weight_152 = torch.einsum("ijk,ijku->u", (cg_2_2_0 * 0.5773502691896257), _c95)
+    # ∂/∂d_t: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x2e
+    _c96 = torch.einsum("ijk,u->ijku", cg_2_2_2, weight[208:224].view(16))
+    d2_d_t_153 = torch.einsum("ziju,ijku->zuk", _c92, (_c96 * 1.118033988749895))
+    # ∂/∂x2: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x2e
+    d2_x2_154 = torch.einsum("ziku,ijku->zuj", _c83, (_c96 * 1.118033988749895))
+    # ∂/∂weight: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x2e
+    _c97 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c83)
+    d2_weight_155 = torch.einsum("ijk,ijku->u", (cg_2_2_2 * 1.118033988749895), _c97)
+    # ∂/∂d_t: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x1e
+    _c98 = torch.einsum("ijk,u->ijku", cg_2_2_1, weight[224:240].view(16))
+    d2_d_t_156 = torch.einsum("ziju,ijku->zuk", _c92, (_c98 * 1.224744871391589))
+    # ∂/∂x2: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x1e
+    _c99 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d_t[:, 144:192].reshape(n, 16, 3))
+    d2_x2_157 = torch.einsum("ziku,ijku->zuj", _c99, (_c98 * 1.224744871391589))
+    # ∂/∂weight: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x1e
+    _c100 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c99)
+    d2_weight_158 = torch.einsum("ijk,ijku->u", (cg_2_2_1 * 1.224744871391589), _c100)
+    # ∂/∂d__p2: ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
+    d2_d_t = torch.cat([
+        (d2_d_t_114 + d2_d_t_126 + d2_d_t_150).reshape(n, 16),
+        (d2_d_t_117 + d2_d_t_123 + d2_d_t_135 + d2_d_t_144).reshape(n, 48),
+        (d2_d_t_120 + d2_d_t_129 + d2_d_t_141 + d2_d_t_153).reshape(n, 80),
+        (d2_d_t_132 + d2_d_t_156).reshape(n, 48),
+        (d2_d_t_138 + d2_d_t_147).reshape(n, 80),
+    ], dim=-1)
+    _c101 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 0:16].reshape(n, 16, 1), x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p2 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c101)
+    # ∂/∂x3: ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
+    _c102 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 0:16].reshape(n, 16, 1), d__p2)
+    d2_x3_159 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c102)
+    # ∂/∂d__p7: ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
+    _c103 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 0:16].reshape(n, 16, 1), x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p7 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c103)
+    # ∂/∂x3: ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
+    _c104 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 0:16].reshape(n, 16, 1), d__p7)
+    d2_x3_160 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c104)
+    # ∂/∂d__p9: ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
+    _c105 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 0:16].reshape(n, 16, 1), x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p9 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c105)
+    # ∂/∂x3: ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
+    _c106 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 0:16].reshape(n, 16, 1), d__p9)
+    d2_x3_161 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c106)
+    # ∂/∂d__p11: ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
+    _c107 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 16:64].reshape(n, 16, 3), x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p11 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c107)
+    # ∂/∂x3: ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
+    _c108 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p11)
+    d2_x3_162 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c108)
+    # ∂/∂d__p12: ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
+    _c109 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 16:64].reshape(n, 16, 3), x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p12 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c109)
+    # ∂/∂x3: ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
+    _c110 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p12)
+    d2_x3_163 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c110)
+    # ∂/∂d__p13: ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
+    d2_d__p13 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c109)
+    # ∂/∂x3: ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
+    _c111 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p13)
+    d2_x3_164 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c111)
+    # ∂/∂d__p14: ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
+    d2_d__p14 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c109)
+    # ∂/∂x3: ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
+    _c112 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p14)
+    d2_x3_165 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c112)
+    # ∂/∂d__p15: ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
+    _c113 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 16:64].reshape(n, 16, 3), x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p15 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c113)
+    # ∂/∂x3: ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
+    _c114 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p15)
+    d2_x3_166 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c114)
+    # ∂/∂d__p16: ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
+    d2_d__p16 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c113)
+    # ∂/∂x3: ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
+    _c115 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p16)
+    d2_x3_167 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c115)
+    # ∂/∂d__p17: ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
+    d2_d__p17 = torch.einsum("ijk,ziju->zuk", cg_1_2_3, _c113)
+    # ∂/∂x3: ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
+    _c116 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p17)
+    d2_x3_168 = torch.einsum("ijk,ziku->zuj", cg_1_2_3, _c116)
+    # ∂/∂d__p19: ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
+    _c117 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 64:144].reshape(n, 16, 5), x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p19 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c117)
+    # ∂/∂x3: ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
+    _c118 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p19)
+    d2_x3_169 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c118)
+    # ∂/∂d__p20: ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
+    _c119 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 64:144].reshape(n, 16, 5), x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p20 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c119)
+    # ∂/∂x3: ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
+    _c120 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p20)
+    d2_x3_170 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c120)
+    # ∂/∂d__p21: ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
+    d2_d__p21 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c119)
+    # ∂/∂x3: ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
+    _c121 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p21)
+    d2_x3_171 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c121)
+    # ∂/∂d__p22: ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
+    d2_d__p22 = torch.einsum("ijk,ziju->zuk", cg_2_1_3, _c119)
+    # ∂/∂x3: ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
+    _c122 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p22)
+    d2_x3_172 = torch.einsum("ijk,ziku->zuj", cg_2_1_3, _c122)
+    # ∂/∂d__p23: ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
+    _c123 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 64:144].reshape(n, 16, 5), x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p23 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c123)
+    # ∂/∂x3: ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
+    _c124 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p23)
+    d2_x3_173 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c124)
+    # ∂/∂d__p24: ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
+    d2_d__p24 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c123)
+    # ∂/∂x3: ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
+    _c125 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p24)
+    d2_x3_174 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c125)
+    # ∂/∂d__p25: ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
+    d2_d__p25 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c123)
+    # ∂/∂x3: ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
+    _c126 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p25)
+    d2_x3_175 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c126)
+    # ∂/∂d__p26: ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
+    d2_d__p26 = torch.einsum("ijk,ziju->zuk", cg_2_2_3, _c123)
+    # ∂/∂x3: ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
+    _c127 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p26)
+    d2_x3_176 = torch.einsum("ijk,ziku->zuj", cg_2_2_3, _c127)
+    # ∂/∂d__p28: ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
+    _c128 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 144:192].reshape(n, 16, 3), x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p28 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c128)
+    # ∂/∂x3: ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
+    _c129 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p28)
+    d2_x3_177 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c129)
+    # ∂/∂d__p29: ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
+    _c130 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 144:192].reshape(n, 16, 3), x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p29 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c130)
+    # ∂/∂x3: ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
+    _c131 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p29)
+    d2_x3_178 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c131)
+    # ∂/∂d__p30: ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
+    d2_d__p30 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c130)
+    # ∂/∂x3: ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
+    _c132 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p30)
+    d2_x3_179 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c132)
+    # ∂/∂d__p31: ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
+    _c133 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 144:192].reshape(n, 16, 3), x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p31 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c133)
+    # ∂/∂x3: ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
+    _c134 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p31)
+    d2_x3_180 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c134)
+    # ∂/∂d__p32: ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
+    d2_d__p32 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c133)
+    # ∂/∂x3: ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
+    _c135 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p32)
+    d2_x3_181 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c135)
+    # ∂/∂d__p33: ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
+    d2_d__p33 = torch.einsum("ijk,ziju->zuk", cg_1_2_3, _c133)
+    # ∂/∂x3: ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
+    _c136 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p33)
+    d2_x3_182 = torch.einsum("ijk,ziku->zuj", cg_1_2_3, _c136)
+    # ∂/∂d__p35: ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
+    _c137 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 192:272].reshape(n, 16, 5), x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p35 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c137)
+    # ∂/∂x3: ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
+    _c138 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p35)
+    d2_x3_183 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c138)
+    # ∂/∂d__p36: ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
+    _c139 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 192:272].reshape(n, 16, 5), x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p36 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c139)
+    # ∂/∂x3: ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
+    _c140 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p36)
+    d2_x3_184 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c140)
+    # ∂/∂d__p37: ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
+    d2_d__p37 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c139)
+    # ∂/∂x3: ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
+    _c141 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p37)
+    d2_x3_185 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c141)
+    # ∂/∂d__p38: ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
+    d2_d__p38 = torch.einsum("ijk,ziju->zuk", cg_2_1_3, _c139)
+    # ∂/∂x3: ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
+    _c142 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p38)
+    d2_x3_186 = torch.einsum("ijk,ziku->zuj", cg_2_1_3, _c142)
+    # ∂/∂d__p39: ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
+    _c143 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 192:272].reshape(n, 16, 5), x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p39 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c143)
+    # ∂/∂x3: ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
+    _c144 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p39)
+    d2_x3_187 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c144)
+    # ∂/∂d__p40: ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
+    d2_d__p40 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c143)
+    # ∂/∂x3: ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
+    _c145 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p40)
+    d2_x3_188 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c145)
+    # ∂/∂d__p41: ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
+    d2_d__p41 = torch.einsum("ijk,ziju->zuk", cg_2_2_3, _c143)
+    # ∂/∂x3: ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
+    _c146 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p41)
+    d2_x3_189 = torch.einsum("ijk,ziku->zuj", cg_2_2_3, _c146)
+    d2_d__p42_190 = torch.einsum("zui,u->zui", d2_d__p2, (weight[240:256].view(16) * 0.2581988897471611))
+    d2_weight_191 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.2581988897471611), d__p42)
+    d2_d__p42_192 = torch.einsum("zui,u->zui", d2_d__p12, (weight[480:496].view(16) * 0.2581988897471611))
+    d2_weight_193 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.2581988897471611), d__p42)
+    d2_d__p42_194 = torch.einsum("zui,u->zui", d2_d__p23, (weight[944:960].view(16) * 0.2581988897471611))
+    d2_weight_195 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.2581988897471611), d__p42)
+    # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
+    d2_d__p42 = d2_d__p42_190 + d2_d__p42_192 + d2_d__p42_194
+    _c147 = torch.einsum("zui,zuj->ziju", d2_d__p42, x4[:, 0:16].reshape(n, 16, 1))
+    d2_d__p43 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c147)
+    # ∂/∂x4: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
+    _c148 = torch.einsum("zui,zuk->ziku", d2_d__p42, d__p43)
+    d2_x4_196 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c148)
+    d2_d_y_197 = d2_d__p43
+    d2_d__p44_198 = torch.einsum("zui,u->zui", d2_d__p2, (weight[256:272].view(16) * 0.2970442628930023))
+    d2_weight_199 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.2970442628930023), d__p44)
+    d2_d__p44_200 = torch.einsum("zui,u->zui", d2_d__p12, (weight[512:528].view(16) * 0.2970442628930023))
+    d2_weight_201 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.2970442628930023), d__p44)
+    d2_d__p44_202 = torch.einsum("zui,u->zui", d2_d__p23, (weight[976:992].view(16) * 0.2970442628930023))
+    d2_weight_203 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.2970442628930023), d__p44)
+    # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
+    d2_d__p44 = d2_d__p44_198 + d2_d__p44_200 + d2_d__p44_202
+    _c149 = torch.einsum("zui,zuj->ziju", d2_d__p44, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p45 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c149)
+    # ∂/∂x4: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
+    _c150 = torch.einsum("zui,zuk->ziku", d2_d__p44, d__p45)
+    d2_x4_204 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c150)
+    d2_d_y_205 = d2_d__p45
+    d2_d__p46_206 = torch.einsum("zui,u->zui", d2_d__p2, (weight[272:288].view(16) * 0.36760731104690386))
+    d2_weight_207 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.36760731104690386), d__p46)
+    d2_d__p46_208 = torch.einsum("zui,u->zui", d2_d__p12, (weight[560:576].view(16) * 0.36760731104690386))
+    d2_weight_209 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.36760731104690386), d__p46)
+    d2_d__p46_210 = torch.einsum("zui,u->zui", d2_d__p23, (weight[1024:1040].view(16) * 0.36760731104690386))
+    d2_weight_211 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.36760731104690386), d__p46)
+    # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
+    d2_d__p46 = d2_d__p46_206 + d2_d__p46_208 + d2_d__p46_210
+    _c151 = torch.einsum("zui,zuj->ziju", d2_d__p46, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p47 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c151)
+    # ∂/∂x4: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
+    _c152 = torch.einsum("zui,zuk->ziku", d2_d__p46, d__p47)
+    d2_x4_212 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c152)
+    d2_d_y_213 = d2_d__p47
+    d2_d__p48_214 = torch.einsum("zui,u->zui", d2_d__p7, (weight[288:304].view(16) * 0.5144957554275266))
+    d2_weight_215 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.5144957554275266), d__p48)
+    d2_d__p48_216 = torch.einsum("zui,u->zui", d2_d__p11, (weight[416:432].view(16) * 0.5144957554275266))
+    d2_weight_217 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.5144957554275266), d__p48)
+    d2_d__p48_218 = torch.einsum("zui,u->zui", d2_d__p15, (weight[624:640].view(16) * 0.5144957554275266))
+    d2_weight_219 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.5144957554275266), d__p48)
+    d2_d__p48_220 = torch.einsum("zui,u->zui", d2_d__p20, (weight[816:832].view(16) * 0.5144957554275266))
+    d2_weight_221 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.5144957554275266), d__p48)
+    d2_d__p48_222 = torch.einsum("zui,u->zui", d2_d__p29, (weight[1136:1152].view(16) * 0.5144957554275266))
+    d2_weight_223 = torch.einsum("zui,zui->u", (d2_d__p29 * 0.5144957554275266), d__p48)
+    d2_d__p48_224 = torch.einsum("zui,u->zui", d2_d__p39, (weight[1488:1504].view(16) * 0.5144957554275266))
+    d2_weight_225 = torch.einsum("zui,zui->u", (d2_d__p39 * 0.5144957554275266), d__p48)
+    # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
+    d2_d__p48 = d2_d__p48_214 + d2_d__p48_216 + d2_d__p48_218 + d2_d__p48_220 + d2_d__p48_222 + d2_d__p48_224
+    _c153 = torch.einsum("zui,zuj->ziju", d2_d__p48, x4[:, 0:16].reshape(n, 16, 1))
+    d2_d__p49 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c153)
+    # ∂/∂x4: ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
+    _c154 = torch.einsum("zui,zuk->ziku", d2_d__p48, d__p49)
+    d2_x4_226 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c154)
+    d2_d_y_227 = d2_d__p49
+    d2_d__p50_228 = torch.einsum("zui,u->zui", d2_d__p7, (weight[304:320].view(16) * 0.4472135954999579))
+    d2_weight_229 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.4472135954999579), d__p50)
+    d2_d__p50_230 = torch.einsum("zui,u->zui", d2_d__p11, (weight[432:448].view(16) * 0.4472135954999579))
+    d2_weight_231 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.4472135954999579), d__p50)
+    d2_d__p50_232 = torch.einsum("zui,u->zui", d2_d__p15, (weight[640:656].view(16) * 0.4472135954999579))
+    d2_weight_233 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.4472135954999579), d__p50)
+    d2_d__p50_234 = torch.einsum("zui,u->zui", d2_d__p20, (weight[832:848].view(16) * 0.4472135954999579))
+    d2_weight_235 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.4472135954999579), d__p50)
+    d2_d__p50_236 = torch.einsum("zui,u->zui", d2_d__p29, (weight[1152:1168].view(16) * 0.4472135954999579))
+    d2_weight_237 = torch.einsum("zui,zui->u", (d2_d__p29 * 0.4472135954999579), d__p50)
+    d2_d__p50_238 = torch.einsum("zui,u->zui", d2_d__p39, (weight[1504:1520].view(16) * 0.4472135954999579))
+    d2_weight_239 = torch.einsum("zui,zui->u", (d2_d__p39 * 0.4472135954999579), d__p50)
+    # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
+    d2_d__p50 = d2_d__p50_228 + d2_d__p50_230 + d2_d__p50_232 + d2_d__p50_234 + d2_d__p50_236 + d2_d__p50_238
+    _c155 = torch.einsum("zui,zuj->ziju", d2_d__p50, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p51 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c155)
+    # ∂/∂x4: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
+    _c156 = torch.einsum("zui,zuk->ziku", d2_d__p50, d__p51)
+    d2_x4_240 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c156)
+    d2_d_y_241 = d2_d__p51
+    d2_d__p52_242 = torch.einsum("zui,u->zui", d2_d__p7, (weight[320:336].view(16) * 0.6367145399670133))
+    d2_weight_243 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.6367145399670133), d__p52)
+    d2_d__p52_244 = torch.einsum("zui,u->zui", d2_d__p11, (weight[448:464].view(16) * 0.6367145399670133))
+    d2_weight_245 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.6367145399670133), d__p52)
+    d2_d__p52_246 = torch.einsum("zui,u->zui", d2_d__p15, (weight[656:672].view(16) * 0.6367145399670133))
+    d2_weight_247 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.6367145399670133), d__p52)
+    d2_d__p52_248 = torch.einsum("zui,u->zui", d2_d__p20, (weight[848:864].view(16) * 0.6367145399670133))
+    d2_weight_249 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.6367145399670133), d__p52)
+    d2_d__p52_250 = torch.einsum("zui,u->zui", d2_d__p29, (weight[1168:1184].view(16) * 0.6367145399670133))
+    d2_weight_251 = torch.einsum("zui,zui->u", (d2_d__p29 * 0.6367145399670133), d__p52)
+    d2_d__p52_252 = torch.einsum("zui,u->zui", d2_d__p39, (weight[1520:1536].view(16) * 0.6367145399670133))
+    d2_weight_253 = torch.einsum("zui,zui->u", (d2_d__p39 * 0.6367145399670133), d__p52)
+    # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
+    d2_d__p52 = d2_d__p52_242 + d2_d__p52_244 + d2_d__p52_246 + d2_d__p52_248 + d2_d__p52_250 + d2_d__p52_252
+    _c157 = torch.einsum("zui,zuj->ziju", d2_d__p52, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p53 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c157)
+    # ∂/∂x4: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
+    _c158 = torch.einsum("zui,zuk->ziku", d2_d__p52, d__p53)
+    d2_x4_254 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c158)
+    d2_d_y_255 = d2_d__p53
+    d2_d__p54_256 = torch.einsum("zui,u->zui", d2_d__p7, (weight[336:352].view(16) * 0.5144957554275266))
+    d2_weight_257 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.5144957554275266), d__p54)
+    d2_d__p54_258 = torch.einsum("zui,u->zui", d2_d__p11, (weight[464:480].view(16) * 0.5144957554275266))
+    d2_weight_259 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.5144957554275266), d__p54)
+    d2_d__p54_260 = torch.einsum("zui,u->zui", d2_d__p15, (weight[704:720].view(16) * 0.5144957554275266))
+    d2_weight_261 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.5144957554275266), d__p54)
+    d2_d__p54_262 = torch.einsum("zui,u->zui", d2_d__p20, (weight[896:912].view(16) * 0.5144957554275266))
+    d2_weight_263 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.5144957554275266), d__p54)
+    d2_d__p54_264 = torch.einsum("zui,u->zui", d2_d__p29, (weight[1200:1216].view(16) * 0.5144957554275266))
+    d2_weight_265 = torch.einsum("zui,zui->u", (d2_d__p29 * 0.5144957554275266), d__p54)
+    d2_d__p54_266 = torch.einsum("zui,u->zui", d2_d__p39, (weight[1568:1584].view(16) * 0.5144957554275266))
+    d2_weight_267 = torch.einsum("zui,zui->u", (d2_d__p39 * 0.5144957554275266), d__p54)
+    # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
+    d2_d__p54 = d2_d__p54_256 + d2_d__p54_258 + d2_d__p54_260 + d2_d__p54_262 + d2_d__p54_264 + d2_d__p54_266
+    _c159 = torch.einsum("zui,zuj->ziju", d2_d__p54, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p55 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c159)
+    # ∂/∂x4: ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
+    _c160 = torch.einsum("zui,zuk->ziku", d2_d__p54, d__p55)
+    d2_x4_268 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c160)
+    d2_d_y_269 = d2_d__p55
+    d2_d__p56_270 = torch.einsum("zui,u->zui", d2_d__p9, (weight[352:368].view(16) * 0.8219949365267865))
+    d2_weight_271 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.8219949365267865), d__p56)
+    d2_d__p56_272 = torch.einsum("zui,u->zui", d2_d__p13, (weight[496:512].view(16) * 0.8219949365267865))
+    d2_weight_273 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.8219949365267865), d__p56)
+    d2_d__p56_274 = torch.einsum("zui,u->zui", d2_d__p19, (weight[752:768].view(16) * 0.8219949365267865))
+    d2_weight_275 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.8219949365267865), d__p56)
+    d2_d__p56_276 = torch.einsum("zui,u->zui", d2_d__p24, (weight[960:976].view(16) * 0.8219949365267865))
+    d2_weight_277 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.8219949365267865), d__p56)
+    d2_d__p56_278 = torch.einsum("zui,u->zui", d2_d__p31, (weight[1232:1248].view(16) * 0.8219949365267865))
+    d2_weight_279 = torch.einsum("zui,zui->u", (d2_d__p31 * 0.8219949365267865), d__p56)
+    d2_d__p56_280 = torch.einsum("zui,u->zui", d2_d__p36, (weight[1376:1392].view(16) * 0.8219949365267865))
+    d2_weight_281 = torch.einsum("zui,zui->u", (d2_d__p36 * 0.8219949365267865), d__p56)
+    # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
+    d2_d__p56 = d2_d__p56_270 + d2_d__p56_272 + d2_d__p56_274 + d2_d__p56_276 + d2_d__p56_278 + d2_d__p56_280
+    _c161 = torch.einsum("zui,zuj->ziju", d2_d__p56, x4[:, 0:16].reshape(n, 16, 1))
+    d2_d__p57 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c161)
+    # ∂/∂x4: ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
+    _c162 = torch.einsum("zui,zuk->ziku", d2_d__p56, d__p57)
+    d2_x4_282 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c162)
+    d2_d_y_283 = d2_d__p57
+    d2_d__p58_284 = torch.einsum("zui,u->zui", d2_d__p9, (weight[368:384].view(16) * 0.6642111641550714))
+    d2_weight_285 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.6642111641550714), d__p58)
+    d2_d__p58_286 = torch.einsum("zui,u->zui", d2_d__p13, (weight[544:560].view(16) * 0.6642111641550714))
+    d2_weight_287 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.6642111641550714), d__p58)
+    d2_d__p58_288 = torch.einsum("zui,u->zui", d2_d__p19, (weight[768:784].view(16) * 0.6642111641550714))
+    d2_weight_289 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.6642111641550714), d__p58)
+    d2_d__p58_290 = torch.einsum("zui,u->zui", d2_d__p24, (weight[1008:1024].view(16) * 0.6642111641550714))
+    d2_weight_291 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.6642111641550714), d__p58)
+    d2_d__p58_292 = torch.einsum("zui,u->zui", d2_d__p31, (weight[1264:1280].view(16) * 0.6642111641550714))
+    d2_weight_293 = torch.einsum("zui,zui->u", (d2_d__p31 * 0.6642111641550714), d__p58)
+    d2_d__p58_294 = torch.einsum("zui,u->zui", d2_d__p36, (weight[1408:1424].view(16) * 0.6642111641550714))
+    d2_weight_295 = torch.einsum("zui,zui->u", (d2_d__p36 * 0.6642111641550714), d__p58)
+    # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
+    d2_d__p58 = d2_d__p58_284 + d2_d__p58_286 + d2_d__p58_288 + d2_d__p58_290 + d2_d__p58_292 + d2_d__p58_294
+    _c163 = torch.einsum("zui,zuj->ziju", d2_d__p58, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p59 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c163)
+    # ∂/∂x4: ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
+    _c164 = torch.einsum("zui,zuk->ziku", d2_d__p58, d__p59)
+    d2_x4_296 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c164)
+    d2_d_y_297 = d2_d__p59
+    d2_d__p60_298 = torch.einsum("zui,u->zui", d2_d__p9, (weight[384:400].view(16) * 0.5773502691896257))
+    d2_weight_299 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.5773502691896257), d__p60)
+    d2_d__p60_300 = torch.einsum("zui,u->zui", d2_d__p13, (weight[592:608].view(16) * 0.5773502691896257))
+    d2_weight_301 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.5773502691896257), d__p60)
+    d2_d__p60_302 = torch.einsum("zui,u->zui", d2_d__p19, (weight[784:800].view(16) * 0.5773502691896257))
+    d2_weight_303 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.5773502691896257), d__p60)
+    d2_d__p60_304 = torch.einsum("zui,u->zui", d2_d__p24, (weight[1056:1072].view(16) * 0.5773502691896257))
+    d2_weight_305 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.5773502691896257), d__p60)
+    d2_d__p60_306 = torch.einsum("zui,u->zui", d2_d__p31, (weight[1296:1312].view(16) * 0.5773502691896257))
+    d2_weight_307 = torch.einsum("zui,zui->u", (d2_d__p31 * 0.5773502691896257), d__p60)
+    d2_d__p60_308 = torch.einsum("zui,u->zui", d2_d__p36, (weight[1440:1456].view(16) * 0.5773502691896257))
+    d2_weight_309 = torch.einsum("zui,zui->u", (d2_d__p36 * 0.5773502691896257), d__p60)
+    # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
+    d2_d__p60 = d2_d__p60_298 + d2_d__p60_300 + d2_d__p60_302 + d2_d__p60_304 + d2_d__p60_306 + d2_d__p60_308
+    _c165 = torch.einsum("zui,zuj->ziju", d2_d__p60, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p61 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c165)
+    # ∂/∂x4: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
+    _c166 = torch.einsum("zui,zuk->ziku", d2_d__p60, d__p61)
+    d2_x4_310 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c166)
+    d2_d_y_311 = d2_d__p61
+    d2_d__p62_312 = torch.einsum("zui,u->zui", d2_d__p9, (weight[400:416].view(16) * 0.8219949365267865))
+    d2_weight_313 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.8219949365267865), d__p62)
+    d2_d__p62_314 = torch.einsum("zui,u->zui", d2_d__p13, (weight[608:624].view(16) * 0.8219949365267865))
+    d2_weight_315 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.8219949365267865), d__p62)
+    d2_d__p62_316 = torch.einsum("zui,u->zui", d2_d__p19, (weight[800:816].view(16) * 0.8219949365267865))
+    d2_weight_317 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.8219949365267865), d__p62)
+    d2_d__p62_318 = torch.einsum("zui,u->zui", d2_d__p24, (weight[1072:1088].view(16) * 0.8219949365267865))
+    d2_weight_319 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.8219949365267865), d__p62)
+    d2_d__p62_320 = torch.einsum("zui,u->zui", d2_d__p31, (weight[1312:1328].view(16) * 0.8219949365267865))
+    d2_weight_321 = torch.einsum("zui,zui->u", (d2_d__p31 * 0.8219949365267865), d__p62)
+    d2_d__p62_322 = torch.einsum("zui,u->zui", d2_d__p36, (weight[1456:1472].view(16) * 0.8219949365267865))
+    d2_weight_323 = torch.einsum("zui,zui->u", (d2_d__p36 * 0.8219949365267865), d__p62)
+    # ∂/∂d__p63: ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
+    d2_d__p62 = d2_d__p62_312 + d2_d__p62_314 + d2_d__p62_316 + d2_d__p62_318 + d2_d__p62_320 + d2_d__p62_322
+    _c167 = torch.einsum("zui,zuj->ziju", d2_d__p62, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p63 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c167)
+    # ∂/∂x4: ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
+    _c168 = torch.einsum("zui,zuk->ziku", d2_d__p62, d__p63)
+    d2_x4_324 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c168)
+    d2_d_y_325 = d2_d__p63
+    d2_d__p64_326 = torch.einsum("zui,u->zui", d2_d__p14, (weight[528:544].view(16) * 0.5144957554275266))
+    d2_weight_327 = torch.einsum("zui,zui->u", (d2_d__p14 * 0.5144957554275266), d__p64)
+    d2_d__p64_328 = torch.einsum("zui,u->zui", d2_d__p25, (weight[992:1008].view(16) * 0.5144957554275266))
+    d2_weight_329 = torch.einsum("zui,zui->u", (d2_d__p25 * 0.5144957554275266), d__p64)
+    d2_d__p64_330 = torch.einsum("zui,u->zui", d2_d__p28, (weight[1104:1120].view(16) * 0.5144957554275266))
+    d2_weight_331 = torch.einsum("zui,zui->u", (d2_d__p28 * 0.5144957554275266), d__p64)
+    d2_d__p64_332 = torch.einsum("zui,u->zui", d2_d__p32, (weight[1248:1264].view(16) * 0.5144957554275266))
+    d2_weight_333 = torch.einsum("zui,zui->u", (d2_d__p32 * 0.5144957554275266), d__p64)
+    d2_d__p64_334 = torch.einsum("zui,u->zui", d2_d__p37, (weight[1392:1408].view(16) * 0.5144957554275266))
+    d2_weight_335 = torch.einsum("zui,zui->u", (d2_d__p37 * 0.5144957554275266), d__p64)
+    # ∂/∂d__p65: ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
+    d2_d__p64 = d2_d__p64_326 + d2_d__p64_328 + d2_d__p64_330 + d2_d__p64_332 + d2_d__p64_334
+    _c169 = torch.einsum("zui,zuj->ziju", d2_d__p64, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p65 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c169)
+    # ∂/∂x4: ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
+    _c170 = torch.einsum("zui,zuk->ziku", d2_d__p64, d__p65)
+    d2_x4_336 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c170)
+    d2_d_y_337 = d2_d__p65
+    d2_d__p66_338 = torch.einsum("zui,u->zui", d2_d__p14, (weight[576:592].view(16) * 0.6367145399670133))
+    d2_weight_339 = torch.einsum("zui,zui->u", (d2_d__p14 * 0.6367145399670133), d__p66)
+    d2_d__p66_340 = torch.einsum("zui,u->zui", d2_d__p25, (weight[1040:1056].view(16) * 0.6367145399670133))
+    d2_weight_341 = torch.einsum("zui,zui->u", (d2_d__p25 * 0.6367145399670133), d__p66)
+    d2_d__p66_342 = torch.einsum("zui,u->zui", d2_d__p28, (weight[1120:1136].view(16) * 0.6367145399670133))
+    d2_weight_343 = torch.einsum("zui,zui->u", (d2_d__p28 * 0.6367145399670133), d__p66)
+    d2_d__p66_344 = torch.einsum("zui,u->zui", d2_d__p32, (weight[1280:1296].view(16) * 0.6367145399670133))
+    d2_weight_345 = torch.einsum("zui,zui->u", (d2_d__p32 * 0.6367145399670133), d__p66)
+    d2_d__p66_346 = torch.einsum("zui,u->zui", d2_d__p37, (weight[1424:1440].view(16) * 0.6367145399670133))
+    d2_weight_347 = torch.einsum("zui,zui->u", (d2_d__p37 * 0.6367145399670133), d__p66)
+    # ∂/∂d__p67: ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
+    d2_d__p66 = d2_d__p66_338 + d2_d__p66_340 + d2_d__p66_342 + d2_d__p66_344 + d2_d__p66_346
+    _c171 = torch.einsum("zui,zuj->ziju", d2_d__p66, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p67 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c171)
+    # ∂/∂x4: ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
+    _c172 = torch.einsum("zui,zuk->ziku", d2_d__p66, d__p67)
+    d2_x4_348 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c172)
+    d2_d_y_349 = d2_d__p67
+    d2_d__p68_350 = torch.einsum("zui,u->zui", d2_d__p16, (weight[672:688].view(16) * 0.8219949365267865))
+    d2_weight_351 = torch.einsum("zui,zui->u", (d2_d__p16 * 0.8219949365267865), d__p68)
+    d2_d__p68_352 = torch.einsum("zui,u->zui", d2_d__p21, (weight[864:880].view(16) * 0.8219949365267865))
+    d2_weight_353 = torch.einsum("zui,zui->u", (d2_d__p21 * 0.8219949365267865), d__p68)
+    d2_d__p68_354 = torch.einsum("zui,u->zui", d2_d__p30, (weight[1184:1200].view(16) * 0.8219949365267865))
+    d2_weight_355 = torch.einsum("zui,zui->u", (d2_d__p30 * 0.8219949365267865), d__p68)
+    d2_d__p68_356 = torch.einsum("zui,u->zui", d2_d__p35, (weight[1344:1360].view(16) * 0.8219949365267865))
+    d2_weight_357 = torch.einsum("zui,zui->u", (d2_d__p35 * 0.8219949365267865), d__p68)
+    d2_d__p68_358 = torch.einsum("zui,u->zui", d2_d__p40, (weight[1536:1552].view(16) * 0.8219949365267865))
+    d2_weight_359 = torch.einsum("zui,zui->u", (d2_d__p40 * 0.8219949365267865), d__p68)
+    # ∂/∂d__p69: ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
+    d2_d__p68 = d2_d__p68_350 + d2_d__p68_352 + d2_d__p68_354 + d2_d__p68_356 + d2_d__p68_358
+    _c173 = torch.einsum("zui,zuj->ziju", d2_d__p68, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p69 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c173)
+    # ∂/∂x4: ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
+    _c174 = torch.einsum("zui,zuk->ziku", d2_d__p68, d__p69)
+    d2_x4_360 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c174)
+    d2_d_y_361 = d2_d__p69
+    d2_d__p70_362 = torch.einsum("zui,u->zui", d2_d__p17, (weight[688:704].view(16) * 0.9725975251592747))
+    d2_weight_363 = torch.einsum("zui,zui->u", (d2_d__p17 * 0.9725975251592747), d__p70)
+    d2_d__p70_364 = torch.einsum("zui,u->zui", d2_d__p22, (weight[880:896].view(16) * 0.9725975251592747))
+    d2_weight_365 = torch.einsum("zui,zui->u", (d2_d__p22 * 0.9725975251592747), d__p70)
+    d2_d__p70_366 = torch.einsum("zui,u->zui", d2_d__p41, (weight[1552:1568].view(16) * 0.9725975251592747))
+    d2_weight_367 = torch.einsum("zui,zui->u", (d2_d__p41 * 0.9725975251592747), d__p70)
+    # ∂/∂d__p71: ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
+    d2_d__p70 = d2_d__p70_362 + d2_d__p70_364 + d2_d__p70_366
+    _c175 = torch.einsum("zui,zuj->ziju", d2_d__p70, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p71 = torch.einsum("ijk,ziju->zuk", cg_3_1_2, _c175)
+    # ∂/∂x4: ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
+    _c176 = torch.einsum("zui,zuk->ziku", d2_d__p70, d__p71)
+    d2_x4_368 = torch.einsum("ijk,ziku->zuj", cg_3_1_2, _c176)
+    d2_d_y_369 = d2_d__p71
+    d2_d__p72_370 = torch.einsum("zui,u->zui", d2_d__p16, (weight[720:736].view(16) * 0.6642111641550714))
+    d2_weight_371 = torch.einsum("zui,zui->u", (d2_d__p16 * 0.6642111641550714), d__p72)
+    d2_d__p72_372 = torch.einsum("zui,u->zui", d2_d__p21, (weight[912:928].view(16) * 0.6642111641550714))
+    d2_weight_373 = torch.einsum("zui,zui->u", (d2_d__p21 * 0.6642111641550714), d__p72)
+    d2_d__p72_374 = torch.einsum("zui,u->zui", d2_d__p30, (weight[1216:1232].view(16) * 0.6642111641550714))
+    d2_weight_375 = torch.einsum("zui,zui->u", (d2_d__p30 * 0.6642111641550714), d__p72)
+    d2_d__p72_376 = torch.einsum("zui,u->zui", d2_d__p35, (weight[1360:1376].view(16) * 0.6642111641550714))
+    d2_weight_377 = torch.einsum("zui,zui->u", (d2_d__p35 * 0.6642111641550714), d__p72)
+    d2_d__p72_378 = torch.einsum("zui,u->zui", d2_d__p40, (weight[1584:1600].view(16) * 0.6642111641550714))
+    d2_weight_379 = torch.einsum("zui,zui->u", (d2_d__p40 * 0.6642111641550714), d__p72)
+    # ∂/∂d__p73: ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
+    d2_d__p72 = d2_d__p72_370 + d2_d__p72_372 + d2_d__p72_374 + d2_d__p72_376 + d2_d__p72_378
+    _c177 = torch.einsum("zui,zuj->ziju", d2_d__p72, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p73 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c177)
+    # ∂/∂x4: ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
+    _c178 = torch.einsum("zui,zuk->ziku", d2_d__p72, d__p73)
+    d2_x4_380 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c178)
+    d2_d_y_381 = d2_d__p73
+    d2_d__p74_382 = torch.einsum("zui,u->zui", d2_d__p17, (weight[736:752].view(16) * 0.7859052479933758))
+    d2_weight_383 = torch.einsum("zui,zui->u", (d2_d__p17 * 0.7859052479933758), d__p74)
+    d2_d__p74_384 = torch.einsum("zui,u->zui", d2_d__p22, (weight[928:944].view(16) * 0.7859052479933758))
+    d2_weight_385 = torch.einsum("zui,zui->u", (d2_d__p22 * 0.7859052479933758), d__p74)
+    d2_d__p74_386 = torch.einsum("zui,u->zui", d2_d__p41, (weight[1600:1616].view(16) * 0.7859052479933758))
+    d2_weight_387 = torch.einsum("zui,zui->u", (d2_d__p41 * 0.7859052479933758), d__p74)
+    # ∂/∂d__p75: ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
+    d2_d__p74 = d2_d__p74_382 + d2_d__p74_384 + d2_d__p74_386
+    _c179 = torch.einsum("zui,zuj->ziju", d2_d__p74, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p75 = torch.einsum("ijk,ziju->zuk", cg_3_2_1, _c179)
+    # ∂/∂x4: ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
+    _c180 = torch.einsum("zui,zuk->ziku", d2_d__p74, d__p75)
+    d2_x4_388 = torch.einsum("ijk,ziku->zuj", cg_3_2_1, _c180)
+    d2_d_y_389 = d2_d__p75
+    d2_d__p76_390 = torch.einsum("zui,u->zui", d2_d__p26, (weight[1088:1104].view(16) * 0.9725975251592747))
+    d2_weight_391 = torch.einsum("zui,zui->u", (d2_d__p26 * 0.9725975251592747), d__p76)
+    d2_d__p76_392 = torch.einsum("zui,u->zui", d2_d__p33, (weight[1328:1344].view(16) * 0.9725975251592747))
+    d2_weight_393 = torch.einsum("zui,zui->u", (d2_d__p33 * 0.9725975251592747), d__p76)
+    d2_d__p76_394 = torch.einsum("zui,u->zui", d2_d__p38, (weight[1472:1488].view(16) * 0.9725975251592747))
+    d2_weight_395 = torch.einsum("zui,zui->u", (d2_d__p38 * 0.9725975251592747), d__p76)
+    # ∂/∂d__p77: ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
+    d2_d__p76 = d2_d__p76_390 + d2_d__p76_392 + d2_d__p76_394
+    _c181 = torch.einsum("zui,zuj->ziju", d2_d__p76, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p77 = torch.einsum("ijk,ziju->zuk", cg_3_2_2, _c181)
+    # ∂/∂x4: ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
+    _c182 = torch.einsum("zui,zuk->ziku", d2_d__p76, d__p77)
+    d2_x4_396 = torch.einsum("ijk,ziku->zuj", cg_3_2_2, _c182)
+    d2_d_y_397 = d2_d__p77
+    d2_x1 = weight.new_zeros(n, 144)
+    d2_x2 = torch.cat([
+        (d2_x2_115 + d2_x2_124 + d2_x2_142).reshape(n, 16),
+        (d2_x2_118 + d2_x2_127 + d2_x2_130 + d2_x2_133 + d2_x2_145 + d2_x2_148).reshape(n, 48),
+        (d2_x2_121 + d2_x2_136 + d2_x2_139 + d2_x2_151 + d2_x2_154 + d2_x2_157).reshape(n, 80),
+    ], dim=-1)
+    d2_x3 = torch.cat([
+        (d2_x3_159 + d2_x3_162 + d2_x3_169 + d2_x3_177 + d2_x3_183).reshape(n, 16),
+        (d2_x3_160 + d2_x3_163 + d2_x3_164 + d2_x3_165 + d2_x3_170 + d2_x3_171 + d2_x3_172 + d2_x3_178 + d2_x3_179 + d2_x3_184 + d2_x3_185 + d2_x3_186).reshape(n, 48),
+        (d2_x3_161 + d2_x3_166 + d2_x3_167 + d2_x3_168 + d2_x3_173 + d2_x3_174 + d2_x3_175 + d2_x3_176 + d2_x3_180 + d2_x3_181 + d2_x3_182 + d2_x3_187 + d2_x3_188 + d2_x3_189).reshape(n, 80),
+    ], dim=-1)
+    d2_x4 = torch.cat([
+        (d2_x4_196 + d2_x4_226 + d2_x4_282).reshape(n, 16),
+        (d2_x4_204 + d2_x4_240 + d2_x4_254 + d2_x4_296 + d2_x4_336 + d2_x4_360 + d2_x4_368).reshape(n, 48),
+        (d2_x4_212 + d2_x4_268 + d2_x4_310 + d2_x4_324 + d2_x4_348 + d2_x4_380 + d2_x4_388 + d2_x4_396).reshape(n, 80),
+    ], dim=-1)
+    d2_d_y = torch.cat([
+        (d2_d_y_197 + d2_d_y_241 + d2_d_y_311).reshape(n, 16),
+        (d2_d_y_205 + d2_d_y_227 + d2_d_y_269 + d2_d_y_297 + d2_d_y_337 + d2_d_y_381 + d2_d_y_389).reshape(n, 48),
+        (d2_d_y_213 + d2_d_y_255 + d2_d_y_283 + d2_d_y_325 + d2_d_y_349 + d2_d_y_361 + d2_d_y_369 + d2_d_y_397).reshape(n, 80),
+    ], dim=-1)
+    d2_weight = torch.cat([
+        d2_weight_116.reshape(16),
+        d2_weight_119.reshape(16),
+        d2_weight_122.reshape(16),
+        d2_weight_125.reshape(16),
+        d2_weight_128.reshape(16),
+        d2_weight_131.reshape(16),
+        d2_weight_134.reshape(16),
+        d2_weight_137.reshape(16),
+        d2_weight_140.reshape(16),
+        d2_weight_143.reshape(16),
+        d2_weight_146.reshape(16),
+        d2_weight_149.reshape(16),
+        d2_weight_152.reshape(16),
+        d2_weight_155.reshape(16),
+        d2_weight_158.reshape(16),
+        d2_weight_191.reshape(16),
+        d2_weight_199.reshape(16),
+        d2_weight_207.reshape(16),
+        d2_weight_215.reshape(16),
+        d2_weight_229.reshape(16),
+        d2_weight_243.reshape(16),
+        d2_weight_257.reshape(16),
+        d2_weight_271.reshape(16),
+        d2_weight_285.reshape(16),
+        d2_weight_299.reshape(16),
+        d2_weight_313.reshape(16),
+        d2_weight_217.reshape(16),
+        d2_weight_231.reshape(16),
+        d2_weight_245.reshape(16),
+        d2_weight_259.reshape(16),
+        d2_weight_193.reshape(16),
+        d2_weight_273.reshape(16),
+        d2_weight_201.reshape(16),
+        d2_weight_327.reshape(16),
+        d2_weight_287.reshape(16),
+        d2_weight_209.reshape(16),
+        d2_weight_339.reshape(16),
+        d2_weight_301.reshape(16),
+        d2_weight_315.reshape(16),
+        d2_weight_219.reshape(16),
+        d2_weight_233.reshape(16),
+        d2_weight_247.reshape(16),
+        d2_weight_351.reshape(16),
+        d2_weight_363.reshape(16),
+        d2_weight_261.reshape(16),
+        d2_weight_371.reshape(16),
+        d2_weight_383.reshape(16),
+        d2_weight_275.reshape(16),
+        d2_weight_289.reshape(16),
+        d2_weight_303.reshape(16),
+        d2_weight_317.reshape(16),
+        d2_weight_221.reshape(16),
+        d2_weight_235.reshape(16),
+        d2_weight_249.reshape(16),
+        d2_weight_353.reshape(16),
+        d2_weight_365.reshape(16),
+        d2_weight_263.reshape(16),
+        d2_weight_373.reshape(16),
+        d2_weight_385.reshape(16),
+        d2_weight_195.reshape(16),
+        d2_weight_277.reshape(16),
+        d2_weight_203.reshape(16),
+        d2_weight_329.reshape(16),
+        d2_weight_291.reshape(16),
+        d2_weight_211.reshape(16),
+        d2_weight_341.reshape(16),
+        d2_weight_305.reshape(16),
+        d2_weight_319.reshape(16),
+        d2_weight_391.reshape(16),
+        d2_weight_331.reshape(16),
+        d2_weight_343.reshape(16),
+        d2_weight_223.reshape(16),
+        d2_weight_237.reshape(16),
+        d2_weight_251.reshape(16),
+        d2_weight_355.reshape(16),
+        d2_weight_265.reshape(16),
+        d2_weight_375.reshape(16),
+        d2_weight_279.reshape(16),
+        d2_weight_333.reshape(16),
+        d2_weight_293.reshape(16),
+        d2_weight_345.reshape(16),
+        d2_weight_307.reshape(16),
+        d2_weight_321.reshape(16),
+        d2_weight_393.reshape(16),
+        d2_weight_357.reshape(16),
+        d2_weight_377.reshape(16),
+        d2_weight_281.reshape(16),
+        d2_weight_335.reshape(16),
+        d2_weight_295.reshape(16),
+        d2_weight_347.reshape(16),
+        d2_weight_309.reshape(16),
+        d2_weight_323.reshape(16),
+        d2_weight_395.reshape(16),
+        d2_weight_225.reshape(16),
+        d2_weight_239.reshape(16),
+        d2_weight_253.reshape(16),
+        d2_weight_359.reshape(16),
+        d2_weight_367.reshape(16),
+        d2_weight_267.reshape(16),
+        d2_weight_379.reshape(16),
+        d2_weight_387.reshape(16),
+    ], dim=-1)
+    return [d2_x1, d2_x2, d2_x3, d2_x4, d2_d_y, d2_weight]
+
+
+def _fusion_block_d2_x2(
+    x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, x4: torch.Tensor,
+    d_y: torch.Tensor, d2_d_x2: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor,
+    cg_1_2_3: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor,
+    cg_2_1_3: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
+    cg_2_2_3: torch.Tensor, cg_3_1_2: torch.Tensor, cg_3_2_1: torch.Tensor, cg_3_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fusion_block_d for the cotangent of d_x2: x1 (n, 144), x2 (n, 144), x3 (n, 144), x4 (n, 144), d_y (n, 144), d2_d_x2 (n, 144) -> d2_x1 (n, 144), d2_x2 (n, 144), d2_x3 (n, 144), d2_x4 (n, 144), d2_d_y (n, 144), d2_weight (1616,)."""
+    n = x1.shape[0]
+    d__p77 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
+    _c0 = torch.einsum("zuk,zuj->zjku", d__p77, x4[:, 64:144].reshape(n, 16, 5))
+    d__p76 = torch.einsum("ijk,zjku->zui", cg_3_2_2, _c0)
+    d__p38 = torch.einsum("zui,u->zui", d__p76, (weight[1472:1488].view(16) * 0.9725975251592747))
+    d__p33 = torch.einsum("zui,u->zui", d__p76, (weight[1328:1344].view(16) * 0.9725975251592747))
+    d__p26 = torch.einsum("zui,u->zui", d__p76, (weight[1088:1104].view(16) * 0.9725975251592747))
+    d__p75 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
+    _c1 = torch.einsum("zuk,zuj->zjku", d__p75, x4[:, 64:144].reshape(n, 16, 5))
+    d__p74 = torch.einsum("ijk,zjku->zui", cg_3_2_1, _c1)
+    d__p41_0 = torch.einsum("zui,u->zui", d__p74, (weight[1600:1616].view(16) * 0.7859052479933758))
+    d__p22_1 = torch.einsum("zui,u->zui", d__p74, (weight[928:944].view(16) * 0.7859052479933758))
+    d__p17_2 = torch.einsum("zui,u->zui", d__p74, (weight[736:752].view(16) * 0.7859052479933758))
+    d__p73 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
+    _c2 = torch.einsum("zuk,zuj->zjku", d__p73, x4[:, 64:144].reshape(n, 16, 5))
+    d__p72 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c2)
+    d__p40_3 = torch.einsum("zui,u->zui", d__p72, (weight[1584:1600].view(16) * 0.6642111641550714))
+    d__p35_4 = torch.einsum("zui,u->zui", d__p72, (weight[1360:1376].view(16) * 0.6642111641550714))
+    d__p30_5 = torch.einsum("zui,u->zui", d__p72, (weight[1216:1232].view(16) * 0.6642111641550714))
+    d__p21_6 = torch.einsum("zui,u->zui", d__p72, (weight[912:928].view(16) * 0.6642111641550714))
+    d__p16_7 = torch.einsum("zui,u->zui", d__p72, (weight[720:736].view(16) * 0.6642111641550714))
+    d__p71 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
+    _c3 = torch.einsum("zuk,zuj->zjku", d__p71, x4[:, 16:64].reshape(n, 16, 3))
+    d__p70 = torch.einsum("ijk,zjku->zui", cg_3_1_2, _c3)
+    d__p41_8 = torch.einsum("zui,u->zui", d__p70, (weight[1552:1568].view(16) * 0.9725975251592747))
+    d__p22_9 = torch.einsum("zui,u->zui", d__p70, (weight[880:896].view(16) * 0.9725975251592747))
+    d__p17_10 = torch.einsum("zui,u->zui", d__p70, (weight[688:704].view(16) * 0.9725975251592747))
+    d__p69 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
+    _c4 = torch.einsum("zuk,zuj->zjku", d__p69, x4[:, 16:64].reshape(n, 16, 3))
+    d__p68 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c4)
+    d__p40_11 = torch.einsum("zui,u->zui", d__p68, (weight[1536:1552].view(16) * 0.8219949365267865))
+    d__p35_12 = torch.einsum("zui,u->zui", d__p68, (weight[1344:1360].view(16) * 0.8219949365267865))
+    d__p30_13 = torch.einsum("zui,u->zui", d__p68, (weight[1184:1200].view(16) * 0.8219949365267865))
+    d__p21_14 = torch.einsum("zui,u->zui", d__p68, (weight[864:880].view(16) * 0.8219949365267865))
+    d__p16_15 = torch.einsum("zui,u->zui", d__p68, (weight[672:688].view(16) * 0.8219949365267865))
+    d__p67 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
+    _c5 = torch.einsum("zuk,zuj->zjku", d__p67, x4[:, 64:144].reshape(n, 16, 5))
+    d__p66 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c5)
+    d__p37_16 = torch.einsum("zui,u->zui", d__p66, (weight[1424:1440].view(16) * 0.6367145399670133))
+    d__p32_17 = torch.einsum("zui,u->zui", d__p66, (weight[1280:1296].view(16) * 0.6367145399670133))
+    d__p28_18 = torch.einsum("zui,u->zui", d__p66, (weight[1120:1136].view(16) * 0.6367145399670133))
+    d__p25_19 = torch.einsum("zui,u->zui", d__p66, (weight[1040:1056].view(16) * 0.6367145399670133))
+    d__p14_20 = torch.einsum("zui,u->zui", d__p66, (weight[576:592].view(16) * 0.6367145399670133))
+    d__p65 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
+    _c6 = torch.einsum("zuk,zuj->zjku", d__p65, x4[:, 16:64].reshape(n, 16, 3))
+    d__p64 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c6)
+    d__p37_21 = torch.einsum("zui,u->zui", d__p64, (weight[1392:1408].view(16) * 0.5144957554275266))
+    d__p32_22 = torch.einsum("zui,u->zui", d__p64, (weight[1248:1264].view(16) * 0.5144957554275266))
+    d__p28_23 = torch.einsum("zui,u->zui", d__p64, (weight[1104:1120].view(16) * 0.5144957554275266))
+    d__p25_24 = torch.einsum("zui,u->zui", d__p64, (weight[992:1008].view(16) * 0.5144957554275266))
+    d__p14_25 = torch.einsum("zui,u->zui", d__p64, (weight[528:544].view(16) * 0.5144957554275266))
+    d__p63 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
+    _c7 = torch.einsum("zuk,zuj->zjku", d__p63, x4[:, 64:144].reshape(n, 16, 5))
+    d__p62 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c7)
+    d__p36_26 = torch.einsum("zui,u->zui", d__p62, (weight[1456:1472].view(16) * 0.8219949365267865))
+    d__p31_27 = torch.einsum("zui,u->zui", d__p62, (weight[1312:1328].view(16) * 0.8219949365267865))
+    d__p24_28 = torch.einsum("zui,u->zui", d__p62, (weight[1072:1088].view(16) * 0.8219949365267865))
+    d__p19_29 = torch.einsum("zui,u->zui", d__p62, (weight[800:816].view(16) * 0.8219949365267865))
+    d__p13_30 = torch.einsum("zui,u->zui", d__p62, (weight[608:624].view(16) * 0.8219949365267865))
+    d__p9_31 = torch.einsum("zui,u->zui", d__p62, (weight[400:416].view(16) * 0.8219949365267865))
+    d__p61 = d_y[:, 0:16].reshape(n, 16, 1)
+    # ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
+    _c8 = torch.einsum("zuk,zuj->zjku", d__p61, x4[:, 64:144].reshape(n, 16, 5))
+    d__p60 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c8)
+    d__p36_32 = torch.einsum("zui,u->zui", d__p60, (weight[1440:1456].view(16) * 0.5773502691896257))
+    d__p31_33 = torch.einsum("zui,u->zui", d__p60, (weight[1296:1312].view(16) * 0.5773502691896257))
+    d__p24_34 = torch.einsum("zui,u->zui", d__p60, (weight[1056:1072].view(16) * 0.5773502691896257))
+    d__p19_35 = torch.einsum("zui,u->zui", d__p60, (weight[784:800].view(16) * 0.5773502691896257))
+    d__p13_36 = torch.einsum("zui,u->zui", d__p60, (weight[592:608].view(16) * 0.5773502691896257))
+    d__p9_37 = torch.einsum("zui,u->zui", d__p60, (weight[384:400].view(16) * 0.5773502691896257))
+    d__p59 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
+    _c9 = torch.einsum("zuk,zuj->zjku", d__p59, x4[:, 16:64].reshape(n, 16, 3))
+    d__p58 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c9)
+    d__p36_38 = torch.einsum("zui,u->zui", d__p58, (weight[1408:1424].view(16) * 0.6642111641550714))
+    d__p31_39 = torch.einsum("zui,u->zui", d__p58, (weight[1264:1280].view(16) * 0.6642111641550714))
+    d__p24_40 = torch.einsum("zui,u->zui", d__p58, (weight[1008:1024].view(16) * 0.6642111641550714))
+    d__p19_41 = torch.einsum("zui,u->zui", d__p58, (weight[768:784].view(16) * 0.6642111641550714))
+    d__p13_42 = torch.einsum("zui,u->zui", d__p58, (weight[544:560].view(16) * 0.6642111641550714))
+    d__p9_43 = torch.einsum("zui,u->zui", d__p58, (weight[368:384].view(16) * 0.6642111641550714))
+    d__p57 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
+    _c10 = torch.einsum("zuk,zuj->zjku", d__p57, x4[:, 0:16].reshape(n, 16, 1))
+    d__p56 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c10)
+    d__p36_44 = torch.einsum("zui,u->zui", d__p56, (weight[1376:1392].view(16) * 0.8219949365267865))
+    d__p31_45 = torch.einsum("zui,u->zui", d__p56, (weight[1232:1248].view(16) * 0.8219949365267865))
+    d__p24_46 = torch.einsum("zui,u->zui", d__p56, (weight[960:976].view(16) * 0.8219949365267865))
+    d__p19_47 = torch.einsum("zui,u->zui", d__p56, (weight[752:768].view(16) * 0.8219949365267865))
+    d__p13_48 = torch.einsum("zui,u->zui", d__p56, (weight[496:512].view(16) * 0.8219949365267865))
+    d__p9_49 = torch.einsum("zui,u->zui", d__p56, (weight[352:368].view(16) * 0.8219949365267865))
+    d__p55 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
+    _c11 = torch.einsum("zuk,zuj->zjku", d__p55, x4[:, 64:144].reshape(n, 16, 5))
+    d__p54 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c11)
+    d__p39_50 = torch.einsum("zui,u->zui", d__p54, (weight[1568:1584].view(16) * 0.5144957554275266))
+    d__p29_51 = torch.einsum("zui,u->zui", d__p54, (weight[1200:1216].view(16) * 0.5144957554275266))
+    d__p20_52 = torch.einsum("zui,u->zui", d__p54, (weight[896:912].view(16) * 0.5144957554275266))
+    d__p15_53 = torch.einsum("zui,u->zui", d__p54, (weight[704:720].view(16) * 0.5144957554275266))
+    d__p11_54 = torch.einsum("zui,u->zui", d__p54, (weight[464:480].view(16) * 0.5144957554275266))
+    d__p7_55 = torch.einsum("zui,u->zui", d__p54, (weight[336:352].view(16) * 0.5144957554275266))
+    d__p53 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
+    _c12 = torch.einsum("zuk,zuj->zjku", d__p53, x4[:, 16:64].reshape(n, 16, 3))
+    d__p52 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c12)
+    d__p39_56 = torch.einsum("zui,u->zui", d__p52, (weight[1520:1536].view(16) * 0.6367145399670133))
+    d__p29_57 = torch.einsum("zui,u->zui", d__p52, (weight[1168:1184].view(16) * 0.6367145399670133))
+    d__p20_58 = torch.einsum("zui,u->zui", d__p52, (weight[848:864].view(16) * 0.6367145399670133))
+    d__p15_59 = torch.einsum("zui,u->zui", d__p52, (weight[656:672].view(16) * 0.6367145399670133))
+    d__p11_60 = torch.einsum("zui,u->zui", d__p52, (weight[448:464].view(16) * 0.6367145399670133))
+    d__p7_61 = torch.einsum("zui,u->zui", d__p52, (weight[320:336].view(16) * 0.6367145399670133))
+    d__p51 = d_y[:, 0:16].reshape(n, 16, 1)
+    # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
+    _c13 = torch.einsum("zuk,zuj->zjku", d__p51, x4[:, 16:64].reshape(n, 16, 3))
+    d__p50 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c13)
+    d__p39_62 = torch.einsum("zui,u->zui", d__p50, (weight[1504:1520].view(16) * 0.4472135954999579))
+    d__p29_63 = torch.einsum("zui,u->zui", d__p50, (weight[1152:1168].view(16) * 0.4472135954999579))
+    d__p20_64 = torch.einsum("zui,u->zui", d__p50, (weight[832:848].view(16) * 0.4472135954999579))
+    d__p15_65 = torch.einsum("zui,u->zui", d__p50, (weight[640:656].view(16) * 0.4472135954999579))
+    d__p11_66 = torch.einsum("zui,u->zui", d__p50, (weight[432:448].view(16) * 0.4472135954999579))
+    d__p7_67 = torch.einsum("zui,u->zui", d__p50, (weight[304:320].view(16) * 0.4472135954999579))
+    d__p49 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
+    _c14 = torch.einsum("zuk,zuj->zjku", d__p49, x4[:, 0:16].reshape(n, 16, 1))
+    d__p48 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c14)
+    d__p39_68 = torch.einsum("zui,u->zui", d__p48, (weight[1488:1504].view(16) * 0.5144957554275266))
+    d__p29_69 = torch.einsum("zui,u->zui", d__p48, (weight[1136:1152].view(16) * 0.5144957554275266))
+    d__p20_70 = torch.einsum("zui,u->zui", d__p48, (weight[816:832].view(16) * 0.5144957554275266))
+    d__p15_71 = torch.einsum("zui,u->zui", d__p48, (weight[624:640].view(16) * 0.5144957554275266))
+    d__p11_72 = torch.einsum("zui,u->zui", d__p48, (weight[416:432].view(16) * 0.5144957554275266))
+    d__p7_73 = torch.einsum("zui,u->zui", d__p48, (weight[288:304].view(16) * 0.5144957554275266))
+    d__p47 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
+    _c15 = torch.einsum("zuk,zuj->zjku", d__p47, x4[:, 64:144].reshape(n, 16, 5))
+    d__p46 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c15)
+    d__p23_74 = torch.einsum("zui,u->zui", d__p46, (weight[1024:1040].view(16) * 0.36760731104690386))
+    d__p12_75 = torch.einsum("zui,u->zui", d__p46, (weight[560:576].view(16) * 0.36760731104690386))
+    d__p2_76 = torch.einsum("zui,u->zui", d__p46, (weight[272:288].view(16) * 0.36760731104690386))
+    d__p45 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
+    _c16 = torch.einsum("zuk,zuj->zjku", d__p45, x4[:, 16:64].reshape(n, 16, 3))
+    d__p44 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c16)
+    d__p23_77 = torch.einsum("zui,u->zui", d__p44, (weight[976:992].view(16) * 0.2970442628930023))
+    d__p12_78 = torch.einsum("zui,u->zui", d__p44, (weight[512:528].view(16) * 0.2970442628930023))
+    d__p2_79 = torch.einsum("zui,u->zui", d__p44, (weight[256:272].view(16) * 0.2970442628930023))
+    d__p43 = d_y[:, 0:16].reshape(n, 16, 1)
+    # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
+    _c17 = torch.einsum("zuk,zuj->zjku", d__p43, x4[:, 0:16].reshape(n, 16, 1))
+    d__p42 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c17)
+    d__p23_80 = torch.einsum("zui,u->zui", d__p42, (weight[944:960].view(16) * 0.2581988897471611))
+    d__p12_81 = torch.einsum("zui,u->zui", d__p42, (weight[480:496].view(16) * 0.2581988897471611))
+    d__p2_82 = torch.einsum("zui,u->zui", d__p42, (weight[240:256].view(16) * 0.2581988897471611))
+    # ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
+    d__p41 = d__p41_0 + d__p41_8
+    _c18 = torch.einsum("zuk,zuj->zjku", d__p41, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_83 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c18)
+    # ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
+    d__p40 = d__p40_3 + d__p40_11
+    _c19 = torch.einsum("zuk,zuj->zjku", d__p40, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_84 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c19)
+    # ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
+    d__p39 = d__p39_50 + d__p39_56 + d__p39_62 + d__p39_68
+    _c20 = torch.einsum("zuk,zuj->zjku", d__p39, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_85 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c20)
+    # ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
+    _c21 = torch.einsum("zuk,zuj->zjku", d__p38, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_86 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c21)
+    # ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
+    d__p37 = d__p37_16 + d__p37_21
+    _c22 = torch.einsum("zuk,zuj->zjku", d__p37, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_87 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c22)
+    # ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
+    d__p36 = d__p36_26 + d__p36_32 + d__p36_38 + d__p36_44
+    _c23 = torch.einsum("zuk,zuj->zjku", d__p36, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_88 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c23)
+    # ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
+    d__p35 = d__p35_4 + d__p35_12
+    _c24 = torch.einsum("zuk,zuj->zjku", d__p35, x3[:, 0:16].reshape(n, 16, 1))
+    d_t_89 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c24)
+    # ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
+    _c25 = torch.einsum("zuk,zuj->zjku", d__p33, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_90 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c25)
+    # ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
+    d__p32 = d__p32_17 + d__p32_22
+    _c26 = torch.einsum("zuk,zuj->zjku", d__p32, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_91 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c26)
+    # ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
+    d__p31 = d__p31_27 + d__p31_33 + d__p31_39 + d__p31_45
+    _c27 = torch.einsum("zuk,zuj->zjku", d__p31, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_92 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c27)
+    # ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
+    d__p30 = d__p30_5 + d__p30_13
+    _c28 = torch.einsum("zuk,zuj->zjku", d__p30, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_93 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c28)
+    # ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
+    d__p29 = d__p29_51 + d__p29_57 + d__p29_63 + d__p29_69
+    _c29 = torch.einsum("zuk,zuj->zjku", d__p29, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_94 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c29)
+    # ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
+    d__p28 = d__p28_18 + d__p28_23
+    _c30 = torch.einsum("zuk,zuj->zjku", d__p28, x3[:, 0:16].reshape(n, 16, 1))
+    d_t_95 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c30)
+    # ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
+    _c31 = torch.einsum("zuk,zuj->zjku", d__p26, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_96 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c31)
+    # ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
+    d__p25 = d__p25_19 + d__p25_24
+    _c32 = torch.einsum("zuk,zuj->zjku", d__p25, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_97 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c32)
+    # ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
+    d__p24 = d__p24_28 + d__p24_34 + d__p24_40 + d__p24_46
+    _c33 = torch.einsum("zuk,zuj->zjku", d__p24, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_98 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c33)
+    # ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
+    d__p23 = d__p23_74 + d__p23_77 + d__p23_80
+    _c34 = torch.einsum("zuk,zuj->zjku", d__p23, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_99 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c34)
+    # ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
+    d__p22 = d__p22_1 + d__p22_9
+    _c35 = torch.einsum("zuk,zuj->zjku", d__p22, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_100 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c35)
+    # ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
+    d__p21 = d__p21_6 + d__p21_14
+    _c36 = torch.einsum("zuk,zuj->zjku", d__p21, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_101 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c36)
+    # ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
+    d__p20 = d__p20_52 + d__p20_58 + d__p20_64 + d__p20_70
+    _c37 = torch.einsum("zuk,zuj->zjku", d__p20, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_102 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c37)
+    # ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
+    d__p19 = d__p19_29 + d__p19_35 + d__p19_41 + d__p19_47
+    _c38 = torch.einsum("zuk,zuj->zjku", d__p19, x3[:, 0:16].reshape(n, 16, 1))
+    d_t_103 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c38)
+    # ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
+    d__p17 = d__p17_2 + d__p17_10
+    _c39 = torch.einsum("zuk,zuj->zjku", d__p17, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_104 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c39)
+    # ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
+    d__p16 = d__p16_7 + d__p16_15
+    _c40 = torch.einsum("zuk,zuj->zjku", d__p16, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_105 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c40)
+    # ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
+    d__p15 = d__p15_53 + d__p15_59 + d__p15_65 + d__p15_71
+    _c41 = torch.einsum("zuk,zuj->zjku", d__p15, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_106 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c41)
+    # ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
+    d__p14 = d__p14_20 + d__p14_25
+    _c42 = torch.einsum("zuk,zuj->zjku", d__p14, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_107 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c42)
+    # ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
+    d__p13 = d__p13_30 + d__p13_36 + d__p13_42 + d__p13_48
+    _c43 = torch.einsum("zuk,zuj->zjku", d__p13, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_108 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c43)
+    # ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
+    d__p12 = d__p12_75 + d__p12_78 + d__p12_81
+    _c44 = torch.einsum("zuk,zuj->zjku", d__p12, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_109 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c44)
+    # ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
+    d__p11 = d__p11_54 + d__p11_60 + d__p11_66 + d__p11_72
+    _c45 = torch.einsum("zuk,zuj->zjku", d__p11, x3[:, 0:16].reshape(n, 16, 1))
+    d_t_110 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c45)
+    # ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
+    d__p9 = d__p9_31 + d__p9_37 + d__p9_43 + d__p9_49
+    _c46 = torch.einsum("zuk,zuj->zjku", d__p9, x3[:, 64:144].reshape(n, 16, 5))
+    d_t_111 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c46)
+    # ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
+    d__p7 = d__p7_55 + d__p7_61 + d__p7_67 + d__p7_73
+    _c47 = torch.einsum("zuk,zuj->zjku", d__p7, x3[:, 16:64].reshape(n, 16, 3))
+    d_t_112 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c47)
+    # ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
+    d__p2 = d__p2_76 + d__p2_79 + d__p2_82
+    _c48 = torch.einsum("zuk,zuj->zjku", d__p2, x3[:, 0:16].reshape(n, 16, 1))
+    d_t_113 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c48)
+    # ∂/∂d_t: ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
+    _c49 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 0:16].reshape(n, 16, 1), x1[:, 0:16].reshape(n, 16, 1))
+    _c50 = torch.einsum("ijk,u->ijku", cg_0_0_0, weight[0:16].view(16))
+    d2_d_t_114 = torch.einsum("ziju,ijku->zuk", _c49, (_c50 * 0.5773502691896257))
+    # ∂/∂x1: ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
+    d_t = torch.cat([
+        (d_t_111 + d_t_112 + d_t_113).reshape(n, 16),
+        (d_t_104 + d_t_105 + d_t_106 + d_t_107 + d_t_108 + d_t_109 + d_t_110).reshape(n, 48),
+        (d_t_96 + d_t_97 + d_t_98 + d_t_99 + d_t_100 + d_t_101 + d_t_102 + d_t_103).reshape(n, 80),
+        (d_t_90 + d_t_91 + d_t_92 + d_t_93 + d_t_94 + d_t_95).reshape(n, 48),
+        (d_t_83 + d_t_84 + d_t_85 + d_t_86 + d_t_87 + d_t_88 + d_t_89).reshape(n, 80),
+    ], dim=-1)
+    _c51 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 0:16].reshape(n, 16, 1), d_t[:, 0:16].reshape(n, 16, 1))
+    d2_x1_115 = torch.einsum("zjku,ijku->zui", _c51, (_c50 * 0.5773502691896257))
+    # ∂/∂weight: ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
+    _c52 = torch.einsum("zui,zjku->ijku", x1[:, 0:16].reshape(n, 16, 1), _c51)
+    d2_weight_116 = torch.einsum("ijk,ijku->u", (cg_0_0_0 * 0.5773502691896257), _c52)
+    # ∂/∂d_t: ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
+    _c53 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 16:64].reshape(n, 16, 3), x1[:, 0:16].reshape(n, 16, 1))
+    _c54 = torch.einsum("ijk,u->ijku", cg_0_1_1, weight[16:32].view(16))
+    d2_d_t_117 = torch.einsum("ziju,ijku->zuk", _c53, (_c54 * 0.8660254037844386))
+    # ∂/∂x1: ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
+    _c55 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d_t[:, 16:64].reshape(n, 16, 3))
+    d2_x1_118 = torch.einsum("zjku,ijku->zui", _c55, (_c54 * 0.8660254037844386))
+    # ∂/∂weight: ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
+    _c56 = torch.einsum("zui,zjku->ijku", x1[:, 0:16].reshape(n, 16, 1), _c55)
+    d2_weight_119 = torch.einsum("ijk,ijku->u", (cg_0_1_1 * 0.8660254037844386), _c56)
+    # ∂/∂d_t: ∂/∂x2: 16x0e ⊗ 16x2e -> 16x2e
+    _c57 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 64:144].reshape(n, 16, 5), x1[:, 0:16].reshape(n, 16, 1))
+    _c58 = torch.einsum("ijk,u->ijku", cg_0_2_2, weight[32:48].view(16))
+    d2_d_t_120 = torch.einsum("ziju,ijku->zuk", _c57, (_c58 * 1.118033988749895))
+    # ∂/∂x1: ∂/∂x2: 16x0e ⊗ 16x2e -> 16x2e
+    _c59 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d_t[:, 64:144].reshape(n, 16, 5))
+    d2_x1_121 = torch.einsum("zjku,ijku->zui", _c59, (_c58 * 1.118033988749895))
+    # ∂/∂weight: ∂/∂x2: 16x0e ⊗ 16x2e -> 16x2e
+    _c60 = torch.einsum("zui,zjku->ijku", x1[:, 0:16].reshape(n, 16, 1), _c59)
+    d2_weight_122 = torch.einsum("ijk,ijku->u", (cg_0_2_2 * 1.118033988749895), _c60)
+    # ∂/∂d_t: ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
+    _c61 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 0:16].reshape(n, 16, 1), x1[:, 16:64].reshape(n, 16, 3))
+    _c62 = torch.einsum("ijk,u->ijku", cg_1_0_1, weight[48:64].view(16))
+    d2_d_t_123 = torch.einsum("ziju,ijku->zuk", _c61, (_c62 * 0.8660254037844386))
+    # ∂/∂x1: ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
+    _c63 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 0:16].reshape(n, 16, 1), d_t[:, 16:64].reshape(n, 16, 3))
+    d2_x1_124 = torch.einsum("zjku,ijku->zui", _c63, (_c62 * 0.8660254037844386))
+    # ∂/∂weight: ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
+    _c64 = torch.einsum("zui,zjku->ijku", x1[:, 16:64].reshape(n, 16, 3), _c63)
+    d2_weight_125 = torch.einsum("ijk,ijku->u", (cg_1_0_1 * 0.8660254037844386), _c64)
+    # ∂/∂d_t: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
+    _c65 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 16:64].reshape(n, 16, 3), x1[:, 16:64].reshape(n, 16, 3))
+    _c66 = torch.einsum("ijk,u->ijku", cg_1_1_0, weight[64:80].view(16))
+    d2_d_t_126 = torch.einsum("ziju,ijku->zuk", _c65, (_c66 * 0.5773502691896257))
+    # ∂/∂x1: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
+    _c67 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d_t[:, 0:16].reshape(n, 16, 1))
+    d2_x1_127 = torch.einsum("zjku,ijku->zui", _c67, (_c66 * 0.5773502691896257))
+    # ∂/∂weight: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
+    _c68 = torch.einsum("zui,zjku->ijku", x1[:, 16:64].reshape(n, 16, 3), _c67)
+    d2_weight_128 = torch.einsum("ijk,ijku->u", (cg_1_1_0 * 0.5773502691896257), _c68)
+    # ∂/∂d_t: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x2e
+    _c69 = torch.einsum("ijk,u->ijku", cg_1_1_2, weight[80:96].view(16))
+    d2_d_t_129 = torch.einsum("ziju,ijku->zuk", _c65, (_c69 * 1.118033988749895))
+    # ∂/∂x1: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x2e
+    _c70 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d_t[:, 64:144].reshape(n, 16, 5))
+    d2_x1_130 = torch.einsum("zjku,ijku->zui", _c70, (_c69 * 1.118033988749895))
+    # ∂/∂weight: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x2e
+    _c71 = torch.einsum("zui,zjku->ijku", x1[:, 16:64].reshape(n, 16, 3), _c70)
+    d2_weight_131 = torch.einsum("ijk,ijku->u", (cg_1_1_2 * 1.118033988749895), _c71)
+    # ∂/∂d_t: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x1e
+    _c72 = torch.einsum("ijk,u->ijku", cg_1_1_1, weight[96:112].view(16))
+    d2_d_t_132 = torch.einsum("ziju,ijku->zuk", _c65, (_c72 * 1.224744871391589))
+    # ∂/∂x1: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x1e
+    _c73 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d_t[:, 144:192].reshape(n, 16, 3))
+    d2_x1_133 = torch.einsum("zjku,ijku->zui", _c73, (_c72 * 1.224744871391589))
+    # ∂/∂weight: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x1e
+    _c74 = torch.einsum("zui,zjku->ijku", x1[:, 16:64].reshape(n, 16, 3), _c73)
+    d2_weight_134 = torch.einsum("ijk,ijku->u", (cg_1_1_1 * 1.224744871391589), _c74)
+    # ∂/∂d_t: ∂/∂x2: 16x1o ⊗ 16x2e -> 16x1o
+    _c75 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 64:144].reshape(n, 16, 5), x1[:, 16:64].reshape(n, 16, 3))
+    _c76 = torch.einsum("ijk,u->ijku", cg_1_2_1, weight[112:128].view(16))
+    d2_d_t_135 = torch.einsum("ziju,ijku->zuk", _c75, (_c76 * 0.8660254037844386))
+    # ∂/∂x1: ∂/∂x2: 16x1o ⊗ 16x2e -> 16x1o
+    _c77 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d_t[:, 16:64].reshape(n, 16, 3))
+    d2_x1_136 = torch.einsum("zjku,ijku->zui", _c77, (_c76 * 0.8660254037844386))
+    # ∂/∂weight: ∂/∂x2: 16x1o ⊗ 16x2e -> 16x1o
+    _c78 = torch.einsum("zui,zjku->ijku", x1[:, 16:64].reshape(n, 16, 3), _c77)
+    d2_weight_137 = torch.einsum("ijk,ijku->u", (cg_1_2_1 * 0.8660254037844386), _c78)
+    # ∂/∂d_t: ∂/∂x2: 16x1o ⊗ 16x2e -> 16x2o
+    _c79 = torch.einsum("ijk,u->ijku", cg_1_2_2, weight[128:144].view(16))
+    d2_d_t_138 = torch.einsum("ziju,ijku->zuk", _c75, (_c79 * 1.5811388300841898))
+    # ∂/∂x1: ∂/∂x2: 16x1o ⊗ 16x2e -> 16x2o
+    _c80 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d_t[:, 192:272].reshape(n, 16, 5))
+    d2_x1_139 = torch.einsum("zjku,ijku->zui", _c80, (_c79 * 1.5811388300841898))
+    # ∂/∂weight: ∂/∂x2: 16x1o ⊗ 16x2e -> 16x2o
+    _c81 = torch.einsum("zui,zjku->ijku", x1[:, 16:64].reshape(n, 16, 3), _c80)
+    d2_weight_140 = torch.einsum("ijk,ijku->u", (cg_1_2_2 * 1.5811388300841898), _c81)
+    # ∂/∂d_t: ∂/∂x2: 16x2e ⊗ 16x0e -> 16x2e
+    _c82 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 0:16].reshape(n, 16, 1), x1[:, 64:144].reshape(n, 16, 5))
+    _c83 = torch.einsum("ijk,u->ijku", cg_2_0_2, weight[144:160].view(16))
+    d2_d_t_141 = torch.einsum("ziju,ijku->zuk", _c82, (_c83 * 1.118033988749895))
+    # ∂/∂x1: ∂/∂x2: 16x2e ⊗ 16x0e -> 16x2e
+    _c84 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 0:16].reshape(n, 16, 1), d_t[:, 64:144].reshape(n, 16, 5))
+    d2_x1_142 = torch.einsum("zjku,ijku->zui", _c84, (_c83 * 1.118033988749895))
+    # ∂/∂weight: ∂/∂x2: 16x2e ⊗ 16x0e -> 16x2e
+    _c85 = torch.einsum("zui,zjku->ijku", x1[:, 64:144].reshape(n, 16, 5), _c84)
+    d2_weight_143 = torch.einsum("ijk,ijku->u", (cg_2_0_2 * 1.118033988749895), _c85)
+    # ∂/∂d_t: ∂/∂x2: 16x2e ⊗ 16x1o -> 16x1o
+    _c86 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 16:64].reshape(n, 16, 3), x1[:, 64:144].reshape(n, 16, 5))
+    _c87 = torch.einsum("ijk,u->ijku", cg_2_1_1, weight[160:176].view(16))
+    d2_d_t_144 = torch.einsum("ziju,ijku->zuk", _c86, (_c87 * 0.8660254037844386))
+    # ∂/∂x1: ∂/∂x2: 16x2e ⊗ 16x1o -> 16x1o
+    d2_x1_145 = torch.einsum("zjku,ijku->zui", _c55, (_c87 * 0.8660254037844386))
+    # ∂/∂weight: ∂/∂x2: 16x2e ⊗ 16x1o -> 16x1o
+    _c88 = torch.einsum("zui,zjku->ijku", x1[:, 64:144].reshape(n, 16, 5), _c55)
+    d2_weight_146 = torch.einsum("ijk,ijku->u", (cg_2_1_1 * 0.8660254037844386), _c88)
+    # ∂/∂d_t: ∂/∂x2: 16x2e ⊗ 16x1o -> 16x2o
+    _c89 = torch.einsum("ijk,u->ijku", cg_2_1_2, weight[176:192].view(16))
+    d2_d_t_147 = torch.einsum("ziju,ijku->zuk", _c86, (_c89 * 1.5811388300841898))
+    # ∂/∂x1: ∂/∂x2: 16x2e ⊗ 16x1o -> 16x2o
+    _c90 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d_t[:, 192:272].reshape(n, 16, 5))
+    d2_x1_148 = torch.einsum("zjku,ijku->zui", _c90, (_c89 * 1.5811388300841898))
+    # ∂/∂weight: ∂/∂x2: 16x2e ⊗ 16x1o -> 16x2o
+    _c91 = torch.einsum("zui,zjku->ijku", x1[:, 64:144].reshape(n, 16, 5), _c90)
+    d2_weight_149 = torch.einsum("ijk,ijku->u", (cg_2_1_2 * 1.5811388300841898), _c91)
+    # ∂/∂d_t: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x0e
+    _c92 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 64:144].reshape(n, 16, 5), x1[:, 64:144].reshape(n, 16, 5))
+    _c93 = torch.einsum("ijk,u->ijku", cg_2_2_0, weight[192:208].view(16))
+    d2_d_t_150 = torch.einsum("ziju,ijku->zuk", _c92, (_c93 * 0.5773502691896257))
+    # ∂/∂x1: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x0e
+    _c94 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d_t[:, 0:16].reshape(n, 16, 1))
+    d2_x1_151 = torch.einsum("zjku,ijku->zui", _c94, (_c93 * 0.5773502691896257))
+    # ∂/∂weight: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x0e
+    _c95 = torch.einsum("zui,zjku->ijku", x1[:, 64:144].reshape(n, 16, 5), _c94)
+    d2_weight_152 = torch.einsum("ijk,ijku->u", (cg_2_2_0 * 0.5773502691896257), _c95)
+    # ∂/∂d_t: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x2e
+    _c96 = torch.einsum("ijk,u->ijku", cg_2_2_2, weight[208:224].view(16))
+    d2_d_t_153 = torch.einsum("ziju,ijku->zuk", _c92, (_c96 * 1.118033988749895))
+    # ∂/∂x1: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x2e
+    d2_x1_154 = torch.einsum("zjku,ijku->zui", _c59, (_c96 * 1.118033988749895))
+    # ∂/∂weight: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x2e
+    _c97 = torch.einsum("zui,zjku->ijku", x1[:, 64:144].reshape(n, 16, 5), _c59)
+    d2_weight_155 = torch.einsum("ijk,ijku->u", (cg_2_2_2 * 1.118033988749895), _c97)
+    # ∂/∂d_t: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x1e
+    _c98 = torch.einsum("ijk,u->ijku", cg_2_2_1, weight[224:240].view(16))
+    d2_d_t_156 = torch.einsum("ziju,ijku->zuk", _c92, (_c98 * 1.224744871391589))
+    # ∂/∂x1: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x1e
+    _c99 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d_t[:, 144:192].reshape(n, 16, 3))
+    d2_x1_157 = torch.einsum("zjku,ijku->zui", _c99, (_c98 * 1.224744871391589))
+    # ∂/∂weight: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x1e
+    _c100 = torch.einsum("zui,zjku->ijku", x1[:, 64:144].reshape(n, 16, 5), _c99)
+    d2_weight_158 = torch.einsum("ijk,ijku->u", (cg_2_2_1 * 1.224744871391589), _c100)
+    # ∂/∂d__p2: ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
+    d2_d_t = torch.cat([
+        (d2_d_t_114 + d2_d_t_126 + d2_d_t_150).reshape(n, 16),
+        (d2_d_t_117 + d2_d_t_123 + d2_d_t_135 + d2_d_t_144).reshape(n, 48),
+        (d2_d_t_120 + d2_d_t_129 + d2_d_t_141 + d2_d_t_153).reshape(n, 80),
+        (d2_d_t_132 + d2_d_t_156).reshape(n, 48),
+        (d2_d_t_138 + d2_d_t_147).reshape(n, 80),
+    ], dim=-1)
+    _c101 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 0:16].reshape(n, 16, 1), x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p2 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c101)
+    # ∂/∂x3: ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
+    _c102 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 0:16].reshape(n, 16, 1), d__p2)
+    d2_x3_159 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c102)
+    # ∂/∂d__p7: ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
+    _c103 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 0:16].reshape(n, 16, 1), x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p7 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c103)
+    # ∂/∂x3: ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
+    _c104 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 0:16].reshape(n, 16, 1), d__p7)
+    d2_x3_160 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c104)
+    # ∂/∂d__p9: ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
+    _c105 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 0:16].reshape(n, 16, 1), x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p9 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c105)
+    # ∂/∂x3: ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
+    _c106 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 0:16].reshape(n, 16, 1), d__p9)
+    d2_x3_161 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c106)
+    # ∂/∂d__p11: ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
+    _c107 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 16:64].reshape(n, 16, 3), x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p11 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c107)
+    # ∂/∂x3: ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
+    _c108 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p11)
+    d2_x3_162 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c108)
+    # ∂/∂d__p12: ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
+    _c109 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 16:64].reshape(n, 16, 3), x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p12 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c109)
+    # ∂/∂x3: ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
+    _c110 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p12)
+    d2_x3_163 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c110)
+    # ∂/∂d__p13: ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
+    d2_d__p13 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c109)
+    # ∂/∂x3: ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
+    _c111 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p13)
+    d2_x3_164 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c111)
+    # ∂/∂d__p14: ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
+    d2_d__p14 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c109)
+    # ∂/∂x3: ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
+    _c112 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p14)
+    d2_x3_165 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c112)
+    # ∂/∂d__p15: ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
+    _c113 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 16:64].reshape(n, 16, 3), x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p15 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c113)
+    # ∂/∂x3: ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
+    _c114 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p15)
+    d2_x3_166 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c114)
+    # ∂/∂d__p16: ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
+    d2_d__p16 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c113)
+    # ∂/∂x3: ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
+    _c115 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p16)
+    d2_x3_167 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c115)
+    # ∂/∂d__p17: ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
+    d2_d__p17 = torch.einsum("ijk,ziju->zuk", cg_1_2_3, _c113)
+    # ∂/∂x3: ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
+    _c116 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p17)
+    d2_x3_168 = torch.einsum("ijk,ziku->zuj", cg_1_2_3, _c116)
+    # ∂/∂d__p19: ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
+    _c117 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 64:144].reshape(n, 16, 5), x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p19 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c117)
+    # ∂/∂x3: ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
+    _c118 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p19)
+    d2_x3_169 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c118)
+    # ∂/∂d__p20: ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
+    _c119 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 64:144].reshape(n, 16, 5), x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p20 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c119)
+    # ∂/∂x3: ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
+    _c120 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p20)
+    d2_x3_170 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c120)
+    # ∂/∂d__p21: ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
+    d2_d__p21 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c119)
+    # ∂/∂x3: ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
+    _c121 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p21)
+    d2_x3_171 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c121)
+    # ∂/∂d__p22: ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
+    d2_d__p22 = torch.einsum("ijk,ziju->zuk", cg_2_1_3, _c119)
+    # ∂/∂x3: ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
+    _c122 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p22)
+    d2_x3_172 = torch.einsum("ijk,ziku->zuj", cg_2_1_3, _c122)
+    # ∂/∂d__p23: ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
+    _c123 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 64:144].reshape(n, 16, 5), x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p23 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c123)
+    # ∂/∂x3: ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
+    _c124 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p23)
+    d2_x3_173 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c124)
+    # ∂/∂d__p24: ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
+    d2_d__p24 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c123)
+    # ∂/∂x3: ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
+    _c125 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p24)
+    d2_x3_174 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c125)
+    # ∂/∂d__p25: ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
+    d2_d__p25 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c123)
+    # ∂/∂x3: ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
+    _c126 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p25)
+    d2_x3_175 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c126)
+    # ∂/∂d__p26: ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
+    d2_d__p26 = torch.einsum("ijk,ziju->zuk", cg_2_2_3, _c123)
+    # ∂/∂x3: ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
+    _c127 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p26)
+    d2_x3_176 = torch.einsum("ijk,ziku->zuj", cg_2_2_3, _c127)
+    # ∂/∂d__p28: ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
+    _c128 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 144:192].reshape(n, 16, 3), x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p28 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c128)
+    # ∂/∂x3: ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
+    _c129 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p28)
+    d2_x3_177 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c129)
+    # ∂/∂d__p29: ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
+    _c130 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 144:192].reshape(n, 16, 3), x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p29 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c130)
+    # ∂/∂x3: ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
+    _c131 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p29)
+    d2_x3_178 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c131)
+    # ∂/∂d__p30: ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
+    d2_d__p30 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c130)
+    # ∂/∂x3: ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
+    _c132 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p30)
+    d2_x3_179 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c132)
+    # ∂/∂d__p31: ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
+    _c133 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 144:192].reshape(n, 16, 3), x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p31 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c133)
+    # ∂/∂x3: ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
+    _c134 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p31)
+    d2_x3_180 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c134)
+    # ∂/∂d__p32: ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
+    d2_d__p32 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c133)
+    # ∂/∂x3: ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
+    _c135 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p32)
+    d2_x3_181 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c135)
+    # ∂/∂d__p33: ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
+    d2_d__p33 = torch.einsum("ijk,ziju->zuk", cg_1_2_3, _c133)
+    # ∂/∂x3: ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
+    _c136 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p33)
+    d2_x3_182 = torch.einsum("ijk,ziku->zuj", cg_1_2_3, _c136)
+    # ∂/∂d__p35: ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
+    _c137 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 192:272].reshape(n, 16, 5), x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p35 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c137)
+    # ∂/∂x3: ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
+    _c138 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p35)
+    d2_x3_183 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c138)
+    # ∂/∂d__p36: ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
+    _c139 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 192:272].reshape(n, 16, 5), x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p36 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c139)
+    # ∂/∂x3: ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
+    _c140 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p36)
+    d2_x3_184 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c140)
+    # ∂/∂d__p37: ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
+    d2_d__p37 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c139)
+    # ∂/∂x3: ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
+    _c141 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p37)
+    d2_x3_185 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c141)
+    # ∂/∂d__p38: ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
+    d2_d__p38 = torch.einsum("ijk,ziju->zuk", cg_2_1_3, _c139)
+    # ∂/∂x3: ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
+    _c142 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p38)
+    d2_x3_186 = torch.einsum("ijk,ziku->zuj", cg_2_1_3, _c142)
+    # ∂/∂d__p39: ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
+    _c143 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 192:272].reshape(n, 16, 5), x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p39 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c143)
+    # ∂/∂x3: ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
+    _c144 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p39)
+    d2_x3_187 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c144)
+    # ∂/∂d__p40: ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
+    d2_d__p40 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c143)
+    # ∂/∂x3: ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
+    _c145 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p40)
+    d2_x3_188 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c145)
+    # ∂/∂d__p41: ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
+    d2_d__p41 = torch.einsum("ijk,ziju->zuk", cg_2_2_3, _c143)
+    # ∂/∂x3: ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
+    _c146 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p41)
+    d2_x3_189 = torch.einsum("ijk,ziku->zuj", cg_2_2_3, _c146)
+    d2_d__p42_190 = torch.einsum("zui,u->zui", d2_d__p2, (weight[240:256].view(16) * 0.2581988897471611))
+    d2_weight_191 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.2581988897471611), d__p42)
+    d2_d__p42_192 = torch.einsum("zui,u->zui", d2_d__p12, (weight[480:496].view(16) * 0.2581988897471611))
+    d2_weight_193 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.2581988897471611), d__p42)
+    d2_d__p42_194 = torch.einsum("zui,u->zui", d2_d__p23, (weight[944:960].view(16) * 0.2581988897471611))
+    d2_weight_195 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.2581988897471611), d__p42)
+    # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
+    d2_d__p42 = d2_d__p42_190 + d2_d__p42_192 + d2_d__p42_194
+    _c147 = torch.einsum("zui,zuj->ziju", d2_d__p42, x4[:, 0:16].reshape(n, 16, 1))
+    d2_d__p43 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c147)
+    # ∂/∂x4: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
+    _c148 = torch.einsum("zui,zuk->ziku", d2_d__p42, d__p43)
+    d2_x4_196 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c148)
+    d2_d_y_197 = d2_d__p43
+    d2_d__p44_198 = torch.einsum("zui,u->zui", d2_d__p2, (weight[256:272].view(16) * 0.2970442628930023))
+    d2_weight_199 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.2970442628930023), d__p44)
+    d2_d__p44_200 = torch.einsum("zui,u->zui", d2_d__p12, (weight[512:528].view(16) * 0.2970442628930023))
+    d2_weight_201 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.2970442628930023), d__p44)
+    d2_d__p44_202 = torch.einsum("zui,u->zui", d2_d__p23, (weight[976:992].view(16) * 0.2970442628930023))
+    d2_weight_203 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.2970442628930023), d__p44)
+    # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
+    d2_d__p44 = d2_d__p44_198 + d2_d__p44_200 + d2_d__p44_202
+    _c149 = torch.einsum("zui,zuj->ziju", d2_d__p44, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p45 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c149)
+    # ∂/∂x4: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
+    _c150 = torch.einsum("zui,zuk->ziku", d2_d__p44, d__p45)
+    d2_x4_204 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c150)
+    d2_d_y_205 = d2_d__p45
+    d2_d__p46_206 = torch.einsum("zui,u->zui", d2_d__p2, (weight[272:288].view(16) * 0.36760731104690386))
+    d2_weight_207 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.36760731104690386), d__p46)
+    d2_d__p46_208 = torch.einsum("zui,u->zui", d2_d__p12, (weight[560:576].view(16) * 0.36760731104690386))
+    d2_weight_209 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.36760731104690386), d__p46)
+    d2_d__p46_210 = torch.einsum("zui,u->zui", d2_d__p23, (weight[1024:1040].view(16) * 0.36760731104690386))
+    d2_weight_211 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.36760731104690386), d__p46)
+    # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
+    d2_d__p46 = d2_d__p46_206 + d2_d__p46_208 + d2_d__p46_210
+    _c151 = torch.einsum("zui,zuj->ziju", d2_d__p46, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p47 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c151)
+    # ∂/∂x4: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
+    _c152 = torch.einsum("zui,zuk->ziku", d2_d__p46, d__p47)
+    d2_x4_212 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c152)
+    d2_d_y_213 = d2_d__p47
+    d2_d__p48_214 = torch.einsum("zui,u->zui", d2_d__p7, (weight[288:304].view(16) * 0.5144957554275266))
+    d2_weight_215 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.5144957554275266), d__p48)
+    d2_d__p48_216 = torch.einsum("zui,u->zui", d2_d__p11, (weight[416:432].view(16) * 0.5144957554275266))
+    d2_weight_217 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.5144957554275266), d__p48)
+    d2_d__p48_218 = torch.einsum("zui,u->zui", d2_d__p15, (weight[624:640].view(16) * 0.5144957554275266))
+    d2_weight_219 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.5144957554275266), d__p48)
+    d2_d__p48_220 = torch.einsum("zui,u->zui", d2_d__p20, (weight[816:832].view(16) * 0.5144957554275266))
+    d2_weight_221 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.5144957554275266), d__p48)
+    d2_d__p48_222 = torch.einsum("zui,u->zui", d2_d__p29, (weight[1136:1152].view(16) * 0.5144957554275266))
+    d2_weight_223 = torch.einsum("zui,zui->u", (d2_d__p29 * 0.5144957554275266), d__p48)
+    d2_d__p48_224 = torch.einsum("zui,u->zui", d2_d__p39, (weight[1488:1504].view(16) * 0.5144957554275266))
+    d2_weight_225 = torch.einsum("zui,zui->u", (d2_d__p39 * 0.5144957554275266), d__p48)
+    # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
+    d2_d__p48 = d2_d__p48_214 + d2_d__p48_216 + d2_d__p48_218 + d2_d__p48_220 + d2_d__p48_222 + d2_d__p48_224
+    _c153 = torch.einsum("zui,zuj->ziju", d2_d__p48, x4[:, 0:16].reshape(n, 16, 1))
+    d2_d__p49 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c153)
+    # ∂/∂x4: ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
+    _c154 = torch.einsum("zui,zuk->ziku", d2_d__p48, d__p49)
+    d2_x4_226 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c154)
+    d2_d_y_227 = d2_d__p49
+    d2_d__p50_228 = torch.einsum("zui,u->zui", d2_d__p7, (weight[304:320].view(16) * 0.4472135954999579))
+    d2_weight_229 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.4472135954999579), d__p50)
+    d2_d__p50_230 = torch.einsum("zui,u->zui", d2_d__p11, (weight[432:448].view(16) * 0.4472135954999579))
+    d2_weight_231 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.4472135954999579), d__p50)
+    d2_d__p50_232 = torch.einsum("zui,u->zui", d2_d__p15, (weight[640:656].view(16) * 0.4472135954999579))
+    d2_weight_233 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.4472135954999579), d__p50)
+    d2_d__p50_234 = torch.einsum("zui,u->zui", d2_d__p20, (weight[832:848].view(16) * 0.4472135954999579))
+    d2_weight_235 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.4472135954999579), d__p50)
+    d2_d__p50_236 = torch.einsum("zui,u->zui", d2_d__p29, (weight[1152:1168].view(16) * 0.4472135954999579))
+    d2_weight_237 = torch.einsum("zui,zui->u", (d2_d__p29 * 0.4472135954999579), d__p50)
+    d2_d__p50_238 = torch.einsum("zui,u->zui", d2_d__p39, (weight[1504:1520].view(16) * 0.4472135954999579))
+    d2_weight_239 = torch.einsum("zui,zui->u", (d2_d__p39 * 0.4472135954999579), d__p50)
+    # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
+    d2_d__p50 = d2_d__p50_228 + d2_d__p50_230 + d2_d__p50_232 + d2_d__p50_234 + d2_d__p50_236 + d2_d__p50_238
+    _c155 = torch.einsum("zui,zuj->ziju", d2_d__p50, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p51 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c155)
+    # ∂/∂x4: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
+    _c156 = torch.einsum("zui,zuk->ziku", d2_d__p50, d__p51)
+    d2_x4_240 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c156)
+    d2_d_y_241 = d2_d__p51
+    d2_d__p52_242 = torch.einsum("zui,u->zui", d2_d__p7, (weight[320:336].view(16) * 0.6367145399670133))
+    d2_weight_243 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.6367145399670133), d__p52)
+    d2_d__p52_244 = torch.einsum("zui,u->zui", d2_d__p11, (weight[448:464].view(16) * 0.6367145399670133))
+    d2_weight_245 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.6367145399670133), d__p52)
+    d2_d__p52_246 = torch.einsum("zui,u->zui", d2_d__p15, (weight[656:672].view(16) * 0.6367145399670133))
+    d2_weight_247 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.6367145399670133), d__p52)
+    d2_d__p52_248 = torch.einsum("zui,u->zui", d2_d__p20, (weight[848:864].view(16) * 0.6367145399670133))
+    d2_weight_249 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.6367145399670133), d__p52)
+    d2_d__p52_250 = torch.einsum("zui,u->zui", d2_d__p29, (weight[1168:1184].view(16) * 0.6367145399670133))
+    d2_weight_251 = torch.einsum("zui,zui->u", (d2_d__p29 * 0.6367145399670133), d__p52)
+    d2_d__p52_252 = torch.einsum("zui,u->zui", d2_d__p39, (weight[1520:1536].view(16) * 0.6367145399670133))
+    d2_weight_253 = torch.einsum("zui,zui->u", (d2_d__p39 * 0.6367145399670133), d__p52)
+    # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
+    d2_d__p52 = d2_d__p52_242 + d2_d__p52_244 + d2_d__p52_246 + d2_d__p52_248 + d2_d__p52_250 + d2_d__p52_252
+    _c157 = torch.einsum("zui,zuj->ziju", d2_d__p52, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p53 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c157)
+    # ∂/∂x4: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
+    _c158 = torch.einsum("zui,zuk->ziku", d2_d__p52, d__p53)
+    d2_x4_254 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c158)
+    d2_d_y_255 = d2_d__p53
+    d2_d__p54_256 = torch.einsum("zui,u->zui", d2_d__p7, (weight[336:352].view(16) * 0.5144957554275266))
+    d2_weight_257 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.5144957554275266), d__p54)
+    d2_d__p54_258 = torch.einsum("zui,u->zui", d2_d__p11, (weight[464:480].view(16) * 0.5144957554275266))
+    d2_weight_259 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.5144957554275266), d__p54)
+    d2_d__p54_260 = torch.einsum("zui,u->zui", d2_d__p15, (weight[704:720].view(16) * 0.5144957554275266))
+    d2_weight_261 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.5144957554275266), d__p54)
+    d2_d__p54_262 = torch.einsum("zui,u->zui", d2_d__p20, (weight[896:912].view(16) * 0.5144957554275266))
+    d2_weight_263 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.5144957554275266), d__p54)
+    d2_d__p54_264 = torch.einsum("zui,u->zui", d2_d__p29, (weight[1200:1216].view(16) * 0.5144957554275266))
+    d2_weight_265 = torch.einsum("zui,zui->u", (d2_d__p29 * 0.5144957554275266), d__p54)
+    d2_d__p54_266 = torch.einsum("zui,u->zui", d2_d__p39, (weight[1568:1584].view(16) * 0.5144957554275266))
+    d2_weight_267 = torch.einsum("zui,zui->u", (d2_d__p39 * 0.5144957554275266), d__p54)
+    # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
+    d2_d__p54 = d2_d__p54_256 + d2_d__p54_258 + d2_d__p54_260 + d2_d__p54_262 + d2_d__p54_264 + d2_d__p54_266
+    _c159 = torch.einsum("zui,zuj->ziju", d2_d__p54, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p55 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c159)
+    # ∂/∂x4: ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
+    _c160 = torch.einsum("zui,zuk->ziku", d2_d__p54, d__p55)
+    d2_x4_268 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c160)
+    d2_d_y_269 = d2_d__p55
+    d2_d__p56_270 = torch.einsum("zui,u->zui", d2_d__p9, (weight[352:368].view(16) * 0.8219949365267865))
+    d2_weight_271 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.8219949365267865), d__p56)
+    d2_d__p56_272 = torch.einsum("zui,u->zui", d2_d__p13, (weight[496:512].view(16) * 0.8219949365267865))
+    d2_weight_273 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.8219949365267865), d__p56)
+    d2_d__p56_274 = torch.einsum("zui,u->zui", d2_d__p19, (weight[752:768].view(16) * 0.8219949365267865))
+    d2_weight_275 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.8219949365267865), d__p56)
+    d2_d__p56_276 = torch.einsum("zui,u->zui", d2_d__p24, (weight[960:976].view(16) * 0.8219949365267865))
+    d2_weight_277 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.8219949365267865), d__p56)
+    d2_d__p56_278 = torch.einsum("zui,u->zui", d2_d__p31, (weight[1232:1248].view(16) * 0.8219949365267865))
+    d2_weight_279 = torch.einsum("zui,zui->u", (d2_d__p31 * 0.8219949365267865), d__p56)
+    d2_d__p56_280 = torch.einsum("zui,u->zui", d2_d__p36, (weight[1376:1392].view(16) * 0.8219949365267865))
+    d2_weight_281 = torch.einsum("zui,zui->u", (d2_d__p36 * 0.8219949365267865), d__p56)
+    # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
+    d2_d__p56 = d2_d__p56_270 + d2_d__p56_272 + d2_d__p56_274 + d2_d__p56_276 + d2_d__p56_278 + d2_d__p56_280
+    _c161 = torch.einsum("zui,zuj->ziju", d2_d__p56, x4[:, 0:16].reshape(n, 16, 1))
+    d2_d__p57 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c161)
+    # ∂/∂x4: ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
+    _c162 = torch.einsum("zui,zuk->ziku", d2_d__p56, d__p57)
+    d2_x4_282 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c162)
+    d2_d_y_283 = d2_d__p57
+    d2_d__p58_284 = torch.einsum("zui,u->zui", d2_d__p9, (weight[368:384].view(16) * 0.6642111641550714))
+    d2_weight_285 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.6642111641550714), d__p58)
+    d2_d__p58_286 = torch.einsum("zui,u->zui", d2_d__p13, (weight[544:560].view(16) * 0.6642111641550714))
+    d2_weight_287 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.6642111641550714), d__p58)
+    d2_d__p58_288 = torch.einsum("zui,u->zui", d2_d__p19, (weight[768:784].view(16) * 0.6642111641550714))
+    d2_weight_289 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.6642111641550714), d__p58)
+    d2_d__p58_290 = torch.einsum("zui,u->zui", d2_d__p24, (weight[1008:1024].view(16) * 0.6642111641550714))
+    d2_weight_291 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.6642111641550714), d__p58)
+    d2_d__p58_292 = torch.einsum("zui,u->zui", d2_d__p31, (weight[1264:1280].view(16) * 0.6642111641550714))
+    d2_weight_293 = torch.einsum("zui,zui->u", (d2_d__p31 * 0.6642111641550714), d__p58)
+    d2_d__p58_294 = torch.einsum("zui,u->zui", d2_d__p36, (weight[1408:1424].view(16) * 0.6642111641550714))
+    d2_weight_295 = torch.einsum("zui,zui->u", (d2_d__p36 * 0.6642111641550714), d__p58)
+    # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
+    d2_d__p58 = d2_d__p58_284 + d2_d__p58_286 + d2_d__p58_288 + d2_d__p58_290 + d2_d__p58_292 + d2_d__p58_294
+    _c163 = torch.einsum("zui,zuj->ziju", d2_d__p58, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p59 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c163)
+    # ∂/∂x4: ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
+    _c164 = torch.einsum("zui,zuk->ziku", d2_d__p58, d__p59)
+    d2_x4_296 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c164)
+    d2_d_y_297 = d2_d__p59
+    d2_d__p60_298 = torch.einsum("zui,u->zui", d2_d__p9, (weight[384:400].view(16) * 0.5773502691896257))
+    d2_weight_299 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.5773502691896257), d__p60)
+    d2_d__p60_300 = torch.einsum("zui,u->zui", d2_d__p13, (weight[592:608].view(16) * 0.5773502691896257))
+    d2_weight_301 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.5773502691896257), d__p60)
+    d2_d__p60_302 = torch.einsum("zui,u->zui", d2_d__p19, (weight[784:800].view(16) * 0.5773502691896257))
+    d2_weight_303 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.5773502691896257), d__p60)
+    d2_d__p60_304 = torch.einsum("zui,u->zui", d2_d__p24, (weight[1056:1072].view(16) * 0.5773502691896257))
+    d2_weight_305 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.5773502691896257), d__p60)
+    d2_d__p60_306 = torch.einsum("zui,u->zui", d2_d__p31, (weight[1296:1312].view(16) * 0.5773502691896257))
+    d2_weight_307 = torch.einsum("zui,zui->u", (d2_d__p31 * 0.5773502691896257), d__p60)
+    d2_d__p60_308 = torch.einsum("zui,u->zui", d2_d__p36, (weight[1440:1456].view(16) * 0.5773502691896257))
+    d2_weight_309 = torch.einsum("zui,zui->u", (d2_d__p36 * 0.5773502691896257), d__p60)
+    # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
+    d2_d__p60 = d2_d__p60_298 + d2_d__p60_300 + d2_d__p60_302 + d2_d__p60_304 + d2_d__p60_306 + d2_d__p60_308
+    _c165 = torch.einsum("zui,zuj->ziju", d2_d__p60, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p61 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c165)
+    # ∂/∂x4: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
+    _c166 = torch.einsum("zui,zuk->ziku", d2_d__p60, d__p61)
+    d2_x4_310 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c166)
+    d2_d_y_311 = d2_d__p61
+    d2_d__p62_312 = torch.einsum("zui,u->zui", d2_d__p9, (weight[400:416].view(16) * 0.8219949365267865))
+    d2_weight_313 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.8219949365267865), d__p62)
+    d2_d__p62_314 = torch.einsum("zui,u->zui", d2_d__p13, (weight[608:624].view(16) * 0.8219949365267865))
+    d2_weight_315 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.8219949365267865), d__p62)
+    d2_d__p62_316 = torch.einsum("zui,u->zui", d2_d__p19, (weight[800:816].view(16) * 0.8219949365267865))
+    d2_weight_317 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.8219949365267865), d__p62)
+    d2_d__p62_318 = torch.einsum("zui,u->zui", d2_d__p24, (weight[1072:1088].view(16) * 0.8219949365267865))
+    d2_weight_319 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.8219949365267865), d__p62)
+    d2_d__p62_320 = torch.einsum("zui,u->zui", d2_d__p31, (weight[1312:1328].view(16) * 0.8219949365267865))
+    d2_weight_321 = torch.einsum("zui,zui->u", (d2_d__p31 * 0.8219949365267865), d__p62)
+    d2_d__p62_322 = torch.einsum("zui,u->zui", d2_d__p36, (weight[1456:1472].view(16) * 0.8219949365267865))
+    d2_weight_323 = torch.einsum("zui,zui->u", (d2_d__p36 * 0.8219949365267865), d__p62)
+    # ∂/∂d__p63: ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
+    d2_d__p62 = d2_d__p62_312 + d2_d__p62_314 + d2_d__p62_316 + d2_d__p62_318 + d2_d__p62_320 + d2_d__p62_322
+    _c167 = torch.einsum("zui,zuj->ziju", d2_d__p62, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p63 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c167)
+    # ∂/∂x4: ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
+    _c168 = torch.einsum("zui,zuk->ziku", d2_d__p62, d__p63)
+    d2_x4_324 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c168)
+    d2_d_y_325 = d2_d__p63
+    d2_d__p64_326 = torch.einsum("zui,u->zui", d2_d__p14, (weight[528:544].view(16) * 0.5144957554275266))
+    d2_weight_327 = torch.einsum("zui,zui->u", (d2_d__p14 * 0.5144957554275266), d__p64)
+    d2_d__p64_328 = torch.einsum("zui,u->zui", d2_d__p25, (weight[992:1008].view(16) * 0.5144957554275266))
+    d2_weight_329 = torch.einsum("zui,zui->u", (d2_d__p25 * 0.5144957554275266), d__p64)
+    d2_d__p64_330 = torch.einsum("zui,u->zui", d2_d__p28, (weight[1104:1120].view(16) * 0.5144957554275266))
+    d2_weight_331 = torch.einsum("zui,zui->u", (d2_d__p28 * 0.5144957554275266), d__p64)
+    d2_d__p64_332 = torch.einsum("zui,u->zui", d2_d__p32, (weight[1248:1264].view(16) * 0.5144957554275266))
+    d2_weight_333 = torch.einsum("zui,zui->u", (d2_d__p32 * 0.5144957554275266), d__p64)
+    d2_d__p64_334 = torch.einsum("zui,u->zui", d2_d__p37, (weight[1392:1408].view(16) * 0.5144957554275266))
+    d2_weight_335 = torch.einsum("zui,zui->u", (d2_d__p37 * 0.5144957554275266), d__p64)
+    # ∂/∂d__p65: ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
+    d2_d__p64 = d2_d__p64_326 + d2_d__p64_328 + d2_d__p64_330 + d2_d__p64_332 + d2_d__p64_334
+    _c169 = torch.einsum("zui,zuj->ziju", d2_d__p64, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p65 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c169)
+    # ∂/∂x4: ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
+    _c170 = torch.einsum("zui,zuk->ziku", d2_d__p64, d__p65)
+    d2_x4_336 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c170)
+    d2_d_y_337 = d2_d__p65
+    d2_d__p66_338 = torch.einsum("zui,u->zui", d2_d__p14, (weight[576:592].view(16) * 0.6367145399670133))
+    d2_weight_339 = torch.einsum("zui,zui->u", (d2_d__p14 * 0.6367145399670133), d__p66)
+    d2_d__p66_340 = torch.einsum("zui,u->zui", d2_d__p25, (weight[1040:1056].view(16) * 0.6367145399670133))
+    d2_weight_341 = torch.einsum("zui,zui->u", (d2_d__p25 * 0.6367145399670133), d__p66)
+    d2_d__p66_342 = torch.einsum("zui,u->zui", d2_d__p28, (weight[1120:1136].view(16) * 0.6367145399670133))
+    d2_weight_343 = torch.einsum("zui,zui->u", (d2_d__p28 * 0.6367145399670133), d__p66)
+    d2_d__p66_344 = torch.einsum("zui,u->zui", d2_d__p32, (weight[1280:1296].view(16) * 0.6367145399670133))
+    d2_weight_345 = torch.einsum("zui,zui->u", (d2_d__p32 * 0.6367145399670133), d__p66)
+    d2_d__p66_346 = torch.einsum("zui,u->zui", d2_d__p37, (weight[1424:1440].view(16) * 0.6367145399670133))
+    d2_weight_347 = torch.einsum("zui,zui->u", (d2_d__p37 * 0.6367145399670133), d__p66)
+    # ∂/∂d__p67: ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
+    d2_d__p66 = d2_d__p66_338 + d2_d__p66_340 + d2_d__p66_342 + d2_d__p66_344 + d2_d__p66_346
+    _c171 = torch.einsum("zui,zuj->ziju", d2_d__p66, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p67 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c171)
+    # ∂/∂x4: ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
+    _c172 = torch.einsum("zui,zuk->ziku", d2_d__p66, d__p67)
+    d2_x4_348 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c172)
+    d2_d_y_349 = d2_d__p67
+    d2_d__p68_350 = torch.einsum("zui,u->zui", d2_d__p16, (weight[672:688].view(16) * 0.8219949365267865))
+    d2_weight_351 = torch.einsum("zui,zui->u", (d2_d__p16 * 0.8219949365267865), d__p68)
+    d2_d__p68_352 = torch.einsum("zui,u->zui", d2_d__p21, (weight[864:880].view(16) * 0.8219949365267865))
+    d2_weight_353 = torch.einsum("zui,zui->u", (d2_d__p21 * 0.8219949365267865), d__p68)
+    d2_d__p68_354 = torch.einsum("zui,u->zui", d2_d__p30, (weight[1184:1200].view(16) * 0.8219949365267865))
+    d2_weight_355 = torch.einsum("zui,zui->u", (d2_d__p30 * 0.8219949365267865), d__p68)
+    d2_d__p68_356 = torch.einsum("zui,u->zui", d2_d__p35, (weight[1344:1360].view(16) * 0.8219949365267865))
+    d2_weight_357 = torch.einsum("zui,zui->u", (d2_d__p35 * 0.8219949365267865), d__p68)
+    d2_d__p68_358 = torch.einsum("zui,u->zui", d2_d__p40, (weight[1536:1552].view(16) * 0.8219949365267865))
+    d2_weight_359 = torch.einsum("zui,zui->u", (d2_d__p40 * 0.8219949365267865), d__p68)
+    # ∂/∂d__p69: ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
+    d2_d__p68 = d2_d__p68_350 + d2_d__p68_352 + d2_d__p68_354 + d2_d__p68_356 + d2_d__p68_358
+    _c173 = torch.einsum("zui,zuj->ziju", d2_d__p68, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p69 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c173)
+    # ∂/∂x4: ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
+    _c174 = torch.einsum("zui,zuk->ziku", d2_d__p68, d__p69)
+    d2_x4_360 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c174)
+    d2_d_y_361 = d2_d__p69
+    d2_d__p70_362 = torch.einsum("zui,u->zui", d2_d__p17, (weight[688:704].view(16) * 0.9725975251592747))
+    d2_weight_363 = torch.einsum("zui,zui->u", (d2_d__p17 * 0.9725975251592747), d__p70)
+    d2_d__p70_364 = torch.einsum("zui,u->zui", d2_d__p22, (weight[880:896].view(16) * 0.9725975251592747))
+    d2_weight_365 = torch.einsum("zui,zui->u", (d2_d__p22 * 0.9725975251592747), d__p70)
+    d2_d__p70_366 = torch.einsum("zui,u->zui", d2_d__p41, (weight[1552:1568].view(16) * 0.9725975251592747))
+    d2_weight_367 = torch.einsum("zui,zui->u", (d2_d__p41 * 0.9725975251592747), d__p70)
+    # ∂/∂d__p71: ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
+    d2_d__p70 = d2_d__p70_362 + d2_d__p70_364 + d2_d__p70_366
+    _c175 = torch.einsum("zui,zuj->ziju", d2_d__p70, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p71 = torch.einsum("ijk,ziju->zuk", cg_3_1_2, _c175)
+    # ∂/∂x4: ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
+    _c176 = torch.einsum("zui,zuk->ziku", d2_d__p70, d__p71)
+    d2_x4_368 = torch.einsum("ijk,ziku->zuj", cg_3_1_2, _c176)
+    d2_d_y_369 = d2_d__p71
+    d2_d__p72_370 = torch.einsum("zui,u->zui", d2_d__p16, (weight[720:736].view(16) * 0.6642111641550714))
+    d2_weight_371 = torch.einsum("zui,zui->u", (d2_d__p16 * 0.6642111641550714), d__p72)
+    d2_d__p72_372 = torch.einsum("zui,u->zui", d2_d__p21, (weight[912:928].view(16) * 0.6642111641550714))
+    d2_weight_373 = torch.einsum("zui,zui->u", (d2_d__p21 * 0.6642111641550714), d__p72)
+    d2_d__p72_374 = torch.einsum("zui,u->zui", d2_d__p30, (weight[1216:1232].view(16) * 0.6642111641550714))
+    d2_weight_375 = torch.einsum("zui,zui->u", (d2_d__p30 * 0.6642111641550714), d__p72)
+    d2_d__p72_376 = torch.einsum("zui,u->zui", d2_d__p35, (weight[1360:1376].view(16) * 0.6642111641550714))
+    d2_weight_377 = torch.einsum("zui,zui->u", (d2_d__p35 * 0.6642111641550714), d__p72)
+    d2_d__p72_378 = torch.einsum("zui,u->zui", d2_d__p40, (weight[1584:1600].view(16) * 0.6642111641550714))
+    d2_weight_379 = torch.einsum("zui,zui->u", (d2_d__p40 * 0.6642111641550714), d__p72)
+    # ∂/∂d__p73: ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
+    d2_d__p72 = d2_d__p72_370 + d2_d__p72_372 + d2_d__p72_374 + d2_d__p72_376 + d2_d__p72_378
+    _c177 = torch.einsum("zui,zuj->ziju", d2_d__p72, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p73 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c177)
+    # ∂/∂x4: ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
+    _c178 = torch.einsum("zui,zuk->ziku", d2_d__p72, d__p73)
+    d2_x4_380 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c178)
+    d2_d_y_381 = d2_d__p73
+    d2_d__p74_382 = torch.einsum("zui,u->zui", d2_d__p17, (weight[736:752].view(16) * 0.7859052479933758))
+    d2_weight_383 = torch.einsum("zui,zui->u", (d2_d__p17 * 0.7859052479933758), d__p74)
+    d2_d__p74_384 = torch.einsum("zui,u->zui", d2_d__p22, (weight[928:944].view(16) * 0.7859052479933758))
+    d2_weight_385 = torch.einsum("zui,zui->u", (d2_d__p22 * 0.7859052479933758), d__p74)
+    d2_d__p74_386 = torch.einsum("zui,u->zui", d2_d__p41, (weight[1600:1616].view(16) * 0.7859052479933758))
+    d2_weight_387 = torch.einsum("zui,zui->u", (d2_d__p41 * 0.7859052479933758), d__p74)
+    # ∂/∂d__p75: ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
+    d2_d__p74 = d2_d__p74_382 + d2_d__p74_384 + d2_d__p74_386
+    _c179 = torch.einsum("zui,zuj->ziju", d2_d__p74, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p75 = torch.einsum("ijk,ziju->zuk", cg_3_2_1, _c179)
+    # ∂/∂x4: ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
+    _c180 = torch.einsum("zui,zuk->ziku", d2_d__p74, d__p75)
+    d2_x4_388 = torch.einsum("ijk,ziku->zuj", cg_3_2_1, _c180)
+    d2_d_y_389 = d2_d__p75
+    d2_d__p76_390 = torch.einsum("zui,u->zui", d2_d__p26, (weight[1088:1104].view(16) * 0.9725975251592747))
+    d2_weight_391 = torch.einsum("zui,zui->u", (d2_d__p26 * 0.9725975251592747), d__p76)
+    d2_d__p76_392 = torch.einsum("zui,u->zui", d2_d__p33, (weight[1328:1344].view(16) * 0.9725975251592747))
+    d2_weight_393 = torch.einsum("zui,zui->u", (d2_d__p33 * 0.9725975251592747), d__p76)
+    d2_d__p76_394 = torch.einsum("zui,u->zui", d2_d__p38, (weight[1472:1488].view(16) * 0.9725975251592747))
+    d2_weight_395 = torch.einsum("zui,zui->u", (d2_d__p38 * 0.9725975251592747), d__p76)
+    # ∂/∂d__p77: ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
+    d2_d__p76 = d2_d__p76_390 + d2_d__p76_392 + d2_d__p76_394
+    _c181 = torch.einsum("zui,zuj->ziju", d2_d__p76, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p77 = torch.einsum("ijk,ziju->zuk", cg_3_2_2, _c181)
+    # ∂/∂x4: ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
+    _c182 = torch.einsum("zui,zuk->ziku", d2_d__p76, d__p77)
+    d2_x4_396 = torch.einsum("ijk,ziku->zuj", cg_3_2_2, _c182)
+    d2_d_y_397 = d2_d__p77
+    d2_x1 = torch.cat([
+        (d2_x1_115 + d2_x1_118 + d2_x1_121).reshape(n, 16),
+        (d2_x1_124 + d2_x1_127 + d2_x1_130 + d2_x1_133 + d2_x1_136 + d2_x1_139).reshape(n, 48),
+        (d2_x1_142 + d2_x1_145 + d2_x1_148 + d2_x1_151 + d2_x1_154 + d2_x1_157).reshape(n, 80),
+    ], dim=-1)
+    d2_x2 = weight.new_zeros(n, 144)
+    d2_x3 = torch.cat([
+        (d2_x3_159 + d2_x3_162 + d2_x3_169 + d2_x3_177 + d2_x3_183).reshape(n, 16),
+        (d2_x3_160 + d2_x3_163 + d2_x3_164 + d2_x3_165 + d2_x3_170 + d2_x3_171 + d2_x3_172 + d2_x3_178 + d2_x3_179 + d2_x3_184 + d2_x3_185 + d2_x3_186).reshape(n, 48),
+        (d2_x3_161 + d2_x3_166 + d2_x3_167 + d2_x3_168 + d2_x3_173 + d2_x3_174 + d2_x3_175 + d2_x3_176 + d2_x3_180 + d2_x3_181 + d2_x3_182 + d2_x3_187 + d2_x3_188 + d2_x3_189).reshape(n, 80),
+    ], dim=-1)
+    d2_x4 = torch.cat([
+        (d2_x4_196 + d2_x4_226 + d2_x4_282).reshape(n, 16),
+        (d2_x4_204 + d2_x4_240 + d2_x4_254 + d2_x4_296 + d2_x4_336 + d2_x4_360 + d2_x4_368).reshape(n, 48),
+        (d2_x4_212 + d2_x4_268 + d2_x4_310 + d2_x4_324 + d2_x4_348 + d2_x4_380 + d2_x4_388 + d2_x4_396).reshape(n, 80),
+    ], dim=-1)
+    d2_d_y = torch.cat([
+        (d2_d_y_197 + d2_d_y_241 + d2_d_y_311).reshape(n, 16),
+        (d2_d_y_205 + d2_d_y_227 + d2_d_y_269 + d2_d_y_297 + d2_d_y_337 + d2_d_y_381 + d2_d_y_389).reshape(n, 48),
+        (d2_d_y_213 + d2_d_y_255 + d2_d_y_283 + d2_d_y_325 + d2_d_y_349 + d2_d_y_361 + d2_d_y_369 + d2_d_y_397).reshape(n, 80),
+    ], dim=-1)
+    d2_weight = torch.cat([
+        d2_weight_116.reshape(16),
+        d2_weight_119.reshape(16),
+        d2_weight_122.reshape(16),
+        d2_weight_125.reshape(16),
+        d2_weight_128.reshape(16),
+        d2_weight_131.reshape(16),
+        d2_weight_134.reshape(16),
+        d2_weight_137.reshape(16),
+        d2_weight_140.reshape(16),
+        d2_weight_143.reshape(16),
+        d2_weight_146.reshape(16),
+        d2_weight_149.reshape(16),
+        d2_weight_152.reshape(16),
+        d2_weight_155.reshape(16),
+        d2_weight_158.reshape(16),
+        d2_weight_191.reshape(16),
+        d2_weight_199.reshape(16),
+        d2_weight_207.reshape(16),
+        d2_weight_215.reshape(16),
+        d2_weight_229.reshape(16),
+        d2_weight_243.reshape(16),
+        d2_weight_257.reshape(16),
+        d2_weight_271.reshape(16),
+        d2_weight_285.reshape(16),
+        d2_weight_299.reshape(16),
+        d2_weight_313.reshape(16),
+        d2_weight_217.reshape(16),
+        d2_weight_231.reshape(16),
+        d2_weight_245.reshape(16),
+        d2_weight_259.reshape(16),
+        d2_weight_193.reshape(16),
+        d2_weight_273.reshape(16),
+        d2_weight_201.reshape(16),
+        d2_weight_327.reshape(16),
+        d2_weight_287.reshape(16),
+        d2_weight_209.reshape(16),
+        d2_weight_339.reshape(16),
+        d2_weight_301.reshape(16),
+        d2_weight_315.reshape(16),
+        d2_weight_219.reshape(16),
+        d2_weight_233.reshape(16),
+        d2_weight_247.reshape(16),
+        d2_weight_351.reshape(16),
+        d2_weight_363.reshape(16),
+        d2_weight_261.reshape(16),
+        d2_weight_371.reshape(16),
+        d2_weight_383.reshape(16),
+        d2_weight_275.reshape(16),
+        d2_weight_289.reshape(16),
+        d2_weight_303.reshape(16),
+        d2_weight_317.reshape(16),
+        d2_weight_221.reshape(16),
+        d2_weight_235.reshape(16),
+        d2_weight_249.reshape(16),
+        d2_weight_353.reshape(16),
+        d2_weight_365.reshape(16),
+        d2_weight_263.reshape(16),
+        d2_weight_373.reshape(16),
+        d2_weight_385.reshape(16),
+        d2_weight_195.reshape(16),
+        d2_weight_277.reshape(16),
+        d2_weight_203.reshape(16),
+        d2_weight_329.reshape(16),
+        d2_weight_291.reshape(16),
+        d2_weight_211.reshape(16),
+        d2_weight_341.reshape(16),
+        d2_weight_305.reshape(16),
+        d2_weight_319.reshape(16),
+        d2_weight_391.reshape(16),
+        d2_weight_331.reshape(16),
+        d2_weight_343.reshape(16),
+        d2_weight_223.reshape(16),
+        d2_weight_237.reshape(16),
+        d2_weight_251.reshape(16),
+        d2_weight_355.reshape(16),
+        d2_weight_265.reshape(16),
+        d2_weight_375.reshape(16),
+        d2_weight_279.reshape(16),
+        d2_weight_333.reshape(16),
+        d2_weight_293.reshape(16),
+        d2_weight_345.reshape(16),
+        d2_weight_307.reshape(16),
+        d2_weight_321.reshape(16),
+        d2_weight_393.reshape(16),
+        d2_weight_357.reshape(16),
+        d2_weight_377.reshape(16),
+        d2_weight_281.reshape(16),
+        d2_weight_335.reshape(16),
+        d2_weight_295.reshape(16),
+        d2_weight_347.reshape(16),
+        d2_weight_309.reshape(16),
+        d2_weight_323.reshape(16),
+        d2_weight_395.reshape(16),
+        d2_weight_225.reshape(16),
+        d2_weight_239.reshape(16),
+        d2_weight_253.reshape(16),
+        d2_weight_359.reshape(16),
+        d2_weight_367.reshape(16),
+        d2_weight_267.reshape(16),
+        d2_weight_379.reshape(16),
+        d2_weight_387.reshape(16),
+    ], dim=-1)
+    return [d2_x1, d2_x2, d2_x3, d2_x4, d2_d_y, d2_weight]
+
+
+def _fusion_block_d2_x3(
+    x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, x4: torch.Tensor,
+    d_y: torch.Tensor, d2_d_x3: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor,
+    cg_1_2_3: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor,
+    cg_2_1_3: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
+    cg_2_2_3: torch.Tensor, cg_3_1_2: torch.Tensor, cg_3_2_1: torch.Tensor, cg_3_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fusion_block_d for the cotangent of d_x3: x1 (n, 144), x2 (n, 144), x3 (n, 144), x4 (n, 144), d_y (n, 144), d2_d_x3 (n, 144) -> d2_x1 (n, 144), d2_x2 (n, 144), d2_x3 (n, 144), d2_x4 (n, 144), d2_d_y (n, 144), d2_weight (1616,)."""
+    n = x1.shape[0]
+    # 16x0e ⊗ 16x0e -> 16x0e
+    _c0 = torch.einsum("zui,zuj->ziju", x1[:, 0:16].reshape(n, 16, 1), x2[:, 0:16].reshape(n, 16, 1))
+    _c1 = torch.einsum("ijk,u->ijku", cg_0_0_0, weight[0:16].view(16))
+    t_0 = torch.einsum("ziju,ijku->zuk", _c0, (_c1 * 0.5773502691896257))
+    # 16x0e ⊗ 16x1o -> 16x1o
+    _c2 = torch.einsum("zui,zuj->ziju", x1[:, 0:16].reshape(n, 16, 1), x2[:, 16:64].reshape(n, 16, 3))
+    _c3 = torch.einsum("ijk,u->ijku", cg_0_1_1, weight[16:32].view(16))
+    t_1 = torch.einsum("ziju,ijku->zuk", _c2, (_c3 * 0.8660254037844386))
+    # 16x0e ⊗ 16x2e -> 16x2e
+    _c4 = torch.einsum("zui,zuj->ziju", x1[:, 0:16].reshape(n, 16, 1), x2[:, 64:144].reshape(n, 16, 5))
+    _c5 = torch.einsum("ijk,u->ijku", cg_0_2_2, weight[32:48].view(16))
+    t_2 = torch.einsum("ziju,ijku->zuk", _c4, (_c5 * 1.118033988749895))
+    # 16x1o ⊗ 16x0e -> 16x1o
+    _c6 = torch.einsum("zui,zuj->ziju", x1[:, 16:64].reshape(n, 16, 3), x2[:, 0:16].reshape(n, 16, 1))
+    _c7 = torch.einsum("ijk,u->ijku", cg_1_0_1, weight[48:64].view(16))
+    t_3 = torch.einsum("ziju,ijku->zuk", _c6, (_c7 * 0.8660254037844386))
+    # 16x1o ⊗ 16x1o -> 16x0e
+    _c8 = torch.einsum("zui,zuj->ziju", x1[:, 16:64].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3))
+    _c9 = torch.einsum("ijk,u->ijku", cg_1_1_0, weight[64:80].view(16))
+    t_4 = torch.einsum("ziju,ijku->zuk", _c8, (_c9 * 0.5773502691896257))
+    # 16x1o ⊗ 16x1o -> 16x2e
+    _c10 = torch.einsum("ijk,u->ijku", cg_1_1_2, weight[80:96].view(16))
+    t_5 = torch.einsum("ziju,ijku->zuk", _c8, (_c10 * 1.118033988749895))
+    # 16x1o ⊗ 16x1o -> 16x1e
+    _c11 = torch.einsum("ijk,u->ijku", cg_1_1_1, weight[96:112].view(16))
+    t_6 = torch.einsum("ziju,ijku->zuk", _c8, (_c11 * 1.224744871391589))
+    # 16x1o ⊗ 16x2e -> 16x1o
+    _c12 = torch.einsum("zui,zuj->ziju", x1[:, 16:64].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5))
+    _c13 = torch.einsum("ijk,u->ijku", cg_1_2_1, weight[112:128].view(16))
+    t_7 = torch.einsum("ziju,ijku->zuk", _c12, (_c13 * 0.8660254037844386))
+    # 16x1o ⊗ 16x2e -> 16x2o
+    _c14 = torch.einsum("ijk,u->ijku", cg_1_2_2, weight[128:144].view(16))
+    t_8 = torch.einsum("ziju,ijku->zuk", _c12, (_c14 * 1.5811388300841898))
+    # 16x2e ⊗ 16x0e -> 16x2e
+    _c15 = torch.einsum("zui,zuj->ziju", x1[:, 64:144].reshape(n, 16, 5), x2[:, 0:16].reshape(n, 16, 1))
+    _c16 = torch.einsum("ijk,u->ijku", cg_2_0_2, weight[144:160].view(16))
+    t_9 = torch.einsum("ziju,ijku->zuk", _c15, (_c16 * 1.118033988749895))
+    # 16x2e ⊗ 16x1o -> 16x1o
+    _c17 = torch.einsum("zui,zuj->ziju", x1[:, 64:144].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3))
+    _c18 = torch.einsum("ijk,u->ijku", cg_2_1_1, weight[160:176].view(16))
+    t_10 = torch.einsum("ziju,ijku->zuk", _c17, (_c18 * 0.8660254037844386))
+    # 16x2e ⊗ 16x1o -> 16x2o
+    _c19 = torch.einsum("ijk,u->ijku", cg_2_1_2, weight[176:192].view(16))
+    t_11 = torch.einsum("ziju,ijku->zuk", _c17, (_c19 * 1.5811388300841898))
+    # 16x2e ⊗ 16x2e -> 16x0e
+    _c20 = torch.einsum("zui,zuj->ziju", x1[:, 64:144].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5))
+    _c21 = torch.einsum("ijk,u->ijku", cg_2_2_0, weight[192:208].view(16))
+    t_12 = torch.einsum("ziju,ijku->zuk", _c20, (_c21 * 0.5773502691896257))
+    # 16x2e ⊗ 16x2e -> 16x2e
+    _c22 = torch.einsum("ijk,u->ijku", cg_2_2_2, weight[208:224].view(16))
+    t_13 = torch.einsum("ziju,ijku->zuk", _c20, (_c22 * 1.118033988749895))
+    # 16x2e ⊗ 16x2e -> 16x1e
+    _c23 = torch.einsum("ijk,u->ijku", cg_2_2_1, weight[224:240].view(16))
+    t_14 = torch.einsum("ziju,ijku->zuk", _c20, (_c23 * 1.224744871391589))
+    d__p77 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
+    _c24 = torch.einsum("zuk,zuj->zjku", d__p77, x4[:, 64:144].reshape(n, 16, 5))
+    d__p76 = torch.einsum("ijk,zjku->zui", cg_3_2_2, _c24)
+    d__p38 = torch.einsum("zui,u->zui", d__p76, (weight[1472:1488].view(16) * 0.9725975251592747))
+    d__p33 = torch.einsum("zui,u->zui", d__p76, (weight[1328:1344].view(16) * 0.9725975251592747))
+    d__p26 = torch.einsum("zui,u->zui", d__p76, (weight[1088:1104].view(16) * 0.9725975251592747))
+    d__p75 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
+    _c25 = torch.einsum("zuk,zuj->zjku", d__p75, x4[:, 64:144].reshape(n, 16, 5))
+    d__p74 = torch.einsum("ijk,zjku->zui", cg_3_2_1, _c25)
+    d__p41_15 = torch.einsum("zui,u->zui", d__p74, (weight[1600:1616].view(16) * 0.7859052479933758))
+    d__p22_16 = torch.einsum("zui,u->zui", d__p74, (weight[928:944].view(16) * 0.7859052479933758))
+    d__p17_17 = torch.einsum("zui,u->zui", d__p74, (weight[736:752].view(16) * 0.7859052479933758))
+    d__p73 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
+    _c26 = torch.einsum("zuk,zuj->zjku", d__p73, x4[:, 64:144].reshape(n, 16, 5))
+    d__p72 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c26)
+    d__p40_18 = torch.einsum("zui,u->zui", d__p72, (weight[1584:1600].view(16) * 0.6642111641550714))
+    d__p35_19 = torch.einsum("zui,u->zui", d__p72, (weight[1360:1376].view(16) * 0.6642111641550714))
+    d__p30_20 = torch.einsum("zui,u->zui", d__p72, (weight[1216:1232].view(16) * 0.6642111641550714))
+    d__p21_21 = torch.einsum("zui,u->zui", d__p72, (weight[912:928].view(16) * 0.6642111641550714))
+    d__p16_22 = torch.einsum("zui,u->zui", d__p72, (weight[720:736].view(16) * 0.6642111641550714))
+    d__p71 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
+    _c27 = torch.einsum("zuk,zuj->zjku", d__p71, x4[:, 16:64].reshape(n, 16, 3))
+    d__p70 = torch.einsum("ijk,zjku->zui", cg_3_1_2, _c27)
+    d__p41_23 = torch.einsum("zui,u->zui", d__p70, (weight[1552:1568].view(16) * 0.9725975251592747))
+    d__p22_24 = torch.einsum("zui,u->zui", d__p70, (weight[880:896].view(16) * 0.9725975251592747))
+    d__p17_25 = torch.einsum("zui,u->zui", d__p70, (weight[688:704].view(16) * 0.9725975251592747))
+    d__p69 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
+    _c28 = torch.einsum("zuk,zuj->zjku", d__p69, x4[:, 16:64].reshape(n, 16, 3))
+    d__p68 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c28)
+    d__p40_26 = torch.einsum("zui,u->zui", d__p68, (weight[1536:1552].view(16) * 0.8219949365267865))
+    d__p35_27 = torch.einsum("zui,u->zui", d__p68, (weight[1344:1360].view(16) * 0.8219949365267865))
+    d__p30_28 = torch.einsum("zui,u->zui", d__p68, (weight[1184:1200].view(16) * 0.8219949365267865))
+    d__p21_29 = torch.einsum("zui,u->zui", d__p68, (weight[864:880].view(16) * 0.8219949365267865))
+    d__p16_30 = torch.einsum("zui,u->zui", d__p68, (weight[672:688].view(16) * 0.8219949365267865))
+    d__p67 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
+    _c29 = torch.einsum("zuk,zuj->zjku", d__p67, x4[:, 64:144].reshape(n, 16, 5))
+    d__p66 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c29)
+    d__p37_31 = torch.einsum("zui,u->zui", d__p66, (weight[1424:1440].view(16) * 0.6367145399670133))
+    d__p32_32 = torch.einsum("zui,u->zui", d__p66, (weight[1280:1296].view(16) * 0.6367145399670133))
+    d__p28_33 = torch.einsum("zui,u->zui", d__p66, (weight[1120:1136].view(16) * 0.6367145399670133))
+    d__p25_34 = torch.einsum("zui,u->zui", d__p66, (weight[1040:1056].view(16) * 0.6367145399670133))
+    d__p14_35 = torch.einsum("zui,u->zui", d__p66, (weight[576:592].view(16) * 0.6367145399670133))
+    d__p65 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
+    _c30 = torch.einsum("zuk,zuj->zjku", d__p65, x4[:, 16:64].reshape(n, 16, 3))
+    d__p64 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c30)
+    d__p37_36 = torch.einsum("zui,u->zui", d__p64, (weight[1392:1408].view(16) * 0.5144957554275266))
+    d__p32_37 = torch.einsum("zui,u->zui", d__p64, (weight[1248:1264].view(16) * 0.5144957554275266))
+    d__p28_38 = torch.einsum("zui,u->zui", d__p64, (weight[1104:1120].view(16) * 0.5144957554275266))
+    d__p25_39 = torch.einsum("zui,u->zui", d__p64, (weight[992:1008].view(16) * 0.5144957554275266))
+    d__p14_40 = torch.einsum("zui,u->zui", d__p64, (weight[528:544].view(16) * 0.5144957554275266))
+    d__p63 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
+    _c31 = torch.einsum("zuk,zuj->zjku", d__p63, x4[:, 64:144].reshape(n, 16, 5))
+    d__p62 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c31)
+    d__p36_41 = torch.einsum("zui,u->zui", d__p62, (weight[1456:1472].view(16) * 0.8219949365267865))
+    d__p31_42 = torch.einsum("zui,u->zui", d__p62, (weight[1312:1328].view(16) * 0.8219949365267865))
+    d__p24_43 = torch.einsum("zui,u->zui", d__p62, (weight[1072:1088].view(16) * 0.8219949365267865))
+    d__p19_44 = torch.einsum("zui,u->zui", d__p62, (weight[800:816].view(16) * 0.8219949365267865))
+    d__p13_45 = torch.einsum("zui,u->zui", d__p62, (weight[608:624].view(16) * 0.8219949365267865))
+    d__p9_46 = torch.einsum("zui,u->zui", d__p62, (weight[400:416].view(16) * 0.8219949365267865))
+    d__p61 = d_y[:, 0:16].reshape(n, 16, 1)
+    # ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
+    _c32 = torch.einsum("zuk,zuj->zjku", d__p61, x4[:, 64:144].reshape(n, 16, 5))
+    d__p60 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c32)
+    d__p36_47 = torch.einsum("zui,u->zui", d__p60, (weight[1440:1456].view(16) * 0.5773502691896257))
+    d__p31_48 = torch.einsum("zui,u->zui", d__p60, (weight[1296:1312].view(16) * 0.5773502691896257))
+    d__p24_49 = torch.einsum("zui,u->zui", d__p60, (weight[1056:1072].view(16) * 0.5773502691896257))
+    d__p19_50 = torch.einsum("zui,u->zui", d__p60, (weight[784:800].view(16) * 0.5773502691896257))
+    d__p13_51 = torch.einsum("zui,u->zui", d__p60, (weight[592:608].view(16) * 0.5773502691896257))
+    d__p9_52 = torch.einsum("zui,u->zui", d__p60, (weight[384:400].view(16) * 0.5773502691896257))
+    d__p59 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
+    _c33 = torch.einsum("zuk,zuj->zjku", d__p59, x4[:, 16:64].reshape(n, 16, 3))
+    d__p58 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c33)
+    d__p36_53 = torch.einsum("zui,u->zui", d__p58, (weight[1408:1424].view(16) * 0.6642111641550714))
+    d__p31_54 = torch.einsum("zui,u->zui", d__p58, (weight[1264:1280].view(16) * 0.6642111641550714))
+    d__p24_55 = torch.einsum("zui,u->zui", d__p58, (weight[1008:1024].view(16) * 0.6642111641550714))
+    d__p19_56 = torch.einsum("zui,u->zui", d__p58, (weight[768:784].view(16) * 0.6642111641550714))
+    d__p13_57 = torch.einsum("zui,u->zui", d__p58, (weight[544:560].view(16) * 0.6642111641550714))
+    d__p9_58 = torch.einsum("zui,u->zui", d__p58, (weight[368:384].view(16) * 0.6642111641550714))
+    d__p57 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
+    _c34 = torch.einsum("zuk,zuj->zjku", d__p57, x4[:, 0:16].reshape(n, 16, 1))
+    d__p56 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c34)
+    d__p36_59 = torch.einsum("zui,u->zui", d__p56, (weight[1376:1392].view(16) * 0.8219949365267865))
+    d__p31_60 = torch.einsum("zui,u->zui", d__p56, (weight[1232:1248].view(16) * 0.8219949365267865))
+    d__p24_61 = torch.einsum("zui,u->zui", d__p56, (weight[960:976].view(16) * 0.8219949365267865))
+    d__p19_62 = torch.einsum("zui,u->zui", d__p56, (weight[752:768].view(16) * 0.8219949365267865))
+    d__p13_63 = torch.einsum("zui,u->zui", d__p56, (weight[496:512].view(16) * 0.8219949365267865))
+    d__p9_64 = torch.einsum("zui,u->zui", d__p56, (weight[352:368].view(16) * 0.8219949365267865))
+    d__p55 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
+    _c35 = torch.einsum("zuk,zuj->zjku", d__p55, x4[:, 64:144].reshape(n, 16, 5))
+    d__p54 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c35)
+    d__p39_65 = torch.einsum("zui,u->zui", d__p54, (weight[1568:1584].view(16) * 0.5144957554275266))
+    d__p29_66 = torch.einsum("zui,u->zui", d__p54, (weight[1200:1216].view(16) * 0.5144957554275266))
+    d__p20_67 = torch.einsum("zui,u->zui", d__p54, (weight[896:912].view(16) * 0.5144957554275266))
+    d__p15_68 = torch.einsum("zui,u->zui", d__p54, (weight[704:720].view(16) * 0.5144957554275266))
+    d__p11_69 = torch.einsum("zui,u->zui", d__p54, (weight[464:480].view(16) * 0.5144957554275266))
+    d__p7_70 = torch.einsum("zui,u->zui", d__p54, (weight[336:352].view(16) * 0.5144957554275266))
+    d__p53 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
+    _c36 = torch.einsum("zuk,zuj->zjku", d__p53, x4[:, 16:64].reshape(n, 16, 3))
+    d__p52 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c36)
+    d__p39_71 = torch.einsum("zui,u->zui", d__p52, (weight[1520:1536].view(16) * 0.6367145399670133))
+    d__p29_72 = torch.einsum("zui,u->zui", d__p52, (weight[1168:1184].view(16) * 0.6367145399670133))
+    d__p20_73 = torch.einsum("zui,u->zui", d__p52, (weight[848:864].view(16) * 0.6367145399670133))
+    d__p15_74 = torch.einsum("zui,u->zui", d__p52, (weight[656:672].view(16) * 0.6367145399670133))
+    d__p11_75 = torch.einsum("zui,u->zui", d__p52, (weight[448:464].view(16) * 0.6367145399670133))
+    d__p7_76 = torch.einsum("zui,u->zui", d__p52, (weight[320:336].view(16) * 0.6367145399670133))
+    d__p51 = d_y[:, 0:16].reshape(n, 16, 1)
+    # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
+    _c37 = torch.einsum("zuk,zuj->zjku", d__p51, x4[:, 16:64].reshape(n, 16, 3))
+    d__p50 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c37)
+    d__p39_77 = torch.einsum("zui,u->zui", d__p50, (weight[1504:1520].view(16) * 0.4472135954999579))
+    d__p29_78 = torch.einsum("zui,u->zui", d__p50, (weight[1152:1168].view(16) * 0.4472135954999579))
+    d__p20_79 = torch.einsum("zui,u->zui", d__p50, (weight[832:848].view(16) * 0.4472135954999579))
+    d__p15_80 = torch.einsum("zui,u->zui", d__p50, (weight[640:656].view(16) * 0.4472135954999579))
+    d__p11_81 = torch.einsum("zui,u->zui", d__p50, (weight[432:448].view(16) * 0.4472135954999579))
+    d__p7_82 = torch.einsum("zui,u->zui", d__p50, (weight[304:320].view(16) * 0.4472135954999579))
+    d__p49 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
+    _c38 = torch.einsum("zuk,zuj->zjku", d__p49, x4[:, 0:16].reshape(n, 16, 1))
+    d__p48 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c38)
+    d__p39_83 = torch.einsum("zui,u->zui", d__p48, (weight[1488:1504].view(16) * 0.5144957554275266))
+    d__p29_84 = torch.einsum("zui,u->zui", d__p48, (weight[1136:1152].view(16) * 0.5144957554275266))
+    d__p20_85 = torch.einsum("zui,u->zui", d__p48, (weight[816:832].view(16) * 0.5144957554275266))
+    d__p15_86 = torch.einsum("zui,u->zui", d__p48, (weight[624:640].view(16) * 0.5144957554275266))
+    d__p11_87 = torch.einsum("zui,u->zui", d__p48, (weight[416:432].view(16) * 0.5144957554275266))
+    d__p7_88 = torch.einsum("zui,u->zui", d__p48, (weight[288:304].view(16) * 0.5144957554275266))
+    d__p47 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
+    _c39 = torch.einsum("zuk,zuj->zjku", d__p47, x4[:, 64:144].reshape(n, 16, 5))
+    d__p46 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c39)
+    d__p23_89 = torch.einsum("zui,u->zui", d__p46, (weight[1024:1040].view(16) * 0.36760731104690386))
+    d__p12_90 = torch.einsum("zui,u->zui", d__p46, (weight[560:576].view(16) * 0.36760731104690386))
+    d__p2_91 = torch.einsum("zui,u->zui", d__p46, (weight[272:288].view(16) * 0.36760731104690386))
+    d__p45 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
+    _c40 = torch.einsum("zuk,zuj->zjku", d__p45, x4[:, 16:64].reshape(n, 16, 3))
+    d__p44 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c40)
+    d__p23_92 = torch.einsum("zui,u->zui", d__p44, (weight[976:992].view(16) * 0.2970442628930023))
+    d__p12_93 = torch.einsum("zui,u->zui", d__p44, (weight[512:528].view(16) * 0.2970442628930023))
+    d__p2_94 = torch.einsum("zui,u->zui", d__p44, (weight[256:272].view(16) * 0.2970442628930023))
+    d__p43 = d_y[:, 0:16].reshape(n, 16, 1)
+    # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
+    _c41 = torch.einsum("zuk,zuj->zjku", d__p43, x4[:, 0:16].reshape(n, 16, 1))
+    d__p42 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c41)
+    d__p23_95 = torch.einsum("zui,u->zui", d__p42, (weight[944:960].view(16) * 0.2581988897471611))
+    d__p12_96 = torch.einsum("zui,u->zui", d__p42, (weight[480:496].view(16) * 0.2581988897471611))
+    d__p2_97 = torch.einsum("zui,u->zui", d__p42, (weight[240:256].view(16) * 0.2581988897471611))
+    # ∂/∂d__p2: ∂/∂x3: p2 = (p0 ⊗ p1) -> 16x0e
+    t = torch.cat([
+        (t_0 + t_4 + t_12).reshape(n, 16),
+        (t_1 + t_3 + t_7 + t_10).reshape(n, 48),
+        (t_2 + t_5 + t_9 + t_13).reshape(n, 80),
+        (t_6 + t_14).reshape(n, 48),
+        (t_8 + t_11).reshape(n, 80),
+    ], dim=-1)
+    _c42 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 0:16].reshape(n, 16, 1), t[:, 0:16].reshape(n, 16, 1))
+    d2_d__p2 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c42)
+    # ∂/∂t: ∂/∂x3: p2 = (p0 ⊗ p1) -> 16x0e
+    d__p2 = d__p2_91 + d__p2_94 + d__p2_97
+    _c43 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 0:16].reshape(n, 16, 1), d__p2)
+    d2_t_98 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c43)
+    # ∂/∂d__p7: ∂/∂x3: p7 = (p0 ⊗ p6) -> 16x1o
+    _c44 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), t[:, 0:16].reshape(n, 16, 1))
+    d2_d__p7 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c44)
+    # ∂/∂t: ∂/∂x3: p7 = (p0 ⊗ p6) -> 16x1o
+    d__p7 = d__p7_70 + d__p7_76 + d__p7_82 + d__p7_88
+    _c45 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p7)
+    d2_t_99 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c45)
+    # ∂/∂d__p9: ∂/∂x3: p9 = (p0 ⊗ p8) -> 16x2e
+    _c46 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), t[:, 0:16].reshape(n, 16, 1))
+    d2_d__p9 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c46)
+    # ∂/∂t: ∂/∂x3: p9 = (p0 ⊗ p8) -> 16x2e
+    d__p9 = d__p9_46 + d__p9_52 + d__p9_58 + d__p9_64
+    _c47 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p9)
+    d2_t_100 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c47)
+    # ∂/∂d__p11: ∂/∂x3: p11 = (p10 ⊗ p1) -> 16x1o
+    _c48 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 0:16].reshape(n, 16, 1), t[:, 16:64].reshape(n, 16, 3))
+    d2_d__p11 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c48)
+    # ∂/∂t: ∂/∂x3: p11 = (p10 ⊗ p1) -> 16x1o
+    d__p11 = d__p11_69 + d__p11_75 + d__p11_81 + d__p11_87
+    _c49 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 0:16].reshape(n, 16, 1), d__p11)
+    d2_t_101 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c49)
+    # ∂/∂d__p12: ∂/∂x3: p12 = (p10 ⊗ p6) -> 16x0e
+    _c50 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), t[:, 16:64].reshape(n, 16, 3))
+    d2_d__p12 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c50)
+    # ∂/∂t: ∂/∂x3: p12 = (p10 ⊗ p6) -> 16x0e
+    d__p12 = d__p12_90 + d__p12_93 + d__p12_96
+    _c51 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p12)
+    d2_t_102 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c51)
+    # ∂/∂d__p13: ∂/∂x3: p13 = (p10 ⊗ p6) -> 16x2e
+    d2_d__p13 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c50)
+    # ∂/∂t: ∂/∂x3: p13 = (p10 ⊗ p6) -> 16x2e
+    d__p13 = d__p13_45 + d__p13_51 + d__p13_57 + d__p13_63
+    _c52 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p13)
+    d2_t_103 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c52)
+    # ∂/∂d__p14: ∂/∂x3: p14 = (p10 ⊗ p6) -> 16x1e
+    d2_d__p14 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c50)
+    # ∂/∂t: ∂/∂x3: p14 = (p10 ⊗ p6) -> 16x1e
+    d__p14 = d__p14_35 + d__p14_40
+    _c53 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p14)
+    d2_t_104 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c53)
+    # ∂/∂d__p15: ∂/∂x3: p15 = (p10 ⊗ p8) -> 16x1o
+    _c54 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), t[:, 16:64].reshape(n, 16, 3))
+    d2_d__p15 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c54)
+    # ∂/∂t: ∂/∂x3: p15 = (p10 ⊗ p8) -> 16x1o
+    d__p15 = d__p15_68 + d__p15_74 + d__p15_80 + d__p15_86
+    _c55 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p15)
+    d2_t_105 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c55)
+    # ∂/∂d__p16: ∂/∂x3: p16 = (p10 ⊗ p8) -> 16x2o
+    d2_d__p16 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c54)
+    # ∂/∂t: ∂/∂x3: p16 = (p10 ⊗ p8) -> 16x2o
+    d__p16 = d__p16_22 + d__p16_30
+    _c56 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p16)
+    d2_t_106 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c56)
+    # ∂/∂d__p17: ∂/∂x3: p17 = (p10 ⊗ p8) -> 16x3o
+    d2_d__p17 = torch.einsum("ijk,ziju->zuk", cg_1_2_3, _c54)
+    # ∂/∂t: ∂/∂x3: p17 = (p10 ⊗ p8) -> 16x3o
+    d__p17 = d__p17_17 + d__p17_25
+    _c57 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p17)
+    d2_t_107 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c57)
+    # ∂/∂d__p19: ∂/∂x3: p19 = (p18 ⊗ p1) -> 16x2e
+    _c58 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 0:16].reshape(n, 16, 1), t[:, 64:144].reshape(n, 16, 5))
+    d2_d__p19 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c58)
+    # ∂/∂t: ∂/∂x3: p19 = (p18 ⊗ p1) -> 16x2e
+    d__p19 = d__p19_44 + d__p19_50 + d__p19_56 + d__p19_62
+    _c59 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 0:16].reshape(n, 16, 1), d__p19)
+    d2_t_108 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c59)
+    # ∂/∂d__p20: ∂/∂x3: p20 = (p18 ⊗ p6) -> 16x1o
+    _c60 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), t[:, 64:144].reshape(n, 16, 5))
+    d2_d__p20 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c60)
+    # ∂/∂t: ∂/∂x3: p20 = (p18 ⊗ p6) -> 16x1o
+    d__p20 = d__p20_67 + d__p20_73 + d__p20_79 + d__p20_85
+    _c61 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p20)
+    d2_t_109 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c61)
+    # ∂/∂d__p21: ∂/∂x3: p21 = (p18 ⊗ p6) -> 16x2o
+    d2_d__p21 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c60)
+    # ∂/∂t: ∂/∂x3: p21 = (p18 ⊗ p6) -> 16x2o
+    d__p21 = d__p21_21 + d__p21_29
+    _c62 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p21)
+    d2_t_110 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c62)
+    # ∂/∂d__p22: ∂/∂x3: p22 = (p18 ⊗ p6) -> 16x3o
+    d2_d__p22 = torch.einsum("ijk,ziju->zuk", cg_2_1_3, _c60)
+    # ∂/∂t: ∂/∂x3: p22 = (p18 ⊗ p6) -> 16x3o
+    d__p22 = d__p22_16 + d__p22_24
+    _c63 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p22)
+    d2_t_111 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c63)
+    # ∂/∂d__p23: ∂/∂x3: p23 = (p18 ⊗ p8) -> 16x0e
+    _c64 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), t[:, 64:144].reshape(n, 16, 5))
+    d2_d__p23 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c64)
+    # ∂/∂t: ∂/∂x3: p23 = (p18 ⊗ p8) -> 16x0e
+    d__p23 = d__p23_89 + d__p23_92 + d__p23_95
+    _c65 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p23)
+    d2_t_112 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c65)
+    # ∂/∂d__p24: ∂/∂x3: p24 = (p18 ⊗ p8) -> 16x2e
+    d2_d__p24 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c64)
+    # ∂/∂t: ∂/∂x3: p24 = (p18 ⊗ p8) -> 16x2e
+    d__p24 = d__p24_43 + d__p24_49 + d__p24_55 + d__p24_61
+    _c66 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p24)
+    d2_t_113 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c66)
+    # ∂/∂d__p25: ∂/∂x3: p25 = (p18 ⊗ p8) -> 16x1e
+    d2_d__p25 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c64)
+    # ∂/∂t: ∂/∂x3: p25 = (p18 ⊗ p8) -> 16x1e
+    d__p25 = d__p25_34 + d__p25_39
+    _c67 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p25)
+    d2_t_114 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c67)
+    # ∂/∂d__p26: ∂/∂x3: p26 = (p18 ⊗ p8) -> 16x3e
+    d2_d__p26 = torch.einsum("ijk,ziju->zuk", cg_2_2_3, _c64)
+    # ∂/∂t: ∂/∂x3: p26 = (p18 ⊗ p8) -> 16x3e
+    _c68 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p26)
+    d2_t_115 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c68)
+    # ∂/∂d__p28: ∂/∂x3: p28 = (p27 ⊗ p1) -> 16x1e
+    _c69 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 0:16].reshape(n, 16, 1), t[:, 144:192].reshape(n, 16, 3))
+    d2_d__p28 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c69)
+    # ∂/∂t: ∂/∂x3: p28 = (p27 ⊗ p1) -> 16x1e
+    d__p28 = d__p28_33 + d__p28_38
+    _c70 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 0:16].reshape(n, 16, 1), d__p28)
+    d2_t_116 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c70)
+    # ∂/∂d__p29: ∂/∂x3: p29 = (p27 ⊗ p6) -> 16x1o
+    _c71 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), t[:, 144:192].reshape(n, 16, 3))
+    d2_d__p29 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c71)
+    # ∂/∂t: ∂/∂x3: p29 = (p27 ⊗ p6) -> 16x1o
+    d__p29 = d__p29_66 + d__p29_72 + d__p29_78 + d__p29_84
+    _c72 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p29)
+    d2_t_117 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c72)
+    # ∂/∂d__p30: ∂/∂x3: p30 = (p27 ⊗ p6) -> 16x2o
+    d2_d__p30 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c71)
+    # ∂/∂t: ∂/∂x3: p30 = (p27 ⊗ p6) -> 16x2o
+    d__p30 = d__p30_20 + d__p30_28
+    _c73 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p30)
+    d2_t_118 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c73)
+    # ∂/∂d__p31: ∂/∂x3: p31 = (p27 ⊗ p8) -> 16x2e
+    _c74 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), t[:, 144:192].reshape(n, 16, 3))
+    d2_d__p31 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c74)
+    # ∂/∂t: ∂/∂x3: p31 = (p27 ⊗ p8) -> 16x2e
+    d__p31 = d__p31_42 + d__p31_48 + d__p31_54 + d__p31_60
+    _c75 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p31)
+    d2_t_119 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c75)
+    # ∂/∂d__p32: ∂/∂x3: p32 = (p27 ⊗ p8) -> 16x1e
+    d2_d__p32 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c74)
+    # ∂/∂t: ∂/∂x3: p32 = (p27 ⊗ p8) -> 16x1e
+    d__p32 = d__p32_32 + d__p32_37
+    _c76 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p32)
+    d2_t_120 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c76)
+    # ∂/∂d__p33: ∂/∂x3: p33 = (p27 ⊗ p8) -> 16x3e
+    d2_d__p33 = torch.einsum("ijk,ziju->zuk", cg_1_2_3, _c74)
+    # ∂/∂t: ∂/∂x3: p33 = (p27 ⊗ p8) -> 16x3e
+    _c77 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p33)
+    d2_t_121 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c77)
+    # ∂/∂d__p35: ∂/∂x3: p35 = (p34 ⊗ p1) -> 16x2o
+    _c78 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 0:16].reshape(n, 16, 1), t[:, 192:272].reshape(n, 16, 5))
+    d2_d__p35 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c78)
+    # ∂/∂t: ∂/∂x3: p35 = (p34 ⊗ p1) -> 16x2o
+    d__p35 = d__p35_19 + d__p35_27
+    _c79 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 0:16].reshape(n, 16, 1), d__p35)
+    d2_t_122 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c79)
+    # ∂/∂d__p36: ∂/∂x3: p36 = (p34 ⊗ p6) -> 16x2e
+    _c80 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), t[:, 192:272].reshape(n, 16, 5))
+    d2_d__p36 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c80)
+    # ∂/∂t: ∂/∂x3: p36 = (p34 ⊗ p6) -> 16x2e
+    d__p36 = d__p36_41 + d__p36_47 + d__p36_53 + d__p36_59
+    _c81 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p36)
+    d2_t_123 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c81)
+    # ∂/∂d__p37: ∂/∂x3: p37 = (p34 ⊗ p6) -> 16x1e
+    d2_d__p37 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c80)
+    # ∂/∂t: ∂/∂x3: p37 = (p34 ⊗ p6) -> 16x1e
+    d__p37 = d__p37_31 + d__p37_36
+    _c82 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p37)
+    d2_t_124 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c82)
+    # ∂/∂d__p38: ∂/∂x3: p38 = (p34 ⊗ p6) -> 16x3e
+    d2_d__p38 = torch.einsum("ijk,ziju->zuk", cg_2_1_3, _c80)
+    # ∂/∂t: ∂/∂x3: p38 = (p34 ⊗ p6) -> 16x3e
+    _c83 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p38)
+    d2_t_125 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c83)
+    # ∂/∂d__p39: ∂/∂x3: p39 = (p34 ⊗ p8) -> 16x1o
+    _c84 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), t[:, 192:272].reshape(n, 16, 5))
+    d2_d__p39 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c84)
+    # ∂/∂t: ∂/∂x3: p39 = (p34 ⊗ p8) -> 16x1o
+    d__p39 = d__p39_65 + d__p39_71 + d__p39_77 + d__p39_83
+    _c85 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p39)
+    d2_t_126 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c85)
+    # ∂/∂d__p40: ∂/∂x3: p40 = (p34 ⊗ p8) -> 16x2o
+    d2_d__p40 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c84)
+    # ∂/∂t: ∂/∂x3: p40 = (p34 ⊗ p8) -> 16x2o
+    d__p40 = d__p40_18 + d__p40_26
+    _c86 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p40)
+    d2_t_127 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c86)
+    # ∂/∂d__p41: ∂/∂x3: p41 = (p34 ⊗ p8) -> 16x3o
+    d2_d__p41 = torch.einsum("ijk,ziju->zuk", cg_2_2_3, _c84)
+    # ∂/∂t: ∂/∂x3: p41 = (p34 ⊗ p8) -> 16x3o
+    d__p41 = d__p41_15 + d__p41_23
+    _c87 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p41)
+    d2_t_128 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c87)
+    d2_d__p42_129 = torch.einsum("zui,u->zui", d2_d__p2, (weight[240:256].view(16) * 0.2581988897471611))
+    d2_weight_130 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.2581988897471611), d__p42)
+    d2_d__p42_131 = torch.einsum("zui,u->zui", d2_d__p12, (weight[480:496].view(16) * 0.2581988897471611))
+    d2_weight_132 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.2581988897471611), d__p42)
+    d2_d__p42_133 = torch.einsum("zui,u->zui", d2_d__p23, (weight[944:960].view(16) * 0.2581988897471611))
+    d2_weight_134 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.2581988897471611), d__p42)
+    # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
+    d2_d__p42 = d2_d__p42_129 + d2_d__p42_131 + d2_d__p42_133
+    _c88 = torch.einsum("zui,zuj->ziju", d2_d__p42, x4[:, 0:16].reshape(n, 16, 1))
+    d2_d__p43 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c88)
+    # ∂/∂x4: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
+    _c89 = torch.einsum("zui,zuk->ziku", d2_d__p42, d__p43)
+    d2_x4_135 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c89)
+    d2_d_y_136 = d2_d__p43
+    d2_d__p44_137 = torch.einsum("zui,u->zui", d2_d__p2, (weight[256:272].view(16) * 0.2970442628930023))
+    d2_weight_138 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.2970442628930023), d__p44)
+    d2_d__p44_139 = torch.einsum("zui,u->zui", d2_d__p12, (weight[512:528].view(16) * 0.2970442628930023))
+    d2_weight_140 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.2970442628930023), d__p44)
+    d2_d__p44_141 = torch.einsum("zui,u->zui", d2_d__p23, (weight[976:992].view(16) * 0.2970442628930023))
+    d2_weight_142 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.2970442628930023), d__p44)
+    # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
+    d2_d__p44 = d2_d__p44_137 + d2_d__p44_139 + d2_d__p44_141
+    _c90 = torch.einsum("zui,zuj->ziju", d2_d__p44, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p45 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c90)
+    # ∂/∂x4: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
+    _c91 = torch.einsum("zui,zuk->ziku", d2_d__p44, d__p45)
+    d2_x4_143 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c91)
+    d2_d_y_144 = d2_d__p45
+    d2_d__p46_145 = torch.einsum("zui,u->zui", d2_d__p2, (weight[272:288].view(16) * 0.36760731104690386))
+    d2_weight_146 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.36760731104690386), d__p46)
+    d2_d__p46_147 = torch.einsum("zui,u->zui", d2_d__p12, (weight[560:576].view(16) * 0.36760731104690386))
+    d2_weight_148 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.36760731104690386), d__p46)
+    d2_d__p46_149 = torch.einsum("zui,u->zui", d2_d__p23, (weight[1024:1040].view(16) * 0.36760731104690386))
+    d2_weight_150 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.36760731104690386), d__p46)
+    # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
+    d2_d__p46 = d2_d__p46_145 + d2_d__p46_147 + d2_d__p46_149
+    _c92 = torch.einsum("zui,zuj->ziju", d2_d__p46, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p47 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c92)
+    # ∂/∂x4: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
+    _c93 = torch.einsum("zui,zuk->ziku", d2_d__p46, d__p47)
+    d2_x4_151 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c93)
+    d2_d_y_152 = d2_d__p47
+    d2_d__p48_153 = torch.einsum("zui,u->zui", d2_d__p7, (weight[288:304].view(16) * 0.5144957554275266))
+    d2_weight_154 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.5144957554275266), d__p48)
+    d2_d__p48_155 = torch.einsum("zui,u->zui", d2_d__p11, (weight[416:432].view(16) * 0.5144957554275266))
+    d2_weight_156 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.5144957554275266), d__p48)
+    d2_d__p48_157 = torch.einsum("zui,u->zui", d2_d__p15, (weight[624:640].view(16) * 0.5144957554275266))
+    d2_weight_158 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.5144957554275266), d__p48)
+    d2_d__p48_159 = torch.einsum("zui,u->zui", d2_d__p20, (weight[816:832].view(16) * 0.5144957554275266))
+    d2_weight_160 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.5144957554275266), d__p48)
+    d2_d__p48_161 = torch.einsum("zui,u->zui", d2_d__p29, (weight[1136:1152].view(16) * 0.5144957554275266))
+    d2_weight_162 = torch.einsum("zui,zui->u", (d2_d__p29 * 0.5144957554275266), d__p48)
+    d2_d__p48_163 = torch.einsum("zui,u->zui", d2_d__p39, (weight[1488:1504].view(16) * 0.5144957554275266))
+    d2_weight_164 = torch.einsum("zui,zui->u", (d2_d__p39 * 0.5144957554275266), d__p48)
+    # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
+    d2_d__p48 = d2_d__p48_153 + d2_d__p48_155 + d2_d__p48_157 + d2_d__p48_159 + d2_d__p48_161 + d2_d__p48_163
+    _c94 = torch.einsum("zui,zuj->ziju", d2_d__p48, x4[:, 0:16].reshape(n, 16, 1))
+    d2_d__p49 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c94)
+    # ∂/∂x4: ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
+    _c95 = torch.einsum("zui,zuk->ziku", d2_d__p48, d__p49)
+    d2_x4_165 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c95)
+    d2_d_y_166 = d2_d__p49
+    d2_d__p50_167 = torch.einsum("zui,u->zui", d2_d__p7, (weight[304:320].view(16) * 0.4472135954999579))
+    d2_weight_168 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.4472135954999579), d__p50)
+    d2_d__p50_169 = torch.einsum("zui,u->zui", d2_d__p11, (weight[432:448].view(16) * 0.4472135954999579))
+    d2_weight_170 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.4472135954999579), d__p50)
+    d2_d__p50_171 = torch.einsum("zui,u->zui", d2_d__p15, (weight[640:656].view(16) * 0.4472135954999579))
+    d2_weight_172 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.4472135954999579), d__p50)
+    d2_d__p50_173 = torch.einsum("zui,u->zui", d2_d__p20, (weight[832:848].view(16) * 0.4472135954999579))
+    d2_weight_174 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.4472135954999579), d__p50)
+    d2_d__p50_175 = torch.einsum("zui,u->zui", d2_d__p29, (weight[1152:1168].view(16) * 0.4472135954999579))
+    d2_weight_176 = torch.einsum("zui,zui->u", (d2_d__p29 * 0.4472135954999579), d__p50)
+    d2_d__p50_177 = torch.einsum("zui,u->zui", d2_d__p39, (weight[1504:1520].view(16) * 0.4472135954999579))
+    d2_weight_178 = torch.einsum("zui,zui->u", (d2_d__p39 * 0.4472135954999579), d__p50)
+    # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
+    d2_d__p50 = d2_d__p50_167 + d2_d__p50_169 + d2_d__p50_171 + d2_d__p50_173 + d2_d__p50_175 + d2_d__p50_177
+    _c96 = torch.einsum("zui,zuj->ziju", d2_d__p50, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p51 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c96)
+    # ∂/∂x4: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
+    _c97 = torch.einsum("zui,zuk->ziku", d2_d__p50, d__p51)
+    d2_x4_179 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c97)
+    d2_d_y_180 = d2_d__p51
+    d2_d__p52_181 = torch.einsum("zui,u->zui", d2_d__p7, (weight[320:336].view(16) * 0.6367145399670133))
+    d2_weight_182 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.6367145399670133), d__p52)
+    d2_d__p52_183 = torch.einsum("zui,u->zui", d2_d__p11, (weight[448:464].view(16) * 0.6367145399670133))
+    d2_weight_184 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.6367145399670133), d__p52)
+    d2_d__p52_185 = torch.einsum("zui,u->zui", d2_d__p15, (weight[656:672].view(16) * 0.6367145399670133))
+    d2_weight_186 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.6367145399670133), d__p52)
+    d2_d__p52_187 = torch.einsum("zui,u->zui", d2_d__p20, (weight[848:864].view(16) * 0.6367145399670133))
+    d2_weight_188 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.6367145399670133), d__p52)
+    d2_d__p52_189 = torch.einsum("zui,u->zui", d2_d__p29, (weight[1168:1184].view(16) * 0.6367145399670133))
+    d2_weight_190 = torch.einsum("zui,zui->u", (d2_d__p29 * 0.6367145399670133), d__p52)
+    d2_d__p52_191 = torch.einsum("zui,u->zui", d2_d__p39, (weight[1520:1536].view(16) * 0.6367145399670133))
+    d2_weight_192 = torch.einsum("zui,zui->u", (d2_d__p39 * 0.6367145399670133), d__p52)
+    # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
+    d2_d__p52 = d2_d__p52_181 + d2_d__p52_183 + d2_d__p52_185 + d2_d__p52_187 + d2_d__p52_189 + d2_d__p52_191
+    _c98 = torch.einsum("zui,zuj->ziju", d2_d__p52, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p53 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c98)
+    # ∂/∂x4: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
+    _c99 = torch.einsum("zui,zuk->ziku", d2_d__p52, d__p53)
+    d2_x4_193 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c99)
+    d2_d_y_194 = d2_d__p53
+    d2_d__p54_195 = torch.einsum("zui,u->zui", d2_d__p7, (weight[336:352].view(16) * 0.5144957554275266))
+    d2_weight_196 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.5144957554275266), d__p54)
+    d2_d__p54_197 = torch.einsum("zui,u->zui", d2_d__p11, (weight[464:480].view(16) * 0.5144957554275266))
+    d2_weight_198 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.5144957554275266), d__p54)
+    d2_d__p54_199 = torch.einsum("zui,u->zui", d2_d__p15, (weight[704:720].view(16) * 0.5144957554275266))
+    d2_weight_200 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.5144957554275266), d__p54)
+    d2_d__p54_201 = torch.einsum("zui,u->zui", d2_d__p20, (weight[896:912].view(16) * 0.5144957554275266))
+    d2_weight_202 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.5144957554275266), d__p54)
+    d2_d__p54_203 = torch.einsum("zui,u->zui", d2_d__p29, (weight[1200:1216].view(16) * 0.5144957554275266))
+    d2_weight_204 = torch.einsum("zui,zui->u", (d2_d__p29 * 0.5144957554275266), d__p54)
+    d2_d__p54_205 = torch.einsum("zui,u->zui", d2_d__p39, (weight[1568:1584].view(16) * 0.5144957554275266))
+    d2_weight_206 = torch.einsum("zui,zui->u", (d2_d__p39 * 0.5144957554275266), d__p54)
+    # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
+    d2_d__p54 = d2_d__p54_195 + d2_d__p54_197 + d2_d__p54_199 + d2_d__p54_201 + d2_d__p54_203 + d2_d__p54_205
+    _c100 = torch.einsum("zui,zuj->ziju", d2_d__p54, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p55 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c100)
+    # ∂/∂x4: ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
+    _c101 = torch.einsum("zui,zuk->ziku", d2_d__p54, d__p55)
+    d2_x4_207 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c101)
+    d2_d_y_208 = d2_d__p55
+    d2_d__p56_209 = torch.einsum("zui,u->zui", d2_d__p9, (weight[352:368].view(16) * 0.8219949365267865))
+    d2_weight_210 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.8219949365267865), d__p56)
+    d2_d__p56_211 = torch.einsum("zui,u->zui", d2_d__p13, (weight[496:512].view(16) * 0.8219949365267865))
+    d2_weight_212 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.8219949365267865), d__p56)
+    d2_d__p56_213 = torch.einsum("zui,u->zui", d2_d__p19, (weight[752:768].view(16) * 0.8219949365267865))
+    d2_weight_214 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.8219949365267865), d__p56)
+    d2_d__p56_215 = torch.einsum("zui,u->zui", d2_d__p24, (weight[960:976].view(16) * 0.8219949365267865))
+    d2_weight_216 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.8219949365267865), d__p56)
+    d2_d__p56_217 = torch.einsum("zui,u->zui", d2_d__p31, (weight[1232:1248].view(16) * 0.8219949365267865))
+    d2_weight_218 = torch.einsum("zui,zui->u", (d2_d__p31 * 0.8219949365267865), d__p56)
+    d2_d__p56_219 = torch.einsum("zui,u->zui", d2_d__p36, (weight[1376:1392].view(16) * 0.8219949365267865))
+    d2_weight_220 = torch.einsum("zui,zui->u", (d2_d__p36 * 0.8219949365267865), d__p56)
+    # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
+    d2_d__p56 = d2_d__p56_209 + d2_d__p56_211 + d2_d__p56_213 + d2_d__p56_215 + d2_d__p56_217 + d2_d__p56_219
+    _c102 = torch.einsum("zui,zuj->ziju", d2_d__p56, x4[:, 0:16].reshape(n, 16, 1))
+    d2_d__p57 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c102)
+    # ∂/∂x4: ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
+    _c103 = torch.einsum("zui,zuk->ziku", d2_d__p56, d__p57)
+    d2_x4_221 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c103)
+    d2_d_y_222 = d2_d__p57
+    d2_d__p58_223 = torch.einsum("zui,u->zui", d2_d__p9, (weight[368:384].view(16) * 0.6642111641550714))
+    d2_weight_224 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.6642111641550714), d__p58)
+    d2_d__p58_225 = torch.einsum("zui,u->zui", d2_d__p13, (weight[544:560].view(16) * 0.6642111641550714))
+    d2_weight_226 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.6642111641550714), d__p58)
+    d2_d__p58_227 = torch.einsum("zui,u->zui", d2_d__p19, (weight[768:784].view(16) * 0.6642111641550714))
+    d2_weight_228 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.6642111641550714), d__p58)
+    d2_d__p58_229 = torch.einsum("zui,u->zui", d2_d__p24, (weight[1008:1024].view(16) * 0.6642111641550714))
+    d2_weight_230 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.6642111641550714), d__p58)
+    d2_d__p58_231 = torch.einsum("zui,u->zui", d2_d__p31, (weight[1264:1280].view(16) * 0.6642111641550714))
+    d2_weight_232 = torch.einsum("zui,zui->u", (d2_d__p31 * 0.6642111641550714), d__p58)
+    d2_d__p58_233 = torch.einsum("zui,u->zui", d2_d__p36, (weight[1408:1424].view(16) * 0.6642111641550714))
+    d2_weight_234 = torch.einsum("zui,zui->u", (d2_d__p36 * 0.6642111641550714), d__p58)
+    # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
+    d2_d__p58 = d2_d__p58_223 + d2_d__p58_225 + d2_d__p58_227 + d2_d__p58_229 + d2_d__p58_231 + d2_d__p58_233
+    _c104 = torch.einsum("zui,zuj->ziju", d2_d__p58, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p59 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c104)
+    # ∂/∂x4: ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
+    _c105 = torch.einsum("zui,zuk->ziku", d2_d__p58, d__p59)
+    d2_x4_235 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c105)
+    d2_d_y_236 = d2_d__p59
+    d2_d__p60_237 = torch.einsum("zui,u->zui", d2_d__p9, (weight[384:400].view(16) * 0.5773502691896257))
+    d2_weight_238 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.5773502691896257), d__p60)
+    d2_d__p60_239 = torch.einsum("zui,u->zui", d2_d__p13, (weight[592:608].view(16) * 0.5773502691896257))
+    d2_weight_240 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.5773502691896257), d__p60)
+    d2_d__p60_241 = torch.einsum("zui,u->zui", d2_d__p19, (weight[784:800].view(16) * 0.5773502691896257))
+    d2_weight_242 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.5773502691896257), d__p60)
+    d2_d__p60_243 = torch.einsum("zui,u->zui", d2_d__p24, (weight[1056:1072].view(16) * 0.5773502691896257))
+    d2_weight_244 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.5773502691896257), d__p60)
+    d2_d__p60_245 = torch.einsum("zui,u->zui", d2_d__p31, (weight[1296:1312].view(16) * 0.5773502691896257))
+    d2_weight_246 = torch.einsum("zui,zui->u", (d2_d__p31 * 0.5773502691896257), d__p60)
+    d2_d__p60_247 = torch.einsum("zui,u->zui", d2_d__p36, (weight[1440:1456].view(16) * 0.5773502691896257))
+    d2_weight_248 = torch.einsum("zui,zui->u", (d2_d__p36 * 0.5773502691896257), d__p60)
+    # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
+    d2_d__p60 = d2_d__p60_237 + d2_d__p60_239 + d2_d__p60_241 + d2_d__p60_243 + d2_d__p60_245 + d2_d__p60_247
+    _c106 = torch.einsum("zui,zuj->ziju", d2_d__p60, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p61 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c106)
+    # ∂/∂x4: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
+    _c107 = torch.einsum("zui,zuk->ziku", d2_d__p60, d__p61)
+    d2_x4_249 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c107)
+    d2_d_y_250 = d2_d__p61
+    d2_d__p62_251 = torch.einsum("zui,u->zui", d2_d__p9, (weight[400:416].view(16) * 0.8219949365267865))
+    d2_weight_252 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.8219949365267865), d__p62)
+    d2_d__p62_253 = torch.einsum("zui,u->zui", d2_d__p13, (weight[608:624].view(16) * 0.8219949365267865))
+    d2_weight_254 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.8219949365267865), d__p62)
+    d2_d__p62_255 = torch.einsum("zui,u->zui", d2_d__p19, (weight[800:816].view(16) * 0.8219949365267865))
+    d2_weight_256 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.8219949365267865), d__p62)
+    d2_d__p62_257 = torch.einsum("zui,u->zui", d2_d__p24, (weight[1072:1088].view(16) * 0.8219949365267865))
+    d2_weight_258 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.8219949365267865), d__p62)
+    d2_d__p62_259 = torch.einsum("zui,u->zui", d2_d__p31, (weight[1312:1328].view(16) * 0.8219949365267865))
+    d2_weight_260 = torch.einsum("zui,zui->u", (d2_d__p31 * 0.8219949365267865), d__p62)
+    d2_d__p62_261 = torch.einsum("zui,u->zui", d2_d__p36, (weight[1456:1472].view(16) * 0.8219949365267865))
+    d2_weight_262 = torch.einsum("zui,zui->u", (d2_d__p36 * 0.8219949365267865), d__p62)
+    # ∂/∂d__p63: ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
+    d2_d__p62 = d2_d__p62_251 + d2_d__p62_253 + d2_d__p62_255 + d2_d__p62_257 + d2_d__p62_259 + d2_d__p62_261
+    _c108 = torch.einsum("zui,zuj->ziju", d2_d__p62, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p63 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c108)
+    # ∂/∂x4: ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
+    _c109 = torch.einsum("zui,zuk->ziku", d2_d__p62, d__p63)
+    d2_x4_263 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c109)
+    d2_d_y_264 = d2_d__p63
+    d2_d__p64_265 = torch.einsum("zui,u->zui", d2_d__p14, (weight[528:544].view(16) * 0.5144957554275266))
+    d2_weight_266 = torch.einsum("zui,zui->u", (d2_d__p14 * 0.5144957554275266), d__p64)
+    d2_d__p64_267 = torch.einsum("zui,u->zui", d2_d__p25, (weight[992:1008].view(16) * 0.5144957554275266))
+    d2_weight_268 = torch.einsum("zui,zui->u", (d2_d__p25 * 0.5144957554275266), d__p64)
+    d2_d__p64_269 = torch.einsum("zui,u->zui", d2_d__p28, (weight[1104:1120].view(16) * 0.5144957554275266))
+    d2_weight_270 = torch.einsum("zui,zui->u", (d2_d__p28 * 0.5144957554275266), d__p64)
+    d2_d__p64_271 = torch.einsum("zui,u->zui", d2_d__p32, (weight[1248:1264].view(16) * 0.5144957554275266))
+    d2_weight_272 = torch.einsum("zui,zui->u", (d2_d__p32 * 0.5144957554275266), d__p64)
+    d2_d__p64_273 = torch.einsum("zui,u->zui", d2_d__p37, (weight[1392:1408].view(16) * 0.5144957554275266))
+    d2_weight_274 = torch.einsum("zui,zui->u", (d2_d__p37 * 0.5144957554275266), d__p64)
+    # ∂/∂d__p65: ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
+    d2_d__p64 = d2_d__p64_265 + d2_d__p64_267 + d2_d__p64_269 + d2_d__p64_271 + d2_d__p64_273
+    _c110 = torch.einsum("zui,zuj->ziju", d2_d__p64, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p65 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c110)
+    # ∂/∂x4: ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
+    _c111 = torch.einsum("zui,zuk->ziku", d2_d__p64, d__p65)
+    d2_x4_275 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c111)
+    d2_d_y_276 = d2_d__p65
+    d2_d__p66_277 = torch.einsum("zui,u->zui", d2_d__p14, (weight[576:592].view(16) * 0.6367145399670133))
+    d2_weight_278 = torch.einsum("zui,zui->u", (d2_d__p14 * 0.6367145399670133), d__p66)
+    d2_d__p66_279 = torch.einsum("zui,u->zui", d2_d__p25, (weight[1040:1056].view(16) * 0.6367145399670133))
+    d2_weight_280 = torch.einsum("zui,zui->u", (d2_d__p25 * 0.6367145399670133), d__p66)
+    d2_d__p66_281 = torch.einsum("zui,u->zui", d2_d__p28, (weight[1120:1136].view(16) * 0.6367145399670133))
+    d2_weight_282 = torch.einsum("zui,zui->u", (d2_d__p28 * 0.6367145399670133), d__p66)
+    d2_d__p66_283 = torch.einsum("zui,u->zui", d2_d__p32, (weight[1280:1296].view(16) * 0.6367145399670133))
+    d2_weight_284 = torch.einsum("zui,zui->u", (d2_d__p32 * 0.6367145399670133), d__p66)
+    d2_d__p66_285 = torch.einsum("zui,u->zui", d2_d__p37, (weight[1424:1440].view(16) * 0.6367145399670133))
+    d2_weight_286 = torch.einsum("zui,zui->u", (d2_d__p37 * 0.6367145399670133), d__p66)
+    # ∂/∂d__p67: ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
+    d2_d__p66 = d2_d__p66_277 + d2_d__p66_279 + d2_d__p66_281 + d2_d__p66_283 + d2_d__p66_285
+    _c112 = torch.einsum("zui,zuj->ziju", d2_d__p66, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p67 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c112)
+    # ∂/∂x4: ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
+    _c113 = torch.einsum("zui,zuk->ziku", d2_d__p66, d__p67)
+    d2_x4_287 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c113)
+    d2_d_y_288 = d2_d__p67
+    d2_d__p68_289 = torch.einsum("zui,u->zui", d2_d__p16, (weight[672:688].view(16) * 0.8219949365267865))
+    d2_weight_290 = torch.einsum("zui,zui->u", (d2_d__p16 * 0.8219949365267865), d__p68)
+    d2_d__p68_291 = torch.einsum("zui,u->zui", d2_d__p21, (weight[864:880].view(16) * 0.8219949365267865))
+    d2_weight_292 = torch.einsum("zui,zui->u", (d2_d__p21 * 0.8219949365267865), d__p68)
+    d2_d__p68_293 = torch.einsum("zui,u->zui", d2_d__p30, (weight[1184:1200].view(16) * 0.8219949365267865))
+    d2_weight_294 = torch.einsum("zui,zui->u", (d2_d__p30 * 0.8219949365267865), d__p68)
+    d2_d__p68_295 = torch.einsum("zui,u->zui", d2_d__p35, (weight[1344:1360].view(16) * 0.8219949365267865))
+    d2_weight_296 = torch.einsum("zui,zui->u", (d2_d__p35 * 0.8219949365267865), d__p68)
+    d2_d__p68_297 = torch.einsum("zui,u->zui", d2_d__p40, (weight[1536:1552].view(16) * 0.8219949365267865))
+    d2_weight_298 = torch.einsum("zui,zui->u", (d2_d__p40 * 0.8219949365267865), d__p68)
+    # ∂/∂d__p69: ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
+    d2_d__p68 = d2_d__p68_289 + d2_d__p68_291 + d2_d__p68_293 + d2_d__p68_295 + d2_d__p68_297
+    _c114 = torch.einsum("zui,zuj->ziju", d2_d__p68, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p69 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c114)
+    # ∂/∂x4: ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
+    _c115 = torch.einsum("zui,zuk->ziku", d2_d__p68, d__p69)
+    d2_x4_299 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c115)
+    d2_d_y_300 = d2_d__p69
+    d2_d__p70_301 = torch.einsum("zui,u->zui", d2_d__p17, (weight[688:704].view(16) * 0.9725975251592747))
+    d2_weight_302 = torch.einsum("zui,zui->u", (d2_d__p17 * 0.9725975251592747), d__p70)
+    d2_d__p70_303 = torch.einsum("zui,u->zui", d2_d__p22, (weight[880:896].view(16) * 0.9725975251592747))
+    d2_weight_304 = torch.einsum("zui,zui->u", (d2_d__p22 * 0.9725975251592747), d__p70)
+    d2_d__p70_305 = torch.einsum("zui,u->zui", d2_d__p41, (weight[1552:1568].view(16) * 0.9725975251592747))
+    d2_weight_306 = torch.einsum("zui,zui->u", (d2_d__p41 * 0.9725975251592747), d__p70)
+    # ∂/∂d__p71: ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
+    d2_d__p70 = d2_d__p70_301 + d2_d__p70_303 + d2_d__p70_305
+    _c116 = torch.einsum("zui,zuj->ziju", d2_d__p70, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p71 = torch.einsum("ijk,ziju->zuk", cg_3_1_2, _c116)
+    # ∂/∂x4: ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
+    _c117 = torch.einsum("zui,zuk->ziku", d2_d__p70, d__p71)
+    d2_x4_307 = torch.einsum("ijk,ziku->zuj", cg_3_1_2, _c117)
+    d2_d_y_308 = d2_d__p71
+    d2_d__p72_309 = torch.einsum("zui,u->zui", d2_d__p16, (weight[720:736].view(16) * 0.6642111641550714))
+    d2_weight_310 = torch.einsum("zui,zui->u", (d2_d__p16 * 0.6642111641550714), d__p72)
+    d2_d__p72_311 = torch.einsum("zui,u->zui", d2_d__p21, (weight[912:928].view(16) * 0.6642111641550714))
+    d2_weight_312 = torch.einsum("zui,zui->u", (d2_d__p21 * 0.6642111641550714), d__p72)
+    d2_d__p72_313 = torch.einsum("zui,u->zui", d2_d__p30, (weight[1216:1232].view(16) * 0.6642111641550714))
+    d2_weight_314 = torch.einsum("zui,zui->u", (d2_d__p30 * 0.6642111641550714), d__p72)
+    d2_d__p72_315 = torch.einsum("zui,u->zui", d2_d__p35, (weight[1360:1376].view(16) * 0.6642111641550714))
+    d2_weight_316 = torch.einsum("zui,zui->u", (d2_d__p35 * 0.6642111641550714), d__p72)
+    d2_d__p72_317 = torch.einsum("zui,u->zui", d2_d__p40, (weight[1584:1600].view(16) * 0.6642111641550714))
+    d2_weight_318 = torch.einsum("zui,zui->u", (d2_d__p40 * 0.6642111641550714), d__p72)
+    # ∂/∂d__p73: ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
+    d2_d__p72 = d2_d__p72_309 + d2_d__p72_311 + d2_d__p72_313 + d2_d__p72_315 + d2_d__p72_317
+    _c118 = torch.einsum("zui,zuj->ziju", d2_d__p72, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p73 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c118)
+    # ∂/∂x4: ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
+    _c119 = torch.einsum("zui,zuk->ziku", d2_d__p72, d__p73)
+    d2_x4_319 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c119)
+    d2_d_y_320 = d2_d__p73
+    d2_d__p74_321 = torch.einsum("zui,u->zui", d2_d__p17, (weight[736:752].view(16) * 0.7859052479933758))
+    d2_weight_322 = torch.einsum("zui,zui->u", (d2_d__p17 * 0.7859052479933758), d__p74)
+    d2_d__p74_323 = torch.einsum("zui,u->zui", d2_d__p22, (weight[928:944].view(16) * 0.7859052479933758))
+    d2_weight_324 = torch.einsum("zui,zui->u", (d2_d__p22 * 0.7859052479933758), d__p74)
+    d2_d__p74_325 = torch.einsum("zui,u->zui", d2_d__p41, (weight[1600:1616].view(16) * 0.7859052479933758))
+    d2_weight_326 = torch.einsum("zui,zui->u", (d2_d__p41 * 0.7859052479933758), d__p74)
+    # ∂/∂d__p75: ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
+    d2_d__p74 = d2_d__p74_321 + d2_d__p74_323 + d2_d__p74_325
+    _c120 = torch.einsum("zui,zuj->ziju", d2_d__p74, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p75 = torch.einsum("ijk,ziju->zuk", cg_3_2_1, _c120)
+    # ∂/∂x4: ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
+    _c121 = torch.einsum("zui,zuk->ziku", d2_d__p74, d__p75)
+    d2_x4_327 = torch.einsum("ijk,ziku->zuj", cg_3_2_1, _c121)
+    d2_d_y_328 = d2_d__p75
+    d2_d__p76_329 = torch.einsum("zui,u->zui", d2_d__p26, (weight[1088:1104].view(16) * 0.9725975251592747))
+    d2_weight_330 = torch.einsum("zui,zui->u", (d2_d__p26 * 0.9725975251592747), d__p76)
+    d2_d__p76_331 = torch.einsum("zui,u->zui", d2_d__p33, (weight[1328:1344].view(16) * 0.9725975251592747))
+    d2_weight_332 = torch.einsum("zui,zui->u", (d2_d__p33 * 0.9725975251592747), d__p76)
+    d2_d__p76_333 = torch.einsum("zui,u->zui", d2_d__p38, (weight[1472:1488].view(16) * 0.9725975251592747))
+    d2_weight_334 = torch.einsum("zui,zui->u", (d2_d__p38 * 0.9725975251592747), d__p76)
+    # ∂/∂d__p77: ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
+    d2_d__p76 = d2_d__p76_329 + d2_d__p76_331 + d2_d__p76_333
+    _c122 = torch.einsum("zui,zuj->ziju", d2_d__p76, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p77 = torch.einsum("ijk,ziju->zuk", cg_3_2_2, _c122)
+    # ∂/∂x4: ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
+    _c123 = torch.einsum("zui,zuk->ziku", d2_d__p76, d__p77)
+    d2_x4_335 = torch.einsum("ijk,ziku->zuj", cg_3_2_2, _c123)
+    d2_d_y_336 = d2_d__p77
+    # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x1e
+    d2_t = torch.cat([
+        (d2_t_98 + d2_t_99 + d2_t_100).reshape(n, 16),
+        (d2_t_101 + d2_t_102 + d2_t_103 + d2_t_104 + d2_t_105 + d2_t_106 + d2_t_107).reshape(n, 48),
+        (d2_t_108 + d2_t_109 + d2_t_110 + d2_t_111 + d2_t_112 + d2_t_113 + d2_t_114 + d2_t_115).reshape(n, 80),
+        (d2_t_116 + d2_t_117 + d2_t_118 + d2_t_119 + d2_t_120 + d2_t_121).reshape(n, 48),
+        (d2_t_122 + d2_t_123 + d2_t_124 + d2_t_125 + d2_t_126 + d2_t_127 + d2_t_128).reshape(n, 80),
+    ], dim=-1)
+    _c124 = torch.einsum("zuk,zuj->zjku", d2_t[:, 144:192].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_337 = torch.einsum("zjku,ijku->zui", _c124, (_c23 * 1.224744871391589))
+    # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x1e
+    _c125 = torch.einsum("zuk,zui->ziku", d2_t[:, 144:192].reshape(n, 16, 3), x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_338 = torch.einsum("ziku,ijku->zuj", _c125, (_c23 * 1.224744871391589))
+    # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
+    _c126 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c125)
+    d2_weight_339 = torch.einsum("ijk,ijku->u", (cg_2_2_1 * 1.224744871391589), _c126)
+    # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x2e
+    _c127 = torch.einsum("zuk,zuj->zjku", d2_t[:, 64:144].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_340 = torch.einsum("zjku,ijku->zui", _c127, (_c22 * 1.118033988749895))
+    # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x2e
+    _c128 = torch.einsum("zuk,zui->ziku", d2_t[:, 64:144].reshape(n, 16, 5), x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_341 = torch.einsum("ziku,ijku->zuj", _c128, (_c22 * 1.118033988749895))
+    # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
+    _c129 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c128)
+    d2_weight_342 = torch.einsum("ijk,ijku->u", (cg_2_2_2 * 1.118033988749895), _c129)
+    # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x0e
+    _c130 = torch.einsum("zuk,zuj->zjku", d2_t[:, 0:16].reshape(n, 16, 1), x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_343 = torch.einsum("zjku,ijku->zui", _c130, (_c21 * 0.5773502691896257))
+    # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x0e
+    _c131 = torch.einsum("zuk,zui->ziku", d2_t[:, 0:16].reshape(n, 16, 1), x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_344 = torch.einsum("ziku,ijku->zuj", _c131, (_c21 * 0.5773502691896257))
+    # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
+    _c132 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c131)
+    d2_weight_345 = torch.einsum("ijk,ijku->u", (cg_2_2_0 * 0.5773502691896257), _c132)
+    # ∂/∂x1: 16x2e ⊗ 16x1o -> 16x2o
+    _c133 = torch.einsum("zuk,zuj->zjku", d2_t[:, 192:272].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_346 = torch.einsum("zjku,ijku->zui", _c133, (_c19 * 1.5811388300841898))
+    # ∂/∂x2: 16x2e ⊗ 16x1o -> 16x2o
+    _c134 = torch.einsum("zuk,zui->ziku", d2_t[:, 192:272].reshape(n, 16, 5), x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_347 = torch.einsum("ziku,ijku->zuj", _c134, (_c19 * 1.5811388300841898))
+    # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x2o
+    _c135 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c134)
+    d2_weight_348 = torch.einsum("ijk,ijku->u", (cg_2_1_2 * 1.5811388300841898), _c135)
+    # ∂/∂x1: 16x2e ⊗ 16x1o -> 16x1o
+    _c136 = torch.einsum("zuk,zuj->zjku", d2_t[:, 16:64].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_349 = torch.einsum("zjku,ijku->zui", _c136, (_c18 * 0.8660254037844386))
+    # ∂/∂x2: 16x2e ⊗ 16x1o -> 16x1o
+    _c137 = torch.einsum("zuk,zui->ziku", d2_t[:, 16:64].reshape(n, 16, 3), x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_350 = torch.einsum("ziku,ijku->zuj", _c137, (_c18 * 0.8660254037844386))
+    # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
+    _c138 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c137)
+    d2_weight_351 = torch.einsum("ijk,ijku->u", (cg_2_1_1 * 0.8660254037844386), _c138)
+    # ∂/∂x1: 16x2e ⊗ 16x0e -> 16x2e
+    _c139 = torch.einsum("zuk,zuj->zjku", d2_t[:, 64:144].reshape(n, 16, 5), x2[:, 0:16].reshape(n, 16, 1))
+    d2_x1_352 = torch.einsum("zjku,ijku->zui", _c139, (_c16 * 1.118033988749895))
+    # ∂/∂x2: 16x2e ⊗ 16x0e -> 16x2e
+    d2_x2_353 = torch.einsum("ziku,ijku->zuj", _c128, (_c16 * 1.118033988749895))
+    # ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
+    _c140 = torch.einsum("zuj,ziku->ijku", x2[:, 0:16].reshape(n, 16, 1), _c128)
+    d2_weight_354 = torch.einsum("ijk,ijku->u", (cg_2_0_2 * 1.118033988749895), _c140)
+    # ∂/∂x1: 16x1o ⊗ 16x2e -> 16x2o
+    _c141 = torch.einsum("zuk,zuj->zjku", d2_t[:, 192:272].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_355 = torch.einsum("zjku,ijku->zui", _c141, (_c14 * 1.5811388300841898))
+    # ∂/∂x2: 16x1o ⊗ 16x2e -> 16x2o
+    _c142 = torch.einsum("zuk,zui->ziku", d2_t[:, 192:272].reshape(n, 16, 5), x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_356 = torch.einsum("ziku,ijku->zuj", _c142, (_c14 * 1.5811388300841898))
+    # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x2o
+    _c143 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c142)
+    d2_weight_357 = torch.einsum("ijk,ijku->u", (cg_1_2_2 * 1.5811388300841898), _c143)
+    # ∂/∂x1: 16x1o ⊗ 16x2e -> 16x1o
+    _c144 = torch.einsum("zuk,zuj->zjku", d2_t[:, 16:64].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_358 = torch.einsum("zjku,ijku->zui", _c144, (_c13 * 0.8660254037844386))
+    # ∂/∂x2: 16x1o ⊗ 16x2e -> 16x1o
+    _c145 = torch.einsum("zuk,zui->ziku", d2_t[:, 16:64].reshape(n, 16, 3), x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_359 = torch.einsum("ziku,ijku->zuj", _c145, (_c13 * 0.8660254037844386))
+    # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
+    _c146 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c145)
+    d2_weight_360 = torch.einsum("ijk,ijku->u", (cg_1_2_1 * 0.8660254037844386), _c146)
+    # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x1e
+    _c147 = torch.einsum("zuk,zuj->zjku", d2_t[:, 144:192].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_361 = torch.einsum("zjku,ijku->zui", _c147, (_c11 * 1.224744871391589))
+    # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x1e
+    _c148 = torch.einsum("zuk,zui->ziku", d2_t[:, 144:192].reshape(n, 16, 3), x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_362 = torch.einsum("ziku,ijku->zuj", _c148, (_c11 * 1.224744871391589))
+    # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
+    _c149 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c148)
+    d2_weight_363 = torch.einsum("ijk,ijku->u", (cg_1_1_1 * 1.224744871391589), _c149)
+    # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x2e
+    _c150 = torch.einsum("zuk,zuj->zjku", d2_t[:, 64:144].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_364 = torch.einsum("zjku,ijku->zui", _c150, (_c10 * 1.118033988749895))
+    # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x2e
+    _c151 = torch.einsum("zuk,zui->ziku", d2_t[:, 64:144].reshape(n, 16, 5), x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_365 = torch.einsum("ziku,ijku->zuj", _c151, (_c10 * 1.118033988749895))
+    # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
+    _c152 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c151)
+    d2_weight_366 = torch.einsum("ijk,ijku->u", (cg_1_1_2 * 1.118033988749895), _c152)
+    # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
+    _c153 = torch.einsum("zuk,zuj->zjku", d2_t[:, 0:16].reshape(n, 16, 1), x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_367 = torch.einsum("zjku,ijku->zui", _c153, (_c9 * 0.5773502691896257))
+    # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
+    _c154 = torch.einsum("zuk,zui->ziku", d2_t[:, 0:16].reshape(n, 16, 1), x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_368 = torch.einsum("ziku,ijku->zuj", _c154, (_c9 * 0.5773502691896257))
+    # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
+    _c155 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c154)
+    d2_weight_369 = torch.einsum("ijk,ijku->u", (cg_1_1_0 * 0.5773502691896257), _c155)
+    # ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
+    _c156 = torch.einsum("zuk,zuj->zjku", d2_t[:, 16:64].reshape(n, 16, 3), x2[:, 0:16].reshape(n, 16, 1))
+    d2_x1_370 = torch.einsum("zjku,ijku->zui", _c156, (_c7 * 0.8660254037844386))
+    # ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
+    d2_x2_371 = torch.einsum("ziku,ijku->zuj", _c145, (_c7 * 0.8660254037844386))
+    # ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
+    _c157 = torch.einsum("zuj,ziku->ijku", x2[:, 0:16].reshape(n, 16, 1), _c145)
+    d2_weight_372 = torch.einsum("ijk,ijku->u", (cg_1_0_1 * 0.8660254037844386), _c157)
+    # ∂/∂x1: 16x0e ⊗ 16x2e -> 16x2e
+    d2_x1_373 = torch.einsum("zjku,ijku->zui", _c127, (_c5 * 1.118033988749895))
+    # ∂/∂x2: 16x0e ⊗ 16x2e -> 16x2e
+    _c158 = torch.einsum("zuk,zui->ziku", d2_t[:, 64:144].reshape(n, 16, 5), x1[:, 0:16].reshape(n, 16, 1))
+    d2_x2_374 = torch.einsum("ziku,ijku->zuj", _c158, (_c5 * 1.118033988749895))
+    # ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
+    _c159 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c158)
+    d2_weight_375 = torch.einsum("ijk,ijku->u", (cg_0_2_2 * 1.118033988749895), _c159)
+    # ∂/∂x1: 16x0e ⊗ 16x1o -> 16x1o
+    d2_x1_376 = torch.einsum("zjku,ijku->zui", _c136, (_c3 * 0.8660254037844386))
+    # ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
+    _c160 = torch.einsum("zuk,zui->ziku", d2_t[:, 16:64].reshape(n, 16, 3), x1[:, 0:16].reshape(n, 16, 1))
+    d2_x2_377 = torch.einsum("ziku,ijku->zuj", _c160, (_c3 * 0.8660254037844386))
+    # ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
+    _c161 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c160)
+    d2_weight_378 = torch.einsum("ijk,ijku->u", (cg_0_1_1 * 0.8660254037844386), _c161)
+    # ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
+    _c162 = torch.einsum("zuk,zuj->zjku", d2_t[:, 0:16].reshape(n, 16, 1), x2[:, 0:16].reshape(n, 16, 1))
+    d2_x1_379 = torch.einsum("zjku,ijku->zui", _c162, (_c1 * 0.5773502691896257))
+    # ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
+    _c163 = torch.einsum("zuk,zui->ziku", d2_t[:, 0:16].reshape(n, 16, 1), x1[:, 0:16].reshape(n, 16, 1))
+    d2_x2_380 = torch.einsum("ziku,ijku->zuj", _c163, (_c1 * 0.5773502691896257))
+    # ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
+    _c164 = torch.einsum("zuj,ziku->ijku", x2[:, 0:16].reshape(n, 16, 1), _c163)
+    d2_weight_381 = torch.einsum("ijk,ijku->u", (cg_0_0_0 * 0.5773502691896257), _c164)
+    d2_x1 = torch.cat([
+        (d2_x1_373 + d2_x1_376 + d2_x1_379).reshape(n, 16),
+        (d2_x1_355 + d2_x1_358 + d2_x1_361 + d2_x1_364 + d2_x1_367 + d2_x1_370).reshape(n, 48),
+        (d2_x1_337 + d2_x1_340 + d2_x1_343 + d2_x1_346 + d2_x1_349 + d2_x1_352).reshape(n, 80),
+    ], dim=-1)
+    d2_x2 = torch.cat([
+        (d2_x2_353 + d2_x2_371 + d2_x2_380).reshape(n, 16),
+        (d2_x2_347 + d2_x2_350 + d2_x2_362 + d2_x2_365 + d2_x2_368 + d2_x2_377).reshape(n, 48),
+        (d2_x2_338 + d2_x2_341 + d2_x2_344 + d2_x2_356 + d2_x2_359 + d2_x2_374).reshape(n, 80),
+    ], dim=-1)
+    d2_x3 = weight.new_zeros(n, 144)
+    d2_x4 = torch.cat([
+        (d2_x4_135 + d2_x4_165 + d2_x4_221).reshape(n, 16),
+        (d2_x4_143 + d2_x4_179 + d2_x4_193 + d2_x4_235 + d2_x4_275 + d2_x4_299 + d2_x4_307).reshape(n, 48),
+        (d2_x4_151 + d2_x4_207 + d2_x4_249 + d2_x4_263 + d2_x4_287 + d2_x4_319 + d2_x4_327 + d2_x4_335).reshape(n, 80),
+    ], dim=-1)
+    d2_d_y = torch.cat([
+        (d2_d_y_136 + d2_d_y_180 + d2_d_y_250).reshape(n, 16),
+        (d2_d_y_144 + d2_d_y_166 + d2_d_y_208 + d2_d_y_236 + d2_d_y_276 + d2_d_y_320 + d2_d_y_328).reshape(n, 48),
+        (d2_d_y_152 + d2_d_y_194 + d2_d_y_222 + d2_d_y_264 + d2_d_y_288 + d2_d_y_300 + d2_d_y_308 + d2_d_y_336).reshape(n, 80),
+    ], dim=-1)
+    d2_weight = torch.cat([
+        d2_weight_381.reshape(16),
+        d2_weight_378.reshape(16),
+        d2_weight_375.reshape(16),
+        d2_weight_372.reshape(16),
+        d2_weight_369.reshape(16),
+        d2_weight_366.reshape(16),
+        d2_weight_363.reshape(16),
+        d2_weight_360.reshape(16),
+        d2_weight_357.reshape(16),
+        d2_weight_354.reshape(16),
+        d2_weight_351.reshape(16),
+        d2_weight_348.reshape(16),
+        d2_weight_345.reshape(16),
+        d2_weight_342.reshape(16),
+        d2_weight_339.reshape(16),
+        d2_weight_130.reshape(16),
+        d2_weight_138.reshape(16),
+        d2_weight_146.reshape(16),
+        d2_weight_154.reshape(16),
+        d2_weight_168.reshape(16),
+        d2_weight_182.reshape(16),
+        d2_weight_196.reshape(16),
+        d2_weight_210.reshape(16),
+        d2_weight_224.reshape(16),
+        d2_weight_238.reshape(16),
+        d2_weight_252.reshape(16),
+        d2_weight_156.reshape(16),
+        d2_weight_170.reshape(16),
+        d2_weight_184.reshape(16),
+        d2_weight_198.reshape(16),
+        d2_weight_132.reshape(16),
+        d2_weight_212.reshape(16),
+        d2_weight_140.reshape(16),
+        d2_weight_266.reshape(16),
+        d2_weight_226.reshape(16),
+        d2_weight_148.reshape(16),
+        d2_weight_278.reshape(16),
+        d2_weight_240.reshape(16),
+        d2_weight_254.reshape(16),
+        d2_weight_158.reshape(16),
+        d2_weight_172.reshape(16),
+        d2_weight_186.reshape(16),
+        d2_weight_290.reshape(16),
+        d2_weight_302.reshape(16),
+        d2_weight_200.reshape(16),
+        d2_weight_310.reshape(16),
+        d2_weight_322.reshape(16),
+        d2_weight_214.reshape(16),
+        d2_weight_228.reshape(16),
+        d2_weight_242.reshape(16),
+        d2_weight_256.reshape(16),
+        d2_weight_160.reshape(16),
+        d2_weight_174.reshape(16),
+        d2_weight_188.reshape(16),
+        d2_weight_292.reshape(16),
+        d2_weight_304.reshape(16),
+        d2_weight_202.reshape(16),
+        d2_weight_312.reshape(16),
+        d2_weight_324.reshape(16),
+        d2_weight_134.reshape(16),
+        d2_weight_216.reshape(16),
+        d2_weight_142.reshape(16),
+        d2_weight_268.reshape(16),
+        d2_weight_230.reshape(16),
+        d2_weight_150.reshape(16),
+        d2_weight_280.reshape(16),
+        d2_weight_244.reshape(16),
+        d2_weight_258.reshape(16),
+        d2_weight_330.reshape(16),
+        d2_weight_270.reshape(16),
+        d2_weight_282.reshape(16),
+        d2_weight_162.reshape(16),
+        d2_weight_176.reshape(16),
+        d2_weight_190.reshape(16),
+        d2_weight_294.reshape(16),
+        d2_weight_204.reshape(16),
+        d2_weight_314.reshape(16),
+        d2_weight_218.reshape(16),
+        d2_weight_272.reshape(16),
+        d2_weight_232.reshape(16),
+        d2_weight_284.reshape(16),
+        d2_weight_246.reshape(16),
+        d2_weight_260.reshape(16),
+        d2_weight_332.reshape(16),
+        d2_weight_296.reshape(16),
+        d2_weight_316.reshape(16),
+        d2_weight_220.reshape(16),
+        d2_weight_274.reshape(16),
+        d2_weight_234.reshape(16),
+        d2_weight_286.reshape(16),
+        d2_weight_248.reshape(16),
+        d2_weight_262.reshape(16),
+        d2_weight_334.reshape(16),
+        d2_weight_164.reshape(16),
+        d2_weight_178.reshape(16),
+        d2_weight_192.reshape(16),
+        d2_weight_298.reshape(16),
+        d2_weight_306.reshape(16),
+        d2_weight_206.reshape(16),
+        d2_weight_318.reshape(16),
+        d2_weight_326.reshape(16),
+    ], dim=-1)
+    return [d2_x1, d2_x2, d2_x3, d2_x4, d2_d_y, d2_weight]
+
+
+def _fusion_block_d2_x4(
+    x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, x4: torch.Tensor,
+    d_y: torch.Tensor, d2_d_x4: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor,
+    cg_1_2_3: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor,
+    cg_2_1_3: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
+    cg_2_2_3: torch.Tensor, cg_3_1_2: torch.Tensor, cg_3_2_1: torch.Tensor, cg_3_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fusion_block_d for the cotangent of d_x4: x1 (n, 144), x2 (n, 144), x3 (n, 144), x4 (n, 144), d_y (n, 144), d2_d_x4 (n, 144) -> d2_x1 (n, 144), d2_x2 (n, 144), d2_x3 (n, 144), d2_x4 (n, 144), d2_d_y (n, 144), d2_weight (1616,)."""
     n = x1.shape[0]
     # 16x0e ⊗ 16x0e -> 16x0e
     _c0 = torch.einsum("zui,zuj->ziju", x1[:, 0:16].reshape(n, 16, 1), x2[:, 0:16].reshape(n, 16, 1))
@@ -1618,6 +4744,968 @@ def _fusion_block_d_d2(
     p76_99 = torch.einsum("zui,u->zui", _p33, (weight[1328:1344].view(16) * 0.9725975251592747))
     p76_100 = torch.einsum("zui,u->zui", _p38, (weight[1472:1488].view(16) * 0.9725975251592747))
     d__p77 = d_y[:, 64:144].reshape(n, 16, 5)
+    d__p75 = d_y[:, 16:64].reshape(n, 16, 3)
+    d__p73 = d_y[:, 16:64].reshape(n, 16, 3)
+    d__p71 = d_y[:, 64:144].reshape(n, 16, 5)
+    d__p69 = d_y[:, 64:144].reshape(n, 16, 5)
+    d__p67 = d_y[:, 64:144].reshape(n, 16, 5)
+    d__p65 = d_y[:, 16:64].reshape(n, 16, 3)
+    d__p63 = d_y[:, 64:144].reshape(n, 16, 5)
+    d__p61 = d_y[:, 0:16].reshape(n, 16, 1)
+    d__p59 = d_y[:, 16:64].reshape(n, 16, 3)
+    d__p57 = d_y[:, 64:144].reshape(n, 16, 5)
+    d__p55 = d_y[:, 16:64].reshape(n, 16, 3)
+    d__p53 = d_y[:, 64:144].reshape(n, 16, 5)
+    d__p51 = d_y[:, 0:16].reshape(n, 16, 1)
+    d__p49 = d_y[:, 16:64].reshape(n, 16, 3)
+    d__p47 = d_y[:, 64:144].reshape(n, 16, 5)
+    d__p45 = d_y[:, 16:64].reshape(n, 16, 3)
+    d__p43 = d_y[:, 0:16].reshape(n, 16, 1)
+    # ∂/∂d__p43: ∂/∂x4: p43 = (p42 ⊗ p3) -> 16x0e
+    _p42 = p42_15 + p42_16 + p42_17
+    _c39 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 0:16].reshape(n, 16, 1), _p42)
+    d2_d__p43 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c39)
+    # ∂/∂_p42: ∂/∂x4: p43 = (p42 ⊗ p3) -> 16x0e
+    _c40 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 0:16].reshape(n, 16, 1), d__p43)
+    d2__p42 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c40)
+    d2_d_y_101 = d2_d__p43
+    # ∂/∂d__p45: ∂/∂x4: p45 = (p44 ⊗ p4) -> 16x1o
+    _p44 = p44_18 + p44_19 + p44_20
+    _c41 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 16:64].reshape(n, 16, 3), _p44)
+    d2_d__p45 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c41)
+    # ∂/∂_p44: ∂/∂x4: p45 = (p44 ⊗ p4) -> 16x1o
+    _c42 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 16:64].reshape(n, 16, 3), d__p45)
+    d2__p44 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c42)
+    d2_d_y_102 = d2_d__p45
+    # ∂/∂d__p47: ∂/∂x4: p47 = (p46 ⊗ p5) -> 16x2e
+    _p46 = p46_21 + p46_22 + p46_23
+    _c43 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 64:144].reshape(n, 16, 5), _p46)
+    d2_d__p47 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c43)
+    # ∂/∂_p46: ∂/∂x4: p47 = (p46 ⊗ p5) -> 16x2e
+    _c44 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 64:144].reshape(n, 16, 5), d__p47)
+    d2__p46 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c44)
+    d2_d_y_103 = d2_d__p47
+    # ∂/∂d__p49: ∂/∂x4: p49 = (p48 ⊗ p3) -> 16x1o
+    _p48 = p48_24 + p48_25 + p48_26 + p48_27 + p48_28 + p48_29
+    _c45 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 0:16].reshape(n, 16, 1), _p48)
+    d2_d__p49 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c45)
+    # ∂/∂_p48: ∂/∂x4: p49 = (p48 ⊗ p3) -> 16x1o
+    _c46 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 0:16].reshape(n, 16, 1), d__p49)
+    d2__p48 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c46)
+    d2_d_y_104 = d2_d__p49
+    # ∂/∂d__p51: ∂/∂x4: p51 = (p50 ⊗ p4) -> 16x0e
+    _p50 = p50_30 + p50_31 + p50_32 + p50_33 + p50_34 + p50_35
+    _c47 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 16:64].reshape(n, 16, 3), _p50)
+    d2_d__p51 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c47)
+    # ∂/∂_p50: ∂/∂x4: p51 = (p50 ⊗ p4) -> 16x0e
+    _c48 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 16:64].reshape(n, 16, 3), d__p51)
+    d2__p50 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c48)
+    d2_d_y_105 = d2_d__p51
+    # ∂/∂d__p53: ∂/∂x4: p53 = (p52 ⊗ p4) -> 16x2e
+    _p52 = p52_36 + p52_37 + p52_38 + p52_39 + p52_40 + p52_41
+    _c49 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 16:64].reshape(n, 16, 3), _p52)
+    d2_d__p53 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c49)
+    # ∂/∂_p52: ∂/∂x4: p53 = (p52 ⊗ p4) -> 16x2e
+    _c50 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 16:64].reshape(n, 16, 3), d__p53)
+    d2__p52 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c50)
+    d2_d_y_106 = d2_d__p53
+    # ∂/∂d__p55: ∂/∂x4: p55 = (p54 ⊗ p5) -> 16x1o
+    _p54 = p54_42 + p54_43 + p54_44 + p54_45 + p54_46 + p54_47
+    _c51 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 64:144].reshape(n, 16, 5), _p54)
+    d2_d__p55 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c51)
+    # ∂/∂_p54: ∂/∂x4: p55 = (p54 ⊗ p5) -> 16x1o
+    _c52 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 64:144].reshape(n, 16, 5), d__p55)
+    d2__p54 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c52)
+    d2_d_y_107 = d2_d__p55
+    # ∂/∂d__p57: ∂/∂x4: p57 = (p56 ⊗ p3) -> 16x2e
+    _p56 = p56_48 + p56_49 + p56_50 + p56_51 + p56_52 + p56_53
+    _c53 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 0:16].reshape(n, 16, 1), _p56)
+    d2_d__p57 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c53)
+    # ∂/∂_p56: ∂/∂x4: p57 = (p56 ⊗ p3) -> 16x2e
+    _c54 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 0:16].reshape(n, 16, 1), d__p57)
+    d2__p56 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c54)
+    d2_d_y_108 = d2_d__p57
+    # ∂/∂d__p59: ∂/∂x4: p59 = (p58 ⊗ p4) -> 16x1o
+    _p58 = p58_54 + p58_55 + p58_56 + p58_57 + p58_58 + p58_59
+    _c55 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 16:64].reshape(n, 16, 3), _p58)
+    d2_d__p59 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c55)
+    # ∂/∂_p58: ∂/∂x4: p59 = (p58 ⊗ p4) -> 16x1o
+    _c56 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 16:64].reshape(n, 16, 3), d__p59)
+    d2__p58 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c56)
+    d2_d_y_109 = d2_d__p59
+    # ∂/∂d__p61: ∂/∂x4: p61 = (p60 ⊗ p5) -> 16x0e
+    _p60 = p60_60 + p60_61 + p60_62 + p60_63 + p60_64 + p60_65
+    _c57 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 64:144].reshape(n, 16, 5), _p60)
+    d2_d__p61 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c57)
+    # ∂/∂_p60: ∂/∂x4: p61 = (p60 ⊗ p5) -> 16x0e
+    _c58 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 64:144].reshape(n, 16, 5), d__p61)
+    d2__p60 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c58)
+    d2_d_y_110 = d2_d__p61
+    # ∂/∂d__p63: ∂/∂x4: p63 = (p62 ⊗ p5) -> 16x2e
+    _p62 = p62_66 + p62_67 + p62_68 + p62_69 + p62_70 + p62_71
+    _c59 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 64:144].reshape(n, 16, 5), _p62)
+    d2_d__p63 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c59)
+    # ∂/∂_p62: ∂/∂x4: p63 = (p62 ⊗ p5) -> 16x2e
+    _c60 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 64:144].reshape(n, 16, 5), d__p63)
+    d2__p62 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c60)
+    d2_d_y_111 = d2_d__p63
+    # ∂/∂d__p65: ∂/∂x4: p65 = (p64 ⊗ p4) -> 16x1o
+    _p64 = p64_72 + p64_73 + p64_74 + p64_75 + p64_76
+    _c61 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 16:64].reshape(n, 16, 3), _p64)
+    d2_d__p65 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c61)
+    # ∂/∂_p64: ∂/∂x4: p65 = (p64 ⊗ p4) -> 16x1o
+    _c62 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 16:64].reshape(n, 16, 3), d__p65)
+    d2__p64 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c62)
+    d2_d_y_112 = d2_d__p65
+    # ∂/∂d__p67: ∂/∂x4: p67 = (p66 ⊗ p5) -> 16x2e
+    _p66 = p66_77 + p66_78 + p66_79 + p66_80 + p66_81
+    _c63 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 64:144].reshape(n, 16, 5), _p66)
+    d2_d__p67 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c63)
+    # ∂/∂_p66: ∂/∂x4: p67 = (p66 ⊗ p5) -> 16x2e
+    _c64 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 64:144].reshape(n, 16, 5), d__p67)
+    d2__p66 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c64)
+    d2_d_y_113 = d2_d__p67
+    # ∂/∂d__p69: ∂/∂x4: p69 = (p68 ⊗ p4) -> 16x2e
+    _p68 = p68_82 + p68_83 + p68_84 + p68_85 + p68_86
+    _c65 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 16:64].reshape(n, 16, 3), _p68)
+    d2_d__p69 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c65)
+    # ∂/∂_p68: ∂/∂x4: p69 = (p68 ⊗ p4) -> 16x2e
+    _c66 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 16:64].reshape(n, 16, 3), d__p69)
+    d2__p68 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c66)
+    d2_d_y_114 = d2_d__p69
+    # ∂/∂d__p71: ∂/∂x4: p71 = (p70 ⊗ p4) -> 16x2e
+    _p70 = p70_87 + p70_88 + p70_89
+    _c67 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 16:64].reshape(n, 16, 3), _p70)
+    d2_d__p71 = torch.einsum("ijk,ziju->zuk", cg_3_1_2, _c67)
+    # ∂/∂_p70: ∂/∂x4: p71 = (p70 ⊗ p4) -> 16x2e
+    _c68 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 16:64].reshape(n, 16, 3), d__p71)
+    d2__p70 = torch.einsum("ijk,zjku->zui", cg_3_1_2, _c68)
+    d2_d_y_115 = d2_d__p71
+    # ∂/∂d__p73: ∂/∂x4: p73 = (p72 ⊗ p5) -> 16x1o
+    _p72 = p72_90 + p72_91 + p72_92 + p72_93 + p72_94
+    _c69 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 64:144].reshape(n, 16, 5), _p72)
+    d2_d__p73 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c69)
+    # ∂/∂_p72: ∂/∂x4: p73 = (p72 ⊗ p5) -> 16x1o
+    _c70 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 64:144].reshape(n, 16, 5), d__p73)
+    d2__p72 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c70)
+    d2_d_y_116 = d2_d__p73
+    # ∂/∂d__p75: ∂/∂x4: p75 = (p74 ⊗ p5) -> 16x1o
+    _p74 = p74_95 + p74_96 + p74_97
+    _c71 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 64:144].reshape(n, 16, 5), _p74)
+    d2_d__p75 = torch.einsum("ijk,ziju->zuk", cg_3_2_1, _c71)
+    # ∂/∂_p74: ∂/∂x4: p75 = (p74 ⊗ p5) -> 16x1o
+    _c72 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 64:144].reshape(n, 16, 5), d__p75)
+    d2__p74 = torch.einsum("ijk,zjku->zui", cg_3_2_1, _c72)
+    d2_d_y_117 = d2_d__p75
+    # ∂/∂d__p77: ∂/∂x4: p77 = (p76 ⊗ p5) -> 16x2e
+    _p76 = p76_98 + p76_99 + p76_100
+    _c73 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 64:144].reshape(n, 16, 5), _p76)
+    d2_d__p77 = torch.einsum("ijk,ziju->zuk", cg_3_2_2, _c73)
+    # ∂/∂_p76: ∂/∂x4: p77 = (p76 ⊗ p5) -> 16x2e
+    _c74 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 64:144].reshape(n, 16, 5), d__p77)
+    d2__p76 = torch.einsum("ijk,zjku->zui", cg_3_2_2, _c74)
+    d2_d_y_118 = d2_d__p77
+    d2__p38 = torch.einsum("zui,u->zui", d2__p76, (weight[1472:1488].view(16) * 0.9725975251592747))
+    d2_weight_119 = torch.einsum("zui,zui->u", (d2__p76 * 0.9725975251592747), _p38)
+    d2__p33 = torch.einsum("zui,u->zui", d2__p76, (weight[1328:1344].view(16) * 0.9725975251592747))
+    d2_weight_120 = torch.einsum("zui,zui->u", (d2__p76 * 0.9725975251592747), _p33)
+    d2__p26 = torch.einsum("zui,u->zui", d2__p76, (weight[1088:1104].view(16) * 0.9725975251592747))
+    d2_weight_121 = torch.einsum("zui,zui->u", (d2__p76 * 0.9725975251592747), _p26)
+    d2__p41_122 = torch.einsum("zui,u->zui", d2__p74, (weight[1600:1616].view(16) * 0.7859052479933758))
+    d2_weight_123 = torch.einsum("zui,zui->u", (d2__p74 * 0.7859052479933758), _p41)
+    d2__p22_124 = torch.einsum("zui,u->zui", d2__p74, (weight[928:944].view(16) * 0.7859052479933758))
+    d2_weight_125 = torch.einsum("zui,zui->u", (d2__p74 * 0.7859052479933758), _p22)
+    d2__p17_126 = torch.einsum("zui,u->zui", d2__p74, (weight[736:752].view(16) * 0.7859052479933758))
+    d2_weight_127 = torch.einsum("zui,zui->u", (d2__p74 * 0.7859052479933758), _p17)
+    d2__p40_128 = torch.einsum("zui,u->zui", d2__p72, (weight[1584:1600].view(16) * 0.6642111641550714))
+    d2_weight_129 = torch.einsum("zui,zui->u", (d2__p72 * 0.6642111641550714), _p40)
+    d2__p35_130 = torch.einsum("zui,u->zui", d2__p72, (weight[1360:1376].view(16) * 0.6642111641550714))
+    d2_weight_131 = torch.einsum("zui,zui->u", (d2__p72 * 0.6642111641550714), _p35)
+    d2__p30_132 = torch.einsum("zui,u->zui", d2__p72, (weight[1216:1232].view(16) * 0.6642111641550714))
+    d2_weight_133 = torch.einsum("zui,zui->u", (d2__p72 * 0.6642111641550714), _p30)
+    d2__p21_134 = torch.einsum("zui,u->zui", d2__p72, (weight[912:928].view(16) * 0.6642111641550714))
+    d2_weight_135 = torch.einsum("zui,zui->u", (d2__p72 * 0.6642111641550714), _p21)
+    d2__p16_136 = torch.einsum("zui,u->zui", d2__p72, (weight[720:736].view(16) * 0.6642111641550714))
+    d2_weight_137 = torch.einsum("zui,zui->u", (d2__p72 * 0.6642111641550714), _p16)
+    d2__p41_138 = torch.einsum("zui,u->zui", d2__p70, (weight[1552:1568].view(16) * 0.9725975251592747))
+    d2_weight_139 = torch.einsum("zui,zui->u", (d2__p70 * 0.9725975251592747), _p41)
+    d2__p22_140 = torch.einsum("zui,u->zui", d2__p70, (weight[880:896].view(16) * 0.9725975251592747))
+    d2_weight_141 = torch.einsum("zui,zui->u", (d2__p70 * 0.9725975251592747), _p22)
+    d2__p17_142 = torch.einsum("zui,u->zui", d2__p70, (weight[688:704].view(16) * 0.9725975251592747))
+    d2_weight_143 = torch.einsum("zui,zui->u", (d2__p70 * 0.9725975251592747), _p17)
+    d2__p40_144 = torch.einsum("zui,u->zui", d2__p68, (weight[1536:1552].view(16) * 0.8219949365267865))
+    d2_weight_145 = torch.einsum("zui,zui->u", (d2__p68 * 0.8219949365267865), _p40)
+    d2__p35_146 = torch.einsum("zui,u->zui", d2__p68, (weight[1344:1360].view(16) * 0.8219949365267865))
+    d2_weight_147 = torch.einsum("zui,zui->u", (d2__p68 * 0.8219949365267865), _p35)
+    d2__p30_148 = torch.einsum("zui,u->zui", d2__p68, (weight[1184:1200].view(16) * 0.8219949365267865))
+    d2_weight_149 = torch.einsum("zui,zui->u", (d2__p68 * 0.8219949365267865), _p30)
+    d2__p21_150 = torch.einsum("zui,u->zui", d2__p68, (weight[864:880].view(16) * 0.8219949365267865))
+    d2_weight_151 = torch.einsum("zui,zui->u", (d2__p68 * 0.8219949365267865), _p21)
+    d2__p16_152 = torch.einsum("zui,u->zui", d2__p68, (weight[672:688].view(16) * 0.8219949365267865))
+    d2_weight_153 = torch.einsum("zui,zui->u", (d2__p68 * 0.8219949365267865), _p16)
+    d2__p37_154 = torch.einsum("zui,u->zui", d2__p66, (weight[1424:1440].view(16) * 0.6367145399670133))
+    d2_weight_155 = torch.einsum("zui,zui->u", (d2__p66 * 0.6367145399670133), _p37)
+    d2__p32_156 = torch.einsum("zui,u->zui", d2__p66, (weight[1280:1296].view(16) * 0.6367145399670133))
+    d2_weight_157 = torch.einsum("zui,zui->u", (d2__p66 * 0.6367145399670133), _p32)
+    d2__p28_158 = torch.einsum("zui,u->zui", d2__p66, (weight[1120:1136].view(16) * 0.6367145399670133))
+    d2_weight_159 = torch.einsum("zui,zui->u", (d2__p66 * 0.6367145399670133), _p28)
+    d2__p25_160 = torch.einsum("zui,u->zui", d2__p66, (weight[1040:1056].view(16) * 0.6367145399670133))
+    d2_weight_161 = torch.einsum("zui,zui->u", (d2__p66 * 0.6367145399670133), _p25)
+    d2__p14_162 = torch.einsum("zui,u->zui", d2__p66, (weight[576:592].view(16) * 0.6367145399670133))
+    d2_weight_163 = torch.einsum("zui,zui->u", (d2__p66 * 0.6367145399670133), _p14)
+    d2__p37_164 = torch.einsum("zui,u->zui", d2__p64, (weight[1392:1408].view(16) * 0.5144957554275266))
+    d2_weight_165 = torch.einsum("zui,zui->u", (d2__p64 * 0.5144957554275266), _p37)
+    d2__p32_166 = torch.einsum("zui,u->zui", d2__p64, (weight[1248:1264].view(16) * 0.5144957554275266))
+    d2_weight_167 = torch.einsum("zui,zui->u", (d2__p64 * 0.5144957554275266), _p32)
+    d2__p28_168 = torch.einsum("zui,u->zui", d2__p64, (weight[1104:1120].view(16) * 0.5144957554275266))
+    d2_weight_169 = torch.einsum("zui,zui->u", (d2__p64 * 0.5144957554275266), _p28)
+    d2__p25_170 = torch.einsum("zui,u->zui", d2__p64, (weight[992:1008].view(16) * 0.5144957554275266))
+    d2_weight_171 = torch.einsum("zui,zui->u", (d2__p64 * 0.5144957554275266), _p25)
+    d2__p14_172 = torch.einsum("zui,u->zui", d2__p64, (weight[528:544].view(16) * 0.5144957554275266))
+    d2_weight_173 = torch.einsum("zui,zui->u", (d2__p64 * 0.5144957554275266), _p14)
+    d2__p36_174 = torch.einsum("zui,u->zui", d2__p62, (weight[1456:1472].view(16) * 0.8219949365267865))
+    d2_weight_175 = torch.einsum("zui,zui->u", (d2__p62 * 0.8219949365267865), _p36)
+    d2__p31_176 = torch.einsum("zui,u->zui", d2__p62, (weight[1312:1328].view(16) * 0.8219949365267865))
+    d2_weight_177 = torch.einsum("zui,zui->u", (d2__p62 * 0.8219949365267865), _p31)
+    d2__p24_178 = torch.einsum("zui,u->zui", d2__p62, (weight[1072:1088].view(16) * 0.8219949365267865))
+    d2_weight_179 = torch.einsum("zui,zui->u", (d2__p62 * 0.8219949365267865), _p24)
+    d2__p19_180 = torch.einsum("zui,u->zui", d2__p62, (weight[800:816].view(16) * 0.8219949365267865))
+    d2_weight_181 = torch.einsum("zui,zui->u", (d2__p62 * 0.8219949365267865), _p19)
+    d2__p13_182 = torch.einsum("zui,u->zui", d2__p62, (weight[608:624].view(16) * 0.8219949365267865))
+    d2_weight_183 = torch.einsum("zui,zui->u", (d2__p62 * 0.8219949365267865), _p13)
+    d2__p9_184 = torch.einsum("zui,u->zui", d2__p62, (weight[400:416].view(16) * 0.8219949365267865))
+    d2_weight_185 = torch.einsum("zui,zui->u", (d2__p62 * 0.8219949365267865), _p9)
+    d2__p36_186 = torch.einsum("zui,u->zui", d2__p60, (weight[1440:1456].view(16) * 0.5773502691896257))
+    d2_weight_187 = torch.einsum("zui,zui->u", (d2__p60 * 0.5773502691896257), _p36)
+    d2__p31_188 = torch.einsum("zui,u->zui", d2__p60, (weight[1296:1312].view(16) * 0.5773502691896257))
+    d2_weight_189 = torch.einsum("zui,zui->u", (d2__p60 * 0.5773502691896257), _p31)
+    d2__p24_190 = torch.einsum("zui,u->zui", d2__p60, (weight[1056:1072].view(16) * 0.5773502691896257))
+    d2_weight_191 = torch.einsum("zui,zui->u", (d2__p60 * 0.5773502691896257), _p24)
+    d2__p19_192 = torch.einsum("zui,u->zui", d2__p60, (weight[784:800].view(16) * 0.5773502691896257))
+    d2_weight_193 = torch.einsum("zui,zui->u", (d2__p60 * 0.5773502691896257), _p19)
+    d2__p13_194 = torch.einsum("zui,u->zui", d2__p60, (weight[592:608].view(16) * 0.5773502691896257))
+    d2_weight_195 = torch.einsum("zui,zui->u", (d2__p60 * 0.5773502691896257), _p13)
+    d2__p9_196 = torch.einsum("zui,u->zui", d2__p60, (weight[384:400].view(16) * 0.5773502691896257))
+    d2_weight_197 = torch.einsum("zui,zui->u", (d2__p60 * 0.5773502691896257), _p9)
+    d2__p36_198 = torch.einsum("zui,u->zui", d2__p58, (weight[1408:1424].view(16) * 0.6642111641550714))
+    d2_weight_199 = torch.einsum("zui,zui->u", (d2__p58 * 0.6642111641550714), _p36)
+    d2__p31_200 = torch.einsum("zui,u->zui", d2__p58, (weight[1264:1280].view(16) * 0.6642111641550714))
+    d2_weight_201 = torch.einsum("zui,zui->u", (d2__p58 * 0.6642111641550714), _p31)
+    d2__p24_202 = torch.einsum("zui,u->zui", d2__p58, (weight[1008:1024].view(16) * 0.6642111641550714))
+    d2_weight_203 = torch.einsum("zui,zui->u", (d2__p58 * 0.6642111641550714), _p24)
+    d2__p19_204 = torch.einsum("zui,u->zui", d2__p58, (weight[768:784].view(16) * 0.6642111641550714))
+    d2_weight_205 = torch.einsum("zui,zui->u", (d2__p58 * 0.6642111641550714), _p19)
+    d2__p13_206 = torch.einsum("zui,u->zui", d2__p58, (weight[544:560].view(16) * 0.6642111641550714))
+    d2_weight_207 = torch.einsum("zui,zui->u", (d2__p58 * 0.6642111641550714), _p13)
+    d2__p9_208 = torch.einsum("zui,u->zui", d2__p58, (weight[368:384].view(16) * 0.6642111641550714))
+    d2_weight_209 = torch.einsum("zui,zui->u", (d2__p58 * 0.6642111641550714), _p9)
+    d2__p36_210 = torch.einsum("zui,u->zui", d2__p56, (weight[1376:1392].view(16) * 0.8219949365267865))
+    d2_weight_211 = torch.einsum("zui,zui->u", (d2__p56 * 0.8219949365267865), _p36)
+    d2__p31_212 = torch.einsum("zui,u->zui", d2__p56, (weight[1232:1248].view(16) * 0.8219949365267865))
+    d2_weight_213 = torch.einsum("zui,zui->u", (d2__p56 * 0.8219949365267865), _p31)
+    d2__p24_214 = torch.einsum("zui,u->zui", d2__p56, (weight[960:976].view(16) * 0.8219949365267865))
+    d2_weight_215 = torch.einsum("zui,zui->u", (d2__p56 * 0.8219949365267865), _p24)
+    d2__p19_216 = torch.einsum("zui,u->zui", d2__p56, (weight[752:768].view(16) * 0.8219949365267865))
+    d2_weight_217 = torch.einsum("zui,zui->u", (d2__p56 * 0.8219949365267865), _p19)
+    d2__p13_218 = torch.einsum("zui,u->zui", d2__p56, (weight[496:512].view(16) * 0.8219949365267865))
+    d2_weight_219 = torch.einsum("zui,zui->u", (d2__p56 * 0.8219949365267865), _p13)
+    d2__p9_220 = torch.einsum("zui,u->zui", d2__p56, (weight[352:368].view(16) * 0.8219949365267865))
+    d2_weight_221 = torch.einsum("zui,zui->u", (d2__p56 * 0.8219949365267865), _p9)
+    d2__p39_222 = torch.einsum("zui,u->zui", d2__p54, (weight[1568:1584].view(16) * 0.5144957554275266))
+    d2_weight_223 = torch.einsum("zui,zui->u", (d2__p54 * 0.5144957554275266), _p39)
+    d2__p29_224 = torch.einsum("zui,u->zui", d2__p54, (weight[1200:1216].view(16) * 0.5144957554275266))
+    d2_weight_225 = torch.einsum("zui,zui->u", (d2__p54 * 0.5144957554275266), _p29)
+    d2__p20_226 = torch.einsum("zui,u->zui", d2__p54, (weight[896:912].view(16) * 0.5144957554275266))
+    d2_weight_227 = torch.einsum("zui,zui->u", (d2__p54 * 0.5144957554275266), _p20)
+    d2__p15_228 = torch.einsum("zui,u->zui", d2__p54, (weight[704:720].view(16) * 0.5144957554275266))
+    d2_weight_229 = torch.einsum("zui,zui->u", (d2__p54 * 0.5144957554275266), _p15)
+    d2__p11_230 = torch.einsum("zui,u->zui", d2__p54, (weight[464:480].view(16) * 0.5144957554275266))
+    d2_weight_231 = torch.einsum("zui,zui->u", (d2__p54 * 0.5144957554275266), _p11)
+    d2__p7_232 = torch.einsum("zui,u->zui", d2__p54, (weight[336:352].view(16) * 0.5144957554275266))
+    d2_weight_233 = torch.einsum("zui,zui->u", (d2__p54 * 0.5144957554275266), _p7)
+    d2__p39_234 = torch.einsum("zui,u->zui", d2__p52, (weight[1520:1536].view(16) * 0.6367145399670133))
+    d2_weight_235 = torch.einsum("zui,zui->u", (d2__p52 * 0.6367145399670133), _p39)
+    d2__p29_236 = torch.einsum("zui,u->zui", d2__p52, (weight[1168:1184].view(16) * 0.6367145399670133))
+    d2_weight_237 = torch.einsum("zui,zui->u", (d2__p52 * 0.6367145399670133), _p29)
+    d2__p20_238 = torch.einsum("zui,u->zui", d2__p52, (weight[848:864].view(16) * 0.6367145399670133))
+    d2_weight_239 = torch.einsum("zui,zui->u", (d2__p52 * 0.6367145399670133), _p20)
+    d2__p15_240 = torch.einsum("zui,u->zui", d2__p52, (weight[656:672].view(16) * 0.6367145399670133))
+    d2_weight_241 = torch.einsum("zui,zui->u", (d2__p52 * 0.6367145399670133), _p15)
+    d2__p11_242 = torch.einsum("zui,u->zui", d2__p52, (weight[448:464].view(16) * 0.6367145399670133))
+    d2_weight_243 = torch.einsum("zui,zui->u", (d2__p52 * 0.6367145399670133), _p11)
+    d2__p7_244 = torch.einsum("zui,u->zui", d2__p52, (weight[320:336].view(16) * 0.6367145399670133))
+    d2_weight_245 = torch.einsum("zui,zui->u", (d2__p52 * 0.6367145399670133), _p7)
+    d2__p39_246 = torch.einsum("zui,u->zui", d2__p50, (weight[1504:1520].view(16) * 0.4472135954999579))
+    d2_weight_247 = torch.einsum("zui,zui->u", (d2__p50 * 0.4472135954999579), _p39)
+    d2__p29_248 = torch.einsum("zui,u->zui", d2__p50, (weight[1152:1168].view(16) * 0.4472135954999579))
+    d2_weight_249 = torch.einsum("zui,zui->u", (d2__p50 * 0.4472135954999579), _p29)
+    d2__p20_250 = torch.einsum("zui,u->zui", d2__p50, (weight[832:848].view(16) * 0.4472135954999579))
+    d2_weight_251 = torch.einsum("zui,zui->u", (d2__p50 * 0.4472135954999579), _p20)
+    d2__p15_252 = torch.einsum("zui,u->zui", d2__p50, (weight[640:656].view(16) * 0.4472135954999579))
+    d2_weight_253 = torch.einsum("zui,zui->u", (d2__p50 * 0.4472135954999579), _p15)
+    d2__p11_254 = torch.einsum("zui,u->zui", d2__p50, (weight[432:448].view(16) * 0.4472135954999579))
+    d2_weight_255 = torch.einsum("zui,zui->u", (d2__p50 * 0.4472135954999579), _p11)
+    d2__p7_256 = torch.einsum("zui,u->zui", d2__p50, (weight[304:320].view(16) * 0.4472135954999579))
+    d2_weight_257 = torch.einsum("zui,zui->u", (d2__p50 * 0.4472135954999579), _p7)
+    d2__p39_258 = torch.einsum("zui,u->zui", d2__p48, (weight[1488:1504].view(16) * 0.5144957554275266))
+    d2_weight_259 = torch.einsum("zui,zui->u", (d2__p48 * 0.5144957554275266), _p39)
+    d2__p29_260 = torch.einsum("zui,u->zui", d2__p48, (weight[1136:1152].view(16) * 0.5144957554275266))
+    d2_weight_261 = torch.einsum("zui,zui->u", (d2__p48 * 0.5144957554275266), _p29)
+    d2__p20_262 = torch.einsum("zui,u->zui", d2__p48, (weight[816:832].view(16) * 0.5144957554275266))
+    d2_weight_263 = torch.einsum("zui,zui->u", (d2__p48 * 0.5144957554275266), _p20)
+    d2__p15_264 = torch.einsum("zui,u->zui", d2__p48, (weight[624:640].view(16) * 0.5144957554275266))
+    d2_weight_265 = torch.einsum("zui,zui->u", (d2__p48 * 0.5144957554275266), _p15)
+    d2__p11_266 = torch.einsum("zui,u->zui", d2__p48, (weight[416:432].view(16) * 0.5144957554275266))
+    d2_weight_267 = torch.einsum("zui,zui->u", (d2__p48 * 0.5144957554275266), _p11)
+    d2__p7_268 = torch.einsum("zui,u->zui", d2__p48, (weight[288:304].view(16) * 0.5144957554275266))
+    d2_weight_269 = torch.einsum("zui,zui->u", (d2__p48 * 0.5144957554275266), _p7)
+    d2__p23_270 = torch.einsum("zui,u->zui", d2__p46, (weight[1024:1040].view(16) * 0.36760731104690386))
+    d2_weight_271 = torch.einsum("zui,zui->u", (d2__p46 * 0.36760731104690386), _p23)
+    d2__p12_272 = torch.einsum("zui,u->zui", d2__p46, (weight[560:576].view(16) * 0.36760731104690386))
+    d2_weight_273 = torch.einsum("zui,zui->u", (d2__p46 * 0.36760731104690386), _p12)
+    d2__p2_274 = torch.einsum("zui,u->zui", d2__p46, (weight[272:288].view(16) * 0.36760731104690386))
+    d2_weight_275 = torch.einsum("zui,zui->u", (d2__p46 * 0.36760731104690386), _p2)
+    d2__p23_276 = torch.einsum("zui,u->zui", d2__p44, (weight[976:992].view(16) * 0.2970442628930023))
+    d2_weight_277 = torch.einsum("zui,zui->u", (d2__p44 * 0.2970442628930023), _p23)
+    d2__p12_278 = torch.einsum("zui,u->zui", d2__p44, (weight[512:528].view(16) * 0.2970442628930023))
+    d2_weight_279 = torch.einsum("zui,zui->u", (d2__p44 * 0.2970442628930023), _p12)
+    d2__p2_280 = torch.einsum("zui,u->zui", d2__p44, (weight[256:272].view(16) * 0.2970442628930023))
+    d2_weight_281 = torch.einsum("zui,zui->u", (d2__p44 * 0.2970442628930023), _p2)
+    d2__p23_282 = torch.einsum("zui,u->zui", d2__p42, (weight[944:960].view(16) * 0.2581988897471611))
+    d2_weight_283 = torch.einsum("zui,zui->u", (d2__p42 * 0.2581988897471611), _p23)
+    d2__p12_284 = torch.einsum("zui,u->zui", d2__p42, (weight[480:496].view(16) * 0.2581988897471611))
+    d2_weight_285 = torch.einsum("zui,zui->u", (d2__p42 * 0.2581988897471611), _p12)
+    d2__p2_286 = torch.einsum("zui,u->zui", d2__p42, (weight[240:256].view(16) * 0.2581988897471611))
+    d2_weight_287 = torch.einsum("zui,zui->u", (d2__p42 * 0.2581988897471611), _p2)
+    # ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
+    d2__p41 = d2__p41_122 + d2__p41_138
+    _c75 = torch.einsum("zuk,zuj->zjku", d2__p41, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_288 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c75)
+    # ∂/∂x3: p41 = (p34 ⊗ p8) -> 16x3o
+    _c76 = torch.einsum("zuk,zui->ziku", d2__p41, t[:, 192:272].reshape(n, 16, 5))
+    d2_x3_289 = torch.einsum("ijk,ziku->zuj", cg_2_2_3, _c76)
+    # ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
+    d2__p40 = d2__p40_128 + d2__p40_144
+    _c77 = torch.einsum("zuk,zuj->zjku", d2__p40, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_290 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c77)
+    # ∂/∂x3: p40 = (p34 ⊗ p8) -> 16x2o
+    _c78 = torch.einsum("zuk,zui->ziku", d2__p40, t[:, 192:272].reshape(n, 16, 5))
+    d2_x3_291 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c78)
+    # ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
+    d2__p39 = d2__p39_222 + d2__p39_234 + d2__p39_246 + d2__p39_258
+    _c79 = torch.einsum("zuk,zuj->zjku", d2__p39, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_292 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c79)
+    # ∂/∂x3: p39 = (p34 ⊗ p8) -> 16x1o
+    _c80 = torch.einsum("zuk,zui->ziku", d2__p39, t[:, 192:272].reshape(n, 16, 5))
+    d2_x3_293 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c80)
+    # ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
+    _c81 = torch.einsum("zuk,zuj->zjku", d2__p38, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_294 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c81)
+    # ∂/∂x3: p38 = (p34 ⊗ p6) -> 16x3e
+    _c82 = torch.einsum("zuk,zui->ziku", d2__p38, t[:, 192:272].reshape(n, 16, 5))
+    d2_x3_295 = torch.einsum("ijk,ziku->zuj", cg_2_1_3, _c82)
+    # ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
+    d2__p37 = d2__p37_154 + d2__p37_164
+    _c83 = torch.einsum("zuk,zuj->zjku", d2__p37, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_296 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c83)
+    # ∂/∂x3: p37 = (p34 ⊗ p6) -> 16x1e
+    _c84 = torch.einsum("zuk,zui->ziku", d2__p37, t[:, 192:272].reshape(n, 16, 5))
+    d2_x3_297 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c84)
+    # ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
+    d2__p36 = d2__p36_174 + d2__p36_186 + d2__p36_198 + d2__p36_210
+    _c85 = torch.einsum("zuk,zuj->zjku", d2__p36, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_298 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c85)
+    # ∂/∂x3: p36 = (p34 ⊗ p6) -> 16x2e
+    _c86 = torch.einsum("zuk,zui->ziku", d2__p36, t[:, 192:272].reshape(n, 16, 5))
+    d2_x3_299 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c86)
+    # ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
+    d2__p35 = d2__p35_130 + d2__p35_146
+    _c87 = torch.einsum("zuk,zuj->zjku", d2__p35, x3[:, 0:16].reshape(n, 16, 1))
+    d2_t_300 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c87)
+    # ∂/∂x3: p35 = (p34 ⊗ p1) -> 16x2o
+    _c88 = torch.einsum("zuk,zui->ziku", d2__p35, t[:, 192:272].reshape(n, 16, 5))
+    d2_x3_301 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c88)
+    # ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
+    _c89 = torch.einsum("zuk,zuj->zjku", d2__p33, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_302 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c89)
+    # ∂/∂x3: p33 = (p27 ⊗ p8) -> 16x3e
+    _c90 = torch.einsum("zuk,zui->ziku", d2__p33, t[:, 144:192].reshape(n, 16, 3))
+    d2_x3_303 = torch.einsum("ijk,ziku->zuj", cg_1_2_3, _c90)
+    # ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
+    d2__p32 = d2__p32_156 + d2__p32_166
+    _c91 = torch.einsum("zuk,zuj->zjku", d2__p32, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_304 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c91)
+    # ∂/∂x3: p32 = (p27 ⊗ p8) -> 16x1e
+    _c92 = torch.einsum("zuk,zui->ziku", d2__p32, t[:, 144:192].reshape(n, 16, 3))
+    d2_x3_305 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c92)
+    # ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
+    d2__p31 = d2__p31_176 + d2__p31_188 + d2__p31_200 + d2__p31_212
+    _c93 = torch.einsum("zuk,zuj->zjku", d2__p31, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_306 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c93)
+    # ∂/∂x3: p31 = (p27 ⊗ p8) -> 16x2e
+    _c94 = torch.einsum("zuk,zui->ziku", d2__p31, t[:, 144:192].reshape(n, 16, 3))
+    d2_x3_307 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c94)
+    # ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
+    d2__p30 = d2__p30_132 + d2__p30_148
+    _c95 = torch.einsum("zuk,zuj->zjku", d2__p30, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_308 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c95)
+    # ∂/∂x3: p30 = (p27 ⊗ p6) -> 16x2o
+    _c96 = torch.einsum("zuk,zui->ziku", d2__p30, t[:, 144:192].reshape(n, 16, 3))
+    d2_x3_309 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c96)
+    # ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
+    d2__p29 = d2__p29_224 + d2__p29_236 + d2__p29_248 + d2__p29_260
+    _c97 = torch.einsum("zuk,zuj->zjku", d2__p29, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_310 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c97)
+    # ∂/∂x3: p29 = (p27 ⊗ p6) -> 16x1o
+    _c98 = torch.einsum("zuk,zui->ziku", d2__p29, t[:, 144:192].reshape(n, 16, 3))
+    d2_x3_311 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c98)
+    # ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
+    d2__p28 = d2__p28_158 + d2__p28_168
+    _c99 = torch.einsum("zuk,zuj->zjku", d2__p28, x3[:, 0:16].reshape(n, 16, 1))
+    d2_t_312 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c99)
+    # ∂/∂x3: p28 = (p27 ⊗ p1) -> 16x1e
+    _c100 = torch.einsum("zuk,zui->ziku", d2__p28, t[:, 144:192].reshape(n, 16, 3))
+    d2_x3_313 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c100)
+    # ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
+    _c101 = torch.einsum("zuk,zuj->zjku", d2__p26, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_314 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c101)
+    # ∂/∂x3: p26 = (p18 ⊗ p8) -> 16x3e
+    _c102 = torch.einsum("zuk,zui->ziku", d2__p26, t[:, 64:144].reshape(n, 16, 5))
+    d2_x3_315 = torch.einsum("ijk,ziku->zuj", cg_2_2_3, _c102)
+    # ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
+    d2__p25 = d2__p25_160 + d2__p25_170
+    _c103 = torch.einsum("zuk,zuj->zjku", d2__p25, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_316 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c103)
+    # ∂/∂x3: p25 = (p18 ⊗ p8) -> 16x1e
+    _c104 = torch.einsum("zuk,zui->ziku", d2__p25, t[:, 64:144].reshape(n, 16, 5))
+    d2_x3_317 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c104)
+    # ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
+    d2__p24 = d2__p24_178 + d2__p24_190 + d2__p24_202 + d2__p24_214
+    _c105 = torch.einsum("zuk,zuj->zjku", d2__p24, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_318 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c105)
+    # ∂/∂x3: p24 = (p18 ⊗ p8) -> 16x2e
+    _c106 = torch.einsum("zuk,zui->ziku", d2__p24, t[:, 64:144].reshape(n, 16, 5))
+    d2_x3_319 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c106)
+    # ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
+    d2__p23 = d2__p23_270 + d2__p23_276 + d2__p23_282
+    _c107 = torch.einsum("zuk,zuj->zjku", d2__p23, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_320 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c107)
+    # ∂/∂x3: p23 = (p18 ⊗ p8) -> 16x0e
+    _c108 = torch.einsum("zuk,zui->ziku", d2__p23, t[:, 64:144].reshape(n, 16, 5))
+    d2_x3_321 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c108)
+    # ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
+    d2__p22 = d2__p22_124 + d2__p22_140
+    _c109 = torch.einsum("zuk,zuj->zjku", d2__p22, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_322 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c109)
+    # ∂/∂x3: p22 = (p18 ⊗ p6) -> 16x3o
+    _c110 = torch.einsum("zuk,zui->ziku", d2__p22, t[:, 64:144].reshape(n, 16, 5))
+    d2_x3_323 = torch.einsum("ijk,ziku->zuj", cg_2_1_3, _c110)
+    # ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
+    d2__p21 = d2__p21_134 + d2__p21_150
+    _c111 = torch.einsum("zuk,zuj->zjku", d2__p21, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_324 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c111)
+    # ∂/∂x3: p21 = (p18 ⊗ p6) -> 16x2o
+    _c112 = torch.einsum("zuk,zui->ziku", d2__p21, t[:, 64:144].reshape(n, 16, 5))
+    d2_x3_325 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c112)
+    # ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
+    d2__p20 = d2__p20_226 + d2__p20_238 + d2__p20_250 + d2__p20_262
+    _c113 = torch.einsum("zuk,zuj->zjku", d2__p20, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_326 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c113)
+    # ∂/∂x3: p20 = (p18 ⊗ p6) -> 16x1o
+    _c114 = torch.einsum("zuk,zui->ziku", d2__p20, t[:, 64:144].reshape(n, 16, 5))
+    d2_x3_327 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c114)
+    # ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
+    d2__p19 = d2__p19_180 + d2__p19_192 + d2__p19_204 + d2__p19_216
+    _c115 = torch.einsum("zuk,zuj->zjku", d2__p19, x3[:, 0:16].reshape(n, 16, 1))
+    d2_t_328 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c115)
+    # ∂/∂x3: p19 = (p18 ⊗ p1) -> 16x2e
+    _c116 = torch.einsum("zuk,zui->ziku", d2__p19, t[:, 64:144].reshape(n, 16, 5))
+    d2_x3_329 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c116)
+    # ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
+    d2__p17 = d2__p17_126 + d2__p17_142
+    _c117 = torch.einsum("zuk,zuj->zjku", d2__p17, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_330 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c117)
+    # ∂/∂x3: p17 = (p10 ⊗ p8) -> 16x3o
+    _c118 = torch.einsum("zuk,zui->ziku", d2__p17, t[:, 16:64].reshape(n, 16, 3))
+    d2_x3_331 = torch.einsum("ijk,ziku->zuj", cg_1_2_3, _c118)
+    # ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
+    d2__p16 = d2__p16_136 + d2__p16_152
+    _c119 = torch.einsum("zuk,zuj->zjku", d2__p16, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_332 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c119)
+    # ∂/∂x3: p16 = (p10 ⊗ p8) -> 16x2o
+    _c120 = torch.einsum("zuk,zui->ziku", d2__p16, t[:, 16:64].reshape(n, 16, 3))
+    d2_x3_333 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c120)
+    # ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
+    d2__p15 = d2__p15_228 + d2__p15_240 + d2__p15_252 + d2__p15_264
+    _c121 = torch.einsum("zuk,zuj->zjku", d2__p15, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_334 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c121)
+    # ∂/∂x3: p15 = (p10 ⊗ p8) -> 16x1o
+    _c122 = torch.einsum("zuk,zui->ziku", d2__p15, t[:, 16:64].reshape(n, 16, 3))
+    d2_x3_335 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c122)
+    # ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
+    d2__p14 = d2__p14_162 + d2__p14_172
+    _c123 = torch.einsum("zuk,zuj->zjku", d2__p14, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_336 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c123)
+    # ∂/∂x3: p14 = (p10 ⊗ p6) -> 16x1e
+    _c124 = torch.einsum("zuk,zui->ziku", d2__p14, t[:, 16:64].reshape(n, 16, 3))
+    d2_x3_337 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c124)
+    # ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
+    d2__p13 = d2__p13_182 + d2__p13_194 + d2__p13_206 + d2__p13_218
+    _c125 = torch.einsum("zuk,zuj->zjku", d2__p13, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_338 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c125)
+    # ∂/∂x3: p13 = (p10 ⊗ p6) -> 16x2e
+    _c126 = torch.einsum("zuk,zui->ziku", d2__p13, t[:, 16:64].reshape(n, 16, 3))
+    d2_x3_339 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c126)
+    # ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
+    d2__p12 = d2__p12_272 + d2__p12_278 + d2__p12_284
+    _c127 = torch.einsum("zuk,zuj->zjku", d2__p12, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_340 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c127)
+    # ∂/∂x3: p12 = (p10 ⊗ p6) -> 16x0e
+    _c128 = torch.einsum("zuk,zui->ziku", d2__p12, t[:, 16:64].reshape(n, 16, 3))
+    d2_x3_341 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c128)
+    # ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
+    d2__p11 = d2__p11_230 + d2__p11_242 + d2__p11_254 + d2__p11_266
+    _c129 = torch.einsum("zuk,zuj->zjku", d2__p11, x3[:, 0:16].reshape(n, 16, 1))
+    d2_t_342 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c129)
+    # ∂/∂x3: p11 = (p10 ⊗ p1) -> 16x1o
+    _c130 = torch.einsum("zuk,zui->ziku", d2__p11, t[:, 16:64].reshape(n, 16, 3))
+    d2_x3_343 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c130)
+    # ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
+    d2__p9 = d2__p9_184 + d2__p9_196 + d2__p9_208 + d2__p9_220
+    _c131 = torch.einsum("zuk,zuj->zjku", d2__p9, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_344 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c131)
+    # ∂/∂x3: p9 = (p0 ⊗ p8) -> 16x2e
+    _c132 = torch.einsum("zuk,zui->ziku", d2__p9, t[:, 0:16].reshape(n, 16, 1))
+    d2_x3_345 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c132)
+    # ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
+    d2__p7 = d2__p7_232 + d2__p7_244 + d2__p7_256 + d2__p7_268
+    _c133 = torch.einsum("zuk,zuj->zjku", d2__p7, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_346 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c133)
+    # ∂/∂x3: p7 = (p0 ⊗ p6) -> 16x1o
+    _c134 = torch.einsum("zuk,zui->ziku", d2__p7, t[:, 0:16].reshape(n, 16, 1))
+    d2_x3_347 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c134)
+    # ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
+    d2__p2 = d2__p2_274 + d2__p2_280 + d2__p2_286
+    _c135 = torch.einsum("zuk,zuj->zjku", d2__p2, x3[:, 0:16].reshape(n, 16, 1))
+    d2_t_348 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c135)
+    # ∂/∂x3: p2 = (p0 ⊗ p1) -> 16x0e
+    _c136 = torch.einsum("zuk,zui->ziku", d2__p2, t[:, 0:16].reshape(n, 16, 1))
+    d2_x3_349 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c136)
+    # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x1e
+    d2_t = torch.cat([
+        (d2_t_344 + d2_t_346 + d2_t_348).reshape(n, 16),
+        (d2_t_330 + d2_t_332 + d2_t_334 + d2_t_336 + d2_t_338 + d2_t_340 + d2_t_342).reshape(n, 48),
+        (d2_t_314 + d2_t_316 + d2_t_318 + d2_t_320 + d2_t_322 + d2_t_324 + d2_t_326 + d2_t_328).reshape(n, 80),
+        (d2_t_302 + d2_t_304 + d2_t_306 + d2_t_308 + d2_t_310 + d2_t_312).reshape(n, 48),
+        (d2_t_288 + d2_t_290 + d2_t_292 + d2_t_294 + d2_t_296 + d2_t_298 + d2_t_300).reshape(n, 80),
+    ], dim=-1)
+    _c137 = torch.einsum("zuk,zuj->zjku", d2_t[:, 144:192].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_350 = torch.einsum("zjku,ijku->zui", _c137, (_c23 * 1.224744871391589))
+    # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x1e
+    _c138 = torch.einsum("zuk,zui->ziku", d2_t[:, 144:192].reshape(n, 16, 3), x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_351 = torch.einsum("ziku,ijku->zuj", _c138, (_c23 * 1.224744871391589))
+    # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
+    _c139 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c138)
+    d2_weight_352 = torch.einsum("ijk,ijku->u", (cg_2_2_1 * 1.224744871391589), _c139)
+    # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x2e
+    _c140 = torch.einsum("zuk,zuj->zjku", d2_t[:, 64:144].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_353 = torch.einsum("zjku,ijku->zui", _c140, (_c22 * 1.118033988749895))
+    # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x2e
+    _c141 = torch.einsum("zuk,zui->ziku", d2_t[:, 64:144].reshape(n, 16, 5), x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_354 = torch.einsum("ziku,ijku->zuj", _c141, (_c22 * 1.118033988749895))
+    # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
+    _c142 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c141)
+    d2_weight_355 = torch.einsum("ijk,ijku->u", (cg_2_2_2 * 1.118033988749895), _c142)
+    # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x0e
+    _c143 = torch.einsum("zuk,zuj->zjku", d2_t[:, 0:16].reshape(n, 16, 1), x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_356 = torch.einsum("zjku,ijku->zui", _c143, (_c21 * 0.5773502691896257))
+    # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x0e
+    _c144 = torch.einsum("zuk,zui->ziku", d2_t[:, 0:16].reshape(n, 16, 1), x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_357 = torch.einsum("ziku,ijku->zuj", _c144, (_c21 * 0.5773502691896257))
+    # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
+    _c145 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c144)
+    d2_weight_358 = torch.einsum("ijk,ijku->u", (cg_2_2_0 * 0.5773502691896257), _c145)
+    # ∂/∂x1: 16x2e ⊗ 16x1o -> 16x2o
+    _c146 = torch.einsum("zuk,zuj->zjku", d2_t[:, 192:272].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_359 = torch.einsum("zjku,ijku->zui", _c146, (_c19 * 1.5811388300841898))
+    # ∂/∂x2: 16x2e ⊗ 16x1o -> 16x2o
+    _c147 = torch.einsum("zuk,zui->ziku", d2_t[:, 192:272].reshape(n, 16, 5), x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_360 = torch.einsum("ziku,ijku->zuj", _c147, (_c19 * 1.5811388300841898))
+    # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x2o
+    _c148 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c147)
+    d2_weight_361 = torch.einsum("ijk,ijku->u", (cg_2_1_2 * 1.5811388300841898), _c148)
+    # ∂/∂x1: 16x2e ⊗ 16x1o -> 16x1o
+    _c149 = torch.einsum("zuk,zuj->zjku", d2_t[:, 16:64].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_362 = torch.einsum("zjku,ijku->zui", _c149, (_c18 * 0.8660254037844386))
+    # ∂/∂x2: 16x2e ⊗ 16x1o -> 16x1o
+    _c150 = torch.einsum("zuk,zui->ziku", d2_t[:, 16:64].reshape(n, 16, 3), x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_363 = torch.einsum("ziku,ijku->zuj", _c150, (_c18 * 0.8660254037844386))
+    # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
+    _c151 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c150)
+    d2_weight_364 = torch.einsum("ijk,ijku->u", (cg_2_1_1 * 0.8660254037844386), _c151)
+    # ∂/∂x1: 16x2e ⊗ 16x0e -> 16x2e
+    _c152 = torch.einsum("zuk,zuj->zjku", d2_t[:, 64:144].reshape(n, 16, 5), x2[:, 0:16].reshape(n, 16, 1))
+    d2_x1_365 = torch.einsum("zjku,ijku->zui", _c152, (_c16 * 1.118033988749895))
+    # ∂/∂x2: 16x2e ⊗ 16x0e -> 16x2e
+    d2_x2_366 = torch.einsum("ziku,ijku->zuj", _c141, (_c16 * 1.118033988749895))
+    # ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
+    _c153 = torch.einsum("zuj,ziku->ijku", x2[:, 0:16].reshape(n, 16, 1), _c141)
+    d2_weight_367 = torch.einsum("ijk,ijku->u", (cg_2_0_2 * 1.118033988749895), _c153)
+    # ∂/∂x1: 16x1o ⊗ 16x2e -> 16x2o
+    _c154 = torch.einsum("zuk,zuj->zjku", d2_t[:, 192:272].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_368 = torch.einsum("zjku,ijku->zui", _c154, (_c14 * 1.5811388300841898))
+    # ∂/∂x2: 16x1o ⊗ 16x2e -> 16x2o
+    _c155 = torch.einsum("zuk,zui->ziku", d2_t[:, 192:272].reshape(n, 16, 5), x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_369 = torch.einsum("ziku,ijku->zuj", _c155, (_c14 * 1.5811388300841898))
+    # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x2o
+    _c156 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c155)
+    d2_weight_370 = torch.einsum("ijk,ijku->u", (cg_1_2_2 * 1.5811388300841898), _c156)
+    # ∂/∂x1: 16x1o ⊗ 16x2e -> 16x1o
+    _c157 = torch.einsum("zuk,zuj->zjku", d2_t[:, 16:64].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_371 = torch.einsum("zjku,ijku->zui", _c157, (_c13 * 0.8660254037844386))
+    # ∂/∂x2: 16x1o ⊗ 16x2e -> 16x1o
+    _c158 = torch.einsum("zuk,zui->ziku", d2_t[:, 16:64].reshape(n, 16, 3), x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_372 = torch.einsum("ziku,ijku->zuj", _c158, (_c13 * 0.8660254037844386))
+    # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
+    _c159 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c158)
+    d2_weight_373 = torch.einsum("ijk,ijku->u", (cg_1_2_1 * 0.8660254037844386), _c159)
+    # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x1e
+    _c160 = torch.einsum("zuk,zuj->zjku", d2_t[:, 144:192].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_374 = torch.einsum("zjku,ijku->zui", _c160, (_c11 * 1.224744871391589))
+    # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x1e
+    _c161 = torch.einsum("zuk,zui->ziku", d2_t[:, 144:192].reshape(n, 16, 3), x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_375 = torch.einsum("ziku,ijku->zuj", _c161, (_c11 * 1.224744871391589))
+    # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
+    _c162 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c161)
+    d2_weight_376 = torch.einsum("ijk,ijku->u", (cg_1_1_1 * 1.224744871391589), _c162)
+    # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x2e
+    _c163 = torch.einsum("zuk,zuj->zjku", d2_t[:, 64:144].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_377 = torch.einsum("zjku,ijku->zui", _c163, (_c10 * 1.118033988749895))
+    # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x2e
+    _c164 = torch.einsum("zuk,zui->ziku", d2_t[:, 64:144].reshape(n, 16, 5), x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_378 = torch.einsum("ziku,ijku->zuj", _c164, (_c10 * 1.118033988749895))
+    # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
+    _c165 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c164)
+    d2_weight_379 = torch.einsum("ijk,ijku->u", (cg_1_1_2 * 1.118033988749895), _c165)
+    # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
+    _c166 = torch.einsum("zuk,zuj->zjku", d2_t[:, 0:16].reshape(n, 16, 1), x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_380 = torch.einsum("zjku,ijku->zui", _c166, (_c9 * 0.5773502691896257))
+    # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
+    _c167 = torch.einsum("zuk,zui->ziku", d2_t[:, 0:16].reshape(n, 16, 1), x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_381 = torch.einsum("ziku,ijku->zuj", _c167, (_c9 * 0.5773502691896257))
+    # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
+    _c168 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c167)
+    d2_weight_382 = torch.einsum("ijk,ijku->u", (cg_1_1_0 * 0.5773502691896257), _c168)
+    # ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
+    _c169 = torch.einsum("zuk,zuj->zjku", d2_t[:, 16:64].reshape(n, 16, 3), x2[:, 0:16].reshape(n, 16, 1))
+    d2_x1_383 = torch.einsum("zjku,ijku->zui", _c169, (_c7 * 0.8660254037844386))
+    # ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
+    d2_x2_384 = torch.einsum("ziku,ijku->zuj", _c158, (_c7 * 0.8660254037844386))
+    # ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
+    _c170 = torch.einsum("zuj,ziku->ijku", x2[:, 0:16].reshape(n, 16, 1), _c158)
+    d2_weight_385 = torch.einsum("ijk,ijku->u", (cg_1_0_1 * 0.8660254037844386), _c170)
+    # ∂/∂x1: 16x0e ⊗ 16x2e -> 16x2e
+    d2_x1_386 = torch.einsum("zjku,ijku->zui", _c140, (_c5 * 1.118033988749895))
+    # ∂/∂x2: 16x0e ⊗ 16x2e -> 16x2e
+    _c171 = torch.einsum("zuk,zui->ziku", d2_t[:, 64:144].reshape(n, 16, 5), x1[:, 0:16].reshape(n, 16, 1))
+    d2_x2_387 = torch.einsum("ziku,ijku->zuj", _c171, (_c5 * 1.118033988749895))
+    # ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
+    _c172 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c171)
+    d2_weight_388 = torch.einsum("ijk,ijku->u", (cg_0_2_2 * 1.118033988749895), _c172)
+    # ∂/∂x1: 16x0e ⊗ 16x1o -> 16x1o
+    d2_x1_389 = torch.einsum("zjku,ijku->zui", _c149, (_c3 * 0.8660254037844386))
+    # ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
+    _c173 = torch.einsum("zuk,zui->ziku", d2_t[:, 16:64].reshape(n, 16, 3), x1[:, 0:16].reshape(n, 16, 1))
+    d2_x2_390 = torch.einsum("ziku,ijku->zuj", _c173, (_c3 * 0.8660254037844386))
+    # ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
+    _c174 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c173)
+    d2_weight_391 = torch.einsum("ijk,ijku->u", (cg_0_1_1 * 0.8660254037844386), _c174)
+    # ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
+    _c175 = torch.einsum("zuk,zuj->zjku", d2_t[:, 0:16].reshape(n, 16, 1), x2[:, 0:16].reshape(n, 16, 1))
+    d2_x1_392 = torch.einsum("zjku,ijku->zui", _c175, (_c1 * 0.5773502691896257))
+    # ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
+    _c176 = torch.einsum("zuk,zui->ziku", d2_t[:, 0:16].reshape(n, 16, 1), x1[:, 0:16].reshape(n, 16, 1))
+    d2_x2_393 = torch.einsum("ziku,ijku->zuj", _c176, (_c1 * 0.5773502691896257))
+    # ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
+    _c177 = torch.einsum("zuj,ziku->ijku", x2[:, 0:16].reshape(n, 16, 1), _c176)
+    d2_weight_394 = torch.einsum("ijk,ijku->u", (cg_0_0_0 * 0.5773502691896257), _c177)
+    d2_x1 = torch.cat([
+        (d2_x1_386 + d2_x1_389 + d2_x1_392).reshape(n, 16),
+        (d2_x1_368 + d2_x1_371 + d2_x1_374 + d2_x1_377 + d2_x1_380 + d2_x1_383).reshape(n, 48),
+        (d2_x1_350 + d2_x1_353 + d2_x1_356 + d2_x1_359 + d2_x1_362 + d2_x1_365).reshape(n, 80),
+    ], dim=-1)
+    d2_x2 = torch.cat([
+        (d2_x2_366 + d2_x2_384 + d2_x2_393).reshape(n, 16),
+        (d2_x2_360 + d2_x2_363 + d2_x2_375 + d2_x2_378 + d2_x2_381 + d2_x2_390).reshape(n, 48),
+        (d2_x2_351 + d2_x2_354 + d2_x2_357 + d2_x2_369 + d2_x2_372 + d2_x2_387).reshape(n, 80),
+    ], dim=-1)
+    d2_x3 = torch.cat([
+        (d2_x3_301 + d2_x3_313 + d2_x3_329 + d2_x3_343 + d2_x3_349).reshape(n, 16),
+        (d2_x3_295 + d2_x3_297 + d2_x3_299 + d2_x3_309 + d2_x3_311 + d2_x3_323 + d2_x3_325 + d2_x3_327 + d2_x3_337 + d2_x3_339 + d2_x3_341 + d2_x3_347).reshape(n, 48),
+        (d2_x3_289 + d2_x3_291 + d2_x3_293 + d2_x3_303 + d2_x3_305 + d2_x3_307 + d2_x3_315 + d2_x3_317 + d2_x3_319 + d2_x3_321 + d2_x3_331 + d2_x3_333 + d2_x3_335 + d2_x3_345).reshape(n, 80),
+    ], dim=-1)
+    d2_x4 = weight.new_zeros(n, 144)
+    d2_d_y = torch.cat([
+        (d2_d_y_101 + d2_d_y_105 + d2_d_y_110).reshape(n, 16),
+        (d2_d_y_102 + d2_d_y_104 + d2_d_y_107 + d2_d_y_109 + d2_d_y_112 + d2_d_y_116 + d2_d_y_117).reshape(n, 48),
+        (d2_d_y_103 + d2_d_y_106 + d2_d_y_108 + d2_d_y_111 + d2_d_y_113 + d2_d_y_114 + d2_d_y_115 + d2_d_y_118).reshape(n, 80),
+    ], dim=-1)
+    d2_weight = torch.cat([
+        d2_weight_394.reshape(16),
+        d2_weight_391.reshape(16),
+        d2_weight_388.reshape(16),
+        d2_weight_385.reshape(16),
+        d2_weight_382.reshape(16),
+        d2_weight_379.reshape(16),
+        d2_weight_376.reshape(16),
+        d2_weight_373.reshape(16),
+        d2_weight_370.reshape(16),
+        d2_weight_367.reshape(16),
+        d2_weight_364.reshape(16),
+        d2_weight_361.reshape(16),
+        d2_weight_358.reshape(16),
+        d2_weight_355.reshape(16),
+        d2_weight_352.reshape(16),
+        d2_weight_287.reshape(16),
+        d2_weight_281.reshape(16),
+        d2_weight_275.reshape(16),
+        d2_weight_269.reshape(16),
+        d2_weight_257.reshape(16),
+        d2_weight_245.reshape(16),
+        d2_weight_233.reshape(16),
+        d2_weight_221.reshape(16),
+        d2_weight_209.reshape(16),
+        d2_weight_197.reshape(16),
+        d2_weight_185.reshape(16),
+        d2_weight_267.reshape(16),
+        d2_weight_255.reshape(16),
+        d2_weight_243.reshape(16),
+        d2_weight_231.reshape(16),
+        d2_weight_285.reshape(16),
+        d2_weight_219.reshape(16),
+        d2_weight_279.reshape(16),
+        d2_weight_173.reshape(16),
+        d2_weight_207.reshape(16),
+        d2_weight_273.reshape(16),
+        d2_weight_163.reshape(16),
+        d2_weight_195.reshape(16),
+        d2_weight_183.reshape(16),
+        d2_weight_265.reshape(16),
+        d2_weight_253.reshape(16),
+        d2_weight_241.reshape(16),
+        d2_weight_153.reshape(16),
+        d2_weight_143.reshape(16),
+        d2_weight_229.reshape(16),
+        d2_weight_137.reshape(16),
+        d2_weight_127.reshape(16),
+        d2_weight_217.reshape(16),
+        d2_weight_205.reshape(16),
+        d2_weight_193.reshape(16),
+        d2_weight_181.reshape(16),
+        d2_weight_263.reshape(16),
+        d2_weight_251.reshape(16),
+        d2_weight_239.reshape(16),
+        d2_weight_151.reshape(16),
+        d2_weight_141.reshape(16),
+        d2_weight_227.reshape(16),
+        d2_weight_135.reshape(16),
+        d2_weight_125.reshape(16),
+        d2_weight_283.reshape(16),
+        d2_weight_215.reshape(16),
+        d2_weight_277.reshape(16),
+        d2_weight_171.reshape(16),
+        d2_weight_203.reshape(16),
+        d2_weight_271.reshape(16),
+        d2_weight_161.reshape(16),
+        d2_weight_191.reshape(16),
+        d2_weight_179.reshape(16),
+        d2_weight_121.reshape(16),
+        d2_weight_169.reshape(16),
+        d2_weight_159.reshape(16),
+        d2_weight_261.reshape(16),
+        d2_weight_249.reshape(16),
+        d2_weight_237.reshape(16),
+        d2_weight_149.reshape(16),
+        d2_weight_225.reshape(16),
+        d2_weight_133.reshape(16),
+        d2_weight_213.reshape(16),
+        d2_weight_167.reshape(16),
+        d2_weight_201.reshape(16),
+        d2_weight_157.reshape(16),
+        d2_weight_189.reshape(16),
+        d2_weight_177.reshape(16),
+        d2_weight_120.reshape(16),
+        d2_weight_147.reshape(16),
+        d2_weight_131.reshape(16),
+        d2_weight_211.reshape(16),
+        d2_weight_165.reshape(16),
+        d2_weight_199.reshape(16),
+        d2_weight_155.reshape(16),
+        d2_weight_187.reshape(16),
+        d2_weight_175.reshape(16),
+        d2_weight_119.reshape(16),
+        d2_weight_259.reshape(16),
+        d2_weight_247.reshape(16),
+        d2_weight_235.reshape(16),
+        d2_weight_145.reshape(16),
+        d2_weight_139.reshape(16),
+        d2_weight_223.reshape(16),
+        d2_weight_129.reshape(16),
+        d2_weight_123.reshape(16),
+    ], dim=-1)
+    return [d2_x1, d2_x2, d2_x3, d2_x4, d2_d_y, d2_weight]
+
+
+def _fusion_block_d2_weight(
+    x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, x4: torch.Tensor,
+    d_y: torch.Tensor, d2_d_weight: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor,
+    cg_1_2_3: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor,
+    cg_2_1_3: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
+    cg_2_2_3: torch.Tensor, cg_3_1_2: torch.Tensor, cg_3_2_1: torch.Tensor, cg_3_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fusion_block_d for the cotangent of d_weight: x1 (n, 144), x2 (n, 144), x3 (n, 144), x4 (n, 144), d_y (n, 144), d2_d_weight (1616,) -> d2_x1 (n, 144), d2_x2 (n, 144), d2_x3 (n, 144), d2_x4 (n, 144), d2_d_y (n, 144), d2_weight (1616,)."""
+    n = x1.shape[0]
+    # 16x0e ⊗ 16x0e -> 16x0e
+    _c0 = torch.einsum("zui,zuj->ziju", x1[:, 0:16].reshape(n, 16, 1), x2[:, 0:16].reshape(n, 16, 1))
+    _c1 = torch.einsum("ijk,u->ijku", cg_0_0_0, weight[0:16].view(16))
+    t_0 = torch.einsum("ziju,ijku->zuk", _c0, (_c1 * 0.5773502691896257))
+    # 16x0e ⊗ 16x1o -> 16x1o
+    _c2 = torch.einsum("zui,zuj->ziju", x1[:, 0:16].reshape(n, 16, 1), x2[:, 16:64].reshape(n, 16, 3))
+    _c3 = torch.einsum("ijk,u->ijku", cg_0_1_1, weight[16:32].view(16))
+    t_1 = torch.einsum("ziju,ijku->zuk", _c2, (_c3 * 0.8660254037844386))
+    # 16x0e ⊗ 16x2e -> 16x2e
+    _c4 = torch.einsum("zui,zuj->ziju", x1[:, 0:16].reshape(n, 16, 1), x2[:, 64:144].reshape(n, 16, 5))
+    _c5 = torch.einsum("ijk,u->ijku", cg_0_2_2, weight[32:48].view(16))
+    t_2 = torch.einsum("ziju,ijku->zuk", _c4, (_c5 * 1.118033988749895))
+    # 16x1o ⊗ 16x0e -> 16x1o
+    _c6 = torch.einsum("zui,zuj->ziju", x1[:, 16:64].reshape(n, 16, 3), x2[:, 0:16].reshape(n, 16, 1))
+    _c7 = torch.einsum("ijk,u->ijku", cg_1_0_1, weight[48:64].view(16))
+    t_3 = torch.einsum("ziju,ijku->zuk", _c6, (_c7 * 0.8660254037844386))
+    # 16x1o ⊗ 16x1o -> 16x0e
+    _c8 = torch.einsum("zui,zuj->ziju", x1[:, 16:64].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3))
+    _c9 = torch.einsum("ijk,u->ijku", cg_1_1_0, weight[64:80].view(16))
+    t_4 = torch.einsum("ziju,ijku->zuk", _c8, (_c9 * 0.5773502691896257))
+    # 16x1o ⊗ 16x1o -> 16x2e
+    _c10 = torch.einsum("ijk,u->ijku", cg_1_1_2, weight[80:96].view(16))
+    t_5 = torch.einsum("ziju,ijku->zuk", _c8, (_c10 * 1.118033988749895))
+    # 16x1o ⊗ 16x1o -> 16x1e
+    _c11 = torch.einsum("ijk,u->ijku", cg_1_1_1, weight[96:112].view(16))
+    t_6 = torch.einsum("ziju,ijku->zuk", _c8, (_c11 * 1.224744871391589))
+    # 16x1o ⊗ 16x2e -> 16x1o
+    _c12 = torch.einsum("zui,zuj->ziju", x1[:, 16:64].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5))
+    _c13 = torch.einsum("ijk,u->ijku", cg_1_2_1, weight[112:128].view(16))
+    t_7 = torch.einsum("ziju,ijku->zuk", _c12, (_c13 * 0.8660254037844386))
+    # 16x1o ⊗ 16x2e -> 16x2o
+    _c14 = torch.einsum("ijk,u->ijku", cg_1_2_2, weight[128:144].view(16))
+    t_8 = torch.einsum("ziju,ijku->zuk", _c12, (_c14 * 1.5811388300841898))
+    # 16x2e ⊗ 16x0e -> 16x2e
+    _c15 = torch.einsum("zui,zuj->ziju", x1[:, 64:144].reshape(n, 16, 5), x2[:, 0:16].reshape(n, 16, 1))
+    _c16 = torch.einsum("ijk,u->ijku", cg_2_0_2, weight[144:160].view(16))
+    t_9 = torch.einsum("ziju,ijku->zuk", _c15, (_c16 * 1.118033988749895))
+    # 16x2e ⊗ 16x1o -> 16x1o
+    _c17 = torch.einsum("zui,zuj->ziju", x1[:, 64:144].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3))
+    _c18 = torch.einsum("ijk,u->ijku", cg_2_1_1, weight[160:176].view(16))
+    t_10 = torch.einsum("ziju,ijku->zuk", _c17, (_c18 * 0.8660254037844386))
+    # 16x2e ⊗ 16x1o -> 16x2o
+    _c19 = torch.einsum("ijk,u->ijku", cg_2_1_2, weight[176:192].view(16))
+    t_11 = torch.einsum("ziju,ijku->zuk", _c17, (_c19 * 1.5811388300841898))
+    # 16x2e ⊗ 16x2e -> 16x0e
+    _c20 = torch.einsum("zui,zuj->ziju", x1[:, 64:144].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5))
+    _c21 = torch.einsum("ijk,u->ijku", cg_2_2_0, weight[192:208].view(16))
+    t_12 = torch.einsum("ziju,ijku->zuk", _c20, (_c21 * 0.5773502691896257))
+    # 16x2e ⊗ 16x2e -> 16x2e
+    _c22 = torch.einsum("ijk,u->ijku", cg_2_2_2, weight[208:224].view(16))
+    t_13 = torch.einsum("ziju,ijku->zuk", _c20, (_c22 * 1.118033988749895))
+    # 16x2e ⊗ 16x2e -> 16x1e
+    _c23 = torch.einsum("ijk,u->ijku", cg_2_2_1, weight[224:240].view(16))
+    t_14 = torch.einsum("ziju,ijku->zuk", _c20, (_c23 * 1.224744871391589))
+    # p2 = (p0 ⊗ p1) -> 16x0e
+    t = torch.cat([
+        (t_0 + t_4 + t_12).reshape(n, 16),
+        (t_1 + t_3 + t_7 + t_10).reshape(n, 48),
+        (t_2 + t_5 + t_9 + t_13).reshape(n, 80),
+        (t_6 + t_14).reshape(n, 48),
+        (t_8 + t_11).reshape(n, 80),
+    ], dim=-1)
+    _c24 = torch.einsum("zui,zuj->ziju", t[:, 0:16].reshape(n, 16, 1), x3[:, 0:16].reshape(n, 16, 1))
+    _p2 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c24)
+    # p7 = (p0 ⊗ p6) -> 16x1o
+    _c25 = torch.einsum("zui,zuj->ziju", t[:, 0:16].reshape(n, 16, 1), x3[:, 16:64].reshape(n, 16, 3))
+    _p7 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c25)
+    # p9 = (p0 ⊗ p8) -> 16x2e
+    _c26 = torch.einsum("zui,zuj->ziju", t[:, 0:16].reshape(n, 16, 1), x3[:, 64:144].reshape(n, 16, 5))
+    _p9 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c26)
+    # p11 = (p10 ⊗ p1) -> 16x1o
+    _c27 = torch.einsum("zui,zuj->ziju", t[:, 16:64].reshape(n, 16, 3), x3[:, 0:16].reshape(n, 16, 1))
+    _p11 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c27)
+    # p12 = (p10 ⊗ p6) -> 16x0e
+    _c28 = torch.einsum("zui,zuj->ziju", t[:, 16:64].reshape(n, 16, 3), x3[:, 16:64].reshape(n, 16, 3))
+    _p12 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c28)
+    # p13 = (p10 ⊗ p6) -> 16x2e
+    _p13 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c28)
+    # p14 = (p10 ⊗ p6) -> 16x1e
+    _p14 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c28)
+    # p15 = (p10 ⊗ p8) -> 16x1o
+    _c29 = torch.einsum("zui,zuj->ziju", t[:, 16:64].reshape(n, 16, 3), x3[:, 64:144].reshape(n, 16, 5))
+    _p15 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c29)
+    # p16 = (p10 ⊗ p8) -> 16x2o
+    _p16 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c29)
+    # p17 = (p10 ⊗ p8) -> 16x3o
+    _p17 = torch.einsum("ijk,ziju->zuk", cg_1_2_3, _c29)
+    # p19 = (p18 ⊗ p1) -> 16x2e
+    _c30 = torch.einsum("zui,zuj->ziju", t[:, 64:144].reshape(n, 16, 5), x3[:, 0:16].reshape(n, 16, 1))
+    _p19 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c30)
+    # p20 = (p18 ⊗ p6) -> 16x1o
+    _c31 = torch.einsum("zui,zuj->ziju", t[:, 64:144].reshape(n, 16, 5), x3[:, 16:64].reshape(n, 16, 3))
+    _p20 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c31)
+    # p21 = (p18 ⊗ p6) -> 16x2o
+    _p21 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c31)
+    # p22 = (p18 ⊗ p6) -> 16x3o
+    _p22 = torch.einsum("ijk,ziju->zuk", cg_2_1_3, _c31)
+    # p23 = (p18 ⊗ p8) -> 16x0e
+    _c32 = torch.einsum("zui,zuj->ziju", t[:, 64:144].reshape(n, 16, 5), x3[:, 64:144].reshape(n, 16, 5))
+    _p23 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c32)
+    # p24 = (p18 ⊗ p8) -> 16x2e
+    _p24 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c32)
+    # p25 = (p18 ⊗ p8) -> 16x1e
+    _p25 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c32)
+    # p26 = (p18 ⊗ p8) -> 16x3e
+    _p26 = torch.einsum("ijk,ziju->zuk", cg_2_2_3, _c32)
+    # p28 = (p27 ⊗ p1) -> 16x1e
+    _c33 = torch.einsum("zui,zuj->ziju", t[:, 144:192].reshape(n, 16, 3), x3[:, 0:16].reshape(n, 16, 1))
+    _p28 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c33)
+    # p29 = (p27 ⊗ p6) -> 16x1o
+    _c34 = torch.einsum("zui,zuj->ziju", t[:, 144:192].reshape(n, 16, 3), x3[:, 16:64].reshape(n, 16, 3))
+    _p29 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c34)
+    # p30 = (p27 ⊗ p6) -> 16x2o
+    _p30 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c34)
+    # p31 = (p27 ⊗ p8) -> 16x2e
+    _c35 = torch.einsum("zui,zuj->ziju", t[:, 144:192].reshape(n, 16, 3), x3[:, 64:144].reshape(n, 16, 5))
+    _p31 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c35)
+    # p32 = (p27 ⊗ p8) -> 16x1e
+    _p32 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c35)
+    # p33 = (p27 ⊗ p8) -> 16x3e
+    _p33 = torch.einsum("ijk,ziju->zuk", cg_1_2_3, _c35)
+    # p35 = (p34 ⊗ p1) -> 16x2o
+    _c36 = torch.einsum("zui,zuj->ziju", t[:, 192:272].reshape(n, 16, 5), x3[:, 0:16].reshape(n, 16, 1))
+    _p35 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c36)
+    # p36 = (p34 ⊗ p6) -> 16x2e
+    _c37 = torch.einsum("zui,zuj->ziju", t[:, 192:272].reshape(n, 16, 5), x3[:, 16:64].reshape(n, 16, 3))
+    _p36 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c37)
+    # p37 = (p34 ⊗ p6) -> 16x1e
+    _p37 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c37)
+    # p38 = (p34 ⊗ p6) -> 16x3e
+    _p38 = torch.einsum("ijk,ziju->zuk", cg_2_1_3, _c37)
+    # p39 = (p34 ⊗ p8) -> 16x1o
+    _c38 = torch.einsum("zui,zuj->ziju", t[:, 192:272].reshape(n, 16, 5), x3[:, 64:144].reshape(n, 16, 5))
+    _p39 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c38)
+    # p40 = (p34 ⊗ p8) -> 16x2o
+    _p40 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c38)
+    # p41 = (p34 ⊗ p8) -> 16x3o
+    _p41 = torch.einsum("ijk,ziju->zuk", cg_2_2_3, _c38)
+    d__p77 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
     _c39 = torch.einsum("zuk,zuj->zjku", d__p77, x4[:, 64:144].reshape(n, 16, 5))
     d__p76 = torch.einsum("ijk,zjku->zui", cg_3_2_2, _c39)
@@ -1628,2330 +5716,1556 @@ def _fusion_block_d_d2(
     # ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
     _c40 = torch.einsum("zuk,zuj->zjku", d__p75, x4[:, 64:144].reshape(n, 16, 5))
     d__p74 = torch.einsum("ijk,zjku->zui", cg_3_2_1, _c40)
-    d__p41_101 = torch.einsum("zui,u->zui", d__p74, (weight[1600:1616].view(16) * 0.7859052479933758))
-    d__p22_102 = torch.einsum("zui,u->zui", d__p74, (weight[928:944].view(16) * 0.7859052479933758))
-    d__p17_103 = torch.einsum("zui,u->zui", d__p74, (weight[736:752].view(16) * 0.7859052479933758))
+    d__p41_15 = torch.einsum("zui,u->zui", d__p74, (weight[1600:1616].view(16) * 0.7859052479933758))
+    d__p22_16 = torch.einsum("zui,u->zui", d__p74, (weight[928:944].view(16) * 0.7859052479933758))
+    d__p17_17 = torch.einsum("zui,u->zui", d__p74, (weight[736:752].view(16) * 0.7859052479933758))
     d__p73 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
     _c41 = torch.einsum("zuk,zuj->zjku", d__p73, x4[:, 64:144].reshape(n, 16, 5))
     d__p72 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c41)
-    d__p40_104 = torch.einsum("zui,u->zui", d__p72, (weight[1584:1600].view(16) * 0.6642111641550714))
-    d__p35_105 = torch.einsum("zui,u->zui", d__p72, (weight[1360:1376].view(16) * 0.6642111641550714))
-    d__p30_106 = torch.einsum("zui,u->zui", d__p72, (weight[1216:1232].view(16) * 0.6642111641550714))
-    d__p21_107 = torch.einsum("zui,u->zui", d__p72, (weight[912:928].view(16) * 0.6642111641550714))
-    d__p16_108 = torch.einsum("zui,u->zui", d__p72, (weight[720:736].view(16) * 0.6642111641550714))
+    d__p40_18 = torch.einsum("zui,u->zui", d__p72, (weight[1584:1600].view(16) * 0.6642111641550714))
+    d__p35_19 = torch.einsum("zui,u->zui", d__p72, (weight[1360:1376].view(16) * 0.6642111641550714))
+    d__p30_20 = torch.einsum("zui,u->zui", d__p72, (weight[1216:1232].view(16) * 0.6642111641550714))
+    d__p21_21 = torch.einsum("zui,u->zui", d__p72, (weight[912:928].view(16) * 0.6642111641550714))
+    d__p16_22 = torch.einsum("zui,u->zui", d__p72, (weight[720:736].view(16) * 0.6642111641550714))
     d__p71 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
     _c42 = torch.einsum("zuk,zuj->zjku", d__p71, x4[:, 16:64].reshape(n, 16, 3))
     d__p70 = torch.einsum("ijk,zjku->zui", cg_3_1_2, _c42)
-    d__p41_109 = torch.einsum("zui,u->zui", d__p70, (weight[1552:1568].view(16) * 0.9725975251592747))
-    d__p22_110 = torch.einsum("zui,u->zui", d__p70, (weight[880:896].view(16) * 0.9725975251592747))
-    d__p17_111 = torch.einsum("zui,u->zui", d__p70, (weight[688:704].view(16) * 0.9725975251592747))
+    d__p41_23 = torch.einsum("zui,u->zui", d__p70, (weight[1552:1568].view(16) * 0.9725975251592747))
+    d__p22_24 = torch.einsum("zui,u->zui", d__p70, (weight[880:896].view(16) * 0.9725975251592747))
+    d__p17_25 = torch.einsum("zui,u->zui", d__p70, (weight[688:704].view(16) * 0.9725975251592747))
     d__p69 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
     _c43 = torch.einsum("zuk,zuj->zjku", d__p69, x4[:, 16:64].reshape(n, 16, 3))
     d__p68 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c43)
-    d__p40_112 = torch.einsum("zui,u->zui", d__p68, (weight[1536:1552].view(16) * 0.8219949365267865))
-    d__p35_113 = torch.einsum("zui,u->zui", d__p68, (weight[1344:1360].view(16) * 0.8219949365267865))
-    d__p30_114 = torch.einsum("zui,u->zui", d__p68, (weight[1184:1200].view(16) * 0.8219949365267865))
-    d__p21_115 = torch.einsum("zui,u->zui", d__p68, (weight[864:880].view(16) * 0.8219949365267865))
-    d__p16_116 = torch.einsum("zui,u->zui", d__p68, (weight[672:688].view(16) * 0.8219949365267865))
+    d__p40_26 = torch.einsum("zui,u->zui", d__p68, (weight[1536:1552].view(16) * 0.8219949365267865))
+    d__p35_27 = torch.einsum("zui,u->zui", d__p68, (weight[1344:1360].view(16) * 0.8219949365267865))
+    d__p30_28 = torch.einsum("zui,u->zui", d__p68, (weight[1184:1200].view(16) * 0.8219949365267865))
+    d__p21_29 = torch.einsum("zui,u->zui", d__p68, (weight[864:880].view(16) * 0.8219949365267865))
+    d__p16_30 = torch.einsum("zui,u->zui", d__p68, (weight[672:688].view(16) * 0.8219949365267865))
     d__p67 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
     _c44 = torch.einsum("zuk,zuj->zjku", d__p67, x4[:, 64:144].reshape(n, 16, 5))
     d__p66 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c44)
-    d__p37_117 = torch.einsum("zui,u->zui", d__p66, (weight[1424:1440].view(16) * 0.6367145399670133))
-    d__p32_118 = torch.einsum("zui,u->zui", d__p66, (weight[1280:1296].view(16) * 0.6367145399670133))
-    d__p28_119 = torch.einsum("zui,u->zui", d__p66, (weight[1120:1136].view(16) * 0.6367145399670133))
-    d__p25_120 = torch.einsum("zui,u->zui", d__p66, (weight[1040:1056].view(16) * 0.6367145399670133))
-    d__p14_121 = torch.einsum("zui,u->zui", d__p66, (weight[576:592].view(16) * 0.6367145399670133))
+    d__p37_31 = torch.einsum("zui,u->zui", d__p66, (weight[1424:1440].view(16) * 0.6367145399670133))
+    d__p32_32 = torch.einsum("zui,u->zui", d__p66, (weight[1280:1296].view(16) * 0.6367145399670133))
+    d__p28_33 = torch.einsum("zui,u->zui", d__p66, (weight[1120:1136].view(16) * 0.6367145399670133))
+    d__p25_34 = torch.einsum("zui,u->zui", d__p66, (weight[1040:1056].view(16) * 0.6367145399670133))
+    d__p14_35 = torch.einsum("zui,u->zui", d__p66, (weight[576:592].view(16) * 0.6367145399670133))
     d__p65 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
     _c45 = torch.einsum("zuk,zuj->zjku", d__p65, x4[:, 16:64].reshape(n, 16, 3))
     d__p64 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c45)
-    d__p37_122 = torch.einsum("zui,u->zui", d__p64, (weight[1392:1408].view(16) * 0.5144957554275266))
-    d__p32_123 = torch.einsum("zui,u->zui", d__p64, (weight[1248:1264].view(16) * 0.5144957554275266))
-    d__p28_124 = torch.einsum("zui,u->zui", d__p64, (weight[1104:1120].view(16) * 0.5144957554275266))
-    d__p25_125 = torch.einsum("zui,u->zui", d__p64, (weight[992:1008].view(16) * 0.5144957554275266))
-    d__p14_126 = torch.einsum("zui,u->zui", d__p64, (weight[528:544].view(16) * 0.5144957554275266))
+    d__p37_36 = torch.einsum("zui,u->zui", d__p64, (weight[1392:1408].view(16) * 0.5144957554275266))
+    d__p32_37 = torch.einsum("zui,u->zui", d__p64, (weight[1248:1264].view(16) * 0.5144957554275266))
+    d__p28_38 = torch.einsum("zui,u->zui", d__p64, (weight[1104:1120].view(16) * 0.5144957554275266))
+    d__p25_39 = torch.einsum("zui,u->zui", d__p64, (weight[992:1008].view(16) * 0.5144957554275266))
+    d__p14_40 = torch.einsum("zui,u->zui", d__p64, (weight[528:544].view(16) * 0.5144957554275266))
     d__p63 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
     _c46 = torch.einsum("zuk,zuj->zjku", d__p63, x4[:, 64:144].reshape(n, 16, 5))
     d__p62 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c46)
-    d__p36_127 = torch.einsum("zui,u->zui", d__p62, (weight[1456:1472].view(16) * 0.8219949365267865))
-    d__p31_128 = torch.einsum("zui,u->zui", d__p62, (weight[1312:1328].view(16) * 0.8219949365267865))
-    d__p24_129 = torch.einsum("zui,u->zui", d__p62, (weight[1072:1088].view(16) * 0.8219949365267865))
-    d__p19_130 = torch.einsum("zui,u->zui", d__p62, (weight[800:816].view(16) * 0.8219949365267865))
-    d__p13_131 = torch.einsum("zui,u->zui", d__p62, (weight[608:624].view(16) * 0.8219949365267865))
-    d__p9_132 = torch.einsum("zui,u->zui", d__p62, (weight[400:416].view(16) * 0.8219949365267865))
+    d__p36_41 = torch.einsum("zui,u->zui", d__p62, (weight[1456:1472].view(16) * 0.8219949365267865))
+    d__p31_42 = torch.einsum("zui,u->zui", d__p62, (weight[1312:1328].view(16) * 0.8219949365267865))
+    d__p24_43 = torch.einsum("zui,u->zui", d__p62, (weight[1072:1088].view(16) * 0.8219949365267865))
+    d__p19_44 = torch.einsum("zui,u->zui", d__p62, (weight[800:816].view(16) * 0.8219949365267865))
+    d__p13_45 = torch.einsum("zui,u->zui", d__p62, (weight[608:624].view(16) * 0.8219949365267865))
+    d__p9_46 = torch.einsum("zui,u->zui", d__p62, (weight[400:416].view(16) * 0.8219949365267865))
     d__p61 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
     _c47 = torch.einsum("zuk,zuj->zjku", d__p61, x4[:, 64:144].reshape(n, 16, 5))
     d__p60 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c47)
-    d__p36_133 = torch.einsum("zui,u->zui", d__p60, (weight[1440:1456].view(16) * 0.5773502691896257))
-    d__p31_134 = torch.einsum("zui,u->zui", d__p60, (weight[1296:1312].view(16) * 0.5773502691896257))
-    d__p24_135 = torch.einsum("zui,u->zui", d__p60, (weight[1056:1072].view(16) * 0.5773502691896257))
-    d__p19_136 = torch.einsum("zui,u->zui", d__p60, (weight[784:800].view(16) * 0.5773502691896257))
-    d__p13_137 = torch.einsum("zui,u->zui", d__p60, (weight[592:608].view(16) * 0.5773502691896257))
-    d__p9_138 = torch.einsum("zui,u->zui", d__p60, (weight[384:400].view(16) * 0.5773502691896257))
+    d__p36_47 = torch.einsum("zui,u->zui", d__p60, (weight[1440:1456].view(16) * 0.5773502691896257))
+    d__p31_48 = torch.einsum("zui,u->zui", d__p60, (weight[1296:1312].view(16) * 0.5773502691896257))
+    d__p24_49 = torch.einsum("zui,u->zui", d__p60, (weight[1056:1072].view(16) * 0.5773502691896257))
+    d__p19_50 = torch.einsum("zui,u->zui", d__p60, (weight[784:800].view(16) * 0.5773502691896257))
+    d__p13_51 = torch.einsum("zui,u->zui", d__p60, (weight[592:608].view(16) * 0.5773502691896257))
+    d__p9_52 = torch.einsum("zui,u->zui", d__p60, (weight[384:400].view(16) * 0.5773502691896257))
     d__p59 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
     _c48 = torch.einsum("zuk,zuj->zjku", d__p59, x4[:, 16:64].reshape(n, 16, 3))
     d__p58 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c48)
-    d__p36_139 = torch.einsum("zui,u->zui", d__p58, (weight[1408:1424].view(16) * 0.6642111641550714))
-    d__p31_140 = torch.einsum("zui,u->zui", d__p58, (weight[1264:1280].view(16) * 0.6642111641550714))
-    d__p24_141 = torch.einsum("zui,u->zui", d__p58, (weight[1008:1024].view(16) * 0.6642111641550714))
-    d__p19_142 = torch.einsum("zui,u->zui", d__p58, (weight[768:784].view(16) * 0.6642111641550714))
-    d__p13_143 = torch.einsum("zui,u->zui", d__p58, (weight[544:560].view(16) * 0.6642111641550714))
-    d__p9_144 = torch.einsum("zui,u->zui", d__p58, (weight[368:384].view(16) * 0.6642111641550714))
+    d__p36_53 = torch.einsum("zui,u->zui", d__p58, (weight[1408:1424].view(16) * 0.6642111641550714))
+    d__p31_54 = torch.einsum("zui,u->zui", d__p58, (weight[1264:1280].view(16) * 0.6642111641550714))
+    d__p24_55 = torch.einsum("zui,u->zui", d__p58, (weight[1008:1024].view(16) * 0.6642111641550714))
+    d__p19_56 = torch.einsum("zui,u->zui", d__p58, (weight[768:784].view(16) * 0.6642111641550714))
+    d__p13_57 = torch.einsum("zui,u->zui", d__p58, (weight[544:560].view(16) * 0.6642111641550714))
+    d__p9_58 = torch.einsum("zui,u->zui", d__p58, (weight[368:384].view(16) * 0.6642111641550714))
     d__p57 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
     _c49 = torch.einsum("zuk,zuj->zjku", d__p57, x4[:, 0:16].reshape(n, 16, 1))
     d__p56 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c49)
-    d__p36_145 = torch.einsum("zui,u->zui", d__p56, (weight[1376:1392].view(16) * 0.8219949365267865))
-    d__p31_146 = torch.einsum("zui,u->zui", d__p56, (weight[1232:1248].view(16) * 0.8219949365267865))
-    d__p24_147 = torch.einsum("zui,u->zui", d__p56, (weight[960:976].view(16) * 0.8219949365267865))
-    d__p19_148 = torch.einsum("zui,u->zui", d__p56, (weight[752:768].view(16) * 0.8219949365267865))
-    d__p13_149 = torch.einsum("zui,u->zui", d__p56, (weight[496:512].view(16) * 0.8219949365267865))
-    d__p9_150 = torch.einsum("zui,u->zui", d__p56, (weight[352:368].view(16) * 0.8219949365267865))
+    d__p36_59 = torch.einsum("zui,u->zui", d__p56, (weight[1376:1392].view(16) * 0.8219949365267865))
+    d__p31_60 = torch.einsum("zui,u->zui", d__p56, (weight[1232:1248].view(16) * 0.8219949365267865))
+    d__p24_61 = torch.einsum("zui,u->zui", d__p56, (weight[960:976].view(16) * 0.8219949365267865))
+    d__p19_62 = torch.einsum("zui,u->zui", d__p56, (weight[752:768].view(16) * 0.8219949365267865))
+    d__p13_63 = torch.einsum("zui,u->zui", d__p56, (weight[496:512].view(16) * 0.8219949365267865))
+    d__p9_64 = torch.einsum("zui,u->zui", d__p56, (weight[352:368].view(16) * 0.8219949365267865))
     d__p55 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
     _c50 = torch.einsum("zuk,zuj->zjku", d__p55, x4[:, 64:144].reshape(n, 16, 5))
     d__p54 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c50)
-    d__p39_151 = torch.einsum("zui,u->zui", d__p54, (weight[1568:1584].view(16) * 0.5144957554275266))
-    d__p29_152 = torch.einsum("zui,u->zui", d__p54, (weight[1200:1216].view(16) * 0.5144957554275266))
-    d__p20_153 = torch.einsum("zui,u->zui", d__p54, (weight[896:912].view(16) * 0.5144957554275266))
-    d__p15_154 = torch.einsum("zui,u->zui", d__p54, (weight[704:720].view(16) * 0.5144957554275266))
-    d__p11_155 = torch.einsum("zui,u->zui", d__p54, (weight[464:480].view(16) * 0.5144957554275266))
-    d__p7_156 = torch.einsum("zui,u->zui", d__p54, (weight[336:352].view(16) * 0.5144957554275266))
+    d__p39_65 = torch.einsum("zui,u->zui", d__p54, (weight[1568:1584].view(16) * 0.5144957554275266))
+    d__p29_66 = torch.einsum("zui,u->zui", d__p54, (weight[1200:1216].view(16) * 0.5144957554275266))
+    d__p20_67 = torch.einsum("zui,u->zui", d__p54, (weight[896:912].view(16) * 0.5144957554275266))
+    d__p15_68 = torch.einsum("zui,u->zui", d__p54, (weight[704:720].view(16) * 0.5144957554275266))
+    d__p11_69 = torch.einsum("zui,u->zui", d__p54, (weight[464:480].view(16) * 0.5144957554275266))
+    d__p7_70 = torch.einsum("zui,u->zui", d__p54, (weight[336:352].view(16) * 0.5144957554275266))
     d__p53 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
     _c51 = torch.einsum("zuk,zuj->zjku", d__p53, x4[:, 16:64].reshape(n, 16, 3))
     d__p52 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c51)
-    d__p39_157 = torch.einsum("zui,u->zui", d__p52, (weight[1520:1536].view(16) * 0.6367145399670133))
-    d__p29_158 = torch.einsum("zui,u->zui", d__p52, (weight[1168:1184].view(16) * 0.6367145399670133))
-    d__p20_159 = torch.einsum("zui,u->zui", d__p52, (weight[848:864].view(16) * 0.6367145399670133))
-    d__p15_160 = torch.einsum("zui,u->zui", d__p52, (weight[656:672].view(16) * 0.6367145399670133))
-    d__p11_161 = torch.einsum("zui,u->zui", d__p52, (weight[448:464].view(16) * 0.6367145399670133))
-    d__p7_162 = torch.einsum("zui,u->zui", d__p52, (weight[320:336].view(16) * 0.6367145399670133))
+    d__p39_71 = torch.einsum("zui,u->zui", d__p52, (weight[1520:1536].view(16) * 0.6367145399670133))
+    d__p29_72 = torch.einsum("zui,u->zui", d__p52, (weight[1168:1184].view(16) * 0.6367145399670133))
+    d__p20_73 = torch.einsum("zui,u->zui", d__p52, (weight[848:864].view(16) * 0.6367145399670133))
+    d__p15_74 = torch.einsum("zui,u->zui", d__p52, (weight[656:672].view(16) * 0.6367145399670133))
+    d__p11_75 = torch.einsum("zui,u->zui", d__p52, (weight[448:464].view(16) * 0.6367145399670133))
+    d__p7_76 = torch.einsum("zui,u->zui", d__p52, (weight[320:336].view(16) * 0.6367145399670133))
     d__p51 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
     _c52 = torch.einsum("zuk,zuj->zjku", d__p51, x4[:, 16:64].reshape(n, 16, 3))
     d__p50 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c52)
-    d__p39_163 = torch.einsum("zui,u->zui", d__p50, (weight[1504:1520].view(16) * 0.4472135954999579))
-    d__p29_164 = torch.einsum("zui,u->zui", d__p50, (weight[1152:1168].view(16) * 0.4472135954999579))
-    d__p20_165 = torch.einsum("zui,u->zui", d__p50, (weight[832:848].view(16) * 0.4472135954999579))
-    d__p15_166 = torch.einsum("zui,u->zui", d__p50, (weight[640:656].view(16) * 0.4472135954999579))
-    d__p11_167 = torch.einsum("zui,u->zui", d__p50, (weight[432:448].view(16) * 0.4472135954999579))
-    d__p7_168 = torch.einsum("zui,u->zui", d__p50, (weight[304:320].view(16) * 0.4472135954999579))
+    d__p39_77 = torch.einsum("zui,u->zui", d__p50, (weight[1504:1520].view(16) * 0.4472135954999579))
+    d__p29_78 = torch.einsum("zui,u->zui", d__p50, (weight[1152:1168].view(16) * 0.4472135954999579))
+    d__p20_79 = torch.einsum("zui,u->zui", d__p50, (weight[832:848].view(16) * 0.4472135954999579))
+    d__p15_80 = torch.einsum("zui,u->zui", d__p50, (weight[640:656].view(16) * 0.4472135954999579))
+    d__p11_81 = torch.einsum("zui,u->zui", d__p50, (weight[432:448].view(16) * 0.4472135954999579))
+    d__p7_82 = torch.einsum("zui,u->zui", d__p50, (weight[304:320].view(16) * 0.4472135954999579))
     d__p49 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
     _c53 = torch.einsum("zuk,zuj->zjku", d__p49, x4[:, 0:16].reshape(n, 16, 1))
     d__p48 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c53)
-    d__p39_169 = torch.einsum("zui,u->zui", d__p48, (weight[1488:1504].view(16) * 0.5144957554275266))
-    d__p29_170 = torch.einsum("zui,u->zui", d__p48, (weight[1136:1152].view(16) * 0.5144957554275266))
-    d__p20_171 = torch.einsum("zui,u->zui", d__p48, (weight[816:832].view(16) * 0.5144957554275266))
-    d__p15_172 = torch.einsum("zui,u->zui", d__p48, (weight[624:640].view(16) * 0.5144957554275266))
-    d__p11_173 = torch.einsum("zui,u->zui", d__p48, (weight[416:432].view(16) * 0.5144957554275266))
-    d__p7_174 = torch.einsum("zui,u->zui", d__p48, (weight[288:304].view(16) * 0.5144957554275266))
+    d__p39_83 = torch.einsum("zui,u->zui", d__p48, (weight[1488:1504].view(16) * 0.5144957554275266))
+    d__p29_84 = torch.einsum("zui,u->zui", d__p48, (weight[1136:1152].view(16) * 0.5144957554275266))
+    d__p20_85 = torch.einsum("zui,u->zui", d__p48, (weight[816:832].view(16) * 0.5144957554275266))
+    d__p15_86 = torch.einsum("zui,u->zui", d__p48, (weight[624:640].view(16) * 0.5144957554275266))
+    d__p11_87 = torch.einsum("zui,u->zui", d__p48, (weight[416:432].view(16) * 0.5144957554275266))
+    d__p7_88 = torch.einsum("zui,u->zui", d__p48, (weight[288:304].view(16) * 0.5144957554275266))
     d__p47 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
     _c54 = torch.einsum("zuk,zuj->zjku", d__p47, x4[:, 64:144].reshape(n, 16, 5))
     d__p46 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c54)
-    d__p23_175 = torch.einsum("zui,u->zui", d__p46, (weight[1024:1040].view(16) * 0.36760731104690386))
-    d__p12_176 = torch.einsum("zui,u->zui", d__p46, (weight[560:576].view(16) * 0.36760731104690386))
-    d__p2_177 = torch.einsum("zui,u->zui", d__p46, (weight[272:288].view(16) * 0.36760731104690386))
+    d__p23_89 = torch.einsum("zui,u->zui", d__p46, (weight[1024:1040].view(16) * 0.36760731104690386))
+    d__p12_90 = torch.einsum("zui,u->zui", d__p46, (weight[560:576].view(16) * 0.36760731104690386))
+    d__p2_91 = torch.einsum("zui,u->zui", d__p46, (weight[272:288].view(16) * 0.36760731104690386))
     d__p45 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     _c55 = torch.einsum("zuk,zuj->zjku", d__p45, x4[:, 16:64].reshape(n, 16, 3))
     d__p44 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c55)
-    d__p23_178 = torch.einsum("zui,u->zui", d__p44, (weight[976:992].view(16) * 0.2970442628930023))
-    d__p12_179 = torch.einsum("zui,u->zui", d__p44, (weight[512:528].view(16) * 0.2970442628930023))
-    d__p2_180 = torch.einsum("zui,u->zui", d__p44, (weight[256:272].view(16) * 0.2970442628930023))
+    d__p23_92 = torch.einsum("zui,u->zui", d__p44, (weight[976:992].view(16) * 0.2970442628930023))
+    d__p12_93 = torch.einsum("zui,u->zui", d__p44, (weight[512:528].view(16) * 0.2970442628930023))
+    d__p2_94 = torch.einsum("zui,u->zui", d__p44, (weight[256:272].view(16) * 0.2970442628930023))
     d__p43 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     _c56 = torch.einsum("zuk,zuj->zjku", d__p43, x4[:, 0:16].reshape(n, 16, 1))
     d__p42 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c56)
-    d__p23_181 = torch.einsum("zui,u->zui", d__p42, (weight[944:960].view(16) * 0.2581988897471611))
-    d__p12_182 = torch.einsum("zui,u->zui", d__p42, (weight[480:496].view(16) * 0.2581988897471611))
-    d__p2_183 = torch.einsum("zui,u->zui", d__p42, (weight[240:256].view(16) * 0.2581988897471611))
+    d__p23_95 = torch.einsum("zui,u->zui", d__p42, (weight[944:960].view(16) * 0.2581988897471611))
+    d__p12_96 = torch.einsum("zui,u->zui", d__p42, (weight[480:496].view(16) * 0.2581988897471611))
+    d__p2_97 = torch.einsum("zui,u->zui", d__p42, (weight[240:256].view(16) * 0.2581988897471611))
     # ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
-    d__p41 = d__p41_101 + d__p41_109
+    d__p41 = d__p41_15 + d__p41_23
     _c57 = torch.einsum("zuk,zuj->zjku", d__p41, x3[:, 64:144].reshape(n, 16, 5))
-    d_t_184 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c57)
+    d_t_98 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c57)
     # ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
-    d__p40 = d__p40_104 + d__p40_112
+    d__p40 = d__p40_18 + d__p40_26
     _c58 = torch.einsum("zuk,zuj->zjku", d__p40, x3[:, 64:144].reshape(n, 16, 5))
-    d_t_185 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c58)
+    d_t_99 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c58)
     # ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
-    d__p39 = d__p39_151 + d__p39_157 + d__p39_163 + d__p39_169
+    d__p39 = d__p39_65 + d__p39_71 + d__p39_77 + d__p39_83
     _c59 = torch.einsum("zuk,zuj->zjku", d__p39, x3[:, 64:144].reshape(n, 16, 5))
-    d_t_186 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c59)
+    d_t_100 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c59)
     # ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
     _c60 = torch.einsum("zuk,zuj->zjku", d__p38, x3[:, 16:64].reshape(n, 16, 3))
-    d_t_187 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c60)
+    d_t_101 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c60)
     # ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
-    d__p37 = d__p37_117 + d__p37_122
+    d__p37 = d__p37_31 + d__p37_36
     _c61 = torch.einsum("zuk,zuj->zjku", d__p37, x3[:, 16:64].reshape(n, 16, 3))
-    d_t_188 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c61)
+    d_t_102 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c61)
     # ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
-    d__p36 = d__p36_127 + d__p36_133 + d__p36_139 + d__p36_145
+    d__p36 = d__p36_41 + d__p36_47 + d__p36_53 + d__p36_59
     _c62 = torch.einsum("zuk,zuj->zjku", d__p36, x3[:, 16:64].reshape(n, 16, 3))
-    d_t_189 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c62)
+    d_t_103 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c62)
     # ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
-    d__p35 = d__p35_105 + d__p35_113
+    d__p35 = d__p35_19 + d__p35_27
     _c63 = torch.einsum("zuk,zuj->zjku", d__p35, x3[:, 0:16].reshape(n, 16, 1))
-    d_t_190 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c63)
+    d_t_104 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c63)
     # ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
     _c64 = torch.einsum("zuk,zuj->zjku", d__p33, x3[:, 64:144].reshape(n, 16, 5))
-    d_t_191 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c64)
+    d_t_105 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c64)
     # ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
-    d__p32 = d__p32_118 + d__p32_123
+    d__p32 = d__p32_32 + d__p32_37
     _c65 = torch.einsum("zuk,zuj->zjku", d__p32, x3[:, 64:144].reshape(n, 16, 5))
-    d_t_192 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c65)
+    d_t_106 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c65)
     # ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
-    d__p31 = d__p31_128 + d__p31_134 + d__p31_140 + d__p31_146
+    d__p31 = d__p31_42 + d__p31_48 + d__p31_54 + d__p31_60
     _c66 = torch.einsum("zuk,zuj->zjku", d__p31, x3[:, 64:144].reshape(n, 16, 5))
-    d_t_193 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c66)
+    d_t_107 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c66)
     # ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
-    d__p30 = d__p30_106 + d__p30_114
+    d__p30 = d__p30_20 + d__p30_28
     _c67 = torch.einsum("zuk,zuj->zjku", d__p30, x3[:, 16:64].reshape(n, 16, 3))
-    d_t_194 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c67)
+    d_t_108 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c67)
     # ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
-    d__p29 = d__p29_152 + d__p29_158 + d__p29_164 + d__p29_170
+    d__p29 = d__p29_66 + d__p29_72 + d__p29_78 + d__p29_84
     _c68 = torch.einsum("zuk,zuj->zjku", d__p29, x3[:, 16:64].reshape(n, 16, 3))
-    d_t_195 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c68)
+    d_t_109 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c68)
     # ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
-    d__p28 = d__p28_119 + d__p28_124
+    d__p28 = d__p28_33 + d__p28_38
     _c69 = torch.einsum("zuk,zuj->zjku", d__p28, x3[:, 0:16].reshape(n, 16, 1))
-    d_t_196 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c69)
+    d_t_110 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c69)
     # ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
     _c70 = torch.einsum("zuk,zuj->zjku", d__p26, x3[:, 64:144].reshape(n, 16, 5))
-    d_t_197 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c70)
+    d_t_111 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c70)
     # ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
-    d__p25 = d__p25_120 + d__p25_125
+    d__p25 = d__p25_34 + d__p25_39
     _c71 = torch.einsum("zuk,zuj->zjku", d__p25, x3[:, 64:144].reshape(n, 16, 5))
-    d_t_198 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c71)
+    d_t_112 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c71)
     # ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
-    d__p24 = d__p24_129 + d__p24_135 + d__p24_141 + d__p24_147
+    d__p24 = d__p24_43 + d__p24_49 + d__p24_55 + d__p24_61
     _c72 = torch.einsum("zuk,zuj->zjku", d__p24, x3[:, 64:144].reshape(n, 16, 5))
-    d_t_199 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c72)
+    d_t_113 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c72)
     # ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
-    d__p23 = d__p23_175 + d__p23_178 + d__p23_181
+    d__p23 = d__p23_89 + d__p23_92 + d__p23_95
     _c73 = torch.einsum("zuk,zuj->zjku", d__p23, x3[:, 64:144].reshape(n, 16, 5))
-    d_t_200 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c73)
+    d_t_114 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c73)
     # ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
-    d__p22 = d__p22_102 + d__p22_110
+    d__p22 = d__p22_16 + d__p22_24
     _c74 = torch.einsum("zuk,zuj->zjku", d__p22, x3[:, 16:64].reshape(n, 16, 3))
-    d_t_201 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c74)
+    d_t_115 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c74)
     # ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
-    d__p21 = d__p21_107 + d__p21_115
+    d__p21 = d__p21_21 + d__p21_29
     _c75 = torch.einsum("zuk,zuj->zjku", d__p21, x3[:, 16:64].reshape(n, 16, 3))
-    d_t_202 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c75)
+    d_t_116 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c75)
     # ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
-    d__p20 = d__p20_153 + d__p20_159 + d__p20_165 + d__p20_171
+    d__p20 = d__p20_67 + d__p20_73 + d__p20_79 + d__p20_85
     _c76 = torch.einsum("zuk,zuj->zjku", d__p20, x3[:, 16:64].reshape(n, 16, 3))
-    d_t_203 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c76)
+    d_t_117 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c76)
     # ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
-    d__p19 = d__p19_130 + d__p19_136 + d__p19_142 + d__p19_148
+    d__p19 = d__p19_44 + d__p19_50 + d__p19_56 + d__p19_62
     _c77 = torch.einsum("zuk,zuj->zjku", d__p19, x3[:, 0:16].reshape(n, 16, 1))
-    d_t_204 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c77)
+    d_t_118 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c77)
     # ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
-    d__p17 = d__p17_103 + d__p17_111
+    d__p17 = d__p17_17 + d__p17_25
     _c78 = torch.einsum("zuk,zuj->zjku", d__p17, x3[:, 64:144].reshape(n, 16, 5))
-    d_t_205 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c78)
+    d_t_119 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c78)
     # ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
-    d__p16 = d__p16_108 + d__p16_116
+    d__p16 = d__p16_22 + d__p16_30
     _c79 = torch.einsum("zuk,zuj->zjku", d__p16, x3[:, 64:144].reshape(n, 16, 5))
-    d_t_206 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c79)
+    d_t_120 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c79)
     # ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
-    d__p15 = d__p15_154 + d__p15_160 + d__p15_166 + d__p15_172
+    d__p15 = d__p15_68 + d__p15_74 + d__p15_80 + d__p15_86
     _c80 = torch.einsum("zuk,zuj->zjku", d__p15, x3[:, 64:144].reshape(n, 16, 5))
-    d_t_207 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c80)
+    d_t_121 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c80)
     # ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
-    d__p14 = d__p14_121 + d__p14_126
+    d__p14 = d__p14_35 + d__p14_40
     _c81 = torch.einsum("zuk,zuj->zjku", d__p14, x3[:, 16:64].reshape(n, 16, 3))
-    d_t_208 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c81)
+    d_t_122 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c81)
     # ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
-    d__p13 = d__p13_131 + d__p13_137 + d__p13_143 + d__p13_149
+    d__p13 = d__p13_45 + d__p13_51 + d__p13_57 + d__p13_63
     _c82 = torch.einsum("zuk,zuj->zjku", d__p13, x3[:, 16:64].reshape(n, 16, 3))
-    d_t_209 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c82)
+    d_t_123 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c82)
     # ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
-    d__p12 = d__p12_176 + d__p12_179 + d__p12_182
+    d__p12 = d__p12_90 + d__p12_93 + d__p12_96
     _c83 = torch.einsum("zuk,zuj->zjku", d__p12, x3[:, 16:64].reshape(n, 16, 3))
-    d_t_210 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c83)
+    d_t_124 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c83)
     # ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
-    d__p11 = d__p11_155 + d__p11_161 + d__p11_167 + d__p11_173
+    d__p11 = d__p11_69 + d__p11_75 + d__p11_81 + d__p11_87
     _c84 = torch.einsum("zuk,zuj->zjku", d__p11, x3[:, 0:16].reshape(n, 16, 1))
-    d_t_211 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c84)
+    d_t_125 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c84)
     # ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
-    d__p9 = d__p9_132 + d__p9_138 + d__p9_144 + d__p9_150
+    d__p9 = d__p9_46 + d__p9_52 + d__p9_58 + d__p9_64
     _c85 = torch.einsum("zuk,zuj->zjku", d__p9, x3[:, 64:144].reshape(n, 16, 5))
-    d_t_212 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c85)
+    d_t_126 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c85)
     # ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
-    d__p7 = d__p7_156 + d__p7_162 + d__p7_168 + d__p7_174
+    d__p7 = d__p7_70 + d__p7_76 + d__p7_82 + d__p7_88
     _c86 = torch.einsum("zuk,zuj->zjku", d__p7, x3[:, 16:64].reshape(n, 16, 3))
-    d_t_213 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c86)
+    d_t_127 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c86)
     # ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
-    d__p2 = d__p2_177 + d__p2_180 + d__p2_183
+    d__p2 = d__p2_91 + d__p2_94 + d__p2_97
     _c87 = torch.einsum("zuk,zuj->zjku", d__p2, x3[:, 0:16].reshape(n, 16, 1))
-    d_t_214 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c87)
+    d_t_128 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c87)
     # ∂/∂d_t: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c88 = torch.einsum("u,ijk->ijku", d2_d_weight[0:16].view(16), cg_0_0_0)
-    d2_d_t_215 = torch.einsum("ijku,ziju->zuk", (_c88 * 0.5773502691896257), _c0)
+    d2_d_t_129 = torch.einsum("ijku,ziju->zuk", (_c88 * 0.5773502691896257), _c0)
     # ∂/∂x1: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     d_t = torch.cat([
-        (d_t_212 + d_t_213 + d_t_214).reshape(n, 16),
-        (d_t_205 + d_t_206 + d_t_207 + d_t_208 + d_t_209 + d_t_210 + d_t_211).reshape(n, 48),
-        (d_t_197 + d_t_198 + d_t_199 + d_t_200 + d_t_201 + d_t_202 + d_t_203 + d_t_204).reshape(n, 80),
-        (d_t_191 + d_t_192 + d_t_193 + d_t_194 + d_t_195 + d_t_196).reshape(n, 48),
-        (d_t_184 + d_t_185 + d_t_186 + d_t_187 + d_t_188 + d_t_189 + d_t_190).reshape(n, 80),
+        (d_t_126 + d_t_127 + d_t_128).reshape(n, 16),
+        (d_t_119 + d_t_120 + d_t_121 + d_t_122 + d_t_123 + d_t_124 + d_t_125).reshape(n, 48),
+        (d_t_111 + d_t_112 + d_t_113 + d_t_114 + d_t_115 + d_t_116 + d_t_117 + d_t_118).reshape(n, 80),
+        (d_t_105 + d_t_106 + d_t_107 + d_t_108 + d_t_109 + d_t_110).reshape(n, 48),
+        (d_t_98 + d_t_99 + d_t_100 + d_t_101 + d_t_102 + d_t_103 + d_t_104).reshape(n, 80),
     ], dim=-1)
     _c89 = torch.einsum("zuk,zuj->zjku", d_t[:, 0:16].reshape(n, 16, 1), x2[:, 0:16].reshape(n, 16, 1))
-    d2_x1_216 = torch.einsum("ijku,zjku->zui", (_c88 * 0.5773502691896257), _c89)
+    d2_x1_130 = torch.einsum("ijku,zjku->zui", (_c88 * 0.5773502691896257), _c89)
     # ∂/∂x2: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c90 = torch.einsum("zuk,zui->ziku", d_t[:, 0:16].reshape(n, 16, 1), x1[:, 0:16].reshape(n, 16, 1))
-    d2_x2_217 = torch.einsum("ijku,ziku->zuj", (_c88 * 0.5773502691896257), _c90)
-    # ∂/∂d_t: ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
-    _c91 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 0:16].reshape(n, 16, 1), x1[:, 0:16].reshape(n, 16, 1))
-    d2_d_t_218 = torch.einsum("ziju,ijku->zuk", _c91, (_c1 * 0.5773502691896257))
-    # ∂/∂x1: ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
-    _c92 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 0:16].reshape(n, 16, 1), d_t[:, 0:16].reshape(n, 16, 1))
-    d2_x1_219 = torch.einsum("zjku,ijku->zui", _c92, (_c1 * 0.5773502691896257))
-    # ∂/∂weight: ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
-    _c93 = torch.einsum("zui,zjku->ijku", x1[:, 0:16].reshape(n, 16, 1), _c92)
-    d2_weight_220 = torch.einsum("ijk,ijku->u", (cg_0_0_0 * 0.5773502691896257), _c93)
-    # ∂/∂d_t: ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
-    _c94 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 0:16].reshape(n, 16, 1), x2[:, 0:16].reshape(n, 16, 1))
-    d2_d_t_221 = torch.einsum("ziju,ijku->zuk", _c94, (_c1 * 0.5773502691896257))
-    # ∂/∂x2: ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
-    _c95 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 0:16].reshape(n, 16, 1), d_t[:, 0:16].reshape(n, 16, 1))
-    d2_x2_222 = torch.einsum("ziku,ijku->zuj", _c95, (_c1 * 0.5773502691896257))
-    # ∂/∂weight: ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
-    _c96 = torch.einsum("zuj,ziku->ijku", x2[:, 0:16].reshape(n, 16, 1), _c95)
-    d2_weight_223 = torch.einsum("ijk,ijku->u", (cg_0_0_0 * 0.5773502691896257), _c96)
+    d2_x2_131 = torch.einsum("ijku,ziku->zuj", (_c88 * 0.5773502691896257), _c90)
     # ∂/∂d_t: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
-    _c97 = torch.einsum("u,ijk->ijku", d2_d_weight[16:32].view(16), cg_0_1_1)
-    d2_d_t_224 = torch.einsum("ijku,ziju->zuk", (_c97 * 0.8660254037844386), _c2)
+    _c91 = torch.einsum("u,ijk->ijku", d2_d_weight[16:32].view(16), cg_0_1_1)
+    d2_d_t_132 = torch.einsum("ijku,ziju->zuk", (_c91 * 0.8660254037844386), _c2)
     # ∂/∂x1: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
-    _c98 = torch.einsum("zuk,zuj->zjku", d_t[:, 16:64].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3))
-    d2_x1_225 = torch.einsum("ijku,zjku->zui", (_c97 * 0.8660254037844386), _c98)
+    _c92 = torch.einsum("zuk,zuj->zjku", d_t[:, 16:64].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_133 = torch.einsum("ijku,zjku->zui", (_c91 * 0.8660254037844386), _c92)
     # ∂/∂x2: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
-    _c99 = torch.einsum("zuk,zui->ziku", d_t[:, 16:64].reshape(n, 16, 3), x1[:, 0:16].reshape(n, 16, 1))
-    d2_x2_226 = torch.einsum("ijku,ziku->zuj", (_c97 * 0.8660254037844386), _c99)
-    # ∂/∂d_t: ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
-    _c100 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 16:64].reshape(n, 16, 3), x1[:, 0:16].reshape(n, 16, 1))
-    d2_d_t_227 = torch.einsum("ziju,ijku->zuk", _c100, (_c3 * 0.8660254037844386))
-    # ∂/∂x1: ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
-    _c101 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d_t[:, 16:64].reshape(n, 16, 3))
-    d2_x1_228 = torch.einsum("zjku,ijku->zui", _c101, (_c3 * 0.8660254037844386))
-    # ∂/∂weight: ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
-    _c102 = torch.einsum("zui,zjku->ijku", x1[:, 0:16].reshape(n, 16, 1), _c101)
-    d2_weight_229 = torch.einsum("ijk,ijku->u", (cg_0_1_1 * 0.8660254037844386), _c102)
-    # ∂/∂d_t: ∂/∂x1: 16x0e ⊗ 16x1o -> 16x1o
-    _c103 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 0:16].reshape(n, 16, 1), x2[:, 16:64].reshape(n, 16, 3))
-    d2_d_t_230 = torch.einsum("ziju,ijku->zuk", _c103, (_c3 * 0.8660254037844386))
-    # ∂/∂x2: ∂/∂x1: 16x0e ⊗ 16x1o -> 16x1o
-    _c104 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 0:16].reshape(n, 16, 1), d_t[:, 16:64].reshape(n, 16, 3))
-    d2_x2_231 = torch.einsum("ziku,ijku->zuj", _c104, (_c3 * 0.8660254037844386))
-    # ∂/∂weight: ∂/∂x1: 16x0e ⊗ 16x1o -> 16x1o
-    _c105 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c104)
-    d2_weight_232 = torch.einsum("ijk,ijku->u", (cg_0_1_1 * 0.8660254037844386), _c105)
+    _c93 = torch.einsum("zuk,zui->ziku", d_t[:, 16:64].reshape(n, 16, 3), x1[:, 0:16].reshape(n, 16, 1))
+    d2_x2_134 = torch.einsum("ijku,ziku->zuj", (_c91 * 0.8660254037844386), _c93)
     # ∂/∂d_t: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    _c106 = torch.einsum("u,ijk->ijku", d2_d_weight[32:48].view(16), cg_0_2_2)
-    d2_d_t_233 = torch.einsum("ijku,ziju->zuk", (_c106 * 1.118033988749895), _c4)
+    _c94 = torch.einsum("u,ijk->ijku", d2_d_weight[32:48].view(16), cg_0_2_2)
+    d2_d_t_135 = torch.einsum("ijku,ziju->zuk", (_c94 * 1.118033988749895), _c4)
     # ∂/∂x1: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    _c107 = torch.einsum("zuk,zuj->zjku", d_t[:, 64:144].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5))
-    d2_x1_234 = torch.einsum("ijku,zjku->zui", (_c106 * 1.118033988749895), _c107)
+    _c95 = torch.einsum("zuk,zuj->zjku", d_t[:, 64:144].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_136 = torch.einsum("ijku,zjku->zui", (_c94 * 1.118033988749895), _c95)
     # ∂/∂x2: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    _c108 = torch.einsum("zuk,zui->ziku", d_t[:, 64:144].reshape(n, 16, 5), x1[:, 0:16].reshape(n, 16, 1))
-    d2_x2_235 = torch.einsum("ijku,ziku->zuj", (_c106 * 1.118033988749895), _c108)
-    # ∂/∂d_t: ∂/∂x2: 16x0e ⊗ 16x2e -> 16x2e
-    _c109 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 64:144].reshape(n, 16, 5), x1[:, 0:16].reshape(n, 16, 1))
-    d2_d_t_236 = torch.einsum("ziju,ijku->zuk", _c109, (_c5 * 1.118033988749895))
-    # ∂/∂x1: ∂/∂x2: 16x0e ⊗ 16x2e -> 16x2e
-    _c110 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d_t[:, 64:144].reshape(n, 16, 5))
-    d2_x1_237 = torch.einsum("zjku,ijku->zui", _c110, (_c5 * 1.118033988749895))
-    # ∂/∂weight: ∂/∂x2: 16x0e ⊗ 16x2e -> 16x2e
-    _c111 = torch.einsum("zui,zjku->ijku", x1[:, 0:16].reshape(n, 16, 1), _c110)
-    d2_weight_238 = torch.einsum("ijk,ijku->u", (cg_0_2_2 * 1.118033988749895), _c111)
-    # ∂/∂d_t: ∂/∂x1: 16x0e ⊗ 16x2e -> 16x2e
-    _c112 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 0:16].reshape(n, 16, 1), x2[:, 64:144].reshape(n, 16, 5))
-    d2_d_t_239 = torch.einsum("ziju,ijku->zuk", _c112, (_c5 * 1.118033988749895))
-    # ∂/∂x2: ∂/∂x1: 16x0e ⊗ 16x2e -> 16x2e
-    _c113 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 0:16].reshape(n, 16, 1), d_t[:, 64:144].reshape(n, 16, 5))
-    d2_x2_240 = torch.einsum("ziku,ijku->zuj", _c113, (_c5 * 1.118033988749895))
-    # ∂/∂weight: ∂/∂x1: 16x0e ⊗ 16x2e -> 16x2e
-    _c114 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c113)
-    d2_weight_241 = torch.einsum("ijk,ijku->u", (cg_0_2_2 * 1.118033988749895), _c114)
+    _c96 = torch.einsum("zuk,zui->ziku", d_t[:, 64:144].reshape(n, 16, 5), x1[:, 0:16].reshape(n, 16, 1))
+    d2_x2_137 = torch.einsum("ijku,ziku->zuj", (_c94 * 1.118033988749895), _c96)
     # ∂/∂d_t: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    _c115 = torch.einsum("u,ijk->ijku", d2_d_weight[48:64].view(16), cg_1_0_1)
-    d2_d_t_242 = torch.einsum("ijku,ziju->zuk", (_c115 * 0.8660254037844386), _c6)
+    _c97 = torch.einsum("u,ijk->ijku", d2_d_weight[48:64].view(16), cg_1_0_1)
+    d2_d_t_138 = torch.einsum("ijku,ziju->zuk", (_c97 * 0.8660254037844386), _c6)
     # ∂/∂x1: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    _c116 = torch.einsum("zuk,zuj->zjku", d_t[:, 16:64].reshape(n, 16, 3), x2[:, 0:16].reshape(n, 16, 1))
-    d2_x1_243 = torch.einsum("ijku,zjku->zui", (_c115 * 0.8660254037844386), _c116)
+    _c98 = torch.einsum("zuk,zuj->zjku", d_t[:, 16:64].reshape(n, 16, 3), x2[:, 0:16].reshape(n, 16, 1))
+    d2_x1_139 = torch.einsum("ijku,zjku->zui", (_c97 * 0.8660254037844386), _c98)
     # ∂/∂x2: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    _c117 = torch.einsum("zuk,zui->ziku", d_t[:, 16:64].reshape(n, 16, 3), x1[:, 16:64].reshape(n, 16, 3))
-    d2_x2_244 = torch.einsum("ijku,ziku->zuj", (_c115 * 0.8660254037844386), _c117)
-    # ∂/∂d_t: ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
-    _c118 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 0:16].reshape(n, 16, 1), x1[:, 16:64].reshape(n, 16, 3))
-    d2_d_t_245 = torch.einsum("ziju,ijku->zuk", _c118, (_c7 * 0.8660254037844386))
-    # ∂/∂x1: ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
-    _c119 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 0:16].reshape(n, 16, 1), d_t[:, 16:64].reshape(n, 16, 3))
-    d2_x1_246 = torch.einsum("zjku,ijku->zui", _c119, (_c7 * 0.8660254037844386))
-    # ∂/∂weight: ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
-    _c120 = torch.einsum("zui,zjku->ijku", x1[:, 16:64].reshape(n, 16, 3), _c119)
-    d2_weight_247 = torch.einsum("ijk,ijku->u", (cg_1_0_1 * 0.8660254037844386), _c120)
-    # ∂/∂d_t: ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
-    _c121 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 16:64].reshape(n, 16, 3), x2[:, 0:16].reshape(n, 16, 1))
-    d2_d_t_248 = torch.einsum("ziju,ijku->zuk", _c121, (_c7 * 0.8660254037844386))
-    # ∂/∂x2: ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
-    _c122 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d_t[:, 16:64].reshape(n, 16, 3))
-    d2_x2_249 = torch.einsum("ziku,ijku->zuj", _c122, (_c7 * 0.8660254037844386))
-    # ∂/∂weight: ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
-    _c123 = torch.einsum("zuj,ziku->ijku", x2[:, 0:16].reshape(n, 16, 1), _c122)
-    d2_weight_250 = torch.einsum("ijk,ijku->u", (cg_1_0_1 * 0.8660254037844386), _c123)
+    _c99 = torch.einsum("zuk,zui->ziku", d_t[:, 16:64].reshape(n, 16, 3), x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_140 = torch.einsum("ijku,ziku->zuj", (_c97 * 0.8660254037844386), _c99)
     # ∂/∂d_t: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    _c124 = torch.einsum("u,ijk->ijku", d2_d_weight[64:80].view(16), cg_1_1_0)
-    d2_d_t_251 = torch.einsum("ijku,ziju->zuk", (_c124 * 0.5773502691896257), _c8)
+    _c100 = torch.einsum("u,ijk->ijku", d2_d_weight[64:80].view(16), cg_1_1_0)
+    d2_d_t_141 = torch.einsum("ijku,ziju->zuk", (_c100 * 0.5773502691896257), _c8)
     # ∂/∂x1: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    _c125 = torch.einsum("zuk,zuj->zjku", d_t[:, 0:16].reshape(n, 16, 1), x2[:, 16:64].reshape(n, 16, 3))
-    d2_x1_252 = torch.einsum("ijku,zjku->zui", (_c124 * 0.5773502691896257), _c125)
+    _c101 = torch.einsum("zuk,zuj->zjku", d_t[:, 0:16].reshape(n, 16, 1), x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_142 = torch.einsum("ijku,zjku->zui", (_c100 * 0.5773502691896257), _c101)
     # ∂/∂x2: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    _c126 = torch.einsum("zuk,zui->ziku", d_t[:, 0:16].reshape(n, 16, 1), x1[:, 16:64].reshape(n, 16, 3))
-    d2_x2_253 = torch.einsum("ijku,ziku->zuj", (_c124 * 0.5773502691896257), _c126)
-    # ∂/∂d_t: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
-    _c127 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 16:64].reshape(n, 16, 3), x1[:, 16:64].reshape(n, 16, 3))
-    d2_d_t_254 = torch.einsum("ziju,ijku->zuk", _c127, (_c9 * 0.5773502691896257))
-    # ∂/∂x1: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
-    _c128 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d_t[:, 0:16].reshape(n, 16, 1))
-    d2_x1_255 = torch.einsum("zjku,ijku->zui", _c128, (_c9 * 0.5773502691896257))
-    # ∂/∂weight: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
-    _c129 = torch.einsum("zui,zjku->ijku", x1[:, 16:64].reshape(n, 16, 3), _c128)
-    d2_weight_256 = torch.einsum("ijk,ijku->u", (cg_1_1_0 * 0.5773502691896257), _c129)
-    # ∂/∂d_t: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
-    _c130 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 16:64].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3))
-    d2_d_t_257 = torch.einsum("ziju,ijku->zuk", _c130, (_c9 * 0.5773502691896257))
-    # ∂/∂x2: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
-    _c131 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d_t[:, 0:16].reshape(n, 16, 1))
-    d2_x2_258 = torch.einsum("ziku,ijku->zuj", _c131, (_c9 * 0.5773502691896257))
-    # ∂/∂weight: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
-    _c132 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c131)
-    d2_weight_259 = torch.einsum("ijk,ijku->u", (cg_1_1_0 * 0.5773502691896257), _c132)
+    _c102 = torch.einsum("zuk,zui->ziku", d_t[:, 0:16].reshape(n, 16, 1), x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_143 = torch.einsum("ijku,ziku->zuj", (_c100 * 0.5773502691896257), _c102)
     # ∂/∂d_t: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    _c133 = torch.einsum("u,ijk->ijku", d2_d_weight[80:96].view(16), cg_1_1_2)
-    d2_d_t_260 = torch.einsum("ijku,ziju->zuk", (_c133 * 1.118033988749895), _c8)
+    _c103 = torch.einsum("u,ijk->ijku", d2_d_weight[80:96].view(16), cg_1_1_2)
+    d2_d_t_144 = torch.einsum("ijku,ziju->zuk", (_c103 * 1.118033988749895), _c8)
     # ∂/∂x1: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    _c134 = torch.einsum("zuk,zuj->zjku", d_t[:, 64:144].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3))
-    d2_x1_261 = torch.einsum("ijku,zjku->zui", (_c133 * 1.118033988749895), _c134)
+    _c104 = torch.einsum("zuk,zuj->zjku", d_t[:, 64:144].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_145 = torch.einsum("ijku,zjku->zui", (_c103 * 1.118033988749895), _c104)
     # ∂/∂x2: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    _c135 = torch.einsum("zuk,zui->ziku", d_t[:, 64:144].reshape(n, 16, 5), x1[:, 16:64].reshape(n, 16, 3))
-    d2_x2_262 = torch.einsum("ijku,ziku->zuj", (_c133 * 1.118033988749895), _c135)
-    # ∂/∂d_t: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x2e
-    d2_d_t_263 = torch.einsum("ziju,ijku->zuk", _c127, (_c10 * 1.118033988749895))
-    # ∂/∂x1: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x2e
-    _c136 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d_t[:, 64:144].reshape(n, 16, 5))
-    d2_x1_264 = torch.einsum("zjku,ijku->zui", _c136, (_c10 * 1.118033988749895))
-    # ∂/∂weight: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x2e
-    _c137 = torch.einsum("zui,zjku->ijku", x1[:, 16:64].reshape(n, 16, 3), _c136)
-    d2_weight_265 = torch.einsum("ijk,ijku->u", (cg_1_1_2 * 1.118033988749895), _c137)
-    # ∂/∂d_t: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x2e
-    d2_d_t_266 = torch.einsum("ziju,ijku->zuk", _c130, (_c10 * 1.118033988749895))
-    # ∂/∂x2: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x2e
-    _c138 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d_t[:, 64:144].reshape(n, 16, 5))
-    d2_x2_267 = torch.einsum("ziku,ijku->zuj", _c138, (_c10 * 1.118033988749895))
-    # ∂/∂weight: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x2e
-    _c139 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c138)
-    d2_weight_268 = torch.einsum("ijk,ijku->u", (cg_1_1_2 * 1.118033988749895), _c139)
+    _c105 = torch.einsum("zuk,zui->ziku", d_t[:, 64:144].reshape(n, 16, 5), x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_146 = torch.einsum("ijku,ziku->zuj", (_c103 * 1.118033988749895), _c105)
     # ∂/∂d_t: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    _c140 = torch.einsum("u,ijk->ijku", d2_d_weight[96:112].view(16), cg_1_1_1)
-    d2_d_t_269 = torch.einsum("ijku,ziju->zuk", (_c140 * 1.224744871391589), _c8)
+    _c106 = torch.einsum("u,ijk->ijku", d2_d_weight[96:112].view(16), cg_1_1_1)
+    d2_d_t_147 = torch.einsum("ijku,ziju->zuk", (_c106 * 1.224744871391589), _c8)
     # ∂/∂x1: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    _c141 = torch.einsum("zuk,zuj->zjku", d_t[:, 144:192].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3))
-    d2_x1_270 = torch.einsum("ijku,zjku->zui", (_c140 * 1.224744871391589), _c141)
+    _c107 = torch.einsum("zuk,zuj->zjku", d_t[:, 144:192].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_148 = torch.einsum("ijku,zjku->zui", (_c106 * 1.224744871391589), _c107)
     # ∂/∂x2: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    _c142 = torch.einsum("zuk,zui->ziku", d_t[:, 144:192].reshape(n, 16, 3), x1[:, 16:64].reshape(n, 16, 3))
-    d2_x2_271 = torch.einsum("ijku,ziku->zuj", (_c140 * 1.224744871391589), _c142)
-    # ∂/∂d_t: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x1e
-    d2_d_t_272 = torch.einsum("ziju,ijku->zuk", _c127, (_c11 * 1.224744871391589))
-    # ∂/∂x1: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x1e
-    _c143 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d_t[:, 144:192].reshape(n, 16, 3))
-    d2_x1_273 = torch.einsum("zjku,ijku->zui", _c143, (_c11 * 1.224744871391589))
-    # ∂/∂weight: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x1e
-    _c144 = torch.einsum("zui,zjku->ijku", x1[:, 16:64].reshape(n, 16, 3), _c143)
-    d2_weight_274 = torch.einsum("ijk,ijku->u", (cg_1_1_1 * 1.224744871391589), _c144)
-    # ∂/∂d_t: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x1e
-    d2_d_t_275 = torch.einsum("ziju,ijku->zuk", _c130, (_c11 * 1.224744871391589))
-    # ∂/∂x2: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x1e
-    _c145 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d_t[:, 144:192].reshape(n, 16, 3))
-    d2_x2_276 = torch.einsum("ziku,ijku->zuj", _c145, (_c11 * 1.224744871391589))
-    # ∂/∂weight: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x1e
-    _c146 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c145)
-    d2_weight_277 = torch.einsum("ijk,ijku->u", (cg_1_1_1 * 1.224744871391589), _c146)
+    _c108 = torch.einsum("zuk,zui->ziku", d_t[:, 144:192].reshape(n, 16, 3), x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_149 = torch.einsum("ijku,ziku->zuj", (_c106 * 1.224744871391589), _c108)
     # ∂/∂d_t: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    _c147 = torch.einsum("u,ijk->ijku", d2_d_weight[112:128].view(16), cg_1_2_1)
-    d2_d_t_278 = torch.einsum("ijku,ziju->zuk", (_c147 * 0.8660254037844386), _c12)
+    _c109 = torch.einsum("u,ijk->ijku", d2_d_weight[112:128].view(16), cg_1_2_1)
+    d2_d_t_150 = torch.einsum("ijku,ziju->zuk", (_c109 * 0.8660254037844386), _c12)
     # ∂/∂x1: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    _c148 = torch.einsum("zuk,zuj->zjku", d_t[:, 16:64].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5))
-    d2_x1_279 = torch.einsum("ijku,zjku->zui", (_c147 * 0.8660254037844386), _c148)
+    _c110 = torch.einsum("zuk,zuj->zjku", d_t[:, 16:64].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_151 = torch.einsum("ijku,zjku->zui", (_c109 * 0.8660254037844386), _c110)
     # ∂/∂x2: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    d2_x2_280 = torch.einsum("ijku,ziku->zuj", (_c147 * 0.8660254037844386), _c117)
-    # ∂/∂d_t: ∂/∂x2: 16x1o ⊗ 16x2e -> 16x1o
-    _c149 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 64:144].reshape(n, 16, 5), x1[:, 16:64].reshape(n, 16, 3))
-    d2_d_t_281 = torch.einsum("ziju,ijku->zuk", _c149, (_c13 * 0.8660254037844386))
-    # ∂/∂x1: ∂/∂x2: 16x1o ⊗ 16x2e -> 16x1o
-    _c150 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d_t[:, 16:64].reshape(n, 16, 3))
-    d2_x1_282 = torch.einsum("zjku,ijku->zui", _c150, (_c13 * 0.8660254037844386))
-    # ∂/∂weight: ∂/∂x2: 16x1o ⊗ 16x2e -> 16x1o
-    _c151 = torch.einsum("zui,zjku->ijku", x1[:, 16:64].reshape(n, 16, 3), _c150)
-    d2_weight_283 = torch.einsum("ijk,ijku->u", (cg_1_2_1 * 0.8660254037844386), _c151)
-    # ∂/∂d_t: ∂/∂x1: 16x1o ⊗ 16x2e -> 16x1o
-    _c152 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 16:64].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5))
-    d2_d_t_284 = torch.einsum("ziju,ijku->zuk", _c152, (_c13 * 0.8660254037844386))
-    # ∂/∂x2: ∂/∂x1: 16x1o ⊗ 16x2e -> 16x1o
-    d2_x2_285 = torch.einsum("ziku,ijku->zuj", _c122, (_c13 * 0.8660254037844386))
-    # ∂/∂weight: ∂/∂x1: 16x1o ⊗ 16x2e -> 16x1o
-    _c153 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c122)
-    d2_weight_286 = torch.einsum("ijk,ijku->u", (cg_1_2_1 * 0.8660254037844386), _c153)
+    d2_x2_152 = torch.einsum("ijku,ziku->zuj", (_c109 * 0.8660254037844386), _c99)
     # ∂/∂d_t: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x2o
-    _c154 = torch.einsum("u,ijk->ijku", d2_d_weight[128:144].view(16), cg_1_2_2)
-    d2_d_t_287 = torch.einsum("ijku,ziju->zuk", (_c154 * 1.5811388300841898), _c12)
+    _c111 = torch.einsum("u,ijk->ijku", d2_d_weight[128:144].view(16), cg_1_2_2)
+    d2_d_t_153 = torch.einsum("ijku,ziju->zuk", (_c111 * 1.5811388300841898), _c12)
     # ∂/∂x1: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x2o
-    _c155 = torch.einsum("zuk,zuj->zjku", d_t[:, 192:272].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5))
-    d2_x1_288 = torch.einsum("ijku,zjku->zui", (_c154 * 1.5811388300841898), _c155)
+    _c112 = torch.einsum("zuk,zuj->zjku", d_t[:, 192:272].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_154 = torch.einsum("ijku,zjku->zui", (_c111 * 1.5811388300841898), _c112)
     # ∂/∂x2: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x2o
-    _c156 = torch.einsum("zuk,zui->ziku", d_t[:, 192:272].reshape(n, 16, 5), x1[:, 16:64].reshape(n, 16, 3))
-    d2_x2_289 = torch.einsum("ijku,ziku->zuj", (_c154 * 1.5811388300841898), _c156)
-    # ∂/∂d_t: ∂/∂x2: 16x1o ⊗ 16x2e -> 16x2o
-    d2_d_t_290 = torch.einsum("ziju,ijku->zuk", _c149, (_c14 * 1.5811388300841898))
-    # ∂/∂x1: ∂/∂x2: 16x1o ⊗ 16x2e -> 16x2o
-    _c157 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d_t[:, 192:272].reshape(n, 16, 5))
-    d2_x1_291 = torch.einsum("zjku,ijku->zui", _c157, (_c14 * 1.5811388300841898))
-    # ∂/∂weight: ∂/∂x2: 16x1o ⊗ 16x2e -> 16x2o
-    _c158 = torch.einsum("zui,zjku->ijku", x1[:, 16:64].reshape(n, 16, 3), _c157)
-    d2_weight_292 = torch.einsum("ijk,ijku->u", (cg_1_2_2 * 1.5811388300841898), _c158)
-    # ∂/∂d_t: ∂/∂x1: 16x1o ⊗ 16x2e -> 16x2o
-    d2_d_t_293 = torch.einsum("ziju,ijku->zuk", _c152, (_c14 * 1.5811388300841898))
-    # ∂/∂x2: ∂/∂x1: 16x1o ⊗ 16x2e -> 16x2o
-    _c159 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d_t[:, 192:272].reshape(n, 16, 5))
-    d2_x2_294 = torch.einsum("ziku,ijku->zuj", _c159, (_c14 * 1.5811388300841898))
-    # ∂/∂weight: ∂/∂x1: 16x1o ⊗ 16x2e -> 16x2o
-    _c160 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c159)
-    d2_weight_295 = torch.einsum("ijk,ijku->u", (cg_1_2_2 * 1.5811388300841898), _c160)
+    _c113 = torch.einsum("zuk,zui->ziku", d_t[:, 192:272].reshape(n, 16, 5), x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_155 = torch.einsum("ijku,ziku->zuj", (_c111 * 1.5811388300841898), _c113)
     # ∂/∂d_t: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    _c161 = torch.einsum("u,ijk->ijku", d2_d_weight[144:160].view(16), cg_2_0_2)
-    d2_d_t_296 = torch.einsum("ijku,ziju->zuk", (_c161 * 1.118033988749895), _c15)
+    _c114 = torch.einsum("u,ijk->ijku", d2_d_weight[144:160].view(16), cg_2_0_2)
+    d2_d_t_156 = torch.einsum("ijku,ziju->zuk", (_c114 * 1.118033988749895), _c15)
     # ∂/∂x1: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    _c162 = torch.einsum("zuk,zuj->zjku", d_t[:, 64:144].reshape(n, 16, 5), x2[:, 0:16].reshape(n, 16, 1))
-    d2_x1_297 = torch.einsum("ijku,zjku->zui", (_c161 * 1.118033988749895), _c162)
+    _c115 = torch.einsum("zuk,zuj->zjku", d_t[:, 64:144].reshape(n, 16, 5), x2[:, 0:16].reshape(n, 16, 1))
+    d2_x1_157 = torch.einsum("ijku,zjku->zui", (_c114 * 1.118033988749895), _c115)
     # ∂/∂x2: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    _c163 = torch.einsum("zuk,zui->ziku", d_t[:, 64:144].reshape(n, 16, 5), x1[:, 64:144].reshape(n, 16, 5))
-    d2_x2_298 = torch.einsum("ijku,ziku->zuj", (_c161 * 1.118033988749895), _c163)
-    # ∂/∂d_t: ∂/∂x2: 16x2e ⊗ 16x0e -> 16x2e
-    _c164 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 0:16].reshape(n, 16, 1), x1[:, 64:144].reshape(n, 16, 5))
-    d2_d_t_299 = torch.einsum("ziju,ijku->zuk", _c164, (_c16 * 1.118033988749895))
-    # ∂/∂x1: ∂/∂x2: 16x2e ⊗ 16x0e -> 16x2e
-    _c165 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 0:16].reshape(n, 16, 1), d_t[:, 64:144].reshape(n, 16, 5))
-    d2_x1_300 = torch.einsum("zjku,ijku->zui", _c165, (_c16 * 1.118033988749895))
-    # ∂/∂weight: ∂/∂x2: 16x2e ⊗ 16x0e -> 16x2e
-    _c166 = torch.einsum("zui,zjku->ijku", x1[:, 64:144].reshape(n, 16, 5), _c165)
-    d2_weight_301 = torch.einsum("ijk,ijku->u", (cg_2_0_2 * 1.118033988749895), _c166)
-    # ∂/∂d_t: ∂/∂x1: 16x2e ⊗ 16x0e -> 16x2e
-    _c167 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 64:144].reshape(n, 16, 5), x2[:, 0:16].reshape(n, 16, 1))
-    d2_d_t_302 = torch.einsum("ziju,ijku->zuk", _c167, (_c16 * 1.118033988749895))
-    # ∂/∂x2: ∂/∂x1: 16x2e ⊗ 16x0e -> 16x2e
-    _c168 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d_t[:, 64:144].reshape(n, 16, 5))
-    d2_x2_303 = torch.einsum("ziku,ijku->zuj", _c168, (_c16 * 1.118033988749895))
-    # ∂/∂weight: ∂/∂x1: 16x2e ⊗ 16x0e -> 16x2e
-    _c169 = torch.einsum("zuj,ziku->ijku", x2[:, 0:16].reshape(n, 16, 1), _c168)
-    d2_weight_304 = torch.einsum("ijk,ijku->u", (cg_2_0_2 * 1.118033988749895), _c169)
+    _c116 = torch.einsum("zuk,zui->ziku", d_t[:, 64:144].reshape(n, 16, 5), x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_158 = torch.einsum("ijku,ziku->zuj", (_c114 * 1.118033988749895), _c116)
     # ∂/∂d_t: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    _c170 = torch.einsum("u,ijk->ijku", d2_d_weight[160:176].view(16), cg_2_1_1)
-    d2_d_t_305 = torch.einsum("ijku,ziju->zuk", (_c170 * 0.8660254037844386), _c17)
+    _c117 = torch.einsum("u,ijk->ijku", d2_d_weight[160:176].view(16), cg_2_1_1)
+    d2_d_t_159 = torch.einsum("ijku,ziju->zuk", (_c117 * 0.8660254037844386), _c17)
     # ∂/∂x1: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    d2_x1_306 = torch.einsum("ijku,zjku->zui", (_c170 * 0.8660254037844386), _c98)
+    d2_x1_160 = torch.einsum("ijku,zjku->zui", (_c117 * 0.8660254037844386), _c92)
     # ∂/∂x2: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    _c171 = torch.einsum("zuk,zui->ziku", d_t[:, 16:64].reshape(n, 16, 3), x1[:, 64:144].reshape(n, 16, 5))
-    d2_x2_307 = torch.einsum("ijku,ziku->zuj", (_c170 * 0.8660254037844386), _c171)
-    # ∂/∂d_t: ∂/∂x2: 16x2e ⊗ 16x1o -> 16x1o
-    _c172 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 16:64].reshape(n, 16, 3), x1[:, 64:144].reshape(n, 16, 5))
-    d2_d_t_308 = torch.einsum("ziju,ijku->zuk", _c172, (_c18 * 0.8660254037844386))
-    # ∂/∂x1: ∂/∂x2: 16x2e ⊗ 16x1o -> 16x1o
-    d2_x1_309 = torch.einsum("zjku,ijku->zui", _c101, (_c18 * 0.8660254037844386))
-    # ∂/∂weight: ∂/∂x2: 16x2e ⊗ 16x1o -> 16x1o
-    _c173 = torch.einsum("zui,zjku->ijku", x1[:, 64:144].reshape(n, 16, 5), _c101)
-    d2_weight_310 = torch.einsum("ijk,ijku->u", (cg_2_1_1 * 0.8660254037844386), _c173)
-    # ∂/∂d_t: ∂/∂x1: 16x2e ⊗ 16x1o -> 16x1o
-    _c174 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 64:144].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3))
-    d2_d_t_311 = torch.einsum("ziju,ijku->zuk", _c174, (_c18 * 0.8660254037844386))
-    # ∂/∂x2: ∂/∂x1: 16x2e ⊗ 16x1o -> 16x1o
-    _c175 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d_t[:, 16:64].reshape(n, 16, 3))
-    d2_x2_312 = torch.einsum("ziku,ijku->zuj", _c175, (_c18 * 0.8660254037844386))
-    # ∂/∂weight: ∂/∂x1: 16x2e ⊗ 16x1o -> 16x1o
-    _c176 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c175)
-    d2_weight_313 = torch.einsum("ijk,ijku->u", (cg_2_1_1 * 0.8660254037844386), _c176)
+    _c118 = torch.einsum("zuk,zui->ziku", d_t[:, 16:64].reshape(n, 16, 3), x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_161 = torch.einsum("ijku,ziku->zuj", (_c117 * 0.8660254037844386), _c118)
     # ∂/∂d_t: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x2o
-    _c177 = torch.einsum("u,ijk->ijku", d2_d_weight[176:192].view(16), cg_2_1_2)
-    d2_d_t_314 = torch.einsum("ijku,ziju->zuk", (_c177 * 1.5811388300841898), _c17)
+    _c119 = torch.einsum("u,ijk->ijku", d2_d_weight[176:192].view(16), cg_2_1_2)
+    d2_d_t_162 = torch.einsum("ijku,ziju->zuk", (_c119 * 1.5811388300841898), _c17)
     # ∂/∂x1: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x2o
-    _c178 = torch.einsum("zuk,zuj->zjku", d_t[:, 192:272].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3))
-    d2_x1_315 = torch.einsum("ijku,zjku->zui", (_c177 * 1.5811388300841898), _c178)
+    _c120 = torch.einsum("zuk,zuj->zjku", d_t[:, 192:272].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_163 = torch.einsum("ijku,zjku->zui", (_c119 * 1.5811388300841898), _c120)
     # ∂/∂x2: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x2o
-    _c179 = torch.einsum("zuk,zui->ziku", d_t[:, 192:272].reshape(n, 16, 5), x1[:, 64:144].reshape(n, 16, 5))
-    d2_x2_316 = torch.einsum("ijku,ziku->zuj", (_c177 * 1.5811388300841898), _c179)
-    # ∂/∂d_t: ∂/∂x2: 16x2e ⊗ 16x1o -> 16x2o
-    d2_d_t_317 = torch.einsum("ziju,ijku->zuk", _c172, (_c19 * 1.5811388300841898))
-    # ∂/∂x1: ∂/∂x2: 16x2e ⊗ 16x1o -> 16x2o
-    _c180 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d_t[:, 192:272].reshape(n, 16, 5))
-    d2_x1_318 = torch.einsum("zjku,ijku->zui", _c180, (_c19 * 1.5811388300841898))
-    # ∂/∂weight: ∂/∂x2: 16x2e ⊗ 16x1o -> 16x2o
-    _c181 = torch.einsum("zui,zjku->ijku", x1[:, 64:144].reshape(n, 16, 5), _c180)
-    d2_weight_319 = torch.einsum("ijk,ijku->u", (cg_2_1_2 * 1.5811388300841898), _c181)
-    # ∂/∂d_t: ∂/∂x1: 16x2e ⊗ 16x1o -> 16x2o
-    d2_d_t_320 = torch.einsum("ziju,ijku->zuk", _c174, (_c19 * 1.5811388300841898))
-    # ∂/∂x2: ∂/∂x1: 16x2e ⊗ 16x1o -> 16x2o
-    _c182 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d_t[:, 192:272].reshape(n, 16, 5))
-    d2_x2_321 = torch.einsum("ziku,ijku->zuj", _c182, (_c19 * 1.5811388300841898))
-    # ∂/∂weight: ∂/∂x1: 16x2e ⊗ 16x1o -> 16x2o
-    _c183 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c182)
-    d2_weight_322 = torch.einsum("ijk,ijku->u", (cg_2_1_2 * 1.5811388300841898), _c183)
+    _c121 = torch.einsum("zuk,zui->ziku", d_t[:, 192:272].reshape(n, 16, 5), x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_164 = torch.einsum("ijku,ziku->zuj", (_c119 * 1.5811388300841898), _c121)
     # ∂/∂d_t: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    _c184 = torch.einsum("u,ijk->ijku", d2_d_weight[192:208].view(16), cg_2_2_0)
-    d2_d_t_323 = torch.einsum("ijku,ziju->zuk", (_c184 * 0.5773502691896257), _c20)
+    _c122 = torch.einsum("u,ijk->ijku", d2_d_weight[192:208].view(16), cg_2_2_0)
+    d2_d_t_165 = torch.einsum("ijku,ziju->zuk", (_c122 * 0.5773502691896257), _c20)
     # ∂/∂x1: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    _c185 = torch.einsum("zuk,zuj->zjku", d_t[:, 0:16].reshape(n, 16, 1), x2[:, 64:144].reshape(n, 16, 5))
-    d2_x1_324 = torch.einsum("ijku,zjku->zui", (_c184 * 0.5773502691896257), _c185)
+    _c123 = torch.einsum("zuk,zuj->zjku", d_t[:, 0:16].reshape(n, 16, 1), x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_166 = torch.einsum("ijku,zjku->zui", (_c122 * 0.5773502691896257), _c123)
     # ∂/∂x2: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    _c186 = torch.einsum("zuk,zui->ziku", d_t[:, 0:16].reshape(n, 16, 1), x1[:, 64:144].reshape(n, 16, 5))
-    d2_x2_325 = torch.einsum("ijku,ziku->zuj", (_c184 * 0.5773502691896257), _c186)
-    # ∂/∂d_t: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x0e
-    _c187 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 64:144].reshape(n, 16, 5), x1[:, 64:144].reshape(n, 16, 5))
-    d2_d_t_326 = torch.einsum("ziju,ijku->zuk", _c187, (_c21 * 0.5773502691896257))
-    # ∂/∂x1: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x0e
-    _c188 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d_t[:, 0:16].reshape(n, 16, 1))
-    d2_x1_327 = torch.einsum("zjku,ijku->zui", _c188, (_c21 * 0.5773502691896257))
-    # ∂/∂weight: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x0e
-    _c189 = torch.einsum("zui,zjku->ijku", x1[:, 64:144].reshape(n, 16, 5), _c188)
-    d2_weight_328 = torch.einsum("ijk,ijku->u", (cg_2_2_0 * 0.5773502691896257), _c189)
-    # ∂/∂d_t: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x0e
-    _c190 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 64:144].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5))
-    d2_d_t_329 = torch.einsum("ziju,ijku->zuk", _c190, (_c21 * 0.5773502691896257))
-    # ∂/∂x2: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x0e
-    _c191 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d_t[:, 0:16].reshape(n, 16, 1))
-    d2_x2_330 = torch.einsum("ziku,ijku->zuj", _c191, (_c21 * 0.5773502691896257))
-    # ∂/∂weight: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x0e
-    _c192 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c191)
-    d2_weight_331 = torch.einsum("ijk,ijku->u", (cg_2_2_0 * 0.5773502691896257), _c192)
+    _c124 = torch.einsum("zuk,zui->ziku", d_t[:, 0:16].reshape(n, 16, 1), x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_167 = torch.einsum("ijku,ziku->zuj", (_c122 * 0.5773502691896257), _c124)
     # ∂/∂d_t: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    _c193 = torch.einsum("u,ijk->ijku", d2_d_weight[208:224].view(16), cg_2_2_2)
-    d2_d_t_332 = torch.einsum("ijku,ziju->zuk", (_c193 * 1.118033988749895), _c20)
+    _c125 = torch.einsum("u,ijk->ijku", d2_d_weight[208:224].view(16), cg_2_2_2)
+    d2_d_t_168 = torch.einsum("ijku,ziju->zuk", (_c125 * 1.118033988749895), _c20)
     # ∂/∂x1: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    d2_x1_333 = torch.einsum("ijku,zjku->zui", (_c193 * 1.118033988749895), _c107)
+    d2_x1_169 = torch.einsum("ijku,zjku->zui", (_c125 * 1.118033988749895), _c95)
     # ∂/∂x2: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    d2_x2_334 = torch.einsum("ijku,ziku->zuj", (_c193 * 1.118033988749895), _c163)
-    # ∂/∂d_t: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x2e
-    d2_d_t_335 = torch.einsum("ziju,ijku->zuk", _c187, (_c22 * 1.118033988749895))
-    # ∂/∂x1: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x2e
-    d2_x1_336 = torch.einsum("zjku,ijku->zui", _c110, (_c22 * 1.118033988749895))
-    # ∂/∂weight: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x2e
-    _c194 = torch.einsum("zui,zjku->ijku", x1[:, 64:144].reshape(n, 16, 5), _c110)
-    d2_weight_337 = torch.einsum("ijk,ijku->u", (cg_2_2_2 * 1.118033988749895), _c194)
-    # ∂/∂d_t: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x2e
-    d2_d_t_338 = torch.einsum("ziju,ijku->zuk", _c190, (_c22 * 1.118033988749895))
-    # ∂/∂x2: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x2e
-    d2_x2_339 = torch.einsum("ziku,ijku->zuj", _c168, (_c22 * 1.118033988749895))
-    # ∂/∂weight: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x2e
-    _c195 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c168)
-    d2_weight_340 = torch.einsum("ijk,ijku->u", (cg_2_2_2 * 1.118033988749895), _c195)
+    d2_x2_170 = torch.einsum("ijku,ziku->zuj", (_c125 * 1.118033988749895), _c116)
     # ∂/∂d_t: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    _c196 = torch.einsum("u,ijk->ijku", d2_d_weight[224:240].view(16), cg_2_2_1)
-    d2_d_t_341 = torch.einsum("ijku,ziju->zuk", (_c196 * 1.224744871391589), _c20)
+    _c126 = torch.einsum("u,ijk->ijku", d2_d_weight[224:240].view(16), cg_2_2_1)
+    d2_d_t_171 = torch.einsum("ijku,ziju->zuk", (_c126 * 1.224744871391589), _c20)
     # ∂/∂x1: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    _c197 = torch.einsum("zuk,zuj->zjku", d_t[:, 144:192].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5))
-    d2_x1_342 = torch.einsum("ijku,zjku->zui", (_c196 * 1.224744871391589), _c197)
+    _c127 = torch.einsum("zuk,zuj->zjku", d_t[:, 144:192].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_172 = torch.einsum("ijku,zjku->zui", (_c126 * 1.224744871391589), _c127)
     # ∂/∂x2: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    _c198 = torch.einsum("zuk,zui->ziku", d_t[:, 144:192].reshape(n, 16, 3), x1[:, 64:144].reshape(n, 16, 5))
-    d2_x2_343 = torch.einsum("ijku,ziku->zuj", (_c196 * 1.224744871391589), _c198)
-    # ∂/∂d_t: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x1e
-    d2_d_t_344 = torch.einsum("ziju,ijku->zuk", _c187, (_c23 * 1.224744871391589))
-    # ∂/∂x1: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x1e
-    _c199 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d_t[:, 144:192].reshape(n, 16, 3))
-    d2_x1_345 = torch.einsum("zjku,ijku->zui", _c199, (_c23 * 1.224744871391589))
-    # ∂/∂weight: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x1e
-    _c200 = torch.einsum("zui,zjku->ijku", x1[:, 64:144].reshape(n, 16, 5), _c199)
-    d2_weight_346 = torch.einsum("ijk,ijku->u", (cg_2_2_1 * 1.224744871391589), _c200)
-    # ∂/∂d_t: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x1e
-    d2_d_t_347 = torch.einsum("ziju,ijku->zuk", _c190, (_c23 * 1.224744871391589))
-    # ∂/∂x2: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x1e
-    _c201 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d_t[:, 144:192].reshape(n, 16, 3))
-    d2_x2_348 = torch.einsum("ziku,ijku->zuj", _c201, (_c23 * 1.224744871391589))
-    # ∂/∂weight: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x1e
-    _c202 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c201)
-    d2_weight_349 = torch.einsum("ijk,ijku->u", (cg_2_2_1 * 1.224744871391589), _c202)
-    # ∂/∂d__p2: ∂/∂x3: p2 = (p0 ⊗ p1) -> 16x0e
-    _c203 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 0:16].reshape(n, 16, 1), t[:, 0:16].reshape(n, 16, 1))
-    d2_d__p2_350 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c203)
-    # ∂/∂t: ∂/∂x3: p2 = (p0 ⊗ p1) -> 16x0e
-    _c204 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 0:16].reshape(n, 16, 1), d__p2)
-    d2_t_351 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c204)
+    _c128 = torch.einsum("zuk,zui->ziku", d_t[:, 144:192].reshape(n, 16, 3), x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_173 = torch.einsum("ijku,ziku->zuj", (_c126 * 1.224744871391589), _c128)
     # ∂/∂d__p2: ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
     d2_d_t = torch.cat([
-        (d2_d_t_215 + d2_d_t_218 + d2_d_t_221 + d2_d_t_251 + d2_d_t_254 + d2_d_t_257 + d2_d_t_323 + d2_d_t_326 + d2_d_t_329).reshape(n, 16),
-        (d2_d_t_224 + d2_d_t_227 + d2_d_t_230 + d2_d_t_242 + d2_d_t_245 + d2_d_t_248 + d2_d_t_278 + d2_d_t_281 + d2_d_t_284 + d2_d_t_305 + d2_d_t_308 + d2_d_t_311).reshape(n, 48),
-        (d2_d_t_233 + d2_d_t_236 + d2_d_t_239 + d2_d_t_260 + d2_d_t_263 + d2_d_t_266 + d2_d_t_296 + d2_d_t_299 + d2_d_t_302 + d2_d_t_332 + d2_d_t_335 + d2_d_t_338).reshape(n, 80),
-        (d2_d_t_269 + d2_d_t_272 + d2_d_t_275 + d2_d_t_341 + d2_d_t_344 + d2_d_t_347).reshape(n, 48),
-        (d2_d_t_287 + d2_d_t_290 + d2_d_t_293 + d2_d_t_314 + d2_d_t_317 + d2_d_t_320).reshape(n, 80),
+        (d2_d_t_129 + d2_d_t_141 + d2_d_t_165).reshape(n, 16),
+        (d2_d_t_132 + d2_d_t_138 + d2_d_t_150 + d2_d_t_159).reshape(n, 48),
+        (d2_d_t_135 + d2_d_t_144 + d2_d_t_156 + d2_d_t_168).reshape(n, 80),
+        (d2_d_t_147 + d2_d_t_171).reshape(n, 48),
+        (d2_d_t_153 + d2_d_t_162).reshape(n, 80),
     ], dim=-1)
-    _c205 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 0:16].reshape(n, 16, 1), x3[:, 0:16].reshape(n, 16, 1))
-    d2_d__p2_352 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c205)
+    _c129 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 0:16].reshape(n, 16, 1), x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p2 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c129)
     # ∂/∂x3: ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
-    _c206 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 0:16].reshape(n, 16, 1), d__p2)
-    d2_x3_353 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c206)
-    # ∂/∂d__p7: ∂/∂x3: p7 = (p0 ⊗ p6) -> 16x1o
-    _c207 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), t[:, 0:16].reshape(n, 16, 1))
-    d2_d__p7_354 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c207)
-    # ∂/∂t: ∂/∂x3: p7 = (p0 ⊗ p6) -> 16x1o
-    _c208 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p7)
-    d2_t_355 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c208)
+    _c130 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 0:16].reshape(n, 16, 1), d__p2)
+    d2_x3_174 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c130)
     # ∂/∂d__p7: ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
-    _c209 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 0:16].reshape(n, 16, 1), x3[:, 16:64].reshape(n, 16, 3))
-    d2_d__p7_356 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c209)
+    _c131 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 0:16].reshape(n, 16, 1), x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p7 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c131)
     # ∂/∂x3: ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
-    _c210 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 0:16].reshape(n, 16, 1), d__p7)
-    d2_x3_357 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c210)
-    # ∂/∂d__p9: ∂/∂x3: p9 = (p0 ⊗ p8) -> 16x2e
-    _c211 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), t[:, 0:16].reshape(n, 16, 1))
-    d2_d__p9_358 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c211)
-    # ∂/∂t: ∂/∂x3: p9 = (p0 ⊗ p8) -> 16x2e
-    _c212 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p9)
-    d2_t_359 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c212)
+    _c132 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 0:16].reshape(n, 16, 1), d__p7)
+    d2_x3_175 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c132)
     # ∂/∂d__p9: ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
-    _c213 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 0:16].reshape(n, 16, 1), x3[:, 64:144].reshape(n, 16, 5))
-    d2_d__p9_360 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c213)
+    _c133 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 0:16].reshape(n, 16, 1), x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p9 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c133)
     # ∂/∂x3: ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
-    _c214 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 0:16].reshape(n, 16, 1), d__p9)
-    d2_x3_361 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c214)
-    # ∂/∂d__p11: ∂/∂x3: p11 = (p10 ⊗ p1) -> 16x1o
-    _c215 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 0:16].reshape(n, 16, 1), t[:, 16:64].reshape(n, 16, 3))
-    d2_d__p11_362 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c215)
-    # ∂/∂t: ∂/∂x3: p11 = (p10 ⊗ p1) -> 16x1o
-    _c216 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 0:16].reshape(n, 16, 1), d__p11)
-    d2_t_363 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c216)
+    _c134 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 0:16].reshape(n, 16, 1), d__p9)
+    d2_x3_176 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c134)
     # ∂/∂d__p11: ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
-    _c217 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 16:64].reshape(n, 16, 3), x3[:, 0:16].reshape(n, 16, 1))
-    d2_d__p11_364 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c217)
+    _c135 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 16:64].reshape(n, 16, 3), x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p11 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c135)
     # ∂/∂x3: ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
-    _c218 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p11)
-    d2_x3_365 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c218)
-    # ∂/∂d__p12: ∂/∂x3: p12 = (p10 ⊗ p6) -> 16x0e
-    _c219 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), t[:, 16:64].reshape(n, 16, 3))
-    d2_d__p12_366 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c219)
-    # ∂/∂t: ∂/∂x3: p12 = (p10 ⊗ p6) -> 16x0e
-    _c220 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p12)
-    d2_t_367 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c220)
+    _c136 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p11)
+    d2_x3_177 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c136)
     # ∂/∂d__p12: ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
-    _c221 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 16:64].reshape(n, 16, 3), x3[:, 16:64].reshape(n, 16, 3))
-    d2_d__p12_368 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c221)
+    _c137 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 16:64].reshape(n, 16, 3), x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p12 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c137)
     # ∂/∂x3: ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
-    _c222 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p12)
-    d2_x3_369 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c222)
-    # ∂/∂d__p13: ∂/∂x3: p13 = (p10 ⊗ p6) -> 16x2e
-    d2_d__p13_370 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c219)
-    # ∂/∂t: ∂/∂x3: p13 = (p10 ⊗ p6) -> 16x2e
-    _c223 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p13)
-    d2_t_371 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c223)
+    _c138 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p12)
+    d2_x3_178 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c138)
     # ∂/∂d__p13: ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
-    d2_d__p13_372 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c221)
+    d2_d__p13 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c137)
     # ∂/∂x3: ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
-    _c224 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p13)
-    d2_x3_373 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c224)
-    # ∂/∂d__p14: ∂/∂x3: p14 = (p10 ⊗ p6) -> 16x1e
-    d2_d__p14_374 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c219)
-    # ∂/∂t: ∂/∂x3: p14 = (p10 ⊗ p6) -> 16x1e
-    _c225 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p14)
-    d2_t_375 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c225)
+    _c139 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p13)
+    d2_x3_179 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c139)
     # ∂/∂d__p14: ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
-    d2_d__p14_376 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c221)
+    d2_d__p14 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c137)
     # ∂/∂x3: ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
-    _c226 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p14)
-    d2_x3_377 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c226)
-    # ∂/∂d__p15: ∂/∂x3: p15 = (p10 ⊗ p8) -> 16x1o
-    _c227 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), t[:, 16:64].reshape(n, 16, 3))
-    d2_d__p15_378 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c227)
-    # ∂/∂t: ∂/∂x3: p15 = (p10 ⊗ p8) -> 16x1o
-    _c228 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p15)
-    d2_t_379 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c228)
+    _c140 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p14)
+    d2_x3_180 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c140)
     # ∂/∂d__p15: ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
-    _c229 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 16:64].reshape(n, 16, 3), x3[:, 64:144].reshape(n, 16, 5))
-    d2_d__p15_380 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c229)
+    _c141 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 16:64].reshape(n, 16, 3), x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p15 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c141)
     # ∂/∂x3: ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
-    _c230 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p15)
-    d2_x3_381 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c230)
-    # ∂/∂d__p16: ∂/∂x3: p16 = (p10 ⊗ p8) -> 16x2o
-    d2_d__p16_382 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c227)
-    # ∂/∂t: ∂/∂x3: p16 = (p10 ⊗ p8) -> 16x2o
-    _c231 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p16)
-    d2_t_383 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c231)
+    _c142 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p15)
+    d2_x3_181 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c142)
     # ∂/∂d__p16: ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
-    d2_d__p16_384 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c229)
+    d2_d__p16 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c141)
     # ∂/∂x3: ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
-    _c232 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p16)
-    d2_x3_385 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c232)
-    # ∂/∂d__p17: ∂/∂x3: p17 = (p10 ⊗ p8) -> 16x3o
-    d2_d__p17_386 = torch.einsum("ijk,ziju->zuk", cg_1_2_3, _c227)
-    # ∂/∂t: ∂/∂x3: p17 = (p10 ⊗ p8) -> 16x3o
-    _c233 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p17)
-    d2_t_387 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c233)
+    _c143 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p16)
+    d2_x3_182 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c143)
     # ∂/∂d__p17: ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
-    d2_d__p17_388 = torch.einsum("ijk,ziju->zuk", cg_1_2_3, _c229)
+    d2_d__p17 = torch.einsum("ijk,ziju->zuk", cg_1_2_3, _c141)
     # ∂/∂x3: ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
-    _c234 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p17)
-    d2_x3_389 = torch.einsum("ijk,ziku->zuj", cg_1_2_3, _c234)
-    # ∂/∂d__p19: ∂/∂x3: p19 = (p18 ⊗ p1) -> 16x2e
-    _c235 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 0:16].reshape(n, 16, 1), t[:, 64:144].reshape(n, 16, 5))
-    d2_d__p19_390 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c235)
-    # ∂/∂t: ∂/∂x3: p19 = (p18 ⊗ p1) -> 16x2e
-    _c236 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 0:16].reshape(n, 16, 1), d__p19)
-    d2_t_391 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c236)
+    _c144 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 16:64].reshape(n, 16, 3), d__p17)
+    d2_x3_183 = torch.einsum("ijk,ziku->zuj", cg_1_2_3, _c144)
     # ∂/∂d__p19: ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
-    _c237 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 64:144].reshape(n, 16, 5), x3[:, 0:16].reshape(n, 16, 1))
-    d2_d__p19_392 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c237)
+    _c145 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 64:144].reshape(n, 16, 5), x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p19 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c145)
     # ∂/∂x3: ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
-    _c238 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p19)
-    d2_x3_393 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c238)
-    # ∂/∂d__p20: ∂/∂x3: p20 = (p18 ⊗ p6) -> 16x1o
-    _c239 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), t[:, 64:144].reshape(n, 16, 5))
-    d2_d__p20_394 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c239)
-    # ∂/∂t: ∂/∂x3: p20 = (p18 ⊗ p6) -> 16x1o
-    _c240 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p20)
-    d2_t_395 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c240)
+    _c146 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p19)
+    d2_x3_184 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c146)
     # ∂/∂d__p20: ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
-    _c241 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 64:144].reshape(n, 16, 5), x3[:, 16:64].reshape(n, 16, 3))
-    d2_d__p20_396 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c241)
+    _c147 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 64:144].reshape(n, 16, 5), x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p20 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c147)
     # ∂/∂x3: ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
-    _c242 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p20)
-    d2_x3_397 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c242)
-    # ∂/∂d__p21: ∂/∂x3: p21 = (p18 ⊗ p6) -> 16x2o
-    d2_d__p21_398 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c239)
-    # ∂/∂t: ∂/∂x3: p21 = (p18 ⊗ p6) -> 16x2o
-    _c243 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p21)
-    d2_t_399 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c243)
+    _c148 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p20)
+    d2_x3_185 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c148)
     # ∂/∂d__p21: ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
-    d2_d__p21_400 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c241)
+    d2_d__p21 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c147)
     # ∂/∂x3: ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
-    _c244 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p21)
-    d2_x3_401 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c244)
-    # ∂/∂d__p22: ∂/∂x3: p22 = (p18 ⊗ p6) -> 16x3o
-    d2_d__p22_402 = torch.einsum("ijk,ziju->zuk", cg_2_1_3, _c239)
-    # ∂/∂t: ∂/∂x3: p22 = (p18 ⊗ p6) -> 16x3o
-    _c245 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p22)
-    d2_t_403 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c245)
+    _c149 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p21)
+    d2_x3_186 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c149)
     # ∂/∂d__p22: ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
-    d2_d__p22_404 = torch.einsum("ijk,ziju->zuk", cg_2_1_3, _c241)
+    d2_d__p22 = torch.einsum("ijk,ziju->zuk", cg_2_1_3, _c147)
     # ∂/∂x3: ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
-    _c246 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p22)
-    d2_x3_405 = torch.einsum("ijk,ziku->zuj", cg_2_1_3, _c246)
-    # ∂/∂d__p23: ∂/∂x3: p23 = (p18 ⊗ p8) -> 16x0e
-    _c247 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), t[:, 64:144].reshape(n, 16, 5))
-    d2_d__p23_406 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c247)
-    # ∂/∂t: ∂/∂x3: p23 = (p18 ⊗ p8) -> 16x0e
-    _c248 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p23)
-    d2_t_407 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c248)
+    _c150 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p22)
+    d2_x3_187 = torch.einsum("ijk,ziku->zuj", cg_2_1_3, _c150)
     # ∂/∂d__p23: ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
-    _c249 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 64:144].reshape(n, 16, 5), x3[:, 64:144].reshape(n, 16, 5))
-    d2_d__p23_408 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c249)
+    _c151 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 64:144].reshape(n, 16, 5), x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p23 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c151)
     # ∂/∂x3: ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
-    _c250 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p23)
-    d2_x3_409 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c250)
-    # ∂/∂d__p24: ∂/∂x3: p24 = (p18 ⊗ p8) -> 16x2e
-    d2_d__p24_410 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c247)
-    # ∂/∂t: ∂/∂x3: p24 = (p18 ⊗ p8) -> 16x2e
-    _c251 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p24)
-    d2_t_411 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c251)
+    _c152 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p23)
+    d2_x3_188 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c152)
     # ∂/∂d__p24: ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
-    d2_d__p24_412 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c249)
+    d2_d__p24 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c151)
     # ∂/∂x3: ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
-    _c252 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p24)
-    d2_x3_413 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c252)
-    # ∂/∂d__p25: ∂/∂x3: p25 = (p18 ⊗ p8) -> 16x1e
-    d2_d__p25_414 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c247)
-    # ∂/∂t: ∂/∂x3: p25 = (p18 ⊗ p8) -> 16x1e
-    _c253 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p25)
-    d2_t_415 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c253)
+    _c153 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p24)
+    d2_x3_189 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c153)
     # ∂/∂d__p25: ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
-    d2_d__p25_416 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c249)
+    d2_d__p25 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c151)
     # ∂/∂x3: ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
-    _c254 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p25)
-    d2_x3_417 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c254)
-    # ∂/∂d__p26: ∂/∂x3: p26 = (p18 ⊗ p8) -> 16x3e
-    d2_d__p26_418 = torch.einsum("ijk,ziju->zuk", cg_2_2_3, _c247)
-    # ∂/∂t: ∂/∂x3: p26 = (p18 ⊗ p8) -> 16x3e
-    _c255 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p26)
-    d2_t_419 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c255)
+    _c154 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p25)
+    d2_x3_190 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c154)
     # ∂/∂d__p26: ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
-    d2_d__p26_420 = torch.einsum("ijk,ziju->zuk", cg_2_2_3, _c249)
+    d2_d__p26 = torch.einsum("ijk,ziju->zuk", cg_2_2_3, _c151)
     # ∂/∂x3: ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
-    _c256 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p26)
-    d2_x3_421 = torch.einsum("ijk,ziku->zuj", cg_2_2_3, _c256)
-    # ∂/∂d__p28: ∂/∂x3: p28 = (p27 ⊗ p1) -> 16x1e
-    _c257 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 0:16].reshape(n, 16, 1), t[:, 144:192].reshape(n, 16, 3))
-    d2_d__p28_422 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c257)
-    # ∂/∂t: ∂/∂x3: p28 = (p27 ⊗ p1) -> 16x1e
-    _c258 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 0:16].reshape(n, 16, 1), d__p28)
-    d2_t_423 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c258)
+    _c155 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 64:144].reshape(n, 16, 5), d__p26)
+    d2_x3_191 = torch.einsum("ijk,ziku->zuj", cg_2_2_3, _c155)
     # ∂/∂d__p28: ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
-    _c259 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 144:192].reshape(n, 16, 3), x3[:, 0:16].reshape(n, 16, 1))
-    d2_d__p28_424 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c259)
+    _c156 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 144:192].reshape(n, 16, 3), x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p28 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c156)
     # ∂/∂x3: ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
-    _c260 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p28)
-    d2_x3_425 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c260)
-    # ∂/∂d__p29: ∂/∂x3: p29 = (p27 ⊗ p6) -> 16x1o
-    _c261 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), t[:, 144:192].reshape(n, 16, 3))
-    d2_d__p29_426 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c261)
-    # ∂/∂t: ∂/∂x3: p29 = (p27 ⊗ p6) -> 16x1o
-    _c262 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p29)
-    d2_t_427 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c262)
+    _c157 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p28)
+    d2_x3_192 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c157)
     # ∂/∂d__p29: ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
-    _c263 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 144:192].reshape(n, 16, 3), x3[:, 16:64].reshape(n, 16, 3))
-    d2_d__p29_428 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c263)
+    _c158 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 144:192].reshape(n, 16, 3), x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p29 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c158)
     # ∂/∂x3: ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
-    _c264 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p29)
-    d2_x3_429 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c264)
-    # ∂/∂d__p30: ∂/∂x3: p30 = (p27 ⊗ p6) -> 16x2o
-    d2_d__p30_430 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c261)
-    # ∂/∂t: ∂/∂x3: p30 = (p27 ⊗ p6) -> 16x2o
-    _c265 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p30)
-    d2_t_431 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c265)
+    _c159 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p29)
+    d2_x3_193 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c159)
     # ∂/∂d__p30: ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
-    d2_d__p30_432 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c263)
+    d2_d__p30 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c158)
     # ∂/∂x3: ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
-    _c266 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p30)
-    d2_x3_433 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c266)
-    # ∂/∂d__p31: ∂/∂x3: p31 = (p27 ⊗ p8) -> 16x2e
-    _c267 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), t[:, 144:192].reshape(n, 16, 3))
-    d2_d__p31_434 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c267)
-    # ∂/∂t: ∂/∂x3: p31 = (p27 ⊗ p8) -> 16x2e
-    _c268 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p31)
-    d2_t_435 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c268)
+    _c160 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p30)
+    d2_x3_194 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c160)
     # ∂/∂d__p31: ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
-    _c269 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 144:192].reshape(n, 16, 3), x3[:, 64:144].reshape(n, 16, 5))
-    d2_d__p31_436 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c269)
+    _c161 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 144:192].reshape(n, 16, 3), x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p31 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c161)
     # ∂/∂x3: ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
-    _c270 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p31)
-    d2_x3_437 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c270)
-    # ∂/∂d__p32: ∂/∂x3: p32 = (p27 ⊗ p8) -> 16x1e
-    d2_d__p32_438 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c267)
-    # ∂/∂t: ∂/∂x3: p32 = (p27 ⊗ p8) -> 16x1e
-    _c271 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p32)
-    d2_t_439 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c271)
+    _c162 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p31)
+    d2_x3_195 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c162)
     # ∂/∂d__p32: ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
-    d2_d__p32_440 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c269)
+    d2_d__p32 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c161)
     # ∂/∂x3: ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
-    _c272 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p32)
-    d2_x3_441 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c272)
-    # ∂/∂d__p33: ∂/∂x3: p33 = (p27 ⊗ p8) -> 16x3e
-    d2_d__p33_442 = torch.einsum("ijk,ziju->zuk", cg_1_2_3, _c267)
-    # ∂/∂t: ∂/∂x3: p33 = (p27 ⊗ p8) -> 16x3e
-    _c273 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p33)
-    d2_t_443 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c273)
+    _c163 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p32)
+    d2_x3_196 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c163)
     # ∂/∂d__p33: ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
-    d2_d__p33_444 = torch.einsum("ijk,ziju->zuk", cg_1_2_3, _c269)
+    d2_d__p33 = torch.einsum("ijk,ziju->zuk", cg_1_2_3, _c161)
     # ∂/∂x3: ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
-    _c274 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p33)
-    d2_x3_445 = torch.einsum("ijk,ziku->zuj", cg_1_2_3, _c274)
-    # ∂/∂d__p35: ∂/∂x3: p35 = (p34 ⊗ p1) -> 16x2o
-    _c275 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 0:16].reshape(n, 16, 1), t[:, 192:272].reshape(n, 16, 5))
-    d2_d__p35_446 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c275)
-    # ∂/∂t: ∂/∂x3: p35 = (p34 ⊗ p1) -> 16x2o
-    _c276 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 0:16].reshape(n, 16, 1), d__p35)
-    d2_t_447 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c276)
+    _c164 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 144:192].reshape(n, 16, 3), d__p33)
+    d2_x3_197 = torch.einsum("ijk,ziku->zuj", cg_1_2_3, _c164)
     # ∂/∂d__p35: ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
-    _c277 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 192:272].reshape(n, 16, 5), x3[:, 0:16].reshape(n, 16, 1))
-    d2_d__p35_448 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c277)
+    _c165 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 192:272].reshape(n, 16, 5), x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p35 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c165)
     # ∂/∂x3: ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
-    _c278 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p35)
-    d2_x3_449 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c278)
-    # ∂/∂d__p36: ∂/∂x3: p36 = (p34 ⊗ p6) -> 16x2e
-    _c279 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), t[:, 192:272].reshape(n, 16, 5))
-    d2_d__p36_450 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c279)
-    # ∂/∂t: ∂/∂x3: p36 = (p34 ⊗ p6) -> 16x2e
-    _c280 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p36)
-    d2_t_451 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c280)
+    _c166 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p35)
+    d2_x3_198 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c166)
     # ∂/∂d__p36: ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
-    _c281 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 192:272].reshape(n, 16, 5), x3[:, 16:64].reshape(n, 16, 3))
-    d2_d__p36_452 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c281)
+    _c167 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 192:272].reshape(n, 16, 5), x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p36 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c167)
     # ∂/∂x3: ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
-    _c282 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p36)
-    d2_x3_453 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c282)
-    # ∂/∂d__p37: ∂/∂x3: p37 = (p34 ⊗ p6) -> 16x1e
-    d2_d__p37_454 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c279)
-    # ∂/∂t: ∂/∂x3: p37 = (p34 ⊗ p6) -> 16x1e
-    _c283 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p37)
-    d2_t_455 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c283)
+    _c168 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p36)
+    d2_x3_199 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c168)
     # ∂/∂d__p37: ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
-    d2_d__p37_456 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c281)
+    d2_d__p37 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c167)
     # ∂/∂x3: ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
-    _c284 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p37)
-    d2_x3_457 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c284)
-    # ∂/∂d__p38: ∂/∂x3: p38 = (p34 ⊗ p6) -> 16x3e
-    d2_d__p38_458 = torch.einsum("ijk,ziju->zuk", cg_2_1_3, _c279)
-    # ∂/∂t: ∂/∂x3: p38 = (p34 ⊗ p6) -> 16x3e
-    _c285 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p38)
-    d2_t_459 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c285)
+    _c169 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p37)
+    d2_x3_200 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c169)
     # ∂/∂d__p38: ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
-    d2_d__p38_460 = torch.einsum("ijk,ziju->zuk", cg_2_1_3, _c281)
+    d2_d__p38 = torch.einsum("ijk,ziju->zuk", cg_2_1_3, _c167)
     # ∂/∂x3: ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
-    _c286 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p38)
-    d2_x3_461 = torch.einsum("ijk,ziku->zuj", cg_2_1_3, _c286)
-    # ∂/∂d__p39: ∂/∂x3: p39 = (p34 ⊗ p8) -> 16x1o
-    _c287 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), t[:, 192:272].reshape(n, 16, 5))
-    d2_d__p39_462 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c287)
-    # ∂/∂t: ∂/∂x3: p39 = (p34 ⊗ p8) -> 16x1o
-    _c288 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p39)
-    d2_t_463 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c288)
+    _c170 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p38)
+    d2_x3_201 = torch.einsum("ijk,ziku->zuj", cg_2_1_3, _c170)
     # ∂/∂d__p39: ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
-    _c289 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 192:272].reshape(n, 16, 5), x3[:, 64:144].reshape(n, 16, 5))
-    d2_d__p39_464 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c289)
+    _c171 = torch.einsum("zui,zuj->ziju", d2_d_t[:, 192:272].reshape(n, 16, 5), x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p39 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c171)
     # ∂/∂x3: ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
-    _c290 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p39)
-    d2_x3_465 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c290)
-    # ∂/∂d__p40: ∂/∂x3: p40 = (p34 ⊗ p8) -> 16x2o
-    d2_d__p40_466 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c287)
-    # ∂/∂t: ∂/∂x3: p40 = (p34 ⊗ p8) -> 16x2o
-    _c291 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p40)
-    d2_t_467 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c291)
+    _c172 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p39)
+    d2_x3_202 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c172)
     # ∂/∂d__p40: ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
-    d2_d__p40_468 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c289)
+    d2_d__p40 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c171)
     # ∂/∂x3: ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
-    _c292 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p40)
-    d2_x3_469 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c292)
-    # ∂/∂d__p41: ∂/∂x3: p41 = (p34 ⊗ p8) -> 16x3o
-    d2_d__p41_470 = torch.einsum("ijk,ziju->zuk", cg_2_2_3, _c287)
-    # ∂/∂t: ∂/∂x3: p41 = (p34 ⊗ p8) -> 16x3o
-    _c293 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p41)
-    d2_t_471 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c293)
+    _c173 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p40)
+    d2_x3_203 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c173)
     # ∂/∂d__p41: ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
-    d2_d__p41_472 = torch.einsum("ijk,ziju->zuk", cg_2_2_3, _c289)
+    d2_d__p41 = torch.einsum("ijk,ziju->zuk", cg_2_2_3, _c171)
     # ∂/∂x3: ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
-    _c294 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p41)
-    d2_x3_473 = torch.einsum("ijk,ziku->zuj", cg_2_2_3, _c294)
-    d2_d__p42_474 = torch.einsum("u,zui->zui", (d2_d_weight[240:256].view(16) * 0.2581988897471611), _p2)
-    d2__p2_475 = torch.einsum("u,zui->zui", (d2_d_weight[240:256].view(16) * 0.2581988897471611), d__p42)
-    d2_d__p2 = d2_d__p2_350 + d2_d__p2_352
-    d2_d__p42_476 = torch.einsum("zui,u->zui", d2_d__p2, (weight[240:256].view(16) * 0.2581988897471611))
-    d2_weight_477 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.2581988897471611), d__p42)
-    d2_d__p42_478 = torch.einsum("u,zui->zui", (d2_d_weight[480:496].view(16) * 0.2581988897471611), _p12)
-    d2__p12_479 = torch.einsum("u,zui->zui", (d2_d_weight[480:496].view(16) * 0.2581988897471611), d__p42)
-    d2_d__p12 = d2_d__p12_366 + d2_d__p12_368
-    d2_d__p42_480 = torch.einsum("zui,u->zui", d2_d__p12, (weight[480:496].view(16) * 0.2581988897471611))
-    d2_weight_481 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.2581988897471611), d__p42)
-    d2_d__p42_482 = torch.einsum("u,zui->zui", (d2_d_weight[944:960].view(16) * 0.2581988897471611), _p23)
-    d2__p23_483 = torch.einsum("u,zui->zui", (d2_d_weight[944:960].view(16) * 0.2581988897471611), d__p42)
-    d2_d__p23 = d2_d__p23_406 + d2_d__p23_408
-    d2_d__p42_484 = torch.einsum("zui,u->zui", d2_d__p23, (weight[944:960].view(16) * 0.2581988897471611))
-    d2_weight_485 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.2581988897471611), d__p42)
-    # ∂/∂d__p43: ∂/∂x4: p43 = (p42 ⊗ p3) -> 16x0e
-    _p42 = p42_15 + p42_16 + p42_17
-    _c295 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 0:16].reshape(n, 16, 1), _p42)
-    d2_d__p43_486 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c295)
-    # ∂/∂_p42: ∂/∂x4: p43 = (p42 ⊗ p3) -> 16x0e
-    _c296 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 0:16].reshape(n, 16, 1), d__p43)
-    d2__p42 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c296)
+    _c174 = torch.einsum("zui,zuk->ziku", d2_d_t[:, 192:272].reshape(n, 16, 5), d__p41)
+    d2_x3_204 = torch.einsum("ijk,ziku->zuj", cg_2_2_3, _c174)
+    d2_d__p42_205 = torch.einsum("u,zui->zui", (d2_d_weight[240:256].view(16) * 0.2581988897471611), _p2)
+    d2__p2_206 = torch.einsum("u,zui->zui", (d2_d_weight[240:256].view(16) * 0.2581988897471611), d__p42)
+    d2_d__p42_207 = torch.einsum("zui,u->zui", d2_d__p2, (weight[240:256].view(16) * 0.2581988897471611))
+    d2_weight_208 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.2581988897471611), d__p42)
+    d2_d__p42_209 = torch.einsum("u,zui->zui", (d2_d_weight[480:496].view(16) * 0.2581988897471611), _p12)
+    d2__p12_210 = torch.einsum("u,zui->zui", (d2_d_weight[480:496].view(16) * 0.2581988897471611), d__p42)
+    d2_d__p42_211 = torch.einsum("zui,u->zui", d2_d__p12, (weight[480:496].view(16) * 0.2581988897471611))
+    d2_weight_212 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.2581988897471611), d__p42)
+    d2_d__p42_213 = torch.einsum("u,zui->zui", (d2_d_weight[944:960].view(16) * 0.2581988897471611), _p23)
+    d2__p23_214 = torch.einsum("u,zui->zui", (d2_d_weight[944:960].view(16) * 0.2581988897471611), d__p42)
+    d2_d__p42_215 = torch.einsum("zui,u->zui", d2_d__p23, (weight[944:960].view(16) * 0.2581988897471611))
+    d2_weight_216 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.2581988897471611), d__p42)
     # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
-    d2_d__p42 = d2_d__p42_474 + d2_d__p42_476 + d2_d__p42_478 + d2_d__p42_480 + d2_d__p42_482 + d2_d__p42_484
-    _c297 = torch.einsum("zui,zuj->ziju", d2_d__p42, x4[:, 0:16].reshape(n, 16, 1))
-    d2_d__p43_487 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c297)
+    d2_d__p42 = d2_d__p42_205 + d2_d__p42_207 + d2_d__p42_209 + d2_d__p42_211 + d2_d__p42_213 + d2_d__p42_215
+    _c175 = torch.einsum("zui,zuj->ziju", d2_d__p42, x4[:, 0:16].reshape(n, 16, 1))
+    d2_d__p43 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c175)
     # ∂/∂x4: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
-    _c298 = torch.einsum("zui,zuk->ziku", d2_d__p42, d__p43)
-    d2_x4_488 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c298)
-    d2_d__p43 = d2_d__p43_486 + d2_d__p43_487
-    d2_d_y_489 = d2_d__p43
-    d2_d__p44_490 = torch.einsum("u,zui->zui", (d2_d_weight[256:272].view(16) * 0.2970442628930023), _p2)
-    d2__p2_491 = torch.einsum("u,zui->zui", (d2_d_weight[256:272].view(16) * 0.2970442628930023), d__p44)
-    d2_d__p44_492 = torch.einsum("zui,u->zui", d2_d__p2, (weight[256:272].view(16) * 0.2970442628930023))
-    d2_weight_493 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.2970442628930023), d__p44)
-    d2_d__p44_494 = torch.einsum("u,zui->zui", (d2_d_weight[512:528].view(16) * 0.2970442628930023), _p12)
-    d2__p12_495 = torch.einsum("u,zui->zui", (d2_d_weight[512:528].view(16) * 0.2970442628930023), d__p44)
-    d2_d__p44_496 = torch.einsum("zui,u->zui", d2_d__p12, (weight[512:528].view(16) * 0.2970442628930023))
-    d2_weight_497 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.2970442628930023), d__p44)
-    d2_d__p44_498 = torch.einsum("u,zui->zui", (d2_d_weight[976:992].view(16) * 0.2970442628930023), _p23)
-    d2__p23_499 = torch.einsum("u,zui->zui", (d2_d_weight[976:992].view(16) * 0.2970442628930023), d__p44)
-    d2_d__p44_500 = torch.einsum("zui,u->zui", d2_d__p23, (weight[976:992].view(16) * 0.2970442628930023))
-    d2_weight_501 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.2970442628930023), d__p44)
-    # ∂/∂d__p45: ∂/∂x4: p45 = (p44 ⊗ p4) -> 16x1o
-    _p44 = p44_18 + p44_19 + p44_20
-    _c299 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 16:64].reshape(n, 16, 3), _p44)
-    d2_d__p45_502 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c299)
-    # ∂/∂_p44: ∂/∂x4: p45 = (p44 ⊗ p4) -> 16x1o
-    _c300 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 16:64].reshape(n, 16, 3), d__p45)
-    d2__p44 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c300)
+    _c176 = torch.einsum("zui,zuk->ziku", d2_d__p42, d__p43)
+    d2_x4_217 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c176)
+    d2_d_y_218 = d2_d__p43
+    d2_d__p44_219 = torch.einsum("u,zui->zui", (d2_d_weight[256:272].view(16) * 0.2970442628930023), _p2)
+    d2__p2_220 = torch.einsum("u,zui->zui", (d2_d_weight[256:272].view(16) * 0.2970442628930023), d__p44)
+    d2_d__p44_221 = torch.einsum("zui,u->zui", d2_d__p2, (weight[256:272].view(16) * 0.2970442628930023))
+    d2_weight_222 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.2970442628930023), d__p44)
+    d2_d__p44_223 = torch.einsum("u,zui->zui", (d2_d_weight[512:528].view(16) * 0.2970442628930023), _p12)
+    d2__p12_224 = torch.einsum("u,zui->zui", (d2_d_weight[512:528].view(16) * 0.2970442628930023), d__p44)
+    d2_d__p44_225 = torch.einsum("zui,u->zui", d2_d__p12, (weight[512:528].view(16) * 0.2970442628930023))
+    d2_weight_226 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.2970442628930023), d__p44)
+    d2_d__p44_227 = torch.einsum("u,zui->zui", (d2_d_weight[976:992].view(16) * 0.2970442628930023), _p23)
+    d2__p23_228 = torch.einsum("u,zui->zui", (d2_d_weight[976:992].view(16) * 0.2970442628930023), d__p44)
+    d2_d__p44_229 = torch.einsum("zui,u->zui", d2_d__p23, (weight[976:992].view(16) * 0.2970442628930023))
+    d2_weight_230 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.2970442628930023), d__p44)
     # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
-    d2_d__p44 = d2_d__p44_490 + d2_d__p44_492 + d2_d__p44_494 + d2_d__p44_496 + d2_d__p44_498 + d2_d__p44_500
-    _c301 = torch.einsum("zui,zuj->ziju", d2_d__p44, x4[:, 16:64].reshape(n, 16, 3))
-    d2_d__p45_503 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c301)
+    d2_d__p44 = d2_d__p44_219 + d2_d__p44_221 + d2_d__p44_223 + d2_d__p44_225 + d2_d__p44_227 + d2_d__p44_229
+    _c177 = torch.einsum("zui,zuj->ziju", d2_d__p44, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p45 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c177)
     # ∂/∂x4: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
-    _c302 = torch.einsum("zui,zuk->ziku", d2_d__p44, d__p45)
-    d2_x4_504 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c302)
-    d2_d__p45 = d2_d__p45_502 + d2_d__p45_503
-    d2_d_y_505 = d2_d__p45
-    d2_d__p46_506 = torch.einsum("u,zui->zui", (d2_d_weight[272:288].view(16) * 0.36760731104690386), _p2)
-    d2__p2_507 = torch.einsum("u,zui->zui", (d2_d_weight[272:288].view(16) * 0.36760731104690386), d__p46)
-    d2_d__p46_508 = torch.einsum("zui,u->zui", d2_d__p2, (weight[272:288].view(16) * 0.36760731104690386))
-    d2_weight_509 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.36760731104690386), d__p46)
-    d2_d__p46_510 = torch.einsum("u,zui->zui", (d2_d_weight[560:576].view(16) * 0.36760731104690386), _p12)
-    d2__p12_511 = torch.einsum("u,zui->zui", (d2_d_weight[560:576].view(16) * 0.36760731104690386), d__p46)
-    d2_d__p46_512 = torch.einsum("zui,u->zui", d2_d__p12, (weight[560:576].view(16) * 0.36760731104690386))
-    d2_weight_513 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.36760731104690386), d__p46)
-    d2_d__p46_514 = torch.einsum("u,zui->zui", (d2_d_weight[1024:1040].view(16) * 0.36760731104690386), _p23)
-    d2__p23_515 = torch.einsum("u,zui->zui", (d2_d_weight[1024:1040].view(16) * 0.36760731104690386), d__p46)
-    d2_d__p46_516 = torch.einsum("zui,u->zui", d2_d__p23, (weight[1024:1040].view(16) * 0.36760731104690386))
-    d2_weight_517 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.36760731104690386), d__p46)
-    # ∂/∂d__p47: ∂/∂x4: p47 = (p46 ⊗ p5) -> 16x2e
-    _p46 = p46_21 + p46_22 + p46_23
-    _c303 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 64:144].reshape(n, 16, 5), _p46)
-    d2_d__p47_518 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c303)
-    # ∂/∂_p46: ∂/∂x4: p47 = (p46 ⊗ p5) -> 16x2e
-    _c304 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 64:144].reshape(n, 16, 5), d__p47)
-    d2__p46 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c304)
+    _c178 = torch.einsum("zui,zuk->ziku", d2_d__p44, d__p45)
+    d2_x4_231 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c178)
+    d2_d_y_232 = d2_d__p45
+    d2_d__p46_233 = torch.einsum("u,zui->zui", (d2_d_weight[272:288].view(16) * 0.36760731104690386), _p2)
+    d2__p2_234 = torch.einsum("u,zui->zui", (d2_d_weight[272:288].view(16) * 0.36760731104690386), d__p46)
+    d2_d__p46_235 = torch.einsum("zui,u->zui", d2_d__p2, (weight[272:288].view(16) * 0.36760731104690386))
+    d2_weight_236 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.36760731104690386), d__p46)
+    d2_d__p46_237 = torch.einsum("u,zui->zui", (d2_d_weight[560:576].view(16) * 0.36760731104690386), _p12)
+    d2__p12_238 = torch.einsum("u,zui->zui", (d2_d_weight[560:576].view(16) * 0.36760731104690386), d__p46)
+    d2_d__p46_239 = torch.einsum("zui,u->zui", d2_d__p12, (weight[560:576].view(16) * 0.36760731104690386))
+    d2_weight_240 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.36760731104690386), d__p46)
+    d2_d__p46_241 = torch.einsum("u,zui->zui", (d2_d_weight[1024:1040].view(16) * 0.36760731104690386), _p23)
+    d2__p23_242 = torch.einsum("u,zui->zui", (d2_d_weight[1024:1040].view(16) * 0.36760731104690386), d__p46)
+    d2_d__p46_243 = torch.einsum("zui,u->zui", d2_d__p23, (weight[1024:1040].view(16) * 0.36760731104690386))
+    d2_weight_244 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.36760731104690386), d__p46)
     # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
-    d2_d__p46 = d2_d__p46_506 + d2_d__p46_508 + d2_d__p46_510 + d2_d__p46_512 + d2_d__p46_514 + d2_d__p46_516
-    _c305 = torch.einsum("zui,zuj->ziju", d2_d__p46, x4[:, 64:144].reshape(n, 16, 5))
-    d2_d__p47_519 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c305)
+    d2_d__p46 = d2_d__p46_233 + d2_d__p46_235 + d2_d__p46_237 + d2_d__p46_239 + d2_d__p46_241 + d2_d__p46_243
+    _c179 = torch.einsum("zui,zuj->ziju", d2_d__p46, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p47 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c179)
     # ∂/∂x4: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
-    _c306 = torch.einsum("zui,zuk->ziku", d2_d__p46, d__p47)
-    d2_x4_520 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c306)
-    d2_d__p47 = d2_d__p47_518 + d2_d__p47_519
-    d2_d_y_521 = d2_d__p47
-    d2_d__p48_522 = torch.einsum("u,zui->zui", (d2_d_weight[288:304].view(16) * 0.5144957554275266), _p7)
-    d2__p7_523 = torch.einsum("u,zui->zui", (d2_d_weight[288:304].view(16) * 0.5144957554275266), d__p48)
-    d2_d__p7 = d2_d__p7_354 + d2_d__p7_356
-    d2_d__p48_524 = torch.einsum("zui,u->zui", d2_d__p7, (weight[288:304].view(16) * 0.5144957554275266))
-    d2_weight_525 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.5144957554275266), d__p48)
-    d2_d__p48_526 = torch.einsum("u,zui->zui", (d2_d_weight[416:432].view(16) * 0.5144957554275266), _p11)
-    d2__p11_527 = torch.einsum("u,zui->zui", (d2_d_weight[416:432].view(16) * 0.5144957554275266), d__p48)
-    d2_d__p11 = d2_d__p11_362 + d2_d__p11_364
-    d2_d__p48_528 = torch.einsum("zui,u->zui", d2_d__p11, (weight[416:432].view(16) * 0.5144957554275266))
-    d2_weight_529 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.5144957554275266), d__p48)
-    d2_d__p48_530 = torch.einsum("u,zui->zui", (d2_d_weight[624:640].view(16) * 0.5144957554275266), _p15)
-    d2__p15_531 = torch.einsum("u,zui->zui", (d2_d_weight[624:640].view(16) * 0.5144957554275266), d__p48)
-    d2_d__p15 = d2_d__p15_378 + d2_d__p15_380
-    d2_d__p48_532 = torch.einsum("zui,u->zui", d2_d__p15, (weight[624:640].view(16) * 0.5144957554275266))
-    d2_weight_533 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.5144957554275266), d__p48)
-    d2_d__p48_534 = torch.einsum("u,zui->zui", (d2_d_weight[816:832].view(16) * 0.5144957554275266), _p20)
-    d2__p20_535 = torch.einsum("u,zui->zui", (d2_d_weight[816:832].view(16) * 0.5144957554275266), d__p48)
-    d2_d__p20 = d2_d__p20_394 + d2_d__p20_396
-    d2_d__p48_536 = torch.einsum("zui,u->zui", d2_d__p20, (weight[816:832].view(16) * 0.5144957554275266))
-    d2_weight_537 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.5144957554275266), d__p48)
-    d2_d__p48_538 = torch.einsum("u,zui->zui", (d2_d_weight[1136:1152].view(16) * 0.5144957554275266), _p29)
-    d2__p29_539 = torch.einsum("u,zui->zui", (d2_d_weight[1136:1152].view(16) * 0.5144957554275266), d__p48)
-    d2_d__p29 = d2_d__p29_426 + d2_d__p29_428
-    d2_d__p48_540 = torch.einsum("zui,u->zui", d2_d__p29, (weight[1136:1152].view(16) * 0.5144957554275266))
-    d2_weight_541 = torch.einsum("zui,zui->u", (d2_d__p29 * 0.5144957554275266), d__p48)
-    d2_d__p48_542 = torch.einsum("u,zui->zui", (d2_d_weight[1488:1504].view(16) * 0.5144957554275266), _p39)
-    d2__p39_543 = torch.einsum("u,zui->zui", (d2_d_weight[1488:1504].view(16) * 0.5144957554275266), d__p48)
-    d2_d__p39 = d2_d__p39_462 + d2_d__p39_464
-    d2_d__p48_544 = torch.einsum("zui,u->zui", d2_d__p39, (weight[1488:1504].view(16) * 0.5144957554275266))
-    d2_weight_545 = torch.einsum("zui,zui->u", (d2_d__p39 * 0.5144957554275266), d__p48)
-    # ∂/∂d__p49: ∂/∂x4: p49 = (p48 ⊗ p3) -> 16x1o
-    _p48 = p48_24 + p48_25 + p48_26 + p48_27 + p48_28 + p48_29
-    _c307 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 0:16].reshape(n, 16, 1), _p48)
-    d2_d__p49_546 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c307)
-    # ∂/∂_p48: ∂/∂x4: p49 = (p48 ⊗ p3) -> 16x1o
-    _c308 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 0:16].reshape(n, 16, 1), d__p49)
-    d2__p48 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c308)
+    _c180 = torch.einsum("zui,zuk->ziku", d2_d__p46, d__p47)
+    d2_x4_245 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c180)
+    d2_d_y_246 = d2_d__p47
+    d2_d__p48_247 = torch.einsum("u,zui->zui", (d2_d_weight[288:304].view(16) * 0.5144957554275266), _p7)
+    d2__p7_248 = torch.einsum("u,zui->zui", (d2_d_weight[288:304].view(16) * 0.5144957554275266), d__p48)
+    d2_d__p48_249 = torch.einsum("zui,u->zui", d2_d__p7, (weight[288:304].view(16) * 0.5144957554275266))
+    d2_weight_250 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.5144957554275266), d__p48)
+    d2_d__p48_251 = torch.einsum("u,zui->zui", (d2_d_weight[416:432].view(16) * 0.5144957554275266), _p11)
+    d2__p11_252 = torch.einsum("u,zui->zui", (d2_d_weight[416:432].view(16) * 0.5144957554275266), d__p48)
+    d2_d__p48_253 = torch.einsum("zui,u->zui", d2_d__p11, (weight[416:432].view(16) * 0.5144957554275266))
+    d2_weight_254 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.5144957554275266), d__p48)
+    d2_d__p48_255 = torch.einsum("u,zui->zui", (d2_d_weight[624:640].view(16) * 0.5144957554275266), _p15)
+    d2__p15_256 = torch.einsum("u,zui->zui", (d2_d_weight[624:640].view(16) * 0.5144957554275266), d__p48)
+    d2_d__p48_257 = torch.einsum("zui,u->zui", d2_d__p15, (weight[624:640].view(16) * 0.5144957554275266))
+    d2_weight_258 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.5144957554275266), d__p48)
+    d2_d__p48_259 = torch.einsum("u,zui->zui", (d2_d_weight[816:832].view(16) * 0.5144957554275266), _p20)
+    d2__p20_260 = torch.einsum("u,zui->zui", (d2_d_weight[816:832].view(16) * 0.5144957554275266), d__p48)
+    d2_d__p48_261 = torch.einsum("zui,u->zui", d2_d__p20, (weight[816:832].view(16) * 0.5144957554275266))
+    d2_weight_262 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.5144957554275266), d__p48)
+    d2_d__p48_263 = torch.einsum("u,zui->zui", (d2_d_weight[1136:1152].view(16) * 0.5144957554275266), _p29)
+    d2__p29_264 = torch.einsum("u,zui->zui", (d2_d_weight[1136:1152].view(16) * 0.5144957554275266), d__p48)
+    d2_d__p48_265 = torch.einsum("zui,u->zui", d2_d__p29, (weight[1136:1152].view(16) * 0.5144957554275266))
+    d2_weight_266 = torch.einsum("zui,zui->u", (d2_d__p29 * 0.5144957554275266), d__p48)
+    d2_d__p48_267 = torch.einsum("u,zui->zui", (d2_d_weight[1488:1504].view(16) * 0.5144957554275266), _p39)
+    d2__p39_268 = torch.einsum("u,zui->zui", (d2_d_weight[1488:1504].view(16) * 0.5144957554275266), d__p48)
+    d2_d__p48_269 = torch.einsum("zui,u->zui", d2_d__p39, (weight[1488:1504].view(16) * 0.5144957554275266))
+    d2_weight_270 = torch.einsum("zui,zui->u", (d2_d__p39 * 0.5144957554275266), d__p48)
     # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
-    d2_d__p48 = d2_d__p48_522 + d2_d__p48_524 + d2_d__p48_526 + d2_d__p48_528 + d2_d__p48_530 + d2_d__p48_532 + d2_d__p48_534 + d2_d__p48_536 + d2_d__p48_538 + d2_d__p48_540 + d2_d__p48_542 + d2_d__p48_544
-    _c309 = torch.einsum("zui,zuj->ziju", d2_d__p48, x4[:, 0:16].reshape(n, 16, 1))
-    d2_d__p49_547 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c309)
+    d2_d__p48 = d2_d__p48_247 + d2_d__p48_249 + d2_d__p48_251 + d2_d__p48_253 + d2_d__p48_255 + d2_d__p48_257 + d2_d__p48_259 + d2_d__p48_261 + d2_d__p48_263 + d2_d__p48_265 + d2_d__p48_267 + d2_d__p48_269
+    _c181 = torch.einsum("zui,zuj->ziju", d2_d__p48, x4[:, 0:16].reshape(n, 16, 1))
+    d2_d__p49 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c181)
     # ∂/∂x4: ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
-    _c310 = torch.einsum("zui,zuk->ziku", d2_d__p48, d__p49)
-    d2_x4_548 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c310)
-    d2_d__p49 = d2_d__p49_546 + d2_d__p49_547
-    d2_d_y_549 = d2_d__p49
-    d2_d__p50_550 = torch.einsum("u,zui->zui", (d2_d_weight[304:320].view(16) * 0.4472135954999579), _p7)
-    d2__p7_551 = torch.einsum("u,zui->zui", (d2_d_weight[304:320].view(16) * 0.4472135954999579), d__p50)
-    d2_d__p50_552 = torch.einsum("zui,u->zui", d2_d__p7, (weight[304:320].view(16) * 0.4472135954999579))
-    d2_weight_553 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.4472135954999579), d__p50)
-    d2_d__p50_554 = torch.einsum("u,zui->zui", (d2_d_weight[432:448].view(16) * 0.4472135954999579), _p11)
-    d2__p11_555 = torch.einsum("u,zui->zui", (d2_d_weight[432:448].view(16) * 0.4472135954999579), d__p50)
-    d2_d__p50_556 = torch.einsum("zui,u->zui", d2_d__p11, (weight[432:448].view(16) * 0.4472135954999579))
-    d2_weight_557 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.4472135954999579), d__p50)
-    d2_d__p50_558 = torch.einsum("u,zui->zui", (d2_d_weight[640:656].view(16) * 0.4472135954999579), _p15)
-    d2__p15_559 = torch.einsum("u,zui->zui", (d2_d_weight[640:656].view(16) * 0.4472135954999579), d__p50)
-    d2_d__p50_560 = torch.einsum("zui,u->zui", d2_d__p15, (weight[640:656].view(16) * 0.4472135954999579))
-    d2_weight_561 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.4472135954999579), d__p50)
-    d2_d__p50_562 = torch.einsum("u,zui->zui", (d2_d_weight[832:848].view(16) * 0.4472135954999579), _p20)
-    d2__p20_563 = torch.einsum("u,zui->zui", (d2_d_weight[832:848].view(16) * 0.4472135954999579), d__p50)
-    d2_d__p50_564 = torch.einsum("zui,u->zui", d2_d__p20, (weight[832:848].view(16) * 0.4472135954999579))
-    d2_weight_565 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.4472135954999579), d__p50)
-    d2_d__p50_566 = torch.einsum("u,zui->zui", (d2_d_weight[1152:1168].view(16) * 0.4472135954999579), _p29)
-    d2__p29_567 = torch.einsum("u,zui->zui", (d2_d_weight[1152:1168].view(16) * 0.4472135954999579), d__p50)
-    d2_d__p50_568 = torch.einsum("zui,u->zui", d2_d__p29, (weight[1152:1168].view(16) * 0.4472135954999579))
-    d2_weight_569 = torch.einsum("zui,zui->u", (d2_d__p29 * 0.4472135954999579), d__p50)
-    d2_d__p50_570 = torch.einsum("u,zui->zui", (d2_d_weight[1504:1520].view(16) * 0.4472135954999579), _p39)
-    d2__p39_571 = torch.einsum("u,zui->zui", (d2_d_weight[1504:1520].view(16) * 0.4472135954999579), d__p50)
-    d2_d__p50_572 = torch.einsum("zui,u->zui", d2_d__p39, (weight[1504:1520].view(16) * 0.4472135954999579))
-    d2_weight_573 = torch.einsum("zui,zui->u", (d2_d__p39 * 0.4472135954999579), d__p50)
-    # ∂/∂d__p51: ∂/∂x4: p51 = (p50 ⊗ p4) -> 16x0e
-    _p50 = p50_30 + p50_31 + p50_32 + p50_33 + p50_34 + p50_35
-    _c311 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 16:64].reshape(n, 16, 3), _p50)
-    d2_d__p51_574 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c311)
-    # ∂/∂_p50: ∂/∂x4: p51 = (p50 ⊗ p4) -> 16x0e
-    _c312 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 16:64].reshape(n, 16, 3), d__p51)
-    d2__p50 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c312)
+    _c182 = torch.einsum("zui,zuk->ziku", d2_d__p48, d__p49)
+    d2_x4_271 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c182)
+    d2_d_y_272 = d2_d__p49
+    d2_d__p50_273 = torch.einsum("u,zui->zui", (d2_d_weight[304:320].view(16) * 0.4472135954999579), _p7)
+    d2__p7_274 = torch.einsum("u,zui->zui", (d2_d_weight[304:320].view(16) * 0.4472135954999579), d__p50)
+    d2_d__p50_275 = torch.einsum("zui,u->zui", d2_d__p7, (weight[304:320].view(16) * 0.4472135954999579))
+    d2_weight_276 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.4472135954999579), d__p50)
+    d2_d__p50_277 = torch.einsum("u,zui->zui", (d2_d_weight[432:448].view(16) * 0.4472135954999579), _p11)
+    d2__p11_278 = torch.einsum("u,zui->zui", (d2_d_weight[432:448].view(16) * 0.4472135954999579), d__p50)
+    d2_d__p50_279 = torch.einsum("zui,u->zui", d2_d__p11, (weight[432:448].view(16) * 0.4472135954999579))
+    d2_weight_280 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.4472135954999579), d__p50)
+    d2_d__p50_281 = torch.einsum("u,zui->zui", (d2_d_weight[640:656].view(16) * 0.4472135954999579), _p15)
+    d2__p15_282 = torch.einsum("u,zui->zui", (d2_d_weight[640:656].view(16) * 0.4472135954999579), d__p50)
+    d2_d__p50_283 = torch.einsum("zui,u->zui", d2_d__p15, (weight[640:656].view(16) * 0.4472135954999579))
+    d2_weight_284 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.4472135954999579), d__p50)
+    d2_d__p50_285 = torch.einsum("u,zui->zui", (d2_d_weight[832:848].view(16) * 0.4472135954999579), _p20)
+    d2__p20_286 = torch.einsum("u,zui->zui", (d2_d_weight[832:848].view(16) * 0.4472135954999579), d__p50)
+    d2_d__p50_287 = torch.einsum("zui,u->zui", d2_d__p20, (weight[832:848].view(16) * 0.4472135954999579))
+    d2_weight_288 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.4472135954999579), d__p50)
+    d2_d__p50_289 = torch.einsum("u,zui->zui", (d2_d_weight[1152:1168].view(16) * 0.4472135954999579), _p29)
+    d2__p29_290 = torch.einsum("u,zui->zui", (d2_d_weight[1152:1168].view(16) * 0.4472135954999579), d__p50)
+    d2_d__p50_291 = torch.einsum("zui,u->zui", d2_d__p29, (weight[1152:1168].view(16) * 0.4472135954999579))
+    d2_weight_292 = torch.einsum("zui,zui->u", (d2_d__p29 * 0.4472135954999579), d__p50)
+    d2_d__p50_293 = torch.einsum("u,zui->zui", (d2_d_weight[1504:1520].view(16) * 0.4472135954999579), _p39)
+    d2__p39_294 = torch.einsum("u,zui->zui", (d2_d_weight[1504:1520].view(16) * 0.4472135954999579), d__p50)
+    d2_d__p50_295 = torch.einsum("zui,u->zui", d2_d__p39, (weight[1504:1520].view(16) * 0.4472135954999579))
+    d2_weight_296 = torch.einsum("zui,zui->u", (d2_d__p39 * 0.4472135954999579), d__p50)
     # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
-    d2_d__p50 = d2_d__p50_550 + d2_d__p50_552 + d2_d__p50_554 + d2_d__p50_556 + d2_d__p50_558 + d2_d__p50_560 + d2_d__p50_562 + d2_d__p50_564 + d2_d__p50_566 + d2_d__p50_568 + d2_d__p50_570 + d2_d__p50_572
-    _c313 = torch.einsum("zui,zuj->ziju", d2_d__p50, x4[:, 16:64].reshape(n, 16, 3))
-    d2_d__p51_575 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c313)
+    d2_d__p50 = d2_d__p50_273 + d2_d__p50_275 + d2_d__p50_277 + d2_d__p50_279 + d2_d__p50_281 + d2_d__p50_283 + d2_d__p50_285 + d2_d__p50_287 + d2_d__p50_289 + d2_d__p50_291 + d2_d__p50_293 + d2_d__p50_295
+    _c183 = torch.einsum("zui,zuj->ziju", d2_d__p50, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p51 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c183)
     # ∂/∂x4: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
-    _c314 = torch.einsum("zui,zuk->ziku", d2_d__p50, d__p51)
-    d2_x4_576 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c314)
-    d2_d__p51 = d2_d__p51_574 + d2_d__p51_575
-    d2_d_y_577 = d2_d__p51
-    d2_d__p52_578 = torch.einsum("u,zui->zui", (d2_d_weight[320:336].view(16) * 0.6367145399670133), _p7)
-    d2__p7_579 = torch.einsum("u,zui->zui", (d2_d_weight[320:336].view(16) * 0.6367145399670133), d__p52)
-    d2_d__p52_580 = torch.einsum("zui,u->zui", d2_d__p7, (weight[320:336].view(16) * 0.6367145399670133))
-    d2_weight_581 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.6367145399670133), d__p52)
-    d2_d__p52_582 = torch.einsum("u,zui->zui", (d2_d_weight[448:464].view(16) * 0.6367145399670133), _p11)
-    d2__p11_583 = torch.einsum("u,zui->zui", (d2_d_weight[448:464].view(16) * 0.6367145399670133), d__p52)
-    d2_d__p52_584 = torch.einsum("zui,u->zui", d2_d__p11, (weight[448:464].view(16) * 0.6367145399670133))
-    d2_weight_585 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.6367145399670133), d__p52)
-    d2_d__p52_586 = torch.einsum("u,zui->zui", (d2_d_weight[656:672].view(16) * 0.6367145399670133), _p15)
-    d2__p15_587 = torch.einsum("u,zui->zui", (d2_d_weight[656:672].view(16) * 0.6367145399670133), d__p52)
-    d2_d__p52_588 = torch.einsum("zui,u->zui", d2_d__p15, (weight[656:672].view(16) * 0.6367145399670133))
-    d2_weight_589 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.6367145399670133), d__p52)
-    d2_d__p52_590 = torch.einsum("u,zui->zui", (d2_d_weight[848:864].view(16) * 0.6367145399670133), _p20)
-    d2__p20_591 = torch.einsum("u,zui->zui", (d2_d_weight[848:864].view(16) * 0.6367145399670133), d__p52)
-    d2_d__p52_592 = torch.einsum("zui,u->zui", d2_d__p20, (weight[848:864].view(16) * 0.6367145399670133))
-    d2_weight_593 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.6367145399670133), d__p52)
-    d2_d__p52_594 = torch.einsum("u,zui->zui", (d2_d_weight[1168:1184].view(16) * 0.6367145399670133), _p29)
-    d2__p29_595 = torch.einsum("u,zui->zui", (d2_d_weight[1168:1184].view(16) * 0.6367145399670133), d__p52)
-    d2_d__p52_596 = torch.einsum("zui,u->zui", d2_d__p29, (weight[1168:1184].view(16) * 0.6367145399670133))
-    d2_weight_597 = torch.einsum("zui,zui->u", (d2_d__p29 * 0.6367145399670133), d__p52)
-    d2_d__p52_598 = torch.einsum("u,zui->zui", (d2_d_weight[1520:1536].view(16) * 0.6367145399670133), _p39)
-    d2__p39_599 = torch.einsum("u,zui->zui", (d2_d_weight[1520:1536].view(16) * 0.6367145399670133), d__p52)
-    d2_d__p52_600 = torch.einsum("zui,u->zui", d2_d__p39, (weight[1520:1536].view(16) * 0.6367145399670133))
-    d2_weight_601 = torch.einsum("zui,zui->u", (d2_d__p39 * 0.6367145399670133), d__p52)
-    # ∂/∂d__p53: ∂/∂x4: p53 = (p52 ⊗ p4) -> 16x2e
-    _p52 = p52_36 + p52_37 + p52_38 + p52_39 + p52_40 + p52_41
-    _c315 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 16:64].reshape(n, 16, 3), _p52)
-    d2_d__p53_602 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c315)
-    # ∂/∂_p52: ∂/∂x4: p53 = (p52 ⊗ p4) -> 16x2e
-    _c316 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 16:64].reshape(n, 16, 3), d__p53)
-    d2__p52 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c316)
+    _c184 = torch.einsum("zui,zuk->ziku", d2_d__p50, d__p51)
+    d2_x4_297 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c184)
+    d2_d_y_298 = d2_d__p51
+    d2_d__p52_299 = torch.einsum("u,zui->zui", (d2_d_weight[320:336].view(16) * 0.6367145399670133), _p7)
+    d2__p7_300 = torch.einsum("u,zui->zui", (d2_d_weight[320:336].view(16) * 0.6367145399670133), d__p52)
+    d2_d__p52_301 = torch.einsum("zui,u->zui", d2_d__p7, (weight[320:336].view(16) * 0.6367145399670133))
+    d2_weight_302 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.6367145399670133), d__p52)
+    d2_d__p52_303 = torch.einsum("u,zui->zui", (d2_d_weight[448:464].view(16) * 0.6367145399670133), _p11)
+    d2__p11_304 = torch.einsum("u,zui->zui", (d2_d_weight[448:464].view(16) * 0.6367145399670133), d__p52)
+    d2_d__p52_305 = torch.einsum("zui,u->zui", d2_d__p11, (weight[448:464].view(16) * 0.6367145399670133))
+    d2_weight_306 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.6367145399670133), d__p52)
+    d2_d__p52_307 = torch.einsum("u,zui->zui", (d2_d_weight[656:672].view(16) * 0.6367145399670133), _p15)
+    d2__p15_308 = torch.einsum("u,zui->zui", (d2_d_weight[656:672].view(16) * 0.6367145399670133), d__p52)
+    d2_d__p52_309 = torch.einsum("zui,u->zui", d2_d__p15, (weight[656:672].view(16) * 0.6367145399670133))
+    d2_weight_310 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.6367145399670133), d__p52)
+    d2_d__p52_311 = torch.einsum("u,zui->zui", (d2_d_weight[848:864].view(16) * 0.6367145399670133), _p20)
+    d2__p20_312 = torch.einsum("u,zui->zui", (d2_d_weight[848:864].view(16) * 0.6367145399670133), d__p52)
+    d2_d__p52_313 = torch.einsum("zui,u->zui", d2_d__p20, (weight[848:864].view(16) * 0.6367145399670133))
+    d2_weight_314 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.6367145399670133), d__p52)
+    d2_d__p52_315 = torch.einsum("u,zui->zui", (d2_d_weight[1168:1184].view(16) * 0.6367145399670133), _p29)
+    d2__p29_316 = torch.einsum("u,zui->zui", (d2_d_weight[1168:1184].view(16) * 0.6367145399670133), d__p52)
+    d2_d__p52_317 = torch.einsum("zui,u->zui", d2_d__p29, (weight[1168:1184].view(16) * 0.6367145399670133))
+    d2_weight_318 = torch.einsum("zui,zui->u", (d2_d__p29 * 0.6367145399670133), d__p52)
+    d2_d__p52_319 = torch.einsum("u,zui->zui", (d2_d_weight[1520:1536].view(16) * 0.6367145399670133), _p39)
+    d2__p39_320 = torch.einsum("u,zui->zui", (d2_d_weight[1520:1536].view(16) * 0.6367145399670133), d__p52)
+    d2_d__p52_321 = torch.einsum("zui,u->zui", d2_d__p39, (weight[1520:1536].view(16) * 0.6367145399670133))
+    d2_weight_322 = torch.einsum("zui,zui->u", (d2_d__p39 * 0.6367145399670133), d__p52)
     # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
-    d2_d__p52 = d2_d__p52_578 + d2_d__p52_580 + d2_d__p52_582 + d2_d__p52_584 + d2_d__p52_586 + d2_d__p52_588 + d2_d__p52_590 + d2_d__p52_592 + d2_d__p52_594 + d2_d__p52_596 + d2_d__p52_598 + d2_d__p52_600
-    _c317 = torch.einsum("zui,zuj->ziju", d2_d__p52, x4[:, 16:64].reshape(n, 16, 3))
-    d2_d__p53_603 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c317)
+    d2_d__p52 = d2_d__p52_299 + d2_d__p52_301 + d2_d__p52_303 + d2_d__p52_305 + d2_d__p52_307 + d2_d__p52_309 + d2_d__p52_311 + d2_d__p52_313 + d2_d__p52_315 + d2_d__p52_317 + d2_d__p52_319 + d2_d__p52_321
+    _c185 = torch.einsum("zui,zuj->ziju", d2_d__p52, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p53 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c185)
     # ∂/∂x4: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
-    _c318 = torch.einsum("zui,zuk->ziku", d2_d__p52, d__p53)
-    d2_x4_604 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c318)
-    d2_d__p53 = d2_d__p53_602 + d2_d__p53_603
-    d2_d_y_605 = d2_d__p53
-    d2_d__p54_606 = torch.einsum("u,zui->zui", (d2_d_weight[336:352].view(16) * 0.5144957554275266), _p7)
-    d2__p7_607 = torch.einsum("u,zui->zui", (d2_d_weight[336:352].view(16) * 0.5144957554275266), d__p54)
-    d2_d__p54_608 = torch.einsum("zui,u->zui", d2_d__p7, (weight[336:352].view(16) * 0.5144957554275266))
-    d2_weight_609 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.5144957554275266), d__p54)
-    d2_d__p54_610 = torch.einsum("u,zui->zui", (d2_d_weight[464:480].view(16) * 0.5144957554275266), _p11)
-    d2__p11_611 = torch.einsum("u,zui->zui", (d2_d_weight[464:480].view(16) * 0.5144957554275266), d__p54)
-    d2_d__p54_612 = torch.einsum("zui,u->zui", d2_d__p11, (weight[464:480].view(16) * 0.5144957554275266))
-    d2_weight_613 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.5144957554275266), d__p54)
-    d2_d__p54_614 = torch.einsum("u,zui->zui", (d2_d_weight[704:720].view(16) * 0.5144957554275266), _p15)
-    d2__p15_615 = torch.einsum("u,zui->zui", (d2_d_weight[704:720].view(16) * 0.5144957554275266), d__p54)
-    d2_d__p54_616 = torch.einsum("zui,u->zui", d2_d__p15, (weight[704:720].view(16) * 0.5144957554275266))
-    d2_weight_617 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.5144957554275266), d__p54)
-    d2_d__p54_618 = torch.einsum("u,zui->zui", (d2_d_weight[896:912].view(16) * 0.5144957554275266), _p20)
-    d2__p20_619 = torch.einsum("u,zui->zui", (d2_d_weight[896:912].view(16) * 0.5144957554275266), d__p54)
-    d2_d__p54_620 = torch.einsum("zui,u->zui", d2_d__p20, (weight[896:912].view(16) * 0.5144957554275266))
-    d2_weight_621 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.5144957554275266), d__p54)
-    d2_d__p54_622 = torch.einsum("u,zui->zui", (d2_d_weight[1200:1216].view(16) * 0.5144957554275266), _p29)
-    d2__p29_623 = torch.einsum("u,zui->zui", (d2_d_weight[1200:1216].view(16) * 0.5144957554275266), d__p54)
-    d2_d__p54_624 = torch.einsum("zui,u->zui", d2_d__p29, (weight[1200:1216].view(16) * 0.5144957554275266))
-    d2_weight_625 = torch.einsum("zui,zui->u", (d2_d__p29 * 0.5144957554275266), d__p54)
-    d2_d__p54_626 = torch.einsum("u,zui->zui", (d2_d_weight[1568:1584].view(16) * 0.5144957554275266), _p39)
-    d2__p39_627 = torch.einsum("u,zui->zui", (d2_d_weight[1568:1584].view(16) * 0.5144957554275266), d__p54)
-    d2_d__p54_628 = torch.einsum("zui,u->zui", d2_d__p39, (weight[1568:1584].view(16) * 0.5144957554275266))
-    d2_weight_629 = torch.einsum("zui,zui->u", (d2_d__p39 * 0.5144957554275266), d__p54)
-    # ∂/∂d__p55: ∂/∂x4: p55 = (p54 ⊗ p5) -> 16x1o
-    _p54 = p54_42 + p54_43 + p54_44 + p54_45 + p54_46 + p54_47
-    _c319 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 64:144].reshape(n, 16, 5), _p54)
-    d2_d__p55_630 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c319)
-    # ∂/∂_p54: ∂/∂x4: p55 = (p54 ⊗ p5) -> 16x1o
-    _c320 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 64:144].reshape(n, 16, 5), d__p55)
-    d2__p54 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c320)
+    _c186 = torch.einsum("zui,zuk->ziku", d2_d__p52, d__p53)
+    d2_x4_323 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c186)
+    d2_d_y_324 = d2_d__p53
+    d2_d__p54_325 = torch.einsum("u,zui->zui", (d2_d_weight[336:352].view(16) * 0.5144957554275266), _p7)
+    d2__p7_326 = torch.einsum("u,zui->zui", (d2_d_weight[336:352].view(16) * 0.5144957554275266), d__p54)
+    d2_d__p54_327 = torch.einsum("zui,u->zui", d2_d__p7, (weight[336:352].view(16) * 0.5144957554275266))
+    d2_weight_328 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.5144957554275266), d__p54)
+    d2_d__p54_329 = torch.einsum("u,zui->zui", (d2_d_weight[464:480].view(16) * 0.5144957554275266), _p11)
+    d2__p11_330 = torch.einsum("u,zui->zui", (d2_d_weight[464:480].view(16) * 0.5144957554275266), d__p54)
+    d2_d__p54_331 = torch.einsum("zui,u->zui", d2_d__p11, (weight[464:480].view(16) * 0.5144957554275266))
+    d2_weight_332 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.5144957554275266), d__p54)
+    d2_d__p54_333 = torch.einsum("u,zui->zui", (d2_d_weight[704:720].view(16) * 0.5144957554275266), _p15)
+    d2__p15_334 = torch.einsum("u,zui->zui", (d2_d_weight[704:720].view(16) * 0.5144957554275266), d__p54)
+    d2_d__p54_335 = torch.einsum("zui,u->zui", d2_d__p15, (weight[704:720].view(16) * 0.5144957554275266))
+    d2_weight_336 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.5144957554275266), d__p54)
+    d2_d__p54_337 = torch.einsum("u,zui->zui", (d2_d_weight[896:912].view(16) * 0.5144957554275266), _p20)
+    d2__p20_338 = torch.einsum("u,zui->zui", (d2_d_weight[896:912].view(16) * 0.5144957554275266), d__p54)
+    d2_d__p54_339 = torch.einsum("zui,u->zui", d2_d__p20, (weight[896:912].view(16) * 0.5144957554275266))
+    d2_weight_340 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.5144957554275266), d__p54)
+    d2_d__p54_341 = torch.einsum("u,zui->zui", (d2_d_weight[1200:1216].view(16) * 0.5144957554275266), _p29)
+    d2__p29_342 = torch.einsum("u,zui->zui", (d2_d_weight[1200:1216].view(16) * 0.5144957554275266), d__p54)
+    d2_d__p54_343 = torch.einsum("zui,u->zui", d2_d__p29, (weight[1200:1216].view(16) * 0.5144957554275266))
+    d2_weight_344 = torch.einsum("zui,zui->u", (d2_d__p29 * 0.5144957554275266), d__p54)
+    d2_d__p54_345 = torch.einsum("u,zui->zui", (d2_d_weight[1568:1584].view(16) * 0.5144957554275266), _p39)
+    d2__p39_346 = torch.einsum("u,zui->zui", (d2_d_weight[1568:1584].view(16) * 0.5144957554275266), d__p54)
+    d2_d__p54_347 = torch.einsum("zui,u->zui", d2_d__p39, (weight[1568:1584].view(16) * 0.5144957554275266))
+    d2_weight_348 = torch.einsum("zui,zui->u", (d2_d__p39 * 0.5144957554275266), d__p54)
     # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
-    d2_d__p54 = d2_d__p54_606 + d2_d__p54_608 + d2_d__p54_610 + d2_d__p54_612 + d2_d__p54_614 + d2_d__p54_616 + d2_d__p54_618 + d2_d__p54_620 + d2_d__p54_622 + d2_d__p54_624 + d2_d__p54_626 + d2_d__p54_628
-    _c321 = torch.einsum("zui,zuj->ziju", d2_d__p54, x4[:, 64:144].reshape(n, 16, 5))
-    d2_d__p55_631 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c321)
+    d2_d__p54 = d2_d__p54_325 + d2_d__p54_327 + d2_d__p54_329 + d2_d__p54_331 + d2_d__p54_333 + d2_d__p54_335 + d2_d__p54_337 + d2_d__p54_339 + d2_d__p54_341 + d2_d__p54_343 + d2_d__p54_345 + d2_d__p54_347
+    _c187 = torch.einsum("zui,zuj->ziju", d2_d__p54, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p55 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c187)
     # ∂/∂x4: ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
-    _c322 = torch.einsum("zui,zuk->ziku", d2_d__p54, d__p55)
-    d2_x4_632 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c322)
-    d2_d__p55 = d2_d__p55_630 + d2_d__p55_631
-    d2_d_y_633 = d2_d__p55
-    d2_d__p56_634 = torch.einsum("u,zui->zui", (d2_d_weight[352:368].view(16) * 0.8219949365267865), _p9)
-    d2__p9_635 = torch.einsum("u,zui->zui", (d2_d_weight[352:368].view(16) * 0.8219949365267865), d__p56)
-    d2_d__p9 = d2_d__p9_358 + d2_d__p9_360
-    d2_d__p56_636 = torch.einsum("zui,u->zui", d2_d__p9, (weight[352:368].view(16) * 0.8219949365267865))
-    d2_weight_637 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.8219949365267865), d__p56)
-    d2_d__p56_638 = torch.einsum("u,zui->zui", (d2_d_weight[496:512].view(16) * 0.8219949365267865), _p13)
-    d2__p13_639 = torch.einsum("u,zui->zui", (d2_d_weight[496:512].view(16) * 0.8219949365267865), d__p56)
-    d2_d__p13 = d2_d__p13_370 + d2_d__p13_372
-    d2_d__p56_640 = torch.einsum("zui,u->zui", d2_d__p13, (weight[496:512].view(16) * 0.8219949365267865))
-    d2_weight_641 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.8219949365267865), d__p56)
-    d2_d__p56_642 = torch.einsum("u,zui->zui", (d2_d_weight[752:768].view(16) * 0.8219949365267865), _p19)
-    d2__p19_643 = torch.einsum("u,zui->zui", (d2_d_weight[752:768].view(16) * 0.8219949365267865), d__p56)
-    d2_d__p19 = d2_d__p19_390 + d2_d__p19_392
-    d2_d__p56_644 = torch.einsum("zui,u->zui", d2_d__p19, (weight[752:768].view(16) * 0.8219949365267865))
-    d2_weight_645 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.8219949365267865), d__p56)
-    d2_d__p56_646 = torch.einsum("u,zui->zui", (d2_d_weight[960:976].view(16) * 0.8219949365267865), _p24)
-    d2__p24_647 = torch.einsum("u,zui->zui", (d2_d_weight[960:976].view(16) * 0.8219949365267865), d__p56)
-    d2_d__p24 = d2_d__p24_410 + d2_d__p24_412
-    d2_d__p56_648 = torch.einsum("zui,u->zui", d2_d__p24, (weight[960:976].view(16) * 0.8219949365267865))
-    d2_weight_649 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.8219949365267865), d__p56)
-    d2_d__p56_650 = torch.einsum("u,zui->zui", (d2_d_weight[1232:1248].view(16) * 0.8219949365267865), _p31)
-    d2__p31_651 = torch.einsum("u,zui->zui", (d2_d_weight[1232:1248].view(16) * 0.8219949365267865), d__p56)
-    d2_d__p31 = d2_d__p31_434 + d2_d__p31_436
-    d2_d__p56_652 = torch.einsum("zui,u->zui", d2_d__p31, (weight[1232:1248].view(16) * 0.8219949365267865))
-    d2_weight_653 = torch.einsum("zui,zui->u", (d2_d__p31 * 0.8219949365267865), d__p56)
-    d2_d__p56_654 = torch.einsum("u,zui->zui", (d2_d_weight[1376:1392].view(16) * 0.8219949365267865), _p36)
-    d2__p36_655 = torch.einsum("u,zui->zui", (d2_d_weight[1376:1392].view(16) * 0.8219949365267865), d__p56)
-    d2_d__p36 = d2_d__p36_450 + d2_d__p36_452
-    d2_d__p56_656 = torch.einsum("zui,u->zui", d2_d__p36, (weight[1376:1392].view(16) * 0.8219949365267865))
-    d2_weight_657 = torch.einsum("zui,zui->u", (d2_d__p36 * 0.8219949365267865), d__p56)
-    # ∂/∂d__p57: ∂/∂x4: p57 = (p56 ⊗ p3) -> 16x2e
-    _p56 = p56_48 + p56_49 + p56_50 + p56_51 + p56_52 + p56_53
-    _c323 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 0:16].reshape(n, 16, 1), _p56)
-    d2_d__p57_658 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c323)
-    # ∂/∂_p56: ∂/∂x4: p57 = (p56 ⊗ p3) -> 16x2e
-    _c324 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 0:16].reshape(n, 16, 1), d__p57)
-    d2__p56 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c324)
+    _c188 = torch.einsum("zui,zuk->ziku", d2_d__p54, d__p55)
+    d2_x4_349 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c188)
+    d2_d_y_350 = d2_d__p55
+    d2_d__p56_351 = torch.einsum("u,zui->zui", (d2_d_weight[352:368].view(16) * 0.8219949365267865), _p9)
+    d2__p9_352 = torch.einsum("u,zui->zui", (d2_d_weight[352:368].view(16) * 0.8219949365267865), d__p56)
+    d2_d__p56_353 = torch.einsum("zui,u->zui", d2_d__p9, (weight[352:368].view(16) * 0.8219949365267865))
+    d2_weight_354 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.8219949365267865), d__p56)
+    d2_d__p56_355 = torch.einsum("u,zui->zui", (d2_d_weight[496:512].view(16) * 0.8219949365267865), _p13)
+    d2__p13_356 = torch.einsum("u,zui->zui", (d2_d_weight[496:512].view(16) * 0.8219949365267865), d__p56)
+    d2_d__p56_357 = torch.einsum("zui,u->zui", d2_d__p13, (weight[496:512].view(16) * 0.8219949365267865))
+    d2_weight_358 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.8219949365267865), d__p56)
+    d2_d__p56_359 = torch.einsum("u,zui->zui", (d2_d_weight[752:768].view(16) * 0.8219949365267865), _p19)
+    d2__p19_360 = torch.einsum("u,zui->zui", (d2_d_weight[752:768].view(16) * 0.8219949365267865), d__p56)
+    d2_d__p56_361 = torch.einsum("zui,u->zui", d2_d__p19, (weight[752:768].view(16) * 0.8219949365267865))
+    d2_weight_362 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.8219949365267865), d__p56)
+    d2_d__p56_363 = torch.einsum("u,zui->zui", (d2_d_weight[960:976].view(16) * 0.8219949365267865), _p24)
+    d2__p24_364 = torch.einsum("u,zui->zui", (d2_d_weight[960:976].view(16) * 0.8219949365267865), d__p56)
+    d2_d__p56_365 = torch.einsum("zui,u->zui", d2_d__p24, (weight[960:976].view(16) * 0.8219949365267865))
+    d2_weight_366 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.8219949365267865), d__p56)
+    d2_d__p56_367 = torch.einsum("u,zui->zui", (d2_d_weight[1232:1248].view(16) * 0.8219949365267865), _p31)
+    d2__p31_368 = torch.einsum("u,zui->zui", (d2_d_weight[1232:1248].view(16) * 0.8219949365267865), d__p56)
+    d2_d__p56_369 = torch.einsum("zui,u->zui", d2_d__p31, (weight[1232:1248].view(16) * 0.8219949365267865))
+    d2_weight_370 = torch.einsum("zui,zui->u", (d2_d__p31 * 0.8219949365267865), d__p56)
+    d2_d__p56_371 = torch.einsum("u,zui->zui", (d2_d_weight[1376:1392].view(16) * 0.8219949365267865), _p36)
+    d2__p36_372 = torch.einsum("u,zui->zui", (d2_d_weight[1376:1392].view(16) * 0.8219949365267865), d__p56)
+    d2_d__p56_373 = torch.einsum("zui,u->zui", d2_d__p36, (weight[1376:1392].view(16) * 0.8219949365267865))
+    d2_weight_374 = torch.einsum("zui,zui->u", (d2_d__p36 * 0.8219949365267865), d__p56)
     # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
-    d2_d__p56 = d2_d__p56_634 + d2_d__p56_636 + d2_d__p56_638 + d2_d__p56_640 + d2_d__p56_642 + d2_d__p56_644 + d2_d__p56_646 + d2_d__p56_648 + d2_d__p56_650 + d2_d__p56_652 + d2_d__p56_654 + d2_d__p56_656
-    _c325 = torch.einsum("zui,zuj->ziju", d2_d__p56, x4[:, 0:16].reshape(n, 16, 1))
-    d2_d__p57_659 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c325)
+    d2_d__p56 = d2_d__p56_351 + d2_d__p56_353 + d2_d__p56_355 + d2_d__p56_357 + d2_d__p56_359 + d2_d__p56_361 + d2_d__p56_363 + d2_d__p56_365 + d2_d__p56_367 + d2_d__p56_369 + d2_d__p56_371 + d2_d__p56_373
+    _c189 = torch.einsum("zui,zuj->ziju", d2_d__p56, x4[:, 0:16].reshape(n, 16, 1))
+    d2_d__p57 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c189)
     # ∂/∂x4: ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
-    _c326 = torch.einsum("zui,zuk->ziku", d2_d__p56, d__p57)
-    d2_x4_660 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c326)
-    d2_d__p57 = d2_d__p57_658 + d2_d__p57_659
-    d2_d_y_661 = d2_d__p57
-    d2_d__p58_662 = torch.einsum("u,zui->zui", (d2_d_weight[368:384].view(16) * 0.6642111641550714), _p9)
-    d2__p9_663 = torch.einsum("u,zui->zui", (d2_d_weight[368:384].view(16) * 0.6642111641550714), d__p58)
-    d2_d__p58_664 = torch.einsum("zui,u->zui", d2_d__p9, (weight[368:384].view(16) * 0.6642111641550714))
-    d2_weight_665 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.6642111641550714), d__p58)
-    d2_d__p58_666 = torch.einsum("u,zui->zui", (d2_d_weight[544:560].view(16) * 0.6642111641550714), _p13)
-    d2__p13_667 = torch.einsum("u,zui->zui", (d2_d_weight[544:560].view(16) * 0.6642111641550714), d__p58)
-    d2_d__p58_668 = torch.einsum("zui,u->zui", d2_d__p13, (weight[544:560].view(16) * 0.6642111641550714))
-    d2_weight_669 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.6642111641550714), d__p58)
-    d2_d__p58_670 = torch.einsum("u,zui->zui", (d2_d_weight[768:784].view(16) * 0.6642111641550714), _p19)
-    d2__p19_671 = torch.einsum("u,zui->zui", (d2_d_weight[768:784].view(16) * 0.6642111641550714), d__p58)
-    d2_d__p58_672 = torch.einsum("zui,u->zui", d2_d__p19, (weight[768:784].view(16) * 0.6642111641550714))
-    d2_weight_673 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.6642111641550714), d__p58)
-    d2_d__p58_674 = torch.einsum("u,zui->zui", (d2_d_weight[1008:1024].view(16) * 0.6642111641550714), _p24)
-    d2__p24_675 = torch.einsum("u,zui->zui", (d2_d_weight[1008:1024].view(16) * 0.6642111641550714), d__p58)
-    d2_d__p58_676 = torch.einsum("zui,u->zui", d2_d__p24, (weight[1008:1024].view(16) * 0.6642111641550714))
-    d2_weight_677 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.6642111641550714), d__p58)
-    d2_d__p58_678 = torch.einsum("u,zui->zui", (d2_d_weight[1264:1280].view(16) * 0.6642111641550714), _p31)
-    d2__p31_679 = torch.einsum("u,zui->zui", (d2_d_weight[1264:1280].view(16) * 0.6642111641550714), d__p58)
-    d2_d__p58_680 = torch.einsum("zui,u->zui", d2_d__p31, (weight[1264:1280].view(16) * 0.6642111641550714))
-    d2_weight_681 = torch.einsum("zui,zui->u", (d2_d__p31 * 0.6642111641550714), d__p58)
-    d2_d__p58_682 = torch.einsum("u,zui->zui", (d2_d_weight[1408:1424].view(16) * 0.6642111641550714), _p36)
-    d2__p36_683 = torch.einsum("u,zui->zui", (d2_d_weight[1408:1424].view(16) * 0.6642111641550714), d__p58)
-    d2_d__p58_684 = torch.einsum("zui,u->zui", d2_d__p36, (weight[1408:1424].view(16) * 0.6642111641550714))
-    d2_weight_685 = torch.einsum("zui,zui->u", (d2_d__p36 * 0.6642111641550714), d__p58)
-    # ∂/∂d__p59: ∂/∂x4: p59 = (p58 ⊗ p4) -> 16x1o
-    _p58 = p58_54 + p58_55 + p58_56 + p58_57 + p58_58 + p58_59
-    _c327 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 16:64].reshape(n, 16, 3), _p58)
-    d2_d__p59_686 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c327)
-    # ∂/∂_p58: ∂/∂x4: p59 = (p58 ⊗ p4) -> 16x1o
-    _c328 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 16:64].reshape(n, 16, 3), d__p59)
-    d2__p58 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c328)
+    _c190 = torch.einsum("zui,zuk->ziku", d2_d__p56, d__p57)
+    d2_x4_375 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c190)
+    d2_d_y_376 = d2_d__p57
+    d2_d__p58_377 = torch.einsum("u,zui->zui", (d2_d_weight[368:384].view(16) * 0.6642111641550714), _p9)
+    d2__p9_378 = torch.einsum("u,zui->zui", (d2_d_weight[368:384].view(16) * 0.6642111641550714), d__p58)
+    d2_d__p58_379 = torch.einsum("zui,u->zui", d2_d__p9, (weight[368:384].view(16) * 0.6642111641550714))
+    d2_weight_380 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.6642111641550714), d__p58)
+    d2_d__p58_381 = torch.einsum("u,zui->zui", (d2_d_weight[544:560].view(16) * 0.6642111641550714), _p13)
+    d2__p13_382 = torch.einsum("u,zui->zui", (d2_d_weight[544:560].view(16) * 0.6642111641550714), d__p58)
+    d2_d__p58_383 = torch.einsum("zui,u->zui", d2_d__p13, (weight[544:560].view(16) * 0.6642111641550714))
+    d2_weight_384 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.6642111641550714), d__p58)
+    d2_d__p58_385 = torch.einsum("u,zui->zui", (d2_d_weight[768:784].view(16) * 0.6642111641550714), _p19)
+    d2__p19_386 = torch.einsum("u,zui->zui", (d2_d_weight[768:784].view(16) * 0.6642111641550714), d__p58)
+    d2_d__p58_387 = torch.einsum("zui,u->zui", d2_d__p19, (weight[768:784].view(16) * 0.6642111641550714))
+    d2_weight_388 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.6642111641550714), d__p58)
+    d2_d__p58_389 = torch.einsum("u,zui->zui", (d2_d_weight[1008:1024].view(16) * 0.6642111641550714), _p24)
+    d2__p24_390 = torch.einsum("u,zui->zui", (d2_d_weight[1008:1024].view(16) * 0.6642111641550714), d__p58)
+    d2_d__p58_391 = torch.einsum("zui,u->zui", d2_d__p24, (weight[1008:1024].view(16) * 0.6642111641550714))
+    d2_weight_392 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.6642111641550714), d__p58)
+    d2_d__p58_393 = torch.einsum("u,zui->zui", (d2_d_weight[1264:1280].view(16) * 0.6642111641550714), _p31)
+    d2__p31_394 = torch.einsum("u,zui->zui", (d2_d_weight[1264:1280].view(16) * 0.6642111641550714), d__p58)
+    d2_d__p58_395 = torch.einsum("zui,u->zui", d2_d__p31, (weight[1264:1280].view(16) * 0.6642111641550714))
+    d2_weight_396 = torch.einsum("zui,zui->u", (d2_d__p31 * 0.6642111641550714), d__p58)
+    d2_d__p58_397 = torch.einsum("u,zui->zui", (d2_d_weight[1408:1424].view(16) * 0.6642111641550714), _p36)
+    d2__p36_398 = torch.einsum("u,zui->zui", (d2_d_weight[1408:1424].view(16) * 0.6642111641550714), d__p58)
+    d2_d__p58_399 = torch.einsum("zui,u->zui", d2_d__p36, (weight[1408:1424].view(16) * 0.6642111641550714))
+    d2_weight_400 = torch.einsum("zui,zui->u", (d2_d__p36 * 0.6642111641550714), d__p58)
     # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
-    d2_d__p58 = d2_d__p58_662 + d2_d__p58_664 + d2_d__p58_666 + d2_d__p58_668 + d2_d__p58_670 + d2_d__p58_672 + d2_d__p58_674 + d2_d__p58_676 + d2_d__p58_678 + d2_d__p58_680 + d2_d__p58_682 + d2_d__p58_684
-    _c329 = torch.einsum("zui,zuj->ziju", d2_d__p58, x4[:, 16:64].reshape(n, 16, 3))
-    d2_d__p59_687 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c329)
+    d2_d__p58 = d2_d__p58_377 + d2_d__p58_379 + d2_d__p58_381 + d2_d__p58_383 + d2_d__p58_385 + d2_d__p58_387 + d2_d__p58_389 + d2_d__p58_391 + d2_d__p58_393 + d2_d__p58_395 + d2_d__p58_397 + d2_d__p58_399
+    _c191 = torch.einsum("zui,zuj->ziju", d2_d__p58, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p59 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c191)
     # ∂/∂x4: ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
-    _c330 = torch.einsum("zui,zuk->ziku", d2_d__p58, d__p59)
-    d2_x4_688 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c330)
-    d2_d__p59 = d2_d__p59_686 + d2_d__p59_687
-    d2_d_y_689 = d2_d__p59
-    d2_d__p60_690 = torch.einsum("u,zui->zui", (d2_d_weight[384:400].view(16) * 0.5773502691896257), _p9)
-    d2__p9_691 = torch.einsum("u,zui->zui", (d2_d_weight[384:400].view(16) * 0.5773502691896257), d__p60)
-    d2_d__p60_692 = torch.einsum("zui,u->zui", d2_d__p9, (weight[384:400].view(16) * 0.5773502691896257))
-    d2_weight_693 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.5773502691896257), d__p60)
-    d2_d__p60_694 = torch.einsum("u,zui->zui", (d2_d_weight[592:608].view(16) * 0.5773502691896257), _p13)
-    d2__p13_695 = torch.einsum("u,zui->zui", (d2_d_weight[592:608].view(16) * 0.5773502691896257), d__p60)
-    d2_d__p60_696 = torch.einsum("zui,u->zui", d2_d__p13, (weight[592:608].view(16) * 0.5773502691896257))
-    d2_weight_697 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.5773502691896257), d__p60)
-    d2_d__p60_698 = torch.einsum("u,zui->zui", (d2_d_weight[784:800].view(16) * 0.5773502691896257), _p19)
-    d2__p19_699 = torch.einsum("u,zui->zui", (d2_d_weight[784:800].view(16) * 0.5773502691896257), d__p60)
-    d2_d__p60_700 = torch.einsum("zui,u->zui", d2_d__p19, (weight[784:800].view(16) * 0.5773502691896257))
-    d2_weight_701 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.5773502691896257), d__p60)
-    d2_d__p60_702 = torch.einsum("u,zui->zui", (d2_d_weight[1056:1072].view(16) * 0.5773502691896257), _p24)
-    d2__p24_703 = torch.einsum("u,zui->zui", (d2_d_weight[1056:1072].view(16) * 0.5773502691896257), d__p60)
-    d2_d__p60_704 = torch.einsum("zui,u->zui", d2_d__p24, (weight[1056:1072].view(16) * 0.5773502691896257))
-    d2_weight_705 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.5773502691896257), d__p60)
-    d2_d__p60_706 = torch.einsum("u,zui->zui", (d2_d_weight[1296:1312].view(16) * 0.5773502691896257), _p31)
-    d2__p31_707 = torch.einsum("u,zui->zui", (d2_d_weight[1296:1312].view(16) * 0.5773502691896257), d__p60)
-    d2_d__p60_708 = torch.einsum("zui,u->zui", d2_d__p31, (weight[1296:1312].view(16) * 0.5773502691896257))
-    d2_weight_709 = torch.einsum("zui,zui->u", (d2_d__p31 * 0.5773502691896257), d__p60)
-    d2_d__p60_710 = torch.einsum("u,zui->zui", (d2_d_weight[1440:1456].view(16) * 0.5773502691896257), _p36)
-    d2__p36_711 = torch.einsum("u,zui->zui", (d2_d_weight[1440:1456].view(16) * 0.5773502691896257), d__p60)
-    d2_d__p60_712 = torch.einsum("zui,u->zui", d2_d__p36, (weight[1440:1456].view(16) * 0.5773502691896257))
-    d2_weight_713 = torch.einsum("zui,zui->u", (d2_d__p36 * 0.5773502691896257), d__p60)
-    # ∂/∂d__p61: ∂/∂x4: p61 = (p60 ⊗ p5) -> 16x0e
-    _p60 = p60_60 + p60_61 + p60_62 + p60_63 + p60_64 + p60_65
-    _c331 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 64:144].reshape(n, 16, 5), _p60)
-    d2_d__p61_714 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c331)
-    # ∂/∂_p60: ∂/∂x4: p61 = (p60 ⊗ p5) -> 16x0e
-    _c332 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 64:144].reshape(n, 16, 5), d__p61)
-    d2__p60 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c332)
+    _c192 = torch.einsum("zui,zuk->ziku", d2_d__p58, d__p59)
+    d2_x4_401 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c192)
+    d2_d_y_402 = d2_d__p59
+    d2_d__p60_403 = torch.einsum("u,zui->zui", (d2_d_weight[384:400].view(16) * 0.5773502691896257), _p9)
+    d2__p9_404 = torch.einsum("u,zui->zui", (d2_d_weight[384:400].view(16) * 0.5773502691896257), d__p60)
+    d2_d__p60_405 = torch.einsum("zui,u->zui", d2_d__p9, (weight[384:400].view(16) * 0.5773502691896257))
+    d2_weight_406 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.5773502691896257), d__p60)
+    d2_d__p60_407 = torch.einsum("u,zui->zui", (d2_d_weight[592:608].view(16) * 0.5773502691896257), _p13)
+    d2__p13_408 = torch.einsum("u,zui->zui", (d2_d_weight[592:608].view(16) * 0.5773502691896257), d__p60)
+    d2_d__p60_409 = torch.einsum("zui,u->zui", d2_d__p13, (weight[592:608].view(16) * 0.5773502691896257))
+    d2_weight_410 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.5773502691896257), d__p60)
+    d2_d__p60_411 = torch.einsum("u,zui->zui", (d2_d_weight[784:800].view(16) * 0.5773502691896257), _p19)
+    d2__p19_412 = torch.einsum("u,zui->zui", (d2_d_weight[784:800].view(16) * 0.5773502691896257), d__p60)
+    d2_d__p60_413 = torch.einsum("zui,u->zui", d2_d__p19, (weight[784:800].view(16) * 0.5773502691896257))
+    d2_weight_414 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.5773502691896257), d__p60)
+    d2_d__p60_415 = torch.einsum("u,zui->zui", (d2_d_weight[1056:1072].view(16) * 0.5773502691896257), _p24)
+    d2__p24_416 = torch.einsum("u,zui->zui", (d2_d_weight[1056:1072].view(16) * 0.5773502691896257), d__p60)
+    d2_d__p60_417 = torch.einsum("zui,u->zui", d2_d__p24, (weight[1056:1072].view(16) * 0.5773502691896257))
+    d2_weight_418 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.5773502691896257), d__p60)
+    d2_d__p60_419 = torch.einsum("u,zui->zui", (d2_d_weight[1296:1312].view(16) * 0.5773502691896257), _p31)
+    d2__p31_420 = torch.einsum("u,zui->zui", (d2_d_weight[1296:1312].view(16) * 0.5773502691896257), d__p60)
+    d2_d__p60_421 = torch.einsum("zui,u->zui", d2_d__p31, (weight[1296:1312].view(16) * 0.5773502691896257))
+    d2_weight_422 = torch.einsum("zui,zui->u", (d2_d__p31 * 0.5773502691896257), d__p60)
+    d2_d__p60_423 = torch.einsum("u,zui->zui", (d2_d_weight[1440:1456].view(16) * 0.5773502691896257), _p36)
+    d2__p36_424 = torch.einsum("u,zui->zui", (d2_d_weight[1440:1456].view(16) * 0.5773502691896257), d__p60)
+    d2_d__p60_425 = torch.einsum("zui,u->zui", d2_d__p36, (weight[1440:1456].view(16) * 0.5773502691896257))
+    d2_weight_426 = torch.einsum("zui,zui->u", (d2_d__p36 * 0.5773502691896257), d__p60)
     # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
-    d2_d__p60 = d2_d__p60_690 + d2_d__p60_692 + d2_d__p60_694 + d2_d__p60_696 + d2_d__p60_698 + d2_d__p60_700 + d2_d__p60_702 + d2_d__p60_704 + d2_d__p60_706 + d2_d__p60_708 + d2_d__p60_710 + d2_d__p60_712
-    _c333 = torch.einsum("zui,zuj->ziju", d2_d__p60, x4[:, 64:144].reshape(n, 16, 5))
-    d2_d__p61_715 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c333)
+    d2_d__p60 = d2_d__p60_403 + d2_d__p60_405 + d2_d__p60_407 + d2_d__p60_409 + d2_d__p60_411 + d2_d__p60_413 + d2_d__p60_415 + d2_d__p60_417 + d2_d__p60_419 + d2_d__p60_421 + d2_d__p60_423 + d2_d__p60_425
+    _c193 = torch.einsum("zui,zuj->ziju", d2_d__p60, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p61 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c193)
     # ∂/∂x4: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
-    _c334 = torch.einsum("zui,zuk->ziku", d2_d__p60, d__p61)
-    d2_x4_716 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c334)
-    d2_d__p61 = d2_d__p61_714 + d2_d__p61_715
-    d2_d_y_717 = d2_d__p61
-    d2_d__p62_718 = torch.einsum("u,zui->zui", (d2_d_weight[400:416].view(16) * 0.8219949365267865), _p9)
-    d2__p9_719 = torch.einsum("u,zui->zui", (d2_d_weight[400:416].view(16) * 0.8219949365267865), d__p62)
-    d2_d__p62_720 = torch.einsum("zui,u->zui", d2_d__p9, (weight[400:416].view(16) * 0.8219949365267865))
-    d2_weight_721 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.8219949365267865), d__p62)
-    d2_d__p62_722 = torch.einsum("u,zui->zui", (d2_d_weight[608:624].view(16) * 0.8219949365267865), _p13)
-    d2__p13_723 = torch.einsum("u,zui->zui", (d2_d_weight[608:624].view(16) * 0.8219949365267865), d__p62)
-    d2_d__p62_724 = torch.einsum("zui,u->zui", d2_d__p13, (weight[608:624].view(16) * 0.8219949365267865))
-    d2_weight_725 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.8219949365267865), d__p62)
-    d2_d__p62_726 = torch.einsum("u,zui->zui", (d2_d_weight[800:816].view(16) * 0.8219949365267865), _p19)
-    d2__p19_727 = torch.einsum("u,zui->zui", (d2_d_weight[800:816].view(16) * 0.8219949365267865), d__p62)
-    d2_d__p62_728 = torch.einsum("zui,u->zui", d2_d__p19, (weight[800:816].view(16) * 0.8219949365267865))
-    d2_weight_729 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.8219949365267865), d__p62)
-    d2_d__p62_730 = torch.einsum("u,zui->zui", (d2_d_weight[1072:1088].view(16) * 0.8219949365267865), _p24)
-    d2__p24_731 = torch.einsum("u,zui->zui", (d2_d_weight[1072:1088].view(16) * 0.8219949365267865), d__p62)
-    d2_d__p62_732 = torch.einsum("zui,u->zui", d2_d__p24, (weight[1072:1088].view(16) * 0.8219949365267865))
-    d2_weight_733 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.8219949365267865), d__p62)
-    d2_d__p62_734 = torch.einsum("u,zui->zui", (d2_d_weight[1312:1328].view(16) * 0.8219949365267865), _p31)
-    d2__p31_735 = torch.einsum("u,zui->zui", (d2_d_weight[1312:1328].view(16) * 0.8219949365267865), d__p62)
-    d2_d__p62_736 = torch.einsum("zui,u->zui", d2_d__p31, (weight[1312:1328].view(16) * 0.8219949365267865))
-    d2_weight_737 = torch.einsum("zui,zui->u", (d2_d__p31 * 0.8219949365267865), d__p62)
-    d2_d__p62_738 = torch.einsum("u,zui->zui", (d2_d_weight[1456:1472].view(16) * 0.8219949365267865), _p36)
-    d2__p36_739 = torch.einsum("u,zui->zui", (d2_d_weight[1456:1472].view(16) * 0.8219949365267865), d__p62)
-    d2_d__p62_740 = torch.einsum("zui,u->zui", d2_d__p36, (weight[1456:1472].view(16) * 0.8219949365267865))
-    d2_weight_741 = torch.einsum("zui,zui->u", (d2_d__p36 * 0.8219949365267865), d__p62)
-    # ∂/∂d__p63: ∂/∂x4: p63 = (p62 ⊗ p5) -> 16x2e
-    _p62 = p62_66 + p62_67 + p62_68 + p62_69 + p62_70 + p62_71
-    _c335 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 64:144].reshape(n, 16, 5), _p62)
-    d2_d__p63_742 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c335)
-    # ∂/∂_p62: ∂/∂x4: p63 = (p62 ⊗ p5) -> 16x2e
-    _c336 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 64:144].reshape(n, 16, 5), d__p63)
-    d2__p62 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c336)
+    _c194 = torch.einsum("zui,zuk->ziku", d2_d__p60, d__p61)
+    d2_x4_427 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c194)
+    d2_d_y_428 = d2_d__p61
+    d2_d__p62_429 = torch.einsum("u,zui->zui", (d2_d_weight[400:416].view(16) * 0.8219949365267865), _p9)
+    d2__p9_430 = torch.einsum("u,zui->zui", (d2_d_weight[400:416].view(16) * 0.8219949365267865), d__p62)
+    d2_d__p62_431 = torch.einsum("zui,u->zui", d2_d__p9, (weight[400:416].view(16) * 0.8219949365267865))
+    d2_weight_432 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.8219949365267865), d__p62)
+    d2_d__p62_433 = torch.einsum("u,zui->zui", (d2_d_weight[608:624].view(16) * 0.8219949365267865), _p13)
+    d2__p13_434 = torch.einsum("u,zui->zui", (d2_d_weight[608:624].view(16) * 0.8219949365267865), d__p62)
+    d2_d__p62_435 = torch.einsum("zui,u->zui", d2_d__p13, (weight[608:624].view(16) * 0.8219949365267865))
+    d2_weight_436 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.8219949365267865), d__p62)
+    d2_d__p62_437 = torch.einsum("u,zui->zui", (d2_d_weight[800:816].view(16) * 0.8219949365267865), _p19)
+    d2__p19_438 = torch.einsum("u,zui->zui", (d2_d_weight[800:816].view(16) * 0.8219949365267865), d__p62)
+    d2_d__p62_439 = torch.einsum("zui,u->zui", d2_d__p19, (weight[800:816].view(16) * 0.8219949365267865))
+    d2_weight_440 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.8219949365267865), d__p62)
+    d2_d__p62_441 = torch.einsum("u,zui->zui", (d2_d_weight[1072:1088].view(16) * 0.8219949365267865), _p24)
+    d2__p24_442 = torch.einsum("u,zui->zui", (d2_d_weight[1072:1088].view(16) * 0.8219949365267865), d__p62)
+    d2_d__p62_443 = torch.einsum("zui,u->zui", d2_d__p24, (weight[1072:1088].view(16) * 0.8219949365267865))
+    d2_weight_444 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.8219949365267865), d__p62)
+    d2_d__p62_445 = torch.einsum("u,zui->zui", (d2_d_weight[1312:1328].view(16) * 0.8219949365267865), _p31)
+    d2__p31_446 = torch.einsum("u,zui->zui", (d2_d_weight[1312:1328].view(16) * 0.8219949365267865), d__p62)
+    d2_d__p62_447 = torch.einsum("zui,u->zui", d2_d__p31, (weight[1312:1328].view(16) * 0.8219949365267865))
+    d2_weight_448 = torch.einsum("zui,zui->u", (d2_d__p31 * 0.8219949365267865), d__p62)
+    d2_d__p62_449 = torch.einsum("u,zui->zui", (d2_d_weight[1456:1472].view(16) * 0.8219949365267865), _p36)
+    d2__p36_450 = torch.einsum("u,zui->zui", (d2_d_weight[1456:1472].view(16) * 0.8219949365267865), d__p62)
+    d2_d__p62_451 = torch.einsum("zui,u->zui", d2_d__p36, (weight[1456:1472].view(16) * 0.8219949365267865))
+    d2_weight_452 = torch.einsum("zui,zui->u", (d2_d__p36 * 0.8219949365267865), d__p62)
     # ∂/∂d__p63: ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
-    d2_d__p62 = d2_d__p62_718 + d2_d__p62_720 + d2_d__p62_722 + d2_d__p62_724 + d2_d__p62_726 + d2_d__p62_728 + d2_d__p62_730 + d2_d__p62_732 + d2_d__p62_734 + d2_d__p62_736 + d2_d__p62_738 + d2_d__p62_740
-    _c337 = torch.einsum("zui,zuj->ziju", d2_d__p62, x4[:, 64:144].reshape(n, 16, 5))
-    d2_d__p63_743 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c337)
+    d2_d__p62 = d2_d__p62_429 + d2_d__p62_431 + d2_d__p62_433 + d2_d__p62_435 + d2_d__p62_437 + d2_d__p62_439 + d2_d__p62_441 + d2_d__p62_443 + d2_d__p62_445 + d2_d__p62_447 + d2_d__p62_449 + d2_d__p62_451
+    _c195 = torch.einsum("zui,zuj->ziju", d2_d__p62, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p63 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c195)
     # ∂/∂x4: ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
-    _c338 = torch.einsum("zui,zuk->ziku", d2_d__p62, d__p63)
-    d2_x4_744 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c338)
-    d2_d__p63 = d2_d__p63_742 + d2_d__p63_743
-    d2_d_y_745 = d2_d__p63
-    d2_d__p64_746 = torch.einsum("u,zui->zui", (d2_d_weight[528:544].view(16) * 0.5144957554275266), _p14)
-    d2__p14_747 = torch.einsum("u,zui->zui", (d2_d_weight[528:544].view(16) * 0.5144957554275266), d__p64)
-    d2_d__p14 = d2_d__p14_374 + d2_d__p14_376
-    d2_d__p64_748 = torch.einsum("zui,u->zui", d2_d__p14, (weight[528:544].view(16) * 0.5144957554275266))
-    d2_weight_749 = torch.einsum("zui,zui->u", (d2_d__p14 * 0.5144957554275266), d__p64)
-    d2_d__p64_750 = torch.einsum("u,zui->zui", (d2_d_weight[992:1008].view(16) * 0.5144957554275266), _p25)
-    d2__p25_751 = torch.einsum("u,zui->zui", (d2_d_weight[992:1008].view(16) * 0.5144957554275266), d__p64)
-    d2_d__p25 = d2_d__p25_414 + d2_d__p25_416
-    d2_d__p64_752 = torch.einsum("zui,u->zui", d2_d__p25, (weight[992:1008].view(16) * 0.5144957554275266))
-    d2_weight_753 = torch.einsum("zui,zui->u", (d2_d__p25 * 0.5144957554275266), d__p64)
-    d2_d__p64_754 = torch.einsum("u,zui->zui", (d2_d_weight[1104:1120].view(16) * 0.5144957554275266), _p28)
-    d2__p28_755 = torch.einsum("u,zui->zui", (d2_d_weight[1104:1120].view(16) * 0.5144957554275266), d__p64)
-    d2_d__p28 = d2_d__p28_422 + d2_d__p28_424
-    d2_d__p64_756 = torch.einsum("zui,u->zui", d2_d__p28, (weight[1104:1120].view(16) * 0.5144957554275266))
-    d2_weight_757 = torch.einsum("zui,zui->u", (d2_d__p28 * 0.5144957554275266), d__p64)
-    d2_d__p64_758 = torch.einsum("u,zui->zui", (d2_d_weight[1248:1264].view(16) * 0.5144957554275266), _p32)
-    d2__p32_759 = torch.einsum("u,zui->zui", (d2_d_weight[1248:1264].view(16) * 0.5144957554275266), d__p64)
-    d2_d__p32 = d2_d__p32_438 + d2_d__p32_440
-    d2_d__p64_760 = torch.einsum("zui,u->zui", d2_d__p32, (weight[1248:1264].view(16) * 0.5144957554275266))
-    d2_weight_761 = torch.einsum("zui,zui->u", (d2_d__p32 * 0.5144957554275266), d__p64)
-    d2_d__p64_762 = torch.einsum("u,zui->zui", (d2_d_weight[1392:1408].view(16) * 0.5144957554275266), _p37)
-    d2__p37_763 = torch.einsum("u,zui->zui", (d2_d_weight[1392:1408].view(16) * 0.5144957554275266), d__p64)
-    d2_d__p37 = d2_d__p37_454 + d2_d__p37_456
-    d2_d__p64_764 = torch.einsum("zui,u->zui", d2_d__p37, (weight[1392:1408].view(16) * 0.5144957554275266))
-    d2_weight_765 = torch.einsum("zui,zui->u", (d2_d__p37 * 0.5144957554275266), d__p64)
-    # ∂/∂d__p65: ∂/∂x4: p65 = (p64 ⊗ p4) -> 16x1o
-    _p64 = p64_72 + p64_73 + p64_74 + p64_75 + p64_76
-    _c339 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 16:64].reshape(n, 16, 3), _p64)
-    d2_d__p65_766 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c339)
-    # ∂/∂_p64: ∂/∂x4: p65 = (p64 ⊗ p4) -> 16x1o
-    _c340 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 16:64].reshape(n, 16, 3), d__p65)
-    d2__p64 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c340)
+    _c196 = torch.einsum("zui,zuk->ziku", d2_d__p62, d__p63)
+    d2_x4_453 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c196)
+    d2_d_y_454 = d2_d__p63
+    d2_d__p64_455 = torch.einsum("u,zui->zui", (d2_d_weight[528:544].view(16) * 0.5144957554275266), _p14)
+    d2__p14_456 = torch.einsum("u,zui->zui", (d2_d_weight[528:544].view(16) * 0.5144957554275266), d__p64)
+    d2_d__p64_457 = torch.einsum("zui,u->zui", d2_d__p14, (weight[528:544].view(16) * 0.5144957554275266))
+    d2_weight_458 = torch.einsum("zui,zui->u", (d2_d__p14 * 0.5144957554275266), d__p64)
+    d2_d__p64_459 = torch.einsum("u,zui->zui", (d2_d_weight[992:1008].view(16) * 0.5144957554275266), _p25)
+    d2__p25_460 = torch.einsum("u,zui->zui", (d2_d_weight[992:1008].view(16) * 0.5144957554275266), d__p64)
+    d2_d__p64_461 = torch.einsum("zui,u->zui", d2_d__p25, (weight[992:1008].view(16) * 0.5144957554275266))
+    d2_weight_462 = torch.einsum("zui,zui->u", (d2_d__p25 * 0.5144957554275266), d__p64)
+    d2_d__p64_463 = torch.einsum("u,zui->zui", (d2_d_weight[1104:1120].view(16) * 0.5144957554275266), _p28)
+    d2__p28_464 = torch.einsum("u,zui->zui", (d2_d_weight[1104:1120].view(16) * 0.5144957554275266), d__p64)
+    d2_d__p64_465 = torch.einsum("zui,u->zui", d2_d__p28, (weight[1104:1120].view(16) * 0.5144957554275266))
+    d2_weight_466 = torch.einsum("zui,zui->u", (d2_d__p28 * 0.5144957554275266), d__p64)
+    d2_d__p64_467 = torch.einsum("u,zui->zui", (d2_d_weight[1248:1264].view(16) * 0.5144957554275266), _p32)
+    d2__p32_468 = torch.einsum("u,zui->zui", (d2_d_weight[1248:1264].view(16) * 0.5144957554275266), d__p64)
+    d2_d__p64_469 = torch.einsum("zui,u->zui", d2_d__p32, (weight[1248:1264].view(16) * 0.5144957554275266))
+    d2_weight_470 = torch.einsum("zui,zui->u", (d2_d__p32 * 0.5144957554275266), d__p64)
+    d2_d__p64_471 = torch.einsum("u,zui->zui", (d2_d_weight[1392:1408].view(16) * 0.5144957554275266), _p37)
+    d2__p37_472 = torch.einsum("u,zui->zui", (d2_d_weight[1392:1408].view(16) * 0.5144957554275266), d__p64)
+    d2_d__p64_473 = torch.einsum("zui,u->zui", d2_d__p37, (weight[1392:1408].view(16) * 0.5144957554275266))
+    d2_weight_474 = torch.einsum("zui,zui->u", (d2_d__p37 * 0.5144957554275266), d__p64)
     # ∂/∂d__p65: ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
-    d2_d__p64 = d2_d__p64_746 + d2_d__p64_748 + d2_d__p64_750 + d2_d__p64_752 + d2_d__p64_754 + d2_d__p64_756 + d2_d__p64_758 + d2_d__p64_760 + d2_d__p64_762 + d2_d__p64_764
-    _c341 = torch.einsum("zui,zuj->ziju", d2_d__p64, x4[:, 16:64].reshape(n, 16, 3))
-    d2_d__p65_767 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c341)
+    d2_d__p64 = d2_d__p64_455 + d2_d__p64_457 + d2_d__p64_459 + d2_d__p64_461 + d2_d__p64_463 + d2_d__p64_465 + d2_d__p64_467 + d2_d__p64_469 + d2_d__p64_471 + d2_d__p64_473
+    _c197 = torch.einsum("zui,zuj->ziju", d2_d__p64, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p65 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c197)
     # ∂/∂x4: ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
-    _c342 = torch.einsum("zui,zuk->ziku", d2_d__p64, d__p65)
-    d2_x4_768 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c342)
-    d2_d__p65 = d2_d__p65_766 + d2_d__p65_767
-    d2_d_y_769 = d2_d__p65
-    d2_d__p66_770 = torch.einsum("u,zui->zui", (d2_d_weight[576:592].view(16) * 0.6367145399670133), _p14)
-    d2__p14_771 = torch.einsum("u,zui->zui", (d2_d_weight[576:592].view(16) * 0.6367145399670133), d__p66)
-    d2_d__p66_772 = torch.einsum("zui,u->zui", d2_d__p14, (weight[576:592].view(16) * 0.6367145399670133))
-    d2_weight_773 = torch.einsum("zui,zui->u", (d2_d__p14 * 0.6367145399670133), d__p66)
-    d2_d__p66_774 = torch.einsum("u,zui->zui", (d2_d_weight[1040:1056].view(16) * 0.6367145399670133), _p25)
-    d2__p25_775 = torch.einsum("u,zui->zui", (d2_d_weight[1040:1056].view(16) * 0.6367145399670133), d__p66)
-    d2_d__p66_776 = torch.einsum("zui,u->zui", d2_d__p25, (weight[1040:1056].view(16) * 0.6367145399670133))
-    d2_weight_777 = torch.einsum("zui,zui->u", (d2_d__p25 * 0.6367145399670133), d__p66)
-    d2_d__p66_778 = torch.einsum("u,zui->zui", (d2_d_weight[1120:1136].view(16) * 0.6367145399670133), _p28)
-    d2__p28_779 = torch.einsum("u,zui->zui", (d2_d_weight[1120:1136].view(16) * 0.6367145399670133), d__p66)
-    d2_d__p66_780 = torch.einsum("zui,u->zui", d2_d__p28, (weight[1120:1136].view(16) * 0.6367145399670133))
-    d2_weight_781 = torch.einsum("zui,zui->u", (d2_d__p28 * 0.6367145399670133), d__p66)
-    d2_d__p66_782 = torch.einsum("u,zui->zui", (d2_d_weight[1280:1296].view(16) * 0.6367145399670133), _p32)
-    d2__p32_783 = torch.einsum("u,zui->zui", (d2_d_weight[1280:1296].view(16) * 0.6367145399670133), d__p66)
-    d2_d__p66_784 = torch.einsum("zui,u->zui", d2_d__p32, (weight[1280:1296].view(16) * 0.6367145399670133))
-    d2_weight_785 = torch.einsum("zui,zui->u", (d2_d__p32 * 0.6367145399670133), d__p66)
-    d2_d__p66_786 = torch.einsum("u,zui->zui", (d2_d_weight[1424:1440].view(16) * 0.6367145399670133), _p37)
-    d2__p37_787 = torch.einsum("u,zui->zui", (d2_d_weight[1424:1440].view(16) * 0.6367145399670133), d__p66)
-    d2_d__p66_788 = torch.einsum("zui,u->zui", d2_d__p37, (weight[1424:1440].view(16) * 0.6367145399670133))
-    d2_weight_789 = torch.einsum("zui,zui->u", (d2_d__p37 * 0.6367145399670133), d__p66)
-    # ∂/∂d__p67: ∂/∂x4: p67 = (p66 ⊗ p5) -> 16x2e
-    _p66 = p66_77 + p66_78 + p66_79 + p66_80 + p66_81
-    _c343 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 64:144].reshape(n, 16, 5), _p66)
-    d2_d__p67_790 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c343)
-    # ∂/∂_p66: ∂/∂x4: p67 = (p66 ⊗ p5) -> 16x2e
-    _c344 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 64:144].reshape(n, 16, 5), d__p67)
-    d2__p66 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c344)
+    _c198 = torch.einsum("zui,zuk->ziku", d2_d__p64, d__p65)
+    d2_x4_475 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c198)
+    d2_d_y_476 = d2_d__p65
+    d2_d__p66_477 = torch.einsum("u,zui->zui", (d2_d_weight[576:592].view(16) * 0.6367145399670133), _p14)
+    d2__p14_478 = torch.einsum("u,zui->zui", (d2_d_weight[576:592].view(16) * 0.6367145399670133), d__p66)
+    d2_d__p66_479 = torch.einsum("zui,u->zui", d2_d__p14, (weight[576:592].view(16) * 0.6367145399670133))
+    d2_weight_480 = torch.einsum("zui,zui->u", (d2_d__p14 * 0.6367145399670133), d__p66)
+    d2_d__p66_481 = torch.einsum("u,zui->zui", (d2_d_weight[1040:1056].view(16) * 0.6367145399670133), _p25)
+    d2__p25_482 = torch.einsum("u,zui->zui", (d2_d_weight[1040:1056].view(16) * 0.6367145399670133), d__p66)
+    d2_d__p66_483 = torch.einsum("zui,u->zui", d2_d__p25, (weight[1040:1056].view(16) * 0.6367145399670133))
+    d2_weight_484 = torch.einsum("zui,zui->u", (d2_d__p25 * 0.6367145399670133), d__p66)
+    d2_d__p66_485 = torch.einsum("u,zui->zui", (d2_d_weight[1120:1136].view(16) * 0.6367145399670133), _p28)
+    d2__p28_486 = torch.einsum("u,zui->zui", (d2_d_weight[1120:1136].view(16) * 0.6367145399670133), d__p66)
+    d2_d__p66_487 = torch.einsum("zui,u->zui", d2_d__p28, (weight[1120:1136].view(16) * 0.6367145399670133))
+    d2_weight_488 = torch.einsum("zui,zui->u", (d2_d__p28 * 0.6367145399670133), d__p66)
+    d2_d__p66_489 = torch.einsum("u,zui->zui", (d2_d_weight[1280:1296].view(16) * 0.6367145399670133), _p32)
+    d2__p32_490 = torch.einsum("u,zui->zui", (d2_d_weight[1280:1296].view(16) * 0.6367145399670133), d__p66)
+    d2_d__p66_491 = torch.einsum("zui,u->zui", d2_d__p32, (weight[1280:1296].view(16) * 0.6367145399670133))
+    d2_weight_492 = torch.einsum("zui,zui->u", (d2_d__p32 * 0.6367145399670133), d__p66)
+    d2_d__p66_493 = torch.einsum("u,zui->zui", (d2_d_weight[1424:1440].view(16) * 0.6367145399670133), _p37)
+    d2__p37_494 = torch.einsum("u,zui->zui", (d2_d_weight[1424:1440].view(16) * 0.6367145399670133), d__p66)
+    d2_d__p66_495 = torch.einsum("zui,u->zui", d2_d__p37, (weight[1424:1440].view(16) * 0.6367145399670133))
+    d2_weight_496 = torch.einsum("zui,zui->u", (d2_d__p37 * 0.6367145399670133), d__p66)
     # ∂/∂d__p67: ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
-    d2_d__p66 = d2_d__p66_770 + d2_d__p66_772 + d2_d__p66_774 + d2_d__p66_776 + d2_d__p66_778 + d2_d__p66_780 + d2_d__p66_782 + d2_d__p66_784 + d2_d__p66_786 + d2_d__p66_788
-    _c345 = torch.einsum("zui,zuj->ziju", d2_d__p66, x4[:, 64:144].reshape(n, 16, 5))
-    d2_d__p67_791 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c345)
+    d2_d__p66 = d2_d__p66_477 + d2_d__p66_479 + d2_d__p66_481 + d2_d__p66_483 + d2_d__p66_485 + d2_d__p66_487 + d2_d__p66_489 + d2_d__p66_491 + d2_d__p66_493 + d2_d__p66_495
+    _c199 = torch.einsum("zui,zuj->ziju", d2_d__p66, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p67 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c199)
     # ∂/∂x4: ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
-    _c346 = torch.einsum("zui,zuk->ziku", d2_d__p66, d__p67)
-    d2_x4_792 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c346)
-    d2_d__p67 = d2_d__p67_790 + d2_d__p67_791
-    d2_d_y_793 = d2_d__p67
-    d2_d__p68_794 = torch.einsum("u,zui->zui", (d2_d_weight[672:688].view(16) * 0.8219949365267865), _p16)
-    d2__p16_795 = torch.einsum("u,zui->zui", (d2_d_weight[672:688].view(16) * 0.8219949365267865), d__p68)
-    d2_d__p16 = d2_d__p16_382 + d2_d__p16_384
-    d2_d__p68_796 = torch.einsum("zui,u->zui", d2_d__p16, (weight[672:688].view(16) * 0.8219949365267865))
-    d2_weight_797 = torch.einsum("zui,zui->u", (d2_d__p16 * 0.8219949365267865), d__p68)
-    d2_d__p68_798 = torch.einsum("u,zui->zui", (d2_d_weight[864:880].view(16) * 0.8219949365267865), _p21)
-    d2__p21_799 = torch.einsum("u,zui->zui", (d2_d_weight[864:880].view(16) * 0.8219949365267865), d__p68)
-    d2_d__p21 = d2_d__p21_398 + d2_d__p21_400
-    d2_d__p68_800 = torch.einsum("zui,u->zui", d2_d__p21, (weight[864:880].view(16) * 0.8219949365267865))
-    d2_weight_801 = torch.einsum("zui,zui->u", (d2_d__p21 * 0.8219949365267865), d__p68)
-    d2_d__p68_802 = torch.einsum("u,zui->zui", (d2_d_weight[1184:1200].view(16) * 0.8219949365267865), _p30)
-    d2__p30_803 = torch.einsum("u,zui->zui", (d2_d_weight[1184:1200].view(16) * 0.8219949365267865), d__p68)
-    d2_d__p30 = d2_d__p30_430 + d2_d__p30_432
-    d2_d__p68_804 = torch.einsum("zui,u->zui", d2_d__p30, (weight[1184:1200].view(16) * 0.8219949365267865))
-    d2_weight_805 = torch.einsum("zui,zui->u", (d2_d__p30 * 0.8219949365267865), d__p68)
-    d2_d__p68_806 = torch.einsum("u,zui->zui", (d2_d_weight[1344:1360].view(16) * 0.8219949365267865), _p35)
-    d2__p35_807 = torch.einsum("u,zui->zui", (d2_d_weight[1344:1360].view(16) * 0.8219949365267865), d__p68)
-    d2_d__p35 = d2_d__p35_446 + d2_d__p35_448
-    d2_d__p68_808 = torch.einsum("zui,u->zui", d2_d__p35, (weight[1344:1360].view(16) * 0.8219949365267865))
-    d2_weight_809 = torch.einsum("zui,zui->u", (d2_d__p35 * 0.8219949365267865), d__p68)
-    d2_d__p68_810 = torch.einsum("u,zui->zui", (d2_d_weight[1536:1552].view(16) * 0.8219949365267865), _p40)
-    d2__p40_811 = torch.einsum("u,zui->zui", (d2_d_weight[1536:1552].view(16) * 0.8219949365267865), d__p68)
-    d2_d__p40 = d2_d__p40_466 + d2_d__p40_468
-    d2_d__p68_812 = torch.einsum("zui,u->zui", d2_d__p40, (weight[1536:1552].view(16) * 0.8219949365267865))
-    d2_weight_813 = torch.einsum("zui,zui->u", (d2_d__p40 * 0.8219949365267865), d__p68)
-    # ∂/∂d__p69: ∂/∂x4: p69 = (p68 ⊗ p4) -> 16x2e
-    _p68 = p68_82 + p68_83 + p68_84 + p68_85 + p68_86
-    _c347 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 16:64].reshape(n, 16, 3), _p68)
-    d2_d__p69_814 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c347)
-    # ∂/∂_p68: ∂/∂x4: p69 = (p68 ⊗ p4) -> 16x2e
-    _c348 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 16:64].reshape(n, 16, 3), d__p69)
-    d2__p68 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c348)
+    _c200 = torch.einsum("zui,zuk->ziku", d2_d__p66, d__p67)
+    d2_x4_497 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c200)
+    d2_d_y_498 = d2_d__p67
+    d2_d__p68_499 = torch.einsum("u,zui->zui", (d2_d_weight[672:688].view(16) * 0.8219949365267865), _p16)
+    d2__p16_500 = torch.einsum("u,zui->zui", (d2_d_weight[672:688].view(16) * 0.8219949365267865), d__p68)
+    d2_d__p68_501 = torch.einsum("zui,u->zui", d2_d__p16, (weight[672:688].view(16) * 0.8219949365267865))
+    d2_weight_502 = torch.einsum("zui,zui->u", (d2_d__p16 * 0.8219949365267865), d__p68)
+    d2_d__p68_503 = torch.einsum("u,zui->zui", (d2_d_weight[864:880].view(16) * 0.8219949365267865), _p21)
+    d2__p21_504 = torch.einsum("u,zui->zui", (d2_d_weight[864:880].view(16) * 0.8219949365267865), d__p68)
+    d2_d__p68_505 = torch.einsum("zui,u->zui", d2_d__p21, (weight[864:880].view(16) * 0.8219949365267865))
+    d2_weight_506 = torch.einsum("zui,zui->u", (d2_d__p21 * 0.8219949365267865), d__p68)
+    d2_d__p68_507 = torch.einsum("u,zui->zui", (d2_d_weight[1184:1200].view(16) * 0.8219949365267865), _p30)
+    d2__p30_508 = torch.einsum("u,zui->zui", (d2_d_weight[1184:1200].view(16) * 0.8219949365267865), d__p68)
+    d2_d__p68_509 = torch.einsum("zui,u->zui", d2_d__p30, (weight[1184:1200].view(16) * 0.8219949365267865))
+    d2_weight_510 = torch.einsum("zui,zui->u", (d2_d__p30 * 0.8219949365267865), d__p68)
+    d2_d__p68_511 = torch.einsum("u,zui->zui", (d2_d_weight[1344:1360].view(16) * 0.8219949365267865), _p35)
+    d2__p35_512 = torch.einsum("u,zui->zui", (d2_d_weight[1344:1360].view(16) * 0.8219949365267865), d__p68)
+    d2_d__p68_513 = torch.einsum("zui,u->zui", d2_d__p35, (weight[1344:1360].view(16) * 0.8219949365267865))
+    d2_weight_514 = torch.einsum("zui,zui->u", (d2_d__p35 * 0.8219949365267865), d__p68)
+    d2_d__p68_515 = torch.einsum("u,zui->zui", (d2_d_weight[1536:1552].view(16) * 0.8219949365267865), _p40)
+    d2__p40_516 = torch.einsum("u,zui->zui", (d2_d_weight[1536:1552].view(16) * 0.8219949365267865), d__p68)
+    d2_d__p68_517 = torch.einsum("zui,u->zui", d2_d__p40, (weight[1536:1552].view(16) * 0.8219949365267865))
+    d2_weight_518 = torch.einsum("zui,zui->u", (d2_d__p40 * 0.8219949365267865), d__p68)
     # ∂/∂d__p69: ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
-    d2_d__p68 = d2_d__p68_794 + d2_d__p68_796 + d2_d__p68_798 + d2_d__p68_800 + d2_d__p68_802 + d2_d__p68_804 + d2_d__p68_806 + d2_d__p68_808 + d2_d__p68_810 + d2_d__p68_812
-    _c349 = torch.einsum("zui,zuj->ziju", d2_d__p68, x4[:, 16:64].reshape(n, 16, 3))
-    d2_d__p69_815 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c349)
+    d2_d__p68 = d2_d__p68_499 + d2_d__p68_501 + d2_d__p68_503 + d2_d__p68_505 + d2_d__p68_507 + d2_d__p68_509 + d2_d__p68_511 + d2_d__p68_513 + d2_d__p68_515 + d2_d__p68_517
+    _c201 = torch.einsum("zui,zuj->ziju", d2_d__p68, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p69 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c201)
     # ∂/∂x4: ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
-    _c350 = torch.einsum("zui,zuk->ziku", d2_d__p68, d__p69)
-    d2_x4_816 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c350)
-    d2_d__p69 = d2_d__p69_814 + d2_d__p69_815
-    d2_d_y_817 = d2_d__p69
-    d2_d__p70_818 = torch.einsum("u,zui->zui", (d2_d_weight[688:704].view(16) * 0.9725975251592747), _p17)
-    d2__p17_819 = torch.einsum("u,zui->zui", (d2_d_weight[688:704].view(16) * 0.9725975251592747), d__p70)
-    d2_d__p17 = d2_d__p17_386 + d2_d__p17_388
-    d2_d__p70_820 = torch.einsum("zui,u->zui", d2_d__p17, (weight[688:704].view(16) * 0.9725975251592747))
-    d2_weight_821 = torch.einsum("zui,zui->u", (d2_d__p17 * 0.9725975251592747), d__p70)
-    d2_d__p70_822 = torch.einsum("u,zui->zui", (d2_d_weight[880:896].view(16) * 0.9725975251592747), _p22)
-    d2__p22_823 = torch.einsum("u,zui->zui", (d2_d_weight[880:896].view(16) * 0.9725975251592747), d__p70)
-    d2_d__p22 = d2_d__p22_402 + d2_d__p22_404
-    d2_d__p70_824 = torch.einsum("zui,u->zui", d2_d__p22, (weight[880:896].view(16) * 0.9725975251592747))
-    d2_weight_825 = torch.einsum("zui,zui->u", (d2_d__p22 * 0.9725975251592747), d__p70)
-    d2_d__p70_826 = torch.einsum("u,zui->zui", (d2_d_weight[1552:1568].view(16) * 0.9725975251592747), _p41)
-    d2__p41_827 = torch.einsum("u,zui->zui", (d2_d_weight[1552:1568].view(16) * 0.9725975251592747), d__p70)
-    d2_d__p41 = d2_d__p41_470 + d2_d__p41_472
-    d2_d__p70_828 = torch.einsum("zui,u->zui", d2_d__p41, (weight[1552:1568].view(16) * 0.9725975251592747))
-    d2_weight_829 = torch.einsum("zui,zui->u", (d2_d__p41 * 0.9725975251592747), d__p70)
-    # ∂/∂d__p71: ∂/∂x4: p71 = (p70 ⊗ p4) -> 16x2e
-    _p70 = p70_87 + p70_88 + p70_89
-    _c351 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 16:64].reshape(n, 16, 3), _p70)
-    d2_d__p71_830 = torch.einsum("ijk,ziju->zuk", cg_3_1_2, _c351)
-    # ∂/∂_p70: ∂/∂x4: p71 = (p70 ⊗ p4) -> 16x2e
-    _c352 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 16:64].reshape(n, 16, 3), d__p71)
-    d2__p70 = torch.einsum("ijk,zjku->zui", cg_3_1_2, _c352)
+    _c202 = torch.einsum("zui,zuk->ziku", d2_d__p68, d__p69)
+    d2_x4_519 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c202)
+    d2_d_y_520 = d2_d__p69
+    d2_d__p70_521 = torch.einsum("u,zui->zui", (d2_d_weight[688:704].view(16) * 0.9725975251592747), _p17)
+    d2__p17_522 = torch.einsum("u,zui->zui", (d2_d_weight[688:704].view(16) * 0.9725975251592747), d__p70)
+    d2_d__p70_523 = torch.einsum("zui,u->zui", d2_d__p17, (weight[688:704].view(16) * 0.9725975251592747))
+    d2_weight_524 = torch.einsum("zui,zui->u", (d2_d__p17 * 0.9725975251592747), d__p70)
+    d2_d__p70_525 = torch.einsum("u,zui->zui", (d2_d_weight[880:896].view(16) * 0.9725975251592747), _p22)
+    d2__p22_526 = torch.einsum("u,zui->zui", (d2_d_weight[880:896].view(16) * 0.9725975251592747), d__p70)
+    d2_d__p70_527 = torch.einsum("zui,u->zui", d2_d__p22, (weight[880:896].view(16) * 0.9725975251592747))
+    d2_weight_528 = torch.einsum("zui,zui->u", (d2_d__p22 * 0.9725975251592747), d__p70)
+    d2_d__p70_529 = torch.einsum("u,zui->zui", (d2_d_weight[1552:1568].view(16) * 0.9725975251592747), _p41)
+    d2__p41_530 = torch.einsum("u,zui->zui", (d2_d_weight[1552:1568].view(16) * 0.9725975251592747), d__p70)
+    d2_d__p70_531 = torch.einsum("zui,u->zui", d2_d__p41, (weight[1552:1568].view(16) * 0.9725975251592747))
+    d2_weight_532 = torch.einsum("zui,zui->u", (d2_d__p41 * 0.9725975251592747), d__p70)
     # ∂/∂d__p71: ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
-    d2_d__p70 = d2_d__p70_818 + d2_d__p70_820 + d2_d__p70_822 + d2_d__p70_824 + d2_d__p70_826 + d2_d__p70_828
-    _c353 = torch.einsum("zui,zuj->ziju", d2_d__p70, x4[:, 16:64].reshape(n, 16, 3))
-    d2_d__p71_831 = torch.einsum("ijk,ziju->zuk", cg_3_1_2, _c353)
+    d2_d__p70 = d2_d__p70_521 + d2_d__p70_523 + d2_d__p70_525 + d2_d__p70_527 + d2_d__p70_529 + d2_d__p70_531
+    _c203 = torch.einsum("zui,zuj->ziju", d2_d__p70, x4[:, 16:64].reshape(n, 16, 3))
+    d2_d__p71 = torch.einsum("ijk,ziju->zuk", cg_3_1_2, _c203)
     # ∂/∂x4: ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
-    _c354 = torch.einsum("zui,zuk->ziku", d2_d__p70, d__p71)
-    d2_x4_832 = torch.einsum("ijk,ziku->zuj", cg_3_1_2, _c354)
-    d2_d__p71 = d2_d__p71_830 + d2_d__p71_831
-    d2_d_y_833 = d2_d__p71
-    d2_d__p72_834 = torch.einsum("u,zui->zui", (d2_d_weight[720:736].view(16) * 0.6642111641550714), _p16)
-    d2__p16_835 = torch.einsum("u,zui->zui", (d2_d_weight[720:736].view(16) * 0.6642111641550714), d__p72)
-    d2_d__p72_836 = torch.einsum("zui,u->zui", d2_d__p16, (weight[720:736].view(16) * 0.6642111641550714))
-    d2_weight_837 = torch.einsum("zui,zui->u", (d2_d__p16 * 0.6642111641550714), d__p72)
-    d2_d__p72_838 = torch.einsum("u,zui->zui", (d2_d_weight[912:928].view(16) * 0.6642111641550714), _p21)
-    d2__p21_839 = torch.einsum("u,zui->zui", (d2_d_weight[912:928].view(16) * 0.6642111641550714), d__p72)
-    d2_d__p72_840 = torch.einsum("zui,u->zui", d2_d__p21, (weight[912:928].view(16) * 0.6642111641550714))
-    d2_weight_841 = torch.einsum("zui,zui->u", (d2_d__p21 * 0.6642111641550714), d__p72)
-    d2_d__p72_842 = torch.einsum("u,zui->zui", (d2_d_weight[1216:1232].view(16) * 0.6642111641550714), _p30)
-    d2__p30_843 = torch.einsum("u,zui->zui", (d2_d_weight[1216:1232].view(16) * 0.6642111641550714), d__p72)
-    d2_d__p72_844 = torch.einsum("zui,u->zui", d2_d__p30, (weight[1216:1232].view(16) * 0.6642111641550714))
-    d2_weight_845 = torch.einsum("zui,zui->u", (d2_d__p30 * 0.6642111641550714), d__p72)
-    d2_d__p72_846 = torch.einsum("u,zui->zui", (d2_d_weight[1360:1376].view(16) * 0.6642111641550714), _p35)
-    d2__p35_847 = torch.einsum("u,zui->zui", (d2_d_weight[1360:1376].view(16) * 0.6642111641550714), d__p72)
-    d2_d__p72_848 = torch.einsum("zui,u->zui", d2_d__p35, (weight[1360:1376].view(16) * 0.6642111641550714))
-    d2_weight_849 = torch.einsum("zui,zui->u", (d2_d__p35 * 0.6642111641550714), d__p72)
-    d2_d__p72_850 = torch.einsum("u,zui->zui", (d2_d_weight[1584:1600].view(16) * 0.6642111641550714), _p40)
-    d2__p40_851 = torch.einsum("u,zui->zui", (d2_d_weight[1584:1600].view(16) * 0.6642111641550714), d__p72)
-    d2_d__p72_852 = torch.einsum("zui,u->zui", d2_d__p40, (weight[1584:1600].view(16) * 0.6642111641550714))
-    d2_weight_853 = torch.einsum("zui,zui->u", (d2_d__p40 * 0.6642111641550714), d__p72)
-    # ∂/∂d__p73: ∂/∂x4: p73 = (p72 ⊗ p5) -> 16x1o
-    _p72 = p72_90 + p72_91 + p72_92 + p72_93 + p72_94
-    _c355 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 64:144].reshape(n, 16, 5), _p72)
-    d2_d__p73_854 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c355)
-    # ∂/∂_p72: ∂/∂x4: p73 = (p72 ⊗ p5) -> 16x1o
-    _c356 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 64:144].reshape(n, 16, 5), d__p73)
-    d2__p72 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c356)
+    _c204 = torch.einsum("zui,zuk->ziku", d2_d__p70, d__p71)
+    d2_x4_533 = torch.einsum("ijk,ziku->zuj", cg_3_1_2, _c204)
+    d2_d_y_534 = d2_d__p71
+    d2_d__p72_535 = torch.einsum("u,zui->zui", (d2_d_weight[720:736].view(16) * 0.6642111641550714), _p16)
+    d2__p16_536 = torch.einsum("u,zui->zui", (d2_d_weight[720:736].view(16) * 0.6642111641550714), d__p72)
+    d2_d__p72_537 = torch.einsum("zui,u->zui", d2_d__p16, (weight[720:736].view(16) * 0.6642111641550714))
+    d2_weight_538 = torch.einsum("zui,zui->u", (d2_d__p16 * 0.6642111641550714), d__p72)
+    d2_d__p72_539 = torch.einsum("u,zui->zui", (d2_d_weight[912:928].view(16) * 0.6642111641550714), _p21)
+    d2__p21_540 = torch.einsum("u,zui->zui", (d2_d_weight[912:928].view(16) * 0.6642111641550714), d__p72)
+    d2_d__p72_541 = torch.einsum("zui,u->zui", d2_d__p21, (weight[912:928].view(16) * 0.6642111641550714))
+    d2_weight_542 = torch.einsum("zui,zui->u", (d2_d__p21 * 0.6642111641550714), d__p72)
+    d2_d__p72_543 = torch.einsum("u,zui->zui", (d2_d_weight[1216:1232].view(16) * 0.6642111641550714), _p30)
+    d2__p30_544 = torch.einsum("u,zui->zui", (d2_d_weight[1216:1232].view(16) * 0.6642111641550714), d__p72)
+    d2_d__p72_545 = torch.einsum("zui,u->zui", d2_d__p30, (weight[1216:1232].view(16) * 0.6642111641550714))
+    d2_weight_546 = torch.einsum("zui,zui->u", (d2_d__p30 * 0.6642111641550714), d__p72)
+    d2_d__p72_547 = torch.einsum("u,zui->zui", (d2_d_weight[1360:1376].view(16) * 0.6642111641550714), _p35)
+    d2__p35_548 = torch.einsum("u,zui->zui", (d2_d_weight[1360:1376].view(16) * 0.6642111641550714), d__p72)
+    d2_d__p72_549 = torch.einsum("zui,u->zui", d2_d__p35, (weight[1360:1376].view(16) * 0.6642111641550714))
+    d2_weight_550 = torch.einsum("zui,zui->u", (d2_d__p35 * 0.6642111641550714), d__p72)
+    d2_d__p72_551 = torch.einsum("u,zui->zui", (d2_d_weight[1584:1600].view(16) * 0.6642111641550714), _p40)
+    d2__p40_552 = torch.einsum("u,zui->zui", (d2_d_weight[1584:1600].view(16) * 0.6642111641550714), d__p72)
+    d2_d__p72_553 = torch.einsum("zui,u->zui", d2_d__p40, (weight[1584:1600].view(16) * 0.6642111641550714))
+    d2_weight_554 = torch.einsum("zui,zui->u", (d2_d__p40 * 0.6642111641550714), d__p72)
     # ∂/∂d__p73: ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
-    d2_d__p72 = d2_d__p72_834 + d2_d__p72_836 + d2_d__p72_838 + d2_d__p72_840 + d2_d__p72_842 + d2_d__p72_844 + d2_d__p72_846 + d2_d__p72_848 + d2_d__p72_850 + d2_d__p72_852
-    _c357 = torch.einsum("zui,zuj->ziju", d2_d__p72, x4[:, 64:144].reshape(n, 16, 5))
-    d2_d__p73_855 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c357)
+    d2_d__p72 = d2_d__p72_535 + d2_d__p72_537 + d2_d__p72_539 + d2_d__p72_541 + d2_d__p72_543 + d2_d__p72_545 + d2_d__p72_547 + d2_d__p72_549 + d2_d__p72_551 + d2_d__p72_553
+    _c205 = torch.einsum("zui,zuj->ziju", d2_d__p72, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p73 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c205)
     # ∂/∂x4: ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
-    _c358 = torch.einsum("zui,zuk->ziku", d2_d__p72, d__p73)
-    d2_x4_856 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c358)
-    d2_d__p73 = d2_d__p73_854 + d2_d__p73_855
-    d2_d_y_857 = d2_d__p73
-    d2_d__p74_858 = torch.einsum("u,zui->zui", (d2_d_weight[736:752].view(16) * 0.7859052479933758), _p17)
-    d2__p17_859 = torch.einsum("u,zui->zui", (d2_d_weight[736:752].view(16) * 0.7859052479933758), d__p74)
-    d2_d__p74_860 = torch.einsum("zui,u->zui", d2_d__p17, (weight[736:752].view(16) * 0.7859052479933758))
-    d2_weight_861 = torch.einsum("zui,zui->u", (d2_d__p17 * 0.7859052479933758), d__p74)
-    d2_d__p74_862 = torch.einsum("u,zui->zui", (d2_d_weight[928:944].view(16) * 0.7859052479933758), _p22)
-    d2__p22_863 = torch.einsum("u,zui->zui", (d2_d_weight[928:944].view(16) * 0.7859052479933758), d__p74)
-    d2_d__p74_864 = torch.einsum("zui,u->zui", d2_d__p22, (weight[928:944].view(16) * 0.7859052479933758))
-    d2_weight_865 = torch.einsum("zui,zui->u", (d2_d__p22 * 0.7859052479933758), d__p74)
-    d2_d__p74_866 = torch.einsum("u,zui->zui", (d2_d_weight[1600:1616].view(16) * 0.7859052479933758), _p41)
-    d2__p41_867 = torch.einsum("u,zui->zui", (d2_d_weight[1600:1616].view(16) * 0.7859052479933758), d__p74)
-    d2_d__p74_868 = torch.einsum("zui,u->zui", d2_d__p41, (weight[1600:1616].view(16) * 0.7859052479933758))
-    d2_weight_869 = torch.einsum("zui,zui->u", (d2_d__p41 * 0.7859052479933758), d__p74)
-    # ∂/∂d__p75: ∂/∂x4: p75 = (p74 ⊗ p5) -> 16x1o
-    _p74 = p74_95 + p74_96 + p74_97
-    _c359 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 64:144].reshape(n, 16, 5), _p74)
-    d2_d__p75_870 = torch.einsum("ijk,ziju->zuk", cg_3_2_1, _c359)
-    # ∂/∂_p74: ∂/∂x4: p75 = (p74 ⊗ p5) -> 16x1o
-    _c360 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 64:144].reshape(n, 16, 5), d__p75)
-    d2__p74 = torch.einsum("ijk,zjku->zui", cg_3_2_1, _c360)
+    _c206 = torch.einsum("zui,zuk->ziku", d2_d__p72, d__p73)
+    d2_x4_555 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c206)
+    d2_d_y_556 = d2_d__p73
+    d2_d__p74_557 = torch.einsum("u,zui->zui", (d2_d_weight[736:752].view(16) * 0.7859052479933758), _p17)
+    d2__p17_558 = torch.einsum("u,zui->zui", (d2_d_weight[736:752].view(16) * 0.7859052479933758), d__p74)
+    d2_d__p74_559 = torch.einsum("zui,u->zui", d2_d__p17, (weight[736:752].view(16) * 0.7859052479933758))
+    d2_weight_560 = torch.einsum("zui,zui->u", (d2_d__p17 * 0.7859052479933758), d__p74)
+    d2_d__p74_561 = torch.einsum("u,zui->zui", (d2_d_weight[928:944].view(16) * 0.7859052479933758), _p22)
+    d2__p22_562 = torch.einsum("u,zui->zui", (d2_d_weight[928:944].view(16) * 0.7859052479933758), d__p74)
+    d2_d__p74_563 = torch.einsum("zui,u->zui", d2_d__p22, (weight[928:944].view(16) * 0.7859052479933758))
+    d2_weight_564 = torch.einsum("zui,zui->u", (d2_d__p22 * 0.7859052479933758), d__p74)
+    d2_d__p74_565 = torch.einsum("u,zui->zui", (d2_d_weight[1600:1616].view(16) * 0.7859052479933758), _p41)
+    d2__p41_566 = torch.einsum("u,zui->zui", (d2_d_weight[1600:1616].view(16) * 0.7859052479933758), d__p74)
+    d2_d__p74_567 = torch.einsum("zui,u->zui", d2_d__p41, (weight[1600:1616].view(16) * 0.7859052479933758))
+    d2_weight_568 = torch.einsum("zui,zui->u", (d2_d__p41 * 0.7859052479933758), d__p74)
     # ∂/∂d__p75: ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
-    d2_d__p74 = d2_d__p74_858 + d2_d__p74_860 + d2_d__p74_862 + d2_d__p74_864 + d2_d__p74_866 + d2_d__p74_868
-    _c361 = torch.einsum("zui,zuj->ziju", d2_d__p74, x4[:, 64:144].reshape(n, 16, 5))
-    d2_d__p75_871 = torch.einsum("ijk,ziju->zuk", cg_3_2_1, _c361)
+    d2_d__p74 = d2_d__p74_557 + d2_d__p74_559 + d2_d__p74_561 + d2_d__p74_563 + d2_d__p74_565 + d2_d__p74_567
+    _c207 = torch.einsum("zui,zuj->ziju", d2_d__p74, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p75 = torch.einsum("ijk,ziju->zuk", cg_3_2_1, _c207)
     # ∂/∂x4: ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
-    _c362 = torch.einsum("zui,zuk->ziku", d2_d__p74, d__p75)
-    d2_x4_872 = torch.einsum("ijk,ziku->zuj", cg_3_2_1, _c362)
-    d2_d__p75 = d2_d__p75_870 + d2_d__p75_871
-    d2_d_y_873 = d2_d__p75
-    d2_d__p76_874 = torch.einsum("u,zui->zui", (d2_d_weight[1088:1104].view(16) * 0.9725975251592747), _p26)
-    d2__p26_875 = torch.einsum("u,zui->zui", (d2_d_weight[1088:1104].view(16) * 0.9725975251592747), d__p76)
-    d2_d__p26 = d2_d__p26_418 + d2_d__p26_420
-    d2_d__p76_876 = torch.einsum("zui,u->zui", d2_d__p26, (weight[1088:1104].view(16) * 0.9725975251592747))
-    d2_weight_877 = torch.einsum("zui,zui->u", (d2_d__p26 * 0.9725975251592747), d__p76)
-    d2_d__p76_878 = torch.einsum("u,zui->zui", (d2_d_weight[1328:1344].view(16) * 0.9725975251592747), _p33)
-    d2__p33_879 = torch.einsum("u,zui->zui", (d2_d_weight[1328:1344].view(16) * 0.9725975251592747), d__p76)
-    d2_d__p33 = d2_d__p33_442 + d2_d__p33_444
-    d2_d__p76_880 = torch.einsum("zui,u->zui", d2_d__p33, (weight[1328:1344].view(16) * 0.9725975251592747))
-    d2_weight_881 = torch.einsum("zui,zui->u", (d2_d__p33 * 0.9725975251592747), d__p76)
-    d2_d__p76_882 = torch.einsum("u,zui->zui", (d2_d_weight[1472:1488].view(16) * 0.9725975251592747), _p38)
-    d2__p38_883 = torch.einsum("u,zui->zui", (d2_d_weight[1472:1488].view(16) * 0.9725975251592747), d__p76)
-    d2_d__p38 = d2_d__p38_458 + d2_d__p38_460
-    d2_d__p76_884 = torch.einsum("zui,u->zui", d2_d__p38, (weight[1472:1488].view(16) * 0.9725975251592747))
-    d2_weight_885 = torch.einsum("zui,zui->u", (d2_d__p38 * 0.9725975251592747), d__p76)
-    # ∂/∂d__p77: ∂/∂x4: p77 = (p76 ⊗ p5) -> 16x2e
-    _p76 = p76_98 + p76_99 + p76_100
-    _c363 = torch.einsum("zuj,zui->ziju", d2_d_x4[:, 64:144].reshape(n, 16, 5), _p76)
-    d2_d__p77_886 = torch.einsum("ijk,ziju->zuk", cg_3_2_2, _c363)
-    # ∂/∂_p76: ∂/∂x4: p77 = (p76 ⊗ p5) -> 16x2e
-    _c364 = torch.einsum("zuj,zuk->zjku", d2_d_x4[:, 64:144].reshape(n, 16, 5), d__p77)
-    d2__p76 = torch.einsum("ijk,zjku->zui", cg_3_2_2, _c364)
+    _c208 = torch.einsum("zui,zuk->ziku", d2_d__p74, d__p75)
+    d2_x4_569 = torch.einsum("ijk,ziku->zuj", cg_3_2_1, _c208)
+    d2_d_y_570 = d2_d__p75
+    d2_d__p76_571 = torch.einsum("u,zui->zui", (d2_d_weight[1088:1104].view(16) * 0.9725975251592747), _p26)
+    d2__p26 = torch.einsum("u,zui->zui", (d2_d_weight[1088:1104].view(16) * 0.9725975251592747), d__p76)
+    d2_d__p76_572 = torch.einsum("zui,u->zui", d2_d__p26, (weight[1088:1104].view(16) * 0.9725975251592747))
+    d2_weight_573 = torch.einsum("zui,zui->u", (d2_d__p26 * 0.9725975251592747), d__p76)
+    d2_d__p76_574 = torch.einsum("u,zui->zui", (d2_d_weight[1328:1344].view(16) * 0.9725975251592747), _p33)
+    d2__p33 = torch.einsum("u,zui->zui", (d2_d_weight[1328:1344].view(16) * 0.9725975251592747), d__p76)
+    d2_d__p76_575 = torch.einsum("zui,u->zui", d2_d__p33, (weight[1328:1344].view(16) * 0.9725975251592747))
+    d2_weight_576 = torch.einsum("zui,zui->u", (d2_d__p33 * 0.9725975251592747), d__p76)
+    d2_d__p76_577 = torch.einsum("u,zui->zui", (d2_d_weight[1472:1488].view(16) * 0.9725975251592747), _p38)
+    d2__p38 = torch.einsum("u,zui->zui", (d2_d_weight[1472:1488].view(16) * 0.9725975251592747), d__p76)
+    d2_d__p76_578 = torch.einsum("zui,u->zui", d2_d__p38, (weight[1472:1488].view(16) * 0.9725975251592747))
+    d2_weight_579 = torch.einsum("zui,zui->u", (d2_d__p38 * 0.9725975251592747), d__p76)
     # ∂/∂d__p77: ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
-    d2_d__p76 = d2_d__p76_874 + d2_d__p76_876 + d2_d__p76_878 + d2_d__p76_880 + d2_d__p76_882 + d2_d__p76_884
-    _c365 = torch.einsum("zui,zuj->ziju", d2_d__p76, x4[:, 64:144].reshape(n, 16, 5))
-    d2_d__p77_887 = torch.einsum("ijk,ziju->zuk", cg_3_2_2, _c365)
+    d2_d__p76 = d2_d__p76_571 + d2_d__p76_572 + d2_d__p76_574 + d2_d__p76_575 + d2_d__p76_577 + d2_d__p76_578
+    _c209 = torch.einsum("zui,zuj->ziju", d2_d__p76, x4[:, 64:144].reshape(n, 16, 5))
+    d2_d__p77 = torch.einsum("ijk,ziju->zuk", cg_3_2_2, _c209)
     # ∂/∂x4: ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
-    _c366 = torch.einsum("zui,zuk->ziku", d2_d__p76, d__p77)
-    d2_x4_888 = torch.einsum("ijk,ziku->zuj", cg_3_2_2, _c366)
-    d2_d__p77 = d2_d__p77_886 + d2_d__p77_887
-    d2_d_y_889 = d2_d__p77
-    d2__p38_890 = torch.einsum("zui,u->zui", d2__p76, (weight[1472:1488].view(16) * 0.9725975251592747))
-    d2_weight_891 = torch.einsum("zui,zui->u", (d2__p76 * 0.9725975251592747), _p38)
-    d2__p33_892 = torch.einsum("zui,u->zui", d2__p76, (weight[1328:1344].view(16) * 0.9725975251592747))
-    d2_weight_893 = torch.einsum("zui,zui->u", (d2__p76 * 0.9725975251592747), _p33)
-    d2__p26_894 = torch.einsum("zui,u->zui", d2__p76, (weight[1088:1104].view(16) * 0.9725975251592747))
-    d2_weight_895 = torch.einsum("zui,zui->u", (d2__p76 * 0.9725975251592747), _p26)
-    d2__p41_896 = torch.einsum("zui,u->zui", d2__p74, (weight[1600:1616].view(16) * 0.7859052479933758))
-    d2_weight_897 = torch.einsum("zui,zui->u", (d2__p74 * 0.7859052479933758), _p41)
-    d2__p22_898 = torch.einsum("zui,u->zui", d2__p74, (weight[928:944].view(16) * 0.7859052479933758))
-    d2_weight_899 = torch.einsum("zui,zui->u", (d2__p74 * 0.7859052479933758), _p22)
-    d2__p17_900 = torch.einsum("zui,u->zui", d2__p74, (weight[736:752].view(16) * 0.7859052479933758))
-    d2_weight_901 = torch.einsum("zui,zui->u", (d2__p74 * 0.7859052479933758), _p17)
-    d2__p40_902 = torch.einsum("zui,u->zui", d2__p72, (weight[1584:1600].view(16) * 0.6642111641550714))
-    d2_weight_903 = torch.einsum("zui,zui->u", (d2__p72 * 0.6642111641550714), _p40)
-    d2__p35_904 = torch.einsum("zui,u->zui", d2__p72, (weight[1360:1376].view(16) * 0.6642111641550714))
-    d2_weight_905 = torch.einsum("zui,zui->u", (d2__p72 * 0.6642111641550714), _p35)
-    d2__p30_906 = torch.einsum("zui,u->zui", d2__p72, (weight[1216:1232].view(16) * 0.6642111641550714))
-    d2_weight_907 = torch.einsum("zui,zui->u", (d2__p72 * 0.6642111641550714), _p30)
-    d2__p21_908 = torch.einsum("zui,u->zui", d2__p72, (weight[912:928].view(16) * 0.6642111641550714))
-    d2_weight_909 = torch.einsum("zui,zui->u", (d2__p72 * 0.6642111641550714), _p21)
-    d2__p16_910 = torch.einsum("zui,u->zui", d2__p72, (weight[720:736].view(16) * 0.6642111641550714))
-    d2_weight_911 = torch.einsum("zui,zui->u", (d2__p72 * 0.6642111641550714), _p16)
-    d2__p41_912 = torch.einsum("zui,u->zui", d2__p70, (weight[1552:1568].view(16) * 0.9725975251592747))
-    d2_weight_913 = torch.einsum("zui,zui->u", (d2__p70 * 0.9725975251592747), _p41)
-    d2__p22_914 = torch.einsum("zui,u->zui", d2__p70, (weight[880:896].view(16) * 0.9725975251592747))
-    d2_weight_915 = torch.einsum("zui,zui->u", (d2__p70 * 0.9725975251592747), _p22)
-    d2__p17_916 = torch.einsum("zui,u->zui", d2__p70, (weight[688:704].view(16) * 0.9725975251592747))
-    d2_weight_917 = torch.einsum("zui,zui->u", (d2__p70 * 0.9725975251592747), _p17)
-    d2__p40_918 = torch.einsum("zui,u->zui", d2__p68, (weight[1536:1552].view(16) * 0.8219949365267865))
-    d2_weight_919 = torch.einsum("zui,zui->u", (d2__p68 * 0.8219949365267865), _p40)
-    d2__p35_920 = torch.einsum("zui,u->zui", d2__p68, (weight[1344:1360].view(16) * 0.8219949365267865))
-    d2_weight_921 = torch.einsum("zui,zui->u", (d2__p68 * 0.8219949365267865), _p35)
-    d2__p30_922 = torch.einsum("zui,u->zui", d2__p68, (weight[1184:1200].view(16) * 0.8219949365267865))
-    d2_weight_923 = torch.einsum("zui,zui->u", (d2__p68 * 0.8219949365267865), _p30)
-    d2__p21_924 = torch.einsum("zui,u->zui", d2__p68, (weight[864:880].view(16) * 0.8219949365267865))
-    d2_weight_925 = torch.einsum("zui,zui->u", (d2__p68 * 0.8219949365267865), _p21)
-    d2__p16_926 = torch.einsum("zui,u->zui", d2__p68, (weight[672:688].view(16) * 0.8219949365267865))
-    d2_weight_927 = torch.einsum("zui,zui->u", (d2__p68 * 0.8219949365267865), _p16)
-    d2__p37_928 = torch.einsum("zui,u->zui", d2__p66, (weight[1424:1440].view(16) * 0.6367145399670133))
-    d2_weight_929 = torch.einsum("zui,zui->u", (d2__p66 * 0.6367145399670133), _p37)
-    d2__p32_930 = torch.einsum("zui,u->zui", d2__p66, (weight[1280:1296].view(16) * 0.6367145399670133))
-    d2_weight_931 = torch.einsum("zui,zui->u", (d2__p66 * 0.6367145399670133), _p32)
-    d2__p28_932 = torch.einsum("zui,u->zui", d2__p66, (weight[1120:1136].view(16) * 0.6367145399670133))
-    d2_weight_933 = torch.einsum("zui,zui->u", (d2__p66 * 0.6367145399670133), _p28)
-    d2__p25_934 = torch.einsum("zui,u->zui", d2__p66, (weight[1040:1056].view(16) * 0.6367145399670133))
-    d2_weight_935 = torch.einsum("zui,zui->u", (d2__p66 * 0.6367145399670133), _p25)
-    d2__p14_936 = torch.einsum("zui,u->zui", d2__p66, (weight[576:592].view(16) * 0.6367145399670133))
-    d2_weight_937 = torch.einsum("zui,zui->u", (d2__p66 * 0.6367145399670133), _p14)
-    d2__p37_938 = torch.einsum("zui,u->zui", d2__p64, (weight[1392:1408].view(16) * 0.5144957554275266))
-    d2_weight_939 = torch.einsum("zui,zui->u", (d2__p64 * 0.5144957554275266), _p37)
-    d2__p32_940 = torch.einsum("zui,u->zui", d2__p64, (weight[1248:1264].view(16) * 0.5144957554275266))
-    d2_weight_941 = torch.einsum("zui,zui->u", (d2__p64 * 0.5144957554275266), _p32)
-    d2__p28_942 = torch.einsum("zui,u->zui", d2__p64, (weight[1104:1120].view(16) * 0.5144957554275266))
-    d2_weight_943 = torch.einsum("zui,zui->u", (d2__p64 * 0.5144957554275266), _p28)
-    d2__p25_944 = torch.einsum("zui,u->zui", d2__p64, (weight[992:1008].view(16) * 0.5144957554275266))
-    d2_weight_945 = torch.einsum("zui,zui->u", (d2__p64 * 0.5144957554275266), _p25)
-    d2__p14_946 = torch.einsum("zui,u->zui", d2__p64, (weight[528:544].view(16) * 0.5144957554275266))
-    d2_weight_947 = torch.einsum("zui,zui->u", (d2__p64 * 0.5144957554275266), _p14)
-    d2__p36_948 = torch.einsum("zui,u->zui", d2__p62, (weight[1456:1472].view(16) * 0.8219949365267865))
-    d2_weight_949 = torch.einsum("zui,zui->u", (d2__p62 * 0.8219949365267865), _p36)
-    d2__p31_950 = torch.einsum("zui,u->zui", d2__p62, (weight[1312:1328].view(16) * 0.8219949365267865))
-    d2_weight_951 = torch.einsum("zui,zui->u", (d2__p62 * 0.8219949365267865), _p31)
-    d2__p24_952 = torch.einsum("zui,u->zui", d2__p62, (weight[1072:1088].view(16) * 0.8219949365267865))
-    d2_weight_953 = torch.einsum("zui,zui->u", (d2__p62 * 0.8219949365267865), _p24)
-    d2__p19_954 = torch.einsum("zui,u->zui", d2__p62, (weight[800:816].view(16) * 0.8219949365267865))
-    d2_weight_955 = torch.einsum("zui,zui->u", (d2__p62 * 0.8219949365267865), _p19)
-    d2__p13_956 = torch.einsum("zui,u->zui", d2__p62, (weight[608:624].view(16) * 0.8219949365267865))
-    d2_weight_957 = torch.einsum("zui,zui->u", (d2__p62 * 0.8219949365267865), _p13)
-    d2__p9_958 = torch.einsum("zui,u->zui", d2__p62, (weight[400:416].view(16) * 0.8219949365267865))
-    d2_weight_959 = torch.einsum("zui,zui->u", (d2__p62 * 0.8219949365267865), _p9)
-    d2__p36_960 = torch.einsum("zui,u->zui", d2__p60, (weight[1440:1456].view(16) * 0.5773502691896257))
-    d2_weight_961 = torch.einsum("zui,zui->u", (d2__p60 * 0.5773502691896257), _p36)
-    d2__p31_962 = torch.einsum("zui,u->zui", d2__p60, (weight[1296:1312].view(16) * 0.5773502691896257))
-    d2_weight_963 = torch.einsum("zui,zui->u", (d2__p60 * 0.5773502691896257), _p31)
-    d2__p24_964 = torch.einsum("zui,u->zui", d2__p60, (weight[1056:1072].view(16) * 0.5773502691896257))
-    d2_weight_965 = torch.einsum("zui,zui->u", (d2__p60 * 0.5773502691896257), _p24)
-    d2__p19_966 = torch.einsum("zui,u->zui", d2__p60, (weight[784:800].view(16) * 0.5773502691896257))
-    d2_weight_967 = torch.einsum("zui,zui->u", (d2__p60 * 0.5773502691896257), _p19)
-    d2__p13_968 = torch.einsum("zui,u->zui", d2__p60, (weight[592:608].view(16) * 0.5773502691896257))
-    d2_weight_969 = torch.einsum("zui,zui->u", (d2__p60 * 0.5773502691896257), _p13)
-    d2__p9_970 = torch.einsum("zui,u->zui", d2__p60, (weight[384:400].view(16) * 0.5773502691896257))
-    d2_weight_971 = torch.einsum("zui,zui->u", (d2__p60 * 0.5773502691896257), _p9)
-    d2__p36_972 = torch.einsum("zui,u->zui", d2__p58, (weight[1408:1424].view(16) * 0.6642111641550714))
-    d2_weight_973 = torch.einsum("zui,zui->u", (d2__p58 * 0.6642111641550714), _p36)
-    d2__p31_974 = torch.einsum("zui,u->zui", d2__p58, (weight[1264:1280].view(16) * 0.6642111641550714))
-    d2_weight_975 = torch.einsum("zui,zui->u", (d2__p58 * 0.6642111641550714), _p31)
-    d2__p24_976 = torch.einsum("zui,u->zui", d2__p58, (weight[1008:1024].view(16) * 0.6642111641550714))
-    d2_weight_977 = torch.einsum("zui,zui->u", (d2__p58 * 0.6642111641550714), _p24)
-    d2__p19_978 = torch.einsum("zui,u->zui", d2__p58, (weight[768:784].view(16) * 0.6642111641550714))
-    d2_weight_979 = torch.einsum("zui,zui->u", (d2__p58 * 0.6642111641550714), _p19)
-    d2__p13_980 = torch.einsum("zui,u->zui", d2__p58, (weight[544:560].view(16) * 0.6642111641550714))
-    d2_weight_981 = torch.einsum("zui,zui->u", (d2__p58 * 0.6642111641550714), _p13)
-    d2__p9_982 = torch.einsum("zui,u->zui", d2__p58, (weight[368:384].view(16) * 0.6642111641550714))
-    d2_weight_983 = torch.einsum("zui,zui->u", (d2__p58 * 0.6642111641550714), _p9)
-    d2__p36_984 = torch.einsum("zui,u->zui", d2__p56, (weight[1376:1392].view(16) * 0.8219949365267865))
-    d2_weight_985 = torch.einsum("zui,zui->u", (d2__p56 * 0.8219949365267865), _p36)
-    d2__p31_986 = torch.einsum("zui,u->zui", d2__p56, (weight[1232:1248].view(16) * 0.8219949365267865))
-    d2_weight_987 = torch.einsum("zui,zui->u", (d2__p56 * 0.8219949365267865), _p31)
-    d2__p24_988 = torch.einsum("zui,u->zui", d2__p56, (weight[960:976].view(16) * 0.8219949365267865))
-    d2_weight_989 = torch.einsum("zui,zui->u", (d2__p56 * 0.8219949365267865), _p24)
-    d2__p19_990 = torch.einsum("zui,u->zui", d2__p56, (weight[752:768].view(16) * 0.8219949365267865))
-    d2_weight_991 = torch.einsum("zui,zui->u", (d2__p56 * 0.8219949365267865), _p19)
-    d2__p13_992 = torch.einsum("zui,u->zui", d2__p56, (weight[496:512].view(16) * 0.8219949365267865))
-    d2_weight_993 = torch.einsum("zui,zui->u", (d2__p56 * 0.8219949365267865), _p13)
-    d2__p9_994 = torch.einsum("zui,u->zui", d2__p56, (weight[352:368].view(16) * 0.8219949365267865))
-    d2_weight_995 = torch.einsum("zui,zui->u", (d2__p56 * 0.8219949365267865), _p9)
-    d2__p39_996 = torch.einsum("zui,u->zui", d2__p54, (weight[1568:1584].view(16) * 0.5144957554275266))
-    d2_weight_997 = torch.einsum("zui,zui->u", (d2__p54 * 0.5144957554275266), _p39)
-    d2__p29_998 = torch.einsum("zui,u->zui", d2__p54, (weight[1200:1216].view(16) * 0.5144957554275266))
-    d2_weight_999 = torch.einsum("zui,zui->u", (d2__p54 * 0.5144957554275266), _p29)
-    d2__p20_1000 = torch.einsum("zui,u->zui", d2__p54, (weight[896:912].view(16) * 0.5144957554275266))
-    d2_weight_1001 = torch.einsum("zui,zui->u", (d2__p54 * 0.5144957554275266), _p20)
-    d2__p15_1002 = torch.einsum("zui,u->zui", d2__p54, (weight[704:720].view(16) * 0.5144957554275266))
-    d2_weight_1003 = torch.einsum("zui,zui->u", (d2__p54 * 0.5144957554275266), _p15)
-    d2__p11_1004 = torch.einsum("zui,u->zui", d2__p54, (weight[464:480].view(16) * 0.5144957554275266))
-    d2_weight_1005 = torch.einsum("zui,zui->u", (d2__p54 * 0.5144957554275266), _p11)
-    d2__p7_1006 = torch.einsum("zui,u->zui", d2__p54, (weight[336:352].view(16) * 0.5144957554275266))
-    d2_weight_1007 = torch.einsum("zui,zui->u", (d2__p54 * 0.5144957554275266), _p7)
-    d2__p39_1008 = torch.einsum("zui,u->zui", d2__p52, (weight[1520:1536].view(16) * 0.6367145399670133))
-    d2_weight_1009 = torch.einsum("zui,zui->u", (d2__p52 * 0.6367145399670133), _p39)
-    d2__p29_1010 = torch.einsum("zui,u->zui", d2__p52, (weight[1168:1184].view(16) * 0.6367145399670133))
-    d2_weight_1011 = torch.einsum("zui,zui->u", (d2__p52 * 0.6367145399670133), _p29)
-    d2__p20_1012 = torch.einsum("zui,u->zui", d2__p52, (weight[848:864].view(16) * 0.6367145399670133))
-    d2_weight_1013 = torch.einsum("zui,zui->u", (d2__p52 * 0.6367145399670133), _p20)
-    d2__p15_1014 = torch.einsum("zui,u->zui", d2__p52, (weight[656:672].view(16) * 0.6367145399670133))
-    d2_weight_1015 = torch.einsum("zui,zui->u", (d2__p52 * 0.6367145399670133), _p15)
-    d2__p11_1016 = torch.einsum("zui,u->zui", d2__p52, (weight[448:464].view(16) * 0.6367145399670133))
-    d2_weight_1017 = torch.einsum("zui,zui->u", (d2__p52 * 0.6367145399670133), _p11)
-    d2__p7_1018 = torch.einsum("zui,u->zui", d2__p52, (weight[320:336].view(16) * 0.6367145399670133))
-    d2_weight_1019 = torch.einsum("zui,zui->u", (d2__p52 * 0.6367145399670133), _p7)
-    d2__p39_1020 = torch.einsum("zui,u->zui", d2__p50, (weight[1504:1520].view(16) * 0.4472135954999579))
-    d2_weight_1021 = torch.einsum("zui,zui->u", (d2__p50 * 0.4472135954999579), _p39)
-    d2__p29_1022 = torch.einsum("zui,u->zui", d2__p50, (weight[1152:1168].view(16) * 0.4472135954999579))
-    d2_weight_1023 = torch.einsum("zui,zui->u", (d2__p50 * 0.4472135954999579), _p29)
-    d2__p20_1024 = torch.einsum("zui,u->zui", d2__p50, (weight[832:848].view(16) * 0.4472135954999579))
-    d2_weight_1025 = torch.einsum("zui,zui->u", (d2__p50 * 0.4472135954999579), _p20)
-    d2__p15_1026 = torch.einsum("zui,u->zui", d2__p50, (weight[640:656].view(16) * 0.4472135954999579))
-    d2_weight_1027 = torch.einsum("zui,zui->u", (d2__p50 * 0.4472135954999579), _p15)
-    d2__p11_1028 = torch.einsum("zui,u->zui", d2__p50, (weight[432:448].view(16) * 0.4472135954999579))
-    d2_weight_1029 = torch.einsum("zui,zui->u", (d2__p50 * 0.4472135954999579), _p11)
-    d2__p7_1030 = torch.einsum("zui,u->zui", d2__p50, (weight[304:320].view(16) * 0.4472135954999579))
-    d2_weight_1031 = torch.einsum("zui,zui->u", (d2__p50 * 0.4472135954999579), _p7)
-    d2__p39_1032 = torch.einsum("zui,u->zui", d2__p48, (weight[1488:1504].view(16) * 0.5144957554275266))
-    d2_weight_1033 = torch.einsum("zui,zui->u", (d2__p48 * 0.5144957554275266), _p39)
-    d2__p29_1034 = torch.einsum("zui,u->zui", d2__p48, (weight[1136:1152].view(16) * 0.5144957554275266))
-    d2_weight_1035 = torch.einsum("zui,zui->u", (d2__p48 * 0.5144957554275266), _p29)
-    d2__p20_1036 = torch.einsum("zui,u->zui", d2__p48, (weight[816:832].view(16) * 0.5144957554275266))
-    d2_weight_1037 = torch.einsum("zui,zui->u", (d2__p48 * 0.5144957554275266), _p20)
-    d2__p15_1038 = torch.einsum("zui,u->zui", d2__p48, (weight[624:640].view(16) * 0.5144957554275266))
-    d2_weight_1039 = torch.einsum("zui,zui->u", (d2__p48 * 0.5144957554275266), _p15)
-    d2__p11_1040 = torch.einsum("zui,u->zui", d2__p48, (weight[416:432].view(16) * 0.5144957554275266))
-    d2_weight_1041 = torch.einsum("zui,zui->u", (d2__p48 * 0.5144957554275266), _p11)
-    d2__p7_1042 = torch.einsum("zui,u->zui", d2__p48, (weight[288:304].view(16) * 0.5144957554275266))
-    d2_weight_1043 = torch.einsum("zui,zui->u", (d2__p48 * 0.5144957554275266), _p7)
-    d2__p23_1044 = torch.einsum("zui,u->zui", d2__p46, (weight[1024:1040].view(16) * 0.36760731104690386))
-    d2_weight_1045 = torch.einsum("zui,zui->u", (d2__p46 * 0.36760731104690386), _p23)
-    d2__p12_1046 = torch.einsum("zui,u->zui", d2__p46, (weight[560:576].view(16) * 0.36760731104690386))
-    d2_weight_1047 = torch.einsum("zui,zui->u", (d2__p46 * 0.36760731104690386), _p12)
-    d2__p2_1048 = torch.einsum("zui,u->zui", d2__p46, (weight[272:288].view(16) * 0.36760731104690386))
-    d2_weight_1049 = torch.einsum("zui,zui->u", (d2__p46 * 0.36760731104690386), _p2)
-    d2__p23_1050 = torch.einsum("zui,u->zui", d2__p44, (weight[976:992].view(16) * 0.2970442628930023))
-    d2_weight_1051 = torch.einsum("zui,zui->u", (d2__p44 * 0.2970442628930023), _p23)
-    d2__p12_1052 = torch.einsum("zui,u->zui", d2__p44, (weight[512:528].view(16) * 0.2970442628930023))
-    d2_weight_1053 = torch.einsum("zui,zui->u", (d2__p44 * 0.2970442628930023), _p12)
-    d2__p2_1054 = torch.einsum("zui,u->zui", d2__p44, (weight[256:272].view(16) * 0.2970442628930023))
-    d2_weight_1055 = torch.einsum("zui,zui->u", (d2__p44 * 0.2970442628930023), _p2)
-    d2__p23_1056 = torch.einsum("zui,u->zui", d2__p42, (weight[944:960].view(16) * 0.2581988897471611))
-    d2_weight_1057 = torch.einsum("zui,zui->u", (d2__p42 * 0.2581988897471611), _p23)
-    d2__p12_1058 = torch.einsum("zui,u->zui", d2__p42, (weight[480:496].view(16) * 0.2581988897471611))
-    d2_weight_1059 = torch.einsum("zui,zui->u", (d2__p42 * 0.2581988897471611), _p12)
-    d2__p2_1060 = torch.einsum("zui,u->zui", d2__p42, (weight[240:256].view(16) * 0.2581988897471611))
-    d2_weight_1061 = torch.einsum("zui,zui->u", (d2__p42 * 0.2581988897471611), _p2)
+    _c210 = torch.einsum("zui,zuk->ziku", d2_d__p76, d__p77)
+    d2_x4_580 = torch.einsum("ijk,ziku->zuj", cg_3_2_2, _c210)
+    d2_d_y_581 = d2_d__p77
     # ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
-    d2__p41 = d2__p41_827 + d2__p41_867 + d2__p41_896 + d2__p41_912
-    _c367 = torch.einsum("zuk,zuj->zjku", d2__p41, x3[:, 64:144].reshape(n, 16, 5))
-    d2_t_1062 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c367)
+    d2__p41 = d2__p41_530 + d2__p41_566
+    _c211 = torch.einsum("zuk,zuj->zjku", d2__p41, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_582 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c211)
     # ∂/∂x3: p41 = (p34 ⊗ p8) -> 16x3o
-    _c368 = torch.einsum("zuk,zui->ziku", d2__p41, t[:, 192:272].reshape(n, 16, 5))
-    d2_x3_1063 = torch.einsum("ijk,ziku->zuj", cg_2_2_3, _c368)
+    _c212 = torch.einsum("zuk,zui->ziku", d2__p41, t[:, 192:272].reshape(n, 16, 5))
+    d2_x3_583 = torch.einsum("ijk,ziku->zuj", cg_2_2_3, _c212)
     # ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
-    d2__p40 = d2__p40_811 + d2__p40_851 + d2__p40_902 + d2__p40_918
-    _c369 = torch.einsum("zuk,zuj->zjku", d2__p40, x3[:, 64:144].reshape(n, 16, 5))
-    d2_t_1064 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c369)
+    d2__p40 = d2__p40_516 + d2__p40_552
+    _c213 = torch.einsum("zuk,zuj->zjku", d2__p40, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_584 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c213)
     # ∂/∂x3: p40 = (p34 ⊗ p8) -> 16x2o
-    _c370 = torch.einsum("zuk,zui->ziku", d2__p40, t[:, 192:272].reshape(n, 16, 5))
-    d2_x3_1065 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c370)
+    _c214 = torch.einsum("zuk,zui->ziku", d2__p40, t[:, 192:272].reshape(n, 16, 5))
+    d2_x3_585 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c214)
     # ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
-    d2__p39 = d2__p39_543 + d2__p39_571 + d2__p39_599 + d2__p39_627 + d2__p39_996 + d2__p39_1008 + d2__p39_1020 + d2__p39_1032
-    _c371 = torch.einsum("zuk,zuj->zjku", d2__p39, x3[:, 64:144].reshape(n, 16, 5))
-    d2_t_1066 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c371)
+    d2__p39 = d2__p39_268 + d2__p39_294 + d2__p39_320 + d2__p39_346
+    _c215 = torch.einsum("zuk,zuj->zjku", d2__p39, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_586 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c215)
     # ∂/∂x3: p39 = (p34 ⊗ p8) -> 16x1o
-    _c372 = torch.einsum("zuk,zui->ziku", d2__p39, t[:, 192:272].reshape(n, 16, 5))
-    d2_x3_1067 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c372)
+    _c216 = torch.einsum("zuk,zui->ziku", d2__p39, t[:, 192:272].reshape(n, 16, 5))
+    d2_x3_587 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c216)
     # ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
-    d2__p38 = d2__p38_883 + d2__p38_890
-    _c373 = torch.einsum("zuk,zuj->zjku", d2__p38, x3[:, 16:64].reshape(n, 16, 3))
-    d2_t_1068 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c373)
+    _c217 = torch.einsum("zuk,zuj->zjku", d2__p38, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_588 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c217)
     # ∂/∂x3: p38 = (p34 ⊗ p6) -> 16x3e
-    _c374 = torch.einsum("zuk,zui->ziku", d2__p38, t[:, 192:272].reshape(n, 16, 5))
-    d2_x3_1069 = torch.einsum("ijk,ziku->zuj", cg_2_1_3, _c374)
+    _c218 = torch.einsum("zuk,zui->ziku", d2__p38, t[:, 192:272].reshape(n, 16, 5))
+    d2_x3_589 = torch.einsum("ijk,ziku->zuj", cg_2_1_3, _c218)
     # ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
-    d2__p37 = d2__p37_763 + d2__p37_787 + d2__p37_928 + d2__p37_938
-    _c375 = torch.einsum("zuk,zuj->zjku", d2__p37, x3[:, 16:64].reshape(n, 16, 3))
-    d2_t_1070 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c375)
+    d2__p37 = d2__p37_472 + d2__p37_494
+    _c219 = torch.einsum("zuk,zuj->zjku", d2__p37, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_590 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c219)
     # ∂/∂x3: p37 = (p34 ⊗ p6) -> 16x1e
-    _c376 = torch.einsum("zuk,zui->ziku", d2__p37, t[:, 192:272].reshape(n, 16, 5))
-    d2_x3_1071 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c376)
+    _c220 = torch.einsum("zuk,zui->ziku", d2__p37, t[:, 192:272].reshape(n, 16, 5))
+    d2_x3_591 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c220)
     # ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
-    d2__p36 = d2__p36_655 + d2__p36_683 + d2__p36_711 + d2__p36_739 + d2__p36_948 + d2__p36_960 + d2__p36_972 + d2__p36_984
-    _c377 = torch.einsum("zuk,zuj->zjku", d2__p36, x3[:, 16:64].reshape(n, 16, 3))
-    d2_t_1072 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c377)
+    d2__p36 = d2__p36_372 + d2__p36_398 + d2__p36_424 + d2__p36_450
+    _c221 = torch.einsum("zuk,zuj->zjku", d2__p36, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_592 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c221)
     # ∂/∂x3: p36 = (p34 ⊗ p6) -> 16x2e
-    _c378 = torch.einsum("zuk,zui->ziku", d2__p36, t[:, 192:272].reshape(n, 16, 5))
-    d2_x3_1073 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c378)
+    _c222 = torch.einsum("zuk,zui->ziku", d2__p36, t[:, 192:272].reshape(n, 16, 5))
+    d2_x3_593 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c222)
     # ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
-    d2__p35 = d2__p35_807 + d2__p35_847 + d2__p35_904 + d2__p35_920
-    _c379 = torch.einsum("zuk,zuj->zjku", d2__p35, x3[:, 0:16].reshape(n, 16, 1))
-    d2_t_1074 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c379)
+    d2__p35 = d2__p35_512 + d2__p35_548
+    _c223 = torch.einsum("zuk,zuj->zjku", d2__p35, x3[:, 0:16].reshape(n, 16, 1))
+    d2_t_594 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c223)
     # ∂/∂x3: p35 = (p34 ⊗ p1) -> 16x2o
-    _c380 = torch.einsum("zuk,zui->ziku", d2__p35, t[:, 192:272].reshape(n, 16, 5))
-    d2_x3_1075 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c380)
+    _c224 = torch.einsum("zuk,zui->ziku", d2__p35, t[:, 192:272].reshape(n, 16, 5))
+    d2_x3_595 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c224)
     # ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
-    d2__p33 = d2__p33_879 + d2__p33_892
-    _c381 = torch.einsum("zuk,zuj->zjku", d2__p33, x3[:, 64:144].reshape(n, 16, 5))
-    d2_t_1076 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c381)
+    _c225 = torch.einsum("zuk,zuj->zjku", d2__p33, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_596 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c225)
     # ∂/∂x3: p33 = (p27 ⊗ p8) -> 16x3e
-    _c382 = torch.einsum("zuk,zui->ziku", d2__p33, t[:, 144:192].reshape(n, 16, 3))
-    d2_x3_1077 = torch.einsum("ijk,ziku->zuj", cg_1_2_3, _c382)
+    _c226 = torch.einsum("zuk,zui->ziku", d2__p33, t[:, 144:192].reshape(n, 16, 3))
+    d2_x3_597 = torch.einsum("ijk,ziku->zuj", cg_1_2_3, _c226)
     # ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
-    d2__p32 = d2__p32_759 + d2__p32_783 + d2__p32_930 + d2__p32_940
-    _c383 = torch.einsum("zuk,zuj->zjku", d2__p32, x3[:, 64:144].reshape(n, 16, 5))
-    d2_t_1078 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c383)
+    d2__p32 = d2__p32_468 + d2__p32_490
+    _c227 = torch.einsum("zuk,zuj->zjku", d2__p32, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_598 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c227)
     # ∂/∂x3: p32 = (p27 ⊗ p8) -> 16x1e
-    _c384 = torch.einsum("zuk,zui->ziku", d2__p32, t[:, 144:192].reshape(n, 16, 3))
-    d2_x3_1079 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c384)
+    _c228 = torch.einsum("zuk,zui->ziku", d2__p32, t[:, 144:192].reshape(n, 16, 3))
+    d2_x3_599 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c228)
     # ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
-    d2__p31 = d2__p31_651 + d2__p31_679 + d2__p31_707 + d2__p31_735 + d2__p31_950 + d2__p31_962 + d2__p31_974 + d2__p31_986
-    _c385 = torch.einsum("zuk,zuj->zjku", d2__p31, x3[:, 64:144].reshape(n, 16, 5))
-    d2_t_1080 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c385)
+    d2__p31 = d2__p31_368 + d2__p31_394 + d2__p31_420 + d2__p31_446
+    _c229 = torch.einsum("zuk,zuj->zjku", d2__p31, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_600 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c229)
     # ∂/∂x3: p31 = (p27 ⊗ p8) -> 16x2e
-    _c386 = torch.einsum("zuk,zui->ziku", d2__p31, t[:, 144:192].reshape(n, 16, 3))
-    d2_x3_1081 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c386)
+    _c230 = torch.einsum("zuk,zui->ziku", d2__p31, t[:, 144:192].reshape(n, 16, 3))
+    d2_x3_601 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c230)
     # ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
-    d2__p30 = d2__p30_803 + d2__p30_843 + d2__p30_906 + d2__p30_922
-    _c387 = torch.einsum("zuk,zuj->zjku", d2__p30, x3[:, 16:64].reshape(n, 16, 3))
-    d2_t_1082 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c387)
+    d2__p30 = d2__p30_508 + d2__p30_544
+    _c231 = torch.einsum("zuk,zuj->zjku", d2__p30, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_602 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c231)
     # ∂/∂x3: p30 = (p27 ⊗ p6) -> 16x2o
-    _c388 = torch.einsum("zuk,zui->ziku", d2__p30, t[:, 144:192].reshape(n, 16, 3))
-    d2_x3_1083 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c388)
+    _c232 = torch.einsum("zuk,zui->ziku", d2__p30, t[:, 144:192].reshape(n, 16, 3))
+    d2_x3_603 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c232)
     # ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
-    d2__p29 = d2__p29_539 + d2__p29_567 + d2__p29_595 + d2__p29_623 + d2__p29_998 + d2__p29_1010 + d2__p29_1022 + d2__p29_1034
-    _c389 = torch.einsum("zuk,zuj->zjku", d2__p29, x3[:, 16:64].reshape(n, 16, 3))
-    d2_t_1084 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c389)
+    d2__p29 = d2__p29_264 + d2__p29_290 + d2__p29_316 + d2__p29_342
+    _c233 = torch.einsum("zuk,zuj->zjku", d2__p29, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_604 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c233)
     # ∂/∂x3: p29 = (p27 ⊗ p6) -> 16x1o
-    _c390 = torch.einsum("zuk,zui->ziku", d2__p29, t[:, 144:192].reshape(n, 16, 3))
-    d2_x3_1085 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c390)
+    _c234 = torch.einsum("zuk,zui->ziku", d2__p29, t[:, 144:192].reshape(n, 16, 3))
+    d2_x3_605 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c234)
     # ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
-    d2__p28 = d2__p28_755 + d2__p28_779 + d2__p28_932 + d2__p28_942
-    _c391 = torch.einsum("zuk,zuj->zjku", d2__p28, x3[:, 0:16].reshape(n, 16, 1))
-    d2_t_1086 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c391)
+    d2__p28 = d2__p28_464 + d2__p28_486
+    _c235 = torch.einsum("zuk,zuj->zjku", d2__p28, x3[:, 0:16].reshape(n, 16, 1))
+    d2_t_606 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c235)
     # ∂/∂x3: p28 = (p27 ⊗ p1) -> 16x1e
-    _c392 = torch.einsum("zuk,zui->ziku", d2__p28, t[:, 144:192].reshape(n, 16, 3))
-    d2_x3_1087 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c392)
+    _c236 = torch.einsum("zuk,zui->ziku", d2__p28, t[:, 144:192].reshape(n, 16, 3))
+    d2_x3_607 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c236)
     # ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
-    d2__p26 = d2__p26_875 + d2__p26_894
-    _c393 = torch.einsum("zuk,zuj->zjku", d2__p26, x3[:, 64:144].reshape(n, 16, 5))
-    d2_t_1088 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c393)
+    _c237 = torch.einsum("zuk,zuj->zjku", d2__p26, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_608 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c237)
     # ∂/∂x3: p26 = (p18 ⊗ p8) -> 16x3e
-    _c394 = torch.einsum("zuk,zui->ziku", d2__p26, t[:, 64:144].reshape(n, 16, 5))
-    d2_x3_1089 = torch.einsum("ijk,ziku->zuj", cg_2_2_3, _c394)
+    _c238 = torch.einsum("zuk,zui->ziku", d2__p26, t[:, 64:144].reshape(n, 16, 5))
+    d2_x3_609 = torch.einsum("ijk,ziku->zuj", cg_2_2_3, _c238)
     # ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
-    d2__p25 = d2__p25_751 + d2__p25_775 + d2__p25_934 + d2__p25_944
-    _c395 = torch.einsum("zuk,zuj->zjku", d2__p25, x3[:, 64:144].reshape(n, 16, 5))
-    d2_t_1090 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c395)
+    d2__p25 = d2__p25_460 + d2__p25_482
+    _c239 = torch.einsum("zuk,zuj->zjku", d2__p25, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_610 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c239)
     # ∂/∂x3: p25 = (p18 ⊗ p8) -> 16x1e
-    _c396 = torch.einsum("zuk,zui->ziku", d2__p25, t[:, 64:144].reshape(n, 16, 5))
-    d2_x3_1091 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c396)
+    _c240 = torch.einsum("zuk,zui->ziku", d2__p25, t[:, 64:144].reshape(n, 16, 5))
+    d2_x3_611 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c240)
     # ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
-    d2__p24 = d2__p24_647 + d2__p24_675 + d2__p24_703 + d2__p24_731 + d2__p24_952 + d2__p24_964 + d2__p24_976 + d2__p24_988
-    _c397 = torch.einsum("zuk,zuj->zjku", d2__p24, x3[:, 64:144].reshape(n, 16, 5))
-    d2_t_1092 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c397)
+    d2__p24 = d2__p24_364 + d2__p24_390 + d2__p24_416 + d2__p24_442
+    _c241 = torch.einsum("zuk,zuj->zjku", d2__p24, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_612 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c241)
     # ∂/∂x3: p24 = (p18 ⊗ p8) -> 16x2e
-    _c398 = torch.einsum("zuk,zui->ziku", d2__p24, t[:, 64:144].reshape(n, 16, 5))
-    d2_x3_1093 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c398)
+    _c242 = torch.einsum("zuk,zui->ziku", d2__p24, t[:, 64:144].reshape(n, 16, 5))
+    d2_x3_613 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c242)
     # ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
-    d2__p23 = d2__p23_483 + d2__p23_499 + d2__p23_515 + d2__p23_1044 + d2__p23_1050 + d2__p23_1056
-    _c399 = torch.einsum("zuk,zuj->zjku", d2__p23, x3[:, 64:144].reshape(n, 16, 5))
-    d2_t_1094 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c399)
+    d2__p23 = d2__p23_214 + d2__p23_228 + d2__p23_242
+    _c243 = torch.einsum("zuk,zuj->zjku", d2__p23, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_614 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c243)
     # ∂/∂x3: p23 = (p18 ⊗ p8) -> 16x0e
-    _c400 = torch.einsum("zuk,zui->ziku", d2__p23, t[:, 64:144].reshape(n, 16, 5))
-    d2_x3_1095 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c400)
+    _c244 = torch.einsum("zuk,zui->ziku", d2__p23, t[:, 64:144].reshape(n, 16, 5))
+    d2_x3_615 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c244)
     # ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
-    d2__p22 = d2__p22_823 + d2__p22_863 + d2__p22_898 + d2__p22_914
-    _c401 = torch.einsum("zuk,zuj->zjku", d2__p22, x3[:, 16:64].reshape(n, 16, 3))
-    d2_t_1096 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c401)
+    d2__p22 = d2__p22_526 + d2__p22_562
+    _c245 = torch.einsum("zuk,zuj->zjku", d2__p22, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_616 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c245)
     # ∂/∂x3: p22 = (p18 ⊗ p6) -> 16x3o
-    _c402 = torch.einsum("zuk,zui->ziku", d2__p22, t[:, 64:144].reshape(n, 16, 5))
-    d2_x3_1097 = torch.einsum("ijk,ziku->zuj", cg_2_1_3, _c402)
+    _c246 = torch.einsum("zuk,zui->ziku", d2__p22, t[:, 64:144].reshape(n, 16, 5))
+    d2_x3_617 = torch.einsum("ijk,ziku->zuj", cg_2_1_3, _c246)
     # ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
-    d2__p21 = d2__p21_799 + d2__p21_839 + d2__p21_908 + d2__p21_924
-    _c403 = torch.einsum("zuk,zuj->zjku", d2__p21, x3[:, 16:64].reshape(n, 16, 3))
-    d2_t_1098 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c403)
+    d2__p21 = d2__p21_504 + d2__p21_540
+    _c247 = torch.einsum("zuk,zuj->zjku", d2__p21, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_618 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c247)
     # ∂/∂x3: p21 = (p18 ⊗ p6) -> 16x2o
-    _c404 = torch.einsum("zuk,zui->ziku", d2__p21, t[:, 64:144].reshape(n, 16, 5))
-    d2_x3_1099 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c404)
+    _c248 = torch.einsum("zuk,zui->ziku", d2__p21, t[:, 64:144].reshape(n, 16, 5))
+    d2_x3_619 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c248)
     # ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
-    d2__p20 = d2__p20_535 + d2__p20_563 + d2__p20_591 + d2__p20_619 + d2__p20_1000 + d2__p20_1012 + d2__p20_1024 + d2__p20_1036
-    _c405 = torch.einsum("zuk,zuj->zjku", d2__p20, x3[:, 16:64].reshape(n, 16, 3))
-    d2_t_1100 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c405)
+    d2__p20 = d2__p20_260 + d2__p20_286 + d2__p20_312 + d2__p20_338
+    _c249 = torch.einsum("zuk,zuj->zjku", d2__p20, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_620 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c249)
     # ∂/∂x3: p20 = (p18 ⊗ p6) -> 16x1o
-    _c406 = torch.einsum("zuk,zui->ziku", d2__p20, t[:, 64:144].reshape(n, 16, 5))
-    d2_x3_1101 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c406)
+    _c250 = torch.einsum("zuk,zui->ziku", d2__p20, t[:, 64:144].reshape(n, 16, 5))
+    d2_x3_621 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c250)
     # ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
-    d2__p19 = d2__p19_643 + d2__p19_671 + d2__p19_699 + d2__p19_727 + d2__p19_954 + d2__p19_966 + d2__p19_978 + d2__p19_990
-    _c407 = torch.einsum("zuk,zuj->zjku", d2__p19, x3[:, 0:16].reshape(n, 16, 1))
-    d2_t_1102 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c407)
+    d2__p19 = d2__p19_360 + d2__p19_386 + d2__p19_412 + d2__p19_438
+    _c251 = torch.einsum("zuk,zuj->zjku", d2__p19, x3[:, 0:16].reshape(n, 16, 1))
+    d2_t_622 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c251)
     # ∂/∂x3: p19 = (p18 ⊗ p1) -> 16x2e
-    _c408 = torch.einsum("zuk,zui->ziku", d2__p19, t[:, 64:144].reshape(n, 16, 5))
-    d2_x3_1103 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c408)
+    _c252 = torch.einsum("zuk,zui->ziku", d2__p19, t[:, 64:144].reshape(n, 16, 5))
+    d2_x3_623 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c252)
     # ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
-    d2__p17 = d2__p17_819 + d2__p17_859 + d2__p17_900 + d2__p17_916
-    _c409 = torch.einsum("zuk,zuj->zjku", d2__p17, x3[:, 64:144].reshape(n, 16, 5))
-    d2_t_1104 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c409)
+    d2__p17 = d2__p17_522 + d2__p17_558
+    _c253 = torch.einsum("zuk,zuj->zjku", d2__p17, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_624 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c253)
     # ∂/∂x3: p17 = (p10 ⊗ p8) -> 16x3o
-    _c410 = torch.einsum("zuk,zui->ziku", d2__p17, t[:, 16:64].reshape(n, 16, 3))
-    d2_x3_1105 = torch.einsum("ijk,ziku->zuj", cg_1_2_3, _c410)
+    _c254 = torch.einsum("zuk,zui->ziku", d2__p17, t[:, 16:64].reshape(n, 16, 3))
+    d2_x3_625 = torch.einsum("ijk,ziku->zuj", cg_1_2_3, _c254)
     # ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
-    d2__p16 = d2__p16_795 + d2__p16_835 + d2__p16_910 + d2__p16_926
-    _c411 = torch.einsum("zuk,zuj->zjku", d2__p16, x3[:, 64:144].reshape(n, 16, 5))
-    d2_t_1106 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c411)
+    d2__p16 = d2__p16_500 + d2__p16_536
+    _c255 = torch.einsum("zuk,zuj->zjku", d2__p16, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_626 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c255)
     # ∂/∂x3: p16 = (p10 ⊗ p8) -> 16x2o
-    _c412 = torch.einsum("zuk,zui->ziku", d2__p16, t[:, 16:64].reshape(n, 16, 3))
-    d2_x3_1107 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c412)
+    _c256 = torch.einsum("zuk,zui->ziku", d2__p16, t[:, 16:64].reshape(n, 16, 3))
+    d2_x3_627 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c256)
     # ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
-    d2__p15 = d2__p15_531 + d2__p15_559 + d2__p15_587 + d2__p15_615 + d2__p15_1002 + d2__p15_1014 + d2__p15_1026 + d2__p15_1038
-    _c413 = torch.einsum("zuk,zuj->zjku", d2__p15, x3[:, 64:144].reshape(n, 16, 5))
-    d2_t_1108 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c413)
+    d2__p15 = d2__p15_256 + d2__p15_282 + d2__p15_308 + d2__p15_334
+    _c257 = torch.einsum("zuk,zuj->zjku", d2__p15, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_628 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c257)
     # ∂/∂x3: p15 = (p10 ⊗ p8) -> 16x1o
-    _c414 = torch.einsum("zuk,zui->ziku", d2__p15, t[:, 16:64].reshape(n, 16, 3))
-    d2_x3_1109 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c414)
+    _c258 = torch.einsum("zuk,zui->ziku", d2__p15, t[:, 16:64].reshape(n, 16, 3))
+    d2_x3_629 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c258)
     # ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
-    d2__p14 = d2__p14_747 + d2__p14_771 + d2__p14_936 + d2__p14_946
-    _c415 = torch.einsum("zuk,zuj->zjku", d2__p14, x3[:, 16:64].reshape(n, 16, 3))
-    d2_t_1110 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c415)
+    d2__p14 = d2__p14_456 + d2__p14_478
+    _c259 = torch.einsum("zuk,zuj->zjku", d2__p14, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_630 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c259)
     # ∂/∂x3: p14 = (p10 ⊗ p6) -> 16x1e
-    _c416 = torch.einsum("zuk,zui->ziku", d2__p14, t[:, 16:64].reshape(n, 16, 3))
-    d2_x3_1111 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c416)
+    _c260 = torch.einsum("zuk,zui->ziku", d2__p14, t[:, 16:64].reshape(n, 16, 3))
+    d2_x3_631 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c260)
     # ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
-    d2__p13 = d2__p13_639 + d2__p13_667 + d2__p13_695 + d2__p13_723 + d2__p13_956 + d2__p13_968 + d2__p13_980 + d2__p13_992
-    _c417 = torch.einsum("zuk,zuj->zjku", d2__p13, x3[:, 16:64].reshape(n, 16, 3))
-    d2_t_1112 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c417)
+    d2__p13 = d2__p13_356 + d2__p13_382 + d2__p13_408 + d2__p13_434
+    _c261 = torch.einsum("zuk,zuj->zjku", d2__p13, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_632 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c261)
     # ∂/∂x3: p13 = (p10 ⊗ p6) -> 16x2e
-    _c418 = torch.einsum("zuk,zui->ziku", d2__p13, t[:, 16:64].reshape(n, 16, 3))
-    d2_x3_1113 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c418)
+    _c262 = torch.einsum("zuk,zui->ziku", d2__p13, t[:, 16:64].reshape(n, 16, 3))
+    d2_x3_633 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c262)
     # ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
-    d2__p12 = d2__p12_479 + d2__p12_495 + d2__p12_511 + d2__p12_1046 + d2__p12_1052 + d2__p12_1058
-    _c419 = torch.einsum("zuk,zuj->zjku", d2__p12, x3[:, 16:64].reshape(n, 16, 3))
-    d2_t_1114 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c419)
+    d2__p12 = d2__p12_210 + d2__p12_224 + d2__p12_238
+    _c263 = torch.einsum("zuk,zuj->zjku", d2__p12, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_634 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c263)
     # ∂/∂x3: p12 = (p10 ⊗ p6) -> 16x0e
-    _c420 = torch.einsum("zuk,zui->ziku", d2__p12, t[:, 16:64].reshape(n, 16, 3))
-    d2_x3_1115 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c420)
+    _c264 = torch.einsum("zuk,zui->ziku", d2__p12, t[:, 16:64].reshape(n, 16, 3))
+    d2_x3_635 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c264)
     # ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
-    d2__p11 = d2__p11_527 + d2__p11_555 + d2__p11_583 + d2__p11_611 + d2__p11_1004 + d2__p11_1016 + d2__p11_1028 + d2__p11_1040
-    _c421 = torch.einsum("zuk,zuj->zjku", d2__p11, x3[:, 0:16].reshape(n, 16, 1))
-    d2_t_1116 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c421)
+    d2__p11 = d2__p11_252 + d2__p11_278 + d2__p11_304 + d2__p11_330
+    _c265 = torch.einsum("zuk,zuj->zjku", d2__p11, x3[:, 0:16].reshape(n, 16, 1))
+    d2_t_636 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c265)
     # ∂/∂x3: p11 = (p10 ⊗ p1) -> 16x1o
-    _c422 = torch.einsum("zuk,zui->ziku", d2__p11, t[:, 16:64].reshape(n, 16, 3))
-    d2_x3_1117 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c422)
+    _c266 = torch.einsum("zuk,zui->ziku", d2__p11, t[:, 16:64].reshape(n, 16, 3))
+    d2_x3_637 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c266)
     # ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
-    d2__p9 = d2__p9_635 + d2__p9_663 + d2__p9_691 + d2__p9_719 + d2__p9_958 + d2__p9_970 + d2__p9_982 + d2__p9_994
-    _c423 = torch.einsum("zuk,zuj->zjku", d2__p9, x3[:, 64:144].reshape(n, 16, 5))
-    d2_t_1118 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c423)
+    d2__p9 = d2__p9_352 + d2__p9_378 + d2__p9_404 + d2__p9_430
+    _c267 = torch.einsum("zuk,zuj->zjku", d2__p9, x3[:, 64:144].reshape(n, 16, 5))
+    d2_t_638 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c267)
     # ∂/∂x3: p9 = (p0 ⊗ p8) -> 16x2e
-    _c424 = torch.einsum("zuk,zui->ziku", d2__p9, t[:, 0:16].reshape(n, 16, 1))
-    d2_x3_1119 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c424)
+    _c268 = torch.einsum("zuk,zui->ziku", d2__p9, t[:, 0:16].reshape(n, 16, 1))
+    d2_x3_639 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c268)
     # ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
-    d2__p7 = d2__p7_523 + d2__p7_551 + d2__p7_579 + d2__p7_607 + d2__p7_1006 + d2__p7_1018 + d2__p7_1030 + d2__p7_1042
-    _c425 = torch.einsum("zuk,zuj->zjku", d2__p7, x3[:, 16:64].reshape(n, 16, 3))
-    d2_t_1120 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c425)
+    d2__p7 = d2__p7_248 + d2__p7_274 + d2__p7_300 + d2__p7_326
+    _c269 = torch.einsum("zuk,zuj->zjku", d2__p7, x3[:, 16:64].reshape(n, 16, 3))
+    d2_t_640 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c269)
     # ∂/∂x3: p7 = (p0 ⊗ p6) -> 16x1o
-    _c426 = torch.einsum("zuk,zui->ziku", d2__p7, t[:, 0:16].reshape(n, 16, 1))
-    d2_x3_1121 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c426)
+    _c270 = torch.einsum("zuk,zui->ziku", d2__p7, t[:, 0:16].reshape(n, 16, 1))
+    d2_x3_641 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c270)
     # ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
-    d2__p2 = d2__p2_475 + d2__p2_491 + d2__p2_507 + d2__p2_1048 + d2__p2_1054 + d2__p2_1060
-    _c427 = torch.einsum("zuk,zuj->zjku", d2__p2, x3[:, 0:16].reshape(n, 16, 1))
-    d2_t_1122 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c427)
+    d2__p2 = d2__p2_206 + d2__p2_220 + d2__p2_234
+    _c271 = torch.einsum("zuk,zuj->zjku", d2__p2, x3[:, 0:16].reshape(n, 16, 1))
+    d2_t_642 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c271)
     # ∂/∂x3: p2 = (p0 ⊗ p1) -> 16x0e
-    _c428 = torch.einsum("zuk,zui->ziku", d2__p2, t[:, 0:16].reshape(n, 16, 1))
-    d2_x3_1123 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c428)
+    _c272 = torch.einsum("zuk,zui->ziku", d2__p2, t[:, 0:16].reshape(n, 16, 1))
+    d2_x3_643 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c272)
     # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x1e
     d2_t = torch.cat([
-        (d2_t_351 + d2_t_355 + d2_t_359 + d2_t_1118 + d2_t_1120 + d2_t_1122).reshape(n, 16),
-        (d2_t_363 + d2_t_367 + d2_t_371 + d2_t_375 + d2_t_379 + d2_t_383 + d2_t_387 + d2_t_1104 + d2_t_1106 + d2_t_1108 + d2_t_1110 + d2_t_1112 + d2_t_1114 + d2_t_1116).reshape(n, 48),
-        (d2_t_391 + d2_t_395 + d2_t_399 + d2_t_403 + d2_t_407 + d2_t_411 + d2_t_415 + d2_t_419 + d2_t_1088 + d2_t_1090 + d2_t_1092 + d2_t_1094 + d2_t_1096 + d2_t_1098 + d2_t_1100 + d2_t_1102).reshape(n, 80),
-        (d2_t_423 + d2_t_427 + d2_t_431 + d2_t_435 + d2_t_439 + d2_t_443 + d2_t_1076 + d2_t_1078 + d2_t_1080 + d2_t_1082 + d2_t_1084 + d2_t_1086).reshape(n, 48),
-        (d2_t_447 + d2_t_451 + d2_t_455 + d2_t_459 + d2_t_463 + d2_t_467 + d2_t_471 + d2_t_1062 + d2_t_1064 + d2_t_1066 + d2_t_1068 + d2_t_1070 + d2_t_1072 + d2_t_1074).reshape(n, 80),
+        (d2_t_638 + d2_t_640 + d2_t_642).reshape(n, 16),
+        (d2_t_624 + d2_t_626 + d2_t_628 + d2_t_630 + d2_t_632 + d2_t_634 + d2_t_636).reshape(n, 48),
+        (d2_t_608 + d2_t_610 + d2_t_612 + d2_t_614 + d2_t_616 + d2_t_618 + d2_t_620 + d2_t_622).reshape(n, 80),
+        (d2_t_596 + d2_t_598 + d2_t_600 + d2_t_602 + d2_t_604 + d2_t_606).reshape(n, 48),
+        (d2_t_582 + d2_t_584 + d2_t_586 + d2_t_588 + d2_t_590 + d2_t_592 + d2_t_594).reshape(n, 80),
     ], dim=-1)
-    _c429 = torch.einsum("zuk,zuj->zjku", d2_t[:, 144:192].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5))
-    d2_x1_1124 = torch.einsum("zjku,ijku->zui", _c429, (_c23 * 1.224744871391589))
+    _c273 = torch.einsum("zuk,zuj->zjku", d2_t[:, 144:192].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_644 = torch.einsum("zjku,ijku->zui", _c273, (_c23 * 1.224744871391589))
     # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x1e
-    _c430 = torch.einsum("zuk,zui->ziku", d2_t[:, 144:192].reshape(n, 16, 3), x1[:, 64:144].reshape(n, 16, 5))
-    d2_x2_1125 = torch.einsum("ziku,ijku->zuj", _c430, (_c23 * 1.224744871391589))
+    _c274 = torch.einsum("zuk,zui->ziku", d2_t[:, 144:192].reshape(n, 16, 3), x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_645 = torch.einsum("ziku,ijku->zuj", _c274, (_c23 * 1.224744871391589))
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    _c431 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c430)
-    d2_weight_1126 = torch.einsum("ijk,ijku->u", (cg_2_2_1 * 1.224744871391589), _c431)
+    _c275 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c274)
+    d2_weight_646 = torch.einsum("ijk,ijku->u", (cg_2_2_1 * 1.224744871391589), _c275)
     # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x2e
-    _c432 = torch.einsum("zuk,zuj->zjku", d2_t[:, 64:144].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5))
-    d2_x1_1127 = torch.einsum("zjku,ijku->zui", _c432, (_c22 * 1.118033988749895))
+    _c276 = torch.einsum("zuk,zuj->zjku", d2_t[:, 64:144].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_647 = torch.einsum("zjku,ijku->zui", _c276, (_c22 * 1.118033988749895))
     # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x2e
-    _c433 = torch.einsum("zuk,zui->ziku", d2_t[:, 64:144].reshape(n, 16, 5), x1[:, 64:144].reshape(n, 16, 5))
-    d2_x2_1128 = torch.einsum("ziku,ijku->zuj", _c433, (_c22 * 1.118033988749895))
+    _c277 = torch.einsum("zuk,zui->ziku", d2_t[:, 64:144].reshape(n, 16, 5), x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_648 = torch.einsum("ziku,ijku->zuj", _c277, (_c22 * 1.118033988749895))
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    _c434 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c433)
-    d2_weight_1129 = torch.einsum("ijk,ijku->u", (cg_2_2_2 * 1.118033988749895), _c434)
+    _c278 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c277)
+    d2_weight_649 = torch.einsum("ijk,ijku->u", (cg_2_2_2 * 1.118033988749895), _c278)
     # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x0e
-    _c435 = torch.einsum("zuk,zuj->zjku", d2_t[:, 0:16].reshape(n, 16, 1), x2[:, 64:144].reshape(n, 16, 5))
-    d2_x1_1130 = torch.einsum("zjku,ijku->zui", _c435, (_c21 * 0.5773502691896257))
+    _c279 = torch.einsum("zuk,zuj->zjku", d2_t[:, 0:16].reshape(n, 16, 1), x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_650 = torch.einsum("zjku,ijku->zui", _c279, (_c21 * 0.5773502691896257))
     # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x0e
-    _c436 = torch.einsum("zuk,zui->ziku", d2_t[:, 0:16].reshape(n, 16, 1), x1[:, 64:144].reshape(n, 16, 5))
-    d2_x2_1131 = torch.einsum("ziku,ijku->zuj", _c436, (_c21 * 0.5773502691896257))
+    _c280 = torch.einsum("zuk,zui->ziku", d2_t[:, 0:16].reshape(n, 16, 1), x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_651 = torch.einsum("ziku,ijku->zuj", _c280, (_c21 * 0.5773502691896257))
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    _c437 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c436)
-    d2_weight_1132 = torch.einsum("ijk,ijku->u", (cg_2_2_0 * 0.5773502691896257), _c437)
+    _c281 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c280)
+    d2_weight_652 = torch.einsum("ijk,ijku->u", (cg_2_2_0 * 0.5773502691896257), _c281)
     # ∂/∂x1: 16x2e ⊗ 16x1o -> 16x2o
-    _c438 = torch.einsum("zuk,zuj->zjku", d2_t[:, 192:272].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3))
-    d2_x1_1133 = torch.einsum("zjku,ijku->zui", _c438, (_c19 * 1.5811388300841898))
+    _c282 = torch.einsum("zuk,zuj->zjku", d2_t[:, 192:272].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_653 = torch.einsum("zjku,ijku->zui", _c282, (_c19 * 1.5811388300841898))
     # ∂/∂x2: 16x2e ⊗ 16x1o -> 16x2o
-    _c439 = torch.einsum("zuk,zui->ziku", d2_t[:, 192:272].reshape(n, 16, 5), x1[:, 64:144].reshape(n, 16, 5))
-    d2_x2_1134 = torch.einsum("ziku,ijku->zuj", _c439, (_c19 * 1.5811388300841898))
+    _c283 = torch.einsum("zuk,zui->ziku", d2_t[:, 192:272].reshape(n, 16, 5), x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_654 = torch.einsum("ziku,ijku->zuj", _c283, (_c19 * 1.5811388300841898))
     # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x2o
-    _c440 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c439)
-    d2_weight_1135 = torch.einsum("ijk,ijku->u", (cg_2_1_2 * 1.5811388300841898), _c440)
+    _c284 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c283)
+    d2_weight_655 = torch.einsum("ijk,ijku->u", (cg_2_1_2 * 1.5811388300841898), _c284)
     # ∂/∂x1: 16x2e ⊗ 16x1o -> 16x1o
-    _c441 = torch.einsum("zuk,zuj->zjku", d2_t[:, 16:64].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3))
-    d2_x1_1136 = torch.einsum("zjku,ijku->zui", _c441, (_c18 * 0.8660254037844386))
+    _c285 = torch.einsum("zuk,zuj->zjku", d2_t[:, 16:64].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_656 = torch.einsum("zjku,ijku->zui", _c285, (_c18 * 0.8660254037844386))
     # ∂/∂x2: 16x2e ⊗ 16x1o -> 16x1o
-    _c442 = torch.einsum("zuk,zui->ziku", d2_t[:, 16:64].reshape(n, 16, 3), x1[:, 64:144].reshape(n, 16, 5))
-    d2_x2_1137 = torch.einsum("ziku,ijku->zuj", _c442, (_c18 * 0.8660254037844386))
+    _c286 = torch.einsum("zuk,zui->ziku", d2_t[:, 16:64].reshape(n, 16, 3), x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_657 = torch.einsum("ziku,ijku->zuj", _c286, (_c18 * 0.8660254037844386))
     # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    _c443 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c442)
-    d2_weight_1138 = torch.einsum("ijk,ijku->u", (cg_2_1_1 * 0.8660254037844386), _c443)
+    _c287 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c286)
+    d2_weight_658 = torch.einsum("ijk,ijku->u", (cg_2_1_1 * 0.8660254037844386), _c287)
     # ∂/∂x1: 16x2e ⊗ 16x0e -> 16x2e
-    _c444 = torch.einsum("zuk,zuj->zjku", d2_t[:, 64:144].reshape(n, 16, 5), x2[:, 0:16].reshape(n, 16, 1))
-    d2_x1_1139 = torch.einsum("zjku,ijku->zui", _c444, (_c16 * 1.118033988749895))
+    _c288 = torch.einsum("zuk,zuj->zjku", d2_t[:, 64:144].reshape(n, 16, 5), x2[:, 0:16].reshape(n, 16, 1))
+    d2_x1_659 = torch.einsum("zjku,ijku->zui", _c288, (_c16 * 1.118033988749895))
     # ∂/∂x2: 16x2e ⊗ 16x0e -> 16x2e
-    d2_x2_1140 = torch.einsum("ziku,ijku->zuj", _c433, (_c16 * 1.118033988749895))
+    d2_x2_660 = torch.einsum("ziku,ijku->zuj", _c277, (_c16 * 1.118033988749895))
     # ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    _c445 = torch.einsum("zuj,ziku->ijku", x2[:, 0:16].reshape(n, 16, 1), _c433)
-    d2_weight_1141 = torch.einsum("ijk,ijku->u", (cg_2_0_2 * 1.118033988749895), _c445)
+    _c289 = torch.einsum("zuj,ziku->ijku", x2[:, 0:16].reshape(n, 16, 1), _c277)
+    d2_weight_661 = torch.einsum("ijk,ijku->u", (cg_2_0_2 * 1.118033988749895), _c289)
     # ∂/∂x1: 16x1o ⊗ 16x2e -> 16x2o
-    _c446 = torch.einsum("zuk,zuj->zjku", d2_t[:, 192:272].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5))
-    d2_x1_1142 = torch.einsum("zjku,ijku->zui", _c446, (_c14 * 1.5811388300841898))
+    _c290 = torch.einsum("zuk,zuj->zjku", d2_t[:, 192:272].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_662 = torch.einsum("zjku,ijku->zui", _c290, (_c14 * 1.5811388300841898))
     # ∂/∂x2: 16x1o ⊗ 16x2e -> 16x2o
-    _c447 = torch.einsum("zuk,zui->ziku", d2_t[:, 192:272].reshape(n, 16, 5), x1[:, 16:64].reshape(n, 16, 3))
-    d2_x2_1143 = torch.einsum("ziku,ijku->zuj", _c447, (_c14 * 1.5811388300841898))
+    _c291 = torch.einsum("zuk,zui->ziku", d2_t[:, 192:272].reshape(n, 16, 5), x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_663 = torch.einsum("ziku,ijku->zuj", _c291, (_c14 * 1.5811388300841898))
     # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x2o
-    _c448 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c447)
-    d2_weight_1144 = torch.einsum("ijk,ijku->u", (cg_1_2_2 * 1.5811388300841898), _c448)
+    _c292 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c291)
+    d2_weight_664 = torch.einsum("ijk,ijku->u", (cg_1_2_2 * 1.5811388300841898), _c292)
     # ∂/∂x1: 16x1o ⊗ 16x2e -> 16x1o
-    _c449 = torch.einsum("zuk,zuj->zjku", d2_t[:, 16:64].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5))
-    d2_x1_1145 = torch.einsum("zjku,ijku->zui", _c449, (_c13 * 0.8660254037844386))
+    _c293 = torch.einsum("zuk,zuj->zjku", d2_t[:, 16:64].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_665 = torch.einsum("zjku,ijku->zui", _c293, (_c13 * 0.8660254037844386))
     # ∂/∂x2: 16x1o ⊗ 16x2e -> 16x1o
-    _c450 = torch.einsum("zuk,zui->ziku", d2_t[:, 16:64].reshape(n, 16, 3), x1[:, 16:64].reshape(n, 16, 3))
-    d2_x2_1146 = torch.einsum("ziku,ijku->zuj", _c450, (_c13 * 0.8660254037844386))
+    _c294 = torch.einsum("zuk,zui->ziku", d2_t[:, 16:64].reshape(n, 16, 3), x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_666 = torch.einsum("ziku,ijku->zuj", _c294, (_c13 * 0.8660254037844386))
     # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    _c451 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c450)
-    d2_weight_1147 = torch.einsum("ijk,ijku->u", (cg_1_2_1 * 0.8660254037844386), _c451)
+    _c295 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c294)
+    d2_weight_667 = torch.einsum("ijk,ijku->u", (cg_1_2_1 * 0.8660254037844386), _c295)
     # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x1e
-    _c452 = torch.einsum("zuk,zuj->zjku", d2_t[:, 144:192].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3))
-    d2_x1_1148 = torch.einsum("zjku,ijku->zui", _c452, (_c11 * 1.224744871391589))
+    _c296 = torch.einsum("zuk,zuj->zjku", d2_t[:, 144:192].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_668 = torch.einsum("zjku,ijku->zui", _c296, (_c11 * 1.224744871391589))
     # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x1e
-    _c453 = torch.einsum("zuk,zui->ziku", d2_t[:, 144:192].reshape(n, 16, 3), x1[:, 16:64].reshape(n, 16, 3))
-    d2_x2_1149 = torch.einsum("ziku,ijku->zuj", _c453, (_c11 * 1.224744871391589))
+    _c297 = torch.einsum("zuk,zui->ziku", d2_t[:, 144:192].reshape(n, 16, 3), x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_669 = torch.einsum("ziku,ijku->zuj", _c297, (_c11 * 1.224744871391589))
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    _c454 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c453)
-    d2_weight_1150 = torch.einsum("ijk,ijku->u", (cg_1_1_1 * 1.224744871391589), _c454)
+    _c298 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c297)
+    d2_weight_670 = torch.einsum("ijk,ijku->u", (cg_1_1_1 * 1.224744871391589), _c298)
     # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x2e
-    _c455 = torch.einsum("zuk,zuj->zjku", d2_t[:, 64:144].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3))
-    d2_x1_1151 = torch.einsum("zjku,ijku->zui", _c455, (_c10 * 1.118033988749895))
+    _c299 = torch.einsum("zuk,zuj->zjku", d2_t[:, 64:144].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_671 = torch.einsum("zjku,ijku->zui", _c299, (_c10 * 1.118033988749895))
     # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x2e
-    _c456 = torch.einsum("zuk,zui->ziku", d2_t[:, 64:144].reshape(n, 16, 5), x1[:, 16:64].reshape(n, 16, 3))
-    d2_x2_1152 = torch.einsum("ziku,ijku->zuj", _c456, (_c10 * 1.118033988749895))
+    _c300 = torch.einsum("zuk,zui->ziku", d2_t[:, 64:144].reshape(n, 16, 5), x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_672 = torch.einsum("ziku,ijku->zuj", _c300, (_c10 * 1.118033988749895))
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    _c457 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c456)
-    d2_weight_1153 = torch.einsum("ijk,ijku->u", (cg_1_1_2 * 1.118033988749895), _c457)
+    _c301 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c300)
+    d2_weight_673 = torch.einsum("ijk,ijku->u", (cg_1_1_2 * 1.118033988749895), _c301)
     # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
-    _c458 = torch.einsum("zuk,zuj->zjku", d2_t[:, 0:16].reshape(n, 16, 1), x2[:, 16:64].reshape(n, 16, 3))
-    d2_x1_1154 = torch.einsum("zjku,ijku->zui", _c458, (_c9 * 0.5773502691896257))
+    _c302 = torch.einsum("zuk,zuj->zjku", d2_t[:, 0:16].reshape(n, 16, 1), x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_674 = torch.einsum("zjku,ijku->zui", _c302, (_c9 * 0.5773502691896257))
     # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
-    _c459 = torch.einsum("zuk,zui->ziku", d2_t[:, 0:16].reshape(n, 16, 1), x1[:, 16:64].reshape(n, 16, 3))
-    d2_x2_1155 = torch.einsum("ziku,ijku->zuj", _c459, (_c9 * 0.5773502691896257))
+    _c303 = torch.einsum("zuk,zui->ziku", d2_t[:, 0:16].reshape(n, 16, 1), x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_675 = torch.einsum("ziku,ijku->zuj", _c303, (_c9 * 0.5773502691896257))
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    _c460 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c459)
-    d2_weight_1156 = torch.einsum("ijk,ijku->u", (cg_1_1_0 * 0.5773502691896257), _c460)
+    _c304 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c303)
+    d2_weight_676 = torch.einsum("ijk,ijku->u", (cg_1_1_0 * 0.5773502691896257), _c304)
     # ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
-    _c461 = torch.einsum("zuk,zuj->zjku", d2_t[:, 16:64].reshape(n, 16, 3), x2[:, 0:16].reshape(n, 16, 1))
-    d2_x1_1157 = torch.einsum("zjku,ijku->zui", _c461, (_c7 * 0.8660254037844386))
+    _c305 = torch.einsum("zuk,zuj->zjku", d2_t[:, 16:64].reshape(n, 16, 3), x2[:, 0:16].reshape(n, 16, 1))
+    d2_x1_677 = torch.einsum("zjku,ijku->zui", _c305, (_c7 * 0.8660254037844386))
     # ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
-    d2_x2_1158 = torch.einsum("ziku,ijku->zuj", _c450, (_c7 * 0.8660254037844386))
+    d2_x2_678 = torch.einsum("ziku,ijku->zuj", _c294, (_c7 * 0.8660254037844386))
     # ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    _c462 = torch.einsum("zuj,ziku->ijku", x2[:, 0:16].reshape(n, 16, 1), _c450)
-    d2_weight_1159 = torch.einsum("ijk,ijku->u", (cg_1_0_1 * 0.8660254037844386), _c462)
+    _c306 = torch.einsum("zuj,ziku->ijku", x2[:, 0:16].reshape(n, 16, 1), _c294)
+    d2_weight_679 = torch.einsum("ijk,ijku->u", (cg_1_0_1 * 0.8660254037844386), _c306)
     # ∂/∂x1: 16x0e ⊗ 16x2e -> 16x2e
-    d2_x1_1160 = torch.einsum("zjku,ijku->zui", _c432, (_c5 * 1.118033988749895))
+    d2_x1_680 = torch.einsum("zjku,ijku->zui", _c276, (_c5 * 1.118033988749895))
     # ∂/∂x2: 16x0e ⊗ 16x2e -> 16x2e
-    _c463 = torch.einsum("zuk,zui->ziku", d2_t[:, 64:144].reshape(n, 16, 5), x1[:, 0:16].reshape(n, 16, 1))
-    d2_x2_1161 = torch.einsum("ziku,ijku->zuj", _c463, (_c5 * 1.118033988749895))
+    _c307 = torch.einsum("zuk,zui->ziku", d2_t[:, 64:144].reshape(n, 16, 5), x1[:, 0:16].reshape(n, 16, 1))
+    d2_x2_681 = torch.einsum("ziku,ijku->zuj", _c307, (_c5 * 1.118033988749895))
     # ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    _c464 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c463)
-    d2_weight_1162 = torch.einsum("ijk,ijku->u", (cg_0_2_2 * 1.118033988749895), _c464)
+    _c308 = torch.einsum("zuj,ziku->ijku", x2[:, 64:144].reshape(n, 16, 5), _c307)
+    d2_weight_682 = torch.einsum("ijk,ijku->u", (cg_0_2_2 * 1.118033988749895), _c308)
     # ∂/∂x1: 16x0e ⊗ 16x1o -> 16x1o
-    d2_x1_1163 = torch.einsum("zjku,ijku->zui", _c441, (_c3 * 0.8660254037844386))
+    d2_x1_683 = torch.einsum("zjku,ijku->zui", _c285, (_c3 * 0.8660254037844386))
     # ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
-    _c465 = torch.einsum("zuk,zui->ziku", d2_t[:, 16:64].reshape(n, 16, 3), x1[:, 0:16].reshape(n, 16, 1))
-    d2_x2_1164 = torch.einsum("ziku,ijku->zuj", _c465, (_c3 * 0.8660254037844386))
+    _c309 = torch.einsum("zuk,zui->ziku", d2_t[:, 16:64].reshape(n, 16, 3), x1[:, 0:16].reshape(n, 16, 1))
+    d2_x2_684 = torch.einsum("ziku,ijku->zuj", _c309, (_c3 * 0.8660254037844386))
     # ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
-    _c466 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c465)
-    d2_weight_1165 = torch.einsum("ijk,ijku->u", (cg_0_1_1 * 0.8660254037844386), _c466)
+    _c310 = torch.einsum("zuj,ziku->ijku", x2[:, 16:64].reshape(n, 16, 3), _c309)
+    d2_weight_685 = torch.einsum("ijk,ijku->u", (cg_0_1_1 * 0.8660254037844386), _c310)
     # ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
-    _c467 = torch.einsum("zuk,zuj->zjku", d2_t[:, 0:16].reshape(n, 16, 1), x2[:, 0:16].reshape(n, 16, 1))
-    d2_x1_1166 = torch.einsum("zjku,ijku->zui", _c467, (_c1 * 0.5773502691896257))
+    _c311 = torch.einsum("zuk,zuj->zjku", d2_t[:, 0:16].reshape(n, 16, 1), x2[:, 0:16].reshape(n, 16, 1))
+    d2_x1_686 = torch.einsum("zjku,ijku->zui", _c311, (_c1 * 0.5773502691896257))
     # ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
-    _c468 = torch.einsum("zuk,zui->ziku", d2_t[:, 0:16].reshape(n, 16, 1), x1[:, 0:16].reshape(n, 16, 1))
-    d2_x2_1167 = torch.einsum("ziku,ijku->zuj", _c468, (_c1 * 0.5773502691896257))
+    _c312 = torch.einsum("zuk,zui->ziku", d2_t[:, 0:16].reshape(n, 16, 1), x1[:, 0:16].reshape(n, 16, 1))
+    d2_x2_687 = torch.einsum("ziku,ijku->zuj", _c312, (_c1 * 0.5773502691896257))
     # ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
-    _c469 = torch.einsum("zuj,ziku->ijku", x2[:, 0:16].reshape(n, 16, 1), _c468)
-    d2_weight_1168 = torch.einsum("ijk,ijku->u", (cg_0_0_0 * 0.5773502691896257), _c469)
+    _c313 = torch.einsum("zuj,ziku->ijku", x2[:, 0:16].reshape(n, 16, 1), _c312)
+    d2_weight_688 = torch.einsum("ijk,ijku->u", (cg_0_0_0 * 0.5773502691896257), _c313)
     d2_x1 = torch.cat([
-        (d2_x1_216 + d2_x1_219 + d2_x1_225 + d2_x1_228 + d2_x1_234 + d2_x1_237 + d2_x1_1160 + d2_x1_1163 + d2_x1_1166).reshape(n, 16),
-        (d2_x1_243 + d2_x1_246 + d2_x1_252 + d2_x1_255 + d2_x1_261 + d2_x1_264 + d2_x1_270 + d2_x1_273 + d2_x1_279 + d2_x1_282 + d2_x1_288 + d2_x1_291 + d2_x1_1142 + d2_x1_1145 + d2_x1_1148 + d2_x1_1151 + d2_x1_1154 + d2_x1_1157).reshape(n, 48),
-        (d2_x1_297 + d2_x1_300 + d2_x1_306 + d2_x1_309 + d2_x1_315 + d2_x1_318 + d2_x1_324 + d2_x1_327 + d2_x1_333 + d2_x1_336 + d2_x1_342 + d2_x1_345 + d2_x1_1124 + d2_x1_1127 + d2_x1_1130 + d2_x1_1133 + d2_x1_1136 + d2_x1_1139).reshape(n, 80),
+        (d2_x1_130 + d2_x1_133 + d2_x1_136 + d2_x1_680 + d2_x1_683 + d2_x1_686).reshape(n, 16),
+        (d2_x1_139 + d2_x1_142 + d2_x1_145 + d2_x1_148 + d2_x1_151 + d2_x1_154 + d2_x1_662 + d2_x1_665 + d2_x1_668 + d2_x1_671 + d2_x1_674 + d2_x1_677).reshape(n, 48),
+        (d2_x1_157 + d2_x1_160 + d2_x1_163 + d2_x1_166 + d2_x1_169 + d2_x1_172 + d2_x1_644 + d2_x1_647 + d2_x1_650 + d2_x1_653 + d2_x1_656 + d2_x1_659).reshape(n, 80),
     ], dim=-1)
     d2_x2 = torch.cat([
-        (d2_x2_217 + d2_x2_222 + d2_x2_244 + d2_x2_249 + d2_x2_298 + d2_x2_303 + d2_x2_1140 + d2_x2_1158 + d2_x2_1167).reshape(n, 16),
-        (d2_x2_226 + d2_x2_231 + d2_x2_253 + d2_x2_258 + d2_x2_262 + d2_x2_267 + d2_x2_271 + d2_x2_276 + d2_x2_307 + d2_x2_312 + d2_x2_316 + d2_x2_321 + d2_x2_1134 + d2_x2_1137 + d2_x2_1149 + d2_x2_1152 + d2_x2_1155 + d2_x2_1164).reshape(n, 48),
-        (d2_x2_235 + d2_x2_240 + d2_x2_280 + d2_x2_285 + d2_x2_289 + d2_x2_294 + d2_x2_325 + d2_x2_330 + d2_x2_334 + d2_x2_339 + d2_x2_343 + d2_x2_348 + d2_x2_1125 + d2_x2_1128 + d2_x2_1131 + d2_x2_1143 + d2_x2_1146 + d2_x2_1161).reshape(n, 80),
+        (d2_x2_131 + d2_x2_140 + d2_x2_158 + d2_x2_660 + d2_x2_678 + d2_x2_687).reshape(n, 16),
+        (d2_x2_134 + d2_x2_143 + d2_x2_146 + d2_x2_149 + d2_x2_161 + d2_x2_164 + d2_x2_654 + d2_x2_657 + d2_x2_669 + d2_x2_672 + d2_x2_675 + d2_x2_684).reshape(n, 48),
+        (d2_x2_137 + d2_x2_152 + d2_x2_155 + d2_x2_167 + d2_x2_170 + d2_x2_173 + d2_x2_645 + d2_x2_648 + d2_x2_651 + d2_x2_663 + d2_x2_666 + d2_x2_681).reshape(n, 80),
     ], dim=-1)
     d2_x3 = torch.cat([
-        (d2_x3_353 + d2_x3_365 + d2_x3_393 + d2_x3_425 + d2_x3_449 + d2_x3_1075 + d2_x3_1087 + d2_x3_1103 + d2_x3_1117 + d2_x3_1123).reshape(n, 16),
-        (d2_x3_357 + d2_x3_369 + d2_x3_373 + d2_x3_377 + d2_x3_397 + d2_x3_401 + d2_x3_405 + d2_x3_429 + d2_x3_433 + d2_x3_453 + d2_x3_457 + d2_x3_461 + d2_x3_1069 + d2_x3_1071 + d2_x3_1073 + d2_x3_1083 + d2_x3_1085 + d2_x3_1097 + d2_x3_1099 + d2_x3_1101 + d2_x3_1111 + d2_x3_1113 + d2_x3_1115 + d2_x3_1121).reshape(n, 48),
-        (d2_x3_361 + d2_x3_381 + d2_x3_385 + d2_x3_389 + d2_x3_409 + d2_x3_413 + d2_x3_417 + d2_x3_421 + d2_x3_437 + d2_x3_441 + d2_x3_445 + d2_x3_465 + d2_x3_469 + d2_x3_473 + d2_x3_1063 + d2_x3_1065 + d2_x3_1067 + d2_x3_1077 + d2_x3_1079 + d2_x3_1081 + d2_x3_1089 + d2_x3_1091 + d2_x3_1093 + d2_x3_1095 + d2_x3_1105 + d2_x3_1107 + d2_x3_1109 + d2_x3_1119).reshape(n, 80),
+        (d2_x3_174 + d2_x3_177 + d2_x3_184 + d2_x3_192 + d2_x3_198 + d2_x3_595 + d2_x3_607 + d2_x3_623 + d2_x3_637 + d2_x3_643).reshape(n, 16),
+        (d2_x3_175 + d2_x3_178 + d2_x3_179 + d2_x3_180 + d2_x3_185 + d2_x3_186 + d2_x3_187 + d2_x3_193 + d2_x3_194 + d2_x3_199 + d2_x3_200 + d2_x3_201 + d2_x3_589 + d2_x3_591 + d2_x3_593 + d2_x3_603 + d2_x3_605 + d2_x3_617 + d2_x3_619 + d2_x3_621 + d2_x3_631 + d2_x3_633 + d2_x3_635 + d2_x3_641).reshape(n, 48),
+        (d2_x3_176 + d2_x3_181 + d2_x3_182 + d2_x3_183 + d2_x3_188 + d2_x3_189 + d2_x3_190 + d2_x3_191 + d2_x3_195 + d2_x3_196 + d2_x3_197 + d2_x3_202 + d2_x3_203 + d2_x3_204 + d2_x3_583 + d2_x3_585 + d2_x3_587 + d2_x3_597 + d2_x3_599 + d2_x3_601 + d2_x3_609 + d2_x3_611 + d2_x3_613 + d2_x3_615 + d2_x3_625 + d2_x3_627 + d2_x3_629 + d2_x3_639).reshape(n, 80),
     ], dim=-1)
     d2_x4 = torch.cat([
-        (d2_x4_488 + d2_x4_548 + d2_x4_660).reshape(n, 16),
-        (d2_x4_504 + d2_x4_576 + d2_x4_604 + d2_x4_688 + d2_x4_768 + d2_x4_816 + d2_x4_832).reshape(n, 48),
-        (d2_x4_520 + d2_x4_632 + d2_x4_716 + d2_x4_744 + d2_x4_792 + d2_x4_856 + d2_x4_872 + d2_x4_888).reshape(n, 80),
+        (d2_x4_217 + d2_x4_271 + d2_x4_375).reshape(n, 16),
+        (d2_x4_231 + d2_x4_297 + d2_x4_323 + d2_x4_401 + d2_x4_475 + d2_x4_519 + d2_x4_533).reshape(n, 48),
+        (d2_x4_245 + d2_x4_349 + d2_x4_427 + d2_x4_453 + d2_x4_497 + d2_x4_555 + d2_x4_569 + d2_x4_580).reshape(n, 80),
     ], dim=-1)
     d2_d_y = torch.cat([
-        (d2_d_y_489 + d2_d_y_577 + d2_d_y_717).reshape(n, 16),
-        (d2_d_y_505 + d2_d_y_549 + d2_d_y_633 + d2_d_y_689 + d2_d_y_769 + d2_d_y_857 + d2_d_y_873).reshape(n, 48),
-        (d2_d_y_521 + d2_d_y_605 + d2_d_y_661 + d2_d_y_745 + d2_d_y_793 + d2_d_y_817 + d2_d_y_833 + d2_d_y_889).reshape(n, 80),
+        (d2_d_y_218 + d2_d_y_298 + d2_d_y_428).reshape(n, 16),
+        (d2_d_y_232 + d2_d_y_272 + d2_d_y_350 + d2_d_y_402 + d2_d_y_476 + d2_d_y_556 + d2_d_y_570).reshape(n, 48),
+        (d2_d_y_246 + d2_d_y_324 + d2_d_y_376 + d2_d_y_454 + d2_d_y_498 + d2_d_y_520 + d2_d_y_534 + d2_d_y_581).reshape(n, 80),
     ], dim=-1)
     d2_weight = torch.cat([
-        (d2_weight_220 + d2_weight_223 + d2_weight_1168).reshape(16),
-        (d2_weight_229 + d2_weight_232 + d2_weight_1165).reshape(16),
-        (d2_weight_238 + d2_weight_241 + d2_weight_1162).reshape(16),
-        (d2_weight_247 + d2_weight_250 + d2_weight_1159).reshape(16),
-        (d2_weight_256 + d2_weight_259 + d2_weight_1156).reshape(16),
-        (d2_weight_265 + d2_weight_268 + d2_weight_1153).reshape(16),
-        (d2_weight_274 + d2_weight_277 + d2_weight_1150).reshape(16),
-        (d2_weight_283 + d2_weight_286 + d2_weight_1147).reshape(16),
-        (d2_weight_292 + d2_weight_295 + d2_weight_1144).reshape(16),
-        (d2_weight_301 + d2_weight_304 + d2_weight_1141).reshape(16),
-        (d2_weight_310 + d2_weight_313 + d2_weight_1138).reshape(16),
-        (d2_weight_319 + d2_weight_322 + d2_weight_1135).reshape(16),
-        (d2_weight_328 + d2_weight_331 + d2_weight_1132).reshape(16),
-        (d2_weight_337 + d2_weight_340 + d2_weight_1129).reshape(16),
-        (d2_weight_346 + d2_weight_349 + d2_weight_1126).reshape(16),
-        (d2_weight_477 + d2_weight_1061).reshape(16),
-        (d2_weight_493 + d2_weight_1055).reshape(16),
-        (d2_weight_509 + d2_weight_1049).reshape(16),
-        (d2_weight_525 + d2_weight_1043).reshape(16),
-        (d2_weight_553 + d2_weight_1031).reshape(16),
-        (d2_weight_581 + d2_weight_1019).reshape(16),
-        (d2_weight_609 + d2_weight_1007).reshape(16),
-        (d2_weight_637 + d2_weight_995).reshape(16),
-        (d2_weight_665 + d2_weight_983).reshape(16),
-        (d2_weight_693 + d2_weight_971).reshape(16),
-        (d2_weight_721 + d2_weight_959).reshape(16),
-        (d2_weight_529 + d2_weight_1041).reshape(16),
-        (d2_weight_557 + d2_weight_1029).reshape(16),
-        (d2_weight_585 + d2_weight_1017).reshape(16),
-        (d2_weight_613 + d2_weight_1005).reshape(16),
-        (d2_weight_481 + d2_weight_1059).reshape(16),
-        (d2_weight_641 + d2_weight_993).reshape(16),
-        (d2_weight_497 + d2_weight_1053).reshape(16),
-        (d2_weight_749 + d2_weight_947).reshape(16),
-        (d2_weight_669 + d2_weight_981).reshape(16),
-        (d2_weight_513 + d2_weight_1047).reshape(16),
-        (d2_weight_773 + d2_weight_937).reshape(16),
-        (d2_weight_697 + d2_weight_969).reshape(16),
-        (d2_weight_725 + d2_weight_957).reshape(16),
-        (d2_weight_533 + d2_weight_1039).reshape(16),
-        (d2_weight_561 + d2_weight_1027).reshape(16),
-        (d2_weight_589 + d2_weight_1015).reshape(16),
-        (d2_weight_797 + d2_weight_927).reshape(16),
-        (d2_weight_821 + d2_weight_917).reshape(16),
-        (d2_weight_617 + d2_weight_1003).reshape(16),
-        (d2_weight_837 + d2_weight_911).reshape(16),
-        (d2_weight_861 + d2_weight_901).reshape(16),
-        (d2_weight_645 + d2_weight_991).reshape(16),
-        (d2_weight_673 + d2_weight_979).reshape(16),
-        (d2_weight_701 + d2_weight_967).reshape(16),
-        (d2_weight_729 + d2_weight_955).reshape(16),
-        (d2_weight_537 + d2_weight_1037).reshape(16),
-        (d2_weight_565 + d2_weight_1025).reshape(16),
-        (d2_weight_593 + d2_weight_1013).reshape(16),
-        (d2_weight_801 + d2_weight_925).reshape(16),
-        (d2_weight_825 + d2_weight_915).reshape(16),
-        (d2_weight_621 + d2_weight_1001).reshape(16),
-        (d2_weight_841 + d2_weight_909).reshape(16),
-        (d2_weight_865 + d2_weight_899).reshape(16),
-        (d2_weight_485 + d2_weight_1057).reshape(16),
-        (d2_weight_649 + d2_weight_989).reshape(16),
-        (d2_weight_501 + d2_weight_1051).reshape(16),
-        (d2_weight_753 + d2_weight_945).reshape(16),
-        (d2_weight_677 + d2_weight_977).reshape(16),
-        (d2_weight_517 + d2_weight_1045).reshape(16),
-        (d2_weight_777 + d2_weight_935).reshape(16),
-        (d2_weight_705 + d2_weight_965).reshape(16),
-        (d2_weight_733 + d2_weight_953).reshape(16),
-        (d2_weight_877 + d2_weight_895).reshape(16),
-        (d2_weight_757 + d2_weight_943).reshape(16),
-        (d2_weight_781 + d2_weight_933).reshape(16),
-        (d2_weight_541 + d2_weight_1035).reshape(16),
-        (d2_weight_569 + d2_weight_1023).reshape(16),
-        (d2_weight_597 + d2_weight_1011).reshape(16),
-        (d2_weight_805 + d2_weight_923).reshape(16),
-        (d2_weight_625 + d2_weight_999).reshape(16),
-        (d2_weight_845 + d2_weight_907).reshape(16),
-        (d2_weight_653 + d2_weight_987).reshape(16),
-        (d2_weight_761 + d2_weight_941).reshape(16),
-        (d2_weight_681 + d2_weight_975).reshape(16),
-        (d2_weight_785 + d2_weight_931).reshape(16),
-        (d2_weight_709 + d2_weight_963).reshape(16),
-        (d2_weight_737 + d2_weight_951).reshape(16),
-        (d2_weight_881 + d2_weight_893).reshape(16),
-        (d2_weight_809 + d2_weight_921).reshape(16),
-        (d2_weight_849 + d2_weight_905).reshape(16),
-        (d2_weight_657 + d2_weight_985).reshape(16),
-        (d2_weight_765 + d2_weight_939).reshape(16),
-        (d2_weight_685 + d2_weight_973).reshape(16),
-        (d2_weight_789 + d2_weight_929).reshape(16),
-        (d2_weight_713 + d2_weight_961).reshape(16),
-        (d2_weight_741 + d2_weight_949).reshape(16),
-        (d2_weight_885 + d2_weight_891).reshape(16),
-        (d2_weight_545 + d2_weight_1033).reshape(16),
-        (d2_weight_573 + d2_weight_1021).reshape(16),
-        (d2_weight_601 + d2_weight_1009).reshape(16),
-        (d2_weight_813 + d2_weight_919).reshape(16),
-        (d2_weight_829 + d2_weight_913).reshape(16),
-        (d2_weight_629 + d2_weight_997).reshape(16),
-        (d2_weight_853 + d2_weight_903).reshape(16),
-        (d2_weight_869 + d2_weight_897).reshape(16),
+        d2_weight_688.reshape(16),
+        d2_weight_685.reshape(16),
+        d2_weight_682.reshape(16),
+        d2_weight_679.reshape(16),
+        d2_weight_676.reshape(16),
+        d2_weight_673.reshape(16),
+        d2_weight_670.reshape(16),
+        d2_weight_667.reshape(16),
+        d2_weight_664.reshape(16),
+        d2_weight_661.reshape(16),
+        d2_weight_658.reshape(16),
+        d2_weight_655.reshape(16),
+        d2_weight_652.reshape(16),
+        d2_weight_649.reshape(16),
+        d2_weight_646.reshape(16),
+        d2_weight_208.reshape(16),
+        d2_weight_222.reshape(16),
+        d2_weight_236.reshape(16),
+        d2_weight_250.reshape(16),
+        d2_weight_276.reshape(16),
+        d2_weight_302.reshape(16),
+        d2_weight_328.reshape(16),
+        d2_weight_354.reshape(16),
+        d2_weight_380.reshape(16),
+        d2_weight_406.reshape(16),
+        d2_weight_432.reshape(16),
+        d2_weight_254.reshape(16),
+        d2_weight_280.reshape(16),
+        d2_weight_306.reshape(16),
+        d2_weight_332.reshape(16),
+        d2_weight_212.reshape(16),
+        d2_weight_358.reshape(16),
+        d2_weight_226.reshape(16),
+        d2_weight_458.reshape(16),
+        d2_weight_384.reshape(16),
+        d2_weight_240.reshape(16),
+        d2_weight_480.reshape(16),
+        d2_weight_410.reshape(16),
+        d2_weight_436.reshape(16),
+        d2_weight_258.reshape(16),
+        d2_weight_284.reshape(16),
+        d2_weight_310.reshape(16),
+        d2_weight_502.reshape(16),
+        d2_weight_524.reshape(16),
+        d2_weight_336.reshape(16),
+        d2_weight_538.reshape(16),
+        d2_weight_560.reshape(16),
+        d2_weight_362.reshape(16),
+        d2_weight_388.reshape(16),
+        d2_weight_414.reshape(16),
+        d2_weight_440.reshape(16),
+        d2_weight_262.reshape(16),
+        d2_weight_288.reshape(16),
+        d2_weight_314.reshape(16),
+        d2_weight_506.reshape(16),
+        d2_weight_528.reshape(16),
+        d2_weight_340.reshape(16),
+        d2_weight_542.reshape(16),
+        d2_weight_564.reshape(16),
+        d2_weight_216.reshape(16),
+        d2_weight_366.reshape(16),
+        d2_weight_230.reshape(16),
+        d2_weight_462.reshape(16),
+        d2_weight_392.reshape(16),
+        d2_weight_244.reshape(16),
+        d2_weight_484.reshape(16),
+        d2_weight_418.reshape(16),
+        d2_weight_444.reshape(16),
+        d2_weight_573.reshape(16),
+        d2_weight_466.reshape(16),
+        d2_weight_488.reshape(16),
+        d2_weight_266.reshape(16),
+        d2_weight_292.reshape(16),
+        d2_weight_318.reshape(16),
+        d2_weight_510.reshape(16),
+        d2_weight_344.reshape(16),
+        d2_weight_546.reshape(16),
+        d2_weight_370.reshape(16),
+        d2_weight_470.reshape(16),
+        d2_weight_396.reshape(16),
+        d2_weight_492.reshape(16),
+        d2_weight_422.reshape(16),
+        d2_weight_448.reshape(16),
+        d2_weight_576.reshape(16),
+        d2_weight_514.reshape(16),
+        d2_weight_550.reshape(16),
+        d2_weight_374.reshape(16),
+        d2_weight_474.reshape(16),
+        d2_weight_400.reshape(16),
+        d2_weight_496.reshape(16),
+        d2_weight_426.reshape(16),
+        d2_weight_452.reshape(16),
+        d2_weight_579.reshape(16),
+        d2_weight_270.reshape(16),
+        d2_weight_296.reshape(16),
+        d2_weight_322.reshape(16),
+        d2_weight_518.reshape(16),
+        d2_weight_532.reshape(16),
+        d2_weight_348.reshape(16),
+        d2_weight_554.reshape(16),
+        d2_weight_568.reshape(16),
     ], dim=-1)
     return [d2_x1, d2_x2, d2_x3, d2_x4, d2_d_y, d2_weight]
 
@@ -4474,10 +7788,15 @@ def _fusion_block_triton(x1, x2, x3, x4, weight, *constants: torch.Tensor) -> li
     return [y_out]
 
 
-# fusion_block: each op's autograd is the next program's op; the last one's is autograd through its code
-_ops.register("fusion_block_d_d2", _fusion_block_d_d2, outputs=((144, True), (144, True), (144, True), (144, True), (144, True), (1616, False)), index_ranges={})
-_ops.register("fusion_block_d", _fusion_block_d, outputs=((144, True), (144, True), (144, True), (144, True), (1616, False)), index_ranges={}, backward=_ops.fusion_block_d_d2)
-_ops.register("fusion_block", _fusion_block_triton, outputs=((144, True),), index_ranges={}, backward=_ops.fusion_block_d, check_indices=True)
+# fusion_block: an op's autograd runs, per cotangent present, the op of its derivative program;
+# the last ones differentiate through their own torch code
+_ops.register("fusion_block_d2_x1", _fusion_block_d2_x1, outputs=((144, True), (144, True), (144, True), (144, True), (144, True), (1616, False)), index_ranges={})
+_ops.register("fusion_block_d2_x2", _fusion_block_d2_x2, outputs=((144, True), (144, True), (144, True), (144, True), (144, True), (1616, False)), index_ranges={})
+_ops.register("fusion_block_d2_x3", _fusion_block_d2_x3, outputs=((144, True), (144, True), (144, True), (144, True), (144, True), (1616, False)), index_ranges={})
+_ops.register("fusion_block_d2_x4", _fusion_block_d2_x4, outputs=((144, True), (144, True), (144, True), (144, True), (144, True), (1616, False)), index_ranges={})
+_ops.register("fusion_block_d2_weight", _fusion_block_d2_weight, outputs=((144, True), (144, True), (144, True), (144, True), (144, True), (1616, False)), index_ranges={})
+_ops.register("fusion_block_d", _fusion_block_d, outputs=((144, True), (144, True), (144, True), (144, True), (1616, False)), index_ranges={}, backward=[_ops.fusion_block_d2_x1, _ops.fusion_block_d2_x2, _ops.fusion_block_d2_x3, _ops.fusion_block_d2_x4, _ops.fusion_block_d2_weight])
+_ops.register("fusion_block", _fusion_block_triton, outputs=((144, True),), index_ranges={}, backward=[_ops.fusion_block_d], check_indices=True)
 
 
 def _fusion_block_3(
@@ -5273,17 +8592,1209 @@ def _fusion_block_3_d(
     return [d_x1, d_x2, d_x3, d_weight]
 
 
-def _fusion_block_3_d_d2(
+def _fusion_block_3_d2_x1(
     x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, d_y: torch.Tensor,
-    d2_d_x1: torch.Tensor, d2_d_x2: torch.Tensor, d2_d_x3: torch.Tensor, d2_d_weight: torch.Tensor,
-    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
-    cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor,
-    cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_1_2_3: torch.Tensor, cg_2_0_2: torch.Tensor,
-    cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor, cg_2_1_3: torch.Tensor, cg_2_2_0: torch.Tensor,
-    cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor, cg_2_2_3: torch.Tensor, cg_2_2_4: torch.Tensor,
-    cg_3_1_2: torch.Tensor, cg_3_2_1: torch.Tensor, cg_3_2_2: torch.Tensor, cg_4_2_2: torch.Tensor,
+    d2_d_x1: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor,
+    cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
+    cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_1_2_3: torch.Tensor,
+    cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor, cg_2_1_3: torch.Tensor,
+    cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor, cg_2_2_3: torch.Tensor,
+    cg_2_2_4: torch.Tensor, cg_3_1_2: torch.Tensor, cg_3_2_1: torch.Tensor, cg_3_2_2: torch.Tensor,
+    cg_4_2_2: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of fusion_block_3_d: x1 (n, 144), x2 (n, 144), x3 (n, 144), d_y (n, 144), d2_d_x1 (n, 144), d2_d_x2 (n, 144), d2_d_x3 (n, 144), d2_d_weight (880,) -> d2_x1 (n, 144), d2_x2 (n, 144), d2_x3 (n, 144), d2_d_y (n, 144), d2_weight (880,)."""
+    """the vector-Jacobian product of fusion_block_3_d for the cotangent of d_x1: x1 (n, 144), x2 (n, 144), x3 (n, 144), d_y (n, 144), d2_d_x1 (n, 144) -> d2_x1 (n, 144), d2_x2 (n, 144), d2_x3 (n, 144), d2_d_y (n, 144), d2_weight (880,)."""
+    n = x1.shape[0]
+    d__p63 = torch.einsum("zui,u->zui", d_y[:, 64:144].reshape(n, 16, 5), (weight[864:880].view(16) * 1.3987572123604706))
+    # ∂/∂_p27: p63 = (p27 ⊗ p5) -> 16x2e
+    _c0 = torch.einsum("zuk,zuj->zjku", d__p63, x3[:, 64:144].reshape(n, 16, 5))
+    d__p27 = torch.einsum("ijk,zjku->zui", cg_4_2_2, _c0)
+    d__p62 = torch.einsum("zui,u->zui", d_y[:, 64:144].reshape(n, 16, 5), (weight[848:864].view(16) * 1.2335879094879225))
+    # ∂/∂_p26: p62 = (p26 ⊗ p5) -> 16x2e
+    _c1 = torch.einsum("zuk,zuj->zjku", d__p62, x3[:, 64:144].reshape(n, 16, 5))
+    d__p26 = torch.einsum("ijk,zjku->zui", cg_3_2_2, _c1)
+    d__p61 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x1o
+    _c2 = torch.einsum("zuk,zuj->zjku", d__p61, x3[:, 64:144].reshape(n, 16, 5))
+    d__p60 = torch.einsum("ijk,zjku->zui", cg_3_2_1, _c2)
+    d__p22_0 = torch.einsum("zui,u->zui", d__p60, weight[688:704].view(16))
+    d__p17_1 = torch.einsum("zui,u->zui", d__p60, weight[496:512].view(16))
+    d__p59 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p58: p59 = (p58 ⊗ p5) -> 16x1o
+    _c3 = torch.einsum("zuk,zuj->zjku", d__p59, x3[:, 64:144].reshape(n, 16, 5))
+    d__p58 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c3)
+    d__p21_2 = torch.einsum("zui,u->zui", d__p58, (weight[672:688].view(16) * 0.8451542547285166))
+    d__p16_3 = torch.einsum("zui,u->zui", d__p58, (weight[480:496].view(16) * 0.8451542547285166))
+    d__p57 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p56: p57 = (p56 ⊗ p4) -> 16x2e
+    _c4 = torch.einsum("zuk,zuj->zjku", d__p57, x3[:, 16:64].reshape(n, 16, 3))
+    d__p56 = torch.einsum("ijk,zjku->zui", cg_3_1_2, _c4)
+    d__p22_4 = torch.einsum("zui,u->zui", d__p56, (weight[640:656].view(16) * 1.2335879094879225))
+    d__p17_5 = torch.einsum("zui,u->zui", d__p56, (weight[448:464].view(16) * 1.2335879094879225))
+    d__p55 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p54: p55 = (p54 ⊗ p4) -> 16x2e
+    _c5 = torch.einsum("zuk,zuj->zjku", d__p55, x3[:, 16:64].reshape(n, 16, 3))
+    d__p54 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c5)
+    d__p21_6 = torch.einsum("zui,u->zui", d__p54, (weight[624:640].view(16) * 1.0425720702853738))
+    d__p16_7 = torch.einsum("zui,u->zui", d__p54, (weight[432:448].view(16) * 1.0425720702853738))
+    d__p53 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p52: p53 = (p52 ⊗ p5) -> 16x2e
+    _c6 = torch.einsum("zuk,zuj->zjku", d__p53, x3[:, 64:144].reshape(n, 16, 5))
+    d__p52 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c6)
+    d__p25_8 = torch.einsum("zui,u->zui", d__p52, (weight[800:816].view(16) * 0.8075728530872482))
+    d__p14_9 = torch.einsum("zui,u->zui", d__p52, (weight[336:352].view(16) * 0.8075728530872482))
+    d__p51 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x1o
+    _c7 = torch.einsum("zuk,zuj->zjku", d__p51, x3[:, 16:64].reshape(n, 16, 3))
+    d__p50 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c7)
+    d__p25_10 = torch.einsum("zui,u->zui", d__p50, (weight[752:768].view(16) * 0.6546536707079771))
+    d__p14_11 = torch.einsum("zui,u->zui", d__p50, (weight[288:304].view(16) * 0.6546536707079771))
+    d__p49 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p48: p49 = (p48 ⊗ p5) -> 16x2e
+    _c8 = torch.einsum("zuk,zuj->zjku", d__p49, x3[:, 64:144].reshape(n, 16, 5))
+    d__p48 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c8)
+    d__p24_12 = torch.einsum("zui,u->zui", d__p48, (weight[832:848].view(16) * 1.0425720702853738))
+    d__p19_13 = torch.einsum("zui,u->zui", d__p48, (weight[560:576].view(16) * 1.0425720702853738))
+    d__p13_14 = torch.einsum("zui,u->zui", d__p48, (weight[368:384].view(16) * 1.0425720702853738))
+    d__p9_15 = torch.einsum("zui,u->zui", d__p48, (weight[160:176].view(16) * 1.0425720702853738))
+    d__p47 = d_y[:, 0:16].reshape(n, 16, 1)
+    # ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x0e
+    _c9 = torch.einsum("zuk,zuj->zjku", d__p47, x3[:, 64:144].reshape(n, 16, 5))
+    d__p46 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c9)
+    d__p24_16 = torch.einsum("zui,u->zui", d__p46, (weight[816:832].view(16) * 0.674199862463242))
+    d__p19_17 = torch.einsum("zui,u->zui", d__p46, (weight[544:560].view(16) * 0.674199862463242))
+    d__p13_18 = torch.einsum("zui,u->zui", d__p46, (weight[352:368].view(16) * 0.674199862463242))
+    d__p9_19 = torch.einsum("zui,u->zui", d__p46, (weight[144:160].view(16) * 0.674199862463242))
+    d__p45 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
+    _c10 = torch.einsum("zuk,zuj->zjku", d__p45, x3[:, 16:64].reshape(n, 16, 3))
+    d__p44 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c10)
+    d__p24_20 = torch.einsum("zui,u->zui", d__p44, (weight[768:784].view(16) * 0.8451542547285166))
+    d__p19_21 = torch.einsum("zui,u->zui", d__p44, (weight[528:544].view(16) * 0.8451542547285166))
+    d__p13_22 = torch.einsum("zui,u->zui", d__p44, (weight[304:320].view(16) * 0.8451542547285166))
+    d__p9_23 = torch.einsum("zui,u->zui", d__p44, (weight[128:144].view(16) * 0.8451542547285166))
+    d__p43 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x2e
+    _c11 = torch.einsum("zuk,zuj->zjku", d__p43, x3[:, 0:16].reshape(n, 16, 1))
+    d__p42 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c11)
+    d__p24_24 = torch.einsum("zui,u->zui", d__p42, (weight[720:736].view(16) * 1.0425720702853738))
+    d__p19_25 = torch.einsum("zui,u->zui", d__p42, (weight[512:528].view(16) * 1.0425720702853738))
+    d__p13_26 = torch.einsum("zui,u->zui", d__p42, (weight[256:272].view(16) * 1.0425720702853738))
+    d__p9_27 = torch.einsum("zui,u->zui", d__p42, (weight[112:128].view(16) * 1.0425720702853738))
+    d__p41 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p40: p41 = (p40 ⊗ p5) -> 16x1o
+    _c12 = torch.einsum("zuk,zuj->zjku", d__p41, x3[:, 64:144].reshape(n, 16, 5))
+    d__p40 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c12)
+    d__p20_28 = torch.einsum("zui,u->zui", d__p40, (weight[656:672].view(16) * 0.6546536707079771))
+    d__p15_29 = torch.einsum("zui,u->zui", d__p40, (weight[464:480].view(16) * 0.6546536707079771))
+    d__p11_30 = torch.einsum("zui,u->zui", d__p40, (weight[224:240].view(16) * 0.6546536707079771))
+    d__p7_31 = torch.einsum("zui,u->zui", d__p40, (weight[96:112].view(16) * 0.6546536707079771))
+    d__p39 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p38: p39 = (p38 ⊗ p4) -> 16x2e
+    _c13 = torch.einsum("zuk,zuj->zjku", d__p39, x3[:, 16:64].reshape(n, 16, 3))
+    d__p38 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c13)
+    d__p20_32 = torch.einsum("zui,u->zui", d__p38, (weight[608:624].view(16) * 0.8075728530872482))
+    d__p15_33 = torch.einsum("zui,u->zui", d__p38, (weight[416:432].view(16) * 0.8075728530872482))
+    d__p11_34 = torch.einsum("zui,u->zui", d__p38, (weight[208:224].view(16) * 0.8075728530872482))
+    d__p7_35 = torch.einsum("zui,u->zui", d__p38, (weight[80:96].view(16) * 0.8075728530872482))
+    d__p37 = d_y[:, 0:16].reshape(n, 16, 1)
+    # ∂/∂_p36: p37 = (p36 ⊗ p4) -> 16x0e
+    _c14 = torch.einsum("zuk,zuj->zjku", d__p37, x3[:, 16:64].reshape(n, 16, 3))
+    d__p36 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c14)
+    d__p20_36 = torch.einsum("zui,u->zui", d__p36, (weight[592:608].view(16) * 0.5222329678670935))
+    d__p15_37 = torch.einsum("zui,u->zui", d__p36, (weight[400:416].view(16) * 0.5222329678670935))
+    d__p11_38 = torch.einsum("zui,u->zui", d__p36, (weight[192:208].view(16) * 0.5222329678670935))
+    d__p7_39 = torch.einsum("zui,u->zui", d__p36, (weight[64:80].view(16) * 0.5222329678670935))
+    d__p35 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p34: p35 = (p34 ⊗ p3) -> 16x1o
+    _c15 = torch.einsum("zuk,zuj->zjku", d__p35, x3[:, 0:16].reshape(n, 16, 1))
+    d__p34 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c15)
+    d__p20_40 = torch.einsum("zui,u->zui", d__p34, (weight[576:592].view(16) * 0.6546536707079771))
+    d__p15_41 = torch.einsum("zui,u->zui", d__p34, (weight[384:400].view(16) * 0.6546536707079771))
+    d__p11_42 = torch.einsum("zui,u->zui", d__p34, (weight[176:192].view(16) * 0.6546536707079771))
+    d__p7_43 = torch.einsum("zui,u->zui", d__p34, (weight[48:64].view(16) * 0.6546536707079771))
+    d__p33 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p32: p33 = (p32 ⊗ p5) -> 16x2e
+    _c16 = torch.einsum("zuk,zuj->zjku", d__p33, x3[:, 64:144].reshape(n, 16, 5))
+    d__p32 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c16)
+    d__p23_44 = torch.einsum("zui,u->zui", d__p32, (weight[784:800].view(16) * 0.4662524041201569))
+    d__p12_45 = torch.einsum("zui,u->zui", d__p32, (weight[320:336].view(16) * 0.4662524041201569))
+    d__p2_46 = torch.einsum("zui,u->zui", d__p32, (weight[32:48].view(16) * 0.4662524041201569))
+    d__p31 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p30: p31 = (p30 ⊗ p4) -> 16x1o
+    _c17 = torch.einsum("zuk,zuj->zjku", d__p31, x3[:, 16:64].reshape(n, 16, 3))
+    d__p30 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c17)
+    d__p23_47 = torch.einsum("zui,u->zui", d__p30, (weight[736:752].view(16) * 0.3779644730092272))
+    d__p12_48 = torch.einsum("zui,u->zui", d__p30, (weight[272:288].view(16) * 0.3779644730092272))
+    d__p2_49 = torch.einsum("zui,u->zui", d__p30, (weight[16:32].view(16) * 0.3779644730092272))
+    d__p29 = d_y[:, 0:16].reshape(n, 16, 1)
+    # ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
+    _c18 = torch.einsum("zuk,zuj->zjku", d__p29, x3[:, 0:16].reshape(n, 16, 1))
+    d__p28 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c18)
+    d__p23_50 = torch.einsum("zui,u->zui", d__p28, (weight[704:720].view(16) * 0.30151134457776363))
+    d__p12_51 = torch.einsum("zui,u->zui", d__p28, (weight[240:256].view(16) * 0.30151134457776363))
+    d__p2_52 = torch.einsum("zui,u->zui", d__p28, (weight[0:16].view(16) * 0.30151134457776363))
+    # ∂/∂d__p2: ∂/∂x1: p2 = (p0 ⊗ p1) -> 16x0e
+    _c19 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 0:16].reshape(n, 16, 1), x2[:, 0:16].reshape(n, 16, 1))
+    d2_d__p2 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c19)
+    # ∂/∂x2: ∂/∂x1: p2 = (p0 ⊗ p1) -> 16x0e
+    d__p2 = d__p2_46 + d__p2_49 + d__p2_52
+    _c20 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 0:16].reshape(n, 16, 1), d__p2)
+    d2_x2_53 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c20)
+    # ∂/∂d__p7: ∂/∂x1: p7 = (p0 ⊗ p6) -> 16x1o
+    _c21 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 0:16].reshape(n, 16, 1), x2[:, 16:64].reshape(n, 16, 3))
+    d2_d__p7 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c21)
+    # ∂/∂x2: ∂/∂x1: p7 = (p0 ⊗ p6) -> 16x1o
+    d__p7 = d__p7_31 + d__p7_35 + d__p7_39 + d__p7_43
+    _c22 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 0:16].reshape(n, 16, 1), d__p7)
+    d2_x2_54 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c22)
+    # ∂/∂d__p9: ∂/∂x1: p9 = (p0 ⊗ p8) -> 16x2e
+    _c23 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 0:16].reshape(n, 16, 1), x2[:, 64:144].reshape(n, 16, 5))
+    d2_d__p9 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c23)
+    # ∂/∂x2: ∂/∂x1: p9 = (p0 ⊗ p8) -> 16x2e
+    d__p9 = d__p9_15 + d__p9_19 + d__p9_23 + d__p9_27
+    _c24 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 0:16].reshape(n, 16, 1), d__p9)
+    d2_x2_55 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c24)
+    # ∂/∂d__p11: ∂/∂x1: p11 = (p10 ⊗ p1) -> 16x1o
+    _c25 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 16:64].reshape(n, 16, 3), x2[:, 0:16].reshape(n, 16, 1))
+    d2_d__p11 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c25)
+    # ∂/∂x2: ∂/∂x1: p11 = (p10 ⊗ p1) -> 16x1o
+    d__p11 = d__p11_30 + d__p11_34 + d__p11_38 + d__p11_42
+    _c26 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d__p11)
+    d2_x2_56 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c26)
+    # ∂/∂d__p12: ∂/∂x1: p12 = (p10 ⊗ p6) -> 16x0e
+    _c27 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 16:64].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3))
+    d2_d__p12 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c27)
+    # ∂/∂x2: ∂/∂x1: p12 = (p10 ⊗ p6) -> 16x0e
+    d__p12 = d__p12_45 + d__p12_48 + d__p12_51
+    _c28 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d__p12)
+    d2_x2_57 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c28)
+    # ∂/∂d__p13: ∂/∂x1: p13 = (p10 ⊗ p6) -> 16x2e
+    d2_d__p13 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c27)
+    # ∂/∂x2: ∂/∂x1: p13 = (p10 ⊗ p6) -> 16x2e
+    d__p13 = d__p13_14 + d__p13_18 + d__p13_22 + d__p13_26
+    _c29 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d__p13)
+    d2_x2_58 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c29)
+    # ∂/∂d__p14: ∂/∂x1: p14 = (p10 ⊗ p6) -> 16x1e
+    d2_d__p14 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c27)
+    # ∂/∂x2: ∂/∂x1: p14 = (p10 ⊗ p6) -> 16x1e
+    d__p14 = d__p14_9 + d__p14_11
+    _c30 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d__p14)
+    d2_x2_59 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c30)
+    # ∂/∂d__p15: ∂/∂x1: p15 = (p10 ⊗ p8) -> 16x1o
+    _c31 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 16:64].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5))
+    d2_d__p15 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c31)
+    # ∂/∂x2: ∂/∂x1: p15 = (p10 ⊗ p8) -> 16x1o
+    d__p15 = d__p15_29 + d__p15_33 + d__p15_37 + d__p15_41
+    _c32 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d__p15)
+    d2_x2_60 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c32)
+    # ∂/∂d__p16: ∂/∂x1: p16 = (p10 ⊗ p8) -> 16x2o
+    d2_d__p16 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c31)
+    # ∂/∂x2: ∂/∂x1: p16 = (p10 ⊗ p8) -> 16x2o
+    d__p16 = d__p16_3 + d__p16_7
+    _c33 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d__p16)
+    d2_x2_61 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c33)
+    # ∂/∂d__p17: ∂/∂x1: p17 = (p10 ⊗ p8) -> 16x3o
+    d2_d__p17 = torch.einsum("ijk,ziju->zuk", cg_1_2_3, _c31)
+    # ∂/∂x2: ∂/∂x1: p17 = (p10 ⊗ p8) -> 16x3o
+    d__p17 = d__p17_1 + d__p17_5
+    _c34 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d__p17)
+    d2_x2_62 = torch.einsum("ijk,ziku->zuj", cg_1_2_3, _c34)
+    # ∂/∂d__p19: ∂/∂x1: p19 = (p18 ⊗ p1) -> 16x2e
+    _c35 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 64:144].reshape(n, 16, 5), x2[:, 0:16].reshape(n, 16, 1))
+    d2_d__p19 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c35)
+    # ∂/∂x2: ∂/∂x1: p19 = (p18 ⊗ p1) -> 16x2e
+    d__p19 = d__p19_13 + d__p19_17 + d__p19_21 + d__p19_25
+    _c36 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d__p19)
+    d2_x2_63 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c36)
+    # ∂/∂d__p20: ∂/∂x1: p20 = (p18 ⊗ p6) -> 16x1o
+    _c37 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 64:144].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3))
+    d2_d__p20 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c37)
+    # ∂/∂x2: ∂/∂x1: p20 = (p18 ⊗ p6) -> 16x1o
+    d__p20 = d__p20_28 + d__p20_32 + d__p20_36 + d__p20_40
+    _c38 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d__p20)
+    d2_x2_64 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c38)
+    # ∂/∂d__p21: ∂/∂x1: p21 = (p18 ⊗ p6) -> 16x2o
+    d2_d__p21 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c37)
+    # ∂/∂x2: ∂/∂x1: p21 = (p18 ⊗ p6) -> 16x2o
+    d__p21 = d__p21_2 + d__p21_6
+    _c39 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d__p21)
+    d2_x2_65 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c39)
+    # ∂/∂d__p22: ∂/∂x1: p22 = (p18 ⊗ p6) -> 16x3o
+    d2_d__p22 = torch.einsum("ijk,ziju->zuk", cg_2_1_3, _c37)
+    # ∂/∂x2: ∂/∂x1: p22 = (p18 ⊗ p6) -> 16x3o
+    d__p22 = d__p22_0 + d__p22_4
+    _c40 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d__p22)
+    d2_x2_66 = torch.einsum("ijk,ziku->zuj", cg_2_1_3, _c40)
+    # ∂/∂d__p23: ∂/∂x1: p23 = (p18 ⊗ p8) -> 16x0e
+    _c41 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 64:144].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5))
+    d2_d__p23 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c41)
+    # ∂/∂x2: ∂/∂x1: p23 = (p18 ⊗ p8) -> 16x0e
+    d__p23 = d__p23_44 + d__p23_47 + d__p23_50
+    _c42 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d__p23)
+    d2_x2_67 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c42)
+    # ∂/∂d__p24: ∂/∂x1: p24 = (p18 ⊗ p8) -> 16x2e
+    d2_d__p24 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c41)
+    # ∂/∂x2: ∂/∂x1: p24 = (p18 ⊗ p8) -> 16x2e
+    d__p24 = d__p24_12 + d__p24_16 + d__p24_20 + d__p24_24
+    _c43 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d__p24)
+    d2_x2_68 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c43)
+    # ∂/∂d__p25: ∂/∂x1: p25 = (p18 ⊗ p8) -> 16x1e
+    d2_d__p25 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c41)
+    # ∂/∂x2: ∂/∂x1: p25 = (p18 ⊗ p8) -> 16x1e
+    d__p25 = d__p25_8 + d__p25_10
+    _c44 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d__p25)
+    d2_x2_69 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c44)
+    # ∂/∂d__p26: ∂/∂x1: p26 = (p18 ⊗ p8) -> 16x3e
+    d2_d__p26 = torch.einsum("ijk,ziju->zuk", cg_2_2_3, _c41)
+    # ∂/∂x2: ∂/∂x1: p26 = (p18 ⊗ p8) -> 16x3e
+    _c45 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d__p26)
+    d2_x2_70 = torch.einsum("ijk,ziku->zuj", cg_2_2_3, _c45)
+    # ∂/∂d__p27: ∂/∂x1: p27 = (p18 ⊗ p8) -> 16x4e
+    d2_d__p27 = torch.einsum("ijk,ziju->zuk", cg_2_2_4, _c41)
+    # ∂/∂x2: ∂/∂x1: p27 = (p18 ⊗ p8) -> 16x4e
+    _c46 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d__p27)
+    d2_x2_71 = torch.einsum("ijk,ziku->zuj", cg_2_2_4, _c46)
+    d2_d__p28_72 = torch.einsum("zui,u->zui", d2_d__p2, (weight[0:16].view(16) * 0.30151134457776363))
+    d2_weight_73 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.30151134457776363), d__p28)
+    d2_d__p28_74 = torch.einsum("zui,u->zui", d2_d__p12, (weight[240:256].view(16) * 0.30151134457776363))
+    d2_weight_75 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.30151134457776363), d__p28)
+    d2_d__p28_76 = torch.einsum("zui,u->zui", d2_d__p23, (weight[704:720].view(16) * 0.30151134457776363))
+    d2_weight_77 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.30151134457776363), d__p28)
+    # ∂/∂d__p29: ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
+    d2_d__p28 = d2_d__p28_72 + d2_d__p28_74 + d2_d__p28_76
+    _c47 = torch.einsum("zui,zuj->ziju", d2_d__p28, x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p29 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c47)
+    # ∂/∂x3: ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
+    _c48 = torch.einsum("zui,zuk->ziku", d2_d__p28, d__p29)
+    d2_x3_78 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c48)
+    d2_d_y_79 = d2_d__p29
+    d2_d__p30_80 = torch.einsum("zui,u->zui", d2_d__p2, (weight[16:32].view(16) * 0.3779644730092272))
+    d2_weight_81 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.3779644730092272), d__p30)
+    d2_d__p30_82 = torch.einsum("zui,u->zui", d2_d__p12, (weight[272:288].view(16) * 0.3779644730092272))
+    d2_weight_83 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.3779644730092272), d__p30)
+    d2_d__p30_84 = torch.einsum("zui,u->zui", d2_d__p23, (weight[736:752].view(16) * 0.3779644730092272))
+    d2_weight_85 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.3779644730092272), d__p30)
+    # ∂/∂d__p31: ∂/∂_p30: p31 = (p30 ⊗ p4) -> 16x1o
+    d2_d__p30 = d2_d__p30_80 + d2_d__p30_82 + d2_d__p30_84
+    _c49 = torch.einsum("zui,zuj->ziju", d2_d__p30, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p31 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c49)
+    # ∂/∂x3: ∂/∂_p30: p31 = (p30 ⊗ p4) -> 16x1o
+    _c50 = torch.einsum("zui,zuk->ziku", d2_d__p30, d__p31)
+    d2_x3_86 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c50)
+    d2_d_y_87 = d2_d__p31
+    d2_d__p32_88 = torch.einsum("zui,u->zui", d2_d__p2, (weight[32:48].view(16) * 0.4662524041201569))
+    d2_weight_89 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.4662524041201569), d__p32)
+    d2_d__p32_90 = torch.einsum("zui,u->zui", d2_d__p12, (weight[320:336].view(16) * 0.4662524041201569))
+    d2_weight_91 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.4662524041201569), d__p32)
+    d2_d__p32_92 = torch.einsum("zui,u->zui", d2_d__p23, (weight[784:800].view(16) * 0.4662524041201569))
+    d2_weight_93 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.4662524041201569), d__p32)
+    # ∂/∂d__p33: ∂/∂_p32: p33 = (p32 ⊗ p5) -> 16x2e
+    d2_d__p32 = d2_d__p32_88 + d2_d__p32_90 + d2_d__p32_92
+    _c51 = torch.einsum("zui,zuj->ziju", d2_d__p32, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p33 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c51)
+    # ∂/∂x3: ∂/∂_p32: p33 = (p32 ⊗ p5) -> 16x2e
+    _c52 = torch.einsum("zui,zuk->ziku", d2_d__p32, d__p33)
+    d2_x3_94 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c52)
+    d2_d_y_95 = d2_d__p33
+    d2_d__p34_96 = torch.einsum("zui,u->zui", d2_d__p7, (weight[48:64].view(16) * 0.6546536707079771))
+    d2_weight_97 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.6546536707079771), d__p34)
+    d2_d__p34_98 = torch.einsum("zui,u->zui", d2_d__p11, (weight[176:192].view(16) * 0.6546536707079771))
+    d2_weight_99 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.6546536707079771), d__p34)
+    d2_d__p34_100 = torch.einsum("zui,u->zui", d2_d__p15, (weight[384:400].view(16) * 0.6546536707079771))
+    d2_weight_101 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.6546536707079771), d__p34)
+    d2_d__p34_102 = torch.einsum("zui,u->zui", d2_d__p20, (weight[576:592].view(16) * 0.6546536707079771))
+    d2_weight_103 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.6546536707079771), d__p34)
+    # ∂/∂d__p35: ∂/∂_p34: p35 = (p34 ⊗ p3) -> 16x1o
+    d2_d__p34 = d2_d__p34_96 + d2_d__p34_98 + d2_d__p34_100 + d2_d__p34_102
+    _c53 = torch.einsum("zui,zuj->ziju", d2_d__p34, x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p35 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c53)
+    # ∂/∂x3: ∂/∂_p34: p35 = (p34 ⊗ p3) -> 16x1o
+    _c54 = torch.einsum("zui,zuk->ziku", d2_d__p34, d__p35)
+    d2_x3_104 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c54)
+    d2_d_y_105 = d2_d__p35
+    d2_d__p36_106 = torch.einsum("zui,u->zui", d2_d__p7, (weight[64:80].view(16) * 0.5222329678670935))
+    d2_weight_107 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.5222329678670935), d__p36)
+    d2_d__p36_108 = torch.einsum("zui,u->zui", d2_d__p11, (weight[192:208].view(16) * 0.5222329678670935))
+    d2_weight_109 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.5222329678670935), d__p36)
+    d2_d__p36_110 = torch.einsum("zui,u->zui", d2_d__p15, (weight[400:416].view(16) * 0.5222329678670935))
+    d2_weight_111 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.5222329678670935), d__p36)
+    d2_d__p36_112 = torch.einsum("zui,u->zui", d2_d__p20, (weight[592:608].view(16) * 0.5222329678670935))
+    d2_weight_113 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.5222329678670935), d__p36)
+    # ∂/∂d__p37: ∂/∂_p36: p37 = (p36 ⊗ p4) -> 16x0e
+    d2_d__p36 = d2_d__p36_106 + d2_d__p36_108 + d2_d__p36_110 + d2_d__p36_112
+    _c55 = torch.einsum("zui,zuj->ziju", d2_d__p36, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p37 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c55)
+    # ∂/∂x3: ∂/∂_p36: p37 = (p36 ⊗ p4) -> 16x0e
+    _c56 = torch.einsum("zui,zuk->ziku", d2_d__p36, d__p37)
+    d2_x3_114 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c56)
+    d2_d_y_115 = d2_d__p37
+    d2_d__p38_116 = torch.einsum("zui,u->zui", d2_d__p7, (weight[80:96].view(16) * 0.8075728530872482))
+    d2_weight_117 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.8075728530872482), d__p38)
+    d2_d__p38_118 = torch.einsum("zui,u->zui", d2_d__p11, (weight[208:224].view(16) * 0.8075728530872482))
+    d2_weight_119 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.8075728530872482), d__p38)
+    d2_d__p38_120 = torch.einsum("zui,u->zui", d2_d__p15, (weight[416:432].view(16) * 0.8075728530872482))
+    d2_weight_121 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.8075728530872482), d__p38)
+    d2_d__p38_122 = torch.einsum("zui,u->zui", d2_d__p20, (weight[608:624].view(16) * 0.8075728530872482))
+    d2_weight_123 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.8075728530872482), d__p38)
+    # ∂/∂d__p39: ∂/∂_p38: p39 = (p38 ⊗ p4) -> 16x2e
+    d2_d__p38 = d2_d__p38_116 + d2_d__p38_118 + d2_d__p38_120 + d2_d__p38_122
+    _c57 = torch.einsum("zui,zuj->ziju", d2_d__p38, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p39 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c57)
+    # ∂/∂x3: ∂/∂_p38: p39 = (p38 ⊗ p4) -> 16x2e
+    _c58 = torch.einsum("zui,zuk->ziku", d2_d__p38, d__p39)
+    d2_x3_124 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c58)
+    d2_d_y_125 = d2_d__p39
+    d2_d__p40_126 = torch.einsum("zui,u->zui", d2_d__p7, (weight[96:112].view(16) * 0.6546536707079771))
+    d2_weight_127 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.6546536707079771), d__p40)
+    d2_d__p40_128 = torch.einsum("zui,u->zui", d2_d__p11, (weight[224:240].view(16) * 0.6546536707079771))
+    d2_weight_129 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.6546536707079771), d__p40)
+    d2_d__p40_130 = torch.einsum("zui,u->zui", d2_d__p15, (weight[464:480].view(16) * 0.6546536707079771))
+    d2_weight_131 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.6546536707079771), d__p40)
+    d2_d__p40_132 = torch.einsum("zui,u->zui", d2_d__p20, (weight[656:672].view(16) * 0.6546536707079771))
+    d2_weight_133 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.6546536707079771), d__p40)
+    # ∂/∂d__p41: ∂/∂_p40: p41 = (p40 ⊗ p5) -> 16x1o
+    d2_d__p40 = d2_d__p40_126 + d2_d__p40_128 + d2_d__p40_130 + d2_d__p40_132
+    _c59 = torch.einsum("zui,zuj->ziju", d2_d__p40, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p41 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c59)
+    # ∂/∂x3: ∂/∂_p40: p41 = (p40 ⊗ p5) -> 16x1o
+    _c60 = torch.einsum("zui,zuk->ziku", d2_d__p40, d__p41)
+    d2_x3_134 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c60)
+    d2_d_y_135 = d2_d__p41
+    d2_d__p42_136 = torch.einsum("zui,u->zui", d2_d__p9, (weight[112:128].view(16) * 1.0425720702853738))
+    d2_weight_137 = torch.einsum("zui,zui->u", (d2_d__p9 * 1.0425720702853738), d__p42)
+    d2_d__p42_138 = torch.einsum("zui,u->zui", d2_d__p13, (weight[256:272].view(16) * 1.0425720702853738))
+    d2_weight_139 = torch.einsum("zui,zui->u", (d2_d__p13 * 1.0425720702853738), d__p42)
+    d2_d__p42_140 = torch.einsum("zui,u->zui", d2_d__p19, (weight[512:528].view(16) * 1.0425720702853738))
+    d2_weight_141 = torch.einsum("zui,zui->u", (d2_d__p19 * 1.0425720702853738), d__p42)
+    d2_d__p42_142 = torch.einsum("zui,u->zui", d2_d__p24, (weight[720:736].view(16) * 1.0425720702853738))
+    d2_weight_143 = torch.einsum("zui,zui->u", (d2_d__p24 * 1.0425720702853738), d__p42)
+    # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x2e
+    d2_d__p42 = d2_d__p42_136 + d2_d__p42_138 + d2_d__p42_140 + d2_d__p42_142
+    _c61 = torch.einsum("zui,zuj->ziju", d2_d__p42, x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p43 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c61)
+    # ∂/∂x3: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x2e
+    _c62 = torch.einsum("zui,zuk->ziku", d2_d__p42, d__p43)
+    d2_x3_144 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c62)
+    d2_d_y_145 = d2_d__p43
+    d2_d__p44_146 = torch.einsum("zui,u->zui", d2_d__p9, (weight[128:144].view(16) * 0.8451542547285166))
+    d2_weight_147 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.8451542547285166), d__p44)
+    d2_d__p44_148 = torch.einsum("zui,u->zui", d2_d__p13, (weight[304:320].view(16) * 0.8451542547285166))
+    d2_weight_149 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.8451542547285166), d__p44)
+    d2_d__p44_150 = torch.einsum("zui,u->zui", d2_d__p19, (weight[528:544].view(16) * 0.8451542547285166))
+    d2_weight_151 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.8451542547285166), d__p44)
+    d2_d__p44_152 = torch.einsum("zui,u->zui", d2_d__p24, (weight[768:784].view(16) * 0.8451542547285166))
+    d2_weight_153 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.8451542547285166), d__p44)
+    # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
+    d2_d__p44 = d2_d__p44_146 + d2_d__p44_148 + d2_d__p44_150 + d2_d__p44_152
+    _c63 = torch.einsum("zui,zuj->ziju", d2_d__p44, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p45 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c63)
+    # ∂/∂x3: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
+    _c64 = torch.einsum("zui,zuk->ziku", d2_d__p44, d__p45)
+    d2_x3_154 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c64)
+    d2_d_y_155 = d2_d__p45
+    d2_d__p46_156 = torch.einsum("zui,u->zui", d2_d__p9, (weight[144:160].view(16) * 0.674199862463242))
+    d2_weight_157 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.674199862463242), d__p46)
+    d2_d__p46_158 = torch.einsum("zui,u->zui", d2_d__p13, (weight[352:368].view(16) * 0.674199862463242))
+    d2_weight_159 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.674199862463242), d__p46)
+    d2_d__p46_160 = torch.einsum("zui,u->zui", d2_d__p19, (weight[544:560].view(16) * 0.674199862463242))
+    d2_weight_161 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.674199862463242), d__p46)
+    d2_d__p46_162 = torch.einsum("zui,u->zui", d2_d__p24, (weight[816:832].view(16) * 0.674199862463242))
+    d2_weight_163 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.674199862463242), d__p46)
+    # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x0e
+    d2_d__p46 = d2_d__p46_156 + d2_d__p46_158 + d2_d__p46_160 + d2_d__p46_162
+    _c65 = torch.einsum("zui,zuj->ziju", d2_d__p46, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p47 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c65)
+    # ∂/∂x3: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x0e
+    _c66 = torch.einsum("zui,zuk->ziku", d2_d__p46, d__p47)
+    d2_x3_164 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c66)
+    d2_d_y_165 = d2_d__p47
+    d2_d__p48_166 = torch.einsum("zui,u->zui", d2_d__p9, (weight[160:176].view(16) * 1.0425720702853738))
+    d2_weight_167 = torch.einsum("zui,zui->u", (d2_d__p9 * 1.0425720702853738), d__p48)
+    d2_d__p48_168 = torch.einsum("zui,u->zui", d2_d__p13, (weight[368:384].view(16) * 1.0425720702853738))
+    d2_weight_169 = torch.einsum("zui,zui->u", (d2_d__p13 * 1.0425720702853738), d__p48)
+    d2_d__p48_170 = torch.einsum("zui,u->zui", d2_d__p19, (weight[560:576].view(16) * 1.0425720702853738))
+    d2_weight_171 = torch.einsum("zui,zui->u", (d2_d__p19 * 1.0425720702853738), d__p48)
+    d2_d__p48_172 = torch.einsum("zui,u->zui", d2_d__p24, (weight[832:848].view(16) * 1.0425720702853738))
+    d2_weight_173 = torch.einsum("zui,zui->u", (d2_d__p24 * 1.0425720702853738), d__p48)
+    # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p5) -> 16x2e
+    d2_d__p48 = d2_d__p48_166 + d2_d__p48_168 + d2_d__p48_170 + d2_d__p48_172
+    _c67 = torch.einsum("zui,zuj->ziju", d2_d__p48, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p49 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c67)
+    # ∂/∂x3: ∂/∂_p48: p49 = (p48 ⊗ p5) -> 16x2e
+    _c68 = torch.einsum("zui,zuk->ziku", d2_d__p48, d__p49)
+    d2_x3_174 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c68)
+    d2_d_y_175 = d2_d__p49
+    d2_d__p50_176 = torch.einsum("zui,u->zui", d2_d__p14, (weight[288:304].view(16) * 0.6546536707079771))
+    d2_weight_177 = torch.einsum("zui,zui->u", (d2_d__p14 * 0.6546536707079771), d__p50)
+    d2_d__p50_178 = torch.einsum("zui,u->zui", d2_d__p25, (weight[752:768].view(16) * 0.6546536707079771))
+    d2_weight_179 = torch.einsum("zui,zui->u", (d2_d__p25 * 0.6546536707079771), d__p50)
+    # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x1o
+    d2_d__p50 = d2_d__p50_176 + d2_d__p50_178
+    _c69 = torch.einsum("zui,zuj->ziju", d2_d__p50, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p51 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c69)
+    # ∂/∂x3: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x1o
+    _c70 = torch.einsum("zui,zuk->ziku", d2_d__p50, d__p51)
+    d2_x3_180 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c70)
+    d2_d_y_181 = d2_d__p51
+    d2_d__p52_182 = torch.einsum("zui,u->zui", d2_d__p14, (weight[336:352].view(16) * 0.8075728530872482))
+    d2_weight_183 = torch.einsum("zui,zui->u", (d2_d__p14 * 0.8075728530872482), d__p52)
+    d2_d__p52_184 = torch.einsum("zui,u->zui", d2_d__p25, (weight[800:816].view(16) * 0.8075728530872482))
+    d2_weight_185 = torch.einsum("zui,zui->u", (d2_d__p25 * 0.8075728530872482), d__p52)
+    # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p5) -> 16x2e
+    d2_d__p52 = d2_d__p52_182 + d2_d__p52_184
+    _c71 = torch.einsum("zui,zuj->ziju", d2_d__p52, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p53 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c71)
+    # ∂/∂x3: ∂/∂_p52: p53 = (p52 ⊗ p5) -> 16x2e
+    _c72 = torch.einsum("zui,zuk->ziku", d2_d__p52, d__p53)
+    d2_x3_186 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c72)
+    d2_d_y_187 = d2_d__p53
+    d2_d__p54_188 = torch.einsum("zui,u->zui", d2_d__p16, (weight[432:448].view(16) * 1.0425720702853738))
+    d2_weight_189 = torch.einsum("zui,zui->u", (d2_d__p16 * 1.0425720702853738), d__p54)
+    d2_d__p54_190 = torch.einsum("zui,u->zui", d2_d__p21, (weight[624:640].view(16) * 1.0425720702853738))
+    d2_weight_191 = torch.einsum("zui,zui->u", (d2_d__p21 * 1.0425720702853738), d__p54)
+    # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p4) -> 16x2e
+    d2_d__p54 = d2_d__p54_188 + d2_d__p54_190
+    _c73 = torch.einsum("zui,zuj->ziju", d2_d__p54, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p55 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c73)
+    # ∂/∂x3: ∂/∂_p54: p55 = (p54 ⊗ p4) -> 16x2e
+    _c74 = torch.einsum("zui,zuk->ziku", d2_d__p54, d__p55)
+    d2_x3_192 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c74)
+    d2_d_y_193 = d2_d__p55
+    d2_d__p56_194 = torch.einsum("zui,u->zui", d2_d__p17, (weight[448:464].view(16) * 1.2335879094879225))
+    d2_weight_195 = torch.einsum("zui,zui->u", (d2_d__p17 * 1.2335879094879225), d__p56)
+    d2_d__p56_196 = torch.einsum("zui,u->zui", d2_d__p22, (weight[640:656].view(16) * 1.2335879094879225))
+    d2_weight_197 = torch.einsum("zui,zui->u", (d2_d__p22 * 1.2335879094879225), d__p56)
+    # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p4) -> 16x2e
+    d2_d__p56 = d2_d__p56_194 + d2_d__p56_196
+    _c75 = torch.einsum("zui,zuj->ziju", d2_d__p56, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p57 = torch.einsum("ijk,ziju->zuk", cg_3_1_2, _c75)
+    # ∂/∂x3: ∂/∂_p56: p57 = (p56 ⊗ p4) -> 16x2e
+    _c76 = torch.einsum("zui,zuk->ziku", d2_d__p56, d__p57)
+    d2_x3_198 = torch.einsum("ijk,ziku->zuj", cg_3_1_2, _c76)
+    d2_d_y_199 = d2_d__p57
+    d2_d__p58_200 = torch.einsum("zui,u->zui", d2_d__p16, (weight[480:496].view(16) * 0.8451542547285166))
+    d2_weight_201 = torch.einsum("zui,zui->u", (d2_d__p16 * 0.8451542547285166), d__p58)
+    d2_d__p58_202 = torch.einsum("zui,u->zui", d2_d__p21, (weight[672:688].view(16) * 0.8451542547285166))
+    d2_weight_203 = torch.einsum("zui,zui->u", (d2_d__p21 * 0.8451542547285166), d__p58)
+    # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p5) -> 16x1o
+    d2_d__p58 = d2_d__p58_200 + d2_d__p58_202
+    _c77 = torch.einsum("zui,zuj->ziju", d2_d__p58, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p59 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c77)
+    # ∂/∂x3: ∂/∂_p58: p59 = (p58 ⊗ p5) -> 16x1o
+    _c78 = torch.einsum("zui,zuk->ziku", d2_d__p58, d__p59)
+    d2_x3_204 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c78)
+    d2_d_y_205 = d2_d__p59
+    d2_d__p60_206 = torch.einsum("zui,u->zui", d2_d__p17, weight[496:512].view(16))
+    d2_weight_207 = torch.einsum("zui,zui->u", d2_d__p17, d__p60)
+    d2_d__p60_208 = torch.einsum("zui,u->zui", d2_d__p22, weight[688:704].view(16))
+    d2_weight_209 = torch.einsum("zui,zui->u", d2_d__p22, d__p60)
+    # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x1o
+    d2_d__p60 = d2_d__p60_206 + d2_d__p60_208
+    _c79 = torch.einsum("zui,zuj->ziju", d2_d__p60, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p61 = torch.einsum("ijk,ziju->zuk", cg_3_2_1, _c79)
+    # ∂/∂x3: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x1o
+    _c80 = torch.einsum("zui,zuk->ziku", d2_d__p60, d__p61)
+    d2_x3_210 = torch.einsum("ijk,ziku->zuj", cg_3_2_1, _c80)
+    d2_d_y_211 = d2_d__p61
+    # ∂/∂d__p62: ∂/∂_p26: p62 = (p26 ⊗ p5) -> 16x2e
+    _c81 = torch.einsum("zui,zuj->ziju", d2_d__p26, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p62 = torch.einsum("ijk,ziju->zuk", cg_3_2_2, _c81)
+    # ∂/∂x3: ∂/∂_p26: p62 = (p26 ⊗ p5) -> 16x2e
+    _c82 = torch.einsum("zui,zuk->ziku", d2_d__p26, d__p62)
+    d2_x3_212 = torch.einsum("ijk,ziku->zuj", cg_3_2_2, _c82)
+    d2_d_y_213 = torch.einsum("zui,u->zui", d2_d__p62, (weight[848:864].view(16) * 1.2335879094879225))
+    d2_weight_214 = torch.einsum("zui,zui->u", (d2_d__p62 * 1.2335879094879225), d_y[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂d__p63: ∂/∂_p27: p63 = (p27 ⊗ p5) -> 16x2e
+    _c83 = torch.einsum("zui,zuj->ziju", d2_d__p27, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p63 = torch.einsum("ijk,ziju->zuk", cg_4_2_2, _c83)
+    # ∂/∂x3: ∂/∂_p27: p63 = (p27 ⊗ p5) -> 16x2e
+    _c84 = torch.einsum("zui,zuk->ziku", d2_d__p27, d__p63)
+    d2_x3_215 = torch.einsum("ijk,ziku->zuj", cg_4_2_2, _c84)
+    d2_d_y_216 = torch.einsum("zui,u->zui", d2_d__p63, (weight[864:880].view(16) * 1.3987572123604706))
+    d2_weight_217 = torch.einsum("zui,zui->u", (d2_d__p63 * 1.3987572123604706), d_y[:, 64:144].reshape(n, 16, 5))
+    d2_x1 = weight.new_zeros(n, 144)
+    d2_x2 = torch.cat([
+        (d2_x2_53 + d2_x2_56 + d2_x2_63).reshape(n, 16),
+        (d2_x2_54 + d2_x2_57 + d2_x2_58 + d2_x2_59 + d2_x2_64 + d2_x2_65 + d2_x2_66).reshape(n, 48),
+        (d2_x2_55 + d2_x2_60 + d2_x2_61 + d2_x2_62 + d2_x2_67 + d2_x2_68 + d2_x2_69 + d2_x2_70 + d2_x2_71).reshape(n, 80),
+    ], dim=-1)
+    d2_x3 = torch.cat([
+        (d2_x3_78 + d2_x3_104 + d2_x3_144).reshape(n, 16),
+        (d2_x3_86 + d2_x3_114 + d2_x3_124 + d2_x3_154 + d2_x3_180 + d2_x3_192 + d2_x3_198).reshape(n, 48),
+        (d2_x3_94 + d2_x3_134 + d2_x3_164 + d2_x3_174 + d2_x3_186 + d2_x3_204 + d2_x3_210 + d2_x3_212 + d2_x3_215).reshape(n, 80),
+    ], dim=-1)
+    d2_d_y = torch.cat([
+        (d2_d_y_79 + d2_d_y_115 + d2_d_y_165).reshape(n, 16),
+        (d2_d_y_87 + d2_d_y_105 + d2_d_y_135 + d2_d_y_155 + d2_d_y_181 + d2_d_y_205 + d2_d_y_211).reshape(n, 48),
+        (d2_d_y_95 + d2_d_y_125 + d2_d_y_145 + d2_d_y_175 + d2_d_y_187 + d2_d_y_193 + d2_d_y_199 + d2_d_y_213 + d2_d_y_216).reshape(n, 80),
+    ], dim=-1)
+    d2_weight = torch.cat([
+        d2_weight_73.reshape(16),
+        d2_weight_81.reshape(16),
+        d2_weight_89.reshape(16),
+        d2_weight_97.reshape(16),
+        d2_weight_107.reshape(16),
+        d2_weight_117.reshape(16),
+        d2_weight_127.reshape(16),
+        d2_weight_137.reshape(16),
+        d2_weight_147.reshape(16),
+        d2_weight_157.reshape(16),
+        d2_weight_167.reshape(16),
+        d2_weight_99.reshape(16),
+        d2_weight_109.reshape(16),
+        d2_weight_119.reshape(16),
+        d2_weight_129.reshape(16),
+        d2_weight_75.reshape(16),
+        d2_weight_139.reshape(16),
+        d2_weight_83.reshape(16),
+        d2_weight_177.reshape(16),
+        d2_weight_149.reshape(16),
+        d2_weight_91.reshape(16),
+        d2_weight_183.reshape(16),
+        d2_weight_159.reshape(16),
+        d2_weight_169.reshape(16),
+        d2_weight_101.reshape(16),
+        d2_weight_111.reshape(16),
+        d2_weight_121.reshape(16),
+        d2_weight_189.reshape(16),
+        d2_weight_195.reshape(16),
+        d2_weight_131.reshape(16),
+        d2_weight_201.reshape(16),
+        d2_weight_207.reshape(16),
+        d2_weight_141.reshape(16),
+        d2_weight_151.reshape(16),
+        d2_weight_161.reshape(16),
+        d2_weight_171.reshape(16),
+        d2_weight_103.reshape(16),
+        d2_weight_113.reshape(16),
+        d2_weight_123.reshape(16),
+        d2_weight_191.reshape(16),
+        d2_weight_197.reshape(16),
+        d2_weight_133.reshape(16),
+        d2_weight_203.reshape(16),
+        d2_weight_209.reshape(16),
+        d2_weight_77.reshape(16),
+        d2_weight_143.reshape(16),
+        d2_weight_85.reshape(16),
+        d2_weight_179.reshape(16),
+        d2_weight_153.reshape(16),
+        d2_weight_93.reshape(16),
+        d2_weight_185.reshape(16),
+        d2_weight_163.reshape(16),
+        d2_weight_173.reshape(16),
+        d2_weight_214.reshape(16),
+        d2_weight_217.reshape(16),
+    ], dim=-1)
+    return [d2_x1, d2_x2, d2_x3, d2_d_y, d2_weight]
+
+
+def _fusion_block_3_d2_x2(
+    x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, d_y: torch.Tensor,
+    d2_d_x2: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor,
+    cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
+    cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_1_2_3: torch.Tensor,
+    cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor, cg_2_1_3: torch.Tensor,
+    cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor, cg_2_2_3: torch.Tensor,
+    cg_2_2_4: torch.Tensor, cg_3_1_2: torch.Tensor, cg_3_2_1: torch.Tensor, cg_3_2_2: torch.Tensor,
+    cg_4_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fusion_block_3_d for the cotangent of d_x2: x1 (n, 144), x2 (n, 144), x3 (n, 144), d_y (n, 144), d2_d_x2 (n, 144) -> d2_x1 (n, 144), d2_x2 (n, 144), d2_x3 (n, 144), d2_d_y (n, 144), d2_weight (880,)."""
+    n = x1.shape[0]
+    d__p63 = torch.einsum("zui,u->zui", d_y[:, 64:144].reshape(n, 16, 5), (weight[864:880].view(16) * 1.3987572123604706))
+    # ∂/∂_p27: p63 = (p27 ⊗ p5) -> 16x2e
+    _c0 = torch.einsum("zuk,zuj->zjku", d__p63, x3[:, 64:144].reshape(n, 16, 5))
+    d__p27 = torch.einsum("ijk,zjku->zui", cg_4_2_2, _c0)
+    d__p62 = torch.einsum("zui,u->zui", d_y[:, 64:144].reshape(n, 16, 5), (weight[848:864].view(16) * 1.2335879094879225))
+    # ∂/∂_p26: p62 = (p26 ⊗ p5) -> 16x2e
+    _c1 = torch.einsum("zuk,zuj->zjku", d__p62, x3[:, 64:144].reshape(n, 16, 5))
+    d__p26 = torch.einsum("ijk,zjku->zui", cg_3_2_2, _c1)
+    d__p61 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x1o
+    _c2 = torch.einsum("zuk,zuj->zjku", d__p61, x3[:, 64:144].reshape(n, 16, 5))
+    d__p60 = torch.einsum("ijk,zjku->zui", cg_3_2_1, _c2)
+    d__p22_0 = torch.einsum("zui,u->zui", d__p60, weight[688:704].view(16))
+    d__p17_1 = torch.einsum("zui,u->zui", d__p60, weight[496:512].view(16))
+    d__p59 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p58: p59 = (p58 ⊗ p5) -> 16x1o
+    _c3 = torch.einsum("zuk,zuj->zjku", d__p59, x3[:, 64:144].reshape(n, 16, 5))
+    d__p58 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c3)
+    d__p21_2 = torch.einsum("zui,u->zui", d__p58, (weight[672:688].view(16) * 0.8451542547285166))
+    d__p16_3 = torch.einsum("zui,u->zui", d__p58, (weight[480:496].view(16) * 0.8451542547285166))
+    d__p57 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p56: p57 = (p56 ⊗ p4) -> 16x2e
+    _c4 = torch.einsum("zuk,zuj->zjku", d__p57, x3[:, 16:64].reshape(n, 16, 3))
+    d__p56 = torch.einsum("ijk,zjku->zui", cg_3_1_2, _c4)
+    d__p22_4 = torch.einsum("zui,u->zui", d__p56, (weight[640:656].view(16) * 1.2335879094879225))
+    d__p17_5 = torch.einsum("zui,u->zui", d__p56, (weight[448:464].view(16) * 1.2335879094879225))
+    d__p55 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p54: p55 = (p54 ⊗ p4) -> 16x2e
+    _c5 = torch.einsum("zuk,zuj->zjku", d__p55, x3[:, 16:64].reshape(n, 16, 3))
+    d__p54 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c5)
+    d__p21_6 = torch.einsum("zui,u->zui", d__p54, (weight[624:640].view(16) * 1.0425720702853738))
+    d__p16_7 = torch.einsum("zui,u->zui", d__p54, (weight[432:448].view(16) * 1.0425720702853738))
+    d__p53 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p52: p53 = (p52 ⊗ p5) -> 16x2e
+    _c6 = torch.einsum("zuk,zuj->zjku", d__p53, x3[:, 64:144].reshape(n, 16, 5))
+    d__p52 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c6)
+    d__p25_8 = torch.einsum("zui,u->zui", d__p52, (weight[800:816].view(16) * 0.8075728530872482))
+    d__p14_9 = torch.einsum("zui,u->zui", d__p52, (weight[336:352].view(16) * 0.8075728530872482))
+    d__p51 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x1o
+    _c7 = torch.einsum("zuk,zuj->zjku", d__p51, x3[:, 16:64].reshape(n, 16, 3))
+    d__p50 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c7)
+    d__p25_10 = torch.einsum("zui,u->zui", d__p50, (weight[752:768].view(16) * 0.6546536707079771))
+    d__p14_11 = torch.einsum("zui,u->zui", d__p50, (weight[288:304].view(16) * 0.6546536707079771))
+    d__p49 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p48: p49 = (p48 ⊗ p5) -> 16x2e
+    _c8 = torch.einsum("zuk,zuj->zjku", d__p49, x3[:, 64:144].reshape(n, 16, 5))
+    d__p48 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c8)
+    d__p24_12 = torch.einsum("zui,u->zui", d__p48, (weight[832:848].view(16) * 1.0425720702853738))
+    d__p19_13 = torch.einsum("zui,u->zui", d__p48, (weight[560:576].view(16) * 1.0425720702853738))
+    d__p13_14 = torch.einsum("zui,u->zui", d__p48, (weight[368:384].view(16) * 1.0425720702853738))
+    d__p9_15 = torch.einsum("zui,u->zui", d__p48, (weight[160:176].view(16) * 1.0425720702853738))
+    d__p47 = d_y[:, 0:16].reshape(n, 16, 1)
+    # ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x0e
+    _c9 = torch.einsum("zuk,zuj->zjku", d__p47, x3[:, 64:144].reshape(n, 16, 5))
+    d__p46 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c9)
+    d__p24_16 = torch.einsum("zui,u->zui", d__p46, (weight[816:832].view(16) * 0.674199862463242))
+    d__p19_17 = torch.einsum("zui,u->zui", d__p46, (weight[544:560].view(16) * 0.674199862463242))
+    d__p13_18 = torch.einsum("zui,u->zui", d__p46, (weight[352:368].view(16) * 0.674199862463242))
+    d__p9_19 = torch.einsum("zui,u->zui", d__p46, (weight[144:160].view(16) * 0.674199862463242))
+    d__p45 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
+    _c10 = torch.einsum("zuk,zuj->zjku", d__p45, x3[:, 16:64].reshape(n, 16, 3))
+    d__p44 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c10)
+    d__p24_20 = torch.einsum("zui,u->zui", d__p44, (weight[768:784].view(16) * 0.8451542547285166))
+    d__p19_21 = torch.einsum("zui,u->zui", d__p44, (weight[528:544].view(16) * 0.8451542547285166))
+    d__p13_22 = torch.einsum("zui,u->zui", d__p44, (weight[304:320].view(16) * 0.8451542547285166))
+    d__p9_23 = torch.einsum("zui,u->zui", d__p44, (weight[128:144].view(16) * 0.8451542547285166))
+    d__p43 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x2e
+    _c11 = torch.einsum("zuk,zuj->zjku", d__p43, x3[:, 0:16].reshape(n, 16, 1))
+    d__p42 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c11)
+    d__p24_24 = torch.einsum("zui,u->zui", d__p42, (weight[720:736].view(16) * 1.0425720702853738))
+    d__p19_25 = torch.einsum("zui,u->zui", d__p42, (weight[512:528].view(16) * 1.0425720702853738))
+    d__p13_26 = torch.einsum("zui,u->zui", d__p42, (weight[256:272].view(16) * 1.0425720702853738))
+    d__p9_27 = torch.einsum("zui,u->zui", d__p42, (weight[112:128].view(16) * 1.0425720702853738))
+    d__p41 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p40: p41 = (p40 ⊗ p5) -> 16x1o
+    _c12 = torch.einsum("zuk,zuj->zjku", d__p41, x3[:, 64:144].reshape(n, 16, 5))
+    d__p40 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c12)
+    d__p20_28 = torch.einsum("zui,u->zui", d__p40, (weight[656:672].view(16) * 0.6546536707079771))
+    d__p15_29 = torch.einsum("zui,u->zui", d__p40, (weight[464:480].view(16) * 0.6546536707079771))
+    d__p11_30 = torch.einsum("zui,u->zui", d__p40, (weight[224:240].view(16) * 0.6546536707079771))
+    d__p7_31 = torch.einsum("zui,u->zui", d__p40, (weight[96:112].view(16) * 0.6546536707079771))
+    d__p39 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p38: p39 = (p38 ⊗ p4) -> 16x2e
+    _c13 = torch.einsum("zuk,zuj->zjku", d__p39, x3[:, 16:64].reshape(n, 16, 3))
+    d__p38 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c13)
+    d__p20_32 = torch.einsum("zui,u->zui", d__p38, (weight[608:624].view(16) * 0.8075728530872482))
+    d__p15_33 = torch.einsum("zui,u->zui", d__p38, (weight[416:432].view(16) * 0.8075728530872482))
+    d__p11_34 = torch.einsum("zui,u->zui", d__p38, (weight[208:224].view(16) * 0.8075728530872482))
+    d__p7_35 = torch.einsum("zui,u->zui", d__p38, (weight[80:96].view(16) * 0.8075728530872482))
+    d__p37 = d_y[:, 0:16].reshape(n, 16, 1)
+    # ∂/∂_p36: p37 = (p36 ⊗ p4) -> 16x0e
+    _c14 = torch.einsum("zuk,zuj->zjku", d__p37, x3[:, 16:64].reshape(n, 16, 3))
+    d__p36 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c14)
+    d__p20_36 = torch.einsum("zui,u->zui", d__p36, (weight[592:608].view(16) * 0.5222329678670935))
+    d__p15_37 = torch.einsum("zui,u->zui", d__p36, (weight[400:416].view(16) * 0.5222329678670935))
+    d__p11_38 = torch.einsum("zui,u->zui", d__p36, (weight[192:208].view(16) * 0.5222329678670935))
+    d__p7_39 = torch.einsum("zui,u->zui", d__p36, (weight[64:80].view(16) * 0.5222329678670935))
+    d__p35 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p34: p35 = (p34 ⊗ p3) -> 16x1o
+    _c15 = torch.einsum("zuk,zuj->zjku", d__p35, x3[:, 0:16].reshape(n, 16, 1))
+    d__p34 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c15)
+    d__p20_40 = torch.einsum("zui,u->zui", d__p34, (weight[576:592].view(16) * 0.6546536707079771))
+    d__p15_41 = torch.einsum("zui,u->zui", d__p34, (weight[384:400].view(16) * 0.6546536707079771))
+    d__p11_42 = torch.einsum("zui,u->zui", d__p34, (weight[176:192].view(16) * 0.6546536707079771))
+    d__p7_43 = torch.einsum("zui,u->zui", d__p34, (weight[48:64].view(16) * 0.6546536707079771))
+    d__p33 = d_y[:, 64:144].reshape(n, 16, 5)
+    # ∂/∂_p32: p33 = (p32 ⊗ p5) -> 16x2e
+    _c16 = torch.einsum("zuk,zuj->zjku", d__p33, x3[:, 64:144].reshape(n, 16, 5))
+    d__p32 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c16)
+    d__p23_44 = torch.einsum("zui,u->zui", d__p32, (weight[784:800].view(16) * 0.4662524041201569))
+    d__p12_45 = torch.einsum("zui,u->zui", d__p32, (weight[320:336].view(16) * 0.4662524041201569))
+    d__p2_46 = torch.einsum("zui,u->zui", d__p32, (weight[32:48].view(16) * 0.4662524041201569))
+    d__p31 = d_y[:, 16:64].reshape(n, 16, 3)
+    # ∂/∂_p30: p31 = (p30 ⊗ p4) -> 16x1o
+    _c17 = torch.einsum("zuk,zuj->zjku", d__p31, x3[:, 16:64].reshape(n, 16, 3))
+    d__p30 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c17)
+    d__p23_47 = torch.einsum("zui,u->zui", d__p30, (weight[736:752].view(16) * 0.3779644730092272))
+    d__p12_48 = torch.einsum("zui,u->zui", d__p30, (weight[272:288].view(16) * 0.3779644730092272))
+    d__p2_49 = torch.einsum("zui,u->zui", d__p30, (weight[16:32].view(16) * 0.3779644730092272))
+    d__p29 = d_y[:, 0:16].reshape(n, 16, 1)
+    # ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
+    _c18 = torch.einsum("zuk,zuj->zjku", d__p29, x3[:, 0:16].reshape(n, 16, 1))
+    d__p28 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c18)
+    d__p23_50 = torch.einsum("zui,u->zui", d__p28, (weight[704:720].view(16) * 0.30151134457776363))
+    d__p12_51 = torch.einsum("zui,u->zui", d__p28, (weight[240:256].view(16) * 0.30151134457776363))
+    d__p2_52 = torch.einsum("zui,u->zui", d__p28, (weight[0:16].view(16) * 0.30151134457776363))
+    # ∂/∂d__p2: ∂/∂x2: p2 = (p0 ⊗ p1) -> 16x0e
+    _c19 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 0:16].reshape(n, 16, 1), x1[:, 0:16].reshape(n, 16, 1))
+    d2_d__p2 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c19)
+    # ∂/∂x1: ∂/∂x2: p2 = (p0 ⊗ p1) -> 16x0e
+    d__p2 = d__p2_46 + d__p2_49 + d__p2_52
+    _c20 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 0:16].reshape(n, 16, 1), d__p2)
+    d2_x1_53 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c20)
+    # ∂/∂d__p7: ∂/∂x2: p7 = (p0 ⊗ p6) -> 16x1o
+    _c21 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 16:64].reshape(n, 16, 3), x1[:, 0:16].reshape(n, 16, 1))
+    d2_d__p7 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c21)
+    # ∂/∂x1: ∂/∂x2: p7 = (p0 ⊗ p6) -> 16x1o
+    d__p7 = d__p7_31 + d__p7_35 + d__p7_39 + d__p7_43
+    _c22 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d__p7)
+    d2_x1_54 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c22)
+    # ∂/∂d__p9: ∂/∂x2: p9 = (p0 ⊗ p8) -> 16x2e
+    _c23 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 64:144].reshape(n, 16, 5), x1[:, 0:16].reshape(n, 16, 1))
+    d2_d__p9 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c23)
+    # ∂/∂x1: ∂/∂x2: p9 = (p0 ⊗ p8) -> 16x2e
+    d__p9 = d__p9_15 + d__p9_19 + d__p9_23 + d__p9_27
+    _c24 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d__p9)
+    d2_x1_55 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c24)
+    # ∂/∂d__p11: ∂/∂x2: p11 = (p10 ⊗ p1) -> 16x1o
+    _c25 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 0:16].reshape(n, 16, 1), x1[:, 16:64].reshape(n, 16, 3))
+    d2_d__p11 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c25)
+    # ∂/∂x1: ∂/∂x2: p11 = (p10 ⊗ p1) -> 16x1o
+    d__p11 = d__p11_30 + d__p11_34 + d__p11_38 + d__p11_42
+    _c26 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 0:16].reshape(n, 16, 1), d__p11)
+    d2_x1_56 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c26)
+    # ∂/∂d__p12: ∂/∂x2: p12 = (p10 ⊗ p6) -> 16x0e
+    _c27 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 16:64].reshape(n, 16, 3), x1[:, 16:64].reshape(n, 16, 3))
+    d2_d__p12 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c27)
+    # ∂/∂x1: ∂/∂x2: p12 = (p10 ⊗ p6) -> 16x0e
+    d__p12 = d__p12_45 + d__p12_48 + d__p12_51
+    _c28 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d__p12)
+    d2_x1_57 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c28)
+    # ∂/∂d__p13: ∂/∂x2: p13 = (p10 ⊗ p6) -> 16x2e
+    d2_d__p13 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c27)
+    # ∂/∂x1: ∂/∂x2: p13 = (p10 ⊗ p6) -> 16x2e
+    d__p13 = d__p13_14 + d__p13_18 + d__p13_22 + d__p13_26
+    _c29 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d__p13)
+    d2_x1_58 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c29)
+    # ∂/∂d__p14: ∂/∂x2: p14 = (p10 ⊗ p6) -> 16x1e
+    d2_d__p14 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c27)
+    # ∂/∂x1: ∂/∂x2: p14 = (p10 ⊗ p6) -> 16x1e
+    d__p14 = d__p14_9 + d__p14_11
+    _c30 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d__p14)
+    d2_x1_59 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c30)
+    # ∂/∂d__p15: ∂/∂x2: p15 = (p10 ⊗ p8) -> 16x1o
+    _c31 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 64:144].reshape(n, 16, 5), x1[:, 16:64].reshape(n, 16, 3))
+    d2_d__p15 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c31)
+    # ∂/∂x1: ∂/∂x2: p15 = (p10 ⊗ p8) -> 16x1o
+    d__p15 = d__p15_29 + d__p15_33 + d__p15_37 + d__p15_41
+    _c32 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d__p15)
+    d2_x1_60 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c32)
+    # ∂/∂d__p16: ∂/∂x2: p16 = (p10 ⊗ p8) -> 16x2o
+    d2_d__p16 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c31)
+    # ∂/∂x1: ∂/∂x2: p16 = (p10 ⊗ p8) -> 16x2o
+    d__p16 = d__p16_3 + d__p16_7
+    _c33 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d__p16)
+    d2_x1_61 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c33)
+    # ∂/∂d__p17: ∂/∂x2: p17 = (p10 ⊗ p8) -> 16x3o
+    d2_d__p17 = torch.einsum("ijk,ziju->zuk", cg_1_2_3, _c31)
+    # ∂/∂x1: ∂/∂x2: p17 = (p10 ⊗ p8) -> 16x3o
+    d__p17 = d__p17_1 + d__p17_5
+    _c34 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d__p17)
+    d2_x1_62 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c34)
+    # ∂/∂d__p19: ∂/∂x2: p19 = (p18 ⊗ p1) -> 16x2e
+    _c35 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 0:16].reshape(n, 16, 1), x1[:, 64:144].reshape(n, 16, 5))
+    d2_d__p19 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c35)
+    # ∂/∂x1: ∂/∂x2: p19 = (p18 ⊗ p1) -> 16x2e
+    d__p19 = d__p19_13 + d__p19_17 + d__p19_21 + d__p19_25
+    _c36 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 0:16].reshape(n, 16, 1), d__p19)
+    d2_x1_63 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c36)
+    # ∂/∂d__p20: ∂/∂x2: p20 = (p18 ⊗ p6) -> 16x1o
+    _c37 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 16:64].reshape(n, 16, 3), x1[:, 64:144].reshape(n, 16, 5))
+    d2_d__p20 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c37)
+    # ∂/∂x1: ∂/∂x2: p20 = (p18 ⊗ p6) -> 16x1o
+    d__p20 = d__p20_28 + d__p20_32 + d__p20_36 + d__p20_40
+    _c38 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d__p20)
+    d2_x1_64 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c38)
+    # ∂/∂d__p21: ∂/∂x2: p21 = (p18 ⊗ p6) -> 16x2o
+    d2_d__p21 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c37)
+    # ∂/∂x1: ∂/∂x2: p21 = (p18 ⊗ p6) -> 16x2o
+    d__p21 = d__p21_2 + d__p21_6
+    _c39 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d__p21)
+    d2_x1_65 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c39)
+    # ∂/∂d__p22: ∂/∂x2: p22 = (p18 ⊗ p6) -> 16x3o
+    d2_d__p22 = torch.einsum("ijk,ziju->zuk", cg_2_1_3, _c37)
+    # ∂/∂x1: ∂/∂x2: p22 = (p18 ⊗ p6) -> 16x3o
+    d__p22 = d__p22_0 + d__p22_4
+    _c40 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d__p22)
+    d2_x1_66 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c40)
+    # ∂/∂d__p23: ∂/∂x2: p23 = (p18 ⊗ p8) -> 16x0e
+    _c41 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 64:144].reshape(n, 16, 5), x1[:, 64:144].reshape(n, 16, 5))
+    d2_d__p23 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c41)
+    # ∂/∂x1: ∂/∂x2: p23 = (p18 ⊗ p8) -> 16x0e
+    d__p23 = d__p23_44 + d__p23_47 + d__p23_50
+    _c42 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d__p23)
+    d2_x1_67 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c42)
+    # ∂/∂d__p24: ∂/∂x2: p24 = (p18 ⊗ p8) -> 16x2e
+    d2_d__p24 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c41)
+    # ∂/∂x1: ∂/∂x2: p24 = (p18 ⊗ p8) -> 16x2e
+    d__p24 = d__p24_12 + d__p24_16 + d__p24_20 + d__p24_24
+    _c43 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d__p24)
+    d2_x1_68 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c43)
+    # ∂/∂d__p25: ∂/∂x2: p25 = (p18 ⊗ p8) -> 16x1e
+    d2_d__p25 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c41)
+    # ∂/∂x1: ∂/∂x2: p25 = (p18 ⊗ p8) -> 16x1e
+    d__p25 = d__p25_8 + d__p25_10
+    _c44 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d__p25)
+    d2_x1_69 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c44)
+    # ∂/∂d__p26: ∂/∂x2: p26 = (p18 ⊗ p8) -> 16x3e
+    d2_d__p26 = torch.einsum("ijk,ziju->zuk", cg_2_2_3, _c41)
+    # ∂/∂x1: ∂/∂x2: p26 = (p18 ⊗ p8) -> 16x3e
+    _c45 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d__p26)
+    d2_x1_70 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c45)
+    # ∂/∂d__p27: ∂/∂x2: p27 = (p18 ⊗ p8) -> 16x4e
+    d2_d__p27 = torch.einsum("ijk,ziju->zuk", cg_2_2_4, _c41)
+    # ∂/∂x1: ∂/∂x2: p27 = (p18 ⊗ p8) -> 16x4e
+    _c46 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d__p27)
+    d2_x1_71 = torch.einsum("ijk,zjku->zui", cg_2_2_4, _c46)
+    d2_d__p28_72 = torch.einsum("zui,u->zui", d2_d__p2, (weight[0:16].view(16) * 0.30151134457776363))
+    d2_weight_73 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.30151134457776363), d__p28)
+    d2_d__p28_74 = torch.einsum("zui,u->zui", d2_d__p12, (weight[240:256].view(16) * 0.30151134457776363))
+    d2_weight_75 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.30151134457776363), d__p28)
+    d2_d__p28_76 = torch.einsum("zui,u->zui", d2_d__p23, (weight[704:720].view(16) * 0.30151134457776363))
+    d2_weight_77 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.30151134457776363), d__p28)
+    # ∂/∂d__p29: ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
+    d2_d__p28 = d2_d__p28_72 + d2_d__p28_74 + d2_d__p28_76
+    _c47 = torch.einsum("zui,zuj->ziju", d2_d__p28, x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p29 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c47)
+    # ∂/∂x3: ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
+    _c48 = torch.einsum("zui,zuk->ziku", d2_d__p28, d__p29)
+    d2_x3_78 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c48)
+    d2_d_y_79 = d2_d__p29
+    d2_d__p30_80 = torch.einsum("zui,u->zui", d2_d__p2, (weight[16:32].view(16) * 0.3779644730092272))
+    d2_weight_81 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.3779644730092272), d__p30)
+    d2_d__p30_82 = torch.einsum("zui,u->zui", d2_d__p12, (weight[272:288].view(16) * 0.3779644730092272))
+    d2_weight_83 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.3779644730092272), d__p30)
+    d2_d__p30_84 = torch.einsum("zui,u->zui", d2_d__p23, (weight[736:752].view(16) * 0.3779644730092272))
+    d2_weight_85 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.3779644730092272), d__p30)
+    # ∂/∂d__p31: ∂/∂_p30: p31 = (p30 ⊗ p4) -> 16x1o
+    d2_d__p30 = d2_d__p30_80 + d2_d__p30_82 + d2_d__p30_84
+    _c49 = torch.einsum("zui,zuj->ziju", d2_d__p30, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p31 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c49)
+    # ∂/∂x3: ∂/∂_p30: p31 = (p30 ⊗ p4) -> 16x1o
+    _c50 = torch.einsum("zui,zuk->ziku", d2_d__p30, d__p31)
+    d2_x3_86 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c50)
+    d2_d_y_87 = d2_d__p31
+    d2_d__p32_88 = torch.einsum("zui,u->zui", d2_d__p2, (weight[32:48].view(16) * 0.4662524041201569))
+    d2_weight_89 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.4662524041201569), d__p32)
+    d2_d__p32_90 = torch.einsum("zui,u->zui", d2_d__p12, (weight[320:336].view(16) * 0.4662524041201569))
+    d2_weight_91 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.4662524041201569), d__p32)
+    d2_d__p32_92 = torch.einsum("zui,u->zui", d2_d__p23, (weight[784:800].view(16) * 0.4662524041201569))
+    d2_weight_93 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.4662524041201569), d__p32)
+    # ∂/∂d__p33: ∂/∂_p32: p33 = (p32 ⊗ p5) -> 16x2e
+    d2_d__p32 = d2_d__p32_88 + d2_d__p32_90 + d2_d__p32_92
+    _c51 = torch.einsum("zui,zuj->ziju", d2_d__p32, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p33 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c51)
+    # ∂/∂x3: ∂/∂_p32: p33 = (p32 ⊗ p5) -> 16x2e
+    _c52 = torch.einsum("zui,zuk->ziku", d2_d__p32, d__p33)
+    d2_x3_94 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c52)
+    d2_d_y_95 = d2_d__p33
+    d2_d__p34_96 = torch.einsum("zui,u->zui", d2_d__p7, (weight[48:64].view(16) * 0.6546536707079771))
+    d2_weight_97 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.6546536707079771), d__p34)
+    d2_d__p34_98 = torch.einsum("zui,u->zui", d2_d__p11, (weight[176:192].view(16) * 0.6546536707079771))
+    d2_weight_99 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.6546536707079771), d__p34)
+    d2_d__p34_100 = torch.einsum("zui,u->zui", d2_d__p15, (weight[384:400].view(16) * 0.6546536707079771))
+    d2_weight_101 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.6546536707079771), d__p34)
+    d2_d__p34_102 = torch.einsum("zui,u->zui", d2_d__p20, (weight[576:592].view(16) * 0.6546536707079771))
+    d2_weight_103 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.6546536707079771), d__p34)
+    # ∂/∂d__p35: ∂/∂_p34: p35 = (p34 ⊗ p3) -> 16x1o
+    d2_d__p34 = d2_d__p34_96 + d2_d__p34_98 + d2_d__p34_100 + d2_d__p34_102
+    _c53 = torch.einsum("zui,zuj->ziju", d2_d__p34, x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p35 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c53)
+    # ∂/∂x3: ∂/∂_p34: p35 = (p34 ⊗ p3) -> 16x1o
+    _c54 = torch.einsum("zui,zuk->ziku", d2_d__p34, d__p35)
+    d2_x3_104 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c54)
+    d2_d_y_105 = d2_d__p35
+    d2_d__p36_106 = torch.einsum("zui,u->zui", d2_d__p7, (weight[64:80].view(16) * 0.5222329678670935))
+    d2_weight_107 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.5222329678670935), d__p36)
+    d2_d__p36_108 = torch.einsum("zui,u->zui", d2_d__p11, (weight[192:208].view(16) * 0.5222329678670935))
+    d2_weight_109 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.5222329678670935), d__p36)
+    d2_d__p36_110 = torch.einsum("zui,u->zui", d2_d__p15, (weight[400:416].view(16) * 0.5222329678670935))
+    d2_weight_111 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.5222329678670935), d__p36)
+    d2_d__p36_112 = torch.einsum("zui,u->zui", d2_d__p20, (weight[592:608].view(16) * 0.5222329678670935))
+    d2_weight_113 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.5222329678670935), d__p36)
+    # ∂/∂d__p37: ∂/∂_p36: p37 = (p36 ⊗ p4) -> 16x0e
+    d2_d__p36 = d2_d__p36_106 + d2_d__p36_108 + d2_d__p36_110 + d2_d__p36_112
+    _c55 = torch.einsum("zui,zuj->ziju", d2_d__p36, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p37 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c55)
+    # ∂/∂x3: ∂/∂_p36: p37 = (p36 ⊗ p4) -> 16x0e
+    _c56 = torch.einsum("zui,zuk->ziku", d2_d__p36, d__p37)
+    d2_x3_114 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c56)
+    d2_d_y_115 = d2_d__p37
+    d2_d__p38_116 = torch.einsum("zui,u->zui", d2_d__p7, (weight[80:96].view(16) * 0.8075728530872482))
+    d2_weight_117 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.8075728530872482), d__p38)
+    d2_d__p38_118 = torch.einsum("zui,u->zui", d2_d__p11, (weight[208:224].view(16) * 0.8075728530872482))
+    d2_weight_119 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.8075728530872482), d__p38)
+    d2_d__p38_120 = torch.einsum("zui,u->zui", d2_d__p15, (weight[416:432].view(16) * 0.8075728530872482))
+    d2_weight_121 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.8075728530872482), d__p38)
+    d2_d__p38_122 = torch.einsum("zui,u->zui", d2_d__p20, (weight[608:624].view(16) * 0.8075728530872482))
+    d2_weight_123 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.8075728530872482), d__p38)
+    # ∂/∂d__p39: ∂/∂_p38: p39 = (p38 ⊗ p4) -> 16x2e
+    d2_d__p38 = d2_d__p38_116 + d2_d__p38_118 + d2_d__p38_120 + d2_d__p38_122
+    _c57 = torch.einsum("zui,zuj->ziju", d2_d__p38, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p39 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c57)
+    # ∂/∂x3: ∂/∂_p38: p39 = (p38 ⊗ p4) -> 16x2e
+    _c58 = torch.einsum("zui,zuk->ziku", d2_d__p38, d__p39)
+    d2_x3_124 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c58)
+    d2_d_y_125 = d2_d__p39
+    d2_d__p40_126 = torch.einsum("zui,u->zui", d2_d__p7, (weight[96:112].view(16) * 0.6546536707079771))
+    d2_weight_127 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.6546536707079771), d__p40)
+    d2_d__p40_128 = torch.einsum("zui,u->zui", d2_d__p11, (weight[224:240].view(16) * 0.6546536707079771))
+    d2_weight_129 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.6546536707079771), d__p40)
+    d2_d__p40_130 = torch.einsum("zui,u->zui", d2_d__p15, (weight[464:480].view(16) * 0.6546536707079771))
+    d2_weight_131 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.6546536707079771), d__p40)
+    d2_d__p40_132 = torch.einsum("zui,u->zui", d2_d__p20, (weight[656:672].view(16) * 0.6546536707079771))
+    d2_weight_133 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.6546536707079771), d__p40)
+    # ∂/∂d__p41: ∂/∂_p40: p41 = (p40 ⊗ p5) -> 16x1o
+    d2_d__p40 = d2_d__p40_126 + d2_d__p40_128 + d2_d__p40_130 + d2_d__p40_132
+    _c59 = torch.einsum("zui,zuj->ziju", d2_d__p40, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p41 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c59)
+    # ∂/∂x3: ∂/∂_p40: p41 = (p40 ⊗ p5) -> 16x1o
+    _c60 = torch.einsum("zui,zuk->ziku", d2_d__p40, d__p41)
+    d2_x3_134 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c60)
+    d2_d_y_135 = d2_d__p41
+    d2_d__p42_136 = torch.einsum("zui,u->zui", d2_d__p9, (weight[112:128].view(16) * 1.0425720702853738))
+    d2_weight_137 = torch.einsum("zui,zui->u", (d2_d__p9 * 1.0425720702853738), d__p42)
+    d2_d__p42_138 = torch.einsum("zui,u->zui", d2_d__p13, (weight[256:272].view(16) * 1.0425720702853738))
+    d2_weight_139 = torch.einsum("zui,zui->u", (d2_d__p13 * 1.0425720702853738), d__p42)
+    d2_d__p42_140 = torch.einsum("zui,u->zui", d2_d__p19, (weight[512:528].view(16) * 1.0425720702853738))
+    d2_weight_141 = torch.einsum("zui,zui->u", (d2_d__p19 * 1.0425720702853738), d__p42)
+    d2_d__p42_142 = torch.einsum("zui,u->zui", d2_d__p24, (weight[720:736].view(16) * 1.0425720702853738))
+    d2_weight_143 = torch.einsum("zui,zui->u", (d2_d__p24 * 1.0425720702853738), d__p42)
+    # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x2e
+    d2_d__p42 = d2_d__p42_136 + d2_d__p42_138 + d2_d__p42_140 + d2_d__p42_142
+    _c61 = torch.einsum("zui,zuj->ziju", d2_d__p42, x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p43 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c61)
+    # ∂/∂x3: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x2e
+    _c62 = torch.einsum("zui,zuk->ziku", d2_d__p42, d__p43)
+    d2_x3_144 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c62)
+    d2_d_y_145 = d2_d__p43
+    d2_d__p44_146 = torch.einsum("zui,u->zui", d2_d__p9, (weight[128:144].view(16) * 0.8451542547285166))
+    d2_weight_147 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.8451542547285166), d__p44)
+    d2_d__p44_148 = torch.einsum("zui,u->zui", d2_d__p13, (weight[304:320].view(16) * 0.8451542547285166))
+    d2_weight_149 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.8451542547285166), d__p44)
+    d2_d__p44_150 = torch.einsum("zui,u->zui", d2_d__p19, (weight[528:544].view(16) * 0.8451542547285166))
+    d2_weight_151 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.8451542547285166), d__p44)
+    d2_d__p44_152 = torch.einsum("zui,u->zui", d2_d__p24, (weight[768:784].view(16) * 0.8451542547285166))
+    d2_weight_153 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.8451542547285166), d__p44)
+    # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
+    d2_d__p44 = d2_d__p44_146 + d2_d__p44_148 + d2_d__p44_150 + d2_d__p44_152
+    _c63 = torch.einsum("zui,zuj->ziju", d2_d__p44, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p45 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c63)
+    # ∂/∂x3: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
+    _c64 = torch.einsum("zui,zuk->ziku", d2_d__p44, d__p45)
+    d2_x3_154 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c64)
+    d2_d_y_155 = d2_d__p45
+    d2_d__p46_156 = torch.einsum("zui,u->zui", d2_d__p9, (weight[144:160].view(16) * 0.674199862463242))
+    d2_weight_157 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.674199862463242), d__p46)
+    d2_d__p46_158 = torch.einsum("zui,u->zui", d2_d__p13, (weight[352:368].view(16) * 0.674199862463242))
+    d2_weight_159 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.674199862463242), d__p46)
+    d2_d__p46_160 = torch.einsum("zui,u->zui", d2_d__p19, (weight[544:560].view(16) * 0.674199862463242))
+    d2_weight_161 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.674199862463242), d__p46)
+    d2_d__p46_162 = torch.einsum("zui,u->zui", d2_d__p24, (weight[816:832].view(16) * 0.674199862463242))
+    d2_weight_163 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.674199862463242), d__p46)
+    # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x0e
+    d2_d__p46 = d2_d__p46_156 + d2_d__p46_158 + d2_d__p46_160 + d2_d__p46_162
+    _c65 = torch.einsum("zui,zuj->ziju", d2_d__p46, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p47 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c65)
+    # ∂/∂x3: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x0e
+    _c66 = torch.einsum("zui,zuk->ziku", d2_d__p46, d__p47)
+    d2_x3_164 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c66)
+    d2_d_y_165 = d2_d__p47
+    d2_d__p48_166 = torch.einsum("zui,u->zui", d2_d__p9, (weight[160:176].view(16) * 1.0425720702853738))
+    d2_weight_167 = torch.einsum("zui,zui->u", (d2_d__p9 * 1.0425720702853738), d__p48)
+    d2_d__p48_168 = torch.einsum("zui,u->zui", d2_d__p13, (weight[368:384].view(16) * 1.0425720702853738))
+    d2_weight_169 = torch.einsum("zui,zui->u", (d2_d__p13 * 1.0425720702853738), d__p48)
+    d2_d__p48_170 = torch.einsum("zui,u->zui", d2_d__p19, (weight[560:576].view(16) * 1.0425720702853738))
+    d2_weight_171 = torch.einsum("zui,zui->u", (d2_d__p19 * 1.0425720702853738), d__p48)
+    d2_d__p48_172 = torch.einsum("zui,u->zui", d2_d__p24, (weight[832:848].view(16) * 1.0425720702853738))
+    d2_weight_173 = torch.einsum("zui,zui->u", (d2_d__p24 * 1.0425720702853738), d__p48)
+    # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p5) -> 16x2e
+    d2_d__p48 = d2_d__p48_166 + d2_d__p48_168 + d2_d__p48_170 + d2_d__p48_172
+    _c67 = torch.einsum("zui,zuj->ziju", d2_d__p48, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p49 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c67)
+    # ∂/∂x3: ∂/∂_p48: p49 = (p48 ⊗ p5) -> 16x2e
+    _c68 = torch.einsum("zui,zuk->ziku", d2_d__p48, d__p49)
+    d2_x3_174 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c68)
+    d2_d_y_175 = d2_d__p49
+    d2_d__p50_176 = torch.einsum("zui,u->zui", d2_d__p14, (weight[288:304].view(16) * 0.6546536707079771))
+    d2_weight_177 = torch.einsum("zui,zui->u", (d2_d__p14 * 0.6546536707079771), d__p50)
+    d2_d__p50_178 = torch.einsum("zui,u->zui", d2_d__p25, (weight[752:768].view(16) * 0.6546536707079771))
+    d2_weight_179 = torch.einsum("zui,zui->u", (d2_d__p25 * 0.6546536707079771), d__p50)
+    # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x1o
+    d2_d__p50 = d2_d__p50_176 + d2_d__p50_178
+    _c69 = torch.einsum("zui,zuj->ziju", d2_d__p50, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p51 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c69)
+    # ∂/∂x3: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x1o
+    _c70 = torch.einsum("zui,zuk->ziku", d2_d__p50, d__p51)
+    d2_x3_180 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c70)
+    d2_d_y_181 = d2_d__p51
+    d2_d__p52_182 = torch.einsum("zui,u->zui", d2_d__p14, (weight[336:352].view(16) * 0.8075728530872482))
+    d2_weight_183 = torch.einsum("zui,zui->u", (d2_d__p14 * 0.8075728530872482), d__p52)
+    d2_d__p52_184 = torch.einsum("zui,u->zui", d2_d__p25, (weight[800:816].view(16) * 0.8075728530872482))
+    d2_weight_185 = torch.einsum("zui,zui->u", (d2_d__p25 * 0.8075728530872482), d__p52)
+    # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p5) -> 16x2e
+    d2_d__p52 = d2_d__p52_182 + d2_d__p52_184
+    _c71 = torch.einsum("zui,zuj->ziju", d2_d__p52, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p53 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c71)
+    # ∂/∂x3: ∂/∂_p52: p53 = (p52 ⊗ p5) -> 16x2e
+    _c72 = torch.einsum("zui,zuk->ziku", d2_d__p52, d__p53)
+    d2_x3_186 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c72)
+    d2_d_y_187 = d2_d__p53
+    d2_d__p54_188 = torch.einsum("zui,u->zui", d2_d__p16, (weight[432:448].view(16) * 1.0425720702853738))
+    d2_weight_189 = torch.einsum("zui,zui->u", (d2_d__p16 * 1.0425720702853738), d__p54)
+    d2_d__p54_190 = torch.einsum("zui,u->zui", d2_d__p21, (weight[624:640].view(16) * 1.0425720702853738))
+    d2_weight_191 = torch.einsum("zui,zui->u", (d2_d__p21 * 1.0425720702853738), d__p54)
+    # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p4) -> 16x2e
+    d2_d__p54 = d2_d__p54_188 + d2_d__p54_190
+    _c73 = torch.einsum("zui,zuj->ziju", d2_d__p54, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p55 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c73)
+    # ∂/∂x3: ∂/∂_p54: p55 = (p54 ⊗ p4) -> 16x2e
+    _c74 = torch.einsum("zui,zuk->ziku", d2_d__p54, d__p55)
+    d2_x3_192 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c74)
+    d2_d_y_193 = d2_d__p55
+    d2_d__p56_194 = torch.einsum("zui,u->zui", d2_d__p17, (weight[448:464].view(16) * 1.2335879094879225))
+    d2_weight_195 = torch.einsum("zui,zui->u", (d2_d__p17 * 1.2335879094879225), d__p56)
+    d2_d__p56_196 = torch.einsum("zui,u->zui", d2_d__p22, (weight[640:656].view(16) * 1.2335879094879225))
+    d2_weight_197 = torch.einsum("zui,zui->u", (d2_d__p22 * 1.2335879094879225), d__p56)
+    # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p4) -> 16x2e
+    d2_d__p56 = d2_d__p56_194 + d2_d__p56_196
+    _c75 = torch.einsum("zui,zuj->ziju", d2_d__p56, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p57 = torch.einsum("ijk,ziju->zuk", cg_3_1_2, _c75)
+    # ∂/∂x3: ∂/∂_p56: p57 = (p56 ⊗ p4) -> 16x2e
+    _c76 = torch.einsum("zui,zuk->ziku", d2_d__p56, d__p57)
+    d2_x3_198 = torch.einsum("ijk,ziku->zuj", cg_3_1_2, _c76)
+    d2_d_y_199 = d2_d__p57
+    d2_d__p58_200 = torch.einsum("zui,u->zui", d2_d__p16, (weight[480:496].view(16) * 0.8451542547285166))
+    d2_weight_201 = torch.einsum("zui,zui->u", (d2_d__p16 * 0.8451542547285166), d__p58)
+    d2_d__p58_202 = torch.einsum("zui,u->zui", d2_d__p21, (weight[672:688].view(16) * 0.8451542547285166))
+    d2_weight_203 = torch.einsum("zui,zui->u", (d2_d__p21 * 0.8451542547285166), d__p58)
+    # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p5) -> 16x1o
+    d2_d__p58 = d2_d__p58_200 + d2_d__p58_202
+    _c77 = torch.einsum("zui,zuj->ziju", d2_d__p58, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p59 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c77)
+    # ∂/∂x3: ∂/∂_p58: p59 = (p58 ⊗ p5) -> 16x1o
+    _c78 = torch.einsum("zui,zuk->ziku", d2_d__p58, d__p59)
+    d2_x3_204 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c78)
+    d2_d_y_205 = d2_d__p59
+    d2_d__p60_206 = torch.einsum("zui,u->zui", d2_d__p17, weight[496:512].view(16))
+    d2_weight_207 = torch.einsum("zui,zui->u", d2_d__p17, d__p60)
+    d2_d__p60_208 = torch.einsum("zui,u->zui", d2_d__p22, weight[688:704].view(16))
+    d2_weight_209 = torch.einsum("zui,zui->u", d2_d__p22, d__p60)
+    # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x1o
+    d2_d__p60 = d2_d__p60_206 + d2_d__p60_208
+    _c79 = torch.einsum("zui,zuj->ziju", d2_d__p60, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p61 = torch.einsum("ijk,ziju->zuk", cg_3_2_1, _c79)
+    # ∂/∂x3: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x1o
+    _c80 = torch.einsum("zui,zuk->ziku", d2_d__p60, d__p61)
+    d2_x3_210 = torch.einsum("ijk,ziku->zuj", cg_3_2_1, _c80)
+    d2_d_y_211 = d2_d__p61
+    # ∂/∂d__p62: ∂/∂_p26: p62 = (p26 ⊗ p5) -> 16x2e
+    _c81 = torch.einsum("zui,zuj->ziju", d2_d__p26, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p62 = torch.einsum("ijk,ziju->zuk", cg_3_2_2, _c81)
+    # ∂/∂x3: ∂/∂_p26: p62 = (p26 ⊗ p5) -> 16x2e
+    _c82 = torch.einsum("zui,zuk->ziku", d2_d__p26, d__p62)
+    d2_x3_212 = torch.einsum("ijk,ziku->zuj", cg_3_2_2, _c82)
+    d2_d_y_213 = torch.einsum("zui,u->zui", d2_d__p62, (weight[848:864].view(16) * 1.2335879094879225))
+    d2_weight_214 = torch.einsum("zui,zui->u", (d2_d__p62 * 1.2335879094879225), d_y[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂d__p63: ∂/∂_p27: p63 = (p27 ⊗ p5) -> 16x2e
+    _c83 = torch.einsum("zui,zuj->ziju", d2_d__p27, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p63 = torch.einsum("ijk,ziju->zuk", cg_4_2_2, _c83)
+    # ∂/∂x3: ∂/∂_p27: p63 = (p27 ⊗ p5) -> 16x2e
+    _c84 = torch.einsum("zui,zuk->ziku", d2_d__p27, d__p63)
+    d2_x3_215 = torch.einsum("ijk,ziku->zuj", cg_4_2_2, _c84)
+    d2_d_y_216 = torch.einsum("zui,u->zui", d2_d__p63, (weight[864:880].view(16) * 1.3987572123604706))
+    d2_weight_217 = torch.einsum("zui,zui->u", (d2_d__p63 * 1.3987572123604706), d_y[:, 64:144].reshape(n, 16, 5))
+    d2_x1 = torch.cat([
+        (d2_x1_53 + d2_x1_54 + d2_x1_55).reshape(n, 16),
+        (d2_x1_56 + d2_x1_57 + d2_x1_58 + d2_x1_59 + d2_x1_60 + d2_x1_61 + d2_x1_62).reshape(n, 48),
+        (d2_x1_63 + d2_x1_64 + d2_x1_65 + d2_x1_66 + d2_x1_67 + d2_x1_68 + d2_x1_69 + d2_x1_70 + d2_x1_71).reshape(n, 80),
+    ], dim=-1)
+    d2_x2 = weight.new_zeros(n, 144)
+    d2_x3 = torch.cat([
+        (d2_x3_78 + d2_x3_104 + d2_x3_144).reshape(n, 16),
+        (d2_x3_86 + d2_x3_114 + d2_x3_124 + d2_x3_154 + d2_x3_180 + d2_x3_192 + d2_x3_198).reshape(n, 48),
+        (d2_x3_94 + d2_x3_134 + d2_x3_164 + d2_x3_174 + d2_x3_186 + d2_x3_204 + d2_x3_210 + d2_x3_212 + d2_x3_215).reshape(n, 80),
+    ], dim=-1)
+    d2_d_y = torch.cat([
+        (d2_d_y_79 + d2_d_y_115 + d2_d_y_165).reshape(n, 16),
+        (d2_d_y_87 + d2_d_y_105 + d2_d_y_135 + d2_d_y_155 + d2_d_y_181 + d2_d_y_205 + d2_d_y_211).reshape(n, 48),
+        (d2_d_y_95 + d2_d_y_125 + d2_d_y_145 + d2_d_y_175 + d2_d_y_187 + d2_d_y_193 + d2_d_y_199 + d2_d_y_213 + d2_d_y_216).reshape(n, 80),
+    ], dim=-1)
+    d2_weight = torch.cat([
+        d2_weight_73.reshape(16),
+        d2_weight_81.reshape(16),
+        d2_weight_89.reshape(16),
+        d2_weight_97.reshape(16),
+        d2_weight_107.reshape(16),
+        d2_weight_117.reshape(16),
+        d2_weight_127.reshape(16),
+        d2_weight_137.reshape(16),
+        d2_weight_147.reshape(16),
+        d2_weight_157.reshape(16),
+        d2_weight_167.reshape(16),
+        d2_weight_99.reshape(16),
+        d2_weight_109.reshape(16),
+        d2_weight_119.reshape(16),
+        d2_weight_129.reshape(16),
+        d2_weight_75.reshape(16),
+        d2_weight_139.reshape(16),
+        d2_weight_83.reshape(16),
+        d2_weight_177.reshape(16),
+        d2_weight_149.reshape(16),
+        d2_weight_91.reshape(16),
+        d2_weight_183.reshape(16),
+        d2_weight_159.reshape(16),
+        d2_weight_169.reshape(16),
+        d2_weight_101.reshape(16),
+        d2_weight_111.reshape(16),
+        d2_weight_121.reshape(16),
+        d2_weight_189.reshape(16),
+        d2_weight_195.reshape(16),
+        d2_weight_131.reshape(16),
+        d2_weight_201.reshape(16),
+        d2_weight_207.reshape(16),
+        d2_weight_141.reshape(16),
+        d2_weight_151.reshape(16),
+        d2_weight_161.reshape(16),
+        d2_weight_171.reshape(16),
+        d2_weight_103.reshape(16),
+        d2_weight_113.reshape(16),
+        d2_weight_123.reshape(16),
+        d2_weight_191.reshape(16),
+        d2_weight_197.reshape(16),
+        d2_weight_133.reshape(16),
+        d2_weight_203.reshape(16),
+        d2_weight_209.reshape(16),
+        d2_weight_77.reshape(16),
+        d2_weight_143.reshape(16),
+        d2_weight_85.reshape(16),
+        d2_weight_179.reshape(16),
+        d2_weight_153.reshape(16),
+        d2_weight_93.reshape(16),
+        d2_weight_185.reshape(16),
+        d2_weight_163.reshape(16),
+        d2_weight_173.reshape(16),
+        d2_weight_214.reshape(16),
+        d2_weight_217.reshape(16),
+    ], dim=-1)
+    return [d2_x1, d2_x2, d2_x3, d2_d_y, d2_weight]
+
+
+def _fusion_block_3_d2_x3(
+    x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, d_y: torch.Tensor,
+    d2_d_x3: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor,
+    cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
+    cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_1_2_3: torch.Tensor,
+    cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor, cg_2_1_3: torch.Tensor,
+    cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor, cg_2_2_3: torch.Tensor,
+    cg_2_2_4: torch.Tensor, cg_3_1_2: torch.Tensor, cg_3_2_1: torch.Tensor, cg_3_2_2: torch.Tensor,
+    cg_4_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fusion_block_3_d for the cotangent of d_x3: x1 (n, 144), x2 (n, 144), x3 (n, 144), d_y (n, 144), d2_d_x3 (n, 144) -> d2_x1 (n, 144), d2_x2 (n, 144), d2_x3 (n, 144), d2_d_y (n, 144), d2_weight (880,)."""
     n = x1.shape[0]
     # p2 = (p0 ⊗ p1) -> 16x0e
     _c0 = torch.einsum("zui,zuj->ziju", x1[:, 0:16].reshape(n, 16, 1), x2[:, 0:16].reshape(n, 16, 1))
@@ -5385,1231 +9896,1033 @@ def _fusion_block_3_d_d2(
     p58_50 = torch.einsum("zui,u->zui", _p21, (weight[672:688].view(16) * 0.8451542547285166))
     p60_51 = torch.einsum("zui,u->zui", _p17, weight[496:512].view(16))
     p60_52 = torch.einsum("zui,u->zui", _p22, weight[688:704].view(16))
+    d__p63 = torch.einsum("zui,u->zui", d_y[:, 64:144].reshape(n, 16, 5), (weight[864:880].view(16) * 1.3987572123604706))
+    d__p62 = torch.einsum("zui,u->zui", d_y[:, 64:144].reshape(n, 16, 5), (weight[848:864].view(16) * 1.2335879094879225))
+    d__p61 = d_y[:, 16:64].reshape(n, 16, 3)
+    d__p59 = d_y[:, 16:64].reshape(n, 16, 3)
+    d__p57 = d_y[:, 64:144].reshape(n, 16, 5)
+    d__p55 = d_y[:, 64:144].reshape(n, 16, 5)
+    d__p53 = d_y[:, 64:144].reshape(n, 16, 5)
+    d__p51 = d_y[:, 16:64].reshape(n, 16, 3)
+    d__p49 = d_y[:, 64:144].reshape(n, 16, 5)
+    d__p47 = d_y[:, 0:16].reshape(n, 16, 1)
+    d__p45 = d_y[:, 16:64].reshape(n, 16, 3)
+    d__p43 = d_y[:, 64:144].reshape(n, 16, 5)
+    d__p41 = d_y[:, 16:64].reshape(n, 16, 3)
+    d__p39 = d_y[:, 64:144].reshape(n, 16, 5)
+    d__p37 = d_y[:, 0:16].reshape(n, 16, 1)
+    d__p35 = d_y[:, 16:64].reshape(n, 16, 3)
+    d__p33 = d_y[:, 64:144].reshape(n, 16, 5)
+    d__p31 = d_y[:, 16:64].reshape(n, 16, 3)
+    d__p29 = d_y[:, 0:16].reshape(n, 16, 1)
+    # ∂/∂d__p29: ∂/∂x3: p29 = (p28 ⊗ p3) -> 16x0e
+    _p28 = p28_0 + p28_1 + p28_2
+    _c9 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 0:16].reshape(n, 16, 1), _p28)
+    d2_d__p29 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c9)
+    # ∂/∂_p28: ∂/∂x3: p29 = (p28 ⊗ p3) -> 16x0e
+    _c10 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 0:16].reshape(n, 16, 1), d__p29)
+    d2__p28 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c10)
+    d2_d_y_53 = d2_d__p29
+    # ∂/∂d__p31: ∂/∂x3: p31 = (p30 ⊗ p4) -> 16x1o
+    _p30 = p30_3 + p30_4 + p30_5
+    _c11 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), _p30)
+    d2_d__p31 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c11)
+    # ∂/∂_p30: ∂/∂x3: p31 = (p30 ⊗ p4) -> 16x1o
+    _c12 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p31)
+    d2__p30 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c12)
+    d2_d_y_54 = d2_d__p31
+    # ∂/∂d__p33: ∂/∂x3: p33 = (p32 ⊗ p5) -> 16x2e
+    _p32 = p32_6 + p32_7 + p32_8
+    _c13 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), _p32)
+    d2_d__p33 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c13)
+    # ∂/∂_p32: ∂/∂x3: p33 = (p32 ⊗ p5) -> 16x2e
+    _c14 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p33)
+    d2__p32 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c14)
+    d2_d_y_55 = d2_d__p33
+    # ∂/∂d__p35: ∂/∂x3: p35 = (p34 ⊗ p3) -> 16x1o
+    _p34 = p34_9 + p34_10 + p34_11 + p34_12
+    _c15 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 0:16].reshape(n, 16, 1), _p34)
+    d2_d__p35 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c15)
+    # ∂/∂_p34: ∂/∂x3: p35 = (p34 ⊗ p3) -> 16x1o
+    _c16 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 0:16].reshape(n, 16, 1), d__p35)
+    d2__p34 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c16)
+    d2_d_y_56 = d2_d__p35
+    # ∂/∂d__p37: ∂/∂x3: p37 = (p36 ⊗ p4) -> 16x0e
+    _p36 = p36_13 + p36_14 + p36_15 + p36_16
+    _c17 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), _p36)
+    d2_d__p37 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c17)
+    # ∂/∂_p36: ∂/∂x3: p37 = (p36 ⊗ p4) -> 16x0e
+    _c18 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p37)
+    d2__p36 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c18)
+    d2_d_y_57 = d2_d__p37
+    # ∂/∂d__p39: ∂/∂x3: p39 = (p38 ⊗ p4) -> 16x2e
+    _p38 = p38_17 + p38_18 + p38_19 + p38_20
+    _c19 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), _p38)
+    d2_d__p39 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c19)
+    # ∂/∂_p38: ∂/∂x3: p39 = (p38 ⊗ p4) -> 16x2e
+    _c20 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p39)
+    d2__p38 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c20)
+    d2_d_y_58 = d2_d__p39
+    # ∂/∂d__p41: ∂/∂x3: p41 = (p40 ⊗ p5) -> 16x1o
+    _p40 = p40_21 + p40_22 + p40_23 + p40_24
+    _c21 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), _p40)
+    d2_d__p41 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c21)
+    # ∂/∂_p40: ∂/∂x3: p41 = (p40 ⊗ p5) -> 16x1o
+    _c22 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p41)
+    d2__p40 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c22)
+    d2_d_y_59 = d2_d__p41
+    # ∂/∂d__p43: ∂/∂x3: p43 = (p42 ⊗ p3) -> 16x2e
+    _p42 = p42_25 + p42_26 + p42_27 + p42_28
+    _c23 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 0:16].reshape(n, 16, 1), _p42)
+    d2_d__p43 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c23)
+    # ∂/∂_p42: ∂/∂x3: p43 = (p42 ⊗ p3) -> 16x2e
+    _c24 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 0:16].reshape(n, 16, 1), d__p43)
+    d2__p42 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c24)
+    d2_d_y_60 = d2_d__p43
+    # ∂/∂d__p45: ∂/∂x3: p45 = (p44 ⊗ p4) -> 16x1o
+    _p44 = p44_29 + p44_30 + p44_31 + p44_32
+    _c25 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), _p44)
+    d2_d__p45 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c25)
+    # ∂/∂_p44: ∂/∂x3: p45 = (p44 ⊗ p4) -> 16x1o
+    _c26 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p45)
+    d2__p44 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c26)
+    d2_d_y_61 = d2_d__p45
+    # ∂/∂d__p47: ∂/∂x3: p47 = (p46 ⊗ p5) -> 16x0e
+    _p46 = p46_33 + p46_34 + p46_35 + p46_36
+    _c27 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), _p46)
+    d2_d__p47 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c27)
+    # ∂/∂_p46: ∂/∂x3: p47 = (p46 ⊗ p5) -> 16x0e
+    _c28 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p47)
+    d2__p46 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c28)
+    d2_d_y_62 = d2_d__p47
+    # ∂/∂d__p49: ∂/∂x3: p49 = (p48 ⊗ p5) -> 16x2e
+    _p48 = p48_37 + p48_38 + p48_39 + p48_40
+    _c29 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), _p48)
+    d2_d__p49 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c29)
+    # ∂/∂_p48: ∂/∂x3: p49 = (p48 ⊗ p5) -> 16x2e
+    _c30 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p49)
+    d2__p48 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c30)
+    d2_d_y_63 = d2_d__p49
+    # ∂/∂d__p51: ∂/∂x3: p51 = (p50 ⊗ p4) -> 16x1o
+    _p50 = p50_41 + p50_42
+    _c31 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), _p50)
+    d2_d__p51 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c31)
+    # ∂/∂_p50: ∂/∂x3: p51 = (p50 ⊗ p4) -> 16x1o
+    _c32 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p51)
+    d2__p50 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c32)
+    d2_d_y_64 = d2_d__p51
+    # ∂/∂d__p53: ∂/∂x3: p53 = (p52 ⊗ p5) -> 16x2e
+    _p52 = p52_43 + p52_44
+    _c33 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), _p52)
+    d2_d__p53 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c33)
+    # ∂/∂_p52: ∂/∂x3: p53 = (p52 ⊗ p5) -> 16x2e
+    _c34 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p53)
+    d2__p52 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c34)
+    d2_d_y_65 = d2_d__p53
+    # ∂/∂d__p55: ∂/∂x3: p55 = (p54 ⊗ p4) -> 16x2e
+    _p54 = p54_45 + p54_46
+    _c35 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), _p54)
+    d2_d__p55 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c35)
+    # ∂/∂_p54: ∂/∂x3: p55 = (p54 ⊗ p4) -> 16x2e
+    _c36 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p55)
+    d2__p54 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c36)
+    d2_d_y_66 = d2_d__p55
+    # ∂/∂d__p57: ∂/∂x3: p57 = (p56 ⊗ p4) -> 16x2e
+    _p56 = p56_47 + p56_48
+    _c37 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), _p56)
+    d2_d__p57 = torch.einsum("ijk,ziju->zuk", cg_3_1_2, _c37)
+    # ∂/∂_p56: ∂/∂x3: p57 = (p56 ⊗ p4) -> 16x2e
+    _c38 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p57)
+    d2__p56 = torch.einsum("ijk,zjku->zui", cg_3_1_2, _c38)
+    d2_d_y_67 = d2_d__p57
+    # ∂/∂d__p59: ∂/∂x3: p59 = (p58 ⊗ p5) -> 16x1o
+    _p58 = p58_49 + p58_50
+    _c39 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), _p58)
+    d2_d__p59 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c39)
+    # ∂/∂_p58: ∂/∂x3: p59 = (p58 ⊗ p5) -> 16x1o
+    _c40 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p59)
+    d2__p58 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c40)
+    d2_d_y_68 = d2_d__p59
+    # ∂/∂d__p61: ∂/∂x3: p61 = (p60 ⊗ p5) -> 16x1o
+    _p60 = p60_51 + p60_52
+    _c41 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), _p60)
+    d2_d__p61 = torch.einsum("ijk,ziju->zuk", cg_3_2_1, _c41)
+    # ∂/∂_p60: ∂/∂x3: p61 = (p60 ⊗ p5) -> 16x1o
+    _c42 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p61)
+    d2__p60 = torch.einsum("ijk,zjku->zui", cg_3_2_1, _c42)
+    d2_d_y_69 = d2_d__p61
+    # ∂/∂d__p62: ∂/∂x3: p62 = (p26 ⊗ p5) -> 16x2e
+    _c43 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), _p26)
+    d2_d__p62 = torch.einsum("ijk,ziju->zuk", cg_3_2_2, _c43)
+    # ∂/∂_p26: ∂/∂x3: p62 = (p26 ⊗ p5) -> 16x2e
+    _c44 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p62)
+    d2__p26 = torch.einsum("ijk,zjku->zui", cg_3_2_2, _c44)
+    d2_d_y_70 = torch.einsum("zui,u->zui", d2_d__p62, (weight[848:864].view(16) * 1.2335879094879225))
+    d2_weight_71 = torch.einsum("zui,zui->u", (d2_d__p62 * 1.2335879094879225), d_y[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂d__p63: ∂/∂x3: p63 = (p27 ⊗ p5) -> 16x2e
+    _c45 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), _p27)
+    d2_d__p63 = torch.einsum("ijk,ziju->zuk", cg_4_2_2, _c45)
+    # ∂/∂_p27: ∂/∂x3: p63 = (p27 ⊗ p5) -> 16x2e
+    _c46 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p63)
+    d2__p27 = torch.einsum("ijk,zjku->zui", cg_4_2_2, _c46)
+    d2_d_y_72 = torch.einsum("zui,u->zui", d2_d__p63, (weight[864:880].view(16) * 1.3987572123604706))
+    d2_weight_73 = torch.einsum("zui,zui->u", (d2_d__p63 * 1.3987572123604706), d_y[:, 64:144].reshape(n, 16, 5))
+    d2__p22_74 = torch.einsum("zui,u->zui", d2__p60, weight[688:704].view(16))
+    d2_weight_75 = torch.einsum("zui,zui->u", d2__p60, _p22)
+    d2__p17_76 = torch.einsum("zui,u->zui", d2__p60, weight[496:512].view(16))
+    d2_weight_77 = torch.einsum("zui,zui->u", d2__p60, _p17)
+    d2__p21_78 = torch.einsum("zui,u->zui", d2__p58, (weight[672:688].view(16) * 0.8451542547285166))
+    d2_weight_79 = torch.einsum("zui,zui->u", (d2__p58 * 0.8451542547285166), _p21)
+    d2__p16_80 = torch.einsum("zui,u->zui", d2__p58, (weight[480:496].view(16) * 0.8451542547285166))
+    d2_weight_81 = torch.einsum("zui,zui->u", (d2__p58 * 0.8451542547285166), _p16)
+    d2__p22_82 = torch.einsum("zui,u->zui", d2__p56, (weight[640:656].view(16) * 1.2335879094879225))
+    d2_weight_83 = torch.einsum("zui,zui->u", (d2__p56 * 1.2335879094879225), _p22)
+    d2__p17_84 = torch.einsum("zui,u->zui", d2__p56, (weight[448:464].view(16) * 1.2335879094879225))
+    d2_weight_85 = torch.einsum("zui,zui->u", (d2__p56 * 1.2335879094879225), _p17)
+    d2__p21_86 = torch.einsum("zui,u->zui", d2__p54, (weight[624:640].view(16) * 1.0425720702853738))
+    d2_weight_87 = torch.einsum("zui,zui->u", (d2__p54 * 1.0425720702853738), _p21)
+    d2__p16_88 = torch.einsum("zui,u->zui", d2__p54, (weight[432:448].view(16) * 1.0425720702853738))
+    d2_weight_89 = torch.einsum("zui,zui->u", (d2__p54 * 1.0425720702853738), _p16)
+    d2__p25_90 = torch.einsum("zui,u->zui", d2__p52, (weight[800:816].view(16) * 0.8075728530872482))
+    d2_weight_91 = torch.einsum("zui,zui->u", (d2__p52 * 0.8075728530872482), _p25)
+    d2__p14_92 = torch.einsum("zui,u->zui", d2__p52, (weight[336:352].view(16) * 0.8075728530872482))
+    d2_weight_93 = torch.einsum("zui,zui->u", (d2__p52 * 0.8075728530872482), _p14)
+    d2__p25_94 = torch.einsum("zui,u->zui", d2__p50, (weight[752:768].view(16) * 0.6546536707079771))
+    d2_weight_95 = torch.einsum("zui,zui->u", (d2__p50 * 0.6546536707079771), _p25)
+    d2__p14_96 = torch.einsum("zui,u->zui", d2__p50, (weight[288:304].view(16) * 0.6546536707079771))
+    d2_weight_97 = torch.einsum("zui,zui->u", (d2__p50 * 0.6546536707079771), _p14)
+    d2__p24_98 = torch.einsum("zui,u->zui", d2__p48, (weight[832:848].view(16) * 1.0425720702853738))
+    d2_weight_99 = torch.einsum("zui,zui->u", (d2__p48 * 1.0425720702853738), _p24)
+    d2__p19_100 = torch.einsum("zui,u->zui", d2__p48, (weight[560:576].view(16) * 1.0425720702853738))
+    d2_weight_101 = torch.einsum("zui,zui->u", (d2__p48 * 1.0425720702853738), _p19)
+    d2__p13_102 = torch.einsum("zui,u->zui", d2__p48, (weight[368:384].view(16) * 1.0425720702853738))
+    d2_weight_103 = torch.einsum("zui,zui->u", (d2__p48 * 1.0425720702853738), _p13)
+    d2__p9_104 = torch.einsum("zui,u->zui", d2__p48, (weight[160:176].view(16) * 1.0425720702853738))
+    d2_weight_105 = torch.einsum("zui,zui->u", (d2__p48 * 1.0425720702853738), _p9)
+    d2__p24_106 = torch.einsum("zui,u->zui", d2__p46, (weight[816:832].view(16) * 0.674199862463242))
+    d2_weight_107 = torch.einsum("zui,zui->u", (d2__p46 * 0.674199862463242), _p24)
+    d2__p19_108 = torch.einsum("zui,u->zui", d2__p46, (weight[544:560].view(16) * 0.674199862463242))
+    d2_weight_109 = torch.einsum("zui,zui->u", (d2__p46 * 0.674199862463242), _p19)
+    d2__p13_110 = torch.einsum("zui,u->zui", d2__p46, (weight[352:368].view(16) * 0.674199862463242))
+    d2_weight_111 = torch.einsum("zui,zui->u", (d2__p46 * 0.674199862463242), _p13)
+    d2__p9_112 = torch.einsum("zui,u->zui", d2__p46, (weight[144:160].view(16) * 0.674199862463242))
+    d2_weight_113 = torch.einsum("zui,zui->u", (d2__p46 * 0.674199862463242), _p9)
+    d2__p24_114 = torch.einsum("zui,u->zui", d2__p44, (weight[768:784].view(16) * 0.8451542547285166))
+    d2_weight_115 = torch.einsum("zui,zui->u", (d2__p44 * 0.8451542547285166), _p24)
+    d2__p19_116 = torch.einsum("zui,u->zui", d2__p44, (weight[528:544].view(16) * 0.8451542547285166))
+    d2_weight_117 = torch.einsum("zui,zui->u", (d2__p44 * 0.8451542547285166), _p19)
+    d2__p13_118 = torch.einsum("zui,u->zui", d2__p44, (weight[304:320].view(16) * 0.8451542547285166))
+    d2_weight_119 = torch.einsum("zui,zui->u", (d2__p44 * 0.8451542547285166), _p13)
+    d2__p9_120 = torch.einsum("zui,u->zui", d2__p44, (weight[128:144].view(16) * 0.8451542547285166))
+    d2_weight_121 = torch.einsum("zui,zui->u", (d2__p44 * 0.8451542547285166), _p9)
+    d2__p24_122 = torch.einsum("zui,u->zui", d2__p42, (weight[720:736].view(16) * 1.0425720702853738))
+    d2_weight_123 = torch.einsum("zui,zui->u", (d2__p42 * 1.0425720702853738), _p24)
+    d2__p19_124 = torch.einsum("zui,u->zui", d2__p42, (weight[512:528].view(16) * 1.0425720702853738))
+    d2_weight_125 = torch.einsum("zui,zui->u", (d2__p42 * 1.0425720702853738), _p19)
+    d2__p13_126 = torch.einsum("zui,u->zui", d2__p42, (weight[256:272].view(16) * 1.0425720702853738))
+    d2_weight_127 = torch.einsum("zui,zui->u", (d2__p42 * 1.0425720702853738), _p13)
+    d2__p9_128 = torch.einsum("zui,u->zui", d2__p42, (weight[112:128].view(16) * 1.0425720702853738))
+    d2_weight_129 = torch.einsum("zui,zui->u", (d2__p42 * 1.0425720702853738), _p9)
+    d2__p20_130 = torch.einsum("zui,u->zui", d2__p40, (weight[656:672].view(16) * 0.6546536707079771))
+    d2_weight_131 = torch.einsum("zui,zui->u", (d2__p40 * 0.6546536707079771), _p20)
+    d2__p15_132 = torch.einsum("zui,u->zui", d2__p40, (weight[464:480].view(16) * 0.6546536707079771))
+    d2_weight_133 = torch.einsum("zui,zui->u", (d2__p40 * 0.6546536707079771), _p15)
+    d2__p11_134 = torch.einsum("zui,u->zui", d2__p40, (weight[224:240].view(16) * 0.6546536707079771))
+    d2_weight_135 = torch.einsum("zui,zui->u", (d2__p40 * 0.6546536707079771), _p11)
+    d2__p7_136 = torch.einsum("zui,u->zui", d2__p40, (weight[96:112].view(16) * 0.6546536707079771))
+    d2_weight_137 = torch.einsum("zui,zui->u", (d2__p40 * 0.6546536707079771), _p7)
+    d2__p20_138 = torch.einsum("zui,u->zui", d2__p38, (weight[608:624].view(16) * 0.8075728530872482))
+    d2_weight_139 = torch.einsum("zui,zui->u", (d2__p38 * 0.8075728530872482), _p20)
+    d2__p15_140 = torch.einsum("zui,u->zui", d2__p38, (weight[416:432].view(16) * 0.8075728530872482))
+    d2_weight_141 = torch.einsum("zui,zui->u", (d2__p38 * 0.8075728530872482), _p15)
+    d2__p11_142 = torch.einsum("zui,u->zui", d2__p38, (weight[208:224].view(16) * 0.8075728530872482))
+    d2_weight_143 = torch.einsum("zui,zui->u", (d2__p38 * 0.8075728530872482), _p11)
+    d2__p7_144 = torch.einsum("zui,u->zui", d2__p38, (weight[80:96].view(16) * 0.8075728530872482))
+    d2_weight_145 = torch.einsum("zui,zui->u", (d2__p38 * 0.8075728530872482), _p7)
+    d2__p20_146 = torch.einsum("zui,u->zui", d2__p36, (weight[592:608].view(16) * 0.5222329678670935))
+    d2_weight_147 = torch.einsum("zui,zui->u", (d2__p36 * 0.5222329678670935), _p20)
+    d2__p15_148 = torch.einsum("zui,u->zui", d2__p36, (weight[400:416].view(16) * 0.5222329678670935))
+    d2_weight_149 = torch.einsum("zui,zui->u", (d2__p36 * 0.5222329678670935), _p15)
+    d2__p11_150 = torch.einsum("zui,u->zui", d2__p36, (weight[192:208].view(16) * 0.5222329678670935))
+    d2_weight_151 = torch.einsum("zui,zui->u", (d2__p36 * 0.5222329678670935), _p11)
+    d2__p7_152 = torch.einsum("zui,u->zui", d2__p36, (weight[64:80].view(16) * 0.5222329678670935))
+    d2_weight_153 = torch.einsum("zui,zui->u", (d2__p36 * 0.5222329678670935), _p7)
+    d2__p20_154 = torch.einsum("zui,u->zui", d2__p34, (weight[576:592].view(16) * 0.6546536707079771))
+    d2_weight_155 = torch.einsum("zui,zui->u", (d2__p34 * 0.6546536707079771), _p20)
+    d2__p15_156 = torch.einsum("zui,u->zui", d2__p34, (weight[384:400].view(16) * 0.6546536707079771))
+    d2_weight_157 = torch.einsum("zui,zui->u", (d2__p34 * 0.6546536707079771), _p15)
+    d2__p11_158 = torch.einsum("zui,u->zui", d2__p34, (weight[176:192].view(16) * 0.6546536707079771))
+    d2_weight_159 = torch.einsum("zui,zui->u", (d2__p34 * 0.6546536707079771), _p11)
+    d2__p7_160 = torch.einsum("zui,u->zui", d2__p34, (weight[48:64].view(16) * 0.6546536707079771))
+    d2_weight_161 = torch.einsum("zui,zui->u", (d2__p34 * 0.6546536707079771), _p7)
+    d2__p23_162 = torch.einsum("zui,u->zui", d2__p32, (weight[784:800].view(16) * 0.4662524041201569))
+    d2_weight_163 = torch.einsum("zui,zui->u", (d2__p32 * 0.4662524041201569), _p23)
+    d2__p12_164 = torch.einsum("zui,u->zui", d2__p32, (weight[320:336].view(16) * 0.4662524041201569))
+    d2_weight_165 = torch.einsum("zui,zui->u", (d2__p32 * 0.4662524041201569), _p12)
+    d2__p2_166 = torch.einsum("zui,u->zui", d2__p32, (weight[32:48].view(16) * 0.4662524041201569))
+    d2_weight_167 = torch.einsum("zui,zui->u", (d2__p32 * 0.4662524041201569), _p2)
+    d2__p23_168 = torch.einsum("zui,u->zui", d2__p30, (weight[736:752].view(16) * 0.3779644730092272))
+    d2_weight_169 = torch.einsum("zui,zui->u", (d2__p30 * 0.3779644730092272), _p23)
+    d2__p12_170 = torch.einsum("zui,u->zui", d2__p30, (weight[272:288].view(16) * 0.3779644730092272))
+    d2_weight_171 = torch.einsum("zui,zui->u", (d2__p30 * 0.3779644730092272), _p12)
+    d2__p2_172 = torch.einsum("zui,u->zui", d2__p30, (weight[16:32].view(16) * 0.3779644730092272))
+    d2_weight_173 = torch.einsum("zui,zui->u", (d2__p30 * 0.3779644730092272), _p2)
+    d2__p23_174 = torch.einsum("zui,u->zui", d2__p28, (weight[704:720].view(16) * 0.30151134457776363))
+    d2_weight_175 = torch.einsum("zui,zui->u", (d2__p28 * 0.30151134457776363), _p23)
+    d2__p12_176 = torch.einsum("zui,u->zui", d2__p28, (weight[240:256].view(16) * 0.30151134457776363))
+    d2_weight_177 = torch.einsum("zui,zui->u", (d2__p28 * 0.30151134457776363), _p12)
+    d2__p2_178 = torch.einsum("zui,u->zui", d2__p28, (weight[0:16].view(16) * 0.30151134457776363))
+    d2_weight_179 = torch.einsum("zui,zui->u", (d2__p28 * 0.30151134457776363), _p2)
+    # ∂/∂x1: p27 = (p18 ⊗ p8) -> 16x4e
+    _c47 = torch.einsum("zuk,zuj->zjku", d2__p27, x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_180 = torch.einsum("ijk,zjku->zui", cg_2_2_4, _c47)
+    # ∂/∂x2: p27 = (p18 ⊗ p8) -> 16x4e
+    _c48 = torch.einsum("zuk,zui->ziku", d2__p27, x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_181 = torch.einsum("ijk,ziku->zuj", cg_2_2_4, _c48)
+    # ∂/∂x1: p26 = (p18 ⊗ p8) -> 16x3e
+    _c49 = torch.einsum("zuk,zuj->zjku", d2__p26, x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_182 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c49)
+    # ∂/∂x2: p26 = (p18 ⊗ p8) -> 16x3e
+    _c50 = torch.einsum("zuk,zui->ziku", d2__p26, x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_183 = torch.einsum("ijk,ziku->zuj", cg_2_2_3, _c50)
+    # ∂/∂x1: p25 = (p18 ⊗ p8) -> 16x1e
+    d2__p25 = d2__p25_90 + d2__p25_94
+    _c51 = torch.einsum("zuk,zuj->zjku", d2__p25, x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_184 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c51)
+    # ∂/∂x2: p25 = (p18 ⊗ p8) -> 16x1e
+    _c52 = torch.einsum("zuk,zui->ziku", d2__p25, x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_185 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c52)
+    # ∂/∂x1: p24 = (p18 ⊗ p8) -> 16x2e
+    d2__p24 = d2__p24_98 + d2__p24_106 + d2__p24_114 + d2__p24_122
+    _c53 = torch.einsum("zuk,zuj->zjku", d2__p24, x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_186 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c53)
+    # ∂/∂x2: p24 = (p18 ⊗ p8) -> 16x2e
+    _c54 = torch.einsum("zuk,zui->ziku", d2__p24, x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_187 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c54)
+    # ∂/∂x1: p23 = (p18 ⊗ p8) -> 16x0e
+    d2__p23 = d2__p23_162 + d2__p23_168 + d2__p23_174
+    _c55 = torch.einsum("zuk,zuj->zjku", d2__p23, x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_188 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c55)
+    # ∂/∂x2: p23 = (p18 ⊗ p8) -> 16x0e
+    _c56 = torch.einsum("zuk,zui->ziku", d2__p23, x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_189 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c56)
+    # ∂/∂x1: p22 = (p18 ⊗ p6) -> 16x3o
+    d2__p22 = d2__p22_74 + d2__p22_82
+    _c57 = torch.einsum("zuk,zuj->zjku", d2__p22, x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_190 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c57)
+    # ∂/∂x2: p22 = (p18 ⊗ p6) -> 16x3o
+    _c58 = torch.einsum("zuk,zui->ziku", d2__p22, x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_191 = torch.einsum("ijk,ziku->zuj", cg_2_1_3, _c58)
+    # ∂/∂x1: p21 = (p18 ⊗ p6) -> 16x2o
+    d2__p21 = d2__p21_78 + d2__p21_86
+    _c59 = torch.einsum("zuk,zuj->zjku", d2__p21, x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_192 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c59)
+    # ∂/∂x2: p21 = (p18 ⊗ p6) -> 16x2o
+    _c60 = torch.einsum("zuk,zui->ziku", d2__p21, x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_193 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c60)
+    # ∂/∂x1: p20 = (p18 ⊗ p6) -> 16x1o
+    d2__p20 = d2__p20_130 + d2__p20_138 + d2__p20_146 + d2__p20_154
+    _c61 = torch.einsum("zuk,zuj->zjku", d2__p20, x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_194 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c61)
+    # ∂/∂x2: p20 = (p18 ⊗ p6) -> 16x1o
+    _c62 = torch.einsum("zuk,zui->ziku", d2__p20, x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_195 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c62)
+    # ∂/∂x1: p19 = (p18 ⊗ p1) -> 16x2e
+    d2__p19 = d2__p19_100 + d2__p19_108 + d2__p19_116 + d2__p19_124
+    _c63 = torch.einsum("zuk,zuj->zjku", d2__p19, x2[:, 0:16].reshape(n, 16, 1))
+    d2_x1_196 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c63)
+    # ∂/∂x2: p19 = (p18 ⊗ p1) -> 16x2e
+    _c64 = torch.einsum("zuk,zui->ziku", d2__p19, x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_197 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c64)
+    # ∂/∂x1: p17 = (p10 ⊗ p8) -> 16x3o
+    d2__p17 = d2__p17_76 + d2__p17_84
+    _c65 = torch.einsum("zuk,zuj->zjku", d2__p17, x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_198 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c65)
+    # ∂/∂x2: p17 = (p10 ⊗ p8) -> 16x3o
+    _c66 = torch.einsum("zuk,zui->ziku", d2__p17, x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_199 = torch.einsum("ijk,ziku->zuj", cg_1_2_3, _c66)
+    # ∂/∂x1: p16 = (p10 ⊗ p8) -> 16x2o
+    d2__p16 = d2__p16_80 + d2__p16_88
+    _c67 = torch.einsum("zuk,zuj->zjku", d2__p16, x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_200 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c67)
+    # ∂/∂x2: p16 = (p10 ⊗ p8) -> 16x2o
+    _c68 = torch.einsum("zuk,zui->ziku", d2__p16, x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_201 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c68)
+    # ∂/∂x1: p15 = (p10 ⊗ p8) -> 16x1o
+    d2__p15 = d2__p15_132 + d2__p15_140 + d2__p15_148 + d2__p15_156
+    _c69 = torch.einsum("zuk,zuj->zjku", d2__p15, x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_202 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c69)
+    # ∂/∂x2: p15 = (p10 ⊗ p8) -> 16x1o
+    _c70 = torch.einsum("zuk,zui->ziku", d2__p15, x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_203 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c70)
+    # ∂/∂x1: p14 = (p10 ⊗ p6) -> 16x1e
+    d2__p14 = d2__p14_92 + d2__p14_96
+    _c71 = torch.einsum("zuk,zuj->zjku", d2__p14, x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_204 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c71)
+    # ∂/∂x2: p14 = (p10 ⊗ p6) -> 16x1e
+    _c72 = torch.einsum("zuk,zui->ziku", d2__p14, x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_205 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c72)
+    # ∂/∂x1: p13 = (p10 ⊗ p6) -> 16x2e
+    d2__p13 = d2__p13_102 + d2__p13_110 + d2__p13_118 + d2__p13_126
+    _c73 = torch.einsum("zuk,zuj->zjku", d2__p13, x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_206 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c73)
+    # ∂/∂x2: p13 = (p10 ⊗ p6) -> 16x2e
+    _c74 = torch.einsum("zuk,zui->ziku", d2__p13, x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_207 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c74)
+    # ∂/∂x1: p12 = (p10 ⊗ p6) -> 16x0e
+    d2__p12 = d2__p12_164 + d2__p12_170 + d2__p12_176
+    _c75 = torch.einsum("zuk,zuj->zjku", d2__p12, x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_208 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c75)
+    # ∂/∂x2: p12 = (p10 ⊗ p6) -> 16x0e
+    _c76 = torch.einsum("zuk,zui->ziku", d2__p12, x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_209 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c76)
+    # ∂/∂x1: p11 = (p10 ⊗ p1) -> 16x1o
+    d2__p11 = d2__p11_134 + d2__p11_142 + d2__p11_150 + d2__p11_158
+    _c77 = torch.einsum("zuk,zuj->zjku", d2__p11, x2[:, 0:16].reshape(n, 16, 1))
+    d2_x1_210 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c77)
+    # ∂/∂x2: p11 = (p10 ⊗ p1) -> 16x1o
+    _c78 = torch.einsum("zuk,zui->ziku", d2__p11, x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_211 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c78)
+    # ∂/∂x1: p9 = (p0 ⊗ p8) -> 16x2e
+    d2__p9 = d2__p9_104 + d2__p9_112 + d2__p9_120 + d2__p9_128
+    _c79 = torch.einsum("zuk,zuj->zjku", d2__p9, x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_212 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c79)
+    # ∂/∂x2: p9 = (p0 ⊗ p8) -> 16x2e
+    _c80 = torch.einsum("zuk,zui->ziku", d2__p9, x1[:, 0:16].reshape(n, 16, 1))
+    d2_x2_213 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c80)
+    # ∂/∂x1: p7 = (p0 ⊗ p6) -> 16x1o
+    d2__p7 = d2__p7_136 + d2__p7_144 + d2__p7_152 + d2__p7_160
+    _c81 = torch.einsum("zuk,zuj->zjku", d2__p7, x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_214 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c81)
+    # ∂/∂x2: p7 = (p0 ⊗ p6) -> 16x1o
+    _c82 = torch.einsum("zuk,zui->ziku", d2__p7, x1[:, 0:16].reshape(n, 16, 1))
+    d2_x2_215 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c82)
+    # ∂/∂x1: p2 = (p0 ⊗ p1) -> 16x0e
+    d2__p2 = d2__p2_166 + d2__p2_172 + d2__p2_178
+    _c83 = torch.einsum("zuk,zuj->zjku", d2__p2, x2[:, 0:16].reshape(n, 16, 1))
+    d2_x1_216 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c83)
+    # ∂/∂x2: p2 = (p0 ⊗ p1) -> 16x0e
+    _c84 = torch.einsum("zuk,zui->ziku", d2__p2, x1[:, 0:16].reshape(n, 16, 1))
+    d2_x2_217 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c84)
+    d2_x1 = torch.cat([
+        (d2_x1_212 + d2_x1_214 + d2_x1_216).reshape(n, 16),
+        (d2_x1_198 + d2_x1_200 + d2_x1_202 + d2_x1_204 + d2_x1_206 + d2_x1_208 + d2_x1_210).reshape(n, 48),
+        (d2_x1_180 + d2_x1_182 + d2_x1_184 + d2_x1_186 + d2_x1_188 + d2_x1_190 + d2_x1_192 + d2_x1_194 + d2_x1_196).reshape(n, 80),
+    ], dim=-1)
+    d2_x2 = torch.cat([
+        (d2_x2_197 + d2_x2_211 + d2_x2_217).reshape(n, 16),
+        (d2_x2_191 + d2_x2_193 + d2_x2_195 + d2_x2_205 + d2_x2_207 + d2_x2_209 + d2_x2_215).reshape(n, 48),
+        (d2_x2_181 + d2_x2_183 + d2_x2_185 + d2_x2_187 + d2_x2_189 + d2_x2_199 + d2_x2_201 + d2_x2_203 + d2_x2_213).reshape(n, 80),
+    ], dim=-1)
+    d2_x3 = weight.new_zeros(n, 144)
+    d2_d_y = torch.cat([
+        (d2_d_y_53 + d2_d_y_57 + d2_d_y_62).reshape(n, 16),
+        (d2_d_y_54 + d2_d_y_56 + d2_d_y_59 + d2_d_y_61 + d2_d_y_64 + d2_d_y_68 + d2_d_y_69).reshape(n, 48),
+        (d2_d_y_55 + d2_d_y_58 + d2_d_y_60 + d2_d_y_63 + d2_d_y_65 + d2_d_y_66 + d2_d_y_67 + d2_d_y_70 + d2_d_y_72).reshape(n, 80),
+    ], dim=-1)
+    d2_weight = torch.cat([
+        d2_weight_179.reshape(16),
+        d2_weight_173.reshape(16),
+        d2_weight_167.reshape(16),
+        d2_weight_161.reshape(16),
+        d2_weight_153.reshape(16),
+        d2_weight_145.reshape(16),
+        d2_weight_137.reshape(16),
+        d2_weight_129.reshape(16),
+        d2_weight_121.reshape(16),
+        d2_weight_113.reshape(16),
+        d2_weight_105.reshape(16),
+        d2_weight_159.reshape(16),
+        d2_weight_151.reshape(16),
+        d2_weight_143.reshape(16),
+        d2_weight_135.reshape(16),
+        d2_weight_177.reshape(16),
+        d2_weight_127.reshape(16),
+        d2_weight_171.reshape(16),
+        d2_weight_97.reshape(16),
+        d2_weight_119.reshape(16),
+        d2_weight_165.reshape(16),
+        d2_weight_93.reshape(16),
+        d2_weight_111.reshape(16),
+        d2_weight_103.reshape(16),
+        d2_weight_157.reshape(16),
+        d2_weight_149.reshape(16),
+        d2_weight_141.reshape(16),
+        d2_weight_89.reshape(16),
+        d2_weight_85.reshape(16),
+        d2_weight_133.reshape(16),
+        d2_weight_81.reshape(16),
+        d2_weight_77.reshape(16),
+        d2_weight_125.reshape(16),
+        d2_weight_117.reshape(16),
+        d2_weight_109.reshape(16),
+        d2_weight_101.reshape(16),
+        d2_weight_155.reshape(16),
+        d2_weight_147.reshape(16),
+        d2_weight_139.reshape(16),
+        d2_weight_87.reshape(16),
+        d2_weight_83.reshape(16),
+        d2_weight_131.reshape(16),
+        d2_weight_79.reshape(16),
+        d2_weight_75.reshape(16),
+        d2_weight_175.reshape(16),
+        d2_weight_123.reshape(16),
+        d2_weight_169.reshape(16),
+        d2_weight_95.reshape(16),
+        d2_weight_115.reshape(16),
+        d2_weight_163.reshape(16),
+        d2_weight_91.reshape(16),
+        d2_weight_107.reshape(16),
+        d2_weight_99.reshape(16),
+        d2_weight_71.reshape(16),
+        d2_weight_73.reshape(16),
+    ], dim=-1)
+    return [d2_x1, d2_x2, d2_x3, d2_d_y, d2_weight]
+
+
+def _fusion_block_3_d2_weight(
+    x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, d_y: torch.Tensor,
+    d2_d_weight: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor,
+    cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
+    cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_1_2_3: torch.Tensor,
+    cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor, cg_2_1_3: torch.Tensor,
+    cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor, cg_2_2_3: torch.Tensor,
+    cg_2_2_4: torch.Tensor, cg_3_1_2: torch.Tensor, cg_3_2_1: torch.Tensor, cg_3_2_2: torch.Tensor,
+    cg_4_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fusion_block_3_d for the cotangent of d_weight: x1 (n, 144), x2 (n, 144), x3 (n, 144), d_y (n, 144), d2_d_weight (880,) -> d2_x1 (n, 144), d2_x2 (n, 144), d2_x3 (n, 144), d2_d_y (n, 144), d2_weight (880,)."""
+    n = x1.shape[0]
+    # p2 = (p0 ⊗ p1) -> 16x0e
+    _c0 = torch.einsum("zui,zuj->ziju", x1[:, 0:16].reshape(n, 16, 1), x2[:, 0:16].reshape(n, 16, 1))
+    _p2 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c0)
+    # p7 = (p0 ⊗ p6) -> 16x1o
+    _c1 = torch.einsum("zui,zuj->ziju", x1[:, 0:16].reshape(n, 16, 1), x2[:, 16:64].reshape(n, 16, 3))
+    _p7 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c1)
+    # p9 = (p0 ⊗ p8) -> 16x2e
+    _c2 = torch.einsum("zui,zuj->ziju", x1[:, 0:16].reshape(n, 16, 1), x2[:, 64:144].reshape(n, 16, 5))
+    _p9 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c2)
+    # p11 = (p10 ⊗ p1) -> 16x1o
+    _c3 = torch.einsum("zui,zuj->ziju", x1[:, 16:64].reshape(n, 16, 3), x2[:, 0:16].reshape(n, 16, 1))
+    _p11 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c3)
+    # p12 = (p10 ⊗ p6) -> 16x0e
+    _c4 = torch.einsum("zui,zuj->ziju", x1[:, 16:64].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3))
+    _p12 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c4)
+    # p13 = (p10 ⊗ p6) -> 16x2e
+    _p13 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c4)
+    # p14 = (p10 ⊗ p6) -> 16x1e
+    _p14 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c4)
+    # p15 = (p10 ⊗ p8) -> 16x1o
+    _c5 = torch.einsum("zui,zuj->ziju", x1[:, 16:64].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5))
+    _p15 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c5)
+    # p16 = (p10 ⊗ p8) -> 16x2o
+    _p16 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c5)
+    # p17 = (p10 ⊗ p8) -> 16x3o
+    _p17 = torch.einsum("ijk,ziju->zuk", cg_1_2_3, _c5)
+    # p19 = (p18 ⊗ p1) -> 16x2e
+    _c6 = torch.einsum("zui,zuj->ziju", x1[:, 64:144].reshape(n, 16, 5), x2[:, 0:16].reshape(n, 16, 1))
+    _p19 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c6)
+    # p20 = (p18 ⊗ p6) -> 16x1o
+    _c7 = torch.einsum("zui,zuj->ziju", x1[:, 64:144].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3))
+    _p20 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c7)
+    # p21 = (p18 ⊗ p6) -> 16x2o
+    _p21 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c7)
+    # p22 = (p18 ⊗ p6) -> 16x3o
+    _p22 = torch.einsum("ijk,ziju->zuk", cg_2_1_3, _c7)
+    # p23 = (p18 ⊗ p8) -> 16x0e
+    _c8 = torch.einsum("zui,zuj->ziju", x1[:, 64:144].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5))
+    _p23 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c8)
+    # p24 = (p18 ⊗ p8) -> 16x2e
+    _p24 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c8)
+    # p25 = (p18 ⊗ p8) -> 16x1e
+    _p25 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c8)
+    # p26 = (p18 ⊗ p8) -> 16x3e
+    _p26 = torch.einsum("ijk,ziju->zuk", cg_2_2_3, _c8)
+    # p27 = (p18 ⊗ p8) -> 16x4e
+    _p27 = torch.einsum("ijk,ziju->zuk", cg_2_2_4, _c8)
     # p62 = (p26 ⊗ p5) -> 16x2e
     _c9 = torch.einsum("zui,zuj->ziju", _p26, x3[:, 64:144].reshape(n, 16, 5))
     _p62 = torch.einsum("ijk,ziju->zuk", cg_3_2_2, _c9)
     # p63 = (p27 ⊗ p5) -> 16x2e
     _c10 = torch.einsum("zui,zuj->ziju", _p27, x3[:, 64:144].reshape(n, 16, 5))
     _p63 = torch.einsum("ijk,ziju->zuk", cg_4_2_2, _c10)
-    d__p63 = torch.einsum("zui,u->zui", d_y[:, 64:144].reshape(n, 16, 5), (weight[864:880].view(16) * 1.3987572123604706))
-    # ∂/∂_p27: p63 = (p27 ⊗ p5) -> 16x2e
-    _c11 = torch.einsum("zuk,zuj->zjku", d__p63, x3[:, 64:144].reshape(n, 16, 5))
-    d__p27 = torch.einsum("ijk,zjku->zui", cg_4_2_2, _c11)
-    d__p62 = torch.einsum("zui,u->zui", d_y[:, 64:144].reshape(n, 16, 5), (weight[848:864].view(16) * 1.2335879094879225))
-    # ∂/∂_p26: p62 = (p26 ⊗ p5) -> 16x2e
-    _c12 = torch.einsum("zuk,zuj->zjku", d__p62, x3[:, 64:144].reshape(n, 16, 5))
-    d__p26 = torch.einsum("ijk,zjku->zui", cg_3_2_2, _c12)
     d__p61 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x1o
-    _c13 = torch.einsum("zuk,zuj->zjku", d__p61, x3[:, 64:144].reshape(n, 16, 5))
-    d__p60 = torch.einsum("ijk,zjku->zui", cg_3_2_1, _c13)
-    d__p22_53 = torch.einsum("zui,u->zui", d__p60, weight[688:704].view(16))
-    d__p17_54 = torch.einsum("zui,u->zui", d__p60, weight[496:512].view(16))
+    _c11 = torch.einsum("zuk,zuj->zjku", d__p61, x3[:, 64:144].reshape(n, 16, 5))
+    d__p60 = torch.einsum("ijk,zjku->zui", cg_3_2_1, _c11)
     d__p59 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p58: p59 = (p58 ⊗ p5) -> 16x1o
-    _c14 = torch.einsum("zuk,zuj->zjku", d__p59, x3[:, 64:144].reshape(n, 16, 5))
-    d__p58 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c14)
-    d__p21_55 = torch.einsum("zui,u->zui", d__p58, (weight[672:688].view(16) * 0.8451542547285166))
-    d__p16_56 = torch.einsum("zui,u->zui", d__p58, (weight[480:496].view(16) * 0.8451542547285166))
+    _c12 = torch.einsum("zuk,zuj->zjku", d__p59, x3[:, 64:144].reshape(n, 16, 5))
+    d__p58 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c12)
     d__p57 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p56: p57 = (p56 ⊗ p4) -> 16x2e
-    _c15 = torch.einsum("zuk,zuj->zjku", d__p57, x3[:, 16:64].reshape(n, 16, 3))
-    d__p56 = torch.einsum("ijk,zjku->zui", cg_3_1_2, _c15)
-    d__p22_57 = torch.einsum("zui,u->zui", d__p56, (weight[640:656].view(16) * 1.2335879094879225))
-    d__p17_58 = torch.einsum("zui,u->zui", d__p56, (weight[448:464].view(16) * 1.2335879094879225))
+    _c13 = torch.einsum("zuk,zuj->zjku", d__p57, x3[:, 16:64].reshape(n, 16, 3))
+    d__p56 = torch.einsum("ijk,zjku->zui", cg_3_1_2, _c13)
     d__p55 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p54: p55 = (p54 ⊗ p4) -> 16x2e
-    _c16 = torch.einsum("zuk,zuj->zjku", d__p55, x3[:, 16:64].reshape(n, 16, 3))
-    d__p54 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c16)
-    d__p21_59 = torch.einsum("zui,u->zui", d__p54, (weight[624:640].view(16) * 1.0425720702853738))
-    d__p16_60 = torch.einsum("zui,u->zui", d__p54, (weight[432:448].view(16) * 1.0425720702853738))
+    _c14 = torch.einsum("zuk,zuj->zjku", d__p55, x3[:, 16:64].reshape(n, 16, 3))
+    d__p54 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c14)
     d__p53 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p52: p53 = (p52 ⊗ p5) -> 16x2e
-    _c17 = torch.einsum("zuk,zuj->zjku", d__p53, x3[:, 64:144].reshape(n, 16, 5))
-    d__p52 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c17)
-    d__p25_61 = torch.einsum("zui,u->zui", d__p52, (weight[800:816].view(16) * 0.8075728530872482))
-    d__p14_62 = torch.einsum("zui,u->zui", d__p52, (weight[336:352].view(16) * 0.8075728530872482))
+    _c15 = torch.einsum("zuk,zuj->zjku", d__p53, x3[:, 64:144].reshape(n, 16, 5))
+    d__p52 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c15)
     d__p51 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x1o
-    _c18 = torch.einsum("zuk,zuj->zjku", d__p51, x3[:, 16:64].reshape(n, 16, 3))
-    d__p50 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c18)
-    d__p25_63 = torch.einsum("zui,u->zui", d__p50, (weight[752:768].view(16) * 0.6546536707079771))
-    d__p14_64 = torch.einsum("zui,u->zui", d__p50, (weight[288:304].view(16) * 0.6546536707079771))
+    _c16 = torch.einsum("zuk,zuj->zjku", d__p51, x3[:, 16:64].reshape(n, 16, 3))
+    d__p50 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c16)
     d__p49 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p48: p49 = (p48 ⊗ p5) -> 16x2e
-    _c19 = torch.einsum("zuk,zuj->zjku", d__p49, x3[:, 64:144].reshape(n, 16, 5))
-    d__p48 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c19)
-    d__p24_65 = torch.einsum("zui,u->zui", d__p48, (weight[832:848].view(16) * 1.0425720702853738))
-    d__p19_66 = torch.einsum("zui,u->zui", d__p48, (weight[560:576].view(16) * 1.0425720702853738))
-    d__p13_67 = torch.einsum("zui,u->zui", d__p48, (weight[368:384].view(16) * 1.0425720702853738))
-    d__p9_68 = torch.einsum("zui,u->zui", d__p48, (weight[160:176].view(16) * 1.0425720702853738))
+    _c17 = torch.einsum("zuk,zuj->zjku", d__p49, x3[:, 64:144].reshape(n, 16, 5))
+    d__p48 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c17)
     d__p47 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x0e
-    _c20 = torch.einsum("zuk,zuj->zjku", d__p47, x3[:, 64:144].reshape(n, 16, 5))
-    d__p46 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c20)
-    d__p24_69 = torch.einsum("zui,u->zui", d__p46, (weight[816:832].view(16) * 0.674199862463242))
-    d__p19_70 = torch.einsum("zui,u->zui", d__p46, (weight[544:560].view(16) * 0.674199862463242))
-    d__p13_71 = torch.einsum("zui,u->zui", d__p46, (weight[352:368].view(16) * 0.674199862463242))
-    d__p9_72 = torch.einsum("zui,u->zui", d__p46, (weight[144:160].view(16) * 0.674199862463242))
+    _c18 = torch.einsum("zuk,zuj->zjku", d__p47, x3[:, 64:144].reshape(n, 16, 5))
+    d__p46 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c18)
     d__p45 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
-    _c21 = torch.einsum("zuk,zuj->zjku", d__p45, x3[:, 16:64].reshape(n, 16, 3))
-    d__p44 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c21)
-    d__p24_73 = torch.einsum("zui,u->zui", d__p44, (weight[768:784].view(16) * 0.8451542547285166))
-    d__p19_74 = torch.einsum("zui,u->zui", d__p44, (weight[528:544].view(16) * 0.8451542547285166))
-    d__p13_75 = torch.einsum("zui,u->zui", d__p44, (weight[304:320].view(16) * 0.8451542547285166))
-    d__p9_76 = torch.einsum("zui,u->zui", d__p44, (weight[128:144].view(16) * 0.8451542547285166))
+    _c19 = torch.einsum("zuk,zuj->zjku", d__p45, x3[:, 16:64].reshape(n, 16, 3))
+    d__p44 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c19)
     d__p43 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x2e
-    _c22 = torch.einsum("zuk,zuj->zjku", d__p43, x3[:, 0:16].reshape(n, 16, 1))
-    d__p42 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c22)
-    d__p24_77 = torch.einsum("zui,u->zui", d__p42, (weight[720:736].view(16) * 1.0425720702853738))
-    d__p19_78 = torch.einsum("zui,u->zui", d__p42, (weight[512:528].view(16) * 1.0425720702853738))
-    d__p13_79 = torch.einsum("zui,u->zui", d__p42, (weight[256:272].view(16) * 1.0425720702853738))
-    d__p9_80 = torch.einsum("zui,u->zui", d__p42, (weight[112:128].view(16) * 1.0425720702853738))
+    _c20 = torch.einsum("zuk,zuj->zjku", d__p43, x3[:, 0:16].reshape(n, 16, 1))
+    d__p42 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c20)
     d__p41 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p40: p41 = (p40 ⊗ p5) -> 16x1o
-    _c23 = torch.einsum("zuk,zuj->zjku", d__p41, x3[:, 64:144].reshape(n, 16, 5))
-    d__p40 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c23)
-    d__p20_81 = torch.einsum("zui,u->zui", d__p40, (weight[656:672].view(16) * 0.6546536707079771))
-    d__p15_82 = torch.einsum("zui,u->zui", d__p40, (weight[464:480].view(16) * 0.6546536707079771))
-    d__p11_83 = torch.einsum("zui,u->zui", d__p40, (weight[224:240].view(16) * 0.6546536707079771))
-    d__p7_84 = torch.einsum("zui,u->zui", d__p40, (weight[96:112].view(16) * 0.6546536707079771))
+    _c21 = torch.einsum("zuk,zuj->zjku", d__p41, x3[:, 64:144].reshape(n, 16, 5))
+    d__p40 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c21)
     d__p39 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p38: p39 = (p38 ⊗ p4) -> 16x2e
-    _c24 = torch.einsum("zuk,zuj->zjku", d__p39, x3[:, 16:64].reshape(n, 16, 3))
-    d__p38 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c24)
-    d__p20_85 = torch.einsum("zui,u->zui", d__p38, (weight[608:624].view(16) * 0.8075728530872482))
-    d__p15_86 = torch.einsum("zui,u->zui", d__p38, (weight[416:432].view(16) * 0.8075728530872482))
-    d__p11_87 = torch.einsum("zui,u->zui", d__p38, (weight[208:224].view(16) * 0.8075728530872482))
-    d__p7_88 = torch.einsum("zui,u->zui", d__p38, (weight[80:96].view(16) * 0.8075728530872482))
+    _c22 = torch.einsum("zuk,zuj->zjku", d__p39, x3[:, 16:64].reshape(n, 16, 3))
+    d__p38 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c22)
     d__p37 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p36: p37 = (p36 ⊗ p4) -> 16x0e
-    _c25 = torch.einsum("zuk,zuj->zjku", d__p37, x3[:, 16:64].reshape(n, 16, 3))
-    d__p36 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c25)
-    d__p20_89 = torch.einsum("zui,u->zui", d__p36, (weight[592:608].view(16) * 0.5222329678670935))
-    d__p15_90 = torch.einsum("zui,u->zui", d__p36, (weight[400:416].view(16) * 0.5222329678670935))
-    d__p11_91 = torch.einsum("zui,u->zui", d__p36, (weight[192:208].view(16) * 0.5222329678670935))
-    d__p7_92 = torch.einsum("zui,u->zui", d__p36, (weight[64:80].view(16) * 0.5222329678670935))
+    _c23 = torch.einsum("zuk,zuj->zjku", d__p37, x3[:, 16:64].reshape(n, 16, 3))
+    d__p36 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c23)
     d__p35 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p34: p35 = (p34 ⊗ p3) -> 16x1o
-    _c26 = torch.einsum("zuk,zuj->zjku", d__p35, x3[:, 0:16].reshape(n, 16, 1))
-    d__p34 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c26)
-    d__p20_93 = torch.einsum("zui,u->zui", d__p34, (weight[576:592].view(16) * 0.6546536707079771))
-    d__p15_94 = torch.einsum("zui,u->zui", d__p34, (weight[384:400].view(16) * 0.6546536707079771))
-    d__p11_95 = torch.einsum("zui,u->zui", d__p34, (weight[176:192].view(16) * 0.6546536707079771))
-    d__p7_96 = torch.einsum("zui,u->zui", d__p34, (weight[48:64].view(16) * 0.6546536707079771))
+    _c24 = torch.einsum("zuk,zuj->zjku", d__p35, x3[:, 0:16].reshape(n, 16, 1))
+    d__p34 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c24)
     d__p33 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p32: p33 = (p32 ⊗ p5) -> 16x2e
-    _c27 = torch.einsum("zuk,zuj->zjku", d__p33, x3[:, 64:144].reshape(n, 16, 5))
-    d__p32 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c27)
-    d__p23_97 = torch.einsum("zui,u->zui", d__p32, (weight[784:800].view(16) * 0.4662524041201569))
-    d__p12_98 = torch.einsum("zui,u->zui", d__p32, (weight[320:336].view(16) * 0.4662524041201569))
-    d__p2_99 = torch.einsum("zui,u->zui", d__p32, (weight[32:48].view(16) * 0.4662524041201569))
+    _c25 = torch.einsum("zuk,zuj->zjku", d__p33, x3[:, 64:144].reshape(n, 16, 5))
+    d__p32 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c25)
     d__p31 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p30: p31 = (p30 ⊗ p4) -> 16x1o
-    _c28 = torch.einsum("zuk,zuj->zjku", d__p31, x3[:, 16:64].reshape(n, 16, 3))
-    d__p30 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c28)
-    d__p23_100 = torch.einsum("zui,u->zui", d__p30, (weight[736:752].view(16) * 0.3779644730092272))
-    d__p12_101 = torch.einsum("zui,u->zui", d__p30, (weight[272:288].view(16) * 0.3779644730092272))
-    d__p2_102 = torch.einsum("zui,u->zui", d__p30, (weight[16:32].view(16) * 0.3779644730092272))
+    _c26 = torch.einsum("zuk,zuj->zjku", d__p31, x3[:, 16:64].reshape(n, 16, 3))
+    d__p30 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c26)
     d__p29 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
-    _c29 = torch.einsum("zuk,zuj->zjku", d__p29, x3[:, 0:16].reshape(n, 16, 1))
-    d__p28 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c29)
-    d__p23_103 = torch.einsum("zui,u->zui", d__p28, (weight[704:720].view(16) * 0.30151134457776363))
-    d__p12_104 = torch.einsum("zui,u->zui", d__p28, (weight[240:256].view(16) * 0.30151134457776363))
-    d__p2_105 = torch.einsum("zui,u->zui", d__p28, (weight[0:16].view(16) * 0.30151134457776363))
-    # ∂/∂d__p2: ∂/∂x2: p2 = (p0 ⊗ p1) -> 16x0e
-    _c30 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 0:16].reshape(n, 16, 1), x1[:, 0:16].reshape(n, 16, 1))
-    d2_d__p2_106 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c30)
-    # ∂/∂x1: ∂/∂x2: p2 = (p0 ⊗ p1) -> 16x0e
-    d__p2 = d__p2_99 + d__p2_102 + d__p2_105
-    _c31 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 0:16].reshape(n, 16, 1), d__p2)
-    d2_x1_107 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c31)
-    # ∂/∂d__p2: ∂/∂x1: p2 = (p0 ⊗ p1) -> 16x0e
-    _c32 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 0:16].reshape(n, 16, 1), x2[:, 0:16].reshape(n, 16, 1))
-    d2_d__p2_108 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c32)
-    # ∂/∂x2: ∂/∂x1: p2 = (p0 ⊗ p1) -> 16x0e
-    _c33 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 0:16].reshape(n, 16, 1), d__p2)
-    d2_x2_109 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c33)
-    # ∂/∂d__p7: ∂/∂x2: p7 = (p0 ⊗ p6) -> 16x1o
-    _c34 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 16:64].reshape(n, 16, 3), x1[:, 0:16].reshape(n, 16, 1))
-    d2_d__p7_110 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c34)
-    # ∂/∂x1: ∂/∂x2: p7 = (p0 ⊗ p6) -> 16x1o
-    d__p7 = d__p7_84 + d__p7_88 + d__p7_92 + d__p7_96
-    _c35 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d__p7)
-    d2_x1_111 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c35)
-    # ∂/∂d__p7: ∂/∂x1: p7 = (p0 ⊗ p6) -> 16x1o
-    _c36 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 0:16].reshape(n, 16, 1), x2[:, 16:64].reshape(n, 16, 3))
-    d2_d__p7_112 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c36)
-    # ∂/∂x2: ∂/∂x1: p7 = (p0 ⊗ p6) -> 16x1o
-    _c37 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 0:16].reshape(n, 16, 1), d__p7)
-    d2_x2_113 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c37)
-    # ∂/∂d__p9: ∂/∂x2: p9 = (p0 ⊗ p8) -> 16x2e
-    _c38 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 64:144].reshape(n, 16, 5), x1[:, 0:16].reshape(n, 16, 1))
-    d2_d__p9_114 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c38)
-    # ∂/∂x1: ∂/∂x2: p9 = (p0 ⊗ p8) -> 16x2e
-    d__p9 = d__p9_68 + d__p9_72 + d__p9_76 + d__p9_80
-    _c39 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d__p9)
-    d2_x1_115 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c39)
-    # ∂/∂d__p9: ∂/∂x1: p9 = (p0 ⊗ p8) -> 16x2e
-    _c40 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 0:16].reshape(n, 16, 1), x2[:, 64:144].reshape(n, 16, 5))
-    d2_d__p9_116 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c40)
-    # ∂/∂x2: ∂/∂x1: p9 = (p0 ⊗ p8) -> 16x2e
-    _c41 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 0:16].reshape(n, 16, 1), d__p9)
-    d2_x2_117 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c41)
-    # ∂/∂d__p11: ∂/∂x2: p11 = (p10 ⊗ p1) -> 16x1o
-    _c42 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 0:16].reshape(n, 16, 1), x1[:, 16:64].reshape(n, 16, 3))
-    d2_d__p11_118 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c42)
-    # ∂/∂x1: ∂/∂x2: p11 = (p10 ⊗ p1) -> 16x1o
-    d__p11 = d__p11_83 + d__p11_87 + d__p11_91 + d__p11_95
-    _c43 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 0:16].reshape(n, 16, 1), d__p11)
-    d2_x1_119 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c43)
-    # ∂/∂d__p11: ∂/∂x1: p11 = (p10 ⊗ p1) -> 16x1o
-    _c44 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 16:64].reshape(n, 16, 3), x2[:, 0:16].reshape(n, 16, 1))
-    d2_d__p11_120 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c44)
-    # ∂/∂x2: ∂/∂x1: p11 = (p10 ⊗ p1) -> 16x1o
-    _c45 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d__p11)
-    d2_x2_121 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c45)
-    # ∂/∂d__p12: ∂/∂x2: p12 = (p10 ⊗ p6) -> 16x0e
-    _c46 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 16:64].reshape(n, 16, 3), x1[:, 16:64].reshape(n, 16, 3))
-    d2_d__p12_122 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c46)
-    # ∂/∂x1: ∂/∂x2: p12 = (p10 ⊗ p6) -> 16x0e
-    d__p12 = d__p12_98 + d__p12_101 + d__p12_104
-    _c47 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d__p12)
-    d2_x1_123 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c47)
-    # ∂/∂d__p12: ∂/∂x1: p12 = (p10 ⊗ p6) -> 16x0e
-    _c48 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 16:64].reshape(n, 16, 3), x2[:, 16:64].reshape(n, 16, 3))
-    d2_d__p12_124 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c48)
-    # ∂/∂x2: ∂/∂x1: p12 = (p10 ⊗ p6) -> 16x0e
-    _c49 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d__p12)
-    d2_x2_125 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c49)
-    # ∂/∂d__p13: ∂/∂x2: p13 = (p10 ⊗ p6) -> 16x2e
-    d2_d__p13_126 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c46)
-    # ∂/∂x1: ∂/∂x2: p13 = (p10 ⊗ p6) -> 16x2e
-    d__p13 = d__p13_67 + d__p13_71 + d__p13_75 + d__p13_79
-    _c50 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d__p13)
-    d2_x1_127 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c50)
-    # ∂/∂d__p13: ∂/∂x1: p13 = (p10 ⊗ p6) -> 16x2e
-    d2_d__p13_128 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c48)
-    # ∂/∂x2: ∂/∂x1: p13 = (p10 ⊗ p6) -> 16x2e
-    _c51 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d__p13)
-    d2_x2_129 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c51)
-    # ∂/∂d__p14: ∂/∂x2: p14 = (p10 ⊗ p6) -> 16x1e
-    d2_d__p14_130 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c46)
-    # ∂/∂x1: ∂/∂x2: p14 = (p10 ⊗ p6) -> 16x1e
-    d__p14 = d__p14_62 + d__p14_64
-    _c52 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d__p14)
-    d2_x1_131 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c52)
-    # ∂/∂d__p14: ∂/∂x1: p14 = (p10 ⊗ p6) -> 16x1e
-    d2_d__p14_132 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c48)
-    # ∂/∂x2: ∂/∂x1: p14 = (p10 ⊗ p6) -> 16x1e
-    _c53 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d__p14)
-    d2_x2_133 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c53)
-    # ∂/∂d__p15: ∂/∂x2: p15 = (p10 ⊗ p8) -> 16x1o
-    _c54 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 64:144].reshape(n, 16, 5), x1[:, 16:64].reshape(n, 16, 3))
-    d2_d__p15_134 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c54)
-    # ∂/∂x1: ∂/∂x2: p15 = (p10 ⊗ p8) -> 16x1o
-    d__p15 = d__p15_82 + d__p15_86 + d__p15_90 + d__p15_94
-    _c55 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d__p15)
-    d2_x1_135 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c55)
-    # ∂/∂d__p15: ∂/∂x1: p15 = (p10 ⊗ p8) -> 16x1o
-    _c56 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 16:64].reshape(n, 16, 3), x2[:, 64:144].reshape(n, 16, 5))
-    d2_d__p15_136 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c56)
-    # ∂/∂x2: ∂/∂x1: p15 = (p10 ⊗ p8) -> 16x1o
-    _c57 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d__p15)
-    d2_x2_137 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c57)
-    # ∂/∂d__p16: ∂/∂x2: p16 = (p10 ⊗ p8) -> 16x2o
-    d2_d__p16_138 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c54)
-    # ∂/∂x1: ∂/∂x2: p16 = (p10 ⊗ p8) -> 16x2o
-    d__p16 = d__p16_56 + d__p16_60
-    _c58 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d__p16)
-    d2_x1_139 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c58)
-    # ∂/∂d__p16: ∂/∂x1: p16 = (p10 ⊗ p8) -> 16x2o
-    d2_d__p16_140 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c56)
-    # ∂/∂x2: ∂/∂x1: p16 = (p10 ⊗ p8) -> 16x2o
-    _c59 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d__p16)
-    d2_x2_141 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c59)
-    # ∂/∂d__p17: ∂/∂x2: p17 = (p10 ⊗ p8) -> 16x3o
-    d2_d__p17_142 = torch.einsum("ijk,ziju->zuk", cg_1_2_3, _c54)
-    # ∂/∂x1: ∂/∂x2: p17 = (p10 ⊗ p8) -> 16x3o
-    d__p17 = d__p17_54 + d__p17_58
-    _c60 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d__p17)
-    d2_x1_143 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c60)
-    # ∂/∂d__p17: ∂/∂x1: p17 = (p10 ⊗ p8) -> 16x3o
-    d2_d__p17_144 = torch.einsum("ijk,ziju->zuk", cg_1_2_3, _c56)
-    # ∂/∂x2: ∂/∂x1: p17 = (p10 ⊗ p8) -> 16x3o
-    _c61 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 16:64].reshape(n, 16, 3), d__p17)
-    d2_x2_145 = torch.einsum("ijk,ziku->zuj", cg_1_2_3, _c61)
-    # ∂/∂d__p19: ∂/∂x2: p19 = (p18 ⊗ p1) -> 16x2e
-    _c62 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 0:16].reshape(n, 16, 1), x1[:, 64:144].reshape(n, 16, 5))
-    d2_d__p19_146 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c62)
-    # ∂/∂x1: ∂/∂x2: p19 = (p18 ⊗ p1) -> 16x2e
-    d__p19 = d__p19_66 + d__p19_70 + d__p19_74 + d__p19_78
-    _c63 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 0:16].reshape(n, 16, 1), d__p19)
-    d2_x1_147 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c63)
-    # ∂/∂d__p19: ∂/∂x1: p19 = (p18 ⊗ p1) -> 16x2e
-    _c64 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 64:144].reshape(n, 16, 5), x2[:, 0:16].reshape(n, 16, 1))
-    d2_d__p19_148 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c64)
-    # ∂/∂x2: ∂/∂x1: p19 = (p18 ⊗ p1) -> 16x2e
-    _c65 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d__p19)
-    d2_x2_149 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c65)
-    # ∂/∂d__p20: ∂/∂x2: p20 = (p18 ⊗ p6) -> 16x1o
-    _c66 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 16:64].reshape(n, 16, 3), x1[:, 64:144].reshape(n, 16, 5))
-    d2_d__p20_150 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c66)
-    # ∂/∂x1: ∂/∂x2: p20 = (p18 ⊗ p6) -> 16x1o
-    d__p20 = d__p20_81 + d__p20_85 + d__p20_89 + d__p20_93
-    _c67 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d__p20)
-    d2_x1_151 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c67)
-    # ∂/∂d__p20: ∂/∂x1: p20 = (p18 ⊗ p6) -> 16x1o
-    _c68 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 64:144].reshape(n, 16, 5), x2[:, 16:64].reshape(n, 16, 3))
-    d2_d__p20_152 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c68)
-    # ∂/∂x2: ∂/∂x1: p20 = (p18 ⊗ p6) -> 16x1o
-    _c69 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d__p20)
-    d2_x2_153 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c69)
-    # ∂/∂d__p21: ∂/∂x2: p21 = (p18 ⊗ p6) -> 16x2o
-    d2_d__p21_154 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c66)
-    # ∂/∂x1: ∂/∂x2: p21 = (p18 ⊗ p6) -> 16x2o
-    d__p21 = d__p21_55 + d__p21_59
-    _c70 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d__p21)
-    d2_x1_155 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c70)
-    # ∂/∂d__p21: ∂/∂x1: p21 = (p18 ⊗ p6) -> 16x2o
-    d2_d__p21_156 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c68)
-    # ∂/∂x2: ∂/∂x1: p21 = (p18 ⊗ p6) -> 16x2o
-    _c71 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d__p21)
-    d2_x2_157 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c71)
-    # ∂/∂d__p22: ∂/∂x2: p22 = (p18 ⊗ p6) -> 16x3o
-    d2_d__p22_158 = torch.einsum("ijk,ziju->zuk", cg_2_1_3, _c66)
-    # ∂/∂x1: ∂/∂x2: p22 = (p18 ⊗ p6) -> 16x3o
-    d__p22 = d__p22_53 + d__p22_57
-    _c72 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 16:64].reshape(n, 16, 3), d__p22)
-    d2_x1_159 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c72)
-    # ∂/∂d__p22: ∂/∂x1: p22 = (p18 ⊗ p6) -> 16x3o
-    d2_d__p22_160 = torch.einsum("ijk,ziju->zuk", cg_2_1_3, _c68)
-    # ∂/∂x2: ∂/∂x1: p22 = (p18 ⊗ p6) -> 16x3o
-    _c73 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d__p22)
-    d2_x2_161 = torch.einsum("ijk,ziku->zuj", cg_2_1_3, _c73)
-    # ∂/∂d__p23: ∂/∂x2: p23 = (p18 ⊗ p8) -> 16x0e
-    _c74 = torch.einsum("zuj,zui->ziju", d2_d_x2[:, 64:144].reshape(n, 16, 5), x1[:, 64:144].reshape(n, 16, 5))
-    d2_d__p23_162 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c74)
-    # ∂/∂x1: ∂/∂x2: p23 = (p18 ⊗ p8) -> 16x0e
-    d__p23 = d__p23_97 + d__p23_100 + d__p23_103
-    _c75 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d__p23)
-    d2_x1_163 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c75)
-    # ∂/∂d__p23: ∂/∂x1: p23 = (p18 ⊗ p8) -> 16x0e
-    _c76 = torch.einsum("zui,zuj->ziju", d2_d_x1[:, 64:144].reshape(n, 16, 5), x2[:, 64:144].reshape(n, 16, 5))
-    d2_d__p23_164 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c76)
-    # ∂/∂x2: ∂/∂x1: p23 = (p18 ⊗ p8) -> 16x0e
-    _c77 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d__p23)
-    d2_x2_165 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c77)
-    # ∂/∂d__p24: ∂/∂x2: p24 = (p18 ⊗ p8) -> 16x2e
-    d2_d__p24_166 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c74)
-    # ∂/∂x1: ∂/∂x2: p24 = (p18 ⊗ p8) -> 16x2e
-    d__p24 = d__p24_65 + d__p24_69 + d__p24_73 + d__p24_77
-    _c78 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d__p24)
-    d2_x1_167 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c78)
-    # ∂/∂d__p24: ∂/∂x1: p24 = (p18 ⊗ p8) -> 16x2e
-    d2_d__p24_168 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c76)
-    # ∂/∂x2: ∂/∂x1: p24 = (p18 ⊗ p8) -> 16x2e
-    _c79 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d__p24)
-    d2_x2_169 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c79)
-    # ∂/∂d__p25: ∂/∂x2: p25 = (p18 ⊗ p8) -> 16x1e
-    d2_d__p25_170 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c74)
-    # ∂/∂x1: ∂/∂x2: p25 = (p18 ⊗ p8) -> 16x1e
-    d__p25 = d__p25_61 + d__p25_63
-    _c80 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d__p25)
-    d2_x1_171 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c80)
-    # ∂/∂d__p25: ∂/∂x1: p25 = (p18 ⊗ p8) -> 16x1e
-    d2_d__p25_172 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c76)
-    # ∂/∂x2: ∂/∂x1: p25 = (p18 ⊗ p8) -> 16x1e
-    _c81 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d__p25)
-    d2_x2_173 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c81)
-    # ∂/∂d__p26: ∂/∂x2: p26 = (p18 ⊗ p8) -> 16x3e
-    d2_d__p26_174 = torch.einsum("ijk,ziju->zuk", cg_2_2_3, _c74)
-    # ∂/∂x1: ∂/∂x2: p26 = (p18 ⊗ p8) -> 16x3e
-    _c82 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d__p26)
-    d2_x1_175 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c82)
-    # ∂/∂d__p26: ∂/∂x1: p26 = (p18 ⊗ p8) -> 16x3e
-    d2_d__p26_176 = torch.einsum("ijk,ziju->zuk", cg_2_2_3, _c76)
-    # ∂/∂x2: ∂/∂x1: p26 = (p18 ⊗ p8) -> 16x3e
-    _c83 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d__p26)
-    d2_x2_177 = torch.einsum("ijk,ziku->zuj", cg_2_2_3, _c83)
-    # ∂/∂d__p27: ∂/∂x2: p27 = (p18 ⊗ p8) -> 16x4e
-    d2_d__p27_178 = torch.einsum("ijk,ziju->zuk", cg_2_2_4, _c74)
-    # ∂/∂x1: ∂/∂x2: p27 = (p18 ⊗ p8) -> 16x4e
-    _c84 = torch.einsum("zuj,zuk->zjku", d2_d_x2[:, 64:144].reshape(n, 16, 5), d__p27)
-    d2_x1_179 = torch.einsum("ijk,zjku->zui", cg_2_2_4, _c84)
-    # ∂/∂d__p27: ∂/∂x1: p27 = (p18 ⊗ p8) -> 16x4e
-    d2_d__p27_180 = torch.einsum("ijk,ziju->zuk", cg_2_2_4, _c76)
-    # ∂/∂x2: ∂/∂x1: p27 = (p18 ⊗ p8) -> 16x4e
-    _c85 = torch.einsum("zui,zuk->ziku", d2_d_x1[:, 64:144].reshape(n, 16, 5), d__p27)
-    d2_x2_181 = torch.einsum("ijk,ziku->zuj", cg_2_2_4, _c85)
-    d2_d__p28_182 = torch.einsum("u,zui->zui", (d2_d_weight[0:16].view(16) * 0.30151134457776363), _p2)
-    d2__p2_183 = torch.einsum("u,zui->zui", (d2_d_weight[0:16].view(16) * 0.30151134457776363), d__p28)
-    d2_d__p2 = d2_d__p2_106 + d2_d__p2_108
-    d2_d__p28_184 = torch.einsum("zui,u->zui", d2_d__p2, (weight[0:16].view(16) * 0.30151134457776363))
-    d2_weight_185 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.30151134457776363), d__p28)
-    d2_d__p28_186 = torch.einsum("u,zui->zui", (d2_d_weight[240:256].view(16) * 0.30151134457776363), _p12)
-    d2__p12_187 = torch.einsum("u,zui->zui", (d2_d_weight[240:256].view(16) * 0.30151134457776363), d__p28)
-    d2_d__p12 = d2_d__p12_122 + d2_d__p12_124
-    d2_d__p28_188 = torch.einsum("zui,u->zui", d2_d__p12, (weight[240:256].view(16) * 0.30151134457776363))
-    d2_weight_189 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.30151134457776363), d__p28)
-    d2_d__p28_190 = torch.einsum("u,zui->zui", (d2_d_weight[704:720].view(16) * 0.30151134457776363), _p23)
-    d2__p23_191 = torch.einsum("u,zui->zui", (d2_d_weight[704:720].view(16) * 0.30151134457776363), d__p28)
-    d2_d__p23 = d2_d__p23_162 + d2_d__p23_164
-    d2_d__p28_192 = torch.einsum("zui,u->zui", d2_d__p23, (weight[704:720].view(16) * 0.30151134457776363))
-    d2_weight_193 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.30151134457776363), d__p28)
-    # ∂/∂d__p29: ∂/∂x3: p29 = (p28 ⊗ p3) -> 16x0e
-    _p28 = p28_0 + p28_1 + p28_2
-    _c86 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 0:16].reshape(n, 16, 1), _p28)
-    d2_d__p29_194 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c86)
-    # ∂/∂_p28: ∂/∂x3: p29 = (p28 ⊗ p3) -> 16x0e
-    _c87 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 0:16].reshape(n, 16, 1), d__p29)
-    d2__p28 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c87)
+    _c27 = torch.einsum("zuk,zuj->zjku", d__p29, x3[:, 0:16].reshape(n, 16, 1))
+    d__p28 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c27)
+    d2_d__p28_0 = torch.einsum("u,zui->zui", (d2_d_weight[0:16].view(16) * 0.30151134457776363), _p2)
+    d2__p2_1 = torch.einsum("u,zui->zui", (d2_d_weight[0:16].view(16) * 0.30151134457776363), d__p28)
+    d2_d__p28_2 = torch.einsum("u,zui->zui", (d2_d_weight[240:256].view(16) * 0.30151134457776363), _p12)
+    d2__p12_3 = torch.einsum("u,zui->zui", (d2_d_weight[240:256].view(16) * 0.30151134457776363), d__p28)
+    d2_d__p28_4 = torch.einsum("u,zui->zui", (d2_d_weight[704:720].view(16) * 0.30151134457776363), _p23)
+    d2__p23_5 = torch.einsum("u,zui->zui", (d2_d_weight[704:720].view(16) * 0.30151134457776363), d__p28)
     # ∂/∂d__p29: ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
-    d2_d__p28 = d2_d__p28_182 + d2_d__p28_184 + d2_d__p28_186 + d2_d__p28_188 + d2_d__p28_190 + d2_d__p28_192
-    _c88 = torch.einsum("zui,zuj->ziju", d2_d__p28, x3[:, 0:16].reshape(n, 16, 1))
-    d2_d__p29_195 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c88)
+    d2_d__p28 = d2_d__p28_0 + d2_d__p28_2 + d2_d__p28_4
+    _c28 = torch.einsum("zui,zuj->ziju", d2_d__p28, x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p29 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c28)
     # ∂/∂x3: ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
-    _c89 = torch.einsum("zui,zuk->ziku", d2_d__p28, d__p29)
-    d2_x3_196 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c89)
-    d2_d__p29 = d2_d__p29_194 + d2_d__p29_195
-    d2_d_y_197 = d2_d__p29
-    d2_d__p30_198 = torch.einsum("u,zui->zui", (d2_d_weight[16:32].view(16) * 0.3779644730092272), _p2)
-    d2__p2_199 = torch.einsum("u,zui->zui", (d2_d_weight[16:32].view(16) * 0.3779644730092272), d__p30)
-    d2_d__p30_200 = torch.einsum("zui,u->zui", d2_d__p2, (weight[16:32].view(16) * 0.3779644730092272))
-    d2_weight_201 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.3779644730092272), d__p30)
-    d2_d__p30_202 = torch.einsum("u,zui->zui", (d2_d_weight[272:288].view(16) * 0.3779644730092272), _p12)
-    d2__p12_203 = torch.einsum("u,zui->zui", (d2_d_weight[272:288].view(16) * 0.3779644730092272), d__p30)
-    d2_d__p30_204 = torch.einsum("zui,u->zui", d2_d__p12, (weight[272:288].view(16) * 0.3779644730092272))
-    d2_weight_205 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.3779644730092272), d__p30)
-    d2_d__p30_206 = torch.einsum("u,zui->zui", (d2_d_weight[736:752].view(16) * 0.3779644730092272), _p23)
-    d2__p23_207 = torch.einsum("u,zui->zui", (d2_d_weight[736:752].view(16) * 0.3779644730092272), d__p30)
-    d2_d__p30_208 = torch.einsum("zui,u->zui", d2_d__p23, (weight[736:752].view(16) * 0.3779644730092272))
-    d2_weight_209 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.3779644730092272), d__p30)
-    # ∂/∂d__p31: ∂/∂x3: p31 = (p30 ⊗ p4) -> 16x1o
-    _p30 = p30_3 + p30_4 + p30_5
-    _c90 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), _p30)
-    d2_d__p31_210 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c90)
-    # ∂/∂_p30: ∂/∂x3: p31 = (p30 ⊗ p4) -> 16x1o
-    _c91 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p31)
-    d2__p30 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c91)
+    _c29 = torch.einsum("zui,zuk->ziku", d2_d__p28, d__p29)
+    d2_x3_6 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c29)
+    d2_d_y_7 = d2_d__p29
+    d2_d__p30_8 = torch.einsum("u,zui->zui", (d2_d_weight[16:32].view(16) * 0.3779644730092272), _p2)
+    d2__p2_9 = torch.einsum("u,zui->zui", (d2_d_weight[16:32].view(16) * 0.3779644730092272), d__p30)
+    d2_d__p30_10 = torch.einsum("u,zui->zui", (d2_d_weight[272:288].view(16) * 0.3779644730092272), _p12)
+    d2__p12_11 = torch.einsum("u,zui->zui", (d2_d_weight[272:288].view(16) * 0.3779644730092272), d__p30)
+    d2_d__p30_12 = torch.einsum("u,zui->zui", (d2_d_weight[736:752].view(16) * 0.3779644730092272), _p23)
+    d2__p23_13 = torch.einsum("u,zui->zui", (d2_d_weight[736:752].view(16) * 0.3779644730092272), d__p30)
     # ∂/∂d__p31: ∂/∂_p30: p31 = (p30 ⊗ p4) -> 16x1o
-    d2_d__p30 = d2_d__p30_198 + d2_d__p30_200 + d2_d__p30_202 + d2_d__p30_204 + d2_d__p30_206 + d2_d__p30_208
-    _c92 = torch.einsum("zui,zuj->ziju", d2_d__p30, x3[:, 16:64].reshape(n, 16, 3))
-    d2_d__p31_211 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c92)
+    d2_d__p30 = d2_d__p30_8 + d2_d__p30_10 + d2_d__p30_12
+    _c30 = torch.einsum("zui,zuj->ziju", d2_d__p30, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p31 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c30)
     # ∂/∂x3: ∂/∂_p30: p31 = (p30 ⊗ p4) -> 16x1o
-    _c93 = torch.einsum("zui,zuk->ziku", d2_d__p30, d__p31)
-    d2_x3_212 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c93)
-    d2_d__p31 = d2_d__p31_210 + d2_d__p31_211
-    d2_d_y_213 = d2_d__p31
-    d2_d__p32_214 = torch.einsum("u,zui->zui", (d2_d_weight[32:48].view(16) * 0.4662524041201569), _p2)
-    d2__p2_215 = torch.einsum("u,zui->zui", (d2_d_weight[32:48].view(16) * 0.4662524041201569), d__p32)
-    d2_d__p32_216 = torch.einsum("zui,u->zui", d2_d__p2, (weight[32:48].view(16) * 0.4662524041201569))
-    d2_weight_217 = torch.einsum("zui,zui->u", (d2_d__p2 * 0.4662524041201569), d__p32)
-    d2_d__p32_218 = torch.einsum("u,zui->zui", (d2_d_weight[320:336].view(16) * 0.4662524041201569), _p12)
-    d2__p12_219 = torch.einsum("u,zui->zui", (d2_d_weight[320:336].view(16) * 0.4662524041201569), d__p32)
-    d2_d__p32_220 = torch.einsum("zui,u->zui", d2_d__p12, (weight[320:336].view(16) * 0.4662524041201569))
-    d2_weight_221 = torch.einsum("zui,zui->u", (d2_d__p12 * 0.4662524041201569), d__p32)
-    d2_d__p32_222 = torch.einsum("u,zui->zui", (d2_d_weight[784:800].view(16) * 0.4662524041201569), _p23)
-    d2__p23_223 = torch.einsum("u,zui->zui", (d2_d_weight[784:800].view(16) * 0.4662524041201569), d__p32)
-    d2_d__p32_224 = torch.einsum("zui,u->zui", d2_d__p23, (weight[784:800].view(16) * 0.4662524041201569))
-    d2_weight_225 = torch.einsum("zui,zui->u", (d2_d__p23 * 0.4662524041201569), d__p32)
-    # ∂/∂d__p33: ∂/∂x3: p33 = (p32 ⊗ p5) -> 16x2e
-    _p32 = p32_6 + p32_7 + p32_8
-    _c94 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), _p32)
-    d2_d__p33_226 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c94)
-    # ∂/∂_p32: ∂/∂x3: p33 = (p32 ⊗ p5) -> 16x2e
-    _c95 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p33)
-    d2__p32 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c95)
+    _c31 = torch.einsum("zui,zuk->ziku", d2_d__p30, d__p31)
+    d2_x3_14 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c31)
+    d2_d_y_15 = d2_d__p31
+    d2_d__p32_16 = torch.einsum("u,zui->zui", (d2_d_weight[32:48].view(16) * 0.4662524041201569), _p2)
+    d2__p2_17 = torch.einsum("u,zui->zui", (d2_d_weight[32:48].view(16) * 0.4662524041201569), d__p32)
+    d2_d__p32_18 = torch.einsum("u,zui->zui", (d2_d_weight[320:336].view(16) * 0.4662524041201569), _p12)
+    d2__p12_19 = torch.einsum("u,zui->zui", (d2_d_weight[320:336].view(16) * 0.4662524041201569), d__p32)
+    d2_d__p32_20 = torch.einsum("u,zui->zui", (d2_d_weight[784:800].view(16) * 0.4662524041201569), _p23)
+    d2__p23_21 = torch.einsum("u,zui->zui", (d2_d_weight[784:800].view(16) * 0.4662524041201569), d__p32)
     # ∂/∂d__p33: ∂/∂_p32: p33 = (p32 ⊗ p5) -> 16x2e
-    d2_d__p32 = d2_d__p32_214 + d2_d__p32_216 + d2_d__p32_218 + d2_d__p32_220 + d2_d__p32_222 + d2_d__p32_224
-    _c96 = torch.einsum("zui,zuj->ziju", d2_d__p32, x3[:, 64:144].reshape(n, 16, 5))
-    d2_d__p33_227 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c96)
+    d2_d__p32 = d2_d__p32_16 + d2_d__p32_18 + d2_d__p32_20
+    _c32 = torch.einsum("zui,zuj->ziju", d2_d__p32, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p33 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c32)
     # ∂/∂x3: ∂/∂_p32: p33 = (p32 ⊗ p5) -> 16x2e
-    _c97 = torch.einsum("zui,zuk->ziku", d2_d__p32, d__p33)
-    d2_x3_228 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c97)
-    d2_d__p33 = d2_d__p33_226 + d2_d__p33_227
-    d2_d_y_229 = d2_d__p33
-    d2_d__p34_230 = torch.einsum("u,zui->zui", (d2_d_weight[48:64].view(16) * 0.6546536707079771), _p7)
-    d2__p7_231 = torch.einsum("u,zui->zui", (d2_d_weight[48:64].view(16) * 0.6546536707079771), d__p34)
-    d2_d__p7 = d2_d__p7_110 + d2_d__p7_112
-    d2_d__p34_232 = torch.einsum("zui,u->zui", d2_d__p7, (weight[48:64].view(16) * 0.6546536707079771))
-    d2_weight_233 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.6546536707079771), d__p34)
-    d2_d__p34_234 = torch.einsum("u,zui->zui", (d2_d_weight[176:192].view(16) * 0.6546536707079771), _p11)
-    d2__p11_235 = torch.einsum("u,zui->zui", (d2_d_weight[176:192].view(16) * 0.6546536707079771), d__p34)
-    d2_d__p11 = d2_d__p11_118 + d2_d__p11_120
-    d2_d__p34_236 = torch.einsum("zui,u->zui", d2_d__p11, (weight[176:192].view(16) * 0.6546536707079771))
-    d2_weight_237 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.6546536707079771), d__p34)
-    d2_d__p34_238 = torch.einsum("u,zui->zui", (d2_d_weight[384:400].view(16) * 0.6546536707079771), _p15)
-    d2__p15_239 = torch.einsum("u,zui->zui", (d2_d_weight[384:400].view(16) * 0.6546536707079771), d__p34)
-    d2_d__p15 = d2_d__p15_134 + d2_d__p15_136
-    d2_d__p34_240 = torch.einsum("zui,u->zui", d2_d__p15, (weight[384:400].view(16) * 0.6546536707079771))
-    d2_weight_241 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.6546536707079771), d__p34)
-    d2_d__p34_242 = torch.einsum("u,zui->zui", (d2_d_weight[576:592].view(16) * 0.6546536707079771), _p20)
-    d2__p20_243 = torch.einsum("u,zui->zui", (d2_d_weight[576:592].view(16) * 0.6546536707079771), d__p34)
-    d2_d__p20 = d2_d__p20_150 + d2_d__p20_152
-    d2_d__p34_244 = torch.einsum("zui,u->zui", d2_d__p20, (weight[576:592].view(16) * 0.6546536707079771))
-    d2_weight_245 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.6546536707079771), d__p34)
-    # ∂/∂d__p35: ∂/∂x3: p35 = (p34 ⊗ p3) -> 16x1o
-    _p34 = p34_9 + p34_10 + p34_11 + p34_12
-    _c98 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 0:16].reshape(n, 16, 1), _p34)
-    d2_d__p35_246 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c98)
-    # ∂/∂_p34: ∂/∂x3: p35 = (p34 ⊗ p3) -> 16x1o
-    _c99 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 0:16].reshape(n, 16, 1), d__p35)
-    d2__p34 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c99)
+    _c33 = torch.einsum("zui,zuk->ziku", d2_d__p32, d__p33)
+    d2_x3_22 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c33)
+    d2_d_y_23 = d2_d__p33
+    d2_d__p34_24 = torch.einsum("u,zui->zui", (d2_d_weight[48:64].view(16) * 0.6546536707079771), _p7)
+    d2__p7_25 = torch.einsum("u,zui->zui", (d2_d_weight[48:64].view(16) * 0.6546536707079771), d__p34)
+    d2_d__p34_26 = torch.einsum("u,zui->zui", (d2_d_weight[176:192].view(16) * 0.6546536707079771), _p11)
+    d2__p11_27 = torch.einsum("u,zui->zui", (d2_d_weight[176:192].view(16) * 0.6546536707079771), d__p34)
+    d2_d__p34_28 = torch.einsum("u,zui->zui", (d2_d_weight[384:400].view(16) * 0.6546536707079771), _p15)
+    d2__p15_29 = torch.einsum("u,zui->zui", (d2_d_weight[384:400].view(16) * 0.6546536707079771), d__p34)
+    d2_d__p34_30 = torch.einsum("u,zui->zui", (d2_d_weight[576:592].view(16) * 0.6546536707079771), _p20)
+    d2__p20_31 = torch.einsum("u,zui->zui", (d2_d_weight[576:592].view(16) * 0.6546536707079771), d__p34)
     # ∂/∂d__p35: ∂/∂_p34: p35 = (p34 ⊗ p3) -> 16x1o
-    d2_d__p34 = d2_d__p34_230 + d2_d__p34_232 + d2_d__p34_234 + d2_d__p34_236 + d2_d__p34_238 + d2_d__p34_240 + d2_d__p34_242 + d2_d__p34_244
-    _c100 = torch.einsum("zui,zuj->ziju", d2_d__p34, x3[:, 0:16].reshape(n, 16, 1))
-    d2_d__p35_247 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c100)
+    d2_d__p34 = d2_d__p34_24 + d2_d__p34_26 + d2_d__p34_28 + d2_d__p34_30
+    _c34 = torch.einsum("zui,zuj->ziju", d2_d__p34, x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p35 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c34)
     # ∂/∂x3: ∂/∂_p34: p35 = (p34 ⊗ p3) -> 16x1o
-    _c101 = torch.einsum("zui,zuk->ziku", d2_d__p34, d__p35)
-    d2_x3_248 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c101)
-    d2_d__p35 = d2_d__p35_246 + d2_d__p35_247
-    d2_d_y_249 = d2_d__p35
-    d2_d__p36_250 = torch.einsum("u,zui->zui", (d2_d_weight[64:80].view(16) * 0.5222329678670935), _p7)
-    d2__p7_251 = torch.einsum("u,zui->zui", (d2_d_weight[64:80].view(16) * 0.5222329678670935), d__p36)
-    d2_d__p36_252 = torch.einsum("zui,u->zui", d2_d__p7, (weight[64:80].view(16) * 0.5222329678670935))
-    d2_weight_253 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.5222329678670935), d__p36)
-    d2_d__p36_254 = torch.einsum("u,zui->zui", (d2_d_weight[192:208].view(16) * 0.5222329678670935), _p11)
-    d2__p11_255 = torch.einsum("u,zui->zui", (d2_d_weight[192:208].view(16) * 0.5222329678670935), d__p36)
-    d2_d__p36_256 = torch.einsum("zui,u->zui", d2_d__p11, (weight[192:208].view(16) * 0.5222329678670935))
-    d2_weight_257 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.5222329678670935), d__p36)
-    d2_d__p36_258 = torch.einsum("u,zui->zui", (d2_d_weight[400:416].view(16) * 0.5222329678670935), _p15)
-    d2__p15_259 = torch.einsum("u,zui->zui", (d2_d_weight[400:416].view(16) * 0.5222329678670935), d__p36)
-    d2_d__p36_260 = torch.einsum("zui,u->zui", d2_d__p15, (weight[400:416].view(16) * 0.5222329678670935))
-    d2_weight_261 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.5222329678670935), d__p36)
-    d2_d__p36_262 = torch.einsum("u,zui->zui", (d2_d_weight[592:608].view(16) * 0.5222329678670935), _p20)
-    d2__p20_263 = torch.einsum("u,zui->zui", (d2_d_weight[592:608].view(16) * 0.5222329678670935), d__p36)
-    d2_d__p36_264 = torch.einsum("zui,u->zui", d2_d__p20, (weight[592:608].view(16) * 0.5222329678670935))
-    d2_weight_265 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.5222329678670935), d__p36)
-    # ∂/∂d__p37: ∂/∂x3: p37 = (p36 ⊗ p4) -> 16x0e
-    _p36 = p36_13 + p36_14 + p36_15 + p36_16
-    _c102 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), _p36)
-    d2_d__p37_266 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c102)
-    # ∂/∂_p36: ∂/∂x3: p37 = (p36 ⊗ p4) -> 16x0e
-    _c103 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p37)
-    d2__p36 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c103)
+    _c35 = torch.einsum("zui,zuk->ziku", d2_d__p34, d__p35)
+    d2_x3_32 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c35)
+    d2_d_y_33 = d2_d__p35
+    d2_d__p36_34 = torch.einsum("u,zui->zui", (d2_d_weight[64:80].view(16) * 0.5222329678670935), _p7)
+    d2__p7_35 = torch.einsum("u,zui->zui", (d2_d_weight[64:80].view(16) * 0.5222329678670935), d__p36)
+    d2_d__p36_36 = torch.einsum("u,zui->zui", (d2_d_weight[192:208].view(16) * 0.5222329678670935), _p11)
+    d2__p11_37 = torch.einsum("u,zui->zui", (d2_d_weight[192:208].view(16) * 0.5222329678670935), d__p36)
+    d2_d__p36_38 = torch.einsum("u,zui->zui", (d2_d_weight[400:416].view(16) * 0.5222329678670935), _p15)
+    d2__p15_39 = torch.einsum("u,zui->zui", (d2_d_weight[400:416].view(16) * 0.5222329678670935), d__p36)
+    d2_d__p36_40 = torch.einsum("u,zui->zui", (d2_d_weight[592:608].view(16) * 0.5222329678670935), _p20)
+    d2__p20_41 = torch.einsum("u,zui->zui", (d2_d_weight[592:608].view(16) * 0.5222329678670935), d__p36)
     # ∂/∂d__p37: ∂/∂_p36: p37 = (p36 ⊗ p4) -> 16x0e
-    d2_d__p36 = d2_d__p36_250 + d2_d__p36_252 + d2_d__p36_254 + d2_d__p36_256 + d2_d__p36_258 + d2_d__p36_260 + d2_d__p36_262 + d2_d__p36_264
-    _c104 = torch.einsum("zui,zuj->ziju", d2_d__p36, x3[:, 16:64].reshape(n, 16, 3))
-    d2_d__p37_267 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c104)
+    d2_d__p36 = d2_d__p36_34 + d2_d__p36_36 + d2_d__p36_38 + d2_d__p36_40
+    _c36 = torch.einsum("zui,zuj->ziju", d2_d__p36, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p37 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c36)
     # ∂/∂x3: ∂/∂_p36: p37 = (p36 ⊗ p4) -> 16x0e
-    _c105 = torch.einsum("zui,zuk->ziku", d2_d__p36, d__p37)
-    d2_x3_268 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c105)
-    d2_d__p37 = d2_d__p37_266 + d2_d__p37_267
-    d2_d_y_269 = d2_d__p37
-    d2_d__p38_270 = torch.einsum("u,zui->zui", (d2_d_weight[80:96].view(16) * 0.8075728530872482), _p7)
-    d2__p7_271 = torch.einsum("u,zui->zui", (d2_d_weight[80:96].view(16) * 0.8075728530872482), d__p38)
-    d2_d__p38_272 = torch.einsum("zui,u->zui", d2_d__p7, (weight[80:96].view(16) * 0.8075728530872482))
-    d2_weight_273 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.8075728530872482), d__p38)
-    d2_d__p38_274 = torch.einsum("u,zui->zui", (d2_d_weight[208:224].view(16) * 0.8075728530872482), _p11)
-    d2__p11_275 = torch.einsum("u,zui->zui", (d2_d_weight[208:224].view(16) * 0.8075728530872482), d__p38)
-    d2_d__p38_276 = torch.einsum("zui,u->zui", d2_d__p11, (weight[208:224].view(16) * 0.8075728530872482))
-    d2_weight_277 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.8075728530872482), d__p38)
-    d2_d__p38_278 = torch.einsum("u,zui->zui", (d2_d_weight[416:432].view(16) * 0.8075728530872482), _p15)
-    d2__p15_279 = torch.einsum("u,zui->zui", (d2_d_weight[416:432].view(16) * 0.8075728530872482), d__p38)
-    d2_d__p38_280 = torch.einsum("zui,u->zui", d2_d__p15, (weight[416:432].view(16) * 0.8075728530872482))
-    d2_weight_281 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.8075728530872482), d__p38)
-    d2_d__p38_282 = torch.einsum("u,zui->zui", (d2_d_weight[608:624].view(16) * 0.8075728530872482), _p20)
-    d2__p20_283 = torch.einsum("u,zui->zui", (d2_d_weight[608:624].view(16) * 0.8075728530872482), d__p38)
-    d2_d__p38_284 = torch.einsum("zui,u->zui", d2_d__p20, (weight[608:624].view(16) * 0.8075728530872482))
-    d2_weight_285 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.8075728530872482), d__p38)
-    # ∂/∂d__p39: ∂/∂x3: p39 = (p38 ⊗ p4) -> 16x2e
-    _p38 = p38_17 + p38_18 + p38_19 + p38_20
-    _c106 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), _p38)
-    d2_d__p39_286 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c106)
-    # ∂/∂_p38: ∂/∂x3: p39 = (p38 ⊗ p4) -> 16x2e
-    _c107 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p39)
-    d2__p38 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c107)
+    _c37 = torch.einsum("zui,zuk->ziku", d2_d__p36, d__p37)
+    d2_x3_42 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c37)
+    d2_d_y_43 = d2_d__p37
+    d2_d__p38_44 = torch.einsum("u,zui->zui", (d2_d_weight[80:96].view(16) * 0.8075728530872482), _p7)
+    d2__p7_45 = torch.einsum("u,zui->zui", (d2_d_weight[80:96].view(16) * 0.8075728530872482), d__p38)
+    d2_d__p38_46 = torch.einsum("u,zui->zui", (d2_d_weight[208:224].view(16) * 0.8075728530872482), _p11)
+    d2__p11_47 = torch.einsum("u,zui->zui", (d2_d_weight[208:224].view(16) * 0.8075728530872482), d__p38)
+    d2_d__p38_48 = torch.einsum("u,zui->zui", (d2_d_weight[416:432].view(16) * 0.8075728530872482), _p15)
+    d2__p15_49 = torch.einsum("u,zui->zui", (d2_d_weight[416:432].view(16) * 0.8075728530872482), d__p38)
+    d2_d__p38_50 = torch.einsum("u,zui->zui", (d2_d_weight[608:624].view(16) * 0.8075728530872482), _p20)
+    d2__p20_51 = torch.einsum("u,zui->zui", (d2_d_weight[608:624].view(16) * 0.8075728530872482), d__p38)
     # ∂/∂d__p39: ∂/∂_p38: p39 = (p38 ⊗ p4) -> 16x2e
-    d2_d__p38 = d2_d__p38_270 + d2_d__p38_272 + d2_d__p38_274 + d2_d__p38_276 + d2_d__p38_278 + d2_d__p38_280 + d2_d__p38_282 + d2_d__p38_284
-    _c108 = torch.einsum("zui,zuj->ziju", d2_d__p38, x3[:, 16:64].reshape(n, 16, 3))
-    d2_d__p39_287 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c108)
+    d2_d__p38 = d2_d__p38_44 + d2_d__p38_46 + d2_d__p38_48 + d2_d__p38_50
+    _c38 = torch.einsum("zui,zuj->ziju", d2_d__p38, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p39 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c38)
     # ∂/∂x3: ∂/∂_p38: p39 = (p38 ⊗ p4) -> 16x2e
-    _c109 = torch.einsum("zui,zuk->ziku", d2_d__p38, d__p39)
-    d2_x3_288 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c109)
-    d2_d__p39 = d2_d__p39_286 + d2_d__p39_287
-    d2_d_y_289 = d2_d__p39
-    d2_d__p40_290 = torch.einsum("u,zui->zui", (d2_d_weight[96:112].view(16) * 0.6546536707079771), _p7)
-    d2__p7_291 = torch.einsum("u,zui->zui", (d2_d_weight[96:112].view(16) * 0.6546536707079771), d__p40)
-    d2_d__p40_292 = torch.einsum("zui,u->zui", d2_d__p7, (weight[96:112].view(16) * 0.6546536707079771))
-    d2_weight_293 = torch.einsum("zui,zui->u", (d2_d__p7 * 0.6546536707079771), d__p40)
-    d2_d__p40_294 = torch.einsum("u,zui->zui", (d2_d_weight[224:240].view(16) * 0.6546536707079771), _p11)
-    d2__p11_295 = torch.einsum("u,zui->zui", (d2_d_weight[224:240].view(16) * 0.6546536707079771), d__p40)
-    d2_d__p40_296 = torch.einsum("zui,u->zui", d2_d__p11, (weight[224:240].view(16) * 0.6546536707079771))
-    d2_weight_297 = torch.einsum("zui,zui->u", (d2_d__p11 * 0.6546536707079771), d__p40)
-    d2_d__p40_298 = torch.einsum("u,zui->zui", (d2_d_weight[464:480].view(16) * 0.6546536707079771), _p15)
-    d2__p15_299 = torch.einsum("u,zui->zui", (d2_d_weight[464:480].view(16) * 0.6546536707079771), d__p40)
-    d2_d__p40_300 = torch.einsum("zui,u->zui", d2_d__p15, (weight[464:480].view(16) * 0.6546536707079771))
-    d2_weight_301 = torch.einsum("zui,zui->u", (d2_d__p15 * 0.6546536707079771), d__p40)
-    d2_d__p40_302 = torch.einsum("u,zui->zui", (d2_d_weight[656:672].view(16) * 0.6546536707079771), _p20)
-    d2__p20_303 = torch.einsum("u,zui->zui", (d2_d_weight[656:672].view(16) * 0.6546536707079771), d__p40)
-    d2_d__p40_304 = torch.einsum("zui,u->zui", d2_d__p20, (weight[656:672].view(16) * 0.6546536707079771))
-    d2_weight_305 = torch.einsum("zui,zui->u", (d2_d__p20 * 0.6546536707079771), d__p40)
-    # ∂/∂d__p41: ∂/∂x3: p41 = (p40 ⊗ p5) -> 16x1o
-    _p40 = p40_21 + p40_22 + p40_23 + p40_24
-    _c110 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), _p40)
-    d2_d__p41_306 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c110)
-    # ∂/∂_p40: ∂/∂x3: p41 = (p40 ⊗ p5) -> 16x1o
-    _c111 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p41)
-    d2__p40 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c111)
+    _c39 = torch.einsum("zui,zuk->ziku", d2_d__p38, d__p39)
+    d2_x3_52 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c39)
+    d2_d_y_53 = d2_d__p39
+    d2_d__p40_54 = torch.einsum("u,zui->zui", (d2_d_weight[96:112].view(16) * 0.6546536707079771), _p7)
+    d2__p7_55 = torch.einsum("u,zui->zui", (d2_d_weight[96:112].view(16) * 0.6546536707079771), d__p40)
+    d2_d__p40_56 = torch.einsum("u,zui->zui", (d2_d_weight[224:240].view(16) * 0.6546536707079771), _p11)
+    d2__p11_57 = torch.einsum("u,zui->zui", (d2_d_weight[224:240].view(16) * 0.6546536707079771), d__p40)
+    d2_d__p40_58 = torch.einsum("u,zui->zui", (d2_d_weight[464:480].view(16) * 0.6546536707079771), _p15)
+    d2__p15_59 = torch.einsum("u,zui->zui", (d2_d_weight[464:480].view(16) * 0.6546536707079771), d__p40)
+    d2_d__p40_60 = torch.einsum("u,zui->zui", (d2_d_weight[656:672].view(16) * 0.6546536707079771), _p20)
+    d2__p20_61 = torch.einsum("u,zui->zui", (d2_d_weight[656:672].view(16) * 0.6546536707079771), d__p40)
     # ∂/∂d__p41: ∂/∂_p40: p41 = (p40 ⊗ p5) -> 16x1o
-    d2_d__p40 = d2_d__p40_290 + d2_d__p40_292 + d2_d__p40_294 + d2_d__p40_296 + d2_d__p40_298 + d2_d__p40_300 + d2_d__p40_302 + d2_d__p40_304
-    _c112 = torch.einsum("zui,zuj->ziju", d2_d__p40, x3[:, 64:144].reshape(n, 16, 5))
-    d2_d__p41_307 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c112)
+    d2_d__p40 = d2_d__p40_54 + d2_d__p40_56 + d2_d__p40_58 + d2_d__p40_60
+    _c40 = torch.einsum("zui,zuj->ziju", d2_d__p40, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p41 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c40)
     # ∂/∂x3: ∂/∂_p40: p41 = (p40 ⊗ p5) -> 16x1o
-    _c113 = torch.einsum("zui,zuk->ziku", d2_d__p40, d__p41)
-    d2_x3_308 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c113)
-    d2_d__p41 = d2_d__p41_306 + d2_d__p41_307
-    d2_d_y_309 = d2_d__p41
-    d2_d__p42_310 = torch.einsum("u,zui->zui", (d2_d_weight[112:128].view(16) * 1.0425720702853738), _p9)
-    d2__p9_311 = torch.einsum("u,zui->zui", (d2_d_weight[112:128].view(16) * 1.0425720702853738), d__p42)
-    d2_d__p9 = d2_d__p9_114 + d2_d__p9_116
-    d2_d__p42_312 = torch.einsum("zui,u->zui", d2_d__p9, (weight[112:128].view(16) * 1.0425720702853738))
-    d2_weight_313 = torch.einsum("zui,zui->u", (d2_d__p9 * 1.0425720702853738), d__p42)
-    d2_d__p42_314 = torch.einsum("u,zui->zui", (d2_d_weight[256:272].view(16) * 1.0425720702853738), _p13)
-    d2__p13_315 = torch.einsum("u,zui->zui", (d2_d_weight[256:272].view(16) * 1.0425720702853738), d__p42)
-    d2_d__p13 = d2_d__p13_126 + d2_d__p13_128
-    d2_d__p42_316 = torch.einsum("zui,u->zui", d2_d__p13, (weight[256:272].view(16) * 1.0425720702853738))
-    d2_weight_317 = torch.einsum("zui,zui->u", (d2_d__p13 * 1.0425720702853738), d__p42)
-    d2_d__p42_318 = torch.einsum("u,zui->zui", (d2_d_weight[512:528].view(16) * 1.0425720702853738), _p19)
-    d2__p19_319 = torch.einsum("u,zui->zui", (d2_d_weight[512:528].view(16) * 1.0425720702853738), d__p42)
-    d2_d__p19 = d2_d__p19_146 + d2_d__p19_148
-    d2_d__p42_320 = torch.einsum("zui,u->zui", d2_d__p19, (weight[512:528].view(16) * 1.0425720702853738))
-    d2_weight_321 = torch.einsum("zui,zui->u", (d2_d__p19 * 1.0425720702853738), d__p42)
-    d2_d__p42_322 = torch.einsum("u,zui->zui", (d2_d_weight[720:736].view(16) * 1.0425720702853738), _p24)
-    d2__p24_323 = torch.einsum("u,zui->zui", (d2_d_weight[720:736].view(16) * 1.0425720702853738), d__p42)
-    d2_d__p24 = d2_d__p24_166 + d2_d__p24_168
-    d2_d__p42_324 = torch.einsum("zui,u->zui", d2_d__p24, (weight[720:736].view(16) * 1.0425720702853738))
-    d2_weight_325 = torch.einsum("zui,zui->u", (d2_d__p24 * 1.0425720702853738), d__p42)
-    # ∂/∂d__p43: ∂/∂x3: p43 = (p42 ⊗ p3) -> 16x2e
-    _p42 = p42_25 + p42_26 + p42_27 + p42_28
-    _c114 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 0:16].reshape(n, 16, 1), _p42)
-    d2_d__p43_326 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c114)
-    # ∂/∂_p42: ∂/∂x3: p43 = (p42 ⊗ p3) -> 16x2e
-    _c115 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 0:16].reshape(n, 16, 1), d__p43)
-    d2__p42 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c115)
+    _c41 = torch.einsum("zui,zuk->ziku", d2_d__p40, d__p41)
+    d2_x3_62 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c41)
+    d2_d_y_63 = d2_d__p41
+    d2_d__p42_64 = torch.einsum("u,zui->zui", (d2_d_weight[112:128].view(16) * 1.0425720702853738), _p9)
+    d2__p9_65 = torch.einsum("u,zui->zui", (d2_d_weight[112:128].view(16) * 1.0425720702853738), d__p42)
+    d2_d__p42_66 = torch.einsum("u,zui->zui", (d2_d_weight[256:272].view(16) * 1.0425720702853738), _p13)
+    d2__p13_67 = torch.einsum("u,zui->zui", (d2_d_weight[256:272].view(16) * 1.0425720702853738), d__p42)
+    d2_d__p42_68 = torch.einsum("u,zui->zui", (d2_d_weight[512:528].view(16) * 1.0425720702853738), _p19)
+    d2__p19_69 = torch.einsum("u,zui->zui", (d2_d_weight[512:528].view(16) * 1.0425720702853738), d__p42)
+    d2_d__p42_70 = torch.einsum("u,zui->zui", (d2_d_weight[720:736].view(16) * 1.0425720702853738), _p24)
+    d2__p24_71 = torch.einsum("u,zui->zui", (d2_d_weight[720:736].view(16) * 1.0425720702853738), d__p42)
     # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x2e
-    d2_d__p42 = d2_d__p42_310 + d2_d__p42_312 + d2_d__p42_314 + d2_d__p42_316 + d2_d__p42_318 + d2_d__p42_320 + d2_d__p42_322 + d2_d__p42_324
-    _c116 = torch.einsum("zui,zuj->ziju", d2_d__p42, x3[:, 0:16].reshape(n, 16, 1))
-    d2_d__p43_327 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c116)
+    d2_d__p42 = d2_d__p42_64 + d2_d__p42_66 + d2_d__p42_68 + d2_d__p42_70
+    _c42 = torch.einsum("zui,zuj->ziju", d2_d__p42, x3[:, 0:16].reshape(n, 16, 1))
+    d2_d__p43 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c42)
     # ∂/∂x3: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x2e
-    _c117 = torch.einsum("zui,zuk->ziku", d2_d__p42, d__p43)
-    d2_x3_328 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c117)
-    d2_d__p43 = d2_d__p43_326 + d2_d__p43_327
-    d2_d_y_329 = d2_d__p43
-    d2_d__p44_330 = torch.einsum("u,zui->zui", (d2_d_weight[128:144].view(16) * 0.8451542547285166), _p9)
-    d2__p9_331 = torch.einsum("u,zui->zui", (d2_d_weight[128:144].view(16) * 0.8451542547285166), d__p44)
-    d2_d__p44_332 = torch.einsum("zui,u->zui", d2_d__p9, (weight[128:144].view(16) * 0.8451542547285166))
-    d2_weight_333 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.8451542547285166), d__p44)
-    d2_d__p44_334 = torch.einsum("u,zui->zui", (d2_d_weight[304:320].view(16) * 0.8451542547285166), _p13)
-    d2__p13_335 = torch.einsum("u,zui->zui", (d2_d_weight[304:320].view(16) * 0.8451542547285166), d__p44)
-    d2_d__p44_336 = torch.einsum("zui,u->zui", d2_d__p13, (weight[304:320].view(16) * 0.8451542547285166))
-    d2_weight_337 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.8451542547285166), d__p44)
-    d2_d__p44_338 = torch.einsum("u,zui->zui", (d2_d_weight[528:544].view(16) * 0.8451542547285166), _p19)
-    d2__p19_339 = torch.einsum("u,zui->zui", (d2_d_weight[528:544].view(16) * 0.8451542547285166), d__p44)
-    d2_d__p44_340 = torch.einsum("zui,u->zui", d2_d__p19, (weight[528:544].view(16) * 0.8451542547285166))
-    d2_weight_341 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.8451542547285166), d__p44)
-    d2_d__p44_342 = torch.einsum("u,zui->zui", (d2_d_weight[768:784].view(16) * 0.8451542547285166), _p24)
-    d2__p24_343 = torch.einsum("u,zui->zui", (d2_d_weight[768:784].view(16) * 0.8451542547285166), d__p44)
-    d2_d__p44_344 = torch.einsum("zui,u->zui", d2_d__p24, (weight[768:784].view(16) * 0.8451542547285166))
-    d2_weight_345 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.8451542547285166), d__p44)
-    # ∂/∂d__p45: ∂/∂x3: p45 = (p44 ⊗ p4) -> 16x1o
-    _p44 = p44_29 + p44_30 + p44_31 + p44_32
-    _c118 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), _p44)
-    d2_d__p45_346 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c118)
-    # ∂/∂_p44: ∂/∂x3: p45 = (p44 ⊗ p4) -> 16x1o
-    _c119 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p45)
-    d2__p44 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c119)
+    _c43 = torch.einsum("zui,zuk->ziku", d2_d__p42, d__p43)
+    d2_x3_72 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c43)
+    d2_d_y_73 = d2_d__p43
+    d2_d__p44_74 = torch.einsum("u,zui->zui", (d2_d_weight[128:144].view(16) * 0.8451542547285166), _p9)
+    d2__p9_75 = torch.einsum("u,zui->zui", (d2_d_weight[128:144].view(16) * 0.8451542547285166), d__p44)
+    d2_d__p44_76 = torch.einsum("u,zui->zui", (d2_d_weight[304:320].view(16) * 0.8451542547285166), _p13)
+    d2__p13_77 = torch.einsum("u,zui->zui", (d2_d_weight[304:320].view(16) * 0.8451542547285166), d__p44)
+    d2_d__p44_78 = torch.einsum("u,zui->zui", (d2_d_weight[528:544].view(16) * 0.8451542547285166), _p19)
+    d2__p19_79 = torch.einsum("u,zui->zui", (d2_d_weight[528:544].view(16) * 0.8451542547285166), d__p44)
+    d2_d__p44_80 = torch.einsum("u,zui->zui", (d2_d_weight[768:784].view(16) * 0.8451542547285166), _p24)
+    d2__p24_81 = torch.einsum("u,zui->zui", (d2_d_weight[768:784].view(16) * 0.8451542547285166), d__p44)
     # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
-    d2_d__p44 = d2_d__p44_330 + d2_d__p44_332 + d2_d__p44_334 + d2_d__p44_336 + d2_d__p44_338 + d2_d__p44_340 + d2_d__p44_342 + d2_d__p44_344
-    _c120 = torch.einsum("zui,zuj->ziju", d2_d__p44, x3[:, 16:64].reshape(n, 16, 3))
-    d2_d__p45_347 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c120)
+    d2_d__p44 = d2_d__p44_74 + d2_d__p44_76 + d2_d__p44_78 + d2_d__p44_80
+    _c44 = torch.einsum("zui,zuj->ziju", d2_d__p44, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p45 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c44)
     # ∂/∂x3: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
-    _c121 = torch.einsum("zui,zuk->ziku", d2_d__p44, d__p45)
-    d2_x3_348 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c121)
-    d2_d__p45 = d2_d__p45_346 + d2_d__p45_347
-    d2_d_y_349 = d2_d__p45
-    d2_d__p46_350 = torch.einsum("u,zui->zui", (d2_d_weight[144:160].view(16) * 0.674199862463242), _p9)
-    d2__p9_351 = torch.einsum("u,zui->zui", (d2_d_weight[144:160].view(16) * 0.674199862463242), d__p46)
-    d2_d__p46_352 = torch.einsum("zui,u->zui", d2_d__p9, (weight[144:160].view(16) * 0.674199862463242))
-    d2_weight_353 = torch.einsum("zui,zui->u", (d2_d__p9 * 0.674199862463242), d__p46)
-    d2_d__p46_354 = torch.einsum("u,zui->zui", (d2_d_weight[352:368].view(16) * 0.674199862463242), _p13)
-    d2__p13_355 = torch.einsum("u,zui->zui", (d2_d_weight[352:368].view(16) * 0.674199862463242), d__p46)
-    d2_d__p46_356 = torch.einsum("zui,u->zui", d2_d__p13, (weight[352:368].view(16) * 0.674199862463242))
-    d2_weight_357 = torch.einsum("zui,zui->u", (d2_d__p13 * 0.674199862463242), d__p46)
-    d2_d__p46_358 = torch.einsum("u,zui->zui", (d2_d_weight[544:560].view(16) * 0.674199862463242), _p19)
-    d2__p19_359 = torch.einsum("u,zui->zui", (d2_d_weight[544:560].view(16) * 0.674199862463242), d__p46)
-    d2_d__p46_360 = torch.einsum("zui,u->zui", d2_d__p19, (weight[544:560].view(16) * 0.674199862463242))
-    d2_weight_361 = torch.einsum("zui,zui->u", (d2_d__p19 * 0.674199862463242), d__p46)
-    d2_d__p46_362 = torch.einsum("u,zui->zui", (d2_d_weight[816:832].view(16) * 0.674199862463242), _p24)
-    d2__p24_363 = torch.einsum("u,zui->zui", (d2_d_weight[816:832].view(16) * 0.674199862463242), d__p46)
-    d2_d__p46_364 = torch.einsum("zui,u->zui", d2_d__p24, (weight[816:832].view(16) * 0.674199862463242))
-    d2_weight_365 = torch.einsum("zui,zui->u", (d2_d__p24 * 0.674199862463242), d__p46)
-    # ∂/∂d__p47: ∂/∂x3: p47 = (p46 ⊗ p5) -> 16x0e
-    _p46 = p46_33 + p46_34 + p46_35 + p46_36
-    _c122 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), _p46)
-    d2_d__p47_366 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c122)
-    # ∂/∂_p46: ∂/∂x3: p47 = (p46 ⊗ p5) -> 16x0e
-    _c123 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p47)
-    d2__p46 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c123)
+    _c45 = torch.einsum("zui,zuk->ziku", d2_d__p44, d__p45)
+    d2_x3_82 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c45)
+    d2_d_y_83 = d2_d__p45
+    d2_d__p46_84 = torch.einsum("u,zui->zui", (d2_d_weight[144:160].view(16) * 0.674199862463242), _p9)
+    d2__p9_85 = torch.einsum("u,zui->zui", (d2_d_weight[144:160].view(16) * 0.674199862463242), d__p46)
+    d2_d__p46_86 = torch.einsum("u,zui->zui", (d2_d_weight[352:368].view(16) * 0.674199862463242), _p13)
+    d2__p13_87 = torch.einsum("u,zui->zui", (d2_d_weight[352:368].view(16) * 0.674199862463242), d__p46)
+    d2_d__p46_88 = torch.einsum("u,zui->zui", (d2_d_weight[544:560].view(16) * 0.674199862463242), _p19)
+    d2__p19_89 = torch.einsum("u,zui->zui", (d2_d_weight[544:560].view(16) * 0.674199862463242), d__p46)
+    d2_d__p46_90 = torch.einsum("u,zui->zui", (d2_d_weight[816:832].view(16) * 0.674199862463242), _p24)
+    d2__p24_91 = torch.einsum("u,zui->zui", (d2_d_weight[816:832].view(16) * 0.674199862463242), d__p46)
     # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x0e
-    d2_d__p46 = d2_d__p46_350 + d2_d__p46_352 + d2_d__p46_354 + d2_d__p46_356 + d2_d__p46_358 + d2_d__p46_360 + d2_d__p46_362 + d2_d__p46_364
-    _c124 = torch.einsum("zui,zuj->ziju", d2_d__p46, x3[:, 64:144].reshape(n, 16, 5))
-    d2_d__p47_367 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c124)
+    d2_d__p46 = d2_d__p46_84 + d2_d__p46_86 + d2_d__p46_88 + d2_d__p46_90
+    _c46 = torch.einsum("zui,zuj->ziju", d2_d__p46, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p47 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c46)
     # ∂/∂x3: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x0e
-    _c125 = torch.einsum("zui,zuk->ziku", d2_d__p46, d__p47)
-    d2_x3_368 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c125)
-    d2_d__p47 = d2_d__p47_366 + d2_d__p47_367
-    d2_d_y_369 = d2_d__p47
-    d2_d__p48_370 = torch.einsum("u,zui->zui", (d2_d_weight[160:176].view(16) * 1.0425720702853738), _p9)
-    d2__p9_371 = torch.einsum("u,zui->zui", (d2_d_weight[160:176].view(16) * 1.0425720702853738), d__p48)
-    d2_d__p48_372 = torch.einsum("zui,u->zui", d2_d__p9, (weight[160:176].view(16) * 1.0425720702853738))
-    d2_weight_373 = torch.einsum("zui,zui->u", (d2_d__p9 * 1.0425720702853738), d__p48)
-    d2_d__p48_374 = torch.einsum("u,zui->zui", (d2_d_weight[368:384].view(16) * 1.0425720702853738), _p13)
-    d2__p13_375 = torch.einsum("u,zui->zui", (d2_d_weight[368:384].view(16) * 1.0425720702853738), d__p48)
-    d2_d__p48_376 = torch.einsum("zui,u->zui", d2_d__p13, (weight[368:384].view(16) * 1.0425720702853738))
-    d2_weight_377 = torch.einsum("zui,zui->u", (d2_d__p13 * 1.0425720702853738), d__p48)
-    d2_d__p48_378 = torch.einsum("u,zui->zui", (d2_d_weight[560:576].view(16) * 1.0425720702853738), _p19)
-    d2__p19_379 = torch.einsum("u,zui->zui", (d2_d_weight[560:576].view(16) * 1.0425720702853738), d__p48)
-    d2_d__p48_380 = torch.einsum("zui,u->zui", d2_d__p19, (weight[560:576].view(16) * 1.0425720702853738))
-    d2_weight_381 = torch.einsum("zui,zui->u", (d2_d__p19 * 1.0425720702853738), d__p48)
-    d2_d__p48_382 = torch.einsum("u,zui->zui", (d2_d_weight[832:848].view(16) * 1.0425720702853738), _p24)
-    d2__p24_383 = torch.einsum("u,zui->zui", (d2_d_weight[832:848].view(16) * 1.0425720702853738), d__p48)
-    d2_d__p48_384 = torch.einsum("zui,u->zui", d2_d__p24, (weight[832:848].view(16) * 1.0425720702853738))
-    d2_weight_385 = torch.einsum("zui,zui->u", (d2_d__p24 * 1.0425720702853738), d__p48)
-    # ∂/∂d__p49: ∂/∂x3: p49 = (p48 ⊗ p5) -> 16x2e
-    _p48 = p48_37 + p48_38 + p48_39 + p48_40
-    _c126 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), _p48)
-    d2_d__p49_386 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c126)
-    # ∂/∂_p48: ∂/∂x3: p49 = (p48 ⊗ p5) -> 16x2e
-    _c127 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p49)
-    d2__p48 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c127)
+    _c47 = torch.einsum("zui,zuk->ziku", d2_d__p46, d__p47)
+    d2_x3_92 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c47)
+    d2_d_y_93 = d2_d__p47
+    d2_d__p48_94 = torch.einsum("u,zui->zui", (d2_d_weight[160:176].view(16) * 1.0425720702853738), _p9)
+    d2__p9_95 = torch.einsum("u,zui->zui", (d2_d_weight[160:176].view(16) * 1.0425720702853738), d__p48)
+    d2_d__p48_96 = torch.einsum("u,zui->zui", (d2_d_weight[368:384].view(16) * 1.0425720702853738), _p13)
+    d2__p13_97 = torch.einsum("u,zui->zui", (d2_d_weight[368:384].view(16) * 1.0425720702853738), d__p48)
+    d2_d__p48_98 = torch.einsum("u,zui->zui", (d2_d_weight[560:576].view(16) * 1.0425720702853738), _p19)
+    d2__p19_99 = torch.einsum("u,zui->zui", (d2_d_weight[560:576].view(16) * 1.0425720702853738), d__p48)
+    d2_d__p48_100 = torch.einsum("u,zui->zui", (d2_d_weight[832:848].view(16) * 1.0425720702853738), _p24)
+    d2__p24_101 = torch.einsum("u,zui->zui", (d2_d_weight[832:848].view(16) * 1.0425720702853738), d__p48)
     # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p5) -> 16x2e
-    d2_d__p48 = d2_d__p48_370 + d2_d__p48_372 + d2_d__p48_374 + d2_d__p48_376 + d2_d__p48_378 + d2_d__p48_380 + d2_d__p48_382 + d2_d__p48_384
-    _c128 = torch.einsum("zui,zuj->ziju", d2_d__p48, x3[:, 64:144].reshape(n, 16, 5))
-    d2_d__p49_387 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c128)
+    d2_d__p48 = d2_d__p48_94 + d2_d__p48_96 + d2_d__p48_98 + d2_d__p48_100
+    _c48 = torch.einsum("zui,zuj->ziju", d2_d__p48, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p49 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c48)
     # ∂/∂x3: ∂/∂_p48: p49 = (p48 ⊗ p5) -> 16x2e
-    _c129 = torch.einsum("zui,zuk->ziku", d2_d__p48, d__p49)
-    d2_x3_388 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c129)
-    d2_d__p49 = d2_d__p49_386 + d2_d__p49_387
-    d2_d_y_389 = d2_d__p49
-    d2_d__p50_390 = torch.einsum("u,zui->zui", (d2_d_weight[288:304].view(16) * 0.6546536707079771), _p14)
-    d2__p14_391 = torch.einsum("u,zui->zui", (d2_d_weight[288:304].view(16) * 0.6546536707079771), d__p50)
-    d2_d__p14 = d2_d__p14_130 + d2_d__p14_132
-    d2_d__p50_392 = torch.einsum("zui,u->zui", d2_d__p14, (weight[288:304].view(16) * 0.6546536707079771))
-    d2_weight_393 = torch.einsum("zui,zui->u", (d2_d__p14 * 0.6546536707079771), d__p50)
-    d2_d__p50_394 = torch.einsum("u,zui->zui", (d2_d_weight[752:768].view(16) * 0.6546536707079771), _p25)
-    d2__p25_395 = torch.einsum("u,zui->zui", (d2_d_weight[752:768].view(16) * 0.6546536707079771), d__p50)
-    d2_d__p25 = d2_d__p25_170 + d2_d__p25_172
-    d2_d__p50_396 = torch.einsum("zui,u->zui", d2_d__p25, (weight[752:768].view(16) * 0.6546536707079771))
-    d2_weight_397 = torch.einsum("zui,zui->u", (d2_d__p25 * 0.6546536707079771), d__p50)
-    # ∂/∂d__p51: ∂/∂x3: p51 = (p50 ⊗ p4) -> 16x1o
-    _p50 = p50_41 + p50_42
-    _c130 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), _p50)
-    d2_d__p51_398 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c130)
-    # ∂/∂_p50: ∂/∂x3: p51 = (p50 ⊗ p4) -> 16x1o
-    _c131 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p51)
-    d2__p50 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c131)
+    _c49 = torch.einsum("zui,zuk->ziku", d2_d__p48, d__p49)
+    d2_x3_102 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c49)
+    d2_d_y_103 = d2_d__p49
+    d2_d__p50_104 = torch.einsum("u,zui->zui", (d2_d_weight[288:304].view(16) * 0.6546536707079771), _p14)
+    d2__p14_105 = torch.einsum("u,zui->zui", (d2_d_weight[288:304].view(16) * 0.6546536707079771), d__p50)
+    d2_d__p50_106 = torch.einsum("u,zui->zui", (d2_d_weight[752:768].view(16) * 0.6546536707079771), _p25)
+    d2__p25_107 = torch.einsum("u,zui->zui", (d2_d_weight[752:768].view(16) * 0.6546536707079771), d__p50)
     # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x1o
-    d2_d__p50 = d2_d__p50_390 + d2_d__p50_392 + d2_d__p50_394 + d2_d__p50_396
-    _c132 = torch.einsum("zui,zuj->ziju", d2_d__p50, x3[:, 16:64].reshape(n, 16, 3))
-    d2_d__p51_399 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c132)
+    d2_d__p50 = d2_d__p50_104 + d2_d__p50_106
+    _c50 = torch.einsum("zui,zuj->ziju", d2_d__p50, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p51 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c50)
     # ∂/∂x3: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x1o
-    _c133 = torch.einsum("zui,zuk->ziku", d2_d__p50, d__p51)
-    d2_x3_400 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c133)
-    d2_d__p51 = d2_d__p51_398 + d2_d__p51_399
-    d2_d_y_401 = d2_d__p51
-    d2_d__p52_402 = torch.einsum("u,zui->zui", (d2_d_weight[336:352].view(16) * 0.8075728530872482), _p14)
-    d2__p14_403 = torch.einsum("u,zui->zui", (d2_d_weight[336:352].view(16) * 0.8075728530872482), d__p52)
-    d2_d__p52_404 = torch.einsum("zui,u->zui", d2_d__p14, (weight[336:352].view(16) * 0.8075728530872482))
-    d2_weight_405 = torch.einsum("zui,zui->u", (d2_d__p14 * 0.8075728530872482), d__p52)
-    d2_d__p52_406 = torch.einsum("u,zui->zui", (d2_d_weight[800:816].view(16) * 0.8075728530872482), _p25)
-    d2__p25_407 = torch.einsum("u,zui->zui", (d2_d_weight[800:816].view(16) * 0.8075728530872482), d__p52)
-    d2_d__p52_408 = torch.einsum("zui,u->zui", d2_d__p25, (weight[800:816].view(16) * 0.8075728530872482))
-    d2_weight_409 = torch.einsum("zui,zui->u", (d2_d__p25 * 0.8075728530872482), d__p52)
-    # ∂/∂d__p53: ∂/∂x3: p53 = (p52 ⊗ p5) -> 16x2e
-    _p52 = p52_43 + p52_44
-    _c134 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), _p52)
-    d2_d__p53_410 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c134)
-    # ∂/∂_p52: ∂/∂x3: p53 = (p52 ⊗ p5) -> 16x2e
-    _c135 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p53)
-    d2__p52 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c135)
+    _c51 = torch.einsum("zui,zuk->ziku", d2_d__p50, d__p51)
+    d2_x3_108 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c51)
+    d2_d_y_109 = d2_d__p51
+    d2_d__p52_110 = torch.einsum("u,zui->zui", (d2_d_weight[336:352].view(16) * 0.8075728530872482), _p14)
+    d2__p14_111 = torch.einsum("u,zui->zui", (d2_d_weight[336:352].view(16) * 0.8075728530872482), d__p52)
+    d2_d__p52_112 = torch.einsum("u,zui->zui", (d2_d_weight[800:816].view(16) * 0.8075728530872482), _p25)
+    d2__p25_113 = torch.einsum("u,zui->zui", (d2_d_weight[800:816].view(16) * 0.8075728530872482), d__p52)
     # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p5) -> 16x2e
-    d2_d__p52 = d2_d__p52_402 + d2_d__p52_404 + d2_d__p52_406 + d2_d__p52_408
-    _c136 = torch.einsum("zui,zuj->ziju", d2_d__p52, x3[:, 64:144].reshape(n, 16, 5))
-    d2_d__p53_411 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c136)
+    d2_d__p52 = d2_d__p52_110 + d2_d__p52_112
+    _c52 = torch.einsum("zui,zuj->ziju", d2_d__p52, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p53 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c52)
     # ∂/∂x3: ∂/∂_p52: p53 = (p52 ⊗ p5) -> 16x2e
-    _c137 = torch.einsum("zui,zuk->ziku", d2_d__p52, d__p53)
-    d2_x3_412 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c137)
-    d2_d__p53 = d2_d__p53_410 + d2_d__p53_411
-    d2_d_y_413 = d2_d__p53
-    d2_d__p54_414 = torch.einsum("u,zui->zui", (d2_d_weight[432:448].view(16) * 1.0425720702853738), _p16)
-    d2__p16_415 = torch.einsum("u,zui->zui", (d2_d_weight[432:448].view(16) * 1.0425720702853738), d__p54)
-    d2_d__p16 = d2_d__p16_138 + d2_d__p16_140
-    d2_d__p54_416 = torch.einsum("zui,u->zui", d2_d__p16, (weight[432:448].view(16) * 1.0425720702853738))
-    d2_weight_417 = torch.einsum("zui,zui->u", (d2_d__p16 * 1.0425720702853738), d__p54)
-    d2_d__p54_418 = torch.einsum("u,zui->zui", (d2_d_weight[624:640].view(16) * 1.0425720702853738), _p21)
-    d2__p21_419 = torch.einsum("u,zui->zui", (d2_d_weight[624:640].view(16) * 1.0425720702853738), d__p54)
-    d2_d__p21 = d2_d__p21_154 + d2_d__p21_156
-    d2_d__p54_420 = torch.einsum("zui,u->zui", d2_d__p21, (weight[624:640].view(16) * 1.0425720702853738))
-    d2_weight_421 = torch.einsum("zui,zui->u", (d2_d__p21 * 1.0425720702853738), d__p54)
-    # ∂/∂d__p55: ∂/∂x3: p55 = (p54 ⊗ p4) -> 16x2e
-    _p54 = p54_45 + p54_46
-    _c138 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), _p54)
-    d2_d__p55_422 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c138)
-    # ∂/∂_p54: ∂/∂x3: p55 = (p54 ⊗ p4) -> 16x2e
-    _c139 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p55)
-    d2__p54 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c139)
+    _c53 = torch.einsum("zui,zuk->ziku", d2_d__p52, d__p53)
+    d2_x3_114 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c53)
+    d2_d_y_115 = d2_d__p53
+    d2_d__p54_116 = torch.einsum("u,zui->zui", (d2_d_weight[432:448].view(16) * 1.0425720702853738), _p16)
+    d2__p16_117 = torch.einsum("u,zui->zui", (d2_d_weight[432:448].view(16) * 1.0425720702853738), d__p54)
+    d2_d__p54_118 = torch.einsum("u,zui->zui", (d2_d_weight[624:640].view(16) * 1.0425720702853738), _p21)
+    d2__p21_119 = torch.einsum("u,zui->zui", (d2_d_weight[624:640].view(16) * 1.0425720702853738), d__p54)
     # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p4) -> 16x2e
-    d2_d__p54 = d2_d__p54_414 + d2_d__p54_416 + d2_d__p54_418 + d2_d__p54_420
-    _c140 = torch.einsum("zui,zuj->ziju", d2_d__p54, x3[:, 16:64].reshape(n, 16, 3))
-    d2_d__p55_423 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c140)
+    d2_d__p54 = d2_d__p54_116 + d2_d__p54_118
+    _c54 = torch.einsum("zui,zuj->ziju", d2_d__p54, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p55 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c54)
     # ∂/∂x3: ∂/∂_p54: p55 = (p54 ⊗ p4) -> 16x2e
-    _c141 = torch.einsum("zui,zuk->ziku", d2_d__p54, d__p55)
-    d2_x3_424 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c141)
-    d2_d__p55 = d2_d__p55_422 + d2_d__p55_423
-    d2_d_y_425 = d2_d__p55
-    d2_d__p56_426 = torch.einsum("u,zui->zui", (d2_d_weight[448:464].view(16) * 1.2335879094879225), _p17)
-    d2__p17_427 = torch.einsum("u,zui->zui", (d2_d_weight[448:464].view(16) * 1.2335879094879225), d__p56)
-    d2_d__p17 = d2_d__p17_142 + d2_d__p17_144
-    d2_d__p56_428 = torch.einsum("zui,u->zui", d2_d__p17, (weight[448:464].view(16) * 1.2335879094879225))
-    d2_weight_429 = torch.einsum("zui,zui->u", (d2_d__p17 * 1.2335879094879225), d__p56)
-    d2_d__p56_430 = torch.einsum("u,zui->zui", (d2_d_weight[640:656].view(16) * 1.2335879094879225), _p22)
-    d2__p22_431 = torch.einsum("u,zui->zui", (d2_d_weight[640:656].view(16) * 1.2335879094879225), d__p56)
-    d2_d__p22 = d2_d__p22_158 + d2_d__p22_160
-    d2_d__p56_432 = torch.einsum("zui,u->zui", d2_d__p22, (weight[640:656].view(16) * 1.2335879094879225))
-    d2_weight_433 = torch.einsum("zui,zui->u", (d2_d__p22 * 1.2335879094879225), d__p56)
-    # ∂/∂d__p57: ∂/∂x3: p57 = (p56 ⊗ p4) -> 16x2e
-    _p56 = p56_47 + p56_48
-    _c142 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 16:64].reshape(n, 16, 3), _p56)
-    d2_d__p57_434 = torch.einsum("ijk,ziju->zuk", cg_3_1_2, _c142)
-    # ∂/∂_p56: ∂/∂x3: p57 = (p56 ⊗ p4) -> 16x2e
-    _c143 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 16:64].reshape(n, 16, 3), d__p57)
-    d2__p56 = torch.einsum("ijk,zjku->zui", cg_3_1_2, _c143)
+    _c55 = torch.einsum("zui,zuk->ziku", d2_d__p54, d__p55)
+    d2_x3_120 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c55)
+    d2_d_y_121 = d2_d__p55
+    d2_d__p56_122 = torch.einsum("u,zui->zui", (d2_d_weight[448:464].view(16) * 1.2335879094879225), _p17)
+    d2__p17_123 = torch.einsum("u,zui->zui", (d2_d_weight[448:464].view(16) * 1.2335879094879225), d__p56)
+    d2_d__p56_124 = torch.einsum("u,zui->zui", (d2_d_weight[640:656].view(16) * 1.2335879094879225), _p22)
+    d2__p22_125 = torch.einsum("u,zui->zui", (d2_d_weight[640:656].view(16) * 1.2335879094879225), d__p56)
     # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p4) -> 16x2e
-    d2_d__p56 = d2_d__p56_426 + d2_d__p56_428 + d2_d__p56_430 + d2_d__p56_432
-    _c144 = torch.einsum("zui,zuj->ziju", d2_d__p56, x3[:, 16:64].reshape(n, 16, 3))
-    d2_d__p57_435 = torch.einsum("ijk,ziju->zuk", cg_3_1_2, _c144)
+    d2_d__p56 = d2_d__p56_122 + d2_d__p56_124
+    _c56 = torch.einsum("zui,zuj->ziju", d2_d__p56, x3[:, 16:64].reshape(n, 16, 3))
+    d2_d__p57 = torch.einsum("ijk,ziju->zuk", cg_3_1_2, _c56)
     # ∂/∂x3: ∂/∂_p56: p57 = (p56 ⊗ p4) -> 16x2e
-    _c145 = torch.einsum("zui,zuk->ziku", d2_d__p56, d__p57)
-    d2_x3_436 = torch.einsum("ijk,ziku->zuj", cg_3_1_2, _c145)
-    d2_d__p57 = d2_d__p57_434 + d2_d__p57_435
-    d2_d_y_437 = d2_d__p57
-    d2_d__p58_438 = torch.einsum("u,zui->zui", (d2_d_weight[480:496].view(16) * 0.8451542547285166), _p16)
-    d2__p16_439 = torch.einsum("u,zui->zui", (d2_d_weight[480:496].view(16) * 0.8451542547285166), d__p58)
-    d2_d__p58_440 = torch.einsum("zui,u->zui", d2_d__p16, (weight[480:496].view(16) * 0.8451542547285166))
-    d2_weight_441 = torch.einsum("zui,zui->u", (d2_d__p16 * 0.8451542547285166), d__p58)
-    d2_d__p58_442 = torch.einsum("u,zui->zui", (d2_d_weight[672:688].view(16) * 0.8451542547285166), _p21)
-    d2__p21_443 = torch.einsum("u,zui->zui", (d2_d_weight[672:688].view(16) * 0.8451542547285166), d__p58)
-    d2_d__p58_444 = torch.einsum("zui,u->zui", d2_d__p21, (weight[672:688].view(16) * 0.8451542547285166))
-    d2_weight_445 = torch.einsum("zui,zui->u", (d2_d__p21 * 0.8451542547285166), d__p58)
-    # ∂/∂d__p59: ∂/∂x3: p59 = (p58 ⊗ p5) -> 16x1o
-    _p58 = p58_49 + p58_50
-    _c146 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), _p58)
-    d2_d__p59_446 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c146)
-    # ∂/∂_p58: ∂/∂x3: p59 = (p58 ⊗ p5) -> 16x1o
-    _c147 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p59)
-    d2__p58 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c147)
+    _c57 = torch.einsum("zui,zuk->ziku", d2_d__p56, d__p57)
+    d2_x3_126 = torch.einsum("ijk,ziku->zuj", cg_3_1_2, _c57)
+    d2_d_y_127 = d2_d__p57
+    d2_d__p58_128 = torch.einsum("u,zui->zui", (d2_d_weight[480:496].view(16) * 0.8451542547285166), _p16)
+    d2__p16_129 = torch.einsum("u,zui->zui", (d2_d_weight[480:496].view(16) * 0.8451542547285166), d__p58)
+    d2_d__p58_130 = torch.einsum("u,zui->zui", (d2_d_weight[672:688].view(16) * 0.8451542547285166), _p21)
+    d2__p21_131 = torch.einsum("u,zui->zui", (d2_d_weight[672:688].view(16) * 0.8451542547285166), d__p58)
     # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p5) -> 16x1o
-    d2_d__p58 = d2_d__p58_438 + d2_d__p58_440 + d2_d__p58_442 + d2_d__p58_444
-    _c148 = torch.einsum("zui,zuj->ziju", d2_d__p58, x3[:, 64:144].reshape(n, 16, 5))
-    d2_d__p59_447 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c148)
+    d2_d__p58 = d2_d__p58_128 + d2_d__p58_130
+    _c58 = torch.einsum("zui,zuj->ziju", d2_d__p58, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p59 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c58)
     # ∂/∂x3: ∂/∂_p58: p59 = (p58 ⊗ p5) -> 16x1o
-    _c149 = torch.einsum("zui,zuk->ziku", d2_d__p58, d__p59)
-    d2_x3_448 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c149)
-    d2_d__p59 = d2_d__p59_446 + d2_d__p59_447
-    d2_d_y_449 = d2_d__p59
-    d2_d__p60_450 = torch.einsum("u,zui->zui", d2_d_weight[496:512].view(16), _p17)
-    d2__p17_451 = torch.einsum("u,zui->zui", d2_d_weight[496:512].view(16), d__p60)
-    d2_d__p60_452 = torch.einsum("zui,u->zui", d2_d__p17, weight[496:512].view(16))
-    d2_weight_453 = torch.einsum("zui,zui->u", d2_d__p17, d__p60)
-    d2_d__p60_454 = torch.einsum("u,zui->zui", d2_d_weight[688:704].view(16), _p22)
-    d2__p22_455 = torch.einsum("u,zui->zui", d2_d_weight[688:704].view(16), d__p60)
-    d2_d__p60_456 = torch.einsum("zui,u->zui", d2_d__p22, weight[688:704].view(16))
-    d2_weight_457 = torch.einsum("zui,zui->u", d2_d__p22, d__p60)
-    # ∂/∂d__p61: ∂/∂x3: p61 = (p60 ⊗ p5) -> 16x1o
-    _p60 = p60_51 + p60_52
-    _c150 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), _p60)
-    d2_d__p61_458 = torch.einsum("ijk,ziju->zuk", cg_3_2_1, _c150)
-    # ∂/∂_p60: ∂/∂x3: p61 = (p60 ⊗ p5) -> 16x1o
-    _c151 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p61)
-    d2__p60 = torch.einsum("ijk,zjku->zui", cg_3_2_1, _c151)
+    _c59 = torch.einsum("zui,zuk->ziku", d2_d__p58, d__p59)
+    d2_x3_132 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c59)
+    d2_d_y_133 = d2_d__p59
+    d2_d__p60_134 = torch.einsum("u,zui->zui", d2_d_weight[496:512].view(16), _p17)
+    d2__p17_135 = torch.einsum("u,zui->zui", d2_d_weight[496:512].view(16), d__p60)
+    d2_d__p60_136 = torch.einsum("u,zui->zui", d2_d_weight[688:704].view(16), _p22)
+    d2__p22_137 = torch.einsum("u,zui->zui", d2_d_weight[688:704].view(16), d__p60)
     # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x1o
-    d2_d__p60 = d2_d__p60_450 + d2_d__p60_452 + d2_d__p60_454 + d2_d__p60_456
-    _c152 = torch.einsum("zui,zuj->ziju", d2_d__p60, x3[:, 64:144].reshape(n, 16, 5))
-    d2_d__p61_459 = torch.einsum("ijk,ziju->zuk", cg_3_2_1, _c152)
+    d2_d__p60 = d2_d__p60_134 + d2_d__p60_136
+    _c60 = torch.einsum("zui,zuj->ziju", d2_d__p60, x3[:, 64:144].reshape(n, 16, 5))
+    d2_d__p61 = torch.einsum("ijk,ziju->zuk", cg_3_2_1, _c60)
     # ∂/∂x3: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x1o
-    _c153 = torch.einsum("zui,zuk->ziku", d2_d__p60, d__p61)
-    d2_x3_460 = torch.einsum("ijk,ziku->zuj", cg_3_2_1, _c153)
-    d2_d__p61 = d2_d__p61_458 + d2_d__p61_459
-    d2_d_y_461 = d2_d__p61
-    # ∂/∂d__p62: ∂/∂x3: p62 = (p26 ⊗ p5) -> 16x2e
-    _c154 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), _p26)
-    d2_d__p62_462 = torch.einsum("ijk,ziju->zuk", cg_3_2_2, _c154)
-    # ∂/∂_p26: ∂/∂x3: p62 = (p26 ⊗ p5) -> 16x2e
-    _c155 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p62)
-    d2__p26_463 = torch.einsum("ijk,zjku->zui", cg_3_2_2, _c155)
-    # ∂/∂d__p62: ∂/∂_p26: p62 = (p26 ⊗ p5) -> 16x2e
-    d2_d__p26 = d2_d__p26_174 + d2_d__p26_176
-    _c156 = torch.einsum("zui,zuj->ziju", d2_d__p26, x3[:, 64:144].reshape(n, 16, 5))
-    d2_d__p62_464 = torch.einsum("ijk,ziju->zuk", cg_3_2_2, _c156)
-    # ∂/∂x3: ∂/∂_p26: p62 = (p26 ⊗ p5) -> 16x2e
-    _c157 = torch.einsum("zui,zuk->ziku", d2_d__p26, d__p62)
-    d2_x3_465 = torch.einsum("ijk,ziku->zuj", cg_3_2_2, _c157)
-    d2_d_y_466 = torch.einsum("u,zui->zui", (d2_d_weight[848:864].view(16) * 1.2335879094879225), _p62)
+    _c61 = torch.einsum("zui,zuk->ziku", d2_d__p60, d__p61)
+    d2_x3_138 = torch.einsum("ijk,ziku->zuj", cg_3_2_1, _c61)
+    d2_d_y_139 = d2_d__p61
+    d2_d_y_140 = torch.einsum("u,zui->zui", (d2_d_weight[848:864].view(16) * 1.2335879094879225), _p62)
     d2__p62 = torch.einsum("u,zui->zui", (d2_d_weight[848:864].view(16) * 1.2335879094879225), d_y[:, 64:144].reshape(n, 16, 5))
-    d2_d__p62 = d2_d__p62_462 + d2_d__p62_464
-    d2_d_y_467 = torch.einsum("zui,u->zui", d2_d__p62, (weight[848:864].view(16) * 1.2335879094879225))
-    d2_weight_468 = torch.einsum("zui,zui->u", (d2_d__p62 * 1.2335879094879225), d_y[:, 64:144].reshape(n, 16, 5))
-    # ∂/∂d__p63: ∂/∂x3: p63 = (p27 ⊗ p5) -> 16x2e
-    _c158 = torch.einsum("zuj,zui->ziju", d2_d_x3[:, 64:144].reshape(n, 16, 5), _p27)
-    d2_d__p63_469 = torch.einsum("ijk,ziju->zuk", cg_4_2_2, _c158)
-    # ∂/∂_p27: ∂/∂x3: p63 = (p27 ⊗ p5) -> 16x2e
-    _c159 = torch.einsum("zuj,zuk->zjku", d2_d_x3[:, 64:144].reshape(n, 16, 5), d__p63)
-    d2__p27_470 = torch.einsum("ijk,zjku->zui", cg_4_2_2, _c159)
-    # ∂/∂d__p63: ∂/∂_p27: p63 = (p27 ⊗ p5) -> 16x2e
-    d2_d__p27 = d2_d__p27_178 + d2_d__p27_180
-    _c160 = torch.einsum("zui,zuj->ziju", d2_d__p27, x3[:, 64:144].reshape(n, 16, 5))
-    d2_d__p63_471 = torch.einsum("ijk,ziju->zuk", cg_4_2_2, _c160)
-    # ∂/∂x3: ∂/∂_p27: p63 = (p27 ⊗ p5) -> 16x2e
-    _c161 = torch.einsum("zui,zuk->ziku", d2_d__p27, d__p63)
-    d2_x3_472 = torch.einsum("ijk,ziku->zuj", cg_4_2_2, _c161)
-    d2_d_y_473 = torch.einsum("u,zui->zui", (d2_d_weight[864:880].view(16) * 1.3987572123604706), _p63)
+    d2_d_y_141 = torch.einsum("u,zui->zui", (d2_d_weight[864:880].view(16) * 1.3987572123604706), _p63)
     d2__p63 = torch.einsum("u,zui->zui", (d2_d_weight[864:880].view(16) * 1.3987572123604706), d_y[:, 64:144].reshape(n, 16, 5))
-    d2_d__p63 = d2_d__p63_469 + d2_d__p63_471
-    d2_d_y_474 = torch.einsum("zui,u->zui", d2_d__p63, (weight[864:880].view(16) * 1.3987572123604706))
-    d2_weight_475 = torch.einsum("zui,zui->u", (d2_d__p63 * 1.3987572123604706), d_y[:, 64:144].reshape(n, 16, 5))
     # ∂/∂_p27: p63 = (p27 ⊗ p5) -> 16x2e
-    _c162 = torch.einsum("zuk,zuj->zjku", d2__p63, x3[:, 64:144].reshape(n, 16, 5))
-    d2__p27_476 = torch.einsum("ijk,zjku->zui", cg_4_2_2, _c162)
+    _c62 = torch.einsum("zuk,zuj->zjku", d2__p63, x3[:, 64:144].reshape(n, 16, 5))
+    d2__p27 = torch.einsum("ijk,zjku->zui", cg_4_2_2, _c62)
     # ∂/∂x3: p63 = (p27 ⊗ p5) -> 16x2e
-    _c163 = torch.einsum("zuk,zui->ziku", d2__p63, _p27)
-    d2_x3_477 = torch.einsum("ijk,ziku->zuj", cg_4_2_2, _c163)
+    _c63 = torch.einsum("zuk,zui->ziku", d2__p63, _p27)
+    d2_x3_142 = torch.einsum("ijk,ziku->zuj", cg_4_2_2, _c63)
     # ∂/∂_p26: p62 = (p26 ⊗ p5) -> 16x2e
-    _c164 = torch.einsum("zuk,zuj->zjku", d2__p62, x3[:, 64:144].reshape(n, 16, 5))
-    d2__p26_478 = torch.einsum("ijk,zjku->zui", cg_3_2_2, _c164)
+    _c64 = torch.einsum("zuk,zuj->zjku", d2__p62, x3[:, 64:144].reshape(n, 16, 5))
+    d2__p26 = torch.einsum("ijk,zjku->zui", cg_3_2_2, _c64)
     # ∂/∂x3: p62 = (p26 ⊗ p5) -> 16x2e
-    _c165 = torch.einsum("zuk,zui->ziku", d2__p62, _p26)
-    d2_x3_479 = torch.einsum("ijk,ziku->zuj", cg_3_2_2, _c165)
-    d2__p22_480 = torch.einsum("zui,u->zui", d2__p60, weight[688:704].view(16))
-    d2_weight_481 = torch.einsum("zui,zui->u", d2__p60, _p22)
-    d2__p17_482 = torch.einsum("zui,u->zui", d2__p60, weight[496:512].view(16))
-    d2_weight_483 = torch.einsum("zui,zui->u", d2__p60, _p17)
-    d2__p21_484 = torch.einsum("zui,u->zui", d2__p58, (weight[672:688].view(16) * 0.8451542547285166))
-    d2_weight_485 = torch.einsum("zui,zui->u", (d2__p58 * 0.8451542547285166), _p21)
-    d2__p16_486 = torch.einsum("zui,u->zui", d2__p58, (weight[480:496].view(16) * 0.8451542547285166))
-    d2_weight_487 = torch.einsum("zui,zui->u", (d2__p58 * 0.8451542547285166), _p16)
-    d2__p22_488 = torch.einsum("zui,u->zui", d2__p56, (weight[640:656].view(16) * 1.2335879094879225))
-    d2_weight_489 = torch.einsum("zui,zui->u", (d2__p56 * 1.2335879094879225), _p22)
-    d2__p17_490 = torch.einsum("zui,u->zui", d2__p56, (weight[448:464].view(16) * 1.2335879094879225))
-    d2_weight_491 = torch.einsum("zui,zui->u", (d2__p56 * 1.2335879094879225), _p17)
-    d2__p21_492 = torch.einsum("zui,u->zui", d2__p54, (weight[624:640].view(16) * 1.0425720702853738))
-    d2_weight_493 = torch.einsum("zui,zui->u", (d2__p54 * 1.0425720702853738), _p21)
-    d2__p16_494 = torch.einsum("zui,u->zui", d2__p54, (weight[432:448].view(16) * 1.0425720702853738))
-    d2_weight_495 = torch.einsum("zui,zui->u", (d2__p54 * 1.0425720702853738), _p16)
-    d2__p25_496 = torch.einsum("zui,u->zui", d2__p52, (weight[800:816].view(16) * 0.8075728530872482))
-    d2_weight_497 = torch.einsum("zui,zui->u", (d2__p52 * 0.8075728530872482), _p25)
-    d2__p14_498 = torch.einsum("zui,u->zui", d2__p52, (weight[336:352].view(16) * 0.8075728530872482))
-    d2_weight_499 = torch.einsum("zui,zui->u", (d2__p52 * 0.8075728530872482), _p14)
-    d2__p25_500 = torch.einsum("zui,u->zui", d2__p50, (weight[752:768].view(16) * 0.6546536707079771))
-    d2_weight_501 = torch.einsum("zui,zui->u", (d2__p50 * 0.6546536707079771), _p25)
-    d2__p14_502 = torch.einsum("zui,u->zui", d2__p50, (weight[288:304].view(16) * 0.6546536707079771))
-    d2_weight_503 = torch.einsum("zui,zui->u", (d2__p50 * 0.6546536707079771), _p14)
-    d2__p24_504 = torch.einsum("zui,u->zui", d2__p48, (weight[832:848].view(16) * 1.0425720702853738))
-    d2_weight_505 = torch.einsum("zui,zui->u", (d2__p48 * 1.0425720702853738), _p24)
-    d2__p19_506 = torch.einsum("zui,u->zui", d2__p48, (weight[560:576].view(16) * 1.0425720702853738))
-    d2_weight_507 = torch.einsum("zui,zui->u", (d2__p48 * 1.0425720702853738), _p19)
-    d2__p13_508 = torch.einsum("zui,u->zui", d2__p48, (weight[368:384].view(16) * 1.0425720702853738))
-    d2_weight_509 = torch.einsum("zui,zui->u", (d2__p48 * 1.0425720702853738), _p13)
-    d2__p9_510 = torch.einsum("zui,u->zui", d2__p48, (weight[160:176].view(16) * 1.0425720702853738))
-    d2_weight_511 = torch.einsum("zui,zui->u", (d2__p48 * 1.0425720702853738), _p9)
-    d2__p24_512 = torch.einsum("zui,u->zui", d2__p46, (weight[816:832].view(16) * 0.674199862463242))
-    d2_weight_513 = torch.einsum("zui,zui->u", (d2__p46 * 0.674199862463242), _p24)
-    d2__p19_514 = torch.einsum("zui,u->zui", d2__p46, (weight[544:560].view(16) * 0.674199862463242))
-    d2_weight_515 = torch.einsum("zui,zui->u", (d2__p46 * 0.674199862463242), _p19)
-    d2__p13_516 = torch.einsum("zui,u->zui", d2__p46, (weight[352:368].view(16) * 0.674199862463242))
-    d2_weight_517 = torch.einsum("zui,zui->u", (d2__p46 * 0.674199862463242), _p13)
-    d2__p9_518 = torch.einsum("zui,u->zui", d2__p46, (weight[144:160].view(16) * 0.674199862463242))
-    d2_weight_519 = torch.einsum("zui,zui->u", (d2__p46 * 0.674199862463242), _p9)
-    d2__p24_520 = torch.einsum("zui,u->zui", d2__p44, (weight[768:784].view(16) * 0.8451542547285166))
-    d2_weight_521 = torch.einsum("zui,zui->u", (d2__p44 * 0.8451542547285166), _p24)
-    d2__p19_522 = torch.einsum("zui,u->zui", d2__p44, (weight[528:544].view(16) * 0.8451542547285166))
-    d2_weight_523 = torch.einsum("zui,zui->u", (d2__p44 * 0.8451542547285166), _p19)
-    d2__p13_524 = torch.einsum("zui,u->zui", d2__p44, (weight[304:320].view(16) * 0.8451542547285166))
-    d2_weight_525 = torch.einsum("zui,zui->u", (d2__p44 * 0.8451542547285166), _p13)
-    d2__p9_526 = torch.einsum("zui,u->zui", d2__p44, (weight[128:144].view(16) * 0.8451542547285166))
-    d2_weight_527 = torch.einsum("zui,zui->u", (d2__p44 * 0.8451542547285166), _p9)
-    d2__p24_528 = torch.einsum("zui,u->zui", d2__p42, (weight[720:736].view(16) * 1.0425720702853738))
-    d2_weight_529 = torch.einsum("zui,zui->u", (d2__p42 * 1.0425720702853738), _p24)
-    d2__p19_530 = torch.einsum("zui,u->zui", d2__p42, (weight[512:528].view(16) * 1.0425720702853738))
-    d2_weight_531 = torch.einsum("zui,zui->u", (d2__p42 * 1.0425720702853738), _p19)
-    d2__p13_532 = torch.einsum("zui,u->zui", d2__p42, (weight[256:272].view(16) * 1.0425720702853738))
-    d2_weight_533 = torch.einsum("zui,zui->u", (d2__p42 * 1.0425720702853738), _p13)
-    d2__p9_534 = torch.einsum("zui,u->zui", d2__p42, (weight[112:128].view(16) * 1.0425720702853738))
-    d2_weight_535 = torch.einsum("zui,zui->u", (d2__p42 * 1.0425720702853738), _p9)
-    d2__p20_536 = torch.einsum("zui,u->zui", d2__p40, (weight[656:672].view(16) * 0.6546536707079771))
-    d2_weight_537 = torch.einsum("zui,zui->u", (d2__p40 * 0.6546536707079771), _p20)
-    d2__p15_538 = torch.einsum("zui,u->zui", d2__p40, (weight[464:480].view(16) * 0.6546536707079771))
-    d2_weight_539 = torch.einsum("zui,zui->u", (d2__p40 * 0.6546536707079771), _p15)
-    d2__p11_540 = torch.einsum("zui,u->zui", d2__p40, (weight[224:240].view(16) * 0.6546536707079771))
-    d2_weight_541 = torch.einsum("zui,zui->u", (d2__p40 * 0.6546536707079771), _p11)
-    d2__p7_542 = torch.einsum("zui,u->zui", d2__p40, (weight[96:112].view(16) * 0.6546536707079771))
-    d2_weight_543 = torch.einsum("zui,zui->u", (d2__p40 * 0.6546536707079771), _p7)
-    d2__p20_544 = torch.einsum("zui,u->zui", d2__p38, (weight[608:624].view(16) * 0.8075728530872482))
-    d2_weight_545 = torch.einsum("zui,zui->u", (d2__p38 * 0.8075728530872482), _p20)
-    d2__p15_546 = torch.einsum("zui,u->zui", d2__p38, (weight[416:432].view(16) * 0.8075728530872482))
-    d2_weight_547 = torch.einsum("zui,zui->u", (d2__p38 * 0.8075728530872482), _p15)
-    d2__p11_548 = torch.einsum("zui,u->zui", d2__p38, (weight[208:224].view(16) * 0.8075728530872482))
-    d2_weight_549 = torch.einsum("zui,zui->u", (d2__p38 * 0.8075728530872482), _p11)
-    d2__p7_550 = torch.einsum("zui,u->zui", d2__p38, (weight[80:96].view(16) * 0.8075728530872482))
-    d2_weight_551 = torch.einsum("zui,zui->u", (d2__p38 * 0.8075728530872482), _p7)
-    d2__p20_552 = torch.einsum("zui,u->zui", d2__p36, (weight[592:608].view(16) * 0.5222329678670935))
-    d2_weight_553 = torch.einsum("zui,zui->u", (d2__p36 * 0.5222329678670935), _p20)
-    d2__p15_554 = torch.einsum("zui,u->zui", d2__p36, (weight[400:416].view(16) * 0.5222329678670935))
-    d2_weight_555 = torch.einsum("zui,zui->u", (d2__p36 * 0.5222329678670935), _p15)
-    d2__p11_556 = torch.einsum("zui,u->zui", d2__p36, (weight[192:208].view(16) * 0.5222329678670935))
-    d2_weight_557 = torch.einsum("zui,zui->u", (d2__p36 * 0.5222329678670935), _p11)
-    d2__p7_558 = torch.einsum("zui,u->zui", d2__p36, (weight[64:80].view(16) * 0.5222329678670935))
-    d2_weight_559 = torch.einsum("zui,zui->u", (d2__p36 * 0.5222329678670935), _p7)
-    d2__p20_560 = torch.einsum("zui,u->zui", d2__p34, (weight[576:592].view(16) * 0.6546536707079771))
-    d2_weight_561 = torch.einsum("zui,zui->u", (d2__p34 * 0.6546536707079771), _p20)
-    d2__p15_562 = torch.einsum("zui,u->zui", d2__p34, (weight[384:400].view(16) * 0.6546536707079771))
-    d2_weight_563 = torch.einsum("zui,zui->u", (d2__p34 * 0.6546536707079771), _p15)
-    d2__p11_564 = torch.einsum("zui,u->zui", d2__p34, (weight[176:192].view(16) * 0.6546536707079771))
-    d2_weight_565 = torch.einsum("zui,zui->u", (d2__p34 * 0.6546536707079771), _p11)
-    d2__p7_566 = torch.einsum("zui,u->zui", d2__p34, (weight[48:64].view(16) * 0.6546536707079771))
-    d2_weight_567 = torch.einsum("zui,zui->u", (d2__p34 * 0.6546536707079771), _p7)
-    d2__p23_568 = torch.einsum("zui,u->zui", d2__p32, (weight[784:800].view(16) * 0.4662524041201569))
-    d2_weight_569 = torch.einsum("zui,zui->u", (d2__p32 * 0.4662524041201569), _p23)
-    d2__p12_570 = torch.einsum("zui,u->zui", d2__p32, (weight[320:336].view(16) * 0.4662524041201569))
-    d2_weight_571 = torch.einsum("zui,zui->u", (d2__p32 * 0.4662524041201569), _p12)
-    d2__p2_572 = torch.einsum("zui,u->zui", d2__p32, (weight[32:48].view(16) * 0.4662524041201569))
-    d2_weight_573 = torch.einsum("zui,zui->u", (d2__p32 * 0.4662524041201569), _p2)
-    d2__p23_574 = torch.einsum("zui,u->zui", d2__p30, (weight[736:752].view(16) * 0.3779644730092272))
-    d2_weight_575 = torch.einsum("zui,zui->u", (d2__p30 * 0.3779644730092272), _p23)
-    d2__p12_576 = torch.einsum("zui,u->zui", d2__p30, (weight[272:288].view(16) * 0.3779644730092272))
-    d2_weight_577 = torch.einsum("zui,zui->u", (d2__p30 * 0.3779644730092272), _p12)
-    d2__p2_578 = torch.einsum("zui,u->zui", d2__p30, (weight[16:32].view(16) * 0.3779644730092272))
-    d2_weight_579 = torch.einsum("zui,zui->u", (d2__p30 * 0.3779644730092272), _p2)
-    d2__p23_580 = torch.einsum("zui,u->zui", d2__p28, (weight[704:720].view(16) * 0.30151134457776363))
-    d2_weight_581 = torch.einsum("zui,zui->u", (d2__p28 * 0.30151134457776363), _p23)
-    d2__p12_582 = torch.einsum("zui,u->zui", d2__p28, (weight[240:256].view(16) * 0.30151134457776363))
-    d2_weight_583 = torch.einsum("zui,zui->u", (d2__p28 * 0.30151134457776363), _p12)
-    d2__p2_584 = torch.einsum("zui,u->zui", d2__p28, (weight[0:16].view(16) * 0.30151134457776363))
-    d2_weight_585 = torch.einsum("zui,zui->u", (d2__p28 * 0.30151134457776363), _p2)
+    _c65 = torch.einsum("zuk,zui->ziku", d2__p62, _p26)
+    d2_x3_143 = torch.einsum("ijk,ziku->zuj", cg_3_2_2, _c65)
     # ∂/∂x1: p27 = (p18 ⊗ p8) -> 16x4e
-    d2__p27 = d2__p27_470 + d2__p27_476
-    _c166 = torch.einsum("zuk,zuj->zjku", d2__p27, x2[:, 64:144].reshape(n, 16, 5))
-    d2_x1_586 = torch.einsum("ijk,zjku->zui", cg_2_2_4, _c166)
+    _c66 = torch.einsum("zuk,zuj->zjku", d2__p27, x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_144 = torch.einsum("ijk,zjku->zui", cg_2_2_4, _c66)
     # ∂/∂x2: p27 = (p18 ⊗ p8) -> 16x4e
-    _c167 = torch.einsum("zuk,zui->ziku", d2__p27, x1[:, 64:144].reshape(n, 16, 5))
-    d2_x2_587 = torch.einsum("ijk,ziku->zuj", cg_2_2_4, _c167)
+    _c67 = torch.einsum("zuk,zui->ziku", d2__p27, x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_145 = torch.einsum("ijk,ziku->zuj", cg_2_2_4, _c67)
     # ∂/∂x1: p26 = (p18 ⊗ p8) -> 16x3e
-    d2__p26 = d2__p26_463 + d2__p26_478
-    _c168 = torch.einsum("zuk,zuj->zjku", d2__p26, x2[:, 64:144].reshape(n, 16, 5))
-    d2_x1_588 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c168)
+    _c68 = torch.einsum("zuk,zuj->zjku", d2__p26, x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_146 = torch.einsum("ijk,zjku->zui", cg_2_2_3, _c68)
     # ∂/∂x2: p26 = (p18 ⊗ p8) -> 16x3e
-    _c169 = torch.einsum("zuk,zui->ziku", d2__p26, x1[:, 64:144].reshape(n, 16, 5))
-    d2_x2_589 = torch.einsum("ijk,ziku->zuj", cg_2_2_3, _c169)
+    _c69 = torch.einsum("zuk,zui->ziku", d2__p26, x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_147 = torch.einsum("ijk,ziku->zuj", cg_2_2_3, _c69)
     # ∂/∂x1: p25 = (p18 ⊗ p8) -> 16x1e
-    d2__p25 = d2__p25_395 + d2__p25_407 + d2__p25_496 + d2__p25_500
-    _c170 = torch.einsum("zuk,zuj->zjku", d2__p25, x2[:, 64:144].reshape(n, 16, 5))
-    d2_x1_590 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c170)
+    d2__p25 = d2__p25_107 + d2__p25_113
+    _c70 = torch.einsum("zuk,zuj->zjku", d2__p25, x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_148 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c70)
     # ∂/∂x2: p25 = (p18 ⊗ p8) -> 16x1e
-    _c171 = torch.einsum("zuk,zui->ziku", d2__p25, x1[:, 64:144].reshape(n, 16, 5))
-    d2_x2_591 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c171)
+    _c71 = torch.einsum("zuk,zui->ziku", d2__p25, x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_149 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c71)
     # ∂/∂x1: p24 = (p18 ⊗ p8) -> 16x2e
-    d2__p24 = d2__p24_323 + d2__p24_343 + d2__p24_363 + d2__p24_383 + d2__p24_504 + d2__p24_512 + d2__p24_520 + d2__p24_528
-    _c172 = torch.einsum("zuk,zuj->zjku", d2__p24, x2[:, 64:144].reshape(n, 16, 5))
-    d2_x1_592 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c172)
+    d2__p24 = d2__p24_71 + d2__p24_81 + d2__p24_91 + d2__p24_101
+    _c72 = torch.einsum("zuk,zuj->zjku", d2__p24, x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_150 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c72)
     # ∂/∂x2: p24 = (p18 ⊗ p8) -> 16x2e
-    _c173 = torch.einsum("zuk,zui->ziku", d2__p24, x1[:, 64:144].reshape(n, 16, 5))
-    d2_x2_593 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c173)
+    _c73 = torch.einsum("zuk,zui->ziku", d2__p24, x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_151 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c73)
     # ∂/∂x1: p23 = (p18 ⊗ p8) -> 16x0e
-    d2__p23 = d2__p23_191 + d2__p23_207 + d2__p23_223 + d2__p23_568 + d2__p23_574 + d2__p23_580
-    _c174 = torch.einsum("zuk,zuj->zjku", d2__p23, x2[:, 64:144].reshape(n, 16, 5))
-    d2_x1_594 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c174)
+    d2__p23 = d2__p23_5 + d2__p23_13 + d2__p23_21
+    _c74 = torch.einsum("zuk,zuj->zjku", d2__p23, x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_152 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c74)
     # ∂/∂x2: p23 = (p18 ⊗ p8) -> 16x0e
-    _c175 = torch.einsum("zuk,zui->ziku", d2__p23, x1[:, 64:144].reshape(n, 16, 5))
-    d2_x2_595 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c175)
+    _c75 = torch.einsum("zuk,zui->ziku", d2__p23, x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_153 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c75)
     # ∂/∂x1: p22 = (p18 ⊗ p6) -> 16x3o
-    d2__p22 = d2__p22_431 + d2__p22_455 + d2__p22_480 + d2__p22_488
-    _c176 = torch.einsum("zuk,zuj->zjku", d2__p22, x2[:, 16:64].reshape(n, 16, 3))
-    d2_x1_596 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c176)
+    d2__p22 = d2__p22_125 + d2__p22_137
+    _c76 = torch.einsum("zuk,zuj->zjku", d2__p22, x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_154 = torch.einsum("ijk,zjku->zui", cg_2_1_3, _c76)
     # ∂/∂x2: p22 = (p18 ⊗ p6) -> 16x3o
-    _c177 = torch.einsum("zuk,zui->ziku", d2__p22, x1[:, 64:144].reshape(n, 16, 5))
-    d2_x2_597 = torch.einsum("ijk,ziku->zuj", cg_2_1_3, _c177)
+    _c77 = torch.einsum("zuk,zui->ziku", d2__p22, x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_155 = torch.einsum("ijk,ziku->zuj", cg_2_1_3, _c77)
     # ∂/∂x1: p21 = (p18 ⊗ p6) -> 16x2o
-    d2__p21 = d2__p21_419 + d2__p21_443 + d2__p21_484 + d2__p21_492
-    _c178 = torch.einsum("zuk,zuj->zjku", d2__p21, x2[:, 16:64].reshape(n, 16, 3))
-    d2_x1_598 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c178)
+    d2__p21 = d2__p21_119 + d2__p21_131
+    _c78 = torch.einsum("zuk,zuj->zjku", d2__p21, x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_156 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c78)
     # ∂/∂x2: p21 = (p18 ⊗ p6) -> 16x2o
-    _c179 = torch.einsum("zuk,zui->ziku", d2__p21, x1[:, 64:144].reshape(n, 16, 5))
-    d2_x2_599 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c179)
+    _c79 = torch.einsum("zuk,zui->ziku", d2__p21, x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_157 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c79)
     # ∂/∂x1: p20 = (p18 ⊗ p6) -> 16x1o
-    d2__p20 = d2__p20_243 + d2__p20_263 + d2__p20_283 + d2__p20_303 + d2__p20_536 + d2__p20_544 + d2__p20_552 + d2__p20_560
-    _c180 = torch.einsum("zuk,zuj->zjku", d2__p20, x2[:, 16:64].reshape(n, 16, 3))
-    d2_x1_600 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c180)
+    d2__p20 = d2__p20_31 + d2__p20_41 + d2__p20_51 + d2__p20_61
+    _c80 = torch.einsum("zuk,zuj->zjku", d2__p20, x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_158 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c80)
     # ∂/∂x2: p20 = (p18 ⊗ p6) -> 16x1o
-    _c181 = torch.einsum("zuk,zui->ziku", d2__p20, x1[:, 64:144].reshape(n, 16, 5))
-    d2_x2_601 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c181)
+    _c81 = torch.einsum("zuk,zui->ziku", d2__p20, x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_159 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c81)
     # ∂/∂x1: p19 = (p18 ⊗ p1) -> 16x2e
-    d2__p19 = d2__p19_319 + d2__p19_339 + d2__p19_359 + d2__p19_379 + d2__p19_506 + d2__p19_514 + d2__p19_522 + d2__p19_530
-    _c182 = torch.einsum("zuk,zuj->zjku", d2__p19, x2[:, 0:16].reshape(n, 16, 1))
-    d2_x1_602 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c182)
+    d2__p19 = d2__p19_69 + d2__p19_79 + d2__p19_89 + d2__p19_99
+    _c82 = torch.einsum("zuk,zuj->zjku", d2__p19, x2[:, 0:16].reshape(n, 16, 1))
+    d2_x1_160 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c82)
     # ∂/∂x2: p19 = (p18 ⊗ p1) -> 16x2e
-    _c183 = torch.einsum("zuk,zui->ziku", d2__p19, x1[:, 64:144].reshape(n, 16, 5))
-    d2_x2_603 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c183)
+    _c83 = torch.einsum("zuk,zui->ziku", d2__p19, x1[:, 64:144].reshape(n, 16, 5))
+    d2_x2_161 = torch.einsum("ijk,ziku->zuj", cg_2_0_2, _c83)
     # ∂/∂x1: p17 = (p10 ⊗ p8) -> 16x3o
-    d2__p17 = d2__p17_427 + d2__p17_451 + d2__p17_482 + d2__p17_490
-    _c184 = torch.einsum("zuk,zuj->zjku", d2__p17, x2[:, 64:144].reshape(n, 16, 5))
-    d2_x1_604 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c184)
+    d2__p17 = d2__p17_123 + d2__p17_135
+    _c84 = torch.einsum("zuk,zuj->zjku", d2__p17, x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_162 = torch.einsum("ijk,zjku->zui", cg_1_2_3, _c84)
     # ∂/∂x2: p17 = (p10 ⊗ p8) -> 16x3o
-    _c185 = torch.einsum("zuk,zui->ziku", d2__p17, x1[:, 16:64].reshape(n, 16, 3))
-    d2_x2_605 = torch.einsum("ijk,ziku->zuj", cg_1_2_3, _c185)
+    _c85 = torch.einsum("zuk,zui->ziku", d2__p17, x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_163 = torch.einsum("ijk,ziku->zuj", cg_1_2_3, _c85)
     # ∂/∂x1: p16 = (p10 ⊗ p8) -> 16x2o
-    d2__p16 = d2__p16_415 + d2__p16_439 + d2__p16_486 + d2__p16_494
-    _c186 = torch.einsum("zuk,zuj->zjku", d2__p16, x2[:, 64:144].reshape(n, 16, 5))
-    d2_x1_606 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c186)
+    d2__p16 = d2__p16_117 + d2__p16_129
+    _c86 = torch.einsum("zuk,zuj->zjku", d2__p16, x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_164 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c86)
     # ∂/∂x2: p16 = (p10 ⊗ p8) -> 16x2o
-    _c187 = torch.einsum("zuk,zui->ziku", d2__p16, x1[:, 16:64].reshape(n, 16, 3))
-    d2_x2_607 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c187)
+    _c87 = torch.einsum("zuk,zui->ziku", d2__p16, x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_165 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c87)
     # ∂/∂x1: p15 = (p10 ⊗ p8) -> 16x1o
-    d2__p15 = d2__p15_239 + d2__p15_259 + d2__p15_279 + d2__p15_299 + d2__p15_538 + d2__p15_546 + d2__p15_554 + d2__p15_562
-    _c188 = torch.einsum("zuk,zuj->zjku", d2__p15, x2[:, 64:144].reshape(n, 16, 5))
-    d2_x1_608 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c188)
+    d2__p15 = d2__p15_29 + d2__p15_39 + d2__p15_49 + d2__p15_59
+    _c88 = torch.einsum("zuk,zuj->zjku", d2__p15, x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_166 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c88)
     # ∂/∂x2: p15 = (p10 ⊗ p8) -> 16x1o
-    _c189 = torch.einsum("zuk,zui->ziku", d2__p15, x1[:, 16:64].reshape(n, 16, 3))
-    d2_x2_609 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c189)
+    _c89 = torch.einsum("zuk,zui->ziku", d2__p15, x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_167 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c89)
     # ∂/∂x1: p14 = (p10 ⊗ p6) -> 16x1e
-    d2__p14 = d2__p14_391 + d2__p14_403 + d2__p14_498 + d2__p14_502
-    _c190 = torch.einsum("zuk,zuj->zjku", d2__p14, x2[:, 16:64].reshape(n, 16, 3))
-    d2_x1_610 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c190)
+    d2__p14 = d2__p14_105 + d2__p14_111
+    _c90 = torch.einsum("zuk,zuj->zjku", d2__p14, x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_168 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c90)
     # ∂/∂x2: p14 = (p10 ⊗ p6) -> 16x1e
-    _c191 = torch.einsum("zuk,zui->ziku", d2__p14, x1[:, 16:64].reshape(n, 16, 3))
-    d2_x2_611 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c191)
+    _c91 = torch.einsum("zuk,zui->ziku", d2__p14, x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_169 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c91)
     # ∂/∂x1: p13 = (p10 ⊗ p6) -> 16x2e
-    d2__p13 = d2__p13_315 + d2__p13_335 + d2__p13_355 + d2__p13_375 + d2__p13_508 + d2__p13_516 + d2__p13_524 + d2__p13_532
-    _c192 = torch.einsum("zuk,zuj->zjku", d2__p13, x2[:, 16:64].reshape(n, 16, 3))
-    d2_x1_612 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c192)
+    d2__p13 = d2__p13_67 + d2__p13_77 + d2__p13_87 + d2__p13_97
+    _c92 = torch.einsum("zuk,zuj->zjku", d2__p13, x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_170 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c92)
     # ∂/∂x2: p13 = (p10 ⊗ p6) -> 16x2e
-    _c193 = torch.einsum("zuk,zui->ziku", d2__p13, x1[:, 16:64].reshape(n, 16, 3))
-    d2_x2_613 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c193)
+    _c93 = torch.einsum("zuk,zui->ziku", d2__p13, x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_171 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c93)
     # ∂/∂x1: p12 = (p10 ⊗ p6) -> 16x0e
-    d2__p12 = d2__p12_187 + d2__p12_203 + d2__p12_219 + d2__p12_570 + d2__p12_576 + d2__p12_582
-    _c194 = torch.einsum("zuk,zuj->zjku", d2__p12, x2[:, 16:64].reshape(n, 16, 3))
-    d2_x1_614 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c194)
+    d2__p12 = d2__p12_3 + d2__p12_11 + d2__p12_19
+    _c94 = torch.einsum("zuk,zuj->zjku", d2__p12, x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_172 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c94)
     # ∂/∂x2: p12 = (p10 ⊗ p6) -> 16x0e
-    _c195 = torch.einsum("zuk,zui->ziku", d2__p12, x1[:, 16:64].reshape(n, 16, 3))
-    d2_x2_615 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c195)
+    _c95 = torch.einsum("zuk,zui->ziku", d2__p12, x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_173 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c95)
     # ∂/∂x1: p11 = (p10 ⊗ p1) -> 16x1o
-    d2__p11 = d2__p11_235 + d2__p11_255 + d2__p11_275 + d2__p11_295 + d2__p11_540 + d2__p11_548 + d2__p11_556 + d2__p11_564
-    _c196 = torch.einsum("zuk,zuj->zjku", d2__p11, x2[:, 0:16].reshape(n, 16, 1))
-    d2_x1_616 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c196)
+    d2__p11 = d2__p11_27 + d2__p11_37 + d2__p11_47 + d2__p11_57
+    _c96 = torch.einsum("zuk,zuj->zjku", d2__p11, x2[:, 0:16].reshape(n, 16, 1))
+    d2_x1_174 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c96)
     # ∂/∂x2: p11 = (p10 ⊗ p1) -> 16x1o
-    _c197 = torch.einsum("zuk,zui->ziku", d2__p11, x1[:, 16:64].reshape(n, 16, 3))
-    d2_x2_617 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c197)
+    _c97 = torch.einsum("zuk,zui->ziku", d2__p11, x1[:, 16:64].reshape(n, 16, 3))
+    d2_x2_175 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c97)
     # ∂/∂x1: p9 = (p0 ⊗ p8) -> 16x2e
-    d2__p9 = d2__p9_311 + d2__p9_331 + d2__p9_351 + d2__p9_371 + d2__p9_510 + d2__p9_518 + d2__p9_526 + d2__p9_534
-    _c198 = torch.einsum("zuk,zuj->zjku", d2__p9, x2[:, 64:144].reshape(n, 16, 5))
-    d2_x1_618 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c198)
+    d2__p9 = d2__p9_65 + d2__p9_75 + d2__p9_85 + d2__p9_95
+    _c98 = torch.einsum("zuk,zuj->zjku", d2__p9, x2[:, 64:144].reshape(n, 16, 5))
+    d2_x1_176 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c98)
     # ∂/∂x2: p9 = (p0 ⊗ p8) -> 16x2e
-    _c199 = torch.einsum("zuk,zui->ziku", d2__p9, x1[:, 0:16].reshape(n, 16, 1))
-    d2_x2_619 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c199)
+    _c99 = torch.einsum("zuk,zui->ziku", d2__p9, x1[:, 0:16].reshape(n, 16, 1))
+    d2_x2_177 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c99)
     # ∂/∂x1: p7 = (p0 ⊗ p6) -> 16x1o
-    d2__p7 = d2__p7_231 + d2__p7_251 + d2__p7_271 + d2__p7_291 + d2__p7_542 + d2__p7_550 + d2__p7_558 + d2__p7_566
-    _c200 = torch.einsum("zuk,zuj->zjku", d2__p7, x2[:, 16:64].reshape(n, 16, 3))
-    d2_x1_620 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c200)
+    d2__p7 = d2__p7_25 + d2__p7_35 + d2__p7_45 + d2__p7_55
+    _c100 = torch.einsum("zuk,zuj->zjku", d2__p7, x2[:, 16:64].reshape(n, 16, 3))
+    d2_x1_178 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c100)
     # ∂/∂x2: p7 = (p0 ⊗ p6) -> 16x1o
-    _c201 = torch.einsum("zuk,zui->ziku", d2__p7, x1[:, 0:16].reshape(n, 16, 1))
-    d2_x2_621 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c201)
+    _c101 = torch.einsum("zuk,zui->ziku", d2__p7, x1[:, 0:16].reshape(n, 16, 1))
+    d2_x2_179 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c101)
     # ∂/∂x1: p2 = (p0 ⊗ p1) -> 16x0e
-    d2__p2 = d2__p2_183 + d2__p2_199 + d2__p2_215 + d2__p2_572 + d2__p2_578 + d2__p2_584
-    _c202 = torch.einsum("zuk,zuj->zjku", d2__p2, x2[:, 0:16].reshape(n, 16, 1))
-    d2_x1_622 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c202)
+    d2__p2 = d2__p2_1 + d2__p2_9 + d2__p2_17
+    _c102 = torch.einsum("zuk,zuj->zjku", d2__p2, x2[:, 0:16].reshape(n, 16, 1))
+    d2_x1_180 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c102)
     # ∂/∂x2: p2 = (p0 ⊗ p1) -> 16x0e
-    _c203 = torch.einsum("zuk,zui->ziku", d2__p2, x1[:, 0:16].reshape(n, 16, 1))
-    d2_x2_623 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c203)
+    _c103 = torch.einsum("zuk,zui->ziku", d2__p2, x1[:, 0:16].reshape(n, 16, 1))
+    d2_x2_181 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c103)
     d2_x1 = torch.cat([
-        (d2_x1_107 + d2_x1_111 + d2_x1_115 + d2_x1_618 + d2_x1_620 + d2_x1_622).reshape(n, 16),
-        (d2_x1_119 + d2_x1_123 + d2_x1_127 + d2_x1_131 + d2_x1_135 + d2_x1_139 + d2_x1_143 + d2_x1_604 + d2_x1_606 + d2_x1_608 + d2_x1_610 + d2_x1_612 + d2_x1_614 + d2_x1_616).reshape(n, 48),
-        (d2_x1_147 + d2_x1_151 + d2_x1_155 + d2_x1_159 + d2_x1_163 + d2_x1_167 + d2_x1_171 + d2_x1_175 + d2_x1_179 + d2_x1_586 + d2_x1_588 + d2_x1_590 + d2_x1_592 + d2_x1_594 + d2_x1_596 + d2_x1_598 + d2_x1_600 + d2_x1_602).reshape(n, 80),
+        (d2_x1_176 + d2_x1_178 + d2_x1_180).reshape(n, 16),
+        (d2_x1_162 + d2_x1_164 + d2_x1_166 + d2_x1_168 + d2_x1_170 + d2_x1_172 + d2_x1_174).reshape(n, 48),
+        (d2_x1_144 + d2_x1_146 + d2_x1_148 + d2_x1_150 + d2_x1_152 + d2_x1_154 + d2_x1_156 + d2_x1_158 + d2_x1_160).reshape(n, 80),
     ], dim=-1)
     d2_x2 = torch.cat([
-        (d2_x2_109 + d2_x2_121 + d2_x2_149 + d2_x2_603 + d2_x2_617 + d2_x2_623).reshape(n, 16),
-        (d2_x2_113 + d2_x2_125 + d2_x2_129 + d2_x2_133 + d2_x2_153 + d2_x2_157 + d2_x2_161 + d2_x2_597 + d2_x2_599 + d2_x2_601 + d2_x2_611 + d2_x2_613 + d2_x2_615 + d2_x2_621).reshape(n, 48),
-        (d2_x2_117 + d2_x2_137 + d2_x2_141 + d2_x2_145 + d2_x2_165 + d2_x2_169 + d2_x2_173 + d2_x2_177 + d2_x2_181 + d2_x2_587 + d2_x2_589 + d2_x2_591 + d2_x2_593 + d2_x2_595 + d2_x2_605 + d2_x2_607 + d2_x2_609 + d2_x2_619).reshape(n, 80),
+        (d2_x2_161 + d2_x2_175 + d2_x2_181).reshape(n, 16),
+        (d2_x2_155 + d2_x2_157 + d2_x2_159 + d2_x2_169 + d2_x2_171 + d2_x2_173 + d2_x2_179).reshape(n, 48),
+        (d2_x2_145 + d2_x2_147 + d2_x2_149 + d2_x2_151 + d2_x2_153 + d2_x2_163 + d2_x2_165 + d2_x2_167 + d2_x2_177).reshape(n, 80),
     ], dim=-1)
     d2_x3 = torch.cat([
-        (d2_x3_196 + d2_x3_248 + d2_x3_328).reshape(n, 16),
-        (d2_x3_212 + d2_x3_268 + d2_x3_288 + d2_x3_348 + d2_x3_400 + d2_x3_424 + d2_x3_436).reshape(n, 48),
-        (d2_x3_228 + d2_x3_308 + d2_x3_368 + d2_x3_388 + d2_x3_412 + d2_x3_448 + d2_x3_460 + d2_x3_465 + d2_x3_472 + d2_x3_477 + d2_x3_479).reshape(n, 80),
+        (d2_x3_6 + d2_x3_32 + d2_x3_72).reshape(n, 16),
+        (d2_x3_14 + d2_x3_42 + d2_x3_52 + d2_x3_82 + d2_x3_108 + d2_x3_120 + d2_x3_126).reshape(n, 48),
+        (d2_x3_22 + d2_x3_62 + d2_x3_92 + d2_x3_102 + d2_x3_114 + d2_x3_132 + d2_x3_138 + d2_x3_142 + d2_x3_143).reshape(n, 80),
     ], dim=-1)
     d2_d_y = torch.cat([
-        (d2_d_y_197 + d2_d_y_269 + d2_d_y_369).reshape(n, 16),
-        (d2_d_y_213 + d2_d_y_249 + d2_d_y_309 + d2_d_y_349 + d2_d_y_401 + d2_d_y_449 + d2_d_y_461).reshape(n, 48),
-        (d2_d_y_229 + d2_d_y_289 + d2_d_y_329 + d2_d_y_389 + d2_d_y_413 + d2_d_y_425 + d2_d_y_437 + d2_d_y_466 + d2_d_y_467 + d2_d_y_473 + d2_d_y_474).reshape(n, 80),
+        (d2_d_y_7 + d2_d_y_43 + d2_d_y_93).reshape(n, 16),
+        (d2_d_y_15 + d2_d_y_33 + d2_d_y_63 + d2_d_y_83 + d2_d_y_109 + d2_d_y_133 + d2_d_y_139).reshape(n, 48),
+        (d2_d_y_23 + d2_d_y_53 + d2_d_y_73 + d2_d_y_103 + d2_d_y_115 + d2_d_y_121 + d2_d_y_127 + d2_d_y_140 + d2_d_y_141).reshape(n, 80),
     ], dim=-1)
-    d2_weight = torch.cat([
-        (d2_weight_185 + d2_weight_585).reshape(16),
-        (d2_weight_201 + d2_weight_579).reshape(16),
-        (d2_weight_217 + d2_weight_573).reshape(16),
-        (d2_weight_233 + d2_weight_567).reshape(16),
-        (d2_weight_253 + d2_weight_559).reshape(16),
-        (d2_weight_273 + d2_weight_551).reshape(16),
-        (d2_weight_293 + d2_weight_543).reshape(16),
-        (d2_weight_313 + d2_weight_535).reshape(16),
-        (d2_weight_333 + d2_weight_527).reshape(16),
-        (d2_weight_353 + d2_weight_519).reshape(16),
-        (d2_weight_373 + d2_weight_511).reshape(16),
-        (d2_weight_237 + d2_weight_565).reshape(16),
-        (d2_weight_257 + d2_weight_557).reshape(16),
-        (d2_weight_277 + d2_weight_549).reshape(16),
-        (d2_weight_297 + d2_weight_541).reshape(16),
-        (d2_weight_189 + d2_weight_583).reshape(16),
-        (d2_weight_317 + d2_weight_533).reshape(16),
-        (d2_weight_205 + d2_weight_577).reshape(16),
-        (d2_weight_393 + d2_weight_503).reshape(16),
-        (d2_weight_337 + d2_weight_525).reshape(16),
-        (d2_weight_221 + d2_weight_571).reshape(16),
-        (d2_weight_405 + d2_weight_499).reshape(16),
-        (d2_weight_357 + d2_weight_517).reshape(16),
-        (d2_weight_377 + d2_weight_509).reshape(16),
-        (d2_weight_241 + d2_weight_563).reshape(16),
-        (d2_weight_261 + d2_weight_555).reshape(16),
-        (d2_weight_281 + d2_weight_547).reshape(16),
-        (d2_weight_417 + d2_weight_495).reshape(16),
-        (d2_weight_429 + d2_weight_491).reshape(16),
-        (d2_weight_301 + d2_weight_539).reshape(16),
-        (d2_weight_441 + d2_weight_487).reshape(16),
-        (d2_weight_453 + d2_weight_483).reshape(16),
-        (d2_weight_321 + d2_weight_531).reshape(16),
-        (d2_weight_341 + d2_weight_523).reshape(16),
-        (d2_weight_361 + d2_weight_515).reshape(16),
-        (d2_weight_381 + d2_weight_507).reshape(16),
-        (d2_weight_245 + d2_weight_561).reshape(16),
-        (d2_weight_265 + d2_weight_553).reshape(16),
-        (d2_weight_285 + d2_weight_545).reshape(16),
-        (d2_weight_421 + d2_weight_493).reshape(16),
-        (d2_weight_433 + d2_weight_489).reshape(16),
-        (d2_weight_305 + d2_weight_537).reshape(16),
-        (d2_weight_445 + d2_weight_485).reshape(16),
-        (d2_weight_457 + d2_weight_481).reshape(16),
-        (d2_weight_193 + d2_weight_581).reshape(16),
-        (d2_weight_325 + d2_weight_529).reshape(16),
-        (d2_weight_209 + d2_weight_575).reshape(16),
-        (d2_weight_397 + d2_weight_501).reshape(16),
-        (d2_weight_345 + d2_weight_521).reshape(16),
-        (d2_weight_225 + d2_weight_569).reshape(16),
-        (d2_weight_409 + d2_weight_497).reshape(16),
-        (d2_weight_365 + d2_weight_513).reshape(16),
-        (d2_weight_385 + d2_weight_505).reshape(16),
-        d2_weight_468.reshape(16),
-        d2_weight_475.reshape(16),
-    ], dim=-1)
+    d2_weight = weight.new_zeros(880)
     return [d2_x1, d2_x2, d2_x3, d2_d_y, d2_weight]
 
 
@@ -6951,10 +11264,14 @@ def _fusion_block_3_triton(x1, x2, x3, weight, *constants: torch.Tensor) -> list
     return [y_out]
 
 
-# fusion_block_3: each op's autograd is the next program's op; the last one's is autograd through its code
-_ops.register("fusion_block_3_d_d2", _fusion_block_3_d_d2, outputs=((144, True), (144, True), (144, True), (144, True), (880, False)), index_ranges={})
-_ops.register("fusion_block_3_d", _fusion_block_3_d, outputs=((144, True), (144, True), (144, True), (880, False)), index_ranges={}, backward=_ops.fusion_block_3_d_d2)
-_ops.register("fusion_block_3", _fusion_block_3_triton, outputs=((144, True),), index_ranges={}, backward=_ops.fusion_block_3_d, check_indices=True)
+# fusion_block_3: an op's autograd runs, per cotangent present, the op of its derivative program;
+# the last ones differentiate through their own torch code
+_ops.register("fusion_block_3_d2_x1", _fusion_block_3_d2_x1, outputs=((144, True), (144, True), (144, True), (144, True), (880, False)), index_ranges={})
+_ops.register("fusion_block_3_d2_x2", _fusion_block_3_d2_x2, outputs=((144, True), (144, True), (144, True), (144, True), (880, False)), index_ranges={})
+_ops.register("fusion_block_3_d2_x3", _fusion_block_3_d2_x3, outputs=((144, True), (144, True), (144, True), (144, True), (880, False)), index_ranges={})
+_ops.register("fusion_block_3_d2_weight", _fusion_block_3_d2_weight, outputs=((144, True), (144, True), (144, True), (144, True), (880, False)), index_ranges={})
+_ops.register("fusion_block_3_d", _fusion_block_3_d, outputs=((144, True), (144, True), (144, True), (880, False)), index_ranges={}, backward=[_ops.fusion_block_3_d2_x1, _ops.fusion_block_3_d2_x2, _ops.fusion_block_3_d2_x3, _ops.fusion_block_3_d2_weight])
+_ops.register("fusion_block_3", _fusion_block_3_triton, outputs=((144, True),), index_ranges={}, backward=[_ops.fusion_block_3_d], check_indices=True)
 
 
 class fusion_block(rt.FusionModule):

@@ -2,8 +2,8 @@
 # Source sha256: 0b75326334e88c6cf4af463082b657ac0a1df51c73132d7d38968588565c58d8
 """fusionc triton ops compiled from kernels/mace_product.fus: mace_product, mace_product_2, mace_product_4.
 
-Per diagram: `_<name>` (forward), `_<name>_d` (its vector-Jacobian product) and `_<name>_d_d2`
-(the product's own), each a program of labelled contractions compiled from the diagram.
+Per diagram: `_<name>` (forward), `_<name>_d` (its vector-Jacobian product) and `_<name>_d2_<input>`
+(the product's own, per cotangent), each a program of labelled contractions compiled from the diagram.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['mace_product', 'mace_product_2', 'mace_product_4']
 
-_ops = rt.OpNamespace("fusionc_bbac946d4af29a8b")
+_ops = rt.OpNamespace("fusionc_92ff0726cf98ba24")
 
 
 def _mace_product(
@@ -470,14 +470,14 @@ def _mace_product_d(
     return [d_A, d_weight]
 
 
-def _mace_product_d_d2(
+def _mace_product_d2_A(
     A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, d2_d_A: torch.Tensor,
-    d2_d_weight: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor,
-    cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
-    cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
-    cg_2_3_1: torch.Tensor, cg_2_3_2: torch.Tensor, cg_3_3_0: torch.Tensor, cg_3_3_2: torch.Tensor,
+    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_2_1_1: torch.Tensor,
+    cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor, cg_2_3_1: torch.Tensor,
+    cg_2_3_2: torch.Tensor, cg_3_3_0: torch.Tensor, cg_3_3_2: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of mace_product_d: A (n, 1024), z (n,), d_B (n, 256), d2_d_A (n, 1024), d2_d_weight (18560,) -> d2_A (n, 1024), d2_d_B (n, 256), d2_weight (18560,)."""
+    """the vector-Jacobian product of mace_product_d for the cotangent of d_A: A (n, 1024), z (n,), d_B (n, 256), d2_d_A (n, 1024) -> d2_A (n, 1024), d2_d_B (n, 256), d2_weight (18560,)."""
     n = A.shape[0]
     # one weight set per row, chosen by z
     _w_B_0 = weight[0:1280].view(1280).reshape(10, 128)[z]
@@ -533,60 +533,57 @@ def _mace_product_d_d2(
     p27_16 = torch.einsum("zui,zu->zui", _p12, (_w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949))
     p27_17 = torch.einsum("zui,zu->zui", _p14, (_w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949))
     _p29 = torch.einsum("zui,zu->zui", _p9, (_w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386))
-    # p31 = (p13 ⊗ p5) -> 64x1o
-    _c7 = torch.einsum("zui,zuj->ziju", _p13, A[:, 256:576].reshape(n, 64, 5))
-    _p31 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c7)
     d__p31 = torch.einsum("zui,zu->zui", d_B[:, 64:256].reshape(n, 64, 3), (_w_B_2[:, 896:960].reshape(n, 64) * 1.118033988749895))
     # ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o
-    _c8 = torch.einsum("zuk,zuj->zjku", d__p31, A[:, 256:576].reshape(n, 64, 5))
-    d__p13 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c8)
+    _c7 = torch.einsum("zuk,zuj->zjku", d__p31, A[:, 256:576].reshape(n, 64, 5))
+    d__p13 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c7)
     d__p30 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
-    _c9 = torch.einsum("zuk,zuj->zjku", d__p30, A[:, 0:64].reshape(n, 64, 1))
-    d__p29 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c9)
+    _c8 = torch.einsum("zuk,zuj->zjku", d__p30, A[:, 0:64].reshape(n, 64, 1))
+    d__p29 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c8)
     d__p9_18 = torch.einsum("zui,zu->zui", d__p29, (_w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386))
     d__p28 = d_B[:, 0:64].reshape(n, 64, 1)
     # ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
-    _c10 = torch.einsum("zuk,zuj->zjku", d__p28, A[:, 256:576].reshape(n, 64, 5))
-    d__p27 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c10)
+    _c9 = torch.einsum("zuk,zuj->zjku", d__p28, A[:, 256:576].reshape(n, 64, 5))
+    d__p27 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c9)
     d__p14_19 = torch.einsum("zui,zu->zui", d__p27, (_w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949))
     d__p12_20 = torch.einsum("zui,zu->zui", d__p27, (_w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949))
     d__p26 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
-    _c11 = torch.einsum("zuk,zuj->zjku", d__p26, A[:, 64:256].reshape(n, 64, 3))
-    d__p25 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c11)
+    _c10 = torch.einsum("zuk,zuj->zjku", d__p26, A[:, 64:256].reshape(n, 64, 3))
+    d__p25 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c10)
     d__p14_21 = torch.einsum("zui,zu->zui", d__p25, (_w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895))
     d__p12_22 = torch.einsum("zui,zu->zui", d__p25, (_w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895))
     d__p24 = d_B[:, 0:64].reshape(n, 64, 1)
     # ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
-    _c12 = torch.einsum("zuk,zuj->zjku", d__p24, A[:, 64:256].reshape(n, 64, 3))
-    d__p23 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c12)
+    _c11 = torch.einsum("zuk,zuj->zjku", d__p24, A[:, 64:256].reshape(n, 64, 3))
+    d__p23 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c11)
     d__p9_23 = torch.einsum("zui,zu->zui", d__p23, (_w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945))
     d__p6_24 = torch.einsum("zui,zu->zui", d__p23, (_w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945))
     d__p22 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
-    _c13 = torch.einsum("zuk,zuj->zjku", d__p22, A[:, 576:1024].reshape(n, 64, 7))
-    d__p21 = torch.einsum("ijk,zjku->zui", cg_2_3_1, _c13)
+    _c12 = torch.einsum("zuk,zuj->zjku", d__p22, A[:, 576:1024].reshape(n, 64, 7))
+    d__p21 = torch.einsum("ijk,zjku->zui", cg_2_3_1, _c12)
     d__p14_25 = torch.einsum("zui,zu->zui", d__p21, (_w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895))
     d__p11 = torch.einsum("zui,zu->zui", d__p21, (_w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895))
     d__p20 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
-    _c14 = torch.einsum("zuk,zuj->zjku", d__p20, A[:, 256:576].reshape(n, 64, 5))
-    d__p19 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c14)
+    _c13 = torch.einsum("zuk,zuj->zjku", d__p20, A[:, 256:576].reshape(n, 64, 5))
+    d__p19 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c13)
     d__p9_26 = torch.einsum("zui,zu->zui", d__p19, (_w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386))
     d__p3_27 = torch.einsum("zui,zu->zui", d__p19, (_w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386))
     d__p18 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
-    _c15 = torch.einsum("zuk,zuj->zjku", d__p18, A[:, 64:256].reshape(n, 64, 3))
-    d__p17 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c15)
+    _c14 = torch.einsum("zuk,zuj->zjku", d__p18, A[:, 64:256].reshape(n, 64, 3))
+    d__p17 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c14)
     d__p10_28 = torch.einsum("zui,zu->zui", (d__p17 * 0.5), _w_B_2[:, 1024:1088].reshape(n, 64))
     d__p7_29 = torch.einsum("zui,zu->zui", (d__p17 * 0.5), _w_B_2[:, 512:576].reshape(n, 64))
     d__p4_30 = torch.einsum("zui,zu->zui", (d__p17 * 0.5), _w_B_2[:, 256:320].reshape(n, 64))
     d__p1_31 = torch.einsum("zui,zu->zui", (d__p17 * 0.5), _w_B_2[:, 64:128].reshape(n, 64))
     d__p16 = d_B[:, 0:64].reshape(n, 64, 1)
     # ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
-    _c16 = torch.einsum("zuk,zuj->zjku", d__p16, A[:, 0:64].reshape(n, 64, 1))
-    d__p15 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c16)
+    _c15 = torch.einsum("zuk,zuj->zjku", d__p16, A[:, 0:64].reshape(n, 64, 1))
+    d__p15 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c15)
     d__p10_32 = torch.einsum("zui,zu->zui", (d__p15 * 0.3535533905932738), _w_B_2[:, 960:1024].reshape(n, 64))
     d__p7_33 = torch.einsum("zui,zu->zui", (d__p15 * 0.3535533905932738), _w_B_2[:, 448:512].reshape(n, 64))
     d__p4_34 = torch.einsum("zui,zu->zui", (d__p15 * 0.3535533905932738), _w_B_2[:, 192:256].reshape(n, 64))
@@ -598,594 +595,814 @@ def _mace_product_d_d2(
     d__p4_40 = torch.einsum("zui,zu->zui", (d_B[:, 0:64].reshape(n, 64, 1) * 0.5), _w_B_1[:, 128:192].reshape(n, 64))
     d__p3_41 = torch.einsum("zui,zu->zui", d_B[:, 64:256].reshape(n, 64, 3), _w_B_1[:, 64:128].reshape(n, 64))
     d__p1_42 = torch.einsum("zui,zu->zui", (d_B[:, 0:64].reshape(n, 64, 1) * 0.5), _w_B_1[:, 0:64].reshape(n, 64))
-    d2_d__w_B_0 = d2_d_weight[0:1280].view(1280).reshape(10, 128)[z]
-    # ∂/∂d_B: ∂/∂_w_B_0: 64x0e -> 64x0e
-    d2_d_B_43 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 0:64].reshape(n, 64), A[:, 0:64].reshape(n, 64, 1))
-    # ∂/∂A: ∂/∂_w_B_0: 64x0e -> 64x0e
-    d2_A_44 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 0:64].reshape(n, 64), d_B[:, 0:64].reshape(n, 64, 1))
     # ∂/∂d_B: ∂/∂A: 64x0e -> 64x0e
-    d2_d_B_45 = torch.einsum("zui,zu->zui", d2_d_A[:, 0:64].reshape(n, 64, 1), _w_B_0[:, 0:64].reshape(n, 64))
+    d2_d_B_43 = torch.einsum("zui,zu->zui", d2_d_A[:, 0:64].reshape(n, 64, 1), _w_B_0[:, 0:64].reshape(n, 64))
     # ∂/∂_w_B_0: ∂/∂A: 64x0e -> 64x0e
-    d2__w_B_0_46 = torch.einsum("zui,zui->zu", d2_d_A[:, 0:64].reshape(n, 64, 1), d_B[:, 0:64].reshape(n, 64, 1))
-    # ∂/∂d_B: ∂/∂_w_B_0: 64x1o -> 64x1o
-    d2_d_B_47 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 64:128].reshape(n, 64), A[:, 64:256].reshape(n, 64, 3))
-    # ∂/∂A: ∂/∂_w_B_0: 64x1o -> 64x1o
-    d2_A_48 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 64:128].reshape(n, 64), d_B[:, 64:256].reshape(n, 64, 3))
+    d2__w_B_0_44 = torch.einsum("zui,zui->zu", d2_d_A[:, 0:64].reshape(n, 64, 1), d_B[:, 0:64].reshape(n, 64, 1))
     # ∂/∂d_B: ∂/∂A: 64x1o -> 64x1o
-    d2_d_B_49 = torch.einsum("zui,zu->zui", d2_d_A[:, 64:256].reshape(n, 64, 3), _w_B_0[:, 64:128].reshape(n, 64))
+    d2_d_B_45 = torch.einsum("zui,zu->zui", d2_d_A[:, 64:256].reshape(n, 64, 3), _w_B_0[:, 64:128].reshape(n, 64))
     # ∂/∂_w_B_0: ∂/∂A: 64x1o -> 64x1o
-    d2__w_B_0_50 = torch.einsum("zui,zui->zu", d2_d_A[:, 64:256].reshape(n, 64, 3), d_B[:, 64:256].reshape(n, 64, 3))
-    d2_d__w_B_1 = d2_d_weight[1280:5760].view(4480).reshape(10, 448)[z]
+    d2__w_B_0_46 = torch.einsum("zui,zui->zu", d2_d_A[:, 64:256].reshape(n, 64, 3), d_B[:, 64:256].reshape(n, 64, 3))
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    _c17 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 0:64].reshape(n, 64, 1), A[:, 0:64].reshape(n, 64, 1))
-    d2_d__p1_51 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c17)
+    _c16 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 0:64].reshape(n, 64, 1), A[:, 0:64].reshape(n, 64, 1))
+    d2_d__p1_47 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c16)
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     d__p1 = d__p1_31 + d__p1_35 + d__p1_42
-    _c18 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 0:64].reshape(n, 64, 1), d__p1)
-    d2_A_52 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c18)
+    _c17 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 0:64].reshape(n, 64, 1), d__p1)
+    d2_A_48 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c17)
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    _c19 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 0:64].reshape(n, 64, 1), A[:, 0:64].reshape(n, 64, 1))
-    d2_d__p1_53 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c19)
+    _c18 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 0:64].reshape(n, 64, 1), A[:, 0:64].reshape(n, 64, 1))
+    d2_d__p1_49 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c18)
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    _c20 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 0:64].reshape(n, 64, 1), d__p1)
-    d2_A_54 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c20)
-    d2_d_B_55 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 0:64].reshape(n, 64) * 0.5), _p1)
-    d2__p1_56 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 0:64].reshape(n, 64) * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
-    d2_d__p1 = d2_d__p1_51 + d2_d__p1_53
-    d2_d_B_57 = torch.einsum("zui,zu->zui", (d2_d__p1 * 0.5), _w_B_1[:, 0:64].reshape(n, 64))
-    d2__w_B_1_58 = torch.einsum("zui,zui->zu", (d2_d__p1 * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
+    _c19 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 0:64].reshape(n, 64, 1), d__p1)
+    d2_A_50 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c19)
+    d2_d__p1 = d2_d__p1_47 + d2_d__p1_49
+    d2_d_B_51 = torch.einsum("zui,zu->zui", (d2_d__p1 * 0.5), _w_B_1[:, 0:64].reshape(n, 64))
+    d2__w_B_1_52 = torch.einsum("zui,zui->zu", (d2_d__p1 * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
     # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    _c21 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), A[:, 0:64].reshape(n, 64, 1))
-    d2_d__p3_59 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c21)
+    _c20 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), A[:, 0:64].reshape(n, 64, 1))
+    d2_d__p3_53 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c20)
     # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     d__p3 = d__p3_27 + d__p3_41
-    _c22 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p3)
-    d2_A_60 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c22)
+    _c21 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p3)
+    d2_A_54 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c21)
     # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    _c23 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 0:64].reshape(n, 64, 1), A[:, 64:256].reshape(n, 64, 3))
-    d2_d__p3_61 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c23)
+    _c22 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 0:64].reshape(n, 64, 1), A[:, 64:256].reshape(n, 64, 3))
+    d2_d__p3_55 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c22)
     # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    _c24 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 0:64].reshape(n, 64, 1), d__p3)
-    d2_A_62 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c24)
-    d2_d_B_63 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 64:128].reshape(n, 64), _p3)
-    d2__p3_64 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 64:128].reshape(n, 64), d_B[:, 64:256].reshape(n, 64, 3))
-    d2_d__p3 = d2_d__p3_59 + d2_d__p3_61
-    d2_d_B_65 = torch.einsum("zui,zu->zui", d2_d__p3, _w_B_1[:, 64:128].reshape(n, 64))
-    d2__w_B_1_66 = torch.einsum("zui,zui->zu", d2_d__p3, d_B[:, 64:256].reshape(n, 64, 3))
+    _c23 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 0:64].reshape(n, 64, 1), d__p3)
+    d2_A_56 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c23)
+    d2_d__p3 = d2_d__p3_53 + d2_d__p3_55
+    d2_d_B_57 = torch.einsum("zui,zu->zui", d2_d__p3, _w_B_1[:, 64:128].reshape(n, 64))
+    d2__w_B_1_58 = torch.einsum("zui,zui->zu", d2_d__p3, d_B[:, 64:256].reshape(n, 64, 3))
     # ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    _c25 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), A[:, 64:256].reshape(n, 64, 3))
-    d2_d__p4_67 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c25)
+    _c24 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), A[:, 64:256].reshape(n, 64, 3))
+    d2_d__p4_59 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c24)
     # ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     d__p4 = d__p4_30 + d__p4_34 + d__p4_40
-    _c26 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p4)
-    d2_A_68 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c26)
+    _c25 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p4)
+    d2_A_60 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c25)
     # ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    _c27 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), A[:, 64:256].reshape(n, 64, 3))
-    d2_d__p4_69 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c27)
+    _c26 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), A[:, 64:256].reshape(n, 64, 3))
+    d2_d__p4_61 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c26)
     # ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    _c28 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p4)
-    d2_A_70 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c28)
-    d2_d_B_71 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 128:192].reshape(n, 64) * 0.5), _p4)
-    d2__p4_72 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 128:192].reshape(n, 64) * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
-    d2_d__p4 = d2_d__p4_67 + d2_d__p4_69
-    d2_d_B_73 = torch.einsum("zui,zu->zui", (d2_d__p4 * 0.5), _w_B_1[:, 128:192].reshape(n, 64))
-    d2__w_B_1_74 = torch.einsum("zui,zui->zu", (d2_d__p4 * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
+    _c27 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p4)
+    d2_A_62 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c27)
+    d2_d__p4 = d2_d__p4_59 + d2_d__p4_61
+    d2_d_B_63 = torch.einsum("zui,zu->zui", (d2_d__p4 * 0.5), _w_B_1[:, 128:192].reshape(n, 64))
+    d2__w_B_1_64 = torch.einsum("zui,zui->zu", (d2_d__p4 * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
     # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    _c29 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), A[:, 64:256].reshape(n, 64, 3))
-    d2_d__p6_75 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c29)
+    _c28 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), A[:, 64:256].reshape(n, 64, 3))
+    d2_d__p6_65 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c28)
     # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     d__p6 = d__p6_24 + d__p6_39
-    _c30 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p6)
-    d2_A_76 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c30)
+    _c29 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p6)
+    d2_A_66 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c29)
     # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    _c31 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), A[:, 256:576].reshape(n, 64, 5))
-    d2_d__p6_77 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c31)
+    _c30 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), A[:, 256:576].reshape(n, 64, 5))
+    d2_d__p6_67 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c30)
     # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    _c32 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p6)
-    d2_A_78 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c32)
-    d2_d_B_79 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 192:256].reshape(n, 64), _p6)
-    d2__p6_80 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 192:256].reshape(n, 64), d_B[:, 64:256].reshape(n, 64, 3))
-    d2_d__p6 = d2_d__p6_75 + d2_d__p6_77
-    d2_d_B_81 = torch.einsum("zui,zu->zui", d2_d__p6, _w_B_1[:, 192:256].reshape(n, 64))
-    d2__w_B_1_82 = torch.einsum("zui,zui->zu", d2_d__p6, d_B[:, 64:256].reshape(n, 64, 3))
+    _c31 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p6)
+    d2_A_68 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c31)
+    d2_d__p6 = d2_d__p6_65 + d2_d__p6_67
+    d2_d_B_69 = torch.einsum("zui,zu->zui", d2_d__p6, _w_B_1[:, 192:256].reshape(n, 64))
+    d2__w_B_1_70 = torch.einsum("zui,zui->zu", d2_d__p6, d_B[:, 64:256].reshape(n, 64, 3))
     # ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    _c33 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), A[:, 256:576].reshape(n, 64, 5))
-    d2_d__p7_83 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c33)
+    _c32 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), A[:, 256:576].reshape(n, 64, 5))
+    d2_d__p7_71 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c32)
     # ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     d__p7 = d__p7_29 + d__p7_33 + d__p7_38
-    _c34 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p7)
-    d2_A_84 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c34)
+    _c33 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p7)
+    d2_A_72 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c33)
     # ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    _c35 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), A[:, 256:576].reshape(n, 64, 5))
-    d2_d__p7_85 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c35)
+    _c34 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), A[:, 256:576].reshape(n, 64, 5))
+    d2_d__p7_73 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c34)
     # ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    _c36 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p7)
-    d2_A_86 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c36)
-    d2_d_B_87 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 256:320].reshape(n, 64) * 0.5), _p7)
-    d2__p7_88 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 256:320].reshape(n, 64) * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
-    d2_d__p7 = d2_d__p7_83 + d2_d__p7_85
-    d2_d_B_89 = torch.einsum("zui,zu->zui", (d2_d__p7 * 0.5), _w_B_1[:, 256:320].reshape(n, 64))
-    d2__w_B_1_90 = torch.einsum("zui,zui->zu", (d2_d__p7 * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
+    _c35 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p7)
+    d2_A_74 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c35)
+    d2_d__p7 = d2_d__p7_71 + d2_d__p7_73
+    d2_d_B_75 = torch.einsum("zui,zu->zui", (d2_d__p7 * 0.5), _w_B_1[:, 256:320].reshape(n, 64))
+    d2__w_B_1_76 = torch.einsum("zui,zui->zu", (d2_d__p7 * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
     # ∂/∂d__p9: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    _c37 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 576:1024].reshape(n, 64, 7), A[:, 256:576].reshape(n, 64, 5))
-    d2_d__p9_91 = torch.einsum("ijk,ziju->zuk", cg_2_3_1, _c37)
+    _c36 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 576:1024].reshape(n, 64, 7), A[:, 256:576].reshape(n, 64, 5))
+    d2_d__p9_77 = torch.einsum("ijk,ziju->zuk", cg_2_3_1, _c36)
     # ∂/∂A: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     d__p9 = d__p9_18 + d__p9_23 + d__p9_26 + d__p9_37
-    _c38 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 576:1024].reshape(n, 64, 7), d__p9)
-    d2_A_92 = torch.einsum("ijk,zjku->zui", cg_2_3_1, _c38)
+    _c37 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 576:1024].reshape(n, 64, 7), d__p9)
+    d2_A_78 = torch.einsum("ijk,zjku->zui", cg_2_3_1, _c37)
     # ∂/∂d__p9: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    _c39 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), A[:, 576:1024].reshape(n, 64, 7))
-    d2_d__p9_93 = torch.einsum("ijk,ziju->zuk", cg_2_3_1, _c39)
+    _c38 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), A[:, 576:1024].reshape(n, 64, 7))
+    d2_d__p9_79 = torch.einsum("ijk,ziju->zuk", cg_2_3_1, _c38)
     # ∂/∂A: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    _c40 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p9)
-    d2_A_94 = torch.einsum("ijk,ziku->zuj", cg_2_3_1, _c40)
-    d2_d_B_95 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 320:384].reshape(n, 64), _p9)
-    d2__p9_96 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 320:384].reshape(n, 64), d_B[:, 64:256].reshape(n, 64, 3))
-    d2_d__p9 = d2_d__p9_91 + d2_d__p9_93
-    d2_d_B_97 = torch.einsum("zui,zu->zui", d2_d__p9, _w_B_1[:, 320:384].reshape(n, 64))
-    d2__w_B_1_98 = torch.einsum("zui,zui->zu", d2_d__p9, d_B[:, 64:256].reshape(n, 64, 3))
+    _c39 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p9)
+    d2_A_80 = torch.einsum("ijk,ziku->zuj", cg_2_3_1, _c39)
+    d2_d__p9 = d2_d__p9_77 + d2_d__p9_79
+    d2_d_B_81 = torch.einsum("zui,zu->zui", d2_d__p9, _w_B_1[:, 320:384].reshape(n, 64))
+    d2__w_B_1_82 = torch.einsum("zui,zui->zu", d2_d__p9, d_B[:, 64:256].reshape(n, 64, 3))
     # ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    _c41 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 576:1024].reshape(n, 64, 7), A[:, 576:1024].reshape(n, 64, 7))
-    d2_d__p10_99 = torch.einsum("ijk,ziju->zuk", cg_3_3_0, _c41)
+    _c40 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 576:1024].reshape(n, 64, 7), A[:, 576:1024].reshape(n, 64, 7))
+    d2_d__p10_83 = torch.einsum("ijk,ziju->zuk", cg_3_3_0, _c40)
     # ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     d__p10 = d__p10_28 + d__p10_32 + d__p10_36
-    _c42 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 576:1024].reshape(n, 64, 7), d__p10)
-    d2_A_100 = torch.einsum("ijk,zjku->zui", cg_3_3_0, _c42)
+    _c41 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 576:1024].reshape(n, 64, 7), d__p10)
+    d2_A_84 = torch.einsum("ijk,zjku->zui", cg_3_3_0, _c41)
     # ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    _c43 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 576:1024].reshape(n, 64, 7), A[:, 576:1024].reshape(n, 64, 7))
-    d2_d__p10_101 = torch.einsum("ijk,ziju->zuk", cg_3_3_0, _c43)
+    _c42 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 576:1024].reshape(n, 64, 7), A[:, 576:1024].reshape(n, 64, 7))
+    d2_d__p10_85 = torch.einsum("ijk,ziju->zuk", cg_3_3_0, _c42)
     # ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    _c44 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 576:1024].reshape(n, 64, 7), d__p10)
-    d2_A_102 = torch.einsum("ijk,ziku->zuj", cg_3_3_0, _c44)
-    d2_d_B_103 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 384:448].reshape(n, 64) * 0.5), _p10)
-    d2__p10_104 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 384:448].reshape(n, 64) * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
-    d2_d__p10 = d2_d__p10_99 + d2_d__p10_101
-    d2_d_B_105 = torch.einsum("zui,zu->zui", (d2_d__p10 * 0.5), _w_B_1[:, 384:448].reshape(n, 64))
-    d2__w_B_1_106 = torch.einsum("zui,zui->zu", (d2_d__p10 * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
-    d2_d__w_B_2 = d2_d_weight[5760:18560].view(12800).reshape(10, 1280)[z]
+    _c43 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 576:1024].reshape(n, 64, 7), d__p10)
+    d2_A_86 = torch.einsum("ijk,ziku->zuj", cg_3_3_0, _c43)
+    d2_d__p10 = d2_d__p10_83 + d2_d__p10_85
+    d2_d_B_87 = torch.einsum("zui,zu->zui", (d2_d__p10 * 0.5), _w_B_1[:, 384:448].reshape(n, 64))
+    d2__w_B_1_88 = torch.einsum("zui,zui->zu", (d2_d__p10 * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
     # ∂/∂d__p11: ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
-    d2_d__p11_107 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c25)
+    d2_d__p11_89 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c24)
     # ∂/∂A: ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
-    _c45 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p11)
-    d2_A_108 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c45)
+    _c44 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p11)
+    d2_A_90 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c44)
     # ∂/∂d__p11: ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
-    d2_d__p11_109 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c27)
+    d2_d__p11_91 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c26)
     # ∂/∂A: ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
-    _c46 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p11)
-    d2_A_110 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c46)
+    _c45 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p11)
+    d2_A_92 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c45)
     # ∂/∂d__p12: ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
-    d2_d__p12_111 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c33)
+    d2_d__p12_93 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c32)
     # ∂/∂A: ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
     d__p12 = d__p12_20 + d__p12_22
-    _c47 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p12)
-    d2_A_112 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c47)
+    _c46 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p12)
+    d2_A_94 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c46)
     # ∂/∂d__p12: ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
-    d2_d__p12_113 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c35)
+    d2_d__p12_95 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c34)
     # ∂/∂A: ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
-    _c48 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p12)
-    d2_A_114 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c48)
+    _c47 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p12)
+    d2_A_96 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c47)
     # ∂/∂d__p13: ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
-    d2_d__p13_115 = torch.einsum("ijk,ziju->zuk", cg_2_3_2, _c37)
+    d2_d__p13_97 = torch.einsum("ijk,ziju->zuk", cg_2_3_2, _c36)
     # ∂/∂A: ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
-    _c49 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 576:1024].reshape(n, 64, 7), d__p13)
-    d2_A_116 = torch.einsum("ijk,zjku->zui", cg_2_3_2, _c49)
+    _c48 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 576:1024].reshape(n, 64, 7), d__p13)
+    d2_A_98 = torch.einsum("ijk,zjku->zui", cg_2_3_2, _c48)
     # ∂/∂d__p13: ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
-    d2_d__p13_117 = torch.einsum("ijk,ziju->zuk", cg_2_3_2, _c39)
+    d2_d__p13_99 = torch.einsum("ijk,ziju->zuk", cg_2_3_2, _c38)
     # ∂/∂A: ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
-    _c50 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p13)
-    d2_A_118 = torch.einsum("ijk,ziku->zuj", cg_2_3_2, _c50)
+    _c49 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p13)
+    d2_A_100 = torch.einsum("ijk,ziku->zuj", cg_2_3_2, _c49)
     # ∂/∂d__p14: ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
-    d2_d__p14_119 = torch.einsum("ijk,ziju->zuk", cg_3_3_2, _c41)
+    d2_d__p14_101 = torch.einsum("ijk,ziju->zuk", cg_3_3_2, _c40)
     # ∂/∂A: ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
     d__p14 = d__p14_19 + d__p14_21 + d__p14_25
-    _c51 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 576:1024].reshape(n, 64, 7), d__p14)
-    d2_A_120 = torch.einsum("ijk,zjku->zui", cg_3_3_2, _c51)
+    _c50 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 576:1024].reshape(n, 64, 7), d__p14)
+    d2_A_102 = torch.einsum("ijk,zjku->zui", cg_3_3_2, _c50)
     # ∂/∂d__p14: ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
-    d2_d__p14_121 = torch.einsum("ijk,ziju->zuk", cg_3_3_2, _c43)
+    d2_d__p14_103 = torch.einsum("ijk,ziju->zuk", cg_3_3_2, _c42)
     # ∂/∂A: ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
-    _c52 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 576:1024].reshape(n, 64, 7), d__p14)
-    d2_A_122 = torch.einsum("ijk,ziku->zuj", cg_3_3_2, _c52)
-    d2_d__p15_123 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 0:64].reshape(n, 64) * 0.3535533905932738), _p1)
-    d2__p1_124 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 0:64].reshape(n, 64) * 0.3535533905932738), d__p15)
-    d2_d__p15_125 = torch.einsum("zui,zu->zui", (d2_d__p1 * 0.3535533905932738), _w_B_2[:, 0:64].reshape(n, 64))
-    d2__w_B_2_126 = torch.einsum("zui,zui->zu", (d2_d__p1 * 0.3535533905932738), d__p15)
-    d2_d__p15_127 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 192:256].reshape(n, 64) * 0.3535533905932738), _p4)
-    d2__p4_128 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 192:256].reshape(n, 64) * 0.3535533905932738), d__p15)
-    d2_d__p15_129 = torch.einsum("zui,zu->zui", (d2_d__p4 * 0.3535533905932738), _w_B_2[:, 192:256].reshape(n, 64))
-    d2__w_B_2_130 = torch.einsum("zui,zui->zu", (d2_d__p4 * 0.3535533905932738), d__p15)
-    d2_d__p15_131 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 448:512].reshape(n, 64) * 0.3535533905932738), _p7)
-    d2__p7_132 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 448:512].reshape(n, 64) * 0.3535533905932738), d__p15)
-    d2_d__p15_133 = torch.einsum("zui,zu->zui", (d2_d__p7 * 0.3535533905932738), _w_B_2[:, 448:512].reshape(n, 64))
-    d2__w_B_2_134 = torch.einsum("zui,zui->zu", (d2_d__p7 * 0.3535533905932738), d__p15)
-    d2_d__p15_135 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 960:1024].reshape(n, 64) * 0.3535533905932738), _p10)
-    d2__p10_136 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 960:1024].reshape(n, 64) * 0.3535533905932738), d__p15)
-    d2_d__p15_137 = torch.einsum("zui,zu->zui", (d2_d__p10 * 0.3535533905932738), _w_B_2[:, 960:1024].reshape(n, 64))
-    d2__w_B_2_138 = torch.einsum("zui,zui->zu", (d2_d__p10 * 0.3535533905932738), d__p15)
+    _c51 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 576:1024].reshape(n, 64, 7), d__p14)
+    d2_A_104 = torch.einsum("ijk,ziku->zuj", cg_3_3_2, _c51)
+    d2_d__p15_105 = torch.einsum("zui,zu->zui", (d2_d__p1 * 0.3535533905932738), _w_B_2[:, 0:64].reshape(n, 64))
+    d2__w_B_2_106 = torch.einsum("zui,zui->zu", (d2_d__p1 * 0.3535533905932738), d__p15)
+    d2_d__p15_107 = torch.einsum("zui,zu->zui", (d2_d__p4 * 0.3535533905932738), _w_B_2[:, 192:256].reshape(n, 64))
+    d2__w_B_2_108 = torch.einsum("zui,zui->zu", (d2_d__p4 * 0.3535533905932738), d__p15)
+    d2_d__p15_109 = torch.einsum("zui,zu->zui", (d2_d__p7 * 0.3535533905932738), _w_B_2[:, 448:512].reshape(n, 64))
+    d2__w_B_2_110 = torch.einsum("zui,zui->zu", (d2_d__p7 * 0.3535533905932738), d__p15)
+    d2_d__p15_111 = torch.einsum("zui,zu->zui", (d2_d__p10 * 0.3535533905932738), _w_B_2[:, 960:1024].reshape(n, 64))
+    d2__w_B_2_112 = torch.einsum("zui,zui->zu", (d2_d__p10 * 0.3535533905932738), d__p15)
     # ∂/∂d__p16: ∂/∂A: p16 = (p15 ⊗ p0) -> 64x0e
     _p15 = p15_0 + p15_1 + p15_2 + p15_3
-    _c53 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 0:64].reshape(n, 64, 1), _p15)
-    d2_d__p16_139 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c53)
+    _c52 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 0:64].reshape(n, 64, 1), _p15)
+    d2_d__p16_113 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c52)
     # ∂/∂_p15: ∂/∂A: p16 = (p15 ⊗ p0) -> 64x0e
-    _c54 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 0:64].reshape(n, 64, 1), d__p16)
-    d2__p15 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c54)
+    _c53 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 0:64].reshape(n, 64, 1), d__p16)
+    d2__p15 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c53)
     # ∂/∂d__p16: ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
-    d2_d__p15 = d2_d__p15_123 + d2_d__p15_125 + d2_d__p15_127 + d2_d__p15_129 + d2_d__p15_131 + d2_d__p15_133 + d2_d__p15_135 + d2_d__p15_137
-    _c55 = torch.einsum("zui,zuj->ziju", d2_d__p15, A[:, 0:64].reshape(n, 64, 1))
-    d2_d__p16_140 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c55)
+    d2_d__p15 = d2_d__p15_105 + d2_d__p15_107 + d2_d__p15_109 + d2_d__p15_111
+    _c54 = torch.einsum("zui,zuj->ziju", d2_d__p15, A[:, 0:64].reshape(n, 64, 1))
+    d2_d__p16_114 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c54)
     # ∂/∂A: ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
-    _c56 = torch.einsum("zui,zuk->ziku", d2_d__p15, d__p16)
-    d2_A_141 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c56)
-    d2_d__p16 = d2_d__p16_139 + d2_d__p16_140
-    d2_d_B_142 = d2_d__p16
-    d2_d__p17_143 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 64:128].reshape(n, 64) * 0.5), _p1)
-    d2__p1_144 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 64:128].reshape(n, 64) * 0.5), d__p17)
-    d2_d__p17_145 = torch.einsum("zui,zu->zui", (d2_d__p1 * 0.5), _w_B_2[:, 64:128].reshape(n, 64))
-    d2__w_B_2_146 = torch.einsum("zui,zui->zu", (d2_d__p1 * 0.5), d__p17)
-    d2_d__p17_147 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 256:320].reshape(n, 64) * 0.5), _p4)
-    d2__p4_148 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 256:320].reshape(n, 64) * 0.5), d__p17)
-    d2_d__p17_149 = torch.einsum("zui,zu->zui", (d2_d__p4 * 0.5), _w_B_2[:, 256:320].reshape(n, 64))
-    d2__w_B_2_150 = torch.einsum("zui,zui->zu", (d2_d__p4 * 0.5), d__p17)
-    d2_d__p17_151 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 512:576].reshape(n, 64) * 0.5), _p7)
-    d2__p7_152 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 512:576].reshape(n, 64) * 0.5), d__p17)
-    d2_d__p17_153 = torch.einsum("zui,zu->zui", (d2_d__p7 * 0.5), _w_B_2[:, 512:576].reshape(n, 64))
-    d2__w_B_2_154 = torch.einsum("zui,zui->zu", (d2_d__p7 * 0.5), d__p17)
-    d2_d__p17_155 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 1024:1088].reshape(n, 64) * 0.5), _p10)
-    d2__p10_156 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 1024:1088].reshape(n, 64) * 0.5), d__p17)
-    d2_d__p17_157 = torch.einsum("zui,zu->zui", (d2_d__p10 * 0.5), _w_B_2[:, 1024:1088].reshape(n, 64))
-    d2__w_B_2_158 = torch.einsum("zui,zui->zu", (d2_d__p10 * 0.5), d__p17)
+    _c55 = torch.einsum("zui,zuk->ziku", d2_d__p15, d__p16)
+    d2_A_115 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c55)
+    d2_d__p16 = d2_d__p16_113 + d2_d__p16_114
+    d2_d_B_116 = d2_d__p16
+    d2_d__p17_117 = torch.einsum("zui,zu->zui", (d2_d__p1 * 0.5), _w_B_2[:, 64:128].reshape(n, 64))
+    d2__w_B_2_118 = torch.einsum("zui,zui->zu", (d2_d__p1 * 0.5), d__p17)
+    d2_d__p17_119 = torch.einsum("zui,zu->zui", (d2_d__p4 * 0.5), _w_B_2[:, 256:320].reshape(n, 64))
+    d2__w_B_2_120 = torch.einsum("zui,zui->zu", (d2_d__p4 * 0.5), d__p17)
+    d2_d__p17_121 = torch.einsum("zui,zu->zui", (d2_d__p7 * 0.5), _w_B_2[:, 512:576].reshape(n, 64))
+    d2__w_B_2_122 = torch.einsum("zui,zui->zu", (d2_d__p7 * 0.5), d__p17)
+    d2_d__p17_123 = torch.einsum("zui,zu->zui", (d2_d__p10 * 0.5), _w_B_2[:, 1024:1088].reshape(n, 64))
+    d2__w_B_2_124 = torch.einsum("zui,zui->zu", (d2_d__p10 * 0.5), d__p17)
     # ∂/∂d__p18: ∂/∂A: p18 = (p17 ⊗ p2) -> 64x1o
     _p17 = p17_4 + p17_5 + p17_6 + p17_7
-    _c57 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), _p17)
-    d2_d__p18_159 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c57)
+    _c56 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), _p17)
+    d2_d__p18_125 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c56)
     # ∂/∂_p17: ∂/∂A: p18 = (p17 ⊗ p2) -> 64x1o
-    _c58 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p18)
-    d2__p17 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c58)
+    _c57 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p18)
+    d2__p17 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c57)
     # ∂/∂d__p18: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
-    d2_d__p17 = d2_d__p17_143 + d2_d__p17_145 + d2_d__p17_147 + d2_d__p17_149 + d2_d__p17_151 + d2_d__p17_153 + d2_d__p17_155 + d2_d__p17_157
-    _c59 = torch.einsum("zui,zuj->ziju", d2_d__p17, A[:, 64:256].reshape(n, 64, 3))
-    d2_d__p18_160 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c59)
+    d2_d__p17 = d2_d__p17_117 + d2_d__p17_119 + d2_d__p17_121 + d2_d__p17_123
+    _c58 = torch.einsum("zui,zuj->ziju", d2_d__p17, A[:, 64:256].reshape(n, 64, 3))
+    d2_d__p18_126 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c58)
     # ∂/∂A: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
-    _c60 = torch.einsum("zui,zuk->ziku", d2_d__p17, d__p18)
-    d2_A_161 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c60)
-    d2_d__p18 = d2_d__p18_159 + d2_d__p18_160
-    d2_d_B_162 = d2_d__p18
-    d2_d__p19_163 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386), _p3)
-    d2__p3_164 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386), d__p19)
-    d2_d__p19_165 = torch.einsum("zui,zu->zui", d2_d__p3, (_w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386))
-    d2__w_B_2_166 = torch.einsum("zui,zui->zu", (d2_d__p3 * 0.8660254037844386), d__p19)
-    d2_d__p19_167 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386), _p9)
-    d2__p9_168 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386), d__p19)
-    d2_d__p19_169 = torch.einsum("zui,zu->zui", d2_d__p9, (_w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386))
-    d2__w_B_2_170 = torch.einsum("zui,zui->zu", (d2_d__p9 * 0.8660254037844386), d__p19)
+    _c59 = torch.einsum("zui,zuk->ziku", d2_d__p17, d__p18)
+    d2_A_127 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c59)
+    d2_d__p18 = d2_d__p18_125 + d2_d__p18_126
+    d2_d_B_128 = d2_d__p18
+    d2_d__p19_129 = torch.einsum("zui,zu->zui", d2_d__p3, (_w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386))
+    d2__w_B_2_130 = torch.einsum("zui,zui->zu", (d2_d__p3 * 0.8660254037844386), d__p19)
+    d2_d__p19_131 = torch.einsum("zui,zu->zui", d2_d__p9, (_w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386))
+    d2__w_B_2_132 = torch.einsum("zui,zui->zu", (d2_d__p9 * 0.8660254037844386), d__p19)
     # ∂/∂d__p20: ∂/∂A: p20 = (p19 ⊗ p5) -> 64x1o
     _p19 = p19_8 + p19_9
-    _c61 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), _p19)
-    d2_d__p20_171 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c61)
+    _c60 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), _p19)
+    d2_d__p20_133 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c60)
     # ∂/∂_p19: ∂/∂A: p20 = (p19 ⊗ p5) -> 64x1o
-    _c62 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p20)
-    d2__p19 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c62)
+    _c61 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p20)
+    d2__p19 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c61)
     # ∂/∂d__p20: ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
-    d2_d__p19 = d2_d__p19_163 + d2_d__p19_165 + d2_d__p19_167 + d2_d__p19_169
-    _c63 = torch.einsum("zui,zuj->ziju", d2_d__p19, A[:, 256:576].reshape(n, 64, 5))
-    d2_d__p20_172 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c63)
+    d2_d__p19 = d2_d__p19_129 + d2_d__p19_131
+    _c62 = torch.einsum("zui,zuj->ziju", d2_d__p19, A[:, 256:576].reshape(n, 64, 5))
+    d2_d__p20_134 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c62)
     # ∂/∂A: ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
-    _c64 = torch.einsum("zui,zuk->ziku", d2_d__p19, d__p20)
-    d2_A_173 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c64)
-    d2_d__p20 = d2_d__p20_171 + d2_d__p20_172
-    d2_d_B_174 = d2_d__p20
-    d2_d__p21_175 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895), _p11)
-    d2__p11_176 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895), d__p21)
-    d2_d__p11 = d2_d__p11_107 + d2_d__p11_109
-    d2_d__p21_177 = torch.einsum("zui,zu->zui", d2_d__p11, (_w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895))
-    d2__w_B_2_178 = torch.einsum("zui,zui->zu", (d2_d__p11 * 1.118033988749895), d__p21)
-    d2_d__p21_179 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895), _p14)
-    d2__p14_180 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895), d__p21)
-    d2_d__p14 = d2_d__p14_119 + d2_d__p14_121
-    d2_d__p21_181 = torch.einsum("zui,zu->zui", d2_d__p14, (_w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895))
-    d2__w_B_2_182 = torch.einsum("zui,zui->zu", (d2_d__p14 * 1.118033988749895), d__p21)
+    _c63 = torch.einsum("zui,zuk->ziku", d2_d__p19, d__p20)
+    d2_A_135 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c63)
+    d2_d__p20 = d2_d__p20_133 + d2_d__p20_134
+    d2_d_B_136 = d2_d__p20
+    d2_d__p11 = d2_d__p11_89 + d2_d__p11_91
+    d2_d__p21_137 = torch.einsum("zui,zu->zui", d2_d__p11, (_w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895))
+    d2__w_B_2_138 = torch.einsum("zui,zui->zu", (d2_d__p11 * 1.118033988749895), d__p21)
+    d2_d__p14 = d2_d__p14_101 + d2_d__p14_103
+    d2_d__p21_139 = torch.einsum("zui,zu->zui", d2_d__p14, (_w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895))
+    d2__w_B_2_140 = torch.einsum("zui,zui->zu", (d2_d__p14 * 1.118033988749895), d__p21)
     # ∂/∂d__p22: ∂/∂A: p22 = (p21 ⊗ p8) -> 64x1o
     _p21 = p21_10 + p21_11
-    _c65 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 576:1024].reshape(n, 64, 7), _p21)
-    d2_d__p22_183 = torch.einsum("ijk,ziju->zuk", cg_2_3_1, _c65)
+    _c64 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 576:1024].reshape(n, 64, 7), _p21)
+    d2_d__p22_141 = torch.einsum("ijk,ziju->zuk", cg_2_3_1, _c64)
     # ∂/∂_p21: ∂/∂A: p22 = (p21 ⊗ p8) -> 64x1o
-    _c66 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 576:1024].reshape(n, 64, 7), d__p22)
-    d2__p21 = torch.einsum("ijk,zjku->zui", cg_2_3_1, _c66)
+    _c65 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 576:1024].reshape(n, 64, 7), d__p22)
+    d2__p21 = torch.einsum("ijk,zjku->zui", cg_2_3_1, _c65)
     # ∂/∂d__p22: ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
-    d2_d__p21 = d2_d__p21_175 + d2_d__p21_177 + d2_d__p21_179 + d2_d__p21_181
-    _c67 = torch.einsum("zui,zuj->ziju", d2_d__p21, A[:, 576:1024].reshape(n, 64, 7))
-    d2_d__p22_184 = torch.einsum("ijk,ziju->zuk", cg_2_3_1, _c67)
+    d2_d__p21 = d2_d__p21_137 + d2_d__p21_139
+    _c66 = torch.einsum("zui,zuj->ziju", d2_d__p21, A[:, 576:1024].reshape(n, 64, 7))
+    d2_d__p22_142 = torch.einsum("ijk,ziju->zuk", cg_2_3_1, _c66)
     # ∂/∂A: ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
-    _c68 = torch.einsum("zui,zuk->ziku", d2_d__p21, d__p22)
-    d2_A_185 = torch.einsum("ijk,ziku->zuj", cg_2_3_1, _c68)
-    d2_d__p22 = d2_d__p22_183 + d2_d__p22_184
-    d2_d_B_186 = d2_d__p22
-    d2_d__p23_187 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945), _p6)
-    d2__p6_188 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945), d__p23)
-    d2_d__p23_189 = torch.einsum("zui,zu->zui", d2_d__p6, (_w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945))
-    d2__w_B_2_190 = torch.einsum("zui,zui->zu", (d2_d__p6 * 0.6123724356957945), d__p23)
-    d2_d__p23_191 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945), _p9)
-    d2__p9_192 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945), d__p23)
-    d2_d__p23_193 = torch.einsum("zui,zu->zui", d2_d__p9, (_w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945))
-    d2__w_B_2_194 = torch.einsum("zui,zui->zu", (d2_d__p9 * 0.6123724356957945), d__p23)
+    _c67 = torch.einsum("zui,zuk->ziku", d2_d__p21, d__p22)
+    d2_A_143 = torch.einsum("ijk,ziku->zuj", cg_2_3_1, _c67)
+    d2_d__p22 = d2_d__p22_141 + d2_d__p22_142
+    d2_d_B_144 = d2_d__p22
+    d2_d__p23_145 = torch.einsum("zui,zu->zui", d2_d__p6, (_w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945))
+    d2__w_B_2_146 = torch.einsum("zui,zui->zu", (d2_d__p6 * 0.6123724356957945), d__p23)
+    d2_d__p23_147 = torch.einsum("zui,zu->zui", d2_d__p9, (_w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945))
+    d2__w_B_2_148 = torch.einsum("zui,zui->zu", (d2_d__p9 * 0.6123724356957945), d__p23)
     # ∂/∂d__p24: ∂/∂A: p24 = (p23 ⊗ p2) -> 64x0e
     _p23 = p23_12 + p23_13
-    _c69 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), _p23)
-    d2_d__p24_195 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c69)
+    _c68 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), _p23)
+    d2_d__p24_149 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c68)
     # ∂/∂_p23: ∂/∂A: p24 = (p23 ⊗ p2) -> 64x0e
-    _c70 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p24)
-    d2__p23 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c70)
+    _c69 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p24)
+    d2__p23 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c69)
     # ∂/∂d__p24: ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
-    d2_d__p23 = d2_d__p23_187 + d2_d__p23_189 + d2_d__p23_191 + d2_d__p23_193
-    _c71 = torch.einsum("zui,zuj->ziju", d2_d__p23, A[:, 64:256].reshape(n, 64, 3))
-    d2_d__p24_196 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c71)
+    d2_d__p23 = d2_d__p23_145 + d2_d__p23_147
+    _c70 = torch.einsum("zui,zuj->ziju", d2_d__p23, A[:, 64:256].reshape(n, 64, 3))
+    d2_d__p24_150 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c70)
     # ∂/∂A: ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
-    _c72 = torch.einsum("zui,zuk->ziku", d2_d__p23, d__p24)
-    d2_A_197 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c72)
-    d2_d__p24 = d2_d__p24_195 + d2_d__p24_196
-    d2_d_B_198 = d2_d__p24
-    d2_d__p25_199 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895), _p12)
-    d2__p12_200 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895), d__p25)
-    d2_d__p12 = d2_d__p12_111 + d2_d__p12_113
-    d2_d__p25_201 = torch.einsum("zui,zu->zui", d2_d__p12, (_w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895))
-    d2__w_B_2_202 = torch.einsum("zui,zui->zu", (d2_d__p12 * 1.118033988749895), d__p25)
-    d2_d__p25_203 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895), _p14)
-    d2__p14_204 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895), d__p25)
-    d2_d__p25_205 = torch.einsum("zui,zu->zui", d2_d__p14, (_w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895))
-    d2__w_B_2_206 = torch.einsum("zui,zui->zu", (d2_d__p14 * 1.118033988749895), d__p25)
+    _c71 = torch.einsum("zui,zuk->ziku", d2_d__p23, d__p24)
+    d2_A_151 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c71)
+    d2_d__p24 = d2_d__p24_149 + d2_d__p24_150
+    d2_d_B_152 = d2_d__p24
+    d2_d__p12 = d2_d__p12_93 + d2_d__p12_95
+    d2_d__p25_153 = torch.einsum("zui,zu->zui", d2_d__p12, (_w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895))
+    d2__w_B_2_154 = torch.einsum("zui,zui->zu", (d2_d__p12 * 1.118033988749895), d__p25)
+    d2_d__p25_155 = torch.einsum("zui,zu->zui", d2_d__p14, (_w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895))
+    d2__w_B_2_156 = torch.einsum("zui,zui->zu", (d2_d__p14 * 1.118033988749895), d__p25)
     # ∂/∂d__p26: ∂/∂A: p26 = (p25 ⊗ p2) -> 64x1o
     _p25 = p25_14 + p25_15
-    _c73 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), _p25)
-    d2_d__p26_207 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c73)
+    _c72 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), _p25)
+    d2_d__p26_157 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c72)
     # ∂/∂_p25: ∂/∂A: p26 = (p25 ⊗ p2) -> 64x1o
-    _c74 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p26)
-    d2__p25 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c74)
+    _c73 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p26)
+    d2__p25 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c73)
     # ∂/∂d__p26: ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
-    d2_d__p25 = d2_d__p25_199 + d2_d__p25_201 + d2_d__p25_203 + d2_d__p25_205
-    _c75 = torch.einsum("zui,zuj->ziju", d2_d__p25, A[:, 64:256].reshape(n, 64, 3))
-    d2_d__p26_208 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c75)
+    d2_d__p25 = d2_d__p25_153 + d2_d__p25_155
+    _c74 = torch.einsum("zui,zuj->ziju", d2_d__p25, A[:, 64:256].reshape(n, 64, 3))
+    d2_d__p26_158 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c74)
     # ∂/∂A: ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
-    _c76 = torch.einsum("zui,zuk->ziku", d2_d__p25, d__p26)
-    d2_A_209 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c76)
-    d2_d__p26 = d2_d__p26_207 + d2_d__p26_208
-    d2_d_B_210 = d2_d__p26
-    d2_d__p27_211 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949), _p12)
-    d2__p12_212 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949), d__p27)
-    d2_d__p27_213 = torch.einsum("zui,zu->zui", d2_d__p12, (_w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949))
-    d2__w_B_2_214 = torch.einsum("zui,zui->zu", (d2_d__p12 * 0.7905694150420949), d__p27)
-    d2_d__p27_215 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949), _p14)
-    d2__p14_216 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949), d__p27)
-    d2_d__p27_217 = torch.einsum("zui,zu->zui", d2_d__p14, (_w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949))
-    d2__w_B_2_218 = torch.einsum("zui,zui->zu", (d2_d__p14 * 0.7905694150420949), d__p27)
+    _c75 = torch.einsum("zui,zuk->ziku", d2_d__p25, d__p26)
+    d2_A_159 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c75)
+    d2_d__p26 = d2_d__p26_157 + d2_d__p26_158
+    d2_d_B_160 = d2_d__p26
+    d2_d__p27_161 = torch.einsum("zui,zu->zui", d2_d__p12, (_w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949))
+    d2__w_B_2_162 = torch.einsum("zui,zui->zu", (d2_d__p12 * 0.7905694150420949), d__p27)
+    d2_d__p27_163 = torch.einsum("zui,zu->zui", d2_d__p14, (_w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949))
+    d2__w_B_2_164 = torch.einsum("zui,zui->zu", (d2_d__p14 * 0.7905694150420949), d__p27)
     # ∂/∂d__p28: ∂/∂A: p28 = (p27 ⊗ p5) -> 64x0e
     _p27 = p27_16 + p27_17
-    _c77 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), _p27)
-    d2_d__p28_219 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c77)
+    _c76 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), _p27)
+    d2_d__p28_165 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c76)
     # ∂/∂_p27: ∂/∂A: p28 = (p27 ⊗ p5) -> 64x0e
-    _c78 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p28)
-    d2__p27 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c78)
+    _c77 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p28)
+    d2__p27 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c77)
     # ∂/∂d__p28: ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
-    d2_d__p27 = d2_d__p27_211 + d2_d__p27_213 + d2_d__p27_215 + d2_d__p27_217
-    _c79 = torch.einsum("zui,zuj->ziju", d2_d__p27, A[:, 256:576].reshape(n, 64, 5))
-    d2_d__p28_220 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c79)
+    d2_d__p27 = d2_d__p27_161 + d2_d__p27_163
+    _c78 = torch.einsum("zui,zuj->ziju", d2_d__p27, A[:, 256:576].reshape(n, 64, 5))
+    d2_d__p28_166 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c78)
     # ∂/∂A: ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
-    _c80 = torch.einsum("zui,zuk->ziku", d2_d__p27, d__p28)
-    d2_A_221 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c80)
-    d2_d__p28 = d2_d__p28_219 + d2_d__p28_220
-    d2_d_B_222 = d2_d__p28
-    d2_d__p29_223 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386), _p9)
-    d2__p9_224 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386), d__p29)
-    d2_d__p29_225 = torch.einsum("zui,zu->zui", d2_d__p9, (_w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386))
-    d2__w_B_2_226 = torch.einsum("zui,zui->zu", (d2_d__p9 * 0.8660254037844386), d__p29)
+    _c79 = torch.einsum("zui,zuk->ziku", d2_d__p27, d__p28)
+    d2_A_167 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c79)
+    d2_d__p28 = d2_d__p28_165 + d2_d__p28_166
+    d2_d_B_168 = d2_d__p28
+    d2_d__p29 = torch.einsum("zui,zu->zui", d2_d__p9, (_w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386))
+    d2__w_B_2_169 = torch.einsum("zui,zui->zu", (d2_d__p9 * 0.8660254037844386), d__p29)
     # ∂/∂d__p30: ∂/∂A: p30 = (p29 ⊗ p0) -> 64x1o
-    _c81 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 0:64].reshape(n, 64, 1), _p29)
-    d2_d__p30_227 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c81)
+    _c80 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 0:64].reshape(n, 64, 1), _p29)
+    d2_d__p30_170 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c80)
     # ∂/∂_p29: ∂/∂A: p30 = (p29 ⊗ p0) -> 64x1o
-    _c82 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 0:64].reshape(n, 64, 1), d__p30)
-    d2__p29 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c82)
+    _c81 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 0:64].reshape(n, 64, 1), d__p30)
+    d2__p29 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c81)
     # ∂/∂d__p30: ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
-    d2_d__p29 = d2_d__p29_223 + d2_d__p29_225
-    _c83 = torch.einsum("zui,zuj->ziju", d2_d__p29, A[:, 0:64].reshape(n, 64, 1))
-    d2_d__p30_228 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c83)
+    _c82 = torch.einsum("zui,zuj->ziju", d2_d__p29, A[:, 0:64].reshape(n, 64, 1))
+    d2_d__p30_171 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c82)
     # ∂/∂A: ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
-    _c84 = torch.einsum("zui,zuk->ziku", d2_d__p29, d__p30)
-    d2_A_229 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c84)
-    d2_d__p30 = d2_d__p30_227 + d2_d__p30_228
-    d2_d_B_230 = d2_d__p30
+    _c83 = torch.einsum("zui,zuk->ziku", d2_d__p29, d__p30)
+    d2_A_172 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c83)
+    d2_d__p30 = d2_d__p30_170 + d2_d__p30_171
+    d2_d_B_173 = d2_d__p30
     # ∂/∂d__p31: ∂/∂A: p31 = (p13 ⊗ p5) -> 64x1o
-    _c85 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), _p13)
-    d2_d__p31_231 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c85)
+    _c84 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), _p13)
+    d2_d__p31_174 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c84)
     # ∂/∂_p13: ∂/∂A: p31 = (p13 ⊗ p5) -> 64x1o
-    _c86 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p31)
-    d2__p13_232 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c86)
+    _c85 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p31)
+    d2__p13 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c85)
     # ∂/∂d__p31: ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o
-    d2_d__p13 = d2_d__p13_115 + d2_d__p13_117
-    _c87 = torch.einsum("zui,zuj->ziju", d2_d__p13, A[:, 256:576].reshape(n, 64, 5))
-    d2_d__p31_233 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c87)
+    d2_d__p13 = d2_d__p13_97 + d2_d__p13_99
+    _c86 = torch.einsum("zui,zuj->ziju", d2_d__p13, A[:, 256:576].reshape(n, 64, 5))
+    d2_d__p31_175 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c86)
     # ∂/∂A: ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o
-    _c88 = torch.einsum("zui,zuk->ziku", d2_d__p13, d__p31)
-    d2_A_234 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c88)
-    d2_d_B_235 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 896:960].reshape(n, 64) * 1.118033988749895), _p31)
-    d2__p31 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 896:960].reshape(n, 64) * 1.118033988749895), d_B[:, 64:256].reshape(n, 64, 3))
-    d2_d__p31 = d2_d__p31_231 + d2_d__p31_233
-    d2_d_B_236 = torch.einsum("zui,zu->zui", d2_d__p31, (_w_B_2[:, 896:960].reshape(n, 64) * 1.118033988749895))
-    d2__w_B_2_237 = torch.einsum("zui,zui->zu", (d2_d__p31 * 1.118033988749895), d_B[:, 64:256].reshape(n, 64, 3))
-    # ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o
-    _c89 = torch.einsum("zuk,zuj->zjku", d2__p31, A[:, 256:576].reshape(n, 64, 5))
-    d2__p13_238 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c89)
-    # ∂/∂A: p31 = (p13 ⊗ p5) -> 64x1o
-    _c90 = torch.einsum("zuk,zui->ziku", d2__p31, _p13)
-    d2_A_239 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c90)
-    d2__p9_240 = torch.einsum("zui,zu->zui", d2__p29, (_w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386))
-    d2__w_B_2_241 = torch.einsum("zui,zui->zu", (d2__p29 * 0.8660254037844386), _p9)
-    d2__p14_242 = torch.einsum("zui,zu->zui", d2__p27, (_w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949))
-    d2__w_B_2_243 = torch.einsum("zui,zui->zu", (d2__p27 * 0.7905694150420949), _p14)
-    d2__p12_244 = torch.einsum("zui,zu->zui", d2__p27, (_w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949))
-    d2__w_B_2_245 = torch.einsum("zui,zui->zu", (d2__p27 * 0.7905694150420949), _p12)
-    d2__p14_246 = torch.einsum("zui,zu->zui", d2__p25, (_w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895))
-    d2__w_B_2_247 = torch.einsum("zui,zui->zu", (d2__p25 * 1.118033988749895), _p14)
-    d2__p12_248 = torch.einsum("zui,zu->zui", d2__p25, (_w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895))
-    d2__w_B_2_249 = torch.einsum("zui,zui->zu", (d2__p25 * 1.118033988749895), _p12)
-    d2__p9_250 = torch.einsum("zui,zu->zui", d2__p23, (_w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945))
-    d2__w_B_2_251 = torch.einsum("zui,zui->zu", (d2__p23 * 0.6123724356957945), _p9)
-    d2__p6_252 = torch.einsum("zui,zu->zui", d2__p23, (_w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945))
-    d2__w_B_2_253 = torch.einsum("zui,zui->zu", (d2__p23 * 0.6123724356957945), _p6)
-    d2__p14_254 = torch.einsum("zui,zu->zui", d2__p21, (_w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895))
-    d2__w_B_2_255 = torch.einsum("zui,zui->zu", (d2__p21 * 1.118033988749895), _p14)
-    d2__p11_256 = torch.einsum("zui,zu->zui", d2__p21, (_w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895))
-    d2__w_B_2_257 = torch.einsum("zui,zui->zu", (d2__p21 * 1.118033988749895), _p11)
-    d2__p9_258 = torch.einsum("zui,zu->zui", d2__p19, (_w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386))
-    d2__w_B_2_259 = torch.einsum("zui,zui->zu", (d2__p19 * 0.8660254037844386), _p9)
-    d2__p3_260 = torch.einsum("zui,zu->zui", d2__p19, (_w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386))
-    d2__w_B_2_261 = torch.einsum("zui,zui->zu", (d2__p19 * 0.8660254037844386), _p3)
-    d2__p10_262 = torch.einsum("zui,zu->zui", (d2__p17 * 0.5), _w_B_2[:, 1024:1088].reshape(n, 64))
-    d2__w_B_2_263 = torch.einsum("zui,zui->zu", (d2__p17 * 0.5), _p10)
-    d2__p7_264 = torch.einsum("zui,zu->zui", (d2__p17 * 0.5), _w_B_2[:, 512:576].reshape(n, 64))
-    d2__w_B_2_265 = torch.einsum("zui,zui->zu", (d2__p17 * 0.5), _p7)
-    d2__p4_266 = torch.einsum("zui,zu->zui", (d2__p17 * 0.5), _w_B_2[:, 256:320].reshape(n, 64))
-    d2__w_B_2_267 = torch.einsum("zui,zui->zu", (d2__p17 * 0.5), _p4)
-    d2__p1_268 = torch.einsum("zui,zu->zui", (d2__p17 * 0.5), _w_B_2[:, 64:128].reshape(n, 64))
-    d2__w_B_2_269 = torch.einsum("zui,zui->zu", (d2__p17 * 0.5), _p1)
-    d2__p10_270 = torch.einsum("zui,zu->zui", (d2__p15 * 0.3535533905932738), _w_B_2[:, 960:1024].reshape(n, 64))
-    d2__w_B_2_271 = torch.einsum("zui,zui->zu", (d2__p15 * 0.3535533905932738), _p10)
-    d2__p7_272 = torch.einsum("zui,zu->zui", (d2__p15 * 0.3535533905932738), _w_B_2[:, 448:512].reshape(n, 64))
-    d2__w_B_2_273 = torch.einsum("zui,zui->zu", (d2__p15 * 0.3535533905932738), _p7)
-    d2__p4_274 = torch.einsum("zui,zu->zui", (d2__p15 * 0.3535533905932738), _w_B_2[:, 192:256].reshape(n, 64))
-    d2__w_B_2_275 = torch.einsum("zui,zui->zu", (d2__p15 * 0.3535533905932738), _p4)
-    d2__p1_276 = torch.einsum("zui,zu->zui", (d2__p15 * 0.3535533905932738), _w_B_2[:, 0:64].reshape(n, 64))
-    d2__w_B_2_277 = torch.einsum("zui,zui->zu", (d2__p15 * 0.3535533905932738), _p1)
+    _c87 = torch.einsum("zui,zuk->ziku", d2_d__p13, d__p31)
+    d2_A_176 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c87)
+    d2_d__p31 = d2_d__p31_174 + d2_d__p31_175
+    d2_d_B_177 = torch.einsum("zui,zu->zui", d2_d__p31, (_w_B_2[:, 896:960].reshape(n, 64) * 1.118033988749895))
+    d2__w_B_2_178 = torch.einsum("zui,zui->zu", (d2_d__p31 * 1.118033988749895), d_B[:, 64:256].reshape(n, 64, 3))
+    d2__p9_179 = torch.einsum("zui,zu->zui", d2__p29, (_w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386))
+    d2__w_B_2_180 = torch.einsum("zui,zui->zu", (d2__p29 * 0.8660254037844386), _p9)
+    d2__p14_181 = torch.einsum("zui,zu->zui", d2__p27, (_w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949))
+    d2__w_B_2_182 = torch.einsum("zui,zui->zu", (d2__p27 * 0.7905694150420949), _p14)
+    d2__p12_183 = torch.einsum("zui,zu->zui", d2__p27, (_w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949))
+    d2__w_B_2_184 = torch.einsum("zui,zui->zu", (d2__p27 * 0.7905694150420949), _p12)
+    d2__p14_185 = torch.einsum("zui,zu->zui", d2__p25, (_w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895))
+    d2__w_B_2_186 = torch.einsum("zui,zui->zu", (d2__p25 * 1.118033988749895), _p14)
+    d2__p12_187 = torch.einsum("zui,zu->zui", d2__p25, (_w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895))
+    d2__w_B_2_188 = torch.einsum("zui,zui->zu", (d2__p25 * 1.118033988749895), _p12)
+    d2__p9_189 = torch.einsum("zui,zu->zui", d2__p23, (_w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945))
+    d2__w_B_2_190 = torch.einsum("zui,zui->zu", (d2__p23 * 0.6123724356957945), _p9)
+    d2__p6 = torch.einsum("zui,zu->zui", d2__p23, (_w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945))
+    d2__w_B_2_191 = torch.einsum("zui,zui->zu", (d2__p23 * 0.6123724356957945), _p6)
+    d2__p14_192 = torch.einsum("zui,zu->zui", d2__p21, (_w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895))
+    d2__w_B_2_193 = torch.einsum("zui,zui->zu", (d2__p21 * 1.118033988749895), _p14)
+    d2__p11 = torch.einsum("zui,zu->zui", d2__p21, (_w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895))
+    d2__w_B_2_194 = torch.einsum("zui,zui->zu", (d2__p21 * 1.118033988749895), _p11)
+    d2__p9_195 = torch.einsum("zui,zu->zui", d2__p19, (_w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386))
+    d2__w_B_2_196 = torch.einsum("zui,zui->zu", (d2__p19 * 0.8660254037844386), _p9)
+    d2__p3 = torch.einsum("zui,zu->zui", d2__p19, (_w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386))
+    d2__w_B_2_197 = torch.einsum("zui,zui->zu", (d2__p19 * 0.8660254037844386), _p3)
+    d2__p10_198 = torch.einsum("zui,zu->zui", (d2__p17 * 0.5), _w_B_2[:, 1024:1088].reshape(n, 64))
+    d2__w_B_2_199 = torch.einsum("zui,zui->zu", (d2__p17 * 0.5), _p10)
+    d2__p7_200 = torch.einsum("zui,zu->zui", (d2__p17 * 0.5), _w_B_2[:, 512:576].reshape(n, 64))
+    d2__w_B_2_201 = torch.einsum("zui,zui->zu", (d2__p17 * 0.5), _p7)
+    d2__p4_202 = torch.einsum("zui,zu->zui", (d2__p17 * 0.5), _w_B_2[:, 256:320].reshape(n, 64))
+    d2__w_B_2_203 = torch.einsum("zui,zui->zu", (d2__p17 * 0.5), _p4)
+    d2__p1_204 = torch.einsum("zui,zu->zui", (d2__p17 * 0.5), _w_B_2[:, 64:128].reshape(n, 64))
+    d2__w_B_2_205 = torch.einsum("zui,zui->zu", (d2__p17 * 0.5), _p1)
+    d2__p10_206 = torch.einsum("zui,zu->zui", (d2__p15 * 0.3535533905932738), _w_B_2[:, 960:1024].reshape(n, 64))
+    d2__w_B_2_207 = torch.einsum("zui,zui->zu", (d2__p15 * 0.3535533905932738), _p10)
+    d2__p7_208 = torch.einsum("zui,zu->zui", (d2__p15 * 0.3535533905932738), _w_B_2[:, 448:512].reshape(n, 64))
+    d2__w_B_2_209 = torch.einsum("zui,zui->zu", (d2__p15 * 0.3535533905932738), _p7)
+    d2__p4_210 = torch.einsum("zui,zu->zui", (d2__p15 * 0.3535533905932738), _w_B_2[:, 192:256].reshape(n, 64))
+    d2__w_B_2_211 = torch.einsum("zui,zui->zu", (d2__p15 * 0.3535533905932738), _p4)
+    d2__p1_212 = torch.einsum("zui,zu->zui", (d2__p15 * 0.3535533905932738), _w_B_2[:, 0:64].reshape(n, 64))
+    d2__w_B_2_213 = torch.einsum("zui,zui->zu", (d2__p15 * 0.3535533905932738), _p1)
     # ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
-    d2__p14 = d2__p14_180 + d2__p14_204 + d2__p14_216 + d2__p14_242 + d2__p14_246 + d2__p14_254
-    _c91 = torch.einsum("zuk,zuj->zjku", d2__p14, A[:, 576:1024].reshape(n, 64, 7))
-    d2_A_278 = torch.einsum("ijk,zjku->zui", cg_3_3_2, _c91)
+    d2__p14 = d2__p14_181 + d2__p14_185 + d2__p14_192
+    _c88 = torch.einsum("zuk,zuj->zjku", d2__p14, A[:, 576:1024].reshape(n, 64, 7))
+    d2_A_214 = torch.einsum("ijk,zjku->zui", cg_3_3_2, _c88)
     # ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
-    _c92 = torch.einsum("zuk,zui->ziku", d2__p14, A[:, 576:1024].reshape(n, 64, 7))
-    d2_A_279 = torch.einsum("ijk,ziku->zuj", cg_3_3_2, _c92)
+    _c89 = torch.einsum("zuk,zui->ziku", d2__p14, A[:, 576:1024].reshape(n, 64, 7))
+    d2_A_215 = torch.einsum("ijk,ziku->zuj", cg_3_3_2, _c89)
     # ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
-    d2__p13 = d2__p13_232 + d2__p13_238
-    _c93 = torch.einsum("zuk,zuj->zjku", d2__p13, A[:, 576:1024].reshape(n, 64, 7))
-    d2_A_280 = torch.einsum("ijk,zjku->zui", cg_2_3_2, _c93)
+    _c90 = torch.einsum("zuk,zuj->zjku", d2__p13, A[:, 576:1024].reshape(n, 64, 7))
+    d2_A_216 = torch.einsum("ijk,zjku->zui", cg_2_3_2, _c90)
     # ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
-    _c94 = torch.einsum("zuk,zui->ziku", d2__p13, A[:, 256:576].reshape(n, 64, 5))
-    d2_A_281 = torch.einsum("ijk,ziku->zuj", cg_2_3_2, _c94)
+    _c91 = torch.einsum("zuk,zui->ziku", d2__p13, A[:, 256:576].reshape(n, 64, 5))
+    d2_A_217 = torch.einsum("ijk,ziku->zuj", cg_2_3_2, _c91)
     # ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
-    d2__p12 = d2__p12_200 + d2__p12_212 + d2__p12_244 + d2__p12_248
-    _c95 = torch.einsum("zuk,zuj->zjku", d2__p12, A[:, 256:576].reshape(n, 64, 5))
-    d2_A_282 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c95)
+    d2__p12 = d2__p12_183 + d2__p12_187
+    _c92 = torch.einsum("zuk,zuj->zjku", d2__p12, A[:, 256:576].reshape(n, 64, 5))
+    d2_A_218 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c92)
     # ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
-    _c96 = torch.einsum("zuk,zui->ziku", d2__p12, A[:, 256:576].reshape(n, 64, 5))
-    d2_A_283 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c96)
+    _c93 = torch.einsum("zuk,zui->ziku", d2__p12, A[:, 256:576].reshape(n, 64, 5))
+    d2_A_219 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c93)
     # ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
-    d2__p11 = d2__p11_176 + d2__p11_256
-    _c97 = torch.einsum("zuk,zuj->zjku", d2__p11, A[:, 64:256].reshape(n, 64, 3))
-    d2_A_284 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c97)
+    _c94 = torch.einsum("zuk,zuj->zjku", d2__p11, A[:, 64:256].reshape(n, 64, 3))
+    d2_A_220 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c94)
     # ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
-    _c98 = torch.einsum("zuk,zui->ziku", d2__p11, A[:, 64:256].reshape(n, 64, 3))
-    d2_A_285 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c98)
+    _c95 = torch.einsum("zuk,zui->ziku", d2__p11, A[:, 64:256].reshape(n, 64, 3))
+    d2_A_221 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c95)
     # weight gradient per index value
     d2__w_B_2 = torch.cat([
-        (d2__w_B_2_126 + d2__w_B_2_277).reshape(n, 64),
-        (d2__w_B_2_146 + d2__w_B_2_269).reshape(n, 64),
-        (d2__w_B_2_166 + d2__w_B_2_261).reshape(n, 64),
-        (d2__w_B_2_130 + d2__w_B_2_275).reshape(n, 64),
-        (d2__w_B_2_150 + d2__w_B_2_267).reshape(n, 64),
-        (d2__w_B_2_178 + d2__w_B_2_257).reshape(n, 64),
-        (d2__w_B_2_190 + d2__w_B_2_253).reshape(n, 64),
-        (d2__w_B_2_134 + d2__w_B_2_273).reshape(n, 64),
-        (d2__w_B_2_154 + d2__w_B_2_265).reshape(n, 64),
-        (d2__w_B_2_202 + d2__w_B_2_249).reshape(n, 64),
-        (d2__w_B_2_214 + d2__w_B_2_245).reshape(n, 64),
-        (d2__w_B_2_226 + d2__w_B_2_241).reshape(n, 64),
-        (d2__w_B_2_194 + d2__w_B_2_251).reshape(n, 64),
-        (d2__w_B_2_170 + d2__w_B_2_259).reshape(n, 64),
-        d2__w_B_2_237.reshape(n, 64),
-        (d2__w_B_2_138 + d2__w_B_2_271).reshape(n, 64),
-        (d2__w_B_2_158 + d2__w_B_2_263).reshape(n, 64),
-        (d2__w_B_2_206 + d2__w_B_2_247).reshape(n, 64),
-        (d2__w_B_2_218 + d2__w_B_2_243).reshape(n, 64),
-        (d2__w_B_2_182 + d2__w_B_2_255).reshape(n, 64),
+        (d2__w_B_2_106 + d2__w_B_2_213).reshape(n, 64),
+        (d2__w_B_2_118 + d2__w_B_2_205).reshape(n, 64),
+        (d2__w_B_2_130 + d2__w_B_2_197).reshape(n, 64),
+        (d2__w_B_2_108 + d2__w_B_2_211).reshape(n, 64),
+        (d2__w_B_2_120 + d2__w_B_2_203).reshape(n, 64),
+        (d2__w_B_2_138 + d2__w_B_2_194).reshape(n, 64),
+        (d2__w_B_2_146 + d2__w_B_2_191).reshape(n, 64),
+        (d2__w_B_2_110 + d2__w_B_2_209).reshape(n, 64),
+        (d2__w_B_2_122 + d2__w_B_2_201).reshape(n, 64),
+        (d2__w_B_2_154 + d2__w_B_2_188).reshape(n, 64),
+        (d2__w_B_2_162 + d2__w_B_2_184).reshape(n, 64),
+        (d2__w_B_2_169 + d2__w_B_2_180).reshape(n, 64),
+        (d2__w_B_2_148 + d2__w_B_2_190).reshape(n, 64),
+        (d2__w_B_2_132 + d2__w_B_2_196).reshape(n, 64),
+        d2__w_B_2_178.reshape(n, 64),
+        (d2__w_B_2_112 + d2__w_B_2_207).reshape(n, 64),
+        (d2__w_B_2_124 + d2__w_B_2_199).reshape(n, 64),
+        (d2__w_B_2_156 + d2__w_B_2_186).reshape(n, 64),
+        (d2__w_B_2_164 + d2__w_B_2_182).reshape(n, 64),
+        (d2__w_B_2_140 + d2__w_B_2_193).reshape(n, 64),
     ], dim=-1)
-    d2_weight_286 = weight.new_zeros(10, 1280).index_add(0, z, d2__w_B_2.reshape(n, 1280)).reshape(12800)
+    d2_weight_222 = weight.new_zeros(10, 1280).index_add(0, z, d2__w_B_2.reshape(n, 1280)).reshape(12800)
     # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    d2__p10 = d2__p10_104 + d2__p10_136 + d2__p10_156 + d2__p10_262 + d2__p10_270
-    _c99 = torch.einsum("zuk,zuj->zjku", d2__p10, A[:, 576:1024].reshape(n, 64, 7))
-    d2_A_287 = torch.einsum("ijk,zjku->zui", cg_3_3_0, _c99)
+    d2__p10 = d2__p10_198 + d2__p10_206
+    _c96 = torch.einsum("zuk,zuj->zjku", d2__p10, A[:, 576:1024].reshape(n, 64, 7))
+    d2_A_223 = torch.einsum("ijk,zjku->zui", cg_3_3_0, _c96)
     # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    _c100 = torch.einsum("zuk,zui->ziku", d2__p10, A[:, 576:1024].reshape(n, 64, 7))
-    d2_A_288 = torch.einsum("ijk,ziku->zuj", cg_3_3_0, _c100)
+    _c97 = torch.einsum("zuk,zui->ziku", d2__p10, A[:, 576:1024].reshape(n, 64, 7))
+    d2_A_224 = torch.einsum("ijk,ziku->zuj", cg_3_3_0, _c97)
     # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    d2__p9 = d2__p9_96 + d2__p9_168 + d2__p9_192 + d2__p9_224 + d2__p9_240 + d2__p9_250 + d2__p9_258
-    _c101 = torch.einsum("zuk,zuj->zjku", d2__p9, A[:, 576:1024].reshape(n, 64, 7))
-    d2_A_289 = torch.einsum("ijk,zjku->zui", cg_2_3_1, _c101)
+    d2__p9 = d2__p9_179 + d2__p9_189 + d2__p9_195
+    _c98 = torch.einsum("zuk,zuj->zjku", d2__p9, A[:, 576:1024].reshape(n, 64, 7))
+    d2_A_225 = torch.einsum("ijk,zjku->zui", cg_2_3_1, _c98)
     # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    _c102 = torch.einsum("zuk,zui->ziku", d2__p9, A[:, 256:576].reshape(n, 64, 5))
-    d2_A_290 = torch.einsum("ijk,ziku->zuj", cg_2_3_1, _c102)
+    _c99 = torch.einsum("zuk,zui->ziku", d2__p9, A[:, 256:576].reshape(n, 64, 5))
+    d2_A_226 = torch.einsum("ijk,ziku->zuj", cg_2_3_1, _c99)
     # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    d2__p7 = d2__p7_88 + d2__p7_132 + d2__p7_152 + d2__p7_264 + d2__p7_272
-    _c103 = torch.einsum("zuk,zuj->zjku", d2__p7, A[:, 256:576].reshape(n, 64, 5))
-    d2_A_291 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c103)
+    d2__p7 = d2__p7_200 + d2__p7_208
+    _c100 = torch.einsum("zuk,zuj->zjku", d2__p7, A[:, 256:576].reshape(n, 64, 5))
+    d2_A_227 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c100)
     # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    _c104 = torch.einsum("zuk,zui->ziku", d2__p7, A[:, 256:576].reshape(n, 64, 5))
-    d2_A_292 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c104)
+    _c101 = torch.einsum("zuk,zui->ziku", d2__p7, A[:, 256:576].reshape(n, 64, 5))
+    d2_A_228 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c101)
     # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    d2__p6 = d2__p6_80 + d2__p6_188 + d2__p6_252
-    _c105 = torch.einsum("zuk,zuj->zjku", d2__p6, A[:, 256:576].reshape(n, 64, 5))
-    d2_A_293 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c105)
+    _c102 = torch.einsum("zuk,zuj->zjku", d2__p6, A[:, 256:576].reshape(n, 64, 5))
+    d2_A_229 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c102)
     # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    _c106 = torch.einsum("zuk,zui->ziku", d2__p6, A[:, 64:256].reshape(n, 64, 3))
-    d2_A_294 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c106)
+    _c103 = torch.einsum("zuk,zui->ziku", d2__p6, A[:, 64:256].reshape(n, 64, 3))
+    d2_A_230 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c103)
     # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    d2__p4 = d2__p4_72 + d2__p4_128 + d2__p4_148 + d2__p4_266 + d2__p4_274
-    _c107 = torch.einsum("zuk,zuj->zjku", d2__p4, A[:, 64:256].reshape(n, 64, 3))
-    d2_A_295 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c107)
+    d2__p4 = d2__p4_202 + d2__p4_210
+    _c104 = torch.einsum("zuk,zuj->zjku", d2__p4, A[:, 64:256].reshape(n, 64, 3))
+    d2_A_231 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c104)
     # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    _c108 = torch.einsum("zuk,zui->ziku", d2__p4, A[:, 64:256].reshape(n, 64, 3))
-    d2_A_296 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c108)
+    _c105 = torch.einsum("zuk,zui->ziku", d2__p4, A[:, 64:256].reshape(n, 64, 3))
+    d2_A_232 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c105)
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    d2__p3 = d2__p3_64 + d2__p3_164 + d2__p3_260
-    _c109 = torch.einsum("zuk,zuj->zjku", d2__p3, A[:, 64:256].reshape(n, 64, 3))
-    d2_A_297 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c109)
+    _c106 = torch.einsum("zuk,zuj->zjku", d2__p3, A[:, 64:256].reshape(n, 64, 3))
+    d2_A_233 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c106)
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    _c110 = torch.einsum("zuk,zui->ziku", d2__p3, A[:, 0:64].reshape(n, 64, 1))
-    d2_A_298 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c110)
+    _c107 = torch.einsum("zuk,zui->ziku", d2__p3, A[:, 0:64].reshape(n, 64, 1))
+    d2_A_234 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c107)
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    d2__p1 = d2__p1_56 + d2__p1_124 + d2__p1_144 + d2__p1_268 + d2__p1_276
-    _c111 = torch.einsum("zuk,zuj->zjku", d2__p1, A[:, 0:64].reshape(n, 64, 1))
-    d2_A_299 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c111)
+    d2__p1 = d2__p1_204 + d2__p1_212
+    _c108 = torch.einsum("zuk,zuj->zjku", d2__p1, A[:, 0:64].reshape(n, 64, 1))
+    d2_A_235 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c108)
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    _c112 = torch.einsum("zuk,zui->ziku", d2__p1, A[:, 0:64].reshape(n, 64, 1))
-    d2_A_300 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c112)
+    _c109 = torch.einsum("zuk,zui->ziku", d2__p1, A[:, 0:64].reshape(n, 64, 1))
+    d2_A_236 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c109)
     # weight gradient per index value
     d2__w_B_1 = torch.cat([
+        d2__w_B_1_52.reshape(n, 64),
         d2__w_B_1_58.reshape(n, 64),
-        d2__w_B_1_66.reshape(n, 64),
-        d2__w_B_1_74.reshape(n, 64),
+        d2__w_B_1_64.reshape(n, 64),
+        d2__w_B_1_70.reshape(n, 64),
+        d2__w_B_1_76.reshape(n, 64),
         d2__w_B_1_82.reshape(n, 64),
-        d2__w_B_1_90.reshape(n, 64),
-        d2__w_B_1_98.reshape(n, 64),
-        d2__w_B_1_106.reshape(n, 64),
+        d2__w_B_1_88.reshape(n, 64),
     ], dim=-1)
-    d2_weight_301 = weight.new_zeros(10, 448).index_add(0, z, d2__w_B_1.reshape(n, 448)).reshape(4480)
+    d2_weight_237 = weight.new_zeros(10, 448).index_add(0, z, d2__w_B_1.reshape(n, 448)).reshape(4480)
     # weight gradient per index value
     d2__w_B_0 = torch.cat([
+        d2__w_B_0_44.reshape(n, 64),
         d2__w_B_0_46.reshape(n, 64),
-        d2__w_B_0_50.reshape(n, 64),
     ], dim=-1)
-    d2_weight_302 = weight.new_zeros(10, 128).index_add(0, z, d2__w_B_0.reshape(n, 128)).reshape(1280)
+    d2_weight_238 = weight.new_zeros(10, 128).index_add(0, z, d2__w_B_0.reshape(n, 128)).reshape(1280)
     d2_A = torch.cat([
-        (d2_A_44 + d2_A_52 + d2_A_54 + d2_A_60 + d2_A_141 + d2_A_229 + d2_A_297 + d2_A_299 + d2_A_300).reshape(n, 64),
-        (d2_A_48 + d2_A_62 + d2_A_68 + d2_A_70 + d2_A_76 + d2_A_108 + d2_A_110 + d2_A_161 + d2_A_197 + d2_A_209 + d2_A_284 + d2_A_285 + d2_A_293 + d2_A_295 + d2_A_296 + d2_A_298).reshape(n, 192),
-        (d2_A_78 + d2_A_84 + d2_A_86 + d2_A_92 + d2_A_112 + d2_A_114 + d2_A_116 + d2_A_173 + d2_A_221 + d2_A_234 + d2_A_239 + d2_A_280 + d2_A_282 + d2_A_283 + d2_A_289 + d2_A_291 + d2_A_292 + d2_A_294).reshape(n, 320),
-        (d2_A_94 + d2_A_100 + d2_A_102 + d2_A_118 + d2_A_120 + d2_A_122 + d2_A_185 + d2_A_278 + d2_A_279 + d2_A_281 + d2_A_287 + d2_A_288 + d2_A_290).reshape(n, 448),
+        (d2_A_48 + d2_A_50 + d2_A_54 + d2_A_115 + d2_A_172 + d2_A_233 + d2_A_235 + d2_A_236).reshape(n, 64),
+        (d2_A_56 + d2_A_60 + d2_A_62 + d2_A_66 + d2_A_90 + d2_A_92 + d2_A_127 + d2_A_151 + d2_A_159 + d2_A_220 + d2_A_221 + d2_A_229 + d2_A_231 + d2_A_232 + d2_A_234).reshape(n, 192),
+        (d2_A_68 + d2_A_72 + d2_A_74 + d2_A_78 + d2_A_94 + d2_A_96 + d2_A_98 + d2_A_135 + d2_A_167 + d2_A_176 + d2_A_216 + d2_A_218 + d2_A_219 + d2_A_225 + d2_A_227 + d2_A_228 + d2_A_230).reshape(n, 320),
+        (d2_A_80 + d2_A_84 + d2_A_86 + d2_A_100 + d2_A_102 + d2_A_104 + d2_A_143 + d2_A_214 + d2_A_215 + d2_A_217 + d2_A_223 + d2_A_224 + d2_A_226).reshape(n, 448),
     ], dim=-1)
     d2_d_B = torch.cat([
-        (d2_d_B_43 + d2_d_B_45 + d2_d_B_55 + d2_d_B_57 + d2_d_B_71 + d2_d_B_73 + d2_d_B_87 + d2_d_B_89 + d2_d_B_103 + d2_d_B_105 + d2_d_B_142 + d2_d_B_198 + d2_d_B_222).reshape(n, 64),
-        (d2_d_B_47 + d2_d_B_49 + d2_d_B_63 + d2_d_B_65 + d2_d_B_79 + d2_d_B_81 + d2_d_B_95 + d2_d_B_97 + d2_d_B_162 + d2_d_B_174 + d2_d_B_186 + d2_d_B_210 + d2_d_B_230 + d2_d_B_235 + d2_d_B_236).reshape(n, 192),
+        (d2_d_B_43 + d2_d_B_51 + d2_d_B_63 + d2_d_B_75 + d2_d_B_87 + d2_d_B_116 + d2_d_B_152 + d2_d_B_168).reshape(n, 64),
+        (d2_d_B_45 + d2_d_B_57 + d2_d_B_69 + d2_d_B_81 + d2_d_B_128 + d2_d_B_136 + d2_d_B_144 + d2_d_B_160 + d2_d_B_173 + d2_d_B_177).reshape(n, 192),
     ], dim=-1)
     d2_weight = torch.cat([
-        d2_weight_302.reshape(1280),
-        d2_weight_301.reshape(4480),
-        d2_weight_286.reshape(12800),
+        d2_weight_238.reshape(1280),
+        d2_weight_237.reshape(4480),
+        d2_weight_222.reshape(12800),
     ], dim=-1)
+    return [d2_A, d2_d_B, d2_weight]
+
+
+def _mace_product_d2_weight(
+    A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, d2_d_weight: torch.Tensor,
+    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_2_1_1: torch.Tensor,
+    cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor, cg_2_3_1: torch.Tensor,
+    cg_2_3_2: torch.Tensor, cg_3_3_0: torch.Tensor, cg_3_3_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of mace_product_d for the cotangent of d_weight: A (n, 1024), z (n,), d_B (n, 256), d2_d_weight (18560,) -> d2_A (n, 1024), d2_d_B (n, 256), d2_weight (18560,)."""
+    n = A.shape[0]
+    # p1 = (p0 ⊗ p0) -> 64x0e
+    _c0 = torch.einsum("zui,zuj->ziju", A[:, 0:64].reshape(n, 64, 1), A[:, 0:64].reshape(n, 64, 1))
+    _p1 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c0)
+    # p3 = (p0 ⊗ p2) -> 64x1o
+    _c1 = torch.einsum("zui,zuj->ziju", A[:, 0:64].reshape(n, 64, 1), A[:, 64:256].reshape(n, 64, 3))
+    _p3 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c1)
+    # p4 = (p2 ⊗ p2) -> 64x0e
+    _c2 = torch.einsum("zui,zuj->ziju", A[:, 64:256].reshape(n, 64, 3), A[:, 64:256].reshape(n, 64, 3))
+    _p4 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c2)
+    # p6 = (p2 ⊗ p5) -> 64x1o
+    _c3 = torch.einsum("zui,zuj->ziju", A[:, 64:256].reshape(n, 64, 3), A[:, 256:576].reshape(n, 64, 5))
+    _p6 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c3)
+    # p7 = (p5 ⊗ p5) -> 64x0e
+    _c4 = torch.einsum("zui,zuj->ziju", A[:, 256:576].reshape(n, 64, 5), A[:, 256:576].reshape(n, 64, 5))
+    _p7 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c4)
+    # p9 = (p5 ⊗ p8) -> 64x1o
+    _c5 = torch.einsum("zui,zuj->ziju", A[:, 256:576].reshape(n, 64, 5), A[:, 576:1024].reshape(n, 64, 7))
+    _p9 = torch.einsum("ijk,ziju->zuk", cg_2_3_1, _c5)
+    # p10 = (p8 ⊗ p8) -> 64x0e
+    _c6 = torch.einsum("zui,zuj->ziju", A[:, 576:1024].reshape(n, 64, 7), A[:, 576:1024].reshape(n, 64, 7))
+    _p10 = torch.einsum("ijk,ziju->zuk", cg_3_3_0, _c6)
+    # p11 = (p2 ⊗ p2) -> 64x2e
+    _p11 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c2)
+    # p12 = (p5 ⊗ p5) -> 64x2e
+    _p12 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c4)
+    # p13 = (p5 ⊗ p8) -> 64x2o
+    _p13 = torch.einsum("ijk,ziju->zuk", cg_2_3_2, _c5)
+    # p14 = (p8 ⊗ p8) -> 64x2e
+    _p14 = torch.einsum("ijk,ziju->zuk", cg_3_3_2, _c6)
+    # p31 = (p13 ⊗ p5) -> 64x1o
+    _c7 = torch.einsum("zui,zuj->ziju", _p13, A[:, 256:576].reshape(n, 64, 5))
+    _p31 = torch.einsum("ijk,ziju->zuk", cg_2_2_1, _c7)
+    d__p30 = d_B[:, 64:256].reshape(n, 64, 3)
+    # ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
+    _c8 = torch.einsum("zuk,zuj->zjku", d__p30, A[:, 0:64].reshape(n, 64, 1))
+    d__p29 = torch.einsum("ijk,zjku->zui", cg_1_0_1, _c8)
+    d__p28 = d_B[:, 0:64].reshape(n, 64, 1)
+    # ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
+    _c9 = torch.einsum("zuk,zuj->zjku", d__p28, A[:, 256:576].reshape(n, 64, 5))
+    d__p27 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c9)
+    d__p26 = d_B[:, 64:256].reshape(n, 64, 3)
+    # ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
+    _c10 = torch.einsum("zuk,zuj->zjku", d__p26, A[:, 64:256].reshape(n, 64, 3))
+    d__p25 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c10)
+    d__p24 = d_B[:, 0:64].reshape(n, 64, 1)
+    # ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
+    _c11 = torch.einsum("zuk,zuj->zjku", d__p24, A[:, 64:256].reshape(n, 64, 3))
+    d__p23 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c11)
+    d__p22 = d_B[:, 64:256].reshape(n, 64, 3)
+    # ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
+    _c12 = torch.einsum("zuk,zuj->zjku", d__p22, A[:, 576:1024].reshape(n, 64, 7))
+    d__p21 = torch.einsum("ijk,zjku->zui", cg_2_3_1, _c12)
+    d__p20 = d_B[:, 64:256].reshape(n, 64, 3)
+    # ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
+    _c13 = torch.einsum("zuk,zuj->zjku", d__p20, A[:, 256:576].reshape(n, 64, 5))
+    d__p19 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c13)
+    d__p18 = d_B[:, 64:256].reshape(n, 64, 3)
+    # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
+    _c14 = torch.einsum("zuk,zuj->zjku", d__p18, A[:, 64:256].reshape(n, 64, 3))
+    d__p17 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c14)
+    d__p16 = d_B[:, 0:64].reshape(n, 64, 1)
+    # ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
+    _c15 = torch.einsum("zuk,zuj->zjku", d__p16, A[:, 0:64].reshape(n, 64, 1))
+    d__p15 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c15)
+    d2_d__w_B_0 = d2_d_weight[0:1280].view(1280).reshape(10, 128)[z]
+    # ∂/∂d_B: ∂/∂_w_B_0: 64x0e -> 64x0e
+    d2_d_B_0 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 0:64].reshape(n, 64), A[:, 0:64].reshape(n, 64, 1))
+    # ∂/∂A: ∂/∂_w_B_0: 64x0e -> 64x0e
+    d2_A_1 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 0:64].reshape(n, 64), d_B[:, 0:64].reshape(n, 64, 1))
+    # ∂/∂d_B: ∂/∂_w_B_0: 64x1o -> 64x1o
+    d2_d_B_2 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 64:128].reshape(n, 64), A[:, 64:256].reshape(n, 64, 3))
+    # ∂/∂A: ∂/∂_w_B_0: 64x1o -> 64x1o
+    d2_A_3 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 64:128].reshape(n, 64), d_B[:, 64:256].reshape(n, 64, 3))
+    d2_d__w_B_1 = d2_d_weight[1280:5760].view(4480).reshape(10, 448)[z]
+    d2_d_B_4 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 0:64].reshape(n, 64) * 0.5), _p1)
+    d2__p1_5 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 0:64].reshape(n, 64) * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
+    d2_d_B_6 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 64:128].reshape(n, 64), _p3)
+    d2__p3_7 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 64:128].reshape(n, 64), d_B[:, 64:256].reshape(n, 64, 3))
+    d2_d_B_8 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 128:192].reshape(n, 64) * 0.5), _p4)
+    d2__p4_9 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 128:192].reshape(n, 64) * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
+    d2_d_B_10 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 192:256].reshape(n, 64), _p6)
+    d2__p6_11 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 192:256].reshape(n, 64), d_B[:, 64:256].reshape(n, 64, 3))
+    d2_d_B_12 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 256:320].reshape(n, 64) * 0.5), _p7)
+    d2__p7_13 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 256:320].reshape(n, 64) * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
+    d2_d_B_14 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 320:384].reshape(n, 64), _p9)
+    d2__p9_15 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 320:384].reshape(n, 64), d_B[:, 64:256].reshape(n, 64, 3))
+    d2_d_B_16 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 384:448].reshape(n, 64) * 0.5), _p10)
+    d2__p10_17 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 384:448].reshape(n, 64) * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
+    d2_d__w_B_2 = d2_d_weight[5760:18560].view(12800).reshape(10, 1280)[z]
+    d2_d__p15_18 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 0:64].reshape(n, 64) * 0.3535533905932738), _p1)
+    d2__p1_19 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 0:64].reshape(n, 64) * 0.3535533905932738), d__p15)
+    d2_d__p15_20 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 192:256].reshape(n, 64) * 0.3535533905932738), _p4)
+    d2__p4_21 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 192:256].reshape(n, 64) * 0.3535533905932738), d__p15)
+    d2_d__p15_22 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 448:512].reshape(n, 64) * 0.3535533905932738), _p7)
+    d2__p7_23 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 448:512].reshape(n, 64) * 0.3535533905932738), d__p15)
+    d2_d__p15_24 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 960:1024].reshape(n, 64) * 0.3535533905932738), _p10)
+    d2__p10_25 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 960:1024].reshape(n, 64) * 0.3535533905932738), d__p15)
+    # ∂/∂d__p16: ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
+    d2_d__p15 = d2_d__p15_18 + d2_d__p15_20 + d2_d__p15_22 + d2_d__p15_24
+    _c16 = torch.einsum("zui,zuj->ziju", d2_d__p15, A[:, 0:64].reshape(n, 64, 1))
+    d2_d__p16 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c16)
+    # ∂/∂A: ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
+    _c17 = torch.einsum("zui,zuk->ziku", d2_d__p15, d__p16)
+    d2_A_26 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c17)
+    d2_d_B_27 = d2_d__p16
+    d2_d__p17_28 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 64:128].reshape(n, 64) * 0.5), _p1)
+    d2__p1_29 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 64:128].reshape(n, 64) * 0.5), d__p17)
+    d2_d__p17_30 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 256:320].reshape(n, 64) * 0.5), _p4)
+    d2__p4_31 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 256:320].reshape(n, 64) * 0.5), d__p17)
+    d2_d__p17_32 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 512:576].reshape(n, 64) * 0.5), _p7)
+    d2__p7_33 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 512:576].reshape(n, 64) * 0.5), d__p17)
+    d2_d__p17_34 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 1024:1088].reshape(n, 64) * 0.5), _p10)
+    d2__p10_35 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 1024:1088].reshape(n, 64) * 0.5), d__p17)
+    # ∂/∂d__p18: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
+    d2_d__p17 = d2_d__p17_28 + d2_d__p17_30 + d2_d__p17_32 + d2_d__p17_34
+    _c18 = torch.einsum("zui,zuj->ziju", d2_d__p17, A[:, 64:256].reshape(n, 64, 3))
+    d2_d__p18 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c18)
+    # ∂/∂A: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
+    _c19 = torch.einsum("zui,zuk->ziku", d2_d__p17, d__p18)
+    d2_A_36 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c19)
+    d2_d_B_37 = d2_d__p18
+    d2_d__p19_38 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386), _p3)
+    d2__p3_39 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386), d__p19)
+    d2_d__p19_40 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386), _p9)
+    d2__p9_41 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386), d__p19)
+    # ∂/∂d__p20: ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
+    d2_d__p19 = d2_d__p19_38 + d2_d__p19_40
+    _c20 = torch.einsum("zui,zuj->ziju", d2_d__p19, A[:, 256:576].reshape(n, 64, 5))
+    d2_d__p20 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c20)
+    # ∂/∂A: ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
+    _c21 = torch.einsum("zui,zuk->ziku", d2_d__p19, d__p20)
+    d2_A_42 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c21)
+    d2_d_B_43 = d2_d__p20
+    d2_d__p21_44 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895), _p11)
+    d2__p11 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895), d__p21)
+    d2_d__p21_45 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895), _p14)
+    d2__p14_46 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895), d__p21)
+    # ∂/∂d__p22: ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
+    d2_d__p21 = d2_d__p21_44 + d2_d__p21_45
+    _c22 = torch.einsum("zui,zuj->ziju", d2_d__p21, A[:, 576:1024].reshape(n, 64, 7))
+    d2_d__p22 = torch.einsum("ijk,ziju->zuk", cg_2_3_1, _c22)
+    # ∂/∂A: ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
+    _c23 = torch.einsum("zui,zuk->ziku", d2_d__p21, d__p22)
+    d2_A_47 = torch.einsum("ijk,ziku->zuj", cg_2_3_1, _c23)
+    d2_d_B_48 = d2_d__p22
+    d2_d__p23_49 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945), _p6)
+    d2__p6_50 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945), d__p23)
+    d2_d__p23_51 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945), _p9)
+    d2__p9_52 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945), d__p23)
+    # ∂/∂d__p24: ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
+    d2_d__p23 = d2_d__p23_49 + d2_d__p23_51
+    _c24 = torch.einsum("zui,zuj->ziju", d2_d__p23, A[:, 64:256].reshape(n, 64, 3))
+    d2_d__p24 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c24)
+    # ∂/∂A: ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
+    _c25 = torch.einsum("zui,zuk->ziku", d2_d__p23, d__p24)
+    d2_A_53 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c25)
+    d2_d_B_54 = d2_d__p24
+    d2_d__p25_55 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895), _p12)
+    d2__p12_56 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895), d__p25)
+    d2_d__p25_57 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895), _p14)
+    d2__p14_58 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895), d__p25)
+    # ∂/∂d__p26: ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
+    d2_d__p25 = d2_d__p25_55 + d2_d__p25_57
+    _c26 = torch.einsum("zui,zuj->ziju", d2_d__p25, A[:, 64:256].reshape(n, 64, 3))
+    d2_d__p26 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c26)
+    # ∂/∂A: ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
+    _c27 = torch.einsum("zui,zuk->ziku", d2_d__p25, d__p26)
+    d2_A_59 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c27)
+    d2_d_B_60 = d2_d__p26
+    d2_d__p27_61 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949), _p12)
+    d2__p12_62 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949), d__p27)
+    d2_d__p27_63 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949), _p14)
+    d2__p14_64 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949), d__p27)
+    # ∂/∂d__p28: ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
+    d2_d__p27 = d2_d__p27_61 + d2_d__p27_63
+    _c28 = torch.einsum("zui,zuj->ziju", d2_d__p27, A[:, 256:576].reshape(n, 64, 5))
+    d2_d__p28 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c28)
+    # ∂/∂A: ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
+    _c29 = torch.einsum("zui,zuk->ziku", d2_d__p27, d__p28)
+    d2_A_65 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c29)
+    d2_d_B_66 = d2_d__p28
+    d2_d__p29 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386), _p9)
+    d2__p9_67 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386), d__p29)
+    # ∂/∂d__p30: ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
+    _c30 = torch.einsum("zui,zuj->ziju", d2_d__p29, A[:, 0:64].reshape(n, 64, 1))
+    d2_d__p30 = torch.einsum("ijk,ziju->zuk", cg_1_0_1, _c30)
+    # ∂/∂A: ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
+    _c31 = torch.einsum("zui,zuk->ziku", d2_d__p29, d__p30)
+    d2_A_68 = torch.einsum("ijk,ziku->zuj", cg_1_0_1, _c31)
+    d2_d_B_69 = d2_d__p30
+    d2_d_B_70 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 896:960].reshape(n, 64) * 1.118033988749895), _p31)
+    d2__p31 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 896:960].reshape(n, 64) * 1.118033988749895), d_B[:, 64:256].reshape(n, 64, 3))
+    # ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o
+    _c32 = torch.einsum("zuk,zuj->zjku", d2__p31, A[:, 256:576].reshape(n, 64, 5))
+    d2__p13 = torch.einsum("ijk,zjku->zui", cg_2_2_1, _c32)
+    # ∂/∂A: p31 = (p13 ⊗ p5) -> 64x1o
+    _c33 = torch.einsum("zuk,zui->ziku", d2__p31, _p13)
+    d2_A_71 = torch.einsum("ijk,ziku->zuj", cg_2_2_1, _c33)
+    # ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
+    d2__p14 = d2__p14_46 + d2__p14_58 + d2__p14_64
+    _c34 = torch.einsum("zuk,zuj->zjku", d2__p14, A[:, 576:1024].reshape(n, 64, 7))
+    d2_A_72 = torch.einsum("ijk,zjku->zui", cg_3_3_2, _c34)
+    # ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
+    _c35 = torch.einsum("zuk,zui->ziku", d2__p14, A[:, 576:1024].reshape(n, 64, 7))
+    d2_A_73 = torch.einsum("ijk,ziku->zuj", cg_3_3_2, _c35)
+    # ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
+    _c36 = torch.einsum("zuk,zuj->zjku", d2__p13, A[:, 576:1024].reshape(n, 64, 7))
+    d2_A_74 = torch.einsum("ijk,zjku->zui", cg_2_3_2, _c36)
+    # ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
+    _c37 = torch.einsum("zuk,zui->ziku", d2__p13, A[:, 256:576].reshape(n, 64, 5))
+    d2_A_75 = torch.einsum("ijk,ziku->zuj", cg_2_3_2, _c37)
+    # ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
+    d2__p12 = d2__p12_56 + d2__p12_62
+    _c38 = torch.einsum("zuk,zuj->zjku", d2__p12, A[:, 256:576].reshape(n, 64, 5))
+    d2_A_76 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c38)
+    # ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
+    _c39 = torch.einsum("zuk,zui->ziku", d2__p12, A[:, 256:576].reshape(n, 64, 5))
+    d2_A_77 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c39)
+    # ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
+    _c40 = torch.einsum("zuk,zuj->zjku", d2__p11, A[:, 64:256].reshape(n, 64, 3))
+    d2_A_78 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c40)
+    # ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
+    _c41 = torch.einsum("zuk,zui->ziku", d2__p11, A[:, 64:256].reshape(n, 64, 3))
+    d2_A_79 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c41)
+    # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
+    d2__p10 = d2__p10_17 + d2__p10_25 + d2__p10_35
+    _c42 = torch.einsum("zuk,zuj->zjku", d2__p10, A[:, 576:1024].reshape(n, 64, 7))
+    d2_A_80 = torch.einsum("ijk,zjku->zui", cg_3_3_0, _c42)
+    # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
+    _c43 = torch.einsum("zuk,zui->ziku", d2__p10, A[:, 576:1024].reshape(n, 64, 7))
+    d2_A_81 = torch.einsum("ijk,ziku->zuj", cg_3_3_0, _c43)
+    # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
+    d2__p9 = d2__p9_15 + d2__p9_41 + d2__p9_52 + d2__p9_67
+    _c44 = torch.einsum("zuk,zuj->zjku", d2__p9, A[:, 576:1024].reshape(n, 64, 7))
+    d2_A_82 = torch.einsum("ijk,zjku->zui", cg_2_3_1, _c44)
+    # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
+    _c45 = torch.einsum("zuk,zui->ziku", d2__p9, A[:, 256:576].reshape(n, 64, 5))
+    d2_A_83 = torch.einsum("ijk,ziku->zuj", cg_2_3_1, _c45)
+    # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
+    d2__p7 = d2__p7_13 + d2__p7_23 + d2__p7_33
+    _c46 = torch.einsum("zuk,zuj->zjku", d2__p7, A[:, 256:576].reshape(n, 64, 5))
+    d2_A_84 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c46)
+    # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
+    _c47 = torch.einsum("zuk,zui->ziku", d2__p7, A[:, 256:576].reshape(n, 64, 5))
+    d2_A_85 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c47)
+    # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
+    d2__p6 = d2__p6_11 + d2__p6_50
+    _c48 = torch.einsum("zuk,zuj->zjku", d2__p6, A[:, 256:576].reshape(n, 64, 5))
+    d2_A_86 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c48)
+    # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
+    _c49 = torch.einsum("zuk,zui->ziku", d2__p6, A[:, 64:256].reshape(n, 64, 3))
+    d2_A_87 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c49)
+    # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
+    d2__p4 = d2__p4_9 + d2__p4_21 + d2__p4_31
+    _c50 = torch.einsum("zuk,zuj->zjku", d2__p4, A[:, 64:256].reshape(n, 64, 3))
+    d2_A_88 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c50)
+    # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
+    _c51 = torch.einsum("zuk,zui->ziku", d2__p4, A[:, 64:256].reshape(n, 64, 3))
+    d2_A_89 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c51)
+    # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
+    d2__p3 = d2__p3_7 + d2__p3_39
+    _c52 = torch.einsum("zuk,zuj->zjku", d2__p3, A[:, 64:256].reshape(n, 64, 3))
+    d2_A_90 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c52)
+    # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
+    _c53 = torch.einsum("zuk,zui->ziku", d2__p3, A[:, 0:64].reshape(n, 64, 1))
+    d2_A_91 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c53)
+    # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
+    d2__p1 = d2__p1_5 + d2__p1_19 + d2__p1_29
+    _c54 = torch.einsum("zuk,zuj->zjku", d2__p1, A[:, 0:64].reshape(n, 64, 1))
+    d2_A_92 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c54)
+    # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
+    _c55 = torch.einsum("zuk,zui->ziku", d2__p1, A[:, 0:64].reshape(n, 64, 1))
+    d2_A_93 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c55)
+    d2_A = torch.cat([
+        (d2_A_1 + d2_A_26 + d2_A_68 + d2_A_90 + d2_A_92 + d2_A_93).reshape(n, 64),
+        (d2_A_3 + d2_A_36 + d2_A_53 + d2_A_59 + d2_A_78 + d2_A_79 + d2_A_86 + d2_A_88 + d2_A_89 + d2_A_91).reshape(n, 192),
+        (d2_A_42 + d2_A_65 + d2_A_71 + d2_A_74 + d2_A_76 + d2_A_77 + d2_A_82 + d2_A_84 + d2_A_85 + d2_A_87).reshape(n, 320),
+        (d2_A_47 + d2_A_72 + d2_A_73 + d2_A_75 + d2_A_80 + d2_A_81 + d2_A_83).reshape(n, 448),
+    ], dim=-1)
+    d2_d_B = torch.cat([
+        (d2_d_B_0 + d2_d_B_4 + d2_d_B_8 + d2_d_B_12 + d2_d_B_16 + d2_d_B_27 + d2_d_B_54 + d2_d_B_66).reshape(n, 64),
+        (d2_d_B_2 + d2_d_B_6 + d2_d_B_10 + d2_d_B_14 + d2_d_B_37 + d2_d_B_43 + d2_d_B_48 + d2_d_B_60 + d2_d_B_69 + d2_d_B_70).reshape(n, 192),
+    ], dim=-1)
+    d2_weight = weight.new_zeros(18560)
     return [d2_A, d2_d_B, d2_weight]
 
 
@@ -1348,10 +1565,12 @@ def _mace_product_triton(A, z, weight, *constants: torch.Tensor) -> list[torch.T
     return [B_out]
 
 
-# mace_product: each op's autograd is the next program's op; the last one's is autograd through its code
-_ops.register("mace_product_d_d2", _mace_product_d_d2, outputs=((1024, True), (256, True), (18560, False)), index_ranges={1: ('z', 10)})
-_ops.register("mace_product_d", _mace_product_d, outputs=((1024, True), (18560, False)), index_ranges={1: ('z', 10)}, backward=_ops.mace_product_d_d2)
-_ops.register("mace_product", _mace_product_triton, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=_ops.mace_product_d, check_indices=True)
+# mace_product: an op's autograd runs, per cotangent present, the op of its derivative program;
+# the last ones differentiate through their own torch code
+_ops.register("mace_product_d2_A", _mace_product_d2_A, outputs=((1024, True), (256, True), (18560, False)), index_ranges={1: ('z', 10)})
+_ops.register("mace_product_d2_weight", _mace_product_d2_weight, outputs=((1024, True), (256, True), (18560, False)), index_ranges={1: ('z', 10)})
+_ops.register("mace_product_d", _mace_product_d, outputs=((1024, True), (18560, False)), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_d2_A, _ops.mace_product_d2_weight])
+_ops.register("mace_product", _mace_product_triton, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_d], check_indices=True)
 
 
 def _mace_product_2(
@@ -1530,18 +1749,178 @@ def _mace_product_2_d(
     return [d_A, d_weight]
 
 
-def _mace_product_2_d_d2(
+def _mace_product_2_d2_A(
     A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, d2_d_A: torch.Tensor,
-    d2_d_weight: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor,
-    cg_1_1_0: torch.Tensor, cg_1_2_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_3_1: torch.Tensor,
-    cg_3_3_0: torch.Tensor,
+    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_2_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_3_1: torch.Tensor, cg_3_3_0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of mace_product_2_d: A (n, 1024), z (n,), d_B (n, 256), d2_d_A (n, 1024), d2_d_weight (5760,) -> d2_A (n, 1024), d2_d_B (n, 256), d2_weight (5760,)."""
+    """the vector-Jacobian product of mace_product_2_d for the cotangent of d_A: A (n, 1024), z (n,), d_B (n, 256), d2_d_A (n, 1024) -> d2_A (n, 1024), d2_d_B (n, 256), d2_weight (5760,)."""
     n = A.shape[0]
     # one weight set per row, chosen by z
     _w_B_0 = weight[0:1280].view(1280).reshape(10, 128)[z]
     # one weight set per row, chosen by z
     _w_B_1 = weight[1280:5760].view(4480).reshape(10, 448)[z]
+    d__p10 = torch.einsum("zui,zu->zui", (d_B[:, 0:64].reshape(n, 64, 1) * 0.5), _w_B_1[:, 384:448].reshape(n, 64))
+    d__p9 = torch.einsum("zui,zu->zui", d_B[:, 64:256].reshape(n, 64, 3), _w_B_1[:, 320:384].reshape(n, 64))
+    d__p7 = torch.einsum("zui,zu->zui", (d_B[:, 0:64].reshape(n, 64, 1) * 0.5), _w_B_1[:, 256:320].reshape(n, 64))
+    d__p6 = torch.einsum("zui,zu->zui", d_B[:, 64:256].reshape(n, 64, 3), _w_B_1[:, 192:256].reshape(n, 64))
+    d__p4 = torch.einsum("zui,zu->zui", (d_B[:, 0:64].reshape(n, 64, 1) * 0.5), _w_B_1[:, 128:192].reshape(n, 64))
+    d__p3 = torch.einsum("zui,zu->zui", d_B[:, 64:256].reshape(n, 64, 3), _w_B_1[:, 64:128].reshape(n, 64))
+    d__p1 = torch.einsum("zui,zu->zui", (d_B[:, 0:64].reshape(n, 64, 1) * 0.5), _w_B_1[:, 0:64].reshape(n, 64))
+    # ∂/∂d_B: ∂/∂A: 64x0e -> 64x0e
+    d2_d_B_0 = torch.einsum("zui,zu->zui", d2_d_A[:, 0:64].reshape(n, 64, 1), _w_B_0[:, 0:64].reshape(n, 64))
+    # ∂/∂_w_B_0: ∂/∂A: 64x0e -> 64x0e
+    d2__w_B_0_1 = torch.einsum("zui,zui->zu", d2_d_A[:, 0:64].reshape(n, 64, 1), d_B[:, 0:64].reshape(n, 64, 1))
+    # ∂/∂d_B: ∂/∂A: 64x1o -> 64x1o
+    d2_d_B_2 = torch.einsum("zui,zu->zui", d2_d_A[:, 64:256].reshape(n, 64, 3), _w_B_0[:, 64:128].reshape(n, 64))
+    # ∂/∂_w_B_0: ∂/∂A: 64x1o -> 64x1o
+    d2__w_B_0_3 = torch.einsum("zui,zui->zu", d2_d_A[:, 64:256].reshape(n, 64, 3), d_B[:, 64:256].reshape(n, 64, 3))
+    # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
+    _c0 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 0:64].reshape(n, 64, 1), A[:, 0:64].reshape(n, 64, 1))
+    d2_d__p1_4 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c0)
+    # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
+    _c1 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 0:64].reshape(n, 64, 1), d__p1)
+    d2_A_5 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c1)
+    # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
+    _c2 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 0:64].reshape(n, 64, 1), A[:, 0:64].reshape(n, 64, 1))
+    d2_d__p1_6 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c2)
+    # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
+    _c3 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 0:64].reshape(n, 64, 1), d__p1)
+    d2_A_7 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c3)
+    d2_d__p1 = d2_d__p1_4 + d2_d__p1_6
+    d2_d_B_8 = torch.einsum("zui,zu->zui", (d2_d__p1 * 0.5), _w_B_1[:, 0:64].reshape(n, 64))
+    d2__w_B_1_9 = torch.einsum("zui,zui->zu", (d2_d__p1 * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
+    # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
+    _c4 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), A[:, 0:64].reshape(n, 64, 1))
+    d2_d__p3_10 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c4)
+    # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
+    _c5 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p3)
+    d2_A_11 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c5)
+    # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
+    _c6 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 0:64].reshape(n, 64, 1), A[:, 64:256].reshape(n, 64, 3))
+    d2_d__p3_12 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c6)
+    # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
+    _c7 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 0:64].reshape(n, 64, 1), d__p3)
+    d2_A_13 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c7)
+    d2_d__p3 = d2_d__p3_10 + d2_d__p3_12
+    d2_d_B_14 = torch.einsum("zui,zu->zui", d2_d__p3, _w_B_1[:, 64:128].reshape(n, 64))
+    d2__w_B_1_15 = torch.einsum("zui,zui->zu", d2_d__p3, d_B[:, 64:256].reshape(n, 64, 3))
+    # ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
+    _c8 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), A[:, 64:256].reshape(n, 64, 3))
+    d2_d__p4_16 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c8)
+    # ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
+    _c9 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p4)
+    d2_A_17 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c9)
+    # ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
+    _c10 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), A[:, 64:256].reshape(n, 64, 3))
+    d2_d__p4_18 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c10)
+    # ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
+    _c11 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p4)
+    d2_A_19 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c11)
+    d2_d__p4 = d2_d__p4_16 + d2_d__p4_18
+    d2_d_B_20 = torch.einsum("zui,zu->zui", (d2_d__p4 * 0.5), _w_B_1[:, 128:192].reshape(n, 64))
+    d2__w_B_1_21 = torch.einsum("zui,zui->zu", (d2_d__p4 * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
+    # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
+    _c12 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), A[:, 64:256].reshape(n, 64, 3))
+    d2_d__p6_22 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c12)
+    # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
+    _c13 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p6)
+    d2_A_23 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c13)
+    # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
+    _c14 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), A[:, 256:576].reshape(n, 64, 5))
+    d2_d__p6_24 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c14)
+    # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
+    _c15 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p6)
+    d2_A_25 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c15)
+    d2_d__p6 = d2_d__p6_22 + d2_d__p6_24
+    d2_d_B_26 = torch.einsum("zui,zu->zui", d2_d__p6, _w_B_1[:, 192:256].reshape(n, 64))
+    d2__w_B_1_27 = torch.einsum("zui,zui->zu", d2_d__p6, d_B[:, 64:256].reshape(n, 64, 3))
+    # ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
+    _c16 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), A[:, 256:576].reshape(n, 64, 5))
+    d2_d__p7_28 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c16)
+    # ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
+    _c17 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p7)
+    d2_A_29 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c17)
+    # ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
+    _c18 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), A[:, 256:576].reshape(n, 64, 5))
+    d2_d__p7_30 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c18)
+    # ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
+    _c19 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p7)
+    d2_A_31 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c19)
+    d2_d__p7 = d2_d__p7_28 + d2_d__p7_30
+    d2_d_B_32 = torch.einsum("zui,zu->zui", (d2_d__p7 * 0.5), _w_B_1[:, 256:320].reshape(n, 64))
+    d2__w_B_1_33 = torch.einsum("zui,zui->zu", (d2_d__p7 * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
+    # ∂/∂d__p9: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
+    _c20 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 576:1024].reshape(n, 64, 7), A[:, 256:576].reshape(n, 64, 5))
+    d2_d__p9_34 = torch.einsum("ijk,ziju->zuk", cg_2_3_1, _c20)
+    # ∂/∂A: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
+    _c21 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 576:1024].reshape(n, 64, 7), d__p9)
+    d2_A_35 = torch.einsum("ijk,zjku->zui", cg_2_3_1, _c21)
+    # ∂/∂d__p9: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
+    _c22 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), A[:, 576:1024].reshape(n, 64, 7))
+    d2_d__p9_36 = torch.einsum("ijk,ziju->zuk", cg_2_3_1, _c22)
+    # ∂/∂A: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
+    _c23 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p9)
+    d2_A_37 = torch.einsum("ijk,ziku->zuj", cg_2_3_1, _c23)
+    d2_d__p9 = d2_d__p9_34 + d2_d__p9_36
+    d2_d_B_38 = torch.einsum("zui,zu->zui", d2_d__p9, _w_B_1[:, 320:384].reshape(n, 64))
+    d2__w_B_1_39 = torch.einsum("zui,zui->zu", d2_d__p9, d_B[:, 64:256].reshape(n, 64, 3))
+    # ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
+    _c24 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 576:1024].reshape(n, 64, 7), A[:, 576:1024].reshape(n, 64, 7))
+    d2_d__p10_40 = torch.einsum("ijk,ziju->zuk", cg_3_3_0, _c24)
+    # ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
+    _c25 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 576:1024].reshape(n, 64, 7), d__p10)
+    d2_A_41 = torch.einsum("ijk,zjku->zui", cg_3_3_0, _c25)
+    # ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
+    _c26 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 576:1024].reshape(n, 64, 7), A[:, 576:1024].reshape(n, 64, 7))
+    d2_d__p10_42 = torch.einsum("ijk,ziju->zuk", cg_3_3_0, _c26)
+    # ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
+    _c27 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 576:1024].reshape(n, 64, 7), d__p10)
+    d2_A_43 = torch.einsum("ijk,ziku->zuj", cg_3_3_0, _c27)
+    d2_d__p10 = d2_d__p10_40 + d2_d__p10_42
+    d2_d_B_44 = torch.einsum("zui,zu->zui", (d2_d__p10 * 0.5), _w_B_1[:, 384:448].reshape(n, 64))
+    d2__w_B_1_45 = torch.einsum("zui,zui->zu", (d2_d__p10 * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
+    # weight gradient per index value
+    d2__w_B_1 = torch.cat([
+        d2__w_B_1_9.reshape(n, 64),
+        d2__w_B_1_15.reshape(n, 64),
+        d2__w_B_1_21.reshape(n, 64),
+        d2__w_B_1_27.reshape(n, 64),
+        d2__w_B_1_33.reshape(n, 64),
+        d2__w_B_1_39.reshape(n, 64),
+        d2__w_B_1_45.reshape(n, 64),
+    ], dim=-1)
+    d2_weight_46 = weight.new_zeros(10, 448).index_add(0, z, d2__w_B_1.reshape(n, 448)).reshape(4480)
+    # weight gradient per index value
+    d2__w_B_0 = torch.cat([
+        d2__w_B_0_1.reshape(n, 64),
+        d2__w_B_0_3.reshape(n, 64),
+    ], dim=-1)
+    d2_weight_47 = weight.new_zeros(10, 128).index_add(0, z, d2__w_B_0.reshape(n, 128)).reshape(1280)
+    d2_A = torch.cat([
+        (d2_A_5 + d2_A_7 + d2_A_11).reshape(n, 64),
+        (d2_A_13 + d2_A_17 + d2_A_19 + d2_A_23).reshape(n, 192),
+        (d2_A_25 + d2_A_29 + d2_A_31 + d2_A_35).reshape(n, 320),
+        (d2_A_37 + d2_A_41 + d2_A_43).reshape(n, 448),
+    ], dim=-1)
+    d2_d_B = torch.cat([
+        (d2_d_B_0 + d2_d_B_8 + d2_d_B_20 + d2_d_B_32 + d2_d_B_44).reshape(n, 64),
+        (d2_d_B_2 + d2_d_B_14 + d2_d_B_26 + d2_d_B_38).reshape(n, 192),
+    ], dim=-1)
+    d2_weight = torch.cat([
+        d2_weight_47.reshape(1280),
+        d2_weight_46.reshape(4480),
+    ], dim=-1)
+    return [d2_A, d2_d_B, d2_weight]
+
+
+def _mace_product_2_d2_weight(
+    A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, d2_d_weight: torch.Tensor,
+    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_2_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_3_1: torch.Tensor, cg_3_3_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of mace_product_2_d for the cotangent of d_weight: A (n, 1024), z (n,), d_B (n, 256), d2_d_weight (5760,) -> d2_A (n, 1024), d2_d_B (n, 256), d2_weight (5760,)."""
+    n = A.shape[0]
     # p1 = (p0 ⊗ p0) -> 64x0e
     _c0 = torch.einsum("zui,zuj->ziju", A[:, 0:64].reshape(n, 64, 1), A[:, 0:64].reshape(n, 64, 1))
     _p1 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c0)
@@ -1563,223 +1942,83 @@ def _mace_product_2_d_d2(
     # p10 = (p8 ⊗ p8) -> 64x0e
     _c6 = torch.einsum("zui,zuj->ziju", A[:, 576:1024].reshape(n, 64, 7), A[:, 576:1024].reshape(n, 64, 7))
     _p10 = torch.einsum("ijk,ziju->zuk", cg_3_3_0, _c6)
-    d__p10 = torch.einsum("zui,zu->zui", (d_B[:, 0:64].reshape(n, 64, 1) * 0.5), _w_B_1[:, 384:448].reshape(n, 64))
-    d__p9 = torch.einsum("zui,zu->zui", d_B[:, 64:256].reshape(n, 64, 3), _w_B_1[:, 320:384].reshape(n, 64))
-    d__p7 = torch.einsum("zui,zu->zui", (d_B[:, 0:64].reshape(n, 64, 1) * 0.5), _w_B_1[:, 256:320].reshape(n, 64))
-    d__p6 = torch.einsum("zui,zu->zui", d_B[:, 64:256].reshape(n, 64, 3), _w_B_1[:, 192:256].reshape(n, 64))
-    d__p4 = torch.einsum("zui,zu->zui", (d_B[:, 0:64].reshape(n, 64, 1) * 0.5), _w_B_1[:, 128:192].reshape(n, 64))
-    d__p3 = torch.einsum("zui,zu->zui", d_B[:, 64:256].reshape(n, 64, 3), _w_B_1[:, 64:128].reshape(n, 64))
-    d__p1 = torch.einsum("zui,zu->zui", (d_B[:, 0:64].reshape(n, 64, 1) * 0.5), _w_B_1[:, 0:64].reshape(n, 64))
     d2_d__w_B_0 = d2_d_weight[0:1280].view(1280).reshape(10, 128)[z]
     # ∂/∂d_B: ∂/∂_w_B_0: 64x0e -> 64x0e
     d2_d_B_0 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 0:64].reshape(n, 64), A[:, 0:64].reshape(n, 64, 1))
     # ∂/∂A: ∂/∂_w_B_0: 64x0e -> 64x0e
     d2_A_1 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 0:64].reshape(n, 64), d_B[:, 0:64].reshape(n, 64, 1))
-    # ∂/∂d_B: ∂/∂A: 64x0e -> 64x0e
-    d2_d_B_2 = torch.einsum("zui,zu->zui", d2_d_A[:, 0:64].reshape(n, 64, 1), _w_B_0[:, 0:64].reshape(n, 64))
-    # ∂/∂_w_B_0: ∂/∂A: 64x0e -> 64x0e
-    d2__w_B_0_3 = torch.einsum("zui,zui->zu", d2_d_A[:, 0:64].reshape(n, 64, 1), d_B[:, 0:64].reshape(n, 64, 1))
     # ∂/∂d_B: ∂/∂_w_B_0: 64x1o -> 64x1o
-    d2_d_B_4 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 64:128].reshape(n, 64), A[:, 64:256].reshape(n, 64, 3))
+    d2_d_B_2 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 64:128].reshape(n, 64), A[:, 64:256].reshape(n, 64, 3))
     # ∂/∂A: ∂/∂_w_B_0: 64x1o -> 64x1o
-    d2_A_5 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 64:128].reshape(n, 64), d_B[:, 64:256].reshape(n, 64, 3))
-    # ∂/∂d_B: ∂/∂A: 64x1o -> 64x1o
-    d2_d_B_6 = torch.einsum("zui,zu->zui", d2_d_A[:, 64:256].reshape(n, 64, 3), _w_B_0[:, 64:128].reshape(n, 64))
-    # ∂/∂_w_B_0: ∂/∂A: 64x1o -> 64x1o
-    d2__w_B_0_7 = torch.einsum("zui,zui->zu", d2_d_A[:, 64:256].reshape(n, 64, 3), d_B[:, 64:256].reshape(n, 64, 3))
+    d2_A_3 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 64:128].reshape(n, 64), d_B[:, 64:256].reshape(n, 64, 3))
     d2_d__w_B_1 = d2_d_weight[1280:5760].view(4480).reshape(10, 448)[z]
-    # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    _c7 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 0:64].reshape(n, 64, 1), A[:, 0:64].reshape(n, 64, 1))
-    d2_d__p1_8 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c7)
-    # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    _c8 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 0:64].reshape(n, 64, 1), d__p1)
-    d2_A_9 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c8)
-    # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    _c9 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 0:64].reshape(n, 64, 1), A[:, 0:64].reshape(n, 64, 1))
-    d2_d__p1_10 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c9)
-    # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    _c10 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 0:64].reshape(n, 64, 1), d__p1)
-    d2_A_11 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c10)
-    d2_d_B_12 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 0:64].reshape(n, 64) * 0.5), _p1)
+    d2_d_B_4 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 0:64].reshape(n, 64) * 0.5), _p1)
     d2__p1 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 0:64].reshape(n, 64) * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
-    d2_d__p1 = d2_d__p1_8 + d2_d__p1_10
-    d2_d_B_13 = torch.einsum("zui,zu->zui", (d2_d__p1 * 0.5), _w_B_1[:, 0:64].reshape(n, 64))
-    d2__w_B_1_14 = torch.einsum("zui,zui->zu", (d2_d__p1 * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
-    # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    _c11 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), A[:, 0:64].reshape(n, 64, 1))
-    d2_d__p3_15 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c11)
-    # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    _c12 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p3)
-    d2_A_16 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c12)
-    # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    _c13 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 0:64].reshape(n, 64, 1), A[:, 64:256].reshape(n, 64, 3))
-    d2_d__p3_17 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c13)
-    # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    _c14 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 0:64].reshape(n, 64, 1), d__p3)
-    d2_A_18 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c14)
-    d2_d_B_19 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 64:128].reshape(n, 64), _p3)
+    d2_d_B_5 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 64:128].reshape(n, 64), _p3)
     d2__p3 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 64:128].reshape(n, 64), d_B[:, 64:256].reshape(n, 64, 3))
-    d2_d__p3 = d2_d__p3_15 + d2_d__p3_17
-    d2_d_B_20 = torch.einsum("zui,zu->zui", d2_d__p3, _w_B_1[:, 64:128].reshape(n, 64))
-    d2__w_B_1_21 = torch.einsum("zui,zui->zu", d2_d__p3, d_B[:, 64:256].reshape(n, 64, 3))
-    # ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    _c15 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), A[:, 64:256].reshape(n, 64, 3))
-    d2_d__p4_22 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c15)
-    # ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    _c16 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p4)
-    d2_A_23 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c16)
-    # ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    _c17 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), A[:, 64:256].reshape(n, 64, 3))
-    d2_d__p4_24 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c17)
-    # ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    _c18 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p4)
-    d2_A_25 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c18)
-    d2_d_B_26 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 128:192].reshape(n, 64) * 0.5), _p4)
+    d2_d_B_6 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 128:192].reshape(n, 64) * 0.5), _p4)
     d2__p4 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 128:192].reshape(n, 64) * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
-    d2_d__p4 = d2_d__p4_22 + d2_d__p4_24
-    d2_d_B_27 = torch.einsum("zui,zu->zui", (d2_d__p4 * 0.5), _w_B_1[:, 128:192].reshape(n, 64))
-    d2__w_B_1_28 = torch.einsum("zui,zui->zu", (d2_d__p4 * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
-    # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    _c19 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), A[:, 64:256].reshape(n, 64, 3))
-    d2_d__p6_29 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c19)
-    # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    _c20 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p6)
-    d2_A_30 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c20)
-    # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    _c21 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 64:256].reshape(n, 64, 3), A[:, 256:576].reshape(n, 64, 5))
-    d2_d__p6_31 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c21)
-    # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    _c22 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 64:256].reshape(n, 64, 3), d__p6)
-    d2_A_32 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c22)
-    d2_d_B_33 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 192:256].reshape(n, 64), _p6)
+    d2_d_B_7 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 192:256].reshape(n, 64), _p6)
     d2__p6 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 192:256].reshape(n, 64), d_B[:, 64:256].reshape(n, 64, 3))
-    d2_d__p6 = d2_d__p6_29 + d2_d__p6_31
-    d2_d_B_34 = torch.einsum("zui,zu->zui", d2_d__p6, _w_B_1[:, 192:256].reshape(n, 64))
-    d2__w_B_1_35 = torch.einsum("zui,zui->zu", d2_d__p6, d_B[:, 64:256].reshape(n, 64, 3))
-    # ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    _c23 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), A[:, 256:576].reshape(n, 64, 5))
-    d2_d__p7_36 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c23)
-    # ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    _c24 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p7)
-    d2_A_37 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c24)
-    # ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    _c25 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), A[:, 256:576].reshape(n, 64, 5))
-    d2_d__p7_38 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c25)
-    # ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    _c26 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p7)
-    d2_A_39 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c26)
-    d2_d_B_40 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 256:320].reshape(n, 64) * 0.5), _p7)
+    d2_d_B_8 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 256:320].reshape(n, 64) * 0.5), _p7)
     d2__p7 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 256:320].reshape(n, 64) * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
-    d2_d__p7 = d2_d__p7_36 + d2_d__p7_38
-    d2_d_B_41 = torch.einsum("zui,zu->zui", (d2_d__p7 * 0.5), _w_B_1[:, 256:320].reshape(n, 64))
-    d2__w_B_1_42 = torch.einsum("zui,zui->zu", (d2_d__p7 * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
-    # ∂/∂d__p9: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    _c27 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 576:1024].reshape(n, 64, 7), A[:, 256:576].reshape(n, 64, 5))
-    d2_d__p9_43 = torch.einsum("ijk,ziju->zuk", cg_2_3_1, _c27)
-    # ∂/∂A: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    _c28 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 576:1024].reshape(n, 64, 7), d__p9)
-    d2_A_44 = torch.einsum("ijk,zjku->zui", cg_2_3_1, _c28)
-    # ∂/∂d__p9: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    _c29 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 256:576].reshape(n, 64, 5), A[:, 576:1024].reshape(n, 64, 7))
-    d2_d__p9_45 = torch.einsum("ijk,ziju->zuk", cg_2_3_1, _c29)
-    # ∂/∂A: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    _c30 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 256:576].reshape(n, 64, 5), d__p9)
-    d2_A_46 = torch.einsum("ijk,ziku->zuj", cg_2_3_1, _c30)
-    d2_d_B_47 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 320:384].reshape(n, 64), _p9)
+    d2_d_B_9 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 320:384].reshape(n, 64), _p9)
     d2__p9 = torch.einsum("zu,zui->zui", d2_d__w_B_1[:, 320:384].reshape(n, 64), d_B[:, 64:256].reshape(n, 64, 3))
-    d2_d__p9 = d2_d__p9_43 + d2_d__p9_45
-    d2_d_B_48 = torch.einsum("zui,zu->zui", d2_d__p9, _w_B_1[:, 320:384].reshape(n, 64))
-    d2__w_B_1_49 = torch.einsum("zui,zui->zu", d2_d__p9, d_B[:, 64:256].reshape(n, 64, 3))
-    # ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    _c31 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 576:1024].reshape(n, 64, 7), A[:, 576:1024].reshape(n, 64, 7))
-    d2_d__p10_50 = torch.einsum("ijk,ziju->zuk", cg_3_3_0, _c31)
-    # ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    _c32 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 576:1024].reshape(n, 64, 7), d__p10)
-    d2_A_51 = torch.einsum("ijk,zjku->zui", cg_3_3_0, _c32)
-    # ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    _c33 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 576:1024].reshape(n, 64, 7), A[:, 576:1024].reshape(n, 64, 7))
-    d2_d__p10_52 = torch.einsum("ijk,ziju->zuk", cg_3_3_0, _c33)
-    # ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    _c34 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 576:1024].reshape(n, 64, 7), d__p10)
-    d2_A_53 = torch.einsum("ijk,ziku->zuj", cg_3_3_0, _c34)
-    d2_d_B_54 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 384:448].reshape(n, 64) * 0.5), _p10)
+    d2_d_B_10 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 384:448].reshape(n, 64) * 0.5), _p10)
     d2__p10 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 384:448].reshape(n, 64) * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
-    d2_d__p10 = d2_d__p10_50 + d2_d__p10_52
-    d2_d_B_55 = torch.einsum("zui,zu->zui", (d2_d__p10 * 0.5), _w_B_1[:, 384:448].reshape(n, 64))
-    d2__w_B_1_56 = torch.einsum("zui,zui->zu", (d2_d__p10 * 0.5), d_B[:, 0:64].reshape(n, 64, 1))
     # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    _c35 = torch.einsum("zuk,zuj->zjku", d2__p10, A[:, 576:1024].reshape(n, 64, 7))
-    d2_A_57 = torch.einsum("ijk,zjku->zui", cg_3_3_0, _c35)
+    _c7 = torch.einsum("zuk,zuj->zjku", d2__p10, A[:, 576:1024].reshape(n, 64, 7))
+    d2_A_11 = torch.einsum("ijk,zjku->zui", cg_3_3_0, _c7)
     # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
-    _c36 = torch.einsum("zuk,zui->ziku", d2__p10, A[:, 576:1024].reshape(n, 64, 7))
-    d2_A_58 = torch.einsum("ijk,ziku->zuj", cg_3_3_0, _c36)
+    _c8 = torch.einsum("zuk,zui->ziku", d2__p10, A[:, 576:1024].reshape(n, 64, 7))
+    d2_A_12 = torch.einsum("ijk,ziku->zuj", cg_3_3_0, _c8)
     # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    _c37 = torch.einsum("zuk,zuj->zjku", d2__p9, A[:, 576:1024].reshape(n, 64, 7))
-    d2_A_59 = torch.einsum("ijk,zjku->zui", cg_2_3_1, _c37)
+    _c9 = torch.einsum("zuk,zuj->zjku", d2__p9, A[:, 576:1024].reshape(n, 64, 7))
+    d2_A_13 = torch.einsum("ijk,zjku->zui", cg_2_3_1, _c9)
     # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
-    _c38 = torch.einsum("zuk,zui->ziku", d2__p9, A[:, 256:576].reshape(n, 64, 5))
-    d2_A_60 = torch.einsum("ijk,ziku->zuj", cg_2_3_1, _c38)
+    _c10 = torch.einsum("zuk,zui->ziku", d2__p9, A[:, 256:576].reshape(n, 64, 5))
+    d2_A_14 = torch.einsum("ijk,ziku->zuj", cg_2_3_1, _c10)
     # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    _c39 = torch.einsum("zuk,zuj->zjku", d2__p7, A[:, 256:576].reshape(n, 64, 5))
-    d2_A_61 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c39)
+    _c11 = torch.einsum("zuk,zuj->zjku", d2__p7, A[:, 256:576].reshape(n, 64, 5))
+    d2_A_15 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c11)
     # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
-    _c40 = torch.einsum("zuk,zui->ziku", d2__p7, A[:, 256:576].reshape(n, 64, 5))
-    d2_A_62 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c40)
+    _c12 = torch.einsum("zuk,zui->ziku", d2__p7, A[:, 256:576].reshape(n, 64, 5))
+    d2_A_16 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c12)
     # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    _c41 = torch.einsum("zuk,zuj->zjku", d2__p6, A[:, 256:576].reshape(n, 64, 5))
-    d2_A_63 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c41)
+    _c13 = torch.einsum("zuk,zuj->zjku", d2__p6, A[:, 256:576].reshape(n, 64, 5))
+    d2_A_17 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c13)
     # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
-    _c42 = torch.einsum("zuk,zui->ziku", d2__p6, A[:, 64:256].reshape(n, 64, 3))
-    d2_A_64 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c42)
+    _c14 = torch.einsum("zuk,zui->ziku", d2__p6, A[:, 64:256].reshape(n, 64, 3))
+    d2_A_18 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c14)
     # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    _c43 = torch.einsum("zuk,zuj->zjku", d2__p4, A[:, 64:256].reshape(n, 64, 3))
-    d2_A_65 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c43)
+    _c15 = torch.einsum("zuk,zuj->zjku", d2__p4, A[:, 64:256].reshape(n, 64, 3))
+    d2_A_19 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c15)
     # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
-    _c44 = torch.einsum("zuk,zui->ziku", d2__p4, A[:, 64:256].reshape(n, 64, 3))
-    d2_A_66 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c44)
+    _c16 = torch.einsum("zuk,zui->ziku", d2__p4, A[:, 64:256].reshape(n, 64, 3))
+    d2_A_20 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c16)
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    _c45 = torch.einsum("zuk,zuj->zjku", d2__p3, A[:, 64:256].reshape(n, 64, 3))
-    d2_A_67 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c45)
+    _c17 = torch.einsum("zuk,zuj->zjku", d2__p3, A[:, 64:256].reshape(n, 64, 3))
+    d2_A_21 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c17)
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
-    _c46 = torch.einsum("zuk,zui->ziku", d2__p3, A[:, 0:64].reshape(n, 64, 1))
-    d2_A_68 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c46)
+    _c18 = torch.einsum("zuk,zui->ziku", d2__p3, A[:, 0:64].reshape(n, 64, 1))
+    d2_A_22 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c18)
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    _c47 = torch.einsum("zuk,zuj->zjku", d2__p1, A[:, 0:64].reshape(n, 64, 1))
-    d2_A_69 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c47)
+    _c19 = torch.einsum("zuk,zuj->zjku", d2__p1, A[:, 0:64].reshape(n, 64, 1))
+    d2_A_23 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c19)
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
-    _c48 = torch.einsum("zuk,zui->ziku", d2__p1, A[:, 0:64].reshape(n, 64, 1))
-    d2_A_70 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c48)
-    # weight gradient per index value
-    d2__w_B_1 = torch.cat([
-        d2__w_B_1_14.reshape(n, 64),
-        d2__w_B_1_21.reshape(n, 64),
-        d2__w_B_1_28.reshape(n, 64),
-        d2__w_B_1_35.reshape(n, 64),
-        d2__w_B_1_42.reshape(n, 64),
-        d2__w_B_1_49.reshape(n, 64),
-        d2__w_B_1_56.reshape(n, 64),
-    ], dim=-1)
-    d2_weight_71 = weight.new_zeros(10, 448).index_add(0, z, d2__w_B_1.reshape(n, 448)).reshape(4480)
-    # weight gradient per index value
-    d2__w_B_0 = torch.cat([
-        d2__w_B_0_3.reshape(n, 64),
-        d2__w_B_0_7.reshape(n, 64),
-    ], dim=-1)
-    d2_weight_72 = weight.new_zeros(10, 128).index_add(0, z, d2__w_B_0.reshape(n, 128)).reshape(1280)
+    _c20 = torch.einsum("zuk,zui->ziku", d2__p1, A[:, 0:64].reshape(n, 64, 1))
+    d2_A_24 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c20)
     d2_A = torch.cat([
-        (d2_A_1 + d2_A_9 + d2_A_11 + d2_A_16 + d2_A_67 + d2_A_69 + d2_A_70).reshape(n, 64),
-        (d2_A_5 + d2_A_18 + d2_A_23 + d2_A_25 + d2_A_30 + d2_A_63 + d2_A_65 + d2_A_66 + d2_A_68).reshape(n, 192),
-        (d2_A_32 + d2_A_37 + d2_A_39 + d2_A_44 + d2_A_59 + d2_A_61 + d2_A_62 + d2_A_64).reshape(n, 320),
-        (d2_A_46 + d2_A_51 + d2_A_53 + d2_A_57 + d2_A_58 + d2_A_60).reshape(n, 448),
+        (d2_A_1 + d2_A_21 + d2_A_23 + d2_A_24).reshape(n, 64),
+        (d2_A_3 + d2_A_17 + d2_A_19 + d2_A_20 + d2_A_22).reshape(n, 192),
+        (d2_A_13 + d2_A_15 + d2_A_16 + d2_A_18).reshape(n, 320),
+        (d2_A_11 + d2_A_12 + d2_A_14).reshape(n, 448),
     ], dim=-1)
     d2_d_B = torch.cat([
-        (d2_d_B_0 + d2_d_B_2 + d2_d_B_12 + d2_d_B_13 + d2_d_B_26 + d2_d_B_27 + d2_d_B_40 + d2_d_B_41 + d2_d_B_54 + d2_d_B_55).reshape(n, 64),
-        (d2_d_B_4 + d2_d_B_6 + d2_d_B_19 + d2_d_B_20 + d2_d_B_33 + d2_d_B_34 + d2_d_B_47 + d2_d_B_48).reshape(n, 192),
+        (d2_d_B_0 + d2_d_B_4 + d2_d_B_6 + d2_d_B_8 + d2_d_B_10).reshape(n, 64),
+        (d2_d_B_2 + d2_d_B_5 + d2_d_B_7 + d2_d_B_9).reshape(n, 192),
     ], dim=-1)
-    d2_weight = torch.cat([
-        d2_weight_72.reshape(1280),
-        d2_weight_71.reshape(4480),
-    ], dim=-1)
+    d2_weight = weight.new_zeros(5760)
     return [d2_A, d2_d_B, d2_weight]
 
 
@@ -1854,10 +2093,12 @@ def _mace_product_2_triton(A, z, weight, *constants: torch.Tensor) -> list[torch
     return [B_out]
 
 
-# mace_product_2: each op's autograd is the next program's op; the last one's is autograd through its code
-_ops.register("mace_product_2_d_d2", _mace_product_2_d_d2, outputs=((1024, True), (256, True), (5760, False)), index_ranges={1: ('z', 10)})
-_ops.register("mace_product_2_d", _mace_product_2_d, outputs=((1024, True), (5760, False)), index_ranges={1: ('z', 10)}, backward=_ops.mace_product_2_d_d2)
-_ops.register("mace_product_2", _mace_product_2_triton, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=_ops.mace_product_2_d, check_indices=True)
+# mace_product_2: an op's autograd runs, per cotangent present, the op of its derivative program;
+# the last ones differentiate through their own torch code
+_ops.register("mace_product_2_d2_A", _mace_product_2_d2_A, outputs=((1024, True), (256, True), (5760, False)), index_ranges={1: ('z', 10)})
+_ops.register("mace_product_2_d2_weight", _mace_product_2_d2_weight, outputs=((1024, True), (256, True), (5760, False)), index_ranges={1: ('z', 10)})
+_ops.register("mace_product_2_d", _mace_product_2_d, outputs=((1024, True), (5760, False)), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_2_d2_A, _ops.mace_product_2_d2_weight])
+_ops.register("mace_product_2", _mace_product_2_triton, outputs=((256, True),), index_ranges={1: ('z', 10)}, backward=[_ops.mace_product_2_d], check_indices=True)
 
 
 def _mace_product_4(
@@ -2752,14 +2993,14 @@ def _mace_product_4_d(
     return [d_A, d_weight]
 
 
-def _mace_product_4_d_d2(
+def _mace_product_4_d2_A(
     A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, d2_d_A: torch.Tensor,
-    d2_d_weight: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor,
-    cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor,
-    cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor,
-    cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
+    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
+    cg_1_2_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor, cg_2_2_0: torch.Tensor,
+    cg_2_2_2: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of mace_product_4_d: A (n, 288), z (n,), d_B (n, 288), d2_d_A (n, 288), d2_d_weight (7424,) -> d2_A (n, 288), d2_d_B (n, 288), d2_weight (7424,)."""
+    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_A: A (n, 288), z (n,), d_B (n, 288), d2_d_A (n, 288) -> d2_A (n, 288), d2_d_B (n, 288), d2_weight (7424,)."""
     n = A.shape[0]
     # one weight set per row, chosen by z
     _w_B_0 = weight[0:384].view(384).reshape(4, 96)[z]
@@ -2886,40 +3127,37 @@ def _mace_product_4_d_d2(
     p56_37 = torch.einsum("zui,zu->zui", _p24, (_w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056))
     _p58 = torch.einsum("zui,zu->zui", _p35, (_w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772))
     _p60 = torch.einsum("zui,zu->zui", _p35, (_w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127))
-    # p62 = (p41 ⊗ p4) -> 32x0e
-    _c20 = torch.einsum("zui,zuj->ziju", _p41, A[:, 128:288].reshape(n, 32, 5))
-    _p62 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c20)
     d__p62 = torch.einsum("zui,zu->zui", (d_B[:, 0:32].reshape(n, 32, 1) * 0.7453559924999299), _w_B_3[:, 896:928].reshape(n, 32))
     # ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e
-    _c21 = torch.einsum("zuk,zuj->zjku", d__p62, A[:, 128:288].reshape(n, 32, 5))
-    d__p41_38 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c21)
+    _c20 = torch.einsum("zuk,zuj->zjku", d__p62, A[:, 128:288].reshape(n, 32, 5))
+    d__p41_38 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c20)
     d__p61 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
-    _c22 = torch.einsum("zuk,zuj->zjku", d__p61, A[:, 128:288].reshape(n, 32, 5))
-    d__p60 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c22)
+    _c21 = torch.einsum("zuk,zuj->zjku", d__p61, A[:, 128:288].reshape(n, 32, 5))
+    d__p60 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c21)
     d__p35_39 = torch.einsum("zui,zu->zui", d__p60, (_w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127))
     d__p59 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
-    _c23 = torch.einsum("zuk,zuj->zjku", d__p59, A[:, 32:128].reshape(n, 32, 3))
-    d__p58 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c23)
+    _c22 = torch.einsum("zuk,zuj->zjku", d__p59, A[:, 32:128].reshape(n, 32, 3))
+    d__p58 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c22)
     d__p35_40 = torch.einsum("zui,zu->zui", d__p58, (_w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772))
     d__p57 = d_B[:, 0:32].reshape(n, 32, 1)
     # ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
-    _c24 = torch.einsum("zuk,zuj->zjku", d__p57, A[:, 32:128].reshape(n, 32, 3))
-    d__p56 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c24)
+    _c23 = torch.einsum("zuk,zuj->zjku", d__p57, A[:, 32:128].reshape(n, 32, 3))
+    d__p56 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c23)
     d__p24_41 = torch.einsum("zui,zu->zui", d__p56, (_w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056))
     d__p40 = torch.einsum("zui,zu->zui", d__p56, (_w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257))
     d__p34_42 = torch.einsum("zui,zu->zui", d__p56, (_w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257))
     d__p55 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
-    _c25 = torch.einsum("zuk,zuj->zjku", d__p55, A[:, 32:128].reshape(n, 32, 3))
-    d__p54 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c25)
+    _c24 = torch.einsum("zuk,zuj->zjku", d__p55, A[:, 32:128].reshape(n, 32, 3))
+    d__p54 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c24)
     d__p41_43 = torch.einsum("zui,zu->zui", d__p54, (_w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056))
     d__p32 = torch.einsum("zui,zu->zui", d__p54, (_w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129))
     d__p53 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
-    _c26 = torch.einsum("zuk,zuj->zjku", d__p53, A[:, 128:288].reshape(n, 32, 5))
-    d__p52 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c26)
+    _c25 = torch.einsum("zuk,zuj->zjku", d__p53, A[:, 128:288].reshape(n, 32, 5))
+    d__p52 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c25)
     d__p41_44 = torch.einsum("zui,zu->zui", d__p52, (_w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728))
     d__p38 = torch.einsum("zui,zu->zui", d__p52, (_w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115))
     d__p36 = torch.einsum("zui,zu->zui", d__p52, (_w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307))
@@ -2927,19 +3165,19 @@ def _mace_product_4_d_d2(
     d__p28 = torch.einsum("zui,zu->zui", d__p52, (_w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728))
     d__p51 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
-    _c27 = torch.einsum("zuk,zuj->zjku", d__p51, A[:, 128:288].reshape(n, 32, 5))
-    d__p50 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c27)
+    _c26 = torch.einsum("zuk,zuj->zjku", d__p51, A[:, 128:288].reshape(n, 32, 5))
+    d__p50 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c26)
     d__p27_45 = torch.einsum("zui,zu->zui", d__p50, _w_B_3[:, 128:160].reshape(n, 32))
     d__p49 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
-    _c28 = torch.einsum("zuk,zuj->zjku", d__p49, A[:, 32:128].reshape(n, 32, 3))
-    d__p48 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c28)
+    _c27 = torch.einsum("zuk,zuj->zjku", d__p49, A[:, 32:128].reshape(n, 32, 3))
+    d__p48 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c27)
     d__p34_46 = torch.einsum("zui,zu->zui", d__p48, (_w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492))
     d__p27_47 = torch.einsum("zui,zu->zui", d__p48, (_w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492))
     d__p47 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
-    _c29 = torch.einsum("zuk,zuj->zjku", d__p47, A[:, 128:288].reshape(n, 32, 5))
-    d__p46 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c29)
+    _c28 = torch.einsum("zuk,zuj->zjku", d__p47, A[:, 128:288].reshape(n, 32, 5))
+    d__p46 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c28)
     d__p25_48 = torch.einsum("zui,zu->zui", (d__p46 * 1.3867504905630728), _w_B_3[:, 960:992].reshape(n, 32))
     d__p39_49 = torch.einsum("zui,zu->zui", (d__p46 * 0.6201736729460423), _w_B_3[:, 704:736].reshape(n, 32))
     d__p23_50 = torch.einsum("zui,zu->zui", (d__p46 * 1.0741723110591492), _w_B_3[:, 544:576].reshape(n, 32))
@@ -2947,8 +3185,8 @@ def _mace_product_4_d_d2(
     d__p26_51 = torch.einsum("zui,zu->zui", (d__p46 * 0.6201736729460423), _w_B_3[:, 64:96].reshape(n, 32))
     d__p45 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
-    _c30 = torch.einsum("zuk,zuj->zjku", d__p45, A[:, 32:128].reshape(n, 32, 3))
-    d__p44 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c30)
+    _c29 = torch.einsum("zuk,zuj->zjku", d__p45, A[:, 32:128].reshape(n, 32, 3))
+    d__p44 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c29)
     d__p25_52 = torch.einsum("zui,zu->zui", (d__p44 * 1.2909944487358056), _w_B_3[:, 864:896].reshape(n, 32))
     d__p23_53 = torch.einsum("zui,zu->zui", d__p44, _w_B_3[:, 480:512].reshape(n, 32))
     d__p33_54 = torch.einsum("zui,zu->zui", (d__p44 * 0.5773502691896257), _w_B_3[:, 352:384].reshape(n, 32))
@@ -2956,8 +3194,8 @@ def _mace_product_4_d_d2(
     d__p26_55 = torch.einsum("zui,zu->zui", (d__p44 * 0.5773502691896257), _w_B_3[:, 32:64].reshape(n, 32))
     d__p43 = d_B[:, 0:32].reshape(n, 32, 1)
     # ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
-    _c31 = torch.einsum("zuk,zuj->zjku", d__p43, A[:, 0:32].reshape(n, 32, 1))
-    d__p42 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c31)
+    _c30 = torch.einsum("zuk,zuj->zjku", d__p43, A[:, 0:32].reshape(n, 32, 1))
+    d__p42 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c30)
     d__p25_56 = torch.einsum("zui,zu->zui", (d__p42 * 0.7453559924999299), _w_B_3[:, 800:832].reshape(n, 32))
     d__p39_57 = torch.einsum("zui,zu->zui", (d__p42 * 0.3333333333333333), _w_B_3[:, 672:704].reshape(n, 32))
     d__p23_58 = torch.einsum("zui,zu->zui", (d__p42 * 0.5773502691896257), _w_B_3[:, 448:480].reshape(n, 32))
@@ -2965,105 +3203,105 @@ def _mace_product_4_d_d2(
     d__p26_60 = torch.einsum("zui,zu->zui", (d__p42 * 0.3333333333333333), _w_B_3[:, 0:32].reshape(n, 32))
     # ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
     d__p41 = d__p41_38 + d__p41_43 + d__p41_44
-    _c32 = torch.einsum("zuk,zuj->zjku", d__p41, A[:, 128:288].reshape(n, 32, 5))
-    d__p9_61 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c32)
+    _c31 = torch.einsum("zuk,zuj->zjku", d__p41, A[:, 128:288].reshape(n, 32, 5))
+    d__p9_61 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c31)
     # ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
-    _c33 = torch.einsum("zuk,zuj->zjku", d__p40, A[:, 32:128].reshape(n, 32, 3))
-    d__p9_62 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c33)
+    _c32 = torch.einsum("zuk,zuj->zjku", d__p40, A[:, 32:128].reshape(n, 32, 3))
+    d__p9_62 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c32)
     # ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
     d__p39 = d__p39_49 + d__p39_57
-    _c34 = torch.einsum("zuk,zuj->zjku", d__p39, A[:, 0:32].reshape(n, 32, 1))
-    d__p9_63 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c34)
+    _c33 = torch.einsum("zuk,zuj->zjku", d__p39, A[:, 0:32].reshape(n, 32, 1))
+    d__p9_63 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c33)
     # ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
-    _c35 = torch.einsum("zuk,zuj->zjku", d__p38, A[:, 32:128].reshape(n, 32, 3))
-    d__p37 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c35)
+    _c34 = torch.einsum("zuk,zuj->zjku", d__p38, A[:, 32:128].reshape(n, 32, 3))
+    d__p37 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c34)
     # ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
-    _c36 = torch.einsum("zuk,zuj->zjku", d__p36, A[:, 32:128].reshape(n, 32, 3))
-    d__p8_64 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c36)
+    _c35 = torch.einsum("zuk,zuj->zjku", d__p36, A[:, 32:128].reshape(n, 32, 3))
+    d__p8_64 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c35)
     # ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
     d__p35 = d__p35_39 + d__p35_40
-    _c37 = torch.einsum("zuk,zuj->zjku", d__p35, A[:, 32:128].reshape(n, 32, 3))
-    d__p8_65 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c37)
+    _c36 = torch.einsum("zuk,zuj->zjku", d__p35, A[:, 32:128].reshape(n, 32, 3))
+    d__p8_65 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c36)
     # ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
     d__p34 = d__p34_42 + d__p34_46
-    _c38 = torch.einsum("zuk,zuj->zjku", d__p34, A[:, 32:128].reshape(n, 32, 3))
-    d__p6_66 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c38)
+    _c37 = torch.einsum("zuk,zuj->zjku", d__p34, A[:, 32:128].reshape(n, 32, 3))
+    d__p6_66 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c37)
     # ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
     d__p33 = d__p33_54 + d__p33_59
-    _c39 = torch.einsum("zuk,zuj->zjku", d__p33, A[:, 0:32].reshape(n, 32, 1))
-    d__p6_67 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c39)
+    _c38 = torch.einsum("zuk,zuj->zjku", d__p33, A[:, 0:32].reshape(n, 32, 1))
+    d__p6_67 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c38)
     # ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
-    _c40 = torch.einsum("zuk,zuj->zjku", d__p32, A[:, 128:288].reshape(n, 32, 5))
-    d__p5_68 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c40)
+    _c39 = torch.einsum("zuk,zuj->zjku", d__p32, A[:, 128:288].reshape(n, 32, 5))
+    d__p5_68 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c39)
     # ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
-    _c41 = torch.einsum("zuk,zuj->zjku", d__p31, A[:, 128:288].reshape(n, 32, 5))
-    d__p5_69 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c41)
+    _c40 = torch.einsum("zuk,zuj->zjku", d__p31, A[:, 128:288].reshape(n, 32, 5))
+    d__p5_69 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c40)
     # ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
-    _c42 = torch.einsum("zuk,zuj->zjku", d__p30, A[:, 32:128].reshape(n, 32, 3))
-    d__p3_70 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c42)
+    _c41 = torch.einsum("zuk,zuj->zjku", d__p30, A[:, 32:128].reshape(n, 32, 3))
+    d__p3_70 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c41)
     # ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
-    _c43 = torch.einsum("zuk,zuj->zjku", d__p29, A[:, 32:128].reshape(n, 32, 3))
-    d__p3_71 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c43)
+    _c42 = torch.einsum("zuk,zuj->zjku", d__p29, A[:, 32:128].reshape(n, 32, 3))
+    d__p3_71 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c42)
     # ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
-    _c44 = torch.einsum("zuk,zuj->zjku", d__p28, A[:, 128:288].reshape(n, 32, 5))
-    d__p1_72 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c44)
+    _c43 = torch.einsum("zuk,zuj->zjku", d__p28, A[:, 128:288].reshape(n, 32, 5))
+    d__p1_72 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c43)
     # ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
     d__p27 = d__p27_45 + d__p27_47
-    _c45 = torch.einsum("zuk,zuj->zjku", d__p27, A[:, 32:128].reshape(n, 32, 3))
-    d__p1_73 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c45)
+    _c44 = torch.einsum("zuk,zuj->zjku", d__p27, A[:, 32:128].reshape(n, 32, 3))
+    d__p1_73 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c44)
     # ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
     d__p26 = d__p26_51 + d__p26_55 + d__p26_60
-    _c46 = torch.einsum("zuk,zuj->zjku", d__p26, A[:, 0:32].reshape(n, 32, 1))
-    d__p1_74 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c46)
+    _c45 = torch.einsum("zuk,zuj->zjku", d__p26, A[:, 0:32].reshape(n, 32, 1))
+    d__p1_74 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c45)
     d__p25_75 = torch.einsum("zui,zu->zui", d_B[:, 0:32].reshape(n, 32, 1), _w_B_2[:, 480:512].reshape(n, 32))
     # ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
     d__p25 = d__p25_48 + d__p25_52 + d__p25_56 + d__p25_75
-    _c47 = torch.einsum("zuk,zuj->zjku", d__p25, A[:, 128:288].reshape(n, 32, 5))
-    d__p10_76 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c47)
+    _c46 = torch.einsum("zuk,zuj->zjku", d__p25, A[:, 128:288].reshape(n, 32, 5))
+    d__p10_76 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c46)
     d__p24_77 = torch.einsum("zui,zu->zui", d_B[:, 32:128].reshape(n, 32, 3), (_w_B_2[:, 416:448].reshape(n, 32) * 1.7320508075688772))
     # ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
     d__p24 = d__p24_41 + d__p24_77
-    _c48 = torch.einsum("zuk,zuj->zjku", d__p24, A[:, 32:128].reshape(n, 32, 3))
-    d__p10_78 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c48)
+    _c47 = torch.einsum("zuk,zuj->zjku", d__p24, A[:, 32:128].reshape(n, 32, 3))
+    d__p10_78 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c47)
     d__p23_79 = torch.einsum("zui,zu->zui", (d_B[:, 0:32].reshape(n, 32, 1) * 0.7745966692414834), _w_B_2[:, 320:352].reshape(n, 32))
     # ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
     d__p23 = d__p23_50 + d__p23_53 + d__p23_58 + d__p23_79
-    _c49 = torch.einsum("zuk,zuj->zjku", d__p23, A[:, 32:128].reshape(n, 32, 3))
-    d__p8_80 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c49)
+    _c48 = torch.einsum("zuk,zuj->zjku", d__p23, A[:, 32:128].reshape(n, 32, 3))
+    d__p8_80 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c48)
     d__p22 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
-    _c50 = torch.einsum("zuk,zuj->zjku", d__p22, A[:, 128:288].reshape(n, 32, 5))
-    d__p21 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c50)
+    _c49 = torch.einsum("zuk,zuj->zjku", d__p22, A[:, 128:288].reshape(n, 32, 5))
+    d__p21 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c49)
     d__p7_81 = torch.einsum("zui,zu->zui", d__p21, (_w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315))
     d__p5_82 = torch.einsum("zui,zu->zui", d__p21, (_w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315))
     d__p20 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
-    _c51 = torch.einsum("zuk,zuj->zjku", d__p20, A[:, 128:288].reshape(n, 32, 5))
-    d__p19 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c51)
+    _c50 = torch.einsum("zuk,zuj->zjku", d__p20, A[:, 128:288].reshape(n, 32, 5))
+    d__p19 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c50)
     d__p3_83 = torch.einsum("zui,zu->zui", d__p19, (_w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738))
     d__p18 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
-    _c52 = torch.einsum("zuk,zuj->zjku", d__p18, A[:, 32:128].reshape(n, 32, 3))
-    d__p17 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c52)
+    _c51 = torch.einsum("zuk,zuj->zjku", d__p18, A[:, 32:128].reshape(n, 32, 3))
+    d__p17 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c51)
     d__p3_84 = torch.einsum("zui,zu->zui", d__p17, (_w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898))
     d__p16 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
-    _c53 = torch.einsum("zuk,zuj->zjku", d__p16, A[:, 128:288].reshape(n, 32, 5))
-    d__p15 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c53)
+    _c52 = torch.einsum("zuk,zuj->zjku", d__p16, A[:, 128:288].reshape(n, 32, 5))
+    d__p15 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c52)
     d__p9_85 = torch.einsum("zui,zu->zui", (d__p15 * 0.9128709291752769), _w_B_2[:, 448:480].reshape(n, 32))
     d__p6_86 = torch.einsum("zui,zu->zui", (d__p15 * 0.9128709291752769), _w_B_2[:, 256:288].reshape(n, 32))
     d__p1_87 = torch.einsum("zui,zu->zui", (d__p15 * 0.9128709291752769), _w_B_2[:, 64:96].reshape(n, 32))
     d__p14 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
-    _c54 = torch.einsum("zuk,zuj->zjku", d__p14, A[:, 32:128].reshape(n, 32, 3))
-    d__p13 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c54)
+    _c53 = torch.einsum("zuk,zuj->zjku", d__p14, A[:, 32:128].reshape(n, 32, 3))
+    d__p13 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c53)
     d__p9_88 = torch.einsum("zui,zu->zui", (d__p13 * 0.7745966692414834), _w_B_2[:, 384:416].reshape(n, 32))
     d__p6_89 = torch.einsum("zui,zu->zui", (d__p13 * 0.7745966692414834), _w_B_2[:, 224:256].reshape(n, 32))
     d__p1_90 = torch.einsum("zui,zu->zui", (d__p13 * 0.7745966692414834), _w_B_2[:, 32:64].reshape(n, 32))
     d__p12 = d_B[:, 0:32].reshape(n, 32, 1)
     # ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
-    _c55 = torch.einsum("zuk,zuj->zjku", d__p12, A[:, 0:32].reshape(n, 32, 1))
-    d__p11 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c55)
+    _c54 = torch.einsum("zuk,zuj->zjku", d__p12, A[:, 0:32].reshape(n, 32, 1))
+    d__p11 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c54)
     d__p9_91 = torch.einsum("zui,zu->zui", (d__p11 * 0.4472135954999579), _w_B_2[:, 352:384].reshape(n, 32))
     d__p6_92 = torch.einsum("zui,zu->zui", (d__p11 * 0.4472135954999579), _w_B_2[:, 192:224].reshape(n, 32))
     d__p1_93 = torch.einsum("zui,zu->zui", (d__p11 * 0.4472135954999579), _w_B_2[:, 0:32].reshape(n, 32))
@@ -3075,1234 +3313,1686 @@ def _mace_product_4_d_d2(
     d__p5_99 = torch.einsum("zui,zu->zui", d_B[:, 128:288].reshape(n, 32, 5), (_w_B_1[:, 64:96].reshape(n, 32) * 1.2909944487358056))
     d__p3_100 = torch.einsum("zui,zu->zui", d_B[:, 32:128].reshape(n, 32, 3), (_w_B_1[:, 32:64].reshape(n, 32) * 1.224744871391589))
     d__p1_101 = torch.einsum("zui,zu->zui", (d_B[:, 0:32].reshape(n, 32, 1) * 0.5773502691896257), _w_B_1[:, 0:32].reshape(n, 32))
-    d2_d__w_B_0 = d2_d_weight[0:384].view(384).reshape(4, 96)[z]
-    # ∂/∂d_B: ∂/∂_w_B_0: 32x0e -> 32x0e
-    d2_d_B_102 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 0:32].reshape(n, 32), A[:, 0:32].reshape(n, 32, 1))
-    # ∂/∂A: ∂/∂_w_B_0: 32x0e -> 32x0e
-    d2_A_103 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 0:32].reshape(n, 32), d_B[:, 0:32].reshape(n, 32, 1))
     # ∂/∂d_B: ∂/∂A: 32x0e -> 32x0e
-    d2_d_B_104 = torch.einsum("zui,zu->zui", d2_d_A[:, 0:32].reshape(n, 32, 1), _w_B_0[:, 0:32].reshape(n, 32))
+    d2_d_B_102 = torch.einsum("zui,zu->zui", d2_d_A[:, 0:32].reshape(n, 32, 1), _w_B_0[:, 0:32].reshape(n, 32))
     # ∂/∂_w_B_0: ∂/∂A: 32x0e -> 32x0e
-    d2__w_B_0_105 = torch.einsum("zui,zui->zu", d2_d_A[:, 0:32].reshape(n, 32, 1), d_B[:, 0:32].reshape(n, 32, 1))
-    # ∂/∂d_B: ∂/∂_w_B_0: 32x1o -> 32x1o
-    d2_d_B_106 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 32:64].reshape(n, 32), A[:, 32:128].reshape(n, 32, 3))
-    # ∂/∂A: ∂/∂_w_B_0: 32x1o -> 32x1o
-    d2_A_107 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 32:64].reshape(n, 32), d_B[:, 32:128].reshape(n, 32, 3))
+    d2__w_B_0_103 = torch.einsum("zui,zui->zu", d2_d_A[:, 0:32].reshape(n, 32, 1), d_B[:, 0:32].reshape(n, 32, 1))
     # ∂/∂d_B: ∂/∂A: 32x1o -> 32x1o
-    d2_d_B_108 = torch.einsum("zui,zu->zui", d2_d_A[:, 32:128].reshape(n, 32, 3), _w_B_0[:, 32:64].reshape(n, 32))
+    d2_d_B_104 = torch.einsum("zui,zu->zui", d2_d_A[:, 32:128].reshape(n, 32, 3), _w_B_0[:, 32:64].reshape(n, 32))
     # ∂/∂_w_B_0: ∂/∂A: 32x1o -> 32x1o
-    d2__w_B_0_109 = torch.einsum("zui,zui->zu", d2_d_A[:, 32:128].reshape(n, 32, 3), d_B[:, 32:128].reshape(n, 32, 3))
-    # ∂/∂d_B: ∂/∂_w_B_0: 32x2e -> 32x2e
-    d2_d_B_110 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 64:96].reshape(n, 32), A[:, 128:288].reshape(n, 32, 5))
-    # ∂/∂A: ∂/∂_w_B_0: 32x2e -> 32x2e
-    d2_A_111 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 64:96].reshape(n, 32), d_B[:, 128:288].reshape(n, 32, 5))
+    d2__w_B_0_105 = torch.einsum("zui,zui->zu", d2_d_A[:, 32:128].reshape(n, 32, 3), d_B[:, 32:128].reshape(n, 32, 3))
     # ∂/∂d_B: ∂/∂A: 32x2e -> 32x2e
-    d2_d_B_112 = torch.einsum("zui,zu->zui", d2_d_A[:, 128:288].reshape(n, 32, 5), _w_B_0[:, 64:96].reshape(n, 32))
+    d2_d_B_106 = torch.einsum("zui,zu->zui", d2_d_A[:, 128:288].reshape(n, 32, 5), _w_B_0[:, 64:96].reshape(n, 32))
     # ∂/∂_w_B_0: ∂/∂A: 32x2e -> 32x2e
-    d2__w_B_0_113 = torch.einsum("zui,zui->zu", d2_d_A[:, 128:288].reshape(n, 32, 5), d_B[:, 128:288].reshape(n, 32, 5))
-    d2_d__w_B_1 = d2_d_weight[384:1408].view(1024).reshape(4, 256)[z]
+    d2__w_B_0_107 = torch.einsum("zui,zui->zu", d2_d_A[:, 128:288].reshape(n, 32, 5), d_B[:, 128:288].reshape(n, 32, 5))
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
-    _c56 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 0:32].reshape(n, 32, 1), A[:, 0:32].reshape(n, 32, 1))
-    d2_d__p1_114 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c56)
+    _c55 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 0:32].reshape(n, 32, 1), A[:, 0:32].reshape(n, 32, 1))
+    d2_d__p1_108 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c55)
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     d__p1 = d__p1_72 + d__p1_73 + d__p1_74 + d__p1_87 + d__p1_90 + d__p1_93 + d__p1_101
-    _c57 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 0:32].reshape(n, 32, 1), d__p1)
-    d2_A_115 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c57)
+    _c56 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 0:32].reshape(n, 32, 1), d__p1)
+    d2_A_109 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c56)
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
-    _c58 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 0:32].reshape(n, 32, 1), A[:, 0:32].reshape(n, 32, 1))
-    d2_d__p1_116 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c58)
+    _c57 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 0:32].reshape(n, 32, 1), A[:, 0:32].reshape(n, 32, 1))
+    d2_d__p1_110 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c57)
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
-    _c59 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 0:32].reshape(n, 32, 1), d__p1)
-    d2_A_117 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c59)
-    d2_d_B_118 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 0:32].reshape(n, 32) * 0.5773502691896257), _p1)
-    d2__p1_119 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 0:32].reshape(n, 32) * 0.5773502691896257), d_B[:, 0:32].reshape(n, 32, 1))
-    d2_d__p1 = d2_d__p1_114 + d2_d__p1_116
-    d2_d_B_120 = torch.einsum("zui,zu->zui", (d2_d__p1 * 0.5773502691896257), _w_B_1[:, 0:32].reshape(n, 32))
-    d2__w_B_1_121 = torch.einsum("zui,zui->zu", (d2_d__p1 * 0.5773502691896257), d_B[:, 0:32].reshape(n, 32, 1))
+    _c58 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 0:32].reshape(n, 32, 1), d__p1)
+    d2_A_111 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c58)
+    d2_d__p1 = d2_d__p1_108 + d2_d__p1_110
+    d2_d_B_112 = torch.einsum("zui,zu->zui", (d2_d__p1 * 0.5773502691896257), _w_B_1[:, 0:32].reshape(n, 32))
+    d2__w_B_1_113 = torch.einsum("zui,zui->zu", (d2_d__p1 * 0.5773502691896257), d_B[:, 0:32].reshape(n, 32, 1))
     # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
-    _c60 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), A[:, 0:32].reshape(n, 32, 1))
-    d2_d__p3_122 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c60)
+    _c59 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), A[:, 0:32].reshape(n, 32, 1))
+    d2_d__p3_114 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c59)
     # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
     d__p3 = d__p3_70 + d__p3_71 + d__p3_83 + d__p3_84 + d__p3_100
-    _c61 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p3)
-    d2_A_123 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c61)
+    _c60 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p3)
+    d2_A_115 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c60)
     # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
-    _c62 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 0:32].reshape(n, 32, 1), A[:, 32:128].reshape(n, 32, 3))
-    d2_d__p3_124 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c62)
+    _c61 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 0:32].reshape(n, 32, 1), A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p3_116 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c61)
     # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
-    _c63 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 0:32].reshape(n, 32, 1), d__p3)
-    d2_A_125 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c63)
-    d2_d_B_126 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 32:64].reshape(n, 32) * 1.224744871391589), _p3)
-    d2__p3_127 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 32:64].reshape(n, 32) * 1.224744871391589), d_B[:, 32:128].reshape(n, 32, 3))
-    d2_d__p3 = d2_d__p3_122 + d2_d__p3_124
-    d2_d_B_128 = torch.einsum("zui,zu->zui", d2_d__p3, (_w_B_1[:, 32:64].reshape(n, 32) * 1.224744871391589))
-    d2__w_B_1_129 = torch.einsum("zui,zui->zu", (d2_d__p3 * 1.224744871391589), d_B[:, 32:128].reshape(n, 32, 3))
+    _c62 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 0:32].reshape(n, 32, 1), d__p3)
+    d2_A_117 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c62)
+    d2_d__p3 = d2_d__p3_114 + d2_d__p3_116
+    d2_d_B_118 = torch.einsum("zui,zu->zui", d2_d__p3, (_w_B_1[:, 32:64].reshape(n, 32) * 1.224744871391589))
+    d2__w_B_1_119 = torch.einsum("zui,zui->zu", (d2_d__p3 * 1.224744871391589), d_B[:, 32:128].reshape(n, 32, 3))
     # ∂/∂d__p5: ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
-    _c64 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), A[:, 0:32].reshape(n, 32, 1))
-    d2_d__p5_130 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c64)
+    _c63 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), A[:, 0:32].reshape(n, 32, 1))
+    d2_d__p5_120 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c63)
     # ∂/∂A: ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
     d__p5 = d__p5_68 + d__p5_69 + d__p5_82 + d__p5_99
-    _c65 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p5)
-    d2_A_131 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c65)
+    _c64 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p5)
+    d2_A_121 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c64)
     # ∂/∂d__p5: ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
-    _c66 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 0:32].reshape(n, 32, 1), A[:, 128:288].reshape(n, 32, 5))
-    d2_d__p5_132 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c66)
+    _c65 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 0:32].reshape(n, 32, 1), A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p5_122 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c65)
     # ∂/∂A: ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
-    _c67 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 0:32].reshape(n, 32, 1), d__p5)
-    d2_A_133 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c67)
-    d2_d_B_134 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 64:96].reshape(n, 32) * 1.2909944487358056), _p5)
-    d2__p5_135 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 64:96].reshape(n, 32) * 1.2909944487358056), d_B[:, 128:288].reshape(n, 32, 5))
-    d2_d__p5 = d2_d__p5_130 + d2_d__p5_132
-    d2_d_B_136 = torch.einsum("zui,zu->zui", d2_d__p5, (_w_B_1[:, 64:96].reshape(n, 32) * 1.2909944487358056))
-    d2__w_B_1_137 = torch.einsum("zui,zui->zu", (d2_d__p5 * 1.2909944487358056), d_B[:, 128:288].reshape(n, 32, 5))
+    _c66 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 0:32].reshape(n, 32, 1), d__p5)
+    d2_A_123 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c66)
+    d2_d__p5 = d2_d__p5_120 + d2_d__p5_122
+    d2_d_B_124 = torch.einsum("zui,zu->zui", d2_d__p5, (_w_B_1[:, 64:96].reshape(n, 32) * 1.2909944487358056))
+    d2__w_B_1_125 = torch.einsum("zui,zui->zu", (d2_d__p5 * 1.2909944487358056), d_B[:, 128:288].reshape(n, 32, 5))
     # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
-    _c68 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), A[:, 32:128].reshape(n, 32, 3))
-    d2_d__p6_138 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c68)
+    _c67 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p6_126 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c67)
     # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
     d__p6 = d__p6_66 + d__p6_67 + d__p6_86 + d__p6_89 + d__p6_92 + d__p6_98
-    _c69 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p6)
-    d2_A_139 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c69)
+    _c68 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p6)
+    d2_A_127 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c68)
     # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
-    _c70 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), A[:, 32:128].reshape(n, 32, 3))
-    d2_d__p6_140 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c70)
+    _c69 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p6_128 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c69)
     # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
-    _c71 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p6)
-    d2_A_141 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c71)
-    d2_d_B_142 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 96:128].reshape(n, 32) * 0.5773502691896257), _p6)
-    d2__p6_143 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 96:128].reshape(n, 32) * 0.5773502691896257), d_B[:, 0:32].reshape(n, 32, 1))
-    d2_d__p6 = d2_d__p6_138 + d2_d__p6_140
-    d2_d_B_144 = torch.einsum("zui,zu->zui", (d2_d__p6 * 0.5773502691896257), _w_B_1[:, 96:128].reshape(n, 32))
-    d2__w_B_1_145 = torch.einsum("zui,zui->zu", (d2_d__p6 * 0.5773502691896257), d_B[:, 0:32].reshape(n, 32, 1))
+    _c70 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p6)
+    d2_A_129 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c70)
+    d2_d__p6 = d2_d__p6_126 + d2_d__p6_128
+    d2_d_B_130 = torch.einsum("zui,zu->zui", (d2_d__p6 * 0.5773502691896257), _w_B_1[:, 96:128].reshape(n, 32))
+    d2__w_B_1_131 = torch.einsum("zui,zui->zu", (d2_d__p6 * 0.5773502691896257), d_B[:, 0:32].reshape(n, 32, 1))
     # ∂/∂d__p7: ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
-    d2_d__p7_146 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c68)
+    d2_d__p7_132 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c67)
     # ∂/∂A: ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
     d__p7 = d__p7_81 + d__p7_97
-    _c72 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p7)
-    d2_A_147 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c72)
+    _c71 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p7)
+    d2_A_133 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c71)
     # ∂/∂d__p7: ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
-    d2_d__p7_148 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c70)
+    d2_d__p7_134 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c69)
     # ∂/∂A: ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
-    _c73 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p7)
-    d2_A_149 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c73)
-    d2_d_B_150 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 128:160].reshape(n, 32) * 1.2909944487358056), _p7)
-    d2__p7_151 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 128:160].reshape(n, 32) * 1.2909944487358056), d_B[:, 128:288].reshape(n, 32, 5))
-    d2_d__p7 = d2_d__p7_146 + d2_d__p7_148
-    d2_d_B_152 = torch.einsum("zui,zu->zui", d2_d__p7, (_w_B_1[:, 128:160].reshape(n, 32) * 1.2909944487358056))
-    d2__w_B_1_153 = torch.einsum("zui,zui->zu", (d2_d__p7 * 1.2909944487358056), d_B[:, 128:288].reshape(n, 32, 5))
+    _c72 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p7)
+    d2_A_135 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c72)
+    d2_d__p7 = d2_d__p7_132 + d2_d__p7_134
+    d2_d_B_136 = torch.einsum("zui,zu->zui", d2_d__p7, (_w_B_1[:, 128:160].reshape(n, 32) * 1.2909944487358056))
+    d2__w_B_1_137 = torch.einsum("zui,zui->zu", (d2_d__p7 * 1.2909944487358056), d_B[:, 128:288].reshape(n, 32, 5))
     # ∂/∂d__p8: ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
-    _c74 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), A[:, 32:128].reshape(n, 32, 3))
-    d2_d__p8_154 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c74)
+    _c73 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p8_138 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c73)
     # ∂/∂A: ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
     d__p8 = d__p8_64 + d__p8_65 + d__p8_80 + d__p8_96
-    _c75 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p8)
-    d2_A_155 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c75)
+    _c74 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p8)
+    d2_A_139 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c74)
     # ∂/∂d__p8: ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
-    _c76 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), A[:, 128:288].reshape(n, 32, 5))
-    d2_d__p8_156 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c76)
+    _c75 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p8_140 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c75)
     # ∂/∂A: ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
-    _c77 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p8)
-    d2_A_157 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c77)
-    d2_d_B_158 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 160:192].reshape(n, 32) * 1.224744871391589), _p8)
-    d2__p8_159 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 160:192].reshape(n, 32) * 1.224744871391589), d_B[:, 32:128].reshape(n, 32, 3))
-    d2_d__p8 = d2_d__p8_154 + d2_d__p8_156
-    d2_d_B_160 = torch.einsum("zui,zu->zui", d2_d__p8, (_w_B_1[:, 160:192].reshape(n, 32) * 1.224744871391589))
-    d2__w_B_1_161 = torch.einsum("zui,zui->zu", (d2_d__p8 * 1.224744871391589), d_B[:, 32:128].reshape(n, 32, 3))
+    _c76 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p8)
+    d2_A_141 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c76)
+    d2_d__p8 = d2_d__p8_138 + d2_d__p8_140
+    d2_d_B_142 = torch.einsum("zui,zu->zui", d2_d__p8, (_w_B_1[:, 160:192].reshape(n, 32) * 1.224744871391589))
+    d2__w_B_1_143 = torch.einsum("zui,zui->zu", (d2_d__p8 * 1.224744871391589), d_B[:, 32:128].reshape(n, 32, 3))
     # ∂/∂d__p9: ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
-    _c78 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), A[:, 128:288].reshape(n, 32, 5))
-    d2_d__p9_162 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c78)
+    _c77 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p9_144 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c77)
     # ∂/∂A: ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
     d__p9 = d__p9_61 + d__p9_62 + d__p9_63 + d__p9_85 + d__p9_88 + d__p9_91 + d__p9_95
-    _c79 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p9)
-    d2_A_163 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c79)
+    _c78 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p9)
+    d2_A_145 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c78)
     # ∂/∂d__p9: ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
-    _c80 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), A[:, 128:288].reshape(n, 32, 5))
-    d2_d__p9_164 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c80)
+    _c79 = torch.einsum("zui,zuj->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p9_146 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c79)
     # ∂/∂A: ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
-    _c81 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p9)
-    d2_A_165 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c81)
-    d2_d_B_166 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 192:224].reshape(n, 32) * 0.5773502691896257), _p9)
-    d2__p9_167 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 192:224].reshape(n, 32) * 0.5773502691896257), d_B[:, 0:32].reshape(n, 32, 1))
-    d2_d__p9 = d2_d__p9_162 + d2_d__p9_164
-    d2_d_B_168 = torch.einsum("zui,zu->zui", (d2_d__p9 * 0.5773502691896257), _w_B_1[:, 192:224].reshape(n, 32))
-    d2__w_B_1_169 = torch.einsum("zui,zui->zu", (d2_d__p9 * 0.5773502691896257), d_B[:, 0:32].reshape(n, 32, 1))
+    _c80 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p9)
+    d2_A_147 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c80)
+    d2_d__p9 = d2_d__p9_144 + d2_d__p9_146
+    d2_d_B_148 = torch.einsum("zui,zu->zui", (d2_d__p9 * 0.5773502691896257), _w_B_1[:, 192:224].reshape(n, 32))
+    d2__w_B_1_149 = torch.einsum("zui,zui->zu", (d2_d__p9 * 0.5773502691896257), d_B[:, 0:32].reshape(n, 32, 1))
     # ∂/∂d__p10: ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
-    d2_d__p10_170 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c78)
+    d2_d__p10_150 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c77)
     # ∂/∂A: ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
     d__p10 = d__p10_76 + d__p10_78 + d__p10_94
-    _c82 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p10)
-    d2_A_171 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c82)
+    _c81 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p10)
+    d2_A_151 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c81)
     # ∂/∂d__p10: ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
-    d2_d__p10_172 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c80)
+    d2_d__p10_152 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c79)
     # ∂/∂A: ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
-    _c83 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p10)
-    d2_A_173 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c83)
-    d2_d_B_174 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 224:256].reshape(n, 32) * 1.2909944487358056), _p10)
-    d2__p10_175 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 224:256].reshape(n, 32) * 1.2909944487358056), d_B[:, 128:288].reshape(n, 32, 5))
-    d2_d__p10 = d2_d__p10_170 + d2_d__p10_172
-    d2_d_B_176 = torch.einsum("zui,zu->zui", d2_d__p10, (_w_B_1[:, 224:256].reshape(n, 32) * 1.2909944487358056))
-    d2__w_B_1_177 = torch.einsum("zui,zui->zu", (d2_d__p10 * 1.2909944487358056), d_B[:, 128:288].reshape(n, 32, 5))
-    d2_d__w_B_2 = d2_d_weight[1408:3456].view(2048).reshape(4, 512)[z]
-    d2_d__p11_178 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 0:32].reshape(n, 32) * 0.4472135954999579), _p1)
-    d2__p1_179 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 0:32].reshape(n, 32) * 0.4472135954999579), d__p11)
-    d2_d__p11_180 = torch.einsum("zui,zu->zui", (d2_d__p1 * 0.4472135954999579), _w_B_2[:, 0:32].reshape(n, 32))
-    d2__w_B_2_181 = torch.einsum("zui,zui->zu", (d2_d__p1 * 0.4472135954999579), d__p11)
-    d2_d__p11_182 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 192:224].reshape(n, 32) * 0.4472135954999579), _p6)
-    d2__p6_183 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 192:224].reshape(n, 32) * 0.4472135954999579), d__p11)
-    d2_d__p11_184 = torch.einsum("zui,zu->zui", (d2_d__p6 * 0.4472135954999579), _w_B_2[:, 192:224].reshape(n, 32))
-    d2__w_B_2_185 = torch.einsum("zui,zui->zu", (d2_d__p6 * 0.4472135954999579), d__p11)
-    d2_d__p11_186 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 352:384].reshape(n, 32) * 0.4472135954999579), _p9)
-    d2__p9_187 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 352:384].reshape(n, 32) * 0.4472135954999579), d__p11)
-    d2_d__p11_188 = torch.einsum("zui,zu->zui", (d2_d__p9 * 0.4472135954999579), _w_B_2[:, 352:384].reshape(n, 32))
-    d2__w_B_2_189 = torch.einsum("zui,zui->zu", (d2_d__p9 * 0.4472135954999579), d__p11)
+    _c82 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p10)
+    d2_A_153 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c82)
+    d2_d__p10 = d2_d__p10_150 + d2_d__p10_152
+    d2_d_B_154 = torch.einsum("zui,zu->zui", d2_d__p10, (_w_B_1[:, 224:256].reshape(n, 32) * 1.2909944487358056))
+    d2__w_B_1_155 = torch.einsum("zui,zui->zu", (d2_d__p10 * 1.2909944487358056), d_B[:, 128:288].reshape(n, 32, 5))
+    d2_d__p11_156 = torch.einsum("zui,zu->zui", (d2_d__p1 * 0.4472135954999579), _w_B_2[:, 0:32].reshape(n, 32))
+    d2__w_B_2_157 = torch.einsum("zui,zui->zu", (d2_d__p1 * 0.4472135954999579), d__p11)
+    d2_d__p11_158 = torch.einsum("zui,zu->zui", (d2_d__p6 * 0.4472135954999579), _w_B_2[:, 192:224].reshape(n, 32))
+    d2__w_B_2_159 = torch.einsum("zui,zui->zu", (d2_d__p6 * 0.4472135954999579), d__p11)
+    d2_d__p11_160 = torch.einsum("zui,zu->zui", (d2_d__p9 * 0.4472135954999579), _w_B_2[:, 352:384].reshape(n, 32))
+    d2__w_B_2_161 = torch.einsum("zui,zui->zu", (d2_d__p9 * 0.4472135954999579), d__p11)
     # ∂/∂d__p12: ∂/∂A: p12 = (p11 ⊗ p0) -> 32x0e
     _p11 = p11_0 + p11_1 + p11_2
-    _c84 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 0:32].reshape(n, 32, 1), _p11)
-    d2_d__p12_190 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c84)
+    _c83 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 0:32].reshape(n, 32, 1), _p11)
+    d2_d__p12_162 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c83)
     # ∂/∂_p11: ∂/∂A: p12 = (p11 ⊗ p0) -> 32x0e
-    _c85 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 0:32].reshape(n, 32, 1), d__p12)
-    d2__p11 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c85)
+    _c84 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 0:32].reshape(n, 32, 1), d__p12)
+    d2__p11 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c84)
     # ∂/∂d__p12: ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
-    d2_d__p11 = d2_d__p11_178 + d2_d__p11_180 + d2_d__p11_182 + d2_d__p11_184 + d2_d__p11_186 + d2_d__p11_188
-    _c86 = torch.einsum("zui,zuj->ziju", d2_d__p11, A[:, 0:32].reshape(n, 32, 1))
-    d2_d__p12_191 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c86)
+    d2_d__p11 = d2_d__p11_156 + d2_d__p11_158 + d2_d__p11_160
+    _c85 = torch.einsum("zui,zuj->ziju", d2_d__p11, A[:, 0:32].reshape(n, 32, 1))
+    d2_d__p12_163 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c85)
     # ∂/∂A: ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
-    _c87 = torch.einsum("zui,zuk->ziku", d2_d__p11, d__p12)
-    d2_A_192 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c87)
-    d2_d__p12 = d2_d__p12_190 + d2_d__p12_191
-    d2_d_B_193 = d2_d__p12
-    d2_d__p13_194 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 32:64].reshape(n, 32) * 0.7745966692414834), _p1)
-    d2__p1_195 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 32:64].reshape(n, 32) * 0.7745966692414834), d__p13)
-    d2_d__p13_196 = torch.einsum("zui,zu->zui", (d2_d__p1 * 0.7745966692414834), _w_B_2[:, 32:64].reshape(n, 32))
-    d2__w_B_2_197 = torch.einsum("zui,zui->zu", (d2_d__p1 * 0.7745966692414834), d__p13)
-    d2_d__p13_198 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 224:256].reshape(n, 32) * 0.7745966692414834), _p6)
-    d2__p6_199 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 224:256].reshape(n, 32) * 0.7745966692414834), d__p13)
-    d2_d__p13_200 = torch.einsum("zui,zu->zui", (d2_d__p6 * 0.7745966692414834), _w_B_2[:, 224:256].reshape(n, 32))
-    d2__w_B_2_201 = torch.einsum("zui,zui->zu", (d2_d__p6 * 0.7745966692414834), d__p13)
-    d2_d__p13_202 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 384:416].reshape(n, 32) * 0.7745966692414834), _p9)
-    d2__p9_203 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 384:416].reshape(n, 32) * 0.7745966692414834), d__p13)
-    d2_d__p13_204 = torch.einsum("zui,zu->zui", (d2_d__p9 * 0.7745966692414834), _w_B_2[:, 384:416].reshape(n, 32))
-    d2__w_B_2_205 = torch.einsum("zui,zui->zu", (d2_d__p9 * 0.7745966692414834), d__p13)
+    _c86 = torch.einsum("zui,zuk->ziku", d2_d__p11, d__p12)
+    d2_A_164 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c86)
+    d2_d__p12 = d2_d__p12_162 + d2_d__p12_163
+    d2_d_B_165 = d2_d__p12
+    d2_d__p13_166 = torch.einsum("zui,zu->zui", (d2_d__p1 * 0.7745966692414834), _w_B_2[:, 32:64].reshape(n, 32))
+    d2__w_B_2_167 = torch.einsum("zui,zui->zu", (d2_d__p1 * 0.7745966692414834), d__p13)
+    d2_d__p13_168 = torch.einsum("zui,zu->zui", (d2_d__p6 * 0.7745966692414834), _w_B_2[:, 224:256].reshape(n, 32))
+    d2__w_B_2_169 = torch.einsum("zui,zui->zu", (d2_d__p6 * 0.7745966692414834), d__p13)
+    d2_d__p13_170 = torch.einsum("zui,zu->zui", (d2_d__p9 * 0.7745966692414834), _w_B_2[:, 384:416].reshape(n, 32))
+    d2__w_B_2_171 = torch.einsum("zui,zui->zu", (d2_d__p9 * 0.7745966692414834), d__p13)
     # ∂/∂d__p14: ∂/∂A: p14 = (p13 ⊗ p2) -> 32x1o
     _p13 = p13_3 + p13_4 + p13_5
-    _c88 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p13)
-    d2_d__p14_206 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c88)
+    _c87 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p13)
+    d2_d__p14_172 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c87)
     # ∂/∂_p13: ∂/∂A: p14 = (p13 ⊗ p2) -> 32x1o
-    _c89 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p14)
-    d2__p13 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c89)
+    _c88 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p14)
+    d2__p13 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c88)
     # ∂/∂d__p14: ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
-    d2_d__p13 = d2_d__p13_194 + d2_d__p13_196 + d2_d__p13_198 + d2_d__p13_200 + d2_d__p13_202 + d2_d__p13_204
-    _c90 = torch.einsum("zui,zuj->ziju", d2_d__p13, A[:, 32:128].reshape(n, 32, 3))
-    d2_d__p14_207 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c90)
+    d2_d__p13 = d2_d__p13_166 + d2_d__p13_168 + d2_d__p13_170
+    _c89 = torch.einsum("zui,zuj->ziju", d2_d__p13, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p14_173 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c89)
     # ∂/∂A: ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
-    _c91 = torch.einsum("zui,zuk->ziku", d2_d__p13, d__p14)
-    d2_A_208 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c91)
-    d2_d__p14 = d2_d__p14_206 + d2_d__p14_207
-    d2_d_B_209 = d2_d__p14
-    d2_d__p15_210 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 64:96].reshape(n, 32) * 0.9128709291752769), _p1)
-    d2__p1_211 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 64:96].reshape(n, 32) * 0.9128709291752769), d__p15)
-    d2_d__p15_212 = torch.einsum("zui,zu->zui", (d2_d__p1 * 0.9128709291752769), _w_B_2[:, 64:96].reshape(n, 32))
-    d2__w_B_2_213 = torch.einsum("zui,zui->zu", (d2_d__p1 * 0.9128709291752769), d__p15)
-    d2_d__p15_214 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 256:288].reshape(n, 32) * 0.9128709291752769), _p6)
-    d2__p6_215 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 256:288].reshape(n, 32) * 0.9128709291752769), d__p15)
-    d2_d__p15_216 = torch.einsum("zui,zu->zui", (d2_d__p6 * 0.9128709291752769), _w_B_2[:, 256:288].reshape(n, 32))
-    d2__w_B_2_217 = torch.einsum("zui,zui->zu", (d2_d__p6 * 0.9128709291752769), d__p15)
-    d2_d__p15_218 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 448:480].reshape(n, 32) * 0.9128709291752769), _p9)
-    d2__p9_219 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 448:480].reshape(n, 32) * 0.9128709291752769), d__p15)
-    d2_d__p15_220 = torch.einsum("zui,zu->zui", (d2_d__p9 * 0.9128709291752769), _w_B_2[:, 448:480].reshape(n, 32))
-    d2__w_B_2_221 = torch.einsum("zui,zui->zu", (d2_d__p9 * 0.9128709291752769), d__p15)
+    _c90 = torch.einsum("zui,zuk->ziku", d2_d__p13, d__p14)
+    d2_A_174 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c90)
+    d2_d__p14 = d2_d__p14_172 + d2_d__p14_173
+    d2_d_B_175 = d2_d__p14
+    d2_d__p15_176 = torch.einsum("zui,zu->zui", (d2_d__p1 * 0.9128709291752769), _w_B_2[:, 64:96].reshape(n, 32))
+    d2__w_B_2_177 = torch.einsum("zui,zui->zu", (d2_d__p1 * 0.9128709291752769), d__p15)
+    d2_d__p15_178 = torch.einsum("zui,zu->zui", (d2_d__p6 * 0.9128709291752769), _w_B_2[:, 256:288].reshape(n, 32))
+    d2__w_B_2_179 = torch.einsum("zui,zui->zu", (d2_d__p6 * 0.9128709291752769), d__p15)
+    d2_d__p15_180 = torch.einsum("zui,zu->zui", (d2_d__p9 * 0.9128709291752769), _w_B_2[:, 448:480].reshape(n, 32))
+    d2__w_B_2_181 = torch.einsum("zui,zui->zu", (d2_d__p9 * 0.9128709291752769), d__p15)
     # ∂/∂d__p16: ∂/∂A: p16 = (p15 ⊗ p4) -> 32x2e
     _p15 = p15_6 + p15_7 + p15_8
-    _c92 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p15)
-    d2_d__p16_222 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c92)
+    _c91 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p15)
+    d2_d__p16_182 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c91)
     # ∂/∂_p15: ∂/∂A: p16 = (p15 ⊗ p4) -> 32x2e
-    _c93 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p16)
-    d2__p15 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c93)
+    _c92 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p16)
+    d2__p15 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c92)
     # ∂/∂d__p16: ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
-    d2_d__p15 = d2_d__p15_210 + d2_d__p15_212 + d2_d__p15_214 + d2_d__p15_216 + d2_d__p15_218 + d2_d__p15_220
-    _c94 = torch.einsum("zui,zuj->ziju", d2_d__p15, A[:, 128:288].reshape(n, 32, 5))
-    d2_d__p16_223 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c94)
+    d2_d__p15 = d2_d__p15_176 + d2_d__p15_178 + d2_d__p15_180
+    _c93 = torch.einsum("zui,zuj->ziju", d2_d__p15, A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p16_183 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c93)
     # ∂/∂A: ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
-    _c95 = torch.einsum("zui,zuk->ziku", d2_d__p15, d__p16)
-    d2_A_224 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c95)
-    d2_d__p16 = d2_d__p16_222 + d2_d__p16_223
-    d2_d_B_225 = d2_d__p16
-    d2_d__p17_226 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898), _p3)
-    d2__p3_227 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898), d__p17)
-    d2_d__p17_228 = torch.einsum("zui,zu->zui", d2_d__p3, (_w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898))
-    d2__w_B_2_229 = torch.einsum("zui,zui->zu", (d2_d__p3 * 1.5811388300841898), d__p17)
+    _c94 = torch.einsum("zui,zuk->ziku", d2_d__p15, d__p16)
+    d2_A_184 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c94)
+    d2_d__p16 = d2_d__p16_182 + d2_d__p16_183
+    d2_d_B_185 = d2_d__p16
+    d2_d__p17 = torch.einsum("zui,zu->zui", d2_d__p3, (_w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898))
+    d2__w_B_2_186 = torch.einsum("zui,zui->zu", (d2_d__p3 * 1.5811388300841898), d__p17)
     # ∂/∂d__p18: ∂/∂A: p18 = (p17 ⊗ p2) -> 32x2e
-    _c96 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p17)
-    d2_d__p18_230 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c96)
+    _c95 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p17)
+    d2_d__p18_187 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c95)
     # ∂/∂_p17: ∂/∂A: p18 = (p17 ⊗ p2) -> 32x2e
-    _c97 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p18)
-    d2__p17 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c97)
+    _c96 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p18)
+    d2__p17 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c96)
     # ∂/∂d__p18: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
-    d2_d__p17 = d2_d__p17_226 + d2_d__p17_228
-    _c98 = torch.einsum("zui,zuj->ziju", d2_d__p17, A[:, 32:128].reshape(n, 32, 3))
-    d2_d__p18_231 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c98)
+    _c97 = torch.einsum("zui,zuj->ziju", d2_d__p17, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p18_188 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c97)
     # ∂/∂A: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
-    _c99 = torch.einsum("zui,zuk->ziku", d2_d__p17, d__p18)
-    d2_A_232 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c99)
-    d2_d__p18 = d2_d__p18_230 + d2_d__p18_231
-    d2_d_B_233 = d2_d__p18
-    d2_d__p19_234 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738), _p3)
-    d2__p3_235 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738), d__p19)
-    d2_d__p19_236 = torch.einsum("zui,zu->zui", d2_d__p3, (_w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738))
-    d2__w_B_2_237 = torch.einsum("zui,zui->zu", (d2_d__p3 * 1.3416407864998738), d__p19)
+    _c98 = torch.einsum("zui,zuk->ziku", d2_d__p17, d__p18)
+    d2_A_189 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c98)
+    d2_d__p18 = d2_d__p18_187 + d2_d__p18_188
+    d2_d_B_190 = d2_d__p18
+    d2_d__p19 = torch.einsum("zui,zu->zui", d2_d__p3, (_w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738))
+    d2__w_B_2_191 = torch.einsum("zui,zui->zu", (d2_d__p3 * 1.3416407864998738), d__p19)
     # ∂/∂d__p20: ∂/∂A: p20 = (p19 ⊗ p4) -> 32x1o
-    _c100 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p19)
-    d2_d__p20_238 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c100)
+    _c99 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p19)
+    d2_d__p20_192 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c99)
     # ∂/∂_p19: ∂/∂A: p20 = (p19 ⊗ p4) -> 32x1o
-    _c101 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p20)
-    d2__p19 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c101)
+    _c100 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p20)
+    d2__p19 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c100)
     # ∂/∂d__p20: ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
-    d2_d__p19 = d2_d__p19_234 + d2_d__p19_236
-    _c102 = torch.einsum("zui,zuj->ziju", d2_d__p19, A[:, 128:288].reshape(n, 32, 5))
-    d2_d__p20_239 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c102)
+    _c101 = torch.einsum("zui,zuj->ziju", d2_d__p19, A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p20_193 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c101)
     # ∂/∂A: ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
-    _c103 = torch.einsum("zui,zuk->ziku", d2_d__p19, d__p20)
-    d2_A_240 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c103)
-    d2_d__p20 = d2_d__p20_238 + d2_d__p20_239
-    d2_d_B_241 = d2_d__p20
-    d2_d__p21_242 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315), _p5)
-    d2__p5_243 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315), d__p21)
-    d2_d__p21_244 = torch.einsum("zui,zu->zui", d2_d__p5, (_w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315))
-    d2__w_B_2_245 = torch.einsum("zui,zui->zu", (d2_d__p5 * 2.041241452319315), d__p21)
-    d2_d__p21_246 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315), _p7)
-    d2__p7_247 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315), d__p21)
-    d2_d__p21_248 = torch.einsum("zui,zu->zui", d2_d__p7, (_w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315))
-    d2__w_B_2_249 = torch.einsum("zui,zui->zu", (d2_d__p7 * 2.041241452319315), d__p21)
+    _c102 = torch.einsum("zui,zuk->ziku", d2_d__p19, d__p20)
+    d2_A_194 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c102)
+    d2_d__p20 = d2_d__p20_192 + d2_d__p20_193
+    d2_d_B_195 = d2_d__p20
+    d2_d__p21_196 = torch.einsum("zui,zu->zui", d2_d__p5, (_w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315))
+    d2__w_B_2_197 = torch.einsum("zui,zui->zu", (d2_d__p5 * 2.041241452319315), d__p21)
+    d2_d__p21_198 = torch.einsum("zui,zu->zui", d2_d__p7, (_w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315))
+    d2__w_B_2_199 = torch.einsum("zui,zui->zu", (d2_d__p7 * 2.041241452319315), d__p21)
     # ∂/∂d__p22: ∂/∂A: p22 = (p21 ⊗ p4) -> 32x2e
     _p21 = p21_9 + p21_10
-    _c104 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p21)
-    d2_d__p22_250 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c104)
+    _c103 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p21)
+    d2_d__p22_200 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c103)
     # ∂/∂_p21: ∂/∂A: p22 = (p21 ⊗ p4) -> 32x2e
-    _c105 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p22)
-    d2__p21 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c105)
+    _c104 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p22)
+    d2__p21 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c104)
     # ∂/∂d__p22: ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
-    d2_d__p21 = d2_d__p21_242 + d2_d__p21_244 + d2_d__p21_246 + d2_d__p21_248
-    _c106 = torch.einsum("zui,zuj->ziju", d2_d__p21, A[:, 128:288].reshape(n, 32, 5))
-    d2_d__p22_251 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c106)
+    d2_d__p21 = d2_d__p21_196 + d2_d__p21_198
+    _c105 = torch.einsum("zui,zuj->ziju", d2_d__p21, A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p22_201 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c105)
     # ∂/∂A: ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
-    _c107 = torch.einsum("zui,zuk->ziku", d2_d__p21, d__p22)
-    d2_A_252 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c107)
-    d2_d__p22 = d2_d__p22_250 + d2_d__p22_251
-    d2_d_B_253 = d2_d__p22
+    _c106 = torch.einsum("zui,zuk->ziku", d2_d__p21, d__p22)
+    d2_A_202 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c106)
+    d2_d__p22 = d2_d__p22_200 + d2_d__p22_201
+    d2_d_B_203 = d2_d__p22
     # ∂/∂d__p23: ∂/∂A: p23 = (p8 ⊗ p2) -> 32x0e
-    _c108 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p8)
-    d2_d__p23_254 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c108)
+    _c107 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p8)
+    d2_d__p23_204 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c107)
     # ∂/∂_p8: ∂/∂A: p23 = (p8 ⊗ p2) -> 32x0e
-    _c109 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p23)
-    d2__p8_255 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c109)
+    _c108 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p23)
+    d2__p8_205 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c108)
     # ∂/∂d__p23: ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
-    _c110 = torch.einsum("zui,zuj->ziju", d2_d__p8, A[:, 32:128].reshape(n, 32, 3))
-    d2_d__p23_256 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c110)
+    _c109 = torch.einsum("zui,zuj->ziju", d2_d__p8, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p23_206 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c109)
     # ∂/∂A: ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
-    _c111 = torch.einsum("zui,zuk->ziku", d2_d__p8, d__p23)
-    d2_A_257 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c111)
-    d2_d_B_258 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 320:352].reshape(n, 32) * 0.7745966692414834), _p23)
-    d2__p23_259 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 320:352].reshape(n, 32) * 0.7745966692414834), d_B[:, 0:32].reshape(n, 32, 1))
-    d2_d__p23 = d2_d__p23_254 + d2_d__p23_256
-    d2_d_B_260 = torch.einsum("zui,zu->zui", (d2_d__p23 * 0.7745966692414834), _w_B_2[:, 320:352].reshape(n, 32))
-    d2__w_B_2_261 = torch.einsum("zui,zui->zu", (d2_d__p23 * 0.7745966692414834), d_B[:, 0:32].reshape(n, 32, 1))
+    _c110 = torch.einsum("zui,zuk->ziku", d2_d__p8, d__p23)
+    d2_A_207 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c110)
+    d2_d__p23 = d2_d__p23_204 + d2_d__p23_206
+    d2_d_B_208 = torch.einsum("zui,zu->zui", (d2_d__p23 * 0.7745966692414834), _w_B_2[:, 320:352].reshape(n, 32))
+    d2__w_B_2_209 = torch.einsum("zui,zui->zu", (d2_d__p23 * 0.7745966692414834), d_B[:, 0:32].reshape(n, 32, 1))
     # ∂/∂d__p24: ∂/∂A: p24 = (p10 ⊗ p2) -> 32x1o
-    _c112 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p10)
-    d2_d__p24_262 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c112)
+    _c111 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p10)
+    d2_d__p24_210 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c111)
     # ∂/∂_p10: ∂/∂A: p24 = (p10 ⊗ p2) -> 32x1o
-    _c113 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p24)
-    d2__p10_263 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c113)
+    _c112 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p24)
+    d2__p10_211 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c112)
     # ∂/∂d__p24: ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
-    _c114 = torch.einsum("zui,zuj->ziju", d2_d__p10, A[:, 32:128].reshape(n, 32, 3))
-    d2_d__p24_264 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c114)
+    _c113 = torch.einsum("zui,zuj->ziju", d2_d__p10, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p24_212 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c113)
     # ∂/∂A: ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
-    _c115 = torch.einsum("zui,zuk->ziku", d2_d__p10, d__p24)
-    d2_A_265 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c115)
-    d2_d_B_266 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 416:448].reshape(n, 32) * 1.7320508075688772), _p24)
-    d2__p24_267 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 416:448].reshape(n, 32) * 1.7320508075688772), d_B[:, 32:128].reshape(n, 32, 3))
-    d2_d__p24 = d2_d__p24_262 + d2_d__p24_264
-    d2_d_B_268 = torch.einsum("zui,zu->zui", d2_d__p24, (_w_B_2[:, 416:448].reshape(n, 32) * 1.7320508075688772))
-    d2__w_B_2_269 = torch.einsum("zui,zui->zu", (d2_d__p24 * 1.7320508075688772), d_B[:, 32:128].reshape(n, 32, 3))
+    _c114 = torch.einsum("zui,zuk->ziku", d2_d__p10, d__p24)
+    d2_A_213 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c114)
+    d2_d__p24 = d2_d__p24_210 + d2_d__p24_212
+    d2_d_B_214 = torch.einsum("zui,zu->zui", d2_d__p24, (_w_B_2[:, 416:448].reshape(n, 32) * 1.7320508075688772))
+    d2__w_B_2_215 = torch.einsum("zui,zui->zu", (d2_d__p24 * 1.7320508075688772), d_B[:, 32:128].reshape(n, 32, 3))
     # ∂/∂d__p25: ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e
-    _c116 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p10)
-    d2_d__p25_270 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c116)
+    _c115 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p10)
+    d2_d__p25_216 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c115)
     # ∂/∂_p10: ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e
-    _c117 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p25)
-    d2__p10_271 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c117)
+    _c116 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p25)
+    d2__p10_217 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c116)
     # ∂/∂d__p25: ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
-    _c118 = torch.einsum("zui,zuj->ziju", d2_d__p10, A[:, 128:288].reshape(n, 32, 5))
-    d2_d__p25_272 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c118)
+    _c117 = torch.einsum("zui,zuj->ziju", d2_d__p10, A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p25_218 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c117)
     # ∂/∂A: ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
-    _c119 = torch.einsum("zui,zuk->ziku", d2_d__p10, d__p25)
-    d2_A_273 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c119)
-    d2_d_B_274 = torch.einsum("zu,zui->zui", d2_d__w_B_2[:, 480:512].reshape(n, 32), _p25)
-    d2__p25_275 = torch.einsum("zu,zui->zui", d2_d__w_B_2[:, 480:512].reshape(n, 32), d_B[:, 0:32].reshape(n, 32, 1))
-    d2_d__p25 = d2_d__p25_270 + d2_d__p25_272
-    d2_d_B_276 = torch.einsum("zui,zu->zui", d2_d__p25, _w_B_2[:, 480:512].reshape(n, 32))
-    d2__w_B_2_277 = torch.einsum("zui,zui->zu", d2_d__p25, d_B[:, 0:32].reshape(n, 32, 1))
-    d2_d__w_B_3 = d2_d_weight[3456:7424].view(3968).reshape(4, 992)[z]
+    _c118 = torch.einsum("zui,zuk->ziku", d2_d__p10, d__p25)
+    d2_A_219 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c118)
+    d2_d__p25 = d2_d__p25_216 + d2_d__p25_218
+    d2_d_B_220 = torch.einsum("zui,zu->zui", d2_d__p25, _w_B_2[:, 480:512].reshape(n, 32))
+    d2__w_B_2_221 = torch.einsum("zui,zui->zu", d2_d__p25, d_B[:, 0:32].reshape(n, 32, 1))
     # ∂/∂d__p26: ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
-    _c120 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 0:32].reshape(n, 32, 1), _p1)
-    d2_d__p26_278 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c120)
+    _c119 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 0:32].reshape(n, 32, 1), _p1)
+    d2_d__p26_222 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c119)
     # ∂/∂_p1: ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
-    _c121 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 0:32].reshape(n, 32, 1), d__p26)
-    d2__p1_279 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c121)
+    _c120 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 0:32].reshape(n, 32, 1), d__p26)
+    d2__p1_223 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c120)
     # ∂/∂d__p26: ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
-    _c122 = torch.einsum("zui,zuj->ziju", d2_d__p1, A[:, 0:32].reshape(n, 32, 1))
-    d2_d__p26_280 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c122)
+    _c121 = torch.einsum("zui,zuj->ziju", d2_d__p1, A[:, 0:32].reshape(n, 32, 1))
+    d2_d__p26_224 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c121)
     # ∂/∂A: ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
-    _c123 = torch.einsum("zui,zuk->ziku", d2_d__p1, d__p26)
-    d2_A_281 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c123)
+    _c122 = torch.einsum("zui,zuk->ziku", d2_d__p1, d__p26)
+    d2_A_225 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c122)
     # ∂/∂d__p27: ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o
-    _c124 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p1)
-    d2_d__p27_282 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c124)
+    _c123 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p1)
+    d2_d__p27_226 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c123)
     # ∂/∂_p1: ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o
-    _c125 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p27)
-    d2__p1_283 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c125)
+    _c124 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p27)
+    d2__p1_227 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c124)
     # ∂/∂d__p27: ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
-    _c126 = torch.einsum("zui,zuj->ziju", d2_d__p1, A[:, 32:128].reshape(n, 32, 3))
-    d2_d__p27_284 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c126)
+    _c125 = torch.einsum("zui,zuj->ziju", d2_d__p1, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p27_228 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c125)
     # ∂/∂A: ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
-    _c127 = torch.einsum("zui,zuk->ziku", d2_d__p1, d__p27)
-    d2_A_285 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c127)
+    _c126 = torch.einsum("zui,zuk->ziku", d2_d__p1, d__p27)
+    d2_A_229 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c126)
     # ∂/∂d__p28: ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e
-    _c128 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p1)
-    d2_d__p28_286 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c128)
+    _c127 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p1)
+    d2_d__p28_230 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c127)
     # ∂/∂_p1: ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e
-    _c129 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p28)
-    d2__p1_287 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c129)
+    _c128 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p28)
+    d2__p1_231 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c128)
     # ∂/∂d__p28: ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
-    _c130 = torch.einsum("zui,zuj->ziju", d2_d__p1, A[:, 128:288].reshape(n, 32, 5))
-    d2_d__p28_288 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c130)
+    _c129 = torch.einsum("zui,zuj->ziju", d2_d__p1, A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p28_232 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c129)
     # ∂/∂A: ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
-    _c131 = torch.einsum("zui,zuk->ziku", d2_d__p1, d__p28)
-    d2_A_289 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c131)
+    _c130 = torch.einsum("zui,zuk->ziku", d2_d__p1, d__p28)
+    d2_A_233 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c130)
     # ∂/∂d__p29: ∂/∂A: p29 = (p3 ⊗ p2) -> 32x0e
-    _c132 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p3)
-    d2_d__p29_290 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c132)
+    _c131 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p3)
+    d2_d__p29_234 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c131)
     # ∂/∂_p3: ∂/∂A: p29 = (p3 ⊗ p2) -> 32x0e
-    _c133 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p29)
-    d2__p3_291 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c133)
+    _c132 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p29)
+    d2__p3_235 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c132)
     # ∂/∂d__p29: ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
-    _c134 = torch.einsum("zui,zuj->ziju", d2_d__p3, A[:, 32:128].reshape(n, 32, 3))
-    d2_d__p29_292 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c134)
+    _c133 = torch.einsum("zui,zuj->ziju", d2_d__p3, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p29_236 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c133)
     # ∂/∂A: ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
-    _c135 = torch.einsum("zui,zuk->ziku", d2_d__p3, d__p29)
-    d2_A_293 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c135)
+    _c134 = torch.einsum("zui,zuk->ziku", d2_d__p3, d__p29)
+    d2_A_237 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c134)
     # ∂/∂d__p30: ∂/∂A: p30 = (p3 ⊗ p2) -> 32x2e
-    d2_d__p30_294 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c132)
+    d2_d__p30_238 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c131)
     # ∂/∂_p3: ∂/∂A: p30 = (p3 ⊗ p2) -> 32x2e
-    _c136 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p30)
-    d2__p3_295 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c136)
+    _c135 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p30)
+    d2__p3_239 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c135)
     # ∂/∂d__p30: ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
-    d2_d__p30_296 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c134)
+    d2_d__p30_240 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c133)
     # ∂/∂A: ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
-    _c137 = torch.einsum("zui,zuk->ziku", d2_d__p3, d__p30)
-    d2_A_297 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c137)
+    _c136 = torch.einsum("zui,zuk->ziku", d2_d__p3, d__p30)
+    d2_A_241 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c136)
     # ∂/∂d__p31: ∂/∂A: p31 = (p5 ⊗ p4) -> 32x0e
-    _c138 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p5)
-    d2_d__p31_298 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c138)
+    _c137 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p5)
+    d2_d__p31_242 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c137)
     # ∂/∂_p5: ∂/∂A: p31 = (p5 ⊗ p4) -> 32x0e
-    _c139 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p31)
-    d2__p5_299 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c139)
+    _c138 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p31)
+    d2__p5_243 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c138)
     # ∂/∂d__p31: ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
-    _c140 = torch.einsum("zui,zuj->ziju", d2_d__p5, A[:, 128:288].reshape(n, 32, 5))
-    d2_d__p31_300 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c140)
+    _c139 = torch.einsum("zui,zuj->ziju", d2_d__p5, A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p31_244 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c139)
     # ∂/∂A: ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
-    _c141 = torch.einsum("zui,zuk->ziku", d2_d__p5, d__p31)
-    d2_A_301 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c141)
+    _c140 = torch.einsum("zui,zuk->ziku", d2_d__p5, d__p31)
+    d2_A_245 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c140)
     # ∂/∂d__p32: ∂/∂A: p32 = (p5 ⊗ p4) -> 32x2e
-    d2_d__p32_302 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c138)
+    d2_d__p32_246 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c137)
     # ∂/∂_p5: ∂/∂A: p32 = (p5 ⊗ p4) -> 32x2e
-    _c142 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p32)
-    d2__p5_303 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c142)
+    _c141 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p32)
+    d2__p5_247 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c141)
     # ∂/∂d__p32: ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
-    d2_d__p32_304 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c140)
+    d2_d__p32_248 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c139)
     # ∂/∂A: ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
-    _c143 = torch.einsum("zui,zuk->ziku", d2_d__p5, d__p32)
-    d2_A_305 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c143)
+    _c142 = torch.einsum("zui,zuk->ziku", d2_d__p5, d__p32)
+    d2_A_249 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c142)
     # ∂/∂d__p33: ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
-    _c144 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 0:32].reshape(n, 32, 1), _p6)
-    d2_d__p33_306 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c144)
+    _c143 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 0:32].reshape(n, 32, 1), _p6)
+    d2_d__p33_250 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c143)
     # ∂/∂_p6: ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
-    _c145 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 0:32].reshape(n, 32, 1), d__p33)
-    d2__p6_307 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c145)
+    _c144 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 0:32].reshape(n, 32, 1), d__p33)
+    d2__p6_251 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c144)
     # ∂/∂d__p33: ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
-    _c146 = torch.einsum("zui,zuj->ziju", d2_d__p6, A[:, 0:32].reshape(n, 32, 1))
-    d2_d__p33_308 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c146)
+    _c145 = torch.einsum("zui,zuj->ziju", d2_d__p6, A[:, 0:32].reshape(n, 32, 1))
+    d2_d__p33_252 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c145)
     # ∂/∂A: ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
-    _c147 = torch.einsum("zui,zuk->ziku", d2_d__p6, d__p33)
-    d2_A_309 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c147)
+    _c146 = torch.einsum("zui,zuk->ziku", d2_d__p6, d__p33)
+    d2_A_253 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c146)
     # ∂/∂d__p34: ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o
-    _c148 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p6)
-    d2_d__p34_310 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c148)
+    _c147 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p6)
+    d2_d__p34_254 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c147)
     # ∂/∂_p6: ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o
-    _c149 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p34)
-    d2__p6_311 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c149)
+    _c148 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p34)
+    d2__p6_255 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c148)
     # ∂/∂d__p34: ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
-    _c150 = torch.einsum("zui,zuj->ziju", d2_d__p6, A[:, 32:128].reshape(n, 32, 3))
-    d2_d__p34_312 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c150)
+    _c149 = torch.einsum("zui,zuj->ziju", d2_d__p6, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p34_256 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c149)
     # ∂/∂A: ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
-    _c151 = torch.einsum("zui,zuk->ziku", d2_d__p6, d__p34)
-    d2_A_313 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c151)
+    _c150 = torch.einsum("zui,zuk->ziku", d2_d__p6, d__p34)
+    d2_A_257 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c150)
     # ∂/∂d__p35: ∂/∂A: p35 = (p8 ⊗ p2) -> 32x1e
-    d2_d__p35_314 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c108)
+    d2_d__p35_258 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c107)
     # ∂/∂_p8: ∂/∂A: p35 = (p8 ⊗ p2) -> 32x1e
-    _c152 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p35)
-    d2__p8_315 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c152)
+    _c151 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p35)
+    d2__p8_259 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c151)
     # ∂/∂d__p35: ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
-    d2_d__p35_316 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c110)
+    d2_d__p35_260 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c109)
     # ∂/∂A: ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
-    _c153 = torch.einsum("zui,zuk->ziku", d2_d__p8, d__p35)
-    d2_A_317 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c153)
+    _c152 = torch.einsum("zui,zuk->ziku", d2_d__p8, d__p35)
+    d2_A_261 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c152)
     # ∂/∂d__p36: ∂/∂A: p36 = (p8 ⊗ p2) -> 32x2e
-    d2_d__p36_318 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c108)
+    d2_d__p36_262 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c107)
     # ∂/∂_p8: ∂/∂A: p36 = (p8 ⊗ p2) -> 32x2e
-    _c154 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p36)
-    d2__p8_319 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c154)
+    _c153 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p36)
+    d2__p8_263 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c153)
     # ∂/∂d__p36: ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
-    d2_d__p36_320 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c110)
+    d2_d__p36_264 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c109)
     # ∂/∂A: ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
-    _c155 = torch.einsum("zui,zuk->ziku", d2_d__p8, d__p36)
-    d2_A_321 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c155)
+    _c154 = torch.einsum("zui,zuk->ziku", d2_d__p8, d__p36)
+    d2_A_265 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c154)
     # ∂/∂d__p37: ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
-    d2_d__p37_322 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c74)
+    d2_d__p37_266 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c73)
     # ∂/∂A: ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
-    _c156 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p37)
-    d2_A_323 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c156)
+    _c155 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p37)
+    d2_A_267 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c155)
     # ∂/∂d__p37: ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
-    d2_d__p37_324 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c76)
+    d2_d__p37_268 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c75)
     # ∂/∂A: ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
-    _c157 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p37)
-    d2_A_325 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c157)
+    _c156 = torch.einsum("zui,zuk->ziku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p37)
+    d2_A_269 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c156)
     # ∂/∂d__p38: ∂/∂A: p38 = (p37 ⊗ p2) -> 32x2e
-    _c158 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p37)
-    d2_d__p38_326 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c158)
+    _c157 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p37)
+    d2_d__p38_270 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c157)
     # ∂/∂_p37: ∂/∂A: p38 = (p37 ⊗ p2) -> 32x2e
-    _c159 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p38)
-    d2__p37_327 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c159)
+    _c158 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p38)
+    d2__p37_271 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c158)
     # ∂/∂d__p38: ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
-    d2_d__p37 = d2_d__p37_322 + d2_d__p37_324
-    _c160 = torch.einsum("zui,zuj->ziju", d2_d__p37, A[:, 32:128].reshape(n, 32, 3))
-    d2_d__p38_328 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c160)
+    d2_d__p37 = d2_d__p37_266 + d2_d__p37_268
+    _c159 = torch.einsum("zui,zuj->ziju", d2_d__p37, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p38_272 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c159)
     # ∂/∂A: ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
-    _c161 = torch.einsum("zui,zuk->ziku", d2_d__p37, d__p38)
-    d2_A_329 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c161)
+    _c160 = torch.einsum("zui,zuk->ziku", d2_d__p37, d__p38)
+    d2_A_273 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c160)
     # ∂/∂d__p39: ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
-    _c162 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 0:32].reshape(n, 32, 1), _p9)
-    d2_d__p39_330 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c162)
+    _c161 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 0:32].reshape(n, 32, 1), _p9)
+    d2_d__p39_274 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c161)
     # ∂/∂_p9: ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
-    _c163 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 0:32].reshape(n, 32, 1), d__p39)
-    d2__p9_331 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c163)
+    _c162 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 0:32].reshape(n, 32, 1), d__p39)
+    d2__p9_275 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c162)
     # ∂/∂d__p39: ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
-    _c164 = torch.einsum("zui,zuj->ziju", d2_d__p9, A[:, 0:32].reshape(n, 32, 1))
-    d2_d__p39_332 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c164)
+    _c163 = torch.einsum("zui,zuj->ziju", d2_d__p9, A[:, 0:32].reshape(n, 32, 1))
+    d2_d__p39_276 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c163)
     # ∂/∂A: ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
-    _c165 = torch.einsum("zui,zuk->ziku", d2_d__p9, d__p39)
-    d2_A_333 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c165)
+    _c164 = torch.einsum("zui,zuk->ziku", d2_d__p9, d__p39)
+    d2_A_277 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c164)
     # ∂/∂d__p40: ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o
-    _c166 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p9)
-    d2_d__p40_334 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c166)
+    _c165 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p9)
+    d2_d__p40_278 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c165)
     # ∂/∂_p9: ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o
-    _c167 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p40)
-    d2__p9_335 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c167)
+    _c166 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p40)
+    d2__p9_279 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c166)
     # ∂/∂d__p40: ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
-    _c168 = torch.einsum("zui,zuj->ziju", d2_d__p9, A[:, 32:128].reshape(n, 32, 3))
-    d2_d__p40_336 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c168)
+    _c167 = torch.einsum("zui,zuj->ziju", d2_d__p9, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p40_280 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c167)
     # ∂/∂A: ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
-    _c169 = torch.einsum("zui,zuk->ziku", d2_d__p9, d__p40)
-    d2_A_337 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c169)
+    _c168 = torch.einsum("zui,zuk->ziku", d2_d__p9, d__p40)
+    d2_A_281 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c168)
     # ∂/∂d__p41: ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e
-    _c170 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p9)
-    d2_d__p41_338 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c170)
+    _c169 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p9)
+    d2_d__p41_282 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c169)
     # ∂/∂_p9: ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e
-    _c171 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p41)
-    d2__p9_339 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c171)
+    _c170 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p41)
+    d2__p9_283 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c170)
     # ∂/∂d__p41: ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
-    _c172 = torch.einsum("zui,zuj->ziju", d2_d__p9, A[:, 128:288].reshape(n, 32, 5))
-    d2_d__p41_340 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c172)
+    _c171 = torch.einsum("zui,zuj->ziju", d2_d__p9, A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p41_284 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c171)
     # ∂/∂A: ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
-    _c173 = torch.einsum("zui,zuk->ziku", d2_d__p9, d__p41)
-    d2_A_341 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c173)
-    d2_d__p42_342 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 0:32].reshape(n, 32) * 0.3333333333333333), _p26)
-    d2__p26_343 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 0:32].reshape(n, 32) * 0.3333333333333333), d__p42)
-    d2_d__p26 = d2_d__p26_278 + d2_d__p26_280
-    d2_d__p42_344 = torch.einsum("zui,zu->zui", (d2_d__p26 * 0.3333333333333333), _w_B_3[:, 0:32].reshape(n, 32))
-    d2__w_B_3_345 = torch.einsum("zui,zui->zu", (d2_d__p26 * 0.3333333333333333), d__p42)
-    d2_d__p42_346 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 320:352].reshape(n, 32) * 0.3333333333333333), _p33)
-    d2__p33_347 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 320:352].reshape(n, 32) * 0.3333333333333333), d__p42)
-    d2_d__p33 = d2_d__p33_306 + d2_d__p33_308
-    d2_d__p42_348 = torch.einsum("zui,zu->zui", (d2_d__p33 * 0.3333333333333333), _w_B_3[:, 320:352].reshape(n, 32))
-    d2__w_B_3_349 = torch.einsum("zui,zui->zu", (d2_d__p33 * 0.3333333333333333), d__p42)
-    d2_d__p42_350 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 448:480].reshape(n, 32) * 0.5773502691896257), _p23)
-    d2__p23_351 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 448:480].reshape(n, 32) * 0.5773502691896257), d__p42)
-    d2_d__p42_352 = torch.einsum("zui,zu->zui", (d2_d__p23 * 0.5773502691896257), _w_B_3[:, 448:480].reshape(n, 32))
-    d2__w_B_3_353 = torch.einsum("zui,zui->zu", (d2_d__p23 * 0.5773502691896257), d__p42)
-    d2_d__p42_354 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 672:704].reshape(n, 32) * 0.3333333333333333), _p39)
-    d2__p39_355 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 672:704].reshape(n, 32) * 0.3333333333333333), d__p42)
-    d2_d__p39 = d2_d__p39_330 + d2_d__p39_332
-    d2_d__p42_356 = torch.einsum("zui,zu->zui", (d2_d__p39 * 0.3333333333333333), _w_B_3[:, 672:704].reshape(n, 32))
-    d2__w_B_3_357 = torch.einsum("zui,zui->zu", (d2_d__p39 * 0.3333333333333333), d__p42)
-    d2_d__p42_358 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 800:832].reshape(n, 32) * 0.7453559924999299), _p25)
-    d2__p25_359 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 800:832].reshape(n, 32) * 0.7453559924999299), d__p42)
-    d2_d__p42_360 = torch.einsum("zui,zu->zui", (d2_d__p25 * 0.7453559924999299), _w_B_3[:, 800:832].reshape(n, 32))
-    d2__w_B_3_361 = torch.einsum("zui,zui->zu", (d2_d__p25 * 0.7453559924999299), d__p42)
+    _c172 = torch.einsum("zui,zuk->ziku", d2_d__p9, d__p41)
+    d2_A_285 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c172)
+    d2_d__p26 = d2_d__p26_222 + d2_d__p26_224
+    d2_d__p42_286 = torch.einsum("zui,zu->zui", (d2_d__p26 * 0.3333333333333333), _w_B_3[:, 0:32].reshape(n, 32))
+    d2__w_B_3_287 = torch.einsum("zui,zui->zu", (d2_d__p26 * 0.3333333333333333), d__p42)
+    d2_d__p33 = d2_d__p33_250 + d2_d__p33_252
+    d2_d__p42_288 = torch.einsum("zui,zu->zui", (d2_d__p33 * 0.3333333333333333), _w_B_3[:, 320:352].reshape(n, 32))
+    d2__w_B_3_289 = torch.einsum("zui,zui->zu", (d2_d__p33 * 0.3333333333333333), d__p42)
+    d2_d__p42_290 = torch.einsum("zui,zu->zui", (d2_d__p23 * 0.5773502691896257), _w_B_3[:, 448:480].reshape(n, 32))
+    d2__w_B_3_291 = torch.einsum("zui,zui->zu", (d2_d__p23 * 0.5773502691896257), d__p42)
+    d2_d__p39 = d2_d__p39_274 + d2_d__p39_276
+    d2_d__p42_292 = torch.einsum("zui,zu->zui", (d2_d__p39 * 0.3333333333333333), _w_B_3[:, 672:704].reshape(n, 32))
+    d2__w_B_3_293 = torch.einsum("zui,zui->zu", (d2_d__p39 * 0.3333333333333333), d__p42)
+    d2_d__p42_294 = torch.einsum("zui,zu->zui", (d2_d__p25 * 0.7453559924999299), _w_B_3[:, 800:832].reshape(n, 32))
+    d2__w_B_3_295 = torch.einsum("zui,zui->zu", (d2_d__p25 * 0.7453559924999299), d__p42)
     # ∂/∂d__p43: ∂/∂A: p43 = (p42 ⊗ p0) -> 32x0e
     _p42 = p42_11 + p42_12 + p42_13 + p42_14 + p42_15
-    _c174 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 0:32].reshape(n, 32, 1), _p42)
-    d2_d__p43_362 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c174)
+    _c173 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 0:32].reshape(n, 32, 1), _p42)
+    d2_d__p43_296 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c173)
     # ∂/∂_p42: ∂/∂A: p43 = (p42 ⊗ p0) -> 32x0e
-    _c175 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 0:32].reshape(n, 32, 1), d__p43)
-    d2__p42 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c175)
+    _c174 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 0:32].reshape(n, 32, 1), d__p43)
+    d2__p42 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c174)
     # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
-    d2_d__p42 = d2_d__p42_342 + d2_d__p42_344 + d2_d__p42_346 + d2_d__p42_348 + d2_d__p42_350 + d2_d__p42_352 + d2_d__p42_354 + d2_d__p42_356 + d2_d__p42_358 + d2_d__p42_360
-    _c176 = torch.einsum("zui,zuj->ziju", d2_d__p42, A[:, 0:32].reshape(n, 32, 1))
-    d2_d__p43_363 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c176)
+    d2_d__p42 = d2_d__p42_286 + d2_d__p42_288 + d2_d__p42_290 + d2_d__p42_292 + d2_d__p42_294
+    _c175 = torch.einsum("zui,zuj->ziju", d2_d__p42, A[:, 0:32].reshape(n, 32, 1))
+    d2_d__p43_297 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c175)
     # ∂/∂A: ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
-    _c177 = torch.einsum("zui,zuk->ziku", d2_d__p42, d__p43)
-    d2_A_364 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c177)
-    d2_d__p43 = d2_d__p43_362 + d2_d__p43_363
-    d2_d_B_365 = d2_d__p43
-    d2_d__p44_366 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 32:64].reshape(n, 32) * 0.5773502691896257), _p26)
-    d2__p26_367 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 32:64].reshape(n, 32) * 0.5773502691896257), d__p44)
-    d2_d__p44_368 = torch.einsum("zui,zu->zui", (d2_d__p26 * 0.5773502691896257), _w_B_3[:, 32:64].reshape(n, 32))
-    d2__w_B_3_369 = torch.einsum("zui,zui->zu", (d2_d__p26 * 0.5773502691896257), d__p44)
-    d2_d__p44_370 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 256:288].reshape(n, 32) * 1.2909944487358056), _p31)
-    d2__p31_371 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 256:288].reshape(n, 32) * 1.2909944487358056), d__p44)
-    d2_d__p31 = d2_d__p31_298 + d2_d__p31_300
-    d2_d__p44_372 = torch.einsum("zui,zu->zui", (d2_d__p31 * 1.2909944487358056), _w_B_3[:, 256:288].reshape(n, 32))
-    d2__w_B_3_373 = torch.einsum("zui,zui->zu", (d2_d__p31 * 1.2909944487358056), d__p44)
-    d2_d__p44_374 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 352:384].reshape(n, 32) * 0.5773502691896257), _p33)
-    d2__p33_375 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 352:384].reshape(n, 32) * 0.5773502691896257), d__p44)
-    d2_d__p44_376 = torch.einsum("zui,zu->zui", (d2_d__p33 * 0.5773502691896257), _w_B_3[:, 352:384].reshape(n, 32))
-    d2__w_B_3_377 = torch.einsum("zui,zui->zu", (d2_d__p33 * 0.5773502691896257), d__p44)
-    d2_d__p44_378 = torch.einsum("zu,zui->zui", d2_d__w_B_3[:, 480:512].reshape(n, 32), _p23)
-    d2__p23_379 = torch.einsum("zu,zui->zui", d2_d__w_B_3[:, 480:512].reshape(n, 32), d__p44)
-    d2_d__p44_380 = torch.einsum("zui,zu->zui", d2_d__p23, _w_B_3[:, 480:512].reshape(n, 32))
-    d2__w_B_3_381 = torch.einsum("zui,zui->zu", d2_d__p23, d__p44)
-    d2_d__p44_382 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 864:896].reshape(n, 32) * 1.2909944487358056), _p25)
-    d2__p25_383 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 864:896].reshape(n, 32) * 1.2909944487358056), d__p44)
-    d2_d__p44_384 = torch.einsum("zui,zu->zui", (d2_d__p25 * 1.2909944487358056), _w_B_3[:, 864:896].reshape(n, 32))
-    d2__w_B_3_385 = torch.einsum("zui,zui->zu", (d2_d__p25 * 1.2909944487358056), d__p44)
+    _c176 = torch.einsum("zui,zuk->ziku", d2_d__p42, d__p43)
+    d2_A_298 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c176)
+    d2_d__p43 = d2_d__p43_296 + d2_d__p43_297
+    d2_d_B_299 = d2_d__p43
+    d2_d__p44_300 = torch.einsum("zui,zu->zui", (d2_d__p26 * 0.5773502691896257), _w_B_3[:, 32:64].reshape(n, 32))
+    d2__w_B_3_301 = torch.einsum("zui,zui->zu", (d2_d__p26 * 0.5773502691896257), d__p44)
+    d2_d__p31 = d2_d__p31_242 + d2_d__p31_244
+    d2_d__p44_302 = torch.einsum("zui,zu->zui", (d2_d__p31 * 1.2909944487358056), _w_B_3[:, 256:288].reshape(n, 32))
+    d2__w_B_3_303 = torch.einsum("zui,zui->zu", (d2_d__p31 * 1.2909944487358056), d__p44)
+    d2_d__p44_304 = torch.einsum("zui,zu->zui", (d2_d__p33 * 0.5773502691896257), _w_B_3[:, 352:384].reshape(n, 32))
+    d2__w_B_3_305 = torch.einsum("zui,zui->zu", (d2_d__p33 * 0.5773502691896257), d__p44)
+    d2_d__p44_306 = torch.einsum("zui,zu->zui", d2_d__p23, _w_B_3[:, 480:512].reshape(n, 32))
+    d2__w_B_3_307 = torch.einsum("zui,zui->zu", d2_d__p23, d__p44)
+    d2_d__p44_308 = torch.einsum("zui,zu->zui", (d2_d__p25 * 1.2909944487358056), _w_B_3[:, 864:896].reshape(n, 32))
+    d2__w_B_3_309 = torch.einsum("zui,zui->zu", (d2_d__p25 * 1.2909944487358056), d__p44)
     # ∂/∂d__p45: ∂/∂A: p45 = (p44 ⊗ p2) -> 32x1o
     _p44 = p44_16 + p44_17 + p44_18 + p44_19 + p44_20
-    _c178 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p44)
-    d2_d__p45_386 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c178)
+    _c177 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p44)
+    d2_d__p45_310 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c177)
     # ∂/∂_p44: ∂/∂A: p45 = (p44 ⊗ p2) -> 32x1o
-    _c179 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p45)
-    d2__p44 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c179)
+    _c178 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p45)
+    d2__p44 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c178)
     # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
-    d2_d__p44 = d2_d__p44_366 + d2_d__p44_368 + d2_d__p44_370 + d2_d__p44_372 + d2_d__p44_374 + d2_d__p44_376 + d2_d__p44_378 + d2_d__p44_380 + d2_d__p44_382 + d2_d__p44_384
-    _c180 = torch.einsum("zui,zuj->ziju", d2_d__p44, A[:, 32:128].reshape(n, 32, 3))
-    d2_d__p45_387 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c180)
+    d2_d__p44 = d2_d__p44_300 + d2_d__p44_302 + d2_d__p44_304 + d2_d__p44_306 + d2_d__p44_308
+    _c179 = torch.einsum("zui,zuj->ziju", d2_d__p44, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p45_311 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c179)
     # ∂/∂A: ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
-    _c181 = torch.einsum("zui,zuk->ziku", d2_d__p44, d__p45)
-    d2_A_388 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c181)
-    d2_d__p45 = d2_d__p45_386 + d2_d__p45_387
-    d2_d_B_389 = d2_d__p45
-    d2_d__p46_390 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 64:96].reshape(n, 32) * 0.6201736729460423), _p26)
-    d2__p26_391 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 64:96].reshape(n, 32) * 0.6201736729460423), d__p46)
-    d2_d__p46_392 = torch.einsum("zui,zu->zui", (d2_d__p26 * 0.6201736729460423), _w_B_3[:, 64:96].reshape(n, 32))
-    d2__w_B_3_393 = torch.einsum("zui,zui->zu", (d2_d__p26 * 0.6201736729460423), d__p46)
-    d2_d__p46_394 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 192:224].reshape(n, 32) * 1.0741723110591492), _p29)
-    d2__p29_395 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 192:224].reshape(n, 32) * 1.0741723110591492), d__p46)
-    d2_d__p29 = d2_d__p29_290 + d2_d__p29_292
-    d2_d__p46_396 = torch.einsum("zui,zu->zui", (d2_d__p29 * 1.0741723110591492), _w_B_3[:, 192:224].reshape(n, 32))
-    d2__w_B_3_397 = torch.einsum("zui,zui->zu", (d2_d__p29 * 1.0741723110591492), d__p46)
-    d2_d__p46_398 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 544:576].reshape(n, 32) * 1.0741723110591492), _p23)
-    d2__p23_399 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 544:576].reshape(n, 32) * 1.0741723110591492), d__p46)
-    d2_d__p46_400 = torch.einsum("zui,zu->zui", (d2_d__p23 * 1.0741723110591492), _w_B_3[:, 544:576].reshape(n, 32))
-    d2__w_B_3_401 = torch.einsum("zui,zui->zu", (d2_d__p23 * 1.0741723110591492), d__p46)
-    d2_d__p46_402 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 704:736].reshape(n, 32) * 0.6201736729460423), _p39)
-    d2__p39_403 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 704:736].reshape(n, 32) * 0.6201736729460423), d__p46)
-    d2_d__p46_404 = torch.einsum("zui,zu->zui", (d2_d__p39 * 0.6201736729460423), _w_B_3[:, 704:736].reshape(n, 32))
-    d2__w_B_3_405 = torch.einsum("zui,zui->zu", (d2_d__p39 * 0.6201736729460423), d__p46)
-    d2_d__p46_406 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 960:992].reshape(n, 32) * 1.3867504905630728), _p25)
-    d2__p25_407 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 960:992].reshape(n, 32) * 1.3867504905630728), d__p46)
-    d2_d__p46_408 = torch.einsum("zui,zu->zui", (d2_d__p25 * 1.3867504905630728), _w_B_3[:, 960:992].reshape(n, 32))
-    d2__w_B_3_409 = torch.einsum("zui,zui->zu", (d2_d__p25 * 1.3867504905630728), d__p46)
+    _c180 = torch.einsum("zui,zuk->ziku", d2_d__p44, d__p45)
+    d2_A_312 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c180)
+    d2_d__p45 = d2_d__p45_310 + d2_d__p45_311
+    d2_d_B_313 = d2_d__p45
+    d2_d__p46_314 = torch.einsum("zui,zu->zui", (d2_d__p26 * 0.6201736729460423), _w_B_3[:, 64:96].reshape(n, 32))
+    d2__w_B_3_315 = torch.einsum("zui,zui->zu", (d2_d__p26 * 0.6201736729460423), d__p46)
+    d2_d__p29 = d2_d__p29_234 + d2_d__p29_236
+    d2_d__p46_316 = torch.einsum("zui,zu->zui", (d2_d__p29 * 1.0741723110591492), _w_B_3[:, 192:224].reshape(n, 32))
+    d2__w_B_3_317 = torch.einsum("zui,zui->zu", (d2_d__p29 * 1.0741723110591492), d__p46)
+    d2_d__p46_318 = torch.einsum("zui,zu->zui", (d2_d__p23 * 1.0741723110591492), _w_B_3[:, 544:576].reshape(n, 32))
+    d2__w_B_3_319 = torch.einsum("zui,zui->zu", (d2_d__p23 * 1.0741723110591492), d__p46)
+    d2_d__p46_320 = torch.einsum("zui,zu->zui", (d2_d__p39 * 0.6201736729460423), _w_B_3[:, 704:736].reshape(n, 32))
+    d2__w_B_3_321 = torch.einsum("zui,zui->zu", (d2_d__p39 * 0.6201736729460423), d__p46)
+    d2_d__p46_322 = torch.einsum("zui,zu->zui", (d2_d__p25 * 1.3867504905630728), _w_B_3[:, 960:992].reshape(n, 32))
+    d2__w_B_3_323 = torch.einsum("zui,zui->zu", (d2_d__p25 * 1.3867504905630728), d__p46)
     # ∂/∂d__p47: ∂/∂A: p47 = (p46 ⊗ p4) -> 32x2e
     _p46 = p46_21 + p46_22 + p46_23 + p46_24 + p46_25
-    _c182 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p46)
-    d2_d__p47_410 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c182)
+    _c181 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p46)
+    d2_d__p47_324 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c181)
     # ∂/∂_p46: ∂/∂A: p47 = (p46 ⊗ p4) -> 32x2e
-    _c183 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p47)
-    d2__p46 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c183)
+    _c182 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p47)
+    d2__p46 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c182)
     # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
-    d2_d__p46 = d2_d__p46_390 + d2_d__p46_392 + d2_d__p46_394 + d2_d__p46_396 + d2_d__p46_398 + d2_d__p46_400 + d2_d__p46_402 + d2_d__p46_404 + d2_d__p46_406 + d2_d__p46_408
-    _c184 = torch.einsum("zui,zuj->ziju", d2_d__p46, A[:, 128:288].reshape(n, 32, 5))
-    d2_d__p47_411 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c184)
+    d2_d__p46 = d2_d__p46_314 + d2_d__p46_316 + d2_d__p46_318 + d2_d__p46_320 + d2_d__p46_322
+    _c183 = torch.einsum("zui,zuj->ziju", d2_d__p46, A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p47_325 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c183)
     # ∂/∂A: ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
-    _c185 = torch.einsum("zui,zuk->ziku", d2_d__p46, d__p47)
-    d2_A_412 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c185)
-    d2_d__p47 = d2_d__p47_410 + d2_d__p47_411
-    d2_d_B_413 = d2_d__p47
-    d2_d__p48_414 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492), _p27)
-    d2__p27_415 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492), d__p48)
-    d2_d__p27 = d2_d__p27_282 + d2_d__p27_284
-    d2_d__p48_416 = torch.einsum("zui,zu->zui", d2_d__p27, (_w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492))
-    d2__w_B_3_417 = torch.einsum("zui,zui->zu", (d2_d__p27 * 1.0741723110591492), d__p48)
-    d2_d__p48_418 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492), _p34)
-    d2__p34_419 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492), d__p48)
-    d2_d__p34 = d2_d__p34_310 + d2_d__p34_312
-    d2_d__p48_420 = torch.einsum("zui,zu->zui", d2_d__p34, (_w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492))
-    d2__w_B_3_421 = torch.einsum("zui,zui->zu", (d2_d__p34 * 1.0741723110591492), d__p48)
+    _c184 = torch.einsum("zui,zuk->ziku", d2_d__p46, d__p47)
+    d2_A_326 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c184)
+    d2_d__p47 = d2_d__p47_324 + d2_d__p47_325
+    d2_d_B_327 = d2_d__p47
+    d2_d__p27 = d2_d__p27_226 + d2_d__p27_228
+    d2_d__p48_328 = torch.einsum("zui,zu->zui", d2_d__p27, (_w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492))
+    d2__w_B_3_329 = torch.einsum("zui,zui->zu", (d2_d__p27 * 1.0741723110591492), d__p48)
+    d2_d__p34 = d2_d__p34_254 + d2_d__p34_256
+    d2_d__p48_330 = torch.einsum("zui,zu->zui", d2_d__p34, (_w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492))
+    d2__w_B_3_331 = torch.einsum("zui,zui->zu", (d2_d__p34 * 1.0741723110591492), d__p48)
     # ∂/∂d__p49: ∂/∂A: p49 = (p48 ⊗ p2) -> 32x2e
     _p48 = p48_26 + p48_27
-    _c186 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p48)
-    d2_d__p49_422 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c186)
+    _c185 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p48)
+    d2_d__p49_332 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c185)
     # ∂/∂_p48: ∂/∂A: p49 = (p48 ⊗ p2) -> 32x2e
-    _c187 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p49)
-    d2__p48 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c187)
+    _c186 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p49)
+    d2__p48 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c186)
     # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
-    d2_d__p48 = d2_d__p48_414 + d2_d__p48_416 + d2_d__p48_418 + d2_d__p48_420
-    _c188 = torch.einsum("zui,zuj->ziju", d2_d__p48, A[:, 32:128].reshape(n, 32, 3))
-    d2_d__p49_423 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c188)
+    d2_d__p48 = d2_d__p48_328 + d2_d__p48_330
+    _c187 = torch.einsum("zui,zuj->ziju", d2_d__p48, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p49_333 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c187)
     # ∂/∂A: ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
-    _c189 = torch.einsum("zui,zuk->ziku", d2_d__p48, d__p49)
-    d2_A_424 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c189)
-    d2_d__p49 = d2_d__p49_422 + d2_d__p49_423
-    d2_d_B_425 = d2_d__p49
-    d2_d__p50_426 = torch.einsum("zu,zui->zui", d2_d__w_B_3[:, 128:160].reshape(n, 32), _p27)
-    d2__p27_427 = torch.einsum("zu,zui->zui", d2_d__w_B_3[:, 128:160].reshape(n, 32), d__p50)
-    d2_d__p50_428 = torch.einsum("zui,zu->zui", d2_d__p27, _w_B_3[:, 128:160].reshape(n, 32))
-    d2__w_B_3_429 = torch.einsum("zui,zui->zu", d2_d__p27, d__p50)
+    _c188 = torch.einsum("zui,zuk->ziku", d2_d__p48, d__p49)
+    d2_A_334 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c188)
+    d2_d__p49 = d2_d__p49_332 + d2_d__p49_333
+    d2_d_B_335 = d2_d__p49
+    d2_d__p50 = torch.einsum("zui,zu->zui", d2_d__p27, _w_B_3[:, 128:160].reshape(n, 32))
+    d2__w_B_3_336 = torch.einsum("zui,zui->zu", d2_d__p27, d__p50)
     # ∂/∂d__p51: ∂/∂A: p51 = (p50 ⊗ p4) -> 32x1o
-    _c190 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p50)
-    d2_d__p51_430 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c190)
+    _c189 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p50)
+    d2_d__p51_337 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c189)
     # ∂/∂_p50: ∂/∂A: p51 = (p50 ⊗ p4) -> 32x1o
-    _c191 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p51)
-    d2__p50 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c191)
+    _c190 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p51)
+    d2__p50 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c190)
     # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
-    d2_d__p50 = d2_d__p50_426 + d2_d__p50_428
-    _c192 = torch.einsum("zui,zuj->ziju", d2_d__p50, A[:, 128:288].reshape(n, 32, 5))
-    d2_d__p51_431 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c192)
+    _c191 = torch.einsum("zui,zuj->ziju", d2_d__p50, A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p51_338 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c191)
     # ∂/∂A: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
-    _c193 = torch.einsum("zui,zuk->ziku", d2_d__p50, d__p51)
-    d2_A_432 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c193)
-    d2_d__p51 = d2_d__p51_430 + d2_d__p51_431
-    d2_d_B_433 = d2_d__p51
-    d2_d__p52_434 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728), _p28)
-    d2__p28_435 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728), d__p52)
-    d2_d__p28 = d2_d__p28_286 + d2_d__p28_288
-    d2_d__p52_436 = torch.einsum("zui,zu->zui", d2_d__p28, (_w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728))
-    d2__w_B_3_437 = torch.einsum("zui,zui->zu", (d2_d__p28 * 1.3867504905630728), d__p52)
-    d2_d__p52_438 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307), _p30)
-    d2__p30_439 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307), d__p52)
-    d2_d__p30 = d2_d__p30_294 + d2_d__p30_296
-    d2_d__p52_440 = torch.einsum("zui,zu->zui", d2_d__p30, (_w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307))
-    d2__w_B_3_441 = torch.einsum("zui,zui->zu", (d2_d__p30 * 2.401922307076307), d__p52)
-    d2_d__p52_442 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307), _p36)
-    d2__p36_443 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307), d__p52)
-    d2_d__p36 = d2_d__p36_318 + d2_d__p36_320
-    d2_d__p52_444 = torch.einsum("zui,zu->zui", d2_d__p36, (_w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307))
-    d2__w_B_3_445 = torch.einsum("zui,zui->zu", (d2_d__p36 * 2.401922307076307), d__p52)
-    d2_d__p52_446 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115), _p38)
-    d2__p38_447 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115), d__p52)
-    d2_d__p38 = d2_d__p38_326 + d2_d__p38_328
-    d2_d__p52_448 = torch.einsum("zui,zu->zui", d2_d__p38, (_w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115))
-    d2__w_B_3_449 = torch.einsum("zui,zui->zu", (d2_d__p38 * 3.1008683647302115), d__p52)
-    d2_d__p52_450 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728), _p41)
-    d2__p41_451 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728), d__p52)
-    d2_d__p41 = d2_d__p41_338 + d2_d__p41_340
-    d2_d__p52_452 = torch.einsum("zui,zu->zui", d2_d__p41, (_w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728))
-    d2__w_B_3_453 = torch.einsum("zui,zui->zu", (d2_d__p41 * 1.3867504905630728), d__p52)
+    _c192 = torch.einsum("zui,zuk->ziku", d2_d__p50, d__p51)
+    d2_A_339 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c192)
+    d2_d__p51 = d2_d__p51_337 + d2_d__p51_338
+    d2_d_B_340 = d2_d__p51
+    d2_d__p28 = d2_d__p28_230 + d2_d__p28_232
+    d2_d__p52_341 = torch.einsum("zui,zu->zui", d2_d__p28, (_w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728))
+    d2__w_B_3_342 = torch.einsum("zui,zui->zu", (d2_d__p28 * 1.3867504905630728), d__p52)
+    d2_d__p30 = d2_d__p30_238 + d2_d__p30_240
+    d2_d__p52_343 = torch.einsum("zui,zu->zui", d2_d__p30, (_w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307))
+    d2__w_B_3_344 = torch.einsum("zui,zui->zu", (d2_d__p30 * 2.401922307076307), d__p52)
+    d2_d__p36 = d2_d__p36_262 + d2_d__p36_264
+    d2_d__p52_345 = torch.einsum("zui,zu->zui", d2_d__p36, (_w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307))
+    d2__w_B_3_346 = torch.einsum("zui,zui->zu", (d2_d__p36 * 2.401922307076307), d__p52)
+    d2_d__p38 = d2_d__p38_270 + d2_d__p38_272
+    d2_d__p52_347 = torch.einsum("zui,zu->zui", d2_d__p38, (_w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115))
+    d2__w_B_3_348 = torch.einsum("zui,zui->zu", (d2_d__p38 * 3.1008683647302115), d__p52)
+    d2_d__p41 = d2_d__p41_282 + d2_d__p41_284
+    d2_d__p52_349 = torch.einsum("zui,zu->zui", d2_d__p41, (_w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728))
+    d2__w_B_3_350 = torch.einsum("zui,zui->zu", (d2_d__p41 * 1.3867504905630728), d__p52)
     # ∂/∂d__p53: ∂/∂A: p53 = (p52 ⊗ p4) -> 32x2e
     _p52 = p52_28 + p52_29 + p52_30 + p52_31 + p52_32
-    _c194 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p52)
-    d2_d__p53_454 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c194)
+    _c193 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p52)
+    d2_d__p53_351 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c193)
     # ∂/∂_p52: ∂/∂A: p53 = (p52 ⊗ p4) -> 32x2e
-    _c195 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p53)
-    d2__p52 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c195)
+    _c194 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p53)
+    d2__p52 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c194)
     # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
-    d2_d__p52 = d2_d__p52_434 + d2_d__p52_436 + d2_d__p52_438 + d2_d__p52_440 + d2_d__p52_442 + d2_d__p52_444 + d2_d__p52_446 + d2_d__p52_448 + d2_d__p52_450 + d2_d__p52_452
-    _c196 = torch.einsum("zui,zuj->ziju", d2_d__p52, A[:, 128:288].reshape(n, 32, 5))
-    d2_d__p53_455 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c196)
+    d2_d__p52 = d2_d__p52_341 + d2_d__p52_343 + d2_d__p52_345 + d2_d__p52_347 + d2_d__p52_349
+    _c195 = torch.einsum("zui,zuj->ziju", d2_d__p52, A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p53_352 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c195)
     # ∂/∂A: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
-    _c197 = torch.einsum("zui,zuk->ziku", d2_d__p52, d__p53)
-    d2_A_456 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c197)
-    d2_d__p53 = d2_d__p53_454 + d2_d__p53_455
-    d2_d_B_457 = d2_d__p53
-    d2_d__p54_458 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129), _p32)
-    d2__p32_459 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129), d__p54)
-    d2_d__p32 = d2_d__p32_302 + d2_d__p32_304
-    d2_d__p54_460 = torch.einsum("zui,zu->zui", d2_d__p32, (_w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129))
-    d2__w_B_3_461 = torch.einsum("zui,zui->zu", (d2_d__p32 * 2.886751345948129), d__p54)
-    d2_d__p54_462 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056), _p41)
-    d2__p41_463 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056), d__p54)
-    d2_d__p54_464 = torch.einsum("zui,zu->zui", d2_d__p41, (_w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056))
-    d2__w_B_3_465 = torch.einsum("zui,zui->zu", (d2_d__p41 * 1.2909944487358056), d__p54)
+    _c196 = torch.einsum("zui,zuk->ziku", d2_d__p52, d__p53)
+    d2_A_353 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c196)
+    d2_d__p53 = d2_d__p53_351 + d2_d__p53_352
+    d2_d_B_354 = d2_d__p53
+    d2_d__p32 = d2_d__p32_246 + d2_d__p32_248
+    d2_d__p54_355 = torch.einsum("zui,zu->zui", d2_d__p32, (_w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129))
+    d2__w_B_3_356 = torch.einsum("zui,zui->zu", (d2_d__p32 * 2.886751345948129), d__p54)
+    d2_d__p54_357 = torch.einsum("zui,zu->zui", d2_d__p41, (_w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056))
+    d2__w_B_3_358 = torch.einsum("zui,zui->zu", (d2_d__p41 * 1.2909944487358056), d__p54)
     # ∂/∂d__p55: ∂/∂A: p55 = (p54 ⊗ p2) -> 32x1o
     _p54 = p54_33 + p54_34
-    _c198 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p54)
-    d2_d__p55_466 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c198)
+    _c197 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p54)
+    d2_d__p55_359 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c197)
     # ∂/∂_p54: ∂/∂A: p55 = (p54 ⊗ p2) -> 32x1o
-    _c199 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p55)
-    d2__p54 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c199)
+    _c198 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p55)
+    d2__p54 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c198)
     # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
-    d2_d__p54 = d2_d__p54_458 + d2_d__p54_460 + d2_d__p54_462 + d2_d__p54_464
-    _c200 = torch.einsum("zui,zuj->ziju", d2_d__p54, A[:, 32:128].reshape(n, 32, 3))
-    d2_d__p55_467 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c200)
+    d2_d__p54 = d2_d__p54_355 + d2_d__p54_357
+    _c199 = torch.einsum("zui,zuj->ziju", d2_d__p54, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p55_360 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c199)
     # ∂/∂A: ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
-    _c201 = torch.einsum("zui,zuk->ziku", d2_d__p54, d__p55)
-    d2_A_468 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c201)
-    d2_d__p55 = d2_d__p55_466 + d2_d__p55_467
-    d2_d_B_469 = d2_d__p55
-    d2_d__p56_470 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257), _p34)
-    d2__p34_471 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257), d__p56)
-    d2_d__p56_472 = torch.einsum("zui,zu->zui", d2_d__p34, (_w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257))
-    d2__w_B_3_473 = torch.einsum("zui,zui->zu", (d2_d__p34 * 0.5773502691896257), d__p56)
-    d2_d__p56_474 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257), _p40)
-    d2__p40_475 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257), d__p56)
-    d2_d__p40 = d2_d__p40_334 + d2_d__p40_336
-    d2_d__p56_476 = torch.einsum("zui,zu->zui", d2_d__p40, (_w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257))
-    d2__w_B_3_477 = torch.einsum("zui,zui->zu", (d2_d__p40 * 0.5773502691896257), d__p56)
-    d2_d__p56_478 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056), _p24)
-    d2__p24_479 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056), d__p56)
-    d2_d__p56_480 = torch.einsum("zui,zu->zui", d2_d__p24, (_w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056))
-    d2__w_B_3_481 = torch.einsum("zui,zui->zu", (d2_d__p24 * 1.2909944487358056), d__p56)
+    _c200 = torch.einsum("zui,zuk->ziku", d2_d__p54, d__p55)
+    d2_A_361 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c200)
+    d2_d__p55 = d2_d__p55_359 + d2_d__p55_360
+    d2_d_B_362 = d2_d__p55
+    d2_d__p56_363 = torch.einsum("zui,zu->zui", d2_d__p34, (_w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257))
+    d2__w_B_3_364 = torch.einsum("zui,zui->zu", (d2_d__p34 * 0.5773502691896257), d__p56)
+    d2_d__p40 = d2_d__p40_278 + d2_d__p40_280
+    d2_d__p56_365 = torch.einsum("zui,zu->zui", d2_d__p40, (_w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257))
+    d2__w_B_3_366 = torch.einsum("zui,zui->zu", (d2_d__p40 * 0.5773502691896257), d__p56)
+    d2_d__p56_367 = torch.einsum("zui,zu->zui", d2_d__p24, (_w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056))
+    d2__w_B_3_368 = torch.einsum("zui,zui->zu", (d2_d__p24 * 1.2909944487358056), d__p56)
     # ∂/∂d__p57: ∂/∂A: p57 = (p56 ⊗ p2) -> 32x0e
     _p56 = p56_35 + p56_36 + p56_37
-    _c202 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p56)
-    d2_d__p57_482 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c202)
+    _c201 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p56)
+    d2_d__p57_369 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c201)
     # ∂/∂_p56: ∂/∂A: p57 = (p56 ⊗ p2) -> 32x0e
-    _c203 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p57)
-    d2__p56 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c203)
+    _c202 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p57)
+    d2__p56 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c202)
     # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
-    d2_d__p56 = d2_d__p56_470 + d2_d__p56_472 + d2_d__p56_474 + d2_d__p56_476 + d2_d__p56_478 + d2_d__p56_480
-    _c204 = torch.einsum("zui,zuj->ziju", d2_d__p56, A[:, 32:128].reshape(n, 32, 3))
-    d2_d__p57_483 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c204)
+    d2_d__p56 = d2_d__p56_363 + d2_d__p56_365 + d2_d__p56_367
+    _c203 = torch.einsum("zui,zuj->ziju", d2_d__p56, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p57_370 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c203)
     # ∂/∂A: ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
-    _c205 = torch.einsum("zui,zuk->ziku", d2_d__p56, d__p57)
-    d2_A_484 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c205)
-    d2_d__p57 = d2_d__p57_482 + d2_d__p57_483
-    d2_d_B_485 = d2_d__p57
-    d2_d__p58_486 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772), _p35)
-    d2__p35_487 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772), d__p58)
-    d2_d__p35 = d2_d__p35_314 + d2_d__p35_316
-    d2_d__p58_488 = torch.einsum("zui,zu->zui", d2_d__p35, (_w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772))
-    d2__w_B_3_489 = torch.einsum("zui,zui->zu", (d2_d__p35 * 1.7320508075688772), d__p58)
+    _c204 = torch.einsum("zui,zuk->ziku", d2_d__p56, d__p57)
+    d2_A_371 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c204)
+    d2_d__p57 = d2_d__p57_369 + d2_d__p57_370
+    d2_d_B_372 = d2_d__p57
+    d2_d__p35 = d2_d__p35_258 + d2_d__p35_260
+    d2_d__p58 = torch.einsum("zui,zu->zui", d2_d__p35, (_w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772))
+    d2__w_B_3_373 = torch.einsum("zui,zui->zu", (d2_d__p35 * 1.7320508075688772), d__p58)
     # ∂/∂d__p59: ∂/∂A: p59 = (p58 ⊗ p2) -> 32x1o
-    _c206 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p58)
-    d2_d__p59_490 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c206)
+    _c205 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 32:128].reshape(n, 32, 3), _p58)
+    d2_d__p59_374 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c205)
     # ∂/∂_p58: ∂/∂A: p59 = (p58 ⊗ p2) -> 32x1o
-    _c207 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p59)
-    d2__p58 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c207)
+    _c206 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 32:128].reshape(n, 32, 3), d__p59)
+    d2__p58 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c206)
     # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
-    d2_d__p58 = d2_d__p58_486 + d2_d__p58_488
-    _c208 = torch.einsum("zui,zuj->ziju", d2_d__p58, A[:, 32:128].reshape(n, 32, 3))
-    d2_d__p59_491 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c208)
+    _c207 = torch.einsum("zui,zuj->ziju", d2_d__p58, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p59_375 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c207)
     # ∂/∂A: ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
-    _c209 = torch.einsum("zui,zuk->ziku", d2_d__p58, d__p59)
-    d2_A_492 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c209)
-    d2_d__p59 = d2_d__p59_490 + d2_d__p59_491
-    d2_d_B_493 = d2_d__p59
-    d2_d__p60_494 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127), _p35)
-    d2__p35_495 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127), d__p60)
-    d2_d__p60_496 = torch.einsum("zui,zu->zui", d2_d__p35, (_w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127))
-    d2__w_B_3_497 = torch.einsum("zui,zui->zu", (d2_d__p35 * 1.860521018838127), d__p60)
+    _c208 = torch.einsum("zui,zuk->ziku", d2_d__p58, d__p59)
+    d2_A_376 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c208)
+    d2_d__p59 = d2_d__p59_374 + d2_d__p59_375
+    d2_d_B_377 = d2_d__p59
+    d2_d__p60 = torch.einsum("zui,zu->zui", d2_d__p35, (_w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127))
+    d2__w_B_3_378 = torch.einsum("zui,zui->zu", (d2_d__p35 * 1.860521018838127), d__p60)
     # ∂/∂d__p61: ∂/∂A: p61 = (p60 ⊗ p4) -> 32x2e
-    _c210 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p60)
-    d2_d__p61_498 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c210)
+    _c209 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p60)
+    d2_d__p61_379 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c209)
     # ∂/∂_p60: ∂/∂A: p61 = (p60 ⊗ p4) -> 32x2e
-    _c211 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p61)
-    d2__p60 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c211)
+    _c210 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p61)
+    d2__p60 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c210)
     # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
-    d2_d__p60 = d2_d__p60_494 + d2_d__p60_496
-    _c212 = torch.einsum("zui,zuj->ziju", d2_d__p60, A[:, 128:288].reshape(n, 32, 5))
-    d2_d__p61_499 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c212)
+    _c211 = torch.einsum("zui,zuj->ziju", d2_d__p60, A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p61_380 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c211)
     # ∂/∂A: ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
-    _c213 = torch.einsum("zui,zuk->ziku", d2_d__p60, d__p61)
-    d2_A_500 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c213)
-    d2_d__p61 = d2_d__p61_498 + d2_d__p61_499
-    d2_d_B_501 = d2_d__p61
+    _c212 = torch.einsum("zui,zuk->ziku", d2_d__p60, d__p61)
+    d2_A_381 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c212)
+    d2_d__p61 = d2_d__p61_379 + d2_d__p61_380
+    d2_d_B_382 = d2_d__p61
     # ∂/∂d__p62: ∂/∂A: p62 = (p41 ⊗ p4) -> 32x0e
-    _c214 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p41)
-    d2_d__p62_502 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c214)
+    _c213 = torch.einsum("zuj,zui->ziju", d2_d_A[:, 128:288].reshape(n, 32, 5), _p41)
+    d2_d__p62_383 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c213)
     # ∂/∂_p41: ∂/∂A: p62 = (p41 ⊗ p4) -> 32x0e
-    _c215 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p62)
-    d2__p41_503 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c215)
+    _c214 = torch.einsum("zuj,zuk->zjku", d2_d_A[:, 128:288].reshape(n, 32, 5), d__p62)
+    d2__p41_384 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c214)
     # ∂/∂d__p62: ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e
-    _c216 = torch.einsum("zui,zuj->ziju", d2_d__p41, A[:, 128:288].reshape(n, 32, 5))
-    d2_d__p62_504 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c216)
+    _c215 = torch.einsum("zui,zuj->ziju", d2_d__p41, A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p62_385 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c215)
     # ∂/∂A: ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e
-    _c217 = torch.einsum("zui,zuk->ziku", d2_d__p41, d__p62)
-    d2_A_505 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c217)
-    d2_d_B_506 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 896:928].reshape(n, 32) * 0.7453559924999299), _p62)
-    d2__p62 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 896:928].reshape(n, 32) * 0.7453559924999299), d_B[:, 0:32].reshape(n, 32, 1))
-    d2_d__p62 = d2_d__p62_502 + d2_d__p62_504
-    d2_d_B_507 = torch.einsum("zui,zu->zui", (d2_d__p62 * 0.7453559924999299), _w_B_3[:, 896:928].reshape(n, 32))
-    d2__w_B_3_508 = torch.einsum("zui,zui->zu", (d2_d__p62 * 0.7453559924999299), d_B[:, 0:32].reshape(n, 32, 1))
-    # ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e
-    _c218 = torch.einsum("zuk,zuj->zjku", d2__p62, A[:, 128:288].reshape(n, 32, 5))
-    d2__p41_509 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c218)
-    # ∂/∂A: p62 = (p41 ⊗ p4) -> 32x0e
-    _c219 = torch.einsum("zuk,zui->ziku", d2__p62, _p41)
-    d2_A_510 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c219)
-    d2__p35_511 = torch.einsum("zui,zu->zui", d2__p60, (_w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127))
-    d2__w_B_3_512 = torch.einsum("zui,zui->zu", (d2__p60 * 1.860521018838127), _p35)
-    d2__p35_513 = torch.einsum("zui,zu->zui", d2__p58, (_w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772))
-    d2__w_B_3_514 = torch.einsum("zui,zui->zu", (d2__p58 * 1.7320508075688772), _p35)
-    d2__p24_515 = torch.einsum("zui,zu->zui", d2__p56, (_w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056))
-    d2__w_B_3_516 = torch.einsum("zui,zui->zu", (d2__p56 * 1.2909944487358056), _p24)
-    d2__p40_517 = torch.einsum("zui,zu->zui", d2__p56, (_w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257))
-    d2__w_B_3_518 = torch.einsum("zui,zui->zu", (d2__p56 * 0.5773502691896257), _p40)
-    d2__p34_519 = torch.einsum("zui,zu->zui", d2__p56, (_w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257))
-    d2__w_B_3_520 = torch.einsum("zui,zui->zu", (d2__p56 * 0.5773502691896257), _p34)
-    d2__p41_521 = torch.einsum("zui,zu->zui", d2__p54, (_w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056))
-    d2__w_B_3_522 = torch.einsum("zui,zui->zu", (d2__p54 * 1.2909944487358056), _p41)
-    d2__p32_523 = torch.einsum("zui,zu->zui", d2__p54, (_w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129))
-    d2__w_B_3_524 = torch.einsum("zui,zui->zu", (d2__p54 * 2.886751345948129), _p32)
-    d2__p41_525 = torch.einsum("zui,zu->zui", d2__p52, (_w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728))
-    d2__w_B_3_526 = torch.einsum("zui,zui->zu", (d2__p52 * 1.3867504905630728), _p41)
-    d2__p38_527 = torch.einsum("zui,zu->zui", d2__p52, (_w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115))
-    d2__w_B_3_528 = torch.einsum("zui,zui->zu", (d2__p52 * 3.1008683647302115), _p38)
-    d2__p36_529 = torch.einsum("zui,zu->zui", d2__p52, (_w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307))
-    d2__w_B_3_530 = torch.einsum("zui,zui->zu", (d2__p52 * 2.401922307076307), _p36)
-    d2__p30_531 = torch.einsum("zui,zu->zui", d2__p52, (_w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307))
-    d2__w_B_3_532 = torch.einsum("zui,zui->zu", (d2__p52 * 2.401922307076307), _p30)
-    d2__p28_533 = torch.einsum("zui,zu->zui", d2__p52, (_w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728))
-    d2__w_B_3_534 = torch.einsum("zui,zui->zu", (d2__p52 * 1.3867504905630728), _p28)
-    d2__p27_535 = torch.einsum("zui,zu->zui", d2__p50, _w_B_3[:, 128:160].reshape(n, 32))
-    d2__w_B_3_536 = torch.einsum("zui,zui->zu", d2__p50, _p27)
-    d2__p34_537 = torch.einsum("zui,zu->zui", d2__p48, (_w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492))
-    d2__w_B_3_538 = torch.einsum("zui,zui->zu", (d2__p48 * 1.0741723110591492), _p34)
-    d2__p27_539 = torch.einsum("zui,zu->zui", d2__p48, (_w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492))
-    d2__w_B_3_540 = torch.einsum("zui,zui->zu", (d2__p48 * 1.0741723110591492), _p27)
-    d2__p25_541 = torch.einsum("zui,zu->zui", (d2__p46 * 1.3867504905630728), _w_B_3[:, 960:992].reshape(n, 32))
-    d2__w_B_3_542 = torch.einsum("zui,zui->zu", (d2__p46 * 1.3867504905630728), _p25)
-    d2__p39_543 = torch.einsum("zui,zu->zui", (d2__p46 * 0.6201736729460423), _w_B_3[:, 704:736].reshape(n, 32))
-    d2__w_B_3_544 = torch.einsum("zui,zui->zu", (d2__p46 * 0.6201736729460423), _p39)
-    d2__p23_545 = torch.einsum("zui,zu->zui", (d2__p46 * 1.0741723110591492), _w_B_3[:, 544:576].reshape(n, 32))
-    d2__w_B_3_546 = torch.einsum("zui,zui->zu", (d2__p46 * 1.0741723110591492), _p23)
-    d2__p29_547 = torch.einsum("zui,zu->zui", (d2__p46 * 1.0741723110591492), _w_B_3[:, 192:224].reshape(n, 32))
-    d2__w_B_3_548 = torch.einsum("zui,zui->zu", (d2__p46 * 1.0741723110591492), _p29)
-    d2__p26_549 = torch.einsum("zui,zu->zui", (d2__p46 * 0.6201736729460423), _w_B_3[:, 64:96].reshape(n, 32))
-    d2__w_B_3_550 = torch.einsum("zui,zui->zu", (d2__p46 * 0.6201736729460423), _p26)
-    d2__p25_551 = torch.einsum("zui,zu->zui", (d2__p44 * 1.2909944487358056), _w_B_3[:, 864:896].reshape(n, 32))
-    d2__w_B_3_552 = torch.einsum("zui,zui->zu", (d2__p44 * 1.2909944487358056), _p25)
-    d2__p23_553 = torch.einsum("zui,zu->zui", d2__p44, _w_B_3[:, 480:512].reshape(n, 32))
-    d2__w_B_3_554 = torch.einsum("zui,zui->zu", d2__p44, _p23)
-    d2__p33_555 = torch.einsum("zui,zu->zui", (d2__p44 * 0.5773502691896257), _w_B_3[:, 352:384].reshape(n, 32))
-    d2__w_B_3_556 = torch.einsum("zui,zui->zu", (d2__p44 * 0.5773502691896257), _p33)
-    d2__p31_557 = torch.einsum("zui,zu->zui", (d2__p44 * 1.2909944487358056), _w_B_3[:, 256:288].reshape(n, 32))
-    d2__w_B_3_558 = torch.einsum("zui,zui->zu", (d2__p44 * 1.2909944487358056), _p31)
-    d2__p26_559 = torch.einsum("zui,zu->zui", (d2__p44 * 0.5773502691896257), _w_B_3[:, 32:64].reshape(n, 32))
-    d2__w_B_3_560 = torch.einsum("zui,zui->zu", (d2__p44 * 0.5773502691896257), _p26)
-    d2__p25_561 = torch.einsum("zui,zu->zui", (d2__p42 * 0.7453559924999299), _w_B_3[:, 800:832].reshape(n, 32))
-    d2__w_B_3_562 = torch.einsum("zui,zui->zu", (d2__p42 * 0.7453559924999299), _p25)
-    d2__p39_563 = torch.einsum("zui,zu->zui", (d2__p42 * 0.3333333333333333), _w_B_3[:, 672:704].reshape(n, 32))
-    d2__w_B_3_564 = torch.einsum("zui,zui->zu", (d2__p42 * 0.3333333333333333), _p39)
-    d2__p23_565 = torch.einsum("zui,zu->zui", (d2__p42 * 0.5773502691896257), _w_B_3[:, 448:480].reshape(n, 32))
-    d2__w_B_3_566 = torch.einsum("zui,zui->zu", (d2__p42 * 0.5773502691896257), _p23)
-    d2__p33_567 = torch.einsum("zui,zu->zui", (d2__p42 * 0.3333333333333333), _w_B_3[:, 320:352].reshape(n, 32))
-    d2__w_B_3_568 = torch.einsum("zui,zui->zu", (d2__p42 * 0.3333333333333333), _p33)
-    d2__p26_569 = torch.einsum("zui,zu->zui", (d2__p42 * 0.3333333333333333), _w_B_3[:, 0:32].reshape(n, 32))
-    d2__w_B_3_570 = torch.einsum("zui,zui->zu", (d2__p42 * 0.3333333333333333), _p26)
+    _c216 = torch.einsum("zui,zuk->ziku", d2_d__p41, d__p62)
+    d2_A_386 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c216)
+    d2_d__p62 = d2_d__p62_383 + d2_d__p62_385
+    d2_d_B_387 = torch.einsum("zui,zu->zui", (d2_d__p62 * 0.7453559924999299), _w_B_3[:, 896:928].reshape(n, 32))
+    d2__w_B_3_388 = torch.einsum("zui,zui->zu", (d2_d__p62 * 0.7453559924999299), d_B[:, 0:32].reshape(n, 32, 1))
+    d2__p35_389 = torch.einsum("zui,zu->zui", d2__p60, (_w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127))
+    d2__w_B_3_390 = torch.einsum("zui,zui->zu", (d2__p60 * 1.860521018838127), _p35)
+    d2__p35_391 = torch.einsum("zui,zu->zui", d2__p58, (_w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772))
+    d2__w_B_3_392 = torch.einsum("zui,zui->zu", (d2__p58 * 1.7320508075688772), _p35)
+    d2__p24 = torch.einsum("zui,zu->zui", d2__p56, (_w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056))
+    d2__w_B_3_393 = torch.einsum("zui,zui->zu", (d2__p56 * 1.2909944487358056), _p24)
+    d2__p40 = torch.einsum("zui,zu->zui", d2__p56, (_w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257))
+    d2__w_B_3_394 = torch.einsum("zui,zui->zu", (d2__p56 * 0.5773502691896257), _p40)
+    d2__p34_395 = torch.einsum("zui,zu->zui", d2__p56, (_w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257))
+    d2__w_B_3_396 = torch.einsum("zui,zui->zu", (d2__p56 * 0.5773502691896257), _p34)
+    d2__p41_397 = torch.einsum("zui,zu->zui", d2__p54, (_w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056))
+    d2__w_B_3_398 = torch.einsum("zui,zui->zu", (d2__p54 * 1.2909944487358056), _p41)
+    d2__p32 = torch.einsum("zui,zu->zui", d2__p54, (_w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129))
+    d2__w_B_3_399 = torch.einsum("zui,zui->zu", (d2__p54 * 2.886751345948129), _p32)
+    d2__p41_400 = torch.einsum("zui,zu->zui", d2__p52, (_w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728))
+    d2__w_B_3_401 = torch.einsum("zui,zui->zu", (d2__p52 * 1.3867504905630728), _p41)
+    d2__p38 = torch.einsum("zui,zu->zui", d2__p52, (_w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115))
+    d2__w_B_3_402 = torch.einsum("zui,zui->zu", (d2__p52 * 3.1008683647302115), _p38)
+    d2__p36 = torch.einsum("zui,zu->zui", d2__p52, (_w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307))
+    d2__w_B_3_403 = torch.einsum("zui,zui->zu", (d2__p52 * 2.401922307076307), _p36)
+    d2__p30 = torch.einsum("zui,zu->zui", d2__p52, (_w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307))
+    d2__w_B_3_404 = torch.einsum("zui,zui->zu", (d2__p52 * 2.401922307076307), _p30)
+    d2__p28 = torch.einsum("zui,zu->zui", d2__p52, (_w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728))
+    d2__w_B_3_405 = torch.einsum("zui,zui->zu", (d2__p52 * 1.3867504905630728), _p28)
+    d2__p27_406 = torch.einsum("zui,zu->zui", d2__p50, _w_B_3[:, 128:160].reshape(n, 32))
+    d2__w_B_3_407 = torch.einsum("zui,zui->zu", d2__p50, _p27)
+    d2__p34_408 = torch.einsum("zui,zu->zui", d2__p48, (_w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492))
+    d2__w_B_3_409 = torch.einsum("zui,zui->zu", (d2__p48 * 1.0741723110591492), _p34)
+    d2__p27_410 = torch.einsum("zui,zu->zui", d2__p48, (_w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492))
+    d2__w_B_3_411 = torch.einsum("zui,zui->zu", (d2__p48 * 1.0741723110591492), _p27)
+    d2__p25_412 = torch.einsum("zui,zu->zui", (d2__p46 * 1.3867504905630728), _w_B_3[:, 960:992].reshape(n, 32))
+    d2__w_B_3_413 = torch.einsum("zui,zui->zu", (d2__p46 * 1.3867504905630728), _p25)
+    d2__p39_414 = torch.einsum("zui,zu->zui", (d2__p46 * 0.6201736729460423), _w_B_3[:, 704:736].reshape(n, 32))
+    d2__w_B_3_415 = torch.einsum("zui,zui->zu", (d2__p46 * 0.6201736729460423), _p39)
+    d2__p23_416 = torch.einsum("zui,zu->zui", (d2__p46 * 1.0741723110591492), _w_B_3[:, 544:576].reshape(n, 32))
+    d2__w_B_3_417 = torch.einsum("zui,zui->zu", (d2__p46 * 1.0741723110591492), _p23)
+    d2__p29 = torch.einsum("zui,zu->zui", (d2__p46 * 1.0741723110591492), _w_B_3[:, 192:224].reshape(n, 32))
+    d2__w_B_3_418 = torch.einsum("zui,zui->zu", (d2__p46 * 1.0741723110591492), _p29)
+    d2__p26_419 = torch.einsum("zui,zu->zui", (d2__p46 * 0.6201736729460423), _w_B_3[:, 64:96].reshape(n, 32))
+    d2__w_B_3_420 = torch.einsum("zui,zui->zu", (d2__p46 * 0.6201736729460423), _p26)
+    d2__p25_421 = torch.einsum("zui,zu->zui", (d2__p44 * 1.2909944487358056), _w_B_3[:, 864:896].reshape(n, 32))
+    d2__w_B_3_422 = torch.einsum("zui,zui->zu", (d2__p44 * 1.2909944487358056), _p25)
+    d2__p23_423 = torch.einsum("zui,zu->zui", d2__p44, _w_B_3[:, 480:512].reshape(n, 32))
+    d2__w_B_3_424 = torch.einsum("zui,zui->zu", d2__p44, _p23)
+    d2__p33_425 = torch.einsum("zui,zu->zui", (d2__p44 * 0.5773502691896257), _w_B_3[:, 352:384].reshape(n, 32))
+    d2__w_B_3_426 = torch.einsum("zui,zui->zu", (d2__p44 * 0.5773502691896257), _p33)
+    d2__p31 = torch.einsum("zui,zu->zui", (d2__p44 * 1.2909944487358056), _w_B_3[:, 256:288].reshape(n, 32))
+    d2__w_B_3_427 = torch.einsum("zui,zui->zu", (d2__p44 * 1.2909944487358056), _p31)
+    d2__p26_428 = torch.einsum("zui,zu->zui", (d2__p44 * 0.5773502691896257), _w_B_3[:, 32:64].reshape(n, 32))
+    d2__w_B_3_429 = torch.einsum("zui,zui->zu", (d2__p44 * 0.5773502691896257), _p26)
+    d2__p25_430 = torch.einsum("zui,zu->zui", (d2__p42 * 0.7453559924999299), _w_B_3[:, 800:832].reshape(n, 32))
+    d2__w_B_3_431 = torch.einsum("zui,zui->zu", (d2__p42 * 0.7453559924999299), _p25)
+    d2__p39_432 = torch.einsum("zui,zu->zui", (d2__p42 * 0.3333333333333333), _w_B_3[:, 672:704].reshape(n, 32))
+    d2__w_B_3_433 = torch.einsum("zui,zui->zu", (d2__p42 * 0.3333333333333333), _p39)
+    d2__p23_434 = torch.einsum("zui,zu->zui", (d2__p42 * 0.5773502691896257), _w_B_3[:, 448:480].reshape(n, 32))
+    d2__w_B_3_435 = torch.einsum("zui,zui->zu", (d2__p42 * 0.5773502691896257), _p23)
+    d2__p33_436 = torch.einsum("zui,zu->zui", (d2__p42 * 0.3333333333333333), _w_B_3[:, 320:352].reshape(n, 32))
+    d2__w_B_3_437 = torch.einsum("zui,zui->zu", (d2__p42 * 0.3333333333333333), _p33)
+    d2__p26_438 = torch.einsum("zui,zu->zui", (d2__p42 * 0.3333333333333333), _w_B_3[:, 0:32].reshape(n, 32))
+    d2__w_B_3_439 = torch.einsum("zui,zui->zu", (d2__p42 * 0.3333333333333333), _p26)
     # ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
-    d2__p41 = d2__p41_451 + d2__p41_463 + d2__p41_503 + d2__p41_509 + d2__p41_521 + d2__p41_525
-    _c220 = torch.einsum("zuk,zuj->zjku", d2__p41, A[:, 128:288].reshape(n, 32, 5))
-    d2__p9_571 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c220)
+    d2__p41 = d2__p41_384 + d2__p41_397 + d2__p41_400
+    _c217 = torch.einsum("zuk,zuj->zjku", d2__p41, A[:, 128:288].reshape(n, 32, 5))
+    d2__p9_440 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c217)
     # ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e
-    _c221 = torch.einsum("zuk,zui->ziku", d2__p41, _p9)
-    d2_A_572 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c221)
+    _c218 = torch.einsum("zuk,zui->ziku", d2__p41, _p9)
+    d2_A_441 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c218)
     # ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
-    d2__p40 = d2__p40_475 + d2__p40_517
-    _c222 = torch.einsum("zuk,zuj->zjku", d2__p40, A[:, 32:128].reshape(n, 32, 3))
-    d2__p9_573 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c222)
+    _c219 = torch.einsum("zuk,zuj->zjku", d2__p40, A[:, 32:128].reshape(n, 32, 3))
+    d2__p9_442 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c219)
     # ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o
-    _c223 = torch.einsum("zuk,zui->ziku", d2__p40, _p9)
-    d2_A_574 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c223)
+    _c220 = torch.einsum("zuk,zui->ziku", d2__p40, _p9)
+    d2_A_443 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c220)
     # ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
-    d2__p39 = d2__p39_355 + d2__p39_403 + d2__p39_543 + d2__p39_563
-    _c224 = torch.einsum("zuk,zuj->zjku", d2__p39, A[:, 0:32].reshape(n, 32, 1))
-    d2__p9_575 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c224)
+    d2__p39 = d2__p39_414 + d2__p39_432
+    _c221 = torch.einsum("zuk,zuj->zjku", d2__p39, A[:, 0:32].reshape(n, 32, 1))
+    d2__p9_444 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c221)
     # ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
-    _c225 = torch.einsum("zuk,zui->ziku", d2__p39, _p9)
-    d2_A_576 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c225)
+    _c222 = torch.einsum("zuk,zui->ziku", d2__p39, _p9)
+    d2_A_445 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c222)
     # ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
-    d2__p38 = d2__p38_447 + d2__p38_527
-    _c226 = torch.einsum("zuk,zuj->zjku", d2__p38, A[:, 32:128].reshape(n, 32, 3))
-    d2__p37_577 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c226)
+    _c223 = torch.einsum("zuk,zuj->zjku", d2__p38, A[:, 32:128].reshape(n, 32, 3))
+    d2__p37_446 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c223)
     # ∂/∂A: p38 = (p37 ⊗ p2) -> 32x2e
-    _c227 = torch.einsum("zuk,zui->ziku", d2__p38, _p37)
-    d2_A_578 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c227)
+    _c224 = torch.einsum("zuk,zui->ziku", d2__p38, _p37)
+    d2_A_447 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c224)
     # ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
-    d2__p37 = d2__p37_327 + d2__p37_577
-    _c228 = torch.einsum("zuk,zuj->zjku", d2__p37, A[:, 128:288].reshape(n, 32, 5))
-    d2_A_579 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c228)
+    d2__p37 = d2__p37_271 + d2__p37_446
+    _c225 = torch.einsum("zuk,zuj->zjku", d2__p37, A[:, 128:288].reshape(n, 32, 5))
+    d2_A_448 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c225)
     # ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
-    _c229 = torch.einsum("zuk,zui->ziku", d2__p37, A[:, 32:128].reshape(n, 32, 3))
-    d2_A_580 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c229)
+    _c226 = torch.einsum("zuk,zui->ziku", d2__p37, A[:, 32:128].reshape(n, 32, 3))
+    d2_A_449 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c226)
     # ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
-    d2__p36 = d2__p36_443 + d2__p36_529
-    _c230 = torch.einsum("zuk,zuj->zjku", d2__p36, A[:, 32:128].reshape(n, 32, 3))
-    d2__p8_581 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c230)
+    _c227 = torch.einsum("zuk,zuj->zjku", d2__p36, A[:, 32:128].reshape(n, 32, 3))
+    d2__p8_450 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c227)
     # ∂/∂A: p36 = (p8 ⊗ p2) -> 32x2e
-    _c231 = torch.einsum("zuk,zui->ziku", d2__p36, _p8)
-    d2_A_582 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c231)
+    _c228 = torch.einsum("zuk,zui->ziku", d2__p36, _p8)
+    d2_A_451 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c228)
     # ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
-    d2__p35 = d2__p35_487 + d2__p35_495 + d2__p35_511 + d2__p35_513
-    _c232 = torch.einsum("zuk,zuj->zjku", d2__p35, A[:, 32:128].reshape(n, 32, 3))
-    d2__p8_583 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c232)
+    d2__p35 = d2__p35_389 + d2__p35_391
+    _c229 = torch.einsum("zuk,zuj->zjku", d2__p35, A[:, 32:128].reshape(n, 32, 3))
+    d2__p8_452 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c229)
     # ∂/∂A: p35 = (p8 ⊗ p2) -> 32x1e
-    _c233 = torch.einsum("zuk,zui->ziku", d2__p35, _p8)
-    d2_A_584 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c233)
+    _c230 = torch.einsum("zuk,zui->ziku", d2__p35, _p8)
+    d2_A_453 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c230)
     # ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
-    d2__p34 = d2__p34_419 + d2__p34_471 + d2__p34_519 + d2__p34_537
-    _c234 = torch.einsum("zuk,zuj->zjku", d2__p34, A[:, 32:128].reshape(n, 32, 3))
-    d2__p6_585 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c234)
+    d2__p34 = d2__p34_395 + d2__p34_408
+    _c231 = torch.einsum("zuk,zuj->zjku", d2__p34, A[:, 32:128].reshape(n, 32, 3))
+    d2__p6_454 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c231)
     # ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o
-    _c235 = torch.einsum("zuk,zui->ziku", d2__p34, _p6)
-    d2_A_586 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c235)
+    _c232 = torch.einsum("zuk,zui->ziku", d2__p34, _p6)
+    d2_A_455 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c232)
     # ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
-    d2__p33 = d2__p33_347 + d2__p33_375 + d2__p33_555 + d2__p33_567
-    _c236 = torch.einsum("zuk,zuj->zjku", d2__p33, A[:, 0:32].reshape(n, 32, 1))
-    d2__p6_587 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c236)
+    d2__p33 = d2__p33_425 + d2__p33_436
+    _c233 = torch.einsum("zuk,zuj->zjku", d2__p33, A[:, 0:32].reshape(n, 32, 1))
+    d2__p6_456 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c233)
     # ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
-    _c237 = torch.einsum("zuk,zui->ziku", d2__p33, _p6)
-    d2_A_588 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c237)
+    _c234 = torch.einsum("zuk,zui->ziku", d2__p33, _p6)
+    d2_A_457 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c234)
     # ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
-    d2__p32 = d2__p32_459 + d2__p32_523
-    _c238 = torch.einsum("zuk,zuj->zjku", d2__p32, A[:, 128:288].reshape(n, 32, 5))
-    d2__p5_589 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c238)
+    _c235 = torch.einsum("zuk,zuj->zjku", d2__p32, A[:, 128:288].reshape(n, 32, 5))
+    d2__p5_458 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c235)
     # ∂/∂A: p32 = (p5 ⊗ p4) -> 32x2e
-    _c239 = torch.einsum("zuk,zui->ziku", d2__p32, _p5)
-    d2_A_590 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c239)
+    _c236 = torch.einsum("zuk,zui->ziku", d2__p32, _p5)
+    d2_A_459 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c236)
     # ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
-    d2__p31 = d2__p31_371 + d2__p31_557
-    _c240 = torch.einsum("zuk,zuj->zjku", d2__p31, A[:, 128:288].reshape(n, 32, 5))
-    d2__p5_591 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c240)
+    _c237 = torch.einsum("zuk,zuj->zjku", d2__p31, A[:, 128:288].reshape(n, 32, 5))
+    d2__p5_460 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c237)
     # ∂/∂A: p31 = (p5 ⊗ p4) -> 32x0e
-    _c241 = torch.einsum("zuk,zui->ziku", d2__p31, _p5)
-    d2_A_592 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c241)
+    _c238 = torch.einsum("zuk,zui->ziku", d2__p31, _p5)
+    d2_A_461 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c238)
     # ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
-    d2__p30 = d2__p30_439 + d2__p30_531
-    _c242 = torch.einsum("zuk,zuj->zjku", d2__p30, A[:, 32:128].reshape(n, 32, 3))
-    d2__p3_593 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c242)
+    _c239 = torch.einsum("zuk,zuj->zjku", d2__p30, A[:, 32:128].reshape(n, 32, 3))
+    d2__p3_462 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c239)
     # ∂/∂A: p30 = (p3 ⊗ p2) -> 32x2e
-    _c243 = torch.einsum("zuk,zui->ziku", d2__p30, _p3)
-    d2_A_594 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c243)
+    _c240 = torch.einsum("zuk,zui->ziku", d2__p30, _p3)
+    d2_A_463 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c240)
     # ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
-    d2__p29 = d2__p29_395 + d2__p29_547
-    _c244 = torch.einsum("zuk,zuj->zjku", d2__p29, A[:, 32:128].reshape(n, 32, 3))
-    d2__p3_595 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c244)
+    _c241 = torch.einsum("zuk,zuj->zjku", d2__p29, A[:, 32:128].reshape(n, 32, 3))
+    d2__p3_464 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c241)
     # ∂/∂A: p29 = (p3 ⊗ p2) -> 32x0e
-    _c245 = torch.einsum("zuk,zui->ziku", d2__p29, _p3)
-    d2_A_596 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c245)
+    _c242 = torch.einsum("zuk,zui->ziku", d2__p29, _p3)
+    d2_A_465 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c242)
     # ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
-    d2__p28 = d2__p28_435 + d2__p28_533
-    _c246 = torch.einsum("zuk,zuj->zjku", d2__p28, A[:, 128:288].reshape(n, 32, 5))
-    d2__p1_597 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c246)
+    _c243 = torch.einsum("zuk,zuj->zjku", d2__p28, A[:, 128:288].reshape(n, 32, 5))
+    d2__p1_466 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c243)
     # ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e
-    _c247 = torch.einsum("zuk,zui->ziku", d2__p28, _p1)
-    d2_A_598 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c247)
+    _c244 = torch.einsum("zuk,zui->ziku", d2__p28, _p1)
+    d2_A_467 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c244)
     # ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
-    d2__p27 = d2__p27_415 + d2__p27_427 + d2__p27_535 + d2__p27_539
-    _c248 = torch.einsum("zuk,zuj->zjku", d2__p27, A[:, 32:128].reshape(n, 32, 3))
-    d2__p1_599 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c248)
+    d2__p27 = d2__p27_406 + d2__p27_410
+    _c245 = torch.einsum("zuk,zuj->zjku", d2__p27, A[:, 32:128].reshape(n, 32, 3))
+    d2__p1_468 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c245)
     # ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o
-    _c249 = torch.einsum("zuk,zui->ziku", d2__p27, _p1)
-    d2_A_600 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c249)
+    _c246 = torch.einsum("zuk,zui->ziku", d2__p27, _p1)
+    d2_A_469 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c246)
     # ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
-    d2__p26 = d2__p26_343 + d2__p26_367 + d2__p26_391 + d2__p26_549 + d2__p26_559 + d2__p26_569
-    _c250 = torch.einsum("zuk,zuj->zjku", d2__p26, A[:, 0:32].reshape(n, 32, 1))
-    d2__p1_601 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c250)
+    d2__p26 = d2__p26_419 + d2__p26_428 + d2__p26_438
+    _c247 = torch.einsum("zuk,zuj->zjku", d2__p26, A[:, 0:32].reshape(n, 32, 1))
+    d2__p1_470 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c247)
     # ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
-    _c251 = torch.einsum("zuk,zui->ziku", d2__p26, _p1)
-    d2_A_602 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c251)
+    _c248 = torch.einsum("zuk,zui->ziku", d2__p26, _p1)
+    d2_A_471 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c248)
     # weight gradient per index value
     d2__w_B_3 = torch.cat([
-        (d2__w_B_3_345 + d2__w_B_3_570).reshape(n, 32),
-        (d2__w_B_3_369 + d2__w_B_3_560).reshape(n, 32),
-        (d2__w_B_3_393 + d2__w_B_3_550).reshape(n, 32),
-        (d2__w_B_3_417 + d2__w_B_3_540).reshape(n, 32),
-        (d2__w_B_3_429 + d2__w_B_3_536).reshape(n, 32),
-        (d2__w_B_3_437 + d2__w_B_3_534).reshape(n, 32),
-        (d2__w_B_3_397 + d2__w_B_3_548).reshape(n, 32),
-        (d2__w_B_3_441 + d2__w_B_3_532).reshape(n, 32),
-        (d2__w_B_3_373 + d2__w_B_3_558).reshape(n, 32),
-        (d2__w_B_3_461 + d2__w_B_3_524).reshape(n, 32),
-        (d2__w_B_3_349 + d2__w_B_3_568).reshape(n, 32),
-        (d2__w_B_3_377 + d2__w_B_3_556).reshape(n, 32),
-        (d2__w_B_3_473 + d2__w_B_3_520).reshape(n, 32),
-        (d2__w_B_3_421 + d2__w_B_3_538).reshape(n, 32),
-        (d2__w_B_3_353 + d2__w_B_3_566).reshape(n, 32),
-        (d2__w_B_3_381 + d2__w_B_3_554).reshape(n, 32),
-        (d2__w_B_3_489 + d2__w_B_3_514).reshape(n, 32),
-        (d2__w_B_3_401 + d2__w_B_3_546).reshape(n, 32),
-        (d2__w_B_3_497 + d2__w_B_3_512).reshape(n, 32),
-        (d2__w_B_3_445 + d2__w_B_3_530).reshape(n, 32),
-        (d2__w_B_3_449 + d2__w_B_3_528).reshape(n, 32),
-        (d2__w_B_3_357 + d2__w_B_3_564).reshape(n, 32),
-        (d2__w_B_3_405 + d2__w_B_3_544).reshape(n, 32),
-        (d2__w_B_3_477 + d2__w_B_3_518).reshape(n, 32),
-        (d2__w_B_3_481 + d2__w_B_3_516).reshape(n, 32),
-        (d2__w_B_3_361 + d2__w_B_3_562).reshape(n, 32),
-        (d2__w_B_3_465 + d2__w_B_3_522).reshape(n, 32),
-        (d2__w_B_3_385 + d2__w_B_3_552).reshape(n, 32),
-        d2__w_B_3_508.reshape(n, 32),
-        (d2__w_B_3_453 + d2__w_B_3_526).reshape(n, 32),
-        (d2__w_B_3_409 + d2__w_B_3_542).reshape(n, 32),
+        (d2__w_B_3_287 + d2__w_B_3_439).reshape(n, 32),
+        (d2__w_B_3_301 + d2__w_B_3_429).reshape(n, 32),
+        (d2__w_B_3_315 + d2__w_B_3_420).reshape(n, 32),
+        (d2__w_B_3_329 + d2__w_B_3_411).reshape(n, 32),
+        (d2__w_B_3_336 + d2__w_B_3_407).reshape(n, 32),
+        (d2__w_B_3_342 + d2__w_B_3_405).reshape(n, 32),
+        (d2__w_B_3_317 + d2__w_B_3_418).reshape(n, 32),
+        (d2__w_B_3_344 + d2__w_B_3_404).reshape(n, 32),
+        (d2__w_B_3_303 + d2__w_B_3_427).reshape(n, 32),
+        (d2__w_B_3_356 + d2__w_B_3_399).reshape(n, 32),
+        (d2__w_B_3_289 + d2__w_B_3_437).reshape(n, 32),
+        (d2__w_B_3_305 + d2__w_B_3_426).reshape(n, 32),
+        (d2__w_B_3_364 + d2__w_B_3_396).reshape(n, 32),
+        (d2__w_B_3_331 + d2__w_B_3_409).reshape(n, 32),
+        (d2__w_B_3_291 + d2__w_B_3_435).reshape(n, 32),
+        (d2__w_B_3_307 + d2__w_B_3_424).reshape(n, 32),
+        (d2__w_B_3_373 + d2__w_B_3_392).reshape(n, 32),
+        (d2__w_B_3_319 + d2__w_B_3_417).reshape(n, 32),
+        (d2__w_B_3_378 + d2__w_B_3_390).reshape(n, 32),
+        (d2__w_B_3_346 + d2__w_B_3_403).reshape(n, 32),
+        (d2__w_B_3_348 + d2__w_B_3_402).reshape(n, 32),
+        (d2__w_B_3_293 + d2__w_B_3_433).reshape(n, 32),
+        (d2__w_B_3_321 + d2__w_B_3_415).reshape(n, 32),
+        (d2__w_B_3_366 + d2__w_B_3_394).reshape(n, 32),
+        (d2__w_B_3_368 + d2__w_B_3_393).reshape(n, 32),
+        (d2__w_B_3_295 + d2__w_B_3_431).reshape(n, 32),
+        (d2__w_B_3_358 + d2__w_B_3_398).reshape(n, 32),
+        (d2__w_B_3_309 + d2__w_B_3_422).reshape(n, 32),
+        d2__w_B_3_388.reshape(n, 32),
+        (d2__w_B_3_350 + d2__w_B_3_401).reshape(n, 32),
+        (d2__w_B_3_323 + d2__w_B_3_413).reshape(n, 32),
     ], dim=-1)
-    d2_weight_603 = weight.new_zeros(4, 992).index_add(0, z, d2__w_B_3.reshape(n, 992)).reshape(3968)
+    d2_weight_472 = weight.new_zeros(4, 992).index_add(0, z, d2__w_B_3.reshape(n, 992)).reshape(3968)
     # ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
-    d2__p25 = d2__p25_275 + d2__p25_359 + d2__p25_383 + d2__p25_407 + d2__p25_541 + d2__p25_551 + d2__p25_561
-    _c252 = torch.einsum("zuk,zuj->zjku", d2__p25, A[:, 128:288].reshape(n, 32, 5))
-    d2__p10_604 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c252)
+    d2__p25 = d2__p25_412 + d2__p25_421 + d2__p25_430
+    _c249 = torch.einsum("zuk,zuj->zjku", d2__p25, A[:, 128:288].reshape(n, 32, 5))
+    d2__p10_473 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c249)
     # ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e
-    _c253 = torch.einsum("zuk,zui->ziku", d2__p25, _p10)
-    d2_A_605 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c253)
+    _c250 = torch.einsum("zuk,zui->ziku", d2__p25, _p10)
+    d2_A_474 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c250)
     # ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
-    d2__p24 = d2__p24_267 + d2__p24_479 + d2__p24_515
-    _c254 = torch.einsum("zuk,zuj->zjku", d2__p24, A[:, 32:128].reshape(n, 32, 3))
-    d2__p10_606 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c254)
+    _c251 = torch.einsum("zuk,zuj->zjku", d2__p24, A[:, 32:128].reshape(n, 32, 3))
+    d2__p10_475 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c251)
     # ∂/∂A: p24 = (p10 ⊗ p2) -> 32x1o
-    _c255 = torch.einsum("zuk,zui->ziku", d2__p24, _p10)
-    d2_A_607 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c255)
+    _c252 = torch.einsum("zuk,zui->ziku", d2__p24, _p10)
+    d2_A_476 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c252)
     # ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
-    d2__p23 = d2__p23_259 + d2__p23_351 + d2__p23_379 + d2__p23_399 + d2__p23_545 + d2__p23_553 + d2__p23_565
-    _c256 = torch.einsum("zuk,zuj->zjku", d2__p23, A[:, 32:128].reshape(n, 32, 3))
-    d2__p8_608 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c256)
+    d2__p23 = d2__p23_416 + d2__p23_423 + d2__p23_434
+    _c253 = torch.einsum("zuk,zuj->zjku", d2__p23, A[:, 32:128].reshape(n, 32, 3))
+    d2__p8_477 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c253)
     # ∂/∂A: p23 = (p8 ⊗ p2) -> 32x0e
-    _c257 = torch.einsum("zuk,zui->ziku", d2__p23, _p8)
-    d2_A_609 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c257)
-    d2__p7_610 = torch.einsum("zui,zu->zui", d2__p21, (_w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315))
-    d2__w_B_2_611 = torch.einsum("zui,zui->zu", (d2__p21 * 2.041241452319315), _p7)
-    d2__p5_612 = torch.einsum("zui,zu->zui", d2__p21, (_w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315))
-    d2__w_B_2_613 = torch.einsum("zui,zui->zu", (d2__p21 * 2.041241452319315), _p5)
-    d2__p3_614 = torch.einsum("zui,zu->zui", d2__p19, (_w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738))
-    d2__w_B_2_615 = torch.einsum("zui,zui->zu", (d2__p19 * 1.3416407864998738), _p3)
-    d2__p3_616 = torch.einsum("zui,zu->zui", d2__p17, (_w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898))
-    d2__w_B_2_617 = torch.einsum("zui,zui->zu", (d2__p17 * 1.5811388300841898), _p3)
-    d2__p9_618 = torch.einsum("zui,zu->zui", (d2__p15 * 0.9128709291752769), _w_B_2[:, 448:480].reshape(n, 32))
-    d2__w_B_2_619 = torch.einsum("zui,zui->zu", (d2__p15 * 0.9128709291752769), _p9)
-    d2__p6_620 = torch.einsum("zui,zu->zui", (d2__p15 * 0.9128709291752769), _w_B_2[:, 256:288].reshape(n, 32))
-    d2__w_B_2_621 = torch.einsum("zui,zui->zu", (d2__p15 * 0.9128709291752769), _p6)
-    d2__p1_622 = torch.einsum("zui,zu->zui", (d2__p15 * 0.9128709291752769), _w_B_2[:, 64:96].reshape(n, 32))
-    d2__w_B_2_623 = torch.einsum("zui,zui->zu", (d2__p15 * 0.9128709291752769), _p1)
-    d2__p9_624 = torch.einsum("zui,zu->zui", (d2__p13 * 0.7745966692414834), _w_B_2[:, 384:416].reshape(n, 32))
-    d2__w_B_2_625 = torch.einsum("zui,zui->zu", (d2__p13 * 0.7745966692414834), _p9)
-    d2__p6_626 = torch.einsum("zui,zu->zui", (d2__p13 * 0.7745966692414834), _w_B_2[:, 224:256].reshape(n, 32))
-    d2__w_B_2_627 = torch.einsum("zui,zui->zu", (d2__p13 * 0.7745966692414834), _p6)
-    d2__p1_628 = torch.einsum("zui,zu->zui", (d2__p13 * 0.7745966692414834), _w_B_2[:, 32:64].reshape(n, 32))
-    d2__w_B_2_629 = torch.einsum("zui,zui->zu", (d2__p13 * 0.7745966692414834), _p1)
-    d2__p9_630 = torch.einsum("zui,zu->zui", (d2__p11 * 0.4472135954999579), _w_B_2[:, 352:384].reshape(n, 32))
-    d2__w_B_2_631 = torch.einsum("zui,zui->zu", (d2__p11 * 0.4472135954999579), _p9)
-    d2__p6_632 = torch.einsum("zui,zu->zui", (d2__p11 * 0.4472135954999579), _w_B_2[:, 192:224].reshape(n, 32))
-    d2__w_B_2_633 = torch.einsum("zui,zui->zu", (d2__p11 * 0.4472135954999579), _p6)
-    d2__p1_634 = torch.einsum("zui,zu->zui", (d2__p11 * 0.4472135954999579), _w_B_2[:, 0:32].reshape(n, 32))
-    d2__w_B_2_635 = torch.einsum("zui,zui->zu", (d2__p11 * 0.4472135954999579), _p1)
+    _c254 = torch.einsum("zuk,zui->ziku", d2__p23, _p8)
+    d2_A_478 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c254)
+    d2__p7 = torch.einsum("zui,zu->zui", d2__p21, (_w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315))
+    d2__w_B_2_479 = torch.einsum("zui,zui->zu", (d2__p21 * 2.041241452319315), _p7)
+    d2__p5_480 = torch.einsum("zui,zu->zui", d2__p21, (_w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315))
+    d2__w_B_2_481 = torch.einsum("zui,zui->zu", (d2__p21 * 2.041241452319315), _p5)
+    d2__p3_482 = torch.einsum("zui,zu->zui", d2__p19, (_w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738))
+    d2__w_B_2_483 = torch.einsum("zui,zui->zu", (d2__p19 * 1.3416407864998738), _p3)
+    d2__p3_484 = torch.einsum("zui,zu->zui", d2__p17, (_w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898))
+    d2__w_B_2_485 = torch.einsum("zui,zui->zu", (d2__p17 * 1.5811388300841898), _p3)
+    d2__p9_486 = torch.einsum("zui,zu->zui", (d2__p15 * 0.9128709291752769), _w_B_2[:, 448:480].reshape(n, 32))
+    d2__w_B_2_487 = torch.einsum("zui,zui->zu", (d2__p15 * 0.9128709291752769), _p9)
+    d2__p6_488 = torch.einsum("zui,zu->zui", (d2__p15 * 0.9128709291752769), _w_B_2[:, 256:288].reshape(n, 32))
+    d2__w_B_2_489 = torch.einsum("zui,zui->zu", (d2__p15 * 0.9128709291752769), _p6)
+    d2__p1_490 = torch.einsum("zui,zu->zui", (d2__p15 * 0.9128709291752769), _w_B_2[:, 64:96].reshape(n, 32))
+    d2__w_B_2_491 = torch.einsum("zui,zui->zu", (d2__p15 * 0.9128709291752769), _p1)
+    d2__p9_492 = torch.einsum("zui,zu->zui", (d2__p13 * 0.7745966692414834), _w_B_2[:, 384:416].reshape(n, 32))
+    d2__w_B_2_493 = torch.einsum("zui,zui->zu", (d2__p13 * 0.7745966692414834), _p9)
+    d2__p6_494 = torch.einsum("zui,zu->zui", (d2__p13 * 0.7745966692414834), _w_B_2[:, 224:256].reshape(n, 32))
+    d2__w_B_2_495 = torch.einsum("zui,zui->zu", (d2__p13 * 0.7745966692414834), _p6)
+    d2__p1_496 = torch.einsum("zui,zu->zui", (d2__p13 * 0.7745966692414834), _w_B_2[:, 32:64].reshape(n, 32))
+    d2__w_B_2_497 = torch.einsum("zui,zui->zu", (d2__p13 * 0.7745966692414834), _p1)
+    d2__p9_498 = torch.einsum("zui,zu->zui", (d2__p11 * 0.4472135954999579), _w_B_2[:, 352:384].reshape(n, 32))
+    d2__w_B_2_499 = torch.einsum("zui,zui->zu", (d2__p11 * 0.4472135954999579), _p9)
+    d2__p6_500 = torch.einsum("zui,zu->zui", (d2__p11 * 0.4472135954999579), _w_B_2[:, 192:224].reshape(n, 32))
+    d2__w_B_2_501 = torch.einsum("zui,zui->zu", (d2__p11 * 0.4472135954999579), _p6)
+    d2__p1_502 = torch.einsum("zui,zu->zui", (d2__p11 * 0.4472135954999579), _w_B_2[:, 0:32].reshape(n, 32))
+    d2__w_B_2_503 = torch.einsum("zui,zui->zu", (d2__p11 * 0.4472135954999579), _p1)
     # weight gradient per index value
     d2__w_B_2 = torch.cat([
-        (d2__w_B_2_181 + d2__w_B_2_635).reshape(n, 32),
-        (d2__w_B_2_197 + d2__w_B_2_629).reshape(n, 32),
-        (d2__w_B_2_213 + d2__w_B_2_623).reshape(n, 32),
-        (d2__w_B_2_229 + d2__w_B_2_617).reshape(n, 32),
-        (d2__w_B_2_237 + d2__w_B_2_615).reshape(n, 32),
-        (d2__w_B_2_245 + d2__w_B_2_613).reshape(n, 32),
-        (d2__w_B_2_185 + d2__w_B_2_633).reshape(n, 32),
-        (d2__w_B_2_201 + d2__w_B_2_627).reshape(n, 32),
-        (d2__w_B_2_217 + d2__w_B_2_621).reshape(n, 32),
-        (d2__w_B_2_249 + d2__w_B_2_611).reshape(n, 32),
-        d2__w_B_2_261.reshape(n, 32),
-        (d2__w_B_2_189 + d2__w_B_2_631).reshape(n, 32),
-        (d2__w_B_2_205 + d2__w_B_2_625).reshape(n, 32),
-        d2__w_B_2_269.reshape(n, 32),
-        (d2__w_B_2_221 + d2__w_B_2_619).reshape(n, 32),
-        d2__w_B_2_277.reshape(n, 32),
+        (d2__w_B_2_157 + d2__w_B_2_503).reshape(n, 32),
+        (d2__w_B_2_167 + d2__w_B_2_497).reshape(n, 32),
+        (d2__w_B_2_177 + d2__w_B_2_491).reshape(n, 32),
+        (d2__w_B_2_186 + d2__w_B_2_485).reshape(n, 32),
+        (d2__w_B_2_191 + d2__w_B_2_483).reshape(n, 32),
+        (d2__w_B_2_197 + d2__w_B_2_481).reshape(n, 32),
+        (d2__w_B_2_159 + d2__w_B_2_501).reshape(n, 32),
+        (d2__w_B_2_169 + d2__w_B_2_495).reshape(n, 32),
+        (d2__w_B_2_179 + d2__w_B_2_489).reshape(n, 32),
+        (d2__w_B_2_199 + d2__w_B_2_479).reshape(n, 32),
+        d2__w_B_2_209.reshape(n, 32),
+        (d2__w_B_2_161 + d2__w_B_2_499).reshape(n, 32),
+        (d2__w_B_2_171 + d2__w_B_2_493).reshape(n, 32),
+        d2__w_B_2_215.reshape(n, 32),
+        (d2__w_B_2_181 + d2__w_B_2_487).reshape(n, 32),
+        d2__w_B_2_221.reshape(n, 32),
     ], dim=-1)
-    d2_weight_636 = weight.new_zeros(4, 512).index_add(0, z, d2__w_B_2.reshape(n, 512)).reshape(2048)
+    d2_weight_504 = weight.new_zeros(4, 512).index_add(0, z, d2__w_B_2.reshape(n, 512)).reshape(2048)
     # ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
-    d2__p10 = d2__p10_175 + d2__p10_263 + d2__p10_271 + d2__p10_604 + d2__p10_606
-    _c258 = torch.einsum("zuk,zuj->zjku", d2__p10, A[:, 128:288].reshape(n, 32, 5))
-    d2_A_637 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c258)
+    d2__p10 = d2__p10_211 + d2__p10_217 + d2__p10_473 + d2__p10_475
+    _c255 = torch.einsum("zuk,zuj->zjku", d2__p10, A[:, 128:288].reshape(n, 32, 5))
+    d2_A_505 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c255)
     # ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
-    _c259 = torch.einsum("zuk,zui->ziku", d2__p10, A[:, 128:288].reshape(n, 32, 5))
-    d2_A_638 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c259)
+    _c256 = torch.einsum("zuk,zui->ziku", d2__p10, A[:, 128:288].reshape(n, 32, 5))
+    d2_A_506 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c256)
     # ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
-    d2__p9 = d2__p9_167 + d2__p9_187 + d2__p9_203 + d2__p9_219 + d2__p9_331 + d2__p9_335 + d2__p9_339 + d2__p9_571 + d2__p9_573 + d2__p9_575 + d2__p9_618 + d2__p9_624 + d2__p9_630
-    _c260 = torch.einsum("zuk,zuj->zjku", d2__p9, A[:, 128:288].reshape(n, 32, 5))
-    d2_A_639 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c260)
+    d2__p9 = d2__p9_275 + d2__p9_279 + d2__p9_283 + d2__p9_440 + d2__p9_442 + d2__p9_444 + d2__p9_486 + d2__p9_492 + d2__p9_498
+    _c257 = torch.einsum("zuk,zuj->zjku", d2__p9, A[:, 128:288].reshape(n, 32, 5))
+    d2_A_507 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c257)
     # ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
-    _c261 = torch.einsum("zuk,zui->ziku", d2__p9, A[:, 128:288].reshape(n, 32, 5))
-    d2_A_640 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c261)
+    _c258 = torch.einsum("zuk,zui->ziku", d2__p9, A[:, 128:288].reshape(n, 32, 5))
+    d2_A_508 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c258)
     # ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
-    d2__p8 = d2__p8_159 + d2__p8_255 + d2__p8_315 + d2__p8_319 + d2__p8_581 + d2__p8_583 + d2__p8_608
-    _c262 = torch.einsum("zuk,zuj->zjku", d2__p8, A[:, 128:288].reshape(n, 32, 5))
-    d2_A_641 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c262)
+    d2__p8 = d2__p8_205 + d2__p8_259 + d2__p8_263 + d2__p8_450 + d2__p8_452 + d2__p8_477
+    _c259 = torch.einsum("zuk,zuj->zjku", d2__p8, A[:, 128:288].reshape(n, 32, 5))
+    d2_A_509 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c259)
     # ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
-    _c263 = torch.einsum("zuk,zui->ziku", d2__p8, A[:, 32:128].reshape(n, 32, 3))
-    d2_A_642 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c263)
+    _c260 = torch.einsum("zuk,zui->ziku", d2__p8, A[:, 32:128].reshape(n, 32, 3))
+    d2_A_510 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c260)
     # ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
-    d2__p7 = d2__p7_151 + d2__p7_247 + d2__p7_610
-    _c264 = torch.einsum("zuk,zuj->zjku", d2__p7, A[:, 32:128].reshape(n, 32, 3))
-    d2_A_643 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c264)
+    _c261 = torch.einsum("zuk,zuj->zjku", d2__p7, A[:, 32:128].reshape(n, 32, 3))
+    d2_A_511 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c261)
     # ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
-    _c265 = torch.einsum("zuk,zui->ziku", d2__p7, A[:, 32:128].reshape(n, 32, 3))
-    d2_A_644 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c265)
+    _c262 = torch.einsum("zuk,zui->ziku", d2__p7, A[:, 32:128].reshape(n, 32, 3))
+    d2_A_512 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c262)
     # ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
-    d2__p6 = d2__p6_143 + d2__p6_183 + d2__p6_199 + d2__p6_215 + d2__p6_307 + d2__p6_311 + d2__p6_585 + d2__p6_587 + d2__p6_620 + d2__p6_626 + d2__p6_632
-    _c266 = torch.einsum("zuk,zuj->zjku", d2__p6, A[:, 32:128].reshape(n, 32, 3))
-    d2_A_645 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c266)
+    d2__p6 = d2__p6_251 + d2__p6_255 + d2__p6_454 + d2__p6_456 + d2__p6_488 + d2__p6_494 + d2__p6_500
+    _c263 = torch.einsum("zuk,zuj->zjku", d2__p6, A[:, 32:128].reshape(n, 32, 3))
+    d2_A_513 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c263)
     # ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
-    _c267 = torch.einsum("zuk,zui->ziku", d2__p6, A[:, 32:128].reshape(n, 32, 3))
-    d2_A_646 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c267)
+    _c264 = torch.einsum("zuk,zui->ziku", d2__p6, A[:, 32:128].reshape(n, 32, 3))
+    d2_A_514 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c264)
     # ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
-    d2__p5 = d2__p5_135 + d2__p5_243 + d2__p5_299 + d2__p5_303 + d2__p5_589 + d2__p5_591 + d2__p5_612
-    _c268 = torch.einsum("zuk,zuj->zjku", d2__p5, A[:, 128:288].reshape(n, 32, 5))
-    d2_A_647 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c268)
+    d2__p5 = d2__p5_243 + d2__p5_247 + d2__p5_458 + d2__p5_460 + d2__p5_480
+    _c265 = torch.einsum("zuk,zuj->zjku", d2__p5, A[:, 128:288].reshape(n, 32, 5))
+    d2_A_515 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c265)
     # ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
-    _c269 = torch.einsum("zuk,zui->ziku", d2__p5, A[:, 0:32].reshape(n, 32, 1))
-    d2_A_648 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c269)
+    _c266 = torch.einsum("zuk,zui->ziku", d2__p5, A[:, 0:32].reshape(n, 32, 1))
+    d2_A_516 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c266)
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
-    d2__p3 = d2__p3_127 + d2__p3_227 + d2__p3_235 + d2__p3_291 + d2__p3_295 + d2__p3_593 + d2__p3_595 + d2__p3_614 + d2__p3_616
-    _c270 = torch.einsum("zuk,zuj->zjku", d2__p3, A[:, 32:128].reshape(n, 32, 3))
-    d2_A_649 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c270)
+    d2__p3 = d2__p3_235 + d2__p3_239 + d2__p3_462 + d2__p3_464 + d2__p3_482 + d2__p3_484
+    _c267 = torch.einsum("zuk,zuj->zjku", d2__p3, A[:, 32:128].reshape(n, 32, 3))
+    d2_A_517 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c267)
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
-    _c271 = torch.einsum("zuk,zui->ziku", d2__p3, A[:, 0:32].reshape(n, 32, 1))
-    d2_A_650 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c271)
+    _c268 = torch.einsum("zuk,zui->ziku", d2__p3, A[:, 0:32].reshape(n, 32, 1))
+    d2_A_518 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c268)
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
-    d2__p1 = d2__p1_119 + d2__p1_179 + d2__p1_195 + d2__p1_211 + d2__p1_279 + d2__p1_283 + d2__p1_287 + d2__p1_597 + d2__p1_599 + d2__p1_601 + d2__p1_622 + d2__p1_628 + d2__p1_634
-    _c272 = torch.einsum("zuk,zuj->zjku", d2__p1, A[:, 0:32].reshape(n, 32, 1))
-    d2_A_651 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c272)
+    d2__p1 = d2__p1_223 + d2__p1_227 + d2__p1_231 + d2__p1_466 + d2__p1_468 + d2__p1_470 + d2__p1_490 + d2__p1_496 + d2__p1_502
+    _c269 = torch.einsum("zuk,zuj->zjku", d2__p1, A[:, 0:32].reshape(n, 32, 1))
+    d2_A_519 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c269)
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
-    _c273 = torch.einsum("zuk,zui->ziku", d2__p1, A[:, 0:32].reshape(n, 32, 1))
-    d2_A_652 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c273)
+    _c270 = torch.einsum("zuk,zui->ziku", d2__p1, A[:, 0:32].reshape(n, 32, 1))
+    d2_A_520 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c270)
     # weight gradient per index value
     d2__w_B_1 = torch.cat([
-        d2__w_B_1_121.reshape(n, 32),
-        d2__w_B_1_129.reshape(n, 32),
+        d2__w_B_1_113.reshape(n, 32),
+        d2__w_B_1_119.reshape(n, 32),
+        d2__w_B_1_125.reshape(n, 32),
+        d2__w_B_1_131.reshape(n, 32),
         d2__w_B_1_137.reshape(n, 32),
-        d2__w_B_1_145.reshape(n, 32),
-        d2__w_B_1_153.reshape(n, 32),
-        d2__w_B_1_161.reshape(n, 32),
-        d2__w_B_1_169.reshape(n, 32),
-        d2__w_B_1_177.reshape(n, 32),
+        d2__w_B_1_143.reshape(n, 32),
+        d2__w_B_1_149.reshape(n, 32),
+        d2__w_B_1_155.reshape(n, 32),
     ], dim=-1)
-    d2_weight_653 = weight.new_zeros(4, 256).index_add(0, z, d2__w_B_1.reshape(n, 256)).reshape(1024)
+    d2_weight_521 = weight.new_zeros(4, 256).index_add(0, z, d2__w_B_1.reshape(n, 256)).reshape(1024)
     # weight gradient per index value
     d2__w_B_0 = torch.cat([
+        d2__w_B_0_103.reshape(n, 32),
         d2__w_B_0_105.reshape(n, 32),
-        d2__w_B_0_109.reshape(n, 32),
-        d2__w_B_0_113.reshape(n, 32),
+        d2__w_B_0_107.reshape(n, 32),
     ], dim=-1)
-    d2_weight_654 = weight.new_zeros(4, 96).index_add(0, z, d2__w_B_0.reshape(n, 96)).reshape(384)
+    d2_weight_522 = weight.new_zeros(4, 96).index_add(0, z, d2__w_B_0.reshape(n, 96)).reshape(384)
     d2_A = torch.cat([
-        (d2_A_103 + d2_A_115 + d2_A_117 + d2_A_123 + d2_A_131 + d2_A_192 + d2_A_281 + d2_A_309 + d2_A_333 + d2_A_364 + d2_A_576 + d2_A_588 + d2_A_602 + d2_A_647 + d2_A_649 + d2_A_651 + d2_A_652).reshape(n, 32),
-        (d2_A_107 + d2_A_125 + d2_A_139 + d2_A_141 + d2_A_147 + d2_A_149 + d2_A_155 + d2_A_208 + d2_A_232 + d2_A_257 + d2_A_265 + d2_A_285 + d2_A_293 + d2_A_297 + d2_A_313 + d2_A_317 + d2_A_321 + d2_A_323 + d2_A_329 + d2_A_337 + d2_A_388 + d2_A_424 + d2_A_468 + d2_A_484 + d2_A_492 + d2_A_574 + d2_A_578 + d2_A_579 + d2_A_582 + d2_A_584 + d2_A_586 + d2_A_594 + d2_A_596 + d2_A_600 + d2_A_607 + d2_A_609 + d2_A_641 + d2_A_643 + d2_A_644 + d2_A_645 + d2_A_646 + d2_A_650).reshape(n, 96),
-        (d2_A_111 + d2_A_133 + d2_A_157 + d2_A_163 + d2_A_165 + d2_A_171 + d2_A_173 + d2_A_224 + d2_A_240 + d2_A_252 + d2_A_273 + d2_A_289 + d2_A_301 + d2_A_305 + d2_A_325 + d2_A_341 + d2_A_412 + d2_A_432 + d2_A_456 + d2_A_500 + d2_A_505 + d2_A_510 + d2_A_572 + d2_A_580 + d2_A_590 + d2_A_592 + d2_A_598 + d2_A_605 + d2_A_637 + d2_A_638 + d2_A_639 + d2_A_640 + d2_A_642 + d2_A_648).reshape(n, 160),
+        (d2_A_109 + d2_A_111 + d2_A_115 + d2_A_121 + d2_A_164 + d2_A_225 + d2_A_253 + d2_A_277 + d2_A_298 + d2_A_445 + d2_A_457 + d2_A_471 + d2_A_515 + d2_A_517 + d2_A_519 + d2_A_520).reshape(n, 32),
+        (d2_A_117 + d2_A_127 + d2_A_129 + d2_A_133 + d2_A_135 + d2_A_139 + d2_A_174 + d2_A_189 + d2_A_207 + d2_A_213 + d2_A_229 + d2_A_237 + d2_A_241 + d2_A_257 + d2_A_261 + d2_A_265 + d2_A_267 + d2_A_273 + d2_A_281 + d2_A_312 + d2_A_334 + d2_A_361 + d2_A_371 + d2_A_376 + d2_A_443 + d2_A_447 + d2_A_448 + d2_A_451 + d2_A_453 + d2_A_455 + d2_A_463 + d2_A_465 + d2_A_469 + d2_A_476 + d2_A_478 + d2_A_509 + d2_A_511 + d2_A_512 + d2_A_513 + d2_A_514 + d2_A_518).reshape(n, 96),
+        (d2_A_123 + d2_A_141 + d2_A_145 + d2_A_147 + d2_A_151 + d2_A_153 + d2_A_184 + d2_A_194 + d2_A_202 + d2_A_219 + d2_A_233 + d2_A_245 + d2_A_249 + d2_A_269 + d2_A_285 + d2_A_326 + d2_A_339 + d2_A_353 + d2_A_381 + d2_A_386 + d2_A_441 + d2_A_449 + d2_A_459 + d2_A_461 + d2_A_467 + d2_A_474 + d2_A_505 + d2_A_506 + d2_A_507 + d2_A_508 + d2_A_510 + d2_A_516).reshape(n, 160),
     ], dim=-1)
     d2_d_B = torch.cat([
-        (d2_d_B_102 + d2_d_B_104 + d2_d_B_118 + d2_d_B_120 + d2_d_B_142 + d2_d_B_144 + d2_d_B_166 + d2_d_B_168 + d2_d_B_193 + d2_d_B_258 + d2_d_B_260 + d2_d_B_274 + d2_d_B_276 + d2_d_B_365 + d2_d_B_485 + d2_d_B_506 + d2_d_B_507).reshape(n, 32),
-        (d2_d_B_106 + d2_d_B_108 + d2_d_B_126 + d2_d_B_128 + d2_d_B_158 + d2_d_B_160 + d2_d_B_209 + d2_d_B_241 + d2_d_B_266 + d2_d_B_268 + d2_d_B_389 + d2_d_B_433 + d2_d_B_469 + d2_d_B_493).reshape(n, 96),
-        (d2_d_B_110 + d2_d_B_112 + d2_d_B_134 + d2_d_B_136 + d2_d_B_150 + d2_d_B_152 + d2_d_B_174 + d2_d_B_176 + d2_d_B_225 + d2_d_B_233 + d2_d_B_253 + d2_d_B_413 + d2_d_B_425 + d2_d_B_457 + d2_d_B_501).reshape(n, 160),
+        (d2_d_B_102 + d2_d_B_112 + d2_d_B_130 + d2_d_B_148 + d2_d_B_165 + d2_d_B_208 + d2_d_B_220 + d2_d_B_299 + d2_d_B_372 + d2_d_B_387).reshape(n, 32),
+        (d2_d_B_104 + d2_d_B_118 + d2_d_B_142 + d2_d_B_175 + d2_d_B_195 + d2_d_B_214 + d2_d_B_313 + d2_d_B_340 + d2_d_B_362 + d2_d_B_377).reshape(n, 96),
+        (d2_d_B_106 + d2_d_B_124 + d2_d_B_136 + d2_d_B_154 + d2_d_B_185 + d2_d_B_190 + d2_d_B_203 + d2_d_B_327 + d2_d_B_335 + d2_d_B_354 + d2_d_B_382).reshape(n, 160),
     ], dim=-1)
     d2_weight = torch.cat([
-        d2_weight_654.reshape(384),
-        d2_weight_653.reshape(1024),
-        d2_weight_636.reshape(2048),
-        d2_weight_603.reshape(3968),
+        d2_weight_522.reshape(384),
+        d2_weight_521.reshape(1024),
+        d2_weight_504.reshape(2048),
+        d2_weight_472.reshape(3968),
     ], dim=-1)
+    return [d2_A, d2_d_B, d2_weight]
+
+
+def _mace_product_4_d2_weight(
+    A: torch.Tensor, z: torch.Tensor, d_B: torch.Tensor, d2_d_weight: torch.Tensor,
+    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
+    cg_1_2_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor, cg_2_2_0: torch.Tensor,
+    cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of mace_product_4_d for the cotangent of d_weight: A (n, 288), z (n,), d_B (n, 288), d2_d_weight (7424,) -> d2_A (n, 288), d2_d_B (n, 288), d2_weight (7424,)."""
+    n = A.shape[0]
+    # p1 = (p0 ⊗ p0) -> 32x0e
+    _c0 = torch.einsum("zui,zuj->ziju", A[:, 0:32].reshape(n, 32, 1), A[:, 0:32].reshape(n, 32, 1))
+    _p1 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c0)
+    # p3 = (p0 ⊗ p2) -> 32x1o
+    _c1 = torch.einsum("zui,zuj->ziju", A[:, 0:32].reshape(n, 32, 1), A[:, 32:128].reshape(n, 32, 3))
+    _p3 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c1)
+    # p5 = (p0 ⊗ p4) -> 32x2e
+    _c2 = torch.einsum("zui,zuj->ziju", A[:, 0:32].reshape(n, 32, 1), A[:, 128:288].reshape(n, 32, 5))
+    _p5 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c2)
+    # p6 = (p2 ⊗ p2) -> 32x0e
+    _c3 = torch.einsum("zui,zuj->ziju", A[:, 32:128].reshape(n, 32, 3), A[:, 32:128].reshape(n, 32, 3))
+    _p6 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c3)
+    # p7 = (p2 ⊗ p2) -> 32x2e
+    _p7 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c3)
+    # p8 = (p2 ⊗ p4) -> 32x1o
+    _c4 = torch.einsum("zui,zuj->ziju", A[:, 32:128].reshape(n, 32, 3), A[:, 128:288].reshape(n, 32, 5))
+    _p8 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c4)
+    # p9 = (p4 ⊗ p4) -> 32x0e
+    _c5 = torch.einsum("zui,zuj->ziju", A[:, 128:288].reshape(n, 32, 5), A[:, 128:288].reshape(n, 32, 5))
+    _p9 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c5)
+    # p10 = (p4 ⊗ p4) -> 32x2e
+    _p10 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c5)
+    # p23 = (p8 ⊗ p2) -> 32x0e
+    _c6 = torch.einsum("zui,zuj->ziju", _p8, A[:, 32:128].reshape(n, 32, 3))
+    _p23 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c6)
+    # p24 = (p10 ⊗ p2) -> 32x1o
+    _c7 = torch.einsum("zui,zuj->ziju", _p10, A[:, 32:128].reshape(n, 32, 3))
+    _p24 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c7)
+    # p25 = (p10 ⊗ p4) -> 32x0e
+    _c8 = torch.einsum("zui,zuj->ziju", _p10, A[:, 128:288].reshape(n, 32, 5))
+    _p25 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c8)
+    # p26 = (p1 ⊗ p0) -> 32x0e
+    _c9 = torch.einsum("zui,zuj->ziju", _p1, A[:, 0:32].reshape(n, 32, 1))
+    _p26 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c9)
+    # p27 = (p1 ⊗ p2) -> 32x1o
+    _c10 = torch.einsum("zui,zuj->ziju", _p1, A[:, 32:128].reshape(n, 32, 3))
+    _p27 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c10)
+    # p28 = (p1 ⊗ p4) -> 32x2e
+    _c11 = torch.einsum("zui,zuj->ziju", _p1, A[:, 128:288].reshape(n, 32, 5))
+    _p28 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c11)
+    # p29 = (p3 ⊗ p2) -> 32x0e
+    _c12 = torch.einsum("zui,zuj->ziju", _p3, A[:, 32:128].reshape(n, 32, 3))
+    _p29 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c12)
+    # p30 = (p3 ⊗ p2) -> 32x2e
+    _p30 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c12)
+    # p31 = (p5 ⊗ p4) -> 32x0e
+    _c13 = torch.einsum("zui,zuj->ziju", _p5, A[:, 128:288].reshape(n, 32, 5))
+    _p31 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c13)
+    # p32 = (p5 ⊗ p4) -> 32x2e
+    _p32 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c13)
+    # p33 = (p6 ⊗ p0) -> 32x0e
+    _c14 = torch.einsum("zui,zuj->ziju", _p6, A[:, 0:32].reshape(n, 32, 1))
+    _p33 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c14)
+    # p34 = (p6 ⊗ p2) -> 32x1o
+    _c15 = torch.einsum("zui,zuj->ziju", _p6, A[:, 32:128].reshape(n, 32, 3))
+    _p34 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c15)
+    # p35 = (p8 ⊗ p2) -> 32x1e
+    _p35 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c6)
+    # p36 = (p8 ⊗ p2) -> 32x2e
+    _p36 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c6)
+    # p37 = (p2 ⊗ p4) -> 32x2o
+    _p37 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c4)
+    # p38 = (p37 ⊗ p2) -> 32x2e
+    _c16 = torch.einsum("zui,zuj->ziju", _p37, A[:, 32:128].reshape(n, 32, 3))
+    _p38 = torch.einsum("ijk,ziju->zuk", cg_2_1_2, _c16)
+    # p39 = (p9 ⊗ p0) -> 32x0e
+    _c17 = torch.einsum("zui,zuj->ziju", _p9, A[:, 0:32].reshape(n, 32, 1))
+    _p39 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c17)
+    # p40 = (p9 ⊗ p2) -> 32x1o
+    _c18 = torch.einsum("zui,zuj->ziju", _p9, A[:, 32:128].reshape(n, 32, 3))
+    _p40 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c18)
+    # p41 = (p9 ⊗ p4) -> 32x2e
+    _c19 = torch.einsum("zui,zuj->ziju", _p9, A[:, 128:288].reshape(n, 32, 5))
+    _p41 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c19)
+    # p62 = (p41 ⊗ p4) -> 32x0e
+    _c20 = torch.einsum("zui,zuj->ziju", _p41, A[:, 128:288].reshape(n, 32, 5))
+    _p62 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c20)
+    d__p61 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
+    _c21 = torch.einsum("zuk,zuj->zjku", d__p61, A[:, 128:288].reshape(n, 32, 5))
+    d__p60 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c21)
+    d__p59 = d_B[:, 32:128].reshape(n, 32, 3)
+    # ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
+    _c22 = torch.einsum("zuk,zuj->zjku", d__p59, A[:, 32:128].reshape(n, 32, 3))
+    d__p58 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c22)
+    d__p57 = d_B[:, 0:32].reshape(n, 32, 1)
+    # ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
+    _c23 = torch.einsum("zuk,zuj->zjku", d__p57, A[:, 32:128].reshape(n, 32, 3))
+    d__p56 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c23)
+    d__p55 = d_B[:, 32:128].reshape(n, 32, 3)
+    # ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
+    _c24 = torch.einsum("zuk,zuj->zjku", d__p55, A[:, 32:128].reshape(n, 32, 3))
+    d__p54 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c24)
+    d__p53 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
+    _c25 = torch.einsum("zuk,zuj->zjku", d__p53, A[:, 128:288].reshape(n, 32, 5))
+    d__p52 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c25)
+    d__p51 = d_B[:, 32:128].reshape(n, 32, 3)
+    # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
+    _c26 = torch.einsum("zuk,zuj->zjku", d__p51, A[:, 128:288].reshape(n, 32, 5))
+    d__p50 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c26)
+    d__p49 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
+    _c27 = torch.einsum("zuk,zuj->zjku", d__p49, A[:, 32:128].reshape(n, 32, 3))
+    d__p48 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c27)
+    d__p47 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
+    _c28 = torch.einsum("zuk,zuj->zjku", d__p47, A[:, 128:288].reshape(n, 32, 5))
+    d__p46 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c28)
+    d__p45 = d_B[:, 32:128].reshape(n, 32, 3)
+    # ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
+    _c29 = torch.einsum("zuk,zuj->zjku", d__p45, A[:, 32:128].reshape(n, 32, 3))
+    d__p44 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c29)
+    d__p43 = d_B[:, 0:32].reshape(n, 32, 1)
+    # ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
+    _c30 = torch.einsum("zuk,zuj->zjku", d__p43, A[:, 0:32].reshape(n, 32, 1))
+    d__p42 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c30)
+    d__p22 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
+    _c31 = torch.einsum("zuk,zuj->zjku", d__p22, A[:, 128:288].reshape(n, 32, 5))
+    d__p21 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c31)
+    d__p20 = d_B[:, 32:128].reshape(n, 32, 3)
+    # ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
+    _c32 = torch.einsum("zuk,zuj->zjku", d__p20, A[:, 128:288].reshape(n, 32, 5))
+    d__p19 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c32)
+    d__p18 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
+    _c33 = torch.einsum("zuk,zuj->zjku", d__p18, A[:, 32:128].reshape(n, 32, 3))
+    d__p17 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c33)
+    d__p16 = d_B[:, 128:288].reshape(n, 32, 5)
+    # ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
+    _c34 = torch.einsum("zuk,zuj->zjku", d__p16, A[:, 128:288].reshape(n, 32, 5))
+    d__p15 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c34)
+    d__p14 = d_B[:, 32:128].reshape(n, 32, 3)
+    # ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
+    _c35 = torch.einsum("zuk,zuj->zjku", d__p14, A[:, 32:128].reshape(n, 32, 3))
+    d__p13 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c35)
+    d__p12 = d_B[:, 0:32].reshape(n, 32, 1)
+    # ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
+    _c36 = torch.einsum("zuk,zuj->zjku", d__p12, A[:, 0:32].reshape(n, 32, 1))
+    d__p11 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c36)
+    d2_d__w_B_0 = d2_d_weight[0:384].view(384).reshape(4, 96)[z]
+    # ∂/∂d_B: ∂/∂_w_B_0: 32x0e -> 32x0e
+    d2_d_B_0 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 0:32].reshape(n, 32), A[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂A: ∂/∂_w_B_0: 32x0e -> 32x0e
+    d2_A_1 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 0:32].reshape(n, 32), d_B[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂d_B: ∂/∂_w_B_0: 32x1o -> 32x1o
+    d2_d_B_2 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 32:64].reshape(n, 32), A[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂A: ∂/∂_w_B_0: 32x1o -> 32x1o
+    d2_A_3 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 32:64].reshape(n, 32), d_B[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂d_B: ∂/∂_w_B_0: 32x2e -> 32x2e
+    d2_d_B_4 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 64:96].reshape(n, 32), A[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂A: ∂/∂_w_B_0: 32x2e -> 32x2e
+    d2_A_5 = torch.einsum("zu,zui->zui", d2_d__w_B_0[:, 64:96].reshape(n, 32), d_B[:, 128:288].reshape(n, 32, 5))
+    d2_d__w_B_1 = d2_d_weight[384:1408].view(1024).reshape(4, 256)[z]
+    d2_d_B_6 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 0:32].reshape(n, 32) * 0.5773502691896257), _p1)
+    d2__p1_7 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 0:32].reshape(n, 32) * 0.5773502691896257), d_B[:, 0:32].reshape(n, 32, 1))
+    d2_d_B_8 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 32:64].reshape(n, 32) * 1.224744871391589), _p3)
+    d2__p3_9 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 32:64].reshape(n, 32) * 1.224744871391589), d_B[:, 32:128].reshape(n, 32, 3))
+    d2_d_B_10 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 64:96].reshape(n, 32) * 1.2909944487358056), _p5)
+    d2__p5_11 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 64:96].reshape(n, 32) * 1.2909944487358056), d_B[:, 128:288].reshape(n, 32, 5))
+    d2_d_B_12 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 96:128].reshape(n, 32) * 0.5773502691896257), _p6)
+    d2__p6_13 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 96:128].reshape(n, 32) * 0.5773502691896257), d_B[:, 0:32].reshape(n, 32, 1))
+    d2_d_B_14 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 128:160].reshape(n, 32) * 1.2909944487358056), _p7)
+    d2__p7_15 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 128:160].reshape(n, 32) * 1.2909944487358056), d_B[:, 128:288].reshape(n, 32, 5))
+    d2_d_B_16 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 160:192].reshape(n, 32) * 1.224744871391589), _p8)
+    d2__p8_17 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 160:192].reshape(n, 32) * 1.224744871391589), d_B[:, 32:128].reshape(n, 32, 3))
+    d2_d_B_18 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 192:224].reshape(n, 32) * 0.5773502691896257), _p9)
+    d2__p9_19 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 192:224].reshape(n, 32) * 0.5773502691896257), d_B[:, 0:32].reshape(n, 32, 1))
+    d2_d_B_20 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 224:256].reshape(n, 32) * 1.2909944487358056), _p10)
+    d2__p10_21 = torch.einsum("zu,zui->zui", (d2_d__w_B_1[:, 224:256].reshape(n, 32) * 1.2909944487358056), d_B[:, 128:288].reshape(n, 32, 5))
+    d2_d__w_B_2 = d2_d_weight[1408:3456].view(2048).reshape(4, 512)[z]
+    d2_d__p11_22 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 0:32].reshape(n, 32) * 0.4472135954999579), _p1)
+    d2__p1_23 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 0:32].reshape(n, 32) * 0.4472135954999579), d__p11)
+    d2_d__p11_24 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 192:224].reshape(n, 32) * 0.4472135954999579), _p6)
+    d2__p6_25 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 192:224].reshape(n, 32) * 0.4472135954999579), d__p11)
+    d2_d__p11_26 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 352:384].reshape(n, 32) * 0.4472135954999579), _p9)
+    d2__p9_27 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 352:384].reshape(n, 32) * 0.4472135954999579), d__p11)
+    # ∂/∂d__p12: ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
+    d2_d__p11 = d2_d__p11_22 + d2_d__p11_24 + d2_d__p11_26
+    _c37 = torch.einsum("zui,zuj->ziju", d2_d__p11, A[:, 0:32].reshape(n, 32, 1))
+    d2_d__p12 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c37)
+    # ∂/∂A: ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
+    _c38 = torch.einsum("zui,zuk->ziku", d2_d__p11, d__p12)
+    d2_A_28 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c38)
+    d2_d_B_29 = d2_d__p12
+    d2_d__p13_30 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 32:64].reshape(n, 32) * 0.7745966692414834), _p1)
+    d2__p1_31 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 32:64].reshape(n, 32) * 0.7745966692414834), d__p13)
+    d2_d__p13_32 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 224:256].reshape(n, 32) * 0.7745966692414834), _p6)
+    d2__p6_33 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 224:256].reshape(n, 32) * 0.7745966692414834), d__p13)
+    d2_d__p13_34 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 384:416].reshape(n, 32) * 0.7745966692414834), _p9)
+    d2__p9_35 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 384:416].reshape(n, 32) * 0.7745966692414834), d__p13)
+    # ∂/∂d__p14: ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
+    d2_d__p13 = d2_d__p13_30 + d2_d__p13_32 + d2_d__p13_34
+    _c39 = torch.einsum("zui,zuj->ziju", d2_d__p13, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p14 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c39)
+    # ∂/∂A: ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
+    _c40 = torch.einsum("zui,zuk->ziku", d2_d__p13, d__p14)
+    d2_A_36 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c40)
+    d2_d_B_37 = d2_d__p14
+    d2_d__p15_38 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 64:96].reshape(n, 32) * 0.9128709291752769), _p1)
+    d2__p1_39 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 64:96].reshape(n, 32) * 0.9128709291752769), d__p15)
+    d2_d__p15_40 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 256:288].reshape(n, 32) * 0.9128709291752769), _p6)
+    d2__p6_41 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 256:288].reshape(n, 32) * 0.9128709291752769), d__p15)
+    d2_d__p15_42 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 448:480].reshape(n, 32) * 0.9128709291752769), _p9)
+    d2__p9_43 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 448:480].reshape(n, 32) * 0.9128709291752769), d__p15)
+    # ∂/∂d__p16: ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
+    d2_d__p15 = d2_d__p15_38 + d2_d__p15_40 + d2_d__p15_42
+    _c41 = torch.einsum("zui,zuj->ziju", d2_d__p15, A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p16 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c41)
+    # ∂/∂A: ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
+    _c42 = torch.einsum("zui,zuk->ziku", d2_d__p15, d__p16)
+    d2_A_44 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c42)
+    d2_d_B_45 = d2_d__p16
+    d2_d__p17 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898), _p3)
+    d2__p3_46 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898), d__p17)
+    # ∂/∂d__p18: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
+    _c43 = torch.einsum("zui,zuj->ziju", d2_d__p17, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p18 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c43)
+    # ∂/∂A: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
+    _c44 = torch.einsum("zui,zuk->ziku", d2_d__p17, d__p18)
+    d2_A_47 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c44)
+    d2_d_B_48 = d2_d__p18
+    d2_d__p19 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738), _p3)
+    d2__p3_49 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738), d__p19)
+    # ∂/∂d__p20: ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
+    _c45 = torch.einsum("zui,zuj->ziju", d2_d__p19, A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p20 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c45)
+    # ∂/∂A: ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
+    _c46 = torch.einsum("zui,zuk->ziku", d2_d__p19, d__p20)
+    d2_A_50 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c46)
+    d2_d_B_51 = d2_d__p20
+    d2_d__p21_52 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315), _p5)
+    d2__p5_53 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315), d__p21)
+    d2_d__p21_54 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315), _p7)
+    d2__p7_55 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315), d__p21)
+    # ∂/∂d__p22: ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
+    d2_d__p21 = d2_d__p21_52 + d2_d__p21_54
+    _c47 = torch.einsum("zui,zuj->ziju", d2_d__p21, A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p22 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c47)
+    # ∂/∂A: ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
+    _c48 = torch.einsum("zui,zuk->ziku", d2_d__p21, d__p22)
+    d2_A_56 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c48)
+    d2_d_B_57 = d2_d__p22
+    d2_d_B_58 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 320:352].reshape(n, 32) * 0.7745966692414834), _p23)
+    d2__p23_59 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 320:352].reshape(n, 32) * 0.7745966692414834), d_B[:, 0:32].reshape(n, 32, 1))
+    d2_d_B_60 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 416:448].reshape(n, 32) * 1.7320508075688772), _p24)
+    d2__p24_61 = torch.einsum("zu,zui->zui", (d2_d__w_B_2[:, 416:448].reshape(n, 32) * 1.7320508075688772), d_B[:, 32:128].reshape(n, 32, 3))
+    d2_d_B_62 = torch.einsum("zu,zui->zui", d2_d__w_B_2[:, 480:512].reshape(n, 32), _p25)
+    d2__p25_63 = torch.einsum("zu,zui->zui", d2_d__w_B_2[:, 480:512].reshape(n, 32), d_B[:, 0:32].reshape(n, 32, 1))
+    d2_d__w_B_3 = d2_d_weight[3456:7424].view(3968).reshape(4, 992)[z]
+    d2_d__p42_64 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 0:32].reshape(n, 32) * 0.3333333333333333), _p26)
+    d2__p26_65 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 0:32].reshape(n, 32) * 0.3333333333333333), d__p42)
+    d2_d__p42_66 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 320:352].reshape(n, 32) * 0.3333333333333333), _p33)
+    d2__p33_67 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 320:352].reshape(n, 32) * 0.3333333333333333), d__p42)
+    d2_d__p42_68 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 448:480].reshape(n, 32) * 0.5773502691896257), _p23)
+    d2__p23_69 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 448:480].reshape(n, 32) * 0.5773502691896257), d__p42)
+    d2_d__p42_70 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 672:704].reshape(n, 32) * 0.3333333333333333), _p39)
+    d2__p39_71 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 672:704].reshape(n, 32) * 0.3333333333333333), d__p42)
+    d2_d__p42_72 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 800:832].reshape(n, 32) * 0.7453559924999299), _p25)
+    d2__p25_73 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 800:832].reshape(n, 32) * 0.7453559924999299), d__p42)
+    # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
+    d2_d__p42 = d2_d__p42_64 + d2_d__p42_66 + d2_d__p42_68 + d2_d__p42_70 + d2_d__p42_72
+    _c49 = torch.einsum("zui,zuj->ziju", d2_d__p42, A[:, 0:32].reshape(n, 32, 1))
+    d2_d__p43 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c49)
+    # ∂/∂A: ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
+    _c50 = torch.einsum("zui,zuk->ziku", d2_d__p42, d__p43)
+    d2_A_74 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c50)
+    d2_d_B_75 = d2_d__p43
+    d2_d__p44_76 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 32:64].reshape(n, 32) * 0.5773502691896257), _p26)
+    d2__p26_77 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 32:64].reshape(n, 32) * 0.5773502691896257), d__p44)
+    d2_d__p44_78 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 256:288].reshape(n, 32) * 1.2909944487358056), _p31)
+    d2__p31 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 256:288].reshape(n, 32) * 1.2909944487358056), d__p44)
+    d2_d__p44_79 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 352:384].reshape(n, 32) * 0.5773502691896257), _p33)
+    d2__p33_80 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 352:384].reshape(n, 32) * 0.5773502691896257), d__p44)
+    d2_d__p44_81 = torch.einsum("zu,zui->zui", d2_d__w_B_3[:, 480:512].reshape(n, 32), _p23)
+    d2__p23_82 = torch.einsum("zu,zui->zui", d2_d__w_B_3[:, 480:512].reshape(n, 32), d__p44)
+    d2_d__p44_83 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 864:896].reshape(n, 32) * 1.2909944487358056), _p25)
+    d2__p25_84 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 864:896].reshape(n, 32) * 1.2909944487358056), d__p44)
+    # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
+    d2_d__p44 = d2_d__p44_76 + d2_d__p44_78 + d2_d__p44_79 + d2_d__p44_81 + d2_d__p44_83
+    _c51 = torch.einsum("zui,zuj->ziju", d2_d__p44, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p45 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c51)
+    # ∂/∂A: ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
+    _c52 = torch.einsum("zui,zuk->ziku", d2_d__p44, d__p45)
+    d2_A_85 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c52)
+    d2_d_B_86 = d2_d__p45
+    d2_d__p46_87 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 64:96].reshape(n, 32) * 0.6201736729460423), _p26)
+    d2__p26_88 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 64:96].reshape(n, 32) * 0.6201736729460423), d__p46)
+    d2_d__p46_89 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 192:224].reshape(n, 32) * 1.0741723110591492), _p29)
+    d2__p29 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 192:224].reshape(n, 32) * 1.0741723110591492), d__p46)
+    d2_d__p46_90 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 544:576].reshape(n, 32) * 1.0741723110591492), _p23)
+    d2__p23_91 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 544:576].reshape(n, 32) * 1.0741723110591492), d__p46)
+    d2_d__p46_92 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 704:736].reshape(n, 32) * 0.6201736729460423), _p39)
+    d2__p39_93 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 704:736].reshape(n, 32) * 0.6201736729460423), d__p46)
+    d2_d__p46_94 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 960:992].reshape(n, 32) * 1.3867504905630728), _p25)
+    d2__p25_95 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 960:992].reshape(n, 32) * 1.3867504905630728), d__p46)
+    # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
+    d2_d__p46 = d2_d__p46_87 + d2_d__p46_89 + d2_d__p46_90 + d2_d__p46_92 + d2_d__p46_94
+    _c53 = torch.einsum("zui,zuj->ziju", d2_d__p46, A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p47 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c53)
+    # ∂/∂A: ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
+    _c54 = torch.einsum("zui,zuk->ziku", d2_d__p46, d__p47)
+    d2_A_96 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c54)
+    d2_d_B_97 = d2_d__p47
+    d2_d__p48_98 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492), _p27)
+    d2__p27_99 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492), d__p48)
+    d2_d__p48_100 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492), _p34)
+    d2__p34_101 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492), d__p48)
+    # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
+    d2_d__p48 = d2_d__p48_98 + d2_d__p48_100
+    _c55 = torch.einsum("zui,zuj->ziju", d2_d__p48, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p49 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c55)
+    # ∂/∂A: ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
+    _c56 = torch.einsum("zui,zuk->ziku", d2_d__p48, d__p49)
+    d2_A_102 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c56)
+    d2_d_B_103 = d2_d__p49
+    d2_d__p50 = torch.einsum("zu,zui->zui", d2_d__w_B_3[:, 128:160].reshape(n, 32), _p27)
+    d2__p27_104 = torch.einsum("zu,zui->zui", d2_d__w_B_3[:, 128:160].reshape(n, 32), d__p50)
+    # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
+    _c57 = torch.einsum("zui,zuj->ziju", d2_d__p50, A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p51 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c57)
+    # ∂/∂A: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
+    _c58 = torch.einsum("zui,zuk->ziku", d2_d__p50, d__p51)
+    d2_A_105 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c58)
+    d2_d_B_106 = d2_d__p51
+    d2_d__p52_107 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728), _p28)
+    d2__p28 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728), d__p52)
+    d2_d__p52_108 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307), _p30)
+    d2__p30 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307), d__p52)
+    d2_d__p52_109 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307), _p36)
+    d2__p36 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307), d__p52)
+    d2_d__p52_110 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115), _p38)
+    d2__p38 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115), d__p52)
+    d2_d__p52_111 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728), _p41)
+    d2__p41_112 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728), d__p52)
+    # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
+    d2_d__p52 = d2_d__p52_107 + d2_d__p52_108 + d2_d__p52_109 + d2_d__p52_110 + d2_d__p52_111
+    _c59 = torch.einsum("zui,zuj->ziju", d2_d__p52, A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p53 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c59)
+    # ∂/∂A: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
+    _c60 = torch.einsum("zui,zuk->ziku", d2_d__p52, d__p53)
+    d2_A_113 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c60)
+    d2_d_B_114 = d2_d__p53
+    d2_d__p54_115 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129), _p32)
+    d2__p32 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129), d__p54)
+    d2_d__p54_116 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056), _p41)
+    d2__p41_117 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056), d__p54)
+    # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
+    d2_d__p54 = d2_d__p54_115 + d2_d__p54_116
+    _c61 = torch.einsum("zui,zuj->ziju", d2_d__p54, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p55 = torch.einsum("ijk,ziju->zuk", cg_2_1_1, _c61)
+    # ∂/∂A: ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
+    _c62 = torch.einsum("zui,zuk->ziku", d2_d__p54, d__p55)
+    d2_A_118 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c62)
+    d2_d_B_119 = d2_d__p55
+    d2_d__p56_120 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257), _p34)
+    d2__p34_121 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257), d__p56)
+    d2_d__p56_122 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257), _p40)
+    d2__p40 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257), d__p56)
+    d2_d__p56_123 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056), _p24)
+    d2__p24_124 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056), d__p56)
+    # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
+    d2_d__p56 = d2_d__p56_120 + d2_d__p56_122 + d2_d__p56_123
+    _c63 = torch.einsum("zui,zuj->ziju", d2_d__p56, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p57 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c63)
+    # ∂/∂A: ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
+    _c64 = torch.einsum("zui,zuk->ziku", d2_d__p56, d__p57)
+    d2_A_125 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c64)
+    d2_d_B_126 = d2_d__p57
+    d2_d__p58 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772), _p35)
+    d2__p35_127 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772), d__p58)
+    # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
+    _c65 = torch.einsum("zui,zuj->ziju", d2_d__p58, A[:, 32:128].reshape(n, 32, 3))
+    d2_d__p59 = torch.einsum("ijk,ziju->zuk", cg_1_1_1, _c65)
+    # ∂/∂A: ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
+    _c66 = torch.einsum("zui,zuk->ziku", d2_d__p58, d__p59)
+    d2_A_128 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c66)
+    d2_d_B_129 = d2_d__p59
+    d2_d__p60 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127), _p35)
+    d2__p35_130 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127), d__p60)
+    # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
+    _c67 = torch.einsum("zui,zuj->ziju", d2_d__p60, A[:, 128:288].reshape(n, 32, 5))
+    d2_d__p61 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c67)
+    # ∂/∂A: ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
+    _c68 = torch.einsum("zui,zuk->ziku", d2_d__p60, d__p61)
+    d2_A_131 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c68)
+    d2_d_B_132 = d2_d__p61
+    d2_d_B_133 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 896:928].reshape(n, 32) * 0.7453559924999299), _p62)
+    d2__p62 = torch.einsum("zu,zui->zui", (d2_d__w_B_3[:, 896:928].reshape(n, 32) * 0.7453559924999299), d_B[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e
+    _c69 = torch.einsum("zuk,zuj->zjku", d2__p62, A[:, 128:288].reshape(n, 32, 5))
+    d2__p41_134 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c69)
+    # ∂/∂A: p62 = (p41 ⊗ p4) -> 32x0e
+    _c70 = torch.einsum("zuk,zui->ziku", d2__p62, _p41)
+    d2_A_135 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c70)
+    # ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
+    d2__p41 = d2__p41_112 + d2__p41_117 + d2__p41_134
+    _c71 = torch.einsum("zuk,zuj->zjku", d2__p41, A[:, 128:288].reshape(n, 32, 5))
+    d2__p9_136 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c71)
+    # ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e
+    _c72 = torch.einsum("zuk,zui->ziku", d2__p41, _p9)
+    d2_A_137 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c72)
+    # ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
+    _c73 = torch.einsum("zuk,zuj->zjku", d2__p40, A[:, 32:128].reshape(n, 32, 3))
+    d2__p9_138 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c73)
+    # ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o
+    _c74 = torch.einsum("zuk,zui->ziku", d2__p40, _p9)
+    d2_A_139 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c74)
+    # ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
+    d2__p39 = d2__p39_71 + d2__p39_93
+    _c75 = torch.einsum("zuk,zuj->zjku", d2__p39, A[:, 0:32].reshape(n, 32, 1))
+    d2__p9_140 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c75)
+    # ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
+    _c76 = torch.einsum("zuk,zui->ziku", d2__p39, _p9)
+    d2_A_141 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c76)
+    # ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
+    _c77 = torch.einsum("zuk,zuj->zjku", d2__p38, A[:, 32:128].reshape(n, 32, 3))
+    d2__p37 = torch.einsum("ijk,zjku->zui", cg_2_1_2, _c77)
+    # ∂/∂A: p38 = (p37 ⊗ p2) -> 32x2e
+    _c78 = torch.einsum("zuk,zui->ziku", d2__p38, _p37)
+    d2_A_142 = torch.einsum("ijk,ziku->zuj", cg_2_1_2, _c78)
+    # ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
+    _c79 = torch.einsum("zuk,zuj->zjku", d2__p37, A[:, 128:288].reshape(n, 32, 5))
+    d2_A_143 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c79)
+    # ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
+    _c80 = torch.einsum("zuk,zui->ziku", d2__p37, A[:, 32:128].reshape(n, 32, 3))
+    d2_A_144 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c80)
+    # ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
+    _c81 = torch.einsum("zuk,zuj->zjku", d2__p36, A[:, 32:128].reshape(n, 32, 3))
+    d2__p8_145 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c81)
+    # ∂/∂A: p36 = (p8 ⊗ p2) -> 32x2e
+    _c82 = torch.einsum("zuk,zui->ziku", d2__p36, _p8)
+    d2_A_146 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c82)
+    # ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
+    d2__p35 = d2__p35_127 + d2__p35_130
+    _c83 = torch.einsum("zuk,zuj->zjku", d2__p35, A[:, 32:128].reshape(n, 32, 3))
+    d2__p8_147 = torch.einsum("ijk,zjku->zui", cg_1_1_1, _c83)
+    # ∂/∂A: p35 = (p8 ⊗ p2) -> 32x1e
+    _c84 = torch.einsum("zuk,zui->ziku", d2__p35, _p8)
+    d2_A_148 = torch.einsum("ijk,ziku->zuj", cg_1_1_1, _c84)
+    # ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
+    d2__p34 = d2__p34_101 + d2__p34_121
+    _c85 = torch.einsum("zuk,zuj->zjku", d2__p34, A[:, 32:128].reshape(n, 32, 3))
+    d2__p6_149 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c85)
+    # ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o
+    _c86 = torch.einsum("zuk,zui->ziku", d2__p34, _p6)
+    d2_A_150 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c86)
+    # ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
+    d2__p33 = d2__p33_67 + d2__p33_80
+    _c87 = torch.einsum("zuk,zuj->zjku", d2__p33, A[:, 0:32].reshape(n, 32, 1))
+    d2__p6_151 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c87)
+    # ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
+    _c88 = torch.einsum("zuk,zui->ziku", d2__p33, _p6)
+    d2_A_152 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c88)
+    # ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
+    _c89 = torch.einsum("zuk,zuj->zjku", d2__p32, A[:, 128:288].reshape(n, 32, 5))
+    d2__p5_153 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c89)
+    # ∂/∂A: p32 = (p5 ⊗ p4) -> 32x2e
+    _c90 = torch.einsum("zuk,zui->ziku", d2__p32, _p5)
+    d2_A_154 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c90)
+    # ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
+    _c91 = torch.einsum("zuk,zuj->zjku", d2__p31, A[:, 128:288].reshape(n, 32, 5))
+    d2__p5_155 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c91)
+    # ∂/∂A: p31 = (p5 ⊗ p4) -> 32x0e
+    _c92 = torch.einsum("zuk,zui->ziku", d2__p31, _p5)
+    d2_A_156 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c92)
+    # ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
+    _c93 = torch.einsum("zuk,zuj->zjku", d2__p30, A[:, 32:128].reshape(n, 32, 3))
+    d2__p3_157 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c93)
+    # ∂/∂A: p30 = (p3 ⊗ p2) -> 32x2e
+    _c94 = torch.einsum("zuk,zui->ziku", d2__p30, _p3)
+    d2_A_158 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c94)
+    # ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
+    _c95 = torch.einsum("zuk,zuj->zjku", d2__p29, A[:, 32:128].reshape(n, 32, 3))
+    d2__p3_159 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c95)
+    # ∂/∂A: p29 = (p3 ⊗ p2) -> 32x0e
+    _c96 = torch.einsum("zuk,zui->ziku", d2__p29, _p3)
+    d2_A_160 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c96)
+    # ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
+    _c97 = torch.einsum("zuk,zuj->zjku", d2__p28, A[:, 128:288].reshape(n, 32, 5))
+    d2__p1_161 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c97)
+    # ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e
+    _c98 = torch.einsum("zuk,zui->ziku", d2__p28, _p1)
+    d2_A_162 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c98)
+    # ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
+    d2__p27 = d2__p27_99 + d2__p27_104
+    _c99 = torch.einsum("zuk,zuj->zjku", d2__p27, A[:, 32:128].reshape(n, 32, 3))
+    d2__p1_163 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c99)
+    # ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o
+    _c100 = torch.einsum("zuk,zui->ziku", d2__p27, _p1)
+    d2_A_164 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c100)
+    # ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
+    d2__p26 = d2__p26_65 + d2__p26_77 + d2__p26_88
+    _c101 = torch.einsum("zuk,zuj->zjku", d2__p26, A[:, 0:32].reshape(n, 32, 1))
+    d2__p1_165 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c101)
+    # ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
+    _c102 = torch.einsum("zuk,zui->ziku", d2__p26, _p1)
+    d2_A_166 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c102)
+    # ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
+    d2__p25 = d2__p25_63 + d2__p25_73 + d2__p25_84 + d2__p25_95
+    _c103 = torch.einsum("zuk,zuj->zjku", d2__p25, A[:, 128:288].reshape(n, 32, 5))
+    d2__p10_167 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c103)
+    # ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e
+    _c104 = torch.einsum("zuk,zui->ziku", d2__p25, _p10)
+    d2_A_168 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c104)
+    # ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
+    d2__p24 = d2__p24_61 + d2__p24_124
+    _c105 = torch.einsum("zuk,zuj->zjku", d2__p24, A[:, 32:128].reshape(n, 32, 3))
+    d2__p10_169 = torch.einsum("ijk,zjku->zui", cg_2_1_1, _c105)
+    # ∂/∂A: p24 = (p10 ⊗ p2) -> 32x1o
+    _c106 = torch.einsum("zuk,zui->ziku", d2__p24, _p10)
+    d2_A_170 = torch.einsum("ijk,ziku->zuj", cg_2_1_1, _c106)
+    # ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
+    d2__p23 = d2__p23_59 + d2__p23_69 + d2__p23_82 + d2__p23_91
+    _c107 = torch.einsum("zuk,zuj->zjku", d2__p23, A[:, 32:128].reshape(n, 32, 3))
+    d2__p8_171 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c107)
+    # ∂/∂A: p23 = (p8 ⊗ p2) -> 32x0e
+    _c108 = torch.einsum("zuk,zui->ziku", d2__p23, _p8)
+    d2_A_172 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c108)
+    # ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
+    d2__p10 = d2__p10_21 + d2__p10_167 + d2__p10_169
+    _c109 = torch.einsum("zuk,zuj->zjku", d2__p10, A[:, 128:288].reshape(n, 32, 5))
+    d2_A_173 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c109)
+    # ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
+    _c110 = torch.einsum("zuk,zui->ziku", d2__p10, A[:, 128:288].reshape(n, 32, 5))
+    d2_A_174 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c110)
+    # ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
+    d2__p9 = d2__p9_19 + d2__p9_27 + d2__p9_35 + d2__p9_43 + d2__p9_136 + d2__p9_138 + d2__p9_140
+    _c111 = torch.einsum("zuk,zuj->zjku", d2__p9, A[:, 128:288].reshape(n, 32, 5))
+    d2_A_175 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c111)
+    # ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
+    _c112 = torch.einsum("zuk,zui->ziku", d2__p9, A[:, 128:288].reshape(n, 32, 5))
+    d2_A_176 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c112)
+    # ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
+    d2__p8 = d2__p8_17 + d2__p8_145 + d2__p8_147 + d2__p8_171
+    _c113 = torch.einsum("zuk,zuj->zjku", d2__p8, A[:, 128:288].reshape(n, 32, 5))
+    d2_A_177 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c113)
+    # ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
+    _c114 = torch.einsum("zuk,zui->ziku", d2__p8, A[:, 32:128].reshape(n, 32, 3))
+    d2_A_178 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c114)
+    # ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
+    d2__p7 = d2__p7_15 + d2__p7_55
+    _c115 = torch.einsum("zuk,zuj->zjku", d2__p7, A[:, 32:128].reshape(n, 32, 3))
+    d2_A_179 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c115)
+    # ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
+    _c116 = torch.einsum("zuk,zui->ziku", d2__p7, A[:, 32:128].reshape(n, 32, 3))
+    d2_A_180 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c116)
+    # ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
+    d2__p6 = d2__p6_13 + d2__p6_25 + d2__p6_33 + d2__p6_41 + d2__p6_149 + d2__p6_151
+    _c117 = torch.einsum("zuk,zuj->zjku", d2__p6, A[:, 32:128].reshape(n, 32, 3))
+    d2_A_181 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c117)
+    # ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
+    _c118 = torch.einsum("zuk,zui->ziku", d2__p6, A[:, 32:128].reshape(n, 32, 3))
+    d2_A_182 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c118)
+    # ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
+    d2__p5 = d2__p5_11 + d2__p5_53 + d2__p5_153 + d2__p5_155
+    _c119 = torch.einsum("zuk,zuj->zjku", d2__p5, A[:, 128:288].reshape(n, 32, 5))
+    d2_A_183 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c119)
+    # ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
+    _c120 = torch.einsum("zuk,zui->ziku", d2__p5, A[:, 0:32].reshape(n, 32, 1))
+    d2_A_184 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c120)
+    # ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
+    d2__p3 = d2__p3_9 + d2__p3_46 + d2__p3_49 + d2__p3_157 + d2__p3_159
+    _c121 = torch.einsum("zuk,zuj->zjku", d2__p3, A[:, 32:128].reshape(n, 32, 3))
+    d2_A_185 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c121)
+    # ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
+    _c122 = torch.einsum("zuk,zui->ziku", d2__p3, A[:, 0:32].reshape(n, 32, 1))
+    d2_A_186 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c122)
+    # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
+    d2__p1 = d2__p1_7 + d2__p1_23 + d2__p1_31 + d2__p1_39 + d2__p1_161 + d2__p1_163 + d2__p1_165
+    _c123 = torch.einsum("zuk,zuj->zjku", d2__p1, A[:, 0:32].reshape(n, 32, 1))
+    d2_A_187 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c123)
+    # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
+    _c124 = torch.einsum("zuk,zui->ziku", d2__p1, A[:, 0:32].reshape(n, 32, 1))
+    d2_A_188 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c124)
+    d2_A = torch.cat([
+        (d2_A_1 + d2_A_28 + d2_A_74 + d2_A_141 + d2_A_152 + d2_A_166 + d2_A_183 + d2_A_185 + d2_A_187 + d2_A_188).reshape(n, 32),
+        (d2_A_3 + d2_A_36 + d2_A_47 + d2_A_85 + d2_A_102 + d2_A_118 + d2_A_125 + d2_A_128 + d2_A_139 + d2_A_142 + d2_A_143 + d2_A_146 + d2_A_148 + d2_A_150 + d2_A_158 + d2_A_160 + d2_A_164 + d2_A_170 + d2_A_172 + d2_A_177 + d2_A_179 + d2_A_180 + d2_A_181 + d2_A_182 + d2_A_186).reshape(n, 96),
+        (d2_A_5 + d2_A_44 + d2_A_50 + d2_A_56 + d2_A_96 + d2_A_105 + d2_A_113 + d2_A_131 + d2_A_135 + d2_A_137 + d2_A_144 + d2_A_154 + d2_A_156 + d2_A_162 + d2_A_168 + d2_A_173 + d2_A_174 + d2_A_175 + d2_A_176 + d2_A_178 + d2_A_184).reshape(n, 160),
+    ], dim=-1)
+    d2_d_B = torch.cat([
+        (d2_d_B_0 + d2_d_B_6 + d2_d_B_12 + d2_d_B_18 + d2_d_B_29 + d2_d_B_58 + d2_d_B_62 + d2_d_B_75 + d2_d_B_126 + d2_d_B_133).reshape(n, 32),
+        (d2_d_B_2 + d2_d_B_8 + d2_d_B_16 + d2_d_B_37 + d2_d_B_51 + d2_d_B_60 + d2_d_B_86 + d2_d_B_106 + d2_d_B_119 + d2_d_B_129).reshape(n, 96),
+        (d2_d_B_4 + d2_d_B_10 + d2_d_B_14 + d2_d_B_20 + d2_d_B_45 + d2_d_B_48 + d2_d_B_57 + d2_d_B_97 + d2_d_B_103 + d2_d_B_114 + d2_d_B_132).reshape(n, 160),
+    ], dim=-1)
+    d2_weight = weight.new_zeros(7424)
     return [d2_A, d2_d_B, d2_weight]
 
 
@@ -4598,10 +5288,12 @@ def _mace_product_4_triton(A, z, weight, *constants: torch.Tensor) -> list[torch
     return [B_out]
 
 
-# mace_product_4: each op's autograd is the next program's op; the last one's is autograd through its code
-_ops.register("mace_product_4_d_d2", _mace_product_4_d_d2, outputs=((288, True), (288, True), (7424, False)), index_ranges={1: ('z', 4)})
-_ops.register("mace_product_4_d", _mace_product_4_d, outputs=((288, True), (7424, False)), index_ranges={1: ('z', 4)}, backward=_ops.mace_product_4_d_d2)
-_ops.register("mace_product_4", _mace_product_4_triton, outputs=((288, True),), index_ranges={1: ('z', 4)}, backward=_ops.mace_product_4_d, check_indices=True)
+# mace_product_4: an op's autograd runs, per cotangent present, the op of its derivative program;
+# the last ones differentiate through their own torch code
+_ops.register("mace_product_4_d2_A", _mace_product_4_d2_A, outputs=((288, True), (288, True), (7424, False)), index_ranges={1: ('z', 4)})
+_ops.register("mace_product_4_d2_weight", _mace_product_4_d2_weight, outputs=((288, True), (288, True), (7424, False)), index_ranges={1: ('z', 4)})
+_ops.register("mace_product_4_d", _mace_product_4_d, outputs=((288, True), (7424, False)), index_ranges={1: ('z', 4)}, backward=[_ops.mace_product_4_d2_A, _ops.mace_product_4_d2_weight])
+_ops.register("mace_product_4", _mace_product_4_triton, outputs=((288, True),), index_ranges={1: ('z', 4)}, backward=[_ops.mace_product_4_d], check_indices=True)
 
 
 class mace_product(rt.FusionModule):

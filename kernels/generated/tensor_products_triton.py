@@ -2,8 +2,8 @@
 # Source sha256: 0487e4016d18d1272c3f366ad303032d3354d9aebbc875da0643b394e013c074
 """fusionc triton ops compiled from kernels/tensor_products.fus: fc_tp, conv_tp, elementwise_tp, full_tp, linear, tp_then_linear.
 
-Per diagram: `_<name>` (forward), `_<name>_d` (its vector-Jacobian product) and `_<name>_d_d2`
-(the product's own), each a program of labelled contractions compiled from the diagram.
+Per diagram: `_<name>` (forward), `_<name>_d` (its vector-Jacobian product) and `_<name>_d2_<input>`
+(the product's own, per cotangent), each a program of labelled contractions compiled from the diagram.
 """
 
 from __future__ import annotations
@@ -16,681 +16,626 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_83540da46b8de64d")
+_ops = rt.OpNamespace("fusionc_329fb8418837ebf9")
 
 
 def _fc_tp(
-    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
-    cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
-    cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_3_2: torch.Tensor, cg_2_0_2: torch.Tensor,
-    cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor, cg_2_3_1: torch.Tensor,
+    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, _g_z_0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """fc_tp on rows: x (n, 288), y (n, 16) -> z (n, 288)."""
     n = x.shape[0]
-    # 32x0e ⊗ 1x0e -> 32x0e
-    _c0 = torch.einsum("zui,zvj->zijuv", x[:, 0:32].reshape(n, 32, 1), y[:, 0:1].reshape(n, 1, 1))
-    _c1 = torch.einsum("ijk,uvw->ijkuvw", cg_0_0_0, weight[0:1024].view(32, 1, 32))
-    z_0 = torch.einsum("zijuv,ijkuvw->zwk", _c0, (_c1 * 0.10206207261596575))
-    # 32x0e ⊗ 1x1o -> 32x1o
-    _c2 = torch.einsum("zui,uvw->zivw", x[:, 0:32].reshape(n, 32, 1), weight[1024:2048].view(32, 1, 32))
-    _c3 = torch.einsum("zvj,ijk->zikv", y[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
-    z_1 = torch.einsum("zivw,zikv->zwk", _c2, (_c3 * 0.13693063937629152))
-    # 32x0e ⊗ 1x2e -> 32x2e
-    _c4 = torch.einsum("zui,uvw->zivw", x[:, 0:32].reshape(n, 32, 1), weight[2048:3072].view(32, 1, 32))
-    _c5 = torch.einsum("zvj,ijk->zikv", y[:, 4:9].reshape(n, 1, 5), cg_0_2_2)
-    z_2 = torch.einsum("zivw,zikv->zwk", _c4, (_c5 * 0.1767766952966369))
-    # 32x1o ⊗ 1x0e -> 32x1o
-    _c6 = torch.einsum("zui,zvj->zijuv", x[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1))
-    _c7 = torch.einsum("ijk,zijuv->zkuv", cg_1_0_1, _c6)
-    z_3 = torch.einsum("uvw,zkuv->zwk", (weight[3072:4096].view(32, 1, 32) * 0.13693063937629152), _c7)
-    # 32x1o ⊗ 1x1o -> 32x0e
-    _c8 = torch.einsum("zui,zvj->zijuv", x[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3))
-    _c9 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c8)
-    z_4 = torch.einsum("uvw,zkuv->zwk", (weight[4096:5120].view(32, 1, 32) * 0.10206207261596575), _c9)
-    # 32x1o ⊗ 1x1o -> 32x2e
-    _c10 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_2, _c8)
-    z_5 = torch.einsum("uvw,zkuv->zwk", (weight[5120:6144].view(32, 1, 32) * 0.1767766952966369), _c10)
-    # 32x1o ⊗ 1x2e -> 32x1o
-    _c11 = torch.einsum("zui,zvj->zijuv", x[:, 32:128].reshape(n, 32, 3), y[:, 4:9].reshape(n, 1, 5))
-    _c12 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c11)
-    z_6 = torch.einsum("uvw,zkuv->zwk", (weight[6144:7168].view(32, 1, 32) * 0.13693063937629152), _c12)
-    # 32x1o ⊗ 1x3o -> 32x2e
-    _c13 = torch.einsum("zui,zvj->zijuv", x[:, 32:128].reshape(n, 32, 3), y[:, 9:16].reshape(n, 1, 7))
-    _c14 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_2, _c13)
-    z_7 = torch.einsum("uvw,zkuv->zwk", (weight[7168:8192].view(32, 1, 32) * 0.1767766952966369), _c14)
-    # 32x2e ⊗ 1x0e -> 32x2e
-    _c15 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1))
-    _c16 = torch.einsum("ijk,zijuv->zkuv", cg_2_0_2, _c15)
-    z_8 = torch.einsum("uvw,zkuv->zwk", (weight[8192:9216].view(32, 1, 32) * 0.1767766952966369), _c16)
-    # 32x2e ⊗ 1x1o -> 32x1o
-    _c17 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3))
-    _c18 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c17)
-    z_9 = torch.einsum("uvw,zkuv->zwk", (weight[9216:10240].view(32, 1, 32) * 0.13693063937629152), _c18)
-    # 32x2e ⊗ 1x2e -> 32x0e
-    _c19 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5))
-    _c20 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c19)
-    z_10 = torch.einsum("uvw,zkuv->zwk", (weight[10240:11264].view(32, 1, 32) * 0.10206207261596575), _c20)
-    # 32x2e ⊗ 1x2e -> 32x2e
-    _c21 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c19)
-    z_11 = torch.einsum("uvw,zkuv->zwk", (weight[11264:12288].view(32, 1, 32) * 0.1767766952966369), _c21)
-    # 32x2e ⊗ 1x3o -> 32x1o
-    _c22 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7))
-    _c23 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_1, _c22)
-    z_12 = torch.einsum("uvw,zkuv->zwk", (weight[12288:13312].view(32, 1, 32) * 0.13693063937629152), _c23)
+    # every path's (i, k) map at once: y · G
+    _m_z_0 = torch.einsum("zj,jc->zc", y.reshape(n, 16), _g_z_0)
+    # 1 paths 32x0e ⊗ y -> 32x0e
+    _t_z_0_0_0 = torch.einsum("zui,zipk->zupk", x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
+    z_0 = torch.einsum("zupk,puw->zwk", _t_z_0_0_0, weight[0:1024].view(1, 32, 32))
+    # 1 paths 32x0e ⊗ y -> 32x1o
+    _t_z_0_0_1 = torch.einsum("zui,zipk->zupk", x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 1:4].reshape(n, 1, 1, 3))
+    z_1 = torch.einsum("zupk,puw->zwk", _t_z_0_0_1, weight[1024:2048].view(1, 32, 32))
+    # 1 paths 32x0e ⊗ y -> 32x2e
+    _t_z_0_0_2 = torch.einsum("zui,zipk->zupk", x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 4:9].reshape(n, 1, 1, 5))
+    z_2 = torch.einsum("zupk,puw->zwk", _t_z_0_0_2, weight[2048:3072].view(1, 32, 32))
+    # 1 paths 32x1o ⊗ y -> 32x0e
+    _t_z_0_1_0 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
+    z_3 = torch.einsum("zupk,puw->zwk", _t_z_0_1_0, weight[4096:5120].view(1, 32, 32))
+    # 2 paths 32x1o ⊗ y -> 32x1o
+    _t_z_0_1_1 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 2, 3))
+    w_z_0_1_1_4 = weight[3072:4096].view(32, 32)
+    w_z_0_1_1_5 = weight[6144:7168].view(32, 32)
+    _w_z_0_1_1 = torch.cat([
+        w_z_0_1_1_4.reshape(1024),
+        w_z_0_1_1_5.reshape(1024),
+    ], dim=-1)
+    z_6 = torch.einsum("zupk,puw->zwk", _t_z_0_1_1, _w_z_0_1_1.view(2, 32, 32))
+    # 2 paths 32x1o ⊗ y -> 32x2e
+    _t_z_0_1_2 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 30:60].reshape(n, 3, 2, 5))
+    w_z_0_1_2_7 = weight[5120:6144].view(32, 32)
+    w_z_0_1_2_8 = weight[7168:8192].view(32, 32)
+    _w_z_0_1_2 = torch.cat([
+        w_z_0_1_2_7.reshape(1024),
+        w_z_0_1_2_8.reshape(1024),
+    ], dim=-1)
+    z_9 = torch.einsum("zupk,puw->zwk", _t_z_0_1_2, _w_z_0_1_2.view(2, 32, 32))
+    # 1 paths 32x2e ⊗ y -> 32x0e
+    _t_z_0_2_0 = torch.einsum("zui,zipk->zupk", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
+    z_10 = torch.einsum("zupk,puw->zwk", _t_z_0_2_0, weight[10240:11264].view(1, 32, 32))
+    # 2 paths 32x2e ⊗ y -> 32x1o
+    _t_z_0_2_1 = torch.einsum("zui,zipk->zupk", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 2, 3))
+    w_z_0_2_1_11 = weight[9216:10240].view(32, 32)
+    w_z_0_2_1_12 = weight[12288:13312].view(32, 32)
+    _w_z_0_2_1 = torch.cat([
+        w_z_0_2_1_11.reshape(1024),
+        w_z_0_2_1_12.reshape(1024),
+    ], dim=-1)
+    z_13 = torch.einsum("zupk,puw->zwk", _t_z_0_2_1, _w_z_0_2_1.view(2, 32, 32))
+    # 2 paths 32x2e ⊗ y -> 32x2e
+    _t_z_0_2_2 = torch.einsum("zui,zipk->zupk", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 2, 5))
+    w_z_0_2_2_14 = weight[8192:9216].view(32, 32)
+    w_z_0_2_2_15 = weight[11264:12288].view(32, 32)
+    _w_z_0_2_2 = torch.cat([
+        w_z_0_2_2_14.reshape(1024),
+        w_z_0_2_2_15.reshape(1024),
+    ], dim=-1)
+    z_16 = torch.einsum("zupk,puw->zwk", _t_z_0_2_2, _w_z_0_2_2.view(2, 32, 32))
     z = torch.cat([
-        (z_0 + z_4 + z_10).reshape(n, 32),
-        (z_1 + z_3 + z_6 + z_9 + z_12).reshape(n, 96),
-        (z_2 + z_5 + z_7 + z_8 + z_11).reshape(n, 160),
+        (z_0 + z_3 + z_10).reshape(n, 32),
+        (z_1 + z_6 + z_13).reshape(n, 96),
+        (z_2 + z_9 + z_16).reshape(n, 160),
     ], dim=-1)
     return [z]
 
 
 def _fc_tp_d(
     x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, weight: torch.Tensor,
-    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor,
-    cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_3_2: torch.Tensor,
-    cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
-    cg_2_3_1: torch.Tensor,
+    _g_z_0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of fc_tp: x (n, 288), y (n, 16), d_z (n, 288) -> d_x (n, 288), d_y (n, 16), d_weight (13312,)."""
     n = x.shape[0]
-    # ∂/∂x: 32x2e ⊗ 1x3o -> 32x1o
-    _c0 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 32:128].reshape(n, 32, 3), y[:, 9:16].reshape(n, 1, 7))
-    _c1 = torch.einsum("ijk,zjkvw->zivw", cg_2_3_1, _c0)
-    d_x_0 = torch.einsum("uvw,zivw->zui", (weight[12288:13312].view(32, 1, 32) * 0.13693063937629152), _c1)
-    # ∂/∂y: 32x2e ⊗ 1x3o -> 32x1o
-    _c2 = torch.einsum("zwk,uvw->zkuv", d_z[:, 32:128].reshape(n, 32, 3), weight[12288:13312].view(32, 1, 32))
-    _c3 = torch.einsum("zui,zkuv->zikv", x[:, 128:288].reshape(n, 32, 5), _c2)
-    d_y_1 = torch.einsum("ijk,zikv->zvj", (cg_2_3_1 * 0.13693063937629152), _c3)
-    # ∂/∂weight: 32x2e ⊗ 1x3o -> 32x1o
-    _c4 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7))
-    _c5 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_1, _c4)
-    d_weight_2 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 32:128].reshape(n, 32, 3) * 0.13693063937629152), _c5)
-    # ∂/∂x: 32x2e ⊗ 1x2e -> 32x2e
-    _c6 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5))
-    _c7 = torch.einsum("ijk,zjkvw->zivw", cg_2_2_2, _c6)
-    d_x_3 = torch.einsum("uvw,zivw->zui", (weight[11264:12288].view(32, 1, 32) * 0.1767766952966369), _c7)
-    # ∂/∂y: 32x2e ⊗ 1x2e -> 32x2e
-    _c8 = torch.einsum("zwk,uvw->zkuv", d_z[:, 128:288].reshape(n, 32, 5), weight[11264:12288].view(32, 1, 32))
-    _c9 = torch.einsum("zui,zkuv->zikv", x[:, 128:288].reshape(n, 32, 5), _c8)
-    d_y_4 = torch.einsum("ijk,zikv->zvj", (cg_2_2_2 * 0.1767766952966369), _c9)
-    # ∂/∂weight: 32x2e ⊗ 1x2e -> 32x2e
-    d_weight_5 = torch.einsum("zui,zivw->uvw", (x[:, 128:288].reshape(n, 32, 5) * 0.1767766952966369), _c7)
-    # ∂/∂x: 32x2e ⊗ 1x2e -> 32x0e
-    _c10 = torch.einsum("zwk,uvw->zkuv", d_z[:, 0:32].reshape(n, 32, 1), weight[10240:11264].view(32, 1, 32))
-    _c11 = torch.einsum("zvj,ijk->zikv", y[:, 4:9].reshape(n, 1, 5), cg_2_2_0)
-    d_x_6 = torch.einsum("zkuv,zikv->zui", _c10, (_c11 * 0.10206207261596575))
-    # ∂/∂y: 32x2e ⊗ 1x2e -> 32x0e
-    _c12 = torch.einsum("zui,zkuv->zikv", x[:, 128:288].reshape(n, 32, 5), _c10)
-    d_y_7 = torch.einsum("ijk,zikv->zvj", (cg_2_2_0 * 0.10206207261596575), _c12)
-    # ∂/∂weight: 32x2e ⊗ 1x2e -> 32x0e
-    _c13 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5))
-    _c14 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c13)
-    d_weight_8 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 0:32].reshape(n, 32, 1) * 0.10206207261596575), _c14)
-    # ∂/∂x: 32x2e ⊗ 1x1o -> 32x1o
-    _c15 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3))
-    _c16 = torch.einsum("ijk,zjkvw->zivw", cg_2_1_1, _c15)
-    d_x_9 = torch.einsum("uvw,zivw->zui", (weight[9216:10240].view(32, 1, 32) * 0.13693063937629152), _c16)
-    # ∂/∂y: 32x2e ⊗ 1x1o -> 32x1o
-    _c17 = torch.einsum("zwk,uvw->zkuv", d_z[:, 32:128].reshape(n, 32, 3), weight[9216:10240].view(32, 1, 32))
-    _c18 = torch.einsum("zui,ijk->zjku", x[:, 128:288].reshape(n, 32, 5), cg_2_1_1)
-    d_y_10 = torch.einsum("zkuv,zjku->zvj", (_c17 * 0.13693063937629152), _c18)
-    # ∂/∂weight: 32x2e ⊗ 1x1o -> 32x1o
-    _c19 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3))
-    _c20 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c19)
-    d_weight_11 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 32:128].reshape(n, 32, 3) * 0.13693063937629152), _c20)
-    # ∂/∂x: 32x2e ⊗ 1x0e -> 32x2e
-    _c21 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1))
-    _c22 = torch.einsum("ijk,zjkvw->zivw", cg_2_0_2, _c21)
-    d_x_12 = torch.einsum("uvw,zivw->zui", (weight[8192:9216].view(32, 1, 32) * 0.1767766952966369), _c22)
-    # ∂/∂y: 32x2e ⊗ 1x0e -> 32x2e
-    _c23 = torch.einsum("zwk,ijk->zijw", d_z[:, 128:288].reshape(n, 32, 5), cg_2_0_2)
-    _c24 = torch.einsum("zui,uvw->zivw", x[:, 128:288].reshape(n, 32, 5), weight[8192:9216].view(32, 1, 32))
-    d_y_13 = torch.einsum("zijw,zivw->zvj", (_c23 * 0.1767766952966369), _c24)
-    # ∂/∂weight: 32x2e ⊗ 1x0e -> 32x2e
-    _c25 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1))
-    d_weight_14 = torch.einsum("zijw,zijuv->uvw", (_c23 * 0.1767766952966369), _c25)
-    # ∂/∂x: 32x1o ⊗ 1x3o -> 32x2e
-    _c26 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7))
-    _c27 = torch.einsum("ijk,zjkvw->zivw", cg_1_3_2, _c26)
-    d_x_15 = torch.einsum("uvw,zivw->zui", (weight[7168:8192].view(32, 1, 32) * 0.1767766952966369), _c27)
-    # ∂/∂y: 32x1o ⊗ 1x3o -> 32x2e
-    _c28 = torch.einsum("zui,uvw->zivw", x[:, 32:128].reshape(n, 32, 3), weight[7168:8192].view(32, 1, 32))
-    _c29 = torch.einsum("zwk,zivw->zikv", d_z[:, 128:288].reshape(n, 32, 5), _c28)
-    d_y_16 = torch.einsum("ijk,zikv->zvj", (cg_1_3_2 * 0.1767766952966369), _c29)
-    # ∂/∂weight: 32x1o ⊗ 1x3o -> 32x2e
-    d_weight_17 = torch.einsum("zui,zivw->uvw", (x[:, 32:128].reshape(n, 32, 3) * 0.1767766952966369), _c27)
-    # ∂/∂x: 32x1o ⊗ 1x2e -> 32x1o
-    _c30 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 32:128].reshape(n, 32, 3), y[:, 4:9].reshape(n, 1, 5))
-    _c31 = torch.einsum("ijk,zjkvw->zivw", cg_1_2_1, _c30)
-    d_x_18 = torch.einsum("uvw,zivw->zui", (weight[6144:7168].view(32, 1, 32) * 0.13693063937629152), _c31)
-    # ∂/∂y: 32x1o ⊗ 1x2e -> 32x1o
-    _c32 = torch.einsum("zwk,uvw->zkuv", d_z[:, 32:128].reshape(n, 32, 3), weight[6144:7168].view(32, 1, 32))
-    _c33 = torch.einsum("zui,zkuv->zikv", x[:, 32:128].reshape(n, 32, 3), _c32)
-    d_y_19 = torch.einsum("ijk,zikv->zvj", (cg_1_2_1 * 0.13693063937629152), _c33)
-    # ∂/∂weight: 32x1o ⊗ 1x2e -> 32x1o
-    d_weight_20 = torch.einsum("zui,zivw->uvw", (x[:, 32:128].reshape(n, 32, 3) * 0.13693063937629152), _c31)
-    # ∂/∂x: 32x1o ⊗ 1x1o -> 32x2e
-    _c34 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3))
-    _c35 = torch.einsum("ijk,zjkvw->zivw", cg_1_1_2, _c34)
-    d_x_21 = torch.einsum("uvw,zivw->zui", (weight[5120:6144].view(32, 1, 32) * 0.1767766952966369), _c35)
-    # ∂/∂y: 32x1o ⊗ 1x1o -> 32x2e
-    _c36 = torch.einsum("zwk,ijk->zijw", d_z[:, 128:288].reshape(n, 32, 5), cg_1_1_2)
-    _c37 = torch.einsum("zui,uvw->zivw", x[:, 32:128].reshape(n, 32, 3), weight[5120:6144].view(32, 1, 32))
-    d_y_22 = torch.einsum("zijw,zivw->zvj", _c36, (_c37 * 0.1767766952966369))
-    # ∂/∂weight: 32x1o ⊗ 1x1o -> 32x2e
-    d_weight_23 = torch.einsum("zui,zivw->uvw", (x[:, 32:128].reshape(n, 32, 3) * 0.1767766952966369), _c35)
-    # ∂/∂x: 32x1o ⊗ 1x1o -> 32x0e
-    _c38 = torch.einsum("zwk,uvw->zkuv", d_z[:, 0:32].reshape(n, 32, 1), weight[4096:5120].view(32, 1, 32))
-    _c39 = torch.einsum("zvj,ijk->zikv", y[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
-    d_x_24 = torch.einsum("zkuv,zikv->zui", _c38, (_c39 * 0.10206207261596575))
-    # ∂/∂y: 32x1o ⊗ 1x1o -> 32x0e
-    _c40 = torch.einsum("zui,zkuv->zikv", x[:, 32:128].reshape(n, 32, 3), _c38)
-    d_y_25 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.10206207261596575), _c40)
-    # ∂/∂weight: 32x1o ⊗ 1x1o -> 32x0e
-    _c41 = torch.einsum("zui,zvj->zijuv", x[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3))
-    _c42 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c41)
-    d_weight_26 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 0:32].reshape(n, 32, 1) * 0.10206207261596575), _c42)
-    # ∂/∂x: 32x1o ⊗ 1x0e -> 32x1o
-    _c43 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1))
-    _c44 = torch.einsum("ijk,zjkvw->zivw", cg_1_0_1, _c43)
-    d_x_27 = torch.einsum("uvw,zivw->zui", (weight[3072:4096].view(32, 1, 32) * 0.13693063937629152), _c44)
-    # ∂/∂y: 32x1o ⊗ 1x0e -> 32x1o
-    _c45 = torch.einsum("zwk,ijk->zijw", d_z[:, 32:128].reshape(n, 32, 3), cg_1_0_1)
-    _c46 = torch.einsum("zui,uvw->zivw", x[:, 32:128].reshape(n, 32, 3), weight[3072:4096].view(32, 1, 32))
-    d_y_28 = torch.einsum("zijw,zivw->zvj", (_c45 * 0.13693063937629152), _c46)
-    # ∂/∂weight: 32x1o ⊗ 1x0e -> 32x1o
-    _c47 = torch.einsum("zui,zvj->zijuv", x[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1))
-    d_weight_29 = torch.einsum("zijw,zijuv->uvw", (_c45 * 0.13693063937629152), _c47)
-    # ∂/∂x: 32x0e ⊗ 1x2e -> 32x2e
-    _c48 = torch.einsum("ijk,zjkvw->zivw", cg_0_2_2, _c6)
-    d_x_30 = torch.einsum("uvw,zivw->zui", (weight[2048:3072].view(32, 1, 32) * 0.1767766952966369), _c48)
-    # ∂/∂y: 32x0e ⊗ 1x2e -> 32x2e
-    _c49 = torch.einsum("zui,uvw->zivw", x[:, 0:32].reshape(n, 32, 1), weight[2048:3072].view(32, 1, 32))
-    _c50 = torch.einsum("zwk,zivw->zikv", d_z[:, 128:288].reshape(n, 32, 5), _c49)
-    d_y_31 = torch.einsum("ijk,zikv->zvj", (cg_0_2_2 * 0.1767766952966369), _c50)
-    # ∂/∂weight: 32x0e ⊗ 1x2e -> 32x2e
-    d_weight_32 = torch.einsum("zui,zivw->uvw", (x[:, 0:32].reshape(n, 32, 1) * 0.1767766952966369), _c48)
-    # ∂/∂x: 32x0e ⊗ 1x1o -> 32x1o
-    _c51 = torch.einsum("ijk,zjkvw->zivw", cg_0_1_1, _c15)
-    d_x_33 = torch.einsum("uvw,zivw->zui", (weight[1024:2048].view(32, 1, 32) * 0.13693063937629152), _c51)
-    # ∂/∂y: 32x0e ⊗ 1x1o -> 32x1o
-    _c52 = torch.einsum("zui,uvw->zivw", x[:, 0:32].reshape(n, 32, 1), weight[1024:2048].view(32, 1, 32))
-    _c53 = torch.einsum("zwk,zivw->zikv", d_z[:, 32:128].reshape(n, 32, 3), _c52)
-    d_y_34 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 0.13693063937629152), _c53)
-    # ∂/∂weight: 32x0e ⊗ 1x1o -> 32x1o
-    d_weight_35 = torch.einsum("zui,zivw->uvw", (x[:, 0:32].reshape(n, 32, 1) * 0.13693063937629152), _c51)
-    # ∂/∂x: 32x0e ⊗ 1x0e -> 32x0e
-    _c54 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 0:32].reshape(n, 32, 1), y[:, 0:1].reshape(n, 1, 1))
-    _c55 = torch.einsum("ijk,uvw->ijkuvw", cg_0_0_0, weight[0:1024].view(32, 1, 32))
-    d_x_36 = torch.einsum("zjkvw,ijkuvw->zui", _c54, (_c55 * 0.10206207261596575))
-    # ∂/∂y: 32x0e ⊗ 1x0e -> 32x0e
-    _c56 = torch.einsum("zwk,ijkuvw->zijuv", d_z[:, 0:32].reshape(n, 32, 1), _c55)
-    d_y_37 = torch.einsum("zui,zijuv->zvj", (x[:, 0:32].reshape(n, 32, 1) * 0.10206207261596575), _c56)
-    # ∂/∂weight: 32x0e ⊗ 1x0e -> 32x0e
-    _c57 = torch.einsum("zui,zjkvw->ijkuvw", x[:, 0:32].reshape(n, 32, 1), _c54)
-    d_weight_38 = torch.einsum("ijk,ijkuvw->uvw", (cg_0_0_0 * 0.10206207261596575), _c57)
+    # every path's (i, k) map at once: y · G
+    _m_z_0 = torch.einsum("zj,jc->zc", y.reshape(n, 16), _g_z_0)
+    # 1 paths 32x0e ⊗ y -> 32x0e
+    _t_z_0_0_0 = torch.einsum("zui,zipk->zupk", x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
+    # 1 paths 32x0e ⊗ y -> 32x1o
+    _t_z_0_0_1 = torch.einsum("zui,zipk->zupk", x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 1:4].reshape(n, 1, 1, 3))
+    # 1 paths 32x0e ⊗ y -> 32x2e
+    _t_z_0_0_2 = torch.einsum("zui,zipk->zupk", x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 4:9].reshape(n, 1, 1, 5))
+    # 1 paths 32x1o ⊗ y -> 32x0e
+    _t_z_0_1_0 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
+    # 2 paths 32x1o ⊗ y -> 32x1o
+    _t_z_0_1_1 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 2, 3))
+    w_z_0_1_1_0 = weight[3072:4096].view(32, 32)
+    w_z_0_1_1_1 = weight[6144:7168].view(32, 32)
+    # 2 paths 32x1o ⊗ y -> 32x2e
+    _t_z_0_1_2 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 30:60].reshape(n, 3, 2, 5))
+    w_z_0_1_2_2 = weight[5120:6144].view(32, 32)
+    w_z_0_1_2_3 = weight[7168:8192].view(32, 32)
+    # 1 paths 32x2e ⊗ y -> 32x0e
+    _t_z_0_2_0 = torch.einsum("zui,zipk->zupk", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
+    # 2 paths 32x2e ⊗ y -> 32x1o
+    _t_z_0_2_1 = torch.einsum("zui,zipk->zupk", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 2, 3))
+    w_z_0_2_1_4 = weight[9216:10240].view(32, 32)
+    w_z_0_2_1_5 = weight[12288:13312].view(32, 32)
+    # 2 paths 32x2e ⊗ y -> 32x2e
+    _t_z_0_2_2 = torch.einsum("zui,zipk->zupk", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 2, 5))
+    w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
+    w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
+    _w_z_0_2_2 = torch.cat([
+        w_z_0_2_2_6.reshape(1024),
+        w_z_0_2_2_7.reshape(1024),
+    ], dim=-1)
+    d__t_z_0_2_2 = torch.einsum("zwk,puw->zupk", d_z[:, 128:288].reshape(n, 32, 5), _w_z_0_2_2.view(2, 32, 32))
+    d__w_z_0_2_2 = torch.einsum("zwk,zupk->puw", d_z[:, 128:288].reshape(n, 32, 5), _t_z_0_2_2)
+    d_weight_8 = d__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
+    d_weight_9 = d__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
+    # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
+    d_x_10 = torch.einsum("zupk,zipk->zui", d__t_z_0_2_2, _m_z_0[:, 95:145].reshape(n, 5, 2, 5))
+    # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
+    d__m_z_0_11 = torch.einsum("zupk,zui->zipk", d__t_z_0_2_2, x[:, 128:288].reshape(n, 32, 5))
+    _w_z_0_2_1 = torch.cat([
+        w_z_0_2_1_4.reshape(1024),
+        w_z_0_2_1_5.reshape(1024),
+    ], dim=-1)
+    d__t_z_0_2_1 = torch.einsum("zwk,puw->zupk", d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_2_1.view(2, 32, 32))
+    d__w_z_0_2_1 = torch.einsum("zwk,zupk->puw", d_z[:, 32:128].reshape(n, 32, 3), _t_z_0_2_1)
+    d_weight_12 = d__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
+    d_weight_13 = d__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
+    # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
+    d_x_14 = torch.einsum("zupk,zipk->zui", d__t_z_0_2_1, _m_z_0[:, 65:95].reshape(n, 5, 2, 3))
+    # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
+    d__m_z_0_15 = torch.einsum("zupk,zui->zipk", d__t_z_0_2_1, x[:, 128:288].reshape(n, 32, 5))
+    d__t_z_0_2_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[10240:11264].view(1, 32, 32))
+    d_weight_16 = torch.einsum("zwk,zupk->puw", d_z[:, 0:32].reshape(n, 32, 1), _t_z_0_2_0)
+    # ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
+    d_x_17 = torch.einsum("zupk,zipk->zui", d__t_z_0_2_0, _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
+    # ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
+    d__m_z_0_18 = torch.einsum("zupk,zui->zipk", d__t_z_0_2_0, x[:, 128:288].reshape(n, 32, 5))
+    _w_z_0_1_2 = torch.cat([
+        w_z_0_1_2_2.reshape(1024),
+        w_z_0_1_2_3.reshape(1024),
+    ], dim=-1)
+    d__t_z_0_1_2 = torch.einsum("zwk,puw->zupk", d_z[:, 128:288].reshape(n, 32, 5), _w_z_0_1_2.view(2, 32, 32))
+    d__w_z_0_1_2 = torch.einsum("zwk,zupk->puw", d_z[:, 128:288].reshape(n, 32, 5), _t_z_0_1_2)
+    d_weight_19 = d__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
+    d_weight_20 = d__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
+    # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
+    d_x_21 = torch.einsum("zupk,zipk->zui", d__t_z_0_1_2, _m_z_0[:, 30:60].reshape(n, 3, 2, 5))
+    # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
+    d__m_z_0_22 = torch.einsum("zupk,zui->zipk", d__t_z_0_1_2, x[:, 32:128].reshape(n, 32, 3))
+    _w_z_0_1_1 = torch.cat([
+        w_z_0_1_1_0.reshape(1024),
+        w_z_0_1_1_1.reshape(1024),
+    ], dim=-1)
+    d__t_z_0_1_1 = torch.einsum("zwk,puw->zupk", d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_1_1.view(2, 32, 32))
+    d__w_z_0_1_1 = torch.einsum("zwk,zupk->puw", d_z[:, 32:128].reshape(n, 32, 3), _t_z_0_1_1)
+    d_weight_23 = d__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
+    d_weight_24 = d__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
+    # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
+    d_x_25 = torch.einsum("zupk,zipk->zui", d__t_z_0_1_1, _m_z_0[:, 12:30].reshape(n, 3, 2, 3))
+    # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
+    d__m_z_0_26 = torch.einsum("zupk,zui->zipk", d__t_z_0_1_1, x[:, 32:128].reshape(n, 32, 3))
+    d__t_z_0_1_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[4096:5120].view(1, 32, 32))
+    d_weight_27 = torch.einsum("zwk,zupk->puw", d_z[:, 0:32].reshape(n, 32, 1), _t_z_0_1_0)
+    # ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
+    d_x_28 = torch.einsum("zupk,zipk->zui", d__t_z_0_1_0, _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
+    # ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
+    d__m_z_0_29 = torch.einsum("zupk,zui->zipk", d__t_z_0_1_0, x[:, 32:128].reshape(n, 32, 3))
+    d__t_z_0_0_2 = torch.einsum("zwk,puw->zupk", d_z[:, 128:288].reshape(n, 32, 5), weight[2048:3072].view(1, 32, 32))
+    d_weight_30 = torch.einsum("zwk,zupk->puw", d_z[:, 128:288].reshape(n, 32, 5), _t_z_0_0_2)
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
+    d_x_31 = torch.einsum("zupk,zipk->zui", d__t_z_0_0_2, _m_z_0[:, 4:9].reshape(n, 1, 1, 5))
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
+    d__m_z_0_32 = torch.einsum("zupk,zui->zipk", d__t_z_0_0_2, x[:, 0:32].reshape(n, 32, 1))
+    d__t_z_0_0_1 = torch.einsum("zwk,puw->zupk", d_z[:, 32:128].reshape(n, 32, 3), weight[1024:2048].view(1, 32, 32))
+    d_weight_33 = torch.einsum("zwk,zupk->puw", d_z[:, 32:128].reshape(n, 32, 3), _t_z_0_0_1)
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
+    d_x_34 = torch.einsum("zupk,zipk->zui", d__t_z_0_0_1, _m_z_0[:, 1:4].reshape(n, 1, 1, 3))
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
+    d__m_z_0_35 = torch.einsum("zupk,zui->zipk", d__t_z_0_0_1, x[:, 0:32].reshape(n, 32, 1))
+    d__t_z_0_0_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[0:1024].view(1, 32, 32))
+    d_weight_36 = torch.einsum("zwk,zupk->puw", d_z[:, 0:32].reshape(n, 32, 1), _t_z_0_0_0)
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
+    d_x_37 = torch.einsum("zupk,zipk->zui", d__t_z_0_0_0, _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
+    d__m_z_0_38 = torch.einsum("zupk,zui->zipk", d__t_z_0_0_0, x[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂y: every path's (i, k) map at once: y · G
+    d__m_z_0 = torch.cat([
+        d__m_z_0_38.reshape(n, 1),
+        d__m_z_0_35.reshape(n, 3),
+        d__m_z_0_32.reshape(n, 5),
+        d__m_z_0_29.reshape(n, 3),
+        d__m_z_0_26.reshape(n, 18),
+        d__m_z_0_22.reshape(n, 30),
+        d__m_z_0_18.reshape(n, 5),
+        d__m_z_0_15.reshape(n, 30),
+        d__m_z_0_11.reshape(n, 50),
+    ], dim=-1)
+    d_y_39 = torch.einsum("zc,jc->zj", d__m_z_0, _g_z_0)
     d_x = torch.cat([
-        (d_x_30 + d_x_33 + d_x_36).reshape(n, 32),
-        (d_x_15 + d_x_18 + d_x_21 + d_x_24 + d_x_27).reshape(n, 96),
-        (d_x_0 + d_x_3 + d_x_6 + d_x_9 + d_x_12).reshape(n, 160),
+        (d_x_31 + d_x_34 + d_x_37).reshape(n, 32),
+        (d_x_21 + d_x_25 + d_x_28).reshape(n, 96),
+        (d_x_10 + d_x_14 + d_x_17).reshape(n, 160),
     ], dim=-1)
-    d_y = torch.cat([
-        (d_y_13 + d_y_28 + d_y_37).reshape(n, 1),
-        (d_y_10 + d_y_22 + d_y_25 + d_y_34).reshape(n, 3),
-        (d_y_4 + d_y_7 + d_y_19 + d_y_31).reshape(n, 5),
-        (d_y_1 + d_y_16).reshape(n, 7),
-    ], dim=-1)
+    d_y = d_y_39
     d_weight = torch.cat([
-        d_weight_38.reshape(1024),
-        d_weight_35.reshape(1024),
-        d_weight_32.reshape(1024),
-        d_weight_29.reshape(1024),
-        d_weight_26.reshape(1024),
-        d_weight_23.reshape(1024),
+        d_weight_36.reshape(1024),
+        d_weight_33.reshape(1024),
+        d_weight_30.reshape(1024),
+        d_weight_24.reshape(1024),
+        d_weight_27.reshape(1024),
         d_weight_20.reshape(1024),
-        d_weight_17.reshape(1024),
-        d_weight_14.reshape(1024),
-        d_weight_11.reshape(1024),
+        d_weight_23.reshape(1024),
+        d_weight_19.reshape(1024),
+        d_weight_9.reshape(1024),
+        d_weight_13.reshape(1024),
+        d_weight_16.reshape(1024),
         d_weight_8.reshape(1024),
-        d_weight_5.reshape(1024),
-        d_weight_2.reshape(1024),
+        d_weight_12.reshape(1024),
     ], dim=-1)
     return [d_x, d_y, d_weight]
 
 
-def _fc_tp_d_d2(
+def _fc_tp_d2_x(
     x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_x: torch.Tensor,
-    d2_d_y: torch.Tensor, d2_d_weight: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
-    cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
-    cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_3_2: torch.Tensor, cg_2_0_2: torch.Tensor,
-    cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor, cg_2_3_1: torch.Tensor,
+    weight: torch.Tensor, _g_z_0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of fc_tp_d: x (n, 288), y (n, 16), d_z (n, 288), d2_d_x (n, 288), d2_d_y (n, 16), d2_d_weight (13312,) -> d2_x (n, 288), d2_y (n, 16), d2_d_z (n, 288), d2_weight (13312,)."""
+    """the vector-Jacobian product of fc_tp_d for the cotangent of d_x: x (n, 288), y (n, 16), d_z (n, 288), d2_d_x (n, 288) -> d2_x (n, 288), d2_y (n, 16), d2_d_z (n, 288), d2_weight (13312,)."""
     n = x.shape[0]
-    # ∂/∂d_z: ∂/∂weight: 32x0e ⊗ 1x0e -> 32x0e
-    _c0 = torch.einsum("uvw,ijk->ijkuvw", d2_d_weight[0:1024].view(32, 1, 32), cg_0_0_0)
-    _c1 = torch.einsum("zui,zvj->zijuv", x[:, 0:32].reshape(n, 32, 1), y[:, 0:1].reshape(n, 1, 1))
-    d2_d_z_0 = torch.einsum("ijkuvw,zijuv->zwk", (_c0 * 0.10206207261596575), _c1)
-    # ∂/∂x: ∂/∂weight: 32x0e ⊗ 1x0e -> 32x0e
-    _c2 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 0:32].reshape(n, 32, 1), y[:, 0:1].reshape(n, 1, 1))
-    d2_x_1 = torch.einsum("ijkuvw,zjkvw->zui", (_c0 * 0.10206207261596575), _c2)
-    # ∂/∂y: ∂/∂weight: 32x0e ⊗ 1x0e -> 32x0e
-    _c3 = torch.einsum("zwk,ijkuvw->zijuv", d_z[:, 0:32].reshape(n, 32, 1), _c0)
-    d2_y_2 = torch.einsum("zui,zijuv->zvj", (x[:, 0:32].reshape(n, 32, 1) * 0.10206207261596575), _c3)
-    # ∂/∂d_z: ∂/∂y: 32x0e ⊗ 1x0e -> 32x0e
-    _c4 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 0:1].reshape(n, 1, 1), x[:, 0:32].reshape(n, 32, 1))
-    _c5 = torch.einsum("ijk,uvw->ijkuvw", cg_0_0_0, weight[0:1024].view(32, 1, 32))
-    d2_d_z_3 = torch.einsum("zijuv,ijkuvw->zwk", _c4, (_c5 * 0.10206207261596575))
-    # ∂/∂x: ∂/∂y: 32x0e ⊗ 1x0e -> 32x0e
-    _c6 = torch.einsum("zvj,zwk->zjkvw", d2_d_y[:, 0:1].reshape(n, 1, 1), d_z[:, 0:32].reshape(n, 32, 1))
-    d2_x_4 = torch.einsum("zjkvw,ijkuvw->zui", _c6, (_c5 * 0.10206207261596575))
-    # ∂/∂weight: ∂/∂y: 32x0e ⊗ 1x0e -> 32x0e
-    _c7 = torch.einsum("zui,zjkvw->ijkuvw", x[:, 0:32].reshape(n, 32, 1), _c6)
-    d2_weight_5 = torch.einsum("ijk,ijkuvw->uvw", (cg_0_0_0 * 0.10206207261596575), _c7)
-    # ∂/∂d_z: ∂/∂x: 32x0e ⊗ 1x0e -> 32x0e
-    _c8 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 0:32].reshape(n, 32, 1), y[:, 0:1].reshape(n, 1, 1))
-    d2_d_z_6 = torch.einsum("zijuv,ijkuvw->zwk", _c8, (_c5 * 0.10206207261596575))
-    # ∂/∂y: ∂/∂x: 32x0e ⊗ 1x0e -> 32x0e
-    _c9 = torch.einsum("zui,ijkuvw->zjkvw", d2_d_x[:, 0:32].reshape(n, 32, 1), _c5)
-    d2_y_7 = torch.einsum("zwk,zjkvw->zvj", (d_z[:, 0:32].reshape(n, 32, 1) * 0.10206207261596575), _c9)
-    # ∂/∂weight: ∂/∂x: 32x0e ⊗ 1x0e -> 32x0e
-    _c10 = torch.einsum("zwk,zijuv->ijkuvw", d_z[:, 0:32].reshape(n, 32, 1), _c8)
-    d2_weight_8 = torch.einsum("ijk,ijkuvw->uvw", (cg_0_0_0 * 0.10206207261596575), _c10)
-    # ∂/∂d_z: ∂/∂weight: 32x0e ⊗ 1x1o -> 32x1o
-    _c11 = torch.einsum("uvw,zui->zivw", d2_d_weight[1024:2048].view(32, 1, 32), x[:, 0:32].reshape(n, 32, 1))
-    _c12 = torch.einsum("zvj,ijk->zikv", y[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
-    d2_d_z_9 = torch.einsum("zivw,zikv->zwk", _c11, (_c12 * 0.13693063937629152))
-    # ∂/∂x: ∂/∂weight: 32x0e ⊗ 1x1o -> 32x1o
-    _c13 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3))
-    _c14 = torch.einsum("ijk,zjkvw->zivw", cg_0_1_1, _c13)
-    d2_x_10 = torch.einsum("uvw,zivw->zui", (d2_d_weight[1024:2048].view(32, 1, 32) * 0.13693063937629152), _c14)
-    # ∂/∂y: ∂/∂weight: 32x0e ⊗ 1x1o -> 32x1o
-    _c15 = torch.einsum("zwk,zivw->zikv", d_z[:, 32:128].reshape(n, 32, 3), _c11)
-    d2_y_11 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 0.13693063937629152), _c15)
-    # ∂/∂d_z: ∂/∂y: 32x0e ⊗ 1x1o -> 32x1o
-    _c16 = torch.einsum("zvj,ijk->zikv", d2_d_y[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
-    _c17 = torch.einsum("zui,uvw->zivw", x[:, 0:32].reshape(n, 32, 1), weight[1024:2048].view(32, 1, 32))
-    d2_d_z_12 = torch.einsum("zikv,zivw->zwk", (_c16 * 0.13693063937629152), _c17)
-    # ∂/∂x: ∂/∂y: 32x0e ⊗ 1x1o -> 32x1o
-    _c18 = torch.einsum("zvj,zwk->zjkvw", d2_d_y[:, 1:4].reshape(n, 1, 3), d_z[:, 32:128].reshape(n, 32, 3))
-    _c19 = torch.einsum("ijk,zjkvw->zivw", cg_0_1_1, _c18)
-    d2_x_13 = torch.einsum("uvw,zivw->zui", (weight[1024:2048].view(32, 1, 32) * 0.13693063937629152), _c19)
-    # ∂/∂weight: ∂/∂y: 32x0e ⊗ 1x1o -> 32x1o
-    d2_weight_14 = torch.einsum("zui,zivw->uvw", (x[:, 0:32].reshape(n, 32, 1) * 0.13693063937629152), _c19)
-    # ∂/∂d_z: ∂/∂x: 32x0e ⊗ 1x1o -> 32x1o
-    _c20 = torch.einsum("zui,uvw->zivw", d2_d_x[:, 0:32].reshape(n, 32, 1), weight[1024:2048].view(32, 1, 32))
-    d2_d_z_15 = torch.einsum("zivw,zikv->zwk", _c20, (_c12 * 0.13693063937629152))
-    # ∂/∂y: ∂/∂x: 32x0e ⊗ 1x1o -> 32x1o
-    _c21 = torch.einsum("zwk,zivw->zikv", d_z[:, 32:128].reshape(n, 32, 3), _c20)
-    d2_y_16 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 0.13693063937629152), _c21)
-    # ∂/∂weight: ∂/∂x: 32x0e ⊗ 1x1o -> 32x1o
-    d2_weight_17 = torch.einsum("zui,zivw->uvw", (d2_d_x[:, 0:32].reshape(n, 32, 1) * 0.13693063937629152), _c14)
-    # ∂/∂d_z: ∂/∂weight: 32x0e ⊗ 1x2e -> 32x2e
-    _c22 = torch.einsum("uvw,zui->zivw", d2_d_weight[2048:3072].view(32, 1, 32), x[:, 0:32].reshape(n, 32, 1))
-    _c23 = torch.einsum("zvj,ijk->zikv", y[:, 4:9].reshape(n, 1, 5), cg_0_2_2)
-    d2_d_z_18 = torch.einsum("zivw,zikv->zwk", _c22, (_c23 * 0.1767766952966369))
-    # ∂/∂x: ∂/∂weight: 32x0e ⊗ 1x2e -> 32x2e
-    _c24 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5))
-    _c25 = torch.einsum("ijk,zjkvw->zivw", cg_0_2_2, _c24)
-    d2_x_19 = torch.einsum("uvw,zivw->zui", (d2_d_weight[2048:3072].view(32, 1, 32) * 0.1767766952966369), _c25)
-    # ∂/∂y: ∂/∂weight: 32x0e ⊗ 1x2e -> 32x2e
-    _c26 = torch.einsum("zwk,zivw->zikv", d_z[:, 128:288].reshape(n, 32, 5), _c22)
-    d2_y_20 = torch.einsum("ijk,zikv->zvj", (cg_0_2_2 * 0.1767766952966369), _c26)
-    # ∂/∂d_z: ∂/∂y: 32x0e ⊗ 1x2e -> 32x2e
-    _c27 = torch.einsum("zvj,ijk->zikv", d2_d_y[:, 4:9].reshape(n, 1, 5), cg_0_2_2)
-    _c28 = torch.einsum("zui,uvw->zivw", x[:, 0:32].reshape(n, 32, 1), weight[2048:3072].view(32, 1, 32))
-    d2_d_z_21 = torch.einsum("zikv,zivw->zwk", (_c27 * 0.1767766952966369), _c28)
-    # ∂/∂x: ∂/∂y: 32x0e ⊗ 1x2e -> 32x2e
-    _c29 = torch.einsum("zvj,zwk->zjkvw", d2_d_y[:, 4:9].reshape(n, 1, 5), d_z[:, 128:288].reshape(n, 32, 5))
-    _c30 = torch.einsum("ijk,zjkvw->zivw", cg_0_2_2, _c29)
-    d2_x_22 = torch.einsum("uvw,zivw->zui", (weight[2048:3072].view(32, 1, 32) * 0.1767766952966369), _c30)
-    # ∂/∂weight: ∂/∂y: 32x0e ⊗ 1x2e -> 32x2e
-    d2_weight_23 = torch.einsum("zui,zivw->uvw", (x[:, 0:32].reshape(n, 32, 1) * 0.1767766952966369), _c30)
-    # ∂/∂d_z: ∂/∂x: 32x0e ⊗ 1x2e -> 32x2e
-    _c31 = torch.einsum("zui,uvw->zivw", d2_d_x[:, 0:32].reshape(n, 32, 1), weight[2048:3072].view(32, 1, 32))
-    d2_d_z_24 = torch.einsum("zivw,zikv->zwk", _c31, (_c23 * 0.1767766952966369))
-    # ∂/∂y: ∂/∂x: 32x0e ⊗ 1x2e -> 32x2e
-    _c32 = torch.einsum("zwk,zivw->zikv", d_z[:, 128:288].reshape(n, 32, 5), _c31)
-    d2_y_25 = torch.einsum("ijk,zikv->zvj", (cg_0_2_2 * 0.1767766952966369), _c32)
-    # ∂/∂weight: ∂/∂x: 32x0e ⊗ 1x2e -> 32x2e
-    d2_weight_26 = torch.einsum("zui,zivw->uvw", (d2_d_x[:, 0:32].reshape(n, 32, 1) * 0.1767766952966369), _c25)
-    # ∂/∂d_z: ∂/∂weight: 32x1o ⊗ 1x0e -> 32x1o
-    _c33 = torch.einsum("zui,zvj->zijuv", x[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1))
-    _c34 = torch.einsum("uvw,zijuv->zijw", d2_d_weight[3072:4096].view(32, 1, 32), _c33)
-    d2_d_z_27 = torch.einsum("ijk,zijw->zwk", (cg_1_0_1 * 0.13693063937629152), _c34)
-    # ∂/∂x: ∂/∂weight: 32x1o ⊗ 1x0e -> 32x1o
-    _c35 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1))
-    _c36 = torch.einsum("uvw,zjkvw->zjku", d2_d_weight[3072:4096].view(32, 1, 32), _c35)
-    d2_x_28 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 0.13693063937629152), _c36)
-    # ∂/∂y: ∂/∂weight: 32x1o ⊗ 1x0e -> 32x1o
-    _c37 = torch.einsum("uvw,zwk->zkuv", d2_d_weight[3072:4096].view(32, 1, 32), d_z[:, 32:128].reshape(n, 32, 3))
-    _c38 = torch.einsum("zui,ijk->zjku", x[:, 32:128].reshape(n, 32, 3), cg_1_0_1)
-    d2_y_29 = torch.einsum("zkuv,zjku->zvj", (_c37 * 0.13693063937629152), _c38)
-    # ∂/∂d_z: ∂/∂y: 32x1o ⊗ 1x0e -> 32x1o
-    _c39 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 0:1].reshape(n, 1, 1), x[:, 32:128].reshape(n, 32, 3))
-    _c40 = torch.einsum("ijk,zijuv->zkuv", cg_1_0_1, _c39)
-    d2_d_z_30 = torch.einsum("uvw,zkuv->zwk", (weight[3072:4096].view(32, 1, 32) * 0.13693063937629152), _c40)
-    # ∂/∂x: ∂/∂y: 32x1o ⊗ 1x0e -> 32x1o
-    _c41 = torch.einsum("zvj,zwk->zjkvw", d2_d_y[:, 0:1].reshape(n, 1, 1), d_z[:, 32:128].reshape(n, 32, 3))
-    _c42 = torch.einsum("ijk,zjkvw->zivw", cg_1_0_1, _c41)
-    d2_x_31 = torch.einsum("uvw,zivw->zui", (weight[3072:4096].view(32, 1, 32) * 0.13693063937629152), _c42)
-    # ∂/∂weight: ∂/∂y: 32x1o ⊗ 1x0e -> 32x1o
-    d2_weight_32 = torch.einsum("zjkvw,zjku->uvw", (_c41 * 0.13693063937629152), _c38)
-    # ∂/∂d_z: ∂/∂x: 32x1o ⊗ 1x0e -> 32x1o
-    _c43 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 32:128].reshape(n, 32, 3), y[:, 0:1].reshape(n, 1, 1))
-    _c44 = torch.einsum("ijk,zijuv->zkuv", cg_1_0_1, _c43)
-    d2_d_z_33 = torch.einsum("uvw,zkuv->zwk", (weight[3072:4096].view(32, 1, 32) * 0.13693063937629152), _c44)
-    # ∂/∂y: ∂/∂x: 32x1o ⊗ 1x0e -> 32x1o
-    _c45 = torch.einsum("zui,ijk->zjku", d2_d_x[:, 32:128].reshape(n, 32, 3), cg_1_0_1)
-    _c46 = torch.einsum("zwk,uvw->zkuv", d_z[:, 32:128].reshape(n, 32, 3), weight[3072:4096].view(32, 1, 32))
-    d2_y_34 = torch.einsum("zjku,zkuv->zvj", (_c45 * 0.13693063937629152), _c46)
-    # ∂/∂weight: ∂/∂x: 32x1o ⊗ 1x0e -> 32x1o
-    d2_weight_35 = torch.einsum("zjku,zjkvw->uvw", (_c45 * 0.13693063937629152), _c35)
-    # ∂/∂d_z: ∂/∂weight: 32x1o ⊗ 1x1o -> 32x0e
-    _c47 = torch.einsum("zui,zvj->zijuv", x[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3))
-    _c48 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c47)
-    d2_d_z_36 = torch.einsum("uvw,zkuv->zwk", (d2_d_weight[4096:5120].view(32, 1, 32) * 0.10206207261596575), _c48)
-    # ∂/∂x: ∂/∂weight: 32x1o ⊗ 1x1o -> 32x0e
-    _c49 = torch.einsum("uvw,zwk->zkuv", d2_d_weight[4096:5120].view(32, 1, 32), d_z[:, 0:32].reshape(n, 32, 1))
-    _c50 = torch.einsum("zvj,ijk->zikv", y[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
-    d2_x_37 = torch.einsum("zkuv,zikv->zui", _c49, (_c50 * 0.10206207261596575))
-    # ∂/∂y: ∂/∂weight: 32x1o ⊗ 1x1o -> 32x0e
-    _c51 = torch.einsum("zui,zkuv->zikv", x[:, 32:128].reshape(n, 32, 3), _c49)
-    d2_y_38 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.10206207261596575), _c51)
-    # ∂/∂d_z: ∂/∂y: 32x1o ⊗ 1x1o -> 32x0e
-    _c52 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 1:4].reshape(n, 1, 3), x[:, 32:128].reshape(n, 32, 3))
-    _c53 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c52)
-    d2_d_z_39 = torch.einsum("uvw,zkuv->zwk", (weight[4096:5120].view(32, 1, 32) * 0.10206207261596575), _c53)
-    # ∂/∂x: ∂/∂y: 32x1o ⊗ 1x1o -> 32x0e
-    _c54 = torch.einsum("zvj,ijk->zikv", d2_d_y[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
-    _c55 = torch.einsum("zwk,uvw->zkuv", d_z[:, 0:32].reshape(n, 32, 1), weight[4096:5120].view(32, 1, 32))
-    d2_x_40 = torch.einsum("zikv,zkuv->zui", (_c54 * 0.10206207261596575), _c55)
-    # ∂/∂weight: ∂/∂y: 32x1o ⊗ 1x1o -> 32x0e
-    d2_weight_41 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 0:32].reshape(n, 32, 1) * 0.10206207261596575), _c53)
-    # ∂/∂d_z: ∂/∂x: 32x1o ⊗ 1x1o -> 32x0e
-    _c56 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 32:128].reshape(n, 32, 3), y[:, 1:4].reshape(n, 1, 3))
-    _c57 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c56)
-    d2_d_z_42 = torch.einsum("uvw,zkuv->zwk", (weight[4096:5120].view(32, 1, 32) * 0.10206207261596575), _c57)
-    # ∂/∂y: ∂/∂x: 32x1o ⊗ 1x1o -> 32x0e
-    _c58 = torch.einsum("zui,zkuv->zikv", d2_d_x[:, 32:128].reshape(n, 32, 3), _c55)
-    d2_y_43 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.10206207261596575), _c58)
-    # ∂/∂weight: ∂/∂x: 32x1o ⊗ 1x1o -> 32x0e
-    d2_weight_44 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 0:32].reshape(n, 32, 1) * 0.10206207261596575), _c57)
-    # ∂/∂d_z: ∂/∂weight: 32x1o ⊗ 1x1o -> 32x2e
-    _c59 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_2, _c47)
-    d2_d_z_45 = torch.einsum("uvw,zkuv->zwk", (d2_d_weight[5120:6144].view(32, 1, 32) * 0.1767766952966369), _c59)
-    # ∂/∂x: ∂/∂weight: 32x1o ⊗ 1x1o -> 32x2e
-    _c60 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3))
-    _c61 = torch.einsum("ijk,zjkvw->zivw", cg_1_1_2, _c60)
-    d2_x_46 = torch.einsum("uvw,zivw->zui", (d2_d_weight[5120:6144].view(32, 1, 32) * 0.1767766952966369), _c61)
-    # ∂/∂y: ∂/∂weight: 32x1o ⊗ 1x1o -> 32x2e
-    _c62 = torch.einsum("uvw,zui->zivw", d2_d_weight[5120:6144].view(32, 1, 32), x[:, 32:128].reshape(n, 32, 3))
-    _c63 = torch.einsum("zwk,ijk->zijw", d_z[:, 128:288].reshape(n, 32, 5), cg_1_1_2)
-    d2_y_47 = torch.einsum("zivw,zijw->zvj", (_c62 * 0.1767766952966369), _c63)
-    # ∂/∂d_z: ∂/∂y: 32x1o ⊗ 1x1o -> 32x2e
-    _c64 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_2, _c52)
-    d2_d_z_48 = torch.einsum("uvw,zkuv->zwk", (weight[5120:6144].view(32, 1, 32) * 0.1767766952966369), _c64)
-    # ∂/∂x: ∂/∂y: 32x1o ⊗ 1x1o -> 32x2e
-    _c65 = torch.einsum("zvj,zwk->zjkvw", d2_d_y[:, 1:4].reshape(n, 1, 3), d_z[:, 128:288].reshape(n, 32, 5))
-    _c66 = torch.einsum("ijk,zjkvw->zivw", cg_1_1_2, _c65)
-    d2_x_49 = torch.einsum("uvw,zivw->zui", (weight[5120:6144].view(32, 1, 32) * 0.1767766952966369), _c66)
-    # ∂/∂weight: ∂/∂y: 32x1o ⊗ 1x1o -> 32x2e
-    d2_weight_50 = torch.einsum("zui,zivw->uvw", (x[:, 32:128].reshape(n, 32, 3) * 0.1767766952966369), _c66)
-    # ∂/∂d_z: ∂/∂x: 32x1o ⊗ 1x1o -> 32x2e
-    _c67 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_2, _c56)
-    d2_d_z_51 = torch.einsum("uvw,zkuv->zwk", (weight[5120:6144].view(32, 1, 32) * 0.1767766952966369), _c67)
-    # ∂/∂y: ∂/∂x: 32x1o ⊗ 1x1o -> 32x2e
-    _c68 = torch.einsum("zui,uvw->zivw", d2_d_x[:, 32:128].reshape(n, 32, 3), weight[5120:6144].view(32, 1, 32))
-    d2_y_52 = torch.einsum("zivw,zijw->zvj", (_c68 * 0.1767766952966369), _c63)
-    # ∂/∂weight: ∂/∂x: 32x1o ⊗ 1x1o -> 32x2e
-    d2_weight_53 = torch.einsum("zui,zivw->uvw", (d2_d_x[:, 32:128].reshape(n, 32, 3) * 0.1767766952966369), _c61)
-    # ∂/∂d_z: ∂/∂weight: 32x1o ⊗ 1x2e -> 32x1o
-    _c69 = torch.einsum("zui,zvj->zijuv", x[:, 32:128].reshape(n, 32, 3), y[:, 4:9].reshape(n, 1, 5))
-    _c70 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c69)
-    d2_d_z_54 = torch.einsum("uvw,zkuv->zwk", (d2_d_weight[6144:7168].view(32, 1, 32) * 0.13693063937629152), _c70)
-    # ∂/∂x: ∂/∂weight: 32x1o ⊗ 1x2e -> 32x1o
-    _c71 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 32:128].reshape(n, 32, 3), y[:, 4:9].reshape(n, 1, 5))
-    _c72 = torch.einsum("ijk,zjkvw->zivw", cg_1_2_1, _c71)
-    d2_x_55 = torch.einsum("uvw,zivw->zui", (d2_d_weight[6144:7168].view(32, 1, 32) * 0.13693063937629152), _c72)
-    # ∂/∂y: ∂/∂weight: 32x1o ⊗ 1x2e -> 32x1o
-    _c73 = torch.einsum("uvw,zwk->zkuv", d2_d_weight[6144:7168].view(32, 1, 32), d_z[:, 32:128].reshape(n, 32, 3))
-    _c74 = torch.einsum("zui,zkuv->zikv", x[:, 32:128].reshape(n, 32, 3), _c73)
-    d2_y_56 = torch.einsum("ijk,zikv->zvj", (cg_1_2_1 * 0.13693063937629152), _c74)
-    # ∂/∂d_z: ∂/∂y: 32x1o ⊗ 1x2e -> 32x1o
-    _c75 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 4:9].reshape(n, 1, 5), x[:, 32:128].reshape(n, 32, 3))
-    _c76 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c75)
-    d2_d_z_57 = torch.einsum("uvw,zkuv->zwk", (weight[6144:7168].view(32, 1, 32) * 0.13693063937629152), _c76)
-    # ∂/∂x: ∂/∂y: 32x1o ⊗ 1x2e -> 32x1o
-    _c77 = torch.einsum("zvj,zwk->zjkvw", d2_d_y[:, 4:9].reshape(n, 1, 5), d_z[:, 32:128].reshape(n, 32, 3))
-    _c78 = torch.einsum("ijk,zjkvw->zivw", cg_1_2_1, _c77)
-    d2_x_58 = torch.einsum("uvw,zivw->zui", (weight[6144:7168].view(32, 1, 32) * 0.13693063937629152), _c78)
-    # ∂/∂weight: ∂/∂y: 32x1o ⊗ 1x2e -> 32x1o
-    d2_weight_59 = torch.einsum("zui,zivw->uvw", (x[:, 32:128].reshape(n, 32, 3) * 0.13693063937629152), _c78)
-    # ∂/∂d_z: ∂/∂x: 32x1o ⊗ 1x2e -> 32x1o
-    _c79 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 32:128].reshape(n, 32, 3), y[:, 4:9].reshape(n, 1, 5))
-    _c80 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c79)
-    d2_d_z_60 = torch.einsum("uvw,zkuv->zwk", (weight[6144:7168].view(32, 1, 32) * 0.13693063937629152), _c80)
-    # ∂/∂y: ∂/∂x: 32x1o ⊗ 1x2e -> 32x1o
-    _c81 = torch.einsum("zui,uvw->zivw", d2_d_x[:, 32:128].reshape(n, 32, 3), weight[6144:7168].view(32, 1, 32))
-    _c82 = torch.einsum("zwk,zivw->zikv", d_z[:, 32:128].reshape(n, 32, 3), _c81)
-    d2_y_61 = torch.einsum("ijk,zikv->zvj", (cg_1_2_1 * 0.13693063937629152), _c82)
-    # ∂/∂weight: ∂/∂x: 32x1o ⊗ 1x2e -> 32x1o
-    d2_weight_62 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 32:128].reshape(n, 32, 3) * 0.13693063937629152), _c80)
-    # ∂/∂d_z: ∂/∂weight: 32x1o ⊗ 1x3o -> 32x2e
-    _c83 = torch.einsum("zui,zvj->zijuv", x[:, 32:128].reshape(n, 32, 3), y[:, 9:16].reshape(n, 1, 7))
-    _c84 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_2, _c83)
-    d2_d_z_63 = torch.einsum("uvw,zkuv->zwk", (d2_d_weight[7168:8192].view(32, 1, 32) * 0.1767766952966369), _c84)
-    # ∂/∂x: ∂/∂weight: 32x1o ⊗ 1x3o -> 32x2e
-    _c85 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7))
-    _c86 = torch.einsum("ijk,zjkvw->zivw", cg_1_3_2, _c85)
-    d2_x_64 = torch.einsum("uvw,zivw->zui", (d2_d_weight[7168:8192].view(32, 1, 32) * 0.1767766952966369), _c86)
-    # ∂/∂y: ∂/∂weight: 32x1o ⊗ 1x3o -> 32x2e
-    _c87 = torch.einsum("uvw,zui->zivw", d2_d_weight[7168:8192].view(32, 1, 32), x[:, 32:128].reshape(n, 32, 3))
-    _c88 = torch.einsum("zwk,zivw->zikv", d_z[:, 128:288].reshape(n, 32, 5), _c87)
-    d2_y_65 = torch.einsum("ijk,zikv->zvj", (cg_1_3_2 * 0.1767766952966369), _c88)
-    # ∂/∂d_z: ∂/∂y: 32x1o ⊗ 1x3o -> 32x2e
-    _c89 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 9:16].reshape(n, 1, 7), x[:, 32:128].reshape(n, 32, 3))
-    _c90 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_2, _c89)
-    d2_d_z_66 = torch.einsum("uvw,zkuv->zwk", (weight[7168:8192].view(32, 1, 32) * 0.1767766952966369), _c90)
-    # ∂/∂x: ∂/∂y: 32x1o ⊗ 1x3o -> 32x2e
-    _c91 = torch.einsum("zvj,zwk->zjkvw", d2_d_y[:, 9:16].reshape(n, 1, 7), d_z[:, 128:288].reshape(n, 32, 5))
-    _c92 = torch.einsum("ijk,zjkvw->zivw", cg_1_3_2, _c91)
-    d2_x_67 = torch.einsum("uvw,zivw->zui", (weight[7168:8192].view(32, 1, 32) * 0.1767766952966369), _c92)
-    # ∂/∂weight: ∂/∂y: 32x1o ⊗ 1x3o -> 32x2e
-    d2_weight_68 = torch.einsum("zui,zivw->uvw", (x[:, 32:128].reshape(n, 32, 3) * 0.1767766952966369), _c92)
-    # ∂/∂d_z: ∂/∂x: 32x1o ⊗ 1x3o -> 32x2e
-    _c93 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 32:128].reshape(n, 32, 3), y[:, 9:16].reshape(n, 1, 7))
-    _c94 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_2, _c93)
-    d2_d_z_69 = torch.einsum("uvw,zkuv->zwk", (weight[7168:8192].view(32, 1, 32) * 0.1767766952966369), _c94)
-    # ∂/∂y: ∂/∂x: 32x1o ⊗ 1x3o -> 32x2e
-    _c95 = torch.einsum("zui,uvw->zivw", d2_d_x[:, 32:128].reshape(n, 32, 3), weight[7168:8192].view(32, 1, 32))
-    _c96 = torch.einsum("zwk,zivw->zikv", d_z[:, 128:288].reshape(n, 32, 5), _c95)
-    d2_y_70 = torch.einsum("ijk,zikv->zvj", (cg_1_3_2 * 0.1767766952966369), _c96)
-    # ∂/∂weight: ∂/∂x: 32x1o ⊗ 1x3o -> 32x2e
-    d2_weight_71 = torch.einsum("zui,zivw->uvw", (d2_d_x[:, 32:128].reshape(n, 32, 3) * 0.1767766952966369), _c86)
-    # ∂/∂d_z: ∂/∂weight: 32x2e ⊗ 1x0e -> 32x2e
-    _c97 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1))
-    _c98 = torch.einsum("uvw,zijuv->zijw", d2_d_weight[8192:9216].view(32, 1, 32), _c97)
-    d2_d_z_72 = torch.einsum("ijk,zijw->zwk", (cg_2_0_2 * 0.1767766952966369), _c98)
-    # ∂/∂x: ∂/∂weight: 32x2e ⊗ 1x0e -> 32x2e
-    _c99 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1))
-    _c100 = torch.einsum("uvw,zjkvw->zjku", d2_d_weight[8192:9216].view(32, 1, 32), _c99)
-    d2_x_73 = torch.einsum("ijk,zjku->zui", (cg_2_0_2 * 0.1767766952966369), _c100)
-    # ∂/∂y: ∂/∂weight: 32x2e ⊗ 1x0e -> 32x2e
-    _c101 = torch.einsum("uvw,zwk->zkuv", d2_d_weight[8192:9216].view(32, 1, 32), d_z[:, 128:288].reshape(n, 32, 5))
-    _c102 = torch.einsum("zui,ijk->zjku", x[:, 128:288].reshape(n, 32, 5), cg_2_0_2)
-    d2_y_74 = torch.einsum("zkuv,zjku->zvj", (_c101 * 0.1767766952966369), _c102)
-    # ∂/∂d_z: ∂/∂y: 32x2e ⊗ 1x0e -> 32x2e
-    _c103 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 0:1].reshape(n, 1, 1), x[:, 128:288].reshape(n, 32, 5))
-    _c104 = torch.einsum("ijk,zijuv->zkuv", cg_2_0_2, _c103)
-    d2_d_z_75 = torch.einsum("uvw,zkuv->zwk", (weight[8192:9216].view(32, 1, 32) * 0.1767766952966369), _c104)
-    # ∂/∂x: ∂/∂y: 32x2e ⊗ 1x0e -> 32x2e
-    _c105 = torch.einsum("zvj,zwk->zjkvw", d2_d_y[:, 0:1].reshape(n, 1, 1), d_z[:, 128:288].reshape(n, 32, 5))
-    _c106 = torch.einsum("ijk,zjkvw->zivw", cg_2_0_2, _c105)
-    d2_x_76 = torch.einsum("uvw,zivw->zui", (weight[8192:9216].view(32, 1, 32) * 0.1767766952966369), _c106)
-    # ∂/∂weight: ∂/∂y: 32x2e ⊗ 1x0e -> 32x2e
-    d2_weight_77 = torch.einsum("zjkvw,zjku->uvw", (_c105 * 0.1767766952966369), _c102)
-    # ∂/∂d_z: ∂/∂x: 32x2e ⊗ 1x0e -> 32x2e
-    _c107 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 128:288].reshape(n, 32, 5), y[:, 0:1].reshape(n, 1, 1))
-    _c108 = torch.einsum("ijk,zijuv->zkuv", cg_2_0_2, _c107)
-    d2_d_z_78 = torch.einsum("uvw,zkuv->zwk", (weight[8192:9216].view(32, 1, 32) * 0.1767766952966369), _c108)
-    # ∂/∂y: ∂/∂x: 32x2e ⊗ 1x0e -> 32x2e
-    _c109 = torch.einsum("zui,ijk->zjku", d2_d_x[:, 128:288].reshape(n, 32, 5), cg_2_0_2)
-    _c110 = torch.einsum("zwk,uvw->zkuv", d_z[:, 128:288].reshape(n, 32, 5), weight[8192:9216].view(32, 1, 32))
-    d2_y_79 = torch.einsum("zjku,zkuv->zvj", (_c109 * 0.1767766952966369), _c110)
-    # ∂/∂weight: ∂/∂x: 32x2e ⊗ 1x0e -> 32x2e
-    d2_weight_80 = torch.einsum("zjku,zjkvw->uvw", (_c109 * 0.1767766952966369), _c99)
-    # ∂/∂d_z: ∂/∂weight: 32x2e ⊗ 1x1o -> 32x1o
-    _c111 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3))
-    _c112 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c111)
-    d2_d_z_81 = torch.einsum("uvw,zkuv->zwk", (d2_d_weight[9216:10240].view(32, 1, 32) * 0.13693063937629152), _c112)
-    # ∂/∂x: ∂/∂weight: 32x2e ⊗ 1x1o -> 32x1o
-    _c113 = torch.einsum("ijk,zjkvw->zivw", cg_2_1_1, _c13)
-    d2_x_82 = torch.einsum("uvw,zivw->zui", (d2_d_weight[9216:10240].view(32, 1, 32) * 0.13693063937629152), _c113)
-    # ∂/∂y: ∂/∂weight: 32x2e ⊗ 1x1o -> 32x1o
-    _c114 = torch.einsum("uvw,zwk->zkuv", d2_d_weight[9216:10240].view(32, 1, 32), d_z[:, 32:128].reshape(n, 32, 3))
-    _c115 = torch.einsum("zui,ijk->zjku", x[:, 128:288].reshape(n, 32, 5), cg_2_1_1)
-    d2_y_83 = torch.einsum("zkuv,zjku->zvj", (_c114 * 0.13693063937629152), _c115)
-    # ∂/∂d_z: ∂/∂y: 32x2e ⊗ 1x1o -> 32x1o
-    _c116 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 1:4].reshape(n, 1, 3), x[:, 128:288].reshape(n, 32, 5))
-    _c117 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c116)
-    d2_d_z_84 = torch.einsum("uvw,zkuv->zwk", (weight[9216:10240].view(32, 1, 32) * 0.13693063937629152), _c117)
-    # ∂/∂x: ∂/∂y: 32x2e ⊗ 1x1o -> 32x1o
-    _c118 = torch.einsum("ijk,zjkvw->zivw", cg_2_1_1, _c18)
-    d2_x_85 = torch.einsum("uvw,zivw->zui", (weight[9216:10240].view(32, 1, 32) * 0.13693063937629152), _c118)
-    # ∂/∂weight: ∂/∂y: 32x2e ⊗ 1x1o -> 32x1o
-    d2_weight_86 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 32:128].reshape(n, 32, 3) * 0.13693063937629152), _c117)
-    # ∂/∂d_z: ∂/∂x: 32x2e ⊗ 1x1o -> 32x1o
-    _c119 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 128:288].reshape(n, 32, 5), y[:, 1:4].reshape(n, 1, 3))
-    _c120 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c119)
-    d2_d_z_87 = torch.einsum("uvw,zkuv->zwk", (weight[9216:10240].view(32, 1, 32) * 0.13693063937629152), _c120)
-    # ∂/∂y: ∂/∂x: 32x2e ⊗ 1x1o -> 32x1o
-    _c121 = torch.einsum("zui,ijk->zjku", d2_d_x[:, 128:288].reshape(n, 32, 5), cg_2_1_1)
-    _c122 = torch.einsum("zwk,uvw->zkuv", d_z[:, 32:128].reshape(n, 32, 3), weight[9216:10240].view(32, 1, 32))
-    d2_y_88 = torch.einsum("zjku,zkuv->zvj", _c121, (_c122 * 0.13693063937629152))
-    # ∂/∂weight: ∂/∂x: 32x2e ⊗ 1x1o -> 32x1o
-    d2_weight_89 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 32:128].reshape(n, 32, 3) * 0.13693063937629152), _c120)
-    # ∂/∂d_z: ∂/∂weight: 32x2e ⊗ 1x2e -> 32x0e
-    _c123 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5))
-    _c124 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c123)
-    d2_d_z_90 = torch.einsum("uvw,zkuv->zwk", (d2_d_weight[10240:11264].view(32, 1, 32) * 0.10206207261596575), _c124)
-    # ∂/∂x: ∂/∂weight: 32x2e ⊗ 1x2e -> 32x0e
-    _c125 = torch.einsum("uvw,zwk->zkuv", d2_d_weight[10240:11264].view(32, 1, 32), d_z[:, 0:32].reshape(n, 32, 1))
-    _c126 = torch.einsum("zvj,ijk->zikv", y[:, 4:9].reshape(n, 1, 5), cg_2_2_0)
-    d2_x_91 = torch.einsum("zkuv,zikv->zui", _c125, (_c126 * 0.10206207261596575))
-    # ∂/∂y: ∂/∂weight: 32x2e ⊗ 1x2e -> 32x0e
-    _c127 = torch.einsum("zui,zkuv->zikv", x[:, 128:288].reshape(n, 32, 5), _c125)
-    d2_y_92 = torch.einsum("ijk,zikv->zvj", (cg_2_2_0 * 0.10206207261596575), _c127)
-    # ∂/∂d_z: ∂/∂y: 32x2e ⊗ 1x2e -> 32x0e
-    _c128 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 4:9].reshape(n, 1, 5), x[:, 128:288].reshape(n, 32, 5))
-    _c129 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c128)
-    d2_d_z_93 = torch.einsum("uvw,zkuv->zwk", (weight[10240:11264].view(32, 1, 32) * 0.10206207261596575), _c129)
-    # ∂/∂x: ∂/∂y: 32x2e ⊗ 1x2e -> 32x0e
-    _c130 = torch.einsum("zvj,ijk->zikv", d2_d_y[:, 4:9].reshape(n, 1, 5), cg_2_2_0)
-    _c131 = torch.einsum("zwk,uvw->zkuv", d_z[:, 0:32].reshape(n, 32, 1), weight[10240:11264].view(32, 1, 32))
-    d2_x_94 = torch.einsum("zikv,zkuv->zui", (_c130 * 0.10206207261596575), _c131)
-    # ∂/∂weight: ∂/∂y: 32x2e ⊗ 1x2e -> 32x0e
-    d2_weight_95 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 0:32].reshape(n, 32, 1) * 0.10206207261596575), _c129)
-    # ∂/∂d_z: ∂/∂x: 32x2e ⊗ 1x2e -> 32x0e
-    _c132 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 128:288].reshape(n, 32, 5), y[:, 4:9].reshape(n, 1, 5))
-    _c133 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c132)
-    d2_d_z_96 = torch.einsum("uvw,zkuv->zwk", (weight[10240:11264].view(32, 1, 32) * 0.10206207261596575), _c133)
-    # ∂/∂y: ∂/∂x: 32x2e ⊗ 1x2e -> 32x0e
-    _c134 = torch.einsum("zui,zkuv->zikv", d2_d_x[:, 128:288].reshape(n, 32, 5), _c131)
-    d2_y_97 = torch.einsum("ijk,zikv->zvj", (cg_2_2_0 * 0.10206207261596575), _c134)
-    # ∂/∂weight: ∂/∂x: 32x2e ⊗ 1x2e -> 32x0e
-    d2_weight_98 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 0:32].reshape(n, 32, 1) * 0.10206207261596575), _c133)
-    # ∂/∂d_z: ∂/∂weight: 32x2e ⊗ 1x2e -> 32x2e
-    _c135 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c123)
-    d2_d_z_99 = torch.einsum("uvw,zkuv->zwk", (d2_d_weight[11264:12288].view(32, 1, 32) * 0.1767766952966369), _c135)
-    # ∂/∂x: ∂/∂weight: 32x2e ⊗ 1x2e -> 32x2e
-    _c136 = torch.einsum("ijk,zjkvw->zivw", cg_2_2_2, _c24)
-    d2_x_100 = torch.einsum("uvw,zivw->zui", (d2_d_weight[11264:12288].view(32, 1, 32) * 0.1767766952966369), _c136)
-    # ∂/∂y: ∂/∂weight: 32x2e ⊗ 1x2e -> 32x2e
-    _c137 = torch.einsum("uvw,zwk->zkuv", d2_d_weight[11264:12288].view(32, 1, 32), d_z[:, 128:288].reshape(n, 32, 5))
-    _c138 = torch.einsum("zui,zkuv->zikv", x[:, 128:288].reshape(n, 32, 5), _c137)
-    d2_y_101 = torch.einsum("ijk,zikv->zvj", (cg_2_2_2 * 0.1767766952966369), _c138)
-    # ∂/∂d_z: ∂/∂y: 32x2e ⊗ 1x2e -> 32x2e
-    _c139 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c128)
-    d2_d_z_102 = torch.einsum("uvw,zkuv->zwk", (weight[11264:12288].view(32, 1, 32) * 0.1767766952966369), _c139)
-    # ∂/∂x: ∂/∂y: 32x2e ⊗ 1x2e -> 32x2e
-    _c140 = torch.einsum("ijk,zjkvw->zivw", cg_2_2_2, _c29)
-    d2_x_103 = torch.einsum("uvw,zivw->zui", (weight[11264:12288].view(32, 1, 32) * 0.1767766952966369), _c140)
-    # ∂/∂weight: ∂/∂y: 32x2e ⊗ 1x2e -> 32x2e
-    d2_weight_104 = torch.einsum("zui,zivw->uvw", (x[:, 128:288].reshape(n, 32, 5) * 0.1767766952966369), _c140)
-    # ∂/∂d_z: ∂/∂x: 32x2e ⊗ 1x2e -> 32x2e
-    _c141 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c132)
-    d2_d_z_105 = torch.einsum("uvw,zkuv->zwk", (weight[11264:12288].view(32, 1, 32) * 0.1767766952966369), _c141)
-    # ∂/∂y: ∂/∂x: 32x2e ⊗ 1x2e -> 32x2e
-    _c142 = torch.einsum("zui,uvw->zivw", d2_d_x[:, 128:288].reshape(n, 32, 5), weight[11264:12288].view(32, 1, 32))
-    _c143 = torch.einsum("zwk,zivw->zikv", d_z[:, 128:288].reshape(n, 32, 5), _c142)
-    d2_y_106 = torch.einsum("ijk,zikv->zvj", (cg_2_2_2 * 0.1767766952966369), _c143)
-    # ∂/∂weight: ∂/∂x: 32x2e ⊗ 1x2e -> 32x2e
-    d2_weight_107 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 128:288].reshape(n, 32, 5) * 0.1767766952966369), _c141)
-    # ∂/∂d_z: ∂/∂weight: 32x2e ⊗ 1x3o -> 32x1o
-    _c144 = torch.einsum("zui,zvj->zijuv", x[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7))
-    _c145 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_1, _c144)
-    d2_d_z_108 = torch.einsum("uvw,zkuv->zwk", (d2_d_weight[12288:13312].view(32, 1, 32) * 0.13693063937629152), _c145)
-    # ∂/∂x: ∂/∂weight: 32x2e ⊗ 1x3o -> 32x1o
-    _c146 = torch.einsum("zwk,zvj->zjkvw", d_z[:, 32:128].reshape(n, 32, 3), y[:, 9:16].reshape(n, 1, 7))
-    _c147 = torch.einsum("ijk,zjkvw->zivw", cg_2_3_1, _c146)
-    d2_x_109 = torch.einsum("uvw,zivw->zui", (d2_d_weight[12288:13312].view(32, 1, 32) * 0.13693063937629152), _c147)
-    # ∂/∂y: ∂/∂weight: 32x2e ⊗ 1x3o -> 32x1o
-    _c148 = torch.einsum("uvw,zwk->zkuv", d2_d_weight[12288:13312].view(32, 1, 32), d_z[:, 32:128].reshape(n, 32, 3))
-    _c149 = torch.einsum("zui,zkuv->zikv", x[:, 128:288].reshape(n, 32, 5), _c148)
-    d2_y_110 = torch.einsum("ijk,zikv->zvj", (cg_2_3_1 * 0.13693063937629152), _c149)
-    # ∂/∂d_z: ∂/∂y: 32x2e ⊗ 1x3o -> 32x1o
-    _c150 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 9:16].reshape(n, 1, 7), x[:, 128:288].reshape(n, 32, 5))
-    _c151 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_1, _c150)
-    d2_d_z_111 = torch.einsum("uvw,zkuv->zwk", (weight[12288:13312].view(32, 1, 32) * 0.13693063937629152), _c151)
-    # ∂/∂x: ∂/∂y: 32x2e ⊗ 1x3o -> 32x1o
-    _c152 = torch.einsum("zvj,zwk->zjkvw", d2_d_y[:, 9:16].reshape(n, 1, 7), d_z[:, 32:128].reshape(n, 32, 3))
-    _c153 = torch.einsum("ijk,zjkvw->zivw", cg_2_3_1, _c152)
-    d2_x_112 = torch.einsum("uvw,zivw->zui", (weight[12288:13312].view(32, 1, 32) * 0.13693063937629152), _c153)
-    # ∂/∂weight: ∂/∂y: 32x2e ⊗ 1x3o -> 32x1o
-    d2_weight_113 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 32:128].reshape(n, 32, 3) * 0.13693063937629152), _c151)
-    # ∂/∂d_z: ∂/∂x: 32x2e ⊗ 1x3o -> 32x1o
-    _c154 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 128:288].reshape(n, 32, 5), y[:, 9:16].reshape(n, 1, 7))
-    _c155 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_1, _c154)
-    d2_d_z_114 = torch.einsum("uvw,zkuv->zwk", (weight[12288:13312].view(32, 1, 32) * 0.13693063937629152), _c155)
-    # ∂/∂y: ∂/∂x: 32x2e ⊗ 1x3o -> 32x1o
-    _c156 = torch.einsum("zwk,uvw->zkuv", d_z[:, 32:128].reshape(n, 32, 3), weight[12288:13312].view(32, 1, 32))
-    _c157 = torch.einsum("zui,zkuv->zikv", d2_d_x[:, 128:288].reshape(n, 32, 5), _c156)
-    d2_y_115 = torch.einsum("ijk,zikv->zvj", (cg_2_3_1 * 0.13693063937629152), _c157)
-    # ∂/∂weight: ∂/∂x: 32x2e ⊗ 1x3o -> 32x1o
-    d2_weight_116 = torch.einsum("zwk,zkuv->uvw", (d_z[:, 32:128].reshape(n, 32, 3) * 0.13693063937629152), _c155)
-    d2_x = torch.cat([
-        (d2_x_1 + d2_x_4 + d2_x_10 + d2_x_13 + d2_x_19 + d2_x_22).reshape(n, 32),
-        (d2_x_28 + d2_x_31 + d2_x_37 + d2_x_40 + d2_x_46 + d2_x_49 + d2_x_55 + d2_x_58 + d2_x_64 + d2_x_67).reshape(n, 96),
-        (d2_x_73 + d2_x_76 + d2_x_82 + d2_x_85 + d2_x_91 + d2_x_94 + d2_x_100 + d2_x_103 + d2_x_109 + d2_x_112).reshape(n, 160),
+    # every path's (i, k) map at once: y · G
+    _m_z_0 = torch.einsum("zj,jc->zc", y.reshape(n, 16), _g_z_0)
+    w_z_0_1_1_0 = weight[3072:4096].view(32, 32)
+    w_z_0_1_1_1 = weight[6144:7168].view(32, 32)
+    w_z_0_1_2_2 = weight[5120:6144].view(32, 32)
+    w_z_0_1_2_3 = weight[7168:8192].view(32, 32)
+    w_z_0_2_1_4 = weight[9216:10240].view(32, 32)
+    w_z_0_2_1_5 = weight[12288:13312].view(32, 32)
+    w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
+    w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
+    _w_z_0_2_2 = torch.cat([
+        w_z_0_2_2_6.reshape(1024),
+        w_z_0_2_2_7.reshape(1024),
     ], dim=-1)
-    d2_y = torch.cat([
-        (d2_y_2 + d2_y_7 + d2_y_29 + d2_y_34 + d2_y_74 + d2_y_79).reshape(n, 1),
-        (d2_y_11 + d2_y_16 + d2_y_38 + d2_y_43 + d2_y_47 + d2_y_52 + d2_y_83 + d2_y_88).reshape(n, 3),
-        (d2_y_20 + d2_y_25 + d2_y_56 + d2_y_61 + d2_y_92 + d2_y_97 + d2_y_101 + d2_y_106).reshape(n, 5),
-        (d2_y_65 + d2_y_70 + d2_y_110 + d2_y_115).reshape(n, 7),
+    d__t_z_0_2_2 = torch.einsum("zwk,puw->zupk", d_z[:, 128:288].reshape(n, 32, 5), _w_z_0_2_2.view(2, 32, 32))
+    _w_z_0_2_1 = torch.cat([
+        w_z_0_2_1_4.reshape(1024),
+        w_z_0_2_1_5.reshape(1024),
     ], dim=-1)
+    d__t_z_0_2_1 = torch.einsum("zwk,puw->zupk", d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_2_1.view(2, 32, 32))
+    d__t_z_0_2_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[10240:11264].view(1, 32, 32))
+    _w_z_0_1_2 = torch.cat([
+        w_z_0_1_2_2.reshape(1024),
+        w_z_0_1_2_3.reshape(1024),
+    ], dim=-1)
+    d__t_z_0_1_2 = torch.einsum("zwk,puw->zupk", d_z[:, 128:288].reshape(n, 32, 5), _w_z_0_1_2.view(2, 32, 32))
+    _w_z_0_1_1 = torch.cat([
+        w_z_0_1_1_0.reshape(1024),
+        w_z_0_1_1_1.reshape(1024),
+    ], dim=-1)
+    d__t_z_0_1_1 = torch.einsum("zwk,puw->zupk", d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_1_1.view(2, 32, 32))
+    d__t_z_0_1_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[4096:5120].view(1, 32, 32))
+    d__t_z_0_0_2 = torch.einsum("zwk,puw->zupk", d_z[:, 128:288].reshape(n, 32, 5), weight[2048:3072].view(1, 32, 32))
+    d__t_z_0_0_1 = torch.einsum("zwk,puw->zupk", d_z[:, 32:128].reshape(n, 32, 3), weight[1024:2048].view(1, 32, 32))
+    d__t_z_0_0_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[0:1024].view(1, 32, 32))
+    # ∂/∂d__t_z_0_0_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
+    d2_d__t_z_0_0_0 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
+    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
+    d2__m_z_0_8 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 0:32].reshape(n, 32, 1), d__t_z_0_0_0)
+    d2_d_z_9 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_0_0, weight[0:1024].view(1, 32, 32))
+    d2_weight_10 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_0_0, d_z[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂d__t_z_0_0_1: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
+    d2_d__t_z_0_0_1 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 1:4].reshape(n, 1, 1, 3))
+    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
+    d2__m_z_0_11 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 0:32].reshape(n, 32, 1), d__t_z_0_0_1)
+    d2_d_z_12 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_0_1, weight[1024:2048].view(1, 32, 32))
+    d2_weight_13 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_0_1, d_z[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂d__t_z_0_0_2: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
+    d2_d__t_z_0_0_2 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 4:9].reshape(n, 1, 1, 5))
+    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
+    d2__m_z_0_14 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 0:32].reshape(n, 32, 1), d__t_z_0_0_2)
+    d2_d_z_15 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_0_2, weight[2048:3072].view(1, 32, 32))
+    d2_weight_16 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_0_2, d_z[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂d__t_z_0_1_0: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
+    d2_d__t_z_0_1_0 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
+    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
+    d2__m_z_0_17 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 32:128].reshape(n, 32, 3), d__t_z_0_1_0)
+    d2_d_z_18 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_1_0, weight[4096:5120].view(1, 32, 32))
+    d2_weight_19 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_1_0, d_z[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂d__t_z_0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
+    d2_d__t_z_0_1_1 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 2, 3))
+    # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
+    d2__m_z_0_20 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 32:128].reshape(n, 32, 3), d__t_z_0_1_1)
+    d2_d_z_21 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_1_1, _w_z_0_1_1.view(2, 32, 32))
+    d2__w_z_0_1_1 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_1_1, d_z[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂d__t_z_0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
+    d2_d__t_z_0_1_2 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 30:60].reshape(n, 3, 2, 5))
+    # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
+    d2__m_z_0_22 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 32:128].reshape(n, 32, 3), d__t_z_0_1_2)
+    d2_d_z_23 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_1_2, _w_z_0_1_2.view(2, 32, 32))
+    d2__w_z_0_1_2 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_1_2, d_z[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂d__t_z_0_2_0: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
+    d2_d__t_z_0_2_0 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
+    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
+    d2__m_z_0_24 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 128:288].reshape(n, 32, 5), d__t_z_0_2_0)
+    d2_d_z_25 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_2_0, weight[10240:11264].view(1, 32, 32))
+    d2_weight_26 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_2_0, d_z[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂d__t_z_0_2_1: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
+    d2_d__t_z_0_2_1 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 2, 3))
+    # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
+    d2__m_z_0_27 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 128:288].reshape(n, 32, 5), d__t_z_0_2_1)
+    d2_d_z_28 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_2_1, _w_z_0_2_1.view(2, 32, 32))
+    d2__w_z_0_2_1 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_2_1, d_z[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂d__t_z_0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
+    d2_d__t_z_0_2_2 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 2, 5))
+    # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
+    d2__m_z_0_29 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 128:288].reshape(n, 32, 5), d__t_z_0_2_2)
+    d2_d_z_30 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_2_2, _w_z_0_2_2.view(2, 32, 32))
+    d2__w_z_0_2_2 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_2_2, d_z[:, 128:288].reshape(n, 32, 5))
+    d2_weight_31 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
+    d2_weight_32 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
+    d2_weight_33 = d2__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
+    d2_weight_34 = d2__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
+    d2_weight_35 = d2__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
+    d2_weight_36 = d2__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
+    d2_weight_37 = d2__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
+    d2_weight_38 = d2__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
+    # ∂/∂y: every path's (i, k) map at once: y · G
+    d2__m_z_0 = torch.cat([
+        d2__m_z_0_8.reshape(n, 1),
+        d2__m_z_0_11.reshape(n, 3),
+        d2__m_z_0_14.reshape(n, 5),
+        d2__m_z_0_17.reshape(n, 3),
+        d2__m_z_0_20.reshape(n, 18),
+        d2__m_z_0_22.reshape(n, 30),
+        d2__m_z_0_24.reshape(n, 5),
+        d2__m_z_0_27.reshape(n, 30),
+        d2__m_z_0_29.reshape(n, 50),
+    ], dim=-1)
+    d2_y_39 = torch.einsum("zc,jc->zj", d2__m_z_0, _g_z_0)
+    d2_x = weight.new_zeros(n, 288)
+    d2_y = d2_y_39
     d2_d_z = torch.cat([
-        (d2_d_z_0 + d2_d_z_3 + d2_d_z_6 + d2_d_z_36 + d2_d_z_39 + d2_d_z_42 + d2_d_z_90 + d2_d_z_93 + d2_d_z_96).reshape(n, 32),
-        (d2_d_z_9 + d2_d_z_12 + d2_d_z_15 + d2_d_z_27 + d2_d_z_30 + d2_d_z_33 + d2_d_z_54 + d2_d_z_57 + d2_d_z_60 + d2_d_z_81 + d2_d_z_84 + d2_d_z_87 + d2_d_z_108 + d2_d_z_111 + d2_d_z_114).reshape(n, 96),
-        (d2_d_z_18 + d2_d_z_21 + d2_d_z_24 + d2_d_z_45 + d2_d_z_48 + d2_d_z_51 + d2_d_z_63 + d2_d_z_66 + d2_d_z_69 + d2_d_z_72 + d2_d_z_75 + d2_d_z_78 + d2_d_z_99 + d2_d_z_102 + d2_d_z_105).reshape(n, 160),
+        (d2_d_z_9 + d2_d_z_18 + d2_d_z_25).reshape(n, 32),
+        (d2_d_z_12 + d2_d_z_21 + d2_d_z_28).reshape(n, 96),
+        (d2_d_z_15 + d2_d_z_23 + d2_d_z_30).reshape(n, 160),
     ], dim=-1)
     d2_weight = torch.cat([
-        (d2_weight_5 + d2_weight_8).reshape(1024),
-        (d2_weight_14 + d2_weight_17).reshape(1024),
-        (d2_weight_23 + d2_weight_26).reshape(1024),
-        (d2_weight_32 + d2_weight_35).reshape(1024),
-        (d2_weight_41 + d2_weight_44).reshape(1024),
-        (d2_weight_50 + d2_weight_53).reshape(1024),
-        (d2_weight_59 + d2_weight_62).reshape(1024),
-        (d2_weight_68 + d2_weight_71).reshape(1024),
-        (d2_weight_77 + d2_weight_80).reshape(1024),
-        (d2_weight_86 + d2_weight_89).reshape(1024),
-        (d2_weight_95 + d2_weight_98).reshape(1024),
-        (d2_weight_104 + d2_weight_107).reshape(1024),
-        (d2_weight_113 + d2_weight_116).reshape(1024),
+        d2_weight_10.reshape(1024),
+        d2_weight_13.reshape(1024),
+        d2_weight_16.reshape(1024),
+        d2_weight_38.reshape(1024),
+        d2_weight_19.reshape(1024),
+        d2_weight_36.reshape(1024),
+        d2_weight_37.reshape(1024),
+        d2_weight_35.reshape(1024),
+        d2_weight_32.reshape(1024),
+        d2_weight_34.reshape(1024),
+        d2_weight_26.reshape(1024),
+        d2_weight_31.reshape(1024),
+        d2_weight_33.reshape(1024),
     ], dim=-1)
+    return [d2_x, d2_y, d2_d_z, d2_weight]
+
+
+def _fc_tp_d2_y(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_y: torch.Tensor,
+    weight: torch.Tensor, _g_z_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fc_tp_d for the cotangent of d_y: x (n, 288), y (n, 16), d_z (n, 288), d2_d_y (n, 16) -> d2_x (n, 288), d2_y (n, 16), d2_d_z (n, 288), d2_weight (13312,)."""
+    n = x.shape[0]
+    w_z_0_1_1_0 = weight[3072:4096].view(32, 32)
+    w_z_0_1_1_1 = weight[6144:7168].view(32, 32)
+    w_z_0_1_2_2 = weight[5120:6144].view(32, 32)
+    w_z_0_1_2_3 = weight[7168:8192].view(32, 32)
+    w_z_0_2_1_4 = weight[9216:10240].view(32, 32)
+    w_z_0_2_1_5 = weight[12288:13312].view(32, 32)
+    w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
+    w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
+    _w_z_0_2_2 = torch.cat([
+        w_z_0_2_2_6.reshape(1024),
+        w_z_0_2_2_7.reshape(1024),
+    ], dim=-1)
+    d__t_z_0_2_2 = torch.einsum("zwk,puw->zupk", d_z[:, 128:288].reshape(n, 32, 5), _w_z_0_2_2.view(2, 32, 32))
+    _w_z_0_2_1 = torch.cat([
+        w_z_0_2_1_4.reshape(1024),
+        w_z_0_2_1_5.reshape(1024),
+    ], dim=-1)
+    d__t_z_0_2_1 = torch.einsum("zwk,puw->zupk", d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_2_1.view(2, 32, 32))
+    d__t_z_0_2_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[10240:11264].view(1, 32, 32))
+    _w_z_0_1_2 = torch.cat([
+        w_z_0_1_2_2.reshape(1024),
+        w_z_0_1_2_3.reshape(1024),
+    ], dim=-1)
+    d__t_z_0_1_2 = torch.einsum("zwk,puw->zupk", d_z[:, 128:288].reshape(n, 32, 5), _w_z_0_1_2.view(2, 32, 32))
+    _w_z_0_1_1 = torch.cat([
+        w_z_0_1_1_0.reshape(1024),
+        w_z_0_1_1_1.reshape(1024),
+    ], dim=-1)
+    d__t_z_0_1_1 = torch.einsum("zwk,puw->zupk", d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_1_1.view(2, 32, 32))
+    d__t_z_0_1_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[4096:5120].view(1, 32, 32))
+    d__t_z_0_0_2 = torch.einsum("zwk,puw->zupk", d_z[:, 128:288].reshape(n, 32, 5), weight[2048:3072].view(1, 32, 32))
+    d__t_z_0_0_1 = torch.einsum("zwk,puw->zupk", d_z[:, 32:128].reshape(n, 32, 3), weight[1024:2048].view(1, 32, 32))
+    d__t_z_0_0_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[0:1024].view(1, 32, 32))
+    # ∂/∂d__m_z_0: ∂/∂y: every path's (i, k) map at once: y · G
+    d2_d__m_z_0 = torch.einsum("zj,jc->zc", d2_d_y.reshape(n, 16), _g_z_0)
+    # ∂/∂d__t_z_0_0_0: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
+    d2_d__t_z_0_0_0 = torch.einsum("zipk,zui->zupk", d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1), x[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
+    d2_x_8 = torch.einsum("zipk,zupk->zui", d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1), d__t_z_0_0_0)
+    d2_d_z_9 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_0_0, weight[0:1024].view(1, 32, 32))
+    d2_weight_10 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_0_0, d_z[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂d__t_z_0_0_1: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
+    d2_d__t_z_0_0_1 = torch.einsum("zipk,zui->zupk", d2_d__m_z_0[:, 1:4].reshape(n, 1, 1, 3), x[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
+    d2_x_11 = torch.einsum("zipk,zupk->zui", d2_d__m_z_0[:, 1:4].reshape(n, 1, 1, 3), d__t_z_0_0_1)
+    d2_d_z_12 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_0_1, weight[1024:2048].view(1, 32, 32))
+    d2_weight_13 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_0_1, d_z[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂d__t_z_0_0_2: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
+    d2_d__t_z_0_0_2 = torch.einsum("zipk,zui->zupk", d2_d__m_z_0[:, 4:9].reshape(n, 1, 1, 5), x[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
+    d2_x_14 = torch.einsum("zipk,zupk->zui", d2_d__m_z_0[:, 4:9].reshape(n, 1, 1, 5), d__t_z_0_0_2)
+    d2_d_z_15 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_0_2, weight[2048:3072].view(1, 32, 32))
+    d2_weight_16 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_0_2, d_z[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂d__t_z_0_1_0: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
+    d2_d__t_z_0_1_0 = torch.einsum("zipk,zui->zupk", d2_d__m_z_0[:, 9:12].reshape(n, 3, 1, 1), x[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
+    d2_x_17 = torch.einsum("zipk,zupk->zui", d2_d__m_z_0[:, 9:12].reshape(n, 3, 1, 1), d__t_z_0_1_0)
+    d2_d_z_18 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_1_0, weight[4096:5120].view(1, 32, 32))
+    d2_weight_19 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_1_0, d_z[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂d__t_z_0_1_1: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
+    d2_d__t_z_0_1_1 = torch.einsum("zipk,zui->zupk", d2_d__m_z_0[:, 12:30].reshape(n, 3, 2, 3), x[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
+    d2_x_20 = torch.einsum("zipk,zupk->zui", d2_d__m_z_0[:, 12:30].reshape(n, 3, 2, 3), d__t_z_0_1_1)
+    d2_d_z_21 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_1_1, _w_z_0_1_1.view(2, 32, 32))
+    d2__w_z_0_1_1 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_1_1, d_z[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂d__t_z_0_1_2: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
+    d2_d__t_z_0_1_2 = torch.einsum("zipk,zui->zupk", d2_d__m_z_0[:, 30:60].reshape(n, 3, 2, 5), x[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
+    d2_x_22 = torch.einsum("zipk,zupk->zui", d2_d__m_z_0[:, 30:60].reshape(n, 3, 2, 5), d__t_z_0_1_2)
+    d2_d_z_23 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_1_2, _w_z_0_1_2.view(2, 32, 32))
+    d2__w_z_0_1_2 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_1_2, d_z[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂d__t_z_0_2_0: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
+    d2_d__t_z_0_2_0 = torch.einsum("zipk,zui->zupk", d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1), x[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
+    d2_x_24 = torch.einsum("zipk,zupk->zui", d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1), d__t_z_0_2_0)
+    d2_d_z_25 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_2_0, weight[10240:11264].view(1, 32, 32))
+    d2_weight_26 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_2_0, d_z[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂d__t_z_0_2_1: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
+    d2_d__t_z_0_2_1 = torch.einsum("zipk,zui->zupk", d2_d__m_z_0[:, 65:95].reshape(n, 5, 2, 3), x[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
+    d2_x_27 = torch.einsum("zipk,zupk->zui", d2_d__m_z_0[:, 65:95].reshape(n, 5, 2, 3), d__t_z_0_2_1)
+    d2_d_z_28 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_2_1, _w_z_0_2_1.view(2, 32, 32))
+    d2__w_z_0_2_1 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_2_1, d_z[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂d__t_z_0_2_2: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
+    d2_d__t_z_0_2_2 = torch.einsum("zipk,zui->zupk", d2_d__m_z_0[:, 95:145].reshape(n, 5, 2, 5), x[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
+    d2_x_29 = torch.einsum("zipk,zupk->zui", d2_d__m_z_0[:, 95:145].reshape(n, 5, 2, 5), d__t_z_0_2_2)
+    d2_d_z_30 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_2_2, _w_z_0_2_2.view(2, 32, 32))
+    d2__w_z_0_2_2 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_2_2, d_z[:, 128:288].reshape(n, 32, 5))
+    d2_weight_31 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
+    d2_weight_32 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
+    d2_weight_33 = d2__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
+    d2_weight_34 = d2__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
+    d2_weight_35 = d2__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
+    d2_weight_36 = d2__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
+    d2_weight_37 = d2__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
+    d2_weight_38 = d2__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
+    d2_x = torch.cat([
+        (d2_x_8 + d2_x_11 + d2_x_14).reshape(n, 32),
+        (d2_x_17 + d2_x_20 + d2_x_22).reshape(n, 96),
+        (d2_x_24 + d2_x_27 + d2_x_29).reshape(n, 160),
+    ], dim=-1)
+    d2_y = weight.new_zeros(n, 16)
+    d2_d_z = torch.cat([
+        (d2_d_z_9 + d2_d_z_18 + d2_d_z_25).reshape(n, 32),
+        (d2_d_z_12 + d2_d_z_21 + d2_d_z_28).reshape(n, 96),
+        (d2_d_z_15 + d2_d_z_23 + d2_d_z_30).reshape(n, 160),
+    ], dim=-1)
+    d2_weight = torch.cat([
+        d2_weight_10.reshape(1024),
+        d2_weight_13.reshape(1024),
+        d2_weight_16.reshape(1024),
+        d2_weight_38.reshape(1024),
+        d2_weight_19.reshape(1024),
+        d2_weight_36.reshape(1024),
+        d2_weight_37.reshape(1024),
+        d2_weight_35.reshape(1024),
+        d2_weight_32.reshape(1024),
+        d2_weight_34.reshape(1024),
+        d2_weight_26.reshape(1024),
+        d2_weight_31.reshape(1024),
+        d2_weight_33.reshape(1024),
+    ], dim=-1)
+    return [d2_x, d2_y, d2_d_z, d2_weight]
+
+
+def _fc_tp_d2_weight(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_weight: torch.Tensor,
+    weight: torch.Tensor, _g_z_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fc_tp_d for the cotangent of d_weight: x (n, 288), y (n, 16), d_z (n, 288), d2_d_weight (13312,) -> d2_x (n, 288), d2_y (n, 16), d2_d_z (n, 288), d2_weight (13312,)."""
+    n = x.shape[0]
+    # every path's (i, k) map at once: y · G
+    _m_z_0 = torch.einsum("zj,jc->zc", y.reshape(n, 16), _g_z_0)
+    # 1 paths 32x0e ⊗ y -> 32x0e
+    _t_z_0_0_0 = torch.einsum("zui,zipk->zupk", x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
+    # 1 paths 32x0e ⊗ y -> 32x1o
+    _t_z_0_0_1 = torch.einsum("zui,zipk->zupk", x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 1:4].reshape(n, 1, 1, 3))
+    # 1 paths 32x0e ⊗ y -> 32x2e
+    _t_z_0_0_2 = torch.einsum("zui,zipk->zupk", x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 4:9].reshape(n, 1, 1, 5))
+    # 1 paths 32x1o ⊗ y -> 32x0e
+    _t_z_0_1_0 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
+    # 2 paths 32x1o ⊗ y -> 32x1o
+    _t_z_0_1_1 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 2, 3))
+    # 2 paths 32x1o ⊗ y -> 32x2e
+    _t_z_0_1_2 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 30:60].reshape(n, 3, 2, 5))
+    # 1 paths 32x2e ⊗ y -> 32x0e
+    _t_z_0_2_0 = torch.einsum("zui,zipk->zupk", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
+    # 2 paths 32x2e ⊗ y -> 32x1o
+    _t_z_0_2_1 = torch.einsum("zui,zipk->zupk", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 2, 3))
+    # 2 paths 32x2e ⊗ y -> 32x2e
+    _t_z_0_2_2 = torch.einsum("zui,zipk->zupk", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 2, 5))
+    d2_d_z_0 = torch.einsum("puw,zupk->zwk", d2_d_weight[0:1024].view(1, 32, 32), _t_z_0_0_0)
+    d2__t_z_0_0_0 = torch.einsum("puw,zwk->zupk", d2_d_weight[0:1024].view(1, 32, 32), d_z[:, 0:32].reshape(n, 32, 1))
+    d2_d_z_1 = torch.einsum("puw,zupk->zwk", d2_d_weight[1024:2048].view(1, 32, 32), _t_z_0_0_1)
+    d2__t_z_0_0_1 = torch.einsum("puw,zwk->zupk", d2_d_weight[1024:2048].view(1, 32, 32), d_z[:, 32:128].reshape(n, 32, 3))
+    d2_d_z_2 = torch.einsum("puw,zupk->zwk", d2_d_weight[2048:3072].view(1, 32, 32), _t_z_0_0_2)
+    d2__t_z_0_0_2 = torch.einsum("puw,zwk->zupk", d2_d_weight[2048:3072].view(1, 32, 32), d_z[:, 128:288].reshape(n, 32, 5))
+    d2_d_z_3 = torch.einsum("puw,zupk->zwk", d2_d_weight[4096:5120].view(1, 32, 32), _t_z_0_1_0)
+    d2__t_z_0_1_0 = torch.einsum("puw,zwk->zupk", d2_d_weight[4096:5120].view(1, 32, 32), d_z[:, 0:32].reshape(n, 32, 1))
+    d2_d__w_z_0_1_1_4 = d2_d_weight[3072:4096].view(32, 32)
+    d2_d__w_z_0_1_1_5 = d2_d_weight[6144:7168].view(32, 32)
+    d2_d__w_z_0_1_1 = torch.cat([
+        d2_d__w_z_0_1_1_4.reshape(1024),
+        d2_d__w_z_0_1_1_5.reshape(1024),
+    ], dim=-1)
+    d2_d_z_6 = torch.einsum("puw,zupk->zwk", d2_d__w_z_0_1_1.view(2, 32, 32), _t_z_0_1_1)
+    d2__t_z_0_1_1 = torch.einsum("puw,zwk->zupk", d2_d__w_z_0_1_1.view(2, 32, 32), d_z[:, 32:128].reshape(n, 32, 3))
+    d2_d__w_z_0_1_2_7 = d2_d_weight[5120:6144].view(32, 32)
+    d2_d__w_z_0_1_2_8 = d2_d_weight[7168:8192].view(32, 32)
+    d2_d__w_z_0_1_2 = torch.cat([
+        d2_d__w_z_0_1_2_7.reshape(1024),
+        d2_d__w_z_0_1_2_8.reshape(1024),
+    ], dim=-1)
+    d2_d_z_9 = torch.einsum("puw,zupk->zwk", d2_d__w_z_0_1_2.view(2, 32, 32), _t_z_0_1_2)
+    d2__t_z_0_1_2 = torch.einsum("puw,zwk->zupk", d2_d__w_z_0_1_2.view(2, 32, 32), d_z[:, 128:288].reshape(n, 32, 5))
+    d2_d_z_10 = torch.einsum("puw,zupk->zwk", d2_d_weight[10240:11264].view(1, 32, 32), _t_z_0_2_0)
+    d2__t_z_0_2_0 = torch.einsum("puw,zwk->zupk", d2_d_weight[10240:11264].view(1, 32, 32), d_z[:, 0:32].reshape(n, 32, 1))
+    d2_d__w_z_0_2_1_11 = d2_d_weight[9216:10240].view(32, 32)
+    d2_d__w_z_0_2_1_12 = d2_d_weight[12288:13312].view(32, 32)
+    d2_d__w_z_0_2_1 = torch.cat([
+        d2_d__w_z_0_2_1_11.reshape(1024),
+        d2_d__w_z_0_2_1_12.reshape(1024),
+    ], dim=-1)
+    d2_d_z_13 = torch.einsum("puw,zupk->zwk", d2_d__w_z_0_2_1.view(2, 32, 32), _t_z_0_2_1)
+    d2__t_z_0_2_1 = torch.einsum("puw,zwk->zupk", d2_d__w_z_0_2_1.view(2, 32, 32), d_z[:, 32:128].reshape(n, 32, 3))
+    d2_d__w_z_0_2_2_14 = d2_d_weight[8192:9216].view(32, 32)
+    d2_d__w_z_0_2_2_15 = d2_d_weight[11264:12288].view(32, 32)
+    d2_d__w_z_0_2_2 = torch.cat([
+        d2_d__w_z_0_2_2_14.reshape(1024),
+        d2_d__w_z_0_2_2_15.reshape(1024),
+    ], dim=-1)
+    d2_d_z_16 = torch.einsum("puw,zupk->zwk", d2_d__w_z_0_2_2.view(2, 32, 32), _t_z_0_2_2)
+    d2__t_z_0_2_2 = torch.einsum("puw,zwk->zupk", d2_d__w_z_0_2_2.view(2, 32, 32), d_z[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
+    d2_x_17 = torch.einsum("zupk,zipk->zui", d2__t_z_0_2_2, _m_z_0[:, 95:145].reshape(n, 5, 2, 5))
+    # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
+    d2__m_z_0_18 = torch.einsum("zupk,zui->zipk", d2__t_z_0_2_2, x[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
+    d2_x_19 = torch.einsum("zupk,zipk->zui", d2__t_z_0_2_1, _m_z_0[:, 65:95].reshape(n, 5, 2, 3))
+    # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
+    d2__m_z_0_20 = torch.einsum("zupk,zui->zipk", d2__t_z_0_2_1, x[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
+    d2_x_21 = torch.einsum("zupk,zipk->zui", d2__t_z_0_2_0, _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
+    # ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
+    d2__m_z_0_22 = torch.einsum("zupk,zui->zipk", d2__t_z_0_2_0, x[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
+    d2_x_23 = torch.einsum("zupk,zipk->zui", d2__t_z_0_1_2, _m_z_0[:, 30:60].reshape(n, 3, 2, 5))
+    # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
+    d2__m_z_0_24 = torch.einsum("zupk,zui->zipk", d2__t_z_0_1_2, x[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
+    d2_x_25 = torch.einsum("zupk,zipk->zui", d2__t_z_0_1_1, _m_z_0[:, 12:30].reshape(n, 3, 2, 3))
+    # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
+    d2__m_z_0_26 = torch.einsum("zupk,zui->zipk", d2__t_z_0_1_1, x[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
+    d2_x_27 = torch.einsum("zupk,zipk->zui", d2__t_z_0_1_0, _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
+    # ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
+    d2__m_z_0_28 = torch.einsum("zupk,zui->zipk", d2__t_z_0_1_0, x[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
+    d2_x_29 = torch.einsum("zupk,zipk->zui", d2__t_z_0_0_2, _m_z_0[:, 4:9].reshape(n, 1, 1, 5))
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
+    d2__m_z_0_30 = torch.einsum("zupk,zui->zipk", d2__t_z_0_0_2, x[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
+    d2_x_31 = torch.einsum("zupk,zipk->zui", d2__t_z_0_0_1, _m_z_0[:, 1:4].reshape(n, 1, 1, 3))
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
+    d2__m_z_0_32 = torch.einsum("zupk,zui->zipk", d2__t_z_0_0_1, x[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
+    d2_x_33 = torch.einsum("zupk,zipk->zui", d2__t_z_0_0_0, _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
+    d2__m_z_0_34 = torch.einsum("zupk,zui->zipk", d2__t_z_0_0_0, x[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂y: every path's (i, k) map at once: y · G
+    d2__m_z_0 = torch.cat([
+        d2__m_z_0_34.reshape(n, 1),
+        d2__m_z_0_32.reshape(n, 3),
+        d2__m_z_0_30.reshape(n, 5),
+        d2__m_z_0_28.reshape(n, 3),
+        d2__m_z_0_26.reshape(n, 18),
+        d2__m_z_0_24.reshape(n, 30),
+        d2__m_z_0_22.reshape(n, 5),
+        d2__m_z_0_20.reshape(n, 30),
+        d2__m_z_0_18.reshape(n, 50),
+    ], dim=-1)
+    d2_y_35 = torch.einsum("zc,jc->zj", d2__m_z_0, _g_z_0)
+    d2_x = torch.cat([
+        (d2_x_29 + d2_x_31 + d2_x_33).reshape(n, 32),
+        (d2_x_23 + d2_x_25 + d2_x_27).reshape(n, 96),
+        (d2_x_17 + d2_x_19 + d2_x_21).reshape(n, 160),
+    ], dim=-1)
+    d2_y = d2_y_35
+    d2_d_z = torch.cat([
+        (d2_d_z_0 + d2_d_z_3 + d2_d_z_10).reshape(n, 32),
+        (d2_d_z_1 + d2_d_z_6 + d2_d_z_13).reshape(n, 96),
+        (d2_d_z_2 + d2_d_z_9 + d2_d_z_16).reshape(n, 160),
+    ], dim=-1)
+    d2_weight = weight.new_zeros(13312)
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
@@ -889,1184 +834,1095 @@ def _fc_tp_triton(x, y, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
     return [z_out]
 
 
-# fc_tp: each op's autograd is the next program's op; the last one's is autograd through its code
-_ops.register("fc_tp_d_d2", _fc_tp_d_d2, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={})
-_ops.register("fc_tp_d", _fc_tp_d, outputs=((288, True), (16, True), (13312, False)), index_ranges={}, backward=_ops.fc_tp_d_d2)
-_ops.register("fc_tp", _fc_tp_triton, outputs=((288, True),), index_ranges={}, backward=_ops.fc_tp_d, check_indices=True)
+# fc_tp: an op's autograd runs, per cotangent present, the op of its derivative program;
+# the last ones differentiate through their own torch code
+_ops.register("fc_tp_d2_x", _fc_tp_d2_x, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={})
+_ops.register("fc_tp_d2_y", _fc_tp_d2_y, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={})
+_ops.register("fc_tp_d2_weight", _fc_tp_d2_weight, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={})
+_ops.register("fc_tp_d", _fc_tp_d, outputs=((288, True), (16, True), (13312, False)), index_ranges={}, backward=[_ops.fc_tp_d2_x, _ops.fc_tp_d2_y, _ops.fc_tp_d2_weight])
+_ops.register("fc_tp", _fc_tp_triton, outputs=((288, True),), index_ranges={}, backward=[_ops.fc_tp_d], check_indices=True)
 
 
 def _conv_tp(
     h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, weight: torch.Tensor,
-    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_0_3_3: torch.Tensor,
-    cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor,
-    cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_1_2_3: torch.Tensor, cg_1_3_2: torch.Tensor,
-    cg_1_3_3: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_1_2: torch.Tensor,
-    cg_2_1_3: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
-    cg_2_2_3: torch.Tensor, cg_2_3_1: torch.Tensor, cg_2_3_2: torch.Tensor, cg_2_3_3: torch.Tensor,
+    _g_m_0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """conv_tp on rows: h (n, 288), sh (n, 16), w (n, 768) -> m (n, 992)."""
     n = h.shape[0]
-    # 32x0e ⊗ 1x0e -> 32x0e
-    _c0 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 0:32].reshape(n, 32, 1))
-    _c1 = torch.einsum("zvj,ijk->zikv", sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0)
-    m_0 = torch.einsum("ziuv,zikv->zuk", _c0, (_c1 * 0.5773502691896257))
-    # 32x0e ⊗ 1x1o -> 32x1o
-    _c2 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 32:64].reshape(n, 32, 1))
-    _c3 = torch.einsum("zvj,ijk->zikv", sh[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
-    m_1 = torch.einsum("ziuv,zikv->zuk", _c2, (_c3 * 0.7745966692414834))
-    # 32x0e ⊗ 1x2e -> 32x2e
-    _c4 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 64:96].reshape(n, 32, 1))
-    _c5 = torch.einsum("zvj,ijk->zikv", sh[:, 4:9].reshape(n, 1, 5), cg_0_2_2)
-    m_2 = torch.einsum("ziuv,zikv->zuk", _c4, _c5)
-    # 32x0e ⊗ 1x3o -> 32x3o
-    _c6 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 96:128].reshape(n, 32, 1))
-    _c7 = torch.einsum("zvj,ijk->zikv", sh[:, 9:16].reshape(n, 1, 7), cg_0_3_3)
-    m_3 = torch.einsum("ziuv,zikv->zuk", _c6, (_c7 * 1.3228756555322954))
-    # 32x1o ⊗ 1x0e -> 32x1o
-    _c8 = torch.einsum("zvj,zuv->zju", sh[:, 0:1].reshape(n, 1, 1), w[:, 128:160].reshape(n, 32, 1))
-    _c9 = torch.einsum("zui,zju->ziju", h[:, 32:128].reshape(n, 32, 3), _c8)
-    m_4 = torch.einsum("ijk,ziju->zuk", (cg_1_0_1 * 0.7745966692414834), _c9)
-    # 32x1o ⊗ 1x1o -> 32x0e
-    _c10 = torch.einsum("zui,zvj->zijuv", h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3))
-    _c11 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c10)
-    m_5 = torch.einsum("zuv,zkuv->zuk", (w[:, 160:192].reshape(n, 32, 1) * 0.5773502691896257), _c11)
-    # 32x1o ⊗ 1x1o -> 32x2e
-    _c12 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 192:224].reshape(n, 32, 1))
-    _c13 = torch.einsum("zui,zju->ziju", h[:, 32:128].reshape(n, 32, 3), _c12)
-    m_6 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c13)
-    # 32x1o ⊗ 1x1o -> 32x1e
-    _c14 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_1, _c10)
-    m_7 = torch.einsum("zuv,zkuv->zuk", (w[:, 224:256].reshape(n, 32, 1) * 1.224744871391589), _c14)
-    # 32x1o ⊗ 1x2e -> 32x1o
-    _c15 = torch.einsum("zui,zvj->zijuv", h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5))
-    _c16 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c15)
-    m_8 = torch.einsum("zuv,zkuv->zuk", (w[:, 256:288].reshape(n, 32, 1) * 0.7745966692414834), _c16)
-    # 32x1o ⊗ 1x2e -> 32x2o
-    _c17 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_2, _c15)
-    m_9 = torch.einsum("zuv,zkuv->zuk", (w[:, 288:320].reshape(n, 32, 1) * 1.2909944487358056), _c17)
-    # 32x1o ⊗ 1x2e -> 32x3o
-    _c18 = torch.einsum("zvj,zuv->zju", sh[:, 4:9].reshape(n, 1, 5), w[:, 320:352].reshape(n, 32, 1))
-    _c19 = torch.einsum("zui,zju->ziju", h[:, 32:128].reshape(n, 32, 3), _c18)
-    m_10 = torch.einsum("ijk,ziju->zuk", (cg_1_2_3 * 1.3228756555322954), _c19)
-    # 32x1o ⊗ 1x3o -> 32x2e
-    _c20 = torch.einsum("zui,zvj->zijuv", h[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7))
-    _c21 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_2, _c20)
-    m_11 = torch.einsum("zuv,zkuv->zuk", w[:, 352:384].reshape(n, 32, 1), _c21)
-    # 32x1o ⊗ 1x3o -> 32x3e
-    _c22 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_3, _c20)
-    m_12 = torch.einsum("zuv,zkuv->zuk", (w[:, 384:416].reshape(n, 32, 1) * 1.8708286933869707), _c22)
-    # 32x2e ⊗ 1x0e -> 32x2e
-    _c23 = torch.einsum("zvj,zuv->zju", sh[:, 0:1].reshape(n, 1, 1), w[:, 416:448].reshape(n, 32, 1))
-    _c24 = torch.einsum("zui,zju->ziju", h[:, 128:288].reshape(n, 32, 5), _c23)
-    m_13 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c24)
-    # 32x2e ⊗ 1x1o -> 32x1o
-    _c25 = torch.einsum("zui,zvj->zijuv", h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3))
-    _c26 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c25)
-    m_14 = torch.einsum("zuv,zkuv->zuk", (w[:, 448:480].reshape(n, 32, 1) * 0.7745966692414834), _c26)
-    # 32x2e ⊗ 1x1o -> 32x2o
-    _c27 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 480:512].reshape(n, 32, 1))
-    _c28 = torch.einsum("zui,zju->ziju", h[:, 128:288].reshape(n, 32, 5), _c27)
-    m_15 = torch.einsum("ijk,ziju->zuk", (cg_2_1_2 * 1.2909944487358056), _c28)
-    # 32x2e ⊗ 1x1o -> 32x3o
-    _c29 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 512:544].reshape(n, 32, 1))
-    _c30 = torch.einsum("zui,zju->ziju", h[:, 128:288].reshape(n, 32, 5), _c29)
-    m_16 = torch.einsum("ijk,ziju->zuk", (cg_2_1_3 * 1.3228756555322954), _c30)
-    # 32x2e ⊗ 1x2e -> 32x0e
-    _c31 = torch.einsum("zui,zvj->zijuv", h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5))
-    _c32 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c31)
-    m_17 = torch.einsum("zuv,zkuv->zuk", (w[:, 544:576].reshape(n, 32, 1) * 0.5773502691896257), _c32)
-    # 32x2e ⊗ 1x2e -> 32x2e
-    _c33 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c31)
-    m_18 = torch.einsum("zuv,zkuv->zuk", w[:, 576:608].reshape(n, 32, 1), _c33)
-    # 32x2e ⊗ 1x2e -> 32x1e
-    _c34 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_1, _c31)
-    m_19 = torch.einsum("zuv,zkuv->zuk", (w[:, 608:640].reshape(n, 32, 1) * 1.224744871391589), _c34)
-    # 32x2e ⊗ 1x2e -> 32x3e
-    _c35 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_3, _c31)
-    m_20 = torch.einsum("zuv,zkuv->zuk", (w[:, 640:672].reshape(n, 32, 1) * 1.8708286933869707), _c35)
-    # 32x2e ⊗ 1x3o -> 32x1o
-    _c36 = torch.einsum("zui,zvj->zijuv", h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7))
-    _c37 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_1, _c36)
-    m_21 = torch.einsum("zuv,zkuv->zuk", (w[:, 672:704].reshape(n, 32, 1) * 0.7745966692414834), _c37)
-    # 32x2e ⊗ 1x3o -> 32x2o
-    _c38 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_2, _c36)
-    m_22 = torch.einsum("zuv,zkuv->zuk", (w[:, 704:736].reshape(n, 32, 1) * 1.2909944487358056), _c38)
-    # 32x2e ⊗ 1x3o -> 32x3o
-    _c39 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_3, _c36)
-    m_23 = torch.einsum("zuv,zkuv->zuk", (w[:, 736:768].reshape(n, 32, 1) * 1.3228756555322954), _c39)
+    # every path's (i, k) map at once: sh · G
+    _m_m_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 16), _g_m_0)
+    # 1 paths 32x0e ⊗ sh -> 32x0e
+    _t_m_0_0_0 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 0:1].reshape(n, 1, 1, 1))
+    m_0 = torch.einsum("zupk,zpu->zuk", _t_m_0_0_0, w[:, 0:32].reshape(n, 1, 32))
+    # 1 paths 32x0e ⊗ sh -> 32x1o
+    _t_m_0_0_1 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 1:4].reshape(n, 1, 1, 3))
+    m_1 = torch.einsum("zupk,zpu->zuk", _t_m_0_0_1, w[:, 32:64].reshape(n, 1, 32))
+    # 1 paths 32x0e ⊗ sh -> 32x2e
+    _t_m_0_0_2 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 4:9].reshape(n, 1, 1, 5))
+    m_2 = torch.einsum("zupk,zpu->zuk", _t_m_0_0_2, w[:, 64:96].reshape(n, 1, 32))
+    # 1 paths 32x0e ⊗ sh -> 32x3o
+    _t_m_0_0_5 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 9:16].reshape(n, 1, 1, 7))
+    m_3 = torch.einsum("zupk,zpu->zuk", _t_m_0_0_5, w[:, 96:128].reshape(n, 1, 32))
+    # 1 paths 32x1o ⊗ sh -> 32x0e
+    _t_m_0_1_0 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1))
+    m_4 = torch.einsum("zupk,zpu->zuk", _t_m_0_1_0, w[:, 160:192].reshape(n, 1, 32))
+    # 2 paths 32x1o ⊗ sh -> 32x1o
+    _t_m_0_1_1 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 2, 3))
+    w_m_0_1_1_5 = w[:, 128:160].reshape(n, 32)
+    w_m_0_1_1_6 = w[:, 256:288].reshape(n, 32)
+    _w_m_0_1_1 = torch.cat([
+        w_m_0_1_1_5.reshape(n, 32),
+        w_m_0_1_1_6.reshape(n, 32),
+    ], dim=-1)
+    m_7 = torch.einsum("zupk,zpu->zuk", _t_m_0_1_1, _w_m_0_1_1.reshape(n, 2, 32))
+    # 2 paths 32x1o ⊗ sh -> 32x2e
+    _t_m_0_1_2 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 2, 5))
+    w_m_0_1_2_8 = w[:, 192:224].reshape(n, 32)
+    w_m_0_1_2_9 = w[:, 352:384].reshape(n, 32)
+    _w_m_0_1_2 = torch.cat([
+        w_m_0_1_2_8.reshape(n, 32),
+        w_m_0_1_2_9.reshape(n, 32),
+    ], dim=-1)
+    m_10 = torch.einsum("zupk,zpu->zuk", _t_m_0_1_2, _w_m_0_1_2.reshape(n, 2, 32))
+    # 1 paths 32x1o ⊗ sh -> 32x1e
+    _t_m_0_1_3 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 67:76].reshape(n, 3, 1, 3))
+    m_11 = torch.einsum("zupk,zpu->zuk", _t_m_0_1_3, w[:, 224:256].reshape(n, 1, 32))
+    # 1 paths 32x1o ⊗ sh -> 32x2o
+    _t_m_0_1_4 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 76:91].reshape(n, 3, 1, 5))
+    m_12 = torch.einsum("zupk,zpu->zuk", _t_m_0_1_4, w[:, 288:320].reshape(n, 1, 32))
+    # 1 paths 32x1o ⊗ sh -> 32x3o
+    _t_m_0_1_5 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 91:112].reshape(n, 3, 1, 7))
+    m_13 = torch.einsum("zupk,zpu->zuk", _t_m_0_1_5, w[:, 320:352].reshape(n, 1, 32))
+    # 1 paths 32x1o ⊗ sh -> 32x3e
+    _t_m_0_1_6 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 1, 7))
+    m_14 = torch.einsum("zupk,zpu->zuk", _t_m_0_1_6, w[:, 384:416].reshape(n, 1, 32))
+    # 1 paths 32x2e ⊗ sh -> 32x0e
+    _t_m_0_2_0 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1))
+    m_15 = torch.einsum("zupk,zpu->zuk", _t_m_0_2_0, w[:, 544:576].reshape(n, 1, 32))
+    # 2 paths 32x2e ⊗ sh -> 32x1o
+    _t_m_0_2_1 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 138:168].reshape(n, 5, 2, 3))
+    w_m_0_2_1_16 = w[:, 448:480].reshape(n, 32)
+    w_m_0_2_1_17 = w[:, 672:704].reshape(n, 32)
+    _w_m_0_2_1 = torch.cat([
+        w_m_0_2_1_16.reshape(n, 32),
+        w_m_0_2_1_17.reshape(n, 32),
+    ], dim=-1)
+    m_18 = torch.einsum("zupk,zpu->zuk", _t_m_0_2_1, _w_m_0_2_1.reshape(n, 2, 32))
+    # 2 paths 32x2e ⊗ sh -> 32x2e
+    _t_m_0_2_2 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 2, 5))
+    w_m_0_2_2_19 = w[:, 416:448].reshape(n, 32)
+    w_m_0_2_2_20 = w[:, 576:608].reshape(n, 32)
+    _w_m_0_2_2 = torch.cat([
+        w_m_0_2_2_19.reshape(n, 32),
+        w_m_0_2_2_20.reshape(n, 32),
+    ], dim=-1)
+    m_21 = torch.einsum("zupk,zpu->zuk", _t_m_0_2_2, _w_m_0_2_2.reshape(n, 2, 32))
+    # 1 paths 32x2e ⊗ sh -> 32x1e
+    _t_m_0_2_3 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 218:233].reshape(n, 5, 1, 3))
+    m_22 = torch.einsum("zupk,zpu->zuk", _t_m_0_2_3, w[:, 608:640].reshape(n, 1, 32))
+    # 2 paths 32x2e ⊗ sh -> 32x2o
+    _t_m_0_2_4 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 2, 5))
+    w_m_0_2_4_23 = w[:, 480:512].reshape(n, 32)
+    w_m_0_2_4_24 = w[:, 704:736].reshape(n, 32)
+    _w_m_0_2_4 = torch.cat([
+        w_m_0_2_4_23.reshape(n, 32),
+        w_m_0_2_4_24.reshape(n, 32),
+    ], dim=-1)
+    m_25 = torch.einsum("zupk,zpu->zuk", _t_m_0_2_4, _w_m_0_2_4.reshape(n, 2, 32))
+    # 2 paths 32x2e ⊗ sh -> 32x3o
+    _t_m_0_2_5 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 2, 7))
+    w_m_0_2_5_26 = w[:, 512:544].reshape(n, 32)
+    w_m_0_2_5_27 = w[:, 736:768].reshape(n, 32)
+    _w_m_0_2_5 = torch.cat([
+        w_m_0_2_5_26.reshape(n, 32),
+        w_m_0_2_5_27.reshape(n, 32),
+    ], dim=-1)
+    m_28 = torch.einsum("zupk,zpu->zuk", _t_m_0_2_5, _w_m_0_2_5.reshape(n, 2, 32))
+    # 1 paths 32x2e ⊗ sh -> 32x3e
+    _t_m_0_2_6 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 353:388].reshape(n, 5, 1, 7))
+    m_29 = torch.einsum("zupk,zpu->zuk", _t_m_0_2_6, w[:, 640:672].reshape(n, 1, 32))
     m = torch.cat([
-        (m_0 + m_5 + m_17).reshape(n, 32),
-        (m_1 + m_4 + m_8 + m_14 + m_21).reshape(n, 96),
-        (m_2 + m_6 + m_11 + m_13 + m_18).reshape(n, 160),
-        (m_7 + m_19).reshape(n, 96),
-        (m_9 + m_15 + m_22).reshape(n, 160),
-        (m_3 + m_10 + m_16 + m_23).reshape(n, 224),
-        (m_12 + m_20).reshape(n, 224),
+        (m_0 + m_4 + m_15).reshape(n, 32),
+        (m_1 + m_7 + m_18).reshape(n, 96),
+        (m_2 + m_10 + m_21).reshape(n, 160),
+        (m_11 + m_22).reshape(n, 96),
+        (m_12 + m_25).reshape(n, 160),
+        (m_3 + m_13 + m_28).reshape(n, 224),
+        (m_14 + m_29).reshape(n, 224),
     ], dim=-1)
     return [m]
 
 
 def _conv_tp_d(
     h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
-    cg_0_3_3: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
-    cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_1_2_3: torch.Tensor,
-    cg_1_3_2: torch.Tensor, cg_1_3_3: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor,
-    cg_2_1_2: torch.Tensor, cg_2_1_3: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor,
-    cg_2_2_2: torch.Tensor, cg_2_2_3: torch.Tensor, cg_2_3_1: torch.Tensor, cg_2_3_2: torch.Tensor,
-    cg_2_3_3: torch.Tensor,
+    weight: torch.Tensor, _g_m_0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of conv_tp: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992) -> d_h (n, 288), d_sh (n, 16), d_w (n, 768), d_weight (0,)."""
     n = h.shape[0]
-    # ∂/∂h: 32x2e ⊗ 1x3o -> 32x3o
-    _c0 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 544:768].reshape(n, 32, 7), sh[:, 9:16].reshape(n, 1, 7))
-    _c1 = torch.einsum("ijk,zjkuv->ziuv", cg_2_3_3, _c0)
-    d_h_0 = torch.einsum("zuv,ziuv->zui", (w[:, 736:768].reshape(n, 32, 1) * 1.3228756555322954), _c1)
-    # ∂/∂sh: 32x2e ⊗ 1x3o -> 32x3o
-    _c2 = torch.einsum("zuk,zui->ziku", d_m[:, 544:768].reshape(n, 32, 7), h[:, 128:288].reshape(n, 32, 5))
-    _c3 = torch.einsum("ijk,ziku->zju", cg_2_3_3, _c2)
-    d_sh_1 = torch.einsum("zuv,zju->zvj", (w[:, 736:768].reshape(n, 32, 1) * 1.3228756555322954), _c3)
-    # ∂/∂w: 32x2e ⊗ 1x3o -> 32x3o
-    d_w_2 = torch.einsum("zui,ziuv->zuv", (h[:, 128:288].reshape(n, 32, 5) * 1.3228756555322954), _c1)
-    # ∂/∂h: 32x2e ⊗ 1x3o -> 32x2o
-    _c4 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 384:544].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7))
-    _c5 = torch.einsum("ijk,zjkuv->ziuv", cg_2_3_2, _c4)
-    d_h_3 = torch.einsum("zuv,ziuv->zui", (w[:, 704:736].reshape(n, 32, 1) * 1.2909944487358056), _c5)
-    # ∂/∂sh: 32x2e ⊗ 1x3o -> 32x2o
-    _c6 = torch.einsum("zuk,zui->ziku", d_m[:, 384:544].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5))
-    _c7 = torch.einsum("ijk,ziku->zju", cg_2_3_2, _c6)
-    d_sh_4 = torch.einsum("zuv,zju->zvj", (w[:, 704:736].reshape(n, 32, 1) * 1.2909944487358056), _c7)
-    # ∂/∂w: 32x2e ⊗ 1x3o -> 32x2o
-    d_w_5 = torch.einsum("zui,ziuv->zuv", (h[:, 128:288].reshape(n, 32, 5) * 1.2909944487358056), _c5)
-    # ∂/∂h: 32x2e ⊗ 1x3o -> 32x1o
-    _c8 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7))
-    _c9 = torch.einsum("ijk,zjkuv->ziuv", cg_2_3_1, _c8)
-    d_h_6 = torch.einsum("zuv,ziuv->zui", (w[:, 672:704].reshape(n, 32, 1) * 0.7745966692414834), _c9)
-    # ∂/∂sh: 32x2e ⊗ 1x3o -> 32x1o
-    _c10 = torch.einsum("zuk,zui->ziku", d_m[:, 32:128].reshape(n, 32, 3), h[:, 128:288].reshape(n, 32, 5))
-    _c11 = torch.einsum("ijk,ziku->zju", cg_2_3_1, _c10)
-    d_sh_7 = torch.einsum("zuv,zju->zvj", (w[:, 672:704].reshape(n, 32, 1) * 0.7745966692414834), _c11)
-    # ∂/∂w: 32x2e ⊗ 1x3o -> 32x1o
-    d_w_8 = torch.einsum("zui,ziuv->zuv", (h[:, 128:288].reshape(n, 32, 5) * 0.7745966692414834), _c9)
-    # ∂/∂h: 32x2e ⊗ 1x2e -> 32x3e
-    _c12 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 768:992].reshape(n, 32, 7), sh[:, 4:9].reshape(n, 1, 5))
-    _c13 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_3, _c12)
-    d_h_9 = torch.einsum("zuv,ziuv->zui", (w[:, 640:672].reshape(n, 32, 1) * 1.8708286933869707), _c13)
-    # ∂/∂sh: 32x2e ⊗ 1x2e -> 32x3e
-    _c14 = torch.einsum("zuk,zui->ziku", d_m[:, 768:992].reshape(n, 32, 7), h[:, 128:288].reshape(n, 32, 5))
-    _c15 = torch.einsum("ijk,ziku->zju", cg_2_2_3, _c14)
-    d_sh_10 = torch.einsum("zuv,zju->zvj", (w[:, 640:672].reshape(n, 32, 1) * 1.8708286933869707), _c15)
-    # ∂/∂w: 32x2e ⊗ 1x2e -> 32x3e
-    d_w_11 = torch.einsum("zvj,zju->zuv", (sh[:, 4:9].reshape(n, 1, 5) * 1.8708286933869707), _c15)
-    # ∂/∂h: 32x2e ⊗ 1x2e -> 32x1e
-    _c16 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 288:384].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5))
-    _c17 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_1, _c16)
-    d_h_12 = torch.einsum("zuv,ziuv->zui", (w[:, 608:640].reshape(n, 32, 1) * 1.224744871391589), _c17)
-    # ∂/∂sh: 32x2e ⊗ 1x2e -> 32x1e
-    _c18 = torch.einsum("zuk,zui->ziku", d_m[:, 288:384].reshape(n, 32, 3), h[:, 128:288].reshape(n, 32, 5))
-    _c19 = torch.einsum("ijk,ziku->zju", cg_2_2_1, _c18)
-    d_sh_13 = torch.einsum("zuv,zju->zvj", (w[:, 608:640].reshape(n, 32, 1) * 1.224744871391589), _c19)
-    # ∂/∂w: 32x2e ⊗ 1x2e -> 32x1e
-    d_w_14 = torch.einsum("zvj,zju->zuv", (sh[:, 4:9].reshape(n, 1, 5) * 1.224744871391589), _c19)
-    # ∂/∂h: 32x2e ⊗ 1x2e -> 32x2e
-    _c20 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5))
-    _c21 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_2, _c20)
-    d_h_15 = torch.einsum("zuv,ziuv->zui", w[:, 576:608].reshape(n, 32, 1), _c21)
-    # ∂/∂sh: 32x2e ⊗ 1x2e -> 32x2e
-    _c22 = torch.einsum("zuk,zui->ziku", d_m[:, 128:288].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5))
-    _c23 = torch.einsum("ijk,ziku->zju", cg_2_2_2, _c22)
-    d_sh_16 = torch.einsum("zuv,zju->zvj", w[:, 576:608].reshape(n, 32, 1), _c23)
-    # ∂/∂w: 32x2e ⊗ 1x2e -> 32x2e
-    d_w_17 = torch.einsum("zvj,zju->zuv", sh[:, 4:9].reshape(n, 1, 5), _c23)
-    # ∂/∂h: 32x2e ⊗ 1x2e -> 32x0e
-    _c24 = torch.einsum("zuk,zuv->zkuv", d_m[:, 0:32].reshape(n, 32, 1), w[:, 544:576].reshape(n, 32, 1))
-    _c25 = torch.einsum("zvj,ijk->zikv", sh[:, 4:9].reshape(n, 1, 5), cg_2_2_0)
-    d_h_18 = torch.einsum("zkuv,zikv->zui", _c24, (_c25 * 0.5773502691896257))
-    # ∂/∂sh: 32x2e ⊗ 1x2e -> 32x0e
-    _c26 = torch.einsum("zui,zkuv->zikv", h[:, 128:288].reshape(n, 32, 5), _c24)
-    d_sh_19 = torch.einsum("ijk,zikv->zvj", (cg_2_2_0 * 0.5773502691896257), _c26)
-    # ∂/∂w: 32x2e ⊗ 1x2e -> 32x0e
-    _c27 = torch.einsum("zuk,zui->ziku", d_m[:, 0:32].reshape(n, 32, 1), h[:, 128:288].reshape(n, 32, 5))
-    _c28 = torch.einsum("zvj,ziku->zijkuv", sh[:, 4:9].reshape(n, 1, 5), _c27)
-    d_w_20 = torch.einsum("ijk,zijkuv->zuv", (cg_2_2_0 * 0.5773502691896257), _c28)
-    # ∂/∂h: 32x2e ⊗ 1x1o -> 32x3o
-    _c29 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 512:544].reshape(n, 32, 1))
-    _c30 = torch.einsum("zuk,zju->zjku", d_m[:, 544:768].reshape(n, 32, 7), _c29)
-    d_h_21 = torch.einsum("ijk,zjku->zui", (cg_2_1_3 * 1.3228756555322954), _c30)
-    # ∂/∂sh: 32x2e ⊗ 1x1o -> 32x3o
-    _c31 = torch.einsum("ijk,ziku->zju", cg_2_1_3, _c2)
-    d_sh_22 = torch.einsum("zuv,zju->zvj", (w[:, 512:544].reshape(n, 32, 1) * 1.3228756555322954), _c31)
-    # ∂/∂w: 32x2e ⊗ 1x1o -> 32x3o
-    d_w_23 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 1.3228756555322954), _c31)
-    # ∂/∂h: 32x2e ⊗ 1x1o -> 32x2o
-    _c32 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 480:512].reshape(n, 32, 1))
-    _c33 = torch.einsum("zuk,zju->zjku", d_m[:, 384:544].reshape(n, 32, 5), _c32)
-    d_h_24 = torch.einsum("ijk,zjku->zui", (cg_2_1_2 * 1.2909944487358056), _c33)
-    # ∂/∂sh: 32x2e ⊗ 1x1o -> 32x2o
-    _c34 = torch.einsum("ijk,ziku->zju", cg_2_1_2, _c6)
-    d_sh_25 = torch.einsum("zuv,zju->zvj", (w[:, 480:512].reshape(n, 32, 1) * 1.2909944487358056), _c34)
-    # ∂/∂w: 32x2e ⊗ 1x1o -> 32x2o
-    d_w_26 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 1.2909944487358056), _c34)
-    # ∂/∂h: 32x2e ⊗ 1x1o -> 32x1o
-    _c35 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 448:480].reshape(n, 32, 1))
-    _c36 = torch.einsum("zuk,zju->zjku", d_m[:, 32:128].reshape(n, 32, 3), _c35)
-    d_h_27 = torch.einsum("ijk,zjku->zui", (cg_2_1_1 * 0.7745966692414834), _c36)
-    # ∂/∂sh: 32x2e ⊗ 1x1o -> 32x1o
-    _c37 = torch.einsum("ijk,ziku->zju", cg_2_1_1, _c10)
-    d_sh_28 = torch.einsum("zuv,zju->zvj", (w[:, 448:480].reshape(n, 32, 1) * 0.7745966692414834), _c37)
-    # ∂/∂w: 32x2e ⊗ 1x1o -> 32x1o
-    d_w_29 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 0.7745966692414834), _c37)
-    # ∂/∂h: 32x2e ⊗ 1x0e -> 32x2e
-    _c38 = torch.einsum("zvj,zuv->zju", sh[:, 0:1].reshape(n, 1, 1), w[:, 416:448].reshape(n, 32, 1))
-    _c39 = torch.einsum("zuk,zju->zjku", d_m[:, 128:288].reshape(n, 32, 5), _c38)
-    d_h_30 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c39)
-    # ∂/∂sh: 32x2e ⊗ 1x0e -> 32x2e
-    _c40 = torch.einsum("ijk,ziku->zju", cg_2_0_2, _c22)
-    d_sh_31 = torch.einsum("zuv,zju->zvj", w[:, 416:448].reshape(n, 32, 1), _c40)
-    # ∂/∂w: 32x2e ⊗ 1x0e -> 32x2e
-    d_w_32 = torch.einsum("zvj,zju->zuv", sh[:, 0:1].reshape(n, 1, 1), _c40)
-    # ∂/∂h: 32x1o ⊗ 1x3o -> 32x3e
-    _c41 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 768:992].reshape(n, 32, 7), sh[:, 9:16].reshape(n, 1, 7))
-    _c42 = torch.einsum("ijk,zjkuv->ziuv", cg_1_3_3, _c41)
-    d_h_33 = torch.einsum("zuv,ziuv->zui", (w[:, 384:416].reshape(n, 32, 1) * 1.8708286933869707), _c42)
-    # ∂/∂sh: 32x1o ⊗ 1x3o -> 32x3e
-    _c43 = torch.einsum("zuk,zui->ziku", d_m[:, 768:992].reshape(n, 32, 7), h[:, 32:128].reshape(n, 32, 3))
-    _c44 = torch.einsum("ijk,ziku->zju", cg_1_3_3, _c43)
-    d_sh_34 = torch.einsum("zuv,zju->zvj", (w[:, 384:416].reshape(n, 32, 1) * 1.8708286933869707), _c44)
-    # ∂/∂w: 32x1o ⊗ 1x3o -> 32x3e
-    d_w_35 = torch.einsum("zui,ziuv->zuv", (h[:, 32:128].reshape(n, 32, 3) * 1.8708286933869707), _c42)
-    # ∂/∂h: 32x1o ⊗ 1x3o -> 32x2e
-    _c45 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7))
-    _c46 = torch.einsum("ijk,zjkuv->ziuv", cg_1_3_2, _c45)
-    d_h_36 = torch.einsum("zuv,ziuv->zui", w[:, 352:384].reshape(n, 32, 1), _c46)
-    # ∂/∂sh: 32x1o ⊗ 1x3o -> 32x2e
-    _c47 = torch.einsum("zuk,zui->ziku", d_m[:, 128:288].reshape(n, 32, 5), h[:, 32:128].reshape(n, 32, 3))
-    _c48 = torch.einsum("ijk,ziku->zju", cg_1_3_2, _c47)
-    d_sh_37 = torch.einsum("zuv,zju->zvj", w[:, 352:384].reshape(n, 32, 1), _c48)
-    # ∂/∂w: 32x1o ⊗ 1x3o -> 32x2e
-    d_w_38 = torch.einsum("zui,ziuv->zuv", h[:, 32:128].reshape(n, 32, 3), _c46)
-    # ∂/∂h: 32x1o ⊗ 1x2e -> 32x3o
-    _c49 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 544:768].reshape(n, 32, 7), sh[:, 4:9].reshape(n, 1, 5))
-    _c50 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_3, _c49)
-    d_h_39 = torch.einsum("zuv,ziuv->zui", (w[:, 320:352].reshape(n, 32, 1) * 1.3228756555322954), _c50)
-    # ∂/∂sh: 32x1o ⊗ 1x2e -> 32x3o
-    _c51 = torch.einsum("zuk,zui->ziku", d_m[:, 544:768].reshape(n, 32, 7), h[:, 32:128].reshape(n, 32, 3))
-    _c52 = torch.einsum("ijk,ziku->zju", cg_1_2_3, _c51)
-    d_sh_40 = torch.einsum("zuv,zju->zvj", (w[:, 320:352].reshape(n, 32, 1) * 1.3228756555322954), _c52)
-    # ∂/∂w: 32x1o ⊗ 1x2e -> 32x3o
-    d_w_41 = torch.einsum("zui,ziuv->zuv", (h[:, 32:128].reshape(n, 32, 3) * 1.3228756555322954), _c50)
-    # ∂/∂h: 32x1o ⊗ 1x2e -> 32x2o
-    _c53 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 384:544].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5))
-    _c54 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_2, _c53)
-    d_h_42 = torch.einsum("zuv,ziuv->zui", (w[:, 288:320].reshape(n, 32, 1) * 1.2909944487358056), _c54)
-    # ∂/∂sh: 32x1o ⊗ 1x2e -> 32x2o
-    _c55 = torch.einsum("zuk,zui->ziku", d_m[:, 384:544].reshape(n, 32, 5), h[:, 32:128].reshape(n, 32, 3))
-    _c56 = torch.einsum("ijk,ziku->zju", cg_1_2_2, _c55)
-    d_sh_43 = torch.einsum("zuv,zju->zvj", (w[:, 288:320].reshape(n, 32, 1) * 1.2909944487358056), _c56)
-    # ∂/∂w: 32x1o ⊗ 1x2e -> 32x2o
-    d_w_44 = torch.einsum("zui,ziuv->zuv", (h[:, 32:128].reshape(n, 32, 3) * 1.2909944487358056), _c54)
-    # ∂/∂h: 32x1o ⊗ 1x2e -> 32x1o
-    _c57 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5))
-    _c58 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_1, _c57)
-    d_h_45 = torch.einsum("zuv,ziuv->zui", (w[:, 256:288].reshape(n, 32, 1) * 0.7745966692414834), _c58)
-    # ∂/∂sh: 32x1o ⊗ 1x2e -> 32x1o
-    _c59 = torch.einsum("zuk,zui->ziku", d_m[:, 32:128].reshape(n, 32, 3), h[:, 32:128].reshape(n, 32, 3))
-    _c60 = torch.einsum("ijk,ziku->zju", cg_1_2_1, _c59)
-    d_sh_46 = torch.einsum("zuv,zju->zvj", (w[:, 256:288].reshape(n, 32, 1) * 0.7745966692414834), _c60)
-    # ∂/∂w: 32x1o ⊗ 1x2e -> 32x1o
-    d_w_47 = torch.einsum("zui,ziuv->zuv", (h[:, 32:128].reshape(n, 32, 3) * 0.7745966692414834), _c58)
-    # ∂/∂h: 32x1o ⊗ 1x1o -> 32x1e
-    _c61 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 288:384].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3))
-    _c62 = torch.einsum("ijk,zjkuv->ziuv", cg_1_1_1, _c61)
-    d_h_48 = torch.einsum("zuv,ziuv->zui", (w[:, 224:256].reshape(n, 32, 1) * 1.224744871391589), _c62)
-    # ∂/∂sh: 32x1o ⊗ 1x1o -> 32x1e
-    _c63 = torch.einsum("zuk,zui->ziku", d_m[:, 288:384].reshape(n, 32, 3), h[:, 32:128].reshape(n, 32, 3))
-    _c64 = torch.einsum("ijk,ziku->zju", cg_1_1_1, _c63)
-    d_sh_49 = torch.einsum("zuv,zju->zvj", (w[:, 224:256].reshape(n, 32, 1) * 1.224744871391589), _c64)
-    # ∂/∂w: 32x1o ⊗ 1x1o -> 32x1e
-    _c65 = torch.einsum("zvj,ziku->zijkuv", sh[:, 1:4].reshape(n, 1, 3), _c63)
-    d_w_50 = torch.einsum("ijk,zijkuv->zuv", (cg_1_1_1 * 1.224744871391589), _c65)
-    # ∂/∂h: 32x1o ⊗ 1x1o -> 32x2e
-    _c66 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3))
-    _c67 = torch.einsum("ijk,zjkuv->ziuv", cg_1_1_2, _c66)
-    d_h_51 = torch.einsum("zuv,ziuv->zui", w[:, 192:224].reshape(n, 32, 1), _c67)
-    # ∂/∂sh: 32x1o ⊗ 1x1o -> 32x2e
-    _c68 = torch.einsum("ijk,ziku->zju", cg_1_1_2, _c47)
-    d_sh_52 = torch.einsum("zuv,zju->zvj", w[:, 192:224].reshape(n, 32, 1), _c68)
-    # ∂/∂w: 32x1o ⊗ 1x1o -> 32x2e
-    d_w_53 = torch.einsum("zvj,zju->zuv", sh[:, 1:4].reshape(n, 1, 3), _c68)
-    # ∂/∂h: 32x1o ⊗ 1x1o -> 32x0e
-    _c69 = torch.einsum("zuk,zuv->zkuv", d_m[:, 0:32].reshape(n, 32, 1), w[:, 160:192].reshape(n, 32, 1))
-    _c70 = torch.einsum("zvj,ijk->zikv", sh[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
-    d_h_54 = torch.einsum("zkuv,zikv->zui", _c69, (_c70 * 0.5773502691896257))
-    # ∂/∂sh: 32x1o ⊗ 1x1o -> 32x0e
-    _c71 = torch.einsum("zui,zkuv->zikv", h[:, 32:128].reshape(n, 32, 3), _c69)
-    d_sh_55 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.5773502691896257), _c71)
-    # ∂/∂w: 32x1o ⊗ 1x1o -> 32x0e
-    _c72 = torch.einsum("zuk,zui->ziku", d_m[:, 0:32].reshape(n, 32, 1), h[:, 32:128].reshape(n, 32, 3))
-    _c73 = torch.einsum("zvj,ziku->zijkuv", sh[:, 1:4].reshape(n, 1, 3), _c72)
-    d_w_56 = torch.einsum("ijk,zijkuv->zuv", (cg_1_1_0 * 0.5773502691896257), _c73)
-    # ∂/∂h: 32x1o ⊗ 1x0e -> 32x1o
-    _c74 = torch.einsum("zvj,zuv->zju", sh[:, 0:1].reshape(n, 1, 1), w[:, 128:160].reshape(n, 32, 1))
-    _c75 = torch.einsum("zuk,zju->zjku", d_m[:, 32:128].reshape(n, 32, 3), _c74)
-    d_h_57 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 0.7745966692414834), _c75)
-    # ∂/∂sh: 32x1o ⊗ 1x0e -> 32x1o
-    _c76 = torch.einsum("ijk,ziku->zju", cg_1_0_1, _c59)
-    d_sh_58 = torch.einsum("zuv,zju->zvj", (w[:, 128:160].reshape(n, 32, 1) * 0.7745966692414834), _c76)
-    # ∂/∂w: 32x1o ⊗ 1x0e -> 32x1o
-    _c77 = torch.einsum("zvj,ziku->zijkuv", sh[:, 0:1].reshape(n, 1, 1), _c59)
-    d_w_59 = torch.einsum("ijk,zijkuv->zuv", (cg_1_0_1 * 0.7745966692414834), _c77)
-    # ∂/∂h: 32x0e ⊗ 1x3o -> 32x3o
-    _c78 = torch.einsum("ijk,zjkuv->ziuv", cg_0_3_3, _c0)
-    d_h_60 = torch.einsum("zuv,ziuv->zui", (w[:, 96:128].reshape(n, 32, 1) * 1.3228756555322954), _c78)
-    # ∂/∂sh: 32x0e ⊗ 1x3o -> 32x3o
-    _c79 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 96:128].reshape(n, 32, 1))
-    _c80 = torch.einsum("zuk,ziuv->zikv", d_m[:, 544:768].reshape(n, 32, 7), _c79)
-    d_sh_61 = torch.einsum("ijk,zikv->zvj", (cg_0_3_3 * 1.3228756555322954), _c80)
-    # ∂/∂w: 32x0e ⊗ 1x3o -> 32x3o
-    d_w_62 = torch.einsum("zui,ziuv->zuv", (h[:, 0:32].reshape(n, 32, 1) * 1.3228756555322954), _c78)
-    # ∂/∂h: 32x0e ⊗ 1x2e -> 32x2e
-    _c81 = torch.einsum("ijk,zjkuv->ziuv", cg_0_2_2, _c20)
-    d_h_63 = torch.einsum("zuv,ziuv->zui", w[:, 64:96].reshape(n, 32, 1), _c81)
-    # ∂/∂sh: 32x0e ⊗ 1x2e -> 32x2e
-    _c82 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 64:96].reshape(n, 32, 1))
-    _c83 = torch.einsum("zuk,ziuv->zikv", d_m[:, 128:288].reshape(n, 32, 5), _c82)
-    d_sh_64 = torch.einsum("ijk,zikv->zvj", cg_0_2_2, _c83)
-    # ∂/∂w: 32x0e ⊗ 1x2e -> 32x2e
-    d_w_65 = torch.einsum("zui,ziuv->zuv", h[:, 0:32].reshape(n, 32, 1), _c81)
-    # ∂/∂h: 32x0e ⊗ 1x1o -> 32x1o
-    _c84 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3))
-    _c85 = torch.einsum("ijk,zjkuv->ziuv", cg_0_1_1, _c84)
-    d_h_66 = torch.einsum("zuv,ziuv->zui", (w[:, 32:64].reshape(n, 32, 1) * 0.7745966692414834), _c85)
-    # ∂/∂sh: 32x0e ⊗ 1x1o -> 32x1o
-    _c86 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 32:64].reshape(n, 32, 1))
-    _c87 = torch.einsum("zuk,ziuv->zikv", d_m[:, 32:128].reshape(n, 32, 3), _c86)
-    d_sh_67 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 0.7745966692414834), _c87)
-    # ∂/∂w: 32x0e ⊗ 1x1o -> 32x1o
-    _c88 = torch.einsum("zui,zjkuv->zijkuv", h[:, 0:32].reshape(n, 32, 1), _c84)
-    d_w_68 = torch.einsum("ijk,zijkuv->zuv", (cg_0_1_1 * 0.7745966692414834), _c88)
-    # ∂/∂h: 32x0e ⊗ 1x0e -> 32x0e
-    _c89 = torch.einsum("zuk,zuv->zkuv", d_m[:, 0:32].reshape(n, 32, 1), w[:, 0:32].reshape(n, 32, 1))
-    _c90 = torch.einsum("zvj,ijk->zikv", sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0)
-    d_h_69 = torch.einsum("zkuv,zikv->zui", _c89, (_c90 * 0.5773502691896257))
-    # ∂/∂sh: 32x0e ⊗ 1x0e -> 32x0e
-    _c91 = torch.einsum("zui,zkuv->zikv", h[:, 0:32].reshape(n, 32, 1), _c89)
-    d_sh_70 = torch.einsum("ijk,zikv->zvj", (cg_0_0_0 * 0.5773502691896257), _c91)
-    # ∂/∂w: 32x0e ⊗ 1x0e -> 32x0e
-    _c92 = torch.einsum("zuk,zui->ziku", d_m[:, 0:32].reshape(n, 32, 1), h[:, 0:32].reshape(n, 32, 1))
-    _c93 = torch.einsum("zvj,ziku->zijkuv", sh[:, 0:1].reshape(n, 1, 1), _c92)
-    d_w_71 = torch.einsum("ijk,zijkuv->zuv", (cg_0_0_0 * 0.5773502691896257), _c93)
+    # every path's (i, k) map at once: sh · G
+    _m_m_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 16), _g_m_0)
+    # 1 paths 32x0e ⊗ sh -> 32x0e
+    _t_m_0_0_0 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 0:1].reshape(n, 1, 1, 1))
+    # 1 paths 32x0e ⊗ sh -> 32x1o
+    _t_m_0_0_1 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 1:4].reshape(n, 1, 1, 3))
+    # 1 paths 32x0e ⊗ sh -> 32x2e
+    _t_m_0_0_2 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 4:9].reshape(n, 1, 1, 5))
+    # 1 paths 32x0e ⊗ sh -> 32x3o
+    _t_m_0_0_5 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 9:16].reshape(n, 1, 1, 7))
+    # 1 paths 32x1o ⊗ sh -> 32x0e
+    _t_m_0_1_0 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1))
+    # 2 paths 32x1o ⊗ sh -> 32x1o
+    _t_m_0_1_1 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 2, 3))
+    w_m_0_1_1_0 = w[:, 128:160].reshape(n, 32)
+    w_m_0_1_1_1 = w[:, 256:288].reshape(n, 32)
+    # 2 paths 32x1o ⊗ sh -> 32x2e
+    _t_m_0_1_2 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 2, 5))
+    w_m_0_1_2_2 = w[:, 192:224].reshape(n, 32)
+    w_m_0_1_2_3 = w[:, 352:384].reshape(n, 32)
+    # 1 paths 32x1o ⊗ sh -> 32x1e
+    _t_m_0_1_3 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 67:76].reshape(n, 3, 1, 3))
+    # 1 paths 32x1o ⊗ sh -> 32x2o
+    _t_m_0_1_4 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 76:91].reshape(n, 3, 1, 5))
+    # 1 paths 32x1o ⊗ sh -> 32x3o
+    _t_m_0_1_5 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 91:112].reshape(n, 3, 1, 7))
+    # 1 paths 32x1o ⊗ sh -> 32x3e
+    _t_m_0_1_6 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 1, 7))
+    # 1 paths 32x2e ⊗ sh -> 32x0e
+    _t_m_0_2_0 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1))
+    # 2 paths 32x2e ⊗ sh -> 32x1o
+    _t_m_0_2_1 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 138:168].reshape(n, 5, 2, 3))
+    w_m_0_2_1_4 = w[:, 448:480].reshape(n, 32)
+    w_m_0_2_1_5 = w[:, 672:704].reshape(n, 32)
+    # 2 paths 32x2e ⊗ sh -> 32x2e
+    _t_m_0_2_2 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 2, 5))
+    w_m_0_2_2_6 = w[:, 416:448].reshape(n, 32)
+    w_m_0_2_2_7 = w[:, 576:608].reshape(n, 32)
+    # 1 paths 32x2e ⊗ sh -> 32x1e
+    _t_m_0_2_3 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 218:233].reshape(n, 5, 1, 3))
+    # 2 paths 32x2e ⊗ sh -> 32x2o
+    _t_m_0_2_4 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 2, 5))
+    w_m_0_2_4_8 = w[:, 480:512].reshape(n, 32)
+    w_m_0_2_4_9 = w[:, 704:736].reshape(n, 32)
+    # 2 paths 32x2e ⊗ sh -> 32x3o
+    _t_m_0_2_5 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 2, 7))
+    w_m_0_2_5_10 = w[:, 512:544].reshape(n, 32)
+    w_m_0_2_5_11 = w[:, 736:768].reshape(n, 32)
+    # 1 paths 32x2e ⊗ sh -> 32x3e
+    _t_m_0_2_6 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 353:388].reshape(n, 5, 1, 7))
+    d__t_m_0_2_6 = torch.einsum("zuk,zpu->zupk", d_m[:, 768:992].reshape(n, 32, 7), w[:, 640:672].reshape(n, 1, 32))
+    d_w_12 = torch.einsum("zuk,zupk->zpu", d_m[:, 768:992].reshape(n, 32, 7), _t_m_0_2_6)
+    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
+    d_h_13 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_6, _m_m_0[:, 353:388].reshape(n, 5, 1, 7))
+    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
+    d__m_m_0_14 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_6, h[:, 128:288].reshape(n, 32, 5))
+    _w_m_0_2_5 = torch.cat([
+        w_m_0_2_5_10.reshape(n, 32),
+        w_m_0_2_5_11.reshape(n, 32),
+    ], dim=-1)
+    d__t_m_0_2_5 = torch.einsum("zuk,zpu->zupk", d_m[:, 544:768].reshape(n, 32, 7), _w_m_0_2_5.reshape(n, 2, 32))
+    d__w_m_0_2_5 = torch.einsum("zuk,zupk->zpu", d_m[:, 544:768].reshape(n, 32, 7), _t_m_0_2_5)
+    d_w_15 = d__w_m_0_2_5.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d_w_16 = d__w_m_0_2_5.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
+    d_h_17 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_5, _m_m_0[:, 283:353].reshape(n, 5, 2, 7))
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
+    d__m_m_0_18 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_5, h[:, 128:288].reshape(n, 32, 5))
+    _w_m_0_2_4 = torch.cat([
+        w_m_0_2_4_8.reshape(n, 32),
+        w_m_0_2_4_9.reshape(n, 32),
+    ], dim=-1)
+    d__t_m_0_2_4 = torch.einsum("zuk,zpu->zupk", d_m[:, 384:544].reshape(n, 32, 5), _w_m_0_2_4.reshape(n, 2, 32))
+    d__w_m_0_2_4 = torch.einsum("zuk,zupk->zpu", d_m[:, 384:544].reshape(n, 32, 5), _t_m_0_2_4)
+    d_w_19 = d__w_m_0_2_4.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d_w_20 = d__w_m_0_2_4.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
+    d_h_21 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_4, _m_m_0[:, 233:283].reshape(n, 5, 2, 5))
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
+    d__m_m_0_22 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_4, h[:, 128:288].reshape(n, 32, 5))
+    d__t_m_0_2_3 = torch.einsum("zuk,zpu->zupk", d_m[:, 288:384].reshape(n, 32, 3), w[:, 608:640].reshape(n, 1, 32))
+    d_w_23 = torch.einsum("zuk,zupk->zpu", d_m[:, 288:384].reshape(n, 32, 3), _t_m_0_2_3)
+    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
+    d_h_24 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_3, _m_m_0[:, 218:233].reshape(n, 5, 1, 3))
+    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
+    d__m_m_0_25 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_3, h[:, 128:288].reshape(n, 32, 5))
+    _w_m_0_2_2 = torch.cat([
+        w_m_0_2_2_6.reshape(n, 32),
+        w_m_0_2_2_7.reshape(n, 32),
+    ], dim=-1)
+    d__t_m_0_2_2 = torch.einsum("zuk,zpu->zupk", d_m[:, 128:288].reshape(n, 32, 5), _w_m_0_2_2.reshape(n, 2, 32))
+    d__w_m_0_2_2 = torch.einsum("zuk,zupk->zpu", d_m[:, 128:288].reshape(n, 32, 5), _t_m_0_2_2)
+    d_w_26 = d__w_m_0_2_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d_w_27 = d__w_m_0_2_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
+    d_h_28 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_2, _m_m_0[:, 168:218].reshape(n, 5, 2, 5))
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
+    d__m_m_0_29 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_2, h[:, 128:288].reshape(n, 32, 5))
+    _w_m_0_2_1 = torch.cat([
+        w_m_0_2_1_4.reshape(n, 32),
+        w_m_0_2_1_5.reshape(n, 32),
+    ], dim=-1)
+    d__t_m_0_2_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), _w_m_0_2_1.reshape(n, 2, 32))
+    d__w_m_0_2_1 = torch.einsum("zuk,zupk->zpu", d_m[:, 32:128].reshape(n, 32, 3), _t_m_0_2_1)
+    d_w_30 = d__w_m_0_2_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d_w_31 = d__w_m_0_2_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
+    d_h_32 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_1, _m_m_0[:, 138:168].reshape(n, 5, 2, 3))
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
+    d__m_m_0_33 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_1, h[:, 128:288].reshape(n, 32, 5))
+    d__t_m_0_2_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 544:576].reshape(n, 1, 32))
+    d_w_34 = torch.einsum("zuk,zupk->zpu", d_m[:, 0:32].reshape(n, 32, 1), _t_m_0_2_0)
+    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
+    d_h_35 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_0, _m_m_0[:, 133:138].reshape(n, 5, 1, 1))
+    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
+    d__m_m_0_36 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_0, h[:, 128:288].reshape(n, 32, 5))
+    d__t_m_0_1_6 = torch.einsum("zuk,zpu->zupk", d_m[:, 768:992].reshape(n, 32, 7), w[:, 384:416].reshape(n, 1, 32))
+    d_w_37 = torch.einsum("zuk,zupk->zpu", d_m[:, 768:992].reshape(n, 32, 7), _t_m_0_1_6)
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
+    d_h_38 = torch.einsum("zupk,zipk->zui", d__t_m_0_1_6, _m_m_0[:, 112:133].reshape(n, 3, 1, 7))
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
+    d__m_m_0_39 = torch.einsum("zupk,zui->zipk", d__t_m_0_1_6, h[:, 32:128].reshape(n, 32, 3))
+    d__t_m_0_1_5 = torch.einsum("zuk,zpu->zupk", d_m[:, 544:768].reshape(n, 32, 7), w[:, 320:352].reshape(n, 1, 32))
+    d_w_40 = torch.einsum("zuk,zupk->zpu", d_m[:, 544:768].reshape(n, 32, 7), _t_m_0_1_5)
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
+    d_h_41 = torch.einsum("zupk,zipk->zui", d__t_m_0_1_5, _m_m_0[:, 91:112].reshape(n, 3, 1, 7))
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
+    d__m_m_0_42 = torch.einsum("zupk,zui->zipk", d__t_m_0_1_5, h[:, 32:128].reshape(n, 32, 3))
+    d__t_m_0_1_4 = torch.einsum("zuk,zpu->zupk", d_m[:, 384:544].reshape(n, 32, 5), w[:, 288:320].reshape(n, 1, 32))
+    d_w_43 = torch.einsum("zuk,zupk->zpu", d_m[:, 384:544].reshape(n, 32, 5), _t_m_0_1_4)
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
+    d_h_44 = torch.einsum("zupk,zipk->zui", d__t_m_0_1_4, _m_m_0[:, 76:91].reshape(n, 3, 1, 5))
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
+    d__m_m_0_45 = torch.einsum("zupk,zui->zipk", d__t_m_0_1_4, h[:, 32:128].reshape(n, 32, 3))
+    d__t_m_0_1_3 = torch.einsum("zuk,zpu->zupk", d_m[:, 288:384].reshape(n, 32, 3), w[:, 224:256].reshape(n, 1, 32))
+    d_w_46 = torch.einsum("zuk,zupk->zpu", d_m[:, 288:384].reshape(n, 32, 3), _t_m_0_1_3)
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
+    d_h_47 = torch.einsum("zupk,zipk->zui", d__t_m_0_1_3, _m_m_0[:, 67:76].reshape(n, 3, 1, 3))
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
+    d__m_m_0_48 = torch.einsum("zupk,zui->zipk", d__t_m_0_1_3, h[:, 32:128].reshape(n, 32, 3))
+    _w_m_0_1_2 = torch.cat([
+        w_m_0_1_2_2.reshape(n, 32),
+        w_m_0_1_2_3.reshape(n, 32),
+    ], dim=-1)
+    d__t_m_0_1_2 = torch.einsum("zuk,zpu->zupk", d_m[:, 128:288].reshape(n, 32, 5), _w_m_0_1_2.reshape(n, 2, 32))
+    d__w_m_0_1_2 = torch.einsum("zuk,zupk->zpu", d_m[:, 128:288].reshape(n, 32, 5), _t_m_0_1_2)
+    d_w_49 = d__w_m_0_1_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d_w_50 = d__w_m_0_1_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
+    d_h_51 = torch.einsum("zupk,zipk->zui", d__t_m_0_1_2, _m_m_0[:, 37:67].reshape(n, 3, 2, 5))
+    # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
+    d__m_m_0_52 = torch.einsum("zupk,zui->zipk", d__t_m_0_1_2, h[:, 32:128].reshape(n, 32, 3))
+    _w_m_0_1_1 = torch.cat([
+        w_m_0_1_1_0.reshape(n, 32),
+        w_m_0_1_1_1.reshape(n, 32),
+    ], dim=-1)
+    d__t_m_0_1_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), _w_m_0_1_1.reshape(n, 2, 32))
+    d__w_m_0_1_1 = torch.einsum("zuk,zupk->zpu", d_m[:, 32:128].reshape(n, 32, 3), _t_m_0_1_1)
+    d_w_53 = d__w_m_0_1_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d_w_54 = d__w_m_0_1_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
+    d_h_55 = torch.einsum("zupk,zipk->zui", d__t_m_0_1_1, _m_m_0[:, 19:37].reshape(n, 3, 2, 3))
+    # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
+    d__m_m_0_56 = torch.einsum("zupk,zui->zipk", d__t_m_0_1_1, h[:, 32:128].reshape(n, 32, 3))
+    d__t_m_0_1_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 160:192].reshape(n, 1, 32))
+    d_w_57 = torch.einsum("zuk,zupk->zpu", d_m[:, 0:32].reshape(n, 32, 1), _t_m_0_1_0)
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
+    d_h_58 = torch.einsum("zupk,zipk->zui", d__t_m_0_1_0, _m_m_0[:, 16:19].reshape(n, 3, 1, 1))
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
+    d__m_m_0_59 = torch.einsum("zupk,zui->zipk", d__t_m_0_1_0, h[:, 32:128].reshape(n, 32, 3))
+    d__t_m_0_0_5 = torch.einsum("zuk,zpu->zupk", d_m[:, 544:768].reshape(n, 32, 7), w[:, 96:128].reshape(n, 1, 32))
+    d_w_60 = torch.einsum("zuk,zupk->zpu", d_m[:, 544:768].reshape(n, 32, 7), _t_m_0_0_5)
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
+    d_h_61 = torch.einsum("zupk,zipk->zui", d__t_m_0_0_5, _m_m_0[:, 9:16].reshape(n, 1, 1, 7))
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
+    d__m_m_0_62 = torch.einsum("zupk,zui->zipk", d__t_m_0_0_5, h[:, 0:32].reshape(n, 32, 1))
+    d__t_m_0_0_2 = torch.einsum("zuk,zpu->zupk", d_m[:, 128:288].reshape(n, 32, 5), w[:, 64:96].reshape(n, 1, 32))
+    d_w_63 = torch.einsum("zuk,zupk->zpu", d_m[:, 128:288].reshape(n, 32, 5), _t_m_0_0_2)
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
+    d_h_64 = torch.einsum("zupk,zipk->zui", d__t_m_0_0_2, _m_m_0[:, 4:9].reshape(n, 1, 1, 5))
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
+    d__m_m_0_65 = torch.einsum("zupk,zui->zipk", d__t_m_0_0_2, h[:, 0:32].reshape(n, 32, 1))
+    d__t_m_0_0_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), w[:, 32:64].reshape(n, 1, 32))
+    d_w_66 = torch.einsum("zuk,zupk->zpu", d_m[:, 32:128].reshape(n, 32, 3), _t_m_0_0_1)
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
+    d_h_67 = torch.einsum("zupk,zipk->zui", d__t_m_0_0_1, _m_m_0[:, 1:4].reshape(n, 1, 1, 3))
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
+    d__m_m_0_68 = torch.einsum("zupk,zui->zipk", d__t_m_0_0_1, h[:, 0:32].reshape(n, 32, 1))
+    d__t_m_0_0_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 0:32].reshape(n, 1, 32))
+    d_w_69 = torch.einsum("zuk,zupk->zpu", d_m[:, 0:32].reshape(n, 32, 1), _t_m_0_0_0)
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
+    d_h_70 = torch.einsum("zupk,zipk->zui", d__t_m_0_0_0, _m_m_0[:, 0:1].reshape(n, 1, 1, 1))
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
+    d__m_m_0_71 = torch.einsum("zupk,zui->zipk", d__t_m_0_0_0, h[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    d__m_m_0 = torch.cat([
+        d__m_m_0_71.reshape(n, 1),
+        d__m_m_0_68.reshape(n, 3),
+        d__m_m_0_65.reshape(n, 5),
+        d__m_m_0_62.reshape(n, 7),
+        d__m_m_0_59.reshape(n, 3),
+        d__m_m_0_56.reshape(n, 18),
+        d__m_m_0_52.reshape(n, 30),
+        d__m_m_0_48.reshape(n, 9),
+        d__m_m_0_45.reshape(n, 15),
+        d__m_m_0_42.reshape(n, 21),
+        d__m_m_0_39.reshape(n, 21),
+        d__m_m_0_36.reshape(n, 5),
+        d__m_m_0_33.reshape(n, 30),
+        d__m_m_0_29.reshape(n, 50),
+        d__m_m_0_25.reshape(n, 15),
+        d__m_m_0_22.reshape(n, 50),
+        d__m_m_0_18.reshape(n, 70),
+        d__m_m_0_14.reshape(n, 35),
+    ], dim=-1)
+    d_sh_72 = torch.einsum("zc,jc->zj", d__m_m_0, _g_m_0)
     d_h = torch.cat([
-        (d_h_60 + d_h_63 + d_h_66 + d_h_69).reshape(n, 32),
-        (d_h_33 + d_h_36 + d_h_39 + d_h_42 + d_h_45 + d_h_48 + d_h_51 + d_h_54 + d_h_57).reshape(n, 96),
-        (d_h_0 + d_h_3 + d_h_6 + d_h_9 + d_h_12 + d_h_15 + d_h_18 + d_h_21 + d_h_24 + d_h_27 + d_h_30).reshape(n, 160),
+        (d_h_61 + d_h_64 + d_h_67 + d_h_70).reshape(n, 32),
+        (d_h_38 + d_h_41 + d_h_44 + d_h_47 + d_h_51 + d_h_55 + d_h_58).reshape(n, 96),
+        (d_h_13 + d_h_17 + d_h_21 + d_h_24 + d_h_28 + d_h_32 + d_h_35).reshape(n, 160),
     ], dim=-1)
-    d_sh = torch.cat([
-        (d_sh_31 + d_sh_58 + d_sh_70).reshape(n, 1),
-        (d_sh_22 + d_sh_25 + d_sh_28 + d_sh_49 + d_sh_52 + d_sh_55 + d_sh_67).reshape(n, 3),
-        (d_sh_10 + d_sh_13 + d_sh_16 + d_sh_19 + d_sh_40 + d_sh_43 + d_sh_46 + d_sh_64).reshape(n, 5),
-        (d_sh_1 + d_sh_4 + d_sh_7 + d_sh_34 + d_sh_37 + d_sh_61).reshape(n, 7),
-    ], dim=-1)
+    d_sh = d_sh_72
     d_w = torch.cat([
-        d_w_71.reshape(n, 32),
-        d_w_68.reshape(n, 32),
-        d_w_65.reshape(n, 32),
-        d_w_62.reshape(n, 32),
-        d_w_59.reshape(n, 32),
-        d_w_56.reshape(n, 32),
-        d_w_53.reshape(n, 32),
+        d_w_69.reshape(n, 32),
+        d_w_66.reshape(n, 32),
+        d_w_63.reshape(n, 32),
+        d_w_60.reshape(n, 32),
+        d_w_54.reshape(n, 32),
+        d_w_57.reshape(n, 32),
         d_w_50.reshape(n, 32),
-        d_w_47.reshape(n, 32),
-        d_w_44.reshape(n, 32),
-        d_w_41.reshape(n, 32),
-        d_w_38.reshape(n, 32),
-        d_w_35.reshape(n, 32),
-        d_w_32.reshape(n, 32),
-        d_w_29.reshape(n, 32),
+        d_w_46.reshape(n, 32),
+        d_w_53.reshape(n, 32),
+        d_w_43.reshape(n, 32),
+        d_w_40.reshape(n, 32),
+        d_w_49.reshape(n, 32),
+        d_w_37.reshape(n, 32),
+        d_w_27.reshape(n, 32),
+        d_w_31.reshape(n, 32),
+        d_w_20.reshape(n, 32),
+        d_w_16.reshape(n, 32),
+        d_w_34.reshape(n, 32),
         d_w_26.reshape(n, 32),
         d_w_23.reshape(n, 32),
-        d_w_20.reshape(n, 32),
-        d_w_17.reshape(n, 32),
-        d_w_14.reshape(n, 32),
-        d_w_11.reshape(n, 32),
-        d_w_8.reshape(n, 32),
-        d_w_5.reshape(n, 32),
-        d_w_2.reshape(n, 32),
+        d_w_12.reshape(n, 32),
+        d_w_30.reshape(n, 32),
+        d_w_19.reshape(n, 32),
+        d_w_15.reshape(n, 32),
     ], dim=-1)
     d_weight = weight.new_zeros(0)
     return [d_h, d_sh, d_w, d_weight]
 
 
-def _conv_tp_d_d2(
+def _conv_tp_d2_h(
     h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    d2_d_h: torch.Tensor, d2_d_sh: torch.Tensor, d2_d_w: torch.Tensor, d2_d_weight: torch.Tensor,
-    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
-    cg_0_3_3: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
-    cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_1_2_3: torch.Tensor,
-    cg_1_3_2: torch.Tensor, cg_1_3_3: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor,
-    cg_2_1_2: torch.Tensor, cg_2_1_3: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor,
-    cg_2_2_2: torch.Tensor, cg_2_2_3: torch.Tensor, cg_2_3_1: torch.Tensor, cg_2_3_2: torch.Tensor,
-    cg_2_3_3: torch.Tensor,
+    d2_d_h: torch.Tensor, weight: torch.Tensor, _g_m_0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of conv_tp_d: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992), d2_d_h (n, 288), d2_d_sh (n, 16), d2_d_w (n, 768), d2_d_weight (0,) -> d2_h (n, 288), d2_sh (n, 16), d2_w (n, 768), d2_d_m (n, 992), d2_weight (0,)."""
+    """the vector-Jacobian product of conv_tp_d for the cotangent of d_h: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992), d2_d_h (n, 288) -> d2_h (n, 288), d2_sh (n, 16), d2_w (n, 768), d2_d_m (n, 992), d2_weight (0,)."""
     n = h.shape[0]
-    # ∂/∂d_m: ∂/∂w: 32x0e ⊗ 1x0e -> 32x0e
-    _c0 = torch.einsum("zuv,zui->ziuv", d2_d_w[:, 0:32].reshape(n, 32, 1), h[:, 0:32].reshape(n, 32, 1))
-    _c1 = torch.einsum("zvj,ijk->zikv", sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0)
-    d2_d_m_0 = torch.einsum("ziuv,zikv->zuk", _c0, (_c1 * 0.5773502691896257))
-    # ∂/∂h: ∂/∂w: 32x0e ⊗ 1x0e -> 32x0e
-    _c2 = torch.einsum("zuv,zuk->zkuv", d2_d_w[:, 0:32].reshape(n, 32, 1), d_m[:, 0:32].reshape(n, 32, 1))
-    d2_h_1 = torch.einsum("zkuv,zikv->zui", _c2, (_c1 * 0.5773502691896257))
-    # ∂/∂sh: ∂/∂w: 32x0e ⊗ 1x0e -> 32x0e
-    _c3 = torch.einsum("zui,zkuv->zikv", h[:, 0:32].reshape(n, 32, 1), _c2)
-    d2_sh_2 = torch.einsum("ijk,zikv->zvj", (cg_0_0_0 * 0.5773502691896257), _c3)
-    # ∂/∂d_m: ∂/∂sh: 32x0e ⊗ 1x0e -> 32x0e
-    _c4 = torch.einsum("zvj,ijk->zikv", d2_d_sh[:, 0:1].reshape(n, 1, 1), cg_0_0_0)
-    _c5 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 0:32].reshape(n, 32, 1))
-    d2_d_m_3 = torch.einsum("zikv,ziuv->zuk", (_c4 * 0.5773502691896257), _c5)
-    # ∂/∂h: ∂/∂sh: 32x0e ⊗ 1x0e -> 32x0e
-    _c6 = torch.einsum("zuk,zuv->zkuv", d_m[:, 0:32].reshape(n, 32, 1), w[:, 0:32].reshape(n, 32, 1))
-    d2_h_4 = torch.einsum("zikv,zkuv->zui", (_c4 * 0.5773502691896257), _c6)
-    # ∂/∂w: ∂/∂sh: 32x0e ⊗ 1x0e -> 32x0e
-    _c7 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 0:1].reshape(n, 1, 1), d_m[:, 0:32].reshape(n, 32, 1))
-    _c8 = torch.einsum("zui,zjkuv->zijkuv", h[:, 0:32].reshape(n, 32, 1), _c7)
-    d2_w_5 = torch.einsum("ijk,zijkuv->zuv", (cg_0_0_0 * 0.5773502691896257), _c8)
-    # ∂/∂d_m: ∂/∂h: 32x0e ⊗ 1x0e -> 32x0e
-    _c9 = torch.einsum("zui,zuv->ziuv", d2_d_h[:, 0:32].reshape(n, 32, 1), w[:, 0:32].reshape(n, 32, 1))
-    d2_d_m_6 = torch.einsum("ziuv,zikv->zuk", _c9, (_c1 * 0.5773502691896257))
-    # ∂/∂sh: ∂/∂h: 32x0e ⊗ 1x0e -> 32x0e
-    _c10 = torch.einsum("zuk,ziuv->zikv", d_m[:, 0:32].reshape(n, 32, 1), _c9)
-    d2_sh_7 = torch.einsum("ijk,zikv->zvj", (cg_0_0_0 * 0.5773502691896257), _c10)
-    # ∂/∂w: ∂/∂h: 32x0e ⊗ 1x0e -> 32x0e
-    _c11 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 0:32].reshape(n, 32, 1), d_m[:, 0:32].reshape(n, 32, 1))
-    _c12 = torch.einsum("zvj,ziku->zijkuv", sh[:, 0:1].reshape(n, 1, 1), _c11)
-    d2_w_8 = torch.einsum("ijk,zijkuv->zuv", (cg_0_0_0 * 0.5773502691896257), _c12)
-    # ∂/∂d_m: ∂/∂w: 32x0e ⊗ 1x1o -> 32x1o
-    _c13 = torch.einsum("zuv,zui->ziuv", d2_d_w[:, 32:64].reshape(n, 32, 1), h[:, 0:32].reshape(n, 32, 1))
-    _c14 = torch.einsum("zvj,ijk->zikv", sh[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
-    d2_d_m_9 = torch.einsum("ziuv,zikv->zuk", _c13, (_c14 * 0.7745966692414834))
-    # ∂/∂h: ∂/∂w: 32x0e ⊗ 1x1o -> 32x1o
-    _c15 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3))
-    _c16 = torch.einsum("ijk,zjkuv->ziuv", cg_0_1_1, _c15)
-    d2_h_10 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 32:64].reshape(n, 32, 1) * 0.7745966692414834), _c16)
-    # ∂/∂sh: ∂/∂w: 32x0e ⊗ 1x1o -> 32x1o
-    _c17 = torch.einsum("zuk,ziuv->zikv", d_m[:, 32:128].reshape(n, 32, 3), _c13)
-    d2_sh_11 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 0.7745966692414834), _c17)
-    # ∂/∂d_m: ∂/∂sh: 32x0e ⊗ 1x1o -> 32x1o
-    _c18 = torch.einsum("zvj,ijk->zikv", d2_d_sh[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
-    _c19 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 32:64].reshape(n, 32, 1))
-    d2_d_m_12 = torch.einsum("zikv,ziuv->zuk", (_c18 * 0.7745966692414834), _c19)
-    # ∂/∂h: ∂/∂sh: 32x0e ⊗ 1x1o -> 32x1o
-    _c20 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 1:4].reshape(n, 1, 3), d_m[:, 32:128].reshape(n, 32, 3))
-    _c21 = torch.einsum("ijk,zjkuv->ziuv", cg_0_1_1, _c20)
-    d2_h_13 = torch.einsum("zuv,ziuv->zui", (w[:, 32:64].reshape(n, 32, 1) * 0.7745966692414834), _c21)
-    # ∂/∂w: ∂/∂sh: 32x0e ⊗ 1x1o -> 32x1o
-    _c22 = torch.einsum("zui,zjkuv->zijkuv", h[:, 0:32].reshape(n, 32, 1), _c20)
-    d2_w_14 = torch.einsum("ijk,zijkuv->zuv", (cg_0_1_1 * 0.7745966692414834), _c22)
-    # ∂/∂d_m: ∂/∂h: 32x0e ⊗ 1x1o -> 32x1o
-    _c23 = torch.einsum("zui,zuv->ziuv", d2_d_h[:, 0:32].reshape(n, 32, 1), w[:, 32:64].reshape(n, 32, 1))
-    d2_d_m_15 = torch.einsum("ziuv,zikv->zuk", _c23, (_c14 * 0.7745966692414834))
-    # ∂/∂sh: ∂/∂h: 32x0e ⊗ 1x1o -> 32x1o
-    _c24 = torch.einsum("zuk,ziuv->zikv", d_m[:, 32:128].reshape(n, 32, 3), _c23)
-    d2_sh_16 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 0.7745966692414834), _c24)
-    # ∂/∂w: ∂/∂h: 32x0e ⊗ 1x1o -> 32x1o
-    _c25 = torch.einsum("zui,zjkuv->zijkuv", d2_d_h[:, 0:32].reshape(n, 32, 1), _c15)
-    d2_w_17 = torch.einsum("ijk,zijkuv->zuv", (cg_0_1_1 * 0.7745966692414834), _c25)
-    # ∂/∂d_m: ∂/∂w: 32x0e ⊗ 1x2e -> 32x2e
-    _c26 = torch.einsum("zuv,zui->ziuv", d2_d_w[:, 64:96].reshape(n, 32, 1), h[:, 0:32].reshape(n, 32, 1))
-    _c27 = torch.einsum("zvj,ijk->zikv", sh[:, 4:9].reshape(n, 1, 5), cg_0_2_2)
-    d2_d_m_18 = torch.einsum("ziuv,zikv->zuk", _c26, _c27)
-    # ∂/∂h: ∂/∂w: 32x0e ⊗ 1x2e -> 32x2e
-    _c28 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5))
-    _c29 = torch.einsum("ijk,zjkuv->ziuv", cg_0_2_2, _c28)
-    d2_h_19 = torch.einsum("zuv,ziuv->zui", d2_d_w[:, 64:96].reshape(n, 32, 1), _c29)
-    # ∂/∂sh: ∂/∂w: 32x0e ⊗ 1x2e -> 32x2e
-    _c30 = torch.einsum("zuk,ziuv->zikv", d_m[:, 128:288].reshape(n, 32, 5), _c26)
-    d2_sh_20 = torch.einsum("ijk,zikv->zvj", cg_0_2_2, _c30)
-    # ∂/∂d_m: ∂/∂sh: 32x0e ⊗ 1x2e -> 32x2e
-    _c31 = torch.einsum("zvj,ijk->zikv", d2_d_sh[:, 4:9].reshape(n, 1, 5), cg_0_2_2)
-    _c32 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 64:96].reshape(n, 32, 1))
-    d2_d_m_21 = torch.einsum("zikv,ziuv->zuk", _c31, _c32)
-    # ∂/∂h: ∂/∂sh: 32x0e ⊗ 1x2e -> 32x2e
-    _c33 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 128:288].reshape(n, 32, 5))
-    _c34 = torch.einsum("ijk,zjkuv->ziuv", cg_0_2_2, _c33)
-    d2_h_22 = torch.einsum("zuv,ziuv->zui", w[:, 64:96].reshape(n, 32, 1), _c34)
-    # ∂/∂w: ∂/∂sh: 32x0e ⊗ 1x2e -> 32x2e
-    d2_w_23 = torch.einsum("zui,ziuv->zuv", h[:, 0:32].reshape(n, 32, 1), _c34)
-    # ∂/∂d_m: ∂/∂h: 32x0e ⊗ 1x2e -> 32x2e
-    _c35 = torch.einsum("zui,zuv->ziuv", d2_d_h[:, 0:32].reshape(n, 32, 1), w[:, 64:96].reshape(n, 32, 1))
-    d2_d_m_24 = torch.einsum("ziuv,zikv->zuk", _c35, _c27)
-    # ∂/∂sh: ∂/∂h: 32x0e ⊗ 1x2e -> 32x2e
-    _c36 = torch.einsum("zuk,ziuv->zikv", d_m[:, 128:288].reshape(n, 32, 5), _c35)
-    d2_sh_25 = torch.einsum("ijk,zikv->zvj", cg_0_2_2, _c36)
-    # ∂/∂w: ∂/∂h: 32x0e ⊗ 1x2e -> 32x2e
-    d2_w_26 = torch.einsum("zui,ziuv->zuv", d2_d_h[:, 0:32].reshape(n, 32, 1), _c29)
-    # ∂/∂d_m: ∂/∂w: 32x0e ⊗ 1x3o -> 32x3o
-    _c37 = torch.einsum("zuv,zui->ziuv", d2_d_w[:, 96:128].reshape(n, 32, 1), h[:, 0:32].reshape(n, 32, 1))
-    _c38 = torch.einsum("zvj,ijk->zikv", sh[:, 9:16].reshape(n, 1, 7), cg_0_3_3)
-    d2_d_m_27 = torch.einsum("ziuv,zikv->zuk", _c37, (_c38 * 1.3228756555322954))
-    # ∂/∂h: ∂/∂w: 32x0e ⊗ 1x3o -> 32x3o
-    _c39 = torch.einsum("zuv,zuk->zkuv", d2_d_w[:, 96:128].reshape(n, 32, 1), d_m[:, 544:768].reshape(n, 32, 7))
-    d2_h_28 = torch.einsum("zkuv,zikv->zui", _c39, (_c38 * 1.3228756555322954))
-    # ∂/∂sh: ∂/∂w: 32x0e ⊗ 1x3o -> 32x3o
-    _c40 = torch.einsum("zui,zkuv->zikv", h[:, 0:32].reshape(n, 32, 1), _c39)
-    d2_sh_29 = torch.einsum("ijk,zikv->zvj", (cg_0_3_3 * 1.3228756555322954), _c40)
-    # ∂/∂d_m: ∂/∂sh: 32x0e ⊗ 1x3o -> 32x3o
-    _c41 = torch.einsum("zvj,ijk->zikv", d2_d_sh[:, 9:16].reshape(n, 1, 7), cg_0_3_3)
-    _c42 = torch.einsum("zui,zuv->ziuv", h[:, 0:32].reshape(n, 32, 1), w[:, 96:128].reshape(n, 32, 1))
-    d2_d_m_30 = torch.einsum("zikv,ziuv->zuk", (_c41 * 1.3228756555322954), _c42)
-    # ∂/∂h: ∂/∂sh: 32x0e ⊗ 1x3o -> 32x3o
-    _c43 = torch.einsum("zuk,zuv->zkuv", d_m[:, 544:768].reshape(n, 32, 7), w[:, 96:128].reshape(n, 32, 1))
-    d2_h_31 = torch.einsum("zikv,zkuv->zui", (_c41 * 1.3228756555322954), _c43)
-    # ∂/∂w: ∂/∂sh: 32x0e ⊗ 1x3o -> 32x3o
-    _c44 = torch.einsum("zuk,zui->ziku", d_m[:, 544:768].reshape(n, 32, 7), h[:, 0:32].reshape(n, 32, 1))
-    d2_w_32 = torch.einsum("zikv,ziku->zuv", (_c41 * 1.3228756555322954), _c44)
-    # ∂/∂d_m: ∂/∂h: 32x0e ⊗ 1x3o -> 32x3o
-    _c45 = torch.einsum("zui,zuv->ziuv", d2_d_h[:, 0:32].reshape(n, 32, 1), w[:, 96:128].reshape(n, 32, 1))
-    d2_d_m_33 = torch.einsum("ziuv,zikv->zuk", _c45, (_c38 * 1.3228756555322954))
-    # ∂/∂sh: ∂/∂h: 32x0e ⊗ 1x3o -> 32x3o
-    _c46 = torch.einsum("zuk,ziuv->zikv", d_m[:, 544:768].reshape(n, 32, 7), _c45)
-    d2_sh_34 = torch.einsum("ijk,zikv->zvj", (cg_0_3_3 * 1.3228756555322954), _c46)
-    # ∂/∂w: ∂/∂h: 32x0e ⊗ 1x3o -> 32x3o
-    _c47 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 0:32].reshape(n, 32, 1), d_m[:, 544:768].reshape(n, 32, 7))
-    d2_w_35 = torch.einsum("ziku,zikv->zuv", _c47, (_c38 * 1.3228756555322954))
-    # ∂/∂d_m: ∂/∂w: 32x1o ⊗ 1x0e -> 32x1o
-    _c48 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 128:160].reshape(n, 32, 1), sh[:, 0:1].reshape(n, 1, 1))
-    _c49 = torch.einsum("zui,zju->ziju", h[:, 32:128].reshape(n, 32, 3), _c48)
-    d2_d_m_36 = torch.einsum("ijk,ziju->zuk", (cg_1_0_1 * 0.7745966692414834), _c49)
-    # ∂/∂h: ∂/∂w: 32x1o ⊗ 1x0e -> 32x1o
-    _c50 = torch.einsum("zuk,zju->zjku", d_m[:, 32:128].reshape(n, 32, 3), _c48)
-    d2_h_37 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 0.7745966692414834), _c50)
-    # ∂/∂sh: ∂/∂w: 32x1o ⊗ 1x0e -> 32x1o
-    _c51 = torch.einsum("zuk,zui->ziku", d_m[:, 32:128].reshape(n, 32, 3), h[:, 32:128].reshape(n, 32, 3))
-    _c52 = torch.einsum("ijk,ziku->zju", cg_1_0_1, _c51)
-    d2_sh_38 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 128:160].reshape(n, 32, 1) * 0.7745966692414834), _c52)
-    # ∂/∂d_m: ∂/∂sh: 32x1o ⊗ 1x0e -> 32x1o
-    _c53 = torch.einsum("zvj,zuv->zju", d2_d_sh[:, 0:1].reshape(n, 1, 1), w[:, 128:160].reshape(n, 32, 1))
-    _c54 = torch.einsum("zui,zju->ziju", h[:, 32:128].reshape(n, 32, 3), _c53)
-    d2_d_m_39 = torch.einsum("ijk,ziju->zuk", (cg_1_0_1 * 0.7745966692414834), _c54)
-    # ∂/∂h: ∂/∂sh: 32x1o ⊗ 1x0e -> 32x1o
-    _c55 = torch.einsum("zuk,zju->zjku", d_m[:, 32:128].reshape(n, 32, 3), _c53)
-    d2_h_40 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 0.7745966692414834), _c55)
-    # ∂/∂w: ∂/∂sh: 32x1o ⊗ 1x0e -> 32x1o
-    _c56 = torch.einsum("zvj,ziku->zijkuv", d2_d_sh[:, 0:1].reshape(n, 1, 1), _c51)
-    d2_w_41 = torch.einsum("ijk,zijkuv->zuv", (cg_1_0_1 * 0.7745966692414834), _c56)
-    # ∂/∂d_m: ∂/∂h: 32x1o ⊗ 1x0e -> 32x1o
-    _c57 = torch.einsum("zvj,zuv->zju", sh[:, 0:1].reshape(n, 1, 1), w[:, 128:160].reshape(n, 32, 1))
-    _c58 = torch.einsum("zui,zju->ziju", d2_d_h[:, 32:128].reshape(n, 32, 3), _c57)
-    d2_d_m_42 = torch.einsum("ijk,ziju->zuk", (cg_1_0_1 * 0.7745966692414834), _c58)
-    # ∂/∂sh: ∂/∂h: 32x1o ⊗ 1x0e -> 32x1o
-    _c59 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 32:128].reshape(n, 32, 3))
-    _c60 = torch.einsum("ijk,ziku->zju", cg_1_0_1, _c59)
-    d2_sh_43 = torch.einsum("zuv,zju->zvj", (w[:, 128:160].reshape(n, 32, 1) * 0.7745966692414834), _c60)
-    # ∂/∂w: ∂/∂h: 32x1o ⊗ 1x0e -> 32x1o
-    _c61 = torch.einsum("zvj,ziku->zijkuv", sh[:, 0:1].reshape(n, 1, 1), _c59)
-    d2_w_44 = torch.einsum("ijk,zijkuv->zuv", (cg_1_0_1 * 0.7745966692414834), _c61)
-    # ∂/∂d_m: ∂/∂w: 32x1o ⊗ 1x1o -> 32x0e
-    _c62 = torch.einsum("zui,zvj->zijuv", h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3))
-    _c63 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c62)
-    d2_d_m_45 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 160:192].reshape(n, 32, 1) * 0.5773502691896257), _c63)
-    # ∂/∂h: ∂/∂w: 32x1o ⊗ 1x1o -> 32x0e
-    _c64 = torch.einsum("zuv,zuk->zkuv", d2_d_w[:, 160:192].reshape(n, 32, 1), d_m[:, 0:32].reshape(n, 32, 1))
-    _c65 = torch.einsum("zvj,ijk->zikv", sh[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
-    d2_h_46 = torch.einsum("zkuv,zikv->zui", _c64, (_c65 * 0.5773502691896257))
-    # ∂/∂sh: ∂/∂w: 32x1o ⊗ 1x1o -> 32x0e
-    _c66 = torch.einsum("zui,zkuv->zikv", h[:, 32:128].reshape(n, 32, 3), _c64)
-    d2_sh_47 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.5773502691896257), _c66)
-    # ∂/∂d_m: ∂/∂sh: 32x1o ⊗ 1x1o -> 32x0e
-    _c67 = torch.einsum("zvj,zui->zijuv", d2_d_sh[:, 1:4].reshape(n, 1, 3), h[:, 32:128].reshape(n, 32, 3))
-    _c68 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c67)
-    d2_d_m_48 = torch.einsum("zuv,zkuv->zuk", (w[:, 160:192].reshape(n, 32, 1) * 0.5773502691896257), _c68)
-    # ∂/∂h: ∂/∂sh: 32x1o ⊗ 1x1o -> 32x0e
-    _c69 = torch.einsum("zvj,ijk->zikv", d2_d_sh[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
-    _c70 = torch.einsum("zuk,zuv->zkuv", d_m[:, 0:32].reshape(n, 32, 1), w[:, 160:192].reshape(n, 32, 1))
-    d2_h_49 = torch.einsum("zikv,zkuv->zui", (_c69 * 0.5773502691896257), _c70)
-    # ∂/∂w: ∂/∂sh: 32x1o ⊗ 1x1o -> 32x0e
-    _c71 = torch.einsum("zuk,zijuv->zijkuv", d_m[:, 0:32].reshape(n, 32, 1), _c67)
-    d2_w_50 = torch.einsum("ijk,zijkuv->zuv", (cg_1_1_0 * 0.5773502691896257), _c71)
-    # ∂/∂d_m: ∂/∂h: 32x1o ⊗ 1x1o -> 32x0e
-    _c72 = torch.einsum("zui,zvj->zijuv", d2_d_h[:, 32:128].reshape(n, 32, 3), sh[:, 1:4].reshape(n, 1, 3))
-    _c73 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_0, _c72)
-    d2_d_m_51 = torch.einsum("zuv,zkuv->zuk", (w[:, 160:192].reshape(n, 32, 1) * 0.5773502691896257), _c73)
-    # ∂/∂sh: ∂/∂h: 32x1o ⊗ 1x1o -> 32x0e
-    _c74 = torch.einsum("zui,zkuv->zikv", d2_d_h[:, 32:128].reshape(n, 32, 3), _c70)
-    d2_sh_52 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.5773502691896257), _c74)
-    # ∂/∂w: ∂/∂h: 32x1o ⊗ 1x1o -> 32x0e
-    _c75 = torch.einsum("zuk,zijuv->zijkuv", d_m[:, 0:32].reshape(n, 32, 1), _c72)
-    d2_w_53 = torch.einsum("ijk,zijkuv->zuv", (cg_1_1_0 * 0.5773502691896257), _c75)
-    # ∂/∂d_m: ∂/∂w: 32x1o ⊗ 1x1o -> 32x2e
-    _c76 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 192:224].reshape(n, 32, 1), sh[:, 1:4].reshape(n, 1, 3))
-    _c77 = torch.einsum("zui,zju->ziju", h[:, 32:128].reshape(n, 32, 3), _c76)
-    d2_d_m_54 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c77)
-    # ∂/∂h: ∂/∂w: 32x1o ⊗ 1x1o -> 32x2e
-    _c78 = torch.einsum("zuk,zju->zjku", d_m[:, 128:288].reshape(n, 32, 5), _c76)
-    d2_h_55 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c78)
-    # ∂/∂sh: ∂/∂w: 32x1o ⊗ 1x1o -> 32x2e
-    _c79 = torch.einsum("zuk,zui->ziku", d_m[:, 128:288].reshape(n, 32, 5), h[:, 32:128].reshape(n, 32, 3))
-    _c80 = torch.einsum("ijk,ziku->zju", cg_1_1_2, _c79)
-    d2_sh_56 = torch.einsum("zuv,zju->zvj", d2_d_w[:, 192:224].reshape(n, 32, 1), _c80)
-    # ∂/∂d_m: ∂/∂sh: 32x1o ⊗ 1x1o -> 32x2e
-    _c81 = torch.einsum("zvj,zuv->zju", d2_d_sh[:, 1:4].reshape(n, 1, 3), w[:, 192:224].reshape(n, 32, 1))
-    _c82 = torch.einsum("zui,zju->ziju", h[:, 32:128].reshape(n, 32, 3), _c81)
-    d2_d_m_57 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c82)
-    # ∂/∂h: ∂/∂sh: 32x1o ⊗ 1x1o -> 32x2e
-    _c83 = torch.einsum("zuk,zju->zjku", d_m[:, 128:288].reshape(n, 32, 5), _c81)
-    d2_h_58 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c83)
-    # ∂/∂w: ∂/∂sh: 32x1o ⊗ 1x1o -> 32x2e
-    d2_w_59 = torch.einsum("zvj,zju->zuv", d2_d_sh[:, 1:4].reshape(n, 1, 3), _c80)
-    # ∂/∂d_m: ∂/∂h: 32x1o ⊗ 1x1o -> 32x2e
-    _c84 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 192:224].reshape(n, 32, 1))
-    _c85 = torch.einsum("zui,zju->ziju", d2_d_h[:, 32:128].reshape(n, 32, 3), _c84)
-    d2_d_m_60 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c85)
-    # ∂/∂sh: ∂/∂h: 32x1o ⊗ 1x1o -> 32x2e
-    _c86 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 128:288].reshape(n, 32, 5))
-    _c87 = torch.einsum("ijk,ziku->zju", cg_1_1_2, _c86)
-    d2_sh_61 = torch.einsum("zuv,zju->zvj", w[:, 192:224].reshape(n, 32, 1), _c87)
-    # ∂/∂w: ∂/∂h: 32x1o ⊗ 1x1o -> 32x2e
-    d2_w_62 = torch.einsum("zvj,zju->zuv", sh[:, 1:4].reshape(n, 1, 3), _c87)
-    # ∂/∂d_m: ∂/∂w: 32x1o ⊗ 1x1o -> 32x1e
-    _c88 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_1, _c62)
-    d2_d_m_63 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 224:256].reshape(n, 32, 1) * 1.224744871391589), _c88)
-    # ∂/∂h: ∂/∂w: 32x1o ⊗ 1x1o -> 32x1e
-    _c89 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 224:256].reshape(n, 32, 1), sh[:, 1:4].reshape(n, 1, 3))
-    _c90 = torch.einsum("zuk,zju->zjku", d_m[:, 288:384].reshape(n, 32, 3), _c89)
-    d2_h_64 = torch.einsum("ijk,zjku->zui", (cg_1_1_1 * 1.224744871391589), _c90)
-    # ∂/∂sh: ∂/∂w: 32x1o ⊗ 1x1o -> 32x1e
-    _c91 = torch.einsum("zuk,zui->ziku", d_m[:, 288:384].reshape(n, 32, 3), h[:, 32:128].reshape(n, 32, 3))
-    _c92 = torch.einsum("ijk,ziku->zju", cg_1_1_1, _c91)
-    d2_sh_65 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 224:256].reshape(n, 32, 1) * 1.224744871391589), _c92)
-    # ∂/∂d_m: ∂/∂sh: 32x1o ⊗ 1x1o -> 32x1e
-    _c93 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_1, _c67)
-    d2_d_m_66 = torch.einsum("zuv,zkuv->zuk", (w[:, 224:256].reshape(n, 32, 1) * 1.224744871391589), _c93)
-    # ∂/∂h: ∂/∂sh: 32x1o ⊗ 1x1o -> 32x1e
-    _c94 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 1:4].reshape(n, 1, 3), d_m[:, 288:384].reshape(n, 32, 3))
-    _c95 = torch.einsum("ijk,zjkuv->ziuv", cg_1_1_1, _c94)
-    d2_h_67 = torch.einsum("zuv,ziuv->zui", (w[:, 224:256].reshape(n, 32, 1) * 1.224744871391589), _c95)
-    # ∂/∂w: ∂/∂sh: 32x1o ⊗ 1x1o -> 32x1e
-    _c96 = torch.einsum("zui,zjkuv->zijkuv", h[:, 32:128].reshape(n, 32, 3), _c94)
-    d2_w_68 = torch.einsum("ijk,zijkuv->zuv", (cg_1_1_1 * 1.224744871391589), _c96)
-    # ∂/∂d_m: ∂/∂h: 32x1o ⊗ 1x1o -> 32x1e
-    _c97 = torch.einsum("ijk,zijuv->zkuv", cg_1_1_1, _c72)
-    d2_d_m_69 = torch.einsum("zuv,zkuv->zuk", (w[:, 224:256].reshape(n, 32, 1) * 1.224744871391589), _c97)
-    # ∂/∂sh: ∂/∂h: 32x1o ⊗ 1x1o -> 32x1e
-    _c98 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 288:384].reshape(n, 32, 3))
-    _c99 = torch.einsum("ijk,ziku->zju", cg_1_1_1, _c98)
-    d2_sh_70 = torch.einsum("zuv,zju->zvj", (w[:, 224:256].reshape(n, 32, 1) * 1.224744871391589), _c99)
-    # ∂/∂w: ∂/∂h: 32x1o ⊗ 1x1o -> 32x1e
-    _c100 = torch.einsum("zvj,ziku->zijkuv", sh[:, 1:4].reshape(n, 1, 3), _c98)
-    d2_w_71 = torch.einsum("ijk,zijkuv->zuv", (cg_1_1_1 * 1.224744871391589), _c100)
-    # ∂/∂d_m: ∂/∂w: 32x1o ⊗ 1x2e -> 32x1o
-    _c101 = torch.einsum("zui,zvj->zijuv", h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5))
-    _c102 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c101)
-    d2_d_m_72 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 256:288].reshape(n, 32, 1) * 0.7745966692414834), _c102)
-    # ∂/∂h: ∂/∂w: 32x1o ⊗ 1x2e -> 32x1o
-    _c103 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5))
-    _c104 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_1, _c103)
-    d2_h_73 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 256:288].reshape(n, 32, 1) * 0.7745966692414834), _c104)
-    # ∂/∂sh: ∂/∂w: 32x1o ⊗ 1x2e -> 32x1o
-    _c105 = torch.einsum("ijk,ziku->zju", cg_1_2_1, _c51)
-    d2_sh_74 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 256:288].reshape(n, 32, 1) * 0.7745966692414834), _c105)
-    # ∂/∂d_m: ∂/∂sh: 32x1o ⊗ 1x2e -> 32x1o
-    _c106 = torch.einsum("zvj,zui->zijuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), h[:, 32:128].reshape(n, 32, 3))
-    _c107 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c106)
-    d2_d_m_75 = torch.einsum("zuv,zkuv->zuk", (w[:, 256:288].reshape(n, 32, 1) * 0.7745966692414834), _c107)
-    # ∂/∂h: ∂/∂sh: 32x1o ⊗ 1x2e -> 32x1o
-    _c108 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 32:128].reshape(n, 32, 3))
-    _c109 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_1, _c108)
-    d2_h_76 = torch.einsum("zuv,ziuv->zui", (w[:, 256:288].reshape(n, 32, 1) * 0.7745966692414834), _c109)
-    # ∂/∂w: ∂/∂sh: 32x1o ⊗ 1x2e -> 32x1o
-    d2_w_77 = torch.einsum("zui,ziuv->zuv", (h[:, 32:128].reshape(n, 32, 3) * 0.7745966692414834), _c109)
-    # ∂/∂d_m: ∂/∂h: 32x1o ⊗ 1x2e -> 32x1o
-    _c110 = torch.einsum("zui,zvj->zijuv", d2_d_h[:, 32:128].reshape(n, 32, 3), sh[:, 4:9].reshape(n, 1, 5))
-    _c111 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_1, _c110)
-    d2_d_m_78 = torch.einsum("zuv,zkuv->zuk", (w[:, 256:288].reshape(n, 32, 1) * 0.7745966692414834), _c111)
-    # ∂/∂sh: ∂/∂h: 32x1o ⊗ 1x2e -> 32x1o
-    _c112 = torch.einsum("ijk,ziku->zju", cg_1_2_1, _c59)
-    d2_sh_79 = torch.einsum("zuv,zju->zvj", (w[:, 256:288].reshape(n, 32, 1) * 0.7745966692414834), _c112)
-    # ∂/∂w: ∂/∂h: 32x1o ⊗ 1x2e -> 32x1o
-    d2_w_80 = torch.einsum("zuk,zkuv->zuv", (d_m[:, 32:128].reshape(n, 32, 3) * 0.7745966692414834), _c111)
-    # ∂/∂d_m: ∂/∂w: 32x1o ⊗ 1x2e -> 32x2o
-    _c113 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_2, _c101)
-    d2_d_m_81 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 288:320].reshape(n, 32, 1) * 1.2909944487358056), _c113)
-    # ∂/∂h: ∂/∂w: 32x1o ⊗ 1x2e -> 32x2o
-    _c114 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 384:544].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5))
-    _c115 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_2, _c114)
-    d2_h_82 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 288:320].reshape(n, 32, 1) * 1.2909944487358056), _c115)
-    # ∂/∂sh: ∂/∂w: 32x1o ⊗ 1x2e -> 32x2o
-    _c116 = torch.einsum("zuk,zui->ziku", d_m[:, 384:544].reshape(n, 32, 5), h[:, 32:128].reshape(n, 32, 3))
-    _c117 = torch.einsum("ijk,ziku->zju", cg_1_2_2, _c116)
-    d2_sh_83 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 288:320].reshape(n, 32, 1) * 1.2909944487358056), _c117)
-    # ∂/∂d_m: ∂/∂sh: 32x1o ⊗ 1x2e -> 32x2o
-    _c118 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_2, _c106)
-    d2_d_m_84 = torch.einsum("zuv,zkuv->zuk", (w[:, 288:320].reshape(n, 32, 1) * 1.2909944487358056), _c118)
-    # ∂/∂h: ∂/∂sh: 32x1o ⊗ 1x2e -> 32x2o
-    _c119 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 384:544].reshape(n, 32, 5))
-    _c120 = torch.einsum("ijk,zjkuv->ziuv", cg_1_2_2, _c119)
-    d2_h_85 = torch.einsum("zuv,ziuv->zui", (w[:, 288:320].reshape(n, 32, 1) * 1.2909944487358056), _c120)
-    # ∂/∂w: ∂/∂sh: 32x1o ⊗ 1x2e -> 32x2o
-    d2_w_86 = torch.einsum("zui,ziuv->zuv", (h[:, 32:128].reshape(n, 32, 3) * 1.2909944487358056), _c120)
-    # ∂/∂d_m: ∂/∂h: 32x1o ⊗ 1x2e -> 32x2o
-    _c121 = torch.einsum("ijk,zijuv->zkuv", cg_1_2_2, _c110)
-    d2_d_m_87 = torch.einsum("zuv,zkuv->zuk", (w[:, 288:320].reshape(n, 32, 1) * 1.2909944487358056), _c121)
-    # ∂/∂sh: ∂/∂h: 32x1o ⊗ 1x2e -> 32x2o
-    _c122 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 384:544].reshape(n, 32, 5))
-    _c123 = torch.einsum("ijk,ziku->zju", cg_1_2_2, _c122)
-    d2_sh_88 = torch.einsum("zuv,zju->zvj", (w[:, 288:320].reshape(n, 32, 1) * 1.2909944487358056), _c123)
-    # ∂/∂w: ∂/∂h: 32x1o ⊗ 1x2e -> 32x2o
-    d2_w_89 = torch.einsum("zui,ziuv->zuv", (d2_d_h[:, 32:128].reshape(n, 32, 3) * 1.2909944487358056), _c115)
-    # ∂/∂d_m: ∂/∂w: 32x1o ⊗ 1x2e -> 32x3o
-    _c124 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 320:352].reshape(n, 32, 1), sh[:, 4:9].reshape(n, 1, 5))
-    _c125 = torch.einsum("zui,zju->ziju", h[:, 32:128].reshape(n, 32, 3), _c124)
-    d2_d_m_90 = torch.einsum("ijk,ziju->zuk", (cg_1_2_3 * 1.3228756555322954), _c125)
-    # ∂/∂h: ∂/∂w: 32x1o ⊗ 1x2e -> 32x3o
-    _c126 = torch.einsum("zuk,zju->zjku", d_m[:, 544:768].reshape(n, 32, 7), _c124)
-    d2_h_91 = torch.einsum("ijk,zjku->zui", (cg_1_2_3 * 1.3228756555322954), _c126)
-    # ∂/∂sh: ∂/∂w: 32x1o ⊗ 1x2e -> 32x3o
-    _c127 = torch.einsum("zuk,zui->ziku", d_m[:, 544:768].reshape(n, 32, 7), h[:, 32:128].reshape(n, 32, 3))
-    _c128 = torch.einsum("ijk,ziku->zju", cg_1_2_3, _c127)
-    d2_sh_92 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 320:352].reshape(n, 32, 1) * 1.3228756555322954), _c128)
-    # ∂/∂d_m: ∂/∂sh: 32x1o ⊗ 1x2e -> 32x3o
-    _c129 = torch.einsum("zvj,zuv->zju", d2_d_sh[:, 4:9].reshape(n, 1, 5), w[:, 320:352].reshape(n, 32, 1))
-    _c130 = torch.einsum("zui,zju->ziju", h[:, 32:128].reshape(n, 32, 3), _c129)
-    d2_d_m_93 = torch.einsum("ijk,ziju->zuk", (cg_1_2_3 * 1.3228756555322954), _c130)
-    # ∂/∂h: ∂/∂sh: 32x1o ⊗ 1x2e -> 32x3o
-    _c131 = torch.einsum("zuk,zju->zjku", d_m[:, 544:768].reshape(n, 32, 7), _c129)
-    d2_h_94 = torch.einsum("ijk,zjku->zui", (cg_1_2_3 * 1.3228756555322954), _c131)
-    # ∂/∂w: ∂/∂sh: 32x1o ⊗ 1x2e -> 32x3o
-    d2_w_95 = torch.einsum("zvj,zju->zuv", (d2_d_sh[:, 4:9].reshape(n, 1, 5) * 1.3228756555322954), _c128)
-    # ∂/∂d_m: ∂/∂h: 32x1o ⊗ 1x2e -> 32x3o
-    _c132 = torch.einsum("zvj,zuv->zju", sh[:, 4:9].reshape(n, 1, 5), w[:, 320:352].reshape(n, 32, 1))
-    _c133 = torch.einsum("zui,zju->ziju", d2_d_h[:, 32:128].reshape(n, 32, 3), _c132)
-    d2_d_m_96 = torch.einsum("ijk,ziju->zuk", (cg_1_2_3 * 1.3228756555322954), _c133)
-    # ∂/∂sh: ∂/∂h: 32x1o ⊗ 1x2e -> 32x3o
-    _c134 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 544:768].reshape(n, 32, 7))
-    _c135 = torch.einsum("ijk,ziku->zju", cg_1_2_3, _c134)
-    d2_sh_97 = torch.einsum("zuv,zju->zvj", (w[:, 320:352].reshape(n, 32, 1) * 1.3228756555322954), _c135)
-    # ∂/∂w: ∂/∂h: 32x1o ⊗ 1x2e -> 32x3o
-    d2_w_98 = torch.einsum("zvj,zju->zuv", (sh[:, 4:9].reshape(n, 1, 5) * 1.3228756555322954), _c135)
-    # ∂/∂d_m: ∂/∂w: 32x1o ⊗ 1x3o -> 32x2e
-    _c136 = torch.einsum("zui,zvj->zijuv", h[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7))
-    _c137 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_2, _c136)
-    d2_d_m_99 = torch.einsum("zuv,zkuv->zuk", d2_d_w[:, 352:384].reshape(n, 32, 1), _c137)
-    # ∂/∂h: ∂/∂w: 32x1o ⊗ 1x3o -> 32x2e
-    _c138 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7))
-    _c139 = torch.einsum("ijk,zjkuv->ziuv", cg_1_3_2, _c138)
-    d2_h_100 = torch.einsum("zuv,ziuv->zui", d2_d_w[:, 352:384].reshape(n, 32, 1), _c139)
-    # ∂/∂sh: ∂/∂w: 32x1o ⊗ 1x3o -> 32x2e
-    _c140 = torch.einsum("ijk,ziku->zju", cg_1_3_2, _c79)
-    d2_sh_101 = torch.einsum("zuv,zju->zvj", d2_d_w[:, 352:384].reshape(n, 32, 1), _c140)
-    # ∂/∂d_m: ∂/∂sh: 32x1o ⊗ 1x3o -> 32x2e
-    _c141 = torch.einsum("zvj,zui->zijuv", d2_d_sh[:, 9:16].reshape(n, 1, 7), h[:, 32:128].reshape(n, 32, 3))
-    _c142 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_2, _c141)
-    d2_d_m_102 = torch.einsum("zuv,zkuv->zuk", w[:, 352:384].reshape(n, 32, 1), _c142)
-    # ∂/∂h: ∂/∂sh: 32x1o ⊗ 1x3o -> 32x2e
-    _c143 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 128:288].reshape(n, 32, 5))
-    _c144 = torch.einsum("ijk,zjkuv->ziuv", cg_1_3_2, _c143)
-    d2_h_103 = torch.einsum("zuv,ziuv->zui", w[:, 352:384].reshape(n, 32, 1), _c144)
-    # ∂/∂w: ∂/∂sh: 32x1o ⊗ 1x3o -> 32x2e
-    d2_w_104 = torch.einsum("zui,ziuv->zuv", h[:, 32:128].reshape(n, 32, 3), _c144)
-    # ∂/∂d_m: ∂/∂h: 32x1o ⊗ 1x3o -> 32x2e
-    _c145 = torch.einsum("zui,zvj->zijuv", d2_d_h[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7))
-    _c146 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_2, _c145)
-    d2_d_m_105 = torch.einsum("zuv,zkuv->zuk", w[:, 352:384].reshape(n, 32, 1), _c146)
-    # ∂/∂sh: ∂/∂h: 32x1o ⊗ 1x3o -> 32x2e
-    _c147 = torch.einsum("ijk,ziku->zju", cg_1_3_2, _c86)
-    d2_sh_106 = torch.einsum("zuv,zju->zvj", w[:, 352:384].reshape(n, 32, 1), _c147)
-    # ∂/∂w: ∂/∂h: 32x1o ⊗ 1x3o -> 32x2e
-    d2_w_107 = torch.einsum("zui,ziuv->zuv", d2_d_h[:, 32:128].reshape(n, 32, 3), _c139)
-    # ∂/∂d_m: ∂/∂w: 32x1o ⊗ 1x3o -> 32x3e
-    _c148 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_3, _c136)
-    d2_d_m_108 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 384:416].reshape(n, 32, 1) * 1.8708286933869707), _c148)
-    # ∂/∂h: ∂/∂w: 32x1o ⊗ 1x3o -> 32x3e
-    _c149 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 768:992].reshape(n, 32, 7), sh[:, 9:16].reshape(n, 1, 7))
-    _c150 = torch.einsum("ijk,zjkuv->ziuv", cg_1_3_3, _c149)
-    d2_h_109 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 384:416].reshape(n, 32, 1) * 1.8708286933869707), _c150)
-    # ∂/∂sh: ∂/∂w: 32x1o ⊗ 1x3o -> 32x3e
-    _c151 = torch.einsum("zuk,zui->ziku", d_m[:, 768:992].reshape(n, 32, 7), h[:, 32:128].reshape(n, 32, 3))
-    _c152 = torch.einsum("ijk,ziku->zju", cg_1_3_3, _c151)
-    d2_sh_110 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 384:416].reshape(n, 32, 1) * 1.8708286933869707), _c152)
-    # ∂/∂d_m: ∂/∂sh: 32x1o ⊗ 1x3o -> 32x3e
-    _c153 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_3, _c141)
-    d2_d_m_111 = torch.einsum("zuv,zkuv->zuk", (w[:, 384:416].reshape(n, 32, 1) * 1.8708286933869707), _c153)
-    # ∂/∂h: ∂/∂sh: 32x1o ⊗ 1x3o -> 32x3e
-    _c154 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 768:992].reshape(n, 32, 7))
-    _c155 = torch.einsum("ijk,zjkuv->ziuv", cg_1_3_3, _c154)
-    d2_h_112 = torch.einsum("zuv,ziuv->zui", (w[:, 384:416].reshape(n, 32, 1) * 1.8708286933869707), _c155)
-    # ∂/∂w: ∂/∂sh: 32x1o ⊗ 1x3o -> 32x3e
-    d2_w_113 = torch.einsum("zui,ziuv->zuv", (h[:, 32:128].reshape(n, 32, 3) * 1.8708286933869707), _c155)
-    # ∂/∂d_m: ∂/∂h: 32x1o ⊗ 1x3o -> 32x3e
-    _c156 = torch.einsum("ijk,zijuv->zkuv", cg_1_3_3, _c145)
-    d2_d_m_114 = torch.einsum("zuv,zkuv->zuk", (w[:, 384:416].reshape(n, 32, 1) * 1.8708286933869707), _c156)
-    # ∂/∂sh: ∂/∂h: 32x1o ⊗ 1x3o -> 32x3e
-    _c157 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 32:128].reshape(n, 32, 3), d_m[:, 768:992].reshape(n, 32, 7))
-    _c158 = torch.einsum("ijk,ziku->zju", cg_1_3_3, _c157)
-    d2_sh_115 = torch.einsum("zuv,zju->zvj", (w[:, 384:416].reshape(n, 32, 1) * 1.8708286933869707), _c158)
-    # ∂/∂w: ∂/∂h: 32x1o ⊗ 1x3o -> 32x3e
-    d2_w_116 = torch.einsum("zui,ziuv->zuv", (d2_d_h[:, 32:128].reshape(n, 32, 3) * 1.8708286933869707), _c150)
-    # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x0e -> 32x2e
-    _c159 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 416:448].reshape(n, 32, 1), sh[:, 0:1].reshape(n, 1, 1))
-    _c160 = torch.einsum("zui,zju->ziju", h[:, 128:288].reshape(n, 32, 5), _c159)
-    d2_d_m_117 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c160)
-    # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x0e -> 32x2e
-    _c161 = torch.einsum("zuk,zju->zjku", d_m[:, 128:288].reshape(n, 32, 5), _c159)
-    d2_h_118 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c161)
-    # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x0e -> 32x2e
-    _c162 = torch.einsum("zuk,zui->ziku", d_m[:, 128:288].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5))
-    _c163 = torch.einsum("ijk,ziku->zju", cg_2_0_2, _c162)
-    d2_sh_119 = torch.einsum("zuv,zju->zvj", d2_d_w[:, 416:448].reshape(n, 32, 1), _c163)
-    # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x0e -> 32x2e
-    _c164 = torch.einsum("zvj,zuv->zju", d2_d_sh[:, 0:1].reshape(n, 1, 1), w[:, 416:448].reshape(n, 32, 1))
-    _c165 = torch.einsum("zui,zju->ziju", h[:, 128:288].reshape(n, 32, 5), _c164)
-    d2_d_m_120 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c165)
-    # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x0e -> 32x2e
-    _c166 = torch.einsum("zuk,zju->zjku", d_m[:, 128:288].reshape(n, 32, 5), _c164)
-    d2_h_121 = torch.einsum("ijk,zjku->zui", cg_2_0_2, _c166)
-    # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x0e -> 32x2e
-    d2_w_122 = torch.einsum("zvj,zju->zuv", d2_d_sh[:, 0:1].reshape(n, 1, 1), _c163)
-    # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x0e -> 32x2e
-    _c167 = torch.einsum("zvj,zuv->zju", sh[:, 0:1].reshape(n, 1, 1), w[:, 416:448].reshape(n, 32, 1))
-    _c168 = torch.einsum("zui,zju->ziju", d2_d_h[:, 128:288].reshape(n, 32, 5), _c167)
-    d2_d_m_123 = torch.einsum("ijk,ziju->zuk", cg_2_0_2, _c168)
-    # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x0e -> 32x2e
-    _c169 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 128:288].reshape(n, 32, 5))
-    _c170 = torch.einsum("ijk,ziku->zju", cg_2_0_2, _c169)
-    d2_sh_124 = torch.einsum("zuv,zju->zvj", w[:, 416:448].reshape(n, 32, 1), _c170)
-    # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x0e -> 32x2e
-    d2_w_125 = torch.einsum("zvj,zju->zuv", sh[:, 0:1].reshape(n, 1, 1), _c170)
-    # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x1o -> 32x1o
-    _c171 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 448:480].reshape(n, 32, 1), sh[:, 1:4].reshape(n, 1, 3))
-    _c172 = torch.einsum("zui,zju->ziju", h[:, 128:288].reshape(n, 32, 5), _c171)
-    d2_d_m_126 = torch.einsum("ijk,ziju->zuk", (cg_2_1_1 * 0.7745966692414834), _c172)
-    # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x1o -> 32x1o
-    _c173 = torch.einsum("zuk,zju->zjku", d_m[:, 32:128].reshape(n, 32, 3), _c171)
-    d2_h_127 = torch.einsum("ijk,zjku->zui", (cg_2_1_1 * 0.7745966692414834), _c173)
-    # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x1o -> 32x1o
-    _c174 = torch.einsum("zuk,zui->ziku", d_m[:, 32:128].reshape(n, 32, 3), h[:, 128:288].reshape(n, 32, 5))
-    _c175 = torch.einsum("ijk,ziku->zju", cg_2_1_1, _c174)
-    d2_sh_128 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 448:480].reshape(n, 32, 1) * 0.7745966692414834), _c175)
-    # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x1o -> 32x1o
-    _c176 = torch.einsum("zvj,zui->zijuv", d2_d_sh[:, 1:4].reshape(n, 1, 3), h[:, 128:288].reshape(n, 32, 5))
-    _c177 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c176)
-    d2_d_m_129 = torch.einsum("zuv,zkuv->zuk", (w[:, 448:480].reshape(n, 32, 1) * 0.7745966692414834), _c177)
-    # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x1o -> 32x1o
-    _c178 = torch.einsum("zvj,zuv->zju", d2_d_sh[:, 1:4].reshape(n, 1, 3), w[:, 448:480].reshape(n, 32, 1))
-    _c179 = torch.einsum("zuk,zju->zjku", d_m[:, 32:128].reshape(n, 32, 3), _c178)
-    d2_h_130 = torch.einsum("ijk,zjku->zui", (cg_2_1_1 * 0.7745966692414834), _c179)
-    # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x1o -> 32x1o
-    d2_w_131 = torch.einsum("zuk,zkuv->zuv", (d_m[:, 32:128].reshape(n, 32, 3) * 0.7745966692414834), _c177)
-    # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x1o -> 32x1o
-    _c180 = torch.einsum("zui,zvj->zijuv", d2_d_h[:, 128:288].reshape(n, 32, 5), sh[:, 1:4].reshape(n, 1, 3))
-    _c181 = torch.einsum("ijk,zijuv->zkuv", cg_2_1_1, _c180)
-    d2_d_m_132 = torch.einsum("zuv,zkuv->zuk", (w[:, 448:480].reshape(n, 32, 1) * 0.7745966692414834), _c181)
-    # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x1o -> 32x1o
-    _c182 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 32:128].reshape(n, 32, 3))
-    _c183 = torch.einsum("ijk,ziku->zju", cg_2_1_1, _c182)
-    d2_sh_133 = torch.einsum("zuv,zju->zvj", (w[:, 448:480].reshape(n, 32, 1) * 0.7745966692414834), _c183)
-    # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x1o -> 32x1o
-    d2_w_134 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 0.7745966692414834), _c183)
-    # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x1o -> 32x2o
-    _c184 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 480:512].reshape(n, 32, 1), sh[:, 1:4].reshape(n, 1, 3))
-    _c185 = torch.einsum("zui,zju->ziju", h[:, 128:288].reshape(n, 32, 5), _c184)
-    d2_d_m_135 = torch.einsum("ijk,ziju->zuk", (cg_2_1_2 * 1.2909944487358056), _c185)
-    # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x1o -> 32x2o
-    _c186 = torch.einsum("zuk,zju->zjku", d_m[:, 384:544].reshape(n, 32, 5), _c184)
-    d2_h_136 = torch.einsum("ijk,zjku->zui", (cg_2_1_2 * 1.2909944487358056), _c186)
-    # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x1o -> 32x2o
-    _c187 = torch.einsum("zuk,zui->ziku", d_m[:, 384:544].reshape(n, 32, 5), h[:, 128:288].reshape(n, 32, 5))
-    _c188 = torch.einsum("ijk,ziku->zju", cg_2_1_2, _c187)
-    d2_sh_137 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 480:512].reshape(n, 32, 1) * 1.2909944487358056), _c188)
-    # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x1o -> 32x2o
-    _c189 = torch.einsum("zvj,zuv->zju", d2_d_sh[:, 1:4].reshape(n, 1, 3), w[:, 480:512].reshape(n, 32, 1))
-    _c190 = torch.einsum("zui,zju->ziju", h[:, 128:288].reshape(n, 32, 5), _c189)
-    d2_d_m_138 = torch.einsum("ijk,ziju->zuk", (cg_2_1_2 * 1.2909944487358056), _c190)
-    # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x1o -> 32x2o
-    _c191 = torch.einsum("zuk,zju->zjku", d_m[:, 384:544].reshape(n, 32, 5), _c189)
-    d2_h_139 = torch.einsum("ijk,zjku->zui", (cg_2_1_2 * 1.2909944487358056), _c191)
-    # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x1o -> 32x2o
-    d2_w_140 = torch.einsum("zvj,zju->zuv", (d2_d_sh[:, 1:4].reshape(n, 1, 3) * 1.2909944487358056), _c188)
-    # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x1o -> 32x2o
-    _c192 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 480:512].reshape(n, 32, 1))
-    _c193 = torch.einsum("zui,zju->ziju", d2_d_h[:, 128:288].reshape(n, 32, 5), _c192)
-    d2_d_m_141 = torch.einsum("ijk,ziju->zuk", (cg_2_1_2 * 1.2909944487358056), _c193)
-    # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x1o -> 32x2o
-    _c194 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 384:544].reshape(n, 32, 5))
-    _c195 = torch.einsum("ijk,ziku->zju", cg_2_1_2, _c194)
-    d2_sh_142 = torch.einsum("zuv,zju->zvj", (w[:, 480:512].reshape(n, 32, 1) * 1.2909944487358056), _c195)
-    # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x1o -> 32x2o
-    d2_w_143 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 1.2909944487358056), _c195)
-    # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x1o -> 32x3o
-    _c196 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 512:544].reshape(n, 32, 1), sh[:, 1:4].reshape(n, 1, 3))
-    _c197 = torch.einsum("zui,zju->ziju", h[:, 128:288].reshape(n, 32, 5), _c196)
-    d2_d_m_144 = torch.einsum("ijk,ziju->zuk", (cg_2_1_3 * 1.3228756555322954), _c197)
-    # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x1o -> 32x3o
-    _c198 = torch.einsum("zuk,zju->zjku", d_m[:, 544:768].reshape(n, 32, 7), _c196)
-    d2_h_145 = torch.einsum("ijk,zjku->zui", (cg_2_1_3 * 1.3228756555322954), _c198)
-    # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x1o -> 32x3o
-    _c199 = torch.einsum("zuk,zui->ziku", d_m[:, 544:768].reshape(n, 32, 7), h[:, 128:288].reshape(n, 32, 5))
-    _c200 = torch.einsum("ijk,ziku->zju", cg_2_1_3, _c199)
-    d2_sh_146 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 512:544].reshape(n, 32, 1) * 1.3228756555322954), _c200)
-    # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x1o -> 32x3o
-    _c201 = torch.einsum("zvj,zuv->zju", d2_d_sh[:, 1:4].reshape(n, 1, 3), w[:, 512:544].reshape(n, 32, 1))
-    _c202 = torch.einsum("zui,zju->ziju", h[:, 128:288].reshape(n, 32, 5), _c201)
-    d2_d_m_147 = torch.einsum("ijk,ziju->zuk", (cg_2_1_3 * 1.3228756555322954), _c202)
-    # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x1o -> 32x3o
-    _c203 = torch.einsum("zuk,zju->zjku", d_m[:, 544:768].reshape(n, 32, 7), _c201)
-    d2_h_148 = torch.einsum("ijk,zjku->zui", (cg_2_1_3 * 1.3228756555322954), _c203)
-    # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x1o -> 32x3o
-    d2_w_149 = torch.einsum("zvj,zju->zuv", (d2_d_sh[:, 1:4].reshape(n, 1, 3) * 1.3228756555322954), _c200)
-    # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x1o -> 32x3o
-    _c204 = torch.einsum("zvj,zuv->zju", sh[:, 1:4].reshape(n, 1, 3), w[:, 512:544].reshape(n, 32, 1))
-    _c205 = torch.einsum("zui,zju->ziju", d2_d_h[:, 128:288].reshape(n, 32, 5), _c204)
-    d2_d_m_150 = torch.einsum("ijk,ziju->zuk", (cg_2_1_3 * 1.3228756555322954), _c205)
-    # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x1o -> 32x3o
-    _c206 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 544:768].reshape(n, 32, 7))
-    _c207 = torch.einsum("ijk,ziku->zju", cg_2_1_3, _c206)
-    d2_sh_151 = torch.einsum("zuv,zju->zvj", (w[:, 512:544].reshape(n, 32, 1) * 1.3228756555322954), _c207)
-    # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x1o -> 32x3o
-    d2_w_152 = torch.einsum("zvj,zju->zuv", (sh[:, 1:4].reshape(n, 1, 3) * 1.3228756555322954), _c207)
-    # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x2e -> 32x0e
-    _c208 = torch.einsum("zui,zvj->zijuv", h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5))
-    _c209 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c208)
-    d2_d_m_153 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 544:576].reshape(n, 32, 1) * 0.5773502691896257), _c209)
-    # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x2e -> 32x0e
-    _c210 = torch.einsum("zuv,zuk->zkuv", d2_d_w[:, 544:576].reshape(n, 32, 1), d_m[:, 0:32].reshape(n, 32, 1))
-    _c211 = torch.einsum("zvj,ijk->zikv", sh[:, 4:9].reshape(n, 1, 5), cg_2_2_0)
-    d2_h_154 = torch.einsum("zkuv,zikv->zui", _c210, (_c211 * 0.5773502691896257))
-    # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x2e -> 32x0e
-    _c212 = torch.einsum("zui,zkuv->zikv", h[:, 128:288].reshape(n, 32, 5), _c210)
-    d2_sh_155 = torch.einsum("ijk,zikv->zvj", (cg_2_2_0 * 0.5773502691896257), _c212)
-    # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x0e
-    _c213 = torch.einsum("zvj,zui->zijuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), h[:, 128:288].reshape(n, 32, 5))
-    _c214 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c213)
-    d2_d_m_156 = torch.einsum("zuv,zkuv->zuk", (w[:, 544:576].reshape(n, 32, 1) * 0.5773502691896257), _c214)
-    # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x0e
-    _c215 = torch.einsum("zvj,ijk->zikv", d2_d_sh[:, 4:9].reshape(n, 1, 5), cg_2_2_0)
-    _c216 = torch.einsum("zuk,zuv->zkuv", d_m[:, 0:32].reshape(n, 32, 1), w[:, 544:576].reshape(n, 32, 1))
-    d2_h_157 = torch.einsum("zikv,zkuv->zui", (_c215 * 0.5773502691896257), _c216)
-    # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x0e
-    d2_w_158 = torch.einsum("zuk,zkuv->zuv", (d_m[:, 0:32].reshape(n, 32, 1) * 0.5773502691896257), _c214)
-    # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x2e -> 32x0e
-    _c217 = torch.einsum("zui,zvj->zijuv", d2_d_h[:, 128:288].reshape(n, 32, 5), sh[:, 4:9].reshape(n, 1, 5))
-    _c218 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_0, _c217)
-    d2_d_m_159 = torch.einsum("zuv,zkuv->zuk", (w[:, 544:576].reshape(n, 32, 1) * 0.5773502691896257), _c218)
-    # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x2e -> 32x0e
-    _c219 = torch.einsum("zui,zkuv->zikv", d2_d_h[:, 128:288].reshape(n, 32, 5), _c216)
-    d2_sh_160 = torch.einsum("ijk,zikv->zvj", (cg_2_2_0 * 0.5773502691896257), _c219)
-    # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x2e -> 32x0e
-    d2_w_161 = torch.einsum("zuk,zkuv->zuv", (d_m[:, 0:32].reshape(n, 32, 1) * 0.5773502691896257), _c218)
-    # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x2e -> 32x2e
-    _c220 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c208)
-    d2_d_m_162 = torch.einsum("zuv,zkuv->zuk", d2_d_w[:, 576:608].reshape(n, 32, 1), _c220)
-    # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x2e -> 32x2e
-    _c221 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_2, _c28)
-    d2_h_163 = torch.einsum("zuv,ziuv->zui", d2_d_w[:, 576:608].reshape(n, 32, 1), _c221)
-    # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x2e -> 32x2e
-    _c222 = torch.einsum("ijk,ziku->zju", cg_2_2_2, _c162)
-    d2_sh_164 = torch.einsum("zuv,zju->zvj", d2_d_w[:, 576:608].reshape(n, 32, 1), _c222)
-    # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x2e
-    _c223 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c213)
-    d2_d_m_165 = torch.einsum("zuv,zkuv->zuk", w[:, 576:608].reshape(n, 32, 1), _c223)
-    # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x2e
-    _c224 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_2, _c33)
-    d2_h_166 = torch.einsum("zuv,ziuv->zui", w[:, 576:608].reshape(n, 32, 1), _c224)
-    # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x2e
-    d2_w_167 = torch.einsum("zui,ziuv->zuv", h[:, 128:288].reshape(n, 32, 5), _c224)
-    # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x2e -> 32x2e
-    _c225 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_2, _c217)
-    d2_d_m_168 = torch.einsum("zuv,zkuv->zuk", w[:, 576:608].reshape(n, 32, 1), _c225)
-    # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x2e -> 32x2e
-    _c226 = torch.einsum("ijk,ziku->zju", cg_2_2_2, _c169)
-    d2_sh_169 = torch.einsum("zuv,zju->zvj", w[:, 576:608].reshape(n, 32, 1), _c226)
-    # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x2e -> 32x2e
-    d2_w_170 = torch.einsum("zvj,zju->zuv", sh[:, 4:9].reshape(n, 1, 5), _c226)
-    # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x2e -> 32x1e
-    _c227 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_1, _c208)
-    d2_d_m_171 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 608:640].reshape(n, 32, 1) * 1.224744871391589), _c227)
-    # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x2e -> 32x1e
-    _c228 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 608:640].reshape(n, 32, 1), sh[:, 4:9].reshape(n, 1, 5))
-    _c229 = torch.einsum("zuk,zju->zjku", d_m[:, 288:384].reshape(n, 32, 3), _c228)
-    d2_h_172 = torch.einsum("ijk,zjku->zui", (cg_2_2_1 * 1.224744871391589), _c229)
-    # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x2e -> 32x1e
-    _c230 = torch.einsum("zuk,zui->ziku", d_m[:, 288:384].reshape(n, 32, 3), h[:, 128:288].reshape(n, 32, 5))
-    _c231 = torch.einsum("ijk,ziku->zju", cg_2_2_1, _c230)
-    d2_sh_173 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 608:640].reshape(n, 32, 1) * 1.224744871391589), _c231)
-    # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x1e
-    _c232 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_1, _c213)
-    d2_d_m_174 = torch.einsum("zuv,zkuv->zuk", (w[:, 608:640].reshape(n, 32, 1) * 1.224744871391589), _c232)
-    # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x1e
-    _c233 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 288:384].reshape(n, 32, 3))
-    _c234 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_1, _c233)
-    d2_h_175 = torch.einsum("zuv,ziuv->zui", (w[:, 608:640].reshape(n, 32, 1) * 1.224744871391589), _c234)
-    # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x1e
-    d2_w_176 = torch.einsum("zuk,zkuv->zuv", (d_m[:, 288:384].reshape(n, 32, 3) * 1.224744871391589), _c232)
-    # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x2e -> 32x1e
-    _c235 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_1, _c217)
-    d2_d_m_177 = torch.einsum("zuv,zkuv->zuk", (w[:, 608:640].reshape(n, 32, 1) * 1.224744871391589), _c235)
-    # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x2e -> 32x1e
-    _c236 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 288:384].reshape(n, 32, 3))
-    _c237 = torch.einsum("ijk,ziku->zju", cg_2_2_1, _c236)
-    d2_sh_178 = torch.einsum("zuv,zju->zvj", (w[:, 608:640].reshape(n, 32, 1) * 1.224744871391589), _c237)
-    # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x2e -> 32x1e
-    d2_w_179 = torch.einsum("zuk,zkuv->zuv", (d_m[:, 288:384].reshape(n, 32, 3) * 1.224744871391589), _c235)
-    # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x2e -> 32x3e
-    _c238 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_3, _c208)
-    d2_d_m_180 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 640:672].reshape(n, 32, 1) * 1.8708286933869707), _c238)
-    # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x2e -> 32x3e
-    _c239 = torch.einsum("zuv,zvj->zju", d2_d_w[:, 640:672].reshape(n, 32, 1), sh[:, 4:9].reshape(n, 1, 5))
-    _c240 = torch.einsum("zuk,zju->zjku", d_m[:, 768:992].reshape(n, 32, 7), _c239)
-    d2_h_181 = torch.einsum("ijk,zjku->zui", (cg_2_2_3 * 1.8708286933869707), _c240)
-    # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x2e -> 32x3e
-    _c241 = torch.einsum("zuk,zui->ziku", d_m[:, 768:992].reshape(n, 32, 7), h[:, 128:288].reshape(n, 32, 5))
-    _c242 = torch.einsum("ijk,ziku->zju", cg_2_2_3, _c241)
-    d2_sh_182 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 640:672].reshape(n, 32, 1) * 1.8708286933869707), _c242)
-    # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x3e
-    _c243 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_3, _c213)
-    d2_d_m_183 = torch.einsum("zuv,zkuv->zuk", (w[:, 640:672].reshape(n, 32, 1) * 1.8708286933869707), _c243)
-    # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x3e
-    _c244 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 4:9].reshape(n, 1, 5), d_m[:, 768:992].reshape(n, 32, 7))
-    _c245 = torch.einsum("ijk,zjkuv->ziuv", cg_2_2_3, _c244)
-    d2_h_184 = torch.einsum("zuv,ziuv->zui", (w[:, 640:672].reshape(n, 32, 1) * 1.8708286933869707), _c245)
-    # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x2e -> 32x3e
-    d2_w_185 = torch.einsum("zui,ziuv->zuv", (h[:, 128:288].reshape(n, 32, 5) * 1.8708286933869707), _c245)
-    # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x2e -> 32x3e
-    _c246 = torch.einsum("ijk,zijuv->zkuv", cg_2_2_3, _c217)
-    d2_d_m_186 = torch.einsum("zuv,zkuv->zuk", (w[:, 640:672].reshape(n, 32, 1) * 1.8708286933869707), _c246)
-    # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x2e -> 32x3e
-    _c247 = torch.einsum("zui,zuk->ziku", d2_d_h[:, 128:288].reshape(n, 32, 5), d_m[:, 768:992].reshape(n, 32, 7))
-    _c248 = torch.einsum("ijk,ziku->zju", cg_2_2_3, _c247)
-    d2_sh_187 = torch.einsum("zuv,zju->zvj", (w[:, 640:672].reshape(n, 32, 1) * 1.8708286933869707), _c248)
-    # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x2e -> 32x3e
-    d2_w_188 = torch.einsum("zvj,zju->zuv", (sh[:, 4:9].reshape(n, 1, 5) * 1.8708286933869707), _c248)
-    # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x3o -> 32x1o
-    _c249 = torch.einsum("zui,zvj->zijuv", h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7))
-    _c250 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_1, _c249)
-    d2_d_m_189 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 672:704].reshape(n, 32, 1) * 0.7745966692414834), _c250)
-    # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x3o -> 32x1o
-    _c251 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 32:128].reshape(n, 32, 3), sh[:, 9:16].reshape(n, 1, 7))
-    _c252 = torch.einsum("ijk,zjkuv->ziuv", cg_2_3_1, _c251)
-    d2_h_190 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 672:704].reshape(n, 32, 1) * 0.7745966692414834), _c252)
-    # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x3o -> 32x1o
-    _c253 = torch.einsum("ijk,ziku->zju", cg_2_3_1, _c174)
-    d2_sh_191 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 672:704].reshape(n, 32, 1) * 0.7745966692414834), _c253)
-    # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x3o -> 32x1o
-    _c254 = torch.einsum("zvj,zui->zijuv", d2_d_sh[:, 9:16].reshape(n, 1, 7), h[:, 128:288].reshape(n, 32, 5))
-    _c255 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_1, _c254)
-    d2_d_m_192 = torch.einsum("zuv,zkuv->zuk", (w[:, 672:704].reshape(n, 32, 1) * 0.7745966692414834), _c255)
-    # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x3o -> 32x1o
-    _c256 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 32:128].reshape(n, 32, 3))
-    _c257 = torch.einsum("ijk,zjkuv->ziuv", cg_2_3_1, _c256)
-    d2_h_193 = torch.einsum("zuv,ziuv->zui", (w[:, 672:704].reshape(n, 32, 1) * 0.7745966692414834), _c257)
-    # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x3o -> 32x1o
-    d2_w_194 = torch.einsum("zuk,zkuv->zuv", (d_m[:, 32:128].reshape(n, 32, 3) * 0.7745966692414834), _c255)
-    # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x3o -> 32x1o
-    _c258 = torch.einsum("zui,zvj->zijuv", d2_d_h[:, 128:288].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7))
-    _c259 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_1, _c258)
-    d2_d_m_195 = torch.einsum("zuv,zkuv->zuk", (w[:, 672:704].reshape(n, 32, 1) * 0.7745966692414834), _c259)
-    # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x3o -> 32x1o
-    _c260 = torch.einsum("ijk,ziku->zju", cg_2_3_1, _c182)
-    d2_sh_196 = torch.einsum("zuv,zju->zvj", (w[:, 672:704].reshape(n, 32, 1) * 0.7745966692414834), _c260)
-    # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x3o -> 32x1o
-    d2_w_197 = torch.einsum("zuk,zkuv->zuv", (d_m[:, 32:128].reshape(n, 32, 3) * 0.7745966692414834), _c259)
-    # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x3o -> 32x2o
-    _c261 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_2, _c249)
-    d2_d_m_198 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 704:736].reshape(n, 32, 1) * 1.2909944487358056), _c261)
-    # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x3o -> 32x2o
-    _c262 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 384:544].reshape(n, 32, 5), sh[:, 9:16].reshape(n, 1, 7))
-    _c263 = torch.einsum("ijk,zjkuv->ziuv", cg_2_3_2, _c262)
-    d2_h_199 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 704:736].reshape(n, 32, 1) * 1.2909944487358056), _c263)
-    # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x3o -> 32x2o
-    _c264 = torch.einsum("ijk,ziku->zju", cg_2_3_2, _c187)
-    d2_sh_200 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 704:736].reshape(n, 32, 1) * 1.2909944487358056), _c264)
-    # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x3o -> 32x2o
-    _c265 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_2, _c254)
-    d2_d_m_201 = torch.einsum("zuv,zkuv->zuk", (w[:, 704:736].reshape(n, 32, 1) * 1.2909944487358056), _c265)
-    # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x3o -> 32x2o
-    _c266 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 384:544].reshape(n, 32, 5))
-    _c267 = torch.einsum("ijk,zjkuv->ziuv", cg_2_3_2, _c266)
-    d2_h_202 = torch.einsum("zuv,ziuv->zui", (w[:, 704:736].reshape(n, 32, 1) * 1.2909944487358056), _c267)
-    # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x3o -> 32x2o
-    d2_w_203 = torch.einsum("zui,ziuv->zuv", (h[:, 128:288].reshape(n, 32, 5) * 1.2909944487358056), _c267)
-    # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x3o -> 32x2o
-    _c268 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_2, _c258)
-    d2_d_m_204 = torch.einsum("zuv,zkuv->zuk", (w[:, 704:736].reshape(n, 32, 1) * 1.2909944487358056), _c268)
-    # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x3o -> 32x2o
-    _c269 = torch.einsum("ijk,ziku->zju", cg_2_3_2, _c194)
-    d2_sh_205 = torch.einsum("zuv,zju->zvj", (w[:, 704:736].reshape(n, 32, 1) * 1.2909944487358056), _c269)
-    # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x3o -> 32x2o
-    d2_w_206 = torch.einsum("zuk,zkuv->zuv", (d_m[:, 384:544].reshape(n, 32, 5) * 1.2909944487358056), _c268)
-    # ∂/∂d_m: ∂/∂w: 32x2e ⊗ 1x3o -> 32x3o
-    _c270 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_3, _c249)
-    d2_d_m_207 = torch.einsum("zuv,zkuv->zuk", (d2_d_w[:, 736:768].reshape(n, 32, 1) * 1.3228756555322954), _c270)
-    # ∂/∂h: ∂/∂w: 32x2e ⊗ 1x3o -> 32x3o
-    _c271 = torch.einsum("zuk,zvj->zjkuv", d_m[:, 544:768].reshape(n, 32, 7), sh[:, 9:16].reshape(n, 1, 7))
-    _c272 = torch.einsum("ijk,zjkuv->ziuv", cg_2_3_3, _c271)
-    d2_h_208 = torch.einsum("zuv,ziuv->zui", (d2_d_w[:, 736:768].reshape(n, 32, 1) * 1.3228756555322954), _c272)
-    # ∂/∂sh: ∂/∂w: 32x2e ⊗ 1x3o -> 32x3o
-    _c273 = torch.einsum("ijk,ziku->zju", cg_2_3_3, _c199)
-    d2_sh_209 = torch.einsum("zuv,zju->zvj", (d2_d_w[:, 736:768].reshape(n, 32, 1) * 1.3228756555322954), _c273)
-    # ∂/∂d_m: ∂/∂sh: 32x2e ⊗ 1x3o -> 32x3o
-    _c274 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_3, _c254)
-    d2_d_m_210 = torch.einsum("zuv,zkuv->zuk", (w[:, 736:768].reshape(n, 32, 1) * 1.3228756555322954), _c274)
-    # ∂/∂h: ∂/∂sh: 32x2e ⊗ 1x3o -> 32x3o
-    _c275 = torch.einsum("zvj,zuk->zjkuv", d2_d_sh[:, 9:16].reshape(n, 1, 7), d_m[:, 544:768].reshape(n, 32, 7))
-    _c276 = torch.einsum("ijk,zjkuv->ziuv", cg_2_3_3, _c275)
-    d2_h_211 = torch.einsum("zuv,ziuv->zui", (w[:, 736:768].reshape(n, 32, 1) * 1.3228756555322954), _c276)
-    # ∂/∂w: ∂/∂sh: 32x2e ⊗ 1x3o -> 32x3o
-    d2_w_212 = torch.einsum("zui,ziuv->zuv", (h[:, 128:288].reshape(n, 32, 5) * 1.3228756555322954), _c276)
-    # ∂/∂d_m: ∂/∂h: 32x2e ⊗ 1x3o -> 32x3o
-    _c277 = torch.einsum("ijk,zijuv->zkuv", cg_2_3_3, _c258)
-    d2_d_m_213 = torch.einsum("zuv,zkuv->zuk", (w[:, 736:768].reshape(n, 32, 1) * 1.3228756555322954), _c277)
-    # ∂/∂sh: ∂/∂h: 32x2e ⊗ 1x3o -> 32x3o
-    _c278 = torch.einsum("ijk,ziku->zju", cg_2_3_3, _c206)
-    d2_sh_214 = torch.einsum("zuv,zju->zvj", (w[:, 736:768].reshape(n, 32, 1) * 1.3228756555322954), _c278)
-    # ∂/∂w: ∂/∂h: 32x2e ⊗ 1x3o -> 32x3o
-    d2_w_215 = torch.einsum("zui,ziuv->zuv", (d2_d_h[:, 128:288].reshape(n, 32, 5) * 1.3228756555322954), _c272)
-    d2_h = torch.cat([
-        (d2_h_1 + d2_h_4 + d2_h_10 + d2_h_13 + d2_h_19 + d2_h_22 + d2_h_28 + d2_h_31).reshape(n, 32),
-        (d2_h_37 + d2_h_40 + d2_h_46 + d2_h_49 + d2_h_55 + d2_h_58 + d2_h_64 + d2_h_67 + d2_h_73 + d2_h_76 + d2_h_82 + d2_h_85 + d2_h_91 + d2_h_94 + d2_h_100 + d2_h_103 + d2_h_109 + d2_h_112).reshape(n, 96),
-        (d2_h_118 + d2_h_121 + d2_h_127 + d2_h_130 + d2_h_136 + d2_h_139 + d2_h_145 + d2_h_148 + d2_h_154 + d2_h_157 + d2_h_163 + d2_h_166 + d2_h_172 + d2_h_175 + d2_h_181 + d2_h_184 + d2_h_190 + d2_h_193 + d2_h_199 + d2_h_202 + d2_h_208 + d2_h_211).reshape(n, 160),
+    # every path's (i, k) map at once: sh · G
+    _m_m_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 16), _g_m_0)
+    w_m_0_1_1_0 = w[:, 128:160].reshape(n, 32)
+    w_m_0_1_1_1 = w[:, 256:288].reshape(n, 32)
+    w_m_0_1_2_2 = w[:, 192:224].reshape(n, 32)
+    w_m_0_1_2_3 = w[:, 352:384].reshape(n, 32)
+    w_m_0_2_1_4 = w[:, 448:480].reshape(n, 32)
+    w_m_0_2_1_5 = w[:, 672:704].reshape(n, 32)
+    w_m_0_2_2_6 = w[:, 416:448].reshape(n, 32)
+    w_m_0_2_2_7 = w[:, 576:608].reshape(n, 32)
+    w_m_0_2_4_8 = w[:, 480:512].reshape(n, 32)
+    w_m_0_2_4_9 = w[:, 704:736].reshape(n, 32)
+    w_m_0_2_5_10 = w[:, 512:544].reshape(n, 32)
+    w_m_0_2_5_11 = w[:, 736:768].reshape(n, 32)
+    d__t_m_0_2_6 = torch.einsum("zuk,zpu->zupk", d_m[:, 768:992].reshape(n, 32, 7), w[:, 640:672].reshape(n, 1, 32))
+    _w_m_0_2_5 = torch.cat([
+        w_m_0_2_5_10.reshape(n, 32),
+        w_m_0_2_5_11.reshape(n, 32),
     ], dim=-1)
-    d2_sh = torch.cat([
-        (d2_sh_2 + d2_sh_7 + d2_sh_38 + d2_sh_43 + d2_sh_119 + d2_sh_124).reshape(n, 1),
-        (d2_sh_11 + d2_sh_16 + d2_sh_47 + d2_sh_52 + d2_sh_56 + d2_sh_61 + d2_sh_65 + d2_sh_70 + d2_sh_128 + d2_sh_133 + d2_sh_137 + d2_sh_142 + d2_sh_146 + d2_sh_151).reshape(n, 3),
-        (d2_sh_20 + d2_sh_25 + d2_sh_74 + d2_sh_79 + d2_sh_83 + d2_sh_88 + d2_sh_92 + d2_sh_97 + d2_sh_155 + d2_sh_160 + d2_sh_164 + d2_sh_169 + d2_sh_173 + d2_sh_178 + d2_sh_182 + d2_sh_187).reshape(n, 5),
-        (d2_sh_29 + d2_sh_34 + d2_sh_101 + d2_sh_106 + d2_sh_110 + d2_sh_115 + d2_sh_191 + d2_sh_196 + d2_sh_200 + d2_sh_205 + d2_sh_209 + d2_sh_214).reshape(n, 7),
+    d__t_m_0_2_5 = torch.einsum("zuk,zpu->zupk", d_m[:, 544:768].reshape(n, 32, 7), _w_m_0_2_5.reshape(n, 2, 32))
+    _w_m_0_2_4 = torch.cat([
+        w_m_0_2_4_8.reshape(n, 32),
+        w_m_0_2_4_9.reshape(n, 32),
     ], dim=-1)
+    d__t_m_0_2_4 = torch.einsum("zuk,zpu->zupk", d_m[:, 384:544].reshape(n, 32, 5), _w_m_0_2_4.reshape(n, 2, 32))
+    d__t_m_0_2_3 = torch.einsum("zuk,zpu->zupk", d_m[:, 288:384].reshape(n, 32, 3), w[:, 608:640].reshape(n, 1, 32))
+    _w_m_0_2_2 = torch.cat([
+        w_m_0_2_2_6.reshape(n, 32),
+        w_m_0_2_2_7.reshape(n, 32),
+    ], dim=-1)
+    d__t_m_0_2_2 = torch.einsum("zuk,zpu->zupk", d_m[:, 128:288].reshape(n, 32, 5), _w_m_0_2_2.reshape(n, 2, 32))
+    _w_m_0_2_1 = torch.cat([
+        w_m_0_2_1_4.reshape(n, 32),
+        w_m_0_2_1_5.reshape(n, 32),
+    ], dim=-1)
+    d__t_m_0_2_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), _w_m_0_2_1.reshape(n, 2, 32))
+    d__t_m_0_2_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 544:576].reshape(n, 1, 32))
+    d__t_m_0_1_6 = torch.einsum("zuk,zpu->zupk", d_m[:, 768:992].reshape(n, 32, 7), w[:, 384:416].reshape(n, 1, 32))
+    d__t_m_0_1_5 = torch.einsum("zuk,zpu->zupk", d_m[:, 544:768].reshape(n, 32, 7), w[:, 320:352].reshape(n, 1, 32))
+    d__t_m_0_1_4 = torch.einsum("zuk,zpu->zupk", d_m[:, 384:544].reshape(n, 32, 5), w[:, 288:320].reshape(n, 1, 32))
+    d__t_m_0_1_3 = torch.einsum("zuk,zpu->zupk", d_m[:, 288:384].reshape(n, 32, 3), w[:, 224:256].reshape(n, 1, 32))
+    _w_m_0_1_2 = torch.cat([
+        w_m_0_1_2_2.reshape(n, 32),
+        w_m_0_1_2_3.reshape(n, 32),
+    ], dim=-1)
+    d__t_m_0_1_2 = torch.einsum("zuk,zpu->zupk", d_m[:, 128:288].reshape(n, 32, 5), _w_m_0_1_2.reshape(n, 2, 32))
+    _w_m_0_1_1 = torch.cat([
+        w_m_0_1_1_0.reshape(n, 32),
+        w_m_0_1_1_1.reshape(n, 32),
+    ], dim=-1)
+    d__t_m_0_1_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), _w_m_0_1_1.reshape(n, 2, 32))
+    d__t_m_0_1_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 160:192].reshape(n, 1, 32))
+    d__t_m_0_0_5 = torch.einsum("zuk,zpu->zupk", d_m[:, 544:768].reshape(n, 32, 7), w[:, 96:128].reshape(n, 1, 32))
+    d__t_m_0_0_2 = torch.einsum("zuk,zpu->zupk", d_m[:, 128:288].reshape(n, 32, 5), w[:, 64:96].reshape(n, 1, 32))
+    d__t_m_0_0_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), w[:, 32:64].reshape(n, 1, 32))
+    d__t_m_0_0_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 0:32].reshape(n, 1, 32))
+    # ∂/∂d__t_m_0_0_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
+    d2_d__t_m_0_0_0 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 0:1].reshape(n, 1, 1, 1))
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
+    d2__m_m_0_12 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 0:32].reshape(n, 32, 1), d__t_m_0_0_0)
+    d2_d_m_13 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_0_0, w[:, 0:32].reshape(n, 1, 32))
+    d2_w_14 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_0, d_m[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂d__t_m_0_0_1: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
+    d2_d__t_m_0_0_1 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 1:4].reshape(n, 1, 1, 3))
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
+    d2__m_m_0_15 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 0:32].reshape(n, 32, 1), d__t_m_0_0_1)
+    d2_d_m_16 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_0_1, w[:, 32:64].reshape(n, 1, 32))
+    d2_w_17 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_1, d_m[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂d__t_m_0_0_2: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
+    d2_d__t_m_0_0_2 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 4:9].reshape(n, 1, 1, 5))
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
+    d2__m_m_0_18 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 0:32].reshape(n, 32, 1), d__t_m_0_0_2)
+    d2_d_m_19 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_0_2, w[:, 64:96].reshape(n, 1, 32))
+    d2_w_20 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_2, d_m[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂d__t_m_0_0_5: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
+    d2_d__t_m_0_0_5 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 9:16].reshape(n, 1, 1, 7))
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
+    d2__m_m_0_21 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 0:32].reshape(n, 32, 1), d__t_m_0_0_5)
+    d2_d_m_22 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_0_5, w[:, 96:128].reshape(n, 1, 32))
+    d2_w_23 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_5, d_m[:, 544:768].reshape(n, 32, 7))
+    # ∂/∂d__t_m_0_1_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
+    d2_d__t_m_0_1_0 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1))
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
+    d2__m_m_0_24 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 32:128].reshape(n, 32, 3), d__t_m_0_1_0)
+    d2_d_m_25 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_0, w[:, 160:192].reshape(n, 1, 32))
+    d2_w_26 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_0, d_m[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂d__t_m_0_1_1: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
+    d2_d__t_m_0_1_1 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 2, 3))
+    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
+    d2__m_m_0_27 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 32:128].reshape(n, 32, 3), d__t_m_0_1_1)
+    d2_d_m_28 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_1, _w_m_0_1_1.reshape(n, 2, 32))
+    d2__w_m_0_1_1 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_1, d_m[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂d__t_m_0_1_2: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
+    d2_d__t_m_0_1_2 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 2, 5))
+    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
+    d2__m_m_0_29 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 32:128].reshape(n, 32, 3), d__t_m_0_1_2)
+    d2_d_m_30 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_2, _w_m_0_1_2.reshape(n, 2, 32))
+    d2__w_m_0_1_2 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_2, d_m[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂d__t_m_0_1_3: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
+    d2_d__t_m_0_1_3 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 67:76].reshape(n, 3, 1, 3))
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
+    d2__m_m_0_31 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 32:128].reshape(n, 32, 3), d__t_m_0_1_3)
+    d2_d_m_32 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_3, w[:, 224:256].reshape(n, 1, 32))
+    d2_w_33 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_3, d_m[:, 288:384].reshape(n, 32, 3))
+    # ∂/∂d__t_m_0_1_4: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
+    d2_d__t_m_0_1_4 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 76:91].reshape(n, 3, 1, 5))
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
+    d2__m_m_0_34 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 32:128].reshape(n, 32, 3), d__t_m_0_1_4)
+    d2_d_m_35 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_4, w[:, 288:320].reshape(n, 1, 32))
+    d2_w_36 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_4, d_m[:, 384:544].reshape(n, 32, 5))
+    # ∂/∂d__t_m_0_1_5: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
+    d2_d__t_m_0_1_5 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 91:112].reshape(n, 3, 1, 7))
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
+    d2__m_m_0_37 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 32:128].reshape(n, 32, 3), d__t_m_0_1_5)
+    d2_d_m_38 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_5, w[:, 320:352].reshape(n, 1, 32))
+    d2_w_39 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_5, d_m[:, 544:768].reshape(n, 32, 7))
+    # ∂/∂d__t_m_0_1_6: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
+    d2_d__t_m_0_1_6 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 1, 7))
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
+    d2__m_m_0_40 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 32:128].reshape(n, 32, 3), d__t_m_0_1_6)
+    d2_d_m_41 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_6, w[:, 384:416].reshape(n, 1, 32))
+    d2_w_42 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_6, d_m[:, 768:992].reshape(n, 32, 7))
+    # ∂/∂d__t_m_0_2_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
+    d2_d__t_m_0_2_0 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1))
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
+    d2__m_m_0_43 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 128:288].reshape(n, 32, 5), d__t_m_0_2_0)
+    d2_d_m_44 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_0, w[:, 544:576].reshape(n, 1, 32))
+    d2_w_45 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_0, d_m[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂d__t_m_0_2_1: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
+    d2_d__t_m_0_2_1 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 138:168].reshape(n, 5, 2, 3))
+    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
+    d2__m_m_0_46 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 128:288].reshape(n, 32, 5), d__t_m_0_2_1)
+    d2_d_m_47 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_1, _w_m_0_2_1.reshape(n, 2, 32))
+    d2__w_m_0_2_1 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_1, d_m[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂d__t_m_0_2_2: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
+    d2_d__t_m_0_2_2 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 2, 5))
+    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
+    d2__m_m_0_48 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 128:288].reshape(n, 32, 5), d__t_m_0_2_2)
+    d2_d_m_49 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_2, _w_m_0_2_2.reshape(n, 2, 32))
+    d2__w_m_0_2_2 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_2, d_m[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂d__t_m_0_2_3: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
+    d2_d__t_m_0_2_3 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 218:233].reshape(n, 5, 1, 3))
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
+    d2__m_m_0_50 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 128:288].reshape(n, 32, 5), d__t_m_0_2_3)
+    d2_d_m_51 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_3, w[:, 608:640].reshape(n, 1, 32))
+    d2_w_52 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_3, d_m[:, 288:384].reshape(n, 32, 3))
+    # ∂/∂d__t_m_0_2_4: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
+    d2_d__t_m_0_2_4 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 2, 5))
+    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
+    d2__m_m_0_53 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 128:288].reshape(n, 32, 5), d__t_m_0_2_4)
+    d2_d_m_54 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_4, _w_m_0_2_4.reshape(n, 2, 32))
+    d2__w_m_0_2_4 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_4, d_m[:, 384:544].reshape(n, 32, 5))
+    # ∂/∂d__t_m_0_2_5: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
+    d2_d__t_m_0_2_5 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 2, 7))
+    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
+    d2__m_m_0_55 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 128:288].reshape(n, 32, 5), d__t_m_0_2_5)
+    d2_d_m_56 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_5, _w_m_0_2_5.reshape(n, 2, 32))
+    d2__w_m_0_2_5 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_5, d_m[:, 544:768].reshape(n, 32, 7))
+    # ∂/∂d__t_m_0_2_6: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
+    d2_d__t_m_0_2_6 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 353:388].reshape(n, 5, 1, 7))
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
+    d2__m_m_0_57 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 128:288].reshape(n, 32, 5), d__t_m_0_2_6)
+    d2_d_m_58 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_6, w[:, 640:672].reshape(n, 1, 32))
+    d2_w_59 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_6, d_m[:, 768:992].reshape(n, 32, 7))
+    d2_w_60 = d2__w_m_0_2_5.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d2_w_61 = d2__w_m_0_2_5.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    d2_w_62 = d2__w_m_0_2_4.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d2_w_63 = d2__w_m_0_2_4.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    d2_w_64 = d2__w_m_0_2_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d2_w_65 = d2__w_m_0_2_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    d2_w_66 = d2__w_m_0_2_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d2_w_67 = d2__w_m_0_2_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    d2_w_68 = d2__w_m_0_1_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d2_w_69 = d2__w_m_0_1_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    d2_w_70 = d2__w_m_0_1_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d2_w_71 = d2__w_m_0_1_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    d2__m_m_0 = torch.cat([
+        d2__m_m_0_12.reshape(n, 1),
+        d2__m_m_0_15.reshape(n, 3),
+        d2__m_m_0_18.reshape(n, 5),
+        d2__m_m_0_21.reshape(n, 7),
+        d2__m_m_0_24.reshape(n, 3),
+        d2__m_m_0_27.reshape(n, 18),
+        d2__m_m_0_29.reshape(n, 30),
+        d2__m_m_0_31.reshape(n, 9),
+        d2__m_m_0_34.reshape(n, 15),
+        d2__m_m_0_37.reshape(n, 21),
+        d2__m_m_0_40.reshape(n, 21),
+        d2__m_m_0_43.reshape(n, 5),
+        d2__m_m_0_46.reshape(n, 30),
+        d2__m_m_0_48.reshape(n, 50),
+        d2__m_m_0_50.reshape(n, 15),
+        d2__m_m_0_53.reshape(n, 50),
+        d2__m_m_0_55.reshape(n, 70),
+        d2__m_m_0_57.reshape(n, 35),
+    ], dim=-1)
+    d2_sh_72 = torch.einsum("zc,jc->zj", d2__m_m_0, _g_m_0)
+    d2_h = weight.new_zeros(n, 288)
+    d2_sh = d2_sh_72
     d2_w = torch.cat([
-        (d2_w_5 + d2_w_8).reshape(n, 32),
-        (d2_w_14 + d2_w_17).reshape(n, 32),
-        (d2_w_23 + d2_w_26).reshape(n, 32),
-        (d2_w_32 + d2_w_35).reshape(n, 32),
-        (d2_w_41 + d2_w_44).reshape(n, 32),
-        (d2_w_50 + d2_w_53).reshape(n, 32),
-        (d2_w_59 + d2_w_62).reshape(n, 32),
-        (d2_w_68 + d2_w_71).reshape(n, 32),
-        (d2_w_77 + d2_w_80).reshape(n, 32),
-        (d2_w_86 + d2_w_89).reshape(n, 32),
-        (d2_w_95 + d2_w_98).reshape(n, 32),
-        (d2_w_104 + d2_w_107).reshape(n, 32),
-        (d2_w_113 + d2_w_116).reshape(n, 32),
-        (d2_w_122 + d2_w_125).reshape(n, 32),
-        (d2_w_131 + d2_w_134).reshape(n, 32),
-        (d2_w_140 + d2_w_143).reshape(n, 32),
-        (d2_w_149 + d2_w_152).reshape(n, 32),
-        (d2_w_158 + d2_w_161).reshape(n, 32),
-        (d2_w_167 + d2_w_170).reshape(n, 32),
-        (d2_w_176 + d2_w_179).reshape(n, 32),
-        (d2_w_185 + d2_w_188).reshape(n, 32),
-        (d2_w_194 + d2_w_197).reshape(n, 32),
-        (d2_w_203 + d2_w_206).reshape(n, 32),
-        (d2_w_212 + d2_w_215).reshape(n, 32),
+        d2_w_14.reshape(n, 32),
+        d2_w_17.reshape(n, 32),
+        d2_w_20.reshape(n, 32),
+        d2_w_23.reshape(n, 32),
+        d2_w_71.reshape(n, 32),
+        d2_w_26.reshape(n, 32),
+        d2_w_69.reshape(n, 32),
+        d2_w_33.reshape(n, 32),
+        d2_w_70.reshape(n, 32),
+        d2_w_36.reshape(n, 32),
+        d2_w_39.reshape(n, 32),
+        d2_w_68.reshape(n, 32),
+        d2_w_42.reshape(n, 32),
+        d2_w_65.reshape(n, 32),
+        d2_w_67.reshape(n, 32),
+        d2_w_63.reshape(n, 32),
+        d2_w_61.reshape(n, 32),
+        d2_w_45.reshape(n, 32),
+        d2_w_64.reshape(n, 32),
+        d2_w_52.reshape(n, 32),
+        d2_w_59.reshape(n, 32),
+        d2_w_66.reshape(n, 32),
+        d2_w_62.reshape(n, 32),
+        d2_w_60.reshape(n, 32),
     ], dim=-1)
     d2_d_m = torch.cat([
-        (d2_d_m_0 + d2_d_m_3 + d2_d_m_6 + d2_d_m_45 + d2_d_m_48 + d2_d_m_51 + d2_d_m_153 + d2_d_m_156 + d2_d_m_159).reshape(n, 32),
-        (d2_d_m_9 + d2_d_m_12 + d2_d_m_15 + d2_d_m_36 + d2_d_m_39 + d2_d_m_42 + d2_d_m_72 + d2_d_m_75 + d2_d_m_78 + d2_d_m_126 + d2_d_m_129 + d2_d_m_132 + d2_d_m_189 + d2_d_m_192 + d2_d_m_195).reshape(n, 96),
-        (d2_d_m_18 + d2_d_m_21 + d2_d_m_24 + d2_d_m_54 + d2_d_m_57 + d2_d_m_60 + d2_d_m_99 + d2_d_m_102 + d2_d_m_105 + d2_d_m_117 + d2_d_m_120 + d2_d_m_123 + d2_d_m_162 + d2_d_m_165 + d2_d_m_168).reshape(n, 160),
-        (d2_d_m_63 + d2_d_m_66 + d2_d_m_69 + d2_d_m_171 + d2_d_m_174 + d2_d_m_177).reshape(n, 96),
-        (d2_d_m_81 + d2_d_m_84 + d2_d_m_87 + d2_d_m_135 + d2_d_m_138 + d2_d_m_141 + d2_d_m_198 + d2_d_m_201 + d2_d_m_204).reshape(n, 160),
-        (d2_d_m_27 + d2_d_m_30 + d2_d_m_33 + d2_d_m_90 + d2_d_m_93 + d2_d_m_96 + d2_d_m_144 + d2_d_m_147 + d2_d_m_150 + d2_d_m_207 + d2_d_m_210 + d2_d_m_213).reshape(n, 224),
-        (d2_d_m_108 + d2_d_m_111 + d2_d_m_114 + d2_d_m_180 + d2_d_m_183 + d2_d_m_186).reshape(n, 224),
+        (d2_d_m_13 + d2_d_m_25 + d2_d_m_44).reshape(n, 32),
+        (d2_d_m_16 + d2_d_m_28 + d2_d_m_47).reshape(n, 96),
+        (d2_d_m_19 + d2_d_m_30 + d2_d_m_49).reshape(n, 160),
+        (d2_d_m_32 + d2_d_m_51).reshape(n, 96),
+        (d2_d_m_35 + d2_d_m_54).reshape(n, 160),
+        (d2_d_m_22 + d2_d_m_38 + d2_d_m_56).reshape(n, 224),
+        (d2_d_m_41 + d2_d_m_58).reshape(n, 224),
     ], dim=-1)
+    d2_weight = weight.new_zeros(0)
+    return [d2_h, d2_sh, d2_w, d2_d_m, d2_weight]
+
+
+def _conv_tp_d2_sh(
+    h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    d2_d_sh: torch.Tensor, weight: torch.Tensor, _g_m_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of conv_tp_d for the cotangent of d_sh: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992), d2_d_sh (n, 16) -> d2_h (n, 288), d2_sh (n, 16), d2_w (n, 768), d2_d_m (n, 992), d2_weight (0,)."""
+    n = h.shape[0]
+    w_m_0_1_1_0 = w[:, 128:160].reshape(n, 32)
+    w_m_0_1_1_1 = w[:, 256:288].reshape(n, 32)
+    w_m_0_1_2_2 = w[:, 192:224].reshape(n, 32)
+    w_m_0_1_2_3 = w[:, 352:384].reshape(n, 32)
+    w_m_0_2_1_4 = w[:, 448:480].reshape(n, 32)
+    w_m_0_2_1_5 = w[:, 672:704].reshape(n, 32)
+    w_m_0_2_2_6 = w[:, 416:448].reshape(n, 32)
+    w_m_0_2_2_7 = w[:, 576:608].reshape(n, 32)
+    w_m_0_2_4_8 = w[:, 480:512].reshape(n, 32)
+    w_m_0_2_4_9 = w[:, 704:736].reshape(n, 32)
+    w_m_0_2_5_10 = w[:, 512:544].reshape(n, 32)
+    w_m_0_2_5_11 = w[:, 736:768].reshape(n, 32)
+    d__t_m_0_2_6 = torch.einsum("zuk,zpu->zupk", d_m[:, 768:992].reshape(n, 32, 7), w[:, 640:672].reshape(n, 1, 32))
+    _w_m_0_2_5 = torch.cat([
+        w_m_0_2_5_10.reshape(n, 32),
+        w_m_0_2_5_11.reshape(n, 32),
+    ], dim=-1)
+    d__t_m_0_2_5 = torch.einsum("zuk,zpu->zupk", d_m[:, 544:768].reshape(n, 32, 7), _w_m_0_2_5.reshape(n, 2, 32))
+    _w_m_0_2_4 = torch.cat([
+        w_m_0_2_4_8.reshape(n, 32),
+        w_m_0_2_4_9.reshape(n, 32),
+    ], dim=-1)
+    d__t_m_0_2_4 = torch.einsum("zuk,zpu->zupk", d_m[:, 384:544].reshape(n, 32, 5), _w_m_0_2_4.reshape(n, 2, 32))
+    d__t_m_0_2_3 = torch.einsum("zuk,zpu->zupk", d_m[:, 288:384].reshape(n, 32, 3), w[:, 608:640].reshape(n, 1, 32))
+    _w_m_0_2_2 = torch.cat([
+        w_m_0_2_2_6.reshape(n, 32),
+        w_m_0_2_2_7.reshape(n, 32),
+    ], dim=-1)
+    d__t_m_0_2_2 = torch.einsum("zuk,zpu->zupk", d_m[:, 128:288].reshape(n, 32, 5), _w_m_0_2_2.reshape(n, 2, 32))
+    _w_m_0_2_1 = torch.cat([
+        w_m_0_2_1_4.reshape(n, 32),
+        w_m_0_2_1_5.reshape(n, 32),
+    ], dim=-1)
+    d__t_m_0_2_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), _w_m_0_2_1.reshape(n, 2, 32))
+    d__t_m_0_2_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 544:576].reshape(n, 1, 32))
+    d__t_m_0_1_6 = torch.einsum("zuk,zpu->zupk", d_m[:, 768:992].reshape(n, 32, 7), w[:, 384:416].reshape(n, 1, 32))
+    d__t_m_0_1_5 = torch.einsum("zuk,zpu->zupk", d_m[:, 544:768].reshape(n, 32, 7), w[:, 320:352].reshape(n, 1, 32))
+    d__t_m_0_1_4 = torch.einsum("zuk,zpu->zupk", d_m[:, 384:544].reshape(n, 32, 5), w[:, 288:320].reshape(n, 1, 32))
+    d__t_m_0_1_3 = torch.einsum("zuk,zpu->zupk", d_m[:, 288:384].reshape(n, 32, 3), w[:, 224:256].reshape(n, 1, 32))
+    _w_m_0_1_2 = torch.cat([
+        w_m_0_1_2_2.reshape(n, 32),
+        w_m_0_1_2_3.reshape(n, 32),
+    ], dim=-1)
+    d__t_m_0_1_2 = torch.einsum("zuk,zpu->zupk", d_m[:, 128:288].reshape(n, 32, 5), _w_m_0_1_2.reshape(n, 2, 32))
+    _w_m_0_1_1 = torch.cat([
+        w_m_0_1_1_0.reshape(n, 32),
+        w_m_0_1_1_1.reshape(n, 32),
+    ], dim=-1)
+    d__t_m_0_1_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), _w_m_0_1_1.reshape(n, 2, 32))
+    d__t_m_0_1_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 160:192].reshape(n, 1, 32))
+    d__t_m_0_0_5 = torch.einsum("zuk,zpu->zupk", d_m[:, 544:768].reshape(n, 32, 7), w[:, 96:128].reshape(n, 1, 32))
+    d__t_m_0_0_2 = torch.einsum("zuk,zpu->zupk", d_m[:, 128:288].reshape(n, 32, 5), w[:, 64:96].reshape(n, 1, 32))
+    d__t_m_0_0_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), w[:, 32:64].reshape(n, 1, 32))
+    d__t_m_0_0_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 0:32].reshape(n, 1, 32))
+    # ∂/∂d__m_m_0: ∂/∂sh: every path's (i, k) map at once: sh · G
+    d2_d__m_m_0 = torch.einsum("zj,jc->zc", d2_d_sh.reshape(n, 16), _g_m_0)
+    # ∂/∂d__t_m_0_0_0: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
+    d2_d__t_m_0_0_0 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 0:1].reshape(n, 1, 1, 1), h[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
+    d2_h_12 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 0:1].reshape(n, 1, 1, 1), d__t_m_0_0_0)
+    d2_d_m_13 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_0_0, w[:, 0:32].reshape(n, 1, 32))
+    d2_w_14 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_0, d_m[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂d__t_m_0_0_1: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
+    d2_d__t_m_0_0_1 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 1:4].reshape(n, 1, 1, 3), h[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
+    d2_h_15 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 1:4].reshape(n, 1, 1, 3), d__t_m_0_0_1)
+    d2_d_m_16 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_0_1, w[:, 32:64].reshape(n, 1, 32))
+    d2_w_17 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_1, d_m[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂d__t_m_0_0_2: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
+    d2_d__t_m_0_0_2 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 4:9].reshape(n, 1, 1, 5), h[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
+    d2_h_18 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 4:9].reshape(n, 1, 1, 5), d__t_m_0_0_2)
+    d2_d_m_19 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_0_2, w[:, 64:96].reshape(n, 1, 32))
+    d2_w_20 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_2, d_m[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂d__t_m_0_0_5: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
+    d2_d__t_m_0_0_5 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 9:16].reshape(n, 1, 1, 7), h[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
+    d2_h_21 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 9:16].reshape(n, 1, 1, 7), d__t_m_0_0_5)
+    d2_d_m_22 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_0_5, w[:, 96:128].reshape(n, 1, 32))
+    d2_w_23 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_5, d_m[:, 544:768].reshape(n, 32, 7))
+    # ∂/∂d__t_m_0_1_0: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
+    d2_d__t_m_0_1_0 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 16:19].reshape(n, 3, 1, 1), h[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
+    d2_h_24 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 16:19].reshape(n, 3, 1, 1), d__t_m_0_1_0)
+    d2_d_m_25 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_0, w[:, 160:192].reshape(n, 1, 32))
+    d2_w_26 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_0, d_m[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂d__t_m_0_1_1: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
+    d2_d__t_m_0_1_1 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 19:37].reshape(n, 3, 2, 3), h[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
+    d2_h_27 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 19:37].reshape(n, 3, 2, 3), d__t_m_0_1_1)
+    d2_d_m_28 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_1, _w_m_0_1_1.reshape(n, 2, 32))
+    d2__w_m_0_1_1 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_1, d_m[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂d__t_m_0_1_2: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
+    d2_d__t_m_0_1_2 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 37:67].reshape(n, 3, 2, 5), h[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
+    d2_h_29 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 37:67].reshape(n, 3, 2, 5), d__t_m_0_1_2)
+    d2_d_m_30 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_2, _w_m_0_1_2.reshape(n, 2, 32))
+    d2__w_m_0_1_2 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_2, d_m[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂d__t_m_0_1_3: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
+    d2_d__t_m_0_1_3 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 67:76].reshape(n, 3, 1, 3), h[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
+    d2_h_31 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 67:76].reshape(n, 3, 1, 3), d__t_m_0_1_3)
+    d2_d_m_32 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_3, w[:, 224:256].reshape(n, 1, 32))
+    d2_w_33 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_3, d_m[:, 288:384].reshape(n, 32, 3))
+    # ∂/∂d__t_m_0_1_4: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
+    d2_d__t_m_0_1_4 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 76:91].reshape(n, 3, 1, 5), h[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
+    d2_h_34 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 76:91].reshape(n, 3, 1, 5), d__t_m_0_1_4)
+    d2_d_m_35 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_4, w[:, 288:320].reshape(n, 1, 32))
+    d2_w_36 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_4, d_m[:, 384:544].reshape(n, 32, 5))
+    # ∂/∂d__t_m_0_1_5: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
+    d2_d__t_m_0_1_5 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 91:112].reshape(n, 3, 1, 7), h[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
+    d2_h_37 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 91:112].reshape(n, 3, 1, 7), d__t_m_0_1_5)
+    d2_d_m_38 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_5, w[:, 320:352].reshape(n, 1, 32))
+    d2_w_39 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_5, d_m[:, 544:768].reshape(n, 32, 7))
+    # ∂/∂d__t_m_0_1_6: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
+    d2_d__t_m_0_1_6 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 112:133].reshape(n, 3, 1, 7), h[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
+    d2_h_40 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 112:133].reshape(n, 3, 1, 7), d__t_m_0_1_6)
+    d2_d_m_41 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_6, w[:, 384:416].reshape(n, 1, 32))
+    d2_w_42 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_6, d_m[:, 768:992].reshape(n, 32, 7))
+    # ∂/∂d__t_m_0_2_0: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
+    d2_d__t_m_0_2_0 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 133:138].reshape(n, 5, 1, 1), h[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
+    d2_h_43 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 133:138].reshape(n, 5, 1, 1), d__t_m_0_2_0)
+    d2_d_m_44 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_0, w[:, 544:576].reshape(n, 1, 32))
+    d2_w_45 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_0, d_m[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂d__t_m_0_2_1: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
+    d2_d__t_m_0_2_1 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 138:168].reshape(n, 5, 2, 3), h[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
+    d2_h_46 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 138:168].reshape(n, 5, 2, 3), d__t_m_0_2_1)
+    d2_d_m_47 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_1, _w_m_0_2_1.reshape(n, 2, 32))
+    d2__w_m_0_2_1 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_1, d_m[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂d__t_m_0_2_2: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
+    d2_d__t_m_0_2_2 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 168:218].reshape(n, 5, 2, 5), h[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
+    d2_h_48 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 168:218].reshape(n, 5, 2, 5), d__t_m_0_2_2)
+    d2_d_m_49 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_2, _w_m_0_2_2.reshape(n, 2, 32))
+    d2__w_m_0_2_2 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_2, d_m[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂d__t_m_0_2_3: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
+    d2_d__t_m_0_2_3 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 218:233].reshape(n, 5, 1, 3), h[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
+    d2_h_50 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 218:233].reshape(n, 5, 1, 3), d__t_m_0_2_3)
+    d2_d_m_51 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_3, w[:, 608:640].reshape(n, 1, 32))
+    d2_w_52 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_3, d_m[:, 288:384].reshape(n, 32, 3))
+    # ∂/∂d__t_m_0_2_4: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
+    d2_d__t_m_0_2_4 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 233:283].reshape(n, 5, 2, 5), h[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
+    d2_h_53 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 233:283].reshape(n, 5, 2, 5), d__t_m_0_2_4)
+    d2_d_m_54 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_4, _w_m_0_2_4.reshape(n, 2, 32))
+    d2__w_m_0_2_4 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_4, d_m[:, 384:544].reshape(n, 32, 5))
+    # ∂/∂d__t_m_0_2_5: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
+    d2_d__t_m_0_2_5 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 283:353].reshape(n, 5, 2, 7), h[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
+    d2_h_55 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 283:353].reshape(n, 5, 2, 7), d__t_m_0_2_5)
+    d2_d_m_56 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_5, _w_m_0_2_5.reshape(n, 2, 32))
+    d2__w_m_0_2_5 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_5, d_m[:, 544:768].reshape(n, 32, 7))
+    # ∂/∂d__t_m_0_2_6: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
+    d2_d__t_m_0_2_6 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 353:388].reshape(n, 5, 1, 7), h[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
+    d2_h_57 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 353:388].reshape(n, 5, 1, 7), d__t_m_0_2_6)
+    d2_d_m_58 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_6, w[:, 640:672].reshape(n, 1, 32))
+    d2_w_59 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_6, d_m[:, 768:992].reshape(n, 32, 7))
+    d2_w_60 = d2__w_m_0_2_5.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d2_w_61 = d2__w_m_0_2_5.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    d2_w_62 = d2__w_m_0_2_4.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d2_w_63 = d2__w_m_0_2_4.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    d2_w_64 = d2__w_m_0_2_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d2_w_65 = d2__w_m_0_2_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    d2_w_66 = d2__w_m_0_2_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d2_w_67 = d2__w_m_0_2_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    d2_w_68 = d2__w_m_0_1_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d2_w_69 = d2__w_m_0_1_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    d2_w_70 = d2__w_m_0_1_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d2_w_71 = d2__w_m_0_1_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    d2_h = torch.cat([
+        (d2_h_12 + d2_h_15 + d2_h_18 + d2_h_21).reshape(n, 32),
+        (d2_h_24 + d2_h_27 + d2_h_29 + d2_h_31 + d2_h_34 + d2_h_37 + d2_h_40).reshape(n, 96),
+        (d2_h_43 + d2_h_46 + d2_h_48 + d2_h_50 + d2_h_53 + d2_h_55 + d2_h_57).reshape(n, 160),
+    ], dim=-1)
+    d2_sh = weight.new_zeros(n, 16)
+    d2_w = torch.cat([
+        d2_w_14.reshape(n, 32),
+        d2_w_17.reshape(n, 32),
+        d2_w_20.reshape(n, 32),
+        d2_w_23.reshape(n, 32),
+        d2_w_71.reshape(n, 32),
+        d2_w_26.reshape(n, 32),
+        d2_w_69.reshape(n, 32),
+        d2_w_33.reshape(n, 32),
+        d2_w_70.reshape(n, 32),
+        d2_w_36.reshape(n, 32),
+        d2_w_39.reshape(n, 32),
+        d2_w_68.reshape(n, 32),
+        d2_w_42.reshape(n, 32),
+        d2_w_65.reshape(n, 32),
+        d2_w_67.reshape(n, 32),
+        d2_w_63.reshape(n, 32),
+        d2_w_61.reshape(n, 32),
+        d2_w_45.reshape(n, 32),
+        d2_w_64.reshape(n, 32),
+        d2_w_52.reshape(n, 32),
+        d2_w_59.reshape(n, 32),
+        d2_w_66.reshape(n, 32),
+        d2_w_62.reshape(n, 32),
+        d2_w_60.reshape(n, 32),
+    ], dim=-1)
+    d2_d_m = torch.cat([
+        (d2_d_m_13 + d2_d_m_25 + d2_d_m_44).reshape(n, 32),
+        (d2_d_m_16 + d2_d_m_28 + d2_d_m_47).reshape(n, 96),
+        (d2_d_m_19 + d2_d_m_30 + d2_d_m_49).reshape(n, 160),
+        (d2_d_m_32 + d2_d_m_51).reshape(n, 96),
+        (d2_d_m_35 + d2_d_m_54).reshape(n, 160),
+        (d2_d_m_22 + d2_d_m_38 + d2_d_m_56).reshape(n, 224),
+        (d2_d_m_41 + d2_d_m_58).reshape(n, 224),
+    ], dim=-1)
+    d2_weight = weight.new_zeros(0)
+    return [d2_h, d2_sh, d2_w, d2_d_m, d2_weight]
+
+
+def _conv_tp_d2_w(
+    h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    d2_d_w: torch.Tensor, weight: torch.Tensor, _g_m_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of conv_tp_d for the cotangent of d_w: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992), d2_d_w (n, 768) -> d2_h (n, 288), d2_sh (n, 16), d2_w (n, 768), d2_d_m (n, 992), d2_weight (0,)."""
+    n = h.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_m_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 16), _g_m_0)
+    # 1 paths 32x0e ⊗ sh -> 32x0e
+    _t_m_0_0_0 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 0:1].reshape(n, 1, 1, 1))
+    # 1 paths 32x0e ⊗ sh -> 32x1o
+    _t_m_0_0_1 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 1:4].reshape(n, 1, 1, 3))
+    # 1 paths 32x0e ⊗ sh -> 32x2e
+    _t_m_0_0_2 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 4:9].reshape(n, 1, 1, 5))
+    # 1 paths 32x0e ⊗ sh -> 32x3o
+    _t_m_0_0_5 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 9:16].reshape(n, 1, 1, 7))
+    # 1 paths 32x1o ⊗ sh -> 32x0e
+    _t_m_0_1_0 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1))
+    # 2 paths 32x1o ⊗ sh -> 32x1o
+    _t_m_0_1_1 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 2, 3))
+    # 2 paths 32x1o ⊗ sh -> 32x2e
+    _t_m_0_1_2 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 2, 5))
+    # 1 paths 32x1o ⊗ sh -> 32x1e
+    _t_m_0_1_3 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 67:76].reshape(n, 3, 1, 3))
+    # 1 paths 32x1o ⊗ sh -> 32x2o
+    _t_m_0_1_4 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 76:91].reshape(n, 3, 1, 5))
+    # 1 paths 32x1o ⊗ sh -> 32x3o
+    _t_m_0_1_5 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 91:112].reshape(n, 3, 1, 7))
+    # 1 paths 32x1o ⊗ sh -> 32x3e
+    _t_m_0_1_6 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 1, 7))
+    # 1 paths 32x2e ⊗ sh -> 32x0e
+    _t_m_0_2_0 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1))
+    # 2 paths 32x2e ⊗ sh -> 32x1o
+    _t_m_0_2_1 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 138:168].reshape(n, 5, 2, 3))
+    # 2 paths 32x2e ⊗ sh -> 32x2e
+    _t_m_0_2_2 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 2, 5))
+    # 1 paths 32x2e ⊗ sh -> 32x1e
+    _t_m_0_2_3 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 218:233].reshape(n, 5, 1, 3))
+    # 2 paths 32x2e ⊗ sh -> 32x2o
+    _t_m_0_2_4 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 2, 5))
+    # 2 paths 32x2e ⊗ sh -> 32x3o
+    _t_m_0_2_5 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 2, 7))
+    # 1 paths 32x2e ⊗ sh -> 32x3e
+    _t_m_0_2_6 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 353:388].reshape(n, 5, 1, 7))
+    d2_d_m_0 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 0:32].reshape(n, 1, 32), _t_m_0_0_0)
+    d2__t_m_0_0_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 0:32].reshape(n, 1, 32), d_m[:, 0:32].reshape(n, 32, 1))
+    d2_d_m_1 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 32:64].reshape(n, 1, 32), _t_m_0_0_1)
+    d2__t_m_0_0_1 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 32:64].reshape(n, 1, 32), d_m[:, 32:128].reshape(n, 32, 3))
+    d2_d_m_2 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 64:96].reshape(n, 1, 32), _t_m_0_0_2)
+    d2__t_m_0_0_2 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 64:96].reshape(n, 1, 32), d_m[:, 128:288].reshape(n, 32, 5))
+    d2_d_m_3 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 96:128].reshape(n, 1, 32), _t_m_0_0_5)
+    d2__t_m_0_0_5 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 96:128].reshape(n, 1, 32), d_m[:, 544:768].reshape(n, 32, 7))
+    d2_d_m_4 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 160:192].reshape(n, 1, 32), _t_m_0_1_0)
+    d2__t_m_0_1_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 160:192].reshape(n, 1, 32), d_m[:, 0:32].reshape(n, 32, 1))
+    d2_d__w_m_0_1_1_5 = d2_d_w[:, 128:160].reshape(n, 32)
+    d2_d__w_m_0_1_1_6 = d2_d_w[:, 256:288].reshape(n, 32)
+    d2_d__w_m_0_1_1 = torch.cat([
+        d2_d__w_m_0_1_1_5.reshape(n, 32),
+        d2_d__w_m_0_1_1_6.reshape(n, 32),
+    ], dim=-1)
+    d2_d_m_7 = torch.einsum("zpu,zupk->zuk", d2_d__w_m_0_1_1.reshape(n, 2, 32), _t_m_0_1_1)
+    d2__t_m_0_1_1 = torch.einsum("zpu,zuk->zupk", d2_d__w_m_0_1_1.reshape(n, 2, 32), d_m[:, 32:128].reshape(n, 32, 3))
+    d2_d__w_m_0_1_2_8 = d2_d_w[:, 192:224].reshape(n, 32)
+    d2_d__w_m_0_1_2_9 = d2_d_w[:, 352:384].reshape(n, 32)
+    d2_d__w_m_0_1_2 = torch.cat([
+        d2_d__w_m_0_1_2_8.reshape(n, 32),
+        d2_d__w_m_0_1_2_9.reshape(n, 32),
+    ], dim=-1)
+    d2_d_m_10 = torch.einsum("zpu,zupk->zuk", d2_d__w_m_0_1_2.reshape(n, 2, 32), _t_m_0_1_2)
+    d2__t_m_0_1_2 = torch.einsum("zpu,zuk->zupk", d2_d__w_m_0_1_2.reshape(n, 2, 32), d_m[:, 128:288].reshape(n, 32, 5))
+    d2_d_m_11 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 224:256].reshape(n, 1, 32), _t_m_0_1_3)
+    d2__t_m_0_1_3 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 224:256].reshape(n, 1, 32), d_m[:, 288:384].reshape(n, 32, 3))
+    d2_d_m_12 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 288:320].reshape(n, 1, 32), _t_m_0_1_4)
+    d2__t_m_0_1_4 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 288:320].reshape(n, 1, 32), d_m[:, 384:544].reshape(n, 32, 5))
+    d2_d_m_13 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 320:352].reshape(n, 1, 32), _t_m_0_1_5)
+    d2__t_m_0_1_5 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 320:352].reshape(n, 1, 32), d_m[:, 544:768].reshape(n, 32, 7))
+    d2_d_m_14 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 384:416].reshape(n, 1, 32), _t_m_0_1_6)
+    d2__t_m_0_1_6 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 384:416].reshape(n, 1, 32), d_m[:, 768:992].reshape(n, 32, 7))
+    d2_d_m_15 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 544:576].reshape(n, 1, 32), _t_m_0_2_0)
+    d2__t_m_0_2_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 544:576].reshape(n, 1, 32), d_m[:, 0:32].reshape(n, 32, 1))
+    d2_d__w_m_0_2_1_16 = d2_d_w[:, 448:480].reshape(n, 32)
+    d2_d__w_m_0_2_1_17 = d2_d_w[:, 672:704].reshape(n, 32)
+    d2_d__w_m_0_2_1 = torch.cat([
+        d2_d__w_m_0_2_1_16.reshape(n, 32),
+        d2_d__w_m_0_2_1_17.reshape(n, 32),
+    ], dim=-1)
+    d2_d_m_18 = torch.einsum("zpu,zupk->zuk", d2_d__w_m_0_2_1.reshape(n, 2, 32), _t_m_0_2_1)
+    d2__t_m_0_2_1 = torch.einsum("zpu,zuk->zupk", d2_d__w_m_0_2_1.reshape(n, 2, 32), d_m[:, 32:128].reshape(n, 32, 3))
+    d2_d__w_m_0_2_2_19 = d2_d_w[:, 416:448].reshape(n, 32)
+    d2_d__w_m_0_2_2_20 = d2_d_w[:, 576:608].reshape(n, 32)
+    d2_d__w_m_0_2_2 = torch.cat([
+        d2_d__w_m_0_2_2_19.reshape(n, 32),
+        d2_d__w_m_0_2_2_20.reshape(n, 32),
+    ], dim=-1)
+    d2_d_m_21 = torch.einsum("zpu,zupk->zuk", d2_d__w_m_0_2_2.reshape(n, 2, 32), _t_m_0_2_2)
+    d2__t_m_0_2_2 = torch.einsum("zpu,zuk->zupk", d2_d__w_m_0_2_2.reshape(n, 2, 32), d_m[:, 128:288].reshape(n, 32, 5))
+    d2_d_m_22 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 608:640].reshape(n, 1, 32), _t_m_0_2_3)
+    d2__t_m_0_2_3 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 608:640].reshape(n, 1, 32), d_m[:, 288:384].reshape(n, 32, 3))
+    d2_d__w_m_0_2_4_23 = d2_d_w[:, 480:512].reshape(n, 32)
+    d2_d__w_m_0_2_4_24 = d2_d_w[:, 704:736].reshape(n, 32)
+    d2_d__w_m_0_2_4 = torch.cat([
+        d2_d__w_m_0_2_4_23.reshape(n, 32),
+        d2_d__w_m_0_2_4_24.reshape(n, 32),
+    ], dim=-1)
+    d2_d_m_25 = torch.einsum("zpu,zupk->zuk", d2_d__w_m_0_2_4.reshape(n, 2, 32), _t_m_0_2_4)
+    d2__t_m_0_2_4 = torch.einsum("zpu,zuk->zupk", d2_d__w_m_0_2_4.reshape(n, 2, 32), d_m[:, 384:544].reshape(n, 32, 5))
+    d2_d__w_m_0_2_5_26 = d2_d_w[:, 512:544].reshape(n, 32)
+    d2_d__w_m_0_2_5_27 = d2_d_w[:, 736:768].reshape(n, 32)
+    d2_d__w_m_0_2_5 = torch.cat([
+        d2_d__w_m_0_2_5_26.reshape(n, 32),
+        d2_d__w_m_0_2_5_27.reshape(n, 32),
+    ], dim=-1)
+    d2_d_m_28 = torch.einsum("zpu,zupk->zuk", d2_d__w_m_0_2_5.reshape(n, 2, 32), _t_m_0_2_5)
+    d2__t_m_0_2_5 = torch.einsum("zpu,zuk->zupk", d2_d__w_m_0_2_5.reshape(n, 2, 32), d_m[:, 544:768].reshape(n, 32, 7))
+    d2_d_m_29 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 640:672].reshape(n, 1, 32), _t_m_0_2_6)
+    d2__t_m_0_2_6 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 640:672].reshape(n, 1, 32), d_m[:, 768:992].reshape(n, 32, 7))
+    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
+    d2_h_30 = torch.einsum("zupk,zipk->zui", d2__t_m_0_2_6, _m_m_0[:, 353:388].reshape(n, 5, 1, 7))
+    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
+    d2__m_m_0_31 = torch.einsum("zupk,zui->zipk", d2__t_m_0_2_6, h[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
+    d2_h_32 = torch.einsum("zupk,zipk->zui", d2__t_m_0_2_5, _m_m_0[:, 283:353].reshape(n, 5, 2, 7))
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
+    d2__m_m_0_33 = torch.einsum("zupk,zui->zipk", d2__t_m_0_2_5, h[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
+    d2_h_34 = torch.einsum("zupk,zipk->zui", d2__t_m_0_2_4, _m_m_0[:, 233:283].reshape(n, 5, 2, 5))
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
+    d2__m_m_0_35 = torch.einsum("zupk,zui->zipk", d2__t_m_0_2_4, h[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
+    d2_h_36 = torch.einsum("zupk,zipk->zui", d2__t_m_0_2_3, _m_m_0[:, 218:233].reshape(n, 5, 1, 3))
+    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
+    d2__m_m_0_37 = torch.einsum("zupk,zui->zipk", d2__t_m_0_2_3, h[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
+    d2_h_38 = torch.einsum("zupk,zipk->zui", d2__t_m_0_2_2, _m_m_0[:, 168:218].reshape(n, 5, 2, 5))
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
+    d2__m_m_0_39 = torch.einsum("zupk,zui->zipk", d2__t_m_0_2_2, h[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
+    d2_h_40 = torch.einsum("zupk,zipk->zui", d2__t_m_0_2_1, _m_m_0[:, 138:168].reshape(n, 5, 2, 3))
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
+    d2__m_m_0_41 = torch.einsum("zupk,zui->zipk", d2__t_m_0_2_1, h[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
+    d2_h_42 = torch.einsum("zupk,zipk->zui", d2__t_m_0_2_0, _m_m_0[:, 133:138].reshape(n, 5, 1, 1))
+    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
+    d2__m_m_0_43 = torch.einsum("zupk,zui->zipk", d2__t_m_0_2_0, h[:, 128:288].reshape(n, 32, 5))
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
+    d2_h_44 = torch.einsum("zupk,zipk->zui", d2__t_m_0_1_6, _m_m_0[:, 112:133].reshape(n, 3, 1, 7))
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
+    d2__m_m_0_45 = torch.einsum("zupk,zui->zipk", d2__t_m_0_1_6, h[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
+    d2_h_46 = torch.einsum("zupk,zipk->zui", d2__t_m_0_1_5, _m_m_0[:, 91:112].reshape(n, 3, 1, 7))
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
+    d2__m_m_0_47 = torch.einsum("zupk,zui->zipk", d2__t_m_0_1_5, h[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
+    d2_h_48 = torch.einsum("zupk,zipk->zui", d2__t_m_0_1_4, _m_m_0[:, 76:91].reshape(n, 3, 1, 5))
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
+    d2__m_m_0_49 = torch.einsum("zupk,zui->zipk", d2__t_m_0_1_4, h[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
+    d2_h_50 = torch.einsum("zupk,zipk->zui", d2__t_m_0_1_3, _m_m_0[:, 67:76].reshape(n, 3, 1, 3))
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
+    d2__m_m_0_51 = torch.einsum("zupk,zui->zipk", d2__t_m_0_1_3, h[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
+    d2_h_52 = torch.einsum("zupk,zipk->zui", d2__t_m_0_1_2, _m_m_0[:, 37:67].reshape(n, 3, 2, 5))
+    # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
+    d2__m_m_0_53 = torch.einsum("zupk,zui->zipk", d2__t_m_0_1_2, h[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
+    d2_h_54 = torch.einsum("zupk,zipk->zui", d2__t_m_0_1_1, _m_m_0[:, 19:37].reshape(n, 3, 2, 3))
+    # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
+    d2__m_m_0_55 = torch.einsum("zupk,zui->zipk", d2__t_m_0_1_1, h[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
+    d2_h_56 = torch.einsum("zupk,zipk->zui", d2__t_m_0_1_0, _m_m_0[:, 16:19].reshape(n, 3, 1, 1))
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
+    d2__m_m_0_57 = torch.einsum("zupk,zui->zipk", d2__t_m_0_1_0, h[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
+    d2_h_58 = torch.einsum("zupk,zipk->zui", d2__t_m_0_0_5, _m_m_0[:, 9:16].reshape(n, 1, 1, 7))
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
+    d2__m_m_0_59 = torch.einsum("zupk,zui->zipk", d2__t_m_0_0_5, h[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
+    d2_h_60 = torch.einsum("zupk,zipk->zui", d2__t_m_0_0_2, _m_m_0[:, 4:9].reshape(n, 1, 1, 5))
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
+    d2__m_m_0_61 = torch.einsum("zupk,zui->zipk", d2__t_m_0_0_2, h[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
+    d2_h_62 = torch.einsum("zupk,zipk->zui", d2__t_m_0_0_1, _m_m_0[:, 1:4].reshape(n, 1, 1, 3))
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
+    d2__m_m_0_63 = torch.einsum("zupk,zui->zipk", d2__t_m_0_0_1, h[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
+    d2_h_64 = torch.einsum("zupk,zipk->zui", d2__t_m_0_0_0, _m_m_0[:, 0:1].reshape(n, 1, 1, 1))
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
+    d2__m_m_0_65 = torch.einsum("zupk,zui->zipk", d2__t_m_0_0_0, h[:, 0:32].reshape(n, 32, 1))
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    d2__m_m_0 = torch.cat([
+        d2__m_m_0_65.reshape(n, 1),
+        d2__m_m_0_63.reshape(n, 3),
+        d2__m_m_0_61.reshape(n, 5),
+        d2__m_m_0_59.reshape(n, 7),
+        d2__m_m_0_57.reshape(n, 3),
+        d2__m_m_0_55.reshape(n, 18),
+        d2__m_m_0_53.reshape(n, 30),
+        d2__m_m_0_51.reshape(n, 9),
+        d2__m_m_0_49.reshape(n, 15),
+        d2__m_m_0_47.reshape(n, 21),
+        d2__m_m_0_45.reshape(n, 21),
+        d2__m_m_0_43.reshape(n, 5),
+        d2__m_m_0_41.reshape(n, 30),
+        d2__m_m_0_39.reshape(n, 50),
+        d2__m_m_0_37.reshape(n, 15),
+        d2__m_m_0_35.reshape(n, 50),
+        d2__m_m_0_33.reshape(n, 70),
+        d2__m_m_0_31.reshape(n, 35),
+    ], dim=-1)
+    d2_sh_66 = torch.einsum("zc,jc->zj", d2__m_m_0, _g_m_0)
+    d2_h = torch.cat([
+        (d2_h_58 + d2_h_60 + d2_h_62 + d2_h_64).reshape(n, 32),
+        (d2_h_44 + d2_h_46 + d2_h_48 + d2_h_50 + d2_h_52 + d2_h_54 + d2_h_56).reshape(n, 96),
+        (d2_h_30 + d2_h_32 + d2_h_34 + d2_h_36 + d2_h_38 + d2_h_40 + d2_h_42).reshape(n, 160),
+    ], dim=-1)
+    d2_sh = d2_sh_66
+    d2_w = weight.new_zeros(n, 768)
+    d2_d_m = torch.cat([
+        (d2_d_m_0 + d2_d_m_4 + d2_d_m_15).reshape(n, 32),
+        (d2_d_m_1 + d2_d_m_7 + d2_d_m_18).reshape(n, 96),
+        (d2_d_m_2 + d2_d_m_10 + d2_d_m_21).reshape(n, 160),
+        (d2_d_m_11 + d2_d_m_22).reshape(n, 96),
+        (d2_d_m_12 + d2_d_m_25).reshape(n, 160),
+        (d2_d_m_3 + d2_d_m_13 + d2_d_m_28).reshape(n, 224),
+        (d2_d_m_14 + d2_d_m_29).reshape(n, 224),
+    ], dim=-1)
+    d2_weight = weight.new_zeros(0)
+    return [d2_h, d2_sh, d2_w, d2_d_m, d2_weight]
+
+
+def _conv_tp_d2_weight(
+    h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    d2_d_weight: torch.Tensor, weight: torch.Tensor, _g_m_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of conv_tp_d for the cotangent of d_weight: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992), d2_d_weight (0,) -> d2_h (n, 288), d2_sh (n, 16), d2_w (n, 768), d2_d_m (n, 992), d2_weight (0,)."""
+    n = h.shape[0]
+    d2_h = weight.new_zeros(n, 288)
+    d2_sh = weight.new_zeros(n, 16)
+    d2_w = weight.new_zeros(n, 768)
+    d2_d_m = weight.new_zeros(n, 992)
     d2_weight = weight.new_zeros(0)
     return [d2_h, d2_sh, d2_w, d2_d_m, d2_weight]
 
@@ -2499,10 +2355,14 @@ def _conv_tp_triton(h, sh, w, weight, *constants: torch.Tensor) -> list[torch.Te
     return [m_out]
 
 
-# conv_tp: each op's autograd is the next program's op; the last one's is autograd through its code
-_ops.register("conv_tp_d_d2", _conv_tp_d_d2, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={})
-_ops.register("conv_tp_d", _conv_tp_d, outputs=((288, True), (16, True), (768, True), (0, False)), index_ranges={}, backward=_ops.conv_tp_d_d2)
-_ops.register("conv_tp", _conv_tp_triton, outputs=((992, True),), index_ranges={}, backward=_ops.conv_tp_d, check_indices=True)
+# conv_tp: an op's autograd runs, per cotangent present, the op of its derivative program;
+# the last ones differentiate through their own torch code
+_ops.register("conv_tp_d2_h", _conv_tp_d2_h, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={})
+_ops.register("conv_tp_d2_sh", _conv_tp_d2_sh, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={})
+_ops.register("conv_tp_d2_w", _conv_tp_d2_w, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={})
+_ops.register("conv_tp_d2_weight", _conv_tp_d2_weight, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={})
+_ops.register("conv_tp_d", _conv_tp_d, outputs=((288, True), (16, True), (768, True), (0, False)), index_ranges={}, backward=[_ops.conv_tp_d2_h, _ops.conv_tp_d2_sh, _ops.conv_tp_d2_w, _ops.conv_tp_d2_weight])
+_ops.register("conv_tp", _conv_tp_triton, outputs=((992, True),), index_ranges={}, backward=[_ops.conv_tp_d], check_indices=True)
 
 
 def _elementwise_tp(
@@ -2733,14 +2593,340 @@ def _elementwise_tp_d(
     return [d_a, d_b, d_weight]
 
 
-def _elementwise_tp_d_d2(
+def _elementwise_tp_d2_a(
     a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_a: torch.Tensor,
-    d2_d_b: torch.Tensor, d2_d_weight: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
-    cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
-    cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_2_0_2: torch.Tensor,
-    cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
+    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
+    cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor,
+    cg_1_2_1: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor,
+    cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of elementwise_tp_d: a (n, 144), b (n, 144), d_c (n, 192), d2_d_a (n, 144), d2_d_b (n, 144), d2_d_weight (208,) -> d2_a (n, 144), d2_b (n, 144), d2_d_c (n, 192), d2_weight (208,)."""
+    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_a: a (n, 144), b (n, 144), d_c (n, 192), d2_d_a (n, 144) -> d2_a (n, 144), d2_b (n, 144), d2_d_c (n, 192), d2_weight (208,)."""
+    n = a.shape[0]
+    # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
+    _c0 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1))
+    _c1 = torch.einsum("ijk,u->ijku", cg_0_0_0, weight[0:16].view(16))
+    d2_d_c_0 = torch.einsum("ziju,ijku->zuk", _c0, (_c1 * 0.5773502691896257))
+    # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
+    _c2 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 0:16].reshape(n, 16, 1), d_c[:, 0:16].reshape(n, 16, 1))
+    d2_b_1 = torch.einsum("ziku,ijku->zuj", _c2, (_c1 * 0.5773502691896257))
+    # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
+    _c3 = torch.einsum("zuj,ziku->ijku", b[:, 0:16].reshape(n, 16, 1), _c2)
+    d2_weight_2 = torch.einsum("ijk,ijku->u", (cg_0_0_0 * 0.5773502691896257), _c3)
+    # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
+    _c4 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3))
+    _c5 = torch.einsum("ijk,u->ijku", cg_0_1_1, weight[16:32].view(16))
+    d2_d_c_3 = torch.einsum("ziju,ijku->zuk", _c4, (_c5 * 0.8660254037844386))
+    # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
+    _c6 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 0:16].reshape(n, 16, 1), d_c[:, 16:64].reshape(n, 16, 3))
+    d2_b_4 = torch.einsum("ziku,ijku->zuj", _c6, (_c5 * 0.8660254037844386))
+    # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
+    _c7 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c6)
+    d2_weight_5 = torch.einsum("ijk,ijku->u", (cg_0_1_1 * 0.8660254037844386), _c7)
+    # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
+    _c8 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5))
+    _c9 = torch.einsum("ijk,u->ijku", cg_0_2_2, weight[32:48].view(16))
+    d2_d_c_6 = torch.einsum("ziju,ijku->zuk", _c8, (_c9 * 1.118033988749895))
+    # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
+    _c10 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 0:16].reshape(n, 16, 1), d_c[:, 64:144].reshape(n, 16, 5))
+    d2_b_7 = torch.einsum("ziku,ijku->zuj", _c10, (_c9 * 1.118033988749895))
+    # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
+    _c11 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c10)
+    d2_weight_8 = torch.einsum("ijk,ijku->u", (cg_0_2_2 * 1.118033988749895), _c11)
+    # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
+    _c12 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1))
+    _c13 = torch.einsum("ijk,u->ijku", cg_1_0_1, weight[48:64].view(16))
+    d2_d_c_9 = torch.einsum("ziju,ijku->zuk", _c12, (_c13 * 0.8660254037844386))
+    # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
+    _c14 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 16:64].reshape(n, 16, 3))
+    d2_b_10 = torch.einsum("ziku,ijku->zuj", _c14, (_c13 * 0.8660254037844386))
+    # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
+    _c15 = torch.einsum("zuj,ziku->ijku", b[:, 0:16].reshape(n, 16, 1), _c14)
+    d2_weight_11 = torch.einsum("ijk,ijku->u", (cg_1_0_1 * 0.8660254037844386), _c15)
+    # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
+    _c16 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    _c17 = torch.einsum("ijk,u->ijku", cg_1_1_0, weight[64:80].view(16))
+    d2_d_c_12 = torch.einsum("ziju,ijku->zuk", _c16, (_c17 * 0.5773502691896257))
+    # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
+    _c18 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 0:16].reshape(n, 16, 1))
+    d2_b_13 = torch.einsum("ziku,ijku->zuj", _c18, (_c17 * 0.5773502691896257))
+    # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
+    _c19 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c18)
+    d2_weight_14 = torch.einsum("ijk,ijku->u", (cg_1_1_0 * 0.5773502691896257), _c19)
+    # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
+    _c20 = torch.einsum("ijk,u->ijku", cg_1_1_2, weight[80:96].view(16))
+    d2_d_c_15 = torch.einsum("ziju,ijku->zuk", _c16, (_c20 * 1.118033988749895))
+    # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
+    _c21 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 64:144].reshape(n, 16, 5))
+    d2_b_16 = torch.einsum("ziku,ijku->zuj", _c21, (_c20 * 1.118033988749895))
+    # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
+    _c22 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c21)
+    d2_weight_17 = torch.einsum("ijk,ijku->u", (cg_1_1_2 * 1.118033988749895), _c22)
+    # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
+    _c23 = torch.einsum("ijk,u->ijku", cg_1_1_1, weight[96:112].view(16))
+    d2_d_c_18 = torch.einsum("ziju,ijku->zuk", _c16, (_c23 * 1.224744871391589))
+    # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
+    _c24 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 144:192].reshape(n, 16, 3))
+    d2_b_19 = torch.einsum("ziku,ijku->zuj", _c24, (_c23 * 1.224744871391589))
+    # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
+    _c25 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c24)
+    d2_weight_20 = torch.einsum("ijk,ijku->u", (cg_1_1_1 * 1.224744871391589), _c25)
+    # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
+    _c26 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    _c27 = torch.einsum("ijk,u->ijku", cg_1_2_1, weight[112:128].view(16))
+    d2_d_c_21 = torch.einsum("ziju,ijku->zuk", _c26, (_c27 * 0.8660254037844386))
+    # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
+    d2_b_22 = torch.einsum("ziku,ijku->zuj", _c14, (_c27 * 0.8660254037844386))
+    # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
+    _c28 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c14)
+    d2_weight_23 = torch.einsum("ijk,ijku->u", (cg_1_2_1 * 0.8660254037844386), _c28)
+    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
+    _c29 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1))
+    _c30 = torch.einsum("ijk,u->ijku", cg_2_0_2, weight[128:144].view(16))
+    d2_d_c_24 = torch.einsum("ziju,ijku->zuk", _c29, (_c30 * 1.118033988749895))
+    # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
+    _c31 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 64:144].reshape(n, 16, 5))
+    d2_b_25 = torch.einsum("ziku,ijku->zuj", _c31, (_c30 * 1.118033988749895))
+    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
+    _c32 = torch.einsum("zuj,ziku->ijku", b[:, 0:16].reshape(n, 16, 1), _c31)
+    d2_weight_26 = torch.einsum("ijk,ijku->u", (cg_2_0_2 * 1.118033988749895), _c32)
+    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
+    _c33 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
+    _c34 = torch.einsum("ijk,u->ijku", cg_2_1_1, weight[144:160].view(16))
+    d2_d_c_27 = torch.einsum("ziju,ijku->zuk", _c33, (_c34 * 0.8660254037844386))
+    # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
+    _c35 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 16:64].reshape(n, 16, 3))
+    d2_b_28 = torch.einsum("ziku,ijku->zuj", _c35, (_c34 * 0.8660254037844386))
+    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
+    _c36 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c35)
+    d2_weight_29 = torch.einsum("ijk,ijku->u", (cg_2_1_1 * 0.8660254037844386), _c36)
+    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
+    _c37 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
+    _c38 = torch.einsum("ijk,u->ijku", cg_2_2_0, weight[160:176].view(16))
+    d2_d_c_30 = torch.einsum("ziju,ijku->zuk", _c37, (_c38 * 0.5773502691896257))
+    # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
+    _c39 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 0:16].reshape(n, 16, 1))
+    d2_b_31 = torch.einsum("ziku,ijku->zuj", _c39, (_c38 * 0.5773502691896257))
+    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
+    _c40 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c39)
+    d2_weight_32 = torch.einsum("ijk,ijku->u", (cg_2_2_0 * 0.5773502691896257), _c40)
+    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
+    _c41 = torch.einsum("ijk,u->ijku", cg_2_2_2, weight[176:192].view(16))
+    d2_d_c_33 = torch.einsum("ziju,ijku->zuk", _c37, (_c41 * 1.118033988749895))
+    # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
+    d2_b_34 = torch.einsum("ziku,ijku->zuj", _c31, (_c41 * 1.118033988749895))
+    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
+    _c42 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c31)
+    d2_weight_35 = torch.einsum("ijk,ijku->u", (cg_2_2_2 * 1.118033988749895), _c42)
+    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
+    _c43 = torch.einsum("ijk,u->ijku", cg_2_2_1, weight[192:208].view(16))
+    d2_d_c_36 = torch.einsum("ziju,ijku->zuk", _c37, (_c43 * 1.224744871391589))
+    # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
+    _c44 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3))
+    d2_b_37 = torch.einsum("ziku,ijku->zuj", _c44, (_c43 * 1.224744871391589))
+    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
+    _c45 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c44)
+    d2_weight_38 = torch.einsum("ijk,ijku->u", (cg_2_2_1 * 1.224744871391589), _c45)
+    d2_a = weight.new_zeros(n, 144)
+    d2_b = torch.cat([
+        (d2_b_1 + d2_b_10 + d2_b_25).reshape(n, 16),
+        (d2_b_4 + d2_b_13 + d2_b_16 + d2_b_19 + d2_b_28).reshape(n, 48),
+        (d2_b_7 + d2_b_22 + d2_b_31 + d2_b_34 + d2_b_37).reshape(n, 80),
+    ], dim=-1)
+    d2_d_c = torch.cat([
+        (d2_d_c_0 + d2_d_c_12 + d2_d_c_30).reshape(n, 16),
+        (d2_d_c_3 + d2_d_c_9 + d2_d_c_21 + d2_d_c_27).reshape(n, 48),
+        (d2_d_c_6 + d2_d_c_15 + d2_d_c_24 + d2_d_c_33).reshape(n, 80),
+        (d2_d_c_18 + d2_d_c_36).reshape(n, 48),
+    ], dim=-1)
+    d2_weight = torch.cat([
+        d2_weight_2.reshape(16),
+        d2_weight_5.reshape(16),
+        d2_weight_8.reshape(16),
+        d2_weight_11.reshape(16),
+        d2_weight_14.reshape(16),
+        d2_weight_17.reshape(16),
+        d2_weight_20.reshape(16),
+        d2_weight_23.reshape(16),
+        d2_weight_26.reshape(16),
+        d2_weight_29.reshape(16),
+        d2_weight_32.reshape(16),
+        d2_weight_35.reshape(16),
+        d2_weight_38.reshape(16),
+    ], dim=-1)
+    return [d2_a, d2_b, d2_d_c, d2_weight]
+
+
+def _elementwise_tp_d2_b(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_b: torch.Tensor,
+    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
+    cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor,
+    cg_1_2_1: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor,
+    cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_b: a (n, 144), b (n, 144), d_c (n, 192), d2_d_b (n, 144) -> d2_a (n, 144), d2_b (n, 144), d2_d_c (n, 192), d2_weight (208,)."""
+    n = a.shape[0]
+    # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
+    _c0 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 0:16].reshape(n, 16, 1))
+    _c1 = torch.einsum("ijk,u->ijku", cg_0_0_0, weight[0:16].view(16))
+    d2_d_c_0 = torch.einsum("ziju,ijku->zuk", _c0, (_c1 * 0.5773502691896257))
+    # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
+    _c2 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 0:16].reshape(n, 16, 1), d_c[:, 0:16].reshape(n, 16, 1))
+    d2_a_1 = torch.einsum("zjku,ijku->zui", _c2, (_c1 * 0.5773502691896257))
+    # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
+    _c3 = torch.einsum("zui,zjku->ijku", a[:, 0:16].reshape(n, 16, 1), _c2)
+    d2_weight_2 = torch.einsum("ijk,ijku->u", (cg_0_0_0 * 0.5773502691896257), _c3)
+    # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
+    _c4 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1))
+    _c5 = torch.einsum("ijk,u->ijku", cg_0_1_1, weight[16:32].view(16))
+    d2_d_c_3 = torch.einsum("ziju,ijku->zuk", _c4, (_c5 * 0.8660254037844386))
+    # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
+    _c6 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 16:64].reshape(n, 16, 3))
+    d2_a_4 = torch.einsum("zjku,ijku->zui", _c6, (_c5 * 0.8660254037844386))
+    # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
+    _c7 = torch.einsum("zui,zjku->ijku", a[:, 0:16].reshape(n, 16, 1), _c6)
+    d2_weight_5 = torch.einsum("ijk,ijku->u", (cg_0_1_1 * 0.8660254037844386), _c7)
+    # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
+    _c8 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1))
+    _c9 = torch.einsum("ijk,u->ijku", cg_0_2_2, weight[32:48].view(16))
+    d2_d_c_6 = torch.einsum("ziju,ijku->zuk", _c8, (_c9 * 1.118033988749895))
+    # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
+    _c10 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 64:144].reshape(n, 16, 5))
+    d2_a_7 = torch.einsum("zjku,ijku->zui", _c10, (_c9 * 1.118033988749895))
+    # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
+    _c11 = torch.einsum("zui,zjku->ijku", a[:, 0:16].reshape(n, 16, 1), _c10)
+    d2_weight_8 = torch.einsum("ijk,ijku->u", (cg_0_2_2 * 1.118033988749895), _c11)
+    # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
+    _c12 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 16:64].reshape(n, 16, 3))
+    _c13 = torch.einsum("ijk,u->ijku", cg_1_0_1, weight[48:64].view(16))
+    d2_d_c_9 = torch.einsum("ziju,ijku->zuk", _c12, (_c13 * 0.8660254037844386))
+    # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
+    _c14 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 0:16].reshape(n, 16, 1), d_c[:, 16:64].reshape(n, 16, 3))
+    d2_a_10 = torch.einsum("zjku,ijku->zui", _c14, (_c13 * 0.8660254037844386))
+    # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
+    _c15 = torch.einsum("zui,zjku->ijku", a[:, 16:64].reshape(n, 16, 3), _c14)
+    d2_weight_11 = torch.einsum("ijk,ijku->u", (cg_1_0_1 * 0.8660254037844386), _c15)
+    # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
+    _c16 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
+    _c17 = torch.einsum("ijk,u->ijku", cg_1_1_0, weight[64:80].view(16))
+    d2_d_c_12 = torch.einsum("ziju,ijku->zuk", _c16, (_c17 * 0.5773502691896257))
+    # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
+    _c18 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 0:16].reshape(n, 16, 1))
+    d2_a_13 = torch.einsum("zjku,ijku->zui", _c18, (_c17 * 0.5773502691896257))
+    # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
+    _c19 = torch.einsum("zui,zjku->ijku", a[:, 16:64].reshape(n, 16, 3), _c18)
+    d2_weight_14 = torch.einsum("ijk,ijku->u", (cg_1_1_0 * 0.5773502691896257), _c19)
+    # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
+    _c20 = torch.einsum("ijk,u->ijku", cg_1_1_2, weight[80:96].view(16))
+    d2_d_c_15 = torch.einsum("ziju,ijku->zuk", _c16, (_c20 * 1.118033988749895))
+    # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
+    _c21 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 64:144].reshape(n, 16, 5))
+    d2_a_16 = torch.einsum("zjku,ijku->zui", _c21, (_c20 * 1.118033988749895))
+    # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
+    _c22 = torch.einsum("zui,zjku->ijku", a[:, 16:64].reshape(n, 16, 3), _c21)
+    d2_weight_17 = torch.einsum("ijk,ijku->u", (cg_1_1_2 * 1.118033988749895), _c22)
+    # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
+    _c23 = torch.einsum("ijk,u->ijku", cg_1_1_1, weight[96:112].view(16))
+    d2_d_c_18 = torch.einsum("ziju,ijku->zuk", _c16, (_c23 * 1.224744871391589))
+    # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
+    _c24 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 144:192].reshape(n, 16, 3))
+    d2_a_19 = torch.einsum("zjku,ijku->zui", _c24, (_c23 * 1.224744871391589))
+    # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
+    _c25 = torch.einsum("zui,zjku->ijku", a[:, 16:64].reshape(n, 16, 3), _c24)
+    d2_weight_20 = torch.einsum("ijk,ijku->u", (cg_1_1_1 * 1.224744871391589), _c25)
+    # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
+    _c26 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3))
+    _c27 = torch.einsum("ijk,u->ijku", cg_1_2_1, weight[112:128].view(16))
+    d2_d_c_21 = torch.einsum("ziju,ijku->zuk", _c26, (_c27 * 0.8660254037844386))
+    # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
+    _c28 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 16:64].reshape(n, 16, 3))
+    d2_a_22 = torch.einsum("zjku,ijku->zui", _c28, (_c27 * 0.8660254037844386))
+    # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
+    _c29 = torch.einsum("zui,zjku->ijku", a[:, 16:64].reshape(n, 16, 3), _c28)
+    d2_weight_23 = torch.einsum("ijk,ijku->u", (cg_1_2_1 * 0.8660254037844386), _c29)
+    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
+    _c30 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 64:144].reshape(n, 16, 5))
+    _c31 = torch.einsum("ijk,u->ijku", cg_2_0_2, weight[128:144].view(16))
+    d2_d_c_24 = torch.einsum("ziju,ijku->zuk", _c30, (_c31 * 1.118033988749895))
+    # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
+    _c32 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 0:16].reshape(n, 16, 1), d_c[:, 64:144].reshape(n, 16, 5))
+    d2_a_25 = torch.einsum("zjku,ijku->zui", _c32, (_c31 * 1.118033988749895))
+    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
+    _c33 = torch.einsum("zui,zjku->ijku", a[:, 64:144].reshape(n, 16, 5), _c32)
+    d2_weight_26 = torch.einsum("ijk,ijku->u", (cg_2_0_2 * 1.118033988749895), _c33)
+    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
+    _c34 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
+    _c35 = torch.einsum("ijk,u->ijku", cg_2_1_1, weight[144:160].view(16))
+    d2_d_c_27 = torch.einsum("ziju,ijku->zuk", _c34, (_c35 * 0.8660254037844386))
+    # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
+    d2_a_28 = torch.einsum("zjku,ijku->zui", _c6, (_c35 * 0.8660254037844386))
+    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
+    _c36 = torch.einsum("zui,zjku->ijku", a[:, 64:144].reshape(n, 16, 5), _c6)
+    d2_weight_29 = torch.einsum("ijk,ijku->u", (cg_2_1_1 * 0.8660254037844386), _c36)
+    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
+    _c37 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5))
+    _c38 = torch.einsum("ijk,u->ijku", cg_2_2_0, weight[160:176].view(16))
+    d2_d_c_30 = torch.einsum("ziju,ijku->zuk", _c37, (_c38 * 0.5773502691896257))
+    # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
+    _c39 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 0:16].reshape(n, 16, 1))
+    d2_a_31 = torch.einsum("zjku,ijku->zui", _c39, (_c38 * 0.5773502691896257))
+    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
+    _c40 = torch.einsum("zui,zjku->ijku", a[:, 64:144].reshape(n, 16, 5), _c39)
+    d2_weight_32 = torch.einsum("ijk,ijku->u", (cg_2_2_0 * 0.5773502691896257), _c40)
+    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
+    _c41 = torch.einsum("ijk,u->ijku", cg_2_2_2, weight[176:192].view(16))
+    d2_d_c_33 = torch.einsum("ziju,ijku->zuk", _c37, (_c41 * 1.118033988749895))
+    # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
+    d2_a_34 = torch.einsum("zjku,ijku->zui", _c10, (_c41 * 1.118033988749895))
+    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
+    _c42 = torch.einsum("zui,zjku->ijku", a[:, 64:144].reshape(n, 16, 5), _c10)
+    d2_weight_35 = torch.einsum("ijk,ijku->u", (cg_2_2_2 * 1.118033988749895), _c42)
+    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
+    _c43 = torch.einsum("ijk,u->ijku", cg_2_2_1, weight[192:208].view(16))
+    d2_d_c_36 = torch.einsum("ziju,ijku->zuk", _c37, (_c43 * 1.224744871391589))
+    # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
+    _c44 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3))
+    d2_a_37 = torch.einsum("zjku,ijku->zui", _c44, (_c43 * 1.224744871391589))
+    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
+    _c45 = torch.einsum("zui,zjku->ijku", a[:, 64:144].reshape(n, 16, 5), _c44)
+    d2_weight_38 = torch.einsum("ijk,ijku->u", (cg_2_2_1 * 1.224744871391589), _c45)
+    d2_a = torch.cat([
+        (d2_a_1 + d2_a_4 + d2_a_7).reshape(n, 16),
+        (d2_a_10 + d2_a_13 + d2_a_16 + d2_a_19 + d2_a_22).reshape(n, 48),
+        (d2_a_25 + d2_a_28 + d2_a_31 + d2_a_34 + d2_a_37).reshape(n, 80),
+    ], dim=-1)
+    d2_b = weight.new_zeros(n, 144)
+    d2_d_c = torch.cat([
+        (d2_d_c_0 + d2_d_c_12 + d2_d_c_30).reshape(n, 16),
+        (d2_d_c_3 + d2_d_c_9 + d2_d_c_21 + d2_d_c_27).reshape(n, 48),
+        (d2_d_c_6 + d2_d_c_15 + d2_d_c_24 + d2_d_c_33).reshape(n, 80),
+        (d2_d_c_18 + d2_d_c_36).reshape(n, 48),
+    ], dim=-1)
+    d2_weight = torch.cat([
+        d2_weight_2.reshape(16),
+        d2_weight_5.reshape(16),
+        d2_weight_8.reshape(16),
+        d2_weight_11.reshape(16),
+        d2_weight_14.reshape(16),
+        d2_weight_17.reshape(16),
+        d2_weight_20.reshape(16),
+        d2_weight_23.reshape(16),
+        d2_weight_26.reshape(16),
+        d2_weight_29.reshape(16),
+        d2_weight_32.reshape(16),
+        d2_weight_35.reshape(16),
+        d2_weight_38.reshape(16),
+    ], dim=-1)
+    return [d2_a, d2_b, d2_d_c, d2_weight]
+
+
+def _elementwise_tp_d2_weight(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_weight: torch.Tensor,
+    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
+    cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor,
+    cg_1_2_1: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor,
+    cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_weight: a (n, 144), b (n, 144), d_c (n, 192), d2_d_weight (208,) -> d2_a (n, 144), d2_b (n, 144), d2_d_c (n, 192), d2_weight (208,)."""
     n = a.shape[0]
     # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c0 = torch.einsum("u,ijk->ijku", d2_d_weight[0:16].view(16), cg_0_0_0)
@@ -2752,384 +2938,135 @@ def _elementwise_tp_d_d2(
     # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c3 = torch.einsum("zuk,zui->ziku", d_c[:, 0:16].reshape(n, 16, 1), a[:, 0:16].reshape(n, 16, 1))
     d2_b_2 = torch.einsum("ijku,ziku->zuj", (_c0 * 0.5773502691896257), _c3)
-    # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
-    _c4 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 0:16].reshape(n, 16, 1))
-    _c5 = torch.einsum("ijk,u->ijku", cg_0_0_0, weight[0:16].view(16))
-    d2_d_c_3 = torch.einsum("ziju,ijku->zuk", _c4, (_c5 * 0.5773502691896257))
-    # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
-    _c6 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 0:16].reshape(n, 16, 1), d_c[:, 0:16].reshape(n, 16, 1))
-    d2_a_4 = torch.einsum("zjku,ijku->zui", _c6, (_c5 * 0.5773502691896257))
-    # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
-    _c7 = torch.einsum("zui,zjku->ijku", a[:, 0:16].reshape(n, 16, 1), _c6)
-    d2_weight_5 = torch.einsum("ijk,ijku->u", (cg_0_0_0 * 0.5773502691896257), _c7)
-    # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
-    _c8 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1))
-    d2_d_c_6 = torch.einsum("ziju,ijku->zuk", _c8, (_c5 * 0.5773502691896257))
-    # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
-    _c9 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 0:16].reshape(n, 16, 1), d_c[:, 0:16].reshape(n, 16, 1))
-    d2_b_7 = torch.einsum("ziku,ijku->zuj", _c9, (_c5 * 0.5773502691896257))
-    # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
-    _c10 = torch.einsum("zuj,ziku->ijku", b[:, 0:16].reshape(n, 16, 1), _c9)
-    d2_weight_8 = torch.einsum("ijk,ijku->u", (cg_0_0_0 * 0.5773502691896257), _c10)
     # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
-    _c11 = torch.einsum("u,ijk->ijku", d2_d_weight[16:32].view(16), cg_0_1_1)
-    _c12 = torch.einsum("zui,zuj->ziju", a[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3))
-    d2_d_c_9 = torch.einsum("ijku,ziju->zuk", (_c11 * 0.8660254037844386), _c12)
+    _c4 = torch.einsum("u,ijk->ijku", d2_d_weight[16:32].view(16), cg_0_1_1)
+    _c5 = torch.einsum("zui,zuj->ziju", a[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3))
+    d2_d_c_3 = torch.einsum("ijku,ziju->zuk", (_c4 * 0.8660254037844386), _c5)
     # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
-    _c13 = torch.einsum("zuk,zuj->zjku", d_c[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
-    d2_a_10 = torch.einsum("ijku,zjku->zui", (_c11 * 0.8660254037844386), _c13)
+    _c6 = torch.einsum("zuk,zuj->zjku", d_c[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    d2_a_4 = torch.einsum("ijku,zjku->zui", (_c4 * 0.8660254037844386), _c6)
     # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
-    _c14 = torch.einsum("zuk,zui->ziku", d_c[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1))
-    d2_b_11 = torch.einsum("ijku,ziku->zuj", (_c11 * 0.8660254037844386), _c14)
-    # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
-    _c15 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1))
-    _c16 = torch.einsum("ijk,u->ijku", cg_0_1_1, weight[16:32].view(16))
-    d2_d_c_12 = torch.einsum("ziju,ijku->zuk", _c15, (_c16 * 0.8660254037844386))
-    # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
-    _c17 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 16:64].reshape(n, 16, 3))
-    d2_a_13 = torch.einsum("zjku,ijku->zui", _c17, (_c16 * 0.8660254037844386))
-    # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
-    _c18 = torch.einsum("zui,zjku->ijku", a[:, 0:16].reshape(n, 16, 1), _c17)
-    d2_weight_14 = torch.einsum("ijk,ijku->u", (cg_0_1_1 * 0.8660254037844386), _c18)
-    # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
-    _c19 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3))
-    d2_d_c_15 = torch.einsum("ziju,ijku->zuk", _c19, (_c16 * 0.8660254037844386))
-    # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
-    _c20 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 0:16].reshape(n, 16, 1), d_c[:, 16:64].reshape(n, 16, 3))
-    d2_b_16 = torch.einsum("ziku,ijku->zuj", _c20, (_c16 * 0.8660254037844386))
-    # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
-    _c21 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c20)
-    d2_weight_17 = torch.einsum("ijk,ijku->u", (cg_0_1_1 * 0.8660254037844386), _c21)
+    _c7 = torch.einsum("zuk,zui->ziku", d_c[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1))
+    d2_b_5 = torch.einsum("ijku,ziku->zuj", (_c4 * 0.8660254037844386), _c7)
     # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    _c22 = torch.einsum("u,ijk->ijku", d2_d_weight[32:48].view(16), cg_0_2_2)
-    _c23 = torch.einsum("zui,zuj->ziju", a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5))
-    d2_d_c_18 = torch.einsum("ijku,ziju->zuk", (_c22 * 1.118033988749895), _c23)
+    _c8 = torch.einsum("u,ijk->ijku", d2_d_weight[32:48].view(16), cg_0_2_2)
+    _c9 = torch.einsum("zui,zuj->ziju", a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5))
+    d2_d_c_6 = torch.einsum("ijku,ziju->zuk", (_c8 * 1.118033988749895), _c9)
     # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    _c24 = torch.einsum("zuk,zuj->zjku", d_c[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
-    d2_a_19 = torch.einsum("ijku,zjku->zui", (_c22 * 1.118033988749895), _c24)
+    _c10 = torch.einsum("zuk,zuj->zjku", d_c[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
+    d2_a_7 = torch.einsum("ijku,zjku->zui", (_c8 * 1.118033988749895), _c10)
     # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    _c25 = torch.einsum("zuk,zui->ziku", d_c[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1))
-    d2_b_20 = torch.einsum("ijku,ziku->zuj", (_c22 * 1.118033988749895), _c25)
-    # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
-    _c26 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1))
-    _c27 = torch.einsum("ijk,u->ijku", cg_0_2_2, weight[32:48].view(16))
-    d2_d_c_21 = torch.einsum("ziju,ijku->zuk", _c26, (_c27 * 1.118033988749895))
-    # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
-    _c28 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 64:144].reshape(n, 16, 5))
-    d2_a_22 = torch.einsum("zjku,ijku->zui", _c28, (_c27 * 1.118033988749895))
-    # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
-    _c29 = torch.einsum("zui,zjku->ijku", a[:, 0:16].reshape(n, 16, 1), _c28)
-    d2_weight_23 = torch.einsum("ijk,ijku->u", (cg_0_2_2 * 1.118033988749895), _c29)
-    # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
-    _c30 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5))
-    d2_d_c_24 = torch.einsum("ziju,ijku->zuk", _c30, (_c27 * 1.118033988749895))
-    # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
-    _c31 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 0:16].reshape(n, 16, 1), d_c[:, 64:144].reshape(n, 16, 5))
-    d2_b_25 = torch.einsum("ziku,ijku->zuj", _c31, (_c27 * 1.118033988749895))
-    # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
-    _c32 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c31)
-    d2_weight_26 = torch.einsum("ijk,ijku->u", (cg_0_2_2 * 1.118033988749895), _c32)
+    _c11 = torch.einsum("zuk,zui->ziku", d_c[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1))
+    d2_b_8 = torch.einsum("ijku,ziku->zuj", (_c8 * 1.118033988749895), _c11)
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    _c33 = torch.einsum("u,ijk->ijku", d2_d_weight[48:64].view(16), cg_1_0_1)
-    _c34 = torch.einsum("zui,zuj->ziju", a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1))
-    d2_d_c_27 = torch.einsum("ijku,ziju->zuk", (_c33 * 0.8660254037844386), _c34)
+    _c12 = torch.einsum("u,ijk->ijku", d2_d_weight[48:64].view(16), cg_1_0_1)
+    _c13 = torch.einsum("zui,zuj->ziju", a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1))
+    d2_d_c_9 = torch.einsum("ijku,ziju->zuk", (_c12 * 0.8660254037844386), _c13)
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    _c35 = torch.einsum("zuk,zuj->zjku", d_c[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1))
-    d2_a_28 = torch.einsum("ijku,zjku->zui", (_c33 * 0.8660254037844386), _c35)
+    _c14 = torch.einsum("zuk,zuj->zjku", d_c[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1))
+    d2_a_10 = torch.einsum("ijku,zjku->zui", (_c12 * 0.8660254037844386), _c14)
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    _c36 = torch.einsum("zuk,zui->ziku", d_c[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
-    d2_b_29 = torch.einsum("ijku,ziku->zuj", (_c33 * 0.8660254037844386), _c36)
-    # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
-    _c37 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 16:64].reshape(n, 16, 3))
-    _c38 = torch.einsum("ijk,u->ijku", cg_1_0_1, weight[48:64].view(16))
-    d2_d_c_30 = torch.einsum("ziju,ijku->zuk", _c37, (_c38 * 0.8660254037844386))
-    # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
-    _c39 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 0:16].reshape(n, 16, 1), d_c[:, 16:64].reshape(n, 16, 3))
-    d2_a_31 = torch.einsum("zjku,ijku->zui", _c39, (_c38 * 0.8660254037844386))
-    # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
-    _c40 = torch.einsum("zui,zjku->ijku", a[:, 16:64].reshape(n, 16, 3), _c39)
-    d2_weight_32 = torch.einsum("ijk,ijku->u", (cg_1_0_1 * 0.8660254037844386), _c40)
-    # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
-    _c41 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1))
-    d2_d_c_33 = torch.einsum("ziju,ijku->zuk", _c41, (_c38 * 0.8660254037844386))
-    # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
-    _c42 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 16:64].reshape(n, 16, 3))
-    d2_b_34 = torch.einsum("ziku,ijku->zuj", _c42, (_c38 * 0.8660254037844386))
-    # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
-    _c43 = torch.einsum("zuj,ziku->ijku", b[:, 0:16].reshape(n, 16, 1), _c42)
-    d2_weight_35 = torch.einsum("ijk,ijku->u", (cg_1_0_1 * 0.8660254037844386), _c43)
+    _c15 = torch.einsum("zuk,zui->ziku", d_c[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
+    d2_b_11 = torch.einsum("ijku,ziku->zuj", (_c12 * 0.8660254037844386), _c15)
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    _c44 = torch.einsum("u,ijk->ijku", d2_d_weight[64:80].view(16), cg_1_1_0)
-    _c45 = torch.einsum("zui,zuj->ziju", a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
-    d2_d_c_36 = torch.einsum("ijku,ziju->zuk", (_c44 * 0.5773502691896257), _c45)
+    _c16 = torch.einsum("u,ijk->ijku", d2_d_weight[64:80].view(16), cg_1_1_0)
+    _c17 = torch.einsum("zui,zuj->ziju", a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    d2_d_c_12 = torch.einsum("ijku,ziju->zuk", (_c16 * 0.5773502691896257), _c17)
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    _c46 = torch.einsum("zuk,zuj->zjku", d_c[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3))
-    d2_a_37 = torch.einsum("ijku,zjku->zui", (_c44 * 0.5773502691896257), _c46)
+    _c18 = torch.einsum("zuk,zuj->zjku", d_c[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3))
+    d2_a_13 = torch.einsum("ijku,zjku->zui", (_c16 * 0.5773502691896257), _c18)
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    _c47 = torch.einsum("zuk,zui->ziku", d_c[:, 0:16].reshape(n, 16, 1), a[:, 16:64].reshape(n, 16, 3))
-    d2_b_38 = torch.einsum("ijku,ziku->zuj", (_c44 * 0.5773502691896257), _c47)
-    # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
-    _c48 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
-    _c49 = torch.einsum("ijk,u->ijku", cg_1_1_0, weight[64:80].view(16))
-    d2_d_c_39 = torch.einsum("ziju,ijku->zuk", _c48, (_c49 * 0.5773502691896257))
-    # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
-    _c50 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 0:16].reshape(n, 16, 1))
-    d2_a_40 = torch.einsum("zjku,ijku->zui", _c50, (_c49 * 0.5773502691896257))
-    # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
-    _c51 = torch.einsum("zui,zjku->ijku", a[:, 16:64].reshape(n, 16, 3), _c50)
-    d2_weight_41 = torch.einsum("ijk,ijku->u", (cg_1_1_0 * 0.5773502691896257), _c51)
-    # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
-    _c52 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
-    d2_d_c_42 = torch.einsum("ziju,ijku->zuk", _c52, (_c49 * 0.5773502691896257))
-    # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
-    _c53 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 0:16].reshape(n, 16, 1))
-    d2_b_43 = torch.einsum("ziku,ijku->zuj", _c53, (_c49 * 0.5773502691896257))
-    # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
-    _c54 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c53)
-    d2_weight_44 = torch.einsum("ijk,ijku->u", (cg_1_1_0 * 0.5773502691896257), _c54)
+    _c19 = torch.einsum("zuk,zui->ziku", d_c[:, 0:16].reshape(n, 16, 1), a[:, 16:64].reshape(n, 16, 3))
+    d2_b_14 = torch.einsum("ijku,ziku->zuj", (_c16 * 0.5773502691896257), _c19)
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    _c55 = torch.einsum("u,ijk->ijku", d2_d_weight[80:96].view(16), cg_1_1_2)
-    d2_d_c_45 = torch.einsum("ijku,ziju->zuk", (_c55 * 1.118033988749895), _c45)
+    _c20 = torch.einsum("u,ijk->ijku", d2_d_weight[80:96].view(16), cg_1_1_2)
+    d2_d_c_15 = torch.einsum("ijku,ziju->zuk", (_c20 * 1.118033988749895), _c17)
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    _c56 = torch.einsum("zuk,zuj->zjku", d_c[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
-    d2_a_46 = torch.einsum("ijku,zjku->zui", (_c55 * 1.118033988749895), _c56)
+    _c21 = torch.einsum("zuk,zuj->zjku", d_c[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
+    d2_a_16 = torch.einsum("ijku,zjku->zui", (_c20 * 1.118033988749895), _c21)
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    _c57 = torch.einsum("zuk,zui->ziku", d_c[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3))
-    d2_b_47 = torch.einsum("ijku,ziku->zuj", (_c55 * 1.118033988749895), _c57)
-    # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
-    _c58 = torch.einsum("ijk,u->ijku", cg_1_1_2, weight[80:96].view(16))
-    d2_d_c_48 = torch.einsum("ziju,ijku->zuk", _c48, (_c58 * 1.118033988749895))
-    # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
-    _c59 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 64:144].reshape(n, 16, 5))
-    d2_a_49 = torch.einsum("zjku,ijku->zui", _c59, (_c58 * 1.118033988749895))
-    # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
-    _c60 = torch.einsum("zui,zjku->ijku", a[:, 16:64].reshape(n, 16, 3), _c59)
-    d2_weight_50 = torch.einsum("ijk,ijku->u", (cg_1_1_2 * 1.118033988749895), _c60)
-    # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
-    d2_d_c_51 = torch.einsum("ziju,ijku->zuk", _c52, (_c58 * 1.118033988749895))
-    # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
-    _c61 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 64:144].reshape(n, 16, 5))
-    d2_b_52 = torch.einsum("ziku,ijku->zuj", _c61, (_c58 * 1.118033988749895))
-    # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
-    _c62 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c61)
-    d2_weight_53 = torch.einsum("ijk,ijku->u", (cg_1_1_2 * 1.118033988749895), _c62)
+    _c22 = torch.einsum("zuk,zui->ziku", d_c[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3))
+    d2_b_17 = torch.einsum("ijku,ziku->zuj", (_c20 * 1.118033988749895), _c22)
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    _c63 = torch.einsum("u,ijk->ijku", d2_d_weight[96:112].view(16), cg_1_1_1)
-    d2_d_c_54 = torch.einsum("ijku,ziju->zuk", (_c63 * 1.224744871391589), _c45)
+    _c23 = torch.einsum("u,ijk->ijku", d2_d_weight[96:112].view(16), cg_1_1_1)
+    d2_d_c_18 = torch.einsum("ijku,ziju->zuk", (_c23 * 1.224744871391589), _c17)
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    _c64 = torch.einsum("zuk,zuj->zjku", d_c[:, 144:192].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
-    d2_a_55 = torch.einsum("ijku,zjku->zui", (_c63 * 1.224744871391589), _c64)
+    _c24 = torch.einsum("zuk,zuj->zjku", d_c[:, 144:192].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    d2_a_19 = torch.einsum("ijku,zjku->zui", (_c23 * 1.224744871391589), _c24)
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    _c65 = torch.einsum("zuk,zui->ziku", d_c[:, 144:192].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
-    d2_b_56 = torch.einsum("ijku,ziku->zuj", (_c63 * 1.224744871391589), _c65)
-    # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
-    _c66 = torch.einsum("ijk,u->ijku", cg_1_1_1, weight[96:112].view(16))
-    d2_d_c_57 = torch.einsum("ziju,ijku->zuk", _c48, (_c66 * 1.224744871391589))
-    # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
-    _c67 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 144:192].reshape(n, 16, 3))
-    d2_a_58 = torch.einsum("zjku,ijku->zui", _c67, (_c66 * 1.224744871391589))
-    # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
-    _c68 = torch.einsum("zui,zjku->ijku", a[:, 16:64].reshape(n, 16, 3), _c67)
-    d2_weight_59 = torch.einsum("ijk,ijku->u", (cg_1_1_1 * 1.224744871391589), _c68)
-    # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
-    d2_d_c_60 = torch.einsum("ziju,ijku->zuk", _c52, (_c66 * 1.224744871391589))
-    # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
-    _c69 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 144:192].reshape(n, 16, 3))
-    d2_b_61 = torch.einsum("ziku,ijku->zuj", _c69, (_c66 * 1.224744871391589))
-    # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
-    _c70 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c69)
-    d2_weight_62 = torch.einsum("ijk,ijku->u", (cg_1_1_1 * 1.224744871391589), _c70)
+    _c25 = torch.einsum("zuk,zui->ziku", d_c[:, 144:192].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
+    d2_b_20 = torch.einsum("ijku,ziku->zuj", (_c23 * 1.224744871391589), _c25)
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    _c71 = torch.einsum("u,ijk->ijku", d2_d_weight[112:128].view(16), cg_1_2_1)
-    _c72 = torch.einsum("zui,zuj->ziju", a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
-    d2_d_c_63 = torch.einsum("ijku,ziju->zuk", (_c71 * 0.8660254037844386), _c72)
+    _c26 = torch.einsum("u,ijk->ijku", d2_d_weight[112:128].view(16), cg_1_2_1)
+    _c27 = torch.einsum("zui,zuj->ziju", a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    d2_d_c_21 = torch.einsum("ijku,ziju->zuk", (_c26 * 0.8660254037844386), _c27)
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    _c73 = torch.einsum("zuk,zuj->zjku", d_c[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
-    d2_a_64 = torch.einsum("ijku,zjku->zui", (_c71 * 0.8660254037844386), _c73)
+    _c28 = torch.einsum("zuk,zuj->zjku", d_c[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    d2_a_22 = torch.einsum("ijku,zjku->zui", (_c26 * 0.8660254037844386), _c28)
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    d2_b_65 = torch.einsum("ijku,ziku->zuj", (_c71 * 0.8660254037844386), _c36)
-    # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
-    _c74 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3))
-    _c75 = torch.einsum("ijk,u->ijku", cg_1_2_1, weight[112:128].view(16))
-    d2_d_c_66 = torch.einsum("ziju,ijku->zuk", _c74, (_c75 * 0.8660254037844386))
-    # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
-    _c76 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 16:64].reshape(n, 16, 3))
-    d2_a_67 = torch.einsum("zjku,ijku->zui", _c76, (_c75 * 0.8660254037844386))
-    # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
-    _c77 = torch.einsum("zui,zjku->ijku", a[:, 16:64].reshape(n, 16, 3), _c76)
-    d2_weight_68 = torch.einsum("ijk,ijku->u", (cg_1_2_1 * 0.8660254037844386), _c77)
-    # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
-    _c78 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
-    d2_d_c_69 = torch.einsum("ziju,ijku->zuk", _c78, (_c75 * 0.8660254037844386))
-    # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
-    d2_b_70 = torch.einsum("ziku,ijku->zuj", _c42, (_c75 * 0.8660254037844386))
-    # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
-    _c79 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c42)
-    d2_weight_71 = torch.einsum("ijk,ijku->u", (cg_1_2_1 * 0.8660254037844386), _c79)
+    d2_b_23 = torch.einsum("ijku,ziku->zuj", (_c26 * 0.8660254037844386), _c15)
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    _c80 = torch.einsum("u,ijk->ijku", d2_d_weight[128:144].view(16), cg_2_0_2)
-    _c81 = torch.einsum("zui,zuj->ziju", a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1))
-    d2_d_c_72 = torch.einsum("ijku,ziju->zuk", (_c80 * 1.118033988749895), _c81)
+    _c29 = torch.einsum("u,ijk->ijku", d2_d_weight[128:144].view(16), cg_2_0_2)
+    _c30 = torch.einsum("zui,zuj->ziju", a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1))
+    d2_d_c_24 = torch.einsum("ijku,ziju->zuk", (_c29 * 1.118033988749895), _c30)
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    _c82 = torch.einsum("zuk,zuj->zjku", d_c[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1))
-    d2_a_73 = torch.einsum("ijku,zjku->zui", (_c80 * 1.118033988749895), _c82)
+    _c31 = torch.einsum("zuk,zuj->zjku", d_c[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1))
+    d2_a_25 = torch.einsum("ijku,zjku->zui", (_c29 * 1.118033988749895), _c31)
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    _c83 = torch.einsum("zuk,zui->ziku", d_c[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5))
-    d2_b_74 = torch.einsum("ijku,ziku->zuj", (_c80 * 1.118033988749895), _c83)
-    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
-    _c84 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 64:144].reshape(n, 16, 5))
-    _c85 = torch.einsum("ijk,u->ijku", cg_2_0_2, weight[128:144].view(16))
-    d2_d_c_75 = torch.einsum("ziju,ijku->zuk", _c84, (_c85 * 1.118033988749895))
-    # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
-    _c86 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 0:16].reshape(n, 16, 1), d_c[:, 64:144].reshape(n, 16, 5))
-    d2_a_76 = torch.einsum("zjku,ijku->zui", _c86, (_c85 * 1.118033988749895))
-    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
-    _c87 = torch.einsum("zui,zjku->ijku", a[:, 64:144].reshape(n, 16, 5), _c86)
-    d2_weight_77 = torch.einsum("ijk,ijku->u", (cg_2_0_2 * 1.118033988749895), _c87)
-    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
-    _c88 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1))
-    d2_d_c_78 = torch.einsum("ziju,ijku->zuk", _c88, (_c85 * 1.118033988749895))
-    # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
-    _c89 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 64:144].reshape(n, 16, 5))
-    d2_b_79 = torch.einsum("ziku,ijku->zuj", _c89, (_c85 * 1.118033988749895))
-    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
-    _c90 = torch.einsum("zuj,ziku->ijku", b[:, 0:16].reshape(n, 16, 1), _c89)
-    d2_weight_80 = torch.einsum("ijk,ijku->u", (cg_2_0_2 * 1.118033988749895), _c90)
+    _c32 = torch.einsum("zuk,zui->ziku", d_c[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5))
+    d2_b_26 = torch.einsum("ijku,ziku->zuj", (_c29 * 1.118033988749895), _c32)
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    _c91 = torch.einsum("u,ijk->ijku", d2_d_weight[144:160].view(16), cg_2_1_1)
-    _c92 = torch.einsum("zui,zuj->ziju", a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
-    d2_d_c_81 = torch.einsum("ijku,ziju->zuk", (_c91 * 0.8660254037844386), _c92)
+    _c33 = torch.einsum("u,ijk->ijku", d2_d_weight[144:160].view(16), cg_2_1_1)
+    _c34 = torch.einsum("zui,zuj->ziju", a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
+    d2_d_c_27 = torch.einsum("ijku,ziju->zuk", (_c33 * 0.8660254037844386), _c34)
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    d2_a_82 = torch.einsum("ijku,zjku->zui", (_c91 * 0.8660254037844386), _c13)
+    d2_a_28 = torch.einsum("ijku,zjku->zui", (_c33 * 0.8660254037844386), _c6)
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    _c93 = torch.einsum("zuk,zui->ziku", d_c[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
-    d2_b_83 = torch.einsum("ijku,ziku->zuj", (_c91 * 0.8660254037844386), _c93)
-    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
-    _c94 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
-    _c95 = torch.einsum("ijk,u->ijku", cg_2_1_1, weight[144:160].view(16))
-    d2_d_c_84 = torch.einsum("ziju,ijku->zuk", _c94, (_c95 * 0.8660254037844386))
-    # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
-    d2_a_85 = torch.einsum("zjku,ijku->zui", _c17, (_c95 * 0.8660254037844386))
-    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
-    _c96 = torch.einsum("zui,zjku->ijku", a[:, 64:144].reshape(n, 16, 5), _c17)
-    d2_weight_86 = torch.einsum("ijk,ijku->u", (cg_2_1_1 * 0.8660254037844386), _c96)
-    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
-    _c97 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
-    d2_d_c_87 = torch.einsum("ziju,ijku->zuk", _c97, (_c95 * 0.8660254037844386))
-    # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
-    _c98 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 16:64].reshape(n, 16, 3))
-    d2_b_88 = torch.einsum("ziku,ijku->zuj", _c98, (_c95 * 0.8660254037844386))
-    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
-    _c99 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c98)
-    d2_weight_89 = torch.einsum("ijk,ijku->u", (cg_2_1_1 * 0.8660254037844386), _c99)
+    _c35 = torch.einsum("zuk,zui->ziku", d_c[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
+    d2_b_29 = torch.einsum("ijku,ziku->zuj", (_c33 * 0.8660254037844386), _c35)
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    _c100 = torch.einsum("u,ijk->ijku", d2_d_weight[160:176].view(16), cg_2_2_0)
-    _c101 = torch.einsum("zui,zuj->ziju", a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
-    d2_d_c_90 = torch.einsum("ijku,ziju->zuk", (_c100 * 0.5773502691896257), _c101)
+    _c36 = torch.einsum("u,ijk->ijku", d2_d_weight[160:176].view(16), cg_2_2_0)
+    _c37 = torch.einsum("zui,zuj->ziju", a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
+    d2_d_c_30 = torch.einsum("ijku,ziju->zuk", (_c36 * 0.5773502691896257), _c37)
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    _c102 = torch.einsum("zuk,zuj->zjku", d_c[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5))
-    d2_a_91 = torch.einsum("ijku,zjku->zui", (_c100 * 0.5773502691896257), _c102)
+    _c38 = torch.einsum("zuk,zuj->zjku", d_c[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5))
+    d2_a_31 = torch.einsum("ijku,zjku->zui", (_c36 * 0.5773502691896257), _c38)
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    _c103 = torch.einsum("zuk,zui->ziku", d_c[:, 0:16].reshape(n, 16, 1), a[:, 64:144].reshape(n, 16, 5))
-    d2_b_92 = torch.einsum("ijku,ziku->zuj", (_c100 * 0.5773502691896257), _c103)
-    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
-    _c104 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5))
-    _c105 = torch.einsum("ijk,u->ijku", cg_2_2_0, weight[160:176].view(16))
-    d2_d_c_93 = torch.einsum("ziju,ijku->zuk", _c104, (_c105 * 0.5773502691896257))
-    # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
-    _c106 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 0:16].reshape(n, 16, 1))
-    d2_a_94 = torch.einsum("zjku,ijku->zui", _c106, (_c105 * 0.5773502691896257))
-    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
-    _c107 = torch.einsum("zui,zjku->ijku", a[:, 64:144].reshape(n, 16, 5), _c106)
-    d2_weight_95 = torch.einsum("ijk,ijku->u", (cg_2_2_0 * 0.5773502691896257), _c107)
-    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
-    _c108 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
-    d2_d_c_96 = torch.einsum("ziju,ijku->zuk", _c108, (_c105 * 0.5773502691896257))
-    # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
-    _c109 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 0:16].reshape(n, 16, 1))
-    d2_b_97 = torch.einsum("ziku,ijku->zuj", _c109, (_c105 * 0.5773502691896257))
-    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
-    _c110 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c109)
-    d2_weight_98 = torch.einsum("ijk,ijku->u", (cg_2_2_0 * 0.5773502691896257), _c110)
+    _c39 = torch.einsum("zuk,zui->ziku", d_c[:, 0:16].reshape(n, 16, 1), a[:, 64:144].reshape(n, 16, 5))
+    d2_b_32 = torch.einsum("ijku,ziku->zuj", (_c36 * 0.5773502691896257), _c39)
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    _c111 = torch.einsum("u,ijk->ijku", d2_d_weight[176:192].view(16), cg_2_2_2)
-    d2_d_c_99 = torch.einsum("ijku,ziju->zuk", (_c111 * 1.118033988749895), _c101)
+    _c40 = torch.einsum("u,ijk->ijku", d2_d_weight[176:192].view(16), cg_2_2_2)
+    d2_d_c_33 = torch.einsum("ijku,ziju->zuk", (_c40 * 1.118033988749895), _c37)
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    d2_a_100 = torch.einsum("ijku,zjku->zui", (_c111 * 1.118033988749895), _c24)
+    d2_a_34 = torch.einsum("ijku,zjku->zui", (_c40 * 1.118033988749895), _c10)
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    d2_b_101 = torch.einsum("ijku,ziku->zuj", (_c111 * 1.118033988749895), _c83)
-    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
-    _c112 = torch.einsum("ijk,u->ijku", cg_2_2_2, weight[176:192].view(16))
-    d2_d_c_102 = torch.einsum("ziju,ijku->zuk", _c104, (_c112 * 1.118033988749895))
-    # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
-    d2_a_103 = torch.einsum("zjku,ijku->zui", _c28, (_c112 * 1.118033988749895))
-    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
-    _c113 = torch.einsum("zui,zjku->ijku", a[:, 64:144].reshape(n, 16, 5), _c28)
-    d2_weight_104 = torch.einsum("ijk,ijku->u", (cg_2_2_2 * 1.118033988749895), _c113)
-    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
-    d2_d_c_105 = torch.einsum("ziju,ijku->zuk", _c108, (_c112 * 1.118033988749895))
-    # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
-    d2_b_106 = torch.einsum("ziku,ijku->zuj", _c89, (_c112 * 1.118033988749895))
-    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
-    _c114 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c89)
-    d2_weight_107 = torch.einsum("ijk,ijku->u", (cg_2_2_2 * 1.118033988749895), _c114)
+    d2_b_35 = torch.einsum("ijku,ziku->zuj", (_c40 * 1.118033988749895), _c32)
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    _c115 = torch.einsum("u,ijk->ijku", d2_d_weight[192:208].view(16), cg_2_2_1)
-    d2_d_c_108 = torch.einsum("ijku,ziju->zuk", (_c115 * 1.224744871391589), _c101)
+    _c41 = torch.einsum("u,ijk->ijku", d2_d_weight[192:208].view(16), cg_2_2_1)
+    d2_d_c_36 = torch.einsum("ijku,ziju->zuk", (_c41 * 1.224744871391589), _c37)
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    _c116 = torch.einsum("zuk,zuj->zjku", d_c[:, 144:192].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
-    d2_a_109 = torch.einsum("ijku,zjku->zui", (_c115 * 1.224744871391589), _c116)
+    _c42 = torch.einsum("zuk,zuj->zjku", d_c[:, 144:192].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    d2_a_37 = torch.einsum("ijku,zjku->zui", (_c41 * 1.224744871391589), _c42)
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    _c117 = torch.einsum("zuk,zui->ziku", d_c[:, 144:192].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
-    d2_b_110 = torch.einsum("ijku,ziku->zuj", (_c115 * 1.224744871391589), _c117)
-    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
-    _c118 = torch.einsum("ijk,u->ijku", cg_2_2_1, weight[192:208].view(16))
-    d2_d_c_111 = torch.einsum("ziju,ijku->zuk", _c104, (_c118 * 1.224744871391589))
-    # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
-    _c119 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3))
-    d2_a_112 = torch.einsum("zjku,ijku->zui", _c119, (_c118 * 1.224744871391589))
-    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
-    _c120 = torch.einsum("zui,zjku->ijku", a[:, 64:144].reshape(n, 16, 5), _c119)
-    d2_weight_113 = torch.einsum("ijk,ijku->u", (cg_2_2_1 * 1.224744871391589), _c120)
-    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
-    d2_d_c_114 = torch.einsum("ziju,ijku->zuk", _c108, (_c118 * 1.224744871391589))
-    # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
-    _c121 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3))
-    d2_b_115 = torch.einsum("ziku,ijku->zuj", _c121, (_c118 * 1.224744871391589))
-    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
-    _c122 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c121)
-    d2_weight_116 = torch.einsum("ijk,ijku->u", (cg_2_2_1 * 1.224744871391589), _c122)
+    _c43 = torch.einsum("zuk,zui->ziku", d_c[:, 144:192].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
+    d2_b_38 = torch.einsum("ijku,ziku->zuj", (_c41 * 1.224744871391589), _c43)
     d2_a = torch.cat([
-        (d2_a_1 + d2_a_4 + d2_a_10 + d2_a_13 + d2_a_19 + d2_a_22).reshape(n, 16),
-        (d2_a_28 + d2_a_31 + d2_a_37 + d2_a_40 + d2_a_46 + d2_a_49 + d2_a_55 + d2_a_58 + d2_a_64 + d2_a_67).reshape(n, 48),
-        (d2_a_73 + d2_a_76 + d2_a_82 + d2_a_85 + d2_a_91 + d2_a_94 + d2_a_100 + d2_a_103 + d2_a_109 + d2_a_112).reshape(n, 80),
+        (d2_a_1 + d2_a_4 + d2_a_7).reshape(n, 16),
+        (d2_a_10 + d2_a_13 + d2_a_16 + d2_a_19 + d2_a_22).reshape(n, 48),
+        (d2_a_25 + d2_a_28 + d2_a_31 + d2_a_34 + d2_a_37).reshape(n, 80),
     ], dim=-1)
     d2_b = torch.cat([
-        (d2_b_2 + d2_b_7 + d2_b_29 + d2_b_34 + d2_b_74 + d2_b_79).reshape(n, 16),
-        (d2_b_11 + d2_b_16 + d2_b_38 + d2_b_43 + d2_b_47 + d2_b_52 + d2_b_56 + d2_b_61 + d2_b_83 + d2_b_88).reshape(n, 48),
-        (d2_b_20 + d2_b_25 + d2_b_65 + d2_b_70 + d2_b_92 + d2_b_97 + d2_b_101 + d2_b_106 + d2_b_110 + d2_b_115).reshape(n, 80),
+        (d2_b_2 + d2_b_11 + d2_b_26).reshape(n, 16),
+        (d2_b_5 + d2_b_14 + d2_b_17 + d2_b_20 + d2_b_29).reshape(n, 48),
+        (d2_b_8 + d2_b_23 + d2_b_32 + d2_b_35 + d2_b_38).reshape(n, 80),
     ], dim=-1)
     d2_d_c = torch.cat([
-        (d2_d_c_0 + d2_d_c_3 + d2_d_c_6 + d2_d_c_36 + d2_d_c_39 + d2_d_c_42 + d2_d_c_90 + d2_d_c_93 + d2_d_c_96).reshape(n, 16),
-        (d2_d_c_9 + d2_d_c_12 + d2_d_c_15 + d2_d_c_27 + d2_d_c_30 + d2_d_c_33 + d2_d_c_63 + d2_d_c_66 + d2_d_c_69 + d2_d_c_81 + d2_d_c_84 + d2_d_c_87).reshape(n, 48),
-        (d2_d_c_18 + d2_d_c_21 + d2_d_c_24 + d2_d_c_45 + d2_d_c_48 + d2_d_c_51 + d2_d_c_72 + d2_d_c_75 + d2_d_c_78 + d2_d_c_99 + d2_d_c_102 + d2_d_c_105).reshape(n, 80),
-        (d2_d_c_54 + d2_d_c_57 + d2_d_c_60 + d2_d_c_108 + d2_d_c_111 + d2_d_c_114).reshape(n, 48),
+        (d2_d_c_0 + d2_d_c_12 + d2_d_c_30).reshape(n, 16),
+        (d2_d_c_3 + d2_d_c_9 + d2_d_c_21 + d2_d_c_27).reshape(n, 48),
+        (d2_d_c_6 + d2_d_c_15 + d2_d_c_24 + d2_d_c_33).reshape(n, 80),
+        (d2_d_c_18 + d2_d_c_36).reshape(n, 48),
     ], dim=-1)
-    d2_weight = torch.cat([
-        (d2_weight_5 + d2_weight_8).reshape(16),
-        (d2_weight_14 + d2_weight_17).reshape(16),
-        (d2_weight_23 + d2_weight_26).reshape(16),
-        (d2_weight_32 + d2_weight_35).reshape(16),
-        (d2_weight_41 + d2_weight_44).reshape(16),
-        (d2_weight_50 + d2_weight_53).reshape(16),
-        (d2_weight_59 + d2_weight_62).reshape(16),
-        (d2_weight_68 + d2_weight_71).reshape(16),
-        (d2_weight_77 + d2_weight_80).reshape(16),
-        (d2_weight_86 + d2_weight_89).reshape(16),
-        (d2_weight_95 + d2_weight_98).reshape(16),
-        (d2_weight_104 + d2_weight_107).reshape(16),
-        (d2_weight_113 + d2_weight_116).reshape(16),
-    ], dim=-1)
+    d2_weight = weight.new_zeros(208)
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
@@ -3252,10 +3189,13 @@ def _elementwise_tp_triton(a, b, weight, *constants: torch.Tensor) -> list[torch
     return [c_out]
 
 
-# elementwise_tp: each op's autograd is the next program's op; the last one's is autograd through its code
-_ops.register("elementwise_tp_d_d2", _elementwise_tp_d_d2, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={})
-_ops.register("elementwise_tp_d", _elementwise_tp_d, outputs=((144, True), (144, True), (208, False)), index_ranges={}, backward=_ops.elementwise_tp_d_d2)
-_ops.register("elementwise_tp", _elementwise_tp_triton, outputs=((192, True),), index_ranges={}, backward=_ops.elementwise_tp_d, check_indices=True)
+# elementwise_tp: an op's autograd runs, per cotangent present, the op of its derivative program;
+# the last ones differentiate through their own torch code
+_ops.register("elementwise_tp_d2_a", _elementwise_tp_d2_a, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={})
+_ops.register("elementwise_tp_d2_b", _elementwise_tp_d2_b, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={})
+_ops.register("elementwise_tp_d2_weight", _elementwise_tp_d2_weight, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={})
+_ops.register("elementwise_tp_d", _elementwise_tp_d, outputs=((144, True), (144, True), (208, False)), index_ranges={}, backward=[_ops.elementwise_tp_d2_a, _ops.elementwise_tp_d2_b, _ops.elementwise_tp_d2_weight])
+_ops.register("elementwise_tp", _elementwise_tp_triton, outputs=((192, True),), index_ranges={}, backward=[_ops.elementwise_tp_d], check_indices=True)
 
 
 def _full_tp(
@@ -3370,12 +3310,171 @@ def _full_tp_d(
     return [d_a, d_b, d_weight]
 
 
-def _full_tp_d_d2(
+def _full_tp_d2_a(
     a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_a: torch.Tensor,
-    d2_d_b: torch.Tensor, d2_d_weight: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
-    cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
+    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of full_tp_d: a (n, 16), b (n, 32), d_c (n, 224), d2_d_a (n, 16), d2_d_b (n, 32), d2_d_weight (160,) -> d2_a (n, 16), d2_b (n, 32), d2_d_c (n, 224), d2_weight (160,)."""
+    """the vector-Jacobian product of full_tp_d for the cotangent of d_a: a (n, 16), b (n, 32), d_c (n, 224), d2_d_a (n, 16) -> d2_a (n, 16), d2_b (n, 32), d2_d_c (n, 224), d2_weight (160,)."""
+    n = a.shape[0]
+    # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
+    _c0 = torch.einsum("zui,zvj->zijuv", d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1))
+    _c1 = torch.einsum("ijk,uv->ijkuv", cg_0_0_0, weight[0:32].view(4, 8))
+    d2_d_c_0 = torch.einsum("zijuv,ijkuv->zuvk", _c0, (_c1 * 0.7071067811865476))
+    # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
+    _c2 = torch.einsum("zui,zuvk->zikuv", d2_d_a[:, 0:4].reshape(n, 4, 1), d_c[:, 0:32].reshape(n, 4, 8, 1))
+    d2_b_1 = torch.einsum("zikuv,ijkuv->zvj", _c2, (_c1 * 0.7071067811865476))
+    # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
+    _c3 = torch.einsum("zvj,zikuv->ijkuv", b[:, 0:8].reshape(n, 8, 1), _c2)
+    d2_weight_2 = torch.einsum("ijk,ijkuv->uv", (cg_0_0_0 * 0.7071067811865476), _c3)
+    # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
+    _c4 = torch.einsum("zui,zvj->zijuv", d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3))
+    _c5 = torch.einsum("ijk,uv->ijkuv", cg_0_1_1, weight[32:64].view(4, 8))
+    d2_d_c_3 = torch.einsum("zijuv,ijkuv->zuvk", _c4, (_c5 * 1.224744871391589))
+    # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
+    _c6 = torch.einsum("zui,zuvk->zikuv", d2_d_a[:, 0:4].reshape(n, 4, 1), d_c[:, 32:128].reshape(n, 4, 8, 3))
+    _c7 = torch.einsum("uv,zikuv->zikv", weight[32:64].view(4, 8), _c6)
+    d2_b_4 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 1.224744871391589), _c7)
+    # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
+    _c8 = torch.einsum("zvj,ijk->zikv", b[:, 8:32].reshape(n, 8, 3), cg_0_1_1)
+    d2_weight_5 = torch.einsum("zikuv,zikv->uv", _c6, (_c8 * 1.224744871391589))
+    # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
+    _c9 = torch.einsum("zui,zvj->zijuv", d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1))
+    _c10 = torch.einsum("ijk,uv->ijkuv", cg_1_0_1, weight[64:96].view(4, 8))
+    d2_d_c_6 = torch.einsum("zijuv,ijkuv->zuvk", _c9, (_c10 * 1.224744871391589))
+    # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
+    _c11 = torch.einsum("zui,zuvk->zikuv", d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 32:128].reshape(n, 4, 8, 3))
+    d2_b_7 = torch.einsum("zikuv,ijkuv->zvj", _c11, (_c10 * 1.224744871391589))
+    # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
+    _c12 = torch.einsum("zui,ijk->zjku", d2_d_a[:, 4:16].reshape(n, 4, 3), cg_1_0_1)
+    _c13 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1))
+    d2_weight_8 = torch.einsum("zjku,zjkuv->uv", (_c12 * 1.224744871391589), _c13)
+    # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
+    _c14 = torch.einsum("zui,zvj->zijuv", d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3))
+    _c15 = torch.einsum("ijk,uv->ijkuv", cg_1_1_0, weight[96:128].view(4, 8))
+    d2_d_c_9 = torch.einsum("zijuv,ijkuv->zuvk", _c14, (_c15 * 0.7071067811865476))
+    # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
+    _c16 = torch.einsum("zui,zuvk->zikuv", d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 0:32].reshape(n, 4, 8, 1))
+    _c17 = torch.einsum("uv,zikuv->zikv", weight[96:128].view(4, 8), _c16)
+    d2_b_10 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.7071067811865476), _c17)
+    # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
+    _c18 = torch.einsum("zvj,ijk->zikv", b[:, 8:32].reshape(n, 8, 3), cg_1_1_0)
+    d2_weight_11 = torch.einsum("zikuv,zikv->uv", _c16, (_c18 * 0.7071067811865476))
+    # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
+    _c19 = torch.einsum("ijk,uv->ijkuv", cg_1_1_1, weight[128:160].view(4, 8))
+    d2_d_c_12 = torch.einsum("zijuv,ijkuv->zuvk", _c14, (_c19 * 1.7320508075688772))
+    # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
+    _c20 = torch.einsum("zui,zuvk->zikuv", d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 128:224].reshape(n, 4, 8, 3))
+    _c21 = torch.einsum("uv,zikuv->zikv", weight[128:160].view(4, 8), _c20)
+    d2_b_13 = torch.einsum("ijk,zikv->zvj", (cg_1_1_1 * 1.7320508075688772), _c21)
+    # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
+    _c22 = torch.einsum("zvj,ijk->zikv", b[:, 8:32].reshape(n, 8, 3), cg_1_1_1)
+    d2_weight_14 = torch.einsum("zikuv,zikv->uv", _c20, (_c22 * 1.7320508075688772))
+    d2_a = weight.new_zeros(n, 16)
+    d2_b = torch.cat([
+        (d2_b_1 + d2_b_7).reshape(n, 8),
+        (d2_b_4 + d2_b_10 + d2_b_13).reshape(n, 24),
+    ], dim=-1)
+    d2_d_c = torch.cat([
+        (d2_d_c_0 + d2_d_c_9).reshape(n, 32),
+        (d2_d_c_3 + d2_d_c_6).reshape(n, 96),
+        d2_d_c_12.reshape(n, 96),
+    ], dim=-1)
+    d2_weight = torch.cat([
+        d2_weight_2.reshape(32),
+        d2_weight_5.reshape(32),
+        d2_weight_8.reshape(32),
+        d2_weight_11.reshape(32),
+        d2_weight_14.reshape(32),
+    ], dim=-1)
+    return [d2_a, d2_b, d2_d_c, d2_weight]
+
+
+def _full_tp_d2_b(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_b: torch.Tensor,
+    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of full_tp_d for the cotangent of d_b: a (n, 16), b (n, 32), d_c (n, 224), d2_d_b (n, 32) -> d2_a (n, 16), d2_b (n, 32), d2_d_c (n, 224), d2_weight (160,)."""
+    n = a.shape[0]
+    # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
+    _c0 = torch.einsum("zvj,zui->zijuv", d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 0:4].reshape(n, 4, 1))
+    _c1 = torch.einsum("ijk,uv->ijkuv", cg_0_0_0, weight[0:32].view(4, 8))
+    d2_d_c_0 = torch.einsum("zijuv,ijkuv->zuvk", _c0, (_c1 * 0.7071067811865476))
+    # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
+    _c2 = torch.einsum("zvj,zuvk->zjkuv", d2_d_b[:, 0:8].reshape(n, 8, 1), d_c[:, 0:32].reshape(n, 4, 8, 1))
+    d2_a_1 = torch.einsum("zjkuv,ijkuv->zui", _c2, (_c1 * 0.7071067811865476))
+    # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
+    _c3 = torch.einsum("zui,zjkuv->ijkuv", a[:, 0:4].reshape(n, 4, 1), _c2)
+    d2_weight_2 = torch.einsum("ijk,ijkuv->uv", (cg_0_0_0 * 0.7071067811865476), _c3)
+    # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
+    _c4 = torch.einsum("zvj,zui->zijuv", d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 0:4].reshape(n, 4, 1))
+    _c5 = torch.einsum("ijk,uv->ijkuv", cg_0_1_1, weight[32:64].view(4, 8))
+    d2_d_c_3 = torch.einsum("zijuv,ijkuv->zuvk", _c4, (_c5 * 1.224744871391589))
+    # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
+    _c6 = torch.einsum("zvj,zuvk->zjkuv", d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 32:128].reshape(n, 4, 8, 3))
+    d2_a_4 = torch.einsum("zjkuv,ijkuv->zui", _c6, (_c5 * 1.224744871391589))
+    # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
+    _c7 = torch.einsum("zui,zjkuv->ijkuv", a[:, 0:4].reshape(n, 4, 1), _c6)
+    d2_weight_5 = torch.einsum("ijk,ijkuv->uv", (cg_0_1_1 * 1.224744871391589), _c7)
+    # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
+    _c8 = torch.einsum("zvj,zui->zijuv", d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 4:16].reshape(n, 4, 3))
+    _c9 = torch.einsum("ijk,uv->ijkuv", cg_1_0_1, weight[64:96].view(4, 8))
+    d2_d_c_6 = torch.einsum("zijuv,ijkuv->zuvk", _c8, (_c9 * 1.224744871391589))
+    # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
+    _c10 = torch.einsum("zvj,zuvk->zjkuv", d2_d_b[:, 0:8].reshape(n, 8, 1), d_c[:, 32:128].reshape(n, 4, 8, 3))
+    _c11 = torch.einsum("uv,zjkuv->zjku", weight[64:96].view(4, 8), _c10)
+    d2_a_7 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 1.224744871391589), _c11)
+    # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
+    _c12 = torch.einsum("zui,ijk->zjku", a[:, 4:16].reshape(n, 4, 3), cg_1_0_1)
+    d2_weight_8 = torch.einsum("zjkuv,zjku->uv", _c10, (_c12 * 1.224744871391589))
+    # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
+    _c13 = torch.einsum("zvj,zui->zijuv", d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 4:16].reshape(n, 4, 3))
+    _c14 = torch.einsum("ijk,uv->ijkuv", cg_1_1_0, weight[96:128].view(4, 8))
+    d2_d_c_9 = torch.einsum("zijuv,ijkuv->zuvk", _c13, (_c14 * 0.7071067811865476))
+    # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
+    _c15 = torch.einsum("zvj,zuvk->zjkuv", d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 0:32].reshape(n, 4, 8, 1))
+    _c16 = torch.einsum("uv,zjkuv->zjku", weight[96:128].view(4, 8), _c15)
+    d2_a_10 = torch.einsum("ijk,zjku->zui", (cg_1_1_0 * 0.7071067811865476), _c16)
+    # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
+    _c17 = torch.einsum("zui,ijk->zjku", a[:, 4:16].reshape(n, 4, 3), cg_1_1_0)
+    d2_weight_11 = torch.einsum("zjkuv,zjku->uv", _c15, (_c17 * 0.7071067811865476))
+    # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
+    _c18 = torch.einsum("ijk,uv->ijkuv", cg_1_1_1, weight[128:160].view(4, 8))
+    d2_d_c_12 = torch.einsum("zijuv,ijkuv->zuvk", _c13, (_c18 * 1.7320508075688772))
+    # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
+    _c19 = torch.einsum("zvj,zuvk->zjkuv", d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 128:224].reshape(n, 4, 8, 3))
+    _c20 = torch.einsum("uv,zjkuv->zjku", weight[128:160].view(4, 8), _c19)
+    d2_a_13 = torch.einsum("ijk,zjku->zui", (cg_1_1_1 * 1.7320508075688772), _c20)
+    # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
+    _c21 = torch.einsum("zui,ijk->zjku", a[:, 4:16].reshape(n, 4, 3), cg_1_1_1)
+    d2_weight_14 = torch.einsum("zjkuv,zjku->uv", _c19, (_c21 * 1.7320508075688772))
+    d2_a = torch.cat([
+        (d2_a_1 + d2_a_4).reshape(n, 4),
+        (d2_a_7 + d2_a_10 + d2_a_13).reshape(n, 12),
+    ], dim=-1)
+    d2_b = weight.new_zeros(n, 32)
+    d2_d_c = torch.cat([
+        (d2_d_c_0 + d2_d_c_9).reshape(n, 32),
+        (d2_d_c_3 + d2_d_c_6).reshape(n, 96),
+        d2_d_c_12.reshape(n, 96),
+    ], dim=-1)
+    d2_weight = torch.cat([
+        d2_weight_2.reshape(32),
+        d2_weight_5.reshape(32),
+        d2_weight_8.reshape(32),
+        d2_weight_11.reshape(32),
+        d2_weight_14.reshape(32),
+    ], dim=-1)
+    return [d2_a, d2_b, d2_d_c, d2_weight]
+
+
+def _full_tp_d2_weight(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_weight: torch.Tensor,
+    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of full_tp_d for the cotangent of d_weight: a (n, 16), b (n, 32), d_c (n, 224), d2_d_weight (160,) -> d2_a (n, 16), d2_b (n, 32), d2_d_c (n, 224), d2_weight (160,)."""
     n = a.shape[0]
     # ∂/∂d_c: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
     _c0 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[0:32].view(4, 8), cg_0_0_0)
@@ -3387,170 +3486,65 @@ def _full_tp_d_d2(
     # ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
     _c3 = torch.einsum("zuvk,zui->zikuv", d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1))
     d2_b_2 = torch.einsum("ijkuv,zikuv->zvj", (_c0 * 0.7071067811865476), _c3)
-    # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    _c4 = torch.einsum("zvj,zui->zijuv", d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 0:4].reshape(n, 4, 1))
-    _c5 = torch.einsum("ijk,uv->ijkuv", cg_0_0_0, weight[0:32].view(4, 8))
-    d2_d_c_3 = torch.einsum("zijuv,ijkuv->zuvk", _c4, (_c5 * 0.7071067811865476))
-    # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    _c6 = torch.einsum("zvj,zuvk->zjkuv", d2_d_b[:, 0:8].reshape(n, 8, 1), d_c[:, 0:32].reshape(n, 4, 8, 1))
-    d2_a_4 = torch.einsum("zjkuv,ijkuv->zui", _c6, (_c5 * 0.7071067811865476))
-    # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    _c7 = torch.einsum("zui,zjkuv->ijkuv", a[:, 0:4].reshape(n, 4, 1), _c6)
-    d2_weight_5 = torch.einsum("ijk,ijkuv->uv", (cg_0_0_0 * 0.7071067811865476), _c7)
-    # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    _c8 = torch.einsum("zui,zvj->zijuv", d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1))
-    d2_d_c_6 = torch.einsum("zijuv,ijkuv->zuvk", _c8, (_c5 * 0.7071067811865476))
-    # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    _c9 = torch.einsum("zui,zuvk->zikuv", d2_d_a[:, 0:4].reshape(n, 4, 1), d_c[:, 0:32].reshape(n, 4, 8, 1))
-    d2_b_7 = torch.einsum("zikuv,ijkuv->zvj", _c9, (_c5 * 0.7071067811865476))
-    # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    _c10 = torch.einsum("zvj,zikuv->ijkuv", b[:, 0:8].reshape(n, 8, 1), _c9)
-    d2_weight_8 = torch.einsum("ijk,ijkuv->uv", (cg_0_0_0 * 0.7071067811865476), _c10)
     # ∂/∂d_c: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    _c11 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[32:64].view(4, 8), cg_0_1_1)
-    _c12 = torch.einsum("zui,zvj->zijuv", a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3))
-    d2_d_c_9 = torch.einsum("ijkuv,zijuv->zuvk", (_c11 * 1.224744871391589), _c12)
+    _c4 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[32:64].view(4, 8), cg_0_1_1)
+    _c5 = torch.einsum("zui,zvj->zijuv", a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3))
+    d2_d_c_3 = torch.einsum("ijkuv,zijuv->zuvk", (_c4 * 1.224744871391589), _c5)
     # ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    _c13 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3))
-    d2_a_10 = torch.einsum("ijkuv,zjkuv->zui", (_c11 * 1.224744871391589), _c13)
+    _c6 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3))
+    d2_a_4 = torch.einsum("ijkuv,zjkuv->zui", (_c4 * 1.224744871391589), _c6)
     # ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    _c14 = torch.einsum("zuvk,zui->zikuv", d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1))
-    _c15 = torch.einsum("uv,zikuv->zikv", d2_d_weight[32:64].view(4, 8), _c14)
-    d2_b_11 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 1.224744871391589), _c15)
-    # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    _c16 = torch.einsum("zvj,zui->zijuv", d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 0:4].reshape(n, 4, 1))
-    _c17 = torch.einsum("ijk,uv->ijkuv", cg_0_1_1, weight[32:64].view(4, 8))
-    d2_d_c_12 = torch.einsum("zijuv,ijkuv->zuvk", _c16, (_c17 * 1.224744871391589))
-    # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    _c18 = torch.einsum("zvj,zuvk->zjkuv", d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 32:128].reshape(n, 4, 8, 3))
-    d2_a_13 = torch.einsum("zjkuv,ijkuv->zui", _c18, (_c17 * 1.224744871391589))
-    # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    _c19 = torch.einsum("zvj,ijk->zikv", d2_d_b[:, 8:32].reshape(n, 8, 3), cg_0_1_1)
-    d2_weight_14 = torch.einsum("zikv,zikuv->uv", (_c19 * 1.224744871391589), _c14)
-    # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    _c20 = torch.einsum("zui,zvj->zijuv", d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3))
-    d2_d_c_15 = torch.einsum("zijuv,ijkuv->zuvk", _c20, (_c17 * 1.224744871391589))
-    # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    _c21 = torch.einsum("zui,zuvk->zikuv", d2_d_a[:, 0:4].reshape(n, 4, 1), d_c[:, 32:128].reshape(n, 4, 8, 3))
-    _c22 = torch.einsum("uv,zikuv->zikv", weight[32:64].view(4, 8), _c21)
-    d2_b_16 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 1.224744871391589), _c22)
-    # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    _c23 = torch.einsum("zvj,ijk->zikv", b[:, 8:32].reshape(n, 8, 3), cg_0_1_1)
-    d2_weight_17 = torch.einsum("zikuv,zikv->uv", _c21, (_c23 * 1.224744871391589))
+    _c7 = torch.einsum("zuvk,zui->zikuv", d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1))
+    _c8 = torch.einsum("uv,zikuv->zikv", d2_d_weight[32:64].view(4, 8), _c7)
+    d2_b_5 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 1.224744871391589), _c8)
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    _c24 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[64:96].view(4, 8), cg_1_0_1)
-    _c25 = torch.einsum("zui,zvj->zijuv", a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1))
-    d2_d_c_18 = torch.einsum("ijkuv,zijuv->zuvk", (_c24 * 1.224744871391589), _c25)
+    _c9 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[64:96].view(4, 8), cg_1_0_1)
+    _c10 = torch.einsum("zui,zvj->zijuv", a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1))
+    d2_d_c_6 = torch.einsum("ijkuv,zijuv->zuvk", (_c9 * 1.224744871391589), _c10)
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    _c26 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1))
-    _c27 = torch.einsum("uv,zjkuv->zjku", d2_d_weight[64:96].view(4, 8), _c26)
-    d2_a_19 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 1.224744871391589), _c27)
+    _c11 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1))
+    _c12 = torch.einsum("uv,zjkuv->zjku", d2_d_weight[64:96].view(4, 8), _c11)
+    d2_a_7 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 1.224744871391589), _c12)
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    _c28 = torch.einsum("zuvk,zui->zikuv", d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
-    d2_b_20 = torch.einsum("ijkuv,zikuv->zvj", (_c24 * 1.224744871391589), _c28)
-    # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    _c29 = torch.einsum("zvj,zui->zijuv", d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 4:16].reshape(n, 4, 3))
-    _c30 = torch.einsum("ijk,uv->ijkuv", cg_1_0_1, weight[64:96].view(4, 8))
-    d2_d_c_21 = torch.einsum("zijuv,ijkuv->zuvk", _c29, (_c30 * 1.224744871391589))
-    # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    _c31 = torch.einsum("zvj,zuvk->zjkuv", d2_d_b[:, 0:8].reshape(n, 8, 1), d_c[:, 32:128].reshape(n, 4, 8, 3))
-    _c32 = torch.einsum("uv,zjkuv->zjku", weight[64:96].view(4, 8), _c31)
-    d2_a_22 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 1.224744871391589), _c32)
-    # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    _c33 = torch.einsum("zui,ijk->zjku", a[:, 4:16].reshape(n, 4, 3), cg_1_0_1)
-    d2_weight_23 = torch.einsum("zjkuv,zjku->uv", _c31, (_c33 * 1.224744871391589))
-    # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    _c34 = torch.einsum("zui,zvj->zijuv", d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1))
-    d2_d_c_24 = torch.einsum("zijuv,ijkuv->zuvk", _c34, (_c30 * 1.224744871391589))
-    # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    _c35 = torch.einsum("zui,zuvk->zikuv", d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 32:128].reshape(n, 4, 8, 3))
-    d2_b_25 = torch.einsum("zikuv,ijkuv->zvj", _c35, (_c30 * 1.224744871391589))
-    # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    _c36 = torch.einsum("zui,ijk->zjku", d2_d_a[:, 4:16].reshape(n, 4, 3), cg_1_0_1)
-    d2_weight_26 = torch.einsum("zjku,zjkuv->uv", (_c36 * 1.224744871391589), _c26)
+    _c13 = torch.einsum("zuvk,zui->zikuv", d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
+    d2_b_8 = torch.einsum("ijkuv,zikuv->zvj", (_c9 * 1.224744871391589), _c13)
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
-    _c37 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[96:128].view(4, 8), cg_1_1_0)
-    _c38 = torch.einsum("zui,zvj->zijuv", a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3))
-    d2_d_c_27 = torch.einsum("ijkuv,zijuv->zuvk", (_c37 * 0.7071067811865476), _c38)
+    _c14 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[96:128].view(4, 8), cg_1_1_0)
+    _c15 = torch.einsum("zui,zvj->zijuv", a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3))
+    d2_d_c_9 = torch.einsum("ijkuv,zijuv->zuvk", (_c14 * 0.7071067811865476), _c15)
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
-    _c39 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 8:32].reshape(n, 8, 3))
-    _c40 = torch.einsum("uv,zjkuv->zjku", d2_d_weight[96:128].view(4, 8), _c39)
-    d2_a_28 = torch.einsum("ijk,zjku->zui", (cg_1_1_0 * 0.7071067811865476), _c40)
+    _c16 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 8:32].reshape(n, 8, 3))
+    _c17 = torch.einsum("uv,zjkuv->zjku", d2_d_weight[96:128].view(4, 8), _c16)
+    d2_a_10 = torch.einsum("ijk,zjku->zui", (cg_1_1_0 * 0.7071067811865476), _c17)
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
-    _c41 = torch.einsum("zuvk,zui->zikuv", d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3))
-    _c42 = torch.einsum("uv,zikuv->zikv", d2_d_weight[96:128].view(4, 8), _c41)
-    d2_b_29 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.7071067811865476), _c42)
-    # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _c43 = torch.einsum("zvj,zui->zijuv", d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 4:16].reshape(n, 4, 3))
-    _c44 = torch.einsum("ijk,uv->ijkuv", cg_1_1_0, weight[96:128].view(4, 8))
-    d2_d_c_30 = torch.einsum("zijuv,ijkuv->zuvk", _c43, (_c44 * 0.7071067811865476))
-    # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _c45 = torch.einsum("zvj,zuvk->zjkuv", d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 0:32].reshape(n, 4, 8, 1))
-    _c46 = torch.einsum("uv,zjkuv->zjku", weight[96:128].view(4, 8), _c45)
-    d2_a_31 = torch.einsum("ijk,zjku->zui", (cg_1_1_0 * 0.7071067811865476), _c46)
-    # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _c47 = torch.einsum("zui,ijk->zjku", a[:, 4:16].reshape(n, 4, 3), cg_1_1_0)
-    d2_weight_32 = torch.einsum("zjkuv,zjku->uv", _c45, (_c47 * 0.7071067811865476))
-    # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    _c48 = torch.einsum("zui,zvj->zijuv", d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3))
-    d2_d_c_33 = torch.einsum("zijuv,ijkuv->zuvk", _c48, (_c44 * 0.7071067811865476))
-    # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    _c49 = torch.einsum("zui,zuvk->zikuv", d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 0:32].reshape(n, 4, 8, 1))
-    _c50 = torch.einsum("uv,zikuv->zikv", weight[96:128].view(4, 8), _c49)
-    d2_b_34 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.7071067811865476), _c50)
-    # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    _c51 = torch.einsum("zui,ijk->zjku", d2_d_a[:, 4:16].reshape(n, 4, 3), cg_1_1_0)
-    d2_weight_35 = torch.einsum("zjku,zjkuv->uv", (_c51 * 0.7071067811865476), _c39)
+    _c18 = torch.einsum("zuvk,zui->zikuv", d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3))
+    _c19 = torch.einsum("uv,zikuv->zikv", d2_d_weight[96:128].view(4, 8), _c18)
+    d2_b_11 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.7071067811865476), _c19)
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
-    _c52 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[128:160].view(4, 8), cg_1_1_1)
-    d2_d_c_36 = torch.einsum("ijkuv,zijuv->zuvk", (_c52 * 1.7320508075688772), _c38)
+    _c20 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[128:160].view(4, 8), cg_1_1_1)
+    d2_d_c_12 = torch.einsum("ijkuv,zijuv->zuvk", (_c20 * 1.7320508075688772), _c15)
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
-    _c53 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 128:224].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3))
-    _c54 = torch.einsum("uv,zjkuv->zjku", d2_d_weight[128:160].view(4, 8), _c53)
-    d2_a_37 = torch.einsum("ijk,zjku->zui", (cg_1_1_1 * 1.7320508075688772), _c54)
+    _c21 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 128:224].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3))
+    _c22 = torch.einsum("uv,zjkuv->zjku", d2_d_weight[128:160].view(4, 8), _c21)
+    d2_a_13 = torch.einsum("ijk,zjku->zui", (cg_1_1_1 * 1.7320508075688772), _c22)
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
-    _c55 = torch.einsum("zuvk,zui->zikuv", d_c[:, 128:224].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
-    _c56 = torch.einsum("uv,zikuv->zikv", d2_d_weight[128:160].view(4, 8), _c55)
-    d2_b_38 = torch.einsum("ijk,zikv->zvj", (cg_1_1_1 * 1.7320508075688772), _c56)
-    # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    _c57 = torch.einsum("ijk,uv->ijkuv", cg_1_1_1, weight[128:160].view(4, 8))
-    d2_d_c_39 = torch.einsum("zijuv,ijkuv->zuvk", _c43, (_c57 * 1.7320508075688772))
-    # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    _c58 = torch.einsum("zvj,zuvk->zjkuv", d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 128:224].reshape(n, 4, 8, 3))
-    _c59 = torch.einsum("uv,zjkuv->zjku", weight[128:160].view(4, 8), _c58)
-    d2_a_40 = torch.einsum("ijk,zjku->zui", (cg_1_1_1 * 1.7320508075688772), _c59)
-    # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    _c60 = torch.einsum("zui,ijk->zjku", a[:, 4:16].reshape(n, 4, 3), cg_1_1_1)
-    d2_weight_41 = torch.einsum("zjkuv,zjku->uv", _c58, (_c60 * 1.7320508075688772))
-    # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
-    d2_d_c_42 = torch.einsum("zijuv,ijkuv->zuvk", _c48, (_c57 * 1.7320508075688772))
-    # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
-    _c61 = torch.einsum("zui,zuvk->zikuv", d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 128:224].reshape(n, 4, 8, 3))
-    _c62 = torch.einsum("uv,zikuv->zikv", weight[128:160].view(4, 8), _c61)
-    d2_b_43 = torch.einsum("ijk,zikv->zvj", (cg_1_1_1 * 1.7320508075688772), _c62)
-    # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
-    _c63 = torch.einsum("zui,ijk->zjku", d2_d_a[:, 4:16].reshape(n, 4, 3), cg_1_1_1)
-    d2_weight_44 = torch.einsum("zjku,zjkuv->uv", (_c63 * 1.7320508075688772), _c53)
+    _c23 = torch.einsum("zuvk,zui->zikuv", d_c[:, 128:224].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
+    _c24 = torch.einsum("uv,zikuv->zikv", d2_d_weight[128:160].view(4, 8), _c23)
+    d2_b_14 = torch.einsum("ijk,zikv->zvj", (cg_1_1_1 * 1.7320508075688772), _c24)
     d2_a = torch.cat([
-        (d2_a_1 + d2_a_4 + d2_a_10 + d2_a_13).reshape(n, 4),
-        (d2_a_19 + d2_a_22 + d2_a_28 + d2_a_31 + d2_a_37 + d2_a_40).reshape(n, 12),
+        (d2_a_1 + d2_a_4).reshape(n, 4),
+        (d2_a_7 + d2_a_10 + d2_a_13).reshape(n, 12),
     ], dim=-1)
     d2_b = torch.cat([
-        (d2_b_2 + d2_b_7 + d2_b_20 + d2_b_25).reshape(n, 8),
-        (d2_b_11 + d2_b_16 + d2_b_29 + d2_b_34 + d2_b_38 + d2_b_43).reshape(n, 24),
+        (d2_b_2 + d2_b_8).reshape(n, 8),
+        (d2_b_5 + d2_b_11 + d2_b_14).reshape(n, 24),
     ], dim=-1)
     d2_d_c = torch.cat([
-        (d2_d_c_0 + d2_d_c_3 + d2_d_c_6 + d2_d_c_27 + d2_d_c_30 + d2_d_c_33).reshape(n, 32),
-        (d2_d_c_9 + d2_d_c_12 + d2_d_c_15 + d2_d_c_18 + d2_d_c_21 + d2_d_c_24).reshape(n, 96),
-        (d2_d_c_36 + d2_d_c_39 + d2_d_c_42).reshape(n, 96),
+        (d2_d_c_0 + d2_d_c_9).reshape(n, 32),
+        (d2_d_c_3 + d2_d_c_6).reshape(n, 96),
+        d2_d_c_12.reshape(n, 96),
     ], dim=-1)
-    d2_weight = torch.cat([
-        (d2_weight_5 + d2_weight_8).reshape(32),
-        (d2_weight_14 + d2_weight_17).reshape(32),
-        (d2_weight_23 + d2_weight_26).reshape(32),
-        (d2_weight_32 + d2_weight_35).reshape(32),
-        (d2_weight_41 + d2_weight_44).reshape(32),
-    ], dim=-1)
+    d2_weight = weight.new_zeros(160)
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
@@ -3818,10 +3812,13 @@ def _full_tp_triton(a, b, weight, *constants: torch.Tensor) -> list[torch.Tensor
     return [c_out]
 
 
-# full_tp: each op's autograd is the next program's op; the last one's is autograd through its code
-_ops.register("full_tp_d_d2", _full_tp_d_d2, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={})
-_ops.register("full_tp_d", _full_tp_d, outputs=((16, True), (32, True), (160, False)), index_ranges={}, backward=_ops.full_tp_d_d2)
-_ops.register("full_tp", _full_tp_triton, outputs=((224, True),), index_ranges={}, backward=_ops.full_tp_d, check_indices=True)
+# full_tp: an op's autograd runs, per cotangent present, the op of its derivative program;
+# the last ones differentiate through their own torch code
+_ops.register("full_tp_d2_a", _full_tp_d2_a, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={})
+_ops.register("full_tp_d2_b", _full_tp_d2_b, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={})
+_ops.register("full_tp_d2_weight", _full_tp_d2_weight, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={})
+_ops.register("full_tp_d", _full_tp_d, outputs=((16, True), (32, True), (160, False)), index_ranges={}, backward=[_ops.full_tp_d2_a, _ops.full_tp_d2_b, _ops.full_tp_d2_weight])
+_ops.register("full_tp", _full_tp_triton, outputs=((224, True),), index_ranges={}, backward=[_ops.full_tp_d], check_indices=True)
 
 
 def _linear(
@@ -3873,51 +3870,65 @@ def _linear_d(
     return [d_x, d_weight]
 
 
-def _linear_d_d2(
-    x: torch.Tensor, d_y: torch.Tensor, d2_d_x: torch.Tensor, d2_d_weight: torch.Tensor,
-    weight: torch.Tensor,
+def _linear_d2_x(
+    x: torch.Tensor, d_y: torch.Tensor, d2_d_x: torch.Tensor, weight: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of linear_d: x (n, 120), d_y (n, 144), d2_d_x (n, 120), d2_d_weight (896,) -> d2_x (n, 120), d2_d_y (n, 144), d2_weight (896,)."""
+    """the vector-Jacobian product of linear_d for the cotangent of d_x: x (n, 120), d_y (n, 144), d2_d_x (n, 120) -> d2_x (n, 120), d2_d_y (n, 144), d2_weight (896,)."""
+    n = x.shape[0]
+    # ∂/∂d_y: ∂/∂x: 32x0e -> 16x0e
+    d2_d_y_0 = torch.einsum("zui,uw->zwi", d2_d_x[:, 0:32].reshape(n, 32, 1), (weight[0:512].view(32, 16) * 0.17677669529663687))
+    # ∂/∂weight: ∂/∂x: 32x0e -> 16x0e
+    d2_weight_1 = torch.einsum("zui,zwi->uw", d2_d_x[:, 0:32].reshape(n, 32, 1), (d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687))
+    # ∂/∂d_y: ∂/∂x: 16x1o -> 16x1o
+    d2_d_y_2 = torch.einsum("zui,uw->zwi", d2_d_x[:, 32:80].reshape(n, 16, 3), (weight[512:768].view(16, 16) * 0.25))
+    # ∂/∂weight: ∂/∂x: 16x1o -> 16x1o
+    d2_weight_3 = torch.einsum("zui,zwi->uw", (d2_d_x[:, 32:80].reshape(n, 16, 3) * 0.25), d_y[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂d_y: ∂/∂x: 8x2e -> 16x2e
+    d2_d_y_4 = torch.einsum("zui,uw->zwi", d2_d_x[:, 80:120].reshape(n, 8, 5), (weight[768:896].view(8, 16) * 0.35355339059327373))
+    # ∂/∂weight: ∂/∂x: 8x2e -> 16x2e
+    d2_weight_5 = torch.einsum("zui,zwi->uw", (d2_d_x[:, 80:120].reshape(n, 8, 5) * 0.35355339059327373), d_y[:, 64:144].reshape(n, 16, 5))
+    d2_x = weight.new_zeros(n, 120)
+    d2_d_y = torch.cat([
+        d2_d_y_0.reshape(n, 16),
+        d2_d_y_2.reshape(n, 48),
+        d2_d_y_4.reshape(n, 80),
+    ], dim=-1)
+    d2_weight = torch.cat([
+        d2_weight_1.reshape(512),
+        d2_weight_3.reshape(256),
+        d2_weight_5.reshape(128),
+    ], dim=-1)
+    return [d2_x, d2_d_y, d2_weight]
+
+
+def _linear_d2_weight(
+    x: torch.Tensor, d_y: torch.Tensor, d2_d_weight: torch.Tensor, weight: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of linear_d for the cotangent of d_weight: x (n, 120), d_y (n, 144), d2_d_weight (896,) -> d2_x (n, 120), d2_d_y (n, 144), d2_weight (896,)."""
     n = x.shape[0]
     # ∂/∂d_y: ∂/∂weight: 32x0e -> 16x0e
     d2_d_y_0 = torch.einsum("uw,zui->zwi", (d2_d_weight[0:512].view(32, 16) * 0.17677669529663687), x[:, 0:32].reshape(n, 32, 1))
     # ∂/∂x: ∂/∂weight: 32x0e -> 16x0e
     d2_x_1 = torch.einsum("uw,zwi->zui", (d2_d_weight[0:512].view(32, 16) * 0.17677669529663687), d_y[:, 0:16].reshape(n, 16, 1))
-    # ∂/∂d_y: ∂/∂x: 32x0e -> 16x0e
-    d2_d_y_2 = torch.einsum("zui,uw->zwi", d2_d_x[:, 0:32].reshape(n, 32, 1), (weight[0:512].view(32, 16) * 0.17677669529663687))
-    # ∂/∂weight: ∂/∂x: 32x0e -> 16x0e
-    d2_weight_3 = torch.einsum("zui,zwi->uw", d2_d_x[:, 0:32].reshape(n, 32, 1), (d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687))
     # ∂/∂d_y: ∂/∂weight: 16x1o -> 16x1o
-    d2_d_y_4 = torch.einsum("uw,zui->zwi", (d2_d_weight[512:768].view(16, 16) * 0.25), x[:, 32:80].reshape(n, 16, 3))
+    d2_d_y_2 = torch.einsum("uw,zui->zwi", (d2_d_weight[512:768].view(16, 16) * 0.25), x[:, 32:80].reshape(n, 16, 3))
     # ∂/∂x: ∂/∂weight: 16x1o -> 16x1o
-    d2_x_5 = torch.einsum("uw,zwi->zui", (d2_d_weight[512:768].view(16, 16) * 0.25), d_y[:, 16:64].reshape(n, 16, 3))
-    # ∂/∂d_y: ∂/∂x: 16x1o -> 16x1o
-    d2_d_y_6 = torch.einsum("zui,uw->zwi", d2_d_x[:, 32:80].reshape(n, 16, 3), (weight[512:768].view(16, 16) * 0.25))
-    # ∂/∂weight: ∂/∂x: 16x1o -> 16x1o
-    d2_weight_7 = torch.einsum("zui,zwi->uw", (d2_d_x[:, 32:80].reshape(n, 16, 3) * 0.25), d_y[:, 16:64].reshape(n, 16, 3))
+    d2_x_3 = torch.einsum("uw,zwi->zui", (d2_d_weight[512:768].view(16, 16) * 0.25), d_y[:, 16:64].reshape(n, 16, 3))
     # ∂/∂d_y: ∂/∂weight: 8x2e -> 16x2e
-    d2_d_y_8 = torch.einsum("uw,zui->zwi", (d2_d_weight[768:896].view(8, 16) * 0.35355339059327373), x[:, 80:120].reshape(n, 8, 5))
+    d2_d_y_4 = torch.einsum("uw,zui->zwi", (d2_d_weight[768:896].view(8, 16) * 0.35355339059327373), x[:, 80:120].reshape(n, 8, 5))
     # ∂/∂x: ∂/∂weight: 8x2e -> 16x2e
-    d2_x_9 = torch.einsum("uw,zwi->zui", (d2_d_weight[768:896].view(8, 16) * 0.35355339059327373), d_y[:, 64:144].reshape(n, 16, 5))
-    # ∂/∂d_y: ∂/∂x: 8x2e -> 16x2e
-    d2_d_y_10 = torch.einsum("zui,uw->zwi", d2_d_x[:, 80:120].reshape(n, 8, 5), (weight[768:896].view(8, 16) * 0.35355339059327373))
-    # ∂/∂weight: ∂/∂x: 8x2e -> 16x2e
-    d2_weight_11 = torch.einsum("zui,zwi->uw", (d2_d_x[:, 80:120].reshape(n, 8, 5) * 0.35355339059327373), d_y[:, 64:144].reshape(n, 16, 5))
+    d2_x_5 = torch.einsum("uw,zwi->zui", (d2_d_weight[768:896].view(8, 16) * 0.35355339059327373), d_y[:, 64:144].reshape(n, 16, 5))
     d2_x = torch.cat([
         d2_x_1.reshape(n, 32),
-        d2_x_5.reshape(n, 48),
-        d2_x_9.reshape(n, 40),
+        d2_x_3.reshape(n, 48),
+        d2_x_5.reshape(n, 40),
     ], dim=-1)
     d2_d_y = torch.cat([
-        (d2_d_y_0 + d2_d_y_2).reshape(n, 16),
-        (d2_d_y_4 + d2_d_y_6).reshape(n, 48),
-        (d2_d_y_8 + d2_d_y_10).reshape(n, 80),
+        d2_d_y_0.reshape(n, 16),
+        d2_d_y_2.reshape(n, 48),
+        d2_d_y_4.reshape(n, 80),
     ], dim=-1)
-    d2_weight = torch.cat([
-        d2_weight_3.reshape(512),
-        d2_weight_7.reshape(256),
-        d2_weight_11.reshape(128),
-    ], dim=-1)
+    d2_weight = weight.new_zeros(896)
     return [d2_x, d2_d_y, d2_weight]
 
 
@@ -3979,38 +3990,37 @@ def _linear_triton(x, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
     return [y_out]
 
 
-# linear: each op's autograd is the next program's op; the last one's is autograd through its code
-_ops.register("linear_d_d2", _linear_d_d2, outputs=((120, True), (144, True), (896, False)), index_ranges={})
-_ops.register("linear_d", _linear_d, outputs=((120, True), (896, False)), index_ranges={}, backward=_ops.linear_d_d2)
-_ops.register("linear", _linear_triton, outputs=((144, True),), index_ranges={}, backward=_ops.linear_d, check_indices=True)
+# linear: an op's autograd runs, per cotangent present, the op of its derivative program;
+# the last ones differentiate through their own torch code
+_ops.register("linear_d2_x", _linear_d2_x, outputs=((120, True), (144, True), (896, False)), index_ranges={})
+_ops.register("linear_d2_weight", _linear_d2_weight, outputs=((120, True), (144, True), (896, False)), index_ranges={})
+_ops.register("linear_d", _linear_d, outputs=((120, True), (896, False)), index_ranges={}, backward=[_ops.linear_d2_x, _ops.linear_d2_weight])
+_ops.register("linear", _linear_triton, outputs=((144, True),), index_ranges={}, backward=[_ops.linear_d], check_indices=True)
 
 
 def _tp_then_linear(
-    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
-    cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, _g_t_0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """tp_then_linear on rows: x (n, 32), y (n, 4) -> z (n, 32)."""
     n = x.shape[0]
-    # 8x0e ⊗ 1x0e -> 8x0e
-    _c0 = torch.einsum("zui,zvj->zijuv", x[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1))
-    _c1 = torch.einsum("ijk,uv->ijkuv", cg_0_0_0, weight[0:8].view(8, 1))
-    t_0 = torch.einsum("zijuv,ijkuv->zuk", _c0, (_c1 * 0.7071067811865476))
-    # 8x0e ⊗ 1x1o -> 8x1o
-    _c2 = torch.einsum("zui,zvj->zijuv", x[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3))
-    _c3 = torch.einsum("ijk,uv->ijkuv", cg_0_1_1, weight[8:16].view(8, 1))
-    t_1 = torch.einsum("zijuv,ijkuv->zuk", _c2, (_c3 * 1.224744871391589))
-    # 8x1o ⊗ 1x0e -> 8x1o
-    _c4 = torch.einsum("zui,zvj->zijuv", x[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1))
-    _c5 = torch.einsum("ijk,uv->ijkuv", cg_1_0_1, weight[16:24].view(8, 1))
-    t_2 = torch.einsum("zijuv,ijkuv->zuk", _c4, (_c5 * 1.224744871391589))
-    # 8x1o ⊗ 1x1o -> 8x0e
-    _c6 = torch.einsum("zui,zvj->zijuv", x[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3))
-    _c7 = torch.einsum("ijk,uv->ijkuv", cg_1_1_0, weight[24:32].view(8, 1))
-    t_3 = torch.einsum("zijuv,ijkuv->zuk", _c6, (_c7 * 0.7071067811865476))
+    # every path's (i, k) map at once: y · G
+    _m_t_0 = torch.einsum("zj,jc->zc", y.reshape(n, 4), _g_t_0)
+    # 1 paths 8x0e ⊗ y -> 8x0e
+    _t_t_0_0_0 = torch.einsum("zui,zipk->zupk", x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 0:1].reshape(n, 1, 1, 1))
+    t_0 = torch.einsum("zupk,pu->zuk", _t_t_0_0_0, weight[0:8].view(1, 8))
+    # 1 paths 8x0e ⊗ y -> 8x1o
+    _t_t_0_0_1 = torch.einsum("zui,zipk->zupk", x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 1:4].reshape(n, 1, 1, 3))
+    t_1 = torch.einsum("zupk,pu->zuk", _t_t_0_0_1, weight[8:16].view(1, 8))
+    # 1 paths 8x1o ⊗ y -> 8x0e
+    _t_t_0_1_0 = torch.einsum("zui,zipk->zupk", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
+    t_2 = torch.einsum("zupk,pu->zuk", _t_t_0_1_0, weight[24:32].view(1, 8))
+    # 1 paths 8x1o ⊗ y -> 8x1o
+    _t_t_0_1_1 = torch.einsum("zui,zipk->zupk", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
+    t_3 = torch.einsum("zupk,pu->zuk", _t_t_0_1_1, weight[16:24].view(1, 8))
     # 8x0e -> 8x0e
     t = torch.cat([
-        (t_0 + t_3).reshape(n, 8),
-        (t_1 + t_2).reshape(n, 24),
+        (t_0 + t_2).reshape(n, 8),
+        (t_1 + t_3).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
     z_4 = torch.einsum("zui,uw->zwi", t[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
@@ -4029,26 +4039,24 @@ def _tp_then_linear(
 
 def _tp_then_linear_d(
     x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, weight: torch.Tensor,
-    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    _g_t_0: torch.Tensor,
 ) -> list[torch.Tensor]:
     """the vector-Jacobian product of tp_then_linear: x (n, 32), y (n, 4), d_z (n, 32) -> d_x (n, 32), d_y (n, 4), d_weight (160,)."""
     n = x.shape[0]
-    # 8x0e ⊗ 1x0e -> 8x0e
-    _c0 = torch.einsum("zui,zvj->zijuv", x[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1))
-    _c1 = torch.einsum("ijk,uv->ijkuv", cg_0_0_0, weight[0:8].view(8, 1))
-    t_0 = torch.einsum("zijuv,ijkuv->zuk", _c0, (_c1 * 0.7071067811865476))
-    # 8x0e ⊗ 1x1o -> 8x1o
-    _c2 = torch.einsum("zui,zvj->zijuv", x[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3))
-    _c3 = torch.einsum("ijk,uv->ijkuv", cg_0_1_1, weight[8:16].view(8, 1))
-    t_1 = torch.einsum("zijuv,ijkuv->zuk", _c2, (_c3 * 1.224744871391589))
-    # 8x1o ⊗ 1x0e -> 8x1o
-    _c4 = torch.einsum("zui,zvj->zijuv", x[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1))
-    _c5 = torch.einsum("ijk,uv->ijkuv", cg_1_0_1, weight[16:24].view(8, 1))
-    t_2 = torch.einsum("zijuv,ijkuv->zuk", _c4, (_c5 * 1.224744871391589))
-    # 8x1o ⊗ 1x1o -> 8x0e
-    _c6 = torch.einsum("zui,zvj->zijuv", x[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3))
-    _c7 = torch.einsum("ijk,uv->ijkuv", cg_1_1_0, weight[24:32].view(8, 1))
-    t_3 = torch.einsum("zijuv,ijkuv->zuk", _c6, (_c7 * 0.7071067811865476))
+    # every path's (i, k) map at once: y · G
+    _m_t_0 = torch.einsum("zj,jc->zc", y.reshape(n, 4), _g_t_0)
+    # 1 paths 8x0e ⊗ y -> 8x0e
+    _t_t_0_0_0 = torch.einsum("zui,zipk->zupk", x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 0:1].reshape(n, 1, 1, 1))
+    t_0 = torch.einsum("zupk,pu->zuk", _t_t_0_0_0, weight[0:8].view(1, 8))
+    # 1 paths 8x0e ⊗ y -> 8x1o
+    _t_t_0_0_1 = torch.einsum("zui,zipk->zupk", x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 1:4].reshape(n, 1, 1, 3))
+    t_1 = torch.einsum("zupk,pu->zuk", _t_t_0_0_1, weight[8:16].view(1, 8))
+    # 1 paths 8x1o ⊗ y -> 8x0e
+    _t_t_0_1_0 = torch.einsum("zui,zipk->zupk", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
+    t_2 = torch.einsum("zupk,pu->zuk", _t_t_0_1_0, weight[24:32].view(1, 8))
+    # 1 paths 8x1o ⊗ y -> 8x1o
+    _t_t_0_1_1 = torch.einsum("zui,zipk->zupk", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
+    t_3 = torch.einsum("zupk,pu->zuk", _t_t_0_1_1, weight[16:24].view(1, 8))
     # ∂/∂x: 8x1o -> 8x1o
     d_x_4 = d_z[:, 8:32].reshape(n, 8, 3)
     # ∂/∂x: 8x0e -> 8x0e
@@ -4057,8 +4065,8 @@ def _tp_then_linear_d(
     d_t_6 = torch.einsum("zwi,uw->zui", d_z[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
     # ∂/∂weight: 8x1o -> 8x1o
     t = torch.cat([
-        (t_0 + t_3).reshape(n, 8),
-        (t_1 + t_2).reshape(n, 24),
+        (t_0 + t_2).reshape(n, 8),
+        (t_1 + t_3).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
     d_weight_7 = torch.einsum("zwi,zui->uw", (d_z[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373), t[:, 8:32].reshape(n, 8, 3))
@@ -4066,302 +4074,344 @@ def _tp_then_linear_d(
     d_t_8 = torch.einsum("zwi,uw->zui", d_z[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
     # ∂/∂weight: 8x0e -> 8x0e
     d_weight_9 = torch.einsum("zwi,zui->uw", (d_z[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373), t[:, 0:8].reshape(n, 8, 1))
-    # ∂/∂x: 8x1o ⊗ 1x1o -> 8x0e
     d_t = torch.cat([
         d_t_8.reshape(n, 8),
         d_t_6.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    _c8 = torch.einsum("zuk,zvj->zjkuv", d_t[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3))
-    d_x_10 = torch.einsum("zjkuv,ijkuv->zui", _c8, (_c7 * 0.7071067811865476))
-    # ∂/∂y: 8x1o ⊗ 1x1o -> 8x0e
-    _c9 = torch.einsum("zuk,zui->ziku", d_t[:, 0:8].reshape(n, 8, 1), x[:, 8:32].reshape(n, 8, 3))
-    _c10 = torch.einsum("uv,ziku->zikv", weight[24:32].view(8, 1), _c9)
-    d_y_11 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.7071067811865476), _c10)
-    # ∂/∂weight: 8x1o ⊗ 1x1o -> 8x0e
-    _c11 = torch.einsum("zvj,ijk->zikv", y[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
-    d_weight_12 = torch.einsum("ziku,zikv->uv", _c9, (_c11 * 0.7071067811865476))
-    # ∂/∂x: 8x1o ⊗ 1x0e -> 8x1o
-    _c12 = torch.einsum("zuk,zvj->zjkuv", d_t[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1))
-    d_x_13 = torch.einsum("zjkuv,ijkuv->zui", _c12, (_c5 * 1.224744871391589))
-    # ∂/∂y: 8x1o ⊗ 1x0e -> 8x1o
-    _c13 = torch.einsum("zuk,zui->ziku", d_t[:, 8:32].reshape(n, 8, 3), x[:, 8:32].reshape(n, 8, 3))
-    d_y_14 = torch.einsum("ziku,ijkuv->zvj", _c13, (_c5 * 1.224744871391589))
-    # ∂/∂weight: 8x1o ⊗ 1x0e -> 8x1o
-    _c14 = torch.einsum("zvj,ziku->ijkuv", y[:, 0:1].reshape(n, 1, 1), _c13)
-    d_weight_15 = torch.einsum("ijk,ijkuv->uv", (cg_1_0_1 * 1.224744871391589), _c14)
-    # ∂/∂x: 8x0e ⊗ 1x1o -> 8x1o
-    _c15 = torch.einsum("zuk,zvj->zjkuv", d_t[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3))
-    d_x_16 = torch.einsum("zjkuv,ijkuv->zui", _c15, (_c3 * 1.224744871391589))
-    # ∂/∂y: 8x0e ⊗ 1x1o -> 8x1o
-    _c16 = torch.einsum("zuk,zui->ziku", d_t[:, 8:32].reshape(n, 8, 3), x[:, 0:8].reshape(n, 8, 1))
-    _c17 = torch.einsum("uv,ziku->zikv", weight[8:16].view(8, 1), _c16)
-    d_y_17 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 1.224744871391589), _c17)
-    # ∂/∂weight: 8x0e ⊗ 1x1o -> 8x1o
-    _c18 = torch.einsum("zvj,ijk->zikv", y[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
-    d_weight_18 = torch.einsum("ziku,zikv->uv", _c16, (_c18 * 1.224744871391589))
-    # ∂/∂x: 8x0e ⊗ 1x0e -> 8x0e
-    _c19 = torch.einsum("zuk,zvj->zjkuv", d_t[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1))
-    d_x_19 = torch.einsum("zjkuv,ijkuv->zui", _c19, (_c1 * 0.7071067811865476))
-    # ∂/∂y: 8x0e ⊗ 1x0e -> 8x0e
-    _c20 = torch.einsum("zuk,zui->ziku", d_t[:, 0:8].reshape(n, 8, 1), x[:, 0:8].reshape(n, 8, 1))
-    d_y_20 = torch.einsum("ziku,ijkuv->zvj", _c20, (_c1 * 0.7071067811865476))
-    # ∂/∂weight: 8x0e ⊗ 1x0e -> 8x0e
-    _c21 = torch.einsum("zvj,ziku->ijkuv", y[:, 0:1].reshape(n, 1, 1), _c20)
-    d_weight_21 = torch.einsum("ijk,ijkuv->uv", (cg_0_0_0 * 0.7071067811865476), _c21)
+    d__t_t_0_1_1 = torch.einsum("zuk,pu->zupk", d_t[:, 8:32].reshape(n, 8, 3), weight[16:24].view(1, 8))
+    d_weight_10 = torch.einsum("zuk,zupk->pu", d_t[:, 8:32].reshape(n, 8, 3), _t_t_0_1_1)
+    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
+    d_x_11 = torch.einsum("zupk,zipk->zui", d__t_t_0_1_1, _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
+    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    d__m_t_0_12 = torch.einsum("zupk,zui->zipk", d__t_t_0_1_1, x[:, 8:32].reshape(n, 8, 3))
+    d__t_t_0_1_0 = torch.einsum("zuk,pu->zupk", d_t[:, 0:8].reshape(n, 8, 1), weight[24:32].view(1, 8))
+    d_weight_13 = torch.einsum("zuk,zupk->pu", d_t[:, 0:8].reshape(n, 8, 1), _t_t_0_1_0)
+    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
+    d_x_14 = torch.einsum("zupk,zipk->zui", d__t_t_0_1_0, _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
+    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    d__m_t_0_15 = torch.einsum("zupk,zui->zipk", d__t_t_0_1_0, x[:, 8:32].reshape(n, 8, 3))
+    d__t_t_0_0_1 = torch.einsum("zuk,pu->zupk", d_t[:, 8:32].reshape(n, 8, 3), weight[8:16].view(1, 8))
+    d_weight_16 = torch.einsum("zuk,zupk->pu", d_t[:, 8:32].reshape(n, 8, 3), _t_t_0_0_1)
+    # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
+    d_x_17 = torch.einsum("zupk,zipk->zui", d__t_t_0_0_1, _m_t_0[:, 1:4].reshape(n, 1, 1, 3))
+    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    d__m_t_0_18 = torch.einsum("zupk,zui->zipk", d__t_t_0_0_1, x[:, 0:8].reshape(n, 8, 1))
+    d__t_t_0_0_0 = torch.einsum("zuk,pu->zupk", d_t[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8))
+    d_weight_19 = torch.einsum("zuk,zupk->pu", d_t[:, 0:8].reshape(n, 8, 1), _t_t_0_0_0)
+    # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
+    d_x_20 = torch.einsum("zupk,zipk->zui", d__t_t_0_0_0, _m_t_0[:, 0:1].reshape(n, 1, 1, 1))
+    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    d__m_t_0_21 = torch.einsum("zupk,zui->zipk", d__t_t_0_0_0, x[:, 0:8].reshape(n, 8, 1))
+    # ∂/∂y: every path's (i, k) map at once: y · G
+    d__m_t_0 = torch.cat([
+        d__m_t_0_21.reshape(n, 1),
+        d__m_t_0_18.reshape(n, 3),
+        d__m_t_0_15.reshape(n, 3),
+        d__m_t_0_12.reshape(n, 9),
+    ], dim=-1)
+    d_y_22 = torch.einsum("zc,jc->zj", d__m_t_0, _g_t_0)
     d_x = torch.cat([
-        (d_x_5 + d_x_16 + d_x_19).reshape(n, 8),
-        (d_x_4 + d_x_10 + d_x_13).reshape(n, 24),
+        (d_x_5 + d_x_17 + d_x_20).reshape(n, 8),
+        (d_x_4 + d_x_11 + d_x_14).reshape(n, 24),
     ], dim=-1)
-    d_y = torch.cat([
-        (d_y_14 + d_y_20).reshape(n, 1),
-        (d_y_11 + d_y_17).reshape(n, 3),
-    ], dim=-1)
+    d_y = d_y_22
     d_weight = torch.cat([
-        d_weight_21.reshape(8),
-        d_weight_18.reshape(8),
-        d_weight_15.reshape(8),
-        d_weight_12.reshape(8),
+        d_weight_19.reshape(8),
+        d_weight_16.reshape(8),
+        d_weight_10.reshape(8),
+        d_weight_13.reshape(8),
         d_weight_9.reshape(64),
         d_weight_7.reshape(64),
     ], dim=-1)
     return [d_x, d_y, d_weight]
 
 
-def _tp_then_linear_d_d2(
+def _tp_then_linear_d2_x(
     x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_x: torch.Tensor,
-    d2_d_y: torch.Tensor, d2_d_weight: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
-    cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    weight: torch.Tensor, _g_t_0: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """the vector-Jacobian product of tp_then_linear_d: x (n, 32), y (n, 4), d_z (n, 32), d2_d_x (n, 32), d2_d_y (n, 4), d2_d_weight (160,) -> d2_x (n, 32), d2_y (n, 4), d2_d_z (n, 32), d2_weight (160,)."""
+    """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_x: x (n, 32), y (n, 4), d_z (n, 32), d2_d_x (n, 32) -> d2_x (n, 32), d2_y (n, 4), d2_d_z (n, 32), d2_weight (160,)."""
     n = x.shape[0]
-    # 8x0e ⊗ 1x0e -> 8x0e
-    _c0 = torch.einsum("zui,zvj->zijuv", x[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1))
-    _c1 = torch.einsum("ijk,uv->ijkuv", cg_0_0_0, weight[0:8].view(8, 1))
-    t_0 = torch.einsum("zijuv,ijkuv->zuk", _c0, (_c1 * 0.7071067811865476))
-    # 8x0e ⊗ 1x1o -> 8x1o
-    _c2 = torch.einsum("zui,zvj->zijuv", x[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3))
-    _c3 = torch.einsum("ijk,uv->ijkuv", cg_0_1_1, weight[8:16].view(8, 1))
-    t_1 = torch.einsum("zijuv,ijkuv->zuk", _c2, (_c3 * 1.224744871391589))
-    # 8x1o ⊗ 1x0e -> 8x1o
-    _c4 = torch.einsum("zui,zvj->zijuv", x[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1))
-    _c5 = torch.einsum("ijk,uv->ijkuv", cg_1_0_1, weight[16:24].view(8, 1))
-    t_2 = torch.einsum("zijuv,ijkuv->zuk", _c4, (_c5 * 1.224744871391589))
-    # 8x1o ⊗ 1x1o -> 8x0e
-    _c6 = torch.einsum("zui,zvj->zijuv", x[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3))
-    _c7 = torch.einsum("ijk,uv->ijkuv", cg_1_1_0, weight[24:32].view(8, 1))
-    t_3 = torch.einsum("zijuv,ijkuv->zuk", _c6, (_c7 * 0.7071067811865476))
+    # every path's (i, k) map at once: y · G
+    _m_t_0 = torch.einsum("zj,jc->zc", y.reshape(n, 4), _g_t_0)
+    # ∂/∂t: 8x1o -> 8x1o
+    d_t_0 = torch.einsum("zwi,uw->zui", d_z[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
+    # ∂/∂t: 8x0e -> 8x0e
+    d_t_1 = torch.einsum("zwi,uw->zui", d_z[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
+    d_t = torch.cat([
+        d_t_1.reshape(n, 8),
+        d_t_0.reshape(n, 24),
+        weight.new_zeros(n, 24),
+    ], dim=-1)
+    d__t_t_0_1_1 = torch.einsum("zuk,pu->zupk", d_t[:, 8:32].reshape(n, 8, 3), weight[16:24].view(1, 8))
+    d__t_t_0_1_0 = torch.einsum("zuk,pu->zupk", d_t[:, 0:8].reshape(n, 8, 1), weight[24:32].view(1, 8))
+    d__t_t_0_0_1 = torch.einsum("zuk,pu->zupk", d_t[:, 8:32].reshape(n, 8, 3), weight[8:16].view(1, 8))
+    d__t_t_0_0_0 = torch.einsum("zuk,pu->zupk", d_t[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8))
+    # ∂/∂d__t_t_0_0_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
+    d2_d__t_t_0_0_0 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 0:1].reshape(n, 1, 1, 1))
+    # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
+    d2__m_t_0_2 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 0:8].reshape(n, 8, 1), d__t_t_0_0_0)
+    d2_d_t_3 = torch.einsum("zupk,pu->zuk", d2_d__t_t_0_0_0, weight[0:8].view(1, 8))
+    d2_weight_4 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_0_0, d_t[:, 0:8].reshape(n, 8, 1))
+    # ∂/∂d__t_t_0_0_1: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
+    d2_d__t_t_0_0_1 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 1:4].reshape(n, 1, 1, 3))
+    # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
+    d2__m_t_0_5 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 0:8].reshape(n, 8, 1), d__t_t_0_0_1)
+    d2_d_t_6 = torch.einsum("zupk,pu->zuk", d2_d__t_t_0_0_1, weight[8:16].view(1, 8))
+    d2_weight_7 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_0_1, d_t[:, 8:32].reshape(n, 8, 3))
+    # ∂/∂d__t_t_0_1_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
+    d2_d__t_t_0_1_0 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
+    # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
+    d2__m_t_0_8 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 8:32].reshape(n, 8, 3), d__t_t_0_1_0)
+    d2_d_t_9 = torch.einsum("zupk,pu->zuk", d2_d__t_t_0_1_0, weight[24:32].view(1, 8))
+    d2_weight_10 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_1_0, d_t[:, 0:8].reshape(n, 8, 1))
+    # ∂/∂d__t_t_0_1_1: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
+    d2_d__t_t_0_1_1 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
+    # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
+    d2__m_t_0_11 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 8:32].reshape(n, 8, 3), d__t_t_0_1_1)
+    d2_d_t_12 = torch.einsum("zupk,pu->zuk", d2_d__t_t_0_1_1, weight[16:24].view(1, 8))
+    d2_weight_13 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_1_1, d_t[:, 8:32].reshape(n, 8, 3))
+    # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
+    d2_d_t = torch.cat([
+        (d2_d_t_3 + d2_d_t_9).reshape(n, 8),
+        (d2_d_t_6 + d2_d_t_12).reshape(n, 24),
+        weight.new_zeros(n, 24),
+    ], dim=-1)
+    d2_d_z_14 = torch.einsum("zui,uw->zwi", d2_d_t[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
+    # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
+    d2_weight_15 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373), d_z[:, 0:8].reshape(n, 8, 1))
+    # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
+    d2_d_z_16 = torch.einsum("zui,uw->zwi", d2_d_t[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
+    # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
+    d2_weight_17 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373), d_z[:, 8:32].reshape(n, 8, 3))
+    # ∂/∂d_z: ∂/∂x: 8x0e -> 8x0e
+    d2_d_z_18 = d2_d_x[:, 0:8].reshape(n, 8, 1)
+    # ∂/∂d_z: ∂/∂x: 8x1o -> 8x1o
+    d2_d_z_19 = d2_d_x[:, 8:32].reshape(n, 8, 3)
+    # ∂/∂y: every path's (i, k) map at once: y · G
+    d2__m_t_0 = torch.cat([
+        d2__m_t_0_2.reshape(n, 1),
+        d2__m_t_0_5.reshape(n, 3),
+        d2__m_t_0_8.reshape(n, 3),
+        d2__m_t_0_11.reshape(n, 9),
+    ], dim=-1)
+    d2_y_20 = torch.einsum("zc,jc->zj", d2__m_t_0, _g_t_0)
+    d2_x = weight.new_zeros(n, 32)
+    d2_y = d2_y_20
+    d2_d_z = torch.cat([
+        (d2_d_z_14 + d2_d_z_18).reshape(n, 8),
+        (d2_d_z_16 + d2_d_z_19).reshape(n, 24),
+    ], dim=-1)
+    d2_weight = torch.cat([
+        d2_weight_4.reshape(8),
+        d2_weight_7.reshape(8),
+        d2_weight_13.reshape(8),
+        d2_weight_10.reshape(8),
+        d2_weight_15.reshape(64),
+        d2_weight_17.reshape(64),
+    ], dim=-1)
+    return [d2_x, d2_y, d2_d_z, d2_weight]
+
+
+def _tp_then_linear_d2_y(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_y: torch.Tensor,
+    weight: torch.Tensor, _g_t_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_y: x (n, 32), y (n, 4), d_z (n, 32), d2_d_y (n, 4) -> d2_x (n, 32), d2_y (n, 4), d2_d_z (n, 32), d2_weight (160,)."""
+    n = x.shape[0]
+    # ∂/∂t: 8x1o -> 8x1o
+    d_t_0 = torch.einsum("zwi,uw->zui", d_z[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
+    # ∂/∂t: 8x0e -> 8x0e
+    d_t_1 = torch.einsum("zwi,uw->zui", d_z[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
+    d_t = torch.cat([
+        d_t_1.reshape(n, 8),
+        d_t_0.reshape(n, 24),
+        weight.new_zeros(n, 24),
+    ], dim=-1)
+    d__t_t_0_1_1 = torch.einsum("zuk,pu->zupk", d_t[:, 8:32].reshape(n, 8, 3), weight[16:24].view(1, 8))
+    d__t_t_0_1_0 = torch.einsum("zuk,pu->zupk", d_t[:, 0:8].reshape(n, 8, 1), weight[24:32].view(1, 8))
+    d__t_t_0_0_1 = torch.einsum("zuk,pu->zupk", d_t[:, 8:32].reshape(n, 8, 3), weight[8:16].view(1, 8))
+    d__t_t_0_0_0 = torch.einsum("zuk,pu->zupk", d_t[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8))
+    # ∂/∂d__m_t_0: ∂/∂y: every path's (i, k) map at once: y · G
+    d2_d__m_t_0 = torch.einsum("zj,jc->zc", d2_d_y.reshape(n, 4), _g_t_0)
+    # ∂/∂d__t_t_0_0_0: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    d2_d__t_t_0_0_0 = torch.einsum("zipk,zui->zupk", d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1), x[:, 0:8].reshape(n, 8, 1))
+    # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    d2_x_2 = torch.einsum("zipk,zupk->zui", d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1), d__t_t_0_0_0)
+    d2_d_t_3 = torch.einsum("zupk,pu->zuk", d2_d__t_t_0_0_0, weight[0:8].view(1, 8))
+    d2_weight_4 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_0_0, d_t[:, 0:8].reshape(n, 8, 1))
+    # ∂/∂d__t_t_0_0_1: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    d2_d__t_t_0_0_1 = torch.einsum("zipk,zui->zupk", d2_d__m_t_0[:, 1:4].reshape(n, 1, 1, 3), x[:, 0:8].reshape(n, 8, 1))
+    # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    d2_x_5 = torch.einsum("zipk,zupk->zui", d2_d__m_t_0[:, 1:4].reshape(n, 1, 1, 3), d__t_t_0_0_1)
+    d2_d_t_6 = torch.einsum("zupk,pu->zuk", d2_d__t_t_0_0_1, weight[8:16].view(1, 8))
+    d2_weight_7 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_0_1, d_t[:, 8:32].reshape(n, 8, 3))
+    # ∂/∂d__t_t_0_1_0: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    d2_d__t_t_0_1_0 = torch.einsum("zipk,zui->zupk", d2_d__m_t_0[:, 4:7].reshape(n, 3, 1, 1), x[:, 8:32].reshape(n, 8, 3))
+    # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    d2_x_8 = torch.einsum("zipk,zupk->zui", d2_d__m_t_0[:, 4:7].reshape(n, 3, 1, 1), d__t_t_0_1_0)
+    d2_d_t_9 = torch.einsum("zupk,pu->zuk", d2_d__t_t_0_1_0, weight[24:32].view(1, 8))
+    d2_weight_10 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_1_0, d_t[:, 0:8].reshape(n, 8, 1))
+    # ∂/∂d__t_t_0_1_1: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    d2_d__t_t_0_1_1 = torch.einsum("zipk,zui->zupk", d2_d__m_t_0[:, 7:16].reshape(n, 3, 1, 3), x[:, 8:32].reshape(n, 8, 3))
+    # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    d2_x_11 = torch.einsum("zipk,zupk->zui", d2_d__m_t_0[:, 7:16].reshape(n, 3, 1, 3), d__t_t_0_1_1)
+    d2_d_t_12 = torch.einsum("zupk,pu->zuk", d2_d__t_t_0_1_1, weight[16:24].view(1, 8))
+    d2_weight_13 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_1_1, d_t[:, 8:32].reshape(n, 8, 3))
+    # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
+    d2_d_t = torch.cat([
+        (d2_d_t_3 + d2_d_t_9).reshape(n, 8),
+        (d2_d_t_6 + d2_d_t_12).reshape(n, 24),
+        weight.new_zeros(n, 24),
+    ], dim=-1)
+    d2_d_z_14 = torch.einsum("zui,uw->zwi", d2_d_t[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
+    # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
+    d2_weight_15 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373), d_z[:, 0:8].reshape(n, 8, 1))
+    # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
+    d2_d_z_16 = torch.einsum("zui,uw->zwi", d2_d_t[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
+    # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
+    d2_weight_17 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373), d_z[:, 8:32].reshape(n, 8, 3))
+    d2_x = torch.cat([
+        (d2_x_2 + d2_x_5).reshape(n, 8),
+        (d2_x_8 + d2_x_11).reshape(n, 24),
+    ], dim=-1)
+    d2_y = weight.new_zeros(n, 4)
+    d2_d_z = torch.cat([
+        d2_d_z_14.reshape(n, 8),
+        d2_d_z_16.reshape(n, 24),
+    ], dim=-1)
+    d2_weight = torch.cat([
+        d2_weight_4.reshape(8),
+        d2_weight_7.reshape(8),
+        d2_weight_13.reshape(8),
+        d2_weight_10.reshape(8),
+        d2_weight_15.reshape(64),
+        d2_weight_17.reshape(64),
+    ], dim=-1)
+    return [d2_x, d2_y, d2_d_z, d2_weight]
+
+
+def _tp_then_linear_d2_weight(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_weight: torch.Tensor,
+    weight: torch.Tensor, _g_t_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_weight: x (n, 32), y (n, 4), d_z (n, 32), d2_d_weight (160,) -> d2_x (n, 32), d2_y (n, 4), d2_d_z (n, 32), d2_weight (160,)."""
+    n = x.shape[0]
+    # every path's (i, k) map at once: y · G
+    _m_t_0 = torch.einsum("zj,jc->zc", y.reshape(n, 4), _g_t_0)
+    # 1 paths 8x0e ⊗ y -> 8x0e
+    _t_t_0_0_0 = torch.einsum("zui,zipk->zupk", x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 0:1].reshape(n, 1, 1, 1))
+    t_0 = torch.einsum("zupk,pu->zuk", _t_t_0_0_0, weight[0:8].view(1, 8))
+    # 1 paths 8x0e ⊗ y -> 8x1o
+    _t_t_0_0_1 = torch.einsum("zui,zipk->zupk", x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 1:4].reshape(n, 1, 1, 3))
+    t_1 = torch.einsum("zupk,pu->zuk", _t_t_0_0_1, weight[8:16].view(1, 8))
+    # 1 paths 8x1o ⊗ y -> 8x0e
+    _t_t_0_1_0 = torch.einsum("zui,zipk->zupk", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
+    t_2 = torch.einsum("zupk,pu->zuk", _t_t_0_1_0, weight[24:32].view(1, 8))
+    # 1 paths 8x1o ⊗ y -> 8x1o
+    _t_t_0_1_1 = torch.einsum("zui,zipk->zupk", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
+    t_3 = torch.einsum("zupk,pu->zuk", _t_t_0_1_1, weight[16:24].view(1, 8))
     # ∂/∂t: 8x1o -> 8x1o
     d_t_4 = torch.einsum("zwi,uw->zui", d_z[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
     # ∂/∂t: 8x0e -> 8x0e
     d_t_5 = torch.einsum("zwi,uw->zui", d_z[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
-    # ∂/∂d_t: ∂/∂weight: 8x0e ⊗ 1x0e -> 8x0e
-    _c8 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[0:8].view(8, 1), cg_0_0_0)
-    d2_d_t_6 = torch.einsum("ijkuv,zijuv->zuk", (_c8 * 0.7071067811865476), _c0)
-    # ∂/∂x: ∂/∂weight: 8x0e ⊗ 1x0e -> 8x0e
+    d2_d_t_6 = torch.einsum("pu,zupk->zuk", d2_d_weight[0:8].view(1, 8), _t_t_0_0_0)
     d_t = torch.cat([
         d_t_5.reshape(n, 8),
         d_t_4.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    _c9 = torch.einsum("zuk,zvj->zjkuv", d_t[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1))
-    d2_x_7 = torch.einsum("ijkuv,zjkuv->zui", (_c8 * 0.7071067811865476), _c9)
-    # ∂/∂y: ∂/∂weight: 8x0e ⊗ 1x0e -> 8x0e
-    _c10 = torch.einsum("zuk,zui->ziku", d_t[:, 0:8].reshape(n, 8, 1), x[:, 0:8].reshape(n, 8, 1))
-    d2_y_8 = torch.einsum("ijkuv,ziku->zvj", (_c8 * 0.7071067811865476), _c10)
-    # ∂/∂d_t: ∂/∂y: 8x0e ⊗ 1x0e -> 8x0e
-    _c11 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 0:1].reshape(n, 1, 1), x[:, 0:8].reshape(n, 8, 1))
-    d2_d_t_9 = torch.einsum("zijuv,ijkuv->zuk", _c11, (_c1 * 0.7071067811865476))
-    # ∂/∂x: ∂/∂y: 8x0e ⊗ 1x0e -> 8x0e
-    _c12 = torch.einsum("zvj,zuk->zjkuv", d2_d_y[:, 0:1].reshape(n, 1, 1), d_t[:, 0:8].reshape(n, 8, 1))
-    d2_x_10 = torch.einsum("zjkuv,ijkuv->zui", _c12, (_c1 * 0.7071067811865476))
-    # ∂/∂weight: ∂/∂y: 8x0e ⊗ 1x0e -> 8x0e
-    _c13 = torch.einsum("zui,zjkuv->ijkuv", x[:, 0:8].reshape(n, 8, 1), _c12)
-    d2_weight_11 = torch.einsum("ijk,ijkuv->uv", (cg_0_0_0 * 0.7071067811865476), _c13)
-    # ∂/∂d_t: ∂/∂x: 8x0e ⊗ 1x0e -> 8x0e
-    _c14 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1))
-    d2_d_t_12 = torch.einsum("zijuv,ijkuv->zuk", _c14, (_c1 * 0.7071067811865476))
-    # ∂/∂y: ∂/∂x: 8x0e ⊗ 1x0e -> 8x0e
-    _c15 = torch.einsum("zui,zuk->ziku", d2_d_x[:, 0:8].reshape(n, 8, 1), d_t[:, 0:8].reshape(n, 8, 1))
-    d2_y_13 = torch.einsum("ziku,ijkuv->zvj", _c15, (_c1 * 0.7071067811865476))
-    # ∂/∂weight: ∂/∂x: 8x0e ⊗ 1x0e -> 8x0e
-    _c16 = torch.einsum("zvj,ziku->ijkuv", y[:, 0:1].reshape(n, 1, 1), _c15)
-    d2_weight_14 = torch.einsum("ijk,ijkuv->uv", (cg_0_0_0 * 0.7071067811865476), _c16)
-    # ∂/∂d_t: ∂/∂weight: 8x0e ⊗ 1x1o -> 8x1o
-    _c17 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[8:16].view(8, 1), cg_0_1_1)
-    d2_d_t_15 = torch.einsum("ijkuv,zijuv->zuk", (_c17 * 1.224744871391589), _c2)
-    # ∂/∂x: ∂/∂weight: 8x0e ⊗ 1x1o -> 8x1o
-    _c18 = torch.einsum("zuk,zvj->zjkuv", d_t[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3))
-    d2_x_16 = torch.einsum("ijkuv,zjkuv->zui", (_c17 * 1.224744871391589), _c18)
-    # ∂/∂y: ∂/∂weight: 8x0e ⊗ 1x1o -> 8x1o
-    _c19 = torch.einsum("zuk,zui->ziku", d_t[:, 8:32].reshape(n, 8, 3), x[:, 0:8].reshape(n, 8, 1))
-    _c20 = torch.einsum("uv,ziku->zikv", d2_d_weight[8:16].view(8, 1), _c19)
-    d2_y_17 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 1.224744871391589), _c20)
-    # ∂/∂d_t: ∂/∂y: 8x0e ⊗ 1x1o -> 8x1o
-    _c21 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 1:4].reshape(n, 1, 3), x[:, 0:8].reshape(n, 8, 1))
-    d2_d_t_18 = torch.einsum("zijuv,ijkuv->zuk", _c21, (_c3 * 1.224744871391589))
-    # ∂/∂x: ∂/∂y: 8x0e ⊗ 1x1o -> 8x1o
-    _c22 = torch.einsum("zvj,zuk->zjkuv", d2_d_y[:, 1:4].reshape(n, 1, 3), d_t[:, 8:32].reshape(n, 8, 3))
-    d2_x_19 = torch.einsum("zjkuv,ijkuv->zui", _c22, (_c3 * 1.224744871391589))
-    # ∂/∂weight: ∂/∂y: 8x0e ⊗ 1x1o -> 8x1o
-    _c23 = torch.einsum("zvj,ijk->zikv", d2_d_y[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
-    d2_weight_20 = torch.einsum("zikv,ziku->uv", (_c23 * 1.224744871391589), _c19)
-    # ∂/∂d_t: ∂/∂x: 8x0e ⊗ 1x1o -> 8x1o
-    _c24 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3))
-    d2_d_t_21 = torch.einsum("zijuv,ijkuv->zuk", _c24, (_c3 * 1.224744871391589))
-    # ∂/∂y: ∂/∂x: 8x0e ⊗ 1x1o -> 8x1o
-    _c25 = torch.einsum("zui,zuk->ziku", d2_d_x[:, 0:8].reshape(n, 8, 1), d_t[:, 8:32].reshape(n, 8, 3))
-    _c26 = torch.einsum("uv,ziku->zikv", weight[8:16].view(8, 1), _c25)
-    d2_y_22 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 1.224744871391589), _c26)
-    # ∂/∂weight: ∂/∂x: 8x0e ⊗ 1x1o -> 8x1o
-    _c27 = torch.einsum("zvj,ijk->zikv", y[:, 1:4].reshape(n, 1, 3), cg_0_1_1)
-    d2_weight_23 = torch.einsum("ziku,zikv->uv", _c25, (_c27 * 1.224744871391589))
-    # ∂/∂d_t: ∂/∂weight: 8x1o ⊗ 1x0e -> 8x1o
-    _c28 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[16:24].view(8, 1), cg_1_0_1)
-    d2_d_t_24 = torch.einsum("ijkuv,zijuv->zuk", (_c28 * 1.224744871391589), _c4)
-    # ∂/∂x: ∂/∂weight: 8x1o ⊗ 1x0e -> 8x1o
-    _c29 = torch.einsum("zuk,zvj->zjkuv", d_t[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1))
-    d2_x_25 = torch.einsum("ijkuv,zjkuv->zui", (_c28 * 1.224744871391589), _c29)
-    # ∂/∂y: ∂/∂weight: 8x1o ⊗ 1x0e -> 8x1o
-    _c30 = torch.einsum("zuk,zui->ziku", d_t[:, 8:32].reshape(n, 8, 3), x[:, 8:32].reshape(n, 8, 3))
-    d2_y_26 = torch.einsum("ijkuv,ziku->zvj", (_c28 * 1.224744871391589), _c30)
-    # ∂/∂d_t: ∂/∂y: 8x1o ⊗ 1x0e -> 8x1o
-    _c31 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 0:1].reshape(n, 1, 1), x[:, 8:32].reshape(n, 8, 3))
-    d2_d_t_27 = torch.einsum("zijuv,ijkuv->zuk", _c31, (_c5 * 1.224744871391589))
-    # ∂/∂x: ∂/∂y: 8x1o ⊗ 1x0e -> 8x1o
-    _c32 = torch.einsum("zvj,zuk->zjkuv", d2_d_y[:, 0:1].reshape(n, 1, 1), d_t[:, 8:32].reshape(n, 8, 3))
-    d2_x_28 = torch.einsum("zjkuv,ijkuv->zui", _c32, (_c5 * 1.224744871391589))
-    # ∂/∂weight: ∂/∂y: 8x1o ⊗ 1x0e -> 8x1o
-    _c33 = torch.einsum("zui,zjkuv->ijkuv", x[:, 8:32].reshape(n, 8, 3), _c32)
-    d2_weight_29 = torch.einsum("ijk,ijkuv->uv", (cg_1_0_1 * 1.224744871391589), _c33)
-    # ∂/∂d_t: ∂/∂x: 8x1o ⊗ 1x0e -> 8x1o
-    _c34 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1))
-    d2_d_t_30 = torch.einsum("zijuv,ijkuv->zuk", _c34, (_c5 * 1.224744871391589))
-    # ∂/∂y: ∂/∂x: 8x1o ⊗ 1x0e -> 8x1o
-    _c35 = torch.einsum("zui,zuk->ziku", d2_d_x[:, 8:32].reshape(n, 8, 3), d_t[:, 8:32].reshape(n, 8, 3))
-    d2_y_31 = torch.einsum("ziku,ijkuv->zvj", _c35, (_c5 * 1.224744871391589))
-    # ∂/∂weight: ∂/∂x: 8x1o ⊗ 1x0e -> 8x1o
-    _c36 = torch.einsum("zvj,ziku->ijkuv", y[:, 0:1].reshape(n, 1, 1), _c35)
-    d2_weight_32 = torch.einsum("ijk,ijkuv->uv", (cg_1_0_1 * 1.224744871391589), _c36)
-    # ∂/∂d_t: ∂/∂weight: 8x1o ⊗ 1x1o -> 8x0e
-    _c37 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[24:32].view(8, 1), cg_1_1_0)
-    d2_d_t_33 = torch.einsum("ijkuv,zijuv->zuk", (_c37 * 0.7071067811865476), _c6)
-    # ∂/∂x: ∂/∂weight: 8x1o ⊗ 1x1o -> 8x0e
-    _c38 = torch.einsum("zuk,zvj->zjkuv", d_t[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3))
-    d2_x_34 = torch.einsum("ijkuv,zjkuv->zui", (_c37 * 0.7071067811865476), _c38)
-    # ∂/∂y: ∂/∂weight: 8x1o ⊗ 1x1o -> 8x0e
-    _c39 = torch.einsum("zuk,zui->ziku", d_t[:, 0:8].reshape(n, 8, 1), x[:, 8:32].reshape(n, 8, 3))
-    _c40 = torch.einsum("uv,ziku->zikv", d2_d_weight[24:32].view(8, 1), _c39)
-    d2_y_35 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.7071067811865476), _c40)
-    # ∂/∂d_t: ∂/∂y: 8x1o ⊗ 1x1o -> 8x0e
-    _c41 = torch.einsum("zvj,zui->zijuv", d2_d_y[:, 1:4].reshape(n, 1, 3), x[:, 8:32].reshape(n, 8, 3))
-    d2_d_t_36 = torch.einsum("zijuv,ijkuv->zuk", _c41, (_c7 * 0.7071067811865476))
-    # ∂/∂x: ∂/∂y: 8x1o ⊗ 1x1o -> 8x0e
-    _c42 = torch.einsum("zvj,zuk->zjkuv", d2_d_y[:, 1:4].reshape(n, 1, 3), d_t[:, 0:8].reshape(n, 8, 1))
-    d2_x_37 = torch.einsum("zjkuv,ijkuv->zui", _c42, (_c7 * 0.7071067811865476))
-    # ∂/∂weight: ∂/∂y: 8x1o ⊗ 1x1o -> 8x0e
-    _c43 = torch.einsum("zvj,ijk->zikv", d2_d_y[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
-    d2_weight_38 = torch.einsum("zikv,ziku->uv", (_c43 * 0.7071067811865476), _c39)
-    # ∂/∂d_t: ∂/∂x: 8x1o ⊗ 1x1o -> 8x0e
-    _c44 = torch.einsum("zui,zvj->zijuv", d2_d_x[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3))
-    d2_d_t_39 = torch.einsum("zijuv,ijkuv->zuk", _c44, (_c7 * 0.7071067811865476))
-    # ∂/∂y: ∂/∂x: 8x1o ⊗ 1x1o -> 8x0e
-    _c45 = torch.einsum("zui,zuk->ziku", d2_d_x[:, 8:32].reshape(n, 8, 3), d_t[:, 0:8].reshape(n, 8, 1))
-    _c46 = torch.einsum("uv,ziku->zikv", weight[24:32].view(8, 1), _c45)
-    d2_y_40 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.7071067811865476), _c46)
-    # ∂/∂weight: ∂/∂x: 8x1o ⊗ 1x1o -> 8x0e
-    _c47 = torch.einsum("zvj,ijk->zikv", y[:, 1:4].reshape(n, 1, 3), cg_1_1_0)
-    d2_weight_41 = torch.einsum("ziku,zikv->uv", _c45, (_c47 * 0.7071067811865476))
+    d2__t_t_0_0_0_7 = torch.einsum("pu,zuk->zupk", d2_d_weight[0:8].view(1, 8), d_t[:, 0:8].reshape(n, 8, 1))
+    d2_d_t_8 = torch.einsum("pu,zupk->zuk", d2_d_weight[8:16].view(1, 8), _t_t_0_0_1)
+    d2__t_t_0_0_1_9 = torch.einsum("pu,zuk->zupk", d2_d_weight[8:16].view(1, 8), d_t[:, 8:32].reshape(n, 8, 3))
+    d2_d_t_10 = torch.einsum("pu,zupk->zuk", d2_d_weight[24:32].view(1, 8), _t_t_0_1_0)
+    d2__t_t_0_1_0_11 = torch.einsum("pu,zuk->zupk", d2_d_weight[24:32].view(1, 8), d_t[:, 0:8].reshape(n, 8, 1))
+    d2_d_t_12 = torch.einsum("pu,zupk->zuk", d2_d_weight[16:24].view(1, 8), _t_t_0_1_1)
+    d2__t_t_0_1_1_13 = torch.einsum("pu,zuk->zupk", d2_d_weight[16:24].view(1, 8), d_t[:, 8:32].reshape(n, 8, 3))
     # ∂/∂d_z: ∂/∂weight: 8x0e -> 8x0e
     t = torch.cat([
-        (t_0 + t_3).reshape(n, 8),
-        (t_1 + t_2).reshape(n, 24),
+        (t_0 + t_2).reshape(n, 8),
+        (t_1 + t_3).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    d2_d_z_42 = torch.einsum("uw,zui->zwi", (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373), t[:, 0:8].reshape(n, 8, 1))
+    d2_d_z_14 = torch.einsum("uw,zui->zwi", (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373), t[:, 0:8].reshape(n, 8, 1))
     # ∂/∂t: ∂/∂weight: 8x0e -> 8x0e
-    d2_t_43 = torch.einsum("uw,zwi->zui", (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373), d_z[:, 0:8].reshape(n, 8, 1))
+    d2_t_15 = torch.einsum("uw,zwi->zui", (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373), d_z[:, 0:8].reshape(n, 8, 1))
     # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
     d2_d_t = torch.cat([
-        (d2_d_t_6 + d2_d_t_9 + d2_d_t_12 + d2_d_t_33 + d2_d_t_36 + d2_d_t_39).reshape(n, 8),
-        (d2_d_t_15 + d2_d_t_18 + d2_d_t_21 + d2_d_t_24 + d2_d_t_27 + d2_d_t_30).reshape(n, 24),
+        (d2_d_t_6 + d2_d_t_10).reshape(n, 8),
+        (d2_d_t_8 + d2_d_t_12).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    d2_d_z_44 = torch.einsum("zui,uw->zwi", d2_d_t[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
+    d2_d_z_16 = torch.einsum("zui,uw->zwi", d2_d_t[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
     # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
-    d2_weight_45 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373), d_z[:, 0:8].reshape(n, 8, 1))
+    d2_weight_17 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373), d_z[:, 0:8].reshape(n, 8, 1))
     # ∂/∂d_z: ∂/∂weight: 8x1o -> 8x1o
-    d2_d_z_46 = torch.einsum("uw,zui->zwi", (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373), t[:, 8:32].reshape(n, 8, 3))
+    d2_d_z_18 = torch.einsum("uw,zui->zwi", (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373), t[:, 8:32].reshape(n, 8, 3))
     # ∂/∂t: ∂/∂weight: 8x1o -> 8x1o
-    d2_t_47 = torch.einsum("uw,zwi->zui", (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373), d_z[:, 8:32].reshape(n, 8, 3))
+    d2_t_19 = torch.einsum("uw,zwi->zui", (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373), d_z[:, 8:32].reshape(n, 8, 3))
     # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
-    d2_d_z_48 = torch.einsum("zui,uw->zwi", d2_d_t[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
+    d2_d_z_20 = torch.einsum("zui,uw->zwi", d2_d_t[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
     # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
-    d2_weight_49 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373), d_z[:, 8:32].reshape(n, 8, 3))
-    # ∂/∂d_z: ∂/∂x: 8x0e -> 8x0e
-    d2_d_z_50 = d2_d_x[:, 0:8].reshape(n, 8, 1)
-    # ∂/∂d_z: ∂/∂x: 8x1o -> 8x1o
-    d2_d_z_51 = d2_d_x[:, 8:32].reshape(n, 8, 3)
-    # ∂/∂x: 8x1o ⊗ 1x1o -> 8x0e
+    d2_weight_21 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373), d_z[:, 8:32].reshape(n, 8, 3))
     d2_t = torch.cat([
-        d2_t_43.reshape(n, 8),
-        d2_t_47.reshape(n, 24),
+        d2_t_15.reshape(n, 8),
+        d2_t_19.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    _c48 = torch.einsum("zuk,zvj->zjkuv", d2_t[:, 0:8].reshape(n, 8, 1), y[:, 1:4].reshape(n, 1, 3))
-    d2_x_52 = torch.einsum("zjkuv,ijkuv->zui", _c48, (_c7 * 0.7071067811865476))
-    # ∂/∂y: 8x1o ⊗ 1x1o -> 8x0e
-    _c49 = torch.einsum("zuk,zui->ziku", d2_t[:, 0:8].reshape(n, 8, 1), x[:, 8:32].reshape(n, 8, 3))
-    _c50 = torch.einsum("uv,ziku->zikv", weight[24:32].view(8, 1), _c49)
-    d2_y_53 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.7071067811865476), _c50)
-    # ∂/∂weight: 8x1o ⊗ 1x1o -> 8x0e
-    d2_weight_54 = torch.einsum("ziku,zikv->uv", _c49, (_c47 * 0.7071067811865476))
-    # ∂/∂x: 8x1o ⊗ 1x0e -> 8x1o
-    _c51 = torch.einsum("zuk,zvj->zjkuv", d2_t[:, 8:32].reshape(n, 8, 3), y[:, 0:1].reshape(n, 1, 1))
-    d2_x_55 = torch.einsum("zjkuv,ijkuv->zui", _c51, (_c5 * 1.224744871391589))
-    # ∂/∂y: 8x1o ⊗ 1x0e -> 8x1o
-    _c52 = torch.einsum("zuk,zui->ziku", d2_t[:, 8:32].reshape(n, 8, 3), x[:, 8:32].reshape(n, 8, 3))
-    d2_y_56 = torch.einsum("ziku,ijkuv->zvj", _c52, (_c5 * 1.224744871391589))
-    # ∂/∂weight: 8x1o ⊗ 1x0e -> 8x1o
-    _c53 = torch.einsum("zvj,ziku->ijkuv", y[:, 0:1].reshape(n, 1, 1), _c52)
-    d2_weight_57 = torch.einsum("ijk,ijkuv->uv", (cg_1_0_1 * 1.224744871391589), _c53)
-    # ∂/∂x: 8x0e ⊗ 1x1o -> 8x1o
-    _c54 = torch.einsum("zuk,zvj->zjkuv", d2_t[:, 8:32].reshape(n, 8, 3), y[:, 1:4].reshape(n, 1, 3))
-    d2_x_58 = torch.einsum("zjkuv,ijkuv->zui", _c54, (_c3 * 1.224744871391589))
-    # ∂/∂y: 8x0e ⊗ 1x1o -> 8x1o
-    _c55 = torch.einsum("zuk,zui->ziku", d2_t[:, 8:32].reshape(n, 8, 3), x[:, 0:8].reshape(n, 8, 1))
-    _c56 = torch.einsum("uv,ziku->zikv", weight[8:16].view(8, 1), _c55)
-    d2_y_59 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 1.224744871391589), _c56)
-    # ∂/∂weight: 8x0e ⊗ 1x1o -> 8x1o
-    d2_weight_60 = torch.einsum("ziku,zikv->uv", _c55, (_c27 * 1.224744871391589))
-    # ∂/∂x: 8x0e ⊗ 1x0e -> 8x0e
-    _c57 = torch.einsum("zuk,zvj->zjkuv", d2_t[:, 0:8].reshape(n, 8, 1), y[:, 0:1].reshape(n, 1, 1))
-    d2_x_61 = torch.einsum("zjkuv,ijkuv->zui", _c57, (_c1 * 0.7071067811865476))
-    # ∂/∂y: 8x0e ⊗ 1x0e -> 8x0e
-    _c58 = torch.einsum("zuk,zui->ziku", d2_t[:, 0:8].reshape(n, 8, 1), x[:, 0:8].reshape(n, 8, 1))
-    d2_y_62 = torch.einsum("ziku,ijkuv->zvj", _c58, (_c1 * 0.7071067811865476))
-    # ∂/∂weight: 8x0e ⊗ 1x0e -> 8x0e
-    _c59 = torch.einsum("zvj,ziku->ijkuv", y[:, 0:1].reshape(n, 1, 1), _c58)
-    d2_weight_63 = torch.einsum("ijk,ijkuv->uv", (cg_0_0_0 * 0.7071067811865476), _c59)
+    d2__t_t_0_1_1_22 = torch.einsum("zuk,pu->zupk", d2_t[:, 8:32].reshape(n, 8, 3), weight[16:24].view(1, 8))
+    d2_weight_23 = torch.einsum("zuk,zupk->pu", d2_t[:, 8:32].reshape(n, 8, 3), _t_t_0_1_1)
+    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
+    d2__t_t_0_1_1 = d2__t_t_0_1_1_13 + d2__t_t_0_1_1_22
+    d2_x_24 = torch.einsum("zupk,zipk->zui", d2__t_t_0_1_1, _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
+    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    d2__m_t_0_25 = torch.einsum("zupk,zui->zipk", d2__t_t_0_1_1, x[:, 8:32].reshape(n, 8, 3))
+    d2__t_t_0_1_0_26 = torch.einsum("zuk,pu->zupk", d2_t[:, 0:8].reshape(n, 8, 1), weight[24:32].view(1, 8))
+    d2_weight_27 = torch.einsum("zuk,zupk->pu", d2_t[:, 0:8].reshape(n, 8, 1), _t_t_0_1_0)
+    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
+    d2__t_t_0_1_0 = d2__t_t_0_1_0_11 + d2__t_t_0_1_0_26
+    d2_x_28 = torch.einsum("zupk,zipk->zui", d2__t_t_0_1_0, _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
+    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    d2__m_t_0_29 = torch.einsum("zupk,zui->zipk", d2__t_t_0_1_0, x[:, 8:32].reshape(n, 8, 3))
+    d2__t_t_0_0_1_30 = torch.einsum("zuk,pu->zupk", d2_t[:, 8:32].reshape(n, 8, 3), weight[8:16].view(1, 8))
+    d2_weight_31 = torch.einsum("zuk,zupk->pu", d2_t[:, 8:32].reshape(n, 8, 3), _t_t_0_0_1)
+    # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
+    d2__t_t_0_0_1 = d2__t_t_0_0_1_9 + d2__t_t_0_0_1_30
+    d2_x_32 = torch.einsum("zupk,zipk->zui", d2__t_t_0_0_1, _m_t_0[:, 1:4].reshape(n, 1, 1, 3))
+    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    d2__m_t_0_33 = torch.einsum("zupk,zui->zipk", d2__t_t_0_0_1, x[:, 0:8].reshape(n, 8, 1))
+    d2__t_t_0_0_0_34 = torch.einsum("zuk,pu->zupk", d2_t[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8))
+    d2_weight_35 = torch.einsum("zuk,zupk->pu", d2_t[:, 0:8].reshape(n, 8, 1), _t_t_0_0_0)
+    # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
+    d2__t_t_0_0_0 = d2__t_t_0_0_0_7 + d2__t_t_0_0_0_34
+    d2_x_36 = torch.einsum("zupk,zipk->zui", d2__t_t_0_0_0, _m_t_0[:, 0:1].reshape(n, 1, 1, 1))
+    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    d2__m_t_0_37 = torch.einsum("zupk,zui->zipk", d2__t_t_0_0_0, x[:, 0:8].reshape(n, 8, 1))
+    # ∂/∂y: every path's (i, k) map at once: y · G
+    d2__m_t_0 = torch.cat([
+        d2__m_t_0_37.reshape(n, 1),
+        d2__m_t_0_33.reshape(n, 3),
+        d2__m_t_0_29.reshape(n, 3),
+        d2__m_t_0_25.reshape(n, 9),
+    ], dim=-1)
+    d2_y_38 = torch.einsum("zc,jc->zj", d2__m_t_0, _g_t_0)
     d2_x = torch.cat([
-        (d2_x_7 + d2_x_10 + d2_x_16 + d2_x_19 + d2_x_58 + d2_x_61).reshape(n, 8),
-        (d2_x_25 + d2_x_28 + d2_x_34 + d2_x_37 + d2_x_52 + d2_x_55).reshape(n, 24),
+        (d2_x_32 + d2_x_36).reshape(n, 8),
+        (d2_x_24 + d2_x_28).reshape(n, 24),
     ], dim=-1)
-    d2_y = torch.cat([
-        (d2_y_8 + d2_y_13 + d2_y_26 + d2_y_31 + d2_y_56 + d2_y_62).reshape(n, 1),
-        (d2_y_17 + d2_y_22 + d2_y_35 + d2_y_40 + d2_y_53 + d2_y_59).reshape(n, 3),
-    ], dim=-1)
+    d2_y = d2_y_38
     d2_d_z = torch.cat([
-        (d2_d_z_42 + d2_d_z_44 + d2_d_z_50).reshape(n, 8),
-        (d2_d_z_46 + d2_d_z_48 + d2_d_z_51).reshape(n, 24),
+        (d2_d_z_14 + d2_d_z_16).reshape(n, 8),
+        (d2_d_z_18 + d2_d_z_20).reshape(n, 24),
     ], dim=-1)
     d2_weight = torch.cat([
-        (d2_weight_11 + d2_weight_14 + d2_weight_63).reshape(8),
-        (d2_weight_20 + d2_weight_23 + d2_weight_60).reshape(8),
-        (d2_weight_29 + d2_weight_32 + d2_weight_57).reshape(8),
-        (d2_weight_38 + d2_weight_41 + d2_weight_54).reshape(8),
-        d2_weight_45.reshape(64),
-        d2_weight_49.reshape(64),
+        d2_weight_35.reshape(8),
+        d2_weight_31.reshape(8),
+        d2_weight_23.reshape(8),
+        d2_weight_27.reshape(8),
+        d2_weight_17.reshape(64),
+        d2_weight_21.reshape(64),
     ], dim=-1)
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
@@ -4440,10 +4490,13 @@ def _tp_then_linear_triton(x, y, weight, *constants: torch.Tensor) -> list[torch
     return [z_out]
 
 
-# tp_then_linear: each op's autograd is the next program's op; the last one's is autograd through its code
-_ops.register("tp_then_linear_d_d2", _tp_then_linear_d_d2, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={})
-_ops.register("tp_then_linear_d", _tp_then_linear_d, outputs=((32, True), (4, True), (160, False)), index_ranges={}, backward=_ops.tp_then_linear_d_d2)
-_ops.register("tp_then_linear", _tp_then_linear_triton, outputs=((32, True),), index_ranges={}, backward=_ops.tp_then_linear_d, check_indices=True)
+# tp_then_linear: an op's autograd runs, per cotangent present, the op of its derivative program;
+# the last ones differentiate through their own torch code
+_ops.register("tp_then_linear_d2_x", _tp_then_linear_d2_x, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={})
+_ops.register("tp_then_linear_d2_y", _tp_then_linear_d2_y, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={})
+_ops.register("tp_then_linear_d2_weight", _tp_then_linear_d2_weight, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={})
+_ops.register("tp_then_linear_d", _tp_then_linear_d, outputs=((32, True), (4, True), (160, False)), index_ranges={}, backward=[_ops.tp_then_linear_d2_x, _ops.tp_then_linear_d2_y, _ops.tp_then_linear_d2_weight])
+_ops.register("tp_then_linear", _tp_then_linear_triton, outputs=((32, True),), index_ranges={}, backward=[_ops.tp_then_linear_d], check_indices=True)
 
 
 class fc_tp(rt.FusionModule):
@@ -4458,7 +4511,43 @@ class fc_tp(rt.FusionModule):
     irreps_out = ('32x0e+32x1o+32x2e',)
     weight_numel = 13312
     input_weight_numel = {}
-    cg_tables = ((0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 0, 1), (1, 1, 0), (1, 1, 2), (1, 2, 1), (1, 3, 2), (2, 0, 2), (2, 1, 1), (2, 2, 0), (2, 2, 2), (2, 3, 1))
+    cg_tables = ()
+    matrices = {  # constant matrices as sparse (row, column, value): recouplings (exact 6j), stacked CG tables
+        "_g_z_0": ((16, 145), (
+            (0, 0, 0.10206207261596575), (0, 12, 0.07905694150420947), (0, 19, 0.07905694150420947), (0, 26, 0.07905694150420947),
+            (0, 95, 0.07905694150420949), (0, 106, 0.07905694150420949), (0, 117, 0.07905694150420949), (0, 128, 0.07905694150420949),
+            (0, 139, 0.07905694150420949), (1, 1, 0.07905694150420947), (1, 9, 0.05892556509887896), (1, 32, -0.03227486121839514),
+            (1, 34, -0.05590169943749475), (1, 41, 0.05590169943749475), (1, 50, 0.05590169943749475), (1, 67, 0.04330127018922193),
+            (1, 72, 0.04330127018922193), (1, 77, -0.024999999999999998), (1, 89, -0.04330127018922193), (2, 2, 0.07905694150420947),
+            (2, 10, 0.05892556509887896), (2, 31, 0.05590169943749475), (2, 42, 0.06454972243679027), (2, 53, 0.05590169943749475),
+            (2, 71, 0.04330127018922193), (2, 78, 0.049999999999999996), (2, 85, 0.04330127018922193), (3, 3, 0.07905694150420947),
+            (3, 11, 0.05892556509887896), (3, 30, 0.05590169943749475), (3, 43, 0.05590169943749475), (3, 52, -0.03227486121839514),
+            (3, 54, 0.05590169943749475), (3, 65, 0.04330127018922193), (3, 79, -0.024999999999999998), (3, 84, 0.04330127018922193),
+            (3, 91, 0.04330127018922193), (4, 4, 0.07905694150420949), (4, 17, 0.04330127018922193), (4, 27, 0.04330127018922193),
+            (4, 60, 0.04564354645876384), (4, 102, -0.04225771273642583), (4, 113, 0.036596252735569997), (4, 120, -0.04225771273642583),
+            (4, 131, 0.036596252735569997), (5, 5, 0.07905694150420949), (5, 16, 0.04330127018922193), (5, 21, 0.04330127018922193),
+            (5, 61, 0.04564354645876384), (5, 103, 0.036596252735569997), (5, 112, 0.021128856368212916), (5, 114, -0.036596252735569997),
+            (5, 121, 0.021128856368212916), (5, 130, 0.036596252735569997), (5, 141, -0.036596252735569997), (6, 6, 0.07905694150420949),
+            (6, 15, -0.024999999999999998), (6, 22, 0.049999999999999996), (6, 29, -0.024999999999999998), (6, 62, 0.04564354645876384),
+            (6, 100, -0.04225771273642583), (6, 111, 0.021128856368212916), (6, 122, 0.04225771273642583), (6, 133, 0.021128856368212916),
+            (6, 144, -0.04225771273642583), (7, 7, 0.07905694150420949), (7, 23, 0.04330127018922193), (7, 28, 0.04330127018922193),
+            (7, 63, 0.04564354645876384), (7, 101, 0.036596252735569997), (7, 110, 0.036596252735569997), (7, 123, 0.021128856368212916),
+            (7, 132, 0.021128856368212916), (7, 134, 0.036596252735569997), (7, 143, 0.036596252735569997), (8, 8, 0.07905694150420949),
+            (8, 15, -0.04330127018922193), (8, 29, 0.04330127018922193), (8, 64, 0.04564354645876384), (8, 111, -0.036596252735569997),
+            (8, 124, -0.04225771273642583), (8, 133, 0.036596252735569997), (8, 142, -0.04225771273642583), (9, 39, 0.04724555912615341),
+            (9, 55, 0.04724555912615341), (9, 70, 0.036596252735569997), (9, 92, 0.036596252735569997), (10, 38, 0.038575837490522985),
+            (10, 45, 0.038575837490522985), (10, 56, 0.038575837490522985), (10, 69, 0.02988071523335984), (10, 76, 0.02988071523335984),
+            (10, 86, 0.02988071523335984), (11, 37, 0.04225771273642583), (11, 39, 0.012198750911856666), (11, 46, 0.048795003647426664),
+            (11, 55, -0.012198750911856666), (11, 70, -0.00944911182523068), (11, 75, 0.03779644730092272), (11, 80, 0.032732683535398856),
+            (11, 92, 0.00944911182523068), (12, 36, -0.02988071523335984), (12, 47, 0.05175491695067657), (12, 58, -0.02988071523335984),
+            (12, 74, -0.023145502494313783), (12, 81, 0.04008918628686366), (12, 88, -0.023145502494313783), (13, 35, -0.012198750911856666),
+            (13, 48, 0.048795003647426664), (13, 57, 0.04225771273642583), (13, 59, -0.012198750911856666), (13, 68, -0.00944911182523068),
+            (13, 82, 0.032732683535398856), (13, 87, 0.03779644730092272), (13, 94, -0.00944911182523068), (14, 36, -0.038575837490522985),
+            (14, 49, 0.038575837490522985), (14, 58, 0.038575837490522985), (14, 74, -0.02988071523335984), (14, 88, 0.02988071523335984),
+            (14, 93, 0.02988071523335984), (15, 35, -0.04724555912615341), (15, 59, 0.04724555912615341), (15, 68, -0.036596252735569997),
+            (15, 94, 0.036596252735569997),
+        )),
+    }
 
     def __init__(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__()
@@ -4490,7 +4579,99 @@ class conv_tp(rt.FusionModule):
     irreps_out = ('32x0e+32x1o+32x2e+32x1e+32x2o+32x3o+32x3e',)
     weight_numel = 0
     input_weight_numel = {'w': 768}
-    cg_tables = ((0, 0, 0), (0, 1, 1), (0, 2, 2), (0, 3, 3), (1, 0, 1), (1, 1, 0), (1, 1, 1), (1, 1, 2), (1, 2, 1), (1, 2, 2), (1, 2, 3), (1, 3, 2), (1, 3, 3), (2, 0, 2), (2, 1, 1), (2, 1, 2), (2, 1, 3), (2, 2, 0), (2, 2, 1), (2, 2, 2), (2, 2, 3), (2, 3, 1), (2, 3, 2), (2, 3, 3))
+    cg_tables = ()
+    matrices = {  # constant matrices as sparse (row, column, value): recouplings (exact 6j), stacked CG tables
+        "_g_m_0": ((16, 388), (
+            (0, 0, 0.5773502691896257), (0, 19, 0.4472135954999579), (0, 26, 0.4472135954999579), (0, 33, 0.4472135954999579),
+            (0, 168, 0.4472135954999579), (0, 179, 0.4472135954999579), (0, 190, 0.4472135954999579), (0, 201, 0.4472135954999579),
+            (0, 212, 0.4472135954999579), (1, 1, 0.4472135954999579), (1, 16, 0.3333333333333333), (1, 39, -0.18257418583505536),
+            (1, 41, -0.31622776601683794), (1, 48, 0.31622776601683794), (1, 57, 0.31622776601683794), (1, 72, -0.49999999999999994),
+            (1, 74, 0.49999999999999994), (1, 140, 0.24494897427831783), (1, 145, 0.24494897427831783), (1, 150, -0.1414213562373095),
+            (1, 162, -0.24494897427831783), (1, 234, 0.2357022603955158), (1, 243, -0.2357022603955158), (1, 256, -0.408248290463863),
+            (1, 265, 0.408248290463863), (1, 267, -0.2357022603955158), (1, 276, 0.2357022603955158), (1, 287, -0.09128709291752769),
+            (1, 289, -0.3535533905932738), (1, 300, -0.22360679774997896), (1, 302, -0.2886751345948129), (1, 313, 0.31622776601683794),
+            (1, 326, 0.2886751345948129), (1, 339, 0.3535533905932738), (1, 341, 0.09128709291752769), (2, 2, 0.4472135954999579),
+            (2, 17, 0.3333333333333333), (2, 38, 0.31622776601683794), (2, 49, 0.3651483716701107), (2, 60, 0.31622776601683794),
+            (2, 69, 0.49999999999999994), (2, 73, -0.49999999999999994), (2, 144, 0.24494897427831783), (2, 151, 0.282842712474619),
+            (2, 158, 0.24494897427831783), (2, 237, 0.4714045207910316), (2, 246, 0.2357022603955158), (2, 264, -0.2357022603955158),
+            (2, 273, -0.4714045207910316), (2, 284, 0.2886751345948129), (2, 299, 0.36514837167011077), (2, 314, 0.38729833462074176),
+            (2, 329, 0.36514837167011077), (2, 344, 0.2886751345948129), (3, 3, 0.4472135954999579), (3, 18, 0.3333333333333333),
+            (3, 37, 0.31622776601683794), (3, 50, 0.31622776601683794), (3, 59, -0.18257418583505536), (3, 61, 0.31622776601683794),
+            (3, 68, -0.49999999999999994), (3, 70, 0.49999999999999994), (3, 138, 0.24494897427831783), (3, 152, -0.1414213562373095),
+            (3, 157, 0.24494897427831783), (3, 164, 0.24494897427831783), (3, 236, -0.2357022603955158), (3, 245, -0.408248290463863),
+            (3, 247, -0.2357022603955158), (3, 254, 0.408248290463863), (3, 263, 0.2357022603955158), (3, 274, 0.2357022603955158),
+            (3, 283, 0.3535533905932738), (3, 285, -0.09128709291752769), (3, 298, 0.2886751345948129), (3, 315, 0.31622776601683794),
+            (3, 328, -0.22360679774997896), (3, 330, 0.2886751345948129), (3, 343, -0.09128709291752769), (3, 345, 0.3535533905932738),
+            (4, 4, 0.4472135954999579), (4, 24, 0.24494897427831783), (4, 34, 0.24494897427831783), (4, 77, -0.2357022603955158),
+            (4, 85, -0.4714045207910316), (4, 89, 0.2357022603955158), (4, 95, -0.09128709291752769), (4, 97, -0.3535533905932738),
+            (4, 99, 0.2886751345948129), (4, 105, 0.3535533905932738), (4, 107, -0.09128709291752769), (4, 133, 0.2581988897471611),
+            (4, 175, -0.23904572186687872), (4, 186, 0.20701966780270625), (4, 193, -0.23904572186687872), (4, 204, 0.20701966780270625),
+            (4, 221, 0.22360679774997894), (4, 229, -0.22360679774997894), (4, 231, 0.44721359549995787), (4, 360, -0.3535533905932738),
+            (4, 362, -0.2738612787525831), (4, 372, -0.5), (4, 378, 0.2738612787525831), (4, 380, -0.3535533905932738),
+            (4, 384, -0.22360679774997896), (5, 5, 0.4472135954999579), (5, 23, 0.24494897427831783), (5, 28, 0.24494897427831783),
+            (5, 76, 0.2357022603955158), (5, 84, -0.2357022603955158), (5, 88, 0.408248290463863), (5, 90, 0.2357022603955158),
+            (5, 94, -0.22360679774997896), (5, 96, -0.2886751345948129), (5, 100, 0.36514837167011077), (5, 106, 0.2886751345948129),
+            (5, 134, 0.2581988897471611), (5, 176, 0.20701966780270625), (5, 185, 0.11952286093343936), (5, 187, -0.20701966780270625),
+            (5, 194, 0.11952286093343936), (5, 203, 0.20701966780270625), (5, 214, -0.20701966780270625), (5, 218, -0.22360679774997894),
+            (5, 226, -0.38729833462074165), (5, 228, 0.22360679774997894), (5, 232, -0.22360679774997894), (5, 353, 0.3535533905932738),
+            (5, 355, 0.2738612787525831), (5, 371, -0.3162277660168379), (5, 377, 0.4472135954999579), (5, 385, 0.2738612787525831),
+            (5, 387, 0.3535533905932738), (6, 6, 0.4472135954999579), (6, 22, -0.1414213562373095), (6, 29, 0.282842712474619),
+            (6, 36, -0.1414213562373095), (6, 79, 0.408248290463863), (6, 87, -0.408248290463863), (6, 93, 0.31622776601683794),
+            (6, 101, 0.38729833462074176), (6, 109, 0.31622776601683794), (6, 135, 0.2581988897471611), (6, 173, -0.23904572186687872),
+            (6, 184, 0.11952286093343936), (6, 195, 0.23904572186687872), (6, 206, 0.11952286093343936), (6, 217, -0.23904572186687872),
+            (6, 223, 0.38729833462074165), (6, 227, -0.38729833462074165), (6, 358, 0.5), (6, 364, 0.3162277660168379),
+            (6, 376, -0.3162277660168379), (6, 382, -0.5), (7, 7, 0.4472135954999579), (7, 30, 0.24494897427831783),
+            (7, 35, 0.24494897427831783), (7, 78, -0.408248290463863), (7, 80, 0.2357022603955158), (7, 82, 0.2357022603955158),
+            (7, 86, -0.2357022603955158), (7, 92, 0.2886751345948129), (7, 102, 0.36514837167011077), (7, 108, -0.22360679774997896),
+            (7, 110, 0.2886751345948129), (7, 136, 0.2581988897471611), (7, 174, 0.20701966780270625), (7, 183, 0.20701966780270625),
+            (7, 196, 0.11952286093343936), (7, 205, 0.11952286093343936), (7, 207, 0.20701966780270625), (7, 216, 0.20701966780270625),
+            (7, 220, 0.22360679774997894), (7, 222, -0.22360679774997894), (7, 224, 0.38729833462074165), (7, 230, -0.22360679774997894),
+            (7, 357, -0.2738612787525831), (7, 359, 0.3535533905932738), (7, 363, -0.4472135954999579), (7, 369, 0.3162277660168379),
+            (7, 381, -0.3535533905932738), (7, 383, 0.2738612787525831), (8, 8, 0.4472135954999579), (8, 22, -0.24494897427831783),
+            (8, 36, 0.24494897427831783), (8, 79, -0.2357022603955158), (8, 81, 0.4714045207910316), (8, 87, -0.2357022603955158),
+            (8, 91, 0.3535533905932738), (8, 93, 0.09128709291752769), (8, 103, 0.2886751345948129), (8, 109, -0.09128709291752769),
+            (8, 111, 0.3535533905932738), (8, 137, 0.2581988897471611), (8, 184, -0.20701966780270625), (8, 197, -0.23904572186687872),
+            (8, 206, 0.20701966780270625), (8, 215, -0.23904572186687872), (8, 219, -0.44721359549995787), (8, 223, 0.22360679774997894),
+            (8, 227, 0.22360679774997894), (8, 356, 0.22360679774997896), (8, 364, -0.2738612787525831), (8, 366, -0.3535533905932738),
+            (8, 368, 0.5), (8, 374, 0.3535533905932738), (8, 376, -0.2738612787525831), (9, 9, 0.5000000000000001),
+            (9, 46, 0.2672612419124244), (9, 62, 0.2672612419124244), (9, 113, -0.25), (9, 125, -0.6123724356957946),
+            (9, 131, 0.25), (9, 143, 0.20701966780270628), (9, 165, 0.20701966780270628), (9, 239, -0.2439750182371333),
+            (9, 248, 0.2439750182371333), (9, 272, -0.2439750182371333), (9, 281, 0.2439750182371333), (9, 294, -0.14433756729740646),
+            (9, 309, 0.22821773229381923), (9, 318, -0.32274861218395146), (9, 333, 0.22821773229381923), (9, 348, -0.14433756729740646),
+            (10, 10, 0.5000000000000001), (10, 45, 0.2182178902359924), (10, 52, 0.2182178902359924), (10, 63, 0.2182178902359924),
+            (10, 112, 0.25), (10, 114, -0.3227486121839514), (10, 124, -0.408248290463863), (10, 130, 0.3227486121839514),
+            (10, 132, 0.25), (10, 142, 0.16903085094570333), (10, 149, 0.16903085094570333), (10, 159, 0.16903085094570333),
+            (10, 262, -0.3450327796711771), (10, 280, 0.3450327796711771), (10, 293, -0.2886751345948129), (10, 308, 0.1767766952966369),
+            (10, 310, -0.22821773229381923), (10, 332, 0.22821773229381923), (10, 334, 0.1767766952966369), (11, 11, 0.5000000000000001),
+            (11, 44, 0.23904572186687872), (11, 46, 0.06900655593423542), (11, 53, 0.2760262237369417), (11, 62, -0.06900655593423542),
+            (11, 113, 0.3227486121839514), (11, 123, -0.2041241452319315), (11, 129, 0.5), (11, 131, 0.3227486121839514),
+            (11, 143, -0.05345224838248488), (11, 148, 0.2138089935299395), (11, 153, 0.1851640199545103), (11, 165, 0.05345224838248488),
+            (11, 239, -0.18898223650461363), (11, 248, 0.18898223650461363), (11, 261, -0.21821789023599236), (11, 270, 0.21821789023599236),
+            (11, 272, 0.18898223650461363), (11, 281, -0.18898223650461363), (11, 294, 0.22360679774997896), (11, 296, 0.14433756729740646),
+            (11, 307, 0.09128709291752769), (11, 309, -0.1767766952966369), (11, 320, 0.19364916731037088), (11, 333, 0.1767766952966369),
+            (11, 346, -0.14433756729740646), (11, 348, -0.22360679774997896), (12, 12, 0.5000000000000001), (12, 43, -0.1690308509457033),
+            (12, 54, 0.29277002188455997), (12, 65, -0.1690308509457033), (12, 116, 0.5), (12, 128, -0.5),
+            (12, 147, -0.13093073414159542), (12, 154, 0.22677868380553637), (12, 161, -0.13093073414159542), (12, 242, -0.1543033499620919),
+            (12, 251, 0.3086066999241838), (12, 269, -0.3086066999241838), (12, 278, 0.1543033499620919), (12, 291, -0.2886751345948129),
+            (12, 306, 0.09128709291752769), (12, 321, 0.25819888974716115), (12, 336, 0.09128709291752769), (12, 351, -0.2886751345948129),
+            (13, 13, 0.5000000000000001), (13, 42, -0.06900655593423542), (13, 55, 0.2760262237369417), (13, 64, 0.23904572186687872),
+            (13, 66, -0.06900655593423542), (13, 115, -0.5), (13, 117, 0.3227486121839514), (13, 121, 0.2041241452319315),
+            (13, 127, -0.3227486121839514), (13, 141, -0.05345224838248488), (13, 155, 0.1851640199545103), (13, 160, 0.2138089935299395),
+            (13, 167, -0.05345224838248488), (13, 241, 0.18898223650461363), (13, 250, -0.21821789023599236), (13, 252, 0.18898223650461363),
+            (13, 259, 0.21821789023599236), (13, 268, -0.18898223650461363), (13, 279, -0.18898223650461363), (13, 290, -0.14433756729740646),
+            (13, 292, 0.22360679774997896), (13, 305, 0.1767766952966369), (13, 322, 0.19364916731037088), (13, 335, 0.09128709291752769),
+            (13, 337, 0.1767766952966369), (13, 350, 0.22360679774997896), (13, 352, -0.14433756729740646), (14, 14, 0.5000000000000001),
+            (14, 43, -0.2182178902359924), (14, 56, 0.2182178902359924), (14, 65, 0.2182178902359924), (14, 116, -0.3227486121839514),
+            (14, 118, 0.25), (14, 120, 0.408248290463863), (14, 126, -0.25), (14, 128, -0.3227486121839514),
+            (14, 147, -0.16903085094570333), (14, 161, 0.16903085094570333), (14, 166, 0.16903085094570333), (14, 240, -0.3450327796711771),
+            (14, 258, 0.3450327796711771), (14, 304, 0.22821773229381923), (14, 306, -0.1767766952966369), (14, 336, 0.1767766952966369),
+            (14, 338, 0.22821773229381923), (14, 349, -0.2886751345948129), (15, 15, 0.5000000000000001), (15, 42, -0.2672612419124244),
+            (15, 66, 0.2672612419124244), (15, 117, -0.25), (15, 119, 0.6123724356957946), (15, 127, -0.25),
+            (15, 141, -0.20701966780270628), (15, 167, 0.20701966780270628), (15, 241, -0.2439750182371333), (15, 252, 0.2439750182371333),
+            (15, 268, 0.2439750182371333), (15, 279, -0.2439750182371333), (15, 292, 0.14433756729740646), (15, 305, -0.22821773229381923),
+            (15, 324, -0.32274861218395146), (15, 337, 0.22821773229381923), (15, 350, -0.14433756729740646),
+        )),
+    }
 
     def __init__(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__()
@@ -4612,7 +4793,14 @@ class tp_then_linear(rt.FusionModule):
     irreps_out = ('8x0e+8x1o',)
     weight_numel = 160
     input_weight_numel = {}
-    cg_tables = ((0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 0))
+    cg_tables = ()
+    matrices = {  # constant matrices as sparse (row, column, value): recouplings (exact 6j), stacked CG tables
+        "_g_t_0": ((4, 16), (
+            (0, 0, 0.7071067811865476), (0, 7, 0.7071067811865475), (0, 11, 0.7071067811865475), (0, 15, 0.7071067811865475),
+            (1, 1, 0.7071067811865475), (1, 4, 0.408248290463863), (2, 2, 0.7071067811865475), (2, 5, 0.408248290463863),
+            (3, 3, 0.7071067811865475), (3, 6, 0.408248290463863),
+        )),
+    }
 
     def __init__(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__()
