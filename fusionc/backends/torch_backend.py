@@ -219,8 +219,8 @@ class _ProgramWriter:
                 if s.coeff != 1.0:  # scale the smallest operand: fewest multiplications
                     k = min(range(len(operands)), key=lambda k: (self._numel(s.operands[k]), k))
                     operands[k] = f"({operands[k]} * {s.coeff!r})"
-                equation = ",".join(v.labels for v in s.operands) + "->" + s.out.labels
-                expression = f'torch.einsum("{equation}", {", ".join(operands)})'
+                expression = _broadcast_product(s, operands) or (
+                    f'torch.einsum("{",".join(v.labels for v in s.operands)}->{s.out.labels}", {", ".join(operands)})')
         elif isinstance(s, Gather):
             expression = f"{self.read(s.source)}.reshape({s.sets}, {s.out.numel})[{s.index}]"
         else:
@@ -228,6 +228,29 @@ class _ProgramWriter:
             expression = (f"weight.new_zeros({s.sets}, {numel}).index_add(0, {s.index}, "
                           f"{self.read(s.source)}.reshape(n, {numel})).reshape({s.out.numel})")
         self.add(s, expression)
+
+
+def _broadcast_product(s: Einsum, operands: list[str]) -> str | None:
+    """Two operands whose summed indices all have size 1 (an l = 0 block, one channel): an
+    elementwise product with broadcasting, which torch runs far faster than a matrix product with
+    an inner size of 1. None where that does not apply (or would need a transpose)."""
+    if len(operands) != 2:
+        return None
+    sizes = {}
+    for v in (*s.operands, s.out):
+        sizes.update(zip(v.labels.replace("z", ""), v.shape))
+    out = s.out.labels
+    summed = set("".join(v.labels for v in s.operands)) - set(out)
+    if "z" in summed or "z" not in out or any(sizes[c] != 1 for c in summed):
+        return None
+    shaped = []
+    for v, expression in zip(s.operands, operands):
+        kept = [c for c in v.labels if c in out]
+        if kept != sorted(kept, key=out.index):
+            return None
+        dims = ", ".join(("n" if c == "z" else str(sizes[c])) if c in kept else "1" for c in out)
+        shaped.append(f"{expression}.reshape({dims})")
+    return " * ".join(shaped)
 
 
 def _emit_program(w: CodeWriter, p: Program) -> None:

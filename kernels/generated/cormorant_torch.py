@@ -14,7 +14,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_1c45ee58cf0763c5")
+_ops = rt.OpNamespace("fusionc_065a216d8d736672")
 
 
 def _cormorant_cg(
@@ -26,37 +26,37 @@ def _cormorant_cg(
     n = f.shape[0]
     # p1 = (p0 ⊗ p0) -> 16x0
     _c0 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
-    _p1 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c0)
-    p_0 = torch.einsum("zui,u->zui", _p1, (weight[0:16].view(16) * 0.5773502691896257))
+    _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
+    p_0 = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p3 = (p0 ⊗ p2) -> 16x1
     _c1 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3))
     _p3 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c1)
-    p_1 = torch.einsum("zui,u->zui", _p3, (weight[16:32].view(16) * 1.224744871391589))
+    p_1 = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p5 = (p0 ⊗ p4) -> 16x2
     _c2 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 64:144].reshape(n, 16, 5))
     _p5 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c2)
-    p_2 = torch.einsum("zui,u->zui", _p5, (weight[32:48].view(16) * 1.118033988749895))
+    p_2 = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p6 = (p2 ⊗ p2) -> 16x0
     _c3 = torch.einsum("zui,zuj->ziju", f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
     _p6 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c3)
-    p_3 = torch.einsum("zui,u->zui", _p6, (weight[48:64].view(16) * 0.5773502691896257))
+    p_3 = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p7 = (p2 ⊗ p2) -> 16x2
     _p7 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c3)
-    p_4 = torch.einsum("zui,u->zui", _p7, (weight[64:80].view(16) * 1.118033988749895))
+    p_4 = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p8 = (p2 ⊗ p4) -> 16x1
     _c4 = torch.einsum("zui,zuj->ziju", f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
     _p8 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c4)
-    p_5 = torch.einsum("zui,u->zui", _p8, (weight[80:96].view(16) * 1.224744871391589))
+    p_5 = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p9 = (p2 ⊗ p4) -> 16x2
     _p9 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c4)
-    p_6 = torch.einsum("zui,u->zui", _p9, (weight[96:112].view(16) * 1.118033988749895))
+    p_6 = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p10 = (p4 ⊗ p4) -> 16x0
     _c5 = torch.einsum("zui,zuj->ziju", f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
     _p10 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c5)
-    p_7 = torch.einsum("zui,u->zui", _p10, (weight[112:128].view(16) * 0.5773502691896257))
+    p_7 = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p11 = (p4 ⊗ p4) -> 16x2
     _p11 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c5)
-    p_8 = torch.einsum("zui,u->zui", _p11, (weight[128:144].view(16) * 1.118033988749895))
+    p_8 = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # 16x0 -> 16x0
     p = torch.cat([
         (p_0 + p_3 + p_7).reshape(n, 16),
@@ -91,37 +91,37 @@ def _cormorant_cg_d(
     n = f.shape[0]
     # p1 = (p0 ⊗ p0) -> 16x0
     _c0 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
-    _p1 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c0)
-    p_0 = torch.einsum("zui,u->zui", _p1, (weight[0:16].view(16) * 0.5773502691896257))
+    _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
+    p_0 = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p3 = (p0 ⊗ p2) -> 16x1
     _c1 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3))
     _p3 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c1)
-    p_1 = torch.einsum("zui,u->zui", _p3, (weight[16:32].view(16) * 1.224744871391589))
+    p_1 = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p5 = (p0 ⊗ p4) -> 16x2
     _c2 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 64:144].reshape(n, 16, 5))
     _p5 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c2)
-    p_2 = torch.einsum("zui,u->zui", _p5, (weight[32:48].view(16) * 1.118033988749895))
+    p_2 = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p6 = (p2 ⊗ p2) -> 16x0
     _c3 = torch.einsum("zui,zuj->ziju", f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
     _p6 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c3)
-    p_3 = torch.einsum("zui,u->zui", _p6, (weight[48:64].view(16) * 0.5773502691896257))
+    p_3 = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p7 = (p2 ⊗ p2) -> 16x2
     _p7 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c3)
-    p_4 = torch.einsum("zui,u->zui", _p7, (weight[64:80].view(16) * 1.118033988749895))
+    p_4 = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p8 = (p2 ⊗ p4) -> 16x1
     _c4 = torch.einsum("zui,zuj->ziju", f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
     _p8 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c4)
-    p_5 = torch.einsum("zui,u->zui", _p8, (weight[80:96].view(16) * 1.224744871391589))
+    p_5 = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p9 = (p2 ⊗ p4) -> 16x2
     _p9 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c4)
-    p_6 = torch.einsum("zui,u->zui", _p9, (weight[96:112].view(16) * 1.118033988749895))
+    p_6 = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p10 = (p4 ⊗ p4) -> 16x0
     _c5 = torch.einsum("zui,zuj->ziju", f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
     _p10 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c5)
-    p_7 = torch.einsum("zui,u->zui", _p10, (weight[112:128].view(16) * 0.5773502691896257))
+    p_7 = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p11 = (p4 ⊗ p4) -> 16x2
     _p11 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c5)
-    p_8 = torch.einsum("zui,u->zui", _p11, (weight[128:144].view(16) * 1.118033988749895))
+    p_8 = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # ∂/∂f: 16x2 -> 16x2
     d_f_9 = torch.einsum("zwi,uw->zui", d_g[:, 64:144].reshape(n, 16, 5), (weight[1424:1680].view(16, 16) * 0.25))
     # ∂/∂weight: 16x2 -> 16x2
@@ -156,7 +156,7 @@ def _cormorant_cg_d(
         d_p_17.reshape(n, 48),
         d_p_15.reshape(n, 80),
     ], dim=-1)
-    d__p11 = torch.einsum("zui,u->zui", d_p[:, 64:144].reshape(n, 16, 5), (weight[128:144].view(16) * 1.118033988749895))
+    d__p11 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d_weight_21 = torch.einsum("zui,zui->u", (d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p11)
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     _c6 = torch.einsum("zuk,zuj->zjku", d__p11, f[:, 64:144].reshape(n, 16, 5))
@@ -164,7 +164,7 @@ def _cormorant_cg_d(
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     _c7 = torch.einsum("zuk,zui->ziku", d__p11, f[:, 64:144].reshape(n, 16, 5))
     d_f_23 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c7)
-    d__p10 = torch.einsum("zui,u->zui", d_p[:, 0:16].reshape(n, 16, 1), (weight[112:128].view(16) * 0.5773502691896257))
+    d__p10 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d_weight_24 = torch.einsum("zui,zui->u", (d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p10)
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c8 = torch.einsum("zuk,zuj->zjku", d__p10, f[:, 64:144].reshape(n, 16, 5))
@@ -172,7 +172,7 @@ def _cormorant_cg_d(
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c9 = torch.einsum("zuk,zui->ziku", d__p10, f[:, 64:144].reshape(n, 16, 5))
     d_f_26 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c9)
-    d__p9 = torch.einsum("zui,u->zui", d_p[:, 64:144].reshape(n, 16, 5), (weight[96:112].view(16) * 1.118033988749895))
+    d__p9 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d_weight_27 = torch.einsum("zui,zui->u", (d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p9)
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     _c10 = torch.einsum("zuk,zuj->zjku", d__p9, f[:, 64:144].reshape(n, 16, 5))
@@ -180,7 +180,7 @@ def _cormorant_cg_d(
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     _c11 = torch.einsum("zuk,zui->ziku", d__p9, f[:, 16:64].reshape(n, 16, 3))
     d_f_29 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c11)
-    d__p8 = torch.einsum("zui,u->zui", d_p[:, 16:64].reshape(n, 16, 3), (weight[80:96].view(16) * 1.224744871391589))
+    d__p8 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
     d_weight_30 = torch.einsum("zui,zui->u", (d_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589), _p8)
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c12 = torch.einsum("zuk,zuj->zjku", d__p8, f[:, 64:144].reshape(n, 16, 5))
@@ -188,7 +188,7 @@ def _cormorant_cg_d(
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c13 = torch.einsum("zuk,zui->ziku", d__p8, f[:, 16:64].reshape(n, 16, 3))
     d_f_32 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c13)
-    d__p7 = torch.einsum("zui,u->zui", d_p[:, 64:144].reshape(n, 16, 5), (weight[64:80].view(16) * 1.118033988749895))
+    d__p7 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d_weight_33 = torch.einsum("zui,zui->u", (d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p7)
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     _c14 = torch.einsum("zuk,zuj->zjku", d__p7, f[:, 16:64].reshape(n, 16, 3))
@@ -196,7 +196,7 @@ def _cormorant_cg_d(
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     _c15 = torch.einsum("zuk,zui->ziku", d__p7, f[:, 16:64].reshape(n, 16, 3))
     d_f_35 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c15)
-    d__p6 = torch.einsum("zui,u->zui", d_p[:, 0:16].reshape(n, 16, 1), (weight[48:64].view(16) * 0.5773502691896257))
+    d__p6 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d_weight_36 = torch.einsum("zui,zui->u", (d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p6)
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c16 = torch.einsum("zuk,zuj->zjku", d__p6, f[:, 16:64].reshape(n, 16, 3))
@@ -204,7 +204,7 @@ def _cormorant_cg_d(
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c17 = torch.einsum("zuk,zui->ziku", d__p6, f[:, 16:64].reshape(n, 16, 3))
     d_f_38 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c17)
-    d__p5 = torch.einsum("zui,u->zui", d_p[:, 64:144].reshape(n, 16, 5), (weight[32:48].view(16) * 1.118033988749895))
+    d__p5 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d_weight_39 = torch.einsum("zui,zui->u", (d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p5)
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c18 = torch.einsum("zuk,zuj->zjku", d__p5, f[:, 64:144].reshape(n, 16, 5))
@@ -212,7 +212,7 @@ def _cormorant_cg_d(
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c19 = torch.einsum("zuk,zui->ziku", d__p5, f[:, 0:16].reshape(n, 16, 1))
     d_f_41 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c19)
-    d__p3 = torch.einsum("zui,u->zui", d_p[:, 16:64].reshape(n, 16, 3), (weight[16:32].view(16) * 1.224744871391589))
+    d__p3 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     d_weight_42 = torch.einsum("zui,zui->u", (d_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589), _p3)
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c20 = torch.einsum("zuk,zuj->zjku", d__p3, f[:, 16:64].reshape(n, 16, 3))
@@ -220,14 +220,14 @@ def _cormorant_cg_d(
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c21 = torch.einsum("zuk,zui->ziku", d__p3, f[:, 0:16].reshape(n, 16, 1))
     d_f_44 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c21)
-    d__p1 = torch.einsum("zui,u->zui", d_p[:, 0:16].reshape(n, 16, 1), (weight[0:16].view(16) * 0.5773502691896257))
+    d__p1 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d_weight_45 = torch.einsum("zui,zui->u", (d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p1)
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c22 = torch.einsum("zuk,zuj->zjku", d__p1, f[:, 0:16].reshape(n, 16, 1))
-    d_f_46 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c22)
+    d_f_46 = cg_0_0_0.reshape(1, 1, 1) * _c22.reshape(n, 16, 1)
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c23 = torch.einsum("zuk,zui->ziku", d__p1, f[:, 0:16].reshape(n, 16, 1))
-    d_f_47 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c23)
+    d_f_47 = cg_0_0_0.reshape(1, 1, 1) * _c23.reshape(n, 16, 1)
     d_f = torch.cat([
         (d_f_13 + d_f_40 + d_f_43 + d_f_46 + d_f_47).reshape(n, 16),
         (d_f_11 + d_f_28 + d_f_31 + d_f_34 + d_f_35 + d_f_37 + d_f_38 + d_f_44).reshape(n, 48),
@@ -272,29 +272,29 @@ def _cormorant_cg_d2_f(
         d_p_1.reshape(n, 48),
         d_p_0.reshape(n, 80),
     ], dim=-1)
-    d__p11 = torch.einsum("zui,u->zui", d_p[:, 64:144].reshape(n, 16, 5), (weight[128:144].view(16) * 1.118033988749895))
-    d__p10 = torch.einsum("zui,u->zui", d_p[:, 0:16].reshape(n, 16, 1), (weight[112:128].view(16) * 0.5773502691896257))
-    d__p9 = torch.einsum("zui,u->zui", d_p[:, 64:144].reshape(n, 16, 5), (weight[96:112].view(16) * 1.118033988749895))
-    d__p8 = torch.einsum("zui,u->zui", d_p[:, 16:64].reshape(n, 16, 3), (weight[80:96].view(16) * 1.224744871391589))
-    d__p7 = torch.einsum("zui,u->zui", d_p[:, 64:144].reshape(n, 16, 5), (weight[64:80].view(16) * 1.118033988749895))
-    d__p6 = torch.einsum("zui,u->zui", d_p[:, 0:16].reshape(n, 16, 1), (weight[48:64].view(16) * 0.5773502691896257))
-    d__p5 = torch.einsum("zui,u->zui", d_p[:, 64:144].reshape(n, 16, 5), (weight[32:48].view(16) * 1.118033988749895))
-    d__p3 = torch.einsum("zui,u->zui", d_p[:, 16:64].reshape(n, 16, 3), (weight[16:32].view(16) * 1.224744871391589))
-    d__p1 = torch.einsum("zui,u->zui", d_p[:, 0:16].reshape(n, 16, 1), (weight[0:16].view(16) * 0.5773502691896257))
+    d__p11 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    d__p10 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    d__p9 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    d__p8 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    d__p7 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    d__p6 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    d__p5 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    d__p3 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    d__p1 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c0 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
-    d2_d__p1_3 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c0)
+    d2_d__p1_3 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
     # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c1 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 0:16].reshape(n, 16, 1), d__p1)
-    d2_f_4 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c1)
+    d2_f_4 = cg_0_0_0.reshape(1, 1, 1) * _c1.reshape(n, 16, 1)
     # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c2 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
-    d2_d__p1_5 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c2)
+    d2_d__p1_5 = cg_0_0_0.reshape(1, 1, 1) * _c2.reshape(n, 16, 1)
     # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c3 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 0:16].reshape(n, 16, 1), d__p1)
-    d2_f_6 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c3)
+    d2_f_6 = cg_0_0_0.reshape(1, 1, 1) * _c3.reshape(n, 16, 1)
     d2_d__p1 = d2_d__p1_3 + d2_d__p1_5
-    d2_d_p_7 = torch.einsum("zui,u->zui", d2_d__p1, (weight[0:16].view(16) * 0.5773502691896257))
+    d2_d_p_7 = d2_d__p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_8 = torch.einsum("zui,zui->u", (d2_d__p1 * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
     # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c4 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 0:16].reshape(n, 16, 1))
@@ -309,7 +309,7 @@ def _cormorant_cg_d2_f(
     _c7 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 0:16].reshape(n, 16, 1), d__p3)
     d2_f_12 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c7)
     d2_d__p3 = d2_d__p3_9 + d2_d__p3_11
-    d2_d_p_13 = torch.einsum("zui,u->zui", d2_d__p3, (weight[16:32].view(16) * 1.224744871391589))
+    d2_d_p_13 = d2_d__p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     d2_weight_14 = torch.einsum("zui,zui->u", (d2_d__p3 * 1.224744871391589), d_p[:, 16:64].reshape(n, 16, 3))
     # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c8 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 0:16].reshape(n, 16, 1))
@@ -324,7 +324,7 @@ def _cormorant_cg_d2_f(
     _c11 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 0:16].reshape(n, 16, 1), d__p5)
     d2_f_18 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c11)
     d2_d__p5 = d2_d__p5_15 + d2_d__p5_17
-    d2_d_p_19 = torch.einsum("zui,u->zui", d2_d__p5, (weight[32:48].view(16) * 1.118033988749895))
+    d2_d_p_19 = d2_d__p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d2_weight_20 = torch.einsum("zui,zui->u", (d2_d__p5 * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
     # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c12 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
@@ -339,7 +339,7 @@ def _cormorant_cg_d2_f(
     _c15 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p6)
     d2_f_24 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c15)
     d2_d__p6 = d2_d__p6_21 + d2_d__p6_23
-    d2_d_p_25 = torch.einsum("zui,u->zui", d2_d__p6, (weight[48:64].view(16) * 0.5773502691896257))
+    d2_d_p_25 = d2_d__p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_26 = torch.einsum("zui,zui->u", (d2_d__p6 * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
     # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     d2_d__p7_27 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c12)
@@ -352,7 +352,7 @@ def _cormorant_cg_d2_f(
     _c17 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p7)
     d2_f_30 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c17)
     d2_d__p7 = d2_d__p7_27 + d2_d__p7_29
-    d2_d_p_31 = torch.einsum("zui,u->zui", d2_d__p7, (weight[64:80].view(16) * 1.118033988749895))
+    d2_d_p_31 = d2_d__p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d2_weight_32 = torch.einsum("zui,zui->u", (d2_d__p7 * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
     # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c18 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 16:64].reshape(n, 16, 3))
@@ -367,7 +367,7 @@ def _cormorant_cg_d2_f(
     _c21 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p8)
     d2_f_36 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c21)
     d2_d__p8 = d2_d__p8_33 + d2_d__p8_35
-    d2_d_p_37 = torch.einsum("zui,u->zui", d2_d__p8, (weight[80:96].view(16) * 1.224744871391589))
+    d2_d_p_37 = d2_d__p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
     d2_weight_38 = torch.einsum("zui,zui->u", (d2_d__p8 * 1.224744871391589), d_p[:, 16:64].reshape(n, 16, 3))
     # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     d2_d__p9_39 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c18)
@@ -380,7 +380,7 @@ def _cormorant_cg_d2_f(
     _c23 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p9)
     d2_f_42 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c23)
     d2_d__p9 = d2_d__p9_39 + d2_d__p9_41
-    d2_d_p_43 = torch.einsum("zui,u->zui", d2_d__p9, (weight[96:112].view(16) * 1.118033988749895))
+    d2_d_p_43 = d2_d__p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d2_weight_44 = torch.einsum("zui,zui->u", (d2_d__p9 * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
     # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c24 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
@@ -395,7 +395,7 @@ def _cormorant_cg_d2_f(
     _c27 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p10)
     d2_f_48 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c27)
     d2_d__p10 = d2_d__p10_45 + d2_d__p10_47
-    d2_d_p_49 = torch.einsum("zui,u->zui", d2_d__p10, (weight[112:128].view(16) * 0.5773502691896257))
+    d2_d_p_49 = d2_d__p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_50 = torch.einsum("zui,zui->u", (d2_d__p10 * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
     # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     d2_d__p11_51 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c24)
@@ -408,7 +408,7 @@ def _cormorant_cg_d2_f(
     _c29 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p11)
     d2_f_54 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c29)
     d2_d__p11 = d2_d__p11_51 + d2_d__p11_53
-    d2_d_p_55 = torch.einsum("zui,u->zui", d2_d__p11, (weight[128:144].view(16) * 1.118033988749895))
+    d2_d_p_55 = d2_d__p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d2_weight_56 = torch.einsum("zui,zui->u", (d2_d__p11 * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
     # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
@@ -479,66 +479,66 @@ def _cormorant_cg_d2_weight(
     n = f.shape[0]
     # p1 = (p0 ⊗ p0) -> 16x0
     _c0 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
-    _p1 = torch.einsum("ijk,ziju->zuk", cg_0_0_0, _c0)
-    p_0 = torch.einsum("zui,u->zui", _p1, (weight[0:16].view(16) * 0.5773502691896257))
+    _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
+    p_0 = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p3 = (p0 ⊗ p2) -> 16x1
     _c1 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3))
     _p3 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c1)
-    p_1 = torch.einsum("zui,u->zui", _p3, (weight[16:32].view(16) * 1.224744871391589))
+    p_1 = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p5 = (p0 ⊗ p4) -> 16x2
     _c2 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 64:144].reshape(n, 16, 5))
     _p5 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c2)
-    p_2 = torch.einsum("zui,u->zui", _p5, (weight[32:48].view(16) * 1.118033988749895))
+    p_2 = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p6 = (p2 ⊗ p2) -> 16x0
     _c3 = torch.einsum("zui,zuj->ziju", f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
     _p6 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c3)
-    p_3 = torch.einsum("zui,u->zui", _p6, (weight[48:64].view(16) * 0.5773502691896257))
+    p_3 = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p7 = (p2 ⊗ p2) -> 16x2
     _p7 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c3)
-    p_4 = torch.einsum("zui,u->zui", _p7, (weight[64:80].view(16) * 1.118033988749895))
+    p_4 = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p8 = (p2 ⊗ p4) -> 16x1
     _c4 = torch.einsum("zui,zuj->ziju", f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
     _p8 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c4)
-    p_5 = torch.einsum("zui,u->zui", _p8, (weight[80:96].view(16) * 1.224744871391589))
+    p_5 = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p9 = (p2 ⊗ p4) -> 16x2
     _p9 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c4)
-    p_6 = torch.einsum("zui,u->zui", _p9, (weight[96:112].view(16) * 1.118033988749895))
+    p_6 = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p10 = (p4 ⊗ p4) -> 16x0
     _c5 = torch.einsum("zui,zuj->ziju", f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
     _p10 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c5)
-    p_7 = torch.einsum("zui,u->zui", _p10, (weight[112:128].view(16) * 0.5773502691896257))
+    p_7 = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p11 = (p4 ⊗ p4) -> 16x2
     _p11 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c5)
-    p_8 = torch.einsum("zui,u->zui", _p11, (weight[128:144].view(16) * 1.118033988749895))
+    p_8 = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # ∂/∂p: 16x2 -> 16x2
     d_p_9 = torch.einsum("zwi,uw->zui", d_g[:, 64:144].reshape(n, 16, 5), (weight[656:912].view(16, 16) * 0.25))
     # ∂/∂p: 16x1 -> 16x1
     d_p_10 = torch.einsum("zwi,uw->zui", d_g[:, 16:64].reshape(n, 16, 3), (weight[400:656].view(16, 16) * 0.25))
     # ∂/∂p: 16x0 -> 16x0
     d_p_11 = torch.einsum("zwi,uw->zui", d_g[:, 0:16].reshape(n, 16, 1), (weight[144:400].view(16, 16) * 0.25))
-    d2_d_p_12 = torch.einsum("u,zui->zui", (d2_d_weight[0:16].view(16) * 0.5773502691896257), _p1)
+    d2_d_p_12 = (d2_d_weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p1.reshape(n, 16, 1)
     d_p = torch.cat([
         d_p_11.reshape(n, 16),
         d_p_10.reshape(n, 48),
         d_p_9.reshape(n, 80),
     ], dim=-1)
-    d2__p1_13 = torch.einsum("u,zui->zui", (d2_d_weight[0:16].view(16) * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
-    d2_d_p_14 = torch.einsum("u,zui->zui", (d2_d_weight[16:32].view(16) * 1.224744871391589), _p3)
-    d2__p3_15 = torch.einsum("u,zui->zui", (d2_d_weight[16:32].view(16) * 1.224744871391589), d_p[:, 16:64].reshape(n, 16, 3))
-    d2_d_p_16 = torch.einsum("u,zui->zui", (d2_d_weight[32:48].view(16) * 1.118033988749895), _p5)
-    d2__p5_17 = torch.einsum("u,zui->zui", (d2_d_weight[32:48].view(16) * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
-    d2_d_p_18 = torch.einsum("u,zui->zui", (d2_d_weight[48:64].view(16) * 0.5773502691896257), _p6)
-    d2__p6_19 = torch.einsum("u,zui->zui", (d2_d_weight[48:64].view(16) * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
-    d2_d_p_20 = torch.einsum("u,zui->zui", (d2_d_weight[64:80].view(16) * 1.118033988749895), _p7)
-    d2__p7_21 = torch.einsum("u,zui->zui", (d2_d_weight[64:80].view(16) * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
-    d2_d_p_22 = torch.einsum("u,zui->zui", (d2_d_weight[80:96].view(16) * 1.224744871391589), _p8)
-    d2__p8_23 = torch.einsum("u,zui->zui", (d2_d_weight[80:96].view(16) * 1.224744871391589), d_p[:, 16:64].reshape(n, 16, 3))
-    d2_d_p_24 = torch.einsum("u,zui->zui", (d2_d_weight[96:112].view(16) * 1.118033988749895), _p9)
-    d2__p9_25 = torch.einsum("u,zui->zui", (d2_d_weight[96:112].view(16) * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
-    d2_d_p_26 = torch.einsum("u,zui->zui", (d2_d_weight[112:128].view(16) * 0.5773502691896257), _p10)
-    d2__p10_27 = torch.einsum("u,zui->zui", (d2_d_weight[112:128].view(16) * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
-    d2_d_p_28 = torch.einsum("u,zui->zui", (d2_d_weight[128:144].view(16) * 1.118033988749895), _p11)
-    d2__p11_29 = torch.einsum("u,zui->zui", (d2_d_weight[128:144].view(16) * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
+    d2__p1_13 = (d2_d_weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1)
+    d2_d_p_14 = (d2_d_weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1) * _p3.reshape(n, 16, 3)
+    d2__p3_15 = (d2_d_weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3)
+    d2_d_p_16 = (d2_d_weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p5.reshape(n, 16, 5)
+    d2__p5_17 = (d2_d_weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
+    d2_d_p_18 = (d2_d_weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p6.reshape(n, 16, 1)
+    d2__p6_19 = (d2_d_weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1)
+    d2_d_p_20 = (d2_d_weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p7.reshape(n, 16, 5)
+    d2__p7_21 = (d2_d_weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
+    d2_d_p_22 = (d2_d_weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1) * _p8.reshape(n, 16, 3)
+    d2__p8_23 = (d2_d_weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3)
+    d2_d_p_24 = (d2_d_weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p9.reshape(n, 16, 5)
+    d2__p9_25 = (d2_d_weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
+    d2_d_p_26 = (d2_d_weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p10.reshape(n, 16, 1)
+    d2__p10_27 = (d2_d_weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1)
+    d2_d_p_28 = (d2_d_weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p11.reshape(n, 16, 5)
+    d2__p11_29 = (d2_d_weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
     # ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0
     p = torch.cat([
         (p_0 + p_3 + p_7).reshape(n, 16),
@@ -590,7 +590,7 @@ def _cormorant_cg_d2_weight(
         d2_p_35.reshape(n, 48),
         d2_p_39.reshape(n, 80),
     ], dim=-1)
-    d2__p11_48 = torch.einsum("zui,u->zui", d2_p[:, 64:144].reshape(n, 16, 5), (weight[128:144].view(16) * 1.118033988749895))
+    d2__p11_48 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d2_weight_49 = torch.einsum("zui,zui->u", (d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p11)
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     d2__p11 = d2__p11_29 + d2__p11_48
@@ -599,7 +599,7 @@ def _cormorant_cg_d2_weight(
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     _c7 = torch.einsum("zuk,zui->ziku", d2__p11, f[:, 64:144].reshape(n, 16, 5))
     d2_f_51 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c7)
-    d2__p10_52 = torch.einsum("zui,u->zui", d2_p[:, 0:16].reshape(n, 16, 1), (weight[112:128].view(16) * 0.5773502691896257))
+    d2__p10_52 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_53 = torch.einsum("zui,zui->u", (d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p10)
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     d2__p10 = d2__p10_27 + d2__p10_52
@@ -608,7 +608,7 @@ def _cormorant_cg_d2_weight(
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c9 = torch.einsum("zuk,zui->ziku", d2__p10, f[:, 64:144].reshape(n, 16, 5))
     d2_f_55 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c9)
-    d2__p9_56 = torch.einsum("zui,u->zui", d2_p[:, 64:144].reshape(n, 16, 5), (weight[96:112].view(16) * 1.118033988749895))
+    d2__p9_56 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d2_weight_57 = torch.einsum("zui,zui->u", (d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p9)
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     d2__p9 = d2__p9_25 + d2__p9_56
@@ -617,7 +617,7 @@ def _cormorant_cg_d2_weight(
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     _c11 = torch.einsum("zuk,zui->ziku", d2__p9, f[:, 16:64].reshape(n, 16, 3))
     d2_f_59 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c11)
-    d2__p8_60 = torch.einsum("zui,u->zui", d2_p[:, 16:64].reshape(n, 16, 3), (weight[80:96].view(16) * 1.224744871391589))
+    d2__p8_60 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
     d2_weight_61 = torch.einsum("zui,zui->u", (d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589), _p8)
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     d2__p8 = d2__p8_23 + d2__p8_60
@@ -626,7 +626,7 @@ def _cormorant_cg_d2_weight(
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c13 = torch.einsum("zuk,zui->ziku", d2__p8, f[:, 16:64].reshape(n, 16, 3))
     d2_f_63 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c13)
-    d2__p7_64 = torch.einsum("zui,u->zui", d2_p[:, 64:144].reshape(n, 16, 5), (weight[64:80].view(16) * 1.118033988749895))
+    d2__p7_64 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d2_weight_65 = torch.einsum("zui,zui->u", (d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p7)
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     d2__p7 = d2__p7_21 + d2__p7_64
@@ -635,7 +635,7 @@ def _cormorant_cg_d2_weight(
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     _c15 = torch.einsum("zuk,zui->ziku", d2__p7, f[:, 16:64].reshape(n, 16, 3))
     d2_f_67 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c15)
-    d2__p6_68 = torch.einsum("zui,u->zui", d2_p[:, 0:16].reshape(n, 16, 1), (weight[48:64].view(16) * 0.5773502691896257))
+    d2__p6_68 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_69 = torch.einsum("zui,zui->u", (d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p6)
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     d2__p6 = d2__p6_19 + d2__p6_68
@@ -644,7 +644,7 @@ def _cormorant_cg_d2_weight(
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c17 = torch.einsum("zuk,zui->ziku", d2__p6, f[:, 16:64].reshape(n, 16, 3))
     d2_f_71 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c17)
-    d2__p5_72 = torch.einsum("zui,u->zui", d2_p[:, 64:144].reshape(n, 16, 5), (weight[32:48].view(16) * 1.118033988749895))
+    d2__p5_72 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d2_weight_73 = torch.einsum("zui,zui->u", (d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p5)
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     d2__p5 = d2__p5_17 + d2__p5_72
@@ -653,7 +653,7 @@ def _cormorant_cg_d2_weight(
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c19 = torch.einsum("zuk,zui->ziku", d2__p5, f[:, 0:16].reshape(n, 16, 1))
     d2_f_75 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c19)
-    d2__p3_76 = torch.einsum("zui,u->zui", d2_p[:, 16:64].reshape(n, 16, 3), (weight[16:32].view(16) * 1.224744871391589))
+    d2__p3_76 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     d2_weight_77 = torch.einsum("zui,zui->u", (d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589), _p3)
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     d2__p3 = d2__p3_15 + d2__p3_76
@@ -662,15 +662,15 @@ def _cormorant_cg_d2_weight(
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c21 = torch.einsum("zuk,zui->ziku", d2__p3, f[:, 0:16].reshape(n, 16, 1))
     d2_f_79 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c21)
-    d2__p1_80 = torch.einsum("zui,u->zui", d2_p[:, 0:16].reshape(n, 16, 1), (weight[0:16].view(16) * 0.5773502691896257))
+    d2__p1_80 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_81 = torch.einsum("zui,zui->u", (d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p1)
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     d2__p1 = d2__p1_13 + d2__p1_80
     _c22 = torch.einsum("zuk,zuj->zjku", d2__p1, f[:, 0:16].reshape(n, 16, 1))
-    d2_f_82 = torch.einsum("ijk,zjku->zui", cg_0_0_0, _c22)
+    d2_f_82 = cg_0_0_0.reshape(1, 1, 1) * _c22.reshape(n, 16, 1)
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c23 = torch.einsum("zuk,zui->ziku", d2__p1, f[:, 0:16].reshape(n, 16, 1))
-    d2_f_83 = torch.einsum("ijk,ziku->zuj", cg_0_0_0, _c23)
+    d2_f_83 = cg_0_0_0.reshape(1, 1, 1) * _c23.reshape(n, 16, 1)
     d2_f = torch.cat([
         (d2_f_43 + d2_f_74 + d2_f_78 + d2_f_82 + d2_f_83).reshape(n, 16),
         (d2_f_45 + d2_f_58 + d2_f_62 + d2_f_66 + d2_f_67 + d2_f_70 + d2_f_71 + d2_f_79).reshape(n, 48),
@@ -716,17 +716,17 @@ def _cormorant_message(
     # every path's (i, k) map at once: sh · G
     _m_p_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 9), _g_p_0)
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
-    p_0 = torch.einsum("zupk,zpu->zuk", _t_p_0_0_0, w[:, 0:16].reshape(n, 1, 16))
+    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    p_0 = _t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 1, 3))
-    p_1 = torch.einsum("zupk,zpu->zuk", _t_p_0_0_1, w[:, 16:32].reshape(n, 1, 16))
+    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
+    p_1 = _t_p_0_0_1.reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 1, 5))
-    p_2 = torch.einsum("zupk,zpu->zuk", _t_p_0_0_2, w[:, 32:48].reshape(n, 1, 16))
+    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
+    p_2 = _t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x1 ⊗ sh -> 16x0
     _t_p_0_1_0 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
-    p_3 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_0, w[:, 64:80].reshape(n, 1, 16))
+    p_3 = _t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
     # 3 paths 16x1 ⊗ sh -> 16x1
     _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
     w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
@@ -749,7 +749,7 @@ def _cormorant_message(
     p_10 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_2, _w_p_0_1_2.reshape(n, 2, 16))
     # 1 paths 16x2 ⊗ sh -> 16x0
     _t_p_0_2_0 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
-    p_11 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_0, w[:, 192:208].reshape(n, 1, 16))
+    p_11 = _t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
     # 2 paths 16x2 ⊗ sh -> 16x1
     _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
     w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
@@ -798,17 +798,17 @@ def _cormorant_message_d(
     # every path's (i, k) map at once: sh · G
     _m_p_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 9), _g_p_0)
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
-    p_0 = torch.einsum("zupk,zpu->zuk", _t_p_0_0_0, w[:, 0:16].reshape(n, 1, 16))
+    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    p_0 = _t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 1, 3))
-    p_1 = torch.einsum("zupk,zpu->zuk", _t_p_0_0_1, w[:, 16:32].reshape(n, 1, 16))
+    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
+    p_1 = _t_p_0_0_1.reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 1, 5))
-    p_2 = torch.einsum("zupk,zpu->zuk", _t_p_0_0_2, w[:, 32:48].reshape(n, 1, 16))
+    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
+    p_2 = _t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x1 ⊗ sh -> 16x0
     _t_p_0_1_0 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
-    p_3 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_0, w[:, 64:80].reshape(n, 1, 16))
+    p_3 = _t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
     # 3 paths 16x1 ⊗ sh -> 16x1
     _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
     w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
@@ -831,7 +831,7 @@ def _cormorant_message_d(
     p_10 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_2, _w_p_0_1_2.reshape(n, 2, 16))
     # 1 paths 16x2 ⊗ sh -> 16x0
     _t_p_0_2_0 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
-    p_11 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_0, w[:, 192:208].reshape(n, 1, 16))
+    p_11 = _t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
     # 2 paths 16x2 ⊗ sh -> 16x1
     _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
     w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
@@ -894,7 +894,7 @@ def _cormorant_message_d(
     d__t_p_0_2_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 192:208].reshape(n, 1, 16))
     d_w_34 = torch.einsum("zuk,zupk->zpu", d_p[:, 0:16].reshape(n, 16, 1), _t_p_0_2_0)
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d_f_35 = torch.einsum("zupk,zipk->zui", d__t_p_0_2_0, _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
+    d_f_35 = d__t_p_0_2_0.reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
     # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
     d__m_p_0_36 = torch.einsum("zupk,zui->zipk", d__t_p_0_2_0, f[:, 64:144].reshape(n, 16, 5))
     d__t_p_0_1_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_1_2.reshape(n, 2, 16))
@@ -917,7 +917,7 @@ def _cormorant_message_d(
     d__t_p_0_1_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 64:80].reshape(n, 1, 16))
     d_w_46 = torch.einsum("zuk,zupk->zpu", d_p[:, 0:16].reshape(n, 16, 1), _t_p_0_1_0)
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d_f_47 = torch.einsum("zupk,zipk->zui", d__t_p_0_1_0, _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
+    d_f_47 = d__t_p_0_1_0.reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
     d__m_p_0_48 = torch.einsum("zupk,zui->zipk", d__t_p_0_1_0, f[:, 16:64].reshape(n, 16, 3))
     d__t_p_0_0_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), w[:, 32:48].reshape(n, 1, 16))
@@ -935,7 +935,7 @@ def _cormorant_message_d(
     d__t_p_0_0_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16))
     d_w_55 = torch.einsum("zuk,zupk->zpu", d_p[:, 0:16].reshape(n, 16, 1), _t_p_0_0_0)
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d_f_56 = torch.einsum("zupk,zipk->zui", d__t_p_0_0_0, _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
+    d_f_56 = d__t_p_0_0_0.reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
     d__m_p_0_57 = torch.einsum("zupk,zui->zipk", d__t_p_0_0_0, f[:, 0:16].reshape(n, 16, 1))
     # ∂/∂sh: every path's (i, k) map at once: sh · G
@@ -1039,28 +1039,28 @@ def _cormorant_message_d2_f(
     d__t_p_0_0_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), w[:, 16:32].reshape(n, 1, 16))
     d__t_p_0_0_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16))
     # ∂/∂d__t_p_0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_d__t_p_0_0_0 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
+    d2_d__t_p_0_0_0 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
     d2__m_p_0_13 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 0:16].reshape(n, 16, 1), d__t_p_0_0_0)
-    d2_d_p_14 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_0_0, w[:, 0:16].reshape(n, 1, 16))
+    d2_d_p_14 = d2_d__t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
     d2_w_15 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_0, d_p[:, 0:16].reshape(n, 16, 1))
     # ∂/∂d__t_p_0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_d__t_p_0_0_1 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 1, 3))
+    d2_d__t_p_0_0_1 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
     d2__m_p_0_16 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 0:16].reshape(n, 16, 1), d__t_p_0_0_1)
-    d2_d_p_17 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_0_1, w[:, 16:32].reshape(n, 1, 16))
+    d2_d_p_17 = d2_d__t_p_0_0_1.reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1)
     d2_w_18 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_1, d_p[:, 16:64].reshape(n, 16, 3))
     # ∂/∂d__t_p_0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_d__t_p_0_0_2 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 1, 5))
+    d2_d__t_p_0_0_2 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
     d2__m_p_0_19 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 0:16].reshape(n, 16, 1), d__t_p_0_0_2)
-    d2_d_p_20 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_0_2, w[:, 32:48].reshape(n, 1, 16))
+    d2_d_p_20 = d2_d__t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
     d2_w_21 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_2, d_p[:, 64:144].reshape(n, 16, 5))
     # ∂/∂d__t_p_0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
     d2_d__t_p_0_1_0 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
     d2__m_p_0_22 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 16:64].reshape(n, 16, 3), d__t_p_0_1_0)
-    d2_d_p_23 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_1_0, w[:, 64:80].reshape(n, 1, 16))
+    d2_d_p_23 = d2_d__t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
     d2_w_24 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_1_0, d_p[:, 0:16].reshape(n, 16, 1))
     # ∂/∂d__t_p_0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
     d2_d__t_p_0_1_1 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
@@ -1078,7 +1078,7 @@ def _cormorant_message_d2_f(
     d2_d__t_p_0_2_0 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
     d2__m_p_0_29 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 64:144].reshape(n, 16, 5), d__t_p_0_2_0)
-    d2_d_p_30 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_2_0, w[:, 192:208].reshape(n, 1, 16))
+    d2_d_p_30 = d2_d__t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
     d2_w_31 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_2_0, d_p[:, 0:16].reshape(n, 16, 1))
     # ∂/∂d__t_p_0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
     d2_d__t_p_0_2_1 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
@@ -1221,28 +1221,28 @@ def _cormorant_message_d2_sh(
     # ∂/∂d__m_p_0: ∂/∂sh: every path's (i, k) map at once: sh · G
     d2_d__m_p_0 = torch.einsum("zj,jc->zc", d2_d_sh.reshape(n, 9), _g_p_0)
     # ∂/∂d__t_p_0_0_0: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_d__t_p_0_0_0 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1), f[:, 0:16].reshape(n, 16, 1))
+    d2_d__t_p_0_0_0 = d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_f_13 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1), d__t_p_0_0_0)
-    d2_d_p_14 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_0_0, w[:, 0:16].reshape(n, 1, 16))
+    d2_f_13 = d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_p_0_0_0.reshape(n, 16, 1)
+    d2_d_p_14 = d2_d__t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
     d2_w_15 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_0, d_p[:, 0:16].reshape(n, 16, 1))
     # ∂/∂d__t_p_0_0_1: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_d__t_p_0_0_1 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 1:4].reshape(n, 1, 1, 3), f[:, 0:16].reshape(n, 16, 1))
+    d2_d__t_p_0_0_1 = d2_d__m_p_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
     d2_f_16 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 1:4].reshape(n, 1, 1, 3), d__t_p_0_0_1)
-    d2_d_p_17 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_0_1, w[:, 16:32].reshape(n, 1, 16))
+    d2_d_p_17 = d2_d__t_p_0_0_1.reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1)
     d2_w_18 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_1, d_p[:, 16:64].reshape(n, 16, 3))
     # ∂/∂d__t_p_0_0_2: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_d__t_p_0_0_2 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 4:9].reshape(n, 1, 1, 5), f[:, 0:16].reshape(n, 16, 1))
+    d2_d__t_p_0_0_2 = d2_d__m_p_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
     d2_f_19 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 4:9].reshape(n, 1, 1, 5), d__t_p_0_0_2)
-    d2_d_p_20 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_0_2, w[:, 32:48].reshape(n, 1, 16))
+    d2_d_p_20 = d2_d__t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
     d2_w_21 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_2, d_p[:, 64:144].reshape(n, 16, 5))
     # ∂/∂d__t_p_0_1_0: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
     d2_d__t_p_0_1_0 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1), f[:, 16:64].reshape(n, 16, 3))
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_f_22 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1), d__t_p_0_1_0)
-    d2_d_p_23 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_1_0, w[:, 64:80].reshape(n, 1, 16))
+    d2_f_22 = d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_p_0_1_0.reshape(n, 16, 1)
+    d2_d_p_23 = d2_d__t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
     d2_w_24 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_1_0, d_p[:, 0:16].reshape(n, 16, 1))
     # ∂/∂d__t_p_0_1_1: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
     d2_d__t_p_0_1_1 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3), f[:, 16:64].reshape(n, 16, 3))
@@ -1259,8 +1259,8 @@ def _cormorant_message_d2_sh(
     # ∂/∂d__t_p_0_2_0: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
     d2_d__t_p_0_2_0 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1), f[:, 64:144].reshape(n, 16, 5))
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_f_29 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1), d__t_p_0_2_0)
-    d2_d_p_30 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_2_0, w[:, 192:208].reshape(n, 1, 16))
+    d2_f_29 = d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_p_0_2_0.reshape(n, 16, 1)
+    d2_d_p_30 = d2_d__t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
     d2_w_31 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_2_0, d_p[:, 0:16].reshape(n, 16, 1))
     # ∂/∂d__t_p_0_2_1: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
     d2_d__t_p_0_2_1 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 74:104].reshape(n, 5, 2, 3), f[:, 64:144].reshape(n, 16, 5))
@@ -1346,11 +1346,11 @@ def _cormorant_message_d2_w(
     # every path's (i, k) map at once: sh · G
     _m_p_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 9), _g_p_0)
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
+    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 1, 3))
+    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 1, 5))
+    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
     # 1 paths 16x1 ⊗ sh -> 16x0
     _t_p_0_1_0 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
     # 3 paths 16x1 ⊗ sh -> 16x1
@@ -1369,18 +1369,18 @@ def _cormorant_message_d2_w(
     d_p_1 = torch.einsum("zwi,uw->zui", d_m[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
     # ∂/∂p: 16x0 -> 16x0
     d_p_2 = torch.einsum("zwi,uw->zui", d_m[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
-    d2_d_p_3 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 0:16].reshape(n, 1, 16), _t_p_0_0_0)
+    d2_d_p_3 = d2_d_w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_0_0.reshape(n, 16, 1)
     d_p = torch.cat([
         d_p_2.reshape(n, 16),
         d_p_1.reshape(n, 48),
         d_p_0.reshape(n, 80),
     ], dim=-1)
     d2__t_p_0_0_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 0:16].reshape(n, 1, 16), d_p[:, 0:16].reshape(n, 16, 1))
-    d2_d_p_4 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 16:32].reshape(n, 1, 16), _t_p_0_0_1)
+    d2_d_p_4 = d2_d_w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_0_1.reshape(n, 16, 3)
     d2__t_p_0_0_1 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 16:32].reshape(n, 1, 16), d_p[:, 16:64].reshape(n, 16, 3))
-    d2_d_p_5 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 32:48].reshape(n, 1, 16), _t_p_0_0_2)
+    d2_d_p_5 = d2_d_w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_0_2.reshape(n, 16, 5)
     d2__t_p_0_0_2 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 32:48].reshape(n, 1, 16), d_p[:, 64:144].reshape(n, 16, 5))
-    d2_d_p_6 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 64:80].reshape(n, 1, 16), _t_p_0_1_0)
+    d2_d_p_6 = d2_d_w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_1_0.reshape(n, 16, 1)
     d2__t_p_0_1_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 64:80].reshape(n, 1, 16), d_p[:, 0:16].reshape(n, 16, 1))
     d2_d__w_p_0_1_1_7 = d2_d_w[:, 48:64].reshape(n, 16)
     d2_d__w_p_0_1_1_8 = d2_d_w[:, 80:96].reshape(n, 16)
@@ -1400,7 +1400,7 @@ def _cormorant_message_d2_w(
     ], dim=-1)
     d2_d_p_13 = torch.einsum("zpu,zupk->zuk", d2_d__w_p_0_1_2.reshape(n, 2, 16), _t_p_0_1_2)
     d2__t_p_0_1_2 = torch.einsum("zpu,zuk->zupk", d2_d__w_p_0_1_2.reshape(n, 2, 16), d_p[:, 64:144].reshape(n, 16, 5))
-    d2_d_p_14 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 192:208].reshape(n, 1, 16), _t_p_0_2_0)
+    d2_d_p_14 = d2_d_w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_2_0.reshape(n, 16, 1)
     d2__t_p_0_2_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 192:208].reshape(n, 1, 16), d_p[:, 0:16].reshape(n, 16, 1))
     d2_d__w_p_0_2_1_15 = d2_d_w[:, 160:176].reshape(n, 16)
     d2_d__w_p_0_2_1_16 = d2_d_w[:, 208:224].reshape(n, 16)
@@ -1446,7 +1446,7 @@ def _cormorant_message_d2_w(
     # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
     d2__m_p_0_31 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_1, f[:, 64:144].reshape(n, 16, 5))
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_f_32 = torch.einsum("zupk,zipk->zui", d2__t_p_0_2_0, _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
+    d2_f_32 = d2__t_p_0_2_0.reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
     # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
     d2__m_p_0_33 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_0, f[:, 64:144].reshape(n, 16, 5))
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
@@ -1458,7 +1458,7 @@ def _cormorant_message_d2_w(
     # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
     d2__m_p_0_37 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_1, f[:, 16:64].reshape(n, 16, 3))
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_f_38 = torch.einsum("zupk,zipk->zui", d2__t_p_0_1_0, _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
+    d2_f_38 = d2__t_p_0_1_0.reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
     d2__m_p_0_39 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_0, f[:, 16:64].reshape(n, 16, 3))
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
@@ -1470,7 +1470,7 @@ def _cormorant_message_d2_w(
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
     d2__m_p_0_43 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_1, f[:, 0:16].reshape(n, 16, 1))
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_f_44 = torch.einsum("zupk,zipk->zui", d2__t_p_0_0_0, _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
+    d2_f_44 = d2__t_p_0_0_0.reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
     d2__m_p_0_45 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_0, f[:, 0:16].reshape(n, 16, 1))
     # ∂/∂sh: every path's (i, k) map at once: sh · G
@@ -1515,17 +1515,17 @@ def _cormorant_message_d2_weight(
     # every path's (i, k) map at once: sh · G
     _m_p_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 9), _g_p_0)
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
-    p_0 = torch.einsum("zupk,zpu->zuk", _t_p_0_0_0, w[:, 0:16].reshape(n, 1, 16))
+    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    p_0 = _t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 1, 3))
-    p_1 = torch.einsum("zupk,zpu->zuk", _t_p_0_0_1, w[:, 16:32].reshape(n, 1, 16))
+    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
+    p_1 = _t_p_0_0_1.reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = torch.einsum("zui,zipk->zupk", f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 1, 5))
-    p_2 = torch.einsum("zupk,zpu->zuk", _t_p_0_0_2, w[:, 32:48].reshape(n, 1, 16))
+    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
+    p_2 = _t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x1 ⊗ sh -> 16x0
     _t_p_0_1_0 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
-    p_3 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_0, w[:, 64:80].reshape(n, 1, 16))
+    p_3 = _t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
     # 3 paths 16x1 ⊗ sh -> 16x1
     _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
     w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
@@ -1548,7 +1548,7 @@ def _cormorant_message_d2_weight(
     p_10 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_2, _w_p_0_1_2.reshape(n, 2, 16))
     # 1 paths 16x2 ⊗ sh -> 16x0
     _t_p_0_2_0 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
-    p_11 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_0, w[:, 192:208].reshape(n, 1, 16))
+    p_11 = _t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
     # 2 paths 16x2 ⊗ sh -> 16x1
     _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
     w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
@@ -1611,7 +1611,7 @@ def _cormorant_message_d2_weight(
     d2__t_p_0_2_0 = torch.einsum("zuk,zpu->zupk", d2_p[:, 0:16].reshape(n, 16, 1), w[:, 192:208].reshape(n, 1, 16))
     d2_w_34 = torch.einsum("zuk,zupk->zpu", d2_p[:, 0:16].reshape(n, 16, 1), _t_p_0_2_0)
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_f_35 = torch.einsum("zupk,zipk->zui", d2__t_p_0_2_0, _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
+    d2_f_35 = d2__t_p_0_2_0.reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
     # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
     d2__m_p_0_36 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_0, f[:, 64:144].reshape(n, 16, 5))
     d2__t_p_0_1_2 = torch.einsum("zuk,zpu->zupk", d2_p[:, 64:144].reshape(n, 16, 5), _w_p_0_1_2.reshape(n, 2, 16))
@@ -1634,7 +1634,7 @@ def _cormorant_message_d2_weight(
     d2__t_p_0_1_0 = torch.einsum("zuk,zpu->zupk", d2_p[:, 0:16].reshape(n, 16, 1), w[:, 64:80].reshape(n, 1, 16))
     d2_w_46 = torch.einsum("zuk,zupk->zpu", d2_p[:, 0:16].reshape(n, 16, 1), _t_p_0_1_0)
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_f_47 = torch.einsum("zupk,zipk->zui", d2__t_p_0_1_0, _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
+    d2_f_47 = d2__t_p_0_1_0.reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
     d2__m_p_0_48 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_0, f[:, 16:64].reshape(n, 16, 3))
     d2__t_p_0_0_2 = torch.einsum("zuk,zpu->zupk", d2_p[:, 64:144].reshape(n, 16, 5), w[:, 32:48].reshape(n, 1, 16))
@@ -1652,7 +1652,7 @@ def _cormorant_message_d2_weight(
     d2__t_p_0_0_0 = torch.einsum("zuk,zpu->zupk", d2_p[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16))
     d2_w_55 = torch.einsum("zuk,zupk->zpu", d2_p[:, 0:16].reshape(n, 16, 1), _t_p_0_0_0)
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_f_56 = torch.einsum("zupk,zipk->zui", d2__t_p_0_0_0, _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
+    d2_f_56 = d2__t_p_0_0_0.reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
     d2__m_p_0_57 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_0, f[:, 0:16].reshape(n, 16, 1))
     # ∂/∂sh: every path's (i, k) map at once: sh · G

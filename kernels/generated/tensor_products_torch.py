@@ -14,7 +14,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_9048981bfbb696ab")
+_ops = rt.OpNamespace("fusionc_fe0ef49787246b6b")
 
 
 def _fc_tp(
@@ -25,13 +25,13 @@ def _fc_tp(
     # every path's (i, k) map at once: y · G
     _m_z_0 = torch.einsum("zj,jc->zc", y.reshape(n, 16), _g_z_0)
     # 1 paths 32x0e ⊗ y -> 32x0e
-    _t_z_0_0_0 = torch.einsum("zui,zipk->zupk", x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
+    _t_z_0_0_0 = x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
     z_0 = torch.einsum("zupk,puw->zwk", _t_z_0_0_0, weight[0:1024].view(1, 32, 32))
     # 1 paths 32x0e ⊗ y -> 32x1o
-    _t_z_0_0_1 = torch.einsum("zui,zipk->zupk", x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 1:4].reshape(n, 1, 1, 3))
+    _t_z_0_0_1 = x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
     z_1 = torch.einsum("zupk,puw->zwk", _t_z_0_0_1, weight[1024:2048].view(1, 32, 32))
     # 1 paths 32x0e ⊗ y -> 32x2e
-    _t_z_0_0_2 = torch.einsum("zui,zipk->zupk", x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 4:9].reshape(n, 1, 1, 5))
+    _t_z_0_0_2 = x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
     z_2 = torch.einsum("zupk,puw->zwk", _t_z_0_0_2, weight[2048:3072].view(1, 32, 32))
     # 1 paths 32x1o ⊗ y -> 32x0e
     _t_z_0_1_0 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
@@ -92,11 +92,11 @@ def _fc_tp_d(
     # every path's (i, k) map at once: y · G
     _m_z_0 = torch.einsum("zj,jc->zc", y.reshape(n, 16), _g_z_0)
     # 1 paths 32x0e ⊗ y -> 32x0e
-    _t_z_0_0_0 = torch.einsum("zui,zipk->zupk", x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
+    _t_z_0_0_0 = x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
     # 1 paths 32x0e ⊗ y -> 32x1o
-    _t_z_0_0_1 = torch.einsum("zui,zipk->zupk", x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 1:4].reshape(n, 1, 1, 3))
+    _t_z_0_0_1 = x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
     # 1 paths 32x0e ⊗ y -> 32x2e
-    _t_z_0_0_2 = torch.einsum("zui,zipk->zupk", x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 4:9].reshape(n, 1, 1, 5))
+    _t_z_0_0_2 = x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
     # 1 paths 32x1o ⊗ y -> 32x0e
     _t_z_0_1_0 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
     # 2 paths 32x1o ⊗ y -> 32x1o
@@ -144,7 +144,7 @@ def _fc_tp_d(
     d__t_z_0_2_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[10240:11264].view(1, 32, 32))
     d_weight_16 = torch.einsum("zwk,zupk->puw", d_z[:, 0:32].reshape(n, 32, 1), _t_z_0_2_0)
     # ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
-    d_x_17 = torch.einsum("zupk,zipk->zui", d__t_z_0_2_0, _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
+    d_x_17 = d__t_z_0_2_0.reshape(n, 32, 1) * _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5)
     # ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
     d__m_z_0_18 = torch.einsum("zupk,zui->zipk", d__t_z_0_2_0, x[:, 128:288].reshape(n, 32, 5))
     _w_z_0_1_2 = torch.cat([
@@ -174,7 +174,7 @@ def _fc_tp_d(
     d__t_z_0_1_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[4096:5120].view(1, 32, 32))
     d_weight_27 = torch.einsum("zwk,zupk->puw", d_z[:, 0:32].reshape(n, 32, 1), _t_z_0_1_0)
     # ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
-    d_x_28 = torch.einsum("zupk,zipk->zui", d__t_z_0_1_0, _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
+    d_x_28 = d__t_z_0_1_0.reshape(n, 32, 1) * _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
     d__m_z_0_29 = torch.einsum("zupk,zui->zipk", d__t_z_0_1_0, x[:, 32:128].reshape(n, 32, 3))
     d__t_z_0_0_2 = torch.einsum("zwk,puw->zupk", d_z[:, 128:288].reshape(n, 32, 5), weight[2048:3072].view(1, 32, 32))
@@ -192,7 +192,7 @@ def _fc_tp_d(
     d__t_z_0_0_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[0:1024].view(1, 32, 32))
     d_weight_36 = torch.einsum("zwk,zupk->puw", d_z[:, 0:32].reshape(n, 32, 1), _t_z_0_0_0)
     # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    d_x_37 = torch.einsum("zupk,zipk->zui", d__t_z_0_0_0, _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
+    d_x_37 = d__t_z_0_0_0.reshape(n, 32, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
     # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
     d__m_z_0_38 = torch.einsum("zupk,zui->zipk", d__t_z_0_0_0, x[:, 0:32].reshape(n, 32, 1))
     # ∂/∂y: every path's (i, k) map at once: y · G
@@ -274,19 +274,19 @@ def _fc_tp_d2_x(
     d__t_z_0_0_1 = torch.einsum("zwk,puw->zupk", d_z[:, 32:128].reshape(n, 32, 3), weight[1024:2048].view(1, 32, 32))
     d__t_z_0_0_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[0:1024].view(1, 32, 32))
     # ∂/∂d__t_z_0_0_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    d2_d__t_z_0_0_0 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
+    d2_d__t_z_0_0_0 = d2_d_x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
     d2__m_z_0_8 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 0:32].reshape(n, 32, 1), d__t_z_0_0_0)
     d2_d_z_9 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_0_0, weight[0:1024].view(1, 32, 32))
     d2_weight_10 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_0_0, d_z[:, 0:32].reshape(n, 32, 1))
     # ∂/∂d__t_z_0_0_1: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
-    d2_d__t_z_0_0_1 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 1:4].reshape(n, 1, 1, 3))
+    d2_d__t_z_0_0_1 = d2_d_x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
     d2__m_z_0_11 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 0:32].reshape(n, 32, 1), d__t_z_0_0_1)
     d2_d_z_12 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_0_1, weight[1024:2048].view(1, 32, 32))
     d2_weight_13 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_0_1, d_z[:, 32:128].reshape(n, 32, 3))
     # ∂/∂d__t_z_0_0_2: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
-    d2_d__t_z_0_0_2 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 4:9].reshape(n, 1, 1, 5))
+    d2_d__t_z_0_0_2 = d2_d_x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
     d2__m_z_0_14 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 0:32].reshape(n, 32, 1), d__t_z_0_0_2)
     d2_d_z_15 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_0_2, weight[2048:3072].view(1, 32, 32))
@@ -415,19 +415,19 @@ def _fc_tp_d2_y(
     # ∂/∂d__m_z_0: ∂/∂y: every path's (i, k) map at once: y · G
     d2_d__m_z_0 = torch.einsum("zj,jc->zc", d2_d_y.reshape(n, 16), _g_z_0)
     # ∂/∂d__t_z_0_0_0: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
-    d2_d__t_z_0_0_0 = torch.einsum("zipk,zui->zupk", d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1), x[:, 0:32].reshape(n, 32, 1))
+    d2_d__t_z_0_0_0 = d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
-    d2_x_8 = torch.einsum("zipk,zupk->zui", d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1), d__t_z_0_0_0)
+    d2_x_8 = d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_z_0_0_0.reshape(n, 32, 1)
     d2_d_z_9 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_0_0, weight[0:1024].view(1, 32, 32))
     d2_weight_10 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_0_0, d_z[:, 0:32].reshape(n, 32, 1))
     # ∂/∂d__t_z_0_0_1: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
-    d2_d__t_z_0_0_1 = torch.einsum("zipk,zui->zupk", d2_d__m_z_0[:, 1:4].reshape(n, 1, 1, 3), x[:, 0:32].reshape(n, 32, 1))
+    d2_d__t_z_0_0_1 = d2_d__m_z_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3) * x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
     d2_x_11 = torch.einsum("zipk,zupk->zui", d2_d__m_z_0[:, 1:4].reshape(n, 1, 1, 3), d__t_z_0_0_1)
     d2_d_z_12 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_0_1, weight[1024:2048].view(1, 32, 32))
     d2_weight_13 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_0_1, d_z[:, 32:128].reshape(n, 32, 3))
     # ∂/∂d__t_z_0_0_2: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
-    d2_d__t_z_0_0_2 = torch.einsum("zipk,zui->zupk", d2_d__m_z_0[:, 4:9].reshape(n, 1, 1, 5), x[:, 0:32].reshape(n, 32, 1))
+    d2_d__t_z_0_0_2 = d2_d__m_z_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5) * x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
     d2_x_14 = torch.einsum("zipk,zupk->zui", d2_d__m_z_0[:, 4:9].reshape(n, 1, 1, 5), d__t_z_0_0_2)
     d2_d_z_15 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_0_2, weight[2048:3072].view(1, 32, 32))
@@ -435,7 +435,7 @@ def _fc_tp_d2_y(
     # ∂/∂d__t_z_0_1_0: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
     d2_d__t_z_0_1_0 = torch.einsum("zipk,zui->zupk", d2_d__m_z_0[:, 9:12].reshape(n, 3, 1, 1), x[:, 32:128].reshape(n, 32, 3))
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
-    d2_x_17 = torch.einsum("zipk,zupk->zui", d2_d__m_z_0[:, 9:12].reshape(n, 3, 1, 1), d__t_z_0_1_0)
+    d2_x_17 = d2_d__m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_z_0_1_0.reshape(n, 32, 1)
     d2_d_z_18 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_1_0, weight[4096:5120].view(1, 32, 32))
     d2_weight_19 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_1_0, d_z[:, 0:32].reshape(n, 32, 1))
     # ∂/∂d__t_z_0_1_1: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
@@ -453,7 +453,7 @@ def _fc_tp_d2_y(
     # ∂/∂d__t_z_0_2_0: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
     d2_d__t_z_0_2_0 = torch.einsum("zipk,zui->zupk", d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1), x[:, 128:288].reshape(n, 32, 5))
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
-    d2_x_24 = torch.einsum("zipk,zupk->zui", d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1), d__t_z_0_2_0)
+    d2_x_24 = d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_z_0_2_0.reshape(n, 32, 1)
     d2_d_z_25 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_2_0, weight[10240:11264].view(1, 32, 32))
     d2_weight_26 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_2_0, d_z[:, 0:32].reshape(n, 32, 1))
     # ∂/∂d__t_z_0_2_1: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
@@ -514,11 +514,11 @@ def _fc_tp_d2_weight(
     # every path's (i, k) map at once: y · G
     _m_z_0 = torch.einsum("zj,jc->zc", y.reshape(n, 16), _g_z_0)
     # 1 paths 32x0e ⊗ y -> 32x0e
-    _t_z_0_0_0 = torch.einsum("zui,zipk->zupk", x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
+    _t_z_0_0_0 = x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
     # 1 paths 32x0e ⊗ y -> 32x1o
-    _t_z_0_0_1 = torch.einsum("zui,zipk->zupk", x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 1:4].reshape(n, 1, 1, 3))
+    _t_z_0_0_1 = x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
     # 1 paths 32x0e ⊗ y -> 32x2e
-    _t_z_0_0_2 = torch.einsum("zui,zipk->zupk", x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 4:9].reshape(n, 1, 1, 5))
+    _t_z_0_0_2 = x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
     # 1 paths 32x1o ⊗ y -> 32x0e
     _t_z_0_1_0 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
     # 2 paths 32x1o ⊗ y -> 32x1o
@@ -582,7 +582,7 @@ def _fc_tp_d2_weight(
     # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
     d2__m_z_0_20 = torch.einsum("zupk,zui->zipk", d2__t_z_0_2_1, x[:, 128:288].reshape(n, 32, 5))
     # ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
-    d2_x_21 = torch.einsum("zupk,zipk->zui", d2__t_z_0_2_0, _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
+    d2_x_21 = d2__t_z_0_2_0.reshape(n, 32, 1) * _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5)
     # ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
     d2__m_z_0_22 = torch.einsum("zupk,zui->zipk", d2__t_z_0_2_0, x[:, 128:288].reshape(n, 32, 5))
     # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
@@ -594,7 +594,7 @@ def _fc_tp_d2_weight(
     # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
     d2__m_z_0_26 = torch.einsum("zupk,zui->zipk", d2__t_z_0_1_1, x[:, 32:128].reshape(n, 32, 3))
     # ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
-    d2_x_27 = torch.einsum("zupk,zipk->zui", d2__t_z_0_1_0, _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
+    d2_x_27 = d2__t_z_0_1_0.reshape(n, 32, 1) * _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
     d2__m_z_0_28 = torch.einsum("zupk,zui->zipk", d2__t_z_0_1_0, x[:, 32:128].reshape(n, 32, 3))
     # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
@@ -606,7 +606,7 @@ def _fc_tp_d2_weight(
     # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
     d2__m_z_0_32 = torch.einsum("zupk,zui->zipk", d2__t_z_0_0_1, x[:, 0:32].reshape(n, 32, 1))
     # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    d2_x_33 = torch.einsum("zupk,zipk->zui", d2__t_z_0_0_0, _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
+    d2_x_33 = d2__t_z_0_0_0.reshape(n, 32, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
     # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
     d2__m_z_0_34 = torch.einsum("zupk,zui->zipk", d2__t_z_0_0_0, x[:, 0:32].reshape(n, 32, 1))
     # ∂/∂y: every path's (i, k) map at once: y · G
@@ -655,20 +655,20 @@ def _conv_tp(
     # every path's (i, k) map at once: sh · G
     _m_m_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 16), _g_m_0)
     # 1 paths 32x0e ⊗ sh -> 32x0e
-    _t_m_0_0_0 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 0:1].reshape(n, 1, 1, 1))
-    m_0 = torch.einsum("zupk,zpu->zuk", _t_m_0_0_0, w[:, 0:32].reshape(n, 1, 32))
+    _t_m_0_0_0 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    m_0 = _t_m_0_0_0.reshape(n, 32, 1) * w[:, 0:32].reshape(n, 1, 32).reshape(n, 32, 1)
     # 1 paths 32x0e ⊗ sh -> 32x1o
-    _t_m_0_0_1 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 1:4].reshape(n, 1, 1, 3))
-    m_1 = torch.einsum("zupk,zpu->zuk", _t_m_0_0_1, w[:, 32:64].reshape(n, 1, 32))
+    _t_m_0_0_1 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
+    m_1 = _t_m_0_0_1.reshape(n, 32, 3) * w[:, 32:64].reshape(n, 1, 32).reshape(n, 32, 1)
     # 1 paths 32x0e ⊗ sh -> 32x2e
-    _t_m_0_0_2 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 4:9].reshape(n, 1, 1, 5))
-    m_2 = torch.einsum("zupk,zpu->zuk", _t_m_0_0_2, w[:, 64:96].reshape(n, 1, 32))
+    _t_m_0_0_2 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
+    m_2 = _t_m_0_0_2.reshape(n, 32, 5) * w[:, 64:96].reshape(n, 1, 32).reshape(n, 32, 1)
     # 1 paths 32x0e ⊗ sh -> 32x3o
-    _t_m_0_0_5 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 9:16].reshape(n, 1, 1, 7))
-    m_3 = torch.einsum("zupk,zpu->zuk", _t_m_0_0_5, w[:, 96:128].reshape(n, 1, 32))
+    _t_m_0_0_5 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 9:16].reshape(n, 1, 1, 7).reshape(n, 1, 1, 7)
+    m_3 = _t_m_0_0_5.reshape(n, 32, 7) * w[:, 96:128].reshape(n, 1, 32).reshape(n, 32, 1)
     # 1 paths 32x1o ⊗ sh -> 32x0e
     _t_m_0_1_0 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1))
-    m_4 = torch.einsum("zupk,zpu->zuk", _t_m_0_1_0, w[:, 160:192].reshape(n, 1, 32))
+    m_4 = _t_m_0_1_0.reshape(n, 32, 1) * w[:, 160:192].reshape(n, 1, 32).reshape(n, 32, 1)
     # 2 paths 32x1o ⊗ sh -> 32x1o
     _t_m_0_1_1 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 2, 3))
     w_m_0_1_1_5 = w[:, 128:160].reshape(n, 32)
@@ -689,19 +689,19 @@ def _conv_tp(
     m_10 = torch.einsum("zupk,zpu->zuk", _t_m_0_1_2, _w_m_0_1_2.reshape(n, 2, 32))
     # 1 paths 32x1o ⊗ sh -> 32x1e
     _t_m_0_1_3 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 67:76].reshape(n, 3, 1, 3))
-    m_11 = torch.einsum("zupk,zpu->zuk", _t_m_0_1_3, w[:, 224:256].reshape(n, 1, 32))
+    m_11 = _t_m_0_1_3.reshape(n, 32, 3) * w[:, 224:256].reshape(n, 1, 32).reshape(n, 32, 1)
     # 1 paths 32x1o ⊗ sh -> 32x2o
     _t_m_0_1_4 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 76:91].reshape(n, 3, 1, 5))
-    m_12 = torch.einsum("zupk,zpu->zuk", _t_m_0_1_4, w[:, 288:320].reshape(n, 1, 32))
+    m_12 = _t_m_0_1_4.reshape(n, 32, 5) * w[:, 288:320].reshape(n, 1, 32).reshape(n, 32, 1)
     # 1 paths 32x1o ⊗ sh -> 32x3o
     _t_m_0_1_5 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 91:112].reshape(n, 3, 1, 7))
-    m_13 = torch.einsum("zupk,zpu->zuk", _t_m_0_1_5, w[:, 320:352].reshape(n, 1, 32))
+    m_13 = _t_m_0_1_5.reshape(n, 32, 7) * w[:, 320:352].reshape(n, 1, 32).reshape(n, 32, 1)
     # 1 paths 32x1o ⊗ sh -> 32x3e
     _t_m_0_1_6 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 1, 7))
-    m_14 = torch.einsum("zupk,zpu->zuk", _t_m_0_1_6, w[:, 384:416].reshape(n, 1, 32))
+    m_14 = _t_m_0_1_6.reshape(n, 32, 7) * w[:, 384:416].reshape(n, 1, 32).reshape(n, 32, 1)
     # 1 paths 32x2e ⊗ sh -> 32x0e
     _t_m_0_2_0 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1))
-    m_15 = torch.einsum("zupk,zpu->zuk", _t_m_0_2_0, w[:, 544:576].reshape(n, 1, 32))
+    m_15 = _t_m_0_2_0.reshape(n, 32, 1) * w[:, 544:576].reshape(n, 1, 32).reshape(n, 32, 1)
     # 2 paths 32x2e ⊗ sh -> 32x1o
     _t_m_0_2_1 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 138:168].reshape(n, 5, 2, 3))
     w_m_0_2_1_16 = w[:, 448:480].reshape(n, 32)
@@ -722,7 +722,7 @@ def _conv_tp(
     m_21 = torch.einsum("zupk,zpu->zuk", _t_m_0_2_2, _w_m_0_2_2.reshape(n, 2, 32))
     # 1 paths 32x2e ⊗ sh -> 32x1e
     _t_m_0_2_3 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 218:233].reshape(n, 5, 1, 3))
-    m_22 = torch.einsum("zupk,zpu->zuk", _t_m_0_2_3, w[:, 608:640].reshape(n, 1, 32))
+    m_22 = _t_m_0_2_3.reshape(n, 32, 3) * w[:, 608:640].reshape(n, 1, 32).reshape(n, 32, 1)
     # 2 paths 32x2e ⊗ sh -> 32x2o
     _t_m_0_2_4 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 2, 5))
     w_m_0_2_4_23 = w[:, 480:512].reshape(n, 32)
@@ -743,7 +743,7 @@ def _conv_tp(
     m_28 = torch.einsum("zupk,zpu->zuk", _t_m_0_2_5, _w_m_0_2_5.reshape(n, 2, 32))
     # 1 paths 32x2e ⊗ sh -> 32x3e
     _t_m_0_2_6 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 353:388].reshape(n, 5, 1, 7))
-    m_29 = torch.einsum("zupk,zpu->zuk", _t_m_0_2_6, w[:, 640:672].reshape(n, 1, 32))
+    m_29 = _t_m_0_2_6.reshape(n, 32, 7) * w[:, 640:672].reshape(n, 1, 32).reshape(n, 32, 1)
     m = torch.cat([
         (m_0 + m_4 + m_15).reshape(n, 32),
         (m_1 + m_7 + m_18).reshape(n, 96),
@@ -765,13 +765,13 @@ def _conv_tp_d(
     # every path's (i, k) map at once: sh · G
     _m_m_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 16), _g_m_0)
     # 1 paths 32x0e ⊗ sh -> 32x0e
-    _t_m_0_0_0 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 0:1].reshape(n, 1, 1, 1))
+    _t_m_0_0_0 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
     # 1 paths 32x0e ⊗ sh -> 32x1o
-    _t_m_0_0_1 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 1:4].reshape(n, 1, 1, 3))
+    _t_m_0_0_1 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
     # 1 paths 32x0e ⊗ sh -> 32x2e
-    _t_m_0_0_2 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 4:9].reshape(n, 1, 1, 5))
+    _t_m_0_0_2 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
     # 1 paths 32x0e ⊗ sh -> 32x3o
-    _t_m_0_0_5 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 9:16].reshape(n, 1, 1, 7))
+    _t_m_0_0_5 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 9:16].reshape(n, 1, 1, 7).reshape(n, 1, 1, 7)
     # 1 paths 32x1o ⊗ sh -> 32x0e
     _t_m_0_1_0 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1))
     # 2 paths 32x1o ⊗ sh -> 32x1o
@@ -875,7 +875,7 @@ def _conv_tp_d(
     d__t_m_0_2_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 544:576].reshape(n, 1, 32))
     d_w_34 = torch.einsum("zuk,zupk->zpu", d_m[:, 0:32].reshape(n, 32, 1), _t_m_0_2_0)
     # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
-    d_h_35 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_0, _m_m_0[:, 133:138].reshape(n, 5, 1, 1))
+    d_h_35 = d__t_m_0_2_0.reshape(n, 32, 1) * _m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 1, 5)
     # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
     d__m_m_0_36 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_0, h[:, 128:288].reshape(n, 32, 5))
     d__t_m_0_1_6 = torch.einsum("zuk,zpu->zupk", d_m[:, 768:992].reshape(n, 32, 7), w[:, 384:416].reshape(n, 1, 32))
@@ -929,7 +929,7 @@ def _conv_tp_d(
     d__t_m_0_1_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 160:192].reshape(n, 1, 32))
     d_w_57 = torch.einsum("zuk,zupk->zpu", d_m[:, 0:32].reshape(n, 32, 1), _t_m_0_1_0)
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
-    d_h_58 = torch.einsum("zupk,zipk->zui", d__t_m_0_1_0, _m_m_0[:, 16:19].reshape(n, 3, 1, 1))
+    d_h_58 = d__t_m_0_1_0.reshape(n, 32, 1) * _m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
     d__m_m_0_59 = torch.einsum("zupk,zui->zipk", d__t_m_0_1_0, h[:, 32:128].reshape(n, 32, 3))
     d__t_m_0_0_5 = torch.einsum("zuk,zpu->zupk", d_m[:, 544:768].reshape(n, 32, 7), w[:, 96:128].reshape(n, 1, 32))
@@ -953,7 +953,7 @@ def _conv_tp_d(
     d__t_m_0_0_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 0:32].reshape(n, 1, 32))
     d_w_69 = torch.einsum("zuk,zupk->zpu", d_m[:, 0:32].reshape(n, 32, 1), _t_m_0_0_0)
     # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
-    d_h_70 = torch.einsum("zupk,zipk->zui", d__t_m_0_0_0, _m_m_0[:, 0:1].reshape(n, 1, 1, 1))
+    d_h_70 = d__t_m_0_0_0.reshape(n, 32, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
     # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
     d__m_m_0_71 = torch.einsum("zupk,zui->zipk", d__t_m_0_0_0, h[:, 0:32].reshape(n, 32, 1))
     # ∂/∂sh: every path's (i, k) map at once: sh · G
@@ -1077,34 +1077,34 @@ def _conv_tp_d2_h(
     d__t_m_0_0_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), w[:, 32:64].reshape(n, 1, 32))
     d__t_m_0_0_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 0:32].reshape(n, 1, 32))
     # ∂/∂d__t_m_0_0_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
-    d2_d__t_m_0_0_0 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 0:1].reshape(n, 1, 1, 1))
+    d2_d__t_m_0_0_0 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
     d2__m_m_0_12 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 0:32].reshape(n, 32, 1), d__t_m_0_0_0)
-    d2_d_m_13 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_0_0, w[:, 0:32].reshape(n, 1, 32))
+    d2_d_m_13 = d2_d__t_m_0_0_0.reshape(n, 32, 1) * w[:, 0:32].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_14 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_0, d_m[:, 0:32].reshape(n, 32, 1))
     # ∂/∂d__t_m_0_0_1: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
-    d2_d__t_m_0_0_1 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 1:4].reshape(n, 1, 1, 3))
+    d2_d__t_m_0_0_1 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
     d2__m_m_0_15 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 0:32].reshape(n, 32, 1), d__t_m_0_0_1)
-    d2_d_m_16 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_0_1, w[:, 32:64].reshape(n, 1, 32))
+    d2_d_m_16 = d2_d__t_m_0_0_1.reshape(n, 32, 3) * w[:, 32:64].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_17 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_1, d_m[:, 32:128].reshape(n, 32, 3))
     # ∂/∂d__t_m_0_0_2: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
-    d2_d__t_m_0_0_2 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 4:9].reshape(n, 1, 1, 5))
+    d2_d__t_m_0_0_2 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
     d2__m_m_0_18 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 0:32].reshape(n, 32, 1), d__t_m_0_0_2)
-    d2_d_m_19 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_0_2, w[:, 64:96].reshape(n, 1, 32))
+    d2_d_m_19 = d2_d__t_m_0_0_2.reshape(n, 32, 5) * w[:, 64:96].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_20 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_2, d_m[:, 128:288].reshape(n, 32, 5))
     # ∂/∂d__t_m_0_0_5: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
-    d2_d__t_m_0_0_5 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 9:16].reshape(n, 1, 1, 7))
+    d2_d__t_m_0_0_5 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 9:16].reshape(n, 1, 1, 7).reshape(n, 1, 1, 7)
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
     d2__m_m_0_21 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 0:32].reshape(n, 32, 1), d__t_m_0_0_5)
-    d2_d_m_22 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_0_5, w[:, 96:128].reshape(n, 1, 32))
+    d2_d_m_22 = d2_d__t_m_0_0_5.reshape(n, 32, 7) * w[:, 96:128].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_23 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_5, d_m[:, 544:768].reshape(n, 32, 7))
     # ∂/∂d__t_m_0_1_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
     d2_d__t_m_0_1_0 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1))
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
     d2__m_m_0_24 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 32:128].reshape(n, 32, 3), d__t_m_0_1_0)
-    d2_d_m_25 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_0, w[:, 160:192].reshape(n, 1, 32))
+    d2_d_m_25 = d2_d__t_m_0_1_0.reshape(n, 32, 1) * w[:, 160:192].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_26 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_0, d_m[:, 0:32].reshape(n, 32, 1))
     # ∂/∂d__t_m_0_1_1: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
     d2_d__t_m_0_1_1 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 2, 3))
@@ -1122,31 +1122,31 @@ def _conv_tp_d2_h(
     d2_d__t_m_0_1_3 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 67:76].reshape(n, 3, 1, 3))
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
     d2__m_m_0_31 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 32:128].reshape(n, 32, 3), d__t_m_0_1_3)
-    d2_d_m_32 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_3, w[:, 224:256].reshape(n, 1, 32))
+    d2_d_m_32 = d2_d__t_m_0_1_3.reshape(n, 32, 3) * w[:, 224:256].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_33 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_3, d_m[:, 288:384].reshape(n, 32, 3))
     # ∂/∂d__t_m_0_1_4: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
     d2_d__t_m_0_1_4 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 76:91].reshape(n, 3, 1, 5))
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
     d2__m_m_0_34 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 32:128].reshape(n, 32, 3), d__t_m_0_1_4)
-    d2_d_m_35 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_4, w[:, 288:320].reshape(n, 1, 32))
+    d2_d_m_35 = d2_d__t_m_0_1_4.reshape(n, 32, 5) * w[:, 288:320].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_36 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_4, d_m[:, 384:544].reshape(n, 32, 5))
     # ∂/∂d__t_m_0_1_5: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
     d2_d__t_m_0_1_5 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 91:112].reshape(n, 3, 1, 7))
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
     d2__m_m_0_37 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 32:128].reshape(n, 32, 3), d__t_m_0_1_5)
-    d2_d_m_38 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_5, w[:, 320:352].reshape(n, 1, 32))
+    d2_d_m_38 = d2_d__t_m_0_1_5.reshape(n, 32, 7) * w[:, 320:352].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_39 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_5, d_m[:, 544:768].reshape(n, 32, 7))
     # ∂/∂d__t_m_0_1_6: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
     d2_d__t_m_0_1_6 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 1, 7))
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
     d2__m_m_0_40 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 32:128].reshape(n, 32, 3), d__t_m_0_1_6)
-    d2_d_m_41 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_6, w[:, 384:416].reshape(n, 1, 32))
+    d2_d_m_41 = d2_d__t_m_0_1_6.reshape(n, 32, 7) * w[:, 384:416].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_42 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_6, d_m[:, 768:992].reshape(n, 32, 7))
     # ∂/∂d__t_m_0_2_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
     d2_d__t_m_0_2_0 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1))
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
     d2__m_m_0_43 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 128:288].reshape(n, 32, 5), d__t_m_0_2_0)
-    d2_d_m_44 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_0, w[:, 544:576].reshape(n, 1, 32))
+    d2_d_m_44 = d2_d__t_m_0_2_0.reshape(n, 32, 1) * w[:, 544:576].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_45 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_0, d_m[:, 0:32].reshape(n, 32, 1))
     # ∂/∂d__t_m_0_2_1: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
     d2_d__t_m_0_2_1 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 138:168].reshape(n, 5, 2, 3))
@@ -1164,7 +1164,7 @@ def _conv_tp_d2_h(
     d2_d__t_m_0_2_3 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 218:233].reshape(n, 5, 1, 3))
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
     d2__m_m_0_50 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 128:288].reshape(n, 32, 5), d__t_m_0_2_3)
-    d2_d_m_51 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_3, w[:, 608:640].reshape(n, 1, 32))
+    d2_d_m_51 = d2_d__t_m_0_2_3.reshape(n, 32, 3) * w[:, 608:640].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_52 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_3, d_m[:, 288:384].reshape(n, 32, 3))
     # ∂/∂d__t_m_0_2_4: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
     d2_d__t_m_0_2_4 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 2, 5))
@@ -1182,7 +1182,7 @@ def _conv_tp_d2_h(
     d2_d__t_m_0_2_6 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 353:388].reshape(n, 5, 1, 7))
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
     d2__m_m_0_57 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 128:288].reshape(n, 32, 5), d__t_m_0_2_6)
-    d2_d_m_58 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_6, w[:, 640:672].reshape(n, 1, 32))
+    d2_d_m_58 = d2_d__t_m_0_2_6.reshape(n, 32, 7) * w[:, 640:672].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_59 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_6, d_m[:, 768:992].reshape(n, 32, 7))
     d2_w_60 = d2__w_m_0_2_5.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d2_w_61 = d2__w_m_0_2_5.reshape(n, -1)[:, 0:32].reshape(n, 32)
@@ -1322,34 +1322,34 @@ def _conv_tp_d2_sh(
     # ∂/∂d__m_m_0: ∂/∂sh: every path's (i, k) map at once: sh · G
     d2_d__m_m_0 = torch.einsum("zj,jc->zc", d2_d_sh.reshape(n, 16), _g_m_0)
     # ∂/∂d__t_m_0_0_0: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
-    d2_d__t_m_0_0_0 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 0:1].reshape(n, 1, 1, 1), h[:, 0:32].reshape(n, 32, 1))
+    d2_d__t_m_0_0_0 = d2_d__m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
-    d2_h_12 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 0:1].reshape(n, 1, 1, 1), d__t_m_0_0_0)
-    d2_d_m_13 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_0_0, w[:, 0:32].reshape(n, 1, 32))
+    d2_h_12 = d2_d__m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_m_0_0_0.reshape(n, 32, 1)
+    d2_d_m_13 = d2_d__t_m_0_0_0.reshape(n, 32, 1) * w[:, 0:32].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_14 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_0, d_m[:, 0:32].reshape(n, 32, 1))
     # ∂/∂d__t_m_0_0_1: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
-    d2_d__t_m_0_0_1 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 1:4].reshape(n, 1, 1, 3), h[:, 0:32].reshape(n, 32, 1))
+    d2_d__t_m_0_0_1 = d2_d__m_m_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
     d2_h_15 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 1:4].reshape(n, 1, 1, 3), d__t_m_0_0_1)
-    d2_d_m_16 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_0_1, w[:, 32:64].reshape(n, 1, 32))
+    d2_d_m_16 = d2_d__t_m_0_0_1.reshape(n, 32, 3) * w[:, 32:64].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_17 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_1, d_m[:, 32:128].reshape(n, 32, 3))
     # ∂/∂d__t_m_0_0_2: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
-    d2_d__t_m_0_0_2 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 4:9].reshape(n, 1, 1, 5), h[:, 0:32].reshape(n, 32, 1))
+    d2_d__t_m_0_0_2 = d2_d__m_m_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
     d2_h_18 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 4:9].reshape(n, 1, 1, 5), d__t_m_0_0_2)
-    d2_d_m_19 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_0_2, w[:, 64:96].reshape(n, 1, 32))
+    d2_d_m_19 = d2_d__t_m_0_0_2.reshape(n, 32, 5) * w[:, 64:96].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_20 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_2, d_m[:, 128:288].reshape(n, 32, 5))
     # ∂/∂d__t_m_0_0_5: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
-    d2_d__t_m_0_0_5 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 9:16].reshape(n, 1, 1, 7), h[:, 0:32].reshape(n, 32, 1))
+    d2_d__t_m_0_0_5 = d2_d__m_m_0[:, 9:16].reshape(n, 1, 1, 7).reshape(n, 1, 1, 7) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
     d2_h_21 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 9:16].reshape(n, 1, 1, 7), d__t_m_0_0_5)
-    d2_d_m_22 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_0_5, w[:, 96:128].reshape(n, 1, 32))
+    d2_d_m_22 = d2_d__t_m_0_0_5.reshape(n, 32, 7) * w[:, 96:128].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_23 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_5, d_m[:, 544:768].reshape(n, 32, 7))
     # ∂/∂d__t_m_0_1_0: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
     d2_d__t_m_0_1_0 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 16:19].reshape(n, 3, 1, 1), h[:, 32:128].reshape(n, 32, 3))
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
-    d2_h_24 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 16:19].reshape(n, 3, 1, 1), d__t_m_0_1_0)
-    d2_d_m_25 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_0, w[:, 160:192].reshape(n, 1, 32))
+    d2_h_24 = d2_d__m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_m_0_1_0.reshape(n, 32, 1)
+    d2_d_m_25 = d2_d__t_m_0_1_0.reshape(n, 32, 1) * w[:, 160:192].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_26 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_0, d_m[:, 0:32].reshape(n, 32, 1))
     # ∂/∂d__t_m_0_1_1: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
     d2_d__t_m_0_1_1 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 19:37].reshape(n, 3, 2, 3), h[:, 32:128].reshape(n, 32, 3))
@@ -1367,31 +1367,31 @@ def _conv_tp_d2_sh(
     d2_d__t_m_0_1_3 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 67:76].reshape(n, 3, 1, 3), h[:, 32:128].reshape(n, 32, 3))
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
     d2_h_31 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 67:76].reshape(n, 3, 1, 3), d__t_m_0_1_3)
-    d2_d_m_32 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_3, w[:, 224:256].reshape(n, 1, 32))
+    d2_d_m_32 = d2_d__t_m_0_1_3.reshape(n, 32, 3) * w[:, 224:256].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_33 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_3, d_m[:, 288:384].reshape(n, 32, 3))
     # ∂/∂d__t_m_0_1_4: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
     d2_d__t_m_0_1_4 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 76:91].reshape(n, 3, 1, 5), h[:, 32:128].reshape(n, 32, 3))
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
     d2_h_34 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 76:91].reshape(n, 3, 1, 5), d__t_m_0_1_4)
-    d2_d_m_35 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_4, w[:, 288:320].reshape(n, 1, 32))
+    d2_d_m_35 = d2_d__t_m_0_1_4.reshape(n, 32, 5) * w[:, 288:320].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_36 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_4, d_m[:, 384:544].reshape(n, 32, 5))
     # ∂/∂d__t_m_0_1_5: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
     d2_d__t_m_0_1_5 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 91:112].reshape(n, 3, 1, 7), h[:, 32:128].reshape(n, 32, 3))
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
     d2_h_37 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 91:112].reshape(n, 3, 1, 7), d__t_m_0_1_5)
-    d2_d_m_38 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_5, w[:, 320:352].reshape(n, 1, 32))
+    d2_d_m_38 = d2_d__t_m_0_1_5.reshape(n, 32, 7) * w[:, 320:352].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_39 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_5, d_m[:, 544:768].reshape(n, 32, 7))
     # ∂/∂d__t_m_0_1_6: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
     d2_d__t_m_0_1_6 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 112:133].reshape(n, 3, 1, 7), h[:, 32:128].reshape(n, 32, 3))
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
     d2_h_40 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 112:133].reshape(n, 3, 1, 7), d__t_m_0_1_6)
-    d2_d_m_41 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_6, w[:, 384:416].reshape(n, 1, 32))
+    d2_d_m_41 = d2_d__t_m_0_1_6.reshape(n, 32, 7) * w[:, 384:416].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_42 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_6, d_m[:, 768:992].reshape(n, 32, 7))
     # ∂/∂d__t_m_0_2_0: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
     d2_d__t_m_0_2_0 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 133:138].reshape(n, 5, 1, 1), h[:, 128:288].reshape(n, 32, 5))
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
-    d2_h_43 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 133:138].reshape(n, 5, 1, 1), d__t_m_0_2_0)
-    d2_d_m_44 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_0, w[:, 544:576].reshape(n, 1, 32))
+    d2_h_43 = d2_d__m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_m_0_2_0.reshape(n, 32, 1)
+    d2_d_m_44 = d2_d__t_m_0_2_0.reshape(n, 32, 1) * w[:, 544:576].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_45 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_0, d_m[:, 0:32].reshape(n, 32, 1))
     # ∂/∂d__t_m_0_2_1: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
     d2_d__t_m_0_2_1 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 138:168].reshape(n, 5, 2, 3), h[:, 128:288].reshape(n, 32, 5))
@@ -1409,7 +1409,7 @@ def _conv_tp_d2_sh(
     d2_d__t_m_0_2_3 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 218:233].reshape(n, 5, 1, 3), h[:, 128:288].reshape(n, 32, 5))
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
     d2_h_50 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 218:233].reshape(n, 5, 1, 3), d__t_m_0_2_3)
-    d2_d_m_51 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_3, w[:, 608:640].reshape(n, 1, 32))
+    d2_d_m_51 = d2_d__t_m_0_2_3.reshape(n, 32, 3) * w[:, 608:640].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_52 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_3, d_m[:, 288:384].reshape(n, 32, 3))
     # ∂/∂d__t_m_0_2_4: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
     d2_d__t_m_0_2_4 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 233:283].reshape(n, 5, 2, 5), h[:, 128:288].reshape(n, 32, 5))
@@ -1427,7 +1427,7 @@ def _conv_tp_d2_sh(
     d2_d__t_m_0_2_6 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 353:388].reshape(n, 5, 1, 7), h[:, 128:288].reshape(n, 32, 5))
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
     d2_h_57 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 353:388].reshape(n, 5, 1, 7), d__t_m_0_2_6)
-    d2_d_m_58 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_6, w[:, 640:672].reshape(n, 1, 32))
+    d2_d_m_58 = d2_d__t_m_0_2_6.reshape(n, 32, 7) * w[:, 640:672].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_59 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_6, d_m[:, 768:992].reshape(n, 32, 7))
     d2_w_60 = d2__w_m_0_2_5.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d2_w_61 = d2__w_m_0_2_5.reshape(n, -1)[:, 0:32].reshape(n, 32)
@@ -1495,13 +1495,13 @@ def _conv_tp_d2_w(
     # every path's (i, k) map at once: sh · G
     _m_m_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 16), _g_m_0)
     # 1 paths 32x0e ⊗ sh -> 32x0e
-    _t_m_0_0_0 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 0:1].reshape(n, 1, 1, 1))
+    _t_m_0_0_0 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
     # 1 paths 32x0e ⊗ sh -> 32x1o
-    _t_m_0_0_1 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 1:4].reshape(n, 1, 1, 3))
+    _t_m_0_0_1 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
     # 1 paths 32x0e ⊗ sh -> 32x2e
-    _t_m_0_0_2 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 4:9].reshape(n, 1, 1, 5))
+    _t_m_0_0_2 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
     # 1 paths 32x0e ⊗ sh -> 32x3o
-    _t_m_0_0_5 = torch.einsum("zui,zipk->zupk", h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 9:16].reshape(n, 1, 1, 7))
+    _t_m_0_0_5 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 9:16].reshape(n, 1, 1, 7).reshape(n, 1, 1, 7)
     # 1 paths 32x1o ⊗ sh -> 32x0e
     _t_m_0_1_0 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1))
     # 2 paths 32x1o ⊗ sh -> 32x1o
@@ -1530,15 +1530,15 @@ def _conv_tp_d2_w(
     _t_m_0_2_5 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 2, 7))
     # 1 paths 32x2e ⊗ sh -> 32x3e
     _t_m_0_2_6 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 353:388].reshape(n, 5, 1, 7))
-    d2_d_m_0 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 0:32].reshape(n, 1, 32), _t_m_0_0_0)
+    d2_d_m_0 = d2_d_w[:, 0:32].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_0_0.reshape(n, 32, 1)
     d2__t_m_0_0_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 0:32].reshape(n, 1, 32), d_m[:, 0:32].reshape(n, 32, 1))
-    d2_d_m_1 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 32:64].reshape(n, 1, 32), _t_m_0_0_1)
+    d2_d_m_1 = d2_d_w[:, 32:64].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_0_1.reshape(n, 32, 3)
     d2__t_m_0_0_1 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 32:64].reshape(n, 1, 32), d_m[:, 32:128].reshape(n, 32, 3))
-    d2_d_m_2 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 64:96].reshape(n, 1, 32), _t_m_0_0_2)
+    d2_d_m_2 = d2_d_w[:, 64:96].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_0_2.reshape(n, 32, 5)
     d2__t_m_0_0_2 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 64:96].reshape(n, 1, 32), d_m[:, 128:288].reshape(n, 32, 5))
-    d2_d_m_3 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 96:128].reshape(n, 1, 32), _t_m_0_0_5)
+    d2_d_m_3 = d2_d_w[:, 96:128].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_0_5.reshape(n, 32, 7)
     d2__t_m_0_0_5 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 96:128].reshape(n, 1, 32), d_m[:, 544:768].reshape(n, 32, 7))
-    d2_d_m_4 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 160:192].reshape(n, 1, 32), _t_m_0_1_0)
+    d2_d_m_4 = d2_d_w[:, 160:192].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_1_0.reshape(n, 32, 1)
     d2__t_m_0_1_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 160:192].reshape(n, 1, 32), d_m[:, 0:32].reshape(n, 32, 1))
     d2_d__w_m_0_1_1_5 = d2_d_w[:, 128:160].reshape(n, 32)
     d2_d__w_m_0_1_1_6 = d2_d_w[:, 256:288].reshape(n, 32)
@@ -1556,15 +1556,15 @@ def _conv_tp_d2_w(
     ], dim=-1)
     d2_d_m_10 = torch.einsum("zpu,zupk->zuk", d2_d__w_m_0_1_2.reshape(n, 2, 32), _t_m_0_1_2)
     d2__t_m_0_1_2 = torch.einsum("zpu,zuk->zupk", d2_d__w_m_0_1_2.reshape(n, 2, 32), d_m[:, 128:288].reshape(n, 32, 5))
-    d2_d_m_11 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 224:256].reshape(n, 1, 32), _t_m_0_1_3)
+    d2_d_m_11 = d2_d_w[:, 224:256].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_1_3.reshape(n, 32, 3)
     d2__t_m_0_1_3 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 224:256].reshape(n, 1, 32), d_m[:, 288:384].reshape(n, 32, 3))
-    d2_d_m_12 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 288:320].reshape(n, 1, 32), _t_m_0_1_4)
+    d2_d_m_12 = d2_d_w[:, 288:320].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_1_4.reshape(n, 32, 5)
     d2__t_m_0_1_4 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 288:320].reshape(n, 1, 32), d_m[:, 384:544].reshape(n, 32, 5))
-    d2_d_m_13 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 320:352].reshape(n, 1, 32), _t_m_0_1_5)
+    d2_d_m_13 = d2_d_w[:, 320:352].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_1_5.reshape(n, 32, 7)
     d2__t_m_0_1_5 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 320:352].reshape(n, 1, 32), d_m[:, 544:768].reshape(n, 32, 7))
-    d2_d_m_14 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 384:416].reshape(n, 1, 32), _t_m_0_1_6)
+    d2_d_m_14 = d2_d_w[:, 384:416].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_1_6.reshape(n, 32, 7)
     d2__t_m_0_1_6 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 384:416].reshape(n, 1, 32), d_m[:, 768:992].reshape(n, 32, 7))
-    d2_d_m_15 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 544:576].reshape(n, 1, 32), _t_m_0_2_0)
+    d2_d_m_15 = d2_d_w[:, 544:576].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_2_0.reshape(n, 32, 1)
     d2__t_m_0_2_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 544:576].reshape(n, 1, 32), d_m[:, 0:32].reshape(n, 32, 1))
     d2_d__w_m_0_2_1_16 = d2_d_w[:, 448:480].reshape(n, 32)
     d2_d__w_m_0_2_1_17 = d2_d_w[:, 672:704].reshape(n, 32)
@@ -1582,7 +1582,7 @@ def _conv_tp_d2_w(
     ], dim=-1)
     d2_d_m_21 = torch.einsum("zpu,zupk->zuk", d2_d__w_m_0_2_2.reshape(n, 2, 32), _t_m_0_2_2)
     d2__t_m_0_2_2 = torch.einsum("zpu,zuk->zupk", d2_d__w_m_0_2_2.reshape(n, 2, 32), d_m[:, 128:288].reshape(n, 32, 5))
-    d2_d_m_22 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 608:640].reshape(n, 1, 32), _t_m_0_2_3)
+    d2_d_m_22 = d2_d_w[:, 608:640].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_2_3.reshape(n, 32, 3)
     d2__t_m_0_2_3 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 608:640].reshape(n, 1, 32), d_m[:, 288:384].reshape(n, 32, 3))
     d2_d__w_m_0_2_4_23 = d2_d_w[:, 480:512].reshape(n, 32)
     d2_d__w_m_0_2_4_24 = d2_d_w[:, 704:736].reshape(n, 32)
@@ -1600,7 +1600,7 @@ def _conv_tp_d2_w(
     ], dim=-1)
     d2_d_m_28 = torch.einsum("zpu,zupk->zuk", d2_d__w_m_0_2_5.reshape(n, 2, 32), _t_m_0_2_5)
     d2__t_m_0_2_5 = torch.einsum("zpu,zuk->zupk", d2_d__w_m_0_2_5.reshape(n, 2, 32), d_m[:, 544:768].reshape(n, 32, 7))
-    d2_d_m_29 = torch.einsum("zpu,zupk->zuk", d2_d_w[:, 640:672].reshape(n, 1, 32), _t_m_0_2_6)
+    d2_d_m_29 = d2_d_w[:, 640:672].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_2_6.reshape(n, 32, 7)
     d2__t_m_0_2_6 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 640:672].reshape(n, 1, 32), d_m[:, 768:992].reshape(n, 32, 7))
     # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
     d2_h_30 = torch.einsum("zupk,zipk->zui", d2__t_m_0_2_6, _m_m_0[:, 353:388].reshape(n, 5, 1, 7))
@@ -1627,7 +1627,7 @@ def _conv_tp_d2_w(
     # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
     d2__m_m_0_41 = torch.einsum("zupk,zui->zipk", d2__t_m_0_2_1, h[:, 128:288].reshape(n, 32, 5))
     # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
-    d2_h_42 = torch.einsum("zupk,zipk->zui", d2__t_m_0_2_0, _m_m_0[:, 133:138].reshape(n, 5, 1, 1))
+    d2_h_42 = d2__t_m_0_2_0.reshape(n, 32, 1) * _m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 1, 5)
     # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
     d2__m_m_0_43 = torch.einsum("zupk,zui->zipk", d2__t_m_0_2_0, h[:, 128:288].reshape(n, 32, 5))
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
@@ -1655,7 +1655,7 @@ def _conv_tp_d2_w(
     # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
     d2__m_m_0_55 = torch.einsum("zupk,zui->zipk", d2__t_m_0_1_1, h[:, 32:128].reshape(n, 32, 3))
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
-    d2_h_56 = torch.einsum("zupk,zipk->zui", d2__t_m_0_1_0, _m_m_0[:, 16:19].reshape(n, 3, 1, 1))
+    d2_h_56 = d2__t_m_0_1_0.reshape(n, 32, 1) * _m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
     d2__m_m_0_57 = torch.einsum("zupk,zui->zipk", d2__t_m_0_1_0, h[:, 32:128].reshape(n, 32, 3))
     # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
@@ -1671,7 +1671,7 @@ def _conv_tp_d2_w(
     # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
     d2__m_m_0_63 = torch.einsum("zupk,zui->zipk", d2__t_m_0_0_1, h[:, 0:32].reshape(n, 32, 1))
     # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
-    d2_h_64 = torch.einsum("zupk,zipk->zui", d2__t_m_0_0_0, _m_m_0[:, 0:1].reshape(n, 1, 1, 1))
+    d2_h_64 = d2__t_m_0_0_0.reshape(n, 32, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
     # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
     d2__m_m_0_65 = torch.einsum("zupk,zui->zipk", d2__t_m_0_0_0, h[:, 0:32].reshape(n, 32, 1))
     # ∂/∂sh: every path's (i, k) map at once: sh · G
@@ -2940,17 +2940,17 @@ def _tp_then_linear(
     # every path's (i, k) map at once: y · G
     _m_t_0 = torch.einsum("zj,jc->zc", y.reshape(n, 4), _g_t_0)
     # 1 paths 8x0e ⊗ y -> 8x0e
-    _t_t_0_0_0 = torch.einsum("zui,zipk->zupk", x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 0:1].reshape(n, 1, 1, 1))
-    t_0 = torch.einsum("zupk,pu->zuk", _t_t_0_0_0, weight[0:8].view(1, 8))
+    _t_t_0_0_0 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    t_0 = _t_t_0_0_0.reshape(n, 8, 1) * weight[0:8].view(1, 8).reshape(1, 8, 1)
     # 1 paths 8x0e ⊗ y -> 8x1o
-    _t_t_0_0_1 = torch.einsum("zui,zipk->zupk", x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 1:4].reshape(n, 1, 1, 3))
-    t_1 = torch.einsum("zupk,pu->zuk", _t_t_0_0_1, weight[8:16].view(1, 8))
+    _t_t_0_0_1 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
+    t_1 = _t_t_0_0_1.reshape(n, 8, 3) * weight[8:16].view(1, 8).reshape(1, 8, 1)
     # 1 paths 8x1o ⊗ y -> 8x0e
     _t_t_0_1_0 = torch.einsum("zui,zipk->zupk", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
-    t_2 = torch.einsum("zupk,pu->zuk", _t_t_0_1_0, weight[24:32].view(1, 8))
+    t_2 = _t_t_0_1_0.reshape(n, 8, 1) * weight[24:32].view(1, 8).reshape(1, 8, 1)
     # 1 paths 8x1o ⊗ y -> 8x1o
     _t_t_0_1_1 = torch.einsum("zui,zipk->zupk", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
-    t_3 = torch.einsum("zupk,pu->zuk", _t_t_0_1_1, weight[16:24].view(1, 8))
+    t_3 = _t_t_0_1_1.reshape(n, 8, 3) * weight[16:24].view(1, 8).reshape(1, 8, 1)
     # 8x0e -> 8x0e
     t = torch.cat([
         (t_0 + t_2).reshape(n, 8),
@@ -2980,17 +2980,17 @@ def _tp_then_linear_d(
     # every path's (i, k) map at once: y · G
     _m_t_0 = torch.einsum("zj,jc->zc", y.reshape(n, 4), _g_t_0)
     # 1 paths 8x0e ⊗ y -> 8x0e
-    _t_t_0_0_0 = torch.einsum("zui,zipk->zupk", x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 0:1].reshape(n, 1, 1, 1))
-    t_0 = torch.einsum("zupk,pu->zuk", _t_t_0_0_0, weight[0:8].view(1, 8))
+    _t_t_0_0_0 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    t_0 = _t_t_0_0_0.reshape(n, 8, 1) * weight[0:8].view(1, 8).reshape(1, 8, 1)
     # 1 paths 8x0e ⊗ y -> 8x1o
-    _t_t_0_0_1 = torch.einsum("zui,zipk->zupk", x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 1:4].reshape(n, 1, 1, 3))
-    t_1 = torch.einsum("zupk,pu->zuk", _t_t_0_0_1, weight[8:16].view(1, 8))
+    _t_t_0_0_1 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
+    t_1 = _t_t_0_0_1.reshape(n, 8, 3) * weight[8:16].view(1, 8).reshape(1, 8, 1)
     # 1 paths 8x1o ⊗ y -> 8x0e
     _t_t_0_1_0 = torch.einsum("zui,zipk->zupk", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
-    t_2 = torch.einsum("zupk,pu->zuk", _t_t_0_1_0, weight[24:32].view(1, 8))
+    t_2 = _t_t_0_1_0.reshape(n, 8, 1) * weight[24:32].view(1, 8).reshape(1, 8, 1)
     # 1 paths 8x1o ⊗ y -> 8x1o
     _t_t_0_1_1 = torch.einsum("zui,zipk->zupk", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
-    t_3 = torch.einsum("zupk,pu->zuk", _t_t_0_1_1, weight[16:24].view(1, 8))
+    t_3 = _t_t_0_1_1.reshape(n, 8, 3) * weight[16:24].view(1, 8).reshape(1, 8, 1)
     # ∂/∂x: 8x1o -> 8x1o
     d_x_4 = d_z[:, 8:32].reshape(n, 8, 3)
     # ∂/∂x: 8x0e -> 8x0e
@@ -3022,7 +3022,7 @@ def _tp_then_linear_d(
     d__t_t_0_1_0 = torch.einsum("zuk,pu->zupk", d_t[:, 0:8].reshape(n, 8, 1), weight[24:32].view(1, 8))
     d_weight_13 = torch.einsum("zuk,zupk->pu", d_t[:, 0:8].reshape(n, 8, 1), _t_t_0_1_0)
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    d_x_14 = torch.einsum("zupk,zipk->zui", d__t_t_0_1_0, _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
+    d_x_14 = d__t_t_0_1_0.reshape(n, 8, 1) * _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
     d__m_t_0_15 = torch.einsum("zupk,zui->zipk", d__t_t_0_1_0, x[:, 8:32].reshape(n, 8, 3))
     d__t_t_0_0_1 = torch.einsum("zuk,pu->zupk", d_t[:, 8:32].reshape(n, 8, 3), weight[8:16].view(1, 8))
@@ -3034,7 +3034,7 @@ def _tp_then_linear_d(
     d__t_t_0_0_0 = torch.einsum("zuk,pu->zupk", d_t[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8))
     d_weight_19 = torch.einsum("zuk,zupk->pu", d_t[:, 0:8].reshape(n, 8, 1), _t_t_0_0_0)
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    d_x_20 = torch.einsum("zupk,zipk->zui", d__t_t_0_0_0, _m_t_0[:, 0:1].reshape(n, 1, 1, 1))
+    d_x_20 = d__t_t_0_0_0.reshape(n, 8, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
     d__m_t_0_21 = torch.einsum("zupk,zui->zipk", d__t_t_0_0_0, x[:, 0:8].reshape(n, 8, 1))
     # ∂/∂y: every path's (i, k) map at once: y · G
@@ -3083,28 +3083,28 @@ def _tp_then_linear_d2_x(
     d__t_t_0_0_1 = torch.einsum("zuk,pu->zupk", d_t[:, 8:32].reshape(n, 8, 3), weight[8:16].view(1, 8))
     d__t_t_0_0_0 = torch.einsum("zuk,pu->zupk", d_t[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8))
     # ∂/∂d__t_t_0_0_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    d2_d__t_t_0_0_0 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 0:1].reshape(n, 1, 1, 1))
+    d2_d__t_t_0_0_0 = d2_d_x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
     d2__m_t_0_2 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 0:8].reshape(n, 8, 1), d__t_t_0_0_0)
-    d2_d_t_3 = torch.einsum("zupk,pu->zuk", d2_d__t_t_0_0_0, weight[0:8].view(1, 8))
+    d2_d_t_3 = d2_d__t_t_0_0_0.reshape(n, 8, 1) * weight[0:8].view(1, 8).reshape(1, 8, 1)
     d2_weight_4 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_0_0, d_t[:, 0:8].reshape(n, 8, 1))
     # ∂/∂d__t_t_0_0_1: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    d2_d__t_t_0_0_1 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 1:4].reshape(n, 1, 1, 3))
+    d2_d__t_t_0_0_1 = d2_d_x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
     d2__m_t_0_5 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 0:8].reshape(n, 8, 1), d__t_t_0_0_1)
-    d2_d_t_6 = torch.einsum("zupk,pu->zuk", d2_d__t_t_0_0_1, weight[8:16].view(1, 8))
+    d2_d_t_6 = d2_d__t_t_0_0_1.reshape(n, 8, 3) * weight[8:16].view(1, 8).reshape(1, 8, 1)
     d2_weight_7 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_0_1, d_t[:, 8:32].reshape(n, 8, 3))
     # ∂/∂d__t_t_0_1_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
     d2_d__t_t_0_1_0 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
     d2__m_t_0_8 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 8:32].reshape(n, 8, 3), d__t_t_0_1_0)
-    d2_d_t_9 = torch.einsum("zupk,pu->zuk", d2_d__t_t_0_1_0, weight[24:32].view(1, 8))
+    d2_d_t_9 = d2_d__t_t_0_1_0.reshape(n, 8, 1) * weight[24:32].view(1, 8).reshape(1, 8, 1)
     d2_weight_10 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_1_0, d_t[:, 0:8].reshape(n, 8, 1))
     # ∂/∂d__t_t_0_1_1: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
     d2_d__t_t_0_1_1 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
     d2__m_t_0_11 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 8:32].reshape(n, 8, 3), d__t_t_0_1_1)
-    d2_d_t_12 = torch.einsum("zupk,pu->zuk", d2_d__t_t_0_1_1, weight[16:24].view(1, 8))
+    d2_d_t_12 = d2_d__t_t_0_1_1.reshape(n, 8, 3) * weight[16:24].view(1, 8).reshape(1, 8, 1)
     d2_weight_13 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_1_1, d_t[:, 8:32].reshape(n, 8, 3))
     # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
     d2_d_t = torch.cat([
@@ -3170,28 +3170,28 @@ def _tp_then_linear_d2_y(
     # ∂/∂d__m_t_0: ∂/∂y: every path's (i, k) map at once: y · G
     d2_d__m_t_0 = torch.einsum("zj,jc->zc", d2_d_y.reshape(n, 4), _g_t_0)
     # ∂/∂d__t_t_0_0_0: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
-    d2_d__t_t_0_0_0 = torch.einsum("zipk,zui->zupk", d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1), x[:, 0:8].reshape(n, 8, 1))
+    d2_d__t_t_0_0_0 = d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1)
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
-    d2_x_2 = torch.einsum("zipk,zupk->zui", d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1), d__t_t_0_0_0)
-    d2_d_t_3 = torch.einsum("zupk,pu->zuk", d2_d__t_t_0_0_0, weight[0:8].view(1, 8))
+    d2_x_2 = d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_t_0_0_0.reshape(n, 8, 1)
+    d2_d_t_3 = d2_d__t_t_0_0_0.reshape(n, 8, 1) * weight[0:8].view(1, 8).reshape(1, 8, 1)
     d2_weight_4 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_0_0, d_t[:, 0:8].reshape(n, 8, 1))
     # ∂/∂d__t_t_0_0_1: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    d2_d__t_t_0_0_1 = torch.einsum("zipk,zui->zupk", d2_d__m_t_0[:, 1:4].reshape(n, 1, 1, 3), x[:, 0:8].reshape(n, 8, 1))
+    d2_d__t_t_0_0_1 = d2_d__m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1)
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
     d2_x_5 = torch.einsum("zipk,zupk->zui", d2_d__m_t_0[:, 1:4].reshape(n, 1, 1, 3), d__t_t_0_0_1)
-    d2_d_t_6 = torch.einsum("zupk,pu->zuk", d2_d__t_t_0_0_1, weight[8:16].view(1, 8))
+    d2_d_t_6 = d2_d__t_t_0_0_1.reshape(n, 8, 3) * weight[8:16].view(1, 8).reshape(1, 8, 1)
     d2_weight_7 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_0_1, d_t[:, 8:32].reshape(n, 8, 3))
     # ∂/∂d__t_t_0_1_0: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
     d2_d__t_t_0_1_0 = torch.einsum("zipk,zui->zupk", d2_d__m_t_0[:, 4:7].reshape(n, 3, 1, 1), x[:, 8:32].reshape(n, 8, 3))
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    d2_x_8 = torch.einsum("zipk,zupk->zui", d2_d__m_t_0[:, 4:7].reshape(n, 3, 1, 1), d__t_t_0_1_0)
-    d2_d_t_9 = torch.einsum("zupk,pu->zuk", d2_d__t_t_0_1_0, weight[24:32].view(1, 8))
+    d2_x_8 = d2_d__m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_t_0_1_0.reshape(n, 8, 1)
+    d2_d_t_9 = d2_d__t_t_0_1_0.reshape(n, 8, 1) * weight[24:32].view(1, 8).reshape(1, 8, 1)
     d2_weight_10 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_1_0, d_t[:, 0:8].reshape(n, 8, 1))
     # ∂/∂d__t_t_0_1_1: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
     d2_d__t_t_0_1_1 = torch.einsum("zipk,zui->zupk", d2_d__m_t_0[:, 7:16].reshape(n, 3, 1, 3), x[:, 8:32].reshape(n, 8, 3))
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
     d2_x_11 = torch.einsum("zipk,zupk->zui", d2_d__m_t_0[:, 7:16].reshape(n, 3, 1, 3), d__t_t_0_1_1)
-    d2_d_t_12 = torch.einsum("zupk,pu->zuk", d2_d__t_t_0_1_1, weight[16:24].view(1, 8))
+    d2_d_t_12 = d2_d__t_t_0_1_1.reshape(n, 8, 3) * weight[16:24].view(1, 8).reshape(1, 8, 1)
     d2_weight_13 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_1_1, d_t[:, 8:32].reshape(n, 8, 3))
     # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
     d2_d_t = torch.cat([
@@ -3235,33 +3235,33 @@ def _tp_then_linear_d2_weight(
     # every path's (i, k) map at once: y · G
     _m_t_0 = torch.einsum("zj,jc->zc", y.reshape(n, 4), _g_t_0)
     # 1 paths 8x0e ⊗ y -> 8x0e
-    _t_t_0_0_0 = torch.einsum("zui,zipk->zupk", x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 0:1].reshape(n, 1, 1, 1))
-    t_0 = torch.einsum("zupk,pu->zuk", _t_t_0_0_0, weight[0:8].view(1, 8))
+    _t_t_0_0_0 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    t_0 = _t_t_0_0_0.reshape(n, 8, 1) * weight[0:8].view(1, 8).reshape(1, 8, 1)
     # 1 paths 8x0e ⊗ y -> 8x1o
-    _t_t_0_0_1 = torch.einsum("zui,zipk->zupk", x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 1:4].reshape(n, 1, 1, 3))
-    t_1 = torch.einsum("zupk,pu->zuk", _t_t_0_0_1, weight[8:16].view(1, 8))
+    _t_t_0_0_1 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
+    t_1 = _t_t_0_0_1.reshape(n, 8, 3) * weight[8:16].view(1, 8).reshape(1, 8, 1)
     # 1 paths 8x1o ⊗ y -> 8x0e
     _t_t_0_1_0 = torch.einsum("zui,zipk->zupk", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
-    t_2 = torch.einsum("zupk,pu->zuk", _t_t_0_1_0, weight[24:32].view(1, 8))
+    t_2 = _t_t_0_1_0.reshape(n, 8, 1) * weight[24:32].view(1, 8).reshape(1, 8, 1)
     # 1 paths 8x1o ⊗ y -> 8x1o
     _t_t_0_1_1 = torch.einsum("zui,zipk->zupk", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
-    t_3 = torch.einsum("zupk,pu->zuk", _t_t_0_1_1, weight[16:24].view(1, 8))
+    t_3 = _t_t_0_1_1.reshape(n, 8, 3) * weight[16:24].view(1, 8).reshape(1, 8, 1)
     # ∂/∂t: 8x1o -> 8x1o
     d_t_4 = torch.einsum("zwi,uw->zui", d_z[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
     # ∂/∂t: 8x0e -> 8x0e
     d_t_5 = torch.einsum("zwi,uw->zui", d_z[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
-    d2_d_t_6 = torch.einsum("pu,zupk->zuk", d2_d_weight[0:8].view(1, 8), _t_t_0_0_0)
+    d2_d_t_6 = d2_d_weight[0:8].view(1, 8).reshape(1, 8, 1) * _t_t_0_0_0.reshape(n, 8, 1)
     d_t = torch.cat([
         d_t_5.reshape(n, 8),
         d_t_4.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
     d2__t_t_0_0_0_7 = torch.einsum("pu,zuk->zupk", d2_d_weight[0:8].view(1, 8), d_t[:, 0:8].reshape(n, 8, 1))
-    d2_d_t_8 = torch.einsum("pu,zupk->zuk", d2_d_weight[8:16].view(1, 8), _t_t_0_0_1)
+    d2_d_t_8 = d2_d_weight[8:16].view(1, 8).reshape(1, 8, 1) * _t_t_0_0_1.reshape(n, 8, 3)
     d2__t_t_0_0_1_9 = torch.einsum("pu,zuk->zupk", d2_d_weight[8:16].view(1, 8), d_t[:, 8:32].reshape(n, 8, 3))
-    d2_d_t_10 = torch.einsum("pu,zupk->zuk", d2_d_weight[24:32].view(1, 8), _t_t_0_1_0)
+    d2_d_t_10 = d2_d_weight[24:32].view(1, 8).reshape(1, 8, 1) * _t_t_0_1_0.reshape(n, 8, 1)
     d2__t_t_0_1_0_11 = torch.einsum("pu,zuk->zupk", d2_d_weight[24:32].view(1, 8), d_t[:, 0:8].reshape(n, 8, 1))
-    d2_d_t_12 = torch.einsum("pu,zupk->zuk", d2_d_weight[16:24].view(1, 8), _t_t_0_1_1)
+    d2_d_t_12 = d2_d_weight[16:24].view(1, 8).reshape(1, 8, 1) * _t_t_0_1_1.reshape(n, 8, 3)
     d2__t_t_0_1_1_13 = torch.einsum("pu,zuk->zupk", d2_d_weight[16:24].view(1, 8), d_t[:, 8:32].reshape(n, 8, 3))
     # ∂/∂d_z: ∂/∂weight: 8x0e -> 8x0e
     t = torch.cat([
@@ -3305,7 +3305,7 @@ def _tp_then_linear_d2_weight(
     d2_weight_27 = torch.einsum("zuk,zupk->pu", d2_t[:, 0:8].reshape(n, 8, 1), _t_t_0_1_0)
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
     d2__t_t_0_1_0 = d2__t_t_0_1_0_11 + d2__t_t_0_1_0_26
-    d2_x_28 = torch.einsum("zupk,zipk->zui", d2__t_t_0_1_0, _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
+    d2_x_28 = d2__t_t_0_1_0.reshape(n, 8, 1) * _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
     d2__m_t_0_29 = torch.einsum("zupk,zui->zipk", d2__t_t_0_1_0, x[:, 8:32].reshape(n, 8, 3))
     d2__t_t_0_0_1_30 = torch.einsum("zuk,pu->zupk", d2_t[:, 8:32].reshape(n, 8, 3), weight[8:16].view(1, 8))
@@ -3319,7 +3319,7 @@ def _tp_then_linear_d2_weight(
     d2_weight_35 = torch.einsum("zuk,zupk->pu", d2_t[:, 0:8].reshape(n, 8, 1), _t_t_0_0_0)
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
     d2__t_t_0_0_0 = d2__t_t_0_0_0_7 + d2__t_t_0_0_0_34
-    d2_x_36 = torch.einsum("zupk,zipk->zui", d2__t_t_0_0_0, _m_t_0[:, 0:1].reshape(n, 1, 1, 1))
+    d2_x_36 = d2__t_t_0_0_0.reshape(n, 8, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
     d2__m_t_0_37 = torch.einsum("zupk,zui->zipk", d2__t_t_0_0_0, x[:, 0:8].reshape(n, 8, 1))
     # ∂/∂y: every path's (i, k) map at once: y · G
