@@ -13,7 +13,14 @@ with respect to one operand is the same contraction with that operand's labels a
 cotangent of `out` in its place; labels the operand lacks (rows `z` for shared weights) are summed,
 so weight gradients reduce over rows by construction. Gathers and scatters are each other's
 adjoints. The derivative program recomputes the forward temporaries it needs, so the derivative
-of the derivative (double backward, forces in training) is built by the same function.
+of the derivative (double backward, forces in training) is built by the same function; built for
+one cotangent at a time, it leaves out all the work only an absent cotangent would need.
+
+Two choices are made with a CPU cost model: a product whose second operand has one channel per
+block (spherical harmonics) is lowered in batches — all its CG tables stacked in one constant
+matrix, paths grouped by (input block, output block) — when that beats one chain per path; and
+`factorize` splits every contraction into pairwise ones in the cheapest order, sharing pairwise
+intermediates between statements.
 """
 
 from __future__ import annotations
@@ -26,11 +33,9 @@ from fusionc.analysis.cost import pair_orders, path_equation
 from fusionc.analysis.plan import Contribution, Couple, DiagramPlan, Leaf, WeightedSum
 from fusionc.ir.diagram import CouplingVertex, Diagram, path_label
 
-
 #: Rows assumed when choosing contraction orders and lowerings: the choice depends on how rows
 #: compare with channel and component sizes, and any batch from a few hundred rows up chooses alike.
 PLANNING_ROWS = 1024
-
 
 #: What one torch call costs beyond its FLOPs (dispatch, einsum's parsing and permutes), in
 #: FLOPs: about 10 µs at the 100 GFLOP/s of a good matrix product on this kind of CPU.
@@ -131,7 +136,7 @@ def _cg(la: int, lb: int, lk: int, labels: str = "ijk") -> View:
 
 
 def _constant_order(name: str) -> tuple:
-    """CG tables by (l1, l2, l3), then recoupling matrices by name."""
+    """CG tables by (l1, l2, l3), then the other constant matrices by name."""
     if name.startswith("cg_"):
         return (0, tuple(int(x) for x in name[3:].split("_")), "")
     return (1, (), name)
