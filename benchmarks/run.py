@@ -222,6 +222,10 @@ def plot(sweeps: list[dict], directory: Path) -> list[Path]:
                        if (s["case"], s["axis"], s["contender"]) == (case, axis, contender)]
                 if pts:
                     ax.loglog(*zip(*pts), marker="o", label=f"{case} · {contender}")
+        ticks = sorted({s[axis] for s in sweeps if s["axis"] == axis})
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:,}" for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel(label)
         ax.set_ylabel("forward+backward, float32, 2 threads (ms)")
         ax.grid(True, which="both", alpha=0.3)

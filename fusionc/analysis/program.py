@@ -294,10 +294,6 @@ class _Lowering:
             mul, d_b, d_o, n_p = x_irreps[b].mul, x_irreps[b].ir.dim, out_irreps[o].ir.dim, len(ps)
             w_mul = out_irreps[o].mul
             group = f"{t.id.replace('.', '_')}_{b}_{o}"
-            products = self.temp(f"_t_{group}", (mul, n_p, d_o))
-            self.statements.append(Einsum(View(products, 0, (mul, n_p, d_o), "zupk"),
-                                          (self.block(t.operands[0], b, "zui"), View(maps, start, (d_b, n_p, d_o), "zipk")),
-                                          note=f"{len(ps)} paths {x_irreps[b]} ⊗ {t.operands[1]} -> {out_irreps[o]}"))
             shape = (mul, w_mul) if t.mode == "uvw" else (mul,)
             numel = prod(shape)
             offsets = [self.bases[t.id] + p.weight_offset for p in ps]
@@ -311,7 +307,14 @@ class _Lowering:
                                                   (View(source, offset, shape, labels),)))
                 stacked = View(packed, 0, (n_p, *shape), z + ("puw" if t.mode == "uvw" else "pu"))
             out = self.block(value, t.placement[o], "zwk" if t.mode == "uvw" else "zuk")
-            self.statements.append(Einsum(out, (View(products, 0, (mul, n_p, d_o), "zupk"), stacked)))
+            note = f"{len(ps)} paths {x_irreps[b]} ⊗ {t.operands[1]} -> {out_irreps[o]}"
+            pair = (self.block(t.operands[0], b, "zui"), View(maps, start, (d_b, n_p, d_o), "zipk"))
+            if rows_w:  # per-row weights: x with the maps first, then an elementwise weighting
+                products = View(self.temp(f"_t_{group}", (mul, n_p, d_o)), 0, (mul, n_p, d_o), "zupk")
+                self.statements.append(Einsum(products, pair, note=note))
+                self.statements.append(Einsum(out, (products, stacked)))
+            else:  # shared weights: one statement, which `factorize` orders (and its derivatives their own way)
+                self.statements.append(Einsum(out, (*pair, stacked), note=note))
         return True
 
     def paths(self, value: str, t: CouplingVertex, source: str | None) -> None:

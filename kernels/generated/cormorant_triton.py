@@ -16,7 +16,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_a01cfd6eb489ddfe")
+_ops = rt.OpNamespace("fusionc_77b4633afeef59f4")
 
 
 def _cormorant_cg(
@@ -830,21 +830,21 @@ def _cormorant_message(
     # 1 paths 16x1 ⊗ sh -> 16x0
     _t_p_0_1_0 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
     p_3 = _t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
-    # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
     w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
     w_p_0_1_1_5 = w[:, 80:96].reshape(n, 16)
     w_p_0_1_1_6 = w[:, 112:128].reshape(n, 16)
+    # 3 paths 16x1 ⊗ sh -> 16x1
+    _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
     _w_p_0_1_1 = torch.cat([
         w_p_0_1_1_4.reshape(n, 16),
         w_p_0_1_1_5.reshape(n, 16),
         w_p_0_1_1_6.reshape(n, 16),
     ], dim=-1)
     p_7 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_1, _w_p_0_1_1.reshape(n, 3, 16))
-    # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p_0_1_2 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
     w_p_0_1_2_8 = w[:, 96:112].reshape(n, 16)
     w_p_0_1_2_9 = w[:, 128:144].reshape(n, 16)
+    # 2 paths 16x1 ⊗ sh -> 16x2
+    _t_p_0_1_2 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
     _w_p_0_1_2 = torch.cat([
         w_p_0_1_2_8.reshape(n, 16),
         w_p_0_1_2_9.reshape(n, 16),
@@ -853,20 +853,20 @@ def _cormorant_message(
     # 1 paths 16x2 ⊗ sh -> 16x0
     _t_p_0_2_0 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
     p_11 = _t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
-    # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
     w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
     w_p_0_2_1_13 = w[:, 208:224].reshape(n, 16)
+    # 2 paths 16x2 ⊗ sh -> 16x1
+    _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
     _w_p_0_2_1 = torch.cat([
         w_p_0_2_1_12.reshape(n, 16),
         w_p_0_2_1_13.reshape(n, 16),
     ], dim=-1)
     p_14 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_1, _w_p_0_2_1.reshape(n, 2, 16))
-    # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p_0_2_2 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
     w_p_0_2_2_15 = w[:, 144:160].reshape(n, 16)
     w_p_0_2_2_16 = w[:, 176:192].reshape(n, 16)
     w_p_0_2_2_17 = w[:, 224:240].reshape(n, 16)
+    # 3 paths 16x2 ⊗ sh -> 16x2
+    _t_p_0_2_2 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
     _w_p_0_2_2 = torch.cat([
         w_p_0_2_2_15.reshape(n, 16),
         w_p_0_2_2_16.reshape(n, 16),
@@ -912,21 +912,21 @@ def _cormorant_message_d(
     # 1 paths 16x1 ⊗ sh -> 16x0
     _t_p_0_1_0 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
     p_3 = _t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
-    # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
     w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
     w_p_0_1_1_5 = w[:, 80:96].reshape(n, 16)
     w_p_0_1_1_6 = w[:, 112:128].reshape(n, 16)
+    # 3 paths 16x1 ⊗ sh -> 16x1
+    _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
     _w_p_0_1_1 = torch.cat([
         w_p_0_1_1_4.reshape(n, 16),
         w_p_0_1_1_5.reshape(n, 16),
         w_p_0_1_1_6.reshape(n, 16),
     ], dim=-1)
     p_7 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_1, _w_p_0_1_1.reshape(n, 3, 16))
-    # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p_0_1_2 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
     w_p_0_1_2_8 = w[:, 96:112].reshape(n, 16)
     w_p_0_1_2_9 = w[:, 128:144].reshape(n, 16)
+    # 2 paths 16x1 ⊗ sh -> 16x2
+    _t_p_0_1_2 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
     _w_p_0_1_2 = torch.cat([
         w_p_0_1_2_8.reshape(n, 16),
         w_p_0_1_2_9.reshape(n, 16),
@@ -935,20 +935,20 @@ def _cormorant_message_d(
     # 1 paths 16x2 ⊗ sh -> 16x0
     _t_p_0_2_0 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
     p_11 = _t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
-    # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
     w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
     w_p_0_2_1_13 = w[:, 208:224].reshape(n, 16)
+    # 2 paths 16x2 ⊗ sh -> 16x1
+    _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
     _w_p_0_2_1 = torch.cat([
         w_p_0_2_1_12.reshape(n, 16),
         w_p_0_2_1_13.reshape(n, 16),
     ], dim=-1)
     p_14 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_1, _w_p_0_2_1.reshape(n, 2, 16))
-    # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p_0_2_2 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
     w_p_0_2_2_15 = w[:, 144:160].reshape(n, 16)
     w_p_0_2_2_16 = w[:, 176:192].reshape(n, 16)
     w_p_0_2_2_17 = w[:, 224:240].reshape(n, 16)
+    # 3 paths 16x2 ⊗ sh -> 16x2
+    _t_p_0_2_2 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
     _w_p_0_2_2 = torch.cat([
         w_p_0_2_2_15.reshape(n, 16),
         w_p_0_2_2_16.reshape(n, 16),
@@ -979,21 +979,21 @@ def _cormorant_message_d(
     ], dim=-1)
     d__t_p_0_2_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_2_2.reshape(n, 3, 16))
     d__w_p_0_2_2 = torch.einsum("zuk,zupk->zpu", d_p[:, 64:144].reshape(n, 16, 5), _t_p_0_2_2)
-    d_w_25 = d__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d_w_26 = d__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d_w_27 = d__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d_f_28 = torch.einsum("zupk,zipk->zui", d__t_p_0_2_2, _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    d_f_25 = torch.einsum("zupk,zipk->zui", d__t_p_0_2_2, _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
     # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d__m_p_0_29 = torch.einsum("zupk,zui->zipk", d__t_p_0_2_2, f[:, 64:144].reshape(n, 16, 5))
+    d__m_p_0_26 = torch.einsum("zupk,zui->zipk", d__t_p_0_2_2, f[:, 64:144].reshape(n, 16, 5))
+    d_w_27 = d__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
+    d_w_28 = d__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d_w_29 = d__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
     d__t_p_0_2_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), _w_p_0_2_1.reshape(n, 2, 16))
     d__w_p_0_2_1 = torch.einsum("zuk,zupk->zpu", d_p[:, 16:64].reshape(n, 16, 3), _t_p_0_2_1)
-    d_w_30 = d__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d_w_31 = d__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d_f_32 = torch.einsum("zupk,zipk->zui", d__t_p_0_2_1, _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    d_f_30 = torch.einsum("zupk,zipk->zui", d__t_p_0_2_1, _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
     # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d__m_p_0_33 = torch.einsum("zupk,zui->zipk", d__t_p_0_2_1, f[:, 64:144].reshape(n, 16, 5))
+    d__m_p_0_31 = torch.einsum("zupk,zui->zipk", d__t_p_0_2_1, f[:, 64:144].reshape(n, 16, 5))
+    d_w_32 = d__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d_w_33 = d__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
     d__t_p_0_2_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 192:208].reshape(n, 1, 16))
     d_w_34 = torch.einsum("zuk,zupk->zpu", d_p[:, 0:16].reshape(n, 16, 1), _t_p_0_2_0)
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
@@ -1002,21 +1002,21 @@ def _cormorant_message_d(
     d__m_p_0_36 = torch.einsum("zupk,zui->zipk", d__t_p_0_2_0, f[:, 64:144].reshape(n, 16, 5))
     d__t_p_0_1_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_1_2.reshape(n, 2, 16))
     d__w_p_0_1_2 = torch.einsum("zuk,zupk->zpu", d_p[:, 64:144].reshape(n, 16, 5), _t_p_0_1_2)
-    d_w_37 = d__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d_w_38 = d__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d_f_39 = torch.einsum("zupk,zipk->zui", d__t_p_0_1_2, _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    d_f_37 = torch.einsum("zupk,zipk->zui", d__t_p_0_1_2, _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
     # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d__m_p_0_40 = torch.einsum("zupk,zui->zipk", d__t_p_0_1_2, f[:, 16:64].reshape(n, 16, 3))
+    d__m_p_0_38 = torch.einsum("zupk,zui->zipk", d__t_p_0_1_2, f[:, 16:64].reshape(n, 16, 3))
+    d_w_39 = d__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d_w_40 = d__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
     d__t_p_0_1_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), _w_p_0_1_1.reshape(n, 3, 16))
     d__w_p_0_1_1 = torch.einsum("zuk,zupk->zpu", d_p[:, 16:64].reshape(n, 16, 3), _t_p_0_1_1)
-    d_w_41 = d__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d_w_42 = d__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d_w_43 = d__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d_f_44 = torch.einsum("zupk,zipk->zui", d__t_p_0_1_1, _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    d_f_41 = torch.einsum("zupk,zipk->zui", d__t_p_0_1_1, _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
     # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d__m_p_0_45 = torch.einsum("zupk,zui->zipk", d__t_p_0_1_1, f[:, 16:64].reshape(n, 16, 3))
+    d__m_p_0_42 = torch.einsum("zupk,zui->zipk", d__t_p_0_1_1, f[:, 16:64].reshape(n, 16, 3))
+    d_w_43 = d__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
+    d_w_44 = d__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d_w_45 = d__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
     d__t_p_0_1_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 64:80].reshape(n, 1, 16))
     d_w_46 = torch.einsum("zuk,zupk->zpu", d_p[:, 0:16].reshape(n, 16, 1), _t_p_0_1_0)
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
@@ -1047,35 +1047,35 @@ def _cormorant_message_d(
         d__m_p_0_54.reshape(n, 3),
         d__m_p_0_51.reshape(n, 5),
         d__m_p_0_48.reshape(n, 3),
-        d__m_p_0_45.reshape(n, 27),
-        d__m_p_0_40.reshape(n, 30),
+        d__m_p_0_42.reshape(n, 27),
+        d__m_p_0_38.reshape(n, 30),
         d__m_p_0_36.reshape(n, 5),
-        d__m_p_0_33.reshape(n, 30),
-        d__m_p_0_29.reshape(n, 75),
+        d__m_p_0_31.reshape(n, 30),
+        d__m_p_0_26.reshape(n, 75),
     ], dim=-1)
     d_sh_58 = torch.einsum("zc,jc->zj", d__m_p_0, _g_p_0)
     d_f = torch.cat([
         (d_f_50 + d_f_53 + d_f_56).reshape(n, 16),
-        (d_f_39 + d_f_44 + d_f_47).reshape(n, 48),
-        (d_f_28 + d_f_32 + d_f_35).reshape(n, 80),
+        (d_f_37 + d_f_41 + d_f_47).reshape(n, 48),
+        (d_f_25 + d_f_30 + d_f_35).reshape(n, 80),
     ], dim=-1)
     d_sh = d_sh_58
     d_w = torch.cat([
         d_w_55.reshape(n, 16),
         d_w_52.reshape(n, 16),
         d_w_49.reshape(n, 16),
-        d_w_43.reshape(n, 16),
+        d_w_45.reshape(n, 16),
         d_w_46.reshape(n, 16),
-        d_w_42.reshape(n, 16),
-        d_w_38.reshape(n, 16),
-        d_w_41.reshape(n, 16),
-        d_w_37.reshape(n, 16),
-        d_w_27.reshape(n, 16),
-        d_w_31.reshape(n, 16),
-        d_w_26.reshape(n, 16),
+        d_w_44.reshape(n, 16),
+        d_w_40.reshape(n, 16),
+        d_w_43.reshape(n, 16),
+        d_w_39.reshape(n, 16),
+        d_w_29.reshape(n, 16),
+        d_w_33.reshape(n, 16),
+        d_w_28.reshape(n, 16),
         d_w_34.reshape(n, 16),
-        d_w_30.reshape(n, 16),
-        d_w_25.reshape(n, 16),
+        d_w_32.reshape(n, 16),
+        d_w_27.reshape(n, 16),
     ], dim=-1)
     d_weight = torch.cat([
         d_weight_24.reshape(256),
@@ -1629,21 +1629,21 @@ def _cormorant_message_d2_weight(
     # 1 paths 16x1 ⊗ sh -> 16x0
     _t_p_0_1_0 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
     p_3 = _t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
-    # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
     w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
     w_p_0_1_1_5 = w[:, 80:96].reshape(n, 16)
     w_p_0_1_1_6 = w[:, 112:128].reshape(n, 16)
+    # 3 paths 16x1 ⊗ sh -> 16x1
+    _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
     _w_p_0_1_1 = torch.cat([
         w_p_0_1_1_4.reshape(n, 16),
         w_p_0_1_1_5.reshape(n, 16),
         w_p_0_1_1_6.reshape(n, 16),
     ], dim=-1)
     p_7 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_1, _w_p_0_1_1.reshape(n, 3, 16))
-    # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p_0_1_2 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
     w_p_0_1_2_8 = w[:, 96:112].reshape(n, 16)
     w_p_0_1_2_9 = w[:, 128:144].reshape(n, 16)
+    # 2 paths 16x1 ⊗ sh -> 16x2
+    _t_p_0_1_2 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
     _w_p_0_1_2 = torch.cat([
         w_p_0_1_2_8.reshape(n, 16),
         w_p_0_1_2_9.reshape(n, 16),
@@ -1652,20 +1652,20 @@ def _cormorant_message_d2_weight(
     # 1 paths 16x2 ⊗ sh -> 16x0
     _t_p_0_2_0 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
     p_11 = _t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
-    # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
     w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
     w_p_0_2_1_13 = w[:, 208:224].reshape(n, 16)
+    # 2 paths 16x2 ⊗ sh -> 16x1
+    _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
     _w_p_0_2_1 = torch.cat([
         w_p_0_2_1_12.reshape(n, 16),
         w_p_0_2_1_13.reshape(n, 16),
     ], dim=-1)
     p_14 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_1, _w_p_0_2_1.reshape(n, 2, 16))
-    # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p_0_2_2 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
     w_p_0_2_2_15 = w[:, 144:160].reshape(n, 16)
     w_p_0_2_2_16 = w[:, 176:192].reshape(n, 16)
     w_p_0_2_2_17 = w[:, 224:240].reshape(n, 16)
+    # 3 paths 16x2 ⊗ sh -> 16x2
+    _t_p_0_2_2 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
     _w_p_0_2_2 = torch.cat([
         w_p_0_2_2_15.reshape(n, 16),
         w_p_0_2_2_16.reshape(n, 16),
@@ -1696,21 +1696,21 @@ def _cormorant_message_d2_weight(
     ], dim=-1)
     d2__t_p_0_2_2 = torch.einsum("zuk,zpu->zupk", d2_p[:, 64:144].reshape(n, 16, 5), _w_p_0_2_2.reshape(n, 3, 16))
     d2__w_p_0_2_2 = torch.einsum("zuk,zupk->zpu", d2_p[:, 64:144].reshape(n, 16, 5), _t_p_0_2_2)
-    d2_w_25 = d2__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d2_w_26 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_27 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_f_28 = torch.einsum("zupk,zipk->zui", d2__t_p_0_2_2, _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    d2_f_25 = torch.einsum("zupk,zipk->zui", d2__t_p_0_2_2, _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
     # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d2__m_p_0_29 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_2, f[:, 64:144].reshape(n, 16, 5))
+    d2__m_p_0_26 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_2, f[:, 64:144].reshape(n, 16, 5))
+    d2_w_27 = d2__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
+    d2_w_28 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d2_w_29 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
     d2__t_p_0_2_1 = torch.einsum("zuk,zpu->zupk", d2_p[:, 16:64].reshape(n, 16, 3), _w_p_0_2_1.reshape(n, 2, 16))
     d2__w_p_0_2_1 = torch.einsum("zuk,zupk->zpu", d2_p[:, 16:64].reshape(n, 16, 3), _t_p_0_2_1)
-    d2_w_30 = d2__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_31 = d2__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_f_32 = torch.einsum("zupk,zipk->zui", d2__t_p_0_2_1, _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    d2_f_30 = torch.einsum("zupk,zipk->zui", d2__t_p_0_2_1, _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
     # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2__m_p_0_33 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_1, f[:, 64:144].reshape(n, 16, 5))
+    d2__m_p_0_31 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_1, f[:, 64:144].reshape(n, 16, 5))
+    d2_w_32 = d2__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d2_w_33 = d2__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
     d2__t_p_0_2_0 = torch.einsum("zuk,zpu->zupk", d2_p[:, 0:16].reshape(n, 16, 1), w[:, 192:208].reshape(n, 1, 16))
     d2_w_34 = torch.einsum("zuk,zupk->zpu", d2_p[:, 0:16].reshape(n, 16, 1), _t_p_0_2_0)
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
@@ -1719,21 +1719,21 @@ def _cormorant_message_d2_weight(
     d2__m_p_0_36 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_0, f[:, 64:144].reshape(n, 16, 5))
     d2__t_p_0_1_2 = torch.einsum("zuk,zpu->zupk", d2_p[:, 64:144].reshape(n, 16, 5), _w_p_0_1_2.reshape(n, 2, 16))
     d2__w_p_0_1_2 = torch.einsum("zuk,zupk->zpu", d2_p[:, 64:144].reshape(n, 16, 5), _t_p_0_1_2)
-    d2_w_37 = d2__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_38 = d2__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_f_39 = torch.einsum("zupk,zipk->zui", d2__t_p_0_1_2, _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    d2_f_37 = torch.einsum("zupk,zipk->zui", d2__t_p_0_1_2, _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
     # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d2__m_p_0_40 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_2, f[:, 16:64].reshape(n, 16, 3))
+    d2__m_p_0_38 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_2, f[:, 16:64].reshape(n, 16, 3))
+    d2_w_39 = d2__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d2_w_40 = d2__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
     d2__t_p_0_1_1 = torch.einsum("zuk,zpu->zupk", d2_p[:, 16:64].reshape(n, 16, 3), _w_p_0_1_1.reshape(n, 3, 16))
     d2__w_p_0_1_1 = torch.einsum("zuk,zupk->zpu", d2_p[:, 16:64].reshape(n, 16, 3), _t_p_0_1_1)
-    d2_w_41 = d2__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d2_w_42 = d2__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d2_w_43 = d2__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_f_44 = torch.einsum("zupk,zipk->zui", d2__t_p_0_1_1, _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    d2_f_41 = torch.einsum("zupk,zipk->zui", d2__t_p_0_1_1, _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
     # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d2__m_p_0_45 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_1, f[:, 16:64].reshape(n, 16, 3))
+    d2__m_p_0_42 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_1, f[:, 16:64].reshape(n, 16, 3))
+    d2_w_43 = d2__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
+    d2_w_44 = d2__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
+    d2_w_45 = d2__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
     d2__t_p_0_1_0 = torch.einsum("zuk,zpu->zupk", d2_p[:, 0:16].reshape(n, 16, 1), w[:, 64:80].reshape(n, 1, 16))
     d2_w_46 = torch.einsum("zuk,zupk->zpu", d2_p[:, 0:16].reshape(n, 16, 1), _t_p_0_1_0)
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
@@ -1764,35 +1764,35 @@ def _cormorant_message_d2_weight(
         d2__m_p_0_54.reshape(n, 3),
         d2__m_p_0_51.reshape(n, 5),
         d2__m_p_0_48.reshape(n, 3),
-        d2__m_p_0_45.reshape(n, 27),
-        d2__m_p_0_40.reshape(n, 30),
+        d2__m_p_0_42.reshape(n, 27),
+        d2__m_p_0_38.reshape(n, 30),
         d2__m_p_0_36.reshape(n, 5),
-        d2__m_p_0_33.reshape(n, 30),
-        d2__m_p_0_29.reshape(n, 75),
+        d2__m_p_0_31.reshape(n, 30),
+        d2__m_p_0_26.reshape(n, 75),
     ], dim=-1)
     d2_sh_58 = torch.einsum("zc,jc->zj", d2__m_p_0, _g_p_0)
     d2_f = torch.cat([
         (d2_f_50 + d2_f_53 + d2_f_56).reshape(n, 16),
-        (d2_f_39 + d2_f_44 + d2_f_47).reshape(n, 48),
-        (d2_f_28 + d2_f_32 + d2_f_35).reshape(n, 80),
+        (d2_f_37 + d2_f_41 + d2_f_47).reshape(n, 48),
+        (d2_f_25 + d2_f_30 + d2_f_35).reshape(n, 80),
     ], dim=-1)
     d2_sh = d2_sh_58
     d2_w = torch.cat([
         d2_w_55.reshape(n, 16),
         d2_w_52.reshape(n, 16),
         d2_w_49.reshape(n, 16),
-        d2_w_43.reshape(n, 16),
+        d2_w_45.reshape(n, 16),
         d2_w_46.reshape(n, 16),
-        d2_w_42.reshape(n, 16),
-        d2_w_38.reshape(n, 16),
-        d2_w_41.reshape(n, 16),
-        d2_w_37.reshape(n, 16),
-        d2_w_27.reshape(n, 16),
-        d2_w_31.reshape(n, 16),
-        d2_w_26.reshape(n, 16),
+        d2_w_44.reshape(n, 16),
+        d2_w_40.reshape(n, 16),
+        d2_w_43.reshape(n, 16),
+        d2_w_39.reshape(n, 16),
+        d2_w_29.reshape(n, 16),
+        d2_w_33.reshape(n, 16),
+        d2_w_28.reshape(n, 16),
         d2_w_34.reshape(n, 16),
-        d2_w_30.reshape(n, 16),
-        d2_w_25.reshape(n, 16),
+        d2_w_32.reshape(n, 16),
+        d2_w_27.reshape(n, 16),
     ], dim=-1)
     d2_d_m = torch.cat([
         d2_d_m_19.reshape(n, 16),

@@ -14,7 +14,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_fe0ef49787246b6b")
+_ops = rt.OpNamespace("fusionc_82b066dda043dfaa")
 
 
 def _fc_tp(
@@ -25,56 +25,56 @@ def _fc_tp(
     # every path's (i, k) map at once: y · G
     _m_z_0 = torch.einsum("zj,jc->zc", y.reshape(n, 16), _g_z_0)
     # 1 paths 32x0e ⊗ y -> 32x0e
-    _t_z_0_0_0 = x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
-    z_0 = torch.einsum("zupk,puw->zwk", _t_z_0_0_0, weight[0:1024].view(1, 32, 32))
+    _c0 = torch.einsum("zui,zipk->zkpu", x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
+    z_0 = torch.einsum("puw,zkpu->zwk", weight[0:1024].view(1, 32, 32), _c0)
     # 1 paths 32x0e ⊗ y -> 32x1o
-    _t_z_0_0_1 = x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
-    z_1 = torch.einsum("zupk,puw->zwk", _t_z_0_0_1, weight[1024:2048].view(1, 32, 32))
+    _c1 = torch.einsum("zui,puw->zipw", x[:, 0:32].reshape(n, 32, 1), weight[1024:2048].view(1, 32, 32))
+    z_1 = _m_z_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 3) * _c1.reshape(n, 32, 1)
     # 1 paths 32x0e ⊗ y -> 32x2e
-    _t_z_0_0_2 = x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
-    z_2 = torch.einsum("zupk,puw->zwk", _t_z_0_0_2, weight[2048:3072].view(1, 32, 32))
+    _c2 = torch.einsum("zui,puw->zipw", x[:, 0:32].reshape(n, 32, 1), weight[2048:3072].view(1, 32, 32))
+    z_2 = _m_z_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 5) * _c2.reshape(n, 32, 1)
     # 1 paths 32x1o ⊗ y -> 32x0e
-    _t_z_0_1_0 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
-    z_3 = torch.einsum("zupk,puw->zwk", _t_z_0_1_0, weight[4096:5120].view(1, 32, 32))
-    # 2 paths 32x1o ⊗ y -> 32x1o
-    _t_z_0_1_1 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 2, 3))
+    _c3 = torch.einsum("zui,zipk->zkpu", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
+    z_3 = torch.einsum("puw,zkpu->zwk", weight[4096:5120].view(1, 32, 32), _c3)
     w_z_0_1_1_4 = weight[3072:4096].view(32, 32)
     w_z_0_1_1_5 = weight[6144:7168].view(32, 32)
+    # 2 paths 32x1o ⊗ y -> 32x1o
+    _c4 = torch.einsum("zui,zipk->zkpu", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 2, 3))
     _w_z_0_1_1 = torch.cat([
         w_z_0_1_1_4.reshape(1024),
         w_z_0_1_1_5.reshape(1024),
     ], dim=-1)
-    z_6 = torch.einsum("zupk,puw->zwk", _t_z_0_1_1, _w_z_0_1_1.view(2, 32, 32))
-    # 2 paths 32x1o ⊗ y -> 32x2e
-    _t_z_0_1_2 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 30:60].reshape(n, 3, 2, 5))
+    z_6 = torch.einsum("puw,zkpu->zwk", _w_z_0_1_1.view(2, 32, 32), _c4)
     w_z_0_1_2_7 = weight[5120:6144].view(32, 32)
     w_z_0_1_2_8 = weight[7168:8192].view(32, 32)
+    # 2 paths 32x1o ⊗ y -> 32x2e
     _w_z_0_1_2 = torch.cat([
         w_z_0_1_2_7.reshape(1024),
         w_z_0_1_2_8.reshape(1024),
     ], dim=-1)
-    z_9 = torch.einsum("zupk,puw->zwk", _t_z_0_1_2, _w_z_0_1_2.view(2, 32, 32))
+    _c5 = torch.einsum("zui,puw->zipw", x[:, 32:128].reshape(n, 32, 3), _w_z_0_1_2.view(2, 32, 32))
+    z_9 = torch.einsum("zipk,zipw->zwk", _m_z_0[:, 30:60].reshape(n, 3, 2, 5), _c5)
     # 1 paths 32x2e ⊗ y -> 32x0e
-    _t_z_0_2_0 = torch.einsum("zui,zipk->zupk", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
-    z_10 = torch.einsum("zupk,puw->zwk", _t_z_0_2_0, weight[10240:11264].view(1, 32, 32))
-    # 2 paths 32x2e ⊗ y -> 32x1o
-    _t_z_0_2_1 = torch.einsum("zui,zipk->zupk", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 2, 3))
+    _c6 = torch.einsum("zui,zipk->zkpu", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
+    z_10 = torch.einsum("puw,zkpu->zwk", weight[10240:11264].view(1, 32, 32), _c6)
     w_z_0_2_1_11 = weight[9216:10240].view(32, 32)
     w_z_0_2_1_12 = weight[12288:13312].view(32, 32)
+    # 2 paths 32x2e ⊗ y -> 32x1o
+    _c7 = torch.einsum("zui,zipk->zkpu", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 2, 3))
     _w_z_0_2_1 = torch.cat([
         w_z_0_2_1_11.reshape(1024),
         w_z_0_2_1_12.reshape(1024),
     ], dim=-1)
-    z_13 = torch.einsum("zupk,puw->zwk", _t_z_0_2_1, _w_z_0_2_1.view(2, 32, 32))
-    # 2 paths 32x2e ⊗ y -> 32x2e
-    _t_z_0_2_2 = torch.einsum("zui,zipk->zupk", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 2, 5))
+    z_13 = torch.einsum("puw,zkpu->zwk", _w_z_0_2_1.view(2, 32, 32), _c7)
     w_z_0_2_2_14 = weight[8192:9216].view(32, 32)
     w_z_0_2_2_15 = weight[11264:12288].view(32, 32)
+    # 2 paths 32x2e ⊗ y -> 32x2e
+    _c8 = torch.einsum("zui,zipk->zkpu", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 2, 5))
     _w_z_0_2_2 = torch.cat([
         w_z_0_2_2_14.reshape(1024),
         w_z_0_2_2_15.reshape(1024),
     ], dim=-1)
-    z_16 = torch.einsum("zupk,puw->zwk", _t_z_0_2_2, _w_z_0_2_2.view(2, 32, 32))
+    z_16 = torch.einsum("puw,zkpu->zwk", _w_z_0_2_2.view(2, 32, 32), _c8)
     z = torch.cat([
         (z_0 + z_3 + z_10).reshape(n, 32),
         (z_1 + z_6 + z_13).reshape(n, 96),
@@ -91,143 +91,143 @@ def _fc_tp_d(
     n = x.shape[0]
     # every path's (i, k) map at once: y · G
     _m_z_0 = torch.einsum("zj,jc->zc", y.reshape(n, 16), _g_z_0)
-    # 1 paths 32x0e ⊗ y -> 32x0e
-    _t_z_0_0_0 = x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
-    # 1 paths 32x0e ⊗ y -> 32x1o
-    _t_z_0_0_1 = x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
-    # 1 paths 32x0e ⊗ y -> 32x2e
-    _t_z_0_0_2 = x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
-    # 1 paths 32x1o ⊗ y -> 32x0e
-    _t_z_0_1_0 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
-    # 2 paths 32x1o ⊗ y -> 32x1o
-    _t_z_0_1_1 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 2, 3))
     w_z_0_1_1_0 = weight[3072:4096].view(32, 32)
     w_z_0_1_1_1 = weight[6144:7168].view(32, 32)
-    # 2 paths 32x1o ⊗ y -> 32x2e
-    _t_z_0_1_2 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 30:60].reshape(n, 3, 2, 5))
     w_z_0_1_2_2 = weight[5120:6144].view(32, 32)
     w_z_0_1_2_3 = weight[7168:8192].view(32, 32)
-    # 1 paths 32x2e ⊗ y -> 32x0e
-    _t_z_0_2_0 = torch.einsum("zui,zipk->zupk", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
-    # 2 paths 32x2e ⊗ y -> 32x1o
-    _t_z_0_2_1 = torch.einsum("zui,zipk->zupk", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 2, 3))
     w_z_0_2_1_4 = weight[9216:10240].view(32, 32)
     w_z_0_2_1_5 = weight[12288:13312].view(32, 32)
-    # 2 paths 32x2e ⊗ y -> 32x2e
-    _t_z_0_2_2 = torch.einsum("zui,zipk->zupk", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 2, 5))
     w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
     w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
+    # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
+    _c0 = torch.einsum("zwk,zipk->zipw", d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 2, 5))
     _w_z_0_2_2 = torch.cat([
         w_z_0_2_2_6.reshape(1024),
         w_z_0_2_2_7.reshape(1024),
     ], dim=-1)
-    d__t_z_0_2_2 = torch.einsum("zwk,puw->zupk", d_z[:, 128:288].reshape(n, 32, 5), _w_z_0_2_2.view(2, 32, 32))
-    d__w_z_0_2_2 = torch.einsum("zwk,zupk->puw", d_z[:, 128:288].reshape(n, 32, 5), _t_z_0_2_2)
-    d_weight_8 = d__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
-    d_weight_9 = d__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
-    # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    d_x_10 = torch.einsum("zupk,zipk->zui", d__t_z_0_2_2, _m_z_0[:, 95:145].reshape(n, 5, 2, 5))
+    d_x_8 = torch.einsum("puw,zipw->zui", _w_z_0_2_2.view(2, 32, 32), _c0)
     # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
-    d__m_z_0_11 = torch.einsum("zupk,zui->zipk", d__t_z_0_2_2, x[:, 128:288].reshape(n, 32, 5))
+    _c1 = torch.einsum("zwk,puw->zkpu", d_z[:, 128:288].reshape(n, 32, 5), _w_z_0_2_2.view(2, 32, 32))
+    d__m_z_0_9 = torch.einsum("zui,zkpu->zipk", x[:, 128:288].reshape(n, 32, 5), _c1)
+    # ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
+    d__w_z_0_2_2 = torch.einsum("zui,zipw->puw", x[:, 128:288].reshape(n, 32, 5), _c0)
+    d_weight_10 = d__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
+    d_weight_11 = d__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
+    # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
     _w_z_0_2_1 = torch.cat([
         w_z_0_2_1_4.reshape(1024),
         w_z_0_2_1_5.reshape(1024),
     ], dim=-1)
-    d__t_z_0_2_1 = torch.einsum("zwk,puw->zupk", d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_2_1.view(2, 32, 32))
-    d__w_z_0_2_1 = torch.einsum("zwk,zupk->puw", d_z[:, 32:128].reshape(n, 32, 3), _t_z_0_2_1)
-    d_weight_12 = d__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
-    d_weight_13 = d__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
-    # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
-    d_x_14 = torch.einsum("zupk,zipk->zui", d__t_z_0_2_1, _m_z_0[:, 65:95].reshape(n, 5, 2, 3))
+    _c2 = torch.einsum("zwk,puw->zkpu", d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_2_1.view(2, 32, 32))
+    d_x_12 = torch.einsum("zipk,zkpu->zui", _m_z_0[:, 65:95].reshape(n, 5, 2, 3), _c2)
     # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
-    d__m_z_0_15 = torch.einsum("zupk,zui->zipk", d__t_z_0_2_1, x[:, 128:288].reshape(n, 32, 5))
-    d__t_z_0_2_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[10240:11264].view(1, 32, 32))
-    d_weight_16 = torch.einsum("zwk,zupk->puw", d_z[:, 0:32].reshape(n, 32, 1), _t_z_0_2_0)
+    d__m_z_0_13 = torch.einsum("zui,zkpu->zipk", x[:, 128:288].reshape(n, 32, 5), _c2)
+    # ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
+    _c3 = torch.einsum("zui,zipk->zkpu", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 2, 3))
+    d__w_z_0_2_1 = torch.einsum("zwk,zkpu->puw", d_z[:, 32:128].reshape(n, 32, 3), _c3)
+    d_weight_14 = d__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
+    d_weight_15 = d__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
     # ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
-    d_x_17 = d__t_z_0_2_0.reshape(n, 32, 1) * _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5)
+    _c4 = torch.einsum("zwk,puw->zkpu", d_z[:, 0:32].reshape(n, 32, 1), weight[10240:11264].view(1, 32, 32))
+    d_x_16 = _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5) * _c4.reshape(n, 32, 1)
     # ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
-    d__m_z_0_18 = torch.einsum("zupk,zui->zipk", d__t_z_0_2_0, x[:, 128:288].reshape(n, 32, 5))
+    d__m_z_0_17 = torch.einsum("zui,zkpu->zipk", x[:, 128:288].reshape(n, 32, 5), _c4)
+    # ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
+    _c5 = torch.einsum("zui,zipk->zkpu", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
+    d_weight_18 = torch.einsum("zwk,zkpu->puw", d_z[:, 0:32].reshape(n, 32, 1), _c5)
+    # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
+    _c6 = torch.einsum("zwk,zipk->zipw", d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 30:60].reshape(n, 3, 2, 5))
     _w_z_0_1_2 = torch.cat([
         w_z_0_1_2_2.reshape(1024),
         w_z_0_1_2_3.reshape(1024),
     ], dim=-1)
-    d__t_z_0_1_2 = torch.einsum("zwk,puw->zupk", d_z[:, 128:288].reshape(n, 32, 5), _w_z_0_1_2.view(2, 32, 32))
-    d__w_z_0_1_2 = torch.einsum("zwk,zupk->puw", d_z[:, 128:288].reshape(n, 32, 5), _t_z_0_1_2)
-    d_weight_19 = d__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
-    d_weight_20 = d__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
-    # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
-    d_x_21 = torch.einsum("zupk,zipk->zui", d__t_z_0_1_2, _m_z_0[:, 30:60].reshape(n, 3, 2, 5))
+    d_x_19 = torch.einsum("puw,zipw->zui", _w_z_0_1_2.view(2, 32, 32), _c6)
     # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
-    d__m_z_0_22 = torch.einsum("zupk,zui->zipk", d__t_z_0_1_2, x[:, 32:128].reshape(n, 32, 3))
+    _c7 = torch.einsum("zui,puw->zipw", x[:, 32:128].reshape(n, 32, 3), _w_z_0_1_2.view(2, 32, 32))
+    d__m_z_0_20 = torch.einsum("zwk,zipw->zipk", d_z[:, 128:288].reshape(n, 32, 5), _c7)
+    # ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
+    d__w_z_0_1_2 = torch.einsum("zui,zipw->puw", x[:, 32:128].reshape(n, 32, 3), _c6)
+    d_weight_21 = d__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
+    d_weight_22 = d__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
+    # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
+    _c8 = torch.einsum("zwk,zipk->zipw", d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 2, 3))
     _w_z_0_1_1 = torch.cat([
         w_z_0_1_1_0.reshape(1024),
         w_z_0_1_1_1.reshape(1024),
     ], dim=-1)
-    d__t_z_0_1_1 = torch.einsum("zwk,puw->zupk", d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_1_1.view(2, 32, 32))
-    d__w_z_0_1_1 = torch.einsum("zwk,zupk->puw", d_z[:, 32:128].reshape(n, 32, 3), _t_z_0_1_1)
-    d_weight_23 = d__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
-    d_weight_24 = d__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
-    # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    d_x_25 = torch.einsum("zupk,zipk->zui", d__t_z_0_1_1, _m_z_0[:, 12:30].reshape(n, 3, 2, 3))
+    d_x_23 = torch.einsum("puw,zipw->zui", _w_z_0_1_1.view(2, 32, 32), _c8)
     # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
-    d__m_z_0_26 = torch.einsum("zupk,zui->zipk", d__t_z_0_1_1, x[:, 32:128].reshape(n, 32, 3))
-    d__t_z_0_1_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[4096:5120].view(1, 32, 32))
-    d_weight_27 = torch.einsum("zwk,zupk->puw", d_z[:, 0:32].reshape(n, 32, 1), _t_z_0_1_0)
+    _c9 = torch.einsum("zwk,puw->zkpu", d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_1_1.view(2, 32, 32))
+    d__m_z_0_24 = torch.einsum("zui,zkpu->zipk", x[:, 32:128].reshape(n, 32, 3), _c9)
+    # ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
+    d__w_z_0_1_1 = torch.einsum("zui,zipw->puw", x[:, 32:128].reshape(n, 32, 3), _c8)
+    d_weight_25 = d__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
+    d_weight_26 = d__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
     # ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
-    d_x_28 = d__t_z_0_1_0.reshape(n, 32, 1) * _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
+    _c10 = torch.einsum("zwk,puw->zkpu", d_z[:, 0:32].reshape(n, 32, 1), weight[4096:5120].view(1, 32, 32))
+    d_x_27 = _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c10.reshape(n, 32, 1)
     # ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
-    d__m_z_0_29 = torch.einsum("zupk,zui->zipk", d__t_z_0_1_0, x[:, 32:128].reshape(n, 32, 3))
-    d__t_z_0_0_2 = torch.einsum("zwk,puw->zupk", d_z[:, 128:288].reshape(n, 32, 5), weight[2048:3072].view(1, 32, 32))
-    d_weight_30 = torch.einsum("zwk,zupk->puw", d_z[:, 128:288].reshape(n, 32, 5), _t_z_0_0_2)
+    d__m_z_0_28 = torch.einsum("zui,zkpu->zipk", x[:, 32:128].reshape(n, 32, 3), _c10)
+    # ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
+    _c11 = torch.einsum("zui,zipk->zkpu", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
+    d_weight_29 = torch.einsum("zwk,zkpu->puw", d_z[:, 0:32].reshape(n, 32, 1), _c11)
     # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
-    d_x_31 = torch.einsum("zupk,zipk->zui", d__t_z_0_0_2, _m_z_0[:, 4:9].reshape(n, 1, 1, 5))
+    _c12 = torch.einsum("zwk,zipk->zipw", d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 4:9].reshape(n, 1, 1, 5))
+    d_x_30 = torch.einsum("puw,zipw->zui", weight[2048:3072].view(1, 32, 32), _c12)
     # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
-    d__m_z_0_32 = torch.einsum("zupk,zui->zipk", d__t_z_0_0_2, x[:, 0:32].reshape(n, 32, 1))
-    d__t_z_0_0_1 = torch.einsum("zwk,puw->zupk", d_z[:, 32:128].reshape(n, 32, 3), weight[1024:2048].view(1, 32, 32))
-    d_weight_33 = torch.einsum("zwk,zupk->puw", d_z[:, 32:128].reshape(n, 32, 3), _t_z_0_0_1)
+    _c13 = torch.einsum("zui,puw->zipw", x[:, 0:32].reshape(n, 32, 1), weight[2048:3072].view(1, 32, 32))
+    d__m_z_0_31 = torch.einsum("zwk,zipw->zipk", d_z[:, 128:288].reshape(n, 32, 5), _c13)
+    # ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
+    d_weight_32 = torch.einsum("zui,zipw->puw", x[:, 0:32].reshape(n, 32, 1), _c12)
     # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
-    d_x_34 = torch.einsum("zupk,zipk->zui", d__t_z_0_0_1, _m_z_0[:, 1:4].reshape(n, 1, 1, 3))
+    _c14 = torch.einsum("zwk,zipk->zipw", d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 1:4].reshape(n, 1, 1, 3))
+    d_x_33 = torch.einsum("puw,zipw->zui", weight[1024:2048].view(1, 32, 32), _c14)
     # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
-    d__m_z_0_35 = torch.einsum("zupk,zui->zipk", d__t_z_0_0_1, x[:, 0:32].reshape(n, 32, 1))
-    d__t_z_0_0_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[0:1024].view(1, 32, 32))
-    d_weight_36 = torch.einsum("zwk,zupk->puw", d_z[:, 0:32].reshape(n, 32, 1), _t_z_0_0_0)
+    _c15 = torch.einsum("zui,puw->zipw", x[:, 0:32].reshape(n, 32, 1), weight[1024:2048].view(1, 32, 32))
+    d__m_z_0_34 = torch.einsum("zwk,zipw->zipk", d_z[:, 32:128].reshape(n, 32, 3), _c15)
+    # ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
+    d_weight_35 = torch.einsum("zui,zipw->puw", x[:, 0:32].reshape(n, 32, 1), _c14)
     # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    d_x_37 = d__t_z_0_0_0.reshape(n, 32, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    _c16 = d_z[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 1, 32) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    d_x_36 = torch.einsum("puw,zipw->zui", weight[0:1024].view(1, 32, 32), _c16)
     # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
-    d__m_z_0_38 = torch.einsum("zupk,zui->zipk", d__t_z_0_0_0, x[:, 0:32].reshape(n, 32, 1))
+    _c17 = torch.einsum("zwk,puw->zkpu", d_z[:, 0:32].reshape(n, 32, 1), weight[0:1024].view(1, 32, 32))
+    d__m_z_0_37 = torch.einsum("zui,zkpu->zipk", x[:, 0:32].reshape(n, 32, 1), _c17)
+    # ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
+    d_weight_38 = torch.einsum("zui,zipw->puw", x[:, 0:32].reshape(n, 32, 1), _c16)
     # ∂/∂y: every path's (i, k) map at once: y · G
     d__m_z_0 = torch.cat([
-        d__m_z_0_38.reshape(n, 1),
-        d__m_z_0_35.reshape(n, 3),
-        d__m_z_0_32.reshape(n, 5),
-        d__m_z_0_29.reshape(n, 3),
-        d__m_z_0_26.reshape(n, 18),
-        d__m_z_0_22.reshape(n, 30),
-        d__m_z_0_18.reshape(n, 5),
-        d__m_z_0_15.reshape(n, 30),
-        d__m_z_0_11.reshape(n, 50),
+        d__m_z_0_37.reshape(n, 1),
+        d__m_z_0_34.reshape(n, 3),
+        d__m_z_0_31.reshape(n, 5),
+        d__m_z_0_28.reshape(n, 3),
+        d__m_z_0_24.reshape(n, 18),
+        d__m_z_0_20.reshape(n, 30),
+        d__m_z_0_17.reshape(n, 5),
+        d__m_z_0_13.reshape(n, 30),
+        d__m_z_0_9.reshape(n, 50),
     ], dim=-1)
     d_y_39 = torch.einsum("zc,jc->zj", d__m_z_0, _g_z_0)
     d_x = torch.cat([
-        (d_x_31 + d_x_34 + d_x_37).reshape(n, 32),
-        (d_x_21 + d_x_25 + d_x_28).reshape(n, 96),
-        (d_x_10 + d_x_14 + d_x_17).reshape(n, 160),
+        (d_x_30 + d_x_33 + d_x_36).reshape(n, 32),
+        (d_x_19 + d_x_23 + d_x_27).reshape(n, 96),
+        (d_x_8 + d_x_12 + d_x_16).reshape(n, 160),
     ], dim=-1)
     d_y = d_y_39
     d_weight = torch.cat([
-        d_weight_36.reshape(1024),
-        d_weight_33.reshape(1024),
-        d_weight_30.reshape(1024),
-        d_weight_24.reshape(1024),
-        d_weight_27.reshape(1024),
-        d_weight_20.reshape(1024),
-        d_weight_23.reshape(1024),
-        d_weight_19.reshape(1024),
-        d_weight_9.reshape(1024),
-        d_weight_13.reshape(1024),
-        d_weight_16.reshape(1024),
-        d_weight_8.reshape(1024),
-        d_weight_12.reshape(1024),
+        d_weight_38.reshape(1024),
+        d_weight_35.reshape(1024),
+        d_weight_32.reshape(1024),
+        d_weight_26.reshape(1024),
+        d_weight_29.reshape(1024),
+        d_weight_22.reshape(1024),
+        d_weight_25.reshape(1024),
+        d_weight_21.reshape(1024),
+        d_weight_11.reshape(1024),
+        d_weight_15.reshape(1024),
+        d_weight_18.reshape(1024),
+        d_weight_10.reshape(1024),
+        d_weight_14.reshape(1024),
     ], dim=-1)
     return [d_x, d_y, d_weight]
 
@@ -248,85 +248,94 @@ def _fc_tp_d2_x(
     w_z_0_2_1_5 = weight[12288:13312].view(32, 32)
     w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
     w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
-    _w_z_0_2_2 = torch.cat([
-        w_z_0_2_2_6.reshape(1024),
-        w_z_0_2_2_7.reshape(1024),
-    ], dim=-1)
-    d__t_z_0_2_2 = torch.einsum("zwk,puw->zupk", d_z[:, 128:288].reshape(n, 32, 5), _w_z_0_2_2.view(2, 32, 32))
-    _w_z_0_2_1 = torch.cat([
-        w_z_0_2_1_4.reshape(1024),
-        w_z_0_2_1_5.reshape(1024),
-    ], dim=-1)
-    d__t_z_0_2_1 = torch.einsum("zwk,puw->zupk", d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_2_1.view(2, 32, 32))
-    d__t_z_0_2_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[10240:11264].view(1, 32, 32))
-    _w_z_0_1_2 = torch.cat([
-        w_z_0_1_2_2.reshape(1024),
-        w_z_0_1_2_3.reshape(1024),
-    ], dim=-1)
-    d__t_z_0_1_2 = torch.einsum("zwk,puw->zupk", d_z[:, 128:288].reshape(n, 32, 5), _w_z_0_1_2.view(2, 32, 32))
+    # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
+    _c0 = torch.einsum("zui,zipk->zkpu", d2_d_x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
+    d2_d_z_8 = torch.einsum("puw,zkpu->zwk", weight[0:1024].view(1, 32, 32), _c0)
+    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
+    _c1 = torch.einsum("zui,puw->zipw", d2_d_x[:, 0:32].reshape(n, 32, 1), weight[0:1024].view(1, 32, 32))
+    d2__m_z_0_9 = torch.einsum("zwk,zipw->zipk", d_z[:, 0:32].reshape(n, 32, 1), _c1)
+    # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
+    d2_weight_10 = torch.einsum("zwk,zkpu->puw", d_z[:, 0:32].reshape(n, 32, 1), _c0)
+    # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
+    _c2 = torch.einsum("zui,puw->zipw", d2_d_x[:, 0:32].reshape(n, 32, 1), weight[1024:2048].view(1, 32, 32))
+    d2_d_z_11 = _m_z_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 3) * _c2.reshape(n, 32, 1)
+    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
+    d2__m_z_0_12 = torch.einsum("zwk,zipw->zipk", d_z[:, 32:128].reshape(n, 32, 3), _c2)
+    # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
+    _c3 = torch.einsum("zwk,zipk->zipw", d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 1:4].reshape(n, 1, 1, 3))
+    d2_weight_13 = torch.einsum("zui,zipw->puw", d2_d_x[:, 0:32].reshape(n, 32, 1), _c3)
+    # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
+    _c4 = torch.einsum("zui,puw->zipw", d2_d_x[:, 0:32].reshape(n, 32, 1), weight[2048:3072].view(1, 32, 32))
+    d2_d_z_14 = _m_z_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 5) * _c4.reshape(n, 32, 1)
+    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
+    d2__m_z_0_15 = torch.einsum("zwk,zipw->zipk", d_z[:, 128:288].reshape(n, 32, 5), _c4)
+    # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
+    _c5 = torch.einsum("zwk,zipk->zipw", d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 4:9].reshape(n, 1, 1, 5))
+    d2_weight_16 = torch.einsum("zui,zipw->puw", d2_d_x[:, 0:32].reshape(n, 32, 1), _c5)
+    # ∂/∂d_z: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
+    _c6 = torch.einsum("zui,zipk->zkpu", d2_d_x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
+    d2_d_z_17 = torch.einsum("puw,zkpu->zwk", weight[4096:5120].view(1, 32, 32), _c6)
+    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
+    _c7 = torch.einsum("zwk,puw->zkpu", d_z[:, 0:32].reshape(n, 32, 1), weight[4096:5120].view(1, 32, 32))
+    d2__m_z_0_18 = torch.einsum("zui,zkpu->zipk", d2_d_x[:, 32:128].reshape(n, 32, 3), _c7)
+    # ∂/∂weight: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
+    d2_weight_19 = torch.einsum("zwk,zkpu->puw", d_z[:, 0:32].reshape(n, 32, 1), _c6)
+    # ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
+    _c8 = torch.einsum("zui,zipk->zkpu", d2_d_x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 2, 3))
     _w_z_0_1_1 = torch.cat([
         w_z_0_1_1_0.reshape(1024),
         w_z_0_1_1_1.reshape(1024),
     ], dim=-1)
-    d__t_z_0_1_1 = torch.einsum("zwk,puw->zupk", d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_1_1.view(2, 32, 32))
-    d__t_z_0_1_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[4096:5120].view(1, 32, 32))
-    d__t_z_0_0_2 = torch.einsum("zwk,puw->zupk", d_z[:, 128:288].reshape(n, 32, 5), weight[2048:3072].view(1, 32, 32))
-    d__t_z_0_0_1 = torch.einsum("zwk,puw->zupk", d_z[:, 32:128].reshape(n, 32, 3), weight[1024:2048].view(1, 32, 32))
-    d__t_z_0_0_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[0:1024].view(1, 32, 32))
-    # ∂/∂d__t_z_0_0_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    d2_d__t_z_0_0_0 = d2_d_x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
-    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    d2__m_z_0_8 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 0:32].reshape(n, 32, 1), d__t_z_0_0_0)
-    d2_d_z_9 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_0_0, weight[0:1024].view(1, 32, 32))
-    d2_weight_10 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_0_0, d_z[:, 0:32].reshape(n, 32, 1))
-    # ∂/∂d__t_z_0_0_1: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
-    d2_d__t_z_0_0_1 = d2_d_x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
-    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
-    d2__m_z_0_11 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 0:32].reshape(n, 32, 1), d__t_z_0_0_1)
-    d2_d_z_12 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_0_1, weight[1024:2048].view(1, 32, 32))
-    d2_weight_13 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_0_1, d_z[:, 32:128].reshape(n, 32, 3))
-    # ∂/∂d__t_z_0_0_2: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
-    d2_d__t_z_0_0_2 = d2_d_x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
-    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
-    d2__m_z_0_14 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 0:32].reshape(n, 32, 1), d__t_z_0_0_2)
-    d2_d_z_15 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_0_2, weight[2048:3072].view(1, 32, 32))
-    d2_weight_16 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_0_2, d_z[:, 128:288].reshape(n, 32, 5))
-    # ∂/∂d__t_z_0_1_0: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
-    d2_d__t_z_0_1_0 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
-    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
-    d2__m_z_0_17 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 32:128].reshape(n, 32, 3), d__t_z_0_1_0)
-    d2_d_z_18 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_1_0, weight[4096:5120].view(1, 32, 32))
-    d2_weight_19 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_1_0, d_z[:, 0:32].reshape(n, 32, 1))
-    # ∂/∂d__t_z_0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    d2_d__t_z_0_1_1 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 2, 3))
+    d2_d_z_20 = torch.einsum("puw,zkpu->zwk", _w_z_0_1_1.view(2, 32, 32), _c8)
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    d2__m_z_0_20 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 32:128].reshape(n, 32, 3), d__t_z_0_1_1)
-    d2_d_z_21 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_1_1, _w_z_0_1_1.view(2, 32, 32))
-    d2__w_z_0_1_1 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_1_1, d_z[:, 32:128].reshape(n, 32, 3))
-    # ∂/∂d__t_z_0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
-    d2_d__t_z_0_1_2 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 30:60].reshape(n, 3, 2, 5))
+    _c9 = torch.einsum("zui,puw->zipw", d2_d_x[:, 32:128].reshape(n, 32, 3), _w_z_0_1_1.view(2, 32, 32))
+    d2__m_z_0_21 = torch.einsum("zwk,zipw->zipk", d_z[:, 32:128].reshape(n, 32, 3), _c9)
+    # ∂/∂_w_z_0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
+    d2__w_z_0_1_1 = torch.einsum("zwk,zkpu->puw", d_z[:, 32:128].reshape(n, 32, 3), _c8)
+    # ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
+    _w_z_0_1_2 = torch.cat([
+        w_z_0_1_2_2.reshape(1024),
+        w_z_0_1_2_3.reshape(1024),
+    ], dim=-1)
+    _c10 = torch.einsum("zui,puw->zipw", d2_d_x[:, 32:128].reshape(n, 32, 3), _w_z_0_1_2.view(2, 32, 32))
+    d2_d_z_22 = torch.einsum("zipk,zipw->zwk", _m_z_0[:, 30:60].reshape(n, 3, 2, 5), _c10)
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
-    d2__m_z_0_22 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 32:128].reshape(n, 32, 3), d__t_z_0_1_2)
-    d2_d_z_23 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_1_2, _w_z_0_1_2.view(2, 32, 32))
-    d2__w_z_0_1_2 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_1_2, d_z[:, 128:288].reshape(n, 32, 5))
-    # ∂/∂d__t_z_0_2_0: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
-    d2_d__t_z_0_2_0 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
+    d2__m_z_0_23 = torch.einsum("zwk,zipw->zipk", d_z[:, 128:288].reshape(n, 32, 5), _c10)
+    # ∂/∂_w_z_0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
+    _c11 = torch.einsum("zwk,zipk->zipw", d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 30:60].reshape(n, 3, 2, 5))
+    d2__w_z_0_1_2 = torch.einsum("zui,zipw->puw", d2_d_x[:, 32:128].reshape(n, 32, 3), _c11)
+    # ∂/∂d_z: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
+    _c12 = torch.einsum("zui,zipk->zkpu", d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
+    d2_d_z_24 = torch.einsum("puw,zkpu->zwk", weight[10240:11264].view(1, 32, 32), _c12)
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
-    d2__m_z_0_24 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 128:288].reshape(n, 32, 5), d__t_z_0_2_0)
-    d2_d_z_25 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_2_0, weight[10240:11264].view(1, 32, 32))
-    d2_weight_26 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_2_0, d_z[:, 0:32].reshape(n, 32, 1))
-    # ∂/∂d__t_z_0_2_1: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
-    d2_d__t_z_0_2_1 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 2, 3))
+    _c13 = torch.einsum("zwk,puw->zkpu", d_z[:, 0:32].reshape(n, 32, 1), weight[10240:11264].view(1, 32, 32))
+    d2__m_z_0_25 = torch.einsum("zui,zkpu->zipk", d2_d_x[:, 128:288].reshape(n, 32, 5), _c13)
+    # ∂/∂weight: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
+    d2_weight_26 = torch.einsum("zwk,zkpu->puw", d_z[:, 0:32].reshape(n, 32, 1), _c12)
+    # ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
+    _c14 = torch.einsum("zui,zipk->zkpu", d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 2, 3))
+    _w_z_0_2_1 = torch.cat([
+        w_z_0_2_1_4.reshape(1024),
+        w_z_0_2_1_5.reshape(1024),
+    ], dim=-1)
+    d2_d_z_27 = torch.einsum("puw,zkpu->zwk", _w_z_0_2_1.view(2, 32, 32), _c14)
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
-    d2__m_z_0_27 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 128:288].reshape(n, 32, 5), d__t_z_0_2_1)
-    d2_d_z_28 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_2_1, _w_z_0_2_1.view(2, 32, 32))
-    d2__w_z_0_2_1 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_2_1, d_z[:, 32:128].reshape(n, 32, 3))
-    # ∂/∂d__t_z_0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    d2_d__t_z_0_2_2 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 2, 5))
+    _c15 = torch.einsum("zwk,puw->zkpu", d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_2_1.view(2, 32, 32))
+    d2__m_z_0_28 = torch.einsum("zui,zkpu->zipk", d2_d_x[:, 128:288].reshape(n, 32, 5), _c15)
+    # ∂/∂_w_z_0_2_1: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
+    d2__w_z_0_2_1 = torch.einsum("zwk,zkpu->puw", d_z[:, 32:128].reshape(n, 32, 3), _c14)
+    # ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
+    _c16 = torch.einsum("zui,zipk->zkpu", d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 2, 5))
+    _w_z_0_2_2 = torch.cat([
+        w_z_0_2_2_6.reshape(1024),
+        w_z_0_2_2_7.reshape(1024),
+    ], dim=-1)
+    d2_d_z_29 = torch.einsum("puw,zkpu->zwk", _w_z_0_2_2.view(2, 32, 32), _c16)
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    d2__m_z_0_29 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 128:288].reshape(n, 32, 5), d__t_z_0_2_2)
-    d2_d_z_30 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_2_2, _w_z_0_2_2.view(2, 32, 32))
-    d2__w_z_0_2_2 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_2_2, d_z[:, 128:288].reshape(n, 32, 5))
+    _c17 = torch.einsum("zui,puw->zipw", d2_d_x[:, 128:288].reshape(n, 32, 5), _w_z_0_2_2.view(2, 32, 32))
+    d2__m_z_0_30 = torch.einsum("zwk,zipw->zipk", d_z[:, 128:288].reshape(n, 32, 5), _c17)
+    # ∂/∂_w_z_0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
+    d2__w_z_0_2_2 = torch.einsum("zwk,zkpu->puw", d_z[:, 128:288].reshape(n, 32, 5), _c16)
     d2_weight_31 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_32 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
     d2_weight_33 = d2__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
@@ -337,23 +346,23 @@ def _fc_tp_d2_x(
     d2_weight_38 = d2__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
     # ∂/∂y: every path's (i, k) map at once: y · G
     d2__m_z_0 = torch.cat([
-        d2__m_z_0_8.reshape(n, 1),
-        d2__m_z_0_11.reshape(n, 3),
-        d2__m_z_0_14.reshape(n, 5),
-        d2__m_z_0_17.reshape(n, 3),
-        d2__m_z_0_20.reshape(n, 18),
-        d2__m_z_0_22.reshape(n, 30),
-        d2__m_z_0_24.reshape(n, 5),
-        d2__m_z_0_27.reshape(n, 30),
-        d2__m_z_0_29.reshape(n, 50),
+        d2__m_z_0_9.reshape(n, 1),
+        d2__m_z_0_12.reshape(n, 3),
+        d2__m_z_0_15.reshape(n, 5),
+        d2__m_z_0_18.reshape(n, 3),
+        d2__m_z_0_21.reshape(n, 18),
+        d2__m_z_0_23.reshape(n, 30),
+        d2__m_z_0_25.reshape(n, 5),
+        d2__m_z_0_28.reshape(n, 30),
+        d2__m_z_0_30.reshape(n, 50),
     ], dim=-1)
     d2_y_39 = torch.einsum("zc,jc->zj", d2__m_z_0, _g_z_0)
     d2_x = weight.new_zeros(n, 288)
     d2_y = d2_y_39
     d2_d_z = torch.cat([
-        (d2_d_z_9 + d2_d_z_18 + d2_d_z_25).reshape(n, 32),
-        (d2_d_z_12 + d2_d_z_21 + d2_d_z_28).reshape(n, 96),
-        (d2_d_z_15 + d2_d_z_23 + d2_d_z_30).reshape(n, 160),
+        (d2_d_z_8 + d2_d_z_17 + d2_d_z_24).reshape(n, 32),
+        (d2_d_z_11 + d2_d_z_20 + d2_d_z_27).reshape(n, 96),
+        (d2_d_z_14 + d2_d_z_22 + d2_d_z_29).reshape(n, 160),
     ], dim=-1)
     d2_weight = torch.cat([
         d2_weight_10.reshape(1024),
@@ -387,87 +396,96 @@ def _fc_tp_d2_y(
     w_z_0_2_1_5 = weight[12288:13312].view(32, 32)
     w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
     w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
-    _w_z_0_2_2 = torch.cat([
-        w_z_0_2_2_6.reshape(1024),
-        w_z_0_2_2_7.reshape(1024),
-    ], dim=-1)
-    d__t_z_0_2_2 = torch.einsum("zwk,puw->zupk", d_z[:, 128:288].reshape(n, 32, 5), _w_z_0_2_2.view(2, 32, 32))
-    _w_z_0_2_1 = torch.cat([
-        w_z_0_2_1_4.reshape(1024),
-        w_z_0_2_1_5.reshape(1024),
-    ], dim=-1)
-    d__t_z_0_2_1 = torch.einsum("zwk,puw->zupk", d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_2_1.view(2, 32, 32))
-    d__t_z_0_2_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[10240:11264].view(1, 32, 32))
-    _w_z_0_1_2 = torch.cat([
-        w_z_0_1_2_2.reshape(1024),
-        w_z_0_1_2_3.reshape(1024),
-    ], dim=-1)
-    d__t_z_0_1_2 = torch.einsum("zwk,puw->zupk", d_z[:, 128:288].reshape(n, 32, 5), _w_z_0_1_2.view(2, 32, 32))
+    # ∂/∂d__m_z_0: ∂/∂y: every path's (i, k) map at once: y · G
+    d2_d__m_z_0 = torch.einsum("zj,jc->zc", d2_d_y.reshape(n, 16), _g_z_0)
+    # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
+    _c0 = torch.einsum("zipk,zui->zkpu", d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1), x[:, 0:32].reshape(n, 32, 1))
+    d2_d_z_8 = torch.einsum("puw,zkpu->zwk", weight[0:1024].view(1, 32, 32), _c0)
+    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
+    _c1 = d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * d_z[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 1, 32)
+    d2_x_9 = torch.einsum("puw,zipw->zui", weight[0:1024].view(1, 32, 32), _c1)
+    # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
+    d2_weight_10 = torch.einsum("zui,zipw->puw", x[:, 0:32].reshape(n, 32, 1), _c1)
+    # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
+    _c2 = torch.einsum("zui,puw->zipw", x[:, 0:32].reshape(n, 32, 1), weight[1024:2048].view(1, 32, 32))
+    d2_d_z_11 = d2_d__m_z_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 3) * _c2.reshape(n, 32, 1)
+    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
+    _c3 = torch.einsum("zipk,zwk->zipw", d2_d__m_z_0[:, 1:4].reshape(n, 1, 1, 3), d_z[:, 32:128].reshape(n, 32, 3))
+    d2_x_12 = torch.einsum("puw,zipw->zui", weight[1024:2048].view(1, 32, 32), _c3)
+    # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
+    d2_weight_13 = torch.einsum("zui,zipw->puw", x[:, 0:32].reshape(n, 32, 1), _c3)
+    # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
+    _c4 = torch.einsum("zui,puw->zipw", x[:, 0:32].reshape(n, 32, 1), weight[2048:3072].view(1, 32, 32))
+    d2_d_z_14 = d2_d__m_z_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 5) * _c4.reshape(n, 32, 1)
+    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
+    _c5 = torch.einsum("zipk,zwk->zipw", d2_d__m_z_0[:, 4:9].reshape(n, 1, 1, 5), d_z[:, 128:288].reshape(n, 32, 5))
+    d2_x_15 = torch.einsum("puw,zipw->zui", weight[2048:3072].view(1, 32, 32), _c5)
+    # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
+    d2_weight_16 = torch.einsum("zui,zipw->puw", x[:, 0:32].reshape(n, 32, 1), _c5)
+    # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
+    _c6 = torch.einsum("zipk,zui->zkpu", d2_d__m_z_0[:, 9:12].reshape(n, 3, 1, 1), x[:, 32:128].reshape(n, 32, 3))
+    d2_d_z_17 = torch.einsum("puw,zkpu->zwk", weight[4096:5120].view(1, 32, 32), _c6)
+    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
+    _c7 = torch.einsum("zwk,puw->zkpu", d_z[:, 0:32].reshape(n, 32, 1), weight[4096:5120].view(1, 32, 32))
+    d2_x_18 = d2_d__m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c7.reshape(n, 32, 1)
+    # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
+    d2_weight_19 = torch.einsum("zwk,zkpu->puw", d_z[:, 0:32].reshape(n, 32, 1), _c6)
+    # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
+    _c8 = torch.einsum("zipk,zui->zkpu", d2_d__m_z_0[:, 12:30].reshape(n, 3, 2, 3), x[:, 32:128].reshape(n, 32, 3))
     _w_z_0_1_1 = torch.cat([
         w_z_0_1_1_0.reshape(1024),
         w_z_0_1_1_1.reshape(1024),
     ], dim=-1)
-    d__t_z_0_1_1 = torch.einsum("zwk,puw->zupk", d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_1_1.view(2, 32, 32))
-    d__t_z_0_1_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[4096:5120].view(1, 32, 32))
-    d__t_z_0_0_2 = torch.einsum("zwk,puw->zupk", d_z[:, 128:288].reshape(n, 32, 5), weight[2048:3072].view(1, 32, 32))
-    d__t_z_0_0_1 = torch.einsum("zwk,puw->zupk", d_z[:, 32:128].reshape(n, 32, 3), weight[1024:2048].view(1, 32, 32))
-    d__t_z_0_0_0 = torch.einsum("zwk,puw->zupk", d_z[:, 0:32].reshape(n, 32, 1), weight[0:1024].view(1, 32, 32))
-    # ∂/∂d__m_z_0: ∂/∂y: every path's (i, k) map at once: y · G
-    d2_d__m_z_0 = torch.einsum("zj,jc->zc", d2_d_y.reshape(n, 16), _g_z_0)
-    # ∂/∂d__t_z_0_0_0: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
-    d2_d__t_z_0_0_0 = d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
-    d2_x_8 = d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_z_0_0_0.reshape(n, 32, 1)
-    d2_d_z_9 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_0_0, weight[0:1024].view(1, 32, 32))
-    d2_weight_10 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_0_0, d_z[:, 0:32].reshape(n, 32, 1))
-    # ∂/∂d__t_z_0_0_1: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
-    d2_d__t_z_0_0_1 = d2_d__m_z_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3) * x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
-    d2_x_11 = torch.einsum("zipk,zupk->zui", d2_d__m_z_0[:, 1:4].reshape(n, 1, 1, 3), d__t_z_0_0_1)
-    d2_d_z_12 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_0_1, weight[1024:2048].view(1, 32, 32))
-    d2_weight_13 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_0_1, d_z[:, 32:128].reshape(n, 32, 3))
-    # ∂/∂d__t_z_0_0_2: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
-    d2_d__t_z_0_0_2 = d2_d__m_z_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5) * x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
-    d2_x_14 = torch.einsum("zipk,zupk->zui", d2_d__m_z_0[:, 4:9].reshape(n, 1, 1, 5), d__t_z_0_0_2)
-    d2_d_z_15 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_0_2, weight[2048:3072].view(1, 32, 32))
-    d2_weight_16 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_0_2, d_z[:, 128:288].reshape(n, 32, 5))
-    # ∂/∂d__t_z_0_1_0: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
-    d2_d__t_z_0_1_0 = torch.einsum("zipk,zui->zupk", d2_d__m_z_0[:, 9:12].reshape(n, 3, 1, 1), x[:, 32:128].reshape(n, 32, 3))
-    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
-    d2_x_17 = d2_d__m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_z_0_1_0.reshape(n, 32, 1)
-    d2_d_z_18 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_1_0, weight[4096:5120].view(1, 32, 32))
-    d2_weight_19 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_1_0, d_z[:, 0:32].reshape(n, 32, 1))
-    # ∂/∂d__t_z_0_1_1: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
-    d2_d__t_z_0_1_1 = torch.einsum("zipk,zui->zupk", d2_d__m_z_0[:, 12:30].reshape(n, 3, 2, 3), x[:, 32:128].reshape(n, 32, 3))
+    d2_d_z_20 = torch.einsum("puw,zkpu->zwk", _w_z_0_1_1.view(2, 32, 32), _c8)
     # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
-    d2_x_20 = torch.einsum("zipk,zupk->zui", d2_d__m_z_0[:, 12:30].reshape(n, 3, 2, 3), d__t_z_0_1_1)
-    d2_d_z_21 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_1_1, _w_z_0_1_1.view(2, 32, 32))
-    d2__w_z_0_1_1 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_1_1, d_z[:, 32:128].reshape(n, 32, 3))
-    # ∂/∂d__t_z_0_1_2: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
-    d2_d__t_z_0_1_2 = torch.einsum("zipk,zui->zupk", d2_d__m_z_0[:, 30:60].reshape(n, 3, 2, 5), x[:, 32:128].reshape(n, 32, 3))
+    _c9 = torch.einsum("zipk,zwk->zipw", d2_d__m_z_0[:, 12:30].reshape(n, 3, 2, 3), d_z[:, 32:128].reshape(n, 32, 3))
+    d2_x_21 = torch.einsum("puw,zipw->zui", _w_z_0_1_1.view(2, 32, 32), _c9)
+    # ∂/∂_w_z_0_1_1: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
+    d2__w_z_0_1_1 = torch.einsum("zui,zipw->puw", x[:, 32:128].reshape(n, 32, 3), _c9)
+    # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
+    _w_z_0_1_2 = torch.cat([
+        w_z_0_1_2_2.reshape(1024),
+        w_z_0_1_2_3.reshape(1024),
+    ], dim=-1)
+    _c10 = torch.einsum("zui,puw->zipw", x[:, 32:128].reshape(n, 32, 3), _w_z_0_1_2.view(2, 32, 32))
+    d2_d_z_22 = torch.einsum("zipk,zipw->zwk", d2_d__m_z_0[:, 30:60].reshape(n, 3, 2, 5), _c10)
     # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
-    d2_x_22 = torch.einsum("zipk,zupk->zui", d2_d__m_z_0[:, 30:60].reshape(n, 3, 2, 5), d__t_z_0_1_2)
-    d2_d_z_23 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_1_2, _w_z_0_1_2.view(2, 32, 32))
-    d2__w_z_0_1_2 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_1_2, d_z[:, 128:288].reshape(n, 32, 5))
-    # ∂/∂d__t_z_0_2_0: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
-    d2_d__t_z_0_2_0 = torch.einsum("zipk,zui->zupk", d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1), x[:, 128:288].reshape(n, 32, 5))
+    _c11 = torch.einsum("zipk,zwk->zipw", d2_d__m_z_0[:, 30:60].reshape(n, 3, 2, 5), d_z[:, 128:288].reshape(n, 32, 5))
+    d2_x_23 = torch.einsum("puw,zipw->zui", _w_z_0_1_2.view(2, 32, 32), _c11)
+    # ∂/∂_w_z_0_1_2: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
+    d2__w_z_0_1_2 = torch.einsum("zui,zipw->puw", x[:, 32:128].reshape(n, 32, 3), _c11)
+    # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
+    _c12 = torch.einsum("zipk,zui->zkpu", d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1), x[:, 128:288].reshape(n, 32, 5))
+    d2_d_z_24 = torch.einsum("puw,zkpu->zwk", weight[10240:11264].view(1, 32, 32), _c12)
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
-    d2_x_24 = d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_z_0_2_0.reshape(n, 32, 1)
-    d2_d_z_25 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_2_0, weight[10240:11264].view(1, 32, 32))
-    d2_weight_26 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_2_0, d_z[:, 0:32].reshape(n, 32, 1))
-    # ∂/∂d__t_z_0_2_1: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
-    d2_d__t_z_0_2_1 = torch.einsum("zipk,zui->zupk", d2_d__m_z_0[:, 65:95].reshape(n, 5, 2, 3), x[:, 128:288].reshape(n, 32, 5))
+    _c13 = torch.einsum("zwk,puw->zkpu", d_z[:, 0:32].reshape(n, 32, 1), weight[10240:11264].view(1, 32, 32))
+    d2_x_25 = d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5) * _c13.reshape(n, 32, 1)
+    # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
+    d2_weight_26 = torch.einsum("zwk,zkpu->puw", d_z[:, 0:32].reshape(n, 32, 1), _c12)
+    # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
+    _c14 = torch.einsum("zipk,zui->zkpu", d2_d__m_z_0[:, 65:95].reshape(n, 5, 2, 3), x[:, 128:288].reshape(n, 32, 5))
+    _w_z_0_2_1 = torch.cat([
+        w_z_0_2_1_4.reshape(1024),
+        w_z_0_2_1_5.reshape(1024),
+    ], dim=-1)
+    d2_d_z_27 = torch.einsum("puw,zkpu->zwk", _w_z_0_2_1.view(2, 32, 32), _c14)
     # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
-    d2_x_27 = torch.einsum("zipk,zupk->zui", d2_d__m_z_0[:, 65:95].reshape(n, 5, 2, 3), d__t_z_0_2_1)
-    d2_d_z_28 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_2_1, _w_z_0_2_1.view(2, 32, 32))
-    d2__w_z_0_2_1 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_2_1, d_z[:, 32:128].reshape(n, 32, 3))
-    # ∂/∂d__t_z_0_2_2: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
-    d2_d__t_z_0_2_2 = torch.einsum("zipk,zui->zupk", d2_d__m_z_0[:, 95:145].reshape(n, 5, 2, 5), x[:, 128:288].reshape(n, 32, 5))
+    _c15 = torch.einsum("zwk,puw->zkpu", d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_2_1.view(2, 32, 32))
+    d2_x_28 = torch.einsum("zipk,zkpu->zui", d2_d__m_z_0[:, 65:95].reshape(n, 5, 2, 3), _c15)
+    # ∂/∂_w_z_0_2_1: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
+    d2__w_z_0_2_1 = torch.einsum("zwk,zkpu->puw", d_z[:, 32:128].reshape(n, 32, 3), _c14)
+    # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
+    _c16 = torch.einsum("zipk,zui->zkpu", d2_d__m_z_0[:, 95:145].reshape(n, 5, 2, 5), x[:, 128:288].reshape(n, 32, 5))
+    _w_z_0_2_2 = torch.cat([
+        w_z_0_2_2_6.reshape(1024),
+        w_z_0_2_2_7.reshape(1024),
+    ], dim=-1)
+    d2_d_z_29 = torch.einsum("puw,zkpu->zwk", _w_z_0_2_2.view(2, 32, 32), _c16)
     # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
-    d2_x_29 = torch.einsum("zipk,zupk->zui", d2_d__m_z_0[:, 95:145].reshape(n, 5, 2, 5), d__t_z_0_2_2)
-    d2_d_z_30 = torch.einsum("zupk,puw->zwk", d2_d__t_z_0_2_2, _w_z_0_2_2.view(2, 32, 32))
-    d2__w_z_0_2_2 = torch.einsum("zupk,zwk->puw", d2_d__t_z_0_2_2, d_z[:, 128:288].reshape(n, 32, 5))
+    _c17 = torch.einsum("zipk,zwk->zipw", d2_d__m_z_0[:, 95:145].reshape(n, 5, 2, 5), d_z[:, 128:288].reshape(n, 32, 5))
+    d2_x_30 = torch.einsum("puw,zipw->zui", _w_z_0_2_2.view(2, 32, 32), _c17)
+    # ∂/∂_w_z_0_2_2: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
+    d2__w_z_0_2_2 = torch.einsum("zui,zipw->puw", x[:, 128:288].reshape(n, 32, 5), _c17)
     d2_weight_31 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_32 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
     d2_weight_33 = d2__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
@@ -477,15 +495,15 @@ def _fc_tp_d2_y(
     d2_weight_37 = d2__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_38 = d2__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
     d2_x = torch.cat([
-        (d2_x_8 + d2_x_11 + d2_x_14).reshape(n, 32),
-        (d2_x_17 + d2_x_20 + d2_x_22).reshape(n, 96),
-        (d2_x_24 + d2_x_27 + d2_x_29).reshape(n, 160),
+        (d2_x_9 + d2_x_12 + d2_x_15).reshape(n, 32),
+        (d2_x_18 + d2_x_21 + d2_x_23).reshape(n, 96),
+        (d2_x_25 + d2_x_28 + d2_x_30).reshape(n, 160),
     ], dim=-1)
     d2_y = weight.new_zeros(n, 16)
     d2_d_z = torch.cat([
-        (d2_d_z_9 + d2_d_z_18 + d2_d_z_25).reshape(n, 32),
-        (d2_d_z_12 + d2_d_z_21 + d2_d_z_28).reshape(n, 96),
-        (d2_d_z_15 + d2_d_z_23 + d2_d_z_30).reshape(n, 160),
+        (d2_d_z_8 + d2_d_z_17 + d2_d_z_24).reshape(n, 32),
+        (d2_d_z_11 + d2_d_z_20 + d2_d_z_27).reshape(n, 96),
+        (d2_d_z_14 + d2_d_z_22 + d2_d_z_29).reshape(n, 160),
     ], dim=-1)
     d2_weight = torch.cat([
         d2_weight_10.reshape(1024),
@@ -513,125 +531,125 @@ def _fc_tp_d2_weight(
     n = x.shape[0]
     # every path's (i, k) map at once: y · G
     _m_z_0 = torch.einsum("zj,jc->zc", y.reshape(n, 16), _g_z_0)
-    # 1 paths 32x0e ⊗ y -> 32x0e
-    _t_z_0_0_0 = x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
-    # 1 paths 32x0e ⊗ y -> 32x1o
-    _t_z_0_0_1 = x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
-    # 1 paths 32x0e ⊗ y -> 32x2e
-    _t_z_0_0_2 = x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
-    # 1 paths 32x1o ⊗ y -> 32x0e
-    _t_z_0_1_0 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
-    # 2 paths 32x1o ⊗ y -> 32x1o
-    _t_z_0_1_1 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 2, 3))
-    # 2 paths 32x1o ⊗ y -> 32x2e
-    _t_z_0_1_2 = torch.einsum("zui,zipk->zupk", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 30:60].reshape(n, 3, 2, 5))
-    # 1 paths 32x2e ⊗ y -> 32x0e
-    _t_z_0_2_0 = torch.einsum("zui,zipk->zupk", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
-    # 2 paths 32x2e ⊗ y -> 32x1o
-    _t_z_0_2_1 = torch.einsum("zui,zipk->zupk", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 2, 3))
-    # 2 paths 32x2e ⊗ y -> 32x2e
-    _t_z_0_2_2 = torch.einsum("zui,zipk->zupk", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 2, 5))
-    d2_d_z_0 = torch.einsum("puw,zupk->zwk", d2_d_weight[0:1024].view(1, 32, 32), _t_z_0_0_0)
-    d2__t_z_0_0_0 = torch.einsum("puw,zwk->zupk", d2_d_weight[0:1024].view(1, 32, 32), d_z[:, 0:32].reshape(n, 32, 1))
-    d2_d_z_1 = torch.einsum("puw,zupk->zwk", d2_d_weight[1024:2048].view(1, 32, 32), _t_z_0_0_1)
-    d2__t_z_0_0_1 = torch.einsum("puw,zwk->zupk", d2_d_weight[1024:2048].view(1, 32, 32), d_z[:, 32:128].reshape(n, 32, 3))
-    d2_d_z_2 = torch.einsum("puw,zupk->zwk", d2_d_weight[2048:3072].view(1, 32, 32), _t_z_0_0_2)
-    d2__t_z_0_0_2 = torch.einsum("puw,zwk->zupk", d2_d_weight[2048:3072].view(1, 32, 32), d_z[:, 128:288].reshape(n, 32, 5))
-    d2_d_z_3 = torch.einsum("puw,zupk->zwk", d2_d_weight[4096:5120].view(1, 32, 32), _t_z_0_1_0)
-    d2__t_z_0_1_0 = torch.einsum("puw,zwk->zupk", d2_d_weight[4096:5120].view(1, 32, 32), d_z[:, 0:32].reshape(n, 32, 1))
-    d2_d__w_z_0_1_1_4 = d2_d_weight[3072:4096].view(32, 32)
-    d2_d__w_z_0_1_1_5 = d2_d_weight[6144:7168].view(32, 32)
+    # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
+    _c0 = torch.einsum("puw,zui->zipw", d2_d_weight[0:1024].view(1, 32, 32), x[:, 0:32].reshape(n, 32, 1))
+    d2_d_z_0 = _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * _c0.reshape(n, 32, 1)
+    # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
+    _c1 = torch.einsum("puw,zwk->zkpu", d2_d_weight[0:1024].view(1, 32, 32), d_z[:, 0:32].reshape(n, 32, 1))
+    d2_x_1 = _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * _c1.reshape(n, 32, 1)
+    # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
+    d2__m_z_0_2 = torch.einsum("zui,zkpu->zipk", x[:, 0:32].reshape(n, 32, 1), _c1)
+    # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
+    _c2 = torch.einsum("puw,zui->zipw", d2_d_weight[1024:2048].view(1, 32, 32), x[:, 0:32].reshape(n, 32, 1))
+    d2_d_z_3 = _m_z_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 3) * _c2.reshape(n, 32, 1)
+    # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
+    _c3 = torch.einsum("zwk,zipk->zipw", d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 1:4].reshape(n, 1, 1, 3))
+    d2_x_4 = torch.einsum("puw,zipw->zui", d2_d_weight[1024:2048].view(1, 32, 32), _c3)
+    # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
+    d2__m_z_0_5 = torch.einsum("zwk,zipw->zipk", d_z[:, 32:128].reshape(n, 32, 3), _c2)
+    # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
+    _c4 = torch.einsum("puw,zui->zipw", d2_d_weight[2048:3072].view(1, 32, 32), x[:, 0:32].reshape(n, 32, 1))
+    d2_d_z_6 = _m_z_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 5) * _c4.reshape(n, 32, 1)
+    # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
+    _c5 = torch.einsum("zwk,zipk->zipw", d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 4:9].reshape(n, 1, 1, 5))
+    d2_x_7 = torch.einsum("puw,zipw->zui", d2_d_weight[2048:3072].view(1, 32, 32), _c5)
+    # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
+    d2__m_z_0_8 = torch.einsum("zwk,zipw->zipk", d_z[:, 128:288].reshape(n, 32, 5), _c4)
+    # ∂/∂d_z: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
+    _c6 = torch.einsum("zui,zipk->zkpu", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
+    d2_d_z_9 = torch.einsum("puw,zkpu->zwk", d2_d_weight[4096:5120].view(1, 32, 32), _c6)
+    # ∂/∂x: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
+    _c7 = torch.einsum("puw,zwk->zkpu", d2_d_weight[4096:5120].view(1, 32, 32), d_z[:, 0:32].reshape(n, 32, 1))
+    d2_x_10 = _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c7.reshape(n, 32, 1)
+    # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
+    d2__m_z_0_11 = torch.einsum("zui,zkpu->zipk", x[:, 32:128].reshape(n, 32, 3), _c7)
+    d2_d__w_z_0_1_1_12 = d2_d_weight[3072:4096].view(32, 32)
+    d2_d__w_z_0_1_1_13 = d2_d_weight[6144:7168].view(32, 32)
+    # ∂/∂d_z: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
     d2_d__w_z_0_1_1 = torch.cat([
-        d2_d__w_z_0_1_1_4.reshape(1024),
-        d2_d__w_z_0_1_1_5.reshape(1024),
+        d2_d__w_z_0_1_1_12.reshape(1024),
+        d2_d__w_z_0_1_1_13.reshape(1024),
     ], dim=-1)
-    d2_d_z_6 = torch.einsum("puw,zupk->zwk", d2_d__w_z_0_1_1.view(2, 32, 32), _t_z_0_1_1)
-    d2__t_z_0_1_1 = torch.einsum("puw,zwk->zupk", d2_d__w_z_0_1_1.view(2, 32, 32), d_z[:, 32:128].reshape(n, 32, 3))
-    d2_d__w_z_0_1_2_7 = d2_d_weight[5120:6144].view(32, 32)
-    d2_d__w_z_0_1_2_8 = d2_d_weight[7168:8192].view(32, 32)
+    _c8 = torch.einsum("puw,zui->zipw", d2_d__w_z_0_1_1.view(2, 32, 32), x[:, 32:128].reshape(n, 32, 3))
+    d2_d_z_14 = torch.einsum("zipk,zipw->zwk", _m_z_0[:, 12:30].reshape(n, 3, 2, 3), _c8)
+    # ∂/∂x: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
+    _c9 = torch.einsum("puw,zwk->zkpu", d2_d__w_z_0_1_1.view(2, 32, 32), d_z[:, 32:128].reshape(n, 32, 3))
+    d2_x_15 = torch.einsum("zipk,zkpu->zui", _m_z_0[:, 12:30].reshape(n, 3, 2, 3), _c9)
+    # ∂/∂_m_z_0: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
+    d2__m_z_0_16 = torch.einsum("zui,zkpu->zipk", x[:, 32:128].reshape(n, 32, 3), _c9)
+    d2_d__w_z_0_1_2_17 = d2_d_weight[5120:6144].view(32, 32)
+    d2_d__w_z_0_1_2_18 = d2_d_weight[7168:8192].view(32, 32)
+    # ∂/∂d_z: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
     d2_d__w_z_0_1_2 = torch.cat([
-        d2_d__w_z_0_1_2_7.reshape(1024),
-        d2_d__w_z_0_1_2_8.reshape(1024),
+        d2_d__w_z_0_1_2_17.reshape(1024),
+        d2_d__w_z_0_1_2_18.reshape(1024),
     ], dim=-1)
-    d2_d_z_9 = torch.einsum("puw,zupk->zwk", d2_d__w_z_0_1_2.view(2, 32, 32), _t_z_0_1_2)
-    d2__t_z_0_1_2 = torch.einsum("puw,zwk->zupk", d2_d__w_z_0_1_2.view(2, 32, 32), d_z[:, 128:288].reshape(n, 32, 5))
-    d2_d_z_10 = torch.einsum("puw,zupk->zwk", d2_d_weight[10240:11264].view(1, 32, 32), _t_z_0_2_0)
-    d2__t_z_0_2_0 = torch.einsum("puw,zwk->zupk", d2_d_weight[10240:11264].view(1, 32, 32), d_z[:, 0:32].reshape(n, 32, 1))
-    d2_d__w_z_0_2_1_11 = d2_d_weight[9216:10240].view(32, 32)
-    d2_d__w_z_0_2_1_12 = d2_d_weight[12288:13312].view(32, 32)
+    _c10 = torch.einsum("puw,zui->zipw", d2_d__w_z_0_1_2.view(2, 32, 32), x[:, 32:128].reshape(n, 32, 3))
+    d2_d_z_19 = torch.einsum("zipk,zipw->zwk", _m_z_0[:, 30:60].reshape(n, 3, 2, 5), _c10)
+    # ∂/∂x: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
+    _c11 = torch.einsum("zwk,zipk->zipw", d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 30:60].reshape(n, 3, 2, 5))
+    d2_x_20 = torch.einsum("puw,zipw->zui", d2_d__w_z_0_1_2.view(2, 32, 32), _c11)
+    # ∂/∂_m_z_0: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
+    d2__m_z_0_21 = torch.einsum("zwk,zipw->zipk", d_z[:, 128:288].reshape(n, 32, 5), _c10)
+    # ∂/∂d_z: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
+    _c12 = torch.einsum("zui,zipk->zkpu", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
+    d2_d_z_22 = torch.einsum("puw,zkpu->zwk", d2_d_weight[10240:11264].view(1, 32, 32), _c12)
+    # ∂/∂x: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
+    _c13 = torch.einsum("puw,zwk->zkpu", d2_d_weight[10240:11264].view(1, 32, 32), d_z[:, 0:32].reshape(n, 32, 1))
+    d2_x_23 = _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5) * _c13.reshape(n, 32, 1)
+    # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
+    d2__m_z_0_24 = torch.einsum("zui,zkpu->zipk", x[:, 128:288].reshape(n, 32, 5), _c13)
+    d2_d__w_z_0_2_1_25 = d2_d_weight[9216:10240].view(32, 32)
+    d2_d__w_z_0_2_1_26 = d2_d_weight[12288:13312].view(32, 32)
+    # ∂/∂d_z: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
+    _c14 = torch.einsum("zui,zipk->zkpu", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 2, 3))
     d2_d__w_z_0_2_1 = torch.cat([
-        d2_d__w_z_0_2_1_11.reshape(1024),
-        d2_d__w_z_0_2_1_12.reshape(1024),
+        d2_d__w_z_0_2_1_25.reshape(1024),
+        d2_d__w_z_0_2_1_26.reshape(1024),
     ], dim=-1)
-    d2_d_z_13 = torch.einsum("puw,zupk->zwk", d2_d__w_z_0_2_1.view(2, 32, 32), _t_z_0_2_1)
-    d2__t_z_0_2_1 = torch.einsum("puw,zwk->zupk", d2_d__w_z_0_2_1.view(2, 32, 32), d_z[:, 32:128].reshape(n, 32, 3))
-    d2_d__w_z_0_2_2_14 = d2_d_weight[8192:9216].view(32, 32)
-    d2_d__w_z_0_2_2_15 = d2_d_weight[11264:12288].view(32, 32)
+    d2_d_z_27 = torch.einsum("puw,zkpu->zwk", d2_d__w_z_0_2_1.view(2, 32, 32), _c14)
+    # ∂/∂x: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
+    _c15 = torch.einsum("puw,zwk->zkpu", d2_d__w_z_0_2_1.view(2, 32, 32), d_z[:, 32:128].reshape(n, 32, 3))
+    d2_x_28 = torch.einsum("zipk,zkpu->zui", _m_z_0[:, 65:95].reshape(n, 5, 2, 3), _c15)
+    # ∂/∂_m_z_0: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
+    d2__m_z_0_29 = torch.einsum("zui,zkpu->zipk", x[:, 128:288].reshape(n, 32, 5), _c15)
+    d2_d__w_z_0_2_2_30 = d2_d_weight[8192:9216].view(32, 32)
+    d2_d__w_z_0_2_2_31 = d2_d_weight[11264:12288].view(32, 32)
+    # ∂/∂d_z: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
     d2_d__w_z_0_2_2 = torch.cat([
-        d2_d__w_z_0_2_2_14.reshape(1024),
-        d2_d__w_z_0_2_2_15.reshape(1024),
+        d2_d__w_z_0_2_2_30.reshape(1024),
+        d2_d__w_z_0_2_2_31.reshape(1024),
     ], dim=-1)
-    d2_d_z_16 = torch.einsum("puw,zupk->zwk", d2_d__w_z_0_2_2.view(2, 32, 32), _t_z_0_2_2)
-    d2__t_z_0_2_2 = torch.einsum("puw,zwk->zupk", d2_d__w_z_0_2_2.view(2, 32, 32), d_z[:, 128:288].reshape(n, 32, 5))
-    # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    d2_x_17 = torch.einsum("zupk,zipk->zui", d2__t_z_0_2_2, _m_z_0[:, 95:145].reshape(n, 5, 2, 5))
-    # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
-    d2__m_z_0_18 = torch.einsum("zupk,zui->zipk", d2__t_z_0_2_2, x[:, 128:288].reshape(n, 32, 5))
-    # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
-    d2_x_19 = torch.einsum("zupk,zipk->zui", d2__t_z_0_2_1, _m_z_0[:, 65:95].reshape(n, 5, 2, 3))
-    # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
-    d2__m_z_0_20 = torch.einsum("zupk,zui->zipk", d2__t_z_0_2_1, x[:, 128:288].reshape(n, 32, 5))
-    # ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
-    d2_x_21 = d2__t_z_0_2_0.reshape(n, 32, 1) * _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5)
-    # ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
-    d2__m_z_0_22 = torch.einsum("zupk,zui->zipk", d2__t_z_0_2_0, x[:, 128:288].reshape(n, 32, 5))
-    # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
-    d2_x_23 = torch.einsum("zupk,zipk->zui", d2__t_z_0_1_2, _m_z_0[:, 30:60].reshape(n, 3, 2, 5))
-    # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
-    d2__m_z_0_24 = torch.einsum("zupk,zui->zipk", d2__t_z_0_1_2, x[:, 32:128].reshape(n, 32, 3))
-    # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    d2_x_25 = torch.einsum("zupk,zipk->zui", d2__t_z_0_1_1, _m_z_0[:, 12:30].reshape(n, 3, 2, 3))
-    # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
-    d2__m_z_0_26 = torch.einsum("zupk,zui->zipk", d2__t_z_0_1_1, x[:, 32:128].reshape(n, 32, 3))
-    # ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
-    d2_x_27 = d2__t_z_0_1_0.reshape(n, 32, 1) * _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
-    # ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
-    d2__m_z_0_28 = torch.einsum("zupk,zui->zipk", d2__t_z_0_1_0, x[:, 32:128].reshape(n, 32, 3))
-    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
-    d2_x_29 = torch.einsum("zupk,zipk->zui", d2__t_z_0_0_2, _m_z_0[:, 4:9].reshape(n, 1, 1, 5))
-    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
-    d2__m_z_0_30 = torch.einsum("zupk,zui->zipk", d2__t_z_0_0_2, x[:, 0:32].reshape(n, 32, 1))
-    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
-    d2_x_31 = torch.einsum("zupk,zipk->zui", d2__t_z_0_0_1, _m_z_0[:, 1:4].reshape(n, 1, 1, 3))
-    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
-    d2__m_z_0_32 = torch.einsum("zupk,zui->zipk", d2__t_z_0_0_1, x[:, 0:32].reshape(n, 32, 1))
-    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    d2_x_33 = d2__t_z_0_0_0.reshape(n, 32, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
-    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
-    d2__m_z_0_34 = torch.einsum("zupk,zui->zipk", d2__t_z_0_0_0, x[:, 0:32].reshape(n, 32, 1))
+    _c16 = torch.einsum("puw,zui->zipw", d2_d__w_z_0_2_2.view(2, 32, 32), x[:, 128:288].reshape(n, 32, 5))
+    d2_d_z_32 = torch.einsum("zipk,zipw->zwk", _m_z_0[:, 95:145].reshape(n, 5, 2, 5), _c16)
+    # ∂/∂x: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
+    _c17 = torch.einsum("puw,zwk->zkpu", d2_d__w_z_0_2_2.view(2, 32, 32), d_z[:, 128:288].reshape(n, 32, 5))
+    d2_x_33 = torch.einsum("zipk,zkpu->zui", _m_z_0[:, 95:145].reshape(n, 5, 2, 5), _c17)
+    # ∂/∂_m_z_0: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
+    d2__m_z_0_34 = torch.einsum("zui,zkpu->zipk", x[:, 128:288].reshape(n, 32, 5), _c17)
     # ∂/∂y: every path's (i, k) map at once: y · G
     d2__m_z_0 = torch.cat([
-        d2__m_z_0_34.reshape(n, 1),
-        d2__m_z_0_32.reshape(n, 3),
-        d2__m_z_0_30.reshape(n, 5),
-        d2__m_z_0_28.reshape(n, 3),
-        d2__m_z_0_26.reshape(n, 18),
-        d2__m_z_0_24.reshape(n, 30),
-        d2__m_z_0_22.reshape(n, 5),
-        d2__m_z_0_20.reshape(n, 30),
-        d2__m_z_0_18.reshape(n, 50),
+        d2__m_z_0_2.reshape(n, 1),
+        d2__m_z_0_5.reshape(n, 3),
+        d2__m_z_0_8.reshape(n, 5),
+        d2__m_z_0_11.reshape(n, 3),
+        d2__m_z_0_16.reshape(n, 18),
+        d2__m_z_0_21.reshape(n, 30),
+        d2__m_z_0_24.reshape(n, 5),
+        d2__m_z_0_29.reshape(n, 30),
+        d2__m_z_0_34.reshape(n, 50),
     ], dim=-1)
     d2_y_35 = torch.einsum("zc,jc->zj", d2__m_z_0, _g_z_0)
     d2_x = torch.cat([
-        (d2_x_29 + d2_x_31 + d2_x_33).reshape(n, 32),
-        (d2_x_23 + d2_x_25 + d2_x_27).reshape(n, 96),
-        (d2_x_17 + d2_x_19 + d2_x_21).reshape(n, 160),
+        (d2_x_1 + d2_x_4 + d2_x_7).reshape(n, 32),
+        (d2_x_10 + d2_x_15 + d2_x_20).reshape(n, 96),
+        (d2_x_23 + d2_x_28 + d2_x_33).reshape(n, 160),
     ], dim=-1)
     d2_y = d2_y_35
     d2_d_z = torch.cat([
-        (d2_d_z_0 + d2_d_z_3 + d2_d_z_10).reshape(n, 32),
-        (d2_d_z_1 + d2_d_z_6 + d2_d_z_13).reshape(n, 96),
-        (d2_d_z_2 + d2_d_z_9 + d2_d_z_16).reshape(n, 160),
+        (d2_d_z_0 + d2_d_z_9 + d2_d_z_22).reshape(n, 32),
+        (d2_d_z_3 + d2_d_z_14 + d2_d_z_27).reshape(n, 96),
+        (d2_d_z_6 + d2_d_z_19 + d2_d_z_32).reshape(n, 160),
     ], dim=-1)
     d2_weight = weight.new_zeros(13312)
     return [d2_x, d2_y, d2_d_z, d2_weight]
@@ -669,19 +687,19 @@ def _conv_tp(
     # 1 paths 32x1o ⊗ sh -> 32x0e
     _t_m_0_1_0 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1))
     m_4 = _t_m_0_1_0.reshape(n, 32, 1) * w[:, 160:192].reshape(n, 1, 32).reshape(n, 32, 1)
-    # 2 paths 32x1o ⊗ sh -> 32x1o
-    _t_m_0_1_1 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 2, 3))
     w_m_0_1_1_5 = w[:, 128:160].reshape(n, 32)
     w_m_0_1_1_6 = w[:, 256:288].reshape(n, 32)
+    # 2 paths 32x1o ⊗ sh -> 32x1o
+    _t_m_0_1_1 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 2, 3))
     _w_m_0_1_1 = torch.cat([
         w_m_0_1_1_5.reshape(n, 32),
         w_m_0_1_1_6.reshape(n, 32),
     ], dim=-1)
     m_7 = torch.einsum("zupk,zpu->zuk", _t_m_0_1_1, _w_m_0_1_1.reshape(n, 2, 32))
-    # 2 paths 32x1o ⊗ sh -> 32x2e
-    _t_m_0_1_2 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 2, 5))
     w_m_0_1_2_8 = w[:, 192:224].reshape(n, 32)
     w_m_0_1_2_9 = w[:, 352:384].reshape(n, 32)
+    # 2 paths 32x1o ⊗ sh -> 32x2e
+    _t_m_0_1_2 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 2, 5))
     _w_m_0_1_2 = torch.cat([
         w_m_0_1_2_8.reshape(n, 32),
         w_m_0_1_2_9.reshape(n, 32),
@@ -702,19 +720,19 @@ def _conv_tp(
     # 1 paths 32x2e ⊗ sh -> 32x0e
     _t_m_0_2_0 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1))
     m_15 = _t_m_0_2_0.reshape(n, 32, 1) * w[:, 544:576].reshape(n, 1, 32).reshape(n, 32, 1)
-    # 2 paths 32x2e ⊗ sh -> 32x1o
-    _t_m_0_2_1 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 138:168].reshape(n, 5, 2, 3))
     w_m_0_2_1_16 = w[:, 448:480].reshape(n, 32)
     w_m_0_2_1_17 = w[:, 672:704].reshape(n, 32)
+    # 2 paths 32x2e ⊗ sh -> 32x1o
+    _t_m_0_2_1 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 138:168].reshape(n, 5, 2, 3))
     _w_m_0_2_1 = torch.cat([
         w_m_0_2_1_16.reshape(n, 32),
         w_m_0_2_1_17.reshape(n, 32),
     ], dim=-1)
     m_18 = torch.einsum("zupk,zpu->zuk", _t_m_0_2_1, _w_m_0_2_1.reshape(n, 2, 32))
-    # 2 paths 32x2e ⊗ sh -> 32x2e
-    _t_m_0_2_2 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 2, 5))
     w_m_0_2_2_19 = w[:, 416:448].reshape(n, 32)
     w_m_0_2_2_20 = w[:, 576:608].reshape(n, 32)
+    # 2 paths 32x2e ⊗ sh -> 32x2e
+    _t_m_0_2_2 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 2, 5))
     _w_m_0_2_2 = torch.cat([
         w_m_0_2_2_19.reshape(n, 32),
         w_m_0_2_2_20.reshape(n, 32),
@@ -723,19 +741,19 @@ def _conv_tp(
     # 1 paths 32x2e ⊗ sh -> 32x1e
     _t_m_0_2_3 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 218:233].reshape(n, 5, 1, 3))
     m_22 = _t_m_0_2_3.reshape(n, 32, 3) * w[:, 608:640].reshape(n, 1, 32).reshape(n, 32, 1)
-    # 2 paths 32x2e ⊗ sh -> 32x2o
-    _t_m_0_2_4 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 2, 5))
     w_m_0_2_4_23 = w[:, 480:512].reshape(n, 32)
     w_m_0_2_4_24 = w[:, 704:736].reshape(n, 32)
+    # 2 paths 32x2e ⊗ sh -> 32x2o
+    _t_m_0_2_4 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 2, 5))
     _w_m_0_2_4 = torch.cat([
         w_m_0_2_4_23.reshape(n, 32),
         w_m_0_2_4_24.reshape(n, 32),
     ], dim=-1)
     m_25 = torch.einsum("zupk,zpu->zuk", _t_m_0_2_4, _w_m_0_2_4.reshape(n, 2, 32))
-    # 2 paths 32x2e ⊗ sh -> 32x3o
-    _t_m_0_2_5 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 2, 7))
     w_m_0_2_5_26 = w[:, 512:544].reshape(n, 32)
     w_m_0_2_5_27 = w[:, 736:768].reshape(n, 32)
+    # 2 paths 32x2e ⊗ sh -> 32x3o
+    _t_m_0_2_5 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 2, 7))
     _w_m_0_2_5 = torch.cat([
         w_m_0_2_5_26.reshape(n, 32),
         w_m_0_2_5_27.reshape(n, 32),
@@ -774,14 +792,14 @@ def _conv_tp_d(
     _t_m_0_0_5 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 9:16].reshape(n, 1, 1, 7).reshape(n, 1, 1, 7)
     # 1 paths 32x1o ⊗ sh -> 32x0e
     _t_m_0_1_0 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1))
-    # 2 paths 32x1o ⊗ sh -> 32x1o
-    _t_m_0_1_1 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 2, 3))
     w_m_0_1_1_0 = w[:, 128:160].reshape(n, 32)
     w_m_0_1_1_1 = w[:, 256:288].reshape(n, 32)
-    # 2 paths 32x1o ⊗ sh -> 32x2e
-    _t_m_0_1_2 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 2, 5))
+    # 2 paths 32x1o ⊗ sh -> 32x1o
+    _t_m_0_1_1 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 2, 3))
     w_m_0_1_2_2 = w[:, 192:224].reshape(n, 32)
     w_m_0_1_2_3 = w[:, 352:384].reshape(n, 32)
+    # 2 paths 32x1o ⊗ sh -> 32x2e
+    _t_m_0_1_2 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 2, 5))
     # 1 paths 32x1o ⊗ sh -> 32x1e
     _t_m_0_1_3 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 67:76].reshape(n, 3, 1, 3))
     # 1 paths 32x1o ⊗ sh -> 32x2o
@@ -792,24 +810,24 @@ def _conv_tp_d(
     _t_m_0_1_6 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 1, 7))
     # 1 paths 32x2e ⊗ sh -> 32x0e
     _t_m_0_2_0 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1))
-    # 2 paths 32x2e ⊗ sh -> 32x1o
-    _t_m_0_2_1 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 138:168].reshape(n, 5, 2, 3))
     w_m_0_2_1_4 = w[:, 448:480].reshape(n, 32)
     w_m_0_2_1_5 = w[:, 672:704].reshape(n, 32)
-    # 2 paths 32x2e ⊗ sh -> 32x2e
-    _t_m_0_2_2 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 2, 5))
+    # 2 paths 32x2e ⊗ sh -> 32x1o
+    _t_m_0_2_1 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 138:168].reshape(n, 5, 2, 3))
     w_m_0_2_2_6 = w[:, 416:448].reshape(n, 32)
     w_m_0_2_2_7 = w[:, 576:608].reshape(n, 32)
+    # 2 paths 32x2e ⊗ sh -> 32x2e
+    _t_m_0_2_2 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 2, 5))
     # 1 paths 32x2e ⊗ sh -> 32x1e
     _t_m_0_2_3 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 218:233].reshape(n, 5, 1, 3))
-    # 2 paths 32x2e ⊗ sh -> 32x2o
-    _t_m_0_2_4 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 2, 5))
     w_m_0_2_4_8 = w[:, 480:512].reshape(n, 32)
     w_m_0_2_4_9 = w[:, 704:736].reshape(n, 32)
-    # 2 paths 32x2e ⊗ sh -> 32x3o
-    _t_m_0_2_5 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 2, 7))
+    # 2 paths 32x2e ⊗ sh -> 32x2o
+    _t_m_0_2_4 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 2, 5))
     w_m_0_2_5_10 = w[:, 512:544].reshape(n, 32)
     w_m_0_2_5_11 = w[:, 736:768].reshape(n, 32)
+    # 2 paths 32x2e ⊗ sh -> 32x3o
+    _t_m_0_2_5 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 2, 7))
     # 1 paths 32x2e ⊗ sh -> 32x3e
     _t_m_0_2_6 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 353:388].reshape(n, 5, 1, 7))
     d__t_m_0_2_6 = torch.einsum("zuk,zpu->zupk", d_m[:, 768:992].reshape(n, 32, 7), w[:, 640:672].reshape(n, 1, 32))
@@ -824,24 +842,24 @@ def _conv_tp_d(
     ], dim=-1)
     d__t_m_0_2_5 = torch.einsum("zuk,zpu->zupk", d_m[:, 544:768].reshape(n, 32, 7), _w_m_0_2_5.reshape(n, 2, 32))
     d__w_m_0_2_5 = torch.einsum("zuk,zupk->zpu", d_m[:, 544:768].reshape(n, 32, 7), _t_m_0_2_5)
-    d_w_15 = d__w_m_0_2_5.reshape(n, -1)[:, 32:64].reshape(n, 32)
-    d_w_16 = d__w_m_0_2_5.reshape(n, -1)[:, 0:32].reshape(n, 32)
     # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
-    d_h_17 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_5, _m_m_0[:, 283:353].reshape(n, 5, 2, 7))
+    d_h_15 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_5, _m_m_0[:, 283:353].reshape(n, 5, 2, 7))
     # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
-    d__m_m_0_18 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_5, h[:, 128:288].reshape(n, 32, 5))
+    d__m_m_0_16 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_5, h[:, 128:288].reshape(n, 32, 5))
+    d_w_17 = d__w_m_0_2_5.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d_w_18 = d__w_m_0_2_5.reshape(n, -1)[:, 0:32].reshape(n, 32)
     _w_m_0_2_4 = torch.cat([
         w_m_0_2_4_8.reshape(n, 32),
         w_m_0_2_4_9.reshape(n, 32),
     ], dim=-1)
     d__t_m_0_2_4 = torch.einsum("zuk,zpu->zupk", d_m[:, 384:544].reshape(n, 32, 5), _w_m_0_2_4.reshape(n, 2, 32))
     d__w_m_0_2_4 = torch.einsum("zuk,zupk->zpu", d_m[:, 384:544].reshape(n, 32, 5), _t_m_0_2_4)
-    d_w_19 = d__w_m_0_2_4.reshape(n, -1)[:, 32:64].reshape(n, 32)
-    d_w_20 = d__w_m_0_2_4.reshape(n, -1)[:, 0:32].reshape(n, 32)
     # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
-    d_h_21 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_4, _m_m_0[:, 233:283].reshape(n, 5, 2, 5))
+    d_h_19 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_4, _m_m_0[:, 233:283].reshape(n, 5, 2, 5))
     # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
-    d__m_m_0_22 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_4, h[:, 128:288].reshape(n, 32, 5))
+    d__m_m_0_20 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_4, h[:, 128:288].reshape(n, 32, 5))
+    d_w_21 = d__w_m_0_2_4.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d_w_22 = d__w_m_0_2_4.reshape(n, -1)[:, 0:32].reshape(n, 32)
     d__t_m_0_2_3 = torch.einsum("zuk,zpu->zupk", d_m[:, 288:384].reshape(n, 32, 3), w[:, 608:640].reshape(n, 1, 32))
     d_w_23 = torch.einsum("zuk,zupk->zpu", d_m[:, 288:384].reshape(n, 32, 3), _t_m_0_2_3)
     # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
@@ -854,24 +872,24 @@ def _conv_tp_d(
     ], dim=-1)
     d__t_m_0_2_2 = torch.einsum("zuk,zpu->zupk", d_m[:, 128:288].reshape(n, 32, 5), _w_m_0_2_2.reshape(n, 2, 32))
     d__w_m_0_2_2 = torch.einsum("zuk,zupk->zpu", d_m[:, 128:288].reshape(n, 32, 5), _t_m_0_2_2)
-    d_w_26 = d__w_m_0_2_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
-    d_w_27 = d__w_m_0_2_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
     # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
-    d_h_28 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_2, _m_m_0[:, 168:218].reshape(n, 5, 2, 5))
+    d_h_26 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_2, _m_m_0[:, 168:218].reshape(n, 5, 2, 5))
     # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
-    d__m_m_0_29 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_2, h[:, 128:288].reshape(n, 32, 5))
+    d__m_m_0_27 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_2, h[:, 128:288].reshape(n, 32, 5))
+    d_w_28 = d__w_m_0_2_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d_w_29 = d__w_m_0_2_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
     _w_m_0_2_1 = torch.cat([
         w_m_0_2_1_4.reshape(n, 32),
         w_m_0_2_1_5.reshape(n, 32),
     ], dim=-1)
     d__t_m_0_2_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), _w_m_0_2_1.reshape(n, 2, 32))
     d__w_m_0_2_1 = torch.einsum("zuk,zupk->zpu", d_m[:, 32:128].reshape(n, 32, 3), _t_m_0_2_1)
-    d_w_30 = d__w_m_0_2_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
-    d_w_31 = d__w_m_0_2_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
     # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
-    d_h_32 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_1, _m_m_0[:, 138:168].reshape(n, 5, 2, 3))
+    d_h_30 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_1, _m_m_0[:, 138:168].reshape(n, 5, 2, 3))
     # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
-    d__m_m_0_33 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_1, h[:, 128:288].reshape(n, 32, 5))
+    d__m_m_0_31 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_1, h[:, 128:288].reshape(n, 32, 5))
+    d_w_32 = d__w_m_0_2_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d_w_33 = d__w_m_0_2_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
     d__t_m_0_2_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 544:576].reshape(n, 1, 32))
     d_w_34 = torch.einsum("zuk,zupk->zpu", d_m[:, 0:32].reshape(n, 32, 1), _t_m_0_2_0)
     # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
@@ -908,24 +926,24 @@ def _conv_tp_d(
     ], dim=-1)
     d__t_m_0_1_2 = torch.einsum("zuk,zpu->zupk", d_m[:, 128:288].reshape(n, 32, 5), _w_m_0_1_2.reshape(n, 2, 32))
     d__w_m_0_1_2 = torch.einsum("zuk,zupk->zpu", d_m[:, 128:288].reshape(n, 32, 5), _t_m_0_1_2)
-    d_w_49 = d__w_m_0_1_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
-    d_w_50 = d__w_m_0_1_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
     # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
-    d_h_51 = torch.einsum("zupk,zipk->zui", d__t_m_0_1_2, _m_m_0[:, 37:67].reshape(n, 3, 2, 5))
+    d_h_49 = torch.einsum("zupk,zipk->zui", d__t_m_0_1_2, _m_m_0[:, 37:67].reshape(n, 3, 2, 5))
     # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
-    d__m_m_0_52 = torch.einsum("zupk,zui->zipk", d__t_m_0_1_2, h[:, 32:128].reshape(n, 32, 3))
+    d__m_m_0_50 = torch.einsum("zupk,zui->zipk", d__t_m_0_1_2, h[:, 32:128].reshape(n, 32, 3))
+    d_w_51 = d__w_m_0_1_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d_w_52 = d__w_m_0_1_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
     _w_m_0_1_1 = torch.cat([
         w_m_0_1_1_0.reshape(n, 32),
         w_m_0_1_1_1.reshape(n, 32),
     ], dim=-1)
     d__t_m_0_1_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), _w_m_0_1_1.reshape(n, 2, 32))
     d__w_m_0_1_1 = torch.einsum("zuk,zupk->zpu", d_m[:, 32:128].reshape(n, 32, 3), _t_m_0_1_1)
-    d_w_53 = d__w_m_0_1_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
-    d_w_54 = d__w_m_0_1_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
     # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
-    d_h_55 = torch.einsum("zupk,zipk->zui", d__t_m_0_1_1, _m_m_0[:, 19:37].reshape(n, 3, 2, 3))
+    d_h_53 = torch.einsum("zupk,zipk->zui", d__t_m_0_1_1, _m_m_0[:, 19:37].reshape(n, 3, 2, 3))
     # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
-    d__m_m_0_56 = torch.einsum("zupk,zui->zipk", d__t_m_0_1_1, h[:, 32:128].reshape(n, 32, 3))
+    d__m_m_0_54 = torch.einsum("zupk,zui->zipk", d__t_m_0_1_1, h[:, 32:128].reshape(n, 32, 3))
+    d_w_55 = d__w_m_0_1_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
+    d_w_56 = d__w_m_0_1_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
     d__t_m_0_1_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 160:192].reshape(n, 1, 32))
     d_w_57 = torch.einsum("zuk,zupk->zpu", d_m[:, 0:32].reshape(n, 32, 1), _t_m_0_1_0)
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
@@ -963,25 +981,25 @@ def _conv_tp_d(
         d__m_m_0_65.reshape(n, 5),
         d__m_m_0_62.reshape(n, 7),
         d__m_m_0_59.reshape(n, 3),
-        d__m_m_0_56.reshape(n, 18),
-        d__m_m_0_52.reshape(n, 30),
+        d__m_m_0_54.reshape(n, 18),
+        d__m_m_0_50.reshape(n, 30),
         d__m_m_0_48.reshape(n, 9),
         d__m_m_0_45.reshape(n, 15),
         d__m_m_0_42.reshape(n, 21),
         d__m_m_0_39.reshape(n, 21),
         d__m_m_0_36.reshape(n, 5),
-        d__m_m_0_33.reshape(n, 30),
-        d__m_m_0_29.reshape(n, 50),
+        d__m_m_0_31.reshape(n, 30),
+        d__m_m_0_27.reshape(n, 50),
         d__m_m_0_25.reshape(n, 15),
-        d__m_m_0_22.reshape(n, 50),
-        d__m_m_0_18.reshape(n, 70),
+        d__m_m_0_20.reshape(n, 50),
+        d__m_m_0_16.reshape(n, 70),
         d__m_m_0_14.reshape(n, 35),
     ], dim=-1)
     d_sh_72 = torch.einsum("zc,jc->zj", d__m_m_0, _g_m_0)
     d_h = torch.cat([
         (d_h_61 + d_h_64 + d_h_67 + d_h_70).reshape(n, 32),
-        (d_h_38 + d_h_41 + d_h_44 + d_h_47 + d_h_51 + d_h_55 + d_h_58).reshape(n, 96),
-        (d_h_13 + d_h_17 + d_h_21 + d_h_24 + d_h_28 + d_h_32 + d_h_35).reshape(n, 160),
+        (d_h_38 + d_h_41 + d_h_44 + d_h_47 + d_h_49 + d_h_53 + d_h_58).reshape(n, 96),
+        (d_h_13 + d_h_15 + d_h_19 + d_h_24 + d_h_26 + d_h_30 + d_h_35).reshape(n, 160),
     ], dim=-1)
     d_sh = d_sh_72
     d_w = torch.cat([
@@ -989,26 +1007,26 @@ def _conv_tp_d(
         d_w_66.reshape(n, 32),
         d_w_63.reshape(n, 32),
         d_w_60.reshape(n, 32),
-        d_w_54.reshape(n, 32),
+        d_w_56.reshape(n, 32),
         d_w_57.reshape(n, 32),
-        d_w_50.reshape(n, 32),
+        d_w_52.reshape(n, 32),
         d_w_46.reshape(n, 32),
-        d_w_53.reshape(n, 32),
+        d_w_55.reshape(n, 32),
         d_w_43.reshape(n, 32),
         d_w_40.reshape(n, 32),
-        d_w_49.reshape(n, 32),
+        d_w_51.reshape(n, 32),
         d_w_37.reshape(n, 32),
-        d_w_27.reshape(n, 32),
-        d_w_31.reshape(n, 32),
-        d_w_20.reshape(n, 32),
-        d_w_16.reshape(n, 32),
+        d_w_29.reshape(n, 32),
+        d_w_33.reshape(n, 32),
+        d_w_22.reshape(n, 32),
+        d_w_18.reshape(n, 32),
         d_w_34.reshape(n, 32),
-        d_w_26.reshape(n, 32),
+        d_w_28.reshape(n, 32),
         d_w_23.reshape(n, 32),
         d_w_12.reshape(n, 32),
-        d_w_30.reshape(n, 32),
-        d_w_19.reshape(n, 32),
-        d_w_15.reshape(n, 32),
+        d_w_32.reshape(n, 32),
+        d_w_21.reshape(n, 32),
+        d_w_17.reshape(n, 32),
     ], dim=-1)
     d_weight = weight.new_zeros(0)
     return [d_h, d_sh, d_w, d_weight]
@@ -2940,17 +2958,17 @@ def _tp_then_linear(
     # every path's (i, k) map at once: y · G
     _m_t_0 = torch.einsum("zj,jc->zc", y.reshape(n, 4), _g_t_0)
     # 1 paths 8x0e ⊗ y -> 8x0e
-    _t_t_0_0_0 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
-    t_0 = _t_t_0_0_0.reshape(n, 8, 1) * weight[0:8].view(1, 8).reshape(1, 8, 1)
+    _c0 = torch.einsum("zui,zipk->zkpu", x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 0:1].reshape(n, 1, 1, 1))
+    t_0 = torch.einsum("pu,zkpu->zuk", weight[0:8].view(1, 8), _c0)
     # 1 paths 8x0e ⊗ y -> 8x1o
-    _t_t_0_0_1 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
-    t_1 = _t_t_0_0_1.reshape(n, 8, 3) * weight[8:16].view(1, 8).reshape(1, 8, 1)
+    _c1 = torch.einsum("zui,pu->zipu", x[:, 0:8].reshape(n, 8, 1), weight[8:16].view(1, 8))
+    t_1 = _m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 3) * _c1.reshape(n, 8, 1)
     # 1 paths 8x1o ⊗ y -> 8x0e
-    _t_t_0_1_0 = torch.einsum("zui,zipk->zupk", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
-    t_2 = _t_t_0_1_0.reshape(n, 8, 1) * weight[24:32].view(1, 8).reshape(1, 8, 1)
+    _c2 = torch.einsum("zui,zipk->zkpu", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
+    t_2 = torch.einsum("pu,zkpu->zuk", weight[24:32].view(1, 8), _c2)
     # 1 paths 8x1o ⊗ y -> 8x1o
-    _t_t_0_1_1 = torch.einsum("zui,zipk->zupk", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
-    t_3 = _t_t_0_1_1.reshape(n, 8, 3) * weight[16:24].view(1, 8).reshape(1, 8, 1)
+    _c3 = torch.einsum("zui,zipk->zkpu", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
+    t_3 = torch.einsum("pu,zkpu->zuk", weight[16:24].view(1, 8), _c3)
     # 8x0e -> 8x0e
     t = torch.cat([
         (t_0 + t_2).reshape(n, 8),
@@ -2980,17 +2998,17 @@ def _tp_then_linear_d(
     # every path's (i, k) map at once: y · G
     _m_t_0 = torch.einsum("zj,jc->zc", y.reshape(n, 4), _g_t_0)
     # 1 paths 8x0e ⊗ y -> 8x0e
-    _t_t_0_0_0 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
-    t_0 = _t_t_0_0_0.reshape(n, 8, 1) * weight[0:8].view(1, 8).reshape(1, 8, 1)
+    _c0 = torch.einsum("zui,zipk->zkpu", x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 0:1].reshape(n, 1, 1, 1))
+    t_0 = torch.einsum("pu,zkpu->zuk", weight[0:8].view(1, 8), _c0)
     # 1 paths 8x0e ⊗ y -> 8x1o
-    _t_t_0_0_1 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
-    t_1 = _t_t_0_0_1.reshape(n, 8, 3) * weight[8:16].view(1, 8).reshape(1, 8, 1)
+    _c1 = torch.einsum("zui,pu->zipu", x[:, 0:8].reshape(n, 8, 1), weight[8:16].view(1, 8))
+    t_1 = _m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 3) * _c1.reshape(n, 8, 1)
     # 1 paths 8x1o ⊗ y -> 8x0e
-    _t_t_0_1_0 = torch.einsum("zui,zipk->zupk", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
-    t_2 = _t_t_0_1_0.reshape(n, 8, 1) * weight[24:32].view(1, 8).reshape(1, 8, 1)
+    _c2 = torch.einsum("zui,zipk->zkpu", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
+    t_2 = torch.einsum("pu,zkpu->zuk", weight[24:32].view(1, 8), _c2)
     # 1 paths 8x1o ⊗ y -> 8x1o
-    _t_t_0_1_1 = torch.einsum("zui,zipk->zupk", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
-    t_3 = _t_t_0_1_1.reshape(n, 8, 3) * weight[16:24].view(1, 8).reshape(1, 8, 1)
+    _c3 = torch.einsum("zui,zipk->zkpu", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
+    t_3 = torch.einsum("pu,zkpu->zuk", weight[16:24].view(1, 8), _c3)
     # ∂/∂x: 8x1o -> 8x1o
     d_x_4 = d_z[:, 8:32].reshape(n, 8, 3)
     # ∂/∂x: 8x0e -> 8x0e
@@ -3008,53 +3026,61 @@ def _tp_then_linear_d(
     d_t_8 = torch.einsum("zwi,uw->zui", d_z[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
     # ∂/∂weight: 8x0e -> 8x0e
     d_weight_9 = torch.einsum("zwi,zui->uw", (d_z[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373), t[:, 0:8].reshape(n, 8, 1))
+    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
     d_t = torch.cat([
         d_t_8.reshape(n, 8),
         d_t_6.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    d__t_t_0_1_1 = torch.einsum("zuk,pu->zupk", d_t[:, 8:32].reshape(n, 8, 3), weight[16:24].view(1, 8))
-    d_weight_10 = torch.einsum("zuk,zupk->pu", d_t[:, 8:32].reshape(n, 8, 3), _t_t_0_1_1)
-    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    d_x_11 = torch.einsum("zupk,zipk->zui", d__t_t_0_1_1, _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
+    _c4 = torch.einsum("zuk,zipk->zipu", d_t[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
+    d_x_10 = torch.einsum("pu,zipu->zui", weight[16:24].view(1, 8), _c4)
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
-    d__m_t_0_12 = torch.einsum("zupk,zui->zipk", d__t_t_0_1_1, x[:, 8:32].reshape(n, 8, 3))
-    d__t_t_0_1_0 = torch.einsum("zuk,pu->zupk", d_t[:, 0:8].reshape(n, 8, 1), weight[24:32].view(1, 8))
-    d_weight_13 = torch.einsum("zuk,zupk->pu", d_t[:, 0:8].reshape(n, 8, 1), _t_t_0_1_0)
+    _c5 = torch.einsum("zuk,zui->ziku", d_t[:, 8:32].reshape(n, 8, 3), x[:, 8:32].reshape(n, 8, 3))
+    d__m_t_0_11 = torch.einsum("pu,ziku->zipk", weight[16:24].view(1, 8), _c5)
+    # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
+    d_weight_12 = torch.einsum("zui,zipu->pu", x[:, 8:32].reshape(n, 8, 3), _c4)
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    d_x_14 = d__t_t_0_1_0.reshape(n, 8, 1) * _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3)
+    _c6 = torch.einsum("zuk,pu->zkpu", d_t[:, 0:8].reshape(n, 8, 1), weight[24:32].view(1, 8))
+    d_x_13 = _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c6.reshape(n, 8, 1)
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    d__m_t_0_15 = torch.einsum("zupk,zui->zipk", d__t_t_0_1_0, x[:, 8:32].reshape(n, 8, 3))
-    d__t_t_0_0_1 = torch.einsum("zuk,pu->zupk", d_t[:, 8:32].reshape(n, 8, 3), weight[8:16].view(1, 8))
-    d_weight_16 = torch.einsum("zuk,zupk->pu", d_t[:, 8:32].reshape(n, 8, 3), _t_t_0_0_1)
+    _c7 = torch.einsum("zuk,zui->ziku", d_t[:, 0:8].reshape(n, 8, 1), x[:, 8:32].reshape(n, 8, 3))
+    d__m_t_0_14 = torch.einsum("pu,ziku->zipk", weight[24:32].view(1, 8), _c7)
+    # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
+    d_weight_15 = torch.einsum("zuk,zkpu->pu", d_t[:, 0:8].reshape(n, 8, 1), _c2)
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    d_x_17 = torch.einsum("zupk,zipk->zui", d__t_t_0_0_1, _m_t_0[:, 1:4].reshape(n, 1, 1, 3))
+    _c8 = torch.einsum("zuk,zipk->zipu", d_t[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 1:4].reshape(n, 1, 1, 3))
+    d_x_16 = torch.einsum("pu,zipu->zui", weight[8:16].view(1, 8), _c8)
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    d__m_t_0_18 = torch.einsum("zupk,zui->zipk", d__t_t_0_0_1, x[:, 0:8].reshape(n, 8, 1))
-    d__t_t_0_0_0 = torch.einsum("zuk,pu->zupk", d_t[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8))
-    d_weight_19 = torch.einsum("zuk,zupk->pu", d_t[:, 0:8].reshape(n, 8, 1), _t_t_0_0_0)
+    _c9 = torch.einsum("zuk,zui->ziku", d_t[:, 8:32].reshape(n, 8, 3), x[:, 0:8].reshape(n, 8, 1))
+    d__m_t_0_17 = torch.einsum("pu,ziku->zipk", weight[8:16].view(1, 8), _c9)
+    # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
+    d_weight_18 = torch.einsum("zui,zipu->pu", x[:, 0:8].reshape(n, 8, 1), _c8)
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    d_x_20 = d__t_t_0_0_0.reshape(n, 8, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    _c10 = d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 1, 1, 8) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    d_x_19 = torch.einsum("pu,zipu->zui", weight[0:8].view(1, 8), _c10)
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
-    d__m_t_0_21 = torch.einsum("zupk,zui->zipk", d__t_t_0_0_0, x[:, 0:8].reshape(n, 8, 1))
+    _c11 = torch.einsum("zuk,zui->ziku", d_t[:, 0:8].reshape(n, 8, 1), x[:, 0:8].reshape(n, 8, 1))
+    d__m_t_0_20 = torch.einsum("pu,ziku->zipk", weight[0:8].view(1, 8), _c11)
+    # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
+    d_weight_21 = torch.einsum("zipk,ziku->pu", _m_t_0[:, 0:1].reshape(n, 1, 1, 1), _c11)
     # ∂/∂y: every path's (i, k) map at once: y · G
     d__m_t_0 = torch.cat([
-        d__m_t_0_21.reshape(n, 1),
-        d__m_t_0_18.reshape(n, 3),
-        d__m_t_0_15.reshape(n, 3),
-        d__m_t_0_12.reshape(n, 9),
+        d__m_t_0_20.reshape(n, 1),
+        d__m_t_0_17.reshape(n, 3),
+        d__m_t_0_14.reshape(n, 3),
+        d__m_t_0_11.reshape(n, 9),
     ], dim=-1)
     d_y_22 = torch.einsum("zc,jc->zj", d__m_t_0, _g_t_0)
     d_x = torch.cat([
-        (d_x_5 + d_x_17 + d_x_20).reshape(n, 8),
-        (d_x_4 + d_x_11 + d_x_14).reshape(n, 24),
+        (d_x_5 + d_x_16 + d_x_19).reshape(n, 8),
+        (d_x_4 + d_x_10 + d_x_13).reshape(n, 24),
     ], dim=-1)
     d_y = d_y_22
     d_weight = torch.cat([
-        d_weight_19.reshape(8),
-        d_weight_16.reshape(8),
-        d_weight_10.reshape(8),
-        d_weight_13.reshape(8),
+        d_weight_21.reshape(8),
+        d_weight_18.reshape(8),
+        d_weight_12.reshape(8),
+        d_weight_15.reshape(8),
         d_weight_9.reshape(64),
         d_weight_7.reshape(64),
     ], dim=-1)
@@ -3073,43 +3099,47 @@ def _tp_then_linear_d2_x(
     d_t_0 = torch.einsum("zwi,uw->zui", d_z[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
     # ∂/∂t: 8x0e -> 8x0e
     d_t_1 = torch.einsum("zwi,uw->zui", d_z[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
+    # ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
+    _c0 = torch.einsum("zui,zipk->zkpu", d2_d_x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 0:1].reshape(n, 1, 1, 1))
+    d2_d_t_2 = torch.einsum("pu,zkpu->zuk", weight[0:8].view(1, 8), _c0)
+    # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
     d_t = torch.cat([
         d_t_1.reshape(n, 8),
         d_t_0.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    d__t_t_0_1_1 = torch.einsum("zuk,pu->zupk", d_t[:, 8:32].reshape(n, 8, 3), weight[16:24].view(1, 8))
-    d__t_t_0_1_0 = torch.einsum("zuk,pu->zupk", d_t[:, 0:8].reshape(n, 8, 1), weight[24:32].view(1, 8))
-    d__t_t_0_0_1 = torch.einsum("zuk,pu->zupk", d_t[:, 8:32].reshape(n, 8, 3), weight[8:16].view(1, 8))
-    d__t_t_0_0_0 = torch.einsum("zuk,pu->zupk", d_t[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8))
-    # ∂/∂d__t_t_0_0_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    d2_d__t_t_0_0_0 = d2_d_x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
-    # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    d2__m_t_0_2 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 0:8].reshape(n, 8, 1), d__t_t_0_0_0)
-    d2_d_t_3 = d2_d__t_t_0_0_0.reshape(n, 8, 1) * weight[0:8].view(1, 8).reshape(1, 8, 1)
-    d2_weight_4 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_0_0, d_t[:, 0:8].reshape(n, 8, 1))
-    # ∂/∂d__t_t_0_0_1: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    d2_d__t_t_0_0_1 = d2_d_x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
+    _c1 = torch.einsum("zui,zuk->ziku", d2_d_x[:, 0:8].reshape(n, 8, 1), d_t[:, 0:8].reshape(n, 8, 1))
+    d2__m_t_0_3 = torch.einsum("pu,ziku->zipk", weight[0:8].view(1, 8), _c1)
+    # ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
+    d2_weight_4 = torch.einsum("zipk,ziku->pu", _m_t_0[:, 0:1].reshape(n, 1, 1, 1), _c1)
+    # ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
+    _c2 = torch.einsum("zui,pu->zipu", d2_d_x[:, 0:8].reshape(n, 8, 1), weight[8:16].view(1, 8))
+    d2_d_t_5 = _m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 3) * _c2.reshape(n, 8, 1)
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    d2__m_t_0_5 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 0:8].reshape(n, 8, 1), d__t_t_0_0_1)
-    d2_d_t_6 = d2_d__t_t_0_0_1.reshape(n, 8, 3) * weight[8:16].view(1, 8).reshape(1, 8, 1)
-    d2_weight_7 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_0_1, d_t[:, 8:32].reshape(n, 8, 3))
-    # ∂/∂d__t_t_0_1_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    d2_d__t_t_0_1_0 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
+    _c3 = torch.einsum("zui,zuk->ziku", d2_d_x[:, 0:8].reshape(n, 8, 1), d_t[:, 8:32].reshape(n, 8, 3))
+    d2__m_t_0_6 = torch.einsum("pu,ziku->zipk", weight[8:16].view(1, 8), _c3)
+    # ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
+    d2_weight_7 = torch.einsum("zipk,ziku->pu", _m_t_0[:, 1:4].reshape(n, 1, 1, 3), _c3)
+    # ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
+    _c4 = torch.einsum("zui,zipk->zkpu", d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
+    d2_d_t_8 = torch.einsum("pu,zkpu->zuk", weight[24:32].view(1, 8), _c4)
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    d2__m_t_0_8 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 8:32].reshape(n, 8, 3), d__t_t_0_1_0)
-    d2_d_t_9 = d2_d__t_t_0_1_0.reshape(n, 8, 1) * weight[24:32].view(1, 8).reshape(1, 8, 1)
-    d2_weight_10 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_1_0, d_t[:, 0:8].reshape(n, 8, 1))
-    # ∂/∂d__t_t_0_1_1: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    d2_d__t_t_0_1_1 = torch.einsum("zui,zipk->zupk", d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
+    _c5 = torch.einsum("zui,zuk->ziku", d2_d_x[:, 8:32].reshape(n, 8, 3), d_t[:, 0:8].reshape(n, 8, 1))
+    d2__m_t_0_9 = torch.einsum("pu,ziku->zipk", weight[24:32].view(1, 8), _c5)
+    # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
+    d2_weight_10 = torch.einsum("zuk,zkpu->pu", d_t[:, 0:8].reshape(n, 8, 1), _c4)
+    # ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
+    _c6 = torch.einsum("zui,zipk->zkpu", d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
+    d2_d_t_11 = torch.einsum("pu,zkpu->zuk", weight[16:24].view(1, 8), _c6)
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    d2__m_t_0_11 = torch.einsum("zui,zupk->zipk", d2_d_x[:, 8:32].reshape(n, 8, 3), d__t_t_0_1_1)
-    d2_d_t_12 = d2_d__t_t_0_1_1.reshape(n, 8, 3) * weight[16:24].view(1, 8).reshape(1, 8, 1)
-    d2_weight_13 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_1_1, d_t[:, 8:32].reshape(n, 8, 3))
+    _c7 = torch.einsum("zui,zuk->ziku", d2_d_x[:, 8:32].reshape(n, 8, 3), d_t[:, 8:32].reshape(n, 8, 3))
+    d2__m_t_0_12 = torch.einsum("pu,ziku->zipk", weight[16:24].view(1, 8), _c7)
+    # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
+    d2_weight_13 = torch.einsum("zuk,zkpu->pu", d_t[:, 8:32].reshape(n, 8, 3), _c6)
     # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
     d2_d_t = torch.cat([
-        (d2_d_t_3 + d2_d_t_9).reshape(n, 8),
-        (d2_d_t_6 + d2_d_t_12).reshape(n, 24),
+        (d2_d_t_2 + d2_d_t_8).reshape(n, 8),
+        (d2_d_t_5 + d2_d_t_11).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
     d2_d_z_14 = torch.einsum("zui,uw->zwi", d2_d_t[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
@@ -3125,10 +3155,10 @@ def _tp_then_linear_d2_x(
     d2_d_z_19 = d2_d_x[:, 8:32].reshape(n, 8, 3)
     # ∂/∂y: every path's (i, k) map at once: y · G
     d2__m_t_0 = torch.cat([
-        d2__m_t_0_2.reshape(n, 1),
-        d2__m_t_0_5.reshape(n, 3),
-        d2__m_t_0_8.reshape(n, 3),
-        d2__m_t_0_11.reshape(n, 9),
+        d2__m_t_0_3.reshape(n, 1),
+        d2__m_t_0_6.reshape(n, 3),
+        d2__m_t_0_9.reshape(n, 3),
+        d2__m_t_0_12.reshape(n, 9),
     ], dim=-1)
     d2_y_20 = torch.einsum("zc,jc->zj", d2__m_t_0, _g_t_0)
     d2_x = weight.new_zeros(n, 32)
@@ -3158,45 +3188,49 @@ def _tp_then_linear_d2_y(
     d_t_0 = torch.einsum("zwi,uw->zui", d_z[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
     # ∂/∂t: 8x0e -> 8x0e
     d_t_1 = torch.einsum("zwi,uw->zui", d_z[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
+    # ∂/∂d__m_t_0: ∂/∂y: every path's (i, k) map at once: y · G
+    d2_d__m_t_0 = torch.einsum("zj,jc->zc", d2_d_y.reshape(n, 4), _g_t_0)
+    # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    _c0 = torch.einsum("zipk,zui->zkpu", d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1), x[:, 0:8].reshape(n, 8, 1))
+    d2_d_t_2 = torch.einsum("pu,zkpu->zuk", weight[0:8].view(1, 8), _c0)
+    # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
     d_t = torch.cat([
         d_t_1.reshape(n, 8),
         d_t_0.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    d__t_t_0_1_1 = torch.einsum("zuk,pu->zupk", d_t[:, 8:32].reshape(n, 8, 3), weight[16:24].view(1, 8))
-    d__t_t_0_1_0 = torch.einsum("zuk,pu->zupk", d_t[:, 0:8].reshape(n, 8, 1), weight[24:32].view(1, 8))
-    d__t_t_0_0_1 = torch.einsum("zuk,pu->zupk", d_t[:, 8:32].reshape(n, 8, 3), weight[8:16].view(1, 8))
-    d__t_t_0_0_0 = torch.einsum("zuk,pu->zupk", d_t[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8))
-    # ∂/∂d__m_t_0: ∂/∂y: every path's (i, k) map at once: y · G
-    d2_d__m_t_0 = torch.einsum("zj,jc->zc", d2_d_y.reshape(n, 4), _g_t_0)
-    # ∂/∂d__t_t_0_0_0: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
-    d2_d__t_t_0_0_0 = d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1)
-    # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
-    d2_x_2 = d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_t_0_0_0.reshape(n, 8, 1)
-    d2_d_t_3 = d2_d__t_t_0_0_0.reshape(n, 8, 1) * weight[0:8].view(1, 8).reshape(1, 8, 1)
-    d2_weight_4 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_0_0, d_t[:, 0:8].reshape(n, 8, 1))
-    # ∂/∂d__t_t_0_0_1: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    d2_d__t_t_0_0_1 = d2_d__m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1)
+    _c1 = d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 1, 1, 8)
+    d2_x_3 = torch.einsum("pu,zipu->zui", weight[0:8].view(1, 8), _c1)
+    # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    d2_weight_4 = torch.einsum("zui,zipu->pu", x[:, 0:8].reshape(n, 8, 1), _c1)
+    # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    _c2 = torch.einsum("zui,pu->zipu", x[:, 0:8].reshape(n, 8, 1), weight[8:16].view(1, 8))
+    d2_d_t_5 = d2_d__m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 3) * _c2.reshape(n, 8, 1)
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    d2_x_5 = torch.einsum("zipk,zupk->zui", d2_d__m_t_0[:, 1:4].reshape(n, 1, 1, 3), d__t_t_0_0_1)
-    d2_d_t_6 = d2_d__t_t_0_0_1.reshape(n, 8, 3) * weight[8:16].view(1, 8).reshape(1, 8, 1)
-    d2_weight_7 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_0_1, d_t[:, 8:32].reshape(n, 8, 3))
-    # ∂/∂d__t_t_0_1_0: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    d2_d__t_t_0_1_0 = torch.einsum("zipk,zui->zupk", d2_d__m_t_0[:, 4:7].reshape(n, 3, 1, 1), x[:, 8:32].reshape(n, 8, 3))
+    _c3 = torch.einsum("zipk,zuk->zipu", d2_d__m_t_0[:, 1:4].reshape(n, 1, 1, 3), d_t[:, 8:32].reshape(n, 8, 3))
+    d2_x_6 = torch.einsum("pu,zipu->zui", weight[8:16].view(1, 8), _c3)
+    # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    d2_weight_7 = torch.einsum("zui,zipu->pu", x[:, 0:8].reshape(n, 8, 1), _c3)
+    # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    _c4 = torch.einsum("zipk,zui->zkpu", d2_d__m_t_0[:, 4:7].reshape(n, 3, 1, 1), x[:, 8:32].reshape(n, 8, 3))
+    d2_d_t_8 = torch.einsum("pu,zkpu->zuk", weight[24:32].view(1, 8), _c4)
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    d2_x_8 = d2_d__m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_t_0_1_0.reshape(n, 8, 1)
-    d2_d_t_9 = d2_d__t_t_0_1_0.reshape(n, 8, 1) * weight[24:32].view(1, 8).reshape(1, 8, 1)
-    d2_weight_10 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_1_0, d_t[:, 0:8].reshape(n, 8, 1))
-    # ∂/∂d__t_t_0_1_1: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
-    d2_d__t_t_0_1_1 = torch.einsum("zipk,zui->zupk", d2_d__m_t_0[:, 7:16].reshape(n, 3, 1, 3), x[:, 8:32].reshape(n, 8, 3))
+    _c5 = torch.einsum("zuk,pu->zkpu", d_t[:, 0:8].reshape(n, 8, 1), weight[24:32].view(1, 8))
+    d2_x_9 = d2_d__m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c5.reshape(n, 8, 1)
+    # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    d2_weight_10 = torch.einsum("zuk,zkpu->pu", d_t[:, 0:8].reshape(n, 8, 1), _c4)
+    # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    _c6 = torch.einsum("zipk,zui->zkpu", d2_d__m_t_0[:, 7:16].reshape(n, 3, 1, 3), x[:, 8:32].reshape(n, 8, 3))
+    d2_d_t_11 = torch.einsum("pu,zkpu->zuk", weight[16:24].view(1, 8), _c6)
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
-    d2_x_11 = torch.einsum("zipk,zupk->zui", d2_d__m_t_0[:, 7:16].reshape(n, 3, 1, 3), d__t_t_0_1_1)
-    d2_d_t_12 = d2_d__t_t_0_1_1.reshape(n, 8, 3) * weight[16:24].view(1, 8).reshape(1, 8, 1)
-    d2_weight_13 = torch.einsum("zupk,zuk->pu", d2_d__t_t_0_1_1, d_t[:, 8:32].reshape(n, 8, 3))
+    _c7 = torch.einsum("zipk,zuk->zipu", d2_d__m_t_0[:, 7:16].reshape(n, 3, 1, 3), d_t[:, 8:32].reshape(n, 8, 3))
+    d2_x_12 = torch.einsum("pu,zipu->zui", weight[16:24].view(1, 8), _c7)
+    # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    d2_weight_13 = torch.einsum("zui,zipu->pu", x[:, 8:32].reshape(n, 8, 3), _c7)
     # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
     d2_d_t = torch.cat([
-        (d2_d_t_3 + d2_d_t_9).reshape(n, 8),
-        (d2_d_t_6 + d2_d_t_12).reshape(n, 24),
+        (d2_d_t_2 + d2_d_t_8).reshape(n, 8),
+        (d2_d_t_5 + d2_d_t_11).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
     d2_d_z_14 = torch.einsum("zui,uw->zwi", d2_d_t[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
@@ -3207,8 +3241,8 @@ def _tp_then_linear_d2_y(
     # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
     d2_weight_17 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373), d_z[:, 8:32].reshape(n, 8, 3))
     d2_x = torch.cat([
-        (d2_x_2 + d2_x_5).reshape(n, 8),
-        (d2_x_8 + d2_x_11).reshape(n, 24),
+        (d2_x_3 + d2_x_6).reshape(n, 8),
+        (d2_x_9 + d2_x_12).reshape(n, 24),
     ], dim=-1)
     d2_y = weight.new_zeros(n, 4)
     d2_d_z = torch.cat([
@@ -3235,117 +3269,146 @@ def _tp_then_linear_d2_weight(
     # every path's (i, k) map at once: y · G
     _m_t_0 = torch.einsum("zj,jc->zc", y.reshape(n, 4), _g_t_0)
     # 1 paths 8x0e ⊗ y -> 8x0e
-    _t_t_0_0_0 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
-    t_0 = _t_t_0_0_0.reshape(n, 8, 1) * weight[0:8].view(1, 8).reshape(1, 8, 1)
+    _c0 = torch.einsum("zui,zipk->zkpu", x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 0:1].reshape(n, 1, 1, 1))
+    t_0 = torch.einsum("pu,zkpu->zuk", weight[0:8].view(1, 8), _c0)
     # 1 paths 8x0e ⊗ y -> 8x1o
-    _t_t_0_0_1 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
-    t_1 = _t_t_0_0_1.reshape(n, 8, 3) * weight[8:16].view(1, 8).reshape(1, 8, 1)
+    _c1 = torch.einsum("zui,pu->zipu", x[:, 0:8].reshape(n, 8, 1), weight[8:16].view(1, 8))
+    t_1 = _m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 3) * _c1.reshape(n, 8, 1)
     # 1 paths 8x1o ⊗ y -> 8x0e
-    _t_t_0_1_0 = torch.einsum("zui,zipk->zupk", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
-    t_2 = _t_t_0_1_0.reshape(n, 8, 1) * weight[24:32].view(1, 8).reshape(1, 8, 1)
+    _c2 = torch.einsum("zui,zipk->zkpu", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
+    t_2 = torch.einsum("pu,zkpu->zuk", weight[24:32].view(1, 8), _c2)
     # 1 paths 8x1o ⊗ y -> 8x1o
-    _t_t_0_1_1 = torch.einsum("zui,zipk->zupk", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
-    t_3 = _t_t_0_1_1.reshape(n, 8, 3) * weight[16:24].view(1, 8).reshape(1, 8, 1)
+    _c3 = torch.einsum("zui,zipk->zkpu", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
+    t_3 = torch.einsum("pu,zkpu->zuk", weight[16:24].view(1, 8), _c3)
     # ∂/∂t: 8x1o -> 8x1o
     d_t_4 = torch.einsum("zwi,uw->zui", d_z[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
     # ∂/∂t: 8x0e -> 8x0e
     d_t_5 = torch.einsum("zwi,uw->zui", d_z[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
-    d2_d_t_6 = d2_d_weight[0:8].view(1, 8).reshape(1, 8, 1) * _t_t_0_0_0.reshape(n, 8, 1)
+    # ∂/∂d_t: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
+    d2_d_t_6 = torch.einsum("pu,zkpu->zuk", d2_d_weight[0:8].view(1, 8), _c0)
+    # ∂/∂x: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
     d_t = torch.cat([
         d_t_5.reshape(n, 8),
         d_t_4.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    d2__t_t_0_0_0_7 = torch.einsum("pu,zuk->zupk", d2_d_weight[0:8].view(1, 8), d_t[:, 0:8].reshape(n, 8, 1))
-    d2_d_t_8 = d2_d_weight[8:16].view(1, 8).reshape(1, 8, 1) * _t_t_0_0_1.reshape(n, 8, 3)
-    d2__t_t_0_0_1_9 = torch.einsum("pu,zuk->zupk", d2_d_weight[8:16].view(1, 8), d_t[:, 8:32].reshape(n, 8, 3))
-    d2_d_t_10 = d2_d_weight[24:32].view(1, 8).reshape(1, 8, 1) * _t_t_0_1_0.reshape(n, 8, 1)
-    d2__t_t_0_1_0_11 = torch.einsum("pu,zuk->zupk", d2_d_weight[24:32].view(1, 8), d_t[:, 0:8].reshape(n, 8, 1))
-    d2_d_t_12 = d2_d_weight[16:24].view(1, 8).reshape(1, 8, 1) * _t_t_0_1_1.reshape(n, 8, 3)
-    d2__t_t_0_1_1_13 = torch.einsum("pu,zuk->zupk", d2_d_weight[16:24].view(1, 8), d_t[:, 8:32].reshape(n, 8, 3))
+    _c4 = torch.einsum("pu,zuk->zkpu", d2_d_weight[0:8].view(1, 8), d_t[:, 0:8].reshape(n, 8, 1))
+    d2_x_7 = _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * _c4.reshape(n, 8, 1)
+    # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
+    _c5 = torch.einsum("zuk,zui->ziku", d_t[:, 0:8].reshape(n, 8, 1), x[:, 0:8].reshape(n, 8, 1))
+    d2__m_t_0_8 = torch.einsum("pu,ziku->zipk", d2_d_weight[0:8].view(1, 8), _c5)
+    # ∂/∂d_t: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
+    _c6 = torch.einsum("pu,zui->zipu", d2_d_weight[8:16].view(1, 8), x[:, 0:8].reshape(n, 8, 1))
+    d2_d_t_9 = _m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 3) * _c6.reshape(n, 8, 1)
+    # ∂/∂x: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
+    _c7 = torch.einsum("zuk,zipk->zipu", d_t[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 1:4].reshape(n, 1, 1, 3))
+    d2_x_10 = torch.einsum("pu,zipu->zui", d2_d_weight[8:16].view(1, 8), _c7)
+    # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
+    _c8 = torch.einsum("zuk,zui->ziku", d_t[:, 8:32].reshape(n, 8, 3), x[:, 0:8].reshape(n, 8, 1))
+    d2__m_t_0_11 = torch.einsum("pu,ziku->zipk", d2_d_weight[8:16].view(1, 8), _c8)
+    # ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
+    d2_d_t_12 = torch.einsum("pu,zkpu->zuk", d2_d_weight[24:32].view(1, 8), _c2)
+    # ∂/∂x: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
+    _c9 = torch.einsum("pu,zuk->zkpu", d2_d_weight[24:32].view(1, 8), d_t[:, 0:8].reshape(n, 8, 1))
+    d2_x_13 = _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c9.reshape(n, 8, 1)
+    # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
+    _c10 = torch.einsum("zuk,zui->ziku", d_t[:, 0:8].reshape(n, 8, 1), x[:, 8:32].reshape(n, 8, 3))
+    d2__m_t_0_14 = torch.einsum("pu,ziku->zipk", d2_d_weight[24:32].view(1, 8), _c10)
+    # ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
+    d2_d_t_15 = torch.einsum("pu,zkpu->zuk", d2_d_weight[16:24].view(1, 8), _c3)
+    # ∂/∂x: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
+    _c11 = torch.einsum("pu,zuk->zkpu", d2_d_weight[16:24].view(1, 8), d_t[:, 8:32].reshape(n, 8, 3))
+    d2_x_16 = torch.einsum("zipk,zkpu->zui", _m_t_0[:, 7:16].reshape(n, 3, 1, 3), _c11)
+    # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
+    _c12 = torch.einsum("zuk,zui->ziku", d_t[:, 8:32].reshape(n, 8, 3), x[:, 8:32].reshape(n, 8, 3))
+    d2__m_t_0_17 = torch.einsum("pu,ziku->zipk", d2_d_weight[16:24].view(1, 8), _c12)
     # ∂/∂d_z: ∂/∂weight: 8x0e -> 8x0e
     t = torch.cat([
         (t_0 + t_2).reshape(n, 8),
         (t_1 + t_3).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    d2_d_z_14 = torch.einsum("uw,zui->zwi", (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373), t[:, 0:8].reshape(n, 8, 1))
+    d2_d_z_18 = torch.einsum("uw,zui->zwi", (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373), t[:, 0:8].reshape(n, 8, 1))
     # ∂/∂t: ∂/∂weight: 8x0e -> 8x0e
-    d2_t_15 = torch.einsum("uw,zwi->zui", (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373), d_z[:, 0:8].reshape(n, 8, 1))
+    d2_t_19 = torch.einsum("uw,zwi->zui", (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373), d_z[:, 0:8].reshape(n, 8, 1))
     # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
     d2_d_t = torch.cat([
-        (d2_d_t_6 + d2_d_t_10).reshape(n, 8),
-        (d2_d_t_8 + d2_d_t_12).reshape(n, 24),
+        (d2_d_t_6 + d2_d_t_12).reshape(n, 8),
+        (d2_d_t_9 + d2_d_t_15).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    d2_d_z_16 = torch.einsum("zui,uw->zwi", d2_d_t[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
+    d2_d_z_20 = torch.einsum("zui,uw->zwi", d2_d_t[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
     # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
-    d2_weight_17 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373), d_z[:, 0:8].reshape(n, 8, 1))
+    d2_weight_21 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373), d_z[:, 0:8].reshape(n, 8, 1))
     # ∂/∂d_z: ∂/∂weight: 8x1o -> 8x1o
-    d2_d_z_18 = torch.einsum("uw,zui->zwi", (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373), t[:, 8:32].reshape(n, 8, 3))
+    d2_d_z_22 = torch.einsum("uw,zui->zwi", (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373), t[:, 8:32].reshape(n, 8, 3))
     # ∂/∂t: ∂/∂weight: 8x1o -> 8x1o
-    d2_t_19 = torch.einsum("uw,zwi->zui", (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373), d_z[:, 8:32].reshape(n, 8, 3))
+    d2_t_23 = torch.einsum("uw,zwi->zui", (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373), d_z[:, 8:32].reshape(n, 8, 3))
     # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
-    d2_d_z_20 = torch.einsum("zui,uw->zwi", d2_d_t[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
+    d2_d_z_24 = torch.einsum("zui,uw->zwi", d2_d_t[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
     # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
-    d2_weight_21 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373), d_z[:, 8:32].reshape(n, 8, 3))
+    d2_weight_25 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373), d_z[:, 8:32].reshape(n, 8, 3))
+    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
     d2_t = torch.cat([
-        d2_t_15.reshape(n, 8),
-        d2_t_19.reshape(n, 24),
+        d2_t_19.reshape(n, 8),
+        d2_t_23.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    d2__t_t_0_1_1_22 = torch.einsum("zuk,pu->zupk", d2_t[:, 8:32].reshape(n, 8, 3), weight[16:24].view(1, 8))
-    d2_weight_23 = torch.einsum("zuk,zupk->pu", d2_t[:, 8:32].reshape(n, 8, 3), _t_t_0_1_1)
-    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    d2__t_t_0_1_1 = d2__t_t_0_1_1_13 + d2__t_t_0_1_1_22
-    d2_x_24 = torch.einsum("zupk,zipk->zui", d2__t_t_0_1_1, _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
+    _c13 = torch.einsum("zuk,zipk->zipu", d2_t[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
+    d2_x_26 = torch.einsum("pu,zipu->zui", weight[16:24].view(1, 8), _c13)
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
-    d2__m_t_0_25 = torch.einsum("zupk,zui->zipk", d2__t_t_0_1_1, x[:, 8:32].reshape(n, 8, 3))
-    d2__t_t_0_1_0_26 = torch.einsum("zuk,pu->zupk", d2_t[:, 0:8].reshape(n, 8, 1), weight[24:32].view(1, 8))
-    d2_weight_27 = torch.einsum("zuk,zupk->pu", d2_t[:, 0:8].reshape(n, 8, 1), _t_t_0_1_0)
+    _c14 = torch.einsum("zuk,zui->ziku", d2_t[:, 8:32].reshape(n, 8, 3), x[:, 8:32].reshape(n, 8, 3))
+    d2__m_t_0_27 = torch.einsum("pu,ziku->zipk", weight[16:24].view(1, 8), _c14)
+    # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
+    d2_weight_28 = torch.einsum("zui,zipu->pu", x[:, 8:32].reshape(n, 8, 3), _c13)
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    d2__t_t_0_1_0 = d2__t_t_0_1_0_11 + d2__t_t_0_1_0_26
-    d2_x_28 = d2__t_t_0_1_0.reshape(n, 8, 1) * _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3)
+    _c15 = torch.einsum("zuk,pu->zkpu", d2_t[:, 0:8].reshape(n, 8, 1), weight[24:32].view(1, 8))
+    d2_x_29 = _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c15.reshape(n, 8, 1)
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    d2__m_t_0_29 = torch.einsum("zupk,zui->zipk", d2__t_t_0_1_0, x[:, 8:32].reshape(n, 8, 3))
-    d2__t_t_0_0_1_30 = torch.einsum("zuk,pu->zupk", d2_t[:, 8:32].reshape(n, 8, 3), weight[8:16].view(1, 8))
-    d2_weight_31 = torch.einsum("zuk,zupk->pu", d2_t[:, 8:32].reshape(n, 8, 3), _t_t_0_0_1)
+    _c16 = torch.einsum("zuk,zui->ziku", d2_t[:, 0:8].reshape(n, 8, 1), x[:, 8:32].reshape(n, 8, 3))
+    d2__m_t_0_30 = torch.einsum("pu,ziku->zipk", weight[24:32].view(1, 8), _c16)
+    # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
+    d2_weight_31 = torch.einsum("zuk,zkpu->pu", d2_t[:, 0:8].reshape(n, 8, 1), _c2)
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    d2__t_t_0_0_1 = d2__t_t_0_0_1_9 + d2__t_t_0_0_1_30
-    d2_x_32 = torch.einsum("zupk,zipk->zui", d2__t_t_0_0_1, _m_t_0[:, 1:4].reshape(n, 1, 1, 3))
+    _c17 = torch.einsum("zuk,zipk->zipu", d2_t[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 1:4].reshape(n, 1, 1, 3))
+    d2_x_32 = torch.einsum("pu,zipu->zui", weight[8:16].view(1, 8), _c17)
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    d2__m_t_0_33 = torch.einsum("zupk,zui->zipk", d2__t_t_0_0_1, x[:, 0:8].reshape(n, 8, 1))
-    d2__t_t_0_0_0_34 = torch.einsum("zuk,pu->zupk", d2_t[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8))
-    d2_weight_35 = torch.einsum("zuk,zupk->pu", d2_t[:, 0:8].reshape(n, 8, 1), _t_t_0_0_0)
+    _c18 = torch.einsum("zuk,zui->ziku", d2_t[:, 8:32].reshape(n, 8, 3), x[:, 0:8].reshape(n, 8, 1))
+    d2__m_t_0_33 = torch.einsum("pu,ziku->zipk", weight[8:16].view(1, 8), _c18)
+    # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
+    d2_weight_34 = torch.einsum("zui,zipu->pu", x[:, 0:8].reshape(n, 8, 1), _c17)
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    d2__t_t_0_0_0 = d2__t_t_0_0_0_7 + d2__t_t_0_0_0_34
-    d2_x_36 = d2__t_t_0_0_0.reshape(n, 8, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    _c19 = d2_t[:, 0:8].reshape(n, 8, 1).reshape(n, 1, 1, 8) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    d2_x_35 = torch.einsum("pu,zipu->zui", weight[0:8].view(1, 8), _c19)
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
-    d2__m_t_0_37 = torch.einsum("zupk,zui->zipk", d2__t_t_0_0_0, x[:, 0:8].reshape(n, 8, 1))
+    _c20 = torch.einsum("zuk,zui->ziku", d2_t[:, 0:8].reshape(n, 8, 1), x[:, 0:8].reshape(n, 8, 1))
+    d2__m_t_0_36 = torch.einsum("pu,ziku->zipk", weight[0:8].view(1, 8), _c20)
+    # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
+    d2_weight_37 = torch.einsum("zipk,ziku->pu", _m_t_0[:, 0:1].reshape(n, 1, 1, 1), _c20)
     # ∂/∂y: every path's (i, k) map at once: y · G
     d2__m_t_0 = torch.cat([
-        d2__m_t_0_37.reshape(n, 1),
-        d2__m_t_0_33.reshape(n, 3),
-        d2__m_t_0_29.reshape(n, 3),
-        d2__m_t_0_25.reshape(n, 9),
+        (d2__m_t_0_8 + d2__m_t_0_36).reshape(n, 1),
+        (d2__m_t_0_11 + d2__m_t_0_33).reshape(n, 3),
+        (d2__m_t_0_14 + d2__m_t_0_30).reshape(n, 3),
+        (d2__m_t_0_17 + d2__m_t_0_27).reshape(n, 9),
     ], dim=-1)
     d2_y_38 = torch.einsum("zc,jc->zj", d2__m_t_0, _g_t_0)
     d2_x = torch.cat([
-        (d2_x_32 + d2_x_36).reshape(n, 8),
-        (d2_x_24 + d2_x_28).reshape(n, 24),
+        (d2_x_7 + d2_x_10 + d2_x_32 + d2_x_35).reshape(n, 8),
+        (d2_x_13 + d2_x_16 + d2_x_26 + d2_x_29).reshape(n, 24),
     ], dim=-1)
     d2_y = d2_y_38
     d2_d_z = torch.cat([
-        (d2_d_z_14 + d2_d_z_16).reshape(n, 8),
-        (d2_d_z_18 + d2_d_z_20).reshape(n, 24),
+        (d2_d_z_18 + d2_d_z_20).reshape(n, 8),
+        (d2_d_z_22 + d2_d_z_24).reshape(n, 24),
     ], dim=-1)
     d2_weight = torch.cat([
-        d2_weight_35.reshape(8),
+        d2_weight_37.reshape(8),
+        d2_weight_34.reshape(8),
+        d2_weight_28.reshape(8),
         d2_weight_31.reshape(8),
-        d2_weight_23.reshape(8),
-        d2_weight_27.reshape(8),
-        d2_weight_17.reshape(64),
         d2_weight_21.reshape(64),
+        d2_weight_25.reshape(64),
     ], dim=-1)
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
