@@ -1,10 +1,11 @@
 """The torch back end: emits a readable, deterministic Python module, one nn.Module per diagram.
 
-Each diagram becomes three programs of labelled contractions (`fusionc.analysis.program`): the
-forward, its vector-Jacobian product and that product's own, each written as straight-line torch
-code — pairwise einsums over rows z, channels u/v/w and components i/j/k in the order the CPU
-cost model chooses, CG tables as buffers, weights as views of a flat vector laid out as e3nn
-lays it out — and registered as a custom op whose autograd is the next program's op.
+Each diagram becomes programs of labelled contractions (`fusionc.analysis.program`): the forward,
+its vector-Jacobian product per output, and per input that product's own; each is written as
+straight-line torch code — pairwise einsums over rows z, channels u/v/w and components i/j/k in
+the order the CPU cost model chooses, CG tables and stacked CG matrices as buffers, weights as
+views of a flat vector laid out as e3nn lays it out — and registered as a custom op whose
+autograd runs the next programs' ops.
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ class _ProgramWriter:
                 for part in parts:
                     self.w(f"{part},")
                 self.w.dedent()
-                self.w(f"], dim={-1})")
+                self.w("], dim=-1)")
         self.ready[name] = (name, (t.size,))
         return self.ready[name]
 

@@ -9,7 +9,8 @@ kernel, and recoupled terms map their weights through the exact recoupling matri
 - Others tile rows only (BLOCK_Z = 16) and hold every channel of a block: channel mixing with
   shared weights is a tl.dot in IEEE precision (not TF32), with per-row weights a broadcast sum;
   `uvuv` places channel pairs (u, v) through a 0/1 selection matrix.
-The kernel is the op's forward; its backward is the VJP of the same diagram's torch row function.
+The kernel is the op's forward; its backward and double backward are the diagram's derivative
+programs, run by their torch code (no Triton kernels for those yet).
 """
 
 from __future__ import annotations
