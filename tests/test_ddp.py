@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ import torch.distributed as dist
 import fusionc
 
 rank, world = int(sys.argv[1]), 2
-dist.init_process_group("gloo", rank=rank, world_size=world)
+dist.init_process_group("gloo", init_method=sys.argv[3], rank=rank, world_size=world)
 torch.manual_seed(0)  # the same initial weights on every rank
 ops = fusionc.load(os.path.join(sys.argv[2], "kernels", "mace_product.fus"))
 model = torch.nn.parallel.DistributedDataParallel(ops.mace_product_4())
@@ -34,16 +33,11 @@ dist.destroy_process_group()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_all_reduces_gradients_of_fusionc_ops(tmp_path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "FUSIONC_CACHE_DIR": str(tmp_path),
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(rank), str(REPO)], env=env,
+    # rendezvous through a file: no TCP port to pick, so no race with other processes for one
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FUSIONC_CACHE_DIR": str(tmp_path)}
+    rendezvous = f"file://{tmp_path / 'rendezvous'}"
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(rank), str(REPO), rendezvous], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
     results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
     for out, err, code in results:
