@@ -28,7 +28,8 @@ gathered = [torch.empty_like(grad) for _ in range(world)]
 dist.all_gather(gathered, grad)
 assert torch.equal(gathered[0], gathered[1]), "gradients differ between ranks after all-reduce"
 assert grad.abs().sum() > 0
-print("rank", rank, "ok")
+print("rank", rank, "ok", flush=True)
+dist.barrier()  # both ranks done communicating before either tears gloo down
 dist.destroy_process_group()
 """
 
