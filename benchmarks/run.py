@@ -60,20 +60,15 @@ def _e3nn_instructions(irreps, mode: str):
 
 def build_case(case: str, dtype: torch.dtype, rows: int, source: str | Path | None = None) -> dict:
     """{contender: (module, inputs, shares fusionc's weights)} and the forward FLOPs per row."""
+    from fusionc.testing import random_inputs
+
     g = torch.Generator().manual_seed(0)
     source = source or REPO / "kernels" / ("tensor_products.fus" if case in ("fc_tp", "conv_tp") else
                                            "mace_product.fus" if case == "mace_product" else "fusion_block.fus")
     cls, diagram = _fusionc(case, source)
     torch.manual_seed(1)
     mine = cls(dtype=dtype)
-    inputs = []
-    for i in diagram.inputs:
-        if i.kind == "irreps":
-            inputs.append(torch.randn(rows, i.irreps.dim, generator=g, dtype=dtype))
-        elif i.kind == "weights":
-            inputs.append(torch.randn(rows, mine.input_weight_numel[i.name], generator=g, dtype=dtype))
-        else:
-            inputs.append(torch.randint(0, i.size, (rows,), generator=g))
+    inputs = random_inputs(mine, diagram, rows, g, dtype)
     contenders = {"fusionc": (mine, inputs, True)}
     irreps = [str(s) for s in (*mine.irreps_in, mine.irreps_out[0])]
     saved = torch.get_default_dtype()
