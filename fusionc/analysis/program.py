@@ -244,7 +244,7 @@ class _Lowering:
         Returns False (nothing emitted) where this does not apply or costs more."""
         if len(t.operands) != 2 or t.mode not in ("uvw", "uvu") or any(b.mul != 1 for b in t.irreps_in[1]):
             return False
-        if len(set(t.operands)) < 2 or not t.paths:
+        if not t.paths:
             return False
         groups: dict[tuple[int, int], list] = {}
         for p in t.paths:
@@ -290,6 +290,7 @@ class _Lowering:
                                       note=f"every path's (i, k) map at once: {t.operands[1]} · G"))
         rows_w = self.tensors[source].rows
         z = "z" if rows_w else ""
+        one, stacked_labels = ("uw", "puw") if t.mode == "uvw" else ("u", "pu")  # one path's weights, a group's
         for (b, o), ps, start in layout:
             mul, d_b, d_o, n_p = x_irreps[b].mul, x_irreps[b].ir.dim, out_irreps[o].ir.dim, len(ps)
             w_mul = out_irreps[o].mul
@@ -298,14 +299,13 @@ class _Lowering:
             numel = prod(shape)
             offsets = [self.bases[t.id] + p.weight_offset for p in ps]
             if offsets == list(range(offsets[0], offsets[0] + numel * n_p, numel)):  # adjacent: read in place
-                stacked = View(source, offsets[0], (n_p, *shape), z + ("puw" if t.mode == "uvw" else "pu"))
+                stacked = View(source, offsets[0], (n_p, *shape), z + stacked_labels)
             else:  # gather the group's weights into one block
                 packed = self.temp(f"_w_{group}", (n_p, *shape), rows_w)
-                labels = z + ("uw" if t.mode == "uvw" else "u")
                 for q, offset in enumerate(offsets):
-                    self.statements.append(Einsum(View(packed, q * numel, shape, labels),
-                                                  (View(source, offset, shape, labels),)))
-                stacked = View(packed, 0, (n_p, *shape), z + ("puw" if t.mode == "uvw" else "pu"))
+                    self.statements.append(Einsum(View(packed, q * numel, shape, z + one),
+                                                  (View(source, offset, shape, z + one),)))
+                stacked = View(packed, 0, (n_p, *shape), z + stacked_labels)
             out = self.block(value, t.placement[o], "zwk" if t.mode == "uvw" else "zuk")
             note = f"{len(ps)} paths {x_irreps[b]} ⊗ {t.operands[1]} -> {out_irreps[o]}"
             pair = (self.block(t.operands[0], b, "zui"), View(maps, start, (d_b, n_p, d_o), "zipk"))
@@ -318,7 +318,6 @@ class _Lowering:
         return True
 
     def paths(self, value: str, t: CouplingVertex, source: str | None) -> None:
-        v = next(v for v in self.d.values if v.name == value)
         equation = path_equation(t.mode, len(t.operands), t.per_row_weights)
         ins, out = equation.split("->")
         labels = ins.split(",")
@@ -337,7 +336,7 @@ class _Lowering:
             split = None
             if t.mode == "uvuv":
                 split = (t.irreps_in[0][p.operand_blocks[0]].mul, t.irreps_in[1][p.operand_blocks[1]].mul)
-            self.statements.append(Einsum(self.block(v.name, ob, out, split), tuple(operands), p.normalization,
+            self.statements.append(Einsum(self.block(value, ob, out, split), tuple(operands), p.normalization,
                                           note=path_label(t, p)))
 
     def tree(self, value: str, t: CouplingVertex, source: str | None) -> None:
