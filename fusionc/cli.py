@@ -114,7 +114,7 @@ def _compile_cmd(args: argparse.Namespace) -> int:
 
         ops = loads(source, "triton", args.file)
         print(f"{args.file}: kernels compiled ahead of time for {target} (float32)")
-        print(format_reports(compile_for(ops.module, diagrams, target)))
+        print(format_reports(compile_for(ops.module, diagrams, target, args.kernels)))
     return 0
 
 
@@ -161,6 +161,9 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--target", action="append", metavar="sm_NN",
                       help="with --backend triton: compile every kernel for this GPU (sm_80, sm_90; repeatable) "
                            "and report registers, shared and local (spill) memory, FLOPs and bytes per row")
+    comp.add_argument("--kernels", choices=("all", "forward", "derivatives"), default="all",
+                      help="with --target: which kernels to compile: all (default), the fused forward kernels, "
+                           "or the derivative programs' kernels")
     comp.add_argument("--dump-ir", choices=PASS_NAMES, metavar="PASS",
                       help=f"print the IR after a pass ({', '.join(PASS_NAMES)})")
     comp.set_defaults(run=_compile_cmd)

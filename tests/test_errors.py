@@ -139,6 +139,28 @@ diagram d {
     pytest.param("""\
 diagram d {
     in  x : 8x0e
+    in  weight : 8x0e
+    out y : 8x0e
+    y = fuse(x, weight) mix uvw
+}
+""", 3, 9, "'weight' is reserved", id="names-reserved-weight"),
+    pytest.param("""\
+diagram d {
+    in  class : 8x0e
+    out y : 8x0e
+    y = class mix uvw
+}
+""", 2, 9, "'class' is reserved", id="names-reserved-keyword"),
+    pytest.param("""\
+diagram d {
+    in  x : 8x0e
+    out _y : 8x0e
+    _y = x mix uvw
+}
+""", 3, 9, "'_y' is reserved", id="names-reserved-underscore"),
+    pytest.param("""\
+diagram d {
+    in  x : 8x0e
     out y : 8x0e
     let y = x mix uvw
     y = x mix uvw

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import keyword
+import re
+
 from fusionc.analysis.paths import (channel_mismatch, coupling_paths, linear_paths, normalise_coupling,
                                     tree_paths, why_not)
 from fusionc.analysis.trees import canonical_order, symmetric_trees
@@ -9,6 +12,10 @@ from fusionc.errors import FusionError, Span
 from fusionc.frontend import ast
 from fusionc.ir.diagram import MODES, CouplingVertex, Diagram, Input, Value
 from fusionc.ir.irreps import Irreps
+
+#: Names the generated modules use themselves (the module's weight, the row count, imported modules).
+_GENERATED = frozenset({"weight", "n", "self", "torch", "rt", "triton", "tl"})
+_RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | _GENERATED
 
 GROUPS = ("O3", "SO3")
 CONVENTIONS = ("e3nn",)
@@ -31,6 +38,10 @@ class _DiagramChecker:
         return Irreps.parse(text.text, so3=self.group == "SO3", span=text.span)
 
     def declare(self, name: ast.Name) -> None:
+        if name.text in _RESERVED or name.text.startswith("_") or re.fullmatch(r"cg_\d+_\d+_\d+|recouple_\w*", name.text):
+            raise FusionError(f"'{name.text}' is reserved: the generated code uses this name (Python keywords, "
+                              f"{', '.join(sorted(_GENERATED))}, names starting with '_', cg_L_L_L, recouple_…)",
+                              name.span)
         if name.text in self.decl_span:
             first = self.decl_span[name.text]
             raise FusionError(f"'{name.text}' is already declared at line {first.line}", name.span)

@@ -1,8 +1,10 @@
 """Ahead-of-time compilation of generated Triton kernels for a GPU this machine need not have.
 
-Each kernel is compiled with `triton.compile(ASTSource(...), target=GPUTarget("cuda", sm, 32))` for
-float32 rows, and its cubin's resource usage (registers, shared and local memory, the last being
-register spills) is read with the `cuobjdump` that Triton ships.
+Each kernel (a diagram's fused forward, and its derivative programs: backward, and backward of
+backward per cotangent) is compiled with `triton.compile(ASTSource(...), target=GPUTarget("cuda",
+sm, 32))` for float32 rows, and its cubin's resource usage is read with the `cuobjdump` that Triton
+ships: registers, shared memory, local memory and the stack frame (register spills land in one of
+the last two).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from pathlib import Path
 from types import ModuleType
 
 from fusionc.analysis.plan import plan_diagram
+from fusionc.analysis.program import factorize
+from fusionc.backends import triton_program
+from fusionc.backends.torch_backend import programs
 from fusionc.backends.triton_backend import tile_sizes
 from fusionc.ir.diagram import Diagram
 
@@ -28,6 +33,7 @@ class KernelReport:
     registers: int
     shared_bytes: int
     local_bytes: int
+    stack_bytes: int
     flops_per_row: int
     bytes_per_row: int
 
@@ -64,8 +70,32 @@ def _bytes_per_row(d: Diagram) -> int:
     return total + sum(4 * v.irreps.dim for v in d.outputs)
 
 
-def compile_for(module: ModuleType, diagrams: tuple[Diagram, ...], target: str) -> list[KernelReport]:
-    """Compile every kernel of a generated Triton module for `target` (sm_80, sm_90, …)."""
+def _kernels(module: ModuleType, diagrams: tuple[Diagram, ...], which: str):
+    """(name, kernel, signature, constexprs, compile options, FLOPs per row, bytes per row) of the kernels."""
+    import triton.language as tl
+
+    for d in diagrams:
+        plan = plan_diagram(d)
+        block_z, block_u, warps = tile_sizes(d)
+        if which in ("all", "forward"):
+            yield (f"_{d.name}_kernel", getattr(module, f"_{d.name}_kernel"), _signature(d),
+                   {"BLOCK_Z": block_z, "BLOCK_U": block_u}, {"num_warps": warps}, plan.planned_flops,
+                   _bytes_per_row(d))
+        if which == "forward":
+            continue
+        _, firsts, seconds = programs(d, plan)
+        for p in (*firsts, *(q for group in seconds for q in group)):
+            p = factorize(p)
+            for name, flops, traffic in triton_program.kernel_costs(p):
+                yield (name, getattr(module, name), triton_program.kernel_signature(p),
+                       {"BLOCK_Z": triton_program.BLOCK_Z, "DTYPE": tl.float32},
+                       {"num_warps": triton_program.WARPS, "maxnreg": triton_program.MAX_REGISTERS}, flops, traffic)
+
+
+def compile_for(module: ModuleType, diagrams: tuple[Diagram, ...], target: str,
+                which: str = "all") -> list[KernelReport]:
+    """Compile the kernels of a generated Triton module for `target` (sm_80, sm_90, …): `which` is
+    all, forward (the fused forward kernels) or derivatives (the derivative programs' kernels)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -75,26 +105,24 @@ def compile_for(module: ModuleType, diagrams: tuple[Diagram, ...], target: str) 
         raise ValueError(f"unknown target '{target}'; expected sm_80, sm_90, …")
     capability = int(match.group(1))
     reports = []
-    for d in diagrams:
-        block_z, block_u, warps = tile_sizes(d)
-        kernel = getattr(module, f"_{d.name}_kernel")
-        source = ASTSource(fn=kernel, signature=_signature(d), constexprs={"BLOCK_Z": block_z, "BLOCK_U": block_u})
-        compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": warps, "enable_fp_fusion": True})
+    for name, kernel, signature, constexprs, options, flops, traffic in _kernels(module, diagrams, which):
+        source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+        compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32),
+                                  options={**options, "enable_fp_fusion": True})
         with tempfile.TemporaryDirectory() as tmp:
             cubin = Path(tmp) / "kernel.cubin"
             cubin.write_bytes(compiled.asm["cubin"])
             usage = subprocess.run([str(_cuobjdump()), "--dump-resource-usage", str(cubin)],
                                    capture_output=True, text=True, check=True).stdout
-        registers, _, shared, local = map(int, _USAGE.search(usage).groups())
-        reports.append(KernelReport(f"_{d.name}_kernel", target, registers, shared, local,
-                                    plan_diagram(d).planned_flops, _bytes_per_row(d)))
+        registers, stack, shared, local = map(int, _USAGE.search(usage).groups())
+        reports.append(KernelReport(name, target, registers, shared, local, stack, flops, traffic))
     return reports
 
 
 def format_reports(reports: list[KernelReport]) -> str:
-    lines = [f"{'kernel':<28}{'target':>7}{'registers':>10}{'shared B':>10}{'local B':>9}"
+    lines = [f"{'kernel':<40}{'target':>7}{'registers':>10}{'shared B':>10}{'local B':>9}{'stack B':>9}"
              f"{'FLOPs/row':>11}{'bytes/row':>10}"]
     for r in reports:
-        lines.append(f"{r.kernel:<28}{r.target:>7}{r.registers:>10}{r.shared_bytes:>10}{r.local_bytes:>9}"
-                     f"{r.flops_per_row:>11,}{r.bytes_per_row:>10,}")
+        lines.append(f"{r.kernel:<40}{r.target:>7}{r.registers:>10}{r.shared_bytes:>10}{r.local_bytes:>9}"
+                     f"{r.stack_bytes:>9}{r.flops_per_row:>11,}{r.bytes_per_row:>10,}")
     return "\n".join(lines)

@@ -10,14 +10,16 @@ kernel, and recoupled terms map their weights through the exact recoupling matri
   shared weights is a tl.dot in IEEE precision (not TF32), with per-row weights a broadcast sum;
   `uvuv` places channel pairs (u, v) through a 0/1 selection matrix.
 The kernel is the op's forward; its backward and double backward are the diagram's derivative
-programs, run by their torch code (no Triton kernels for those yet).
+programs, each lowered to Triton kernels by `fusionc.backends.triton_program`.
 """
 
 from __future__ import annotations
 
 from fusionc.algebra.cg import wigner_3j
 from fusionc.analysis.plan import Contribution, Couple, DiagramPlan, Leaf, WeightedSum
+from fusionc.analysis.program import Program
 from fusionc.backends.torch_backend import CodeWriter, emit_module
+from fusionc.backends.triton_program import lower_program
 from fusionc.ir.diagram import CouplingVertex, Diagram
 from fusionc.ir.irreps import Irreps
 
@@ -346,4 +348,9 @@ def _lower(d: Diagram, plan: DiagramPlan) -> tuple[list[str], str]:
 def emit(diagrams: tuple[Diagram, ...], source: str, filename: str) -> str:
     """The generated Triton module for `diagrams`; same input, same bytes."""
     return emit_module(diagrams, source, filename, "triton",
-                       imports=("import triton", "import triton.language as tl"), lowering=_lower)
+                       imports=("import triton", "import triton.language as tl"), lowering=_lower,
+                       program_lowering=_lower_program)
+
+
+def _lower_program(p: Program) -> tuple[list[str], str]:
+    return lower_program(p), f"_{p.name}_triton"

@@ -149,13 +149,15 @@ class OpNamespace:
         self.namespace = namespace
 
     def register(self, name: str, fn, outputs: tuple[tuple[int, bool], ...],
-                 index_ranges: dict[int, tuple[str, int]], backward=None, check_indices: bool = False) -> None:
+                 index_ranges: dict[int, tuple[str, int]], backward=None, check_indices: bool = False,
+                 reference=None) -> None:
         """Register `fn` as op `name`. `outputs` are (size, rows) per output: (n, size) or (size,).
         `index_ranges` maps the position of each index input to its name and size; with
         `check_indices` the values are checked when the op runs (not when it is traced). `backward`
         holds, per output, the op computing this one's vector-Jacobian product for that output's
         cotangent from (inputs + [cotangent], weight, constants); the products of the cotangents
-        present are summed. Without it, the VJP of `fn` itself."""
+        present are summed. Without it, the VJP of `reference` (torch code computing what `fn`
+        computes, for an `fn` that runs a kernel autograd cannot see through), else of `fn` itself."""
         qualname = f"{self.namespace}::{name}"
         try:  # the namespace is a hash of the code: an op of that name is this very op
             setattr(self, name, getattr(getattr(torch.ops, self.namespace), name))
@@ -195,7 +197,7 @@ class OpNamespace:
                 args = list(rows)
                 for i, x in zip(floats, xs):
                     args[i] = x
-                return fn(*args, weight, *constants)
+                return (reference or fn)(*args, weight, *constants)
 
             _, pullback = torch.func.vjp(of, weight, *(rows[i] for i in floats))
             result = pullback(grads)

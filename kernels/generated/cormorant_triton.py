@@ -16,243 +16,3167 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_77b4633afeef59f4")
+_ops = rt.OpNamespace("fusionc_7bf9ba9c131c2f1f")
 
 
-def _cormorant_cg(
-    f: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor,
-    cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
-    cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
-) -> list[torch.Tensor]:
-    """cormorant_cg on rows: f (n, 144) -> g (n, 144)."""
-    n = f.shape[0]
+@triton.jit
+def _cormorant_cg_d_0_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_f_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg, statements 1–16 of 90: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
+    for c0 in range(0, 144, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d_f_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
+    tl.debug_barrier()
     # p1 = (p0 ⊗ p0) -> 16x0
-    _c0 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
-    _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
-    p_0 = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    ii_1 = tl.arange(0, 1)
+    ij_1 = tl.arange(0, 1)
+    iu_1 = tl.arange(0, 16)
+    p0_1 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_1[None, None, None, :] + ii_1[None, :, None, None]
+    m0_1 = row_mask[:, None, None, None]
+    p1_1 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_1[None, None, None, :] + ij_1[None, None, :, None]
+    m1_1 = row_mask[:, None, None, None]
+    po_1 = scratch + 1216 + z[:, None, None, None] * 5408 + ii_1[None, :, None, None] * 16 + ij_1[None, None, :, None] * 16 + iu_1[None, None, None, :]
+    mo_1 = row_mask[:, None, None, None]
+    a0_1 = tl.load(p0_1, mask=m0_1, other=0.0)
+    a1_1 = tl.load(p1_1, mask=m1_1, other=0.0)
+    q_1 = po_1
+    tl.store(q_1, tl.load(q_1, mask=mo_1, other=0.0) + a0_1 * a1_1, mask=mo_1)
+    tl.debug_barrier()
+    iu_2 = tl.arange(0, 16)
+    ik_2 = tl.arange(0, 1)
+    ii_2 = tl.arange(0, 1)
+    ij_2 = tl.arange(0, 1)
+    p0_2 = cg_0_0_0_ptr + 0 + ii_2[None, None, None, :, None] + ij_2[None, None, None, None, :] + ik_2[None, None, :, None, None]
+    p1_2 = scratch + 1216 + z[:, None, None, None, None] * 5408 + ii_2[None, None, None, :, None] * 16 + ij_2[None, None, None, None, :] * 16 + iu_2[None, :, None, None, None]
+    m1_2 = row_mask[:, None, None, None, None]
+    po_2 = scratch + 144 + z[:, None, None] * 5408 + iu_2[None, :, None] + ik_2[None, None, :]
+    mo_2 = row_mask[:, None, None]
+    a0_2 = tl.load(p0_2)
+    a1_2 = tl.load(p1_2, mask=m1_2, other=0.0)
+    q_2 = po_2
+    tl.store(q_2, tl.load(q_2, mask=mo_2, other=0.0) + tl.sum(tl.sum(a0_2 * a1_2, axis=4), axis=3), mask=mo_2)
+    tl.debug_barrier()
+    iu_3 = tl.arange(0, 16)
+    ii_3 = tl.arange(0, 1)
+    p0_3 = scratch + 144 + z[:, None, None] * 5408 + iu_3[None, :, None] + ii_3[None, None, :]
+    m0_3 = row_mask[:, None, None]
+    p1_3 = weight_ptr + 0 + iu_3[None, :, None]
+    po_3 = scratch + 0 + z[:, None, None] * 5408 + iu_3[None, :, None] + ii_3[None, None, :]
+    mo_3 = row_mask[:, None, None]
+    a0_3 = tl.load(p0_3, mask=m0_3, other=0.0)
+    a1_3 = tl.load(p1_3)
+    q_3 = po_3
+    tl.store(q_3, tl.load(q_3, mask=mo_3, other=0.0) + a0_3 * a1_3 * 0.5773502691896257, mask=mo_3)
+    tl.debug_barrier()
     # p3 = (p0 ⊗ p2) -> 16x1
-    _c1 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3))
-    _p3 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c1)
-    p_1 = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
+    ii_4 = tl.arange(0, 1)
+    ij_4 = tl.arange(0, 4)
+    iu_4 = tl.arange(0, 16)
+    p0_4 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_4[None, None, None, :] + ii_4[None, :, None, None]
+    m0_4 = row_mask[:, None, None, None]
+    p1_4 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_4[None, None, None, :] * 3 + ij_4[None, None, :, None]
+    m1_4 = row_mask[:, None, None, None] & (ij_4[None, None, :, None] < 3)
+    po_4 = scratch + 1232 + z[:, None, None, None] * 5408 + ii_4[None, :, None, None] * 48 + ij_4[None, None, :, None] * 16 + iu_4[None, None, None, :]
+    mo_4 = row_mask[:, None, None, None] & (ij_4[None, None, :, None] < 3)
+    a0_4 = tl.load(p0_4, mask=m0_4, other=0.0)
+    a1_4 = tl.load(p1_4, mask=m1_4, other=0.0)
+    q_4 = po_4
+    tl.store(q_4, tl.load(q_4, mask=mo_4, other=0.0) + a0_4 * a1_4, mask=mo_4)
+    tl.debug_barrier()
+    iu_5 = tl.arange(0, 16)
+    ik_5 = tl.arange(0, 4)
+    ii_5 = tl.arange(0, 1)
+    ij_5 = tl.arange(0, 4)
+    p0_5 = cg_0_1_1_ptr + 0 + ii_5[None, None, None, :, None] * 9 + ij_5[None, None, None, None, :] * 3 + ik_5[None, None, :, None, None]
+    m0_5 = (ij_5[None, None, None, None, :] < 3) & (ik_5[None, None, :, None, None] < 3)
+    p1_5 = scratch + 1232 + z[:, None, None, None, None] * 5408 + ii_5[None, None, None, :, None] * 48 + ij_5[None, None, None, None, :] * 16 + iu_5[None, :, None, None, None]
+    m1_5 = row_mask[:, None, None, None, None] & (ij_5[None, None, None, None, :] < 3)
+    po_5 = scratch + 160 + z[:, None, None] * 5408 + iu_5[None, :, None] * 3 + ik_5[None, None, :]
+    mo_5 = row_mask[:, None, None] & (ik_5[None, None, :] < 3)
+    a0_5 = tl.load(p0_5, mask=m0_5, other=0.0)
+    a1_5 = tl.load(p1_5, mask=m1_5, other=0.0)
+    q_5 = po_5
+    tl.store(q_5, tl.load(q_5, mask=mo_5, other=0.0) + tl.sum(tl.sum(a0_5 * a1_5, axis=4), axis=3), mask=mo_5)
+    tl.debug_barrier()
+    iu_6 = tl.arange(0, 16)
+    ii_6 = tl.arange(0, 4)
+    p0_6 = scratch + 160 + z[:, None, None] * 5408 + iu_6[None, :, None] * 3 + ii_6[None, None, :]
+    m0_6 = row_mask[:, None, None] & (ii_6[None, None, :] < 3)
+    p1_6 = weight_ptr + 16 + iu_6[None, :, None]
+    po_6 = scratch + 16 + z[:, None, None] * 5408 + iu_6[None, :, None] * 3 + ii_6[None, None, :]
+    mo_6 = row_mask[:, None, None] & (ii_6[None, None, :] < 3)
+    a0_6 = tl.load(p0_6, mask=m0_6, other=0.0)
+    a1_6 = tl.load(p1_6)
+    q_6 = po_6
+    tl.store(q_6, tl.load(q_6, mask=mo_6, other=0.0) + a0_6 * a1_6 * 1.224744871391589, mask=mo_6)
+    tl.debug_barrier()
     # p5 = (p0 ⊗ p4) -> 16x2
-    _c2 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 64:144].reshape(n, 16, 5))
-    _p5 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c2)
-    p_2 = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    ii_7 = tl.arange(0, 1)
+    ij_7 = tl.arange(0, 8)
+    iu_7 = tl.arange(0, 16)
+    p0_7 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_7[None, None, None, :] + ii_7[None, :, None, None]
+    m0_7 = row_mask[:, None, None, None]
+    p1_7 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_7[None, None, None, :] * 5 + ij_7[None, None, :, None]
+    m1_7 = row_mask[:, None, None, None] & (ij_7[None, None, :, None] < 5)
+    po_7 = scratch + 1280 + z[:, None, None, None] * 5408 + ii_7[None, :, None, None] * 80 + ij_7[None, None, :, None] * 16 + iu_7[None, None, None, :]
+    mo_7 = row_mask[:, None, None, None] & (ij_7[None, None, :, None] < 5)
+    a0_7 = tl.load(p0_7, mask=m0_7, other=0.0)
+    a1_7 = tl.load(p1_7, mask=m1_7, other=0.0)
+    q_7 = po_7
+    tl.store(q_7, tl.load(q_7, mask=mo_7, other=0.0) + a0_7 * a1_7, mask=mo_7)
+    tl.debug_barrier()
+    ik_8 = tl.arange(0, 8)
+    ii_8 = tl.arange(0, 1)
+    ij_8 = tl.arange(0, 8)
+    p0_8 = cg_0_2_2_ptr + 0 + ii_8[None, None, None, :, None] * 25 + ij_8[None, None, None, None, :] * 5 + ik_8[None, None, :, None, None]
+    m0_8 = (ij_8[None, None, None, None, :] < 5) & (ik_8[None, None, :, None, None] < 5)
+    p1_8 = scratch + 1280 + z[:, None, None, None, None] * 5408 + ii_8[None, None, None, :, None] * 80 + ij_8[None, None, None, None, :] * 16
+    m1_8 = row_mask[:, None, None, None, None] & (ij_8[None, None, None, None, :] < 5)
+    po_8 = scratch + 208 + z[:, None, None] * 5408 + ik_8[None, None, :]
+    mo_8 = row_mask[:, None, None] & (ik_8[None, None, :] < 5)
+    for startu_8 in range(0, 16, 4):
+        iu_8 = startu_8 + tl.arange(0, 4)
+        a0_8 = tl.load(p0_8, mask=m0_8, other=0.0)
+        a1_8 = tl.load(p1_8 + iu_8[None, :, None, None, None], mask=m1_8, other=0.0)
+        q_8 = po_8 + iu_8[None, :, None] * 5
+        tl.store(q_8, tl.load(q_8, mask=mo_8, other=0.0) + tl.sum(tl.sum(a0_8 * a1_8, axis=4), axis=3), mask=mo_8)
+    tl.debug_barrier()
+    iu_9 = tl.arange(0, 16)
+    ii_9 = tl.arange(0, 8)
+    p0_9 = scratch + 208 + z[:, None, None] * 5408 + iu_9[None, :, None] * 5 + ii_9[None, None, :]
+    m0_9 = row_mask[:, None, None] & (ii_9[None, None, :] < 5)
+    p1_9 = weight_ptr + 32 + iu_9[None, :, None]
+    po_9 = scratch + 64 + z[:, None, None] * 5408 + iu_9[None, :, None] * 5 + ii_9[None, None, :]
+    mo_9 = row_mask[:, None, None] & (ii_9[None, None, :] < 5)
+    a0_9 = tl.load(p0_9, mask=m0_9, other=0.0)
+    a1_9 = tl.load(p1_9)
+    q_9 = po_9
+    tl.store(q_9, tl.load(q_9, mask=mo_9, other=0.0) + a0_9 * a1_9 * 1.118033988749895, mask=mo_9)
+    tl.debug_barrier()
     # p6 = (p2 ⊗ p2) -> 16x0
-    _c3 = torch.einsum("zui,zuj->ziju", f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
-    _p6 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c3)
-    p_3 = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    ii_10 = tl.arange(0, 4)
+    ij_10 = tl.arange(0, 4)
+    iu_10 = tl.arange(0, 16)
+    p0_10 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_10[None, None, None, :] * 3 + ii_10[None, :, None, None]
+    m0_10 = row_mask[:, None, None, None] & (ii_10[None, :, None, None] < 3)
+    p1_10 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_10[None, None, None, :] * 3 + ij_10[None, None, :, None]
+    m1_10 = row_mask[:, None, None, None] & (ij_10[None, None, :, None] < 3)
+    po_10 = scratch + 1360 + z[:, None, None, None] * 5408 + ii_10[None, :, None, None] * 48 + ij_10[None, None, :, None] * 16 + iu_10[None, None, None, :]
+    mo_10 = row_mask[:, None, None, None] & (ii_10[None, :, None, None] < 3) & (ij_10[None, None, :, None] < 3)
+    a0_10 = tl.load(p0_10, mask=m0_10, other=0.0)
+    a1_10 = tl.load(p1_10, mask=m1_10, other=0.0)
+    q_10 = po_10
+    tl.store(q_10, tl.load(q_10, mask=mo_10, other=0.0) + a0_10 * a1_10, mask=mo_10)
+    tl.debug_barrier()
+    iu_11 = tl.arange(0, 16)
+    ik_11 = tl.arange(0, 1)
+    ii_11 = tl.arange(0, 4)
+    ij_11 = tl.arange(0, 4)
+    p0_11 = cg_1_1_0_ptr + 0 + ii_11[None, None, None, :, None] * 3 + ij_11[None, None, None, None, :] + ik_11[None, None, :, None, None]
+    m0_11 = (ii_11[None, None, None, :, None] < 3) & (ij_11[None, None, None, None, :] < 3)
+    p1_11 = scratch + 1360 + z[:, None, None, None, None] * 5408 + ii_11[None, None, None, :, None] * 48 + ij_11[None, None, None, None, :] * 16 + iu_11[None, :, None, None, None]
+    m1_11 = row_mask[:, None, None, None, None] & (ii_11[None, None, None, :, None] < 3) & (ij_11[None, None, None, None, :] < 3)
+    po_11 = scratch + 288 + z[:, None, None] * 5408 + iu_11[None, :, None] + ik_11[None, None, :]
+    mo_11 = row_mask[:, None, None]
+    a0_11 = tl.load(p0_11, mask=m0_11, other=0.0)
+    a1_11 = tl.load(p1_11, mask=m1_11, other=0.0)
+    q_11 = po_11
+    tl.store(q_11, tl.load(q_11, mask=mo_11, other=0.0) + tl.sum(tl.sum(a0_11 * a1_11, axis=4), axis=3), mask=mo_11)
+    tl.debug_barrier()
+    iu_12 = tl.arange(0, 16)
+    ii_12 = tl.arange(0, 1)
+    p0_12 = scratch + 288 + z[:, None, None] * 5408 + iu_12[None, :, None] + ii_12[None, None, :]
+    m0_12 = row_mask[:, None, None]
+    p1_12 = weight_ptr + 48 + iu_12[None, :, None]
+    po_12 = scratch + 0 + z[:, None, None] * 5408 + iu_12[None, :, None] + ii_12[None, None, :]
+    mo_12 = row_mask[:, None, None]
+    a0_12 = tl.load(p0_12, mask=m0_12, other=0.0)
+    a1_12 = tl.load(p1_12)
+    q_12 = po_12
+    tl.store(q_12, tl.load(q_12, mask=mo_12, other=0.0) + a0_12 * a1_12 * 0.5773502691896257, mask=mo_12)
+    tl.debug_barrier()
     # p7 = (p2 ⊗ p2) -> 16x2
-    _p7 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c3)
-    p_4 = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    ii_13 = tl.arange(0, 4)
+    ij_13 = tl.arange(0, 4)
+    p0_13 = cg_1_1_2_ptr + 0 + ii_13[None, None, None, :, None] * 15 + ij_13[None, None, None, None, :] * 5
+    m0_13 = (ii_13[None, None, None, :, None] < 3) & (ij_13[None, None, None, None, :] < 3)
+    p1_13 = scratch + 1360 + z[:, None, None, None, None] * 5408 + ii_13[None, None, None, :, None] * 48 + ij_13[None, None, None, None, :] * 16
+    m1_13 = row_mask[:, None, None, None, None] & (ii_13[None, None, None, :, None] < 3) & (ij_13[None, None, None, None, :] < 3)
+    po_13 = scratch + 304 + z[:, None, None] * 5408
+    mo_13 = row_mask[:, None, None]
+    for startu_13 in range(0, 16, 4):
+        iu_13 = startu_13 + tl.arange(0, 4)
+        for startk_13 in range(0, 5, 4):
+            ik_13 = startk_13 + tl.arange(0, 4)
+            a0_13 = tl.load(p0_13 + ik_13[None, None, :, None, None], mask=m0_13 & (ik_13[None, None, :, None, None] < 5), other=0.0)
+            a1_13 = tl.load(p1_13 + iu_13[None, :, None, None, None], mask=m1_13, other=0.0)
+            q_13 = po_13 + iu_13[None, :, None] * 5 + ik_13[None, None, :]
+            tl.store(q_13, tl.load(q_13, mask=mo_13 & (ik_13[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_13 * a1_13, axis=4), axis=3), mask=mo_13 & (ik_13[None, None, :] < 5))
+    tl.debug_barrier()
+    iu_14 = tl.arange(0, 16)
+    ii_14 = tl.arange(0, 8)
+    p0_14 = scratch + 304 + z[:, None, None] * 5408 + iu_14[None, :, None] * 5 + ii_14[None, None, :]
+    m0_14 = row_mask[:, None, None] & (ii_14[None, None, :] < 5)
+    p1_14 = weight_ptr + 64 + iu_14[None, :, None]
+    po_14 = scratch + 64 + z[:, None, None] * 5408 + iu_14[None, :, None] * 5 + ii_14[None, None, :]
+    mo_14 = row_mask[:, None, None] & (ii_14[None, None, :] < 5)
+    a0_14 = tl.load(p0_14, mask=m0_14, other=0.0)
+    a1_14 = tl.load(p1_14)
+    q_14 = po_14
+    tl.store(q_14, tl.load(q_14, mask=mo_14, other=0.0) + a0_14 * a1_14 * 1.118033988749895, mask=mo_14)
+    tl.debug_barrier()
     # p8 = (p2 ⊗ p4) -> 16x1
-    _c4 = torch.einsum("zui,zuj->ziju", f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
-    _p8 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c4)
-    p_5 = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    # p9 = (p2 ⊗ p4) -> 16x2
-    _p9 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c4)
-    p_6 = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    # p10 = (p4 ⊗ p4) -> 16x0
-    _c5 = torch.einsum("zui,zuj->ziju", f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
-    _p10 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c5)
-    p_7 = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    # p11 = (p4 ⊗ p4) -> 16x2
-    _p11 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c5)
-    p_8 = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    # 16x0 -> 16x0
-    p = torch.cat([
-        (p_0 + p_3 + p_7).reshape(n, 16),
-        (p_1 + p_5).reshape(n, 48),
-        (p_2 + p_4 + p_6 + p_8).reshape(n, 80),
-    ], dim=-1)
-    g_9 = torch.einsum("zui,uw->zwi", p[:, 0:16].reshape(n, 16, 1), (weight[144:400].view(16, 16) * 0.25))
-    # 16x1 -> 16x1
-    g_10 = torch.einsum("zui,uw->zwi", p[:, 16:64].reshape(n, 16, 3), (weight[400:656].view(16, 16) * 0.25))
-    # 16x2 -> 16x2
-    g_11 = torch.einsum("zui,uw->zwi", p[:, 64:144].reshape(n, 16, 5), (weight[656:912].view(16, 16) * 0.25))
-    # 16x0 -> 16x0
-    g_12 = torch.einsum("zui,uw->zwi", f[:, 0:16].reshape(n, 16, 1), (weight[912:1168].view(16, 16) * 0.25))
-    # 16x1 -> 16x1
-    g_13 = torch.einsum("zui,uw->zwi", f[:, 16:64].reshape(n, 16, 3), (weight[1168:1424].view(16, 16) * 0.25))
-    # 16x2 -> 16x2
-    g_14 = torch.einsum("zui,uw->zwi", f[:, 64:144].reshape(n, 16, 5), (weight[1424:1680].view(16, 16) * 0.25))
-    g = torch.cat([
-        (g_9 + g_12).reshape(n, 16),
-        (g_10 + g_13).reshape(n, 48),
-        (g_11 + g_14).reshape(n, 80),
-    ], dim=-1)
-    return [g]
+    ii_15 = tl.arange(0, 4)
+    ij_15 = tl.arange(0, 8)
+    p0_15 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_15[None, :, None, None]
+    m0_15 = row_mask[:, None, None, None] & (ii_15[None, :, None, None] < 3)
+    p1_15 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_15[None, None, :, None]
+    m1_15 = row_mask[:, None, None, None] & (ij_15[None, None, :, None] < 5)
+    po_15 = scratch + 1504 + z[:, None, None, None] * 5408 + ii_15[None, :, None, None] * 80 + ij_15[None, None, :, None] * 16
+    mo_15 = row_mask[:, None, None, None] & (ii_15[None, :, None, None] < 3) & (ij_15[None, None, :, None] < 5)
+    for startu_15 in range(0, 16, 8):
+        iu_15 = startu_15 + tl.arange(0, 8)
+        a0_15 = tl.load(p0_15 + iu_15[None, None, None, :] * 3, mask=m0_15, other=0.0)
+        a1_15 = tl.load(p1_15 + iu_15[None, None, None, :] * 5, mask=m1_15, other=0.0)
+        q_15 = po_15 + iu_15[None, None, None, :]
+        tl.store(q_15, tl.load(q_15, mask=mo_15, other=0.0) + a0_15 * a1_15, mask=mo_15)
+    tl.debug_barrier()
+    ik_16 = tl.arange(0, 4)
+    ii_16 = tl.arange(0, 4)
+    p0_16 = cg_1_2_1_ptr + 0 + ii_16[None, None, None, :, None] * 15 + ik_16[None, None, :, None, None]
+    m0_16 = (ii_16[None, None, None, :, None] < 3) & (ik_16[None, None, :, None, None] < 3)
+    p1_16 = scratch + 1504 + z[:, None, None, None, None] * 5408 + ii_16[None, None, None, :, None] * 80
+    m1_16 = row_mask[:, None, None, None, None] & (ii_16[None, None, None, :, None] < 3)
+    po_16 = scratch + 384 + z[:, None, None] * 5408 + ik_16[None, None, :]
+    mo_16 = row_mask[:, None, None] & (ik_16[None, None, :] < 3)
+    for startu_16 in range(0, 16, 4):
+        iu_16 = startu_16 + tl.arange(0, 4)
+        acc_16 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+        for startj_16 in range(0, 5, 4):
+            ij_16 = startj_16 + tl.arange(0, 4)
+            a0_16 = tl.load(p0_16 + ij_16[None, None, None, None, :] * 3, mask=m0_16 & (ij_16[None, None, None, None, :] < 5), other=0.0)
+            a1_16 = tl.load(p1_16 + ij_16[None, None, None, None, :] * 16 + iu_16[None, :, None, None, None], mask=m1_16 & (ij_16[None, None, None, None, :] < 5), other=0.0)
+            acc_16 += tl.sum(tl.sum(a0_16 * a1_16, axis=4), axis=3)
+        q_16 = po_16 + iu_16[None, :, None] * 3
+        tl.store(q_16, tl.load(q_16, mask=mo_16, other=0.0) + acc_16, mask=mo_16)
+    tl.debug_barrier()
 
 
-def _cormorant_cg_d(
-    f: torch.Tensor, d_g: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
-    cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor,
-    cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
-) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_cg: f (n, 144), d_g (n, 144) -> d_f (n, 144), d_weight (1680,)."""
-    n = f.shape[0]
-    # p1 = (p0 ⊗ p0) -> 16x0
-    _c0 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
-    _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
-    p_0 = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    # p3 = (p0 ⊗ p2) -> 16x1
-    _c1 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3))
-    _p3 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c1)
-    p_1 = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    # p5 = (p0 ⊗ p4) -> 16x2
-    _c2 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 64:144].reshape(n, 16, 5))
-    _p5 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c2)
-    p_2 = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    # p6 = (p2 ⊗ p2) -> 16x0
-    _c3 = torch.einsum("zui,zuj->ziju", f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
-    _p6 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c3)
-    p_3 = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    # p7 = (p2 ⊗ p2) -> 16x2
-    _p7 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c3)
-    p_4 = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    # p8 = (p2 ⊗ p4) -> 16x1
-    _c4 = torch.einsum("zui,zuj->ziju", f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
-    _p8 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c4)
-    p_5 = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
+@triton.jit
+def _cormorant_cg_d_1_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_f_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg, statements 17–32 of 90: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
+    iu_17 = tl.arange(0, 16)
+    ii_17 = tl.arange(0, 4)
+    p0_17 = scratch + 384 + z[:, None, None] * 5408 + iu_17[None, :, None] * 3 + ii_17[None, None, :]
+    m0_17 = row_mask[:, None, None] & (ii_17[None, None, :] < 3)
+    p1_17 = weight_ptr + 80 + iu_17[None, :, None]
+    po_17 = scratch + 16 + z[:, None, None] * 5408 + iu_17[None, :, None] * 3 + ii_17[None, None, :]
+    mo_17 = row_mask[:, None, None] & (ii_17[None, None, :] < 3)
+    a0_17 = tl.load(p0_17, mask=m0_17, other=0.0)
+    a1_17 = tl.load(p1_17)
+    q_17 = po_17
+    tl.store(q_17, tl.load(q_17, mask=mo_17, other=0.0) + a0_17 * a1_17 * 1.224744871391589, mask=mo_17)
+    tl.debug_barrier()
     # p9 = (p2 ⊗ p4) -> 16x2
-    _p9 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c4)
-    p_6 = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    ii_18 = tl.arange(0, 4)
+    p0_18 = cg_1_2_2_ptr + 0 + ii_18[None, None, None, :, None] * 25
+    m0_18 = (ii_18[None, None, None, :, None] < 3)
+    p1_18 = scratch + 1504 + z[:, None, None, None, None] * 5408 + ii_18[None, None, None, :, None] * 80
+    m1_18 = row_mask[:, None, None, None, None] & (ii_18[None, None, None, :, None] < 3)
+    po_18 = scratch + 432 + z[:, None, None] * 5408
+    mo_18 = row_mask[:, None, None]
+    for startu_18 in range(0, 16, 4):
+        iu_18 = startu_18 + tl.arange(0, 4)
+        for startk_18 in range(0, 5, 4):
+            ik_18 = startk_18 + tl.arange(0, 4)
+            acc_18 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for startj_18 in range(0, 5, 4):
+                ij_18 = startj_18 + tl.arange(0, 4)
+                a0_18 = tl.load(p0_18 + ij_18[None, None, None, None, :] * 5 + ik_18[None, None, :, None, None], mask=m0_18 & (ij_18[None, None, None, None, :] < 5) & (ik_18[None, None, :, None, None] < 5), other=0.0)
+                a1_18 = tl.load(p1_18 + ij_18[None, None, None, None, :] * 16 + iu_18[None, :, None, None, None], mask=m1_18 & (ij_18[None, None, None, None, :] < 5), other=0.0)
+                acc_18 += tl.sum(tl.sum(a0_18 * a1_18, axis=4), axis=3)
+            q_18 = po_18 + iu_18[None, :, None] * 5 + ik_18[None, None, :]
+            tl.store(q_18, tl.load(q_18, mask=mo_18 & (ik_18[None, None, :] < 5), other=0.0) + acc_18, mask=mo_18 & (ik_18[None, None, :] < 5))
+    tl.debug_barrier()
+    iu_19 = tl.arange(0, 16)
+    ii_19 = tl.arange(0, 8)
+    p0_19 = scratch + 432 + z[:, None, None] * 5408 + iu_19[None, :, None] * 5 + ii_19[None, None, :]
+    m0_19 = row_mask[:, None, None] & (ii_19[None, None, :] < 5)
+    p1_19 = weight_ptr + 96 + iu_19[None, :, None]
+    po_19 = scratch + 64 + z[:, None, None] * 5408 + iu_19[None, :, None] * 5 + ii_19[None, None, :]
+    mo_19 = row_mask[:, None, None] & (ii_19[None, None, :] < 5)
+    a0_19 = tl.load(p0_19, mask=m0_19, other=0.0)
+    a1_19 = tl.load(p1_19)
+    q_19 = po_19
+    tl.store(q_19, tl.load(q_19, mask=mo_19, other=0.0) + a0_19 * a1_19 * 1.118033988749895, mask=mo_19)
+    tl.debug_barrier()
     # p10 = (p4 ⊗ p4) -> 16x0
-    _c5 = torch.einsum("zui,zuj->ziju", f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
-    _p10 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c5)
-    p_7 = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
+    ij_20 = tl.arange(0, 8)
+    p0_20 = f_ptr + 64 + z[:, None, None, None] * 144
+    m0_20 = row_mask[:, None, None, None]
+    p1_20 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_20[None, None, :, None]
+    m1_20 = row_mask[:, None, None, None] & (ij_20[None, None, :, None] < 5)
+    po_20 = scratch + 1744 + z[:, None, None, None] * 5408 + ij_20[None, None, :, None] * 16
+    mo_20 = row_mask[:, None, None, None] & (ij_20[None, None, :, None] < 5)
+    for starti_20 in range(0, 5, 4):
+        ii_20 = starti_20 + tl.arange(0, 4)
+        for startu_20 in range(0, 16, 8):
+            iu_20 = startu_20 + tl.arange(0, 8)
+            a0_20 = tl.load(p0_20 + iu_20[None, None, None, :] * 5 + ii_20[None, :, None, None], mask=m0_20 & (ii_20[None, :, None, None] < 5), other=0.0)
+            a1_20 = tl.load(p1_20 + iu_20[None, None, None, :] * 5, mask=m1_20, other=0.0)
+            q_20 = po_20 + ii_20[None, :, None, None] * 80 + iu_20[None, None, None, :]
+            tl.store(q_20, tl.load(q_20, mask=mo_20 & (ii_20[None, :, None, None] < 5), other=0.0) + a0_20 * a1_20, mask=mo_20 & (ii_20[None, :, None, None] < 5))
+    tl.debug_barrier()
+    ik_21 = tl.arange(0, 1)
+    ii_21 = tl.arange(0, 8)
+    ij_21 = tl.arange(0, 8)
+    p0_21 = cg_2_2_0_ptr + 0 + ii_21[None, None, None, :, None] * 5 + ij_21[None, None, None, None, :] + ik_21[None, None, :, None, None]
+    m0_21 = (ii_21[None, None, None, :, None] < 5) & (ij_21[None, None, None, None, :] < 5)
+    p1_21 = scratch + 1744 + z[:, None, None, None, None] * 5408 + ii_21[None, None, None, :, None] * 80 + ij_21[None, None, None, None, :] * 16
+    m1_21 = row_mask[:, None, None, None, None] & (ii_21[None, None, None, :, None] < 5) & (ij_21[None, None, None, None, :] < 5)
+    po_21 = scratch + 512 + z[:, None, None] * 5408 + ik_21[None, None, :]
+    mo_21 = row_mask[:, None, None]
+    for startu_21 in range(0, 16, 4):
+        iu_21 = startu_21 + tl.arange(0, 4)
+        a0_21 = tl.load(p0_21, mask=m0_21, other=0.0)
+        a1_21 = tl.load(p1_21 + iu_21[None, :, None, None, None], mask=m1_21, other=0.0)
+        q_21 = po_21 + iu_21[None, :, None]
+        tl.store(q_21, tl.load(q_21, mask=mo_21, other=0.0) + tl.sum(tl.sum(a0_21 * a1_21, axis=4), axis=3), mask=mo_21)
+    tl.debug_barrier()
+    iu_22 = tl.arange(0, 16)
+    ii_22 = tl.arange(0, 1)
+    p0_22 = scratch + 512 + z[:, None, None] * 5408 + iu_22[None, :, None] + ii_22[None, None, :]
+    m0_22 = row_mask[:, None, None]
+    p1_22 = weight_ptr + 112 + iu_22[None, :, None]
+    po_22 = scratch + 0 + z[:, None, None] * 5408 + iu_22[None, :, None] + ii_22[None, None, :]
+    mo_22 = row_mask[:, None, None]
+    a0_22 = tl.load(p0_22, mask=m0_22, other=0.0)
+    a1_22 = tl.load(p1_22)
+    q_22 = po_22
+    tl.store(q_22, tl.load(q_22, mask=mo_22, other=0.0) + a0_22 * a1_22 * 0.5773502691896257, mask=mo_22)
+    tl.debug_barrier()
     # p11 = (p4 ⊗ p4) -> 16x2
-    _p11 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c5)
-    p_8 = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
+    p0_23 = cg_2_2_2_ptr + 0
+    p1_23 = scratch + 1744 + z[:, None, None, None, None] * 5408
+    m1_23 = row_mask[:, None, None, None, None]
+    po_23 = scratch + 528 + z[:, None, None] * 5408
+    mo_23 = row_mask[:, None, None]
+    for startu_23 in range(0, 16, 4):
+        iu_23 = startu_23 + tl.arange(0, 4)
+        for startk_23 in range(0, 5, 4):
+            ik_23 = startk_23 + tl.arange(0, 4)
+            acc_23 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for starti_23 in range(0, 5, 4):
+                ii_23 = starti_23 + tl.arange(0, 4)
+                for startj_23 in range(0, 5, 4):
+                    ij_23 = startj_23 + tl.arange(0, 4)
+                    a0_23 = tl.load(p0_23 + ii_23[None, None, None, :, None] * 25 + ij_23[None, None, None, None, :] * 5 + ik_23[None, None, :, None, None], mask=(ii_23[None, None, None, :, None] < 5) & (ij_23[None, None, None, None, :] < 5) & (ik_23[None, None, :, None, None] < 5), other=0.0)
+                    a1_23 = tl.load(p1_23 + ii_23[None, None, None, :, None] * 80 + ij_23[None, None, None, None, :] * 16 + iu_23[None, :, None, None, None], mask=m1_23 & (ii_23[None, None, None, :, None] < 5) & (ij_23[None, None, None, None, :] < 5), other=0.0)
+                    acc_23 += tl.sum(tl.sum(a0_23 * a1_23, axis=4), axis=3)
+            q_23 = po_23 + iu_23[None, :, None] * 5 + ik_23[None, None, :]
+            tl.store(q_23, tl.load(q_23, mask=mo_23 & (ik_23[None, None, :] < 5), other=0.0) + acc_23, mask=mo_23 & (ik_23[None, None, :] < 5))
+    tl.debug_barrier()
+    iu_24 = tl.arange(0, 16)
+    ii_24 = tl.arange(0, 8)
+    p0_24 = scratch + 528 + z[:, None, None] * 5408 + iu_24[None, :, None] * 5 + ii_24[None, None, :]
+    m0_24 = row_mask[:, None, None] & (ii_24[None, None, :] < 5)
+    p1_24 = weight_ptr + 128 + iu_24[None, :, None]
+    po_24 = scratch + 64 + z[:, None, None] * 5408 + iu_24[None, :, None] * 5 + ii_24[None, None, :]
+    mo_24 = row_mask[:, None, None] & (ii_24[None, None, :] < 5)
+    a0_24 = tl.load(p0_24, mask=m0_24, other=0.0)
+    a1_24 = tl.load(p1_24)
+    q_24 = po_24
+    tl.store(q_24, tl.load(q_24, mask=mo_24, other=0.0) + a0_24 * a1_24 * 1.118033988749895, mask=mo_24)
+    tl.debug_barrier()
     # ∂/∂f: 16x2 -> 16x2
-    d_f_9 = torch.einsum("zwi,uw->zui", d_g[:, 64:144].reshape(n, 16, 5), (weight[1424:1680].view(16, 16) * 0.25))
+    ii_25 = tl.arange(0, 8)
+    p0_25 = d_g_ptr + 64 + z[:, None, None, None] * 144 + ii_25[None, None, :, None]
+    m0_25 = row_mask[:, None, None, None] & (ii_25[None, None, :, None] < 5)
+    p1_25 = weight_ptr + 1424
+    po_25 = d_f_ptr + 64 + z[:, None, None] * 144 + ii_25[None, None, :]
+    mo_25 = row_mask[:, None, None] & (ii_25[None, None, :] < 5)
+    for startu_25 in range(0, 16, 4):
+        iu_25 = startu_25 + tl.arange(0, 4)
+        acc_25 = tl.zeros([BLOCK_Z, 4, 8], dtype=DTYPE)
+        for startw_25 in range(0, 16, 8):
+            iw_25 = startw_25 + tl.arange(0, 8)
+            a0_25 = tl.load(p0_25 + iw_25[None, None, None, :] * 5, mask=m0_25, other=0.0)
+            a1_25 = tl.load(p1_25 + iu_25[None, :, None, None] * 16 + iw_25[None, None, None, :])
+            acc_25 += tl.sum(a0_25 * a1_25, axis=3)
+        q_25 = po_25 + iu_25[None, :, None] * 5
+        tl.store(q_25, tl.load(q_25, mask=mo_25, other=0.0) + acc_25 * 0.25, mask=mo_25)
+    tl.debug_barrier()
     # ∂/∂weight: 16x2 -> 16x2
-    d_weight_10 = torch.einsum("zwi,zui->uw", (d_g[:, 64:144].reshape(n, 16, 5) * 0.25), f[:, 64:144].reshape(n, 16, 5))
+    ii_26 = tl.arange(0, 8)
+    p0_26 = d_g_ptr + 64 + z[:, None, None, None] * 144 + ii_26[None, None, None, :]
+    m0_26 = row_mask[:, None, None, None] & (ii_26[None, None, None, :] < 5)
+    p1_26 = f_ptr + 64 + z[:, None, None, None] * 144 + ii_26[None, None, None, :]
+    m1_26 = row_mask[:, None, None, None] & (ii_26[None, None, None, :] < 5)
+    po_26 = partial + 1424 + slot
+    for startu_26 in range(0, 16, 4):
+        iu_26 = startu_26 + tl.arange(0, 4)
+        for startw_26 in range(0, 16, 8):
+            iw_26 = startw_26 + tl.arange(0, 8)
+            a0_26 = tl.load(p0_26 + iw_26[None, None, :, None] * 5, mask=m0_26, other=0.0)
+            a1_26 = tl.load(p1_26 + iu_26[None, :, None, None] * 5, mask=m1_26, other=0.0)
+            q_26 = po_26 + iu_26[:, None] * 16 + iw_26[None, :]
+            tl.store(q_26, tl.load(q_26) + tl.sum(tl.sum(a0_26 * a1_26, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
     # ∂/∂f: 16x1 -> 16x1
-    d_f_11 = torch.einsum("zwi,uw->zui", d_g[:, 16:64].reshape(n, 16, 3), (weight[1168:1424].view(16, 16) * 0.25))
+    ii_27 = tl.arange(0, 4)
+    p0_27 = d_g_ptr + 16 + z[:, None, None, None] * 144 + ii_27[None, None, :, None]
+    m0_27 = row_mask[:, None, None, None] & (ii_27[None, None, :, None] < 3)
+    p1_27 = weight_ptr + 1168
+    po_27 = d_f_ptr + 16 + z[:, None, None] * 144 + ii_27[None, None, :]
+    mo_27 = row_mask[:, None, None] & (ii_27[None, None, :] < 3)
+    for startu_27 in range(0, 16, 8):
+        iu_27 = startu_27 + tl.arange(0, 8)
+        acc_27 = tl.zeros([BLOCK_Z, 8, 4], dtype=DTYPE)
+        for startw_27 in range(0, 16, 8):
+            iw_27 = startw_27 + tl.arange(0, 8)
+            a0_27 = tl.load(p0_27 + iw_27[None, None, None, :] * 3, mask=m0_27, other=0.0)
+            a1_27 = tl.load(p1_27 + iu_27[None, :, None, None] * 16 + iw_27[None, None, None, :])
+            acc_27 += tl.sum(a0_27 * a1_27, axis=3)
+        q_27 = po_27 + iu_27[None, :, None] * 3
+        tl.store(q_27, tl.load(q_27, mask=mo_27, other=0.0) + acc_27 * 0.25, mask=mo_27)
+    tl.debug_barrier()
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_12 = torch.einsum("zwi,zui->uw", (d_g[:, 16:64].reshape(n, 16, 3) * 0.25), f[:, 16:64].reshape(n, 16, 3))
+    ii_28 = tl.arange(0, 4)
+    p0_28 = d_g_ptr + 16 + z[:, None, None, None] * 144 + ii_28[None, None, None, :]
+    m0_28 = row_mask[:, None, None, None] & (ii_28[None, None, None, :] < 3)
+    p1_28 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_28[None, None, None, :]
+    m1_28 = row_mask[:, None, None, None] & (ii_28[None, None, None, :] < 3)
+    po_28 = partial + 1168 + slot
+    for startu_28 in range(0, 16, 8):
+        iu_28 = startu_28 + tl.arange(0, 8)
+        for startw_28 in range(0, 16, 8):
+            iw_28 = startw_28 + tl.arange(0, 8)
+            a0_28 = tl.load(p0_28 + iw_28[None, None, :, None] * 3, mask=m0_28, other=0.0)
+            a1_28 = tl.load(p1_28 + iu_28[None, :, None, None] * 3, mask=m1_28, other=0.0)
+            q_28 = po_28 + iu_28[:, None] * 16 + iw_28[None, :]
+            tl.store(q_28, tl.load(q_28) + tl.sum(tl.sum(a0_28 * a1_28, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
     # ∂/∂f: 16x0 -> 16x0
-    d_f_13 = torch.einsum("zwi,uw->zui", d_g[:, 0:16].reshape(n, 16, 1), (weight[912:1168].view(16, 16) * 0.25))
+    iu_29 = tl.arange(0, 16)
+    ii_29 = tl.arange(0, 1)
+    iw_29 = tl.arange(0, 16)
+    p0_29 = d_g_ptr + 0 + z[:, None, None, None] * 144 + iw_29[None, None, None, :] + ii_29[None, None, :, None]
+    m0_29 = row_mask[:, None, None, None]
+    p1_29 = weight_ptr + 912 + iu_29[None, :, None, None] * 16 + iw_29[None, None, None, :]
+    po_29 = d_f_ptr + 0 + z[:, None, None] * 144 + iu_29[None, :, None] + ii_29[None, None, :]
+    mo_29 = row_mask[:, None, None]
+    a0_29 = tl.load(p0_29, mask=m0_29, other=0.0)
+    a1_29 = tl.load(p1_29)
+    q_29 = po_29
+    tl.store(q_29, tl.load(q_29, mask=mo_29, other=0.0) + tl.sum(a0_29 * a1_29, axis=3) * 0.25, mask=mo_29)
+    tl.debug_barrier()
     # ∂/∂weight: 16x0 -> 16x0
-    d_weight_14 = torch.einsum("zwi,zui->uw", (d_g[:, 0:16].reshape(n, 16, 1) * 0.25), f[:, 0:16].reshape(n, 16, 1))
+    iu_30 = tl.arange(0, 16)
+    iw_30 = tl.arange(0, 16)
+    ii_30 = tl.arange(0, 1)
+    p0_30 = d_g_ptr + 0 + z[:, None, None, None] * 144 + iw_30[None, None, :, None] + ii_30[None, None, None, :]
+    m0_30 = row_mask[:, None, None, None]
+    p1_30 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_30[None, :, None, None] + ii_30[None, None, None, :]
+    m1_30 = row_mask[:, None, None, None]
+    po_30 = partial + 912 + slot + iu_30[:, None] * 16 + iw_30[None, :]
+    a0_30 = tl.load(p0_30, mask=m0_30, other=0.0)
+    a1_30 = tl.load(p1_30, mask=m1_30, other=0.0)
+    q_30 = po_30
+    tl.store(q_30, tl.load(q_30) + tl.sum(tl.sum(a0_30 * a1_30, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
     # ∂/∂p: 16x2 -> 16x2
-    d_p_15 = torch.einsum("zwi,uw->zui", d_g[:, 64:144].reshape(n, 16, 5), (weight[656:912].view(16, 16) * 0.25))
+    ii_31 = tl.arange(0, 8)
+    p0_31 = d_g_ptr + 64 + z[:, None, None, None] * 144 + ii_31[None, None, :, None]
+    m0_31 = row_mask[:, None, None, None] & (ii_31[None, None, :, None] < 5)
+    p1_31 = weight_ptr + 656
+    po_31 = scratch + 672 + z[:, None, None] * 5408 + ii_31[None, None, :]
+    mo_31 = row_mask[:, None, None] & (ii_31[None, None, :] < 5)
+    for startu_31 in range(0, 16, 4):
+        iu_31 = startu_31 + tl.arange(0, 4)
+        acc_31 = tl.zeros([BLOCK_Z, 4, 8], dtype=DTYPE)
+        for startw_31 in range(0, 16, 8):
+            iw_31 = startw_31 + tl.arange(0, 8)
+            a0_31 = tl.load(p0_31 + iw_31[None, None, None, :] * 5, mask=m0_31, other=0.0)
+            a1_31 = tl.load(p1_31 + iu_31[None, :, None, None] * 16 + iw_31[None, None, None, :])
+            acc_31 += tl.sum(a0_31 * a1_31, axis=3)
+        q_31 = po_31 + iu_31[None, :, None] * 5
+        tl.store(q_31, tl.load(q_31, mask=mo_31, other=0.0) + acc_31 * 0.25, mask=mo_31)
+    tl.debug_barrier()
     # ∂/∂weight: 16x2 -> 16x2
-    p = torch.cat([
-        (p_0 + p_3 + p_7).reshape(n, 16),
-        (p_1 + p_5).reshape(n, 48),
-        (p_2 + p_4 + p_6 + p_8).reshape(n, 80),
-    ], dim=-1)
-    d_weight_16 = torch.einsum("zwi,zui->uw", (d_g[:, 64:144].reshape(n, 16, 5) * 0.25), p[:, 64:144].reshape(n, 16, 5))
+    ii_32 = tl.arange(0, 8)
+    p0_32 = d_g_ptr + 64 + z[:, None, None, None] * 144 + ii_32[None, None, None, :]
+    m0_32 = row_mask[:, None, None, None] & (ii_32[None, None, None, :] < 5)
+    p1_32 = scratch + 64 + z[:, None, None, None] * 5408 + ii_32[None, None, None, :]
+    m1_32 = row_mask[:, None, None, None] & (ii_32[None, None, None, :] < 5)
+    po_32 = partial + 656 + slot
+    for startu_32 in range(0, 16, 4):
+        iu_32 = startu_32 + tl.arange(0, 4)
+        for startw_32 in range(0, 16, 8):
+            iw_32 = startw_32 + tl.arange(0, 8)
+            a0_32 = tl.load(p0_32 + iw_32[None, None, :, None] * 5, mask=m0_32, other=0.0)
+            a1_32 = tl.load(p1_32 + iu_32[None, :, None, None] * 5, mask=m1_32, other=0.0)
+            q_32 = po_32 + iu_32[:, None] * 16 + iw_32[None, :]
+            tl.store(q_32, tl.load(q_32) + tl.sum(tl.sum(a0_32 * a1_32, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_cg_d_2_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_f_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg, statements 33–48 of 90: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
     # ∂/∂p: 16x1 -> 16x1
-    d_p_17 = torch.einsum("zwi,uw->zui", d_g[:, 16:64].reshape(n, 16, 3), (weight[400:656].view(16, 16) * 0.25))
+    ii_33 = tl.arange(0, 4)
+    p0_33 = d_g_ptr + 16 + z[:, None, None, None] * 144 + ii_33[None, None, :, None]
+    m0_33 = row_mask[:, None, None, None] & (ii_33[None, None, :, None] < 3)
+    p1_33 = weight_ptr + 400
+    po_33 = scratch + 624 + z[:, None, None] * 5408 + ii_33[None, None, :]
+    mo_33 = row_mask[:, None, None] & (ii_33[None, None, :] < 3)
+    for startu_33 in range(0, 16, 8):
+        iu_33 = startu_33 + tl.arange(0, 8)
+        acc_33 = tl.zeros([BLOCK_Z, 8, 4], dtype=DTYPE)
+        for startw_33 in range(0, 16, 8):
+            iw_33 = startw_33 + tl.arange(0, 8)
+            a0_33 = tl.load(p0_33 + iw_33[None, None, None, :] * 3, mask=m0_33, other=0.0)
+            a1_33 = tl.load(p1_33 + iu_33[None, :, None, None] * 16 + iw_33[None, None, None, :])
+            acc_33 += tl.sum(a0_33 * a1_33, axis=3)
+        q_33 = po_33 + iu_33[None, :, None] * 3
+        tl.store(q_33, tl.load(q_33, mask=mo_33, other=0.0) + acc_33 * 0.25, mask=mo_33)
+    tl.debug_barrier()
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_18 = torch.einsum("zwi,zui->uw", (d_g[:, 16:64].reshape(n, 16, 3) * 0.25), p[:, 16:64].reshape(n, 16, 3))
+    ii_34 = tl.arange(0, 4)
+    p0_34 = d_g_ptr + 16 + z[:, None, None, None] * 144 + ii_34[None, None, None, :]
+    m0_34 = row_mask[:, None, None, None] & (ii_34[None, None, None, :] < 3)
+    p1_34 = scratch + 16 + z[:, None, None, None] * 5408 + ii_34[None, None, None, :]
+    m1_34 = row_mask[:, None, None, None] & (ii_34[None, None, None, :] < 3)
+    po_34 = partial + 400 + slot
+    for startu_34 in range(0, 16, 8):
+        iu_34 = startu_34 + tl.arange(0, 8)
+        for startw_34 in range(0, 16, 8):
+            iw_34 = startw_34 + tl.arange(0, 8)
+            a0_34 = tl.load(p0_34 + iw_34[None, None, :, None] * 3, mask=m0_34, other=0.0)
+            a1_34 = tl.load(p1_34 + iu_34[None, :, None, None] * 3, mask=m1_34, other=0.0)
+            q_34 = po_34 + iu_34[:, None] * 16 + iw_34[None, :]
+            tl.store(q_34, tl.load(q_34) + tl.sum(tl.sum(a0_34 * a1_34, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
     # ∂/∂p: 16x0 -> 16x0
-    d_p_19 = torch.einsum("zwi,uw->zui", d_g[:, 0:16].reshape(n, 16, 1), (weight[144:400].view(16, 16) * 0.25))
+    iu_35 = tl.arange(0, 16)
+    ii_35 = tl.arange(0, 1)
+    iw_35 = tl.arange(0, 16)
+    p0_35 = d_g_ptr + 0 + z[:, None, None, None] * 144 + iw_35[None, None, None, :] + ii_35[None, None, :, None]
+    m0_35 = row_mask[:, None, None, None]
+    p1_35 = weight_ptr + 144 + iu_35[None, :, None, None] * 16 + iw_35[None, None, None, :]
+    po_35 = scratch + 608 + z[:, None, None] * 5408 + iu_35[None, :, None] + ii_35[None, None, :]
+    mo_35 = row_mask[:, None, None]
+    a0_35 = tl.load(p0_35, mask=m0_35, other=0.0)
+    a1_35 = tl.load(p1_35)
+    q_35 = po_35
+    tl.store(q_35, tl.load(q_35, mask=mo_35, other=0.0) + tl.sum(a0_35 * a1_35, axis=3) * 0.25, mask=mo_35)
+    tl.debug_barrier()
     # ∂/∂weight: 16x0 -> 16x0
-    d_weight_20 = torch.einsum("zwi,zui->uw", (d_g[:, 0:16].reshape(n, 16, 1) * 0.25), p[:, 0:16].reshape(n, 16, 1))
-    d_p = torch.cat([
-        d_p_19.reshape(n, 16),
-        d_p_17.reshape(n, 48),
-        d_p_15.reshape(n, 80),
-    ], dim=-1)
-    d__p11 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d_weight_21 = torch.einsum("zui,zui->u", (d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p11)
+    iu_36 = tl.arange(0, 16)
+    iw_36 = tl.arange(0, 16)
+    ii_36 = tl.arange(0, 1)
+    p0_36 = d_g_ptr + 0 + z[:, None, None, None] * 144 + iw_36[None, None, :, None] + ii_36[None, None, None, :]
+    m0_36 = row_mask[:, None, None, None]
+    p1_36 = scratch + 0 + z[:, None, None, None] * 5408 + iu_36[None, :, None, None] + ii_36[None, None, None, :]
+    m1_36 = row_mask[:, None, None, None]
+    po_36 = partial + 144 + slot + iu_36[:, None] * 16 + iw_36[None, :]
+    a0_36 = tl.load(p0_36, mask=m0_36, other=0.0)
+    a1_36 = tl.load(p1_36, mask=m1_36, other=0.0)
+    q_36 = po_36
+    tl.store(q_36, tl.load(q_36) + tl.sum(tl.sum(a0_36 * a1_36, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+    iu_37 = tl.arange(0, 16)
+    ii_37 = tl.arange(0, 8)
+    p0_37 = scratch + 672 + z[:, None, None] * 5408 + iu_37[None, :, None] * 5 + ii_37[None, None, :]
+    m0_37 = row_mask[:, None, None] & (ii_37[None, None, :] < 5)
+    p1_37 = weight_ptr + 128 + iu_37[None, :, None]
+    po_37 = scratch + 1136 + z[:, None, None] * 5408 + iu_37[None, :, None] * 5 + ii_37[None, None, :]
+    mo_37 = row_mask[:, None, None] & (ii_37[None, None, :] < 5)
+    a0_37 = tl.load(p0_37, mask=m0_37, other=0.0)
+    a1_37 = tl.load(p1_37)
+    q_37 = po_37
+    tl.store(q_37, tl.load(q_37, mask=mo_37, other=0.0) + a0_37 * a1_37 * 1.118033988749895, mask=mo_37)
+    tl.debug_barrier()
+    iu_38 = tl.arange(0, 16)
+    ii_38 = tl.arange(0, 8)
+    p0_38 = scratch + 672 + z[:, None, None] * 5408 + iu_38[None, :, None] * 5 + ii_38[None, None, :]
+    m0_38 = row_mask[:, None, None] & (ii_38[None, None, :] < 5)
+    p1_38 = scratch + 528 + z[:, None, None] * 5408 + iu_38[None, :, None] * 5 + ii_38[None, None, :]
+    m1_38 = row_mask[:, None, None] & (ii_38[None, None, :] < 5)
+    po_38 = partial + 128 + slot + iu_38
+    a0_38 = tl.load(p0_38, mask=m0_38, other=0.0)
+    a1_38 = tl.load(p1_38, mask=m1_38, other=0.0)
+    q_38 = po_38
+    tl.store(q_38, tl.load(q_38) + tl.sum(tl.sum(a0_38 * a1_38, axis=2), axis=0) * 1.118033988749895)
+    tl.debug_barrier()
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _c6 = torch.einsum("zuk,zuj->zjku", d__p11, f[:, 64:144].reshape(n, 16, 5))
-    d_f_22 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c6)
+    ik_39 = tl.arange(0, 8)
+    p0_39 = scratch + 1136 + z[:, None, None, None] * 5408 + ik_39[None, None, :, None]
+    m0_39 = row_mask[:, None, None, None] & (ik_39[None, None, :, None] < 5)
+    p1_39 = f_ptr + 64 + z[:, None, None, None] * 144
+    m1_39 = row_mask[:, None, None, None]
+    po_39 = scratch + 2144 + z[:, None, None, None] * 5408 + ik_39[None, None, :, None] * 16
+    mo_39 = row_mask[:, None, None, None] & (ik_39[None, None, :, None] < 5)
+    for startj_39 in range(0, 5, 4):
+        ij_39 = startj_39 + tl.arange(0, 4)
+        for startu_39 in range(0, 16, 8):
+            iu_39 = startu_39 + tl.arange(0, 8)
+            a0_39 = tl.load(p0_39 + iu_39[None, None, None, :] * 5, mask=m0_39, other=0.0)
+            a1_39 = tl.load(p1_39 + iu_39[None, None, None, :] * 5 + ij_39[None, :, None, None], mask=m1_39 & (ij_39[None, :, None, None] < 5), other=0.0)
+            q_39 = po_39 + ij_39[None, :, None, None] * 80 + iu_39[None, None, None, :]
+            tl.store(q_39, tl.load(q_39, mask=mo_39 & (ij_39[None, :, None, None] < 5), other=0.0) + a0_39 * a1_39, mask=mo_39 & (ij_39[None, :, None, None] < 5))
+    tl.debug_barrier()
+    p0_40 = cg_2_2_2_ptr + 0
+    p1_40 = scratch + 2144 + z[:, None, None, None, None] * 5408
+    m1_40 = row_mask[:, None, None, None, None]
+    po_40 = d_f_ptr + 64 + z[:, None, None] * 144
+    mo_40 = row_mask[:, None, None]
+    for startu_40 in range(0, 16, 4):
+        iu_40 = startu_40 + tl.arange(0, 4)
+        for starti_40 in range(0, 5, 4):
+            ii_40 = starti_40 + tl.arange(0, 4)
+            acc_40 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for startj_40 in range(0, 5, 4):
+                ij_40 = startj_40 + tl.arange(0, 4)
+                for startk_40 in range(0, 5, 4):
+                    ik_40 = startk_40 + tl.arange(0, 4)
+                    a0_40 = tl.load(p0_40 + ii_40[None, None, :, None, None] * 25 + ij_40[None, None, None, :, None] * 5 + ik_40[None, None, None, None, :], mask=(ii_40[None, None, :, None, None] < 5) & (ij_40[None, None, None, :, None] < 5) & (ik_40[None, None, None, None, :] < 5), other=0.0)
+                    a1_40 = tl.load(p1_40 + ij_40[None, None, None, :, None] * 80 + ik_40[None, None, None, None, :] * 16 + iu_40[None, :, None, None, None], mask=m1_40 & (ij_40[None, None, None, :, None] < 5) & (ik_40[None, None, None, None, :] < 5), other=0.0)
+                    acc_40 += tl.sum(tl.sum(a0_40 * a1_40, axis=4), axis=3)
+            q_40 = po_40 + iu_40[None, :, None] * 5 + ii_40[None, None, :]
+            tl.store(q_40, tl.load(q_40, mask=mo_40 & (ii_40[None, None, :] < 5), other=0.0) + acc_40, mask=mo_40 & (ii_40[None, None, :] < 5))
+    tl.debug_barrier()
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _c7 = torch.einsum("zuk,zui->ziku", d__p11, f[:, 64:144].reshape(n, 16, 5))
-    d_f_23 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c7)
-    d__p10 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d_weight_24 = torch.einsum("zui,zui->u", (d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p10)
+    ik_41 = tl.arange(0, 8)
+    p0_41 = scratch + 1136 + z[:, None, None, None] * 5408 + ik_41[None, None, :, None]
+    m0_41 = row_mask[:, None, None, None] & (ik_41[None, None, :, None] < 5)
+    p1_41 = f_ptr + 64 + z[:, None, None, None] * 144
+    m1_41 = row_mask[:, None, None, None]
+    po_41 = scratch + 2544 + z[:, None, None, None] * 5408 + ik_41[None, None, :, None] * 16
+    mo_41 = row_mask[:, None, None, None] & (ik_41[None, None, :, None] < 5)
+    for starti_41 in range(0, 5, 4):
+        ii_41 = starti_41 + tl.arange(0, 4)
+        for startu_41 in range(0, 16, 8):
+            iu_41 = startu_41 + tl.arange(0, 8)
+            a0_41 = tl.load(p0_41 + iu_41[None, None, None, :] * 5, mask=m0_41, other=0.0)
+            a1_41 = tl.load(p1_41 + iu_41[None, None, None, :] * 5 + ii_41[None, :, None, None], mask=m1_41 & (ii_41[None, :, None, None] < 5), other=0.0)
+            q_41 = po_41 + ii_41[None, :, None, None] * 80 + iu_41[None, None, None, :]
+            tl.store(q_41, tl.load(q_41, mask=mo_41 & (ii_41[None, :, None, None] < 5), other=0.0) + a0_41 * a1_41, mask=mo_41 & (ii_41[None, :, None, None] < 5))
+    tl.debug_barrier()
+    p0_42 = cg_2_2_2_ptr + 0
+    p1_42 = scratch + 2544 + z[:, None, None, None, None] * 5408
+    m1_42 = row_mask[:, None, None, None, None]
+    po_42 = d_f_ptr + 64 + z[:, None, None] * 144
+    mo_42 = row_mask[:, None, None]
+    for startu_42 in range(0, 16, 4):
+        iu_42 = startu_42 + tl.arange(0, 4)
+        for startj_42 in range(0, 5, 4):
+            ij_42 = startj_42 + tl.arange(0, 4)
+            acc_42 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for starti_42 in range(0, 5, 4):
+                ii_42 = starti_42 + tl.arange(0, 4)
+                for startk_42 in range(0, 5, 4):
+                    ik_42 = startk_42 + tl.arange(0, 4)
+                    a0_42 = tl.load(p0_42 + ii_42[None, None, None, :, None] * 25 + ij_42[None, None, :, None, None] * 5 + ik_42[None, None, None, None, :], mask=(ii_42[None, None, None, :, None] < 5) & (ij_42[None, None, :, None, None] < 5) & (ik_42[None, None, None, None, :] < 5), other=0.0)
+                    a1_42 = tl.load(p1_42 + ii_42[None, None, None, :, None] * 80 + ik_42[None, None, None, None, :] * 16 + iu_42[None, :, None, None, None], mask=m1_42 & (ii_42[None, None, None, :, None] < 5) & (ik_42[None, None, None, None, :] < 5), other=0.0)
+                    acc_42 += tl.sum(tl.sum(a0_42 * a1_42, axis=4), axis=3)
+            q_42 = po_42 + iu_42[None, :, None] * 5 + ij_42[None, None, :]
+            tl.store(q_42, tl.load(q_42, mask=mo_42 & (ij_42[None, None, :] < 5), other=0.0) + acc_42, mask=mo_42 & (ij_42[None, None, :] < 5))
+    tl.debug_barrier()
+    iu_43 = tl.arange(0, 16)
+    ii_43 = tl.arange(0, 1)
+    p0_43 = scratch + 608 + z[:, None, None] * 5408 + iu_43[None, :, None] + ii_43[None, None, :]
+    m0_43 = row_mask[:, None, None]
+    p1_43 = weight_ptr + 112 + iu_43[None, :, None]
+    po_43 = scratch + 1120 + z[:, None, None] * 5408 + iu_43[None, :, None] + ii_43[None, None, :]
+    mo_43 = row_mask[:, None, None]
+    a0_43 = tl.load(p0_43, mask=m0_43, other=0.0)
+    a1_43 = tl.load(p1_43)
+    q_43 = po_43
+    tl.store(q_43, tl.load(q_43, mask=mo_43, other=0.0) + a0_43 * a1_43 * 0.5773502691896257, mask=mo_43)
+    tl.debug_barrier()
+    iu_44 = tl.arange(0, 16)
+    ii_44 = tl.arange(0, 1)
+    p0_44 = scratch + 608 + z[:, None, None] * 5408 + iu_44[None, :, None] + ii_44[None, None, :]
+    m0_44 = row_mask[:, None, None]
+    p1_44 = scratch + 512 + z[:, None, None] * 5408 + iu_44[None, :, None] + ii_44[None, None, :]
+    m1_44 = row_mask[:, None, None]
+    po_44 = partial + 112 + slot + iu_44
+    a0_44 = tl.load(p0_44, mask=m0_44, other=0.0)
+    a1_44 = tl.load(p1_44, mask=m1_44, other=0.0)
+    q_44 = po_44
+    tl.store(q_44, tl.load(q_44) + tl.sum(tl.sum(a0_44 * a1_44, axis=2), axis=0) * 0.5773502691896257)
+    tl.debug_barrier()
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c8 = torch.einsum("zuk,zuj->zjku", d__p10, f[:, 64:144].reshape(n, 16, 5))
-    d_f_25 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c8)
+    ij_45 = tl.arange(0, 8)
+    ik_45 = tl.arange(0, 1)
+    iu_45 = tl.arange(0, 16)
+    p0_45 = scratch + 1120 + z[:, None, None, None] * 5408 + iu_45[None, None, None, :] + ik_45[None, None, :, None]
+    m0_45 = row_mask[:, None, None, None]
+    p1_45 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_45[None, None, None, :] * 5 + ij_45[None, :, None, None]
+    m1_45 = row_mask[:, None, None, None] & (ij_45[None, :, None, None] < 5)
+    po_45 = scratch + 2944 + z[:, None, None, None] * 5408 + ij_45[None, :, None, None] * 16 + ik_45[None, None, :, None] * 16 + iu_45[None, None, None, :]
+    mo_45 = row_mask[:, None, None, None] & (ij_45[None, :, None, None] < 5)
+    a0_45 = tl.load(p0_45, mask=m0_45, other=0.0)
+    a1_45 = tl.load(p1_45, mask=m1_45, other=0.0)
+    q_45 = po_45
+    tl.store(q_45, tl.load(q_45, mask=mo_45, other=0.0) + a0_45 * a1_45, mask=mo_45)
+    tl.debug_barrier()
+    ii_46 = tl.arange(0, 8)
+    ij_46 = tl.arange(0, 8)
+    ik_46 = tl.arange(0, 1)
+    p0_46 = cg_2_2_0_ptr + 0 + ii_46[None, None, :, None, None] * 5 + ij_46[None, None, None, :, None] + ik_46[None, None, None, None, :]
+    m0_46 = (ii_46[None, None, :, None, None] < 5) & (ij_46[None, None, None, :, None] < 5)
+    p1_46 = scratch + 2944 + z[:, None, None, None, None] * 5408 + ij_46[None, None, None, :, None] * 16 + ik_46[None, None, None, None, :] * 16
+    m1_46 = row_mask[:, None, None, None, None] & (ij_46[None, None, None, :, None] < 5)
+    po_46 = d_f_ptr + 64 + z[:, None, None] * 144 + ii_46[None, None, :]
+    mo_46 = row_mask[:, None, None] & (ii_46[None, None, :] < 5)
+    for startu_46 in range(0, 16, 4):
+        iu_46 = startu_46 + tl.arange(0, 4)
+        a0_46 = tl.load(p0_46, mask=m0_46, other=0.0)
+        a1_46 = tl.load(p1_46 + iu_46[None, :, None, None, None], mask=m1_46, other=0.0)
+        q_46 = po_46 + iu_46[None, :, None] * 5
+        tl.store(q_46, tl.load(q_46, mask=mo_46, other=0.0) + tl.sum(tl.sum(a0_46 * a1_46, axis=4), axis=3), mask=mo_46)
+    tl.debug_barrier()
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c9 = torch.einsum("zuk,zui->ziku", d__p10, f[:, 64:144].reshape(n, 16, 5))
-    d_f_26 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c9)
-    d__p9 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d_weight_27 = torch.einsum("zui,zui->u", (d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p9)
+    ii_47 = tl.arange(0, 8)
+    ik_47 = tl.arange(0, 1)
+    iu_47 = tl.arange(0, 16)
+    p0_47 = scratch + 1120 + z[:, None, None, None] * 5408 + iu_47[None, None, None, :] + ik_47[None, None, :, None]
+    m0_47 = row_mask[:, None, None, None]
+    p1_47 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_47[None, None, None, :] * 5 + ii_47[None, :, None, None]
+    m1_47 = row_mask[:, None, None, None] & (ii_47[None, :, None, None] < 5)
+    po_47 = scratch + 3024 + z[:, None, None, None] * 5408 + ii_47[None, :, None, None] * 16 + ik_47[None, None, :, None] * 16 + iu_47[None, None, None, :]
+    mo_47 = row_mask[:, None, None, None] & (ii_47[None, :, None, None] < 5)
+    a0_47 = tl.load(p0_47, mask=m0_47, other=0.0)
+    a1_47 = tl.load(p1_47, mask=m1_47, other=0.0)
+    q_47 = po_47
+    tl.store(q_47, tl.load(q_47, mask=mo_47, other=0.0) + a0_47 * a1_47, mask=mo_47)
+    tl.debug_barrier()
+    ij_48 = tl.arange(0, 8)
+    ii_48 = tl.arange(0, 8)
+    ik_48 = tl.arange(0, 1)
+    p0_48 = cg_2_2_0_ptr + 0 + ii_48[None, None, None, :, None] * 5 + ij_48[None, None, :, None, None] + ik_48[None, None, None, None, :]
+    m0_48 = (ii_48[None, None, None, :, None] < 5) & (ij_48[None, None, :, None, None] < 5)
+    p1_48 = scratch + 3024 + z[:, None, None, None, None] * 5408 + ii_48[None, None, None, :, None] * 16 + ik_48[None, None, None, None, :] * 16
+    m1_48 = row_mask[:, None, None, None, None] & (ii_48[None, None, None, :, None] < 5)
+    po_48 = d_f_ptr + 64 + z[:, None, None] * 144 + ij_48[None, None, :]
+    mo_48 = row_mask[:, None, None] & (ij_48[None, None, :] < 5)
+    for startu_48 in range(0, 16, 4):
+        iu_48 = startu_48 + tl.arange(0, 4)
+        a0_48 = tl.load(p0_48, mask=m0_48, other=0.0)
+        a1_48 = tl.load(p1_48 + iu_48[None, :, None, None, None], mask=m1_48, other=0.0)
+        q_48 = po_48 + iu_48[None, :, None] * 5
+        tl.store(q_48, tl.load(q_48, mask=mo_48, other=0.0) + tl.sum(tl.sum(a0_48 * a1_48, axis=4), axis=3), mask=mo_48)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_cg_d_3_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_f_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg, statements 49–64 of 90: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
+    iu_49 = tl.arange(0, 16)
+    ii_49 = tl.arange(0, 8)
+    p0_49 = scratch + 672 + z[:, None, None] * 5408 + iu_49[None, :, None] * 5 + ii_49[None, None, :]
+    m0_49 = row_mask[:, None, None] & (ii_49[None, None, :] < 5)
+    p1_49 = weight_ptr + 96 + iu_49[None, :, None]
+    po_49 = scratch + 1040 + z[:, None, None] * 5408 + iu_49[None, :, None] * 5 + ii_49[None, None, :]
+    mo_49 = row_mask[:, None, None] & (ii_49[None, None, :] < 5)
+    a0_49 = tl.load(p0_49, mask=m0_49, other=0.0)
+    a1_49 = tl.load(p1_49)
+    q_49 = po_49
+    tl.store(q_49, tl.load(q_49, mask=mo_49, other=0.0) + a0_49 * a1_49 * 1.118033988749895, mask=mo_49)
+    tl.debug_barrier()
+    iu_50 = tl.arange(0, 16)
+    ii_50 = tl.arange(0, 8)
+    p0_50 = scratch + 672 + z[:, None, None] * 5408 + iu_50[None, :, None] * 5 + ii_50[None, None, :]
+    m0_50 = row_mask[:, None, None] & (ii_50[None, None, :] < 5)
+    p1_50 = scratch + 432 + z[:, None, None] * 5408 + iu_50[None, :, None] * 5 + ii_50[None, None, :]
+    m1_50 = row_mask[:, None, None] & (ii_50[None, None, :] < 5)
+    po_50 = partial + 96 + slot + iu_50
+    a0_50 = tl.load(p0_50, mask=m0_50, other=0.0)
+    a1_50 = tl.load(p1_50, mask=m1_50, other=0.0)
+    q_50 = po_50
+    tl.store(q_50, tl.load(q_50) + tl.sum(tl.sum(a0_50 * a1_50, axis=2), axis=0) * 1.118033988749895)
+    tl.debug_barrier()
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _c10 = torch.einsum("zuk,zuj->zjku", d__p9, f[:, 64:144].reshape(n, 16, 5))
-    d_f_28 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c10)
+    ik_51 = tl.arange(0, 8)
+    p0_51 = scratch + 1040 + z[:, None, None, None] * 5408 + ik_51[None, None, :, None]
+    m0_51 = row_mask[:, None, None, None] & (ik_51[None, None, :, None] < 5)
+    p1_51 = f_ptr + 64 + z[:, None, None, None] * 144
+    m1_51 = row_mask[:, None, None, None]
+    po_51 = scratch + 3104 + z[:, None, None, None] * 5408 + ik_51[None, None, :, None] * 16
+    mo_51 = row_mask[:, None, None, None] & (ik_51[None, None, :, None] < 5)
+    for startj_51 in range(0, 5, 4):
+        ij_51 = startj_51 + tl.arange(0, 4)
+        for startu_51 in range(0, 16, 8):
+            iu_51 = startu_51 + tl.arange(0, 8)
+            a0_51 = tl.load(p0_51 + iu_51[None, None, None, :] * 5, mask=m0_51, other=0.0)
+            a1_51 = tl.load(p1_51 + iu_51[None, None, None, :] * 5 + ij_51[None, :, None, None], mask=m1_51 & (ij_51[None, :, None, None] < 5), other=0.0)
+            q_51 = po_51 + ij_51[None, :, None, None] * 80 + iu_51[None, None, None, :]
+            tl.store(q_51, tl.load(q_51, mask=mo_51 & (ij_51[None, :, None, None] < 5), other=0.0) + a0_51 * a1_51, mask=mo_51 & (ij_51[None, :, None, None] < 5))
+    tl.debug_barrier()
+    ii_52 = tl.arange(0, 4)
+    p0_52 = cg_1_2_2_ptr + 0 + ii_52[None, None, :, None, None] * 25
+    m0_52 = (ii_52[None, None, :, None, None] < 3)
+    p1_52 = scratch + 3104 + z[:, None, None, None, None] * 5408
+    m1_52 = row_mask[:, None, None, None, None]
+    po_52 = d_f_ptr + 16 + z[:, None, None] * 144 + ii_52[None, None, :]
+    mo_52 = row_mask[:, None, None] & (ii_52[None, None, :] < 3)
+    for startu_52 in range(0, 16, 4):
+        iu_52 = startu_52 + tl.arange(0, 4)
+        acc_52 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+        for startj_52 in range(0, 5, 4):
+            ij_52 = startj_52 + tl.arange(0, 4)
+            for startk_52 in range(0, 5, 4):
+                ik_52 = startk_52 + tl.arange(0, 4)
+                a0_52 = tl.load(p0_52 + ij_52[None, None, None, :, None] * 5 + ik_52[None, None, None, None, :], mask=m0_52 & (ij_52[None, None, None, :, None] < 5) & (ik_52[None, None, None, None, :] < 5), other=0.0)
+                a1_52 = tl.load(p1_52 + ij_52[None, None, None, :, None] * 80 + ik_52[None, None, None, None, :] * 16 + iu_52[None, :, None, None, None], mask=m1_52 & (ij_52[None, None, None, :, None] < 5) & (ik_52[None, None, None, None, :] < 5), other=0.0)
+                acc_52 += tl.sum(tl.sum(a0_52 * a1_52, axis=4), axis=3)
+        q_52 = po_52 + iu_52[None, :, None] * 3
+        tl.store(q_52, tl.load(q_52, mask=mo_52, other=0.0) + acc_52, mask=mo_52)
+    tl.debug_barrier()
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _c11 = torch.einsum("zuk,zui->ziku", d__p9, f[:, 16:64].reshape(n, 16, 3))
-    d_f_29 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c11)
-    d__p8 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d_weight_30 = torch.einsum("zui,zui->u", (d_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589), _p8)
+    ii_53 = tl.arange(0, 4)
+    ik_53 = tl.arange(0, 8)
+    p0_53 = scratch + 1040 + z[:, None, None, None] * 5408 + ik_53[None, None, :, None]
+    m0_53 = row_mask[:, None, None, None] & (ik_53[None, None, :, None] < 5)
+    p1_53 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_53[None, :, None, None]
+    m1_53 = row_mask[:, None, None, None] & (ii_53[None, :, None, None] < 3)
+    po_53 = scratch + 3504 + z[:, None, None, None] * 5408 + ii_53[None, :, None, None] * 80 + ik_53[None, None, :, None] * 16
+    mo_53 = row_mask[:, None, None, None] & (ii_53[None, :, None, None] < 3) & (ik_53[None, None, :, None] < 5)
+    for startu_53 in range(0, 16, 8):
+        iu_53 = startu_53 + tl.arange(0, 8)
+        a0_53 = tl.load(p0_53 + iu_53[None, None, None, :] * 5, mask=m0_53, other=0.0)
+        a1_53 = tl.load(p1_53 + iu_53[None, None, None, :] * 3, mask=m1_53, other=0.0)
+        q_53 = po_53 + iu_53[None, None, None, :]
+        tl.store(q_53, tl.load(q_53, mask=mo_53, other=0.0) + a0_53 * a1_53, mask=mo_53)
+    tl.debug_barrier()
+    ii_54 = tl.arange(0, 4)
+    p0_54 = cg_1_2_2_ptr + 0 + ii_54[None, None, None, :, None] * 25
+    m0_54 = (ii_54[None, None, None, :, None] < 3)
+    p1_54 = scratch + 3504 + z[:, None, None, None, None] * 5408 + ii_54[None, None, None, :, None] * 80
+    m1_54 = row_mask[:, None, None, None, None] & (ii_54[None, None, None, :, None] < 3)
+    po_54 = d_f_ptr + 64 + z[:, None, None] * 144
+    mo_54 = row_mask[:, None, None]
+    for startu_54 in range(0, 16, 4):
+        iu_54 = startu_54 + tl.arange(0, 4)
+        for startj_54 in range(0, 5, 4):
+            ij_54 = startj_54 + tl.arange(0, 4)
+            acc_54 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for startk_54 in range(0, 5, 4):
+                ik_54 = startk_54 + tl.arange(0, 4)
+                a0_54 = tl.load(p0_54 + ij_54[None, None, :, None, None] * 5 + ik_54[None, None, None, None, :], mask=m0_54 & (ij_54[None, None, :, None, None] < 5) & (ik_54[None, None, None, None, :] < 5), other=0.0)
+                a1_54 = tl.load(p1_54 + ik_54[None, None, None, None, :] * 16 + iu_54[None, :, None, None, None], mask=m1_54 & (ik_54[None, None, None, None, :] < 5), other=0.0)
+                acc_54 += tl.sum(tl.sum(a0_54 * a1_54, axis=4), axis=3)
+            q_54 = po_54 + iu_54[None, :, None] * 5 + ij_54[None, None, :]
+            tl.store(q_54, tl.load(q_54, mask=mo_54 & (ij_54[None, None, :] < 5), other=0.0) + acc_54, mask=mo_54 & (ij_54[None, None, :] < 5))
+    tl.debug_barrier()
+    iu_55 = tl.arange(0, 16)
+    ii_55 = tl.arange(0, 4)
+    p0_55 = scratch + 624 + z[:, None, None] * 5408 + iu_55[None, :, None] * 3 + ii_55[None, None, :]
+    m0_55 = row_mask[:, None, None] & (ii_55[None, None, :] < 3)
+    p1_55 = weight_ptr + 80 + iu_55[None, :, None]
+    po_55 = scratch + 992 + z[:, None, None] * 5408 + iu_55[None, :, None] * 3 + ii_55[None, None, :]
+    mo_55 = row_mask[:, None, None] & (ii_55[None, None, :] < 3)
+    a0_55 = tl.load(p0_55, mask=m0_55, other=0.0)
+    a1_55 = tl.load(p1_55)
+    q_55 = po_55
+    tl.store(q_55, tl.load(q_55, mask=mo_55, other=0.0) + a0_55 * a1_55 * 1.224744871391589, mask=mo_55)
+    tl.debug_barrier()
+    iu_56 = tl.arange(0, 16)
+    ii_56 = tl.arange(0, 4)
+    p0_56 = scratch + 624 + z[:, None, None] * 5408 + iu_56[None, :, None] * 3 + ii_56[None, None, :]
+    m0_56 = row_mask[:, None, None] & (ii_56[None, None, :] < 3)
+    p1_56 = scratch + 384 + z[:, None, None] * 5408 + iu_56[None, :, None] * 3 + ii_56[None, None, :]
+    m1_56 = row_mask[:, None, None] & (ii_56[None, None, :] < 3)
+    po_56 = partial + 80 + slot + iu_56
+    a0_56 = tl.load(p0_56, mask=m0_56, other=0.0)
+    a1_56 = tl.load(p1_56, mask=m1_56, other=0.0)
+    q_56 = po_56
+    tl.store(q_56, tl.load(q_56) + tl.sum(tl.sum(a0_56 * a1_56, axis=2), axis=0) * 1.224744871391589)
+    tl.debug_barrier()
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c12 = torch.einsum("zuk,zuj->zjku", d__p8, f[:, 64:144].reshape(n, 16, 5))
-    d_f_31 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c12)
+    ij_57 = tl.arange(0, 8)
+    ik_57 = tl.arange(0, 4)
+    p0_57 = scratch + 992 + z[:, None, None, None] * 5408 + ik_57[None, None, :, None]
+    m0_57 = row_mask[:, None, None, None] & (ik_57[None, None, :, None] < 3)
+    p1_57 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_57[None, :, None, None]
+    m1_57 = row_mask[:, None, None, None] & (ij_57[None, :, None, None] < 5)
+    po_57 = scratch + 3744 + z[:, None, None, None] * 5408 + ij_57[None, :, None, None] * 48 + ik_57[None, None, :, None] * 16
+    mo_57 = row_mask[:, None, None, None] & (ij_57[None, :, None, None] < 5) & (ik_57[None, None, :, None] < 3)
+    for startu_57 in range(0, 16, 8):
+        iu_57 = startu_57 + tl.arange(0, 8)
+        a0_57 = tl.load(p0_57 + iu_57[None, None, None, :] * 3, mask=m0_57, other=0.0)
+        a1_57 = tl.load(p1_57 + iu_57[None, None, None, :] * 5, mask=m1_57, other=0.0)
+        q_57 = po_57 + iu_57[None, None, None, :]
+        tl.store(q_57, tl.load(q_57, mask=mo_57, other=0.0) + a0_57 * a1_57, mask=mo_57)
+    tl.debug_barrier()
+    ii_58 = tl.arange(0, 4)
+    ik_58 = tl.arange(0, 4)
+    p0_58 = cg_1_2_1_ptr + 0 + ii_58[None, None, :, None, None] * 15 + ik_58[None, None, None, None, :]
+    m0_58 = (ii_58[None, None, :, None, None] < 3) & (ik_58[None, None, None, None, :] < 3)
+    p1_58 = scratch + 3744 + z[:, None, None, None, None] * 5408 + ik_58[None, None, None, None, :] * 16
+    m1_58 = row_mask[:, None, None, None, None] & (ik_58[None, None, None, None, :] < 3)
+    po_58 = d_f_ptr + 16 + z[:, None, None] * 144 + ii_58[None, None, :]
+    mo_58 = row_mask[:, None, None] & (ii_58[None, None, :] < 3)
+    for startu_58 in range(0, 16, 4):
+        iu_58 = startu_58 + tl.arange(0, 4)
+        acc_58 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+        for startj_58 in range(0, 5, 4):
+            ij_58 = startj_58 + tl.arange(0, 4)
+            a0_58 = tl.load(p0_58 + ij_58[None, None, None, :, None] * 3, mask=m0_58 & (ij_58[None, None, None, :, None] < 5), other=0.0)
+            a1_58 = tl.load(p1_58 + ij_58[None, None, None, :, None] * 48 + iu_58[None, :, None, None, None], mask=m1_58 & (ij_58[None, None, None, :, None] < 5), other=0.0)
+            acc_58 += tl.sum(tl.sum(a0_58 * a1_58, axis=4), axis=3)
+        q_58 = po_58 + iu_58[None, :, None] * 3
+        tl.store(q_58, tl.load(q_58, mask=mo_58, other=0.0) + acc_58, mask=mo_58)
+    tl.debug_barrier()
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c13 = torch.einsum("zuk,zui->ziku", d__p8, f[:, 16:64].reshape(n, 16, 3))
-    d_f_32 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c13)
-    d__p7 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d_weight_33 = torch.einsum("zui,zui->u", (d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p7)
+    ii_59 = tl.arange(0, 4)
+    ik_59 = tl.arange(0, 4)
+    iu_59 = tl.arange(0, 16)
+    p0_59 = scratch + 992 + z[:, None, None, None] * 5408 + iu_59[None, None, None, :] * 3 + ik_59[None, None, :, None]
+    m0_59 = row_mask[:, None, None, None] & (ik_59[None, None, :, None] < 3)
+    p1_59 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_59[None, None, None, :] * 3 + ii_59[None, :, None, None]
+    m1_59 = row_mask[:, None, None, None] & (ii_59[None, :, None, None] < 3)
+    po_59 = scratch + 3984 + z[:, None, None, None] * 5408 + ii_59[None, :, None, None] * 48 + ik_59[None, None, :, None] * 16 + iu_59[None, None, None, :]
+    mo_59 = row_mask[:, None, None, None] & (ii_59[None, :, None, None] < 3) & (ik_59[None, None, :, None] < 3)
+    a0_59 = tl.load(p0_59, mask=m0_59, other=0.0)
+    a1_59 = tl.load(p1_59, mask=m1_59, other=0.0)
+    q_59 = po_59
+    tl.store(q_59, tl.load(q_59, mask=mo_59, other=0.0) + a0_59 * a1_59, mask=mo_59)
+    tl.debug_barrier()
+    ii_60 = tl.arange(0, 4)
+    ik_60 = tl.arange(0, 4)
+    p0_60 = cg_1_2_1_ptr + 0 + ii_60[None, None, None, :, None] * 15 + ik_60[None, None, None, None, :]
+    m0_60 = (ii_60[None, None, None, :, None] < 3) & (ik_60[None, None, None, None, :] < 3)
+    p1_60 = scratch + 3984 + z[:, None, None, None, None] * 5408 + ii_60[None, None, None, :, None] * 48 + ik_60[None, None, None, None, :] * 16
+    m1_60 = row_mask[:, None, None, None, None] & (ii_60[None, None, None, :, None] < 3) & (ik_60[None, None, None, None, :] < 3)
+    po_60 = d_f_ptr + 64 + z[:, None, None] * 144
+    mo_60 = row_mask[:, None, None]
+    for startu_60 in range(0, 16, 4):
+        iu_60 = startu_60 + tl.arange(0, 4)
+        for startj_60 in range(0, 5, 4):
+            ij_60 = startj_60 + tl.arange(0, 4)
+            a0_60 = tl.load(p0_60 + ij_60[None, None, :, None, None] * 3, mask=m0_60 & (ij_60[None, None, :, None, None] < 5), other=0.0)
+            a1_60 = tl.load(p1_60 + iu_60[None, :, None, None, None], mask=m1_60, other=0.0)
+            q_60 = po_60 + iu_60[None, :, None] * 5 + ij_60[None, None, :]
+            tl.store(q_60, tl.load(q_60, mask=mo_60 & (ij_60[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_60 * a1_60, axis=4), axis=3), mask=mo_60 & (ij_60[None, None, :] < 5))
+    tl.debug_barrier()
+    iu_61 = tl.arange(0, 16)
+    ii_61 = tl.arange(0, 8)
+    p0_61 = scratch + 672 + z[:, None, None] * 5408 + iu_61[None, :, None] * 5 + ii_61[None, None, :]
+    m0_61 = row_mask[:, None, None] & (ii_61[None, None, :] < 5)
+    p1_61 = weight_ptr + 64 + iu_61[None, :, None]
+    po_61 = scratch + 912 + z[:, None, None] * 5408 + iu_61[None, :, None] * 5 + ii_61[None, None, :]
+    mo_61 = row_mask[:, None, None] & (ii_61[None, None, :] < 5)
+    a0_61 = tl.load(p0_61, mask=m0_61, other=0.0)
+    a1_61 = tl.load(p1_61)
+    q_61 = po_61
+    tl.store(q_61, tl.load(q_61, mask=mo_61, other=0.0) + a0_61 * a1_61 * 1.118033988749895, mask=mo_61)
+    tl.debug_barrier()
+    iu_62 = tl.arange(0, 16)
+    ii_62 = tl.arange(0, 8)
+    p0_62 = scratch + 672 + z[:, None, None] * 5408 + iu_62[None, :, None] * 5 + ii_62[None, None, :]
+    m0_62 = row_mask[:, None, None] & (ii_62[None, None, :] < 5)
+    p1_62 = scratch + 304 + z[:, None, None] * 5408 + iu_62[None, :, None] * 5 + ii_62[None, None, :]
+    m1_62 = row_mask[:, None, None] & (ii_62[None, None, :] < 5)
+    po_62 = partial + 64 + slot + iu_62
+    a0_62 = tl.load(p0_62, mask=m0_62, other=0.0)
+    a1_62 = tl.load(p1_62, mask=m1_62, other=0.0)
+    q_62 = po_62
+    tl.store(q_62, tl.load(q_62) + tl.sum(tl.sum(a0_62 * a1_62, axis=2), axis=0) * 1.118033988749895)
+    tl.debug_barrier()
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _c14 = torch.einsum("zuk,zuj->zjku", d__p7, f[:, 16:64].reshape(n, 16, 3))
-    d_f_34 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c14)
+    ij_63 = tl.arange(0, 4)
+    ik_63 = tl.arange(0, 8)
+    p0_63 = scratch + 912 + z[:, None, None, None] * 5408 + ik_63[None, None, :, None]
+    m0_63 = row_mask[:, None, None, None] & (ik_63[None, None, :, None] < 5)
+    p1_63 = f_ptr + 16 + z[:, None, None, None] * 144 + ij_63[None, :, None, None]
+    m1_63 = row_mask[:, None, None, None] & (ij_63[None, :, None, None] < 3)
+    po_63 = scratch + 4128 + z[:, None, None, None] * 5408 + ij_63[None, :, None, None] * 80 + ik_63[None, None, :, None] * 16
+    mo_63 = row_mask[:, None, None, None] & (ij_63[None, :, None, None] < 3) & (ik_63[None, None, :, None] < 5)
+    for startu_63 in range(0, 16, 8):
+        iu_63 = startu_63 + tl.arange(0, 8)
+        a0_63 = tl.load(p0_63 + iu_63[None, None, None, :] * 5, mask=m0_63, other=0.0)
+        a1_63 = tl.load(p1_63 + iu_63[None, None, None, :] * 3, mask=m1_63, other=0.0)
+        q_63 = po_63 + iu_63[None, None, None, :]
+        tl.store(q_63, tl.load(q_63, mask=mo_63, other=0.0) + a0_63 * a1_63, mask=mo_63)
+    tl.debug_barrier()
+    ii_64 = tl.arange(0, 4)
+    ij_64 = tl.arange(0, 4)
+    p0_64 = cg_1_1_2_ptr + 0 + ii_64[None, None, :, None, None] * 15 + ij_64[None, None, None, :, None] * 5
+    m0_64 = (ii_64[None, None, :, None, None] < 3) & (ij_64[None, None, None, :, None] < 3)
+    p1_64 = scratch + 4128 + z[:, None, None, None, None] * 5408 + ij_64[None, None, None, :, None] * 80
+    m1_64 = row_mask[:, None, None, None, None] & (ij_64[None, None, None, :, None] < 3)
+    po_64 = d_f_ptr + 16 + z[:, None, None] * 144 + ii_64[None, None, :]
+    mo_64 = row_mask[:, None, None] & (ii_64[None, None, :] < 3)
+    for startu_64 in range(0, 16, 4):
+        iu_64 = startu_64 + tl.arange(0, 4)
+        acc_64 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+        for startk_64 in range(0, 5, 4):
+            ik_64 = startk_64 + tl.arange(0, 4)
+            a0_64 = tl.load(p0_64 + ik_64[None, None, None, None, :], mask=m0_64 & (ik_64[None, None, None, None, :] < 5), other=0.0)
+            a1_64 = tl.load(p1_64 + ik_64[None, None, None, None, :] * 16 + iu_64[None, :, None, None, None], mask=m1_64 & (ik_64[None, None, None, None, :] < 5), other=0.0)
+            acc_64 += tl.sum(tl.sum(a0_64 * a1_64, axis=4), axis=3)
+        q_64 = po_64 + iu_64[None, :, None] * 3
+        tl.store(q_64, tl.load(q_64, mask=mo_64, other=0.0) + acc_64, mask=mo_64)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_cg_d_4_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_f_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg, statements 65–80 of 90: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _c15 = torch.einsum("zuk,zui->ziku", d__p7, f[:, 16:64].reshape(n, 16, 3))
-    d_f_35 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c15)
-    d__p6 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d_weight_36 = torch.einsum("zui,zui->u", (d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p6)
+    ii_65 = tl.arange(0, 4)
+    ik_65 = tl.arange(0, 8)
+    p0_65 = scratch + 912 + z[:, None, None, None] * 5408 + ik_65[None, None, :, None]
+    m0_65 = row_mask[:, None, None, None] & (ik_65[None, None, :, None] < 5)
+    p1_65 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_65[None, :, None, None]
+    m1_65 = row_mask[:, None, None, None] & (ii_65[None, :, None, None] < 3)
+    po_65 = scratch + 4368 + z[:, None, None, None] * 5408 + ii_65[None, :, None, None] * 80 + ik_65[None, None, :, None] * 16
+    mo_65 = row_mask[:, None, None, None] & (ii_65[None, :, None, None] < 3) & (ik_65[None, None, :, None] < 5)
+    for startu_65 in range(0, 16, 8):
+        iu_65 = startu_65 + tl.arange(0, 8)
+        a0_65 = tl.load(p0_65 + iu_65[None, None, None, :] * 5, mask=m0_65, other=0.0)
+        a1_65 = tl.load(p1_65 + iu_65[None, None, None, :] * 3, mask=m1_65, other=0.0)
+        q_65 = po_65 + iu_65[None, None, None, :]
+        tl.store(q_65, tl.load(q_65, mask=mo_65, other=0.0) + a0_65 * a1_65, mask=mo_65)
+    tl.debug_barrier()
+    ij_66 = tl.arange(0, 4)
+    ii_66 = tl.arange(0, 4)
+    p0_66 = cg_1_1_2_ptr + 0 + ii_66[None, None, None, :, None] * 15 + ij_66[None, None, :, None, None] * 5
+    m0_66 = (ii_66[None, None, None, :, None] < 3) & (ij_66[None, None, :, None, None] < 3)
+    p1_66 = scratch + 4368 + z[:, None, None, None, None] * 5408 + ii_66[None, None, None, :, None] * 80
+    m1_66 = row_mask[:, None, None, None, None] & (ii_66[None, None, None, :, None] < 3)
+    po_66 = d_f_ptr + 16 + z[:, None, None] * 144 + ij_66[None, None, :]
+    mo_66 = row_mask[:, None, None] & (ij_66[None, None, :] < 3)
+    for startu_66 in range(0, 16, 4):
+        iu_66 = startu_66 + tl.arange(0, 4)
+        acc_66 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+        for startk_66 in range(0, 5, 4):
+            ik_66 = startk_66 + tl.arange(0, 4)
+            a0_66 = tl.load(p0_66 + ik_66[None, None, None, None, :], mask=m0_66 & (ik_66[None, None, None, None, :] < 5), other=0.0)
+            a1_66 = tl.load(p1_66 + ik_66[None, None, None, None, :] * 16 + iu_66[None, :, None, None, None], mask=m1_66 & (ik_66[None, None, None, None, :] < 5), other=0.0)
+            acc_66 += tl.sum(tl.sum(a0_66 * a1_66, axis=4), axis=3)
+        q_66 = po_66 + iu_66[None, :, None] * 3
+        tl.store(q_66, tl.load(q_66, mask=mo_66, other=0.0) + acc_66, mask=mo_66)
+    tl.debug_barrier()
+    iu_67 = tl.arange(0, 16)
+    ii_67 = tl.arange(0, 1)
+    p0_67 = scratch + 608 + z[:, None, None] * 5408 + iu_67[None, :, None] + ii_67[None, None, :]
+    m0_67 = row_mask[:, None, None]
+    p1_67 = weight_ptr + 48 + iu_67[None, :, None]
+    po_67 = scratch + 896 + z[:, None, None] * 5408 + iu_67[None, :, None] + ii_67[None, None, :]
+    mo_67 = row_mask[:, None, None]
+    a0_67 = tl.load(p0_67, mask=m0_67, other=0.0)
+    a1_67 = tl.load(p1_67)
+    q_67 = po_67
+    tl.store(q_67, tl.load(q_67, mask=mo_67, other=0.0) + a0_67 * a1_67 * 0.5773502691896257, mask=mo_67)
+    tl.debug_barrier()
+    iu_68 = tl.arange(0, 16)
+    ii_68 = tl.arange(0, 1)
+    p0_68 = scratch + 608 + z[:, None, None] * 5408 + iu_68[None, :, None] + ii_68[None, None, :]
+    m0_68 = row_mask[:, None, None]
+    p1_68 = scratch + 288 + z[:, None, None] * 5408 + iu_68[None, :, None] + ii_68[None, None, :]
+    m1_68 = row_mask[:, None, None]
+    po_68 = partial + 48 + slot + iu_68
+    a0_68 = tl.load(p0_68, mask=m0_68, other=0.0)
+    a1_68 = tl.load(p1_68, mask=m1_68, other=0.0)
+    q_68 = po_68
+    tl.store(q_68, tl.load(q_68) + tl.sum(tl.sum(a0_68 * a1_68, axis=2), axis=0) * 0.5773502691896257)
+    tl.debug_barrier()
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c16 = torch.einsum("zuk,zuj->zjku", d__p6, f[:, 16:64].reshape(n, 16, 3))
-    d_f_37 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c16)
+    ij_69 = tl.arange(0, 4)
+    ik_69 = tl.arange(0, 1)
+    iu_69 = tl.arange(0, 16)
+    p0_69 = scratch + 896 + z[:, None, None, None] * 5408 + iu_69[None, None, None, :] + ik_69[None, None, :, None]
+    m0_69 = row_mask[:, None, None, None]
+    p1_69 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_69[None, None, None, :] * 3 + ij_69[None, :, None, None]
+    m1_69 = row_mask[:, None, None, None] & (ij_69[None, :, None, None] < 3)
+    po_69 = scratch + 4608 + z[:, None, None, None] * 5408 + ij_69[None, :, None, None] * 16 + ik_69[None, None, :, None] * 16 + iu_69[None, None, None, :]
+    mo_69 = row_mask[:, None, None, None] & (ij_69[None, :, None, None] < 3)
+    a0_69 = tl.load(p0_69, mask=m0_69, other=0.0)
+    a1_69 = tl.load(p1_69, mask=m1_69, other=0.0)
+    q_69 = po_69
+    tl.store(q_69, tl.load(q_69, mask=mo_69, other=0.0) + a0_69 * a1_69, mask=mo_69)
+    tl.debug_barrier()
+    iu_70 = tl.arange(0, 16)
+    ii_70 = tl.arange(0, 4)
+    ij_70 = tl.arange(0, 4)
+    ik_70 = tl.arange(0, 1)
+    p0_70 = cg_1_1_0_ptr + 0 + ii_70[None, None, :, None, None] * 3 + ij_70[None, None, None, :, None] + ik_70[None, None, None, None, :]
+    m0_70 = (ii_70[None, None, :, None, None] < 3) & (ij_70[None, None, None, :, None] < 3)
+    p1_70 = scratch + 4608 + z[:, None, None, None, None] * 5408 + ij_70[None, None, None, :, None] * 16 + ik_70[None, None, None, None, :] * 16 + iu_70[None, :, None, None, None]
+    m1_70 = row_mask[:, None, None, None, None] & (ij_70[None, None, None, :, None] < 3)
+    po_70 = d_f_ptr + 16 + z[:, None, None] * 144 + iu_70[None, :, None] * 3 + ii_70[None, None, :]
+    mo_70 = row_mask[:, None, None] & (ii_70[None, None, :] < 3)
+    a0_70 = tl.load(p0_70, mask=m0_70, other=0.0)
+    a1_70 = tl.load(p1_70, mask=m1_70, other=0.0)
+    q_70 = po_70
+    tl.store(q_70, tl.load(q_70, mask=mo_70, other=0.0) + tl.sum(tl.sum(a0_70 * a1_70, axis=4), axis=3), mask=mo_70)
+    tl.debug_barrier()
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c17 = torch.einsum("zuk,zui->ziku", d__p6, f[:, 16:64].reshape(n, 16, 3))
-    d_f_38 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c17)
-    d__p5 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d_weight_39 = torch.einsum("zui,zui->u", (d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p5)
+    ii_71 = tl.arange(0, 4)
+    ik_71 = tl.arange(0, 1)
+    iu_71 = tl.arange(0, 16)
+    p0_71 = scratch + 896 + z[:, None, None, None] * 5408 + iu_71[None, None, None, :] + ik_71[None, None, :, None]
+    m0_71 = row_mask[:, None, None, None]
+    p1_71 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_71[None, None, None, :] * 3 + ii_71[None, :, None, None]
+    m1_71 = row_mask[:, None, None, None] & (ii_71[None, :, None, None] < 3)
+    po_71 = scratch + 4656 + z[:, None, None, None] * 5408 + ii_71[None, :, None, None] * 16 + ik_71[None, None, :, None] * 16 + iu_71[None, None, None, :]
+    mo_71 = row_mask[:, None, None, None] & (ii_71[None, :, None, None] < 3)
+    a0_71 = tl.load(p0_71, mask=m0_71, other=0.0)
+    a1_71 = tl.load(p1_71, mask=m1_71, other=0.0)
+    q_71 = po_71
+    tl.store(q_71, tl.load(q_71, mask=mo_71, other=0.0) + a0_71 * a1_71, mask=mo_71)
+    tl.debug_barrier()
+    iu_72 = tl.arange(0, 16)
+    ij_72 = tl.arange(0, 4)
+    ii_72 = tl.arange(0, 4)
+    ik_72 = tl.arange(0, 1)
+    p0_72 = cg_1_1_0_ptr + 0 + ii_72[None, None, None, :, None] * 3 + ij_72[None, None, :, None, None] + ik_72[None, None, None, None, :]
+    m0_72 = (ii_72[None, None, None, :, None] < 3) & (ij_72[None, None, :, None, None] < 3)
+    p1_72 = scratch + 4656 + z[:, None, None, None, None] * 5408 + ii_72[None, None, None, :, None] * 16 + ik_72[None, None, None, None, :] * 16 + iu_72[None, :, None, None, None]
+    m1_72 = row_mask[:, None, None, None, None] & (ii_72[None, None, None, :, None] < 3)
+    po_72 = d_f_ptr + 16 + z[:, None, None] * 144 + iu_72[None, :, None] * 3 + ij_72[None, None, :]
+    mo_72 = row_mask[:, None, None] & (ij_72[None, None, :] < 3)
+    a0_72 = tl.load(p0_72, mask=m0_72, other=0.0)
+    a1_72 = tl.load(p1_72, mask=m1_72, other=0.0)
+    q_72 = po_72
+    tl.store(q_72, tl.load(q_72, mask=mo_72, other=0.0) + tl.sum(tl.sum(a0_72 * a1_72, axis=4), axis=3), mask=mo_72)
+    tl.debug_barrier()
+    iu_73 = tl.arange(0, 16)
+    ii_73 = tl.arange(0, 8)
+    p0_73 = scratch + 672 + z[:, None, None] * 5408 + iu_73[None, :, None] * 5 + ii_73[None, None, :]
+    m0_73 = row_mask[:, None, None] & (ii_73[None, None, :] < 5)
+    p1_73 = weight_ptr + 32 + iu_73[None, :, None]
+    po_73 = scratch + 816 + z[:, None, None] * 5408 + iu_73[None, :, None] * 5 + ii_73[None, None, :]
+    mo_73 = row_mask[:, None, None] & (ii_73[None, None, :] < 5)
+    a0_73 = tl.load(p0_73, mask=m0_73, other=0.0)
+    a1_73 = tl.load(p1_73)
+    q_73 = po_73
+    tl.store(q_73, tl.load(q_73, mask=mo_73, other=0.0) + a0_73 * a1_73 * 1.118033988749895, mask=mo_73)
+    tl.debug_barrier()
+    iu_74 = tl.arange(0, 16)
+    ii_74 = tl.arange(0, 8)
+    p0_74 = scratch + 672 + z[:, None, None] * 5408 + iu_74[None, :, None] * 5 + ii_74[None, None, :]
+    m0_74 = row_mask[:, None, None] & (ii_74[None, None, :] < 5)
+    p1_74 = scratch + 208 + z[:, None, None] * 5408 + iu_74[None, :, None] * 5 + ii_74[None, None, :]
+    m1_74 = row_mask[:, None, None] & (ii_74[None, None, :] < 5)
+    po_74 = partial + 32 + slot + iu_74
+    a0_74 = tl.load(p0_74, mask=m0_74, other=0.0)
+    a1_74 = tl.load(p1_74, mask=m1_74, other=0.0)
+    q_74 = po_74
+    tl.store(q_74, tl.load(q_74) + tl.sum(tl.sum(a0_74 * a1_74, axis=2), axis=0) * 1.118033988749895)
+    tl.debug_barrier()
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c18 = torch.einsum("zuk,zuj->zjku", d__p5, f[:, 64:144].reshape(n, 16, 5))
-    d_f_40 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c18)
+    ik_75 = tl.arange(0, 8)
+    p0_75 = scratch + 816 + z[:, None, None, None] * 5408 + ik_75[None, None, :, None]
+    m0_75 = row_mask[:, None, None, None] & (ik_75[None, None, :, None] < 5)
+    p1_75 = f_ptr + 64 + z[:, None, None, None] * 144
+    m1_75 = row_mask[:, None, None, None]
+    po_75 = scratch + 4704 + z[:, None, None, None] * 5408 + ik_75[None, None, :, None] * 16
+    mo_75 = row_mask[:, None, None, None] & (ik_75[None, None, :, None] < 5)
+    for startj_75 in range(0, 5, 4):
+        ij_75 = startj_75 + tl.arange(0, 4)
+        for startu_75 in range(0, 16, 8):
+            iu_75 = startu_75 + tl.arange(0, 8)
+            a0_75 = tl.load(p0_75 + iu_75[None, None, None, :] * 5, mask=m0_75, other=0.0)
+            a1_75 = tl.load(p1_75 + iu_75[None, None, None, :] * 5 + ij_75[None, :, None, None], mask=m1_75 & (ij_75[None, :, None, None] < 5), other=0.0)
+            q_75 = po_75 + ij_75[None, :, None, None] * 80 + iu_75[None, None, None, :]
+            tl.store(q_75, tl.load(q_75, mask=mo_75 & (ij_75[None, :, None, None] < 5), other=0.0) + a0_75 * a1_75, mask=mo_75 & (ij_75[None, :, None, None] < 5))
+    tl.debug_barrier()
+    ii_76 = tl.arange(0, 1)
+    ij_76 = tl.arange(0, 8)
+    ik_76 = tl.arange(0, 8)
+    p0_76 = cg_0_2_2_ptr + 0 + ii_76[None, None, :, None, None] * 25 + ij_76[None, None, None, :, None] * 5 + ik_76[None, None, None, None, :]
+    m0_76 = (ij_76[None, None, None, :, None] < 5) & (ik_76[None, None, None, None, :] < 5)
+    p1_76 = scratch + 4704 + z[:, None, None, None, None] * 5408 + ij_76[None, None, None, :, None] * 80 + ik_76[None, None, None, None, :] * 16
+    m1_76 = row_mask[:, None, None, None, None] & (ij_76[None, None, None, :, None] < 5) & (ik_76[None, None, None, None, :] < 5)
+    po_76 = d_f_ptr + 0 + z[:, None, None] * 144 + ii_76[None, None, :]
+    mo_76 = row_mask[:, None, None]
+    for startu_76 in range(0, 16, 4):
+        iu_76 = startu_76 + tl.arange(0, 4)
+        a0_76 = tl.load(p0_76, mask=m0_76, other=0.0)
+        a1_76 = tl.load(p1_76 + iu_76[None, :, None, None, None], mask=m1_76, other=0.0)
+        q_76 = po_76 + iu_76[None, :, None]
+        tl.store(q_76, tl.load(q_76, mask=mo_76, other=0.0) + tl.sum(tl.sum(a0_76 * a1_76, axis=4), axis=3), mask=mo_76)
+    tl.debug_barrier()
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c19 = torch.einsum("zuk,zui->ziku", d__p5, f[:, 0:16].reshape(n, 16, 1))
-    d_f_41 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c19)
-    d__p3 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d_weight_42 = torch.einsum("zui,zui->u", (d_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589), _p3)
+    ii_77 = tl.arange(0, 1)
+    ik_77 = tl.arange(0, 8)
+    iu_77 = tl.arange(0, 16)
+    p0_77 = scratch + 816 + z[:, None, None, None] * 5408 + iu_77[None, None, None, :] * 5 + ik_77[None, None, :, None]
+    m0_77 = row_mask[:, None, None, None] & (ik_77[None, None, :, None] < 5)
+    p1_77 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_77[None, None, None, :] + ii_77[None, :, None, None]
+    m1_77 = row_mask[:, None, None, None]
+    po_77 = scratch + 5104 + z[:, None, None, None] * 5408 + ii_77[None, :, None, None] * 80 + ik_77[None, None, :, None] * 16 + iu_77[None, None, None, :]
+    mo_77 = row_mask[:, None, None, None] & (ik_77[None, None, :, None] < 5)
+    a0_77 = tl.load(p0_77, mask=m0_77, other=0.0)
+    a1_77 = tl.load(p1_77, mask=m1_77, other=0.0)
+    q_77 = po_77
+    tl.store(q_77, tl.load(q_77, mask=mo_77, other=0.0) + a0_77 * a1_77, mask=mo_77)
+    tl.debug_barrier()
+    ij_78 = tl.arange(0, 8)
+    ii_78 = tl.arange(0, 1)
+    ik_78 = tl.arange(0, 8)
+    p0_78 = cg_0_2_2_ptr + 0 + ii_78[None, None, None, :, None] * 25 + ij_78[None, None, :, None, None] * 5 + ik_78[None, None, None, None, :]
+    m0_78 = (ij_78[None, None, :, None, None] < 5) & (ik_78[None, None, None, None, :] < 5)
+    p1_78 = scratch + 5104 + z[:, None, None, None, None] * 5408 + ii_78[None, None, None, :, None] * 80 + ik_78[None, None, None, None, :] * 16
+    m1_78 = row_mask[:, None, None, None, None] & (ik_78[None, None, None, None, :] < 5)
+    po_78 = d_f_ptr + 64 + z[:, None, None] * 144 + ij_78[None, None, :]
+    mo_78 = row_mask[:, None, None] & (ij_78[None, None, :] < 5)
+    for startu_78 in range(0, 16, 4):
+        iu_78 = startu_78 + tl.arange(0, 4)
+        a0_78 = tl.load(p0_78, mask=m0_78, other=0.0)
+        a1_78 = tl.load(p1_78 + iu_78[None, :, None, None, None], mask=m1_78, other=0.0)
+        q_78 = po_78 + iu_78[None, :, None] * 5
+        tl.store(q_78, tl.load(q_78, mask=mo_78, other=0.0) + tl.sum(tl.sum(a0_78 * a1_78, axis=4), axis=3), mask=mo_78)
+    tl.debug_barrier()
+    iu_79 = tl.arange(0, 16)
+    ii_79 = tl.arange(0, 4)
+    p0_79 = scratch + 624 + z[:, None, None] * 5408 + iu_79[None, :, None] * 3 + ii_79[None, None, :]
+    m0_79 = row_mask[:, None, None] & (ii_79[None, None, :] < 3)
+    p1_79 = weight_ptr + 16 + iu_79[None, :, None]
+    po_79 = scratch + 768 + z[:, None, None] * 5408 + iu_79[None, :, None] * 3 + ii_79[None, None, :]
+    mo_79 = row_mask[:, None, None] & (ii_79[None, None, :] < 3)
+    a0_79 = tl.load(p0_79, mask=m0_79, other=0.0)
+    a1_79 = tl.load(p1_79)
+    q_79 = po_79
+    tl.store(q_79, tl.load(q_79, mask=mo_79, other=0.0) + a0_79 * a1_79 * 1.224744871391589, mask=mo_79)
+    tl.debug_barrier()
+    iu_80 = tl.arange(0, 16)
+    ii_80 = tl.arange(0, 4)
+    p0_80 = scratch + 624 + z[:, None, None] * 5408 + iu_80[None, :, None] * 3 + ii_80[None, None, :]
+    m0_80 = row_mask[:, None, None] & (ii_80[None, None, :] < 3)
+    p1_80 = scratch + 160 + z[:, None, None] * 5408 + iu_80[None, :, None] * 3 + ii_80[None, None, :]
+    m1_80 = row_mask[:, None, None] & (ii_80[None, None, :] < 3)
+    po_80 = partial + 16 + slot + iu_80
+    a0_80 = tl.load(p0_80, mask=m0_80, other=0.0)
+    a1_80 = tl.load(p1_80, mask=m1_80, other=0.0)
+    q_80 = po_80
+    tl.store(q_80, tl.load(q_80) + tl.sum(tl.sum(a0_80 * a1_80, axis=2), axis=0) * 1.224744871391589)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_cg_d_5_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d_f_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg, statements 81–90 of 90: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c20 = torch.einsum("zuk,zuj->zjku", d__p3, f[:, 16:64].reshape(n, 16, 3))
-    d_f_43 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c20)
+    ij_81 = tl.arange(0, 4)
+    ik_81 = tl.arange(0, 4)
+    iu_81 = tl.arange(0, 16)
+    p0_81 = scratch + 768 + z[:, None, None, None] * 5408 + iu_81[None, None, None, :] * 3 + ik_81[None, None, :, None]
+    m0_81 = row_mask[:, None, None, None] & (ik_81[None, None, :, None] < 3)
+    p1_81 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_81[None, None, None, :] * 3 + ij_81[None, :, None, None]
+    m1_81 = row_mask[:, None, None, None] & (ij_81[None, :, None, None] < 3)
+    po_81 = scratch + 5184 + z[:, None, None, None] * 5408 + ij_81[None, :, None, None] * 48 + ik_81[None, None, :, None] * 16 + iu_81[None, None, None, :]
+    mo_81 = row_mask[:, None, None, None] & (ij_81[None, :, None, None] < 3) & (ik_81[None, None, :, None] < 3)
+    a0_81 = tl.load(p0_81, mask=m0_81, other=0.0)
+    a1_81 = tl.load(p1_81, mask=m1_81, other=0.0)
+    q_81 = po_81
+    tl.store(q_81, tl.load(q_81, mask=mo_81, other=0.0) + a0_81 * a1_81, mask=mo_81)
+    tl.debug_barrier()
+    iu_82 = tl.arange(0, 16)
+    ii_82 = tl.arange(0, 1)
+    ij_82 = tl.arange(0, 4)
+    ik_82 = tl.arange(0, 4)
+    p0_82 = cg_0_1_1_ptr + 0 + ii_82[None, None, :, None, None] * 9 + ij_82[None, None, None, :, None] * 3 + ik_82[None, None, None, None, :]
+    m0_82 = (ij_82[None, None, None, :, None] < 3) & (ik_82[None, None, None, None, :] < 3)
+    p1_82 = scratch + 5184 + z[:, None, None, None, None] * 5408 + ij_82[None, None, None, :, None] * 48 + ik_82[None, None, None, None, :] * 16 + iu_82[None, :, None, None, None]
+    m1_82 = row_mask[:, None, None, None, None] & (ij_82[None, None, None, :, None] < 3) & (ik_82[None, None, None, None, :] < 3)
+    po_82 = d_f_ptr + 0 + z[:, None, None] * 144 + iu_82[None, :, None] + ii_82[None, None, :]
+    mo_82 = row_mask[:, None, None]
+    a0_82 = tl.load(p0_82, mask=m0_82, other=0.0)
+    a1_82 = tl.load(p1_82, mask=m1_82, other=0.0)
+    q_82 = po_82
+    tl.store(q_82, tl.load(q_82, mask=mo_82, other=0.0) + tl.sum(tl.sum(a0_82 * a1_82, axis=4), axis=3), mask=mo_82)
+    tl.debug_barrier()
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c21 = torch.einsum("zuk,zui->ziku", d__p3, f[:, 0:16].reshape(n, 16, 1))
-    d_f_44 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c21)
-    d__p1 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d_weight_45 = torch.einsum("zui,zui->u", (d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p1)
+    ii_83 = tl.arange(0, 1)
+    ik_83 = tl.arange(0, 4)
+    iu_83 = tl.arange(0, 16)
+    p0_83 = scratch + 768 + z[:, None, None, None] * 5408 + iu_83[None, None, None, :] * 3 + ik_83[None, None, :, None]
+    m0_83 = row_mask[:, None, None, None] & (ik_83[None, None, :, None] < 3)
+    p1_83 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_83[None, None, None, :] + ii_83[None, :, None, None]
+    m1_83 = row_mask[:, None, None, None]
+    po_83 = scratch + 5328 + z[:, None, None, None] * 5408 + ii_83[None, :, None, None] * 48 + ik_83[None, None, :, None] * 16 + iu_83[None, None, None, :]
+    mo_83 = row_mask[:, None, None, None] & (ik_83[None, None, :, None] < 3)
+    a0_83 = tl.load(p0_83, mask=m0_83, other=0.0)
+    a1_83 = tl.load(p1_83, mask=m1_83, other=0.0)
+    q_83 = po_83
+    tl.store(q_83, tl.load(q_83, mask=mo_83, other=0.0) + a0_83 * a1_83, mask=mo_83)
+    tl.debug_barrier()
+    iu_84 = tl.arange(0, 16)
+    ij_84 = tl.arange(0, 4)
+    ii_84 = tl.arange(0, 1)
+    ik_84 = tl.arange(0, 4)
+    p0_84 = cg_0_1_1_ptr + 0 + ii_84[None, None, None, :, None] * 9 + ij_84[None, None, :, None, None] * 3 + ik_84[None, None, None, None, :]
+    m0_84 = (ij_84[None, None, :, None, None] < 3) & (ik_84[None, None, None, None, :] < 3)
+    p1_84 = scratch + 5328 + z[:, None, None, None, None] * 5408 + ii_84[None, None, None, :, None] * 48 + ik_84[None, None, None, None, :] * 16 + iu_84[None, :, None, None, None]
+    m1_84 = row_mask[:, None, None, None, None] & (ik_84[None, None, None, None, :] < 3)
+    po_84 = d_f_ptr + 16 + z[:, None, None] * 144 + iu_84[None, :, None] * 3 + ij_84[None, None, :]
+    mo_84 = row_mask[:, None, None] & (ij_84[None, None, :] < 3)
+    a0_84 = tl.load(p0_84, mask=m0_84, other=0.0)
+    a1_84 = tl.load(p1_84, mask=m1_84, other=0.0)
+    q_84 = po_84
+    tl.store(q_84, tl.load(q_84, mask=mo_84, other=0.0) + tl.sum(tl.sum(a0_84 * a1_84, axis=4), axis=3), mask=mo_84)
+    tl.debug_barrier()
+    iu_85 = tl.arange(0, 16)
+    ii_85 = tl.arange(0, 1)
+    p0_85 = scratch + 608 + z[:, None, None] * 5408 + iu_85[None, :, None] + ii_85[None, None, :]
+    m0_85 = row_mask[:, None, None]
+    p1_85 = weight_ptr + 0 + iu_85[None, :, None]
+    po_85 = scratch + 752 + z[:, None, None] * 5408 + iu_85[None, :, None] + ii_85[None, None, :]
+    mo_85 = row_mask[:, None, None]
+    a0_85 = tl.load(p0_85, mask=m0_85, other=0.0)
+    a1_85 = tl.load(p1_85)
+    q_85 = po_85
+    tl.store(q_85, tl.load(q_85, mask=mo_85, other=0.0) + a0_85 * a1_85 * 0.5773502691896257, mask=mo_85)
+    tl.debug_barrier()
+    iu_86 = tl.arange(0, 16)
+    ii_86 = tl.arange(0, 1)
+    p0_86 = scratch + 608 + z[:, None, None] * 5408 + iu_86[None, :, None] + ii_86[None, None, :]
+    m0_86 = row_mask[:, None, None]
+    p1_86 = scratch + 144 + z[:, None, None] * 5408 + iu_86[None, :, None] + ii_86[None, None, :]
+    m1_86 = row_mask[:, None, None]
+    po_86 = partial + 0 + slot + iu_86
+    a0_86 = tl.load(p0_86, mask=m0_86, other=0.0)
+    a1_86 = tl.load(p1_86, mask=m1_86, other=0.0)
+    q_86 = po_86
+    tl.store(q_86, tl.load(q_86) + tl.sum(tl.sum(a0_86 * a1_86, axis=2), axis=0) * 0.5773502691896257)
+    tl.debug_barrier()
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c22 = torch.einsum("zuk,zuj->zjku", d__p1, f[:, 0:16].reshape(n, 16, 1))
-    d_f_46 = cg_0_0_0.reshape(1, 1, 1) * _c22.reshape(n, 16, 1)
+    ij_87 = tl.arange(0, 1)
+    ik_87 = tl.arange(0, 1)
+    iu_87 = tl.arange(0, 16)
+    p0_87 = scratch + 752 + z[:, None, None, None] * 5408 + iu_87[None, None, None, :] + ik_87[None, None, :, None]
+    m0_87 = row_mask[:, None, None, None]
+    p1_87 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_87[None, None, None, :] + ij_87[None, :, None, None]
+    m1_87 = row_mask[:, None, None, None]
+    po_87 = scratch + 5376 + z[:, None, None, None] * 5408 + ij_87[None, :, None, None] * 16 + ik_87[None, None, :, None] * 16 + iu_87[None, None, None, :]
+    mo_87 = row_mask[:, None, None, None]
+    a0_87 = tl.load(p0_87, mask=m0_87, other=0.0)
+    a1_87 = tl.load(p1_87, mask=m1_87, other=0.0)
+    q_87 = po_87
+    tl.store(q_87, tl.load(q_87, mask=mo_87, other=0.0) + a0_87 * a1_87, mask=mo_87)
+    tl.debug_barrier()
+    iu_88 = tl.arange(0, 16)
+    ii_88 = tl.arange(0, 1)
+    ij_88 = tl.arange(0, 1)
+    ik_88 = tl.arange(0, 1)
+    p0_88 = cg_0_0_0_ptr + 0 + ii_88[None, None, :, None, None] + ij_88[None, None, None, :, None] + ik_88[None, None, None, None, :]
+    p1_88 = scratch + 5376 + z[:, None, None, None, None] * 5408 + ij_88[None, None, None, :, None] * 16 + ik_88[None, None, None, None, :] * 16 + iu_88[None, :, None, None, None]
+    m1_88 = row_mask[:, None, None, None, None]
+    po_88 = d_f_ptr + 0 + z[:, None, None] * 144 + iu_88[None, :, None] + ii_88[None, None, :]
+    mo_88 = row_mask[:, None, None]
+    a0_88 = tl.load(p0_88)
+    a1_88 = tl.load(p1_88, mask=m1_88, other=0.0)
+    q_88 = po_88
+    tl.store(q_88, tl.load(q_88, mask=mo_88, other=0.0) + tl.sum(tl.sum(a0_88 * a1_88, axis=4), axis=3), mask=mo_88)
+    tl.debug_barrier()
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c23 = torch.einsum("zuk,zui->ziku", d__p1, f[:, 0:16].reshape(n, 16, 1))
-    d_f_47 = cg_0_0_0.reshape(1, 1, 1) * _c23.reshape(n, 16, 1)
-    d_f = torch.cat([
-        (d_f_13 + d_f_40 + d_f_43 + d_f_46 + d_f_47).reshape(n, 16),
-        (d_f_11 + d_f_28 + d_f_31 + d_f_34 + d_f_35 + d_f_37 + d_f_38 + d_f_44).reshape(n, 48),
-        (d_f_9 + d_f_22 + d_f_23 + d_f_25 + d_f_26 + d_f_29 + d_f_32 + d_f_41).reshape(n, 80),
-    ], dim=-1)
-    d_weight = torch.cat([
-        d_weight_45.reshape(16),
-        d_weight_42.reshape(16),
-        d_weight_39.reshape(16),
-        d_weight_36.reshape(16),
-        d_weight_33.reshape(16),
-        d_weight_30.reshape(16),
-        d_weight_27.reshape(16),
-        d_weight_24.reshape(16),
-        d_weight_21.reshape(16),
-        d_weight_20.reshape(256),
-        d_weight_18.reshape(256),
-        d_weight_16.reshape(256),
-        d_weight_14.reshape(256),
-        d_weight_12.reshape(256),
-        d_weight_10.reshape(256),
-    ], dim=-1)
-    return [d_f, d_weight]
+    ii_89 = tl.arange(0, 1)
+    ik_89 = tl.arange(0, 1)
+    iu_89 = tl.arange(0, 16)
+    p0_89 = scratch + 752 + z[:, None, None, None] * 5408 + iu_89[None, None, None, :] + ik_89[None, None, :, None]
+    m0_89 = row_mask[:, None, None, None]
+    p1_89 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_89[None, None, None, :] + ii_89[None, :, None, None]
+    m1_89 = row_mask[:, None, None, None]
+    po_89 = scratch + 5392 + z[:, None, None, None] * 5408 + ii_89[None, :, None, None] * 16 + ik_89[None, None, :, None] * 16 + iu_89[None, None, None, :]
+    mo_89 = row_mask[:, None, None, None]
+    a0_89 = tl.load(p0_89, mask=m0_89, other=0.0)
+    a1_89 = tl.load(p1_89, mask=m1_89, other=0.0)
+    q_89 = po_89
+    tl.store(q_89, tl.load(q_89, mask=mo_89, other=0.0) + a0_89 * a1_89, mask=mo_89)
+    tl.debug_barrier()
+    iu_90 = tl.arange(0, 16)
+    ij_90 = tl.arange(0, 1)
+    ii_90 = tl.arange(0, 1)
+    ik_90 = tl.arange(0, 1)
+    p0_90 = cg_0_0_0_ptr + 0 + ii_90[None, None, None, :, None] + ij_90[None, None, :, None, None] + ik_90[None, None, None, None, :]
+    p1_90 = scratch + 5392 + z[:, None, None, None, None] * 5408 + ii_90[None, None, None, :, None] * 16 + ik_90[None, None, None, None, :] * 16 + iu_90[None, :, None, None, None]
+    m1_90 = row_mask[:, None, None, None, None]
+    po_90 = d_f_ptr + 0 + z[:, None, None] * 144 + iu_90[None, :, None] + ij_90[None, None, :]
+    mo_90 = row_mask[:, None, None]
+    a0_90 = tl.load(p0_90)
+    a1_90 = tl.load(p1_90, mask=m1_90, other=0.0)
+    q_90 = po_90
+    tl.store(q_90, tl.load(q_90, mask=mo_90, other=0.0) + tl.sum(tl.sum(a0_90 * a1_90, axis=4), axis=3), mask=mo_90)
+    tl.debug_barrier()
+
+
+def _cormorant_cg_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the cormorant_cg_d kernel on (f, d_g, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_1_0, cg_1_1_2, cg_1_2_1, cg_1_2_2, cg_2_2_0, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
+    n = args[0].shape[0]
+    programs = triton.cdiv(n, 16)
+    outputs = [rt.output_rows(args[2], n, size) for size in (144,)]
+    scratch = args[2].new_zeros(max(n * 5408, 1))
+    partial = args[2].new_zeros(programs, 1680)
+    arguments = [a.contiguous() for a in args] + outputs
+    dtype = tl.float64 if args[2].dtype == torch.float64 else tl.float32
+    for kernel in (_cormorant_cg_d_0_kernel, _cormorant_cg_d_1_kernel, _cormorant_cg_d_2_kernel, _cormorant_cg_d_3_kernel, _cormorant_cg_d_4_kernel, _cormorant_cg_d_5_kernel,):  # one after another: each sees the last one's writes
+        if n:
+            kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
+    return [outputs[0], partial[:, 0:1680].sum(0)]
+
+
+@triton.jit
+def _cormorant_cg_d2_f_0_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f, statements 1–16 of 108: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
+    for c0 in range(0, 144, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d2_f_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
+    for c0 in range(0, 144, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d2_d_g_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
+    tl.debug_barrier()
+    # ∂/∂p: 16x2 -> 16x2
+    ii_1 = tl.arange(0, 8)
+    p0_1 = d_g_ptr + 64 + z[:, None, None, None] * 144 + ii_1[None, None, :, None]
+    m0_1 = row_mask[:, None, None, None] & (ii_1[None, None, :, None] < 5)
+    p1_1 = weight_ptr + 656
+    po_1 = scratch + 64 + z[:, None, None] * 6336 + ii_1[None, None, :]
+    mo_1 = row_mask[:, None, None] & (ii_1[None, None, :] < 5)
+    for startu_1 in range(0, 16, 4):
+        iu_1 = startu_1 + tl.arange(0, 4)
+        acc_1 = tl.zeros([BLOCK_Z, 4, 8], dtype=DTYPE)
+        for startw_1 in range(0, 16, 8):
+            iw_1 = startw_1 + tl.arange(0, 8)
+            a0_1 = tl.load(p0_1 + iw_1[None, None, None, :] * 5, mask=m0_1, other=0.0)
+            a1_1 = tl.load(p1_1 + iu_1[None, :, None, None] * 16 + iw_1[None, None, None, :])
+            acc_1 += tl.sum(a0_1 * a1_1, axis=3)
+        q_1 = po_1 + iu_1[None, :, None] * 5
+        tl.store(q_1, tl.load(q_1, mask=mo_1, other=0.0) + acc_1 * 0.25, mask=mo_1)
+    tl.debug_barrier()
+    # ∂/∂p: 16x1 -> 16x1
+    ii_2 = tl.arange(0, 4)
+    p0_2 = d_g_ptr + 16 + z[:, None, None, None] * 144 + ii_2[None, None, :, None]
+    m0_2 = row_mask[:, None, None, None] & (ii_2[None, None, :, None] < 3)
+    p1_2 = weight_ptr + 400
+    po_2 = scratch + 16 + z[:, None, None] * 6336 + ii_2[None, None, :]
+    mo_2 = row_mask[:, None, None] & (ii_2[None, None, :] < 3)
+    for startu_2 in range(0, 16, 8):
+        iu_2 = startu_2 + tl.arange(0, 8)
+        acc_2 = tl.zeros([BLOCK_Z, 8, 4], dtype=DTYPE)
+        for startw_2 in range(0, 16, 8):
+            iw_2 = startw_2 + tl.arange(0, 8)
+            a0_2 = tl.load(p0_2 + iw_2[None, None, None, :] * 3, mask=m0_2, other=0.0)
+            a1_2 = tl.load(p1_2 + iu_2[None, :, None, None] * 16 + iw_2[None, None, None, :])
+            acc_2 += tl.sum(a0_2 * a1_2, axis=3)
+        q_2 = po_2 + iu_2[None, :, None] * 3
+        tl.store(q_2, tl.load(q_2, mask=mo_2, other=0.0) + acc_2 * 0.25, mask=mo_2)
+    tl.debug_barrier()
+    # ∂/∂p: 16x0 -> 16x0
+    iu_3 = tl.arange(0, 16)
+    ii_3 = tl.arange(0, 1)
+    iw_3 = tl.arange(0, 16)
+    p0_3 = d_g_ptr + 0 + z[:, None, None, None] * 144 + iw_3[None, None, None, :] + ii_3[None, None, :, None]
+    m0_3 = row_mask[:, None, None, None]
+    p1_3 = weight_ptr + 144 + iu_3[None, :, None, None] * 16 + iw_3[None, None, None, :]
+    po_3 = scratch + 0 + z[:, None, None] * 6336 + iu_3[None, :, None] + ii_3[None, None, :]
+    mo_3 = row_mask[:, None, None]
+    a0_3 = tl.load(p0_3, mask=m0_3, other=0.0)
+    a1_3 = tl.load(p1_3)
+    q_3 = po_3
+    tl.store(q_3, tl.load(q_3, mask=mo_3, other=0.0) + tl.sum(a0_3 * a1_3, axis=3) * 0.25, mask=mo_3)
+    tl.debug_barrier()
+    iu_4 = tl.arange(0, 16)
+    ii_4 = tl.arange(0, 8)
+    p0_4 = scratch + 64 + z[:, None, None] * 6336 + iu_4[None, :, None] * 5 + ii_4[None, None, :]
+    m0_4 = row_mask[:, None, None] & (ii_4[None, None, :] < 5)
+    p1_4 = weight_ptr + 128 + iu_4[None, :, None]
+    po_4 = scratch + 528 + z[:, None, None] * 6336 + iu_4[None, :, None] * 5 + ii_4[None, None, :]
+    mo_4 = row_mask[:, None, None] & (ii_4[None, None, :] < 5)
+    a0_4 = tl.load(p0_4, mask=m0_4, other=0.0)
+    a1_4 = tl.load(p1_4)
+    q_4 = po_4
+    tl.store(q_4, tl.load(q_4, mask=mo_4, other=0.0) + a0_4 * a1_4 * 1.118033988749895, mask=mo_4)
+    tl.debug_barrier()
+    iu_5 = tl.arange(0, 16)
+    ii_5 = tl.arange(0, 1)
+    p0_5 = scratch + 0 + z[:, None, None] * 6336 + iu_5[None, :, None] + ii_5[None, None, :]
+    m0_5 = row_mask[:, None, None]
+    p1_5 = weight_ptr + 112 + iu_5[None, :, None]
+    po_5 = scratch + 512 + z[:, None, None] * 6336 + iu_5[None, :, None] + ii_5[None, None, :]
+    mo_5 = row_mask[:, None, None]
+    a0_5 = tl.load(p0_5, mask=m0_5, other=0.0)
+    a1_5 = tl.load(p1_5)
+    q_5 = po_5
+    tl.store(q_5, tl.load(q_5, mask=mo_5, other=0.0) + a0_5 * a1_5 * 0.5773502691896257, mask=mo_5)
+    tl.debug_barrier()
+    iu_6 = tl.arange(0, 16)
+    ii_6 = tl.arange(0, 8)
+    p0_6 = scratch + 64 + z[:, None, None] * 6336 + iu_6[None, :, None] * 5 + ii_6[None, None, :]
+    m0_6 = row_mask[:, None, None] & (ii_6[None, None, :] < 5)
+    p1_6 = weight_ptr + 96 + iu_6[None, :, None]
+    po_6 = scratch + 432 + z[:, None, None] * 6336 + iu_6[None, :, None] * 5 + ii_6[None, None, :]
+    mo_6 = row_mask[:, None, None] & (ii_6[None, None, :] < 5)
+    a0_6 = tl.load(p0_6, mask=m0_6, other=0.0)
+    a1_6 = tl.load(p1_6)
+    q_6 = po_6
+    tl.store(q_6, tl.load(q_6, mask=mo_6, other=0.0) + a0_6 * a1_6 * 1.118033988749895, mask=mo_6)
+    tl.debug_barrier()
+    iu_7 = tl.arange(0, 16)
+    ii_7 = tl.arange(0, 4)
+    p0_7 = scratch + 16 + z[:, None, None] * 6336 + iu_7[None, :, None] * 3 + ii_7[None, None, :]
+    m0_7 = row_mask[:, None, None] & (ii_7[None, None, :] < 3)
+    p1_7 = weight_ptr + 80 + iu_7[None, :, None]
+    po_7 = scratch + 384 + z[:, None, None] * 6336 + iu_7[None, :, None] * 3 + ii_7[None, None, :]
+    mo_7 = row_mask[:, None, None] & (ii_7[None, None, :] < 3)
+    a0_7 = tl.load(p0_7, mask=m0_7, other=0.0)
+    a1_7 = tl.load(p1_7)
+    q_7 = po_7
+    tl.store(q_7, tl.load(q_7, mask=mo_7, other=0.0) + a0_7 * a1_7 * 1.224744871391589, mask=mo_7)
+    tl.debug_barrier()
+    iu_8 = tl.arange(0, 16)
+    ii_8 = tl.arange(0, 8)
+    p0_8 = scratch + 64 + z[:, None, None] * 6336 + iu_8[None, :, None] * 5 + ii_8[None, None, :]
+    m0_8 = row_mask[:, None, None] & (ii_8[None, None, :] < 5)
+    p1_8 = weight_ptr + 64 + iu_8[None, :, None]
+    po_8 = scratch + 304 + z[:, None, None] * 6336 + iu_8[None, :, None] * 5 + ii_8[None, None, :]
+    mo_8 = row_mask[:, None, None] & (ii_8[None, None, :] < 5)
+    a0_8 = tl.load(p0_8, mask=m0_8, other=0.0)
+    a1_8 = tl.load(p1_8)
+    q_8 = po_8
+    tl.store(q_8, tl.load(q_8, mask=mo_8, other=0.0) + a0_8 * a1_8 * 1.118033988749895, mask=mo_8)
+    tl.debug_barrier()
+    iu_9 = tl.arange(0, 16)
+    ii_9 = tl.arange(0, 1)
+    p0_9 = scratch + 0 + z[:, None, None] * 6336 + iu_9[None, :, None] + ii_9[None, None, :]
+    m0_9 = row_mask[:, None, None]
+    p1_9 = weight_ptr + 48 + iu_9[None, :, None]
+    po_9 = scratch + 288 + z[:, None, None] * 6336 + iu_9[None, :, None] + ii_9[None, None, :]
+    mo_9 = row_mask[:, None, None]
+    a0_9 = tl.load(p0_9, mask=m0_9, other=0.0)
+    a1_9 = tl.load(p1_9)
+    q_9 = po_9
+    tl.store(q_9, tl.load(q_9, mask=mo_9, other=0.0) + a0_9 * a1_9 * 0.5773502691896257, mask=mo_9)
+    tl.debug_barrier()
+    iu_10 = tl.arange(0, 16)
+    ii_10 = tl.arange(0, 8)
+    p0_10 = scratch + 64 + z[:, None, None] * 6336 + iu_10[None, :, None] * 5 + ii_10[None, None, :]
+    m0_10 = row_mask[:, None, None] & (ii_10[None, None, :] < 5)
+    p1_10 = weight_ptr + 32 + iu_10[None, :, None]
+    po_10 = scratch + 208 + z[:, None, None] * 6336 + iu_10[None, :, None] * 5 + ii_10[None, None, :]
+    mo_10 = row_mask[:, None, None] & (ii_10[None, None, :] < 5)
+    a0_10 = tl.load(p0_10, mask=m0_10, other=0.0)
+    a1_10 = tl.load(p1_10)
+    q_10 = po_10
+    tl.store(q_10, tl.load(q_10, mask=mo_10, other=0.0) + a0_10 * a1_10 * 1.118033988749895, mask=mo_10)
+    tl.debug_barrier()
+    iu_11 = tl.arange(0, 16)
+    ii_11 = tl.arange(0, 4)
+    p0_11 = scratch + 16 + z[:, None, None] * 6336 + iu_11[None, :, None] * 3 + ii_11[None, None, :]
+    m0_11 = row_mask[:, None, None] & (ii_11[None, None, :] < 3)
+    p1_11 = weight_ptr + 16 + iu_11[None, :, None]
+    po_11 = scratch + 160 + z[:, None, None] * 6336 + iu_11[None, :, None] * 3 + ii_11[None, None, :]
+    mo_11 = row_mask[:, None, None] & (ii_11[None, None, :] < 3)
+    a0_11 = tl.load(p0_11, mask=m0_11, other=0.0)
+    a1_11 = tl.load(p1_11)
+    q_11 = po_11
+    tl.store(q_11, tl.load(q_11, mask=mo_11, other=0.0) + a0_11 * a1_11 * 1.224744871391589, mask=mo_11)
+    tl.debug_barrier()
+    iu_12 = tl.arange(0, 16)
+    ii_12 = tl.arange(0, 1)
+    p0_12 = scratch + 0 + z[:, None, None] * 6336 + iu_12[None, :, None] + ii_12[None, None, :]
+    m0_12 = row_mask[:, None, None]
+    p1_12 = weight_ptr + 0 + iu_12[None, :, None]
+    po_12 = scratch + 144 + z[:, None, None] * 6336 + iu_12[None, :, None] + ii_12[None, None, :]
+    mo_12 = row_mask[:, None, None]
+    a0_12 = tl.load(p0_12, mask=m0_12, other=0.0)
+    a1_12 = tl.load(p1_12)
+    q_12 = po_12
+    tl.store(q_12, tl.load(q_12, mask=mo_12, other=0.0) + a0_12 * a1_12 * 0.5773502691896257, mask=mo_12)
+    tl.debug_barrier()
+    # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    ii_13 = tl.arange(0, 1)
+    ij_13 = tl.arange(0, 1)
+    iu_13 = tl.arange(0, 16)
+    p0_13 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_13[None, None, None, :] + ij_13[None, None, :, None]
+    m0_13 = row_mask[:, None, None, None]
+    p1_13 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_13[None, None, None, :] + ii_13[None, :, None, None]
+    m1_13 = row_mask[:, None, None, None]
+    po_13 = scratch + 1216 + z[:, None, None, None] * 6336 + ii_13[None, :, None, None] * 16 + ij_13[None, None, :, None] * 16 + iu_13[None, None, None, :]
+    mo_13 = row_mask[:, None, None, None]
+    a0_13 = tl.load(p0_13, mask=m0_13, other=0.0)
+    a1_13 = tl.load(p1_13, mask=m1_13, other=0.0)
+    q_13 = po_13
+    tl.store(q_13, tl.load(q_13, mask=mo_13, other=0.0) + a0_13 * a1_13, mask=mo_13)
+    tl.debug_barrier()
+    iu_14 = tl.arange(0, 16)
+    ik_14 = tl.arange(0, 1)
+    ii_14 = tl.arange(0, 1)
+    ij_14 = tl.arange(0, 1)
+    p0_14 = cg_0_0_0_ptr + 0 + ii_14[None, None, None, :, None] + ij_14[None, None, None, None, :] + ik_14[None, None, :, None, None]
+    p1_14 = scratch + 1216 + z[:, None, None, None, None] * 6336 + ii_14[None, None, None, :, None] * 16 + ij_14[None, None, None, None, :] * 16 + iu_14[None, :, None, None, None]
+    m1_14 = row_mask[:, None, None, None, None]
+    po_14 = scratch + 752 + z[:, None, None] * 6336 + iu_14[None, :, None] + ik_14[None, None, :]
+    mo_14 = row_mask[:, None, None]
+    a0_14 = tl.load(p0_14)
+    a1_14 = tl.load(p1_14, mask=m1_14, other=0.0)
+    q_14 = po_14
+    tl.store(q_14, tl.load(q_14, mask=mo_14, other=0.0) + tl.sum(tl.sum(a0_14 * a1_14, axis=4), axis=3), mask=mo_14)
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    ij_15 = tl.arange(0, 1)
+    ik_15 = tl.arange(0, 1)
+    iu_15 = tl.arange(0, 16)
+    p0_15 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_15[None, None, None, :] + ij_15[None, :, None, None]
+    m0_15 = row_mask[:, None, None, None]
+    p1_15 = scratch + 144 + z[:, None, None, None] * 6336 + iu_15[None, None, None, :] + ik_15[None, None, :, None]
+    m1_15 = row_mask[:, None, None, None]
+    po_15 = scratch + 1232 + z[:, None, None, None] * 6336 + ij_15[None, :, None, None] * 16 + ik_15[None, None, :, None] * 16 + iu_15[None, None, None, :]
+    mo_15 = row_mask[:, None, None, None]
+    a0_15 = tl.load(p0_15, mask=m0_15, other=0.0)
+    a1_15 = tl.load(p1_15, mask=m1_15, other=0.0)
+    q_15 = po_15
+    tl.store(q_15, tl.load(q_15, mask=mo_15, other=0.0) + a0_15 * a1_15, mask=mo_15)
+    tl.debug_barrier()
+    iu_16 = tl.arange(0, 16)
+    ii_16 = tl.arange(0, 1)
+    ij_16 = tl.arange(0, 1)
+    ik_16 = tl.arange(0, 1)
+    p0_16 = cg_0_0_0_ptr + 0 + ii_16[None, None, :, None, None] + ij_16[None, None, None, :, None] + ik_16[None, None, None, None, :]
+    p1_16 = scratch + 1232 + z[:, None, None, None, None] * 6336 + ij_16[None, None, None, :, None] * 16 + ik_16[None, None, None, None, :] * 16 + iu_16[None, :, None, None, None]
+    m1_16 = row_mask[:, None, None, None, None]
+    po_16 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_16[None, :, None] + ii_16[None, None, :]
+    mo_16 = row_mask[:, None, None]
+    a0_16 = tl.load(p0_16)
+    a1_16 = tl.load(p1_16, mask=m1_16, other=0.0)
+    q_16 = po_16
+    tl.store(q_16, tl.load(q_16, mask=mo_16, other=0.0) + tl.sum(tl.sum(a0_16 * a1_16, axis=4), axis=3), mask=mo_16)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_cg_d2_f_1_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f, statements 17–32 of 108: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
+    # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    ii_17 = tl.arange(0, 1)
+    ij_17 = tl.arange(0, 1)
+    iu_17 = tl.arange(0, 16)
+    p0_17 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_17[None, None, None, :] + ii_17[None, :, None, None]
+    m0_17 = row_mask[:, None, None, None]
+    p1_17 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_17[None, None, None, :] + ij_17[None, None, :, None]
+    m1_17 = row_mask[:, None, None, None]
+    po_17 = scratch + 1248 + z[:, None, None, None] * 6336 + ii_17[None, :, None, None] * 16 + ij_17[None, None, :, None] * 16 + iu_17[None, None, None, :]
+    mo_17 = row_mask[:, None, None, None]
+    a0_17 = tl.load(p0_17, mask=m0_17, other=0.0)
+    a1_17 = tl.load(p1_17, mask=m1_17, other=0.0)
+    q_17 = po_17
+    tl.store(q_17, tl.load(q_17, mask=mo_17, other=0.0) + a0_17 * a1_17, mask=mo_17)
+    tl.debug_barrier()
+    iu_18 = tl.arange(0, 16)
+    ik_18 = tl.arange(0, 1)
+    ii_18 = tl.arange(0, 1)
+    ij_18 = tl.arange(0, 1)
+    p0_18 = cg_0_0_0_ptr + 0 + ii_18[None, None, None, :, None] + ij_18[None, None, None, None, :] + ik_18[None, None, :, None, None]
+    p1_18 = scratch + 1248 + z[:, None, None, None, None] * 6336 + ii_18[None, None, None, :, None] * 16 + ij_18[None, None, None, None, :] * 16 + iu_18[None, :, None, None, None]
+    m1_18 = row_mask[:, None, None, None, None]
+    po_18 = scratch + 752 + z[:, None, None] * 6336 + iu_18[None, :, None] + ik_18[None, None, :]
+    mo_18 = row_mask[:, None, None]
+    a0_18 = tl.load(p0_18)
+    a1_18 = tl.load(p1_18, mask=m1_18, other=0.0)
+    q_18 = po_18
+    tl.store(q_18, tl.load(q_18, mask=mo_18, other=0.0) + tl.sum(tl.sum(a0_18 * a1_18, axis=4), axis=3), mask=mo_18)
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    ii_19 = tl.arange(0, 1)
+    ik_19 = tl.arange(0, 1)
+    iu_19 = tl.arange(0, 16)
+    p0_19 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_19[None, None, None, :] + ii_19[None, :, None, None]
+    m0_19 = row_mask[:, None, None, None]
+    p1_19 = scratch + 144 + z[:, None, None, None] * 6336 + iu_19[None, None, None, :] + ik_19[None, None, :, None]
+    m1_19 = row_mask[:, None, None, None]
+    po_19 = scratch + 1264 + z[:, None, None, None] * 6336 + ii_19[None, :, None, None] * 16 + ik_19[None, None, :, None] * 16 + iu_19[None, None, None, :]
+    mo_19 = row_mask[:, None, None, None]
+    a0_19 = tl.load(p0_19, mask=m0_19, other=0.0)
+    a1_19 = tl.load(p1_19, mask=m1_19, other=0.0)
+    q_19 = po_19
+    tl.store(q_19, tl.load(q_19, mask=mo_19, other=0.0) + a0_19 * a1_19, mask=mo_19)
+    tl.debug_barrier()
+    iu_20 = tl.arange(0, 16)
+    ij_20 = tl.arange(0, 1)
+    ii_20 = tl.arange(0, 1)
+    ik_20 = tl.arange(0, 1)
+    p0_20 = cg_0_0_0_ptr + 0 + ii_20[None, None, None, :, None] + ij_20[None, None, :, None, None] + ik_20[None, None, None, None, :]
+    p1_20 = scratch + 1264 + z[:, None, None, None, None] * 6336 + ii_20[None, None, None, :, None] * 16 + ik_20[None, None, None, None, :] * 16 + iu_20[None, :, None, None, None]
+    m1_20 = row_mask[:, None, None, None, None]
+    po_20 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_20[None, :, None] + ij_20[None, None, :]
+    mo_20 = row_mask[:, None, None]
+    a0_20 = tl.load(p0_20)
+    a1_20 = tl.load(p1_20, mask=m1_20, other=0.0)
+    q_20 = po_20
+    tl.store(q_20, tl.load(q_20, mask=mo_20, other=0.0) + tl.sum(tl.sum(a0_20 * a1_20, axis=4), axis=3), mask=mo_20)
+    tl.debug_barrier()
+    iu_21 = tl.arange(0, 16)
+    ii_21 = tl.arange(0, 1)
+    p0_21 = scratch + 752 + z[:, None, None] * 6336 + iu_21[None, :, None] + ii_21[None, None, :]
+    m0_21 = row_mask[:, None, None]
+    p1_21 = weight_ptr + 0 + iu_21[None, :, None]
+    po_21 = scratch + 608 + z[:, None, None] * 6336 + iu_21[None, :, None] + ii_21[None, None, :]
+    mo_21 = row_mask[:, None, None]
+    a0_21 = tl.load(p0_21, mask=m0_21, other=0.0)
+    a1_21 = tl.load(p1_21)
+    q_21 = po_21
+    tl.store(q_21, tl.load(q_21, mask=mo_21, other=0.0) + a0_21 * a1_21 * 0.5773502691896257, mask=mo_21)
+    tl.debug_barrier()
+    iu_22 = tl.arange(0, 16)
+    ii_22 = tl.arange(0, 1)
+    p0_22 = scratch + 752 + z[:, None, None] * 6336 + iu_22[None, :, None] + ii_22[None, None, :]
+    m0_22 = row_mask[:, None, None]
+    p1_22 = scratch + 0 + z[:, None, None] * 6336 + iu_22[None, :, None] + ii_22[None, None, :]
+    m1_22 = row_mask[:, None, None]
+    po_22 = partial + 0 + slot + iu_22
+    a0_22 = tl.load(p0_22, mask=m0_22, other=0.0)
+    a1_22 = tl.load(p1_22, mask=m1_22, other=0.0)
+    q_22 = po_22
+    tl.store(q_22, tl.load(q_22) + tl.sum(tl.sum(a0_22 * a1_22, axis=2), axis=0) * 0.5773502691896257)
+    tl.debug_barrier()
+    # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    ii_23 = tl.arange(0, 1)
+    ij_23 = tl.arange(0, 4)
+    iu_23 = tl.arange(0, 16)
+    p0_23 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_23[None, None, None, :] * 3 + ij_23[None, None, :, None]
+    m0_23 = row_mask[:, None, None, None] & (ij_23[None, None, :, None] < 3)
+    p1_23 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_23[None, None, None, :] + ii_23[None, :, None, None]
+    m1_23 = row_mask[:, None, None, None]
+    po_23 = scratch + 1280 + z[:, None, None, None] * 6336 + ii_23[None, :, None, None] * 48 + ij_23[None, None, :, None] * 16 + iu_23[None, None, None, :]
+    mo_23 = row_mask[:, None, None, None] & (ij_23[None, None, :, None] < 3)
+    a0_23 = tl.load(p0_23, mask=m0_23, other=0.0)
+    a1_23 = tl.load(p1_23, mask=m1_23, other=0.0)
+    q_23 = po_23
+    tl.store(q_23, tl.load(q_23, mask=mo_23, other=0.0) + a0_23 * a1_23, mask=mo_23)
+    tl.debug_barrier()
+    iu_24 = tl.arange(0, 16)
+    ik_24 = tl.arange(0, 4)
+    ii_24 = tl.arange(0, 1)
+    ij_24 = tl.arange(0, 4)
+    p0_24 = cg_0_1_1_ptr + 0 + ii_24[None, None, None, :, None] * 9 + ij_24[None, None, None, None, :] * 3 + ik_24[None, None, :, None, None]
+    m0_24 = (ij_24[None, None, None, None, :] < 3) & (ik_24[None, None, :, None, None] < 3)
+    p1_24 = scratch + 1280 + z[:, None, None, None, None] * 6336 + ii_24[None, None, None, :, None] * 48 + ij_24[None, None, None, None, :] * 16 + iu_24[None, :, None, None, None]
+    m1_24 = row_mask[:, None, None, None, None] & (ij_24[None, None, None, None, :] < 3)
+    po_24 = scratch + 768 + z[:, None, None] * 6336 + iu_24[None, :, None] * 3 + ik_24[None, None, :]
+    mo_24 = row_mask[:, None, None] & (ik_24[None, None, :] < 3)
+    a0_24 = tl.load(p0_24, mask=m0_24, other=0.0)
+    a1_24 = tl.load(p1_24, mask=m1_24, other=0.0)
+    q_24 = po_24
+    tl.store(q_24, tl.load(q_24, mask=mo_24, other=0.0) + tl.sum(tl.sum(a0_24 * a1_24, axis=4), axis=3), mask=mo_24)
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    ij_25 = tl.arange(0, 4)
+    ik_25 = tl.arange(0, 4)
+    iu_25 = tl.arange(0, 16)
+    p0_25 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_25[None, None, None, :] * 3 + ij_25[None, :, None, None]
+    m0_25 = row_mask[:, None, None, None] & (ij_25[None, :, None, None] < 3)
+    p1_25 = scratch + 160 + z[:, None, None, None] * 6336 + iu_25[None, None, None, :] * 3 + ik_25[None, None, :, None]
+    m1_25 = row_mask[:, None, None, None] & (ik_25[None, None, :, None] < 3)
+    po_25 = scratch + 1328 + z[:, None, None, None] * 6336 + ij_25[None, :, None, None] * 48 + ik_25[None, None, :, None] * 16 + iu_25[None, None, None, :]
+    mo_25 = row_mask[:, None, None, None] & (ij_25[None, :, None, None] < 3) & (ik_25[None, None, :, None] < 3)
+    a0_25 = tl.load(p0_25, mask=m0_25, other=0.0)
+    a1_25 = tl.load(p1_25, mask=m1_25, other=0.0)
+    q_25 = po_25
+    tl.store(q_25, tl.load(q_25, mask=mo_25, other=0.0) + a0_25 * a1_25, mask=mo_25)
+    tl.debug_barrier()
+    iu_26 = tl.arange(0, 16)
+    ii_26 = tl.arange(0, 1)
+    ij_26 = tl.arange(0, 4)
+    ik_26 = tl.arange(0, 4)
+    p0_26 = cg_0_1_1_ptr + 0 + ii_26[None, None, :, None, None] * 9 + ij_26[None, None, None, :, None] * 3 + ik_26[None, None, None, None, :]
+    m0_26 = (ij_26[None, None, None, :, None] < 3) & (ik_26[None, None, None, None, :] < 3)
+    p1_26 = scratch + 1328 + z[:, None, None, None, None] * 6336 + ij_26[None, None, None, :, None] * 48 + ik_26[None, None, None, None, :] * 16 + iu_26[None, :, None, None, None]
+    m1_26 = row_mask[:, None, None, None, None] & (ij_26[None, None, None, :, None] < 3) & (ik_26[None, None, None, None, :] < 3)
+    po_26 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_26[None, :, None] + ii_26[None, None, :]
+    mo_26 = row_mask[:, None, None]
+    a0_26 = tl.load(p0_26, mask=m0_26, other=0.0)
+    a1_26 = tl.load(p1_26, mask=m1_26, other=0.0)
+    q_26 = po_26
+    tl.store(q_26, tl.load(q_26, mask=mo_26, other=0.0) + tl.sum(tl.sum(a0_26 * a1_26, axis=4), axis=3), mask=mo_26)
+    tl.debug_barrier()
+    # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    ii_27 = tl.arange(0, 1)
+    ij_27 = tl.arange(0, 4)
+    iu_27 = tl.arange(0, 16)
+    p0_27 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_27[None, None, None, :] + ii_27[None, :, None, None]
+    m0_27 = row_mask[:, None, None, None]
+    p1_27 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_27[None, None, None, :] * 3 + ij_27[None, None, :, None]
+    m1_27 = row_mask[:, None, None, None] & (ij_27[None, None, :, None] < 3)
+    po_27 = scratch + 1472 + z[:, None, None, None] * 6336 + ii_27[None, :, None, None] * 48 + ij_27[None, None, :, None] * 16 + iu_27[None, None, None, :]
+    mo_27 = row_mask[:, None, None, None] & (ij_27[None, None, :, None] < 3)
+    a0_27 = tl.load(p0_27, mask=m0_27, other=0.0)
+    a1_27 = tl.load(p1_27, mask=m1_27, other=0.0)
+    q_27 = po_27
+    tl.store(q_27, tl.load(q_27, mask=mo_27, other=0.0) + a0_27 * a1_27, mask=mo_27)
+    tl.debug_barrier()
+    iu_28 = tl.arange(0, 16)
+    ik_28 = tl.arange(0, 4)
+    ii_28 = tl.arange(0, 1)
+    ij_28 = tl.arange(0, 4)
+    p0_28 = cg_0_1_1_ptr + 0 + ii_28[None, None, None, :, None] * 9 + ij_28[None, None, None, None, :] * 3 + ik_28[None, None, :, None, None]
+    m0_28 = (ij_28[None, None, None, None, :] < 3) & (ik_28[None, None, :, None, None] < 3)
+    p1_28 = scratch + 1472 + z[:, None, None, None, None] * 6336 + ii_28[None, None, None, :, None] * 48 + ij_28[None, None, None, None, :] * 16 + iu_28[None, :, None, None, None]
+    m1_28 = row_mask[:, None, None, None, None] & (ij_28[None, None, None, None, :] < 3)
+    po_28 = scratch + 768 + z[:, None, None] * 6336 + iu_28[None, :, None] * 3 + ik_28[None, None, :]
+    mo_28 = row_mask[:, None, None] & (ik_28[None, None, :] < 3)
+    a0_28 = tl.load(p0_28, mask=m0_28, other=0.0)
+    a1_28 = tl.load(p1_28, mask=m1_28, other=0.0)
+    q_28 = po_28
+    tl.store(q_28, tl.load(q_28, mask=mo_28, other=0.0) + tl.sum(tl.sum(a0_28 * a1_28, axis=4), axis=3), mask=mo_28)
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    ii_29 = tl.arange(0, 1)
+    ik_29 = tl.arange(0, 4)
+    iu_29 = tl.arange(0, 16)
+    p0_29 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_29[None, None, None, :] + ii_29[None, :, None, None]
+    m0_29 = row_mask[:, None, None, None]
+    p1_29 = scratch + 160 + z[:, None, None, None] * 6336 + iu_29[None, None, None, :] * 3 + ik_29[None, None, :, None]
+    m1_29 = row_mask[:, None, None, None] & (ik_29[None, None, :, None] < 3)
+    po_29 = scratch + 1520 + z[:, None, None, None] * 6336 + ii_29[None, :, None, None] * 48 + ik_29[None, None, :, None] * 16 + iu_29[None, None, None, :]
+    mo_29 = row_mask[:, None, None, None] & (ik_29[None, None, :, None] < 3)
+    a0_29 = tl.load(p0_29, mask=m0_29, other=0.0)
+    a1_29 = tl.load(p1_29, mask=m1_29, other=0.0)
+    q_29 = po_29
+    tl.store(q_29, tl.load(q_29, mask=mo_29, other=0.0) + a0_29 * a1_29, mask=mo_29)
+    tl.debug_barrier()
+    iu_30 = tl.arange(0, 16)
+    ij_30 = tl.arange(0, 4)
+    ii_30 = tl.arange(0, 1)
+    ik_30 = tl.arange(0, 4)
+    p0_30 = cg_0_1_1_ptr + 0 + ii_30[None, None, None, :, None] * 9 + ij_30[None, None, :, None, None] * 3 + ik_30[None, None, None, None, :]
+    m0_30 = (ij_30[None, None, :, None, None] < 3) & (ik_30[None, None, None, None, :] < 3)
+    p1_30 = scratch + 1520 + z[:, None, None, None, None] * 6336 + ii_30[None, None, None, :, None] * 48 + ik_30[None, None, None, None, :] * 16 + iu_30[None, :, None, None, None]
+    m1_30 = row_mask[:, None, None, None, None] & (ik_30[None, None, None, None, :] < 3)
+    po_30 = d2_f_ptr + 16 + z[:, None, None] * 144 + iu_30[None, :, None] * 3 + ij_30[None, None, :]
+    mo_30 = row_mask[:, None, None] & (ij_30[None, None, :] < 3)
+    a0_30 = tl.load(p0_30, mask=m0_30, other=0.0)
+    a1_30 = tl.load(p1_30, mask=m1_30, other=0.0)
+    q_30 = po_30
+    tl.store(q_30, tl.load(q_30, mask=mo_30, other=0.0) + tl.sum(tl.sum(a0_30 * a1_30, axis=4), axis=3), mask=mo_30)
+    tl.debug_barrier()
+    iu_31 = tl.arange(0, 16)
+    ii_31 = tl.arange(0, 4)
+    p0_31 = scratch + 768 + z[:, None, None] * 6336 + iu_31[None, :, None] * 3 + ii_31[None, None, :]
+    m0_31 = row_mask[:, None, None] & (ii_31[None, None, :] < 3)
+    p1_31 = weight_ptr + 16 + iu_31[None, :, None]
+    po_31 = scratch + 624 + z[:, None, None] * 6336 + iu_31[None, :, None] * 3 + ii_31[None, None, :]
+    mo_31 = row_mask[:, None, None] & (ii_31[None, None, :] < 3)
+    a0_31 = tl.load(p0_31, mask=m0_31, other=0.0)
+    a1_31 = tl.load(p1_31)
+    q_31 = po_31
+    tl.store(q_31, tl.load(q_31, mask=mo_31, other=0.0) + a0_31 * a1_31 * 1.224744871391589, mask=mo_31)
+    tl.debug_barrier()
+    iu_32 = tl.arange(0, 16)
+    ii_32 = tl.arange(0, 4)
+    p0_32 = scratch + 768 + z[:, None, None] * 6336 + iu_32[None, :, None] * 3 + ii_32[None, None, :]
+    m0_32 = row_mask[:, None, None] & (ii_32[None, None, :] < 3)
+    p1_32 = scratch + 16 + z[:, None, None] * 6336 + iu_32[None, :, None] * 3 + ii_32[None, None, :]
+    m1_32 = row_mask[:, None, None] & (ii_32[None, None, :] < 3)
+    po_32 = partial + 16 + slot + iu_32
+    a0_32 = tl.load(p0_32, mask=m0_32, other=0.0)
+    a1_32 = tl.load(p1_32, mask=m1_32, other=0.0)
+    q_32 = po_32
+    tl.store(q_32, tl.load(q_32) + tl.sum(tl.sum(a0_32 * a1_32, axis=2), axis=0) * 1.224744871391589)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_cg_d2_f_2_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f, statements 33–48 of 108: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
+    # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    ii_33 = tl.arange(0, 1)
+    ij_33 = tl.arange(0, 8)
+    iu_33 = tl.arange(0, 16)
+    p0_33 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + iu_33[None, None, None, :] * 5 + ij_33[None, None, :, None]
+    m0_33 = row_mask[:, None, None, None] & (ij_33[None, None, :, None] < 5)
+    p1_33 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_33[None, None, None, :] + ii_33[None, :, None, None]
+    m1_33 = row_mask[:, None, None, None]
+    po_33 = scratch + 1568 + z[:, None, None, None] * 6336 + ii_33[None, :, None, None] * 80 + ij_33[None, None, :, None] * 16 + iu_33[None, None, None, :]
+    mo_33 = row_mask[:, None, None, None] & (ij_33[None, None, :, None] < 5)
+    a0_33 = tl.load(p0_33, mask=m0_33, other=0.0)
+    a1_33 = tl.load(p1_33, mask=m1_33, other=0.0)
+    q_33 = po_33
+    tl.store(q_33, tl.load(q_33, mask=mo_33, other=0.0) + a0_33 * a1_33, mask=mo_33)
+    tl.debug_barrier()
+    ik_34 = tl.arange(0, 8)
+    ii_34 = tl.arange(0, 1)
+    ij_34 = tl.arange(0, 8)
+    p0_34 = cg_0_2_2_ptr + 0 + ii_34[None, None, None, :, None] * 25 + ij_34[None, None, None, None, :] * 5 + ik_34[None, None, :, None, None]
+    m0_34 = (ij_34[None, None, None, None, :] < 5) & (ik_34[None, None, :, None, None] < 5)
+    p1_34 = scratch + 1568 + z[:, None, None, None, None] * 6336 + ii_34[None, None, None, :, None] * 80 + ij_34[None, None, None, None, :] * 16
+    m1_34 = row_mask[:, None, None, None, None] & (ij_34[None, None, None, None, :] < 5)
+    po_34 = scratch + 816 + z[:, None, None] * 6336 + ik_34[None, None, :]
+    mo_34 = row_mask[:, None, None] & (ik_34[None, None, :] < 5)
+    for startu_34 in range(0, 16, 4):
+        iu_34 = startu_34 + tl.arange(0, 4)
+        a0_34 = tl.load(p0_34, mask=m0_34, other=0.0)
+        a1_34 = tl.load(p1_34 + iu_34[None, :, None, None, None], mask=m1_34, other=0.0)
+        q_34 = po_34 + iu_34[None, :, None] * 5
+        tl.store(q_34, tl.load(q_34, mask=mo_34, other=0.0) + tl.sum(tl.sum(a0_34 * a1_34, axis=4), axis=3), mask=mo_34)
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    ik_35 = tl.arange(0, 8)
+    p0_35 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144
+    m0_35 = row_mask[:, None, None, None]
+    p1_35 = scratch + 208 + z[:, None, None, None] * 6336 + ik_35[None, None, :, None]
+    m1_35 = row_mask[:, None, None, None] & (ik_35[None, None, :, None] < 5)
+    po_35 = scratch + 1648 + z[:, None, None, None] * 6336 + ik_35[None, None, :, None] * 16
+    mo_35 = row_mask[:, None, None, None] & (ik_35[None, None, :, None] < 5)
+    for startj_35 in range(0, 5, 4):
+        ij_35 = startj_35 + tl.arange(0, 4)
+        for startu_35 in range(0, 16, 8):
+            iu_35 = startu_35 + tl.arange(0, 8)
+            a0_35 = tl.load(p0_35 + iu_35[None, None, None, :] * 5 + ij_35[None, :, None, None], mask=m0_35 & (ij_35[None, :, None, None] < 5), other=0.0)
+            a1_35 = tl.load(p1_35 + iu_35[None, None, None, :] * 5, mask=m1_35, other=0.0)
+            q_35 = po_35 + ij_35[None, :, None, None] * 80 + iu_35[None, None, None, :]
+            tl.store(q_35, tl.load(q_35, mask=mo_35 & (ij_35[None, :, None, None] < 5), other=0.0) + a0_35 * a1_35, mask=mo_35 & (ij_35[None, :, None, None] < 5))
+    tl.debug_barrier()
+    ii_36 = tl.arange(0, 1)
+    ij_36 = tl.arange(0, 8)
+    ik_36 = tl.arange(0, 8)
+    p0_36 = cg_0_2_2_ptr + 0 + ii_36[None, None, :, None, None] * 25 + ij_36[None, None, None, :, None] * 5 + ik_36[None, None, None, None, :]
+    m0_36 = (ij_36[None, None, None, :, None] < 5) & (ik_36[None, None, None, None, :] < 5)
+    p1_36 = scratch + 1648 + z[:, None, None, None, None] * 6336 + ij_36[None, None, None, :, None] * 80 + ik_36[None, None, None, None, :] * 16
+    m1_36 = row_mask[:, None, None, None, None] & (ij_36[None, None, None, :, None] < 5) & (ik_36[None, None, None, None, :] < 5)
+    po_36 = d2_f_ptr + 0 + z[:, None, None] * 144 + ii_36[None, None, :]
+    mo_36 = row_mask[:, None, None]
+    for startu_36 in range(0, 16, 4):
+        iu_36 = startu_36 + tl.arange(0, 4)
+        a0_36 = tl.load(p0_36, mask=m0_36, other=0.0)
+        a1_36 = tl.load(p1_36 + iu_36[None, :, None, None, None], mask=m1_36, other=0.0)
+        q_36 = po_36 + iu_36[None, :, None]
+        tl.store(q_36, tl.load(q_36, mask=mo_36, other=0.0) + tl.sum(tl.sum(a0_36 * a1_36, axis=4), axis=3), mask=mo_36)
+    tl.debug_barrier()
+    # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    ii_37 = tl.arange(0, 1)
+    ij_37 = tl.arange(0, 8)
+    iu_37 = tl.arange(0, 16)
+    p0_37 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_37[None, None, None, :] + ii_37[None, :, None, None]
+    m0_37 = row_mask[:, None, None, None]
+    p1_37 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_37[None, None, None, :] * 5 + ij_37[None, None, :, None]
+    m1_37 = row_mask[:, None, None, None] & (ij_37[None, None, :, None] < 5)
+    po_37 = scratch + 2048 + z[:, None, None, None] * 6336 + ii_37[None, :, None, None] * 80 + ij_37[None, None, :, None] * 16 + iu_37[None, None, None, :]
+    mo_37 = row_mask[:, None, None, None] & (ij_37[None, None, :, None] < 5)
+    a0_37 = tl.load(p0_37, mask=m0_37, other=0.0)
+    a1_37 = tl.load(p1_37, mask=m1_37, other=0.0)
+    q_37 = po_37
+    tl.store(q_37, tl.load(q_37, mask=mo_37, other=0.0) + a0_37 * a1_37, mask=mo_37)
+    tl.debug_barrier()
+    ik_38 = tl.arange(0, 8)
+    ii_38 = tl.arange(0, 1)
+    ij_38 = tl.arange(0, 8)
+    p0_38 = cg_0_2_2_ptr + 0 + ii_38[None, None, None, :, None] * 25 + ij_38[None, None, None, None, :] * 5 + ik_38[None, None, :, None, None]
+    m0_38 = (ij_38[None, None, None, None, :] < 5) & (ik_38[None, None, :, None, None] < 5)
+    p1_38 = scratch + 2048 + z[:, None, None, None, None] * 6336 + ii_38[None, None, None, :, None] * 80 + ij_38[None, None, None, None, :] * 16
+    m1_38 = row_mask[:, None, None, None, None] & (ij_38[None, None, None, None, :] < 5)
+    po_38 = scratch + 816 + z[:, None, None] * 6336 + ik_38[None, None, :]
+    mo_38 = row_mask[:, None, None] & (ik_38[None, None, :] < 5)
+    for startu_38 in range(0, 16, 4):
+        iu_38 = startu_38 + tl.arange(0, 4)
+        a0_38 = tl.load(p0_38, mask=m0_38, other=0.0)
+        a1_38 = tl.load(p1_38 + iu_38[None, :, None, None, None], mask=m1_38, other=0.0)
+        q_38 = po_38 + iu_38[None, :, None] * 5
+        tl.store(q_38, tl.load(q_38, mask=mo_38, other=0.0) + tl.sum(tl.sum(a0_38 * a1_38, axis=4), axis=3), mask=mo_38)
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    ii_39 = tl.arange(0, 1)
+    ik_39 = tl.arange(0, 8)
+    iu_39 = tl.arange(0, 16)
+    p0_39 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_39[None, None, None, :] + ii_39[None, :, None, None]
+    m0_39 = row_mask[:, None, None, None]
+    p1_39 = scratch + 208 + z[:, None, None, None] * 6336 + iu_39[None, None, None, :] * 5 + ik_39[None, None, :, None]
+    m1_39 = row_mask[:, None, None, None] & (ik_39[None, None, :, None] < 5)
+    po_39 = scratch + 2128 + z[:, None, None, None] * 6336 + ii_39[None, :, None, None] * 80 + ik_39[None, None, :, None] * 16 + iu_39[None, None, None, :]
+    mo_39 = row_mask[:, None, None, None] & (ik_39[None, None, :, None] < 5)
+    a0_39 = tl.load(p0_39, mask=m0_39, other=0.0)
+    a1_39 = tl.load(p1_39, mask=m1_39, other=0.0)
+    q_39 = po_39
+    tl.store(q_39, tl.load(q_39, mask=mo_39, other=0.0) + a0_39 * a1_39, mask=mo_39)
+    tl.debug_barrier()
+    ij_40 = tl.arange(0, 8)
+    ii_40 = tl.arange(0, 1)
+    ik_40 = tl.arange(0, 8)
+    p0_40 = cg_0_2_2_ptr + 0 + ii_40[None, None, None, :, None] * 25 + ij_40[None, None, :, None, None] * 5 + ik_40[None, None, None, None, :]
+    m0_40 = (ij_40[None, None, :, None, None] < 5) & (ik_40[None, None, None, None, :] < 5)
+    p1_40 = scratch + 2128 + z[:, None, None, None, None] * 6336 + ii_40[None, None, None, :, None] * 80 + ik_40[None, None, None, None, :] * 16
+    m1_40 = row_mask[:, None, None, None, None] & (ik_40[None, None, None, None, :] < 5)
+    po_40 = d2_f_ptr + 64 + z[:, None, None] * 144 + ij_40[None, None, :]
+    mo_40 = row_mask[:, None, None] & (ij_40[None, None, :] < 5)
+    for startu_40 in range(0, 16, 4):
+        iu_40 = startu_40 + tl.arange(0, 4)
+        a0_40 = tl.load(p0_40, mask=m0_40, other=0.0)
+        a1_40 = tl.load(p1_40 + iu_40[None, :, None, None, None], mask=m1_40, other=0.0)
+        q_40 = po_40 + iu_40[None, :, None] * 5
+        tl.store(q_40, tl.load(q_40, mask=mo_40, other=0.0) + tl.sum(tl.sum(a0_40 * a1_40, axis=4), axis=3), mask=mo_40)
+    tl.debug_barrier()
+    iu_41 = tl.arange(0, 16)
+    ii_41 = tl.arange(0, 8)
+    p0_41 = scratch + 816 + z[:, None, None] * 6336 + iu_41[None, :, None] * 5 + ii_41[None, None, :]
+    m0_41 = row_mask[:, None, None] & (ii_41[None, None, :] < 5)
+    p1_41 = weight_ptr + 32 + iu_41[None, :, None]
+    po_41 = scratch + 672 + z[:, None, None] * 6336 + iu_41[None, :, None] * 5 + ii_41[None, None, :]
+    mo_41 = row_mask[:, None, None] & (ii_41[None, None, :] < 5)
+    a0_41 = tl.load(p0_41, mask=m0_41, other=0.0)
+    a1_41 = tl.load(p1_41)
+    q_41 = po_41
+    tl.store(q_41, tl.load(q_41, mask=mo_41, other=0.0) + a0_41 * a1_41 * 1.118033988749895, mask=mo_41)
+    tl.debug_barrier()
+    iu_42 = tl.arange(0, 16)
+    ii_42 = tl.arange(0, 8)
+    p0_42 = scratch + 816 + z[:, None, None] * 6336 + iu_42[None, :, None] * 5 + ii_42[None, None, :]
+    m0_42 = row_mask[:, None, None] & (ii_42[None, None, :] < 5)
+    p1_42 = scratch + 64 + z[:, None, None] * 6336 + iu_42[None, :, None] * 5 + ii_42[None, None, :]
+    m1_42 = row_mask[:, None, None] & (ii_42[None, None, :] < 5)
+    po_42 = partial + 32 + slot + iu_42
+    a0_42 = tl.load(p0_42, mask=m0_42, other=0.0)
+    a1_42 = tl.load(p1_42, mask=m1_42, other=0.0)
+    q_42 = po_42
+    tl.store(q_42, tl.load(q_42) + tl.sum(tl.sum(a0_42 * a1_42, axis=2), axis=0) * 1.118033988749895)
+    tl.debug_barrier()
+    # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    ii_43 = tl.arange(0, 4)
+    ij_43 = tl.arange(0, 4)
+    iu_43 = tl.arange(0, 16)
+    p0_43 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_43[None, None, None, :] * 3 + ij_43[None, None, :, None]
+    m0_43 = row_mask[:, None, None, None] & (ij_43[None, None, :, None] < 3)
+    p1_43 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_43[None, None, None, :] * 3 + ii_43[None, :, None, None]
+    m1_43 = row_mask[:, None, None, None] & (ii_43[None, :, None, None] < 3)
+    po_43 = scratch + 2208 + z[:, None, None, None] * 6336 + ii_43[None, :, None, None] * 48 + ij_43[None, None, :, None] * 16 + iu_43[None, None, None, :]
+    mo_43 = row_mask[:, None, None, None] & (ii_43[None, :, None, None] < 3) & (ij_43[None, None, :, None] < 3)
+    a0_43 = tl.load(p0_43, mask=m0_43, other=0.0)
+    a1_43 = tl.load(p1_43, mask=m1_43, other=0.0)
+    q_43 = po_43
+    tl.store(q_43, tl.load(q_43, mask=mo_43, other=0.0) + a0_43 * a1_43, mask=mo_43)
+    tl.debug_barrier()
+    iu_44 = tl.arange(0, 16)
+    ik_44 = tl.arange(0, 1)
+    ii_44 = tl.arange(0, 4)
+    ij_44 = tl.arange(0, 4)
+    p0_44 = cg_1_1_0_ptr + 0 + ii_44[None, None, None, :, None] * 3 + ij_44[None, None, None, None, :] + ik_44[None, None, :, None, None]
+    m0_44 = (ii_44[None, None, None, :, None] < 3) & (ij_44[None, None, None, None, :] < 3)
+    p1_44 = scratch + 2208 + z[:, None, None, None, None] * 6336 + ii_44[None, None, None, :, None] * 48 + ij_44[None, None, None, None, :] * 16 + iu_44[None, :, None, None, None]
+    m1_44 = row_mask[:, None, None, None, None] & (ii_44[None, None, None, :, None] < 3) & (ij_44[None, None, None, None, :] < 3)
+    po_44 = scratch + 896 + z[:, None, None] * 6336 + iu_44[None, :, None] + ik_44[None, None, :]
+    mo_44 = row_mask[:, None, None]
+    a0_44 = tl.load(p0_44, mask=m0_44, other=0.0)
+    a1_44 = tl.load(p1_44, mask=m1_44, other=0.0)
+    q_44 = po_44
+    tl.store(q_44, tl.load(q_44, mask=mo_44, other=0.0) + tl.sum(tl.sum(a0_44 * a1_44, axis=4), axis=3), mask=mo_44)
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    ij_45 = tl.arange(0, 4)
+    ik_45 = tl.arange(0, 1)
+    iu_45 = tl.arange(0, 16)
+    p0_45 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_45[None, None, None, :] * 3 + ij_45[None, :, None, None]
+    m0_45 = row_mask[:, None, None, None] & (ij_45[None, :, None, None] < 3)
+    p1_45 = scratch + 288 + z[:, None, None, None] * 6336 + iu_45[None, None, None, :] + ik_45[None, None, :, None]
+    m1_45 = row_mask[:, None, None, None]
+    po_45 = scratch + 2352 + z[:, None, None, None] * 6336 + ij_45[None, :, None, None] * 16 + ik_45[None, None, :, None] * 16 + iu_45[None, None, None, :]
+    mo_45 = row_mask[:, None, None, None] & (ij_45[None, :, None, None] < 3)
+    a0_45 = tl.load(p0_45, mask=m0_45, other=0.0)
+    a1_45 = tl.load(p1_45, mask=m1_45, other=0.0)
+    q_45 = po_45
+    tl.store(q_45, tl.load(q_45, mask=mo_45, other=0.0) + a0_45 * a1_45, mask=mo_45)
+    tl.debug_barrier()
+    iu_46 = tl.arange(0, 16)
+    ii_46 = tl.arange(0, 4)
+    ij_46 = tl.arange(0, 4)
+    ik_46 = tl.arange(0, 1)
+    p0_46 = cg_1_1_0_ptr + 0 + ii_46[None, None, :, None, None] * 3 + ij_46[None, None, None, :, None] + ik_46[None, None, None, None, :]
+    m0_46 = (ii_46[None, None, :, None, None] < 3) & (ij_46[None, None, None, :, None] < 3)
+    p1_46 = scratch + 2352 + z[:, None, None, None, None] * 6336 + ij_46[None, None, None, :, None] * 16 + ik_46[None, None, None, None, :] * 16 + iu_46[None, :, None, None, None]
+    m1_46 = row_mask[:, None, None, None, None] & (ij_46[None, None, None, :, None] < 3)
+    po_46 = d2_f_ptr + 16 + z[:, None, None] * 144 + iu_46[None, :, None] * 3 + ii_46[None, None, :]
+    mo_46 = row_mask[:, None, None] & (ii_46[None, None, :] < 3)
+    a0_46 = tl.load(p0_46, mask=m0_46, other=0.0)
+    a1_46 = tl.load(p1_46, mask=m1_46, other=0.0)
+    q_46 = po_46
+    tl.store(q_46, tl.load(q_46, mask=mo_46, other=0.0) + tl.sum(tl.sum(a0_46 * a1_46, axis=4), axis=3), mask=mo_46)
+    tl.debug_barrier()
+    # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    ii_47 = tl.arange(0, 4)
+    ij_47 = tl.arange(0, 4)
+    iu_47 = tl.arange(0, 16)
+    p0_47 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_47[None, None, None, :] * 3 + ii_47[None, :, None, None]
+    m0_47 = row_mask[:, None, None, None] & (ii_47[None, :, None, None] < 3)
+    p1_47 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_47[None, None, None, :] * 3 + ij_47[None, None, :, None]
+    m1_47 = row_mask[:, None, None, None] & (ij_47[None, None, :, None] < 3)
+    po_47 = scratch + 2400 + z[:, None, None, None] * 6336 + ii_47[None, :, None, None] * 48 + ij_47[None, None, :, None] * 16 + iu_47[None, None, None, :]
+    mo_47 = row_mask[:, None, None, None] & (ii_47[None, :, None, None] < 3) & (ij_47[None, None, :, None] < 3)
+    a0_47 = tl.load(p0_47, mask=m0_47, other=0.0)
+    a1_47 = tl.load(p1_47, mask=m1_47, other=0.0)
+    q_47 = po_47
+    tl.store(q_47, tl.load(q_47, mask=mo_47, other=0.0) + a0_47 * a1_47, mask=mo_47)
+    tl.debug_barrier()
+    iu_48 = tl.arange(0, 16)
+    ik_48 = tl.arange(0, 1)
+    ii_48 = tl.arange(0, 4)
+    ij_48 = tl.arange(0, 4)
+    p0_48 = cg_1_1_0_ptr + 0 + ii_48[None, None, None, :, None] * 3 + ij_48[None, None, None, None, :] + ik_48[None, None, :, None, None]
+    m0_48 = (ii_48[None, None, None, :, None] < 3) & (ij_48[None, None, None, None, :] < 3)
+    p1_48 = scratch + 2400 + z[:, None, None, None, None] * 6336 + ii_48[None, None, None, :, None] * 48 + ij_48[None, None, None, None, :] * 16 + iu_48[None, :, None, None, None]
+    m1_48 = row_mask[:, None, None, None, None] & (ii_48[None, None, None, :, None] < 3) & (ij_48[None, None, None, None, :] < 3)
+    po_48 = scratch + 896 + z[:, None, None] * 6336 + iu_48[None, :, None] + ik_48[None, None, :]
+    mo_48 = row_mask[:, None, None]
+    a0_48 = tl.load(p0_48, mask=m0_48, other=0.0)
+    a1_48 = tl.load(p1_48, mask=m1_48, other=0.0)
+    q_48 = po_48
+    tl.store(q_48, tl.load(q_48, mask=mo_48, other=0.0) + tl.sum(tl.sum(a0_48 * a1_48, axis=4), axis=3), mask=mo_48)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_cg_d2_f_3_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f, statements 49–64 of 108: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
+    # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    ii_49 = tl.arange(0, 4)
+    ik_49 = tl.arange(0, 1)
+    iu_49 = tl.arange(0, 16)
+    p0_49 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_49[None, None, None, :] * 3 + ii_49[None, :, None, None]
+    m0_49 = row_mask[:, None, None, None] & (ii_49[None, :, None, None] < 3)
+    p1_49 = scratch + 288 + z[:, None, None, None] * 6336 + iu_49[None, None, None, :] + ik_49[None, None, :, None]
+    m1_49 = row_mask[:, None, None, None]
+    po_49 = scratch + 2544 + z[:, None, None, None] * 6336 + ii_49[None, :, None, None] * 16 + ik_49[None, None, :, None] * 16 + iu_49[None, None, None, :]
+    mo_49 = row_mask[:, None, None, None] & (ii_49[None, :, None, None] < 3)
+    a0_49 = tl.load(p0_49, mask=m0_49, other=0.0)
+    a1_49 = tl.load(p1_49, mask=m1_49, other=0.0)
+    q_49 = po_49
+    tl.store(q_49, tl.load(q_49, mask=mo_49, other=0.0) + a0_49 * a1_49, mask=mo_49)
+    tl.debug_barrier()
+    iu_50 = tl.arange(0, 16)
+    ij_50 = tl.arange(0, 4)
+    ii_50 = tl.arange(0, 4)
+    ik_50 = tl.arange(0, 1)
+    p0_50 = cg_1_1_0_ptr + 0 + ii_50[None, None, None, :, None] * 3 + ij_50[None, None, :, None, None] + ik_50[None, None, None, None, :]
+    m0_50 = (ii_50[None, None, None, :, None] < 3) & (ij_50[None, None, :, None, None] < 3)
+    p1_50 = scratch + 2544 + z[:, None, None, None, None] * 6336 + ii_50[None, None, None, :, None] * 16 + ik_50[None, None, None, None, :] * 16 + iu_50[None, :, None, None, None]
+    m1_50 = row_mask[:, None, None, None, None] & (ii_50[None, None, None, :, None] < 3)
+    po_50 = d2_f_ptr + 16 + z[:, None, None] * 144 + iu_50[None, :, None] * 3 + ij_50[None, None, :]
+    mo_50 = row_mask[:, None, None] & (ij_50[None, None, :] < 3)
+    a0_50 = tl.load(p0_50, mask=m0_50, other=0.0)
+    a1_50 = tl.load(p1_50, mask=m1_50, other=0.0)
+    q_50 = po_50
+    tl.store(q_50, tl.load(q_50, mask=mo_50, other=0.0) + tl.sum(tl.sum(a0_50 * a1_50, axis=4), axis=3), mask=mo_50)
+    tl.debug_barrier()
+    iu_51 = tl.arange(0, 16)
+    ii_51 = tl.arange(0, 1)
+    p0_51 = scratch + 896 + z[:, None, None] * 6336 + iu_51[None, :, None] + ii_51[None, None, :]
+    m0_51 = row_mask[:, None, None]
+    p1_51 = weight_ptr + 48 + iu_51[None, :, None]
+    po_51 = scratch + 608 + z[:, None, None] * 6336 + iu_51[None, :, None] + ii_51[None, None, :]
+    mo_51 = row_mask[:, None, None]
+    a0_51 = tl.load(p0_51, mask=m0_51, other=0.0)
+    a1_51 = tl.load(p1_51)
+    q_51 = po_51
+    tl.store(q_51, tl.load(q_51, mask=mo_51, other=0.0) + a0_51 * a1_51 * 0.5773502691896257, mask=mo_51)
+    tl.debug_barrier()
+    iu_52 = tl.arange(0, 16)
+    ii_52 = tl.arange(0, 1)
+    p0_52 = scratch + 896 + z[:, None, None] * 6336 + iu_52[None, :, None] + ii_52[None, None, :]
+    m0_52 = row_mask[:, None, None]
+    p1_52 = scratch + 0 + z[:, None, None] * 6336 + iu_52[None, :, None] + ii_52[None, None, :]
+    m1_52 = row_mask[:, None, None]
+    po_52 = partial + 48 + slot + iu_52
+    a0_52 = tl.load(p0_52, mask=m0_52, other=0.0)
+    a1_52 = tl.load(p1_52, mask=m1_52, other=0.0)
+    q_52 = po_52
+    tl.store(q_52, tl.load(q_52) + tl.sum(tl.sum(a0_52 * a1_52, axis=2), axis=0) * 0.5773502691896257)
+    tl.debug_barrier()
+    # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    ii_53 = tl.arange(0, 4)
+    ij_53 = tl.arange(0, 4)
+    p0_53 = cg_1_1_2_ptr + 0 + ii_53[None, None, None, :, None] * 15 + ij_53[None, None, None, None, :] * 5
+    m0_53 = (ii_53[None, None, None, :, None] < 3) & (ij_53[None, None, None, None, :] < 3)
+    p1_53 = scratch + 2208 + z[:, None, None, None, None] * 6336 + ii_53[None, None, None, :, None] * 48 + ij_53[None, None, None, None, :] * 16
+    m1_53 = row_mask[:, None, None, None, None] & (ii_53[None, None, None, :, None] < 3) & (ij_53[None, None, None, None, :] < 3)
+    po_53 = scratch + 912 + z[:, None, None] * 6336
+    mo_53 = row_mask[:, None, None]
+    for startu_53 in range(0, 16, 4):
+        iu_53 = startu_53 + tl.arange(0, 4)
+        for startk_53 in range(0, 5, 4):
+            ik_53 = startk_53 + tl.arange(0, 4)
+            a0_53 = tl.load(p0_53 + ik_53[None, None, :, None, None], mask=m0_53 & (ik_53[None, None, :, None, None] < 5), other=0.0)
+            a1_53 = tl.load(p1_53 + iu_53[None, :, None, None, None], mask=m1_53, other=0.0)
+            q_53 = po_53 + iu_53[None, :, None] * 5 + ik_53[None, None, :]
+            tl.store(q_53, tl.load(q_53, mask=mo_53 & (ik_53[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_53 * a1_53, axis=4), axis=3), mask=mo_53 & (ik_53[None, None, :] < 5))
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    ij_54 = tl.arange(0, 4)
+    ik_54 = tl.arange(0, 8)
+    p0_54 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + ij_54[None, :, None, None]
+    m0_54 = row_mask[:, None, None, None] & (ij_54[None, :, None, None] < 3)
+    p1_54 = scratch + 304 + z[:, None, None, None] * 6336 + ik_54[None, None, :, None]
+    m1_54 = row_mask[:, None, None, None] & (ik_54[None, None, :, None] < 5)
+    po_54 = scratch + 2592 + z[:, None, None, None] * 6336 + ij_54[None, :, None, None] * 80 + ik_54[None, None, :, None] * 16
+    mo_54 = row_mask[:, None, None, None] & (ij_54[None, :, None, None] < 3) & (ik_54[None, None, :, None] < 5)
+    for startu_54 in range(0, 16, 8):
+        iu_54 = startu_54 + tl.arange(0, 8)
+        a0_54 = tl.load(p0_54 + iu_54[None, None, None, :] * 3, mask=m0_54, other=0.0)
+        a1_54 = tl.load(p1_54 + iu_54[None, None, None, :] * 5, mask=m1_54, other=0.0)
+        q_54 = po_54 + iu_54[None, None, None, :]
+        tl.store(q_54, tl.load(q_54, mask=mo_54, other=0.0) + a0_54 * a1_54, mask=mo_54)
+    tl.debug_barrier()
+    ii_55 = tl.arange(0, 4)
+    ij_55 = tl.arange(0, 4)
+    p0_55 = cg_1_1_2_ptr + 0 + ii_55[None, None, :, None, None] * 15 + ij_55[None, None, None, :, None] * 5
+    m0_55 = (ii_55[None, None, :, None, None] < 3) & (ij_55[None, None, None, :, None] < 3)
+    p1_55 = scratch + 2592 + z[:, None, None, None, None] * 6336 + ij_55[None, None, None, :, None] * 80
+    m1_55 = row_mask[:, None, None, None, None] & (ij_55[None, None, None, :, None] < 3)
+    po_55 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_55[None, None, :]
+    mo_55 = row_mask[:, None, None] & (ii_55[None, None, :] < 3)
+    for startu_55 in range(0, 16, 4):
+        iu_55 = startu_55 + tl.arange(0, 4)
+        acc_55 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+        for startk_55 in range(0, 5, 4):
+            ik_55 = startk_55 + tl.arange(0, 4)
+            a0_55 = tl.load(p0_55 + ik_55[None, None, None, None, :], mask=m0_55 & (ik_55[None, None, None, None, :] < 5), other=0.0)
+            a1_55 = tl.load(p1_55 + ik_55[None, None, None, None, :] * 16 + iu_55[None, :, None, None, None], mask=m1_55 & (ik_55[None, None, None, None, :] < 5), other=0.0)
+            acc_55 += tl.sum(tl.sum(a0_55 * a1_55, axis=4), axis=3)
+        q_55 = po_55 + iu_55[None, :, None] * 3
+        tl.store(q_55, tl.load(q_55, mask=mo_55, other=0.0) + acc_55, mask=mo_55)
+    tl.debug_barrier()
+    # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    ii_56 = tl.arange(0, 4)
+    ij_56 = tl.arange(0, 4)
+    p0_56 = cg_1_1_2_ptr + 0 + ii_56[None, None, None, :, None] * 15 + ij_56[None, None, None, None, :] * 5
+    m0_56 = (ii_56[None, None, None, :, None] < 3) & (ij_56[None, None, None, None, :] < 3)
+    p1_56 = scratch + 2400 + z[:, None, None, None, None] * 6336 + ii_56[None, None, None, :, None] * 48 + ij_56[None, None, None, None, :] * 16
+    m1_56 = row_mask[:, None, None, None, None] & (ii_56[None, None, None, :, None] < 3) & (ij_56[None, None, None, None, :] < 3)
+    po_56 = scratch + 912 + z[:, None, None] * 6336
+    mo_56 = row_mask[:, None, None]
+    for startu_56 in range(0, 16, 4):
+        iu_56 = startu_56 + tl.arange(0, 4)
+        for startk_56 in range(0, 5, 4):
+            ik_56 = startk_56 + tl.arange(0, 4)
+            a0_56 = tl.load(p0_56 + ik_56[None, None, :, None, None], mask=m0_56 & (ik_56[None, None, :, None, None] < 5), other=0.0)
+            a1_56 = tl.load(p1_56 + iu_56[None, :, None, None, None], mask=m1_56, other=0.0)
+            q_56 = po_56 + iu_56[None, :, None] * 5 + ik_56[None, None, :]
+            tl.store(q_56, tl.load(q_56, mask=mo_56 & (ik_56[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_56 * a1_56, axis=4), axis=3), mask=mo_56 & (ik_56[None, None, :] < 5))
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    ii_57 = tl.arange(0, 4)
+    ik_57 = tl.arange(0, 8)
+    p0_57 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + ii_57[None, :, None, None]
+    m0_57 = row_mask[:, None, None, None] & (ii_57[None, :, None, None] < 3)
+    p1_57 = scratch + 304 + z[:, None, None, None] * 6336 + ik_57[None, None, :, None]
+    m1_57 = row_mask[:, None, None, None] & (ik_57[None, None, :, None] < 5)
+    po_57 = scratch + 2832 + z[:, None, None, None] * 6336 + ii_57[None, :, None, None] * 80 + ik_57[None, None, :, None] * 16
+    mo_57 = row_mask[:, None, None, None] & (ii_57[None, :, None, None] < 3) & (ik_57[None, None, :, None] < 5)
+    for startu_57 in range(0, 16, 8):
+        iu_57 = startu_57 + tl.arange(0, 8)
+        a0_57 = tl.load(p0_57 + iu_57[None, None, None, :] * 3, mask=m0_57, other=0.0)
+        a1_57 = tl.load(p1_57 + iu_57[None, None, None, :] * 5, mask=m1_57, other=0.0)
+        q_57 = po_57 + iu_57[None, None, None, :]
+        tl.store(q_57, tl.load(q_57, mask=mo_57, other=0.0) + a0_57 * a1_57, mask=mo_57)
+    tl.debug_barrier()
+    ij_58 = tl.arange(0, 4)
+    ii_58 = tl.arange(0, 4)
+    p0_58 = cg_1_1_2_ptr + 0 + ii_58[None, None, None, :, None] * 15 + ij_58[None, None, :, None, None] * 5
+    m0_58 = (ii_58[None, None, None, :, None] < 3) & (ij_58[None, None, :, None, None] < 3)
+    p1_58 = scratch + 2832 + z[:, None, None, None, None] * 6336 + ii_58[None, None, None, :, None] * 80
+    m1_58 = row_mask[:, None, None, None, None] & (ii_58[None, None, None, :, None] < 3)
+    po_58 = d2_f_ptr + 16 + z[:, None, None] * 144 + ij_58[None, None, :]
+    mo_58 = row_mask[:, None, None] & (ij_58[None, None, :] < 3)
+    for startu_58 in range(0, 16, 4):
+        iu_58 = startu_58 + tl.arange(0, 4)
+        acc_58 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+        for startk_58 in range(0, 5, 4):
+            ik_58 = startk_58 + tl.arange(0, 4)
+            a0_58 = tl.load(p0_58 + ik_58[None, None, None, None, :], mask=m0_58 & (ik_58[None, None, None, None, :] < 5), other=0.0)
+            a1_58 = tl.load(p1_58 + ik_58[None, None, None, None, :] * 16 + iu_58[None, :, None, None, None], mask=m1_58 & (ik_58[None, None, None, None, :] < 5), other=0.0)
+            acc_58 += tl.sum(tl.sum(a0_58 * a1_58, axis=4), axis=3)
+        q_58 = po_58 + iu_58[None, :, None] * 3
+        tl.store(q_58, tl.load(q_58, mask=mo_58, other=0.0) + acc_58, mask=mo_58)
+    tl.debug_barrier()
+    iu_59 = tl.arange(0, 16)
+    ii_59 = tl.arange(0, 8)
+    p0_59 = scratch + 912 + z[:, None, None] * 6336 + iu_59[None, :, None] * 5 + ii_59[None, None, :]
+    m0_59 = row_mask[:, None, None] & (ii_59[None, None, :] < 5)
+    p1_59 = weight_ptr + 64 + iu_59[None, :, None]
+    po_59 = scratch + 672 + z[:, None, None] * 6336 + iu_59[None, :, None] * 5 + ii_59[None, None, :]
+    mo_59 = row_mask[:, None, None] & (ii_59[None, None, :] < 5)
+    a0_59 = tl.load(p0_59, mask=m0_59, other=0.0)
+    a1_59 = tl.load(p1_59)
+    q_59 = po_59
+    tl.store(q_59, tl.load(q_59, mask=mo_59, other=0.0) + a0_59 * a1_59 * 1.118033988749895, mask=mo_59)
+    tl.debug_barrier()
+    iu_60 = tl.arange(0, 16)
+    ii_60 = tl.arange(0, 8)
+    p0_60 = scratch + 912 + z[:, None, None] * 6336 + iu_60[None, :, None] * 5 + ii_60[None, None, :]
+    m0_60 = row_mask[:, None, None] & (ii_60[None, None, :] < 5)
+    p1_60 = scratch + 64 + z[:, None, None] * 6336 + iu_60[None, :, None] * 5 + ii_60[None, None, :]
+    m1_60 = row_mask[:, None, None] & (ii_60[None, None, :] < 5)
+    po_60 = partial + 64 + slot + iu_60
+    a0_60 = tl.load(p0_60, mask=m0_60, other=0.0)
+    a1_60 = tl.load(p1_60, mask=m1_60, other=0.0)
+    q_60 = po_60
+    tl.store(q_60, tl.load(q_60) + tl.sum(tl.sum(a0_60 * a1_60, axis=2), axis=0) * 1.118033988749895)
+    tl.debug_barrier()
+    # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    ii_61 = tl.arange(0, 4)
+    ij_61 = tl.arange(0, 8)
+    p0_61 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + ij_61[None, None, :, None]
+    m0_61 = row_mask[:, None, None, None] & (ij_61[None, None, :, None] < 5)
+    p1_61 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_61[None, :, None, None]
+    m1_61 = row_mask[:, None, None, None] & (ii_61[None, :, None, None] < 3)
+    po_61 = scratch + 3072 + z[:, None, None, None] * 6336 + ii_61[None, :, None, None] * 80 + ij_61[None, None, :, None] * 16
+    mo_61 = row_mask[:, None, None, None] & (ii_61[None, :, None, None] < 3) & (ij_61[None, None, :, None] < 5)
+    for startu_61 in range(0, 16, 8):
+        iu_61 = startu_61 + tl.arange(0, 8)
+        a0_61 = tl.load(p0_61 + iu_61[None, None, None, :] * 5, mask=m0_61, other=0.0)
+        a1_61 = tl.load(p1_61 + iu_61[None, None, None, :] * 3, mask=m1_61, other=0.0)
+        q_61 = po_61 + iu_61[None, None, None, :]
+        tl.store(q_61, tl.load(q_61, mask=mo_61, other=0.0) + a0_61 * a1_61, mask=mo_61)
+    tl.debug_barrier()
+    ik_62 = tl.arange(0, 4)
+    ii_62 = tl.arange(0, 4)
+    p0_62 = cg_1_2_1_ptr + 0 + ii_62[None, None, None, :, None] * 15 + ik_62[None, None, :, None, None]
+    m0_62 = (ii_62[None, None, None, :, None] < 3) & (ik_62[None, None, :, None, None] < 3)
+    p1_62 = scratch + 3072 + z[:, None, None, None, None] * 6336 + ii_62[None, None, None, :, None] * 80
+    m1_62 = row_mask[:, None, None, None, None] & (ii_62[None, None, None, :, None] < 3)
+    po_62 = scratch + 992 + z[:, None, None] * 6336 + ik_62[None, None, :]
+    mo_62 = row_mask[:, None, None] & (ik_62[None, None, :] < 3)
+    for startu_62 in range(0, 16, 4):
+        iu_62 = startu_62 + tl.arange(0, 4)
+        acc_62 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+        for startj_62 in range(0, 5, 4):
+            ij_62 = startj_62 + tl.arange(0, 4)
+            a0_62 = tl.load(p0_62 + ij_62[None, None, None, None, :] * 3, mask=m0_62 & (ij_62[None, None, None, None, :] < 5), other=0.0)
+            a1_62 = tl.load(p1_62 + ij_62[None, None, None, None, :] * 16 + iu_62[None, :, None, None, None], mask=m1_62 & (ij_62[None, None, None, None, :] < 5), other=0.0)
+            acc_62 += tl.sum(tl.sum(a0_62 * a1_62, axis=4), axis=3)
+        q_62 = po_62 + iu_62[None, :, None] * 3
+        tl.store(q_62, tl.load(q_62, mask=mo_62, other=0.0) + acc_62, mask=mo_62)
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    ij_63 = tl.arange(0, 8)
+    ik_63 = tl.arange(0, 4)
+    p0_63 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + ij_63[None, :, None, None]
+    m0_63 = row_mask[:, None, None, None] & (ij_63[None, :, None, None] < 5)
+    p1_63 = scratch + 384 + z[:, None, None, None] * 6336 + ik_63[None, None, :, None]
+    m1_63 = row_mask[:, None, None, None] & (ik_63[None, None, :, None] < 3)
+    po_63 = scratch + 3312 + z[:, None, None, None] * 6336 + ij_63[None, :, None, None] * 48 + ik_63[None, None, :, None] * 16
+    mo_63 = row_mask[:, None, None, None] & (ij_63[None, :, None, None] < 5) & (ik_63[None, None, :, None] < 3)
+    for startu_63 in range(0, 16, 8):
+        iu_63 = startu_63 + tl.arange(0, 8)
+        a0_63 = tl.load(p0_63 + iu_63[None, None, None, :] * 5, mask=m0_63, other=0.0)
+        a1_63 = tl.load(p1_63 + iu_63[None, None, None, :] * 3, mask=m1_63, other=0.0)
+        q_63 = po_63 + iu_63[None, None, None, :]
+        tl.store(q_63, tl.load(q_63, mask=mo_63, other=0.0) + a0_63 * a1_63, mask=mo_63)
+    tl.debug_barrier()
+    ii_64 = tl.arange(0, 4)
+    ik_64 = tl.arange(0, 4)
+    p0_64 = cg_1_2_1_ptr + 0 + ii_64[None, None, :, None, None] * 15 + ik_64[None, None, None, None, :]
+    m0_64 = (ii_64[None, None, :, None, None] < 3) & (ik_64[None, None, None, None, :] < 3)
+    p1_64 = scratch + 3312 + z[:, None, None, None, None] * 6336 + ik_64[None, None, None, None, :] * 16
+    m1_64 = row_mask[:, None, None, None, None] & (ik_64[None, None, None, None, :] < 3)
+    po_64 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_64[None, None, :]
+    mo_64 = row_mask[:, None, None] & (ii_64[None, None, :] < 3)
+    for startu_64 in range(0, 16, 4):
+        iu_64 = startu_64 + tl.arange(0, 4)
+        acc_64 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+        for startj_64 in range(0, 5, 4):
+            ij_64 = startj_64 + tl.arange(0, 4)
+            a0_64 = tl.load(p0_64 + ij_64[None, None, None, :, None] * 3, mask=m0_64 & (ij_64[None, None, None, :, None] < 5), other=0.0)
+            a1_64 = tl.load(p1_64 + ij_64[None, None, None, :, None] * 48 + iu_64[None, :, None, None, None], mask=m1_64 & (ij_64[None, None, None, :, None] < 5), other=0.0)
+            acc_64 += tl.sum(tl.sum(a0_64 * a1_64, axis=4), axis=3)
+        q_64 = po_64 + iu_64[None, :, None] * 3
+        tl.store(q_64, tl.load(q_64, mask=mo_64, other=0.0) + acc_64, mask=mo_64)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_cg_d2_f_4_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f, statements 65–80 of 108: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
+    # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    ii_65 = tl.arange(0, 4)
+    ij_65 = tl.arange(0, 8)
+    p0_65 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + ii_65[None, :, None, None]
+    m0_65 = row_mask[:, None, None, None] & (ii_65[None, :, None, None] < 3)
+    p1_65 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_65[None, None, :, None]
+    m1_65 = row_mask[:, None, None, None] & (ij_65[None, None, :, None] < 5)
+    po_65 = scratch + 3552 + z[:, None, None, None] * 6336 + ii_65[None, :, None, None] * 80 + ij_65[None, None, :, None] * 16
+    mo_65 = row_mask[:, None, None, None] & (ii_65[None, :, None, None] < 3) & (ij_65[None, None, :, None] < 5)
+    for startu_65 in range(0, 16, 8):
+        iu_65 = startu_65 + tl.arange(0, 8)
+        a0_65 = tl.load(p0_65 + iu_65[None, None, None, :] * 3, mask=m0_65, other=0.0)
+        a1_65 = tl.load(p1_65 + iu_65[None, None, None, :] * 5, mask=m1_65, other=0.0)
+        q_65 = po_65 + iu_65[None, None, None, :]
+        tl.store(q_65, tl.load(q_65, mask=mo_65, other=0.0) + a0_65 * a1_65, mask=mo_65)
+    tl.debug_barrier()
+    ik_66 = tl.arange(0, 4)
+    ii_66 = tl.arange(0, 4)
+    p0_66 = cg_1_2_1_ptr + 0 + ii_66[None, None, None, :, None] * 15 + ik_66[None, None, :, None, None]
+    m0_66 = (ii_66[None, None, None, :, None] < 3) & (ik_66[None, None, :, None, None] < 3)
+    p1_66 = scratch + 3552 + z[:, None, None, None, None] * 6336 + ii_66[None, None, None, :, None] * 80
+    m1_66 = row_mask[:, None, None, None, None] & (ii_66[None, None, None, :, None] < 3)
+    po_66 = scratch + 992 + z[:, None, None] * 6336 + ik_66[None, None, :]
+    mo_66 = row_mask[:, None, None] & (ik_66[None, None, :] < 3)
+    for startu_66 in range(0, 16, 4):
+        iu_66 = startu_66 + tl.arange(0, 4)
+        acc_66 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+        for startj_66 in range(0, 5, 4):
+            ij_66 = startj_66 + tl.arange(0, 4)
+            a0_66 = tl.load(p0_66 + ij_66[None, None, None, None, :] * 3, mask=m0_66 & (ij_66[None, None, None, None, :] < 5), other=0.0)
+            a1_66 = tl.load(p1_66 + ij_66[None, None, None, None, :] * 16 + iu_66[None, :, None, None, None], mask=m1_66 & (ij_66[None, None, None, None, :] < 5), other=0.0)
+            acc_66 += tl.sum(tl.sum(a0_66 * a1_66, axis=4), axis=3)
+        q_66 = po_66 + iu_66[None, :, None] * 3
+        tl.store(q_66, tl.load(q_66, mask=mo_66, other=0.0) + acc_66, mask=mo_66)
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    ii_67 = tl.arange(0, 4)
+    ik_67 = tl.arange(0, 4)
+    iu_67 = tl.arange(0, 16)
+    p0_67 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_67[None, None, None, :] * 3 + ii_67[None, :, None, None]
+    m0_67 = row_mask[:, None, None, None] & (ii_67[None, :, None, None] < 3)
+    p1_67 = scratch + 384 + z[:, None, None, None] * 6336 + iu_67[None, None, None, :] * 3 + ik_67[None, None, :, None]
+    m1_67 = row_mask[:, None, None, None] & (ik_67[None, None, :, None] < 3)
+    po_67 = scratch + 3792 + z[:, None, None, None] * 6336 + ii_67[None, :, None, None] * 48 + ik_67[None, None, :, None] * 16 + iu_67[None, None, None, :]
+    mo_67 = row_mask[:, None, None, None] & (ii_67[None, :, None, None] < 3) & (ik_67[None, None, :, None] < 3)
+    a0_67 = tl.load(p0_67, mask=m0_67, other=0.0)
+    a1_67 = tl.load(p1_67, mask=m1_67, other=0.0)
+    q_67 = po_67
+    tl.store(q_67, tl.load(q_67, mask=mo_67, other=0.0) + a0_67 * a1_67, mask=mo_67)
+    tl.debug_barrier()
+    ii_68 = tl.arange(0, 4)
+    ik_68 = tl.arange(0, 4)
+    p0_68 = cg_1_2_1_ptr + 0 + ii_68[None, None, None, :, None] * 15 + ik_68[None, None, None, None, :]
+    m0_68 = (ii_68[None, None, None, :, None] < 3) & (ik_68[None, None, None, None, :] < 3)
+    p1_68 = scratch + 3792 + z[:, None, None, None, None] * 6336 + ii_68[None, None, None, :, None] * 48 + ik_68[None, None, None, None, :] * 16
+    m1_68 = row_mask[:, None, None, None, None] & (ii_68[None, None, None, :, None] < 3) & (ik_68[None, None, None, None, :] < 3)
+    po_68 = d2_f_ptr + 64 + z[:, None, None] * 144
+    mo_68 = row_mask[:, None, None]
+    for startu_68 in range(0, 16, 4):
+        iu_68 = startu_68 + tl.arange(0, 4)
+        for startj_68 in range(0, 5, 4):
+            ij_68 = startj_68 + tl.arange(0, 4)
+            a0_68 = tl.load(p0_68 + ij_68[None, None, :, None, None] * 3, mask=m0_68 & (ij_68[None, None, :, None, None] < 5), other=0.0)
+            a1_68 = tl.load(p1_68 + iu_68[None, :, None, None, None], mask=m1_68, other=0.0)
+            q_68 = po_68 + iu_68[None, :, None] * 5 + ij_68[None, None, :]
+            tl.store(q_68, tl.load(q_68, mask=mo_68 & (ij_68[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_68 * a1_68, axis=4), axis=3), mask=mo_68 & (ij_68[None, None, :] < 5))
+    tl.debug_barrier()
+    iu_69 = tl.arange(0, 16)
+    ii_69 = tl.arange(0, 4)
+    p0_69 = scratch + 992 + z[:, None, None] * 6336 + iu_69[None, :, None] * 3 + ii_69[None, None, :]
+    m0_69 = row_mask[:, None, None] & (ii_69[None, None, :] < 3)
+    p1_69 = weight_ptr + 80 + iu_69[None, :, None]
+    po_69 = scratch + 624 + z[:, None, None] * 6336 + iu_69[None, :, None] * 3 + ii_69[None, None, :]
+    mo_69 = row_mask[:, None, None] & (ii_69[None, None, :] < 3)
+    a0_69 = tl.load(p0_69, mask=m0_69, other=0.0)
+    a1_69 = tl.load(p1_69)
+    q_69 = po_69
+    tl.store(q_69, tl.load(q_69, mask=mo_69, other=0.0) + a0_69 * a1_69 * 1.224744871391589, mask=mo_69)
+    tl.debug_barrier()
+    iu_70 = tl.arange(0, 16)
+    ii_70 = tl.arange(0, 4)
+    p0_70 = scratch + 992 + z[:, None, None] * 6336 + iu_70[None, :, None] * 3 + ii_70[None, None, :]
+    m0_70 = row_mask[:, None, None] & (ii_70[None, None, :] < 3)
+    p1_70 = scratch + 16 + z[:, None, None] * 6336 + iu_70[None, :, None] * 3 + ii_70[None, None, :]
+    m1_70 = row_mask[:, None, None] & (ii_70[None, None, :] < 3)
+    po_70 = partial + 80 + slot + iu_70
+    a0_70 = tl.load(p0_70, mask=m0_70, other=0.0)
+    a1_70 = tl.load(p1_70, mask=m1_70, other=0.0)
+    q_70 = po_70
+    tl.store(q_70, tl.load(q_70) + tl.sum(tl.sum(a0_70 * a1_70, axis=2), axis=0) * 1.224744871391589)
+    tl.debug_barrier()
+    # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    ii_71 = tl.arange(0, 4)
+    p0_71 = cg_1_2_2_ptr + 0 + ii_71[None, None, None, :, None] * 25
+    m0_71 = (ii_71[None, None, None, :, None] < 3)
+    p1_71 = scratch + 3072 + z[:, None, None, None, None] * 6336 + ii_71[None, None, None, :, None] * 80
+    m1_71 = row_mask[:, None, None, None, None] & (ii_71[None, None, None, :, None] < 3)
+    po_71 = scratch + 1040 + z[:, None, None] * 6336
+    mo_71 = row_mask[:, None, None]
+    for startu_71 in range(0, 16, 4):
+        iu_71 = startu_71 + tl.arange(0, 4)
+        for startk_71 in range(0, 5, 4):
+            ik_71 = startk_71 + tl.arange(0, 4)
+            acc_71 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for startj_71 in range(0, 5, 4):
+                ij_71 = startj_71 + tl.arange(0, 4)
+                a0_71 = tl.load(p0_71 + ij_71[None, None, None, None, :] * 5 + ik_71[None, None, :, None, None], mask=m0_71 & (ij_71[None, None, None, None, :] < 5) & (ik_71[None, None, :, None, None] < 5), other=0.0)
+                a1_71 = tl.load(p1_71 + ij_71[None, None, None, None, :] * 16 + iu_71[None, :, None, None, None], mask=m1_71 & (ij_71[None, None, None, None, :] < 5), other=0.0)
+                acc_71 += tl.sum(tl.sum(a0_71 * a1_71, axis=4), axis=3)
+            q_71 = po_71 + iu_71[None, :, None] * 5 + ik_71[None, None, :]
+            tl.store(q_71, tl.load(q_71, mask=mo_71 & (ik_71[None, None, :] < 5), other=0.0) + acc_71, mask=mo_71 & (ik_71[None, None, :] < 5))
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    ik_72 = tl.arange(0, 8)
+    p0_72 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144
+    m0_72 = row_mask[:, None, None, None]
+    p1_72 = scratch + 432 + z[:, None, None, None] * 6336 + ik_72[None, None, :, None]
+    m1_72 = row_mask[:, None, None, None] & (ik_72[None, None, :, None] < 5)
+    po_72 = scratch + 3936 + z[:, None, None, None] * 6336 + ik_72[None, None, :, None] * 16
+    mo_72 = row_mask[:, None, None, None] & (ik_72[None, None, :, None] < 5)
+    for startj_72 in range(0, 5, 4):
+        ij_72 = startj_72 + tl.arange(0, 4)
+        for startu_72 in range(0, 16, 8):
+            iu_72 = startu_72 + tl.arange(0, 8)
+            a0_72 = tl.load(p0_72 + iu_72[None, None, None, :] * 5 + ij_72[None, :, None, None], mask=m0_72 & (ij_72[None, :, None, None] < 5), other=0.0)
+            a1_72 = tl.load(p1_72 + iu_72[None, None, None, :] * 5, mask=m1_72, other=0.0)
+            q_72 = po_72 + ij_72[None, :, None, None] * 80 + iu_72[None, None, None, :]
+            tl.store(q_72, tl.load(q_72, mask=mo_72 & (ij_72[None, :, None, None] < 5), other=0.0) + a0_72 * a1_72, mask=mo_72 & (ij_72[None, :, None, None] < 5))
+    tl.debug_barrier()
+    ii_73 = tl.arange(0, 4)
+    p0_73 = cg_1_2_2_ptr + 0 + ii_73[None, None, :, None, None] * 25
+    m0_73 = (ii_73[None, None, :, None, None] < 3)
+    p1_73 = scratch + 3936 + z[:, None, None, None, None] * 6336
+    m1_73 = row_mask[:, None, None, None, None]
+    po_73 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_73[None, None, :]
+    mo_73 = row_mask[:, None, None] & (ii_73[None, None, :] < 3)
+    for startu_73 in range(0, 16, 4):
+        iu_73 = startu_73 + tl.arange(0, 4)
+        acc_73 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+        for startj_73 in range(0, 5, 4):
+            ij_73 = startj_73 + tl.arange(0, 4)
+            for startk_73 in range(0, 5, 4):
+                ik_73 = startk_73 + tl.arange(0, 4)
+                a0_73 = tl.load(p0_73 + ij_73[None, None, None, :, None] * 5 + ik_73[None, None, None, None, :], mask=m0_73 & (ij_73[None, None, None, :, None] < 5) & (ik_73[None, None, None, None, :] < 5), other=0.0)
+                a1_73 = tl.load(p1_73 + ij_73[None, None, None, :, None] * 80 + ik_73[None, None, None, None, :] * 16 + iu_73[None, :, None, None, None], mask=m1_73 & (ij_73[None, None, None, :, None] < 5) & (ik_73[None, None, None, None, :] < 5), other=0.0)
+                acc_73 += tl.sum(tl.sum(a0_73 * a1_73, axis=4), axis=3)
+        q_73 = po_73 + iu_73[None, :, None] * 3
+        tl.store(q_73, tl.load(q_73, mask=mo_73, other=0.0) + acc_73, mask=mo_73)
+    tl.debug_barrier()
+    # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    ii_74 = tl.arange(0, 4)
+    p0_74 = cg_1_2_2_ptr + 0 + ii_74[None, None, None, :, None] * 25
+    m0_74 = (ii_74[None, None, None, :, None] < 3)
+    p1_74 = scratch + 3552 + z[:, None, None, None, None] * 6336 + ii_74[None, None, None, :, None] * 80
+    m1_74 = row_mask[:, None, None, None, None] & (ii_74[None, None, None, :, None] < 3)
+    po_74 = scratch + 1040 + z[:, None, None] * 6336
+    mo_74 = row_mask[:, None, None]
+    for startu_74 in range(0, 16, 4):
+        iu_74 = startu_74 + tl.arange(0, 4)
+        for startk_74 in range(0, 5, 4):
+            ik_74 = startk_74 + tl.arange(0, 4)
+            acc_74 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for startj_74 in range(0, 5, 4):
+                ij_74 = startj_74 + tl.arange(0, 4)
+                a0_74 = tl.load(p0_74 + ij_74[None, None, None, None, :] * 5 + ik_74[None, None, :, None, None], mask=m0_74 & (ij_74[None, None, None, None, :] < 5) & (ik_74[None, None, :, None, None] < 5), other=0.0)
+                a1_74 = tl.load(p1_74 + ij_74[None, None, None, None, :] * 16 + iu_74[None, :, None, None, None], mask=m1_74 & (ij_74[None, None, None, None, :] < 5), other=0.0)
+                acc_74 += tl.sum(tl.sum(a0_74 * a1_74, axis=4), axis=3)
+            q_74 = po_74 + iu_74[None, :, None] * 5 + ik_74[None, None, :]
+            tl.store(q_74, tl.load(q_74, mask=mo_74 & (ik_74[None, None, :] < 5), other=0.0) + acc_74, mask=mo_74 & (ik_74[None, None, :] < 5))
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    ii_75 = tl.arange(0, 4)
+    ik_75 = tl.arange(0, 8)
+    p0_75 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + ii_75[None, :, None, None]
+    m0_75 = row_mask[:, None, None, None] & (ii_75[None, :, None, None] < 3)
+    p1_75 = scratch + 432 + z[:, None, None, None] * 6336 + ik_75[None, None, :, None]
+    m1_75 = row_mask[:, None, None, None] & (ik_75[None, None, :, None] < 5)
+    po_75 = scratch + 4336 + z[:, None, None, None] * 6336 + ii_75[None, :, None, None] * 80 + ik_75[None, None, :, None] * 16
+    mo_75 = row_mask[:, None, None, None] & (ii_75[None, :, None, None] < 3) & (ik_75[None, None, :, None] < 5)
+    for startu_75 in range(0, 16, 8):
+        iu_75 = startu_75 + tl.arange(0, 8)
+        a0_75 = tl.load(p0_75 + iu_75[None, None, None, :] * 3, mask=m0_75, other=0.0)
+        a1_75 = tl.load(p1_75 + iu_75[None, None, None, :] * 5, mask=m1_75, other=0.0)
+        q_75 = po_75 + iu_75[None, None, None, :]
+        tl.store(q_75, tl.load(q_75, mask=mo_75, other=0.0) + a0_75 * a1_75, mask=mo_75)
+    tl.debug_barrier()
+    ii_76 = tl.arange(0, 4)
+    p0_76 = cg_1_2_2_ptr + 0 + ii_76[None, None, None, :, None] * 25
+    m0_76 = (ii_76[None, None, None, :, None] < 3)
+    p1_76 = scratch + 4336 + z[:, None, None, None, None] * 6336 + ii_76[None, None, None, :, None] * 80
+    m1_76 = row_mask[:, None, None, None, None] & (ii_76[None, None, None, :, None] < 3)
+    po_76 = d2_f_ptr + 64 + z[:, None, None] * 144
+    mo_76 = row_mask[:, None, None]
+    for startu_76 in range(0, 16, 4):
+        iu_76 = startu_76 + tl.arange(0, 4)
+        for startj_76 in range(0, 5, 4):
+            ij_76 = startj_76 + tl.arange(0, 4)
+            acc_76 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for startk_76 in range(0, 5, 4):
+                ik_76 = startk_76 + tl.arange(0, 4)
+                a0_76 = tl.load(p0_76 + ij_76[None, None, :, None, None] * 5 + ik_76[None, None, None, None, :], mask=m0_76 & (ij_76[None, None, :, None, None] < 5) & (ik_76[None, None, None, None, :] < 5), other=0.0)
+                a1_76 = tl.load(p1_76 + ik_76[None, None, None, None, :] * 16 + iu_76[None, :, None, None, None], mask=m1_76 & (ik_76[None, None, None, None, :] < 5), other=0.0)
+                acc_76 += tl.sum(tl.sum(a0_76 * a1_76, axis=4), axis=3)
+            q_76 = po_76 + iu_76[None, :, None] * 5 + ij_76[None, None, :]
+            tl.store(q_76, tl.load(q_76, mask=mo_76 & (ij_76[None, None, :] < 5), other=0.0) + acc_76, mask=mo_76 & (ij_76[None, None, :] < 5))
+    tl.debug_barrier()
+    iu_77 = tl.arange(0, 16)
+    ii_77 = tl.arange(0, 8)
+    p0_77 = scratch + 1040 + z[:, None, None] * 6336 + iu_77[None, :, None] * 5 + ii_77[None, None, :]
+    m0_77 = row_mask[:, None, None] & (ii_77[None, None, :] < 5)
+    p1_77 = weight_ptr + 96 + iu_77[None, :, None]
+    po_77 = scratch + 672 + z[:, None, None] * 6336 + iu_77[None, :, None] * 5 + ii_77[None, None, :]
+    mo_77 = row_mask[:, None, None] & (ii_77[None, None, :] < 5)
+    a0_77 = tl.load(p0_77, mask=m0_77, other=0.0)
+    a1_77 = tl.load(p1_77)
+    q_77 = po_77
+    tl.store(q_77, tl.load(q_77, mask=mo_77, other=0.0) + a0_77 * a1_77 * 1.118033988749895, mask=mo_77)
+    tl.debug_barrier()
+    iu_78 = tl.arange(0, 16)
+    ii_78 = tl.arange(0, 8)
+    p0_78 = scratch + 1040 + z[:, None, None] * 6336 + iu_78[None, :, None] * 5 + ii_78[None, None, :]
+    m0_78 = row_mask[:, None, None] & (ii_78[None, None, :] < 5)
+    p1_78 = scratch + 64 + z[:, None, None] * 6336 + iu_78[None, :, None] * 5 + ii_78[None, None, :]
+    m1_78 = row_mask[:, None, None] & (ii_78[None, None, :] < 5)
+    po_78 = partial + 96 + slot + iu_78
+    a0_78 = tl.load(p0_78, mask=m0_78, other=0.0)
+    a1_78 = tl.load(p1_78, mask=m1_78, other=0.0)
+    q_78 = po_78
+    tl.store(q_78, tl.load(q_78) + tl.sum(tl.sum(a0_78 * a1_78, axis=2), axis=0) * 1.118033988749895)
+    tl.debug_barrier()
+    # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    ij_79 = tl.arange(0, 8)
+    p0_79 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + ij_79[None, None, :, None]
+    m0_79 = row_mask[:, None, None, None] & (ij_79[None, None, :, None] < 5)
+    p1_79 = f_ptr + 64 + z[:, None, None, None] * 144
+    m1_79 = row_mask[:, None, None, None]
+    po_79 = scratch + 4576 + z[:, None, None, None] * 6336 + ij_79[None, None, :, None] * 16
+    mo_79 = row_mask[:, None, None, None] & (ij_79[None, None, :, None] < 5)
+    for starti_79 in range(0, 5, 4):
+        ii_79 = starti_79 + tl.arange(0, 4)
+        for startu_79 in range(0, 16, 8):
+            iu_79 = startu_79 + tl.arange(0, 8)
+            a0_79 = tl.load(p0_79 + iu_79[None, None, None, :] * 5, mask=m0_79, other=0.0)
+            a1_79 = tl.load(p1_79 + iu_79[None, None, None, :] * 5 + ii_79[None, :, None, None], mask=m1_79 & (ii_79[None, :, None, None] < 5), other=0.0)
+            q_79 = po_79 + ii_79[None, :, None, None] * 80 + iu_79[None, None, None, :]
+            tl.store(q_79, tl.load(q_79, mask=mo_79 & (ii_79[None, :, None, None] < 5), other=0.0) + a0_79 * a1_79, mask=mo_79 & (ii_79[None, :, None, None] < 5))
+    tl.debug_barrier()
+    ik_80 = tl.arange(0, 1)
+    ii_80 = tl.arange(0, 8)
+    ij_80 = tl.arange(0, 8)
+    p0_80 = cg_2_2_0_ptr + 0 + ii_80[None, None, None, :, None] * 5 + ij_80[None, None, None, None, :] + ik_80[None, None, :, None, None]
+    m0_80 = (ii_80[None, None, None, :, None] < 5) & (ij_80[None, None, None, None, :] < 5)
+    p1_80 = scratch + 4576 + z[:, None, None, None, None] * 6336 + ii_80[None, None, None, :, None] * 80 + ij_80[None, None, None, None, :] * 16
+    m1_80 = row_mask[:, None, None, None, None] & (ii_80[None, None, None, :, None] < 5) & (ij_80[None, None, None, None, :] < 5)
+    po_80 = scratch + 1120 + z[:, None, None] * 6336 + ik_80[None, None, :]
+    mo_80 = row_mask[:, None, None]
+    for startu_80 in range(0, 16, 4):
+        iu_80 = startu_80 + tl.arange(0, 4)
+        a0_80 = tl.load(p0_80, mask=m0_80, other=0.0)
+        a1_80 = tl.load(p1_80 + iu_80[None, :, None, None, None], mask=m1_80, other=0.0)
+        q_80 = po_80 + iu_80[None, :, None]
+        tl.store(q_80, tl.load(q_80, mask=mo_80, other=0.0) + tl.sum(tl.sum(a0_80 * a1_80, axis=4), axis=3), mask=mo_80)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_cg_d2_f_5_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f, statements 81–96 of 108: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
+    # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    ij_81 = tl.arange(0, 8)
+    ik_81 = tl.arange(0, 1)
+    iu_81 = tl.arange(0, 16)
+    p0_81 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + iu_81[None, None, None, :] * 5 + ij_81[None, :, None, None]
+    m0_81 = row_mask[:, None, None, None] & (ij_81[None, :, None, None] < 5)
+    p1_81 = scratch + 512 + z[:, None, None, None] * 6336 + iu_81[None, None, None, :] + ik_81[None, None, :, None]
+    m1_81 = row_mask[:, None, None, None]
+    po_81 = scratch + 4976 + z[:, None, None, None] * 6336 + ij_81[None, :, None, None] * 16 + ik_81[None, None, :, None] * 16 + iu_81[None, None, None, :]
+    mo_81 = row_mask[:, None, None, None] & (ij_81[None, :, None, None] < 5)
+    a0_81 = tl.load(p0_81, mask=m0_81, other=0.0)
+    a1_81 = tl.load(p1_81, mask=m1_81, other=0.0)
+    q_81 = po_81
+    tl.store(q_81, tl.load(q_81, mask=mo_81, other=0.0) + a0_81 * a1_81, mask=mo_81)
+    tl.debug_barrier()
+    ii_82 = tl.arange(0, 8)
+    ij_82 = tl.arange(0, 8)
+    ik_82 = tl.arange(0, 1)
+    p0_82 = cg_2_2_0_ptr + 0 + ii_82[None, None, :, None, None] * 5 + ij_82[None, None, None, :, None] + ik_82[None, None, None, None, :]
+    m0_82 = (ii_82[None, None, :, None, None] < 5) & (ij_82[None, None, None, :, None] < 5)
+    p1_82 = scratch + 4976 + z[:, None, None, None, None] * 6336 + ij_82[None, None, None, :, None] * 16 + ik_82[None, None, None, None, :] * 16
+    m1_82 = row_mask[:, None, None, None, None] & (ij_82[None, None, None, :, None] < 5)
+    po_82 = d2_f_ptr + 64 + z[:, None, None] * 144 + ii_82[None, None, :]
+    mo_82 = row_mask[:, None, None] & (ii_82[None, None, :] < 5)
+    for startu_82 in range(0, 16, 4):
+        iu_82 = startu_82 + tl.arange(0, 4)
+        a0_82 = tl.load(p0_82, mask=m0_82, other=0.0)
+        a1_82 = tl.load(p1_82 + iu_82[None, :, None, None, None], mask=m1_82, other=0.0)
+        q_82 = po_82 + iu_82[None, :, None] * 5
+        tl.store(q_82, tl.load(q_82, mask=mo_82, other=0.0) + tl.sum(tl.sum(a0_82 * a1_82, axis=4), axis=3), mask=mo_82)
+    tl.debug_barrier()
+    # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    ij_83 = tl.arange(0, 8)
+    p0_83 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144
+    m0_83 = row_mask[:, None, None, None]
+    p1_83 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_83[None, None, :, None]
+    m1_83 = row_mask[:, None, None, None] & (ij_83[None, None, :, None] < 5)
+    po_83 = scratch + 5056 + z[:, None, None, None] * 6336 + ij_83[None, None, :, None] * 16
+    mo_83 = row_mask[:, None, None, None] & (ij_83[None, None, :, None] < 5)
+    for starti_83 in range(0, 5, 4):
+        ii_83 = starti_83 + tl.arange(0, 4)
+        for startu_83 in range(0, 16, 8):
+            iu_83 = startu_83 + tl.arange(0, 8)
+            a0_83 = tl.load(p0_83 + iu_83[None, None, None, :] * 5 + ii_83[None, :, None, None], mask=m0_83 & (ii_83[None, :, None, None] < 5), other=0.0)
+            a1_83 = tl.load(p1_83 + iu_83[None, None, None, :] * 5, mask=m1_83, other=0.0)
+            q_83 = po_83 + ii_83[None, :, None, None] * 80 + iu_83[None, None, None, :]
+            tl.store(q_83, tl.load(q_83, mask=mo_83 & (ii_83[None, :, None, None] < 5), other=0.0) + a0_83 * a1_83, mask=mo_83 & (ii_83[None, :, None, None] < 5))
+    tl.debug_barrier()
+    ik_84 = tl.arange(0, 1)
+    ii_84 = tl.arange(0, 8)
+    ij_84 = tl.arange(0, 8)
+    p0_84 = cg_2_2_0_ptr + 0 + ii_84[None, None, None, :, None] * 5 + ij_84[None, None, None, None, :] + ik_84[None, None, :, None, None]
+    m0_84 = (ii_84[None, None, None, :, None] < 5) & (ij_84[None, None, None, None, :] < 5)
+    p1_84 = scratch + 5056 + z[:, None, None, None, None] * 6336 + ii_84[None, None, None, :, None] * 80 + ij_84[None, None, None, None, :] * 16
+    m1_84 = row_mask[:, None, None, None, None] & (ii_84[None, None, None, :, None] < 5) & (ij_84[None, None, None, None, :] < 5)
+    po_84 = scratch + 1120 + z[:, None, None] * 6336 + ik_84[None, None, :]
+    mo_84 = row_mask[:, None, None]
+    for startu_84 in range(0, 16, 4):
+        iu_84 = startu_84 + tl.arange(0, 4)
+        a0_84 = tl.load(p0_84, mask=m0_84, other=0.0)
+        a1_84 = tl.load(p1_84 + iu_84[None, :, None, None, None], mask=m1_84, other=0.0)
+        q_84 = po_84 + iu_84[None, :, None]
+        tl.store(q_84, tl.load(q_84, mask=mo_84, other=0.0) + tl.sum(tl.sum(a0_84 * a1_84, axis=4), axis=3), mask=mo_84)
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    ii_85 = tl.arange(0, 8)
+    ik_85 = tl.arange(0, 1)
+    iu_85 = tl.arange(0, 16)
+    p0_85 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + iu_85[None, None, None, :] * 5 + ii_85[None, :, None, None]
+    m0_85 = row_mask[:, None, None, None] & (ii_85[None, :, None, None] < 5)
+    p1_85 = scratch + 512 + z[:, None, None, None] * 6336 + iu_85[None, None, None, :] + ik_85[None, None, :, None]
+    m1_85 = row_mask[:, None, None, None]
+    po_85 = scratch + 5456 + z[:, None, None, None] * 6336 + ii_85[None, :, None, None] * 16 + ik_85[None, None, :, None] * 16 + iu_85[None, None, None, :]
+    mo_85 = row_mask[:, None, None, None] & (ii_85[None, :, None, None] < 5)
+    a0_85 = tl.load(p0_85, mask=m0_85, other=0.0)
+    a1_85 = tl.load(p1_85, mask=m1_85, other=0.0)
+    q_85 = po_85
+    tl.store(q_85, tl.load(q_85, mask=mo_85, other=0.0) + a0_85 * a1_85, mask=mo_85)
+    tl.debug_barrier()
+    ij_86 = tl.arange(0, 8)
+    ii_86 = tl.arange(0, 8)
+    ik_86 = tl.arange(0, 1)
+    p0_86 = cg_2_2_0_ptr + 0 + ii_86[None, None, None, :, None] * 5 + ij_86[None, None, :, None, None] + ik_86[None, None, None, None, :]
+    m0_86 = (ii_86[None, None, None, :, None] < 5) & (ij_86[None, None, :, None, None] < 5)
+    p1_86 = scratch + 5456 + z[:, None, None, None, None] * 6336 + ii_86[None, None, None, :, None] * 16 + ik_86[None, None, None, None, :] * 16
+    m1_86 = row_mask[:, None, None, None, None] & (ii_86[None, None, None, :, None] < 5)
+    po_86 = d2_f_ptr + 64 + z[:, None, None] * 144 + ij_86[None, None, :]
+    mo_86 = row_mask[:, None, None] & (ij_86[None, None, :] < 5)
+    for startu_86 in range(0, 16, 4):
+        iu_86 = startu_86 + tl.arange(0, 4)
+        a0_86 = tl.load(p0_86, mask=m0_86, other=0.0)
+        a1_86 = tl.load(p1_86 + iu_86[None, :, None, None, None], mask=m1_86, other=0.0)
+        q_86 = po_86 + iu_86[None, :, None] * 5
+        tl.store(q_86, tl.load(q_86, mask=mo_86, other=0.0) + tl.sum(tl.sum(a0_86 * a1_86, axis=4), axis=3), mask=mo_86)
+    tl.debug_barrier()
+    iu_87 = tl.arange(0, 16)
+    ii_87 = tl.arange(0, 1)
+    p0_87 = scratch + 1120 + z[:, None, None] * 6336 + iu_87[None, :, None] + ii_87[None, None, :]
+    m0_87 = row_mask[:, None, None]
+    p1_87 = weight_ptr + 112 + iu_87[None, :, None]
+    po_87 = scratch + 608 + z[:, None, None] * 6336 + iu_87[None, :, None] + ii_87[None, None, :]
+    mo_87 = row_mask[:, None, None]
+    a0_87 = tl.load(p0_87, mask=m0_87, other=0.0)
+    a1_87 = tl.load(p1_87)
+    q_87 = po_87
+    tl.store(q_87, tl.load(q_87, mask=mo_87, other=0.0) + a0_87 * a1_87 * 0.5773502691896257, mask=mo_87)
+    tl.debug_barrier()
+    iu_88 = tl.arange(0, 16)
+    ii_88 = tl.arange(0, 1)
+    p0_88 = scratch + 1120 + z[:, None, None] * 6336 + iu_88[None, :, None] + ii_88[None, None, :]
+    m0_88 = row_mask[:, None, None]
+    p1_88 = scratch + 0 + z[:, None, None] * 6336 + iu_88[None, :, None] + ii_88[None, None, :]
+    m1_88 = row_mask[:, None, None]
+    po_88 = partial + 112 + slot + iu_88
+    a0_88 = tl.load(p0_88, mask=m0_88, other=0.0)
+    a1_88 = tl.load(p1_88, mask=m1_88, other=0.0)
+    q_88 = po_88
+    tl.store(q_88, tl.load(q_88) + tl.sum(tl.sum(a0_88 * a1_88, axis=2), axis=0) * 0.5773502691896257)
+    tl.debug_barrier()
+    # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    p0_89 = cg_2_2_2_ptr + 0
+    p1_89 = scratch + 4576 + z[:, None, None, None, None] * 6336
+    m1_89 = row_mask[:, None, None, None, None]
+    po_89 = scratch + 1136 + z[:, None, None] * 6336
+    mo_89 = row_mask[:, None, None]
+    for startu_89 in range(0, 16, 4):
+        iu_89 = startu_89 + tl.arange(0, 4)
+        for startk_89 in range(0, 5, 4):
+            ik_89 = startk_89 + tl.arange(0, 4)
+            acc_89 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for starti_89 in range(0, 5, 4):
+                ii_89 = starti_89 + tl.arange(0, 4)
+                for startj_89 in range(0, 5, 4):
+                    ij_89 = startj_89 + tl.arange(0, 4)
+                    a0_89 = tl.load(p0_89 + ii_89[None, None, None, :, None] * 25 + ij_89[None, None, None, None, :] * 5 + ik_89[None, None, :, None, None], mask=(ii_89[None, None, None, :, None] < 5) & (ij_89[None, None, None, None, :] < 5) & (ik_89[None, None, :, None, None] < 5), other=0.0)
+                    a1_89 = tl.load(p1_89 + ii_89[None, None, None, :, None] * 80 + ij_89[None, None, None, None, :] * 16 + iu_89[None, :, None, None, None], mask=m1_89 & (ii_89[None, None, None, :, None] < 5) & (ij_89[None, None, None, None, :] < 5), other=0.0)
+                    acc_89 += tl.sum(tl.sum(a0_89 * a1_89, axis=4), axis=3)
+            q_89 = po_89 + iu_89[None, :, None] * 5 + ik_89[None, None, :]
+            tl.store(q_89, tl.load(q_89, mask=mo_89 & (ik_89[None, None, :] < 5), other=0.0) + acc_89, mask=mo_89 & (ik_89[None, None, :] < 5))
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    ik_90 = tl.arange(0, 8)
+    p0_90 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144
+    m0_90 = row_mask[:, None, None, None]
+    p1_90 = scratch + 528 + z[:, None, None, None] * 6336 + ik_90[None, None, :, None]
+    m1_90 = row_mask[:, None, None, None] & (ik_90[None, None, :, None] < 5)
+    po_90 = scratch + 5536 + z[:, None, None, None] * 6336 + ik_90[None, None, :, None] * 16
+    mo_90 = row_mask[:, None, None, None] & (ik_90[None, None, :, None] < 5)
+    for startj_90 in range(0, 5, 4):
+        ij_90 = startj_90 + tl.arange(0, 4)
+        for startu_90 in range(0, 16, 8):
+            iu_90 = startu_90 + tl.arange(0, 8)
+            a0_90 = tl.load(p0_90 + iu_90[None, None, None, :] * 5 + ij_90[None, :, None, None], mask=m0_90 & (ij_90[None, :, None, None] < 5), other=0.0)
+            a1_90 = tl.load(p1_90 + iu_90[None, None, None, :] * 5, mask=m1_90, other=0.0)
+            q_90 = po_90 + ij_90[None, :, None, None] * 80 + iu_90[None, None, None, :]
+            tl.store(q_90, tl.load(q_90, mask=mo_90 & (ij_90[None, :, None, None] < 5), other=0.0) + a0_90 * a1_90, mask=mo_90 & (ij_90[None, :, None, None] < 5))
+    tl.debug_barrier()
+    p0_91 = cg_2_2_2_ptr + 0
+    p1_91 = scratch + 5536 + z[:, None, None, None, None] * 6336
+    m1_91 = row_mask[:, None, None, None, None]
+    po_91 = d2_f_ptr + 64 + z[:, None, None] * 144
+    mo_91 = row_mask[:, None, None]
+    for startu_91 in range(0, 16, 4):
+        iu_91 = startu_91 + tl.arange(0, 4)
+        for starti_91 in range(0, 5, 4):
+            ii_91 = starti_91 + tl.arange(0, 4)
+            acc_91 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for startj_91 in range(0, 5, 4):
+                ij_91 = startj_91 + tl.arange(0, 4)
+                for startk_91 in range(0, 5, 4):
+                    ik_91 = startk_91 + tl.arange(0, 4)
+                    a0_91 = tl.load(p0_91 + ii_91[None, None, :, None, None] * 25 + ij_91[None, None, None, :, None] * 5 + ik_91[None, None, None, None, :], mask=(ii_91[None, None, :, None, None] < 5) & (ij_91[None, None, None, :, None] < 5) & (ik_91[None, None, None, None, :] < 5), other=0.0)
+                    a1_91 = tl.load(p1_91 + ij_91[None, None, None, :, None] * 80 + ik_91[None, None, None, None, :] * 16 + iu_91[None, :, None, None, None], mask=m1_91 & (ij_91[None, None, None, :, None] < 5) & (ik_91[None, None, None, None, :] < 5), other=0.0)
+                    acc_91 += tl.sum(tl.sum(a0_91 * a1_91, axis=4), axis=3)
+            q_91 = po_91 + iu_91[None, :, None] * 5 + ii_91[None, None, :]
+            tl.store(q_91, tl.load(q_91, mask=mo_91 & (ii_91[None, None, :] < 5), other=0.0) + acc_91, mask=mo_91 & (ii_91[None, None, :] < 5))
+    tl.debug_barrier()
+    # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    p0_92 = cg_2_2_2_ptr + 0
+    p1_92 = scratch + 5056 + z[:, None, None, None, None] * 6336
+    m1_92 = row_mask[:, None, None, None, None]
+    po_92 = scratch + 1136 + z[:, None, None] * 6336
+    mo_92 = row_mask[:, None, None]
+    for startu_92 in range(0, 16, 4):
+        iu_92 = startu_92 + tl.arange(0, 4)
+        for startk_92 in range(0, 5, 4):
+            ik_92 = startk_92 + tl.arange(0, 4)
+            acc_92 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for starti_92 in range(0, 5, 4):
+                ii_92 = starti_92 + tl.arange(0, 4)
+                for startj_92 in range(0, 5, 4):
+                    ij_92 = startj_92 + tl.arange(0, 4)
+                    a0_92 = tl.load(p0_92 + ii_92[None, None, None, :, None] * 25 + ij_92[None, None, None, None, :] * 5 + ik_92[None, None, :, None, None], mask=(ii_92[None, None, None, :, None] < 5) & (ij_92[None, None, None, None, :] < 5) & (ik_92[None, None, :, None, None] < 5), other=0.0)
+                    a1_92 = tl.load(p1_92 + ii_92[None, None, None, :, None] * 80 + ij_92[None, None, None, None, :] * 16 + iu_92[None, :, None, None, None], mask=m1_92 & (ii_92[None, None, None, :, None] < 5) & (ij_92[None, None, None, None, :] < 5), other=0.0)
+                    acc_92 += tl.sum(tl.sum(a0_92 * a1_92, axis=4), axis=3)
+            q_92 = po_92 + iu_92[None, :, None] * 5 + ik_92[None, None, :]
+            tl.store(q_92, tl.load(q_92, mask=mo_92 & (ik_92[None, None, :] < 5), other=0.0) + acc_92, mask=mo_92 & (ik_92[None, None, :] < 5))
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    ik_93 = tl.arange(0, 8)
+    p0_93 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144
+    m0_93 = row_mask[:, None, None, None]
+    p1_93 = scratch + 528 + z[:, None, None, None] * 6336 + ik_93[None, None, :, None]
+    m1_93 = row_mask[:, None, None, None] & (ik_93[None, None, :, None] < 5)
+    po_93 = scratch + 5936 + z[:, None, None, None] * 6336 + ik_93[None, None, :, None] * 16
+    mo_93 = row_mask[:, None, None, None] & (ik_93[None, None, :, None] < 5)
+    for starti_93 in range(0, 5, 4):
+        ii_93 = starti_93 + tl.arange(0, 4)
+        for startu_93 in range(0, 16, 8):
+            iu_93 = startu_93 + tl.arange(0, 8)
+            a0_93 = tl.load(p0_93 + iu_93[None, None, None, :] * 5 + ii_93[None, :, None, None], mask=m0_93 & (ii_93[None, :, None, None] < 5), other=0.0)
+            a1_93 = tl.load(p1_93 + iu_93[None, None, None, :] * 5, mask=m1_93, other=0.0)
+            q_93 = po_93 + ii_93[None, :, None, None] * 80 + iu_93[None, None, None, :]
+            tl.store(q_93, tl.load(q_93, mask=mo_93 & (ii_93[None, :, None, None] < 5), other=0.0) + a0_93 * a1_93, mask=mo_93 & (ii_93[None, :, None, None] < 5))
+    tl.debug_barrier()
+    p0_94 = cg_2_2_2_ptr + 0
+    p1_94 = scratch + 5936 + z[:, None, None, None, None] * 6336
+    m1_94 = row_mask[:, None, None, None, None]
+    po_94 = d2_f_ptr + 64 + z[:, None, None] * 144
+    mo_94 = row_mask[:, None, None]
+    for startu_94 in range(0, 16, 4):
+        iu_94 = startu_94 + tl.arange(0, 4)
+        for startj_94 in range(0, 5, 4):
+            ij_94 = startj_94 + tl.arange(0, 4)
+            acc_94 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for starti_94 in range(0, 5, 4):
+                ii_94 = starti_94 + tl.arange(0, 4)
+                for startk_94 in range(0, 5, 4):
+                    ik_94 = startk_94 + tl.arange(0, 4)
+                    a0_94 = tl.load(p0_94 + ii_94[None, None, None, :, None] * 25 + ij_94[None, None, :, None, None] * 5 + ik_94[None, None, None, None, :], mask=(ii_94[None, None, None, :, None] < 5) & (ij_94[None, None, :, None, None] < 5) & (ik_94[None, None, None, None, :] < 5), other=0.0)
+                    a1_94 = tl.load(p1_94 + ii_94[None, None, None, :, None] * 80 + ik_94[None, None, None, None, :] * 16 + iu_94[None, :, None, None, None], mask=m1_94 & (ii_94[None, None, None, :, None] < 5) & (ik_94[None, None, None, None, :] < 5), other=0.0)
+                    acc_94 += tl.sum(tl.sum(a0_94 * a1_94, axis=4), axis=3)
+            q_94 = po_94 + iu_94[None, :, None] * 5 + ij_94[None, None, :]
+            tl.store(q_94, tl.load(q_94, mask=mo_94 & (ij_94[None, None, :] < 5), other=0.0) + acc_94, mask=mo_94 & (ij_94[None, None, :] < 5))
+    tl.debug_barrier()
+    iu_95 = tl.arange(0, 16)
+    ii_95 = tl.arange(0, 8)
+    p0_95 = scratch + 1136 + z[:, None, None] * 6336 + iu_95[None, :, None] * 5 + ii_95[None, None, :]
+    m0_95 = row_mask[:, None, None] & (ii_95[None, None, :] < 5)
+    p1_95 = weight_ptr + 128 + iu_95[None, :, None]
+    po_95 = scratch + 672 + z[:, None, None] * 6336 + iu_95[None, :, None] * 5 + ii_95[None, None, :]
+    mo_95 = row_mask[:, None, None] & (ii_95[None, None, :] < 5)
+    a0_95 = tl.load(p0_95, mask=m0_95, other=0.0)
+    a1_95 = tl.load(p1_95)
+    q_95 = po_95
+    tl.store(q_95, tl.load(q_95, mask=mo_95, other=0.0) + a0_95 * a1_95 * 1.118033988749895, mask=mo_95)
+    tl.debug_barrier()
+    iu_96 = tl.arange(0, 16)
+    ii_96 = tl.arange(0, 8)
+    p0_96 = scratch + 1136 + z[:, None, None] * 6336 + iu_96[None, :, None] * 5 + ii_96[None, None, :]
+    m0_96 = row_mask[:, None, None] & (ii_96[None, None, :] < 5)
+    p1_96 = scratch + 64 + z[:, None, None] * 6336 + iu_96[None, :, None] * 5 + ii_96[None, None, :]
+    m1_96 = row_mask[:, None, None] & (ii_96[None, None, :] < 5)
+    po_96 = partial + 128 + slot + iu_96
+    a0_96 = tl.load(p0_96, mask=m0_96, other=0.0)
+    a1_96 = tl.load(p1_96, mask=m1_96, other=0.0)
+    q_96 = po_96
+    tl.store(q_96, tl.load(q_96) + tl.sum(tl.sum(a0_96 * a1_96, axis=2), axis=0) * 1.118033988749895)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_cg_d2_f_6_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f, statements 97–108 of 108: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
+    # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
+    iw_97 = tl.arange(0, 16)
+    ii_97 = tl.arange(0, 1)
+    iu_97 = tl.arange(0, 16)
+    p0_97 = scratch + 608 + z[:, None, None, None] * 6336 + iu_97[None, None, None, :] + ii_97[None, None, :, None]
+    m0_97 = row_mask[:, None, None, None]
+    p1_97 = weight_ptr + 144 + iu_97[None, None, None, :] * 16 + iw_97[None, :, None, None]
+    po_97 = d2_d_g_ptr + 0 + z[:, None, None] * 144 + iw_97[None, :, None] + ii_97[None, None, :]
+    mo_97 = row_mask[:, None, None]
+    a0_97 = tl.load(p0_97, mask=m0_97, other=0.0)
+    a1_97 = tl.load(p1_97)
+    q_97 = po_97
+    tl.store(q_97, tl.load(q_97, mask=mo_97, other=0.0) + tl.sum(a0_97 * a1_97, axis=3) * 0.25, mask=mo_97)
+    tl.debug_barrier()
+    # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
+    iu_98 = tl.arange(0, 16)
+    iw_98 = tl.arange(0, 16)
+    ii_98 = tl.arange(0, 1)
+    p0_98 = scratch + 608 + z[:, None, None, None] * 6336 + iu_98[None, :, None, None] + ii_98[None, None, None, :]
+    m0_98 = row_mask[:, None, None, None]
+    p1_98 = d_g_ptr + 0 + z[:, None, None, None] * 144 + iw_98[None, None, :, None] + ii_98[None, None, None, :]
+    m1_98 = row_mask[:, None, None, None]
+    po_98 = partial + 144 + slot + iu_98[:, None] * 16 + iw_98[None, :]
+    a0_98 = tl.load(p0_98, mask=m0_98, other=0.0)
+    a1_98 = tl.load(p1_98, mask=m1_98, other=0.0)
+    q_98 = po_98
+    tl.store(q_98, tl.load(q_98) + tl.sum(tl.sum(a0_98 * a1_98, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+    # ∂/∂d_g: ∂/∂p: 16x1 -> 16x1
+    ii_99 = tl.arange(0, 4)
+    p0_99 = scratch + 624 + z[:, None, None, None] * 6336 + ii_99[None, None, :, None]
+    m0_99 = row_mask[:, None, None, None] & (ii_99[None, None, :, None] < 3)
+    p1_99 = weight_ptr + 400
+    po_99 = d2_d_g_ptr + 16 + z[:, None, None] * 144 + ii_99[None, None, :]
+    mo_99 = row_mask[:, None, None] & (ii_99[None, None, :] < 3)
+    for startw_99 in range(0, 16, 8):
+        iw_99 = startw_99 + tl.arange(0, 8)
+        acc_99 = tl.zeros([BLOCK_Z, 8, 4], dtype=DTYPE)
+        for startu_99 in range(0, 16, 8):
+            iu_99 = startu_99 + tl.arange(0, 8)
+            a0_99 = tl.load(p0_99 + iu_99[None, None, None, :] * 3, mask=m0_99, other=0.0)
+            a1_99 = tl.load(p1_99 + iu_99[None, None, None, :] * 16 + iw_99[None, :, None, None])
+            acc_99 += tl.sum(a0_99 * a1_99, axis=3)
+        q_99 = po_99 + iw_99[None, :, None] * 3
+        tl.store(q_99, tl.load(q_99, mask=mo_99, other=0.0) + acc_99 * 0.25, mask=mo_99)
+    tl.debug_barrier()
+    # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
+    ii_100 = tl.arange(0, 4)
+    p0_100 = scratch + 624 + z[:, None, None, None] * 6336 + ii_100[None, None, None, :]
+    m0_100 = row_mask[:, None, None, None] & (ii_100[None, None, None, :] < 3)
+    p1_100 = d_g_ptr + 16 + z[:, None, None, None] * 144 + ii_100[None, None, None, :]
+    m1_100 = row_mask[:, None, None, None] & (ii_100[None, None, None, :] < 3)
+    po_100 = partial + 400 + slot
+    for startu_100 in range(0, 16, 8):
+        iu_100 = startu_100 + tl.arange(0, 8)
+        for startw_100 in range(0, 16, 8):
+            iw_100 = startw_100 + tl.arange(0, 8)
+            a0_100 = tl.load(p0_100 + iu_100[None, :, None, None] * 3, mask=m0_100, other=0.0)
+            a1_100 = tl.load(p1_100 + iw_100[None, None, :, None] * 3, mask=m1_100, other=0.0)
+            q_100 = po_100 + iu_100[:, None] * 16 + iw_100[None, :]
+            tl.store(q_100, tl.load(q_100) + tl.sum(tl.sum(a0_100 * a1_100, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+    # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
+    ii_101 = tl.arange(0, 8)
+    p0_101 = scratch + 672 + z[:, None, None, None] * 6336 + ii_101[None, None, :, None]
+    m0_101 = row_mask[:, None, None, None] & (ii_101[None, None, :, None] < 5)
+    p1_101 = weight_ptr + 656
+    po_101 = d2_d_g_ptr + 64 + z[:, None, None] * 144 + ii_101[None, None, :]
+    mo_101 = row_mask[:, None, None] & (ii_101[None, None, :] < 5)
+    for startw_101 in range(0, 16, 4):
+        iw_101 = startw_101 + tl.arange(0, 4)
+        acc_101 = tl.zeros([BLOCK_Z, 4, 8], dtype=DTYPE)
+        for startu_101 in range(0, 16, 8):
+            iu_101 = startu_101 + tl.arange(0, 8)
+            a0_101 = tl.load(p0_101 + iu_101[None, None, None, :] * 5, mask=m0_101, other=0.0)
+            a1_101 = tl.load(p1_101 + iu_101[None, None, None, :] * 16 + iw_101[None, :, None, None])
+            acc_101 += tl.sum(a0_101 * a1_101, axis=3)
+        q_101 = po_101 + iw_101[None, :, None] * 5
+        tl.store(q_101, tl.load(q_101, mask=mo_101, other=0.0) + acc_101 * 0.25, mask=mo_101)
+    tl.debug_barrier()
+    # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
+    ii_102 = tl.arange(0, 8)
+    p0_102 = scratch + 672 + z[:, None, None, None] * 6336 + ii_102[None, None, None, :]
+    m0_102 = row_mask[:, None, None, None] & (ii_102[None, None, None, :] < 5)
+    p1_102 = d_g_ptr + 64 + z[:, None, None, None] * 144 + ii_102[None, None, None, :]
+    m1_102 = row_mask[:, None, None, None] & (ii_102[None, None, None, :] < 5)
+    po_102 = partial + 656 + slot
+    for startu_102 in range(0, 16, 4):
+        iu_102 = startu_102 + tl.arange(0, 4)
+        for startw_102 in range(0, 16, 8):
+            iw_102 = startw_102 + tl.arange(0, 8)
+            a0_102 = tl.load(p0_102 + iu_102[None, :, None, None] * 5, mask=m0_102, other=0.0)
+            a1_102 = tl.load(p1_102 + iw_102[None, None, :, None] * 5, mask=m1_102, other=0.0)
+            q_102 = po_102 + iu_102[:, None] * 16 + iw_102[None, :]
+            tl.store(q_102, tl.load(q_102) + tl.sum(tl.sum(a0_102 * a1_102, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+    # ∂/∂d_g: ∂/∂f: 16x0 -> 16x0
+    iw_103 = tl.arange(0, 16)
+    ii_103 = tl.arange(0, 1)
+    iu_103 = tl.arange(0, 16)
+    p0_103 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_103[None, None, None, :] + ii_103[None, None, :, None]
+    m0_103 = row_mask[:, None, None, None]
+    p1_103 = weight_ptr + 912 + iu_103[None, None, None, :] * 16 + iw_103[None, :, None, None]
+    po_103 = d2_d_g_ptr + 0 + z[:, None, None] * 144 + iw_103[None, :, None] + ii_103[None, None, :]
+    mo_103 = row_mask[:, None, None]
+    a0_103 = tl.load(p0_103, mask=m0_103, other=0.0)
+    a1_103 = tl.load(p1_103)
+    q_103 = po_103
+    tl.store(q_103, tl.load(q_103, mask=mo_103, other=0.0) + tl.sum(a0_103 * a1_103, axis=3) * 0.25, mask=mo_103)
+    tl.debug_barrier()
+    # ∂/∂weight: ∂/∂f: 16x0 -> 16x0
+    iu_104 = tl.arange(0, 16)
+    iw_104 = tl.arange(0, 16)
+    ii_104 = tl.arange(0, 1)
+    p0_104 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_104[None, :, None, None] + ii_104[None, None, None, :]
+    m0_104 = row_mask[:, None, None, None]
+    p1_104 = d_g_ptr + 0 + z[:, None, None, None] * 144 + iw_104[None, None, :, None] + ii_104[None, None, None, :]
+    m1_104 = row_mask[:, None, None, None]
+    po_104 = partial + 912 + slot + iu_104[:, None] * 16 + iw_104[None, :]
+    a0_104 = tl.load(p0_104, mask=m0_104, other=0.0)
+    a1_104 = tl.load(p1_104, mask=m1_104, other=0.0)
+    q_104 = po_104
+    tl.store(q_104, tl.load(q_104) + tl.sum(tl.sum(a0_104 * a1_104, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+    # ∂/∂d_g: ∂/∂f: 16x1 -> 16x1
+    ii_105 = tl.arange(0, 4)
+    p0_105 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + ii_105[None, None, :, None]
+    m0_105 = row_mask[:, None, None, None] & (ii_105[None, None, :, None] < 3)
+    p1_105 = weight_ptr + 1168
+    po_105 = d2_d_g_ptr + 16 + z[:, None, None] * 144 + ii_105[None, None, :]
+    mo_105 = row_mask[:, None, None] & (ii_105[None, None, :] < 3)
+    for startw_105 in range(0, 16, 8):
+        iw_105 = startw_105 + tl.arange(0, 8)
+        acc_105 = tl.zeros([BLOCK_Z, 8, 4], dtype=DTYPE)
+        for startu_105 in range(0, 16, 8):
+            iu_105 = startu_105 + tl.arange(0, 8)
+            a0_105 = tl.load(p0_105 + iu_105[None, None, None, :] * 3, mask=m0_105, other=0.0)
+            a1_105 = tl.load(p1_105 + iu_105[None, None, None, :] * 16 + iw_105[None, :, None, None])
+            acc_105 += tl.sum(a0_105 * a1_105, axis=3)
+        q_105 = po_105 + iw_105[None, :, None] * 3
+        tl.store(q_105, tl.load(q_105, mask=mo_105, other=0.0) + acc_105 * 0.25, mask=mo_105)
+    tl.debug_barrier()
+    # ∂/∂weight: ∂/∂f: 16x1 -> 16x1
+    ii_106 = tl.arange(0, 4)
+    p0_106 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + ii_106[None, None, None, :]
+    m0_106 = row_mask[:, None, None, None] & (ii_106[None, None, None, :] < 3)
+    p1_106 = d_g_ptr + 16 + z[:, None, None, None] * 144 + ii_106[None, None, None, :]
+    m1_106 = row_mask[:, None, None, None] & (ii_106[None, None, None, :] < 3)
+    po_106 = partial + 1168 + slot
+    for startu_106 in range(0, 16, 8):
+        iu_106 = startu_106 + tl.arange(0, 8)
+        for startw_106 in range(0, 16, 8):
+            iw_106 = startw_106 + tl.arange(0, 8)
+            a0_106 = tl.load(p0_106 + iu_106[None, :, None, None] * 3, mask=m0_106, other=0.0)
+            a1_106 = tl.load(p1_106 + iw_106[None, None, :, None] * 3, mask=m1_106, other=0.0)
+            q_106 = po_106 + iu_106[:, None] * 16 + iw_106[None, :]
+            tl.store(q_106, tl.load(q_106) + tl.sum(tl.sum(a0_106 * a1_106, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+    # ∂/∂d_g: ∂/∂f: 16x2 -> 16x2
+    ii_107 = tl.arange(0, 8)
+    p0_107 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + ii_107[None, None, :, None]
+    m0_107 = row_mask[:, None, None, None] & (ii_107[None, None, :, None] < 5)
+    p1_107 = weight_ptr + 1424
+    po_107 = d2_d_g_ptr + 64 + z[:, None, None] * 144 + ii_107[None, None, :]
+    mo_107 = row_mask[:, None, None] & (ii_107[None, None, :] < 5)
+    for startw_107 in range(0, 16, 4):
+        iw_107 = startw_107 + tl.arange(0, 4)
+        acc_107 = tl.zeros([BLOCK_Z, 4, 8], dtype=DTYPE)
+        for startu_107 in range(0, 16, 8):
+            iu_107 = startu_107 + tl.arange(0, 8)
+            a0_107 = tl.load(p0_107 + iu_107[None, None, None, :] * 5, mask=m0_107, other=0.0)
+            a1_107 = tl.load(p1_107 + iu_107[None, None, None, :] * 16 + iw_107[None, :, None, None])
+            acc_107 += tl.sum(a0_107 * a1_107, axis=3)
+        q_107 = po_107 + iw_107[None, :, None] * 5
+        tl.store(q_107, tl.load(q_107, mask=mo_107, other=0.0) + acc_107 * 0.25, mask=mo_107)
+    tl.debug_barrier()
+    # ∂/∂weight: ∂/∂f: 16x2 -> 16x2
+    ii_108 = tl.arange(0, 8)
+    p0_108 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + ii_108[None, None, None, :]
+    m0_108 = row_mask[:, None, None, None] & (ii_108[None, None, None, :] < 5)
+    p1_108 = d_g_ptr + 64 + z[:, None, None, None] * 144 + ii_108[None, None, None, :]
+    m1_108 = row_mask[:, None, None, None] & (ii_108[None, None, None, :] < 5)
+    po_108 = partial + 1424 + slot
+    for startu_108 in range(0, 16, 4):
+        iu_108 = startu_108 + tl.arange(0, 4)
+        for startw_108 in range(0, 16, 8):
+            iw_108 = startw_108 + tl.arange(0, 8)
+            a0_108 = tl.load(p0_108 + iu_108[None, :, None, None] * 5, mask=m0_108, other=0.0)
+            a1_108 = tl.load(p1_108 + iw_108[None, None, :, None] * 5, mask=m1_108, other=0.0)
+            q_108 = po_108 + iu_108[:, None] * 16 + iw_108[None, :]
+            tl.store(q_108, tl.load(q_108) + tl.sum(tl.sum(a0_108 * a1_108, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+
+
+def _cormorant_cg_d2_f_triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the cormorant_cg_d2_f kernel on (f, d_g, d2_d_f, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_1_0, cg_1_1_2, cg_1_2_1, cg_1_2_2, cg_2_2_0, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
+    n = args[0].shape[0]
+    programs = triton.cdiv(n, 16)
+    outputs = [rt.output_rows(args[3], n, size) for size in (144, 144)]
+    scratch = args[3].new_zeros(max(n * 6336, 1))
+    partial = args[3].new_zeros(programs, 1680)
+    arguments = [a.contiguous() for a in args] + outputs
+    dtype = tl.float64 if args[3].dtype == torch.float64 else tl.float32
+    for kernel in (_cormorant_cg_d2_f_0_kernel, _cormorant_cg_d2_f_1_kernel, _cormorant_cg_d2_f_2_kernel, _cormorant_cg_d2_f_3_kernel, _cormorant_cg_d2_f_4_kernel, _cormorant_cg_d2_f_5_kernel, _cormorant_cg_d2_f_6_kernel,):  # one after another: each sees the last one's writes
+        if n:
+            kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
+    return [outputs[0], outputs[1], partial[:, 0:1680].sum(0)]
 
 
 def _cormorant_cg_d2_f(
@@ -469,6 +3393,1822 @@ def _cormorant_cg_d2_f(
         d2_weight_68.reshape(256),
     ], dim=-1)
     return [d2_f, d2_d_g, d2_weight]
+
+
+@triton.jit
+def _cormorant_cg_d2_weight_0_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight, statements 1–16 of 117: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
+    for c0 in range(0, 144, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d2_f_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
+    for c0 in range(0, 144, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d2_d_g_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
+    tl.debug_barrier()
+    # p1 = (p0 ⊗ p0) -> 16x0
+    ii_1 = tl.arange(0, 1)
+    ij_1 = tl.arange(0, 1)
+    iu_1 = tl.arange(0, 16)
+    p0_1 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_1[None, None, None, :] + ii_1[None, :, None, None]
+    m0_1 = row_mask[:, None, None, None]
+    p1_1 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_1[None, None, None, :] + ij_1[None, None, :, None]
+    m1_1 = row_mask[:, None, None, None]
+    po_1 = scratch + 1504 + z[:, None, None, None] * 5696 + ii_1[None, :, None, None] * 16 + ij_1[None, None, :, None] * 16 + iu_1[None, None, None, :]
+    mo_1 = row_mask[:, None, None, None]
+    a0_1 = tl.load(p0_1, mask=m0_1, other=0.0)
+    a1_1 = tl.load(p1_1, mask=m1_1, other=0.0)
+    q_1 = po_1
+    tl.store(q_1, tl.load(q_1, mask=mo_1, other=0.0) + a0_1 * a1_1, mask=mo_1)
+    tl.debug_barrier()
+    iu_2 = tl.arange(0, 16)
+    ik_2 = tl.arange(0, 1)
+    ii_2 = tl.arange(0, 1)
+    ij_2 = tl.arange(0, 1)
+    p0_2 = cg_0_0_0_ptr + 0 + ii_2[None, None, None, :, None] + ij_2[None, None, None, None, :] + ik_2[None, None, :, None, None]
+    p1_2 = scratch + 1504 + z[:, None, None, None, None] * 5696 + ii_2[None, None, None, :, None] * 16 + ij_2[None, None, None, None, :] * 16 + iu_2[None, :, None, None, None]
+    m1_2 = row_mask[:, None, None, None, None]
+    po_2 = scratch + 144 + z[:, None, None] * 5696 + iu_2[None, :, None] + ik_2[None, None, :]
+    mo_2 = row_mask[:, None, None]
+    a0_2 = tl.load(p0_2)
+    a1_2 = tl.load(p1_2, mask=m1_2, other=0.0)
+    q_2 = po_2
+    tl.store(q_2, tl.load(q_2, mask=mo_2, other=0.0) + tl.sum(tl.sum(a0_2 * a1_2, axis=4), axis=3), mask=mo_2)
+    tl.debug_barrier()
+    iu_3 = tl.arange(0, 16)
+    ii_3 = tl.arange(0, 1)
+    p0_3 = scratch + 144 + z[:, None, None] * 5696 + iu_3[None, :, None] + ii_3[None, None, :]
+    m0_3 = row_mask[:, None, None]
+    p1_3 = weight_ptr + 0 + iu_3[None, :, None]
+    po_3 = scratch + 0 + z[:, None, None] * 5696 + iu_3[None, :, None] + ii_3[None, None, :]
+    mo_3 = row_mask[:, None, None]
+    a0_3 = tl.load(p0_3, mask=m0_3, other=0.0)
+    a1_3 = tl.load(p1_3)
+    q_3 = po_3
+    tl.store(q_3, tl.load(q_3, mask=mo_3, other=0.0) + a0_3 * a1_3 * 0.5773502691896257, mask=mo_3)
+    tl.debug_barrier()
+    # p3 = (p0 ⊗ p2) -> 16x1
+    ii_4 = tl.arange(0, 1)
+    ij_4 = tl.arange(0, 4)
+    iu_4 = tl.arange(0, 16)
+    p0_4 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_4[None, None, None, :] + ii_4[None, :, None, None]
+    m0_4 = row_mask[:, None, None, None]
+    p1_4 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_4[None, None, None, :] * 3 + ij_4[None, None, :, None]
+    m1_4 = row_mask[:, None, None, None] & (ij_4[None, None, :, None] < 3)
+    po_4 = scratch + 1520 + z[:, None, None, None] * 5696 + ii_4[None, :, None, None] * 48 + ij_4[None, None, :, None] * 16 + iu_4[None, None, None, :]
+    mo_4 = row_mask[:, None, None, None] & (ij_4[None, None, :, None] < 3)
+    a0_4 = tl.load(p0_4, mask=m0_4, other=0.0)
+    a1_4 = tl.load(p1_4, mask=m1_4, other=0.0)
+    q_4 = po_4
+    tl.store(q_4, tl.load(q_4, mask=mo_4, other=0.0) + a0_4 * a1_4, mask=mo_4)
+    tl.debug_barrier()
+    iu_5 = tl.arange(0, 16)
+    ik_5 = tl.arange(0, 4)
+    ii_5 = tl.arange(0, 1)
+    ij_5 = tl.arange(0, 4)
+    p0_5 = cg_0_1_1_ptr + 0 + ii_5[None, None, None, :, None] * 9 + ij_5[None, None, None, None, :] * 3 + ik_5[None, None, :, None, None]
+    m0_5 = (ij_5[None, None, None, None, :] < 3) & (ik_5[None, None, :, None, None] < 3)
+    p1_5 = scratch + 1520 + z[:, None, None, None, None] * 5696 + ii_5[None, None, None, :, None] * 48 + ij_5[None, None, None, None, :] * 16 + iu_5[None, :, None, None, None]
+    m1_5 = row_mask[:, None, None, None, None] & (ij_5[None, None, None, None, :] < 3)
+    po_5 = scratch + 160 + z[:, None, None] * 5696 + iu_5[None, :, None] * 3 + ik_5[None, None, :]
+    mo_5 = row_mask[:, None, None] & (ik_5[None, None, :] < 3)
+    a0_5 = tl.load(p0_5, mask=m0_5, other=0.0)
+    a1_5 = tl.load(p1_5, mask=m1_5, other=0.0)
+    q_5 = po_5
+    tl.store(q_5, tl.load(q_5, mask=mo_5, other=0.0) + tl.sum(tl.sum(a0_5 * a1_5, axis=4), axis=3), mask=mo_5)
+    tl.debug_barrier()
+    iu_6 = tl.arange(0, 16)
+    ii_6 = tl.arange(0, 4)
+    p0_6 = scratch + 160 + z[:, None, None] * 5696 + iu_6[None, :, None] * 3 + ii_6[None, None, :]
+    m0_6 = row_mask[:, None, None] & (ii_6[None, None, :] < 3)
+    p1_6 = weight_ptr + 16 + iu_6[None, :, None]
+    po_6 = scratch + 16 + z[:, None, None] * 5696 + iu_6[None, :, None] * 3 + ii_6[None, None, :]
+    mo_6 = row_mask[:, None, None] & (ii_6[None, None, :] < 3)
+    a0_6 = tl.load(p0_6, mask=m0_6, other=0.0)
+    a1_6 = tl.load(p1_6)
+    q_6 = po_6
+    tl.store(q_6, tl.load(q_6, mask=mo_6, other=0.0) + a0_6 * a1_6 * 1.224744871391589, mask=mo_6)
+    tl.debug_barrier()
+    # p5 = (p0 ⊗ p4) -> 16x2
+    ii_7 = tl.arange(0, 1)
+    ij_7 = tl.arange(0, 8)
+    iu_7 = tl.arange(0, 16)
+    p0_7 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_7[None, None, None, :] + ii_7[None, :, None, None]
+    m0_7 = row_mask[:, None, None, None]
+    p1_7 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_7[None, None, None, :] * 5 + ij_7[None, None, :, None]
+    m1_7 = row_mask[:, None, None, None] & (ij_7[None, None, :, None] < 5)
+    po_7 = scratch + 1568 + z[:, None, None, None] * 5696 + ii_7[None, :, None, None] * 80 + ij_7[None, None, :, None] * 16 + iu_7[None, None, None, :]
+    mo_7 = row_mask[:, None, None, None] & (ij_7[None, None, :, None] < 5)
+    a0_7 = tl.load(p0_7, mask=m0_7, other=0.0)
+    a1_7 = tl.load(p1_7, mask=m1_7, other=0.0)
+    q_7 = po_7
+    tl.store(q_7, tl.load(q_7, mask=mo_7, other=0.0) + a0_7 * a1_7, mask=mo_7)
+    tl.debug_barrier()
+    ik_8 = tl.arange(0, 8)
+    ii_8 = tl.arange(0, 1)
+    ij_8 = tl.arange(0, 8)
+    p0_8 = cg_0_2_2_ptr + 0 + ii_8[None, None, None, :, None] * 25 + ij_8[None, None, None, None, :] * 5 + ik_8[None, None, :, None, None]
+    m0_8 = (ij_8[None, None, None, None, :] < 5) & (ik_8[None, None, :, None, None] < 5)
+    p1_8 = scratch + 1568 + z[:, None, None, None, None] * 5696 + ii_8[None, None, None, :, None] * 80 + ij_8[None, None, None, None, :] * 16
+    m1_8 = row_mask[:, None, None, None, None] & (ij_8[None, None, None, None, :] < 5)
+    po_8 = scratch + 208 + z[:, None, None] * 5696 + ik_8[None, None, :]
+    mo_8 = row_mask[:, None, None] & (ik_8[None, None, :] < 5)
+    for startu_8 in range(0, 16, 4):
+        iu_8 = startu_8 + tl.arange(0, 4)
+        a0_8 = tl.load(p0_8, mask=m0_8, other=0.0)
+        a1_8 = tl.load(p1_8 + iu_8[None, :, None, None, None], mask=m1_8, other=0.0)
+        q_8 = po_8 + iu_8[None, :, None] * 5
+        tl.store(q_8, tl.load(q_8, mask=mo_8, other=0.0) + tl.sum(tl.sum(a0_8 * a1_8, axis=4), axis=3), mask=mo_8)
+    tl.debug_barrier()
+    iu_9 = tl.arange(0, 16)
+    ii_9 = tl.arange(0, 8)
+    p0_9 = scratch + 208 + z[:, None, None] * 5696 + iu_9[None, :, None] * 5 + ii_9[None, None, :]
+    m0_9 = row_mask[:, None, None] & (ii_9[None, None, :] < 5)
+    p1_9 = weight_ptr + 32 + iu_9[None, :, None]
+    po_9 = scratch + 64 + z[:, None, None] * 5696 + iu_9[None, :, None] * 5 + ii_9[None, None, :]
+    mo_9 = row_mask[:, None, None] & (ii_9[None, None, :] < 5)
+    a0_9 = tl.load(p0_9, mask=m0_9, other=0.0)
+    a1_9 = tl.load(p1_9)
+    q_9 = po_9
+    tl.store(q_9, tl.load(q_9, mask=mo_9, other=0.0) + a0_9 * a1_9 * 1.118033988749895, mask=mo_9)
+    tl.debug_barrier()
+    # p6 = (p2 ⊗ p2) -> 16x0
+    ii_10 = tl.arange(0, 4)
+    ij_10 = tl.arange(0, 4)
+    iu_10 = tl.arange(0, 16)
+    p0_10 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_10[None, None, None, :] * 3 + ii_10[None, :, None, None]
+    m0_10 = row_mask[:, None, None, None] & (ii_10[None, :, None, None] < 3)
+    p1_10 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_10[None, None, None, :] * 3 + ij_10[None, None, :, None]
+    m1_10 = row_mask[:, None, None, None] & (ij_10[None, None, :, None] < 3)
+    po_10 = scratch + 1648 + z[:, None, None, None] * 5696 + ii_10[None, :, None, None] * 48 + ij_10[None, None, :, None] * 16 + iu_10[None, None, None, :]
+    mo_10 = row_mask[:, None, None, None] & (ii_10[None, :, None, None] < 3) & (ij_10[None, None, :, None] < 3)
+    a0_10 = tl.load(p0_10, mask=m0_10, other=0.0)
+    a1_10 = tl.load(p1_10, mask=m1_10, other=0.0)
+    q_10 = po_10
+    tl.store(q_10, tl.load(q_10, mask=mo_10, other=0.0) + a0_10 * a1_10, mask=mo_10)
+    tl.debug_barrier()
+    iu_11 = tl.arange(0, 16)
+    ik_11 = tl.arange(0, 1)
+    ii_11 = tl.arange(0, 4)
+    ij_11 = tl.arange(0, 4)
+    p0_11 = cg_1_1_0_ptr + 0 + ii_11[None, None, None, :, None] * 3 + ij_11[None, None, None, None, :] + ik_11[None, None, :, None, None]
+    m0_11 = (ii_11[None, None, None, :, None] < 3) & (ij_11[None, None, None, None, :] < 3)
+    p1_11 = scratch + 1648 + z[:, None, None, None, None] * 5696 + ii_11[None, None, None, :, None] * 48 + ij_11[None, None, None, None, :] * 16 + iu_11[None, :, None, None, None]
+    m1_11 = row_mask[:, None, None, None, None] & (ii_11[None, None, None, :, None] < 3) & (ij_11[None, None, None, None, :] < 3)
+    po_11 = scratch + 288 + z[:, None, None] * 5696 + iu_11[None, :, None] + ik_11[None, None, :]
+    mo_11 = row_mask[:, None, None]
+    a0_11 = tl.load(p0_11, mask=m0_11, other=0.0)
+    a1_11 = tl.load(p1_11, mask=m1_11, other=0.0)
+    q_11 = po_11
+    tl.store(q_11, tl.load(q_11, mask=mo_11, other=0.0) + tl.sum(tl.sum(a0_11 * a1_11, axis=4), axis=3), mask=mo_11)
+    tl.debug_barrier()
+    iu_12 = tl.arange(0, 16)
+    ii_12 = tl.arange(0, 1)
+    p0_12 = scratch + 288 + z[:, None, None] * 5696 + iu_12[None, :, None] + ii_12[None, None, :]
+    m0_12 = row_mask[:, None, None]
+    p1_12 = weight_ptr + 48 + iu_12[None, :, None]
+    po_12 = scratch + 0 + z[:, None, None] * 5696 + iu_12[None, :, None] + ii_12[None, None, :]
+    mo_12 = row_mask[:, None, None]
+    a0_12 = tl.load(p0_12, mask=m0_12, other=0.0)
+    a1_12 = tl.load(p1_12)
+    q_12 = po_12
+    tl.store(q_12, tl.load(q_12, mask=mo_12, other=0.0) + a0_12 * a1_12 * 0.5773502691896257, mask=mo_12)
+    tl.debug_barrier()
+    # p7 = (p2 ⊗ p2) -> 16x2
+    ii_13 = tl.arange(0, 4)
+    ij_13 = tl.arange(0, 4)
+    p0_13 = cg_1_1_2_ptr + 0 + ii_13[None, None, None, :, None] * 15 + ij_13[None, None, None, None, :] * 5
+    m0_13 = (ii_13[None, None, None, :, None] < 3) & (ij_13[None, None, None, None, :] < 3)
+    p1_13 = scratch + 1648 + z[:, None, None, None, None] * 5696 + ii_13[None, None, None, :, None] * 48 + ij_13[None, None, None, None, :] * 16
+    m1_13 = row_mask[:, None, None, None, None] & (ii_13[None, None, None, :, None] < 3) & (ij_13[None, None, None, None, :] < 3)
+    po_13 = scratch + 304 + z[:, None, None] * 5696
+    mo_13 = row_mask[:, None, None]
+    for startu_13 in range(0, 16, 4):
+        iu_13 = startu_13 + tl.arange(0, 4)
+        for startk_13 in range(0, 5, 4):
+            ik_13 = startk_13 + tl.arange(0, 4)
+            a0_13 = tl.load(p0_13 + ik_13[None, None, :, None, None], mask=m0_13 & (ik_13[None, None, :, None, None] < 5), other=0.0)
+            a1_13 = tl.load(p1_13 + iu_13[None, :, None, None, None], mask=m1_13, other=0.0)
+            q_13 = po_13 + iu_13[None, :, None] * 5 + ik_13[None, None, :]
+            tl.store(q_13, tl.load(q_13, mask=mo_13 & (ik_13[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_13 * a1_13, axis=4), axis=3), mask=mo_13 & (ik_13[None, None, :] < 5))
+    tl.debug_barrier()
+    iu_14 = tl.arange(0, 16)
+    ii_14 = tl.arange(0, 8)
+    p0_14 = scratch + 304 + z[:, None, None] * 5696 + iu_14[None, :, None] * 5 + ii_14[None, None, :]
+    m0_14 = row_mask[:, None, None] & (ii_14[None, None, :] < 5)
+    p1_14 = weight_ptr + 64 + iu_14[None, :, None]
+    po_14 = scratch + 64 + z[:, None, None] * 5696 + iu_14[None, :, None] * 5 + ii_14[None, None, :]
+    mo_14 = row_mask[:, None, None] & (ii_14[None, None, :] < 5)
+    a0_14 = tl.load(p0_14, mask=m0_14, other=0.0)
+    a1_14 = tl.load(p1_14)
+    q_14 = po_14
+    tl.store(q_14, tl.load(q_14, mask=mo_14, other=0.0) + a0_14 * a1_14 * 1.118033988749895, mask=mo_14)
+    tl.debug_barrier()
+    # p8 = (p2 ⊗ p4) -> 16x1
+    ii_15 = tl.arange(0, 4)
+    ij_15 = tl.arange(0, 8)
+    p0_15 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_15[None, :, None, None]
+    m0_15 = row_mask[:, None, None, None] & (ii_15[None, :, None, None] < 3)
+    p1_15 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_15[None, None, :, None]
+    m1_15 = row_mask[:, None, None, None] & (ij_15[None, None, :, None] < 5)
+    po_15 = scratch + 1792 + z[:, None, None, None] * 5696 + ii_15[None, :, None, None] * 80 + ij_15[None, None, :, None] * 16
+    mo_15 = row_mask[:, None, None, None] & (ii_15[None, :, None, None] < 3) & (ij_15[None, None, :, None] < 5)
+    for startu_15 in range(0, 16, 8):
+        iu_15 = startu_15 + tl.arange(0, 8)
+        a0_15 = tl.load(p0_15 + iu_15[None, None, None, :] * 3, mask=m0_15, other=0.0)
+        a1_15 = tl.load(p1_15 + iu_15[None, None, None, :] * 5, mask=m1_15, other=0.0)
+        q_15 = po_15 + iu_15[None, None, None, :]
+        tl.store(q_15, tl.load(q_15, mask=mo_15, other=0.0) + a0_15 * a1_15, mask=mo_15)
+    tl.debug_barrier()
+    ik_16 = tl.arange(0, 4)
+    ii_16 = tl.arange(0, 4)
+    p0_16 = cg_1_2_1_ptr + 0 + ii_16[None, None, None, :, None] * 15 + ik_16[None, None, :, None, None]
+    m0_16 = (ii_16[None, None, None, :, None] < 3) & (ik_16[None, None, :, None, None] < 3)
+    p1_16 = scratch + 1792 + z[:, None, None, None, None] * 5696 + ii_16[None, None, None, :, None] * 80
+    m1_16 = row_mask[:, None, None, None, None] & (ii_16[None, None, None, :, None] < 3)
+    po_16 = scratch + 384 + z[:, None, None] * 5696 + ik_16[None, None, :]
+    mo_16 = row_mask[:, None, None] & (ik_16[None, None, :] < 3)
+    for startu_16 in range(0, 16, 4):
+        iu_16 = startu_16 + tl.arange(0, 4)
+        acc_16 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+        for startj_16 in range(0, 5, 4):
+            ij_16 = startj_16 + tl.arange(0, 4)
+            a0_16 = tl.load(p0_16 + ij_16[None, None, None, None, :] * 3, mask=m0_16 & (ij_16[None, None, None, None, :] < 5), other=0.0)
+            a1_16 = tl.load(p1_16 + ij_16[None, None, None, None, :] * 16 + iu_16[None, :, None, None, None], mask=m1_16 & (ij_16[None, None, None, None, :] < 5), other=0.0)
+            acc_16 += tl.sum(tl.sum(a0_16 * a1_16, axis=4), axis=3)
+        q_16 = po_16 + iu_16[None, :, None] * 3
+        tl.store(q_16, tl.load(q_16, mask=mo_16, other=0.0) + acc_16, mask=mo_16)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_cg_d2_weight_1_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight, statements 17–32 of 117: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
+    iu_17 = tl.arange(0, 16)
+    ii_17 = tl.arange(0, 4)
+    p0_17 = scratch + 384 + z[:, None, None] * 5696 + iu_17[None, :, None] * 3 + ii_17[None, None, :]
+    m0_17 = row_mask[:, None, None] & (ii_17[None, None, :] < 3)
+    p1_17 = weight_ptr + 80 + iu_17[None, :, None]
+    po_17 = scratch + 16 + z[:, None, None] * 5696 + iu_17[None, :, None] * 3 + ii_17[None, None, :]
+    mo_17 = row_mask[:, None, None] & (ii_17[None, None, :] < 3)
+    a0_17 = tl.load(p0_17, mask=m0_17, other=0.0)
+    a1_17 = tl.load(p1_17)
+    q_17 = po_17
+    tl.store(q_17, tl.load(q_17, mask=mo_17, other=0.0) + a0_17 * a1_17 * 1.224744871391589, mask=mo_17)
+    tl.debug_barrier()
+    # p9 = (p2 ⊗ p4) -> 16x2
+    ii_18 = tl.arange(0, 4)
+    p0_18 = cg_1_2_2_ptr + 0 + ii_18[None, None, None, :, None] * 25
+    m0_18 = (ii_18[None, None, None, :, None] < 3)
+    p1_18 = scratch + 1792 + z[:, None, None, None, None] * 5696 + ii_18[None, None, None, :, None] * 80
+    m1_18 = row_mask[:, None, None, None, None] & (ii_18[None, None, None, :, None] < 3)
+    po_18 = scratch + 432 + z[:, None, None] * 5696
+    mo_18 = row_mask[:, None, None]
+    for startu_18 in range(0, 16, 4):
+        iu_18 = startu_18 + tl.arange(0, 4)
+        for startk_18 in range(0, 5, 4):
+            ik_18 = startk_18 + tl.arange(0, 4)
+            acc_18 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for startj_18 in range(0, 5, 4):
+                ij_18 = startj_18 + tl.arange(0, 4)
+                a0_18 = tl.load(p0_18 + ij_18[None, None, None, None, :] * 5 + ik_18[None, None, :, None, None], mask=m0_18 & (ij_18[None, None, None, None, :] < 5) & (ik_18[None, None, :, None, None] < 5), other=0.0)
+                a1_18 = tl.load(p1_18 + ij_18[None, None, None, None, :] * 16 + iu_18[None, :, None, None, None], mask=m1_18 & (ij_18[None, None, None, None, :] < 5), other=0.0)
+                acc_18 += tl.sum(tl.sum(a0_18 * a1_18, axis=4), axis=3)
+            q_18 = po_18 + iu_18[None, :, None] * 5 + ik_18[None, None, :]
+            tl.store(q_18, tl.load(q_18, mask=mo_18 & (ik_18[None, None, :] < 5), other=0.0) + acc_18, mask=mo_18 & (ik_18[None, None, :] < 5))
+    tl.debug_barrier()
+    iu_19 = tl.arange(0, 16)
+    ii_19 = tl.arange(0, 8)
+    p0_19 = scratch + 432 + z[:, None, None] * 5696 + iu_19[None, :, None] * 5 + ii_19[None, None, :]
+    m0_19 = row_mask[:, None, None] & (ii_19[None, None, :] < 5)
+    p1_19 = weight_ptr + 96 + iu_19[None, :, None]
+    po_19 = scratch + 64 + z[:, None, None] * 5696 + iu_19[None, :, None] * 5 + ii_19[None, None, :]
+    mo_19 = row_mask[:, None, None] & (ii_19[None, None, :] < 5)
+    a0_19 = tl.load(p0_19, mask=m0_19, other=0.0)
+    a1_19 = tl.load(p1_19)
+    q_19 = po_19
+    tl.store(q_19, tl.load(q_19, mask=mo_19, other=0.0) + a0_19 * a1_19 * 1.118033988749895, mask=mo_19)
+    tl.debug_barrier()
+    # p10 = (p4 ⊗ p4) -> 16x0
+    ij_20 = tl.arange(0, 8)
+    p0_20 = f_ptr + 64 + z[:, None, None, None] * 144
+    m0_20 = row_mask[:, None, None, None]
+    p1_20 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_20[None, None, :, None]
+    m1_20 = row_mask[:, None, None, None] & (ij_20[None, None, :, None] < 5)
+    po_20 = scratch + 2032 + z[:, None, None, None] * 5696 + ij_20[None, None, :, None] * 16
+    mo_20 = row_mask[:, None, None, None] & (ij_20[None, None, :, None] < 5)
+    for starti_20 in range(0, 5, 4):
+        ii_20 = starti_20 + tl.arange(0, 4)
+        for startu_20 in range(0, 16, 8):
+            iu_20 = startu_20 + tl.arange(0, 8)
+            a0_20 = tl.load(p0_20 + iu_20[None, None, None, :] * 5 + ii_20[None, :, None, None], mask=m0_20 & (ii_20[None, :, None, None] < 5), other=0.0)
+            a1_20 = tl.load(p1_20 + iu_20[None, None, None, :] * 5, mask=m1_20, other=0.0)
+            q_20 = po_20 + ii_20[None, :, None, None] * 80 + iu_20[None, None, None, :]
+            tl.store(q_20, tl.load(q_20, mask=mo_20 & (ii_20[None, :, None, None] < 5), other=0.0) + a0_20 * a1_20, mask=mo_20 & (ii_20[None, :, None, None] < 5))
+    tl.debug_barrier()
+    ik_21 = tl.arange(0, 1)
+    ii_21 = tl.arange(0, 8)
+    ij_21 = tl.arange(0, 8)
+    p0_21 = cg_2_2_0_ptr + 0 + ii_21[None, None, None, :, None] * 5 + ij_21[None, None, None, None, :] + ik_21[None, None, :, None, None]
+    m0_21 = (ii_21[None, None, None, :, None] < 5) & (ij_21[None, None, None, None, :] < 5)
+    p1_21 = scratch + 2032 + z[:, None, None, None, None] * 5696 + ii_21[None, None, None, :, None] * 80 + ij_21[None, None, None, None, :] * 16
+    m1_21 = row_mask[:, None, None, None, None] & (ii_21[None, None, None, :, None] < 5) & (ij_21[None, None, None, None, :] < 5)
+    po_21 = scratch + 512 + z[:, None, None] * 5696 + ik_21[None, None, :]
+    mo_21 = row_mask[:, None, None]
+    for startu_21 in range(0, 16, 4):
+        iu_21 = startu_21 + tl.arange(0, 4)
+        a0_21 = tl.load(p0_21, mask=m0_21, other=0.0)
+        a1_21 = tl.load(p1_21 + iu_21[None, :, None, None, None], mask=m1_21, other=0.0)
+        q_21 = po_21 + iu_21[None, :, None]
+        tl.store(q_21, tl.load(q_21, mask=mo_21, other=0.0) + tl.sum(tl.sum(a0_21 * a1_21, axis=4), axis=3), mask=mo_21)
+    tl.debug_barrier()
+    iu_22 = tl.arange(0, 16)
+    ii_22 = tl.arange(0, 1)
+    p0_22 = scratch + 512 + z[:, None, None] * 5696 + iu_22[None, :, None] + ii_22[None, None, :]
+    m0_22 = row_mask[:, None, None]
+    p1_22 = weight_ptr + 112 + iu_22[None, :, None]
+    po_22 = scratch + 0 + z[:, None, None] * 5696 + iu_22[None, :, None] + ii_22[None, None, :]
+    mo_22 = row_mask[:, None, None]
+    a0_22 = tl.load(p0_22, mask=m0_22, other=0.0)
+    a1_22 = tl.load(p1_22)
+    q_22 = po_22
+    tl.store(q_22, tl.load(q_22, mask=mo_22, other=0.0) + a0_22 * a1_22 * 0.5773502691896257, mask=mo_22)
+    tl.debug_barrier()
+    # p11 = (p4 ⊗ p4) -> 16x2
+    p0_23 = cg_2_2_2_ptr + 0
+    p1_23 = scratch + 2032 + z[:, None, None, None, None] * 5696
+    m1_23 = row_mask[:, None, None, None, None]
+    po_23 = scratch + 528 + z[:, None, None] * 5696
+    mo_23 = row_mask[:, None, None]
+    for startu_23 in range(0, 16, 4):
+        iu_23 = startu_23 + tl.arange(0, 4)
+        for startk_23 in range(0, 5, 4):
+            ik_23 = startk_23 + tl.arange(0, 4)
+            acc_23 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for starti_23 in range(0, 5, 4):
+                ii_23 = starti_23 + tl.arange(0, 4)
+                for startj_23 in range(0, 5, 4):
+                    ij_23 = startj_23 + tl.arange(0, 4)
+                    a0_23 = tl.load(p0_23 + ii_23[None, None, None, :, None] * 25 + ij_23[None, None, None, None, :] * 5 + ik_23[None, None, :, None, None], mask=(ii_23[None, None, None, :, None] < 5) & (ij_23[None, None, None, None, :] < 5) & (ik_23[None, None, :, None, None] < 5), other=0.0)
+                    a1_23 = tl.load(p1_23 + ii_23[None, None, None, :, None] * 80 + ij_23[None, None, None, None, :] * 16 + iu_23[None, :, None, None, None], mask=m1_23 & (ii_23[None, None, None, :, None] < 5) & (ij_23[None, None, None, None, :] < 5), other=0.0)
+                    acc_23 += tl.sum(tl.sum(a0_23 * a1_23, axis=4), axis=3)
+            q_23 = po_23 + iu_23[None, :, None] * 5 + ik_23[None, None, :]
+            tl.store(q_23, tl.load(q_23, mask=mo_23 & (ik_23[None, None, :] < 5), other=0.0) + acc_23, mask=mo_23 & (ik_23[None, None, :] < 5))
+    tl.debug_barrier()
+    iu_24 = tl.arange(0, 16)
+    ii_24 = tl.arange(0, 8)
+    p0_24 = scratch + 528 + z[:, None, None] * 5696 + iu_24[None, :, None] * 5 + ii_24[None, None, :]
+    m0_24 = row_mask[:, None, None] & (ii_24[None, None, :] < 5)
+    p1_24 = weight_ptr + 128 + iu_24[None, :, None]
+    po_24 = scratch + 64 + z[:, None, None] * 5696 + iu_24[None, :, None] * 5 + ii_24[None, None, :]
+    mo_24 = row_mask[:, None, None] & (ii_24[None, None, :] < 5)
+    a0_24 = tl.load(p0_24, mask=m0_24, other=0.0)
+    a1_24 = tl.load(p1_24)
+    q_24 = po_24
+    tl.store(q_24, tl.load(q_24, mask=mo_24, other=0.0) + a0_24 * a1_24 * 1.118033988749895, mask=mo_24)
+    tl.debug_barrier()
+    # ∂/∂p: 16x2 -> 16x2
+    ii_25 = tl.arange(0, 8)
+    p0_25 = d_g_ptr + 64 + z[:, None, None, None] * 144 + ii_25[None, None, :, None]
+    m0_25 = row_mask[:, None, None, None] & (ii_25[None, None, :, None] < 5)
+    p1_25 = weight_ptr + 656
+    po_25 = scratch + 672 + z[:, None, None] * 5696 + ii_25[None, None, :]
+    mo_25 = row_mask[:, None, None] & (ii_25[None, None, :] < 5)
+    for startu_25 in range(0, 16, 4):
+        iu_25 = startu_25 + tl.arange(0, 4)
+        acc_25 = tl.zeros([BLOCK_Z, 4, 8], dtype=DTYPE)
+        for startw_25 in range(0, 16, 8):
+            iw_25 = startw_25 + tl.arange(0, 8)
+            a0_25 = tl.load(p0_25 + iw_25[None, None, None, :] * 5, mask=m0_25, other=0.0)
+            a1_25 = tl.load(p1_25 + iu_25[None, :, None, None] * 16 + iw_25[None, None, None, :])
+            acc_25 += tl.sum(a0_25 * a1_25, axis=3)
+        q_25 = po_25 + iu_25[None, :, None] * 5
+        tl.store(q_25, tl.load(q_25, mask=mo_25, other=0.0) + acc_25 * 0.25, mask=mo_25)
+    tl.debug_barrier()
+    # ∂/∂p: 16x1 -> 16x1
+    ii_26 = tl.arange(0, 4)
+    p0_26 = d_g_ptr + 16 + z[:, None, None, None] * 144 + ii_26[None, None, :, None]
+    m0_26 = row_mask[:, None, None, None] & (ii_26[None, None, :, None] < 3)
+    p1_26 = weight_ptr + 400
+    po_26 = scratch + 624 + z[:, None, None] * 5696 + ii_26[None, None, :]
+    mo_26 = row_mask[:, None, None] & (ii_26[None, None, :] < 3)
+    for startu_26 in range(0, 16, 8):
+        iu_26 = startu_26 + tl.arange(0, 8)
+        acc_26 = tl.zeros([BLOCK_Z, 8, 4], dtype=DTYPE)
+        for startw_26 in range(0, 16, 8):
+            iw_26 = startw_26 + tl.arange(0, 8)
+            a0_26 = tl.load(p0_26 + iw_26[None, None, None, :] * 3, mask=m0_26, other=0.0)
+            a1_26 = tl.load(p1_26 + iu_26[None, :, None, None] * 16 + iw_26[None, None, None, :])
+            acc_26 += tl.sum(a0_26 * a1_26, axis=3)
+        q_26 = po_26 + iu_26[None, :, None] * 3
+        tl.store(q_26, tl.load(q_26, mask=mo_26, other=0.0) + acc_26 * 0.25, mask=mo_26)
+    tl.debug_barrier()
+    # ∂/∂p: 16x0 -> 16x0
+    iu_27 = tl.arange(0, 16)
+    ii_27 = tl.arange(0, 1)
+    iw_27 = tl.arange(0, 16)
+    p0_27 = d_g_ptr + 0 + z[:, None, None, None] * 144 + iw_27[None, None, None, :] + ii_27[None, None, :, None]
+    m0_27 = row_mask[:, None, None, None]
+    p1_27 = weight_ptr + 144 + iu_27[None, :, None, None] * 16 + iw_27[None, None, None, :]
+    po_27 = scratch + 608 + z[:, None, None] * 5696 + iu_27[None, :, None] + ii_27[None, None, :]
+    mo_27 = row_mask[:, None, None]
+    a0_27 = tl.load(p0_27, mask=m0_27, other=0.0)
+    a1_27 = tl.load(p1_27)
+    q_27 = po_27
+    tl.store(q_27, tl.load(q_27, mask=mo_27, other=0.0) + tl.sum(a0_27 * a1_27, axis=3) * 0.25, mask=mo_27)
+    tl.debug_barrier()
+    iu_28 = tl.arange(0, 16)
+    ii_28 = tl.arange(0, 1)
+    p0_28 = d2_d_weight_ptr + 0 + iu_28[None, :, None]
+    p1_28 = scratch + 144 + z[:, None, None] * 5696 + iu_28[None, :, None] + ii_28[None, None, :]
+    m1_28 = row_mask[:, None, None]
+    po_28 = scratch + 1360 + z[:, None, None] * 5696 + iu_28[None, :, None] + ii_28[None, None, :]
+    mo_28 = row_mask[:, None, None]
+    a0_28 = tl.load(p0_28)
+    a1_28 = tl.load(p1_28, mask=m1_28, other=0.0)
+    q_28 = po_28
+    tl.store(q_28, tl.load(q_28, mask=mo_28, other=0.0) + a0_28 * a1_28 * 0.5773502691896257, mask=mo_28)
+    tl.debug_barrier()
+    iu_29 = tl.arange(0, 16)
+    ii_29 = tl.arange(0, 1)
+    p0_29 = d2_d_weight_ptr + 0 + iu_29[None, :, None]
+    p1_29 = scratch + 608 + z[:, None, None] * 5696 + iu_29[None, :, None] + ii_29[None, None, :]
+    m1_29 = row_mask[:, None, None]
+    po_29 = scratch + 896 + z[:, None, None] * 5696 + iu_29[None, :, None] + ii_29[None, None, :]
+    mo_29 = row_mask[:, None, None]
+    a0_29 = tl.load(p0_29)
+    a1_29 = tl.load(p1_29, mask=m1_29, other=0.0)
+    q_29 = po_29
+    tl.store(q_29, tl.load(q_29, mask=mo_29, other=0.0) + a0_29 * a1_29 * 0.5773502691896257, mask=mo_29)
+    tl.debug_barrier()
+    iu_30 = tl.arange(0, 16)
+    ii_30 = tl.arange(0, 4)
+    p0_30 = d2_d_weight_ptr + 16 + iu_30[None, :, None]
+    p1_30 = scratch + 160 + z[:, None, None] * 5696 + iu_30[None, :, None] * 3 + ii_30[None, None, :]
+    m1_30 = row_mask[:, None, None] & (ii_30[None, None, :] < 3)
+    po_30 = scratch + 1376 + z[:, None, None] * 5696 + iu_30[None, :, None] * 3 + ii_30[None, None, :]
+    mo_30 = row_mask[:, None, None] & (ii_30[None, None, :] < 3)
+    a0_30 = tl.load(p0_30)
+    a1_30 = tl.load(p1_30, mask=m1_30, other=0.0)
+    q_30 = po_30
+    tl.store(q_30, tl.load(q_30, mask=mo_30, other=0.0) + a0_30 * a1_30 * 1.224744871391589, mask=mo_30)
+    tl.debug_barrier()
+    iu_31 = tl.arange(0, 16)
+    ii_31 = tl.arange(0, 4)
+    p0_31 = d2_d_weight_ptr + 16 + iu_31[None, :, None]
+    p1_31 = scratch + 624 + z[:, None, None] * 5696 + iu_31[None, :, None] * 3 + ii_31[None, None, :]
+    m1_31 = row_mask[:, None, None] & (ii_31[None, None, :] < 3)
+    po_31 = scratch + 912 + z[:, None, None] * 5696 + iu_31[None, :, None] * 3 + ii_31[None, None, :]
+    mo_31 = row_mask[:, None, None] & (ii_31[None, None, :] < 3)
+    a0_31 = tl.load(p0_31)
+    a1_31 = tl.load(p1_31, mask=m1_31, other=0.0)
+    q_31 = po_31
+    tl.store(q_31, tl.load(q_31, mask=mo_31, other=0.0) + a0_31 * a1_31 * 1.224744871391589, mask=mo_31)
+    tl.debug_barrier()
+    iu_32 = tl.arange(0, 16)
+    ii_32 = tl.arange(0, 8)
+    p0_32 = d2_d_weight_ptr + 32 + iu_32[None, :, None]
+    p1_32 = scratch + 208 + z[:, None, None] * 5696 + iu_32[None, :, None] * 5 + ii_32[None, None, :]
+    m1_32 = row_mask[:, None, None] & (ii_32[None, None, :] < 5)
+    po_32 = scratch + 1424 + z[:, None, None] * 5696 + iu_32[None, :, None] * 5 + ii_32[None, None, :]
+    mo_32 = row_mask[:, None, None] & (ii_32[None, None, :] < 5)
+    a0_32 = tl.load(p0_32)
+    a1_32 = tl.load(p1_32, mask=m1_32, other=0.0)
+    q_32 = po_32
+    tl.store(q_32, tl.load(q_32, mask=mo_32, other=0.0) + a0_32 * a1_32 * 1.118033988749895, mask=mo_32)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_cg_d2_weight_2_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight, statements 33–48 of 117: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
+    iu_33 = tl.arange(0, 16)
+    ii_33 = tl.arange(0, 8)
+    p0_33 = d2_d_weight_ptr + 32 + iu_33[None, :, None]
+    p1_33 = scratch + 672 + z[:, None, None] * 5696 + iu_33[None, :, None] * 5 + ii_33[None, None, :]
+    m1_33 = row_mask[:, None, None] & (ii_33[None, None, :] < 5)
+    po_33 = scratch + 960 + z[:, None, None] * 5696 + iu_33[None, :, None] * 5 + ii_33[None, None, :]
+    mo_33 = row_mask[:, None, None] & (ii_33[None, None, :] < 5)
+    a0_33 = tl.load(p0_33)
+    a1_33 = tl.load(p1_33, mask=m1_33, other=0.0)
+    q_33 = po_33
+    tl.store(q_33, tl.load(q_33, mask=mo_33, other=0.0) + a0_33 * a1_33 * 1.118033988749895, mask=mo_33)
+    tl.debug_barrier()
+    iu_34 = tl.arange(0, 16)
+    ii_34 = tl.arange(0, 1)
+    p0_34 = d2_d_weight_ptr + 48 + iu_34[None, :, None]
+    p1_34 = scratch + 288 + z[:, None, None] * 5696 + iu_34[None, :, None] + ii_34[None, None, :]
+    m1_34 = row_mask[:, None, None]
+    po_34 = scratch + 1360 + z[:, None, None] * 5696 + iu_34[None, :, None] + ii_34[None, None, :]
+    mo_34 = row_mask[:, None, None]
+    a0_34 = tl.load(p0_34)
+    a1_34 = tl.load(p1_34, mask=m1_34, other=0.0)
+    q_34 = po_34
+    tl.store(q_34, tl.load(q_34, mask=mo_34, other=0.0) + a0_34 * a1_34 * 0.5773502691896257, mask=mo_34)
+    tl.debug_barrier()
+    iu_35 = tl.arange(0, 16)
+    ii_35 = tl.arange(0, 1)
+    p0_35 = d2_d_weight_ptr + 48 + iu_35[None, :, None]
+    p1_35 = scratch + 608 + z[:, None, None] * 5696 + iu_35[None, :, None] + ii_35[None, None, :]
+    m1_35 = row_mask[:, None, None]
+    po_35 = scratch + 1040 + z[:, None, None] * 5696 + iu_35[None, :, None] + ii_35[None, None, :]
+    mo_35 = row_mask[:, None, None]
+    a0_35 = tl.load(p0_35)
+    a1_35 = tl.load(p1_35, mask=m1_35, other=0.0)
+    q_35 = po_35
+    tl.store(q_35, tl.load(q_35, mask=mo_35, other=0.0) + a0_35 * a1_35 * 0.5773502691896257, mask=mo_35)
+    tl.debug_barrier()
+    iu_36 = tl.arange(0, 16)
+    ii_36 = tl.arange(0, 8)
+    p0_36 = d2_d_weight_ptr + 64 + iu_36[None, :, None]
+    p1_36 = scratch + 304 + z[:, None, None] * 5696 + iu_36[None, :, None] * 5 + ii_36[None, None, :]
+    m1_36 = row_mask[:, None, None] & (ii_36[None, None, :] < 5)
+    po_36 = scratch + 1424 + z[:, None, None] * 5696 + iu_36[None, :, None] * 5 + ii_36[None, None, :]
+    mo_36 = row_mask[:, None, None] & (ii_36[None, None, :] < 5)
+    a0_36 = tl.load(p0_36)
+    a1_36 = tl.load(p1_36, mask=m1_36, other=0.0)
+    q_36 = po_36
+    tl.store(q_36, tl.load(q_36, mask=mo_36, other=0.0) + a0_36 * a1_36 * 1.118033988749895, mask=mo_36)
+    tl.debug_barrier()
+    iu_37 = tl.arange(0, 16)
+    ii_37 = tl.arange(0, 8)
+    p0_37 = d2_d_weight_ptr + 64 + iu_37[None, :, None]
+    p1_37 = scratch + 672 + z[:, None, None] * 5696 + iu_37[None, :, None] * 5 + ii_37[None, None, :]
+    m1_37 = row_mask[:, None, None] & (ii_37[None, None, :] < 5)
+    po_37 = scratch + 1056 + z[:, None, None] * 5696 + iu_37[None, :, None] * 5 + ii_37[None, None, :]
+    mo_37 = row_mask[:, None, None] & (ii_37[None, None, :] < 5)
+    a0_37 = tl.load(p0_37)
+    a1_37 = tl.load(p1_37, mask=m1_37, other=0.0)
+    q_37 = po_37
+    tl.store(q_37, tl.load(q_37, mask=mo_37, other=0.0) + a0_37 * a1_37 * 1.118033988749895, mask=mo_37)
+    tl.debug_barrier()
+    iu_38 = tl.arange(0, 16)
+    ii_38 = tl.arange(0, 4)
+    p0_38 = d2_d_weight_ptr + 80 + iu_38[None, :, None]
+    p1_38 = scratch + 384 + z[:, None, None] * 5696 + iu_38[None, :, None] * 3 + ii_38[None, None, :]
+    m1_38 = row_mask[:, None, None] & (ii_38[None, None, :] < 3)
+    po_38 = scratch + 1376 + z[:, None, None] * 5696 + iu_38[None, :, None] * 3 + ii_38[None, None, :]
+    mo_38 = row_mask[:, None, None] & (ii_38[None, None, :] < 3)
+    a0_38 = tl.load(p0_38)
+    a1_38 = tl.load(p1_38, mask=m1_38, other=0.0)
+    q_38 = po_38
+    tl.store(q_38, tl.load(q_38, mask=mo_38, other=0.0) + a0_38 * a1_38 * 1.224744871391589, mask=mo_38)
+    tl.debug_barrier()
+    iu_39 = tl.arange(0, 16)
+    ii_39 = tl.arange(0, 4)
+    p0_39 = d2_d_weight_ptr + 80 + iu_39[None, :, None]
+    p1_39 = scratch + 624 + z[:, None, None] * 5696 + iu_39[None, :, None] * 3 + ii_39[None, None, :]
+    m1_39 = row_mask[:, None, None] & (ii_39[None, None, :] < 3)
+    po_39 = scratch + 1136 + z[:, None, None] * 5696 + iu_39[None, :, None] * 3 + ii_39[None, None, :]
+    mo_39 = row_mask[:, None, None] & (ii_39[None, None, :] < 3)
+    a0_39 = tl.load(p0_39)
+    a1_39 = tl.load(p1_39, mask=m1_39, other=0.0)
+    q_39 = po_39
+    tl.store(q_39, tl.load(q_39, mask=mo_39, other=0.0) + a0_39 * a1_39 * 1.224744871391589, mask=mo_39)
+    tl.debug_barrier()
+    iu_40 = tl.arange(0, 16)
+    ii_40 = tl.arange(0, 8)
+    p0_40 = d2_d_weight_ptr + 96 + iu_40[None, :, None]
+    p1_40 = scratch + 432 + z[:, None, None] * 5696 + iu_40[None, :, None] * 5 + ii_40[None, None, :]
+    m1_40 = row_mask[:, None, None] & (ii_40[None, None, :] < 5)
+    po_40 = scratch + 1424 + z[:, None, None] * 5696 + iu_40[None, :, None] * 5 + ii_40[None, None, :]
+    mo_40 = row_mask[:, None, None] & (ii_40[None, None, :] < 5)
+    a0_40 = tl.load(p0_40)
+    a1_40 = tl.load(p1_40, mask=m1_40, other=0.0)
+    q_40 = po_40
+    tl.store(q_40, tl.load(q_40, mask=mo_40, other=0.0) + a0_40 * a1_40 * 1.118033988749895, mask=mo_40)
+    tl.debug_barrier()
+    iu_41 = tl.arange(0, 16)
+    ii_41 = tl.arange(0, 8)
+    p0_41 = d2_d_weight_ptr + 96 + iu_41[None, :, None]
+    p1_41 = scratch + 672 + z[:, None, None] * 5696 + iu_41[None, :, None] * 5 + ii_41[None, None, :]
+    m1_41 = row_mask[:, None, None] & (ii_41[None, None, :] < 5)
+    po_41 = scratch + 1184 + z[:, None, None] * 5696 + iu_41[None, :, None] * 5 + ii_41[None, None, :]
+    mo_41 = row_mask[:, None, None] & (ii_41[None, None, :] < 5)
+    a0_41 = tl.load(p0_41)
+    a1_41 = tl.load(p1_41, mask=m1_41, other=0.0)
+    q_41 = po_41
+    tl.store(q_41, tl.load(q_41, mask=mo_41, other=0.0) + a0_41 * a1_41 * 1.118033988749895, mask=mo_41)
+    tl.debug_barrier()
+    iu_42 = tl.arange(0, 16)
+    ii_42 = tl.arange(0, 1)
+    p0_42 = d2_d_weight_ptr + 112 + iu_42[None, :, None]
+    p1_42 = scratch + 512 + z[:, None, None] * 5696 + iu_42[None, :, None] + ii_42[None, None, :]
+    m1_42 = row_mask[:, None, None]
+    po_42 = scratch + 1360 + z[:, None, None] * 5696 + iu_42[None, :, None] + ii_42[None, None, :]
+    mo_42 = row_mask[:, None, None]
+    a0_42 = tl.load(p0_42)
+    a1_42 = tl.load(p1_42, mask=m1_42, other=0.0)
+    q_42 = po_42
+    tl.store(q_42, tl.load(q_42, mask=mo_42, other=0.0) + a0_42 * a1_42 * 0.5773502691896257, mask=mo_42)
+    tl.debug_barrier()
+    iu_43 = tl.arange(0, 16)
+    ii_43 = tl.arange(0, 1)
+    p0_43 = d2_d_weight_ptr + 112 + iu_43[None, :, None]
+    p1_43 = scratch + 608 + z[:, None, None] * 5696 + iu_43[None, :, None] + ii_43[None, None, :]
+    m1_43 = row_mask[:, None, None]
+    po_43 = scratch + 1264 + z[:, None, None] * 5696 + iu_43[None, :, None] + ii_43[None, None, :]
+    mo_43 = row_mask[:, None, None]
+    a0_43 = tl.load(p0_43)
+    a1_43 = tl.load(p1_43, mask=m1_43, other=0.0)
+    q_43 = po_43
+    tl.store(q_43, tl.load(q_43, mask=mo_43, other=0.0) + a0_43 * a1_43 * 0.5773502691896257, mask=mo_43)
+    tl.debug_barrier()
+    iu_44 = tl.arange(0, 16)
+    ii_44 = tl.arange(0, 8)
+    p0_44 = d2_d_weight_ptr + 128 + iu_44[None, :, None]
+    p1_44 = scratch + 528 + z[:, None, None] * 5696 + iu_44[None, :, None] * 5 + ii_44[None, None, :]
+    m1_44 = row_mask[:, None, None] & (ii_44[None, None, :] < 5)
+    po_44 = scratch + 1424 + z[:, None, None] * 5696 + iu_44[None, :, None] * 5 + ii_44[None, None, :]
+    mo_44 = row_mask[:, None, None] & (ii_44[None, None, :] < 5)
+    a0_44 = tl.load(p0_44)
+    a1_44 = tl.load(p1_44, mask=m1_44, other=0.0)
+    q_44 = po_44
+    tl.store(q_44, tl.load(q_44, mask=mo_44, other=0.0) + a0_44 * a1_44 * 1.118033988749895, mask=mo_44)
+    tl.debug_barrier()
+    iu_45 = tl.arange(0, 16)
+    ii_45 = tl.arange(0, 8)
+    p0_45 = d2_d_weight_ptr + 128 + iu_45[None, :, None]
+    p1_45 = scratch + 672 + z[:, None, None] * 5696 + iu_45[None, :, None] * 5 + ii_45[None, None, :]
+    m1_45 = row_mask[:, None, None] & (ii_45[None, None, :] < 5)
+    po_45 = scratch + 1280 + z[:, None, None] * 5696 + iu_45[None, :, None] * 5 + ii_45[None, None, :]
+    mo_45 = row_mask[:, None, None] & (ii_45[None, None, :] < 5)
+    a0_45 = tl.load(p0_45)
+    a1_45 = tl.load(p1_45, mask=m1_45, other=0.0)
+    q_45 = po_45
+    tl.store(q_45, tl.load(q_45, mask=mo_45, other=0.0) + a0_45 * a1_45 * 1.118033988749895, mask=mo_45)
+    tl.debug_barrier()
+    # ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0
+    iw_46 = tl.arange(0, 16)
+    ii_46 = tl.arange(0, 1)
+    iu_46 = tl.arange(0, 16)
+    p0_46 = d2_d_weight_ptr + 144 + iu_46[None, None, None, :] * 16 + iw_46[None, :, None, None]
+    p1_46 = scratch + 0 + z[:, None, None, None] * 5696 + iu_46[None, None, None, :] + ii_46[None, None, :, None]
+    m1_46 = row_mask[:, None, None, None]
+    po_46 = d2_d_g_ptr + 0 + z[:, None, None] * 144 + iw_46[None, :, None] + ii_46[None, None, :]
+    mo_46 = row_mask[:, None, None]
+    a0_46 = tl.load(p0_46)
+    a1_46 = tl.load(p1_46, mask=m1_46, other=0.0)
+    q_46 = po_46
+    tl.store(q_46, tl.load(q_46, mask=mo_46, other=0.0) + tl.sum(a0_46 * a1_46, axis=3) * 0.25, mask=mo_46)
+    tl.debug_barrier()
+    # ∂/∂p: ∂/∂weight: 16x0 -> 16x0
+    iu_47 = tl.arange(0, 16)
+    ii_47 = tl.arange(0, 1)
+    iw_47 = tl.arange(0, 16)
+    p0_47 = d2_d_weight_ptr + 144 + iu_47[None, :, None, None] * 16 + iw_47[None, None, None, :]
+    p1_47 = d_g_ptr + 0 + z[:, None, None, None] * 144 + iw_47[None, None, None, :] + ii_47[None, None, :, None]
+    m1_47 = row_mask[:, None, None, None]
+    po_47 = scratch + 752 + z[:, None, None] * 5696 + iu_47[None, :, None] + ii_47[None, None, :]
+    mo_47 = row_mask[:, None, None]
+    a0_47 = tl.load(p0_47)
+    a1_47 = tl.load(p1_47, mask=m1_47, other=0.0)
+    q_47 = po_47
+    tl.store(q_47, tl.load(q_47, mask=mo_47, other=0.0) + tl.sum(a0_47 * a1_47, axis=3) * 0.25, mask=mo_47)
+    tl.debug_barrier()
+    # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
+    iw_48 = tl.arange(0, 16)
+    ii_48 = tl.arange(0, 1)
+    iu_48 = tl.arange(0, 16)
+    p0_48 = scratch + 1360 + z[:, None, None, None] * 5696 + iu_48[None, None, None, :] + ii_48[None, None, :, None]
+    m0_48 = row_mask[:, None, None, None]
+    p1_48 = weight_ptr + 144 + iu_48[None, None, None, :] * 16 + iw_48[None, :, None, None]
+    po_48 = d2_d_g_ptr + 0 + z[:, None, None] * 144 + iw_48[None, :, None] + ii_48[None, None, :]
+    mo_48 = row_mask[:, None, None]
+    a0_48 = tl.load(p0_48, mask=m0_48, other=0.0)
+    a1_48 = tl.load(p1_48)
+    q_48 = po_48
+    tl.store(q_48, tl.load(q_48, mask=mo_48, other=0.0) + tl.sum(a0_48 * a1_48, axis=3) * 0.25, mask=mo_48)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_cg_d2_weight_3_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight, statements 49–64 of 117: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
+    # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
+    iu_49 = tl.arange(0, 16)
+    iw_49 = tl.arange(0, 16)
+    ii_49 = tl.arange(0, 1)
+    p0_49 = scratch + 1360 + z[:, None, None, None] * 5696 + iu_49[None, :, None, None] + ii_49[None, None, None, :]
+    m0_49 = row_mask[:, None, None, None]
+    p1_49 = d_g_ptr + 0 + z[:, None, None, None] * 144 + iw_49[None, None, :, None] + ii_49[None, None, None, :]
+    m1_49 = row_mask[:, None, None, None]
+    po_49 = partial + 144 + slot + iu_49[:, None] * 16 + iw_49[None, :]
+    a0_49 = tl.load(p0_49, mask=m0_49, other=0.0)
+    a1_49 = tl.load(p1_49, mask=m1_49, other=0.0)
+    q_49 = po_49
+    tl.store(q_49, tl.load(q_49) + tl.sum(tl.sum(a0_49 * a1_49, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+    # ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1
+    ii_50 = tl.arange(0, 4)
+    p0_50 = d2_d_weight_ptr + 400
+    p1_50 = scratch + 16 + z[:, None, None, None] * 5696 + ii_50[None, None, :, None]
+    m1_50 = row_mask[:, None, None, None] & (ii_50[None, None, :, None] < 3)
+    po_50 = d2_d_g_ptr + 16 + z[:, None, None] * 144 + ii_50[None, None, :]
+    mo_50 = row_mask[:, None, None] & (ii_50[None, None, :] < 3)
+    for startw_50 in range(0, 16, 8):
+        iw_50 = startw_50 + tl.arange(0, 8)
+        acc_50 = tl.zeros([BLOCK_Z, 8, 4], dtype=DTYPE)
+        for startu_50 in range(0, 16, 8):
+            iu_50 = startu_50 + tl.arange(0, 8)
+            a0_50 = tl.load(p0_50 + iu_50[None, None, None, :] * 16 + iw_50[None, :, None, None])
+            a1_50 = tl.load(p1_50 + iu_50[None, None, None, :] * 3, mask=m1_50, other=0.0)
+            acc_50 += tl.sum(a0_50 * a1_50, axis=3)
+        q_50 = po_50 + iw_50[None, :, None] * 3
+        tl.store(q_50, tl.load(q_50, mask=mo_50, other=0.0) + acc_50 * 0.25, mask=mo_50)
+    tl.debug_barrier()
+    # ∂/∂p: ∂/∂weight: 16x1 -> 16x1
+    ii_51 = tl.arange(0, 4)
+    p0_51 = d2_d_weight_ptr + 400
+    p1_51 = d_g_ptr + 16 + z[:, None, None, None] * 144 + ii_51[None, None, :, None]
+    m1_51 = row_mask[:, None, None, None] & (ii_51[None, None, :, None] < 3)
+    po_51 = scratch + 768 + z[:, None, None] * 5696 + ii_51[None, None, :]
+    mo_51 = row_mask[:, None, None] & (ii_51[None, None, :] < 3)
+    for startu_51 in range(0, 16, 8):
+        iu_51 = startu_51 + tl.arange(0, 8)
+        acc_51 = tl.zeros([BLOCK_Z, 8, 4], dtype=DTYPE)
+        for startw_51 in range(0, 16, 8):
+            iw_51 = startw_51 + tl.arange(0, 8)
+            a0_51 = tl.load(p0_51 + iu_51[None, :, None, None] * 16 + iw_51[None, None, None, :])
+            a1_51 = tl.load(p1_51 + iw_51[None, None, None, :] * 3, mask=m1_51, other=0.0)
+            acc_51 += tl.sum(a0_51 * a1_51, axis=3)
+        q_51 = po_51 + iu_51[None, :, None] * 3
+        tl.store(q_51, tl.load(q_51, mask=mo_51, other=0.0) + acc_51 * 0.25, mask=mo_51)
+    tl.debug_barrier()
+    # ∂/∂d_g: ∂/∂p: 16x1 -> 16x1
+    ii_52 = tl.arange(0, 4)
+    p0_52 = scratch + 1376 + z[:, None, None, None] * 5696 + ii_52[None, None, :, None]
+    m0_52 = row_mask[:, None, None, None] & (ii_52[None, None, :, None] < 3)
+    p1_52 = weight_ptr + 400
+    po_52 = d2_d_g_ptr + 16 + z[:, None, None] * 144 + ii_52[None, None, :]
+    mo_52 = row_mask[:, None, None] & (ii_52[None, None, :] < 3)
+    for startw_52 in range(0, 16, 8):
+        iw_52 = startw_52 + tl.arange(0, 8)
+        acc_52 = tl.zeros([BLOCK_Z, 8, 4], dtype=DTYPE)
+        for startu_52 in range(0, 16, 8):
+            iu_52 = startu_52 + tl.arange(0, 8)
+            a0_52 = tl.load(p0_52 + iu_52[None, None, None, :] * 3, mask=m0_52, other=0.0)
+            a1_52 = tl.load(p1_52 + iu_52[None, None, None, :] * 16 + iw_52[None, :, None, None])
+            acc_52 += tl.sum(a0_52 * a1_52, axis=3)
+        q_52 = po_52 + iw_52[None, :, None] * 3
+        tl.store(q_52, tl.load(q_52, mask=mo_52, other=0.0) + acc_52 * 0.25, mask=mo_52)
+    tl.debug_barrier()
+    # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
+    ii_53 = tl.arange(0, 4)
+    p0_53 = scratch + 1376 + z[:, None, None, None] * 5696 + ii_53[None, None, None, :]
+    m0_53 = row_mask[:, None, None, None] & (ii_53[None, None, None, :] < 3)
+    p1_53 = d_g_ptr + 16 + z[:, None, None, None] * 144 + ii_53[None, None, None, :]
+    m1_53 = row_mask[:, None, None, None] & (ii_53[None, None, None, :] < 3)
+    po_53 = partial + 400 + slot
+    for startu_53 in range(0, 16, 8):
+        iu_53 = startu_53 + tl.arange(0, 8)
+        for startw_53 in range(0, 16, 8):
+            iw_53 = startw_53 + tl.arange(0, 8)
+            a0_53 = tl.load(p0_53 + iu_53[None, :, None, None] * 3, mask=m0_53, other=0.0)
+            a1_53 = tl.load(p1_53 + iw_53[None, None, :, None] * 3, mask=m1_53, other=0.0)
+            q_53 = po_53 + iu_53[:, None] * 16 + iw_53[None, :]
+            tl.store(q_53, tl.load(q_53) + tl.sum(tl.sum(a0_53 * a1_53, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+    # ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2
+    ii_54 = tl.arange(0, 8)
+    p0_54 = d2_d_weight_ptr + 656
+    p1_54 = scratch + 64 + z[:, None, None, None] * 5696 + ii_54[None, None, :, None]
+    m1_54 = row_mask[:, None, None, None] & (ii_54[None, None, :, None] < 5)
+    po_54 = d2_d_g_ptr + 64 + z[:, None, None] * 144 + ii_54[None, None, :]
+    mo_54 = row_mask[:, None, None] & (ii_54[None, None, :] < 5)
+    for startw_54 in range(0, 16, 4):
+        iw_54 = startw_54 + tl.arange(0, 4)
+        acc_54 = tl.zeros([BLOCK_Z, 4, 8], dtype=DTYPE)
+        for startu_54 in range(0, 16, 8):
+            iu_54 = startu_54 + tl.arange(0, 8)
+            a0_54 = tl.load(p0_54 + iu_54[None, None, None, :] * 16 + iw_54[None, :, None, None])
+            a1_54 = tl.load(p1_54 + iu_54[None, None, None, :] * 5, mask=m1_54, other=0.0)
+            acc_54 += tl.sum(a0_54 * a1_54, axis=3)
+        q_54 = po_54 + iw_54[None, :, None] * 5
+        tl.store(q_54, tl.load(q_54, mask=mo_54, other=0.0) + acc_54 * 0.25, mask=mo_54)
+    tl.debug_barrier()
+    # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
+    ii_55 = tl.arange(0, 8)
+    p0_55 = d2_d_weight_ptr + 656
+    p1_55 = d_g_ptr + 64 + z[:, None, None, None] * 144 + ii_55[None, None, :, None]
+    m1_55 = row_mask[:, None, None, None] & (ii_55[None, None, :, None] < 5)
+    po_55 = scratch + 816 + z[:, None, None] * 5696 + ii_55[None, None, :]
+    mo_55 = row_mask[:, None, None] & (ii_55[None, None, :] < 5)
+    for startu_55 in range(0, 16, 4):
+        iu_55 = startu_55 + tl.arange(0, 4)
+        acc_55 = tl.zeros([BLOCK_Z, 4, 8], dtype=DTYPE)
+        for startw_55 in range(0, 16, 8):
+            iw_55 = startw_55 + tl.arange(0, 8)
+            a0_55 = tl.load(p0_55 + iu_55[None, :, None, None] * 16 + iw_55[None, None, None, :])
+            a1_55 = tl.load(p1_55 + iw_55[None, None, None, :] * 5, mask=m1_55, other=0.0)
+            acc_55 += tl.sum(a0_55 * a1_55, axis=3)
+        q_55 = po_55 + iu_55[None, :, None] * 5
+        tl.store(q_55, tl.load(q_55, mask=mo_55, other=0.0) + acc_55 * 0.25, mask=mo_55)
+    tl.debug_barrier()
+    # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
+    ii_56 = tl.arange(0, 8)
+    p0_56 = scratch + 1424 + z[:, None, None, None] * 5696 + ii_56[None, None, :, None]
+    m0_56 = row_mask[:, None, None, None] & (ii_56[None, None, :, None] < 5)
+    p1_56 = weight_ptr + 656
+    po_56 = d2_d_g_ptr + 64 + z[:, None, None] * 144 + ii_56[None, None, :]
+    mo_56 = row_mask[:, None, None] & (ii_56[None, None, :] < 5)
+    for startw_56 in range(0, 16, 4):
+        iw_56 = startw_56 + tl.arange(0, 4)
+        acc_56 = tl.zeros([BLOCK_Z, 4, 8], dtype=DTYPE)
+        for startu_56 in range(0, 16, 8):
+            iu_56 = startu_56 + tl.arange(0, 8)
+            a0_56 = tl.load(p0_56 + iu_56[None, None, None, :] * 5, mask=m0_56, other=0.0)
+            a1_56 = tl.load(p1_56 + iu_56[None, None, None, :] * 16 + iw_56[None, :, None, None])
+            acc_56 += tl.sum(a0_56 * a1_56, axis=3)
+        q_56 = po_56 + iw_56[None, :, None] * 5
+        tl.store(q_56, tl.load(q_56, mask=mo_56, other=0.0) + acc_56 * 0.25, mask=mo_56)
+    tl.debug_barrier()
+    # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
+    ii_57 = tl.arange(0, 8)
+    p0_57 = scratch + 1424 + z[:, None, None, None] * 5696 + ii_57[None, None, None, :]
+    m0_57 = row_mask[:, None, None, None] & (ii_57[None, None, None, :] < 5)
+    p1_57 = d_g_ptr + 64 + z[:, None, None, None] * 144 + ii_57[None, None, None, :]
+    m1_57 = row_mask[:, None, None, None] & (ii_57[None, None, None, :] < 5)
+    po_57 = partial + 656 + slot
+    for startu_57 in range(0, 16, 4):
+        iu_57 = startu_57 + tl.arange(0, 4)
+        for startw_57 in range(0, 16, 8):
+            iw_57 = startw_57 + tl.arange(0, 8)
+            a0_57 = tl.load(p0_57 + iu_57[None, :, None, None] * 5, mask=m0_57, other=0.0)
+            a1_57 = tl.load(p1_57 + iw_57[None, None, :, None] * 5, mask=m1_57, other=0.0)
+            q_57 = po_57 + iu_57[:, None] * 16 + iw_57[None, :]
+            tl.store(q_57, tl.load(q_57) + tl.sum(tl.sum(a0_57 * a1_57, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+    # ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0
+    iw_58 = tl.arange(0, 16)
+    ii_58 = tl.arange(0, 1)
+    iu_58 = tl.arange(0, 16)
+    p0_58 = d2_d_weight_ptr + 912 + iu_58[None, None, None, :] * 16 + iw_58[None, :, None, None]
+    p1_58 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_58[None, None, None, :] + ii_58[None, None, :, None]
+    m1_58 = row_mask[:, None, None, None]
+    po_58 = d2_d_g_ptr + 0 + z[:, None, None] * 144 + iw_58[None, :, None] + ii_58[None, None, :]
+    mo_58 = row_mask[:, None, None]
+    a0_58 = tl.load(p0_58)
+    a1_58 = tl.load(p1_58, mask=m1_58, other=0.0)
+    q_58 = po_58
+    tl.store(q_58, tl.load(q_58, mask=mo_58, other=0.0) + tl.sum(a0_58 * a1_58, axis=3) * 0.25, mask=mo_58)
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂weight: 16x0 -> 16x0
+    iu_59 = tl.arange(0, 16)
+    ii_59 = tl.arange(0, 1)
+    iw_59 = tl.arange(0, 16)
+    p0_59 = d2_d_weight_ptr + 912 + iu_59[None, :, None, None] * 16 + iw_59[None, None, None, :]
+    p1_59 = d_g_ptr + 0 + z[:, None, None, None] * 144 + iw_59[None, None, None, :] + ii_59[None, None, :, None]
+    m1_59 = row_mask[:, None, None, None]
+    po_59 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_59[None, :, None] + ii_59[None, None, :]
+    mo_59 = row_mask[:, None, None]
+    a0_59 = tl.load(p0_59)
+    a1_59 = tl.load(p1_59, mask=m1_59, other=0.0)
+    q_59 = po_59
+    tl.store(q_59, tl.load(q_59, mask=mo_59, other=0.0) + tl.sum(a0_59 * a1_59, axis=3) * 0.25, mask=mo_59)
+    tl.debug_barrier()
+    # ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1
+    ii_60 = tl.arange(0, 4)
+    p0_60 = d2_d_weight_ptr + 1168
+    p1_60 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_60[None, None, :, None]
+    m1_60 = row_mask[:, None, None, None] & (ii_60[None, None, :, None] < 3)
+    po_60 = d2_d_g_ptr + 16 + z[:, None, None] * 144 + ii_60[None, None, :]
+    mo_60 = row_mask[:, None, None] & (ii_60[None, None, :] < 3)
+    for startw_60 in range(0, 16, 8):
+        iw_60 = startw_60 + tl.arange(0, 8)
+        acc_60 = tl.zeros([BLOCK_Z, 8, 4], dtype=DTYPE)
+        for startu_60 in range(0, 16, 8):
+            iu_60 = startu_60 + tl.arange(0, 8)
+            a0_60 = tl.load(p0_60 + iu_60[None, None, None, :] * 16 + iw_60[None, :, None, None])
+            a1_60 = tl.load(p1_60 + iu_60[None, None, None, :] * 3, mask=m1_60, other=0.0)
+            acc_60 += tl.sum(a0_60 * a1_60, axis=3)
+        q_60 = po_60 + iw_60[None, :, None] * 3
+        tl.store(q_60, tl.load(q_60, mask=mo_60, other=0.0) + acc_60 * 0.25, mask=mo_60)
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂weight: 16x1 -> 16x1
+    ii_61 = tl.arange(0, 4)
+    p0_61 = d2_d_weight_ptr + 1168
+    p1_61 = d_g_ptr + 16 + z[:, None, None, None] * 144 + ii_61[None, None, :, None]
+    m1_61 = row_mask[:, None, None, None] & (ii_61[None, None, :, None] < 3)
+    po_61 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_61[None, None, :]
+    mo_61 = row_mask[:, None, None] & (ii_61[None, None, :] < 3)
+    for startu_61 in range(0, 16, 8):
+        iu_61 = startu_61 + tl.arange(0, 8)
+        acc_61 = tl.zeros([BLOCK_Z, 8, 4], dtype=DTYPE)
+        for startw_61 in range(0, 16, 8):
+            iw_61 = startw_61 + tl.arange(0, 8)
+            a0_61 = tl.load(p0_61 + iu_61[None, :, None, None] * 16 + iw_61[None, None, None, :])
+            a1_61 = tl.load(p1_61 + iw_61[None, None, None, :] * 3, mask=m1_61, other=0.0)
+            acc_61 += tl.sum(a0_61 * a1_61, axis=3)
+        q_61 = po_61 + iu_61[None, :, None] * 3
+        tl.store(q_61, tl.load(q_61, mask=mo_61, other=0.0) + acc_61 * 0.25, mask=mo_61)
+    tl.debug_barrier()
+    # ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2
+    ii_62 = tl.arange(0, 8)
+    p0_62 = d2_d_weight_ptr + 1424
+    p1_62 = f_ptr + 64 + z[:, None, None, None] * 144 + ii_62[None, None, :, None]
+    m1_62 = row_mask[:, None, None, None] & (ii_62[None, None, :, None] < 5)
+    po_62 = d2_d_g_ptr + 64 + z[:, None, None] * 144 + ii_62[None, None, :]
+    mo_62 = row_mask[:, None, None] & (ii_62[None, None, :] < 5)
+    for startw_62 in range(0, 16, 4):
+        iw_62 = startw_62 + tl.arange(0, 4)
+        acc_62 = tl.zeros([BLOCK_Z, 4, 8], dtype=DTYPE)
+        for startu_62 in range(0, 16, 8):
+            iu_62 = startu_62 + tl.arange(0, 8)
+            a0_62 = tl.load(p0_62 + iu_62[None, None, None, :] * 16 + iw_62[None, :, None, None])
+            a1_62 = tl.load(p1_62 + iu_62[None, None, None, :] * 5, mask=m1_62, other=0.0)
+            acc_62 += tl.sum(a0_62 * a1_62, axis=3)
+        q_62 = po_62 + iw_62[None, :, None] * 5
+        tl.store(q_62, tl.load(q_62, mask=mo_62, other=0.0) + acc_62 * 0.25, mask=mo_62)
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂weight: 16x2 -> 16x2
+    ii_63 = tl.arange(0, 8)
+    p0_63 = d2_d_weight_ptr + 1424
+    p1_63 = d_g_ptr + 64 + z[:, None, None, None] * 144 + ii_63[None, None, :, None]
+    m1_63 = row_mask[:, None, None, None] & (ii_63[None, None, :, None] < 5)
+    po_63 = d2_f_ptr + 64 + z[:, None, None] * 144 + ii_63[None, None, :]
+    mo_63 = row_mask[:, None, None] & (ii_63[None, None, :] < 5)
+    for startu_63 in range(0, 16, 4):
+        iu_63 = startu_63 + tl.arange(0, 4)
+        acc_63 = tl.zeros([BLOCK_Z, 4, 8], dtype=DTYPE)
+        for startw_63 in range(0, 16, 8):
+            iw_63 = startw_63 + tl.arange(0, 8)
+            a0_63 = tl.load(p0_63 + iu_63[None, :, None, None] * 16 + iw_63[None, None, None, :])
+            a1_63 = tl.load(p1_63 + iw_63[None, None, None, :] * 5, mask=m1_63, other=0.0)
+            acc_63 += tl.sum(a0_63 * a1_63, axis=3)
+        q_63 = po_63 + iu_63[None, :, None] * 5
+        tl.store(q_63, tl.load(q_63, mask=mo_63, other=0.0) + acc_63 * 0.25, mask=mo_63)
+    tl.debug_barrier()
+    iu_64 = tl.arange(0, 16)
+    ii_64 = tl.arange(0, 8)
+    p0_64 = scratch + 816 + z[:, None, None] * 5696 + iu_64[None, :, None] * 5 + ii_64[None, None, :]
+    m0_64 = row_mask[:, None, None] & (ii_64[None, None, :] < 5)
+    p1_64 = weight_ptr + 128 + iu_64[None, :, None]
+    po_64 = scratch + 1280 + z[:, None, None] * 5696 + iu_64[None, :, None] * 5 + ii_64[None, None, :]
+    mo_64 = row_mask[:, None, None] & (ii_64[None, None, :] < 5)
+    a0_64 = tl.load(p0_64, mask=m0_64, other=0.0)
+    a1_64 = tl.load(p1_64)
+    q_64 = po_64
+    tl.store(q_64, tl.load(q_64, mask=mo_64, other=0.0) + a0_64 * a1_64 * 1.118033988749895, mask=mo_64)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_cg_d2_weight_4_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight, statements 65–80 of 117: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
+    iu_65 = tl.arange(0, 16)
+    ii_65 = tl.arange(0, 8)
+    p0_65 = scratch + 816 + z[:, None, None] * 5696 + iu_65[None, :, None] * 5 + ii_65[None, None, :]
+    m0_65 = row_mask[:, None, None] & (ii_65[None, None, :] < 5)
+    p1_65 = scratch + 528 + z[:, None, None] * 5696 + iu_65[None, :, None] * 5 + ii_65[None, None, :]
+    m1_65 = row_mask[:, None, None] & (ii_65[None, None, :] < 5)
+    po_65 = partial + 128 + slot + iu_65
+    a0_65 = tl.load(p0_65, mask=m0_65, other=0.0)
+    a1_65 = tl.load(p1_65, mask=m1_65, other=0.0)
+    q_65 = po_65
+    tl.store(q_65, tl.load(q_65) + tl.sum(tl.sum(a0_65 * a1_65, axis=2), axis=0) * 1.118033988749895)
+    tl.debug_barrier()
+    # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    ik_66 = tl.arange(0, 8)
+    p0_66 = scratch + 1280 + z[:, None, None, None] * 5696 + ik_66[None, None, :, None]
+    m0_66 = row_mask[:, None, None, None] & (ik_66[None, None, :, None] < 5)
+    p1_66 = f_ptr + 64 + z[:, None, None, None] * 144
+    m1_66 = row_mask[:, None, None, None]
+    po_66 = scratch + 2432 + z[:, None, None, None] * 5696 + ik_66[None, None, :, None] * 16
+    mo_66 = row_mask[:, None, None, None] & (ik_66[None, None, :, None] < 5)
+    for startj_66 in range(0, 5, 4):
+        ij_66 = startj_66 + tl.arange(0, 4)
+        for startu_66 in range(0, 16, 8):
+            iu_66 = startu_66 + tl.arange(0, 8)
+            a0_66 = tl.load(p0_66 + iu_66[None, None, None, :] * 5, mask=m0_66, other=0.0)
+            a1_66 = tl.load(p1_66 + iu_66[None, None, None, :] * 5 + ij_66[None, :, None, None], mask=m1_66 & (ij_66[None, :, None, None] < 5), other=0.0)
+            q_66 = po_66 + ij_66[None, :, None, None] * 80 + iu_66[None, None, None, :]
+            tl.store(q_66, tl.load(q_66, mask=mo_66 & (ij_66[None, :, None, None] < 5), other=0.0) + a0_66 * a1_66, mask=mo_66 & (ij_66[None, :, None, None] < 5))
+    tl.debug_barrier()
+    p0_67 = cg_2_2_2_ptr + 0
+    p1_67 = scratch + 2432 + z[:, None, None, None, None] * 5696
+    m1_67 = row_mask[:, None, None, None, None]
+    po_67 = d2_f_ptr + 64 + z[:, None, None] * 144
+    mo_67 = row_mask[:, None, None]
+    for startu_67 in range(0, 16, 4):
+        iu_67 = startu_67 + tl.arange(0, 4)
+        for starti_67 in range(0, 5, 4):
+            ii_67 = starti_67 + tl.arange(0, 4)
+            acc_67 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for startj_67 in range(0, 5, 4):
+                ij_67 = startj_67 + tl.arange(0, 4)
+                for startk_67 in range(0, 5, 4):
+                    ik_67 = startk_67 + tl.arange(0, 4)
+                    a0_67 = tl.load(p0_67 + ii_67[None, None, :, None, None] * 25 + ij_67[None, None, None, :, None] * 5 + ik_67[None, None, None, None, :], mask=(ii_67[None, None, :, None, None] < 5) & (ij_67[None, None, None, :, None] < 5) & (ik_67[None, None, None, None, :] < 5), other=0.0)
+                    a1_67 = tl.load(p1_67 + ij_67[None, None, None, :, None] * 80 + ik_67[None, None, None, None, :] * 16 + iu_67[None, :, None, None, None], mask=m1_67 & (ij_67[None, None, None, :, None] < 5) & (ik_67[None, None, None, None, :] < 5), other=0.0)
+                    acc_67 += tl.sum(tl.sum(a0_67 * a1_67, axis=4), axis=3)
+            q_67 = po_67 + iu_67[None, :, None] * 5 + ii_67[None, None, :]
+            tl.store(q_67, tl.load(q_67, mask=mo_67 & (ii_67[None, None, :] < 5), other=0.0) + acc_67, mask=mo_67 & (ii_67[None, None, :] < 5))
+    tl.debug_barrier()
+    # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    ik_68 = tl.arange(0, 8)
+    p0_68 = scratch + 1280 + z[:, None, None, None] * 5696 + ik_68[None, None, :, None]
+    m0_68 = row_mask[:, None, None, None] & (ik_68[None, None, :, None] < 5)
+    p1_68 = f_ptr + 64 + z[:, None, None, None] * 144
+    m1_68 = row_mask[:, None, None, None]
+    po_68 = scratch + 2832 + z[:, None, None, None] * 5696 + ik_68[None, None, :, None] * 16
+    mo_68 = row_mask[:, None, None, None] & (ik_68[None, None, :, None] < 5)
+    for starti_68 in range(0, 5, 4):
+        ii_68 = starti_68 + tl.arange(0, 4)
+        for startu_68 in range(0, 16, 8):
+            iu_68 = startu_68 + tl.arange(0, 8)
+            a0_68 = tl.load(p0_68 + iu_68[None, None, None, :] * 5, mask=m0_68, other=0.0)
+            a1_68 = tl.load(p1_68 + iu_68[None, None, None, :] * 5 + ii_68[None, :, None, None], mask=m1_68 & (ii_68[None, :, None, None] < 5), other=0.0)
+            q_68 = po_68 + ii_68[None, :, None, None] * 80 + iu_68[None, None, None, :]
+            tl.store(q_68, tl.load(q_68, mask=mo_68 & (ii_68[None, :, None, None] < 5), other=0.0) + a0_68 * a1_68, mask=mo_68 & (ii_68[None, :, None, None] < 5))
+    tl.debug_barrier()
+    p0_69 = cg_2_2_2_ptr + 0
+    p1_69 = scratch + 2832 + z[:, None, None, None, None] * 5696
+    m1_69 = row_mask[:, None, None, None, None]
+    po_69 = d2_f_ptr + 64 + z[:, None, None] * 144
+    mo_69 = row_mask[:, None, None]
+    for startu_69 in range(0, 16, 4):
+        iu_69 = startu_69 + tl.arange(0, 4)
+        for startj_69 in range(0, 5, 4):
+            ij_69 = startj_69 + tl.arange(0, 4)
+            acc_69 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for starti_69 in range(0, 5, 4):
+                ii_69 = starti_69 + tl.arange(0, 4)
+                for startk_69 in range(0, 5, 4):
+                    ik_69 = startk_69 + tl.arange(0, 4)
+                    a0_69 = tl.load(p0_69 + ii_69[None, None, None, :, None] * 25 + ij_69[None, None, :, None, None] * 5 + ik_69[None, None, None, None, :], mask=(ii_69[None, None, None, :, None] < 5) & (ij_69[None, None, :, None, None] < 5) & (ik_69[None, None, None, None, :] < 5), other=0.0)
+                    a1_69 = tl.load(p1_69 + ii_69[None, None, None, :, None] * 80 + ik_69[None, None, None, None, :] * 16 + iu_69[None, :, None, None, None], mask=m1_69 & (ii_69[None, None, None, :, None] < 5) & (ik_69[None, None, None, None, :] < 5), other=0.0)
+                    acc_69 += tl.sum(tl.sum(a0_69 * a1_69, axis=4), axis=3)
+            q_69 = po_69 + iu_69[None, :, None] * 5 + ij_69[None, None, :]
+            tl.store(q_69, tl.load(q_69, mask=mo_69 & (ij_69[None, None, :] < 5), other=0.0) + acc_69, mask=mo_69 & (ij_69[None, None, :] < 5))
+    tl.debug_barrier()
+    iu_70 = tl.arange(0, 16)
+    ii_70 = tl.arange(0, 1)
+    p0_70 = scratch + 752 + z[:, None, None] * 5696 + iu_70[None, :, None] + ii_70[None, None, :]
+    m0_70 = row_mask[:, None, None]
+    p1_70 = weight_ptr + 112 + iu_70[None, :, None]
+    po_70 = scratch + 1264 + z[:, None, None] * 5696 + iu_70[None, :, None] + ii_70[None, None, :]
+    mo_70 = row_mask[:, None, None]
+    a0_70 = tl.load(p0_70, mask=m0_70, other=0.0)
+    a1_70 = tl.load(p1_70)
+    q_70 = po_70
+    tl.store(q_70, tl.load(q_70, mask=mo_70, other=0.0) + a0_70 * a1_70 * 0.5773502691896257, mask=mo_70)
+    tl.debug_barrier()
+    iu_71 = tl.arange(0, 16)
+    ii_71 = tl.arange(0, 1)
+    p0_71 = scratch + 752 + z[:, None, None] * 5696 + iu_71[None, :, None] + ii_71[None, None, :]
+    m0_71 = row_mask[:, None, None]
+    p1_71 = scratch + 512 + z[:, None, None] * 5696 + iu_71[None, :, None] + ii_71[None, None, :]
+    m1_71 = row_mask[:, None, None]
+    po_71 = partial + 112 + slot + iu_71
+    a0_71 = tl.load(p0_71, mask=m0_71, other=0.0)
+    a1_71 = tl.load(p1_71, mask=m1_71, other=0.0)
+    q_71 = po_71
+    tl.store(q_71, tl.load(q_71) + tl.sum(tl.sum(a0_71 * a1_71, axis=2), axis=0) * 0.5773502691896257)
+    tl.debug_barrier()
+    # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    ij_72 = tl.arange(0, 8)
+    ik_72 = tl.arange(0, 1)
+    iu_72 = tl.arange(0, 16)
+    p0_72 = scratch + 1264 + z[:, None, None, None] * 5696 + iu_72[None, None, None, :] + ik_72[None, None, :, None]
+    m0_72 = row_mask[:, None, None, None]
+    p1_72 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_72[None, None, None, :] * 5 + ij_72[None, :, None, None]
+    m1_72 = row_mask[:, None, None, None] & (ij_72[None, :, None, None] < 5)
+    po_72 = scratch + 3232 + z[:, None, None, None] * 5696 + ij_72[None, :, None, None] * 16 + ik_72[None, None, :, None] * 16 + iu_72[None, None, None, :]
+    mo_72 = row_mask[:, None, None, None] & (ij_72[None, :, None, None] < 5)
+    a0_72 = tl.load(p0_72, mask=m0_72, other=0.0)
+    a1_72 = tl.load(p1_72, mask=m1_72, other=0.0)
+    q_72 = po_72
+    tl.store(q_72, tl.load(q_72, mask=mo_72, other=0.0) + a0_72 * a1_72, mask=mo_72)
+    tl.debug_barrier()
+    ii_73 = tl.arange(0, 8)
+    ij_73 = tl.arange(0, 8)
+    ik_73 = tl.arange(0, 1)
+    p0_73 = cg_2_2_0_ptr + 0 + ii_73[None, None, :, None, None] * 5 + ij_73[None, None, None, :, None] + ik_73[None, None, None, None, :]
+    m0_73 = (ii_73[None, None, :, None, None] < 5) & (ij_73[None, None, None, :, None] < 5)
+    p1_73 = scratch + 3232 + z[:, None, None, None, None] * 5696 + ij_73[None, None, None, :, None] * 16 + ik_73[None, None, None, None, :] * 16
+    m1_73 = row_mask[:, None, None, None, None] & (ij_73[None, None, None, :, None] < 5)
+    po_73 = d2_f_ptr + 64 + z[:, None, None] * 144 + ii_73[None, None, :]
+    mo_73 = row_mask[:, None, None] & (ii_73[None, None, :] < 5)
+    for startu_73 in range(0, 16, 4):
+        iu_73 = startu_73 + tl.arange(0, 4)
+        a0_73 = tl.load(p0_73, mask=m0_73, other=0.0)
+        a1_73 = tl.load(p1_73 + iu_73[None, :, None, None, None], mask=m1_73, other=0.0)
+        q_73 = po_73 + iu_73[None, :, None] * 5
+        tl.store(q_73, tl.load(q_73, mask=mo_73, other=0.0) + tl.sum(tl.sum(a0_73 * a1_73, axis=4), axis=3), mask=mo_73)
+    tl.debug_barrier()
+    # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    ii_74 = tl.arange(0, 8)
+    ik_74 = tl.arange(0, 1)
+    iu_74 = tl.arange(0, 16)
+    p0_74 = scratch + 1264 + z[:, None, None, None] * 5696 + iu_74[None, None, None, :] + ik_74[None, None, :, None]
+    m0_74 = row_mask[:, None, None, None]
+    p1_74 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_74[None, None, None, :] * 5 + ii_74[None, :, None, None]
+    m1_74 = row_mask[:, None, None, None] & (ii_74[None, :, None, None] < 5)
+    po_74 = scratch + 3312 + z[:, None, None, None] * 5696 + ii_74[None, :, None, None] * 16 + ik_74[None, None, :, None] * 16 + iu_74[None, None, None, :]
+    mo_74 = row_mask[:, None, None, None] & (ii_74[None, :, None, None] < 5)
+    a0_74 = tl.load(p0_74, mask=m0_74, other=0.0)
+    a1_74 = tl.load(p1_74, mask=m1_74, other=0.0)
+    q_74 = po_74
+    tl.store(q_74, tl.load(q_74, mask=mo_74, other=0.0) + a0_74 * a1_74, mask=mo_74)
+    tl.debug_barrier()
+    ij_75 = tl.arange(0, 8)
+    ii_75 = tl.arange(0, 8)
+    ik_75 = tl.arange(0, 1)
+    p0_75 = cg_2_2_0_ptr + 0 + ii_75[None, None, None, :, None] * 5 + ij_75[None, None, :, None, None] + ik_75[None, None, None, None, :]
+    m0_75 = (ii_75[None, None, None, :, None] < 5) & (ij_75[None, None, :, None, None] < 5)
+    p1_75 = scratch + 3312 + z[:, None, None, None, None] * 5696 + ii_75[None, None, None, :, None] * 16 + ik_75[None, None, None, None, :] * 16
+    m1_75 = row_mask[:, None, None, None, None] & (ii_75[None, None, None, :, None] < 5)
+    po_75 = d2_f_ptr + 64 + z[:, None, None] * 144 + ij_75[None, None, :]
+    mo_75 = row_mask[:, None, None] & (ij_75[None, None, :] < 5)
+    for startu_75 in range(0, 16, 4):
+        iu_75 = startu_75 + tl.arange(0, 4)
+        a0_75 = tl.load(p0_75, mask=m0_75, other=0.0)
+        a1_75 = tl.load(p1_75 + iu_75[None, :, None, None, None], mask=m1_75, other=0.0)
+        q_75 = po_75 + iu_75[None, :, None] * 5
+        tl.store(q_75, tl.load(q_75, mask=mo_75, other=0.0) + tl.sum(tl.sum(a0_75 * a1_75, axis=4), axis=3), mask=mo_75)
+    tl.debug_barrier()
+    iu_76 = tl.arange(0, 16)
+    ii_76 = tl.arange(0, 8)
+    p0_76 = scratch + 816 + z[:, None, None] * 5696 + iu_76[None, :, None] * 5 + ii_76[None, None, :]
+    m0_76 = row_mask[:, None, None] & (ii_76[None, None, :] < 5)
+    p1_76 = weight_ptr + 96 + iu_76[None, :, None]
+    po_76 = scratch + 1184 + z[:, None, None] * 5696 + iu_76[None, :, None] * 5 + ii_76[None, None, :]
+    mo_76 = row_mask[:, None, None] & (ii_76[None, None, :] < 5)
+    a0_76 = tl.load(p0_76, mask=m0_76, other=0.0)
+    a1_76 = tl.load(p1_76)
+    q_76 = po_76
+    tl.store(q_76, tl.load(q_76, mask=mo_76, other=0.0) + a0_76 * a1_76 * 1.118033988749895, mask=mo_76)
+    tl.debug_barrier()
+    iu_77 = tl.arange(0, 16)
+    ii_77 = tl.arange(0, 8)
+    p0_77 = scratch + 816 + z[:, None, None] * 5696 + iu_77[None, :, None] * 5 + ii_77[None, None, :]
+    m0_77 = row_mask[:, None, None] & (ii_77[None, None, :] < 5)
+    p1_77 = scratch + 432 + z[:, None, None] * 5696 + iu_77[None, :, None] * 5 + ii_77[None, None, :]
+    m1_77 = row_mask[:, None, None] & (ii_77[None, None, :] < 5)
+    po_77 = partial + 96 + slot + iu_77
+    a0_77 = tl.load(p0_77, mask=m0_77, other=0.0)
+    a1_77 = tl.load(p1_77, mask=m1_77, other=0.0)
+    q_77 = po_77
+    tl.store(q_77, tl.load(q_77) + tl.sum(tl.sum(a0_77 * a1_77, axis=2), axis=0) * 1.118033988749895)
+    tl.debug_barrier()
+    # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    ik_78 = tl.arange(0, 8)
+    p0_78 = scratch + 1184 + z[:, None, None, None] * 5696 + ik_78[None, None, :, None]
+    m0_78 = row_mask[:, None, None, None] & (ik_78[None, None, :, None] < 5)
+    p1_78 = f_ptr + 64 + z[:, None, None, None] * 144
+    m1_78 = row_mask[:, None, None, None]
+    po_78 = scratch + 3392 + z[:, None, None, None] * 5696 + ik_78[None, None, :, None] * 16
+    mo_78 = row_mask[:, None, None, None] & (ik_78[None, None, :, None] < 5)
+    for startj_78 in range(0, 5, 4):
+        ij_78 = startj_78 + tl.arange(0, 4)
+        for startu_78 in range(0, 16, 8):
+            iu_78 = startu_78 + tl.arange(0, 8)
+            a0_78 = tl.load(p0_78 + iu_78[None, None, None, :] * 5, mask=m0_78, other=0.0)
+            a1_78 = tl.load(p1_78 + iu_78[None, None, None, :] * 5 + ij_78[None, :, None, None], mask=m1_78 & (ij_78[None, :, None, None] < 5), other=0.0)
+            q_78 = po_78 + ij_78[None, :, None, None] * 80 + iu_78[None, None, None, :]
+            tl.store(q_78, tl.load(q_78, mask=mo_78 & (ij_78[None, :, None, None] < 5), other=0.0) + a0_78 * a1_78, mask=mo_78 & (ij_78[None, :, None, None] < 5))
+    tl.debug_barrier()
+    ii_79 = tl.arange(0, 4)
+    p0_79 = cg_1_2_2_ptr + 0 + ii_79[None, None, :, None, None] * 25
+    m0_79 = (ii_79[None, None, :, None, None] < 3)
+    p1_79 = scratch + 3392 + z[:, None, None, None, None] * 5696
+    m1_79 = row_mask[:, None, None, None, None]
+    po_79 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_79[None, None, :]
+    mo_79 = row_mask[:, None, None] & (ii_79[None, None, :] < 3)
+    for startu_79 in range(0, 16, 4):
+        iu_79 = startu_79 + tl.arange(0, 4)
+        acc_79 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+        for startj_79 in range(0, 5, 4):
+            ij_79 = startj_79 + tl.arange(0, 4)
+            for startk_79 in range(0, 5, 4):
+                ik_79 = startk_79 + tl.arange(0, 4)
+                a0_79 = tl.load(p0_79 + ij_79[None, None, None, :, None] * 5 + ik_79[None, None, None, None, :], mask=m0_79 & (ij_79[None, None, None, :, None] < 5) & (ik_79[None, None, None, None, :] < 5), other=0.0)
+                a1_79 = tl.load(p1_79 + ij_79[None, None, None, :, None] * 80 + ik_79[None, None, None, None, :] * 16 + iu_79[None, :, None, None, None], mask=m1_79 & (ij_79[None, None, None, :, None] < 5) & (ik_79[None, None, None, None, :] < 5), other=0.0)
+                acc_79 += tl.sum(tl.sum(a0_79 * a1_79, axis=4), axis=3)
+        q_79 = po_79 + iu_79[None, :, None] * 3
+        tl.store(q_79, tl.load(q_79, mask=mo_79, other=0.0) + acc_79, mask=mo_79)
+    tl.debug_barrier()
+    # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    ii_80 = tl.arange(0, 4)
+    ik_80 = tl.arange(0, 8)
+    p0_80 = scratch + 1184 + z[:, None, None, None] * 5696 + ik_80[None, None, :, None]
+    m0_80 = row_mask[:, None, None, None] & (ik_80[None, None, :, None] < 5)
+    p1_80 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_80[None, :, None, None]
+    m1_80 = row_mask[:, None, None, None] & (ii_80[None, :, None, None] < 3)
+    po_80 = scratch + 3792 + z[:, None, None, None] * 5696 + ii_80[None, :, None, None] * 80 + ik_80[None, None, :, None] * 16
+    mo_80 = row_mask[:, None, None, None] & (ii_80[None, :, None, None] < 3) & (ik_80[None, None, :, None] < 5)
+    for startu_80 in range(0, 16, 8):
+        iu_80 = startu_80 + tl.arange(0, 8)
+        a0_80 = tl.load(p0_80 + iu_80[None, None, None, :] * 5, mask=m0_80, other=0.0)
+        a1_80 = tl.load(p1_80 + iu_80[None, None, None, :] * 3, mask=m1_80, other=0.0)
+        q_80 = po_80 + iu_80[None, None, None, :]
+        tl.store(q_80, tl.load(q_80, mask=mo_80, other=0.0) + a0_80 * a1_80, mask=mo_80)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_cg_d2_weight_5_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight, statements 81–96 of 117: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
+    ii_81 = tl.arange(0, 4)
+    p0_81 = cg_1_2_2_ptr + 0 + ii_81[None, None, None, :, None] * 25
+    m0_81 = (ii_81[None, None, None, :, None] < 3)
+    p1_81 = scratch + 3792 + z[:, None, None, None, None] * 5696 + ii_81[None, None, None, :, None] * 80
+    m1_81 = row_mask[:, None, None, None, None] & (ii_81[None, None, None, :, None] < 3)
+    po_81 = d2_f_ptr + 64 + z[:, None, None] * 144
+    mo_81 = row_mask[:, None, None]
+    for startu_81 in range(0, 16, 4):
+        iu_81 = startu_81 + tl.arange(0, 4)
+        for startj_81 in range(0, 5, 4):
+            ij_81 = startj_81 + tl.arange(0, 4)
+            acc_81 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for startk_81 in range(0, 5, 4):
+                ik_81 = startk_81 + tl.arange(0, 4)
+                a0_81 = tl.load(p0_81 + ij_81[None, None, :, None, None] * 5 + ik_81[None, None, None, None, :], mask=m0_81 & (ij_81[None, None, :, None, None] < 5) & (ik_81[None, None, None, None, :] < 5), other=0.0)
+                a1_81 = tl.load(p1_81 + ik_81[None, None, None, None, :] * 16 + iu_81[None, :, None, None, None], mask=m1_81 & (ik_81[None, None, None, None, :] < 5), other=0.0)
+                acc_81 += tl.sum(tl.sum(a0_81 * a1_81, axis=4), axis=3)
+            q_81 = po_81 + iu_81[None, :, None] * 5 + ij_81[None, None, :]
+            tl.store(q_81, tl.load(q_81, mask=mo_81 & (ij_81[None, None, :] < 5), other=0.0) + acc_81, mask=mo_81 & (ij_81[None, None, :] < 5))
+    tl.debug_barrier()
+    iu_82 = tl.arange(0, 16)
+    ii_82 = tl.arange(0, 4)
+    p0_82 = scratch + 768 + z[:, None, None] * 5696 + iu_82[None, :, None] * 3 + ii_82[None, None, :]
+    m0_82 = row_mask[:, None, None] & (ii_82[None, None, :] < 3)
+    p1_82 = weight_ptr + 80 + iu_82[None, :, None]
+    po_82 = scratch + 1136 + z[:, None, None] * 5696 + iu_82[None, :, None] * 3 + ii_82[None, None, :]
+    mo_82 = row_mask[:, None, None] & (ii_82[None, None, :] < 3)
+    a0_82 = tl.load(p0_82, mask=m0_82, other=0.0)
+    a1_82 = tl.load(p1_82)
+    q_82 = po_82
+    tl.store(q_82, tl.load(q_82, mask=mo_82, other=0.0) + a0_82 * a1_82 * 1.224744871391589, mask=mo_82)
+    tl.debug_barrier()
+    iu_83 = tl.arange(0, 16)
+    ii_83 = tl.arange(0, 4)
+    p0_83 = scratch + 768 + z[:, None, None] * 5696 + iu_83[None, :, None] * 3 + ii_83[None, None, :]
+    m0_83 = row_mask[:, None, None] & (ii_83[None, None, :] < 3)
+    p1_83 = scratch + 384 + z[:, None, None] * 5696 + iu_83[None, :, None] * 3 + ii_83[None, None, :]
+    m1_83 = row_mask[:, None, None] & (ii_83[None, None, :] < 3)
+    po_83 = partial + 80 + slot + iu_83
+    a0_83 = tl.load(p0_83, mask=m0_83, other=0.0)
+    a1_83 = tl.load(p1_83, mask=m1_83, other=0.0)
+    q_83 = po_83
+    tl.store(q_83, tl.load(q_83) + tl.sum(tl.sum(a0_83 * a1_83, axis=2), axis=0) * 1.224744871391589)
+    tl.debug_barrier()
+    # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    ij_84 = tl.arange(0, 8)
+    ik_84 = tl.arange(0, 4)
+    p0_84 = scratch + 1136 + z[:, None, None, None] * 5696 + ik_84[None, None, :, None]
+    m0_84 = row_mask[:, None, None, None] & (ik_84[None, None, :, None] < 3)
+    p1_84 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_84[None, :, None, None]
+    m1_84 = row_mask[:, None, None, None] & (ij_84[None, :, None, None] < 5)
+    po_84 = scratch + 4032 + z[:, None, None, None] * 5696 + ij_84[None, :, None, None] * 48 + ik_84[None, None, :, None] * 16
+    mo_84 = row_mask[:, None, None, None] & (ij_84[None, :, None, None] < 5) & (ik_84[None, None, :, None] < 3)
+    for startu_84 in range(0, 16, 8):
+        iu_84 = startu_84 + tl.arange(0, 8)
+        a0_84 = tl.load(p0_84 + iu_84[None, None, None, :] * 3, mask=m0_84, other=0.0)
+        a1_84 = tl.load(p1_84 + iu_84[None, None, None, :] * 5, mask=m1_84, other=0.0)
+        q_84 = po_84 + iu_84[None, None, None, :]
+        tl.store(q_84, tl.load(q_84, mask=mo_84, other=0.0) + a0_84 * a1_84, mask=mo_84)
+    tl.debug_barrier()
+    ii_85 = tl.arange(0, 4)
+    ik_85 = tl.arange(0, 4)
+    p0_85 = cg_1_2_1_ptr + 0 + ii_85[None, None, :, None, None] * 15 + ik_85[None, None, None, None, :]
+    m0_85 = (ii_85[None, None, :, None, None] < 3) & (ik_85[None, None, None, None, :] < 3)
+    p1_85 = scratch + 4032 + z[:, None, None, None, None] * 5696 + ik_85[None, None, None, None, :] * 16
+    m1_85 = row_mask[:, None, None, None, None] & (ik_85[None, None, None, None, :] < 3)
+    po_85 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_85[None, None, :]
+    mo_85 = row_mask[:, None, None] & (ii_85[None, None, :] < 3)
+    for startu_85 in range(0, 16, 4):
+        iu_85 = startu_85 + tl.arange(0, 4)
+        acc_85 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+        for startj_85 in range(0, 5, 4):
+            ij_85 = startj_85 + tl.arange(0, 4)
+            a0_85 = tl.load(p0_85 + ij_85[None, None, None, :, None] * 3, mask=m0_85 & (ij_85[None, None, None, :, None] < 5), other=0.0)
+            a1_85 = tl.load(p1_85 + ij_85[None, None, None, :, None] * 48 + iu_85[None, :, None, None, None], mask=m1_85 & (ij_85[None, None, None, :, None] < 5), other=0.0)
+            acc_85 += tl.sum(tl.sum(a0_85 * a1_85, axis=4), axis=3)
+        q_85 = po_85 + iu_85[None, :, None] * 3
+        tl.store(q_85, tl.load(q_85, mask=mo_85, other=0.0) + acc_85, mask=mo_85)
+    tl.debug_barrier()
+    # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    ii_86 = tl.arange(0, 4)
+    ik_86 = tl.arange(0, 4)
+    iu_86 = tl.arange(0, 16)
+    p0_86 = scratch + 1136 + z[:, None, None, None] * 5696 + iu_86[None, None, None, :] * 3 + ik_86[None, None, :, None]
+    m0_86 = row_mask[:, None, None, None] & (ik_86[None, None, :, None] < 3)
+    p1_86 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_86[None, None, None, :] * 3 + ii_86[None, :, None, None]
+    m1_86 = row_mask[:, None, None, None] & (ii_86[None, :, None, None] < 3)
+    po_86 = scratch + 4272 + z[:, None, None, None] * 5696 + ii_86[None, :, None, None] * 48 + ik_86[None, None, :, None] * 16 + iu_86[None, None, None, :]
+    mo_86 = row_mask[:, None, None, None] & (ii_86[None, :, None, None] < 3) & (ik_86[None, None, :, None] < 3)
+    a0_86 = tl.load(p0_86, mask=m0_86, other=0.0)
+    a1_86 = tl.load(p1_86, mask=m1_86, other=0.0)
+    q_86 = po_86
+    tl.store(q_86, tl.load(q_86, mask=mo_86, other=0.0) + a0_86 * a1_86, mask=mo_86)
+    tl.debug_barrier()
+    ii_87 = tl.arange(0, 4)
+    ik_87 = tl.arange(0, 4)
+    p0_87 = cg_1_2_1_ptr + 0 + ii_87[None, None, None, :, None] * 15 + ik_87[None, None, None, None, :]
+    m0_87 = (ii_87[None, None, None, :, None] < 3) & (ik_87[None, None, None, None, :] < 3)
+    p1_87 = scratch + 4272 + z[:, None, None, None, None] * 5696 + ii_87[None, None, None, :, None] * 48 + ik_87[None, None, None, None, :] * 16
+    m1_87 = row_mask[:, None, None, None, None] & (ii_87[None, None, None, :, None] < 3) & (ik_87[None, None, None, None, :] < 3)
+    po_87 = d2_f_ptr + 64 + z[:, None, None] * 144
+    mo_87 = row_mask[:, None, None]
+    for startu_87 in range(0, 16, 4):
+        iu_87 = startu_87 + tl.arange(0, 4)
+        for startj_87 in range(0, 5, 4):
+            ij_87 = startj_87 + tl.arange(0, 4)
+            a0_87 = tl.load(p0_87 + ij_87[None, None, :, None, None] * 3, mask=m0_87 & (ij_87[None, None, :, None, None] < 5), other=0.0)
+            a1_87 = tl.load(p1_87 + iu_87[None, :, None, None, None], mask=m1_87, other=0.0)
+            q_87 = po_87 + iu_87[None, :, None] * 5 + ij_87[None, None, :]
+            tl.store(q_87, tl.load(q_87, mask=mo_87 & (ij_87[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_87 * a1_87, axis=4), axis=3), mask=mo_87 & (ij_87[None, None, :] < 5))
+    tl.debug_barrier()
+    iu_88 = tl.arange(0, 16)
+    ii_88 = tl.arange(0, 8)
+    p0_88 = scratch + 816 + z[:, None, None] * 5696 + iu_88[None, :, None] * 5 + ii_88[None, None, :]
+    m0_88 = row_mask[:, None, None] & (ii_88[None, None, :] < 5)
+    p1_88 = weight_ptr + 64 + iu_88[None, :, None]
+    po_88 = scratch + 1056 + z[:, None, None] * 5696 + iu_88[None, :, None] * 5 + ii_88[None, None, :]
+    mo_88 = row_mask[:, None, None] & (ii_88[None, None, :] < 5)
+    a0_88 = tl.load(p0_88, mask=m0_88, other=0.0)
+    a1_88 = tl.load(p1_88)
+    q_88 = po_88
+    tl.store(q_88, tl.load(q_88, mask=mo_88, other=0.0) + a0_88 * a1_88 * 1.118033988749895, mask=mo_88)
+    tl.debug_barrier()
+    iu_89 = tl.arange(0, 16)
+    ii_89 = tl.arange(0, 8)
+    p0_89 = scratch + 816 + z[:, None, None] * 5696 + iu_89[None, :, None] * 5 + ii_89[None, None, :]
+    m0_89 = row_mask[:, None, None] & (ii_89[None, None, :] < 5)
+    p1_89 = scratch + 304 + z[:, None, None] * 5696 + iu_89[None, :, None] * 5 + ii_89[None, None, :]
+    m1_89 = row_mask[:, None, None] & (ii_89[None, None, :] < 5)
+    po_89 = partial + 64 + slot + iu_89
+    a0_89 = tl.load(p0_89, mask=m0_89, other=0.0)
+    a1_89 = tl.load(p1_89, mask=m1_89, other=0.0)
+    q_89 = po_89
+    tl.store(q_89, tl.load(q_89) + tl.sum(tl.sum(a0_89 * a1_89, axis=2), axis=0) * 1.118033988749895)
+    tl.debug_barrier()
+    # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    ij_90 = tl.arange(0, 4)
+    ik_90 = tl.arange(0, 8)
+    p0_90 = scratch + 1056 + z[:, None, None, None] * 5696 + ik_90[None, None, :, None]
+    m0_90 = row_mask[:, None, None, None] & (ik_90[None, None, :, None] < 5)
+    p1_90 = f_ptr + 16 + z[:, None, None, None] * 144 + ij_90[None, :, None, None]
+    m1_90 = row_mask[:, None, None, None] & (ij_90[None, :, None, None] < 3)
+    po_90 = scratch + 4416 + z[:, None, None, None] * 5696 + ij_90[None, :, None, None] * 80 + ik_90[None, None, :, None] * 16
+    mo_90 = row_mask[:, None, None, None] & (ij_90[None, :, None, None] < 3) & (ik_90[None, None, :, None] < 5)
+    for startu_90 in range(0, 16, 8):
+        iu_90 = startu_90 + tl.arange(0, 8)
+        a0_90 = tl.load(p0_90 + iu_90[None, None, None, :] * 5, mask=m0_90, other=0.0)
+        a1_90 = tl.load(p1_90 + iu_90[None, None, None, :] * 3, mask=m1_90, other=0.0)
+        q_90 = po_90 + iu_90[None, None, None, :]
+        tl.store(q_90, tl.load(q_90, mask=mo_90, other=0.0) + a0_90 * a1_90, mask=mo_90)
+    tl.debug_barrier()
+    ii_91 = tl.arange(0, 4)
+    ij_91 = tl.arange(0, 4)
+    p0_91 = cg_1_1_2_ptr + 0 + ii_91[None, None, :, None, None] * 15 + ij_91[None, None, None, :, None] * 5
+    m0_91 = (ii_91[None, None, :, None, None] < 3) & (ij_91[None, None, None, :, None] < 3)
+    p1_91 = scratch + 4416 + z[:, None, None, None, None] * 5696 + ij_91[None, None, None, :, None] * 80
+    m1_91 = row_mask[:, None, None, None, None] & (ij_91[None, None, None, :, None] < 3)
+    po_91 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_91[None, None, :]
+    mo_91 = row_mask[:, None, None] & (ii_91[None, None, :] < 3)
+    for startu_91 in range(0, 16, 4):
+        iu_91 = startu_91 + tl.arange(0, 4)
+        acc_91 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+        for startk_91 in range(0, 5, 4):
+            ik_91 = startk_91 + tl.arange(0, 4)
+            a0_91 = tl.load(p0_91 + ik_91[None, None, None, None, :], mask=m0_91 & (ik_91[None, None, None, None, :] < 5), other=0.0)
+            a1_91 = tl.load(p1_91 + ik_91[None, None, None, None, :] * 16 + iu_91[None, :, None, None, None], mask=m1_91 & (ik_91[None, None, None, None, :] < 5), other=0.0)
+            acc_91 += tl.sum(tl.sum(a0_91 * a1_91, axis=4), axis=3)
+        q_91 = po_91 + iu_91[None, :, None] * 3
+        tl.store(q_91, tl.load(q_91, mask=mo_91, other=0.0) + acc_91, mask=mo_91)
+    tl.debug_barrier()
+    # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    ii_92 = tl.arange(0, 4)
+    ik_92 = tl.arange(0, 8)
+    p0_92 = scratch + 1056 + z[:, None, None, None] * 5696 + ik_92[None, None, :, None]
+    m0_92 = row_mask[:, None, None, None] & (ik_92[None, None, :, None] < 5)
+    p1_92 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_92[None, :, None, None]
+    m1_92 = row_mask[:, None, None, None] & (ii_92[None, :, None, None] < 3)
+    po_92 = scratch + 4656 + z[:, None, None, None] * 5696 + ii_92[None, :, None, None] * 80 + ik_92[None, None, :, None] * 16
+    mo_92 = row_mask[:, None, None, None] & (ii_92[None, :, None, None] < 3) & (ik_92[None, None, :, None] < 5)
+    for startu_92 in range(0, 16, 8):
+        iu_92 = startu_92 + tl.arange(0, 8)
+        a0_92 = tl.load(p0_92 + iu_92[None, None, None, :] * 5, mask=m0_92, other=0.0)
+        a1_92 = tl.load(p1_92 + iu_92[None, None, None, :] * 3, mask=m1_92, other=0.0)
+        q_92 = po_92 + iu_92[None, None, None, :]
+        tl.store(q_92, tl.load(q_92, mask=mo_92, other=0.0) + a0_92 * a1_92, mask=mo_92)
+    tl.debug_barrier()
+    ij_93 = tl.arange(0, 4)
+    ii_93 = tl.arange(0, 4)
+    p0_93 = cg_1_1_2_ptr + 0 + ii_93[None, None, None, :, None] * 15 + ij_93[None, None, :, None, None] * 5
+    m0_93 = (ii_93[None, None, None, :, None] < 3) & (ij_93[None, None, :, None, None] < 3)
+    p1_93 = scratch + 4656 + z[:, None, None, None, None] * 5696 + ii_93[None, None, None, :, None] * 80
+    m1_93 = row_mask[:, None, None, None, None] & (ii_93[None, None, None, :, None] < 3)
+    po_93 = d2_f_ptr + 16 + z[:, None, None] * 144 + ij_93[None, None, :]
+    mo_93 = row_mask[:, None, None] & (ij_93[None, None, :] < 3)
+    for startu_93 in range(0, 16, 4):
+        iu_93 = startu_93 + tl.arange(0, 4)
+        acc_93 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+        for startk_93 in range(0, 5, 4):
+            ik_93 = startk_93 + tl.arange(0, 4)
+            a0_93 = tl.load(p0_93 + ik_93[None, None, None, None, :], mask=m0_93 & (ik_93[None, None, None, None, :] < 5), other=0.0)
+            a1_93 = tl.load(p1_93 + ik_93[None, None, None, None, :] * 16 + iu_93[None, :, None, None, None], mask=m1_93 & (ik_93[None, None, None, None, :] < 5), other=0.0)
+            acc_93 += tl.sum(tl.sum(a0_93 * a1_93, axis=4), axis=3)
+        q_93 = po_93 + iu_93[None, :, None] * 3
+        tl.store(q_93, tl.load(q_93, mask=mo_93, other=0.0) + acc_93, mask=mo_93)
+    tl.debug_barrier()
+    iu_94 = tl.arange(0, 16)
+    ii_94 = tl.arange(0, 1)
+    p0_94 = scratch + 752 + z[:, None, None] * 5696 + iu_94[None, :, None] + ii_94[None, None, :]
+    m0_94 = row_mask[:, None, None]
+    p1_94 = weight_ptr + 48 + iu_94[None, :, None]
+    po_94 = scratch + 1040 + z[:, None, None] * 5696 + iu_94[None, :, None] + ii_94[None, None, :]
+    mo_94 = row_mask[:, None, None]
+    a0_94 = tl.load(p0_94, mask=m0_94, other=0.0)
+    a1_94 = tl.load(p1_94)
+    q_94 = po_94
+    tl.store(q_94, tl.load(q_94, mask=mo_94, other=0.0) + a0_94 * a1_94 * 0.5773502691896257, mask=mo_94)
+    tl.debug_barrier()
+    iu_95 = tl.arange(0, 16)
+    ii_95 = tl.arange(0, 1)
+    p0_95 = scratch + 752 + z[:, None, None] * 5696 + iu_95[None, :, None] + ii_95[None, None, :]
+    m0_95 = row_mask[:, None, None]
+    p1_95 = scratch + 288 + z[:, None, None] * 5696 + iu_95[None, :, None] + ii_95[None, None, :]
+    m1_95 = row_mask[:, None, None]
+    po_95 = partial + 48 + slot + iu_95
+    a0_95 = tl.load(p0_95, mask=m0_95, other=0.0)
+    a1_95 = tl.load(p1_95, mask=m1_95, other=0.0)
+    q_95 = po_95
+    tl.store(q_95, tl.load(q_95) + tl.sum(tl.sum(a0_95 * a1_95, axis=2), axis=0) * 0.5773502691896257)
+    tl.debug_barrier()
+    # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    ij_96 = tl.arange(0, 4)
+    ik_96 = tl.arange(0, 1)
+    iu_96 = tl.arange(0, 16)
+    p0_96 = scratch + 1040 + z[:, None, None, None] * 5696 + iu_96[None, None, None, :] + ik_96[None, None, :, None]
+    m0_96 = row_mask[:, None, None, None]
+    p1_96 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_96[None, None, None, :] * 3 + ij_96[None, :, None, None]
+    m1_96 = row_mask[:, None, None, None] & (ij_96[None, :, None, None] < 3)
+    po_96 = scratch + 4896 + z[:, None, None, None] * 5696 + ij_96[None, :, None, None] * 16 + ik_96[None, None, :, None] * 16 + iu_96[None, None, None, :]
+    mo_96 = row_mask[:, None, None, None] & (ij_96[None, :, None, None] < 3)
+    a0_96 = tl.load(p0_96, mask=m0_96, other=0.0)
+    a1_96 = tl.load(p1_96, mask=m1_96, other=0.0)
+    q_96 = po_96
+    tl.store(q_96, tl.load(q_96, mask=mo_96, other=0.0) + a0_96 * a1_96, mask=mo_96)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_cg_d2_weight_6_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight, statements 97–112 of 117: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
+    iu_97 = tl.arange(0, 16)
+    ii_97 = tl.arange(0, 4)
+    ij_97 = tl.arange(0, 4)
+    ik_97 = tl.arange(0, 1)
+    p0_97 = cg_1_1_0_ptr + 0 + ii_97[None, None, :, None, None] * 3 + ij_97[None, None, None, :, None] + ik_97[None, None, None, None, :]
+    m0_97 = (ii_97[None, None, :, None, None] < 3) & (ij_97[None, None, None, :, None] < 3)
+    p1_97 = scratch + 4896 + z[:, None, None, None, None] * 5696 + ij_97[None, None, None, :, None] * 16 + ik_97[None, None, None, None, :] * 16 + iu_97[None, :, None, None, None]
+    m1_97 = row_mask[:, None, None, None, None] & (ij_97[None, None, None, :, None] < 3)
+    po_97 = d2_f_ptr + 16 + z[:, None, None] * 144 + iu_97[None, :, None] * 3 + ii_97[None, None, :]
+    mo_97 = row_mask[:, None, None] & (ii_97[None, None, :] < 3)
+    a0_97 = tl.load(p0_97, mask=m0_97, other=0.0)
+    a1_97 = tl.load(p1_97, mask=m1_97, other=0.0)
+    q_97 = po_97
+    tl.store(q_97, tl.load(q_97, mask=mo_97, other=0.0) + tl.sum(tl.sum(a0_97 * a1_97, axis=4), axis=3), mask=mo_97)
+    tl.debug_barrier()
+    # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    ii_98 = tl.arange(0, 4)
+    ik_98 = tl.arange(0, 1)
+    iu_98 = tl.arange(0, 16)
+    p0_98 = scratch + 1040 + z[:, None, None, None] * 5696 + iu_98[None, None, None, :] + ik_98[None, None, :, None]
+    m0_98 = row_mask[:, None, None, None]
+    p1_98 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_98[None, None, None, :] * 3 + ii_98[None, :, None, None]
+    m1_98 = row_mask[:, None, None, None] & (ii_98[None, :, None, None] < 3)
+    po_98 = scratch + 4944 + z[:, None, None, None] * 5696 + ii_98[None, :, None, None] * 16 + ik_98[None, None, :, None] * 16 + iu_98[None, None, None, :]
+    mo_98 = row_mask[:, None, None, None] & (ii_98[None, :, None, None] < 3)
+    a0_98 = tl.load(p0_98, mask=m0_98, other=0.0)
+    a1_98 = tl.load(p1_98, mask=m1_98, other=0.0)
+    q_98 = po_98
+    tl.store(q_98, tl.load(q_98, mask=mo_98, other=0.0) + a0_98 * a1_98, mask=mo_98)
+    tl.debug_barrier()
+    iu_99 = tl.arange(0, 16)
+    ij_99 = tl.arange(0, 4)
+    ii_99 = tl.arange(0, 4)
+    ik_99 = tl.arange(0, 1)
+    p0_99 = cg_1_1_0_ptr + 0 + ii_99[None, None, None, :, None] * 3 + ij_99[None, None, :, None, None] + ik_99[None, None, None, None, :]
+    m0_99 = (ii_99[None, None, None, :, None] < 3) & (ij_99[None, None, :, None, None] < 3)
+    p1_99 = scratch + 4944 + z[:, None, None, None, None] * 5696 + ii_99[None, None, None, :, None] * 16 + ik_99[None, None, None, None, :] * 16 + iu_99[None, :, None, None, None]
+    m1_99 = row_mask[:, None, None, None, None] & (ii_99[None, None, None, :, None] < 3)
+    po_99 = d2_f_ptr + 16 + z[:, None, None] * 144 + iu_99[None, :, None] * 3 + ij_99[None, None, :]
+    mo_99 = row_mask[:, None, None] & (ij_99[None, None, :] < 3)
+    a0_99 = tl.load(p0_99, mask=m0_99, other=0.0)
+    a1_99 = tl.load(p1_99, mask=m1_99, other=0.0)
+    q_99 = po_99
+    tl.store(q_99, tl.load(q_99, mask=mo_99, other=0.0) + tl.sum(tl.sum(a0_99 * a1_99, axis=4), axis=3), mask=mo_99)
+    tl.debug_barrier()
+    iu_100 = tl.arange(0, 16)
+    ii_100 = tl.arange(0, 8)
+    p0_100 = scratch + 816 + z[:, None, None] * 5696 + iu_100[None, :, None] * 5 + ii_100[None, None, :]
+    m0_100 = row_mask[:, None, None] & (ii_100[None, None, :] < 5)
+    p1_100 = weight_ptr + 32 + iu_100[None, :, None]
+    po_100 = scratch + 960 + z[:, None, None] * 5696 + iu_100[None, :, None] * 5 + ii_100[None, None, :]
+    mo_100 = row_mask[:, None, None] & (ii_100[None, None, :] < 5)
+    a0_100 = tl.load(p0_100, mask=m0_100, other=0.0)
+    a1_100 = tl.load(p1_100)
+    q_100 = po_100
+    tl.store(q_100, tl.load(q_100, mask=mo_100, other=0.0) + a0_100 * a1_100 * 1.118033988749895, mask=mo_100)
+    tl.debug_barrier()
+    iu_101 = tl.arange(0, 16)
+    ii_101 = tl.arange(0, 8)
+    p0_101 = scratch + 816 + z[:, None, None] * 5696 + iu_101[None, :, None] * 5 + ii_101[None, None, :]
+    m0_101 = row_mask[:, None, None] & (ii_101[None, None, :] < 5)
+    p1_101 = scratch + 208 + z[:, None, None] * 5696 + iu_101[None, :, None] * 5 + ii_101[None, None, :]
+    m1_101 = row_mask[:, None, None] & (ii_101[None, None, :] < 5)
+    po_101 = partial + 32 + slot + iu_101
+    a0_101 = tl.load(p0_101, mask=m0_101, other=0.0)
+    a1_101 = tl.load(p1_101, mask=m1_101, other=0.0)
+    q_101 = po_101
+    tl.store(q_101, tl.load(q_101) + tl.sum(tl.sum(a0_101 * a1_101, axis=2), axis=0) * 1.118033988749895)
+    tl.debug_barrier()
+    # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    ik_102 = tl.arange(0, 8)
+    p0_102 = scratch + 960 + z[:, None, None, None] * 5696 + ik_102[None, None, :, None]
+    m0_102 = row_mask[:, None, None, None] & (ik_102[None, None, :, None] < 5)
+    p1_102 = f_ptr + 64 + z[:, None, None, None] * 144
+    m1_102 = row_mask[:, None, None, None]
+    po_102 = scratch + 4992 + z[:, None, None, None] * 5696 + ik_102[None, None, :, None] * 16
+    mo_102 = row_mask[:, None, None, None] & (ik_102[None, None, :, None] < 5)
+    for startj_102 in range(0, 5, 4):
+        ij_102 = startj_102 + tl.arange(0, 4)
+        for startu_102 in range(0, 16, 8):
+            iu_102 = startu_102 + tl.arange(0, 8)
+            a0_102 = tl.load(p0_102 + iu_102[None, None, None, :] * 5, mask=m0_102, other=0.0)
+            a1_102 = tl.load(p1_102 + iu_102[None, None, None, :] * 5 + ij_102[None, :, None, None], mask=m1_102 & (ij_102[None, :, None, None] < 5), other=0.0)
+            q_102 = po_102 + ij_102[None, :, None, None] * 80 + iu_102[None, None, None, :]
+            tl.store(q_102, tl.load(q_102, mask=mo_102 & (ij_102[None, :, None, None] < 5), other=0.0) + a0_102 * a1_102, mask=mo_102 & (ij_102[None, :, None, None] < 5))
+    tl.debug_barrier()
+    ii_103 = tl.arange(0, 1)
+    ij_103 = tl.arange(0, 8)
+    ik_103 = tl.arange(0, 8)
+    p0_103 = cg_0_2_2_ptr + 0 + ii_103[None, None, :, None, None] * 25 + ij_103[None, None, None, :, None] * 5 + ik_103[None, None, None, None, :]
+    m0_103 = (ij_103[None, None, None, :, None] < 5) & (ik_103[None, None, None, None, :] < 5)
+    p1_103 = scratch + 4992 + z[:, None, None, None, None] * 5696 + ij_103[None, None, None, :, None] * 80 + ik_103[None, None, None, None, :] * 16
+    m1_103 = row_mask[:, None, None, None, None] & (ij_103[None, None, None, :, None] < 5) & (ik_103[None, None, None, None, :] < 5)
+    po_103 = d2_f_ptr + 0 + z[:, None, None] * 144 + ii_103[None, None, :]
+    mo_103 = row_mask[:, None, None]
+    for startu_103 in range(0, 16, 4):
+        iu_103 = startu_103 + tl.arange(0, 4)
+        a0_103 = tl.load(p0_103, mask=m0_103, other=0.0)
+        a1_103 = tl.load(p1_103 + iu_103[None, :, None, None, None], mask=m1_103, other=0.0)
+        q_103 = po_103 + iu_103[None, :, None]
+        tl.store(q_103, tl.load(q_103, mask=mo_103, other=0.0) + tl.sum(tl.sum(a0_103 * a1_103, axis=4), axis=3), mask=mo_103)
+    tl.debug_barrier()
+    # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    ii_104 = tl.arange(0, 1)
+    ik_104 = tl.arange(0, 8)
+    iu_104 = tl.arange(0, 16)
+    p0_104 = scratch + 960 + z[:, None, None, None] * 5696 + iu_104[None, None, None, :] * 5 + ik_104[None, None, :, None]
+    m0_104 = row_mask[:, None, None, None] & (ik_104[None, None, :, None] < 5)
+    p1_104 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_104[None, None, None, :] + ii_104[None, :, None, None]
+    m1_104 = row_mask[:, None, None, None]
+    po_104 = scratch + 5392 + z[:, None, None, None] * 5696 + ii_104[None, :, None, None] * 80 + ik_104[None, None, :, None] * 16 + iu_104[None, None, None, :]
+    mo_104 = row_mask[:, None, None, None] & (ik_104[None, None, :, None] < 5)
+    a0_104 = tl.load(p0_104, mask=m0_104, other=0.0)
+    a1_104 = tl.load(p1_104, mask=m1_104, other=0.0)
+    q_104 = po_104
+    tl.store(q_104, tl.load(q_104, mask=mo_104, other=0.0) + a0_104 * a1_104, mask=mo_104)
+    tl.debug_barrier()
+    ij_105 = tl.arange(0, 8)
+    ii_105 = tl.arange(0, 1)
+    ik_105 = tl.arange(0, 8)
+    p0_105 = cg_0_2_2_ptr + 0 + ii_105[None, None, None, :, None] * 25 + ij_105[None, None, :, None, None] * 5 + ik_105[None, None, None, None, :]
+    m0_105 = (ij_105[None, None, :, None, None] < 5) & (ik_105[None, None, None, None, :] < 5)
+    p1_105 = scratch + 5392 + z[:, None, None, None, None] * 5696 + ii_105[None, None, None, :, None] * 80 + ik_105[None, None, None, None, :] * 16
+    m1_105 = row_mask[:, None, None, None, None] & (ik_105[None, None, None, None, :] < 5)
+    po_105 = d2_f_ptr + 64 + z[:, None, None] * 144 + ij_105[None, None, :]
+    mo_105 = row_mask[:, None, None] & (ij_105[None, None, :] < 5)
+    for startu_105 in range(0, 16, 4):
+        iu_105 = startu_105 + tl.arange(0, 4)
+        a0_105 = tl.load(p0_105, mask=m0_105, other=0.0)
+        a1_105 = tl.load(p1_105 + iu_105[None, :, None, None, None], mask=m1_105, other=0.0)
+        q_105 = po_105 + iu_105[None, :, None] * 5
+        tl.store(q_105, tl.load(q_105, mask=mo_105, other=0.0) + tl.sum(tl.sum(a0_105 * a1_105, axis=4), axis=3), mask=mo_105)
+    tl.debug_barrier()
+    iu_106 = tl.arange(0, 16)
+    ii_106 = tl.arange(0, 4)
+    p0_106 = scratch + 768 + z[:, None, None] * 5696 + iu_106[None, :, None] * 3 + ii_106[None, None, :]
+    m0_106 = row_mask[:, None, None] & (ii_106[None, None, :] < 3)
+    p1_106 = weight_ptr + 16 + iu_106[None, :, None]
+    po_106 = scratch + 912 + z[:, None, None] * 5696 + iu_106[None, :, None] * 3 + ii_106[None, None, :]
+    mo_106 = row_mask[:, None, None] & (ii_106[None, None, :] < 3)
+    a0_106 = tl.load(p0_106, mask=m0_106, other=0.0)
+    a1_106 = tl.load(p1_106)
+    q_106 = po_106
+    tl.store(q_106, tl.load(q_106, mask=mo_106, other=0.0) + a0_106 * a1_106 * 1.224744871391589, mask=mo_106)
+    tl.debug_barrier()
+    iu_107 = tl.arange(0, 16)
+    ii_107 = tl.arange(0, 4)
+    p0_107 = scratch + 768 + z[:, None, None] * 5696 + iu_107[None, :, None] * 3 + ii_107[None, None, :]
+    m0_107 = row_mask[:, None, None] & (ii_107[None, None, :] < 3)
+    p1_107 = scratch + 160 + z[:, None, None] * 5696 + iu_107[None, :, None] * 3 + ii_107[None, None, :]
+    m1_107 = row_mask[:, None, None] & (ii_107[None, None, :] < 3)
+    po_107 = partial + 16 + slot + iu_107
+    a0_107 = tl.load(p0_107, mask=m0_107, other=0.0)
+    a1_107 = tl.load(p1_107, mask=m1_107, other=0.0)
+    q_107 = po_107
+    tl.store(q_107, tl.load(q_107) + tl.sum(tl.sum(a0_107 * a1_107, axis=2), axis=0) * 1.224744871391589)
+    tl.debug_barrier()
+    # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    ij_108 = tl.arange(0, 4)
+    ik_108 = tl.arange(0, 4)
+    iu_108 = tl.arange(0, 16)
+    p0_108 = scratch + 912 + z[:, None, None, None] * 5696 + iu_108[None, None, None, :] * 3 + ik_108[None, None, :, None]
+    m0_108 = row_mask[:, None, None, None] & (ik_108[None, None, :, None] < 3)
+    p1_108 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_108[None, None, None, :] * 3 + ij_108[None, :, None, None]
+    m1_108 = row_mask[:, None, None, None] & (ij_108[None, :, None, None] < 3)
+    po_108 = scratch + 5472 + z[:, None, None, None] * 5696 + ij_108[None, :, None, None] * 48 + ik_108[None, None, :, None] * 16 + iu_108[None, None, None, :]
+    mo_108 = row_mask[:, None, None, None] & (ij_108[None, :, None, None] < 3) & (ik_108[None, None, :, None] < 3)
+    a0_108 = tl.load(p0_108, mask=m0_108, other=0.0)
+    a1_108 = tl.load(p1_108, mask=m1_108, other=0.0)
+    q_108 = po_108
+    tl.store(q_108, tl.load(q_108, mask=mo_108, other=0.0) + a0_108 * a1_108, mask=mo_108)
+    tl.debug_barrier()
+    iu_109 = tl.arange(0, 16)
+    ii_109 = tl.arange(0, 1)
+    ij_109 = tl.arange(0, 4)
+    ik_109 = tl.arange(0, 4)
+    p0_109 = cg_0_1_1_ptr + 0 + ii_109[None, None, :, None, None] * 9 + ij_109[None, None, None, :, None] * 3 + ik_109[None, None, None, None, :]
+    m0_109 = (ij_109[None, None, None, :, None] < 3) & (ik_109[None, None, None, None, :] < 3)
+    p1_109 = scratch + 5472 + z[:, None, None, None, None] * 5696 + ij_109[None, None, None, :, None] * 48 + ik_109[None, None, None, None, :] * 16 + iu_109[None, :, None, None, None]
+    m1_109 = row_mask[:, None, None, None, None] & (ij_109[None, None, None, :, None] < 3) & (ik_109[None, None, None, None, :] < 3)
+    po_109 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_109[None, :, None] + ii_109[None, None, :]
+    mo_109 = row_mask[:, None, None]
+    a0_109 = tl.load(p0_109, mask=m0_109, other=0.0)
+    a1_109 = tl.load(p1_109, mask=m1_109, other=0.0)
+    q_109 = po_109
+    tl.store(q_109, tl.load(q_109, mask=mo_109, other=0.0) + tl.sum(tl.sum(a0_109 * a1_109, axis=4), axis=3), mask=mo_109)
+    tl.debug_barrier()
+    # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    ii_110 = tl.arange(0, 1)
+    ik_110 = tl.arange(0, 4)
+    iu_110 = tl.arange(0, 16)
+    p0_110 = scratch + 912 + z[:, None, None, None] * 5696 + iu_110[None, None, None, :] * 3 + ik_110[None, None, :, None]
+    m0_110 = row_mask[:, None, None, None] & (ik_110[None, None, :, None] < 3)
+    p1_110 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_110[None, None, None, :] + ii_110[None, :, None, None]
+    m1_110 = row_mask[:, None, None, None]
+    po_110 = scratch + 5616 + z[:, None, None, None] * 5696 + ii_110[None, :, None, None] * 48 + ik_110[None, None, :, None] * 16 + iu_110[None, None, None, :]
+    mo_110 = row_mask[:, None, None, None] & (ik_110[None, None, :, None] < 3)
+    a0_110 = tl.load(p0_110, mask=m0_110, other=0.0)
+    a1_110 = tl.load(p1_110, mask=m1_110, other=0.0)
+    q_110 = po_110
+    tl.store(q_110, tl.load(q_110, mask=mo_110, other=0.0) + a0_110 * a1_110, mask=mo_110)
+    tl.debug_barrier()
+    iu_111 = tl.arange(0, 16)
+    ij_111 = tl.arange(0, 4)
+    ii_111 = tl.arange(0, 1)
+    ik_111 = tl.arange(0, 4)
+    p0_111 = cg_0_1_1_ptr + 0 + ii_111[None, None, None, :, None] * 9 + ij_111[None, None, :, None, None] * 3 + ik_111[None, None, None, None, :]
+    m0_111 = (ij_111[None, None, :, None, None] < 3) & (ik_111[None, None, None, None, :] < 3)
+    p1_111 = scratch + 5616 + z[:, None, None, None, None] * 5696 + ii_111[None, None, None, :, None] * 48 + ik_111[None, None, None, None, :] * 16 + iu_111[None, :, None, None, None]
+    m1_111 = row_mask[:, None, None, None, None] & (ik_111[None, None, None, None, :] < 3)
+    po_111 = d2_f_ptr + 16 + z[:, None, None] * 144 + iu_111[None, :, None] * 3 + ij_111[None, None, :]
+    mo_111 = row_mask[:, None, None] & (ij_111[None, None, :] < 3)
+    a0_111 = tl.load(p0_111, mask=m0_111, other=0.0)
+    a1_111 = tl.load(p1_111, mask=m1_111, other=0.0)
+    q_111 = po_111
+    tl.store(q_111, tl.load(q_111, mask=mo_111, other=0.0) + tl.sum(tl.sum(a0_111 * a1_111, axis=4), axis=3), mask=mo_111)
+    tl.debug_barrier()
+    iu_112 = tl.arange(0, 16)
+    ii_112 = tl.arange(0, 1)
+    p0_112 = scratch + 752 + z[:, None, None] * 5696 + iu_112[None, :, None] + ii_112[None, None, :]
+    m0_112 = row_mask[:, None, None]
+    p1_112 = weight_ptr + 0 + iu_112[None, :, None]
+    po_112 = scratch + 896 + z[:, None, None] * 5696 + iu_112[None, :, None] + ii_112[None, None, :]
+    mo_112 = row_mask[:, None, None]
+    a0_112 = tl.load(p0_112, mask=m0_112, other=0.0)
+    a1_112 = tl.load(p1_112)
+    q_112 = po_112
+    tl.store(q_112, tl.load(q_112, mask=mo_112, other=0.0) + a0_112 * a1_112 * 0.5773502691896257, mask=mo_112)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_cg_d2_weight_7_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_ptr, cg_0_2_2_ptr, cg_1_1_0_ptr, cg_1_1_2_ptr, cg_1_2_1_ptr, cg_1_2_2_ptr, cg_2_2_0_ptr, cg_2_2_2_ptr, d2_f_ptr, d2_d_g_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight, statements 113–117 of 117: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 1680  # this program's slot of the partial buffer
+    iu_113 = tl.arange(0, 16)
+    ii_113 = tl.arange(0, 1)
+    p0_113 = scratch + 752 + z[:, None, None] * 5696 + iu_113[None, :, None] + ii_113[None, None, :]
+    m0_113 = row_mask[:, None, None]
+    p1_113 = scratch + 144 + z[:, None, None] * 5696 + iu_113[None, :, None] + ii_113[None, None, :]
+    m1_113 = row_mask[:, None, None]
+    po_113 = partial + 0 + slot + iu_113
+    a0_113 = tl.load(p0_113, mask=m0_113, other=0.0)
+    a1_113 = tl.load(p1_113, mask=m1_113, other=0.0)
+    q_113 = po_113
+    tl.store(q_113, tl.load(q_113) + tl.sum(tl.sum(a0_113 * a1_113, axis=2), axis=0) * 0.5773502691896257)
+    tl.debug_barrier()
+    # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    ij_114 = tl.arange(0, 1)
+    ik_114 = tl.arange(0, 1)
+    iu_114 = tl.arange(0, 16)
+    p0_114 = scratch + 896 + z[:, None, None, None] * 5696 + iu_114[None, None, None, :] + ik_114[None, None, :, None]
+    m0_114 = row_mask[:, None, None, None]
+    p1_114 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_114[None, None, None, :] + ij_114[None, :, None, None]
+    m1_114 = row_mask[:, None, None, None]
+    po_114 = scratch + 5664 + z[:, None, None, None] * 5696 + ij_114[None, :, None, None] * 16 + ik_114[None, None, :, None] * 16 + iu_114[None, None, None, :]
+    mo_114 = row_mask[:, None, None, None]
+    a0_114 = tl.load(p0_114, mask=m0_114, other=0.0)
+    a1_114 = tl.load(p1_114, mask=m1_114, other=0.0)
+    q_114 = po_114
+    tl.store(q_114, tl.load(q_114, mask=mo_114, other=0.0) + a0_114 * a1_114, mask=mo_114)
+    tl.debug_barrier()
+    iu_115 = tl.arange(0, 16)
+    ii_115 = tl.arange(0, 1)
+    ij_115 = tl.arange(0, 1)
+    ik_115 = tl.arange(0, 1)
+    p0_115 = cg_0_0_0_ptr + 0 + ii_115[None, None, :, None, None] + ij_115[None, None, None, :, None] + ik_115[None, None, None, None, :]
+    p1_115 = scratch + 5664 + z[:, None, None, None, None] * 5696 + ij_115[None, None, None, :, None] * 16 + ik_115[None, None, None, None, :] * 16 + iu_115[None, :, None, None, None]
+    m1_115 = row_mask[:, None, None, None, None]
+    po_115 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_115[None, :, None] + ii_115[None, None, :]
+    mo_115 = row_mask[:, None, None]
+    a0_115 = tl.load(p0_115)
+    a1_115 = tl.load(p1_115, mask=m1_115, other=0.0)
+    q_115 = po_115
+    tl.store(q_115, tl.load(q_115, mask=mo_115, other=0.0) + tl.sum(tl.sum(a0_115 * a1_115, axis=4), axis=3), mask=mo_115)
+    tl.debug_barrier()
+    # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    ii_116 = tl.arange(0, 1)
+    ik_116 = tl.arange(0, 1)
+    iu_116 = tl.arange(0, 16)
+    p0_116 = scratch + 896 + z[:, None, None, None] * 5696 + iu_116[None, None, None, :] + ik_116[None, None, :, None]
+    m0_116 = row_mask[:, None, None, None]
+    p1_116 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_116[None, None, None, :] + ii_116[None, :, None, None]
+    m1_116 = row_mask[:, None, None, None]
+    po_116 = scratch + 5680 + z[:, None, None, None] * 5696 + ii_116[None, :, None, None] * 16 + ik_116[None, None, :, None] * 16 + iu_116[None, None, None, :]
+    mo_116 = row_mask[:, None, None, None]
+    a0_116 = tl.load(p0_116, mask=m0_116, other=0.0)
+    a1_116 = tl.load(p1_116, mask=m1_116, other=0.0)
+    q_116 = po_116
+    tl.store(q_116, tl.load(q_116, mask=mo_116, other=0.0) + a0_116 * a1_116, mask=mo_116)
+    tl.debug_barrier()
+    iu_117 = tl.arange(0, 16)
+    ij_117 = tl.arange(0, 1)
+    ii_117 = tl.arange(0, 1)
+    ik_117 = tl.arange(0, 1)
+    p0_117 = cg_0_0_0_ptr + 0 + ii_117[None, None, None, :, None] + ij_117[None, None, :, None, None] + ik_117[None, None, None, None, :]
+    p1_117 = scratch + 5680 + z[:, None, None, None, None] * 5696 + ii_117[None, None, None, :, None] * 16 + ik_117[None, None, None, None, :] * 16 + iu_117[None, :, None, None, None]
+    m1_117 = row_mask[:, None, None, None, None]
+    po_117 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_117[None, :, None] + ij_117[None, None, :]
+    mo_117 = row_mask[:, None, None]
+    a0_117 = tl.load(p0_117)
+    a1_117 = tl.load(p1_117, mask=m1_117, other=0.0)
+    q_117 = po_117
+    tl.store(q_117, tl.load(q_117, mask=mo_117, other=0.0) + tl.sum(tl.sum(a0_117 * a1_117, axis=4), axis=3), mask=mo_117)
+    tl.debug_barrier()
+
+
+def _cormorant_cg_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the cormorant_cg_d2_weight kernel on (f, d_g, d2_d_weight, weight, cg_0_0_0, cg_0_1_1, cg_0_2_2, cg_1_1_0, cg_1_1_2, cg_1_2_1, cg_1_2_2, cg_2_2_0, cg_2_2_2), 16 rows per program; gradients without rows sum the programs' partial slots."""
+    n = args[0].shape[0]
+    programs = triton.cdiv(n, 16)
+    outputs = [rt.output_rows(args[3], n, size) for size in (144, 144)]
+    scratch = args[3].new_zeros(max(n * 5696, 1))
+    partial = args[3].new_zeros(programs, 1680)
+    arguments = [a.contiguous() for a in args] + outputs
+    dtype = tl.float64 if args[3].dtype == torch.float64 else tl.float32
+    for kernel in (_cormorant_cg_d2_weight_0_kernel, _cormorant_cg_d2_weight_1_kernel, _cormorant_cg_d2_weight_2_kernel, _cormorant_cg_d2_weight_3_kernel, _cormorant_cg_d2_weight_4_kernel, _cormorant_cg_d2_weight_5_kernel, _cormorant_cg_d2_weight_6_kernel, _cormorant_cg_d2_weight_7_kernel,):  # one after another: each sees the last one's writes
+        if n:
+            kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
+    return [outputs[0], outputs[1], partial[:, 0:1680].sum(0)]
 
 
 def _cormorant_cg_d2_weight(
@@ -804,285 +5544,2366 @@ def _cormorant_cg_triton(f, weight, *constants: torch.Tensor) -> list[torch.Tens
 
 # cormorant_cg: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("cormorant_cg_d2_f", _cormorant_cg_d2_f, outputs=((144, True), (144, True), (1680, False)), index_ranges={})
-_ops.register("cormorant_cg_d2_weight", _cormorant_cg_d2_weight, outputs=((144, True), (144, True), (1680, False)), index_ranges={})
-_ops.register("cormorant_cg_d", _cormorant_cg_d, outputs=((144, True), (1680, False)), index_ranges={}, backward=[_ops.cormorant_cg_d2_f, _ops.cormorant_cg_d2_weight])
+_ops.register("cormorant_cg_d2_f", _cormorant_cg_d2_f_triton, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, reference=_cormorant_cg_d2_f)
+_ops.register("cormorant_cg_d2_weight", _cormorant_cg_d2_weight_triton, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, reference=_cormorant_cg_d2_weight)
+_ops.register("cormorant_cg_d", _cormorant_cg_d_triton, outputs=((144, True), (1680, False)), index_ranges={}, backward=[_ops.cormorant_cg_d2_f, _ops.cormorant_cg_d2_weight])
 _ops.register("cormorant_cg", _cormorant_cg_triton, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_cg_d], check_indices=True)
 
 
-def _cormorant_message(
-    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, weight: torch.Tensor,
-    _g_p_0: torch.Tensor,
-) -> list[torch.Tensor]:
-    """cormorant_message on rows: f (n, 144), sh (n, 9), w (n, 240) -> m (n, 144)."""
-    n = f.shape[0]
+@triton.jit
+def _cormorant_message_d_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_p_0_ptr, d_f_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message, statements 1–16 of 82: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    for c0 in range(0, 144, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d_f_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
+    for c0 in range(0, 9, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d_sh_ptr + z[:, None] * 9 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 9)[None, :])
+    for c0 in range(0, 240, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d_w_ptr + z[:, None] * 240 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 240)[None, :])
+    tl.debug_barrier()
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 9), _g_p_0)
+    ij_1 = tl.arange(0, 16)
+    p0_1 = sh_ptr + 0 + z[:, None, None] * 9 + ij_1[None, None, :]
+    m0_1 = row_mask[:, None, None] & (ij_1[None, None, :] < 9)
+    p1_1 = _g_p_0_ptr + 0 + ij_1[None, None, :] * 179
+    m1_1 = (ij_1[None, None, :] < 9)
+    po_1 = scratch + 144 + z[:, None] * 2598
+    mo_1 = row_mask[:, None]
+    for startc_1 in range(0, 179, 16):
+        ic_1 = startc_1 + tl.arange(0, 16)
+        a0_1 = tl.load(p0_1, mask=m0_1, other=0.0)
+        a1_1 = tl.load(p1_1 + ic_1[None, :, None], mask=m1_1 & (ic_1[None, :, None] < 179), other=0.0)
+        q_1 = po_1 + ic_1[None, :]
+        tl.store(q_1, tl.load(q_1, mask=mo_1 & (ic_1[None, :] < 179), other=0.0) + tl.sum(a0_1 * a1_1, axis=2), mask=mo_1 & (ic_1[None, :] < 179))
+    tl.debug_barrier()
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
-    p_0 = _t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
+    iu_2 = tl.arange(0, 16)
+    ip_2 = tl.arange(0, 1)
+    ik_2 = tl.arange(0, 1)
+    ii_2 = tl.arange(0, 1)
+    p0_2 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_2[None, :, None, None, None] + ii_2[None, None, None, None, :]
+    m0_2 = row_mask[:, None, None, None, None]
+    p1_2 = scratch + 144 + z[:, None, None, None, None] * 2598 + ii_2[None, None, None, None, :] + ip_2[None, None, :, None, None] + ik_2[None, None, None, :, None]
+    m1_2 = row_mask[:, None, None, None, None]
+    po_2 = scratch + 323 + z[:, None, None, None] * 2598 + iu_2[None, :, None, None] + ip_2[None, None, :, None] + ik_2[None, None, None, :]
+    mo_2 = row_mask[:, None, None, None]
+    a0_2 = tl.load(p0_2, mask=m0_2, other=0.0)
+    a1_2 = tl.load(p1_2, mask=m1_2, other=0.0)
+    q_2 = po_2
+    tl.store(q_2, tl.load(q_2, mask=mo_2, other=0.0) + tl.sum(a0_2 * a1_2, axis=4), mask=mo_2)
+    tl.debug_barrier()
+    iu_3 = tl.arange(0, 16)
+    ik_3 = tl.arange(0, 1)
+    ip_3 = tl.arange(0, 1)
+    p0_3 = scratch + 323 + z[:, None, None, None] * 2598 + iu_3[None, :, None, None] + ip_3[None, None, None, :] + ik_3[None, None, :, None]
+    m0_3 = row_mask[:, None, None, None]
+    p1_3 = w_ptr + 0 + z[:, None, None, None] * 240 + ip_3[None, None, None, :] * 16 + iu_3[None, :, None, None]
+    m1_3 = row_mask[:, None, None, None]
+    po_3 = scratch + 0 + z[:, None, None] * 2598 + iu_3[None, :, None] + ik_3[None, None, :]
+    mo_3 = row_mask[:, None, None]
+    a0_3 = tl.load(p0_3, mask=m0_3, other=0.0)
+    a1_3 = tl.load(p1_3, mask=m1_3, other=0.0)
+    q_3 = po_3
+    tl.store(q_3, tl.load(q_3, mask=mo_3, other=0.0) + tl.sum(a0_3 * a1_3, axis=3), mask=mo_3)
+    tl.debug_barrier()
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
-    p_1 = _t_p_0_0_1.reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1)
+    iu_4 = tl.arange(0, 16)
+    ip_4 = tl.arange(0, 1)
+    ik_4 = tl.arange(0, 4)
+    ii_4 = tl.arange(0, 1)
+    p0_4 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_4[None, :, None, None, None] + ii_4[None, None, None, None, :]
+    m0_4 = row_mask[:, None, None, None, None]
+    p1_4 = scratch + 145 + z[:, None, None, None, None] * 2598 + ii_4[None, None, None, None, :] * 3 + ip_4[None, None, :, None, None] * 3 + ik_4[None, None, None, :, None]
+    m1_4 = row_mask[:, None, None, None, None] & (ik_4[None, None, None, :, None] < 3)
+    po_4 = scratch + 339 + z[:, None, None, None] * 2598 + iu_4[None, :, None, None] * 3 + ip_4[None, None, :, None] * 3 + ik_4[None, None, None, :]
+    mo_4 = row_mask[:, None, None, None] & (ik_4[None, None, None, :] < 3)
+    a0_4 = tl.load(p0_4, mask=m0_4, other=0.0)
+    a1_4 = tl.load(p1_4, mask=m1_4, other=0.0)
+    q_4 = po_4
+    tl.store(q_4, tl.load(q_4, mask=mo_4, other=0.0) + tl.sum(a0_4 * a1_4, axis=4), mask=mo_4)
+    tl.debug_barrier()
+    iu_5 = tl.arange(0, 16)
+    ik_5 = tl.arange(0, 4)
+    ip_5 = tl.arange(0, 1)
+    p0_5 = scratch + 339 + z[:, None, None, None] * 2598 + iu_5[None, :, None, None] * 3 + ip_5[None, None, None, :] * 3 + ik_5[None, None, :, None]
+    m0_5 = row_mask[:, None, None, None] & (ik_5[None, None, :, None] < 3)
+    p1_5 = w_ptr + 16 + z[:, None, None, None] * 240 + ip_5[None, None, None, :] * 16 + iu_5[None, :, None, None]
+    m1_5 = row_mask[:, None, None, None]
+    po_5 = scratch + 16 + z[:, None, None] * 2598 + iu_5[None, :, None] * 3 + ik_5[None, None, :]
+    mo_5 = row_mask[:, None, None] & (ik_5[None, None, :] < 3)
+    a0_5 = tl.load(p0_5, mask=m0_5, other=0.0)
+    a1_5 = tl.load(p1_5, mask=m1_5, other=0.0)
+    q_5 = po_5
+    tl.store(q_5, tl.load(q_5, mask=mo_5, other=0.0) + tl.sum(a0_5 * a1_5, axis=3), mask=mo_5)
+    tl.debug_barrier()
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
-    p_2 = _t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
+    iu_6 = tl.arange(0, 16)
+    ip_6 = tl.arange(0, 1)
+    ik_6 = tl.arange(0, 8)
+    ii_6 = tl.arange(0, 1)
+    p0_6 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_6[None, :, None, None, None] + ii_6[None, None, None, None, :]
+    m0_6 = row_mask[:, None, None, None, None]
+    p1_6 = scratch + 148 + z[:, None, None, None, None] * 2598 + ii_6[None, None, None, None, :] * 5 + ip_6[None, None, :, None, None] * 5 + ik_6[None, None, None, :, None]
+    m1_6 = row_mask[:, None, None, None, None] & (ik_6[None, None, None, :, None] < 5)
+    po_6 = scratch + 387 + z[:, None, None, None] * 2598 + iu_6[None, :, None, None] * 5 + ip_6[None, None, :, None] * 5 + ik_6[None, None, None, :]
+    mo_6 = row_mask[:, None, None, None] & (ik_6[None, None, None, :] < 5)
+    a0_6 = tl.load(p0_6, mask=m0_6, other=0.0)
+    a1_6 = tl.load(p1_6, mask=m1_6, other=0.0)
+    q_6 = po_6
+    tl.store(q_6, tl.load(q_6, mask=mo_6, other=0.0) + tl.sum(a0_6 * a1_6, axis=4), mask=mo_6)
+    tl.debug_barrier()
+    iu_7 = tl.arange(0, 16)
+    ik_7 = tl.arange(0, 8)
+    ip_7 = tl.arange(0, 1)
+    p0_7 = scratch + 387 + z[:, None, None, None] * 2598 + iu_7[None, :, None, None] * 5 + ip_7[None, None, None, :] * 5 + ik_7[None, None, :, None]
+    m0_7 = row_mask[:, None, None, None] & (ik_7[None, None, :, None] < 5)
+    p1_7 = w_ptr + 32 + z[:, None, None, None] * 240 + ip_7[None, None, None, :] * 16 + iu_7[None, :, None, None]
+    m1_7 = row_mask[:, None, None, None]
+    po_7 = scratch + 64 + z[:, None, None] * 2598 + iu_7[None, :, None] * 5 + ik_7[None, None, :]
+    mo_7 = row_mask[:, None, None] & (ik_7[None, None, :] < 5)
+    a0_7 = tl.load(p0_7, mask=m0_7, other=0.0)
+    a1_7 = tl.load(p1_7, mask=m1_7, other=0.0)
+    q_7 = po_7
+    tl.store(q_7, tl.load(q_7, mask=mo_7, other=0.0) + tl.sum(a0_7 * a1_7, axis=3), mask=mo_7)
+    tl.debug_barrier()
     # 1 paths 16x1 ⊗ sh -> 16x0
-    _t_p_0_1_0 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
-    p_3 = _t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
-    w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
-    w_p_0_1_1_5 = w[:, 80:96].reshape(n, 16)
-    w_p_0_1_1_6 = w[:, 112:128].reshape(n, 16)
+    iu_8 = tl.arange(0, 16)
+    ip_8 = tl.arange(0, 1)
+    ik_8 = tl.arange(0, 1)
+    ii_8 = tl.arange(0, 4)
+    p0_8 = f_ptr + 16 + z[:, None, None, None, None] * 144 + iu_8[None, :, None, None, None] * 3 + ii_8[None, None, None, None, :]
+    m0_8 = row_mask[:, None, None, None, None] & (ii_8[None, None, None, None, :] < 3)
+    p1_8 = scratch + 153 + z[:, None, None, None, None] * 2598 + ii_8[None, None, None, None, :] + ip_8[None, None, :, None, None] + ik_8[None, None, None, :, None]
+    m1_8 = row_mask[:, None, None, None, None] & (ii_8[None, None, None, None, :] < 3)
+    po_8 = scratch + 467 + z[:, None, None, None] * 2598 + iu_8[None, :, None, None] + ip_8[None, None, :, None] + ik_8[None, None, None, :]
+    mo_8 = row_mask[:, None, None, None]
+    a0_8 = tl.load(p0_8, mask=m0_8, other=0.0)
+    a1_8 = tl.load(p1_8, mask=m1_8, other=0.0)
+    q_8 = po_8
+    tl.store(q_8, tl.load(q_8, mask=mo_8, other=0.0) + tl.sum(a0_8 * a1_8, axis=4), mask=mo_8)
+    tl.debug_barrier()
+    iu_9 = tl.arange(0, 16)
+    ik_9 = tl.arange(0, 1)
+    ip_9 = tl.arange(0, 1)
+    p0_9 = scratch + 467 + z[:, None, None, None] * 2598 + iu_9[None, :, None, None] + ip_9[None, None, None, :] + ik_9[None, None, :, None]
+    m0_9 = row_mask[:, None, None, None]
+    p1_9 = w_ptr + 64 + z[:, None, None, None] * 240 + ip_9[None, None, None, :] * 16 + iu_9[None, :, None, None]
+    m1_9 = row_mask[:, None, None, None]
+    po_9 = scratch + 0 + z[:, None, None] * 2598 + iu_9[None, :, None] + ik_9[None, None, :]
+    mo_9 = row_mask[:, None, None]
+    a0_9 = tl.load(p0_9, mask=m0_9, other=0.0)
+    a1_9 = tl.load(p1_9, mask=m1_9, other=0.0)
+    q_9 = po_9
+    tl.store(q_9, tl.load(q_9, mask=mo_9, other=0.0) + tl.sum(a0_9 * a1_9, axis=3), mask=mo_9)
+    tl.debug_barrier()
+    iu_10 = tl.arange(0, 16)
+    p0_10 = w_ptr + 48 + z[:, None] * 240 + iu_10[None, :]
+    m0_10 = row_mask[:, None]
+    po_10 = scratch + 483 + z[:, None] * 2598 + iu_10[None, :]
+    mo_10 = row_mask[:, None]
+    a0_10 = tl.load(p0_10, mask=m0_10, other=0.0)
+    q_10 = po_10
+    tl.store(q_10, tl.load(q_10, mask=mo_10, other=0.0) + a0_10, mask=mo_10)
+    tl.debug_barrier()
+    iu_11 = tl.arange(0, 16)
+    p0_11 = w_ptr + 80 + z[:, None] * 240 + iu_11[None, :]
+    m0_11 = row_mask[:, None]
+    po_11 = scratch + 499 + z[:, None] * 2598 + iu_11[None, :]
+    mo_11 = row_mask[:, None]
+    a0_11 = tl.load(p0_11, mask=m0_11, other=0.0)
+    q_11 = po_11
+    tl.store(q_11, tl.load(q_11, mask=mo_11, other=0.0) + a0_11, mask=mo_11)
+    tl.debug_barrier()
+    iu_12 = tl.arange(0, 16)
+    p0_12 = w_ptr + 112 + z[:, None] * 240 + iu_12[None, :]
+    m0_12 = row_mask[:, None]
+    po_12 = scratch + 515 + z[:, None] * 2598 + iu_12[None, :]
+    mo_12 = row_mask[:, None]
+    a0_12 = tl.load(p0_12, mask=m0_12, other=0.0)
+    q_12 = po_12
+    tl.store(q_12, tl.load(q_12, mask=mo_12, other=0.0) + a0_12, mask=mo_12)
+    tl.debug_barrier()
     # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
-    _w_p_0_1_1 = torch.cat([
-        w_p_0_1_1_4.reshape(n, 16),
-        w_p_0_1_1_5.reshape(n, 16),
-        w_p_0_1_1_6.reshape(n, 16),
-    ], dim=-1)
-    p_7 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_1, _w_p_0_1_1.reshape(n, 3, 16))
-    w_p_0_1_2_8 = w[:, 96:112].reshape(n, 16)
-    w_p_0_1_2_9 = w[:, 128:144].reshape(n, 16)
-    # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p_0_1_2 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
-    _w_p_0_1_2 = torch.cat([
-        w_p_0_1_2_8.reshape(n, 16),
-        w_p_0_1_2_9.reshape(n, 16),
-    ], dim=-1)
-    p_10 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_2, _w_p_0_1_2.reshape(n, 2, 16))
-    # 1 paths 16x2 ⊗ sh -> 16x0
-    _t_p_0_2_0 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
-    p_11 = _t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
-    w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
-    w_p_0_2_1_13 = w[:, 208:224].reshape(n, 16)
-    # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
-    _w_p_0_2_1 = torch.cat([
-        w_p_0_2_1_12.reshape(n, 16),
-        w_p_0_2_1_13.reshape(n, 16),
-    ], dim=-1)
-    p_14 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_1, _w_p_0_2_1.reshape(n, 2, 16))
-    w_p_0_2_2_15 = w[:, 144:160].reshape(n, 16)
-    w_p_0_2_2_16 = w[:, 176:192].reshape(n, 16)
-    w_p_0_2_2_17 = w[:, 224:240].reshape(n, 16)
-    # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p_0_2_2 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
-    _w_p_0_2_2 = torch.cat([
-        w_p_0_2_2_15.reshape(n, 16),
-        w_p_0_2_2_16.reshape(n, 16),
-        w_p_0_2_2_17.reshape(n, 16),
-    ], dim=-1)
-    p_18 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_2, _w_p_0_2_2.reshape(n, 3, 16))
-    # 16x0 -> 16x0
-    p = torch.cat([
-        (p_0 + p_3 + p_11).reshape(n, 16),
-        (p_1 + p_7 + p_14).reshape(n, 48),
-        (p_2 + p_10 + p_18).reshape(n, 80),
-    ], dim=-1)
-    m_19 = torch.einsum("zui,uw->zwi", p[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
-    # 16x1 -> 16x1
-    m_20 = torch.einsum("zui,uw->zwi", p[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
-    # 16x2 -> 16x2
-    m_21 = torch.einsum("zui,uw->zwi", p[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
-    m = torch.cat([
-        m_19.reshape(n, 16),
-        m_20.reshape(n, 48),
-        m_21.reshape(n, 80),
-    ], dim=-1)
-    return [m]
+    ip_13 = tl.arange(0, 4)
+    ik_13 = tl.arange(0, 4)
+    ii_13 = tl.arange(0, 4)
+    p0_13 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_13[None, None, None, None, :]
+    m0_13 = row_mask[:, None, None, None, None] & (ii_13[None, None, None, None, :] < 3)
+    p1_13 = scratch + 156 + z[:, None, None, None, None] * 2598 + ii_13[None, None, None, None, :] * 9 + ip_13[None, None, :, None, None] * 3 + ik_13[None, None, None, :, None]
+    m1_13 = row_mask[:, None, None, None, None] & (ii_13[None, None, None, None, :] < 3) & (ip_13[None, None, :, None, None] < 3) & (ik_13[None, None, None, :, None] < 3)
+    po_13 = scratch + 531 + z[:, None, None, None] * 2598 + ip_13[None, None, :, None] * 3 + ik_13[None, None, None, :]
+    mo_13 = row_mask[:, None, None, None] & (ip_13[None, None, :, None] < 3) & (ik_13[None, None, None, :] < 3)
+    for startu_13 in range(0, 16, 4):
+        iu_13 = startu_13 + tl.arange(0, 4)
+        a0_13 = tl.load(p0_13 + iu_13[None, :, None, None, None] * 3, mask=m0_13, other=0.0)
+        a1_13 = tl.load(p1_13, mask=m1_13, other=0.0)
+        q_13 = po_13 + iu_13[None, :, None, None] * 9
+        tl.store(q_13, tl.load(q_13, mask=mo_13, other=0.0) + tl.sum(a0_13 * a1_13, axis=4), mask=mo_13)
+    tl.debug_barrier()
+    iu_14 = tl.arange(0, 16)
+    ik_14 = tl.arange(0, 4)
+    ip_14 = tl.arange(0, 4)
+    p0_14 = scratch + 531 + z[:, None, None, None] * 2598 + iu_14[None, :, None, None] * 9 + ip_14[None, None, None, :] * 3 + ik_14[None, None, :, None]
+    m0_14 = row_mask[:, None, None, None] & (ip_14[None, None, None, :] < 3) & (ik_14[None, None, :, None] < 3)
+    p1_14 = scratch + 483 + z[:, None, None, None] * 2598 + ip_14[None, None, None, :] * 16 + iu_14[None, :, None, None]
+    m1_14 = row_mask[:, None, None, None] & (ip_14[None, None, None, :] < 3)
+    po_14 = scratch + 16 + z[:, None, None] * 2598 + iu_14[None, :, None] * 3 + ik_14[None, None, :]
+    mo_14 = row_mask[:, None, None] & (ik_14[None, None, :] < 3)
+    a0_14 = tl.load(p0_14, mask=m0_14, other=0.0)
+    a1_14 = tl.load(p1_14, mask=m1_14, other=0.0)
+    q_14 = po_14
+    tl.store(q_14, tl.load(q_14, mask=mo_14, other=0.0) + tl.sum(a0_14 * a1_14, axis=3), mask=mo_14)
+    tl.debug_barrier()
+    iu_15 = tl.arange(0, 16)
+    p0_15 = w_ptr + 96 + z[:, None] * 240 + iu_15[None, :]
+    m0_15 = row_mask[:, None]
+    po_15 = scratch + 675 + z[:, None] * 2598 + iu_15[None, :]
+    mo_15 = row_mask[:, None]
+    a0_15 = tl.load(p0_15, mask=m0_15, other=0.0)
+    q_15 = po_15
+    tl.store(q_15, tl.load(q_15, mask=mo_15, other=0.0) + a0_15, mask=mo_15)
+    tl.debug_barrier()
+    iu_16 = tl.arange(0, 16)
+    p0_16 = w_ptr + 128 + z[:, None] * 240 + iu_16[None, :]
+    m0_16 = row_mask[:, None]
+    po_16 = scratch + 691 + z[:, None] * 2598 + iu_16[None, :]
+    mo_16 = row_mask[:, None]
+    a0_16 = tl.load(p0_16, mask=m0_16, other=0.0)
+    q_16 = po_16
+    tl.store(q_16, tl.load(q_16, mask=mo_16, other=0.0) + a0_16, mask=mo_16)
+    tl.debug_barrier()
 
 
-def _cormorant_message_d(
-    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
-    weight: torch.Tensor, _g_p_0: torch.Tensor,
-) -> list[torch.Tensor]:
-    """the vector-Jacobian product of cormorant_message: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_f (n, 144), d_sh (n, 9), d_w (n, 240), d_weight (768,)."""
-    n = f.shape[0]
-    # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 9), _g_p_0)
-    # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
-    p_0 = _t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
-    # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
-    p_1 = _t_p_0_0_1.reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1)
-    # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
-    p_2 = _t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
-    # 1 paths 16x1 ⊗ sh -> 16x0
-    _t_p_0_1_0 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
-    p_3 = _t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
-    w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
-    w_p_0_1_1_5 = w[:, 80:96].reshape(n, 16)
-    w_p_0_1_1_6 = w[:, 112:128].reshape(n, 16)
-    # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
-    _w_p_0_1_1 = torch.cat([
-        w_p_0_1_1_4.reshape(n, 16),
-        w_p_0_1_1_5.reshape(n, 16),
-        w_p_0_1_1_6.reshape(n, 16),
-    ], dim=-1)
-    p_7 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_1, _w_p_0_1_1.reshape(n, 3, 16))
-    w_p_0_1_2_8 = w[:, 96:112].reshape(n, 16)
-    w_p_0_1_2_9 = w[:, 128:144].reshape(n, 16)
+@triton.jit
+def _cormorant_message_d_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_p_0_ptr, d_f_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message, statements 17–32 of 82: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
     # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p_0_1_2 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
-    _w_p_0_1_2 = torch.cat([
-        w_p_0_1_2_8.reshape(n, 16),
-        w_p_0_1_2_9.reshape(n, 16),
-    ], dim=-1)
-    p_10 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_2, _w_p_0_1_2.reshape(n, 2, 16))
+    ip_17 = tl.arange(0, 2)
+    ik_17 = tl.arange(0, 8)
+    ii_17 = tl.arange(0, 4)
+    p0_17 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_17[None, None, None, None, :]
+    m0_17 = row_mask[:, None, None, None, None] & (ii_17[None, None, None, None, :] < 3)
+    p1_17 = scratch + 183 + z[:, None, None, None, None] * 2598 + ii_17[None, None, None, None, :] * 10 + ip_17[None, None, :, None, None] * 5 + ik_17[None, None, None, :, None]
+    m1_17 = row_mask[:, None, None, None, None] & (ii_17[None, None, None, None, :] < 3) & (ik_17[None, None, None, :, None] < 5)
+    po_17 = scratch + 707 + z[:, None, None, None] * 2598 + ip_17[None, None, :, None] * 5 + ik_17[None, None, None, :]
+    mo_17 = row_mask[:, None, None, None] & (ik_17[None, None, None, :] < 5)
+    for startu_17 in range(0, 16, 4):
+        iu_17 = startu_17 + tl.arange(0, 4)
+        a0_17 = tl.load(p0_17 + iu_17[None, :, None, None, None] * 3, mask=m0_17, other=0.0)
+        a1_17 = tl.load(p1_17, mask=m1_17, other=0.0)
+        q_17 = po_17 + iu_17[None, :, None, None] * 10
+        tl.store(q_17, tl.load(q_17, mask=mo_17, other=0.0) + tl.sum(a0_17 * a1_17, axis=4), mask=mo_17)
+    tl.debug_barrier()
+    iu_18 = tl.arange(0, 16)
+    ik_18 = tl.arange(0, 8)
+    ip_18 = tl.arange(0, 2)
+    p0_18 = scratch + 707 + z[:, None, None, None] * 2598 + iu_18[None, :, None, None] * 10 + ip_18[None, None, None, :] * 5 + ik_18[None, None, :, None]
+    m0_18 = row_mask[:, None, None, None] & (ik_18[None, None, :, None] < 5)
+    p1_18 = scratch + 675 + z[:, None, None, None] * 2598 + ip_18[None, None, None, :] * 16 + iu_18[None, :, None, None]
+    m1_18 = row_mask[:, None, None, None]
+    po_18 = scratch + 64 + z[:, None, None] * 2598 + iu_18[None, :, None] * 5 + ik_18[None, None, :]
+    mo_18 = row_mask[:, None, None] & (ik_18[None, None, :] < 5)
+    a0_18 = tl.load(p0_18, mask=m0_18, other=0.0)
+    a1_18 = tl.load(p1_18, mask=m1_18, other=0.0)
+    q_18 = po_18
+    tl.store(q_18, tl.load(q_18, mask=mo_18, other=0.0) + tl.sum(a0_18 * a1_18, axis=3), mask=mo_18)
+    tl.debug_barrier()
     # 1 paths 16x2 ⊗ sh -> 16x0
-    _t_p_0_2_0 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
-    p_11 = _t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
-    w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
-    w_p_0_2_1_13 = w[:, 208:224].reshape(n, 16)
+    iu_19 = tl.arange(0, 16)
+    ip_19 = tl.arange(0, 1)
+    ik_19 = tl.arange(0, 1)
+    ii_19 = tl.arange(0, 8)
+    p0_19 = f_ptr + 64 + z[:, None, None, None, None] * 144 + iu_19[None, :, None, None, None] * 5 + ii_19[None, None, None, None, :]
+    m0_19 = row_mask[:, None, None, None, None] & (ii_19[None, None, None, None, :] < 5)
+    p1_19 = scratch + 213 + z[:, None, None, None, None] * 2598 + ii_19[None, None, None, None, :] + ip_19[None, None, :, None, None] + ik_19[None, None, None, :, None]
+    m1_19 = row_mask[:, None, None, None, None] & (ii_19[None, None, None, None, :] < 5)
+    po_19 = scratch + 867 + z[:, None, None, None] * 2598 + iu_19[None, :, None, None] + ip_19[None, None, :, None] + ik_19[None, None, None, :]
+    mo_19 = row_mask[:, None, None, None]
+    a0_19 = tl.load(p0_19, mask=m0_19, other=0.0)
+    a1_19 = tl.load(p1_19, mask=m1_19, other=0.0)
+    q_19 = po_19
+    tl.store(q_19, tl.load(q_19, mask=mo_19, other=0.0) + tl.sum(a0_19 * a1_19, axis=4), mask=mo_19)
+    tl.debug_barrier()
+    iu_20 = tl.arange(0, 16)
+    ik_20 = tl.arange(0, 1)
+    ip_20 = tl.arange(0, 1)
+    p0_20 = scratch + 867 + z[:, None, None, None] * 2598 + iu_20[None, :, None, None] + ip_20[None, None, None, :] + ik_20[None, None, :, None]
+    m0_20 = row_mask[:, None, None, None]
+    p1_20 = w_ptr + 192 + z[:, None, None, None] * 240 + ip_20[None, None, None, :] * 16 + iu_20[None, :, None, None]
+    m1_20 = row_mask[:, None, None, None]
+    po_20 = scratch + 0 + z[:, None, None] * 2598 + iu_20[None, :, None] + ik_20[None, None, :]
+    mo_20 = row_mask[:, None, None]
+    a0_20 = tl.load(p0_20, mask=m0_20, other=0.0)
+    a1_20 = tl.load(p1_20, mask=m1_20, other=0.0)
+    q_20 = po_20
+    tl.store(q_20, tl.load(q_20, mask=mo_20, other=0.0) + tl.sum(a0_20 * a1_20, axis=3), mask=mo_20)
+    tl.debug_barrier()
+    iu_21 = tl.arange(0, 16)
+    p0_21 = w_ptr + 160 + z[:, None] * 240 + iu_21[None, :]
+    m0_21 = row_mask[:, None]
+    po_21 = scratch + 883 + z[:, None] * 2598 + iu_21[None, :]
+    mo_21 = row_mask[:, None]
+    a0_21 = tl.load(p0_21, mask=m0_21, other=0.0)
+    q_21 = po_21
+    tl.store(q_21, tl.load(q_21, mask=mo_21, other=0.0) + a0_21, mask=mo_21)
+    tl.debug_barrier()
+    iu_22 = tl.arange(0, 16)
+    p0_22 = w_ptr + 208 + z[:, None] * 240 + iu_22[None, :]
+    m0_22 = row_mask[:, None]
+    po_22 = scratch + 899 + z[:, None] * 2598 + iu_22[None, :]
+    mo_22 = row_mask[:, None]
+    a0_22 = tl.load(p0_22, mask=m0_22, other=0.0)
+    q_22 = po_22
+    tl.store(q_22, tl.load(q_22, mask=mo_22, other=0.0) + a0_22, mask=mo_22)
+    tl.debug_barrier()
     # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
-    _w_p_0_2_1 = torch.cat([
-        w_p_0_2_1_12.reshape(n, 16),
-        w_p_0_2_1_13.reshape(n, 16),
-    ], dim=-1)
-    p_14 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_1, _w_p_0_2_1.reshape(n, 2, 16))
-    w_p_0_2_2_15 = w[:, 144:160].reshape(n, 16)
-    w_p_0_2_2_16 = w[:, 176:192].reshape(n, 16)
-    w_p_0_2_2_17 = w[:, 224:240].reshape(n, 16)
+    ip_23 = tl.arange(0, 2)
+    ik_23 = tl.arange(0, 4)
+    ii_23 = tl.arange(0, 8)
+    p0_23 = f_ptr + 64 + z[:, None, None, None, None] * 144 + ii_23[None, None, None, None, :]
+    m0_23 = row_mask[:, None, None, None, None] & (ii_23[None, None, None, None, :] < 5)
+    p1_23 = scratch + 218 + z[:, None, None, None, None] * 2598 + ii_23[None, None, None, None, :] * 6 + ip_23[None, None, :, None, None] * 3 + ik_23[None, None, None, :, None]
+    m1_23 = row_mask[:, None, None, None, None] & (ii_23[None, None, None, None, :] < 5) & (ik_23[None, None, None, :, None] < 3)
+    po_23 = scratch + 915 + z[:, None, None, None] * 2598 + ip_23[None, None, :, None] * 3 + ik_23[None, None, None, :]
+    mo_23 = row_mask[:, None, None, None] & (ik_23[None, None, None, :] < 3)
+    for startu_23 in range(0, 16, 4):
+        iu_23 = startu_23 + tl.arange(0, 4)
+        a0_23 = tl.load(p0_23 + iu_23[None, :, None, None, None] * 5, mask=m0_23, other=0.0)
+        a1_23 = tl.load(p1_23, mask=m1_23, other=0.0)
+        q_23 = po_23 + iu_23[None, :, None, None] * 6
+        tl.store(q_23, tl.load(q_23, mask=mo_23, other=0.0) + tl.sum(a0_23 * a1_23, axis=4), mask=mo_23)
+    tl.debug_barrier()
+    iu_24 = tl.arange(0, 16)
+    ik_24 = tl.arange(0, 4)
+    ip_24 = tl.arange(0, 2)
+    p0_24 = scratch + 915 + z[:, None, None, None] * 2598 + iu_24[None, :, None, None] * 6 + ip_24[None, None, None, :] * 3 + ik_24[None, None, :, None]
+    m0_24 = row_mask[:, None, None, None] & (ik_24[None, None, :, None] < 3)
+    p1_24 = scratch + 883 + z[:, None, None, None] * 2598 + ip_24[None, None, None, :] * 16 + iu_24[None, :, None, None]
+    m1_24 = row_mask[:, None, None, None]
+    po_24 = scratch + 16 + z[:, None, None] * 2598 + iu_24[None, :, None] * 3 + ik_24[None, None, :]
+    mo_24 = row_mask[:, None, None] & (ik_24[None, None, :] < 3)
+    a0_24 = tl.load(p0_24, mask=m0_24, other=0.0)
+    a1_24 = tl.load(p1_24, mask=m1_24, other=0.0)
+    q_24 = po_24
+    tl.store(q_24, tl.load(q_24, mask=mo_24, other=0.0) + tl.sum(a0_24 * a1_24, axis=3), mask=mo_24)
+    tl.debug_barrier()
+    iu_25 = tl.arange(0, 16)
+    p0_25 = w_ptr + 144 + z[:, None] * 240 + iu_25[None, :]
+    m0_25 = row_mask[:, None]
+    po_25 = scratch + 1011 + z[:, None] * 2598 + iu_25[None, :]
+    mo_25 = row_mask[:, None]
+    a0_25 = tl.load(p0_25, mask=m0_25, other=0.0)
+    q_25 = po_25
+    tl.store(q_25, tl.load(q_25, mask=mo_25, other=0.0) + a0_25, mask=mo_25)
+    tl.debug_barrier()
+    iu_26 = tl.arange(0, 16)
+    p0_26 = w_ptr + 176 + z[:, None] * 240 + iu_26[None, :]
+    m0_26 = row_mask[:, None]
+    po_26 = scratch + 1027 + z[:, None] * 2598 + iu_26[None, :]
+    mo_26 = row_mask[:, None]
+    a0_26 = tl.load(p0_26, mask=m0_26, other=0.0)
+    q_26 = po_26
+    tl.store(q_26, tl.load(q_26, mask=mo_26, other=0.0) + a0_26, mask=mo_26)
+    tl.debug_barrier()
+    iu_27 = tl.arange(0, 16)
+    p0_27 = w_ptr + 224 + z[:, None] * 240 + iu_27[None, :]
+    m0_27 = row_mask[:, None]
+    po_27 = scratch + 1043 + z[:, None] * 2598 + iu_27[None, :]
+    mo_27 = row_mask[:, None]
+    a0_27 = tl.load(p0_27, mask=m0_27, other=0.0)
+    q_27 = po_27
+    tl.store(q_27, tl.load(q_27, mask=mo_27, other=0.0) + a0_27, mask=mo_27)
+    tl.debug_barrier()
     # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p_0_2_2 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
-    _w_p_0_2_2 = torch.cat([
-        w_p_0_2_2_15.reshape(n, 16),
-        w_p_0_2_2_16.reshape(n, 16),
-        w_p_0_2_2_17.reshape(n, 16),
-    ], dim=-1)
-    p_18 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_2, _w_p_0_2_2.reshape(n, 3, 16))
+    ip_28 = tl.arange(0, 4)
+    p0_28 = f_ptr + 64 + z[:, None, None, None, None] * 144
+    m0_28 = row_mask[:, None, None, None, None]
+    p1_28 = scratch + 248 + z[:, None, None, None, None] * 2598 + ip_28[None, None, :, None, None] * 5
+    m1_28 = row_mask[:, None, None, None, None] & (ip_28[None, None, :, None, None] < 3)
+    po_28 = scratch + 1059 + z[:, None, None, None] * 2598 + ip_28[None, None, :, None] * 5
+    mo_28 = row_mask[:, None, None, None] & (ip_28[None, None, :, None] < 3)
+    for startu_28 in range(0, 16, 4):
+        iu_28 = startu_28 + tl.arange(0, 4)
+        for startk_28 in range(0, 5, 4):
+            ik_28 = startk_28 + tl.arange(0, 4)
+            acc_28 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
+            for starti_28 in range(0, 5, 4):
+                ii_28 = starti_28 + tl.arange(0, 4)
+                a0_28 = tl.load(p0_28 + iu_28[None, :, None, None, None] * 5 + ii_28[None, None, None, None, :], mask=m0_28 & (ii_28[None, None, None, None, :] < 5), other=0.0)
+                a1_28 = tl.load(p1_28 + ii_28[None, None, None, None, :] * 15 + ik_28[None, None, None, :, None], mask=m1_28 & (ii_28[None, None, None, None, :] < 5) & (ik_28[None, None, None, :, None] < 5), other=0.0)
+                acc_28 += tl.sum(a0_28 * a1_28, axis=4)
+            q_28 = po_28 + iu_28[None, :, None, None] * 15 + ik_28[None, None, None, :]
+            tl.store(q_28, tl.load(q_28, mask=mo_28 & (ik_28[None, None, None, :] < 5), other=0.0) + acc_28, mask=mo_28 & (ik_28[None, None, None, :] < 5))
+    tl.debug_barrier()
+    ik_29 = tl.arange(0, 8)
+    ip_29 = tl.arange(0, 4)
+    p0_29 = scratch + 1059 + z[:, None, None, None] * 2598 + ip_29[None, None, None, :] * 5 + ik_29[None, None, :, None]
+    m0_29 = row_mask[:, None, None, None] & (ip_29[None, None, None, :] < 3) & (ik_29[None, None, :, None] < 5)
+    p1_29 = scratch + 1011 + z[:, None, None, None] * 2598 + ip_29[None, None, None, :] * 16
+    m1_29 = row_mask[:, None, None, None] & (ip_29[None, None, None, :] < 3)
+    po_29 = scratch + 64 + z[:, None, None] * 2598 + ik_29[None, None, :]
+    mo_29 = row_mask[:, None, None] & (ik_29[None, None, :] < 5)
+    for startu_29 in range(0, 16, 8):
+        iu_29 = startu_29 + tl.arange(0, 8)
+        a0_29 = tl.load(p0_29 + iu_29[None, :, None, None] * 15, mask=m0_29, other=0.0)
+        a1_29 = tl.load(p1_29 + iu_29[None, :, None, None], mask=m1_29, other=0.0)
+        q_29 = po_29 + iu_29[None, :, None] * 5
+        tl.store(q_29, tl.load(q_29, mask=mo_29, other=0.0) + tl.sum(a0_29 * a1_29, axis=3), mask=mo_29)
+    tl.debug_barrier()
     # ∂/∂p: 16x2 -> 16x2
-    d_p_19 = torch.einsum("zwi,uw->zui", d_m[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    ii_30 = tl.arange(0, 8)
+    p0_30 = d_m_ptr + 64 + z[:, None, None, None] * 144 + ii_30[None, None, :, None]
+    m0_30 = row_mask[:, None, None, None] & (ii_30[None, None, :, None] < 5)
+    p1_30 = weight_ptr + 512
+    po_30 = scratch + 1363 + z[:, None, None] * 2598 + ii_30[None, None, :]
+    mo_30 = row_mask[:, None, None] & (ii_30[None, None, :] < 5)
+    for startu_30 in range(0, 16, 4):
+        iu_30 = startu_30 + tl.arange(0, 4)
+        acc_30 = tl.zeros([BLOCK_Z, 4, 8], dtype=DTYPE)
+        for startw_30 in range(0, 16, 8):
+            iw_30 = startw_30 + tl.arange(0, 8)
+            a0_30 = tl.load(p0_30 + iw_30[None, None, None, :] * 5, mask=m0_30, other=0.0)
+            a1_30 = tl.load(p1_30 + iu_30[None, :, None, None] * 16 + iw_30[None, None, None, :])
+            acc_30 += tl.sum(a0_30 * a1_30, axis=3)
+        q_30 = po_30 + iu_30[None, :, None] * 5
+        tl.store(q_30, tl.load(q_30, mask=mo_30, other=0.0) + acc_30 * 0.25, mask=mo_30)
+    tl.debug_barrier()
     # ∂/∂weight: 16x2 -> 16x2
-    p = torch.cat([
-        (p_0 + p_3 + p_11).reshape(n, 16),
-        (p_1 + p_7 + p_14).reshape(n, 48),
-        (p_2 + p_10 + p_18).reshape(n, 80),
-    ], dim=-1)
-    d_weight_20 = torch.einsum("zwi,zui->uw", (d_m[:, 64:144].reshape(n, 16, 5) * 0.25), p[:, 64:144].reshape(n, 16, 5))
+    ii_31 = tl.arange(0, 8)
+    p0_31 = d_m_ptr + 64 + z[:, None, None, None] * 144 + ii_31[None, None, None, :]
+    m0_31 = row_mask[:, None, None, None] & (ii_31[None, None, None, :] < 5)
+    p1_31 = scratch + 64 + z[:, None, None, None] * 2598 + ii_31[None, None, None, :]
+    m1_31 = row_mask[:, None, None, None] & (ii_31[None, None, None, :] < 5)
+    po_31 = partial + 512 + slot
+    for startu_31 in range(0, 16, 4):
+        iu_31 = startu_31 + tl.arange(0, 4)
+        for startw_31 in range(0, 16, 8):
+            iw_31 = startw_31 + tl.arange(0, 8)
+            a0_31 = tl.load(p0_31 + iw_31[None, None, :, None] * 5, mask=m0_31, other=0.0)
+            a1_31 = tl.load(p1_31 + iu_31[None, :, None, None] * 5, mask=m1_31, other=0.0)
+            q_31 = po_31 + iu_31[:, None] * 16 + iw_31[None, :]
+            tl.store(q_31, tl.load(q_31) + tl.sum(tl.sum(a0_31 * a1_31, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
     # ∂/∂p: 16x1 -> 16x1
-    d_p_21 = torch.einsum("zwi,uw->zui", d_m[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    ii_32 = tl.arange(0, 4)
+    p0_32 = d_m_ptr + 16 + z[:, None, None, None] * 144 + ii_32[None, None, :, None]
+    m0_32 = row_mask[:, None, None, None] & (ii_32[None, None, :, None] < 3)
+    p1_32 = weight_ptr + 256
+    po_32 = scratch + 1315 + z[:, None, None] * 2598 + ii_32[None, None, :]
+    mo_32 = row_mask[:, None, None] & (ii_32[None, None, :] < 3)
+    for startu_32 in range(0, 16, 8):
+        iu_32 = startu_32 + tl.arange(0, 8)
+        acc_32 = tl.zeros([BLOCK_Z, 8, 4], dtype=DTYPE)
+        for startw_32 in range(0, 16, 8):
+            iw_32 = startw_32 + tl.arange(0, 8)
+            a0_32 = tl.load(p0_32 + iw_32[None, None, None, :] * 3, mask=m0_32, other=0.0)
+            a1_32 = tl.load(p1_32 + iu_32[None, :, None, None] * 16 + iw_32[None, None, None, :])
+            acc_32 += tl.sum(a0_32 * a1_32, axis=3)
+        q_32 = po_32 + iu_32[None, :, None] * 3
+        tl.store(q_32, tl.load(q_32, mask=mo_32, other=0.0) + acc_32 * 0.25, mask=mo_32)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_p_0_ptr, d_f_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message, statements 33–48 of 82: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_22 = torch.einsum("zwi,zui->uw", (d_m[:, 16:64].reshape(n, 16, 3) * 0.25), p[:, 16:64].reshape(n, 16, 3))
+    ii_33 = tl.arange(0, 4)
+    p0_33 = d_m_ptr + 16 + z[:, None, None, None] * 144 + ii_33[None, None, None, :]
+    m0_33 = row_mask[:, None, None, None] & (ii_33[None, None, None, :] < 3)
+    p1_33 = scratch + 16 + z[:, None, None, None] * 2598 + ii_33[None, None, None, :]
+    m1_33 = row_mask[:, None, None, None] & (ii_33[None, None, None, :] < 3)
+    po_33 = partial + 256 + slot
+    for startu_33 in range(0, 16, 8):
+        iu_33 = startu_33 + tl.arange(0, 8)
+        for startw_33 in range(0, 16, 8):
+            iw_33 = startw_33 + tl.arange(0, 8)
+            a0_33 = tl.load(p0_33 + iw_33[None, None, :, None] * 3, mask=m0_33, other=0.0)
+            a1_33 = tl.load(p1_33 + iu_33[None, :, None, None] * 3, mask=m1_33, other=0.0)
+            q_33 = po_33 + iu_33[:, None] * 16 + iw_33[None, :]
+            tl.store(q_33, tl.load(q_33) + tl.sum(tl.sum(a0_33 * a1_33, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
     # ∂/∂p: 16x0 -> 16x0
-    d_p_23 = torch.einsum("zwi,uw->zui", d_m[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    iu_34 = tl.arange(0, 16)
+    ii_34 = tl.arange(0, 1)
+    iw_34 = tl.arange(0, 16)
+    p0_34 = d_m_ptr + 0 + z[:, None, None, None] * 144 + iw_34[None, None, None, :] + ii_34[None, None, :, None]
+    m0_34 = row_mask[:, None, None, None]
+    p1_34 = weight_ptr + 0 + iu_34[None, :, None, None] * 16 + iw_34[None, None, None, :]
+    po_34 = scratch + 1299 + z[:, None, None] * 2598 + iu_34[None, :, None] + ii_34[None, None, :]
+    mo_34 = row_mask[:, None, None]
+    a0_34 = tl.load(p0_34, mask=m0_34, other=0.0)
+    a1_34 = tl.load(p1_34)
+    q_34 = po_34
+    tl.store(q_34, tl.load(q_34, mask=mo_34, other=0.0) + tl.sum(a0_34 * a1_34, axis=3) * 0.25, mask=mo_34)
+    tl.debug_barrier()
     # ∂/∂weight: 16x0 -> 16x0
-    d_weight_24 = torch.einsum("zwi,zui->uw", (d_m[:, 0:16].reshape(n, 16, 1) * 0.25), p[:, 0:16].reshape(n, 16, 1))
-    d_p = torch.cat([
-        d_p_23.reshape(n, 16),
-        d_p_21.reshape(n, 48),
-        d_p_19.reshape(n, 80),
-    ], dim=-1)
-    d__t_p_0_2_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_2_2.reshape(n, 3, 16))
-    d__w_p_0_2_2 = torch.einsum("zuk,zupk->zpu", d_p[:, 64:144].reshape(n, 16, 5), _t_p_0_2_2)
+    iu_35 = tl.arange(0, 16)
+    iw_35 = tl.arange(0, 16)
+    ii_35 = tl.arange(0, 1)
+    p0_35 = d_m_ptr + 0 + z[:, None, None, None] * 144 + iw_35[None, None, :, None] + ii_35[None, None, None, :]
+    m0_35 = row_mask[:, None, None, None]
+    p1_35 = scratch + 0 + z[:, None, None, None] * 2598 + iu_35[None, :, None, None] + ii_35[None, None, None, :]
+    m1_35 = row_mask[:, None, None, None]
+    po_35 = partial + 0 + slot + iu_35[:, None] * 16 + iw_35[None, :]
+    a0_35 = tl.load(p0_35, mask=m0_35, other=0.0)
+    a1_35 = tl.load(p1_35, mask=m1_35, other=0.0)
+    q_35 = po_35
+    tl.store(q_35, tl.load(q_35) + tl.sum(tl.sum(a0_35 * a1_35, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+    ip_36 = tl.arange(0, 4)
+    ik_36 = tl.arange(0, 8)
+    p0_36 = scratch + 1363 + z[:, None, None, None] * 2598 + ik_36[None, None, None, :]
+    m0_36 = row_mask[:, None, None, None] & (ik_36[None, None, None, :] < 5)
+    p1_36 = scratch + 1011 + z[:, None, None, None] * 2598 + ip_36[None, None, :, None] * 16
+    m1_36 = row_mask[:, None, None, None] & (ip_36[None, None, :, None] < 3)
+    po_36 = scratch + 2358 + z[:, None, None, None] * 2598 + ip_36[None, None, :, None] * 5 + ik_36[None, None, None, :]
+    mo_36 = row_mask[:, None, None, None] & (ip_36[None, None, :, None] < 3) & (ik_36[None, None, None, :] < 5)
+    for startu_36 in range(0, 16, 8):
+        iu_36 = startu_36 + tl.arange(0, 8)
+        a0_36 = tl.load(p0_36 + iu_36[None, :, None, None] * 5, mask=m0_36, other=0.0)
+        a1_36 = tl.load(p1_36 + iu_36[None, :, None, None], mask=m1_36, other=0.0)
+        q_36 = po_36 + iu_36[None, :, None, None] * 15
+        tl.store(q_36, tl.load(q_36, mask=mo_36, other=0.0) + a0_36 * a1_36, mask=mo_36)
+    tl.debug_barrier()
+    ip_37 = tl.arange(0, 4)
+    ik_37 = tl.arange(0, 8)
+    p0_37 = scratch + 1363 + z[:, None, None, None] * 2598 + ik_37[None, None, None, :]
+    m0_37 = row_mask[:, None, None, None] & (ik_37[None, None, None, :] < 5)
+    p1_37 = scratch + 1059 + z[:, None, None, None] * 2598 + ip_37[None, :, None, None] * 5 + ik_37[None, None, None, :]
+    m1_37 = row_mask[:, None, None, None] & (ip_37[None, :, None, None] < 3) & (ik_37[None, None, None, :] < 5)
+    po_37 = scratch + 2310 + z[:, None, None] * 2598 + ip_37[None, :, None] * 16
+    mo_37 = row_mask[:, None, None] & (ip_37[None, :, None] < 3)
+    for startu_37 in range(0, 16, 8):
+        iu_37 = startu_37 + tl.arange(0, 8)
+        a0_37 = tl.load(p0_37 + iu_37[None, None, :, None] * 5, mask=m0_37, other=0.0)
+        a1_37 = tl.load(p1_37 + iu_37[None, None, :, None] * 15, mask=m1_37, other=0.0)
+        q_37 = po_37 + iu_37[None, None, :]
+        tl.store(q_37, tl.load(q_37, mask=mo_37, other=0.0) + tl.sum(a0_37 * a1_37, axis=3), mask=mo_37)
+    tl.debug_barrier()
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d_f_25 = torch.einsum("zupk,zipk->zui", d__t_p_0_2_2, _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    ip_38 = tl.arange(0, 4)
+    p0_38 = scratch + 2358 + z[:, None, None, None, None] * 2598 + ip_38[None, None, None, :, None] * 5
+    m0_38 = row_mask[:, None, None, None, None] & (ip_38[None, None, None, :, None] < 3)
+    p1_38 = scratch + 248 + z[:, None, None, None, None] * 2598 + ip_38[None, None, None, :, None] * 5
+    m1_38 = row_mask[:, None, None, None, None] & (ip_38[None, None, None, :, None] < 3)
+    po_38 = d_f_ptr + 64 + z[:, None, None] * 144
+    mo_38 = row_mask[:, None, None]
+    for startu_38 in range(0, 16, 4):
+        iu_38 = startu_38 + tl.arange(0, 4)
+        for starti_38 in range(0, 5, 4):
+            ii_38 = starti_38 + tl.arange(0, 4)
+            acc_38 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for startk_38 in range(0, 5, 4):
+                ik_38 = startk_38 + tl.arange(0, 4)
+                a0_38 = tl.load(p0_38 + iu_38[None, :, None, None, None] * 15 + ik_38[None, None, None, None, :], mask=m0_38 & (ik_38[None, None, None, None, :] < 5), other=0.0)
+                a1_38 = tl.load(p1_38 + ii_38[None, None, :, None, None] * 15 + ik_38[None, None, None, None, :], mask=m1_38 & (ii_38[None, None, :, None, None] < 5) & (ik_38[None, None, None, None, :] < 5), other=0.0)
+                acc_38 += tl.sum(tl.sum(a0_38 * a1_38, axis=4), axis=3)
+            q_38 = po_38 + iu_38[None, :, None] * 5 + ii_38[None, None, :]
+            tl.store(q_38, tl.load(q_38, mask=mo_38 & (ii_38[None, None, :] < 5), other=0.0) + acc_38, mask=mo_38 & (ii_38[None, None, :] < 5))
+    tl.debug_barrier()
     # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d__m_p_0_26 = torch.einsum("zupk,zui->zipk", d__t_p_0_2_2, f[:, 64:144].reshape(n, 16, 5))
-    d_w_27 = d__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d_w_28 = d__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d_w_29 = d__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    d__t_p_0_2_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), _w_p_0_2_1.reshape(n, 2, 16))
-    d__w_p_0_2_1 = torch.einsum("zuk,zupk->zpu", d_p[:, 16:64].reshape(n, 16, 3), _t_p_0_2_1)
+    ip_39 = tl.arange(0, 4)
+    p0_39 = scratch + 2358 + z[:, None, None, None, None] * 2598 + ip_39[None, None, :, None, None] * 5
+    m0_39 = row_mask[:, None, None, None, None] & (ip_39[None, None, :, None, None] < 3)
+    p1_39 = f_ptr + 64 + z[:, None, None, None, None] * 144
+    m1_39 = row_mask[:, None, None, None, None]
+    po_39 = scratch + 1547 + z[:, None, None, None] * 2598 + ip_39[None, None, :, None] * 5
+    mo_39 = row_mask[:, None, None, None] & (ip_39[None, None, :, None] < 3)
+    for starti_39 in range(0, 5, 4):
+        ii_39 = starti_39 + tl.arange(0, 4)
+        for startk_39 in range(0, 5, 4):
+            ik_39 = startk_39 + tl.arange(0, 4)
+            acc_39 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
+            for startu_39 in range(0, 16, 4):
+                iu_39 = startu_39 + tl.arange(0, 4)
+                a0_39 = tl.load(p0_39 + iu_39[None, None, None, None, :] * 15 + ik_39[None, None, None, :, None], mask=m0_39 & (ik_39[None, None, None, :, None] < 5), other=0.0)
+                a1_39 = tl.load(p1_39 + iu_39[None, None, None, None, :] * 5 + ii_39[None, :, None, None, None], mask=m1_39 & (ii_39[None, :, None, None, None] < 5), other=0.0)
+                acc_39 += tl.sum(a0_39 * a1_39, axis=4)
+            q_39 = po_39 + ii_39[None, :, None, None] * 15 + ik_39[None, None, None, :]
+            tl.store(q_39, tl.load(q_39, mask=mo_39 & (ii_39[None, :, None, None] < 5) & (ik_39[None, None, None, :] < 5), other=0.0) + acc_39, mask=mo_39 & (ii_39[None, :, None, None] < 5) & (ik_39[None, None, None, :] < 5))
+    tl.debug_barrier()
+    iu_40 = tl.arange(0, 16)
+    p0_40 = scratch + 2342 + z[:, None] * 2598 + iu_40[None, :]
+    m0_40 = row_mask[:, None]
+    po_40 = d_w_ptr + 224 + z[:, None] * 240 + iu_40[None, :]
+    mo_40 = row_mask[:, None]
+    a0_40 = tl.load(p0_40, mask=m0_40, other=0.0)
+    q_40 = po_40
+    tl.store(q_40, tl.load(q_40, mask=mo_40, other=0.0) + a0_40, mask=mo_40)
+    tl.debug_barrier()
+    iu_41 = tl.arange(0, 16)
+    p0_41 = scratch + 2326 + z[:, None] * 2598 + iu_41[None, :]
+    m0_41 = row_mask[:, None]
+    po_41 = d_w_ptr + 176 + z[:, None] * 240 + iu_41[None, :]
+    mo_41 = row_mask[:, None]
+    a0_41 = tl.load(p0_41, mask=m0_41, other=0.0)
+    q_41 = po_41
+    tl.store(q_41, tl.load(q_41, mask=mo_41, other=0.0) + a0_41, mask=mo_41)
+    tl.debug_barrier()
+    iu_42 = tl.arange(0, 16)
+    p0_42 = scratch + 2310 + z[:, None] * 2598 + iu_42[None, :]
+    m0_42 = row_mask[:, None]
+    po_42 = d_w_ptr + 144 + z[:, None] * 240 + iu_42[None, :]
+    mo_42 = row_mask[:, None]
+    a0_42 = tl.load(p0_42, mask=m0_42, other=0.0)
+    q_42 = po_42
+    tl.store(q_42, tl.load(q_42, mask=mo_42, other=0.0) + a0_42, mask=mo_42)
+    tl.debug_barrier()
+    iu_43 = tl.arange(0, 16)
+    ip_43 = tl.arange(0, 2)
+    ik_43 = tl.arange(0, 4)
+    p0_43 = scratch + 1315 + z[:, None, None, None] * 2598 + iu_43[None, :, None, None] * 3 + ik_43[None, None, None, :]
+    m0_43 = row_mask[:, None, None, None] & (ik_43[None, None, None, :] < 3)
+    p1_43 = scratch + 883 + z[:, None, None, None] * 2598 + ip_43[None, None, :, None] * 16 + iu_43[None, :, None, None]
+    m1_43 = row_mask[:, None, None, None]
+    po_43 = scratch + 2214 + z[:, None, None, None] * 2598 + iu_43[None, :, None, None] * 6 + ip_43[None, None, :, None] * 3 + ik_43[None, None, None, :]
+    mo_43 = row_mask[:, None, None, None] & (ik_43[None, None, None, :] < 3)
+    a0_43 = tl.load(p0_43, mask=m0_43, other=0.0)
+    a1_43 = tl.load(p1_43, mask=m1_43, other=0.0)
+    q_43 = po_43
+    tl.store(q_43, tl.load(q_43, mask=mo_43, other=0.0) + a0_43 * a1_43, mask=mo_43)
+    tl.debug_barrier()
+    ip_44 = tl.arange(0, 2)
+    iu_44 = tl.arange(0, 16)
+    ik_44 = tl.arange(0, 4)
+    p0_44 = scratch + 1315 + z[:, None, None, None] * 2598 + iu_44[None, None, :, None] * 3 + ik_44[None, None, None, :]
+    m0_44 = row_mask[:, None, None, None] & (ik_44[None, None, None, :] < 3)
+    p1_44 = scratch + 915 + z[:, None, None, None] * 2598 + iu_44[None, None, :, None] * 6 + ip_44[None, :, None, None] * 3 + ik_44[None, None, None, :]
+    m1_44 = row_mask[:, None, None, None] & (ik_44[None, None, None, :] < 3)
+    po_44 = scratch + 2182 + z[:, None, None] * 2598 + ip_44[None, :, None] * 16 + iu_44[None, None, :]
+    mo_44 = row_mask[:, None, None]
+    a0_44 = tl.load(p0_44, mask=m0_44, other=0.0)
+    a1_44 = tl.load(p1_44, mask=m1_44, other=0.0)
+    q_44 = po_44
+    tl.store(q_44, tl.load(q_44, mask=mo_44, other=0.0) + tl.sum(a0_44 * a1_44, axis=3), mask=mo_44)
+    tl.debug_barrier()
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d_f_30 = torch.einsum("zupk,zipk->zui", d__t_p_0_2_1, _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    ii_45 = tl.arange(0, 8)
+    ip_45 = tl.arange(0, 2)
+    ik_45 = tl.arange(0, 4)
+    p0_45 = scratch + 2214 + z[:, None, None, None, None] * 2598 + ip_45[None, None, None, :, None] * 3 + ik_45[None, None, None, None, :]
+    m0_45 = row_mask[:, None, None, None, None] & (ik_45[None, None, None, None, :] < 3)
+    p1_45 = scratch + 218 + z[:, None, None, None, None] * 2598 + ii_45[None, None, :, None, None] * 6 + ip_45[None, None, None, :, None] * 3 + ik_45[None, None, None, None, :]
+    m1_45 = row_mask[:, None, None, None, None] & (ii_45[None, None, :, None, None] < 5) & (ik_45[None, None, None, None, :] < 3)
+    po_45 = d_f_ptr + 64 + z[:, None, None] * 144 + ii_45[None, None, :]
+    mo_45 = row_mask[:, None, None] & (ii_45[None, None, :] < 5)
+    for startu_45 in range(0, 16, 4):
+        iu_45 = startu_45 + tl.arange(0, 4)
+        a0_45 = tl.load(p0_45 + iu_45[None, :, None, None, None] * 6, mask=m0_45, other=0.0)
+        a1_45 = tl.load(p1_45, mask=m1_45, other=0.0)
+        q_45 = po_45 + iu_45[None, :, None] * 5
+        tl.store(q_45, tl.load(q_45, mask=mo_45, other=0.0) + tl.sum(tl.sum(a0_45 * a1_45, axis=4), axis=3), mask=mo_45)
+    tl.debug_barrier()
     # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d__m_p_0_31 = torch.einsum("zupk,zui->zipk", d__t_p_0_2_1, f[:, 64:144].reshape(n, 16, 5))
-    d_w_32 = d__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d_w_33 = d__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    d__t_p_0_2_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 192:208].reshape(n, 1, 16))
-    d_w_34 = torch.einsum("zuk,zupk->zpu", d_p[:, 0:16].reshape(n, 16, 1), _t_p_0_2_0)
+    ip_46 = tl.arange(0, 2)
+    ik_46 = tl.arange(0, 4)
+    p0_46 = scratch + 2214 + z[:, None, None, None, None] * 2598 + ip_46[None, None, :, None, None] * 3 + ik_46[None, None, None, :, None]
+    m0_46 = row_mask[:, None, None, None, None] & (ik_46[None, None, None, :, None] < 3)
+    p1_46 = f_ptr + 64 + z[:, None, None, None, None] * 144
+    m1_46 = row_mask[:, None, None, None, None]
+    po_46 = scratch + 1517 + z[:, None, None, None] * 2598 + ip_46[None, None, :, None] * 3 + ik_46[None, None, None, :]
+    mo_46 = row_mask[:, None, None, None] & (ik_46[None, None, None, :] < 3)
+    for starti_46 in range(0, 5, 4):
+        ii_46 = starti_46 + tl.arange(0, 4)
+        acc_46 = tl.zeros([BLOCK_Z, 4, 2, 4], dtype=DTYPE)
+        for startu_46 in range(0, 16, 8):
+            iu_46 = startu_46 + tl.arange(0, 8)
+            a0_46 = tl.load(p0_46 + iu_46[None, None, None, None, :] * 6, mask=m0_46, other=0.0)
+            a1_46 = tl.load(p1_46 + iu_46[None, None, None, None, :] * 5 + ii_46[None, :, None, None, None], mask=m1_46 & (ii_46[None, :, None, None, None] < 5), other=0.0)
+            acc_46 += tl.sum(a0_46 * a1_46, axis=4)
+        q_46 = po_46 + ii_46[None, :, None, None] * 6
+        tl.store(q_46, tl.load(q_46, mask=mo_46 & (ii_46[None, :, None, None] < 5), other=0.0) + acc_46, mask=mo_46 & (ii_46[None, :, None, None] < 5))
+    tl.debug_barrier()
+    iu_47 = tl.arange(0, 16)
+    p0_47 = scratch + 2198 + z[:, None] * 2598 + iu_47[None, :]
+    m0_47 = row_mask[:, None]
+    po_47 = d_w_ptr + 208 + z[:, None] * 240 + iu_47[None, :]
+    mo_47 = row_mask[:, None]
+    a0_47 = tl.load(p0_47, mask=m0_47, other=0.0)
+    q_47 = po_47
+    tl.store(q_47, tl.load(q_47, mask=mo_47, other=0.0) + a0_47, mask=mo_47)
+    tl.debug_barrier()
+    iu_48 = tl.arange(0, 16)
+    p0_48 = scratch + 2182 + z[:, None] * 2598 + iu_48[None, :]
+    m0_48 = row_mask[:, None]
+    po_48 = d_w_ptr + 160 + z[:, None] * 240 + iu_48[None, :]
+    mo_48 = row_mask[:, None]
+    a0_48 = tl.load(p0_48, mask=m0_48, other=0.0)
+    q_48 = po_48
+    tl.store(q_48, tl.load(q_48, mask=mo_48, other=0.0) + a0_48, mask=mo_48)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_p_0_ptr, d_f_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message, statements 49–64 of 82: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    iu_49 = tl.arange(0, 16)
+    ip_49 = tl.arange(0, 1)
+    ik_49 = tl.arange(0, 1)
+    p0_49 = scratch + 1299 + z[:, None, None, None] * 2598 + iu_49[None, :, None, None] + ik_49[None, None, None, :]
+    m0_49 = row_mask[:, None, None, None]
+    p1_49 = w_ptr + 192 + z[:, None, None, None] * 240 + ip_49[None, None, :, None] * 16 + iu_49[None, :, None, None]
+    m1_49 = row_mask[:, None, None, None]
+    po_49 = scratch + 2166 + z[:, None, None, None] * 2598 + iu_49[None, :, None, None] + ip_49[None, None, :, None] + ik_49[None, None, None, :]
+    mo_49 = row_mask[:, None, None, None]
+    a0_49 = tl.load(p0_49, mask=m0_49, other=0.0)
+    a1_49 = tl.load(p1_49, mask=m1_49, other=0.0)
+    q_49 = po_49
+    tl.store(q_49, tl.load(q_49, mask=mo_49, other=0.0) + a0_49 * a1_49, mask=mo_49)
+    tl.debug_barrier()
+    ip_50 = tl.arange(0, 1)
+    iu_50 = tl.arange(0, 16)
+    ik_50 = tl.arange(0, 1)
+    p0_50 = scratch + 1299 + z[:, None, None, None] * 2598 + iu_50[None, None, :, None] + ik_50[None, None, None, :]
+    m0_50 = row_mask[:, None, None, None]
+    p1_50 = scratch + 867 + z[:, None, None, None] * 2598 + iu_50[None, None, :, None] + ip_50[None, :, None, None] + ik_50[None, None, None, :]
+    m1_50 = row_mask[:, None, None, None]
+    po_50 = d_w_ptr + 192 + z[:, None, None] * 240 + ip_50[None, :, None] * 16 + iu_50[None, None, :]
+    mo_50 = row_mask[:, None, None]
+    a0_50 = tl.load(p0_50, mask=m0_50, other=0.0)
+    a1_50 = tl.load(p1_50, mask=m1_50, other=0.0)
+    q_50 = po_50
+    tl.store(q_50, tl.load(q_50, mask=mo_50, other=0.0) + tl.sum(a0_50 * a1_50, axis=3), mask=mo_50)
+    tl.debug_barrier()
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d_f_35 = d__t_p_0_2_0.reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
+    iu_51 = tl.arange(0, 16)
+    ii_51 = tl.arange(0, 8)
+    ip_51 = tl.arange(0, 1)
+    ik_51 = tl.arange(0, 1)
+    p0_51 = scratch + 2166 + z[:, None, None, None, None] * 2598 + iu_51[None, :, None, None, None] + ip_51[None, None, None, :, None] + ik_51[None, None, None, None, :]
+    m0_51 = row_mask[:, None, None, None, None]
+    p1_51 = scratch + 213 + z[:, None, None, None, None] * 2598 + ii_51[None, None, :, None, None] + ip_51[None, None, None, :, None] + ik_51[None, None, None, None, :]
+    m1_51 = row_mask[:, None, None, None, None] & (ii_51[None, None, :, None, None] < 5)
+    po_51 = d_f_ptr + 64 + z[:, None, None] * 144 + iu_51[None, :, None] * 5 + ii_51[None, None, :]
+    mo_51 = row_mask[:, None, None] & (ii_51[None, None, :] < 5)
+    a0_51 = tl.load(p0_51, mask=m0_51, other=0.0)
+    a1_51 = tl.load(p1_51, mask=m1_51, other=0.0)
+    q_51 = po_51
+    tl.store(q_51, tl.load(q_51, mask=mo_51, other=0.0) + tl.sum(tl.sum(a0_51 * a1_51, axis=4), axis=3), mask=mo_51)
+    tl.debug_barrier()
     # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d__m_p_0_36 = torch.einsum("zupk,zui->zipk", d__t_p_0_2_0, f[:, 64:144].reshape(n, 16, 5))
-    d__t_p_0_1_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_1_2.reshape(n, 2, 16))
-    d__w_p_0_1_2 = torch.einsum("zuk,zupk->zpu", d_p[:, 64:144].reshape(n, 16, 5), _t_p_0_1_2)
+    ii_52 = tl.arange(0, 8)
+    ip_52 = tl.arange(0, 1)
+    ik_52 = tl.arange(0, 1)
+    iu_52 = tl.arange(0, 16)
+    p0_52 = scratch + 2166 + z[:, None, None, None, None] * 2598 + iu_52[None, None, None, None, :] + ip_52[None, None, :, None, None] + ik_52[None, None, None, :, None]
+    m0_52 = row_mask[:, None, None, None, None]
+    p1_52 = f_ptr + 64 + z[:, None, None, None, None] * 144 + iu_52[None, None, None, None, :] * 5 + ii_52[None, :, None, None, None]
+    m1_52 = row_mask[:, None, None, None, None] & (ii_52[None, :, None, None, None] < 5)
+    po_52 = scratch + 1512 + z[:, None, None, None] * 2598 + ii_52[None, :, None, None] + ip_52[None, None, :, None] + ik_52[None, None, None, :]
+    mo_52 = row_mask[:, None, None, None] & (ii_52[None, :, None, None] < 5)
+    a0_52 = tl.load(p0_52, mask=m0_52, other=0.0)
+    a1_52 = tl.load(p1_52, mask=m1_52, other=0.0)
+    q_52 = po_52
+    tl.store(q_52, tl.load(q_52, mask=mo_52, other=0.0) + tl.sum(a0_52 * a1_52, axis=4), mask=mo_52)
+    tl.debug_barrier()
+    iu_53 = tl.arange(0, 16)
+    ip_53 = tl.arange(0, 2)
+    ik_53 = tl.arange(0, 8)
+    p0_53 = scratch + 1363 + z[:, None, None, None] * 2598 + iu_53[None, :, None, None] * 5 + ik_53[None, None, None, :]
+    m0_53 = row_mask[:, None, None, None] & (ik_53[None, None, None, :] < 5)
+    p1_53 = scratch + 675 + z[:, None, None, None] * 2598 + ip_53[None, None, :, None] * 16 + iu_53[None, :, None, None]
+    m1_53 = row_mask[:, None, None, None]
+    po_53 = scratch + 2006 + z[:, None, None, None] * 2598 + iu_53[None, :, None, None] * 10 + ip_53[None, None, :, None] * 5 + ik_53[None, None, None, :]
+    mo_53 = row_mask[:, None, None, None] & (ik_53[None, None, None, :] < 5)
+    a0_53 = tl.load(p0_53, mask=m0_53, other=0.0)
+    a1_53 = tl.load(p1_53, mask=m1_53, other=0.0)
+    q_53 = po_53
+    tl.store(q_53, tl.load(q_53, mask=mo_53, other=0.0) + a0_53 * a1_53, mask=mo_53)
+    tl.debug_barrier()
+    ip_54 = tl.arange(0, 2)
+    iu_54 = tl.arange(0, 16)
+    ik_54 = tl.arange(0, 8)
+    p0_54 = scratch + 1363 + z[:, None, None, None] * 2598 + iu_54[None, None, :, None] * 5 + ik_54[None, None, None, :]
+    m0_54 = row_mask[:, None, None, None] & (ik_54[None, None, None, :] < 5)
+    p1_54 = scratch + 707 + z[:, None, None, None] * 2598 + iu_54[None, None, :, None] * 10 + ip_54[None, :, None, None] * 5 + ik_54[None, None, None, :]
+    m1_54 = row_mask[:, None, None, None] & (ik_54[None, None, None, :] < 5)
+    po_54 = scratch + 1974 + z[:, None, None] * 2598 + ip_54[None, :, None] * 16 + iu_54[None, None, :]
+    mo_54 = row_mask[:, None, None]
+    a0_54 = tl.load(p0_54, mask=m0_54, other=0.0)
+    a1_54 = tl.load(p1_54, mask=m1_54, other=0.0)
+    q_54 = po_54
+    tl.store(q_54, tl.load(q_54, mask=mo_54, other=0.0) + tl.sum(a0_54 * a1_54, axis=3), mask=mo_54)
+    tl.debug_barrier()
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d_f_37 = torch.einsum("zupk,zipk->zui", d__t_p_0_1_2, _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    ii_55 = tl.arange(0, 4)
+    ip_55 = tl.arange(0, 2)
+    ik_55 = tl.arange(0, 8)
+    p0_55 = scratch + 2006 + z[:, None, None, None, None] * 2598 + ip_55[None, None, None, :, None] * 5 + ik_55[None, None, None, None, :]
+    m0_55 = row_mask[:, None, None, None, None] & (ik_55[None, None, None, None, :] < 5)
+    p1_55 = scratch + 183 + z[:, None, None, None, None] * 2598 + ii_55[None, None, :, None, None] * 10 + ip_55[None, None, None, :, None] * 5 + ik_55[None, None, None, None, :]
+    m1_55 = row_mask[:, None, None, None, None] & (ii_55[None, None, :, None, None] < 3) & (ik_55[None, None, None, None, :] < 5)
+    po_55 = d_f_ptr + 16 + z[:, None, None] * 144 + ii_55[None, None, :]
+    mo_55 = row_mask[:, None, None] & (ii_55[None, None, :] < 3)
+    for startu_55 in range(0, 16, 4):
+        iu_55 = startu_55 + tl.arange(0, 4)
+        a0_55 = tl.load(p0_55 + iu_55[None, :, None, None, None] * 10, mask=m0_55, other=0.0)
+        a1_55 = tl.load(p1_55, mask=m1_55, other=0.0)
+        q_55 = po_55 + iu_55[None, :, None] * 3
+        tl.store(q_55, tl.load(q_55, mask=mo_55, other=0.0) + tl.sum(tl.sum(a0_55 * a1_55, axis=4), axis=3), mask=mo_55)
+    tl.debug_barrier()
     # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d__m_p_0_38 = torch.einsum("zupk,zui->zipk", d__t_p_0_1_2, f[:, 16:64].reshape(n, 16, 3))
-    d_w_39 = d__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d_w_40 = d__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    d__t_p_0_1_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), _w_p_0_1_1.reshape(n, 3, 16))
-    d__w_p_0_1_1 = torch.einsum("zuk,zupk->zpu", d_p[:, 16:64].reshape(n, 16, 3), _t_p_0_1_1)
+    ii_56 = tl.arange(0, 4)
+    ip_56 = tl.arange(0, 2)
+    p0_56 = scratch + 2006 + z[:, None, None, None, None] * 2598 + ip_56[None, None, :, None, None] * 5
+    m0_56 = row_mask[:, None, None, None, None]
+    p1_56 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_56[None, :, None, None, None]
+    m1_56 = row_mask[:, None, None, None, None] & (ii_56[None, :, None, None, None] < 3)
+    po_56 = scratch + 1482 + z[:, None, None, None] * 2598 + ii_56[None, :, None, None] * 10 + ip_56[None, None, :, None] * 5
+    mo_56 = row_mask[:, None, None, None] & (ii_56[None, :, None, None] < 3)
+    for startk_56 in range(0, 5, 4):
+        ik_56 = startk_56 + tl.arange(0, 4)
+        acc_56 = tl.zeros([BLOCK_Z, 4, 2, 4], dtype=DTYPE)
+        for startu_56 in range(0, 16, 8):
+            iu_56 = startu_56 + tl.arange(0, 8)
+            a0_56 = tl.load(p0_56 + iu_56[None, None, None, None, :] * 10 + ik_56[None, None, None, :, None], mask=m0_56 & (ik_56[None, None, None, :, None] < 5), other=0.0)
+            a1_56 = tl.load(p1_56 + iu_56[None, None, None, None, :] * 3, mask=m1_56, other=0.0)
+            acc_56 += tl.sum(a0_56 * a1_56, axis=4)
+        q_56 = po_56 + ik_56[None, None, None, :]
+        tl.store(q_56, tl.load(q_56, mask=mo_56 & (ik_56[None, None, None, :] < 5), other=0.0) + acc_56, mask=mo_56 & (ik_56[None, None, None, :] < 5))
+    tl.debug_barrier()
+    iu_57 = tl.arange(0, 16)
+    p0_57 = scratch + 1990 + z[:, None] * 2598 + iu_57[None, :]
+    m0_57 = row_mask[:, None]
+    po_57 = d_w_ptr + 128 + z[:, None] * 240 + iu_57[None, :]
+    mo_57 = row_mask[:, None]
+    a0_57 = tl.load(p0_57, mask=m0_57, other=0.0)
+    q_57 = po_57
+    tl.store(q_57, tl.load(q_57, mask=mo_57, other=0.0) + a0_57, mask=mo_57)
+    tl.debug_barrier()
+    iu_58 = tl.arange(0, 16)
+    p0_58 = scratch + 1974 + z[:, None] * 2598 + iu_58[None, :]
+    m0_58 = row_mask[:, None]
+    po_58 = d_w_ptr + 96 + z[:, None] * 240 + iu_58[None, :]
+    mo_58 = row_mask[:, None]
+    a0_58 = tl.load(p0_58, mask=m0_58, other=0.0)
+    q_58 = po_58
+    tl.store(q_58, tl.load(q_58, mask=mo_58, other=0.0) + a0_58, mask=mo_58)
+    tl.debug_barrier()
+    iu_59 = tl.arange(0, 16)
+    ip_59 = tl.arange(0, 4)
+    ik_59 = tl.arange(0, 4)
+    p0_59 = scratch + 1315 + z[:, None, None, None] * 2598 + iu_59[None, :, None, None] * 3 + ik_59[None, None, None, :]
+    m0_59 = row_mask[:, None, None, None] & (ik_59[None, None, None, :] < 3)
+    p1_59 = scratch + 483 + z[:, None, None, None] * 2598 + ip_59[None, None, :, None] * 16 + iu_59[None, :, None, None]
+    m1_59 = row_mask[:, None, None, None] & (ip_59[None, None, :, None] < 3)
+    po_59 = scratch + 1830 + z[:, None, None, None] * 2598 + iu_59[None, :, None, None] * 9 + ip_59[None, None, :, None] * 3 + ik_59[None, None, None, :]
+    mo_59 = row_mask[:, None, None, None] & (ip_59[None, None, :, None] < 3) & (ik_59[None, None, None, :] < 3)
+    a0_59 = tl.load(p0_59, mask=m0_59, other=0.0)
+    a1_59 = tl.load(p1_59, mask=m1_59, other=0.0)
+    q_59 = po_59
+    tl.store(q_59, tl.load(q_59, mask=mo_59, other=0.0) + a0_59 * a1_59, mask=mo_59)
+    tl.debug_barrier()
+    ip_60 = tl.arange(0, 4)
+    iu_60 = tl.arange(0, 16)
+    ik_60 = tl.arange(0, 4)
+    p0_60 = scratch + 1315 + z[:, None, None, None] * 2598 + iu_60[None, None, :, None] * 3 + ik_60[None, None, None, :]
+    m0_60 = row_mask[:, None, None, None] & (ik_60[None, None, None, :] < 3)
+    p1_60 = scratch + 531 + z[:, None, None, None] * 2598 + iu_60[None, None, :, None] * 9 + ip_60[None, :, None, None] * 3 + ik_60[None, None, None, :]
+    m1_60 = row_mask[:, None, None, None] & (ip_60[None, :, None, None] < 3) & (ik_60[None, None, None, :] < 3)
+    po_60 = scratch + 1782 + z[:, None, None] * 2598 + ip_60[None, :, None] * 16 + iu_60[None, None, :]
+    mo_60 = row_mask[:, None, None] & (ip_60[None, :, None] < 3)
+    a0_60 = tl.load(p0_60, mask=m0_60, other=0.0)
+    a1_60 = tl.load(p1_60, mask=m1_60, other=0.0)
+    q_60 = po_60
+    tl.store(q_60, tl.load(q_60, mask=mo_60, other=0.0) + tl.sum(a0_60 * a1_60, axis=3), mask=mo_60)
+    tl.debug_barrier()
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d_f_41 = torch.einsum("zupk,zipk->zui", d__t_p_0_1_1, _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    ii_61 = tl.arange(0, 4)
+    ip_61 = tl.arange(0, 4)
+    ik_61 = tl.arange(0, 4)
+    p0_61 = scratch + 1830 + z[:, None, None, None, None] * 2598 + ip_61[None, None, None, :, None] * 3 + ik_61[None, None, None, None, :]
+    m0_61 = row_mask[:, None, None, None, None] & (ip_61[None, None, None, :, None] < 3) & (ik_61[None, None, None, None, :] < 3)
+    p1_61 = scratch + 156 + z[:, None, None, None, None] * 2598 + ii_61[None, None, :, None, None] * 9 + ip_61[None, None, None, :, None] * 3 + ik_61[None, None, None, None, :]
+    m1_61 = row_mask[:, None, None, None, None] & (ii_61[None, None, :, None, None] < 3) & (ip_61[None, None, None, :, None] < 3) & (ik_61[None, None, None, None, :] < 3)
+    po_61 = d_f_ptr + 16 + z[:, None, None] * 144 + ii_61[None, None, :]
+    mo_61 = row_mask[:, None, None] & (ii_61[None, None, :] < 3)
+    for startu_61 in range(0, 16, 4):
+        iu_61 = startu_61 + tl.arange(0, 4)
+        a0_61 = tl.load(p0_61 + iu_61[None, :, None, None, None] * 9, mask=m0_61, other=0.0)
+        a1_61 = tl.load(p1_61, mask=m1_61, other=0.0)
+        q_61 = po_61 + iu_61[None, :, None] * 3
+        tl.store(q_61, tl.load(q_61, mask=mo_61, other=0.0) + tl.sum(tl.sum(a0_61 * a1_61, axis=4), axis=3), mask=mo_61)
+    tl.debug_barrier()
     # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d__m_p_0_42 = torch.einsum("zupk,zui->zipk", d__t_p_0_1_1, f[:, 16:64].reshape(n, 16, 3))
-    d_w_43 = d__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
-    d_w_44 = d__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
-    d_w_45 = d__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    d__t_p_0_1_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 64:80].reshape(n, 1, 16))
-    d_w_46 = torch.einsum("zuk,zupk->zpu", d_p[:, 0:16].reshape(n, 16, 1), _t_p_0_1_0)
+    ii_62 = tl.arange(0, 4)
+    ip_62 = tl.arange(0, 4)
+    ik_62 = tl.arange(0, 4)
+    p0_62 = scratch + 1830 + z[:, None, None, None, None] * 2598 + ip_62[None, None, :, None, None] * 3 + ik_62[None, None, None, :, None]
+    m0_62 = row_mask[:, None, None, None, None] & (ip_62[None, None, :, None, None] < 3) & (ik_62[None, None, None, :, None] < 3)
+    p1_62 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_62[None, :, None, None, None]
+    m1_62 = row_mask[:, None, None, None, None] & (ii_62[None, :, None, None, None] < 3)
+    po_62 = scratch + 1455 + z[:, None, None, None] * 2598 + ii_62[None, :, None, None] * 9 + ip_62[None, None, :, None] * 3 + ik_62[None, None, None, :]
+    mo_62 = row_mask[:, None, None, None] & (ii_62[None, :, None, None] < 3) & (ip_62[None, None, :, None] < 3) & (ik_62[None, None, None, :] < 3)
+    acc_62 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
+    for startu_62 in range(0, 16, 4):
+        iu_62 = startu_62 + tl.arange(0, 4)
+        a0_62 = tl.load(p0_62 + iu_62[None, None, None, None, :] * 9, mask=m0_62, other=0.0)
+        a1_62 = tl.load(p1_62 + iu_62[None, None, None, None, :] * 3, mask=m1_62, other=0.0)
+        acc_62 += tl.sum(a0_62 * a1_62, axis=4)
+    q_62 = po_62
+    tl.store(q_62, tl.load(q_62, mask=mo_62, other=0.0) + acc_62, mask=mo_62)
+    tl.debug_barrier()
+    iu_63 = tl.arange(0, 16)
+    p0_63 = scratch + 1814 + z[:, None] * 2598 + iu_63[None, :]
+    m0_63 = row_mask[:, None]
+    po_63 = d_w_ptr + 112 + z[:, None] * 240 + iu_63[None, :]
+    mo_63 = row_mask[:, None]
+    a0_63 = tl.load(p0_63, mask=m0_63, other=0.0)
+    q_63 = po_63
+    tl.store(q_63, tl.load(q_63, mask=mo_63, other=0.0) + a0_63, mask=mo_63)
+    tl.debug_barrier()
+    iu_64 = tl.arange(0, 16)
+    p0_64 = scratch + 1798 + z[:, None] * 2598 + iu_64[None, :]
+    m0_64 = row_mask[:, None]
+    po_64 = d_w_ptr + 80 + z[:, None] * 240 + iu_64[None, :]
+    mo_64 = row_mask[:, None]
+    a0_64 = tl.load(p0_64, mask=m0_64, other=0.0)
+    q_64 = po_64
+    tl.store(q_64, tl.load(q_64, mask=mo_64, other=0.0) + a0_64, mask=mo_64)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_p_0_ptr, d_f_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message, statements 65–80 of 82: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    iu_65 = tl.arange(0, 16)
+    p0_65 = scratch + 1782 + z[:, None] * 2598 + iu_65[None, :]
+    m0_65 = row_mask[:, None]
+    po_65 = d_w_ptr + 48 + z[:, None] * 240 + iu_65[None, :]
+    mo_65 = row_mask[:, None]
+    a0_65 = tl.load(p0_65, mask=m0_65, other=0.0)
+    q_65 = po_65
+    tl.store(q_65, tl.load(q_65, mask=mo_65, other=0.0) + a0_65, mask=mo_65)
+    tl.debug_barrier()
+    iu_66 = tl.arange(0, 16)
+    ip_66 = tl.arange(0, 1)
+    ik_66 = tl.arange(0, 1)
+    p0_66 = scratch + 1299 + z[:, None, None, None] * 2598 + iu_66[None, :, None, None] + ik_66[None, None, None, :]
+    m0_66 = row_mask[:, None, None, None]
+    p1_66 = w_ptr + 64 + z[:, None, None, None] * 240 + ip_66[None, None, :, None] * 16 + iu_66[None, :, None, None]
+    m1_66 = row_mask[:, None, None, None]
+    po_66 = scratch + 1766 + z[:, None, None, None] * 2598 + iu_66[None, :, None, None] + ip_66[None, None, :, None] + ik_66[None, None, None, :]
+    mo_66 = row_mask[:, None, None, None]
+    a0_66 = tl.load(p0_66, mask=m0_66, other=0.0)
+    a1_66 = tl.load(p1_66, mask=m1_66, other=0.0)
+    q_66 = po_66
+    tl.store(q_66, tl.load(q_66, mask=mo_66, other=0.0) + a0_66 * a1_66, mask=mo_66)
+    tl.debug_barrier()
+    ip_67 = tl.arange(0, 1)
+    iu_67 = tl.arange(0, 16)
+    ik_67 = tl.arange(0, 1)
+    p0_67 = scratch + 1299 + z[:, None, None, None] * 2598 + iu_67[None, None, :, None] + ik_67[None, None, None, :]
+    m0_67 = row_mask[:, None, None, None]
+    p1_67 = scratch + 467 + z[:, None, None, None] * 2598 + iu_67[None, None, :, None] + ip_67[None, :, None, None] + ik_67[None, None, None, :]
+    m1_67 = row_mask[:, None, None, None]
+    po_67 = d_w_ptr + 64 + z[:, None, None] * 240 + ip_67[None, :, None] * 16 + iu_67[None, None, :]
+    mo_67 = row_mask[:, None, None]
+    a0_67 = tl.load(p0_67, mask=m0_67, other=0.0)
+    a1_67 = tl.load(p1_67, mask=m1_67, other=0.0)
+    q_67 = po_67
+    tl.store(q_67, tl.load(q_67, mask=mo_67, other=0.0) + tl.sum(a0_67 * a1_67, axis=3), mask=mo_67)
+    tl.debug_barrier()
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d_f_47 = d__t_p_0_1_0.reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
+    iu_68 = tl.arange(0, 16)
+    ii_68 = tl.arange(0, 4)
+    ip_68 = tl.arange(0, 1)
+    ik_68 = tl.arange(0, 1)
+    p0_68 = scratch + 1766 + z[:, None, None, None, None] * 2598 + iu_68[None, :, None, None, None] + ip_68[None, None, None, :, None] + ik_68[None, None, None, None, :]
+    m0_68 = row_mask[:, None, None, None, None]
+    p1_68 = scratch + 153 + z[:, None, None, None, None] * 2598 + ii_68[None, None, :, None, None] + ip_68[None, None, None, :, None] + ik_68[None, None, None, None, :]
+    m1_68 = row_mask[:, None, None, None, None] & (ii_68[None, None, :, None, None] < 3)
+    po_68 = d_f_ptr + 16 + z[:, None, None] * 144 + iu_68[None, :, None] * 3 + ii_68[None, None, :]
+    mo_68 = row_mask[:, None, None] & (ii_68[None, None, :] < 3)
+    a0_68 = tl.load(p0_68, mask=m0_68, other=0.0)
+    a1_68 = tl.load(p1_68, mask=m1_68, other=0.0)
+    q_68 = po_68
+    tl.store(q_68, tl.load(q_68, mask=mo_68, other=0.0) + tl.sum(tl.sum(a0_68 * a1_68, axis=4), axis=3), mask=mo_68)
+    tl.debug_barrier()
     # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d__m_p_0_48 = torch.einsum("zupk,zui->zipk", d__t_p_0_1_0, f[:, 16:64].reshape(n, 16, 3))
-    d__t_p_0_0_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), w[:, 32:48].reshape(n, 1, 16))
-    d_w_49 = torch.einsum("zuk,zupk->zpu", d_p[:, 64:144].reshape(n, 16, 5), _t_p_0_0_2)
+    ii_69 = tl.arange(0, 4)
+    ip_69 = tl.arange(0, 1)
+    ik_69 = tl.arange(0, 1)
+    iu_69 = tl.arange(0, 16)
+    p0_69 = scratch + 1766 + z[:, None, None, None, None] * 2598 + iu_69[None, None, None, None, :] + ip_69[None, None, :, None, None] + ik_69[None, None, None, :, None]
+    m0_69 = row_mask[:, None, None, None, None]
+    p1_69 = f_ptr + 16 + z[:, None, None, None, None] * 144 + iu_69[None, None, None, None, :] * 3 + ii_69[None, :, None, None, None]
+    m1_69 = row_mask[:, None, None, None, None] & (ii_69[None, :, None, None, None] < 3)
+    po_69 = scratch + 1452 + z[:, None, None, None] * 2598 + ii_69[None, :, None, None] + ip_69[None, None, :, None] + ik_69[None, None, None, :]
+    mo_69 = row_mask[:, None, None, None] & (ii_69[None, :, None, None] < 3)
+    a0_69 = tl.load(p0_69, mask=m0_69, other=0.0)
+    a1_69 = tl.load(p1_69, mask=m1_69, other=0.0)
+    q_69 = po_69
+    tl.store(q_69, tl.load(q_69, mask=mo_69, other=0.0) + tl.sum(a0_69 * a1_69, axis=4), mask=mo_69)
+    tl.debug_barrier()
+    iu_70 = tl.arange(0, 16)
+    ip_70 = tl.arange(0, 1)
+    ik_70 = tl.arange(0, 8)
+    p0_70 = scratch + 1363 + z[:, None, None, None] * 2598 + iu_70[None, :, None, None] * 5 + ik_70[None, None, None, :]
+    m0_70 = row_mask[:, None, None, None] & (ik_70[None, None, None, :] < 5)
+    p1_70 = w_ptr + 32 + z[:, None, None, None] * 240 + ip_70[None, None, :, None] * 16 + iu_70[None, :, None, None]
+    m1_70 = row_mask[:, None, None, None]
+    po_70 = scratch + 1686 + z[:, None, None, None] * 2598 + iu_70[None, :, None, None] * 5 + ip_70[None, None, :, None] * 5 + ik_70[None, None, None, :]
+    mo_70 = row_mask[:, None, None, None] & (ik_70[None, None, None, :] < 5)
+    a0_70 = tl.load(p0_70, mask=m0_70, other=0.0)
+    a1_70 = tl.load(p1_70, mask=m1_70, other=0.0)
+    q_70 = po_70
+    tl.store(q_70, tl.load(q_70, mask=mo_70, other=0.0) + a0_70 * a1_70, mask=mo_70)
+    tl.debug_barrier()
+    ip_71 = tl.arange(0, 1)
+    iu_71 = tl.arange(0, 16)
+    ik_71 = tl.arange(0, 8)
+    p0_71 = scratch + 1363 + z[:, None, None, None] * 2598 + iu_71[None, None, :, None] * 5 + ik_71[None, None, None, :]
+    m0_71 = row_mask[:, None, None, None] & (ik_71[None, None, None, :] < 5)
+    p1_71 = scratch + 387 + z[:, None, None, None] * 2598 + iu_71[None, None, :, None] * 5 + ip_71[None, :, None, None] * 5 + ik_71[None, None, None, :]
+    m1_71 = row_mask[:, None, None, None] & (ik_71[None, None, None, :] < 5)
+    po_71 = d_w_ptr + 32 + z[:, None, None] * 240 + ip_71[None, :, None] * 16 + iu_71[None, None, :]
+    mo_71 = row_mask[:, None, None]
+    a0_71 = tl.load(p0_71, mask=m0_71, other=0.0)
+    a1_71 = tl.load(p1_71, mask=m1_71, other=0.0)
+    q_71 = po_71
+    tl.store(q_71, tl.load(q_71, mask=mo_71, other=0.0) + tl.sum(a0_71 * a1_71, axis=3), mask=mo_71)
+    tl.debug_barrier()
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d_f_50 = torch.einsum("zupk,zipk->zui", d__t_p_0_0_2, _m_p_0[:, 4:9].reshape(n, 1, 1, 5))
+    iu_72 = tl.arange(0, 16)
+    ii_72 = tl.arange(0, 1)
+    ip_72 = tl.arange(0, 1)
+    ik_72 = tl.arange(0, 8)
+    p0_72 = scratch + 1686 + z[:, None, None, None, None] * 2598 + iu_72[None, :, None, None, None] * 5 + ip_72[None, None, None, :, None] * 5 + ik_72[None, None, None, None, :]
+    m0_72 = row_mask[:, None, None, None, None] & (ik_72[None, None, None, None, :] < 5)
+    p1_72 = scratch + 148 + z[:, None, None, None, None] * 2598 + ii_72[None, None, :, None, None] * 5 + ip_72[None, None, None, :, None] * 5 + ik_72[None, None, None, None, :]
+    m1_72 = row_mask[:, None, None, None, None] & (ik_72[None, None, None, None, :] < 5)
+    po_72 = d_f_ptr + 0 + z[:, None, None] * 144 + iu_72[None, :, None] + ii_72[None, None, :]
+    mo_72 = row_mask[:, None, None]
+    a0_72 = tl.load(p0_72, mask=m0_72, other=0.0)
+    a1_72 = tl.load(p1_72, mask=m1_72, other=0.0)
+    q_72 = po_72
+    tl.store(q_72, tl.load(q_72, mask=mo_72, other=0.0) + tl.sum(tl.sum(a0_72 * a1_72, axis=4), axis=3), mask=mo_72)
+    tl.debug_barrier()
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d__m_p_0_51 = torch.einsum("zupk,zui->zipk", d__t_p_0_0_2, f[:, 0:16].reshape(n, 16, 1))
-    d__t_p_0_0_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), w[:, 16:32].reshape(n, 1, 16))
-    d_w_52 = torch.einsum("zuk,zupk->zpu", d_p[:, 16:64].reshape(n, 16, 3), _t_p_0_0_1)
+    ii_73 = tl.arange(0, 1)
+    ip_73 = tl.arange(0, 1)
+    ik_73 = tl.arange(0, 8)
+    iu_73 = tl.arange(0, 16)
+    p0_73 = scratch + 1686 + z[:, None, None, None, None] * 2598 + iu_73[None, None, None, None, :] * 5 + ip_73[None, None, :, None, None] * 5 + ik_73[None, None, None, :, None]
+    m0_73 = row_mask[:, None, None, None, None] & (ik_73[None, None, None, :, None] < 5)
+    p1_73 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_73[None, None, None, None, :] + ii_73[None, :, None, None, None]
+    m1_73 = row_mask[:, None, None, None, None]
+    po_73 = scratch + 1447 + z[:, None, None, None] * 2598 + ii_73[None, :, None, None] * 5 + ip_73[None, None, :, None] * 5 + ik_73[None, None, None, :]
+    mo_73 = row_mask[:, None, None, None] & (ik_73[None, None, None, :] < 5)
+    a0_73 = tl.load(p0_73, mask=m0_73, other=0.0)
+    a1_73 = tl.load(p1_73, mask=m1_73, other=0.0)
+    q_73 = po_73
+    tl.store(q_73, tl.load(q_73, mask=mo_73, other=0.0) + tl.sum(a0_73 * a1_73, axis=4), mask=mo_73)
+    tl.debug_barrier()
+    iu_74 = tl.arange(0, 16)
+    ip_74 = tl.arange(0, 1)
+    ik_74 = tl.arange(0, 4)
+    p0_74 = scratch + 1315 + z[:, None, None, None] * 2598 + iu_74[None, :, None, None] * 3 + ik_74[None, None, None, :]
+    m0_74 = row_mask[:, None, None, None] & (ik_74[None, None, None, :] < 3)
+    p1_74 = w_ptr + 16 + z[:, None, None, None] * 240 + ip_74[None, None, :, None] * 16 + iu_74[None, :, None, None]
+    m1_74 = row_mask[:, None, None, None]
+    po_74 = scratch + 1638 + z[:, None, None, None] * 2598 + iu_74[None, :, None, None] * 3 + ip_74[None, None, :, None] * 3 + ik_74[None, None, None, :]
+    mo_74 = row_mask[:, None, None, None] & (ik_74[None, None, None, :] < 3)
+    a0_74 = tl.load(p0_74, mask=m0_74, other=0.0)
+    a1_74 = tl.load(p1_74, mask=m1_74, other=0.0)
+    q_74 = po_74
+    tl.store(q_74, tl.load(q_74, mask=mo_74, other=0.0) + a0_74 * a1_74, mask=mo_74)
+    tl.debug_barrier()
+    ip_75 = tl.arange(0, 1)
+    iu_75 = tl.arange(0, 16)
+    ik_75 = tl.arange(0, 4)
+    p0_75 = scratch + 1315 + z[:, None, None, None] * 2598 + iu_75[None, None, :, None] * 3 + ik_75[None, None, None, :]
+    m0_75 = row_mask[:, None, None, None] & (ik_75[None, None, None, :] < 3)
+    p1_75 = scratch + 339 + z[:, None, None, None] * 2598 + iu_75[None, None, :, None] * 3 + ip_75[None, :, None, None] * 3 + ik_75[None, None, None, :]
+    m1_75 = row_mask[:, None, None, None] & (ik_75[None, None, None, :] < 3)
+    po_75 = d_w_ptr + 16 + z[:, None, None] * 240 + ip_75[None, :, None] * 16 + iu_75[None, None, :]
+    mo_75 = row_mask[:, None, None]
+    a0_75 = tl.load(p0_75, mask=m0_75, other=0.0)
+    a1_75 = tl.load(p1_75, mask=m1_75, other=0.0)
+    q_75 = po_75
+    tl.store(q_75, tl.load(q_75, mask=mo_75, other=0.0) + tl.sum(a0_75 * a1_75, axis=3), mask=mo_75)
+    tl.debug_barrier()
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d_f_53 = torch.einsum("zupk,zipk->zui", d__t_p_0_0_1, _m_p_0[:, 1:4].reshape(n, 1, 1, 3))
+    iu_76 = tl.arange(0, 16)
+    ii_76 = tl.arange(0, 1)
+    ip_76 = tl.arange(0, 1)
+    ik_76 = tl.arange(0, 4)
+    p0_76 = scratch + 1638 + z[:, None, None, None, None] * 2598 + iu_76[None, :, None, None, None] * 3 + ip_76[None, None, None, :, None] * 3 + ik_76[None, None, None, None, :]
+    m0_76 = row_mask[:, None, None, None, None] & (ik_76[None, None, None, None, :] < 3)
+    p1_76 = scratch + 145 + z[:, None, None, None, None] * 2598 + ii_76[None, None, :, None, None] * 3 + ip_76[None, None, None, :, None] * 3 + ik_76[None, None, None, None, :]
+    m1_76 = row_mask[:, None, None, None, None] & (ik_76[None, None, None, None, :] < 3)
+    po_76 = d_f_ptr + 0 + z[:, None, None] * 144 + iu_76[None, :, None] + ii_76[None, None, :]
+    mo_76 = row_mask[:, None, None]
+    a0_76 = tl.load(p0_76, mask=m0_76, other=0.0)
+    a1_76 = tl.load(p1_76, mask=m1_76, other=0.0)
+    q_76 = po_76
+    tl.store(q_76, tl.load(q_76, mask=mo_76, other=0.0) + tl.sum(tl.sum(a0_76 * a1_76, axis=4), axis=3), mask=mo_76)
+    tl.debug_barrier()
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d__m_p_0_54 = torch.einsum("zupk,zui->zipk", d__t_p_0_0_1, f[:, 0:16].reshape(n, 16, 1))
-    d__t_p_0_0_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16))
-    d_w_55 = torch.einsum("zuk,zupk->zpu", d_p[:, 0:16].reshape(n, 16, 1), _t_p_0_0_0)
+    ii_77 = tl.arange(0, 1)
+    ip_77 = tl.arange(0, 1)
+    ik_77 = tl.arange(0, 4)
+    iu_77 = tl.arange(0, 16)
+    p0_77 = scratch + 1638 + z[:, None, None, None, None] * 2598 + iu_77[None, None, None, None, :] * 3 + ip_77[None, None, :, None, None] * 3 + ik_77[None, None, None, :, None]
+    m0_77 = row_mask[:, None, None, None, None] & (ik_77[None, None, None, :, None] < 3)
+    p1_77 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_77[None, None, None, None, :] + ii_77[None, :, None, None, None]
+    m1_77 = row_mask[:, None, None, None, None]
+    po_77 = scratch + 1444 + z[:, None, None, None] * 2598 + ii_77[None, :, None, None] * 3 + ip_77[None, None, :, None] * 3 + ik_77[None, None, None, :]
+    mo_77 = row_mask[:, None, None, None] & (ik_77[None, None, None, :] < 3)
+    a0_77 = tl.load(p0_77, mask=m0_77, other=0.0)
+    a1_77 = tl.load(p1_77, mask=m1_77, other=0.0)
+    q_77 = po_77
+    tl.store(q_77, tl.load(q_77, mask=mo_77, other=0.0) + tl.sum(a0_77 * a1_77, axis=4), mask=mo_77)
+    tl.debug_barrier()
+    iu_78 = tl.arange(0, 16)
+    ip_78 = tl.arange(0, 1)
+    ik_78 = tl.arange(0, 1)
+    p0_78 = scratch + 1299 + z[:, None, None, None] * 2598 + iu_78[None, :, None, None] + ik_78[None, None, None, :]
+    m0_78 = row_mask[:, None, None, None]
+    p1_78 = w_ptr + 0 + z[:, None, None, None] * 240 + ip_78[None, None, :, None] * 16 + iu_78[None, :, None, None]
+    m1_78 = row_mask[:, None, None, None]
+    po_78 = scratch + 1622 + z[:, None, None, None] * 2598 + iu_78[None, :, None, None] + ip_78[None, None, :, None] + ik_78[None, None, None, :]
+    mo_78 = row_mask[:, None, None, None]
+    a0_78 = tl.load(p0_78, mask=m0_78, other=0.0)
+    a1_78 = tl.load(p1_78, mask=m1_78, other=0.0)
+    q_78 = po_78
+    tl.store(q_78, tl.load(q_78, mask=mo_78, other=0.0) + a0_78 * a1_78, mask=mo_78)
+    tl.debug_barrier()
+    ip_79 = tl.arange(0, 1)
+    iu_79 = tl.arange(0, 16)
+    ik_79 = tl.arange(0, 1)
+    p0_79 = scratch + 1299 + z[:, None, None, None] * 2598 + iu_79[None, None, :, None] + ik_79[None, None, None, :]
+    m0_79 = row_mask[:, None, None, None]
+    p1_79 = scratch + 323 + z[:, None, None, None] * 2598 + iu_79[None, None, :, None] + ip_79[None, :, None, None] + ik_79[None, None, None, :]
+    m1_79 = row_mask[:, None, None, None]
+    po_79 = d_w_ptr + 0 + z[:, None, None] * 240 + ip_79[None, :, None] * 16 + iu_79[None, None, :]
+    mo_79 = row_mask[:, None, None]
+    a0_79 = tl.load(p0_79, mask=m0_79, other=0.0)
+    a1_79 = tl.load(p1_79, mask=m1_79, other=0.0)
+    q_79 = po_79
+    tl.store(q_79, tl.load(q_79, mask=mo_79, other=0.0) + tl.sum(a0_79 * a1_79, axis=3), mask=mo_79)
+    tl.debug_barrier()
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d_f_56 = d__t_p_0_0_0.reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    iu_80 = tl.arange(0, 16)
+    ii_80 = tl.arange(0, 1)
+    ip_80 = tl.arange(0, 1)
+    ik_80 = tl.arange(0, 1)
+    p0_80 = scratch + 1622 + z[:, None, None, None, None] * 2598 + iu_80[None, :, None, None, None] + ip_80[None, None, None, :, None] + ik_80[None, None, None, None, :]
+    m0_80 = row_mask[:, None, None, None, None]
+    p1_80 = scratch + 144 + z[:, None, None, None, None] * 2598 + ii_80[None, None, :, None, None] + ip_80[None, None, None, :, None] + ik_80[None, None, None, None, :]
+    m1_80 = row_mask[:, None, None, None, None]
+    po_80 = d_f_ptr + 0 + z[:, None, None] * 144 + iu_80[None, :, None] + ii_80[None, None, :]
+    mo_80 = row_mask[:, None, None]
+    a0_80 = tl.load(p0_80, mask=m0_80, other=0.0)
+    a1_80 = tl.load(p1_80, mask=m1_80, other=0.0)
+    q_80 = po_80
+    tl.store(q_80, tl.load(q_80, mask=mo_80, other=0.0) + tl.sum(tl.sum(a0_80 * a1_80, axis=4), axis=3), mask=mo_80)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d_5_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_p_0_ptr, d_f_ptr, d_sh_ptr, d_w_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message, statements 81–82 of 82: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d__m_p_0_57 = torch.einsum("zupk,zui->zipk", d__t_p_0_0_0, f[:, 0:16].reshape(n, 16, 1))
+    ii_81 = tl.arange(0, 1)
+    ip_81 = tl.arange(0, 1)
+    ik_81 = tl.arange(0, 1)
+    iu_81 = tl.arange(0, 16)
+    p0_81 = scratch + 1622 + z[:, None, None, None, None] * 2598 + iu_81[None, None, None, None, :] + ip_81[None, None, :, None, None] + ik_81[None, None, None, :, None]
+    m0_81 = row_mask[:, None, None, None, None]
+    p1_81 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_81[None, None, None, None, :] + ii_81[None, :, None, None, None]
+    m1_81 = row_mask[:, None, None, None, None]
+    po_81 = scratch + 1443 + z[:, None, None, None] * 2598 + ii_81[None, :, None, None] + ip_81[None, None, :, None] + ik_81[None, None, None, :]
+    mo_81 = row_mask[:, None, None, None]
+    a0_81 = tl.load(p0_81, mask=m0_81, other=0.0)
+    a1_81 = tl.load(p1_81, mask=m1_81, other=0.0)
+    q_81 = po_81
+    tl.store(q_81, tl.load(q_81, mask=mo_81, other=0.0) + tl.sum(a0_81 * a1_81, axis=4), mask=mo_81)
+    tl.debug_barrier()
     # ∂/∂sh: every path's (i, k) map at once: sh · G
-    d__m_p_0 = torch.cat([
-        d__m_p_0_57.reshape(n, 1),
-        d__m_p_0_54.reshape(n, 3),
-        d__m_p_0_51.reshape(n, 5),
-        d__m_p_0_48.reshape(n, 3),
-        d__m_p_0_42.reshape(n, 27),
-        d__m_p_0_38.reshape(n, 30),
-        d__m_p_0_36.reshape(n, 5),
-        d__m_p_0_31.reshape(n, 30),
-        d__m_p_0_26.reshape(n, 75),
-    ], dim=-1)
-    d_sh_58 = torch.einsum("zc,jc->zj", d__m_p_0, _g_p_0)
-    d_f = torch.cat([
-        (d_f_50 + d_f_53 + d_f_56).reshape(n, 16),
-        (d_f_37 + d_f_41 + d_f_47).reshape(n, 48),
-        (d_f_25 + d_f_30 + d_f_35).reshape(n, 80),
-    ], dim=-1)
-    d_sh = d_sh_58
-    d_w = torch.cat([
-        d_w_55.reshape(n, 16),
-        d_w_52.reshape(n, 16),
-        d_w_49.reshape(n, 16),
-        d_w_45.reshape(n, 16),
-        d_w_46.reshape(n, 16),
-        d_w_44.reshape(n, 16),
-        d_w_40.reshape(n, 16),
-        d_w_43.reshape(n, 16),
-        d_w_39.reshape(n, 16),
-        d_w_29.reshape(n, 16),
-        d_w_33.reshape(n, 16),
-        d_w_28.reshape(n, 16),
-        d_w_34.reshape(n, 16),
-        d_w_32.reshape(n, 16),
-        d_w_27.reshape(n, 16),
-    ], dim=-1)
-    d_weight = torch.cat([
-        d_weight_24.reshape(256),
-        d_weight_22.reshape(256),
-        d_weight_20.reshape(256),
-    ], dim=-1)
-    return [d_f, d_sh, d_w, d_weight]
+    ij_82 = tl.arange(0, 16)
+    p0_82 = scratch + 1443 + z[:, None, None] * 2598
+    m0_82 = row_mask[:, None, None]
+    p1_82 = _g_p_0_ptr + 0 + ij_82[None, :, None] * 179
+    m1_82 = (ij_82[None, :, None] < 9)
+    po_82 = d_sh_ptr + 0 + z[:, None] * 9 + ij_82[None, :]
+    mo_82 = row_mask[:, None] & (ij_82[None, :] < 9)
+    acc_82 = tl.zeros([BLOCK_Z, 16], dtype=DTYPE)
+    for startc_82 in range(0, 179, 16):
+        ic_82 = startc_82 + tl.arange(0, 16)
+        a0_82 = tl.load(p0_82 + ic_82[None, None, :], mask=m0_82 & (ic_82[None, None, :] < 179), other=0.0)
+        a1_82 = tl.load(p1_82 + ic_82[None, None, :], mask=m1_82 & (ic_82[None, None, :] < 179), other=0.0)
+        acc_82 += tl.sum(a0_82 * a1_82, axis=2)
+    q_82 = po_82
+    tl.store(q_82, tl.load(q_82, mask=mo_82, other=0.0) + acc_82, mask=mo_82)
+    tl.debug_barrier()
+
+
+def _cormorant_message_d_triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the cormorant_message_d kernel on (f, sh, w, d_m, weight, _g_p_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+    n = args[0].shape[0]
+    programs = triton.cdiv(n, 16)
+    outputs = [rt.output_rows(args[4], n, size) for size in (144, 9, 240)]
+    scratch = args[4].new_zeros(max(n * 2598, 1))
+    partial = args[4].new_zeros(programs, 768)
+    arguments = [a.contiguous() for a in args] + outputs
+    dtype = tl.float64 if args[4].dtype == torch.float64 else tl.float32
+    for kernel in (_cormorant_message_d_0_kernel, _cormorant_message_d_1_kernel, _cormorant_message_d_2_kernel, _cormorant_message_d_3_kernel, _cormorant_message_d_4_kernel, _cormorant_message_d_5_kernel,):  # one after another: each sees the last one's writes
+        if n:
+            kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
+    return [outputs[0], outputs[1], outputs[2], partial[:, 0:768].sum(0)]
+
+
+@triton.jit
+def _cormorant_message_d2_f_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_f, statements 1–16 of 76: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    for c0 in range(0, 144, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d2_f_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
+    for c0 in range(0, 9, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d2_sh_ptr + z[:, None] * 9 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 9)[None, :])
+    for c0 in range(0, 240, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d2_w_ptr + z[:, None] * 240 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 240)[None, :])
+    for c0 in range(0, 144, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d2_d_m_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
+    tl.debug_barrier()
+    # every path's (i, k) map at once: sh · G
+    ij_1 = tl.arange(0, 16)
+    p0_1 = sh_ptr + 0 + z[:, None, None] * 9 + ij_1[None, None, :]
+    m0_1 = row_mask[:, None, None] & (ij_1[None, None, :] < 9)
+    p1_1 = _g_p_0_ptr + 0 + ij_1[None, None, :] * 179
+    m1_1 = (ij_1[None, None, :] < 9)
+    po_1 = scratch + 0 + z[:, None] * 2598
+    mo_1 = row_mask[:, None]
+    for startc_1 in range(0, 179, 16):
+        ic_1 = startc_1 + tl.arange(0, 16)
+        a0_1 = tl.load(p0_1, mask=m0_1, other=0.0)
+        a1_1 = tl.load(p1_1 + ic_1[None, :, None], mask=m1_1 & (ic_1[None, :, None] < 179), other=0.0)
+        q_1 = po_1 + ic_1[None, :]
+        tl.store(q_1, tl.load(q_1, mask=mo_1 & (ic_1[None, :] < 179), other=0.0) + tl.sum(a0_1 * a1_1, axis=2), mask=mo_1 & (ic_1[None, :] < 179))
+    tl.debug_barrier()
+    iu_2 = tl.arange(0, 16)
+    p0_2 = w_ptr + 48 + z[:, None] * 240 + iu_2[None, :]
+    m0_2 = row_mask[:, None]
+    po_2 = scratch + 179 + z[:, None] * 2598 + iu_2[None, :]
+    mo_2 = row_mask[:, None]
+    a0_2 = tl.load(p0_2, mask=m0_2, other=0.0)
+    q_2 = po_2
+    tl.store(q_2, tl.load(q_2, mask=mo_2, other=0.0) + a0_2, mask=mo_2)
+    tl.debug_barrier()
+    iu_3 = tl.arange(0, 16)
+    p0_3 = w_ptr + 80 + z[:, None] * 240 + iu_3[None, :]
+    m0_3 = row_mask[:, None]
+    po_3 = scratch + 195 + z[:, None] * 2598 + iu_3[None, :]
+    mo_3 = row_mask[:, None]
+    a0_3 = tl.load(p0_3, mask=m0_3, other=0.0)
+    q_3 = po_3
+    tl.store(q_3, tl.load(q_3, mask=mo_3, other=0.0) + a0_3, mask=mo_3)
+    tl.debug_barrier()
+    iu_4 = tl.arange(0, 16)
+    p0_4 = w_ptr + 112 + z[:, None] * 240 + iu_4[None, :]
+    m0_4 = row_mask[:, None]
+    po_4 = scratch + 211 + z[:, None] * 2598 + iu_4[None, :]
+    mo_4 = row_mask[:, None]
+    a0_4 = tl.load(p0_4, mask=m0_4, other=0.0)
+    q_4 = po_4
+    tl.store(q_4, tl.load(q_4, mask=mo_4, other=0.0) + a0_4, mask=mo_4)
+    tl.debug_barrier()
+    iu_5 = tl.arange(0, 16)
+    p0_5 = w_ptr + 96 + z[:, None] * 240 + iu_5[None, :]
+    m0_5 = row_mask[:, None]
+    po_5 = scratch + 227 + z[:, None] * 2598 + iu_5[None, :]
+    mo_5 = row_mask[:, None]
+    a0_5 = tl.load(p0_5, mask=m0_5, other=0.0)
+    q_5 = po_5
+    tl.store(q_5, tl.load(q_5, mask=mo_5, other=0.0) + a0_5, mask=mo_5)
+    tl.debug_barrier()
+    iu_6 = tl.arange(0, 16)
+    p0_6 = w_ptr + 128 + z[:, None] * 240 + iu_6[None, :]
+    m0_6 = row_mask[:, None]
+    po_6 = scratch + 243 + z[:, None] * 2598 + iu_6[None, :]
+    mo_6 = row_mask[:, None]
+    a0_6 = tl.load(p0_6, mask=m0_6, other=0.0)
+    q_6 = po_6
+    tl.store(q_6, tl.load(q_6, mask=mo_6, other=0.0) + a0_6, mask=mo_6)
+    tl.debug_barrier()
+    iu_7 = tl.arange(0, 16)
+    p0_7 = w_ptr + 160 + z[:, None] * 240 + iu_7[None, :]
+    m0_7 = row_mask[:, None]
+    po_7 = scratch + 259 + z[:, None] * 2598 + iu_7[None, :]
+    mo_7 = row_mask[:, None]
+    a0_7 = tl.load(p0_7, mask=m0_7, other=0.0)
+    q_7 = po_7
+    tl.store(q_7, tl.load(q_7, mask=mo_7, other=0.0) + a0_7, mask=mo_7)
+    tl.debug_barrier()
+    iu_8 = tl.arange(0, 16)
+    p0_8 = w_ptr + 208 + z[:, None] * 240 + iu_8[None, :]
+    m0_8 = row_mask[:, None]
+    po_8 = scratch + 275 + z[:, None] * 2598 + iu_8[None, :]
+    mo_8 = row_mask[:, None]
+    a0_8 = tl.load(p0_8, mask=m0_8, other=0.0)
+    q_8 = po_8
+    tl.store(q_8, tl.load(q_8, mask=mo_8, other=0.0) + a0_8, mask=mo_8)
+    tl.debug_barrier()
+    iu_9 = tl.arange(0, 16)
+    p0_9 = w_ptr + 144 + z[:, None] * 240 + iu_9[None, :]
+    m0_9 = row_mask[:, None]
+    po_9 = scratch + 291 + z[:, None] * 2598 + iu_9[None, :]
+    mo_9 = row_mask[:, None]
+    a0_9 = tl.load(p0_9, mask=m0_9, other=0.0)
+    q_9 = po_9
+    tl.store(q_9, tl.load(q_9, mask=mo_9, other=0.0) + a0_9, mask=mo_9)
+    tl.debug_barrier()
+    iu_10 = tl.arange(0, 16)
+    p0_10 = w_ptr + 176 + z[:, None] * 240 + iu_10[None, :]
+    m0_10 = row_mask[:, None]
+    po_10 = scratch + 307 + z[:, None] * 2598 + iu_10[None, :]
+    mo_10 = row_mask[:, None]
+    a0_10 = tl.load(p0_10, mask=m0_10, other=0.0)
+    q_10 = po_10
+    tl.store(q_10, tl.load(q_10, mask=mo_10, other=0.0) + a0_10, mask=mo_10)
+    tl.debug_barrier()
+    iu_11 = tl.arange(0, 16)
+    p0_11 = w_ptr + 224 + z[:, None] * 240 + iu_11[None, :]
+    m0_11 = row_mask[:, None]
+    po_11 = scratch + 323 + z[:, None] * 2598 + iu_11[None, :]
+    mo_11 = row_mask[:, None]
+    a0_11 = tl.load(p0_11, mask=m0_11, other=0.0)
+    q_11 = po_11
+    tl.store(q_11, tl.load(q_11, mask=mo_11, other=0.0) + a0_11, mask=mo_11)
+    tl.debug_barrier()
+    # ∂/∂p: 16x2 -> 16x2
+    ii_12 = tl.arange(0, 8)
+    p0_12 = d_m_ptr + 64 + z[:, None, None, None] * 144 + ii_12[None, None, :, None]
+    m0_12 = row_mask[:, None, None, None] & (ii_12[None, None, :, None] < 5)
+    p1_12 = weight_ptr + 512
+    po_12 = scratch + 403 + z[:, None, None] * 2598 + ii_12[None, None, :]
+    mo_12 = row_mask[:, None, None] & (ii_12[None, None, :] < 5)
+    for startu_12 in range(0, 16, 4):
+        iu_12 = startu_12 + tl.arange(0, 4)
+        acc_12 = tl.zeros([BLOCK_Z, 4, 8], dtype=DTYPE)
+        for startw_12 in range(0, 16, 8):
+            iw_12 = startw_12 + tl.arange(0, 8)
+            a0_12 = tl.load(p0_12 + iw_12[None, None, None, :] * 5, mask=m0_12, other=0.0)
+            a1_12 = tl.load(p1_12 + iu_12[None, :, None, None] * 16 + iw_12[None, None, None, :])
+            acc_12 += tl.sum(a0_12 * a1_12, axis=3)
+        q_12 = po_12 + iu_12[None, :, None] * 5
+        tl.store(q_12, tl.load(q_12, mask=mo_12, other=0.0) + acc_12 * 0.25, mask=mo_12)
+    tl.debug_barrier()
+    # ∂/∂p: 16x1 -> 16x1
+    ii_13 = tl.arange(0, 4)
+    p0_13 = d_m_ptr + 16 + z[:, None, None, None] * 144 + ii_13[None, None, :, None]
+    m0_13 = row_mask[:, None, None, None] & (ii_13[None, None, :, None] < 3)
+    p1_13 = weight_ptr + 256
+    po_13 = scratch + 355 + z[:, None, None] * 2598 + ii_13[None, None, :]
+    mo_13 = row_mask[:, None, None] & (ii_13[None, None, :] < 3)
+    for startu_13 in range(0, 16, 8):
+        iu_13 = startu_13 + tl.arange(0, 8)
+        acc_13 = tl.zeros([BLOCK_Z, 8, 4], dtype=DTYPE)
+        for startw_13 in range(0, 16, 8):
+            iw_13 = startw_13 + tl.arange(0, 8)
+            a0_13 = tl.load(p0_13 + iw_13[None, None, None, :] * 3, mask=m0_13, other=0.0)
+            a1_13 = tl.load(p1_13 + iu_13[None, :, None, None] * 16 + iw_13[None, None, None, :])
+            acc_13 += tl.sum(a0_13 * a1_13, axis=3)
+        q_13 = po_13 + iu_13[None, :, None] * 3
+        tl.store(q_13, tl.load(q_13, mask=mo_13, other=0.0) + acc_13 * 0.25, mask=mo_13)
+    tl.debug_barrier()
+    # ∂/∂p: 16x0 -> 16x0
+    iu_14 = tl.arange(0, 16)
+    ii_14 = tl.arange(0, 1)
+    iw_14 = tl.arange(0, 16)
+    p0_14 = d_m_ptr + 0 + z[:, None, None, None] * 144 + iw_14[None, None, None, :] + ii_14[None, None, :, None]
+    m0_14 = row_mask[:, None, None, None]
+    p1_14 = weight_ptr + 0 + iu_14[None, :, None, None] * 16 + iw_14[None, None, None, :]
+    po_14 = scratch + 339 + z[:, None, None] * 2598 + iu_14[None, :, None] + ii_14[None, None, :]
+    mo_14 = row_mask[:, None, None]
+    a0_14 = tl.load(p0_14, mask=m0_14, other=0.0)
+    a1_14 = tl.load(p1_14)
+    q_14 = po_14
+    tl.store(q_14, tl.load(q_14, mask=mo_14, other=0.0) + tl.sum(a0_14 * a1_14, axis=3) * 0.25, mask=mo_14)
+    tl.debug_barrier()
+    ip_15 = tl.arange(0, 4)
+    ik_15 = tl.arange(0, 8)
+    p0_15 = scratch + 403 + z[:, None, None, None] * 2598 + ik_15[None, None, None, :]
+    m0_15 = row_mask[:, None, None, None] & (ik_15[None, None, None, :] < 5)
+    p1_15 = scratch + 291 + z[:, None, None, None] * 2598 + ip_15[None, None, :, None] * 16
+    m1_15 = row_mask[:, None, None, None] & (ip_15[None, None, :, None] < 3)
+    po_15 = scratch + 1059 + z[:, None, None, None] * 2598 + ip_15[None, None, :, None] * 5 + ik_15[None, None, None, :]
+    mo_15 = row_mask[:, None, None, None] & (ip_15[None, None, :, None] < 3) & (ik_15[None, None, None, :] < 5)
+    for startu_15 in range(0, 16, 8):
+        iu_15 = startu_15 + tl.arange(0, 8)
+        a0_15 = tl.load(p0_15 + iu_15[None, :, None, None] * 5, mask=m0_15, other=0.0)
+        a1_15 = tl.load(p1_15 + iu_15[None, :, None, None], mask=m1_15, other=0.0)
+        q_15 = po_15 + iu_15[None, :, None, None] * 15
+        tl.store(q_15, tl.load(q_15, mask=mo_15, other=0.0) + a0_15 * a1_15, mask=mo_15)
+    tl.debug_barrier()
+    iu_16 = tl.arange(0, 16)
+    ip_16 = tl.arange(0, 2)
+    ik_16 = tl.arange(0, 4)
+    p0_16 = scratch + 355 + z[:, None, None, None] * 2598 + iu_16[None, :, None, None] * 3 + ik_16[None, None, None, :]
+    m0_16 = row_mask[:, None, None, None] & (ik_16[None, None, None, :] < 3)
+    p1_16 = scratch + 259 + z[:, None, None, None] * 2598 + ip_16[None, None, :, None] * 16 + iu_16[None, :, None, None]
+    m1_16 = row_mask[:, None, None, None]
+    po_16 = scratch + 963 + z[:, None, None, None] * 2598 + iu_16[None, :, None, None] * 6 + ip_16[None, None, :, None] * 3 + ik_16[None, None, None, :]
+    mo_16 = row_mask[:, None, None, None] & (ik_16[None, None, None, :] < 3)
+    a0_16 = tl.load(p0_16, mask=m0_16, other=0.0)
+    a1_16 = tl.load(p1_16, mask=m1_16, other=0.0)
+    q_16 = po_16
+    tl.store(q_16, tl.load(q_16, mask=mo_16, other=0.0) + a0_16 * a1_16, mask=mo_16)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d2_f_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_f, statements 17–32 of 76: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    iu_17 = tl.arange(0, 16)
+    ip_17 = tl.arange(0, 1)
+    ik_17 = tl.arange(0, 1)
+    p0_17 = scratch + 339 + z[:, None, None, None] * 2598 + iu_17[None, :, None, None] + ik_17[None, None, None, :]
+    m0_17 = row_mask[:, None, None, None]
+    p1_17 = w_ptr + 192 + z[:, None, None, None] * 240 + ip_17[None, None, :, None] * 16 + iu_17[None, :, None, None]
+    m1_17 = row_mask[:, None, None, None]
+    po_17 = scratch + 947 + z[:, None, None, None] * 2598 + iu_17[None, :, None, None] + ip_17[None, None, :, None] + ik_17[None, None, None, :]
+    mo_17 = row_mask[:, None, None, None]
+    a0_17 = tl.load(p0_17, mask=m0_17, other=0.0)
+    a1_17 = tl.load(p1_17, mask=m1_17, other=0.0)
+    q_17 = po_17
+    tl.store(q_17, tl.load(q_17, mask=mo_17, other=0.0) + a0_17 * a1_17, mask=mo_17)
+    tl.debug_barrier()
+    iu_18 = tl.arange(0, 16)
+    ip_18 = tl.arange(0, 2)
+    ik_18 = tl.arange(0, 8)
+    p0_18 = scratch + 403 + z[:, None, None, None] * 2598 + iu_18[None, :, None, None] * 5 + ik_18[None, None, None, :]
+    m0_18 = row_mask[:, None, None, None] & (ik_18[None, None, None, :] < 5)
+    p1_18 = scratch + 227 + z[:, None, None, None] * 2598 + ip_18[None, None, :, None] * 16 + iu_18[None, :, None, None]
+    m1_18 = row_mask[:, None, None, None]
+    po_18 = scratch + 787 + z[:, None, None, None] * 2598 + iu_18[None, :, None, None] * 10 + ip_18[None, None, :, None] * 5 + ik_18[None, None, None, :]
+    mo_18 = row_mask[:, None, None, None] & (ik_18[None, None, None, :] < 5)
+    a0_18 = tl.load(p0_18, mask=m0_18, other=0.0)
+    a1_18 = tl.load(p1_18, mask=m1_18, other=0.0)
+    q_18 = po_18
+    tl.store(q_18, tl.load(q_18, mask=mo_18, other=0.0) + a0_18 * a1_18, mask=mo_18)
+    tl.debug_barrier()
+    iu_19 = tl.arange(0, 16)
+    ip_19 = tl.arange(0, 4)
+    ik_19 = tl.arange(0, 4)
+    p0_19 = scratch + 355 + z[:, None, None, None] * 2598 + iu_19[None, :, None, None] * 3 + ik_19[None, None, None, :]
+    m0_19 = row_mask[:, None, None, None] & (ik_19[None, None, None, :] < 3)
+    p1_19 = scratch + 179 + z[:, None, None, None] * 2598 + ip_19[None, None, :, None] * 16 + iu_19[None, :, None, None]
+    m1_19 = row_mask[:, None, None, None] & (ip_19[None, None, :, None] < 3)
+    po_19 = scratch + 643 + z[:, None, None, None] * 2598 + iu_19[None, :, None, None] * 9 + ip_19[None, None, :, None] * 3 + ik_19[None, None, None, :]
+    mo_19 = row_mask[:, None, None, None] & (ip_19[None, None, :, None] < 3) & (ik_19[None, None, None, :] < 3)
+    a0_19 = tl.load(p0_19, mask=m0_19, other=0.0)
+    a1_19 = tl.load(p1_19, mask=m1_19, other=0.0)
+    q_19 = po_19
+    tl.store(q_19, tl.load(q_19, mask=mo_19, other=0.0) + a0_19 * a1_19, mask=mo_19)
+    tl.debug_barrier()
+    iu_20 = tl.arange(0, 16)
+    ip_20 = tl.arange(0, 1)
+    ik_20 = tl.arange(0, 1)
+    p0_20 = scratch + 339 + z[:, None, None, None] * 2598 + iu_20[None, :, None, None] + ik_20[None, None, None, :]
+    m0_20 = row_mask[:, None, None, None]
+    p1_20 = w_ptr + 64 + z[:, None, None, None] * 240 + ip_20[None, None, :, None] * 16 + iu_20[None, :, None, None]
+    m1_20 = row_mask[:, None, None, None]
+    po_20 = scratch + 627 + z[:, None, None, None] * 2598 + iu_20[None, :, None, None] + ip_20[None, None, :, None] + ik_20[None, None, None, :]
+    mo_20 = row_mask[:, None, None, None]
+    a0_20 = tl.load(p0_20, mask=m0_20, other=0.0)
+    a1_20 = tl.load(p1_20, mask=m1_20, other=0.0)
+    q_20 = po_20
+    tl.store(q_20, tl.load(q_20, mask=mo_20, other=0.0) + a0_20 * a1_20, mask=mo_20)
+    tl.debug_barrier()
+    iu_21 = tl.arange(0, 16)
+    ip_21 = tl.arange(0, 1)
+    ik_21 = tl.arange(0, 8)
+    p0_21 = scratch + 403 + z[:, None, None, None] * 2598 + iu_21[None, :, None, None] * 5 + ik_21[None, None, None, :]
+    m0_21 = row_mask[:, None, None, None] & (ik_21[None, None, None, :] < 5)
+    p1_21 = w_ptr + 32 + z[:, None, None, None] * 240 + ip_21[None, None, :, None] * 16 + iu_21[None, :, None, None]
+    m1_21 = row_mask[:, None, None, None]
+    po_21 = scratch + 547 + z[:, None, None, None] * 2598 + iu_21[None, :, None, None] * 5 + ip_21[None, None, :, None] * 5 + ik_21[None, None, None, :]
+    mo_21 = row_mask[:, None, None, None] & (ik_21[None, None, None, :] < 5)
+    a0_21 = tl.load(p0_21, mask=m0_21, other=0.0)
+    a1_21 = tl.load(p1_21, mask=m1_21, other=0.0)
+    q_21 = po_21
+    tl.store(q_21, tl.load(q_21, mask=mo_21, other=0.0) + a0_21 * a1_21, mask=mo_21)
+    tl.debug_barrier()
+    iu_22 = tl.arange(0, 16)
+    ip_22 = tl.arange(0, 1)
+    ik_22 = tl.arange(0, 4)
+    p0_22 = scratch + 355 + z[:, None, None, None] * 2598 + iu_22[None, :, None, None] * 3 + ik_22[None, None, None, :]
+    m0_22 = row_mask[:, None, None, None] & (ik_22[None, None, None, :] < 3)
+    p1_22 = w_ptr + 16 + z[:, None, None, None] * 240 + ip_22[None, None, :, None] * 16 + iu_22[None, :, None, None]
+    m1_22 = row_mask[:, None, None, None]
+    po_22 = scratch + 499 + z[:, None, None, None] * 2598 + iu_22[None, :, None, None] * 3 + ip_22[None, None, :, None] * 3 + ik_22[None, None, None, :]
+    mo_22 = row_mask[:, None, None, None] & (ik_22[None, None, None, :] < 3)
+    a0_22 = tl.load(p0_22, mask=m0_22, other=0.0)
+    a1_22 = tl.load(p1_22, mask=m1_22, other=0.0)
+    q_22 = po_22
+    tl.store(q_22, tl.load(q_22, mask=mo_22, other=0.0) + a0_22 * a1_22, mask=mo_22)
+    tl.debug_barrier()
+    iu_23 = tl.arange(0, 16)
+    ip_23 = tl.arange(0, 1)
+    ik_23 = tl.arange(0, 1)
+    p0_23 = scratch + 339 + z[:, None, None, None] * 2598 + iu_23[None, :, None, None] + ik_23[None, None, None, :]
+    m0_23 = row_mask[:, None, None, None]
+    p1_23 = w_ptr + 0 + z[:, None, None, None] * 240 + ip_23[None, None, :, None] * 16 + iu_23[None, :, None, None]
+    m1_23 = row_mask[:, None, None, None]
+    po_23 = scratch + 483 + z[:, None, None, None] * 2598 + iu_23[None, :, None, None] + ip_23[None, None, :, None] + ik_23[None, None, None, :]
+    mo_23 = row_mask[:, None, None, None]
+    a0_23 = tl.load(p0_23, mask=m0_23, other=0.0)
+    a1_23 = tl.load(p1_23, mask=m1_23, other=0.0)
+    q_23 = po_23
+    tl.store(q_23, tl.load(q_23, mask=mo_23, other=0.0) + a0_23 * a1_23, mask=mo_23)
+    tl.debug_barrier()
+    # ∂/∂d__t_p_0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    iu_24 = tl.arange(0, 16)
+    ip_24 = tl.arange(0, 1)
+    ik_24 = tl.arange(0, 1)
+    ii_24 = tl.arange(0, 1)
+    p0_24 = d2_d_f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_24[None, :, None, None, None] + ii_24[None, None, None, None, :]
+    m0_24 = row_mask[:, None, None, None, None]
+    p1_24 = scratch + 0 + z[:, None, None, None, None] * 2598 + ii_24[None, None, None, None, :] + ip_24[None, None, :, None, None] + ik_24[None, None, None, :, None]
+    m1_24 = row_mask[:, None, None, None, None]
+    po_24 = scratch + 1782 + z[:, None, None, None] * 2598 + iu_24[None, :, None, None] + ip_24[None, None, :, None] + ik_24[None, None, None, :]
+    mo_24 = row_mask[:, None, None, None]
+    a0_24 = tl.load(p0_24, mask=m0_24, other=0.0)
+    a1_24 = tl.load(p1_24, mask=m1_24, other=0.0)
+    q_24 = po_24
+    tl.store(q_24, tl.load(q_24, mask=mo_24, other=0.0) + tl.sum(a0_24 * a1_24, axis=4), mask=mo_24)
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    ii_25 = tl.arange(0, 1)
+    ip_25 = tl.arange(0, 1)
+    ik_25 = tl.arange(0, 1)
+    iu_25 = tl.arange(0, 16)
+    p0_25 = d2_d_f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_25[None, None, None, None, :] + ii_25[None, :, None, None, None]
+    m0_25 = row_mask[:, None, None, None, None]
+    p1_25 = scratch + 483 + z[:, None, None, None, None] * 2598 + iu_25[None, None, None, None, :] + ip_25[None, None, :, None, None] + ik_25[None, None, None, :, None]
+    m1_25 = row_mask[:, None, None, None, None]
+    po_25 = scratch + 1299 + z[:, None, None, None] * 2598 + ii_25[None, :, None, None] + ip_25[None, None, :, None] + ik_25[None, None, None, :]
+    mo_25 = row_mask[:, None, None, None]
+    a0_25 = tl.load(p0_25, mask=m0_25, other=0.0)
+    a1_25 = tl.load(p1_25, mask=m1_25, other=0.0)
+    q_25 = po_25
+    tl.store(q_25, tl.load(q_25, mask=mo_25, other=0.0) + tl.sum(a0_25 * a1_25, axis=4), mask=mo_25)
+    tl.debug_barrier()
+    iu_26 = tl.arange(0, 16)
+    ik_26 = tl.arange(0, 1)
+    ip_26 = tl.arange(0, 1)
+    p0_26 = scratch + 1782 + z[:, None, None, None] * 2598 + iu_26[None, :, None, None] + ip_26[None, None, None, :] + ik_26[None, None, :, None]
+    m0_26 = row_mask[:, None, None, None]
+    p1_26 = w_ptr + 0 + z[:, None, None, None] * 240 + ip_26[None, None, None, :] * 16 + iu_26[None, :, None, None]
+    m1_26 = row_mask[:, None, None, None]
+    po_26 = scratch + 1638 + z[:, None, None] * 2598 + iu_26[None, :, None] + ik_26[None, None, :]
+    mo_26 = row_mask[:, None, None]
+    a0_26 = tl.load(p0_26, mask=m0_26, other=0.0)
+    a1_26 = tl.load(p1_26, mask=m1_26, other=0.0)
+    q_26 = po_26
+    tl.store(q_26, tl.load(q_26, mask=mo_26, other=0.0) + tl.sum(a0_26 * a1_26, axis=3), mask=mo_26)
+    tl.debug_barrier()
+    ip_27 = tl.arange(0, 1)
+    iu_27 = tl.arange(0, 16)
+    ik_27 = tl.arange(0, 1)
+    p0_27 = scratch + 1782 + z[:, None, None, None] * 2598 + iu_27[None, None, :, None] + ip_27[None, :, None, None] + ik_27[None, None, None, :]
+    m0_27 = row_mask[:, None, None, None]
+    p1_27 = scratch + 339 + z[:, None, None, None] * 2598 + iu_27[None, None, :, None] + ik_27[None, None, None, :]
+    m1_27 = row_mask[:, None, None, None]
+    po_27 = d2_w_ptr + 0 + z[:, None, None] * 240 + ip_27[None, :, None] * 16 + iu_27[None, None, :]
+    mo_27 = row_mask[:, None, None]
+    a0_27 = tl.load(p0_27, mask=m0_27, other=0.0)
+    a1_27 = tl.load(p1_27, mask=m1_27, other=0.0)
+    q_27 = po_27
+    tl.store(q_27, tl.load(q_27, mask=mo_27, other=0.0) + tl.sum(a0_27 * a1_27, axis=3), mask=mo_27)
+    tl.debug_barrier()
+    # ∂/∂d__t_p_0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    iu_28 = tl.arange(0, 16)
+    ip_28 = tl.arange(0, 1)
+    ik_28 = tl.arange(0, 4)
+    ii_28 = tl.arange(0, 1)
+    p0_28 = d2_d_f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_28[None, :, None, None, None] + ii_28[None, None, None, None, :]
+    m0_28 = row_mask[:, None, None, None, None]
+    p1_28 = scratch + 1 + z[:, None, None, None, None] * 2598 + ii_28[None, None, None, None, :] * 3 + ip_28[None, None, :, None, None] * 3 + ik_28[None, None, None, :, None]
+    m1_28 = row_mask[:, None, None, None, None] & (ik_28[None, None, None, :, None] < 3)
+    po_28 = scratch + 1798 + z[:, None, None, None] * 2598 + iu_28[None, :, None, None] * 3 + ip_28[None, None, :, None] * 3 + ik_28[None, None, None, :]
+    mo_28 = row_mask[:, None, None, None] & (ik_28[None, None, None, :] < 3)
+    a0_28 = tl.load(p0_28, mask=m0_28, other=0.0)
+    a1_28 = tl.load(p1_28, mask=m1_28, other=0.0)
+    q_28 = po_28
+    tl.store(q_28, tl.load(q_28, mask=mo_28, other=0.0) + tl.sum(a0_28 * a1_28, axis=4), mask=mo_28)
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    ii_29 = tl.arange(0, 1)
+    ip_29 = tl.arange(0, 1)
+    ik_29 = tl.arange(0, 4)
+    iu_29 = tl.arange(0, 16)
+    p0_29 = d2_d_f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_29[None, None, None, None, :] + ii_29[None, :, None, None, None]
+    m0_29 = row_mask[:, None, None, None, None]
+    p1_29 = scratch + 499 + z[:, None, None, None, None] * 2598 + iu_29[None, None, None, None, :] * 3 + ip_29[None, None, :, None, None] * 3 + ik_29[None, None, None, :, None]
+    m1_29 = row_mask[:, None, None, None, None] & (ik_29[None, None, None, :, None] < 3)
+    po_29 = scratch + 1300 + z[:, None, None, None] * 2598 + ii_29[None, :, None, None] * 3 + ip_29[None, None, :, None] * 3 + ik_29[None, None, None, :]
+    mo_29 = row_mask[:, None, None, None] & (ik_29[None, None, None, :] < 3)
+    a0_29 = tl.load(p0_29, mask=m0_29, other=0.0)
+    a1_29 = tl.load(p1_29, mask=m1_29, other=0.0)
+    q_29 = po_29
+    tl.store(q_29, tl.load(q_29, mask=mo_29, other=0.0) + tl.sum(a0_29 * a1_29, axis=4), mask=mo_29)
+    tl.debug_barrier()
+    iu_30 = tl.arange(0, 16)
+    ik_30 = tl.arange(0, 4)
+    ip_30 = tl.arange(0, 1)
+    p0_30 = scratch + 1798 + z[:, None, None, None] * 2598 + iu_30[None, :, None, None] * 3 + ip_30[None, None, None, :] * 3 + ik_30[None, None, :, None]
+    m0_30 = row_mask[:, None, None, None] & (ik_30[None, None, :, None] < 3)
+    p1_30 = w_ptr + 16 + z[:, None, None, None] * 240 + ip_30[None, None, None, :] * 16 + iu_30[None, :, None, None]
+    m1_30 = row_mask[:, None, None, None]
+    po_30 = scratch + 1654 + z[:, None, None] * 2598 + iu_30[None, :, None] * 3 + ik_30[None, None, :]
+    mo_30 = row_mask[:, None, None] & (ik_30[None, None, :] < 3)
+    a0_30 = tl.load(p0_30, mask=m0_30, other=0.0)
+    a1_30 = tl.load(p1_30, mask=m1_30, other=0.0)
+    q_30 = po_30
+    tl.store(q_30, tl.load(q_30, mask=mo_30, other=0.0) + tl.sum(a0_30 * a1_30, axis=3), mask=mo_30)
+    tl.debug_barrier()
+    ip_31 = tl.arange(0, 1)
+    iu_31 = tl.arange(0, 16)
+    ik_31 = tl.arange(0, 4)
+    p0_31 = scratch + 1798 + z[:, None, None, None] * 2598 + iu_31[None, None, :, None] * 3 + ip_31[None, :, None, None] * 3 + ik_31[None, None, None, :]
+    m0_31 = row_mask[:, None, None, None] & (ik_31[None, None, None, :] < 3)
+    p1_31 = scratch + 355 + z[:, None, None, None] * 2598 + iu_31[None, None, :, None] * 3 + ik_31[None, None, None, :]
+    m1_31 = row_mask[:, None, None, None] & (ik_31[None, None, None, :] < 3)
+    po_31 = d2_w_ptr + 16 + z[:, None, None] * 240 + ip_31[None, :, None] * 16 + iu_31[None, None, :]
+    mo_31 = row_mask[:, None, None]
+    a0_31 = tl.load(p0_31, mask=m0_31, other=0.0)
+    a1_31 = tl.load(p1_31, mask=m1_31, other=0.0)
+    q_31 = po_31
+    tl.store(q_31, tl.load(q_31, mask=mo_31, other=0.0) + tl.sum(a0_31 * a1_31, axis=3), mask=mo_31)
+    tl.debug_barrier()
+    # ∂/∂d__t_p_0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    iu_32 = tl.arange(0, 16)
+    ip_32 = tl.arange(0, 1)
+    ik_32 = tl.arange(0, 8)
+    ii_32 = tl.arange(0, 1)
+    p0_32 = d2_d_f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_32[None, :, None, None, None] + ii_32[None, None, None, None, :]
+    m0_32 = row_mask[:, None, None, None, None]
+    p1_32 = scratch + 4 + z[:, None, None, None, None] * 2598 + ii_32[None, None, None, None, :] * 5 + ip_32[None, None, :, None, None] * 5 + ik_32[None, None, None, :, None]
+    m1_32 = row_mask[:, None, None, None, None] & (ik_32[None, None, None, :, None] < 5)
+    po_32 = scratch + 1846 + z[:, None, None, None] * 2598 + iu_32[None, :, None, None] * 5 + ip_32[None, None, :, None] * 5 + ik_32[None, None, None, :]
+    mo_32 = row_mask[:, None, None, None] & (ik_32[None, None, None, :] < 5)
+    a0_32 = tl.load(p0_32, mask=m0_32, other=0.0)
+    a1_32 = tl.load(p1_32, mask=m1_32, other=0.0)
+    q_32 = po_32
+    tl.store(q_32, tl.load(q_32, mask=mo_32, other=0.0) + tl.sum(a0_32 * a1_32, axis=4), mask=mo_32)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d2_f_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_f, statements 33–48 of 76: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    ii_33 = tl.arange(0, 1)
+    ip_33 = tl.arange(0, 1)
+    ik_33 = tl.arange(0, 8)
+    iu_33 = tl.arange(0, 16)
+    p0_33 = d2_d_f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_33[None, None, None, None, :] + ii_33[None, :, None, None, None]
+    m0_33 = row_mask[:, None, None, None, None]
+    p1_33 = scratch + 547 + z[:, None, None, None, None] * 2598 + iu_33[None, None, None, None, :] * 5 + ip_33[None, None, :, None, None] * 5 + ik_33[None, None, None, :, None]
+    m1_33 = row_mask[:, None, None, None, None] & (ik_33[None, None, None, :, None] < 5)
+    po_33 = scratch + 1303 + z[:, None, None, None] * 2598 + ii_33[None, :, None, None] * 5 + ip_33[None, None, :, None] * 5 + ik_33[None, None, None, :]
+    mo_33 = row_mask[:, None, None, None] & (ik_33[None, None, None, :] < 5)
+    a0_33 = tl.load(p0_33, mask=m0_33, other=0.0)
+    a1_33 = tl.load(p1_33, mask=m1_33, other=0.0)
+    q_33 = po_33
+    tl.store(q_33, tl.load(q_33, mask=mo_33, other=0.0) + tl.sum(a0_33 * a1_33, axis=4), mask=mo_33)
+    tl.debug_barrier()
+    iu_34 = tl.arange(0, 16)
+    ik_34 = tl.arange(0, 8)
+    ip_34 = tl.arange(0, 1)
+    p0_34 = scratch + 1846 + z[:, None, None, None] * 2598 + iu_34[None, :, None, None] * 5 + ip_34[None, None, None, :] * 5 + ik_34[None, None, :, None]
+    m0_34 = row_mask[:, None, None, None] & (ik_34[None, None, :, None] < 5)
+    p1_34 = w_ptr + 32 + z[:, None, None, None] * 240 + ip_34[None, None, None, :] * 16 + iu_34[None, :, None, None]
+    m1_34 = row_mask[:, None, None, None]
+    po_34 = scratch + 1702 + z[:, None, None] * 2598 + iu_34[None, :, None] * 5 + ik_34[None, None, :]
+    mo_34 = row_mask[:, None, None] & (ik_34[None, None, :] < 5)
+    a0_34 = tl.load(p0_34, mask=m0_34, other=0.0)
+    a1_34 = tl.load(p1_34, mask=m1_34, other=0.0)
+    q_34 = po_34
+    tl.store(q_34, tl.load(q_34, mask=mo_34, other=0.0) + tl.sum(a0_34 * a1_34, axis=3), mask=mo_34)
+    tl.debug_barrier()
+    ip_35 = tl.arange(0, 1)
+    iu_35 = tl.arange(0, 16)
+    ik_35 = tl.arange(0, 8)
+    p0_35 = scratch + 1846 + z[:, None, None, None] * 2598 + iu_35[None, None, :, None] * 5 + ip_35[None, :, None, None] * 5 + ik_35[None, None, None, :]
+    m0_35 = row_mask[:, None, None, None] & (ik_35[None, None, None, :] < 5)
+    p1_35 = scratch + 403 + z[:, None, None, None] * 2598 + iu_35[None, None, :, None] * 5 + ik_35[None, None, None, :]
+    m1_35 = row_mask[:, None, None, None] & (ik_35[None, None, None, :] < 5)
+    po_35 = d2_w_ptr + 32 + z[:, None, None] * 240 + ip_35[None, :, None] * 16 + iu_35[None, None, :]
+    mo_35 = row_mask[:, None, None]
+    a0_35 = tl.load(p0_35, mask=m0_35, other=0.0)
+    a1_35 = tl.load(p1_35, mask=m1_35, other=0.0)
+    q_35 = po_35
+    tl.store(q_35, tl.load(q_35, mask=mo_35, other=0.0) + tl.sum(a0_35 * a1_35, axis=3), mask=mo_35)
+    tl.debug_barrier()
+    # ∂/∂d__t_p_0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    iu_36 = tl.arange(0, 16)
+    ip_36 = tl.arange(0, 1)
+    ik_36 = tl.arange(0, 1)
+    ii_36 = tl.arange(0, 4)
+    p0_36 = d2_d_f_ptr + 16 + z[:, None, None, None, None] * 144 + iu_36[None, :, None, None, None] * 3 + ii_36[None, None, None, None, :]
+    m0_36 = row_mask[:, None, None, None, None] & (ii_36[None, None, None, None, :] < 3)
+    p1_36 = scratch + 9 + z[:, None, None, None, None] * 2598 + ii_36[None, None, None, None, :] + ip_36[None, None, :, None, None] + ik_36[None, None, None, :, None]
+    m1_36 = row_mask[:, None, None, None, None] & (ii_36[None, None, None, None, :] < 3)
+    po_36 = scratch + 1926 + z[:, None, None, None] * 2598 + iu_36[None, :, None, None] + ip_36[None, None, :, None] + ik_36[None, None, None, :]
+    mo_36 = row_mask[:, None, None, None]
+    a0_36 = tl.load(p0_36, mask=m0_36, other=0.0)
+    a1_36 = tl.load(p1_36, mask=m1_36, other=0.0)
+    q_36 = po_36
+    tl.store(q_36, tl.load(q_36, mask=mo_36, other=0.0) + tl.sum(a0_36 * a1_36, axis=4), mask=mo_36)
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    ii_37 = tl.arange(0, 4)
+    ip_37 = tl.arange(0, 1)
+    ik_37 = tl.arange(0, 1)
+    iu_37 = tl.arange(0, 16)
+    p0_37 = d2_d_f_ptr + 16 + z[:, None, None, None, None] * 144 + iu_37[None, None, None, None, :] * 3 + ii_37[None, :, None, None, None]
+    m0_37 = row_mask[:, None, None, None, None] & (ii_37[None, :, None, None, None] < 3)
+    p1_37 = scratch + 627 + z[:, None, None, None, None] * 2598 + iu_37[None, None, None, None, :] + ip_37[None, None, :, None, None] + ik_37[None, None, None, :, None]
+    m1_37 = row_mask[:, None, None, None, None]
+    po_37 = scratch + 1308 + z[:, None, None, None] * 2598 + ii_37[None, :, None, None] + ip_37[None, None, :, None] + ik_37[None, None, None, :]
+    mo_37 = row_mask[:, None, None, None] & (ii_37[None, :, None, None] < 3)
+    a0_37 = tl.load(p0_37, mask=m0_37, other=0.0)
+    a1_37 = tl.load(p1_37, mask=m1_37, other=0.0)
+    q_37 = po_37
+    tl.store(q_37, tl.load(q_37, mask=mo_37, other=0.0) + tl.sum(a0_37 * a1_37, axis=4), mask=mo_37)
+    tl.debug_barrier()
+    iu_38 = tl.arange(0, 16)
+    ik_38 = tl.arange(0, 1)
+    ip_38 = tl.arange(0, 1)
+    p0_38 = scratch + 1926 + z[:, None, None, None] * 2598 + iu_38[None, :, None, None] + ip_38[None, None, None, :] + ik_38[None, None, :, None]
+    m0_38 = row_mask[:, None, None, None]
+    p1_38 = w_ptr + 64 + z[:, None, None, None] * 240 + ip_38[None, None, None, :] * 16 + iu_38[None, :, None, None]
+    m1_38 = row_mask[:, None, None, None]
+    po_38 = scratch + 1638 + z[:, None, None] * 2598 + iu_38[None, :, None] + ik_38[None, None, :]
+    mo_38 = row_mask[:, None, None]
+    a0_38 = tl.load(p0_38, mask=m0_38, other=0.0)
+    a1_38 = tl.load(p1_38, mask=m1_38, other=0.0)
+    q_38 = po_38
+    tl.store(q_38, tl.load(q_38, mask=mo_38, other=0.0) + tl.sum(a0_38 * a1_38, axis=3), mask=mo_38)
+    tl.debug_barrier()
+    ip_39 = tl.arange(0, 1)
+    iu_39 = tl.arange(0, 16)
+    ik_39 = tl.arange(0, 1)
+    p0_39 = scratch + 1926 + z[:, None, None, None] * 2598 + iu_39[None, None, :, None] + ip_39[None, :, None, None] + ik_39[None, None, None, :]
+    m0_39 = row_mask[:, None, None, None]
+    p1_39 = scratch + 339 + z[:, None, None, None] * 2598 + iu_39[None, None, :, None] + ik_39[None, None, None, :]
+    m1_39 = row_mask[:, None, None, None]
+    po_39 = d2_w_ptr + 64 + z[:, None, None] * 240 + ip_39[None, :, None] * 16 + iu_39[None, None, :]
+    mo_39 = row_mask[:, None, None]
+    a0_39 = tl.load(p0_39, mask=m0_39, other=0.0)
+    a1_39 = tl.load(p1_39, mask=m1_39, other=0.0)
+    q_39 = po_39
+    tl.store(q_39, tl.load(q_39, mask=mo_39, other=0.0) + tl.sum(a0_39 * a1_39, axis=3), mask=mo_39)
+    tl.debug_barrier()
+    # ∂/∂d__t_p_0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    ip_40 = tl.arange(0, 4)
+    ik_40 = tl.arange(0, 4)
+    ii_40 = tl.arange(0, 4)
+    p0_40 = d2_d_f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_40[None, None, None, None, :]
+    m0_40 = row_mask[:, None, None, None, None] & (ii_40[None, None, None, None, :] < 3)
+    p1_40 = scratch + 12 + z[:, None, None, None, None] * 2598 + ii_40[None, None, None, None, :] * 9 + ip_40[None, None, :, None, None] * 3 + ik_40[None, None, None, :, None]
+    m1_40 = row_mask[:, None, None, None, None] & (ii_40[None, None, None, None, :] < 3) & (ip_40[None, None, :, None, None] < 3) & (ik_40[None, None, None, :, None] < 3)
+    po_40 = scratch + 1942 + z[:, None, None, None] * 2598 + ip_40[None, None, :, None] * 3 + ik_40[None, None, None, :]
+    mo_40 = row_mask[:, None, None, None] & (ip_40[None, None, :, None] < 3) & (ik_40[None, None, None, :] < 3)
+    for startu_40 in range(0, 16, 4):
+        iu_40 = startu_40 + tl.arange(0, 4)
+        a0_40 = tl.load(p0_40 + iu_40[None, :, None, None, None] * 3, mask=m0_40, other=0.0)
+        a1_40 = tl.load(p1_40, mask=m1_40, other=0.0)
+        q_40 = po_40 + iu_40[None, :, None, None] * 9
+        tl.store(q_40, tl.load(q_40, mask=mo_40, other=0.0) + tl.sum(a0_40 * a1_40, axis=4), mask=mo_40)
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    ii_41 = tl.arange(0, 4)
+    ip_41 = tl.arange(0, 4)
+    ik_41 = tl.arange(0, 4)
+    p0_41 = d2_d_f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_41[None, :, None, None, None]
+    m0_41 = row_mask[:, None, None, None, None] & (ii_41[None, :, None, None, None] < 3)
+    p1_41 = scratch + 643 + z[:, None, None, None, None] * 2598 + ip_41[None, None, :, None, None] * 3 + ik_41[None, None, None, :, None]
+    m1_41 = row_mask[:, None, None, None, None] & (ip_41[None, None, :, None, None] < 3) & (ik_41[None, None, None, :, None] < 3)
+    po_41 = scratch + 1311 + z[:, None, None, None] * 2598 + ii_41[None, :, None, None] * 9 + ip_41[None, None, :, None] * 3 + ik_41[None, None, None, :]
+    mo_41 = row_mask[:, None, None, None] & (ii_41[None, :, None, None] < 3) & (ip_41[None, None, :, None] < 3) & (ik_41[None, None, None, :] < 3)
+    acc_41 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
+    for startu_41 in range(0, 16, 4):
+        iu_41 = startu_41 + tl.arange(0, 4)
+        a0_41 = tl.load(p0_41 + iu_41[None, None, None, None, :] * 3, mask=m0_41, other=0.0)
+        a1_41 = tl.load(p1_41 + iu_41[None, None, None, None, :] * 9, mask=m1_41, other=0.0)
+        acc_41 += tl.sum(a0_41 * a1_41, axis=4)
+    q_41 = po_41
+    tl.store(q_41, tl.load(q_41, mask=mo_41, other=0.0) + acc_41, mask=mo_41)
+    tl.debug_barrier()
+    iu_42 = tl.arange(0, 16)
+    ik_42 = tl.arange(0, 4)
+    ip_42 = tl.arange(0, 4)
+    p0_42 = scratch + 1942 + z[:, None, None, None] * 2598 + iu_42[None, :, None, None] * 9 + ip_42[None, None, None, :] * 3 + ik_42[None, None, :, None]
+    m0_42 = row_mask[:, None, None, None] & (ip_42[None, None, None, :] < 3) & (ik_42[None, None, :, None] < 3)
+    p1_42 = scratch + 179 + z[:, None, None, None] * 2598 + ip_42[None, None, None, :] * 16 + iu_42[None, :, None, None]
+    m1_42 = row_mask[:, None, None, None] & (ip_42[None, None, None, :] < 3)
+    po_42 = scratch + 1654 + z[:, None, None] * 2598 + iu_42[None, :, None] * 3 + ik_42[None, None, :]
+    mo_42 = row_mask[:, None, None] & (ik_42[None, None, :] < 3)
+    a0_42 = tl.load(p0_42, mask=m0_42, other=0.0)
+    a1_42 = tl.load(p1_42, mask=m1_42, other=0.0)
+    q_42 = po_42
+    tl.store(q_42, tl.load(q_42, mask=mo_42, other=0.0) + tl.sum(a0_42 * a1_42, axis=3), mask=mo_42)
+    tl.debug_barrier()
+    ip_43 = tl.arange(0, 4)
+    iu_43 = tl.arange(0, 16)
+    ik_43 = tl.arange(0, 4)
+    p0_43 = scratch + 1942 + z[:, None, None, None] * 2598 + iu_43[None, None, :, None] * 9 + ip_43[None, :, None, None] * 3 + ik_43[None, None, None, :]
+    m0_43 = row_mask[:, None, None, None] & (ip_43[None, :, None, None] < 3) & (ik_43[None, None, None, :] < 3)
+    p1_43 = scratch + 355 + z[:, None, None, None] * 2598 + iu_43[None, None, :, None] * 3 + ik_43[None, None, None, :]
+    m1_43 = row_mask[:, None, None, None] & (ik_43[None, None, None, :] < 3)
+    po_43 = scratch + 1478 + z[:, None, None] * 2598 + ip_43[None, :, None] * 16 + iu_43[None, None, :]
+    mo_43 = row_mask[:, None, None] & (ip_43[None, :, None] < 3)
+    a0_43 = tl.load(p0_43, mask=m0_43, other=0.0)
+    a1_43 = tl.load(p1_43, mask=m1_43, other=0.0)
+    q_43 = po_43
+    tl.store(q_43, tl.load(q_43, mask=mo_43, other=0.0) + tl.sum(a0_43 * a1_43, axis=3), mask=mo_43)
+    tl.debug_barrier()
+    # ∂/∂d__t_p_0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    ip_44 = tl.arange(0, 2)
+    ik_44 = tl.arange(0, 8)
+    ii_44 = tl.arange(0, 4)
+    p0_44 = d2_d_f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_44[None, None, None, None, :]
+    m0_44 = row_mask[:, None, None, None, None] & (ii_44[None, None, None, None, :] < 3)
+    p1_44 = scratch + 39 + z[:, None, None, None, None] * 2598 + ii_44[None, None, None, None, :] * 10 + ip_44[None, None, :, None, None] * 5 + ik_44[None, None, None, :, None]
+    m1_44 = row_mask[:, None, None, None, None] & (ii_44[None, None, None, None, :] < 3) & (ik_44[None, None, None, :, None] < 5)
+    po_44 = scratch + 2086 + z[:, None, None, None] * 2598 + ip_44[None, None, :, None] * 5 + ik_44[None, None, None, :]
+    mo_44 = row_mask[:, None, None, None] & (ik_44[None, None, None, :] < 5)
+    for startu_44 in range(0, 16, 4):
+        iu_44 = startu_44 + tl.arange(0, 4)
+        a0_44 = tl.load(p0_44 + iu_44[None, :, None, None, None] * 3, mask=m0_44, other=0.0)
+        a1_44 = tl.load(p1_44, mask=m1_44, other=0.0)
+        q_44 = po_44 + iu_44[None, :, None, None] * 10
+        tl.store(q_44, tl.load(q_44, mask=mo_44, other=0.0) + tl.sum(a0_44 * a1_44, axis=4), mask=mo_44)
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    ii_45 = tl.arange(0, 4)
+    ip_45 = tl.arange(0, 2)
+    p0_45 = d2_d_f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_45[None, :, None, None, None]
+    m0_45 = row_mask[:, None, None, None, None] & (ii_45[None, :, None, None, None] < 3)
+    p1_45 = scratch + 787 + z[:, None, None, None, None] * 2598 + ip_45[None, None, :, None, None] * 5
+    m1_45 = row_mask[:, None, None, None, None]
+    po_45 = scratch + 1338 + z[:, None, None, None] * 2598 + ii_45[None, :, None, None] * 10 + ip_45[None, None, :, None] * 5
+    mo_45 = row_mask[:, None, None, None] & (ii_45[None, :, None, None] < 3)
+    for startk_45 in range(0, 5, 4):
+        ik_45 = startk_45 + tl.arange(0, 4)
+        acc_45 = tl.zeros([BLOCK_Z, 4, 2, 4], dtype=DTYPE)
+        for startu_45 in range(0, 16, 8):
+            iu_45 = startu_45 + tl.arange(0, 8)
+            a0_45 = tl.load(p0_45 + iu_45[None, None, None, None, :] * 3, mask=m0_45, other=0.0)
+            a1_45 = tl.load(p1_45 + iu_45[None, None, None, None, :] * 10 + ik_45[None, None, None, :, None], mask=m1_45 & (ik_45[None, None, None, :, None] < 5), other=0.0)
+            acc_45 += tl.sum(a0_45 * a1_45, axis=4)
+        q_45 = po_45 + ik_45[None, None, None, :]
+        tl.store(q_45, tl.load(q_45, mask=mo_45 & (ik_45[None, None, None, :] < 5), other=0.0) + acc_45, mask=mo_45 & (ik_45[None, None, None, :] < 5))
+    tl.debug_barrier()
+    iu_46 = tl.arange(0, 16)
+    ik_46 = tl.arange(0, 8)
+    ip_46 = tl.arange(0, 2)
+    p0_46 = scratch + 2086 + z[:, None, None, None] * 2598 + iu_46[None, :, None, None] * 10 + ip_46[None, None, None, :] * 5 + ik_46[None, None, :, None]
+    m0_46 = row_mask[:, None, None, None] & (ik_46[None, None, :, None] < 5)
+    p1_46 = scratch + 227 + z[:, None, None, None] * 2598 + ip_46[None, None, None, :] * 16 + iu_46[None, :, None, None]
+    m1_46 = row_mask[:, None, None, None]
+    po_46 = scratch + 1702 + z[:, None, None] * 2598 + iu_46[None, :, None] * 5 + ik_46[None, None, :]
+    mo_46 = row_mask[:, None, None] & (ik_46[None, None, :] < 5)
+    a0_46 = tl.load(p0_46, mask=m0_46, other=0.0)
+    a1_46 = tl.load(p1_46, mask=m1_46, other=0.0)
+    q_46 = po_46
+    tl.store(q_46, tl.load(q_46, mask=mo_46, other=0.0) + tl.sum(a0_46 * a1_46, axis=3), mask=mo_46)
+    tl.debug_barrier()
+    ip_47 = tl.arange(0, 2)
+    iu_47 = tl.arange(0, 16)
+    ik_47 = tl.arange(0, 8)
+    p0_47 = scratch + 2086 + z[:, None, None, None] * 2598 + iu_47[None, None, :, None] * 10 + ip_47[None, :, None, None] * 5 + ik_47[None, None, None, :]
+    m0_47 = row_mask[:, None, None, None] & (ik_47[None, None, None, :] < 5)
+    p1_47 = scratch + 403 + z[:, None, None, None] * 2598 + iu_47[None, None, :, None] * 5 + ik_47[None, None, None, :]
+    m1_47 = row_mask[:, None, None, None] & (ik_47[None, None, None, :] < 5)
+    po_47 = scratch + 1526 + z[:, None, None] * 2598 + ip_47[None, :, None] * 16 + iu_47[None, None, :]
+    mo_47 = row_mask[:, None, None]
+    a0_47 = tl.load(p0_47, mask=m0_47, other=0.0)
+    a1_47 = tl.load(p1_47, mask=m1_47, other=0.0)
+    q_47 = po_47
+    tl.store(q_47, tl.load(q_47, mask=mo_47, other=0.0) + tl.sum(a0_47 * a1_47, axis=3), mask=mo_47)
+    tl.debug_barrier()
+    # ∂/∂d__t_p_0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    iu_48 = tl.arange(0, 16)
+    ip_48 = tl.arange(0, 1)
+    ik_48 = tl.arange(0, 1)
+    ii_48 = tl.arange(0, 8)
+    p0_48 = d2_d_f_ptr + 64 + z[:, None, None, None, None] * 144 + iu_48[None, :, None, None, None] * 5 + ii_48[None, None, None, None, :]
+    m0_48 = row_mask[:, None, None, None, None] & (ii_48[None, None, None, None, :] < 5)
+    p1_48 = scratch + 69 + z[:, None, None, None, None] * 2598 + ii_48[None, None, None, None, :] + ip_48[None, None, :, None, None] + ik_48[None, None, None, :, None]
+    m1_48 = row_mask[:, None, None, None, None] & (ii_48[None, None, None, None, :] < 5)
+    po_48 = scratch + 2246 + z[:, None, None, None] * 2598 + iu_48[None, :, None, None] + ip_48[None, None, :, None] + ik_48[None, None, None, :]
+    mo_48 = row_mask[:, None, None, None]
+    a0_48 = tl.load(p0_48, mask=m0_48, other=0.0)
+    a1_48 = tl.load(p1_48, mask=m1_48, other=0.0)
+    q_48 = po_48
+    tl.store(q_48, tl.load(q_48, mask=mo_48, other=0.0) + tl.sum(a0_48 * a1_48, axis=4), mask=mo_48)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d2_f_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_f, statements 49–64 of 76: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    ii_49 = tl.arange(0, 8)
+    ip_49 = tl.arange(0, 1)
+    ik_49 = tl.arange(0, 1)
+    iu_49 = tl.arange(0, 16)
+    p0_49 = d2_d_f_ptr + 64 + z[:, None, None, None, None] * 144 + iu_49[None, None, None, None, :] * 5 + ii_49[None, :, None, None, None]
+    m0_49 = row_mask[:, None, None, None, None] & (ii_49[None, :, None, None, None] < 5)
+    p1_49 = scratch + 947 + z[:, None, None, None, None] * 2598 + iu_49[None, None, None, None, :] + ip_49[None, None, :, None, None] + ik_49[None, None, None, :, None]
+    m1_49 = row_mask[:, None, None, None, None]
+    po_49 = scratch + 1368 + z[:, None, None, None] * 2598 + ii_49[None, :, None, None] + ip_49[None, None, :, None] + ik_49[None, None, None, :]
+    mo_49 = row_mask[:, None, None, None] & (ii_49[None, :, None, None] < 5)
+    a0_49 = tl.load(p0_49, mask=m0_49, other=0.0)
+    a1_49 = tl.load(p1_49, mask=m1_49, other=0.0)
+    q_49 = po_49
+    tl.store(q_49, tl.load(q_49, mask=mo_49, other=0.0) + tl.sum(a0_49 * a1_49, axis=4), mask=mo_49)
+    tl.debug_barrier()
+    iu_50 = tl.arange(0, 16)
+    ik_50 = tl.arange(0, 1)
+    ip_50 = tl.arange(0, 1)
+    p0_50 = scratch + 2246 + z[:, None, None, None] * 2598 + iu_50[None, :, None, None] + ip_50[None, None, None, :] + ik_50[None, None, :, None]
+    m0_50 = row_mask[:, None, None, None]
+    p1_50 = w_ptr + 192 + z[:, None, None, None] * 240 + ip_50[None, None, None, :] * 16 + iu_50[None, :, None, None]
+    m1_50 = row_mask[:, None, None, None]
+    po_50 = scratch + 1638 + z[:, None, None] * 2598 + iu_50[None, :, None] + ik_50[None, None, :]
+    mo_50 = row_mask[:, None, None]
+    a0_50 = tl.load(p0_50, mask=m0_50, other=0.0)
+    a1_50 = tl.load(p1_50, mask=m1_50, other=0.0)
+    q_50 = po_50
+    tl.store(q_50, tl.load(q_50, mask=mo_50, other=0.0) + tl.sum(a0_50 * a1_50, axis=3), mask=mo_50)
+    tl.debug_barrier()
+    ip_51 = tl.arange(0, 1)
+    iu_51 = tl.arange(0, 16)
+    ik_51 = tl.arange(0, 1)
+    p0_51 = scratch + 2246 + z[:, None, None, None] * 2598 + iu_51[None, None, :, None] + ip_51[None, :, None, None] + ik_51[None, None, None, :]
+    m0_51 = row_mask[:, None, None, None]
+    p1_51 = scratch + 339 + z[:, None, None, None] * 2598 + iu_51[None, None, :, None] + ik_51[None, None, None, :]
+    m1_51 = row_mask[:, None, None, None]
+    po_51 = d2_w_ptr + 192 + z[:, None, None] * 240 + ip_51[None, :, None] * 16 + iu_51[None, None, :]
+    mo_51 = row_mask[:, None, None]
+    a0_51 = tl.load(p0_51, mask=m0_51, other=0.0)
+    a1_51 = tl.load(p1_51, mask=m1_51, other=0.0)
+    q_51 = po_51
+    tl.store(q_51, tl.load(q_51, mask=mo_51, other=0.0) + tl.sum(a0_51 * a1_51, axis=3), mask=mo_51)
+    tl.debug_barrier()
+    # ∂/∂d__t_p_0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    ip_52 = tl.arange(0, 2)
+    ik_52 = tl.arange(0, 4)
+    ii_52 = tl.arange(0, 8)
+    p0_52 = d2_d_f_ptr + 64 + z[:, None, None, None, None] * 144 + ii_52[None, None, None, None, :]
+    m0_52 = row_mask[:, None, None, None, None] & (ii_52[None, None, None, None, :] < 5)
+    p1_52 = scratch + 74 + z[:, None, None, None, None] * 2598 + ii_52[None, None, None, None, :] * 6 + ip_52[None, None, :, None, None] * 3 + ik_52[None, None, None, :, None]
+    m1_52 = row_mask[:, None, None, None, None] & (ii_52[None, None, None, None, :] < 5) & (ik_52[None, None, None, :, None] < 3)
+    po_52 = scratch + 2262 + z[:, None, None, None] * 2598 + ip_52[None, None, :, None] * 3 + ik_52[None, None, None, :]
+    mo_52 = row_mask[:, None, None, None] & (ik_52[None, None, None, :] < 3)
+    for startu_52 in range(0, 16, 4):
+        iu_52 = startu_52 + tl.arange(0, 4)
+        a0_52 = tl.load(p0_52 + iu_52[None, :, None, None, None] * 5, mask=m0_52, other=0.0)
+        a1_52 = tl.load(p1_52, mask=m1_52, other=0.0)
+        q_52 = po_52 + iu_52[None, :, None, None] * 6
+        tl.store(q_52, tl.load(q_52, mask=mo_52, other=0.0) + tl.sum(a0_52 * a1_52, axis=4), mask=mo_52)
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    ip_53 = tl.arange(0, 2)
+    ik_53 = tl.arange(0, 4)
+    p0_53 = d2_d_f_ptr + 64 + z[:, None, None, None, None] * 144
+    m0_53 = row_mask[:, None, None, None, None]
+    p1_53 = scratch + 963 + z[:, None, None, None, None] * 2598 + ip_53[None, None, :, None, None] * 3 + ik_53[None, None, None, :, None]
+    m1_53 = row_mask[:, None, None, None, None] & (ik_53[None, None, None, :, None] < 3)
+    po_53 = scratch + 1373 + z[:, None, None, None] * 2598 + ip_53[None, None, :, None] * 3 + ik_53[None, None, None, :]
+    mo_53 = row_mask[:, None, None, None] & (ik_53[None, None, None, :] < 3)
+    for starti_53 in range(0, 5, 4):
+        ii_53 = starti_53 + tl.arange(0, 4)
+        acc_53 = tl.zeros([BLOCK_Z, 4, 2, 4], dtype=DTYPE)
+        for startu_53 in range(0, 16, 8):
+            iu_53 = startu_53 + tl.arange(0, 8)
+            a0_53 = tl.load(p0_53 + iu_53[None, None, None, None, :] * 5 + ii_53[None, :, None, None, None], mask=m0_53 & (ii_53[None, :, None, None, None] < 5), other=0.0)
+            a1_53 = tl.load(p1_53 + iu_53[None, None, None, None, :] * 6, mask=m1_53, other=0.0)
+            acc_53 += tl.sum(a0_53 * a1_53, axis=4)
+        q_53 = po_53 + ii_53[None, :, None, None] * 6
+        tl.store(q_53, tl.load(q_53, mask=mo_53 & (ii_53[None, :, None, None] < 5), other=0.0) + acc_53, mask=mo_53 & (ii_53[None, :, None, None] < 5))
+    tl.debug_barrier()
+    iu_54 = tl.arange(0, 16)
+    ik_54 = tl.arange(0, 4)
+    ip_54 = tl.arange(0, 2)
+    p0_54 = scratch + 2262 + z[:, None, None, None] * 2598 + iu_54[None, :, None, None] * 6 + ip_54[None, None, None, :] * 3 + ik_54[None, None, :, None]
+    m0_54 = row_mask[:, None, None, None] & (ik_54[None, None, :, None] < 3)
+    p1_54 = scratch + 259 + z[:, None, None, None] * 2598 + ip_54[None, None, None, :] * 16 + iu_54[None, :, None, None]
+    m1_54 = row_mask[:, None, None, None]
+    po_54 = scratch + 1654 + z[:, None, None] * 2598 + iu_54[None, :, None] * 3 + ik_54[None, None, :]
+    mo_54 = row_mask[:, None, None] & (ik_54[None, None, :] < 3)
+    a0_54 = tl.load(p0_54, mask=m0_54, other=0.0)
+    a1_54 = tl.load(p1_54, mask=m1_54, other=0.0)
+    q_54 = po_54
+    tl.store(q_54, tl.load(q_54, mask=mo_54, other=0.0) + tl.sum(a0_54 * a1_54, axis=3), mask=mo_54)
+    tl.debug_barrier()
+    ip_55 = tl.arange(0, 2)
+    iu_55 = tl.arange(0, 16)
+    ik_55 = tl.arange(0, 4)
+    p0_55 = scratch + 2262 + z[:, None, None, None] * 2598 + iu_55[None, None, :, None] * 6 + ip_55[None, :, None, None] * 3 + ik_55[None, None, None, :]
+    m0_55 = row_mask[:, None, None, None] & (ik_55[None, None, None, :] < 3)
+    p1_55 = scratch + 355 + z[:, None, None, None] * 2598 + iu_55[None, None, :, None] * 3 + ik_55[None, None, None, :]
+    m1_55 = row_mask[:, None, None, None] & (ik_55[None, None, None, :] < 3)
+    po_55 = scratch + 1558 + z[:, None, None] * 2598 + ip_55[None, :, None] * 16 + iu_55[None, None, :]
+    mo_55 = row_mask[:, None, None]
+    a0_55 = tl.load(p0_55, mask=m0_55, other=0.0)
+    a1_55 = tl.load(p1_55, mask=m1_55, other=0.0)
+    q_55 = po_55
+    tl.store(q_55, tl.load(q_55, mask=mo_55, other=0.0) + tl.sum(a0_55 * a1_55, axis=3), mask=mo_55)
+    tl.debug_barrier()
+    # ∂/∂d__t_p_0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    ip_56 = tl.arange(0, 4)
+    p0_56 = d2_d_f_ptr + 64 + z[:, None, None, None, None] * 144
+    m0_56 = row_mask[:, None, None, None, None]
+    p1_56 = scratch + 104 + z[:, None, None, None, None] * 2598 + ip_56[None, None, :, None, None] * 5
+    m1_56 = row_mask[:, None, None, None, None] & (ip_56[None, None, :, None, None] < 3)
+    po_56 = scratch + 2358 + z[:, None, None, None] * 2598 + ip_56[None, None, :, None] * 5
+    mo_56 = row_mask[:, None, None, None] & (ip_56[None, None, :, None] < 3)
+    for startu_56 in range(0, 16, 4):
+        iu_56 = startu_56 + tl.arange(0, 4)
+        for startk_56 in range(0, 5, 4):
+            ik_56 = startk_56 + tl.arange(0, 4)
+            acc_56 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
+            for starti_56 in range(0, 5, 4):
+                ii_56 = starti_56 + tl.arange(0, 4)
+                a0_56 = tl.load(p0_56 + iu_56[None, :, None, None, None] * 5 + ii_56[None, None, None, None, :], mask=m0_56 & (ii_56[None, None, None, None, :] < 5), other=0.0)
+                a1_56 = tl.load(p1_56 + ii_56[None, None, None, None, :] * 15 + ik_56[None, None, None, :, None], mask=m1_56 & (ii_56[None, None, None, None, :] < 5) & (ik_56[None, None, None, :, None] < 5), other=0.0)
+                acc_56 += tl.sum(a0_56 * a1_56, axis=4)
+            q_56 = po_56 + iu_56[None, :, None, None] * 15 + ik_56[None, None, None, :]
+            tl.store(q_56, tl.load(q_56, mask=mo_56 & (ik_56[None, None, None, :] < 5), other=0.0) + acc_56, mask=mo_56 & (ik_56[None, None, None, :] < 5))
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    ip_57 = tl.arange(0, 4)
+    p0_57 = d2_d_f_ptr + 64 + z[:, None, None, None, None] * 144
+    m0_57 = row_mask[:, None, None, None, None]
+    p1_57 = scratch + 1059 + z[:, None, None, None, None] * 2598 + ip_57[None, None, :, None, None] * 5
+    m1_57 = row_mask[:, None, None, None, None] & (ip_57[None, None, :, None, None] < 3)
+    po_57 = scratch + 1403 + z[:, None, None, None] * 2598 + ip_57[None, None, :, None] * 5
+    mo_57 = row_mask[:, None, None, None] & (ip_57[None, None, :, None] < 3)
+    for starti_57 in range(0, 5, 4):
+        ii_57 = starti_57 + tl.arange(0, 4)
+        for startk_57 in range(0, 5, 4):
+            ik_57 = startk_57 + tl.arange(0, 4)
+            acc_57 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
+            for startu_57 in range(0, 16, 4):
+                iu_57 = startu_57 + tl.arange(0, 4)
+                a0_57 = tl.load(p0_57 + iu_57[None, None, None, None, :] * 5 + ii_57[None, :, None, None, None], mask=m0_57 & (ii_57[None, :, None, None, None] < 5), other=0.0)
+                a1_57 = tl.load(p1_57 + iu_57[None, None, None, None, :] * 15 + ik_57[None, None, None, :, None], mask=m1_57 & (ik_57[None, None, None, :, None] < 5), other=0.0)
+                acc_57 += tl.sum(a0_57 * a1_57, axis=4)
+            q_57 = po_57 + ii_57[None, :, None, None] * 15 + ik_57[None, None, None, :]
+            tl.store(q_57, tl.load(q_57, mask=mo_57 & (ii_57[None, :, None, None] < 5) & (ik_57[None, None, None, :] < 5), other=0.0) + acc_57, mask=mo_57 & (ii_57[None, :, None, None] < 5) & (ik_57[None, None, None, :] < 5))
+    tl.debug_barrier()
+    ik_58 = tl.arange(0, 8)
+    ip_58 = tl.arange(0, 4)
+    p0_58 = scratch + 2358 + z[:, None, None, None] * 2598 + ip_58[None, None, None, :] * 5 + ik_58[None, None, :, None]
+    m0_58 = row_mask[:, None, None, None] & (ip_58[None, None, None, :] < 3) & (ik_58[None, None, :, None] < 5)
+    p1_58 = scratch + 291 + z[:, None, None, None] * 2598 + ip_58[None, None, None, :] * 16
+    m1_58 = row_mask[:, None, None, None] & (ip_58[None, None, None, :] < 3)
+    po_58 = scratch + 1702 + z[:, None, None] * 2598 + ik_58[None, None, :]
+    mo_58 = row_mask[:, None, None] & (ik_58[None, None, :] < 5)
+    for startu_58 in range(0, 16, 8):
+        iu_58 = startu_58 + tl.arange(0, 8)
+        a0_58 = tl.load(p0_58 + iu_58[None, :, None, None] * 15, mask=m0_58, other=0.0)
+        a1_58 = tl.load(p1_58 + iu_58[None, :, None, None], mask=m1_58, other=0.0)
+        q_58 = po_58 + iu_58[None, :, None] * 5
+        tl.store(q_58, tl.load(q_58, mask=mo_58, other=0.0) + tl.sum(a0_58 * a1_58, axis=3), mask=mo_58)
+    tl.debug_barrier()
+    ip_59 = tl.arange(0, 4)
+    ik_59 = tl.arange(0, 8)
+    p0_59 = scratch + 2358 + z[:, None, None, None] * 2598 + ip_59[None, :, None, None] * 5 + ik_59[None, None, None, :]
+    m0_59 = row_mask[:, None, None, None] & (ip_59[None, :, None, None] < 3) & (ik_59[None, None, None, :] < 5)
+    p1_59 = scratch + 403 + z[:, None, None, None] * 2598 + ik_59[None, None, None, :]
+    m1_59 = row_mask[:, None, None, None] & (ik_59[None, None, None, :] < 5)
+    po_59 = scratch + 1590 + z[:, None, None] * 2598 + ip_59[None, :, None] * 16
+    mo_59 = row_mask[:, None, None] & (ip_59[None, :, None] < 3)
+    for startu_59 in range(0, 16, 8):
+        iu_59 = startu_59 + tl.arange(0, 8)
+        a0_59 = tl.load(p0_59 + iu_59[None, None, :, None] * 15, mask=m0_59, other=0.0)
+        a1_59 = tl.load(p1_59 + iu_59[None, None, :, None] * 5, mask=m1_59, other=0.0)
+        q_59 = po_59 + iu_59[None, None, :]
+        tl.store(q_59, tl.load(q_59, mask=mo_59, other=0.0) + tl.sum(a0_59 * a1_59, axis=3), mask=mo_59)
+    tl.debug_barrier()
+    # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
+    iw_60 = tl.arange(0, 16)
+    ii_60 = tl.arange(0, 1)
+    iu_60 = tl.arange(0, 16)
+    p0_60 = scratch + 1638 + z[:, None, None, None] * 2598 + iu_60[None, None, None, :] + ii_60[None, None, :, None]
+    m0_60 = row_mask[:, None, None, None]
+    p1_60 = weight_ptr + 0 + iu_60[None, None, None, :] * 16 + iw_60[None, :, None, None]
+    po_60 = d2_d_m_ptr + 0 + z[:, None, None] * 144 + iw_60[None, :, None] + ii_60[None, None, :]
+    mo_60 = row_mask[:, None, None]
+    a0_60 = tl.load(p0_60, mask=m0_60, other=0.0)
+    a1_60 = tl.load(p1_60)
+    q_60 = po_60
+    tl.store(q_60, tl.load(q_60, mask=mo_60, other=0.0) + tl.sum(a0_60 * a1_60, axis=3) * 0.25, mask=mo_60)
+    tl.debug_barrier()
+    # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
+    iu_61 = tl.arange(0, 16)
+    iw_61 = tl.arange(0, 16)
+    ii_61 = tl.arange(0, 1)
+    p0_61 = scratch + 1638 + z[:, None, None, None] * 2598 + iu_61[None, :, None, None] + ii_61[None, None, None, :]
+    m0_61 = row_mask[:, None, None, None]
+    p1_61 = d_m_ptr + 0 + z[:, None, None, None] * 144 + iw_61[None, None, :, None] + ii_61[None, None, None, :]
+    m1_61 = row_mask[:, None, None, None]
+    po_61 = partial + 0 + slot + iu_61[:, None] * 16 + iw_61[None, :]
+    a0_61 = tl.load(p0_61, mask=m0_61, other=0.0)
+    a1_61 = tl.load(p1_61, mask=m1_61, other=0.0)
+    q_61 = po_61
+    tl.store(q_61, tl.load(q_61) + tl.sum(tl.sum(a0_61 * a1_61, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+    # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
+    ii_62 = tl.arange(0, 4)
+    p0_62 = scratch + 1654 + z[:, None, None, None] * 2598 + ii_62[None, None, :, None]
+    m0_62 = row_mask[:, None, None, None] & (ii_62[None, None, :, None] < 3)
+    p1_62 = weight_ptr + 256
+    po_62 = d2_d_m_ptr + 16 + z[:, None, None] * 144 + ii_62[None, None, :]
+    mo_62 = row_mask[:, None, None] & (ii_62[None, None, :] < 3)
+    for startw_62 in range(0, 16, 8):
+        iw_62 = startw_62 + tl.arange(0, 8)
+        acc_62 = tl.zeros([BLOCK_Z, 8, 4], dtype=DTYPE)
+        for startu_62 in range(0, 16, 8):
+            iu_62 = startu_62 + tl.arange(0, 8)
+            a0_62 = tl.load(p0_62 + iu_62[None, None, None, :] * 3, mask=m0_62, other=0.0)
+            a1_62 = tl.load(p1_62 + iu_62[None, None, None, :] * 16 + iw_62[None, :, None, None])
+            acc_62 += tl.sum(a0_62 * a1_62, axis=3)
+        q_62 = po_62 + iw_62[None, :, None] * 3
+        tl.store(q_62, tl.load(q_62, mask=mo_62, other=0.0) + acc_62 * 0.25, mask=mo_62)
+    tl.debug_barrier()
+    # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
+    ii_63 = tl.arange(0, 4)
+    p0_63 = scratch + 1654 + z[:, None, None, None] * 2598 + ii_63[None, None, None, :]
+    m0_63 = row_mask[:, None, None, None] & (ii_63[None, None, None, :] < 3)
+    p1_63 = d_m_ptr + 16 + z[:, None, None, None] * 144 + ii_63[None, None, None, :]
+    m1_63 = row_mask[:, None, None, None] & (ii_63[None, None, None, :] < 3)
+    po_63 = partial + 256 + slot
+    for startu_63 in range(0, 16, 8):
+        iu_63 = startu_63 + tl.arange(0, 8)
+        for startw_63 in range(0, 16, 8):
+            iw_63 = startw_63 + tl.arange(0, 8)
+            a0_63 = tl.load(p0_63 + iu_63[None, :, None, None] * 3, mask=m0_63, other=0.0)
+            a1_63 = tl.load(p1_63 + iw_63[None, None, :, None] * 3, mask=m1_63, other=0.0)
+            q_63 = po_63 + iu_63[:, None] * 16 + iw_63[None, :]
+            tl.store(q_63, tl.load(q_63) + tl.sum(tl.sum(a0_63 * a1_63, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+    # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
+    ii_64 = tl.arange(0, 8)
+    p0_64 = scratch + 1702 + z[:, None, None, None] * 2598 + ii_64[None, None, :, None]
+    m0_64 = row_mask[:, None, None, None] & (ii_64[None, None, :, None] < 5)
+    p1_64 = weight_ptr + 512
+    po_64 = d2_d_m_ptr + 64 + z[:, None, None] * 144 + ii_64[None, None, :]
+    mo_64 = row_mask[:, None, None] & (ii_64[None, None, :] < 5)
+    for startw_64 in range(0, 16, 4):
+        iw_64 = startw_64 + tl.arange(0, 4)
+        acc_64 = tl.zeros([BLOCK_Z, 4, 8], dtype=DTYPE)
+        for startu_64 in range(0, 16, 8):
+            iu_64 = startu_64 + tl.arange(0, 8)
+            a0_64 = tl.load(p0_64 + iu_64[None, None, None, :] * 5, mask=m0_64, other=0.0)
+            a1_64 = tl.load(p1_64 + iu_64[None, None, None, :] * 16 + iw_64[None, :, None, None])
+            acc_64 += tl.sum(a0_64 * a1_64, axis=3)
+        q_64 = po_64 + iw_64[None, :, None] * 5
+        tl.store(q_64, tl.load(q_64, mask=mo_64, other=0.0) + acc_64 * 0.25, mask=mo_64)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d2_f_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_f, statements 65–76 of 76: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
+    ii_65 = tl.arange(0, 8)
+    p0_65 = scratch + 1702 + z[:, None, None, None] * 2598 + ii_65[None, None, None, :]
+    m0_65 = row_mask[:, None, None, None] & (ii_65[None, None, None, :] < 5)
+    p1_65 = d_m_ptr + 64 + z[:, None, None, None] * 144 + ii_65[None, None, None, :]
+    m1_65 = row_mask[:, None, None, None] & (ii_65[None, None, None, :] < 5)
+    po_65 = partial + 512 + slot
+    for startu_65 in range(0, 16, 4):
+        iu_65 = startu_65 + tl.arange(0, 4)
+        for startw_65 in range(0, 16, 8):
+            iw_65 = startw_65 + tl.arange(0, 8)
+            a0_65 = tl.load(p0_65 + iu_65[None, :, None, None] * 5, mask=m0_65, other=0.0)
+            a1_65 = tl.load(p1_65 + iw_65[None, None, :, None] * 5, mask=m1_65, other=0.0)
+            q_65 = po_65 + iu_65[:, None] * 16 + iw_65[None, :]
+            tl.store(q_65, tl.load(q_65) + tl.sum(tl.sum(a0_65 * a1_65, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+    iu_66 = tl.arange(0, 16)
+    p0_66 = scratch + 1622 + z[:, None] * 2598 + iu_66[None, :]
+    m0_66 = row_mask[:, None]
+    po_66 = d2_w_ptr + 224 + z[:, None] * 240 + iu_66[None, :]
+    mo_66 = row_mask[:, None]
+    a0_66 = tl.load(p0_66, mask=m0_66, other=0.0)
+    q_66 = po_66
+    tl.store(q_66, tl.load(q_66, mask=mo_66, other=0.0) + a0_66, mask=mo_66)
+    tl.debug_barrier()
+    iu_67 = tl.arange(0, 16)
+    p0_67 = scratch + 1606 + z[:, None] * 2598 + iu_67[None, :]
+    m0_67 = row_mask[:, None]
+    po_67 = d2_w_ptr + 176 + z[:, None] * 240 + iu_67[None, :]
+    mo_67 = row_mask[:, None]
+    a0_67 = tl.load(p0_67, mask=m0_67, other=0.0)
+    q_67 = po_67
+    tl.store(q_67, tl.load(q_67, mask=mo_67, other=0.0) + a0_67, mask=mo_67)
+    tl.debug_barrier()
+    iu_68 = tl.arange(0, 16)
+    p0_68 = scratch + 1590 + z[:, None] * 2598 + iu_68[None, :]
+    m0_68 = row_mask[:, None]
+    po_68 = d2_w_ptr + 144 + z[:, None] * 240 + iu_68[None, :]
+    mo_68 = row_mask[:, None]
+    a0_68 = tl.load(p0_68, mask=m0_68, other=0.0)
+    q_68 = po_68
+    tl.store(q_68, tl.load(q_68, mask=mo_68, other=0.0) + a0_68, mask=mo_68)
+    tl.debug_barrier()
+    iu_69 = tl.arange(0, 16)
+    p0_69 = scratch + 1574 + z[:, None] * 2598 + iu_69[None, :]
+    m0_69 = row_mask[:, None]
+    po_69 = d2_w_ptr + 208 + z[:, None] * 240 + iu_69[None, :]
+    mo_69 = row_mask[:, None]
+    a0_69 = tl.load(p0_69, mask=m0_69, other=0.0)
+    q_69 = po_69
+    tl.store(q_69, tl.load(q_69, mask=mo_69, other=0.0) + a0_69, mask=mo_69)
+    tl.debug_barrier()
+    iu_70 = tl.arange(0, 16)
+    p0_70 = scratch + 1558 + z[:, None] * 2598 + iu_70[None, :]
+    m0_70 = row_mask[:, None]
+    po_70 = d2_w_ptr + 160 + z[:, None] * 240 + iu_70[None, :]
+    mo_70 = row_mask[:, None]
+    a0_70 = tl.load(p0_70, mask=m0_70, other=0.0)
+    q_70 = po_70
+    tl.store(q_70, tl.load(q_70, mask=mo_70, other=0.0) + a0_70, mask=mo_70)
+    tl.debug_barrier()
+    iu_71 = tl.arange(0, 16)
+    p0_71 = scratch + 1542 + z[:, None] * 2598 + iu_71[None, :]
+    m0_71 = row_mask[:, None]
+    po_71 = d2_w_ptr + 128 + z[:, None] * 240 + iu_71[None, :]
+    mo_71 = row_mask[:, None]
+    a0_71 = tl.load(p0_71, mask=m0_71, other=0.0)
+    q_71 = po_71
+    tl.store(q_71, tl.load(q_71, mask=mo_71, other=0.0) + a0_71, mask=mo_71)
+    tl.debug_barrier()
+    iu_72 = tl.arange(0, 16)
+    p0_72 = scratch + 1526 + z[:, None] * 2598 + iu_72[None, :]
+    m0_72 = row_mask[:, None]
+    po_72 = d2_w_ptr + 96 + z[:, None] * 240 + iu_72[None, :]
+    mo_72 = row_mask[:, None]
+    a0_72 = tl.load(p0_72, mask=m0_72, other=0.0)
+    q_72 = po_72
+    tl.store(q_72, tl.load(q_72, mask=mo_72, other=0.0) + a0_72, mask=mo_72)
+    tl.debug_barrier()
+    iu_73 = tl.arange(0, 16)
+    p0_73 = scratch + 1510 + z[:, None] * 2598 + iu_73[None, :]
+    m0_73 = row_mask[:, None]
+    po_73 = d2_w_ptr + 112 + z[:, None] * 240 + iu_73[None, :]
+    mo_73 = row_mask[:, None]
+    a0_73 = tl.load(p0_73, mask=m0_73, other=0.0)
+    q_73 = po_73
+    tl.store(q_73, tl.load(q_73, mask=mo_73, other=0.0) + a0_73, mask=mo_73)
+    tl.debug_barrier()
+    iu_74 = tl.arange(0, 16)
+    p0_74 = scratch + 1494 + z[:, None] * 2598 + iu_74[None, :]
+    m0_74 = row_mask[:, None]
+    po_74 = d2_w_ptr + 80 + z[:, None] * 240 + iu_74[None, :]
+    mo_74 = row_mask[:, None]
+    a0_74 = tl.load(p0_74, mask=m0_74, other=0.0)
+    q_74 = po_74
+    tl.store(q_74, tl.load(q_74, mask=mo_74, other=0.0) + a0_74, mask=mo_74)
+    tl.debug_barrier()
+    iu_75 = tl.arange(0, 16)
+    p0_75 = scratch + 1478 + z[:, None] * 2598 + iu_75[None, :]
+    m0_75 = row_mask[:, None]
+    po_75 = d2_w_ptr + 48 + z[:, None] * 240 + iu_75[None, :]
+    mo_75 = row_mask[:, None]
+    a0_75 = tl.load(p0_75, mask=m0_75, other=0.0)
+    q_75 = po_75
+    tl.store(q_75, tl.load(q_75, mask=mo_75, other=0.0) + a0_75, mask=mo_75)
+    tl.debug_barrier()
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    ij_76 = tl.arange(0, 16)
+    p0_76 = scratch + 1299 + z[:, None, None] * 2598
+    m0_76 = row_mask[:, None, None]
+    p1_76 = _g_p_0_ptr + 0 + ij_76[None, :, None] * 179
+    m1_76 = (ij_76[None, :, None] < 9)
+    po_76 = d2_sh_ptr + 0 + z[:, None] * 9 + ij_76[None, :]
+    mo_76 = row_mask[:, None] & (ij_76[None, :] < 9)
+    acc_76 = tl.zeros([BLOCK_Z, 16], dtype=DTYPE)
+    for startc_76 in range(0, 179, 16):
+        ic_76 = startc_76 + tl.arange(0, 16)
+        a0_76 = tl.load(p0_76 + ic_76[None, None, :], mask=m0_76 & (ic_76[None, None, :] < 179), other=0.0)
+        a1_76 = tl.load(p1_76 + ic_76[None, None, :], mask=m1_76 & (ic_76[None, None, :] < 179), other=0.0)
+        acc_76 += tl.sum(a0_76 * a1_76, axis=2)
+    q_76 = po_76
+    tl.store(q_76, tl.load(q_76, mask=mo_76, other=0.0) + acc_76, mask=mo_76)
+    tl.debug_barrier()
+
+
+def _cormorant_message_d2_f_triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the cormorant_message_d2_f kernel on (f, sh, w, d_m, d2_d_f, weight, _g_p_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+    n = args[0].shape[0]
+    programs = triton.cdiv(n, 16)
+    outputs = [rt.output_rows(args[5], n, size) for size in (144, 9, 240, 144)]
+    scratch = args[5].new_zeros(max(n * 2598, 1))
+    partial = args[5].new_zeros(programs, 768)
+    arguments = [a.contiguous() for a in args] + outputs
+    dtype = tl.float64 if args[5].dtype == torch.float64 else tl.float32
+    for kernel in (_cormorant_message_d2_f_0_kernel, _cormorant_message_d2_f_1_kernel, _cormorant_message_d2_f_2_kernel, _cormorant_message_d2_f_3_kernel, _cormorant_message_d2_f_4_kernel,):  # one after another: each sees the last one's writes
+        if n:
+            kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
+    return [outputs[0], outputs[1], outputs[2], outputs[3], partial[:, 0:768].sum(0)]
 
 
 def _cormorant_message_d2_f(
@@ -1267,6 +8088,1105 @@ def _cormorant_message_d2_f(
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
+@triton.jit
+def _cormorant_message_d2_sh_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_sh, statements 1–16 of 75: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    for c0 in range(0, 144, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d2_f_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
+    for c0 in range(0, 9, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d2_sh_ptr + z[:, None] * 9 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 9)[None, :])
+    for c0 in range(0, 240, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d2_w_ptr + z[:, None] * 240 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 240)[None, :])
+    for c0 in range(0, 144, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d2_d_m_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
+    tl.debug_barrier()
+    iu_1 = tl.arange(0, 16)
+    p0_1 = w_ptr + 48 + z[:, None] * 240 + iu_1[None, :]
+    m0_1 = row_mask[:, None]
+    po_1 = scratch + 0 + z[:, None] * 2419 + iu_1[None, :]
+    mo_1 = row_mask[:, None]
+    a0_1 = tl.load(p0_1, mask=m0_1, other=0.0)
+    q_1 = po_1
+    tl.store(q_1, tl.load(q_1, mask=mo_1, other=0.0) + a0_1, mask=mo_1)
+    tl.debug_barrier()
+    iu_2 = tl.arange(0, 16)
+    p0_2 = w_ptr + 80 + z[:, None] * 240 + iu_2[None, :]
+    m0_2 = row_mask[:, None]
+    po_2 = scratch + 16 + z[:, None] * 2419 + iu_2[None, :]
+    mo_2 = row_mask[:, None]
+    a0_2 = tl.load(p0_2, mask=m0_2, other=0.0)
+    q_2 = po_2
+    tl.store(q_2, tl.load(q_2, mask=mo_2, other=0.0) + a0_2, mask=mo_2)
+    tl.debug_barrier()
+    iu_3 = tl.arange(0, 16)
+    p0_3 = w_ptr + 112 + z[:, None] * 240 + iu_3[None, :]
+    m0_3 = row_mask[:, None]
+    po_3 = scratch + 32 + z[:, None] * 2419 + iu_3[None, :]
+    mo_3 = row_mask[:, None]
+    a0_3 = tl.load(p0_3, mask=m0_3, other=0.0)
+    q_3 = po_3
+    tl.store(q_3, tl.load(q_3, mask=mo_3, other=0.0) + a0_3, mask=mo_3)
+    tl.debug_barrier()
+    iu_4 = tl.arange(0, 16)
+    p0_4 = w_ptr + 96 + z[:, None] * 240 + iu_4[None, :]
+    m0_4 = row_mask[:, None]
+    po_4 = scratch + 48 + z[:, None] * 2419 + iu_4[None, :]
+    mo_4 = row_mask[:, None]
+    a0_4 = tl.load(p0_4, mask=m0_4, other=0.0)
+    q_4 = po_4
+    tl.store(q_4, tl.load(q_4, mask=mo_4, other=0.0) + a0_4, mask=mo_4)
+    tl.debug_barrier()
+    iu_5 = tl.arange(0, 16)
+    p0_5 = w_ptr + 128 + z[:, None] * 240 + iu_5[None, :]
+    m0_5 = row_mask[:, None]
+    po_5 = scratch + 64 + z[:, None] * 2419 + iu_5[None, :]
+    mo_5 = row_mask[:, None]
+    a0_5 = tl.load(p0_5, mask=m0_5, other=0.0)
+    q_5 = po_5
+    tl.store(q_5, tl.load(q_5, mask=mo_5, other=0.0) + a0_5, mask=mo_5)
+    tl.debug_barrier()
+    iu_6 = tl.arange(0, 16)
+    p0_6 = w_ptr + 160 + z[:, None] * 240 + iu_6[None, :]
+    m0_6 = row_mask[:, None]
+    po_6 = scratch + 80 + z[:, None] * 2419 + iu_6[None, :]
+    mo_6 = row_mask[:, None]
+    a0_6 = tl.load(p0_6, mask=m0_6, other=0.0)
+    q_6 = po_6
+    tl.store(q_6, tl.load(q_6, mask=mo_6, other=0.0) + a0_6, mask=mo_6)
+    tl.debug_barrier()
+    iu_7 = tl.arange(0, 16)
+    p0_7 = w_ptr + 208 + z[:, None] * 240 + iu_7[None, :]
+    m0_7 = row_mask[:, None]
+    po_7 = scratch + 96 + z[:, None] * 2419 + iu_7[None, :]
+    mo_7 = row_mask[:, None]
+    a0_7 = tl.load(p0_7, mask=m0_7, other=0.0)
+    q_7 = po_7
+    tl.store(q_7, tl.load(q_7, mask=mo_7, other=0.0) + a0_7, mask=mo_7)
+    tl.debug_barrier()
+    iu_8 = tl.arange(0, 16)
+    p0_8 = w_ptr + 144 + z[:, None] * 240 + iu_8[None, :]
+    m0_8 = row_mask[:, None]
+    po_8 = scratch + 112 + z[:, None] * 2419 + iu_8[None, :]
+    mo_8 = row_mask[:, None]
+    a0_8 = tl.load(p0_8, mask=m0_8, other=0.0)
+    q_8 = po_8
+    tl.store(q_8, tl.load(q_8, mask=mo_8, other=0.0) + a0_8, mask=mo_8)
+    tl.debug_barrier()
+    iu_9 = tl.arange(0, 16)
+    p0_9 = w_ptr + 176 + z[:, None] * 240 + iu_9[None, :]
+    m0_9 = row_mask[:, None]
+    po_9 = scratch + 128 + z[:, None] * 2419 + iu_9[None, :]
+    mo_9 = row_mask[:, None]
+    a0_9 = tl.load(p0_9, mask=m0_9, other=0.0)
+    q_9 = po_9
+    tl.store(q_9, tl.load(q_9, mask=mo_9, other=0.0) + a0_9, mask=mo_9)
+    tl.debug_barrier()
+    iu_10 = tl.arange(0, 16)
+    p0_10 = w_ptr + 224 + z[:, None] * 240 + iu_10[None, :]
+    m0_10 = row_mask[:, None]
+    po_10 = scratch + 144 + z[:, None] * 2419 + iu_10[None, :]
+    mo_10 = row_mask[:, None]
+    a0_10 = tl.load(p0_10, mask=m0_10, other=0.0)
+    q_10 = po_10
+    tl.store(q_10, tl.load(q_10, mask=mo_10, other=0.0) + a0_10, mask=mo_10)
+    tl.debug_barrier()
+    # ∂/∂p: 16x2 -> 16x2
+    ii_11 = tl.arange(0, 8)
+    p0_11 = d_m_ptr + 64 + z[:, None, None, None] * 144 + ii_11[None, None, :, None]
+    m0_11 = row_mask[:, None, None, None] & (ii_11[None, None, :, None] < 5)
+    p1_11 = weight_ptr + 512
+    po_11 = scratch + 224 + z[:, None, None] * 2419 + ii_11[None, None, :]
+    mo_11 = row_mask[:, None, None] & (ii_11[None, None, :] < 5)
+    for startu_11 in range(0, 16, 4):
+        iu_11 = startu_11 + tl.arange(0, 4)
+        acc_11 = tl.zeros([BLOCK_Z, 4, 8], dtype=DTYPE)
+        for startw_11 in range(0, 16, 8):
+            iw_11 = startw_11 + tl.arange(0, 8)
+            a0_11 = tl.load(p0_11 + iw_11[None, None, None, :] * 5, mask=m0_11, other=0.0)
+            a1_11 = tl.load(p1_11 + iu_11[None, :, None, None] * 16 + iw_11[None, None, None, :])
+            acc_11 += tl.sum(a0_11 * a1_11, axis=3)
+        q_11 = po_11 + iu_11[None, :, None] * 5
+        tl.store(q_11, tl.load(q_11, mask=mo_11, other=0.0) + acc_11 * 0.25, mask=mo_11)
+    tl.debug_barrier()
+    # ∂/∂p: 16x1 -> 16x1
+    ii_12 = tl.arange(0, 4)
+    p0_12 = d_m_ptr + 16 + z[:, None, None, None] * 144 + ii_12[None, None, :, None]
+    m0_12 = row_mask[:, None, None, None] & (ii_12[None, None, :, None] < 3)
+    p1_12 = weight_ptr + 256
+    po_12 = scratch + 176 + z[:, None, None] * 2419 + ii_12[None, None, :]
+    mo_12 = row_mask[:, None, None] & (ii_12[None, None, :] < 3)
+    for startu_12 in range(0, 16, 8):
+        iu_12 = startu_12 + tl.arange(0, 8)
+        acc_12 = tl.zeros([BLOCK_Z, 8, 4], dtype=DTYPE)
+        for startw_12 in range(0, 16, 8):
+            iw_12 = startw_12 + tl.arange(0, 8)
+            a0_12 = tl.load(p0_12 + iw_12[None, None, None, :] * 3, mask=m0_12, other=0.0)
+            a1_12 = tl.load(p1_12 + iu_12[None, :, None, None] * 16 + iw_12[None, None, None, :])
+            acc_12 += tl.sum(a0_12 * a1_12, axis=3)
+        q_12 = po_12 + iu_12[None, :, None] * 3
+        tl.store(q_12, tl.load(q_12, mask=mo_12, other=0.0) + acc_12 * 0.25, mask=mo_12)
+    tl.debug_barrier()
+    # ∂/∂p: 16x0 -> 16x0
+    iu_13 = tl.arange(0, 16)
+    ii_13 = tl.arange(0, 1)
+    iw_13 = tl.arange(0, 16)
+    p0_13 = d_m_ptr + 0 + z[:, None, None, None] * 144 + iw_13[None, None, None, :] + ii_13[None, None, :, None]
+    m0_13 = row_mask[:, None, None, None]
+    p1_13 = weight_ptr + 0 + iu_13[None, :, None, None] * 16 + iw_13[None, None, None, :]
+    po_13 = scratch + 160 + z[:, None, None] * 2419 + iu_13[None, :, None] + ii_13[None, None, :]
+    mo_13 = row_mask[:, None, None]
+    a0_13 = tl.load(p0_13, mask=m0_13, other=0.0)
+    a1_13 = tl.load(p1_13)
+    q_13 = po_13
+    tl.store(q_13, tl.load(q_13, mask=mo_13, other=0.0) + tl.sum(a0_13 * a1_13, axis=3) * 0.25, mask=mo_13)
+    tl.debug_barrier()
+    ip_14 = tl.arange(0, 4)
+    ik_14 = tl.arange(0, 8)
+    p0_14 = scratch + 224 + z[:, None, None, None] * 2419 + ik_14[None, None, None, :]
+    m0_14 = row_mask[:, None, None, None] & (ik_14[None, None, None, :] < 5)
+    p1_14 = scratch + 112 + z[:, None, None, None] * 2419 + ip_14[None, None, :, None] * 16
+    m1_14 = row_mask[:, None, None, None] & (ip_14[None, None, :, None] < 3)
+    po_14 = scratch + 880 + z[:, None, None, None] * 2419 + ip_14[None, None, :, None] * 5 + ik_14[None, None, None, :]
+    mo_14 = row_mask[:, None, None, None] & (ip_14[None, None, :, None] < 3) & (ik_14[None, None, None, :] < 5)
+    for startu_14 in range(0, 16, 8):
+        iu_14 = startu_14 + tl.arange(0, 8)
+        a0_14 = tl.load(p0_14 + iu_14[None, :, None, None] * 5, mask=m0_14, other=0.0)
+        a1_14 = tl.load(p1_14 + iu_14[None, :, None, None], mask=m1_14, other=0.0)
+        q_14 = po_14 + iu_14[None, :, None, None] * 15
+        tl.store(q_14, tl.load(q_14, mask=mo_14, other=0.0) + a0_14 * a1_14, mask=mo_14)
+    tl.debug_barrier()
+    iu_15 = tl.arange(0, 16)
+    ip_15 = tl.arange(0, 2)
+    ik_15 = tl.arange(0, 4)
+    p0_15 = scratch + 176 + z[:, None, None, None] * 2419 + iu_15[None, :, None, None] * 3 + ik_15[None, None, None, :]
+    m0_15 = row_mask[:, None, None, None] & (ik_15[None, None, None, :] < 3)
+    p1_15 = scratch + 80 + z[:, None, None, None] * 2419 + ip_15[None, None, :, None] * 16 + iu_15[None, :, None, None]
+    m1_15 = row_mask[:, None, None, None]
+    po_15 = scratch + 784 + z[:, None, None, None] * 2419 + iu_15[None, :, None, None] * 6 + ip_15[None, None, :, None] * 3 + ik_15[None, None, None, :]
+    mo_15 = row_mask[:, None, None, None] & (ik_15[None, None, None, :] < 3)
+    a0_15 = tl.load(p0_15, mask=m0_15, other=0.0)
+    a1_15 = tl.load(p1_15, mask=m1_15, other=0.0)
+    q_15 = po_15
+    tl.store(q_15, tl.load(q_15, mask=mo_15, other=0.0) + a0_15 * a1_15, mask=mo_15)
+    tl.debug_barrier()
+    iu_16 = tl.arange(0, 16)
+    ip_16 = tl.arange(0, 1)
+    ik_16 = tl.arange(0, 1)
+    p0_16 = scratch + 160 + z[:, None, None, None] * 2419 + iu_16[None, :, None, None] + ik_16[None, None, None, :]
+    m0_16 = row_mask[:, None, None, None]
+    p1_16 = w_ptr + 192 + z[:, None, None, None] * 240 + ip_16[None, None, :, None] * 16 + iu_16[None, :, None, None]
+    m1_16 = row_mask[:, None, None, None]
+    po_16 = scratch + 768 + z[:, None, None, None] * 2419 + iu_16[None, :, None, None] + ip_16[None, None, :, None] + ik_16[None, None, None, :]
+    mo_16 = row_mask[:, None, None, None]
+    a0_16 = tl.load(p0_16, mask=m0_16, other=0.0)
+    a1_16 = tl.load(p1_16, mask=m1_16, other=0.0)
+    q_16 = po_16
+    tl.store(q_16, tl.load(q_16, mask=mo_16, other=0.0) + a0_16 * a1_16, mask=mo_16)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d2_sh_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_sh, statements 17–32 of 75: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    iu_17 = tl.arange(0, 16)
+    ip_17 = tl.arange(0, 2)
+    ik_17 = tl.arange(0, 8)
+    p0_17 = scratch + 224 + z[:, None, None, None] * 2419 + iu_17[None, :, None, None] * 5 + ik_17[None, None, None, :]
+    m0_17 = row_mask[:, None, None, None] & (ik_17[None, None, None, :] < 5)
+    p1_17 = scratch + 48 + z[:, None, None, None] * 2419 + ip_17[None, None, :, None] * 16 + iu_17[None, :, None, None]
+    m1_17 = row_mask[:, None, None, None]
+    po_17 = scratch + 608 + z[:, None, None, None] * 2419 + iu_17[None, :, None, None] * 10 + ip_17[None, None, :, None] * 5 + ik_17[None, None, None, :]
+    mo_17 = row_mask[:, None, None, None] & (ik_17[None, None, None, :] < 5)
+    a0_17 = tl.load(p0_17, mask=m0_17, other=0.0)
+    a1_17 = tl.load(p1_17, mask=m1_17, other=0.0)
+    q_17 = po_17
+    tl.store(q_17, tl.load(q_17, mask=mo_17, other=0.0) + a0_17 * a1_17, mask=mo_17)
+    tl.debug_barrier()
+    iu_18 = tl.arange(0, 16)
+    ip_18 = tl.arange(0, 4)
+    ik_18 = tl.arange(0, 4)
+    p0_18 = scratch + 176 + z[:, None, None, None] * 2419 + iu_18[None, :, None, None] * 3 + ik_18[None, None, None, :]
+    m0_18 = row_mask[:, None, None, None] & (ik_18[None, None, None, :] < 3)
+    p1_18 = scratch + 0 + z[:, None, None, None] * 2419 + ip_18[None, None, :, None] * 16 + iu_18[None, :, None, None]
+    m1_18 = row_mask[:, None, None, None] & (ip_18[None, None, :, None] < 3)
+    po_18 = scratch + 464 + z[:, None, None, None] * 2419 + iu_18[None, :, None, None] * 9 + ip_18[None, None, :, None] * 3 + ik_18[None, None, None, :]
+    mo_18 = row_mask[:, None, None, None] & (ip_18[None, None, :, None] < 3) & (ik_18[None, None, None, :] < 3)
+    a0_18 = tl.load(p0_18, mask=m0_18, other=0.0)
+    a1_18 = tl.load(p1_18, mask=m1_18, other=0.0)
+    q_18 = po_18
+    tl.store(q_18, tl.load(q_18, mask=mo_18, other=0.0) + a0_18 * a1_18, mask=mo_18)
+    tl.debug_barrier()
+    iu_19 = tl.arange(0, 16)
+    ip_19 = tl.arange(0, 1)
+    ik_19 = tl.arange(0, 1)
+    p0_19 = scratch + 160 + z[:, None, None, None] * 2419 + iu_19[None, :, None, None] + ik_19[None, None, None, :]
+    m0_19 = row_mask[:, None, None, None]
+    p1_19 = w_ptr + 64 + z[:, None, None, None] * 240 + ip_19[None, None, :, None] * 16 + iu_19[None, :, None, None]
+    m1_19 = row_mask[:, None, None, None]
+    po_19 = scratch + 448 + z[:, None, None, None] * 2419 + iu_19[None, :, None, None] + ip_19[None, None, :, None] + ik_19[None, None, None, :]
+    mo_19 = row_mask[:, None, None, None]
+    a0_19 = tl.load(p0_19, mask=m0_19, other=0.0)
+    a1_19 = tl.load(p1_19, mask=m1_19, other=0.0)
+    q_19 = po_19
+    tl.store(q_19, tl.load(q_19, mask=mo_19, other=0.0) + a0_19 * a1_19, mask=mo_19)
+    tl.debug_barrier()
+    iu_20 = tl.arange(0, 16)
+    ip_20 = tl.arange(0, 1)
+    ik_20 = tl.arange(0, 8)
+    p0_20 = scratch + 224 + z[:, None, None, None] * 2419 + iu_20[None, :, None, None] * 5 + ik_20[None, None, None, :]
+    m0_20 = row_mask[:, None, None, None] & (ik_20[None, None, None, :] < 5)
+    p1_20 = w_ptr + 32 + z[:, None, None, None] * 240 + ip_20[None, None, :, None] * 16 + iu_20[None, :, None, None]
+    m1_20 = row_mask[:, None, None, None]
+    po_20 = scratch + 368 + z[:, None, None, None] * 2419 + iu_20[None, :, None, None] * 5 + ip_20[None, None, :, None] * 5 + ik_20[None, None, None, :]
+    mo_20 = row_mask[:, None, None, None] & (ik_20[None, None, None, :] < 5)
+    a0_20 = tl.load(p0_20, mask=m0_20, other=0.0)
+    a1_20 = tl.load(p1_20, mask=m1_20, other=0.0)
+    q_20 = po_20
+    tl.store(q_20, tl.load(q_20, mask=mo_20, other=0.0) + a0_20 * a1_20, mask=mo_20)
+    tl.debug_barrier()
+    iu_21 = tl.arange(0, 16)
+    ip_21 = tl.arange(0, 1)
+    ik_21 = tl.arange(0, 4)
+    p0_21 = scratch + 176 + z[:, None, None, None] * 2419 + iu_21[None, :, None, None] * 3 + ik_21[None, None, None, :]
+    m0_21 = row_mask[:, None, None, None] & (ik_21[None, None, None, :] < 3)
+    p1_21 = w_ptr + 16 + z[:, None, None, None] * 240 + ip_21[None, None, :, None] * 16 + iu_21[None, :, None, None]
+    m1_21 = row_mask[:, None, None, None]
+    po_21 = scratch + 320 + z[:, None, None, None] * 2419 + iu_21[None, :, None, None] * 3 + ip_21[None, None, :, None] * 3 + ik_21[None, None, None, :]
+    mo_21 = row_mask[:, None, None, None] & (ik_21[None, None, None, :] < 3)
+    a0_21 = tl.load(p0_21, mask=m0_21, other=0.0)
+    a1_21 = tl.load(p1_21, mask=m1_21, other=0.0)
+    q_21 = po_21
+    tl.store(q_21, tl.load(q_21, mask=mo_21, other=0.0) + a0_21 * a1_21, mask=mo_21)
+    tl.debug_barrier()
+    iu_22 = tl.arange(0, 16)
+    ip_22 = tl.arange(0, 1)
+    ik_22 = tl.arange(0, 1)
+    p0_22 = scratch + 160 + z[:, None, None, None] * 2419 + iu_22[None, :, None, None] + ik_22[None, None, None, :]
+    m0_22 = row_mask[:, None, None, None]
+    p1_22 = w_ptr + 0 + z[:, None, None, None] * 240 + ip_22[None, None, :, None] * 16 + iu_22[None, :, None, None]
+    m1_22 = row_mask[:, None, None, None]
+    po_22 = scratch + 304 + z[:, None, None, None] * 2419 + iu_22[None, :, None, None] + ip_22[None, None, :, None] + ik_22[None, None, None, :]
+    mo_22 = row_mask[:, None, None, None]
+    a0_22 = tl.load(p0_22, mask=m0_22, other=0.0)
+    a1_22 = tl.load(p1_22, mask=m1_22, other=0.0)
+    q_22 = po_22
+    tl.store(q_22, tl.load(q_22, mask=mo_22, other=0.0) + a0_22 * a1_22, mask=mo_22)
+    tl.debug_barrier()
+    # ∂/∂d__m_p_0: ∂/∂sh: every path's (i, k) map at once: sh · G
+    ij_23 = tl.arange(0, 16)
+    p0_23 = d2_d_sh_ptr + 0 + z[:, None, None] * 9 + ij_23[None, None, :]
+    m0_23 = row_mask[:, None, None] & (ij_23[None, None, :] < 9)
+    p1_23 = _g_p_0_ptr + 0 + ij_23[None, None, :] * 179
+    m1_23 = (ij_23[None, None, :] < 9)
+    po_23 = scratch + 1424 + z[:, None] * 2419
+    mo_23 = row_mask[:, None]
+    for startc_23 in range(0, 179, 16):
+        ic_23 = startc_23 + tl.arange(0, 16)
+        a0_23 = tl.load(p0_23, mask=m0_23, other=0.0)
+        a1_23 = tl.load(p1_23 + ic_23[None, :, None], mask=m1_23 & (ic_23[None, :, None] < 179), other=0.0)
+        q_23 = po_23 + ic_23[None, :]
+        tl.store(q_23, tl.load(q_23, mask=mo_23 & (ic_23[None, :] < 179), other=0.0) + tl.sum(a0_23 * a1_23, axis=2), mask=mo_23 & (ic_23[None, :] < 179))
+    tl.debug_barrier()
+    # ∂/∂d__t_p_0_0_0: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    iu_24 = tl.arange(0, 16)
+    ip_24 = tl.arange(0, 1)
+    ik_24 = tl.arange(0, 1)
+    ii_24 = tl.arange(0, 1)
+    p0_24 = scratch + 1424 + z[:, None, None, None, None] * 2419 + ii_24[None, None, None, None, :] + ip_24[None, None, :, None, None] + ik_24[None, None, None, :, None]
+    m0_24 = row_mask[:, None, None, None, None]
+    p1_24 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_24[None, :, None, None, None] + ii_24[None, None, None, None, :]
+    m1_24 = row_mask[:, None, None, None, None]
+    po_24 = scratch + 1603 + z[:, None, None, None] * 2419 + iu_24[None, :, None, None] + ip_24[None, None, :, None] + ik_24[None, None, None, :]
+    mo_24 = row_mask[:, None, None, None]
+    a0_24 = tl.load(p0_24, mask=m0_24, other=0.0)
+    a1_24 = tl.load(p1_24, mask=m1_24, other=0.0)
+    q_24 = po_24
+    tl.store(q_24, tl.load(q_24, mask=mo_24, other=0.0) + tl.sum(a0_24 * a1_24, axis=4), mask=mo_24)
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    iu_25 = tl.arange(0, 16)
+    ii_25 = tl.arange(0, 1)
+    ip_25 = tl.arange(0, 1)
+    ik_25 = tl.arange(0, 1)
+    p0_25 = scratch + 1424 + z[:, None, None, None, None] * 2419 + ii_25[None, None, :, None, None] + ip_25[None, None, None, :, None] + ik_25[None, None, None, None, :]
+    m0_25 = row_mask[:, None, None, None, None]
+    p1_25 = scratch + 304 + z[:, None, None, None, None] * 2419 + iu_25[None, :, None, None, None] + ip_25[None, None, None, :, None] + ik_25[None, None, None, None, :]
+    m1_25 = row_mask[:, None, None, None, None]
+    po_25 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_25[None, :, None] + ii_25[None, None, :]
+    mo_25 = row_mask[:, None, None]
+    a0_25 = tl.load(p0_25, mask=m0_25, other=0.0)
+    a1_25 = tl.load(p1_25, mask=m1_25, other=0.0)
+    q_25 = po_25
+    tl.store(q_25, tl.load(q_25, mask=mo_25, other=0.0) + tl.sum(tl.sum(a0_25 * a1_25, axis=4), axis=3), mask=mo_25)
+    tl.debug_barrier()
+    iu_26 = tl.arange(0, 16)
+    ik_26 = tl.arange(0, 1)
+    ip_26 = tl.arange(0, 1)
+    p0_26 = scratch + 1603 + z[:, None, None, None] * 2419 + iu_26[None, :, None, None] + ip_26[None, None, None, :] + ik_26[None, None, :, None]
+    m0_26 = row_mask[:, None, None, None]
+    p1_26 = w_ptr + 0 + z[:, None, None, None] * 240 + ip_26[None, None, None, :] * 16 + iu_26[None, :, None, None]
+    m1_26 = row_mask[:, None, None, None]
+    po_26 = scratch + 1280 + z[:, None, None] * 2419 + iu_26[None, :, None] + ik_26[None, None, :]
+    mo_26 = row_mask[:, None, None]
+    a0_26 = tl.load(p0_26, mask=m0_26, other=0.0)
+    a1_26 = tl.load(p1_26, mask=m1_26, other=0.0)
+    q_26 = po_26
+    tl.store(q_26, tl.load(q_26, mask=mo_26, other=0.0) + tl.sum(a0_26 * a1_26, axis=3), mask=mo_26)
+    tl.debug_barrier()
+    ip_27 = tl.arange(0, 1)
+    iu_27 = tl.arange(0, 16)
+    ik_27 = tl.arange(0, 1)
+    p0_27 = scratch + 1603 + z[:, None, None, None] * 2419 + iu_27[None, None, :, None] + ip_27[None, :, None, None] + ik_27[None, None, None, :]
+    m0_27 = row_mask[:, None, None, None]
+    p1_27 = scratch + 160 + z[:, None, None, None] * 2419 + iu_27[None, None, :, None] + ik_27[None, None, None, :]
+    m1_27 = row_mask[:, None, None, None]
+    po_27 = d2_w_ptr + 0 + z[:, None, None] * 240 + ip_27[None, :, None] * 16 + iu_27[None, None, :]
+    mo_27 = row_mask[:, None, None]
+    a0_27 = tl.load(p0_27, mask=m0_27, other=0.0)
+    a1_27 = tl.load(p1_27, mask=m1_27, other=0.0)
+    q_27 = po_27
+    tl.store(q_27, tl.load(q_27, mask=mo_27, other=0.0) + tl.sum(a0_27 * a1_27, axis=3), mask=mo_27)
+    tl.debug_barrier()
+    # ∂/∂d__t_p_0_0_1: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    iu_28 = tl.arange(0, 16)
+    ip_28 = tl.arange(0, 1)
+    ik_28 = tl.arange(0, 4)
+    ii_28 = tl.arange(0, 1)
+    p0_28 = scratch + 1425 + z[:, None, None, None, None] * 2419 + ii_28[None, None, None, None, :] * 3 + ip_28[None, None, :, None, None] * 3 + ik_28[None, None, None, :, None]
+    m0_28 = row_mask[:, None, None, None, None] & (ik_28[None, None, None, :, None] < 3)
+    p1_28 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_28[None, :, None, None, None] + ii_28[None, None, None, None, :]
+    m1_28 = row_mask[:, None, None, None, None]
+    po_28 = scratch + 1619 + z[:, None, None, None] * 2419 + iu_28[None, :, None, None] * 3 + ip_28[None, None, :, None] * 3 + ik_28[None, None, None, :]
+    mo_28 = row_mask[:, None, None, None] & (ik_28[None, None, None, :] < 3)
+    a0_28 = tl.load(p0_28, mask=m0_28, other=0.0)
+    a1_28 = tl.load(p1_28, mask=m1_28, other=0.0)
+    q_28 = po_28
+    tl.store(q_28, tl.load(q_28, mask=mo_28, other=0.0) + tl.sum(a0_28 * a1_28, axis=4), mask=mo_28)
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    iu_29 = tl.arange(0, 16)
+    ii_29 = tl.arange(0, 1)
+    ip_29 = tl.arange(0, 1)
+    ik_29 = tl.arange(0, 4)
+    p0_29 = scratch + 1425 + z[:, None, None, None, None] * 2419 + ii_29[None, None, :, None, None] * 3 + ip_29[None, None, None, :, None] * 3 + ik_29[None, None, None, None, :]
+    m0_29 = row_mask[:, None, None, None, None] & (ik_29[None, None, None, None, :] < 3)
+    p1_29 = scratch + 320 + z[:, None, None, None, None] * 2419 + iu_29[None, :, None, None, None] * 3 + ip_29[None, None, None, :, None] * 3 + ik_29[None, None, None, None, :]
+    m1_29 = row_mask[:, None, None, None, None] & (ik_29[None, None, None, None, :] < 3)
+    po_29 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_29[None, :, None] + ii_29[None, None, :]
+    mo_29 = row_mask[:, None, None]
+    a0_29 = tl.load(p0_29, mask=m0_29, other=0.0)
+    a1_29 = tl.load(p1_29, mask=m1_29, other=0.0)
+    q_29 = po_29
+    tl.store(q_29, tl.load(q_29, mask=mo_29, other=0.0) + tl.sum(tl.sum(a0_29 * a1_29, axis=4), axis=3), mask=mo_29)
+    tl.debug_barrier()
+    iu_30 = tl.arange(0, 16)
+    ik_30 = tl.arange(0, 4)
+    ip_30 = tl.arange(0, 1)
+    p0_30 = scratch + 1619 + z[:, None, None, None] * 2419 + iu_30[None, :, None, None] * 3 + ip_30[None, None, None, :] * 3 + ik_30[None, None, :, None]
+    m0_30 = row_mask[:, None, None, None] & (ik_30[None, None, :, None] < 3)
+    p1_30 = w_ptr + 16 + z[:, None, None, None] * 240 + ip_30[None, None, None, :] * 16 + iu_30[None, :, None, None]
+    m1_30 = row_mask[:, None, None, None]
+    po_30 = scratch + 1296 + z[:, None, None] * 2419 + iu_30[None, :, None] * 3 + ik_30[None, None, :]
+    mo_30 = row_mask[:, None, None] & (ik_30[None, None, :] < 3)
+    a0_30 = tl.load(p0_30, mask=m0_30, other=0.0)
+    a1_30 = tl.load(p1_30, mask=m1_30, other=0.0)
+    q_30 = po_30
+    tl.store(q_30, tl.load(q_30, mask=mo_30, other=0.0) + tl.sum(a0_30 * a1_30, axis=3), mask=mo_30)
+    tl.debug_barrier()
+    ip_31 = tl.arange(0, 1)
+    iu_31 = tl.arange(0, 16)
+    ik_31 = tl.arange(0, 4)
+    p0_31 = scratch + 1619 + z[:, None, None, None] * 2419 + iu_31[None, None, :, None] * 3 + ip_31[None, :, None, None] * 3 + ik_31[None, None, None, :]
+    m0_31 = row_mask[:, None, None, None] & (ik_31[None, None, None, :] < 3)
+    p1_31 = scratch + 176 + z[:, None, None, None] * 2419 + iu_31[None, None, :, None] * 3 + ik_31[None, None, None, :]
+    m1_31 = row_mask[:, None, None, None] & (ik_31[None, None, None, :] < 3)
+    po_31 = d2_w_ptr + 16 + z[:, None, None] * 240 + ip_31[None, :, None] * 16 + iu_31[None, None, :]
+    mo_31 = row_mask[:, None, None]
+    a0_31 = tl.load(p0_31, mask=m0_31, other=0.0)
+    a1_31 = tl.load(p1_31, mask=m1_31, other=0.0)
+    q_31 = po_31
+    tl.store(q_31, tl.load(q_31, mask=mo_31, other=0.0) + tl.sum(a0_31 * a1_31, axis=3), mask=mo_31)
+    tl.debug_barrier()
+    # ∂/∂d__t_p_0_0_2: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    iu_32 = tl.arange(0, 16)
+    ip_32 = tl.arange(0, 1)
+    ik_32 = tl.arange(0, 8)
+    ii_32 = tl.arange(0, 1)
+    p0_32 = scratch + 1428 + z[:, None, None, None, None] * 2419 + ii_32[None, None, None, None, :] * 5 + ip_32[None, None, :, None, None] * 5 + ik_32[None, None, None, :, None]
+    m0_32 = row_mask[:, None, None, None, None] & (ik_32[None, None, None, :, None] < 5)
+    p1_32 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_32[None, :, None, None, None] + ii_32[None, None, None, None, :]
+    m1_32 = row_mask[:, None, None, None, None]
+    po_32 = scratch + 1667 + z[:, None, None, None] * 2419 + iu_32[None, :, None, None] * 5 + ip_32[None, None, :, None] * 5 + ik_32[None, None, None, :]
+    mo_32 = row_mask[:, None, None, None] & (ik_32[None, None, None, :] < 5)
+    a0_32 = tl.load(p0_32, mask=m0_32, other=0.0)
+    a1_32 = tl.load(p1_32, mask=m1_32, other=0.0)
+    q_32 = po_32
+    tl.store(q_32, tl.load(q_32, mask=mo_32, other=0.0) + tl.sum(a0_32 * a1_32, axis=4), mask=mo_32)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d2_sh_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_sh, statements 33–48 of 75: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    iu_33 = tl.arange(0, 16)
+    ii_33 = tl.arange(0, 1)
+    ip_33 = tl.arange(0, 1)
+    ik_33 = tl.arange(0, 8)
+    p0_33 = scratch + 1428 + z[:, None, None, None, None] * 2419 + ii_33[None, None, :, None, None] * 5 + ip_33[None, None, None, :, None] * 5 + ik_33[None, None, None, None, :]
+    m0_33 = row_mask[:, None, None, None, None] & (ik_33[None, None, None, None, :] < 5)
+    p1_33 = scratch + 368 + z[:, None, None, None, None] * 2419 + iu_33[None, :, None, None, None] * 5 + ip_33[None, None, None, :, None] * 5 + ik_33[None, None, None, None, :]
+    m1_33 = row_mask[:, None, None, None, None] & (ik_33[None, None, None, None, :] < 5)
+    po_33 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_33[None, :, None] + ii_33[None, None, :]
+    mo_33 = row_mask[:, None, None]
+    a0_33 = tl.load(p0_33, mask=m0_33, other=0.0)
+    a1_33 = tl.load(p1_33, mask=m1_33, other=0.0)
+    q_33 = po_33
+    tl.store(q_33, tl.load(q_33, mask=mo_33, other=0.0) + tl.sum(tl.sum(a0_33 * a1_33, axis=4), axis=3), mask=mo_33)
+    tl.debug_barrier()
+    iu_34 = tl.arange(0, 16)
+    ik_34 = tl.arange(0, 8)
+    ip_34 = tl.arange(0, 1)
+    p0_34 = scratch + 1667 + z[:, None, None, None] * 2419 + iu_34[None, :, None, None] * 5 + ip_34[None, None, None, :] * 5 + ik_34[None, None, :, None]
+    m0_34 = row_mask[:, None, None, None] & (ik_34[None, None, :, None] < 5)
+    p1_34 = w_ptr + 32 + z[:, None, None, None] * 240 + ip_34[None, None, None, :] * 16 + iu_34[None, :, None, None]
+    m1_34 = row_mask[:, None, None, None]
+    po_34 = scratch + 1344 + z[:, None, None] * 2419 + iu_34[None, :, None] * 5 + ik_34[None, None, :]
+    mo_34 = row_mask[:, None, None] & (ik_34[None, None, :] < 5)
+    a0_34 = tl.load(p0_34, mask=m0_34, other=0.0)
+    a1_34 = tl.load(p1_34, mask=m1_34, other=0.0)
+    q_34 = po_34
+    tl.store(q_34, tl.load(q_34, mask=mo_34, other=0.0) + tl.sum(a0_34 * a1_34, axis=3), mask=mo_34)
+    tl.debug_barrier()
+    ip_35 = tl.arange(0, 1)
+    iu_35 = tl.arange(0, 16)
+    ik_35 = tl.arange(0, 8)
+    p0_35 = scratch + 1667 + z[:, None, None, None] * 2419 + iu_35[None, None, :, None] * 5 + ip_35[None, :, None, None] * 5 + ik_35[None, None, None, :]
+    m0_35 = row_mask[:, None, None, None] & (ik_35[None, None, None, :] < 5)
+    p1_35 = scratch + 224 + z[:, None, None, None] * 2419 + iu_35[None, None, :, None] * 5 + ik_35[None, None, None, :]
+    m1_35 = row_mask[:, None, None, None] & (ik_35[None, None, None, :] < 5)
+    po_35 = d2_w_ptr + 32 + z[:, None, None] * 240 + ip_35[None, :, None] * 16 + iu_35[None, None, :]
+    mo_35 = row_mask[:, None, None]
+    a0_35 = tl.load(p0_35, mask=m0_35, other=0.0)
+    a1_35 = tl.load(p1_35, mask=m1_35, other=0.0)
+    q_35 = po_35
+    tl.store(q_35, tl.load(q_35, mask=mo_35, other=0.0) + tl.sum(a0_35 * a1_35, axis=3), mask=mo_35)
+    tl.debug_barrier()
+    # ∂/∂d__t_p_0_1_0: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    iu_36 = tl.arange(0, 16)
+    ip_36 = tl.arange(0, 1)
+    ik_36 = tl.arange(0, 1)
+    ii_36 = tl.arange(0, 4)
+    p0_36 = scratch + 1433 + z[:, None, None, None, None] * 2419 + ii_36[None, None, None, None, :] + ip_36[None, None, :, None, None] + ik_36[None, None, None, :, None]
+    m0_36 = row_mask[:, None, None, None, None] & (ii_36[None, None, None, None, :] < 3)
+    p1_36 = f_ptr + 16 + z[:, None, None, None, None] * 144 + iu_36[None, :, None, None, None] * 3 + ii_36[None, None, None, None, :]
+    m1_36 = row_mask[:, None, None, None, None] & (ii_36[None, None, None, None, :] < 3)
+    po_36 = scratch + 1747 + z[:, None, None, None] * 2419 + iu_36[None, :, None, None] + ip_36[None, None, :, None] + ik_36[None, None, None, :]
+    mo_36 = row_mask[:, None, None, None]
+    a0_36 = tl.load(p0_36, mask=m0_36, other=0.0)
+    a1_36 = tl.load(p1_36, mask=m1_36, other=0.0)
+    q_36 = po_36
+    tl.store(q_36, tl.load(q_36, mask=mo_36, other=0.0) + tl.sum(a0_36 * a1_36, axis=4), mask=mo_36)
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    iu_37 = tl.arange(0, 16)
+    ii_37 = tl.arange(0, 4)
+    ip_37 = tl.arange(0, 1)
+    ik_37 = tl.arange(0, 1)
+    p0_37 = scratch + 1433 + z[:, None, None, None, None] * 2419 + ii_37[None, None, :, None, None] + ip_37[None, None, None, :, None] + ik_37[None, None, None, None, :]
+    m0_37 = row_mask[:, None, None, None, None] & (ii_37[None, None, :, None, None] < 3)
+    p1_37 = scratch + 448 + z[:, None, None, None, None] * 2419 + iu_37[None, :, None, None, None] + ip_37[None, None, None, :, None] + ik_37[None, None, None, None, :]
+    m1_37 = row_mask[:, None, None, None, None]
+    po_37 = d2_f_ptr + 16 + z[:, None, None] * 144 + iu_37[None, :, None] * 3 + ii_37[None, None, :]
+    mo_37 = row_mask[:, None, None] & (ii_37[None, None, :] < 3)
+    a0_37 = tl.load(p0_37, mask=m0_37, other=0.0)
+    a1_37 = tl.load(p1_37, mask=m1_37, other=0.0)
+    q_37 = po_37
+    tl.store(q_37, tl.load(q_37, mask=mo_37, other=0.0) + tl.sum(tl.sum(a0_37 * a1_37, axis=4), axis=3), mask=mo_37)
+    tl.debug_barrier()
+    iu_38 = tl.arange(0, 16)
+    ik_38 = tl.arange(0, 1)
+    ip_38 = tl.arange(0, 1)
+    p0_38 = scratch + 1747 + z[:, None, None, None] * 2419 + iu_38[None, :, None, None] + ip_38[None, None, None, :] + ik_38[None, None, :, None]
+    m0_38 = row_mask[:, None, None, None]
+    p1_38 = w_ptr + 64 + z[:, None, None, None] * 240 + ip_38[None, None, None, :] * 16 + iu_38[None, :, None, None]
+    m1_38 = row_mask[:, None, None, None]
+    po_38 = scratch + 1280 + z[:, None, None] * 2419 + iu_38[None, :, None] + ik_38[None, None, :]
+    mo_38 = row_mask[:, None, None]
+    a0_38 = tl.load(p0_38, mask=m0_38, other=0.0)
+    a1_38 = tl.load(p1_38, mask=m1_38, other=0.0)
+    q_38 = po_38
+    tl.store(q_38, tl.load(q_38, mask=mo_38, other=0.0) + tl.sum(a0_38 * a1_38, axis=3), mask=mo_38)
+    tl.debug_barrier()
+    ip_39 = tl.arange(0, 1)
+    iu_39 = tl.arange(0, 16)
+    ik_39 = tl.arange(0, 1)
+    p0_39 = scratch + 1747 + z[:, None, None, None] * 2419 + iu_39[None, None, :, None] + ip_39[None, :, None, None] + ik_39[None, None, None, :]
+    m0_39 = row_mask[:, None, None, None]
+    p1_39 = scratch + 160 + z[:, None, None, None] * 2419 + iu_39[None, None, :, None] + ik_39[None, None, None, :]
+    m1_39 = row_mask[:, None, None, None]
+    po_39 = d2_w_ptr + 64 + z[:, None, None] * 240 + ip_39[None, :, None] * 16 + iu_39[None, None, :]
+    mo_39 = row_mask[:, None, None]
+    a0_39 = tl.load(p0_39, mask=m0_39, other=0.0)
+    a1_39 = tl.load(p1_39, mask=m1_39, other=0.0)
+    q_39 = po_39
+    tl.store(q_39, tl.load(q_39, mask=mo_39, other=0.0) + tl.sum(a0_39 * a1_39, axis=3), mask=mo_39)
+    tl.debug_barrier()
+    # ∂/∂d__t_p_0_1_1: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    ip_40 = tl.arange(0, 4)
+    ik_40 = tl.arange(0, 4)
+    ii_40 = tl.arange(0, 4)
+    p0_40 = scratch + 1436 + z[:, None, None, None, None] * 2419 + ii_40[None, None, None, None, :] * 9 + ip_40[None, None, :, None, None] * 3 + ik_40[None, None, None, :, None]
+    m0_40 = row_mask[:, None, None, None, None] & (ii_40[None, None, None, None, :] < 3) & (ip_40[None, None, :, None, None] < 3) & (ik_40[None, None, None, :, None] < 3)
+    p1_40 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_40[None, None, None, None, :]
+    m1_40 = row_mask[:, None, None, None, None] & (ii_40[None, None, None, None, :] < 3)
+    po_40 = scratch + 1763 + z[:, None, None, None] * 2419 + ip_40[None, None, :, None] * 3 + ik_40[None, None, None, :]
+    mo_40 = row_mask[:, None, None, None] & (ip_40[None, None, :, None] < 3) & (ik_40[None, None, None, :] < 3)
+    for startu_40 in range(0, 16, 4):
+        iu_40 = startu_40 + tl.arange(0, 4)
+        a0_40 = tl.load(p0_40, mask=m0_40, other=0.0)
+        a1_40 = tl.load(p1_40 + iu_40[None, :, None, None, None] * 3, mask=m1_40, other=0.0)
+        q_40 = po_40 + iu_40[None, :, None, None] * 9
+        tl.store(q_40, tl.load(q_40, mask=mo_40, other=0.0) + tl.sum(a0_40 * a1_40, axis=4), mask=mo_40)
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    ii_41 = tl.arange(0, 4)
+    ip_41 = tl.arange(0, 4)
+    ik_41 = tl.arange(0, 4)
+    p0_41 = scratch + 1436 + z[:, None, None, None, None] * 2419 + ii_41[None, None, :, None, None] * 9 + ip_41[None, None, None, :, None] * 3 + ik_41[None, None, None, None, :]
+    m0_41 = row_mask[:, None, None, None, None] & (ii_41[None, None, :, None, None] < 3) & (ip_41[None, None, None, :, None] < 3) & (ik_41[None, None, None, None, :] < 3)
+    p1_41 = scratch + 464 + z[:, None, None, None, None] * 2419 + ip_41[None, None, None, :, None] * 3 + ik_41[None, None, None, None, :]
+    m1_41 = row_mask[:, None, None, None, None] & (ip_41[None, None, None, :, None] < 3) & (ik_41[None, None, None, None, :] < 3)
+    po_41 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_41[None, None, :]
+    mo_41 = row_mask[:, None, None] & (ii_41[None, None, :] < 3)
+    for startu_41 in range(0, 16, 4):
+        iu_41 = startu_41 + tl.arange(0, 4)
+        a0_41 = tl.load(p0_41, mask=m0_41, other=0.0)
+        a1_41 = tl.load(p1_41 + iu_41[None, :, None, None, None] * 9, mask=m1_41, other=0.0)
+        q_41 = po_41 + iu_41[None, :, None] * 3
+        tl.store(q_41, tl.load(q_41, mask=mo_41, other=0.0) + tl.sum(tl.sum(a0_41 * a1_41, axis=4), axis=3), mask=mo_41)
+    tl.debug_barrier()
+    iu_42 = tl.arange(0, 16)
+    ik_42 = tl.arange(0, 4)
+    ip_42 = tl.arange(0, 4)
+    p0_42 = scratch + 1763 + z[:, None, None, None] * 2419 + iu_42[None, :, None, None] * 9 + ip_42[None, None, None, :] * 3 + ik_42[None, None, :, None]
+    m0_42 = row_mask[:, None, None, None] & (ip_42[None, None, None, :] < 3) & (ik_42[None, None, :, None] < 3)
+    p1_42 = scratch + 0 + z[:, None, None, None] * 2419 + ip_42[None, None, None, :] * 16 + iu_42[None, :, None, None]
+    m1_42 = row_mask[:, None, None, None] & (ip_42[None, None, None, :] < 3)
+    po_42 = scratch + 1296 + z[:, None, None] * 2419 + iu_42[None, :, None] * 3 + ik_42[None, None, :]
+    mo_42 = row_mask[:, None, None] & (ik_42[None, None, :] < 3)
+    a0_42 = tl.load(p0_42, mask=m0_42, other=0.0)
+    a1_42 = tl.load(p1_42, mask=m1_42, other=0.0)
+    q_42 = po_42
+    tl.store(q_42, tl.load(q_42, mask=mo_42, other=0.0) + tl.sum(a0_42 * a1_42, axis=3), mask=mo_42)
+    tl.debug_barrier()
+    ip_43 = tl.arange(0, 4)
+    iu_43 = tl.arange(0, 16)
+    ik_43 = tl.arange(0, 4)
+    p0_43 = scratch + 1763 + z[:, None, None, None] * 2419 + iu_43[None, None, :, None] * 9 + ip_43[None, :, None, None] * 3 + ik_43[None, None, None, :]
+    m0_43 = row_mask[:, None, None, None] & (ip_43[None, :, None, None] < 3) & (ik_43[None, None, None, :] < 3)
+    p1_43 = scratch + 176 + z[:, None, None, None] * 2419 + iu_43[None, None, :, None] * 3 + ik_43[None, None, None, :]
+    m1_43 = row_mask[:, None, None, None] & (ik_43[None, None, None, :] < 3)
+    po_43 = scratch + 1120 + z[:, None, None] * 2419 + ip_43[None, :, None] * 16 + iu_43[None, None, :]
+    mo_43 = row_mask[:, None, None] & (ip_43[None, :, None] < 3)
+    a0_43 = tl.load(p0_43, mask=m0_43, other=0.0)
+    a1_43 = tl.load(p1_43, mask=m1_43, other=0.0)
+    q_43 = po_43
+    tl.store(q_43, tl.load(q_43, mask=mo_43, other=0.0) + tl.sum(a0_43 * a1_43, axis=3), mask=mo_43)
+    tl.debug_barrier()
+    # ∂/∂d__t_p_0_1_2: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    ip_44 = tl.arange(0, 2)
+    ik_44 = tl.arange(0, 8)
+    ii_44 = tl.arange(0, 4)
+    p0_44 = scratch + 1463 + z[:, None, None, None, None] * 2419 + ii_44[None, None, None, None, :] * 10 + ip_44[None, None, :, None, None] * 5 + ik_44[None, None, None, :, None]
+    m0_44 = row_mask[:, None, None, None, None] & (ii_44[None, None, None, None, :] < 3) & (ik_44[None, None, None, :, None] < 5)
+    p1_44 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_44[None, None, None, None, :]
+    m1_44 = row_mask[:, None, None, None, None] & (ii_44[None, None, None, None, :] < 3)
+    po_44 = scratch + 1907 + z[:, None, None, None] * 2419 + ip_44[None, None, :, None] * 5 + ik_44[None, None, None, :]
+    mo_44 = row_mask[:, None, None, None] & (ik_44[None, None, None, :] < 5)
+    for startu_44 in range(0, 16, 4):
+        iu_44 = startu_44 + tl.arange(0, 4)
+        a0_44 = tl.load(p0_44, mask=m0_44, other=0.0)
+        a1_44 = tl.load(p1_44 + iu_44[None, :, None, None, None] * 3, mask=m1_44, other=0.0)
+        q_44 = po_44 + iu_44[None, :, None, None] * 10
+        tl.store(q_44, tl.load(q_44, mask=mo_44, other=0.0) + tl.sum(a0_44 * a1_44, axis=4), mask=mo_44)
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    ii_45 = tl.arange(0, 4)
+    ip_45 = tl.arange(0, 2)
+    ik_45 = tl.arange(0, 8)
+    p0_45 = scratch + 1463 + z[:, None, None, None, None] * 2419 + ii_45[None, None, :, None, None] * 10 + ip_45[None, None, None, :, None] * 5 + ik_45[None, None, None, None, :]
+    m0_45 = row_mask[:, None, None, None, None] & (ii_45[None, None, :, None, None] < 3) & (ik_45[None, None, None, None, :] < 5)
+    p1_45 = scratch + 608 + z[:, None, None, None, None] * 2419 + ip_45[None, None, None, :, None] * 5 + ik_45[None, None, None, None, :]
+    m1_45 = row_mask[:, None, None, None, None] & (ik_45[None, None, None, None, :] < 5)
+    po_45 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_45[None, None, :]
+    mo_45 = row_mask[:, None, None] & (ii_45[None, None, :] < 3)
+    for startu_45 in range(0, 16, 4):
+        iu_45 = startu_45 + tl.arange(0, 4)
+        a0_45 = tl.load(p0_45, mask=m0_45, other=0.0)
+        a1_45 = tl.load(p1_45 + iu_45[None, :, None, None, None] * 10, mask=m1_45, other=0.0)
+        q_45 = po_45 + iu_45[None, :, None] * 3
+        tl.store(q_45, tl.load(q_45, mask=mo_45, other=0.0) + tl.sum(tl.sum(a0_45 * a1_45, axis=4), axis=3), mask=mo_45)
+    tl.debug_barrier()
+    iu_46 = tl.arange(0, 16)
+    ik_46 = tl.arange(0, 8)
+    ip_46 = tl.arange(0, 2)
+    p0_46 = scratch + 1907 + z[:, None, None, None] * 2419 + iu_46[None, :, None, None] * 10 + ip_46[None, None, None, :] * 5 + ik_46[None, None, :, None]
+    m0_46 = row_mask[:, None, None, None] & (ik_46[None, None, :, None] < 5)
+    p1_46 = scratch + 48 + z[:, None, None, None] * 2419 + ip_46[None, None, None, :] * 16 + iu_46[None, :, None, None]
+    m1_46 = row_mask[:, None, None, None]
+    po_46 = scratch + 1344 + z[:, None, None] * 2419 + iu_46[None, :, None] * 5 + ik_46[None, None, :]
+    mo_46 = row_mask[:, None, None] & (ik_46[None, None, :] < 5)
+    a0_46 = tl.load(p0_46, mask=m0_46, other=0.0)
+    a1_46 = tl.load(p1_46, mask=m1_46, other=0.0)
+    q_46 = po_46
+    tl.store(q_46, tl.load(q_46, mask=mo_46, other=0.0) + tl.sum(a0_46 * a1_46, axis=3), mask=mo_46)
+    tl.debug_barrier()
+    ip_47 = tl.arange(0, 2)
+    iu_47 = tl.arange(0, 16)
+    ik_47 = tl.arange(0, 8)
+    p0_47 = scratch + 1907 + z[:, None, None, None] * 2419 + iu_47[None, None, :, None] * 10 + ip_47[None, :, None, None] * 5 + ik_47[None, None, None, :]
+    m0_47 = row_mask[:, None, None, None] & (ik_47[None, None, None, :] < 5)
+    p1_47 = scratch + 224 + z[:, None, None, None] * 2419 + iu_47[None, None, :, None] * 5 + ik_47[None, None, None, :]
+    m1_47 = row_mask[:, None, None, None] & (ik_47[None, None, None, :] < 5)
+    po_47 = scratch + 1168 + z[:, None, None] * 2419 + ip_47[None, :, None] * 16 + iu_47[None, None, :]
+    mo_47 = row_mask[:, None, None]
+    a0_47 = tl.load(p0_47, mask=m0_47, other=0.0)
+    a1_47 = tl.load(p1_47, mask=m1_47, other=0.0)
+    q_47 = po_47
+    tl.store(q_47, tl.load(q_47, mask=mo_47, other=0.0) + tl.sum(a0_47 * a1_47, axis=3), mask=mo_47)
+    tl.debug_barrier()
+    # ∂/∂d__t_p_0_2_0: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    iu_48 = tl.arange(0, 16)
+    ip_48 = tl.arange(0, 1)
+    ik_48 = tl.arange(0, 1)
+    ii_48 = tl.arange(0, 8)
+    p0_48 = scratch + 1493 + z[:, None, None, None, None] * 2419 + ii_48[None, None, None, None, :] + ip_48[None, None, :, None, None] + ik_48[None, None, None, :, None]
+    m0_48 = row_mask[:, None, None, None, None] & (ii_48[None, None, None, None, :] < 5)
+    p1_48 = f_ptr + 64 + z[:, None, None, None, None] * 144 + iu_48[None, :, None, None, None] * 5 + ii_48[None, None, None, None, :]
+    m1_48 = row_mask[:, None, None, None, None] & (ii_48[None, None, None, None, :] < 5)
+    po_48 = scratch + 2067 + z[:, None, None, None] * 2419 + iu_48[None, :, None, None] + ip_48[None, None, :, None] + ik_48[None, None, None, :]
+    mo_48 = row_mask[:, None, None, None]
+    a0_48 = tl.load(p0_48, mask=m0_48, other=0.0)
+    a1_48 = tl.load(p1_48, mask=m1_48, other=0.0)
+    q_48 = po_48
+    tl.store(q_48, tl.load(q_48, mask=mo_48, other=0.0) + tl.sum(a0_48 * a1_48, axis=4), mask=mo_48)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d2_sh_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_sh, statements 49–64 of 75: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    iu_49 = tl.arange(0, 16)
+    ii_49 = tl.arange(0, 8)
+    ip_49 = tl.arange(0, 1)
+    ik_49 = tl.arange(0, 1)
+    p0_49 = scratch + 1493 + z[:, None, None, None, None] * 2419 + ii_49[None, None, :, None, None] + ip_49[None, None, None, :, None] + ik_49[None, None, None, None, :]
+    m0_49 = row_mask[:, None, None, None, None] & (ii_49[None, None, :, None, None] < 5)
+    p1_49 = scratch + 768 + z[:, None, None, None, None] * 2419 + iu_49[None, :, None, None, None] + ip_49[None, None, None, :, None] + ik_49[None, None, None, None, :]
+    m1_49 = row_mask[:, None, None, None, None]
+    po_49 = d2_f_ptr + 64 + z[:, None, None] * 144 + iu_49[None, :, None] * 5 + ii_49[None, None, :]
+    mo_49 = row_mask[:, None, None] & (ii_49[None, None, :] < 5)
+    a0_49 = tl.load(p0_49, mask=m0_49, other=0.0)
+    a1_49 = tl.load(p1_49, mask=m1_49, other=0.0)
+    q_49 = po_49
+    tl.store(q_49, tl.load(q_49, mask=mo_49, other=0.0) + tl.sum(tl.sum(a0_49 * a1_49, axis=4), axis=3), mask=mo_49)
+    tl.debug_barrier()
+    iu_50 = tl.arange(0, 16)
+    ik_50 = tl.arange(0, 1)
+    ip_50 = tl.arange(0, 1)
+    p0_50 = scratch + 2067 + z[:, None, None, None] * 2419 + iu_50[None, :, None, None] + ip_50[None, None, None, :] + ik_50[None, None, :, None]
+    m0_50 = row_mask[:, None, None, None]
+    p1_50 = w_ptr + 192 + z[:, None, None, None] * 240 + ip_50[None, None, None, :] * 16 + iu_50[None, :, None, None]
+    m1_50 = row_mask[:, None, None, None]
+    po_50 = scratch + 1280 + z[:, None, None] * 2419 + iu_50[None, :, None] + ik_50[None, None, :]
+    mo_50 = row_mask[:, None, None]
+    a0_50 = tl.load(p0_50, mask=m0_50, other=0.0)
+    a1_50 = tl.load(p1_50, mask=m1_50, other=0.0)
+    q_50 = po_50
+    tl.store(q_50, tl.load(q_50, mask=mo_50, other=0.0) + tl.sum(a0_50 * a1_50, axis=3), mask=mo_50)
+    tl.debug_barrier()
+    ip_51 = tl.arange(0, 1)
+    iu_51 = tl.arange(0, 16)
+    ik_51 = tl.arange(0, 1)
+    p0_51 = scratch + 2067 + z[:, None, None, None] * 2419 + iu_51[None, None, :, None] + ip_51[None, :, None, None] + ik_51[None, None, None, :]
+    m0_51 = row_mask[:, None, None, None]
+    p1_51 = scratch + 160 + z[:, None, None, None] * 2419 + iu_51[None, None, :, None] + ik_51[None, None, None, :]
+    m1_51 = row_mask[:, None, None, None]
+    po_51 = d2_w_ptr + 192 + z[:, None, None] * 240 + ip_51[None, :, None] * 16 + iu_51[None, None, :]
+    mo_51 = row_mask[:, None, None]
+    a0_51 = tl.load(p0_51, mask=m0_51, other=0.0)
+    a1_51 = tl.load(p1_51, mask=m1_51, other=0.0)
+    q_51 = po_51
+    tl.store(q_51, tl.load(q_51, mask=mo_51, other=0.0) + tl.sum(a0_51 * a1_51, axis=3), mask=mo_51)
+    tl.debug_barrier()
+    # ∂/∂d__t_p_0_2_1: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    ip_52 = tl.arange(0, 2)
+    ik_52 = tl.arange(0, 4)
+    ii_52 = tl.arange(0, 8)
+    p0_52 = scratch + 1498 + z[:, None, None, None, None] * 2419 + ii_52[None, None, None, None, :] * 6 + ip_52[None, None, :, None, None] * 3 + ik_52[None, None, None, :, None]
+    m0_52 = row_mask[:, None, None, None, None] & (ii_52[None, None, None, None, :] < 5) & (ik_52[None, None, None, :, None] < 3)
+    p1_52 = f_ptr + 64 + z[:, None, None, None, None] * 144 + ii_52[None, None, None, None, :]
+    m1_52 = row_mask[:, None, None, None, None] & (ii_52[None, None, None, None, :] < 5)
+    po_52 = scratch + 2083 + z[:, None, None, None] * 2419 + ip_52[None, None, :, None] * 3 + ik_52[None, None, None, :]
+    mo_52 = row_mask[:, None, None, None] & (ik_52[None, None, None, :] < 3)
+    for startu_52 in range(0, 16, 4):
+        iu_52 = startu_52 + tl.arange(0, 4)
+        a0_52 = tl.load(p0_52, mask=m0_52, other=0.0)
+        a1_52 = tl.load(p1_52 + iu_52[None, :, None, None, None] * 5, mask=m1_52, other=0.0)
+        q_52 = po_52 + iu_52[None, :, None, None] * 6
+        tl.store(q_52, tl.load(q_52, mask=mo_52, other=0.0) + tl.sum(a0_52 * a1_52, axis=4), mask=mo_52)
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    ii_53 = tl.arange(0, 8)
+    ip_53 = tl.arange(0, 2)
+    ik_53 = tl.arange(0, 4)
+    p0_53 = scratch + 1498 + z[:, None, None, None, None] * 2419 + ii_53[None, None, :, None, None] * 6 + ip_53[None, None, None, :, None] * 3 + ik_53[None, None, None, None, :]
+    m0_53 = row_mask[:, None, None, None, None] & (ii_53[None, None, :, None, None] < 5) & (ik_53[None, None, None, None, :] < 3)
+    p1_53 = scratch + 784 + z[:, None, None, None, None] * 2419 + ip_53[None, None, None, :, None] * 3 + ik_53[None, None, None, None, :]
+    m1_53 = row_mask[:, None, None, None, None] & (ik_53[None, None, None, None, :] < 3)
+    po_53 = d2_f_ptr + 64 + z[:, None, None] * 144 + ii_53[None, None, :]
+    mo_53 = row_mask[:, None, None] & (ii_53[None, None, :] < 5)
+    for startu_53 in range(0, 16, 4):
+        iu_53 = startu_53 + tl.arange(0, 4)
+        a0_53 = tl.load(p0_53, mask=m0_53, other=0.0)
+        a1_53 = tl.load(p1_53 + iu_53[None, :, None, None, None] * 6, mask=m1_53, other=0.0)
+        q_53 = po_53 + iu_53[None, :, None] * 5
+        tl.store(q_53, tl.load(q_53, mask=mo_53, other=0.0) + tl.sum(tl.sum(a0_53 * a1_53, axis=4), axis=3), mask=mo_53)
+    tl.debug_barrier()
+    iu_54 = tl.arange(0, 16)
+    ik_54 = tl.arange(0, 4)
+    ip_54 = tl.arange(0, 2)
+    p0_54 = scratch + 2083 + z[:, None, None, None] * 2419 + iu_54[None, :, None, None] * 6 + ip_54[None, None, None, :] * 3 + ik_54[None, None, :, None]
+    m0_54 = row_mask[:, None, None, None] & (ik_54[None, None, :, None] < 3)
+    p1_54 = scratch + 80 + z[:, None, None, None] * 2419 + ip_54[None, None, None, :] * 16 + iu_54[None, :, None, None]
+    m1_54 = row_mask[:, None, None, None]
+    po_54 = scratch + 1296 + z[:, None, None] * 2419 + iu_54[None, :, None] * 3 + ik_54[None, None, :]
+    mo_54 = row_mask[:, None, None] & (ik_54[None, None, :] < 3)
+    a0_54 = tl.load(p0_54, mask=m0_54, other=0.0)
+    a1_54 = tl.load(p1_54, mask=m1_54, other=0.0)
+    q_54 = po_54
+    tl.store(q_54, tl.load(q_54, mask=mo_54, other=0.0) + tl.sum(a0_54 * a1_54, axis=3), mask=mo_54)
+    tl.debug_barrier()
+    ip_55 = tl.arange(0, 2)
+    iu_55 = tl.arange(0, 16)
+    ik_55 = tl.arange(0, 4)
+    p0_55 = scratch + 2083 + z[:, None, None, None] * 2419 + iu_55[None, None, :, None] * 6 + ip_55[None, :, None, None] * 3 + ik_55[None, None, None, :]
+    m0_55 = row_mask[:, None, None, None] & (ik_55[None, None, None, :] < 3)
+    p1_55 = scratch + 176 + z[:, None, None, None] * 2419 + iu_55[None, None, :, None] * 3 + ik_55[None, None, None, :]
+    m1_55 = row_mask[:, None, None, None] & (ik_55[None, None, None, :] < 3)
+    po_55 = scratch + 1200 + z[:, None, None] * 2419 + ip_55[None, :, None] * 16 + iu_55[None, None, :]
+    mo_55 = row_mask[:, None, None]
+    a0_55 = tl.load(p0_55, mask=m0_55, other=0.0)
+    a1_55 = tl.load(p1_55, mask=m1_55, other=0.0)
+    q_55 = po_55
+    tl.store(q_55, tl.load(q_55, mask=mo_55, other=0.0) + tl.sum(a0_55 * a1_55, axis=3), mask=mo_55)
+    tl.debug_barrier()
+    # ∂/∂d__t_p_0_2_2: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    ip_56 = tl.arange(0, 4)
+    p0_56 = scratch + 1528 + z[:, None, None, None, None] * 2419 + ip_56[None, None, :, None, None] * 5
+    m0_56 = row_mask[:, None, None, None, None] & (ip_56[None, None, :, None, None] < 3)
+    p1_56 = f_ptr + 64 + z[:, None, None, None, None] * 144
+    m1_56 = row_mask[:, None, None, None, None]
+    po_56 = scratch + 2179 + z[:, None, None, None] * 2419 + ip_56[None, None, :, None] * 5
+    mo_56 = row_mask[:, None, None, None] & (ip_56[None, None, :, None] < 3)
+    for startu_56 in range(0, 16, 4):
+        iu_56 = startu_56 + tl.arange(0, 4)
+        for startk_56 in range(0, 5, 4):
+            ik_56 = startk_56 + tl.arange(0, 4)
+            acc_56 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
+            for starti_56 in range(0, 5, 4):
+                ii_56 = starti_56 + tl.arange(0, 4)
+                a0_56 = tl.load(p0_56 + ii_56[None, None, None, None, :] * 15 + ik_56[None, None, None, :, None], mask=m0_56 & (ii_56[None, None, None, None, :] < 5) & (ik_56[None, None, None, :, None] < 5), other=0.0)
+                a1_56 = tl.load(p1_56 + iu_56[None, :, None, None, None] * 5 + ii_56[None, None, None, None, :], mask=m1_56 & (ii_56[None, None, None, None, :] < 5), other=0.0)
+                acc_56 += tl.sum(a0_56 * a1_56, axis=4)
+            q_56 = po_56 + iu_56[None, :, None, None] * 15 + ik_56[None, None, None, :]
+            tl.store(q_56, tl.load(q_56, mask=mo_56 & (ik_56[None, None, None, :] < 5), other=0.0) + acc_56, mask=mo_56 & (ik_56[None, None, None, :] < 5))
+    tl.debug_barrier()
+    # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    ip_57 = tl.arange(0, 4)
+    p0_57 = scratch + 1528 + z[:, None, None, None, None] * 2419 + ip_57[None, None, None, :, None] * 5
+    m0_57 = row_mask[:, None, None, None, None] & (ip_57[None, None, None, :, None] < 3)
+    p1_57 = scratch + 880 + z[:, None, None, None, None] * 2419 + ip_57[None, None, None, :, None] * 5
+    m1_57 = row_mask[:, None, None, None, None] & (ip_57[None, None, None, :, None] < 3)
+    po_57 = d2_f_ptr + 64 + z[:, None, None] * 144
+    mo_57 = row_mask[:, None, None]
+    for startu_57 in range(0, 16, 4):
+        iu_57 = startu_57 + tl.arange(0, 4)
+        for starti_57 in range(0, 5, 4):
+            ii_57 = starti_57 + tl.arange(0, 4)
+            acc_57 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for startk_57 in range(0, 5, 4):
+                ik_57 = startk_57 + tl.arange(0, 4)
+                a0_57 = tl.load(p0_57 + ii_57[None, None, :, None, None] * 15 + ik_57[None, None, None, None, :], mask=m0_57 & (ii_57[None, None, :, None, None] < 5) & (ik_57[None, None, None, None, :] < 5), other=0.0)
+                a1_57 = tl.load(p1_57 + iu_57[None, :, None, None, None] * 15 + ik_57[None, None, None, None, :], mask=m1_57 & (ik_57[None, None, None, None, :] < 5), other=0.0)
+                acc_57 += tl.sum(tl.sum(a0_57 * a1_57, axis=4), axis=3)
+            q_57 = po_57 + iu_57[None, :, None] * 5 + ii_57[None, None, :]
+            tl.store(q_57, tl.load(q_57, mask=mo_57 & (ii_57[None, None, :] < 5), other=0.0) + acc_57, mask=mo_57 & (ii_57[None, None, :] < 5))
+    tl.debug_barrier()
+    ik_58 = tl.arange(0, 8)
+    ip_58 = tl.arange(0, 4)
+    p0_58 = scratch + 2179 + z[:, None, None, None] * 2419 + ip_58[None, None, None, :] * 5 + ik_58[None, None, :, None]
+    m0_58 = row_mask[:, None, None, None] & (ip_58[None, None, None, :] < 3) & (ik_58[None, None, :, None] < 5)
+    p1_58 = scratch + 112 + z[:, None, None, None] * 2419 + ip_58[None, None, None, :] * 16
+    m1_58 = row_mask[:, None, None, None] & (ip_58[None, None, None, :] < 3)
+    po_58 = scratch + 1344 + z[:, None, None] * 2419 + ik_58[None, None, :]
+    mo_58 = row_mask[:, None, None] & (ik_58[None, None, :] < 5)
+    for startu_58 in range(0, 16, 8):
+        iu_58 = startu_58 + tl.arange(0, 8)
+        a0_58 = tl.load(p0_58 + iu_58[None, :, None, None] * 15, mask=m0_58, other=0.0)
+        a1_58 = tl.load(p1_58 + iu_58[None, :, None, None], mask=m1_58, other=0.0)
+        q_58 = po_58 + iu_58[None, :, None] * 5
+        tl.store(q_58, tl.load(q_58, mask=mo_58, other=0.0) + tl.sum(a0_58 * a1_58, axis=3), mask=mo_58)
+    tl.debug_barrier()
+    ip_59 = tl.arange(0, 4)
+    ik_59 = tl.arange(0, 8)
+    p0_59 = scratch + 2179 + z[:, None, None, None] * 2419 + ip_59[None, :, None, None] * 5 + ik_59[None, None, None, :]
+    m0_59 = row_mask[:, None, None, None] & (ip_59[None, :, None, None] < 3) & (ik_59[None, None, None, :] < 5)
+    p1_59 = scratch + 224 + z[:, None, None, None] * 2419 + ik_59[None, None, None, :]
+    m1_59 = row_mask[:, None, None, None] & (ik_59[None, None, None, :] < 5)
+    po_59 = scratch + 1232 + z[:, None, None] * 2419 + ip_59[None, :, None] * 16
+    mo_59 = row_mask[:, None, None] & (ip_59[None, :, None] < 3)
+    for startu_59 in range(0, 16, 8):
+        iu_59 = startu_59 + tl.arange(0, 8)
+        a0_59 = tl.load(p0_59 + iu_59[None, None, :, None] * 15, mask=m0_59, other=0.0)
+        a1_59 = tl.load(p1_59 + iu_59[None, None, :, None] * 5, mask=m1_59, other=0.0)
+        q_59 = po_59 + iu_59[None, None, :]
+        tl.store(q_59, tl.load(q_59, mask=mo_59, other=0.0) + tl.sum(a0_59 * a1_59, axis=3), mask=mo_59)
+    tl.debug_barrier()
+    # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
+    iw_60 = tl.arange(0, 16)
+    ii_60 = tl.arange(0, 1)
+    iu_60 = tl.arange(0, 16)
+    p0_60 = scratch + 1280 + z[:, None, None, None] * 2419 + iu_60[None, None, None, :] + ii_60[None, None, :, None]
+    m0_60 = row_mask[:, None, None, None]
+    p1_60 = weight_ptr + 0 + iu_60[None, None, None, :] * 16 + iw_60[None, :, None, None]
+    po_60 = d2_d_m_ptr + 0 + z[:, None, None] * 144 + iw_60[None, :, None] + ii_60[None, None, :]
+    mo_60 = row_mask[:, None, None]
+    a0_60 = tl.load(p0_60, mask=m0_60, other=0.0)
+    a1_60 = tl.load(p1_60)
+    q_60 = po_60
+    tl.store(q_60, tl.load(q_60, mask=mo_60, other=0.0) + tl.sum(a0_60 * a1_60, axis=3) * 0.25, mask=mo_60)
+    tl.debug_barrier()
+    # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
+    iu_61 = tl.arange(0, 16)
+    iw_61 = tl.arange(0, 16)
+    ii_61 = tl.arange(0, 1)
+    p0_61 = scratch + 1280 + z[:, None, None, None] * 2419 + iu_61[None, :, None, None] + ii_61[None, None, None, :]
+    m0_61 = row_mask[:, None, None, None]
+    p1_61 = d_m_ptr + 0 + z[:, None, None, None] * 144 + iw_61[None, None, :, None] + ii_61[None, None, None, :]
+    m1_61 = row_mask[:, None, None, None]
+    po_61 = partial + 0 + slot + iu_61[:, None] * 16 + iw_61[None, :]
+    a0_61 = tl.load(p0_61, mask=m0_61, other=0.0)
+    a1_61 = tl.load(p1_61, mask=m1_61, other=0.0)
+    q_61 = po_61
+    tl.store(q_61, tl.load(q_61) + tl.sum(tl.sum(a0_61 * a1_61, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+    # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
+    ii_62 = tl.arange(0, 4)
+    p0_62 = scratch + 1296 + z[:, None, None, None] * 2419 + ii_62[None, None, :, None]
+    m0_62 = row_mask[:, None, None, None] & (ii_62[None, None, :, None] < 3)
+    p1_62 = weight_ptr + 256
+    po_62 = d2_d_m_ptr + 16 + z[:, None, None] * 144 + ii_62[None, None, :]
+    mo_62 = row_mask[:, None, None] & (ii_62[None, None, :] < 3)
+    for startw_62 in range(0, 16, 8):
+        iw_62 = startw_62 + tl.arange(0, 8)
+        acc_62 = tl.zeros([BLOCK_Z, 8, 4], dtype=DTYPE)
+        for startu_62 in range(0, 16, 8):
+            iu_62 = startu_62 + tl.arange(0, 8)
+            a0_62 = tl.load(p0_62 + iu_62[None, None, None, :] * 3, mask=m0_62, other=0.0)
+            a1_62 = tl.load(p1_62 + iu_62[None, None, None, :] * 16 + iw_62[None, :, None, None])
+            acc_62 += tl.sum(a0_62 * a1_62, axis=3)
+        q_62 = po_62 + iw_62[None, :, None] * 3
+        tl.store(q_62, tl.load(q_62, mask=mo_62, other=0.0) + acc_62 * 0.25, mask=mo_62)
+    tl.debug_barrier()
+    # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
+    ii_63 = tl.arange(0, 4)
+    p0_63 = scratch + 1296 + z[:, None, None, None] * 2419 + ii_63[None, None, None, :]
+    m0_63 = row_mask[:, None, None, None] & (ii_63[None, None, None, :] < 3)
+    p1_63 = d_m_ptr + 16 + z[:, None, None, None] * 144 + ii_63[None, None, None, :]
+    m1_63 = row_mask[:, None, None, None] & (ii_63[None, None, None, :] < 3)
+    po_63 = partial + 256 + slot
+    for startu_63 in range(0, 16, 8):
+        iu_63 = startu_63 + tl.arange(0, 8)
+        for startw_63 in range(0, 16, 8):
+            iw_63 = startw_63 + tl.arange(0, 8)
+            a0_63 = tl.load(p0_63 + iu_63[None, :, None, None] * 3, mask=m0_63, other=0.0)
+            a1_63 = tl.load(p1_63 + iw_63[None, None, :, None] * 3, mask=m1_63, other=0.0)
+            q_63 = po_63 + iu_63[:, None] * 16 + iw_63[None, :]
+            tl.store(q_63, tl.load(q_63) + tl.sum(tl.sum(a0_63 * a1_63, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+    # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
+    ii_64 = tl.arange(0, 8)
+    p0_64 = scratch + 1344 + z[:, None, None, None] * 2419 + ii_64[None, None, :, None]
+    m0_64 = row_mask[:, None, None, None] & (ii_64[None, None, :, None] < 5)
+    p1_64 = weight_ptr + 512
+    po_64 = d2_d_m_ptr + 64 + z[:, None, None] * 144 + ii_64[None, None, :]
+    mo_64 = row_mask[:, None, None] & (ii_64[None, None, :] < 5)
+    for startw_64 in range(0, 16, 4):
+        iw_64 = startw_64 + tl.arange(0, 4)
+        acc_64 = tl.zeros([BLOCK_Z, 4, 8], dtype=DTYPE)
+        for startu_64 in range(0, 16, 8):
+            iu_64 = startu_64 + tl.arange(0, 8)
+            a0_64 = tl.load(p0_64 + iu_64[None, None, None, :] * 5, mask=m0_64, other=0.0)
+            a1_64 = tl.load(p1_64 + iu_64[None, None, None, :] * 16 + iw_64[None, :, None, None])
+            acc_64 += tl.sum(a0_64 * a1_64, axis=3)
+        q_64 = po_64 + iw_64[None, :, None] * 5
+        tl.store(q_64, tl.load(q_64, mask=mo_64, other=0.0) + acc_64 * 0.25, mask=mo_64)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d2_sh_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_sh, statements 65–75 of 75: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
+    ii_65 = tl.arange(0, 8)
+    p0_65 = scratch + 1344 + z[:, None, None, None] * 2419 + ii_65[None, None, None, :]
+    m0_65 = row_mask[:, None, None, None] & (ii_65[None, None, None, :] < 5)
+    p1_65 = d_m_ptr + 64 + z[:, None, None, None] * 144 + ii_65[None, None, None, :]
+    m1_65 = row_mask[:, None, None, None] & (ii_65[None, None, None, :] < 5)
+    po_65 = partial + 512 + slot
+    for startu_65 in range(0, 16, 4):
+        iu_65 = startu_65 + tl.arange(0, 4)
+        for startw_65 in range(0, 16, 8):
+            iw_65 = startw_65 + tl.arange(0, 8)
+            a0_65 = tl.load(p0_65 + iu_65[None, :, None, None] * 5, mask=m0_65, other=0.0)
+            a1_65 = tl.load(p1_65 + iw_65[None, None, :, None] * 5, mask=m1_65, other=0.0)
+            q_65 = po_65 + iu_65[:, None] * 16 + iw_65[None, :]
+            tl.store(q_65, tl.load(q_65) + tl.sum(tl.sum(a0_65 * a1_65, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+    iu_66 = tl.arange(0, 16)
+    p0_66 = scratch + 1264 + z[:, None] * 2419 + iu_66[None, :]
+    m0_66 = row_mask[:, None]
+    po_66 = d2_w_ptr + 224 + z[:, None] * 240 + iu_66[None, :]
+    mo_66 = row_mask[:, None]
+    a0_66 = tl.load(p0_66, mask=m0_66, other=0.0)
+    q_66 = po_66
+    tl.store(q_66, tl.load(q_66, mask=mo_66, other=0.0) + a0_66, mask=mo_66)
+    tl.debug_barrier()
+    iu_67 = tl.arange(0, 16)
+    p0_67 = scratch + 1248 + z[:, None] * 2419 + iu_67[None, :]
+    m0_67 = row_mask[:, None]
+    po_67 = d2_w_ptr + 176 + z[:, None] * 240 + iu_67[None, :]
+    mo_67 = row_mask[:, None]
+    a0_67 = tl.load(p0_67, mask=m0_67, other=0.0)
+    q_67 = po_67
+    tl.store(q_67, tl.load(q_67, mask=mo_67, other=0.0) + a0_67, mask=mo_67)
+    tl.debug_barrier()
+    iu_68 = tl.arange(0, 16)
+    p0_68 = scratch + 1232 + z[:, None] * 2419 + iu_68[None, :]
+    m0_68 = row_mask[:, None]
+    po_68 = d2_w_ptr + 144 + z[:, None] * 240 + iu_68[None, :]
+    mo_68 = row_mask[:, None]
+    a0_68 = tl.load(p0_68, mask=m0_68, other=0.0)
+    q_68 = po_68
+    tl.store(q_68, tl.load(q_68, mask=mo_68, other=0.0) + a0_68, mask=mo_68)
+    tl.debug_barrier()
+    iu_69 = tl.arange(0, 16)
+    p0_69 = scratch + 1216 + z[:, None] * 2419 + iu_69[None, :]
+    m0_69 = row_mask[:, None]
+    po_69 = d2_w_ptr + 208 + z[:, None] * 240 + iu_69[None, :]
+    mo_69 = row_mask[:, None]
+    a0_69 = tl.load(p0_69, mask=m0_69, other=0.0)
+    q_69 = po_69
+    tl.store(q_69, tl.load(q_69, mask=mo_69, other=0.0) + a0_69, mask=mo_69)
+    tl.debug_barrier()
+    iu_70 = tl.arange(0, 16)
+    p0_70 = scratch + 1200 + z[:, None] * 2419 + iu_70[None, :]
+    m0_70 = row_mask[:, None]
+    po_70 = d2_w_ptr + 160 + z[:, None] * 240 + iu_70[None, :]
+    mo_70 = row_mask[:, None]
+    a0_70 = tl.load(p0_70, mask=m0_70, other=0.0)
+    q_70 = po_70
+    tl.store(q_70, tl.load(q_70, mask=mo_70, other=0.0) + a0_70, mask=mo_70)
+    tl.debug_barrier()
+    iu_71 = tl.arange(0, 16)
+    p0_71 = scratch + 1184 + z[:, None] * 2419 + iu_71[None, :]
+    m0_71 = row_mask[:, None]
+    po_71 = d2_w_ptr + 128 + z[:, None] * 240 + iu_71[None, :]
+    mo_71 = row_mask[:, None]
+    a0_71 = tl.load(p0_71, mask=m0_71, other=0.0)
+    q_71 = po_71
+    tl.store(q_71, tl.load(q_71, mask=mo_71, other=0.0) + a0_71, mask=mo_71)
+    tl.debug_barrier()
+    iu_72 = tl.arange(0, 16)
+    p0_72 = scratch + 1168 + z[:, None] * 2419 + iu_72[None, :]
+    m0_72 = row_mask[:, None]
+    po_72 = d2_w_ptr + 96 + z[:, None] * 240 + iu_72[None, :]
+    mo_72 = row_mask[:, None]
+    a0_72 = tl.load(p0_72, mask=m0_72, other=0.0)
+    q_72 = po_72
+    tl.store(q_72, tl.load(q_72, mask=mo_72, other=0.0) + a0_72, mask=mo_72)
+    tl.debug_barrier()
+    iu_73 = tl.arange(0, 16)
+    p0_73 = scratch + 1152 + z[:, None] * 2419 + iu_73[None, :]
+    m0_73 = row_mask[:, None]
+    po_73 = d2_w_ptr + 112 + z[:, None] * 240 + iu_73[None, :]
+    mo_73 = row_mask[:, None]
+    a0_73 = tl.load(p0_73, mask=m0_73, other=0.0)
+    q_73 = po_73
+    tl.store(q_73, tl.load(q_73, mask=mo_73, other=0.0) + a0_73, mask=mo_73)
+    tl.debug_barrier()
+    iu_74 = tl.arange(0, 16)
+    p0_74 = scratch + 1136 + z[:, None] * 2419 + iu_74[None, :]
+    m0_74 = row_mask[:, None]
+    po_74 = d2_w_ptr + 80 + z[:, None] * 240 + iu_74[None, :]
+    mo_74 = row_mask[:, None]
+    a0_74 = tl.load(p0_74, mask=m0_74, other=0.0)
+    q_74 = po_74
+    tl.store(q_74, tl.load(q_74, mask=mo_74, other=0.0) + a0_74, mask=mo_74)
+    tl.debug_barrier()
+    iu_75 = tl.arange(0, 16)
+    p0_75 = scratch + 1120 + z[:, None] * 2419 + iu_75[None, :]
+    m0_75 = row_mask[:, None]
+    po_75 = d2_w_ptr + 48 + z[:, None] * 240 + iu_75[None, :]
+    mo_75 = row_mask[:, None]
+    a0_75 = tl.load(p0_75, mask=m0_75, other=0.0)
+    q_75 = po_75
+    tl.store(q_75, tl.load(q_75, mask=mo_75, other=0.0) + a0_75, mask=mo_75)
+    tl.debug_barrier()
+
+
+def _cormorant_message_d2_sh_triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the cormorant_message_d2_sh kernel on (f, sh, w, d_m, d2_d_sh, weight, _g_p_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+    n = args[0].shape[0]
+    programs = triton.cdiv(n, 16)
+    outputs = [rt.output_rows(args[5], n, size) for size in (144, 9, 240, 144)]
+    scratch = args[5].new_zeros(max(n * 2419, 1))
+    partial = args[5].new_zeros(programs, 768)
+    arguments = [a.contiguous() for a in args] + outputs
+    dtype = tl.float64 if args[5].dtype == torch.float64 else tl.float32
+    for kernel in (_cormorant_message_d2_sh_0_kernel, _cormorant_message_d2_sh_1_kernel, _cormorant_message_d2_sh_2_kernel, _cormorant_message_d2_sh_3_kernel, _cormorant_message_d2_sh_4_kernel,):  # one after another: each sees the last one's writes
+        if n:
+            kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
+    return [outputs[0], outputs[1], outputs[2], outputs[3], partial[:, 0:768].sum(0)]
+
+
 def _cormorant_message_d2_sh(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
     d2_d_sh: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
@@ -1440,6 +9360,1065 @@ def _cormorant_message_d2_sh(
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
+@triton.jit
+def _cormorant_message_d2_w_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_w, statements 1–16 of 66: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    for c0 in range(0, 144, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d2_f_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
+    for c0 in range(0, 9, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d2_sh_ptr + z[:, None] * 9 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 9)[None, :])
+    for c0 in range(0, 240, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d2_w_ptr + z[:, None] * 240 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 240)[None, :])
+    for c0 in range(0, 144, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d2_d_m_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
+    tl.debug_barrier()
+    # every path's (i, k) map at once: sh · G
+    ij_1 = tl.arange(0, 16)
+    p0_1 = sh_ptr + 0 + z[:, None, None] * 9 + ij_1[None, None, :]
+    m0_1 = row_mask[:, None, None] & (ij_1[None, None, :] < 9)
+    p1_1 = _g_p_0_ptr + 0 + ij_1[None, None, :] * 179
+    m1_1 = (ij_1[None, None, :] < 9)
+    po_1 = scratch + 0 + z[:, None] * 2438
+    mo_1 = row_mask[:, None]
+    for startc_1 in range(0, 179, 16):
+        ic_1 = startc_1 + tl.arange(0, 16)
+        a0_1 = tl.load(p0_1, mask=m0_1, other=0.0)
+        a1_1 = tl.load(p1_1 + ic_1[None, :, None], mask=m1_1 & (ic_1[None, :, None] < 179), other=0.0)
+        q_1 = po_1 + ic_1[None, :]
+        tl.store(q_1, tl.load(q_1, mask=mo_1 & (ic_1[None, :] < 179), other=0.0) + tl.sum(a0_1 * a1_1, axis=2), mask=mo_1 & (ic_1[None, :] < 179))
+    tl.debug_barrier()
+    # 1 paths 16x0 ⊗ sh -> 16x0
+    iu_2 = tl.arange(0, 16)
+    ip_2 = tl.arange(0, 1)
+    ik_2 = tl.arange(0, 1)
+    ii_2 = tl.arange(0, 1)
+    p0_2 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_2[None, :, None, None, None] + ii_2[None, None, None, None, :]
+    m0_2 = row_mask[:, None, None, None, None]
+    p1_2 = scratch + 0 + z[:, None, None, None, None] * 2438 + ii_2[None, None, None, None, :] + ip_2[None, None, :, None, None] + ik_2[None, None, None, :, None]
+    m1_2 = row_mask[:, None, None, None, None]
+    po_2 = scratch + 179 + z[:, None, None, None] * 2438 + iu_2[None, :, None, None] + ip_2[None, None, :, None] + ik_2[None, None, None, :]
+    mo_2 = row_mask[:, None, None, None]
+    a0_2 = tl.load(p0_2, mask=m0_2, other=0.0)
+    a1_2 = tl.load(p1_2, mask=m1_2, other=0.0)
+    q_2 = po_2
+    tl.store(q_2, tl.load(q_2, mask=mo_2, other=0.0) + tl.sum(a0_2 * a1_2, axis=4), mask=mo_2)
+    tl.debug_barrier()
+    # 1 paths 16x0 ⊗ sh -> 16x1
+    iu_3 = tl.arange(0, 16)
+    ip_3 = tl.arange(0, 1)
+    ik_3 = tl.arange(0, 4)
+    ii_3 = tl.arange(0, 1)
+    p0_3 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_3[None, :, None, None, None] + ii_3[None, None, None, None, :]
+    m0_3 = row_mask[:, None, None, None, None]
+    p1_3 = scratch + 1 + z[:, None, None, None, None] * 2438 + ii_3[None, None, None, None, :] * 3 + ip_3[None, None, :, None, None] * 3 + ik_3[None, None, None, :, None]
+    m1_3 = row_mask[:, None, None, None, None] & (ik_3[None, None, None, :, None] < 3)
+    po_3 = scratch + 195 + z[:, None, None, None] * 2438 + iu_3[None, :, None, None] * 3 + ip_3[None, None, :, None] * 3 + ik_3[None, None, None, :]
+    mo_3 = row_mask[:, None, None, None] & (ik_3[None, None, None, :] < 3)
+    a0_3 = tl.load(p0_3, mask=m0_3, other=0.0)
+    a1_3 = tl.load(p1_3, mask=m1_3, other=0.0)
+    q_3 = po_3
+    tl.store(q_3, tl.load(q_3, mask=mo_3, other=0.0) + tl.sum(a0_3 * a1_3, axis=4), mask=mo_3)
+    tl.debug_barrier()
+    # 1 paths 16x0 ⊗ sh -> 16x2
+    iu_4 = tl.arange(0, 16)
+    ip_4 = tl.arange(0, 1)
+    ik_4 = tl.arange(0, 8)
+    ii_4 = tl.arange(0, 1)
+    p0_4 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_4[None, :, None, None, None] + ii_4[None, None, None, None, :]
+    m0_4 = row_mask[:, None, None, None, None]
+    p1_4 = scratch + 4 + z[:, None, None, None, None] * 2438 + ii_4[None, None, None, None, :] * 5 + ip_4[None, None, :, None, None] * 5 + ik_4[None, None, None, :, None]
+    m1_4 = row_mask[:, None, None, None, None] & (ik_4[None, None, None, :, None] < 5)
+    po_4 = scratch + 243 + z[:, None, None, None] * 2438 + iu_4[None, :, None, None] * 5 + ip_4[None, None, :, None] * 5 + ik_4[None, None, None, :]
+    mo_4 = row_mask[:, None, None, None] & (ik_4[None, None, None, :] < 5)
+    a0_4 = tl.load(p0_4, mask=m0_4, other=0.0)
+    a1_4 = tl.load(p1_4, mask=m1_4, other=0.0)
+    q_4 = po_4
+    tl.store(q_4, tl.load(q_4, mask=mo_4, other=0.0) + tl.sum(a0_4 * a1_4, axis=4), mask=mo_4)
+    tl.debug_barrier()
+    # 1 paths 16x1 ⊗ sh -> 16x0
+    iu_5 = tl.arange(0, 16)
+    ip_5 = tl.arange(0, 1)
+    ik_5 = tl.arange(0, 1)
+    ii_5 = tl.arange(0, 4)
+    p0_5 = f_ptr + 16 + z[:, None, None, None, None] * 144 + iu_5[None, :, None, None, None] * 3 + ii_5[None, None, None, None, :]
+    m0_5 = row_mask[:, None, None, None, None] & (ii_5[None, None, None, None, :] < 3)
+    p1_5 = scratch + 9 + z[:, None, None, None, None] * 2438 + ii_5[None, None, None, None, :] + ip_5[None, None, :, None, None] + ik_5[None, None, None, :, None]
+    m1_5 = row_mask[:, None, None, None, None] & (ii_5[None, None, None, None, :] < 3)
+    po_5 = scratch + 323 + z[:, None, None, None] * 2438 + iu_5[None, :, None, None] + ip_5[None, None, :, None] + ik_5[None, None, None, :]
+    mo_5 = row_mask[:, None, None, None]
+    a0_5 = tl.load(p0_5, mask=m0_5, other=0.0)
+    a1_5 = tl.load(p1_5, mask=m1_5, other=0.0)
+    q_5 = po_5
+    tl.store(q_5, tl.load(q_5, mask=mo_5, other=0.0) + tl.sum(a0_5 * a1_5, axis=4), mask=mo_5)
+    tl.debug_barrier()
+    # 3 paths 16x1 ⊗ sh -> 16x1
+    ip_6 = tl.arange(0, 4)
+    ik_6 = tl.arange(0, 4)
+    ii_6 = tl.arange(0, 4)
+    p0_6 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_6[None, None, None, None, :]
+    m0_6 = row_mask[:, None, None, None, None] & (ii_6[None, None, None, None, :] < 3)
+    p1_6 = scratch + 12 + z[:, None, None, None, None] * 2438 + ii_6[None, None, None, None, :] * 9 + ip_6[None, None, :, None, None] * 3 + ik_6[None, None, None, :, None]
+    m1_6 = row_mask[:, None, None, None, None] & (ii_6[None, None, None, None, :] < 3) & (ip_6[None, None, :, None, None] < 3) & (ik_6[None, None, None, :, None] < 3)
+    po_6 = scratch + 339 + z[:, None, None, None] * 2438 + ip_6[None, None, :, None] * 3 + ik_6[None, None, None, :]
+    mo_6 = row_mask[:, None, None, None] & (ip_6[None, None, :, None] < 3) & (ik_6[None, None, None, :] < 3)
+    for startu_6 in range(0, 16, 4):
+        iu_6 = startu_6 + tl.arange(0, 4)
+        a0_6 = tl.load(p0_6 + iu_6[None, :, None, None, None] * 3, mask=m0_6, other=0.0)
+        a1_6 = tl.load(p1_6, mask=m1_6, other=0.0)
+        q_6 = po_6 + iu_6[None, :, None, None] * 9
+        tl.store(q_6, tl.load(q_6, mask=mo_6, other=0.0) + tl.sum(a0_6 * a1_6, axis=4), mask=mo_6)
+    tl.debug_barrier()
+    # 2 paths 16x1 ⊗ sh -> 16x2
+    ip_7 = tl.arange(0, 2)
+    ik_7 = tl.arange(0, 8)
+    ii_7 = tl.arange(0, 4)
+    p0_7 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_7[None, None, None, None, :]
+    m0_7 = row_mask[:, None, None, None, None] & (ii_7[None, None, None, None, :] < 3)
+    p1_7 = scratch + 39 + z[:, None, None, None, None] * 2438 + ii_7[None, None, None, None, :] * 10 + ip_7[None, None, :, None, None] * 5 + ik_7[None, None, None, :, None]
+    m1_7 = row_mask[:, None, None, None, None] & (ii_7[None, None, None, None, :] < 3) & (ik_7[None, None, None, :, None] < 5)
+    po_7 = scratch + 483 + z[:, None, None, None] * 2438 + ip_7[None, None, :, None] * 5 + ik_7[None, None, None, :]
+    mo_7 = row_mask[:, None, None, None] & (ik_7[None, None, None, :] < 5)
+    for startu_7 in range(0, 16, 4):
+        iu_7 = startu_7 + tl.arange(0, 4)
+        a0_7 = tl.load(p0_7 + iu_7[None, :, None, None, None] * 3, mask=m0_7, other=0.0)
+        a1_7 = tl.load(p1_7, mask=m1_7, other=0.0)
+        q_7 = po_7 + iu_7[None, :, None, None] * 10
+        tl.store(q_7, tl.load(q_7, mask=mo_7, other=0.0) + tl.sum(a0_7 * a1_7, axis=4), mask=mo_7)
+    tl.debug_barrier()
+    # 1 paths 16x2 ⊗ sh -> 16x0
+    iu_8 = tl.arange(0, 16)
+    ip_8 = tl.arange(0, 1)
+    ik_8 = tl.arange(0, 1)
+    ii_8 = tl.arange(0, 8)
+    p0_8 = f_ptr + 64 + z[:, None, None, None, None] * 144 + iu_8[None, :, None, None, None] * 5 + ii_8[None, None, None, None, :]
+    m0_8 = row_mask[:, None, None, None, None] & (ii_8[None, None, None, None, :] < 5)
+    p1_8 = scratch + 69 + z[:, None, None, None, None] * 2438 + ii_8[None, None, None, None, :] + ip_8[None, None, :, None, None] + ik_8[None, None, None, :, None]
+    m1_8 = row_mask[:, None, None, None, None] & (ii_8[None, None, None, None, :] < 5)
+    po_8 = scratch + 643 + z[:, None, None, None] * 2438 + iu_8[None, :, None, None] + ip_8[None, None, :, None] + ik_8[None, None, None, :]
+    mo_8 = row_mask[:, None, None, None]
+    a0_8 = tl.load(p0_8, mask=m0_8, other=0.0)
+    a1_8 = tl.load(p1_8, mask=m1_8, other=0.0)
+    q_8 = po_8
+    tl.store(q_8, tl.load(q_8, mask=mo_8, other=0.0) + tl.sum(a0_8 * a1_8, axis=4), mask=mo_8)
+    tl.debug_barrier()
+    # 2 paths 16x2 ⊗ sh -> 16x1
+    ip_9 = tl.arange(0, 2)
+    ik_9 = tl.arange(0, 4)
+    ii_9 = tl.arange(0, 8)
+    p0_9 = f_ptr + 64 + z[:, None, None, None, None] * 144 + ii_9[None, None, None, None, :]
+    m0_9 = row_mask[:, None, None, None, None] & (ii_9[None, None, None, None, :] < 5)
+    p1_9 = scratch + 74 + z[:, None, None, None, None] * 2438 + ii_9[None, None, None, None, :] * 6 + ip_9[None, None, :, None, None] * 3 + ik_9[None, None, None, :, None]
+    m1_9 = row_mask[:, None, None, None, None] & (ii_9[None, None, None, None, :] < 5) & (ik_9[None, None, None, :, None] < 3)
+    po_9 = scratch + 659 + z[:, None, None, None] * 2438 + ip_9[None, None, :, None] * 3 + ik_9[None, None, None, :]
+    mo_9 = row_mask[:, None, None, None] & (ik_9[None, None, None, :] < 3)
+    for startu_9 in range(0, 16, 4):
+        iu_9 = startu_9 + tl.arange(0, 4)
+        a0_9 = tl.load(p0_9 + iu_9[None, :, None, None, None] * 5, mask=m0_9, other=0.0)
+        a1_9 = tl.load(p1_9, mask=m1_9, other=0.0)
+        q_9 = po_9 + iu_9[None, :, None, None] * 6
+        tl.store(q_9, tl.load(q_9, mask=mo_9, other=0.0) + tl.sum(a0_9 * a1_9, axis=4), mask=mo_9)
+    tl.debug_barrier()
+    # 3 paths 16x2 ⊗ sh -> 16x2
+    ip_10 = tl.arange(0, 4)
+    p0_10 = f_ptr + 64 + z[:, None, None, None, None] * 144
+    m0_10 = row_mask[:, None, None, None, None]
+    p1_10 = scratch + 104 + z[:, None, None, None, None] * 2438 + ip_10[None, None, :, None, None] * 5
+    m1_10 = row_mask[:, None, None, None, None] & (ip_10[None, None, :, None, None] < 3)
+    po_10 = scratch + 755 + z[:, None, None, None] * 2438 + ip_10[None, None, :, None] * 5
+    mo_10 = row_mask[:, None, None, None] & (ip_10[None, None, :, None] < 3)
+    for startu_10 in range(0, 16, 4):
+        iu_10 = startu_10 + tl.arange(0, 4)
+        for startk_10 in range(0, 5, 4):
+            ik_10 = startk_10 + tl.arange(0, 4)
+            acc_10 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
+            for starti_10 in range(0, 5, 4):
+                ii_10 = starti_10 + tl.arange(0, 4)
+                a0_10 = tl.load(p0_10 + iu_10[None, :, None, None, None] * 5 + ii_10[None, None, None, None, :], mask=m0_10 & (ii_10[None, None, None, None, :] < 5), other=0.0)
+                a1_10 = tl.load(p1_10 + ii_10[None, None, None, None, :] * 15 + ik_10[None, None, None, :, None], mask=m1_10 & (ii_10[None, None, None, None, :] < 5) & (ik_10[None, None, None, :, None] < 5), other=0.0)
+                acc_10 += tl.sum(a0_10 * a1_10, axis=4)
+            q_10 = po_10 + iu_10[None, :, None, None] * 15 + ik_10[None, None, None, :]
+            tl.store(q_10, tl.load(q_10, mask=mo_10 & (ik_10[None, None, None, :] < 5), other=0.0) + acc_10, mask=mo_10 & (ik_10[None, None, None, :] < 5))
+    tl.debug_barrier()
+    # ∂/∂p: 16x2 -> 16x2
+    ii_11 = tl.arange(0, 8)
+    p0_11 = d_m_ptr + 64 + z[:, None, None, None] * 144 + ii_11[None, None, :, None]
+    m0_11 = row_mask[:, None, None, None] & (ii_11[None, None, :, None] < 5)
+    p1_11 = weight_ptr + 512
+    po_11 = scratch + 1059 + z[:, None, None] * 2438 + ii_11[None, None, :]
+    mo_11 = row_mask[:, None, None] & (ii_11[None, None, :] < 5)
+    for startu_11 in range(0, 16, 4):
+        iu_11 = startu_11 + tl.arange(0, 4)
+        acc_11 = tl.zeros([BLOCK_Z, 4, 8], dtype=DTYPE)
+        for startw_11 in range(0, 16, 8):
+            iw_11 = startw_11 + tl.arange(0, 8)
+            a0_11 = tl.load(p0_11 + iw_11[None, None, None, :] * 5, mask=m0_11, other=0.0)
+            a1_11 = tl.load(p1_11 + iu_11[None, :, None, None] * 16 + iw_11[None, None, None, :])
+            acc_11 += tl.sum(a0_11 * a1_11, axis=3)
+        q_11 = po_11 + iu_11[None, :, None] * 5
+        tl.store(q_11, tl.load(q_11, mask=mo_11, other=0.0) + acc_11 * 0.25, mask=mo_11)
+    tl.debug_barrier()
+    # ∂/∂p: 16x1 -> 16x1
+    ii_12 = tl.arange(0, 4)
+    p0_12 = d_m_ptr + 16 + z[:, None, None, None] * 144 + ii_12[None, None, :, None]
+    m0_12 = row_mask[:, None, None, None] & (ii_12[None, None, :, None] < 3)
+    p1_12 = weight_ptr + 256
+    po_12 = scratch + 1011 + z[:, None, None] * 2438 + ii_12[None, None, :]
+    mo_12 = row_mask[:, None, None] & (ii_12[None, None, :] < 3)
+    for startu_12 in range(0, 16, 8):
+        iu_12 = startu_12 + tl.arange(0, 8)
+        acc_12 = tl.zeros([BLOCK_Z, 8, 4], dtype=DTYPE)
+        for startw_12 in range(0, 16, 8):
+            iw_12 = startw_12 + tl.arange(0, 8)
+            a0_12 = tl.load(p0_12 + iw_12[None, None, None, :] * 3, mask=m0_12, other=0.0)
+            a1_12 = tl.load(p1_12 + iu_12[None, :, None, None] * 16 + iw_12[None, None, None, :])
+            acc_12 += tl.sum(a0_12 * a1_12, axis=3)
+        q_12 = po_12 + iu_12[None, :, None] * 3
+        tl.store(q_12, tl.load(q_12, mask=mo_12, other=0.0) + acc_12 * 0.25, mask=mo_12)
+    tl.debug_barrier()
+    # ∂/∂p: 16x0 -> 16x0
+    iu_13 = tl.arange(0, 16)
+    ii_13 = tl.arange(0, 1)
+    iw_13 = tl.arange(0, 16)
+    p0_13 = d_m_ptr + 0 + z[:, None, None, None] * 144 + iw_13[None, None, None, :] + ii_13[None, None, :, None]
+    m0_13 = row_mask[:, None, None, None]
+    p1_13 = weight_ptr + 0 + iu_13[None, :, None, None] * 16 + iw_13[None, None, None, :]
+    po_13 = scratch + 995 + z[:, None, None] * 2438 + iu_13[None, :, None] + ii_13[None, None, :]
+    mo_13 = row_mask[:, None, None]
+    a0_13 = tl.load(p0_13, mask=m0_13, other=0.0)
+    a1_13 = tl.load(p1_13)
+    q_13 = po_13
+    tl.store(q_13, tl.load(q_13, mask=mo_13, other=0.0) + tl.sum(a0_13 * a1_13, axis=3) * 0.25, mask=mo_13)
+    tl.debug_barrier()
+    iu_14 = tl.arange(0, 16)
+    ik_14 = tl.arange(0, 1)
+    ip_14 = tl.arange(0, 1)
+    p0_14 = d2_d_w_ptr + 0 + z[:, None, None, None] * 240 + ip_14[None, None, None, :] * 16 + iu_14[None, :, None, None]
+    m0_14 = row_mask[:, None, None, None]
+    p1_14 = scratch + 179 + z[:, None, None, None] * 2438 + iu_14[None, :, None, None] + ip_14[None, None, None, :] + ik_14[None, None, :, None]
+    m1_14 = row_mask[:, None, None, None]
+    po_14 = scratch + 2134 + z[:, None, None] * 2438 + iu_14[None, :, None] + ik_14[None, None, :]
+    mo_14 = row_mask[:, None, None]
+    a0_14 = tl.load(p0_14, mask=m0_14, other=0.0)
+    a1_14 = tl.load(p1_14, mask=m1_14, other=0.0)
+    q_14 = po_14
+    tl.store(q_14, tl.load(q_14, mask=mo_14, other=0.0) + tl.sum(a0_14 * a1_14, axis=3), mask=mo_14)
+    tl.debug_barrier()
+    iu_15 = tl.arange(0, 16)
+    ip_15 = tl.arange(0, 1)
+    ik_15 = tl.arange(0, 1)
+    p0_15 = d2_d_w_ptr + 0 + z[:, None, None, None] * 240 + ip_15[None, None, :, None] * 16 + iu_15[None, :, None, None]
+    m0_15 = row_mask[:, None, None, None]
+    p1_15 = scratch + 995 + z[:, None, None, None] * 2438 + iu_15[None, :, None, None] + ik_15[None, None, None, :]
+    m1_15 = row_mask[:, None, None, None]
+    po_15 = scratch + 1318 + z[:, None, None, None] * 2438 + iu_15[None, :, None, None] + ip_15[None, None, :, None] + ik_15[None, None, None, :]
+    mo_15 = row_mask[:, None, None, None]
+    a0_15 = tl.load(p0_15, mask=m0_15, other=0.0)
+    a1_15 = tl.load(p1_15, mask=m1_15, other=0.0)
+    q_15 = po_15
+    tl.store(q_15, tl.load(q_15, mask=mo_15, other=0.0) + a0_15 * a1_15, mask=mo_15)
+    tl.debug_barrier()
+    iu_16 = tl.arange(0, 16)
+    ik_16 = tl.arange(0, 4)
+    ip_16 = tl.arange(0, 1)
+    p0_16 = d2_d_w_ptr + 16 + z[:, None, None, None] * 240 + ip_16[None, None, None, :] * 16 + iu_16[None, :, None, None]
+    m0_16 = row_mask[:, None, None, None]
+    p1_16 = scratch + 195 + z[:, None, None, None] * 2438 + iu_16[None, :, None, None] * 3 + ip_16[None, None, None, :] * 3 + ik_16[None, None, :, None]
+    m1_16 = row_mask[:, None, None, None] & (ik_16[None, None, :, None] < 3)
+    po_16 = scratch + 2150 + z[:, None, None] * 2438 + iu_16[None, :, None] * 3 + ik_16[None, None, :]
+    mo_16 = row_mask[:, None, None] & (ik_16[None, None, :] < 3)
+    a0_16 = tl.load(p0_16, mask=m0_16, other=0.0)
+    a1_16 = tl.load(p1_16, mask=m1_16, other=0.0)
+    q_16 = po_16
+    tl.store(q_16, tl.load(q_16, mask=mo_16, other=0.0) + tl.sum(a0_16 * a1_16, axis=3), mask=mo_16)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d2_w_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_w, statements 17–32 of 66: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    iu_17 = tl.arange(0, 16)
+    ip_17 = tl.arange(0, 1)
+    ik_17 = tl.arange(0, 4)
+    p0_17 = d2_d_w_ptr + 16 + z[:, None, None, None] * 240 + ip_17[None, None, :, None] * 16 + iu_17[None, :, None, None]
+    m0_17 = row_mask[:, None, None, None]
+    p1_17 = scratch + 1011 + z[:, None, None, None] * 2438 + iu_17[None, :, None, None] * 3 + ik_17[None, None, None, :]
+    m1_17 = row_mask[:, None, None, None] & (ik_17[None, None, None, :] < 3)
+    po_17 = scratch + 1334 + z[:, None, None, None] * 2438 + iu_17[None, :, None, None] * 3 + ip_17[None, None, :, None] * 3 + ik_17[None, None, None, :]
+    mo_17 = row_mask[:, None, None, None] & (ik_17[None, None, None, :] < 3)
+    a0_17 = tl.load(p0_17, mask=m0_17, other=0.0)
+    a1_17 = tl.load(p1_17, mask=m1_17, other=0.0)
+    q_17 = po_17
+    tl.store(q_17, tl.load(q_17, mask=mo_17, other=0.0) + a0_17 * a1_17, mask=mo_17)
+    tl.debug_barrier()
+    iu_18 = tl.arange(0, 16)
+    ik_18 = tl.arange(0, 8)
+    ip_18 = tl.arange(0, 1)
+    p0_18 = d2_d_w_ptr + 32 + z[:, None, None, None] * 240 + ip_18[None, None, None, :] * 16 + iu_18[None, :, None, None]
+    m0_18 = row_mask[:, None, None, None]
+    p1_18 = scratch + 243 + z[:, None, None, None] * 2438 + iu_18[None, :, None, None] * 5 + ip_18[None, None, None, :] * 5 + ik_18[None, None, :, None]
+    m1_18 = row_mask[:, None, None, None] & (ik_18[None, None, :, None] < 5)
+    po_18 = scratch + 2198 + z[:, None, None] * 2438 + iu_18[None, :, None] * 5 + ik_18[None, None, :]
+    mo_18 = row_mask[:, None, None] & (ik_18[None, None, :] < 5)
+    a0_18 = tl.load(p0_18, mask=m0_18, other=0.0)
+    a1_18 = tl.load(p1_18, mask=m1_18, other=0.0)
+    q_18 = po_18
+    tl.store(q_18, tl.load(q_18, mask=mo_18, other=0.0) + tl.sum(a0_18 * a1_18, axis=3), mask=mo_18)
+    tl.debug_barrier()
+    iu_19 = tl.arange(0, 16)
+    ip_19 = tl.arange(0, 1)
+    ik_19 = tl.arange(0, 8)
+    p0_19 = d2_d_w_ptr + 32 + z[:, None, None, None] * 240 + ip_19[None, None, :, None] * 16 + iu_19[None, :, None, None]
+    m0_19 = row_mask[:, None, None, None]
+    p1_19 = scratch + 1059 + z[:, None, None, None] * 2438 + iu_19[None, :, None, None] * 5 + ik_19[None, None, None, :]
+    m1_19 = row_mask[:, None, None, None] & (ik_19[None, None, None, :] < 5)
+    po_19 = scratch + 1382 + z[:, None, None, None] * 2438 + iu_19[None, :, None, None] * 5 + ip_19[None, None, :, None] * 5 + ik_19[None, None, None, :]
+    mo_19 = row_mask[:, None, None, None] & (ik_19[None, None, None, :] < 5)
+    a0_19 = tl.load(p0_19, mask=m0_19, other=0.0)
+    a1_19 = tl.load(p1_19, mask=m1_19, other=0.0)
+    q_19 = po_19
+    tl.store(q_19, tl.load(q_19, mask=mo_19, other=0.0) + a0_19 * a1_19, mask=mo_19)
+    tl.debug_barrier()
+    iu_20 = tl.arange(0, 16)
+    ik_20 = tl.arange(0, 1)
+    ip_20 = tl.arange(0, 1)
+    p0_20 = d2_d_w_ptr + 64 + z[:, None, None, None] * 240 + ip_20[None, None, None, :] * 16 + iu_20[None, :, None, None]
+    m0_20 = row_mask[:, None, None, None]
+    p1_20 = scratch + 323 + z[:, None, None, None] * 2438 + iu_20[None, :, None, None] + ip_20[None, None, None, :] + ik_20[None, None, :, None]
+    m1_20 = row_mask[:, None, None, None]
+    po_20 = scratch + 2134 + z[:, None, None] * 2438 + iu_20[None, :, None] + ik_20[None, None, :]
+    mo_20 = row_mask[:, None, None]
+    a0_20 = tl.load(p0_20, mask=m0_20, other=0.0)
+    a1_20 = tl.load(p1_20, mask=m1_20, other=0.0)
+    q_20 = po_20
+    tl.store(q_20, tl.load(q_20, mask=mo_20, other=0.0) + tl.sum(a0_20 * a1_20, axis=3), mask=mo_20)
+    tl.debug_barrier()
+    iu_21 = tl.arange(0, 16)
+    ip_21 = tl.arange(0, 1)
+    ik_21 = tl.arange(0, 1)
+    p0_21 = d2_d_w_ptr + 64 + z[:, None, None, None] * 240 + ip_21[None, None, :, None] * 16 + iu_21[None, :, None, None]
+    m0_21 = row_mask[:, None, None, None]
+    p1_21 = scratch + 995 + z[:, None, None, None] * 2438 + iu_21[None, :, None, None] + ik_21[None, None, None, :]
+    m1_21 = row_mask[:, None, None, None]
+    po_21 = scratch + 1462 + z[:, None, None, None] * 2438 + iu_21[None, :, None, None] + ip_21[None, None, :, None] + ik_21[None, None, None, :]
+    mo_21 = row_mask[:, None, None, None]
+    a0_21 = tl.load(p0_21, mask=m0_21, other=0.0)
+    a1_21 = tl.load(p1_21, mask=m1_21, other=0.0)
+    q_21 = po_21
+    tl.store(q_21, tl.load(q_21, mask=mo_21, other=0.0) + a0_21 * a1_21, mask=mo_21)
+    tl.debug_barrier()
+    iu_22 = tl.arange(0, 16)
+    p0_22 = d2_d_w_ptr + 48 + z[:, None] * 240 + iu_22[None, :]
+    m0_22 = row_mask[:, None]
+    po_22 = scratch + 2278 + z[:, None] * 2438 + iu_22[None, :]
+    mo_22 = row_mask[:, None]
+    a0_22 = tl.load(p0_22, mask=m0_22, other=0.0)
+    q_22 = po_22
+    tl.store(q_22, tl.load(q_22, mask=mo_22, other=0.0) + a0_22, mask=mo_22)
+    tl.debug_barrier()
+    iu_23 = tl.arange(0, 16)
+    p0_23 = d2_d_w_ptr + 80 + z[:, None] * 240 + iu_23[None, :]
+    m0_23 = row_mask[:, None]
+    po_23 = scratch + 2294 + z[:, None] * 2438 + iu_23[None, :]
+    mo_23 = row_mask[:, None]
+    a0_23 = tl.load(p0_23, mask=m0_23, other=0.0)
+    q_23 = po_23
+    tl.store(q_23, tl.load(q_23, mask=mo_23, other=0.0) + a0_23, mask=mo_23)
+    tl.debug_barrier()
+    iu_24 = tl.arange(0, 16)
+    p0_24 = d2_d_w_ptr + 112 + z[:, None] * 240 + iu_24[None, :]
+    m0_24 = row_mask[:, None]
+    po_24 = scratch + 2310 + z[:, None] * 2438 + iu_24[None, :]
+    mo_24 = row_mask[:, None]
+    a0_24 = tl.load(p0_24, mask=m0_24, other=0.0)
+    q_24 = po_24
+    tl.store(q_24, tl.load(q_24, mask=mo_24, other=0.0) + a0_24, mask=mo_24)
+    tl.debug_barrier()
+    iu_25 = tl.arange(0, 16)
+    ik_25 = tl.arange(0, 4)
+    ip_25 = tl.arange(0, 4)
+    p0_25 = scratch + 2278 + z[:, None, None, None] * 2438 + ip_25[None, None, None, :] * 16 + iu_25[None, :, None, None]
+    m0_25 = row_mask[:, None, None, None] & (ip_25[None, None, None, :] < 3)
+    p1_25 = scratch + 339 + z[:, None, None, None] * 2438 + iu_25[None, :, None, None] * 9 + ip_25[None, None, None, :] * 3 + ik_25[None, None, :, None]
+    m1_25 = row_mask[:, None, None, None] & (ip_25[None, None, None, :] < 3) & (ik_25[None, None, :, None] < 3)
+    po_25 = scratch + 2150 + z[:, None, None] * 2438 + iu_25[None, :, None] * 3 + ik_25[None, None, :]
+    mo_25 = row_mask[:, None, None] & (ik_25[None, None, :] < 3)
+    a0_25 = tl.load(p0_25, mask=m0_25, other=0.0)
+    a1_25 = tl.load(p1_25, mask=m1_25, other=0.0)
+    q_25 = po_25
+    tl.store(q_25, tl.load(q_25, mask=mo_25, other=0.0) + tl.sum(a0_25 * a1_25, axis=3), mask=mo_25)
+    tl.debug_barrier()
+    iu_26 = tl.arange(0, 16)
+    ip_26 = tl.arange(0, 4)
+    ik_26 = tl.arange(0, 4)
+    p0_26 = scratch + 2278 + z[:, None, None, None] * 2438 + ip_26[None, None, :, None] * 16 + iu_26[None, :, None, None]
+    m0_26 = row_mask[:, None, None, None] & (ip_26[None, None, :, None] < 3)
+    p1_26 = scratch + 1011 + z[:, None, None, None] * 2438 + iu_26[None, :, None, None] * 3 + ik_26[None, None, None, :]
+    m1_26 = row_mask[:, None, None, None] & (ik_26[None, None, None, :] < 3)
+    po_26 = scratch + 1478 + z[:, None, None, None] * 2438 + iu_26[None, :, None, None] * 9 + ip_26[None, None, :, None] * 3 + ik_26[None, None, None, :]
+    mo_26 = row_mask[:, None, None, None] & (ip_26[None, None, :, None] < 3) & (ik_26[None, None, None, :] < 3)
+    a0_26 = tl.load(p0_26, mask=m0_26, other=0.0)
+    a1_26 = tl.load(p1_26, mask=m1_26, other=0.0)
+    q_26 = po_26
+    tl.store(q_26, tl.load(q_26, mask=mo_26, other=0.0) + a0_26 * a1_26, mask=mo_26)
+    tl.debug_barrier()
+    iu_27 = tl.arange(0, 16)
+    p0_27 = d2_d_w_ptr + 96 + z[:, None] * 240 + iu_27[None, :]
+    m0_27 = row_mask[:, None]
+    po_27 = scratch + 2326 + z[:, None] * 2438 + iu_27[None, :]
+    mo_27 = row_mask[:, None]
+    a0_27 = tl.load(p0_27, mask=m0_27, other=0.0)
+    q_27 = po_27
+    tl.store(q_27, tl.load(q_27, mask=mo_27, other=0.0) + a0_27, mask=mo_27)
+    tl.debug_barrier()
+    iu_28 = tl.arange(0, 16)
+    p0_28 = d2_d_w_ptr + 128 + z[:, None] * 240 + iu_28[None, :]
+    m0_28 = row_mask[:, None]
+    po_28 = scratch + 2342 + z[:, None] * 2438 + iu_28[None, :]
+    mo_28 = row_mask[:, None]
+    a0_28 = tl.load(p0_28, mask=m0_28, other=0.0)
+    q_28 = po_28
+    tl.store(q_28, tl.load(q_28, mask=mo_28, other=0.0) + a0_28, mask=mo_28)
+    tl.debug_barrier()
+    iu_29 = tl.arange(0, 16)
+    ik_29 = tl.arange(0, 8)
+    ip_29 = tl.arange(0, 2)
+    p0_29 = scratch + 2326 + z[:, None, None, None] * 2438 + ip_29[None, None, None, :] * 16 + iu_29[None, :, None, None]
+    m0_29 = row_mask[:, None, None, None]
+    p1_29 = scratch + 483 + z[:, None, None, None] * 2438 + iu_29[None, :, None, None] * 10 + ip_29[None, None, None, :] * 5 + ik_29[None, None, :, None]
+    m1_29 = row_mask[:, None, None, None] & (ik_29[None, None, :, None] < 5)
+    po_29 = scratch + 2198 + z[:, None, None] * 2438 + iu_29[None, :, None] * 5 + ik_29[None, None, :]
+    mo_29 = row_mask[:, None, None] & (ik_29[None, None, :] < 5)
+    a0_29 = tl.load(p0_29, mask=m0_29, other=0.0)
+    a1_29 = tl.load(p1_29, mask=m1_29, other=0.0)
+    q_29 = po_29
+    tl.store(q_29, tl.load(q_29, mask=mo_29, other=0.0) + tl.sum(a0_29 * a1_29, axis=3), mask=mo_29)
+    tl.debug_barrier()
+    iu_30 = tl.arange(0, 16)
+    ip_30 = tl.arange(0, 2)
+    ik_30 = tl.arange(0, 8)
+    p0_30 = scratch + 2326 + z[:, None, None, None] * 2438 + ip_30[None, None, :, None] * 16 + iu_30[None, :, None, None]
+    m0_30 = row_mask[:, None, None, None]
+    p1_30 = scratch + 1059 + z[:, None, None, None] * 2438 + iu_30[None, :, None, None] * 5 + ik_30[None, None, None, :]
+    m1_30 = row_mask[:, None, None, None] & (ik_30[None, None, None, :] < 5)
+    po_30 = scratch + 1622 + z[:, None, None, None] * 2438 + iu_30[None, :, None, None] * 10 + ip_30[None, None, :, None] * 5 + ik_30[None, None, None, :]
+    mo_30 = row_mask[:, None, None, None] & (ik_30[None, None, None, :] < 5)
+    a0_30 = tl.load(p0_30, mask=m0_30, other=0.0)
+    a1_30 = tl.load(p1_30, mask=m1_30, other=0.0)
+    q_30 = po_30
+    tl.store(q_30, tl.load(q_30, mask=mo_30, other=0.0) + a0_30 * a1_30, mask=mo_30)
+    tl.debug_barrier()
+    iu_31 = tl.arange(0, 16)
+    ik_31 = tl.arange(0, 1)
+    ip_31 = tl.arange(0, 1)
+    p0_31 = d2_d_w_ptr + 192 + z[:, None, None, None] * 240 + ip_31[None, None, None, :] * 16 + iu_31[None, :, None, None]
+    m0_31 = row_mask[:, None, None, None]
+    p1_31 = scratch + 643 + z[:, None, None, None] * 2438 + iu_31[None, :, None, None] + ip_31[None, None, None, :] + ik_31[None, None, :, None]
+    m1_31 = row_mask[:, None, None, None]
+    po_31 = scratch + 2134 + z[:, None, None] * 2438 + iu_31[None, :, None] + ik_31[None, None, :]
+    mo_31 = row_mask[:, None, None]
+    a0_31 = tl.load(p0_31, mask=m0_31, other=0.0)
+    a1_31 = tl.load(p1_31, mask=m1_31, other=0.0)
+    q_31 = po_31
+    tl.store(q_31, tl.load(q_31, mask=mo_31, other=0.0) + tl.sum(a0_31 * a1_31, axis=3), mask=mo_31)
+    tl.debug_barrier()
+    iu_32 = tl.arange(0, 16)
+    ip_32 = tl.arange(0, 1)
+    ik_32 = tl.arange(0, 1)
+    p0_32 = d2_d_w_ptr + 192 + z[:, None, None, None] * 240 + ip_32[None, None, :, None] * 16 + iu_32[None, :, None, None]
+    m0_32 = row_mask[:, None, None, None]
+    p1_32 = scratch + 995 + z[:, None, None, None] * 2438 + iu_32[None, :, None, None] + ik_32[None, None, None, :]
+    m1_32 = row_mask[:, None, None, None]
+    po_32 = scratch + 1782 + z[:, None, None, None] * 2438 + iu_32[None, :, None, None] + ip_32[None, None, :, None] + ik_32[None, None, None, :]
+    mo_32 = row_mask[:, None, None, None]
+    a0_32 = tl.load(p0_32, mask=m0_32, other=0.0)
+    a1_32 = tl.load(p1_32, mask=m1_32, other=0.0)
+    q_32 = po_32
+    tl.store(q_32, tl.load(q_32, mask=mo_32, other=0.0) + a0_32 * a1_32, mask=mo_32)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d2_w_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_w, statements 33–48 of 66: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    iu_33 = tl.arange(0, 16)
+    p0_33 = d2_d_w_ptr + 160 + z[:, None] * 240 + iu_33[None, :]
+    m0_33 = row_mask[:, None]
+    po_33 = scratch + 2358 + z[:, None] * 2438 + iu_33[None, :]
+    mo_33 = row_mask[:, None]
+    a0_33 = tl.load(p0_33, mask=m0_33, other=0.0)
+    q_33 = po_33
+    tl.store(q_33, tl.load(q_33, mask=mo_33, other=0.0) + a0_33, mask=mo_33)
+    tl.debug_barrier()
+    iu_34 = tl.arange(0, 16)
+    p0_34 = d2_d_w_ptr + 208 + z[:, None] * 240 + iu_34[None, :]
+    m0_34 = row_mask[:, None]
+    po_34 = scratch + 2374 + z[:, None] * 2438 + iu_34[None, :]
+    mo_34 = row_mask[:, None]
+    a0_34 = tl.load(p0_34, mask=m0_34, other=0.0)
+    q_34 = po_34
+    tl.store(q_34, tl.load(q_34, mask=mo_34, other=0.0) + a0_34, mask=mo_34)
+    tl.debug_barrier()
+    iu_35 = tl.arange(0, 16)
+    ik_35 = tl.arange(0, 4)
+    ip_35 = tl.arange(0, 2)
+    p0_35 = scratch + 2358 + z[:, None, None, None] * 2438 + ip_35[None, None, None, :] * 16 + iu_35[None, :, None, None]
+    m0_35 = row_mask[:, None, None, None]
+    p1_35 = scratch + 659 + z[:, None, None, None] * 2438 + iu_35[None, :, None, None] * 6 + ip_35[None, None, None, :] * 3 + ik_35[None, None, :, None]
+    m1_35 = row_mask[:, None, None, None] & (ik_35[None, None, :, None] < 3)
+    po_35 = scratch + 2150 + z[:, None, None] * 2438 + iu_35[None, :, None] * 3 + ik_35[None, None, :]
+    mo_35 = row_mask[:, None, None] & (ik_35[None, None, :] < 3)
+    a0_35 = tl.load(p0_35, mask=m0_35, other=0.0)
+    a1_35 = tl.load(p1_35, mask=m1_35, other=0.0)
+    q_35 = po_35
+    tl.store(q_35, tl.load(q_35, mask=mo_35, other=0.0) + tl.sum(a0_35 * a1_35, axis=3), mask=mo_35)
+    tl.debug_barrier()
+    iu_36 = tl.arange(0, 16)
+    ip_36 = tl.arange(0, 2)
+    ik_36 = tl.arange(0, 4)
+    p0_36 = scratch + 2358 + z[:, None, None, None] * 2438 + ip_36[None, None, :, None] * 16 + iu_36[None, :, None, None]
+    m0_36 = row_mask[:, None, None, None]
+    p1_36 = scratch + 1011 + z[:, None, None, None] * 2438 + iu_36[None, :, None, None] * 3 + ik_36[None, None, None, :]
+    m1_36 = row_mask[:, None, None, None] & (ik_36[None, None, None, :] < 3)
+    po_36 = scratch + 1798 + z[:, None, None, None] * 2438 + iu_36[None, :, None, None] * 6 + ip_36[None, None, :, None] * 3 + ik_36[None, None, None, :]
+    mo_36 = row_mask[:, None, None, None] & (ik_36[None, None, None, :] < 3)
+    a0_36 = tl.load(p0_36, mask=m0_36, other=0.0)
+    a1_36 = tl.load(p1_36, mask=m1_36, other=0.0)
+    q_36 = po_36
+    tl.store(q_36, tl.load(q_36, mask=mo_36, other=0.0) + a0_36 * a1_36, mask=mo_36)
+    tl.debug_barrier()
+    iu_37 = tl.arange(0, 16)
+    p0_37 = d2_d_w_ptr + 144 + z[:, None] * 240 + iu_37[None, :]
+    m0_37 = row_mask[:, None]
+    po_37 = scratch + 2390 + z[:, None] * 2438 + iu_37[None, :]
+    mo_37 = row_mask[:, None]
+    a0_37 = tl.load(p0_37, mask=m0_37, other=0.0)
+    q_37 = po_37
+    tl.store(q_37, tl.load(q_37, mask=mo_37, other=0.0) + a0_37, mask=mo_37)
+    tl.debug_barrier()
+    iu_38 = tl.arange(0, 16)
+    p0_38 = d2_d_w_ptr + 176 + z[:, None] * 240 + iu_38[None, :]
+    m0_38 = row_mask[:, None]
+    po_38 = scratch + 2406 + z[:, None] * 2438 + iu_38[None, :]
+    mo_38 = row_mask[:, None]
+    a0_38 = tl.load(p0_38, mask=m0_38, other=0.0)
+    q_38 = po_38
+    tl.store(q_38, tl.load(q_38, mask=mo_38, other=0.0) + a0_38, mask=mo_38)
+    tl.debug_barrier()
+    iu_39 = tl.arange(0, 16)
+    p0_39 = d2_d_w_ptr + 224 + z[:, None] * 240 + iu_39[None, :]
+    m0_39 = row_mask[:, None]
+    po_39 = scratch + 2422 + z[:, None] * 2438 + iu_39[None, :]
+    mo_39 = row_mask[:, None]
+    a0_39 = tl.load(p0_39, mask=m0_39, other=0.0)
+    q_39 = po_39
+    tl.store(q_39, tl.load(q_39, mask=mo_39, other=0.0) + a0_39, mask=mo_39)
+    tl.debug_barrier()
+    ik_40 = tl.arange(0, 8)
+    ip_40 = tl.arange(0, 4)
+    p0_40 = scratch + 2390 + z[:, None, None, None] * 2438 + ip_40[None, None, None, :] * 16
+    m0_40 = row_mask[:, None, None, None] & (ip_40[None, None, None, :] < 3)
+    p1_40 = scratch + 755 + z[:, None, None, None] * 2438 + ip_40[None, None, None, :] * 5 + ik_40[None, None, :, None]
+    m1_40 = row_mask[:, None, None, None] & (ip_40[None, None, None, :] < 3) & (ik_40[None, None, :, None] < 5)
+    po_40 = scratch + 2198 + z[:, None, None] * 2438 + ik_40[None, None, :]
+    mo_40 = row_mask[:, None, None] & (ik_40[None, None, :] < 5)
+    for startu_40 in range(0, 16, 8):
+        iu_40 = startu_40 + tl.arange(0, 8)
+        a0_40 = tl.load(p0_40 + iu_40[None, :, None, None], mask=m0_40, other=0.0)
+        a1_40 = tl.load(p1_40 + iu_40[None, :, None, None] * 15, mask=m1_40, other=0.0)
+        q_40 = po_40 + iu_40[None, :, None] * 5
+        tl.store(q_40, tl.load(q_40, mask=mo_40, other=0.0) + tl.sum(a0_40 * a1_40, axis=3), mask=mo_40)
+    tl.debug_barrier()
+    ip_41 = tl.arange(0, 4)
+    ik_41 = tl.arange(0, 8)
+    p0_41 = scratch + 2390 + z[:, None, None, None] * 2438 + ip_41[None, None, :, None] * 16
+    m0_41 = row_mask[:, None, None, None] & (ip_41[None, None, :, None] < 3)
+    p1_41 = scratch + 1059 + z[:, None, None, None] * 2438 + ik_41[None, None, None, :]
+    m1_41 = row_mask[:, None, None, None] & (ik_41[None, None, None, :] < 5)
+    po_41 = scratch + 1894 + z[:, None, None, None] * 2438 + ip_41[None, None, :, None] * 5 + ik_41[None, None, None, :]
+    mo_41 = row_mask[:, None, None, None] & (ip_41[None, None, :, None] < 3) & (ik_41[None, None, None, :] < 5)
+    for startu_41 in range(0, 16, 8):
+        iu_41 = startu_41 + tl.arange(0, 8)
+        a0_41 = tl.load(p0_41 + iu_41[None, :, None, None], mask=m0_41, other=0.0)
+        a1_41 = tl.load(p1_41 + iu_41[None, :, None, None] * 5, mask=m1_41, other=0.0)
+        q_41 = po_41 + iu_41[None, :, None, None] * 15
+        tl.store(q_41, tl.load(q_41, mask=mo_41, other=0.0) + a0_41 * a1_41, mask=mo_41)
+    tl.debug_barrier()
+    # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
+    iw_42 = tl.arange(0, 16)
+    ii_42 = tl.arange(0, 1)
+    iu_42 = tl.arange(0, 16)
+    p0_42 = scratch + 2134 + z[:, None, None, None] * 2438 + iu_42[None, None, None, :] + ii_42[None, None, :, None]
+    m0_42 = row_mask[:, None, None, None]
+    p1_42 = weight_ptr + 0 + iu_42[None, None, None, :] * 16 + iw_42[None, :, None, None]
+    po_42 = d2_d_m_ptr + 0 + z[:, None, None] * 144 + iw_42[None, :, None] + ii_42[None, None, :]
+    mo_42 = row_mask[:, None, None]
+    a0_42 = tl.load(p0_42, mask=m0_42, other=0.0)
+    a1_42 = tl.load(p1_42)
+    q_42 = po_42
+    tl.store(q_42, tl.load(q_42, mask=mo_42, other=0.0) + tl.sum(a0_42 * a1_42, axis=3) * 0.25, mask=mo_42)
+    tl.debug_barrier()
+    # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
+    iu_43 = tl.arange(0, 16)
+    iw_43 = tl.arange(0, 16)
+    ii_43 = tl.arange(0, 1)
+    p0_43 = scratch + 2134 + z[:, None, None, None] * 2438 + iu_43[None, :, None, None] + ii_43[None, None, None, :]
+    m0_43 = row_mask[:, None, None, None]
+    p1_43 = d_m_ptr + 0 + z[:, None, None, None] * 144 + iw_43[None, None, :, None] + ii_43[None, None, None, :]
+    m1_43 = row_mask[:, None, None, None]
+    po_43 = partial + 0 + slot + iu_43[:, None] * 16 + iw_43[None, :]
+    a0_43 = tl.load(p0_43, mask=m0_43, other=0.0)
+    a1_43 = tl.load(p1_43, mask=m1_43, other=0.0)
+    q_43 = po_43
+    tl.store(q_43, tl.load(q_43) + tl.sum(tl.sum(a0_43 * a1_43, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+    # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
+    ii_44 = tl.arange(0, 4)
+    p0_44 = scratch + 2150 + z[:, None, None, None] * 2438 + ii_44[None, None, :, None]
+    m0_44 = row_mask[:, None, None, None] & (ii_44[None, None, :, None] < 3)
+    p1_44 = weight_ptr + 256
+    po_44 = d2_d_m_ptr + 16 + z[:, None, None] * 144 + ii_44[None, None, :]
+    mo_44 = row_mask[:, None, None] & (ii_44[None, None, :] < 3)
+    for startw_44 in range(0, 16, 8):
+        iw_44 = startw_44 + tl.arange(0, 8)
+        acc_44 = tl.zeros([BLOCK_Z, 8, 4], dtype=DTYPE)
+        for startu_44 in range(0, 16, 8):
+            iu_44 = startu_44 + tl.arange(0, 8)
+            a0_44 = tl.load(p0_44 + iu_44[None, None, None, :] * 3, mask=m0_44, other=0.0)
+            a1_44 = tl.load(p1_44 + iu_44[None, None, None, :] * 16 + iw_44[None, :, None, None])
+            acc_44 += tl.sum(a0_44 * a1_44, axis=3)
+        q_44 = po_44 + iw_44[None, :, None] * 3
+        tl.store(q_44, tl.load(q_44, mask=mo_44, other=0.0) + acc_44 * 0.25, mask=mo_44)
+    tl.debug_barrier()
+    # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
+    ii_45 = tl.arange(0, 4)
+    p0_45 = scratch + 2150 + z[:, None, None, None] * 2438 + ii_45[None, None, None, :]
+    m0_45 = row_mask[:, None, None, None] & (ii_45[None, None, None, :] < 3)
+    p1_45 = d_m_ptr + 16 + z[:, None, None, None] * 144 + ii_45[None, None, None, :]
+    m1_45 = row_mask[:, None, None, None] & (ii_45[None, None, None, :] < 3)
+    po_45 = partial + 256 + slot
+    for startu_45 in range(0, 16, 8):
+        iu_45 = startu_45 + tl.arange(0, 8)
+        for startw_45 in range(0, 16, 8):
+            iw_45 = startw_45 + tl.arange(0, 8)
+            a0_45 = tl.load(p0_45 + iu_45[None, :, None, None] * 3, mask=m0_45, other=0.0)
+            a1_45 = tl.load(p1_45 + iw_45[None, None, :, None] * 3, mask=m1_45, other=0.0)
+            q_45 = po_45 + iu_45[:, None] * 16 + iw_45[None, :]
+            tl.store(q_45, tl.load(q_45) + tl.sum(tl.sum(a0_45 * a1_45, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+    # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
+    ii_46 = tl.arange(0, 8)
+    p0_46 = scratch + 2198 + z[:, None, None, None] * 2438 + ii_46[None, None, :, None]
+    m0_46 = row_mask[:, None, None, None] & (ii_46[None, None, :, None] < 5)
+    p1_46 = weight_ptr + 512
+    po_46 = d2_d_m_ptr + 64 + z[:, None, None] * 144 + ii_46[None, None, :]
+    mo_46 = row_mask[:, None, None] & (ii_46[None, None, :] < 5)
+    for startw_46 in range(0, 16, 4):
+        iw_46 = startw_46 + tl.arange(0, 4)
+        acc_46 = tl.zeros([BLOCK_Z, 4, 8], dtype=DTYPE)
+        for startu_46 in range(0, 16, 8):
+            iu_46 = startu_46 + tl.arange(0, 8)
+            a0_46 = tl.load(p0_46 + iu_46[None, None, None, :] * 5, mask=m0_46, other=0.0)
+            a1_46 = tl.load(p1_46 + iu_46[None, None, None, :] * 16 + iw_46[None, :, None, None])
+            acc_46 += tl.sum(a0_46 * a1_46, axis=3)
+        q_46 = po_46 + iw_46[None, :, None] * 5
+        tl.store(q_46, tl.load(q_46, mask=mo_46, other=0.0) + acc_46 * 0.25, mask=mo_46)
+    tl.debug_barrier()
+    # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
+    ii_47 = tl.arange(0, 8)
+    p0_47 = scratch + 2198 + z[:, None, None, None] * 2438 + ii_47[None, None, None, :]
+    m0_47 = row_mask[:, None, None, None] & (ii_47[None, None, None, :] < 5)
+    p1_47 = d_m_ptr + 64 + z[:, None, None, None] * 144 + ii_47[None, None, None, :]
+    m1_47 = row_mask[:, None, None, None] & (ii_47[None, None, None, :] < 5)
+    po_47 = partial + 512 + slot
+    for startu_47 in range(0, 16, 4):
+        iu_47 = startu_47 + tl.arange(0, 4)
+        for startw_47 in range(0, 16, 8):
+            iw_47 = startw_47 + tl.arange(0, 8)
+            a0_47 = tl.load(p0_47 + iu_47[None, :, None, None] * 5, mask=m0_47, other=0.0)
+            a1_47 = tl.load(p1_47 + iw_47[None, None, :, None] * 5, mask=m1_47, other=0.0)
+            q_47 = po_47 + iu_47[:, None] * 16 + iw_47[None, :]
+            tl.store(q_47, tl.load(q_47) + tl.sum(tl.sum(a0_47 * a1_47, axis=3), axis=0) * 0.25)
+    tl.debug_barrier()
+    # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    ip_48 = tl.arange(0, 4)
+    p0_48 = scratch + 1894 + z[:, None, None, None, None] * 2438 + ip_48[None, None, None, :, None] * 5
+    m0_48 = row_mask[:, None, None, None, None] & (ip_48[None, None, None, :, None] < 3)
+    p1_48 = scratch + 104 + z[:, None, None, None, None] * 2438 + ip_48[None, None, None, :, None] * 5
+    m1_48 = row_mask[:, None, None, None, None] & (ip_48[None, None, None, :, None] < 3)
+    po_48 = d2_f_ptr + 64 + z[:, None, None] * 144
+    mo_48 = row_mask[:, None, None]
+    for startu_48 in range(0, 16, 4):
+        iu_48 = startu_48 + tl.arange(0, 4)
+        for starti_48 in range(0, 5, 4):
+            ii_48 = starti_48 + tl.arange(0, 4)
+            acc_48 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for startk_48 in range(0, 5, 4):
+                ik_48 = startk_48 + tl.arange(0, 4)
+                a0_48 = tl.load(p0_48 + iu_48[None, :, None, None, None] * 15 + ik_48[None, None, None, None, :], mask=m0_48 & (ik_48[None, None, None, None, :] < 5), other=0.0)
+                a1_48 = tl.load(p1_48 + ii_48[None, None, :, None, None] * 15 + ik_48[None, None, None, None, :], mask=m1_48 & (ii_48[None, None, :, None, None] < 5) & (ik_48[None, None, None, None, :] < 5), other=0.0)
+                acc_48 += tl.sum(tl.sum(a0_48 * a1_48, axis=4), axis=3)
+            q_48 = po_48 + iu_48[None, :, None] * 5 + ii_48[None, None, :]
+            tl.store(q_48, tl.load(q_48, mask=mo_48 & (ii_48[None, None, :] < 5), other=0.0) + acc_48, mask=mo_48 & (ii_48[None, None, :] < 5))
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_w, statements 49–64 of 66: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    ip_49 = tl.arange(0, 4)
+    p0_49 = scratch + 1894 + z[:, None, None, None, None] * 2438 + ip_49[None, None, :, None, None] * 5
+    m0_49 = row_mask[:, None, None, None, None] & (ip_49[None, None, :, None, None] < 3)
+    p1_49 = f_ptr + 64 + z[:, None, None, None, None] * 144
+    m1_49 = row_mask[:, None, None, None, None]
+    po_49 = scratch + 1243 + z[:, None, None, None] * 2438 + ip_49[None, None, :, None] * 5
+    mo_49 = row_mask[:, None, None, None] & (ip_49[None, None, :, None] < 3)
+    for starti_49 in range(0, 5, 4):
+        ii_49 = starti_49 + tl.arange(0, 4)
+        for startk_49 in range(0, 5, 4):
+            ik_49 = startk_49 + tl.arange(0, 4)
+            acc_49 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
+            for startu_49 in range(0, 16, 4):
+                iu_49 = startu_49 + tl.arange(0, 4)
+                a0_49 = tl.load(p0_49 + iu_49[None, None, None, None, :] * 15 + ik_49[None, None, None, :, None], mask=m0_49 & (ik_49[None, None, None, :, None] < 5), other=0.0)
+                a1_49 = tl.load(p1_49 + iu_49[None, None, None, None, :] * 5 + ii_49[None, :, None, None, None], mask=m1_49 & (ii_49[None, :, None, None, None] < 5), other=0.0)
+                acc_49 += tl.sum(a0_49 * a1_49, axis=4)
+            q_49 = po_49 + ii_49[None, :, None, None] * 15 + ik_49[None, None, None, :]
+            tl.store(q_49, tl.load(q_49, mask=mo_49 & (ii_49[None, :, None, None] < 5) & (ik_49[None, None, None, :] < 5), other=0.0) + acc_49, mask=mo_49 & (ii_49[None, :, None, None] < 5) & (ik_49[None, None, None, :] < 5))
+    tl.debug_barrier()
+    # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    ii_50 = tl.arange(0, 8)
+    ip_50 = tl.arange(0, 2)
+    ik_50 = tl.arange(0, 4)
+    p0_50 = scratch + 1798 + z[:, None, None, None, None] * 2438 + ip_50[None, None, None, :, None] * 3 + ik_50[None, None, None, None, :]
+    m0_50 = row_mask[:, None, None, None, None] & (ik_50[None, None, None, None, :] < 3)
+    p1_50 = scratch + 74 + z[:, None, None, None, None] * 2438 + ii_50[None, None, :, None, None] * 6 + ip_50[None, None, None, :, None] * 3 + ik_50[None, None, None, None, :]
+    m1_50 = row_mask[:, None, None, None, None] & (ii_50[None, None, :, None, None] < 5) & (ik_50[None, None, None, None, :] < 3)
+    po_50 = d2_f_ptr + 64 + z[:, None, None] * 144 + ii_50[None, None, :]
+    mo_50 = row_mask[:, None, None] & (ii_50[None, None, :] < 5)
+    for startu_50 in range(0, 16, 4):
+        iu_50 = startu_50 + tl.arange(0, 4)
+        a0_50 = tl.load(p0_50 + iu_50[None, :, None, None, None] * 6, mask=m0_50, other=0.0)
+        a1_50 = tl.load(p1_50, mask=m1_50, other=0.0)
+        q_50 = po_50 + iu_50[None, :, None] * 5
+        tl.store(q_50, tl.load(q_50, mask=mo_50, other=0.0) + tl.sum(tl.sum(a0_50 * a1_50, axis=4), axis=3), mask=mo_50)
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    ip_51 = tl.arange(0, 2)
+    ik_51 = tl.arange(0, 4)
+    p0_51 = scratch + 1798 + z[:, None, None, None, None] * 2438 + ip_51[None, None, :, None, None] * 3 + ik_51[None, None, None, :, None]
+    m0_51 = row_mask[:, None, None, None, None] & (ik_51[None, None, None, :, None] < 3)
+    p1_51 = f_ptr + 64 + z[:, None, None, None, None] * 144
+    m1_51 = row_mask[:, None, None, None, None]
+    po_51 = scratch + 1213 + z[:, None, None, None] * 2438 + ip_51[None, None, :, None] * 3 + ik_51[None, None, None, :]
+    mo_51 = row_mask[:, None, None, None] & (ik_51[None, None, None, :] < 3)
+    for starti_51 in range(0, 5, 4):
+        ii_51 = starti_51 + tl.arange(0, 4)
+        acc_51 = tl.zeros([BLOCK_Z, 4, 2, 4], dtype=DTYPE)
+        for startu_51 in range(0, 16, 8):
+            iu_51 = startu_51 + tl.arange(0, 8)
+            a0_51 = tl.load(p0_51 + iu_51[None, None, None, None, :] * 6, mask=m0_51, other=0.0)
+            a1_51 = tl.load(p1_51 + iu_51[None, None, None, None, :] * 5 + ii_51[None, :, None, None, None], mask=m1_51 & (ii_51[None, :, None, None, None] < 5), other=0.0)
+            acc_51 += tl.sum(a0_51 * a1_51, axis=4)
+        q_51 = po_51 + ii_51[None, :, None, None] * 6
+        tl.store(q_51, tl.load(q_51, mask=mo_51 & (ii_51[None, :, None, None] < 5), other=0.0) + acc_51, mask=mo_51 & (ii_51[None, :, None, None] < 5))
+    tl.debug_barrier()
+    # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    iu_52 = tl.arange(0, 16)
+    ii_52 = tl.arange(0, 8)
+    ip_52 = tl.arange(0, 1)
+    ik_52 = tl.arange(0, 1)
+    p0_52 = scratch + 1782 + z[:, None, None, None, None] * 2438 + iu_52[None, :, None, None, None] + ip_52[None, None, None, :, None] + ik_52[None, None, None, None, :]
+    m0_52 = row_mask[:, None, None, None, None]
+    p1_52 = scratch + 69 + z[:, None, None, None, None] * 2438 + ii_52[None, None, :, None, None] + ip_52[None, None, None, :, None] + ik_52[None, None, None, None, :]
+    m1_52 = row_mask[:, None, None, None, None] & (ii_52[None, None, :, None, None] < 5)
+    po_52 = d2_f_ptr + 64 + z[:, None, None] * 144 + iu_52[None, :, None] * 5 + ii_52[None, None, :]
+    mo_52 = row_mask[:, None, None] & (ii_52[None, None, :] < 5)
+    a0_52 = tl.load(p0_52, mask=m0_52, other=0.0)
+    a1_52 = tl.load(p1_52, mask=m1_52, other=0.0)
+    q_52 = po_52
+    tl.store(q_52, tl.load(q_52, mask=mo_52, other=0.0) + tl.sum(tl.sum(a0_52 * a1_52, axis=4), axis=3), mask=mo_52)
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    ii_53 = tl.arange(0, 8)
+    ip_53 = tl.arange(0, 1)
+    ik_53 = tl.arange(0, 1)
+    iu_53 = tl.arange(0, 16)
+    p0_53 = scratch + 1782 + z[:, None, None, None, None] * 2438 + iu_53[None, None, None, None, :] + ip_53[None, None, :, None, None] + ik_53[None, None, None, :, None]
+    m0_53 = row_mask[:, None, None, None, None]
+    p1_53 = f_ptr + 64 + z[:, None, None, None, None] * 144 + iu_53[None, None, None, None, :] * 5 + ii_53[None, :, None, None, None]
+    m1_53 = row_mask[:, None, None, None, None] & (ii_53[None, :, None, None, None] < 5)
+    po_53 = scratch + 1208 + z[:, None, None, None] * 2438 + ii_53[None, :, None, None] + ip_53[None, None, :, None] + ik_53[None, None, None, :]
+    mo_53 = row_mask[:, None, None, None] & (ii_53[None, :, None, None] < 5)
+    a0_53 = tl.load(p0_53, mask=m0_53, other=0.0)
+    a1_53 = tl.load(p1_53, mask=m1_53, other=0.0)
+    q_53 = po_53
+    tl.store(q_53, tl.load(q_53, mask=mo_53, other=0.0) + tl.sum(a0_53 * a1_53, axis=4), mask=mo_53)
+    tl.debug_barrier()
+    # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    ii_54 = tl.arange(0, 4)
+    ip_54 = tl.arange(0, 2)
+    ik_54 = tl.arange(0, 8)
+    p0_54 = scratch + 1622 + z[:, None, None, None, None] * 2438 + ip_54[None, None, None, :, None] * 5 + ik_54[None, None, None, None, :]
+    m0_54 = row_mask[:, None, None, None, None] & (ik_54[None, None, None, None, :] < 5)
+    p1_54 = scratch + 39 + z[:, None, None, None, None] * 2438 + ii_54[None, None, :, None, None] * 10 + ip_54[None, None, None, :, None] * 5 + ik_54[None, None, None, None, :]
+    m1_54 = row_mask[:, None, None, None, None] & (ii_54[None, None, :, None, None] < 3) & (ik_54[None, None, None, None, :] < 5)
+    po_54 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_54[None, None, :]
+    mo_54 = row_mask[:, None, None] & (ii_54[None, None, :] < 3)
+    for startu_54 in range(0, 16, 4):
+        iu_54 = startu_54 + tl.arange(0, 4)
+        a0_54 = tl.load(p0_54 + iu_54[None, :, None, None, None] * 10, mask=m0_54, other=0.0)
+        a1_54 = tl.load(p1_54, mask=m1_54, other=0.0)
+        q_54 = po_54 + iu_54[None, :, None] * 3
+        tl.store(q_54, tl.load(q_54, mask=mo_54, other=0.0) + tl.sum(tl.sum(a0_54 * a1_54, axis=4), axis=3), mask=mo_54)
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    ii_55 = tl.arange(0, 4)
+    ip_55 = tl.arange(0, 2)
+    p0_55 = scratch + 1622 + z[:, None, None, None, None] * 2438 + ip_55[None, None, :, None, None] * 5
+    m0_55 = row_mask[:, None, None, None, None]
+    p1_55 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_55[None, :, None, None, None]
+    m1_55 = row_mask[:, None, None, None, None] & (ii_55[None, :, None, None, None] < 3)
+    po_55 = scratch + 1178 + z[:, None, None, None] * 2438 + ii_55[None, :, None, None] * 10 + ip_55[None, None, :, None] * 5
+    mo_55 = row_mask[:, None, None, None] & (ii_55[None, :, None, None] < 3)
+    for startk_55 in range(0, 5, 4):
+        ik_55 = startk_55 + tl.arange(0, 4)
+        acc_55 = tl.zeros([BLOCK_Z, 4, 2, 4], dtype=DTYPE)
+        for startu_55 in range(0, 16, 8):
+            iu_55 = startu_55 + tl.arange(0, 8)
+            a0_55 = tl.load(p0_55 + iu_55[None, None, None, None, :] * 10 + ik_55[None, None, None, :, None], mask=m0_55 & (ik_55[None, None, None, :, None] < 5), other=0.0)
+            a1_55 = tl.load(p1_55 + iu_55[None, None, None, None, :] * 3, mask=m1_55, other=0.0)
+            acc_55 += tl.sum(a0_55 * a1_55, axis=4)
+        q_55 = po_55 + ik_55[None, None, None, :]
+        tl.store(q_55, tl.load(q_55, mask=mo_55 & (ik_55[None, None, None, :] < 5), other=0.0) + acc_55, mask=mo_55 & (ik_55[None, None, None, :] < 5))
+    tl.debug_barrier()
+    # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    ii_56 = tl.arange(0, 4)
+    ip_56 = tl.arange(0, 4)
+    ik_56 = tl.arange(0, 4)
+    p0_56 = scratch + 1478 + z[:, None, None, None, None] * 2438 + ip_56[None, None, None, :, None] * 3 + ik_56[None, None, None, None, :]
+    m0_56 = row_mask[:, None, None, None, None] & (ip_56[None, None, None, :, None] < 3) & (ik_56[None, None, None, None, :] < 3)
+    p1_56 = scratch + 12 + z[:, None, None, None, None] * 2438 + ii_56[None, None, :, None, None] * 9 + ip_56[None, None, None, :, None] * 3 + ik_56[None, None, None, None, :]
+    m1_56 = row_mask[:, None, None, None, None] & (ii_56[None, None, :, None, None] < 3) & (ip_56[None, None, None, :, None] < 3) & (ik_56[None, None, None, None, :] < 3)
+    po_56 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_56[None, None, :]
+    mo_56 = row_mask[:, None, None] & (ii_56[None, None, :] < 3)
+    for startu_56 in range(0, 16, 4):
+        iu_56 = startu_56 + tl.arange(0, 4)
+        a0_56 = tl.load(p0_56 + iu_56[None, :, None, None, None] * 9, mask=m0_56, other=0.0)
+        a1_56 = tl.load(p1_56, mask=m1_56, other=0.0)
+        q_56 = po_56 + iu_56[None, :, None] * 3
+        tl.store(q_56, tl.load(q_56, mask=mo_56, other=0.0) + tl.sum(tl.sum(a0_56 * a1_56, axis=4), axis=3), mask=mo_56)
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    ii_57 = tl.arange(0, 4)
+    ip_57 = tl.arange(0, 4)
+    ik_57 = tl.arange(0, 4)
+    p0_57 = scratch + 1478 + z[:, None, None, None, None] * 2438 + ip_57[None, None, :, None, None] * 3 + ik_57[None, None, None, :, None]
+    m0_57 = row_mask[:, None, None, None, None] & (ip_57[None, None, :, None, None] < 3) & (ik_57[None, None, None, :, None] < 3)
+    p1_57 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_57[None, :, None, None, None]
+    m1_57 = row_mask[:, None, None, None, None] & (ii_57[None, :, None, None, None] < 3)
+    po_57 = scratch + 1151 + z[:, None, None, None] * 2438 + ii_57[None, :, None, None] * 9 + ip_57[None, None, :, None] * 3 + ik_57[None, None, None, :]
+    mo_57 = row_mask[:, None, None, None] & (ii_57[None, :, None, None] < 3) & (ip_57[None, None, :, None] < 3) & (ik_57[None, None, None, :] < 3)
+    acc_57 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
+    for startu_57 in range(0, 16, 4):
+        iu_57 = startu_57 + tl.arange(0, 4)
+        a0_57 = tl.load(p0_57 + iu_57[None, None, None, None, :] * 9, mask=m0_57, other=0.0)
+        a1_57 = tl.load(p1_57 + iu_57[None, None, None, None, :] * 3, mask=m1_57, other=0.0)
+        acc_57 += tl.sum(a0_57 * a1_57, axis=4)
+    q_57 = po_57
+    tl.store(q_57, tl.load(q_57, mask=mo_57, other=0.0) + acc_57, mask=mo_57)
+    tl.debug_barrier()
+    # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    iu_58 = tl.arange(0, 16)
+    ii_58 = tl.arange(0, 4)
+    ip_58 = tl.arange(0, 1)
+    ik_58 = tl.arange(0, 1)
+    p0_58 = scratch + 1462 + z[:, None, None, None, None] * 2438 + iu_58[None, :, None, None, None] + ip_58[None, None, None, :, None] + ik_58[None, None, None, None, :]
+    m0_58 = row_mask[:, None, None, None, None]
+    p1_58 = scratch + 9 + z[:, None, None, None, None] * 2438 + ii_58[None, None, :, None, None] + ip_58[None, None, None, :, None] + ik_58[None, None, None, None, :]
+    m1_58 = row_mask[:, None, None, None, None] & (ii_58[None, None, :, None, None] < 3)
+    po_58 = d2_f_ptr + 16 + z[:, None, None] * 144 + iu_58[None, :, None] * 3 + ii_58[None, None, :]
+    mo_58 = row_mask[:, None, None] & (ii_58[None, None, :] < 3)
+    a0_58 = tl.load(p0_58, mask=m0_58, other=0.0)
+    a1_58 = tl.load(p1_58, mask=m1_58, other=0.0)
+    q_58 = po_58
+    tl.store(q_58, tl.load(q_58, mask=mo_58, other=0.0) + tl.sum(tl.sum(a0_58 * a1_58, axis=4), axis=3), mask=mo_58)
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    ii_59 = tl.arange(0, 4)
+    ip_59 = tl.arange(0, 1)
+    ik_59 = tl.arange(0, 1)
+    iu_59 = tl.arange(0, 16)
+    p0_59 = scratch + 1462 + z[:, None, None, None, None] * 2438 + iu_59[None, None, None, None, :] + ip_59[None, None, :, None, None] + ik_59[None, None, None, :, None]
+    m0_59 = row_mask[:, None, None, None, None]
+    p1_59 = f_ptr + 16 + z[:, None, None, None, None] * 144 + iu_59[None, None, None, None, :] * 3 + ii_59[None, :, None, None, None]
+    m1_59 = row_mask[:, None, None, None, None] & (ii_59[None, :, None, None, None] < 3)
+    po_59 = scratch + 1148 + z[:, None, None, None] * 2438 + ii_59[None, :, None, None] + ip_59[None, None, :, None] + ik_59[None, None, None, :]
+    mo_59 = row_mask[:, None, None, None] & (ii_59[None, :, None, None] < 3)
+    a0_59 = tl.load(p0_59, mask=m0_59, other=0.0)
+    a1_59 = tl.load(p1_59, mask=m1_59, other=0.0)
+    q_59 = po_59
+    tl.store(q_59, tl.load(q_59, mask=mo_59, other=0.0) + tl.sum(a0_59 * a1_59, axis=4), mask=mo_59)
+    tl.debug_barrier()
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    iu_60 = tl.arange(0, 16)
+    ii_60 = tl.arange(0, 1)
+    ip_60 = tl.arange(0, 1)
+    ik_60 = tl.arange(0, 8)
+    p0_60 = scratch + 1382 + z[:, None, None, None, None] * 2438 + iu_60[None, :, None, None, None] * 5 + ip_60[None, None, None, :, None] * 5 + ik_60[None, None, None, None, :]
+    m0_60 = row_mask[:, None, None, None, None] & (ik_60[None, None, None, None, :] < 5)
+    p1_60 = scratch + 4 + z[:, None, None, None, None] * 2438 + ii_60[None, None, :, None, None] * 5 + ip_60[None, None, None, :, None] * 5 + ik_60[None, None, None, None, :]
+    m1_60 = row_mask[:, None, None, None, None] & (ik_60[None, None, None, None, :] < 5)
+    po_60 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_60[None, :, None] + ii_60[None, None, :]
+    mo_60 = row_mask[:, None, None]
+    a0_60 = tl.load(p0_60, mask=m0_60, other=0.0)
+    a1_60 = tl.load(p1_60, mask=m1_60, other=0.0)
+    q_60 = po_60
+    tl.store(q_60, tl.load(q_60, mask=mo_60, other=0.0) + tl.sum(tl.sum(a0_60 * a1_60, axis=4), axis=3), mask=mo_60)
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    ii_61 = tl.arange(0, 1)
+    ip_61 = tl.arange(0, 1)
+    ik_61 = tl.arange(0, 8)
+    iu_61 = tl.arange(0, 16)
+    p0_61 = scratch + 1382 + z[:, None, None, None, None] * 2438 + iu_61[None, None, None, None, :] * 5 + ip_61[None, None, :, None, None] * 5 + ik_61[None, None, None, :, None]
+    m0_61 = row_mask[:, None, None, None, None] & (ik_61[None, None, None, :, None] < 5)
+    p1_61 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_61[None, None, None, None, :] + ii_61[None, :, None, None, None]
+    m1_61 = row_mask[:, None, None, None, None]
+    po_61 = scratch + 1143 + z[:, None, None, None] * 2438 + ii_61[None, :, None, None] * 5 + ip_61[None, None, :, None] * 5 + ik_61[None, None, None, :]
+    mo_61 = row_mask[:, None, None, None] & (ik_61[None, None, None, :] < 5)
+    a0_61 = tl.load(p0_61, mask=m0_61, other=0.0)
+    a1_61 = tl.load(p1_61, mask=m1_61, other=0.0)
+    q_61 = po_61
+    tl.store(q_61, tl.load(q_61, mask=mo_61, other=0.0) + tl.sum(a0_61 * a1_61, axis=4), mask=mo_61)
+    tl.debug_barrier()
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    iu_62 = tl.arange(0, 16)
+    ii_62 = tl.arange(0, 1)
+    ip_62 = tl.arange(0, 1)
+    ik_62 = tl.arange(0, 4)
+    p0_62 = scratch + 1334 + z[:, None, None, None, None] * 2438 + iu_62[None, :, None, None, None] * 3 + ip_62[None, None, None, :, None] * 3 + ik_62[None, None, None, None, :]
+    m0_62 = row_mask[:, None, None, None, None] & (ik_62[None, None, None, None, :] < 3)
+    p1_62 = scratch + 1 + z[:, None, None, None, None] * 2438 + ii_62[None, None, :, None, None] * 3 + ip_62[None, None, None, :, None] * 3 + ik_62[None, None, None, None, :]
+    m1_62 = row_mask[:, None, None, None, None] & (ik_62[None, None, None, None, :] < 3)
+    po_62 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_62[None, :, None] + ii_62[None, None, :]
+    mo_62 = row_mask[:, None, None]
+    a0_62 = tl.load(p0_62, mask=m0_62, other=0.0)
+    a1_62 = tl.load(p1_62, mask=m1_62, other=0.0)
+    q_62 = po_62
+    tl.store(q_62, tl.load(q_62, mask=mo_62, other=0.0) + tl.sum(tl.sum(a0_62 * a1_62, axis=4), axis=3), mask=mo_62)
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    ii_63 = tl.arange(0, 1)
+    ip_63 = tl.arange(0, 1)
+    ik_63 = tl.arange(0, 4)
+    iu_63 = tl.arange(0, 16)
+    p0_63 = scratch + 1334 + z[:, None, None, None, None] * 2438 + iu_63[None, None, None, None, :] * 3 + ip_63[None, None, :, None, None] * 3 + ik_63[None, None, None, :, None]
+    m0_63 = row_mask[:, None, None, None, None] & (ik_63[None, None, None, :, None] < 3)
+    p1_63 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_63[None, None, None, None, :] + ii_63[None, :, None, None, None]
+    m1_63 = row_mask[:, None, None, None, None]
+    po_63 = scratch + 1140 + z[:, None, None, None] * 2438 + ii_63[None, :, None, None] * 3 + ip_63[None, None, :, None] * 3 + ik_63[None, None, None, :]
+    mo_63 = row_mask[:, None, None, None] & (ik_63[None, None, None, :] < 3)
+    a0_63 = tl.load(p0_63, mask=m0_63, other=0.0)
+    a1_63 = tl.load(p1_63, mask=m1_63, other=0.0)
+    q_63 = po_63
+    tl.store(q_63, tl.load(q_63, mask=mo_63, other=0.0) + tl.sum(a0_63 * a1_63, axis=4), mask=mo_63)
+    tl.debug_barrier()
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    iu_64 = tl.arange(0, 16)
+    ii_64 = tl.arange(0, 1)
+    ip_64 = tl.arange(0, 1)
+    ik_64 = tl.arange(0, 1)
+    p0_64 = scratch + 1318 + z[:, None, None, None, None] * 2438 + iu_64[None, :, None, None, None] + ip_64[None, None, None, :, None] + ik_64[None, None, None, None, :]
+    m0_64 = row_mask[:, None, None, None, None]
+    p1_64 = scratch + 0 + z[:, None, None, None, None] * 2438 + ii_64[None, None, :, None, None] + ip_64[None, None, None, :, None] + ik_64[None, None, None, None, :]
+    m1_64 = row_mask[:, None, None, None, None]
+    po_64 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_64[None, :, None] + ii_64[None, None, :]
+    mo_64 = row_mask[:, None, None]
+    a0_64 = tl.load(p0_64, mask=m0_64, other=0.0)
+    a1_64 = tl.load(p1_64, mask=m1_64, other=0.0)
+    q_64 = po_64
+    tl.store(q_64, tl.load(q_64, mask=mo_64, other=0.0) + tl.sum(tl.sum(a0_64 * a1_64, axis=4), axis=3), mask=mo_64)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d2_w_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_w, statements 65–66 of 66: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    ii_65 = tl.arange(0, 1)
+    ip_65 = tl.arange(0, 1)
+    ik_65 = tl.arange(0, 1)
+    iu_65 = tl.arange(0, 16)
+    p0_65 = scratch + 1318 + z[:, None, None, None, None] * 2438 + iu_65[None, None, None, None, :] + ip_65[None, None, :, None, None] + ik_65[None, None, None, :, None]
+    m0_65 = row_mask[:, None, None, None, None]
+    p1_65 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_65[None, None, None, None, :] + ii_65[None, :, None, None, None]
+    m1_65 = row_mask[:, None, None, None, None]
+    po_65 = scratch + 1139 + z[:, None, None, None] * 2438 + ii_65[None, :, None, None] + ip_65[None, None, :, None] + ik_65[None, None, None, :]
+    mo_65 = row_mask[:, None, None, None]
+    a0_65 = tl.load(p0_65, mask=m0_65, other=0.0)
+    a1_65 = tl.load(p1_65, mask=m1_65, other=0.0)
+    q_65 = po_65
+    tl.store(q_65, tl.load(q_65, mask=mo_65, other=0.0) + tl.sum(a0_65 * a1_65, axis=4), mask=mo_65)
+    tl.debug_barrier()
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    ij_66 = tl.arange(0, 16)
+    p0_66 = scratch + 1139 + z[:, None, None] * 2438
+    m0_66 = row_mask[:, None, None]
+    p1_66 = _g_p_0_ptr + 0 + ij_66[None, :, None] * 179
+    m1_66 = (ij_66[None, :, None] < 9)
+    po_66 = d2_sh_ptr + 0 + z[:, None] * 9 + ij_66[None, :]
+    mo_66 = row_mask[:, None] & (ij_66[None, :] < 9)
+    acc_66 = tl.zeros([BLOCK_Z, 16], dtype=DTYPE)
+    for startc_66 in range(0, 179, 16):
+        ic_66 = startc_66 + tl.arange(0, 16)
+        a0_66 = tl.load(p0_66 + ic_66[None, None, :], mask=m0_66 & (ic_66[None, None, :] < 179), other=0.0)
+        a1_66 = tl.load(p1_66 + ic_66[None, None, :], mask=m1_66 & (ic_66[None, None, :] < 179), other=0.0)
+        acc_66 += tl.sum(a0_66 * a1_66, axis=2)
+    q_66 = po_66
+    tl.store(q_66, tl.load(q_66, mask=mo_66, other=0.0) + acc_66, mask=mo_66)
+    tl.debug_barrier()
+
+
+def _cormorant_message_d2_w_triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the cormorant_message_d2_w kernel on (f, sh, w, d_m, d2_d_w, weight, _g_p_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+    n = args[0].shape[0]
+    programs = triton.cdiv(n, 16)
+    outputs = [rt.output_rows(args[5], n, size) for size in (144, 9, 240, 144)]
+    scratch = args[5].new_zeros(max(n * 2438, 1))
+    partial = args[5].new_zeros(programs, 768)
+    arguments = [a.contiguous() for a in args] + outputs
+    dtype = tl.float64 if args[5].dtype == torch.float64 else tl.float32
+    for kernel in (_cormorant_message_d2_w_0_kernel, _cormorant_message_d2_w_1_kernel, _cormorant_message_d2_w_2_kernel, _cormorant_message_d2_w_3_kernel, _cormorant_message_d2_w_4_kernel,):  # one after another: each sees the last one's writes
+        if n:
+            kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
+    return [outputs[0], outputs[1], outputs[2], outputs[3], partial[:, 0:768].sum(0)]
+
+
 def _cormorant_message_d2_w(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
     d2_d_w: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
@@ -1607,6 +10586,1245 @@ def _cormorant_message_d2_w(
         d2_weight_27.reshape(256),
     ], dim=-1)
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
+
+
+@triton.jit
+def _cormorant_message_d2_weight_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_weight, statements 1–16 of 82: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    for c0 in range(0, 144, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d2_f_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
+    for c0 in range(0, 9, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d2_sh_ptr + z[:, None] * 9 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 9)[None, :])
+    for c0 in range(0, 240, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d2_w_ptr + z[:, None] * 240 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 240)[None, :])
+    for c0 in range(0, 144, 128):
+        cols = c0 + tl.arange(0, 128)
+        tl.store(d2_d_m_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
+    tl.debug_barrier()
+    # every path's (i, k) map at once: sh · G
+    ij_1 = tl.arange(0, 16)
+    p0_1 = sh_ptr + 0 + z[:, None, None] * 9 + ij_1[None, None, :]
+    m0_1 = row_mask[:, None, None] & (ij_1[None, None, :] < 9)
+    p1_1 = _g_p_0_ptr + 0 + ij_1[None, None, :] * 179
+    m1_1 = (ij_1[None, None, :] < 9)
+    po_1 = scratch + 144 + z[:, None] * 2598
+    mo_1 = row_mask[:, None]
+    for startc_1 in range(0, 179, 16):
+        ic_1 = startc_1 + tl.arange(0, 16)
+        a0_1 = tl.load(p0_1, mask=m0_1, other=0.0)
+        a1_1 = tl.load(p1_1 + ic_1[None, :, None], mask=m1_1 & (ic_1[None, :, None] < 179), other=0.0)
+        q_1 = po_1 + ic_1[None, :]
+        tl.store(q_1, tl.load(q_1, mask=mo_1 & (ic_1[None, :] < 179), other=0.0) + tl.sum(a0_1 * a1_1, axis=2), mask=mo_1 & (ic_1[None, :] < 179))
+    tl.debug_barrier()
+    # 1 paths 16x0 ⊗ sh -> 16x0
+    iu_2 = tl.arange(0, 16)
+    ip_2 = tl.arange(0, 1)
+    ik_2 = tl.arange(0, 1)
+    ii_2 = tl.arange(0, 1)
+    p0_2 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_2[None, :, None, None, None] + ii_2[None, None, None, None, :]
+    m0_2 = row_mask[:, None, None, None, None]
+    p1_2 = scratch + 144 + z[:, None, None, None, None] * 2598 + ii_2[None, None, None, None, :] + ip_2[None, None, :, None, None] + ik_2[None, None, None, :, None]
+    m1_2 = row_mask[:, None, None, None, None]
+    po_2 = scratch + 323 + z[:, None, None, None] * 2598 + iu_2[None, :, None, None] + ip_2[None, None, :, None] + ik_2[None, None, None, :]
+    mo_2 = row_mask[:, None, None, None]
+    a0_2 = tl.load(p0_2, mask=m0_2, other=0.0)
+    a1_2 = tl.load(p1_2, mask=m1_2, other=0.0)
+    q_2 = po_2
+    tl.store(q_2, tl.load(q_2, mask=mo_2, other=0.0) + tl.sum(a0_2 * a1_2, axis=4), mask=mo_2)
+    tl.debug_barrier()
+    iu_3 = tl.arange(0, 16)
+    ik_3 = tl.arange(0, 1)
+    ip_3 = tl.arange(0, 1)
+    p0_3 = scratch + 323 + z[:, None, None, None] * 2598 + iu_3[None, :, None, None] + ip_3[None, None, None, :] + ik_3[None, None, :, None]
+    m0_3 = row_mask[:, None, None, None]
+    p1_3 = w_ptr + 0 + z[:, None, None, None] * 240 + ip_3[None, None, None, :] * 16 + iu_3[None, :, None, None]
+    m1_3 = row_mask[:, None, None, None]
+    po_3 = scratch + 0 + z[:, None, None] * 2598 + iu_3[None, :, None] + ik_3[None, None, :]
+    mo_3 = row_mask[:, None, None]
+    a0_3 = tl.load(p0_3, mask=m0_3, other=0.0)
+    a1_3 = tl.load(p1_3, mask=m1_3, other=0.0)
+    q_3 = po_3
+    tl.store(q_3, tl.load(q_3, mask=mo_3, other=0.0) + tl.sum(a0_3 * a1_3, axis=3), mask=mo_3)
+    tl.debug_barrier()
+    # 1 paths 16x0 ⊗ sh -> 16x1
+    iu_4 = tl.arange(0, 16)
+    ip_4 = tl.arange(0, 1)
+    ik_4 = tl.arange(0, 4)
+    ii_4 = tl.arange(0, 1)
+    p0_4 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_4[None, :, None, None, None] + ii_4[None, None, None, None, :]
+    m0_4 = row_mask[:, None, None, None, None]
+    p1_4 = scratch + 145 + z[:, None, None, None, None] * 2598 + ii_4[None, None, None, None, :] * 3 + ip_4[None, None, :, None, None] * 3 + ik_4[None, None, None, :, None]
+    m1_4 = row_mask[:, None, None, None, None] & (ik_4[None, None, None, :, None] < 3)
+    po_4 = scratch + 339 + z[:, None, None, None] * 2598 + iu_4[None, :, None, None] * 3 + ip_4[None, None, :, None] * 3 + ik_4[None, None, None, :]
+    mo_4 = row_mask[:, None, None, None] & (ik_4[None, None, None, :] < 3)
+    a0_4 = tl.load(p0_4, mask=m0_4, other=0.0)
+    a1_4 = tl.load(p1_4, mask=m1_4, other=0.0)
+    q_4 = po_4
+    tl.store(q_4, tl.load(q_4, mask=mo_4, other=0.0) + tl.sum(a0_4 * a1_4, axis=4), mask=mo_4)
+    tl.debug_barrier()
+    iu_5 = tl.arange(0, 16)
+    ik_5 = tl.arange(0, 4)
+    ip_5 = tl.arange(0, 1)
+    p0_5 = scratch + 339 + z[:, None, None, None] * 2598 + iu_5[None, :, None, None] * 3 + ip_5[None, None, None, :] * 3 + ik_5[None, None, :, None]
+    m0_5 = row_mask[:, None, None, None] & (ik_5[None, None, :, None] < 3)
+    p1_5 = w_ptr + 16 + z[:, None, None, None] * 240 + ip_5[None, None, None, :] * 16 + iu_5[None, :, None, None]
+    m1_5 = row_mask[:, None, None, None]
+    po_5 = scratch + 16 + z[:, None, None] * 2598 + iu_5[None, :, None] * 3 + ik_5[None, None, :]
+    mo_5 = row_mask[:, None, None] & (ik_5[None, None, :] < 3)
+    a0_5 = tl.load(p0_5, mask=m0_5, other=0.0)
+    a1_5 = tl.load(p1_5, mask=m1_5, other=0.0)
+    q_5 = po_5
+    tl.store(q_5, tl.load(q_5, mask=mo_5, other=0.0) + tl.sum(a0_5 * a1_5, axis=3), mask=mo_5)
+    tl.debug_barrier()
+    # 1 paths 16x0 ⊗ sh -> 16x2
+    iu_6 = tl.arange(0, 16)
+    ip_6 = tl.arange(0, 1)
+    ik_6 = tl.arange(0, 8)
+    ii_6 = tl.arange(0, 1)
+    p0_6 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_6[None, :, None, None, None] + ii_6[None, None, None, None, :]
+    m0_6 = row_mask[:, None, None, None, None]
+    p1_6 = scratch + 148 + z[:, None, None, None, None] * 2598 + ii_6[None, None, None, None, :] * 5 + ip_6[None, None, :, None, None] * 5 + ik_6[None, None, None, :, None]
+    m1_6 = row_mask[:, None, None, None, None] & (ik_6[None, None, None, :, None] < 5)
+    po_6 = scratch + 387 + z[:, None, None, None] * 2598 + iu_6[None, :, None, None] * 5 + ip_6[None, None, :, None] * 5 + ik_6[None, None, None, :]
+    mo_6 = row_mask[:, None, None, None] & (ik_6[None, None, None, :] < 5)
+    a0_6 = tl.load(p0_6, mask=m0_6, other=0.0)
+    a1_6 = tl.load(p1_6, mask=m1_6, other=0.0)
+    q_6 = po_6
+    tl.store(q_6, tl.load(q_6, mask=mo_6, other=0.0) + tl.sum(a0_6 * a1_6, axis=4), mask=mo_6)
+    tl.debug_barrier()
+    iu_7 = tl.arange(0, 16)
+    ik_7 = tl.arange(0, 8)
+    ip_7 = tl.arange(0, 1)
+    p0_7 = scratch + 387 + z[:, None, None, None] * 2598 + iu_7[None, :, None, None] * 5 + ip_7[None, None, None, :] * 5 + ik_7[None, None, :, None]
+    m0_7 = row_mask[:, None, None, None] & (ik_7[None, None, :, None] < 5)
+    p1_7 = w_ptr + 32 + z[:, None, None, None] * 240 + ip_7[None, None, None, :] * 16 + iu_7[None, :, None, None]
+    m1_7 = row_mask[:, None, None, None]
+    po_7 = scratch + 64 + z[:, None, None] * 2598 + iu_7[None, :, None] * 5 + ik_7[None, None, :]
+    mo_7 = row_mask[:, None, None] & (ik_7[None, None, :] < 5)
+    a0_7 = tl.load(p0_7, mask=m0_7, other=0.0)
+    a1_7 = tl.load(p1_7, mask=m1_7, other=0.0)
+    q_7 = po_7
+    tl.store(q_7, tl.load(q_7, mask=mo_7, other=0.0) + tl.sum(a0_7 * a1_7, axis=3), mask=mo_7)
+    tl.debug_barrier()
+    # 1 paths 16x1 ⊗ sh -> 16x0
+    iu_8 = tl.arange(0, 16)
+    ip_8 = tl.arange(0, 1)
+    ik_8 = tl.arange(0, 1)
+    ii_8 = tl.arange(0, 4)
+    p0_8 = f_ptr + 16 + z[:, None, None, None, None] * 144 + iu_8[None, :, None, None, None] * 3 + ii_8[None, None, None, None, :]
+    m0_8 = row_mask[:, None, None, None, None] & (ii_8[None, None, None, None, :] < 3)
+    p1_8 = scratch + 153 + z[:, None, None, None, None] * 2598 + ii_8[None, None, None, None, :] + ip_8[None, None, :, None, None] + ik_8[None, None, None, :, None]
+    m1_8 = row_mask[:, None, None, None, None] & (ii_8[None, None, None, None, :] < 3)
+    po_8 = scratch + 467 + z[:, None, None, None] * 2598 + iu_8[None, :, None, None] + ip_8[None, None, :, None] + ik_8[None, None, None, :]
+    mo_8 = row_mask[:, None, None, None]
+    a0_8 = tl.load(p0_8, mask=m0_8, other=0.0)
+    a1_8 = tl.load(p1_8, mask=m1_8, other=0.0)
+    q_8 = po_8
+    tl.store(q_8, tl.load(q_8, mask=mo_8, other=0.0) + tl.sum(a0_8 * a1_8, axis=4), mask=mo_8)
+    tl.debug_barrier()
+    iu_9 = tl.arange(0, 16)
+    ik_9 = tl.arange(0, 1)
+    ip_9 = tl.arange(0, 1)
+    p0_9 = scratch + 467 + z[:, None, None, None] * 2598 + iu_9[None, :, None, None] + ip_9[None, None, None, :] + ik_9[None, None, :, None]
+    m0_9 = row_mask[:, None, None, None]
+    p1_9 = w_ptr + 64 + z[:, None, None, None] * 240 + ip_9[None, None, None, :] * 16 + iu_9[None, :, None, None]
+    m1_9 = row_mask[:, None, None, None]
+    po_9 = scratch + 0 + z[:, None, None] * 2598 + iu_9[None, :, None] + ik_9[None, None, :]
+    mo_9 = row_mask[:, None, None]
+    a0_9 = tl.load(p0_9, mask=m0_9, other=0.0)
+    a1_9 = tl.load(p1_9, mask=m1_9, other=0.0)
+    q_9 = po_9
+    tl.store(q_9, tl.load(q_9, mask=mo_9, other=0.0) + tl.sum(a0_9 * a1_9, axis=3), mask=mo_9)
+    tl.debug_barrier()
+    iu_10 = tl.arange(0, 16)
+    p0_10 = w_ptr + 48 + z[:, None] * 240 + iu_10[None, :]
+    m0_10 = row_mask[:, None]
+    po_10 = scratch + 483 + z[:, None] * 2598 + iu_10[None, :]
+    mo_10 = row_mask[:, None]
+    a0_10 = tl.load(p0_10, mask=m0_10, other=0.0)
+    q_10 = po_10
+    tl.store(q_10, tl.load(q_10, mask=mo_10, other=0.0) + a0_10, mask=mo_10)
+    tl.debug_barrier()
+    iu_11 = tl.arange(0, 16)
+    p0_11 = w_ptr + 80 + z[:, None] * 240 + iu_11[None, :]
+    m0_11 = row_mask[:, None]
+    po_11 = scratch + 499 + z[:, None] * 2598 + iu_11[None, :]
+    mo_11 = row_mask[:, None]
+    a0_11 = tl.load(p0_11, mask=m0_11, other=0.0)
+    q_11 = po_11
+    tl.store(q_11, tl.load(q_11, mask=mo_11, other=0.0) + a0_11, mask=mo_11)
+    tl.debug_barrier()
+    iu_12 = tl.arange(0, 16)
+    p0_12 = w_ptr + 112 + z[:, None] * 240 + iu_12[None, :]
+    m0_12 = row_mask[:, None]
+    po_12 = scratch + 515 + z[:, None] * 2598 + iu_12[None, :]
+    mo_12 = row_mask[:, None]
+    a0_12 = tl.load(p0_12, mask=m0_12, other=0.0)
+    q_12 = po_12
+    tl.store(q_12, tl.load(q_12, mask=mo_12, other=0.0) + a0_12, mask=mo_12)
+    tl.debug_barrier()
+    # 3 paths 16x1 ⊗ sh -> 16x1
+    ip_13 = tl.arange(0, 4)
+    ik_13 = tl.arange(0, 4)
+    ii_13 = tl.arange(0, 4)
+    p0_13 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_13[None, None, None, None, :]
+    m0_13 = row_mask[:, None, None, None, None] & (ii_13[None, None, None, None, :] < 3)
+    p1_13 = scratch + 156 + z[:, None, None, None, None] * 2598 + ii_13[None, None, None, None, :] * 9 + ip_13[None, None, :, None, None] * 3 + ik_13[None, None, None, :, None]
+    m1_13 = row_mask[:, None, None, None, None] & (ii_13[None, None, None, None, :] < 3) & (ip_13[None, None, :, None, None] < 3) & (ik_13[None, None, None, :, None] < 3)
+    po_13 = scratch + 531 + z[:, None, None, None] * 2598 + ip_13[None, None, :, None] * 3 + ik_13[None, None, None, :]
+    mo_13 = row_mask[:, None, None, None] & (ip_13[None, None, :, None] < 3) & (ik_13[None, None, None, :] < 3)
+    for startu_13 in range(0, 16, 4):
+        iu_13 = startu_13 + tl.arange(0, 4)
+        a0_13 = tl.load(p0_13 + iu_13[None, :, None, None, None] * 3, mask=m0_13, other=0.0)
+        a1_13 = tl.load(p1_13, mask=m1_13, other=0.0)
+        q_13 = po_13 + iu_13[None, :, None, None] * 9
+        tl.store(q_13, tl.load(q_13, mask=mo_13, other=0.0) + tl.sum(a0_13 * a1_13, axis=4), mask=mo_13)
+    tl.debug_barrier()
+    iu_14 = tl.arange(0, 16)
+    ik_14 = tl.arange(0, 4)
+    ip_14 = tl.arange(0, 4)
+    p0_14 = scratch + 531 + z[:, None, None, None] * 2598 + iu_14[None, :, None, None] * 9 + ip_14[None, None, None, :] * 3 + ik_14[None, None, :, None]
+    m0_14 = row_mask[:, None, None, None] & (ip_14[None, None, None, :] < 3) & (ik_14[None, None, :, None] < 3)
+    p1_14 = scratch + 483 + z[:, None, None, None] * 2598 + ip_14[None, None, None, :] * 16 + iu_14[None, :, None, None]
+    m1_14 = row_mask[:, None, None, None] & (ip_14[None, None, None, :] < 3)
+    po_14 = scratch + 16 + z[:, None, None] * 2598 + iu_14[None, :, None] * 3 + ik_14[None, None, :]
+    mo_14 = row_mask[:, None, None] & (ik_14[None, None, :] < 3)
+    a0_14 = tl.load(p0_14, mask=m0_14, other=0.0)
+    a1_14 = tl.load(p1_14, mask=m1_14, other=0.0)
+    q_14 = po_14
+    tl.store(q_14, tl.load(q_14, mask=mo_14, other=0.0) + tl.sum(a0_14 * a1_14, axis=3), mask=mo_14)
+    tl.debug_barrier()
+    iu_15 = tl.arange(0, 16)
+    p0_15 = w_ptr + 96 + z[:, None] * 240 + iu_15[None, :]
+    m0_15 = row_mask[:, None]
+    po_15 = scratch + 675 + z[:, None] * 2598 + iu_15[None, :]
+    mo_15 = row_mask[:, None]
+    a0_15 = tl.load(p0_15, mask=m0_15, other=0.0)
+    q_15 = po_15
+    tl.store(q_15, tl.load(q_15, mask=mo_15, other=0.0) + a0_15, mask=mo_15)
+    tl.debug_barrier()
+    iu_16 = tl.arange(0, 16)
+    p0_16 = w_ptr + 128 + z[:, None] * 240 + iu_16[None, :]
+    m0_16 = row_mask[:, None]
+    po_16 = scratch + 691 + z[:, None] * 2598 + iu_16[None, :]
+    mo_16 = row_mask[:, None]
+    a0_16 = tl.load(p0_16, mask=m0_16, other=0.0)
+    q_16 = po_16
+    tl.store(q_16, tl.load(q_16, mask=mo_16, other=0.0) + a0_16, mask=mo_16)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d2_weight_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_weight, statements 17–32 of 82: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    # 2 paths 16x1 ⊗ sh -> 16x2
+    ip_17 = tl.arange(0, 2)
+    ik_17 = tl.arange(0, 8)
+    ii_17 = tl.arange(0, 4)
+    p0_17 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_17[None, None, None, None, :]
+    m0_17 = row_mask[:, None, None, None, None] & (ii_17[None, None, None, None, :] < 3)
+    p1_17 = scratch + 183 + z[:, None, None, None, None] * 2598 + ii_17[None, None, None, None, :] * 10 + ip_17[None, None, :, None, None] * 5 + ik_17[None, None, None, :, None]
+    m1_17 = row_mask[:, None, None, None, None] & (ii_17[None, None, None, None, :] < 3) & (ik_17[None, None, None, :, None] < 5)
+    po_17 = scratch + 707 + z[:, None, None, None] * 2598 + ip_17[None, None, :, None] * 5 + ik_17[None, None, None, :]
+    mo_17 = row_mask[:, None, None, None] & (ik_17[None, None, None, :] < 5)
+    for startu_17 in range(0, 16, 4):
+        iu_17 = startu_17 + tl.arange(0, 4)
+        a0_17 = tl.load(p0_17 + iu_17[None, :, None, None, None] * 3, mask=m0_17, other=0.0)
+        a1_17 = tl.load(p1_17, mask=m1_17, other=0.0)
+        q_17 = po_17 + iu_17[None, :, None, None] * 10
+        tl.store(q_17, tl.load(q_17, mask=mo_17, other=0.0) + tl.sum(a0_17 * a1_17, axis=4), mask=mo_17)
+    tl.debug_barrier()
+    iu_18 = tl.arange(0, 16)
+    ik_18 = tl.arange(0, 8)
+    ip_18 = tl.arange(0, 2)
+    p0_18 = scratch + 707 + z[:, None, None, None] * 2598 + iu_18[None, :, None, None] * 10 + ip_18[None, None, None, :] * 5 + ik_18[None, None, :, None]
+    m0_18 = row_mask[:, None, None, None] & (ik_18[None, None, :, None] < 5)
+    p1_18 = scratch + 675 + z[:, None, None, None] * 2598 + ip_18[None, None, None, :] * 16 + iu_18[None, :, None, None]
+    m1_18 = row_mask[:, None, None, None]
+    po_18 = scratch + 64 + z[:, None, None] * 2598 + iu_18[None, :, None] * 5 + ik_18[None, None, :]
+    mo_18 = row_mask[:, None, None] & (ik_18[None, None, :] < 5)
+    a0_18 = tl.load(p0_18, mask=m0_18, other=0.0)
+    a1_18 = tl.load(p1_18, mask=m1_18, other=0.0)
+    q_18 = po_18
+    tl.store(q_18, tl.load(q_18, mask=mo_18, other=0.0) + tl.sum(a0_18 * a1_18, axis=3), mask=mo_18)
+    tl.debug_barrier()
+    # 1 paths 16x2 ⊗ sh -> 16x0
+    iu_19 = tl.arange(0, 16)
+    ip_19 = tl.arange(0, 1)
+    ik_19 = tl.arange(0, 1)
+    ii_19 = tl.arange(0, 8)
+    p0_19 = f_ptr + 64 + z[:, None, None, None, None] * 144 + iu_19[None, :, None, None, None] * 5 + ii_19[None, None, None, None, :]
+    m0_19 = row_mask[:, None, None, None, None] & (ii_19[None, None, None, None, :] < 5)
+    p1_19 = scratch + 213 + z[:, None, None, None, None] * 2598 + ii_19[None, None, None, None, :] + ip_19[None, None, :, None, None] + ik_19[None, None, None, :, None]
+    m1_19 = row_mask[:, None, None, None, None] & (ii_19[None, None, None, None, :] < 5)
+    po_19 = scratch + 867 + z[:, None, None, None] * 2598 + iu_19[None, :, None, None] + ip_19[None, None, :, None] + ik_19[None, None, None, :]
+    mo_19 = row_mask[:, None, None, None]
+    a0_19 = tl.load(p0_19, mask=m0_19, other=0.0)
+    a1_19 = tl.load(p1_19, mask=m1_19, other=0.0)
+    q_19 = po_19
+    tl.store(q_19, tl.load(q_19, mask=mo_19, other=0.0) + tl.sum(a0_19 * a1_19, axis=4), mask=mo_19)
+    tl.debug_barrier()
+    iu_20 = tl.arange(0, 16)
+    ik_20 = tl.arange(0, 1)
+    ip_20 = tl.arange(0, 1)
+    p0_20 = scratch + 867 + z[:, None, None, None] * 2598 + iu_20[None, :, None, None] + ip_20[None, None, None, :] + ik_20[None, None, :, None]
+    m0_20 = row_mask[:, None, None, None]
+    p1_20 = w_ptr + 192 + z[:, None, None, None] * 240 + ip_20[None, None, None, :] * 16 + iu_20[None, :, None, None]
+    m1_20 = row_mask[:, None, None, None]
+    po_20 = scratch + 0 + z[:, None, None] * 2598 + iu_20[None, :, None] + ik_20[None, None, :]
+    mo_20 = row_mask[:, None, None]
+    a0_20 = tl.load(p0_20, mask=m0_20, other=0.0)
+    a1_20 = tl.load(p1_20, mask=m1_20, other=0.0)
+    q_20 = po_20
+    tl.store(q_20, tl.load(q_20, mask=mo_20, other=0.0) + tl.sum(a0_20 * a1_20, axis=3), mask=mo_20)
+    tl.debug_barrier()
+    iu_21 = tl.arange(0, 16)
+    p0_21 = w_ptr + 160 + z[:, None] * 240 + iu_21[None, :]
+    m0_21 = row_mask[:, None]
+    po_21 = scratch + 883 + z[:, None] * 2598 + iu_21[None, :]
+    mo_21 = row_mask[:, None]
+    a0_21 = tl.load(p0_21, mask=m0_21, other=0.0)
+    q_21 = po_21
+    tl.store(q_21, tl.load(q_21, mask=mo_21, other=0.0) + a0_21, mask=mo_21)
+    tl.debug_barrier()
+    iu_22 = tl.arange(0, 16)
+    p0_22 = w_ptr + 208 + z[:, None] * 240 + iu_22[None, :]
+    m0_22 = row_mask[:, None]
+    po_22 = scratch + 899 + z[:, None] * 2598 + iu_22[None, :]
+    mo_22 = row_mask[:, None]
+    a0_22 = tl.load(p0_22, mask=m0_22, other=0.0)
+    q_22 = po_22
+    tl.store(q_22, tl.load(q_22, mask=mo_22, other=0.0) + a0_22, mask=mo_22)
+    tl.debug_barrier()
+    # 2 paths 16x2 ⊗ sh -> 16x1
+    ip_23 = tl.arange(0, 2)
+    ik_23 = tl.arange(0, 4)
+    ii_23 = tl.arange(0, 8)
+    p0_23 = f_ptr + 64 + z[:, None, None, None, None] * 144 + ii_23[None, None, None, None, :]
+    m0_23 = row_mask[:, None, None, None, None] & (ii_23[None, None, None, None, :] < 5)
+    p1_23 = scratch + 218 + z[:, None, None, None, None] * 2598 + ii_23[None, None, None, None, :] * 6 + ip_23[None, None, :, None, None] * 3 + ik_23[None, None, None, :, None]
+    m1_23 = row_mask[:, None, None, None, None] & (ii_23[None, None, None, None, :] < 5) & (ik_23[None, None, None, :, None] < 3)
+    po_23 = scratch + 915 + z[:, None, None, None] * 2598 + ip_23[None, None, :, None] * 3 + ik_23[None, None, None, :]
+    mo_23 = row_mask[:, None, None, None] & (ik_23[None, None, None, :] < 3)
+    for startu_23 in range(0, 16, 4):
+        iu_23 = startu_23 + tl.arange(0, 4)
+        a0_23 = tl.load(p0_23 + iu_23[None, :, None, None, None] * 5, mask=m0_23, other=0.0)
+        a1_23 = tl.load(p1_23, mask=m1_23, other=0.0)
+        q_23 = po_23 + iu_23[None, :, None, None] * 6
+        tl.store(q_23, tl.load(q_23, mask=mo_23, other=0.0) + tl.sum(a0_23 * a1_23, axis=4), mask=mo_23)
+    tl.debug_barrier()
+    iu_24 = tl.arange(0, 16)
+    ik_24 = tl.arange(0, 4)
+    ip_24 = tl.arange(0, 2)
+    p0_24 = scratch + 915 + z[:, None, None, None] * 2598 + iu_24[None, :, None, None] * 6 + ip_24[None, None, None, :] * 3 + ik_24[None, None, :, None]
+    m0_24 = row_mask[:, None, None, None] & (ik_24[None, None, :, None] < 3)
+    p1_24 = scratch + 883 + z[:, None, None, None] * 2598 + ip_24[None, None, None, :] * 16 + iu_24[None, :, None, None]
+    m1_24 = row_mask[:, None, None, None]
+    po_24 = scratch + 16 + z[:, None, None] * 2598 + iu_24[None, :, None] * 3 + ik_24[None, None, :]
+    mo_24 = row_mask[:, None, None] & (ik_24[None, None, :] < 3)
+    a0_24 = tl.load(p0_24, mask=m0_24, other=0.0)
+    a1_24 = tl.load(p1_24, mask=m1_24, other=0.0)
+    q_24 = po_24
+    tl.store(q_24, tl.load(q_24, mask=mo_24, other=0.0) + tl.sum(a0_24 * a1_24, axis=3), mask=mo_24)
+    tl.debug_barrier()
+    iu_25 = tl.arange(0, 16)
+    p0_25 = w_ptr + 144 + z[:, None] * 240 + iu_25[None, :]
+    m0_25 = row_mask[:, None]
+    po_25 = scratch + 1011 + z[:, None] * 2598 + iu_25[None, :]
+    mo_25 = row_mask[:, None]
+    a0_25 = tl.load(p0_25, mask=m0_25, other=0.0)
+    q_25 = po_25
+    tl.store(q_25, tl.load(q_25, mask=mo_25, other=0.0) + a0_25, mask=mo_25)
+    tl.debug_barrier()
+    iu_26 = tl.arange(0, 16)
+    p0_26 = w_ptr + 176 + z[:, None] * 240 + iu_26[None, :]
+    m0_26 = row_mask[:, None]
+    po_26 = scratch + 1027 + z[:, None] * 2598 + iu_26[None, :]
+    mo_26 = row_mask[:, None]
+    a0_26 = tl.load(p0_26, mask=m0_26, other=0.0)
+    q_26 = po_26
+    tl.store(q_26, tl.load(q_26, mask=mo_26, other=0.0) + a0_26, mask=mo_26)
+    tl.debug_barrier()
+    iu_27 = tl.arange(0, 16)
+    p0_27 = w_ptr + 224 + z[:, None] * 240 + iu_27[None, :]
+    m0_27 = row_mask[:, None]
+    po_27 = scratch + 1043 + z[:, None] * 2598 + iu_27[None, :]
+    mo_27 = row_mask[:, None]
+    a0_27 = tl.load(p0_27, mask=m0_27, other=0.0)
+    q_27 = po_27
+    tl.store(q_27, tl.load(q_27, mask=mo_27, other=0.0) + a0_27, mask=mo_27)
+    tl.debug_barrier()
+    # 3 paths 16x2 ⊗ sh -> 16x2
+    ip_28 = tl.arange(0, 4)
+    p0_28 = f_ptr + 64 + z[:, None, None, None, None] * 144
+    m0_28 = row_mask[:, None, None, None, None]
+    p1_28 = scratch + 248 + z[:, None, None, None, None] * 2598 + ip_28[None, None, :, None, None] * 5
+    m1_28 = row_mask[:, None, None, None, None] & (ip_28[None, None, :, None, None] < 3)
+    po_28 = scratch + 1059 + z[:, None, None, None] * 2598 + ip_28[None, None, :, None] * 5
+    mo_28 = row_mask[:, None, None, None] & (ip_28[None, None, :, None] < 3)
+    for startu_28 in range(0, 16, 4):
+        iu_28 = startu_28 + tl.arange(0, 4)
+        for startk_28 in range(0, 5, 4):
+            ik_28 = startk_28 + tl.arange(0, 4)
+            acc_28 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
+            for starti_28 in range(0, 5, 4):
+                ii_28 = starti_28 + tl.arange(0, 4)
+                a0_28 = tl.load(p0_28 + iu_28[None, :, None, None, None] * 5 + ii_28[None, None, None, None, :], mask=m0_28 & (ii_28[None, None, None, None, :] < 5), other=0.0)
+                a1_28 = tl.load(p1_28 + ii_28[None, None, None, None, :] * 15 + ik_28[None, None, None, :, None], mask=m1_28 & (ii_28[None, None, None, None, :] < 5) & (ik_28[None, None, None, :, None] < 5), other=0.0)
+                acc_28 += tl.sum(a0_28 * a1_28, axis=4)
+            q_28 = po_28 + iu_28[None, :, None, None] * 15 + ik_28[None, None, None, :]
+            tl.store(q_28, tl.load(q_28, mask=mo_28 & (ik_28[None, None, None, :] < 5), other=0.0) + acc_28, mask=mo_28 & (ik_28[None, None, None, :] < 5))
+    tl.debug_barrier()
+    ik_29 = tl.arange(0, 8)
+    ip_29 = tl.arange(0, 4)
+    p0_29 = scratch + 1059 + z[:, None, None, None] * 2598 + ip_29[None, None, None, :] * 5 + ik_29[None, None, :, None]
+    m0_29 = row_mask[:, None, None, None] & (ip_29[None, None, None, :] < 3) & (ik_29[None, None, :, None] < 5)
+    p1_29 = scratch + 1011 + z[:, None, None, None] * 2598 + ip_29[None, None, None, :] * 16
+    m1_29 = row_mask[:, None, None, None] & (ip_29[None, None, None, :] < 3)
+    po_29 = scratch + 64 + z[:, None, None] * 2598 + ik_29[None, None, :]
+    mo_29 = row_mask[:, None, None] & (ik_29[None, None, :] < 5)
+    for startu_29 in range(0, 16, 8):
+        iu_29 = startu_29 + tl.arange(0, 8)
+        a0_29 = tl.load(p0_29 + iu_29[None, :, None, None] * 15, mask=m0_29, other=0.0)
+        a1_29 = tl.load(p1_29 + iu_29[None, :, None, None], mask=m1_29, other=0.0)
+        q_29 = po_29 + iu_29[None, :, None] * 5
+        tl.store(q_29, tl.load(q_29, mask=mo_29, other=0.0) + tl.sum(a0_29 * a1_29, axis=3), mask=mo_29)
+    tl.debug_barrier()
+    # ∂/∂d_m: ∂/∂weight: 16x0 -> 16x0
+    iw_30 = tl.arange(0, 16)
+    ii_30 = tl.arange(0, 1)
+    iu_30 = tl.arange(0, 16)
+    p0_30 = d2_d_weight_ptr + 0 + iu_30[None, None, None, :] * 16 + iw_30[None, :, None, None]
+    p1_30 = scratch + 0 + z[:, None, None, None] * 2598 + iu_30[None, None, None, :] + ii_30[None, None, :, None]
+    m1_30 = row_mask[:, None, None, None]
+    po_30 = d2_d_m_ptr + 0 + z[:, None, None] * 144 + iw_30[None, :, None] + ii_30[None, None, :]
+    mo_30 = row_mask[:, None, None]
+    a0_30 = tl.load(p0_30)
+    a1_30 = tl.load(p1_30, mask=m1_30, other=0.0)
+    q_30 = po_30
+    tl.store(q_30, tl.load(q_30, mask=mo_30, other=0.0) + tl.sum(a0_30 * a1_30, axis=3) * 0.25, mask=mo_30)
+    tl.debug_barrier()
+    # ∂/∂p: ∂/∂weight: 16x0 -> 16x0
+    iu_31 = tl.arange(0, 16)
+    ii_31 = tl.arange(0, 1)
+    iw_31 = tl.arange(0, 16)
+    p0_31 = d2_d_weight_ptr + 0 + iu_31[None, :, None, None] * 16 + iw_31[None, None, None, :]
+    p1_31 = d_m_ptr + 0 + z[:, None, None, None] * 144 + iw_31[None, None, None, :] + ii_31[None, None, :, None]
+    m1_31 = row_mask[:, None, None, None]
+    po_31 = scratch + 1299 + z[:, None, None] * 2598 + iu_31[None, :, None] + ii_31[None, None, :]
+    mo_31 = row_mask[:, None, None]
+    a0_31 = tl.load(p0_31)
+    a1_31 = tl.load(p1_31, mask=m1_31, other=0.0)
+    q_31 = po_31
+    tl.store(q_31, tl.load(q_31, mask=mo_31, other=0.0) + tl.sum(a0_31 * a1_31, axis=3) * 0.25, mask=mo_31)
+    tl.debug_barrier()
+    # ∂/∂d_m: ∂/∂weight: 16x1 -> 16x1
+    ii_32 = tl.arange(0, 4)
+    p0_32 = d2_d_weight_ptr + 256
+    p1_32 = scratch + 16 + z[:, None, None, None] * 2598 + ii_32[None, None, :, None]
+    m1_32 = row_mask[:, None, None, None] & (ii_32[None, None, :, None] < 3)
+    po_32 = d2_d_m_ptr + 16 + z[:, None, None] * 144 + ii_32[None, None, :]
+    mo_32 = row_mask[:, None, None] & (ii_32[None, None, :] < 3)
+    for startw_32 in range(0, 16, 8):
+        iw_32 = startw_32 + tl.arange(0, 8)
+        acc_32 = tl.zeros([BLOCK_Z, 8, 4], dtype=DTYPE)
+        for startu_32 in range(0, 16, 8):
+            iu_32 = startu_32 + tl.arange(0, 8)
+            a0_32 = tl.load(p0_32 + iu_32[None, None, None, :] * 16 + iw_32[None, :, None, None])
+            a1_32 = tl.load(p1_32 + iu_32[None, None, None, :] * 3, mask=m1_32, other=0.0)
+            acc_32 += tl.sum(a0_32 * a1_32, axis=3)
+        q_32 = po_32 + iw_32[None, :, None] * 3
+        tl.store(q_32, tl.load(q_32, mask=mo_32, other=0.0) + acc_32 * 0.25, mask=mo_32)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d2_weight_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_weight, statements 33–48 of 82: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    # ∂/∂p: ∂/∂weight: 16x1 -> 16x1
+    ii_33 = tl.arange(0, 4)
+    p0_33 = d2_d_weight_ptr + 256
+    p1_33 = d_m_ptr + 16 + z[:, None, None, None] * 144 + ii_33[None, None, :, None]
+    m1_33 = row_mask[:, None, None, None] & (ii_33[None, None, :, None] < 3)
+    po_33 = scratch + 1315 + z[:, None, None] * 2598 + ii_33[None, None, :]
+    mo_33 = row_mask[:, None, None] & (ii_33[None, None, :] < 3)
+    for startu_33 in range(0, 16, 8):
+        iu_33 = startu_33 + tl.arange(0, 8)
+        acc_33 = tl.zeros([BLOCK_Z, 8, 4], dtype=DTYPE)
+        for startw_33 in range(0, 16, 8):
+            iw_33 = startw_33 + tl.arange(0, 8)
+            a0_33 = tl.load(p0_33 + iu_33[None, :, None, None] * 16 + iw_33[None, None, None, :])
+            a1_33 = tl.load(p1_33 + iw_33[None, None, None, :] * 3, mask=m1_33, other=0.0)
+            acc_33 += tl.sum(a0_33 * a1_33, axis=3)
+        q_33 = po_33 + iu_33[None, :, None] * 3
+        tl.store(q_33, tl.load(q_33, mask=mo_33, other=0.0) + acc_33 * 0.25, mask=mo_33)
+    tl.debug_barrier()
+    # ∂/∂d_m: ∂/∂weight: 16x2 -> 16x2
+    ii_34 = tl.arange(0, 8)
+    p0_34 = d2_d_weight_ptr + 512
+    p1_34 = scratch + 64 + z[:, None, None, None] * 2598 + ii_34[None, None, :, None]
+    m1_34 = row_mask[:, None, None, None] & (ii_34[None, None, :, None] < 5)
+    po_34 = d2_d_m_ptr + 64 + z[:, None, None] * 144 + ii_34[None, None, :]
+    mo_34 = row_mask[:, None, None] & (ii_34[None, None, :] < 5)
+    for startw_34 in range(0, 16, 4):
+        iw_34 = startw_34 + tl.arange(0, 4)
+        acc_34 = tl.zeros([BLOCK_Z, 4, 8], dtype=DTYPE)
+        for startu_34 in range(0, 16, 8):
+            iu_34 = startu_34 + tl.arange(0, 8)
+            a0_34 = tl.load(p0_34 + iu_34[None, None, None, :] * 16 + iw_34[None, :, None, None])
+            a1_34 = tl.load(p1_34 + iu_34[None, None, None, :] * 5, mask=m1_34, other=0.0)
+            acc_34 += tl.sum(a0_34 * a1_34, axis=3)
+        q_34 = po_34 + iw_34[None, :, None] * 5
+        tl.store(q_34, tl.load(q_34, mask=mo_34, other=0.0) + acc_34 * 0.25, mask=mo_34)
+    tl.debug_barrier()
+    # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
+    ii_35 = tl.arange(0, 8)
+    p0_35 = d2_d_weight_ptr + 512
+    p1_35 = d_m_ptr + 64 + z[:, None, None, None] * 144 + ii_35[None, None, :, None]
+    m1_35 = row_mask[:, None, None, None] & (ii_35[None, None, :, None] < 5)
+    po_35 = scratch + 1363 + z[:, None, None] * 2598 + ii_35[None, None, :]
+    mo_35 = row_mask[:, None, None] & (ii_35[None, None, :] < 5)
+    for startu_35 in range(0, 16, 4):
+        iu_35 = startu_35 + tl.arange(0, 4)
+        acc_35 = tl.zeros([BLOCK_Z, 4, 8], dtype=DTYPE)
+        for startw_35 in range(0, 16, 8):
+            iw_35 = startw_35 + tl.arange(0, 8)
+            a0_35 = tl.load(p0_35 + iu_35[None, :, None, None] * 16 + iw_35[None, None, None, :])
+            a1_35 = tl.load(p1_35 + iw_35[None, None, None, :] * 5, mask=m1_35, other=0.0)
+            acc_35 += tl.sum(a0_35 * a1_35, axis=3)
+        q_35 = po_35 + iu_35[None, :, None] * 5
+        tl.store(q_35, tl.load(q_35, mask=mo_35, other=0.0) + acc_35 * 0.25, mask=mo_35)
+    tl.debug_barrier()
+    ip_36 = tl.arange(0, 4)
+    ik_36 = tl.arange(0, 8)
+    p0_36 = scratch + 1363 + z[:, None, None, None] * 2598 + ik_36[None, None, None, :]
+    m0_36 = row_mask[:, None, None, None] & (ik_36[None, None, None, :] < 5)
+    p1_36 = scratch + 1011 + z[:, None, None, None] * 2598 + ip_36[None, None, :, None] * 16
+    m1_36 = row_mask[:, None, None, None] & (ip_36[None, None, :, None] < 3)
+    po_36 = scratch + 2358 + z[:, None, None, None] * 2598 + ip_36[None, None, :, None] * 5 + ik_36[None, None, None, :]
+    mo_36 = row_mask[:, None, None, None] & (ip_36[None, None, :, None] < 3) & (ik_36[None, None, None, :] < 5)
+    for startu_36 in range(0, 16, 8):
+        iu_36 = startu_36 + tl.arange(0, 8)
+        a0_36 = tl.load(p0_36 + iu_36[None, :, None, None] * 5, mask=m0_36, other=0.0)
+        a1_36 = tl.load(p1_36 + iu_36[None, :, None, None], mask=m1_36, other=0.0)
+        q_36 = po_36 + iu_36[None, :, None, None] * 15
+        tl.store(q_36, tl.load(q_36, mask=mo_36, other=0.0) + a0_36 * a1_36, mask=mo_36)
+    tl.debug_barrier()
+    ip_37 = tl.arange(0, 4)
+    ik_37 = tl.arange(0, 8)
+    p0_37 = scratch + 1363 + z[:, None, None, None] * 2598 + ik_37[None, None, None, :]
+    m0_37 = row_mask[:, None, None, None] & (ik_37[None, None, None, :] < 5)
+    p1_37 = scratch + 1059 + z[:, None, None, None] * 2598 + ip_37[None, :, None, None] * 5 + ik_37[None, None, None, :]
+    m1_37 = row_mask[:, None, None, None] & (ip_37[None, :, None, None] < 3) & (ik_37[None, None, None, :] < 5)
+    po_37 = scratch + 2310 + z[:, None, None] * 2598 + ip_37[None, :, None] * 16
+    mo_37 = row_mask[:, None, None] & (ip_37[None, :, None] < 3)
+    for startu_37 in range(0, 16, 8):
+        iu_37 = startu_37 + tl.arange(0, 8)
+        a0_37 = tl.load(p0_37 + iu_37[None, None, :, None] * 5, mask=m0_37, other=0.0)
+        a1_37 = tl.load(p1_37 + iu_37[None, None, :, None] * 15, mask=m1_37, other=0.0)
+        q_37 = po_37 + iu_37[None, None, :]
+        tl.store(q_37, tl.load(q_37, mask=mo_37, other=0.0) + tl.sum(a0_37 * a1_37, axis=3), mask=mo_37)
+    tl.debug_barrier()
+    # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    ip_38 = tl.arange(0, 4)
+    p0_38 = scratch + 2358 + z[:, None, None, None, None] * 2598 + ip_38[None, None, None, :, None] * 5
+    m0_38 = row_mask[:, None, None, None, None] & (ip_38[None, None, None, :, None] < 3)
+    p1_38 = scratch + 248 + z[:, None, None, None, None] * 2598 + ip_38[None, None, None, :, None] * 5
+    m1_38 = row_mask[:, None, None, None, None] & (ip_38[None, None, None, :, None] < 3)
+    po_38 = d2_f_ptr + 64 + z[:, None, None] * 144
+    mo_38 = row_mask[:, None, None]
+    for startu_38 in range(0, 16, 4):
+        iu_38 = startu_38 + tl.arange(0, 4)
+        for starti_38 in range(0, 5, 4):
+            ii_38 = starti_38 + tl.arange(0, 4)
+            acc_38 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
+            for startk_38 in range(0, 5, 4):
+                ik_38 = startk_38 + tl.arange(0, 4)
+                a0_38 = tl.load(p0_38 + iu_38[None, :, None, None, None] * 15 + ik_38[None, None, None, None, :], mask=m0_38 & (ik_38[None, None, None, None, :] < 5), other=0.0)
+                a1_38 = tl.load(p1_38 + ii_38[None, None, :, None, None] * 15 + ik_38[None, None, None, None, :], mask=m1_38 & (ii_38[None, None, :, None, None] < 5) & (ik_38[None, None, None, None, :] < 5), other=0.0)
+                acc_38 += tl.sum(tl.sum(a0_38 * a1_38, axis=4), axis=3)
+            q_38 = po_38 + iu_38[None, :, None] * 5 + ii_38[None, None, :]
+            tl.store(q_38, tl.load(q_38, mask=mo_38 & (ii_38[None, None, :] < 5), other=0.0) + acc_38, mask=mo_38 & (ii_38[None, None, :] < 5))
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    ip_39 = tl.arange(0, 4)
+    p0_39 = scratch + 2358 + z[:, None, None, None, None] * 2598 + ip_39[None, None, :, None, None] * 5
+    m0_39 = row_mask[:, None, None, None, None] & (ip_39[None, None, :, None, None] < 3)
+    p1_39 = f_ptr + 64 + z[:, None, None, None, None] * 144
+    m1_39 = row_mask[:, None, None, None, None]
+    po_39 = scratch + 1547 + z[:, None, None, None] * 2598 + ip_39[None, None, :, None] * 5
+    mo_39 = row_mask[:, None, None, None] & (ip_39[None, None, :, None] < 3)
+    for starti_39 in range(0, 5, 4):
+        ii_39 = starti_39 + tl.arange(0, 4)
+        for startk_39 in range(0, 5, 4):
+            ik_39 = startk_39 + tl.arange(0, 4)
+            acc_39 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
+            for startu_39 in range(0, 16, 4):
+                iu_39 = startu_39 + tl.arange(0, 4)
+                a0_39 = tl.load(p0_39 + iu_39[None, None, None, None, :] * 15 + ik_39[None, None, None, :, None], mask=m0_39 & (ik_39[None, None, None, :, None] < 5), other=0.0)
+                a1_39 = tl.load(p1_39 + iu_39[None, None, None, None, :] * 5 + ii_39[None, :, None, None, None], mask=m1_39 & (ii_39[None, :, None, None, None] < 5), other=0.0)
+                acc_39 += tl.sum(a0_39 * a1_39, axis=4)
+            q_39 = po_39 + ii_39[None, :, None, None] * 15 + ik_39[None, None, None, :]
+            tl.store(q_39, tl.load(q_39, mask=mo_39 & (ii_39[None, :, None, None] < 5) & (ik_39[None, None, None, :] < 5), other=0.0) + acc_39, mask=mo_39 & (ii_39[None, :, None, None] < 5) & (ik_39[None, None, None, :] < 5))
+    tl.debug_barrier()
+    iu_40 = tl.arange(0, 16)
+    p0_40 = scratch + 2342 + z[:, None] * 2598 + iu_40[None, :]
+    m0_40 = row_mask[:, None]
+    po_40 = d2_w_ptr + 224 + z[:, None] * 240 + iu_40[None, :]
+    mo_40 = row_mask[:, None]
+    a0_40 = tl.load(p0_40, mask=m0_40, other=0.0)
+    q_40 = po_40
+    tl.store(q_40, tl.load(q_40, mask=mo_40, other=0.0) + a0_40, mask=mo_40)
+    tl.debug_barrier()
+    iu_41 = tl.arange(0, 16)
+    p0_41 = scratch + 2326 + z[:, None] * 2598 + iu_41[None, :]
+    m0_41 = row_mask[:, None]
+    po_41 = d2_w_ptr + 176 + z[:, None] * 240 + iu_41[None, :]
+    mo_41 = row_mask[:, None]
+    a0_41 = tl.load(p0_41, mask=m0_41, other=0.0)
+    q_41 = po_41
+    tl.store(q_41, tl.load(q_41, mask=mo_41, other=0.0) + a0_41, mask=mo_41)
+    tl.debug_barrier()
+    iu_42 = tl.arange(0, 16)
+    p0_42 = scratch + 2310 + z[:, None] * 2598 + iu_42[None, :]
+    m0_42 = row_mask[:, None]
+    po_42 = d2_w_ptr + 144 + z[:, None] * 240 + iu_42[None, :]
+    mo_42 = row_mask[:, None]
+    a0_42 = tl.load(p0_42, mask=m0_42, other=0.0)
+    q_42 = po_42
+    tl.store(q_42, tl.load(q_42, mask=mo_42, other=0.0) + a0_42, mask=mo_42)
+    tl.debug_barrier()
+    iu_43 = tl.arange(0, 16)
+    ip_43 = tl.arange(0, 2)
+    ik_43 = tl.arange(0, 4)
+    p0_43 = scratch + 1315 + z[:, None, None, None] * 2598 + iu_43[None, :, None, None] * 3 + ik_43[None, None, None, :]
+    m0_43 = row_mask[:, None, None, None] & (ik_43[None, None, None, :] < 3)
+    p1_43 = scratch + 883 + z[:, None, None, None] * 2598 + ip_43[None, None, :, None] * 16 + iu_43[None, :, None, None]
+    m1_43 = row_mask[:, None, None, None]
+    po_43 = scratch + 2214 + z[:, None, None, None] * 2598 + iu_43[None, :, None, None] * 6 + ip_43[None, None, :, None] * 3 + ik_43[None, None, None, :]
+    mo_43 = row_mask[:, None, None, None] & (ik_43[None, None, None, :] < 3)
+    a0_43 = tl.load(p0_43, mask=m0_43, other=0.0)
+    a1_43 = tl.load(p1_43, mask=m1_43, other=0.0)
+    q_43 = po_43
+    tl.store(q_43, tl.load(q_43, mask=mo_43, other=0.0) + a0_43 * a1_43, mask=mo_43)
+    tl.debug_barrier()
+    ip_44 = tl.arange(0, 2)
+    iu_44 = tl.arange(0, 16)
+    ik_44 = tl.arange(0, 4)
+    p0_44 = scratch + 1315 + z[:, None, None, None] * 2598 + iu_44[None, None, :, None] * 3 + ik_44[None, None, None, :]
+    m0_44 = row_mask[:, None, None, None] & (ik_44[None, None, None, :] < 3)
+    p1_44 = scratch + 915 + z[:, None, None, None] * 2598 + iu_44[None, None, :, None] * 6 + ip_44[None, :, None, None] * 3 + ik_44[None, None, None, :]
+    m1_44 = row_mask[:, None, None, None] & (ik_44[None, None, None, :] < 3)
+    po_44 = scratch + 2182 + z[:, None, None] * 2598 + ip_44[None, :, None] * 16 + iu_44[None, None, :]
+    mo_44 = row_mask[:, None, None]
+    a0_44 = tl.load(p0_44, mask=m0_44, other=0.0)
+    a1_44 = tl.load(p1_44, mask=m1_44, other=0.0)
+    q_44 = po_44
+    tl.store(q_44, tl.load(q_44, mask=mo_44, other=0.0) + tl.sum(a0_44 * a1_44, axis=3), mask=mo_44)
+    tl.debug_barrier()
+    # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    ii_45 = tl.arange(0, 8)
+    ip_45 = tl.arange(0, 2)
+    ik_45 = tl.arange(0, 4)
+    p0_45 = scratch + 2214 + z[:, None, None, None, None] * 2598 + ip_45[None, None, None, :, None] * 3 + ik_45[None, None, None, None, :]
+    m0_45 = row_mask[:, None, None, None, None] & (ik_45[None, None, None, None, :] < 3)
+    p1_45 = scratch + 218 + z[:, None, None, None, None] * 2598 + ii_45[None, None, :, None, None] * 6 + ip_45[None, None, None, :, None] * 3 + ik_45[None, None, None, None, :]
+    m1_45 = row_mask[:, None, None, None, None] & (ii_45[None, None, :, None, None] < 5) & (ik_45[None, None, None, None, :] < 3)
+    po_45 = d2_f_ptr + 64 + z[:, None, None] * 144 + ii_45[None, None, :]
+    mo_45 = row_mask[:, None, None] & (ii_45[None, None, :] < 5)
+    for startu_45 in range(0, 16, 4):
+        iu_45 = startu_45 + tl.arange(0, 4)
+        a0_45 = tl.load(p0_45 + iu_45[None, :, None, None, None] * 6, mask=m0_45, other=0.0)
+        a1_45 = tl.load(p1_45, mask=m1_45, other=0.0)
+        q_45 = po_45 + iu_45[None, :, None] * 5
+        tl.store(q_45, tl.load(q_45, mask=mo_45, other=0.0) + tl.sum(tl.sum(a0_45 * a1_45, axis=4), axis=3), mask=mo_45)
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    ip_46 = tl.arange(0, 2)
+    ik_46 = tl.arange(0, 4)
+    p0_46 = scratch + 2214 + z[:, None, None, None, None] * 2598 + ip_46[None, None, :, None, None] * 3 + ik_46[None, None, None, :, None]
+    m0_46 = row_mask[:, None, None, None, None] & (ik_46[None, None, None, :, None] < 3)
+    p1_46 = f_ptr + 64 + z[:, None, None, None, None] * 144
+    m1_46 = row_mask[:, None, None, None, None]
+    po_46 = scratch + 1517 + z[:, None, None, None] * 2598 + ip_46[None, None, :, None] * 3 + ik_46[None, None, None, :]
+    mo_46 = row_mask[:, None, None, None] & (ik_46[None, None, None, :] < 3)
+    for starti_46 in range(0, 5, 4):
+        ii_46 = starti_46 + tl.arange(0, 4)
+        acc_46 = tl.zeros([BLOCK_Z, 4, 2, 4], dtype=DTYPE)
+        for startu_46 in range(0, 16, 8):
+            iu_46 = startu_46 + tl.arange(0, 8)
+            a0_46 = tl.load(p0_46 + iu_46[None, None, None, None, :] * 6, mask=m0_46, other=0.0)
+            a1_46 = tl.load(p1_46 + iu_46[None, None, None, None, :] * 5 + ii_46[None, :, None, None, None], mask=m1_46 & (ii_46[None, :, None, None, None] < 5), other=0.0)
+            acc_46 += tl.sum(a0_46 * a1_46, axis=4)
+        q_46 = po_46 + ii_46[None, :, None, None] * 6
+        tl.store(q_46, tl.load(q_46, mask=mo_46 & (ii_46[None, :, None, None] < 5), other=0.0) + acc_46, mask=mo_46 & (ii_46[None, :, None, None] < 5))
+    tl.debug_barrier()
+    iu_47 = tl.arange(0, 16)
+    p0_47 = scratch + 2198 + z[:, None] * 2598 + iu_47[None, :]
+    m0_47 = row_mask[:, None]
+    po_47 = d2_w_ptr + 208 + z[:, None] * 240 + iu_47[None, :]
+    mo_47 = row_mask[:, None]
+    a0_47 = tl.load(p0_47, mask=m0_47, other=0.0)
+    q_47 = po_47
+    tl.store(q_47, tl.load(q_47, mask=mo_47, other=0.0) + a0_47, mask=mo_47)
+    tl.debug_barrier()
+    iu_48 = tl.arange(0, 16)
+    p0_48 = scratch + 2182 + z[:, None] * 2598 + iu_48[None, :]
+    m0_48 = row_mask[:, None]
+    po_48 = d2_w_ptr + 160 + z[:, None] * 240 + iu_48[None, :]
+    mo_48 = row_mask[:, None]
+    a0_48 = tl.load(p0_48, mask=m0_48, other=0.0)
+    q_48 = po_48
+    tl.store(q_48, tl.load(q_48, mask=mo_48, other=0.0) + a0_48, mask=mo_48)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d2_weight_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_weight, statements 49–64 of 82: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    iu_49 = tl.arange(0, 16)
+    ip_49 = tl.arange(0, 1)
+    ik_49 = tl.arange(0, 1)
+    p0_49 = scratch + 1299 + z[:, None, None, None] * 2598 + iu_49[None, :, None, None] + ik_49[None, None, None, :]
+    m0_49 = row_mask[:, None, None, None]
+    p1_49 = w_ptr + 192 + z[:, None, None, None] * 240 + ip_49[None, None, :, None] * 16 + iu_49[None, :, None, None]
+    m1_49 = row_mask[:, None, None, None]
+    po_49 = scratch + 2166 + z[:, None, None, None] * 2598 + iu_49[None, :, None, None] + ip_49[None, None, :, None] + ik_49[None, None, None, :]
+    mo_49 = row_mask[:, None, None, None]
+    a0_49 = tl.load(p0_49, mask=m0_49, other=0.0)
+    a1_49 = tl.load(p1_49, mask=m1_49, other=0.0)
+    q_49 = po_49
+    tl.store(q_49, tl.load(q_49, mask=mo_49, other=0.0) + a0_49 * a1_49, mask=mo_49)
+    tl.debug_barrier()
+    ip_50 = tl.arange(0, 1)
+    iu_50 = tl.arange(0, 16)
+    ik_50 = tl.arange(0, 1)
+    p0_50 = scratch + 1299 + z[:, None, None, None] * 2598 + iu_50[None, None, :, None] + ik_50[None, None, None, :]
+    m0_50 = row_mask[:, None, None, None]
+    p1_50 = scratch + 867 + z[:, None, None, None] * 2598 + iu_50[None, None, :, None] + ip_50[None, :, None, None] + ik_50[None, None, None, :]
+    m1_50 = row_mask[:, None, None, None]
+    po_50 = d2_w_ptr + 192 + z[:, None, None] * 240 + ip_50[None, :, None] * 16 + iu_50[None, None, :]
+    mo_50 = row_mask[:, None, None]
+    a0_50 = tl.load(p0_50, mask=m0_50, other=0.0)
+    a1_50 = tl.load(p1_50, mask=m1_50, other=0.0)
+    q_50 = po_50
+    tl.store(q_50, tl.load(q_50, mask=mo_50, other=0.0) + tl.sum(a0_50 * a1_50, axis=3), mask=mo_50)
+    tl.debug_barrier()
+    # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    iu_51 = tl.arange(0, 16)
+    ii_51 = tl.arange(0, 8)
+    ip_51 = tl.arange(0, 1)
+    ik_51 = tl.arange(0, 1)
+    p0_51 = scratch + 2166 + z[:, None, None, None, None] * 2598 + iu_51[None, :, None, None, None] + ip_51[None, None, None, :, None] + ik_51[None, None, None, None, :]
+    m0_51 = row_mask[:, None, None, None, None]
+    p1_51 = scratch + 213 + z[:, None, None, None, None] * 2598 + ii_51[None, None, :, None, None] + ip_51[None, None, None, :, None] + ik_51[None, None, None, None, :]
+    m1_51 = row_mask[:, None, None, None, None] & (ii_51[None, None, :, None, None] < 5)
+    po_51 = d2_f_ptr + 64 + z[:, None, None] * 144 + iu_51[None, :, None] * 5 + ii_51[None, None, :]
+    mo_51 = row_mask[:, None, None] & (ii_51[None, None, :] < 5)
+    a0_51 = tl.load(p0_51, mask=m0_51, other=0.0)
+    a1_51 = tl.load(p1_51, mask=m1_51, other=0.0)
+    q_51 = po_51
+    tl.store(q_51, tl.load(q_51, mask=mo_51, other=0.0) + tl.sum(tl.sum(a0_51 * a1_51, axis=4), axis=3), mask=mo_51)
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    ii_52 = tl.arange(0, 8)
+    ip_52 = tl.arange(0, 1)
+    ik_52 = tl.arange(0, 1)
+    iu_52 = tl.arange(0, 16)
+    p0_52 = scratch + 2166 + z[:, None, None, None, None] * 2598 + iu_52[None, None, None, None, :] + ip_52[None, None, :, None, None] + ik_52[None, None, None, :, None]
+    m0_52 = row_mask[:, None, None, None, None]
+    p1_52 = f_ptr + 64 + z[:, None, None, None, None] * 144 + iu_52[None, None, None, None, :] * 5 + ii_52[None, :, None, None, None]
+    m1_52 = row_mask[:, None, None, None, None] & (ii_52[None, :, None, None, None] < 5)
+    po_52 = scratch + 1512 + z[:, None, None, None] * 2598 + ii_52[None, :, None, None] + ip_52[None, None, :, None] + ik_52[None, None, None, :]
+    mo_52 = row_mask[:, None, None, None] & (ii_52[None, :, None, None] < 5)
+    a0_52 = tl.load(p0_52, mask=m0_52, other=0.0)
+    a1_52 = tl.load(p1_52, mask=m1_52, other=0.0)
+    q_52 = po_52
+    tl.store(q_52, tl.load(q_52, mask=mo_52, other=0.0) + tl.sum(a0_52 * a1_52, axis=4), mask=mo_52)
+    tl.debug_barrier()
+    iu_53 = tl.arange(0, 16)
+    ip_53 = tl.arange(0, 2)
+    ik_53 = tl.arange(0, 8)
+    p0_53 = scratch + 1363 + z[:, None, None, None] * 2598 + iu_53[None, :, None, None] * 5 + ik_53[None, None, None, :]
+    m0_53 = row_mask[:, None, None, None] & (ik_53[None, None, None, :] < 5)
+    p1_53 = scratch + 675 + z[:, None, None, None] * 2598 + ip_53[None, None, :, None] * 16 + iu_53[None, :, None, None]
+    m1_53 = row_mask[:, None, None, None]
+    po_53 = scratch + 2006 + z[:, None, None, None] * 2598 + iu_53[None, :, None, None] * 10 + ip_53[None, None, :, None] * 5 + ik_53[None, None, None, :]
+    mo_53 = row_mask[:, None, None, None] & (ik_53[None, None, None, :] < 5)
+    a0_53 = tl.load(p0_53, mask=m0_53, other=0.0)
+    a1_53 = tl.load(p1_53, mask=m1_53, other=0.0)
+    q_53 = po_53
+    tl.store(q_53, tl.load(q_53, mask=mo_53, other=0.0) + a0_53 * a1_53, mask=mo_53)
+    tl.debug_barrier()
+    ip_54 = tl.arange(0, 2)
+    iu_54 = tl.arange(0, 16)
+    ik_54 = tl.arange(0, 8)
+    p0_54 = scratch + 1363 + z[:, None, None, None] * 2598 + iu_54[None, None, :, None] * 5 + ik_54[None, None, None, :]
+    m0_54 = row_mask[:, None, None, None] & (ik_54[None, None, None, :] < 5)
+    p1_54 = scratch + 707 + z[:, None, None, None] * 2598 + iu_54[None, None, :, None] * 10 + ip_54[None, :, None, None] * 5 + ik_54[None, None, None, :]
+    m1_54 = row_mask[:, None, None, None] & (ik_54[None, None, None, :] < 5)
+    po_54 = scratch + 1974 + z[:, None, None] * 2598 + ip_54[None, :, None] * 16 + iu_54[None, None, :]
+    mo_54 = row_mask[:, None, None]
+    a0_54 = tl.load(p0_54, mask=m0_54, other=0.0)
+    a1_54 = tl.load(p1_54, mask=m1_54, other=0.0)
+    q_54 = po_54
+    tl.store(q_54, tl.load(q_54, mask=mo_54, other=0.0) + tl.sum(a0_54 * a1_54, axis=3), mask=mo_54)
+    tl.debug_barrier()
+    # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    ii_55 = tl.arange(0, 4)
+    ip_55 = tl.arange(0, 2)
+    ik_55 = tl.arange(0, 8)
+    p0_55 = scratch + 2006 + z[:, None, None, None, None] * 2598 + ip_55[None, None, None, :, None] * 5 + ik_55[None, None, None, None, :]
+    m0_55 = row_mask[:, None, None, None, None] & (ik_55[None, None, None, None, :] < 5)
+    p1_55 = scratch + 183 + z[:, None, None, None, None] * 2598 + ii_55[None, None, :, None, None] * 10 + ip_55[None, None, None, :, None] * 5 + ik_55[None, None, None, None, :]
+    m1_55 = row_mask[:, None, None, None, None] & (ii_55[None, None, :, None, None] < 3) & (ik_55[None, None, None, None, :] < 5)
+    po_55 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_55[None, None, :]
+    mo_55 = row_mask[:, None, None] & (ii_55[None, None, :] < 3)
+    for startu_55 in range(0, 16, 4):
+        iu_55 = startu_55 + tl.arange(0, 4)
+        a0_55 = tl.load(p0_55 + iu_55[None, :, None, None, None] * 10, mask=m0_55, other=0.0)
+        a1_55 = tl.load(p1_55, mask=m1_55, other=0.0)
+        q_55 = po_55 + iu_55[None, :, None] * 3
+        tl.store(q_55, tl.load(q_55, mask=mo_55, other=0.0) + tl.sum(tl.sum(a0_55 * a1_55, axis=4), axis=3), mask=mo_55)
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    ii_56 = tl.arange(0, 4)
+    ip_56 = tl.arange(0, 2)
+    p0_56 = scratch + 2006 + z[:, None, None, None, None] * 2598 + ip_56[None, None, :, None, None] * 5
+    m0_56 = row_mask[:, None, None, None, None]
+    p1_56 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_56[None, :, None, None, None]
+    m1_56 = row_mask[:, None, None, None, None] & (ii_56[None, :, None, None, None] < 3)
+    po_56 = scratch + 1482 + z[:, None, None, None] * 2598 + ii_56[None, :, None, None] * 10 + ip_56[None, None, :, None] * 5
+    mo_56 = row_mask[:, None, None, None] & (ii_56[None, :, None, None] < 3)
+    for startk_56 in range(0, 5, 4):
+        ik_56 = startk_56 + tl.arange(0, 4)
+        acc_56 = tl.zeros([BLOCK_Z, 4, 2, 4], dtype=DTYPE)
+        for startu_56 in range(0, 16, 8):
+            iu_56 = startu_56 + tl.arange(0, 8)
+            a0_56 = tl.load(p0_56 + iu_56[None, None, None, None, :] * 10 + ik_56[None, None, None, :, None], mask=m0_56 & (ik_56[None, None, None, :, None] < 5), other=0.0)
+            a1_56 = tl.load(p1_56 + iu_56[None, None, None, None, :] * 3, mask=m1_56, other=0.0)
+            acc_56 += tl.sum(a0_56 * a1_56, axis=4)
+        q_56 = po_56 + ik_56[None, None, None, :]
+        tl.store(q_56, tl.load(q_56, mask=mo_56 & (ik_56[None, None, None, :] < 5), other=0.0) + acc_56, mask=mo_56 & (ik_56[None, None, None, :] < 5))
+    tl.debug_barrier()
+    iu_57 = tl.arange(0, 16)
+    p0_57 = scratch + 1990 + z[:, None] * 2598 + iu_57[None, :]
+    m0_57 = row_mask[:, None]
+    po_57 = d2_w_ptr + 128 + z[:, None] * 240 + iu_57[None, :]
+    mo_57 = row_mask[:, None]
+    a0_57 = tl.load(p0_57, mask=m0_57, other=0.0)
+    q_57 = po_57
+    tl.store(q_57, tl.load(q_57, mask=mo_57, other=0.0) + a0_57, mask=mo_57)
+    tl.debug_barrier()
+    iu_58 = tl.arange(0, 16)
+    p0_58 = scratch + 1974 + z[:, None] * 2598 + iu_58[None, :]
+    m0_58 = row_mask[:, None]
+    po_58 = d2_w_ptr + 96 + z[:, None] * 240 + iu_58[None, :]
+    mo_58 = row_mask[:, None]
+    a0_58 = tl.load(p0_58, mask=m0_58, other=0.0)
+    q_58 = po_58
+    tl.store(q_58, tl.load(q_58, mask=mo_58, other=0.0) + a0_58, mask=mo_58)
+    tl.debug_barrier()
+    iu_59 = tl.arange(0, 16)
+    ip_59 = tl.arange(0, 4)
+    ik_59 = tl.arange(0, 4)
+    p0_59 = scratch + 1315 + z[:, None, None, None] * 2598 + iu_59[None, :, None, None] * 3 + ik_59[None, None, None, :]
+    m0_59 = row_mask[:, None, None, None] & (ik_59[None, None, None, :] < 3)
+    p1_59 = scratch + 483 + z[:, None, None, None] * 2598 + ip_59[None, None, :, None] * 16 + iu_59[None, :, None, None]
+    m1_59 = row_mask[:, None, None, None] & (ip_59[None, None, :, None] < 3)
+    po_59 = scratch + 1830 + z[:, None, None, None] * 2598 + iu_59[None, :, None, None] * 9 + ip_59[None, None, :, None] * 3 + ik_59[None, None, None, :]
+    mo_59 = row_mask[:, None, None, None] & (ip_59[None, None, :, None] < 3) & (ik_59[None, None, None, :] < 3)
+    a0_59 = tl.load(p0_59, mask=m0_59, other=0.0)
+    a1_59 = tl.load(p1_59, mask=m1_59, other=0.0)
+    q_59 = po_59
+    tl.store(q_59, tl.load(q_59, mask=mo_59, other=0.0) + a0_59 * a1_59, mask=mo_59)
+    tl.debug_barrier()
+    ip_60 = tl.arange(0, 4)
+    iu_60 = tl.arange(0, 16)
+    ik_60 = tl.arange(0, 4)
+    p0_60 = scratch + 1315 + z[:, None, None, None] * 2598 + iu_60[None, None, :, None] * 3 + ik_60[None, None, None, :]
+    m0_60 = row_mask[:, None, None, None] & (ik_60[None, None, None, :] < 3)
+    p1_60 = scratch + 531 + z[:, None, None, None] * 2598 + iu_60[None, None, :, None] * 9 + ip_60[None, :, None, None] * 3 + ik_60[None, None, None, :]
+    m1_60 = row_mask[:, None, None, None] & (ip_60[None, :, None, None] < 3) & (ik_60[None, None, None, :] < 3)
+    po_60 = scratch + 1782 + z[:, None, None] * 2598 + ip_60[None, :, None] * 16 + iu_60[None, None, :]
+    mo_60 = row_mask[:, None, None] & (ip_60[None, :, None] < 3)
+    a0_60 = tl.load(p0_60, mask=m0_60, other=0.0)
+    a1_60 = tl.load(p1_60, mask=m1_60, other=0.0)
+    q_60 = po_60
+    tl.store(q_60, tl.load(q_60, mask=mo_60, other=0.0) + tl.sum(a0_60 * a1_60, axis=3), mask=mo_60)
+    tl.debug_barrier()
+    # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    ii_61 = tl.arange(0, 4)
+    ip_61 = tl.arange(0, 4)
+    ik_61 = tl.arange(0, 4)
+    p0_61 = scratch + 1830 + z[:, None, None, None, None] * 2598 + ip_61[None, None, None, :, None] * 3 + ik_61[None, None, None, None, :]
+    m0_61 = row_mask[:, None, None, None, None] & (ip_61[None, None, None, :, None] < 3) & (ik_61[None, None, None, None, :] < 3)
+    p1_61 = scratch + 156 + z[:, None, None, None, None] * 2598 + ii_61[None, None, :, None, None] * 9 + ip_61[None, None, None, :, None] * 3 + ik_61[None, None, None, None, :]
+    m1_61 = row_mask[:, None, None, None, None] & (ii_61[None, None, :, None, None] < 3) & (ip_61[None, None, None, :, None] < 3) & (ik_61[None, None, None, None, :] < 3)
+    po_61 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_61[None, None, :]
+    mo_61 = row_mask[:, None, None] & (ii_61[None, None, :] < 3)
+    for startu_61 in range(0, 16, 4):
+        iu_61 = startu_61 + tl.arange(0, 4)
+        a0_61 = tl.load(p0_61 + iu_61[None, :, None, None, None] * 9, mask=m0_61, other=0.0)
+        a1_61 = tl.load(p1_61, mask=m1_61, other=0.0)
+        q_61 = po_61 + iu_61[None, :, None] * 3
+        tl.store(q_61, tl.load(q_61, mask=mo_61, other=0.0) + tl.sum(tl.sum(a0_61 * a1_61, axis=4), axis=3), mask=mo_61)
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    ii_62 = tl.arange(0, 4)
+    ip_62 = tl.arange(0, 4)
+    ik_62 = tl.arange(0, 4)
+    p0_62 = scratch + 1830 + z[:, None, None, None, None] * 2598 + ip_62[None, None, :, None, None] * 3 + ik_62[None, None, None, :, None]
+    m0_62 = row_mask[:, None, None, None, None] & (ip_62[None, None, :, None, None] < 3) & (ik_62[None, None, None, :, None] < 3)
+    p1_62 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_62[None, :, None, None, None]
+    m1_62 = row_mask[:, None, None, None, None] & (ii_62[None, :, None, None, None] < 3)
+    po_62 = scratch + 1455 + z[:, None, None, None] * 2598 + ii_62[None, :, None, None] * 9 + ip_62[None, None, :, None] * 3 + ik_62[None, None, None, :]
+    mo_62 = row_mask[:, None, None, None] & (ii_62[None, :, None, None] < 3) & (ip_62[None, None, :, None] < 3) & (ik_62[None, None, None, :] < 3)
+    acc_62 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
+    for startu_62 in range(0, 16, 4):
+        iu_62 = startu_62 + tl.arange(0, 4)
+        a0_62 = tl.load(p0_62 + iu_62[None, None, None, None, :] * 9, mask=m0_62, other=0.0)
+        a1_62 = tl.load(p1_62 + iu_62[None, None, None, None, :] * 3, mask=m1_62, other=0.0)
+        acc_62 += tl.sum(a0_62 * a1_62, axis=4)
+    q_62 = po_62
+    tl.store(q_62, tl.load(q_62, mask=mo_62, other=0.0) + acc_62, mask=mo_62)
+    tl.debug_barrier()
+    iu_63 = tl.arange(0, 16)
+    p0_63 = scratch + 1814 + z[:, None] * 2598 + iu_63[None, :]
+    m0_63 = row_mask[:, None]
+    po_63 = d2_w_ptr + 112 + z[:, None] * 240 + iu_63[None, :]
+    mo_63 = row_mask[:, None]
+    a0_63 = tl.load(p0_63, mask=m0_63, other=0.0)
+    q_63 = po_63
+    tl.store(q_63, tl.load(q_63, mask=mo_63, other=0.0) + a0_63, mask=mo_63)
+    tl.debug_barrier()
+    iu_64 = tl.arange(0, 16)
+    p0_64 = scratch + 1798 + z[:, None] * 2598 + iu_64[None, :]
+    m0_64 = row_mask[:, None]
+    po_64 = d2_w_ptr + 80 + z[:, None] * 240 + iu_64[None, :]
+    mo_64 = row_mask[:, None]
+    a0_64 = tl.load(p0_64, mask=m0_64, other=0.0)
+    q_64 = po_64
+    tl.store(q_64, tl.load(q_64, mask=mo_64, other=0.0) + a0_64, mask=mo_64)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d2_weight_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_weight, statements 65–80 of 82: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    iu_65 = tl.arange(0, 16)
+    p0_65 = scratch + 1782 + z[:, None] * 2598 + iu_65[None, :]
+    m0_65 = row_mask[:, None]
+    po_65 = d2_w_ptr + 48 + z[:, None] * 240 + iu_65[None, :]
+    mo_65 = row_mask[:, None]
+    a0_65 = tl.load(p0_65, mask=m0_65, other=0.0)
+    q_65 = po_65
+    tl.store(q_65, tl.load(q_65, mask=mo_65, other=0.0) + a0_65, mask=mo_65)
+    tl.debug_barrier()
+    iu_66 = tl.arange(0, 16)
+    ip_66 = tl.arange(0, 1)
+    ik_66 = tl.arange(0, 1)
+    p0_66 = scratch + 1299 + z[:, None, None, None] * 2598 + iu_66[None, :, None, None] + ik_66[None, None, None, :]
+    m0_66 = row_mask[:, None, None, None]
+    p1_66 = w_ptr + 64 + z[:, None, None, None] * 240 + ip_66[None, None, :, None] * 16 + iu_66[None, :, None, None]
+    m1_66 = row_mask[:, None, None, None]
+    po_66 = scratch + 1766 + z[:, None, None, None] * 2598 + iu_66[None, :, None, None] + ip_66[None, None, :, None] + ik_66[None, None, None, :]
+    mo_66 = row_mask[:, None, None, None]
+    a0_66 = tl.load(p0_66, mask=m0_66, other=0.0)
+    a1_66 = tl.load(p1_66, mask=m1_66, other=0.0)
+    q_66 = po_66
+    tl.store(q_66, tl.load(q_66, mask=mo_66, other=0.0) + a0_66 * a1_66, mask=mo_66)
+    tl.debug_barrier()
+    ip_67 = tl.arange(0, 1)
+    iu_67 = tl.arange(0, 16)
+    ik_67 = tl.arange(0, 1)
+    p0_67 = scratch + 1299 + z[:, None, None, None] * 2598 + iu_67[None, None, :, None] + ik_67[None, None, None, :]
+    m0_67 = row_mask[:, None, None, None]
+    p1_67 = scratch + 467 + z[:, None, None, None] * 2598 + iu_67[None, None, :, None] + ip_67[None, :, None, None] + ik_67[None, None, None, :]
+    m1_67 = row_mask[:, None, None, None]
+    po_67 = d2_w_ptr + 64 + z[:, None, None] * 240 + ip_67[None, :, None] * 16 + iu_67[None, None, :]
+    mo_67 = row_mask[:, None, None]
+    a0_67 = tl.load(p0_67, mask=m0_67, other=0.0)
+    a1_67 = tl.load(p1_67, mask=m1_67, other=0.0)
+    q_67 = po_67
+    tl.store(q_67, tl.load(q_67, mask=mo_67, other=0.0) + tl.sum(a0_67 * a1_67, axis=3), mask=mo_67)
+    tl.debug_barrier()
+    # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    iu_68 = tl.arange(0, 16)
+    ii_68 = tl.arange(0, 4)
+    ip_68 = tl.arange(0, 1)
+    ik_68 = tl.arange(0, 1)
+    p0_68 = scratch + 1766 + z[:, None, None, None, None] * 2598 + iu_68[None, :, None, None, None] + ip_68[None, None, None, :, None] + ik_68[None, None, None, None, :]
+    m0_68 = row_mask[:, None, None, None, None]
+    p1_68 = scratch + 153 + z[:, None, None, None, None] * 2598 + ii_68[None, None, :, None, None] + ip_68[None, None, None, :, None] + ik_68[None, None, None, None, :]
+    m1_68 = row_mask[:, None, None, None, None] & (ii_68[None, None, :, None, None] < 3)
+    po_68 = d2_f_ptr + 16 + z[:, None, None] * 144 + iu_68[None, :, None] * 3 + ii_68[None, None, :]
+    mo_68 = row_mask[:, None, None] & (ii_68[None, None, :] < 3)
+    a0_68 = tl.load(p0_68, mask=m0_68, other=0.0)
+    a1_68 = tl.load(p1_68, mask=m1_68, other=0.0)
+    q_68 = po_68
+    tl.store(q_68, tl.load(q_68, mask=mo_68, other=0.0) + tl.sum(tl.sum(a0_68 * a1_68, axis=4), axis=3), mask=mo_68)
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    ii_69 = tl.arange(0, 4)
+    ip_69 = tl.arange(0, 1)
+    ik_69 = tl.arange(0, 1)
+    iu_69 = tl.arange(0, 16)
+    p0_69 = scratch + 1766 + z[:, None, None, None, None] * 2598 + iu_69[None, None, None, None, :] + ip_69[None, None, :, None, None] + ik_69[None, None, None, :, None]
+    m0_69 = row_mask[:, None, None, None, None]
+    p1_69 = f_ptr + 16 + z[:, None, None, None, None] * 144 + iu_69[None, None, None, None, :] * 3 + ii_69[None, :, None, None, None]
+    m1_69 = row_mask[:, None, None, None, None] & (ii_69[None, :, None, None, None] < 3)
+    po_69 = scratch + 1452 + z[:, None, None, None] * 2598 + ii_69[None, :, None, None] + ip_69[None, None, :, None] + ik_69[None, None, None, :]
+    mo_69 = row_mask[:, None, None, None] & (ii_69[None, :, None, None] < 3)
+    a0_69 = tl.load(p0_69, mask=m0_69, other=0.0)
+    a1_69 = tl.load(p1_69, mask=m1_69, other=0.0)
+    q_69 = po_69
+    tl.store(q_69, tl.load(q_69, mask=mo_69, other=0.0) + tl.sum(a0_69 * a1_69, axis=4), mask=mo_69)
+    tl.debug_barrier()
+    iu_70 = tl.arange(0, 16)
+    ip_70 = tl.arange(0, 1)
+    ik_70 = tl.arange(0, 8)
+    p0_70 = scratch + 1363 + z[:, None, None, None] * 2598 + iu_70[None, :, None, None] * 5 + ik_70[None, None, None, :]
+    m0_70 = row_mask[:, None, None, None] & (ik_70[None, None, None, :] < 5)
+    p1_70 = w_ptr + 32 + z[:, None, None, None] * 240 + ip_70[None, None, :, None] * 16 + iu_70[None, :, None, None]
+    m1_70 = row_mask[:, None, None, None]
+    po_70 = scratch + 1686 + z[:, None, None, None] * 2598 + iu_70[None, :, None, None] * 5 + ip_70[None, None, :, None] * 5 + ik_70[None, None, None, :]
+    mo_70 = row_mask[:, None, None, None] & (ik_70[None, None, None, :] < 5)
+    a0_70 = tl.load(p0_70, mask=m0_70, other=0.0)
+    a1_70 = tl.load(p1_70, mask=m1_70, other=0.0)
+    q_70 = po_70
+    tl.store(q_70, tl.load(q_70, mask=mo_70, other=0.0) + a0_70 * a1_70, mask=mo_70)
+    tl.debug_barrier()
+    ip_71 = tl.arange(0, 1)
+    iu_71 = tl.arange(0, 16)
+    ik_71 = tl.arange(0, 8)
+    p0_71 = scratch + 1363 + z[:, None, None, None] * 2598 + iu_71[None, None, :, None] * 5 + ik_71[None, None, None, :]
+    m0_71 = row_mask[:, None, None, None] & (ik_71[None, None, None, :] < 5)
+    p1_71 = scratch + 387 + z[:, None, None, None] * 2598 + iu_71[None, None, :, None] * 5 + ip_71[None, :, None, None] * 5 + ik_71[None, None, None, :]
+    m1_71 = row_mask[:, None, None, None] & (ik_71[None, None, None, :] < 5)
+    po_71 = d2_w_ptr + 32 + z[:, None, None] * 240 + ip_71[None, :, None] * 16 + iu_71[None, None, :]
+    mo_71 = row_mask[:, None, None]
+    a0_71 = tl.load(p0_71, mask=m0_71, other=0.0)
+    a1_71 = tl.load(p1_71, mask=m1_71, other=0.0)
+    q_71 = po_71
+    tl.store(q_71, tl.load(q_71, mask=mo_71, other=0.0) + tl.sum(a0_71 * a1_71, axis=3), mask=mo_71)
+    tl.debug_barrier()
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    iu_72 = tl.arange(0, 16)
+    ii_72 = tl.arange(0, 1)
+    ip_72 = tl.arange(0, 1)
+    ik_72 = tl.arange(0, 8)
+    p0_72 = scratch + 1686 + z[:, None, None, None, None] * 2598 + iu_72[None, :, None, None, None] * 5 + ip_72[None, None, None, :, None] * 5 + ik_72[None, None, None, None, :]
+    m0_72 = row_mask[:, None, None, None, None] & (ik_72[None, None, None, None, :] < 5)
+    p1_72 = scratch + 148 + z[:, None, None, None, None] * 2598 + ii_72[None, None, :, None, None] * 5 + ip_72[None, None, None, :, None] * 5 + ik_72[None, None, None, None, :]
+    m1_72 = row_mask[:, None, None, None, None] & (ik_72[None, None, None, None, :] < 5)
+    po_72 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_72[None, :, None] + ii_72[None, None, :]
+    mo_72 = row_mask[:, None, None]
+    a0_72 = tl.load(p0_72, mask=m0_72, other=0.0)
+    a1_72 = tl.load(p1_72, mask=m1_72, other=0.0)
+    q_72 = po_72
+    tl.store(q_72, tl.load(q_72, mask=mo_72, other=0.0) + tl.sum(tl.sum(a0_72 * a1_72, axis=4), axis=3), mask=mo_72)
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    ii_73 = tl.arange(0, 1)
+    ip_73 = tl.arange(0, 1)
+    ik_73 = tl.arange(0, 8)
+    iu_73 = tl.arange(0, 16)
+    p0_73 = scratch + 1686 + z[:, None, None, None, None] * 2598 + iu_73[None, None, None, None, :] * 5 + ip_73[None, None, :, None, None] * 5 + ik_73[None, None, None, :, None]
+    m0_73 = row_mask[:, None, None, None, None] & (ik_73[None, None, None, :, None] < 5)
+    p1_73 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_73[None, None, None, None, :] + ii_73[None, :, None, None, None]
+    m1_73 = row_mask[:, None, None, None, None]
+    po_73 = scratch + 1447 + z[:, None, None, None] * 2598 + ii_73[None, :, None, None] * 5 + ip_73[None, None, :, None] * 5 + ik_73[None, None, None, :]
+    mo_73 = row_mask[:, None, None, None] & (ik_73[None, None, None, :] < 5)
+    a0_73 = tl.load(p0_73, mask=m0_73, other=0.0)
+    a1_73 = tl.load(p1_73, mask=m1_73, other=0.0)
+    q_73 = po_73
+    tl.store(q_73, tl.load(q_73, mask=mo_73, other=0.0) + tl.sum(a0_73 * a1_73, axis=4), mask=mo_73)
+    tl.debug_barrier()
+    iu_74 = tl.arange(0, 16)
+    ip_74 = tl.arange(0, 1)
+    ik_74 = tl.arange(0, 4)
+    p0_74 = scratch + 1315 + z[:, None, None, None] * 2598 + iu_74[None, :, None, None] * 3 + ik_74[None, None, None, :]
+    m0_74 = row_mask[:, None, None, None] & (ik_74[None, None, None, :] < 3)
+    p1_74 = w_ptr + 16 + z[:, None, None, None] * 240 + ip_74[None, None, :, None] * 16 + iu_74[None, :, None, None]
+    m1_74 = row_mask[:, None, None, None]
+    po_74 = scratch + 1638 + z[:, None, None, None] * 2598 + iu_74[None, :, None, None] * 3 + ip_74[None, None, :, None] * 3 + ik_74[None, None, None, :]
+    mo_74 = row_mask[:, None, None, None] & (ik_74[None, None, None, :] < 3)
+    a0_74 = tl.load(p0_74, mask=m0_74, other=0.0)
+    a1_74 = tl.load(p1_74, mask=m1_74, other=0.0)
+    q_74 = po_74
+    tl.store(q_74, tl.load(q_74, mask=mo_74, other=0.0) + a0_74 * a1_74, mask=mo_74)
+    tl.debug_barrier()
+    ip_75 = tl.arange(0, 1)
+    iu_75 = tl.arange(0, 16)
+    ik_75 = tl.arange(0, 4)
+    p0_75 = scratch + 1315 + z[:, None, None, None] * 2598 + iu_75[None, None, :, None] * 3 + ik_75[None, None, None, :]
+    m0_75 = row_mask[:, None, None, None] & (ik_75[None, None, None, :] < 3)
+    p1_75 = scratch + 339 + z[:, None, None, None] * 2598 + iu_75[None, None, :, None] * 3 + ip_75[None, :, None, None] * 3 + ik_75[None, None, None, :]
+    m1_75 = row_mask[:, None, None, None] & (ik_75[None, None, None, :] < 3)
+    po_75 = d2_w_ptr + 16 + z[:, None, None] * 240 + ip_75[None, :, None] * 16 + iu_75[None, None, :]
+    mo_75 = row_mask[:, None, None]
+    a0_75 = tl.load(p0_75, mask=m0_75, other=0.0)
+    a1_75 = tl.load(p1_75, mask=m1_75, other=0.0)
+    q_75 = po_75
+    tl.store(q_75, tl.load(q_75, mask=mo_75, other=0.0) + tl.sum(a0_75 * a1_75, axis=3), mask=mo_75)
+    tl.debug_barrier()
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    iu_76 = tl.arange(0, 16)
+    ii_76 = tl.arange(0, 1)
+    ip_76 = tl.arange(0, 1)
+    ik_76 = tl.arange(0, 4)
+    p0_76 = scratch + 1638 + z[:, None, None, None, None] * 2598 + iu_76[None, :, None, None, None] * 3 + ip_76[None, None, None, :, None] * 3 + ik_76[None, None, None, None, :]
+    m0_76 = row_mask[:, None, None, None, None] & (ik_76[None, None, None, None, :] < 3)
+    p1_76 = scratch + 145 + z[:, None, None, None, None] * 2598 + ii_76[None, None, :, None, None] * 3 + ip_76[None, None, None, :, None] * 3 + ik_76[None, None, None, None, :]
+    m1_76 = row_mask[:, None, None, None, None] & (ik_76[None, None, None, None, :] < 3)
+    po_76 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_76[None, :, None] + ii_76[None, None, :]
+    mo_76 = row_mask[:, None, None]
+    a0_76 = tl.load(p0_76, mask=m0_76, other=0.0)
+    a1_76 = tl.load(p1_76, mask=m1_76, other=0.0)
+    q_76 = po_76
+    tl.store(q_76, tl.load(q_76, mask=mo_76, other=0.0) + tl.sum(tl.sum(a0_76 * a1_76, axis=4), axis=3), mask=mo_76)
+    tl.debug_barrier()
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    ii_77 = tl.arange(0, 1)
+    ip_77 = tl.arange(0, 1)
+    ik_77 = tl.arange(0, 4)
+    iu_77 = tl.arange(0, 16)
+    p0_77 = scratch + 1638 + z[:, None, None, None, None] * 2598 + iu_77[None, None, None, None, :] * 3 + ip_77[None, None, :, None, None] * 3 + ik_77[None, None, None, :, None]
+    m0_77 = row_mask[:, None, None, None, None] & (ik_77[None, None, None, :, None] < 3)
+    p1_77 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_77[None, None, None, None, :] + ii_77[None, :, None, None, None]
+    m1_77 = row_mask[:, None, None, None, None]
+    po_77 = scratch + 1444 + z[:, None, None, None] * 2598 + ii_77[None, :, None, None] * 3 + ip_77[None, None, :, None] * 3 + ik_77[None, None, None, :]
+    mo_77 = row_mask[:, None, None, None] & (ik_77[None, None, None, :] < 3)
+    a0_77 = tl.load(p0_77, mask=m0_77, other=0.0)
+    a1_77 = tl.load(p1_77, mask=m1_77, other=0.0)
+    q_77 = po_77
+    tl.store(q_77, tl.load(q_77, mask=mo_77, other=0.0) + tl.sum(a0_77 * a1_77, axis=4), mask=mo_77)
+    tl.debug_barrier()
+    iu_78 = tl.arange(0, 16)
+    ip_78 = tl.arange(0, 1)
+    ik_78 = tl.arange(0, 1)
+    p0_78 = scratch + 1299 + z[:, None, None, None] * 2598 + iu_78[None, :, None, None] + ik_78[None, None, None, :]
+    m0_78 = row_mask[:, None, None, None]
+    p1_78 = w_ptr + 0 + z[:, None, None, None] * 240 + ip_78[None, None, :, None] * 16 + iu_78[None, :, None, None]
+    m1_78 = row_mask[:, None, None, None]
+    po_78 = scratch + 1622 + z[:, None, None, None] * 2598 + iu_78[None, :, None, None] + ip_78[None, None, :, None] + ik_78[None, None, None, :]
+    mo_78 = row_mask[:, None, None, None]
+    a0_78 = tl.load(p0_78, mask=m0_78, other=0.0)
+    a1_78 = tl.load(p1_78, mask=m1_78, other=0.0)
+    q_78 = po_78
+    tl.store(q_78, tl.load(q_78, mask=mo_78, other=0.0) + a0_78 * a1_78, mask=mo_78)
+    tl.debug_barrier()
+    ip_79 = tl.arange(0, 1)
+    iu_79 = tl.arange(0, 16)
+    ik_79 = tl.arange(0, 1)
+    p0_79 = scratch + 1299 + z[:, None, None, None] * 2598 + iu_79[None, None, :, None] + ik_79[None, None, None, :]
+    m0_79 = row_mask[:, None, None, None]
+    p1_79 = scratch + 323 + z[:, None, None, None] * 2598 + iu_79[None, None, :, None] + ip_79[None, :, None, None] + ik_79[None, None, None, :]
+    m1_79 = row_mask[:, None, None, None]
+    po_79 = d2_w_ptr + 0 + z[:, None, None] * 240 + ip_79[None, :, None] * 16 + iu_79[None, None, :]
+    mo_79 = row_mask[:, None, None]
+    a0_79 = tl.load(p0_79, mask=m0_79, other=0.0)
+    a1_79 = tl.load(p1_79, mask=m1_79, other=0.0)
+    q_79 = po_79
+    tl.store(q_79, tl.load(q_79, mask=mo_79, other=0.0) + tl.sum(a0_79 * a1_79, axis=3), mask=mo_79)
+    tl.debug_barrier()
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    iu_80 = tl.arange(0, 16)
+    ii_80 = tl.arange(0, 1)
+    ip_80 = tl.arange(0, 1)
+    ik_80 = tl.arange(0, 1)
+    p0_80 = scratch + 1622 + z[:, None, None, None, None] * 2598 + iu_80[None, :, None, None, None] + ip_80[None, None, None, :, None] + ik_80[None, None, None, None, :]
+    m0_80 = row_mask[:, None, None, None, None]
+    p1_80 = scratch + 144 + z[:, None, None, None, None] * 2598 + ii_80[None, None, :, None, None] + ip_80[None, None, None, :, None] + ik_80[None, None, None, None, :]
+    m1_80 = row_mask[:, None, None, None, None]
+    po_80 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_80[None, :, None] + ii_80[None, None, :]
+    mo_80 = row_mask[:, None, None]
+    a0_80 = tl.load(p0_80, mask=m0_80, other=0.0)
+    a1_80 = tl.load(p1_80, mask=m1_80, other=0.0)
+    q_80 = po_80
+    tl.store(q_80, tl.load(q_80, mask=mo_80, other=0.0) + tl.sum(tl.sum(a0_80 * a1_80, axis=4), axis=3), mask=mo_80)
+    tl.debug_barrier()
+
+
+@triton.jit
+def _cormorant_message_d2_weight_5_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, weight_ptr, _g_p_0_ptr, d2_f_ptr, d2_sh_ptr, d2_w_ptr, d2_d_m_ptr, scratch, partial, n, BLOCK_Z: tl.constexpr, DTYPE: tl.constexpr):
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_weight, statements 81–82 of 82: BLOCK_Z rows per program."""
+    pid = tl.program_id(0)
+    z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
+    row_mask = z < n
+    slot = pid * 768  # this program's slot of the partial buffer
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    ii_81 = tl.arange(0, 1)
+    ip_81 = tl.arange(0, 1)
+    ik_81 = tl.arange(0, 1)
+    iu_81 = tl.arange(0, 16)
+    p0_81 = scratch + 1622 + z[:, None, None, None, None] * 2598 + iu_81[None, None, None, None, :] + ip_81[None, None, :, None, None] + ik_81[None, None, None, :, None]
+    m0_81 = row_mask[:, None, None, None, None]
+    p1_81 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_81[None, None, None, None, :] + ii_81[None, :, None, None, None]
+    m1_81 = row_mask[:, None, None, None, None]
+    po_81 = scratch + 1443 + z[:, None, None, None] * 2598 + ii_81[None, :, None, None] + ip_81[None, None, :, None] + ik_81[None, None, None, :]
+    mo_81 = row_mask[:, None, None, None]
+    a0_81 = tl.load(p0_81, mask=m0_81, other=0.0)
+    a1_81 = tl.load(p1_81, mask=m1_81, other=0.0)
+    q_81 = po_81
+    tl.store(q_81, tl.load(q_81, mask=mo_81, other=0.0) + tl.sum(a0_81 * a1_81, axis=4), mask=mo_81)
+    tl.debug_barrier()
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    ij_82 = tl.arange(0, 16)
+    p0_82 = scratch + 1443 + z[:, None, None] * 2598
+    m0_82 = row_mask[:, None, None]
+    p1_82 = _g_p_0_ptr + 0 + ij_82[None, :, None] * 179
+    m1_82 = (ij_82[None, :, None] < 9)
+    po_82 = d2_sh_ptr + 0 + z[:, None] * 9 + ij_82[None, :]
+    mo_82 = row_mask[:, None] & (ij_82[None, :] < 9)
+    acc_82 = tl.zeros([BLOCK_Z, 16], dtype=DTYPE)
+    for startc_82 in range(0, 179, 16):
+        ic_82 = startc_82 + tl.arange(0, 16)
+        a0_82 = tl.load(p0_82 + ic_82[None, None, :], mask=m0_82 & (ic_82[None, None, :] < 179), other=0.0)
+        a1_82 = tl.load(p1_82 + ic_82[None, None, :], mask=m1_82 & (ic_82[None, None, :] < 179), other=0.0)
+        acc_82 += tl.sum(a0_82 * a1_82, axis=2)
+    q_82 = po_82
+    tl.store(q_82, tl.load(q_82, mask=mo_82, other=0.0) + acc_82, mask=mo_82)
+    tl.debug_barrier()
+
+
+def _cormorant_message_d2_weight_triton(*args: torch.Tensor) -> list[torch.Tensor]:
+    """Launch the cormorant_message_d2_weight kernel on (f, sh, w, d_m, d2_d_weight, weight, _g_p_0), 16 rows per program; gradients without rows sum the programs' partial slots."""
+    n = args[0].shape[0]
+    programs = triton.cdiv(n, 16)
+    outputs = [rt.output_rows(args[5], n, size) for size in (144, 9, 240, 144)]
+    scratch = args[5].new_zeros(max(n * 2598, 1))
+    partial = args[5].new_zeros(programs, 768)
+    arguments = [a.contiguous() for a in args] + outputs
+    dtype = tl.float64 if args[5].dtype == torch.float64 else tl.float32
+    for kernel in (_cormorant_message_d2_weight_0_kernel, _cormorant_message_d2_weight_1_kernel, _cormorant_message_d2_weight_2_kernel, _cormorant_message_d2_weight_3_kernel, _cormorant_message_d2_weight_4_kernel, _cormorant_message_d2_weight_5_kernel,):  # one after another: each sees the last one's writes
+        if n:
+            kernel[(programs,)](*arguments, scratch, partial, n, BLOCK_Z=16, DTYPE=dtype, num_warps=8, maxnreg=255)
+    return [outputs[0], outputs[1], outputs[2], outputs[3], partial[:, 0:768].sum(0)]
 
 
 def _cormorant_message_d2_weight(
@@ -2029,11 +12247,11 @@ def _cormorant_message_triton(f, sh, w, weight, *constants: torch.Tensor) -> lis
 
 # cormorant_message: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("cormorant_message_d2_f", _cormorant_message_d2_f, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={})
-_ops.register("cormorant_message_d2_sh", _cormorant_message_d2_sh, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={})
-_ops.register("cormorant_message_d2_w", _cormorant_message_d2_w, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={})
-_ops.register("cormorant_message_d2_weight", _cormorant_message_d2_weight, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={})
-_ops.register("cormorant_message_d", _cormorant_message_d, outputs=((144, True), (9, True), (240, True), (768, False)), index_ranges={}, backward=[_ops.cormorant_message_d2_f, _ops.cormorant_message_d2_sh, _ops.cormorant_message_d2_w, _ops.cormorant_message_d2_weight])
+_ops.register("cormorant_message_d2_f", _cormorant_message_d2_f_triton, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, reference=_cormorant_message_d2_f)
+_ops.register("cormorant_message_d2_sh", _cormorant_message_d2_sh_triton, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, reference=_cormorant_message_d2_sh)
+_ops.register("cormorant_message_d2_w", _cormorant_message_d2_w_triton, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, reference=_cormorant_message_d2_w)
+_ops.register("cormorant_message_d2_weight", _cormorant_message_d2_weight_triton, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, reference=_cormorant_message_d2_weight)
+_ops.register("cormorant_message_d", _cormorant_message_d_triton, outputs=((144, True), (9, True), (240, True), (768, False)), index_ranges={}, backward=[_ops.cormorant_message_d2_f, _ops.cormorant_message_d2_sh, _ops.cormorant_message_d2_w, _ops.cormorant_message_d2_weight])
 _ops.register("cormorant_message", _cormorant_message_triton, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_message_d], check_indices=True)
 
 
