@@ -79,7 +79,8 @@ def _kernels(module: ModuleType, diagrams: tuple[Diagram, ...], which: str):
         block_z, block_u, warps = tile_sizes(d)
         if which in ("all", "forward"):
             yield (f"_{d.name}_kernel", getattr(module, f"_{d.name}_kernel"), _signature(d),
-                   {"BLOCK_Z": block_z, "BLOCK_U": block_u}, {"num_warps": warps}, plan.planned_flops,
+                   {"BLOCK_Z": block_z, "BLOCK_U": block_u},
+                   {"num_warps": warps, "maxnreg": triton_program.MAX_REGISTERS}, plan.planned_flops,
                    _bytes_per_row(d))
         if which == "forward":
             continue

@@ -19,7 +19,7 @@ from fusionc.algebra.cg import wigner_3j
 from fusionc.analysis.plan import Contribution, Couple, DiagramPlan, Leaf, WeightedSum
 from fusionc.analysis.program import Program
 from fusionc.backends.torch_backend import CodeWriter, emit_module
-from fusionc.backends.triton_program import lower_program
+from fusionc.backends.triton_program import MAX_REGISTERS, lower_program
 from fusionc.ir.diagram import CouplingVertex, Diagram
 from fusionc.ir.irreps import Irreps
 
@@ -46,10 +46,11 @@ def _pow2(n: int, least: int = 1) -> int:
 
 def tile_sizes(d: Diagram) -> tuple[int, int, int]:
     """(BLOCK_Z, BLOCK_U, num_warps). Channel-wise diagrams: a warp's worth of elements per tile,
-    channels first. Otherwise 16 rows (tl.dot's least size) by every channel, four warps."""
+    channels first. Otherwise 16 rows (tl.dot's least size) by every channel, eight warps (with
+    four, fc_tp's tiles spill: 160 bytes of stack on sm_90 against 48)."""
     mul = channels(d)
     if mul is None:
-        return 16, 1, 4
+        return 16, 1, 8
     block_u = _pow2(min(mul, WARP))
     return WARP // block_u, block_u, 1
 
@@ -68,6 +69,7 @@ class _Kernel:
         self.indices: dict[str, str] = {}
         self.columns: dict[tuple, str] = {}
         self.channel_sets: dict[int, tuple[str, str, str, str]] = {}
+        self.parts = 0  # running sums written
 
     def chan(self, mul: int) -> tuple[str, str, str, str]:
         """(channel index, channel mask, tile mask, zero tile) for blocks of `mul` channels."""
@@ -106,6 +108,16 @@ class _Kernel:
                    f"mask=row_mask, other=0.0)")
             self.columns[key] = name
         return self.columns[key]
+
+    def contribute(self, sums: dict[int, list[list[str]]], block: int, tiles: list[str]) -> None:
+        """Add a term's tiles to the running sum of an output block at once, so that no term's
+        result stays live until the block is stored (fewer registers)."""
+        self.parts += 1
+        previous = sums[block][0] if sums[block] else None
+        names = [f"sum{self.parts}_{m}" for m in range(len(tiles))]
+        for m, (name, tile) in enumerate(zip(names, tiles)):
+            self.w(f"{name} = {previous[m] + ' + ' if previous else ''}{tile}")
+        sums[block] = [names]
 
     def couple(self, name: str, a: list[str], b: list[str], la: int, lb: int, lk: int) -> list[str]:
         table = wigner_3j(la, lb, lk)
@@ -235,7 +247,7 @@ def _tree_term(k: _Kernel, t: CouplingVertex, offset: int, sums: dict[int, list[
                 k.w(f"{step.name}_{m} = {' + '.join(p[m] for p in parts)}")
             k.components[step.name] = names
         elif isinstance(step, Contribution):
-            sums[step.block].append(k.scaled(k.components[step.node], t, offset, step.start, step.coeff))
+            k.contribute(sums, step.block, k.scaled(k.components[step.node], t, offset, step.start, step.coeff))
 
 
 def _path_term(k: _Kernel, t: CouplingVertex, offset: int, sums: dict[int, list[list[str]]]) -> None:
@@ -248,7 +260,7 @@ def _path_term(k: _Kernel, t: CouplingVertex, offset: int, sums: dict[int, list[
         else:
             tiles = blocks[0]
         start = p.weight_offset if p.weight_shape else None
-        sums[t.placement[p.out_block]].append(k.scaled(tiles, t, offset, start, p.normalization))
+        k.contribute(sums, t.placement[p.out_block], k.scaled(tiles, t, offset, start, p.normalization))
 
 
 def _mixing_term(k: _Kernel, t: CouplingVertex, offset: int, sums: dict[int, list[list[str]]]) -> None:
@@ -263,9 +275,9 @@ def _mixing_term(k: _Kernel, t: CouplingVertex, offset: int, sums: dict[int, lis
         ch_w, cm_w, _, _ = k.chan(out.mul)
         start = p.weight_offset
         if len(t.operands) == 1:  # linear uvw: out_i = x_i · W
-            sums[t.placement[p.out_block]].append(
-                [f"{_matmul(k, t, offset, tile, f'{start}', a.mul, out.mul, ch_u, ch_w, cm_u, cm_w)} * "
-                 f"{p.normalization!r}" for tile in x])
+            k.contribute(sums, t.placement[p.out_block],
+                         [f"{_matmul(k, t, offset, tile, f'{start}', a.mul, out.mul, ch_u, ch_w, cm_u, cm_w)} * "
+                          f"{p.normalization!r}" for tile in x])
             continue
         b = t.irreps_in[1][p.operand_blocks[1]]
         table = wigner_3j(a.ir.l, b.ir.l, out.ir.l)
@@ -293,7 +305,7 @@ def _mixing_term(k: _Kernel, t: CouplingVertex, offset: int, sums: dict[int, lis
                         select = (f"(({ch_u}[:, None] * {b.mul} + {v}) == {ch_w}[None, :]).to({k.dtype})")
                         contribution = f"tl.dot({contribution}, {select}, input_precision='ieee')"
                 k.w(f"{acc[m]} += {contribution}")
-        sums[t.placement[p.out_block]].append([f"{m} * {p.normalization!r}" for m in acc])
+        k.contribute(sums, t.placement[p.out_block], [f"{m} * {p.normalization!r}" for m in acc])
 
 
 def _matmul(k: _Kernel, t: CouplingVertex, offset: int, tile: str, start: str, rows_in: int, cols_out: int,
@@ -331,7 +343,7 @@ def _emit_launcher(w: CodeWriter, d: Diagram) -> None:
     w(f"grid = (triton.cdiv(n, {block_z}), triton.cdiv({channels(d) or 1}, {block_u}))")
     args = [f"{i.name}.contiguous()" for i in d.inputs] + ["weight.contiguous()"] + outs
     w(f"_{d.name}_kernel[grid]({', '.join(args)}, n, BLOCK_Z={block_z}, BLOCK_U={block_u}, num_warps={warps}, "
-      f"enable_fp_fusion=True)")
+      f"maxnreg={MAX_REGISTERS}, enable_fp_fusion=True)")
     w(f"return [{', '.join(outs)}]")
     w.dedent()
 

@@ -184,7 +184,7 @@ class _Writer:
             w("pid = tl.program_id(0)")
             w("z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)")
             w("row_mask = z < n")
-            w(f"slot = pid * {self.slots}  # this program's slot of the partial buffer")
+            w(f"slot = pid.to(tl.int64) * {self.slots}  # this program's slot of the partial buffer")
             if k == 0:
                 self.zero_outputs()
             for s in part:

@@ -16,7 +16,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_7bf9ba9c131c2f1f")
+_ops = rt.OpNamespace("fusionc_7aa5483ad00bd7ed")
 
 
 @triton.jit
@@ -25,7 +25,7 @@ def _cormorant_cg_d_0_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     for c0 in range(0, 144, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d_f_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
@@ -271,7 +271,7 @@ def _cormorant_cg_d_1_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     iu_17 = tl.arange(0, 16)
     ii_17 = tl.arange(0, 4)
     p0_17 = scratch + 384 + z[:, None, None] * 5408 + iu_17[None, :, None] * 3 + ii_17[None, None, :]
@@ -533,7 +533,7 @@ def _cormorant_cg_d_2_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     # ∂/∂p: 16x1 -> 16x1
     ii_33 = tl.arange(0, 4)
     p0_33 = d_g_ptr + 16 + z[:, None, None, None] * 144 + ii_33[None, None, :, None]
@@ -788,7 +788,7 @@ def _cormorant_cg_d_3_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     iu_49 = tl.arange(0, 16)
     ii_49 = tl.arange(0, 8)
     p0_49 = scratch + 672 + z[:, None, None] * 5408 + iu_49[None, :, None] * 5 + ii_49[None, None, :]
@@ -1044,7 +1044,7 @@ def _cormorant_cg_d_4_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     ii_65 = tl.arange(0, 4)
     ik_65 = tl.arange(0, 8)
@@ -1284,7 +1284,7 @@ def _cormorant_cg_d_5_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     ij_81 = tl.arange(0, 4)
     ik_81 = tl.arange(0, 4)
@@ -1450,7 +1450,7 @@ def _cormorant_cg_d2_f_0_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     for c0 in range(0, 144, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_f_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
@@ -1682,7 +1682,7 @@ def _cormorant_cg_d2_f_1_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     ii_17 = tl.arange(0, 1)
     ij_17 = tl.arange(0, 1)
@@ -1917,7 +1917,7 @@ def _cormorant_cg_d2_f_2_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     ii_33 = tl.arange(0, 1)
     ij_33 = tl.arange(0, 8)
@@ -2166,7 +2166,7 @@ def _cormorant_cg_d2_f_3_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     ii_49 = tl.arange(0, 4)
     ik_49 = tl.arange(0, 1)
@@ -2429,7 +2429,7 @@ def _cormorant_cg_d2_f_4_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     ii_65 = tl.arange(0, 4)
     ij_65 = tl.arange(0, 8)
@@ -2701,7 +2701,7 @@ def _cormorant_cg_d2_f_5_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     ij_81 = tl.arange(0, 8)
     ik_81 = tl.arange(0, 1)
@@ -2969,7 +2969,7 @@ def _cormorant_cg_d2_f_6_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
     iw_97 = tl.arange(0, 16)
     ii_97 = tl.arange(0, 1)
@@ -3401,7 +3401,7 @@ def _cormorant_cg_d2_weight_0_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     for c0 in range(0, 144, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_f_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
@@ -3650,7 +3650,7 @@ def _cormorant_cg_d2_weight_1_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     iu_17 = tl.arange(0, 16)
     ii_17 = tl.arange(0, 4)
     p0_17 = scratch + 384 + z[:, None, None] * 5696 + iu_17[None, :, None] * 3 + ii_17[None, None, :]
@@ -3892,7 +3892,7 @@ def _cormorant_cg_d2_weight_2_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     iu_33 = tl.arange(0, 16)
     ii_33 = tl.arange(0, 8)
     p0_33 = d2_d_weight_ptr + 32 + iu_33[None, :, None]
@@ -4099,7 +4099,7 @@ def _cormorant_cg_d2_weight_3_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
     iu_49 = tl.arange(0, 16)
     iw_49 = tl.arange(0, 16)
@@ -4374,7 +4374,7 @@ def _cormorant_cg_d2_weight_4_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     iu_65 = tl.arange(0, 16)
     ii_65 = tl.arange(0, 8)
     p0_65 = scratch + 816 + z[:, None, None] * 5696 + iu_65[None, :, None] * 5 + ii_65[None, None, :]
@@ -4632,7 +4632,7 @@ def _cormorant_cg_d2_weight_5_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     ii_81 = tl.arange(0, 4)
     p0_81 = cg_1_2_2_ptr + 0 + ii_81[None, None, None, :, None] * 25
     m0_81 = (ii_81[None, None, None, :, None] < 3)
@@ -4885,7 +4885,7 @@ def _cormorant_cg_d2_weight_6_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     iu_97 = tl.arange(0, 16)
     ii_97 = tl.arange(0, 4)
     ij_97 = tl.arange(0, 4)
@@ -5123,7 +5123,7 @@ def _cormorant_cg_d2_weight_7_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1680  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     iu_113 = tl.arange(0, 16)
     ii_113 = tl.arange(0, 1)
     p0_113 = scratch + 752 + z[:, None, None] * 5696 + iu_113[None, :, None] + ii_113[None, None, :]
@@ -5456,6 +5456,7 @@ def _cormorant_cg_kernel(f, weight, g_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl
     f_0_0 = tl.load(f + rows[:, None] * 144 + (0 + ch16[None, :] * 1), mask=mask16, other=0.0)
     p1_0 = 1.0 * f_0_0 * f_0_0
     w_p_0_0 = tl.load(weight + 0 + (0 + ch16[None, :] * 1), mask=cm16[None, :], other=0.0)
+    sum1_0 = p1_0 * w_p_0_0 * 0.5773502691896257
     f_1_0 = tl.load(f + rows[:, None] * 144 + (16 + ch16[None, :] * 3), mask=mask16, other=0.0)
     f_1_1 = tl.load(f + rows[:, None] * 144 + (17 + ch16[None, :] * 3), mask=mask16, other=0.0)
     f_1_2 = tl.load(f + rows[:, None] * 144 + (18 + ch16[None, :] * 3), mask=mask16, other=0.0)
@@ -5463,6 +5464,9 @@ def _cormorant_cg_kernel(f, weight, g_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl
     p3_1 = 0.5773502691896257 * f_0_0 * f_1_1
     p3_2 = 0.5773502691896257 * f_0_0 * f_1_2
     w_p_0_16 = tl.load(weight + 0 + (16 + ch16[None, :] * 1), mask=cm16[None, :], other=0.0)
+    sum2_0 = p3_0 * w_p_0_16 * 1.224744871391589
+    sum2_1 = p3_1 * w_p_0_16 * 1.224744871391589
+    sum2_2 = p3_2 * w_p_0_16 * 1.224744871391589
     f_2_0 = tl.load(f + rows[:, None] * 144 + (64 + ch16[None, :] * 5), mask=mask16, other=0.0)
     f_2_1 = tl.load(f + rows[:, None] * 144 + (65 + ch16[None, :] * 5), mask=mask16, other=0.0)
     f_2_2 = tl.load(f + rows[:, None] * 144 + (66 + ch16[None, :] * 5), mask=mask16, other=0.0)
@@ -5474,58 +5478,101 @@ def _cormorant_cg_kernel(f, weight, g_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl
     p5_3 = 0.4472135954999579 * f_0_0 * f_2_3
     p5_4 = 0.4472135954999579 * f_0_0 * f_2_4
     w_p_0_32 = tl.load(weight + 0 + (32 + ch16[None, :] * 1), mask=cm16[None, :], other=0.0)
+    sum3_0 = p5_0 * w_p_0_32 * 1.118033988749895
+    sum3_1 = p5_1 * w_p_0_32 * 1.118033988749895
+    sum3_2 = p5_2 * w_p_0_32 * 1.118033988749895
+    sum3_3 = p5_3 * w_p_0_32 * 1.118033988749895
+    sum3_4 = p5_4 * w_p_0_32 * 1.118033988749895
     p6_0 = 0.5773502691896257 * f_1_0 * f_1_0 + 0.5773502691896257 * f_1_1 * f_1_1 + 0.5773502691896257 * f_1_2 * f_1_2
     w_p_0_48 = tl.load(weight + 0 + (48 + ch16[None, :] * 1), mask=cm16[None, :], other=0.0)
+    sum4_0 = sum1_0 + p6_0 * w_p_0_48 * 0.5773502691896257
     p7_0 = 0.31622776601683794 * f_1_0 * f_1_2 + 0.31622776601683794 * f_1_2 * f_1_0
     p7_1 = 0.31622776601683794 * f_1_0 * f_1_1 + 0.31622776601683794 * f_1_1 * f_1_0
     p7_2 = -0.18257418583505536 * f_1_0 * f_1_0 + 0.3651483716701107 * f_1_1 * f_1_1 + -0.18257418583505536 * f_1_2 * f_1_2
     p7_3 = 0.31622776601683794 * f_1_1 * f_1_2 + 0.31622776601683794 * f_1_2 * f_1_1
     p7_4 = -0.31622776601683794 * f_1_0 * f_1_0 + 0.31622776601683794 * f_1_2 * f_1_2
     w_p_0_64 = tl.load(weight + 0 + (64 + ch16[None, :] * 1), mask=cm16[None, :], other=0.0)
+    sum5_0 = sum3_0 + p7_0 * w_p_0_64 * 1.118033988749895
+    sum5_1 = sum3_1 + p7_1 * w_p_0_64 * 1.118033988749895
+    sum5_2 = sum3_2 + p7_2 * w_p_0_64 * 1.118033988749895
+    sum5_3 = sum3_3 + p7_3 * w_p_0_64 * 1.118033988749895
+    sum5_4 = sum3_4 + p7_4 * w_p_0_64 * 1.118033988749895
     p8_0 = -0.18257418583505536 * f_1_0 * f_2_2 + -0.31622776601683794 * f_1_0 * f_2_4 + 0.31622776601683794 * f_1_1 * f_2_1 + 0.31622776601683794 * f_1_2 * f_2_0
     p8_1 = 0.31622776601683794 * f_1_0 * f_2_1 + 0.3651483716701107 * f_1_1 * f_2_2 + 0.31622776601683794 * f_1_2 * f_2_3
     p8_2 = 0.31622776601683794 * f_1_0 * f_2_0 + 0.31622776601683794 * f_1_1 * f_2_3 + -0.18257418583505536 * f_1_2 * f_2_2 + 0.31622776601683794 * f_1_2 * f_2_4
     w_p_0_80 = tl.load(weight + 0 + (80 + ch16[None, :] * 1), mask=cm16[None, :], other=0.0)
+    sum6_0 = sum2_0 + p8_0 * w_p_0_80 * 1.224744871391589
+    sum6_1 = sum2_1 + p8_1 * w_p_0_80 * 1.224744871391589
+    sum6_2 = sum2_2 + p8_2 * w_p_0_80 * 1.224744871391589
     p9_0 = 0.18257418583505536 * f_1_0 * f_2_1 + 0.3651483716701107 * f_1_1 * f_2_4 + -0.18257418583505536 * f_1_2 * f_2_3
     p9_1 = -0.18257418583505536 * f_1_0 * f_2_0 + 0.18257418583505536 * f_1_1 * f_2_3 + -0.31622776601683794 * f_1_2 * f_2_2 + -0.18257418583505536 * f_1_2 * f_2_4
     p9_2 = -0.31622776601683794 * f_1_0 * f_2_3 + 0.31622776601683794 * f_1_2 * f_2_1
     p9_3 = 0.31622776601683794 * f_1_0 * f_2_2 + -0.18257418583505536 * f_1_0 * f_2_4 + -0.18257418583505536 * f_1_1 * f_2_1 + 0.18257418583505536 * f_1_2 * f_2_0
     p9_4 = 0.18257418583505536 * f_1_0 * f_2_3 + -0.3651483716701107 * f_1_1 * f_2_0 + 0.18257418583505536 * f_1_2 * f_2_1
     w_p_0_96 = tl.load(weight + 0 + (96 + ch16[None, :] * 1), mask=cm16[None, :], other=0.0)
+    sum7_0 = sum5_0 + p9_0 * w_p_0_96 * 1.118033988749895
+    sum7_1 = sum5_1 + p9_1 * w_p_0_96 * 1.118033988749895
+    sum7_2 = sum5_2 + p9_2 * w_p_0_96 * 1.118033988749895
+    sum7_3 = sum5_3 + p9_3 * w_p_0_96 * 1.118033988749895
+    sum7_4 = sum5_4 + p9_4 * w_p_0_96 * 1.118033988749895
     p10_0 = 0.4472135954999579 * f_2_0 * f_2_0 + 0.4472135954999579 * f_2_1 * f_2_1 + 0.4472135954999579 * f_2_2 * f_2_2 + 0.4472135954999579 * f_2_3 * f_2_3 + 0.4472135954999579 * f_2_4 * f_2_4
     w_p_0_112 = tl.load(weight + 0 + (112 + ch16[None, :] * 1), mask=cm16[None, :], other=0.0)
+    sum8_0 = sum4_0 + p10_0 * w_p_0_112 * 0.5773502691896257
     p11_0 = -0.23904572186687872 * f_2_0 * f_2_2 + 0.20701966780270625 * f_2_1 * f_2_3 + -0.23904572186687872 * f_2_2 * f_2_0 + 0.20701966780270625 * f_2_3 * f_2_1
     p11_1 = 0.20701966780270625 * f_2_0 * f_2_3 + 0.11952286093343936 * f_2_1 * f_2_2 + -0.20701966780270625 * f_2_1 * f_2_4 + 0.11952286093343936 * f_2_2 * f_2_1 + 0.20701966780270625 * f_2_3 * f_2_0 + -0.20701966780270625 * f_2_4 * f_2_1
     p11_2 = -0.23904572186687872 * f_2_0 * f_2_0 + 0.11952286093343936 * f_2_1 * f_2_1 + 0.23904572186687872 * f_2_2 * f_2_2 + 0.11952286093343936 * f_2_3 * f_2_3 + -0.23904572186687872 * f_2_4 * f_2_4
     p11_3 = 0.20701966780270625 * f_2_0 * f_2_1 + 0.20701966780270625 * f_2_1 * f_2_0 + 0.11952286093343936 * f_2_2 * f_2_3 + 0.11952286093343936 * f_2_3 * f_2_2 + 0.20701966780270625 * f_2_3 * f_2_4 + 0.20701966780270625 * f_2_4 * f_2_3
     p11_4 = -0.20701966780270625 * f_2_1 * f_2_1 + -0.23904572186687872 * f_2_2 * f_2_4 + 0.20701966780270625 * f_2_3 * f_2_3 + -0.23904572186687872 * f_2_4 * f_2_2
     w_p_0_128 = tl.load(weight + 0 + (128 + ch16[None, :] * 1), mask=cm16[None, :], other=0.0)
-    p_0_0 = p1_0 * w_p_0_0 * 0.5773502691896257 + p6_0 * w_p_0_48 * 0.5773502691896257 + p10_0 * w_p_0_112 * 0.5773502691896257
-    p_1_0 = p3_0 * w_p_0_16 * 1.224744871391589 + p8_0 * w_p_0_80 * 1.224744871391589
-    p_1_1 = p3_1 * w_p_0_16 * 1.224744871391589 + p8_1 * w_p_0_80 * 1.224744871391589
-    p_1_2 = p3_2 * w_p_0_16 * 1.224744871391589 + p8_2 * w_p_0_80 * 1.224744871391589
-    p_2_0 = p5_0 * w_p_0_32 * 1.118033988749895 + p7_0 * w_p_0_64 * 1.118033988749895 + p9_0 * w_p_0_96 * 1.118033988749895 + p11_0 * w_p_0_128 * 1.118033988749895
-    p_2_1 = p5_1 * w_p_0_32 * 1.118033988749895 + p7_1 * w_p_0_64 * 1.118033988749895 + p9_1 * w_p_0_96 * 1.118033988749895 + p11_1 * w_p_0_128 * 1.118033988749895
-    p_2_2 = p5_2 * w_p_0_32 * 1.118033988749895 + p7_2 * w_p_0_64 * 1.118033988749895 + p9_2 * w_p_0_96 * 1.118033988749895 + p11_2 * w_p_0_128 * 1.118033988749895
-    p_2_3 = p5_3 * w_p_0_32 * 1.118033988749895 + p7_3 * w_p_0_64 * 1.118033988749895 + p9_3 * w_p_0_96 * 1.118033988749895 + p11_3 * w_p_0_128 * 1.118033988749895
-    p_2_4 = p5_4 * w_p_0_32 * 1.118033988749895 + p7_4 * w_p_0_64 * 1.118033988749895 + p9_4 * w_p_0_96 * 1.118033988749895 + p11_4 * w_p_0_128 * 1.118033988749895
+    sum9_0 = sum7_0 + p11_0 * w_p_0_128 * 1.118033988749895
+    sum9_1 = sum7_1 + p11_1 * w_p_0_128 * 1.118033988749895
+    sum9_2 = sum7_2 + p11_2 * w_p_0_128 * 1.118033988749895
+    sum9_3 = sum7_3 + p11_3 * w_p_0_128 * 1.118033988749895
+    sum9_4 = sum7_4 + p11_4 * w_p_0_128 * 1.118033988749895
+    p_0_0 = sum8_0
+    p_1_0 = sum6_0
+    p_1_1 = sum6_1
+    p_1_2 = sum6_2
+    p_2_0 = sum9_0
+    p_2_1 = sum9_1
+    p_2_2 = sum9_2
+    p_2_3 = sum9_3
+    p_2_4 = sum9_4
 
     # out g : 16x0+16x1+16x2
     # g.0: p mix uvw
+    sum10_0 = tl.dot(p_0_0, tl.load(weight + 144 + (0 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum11_0 = tl.dot(p_1_0, tl.load(weight + 144 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum11_1 = tl.dot(p_1_1, tl.load(weight + 144 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum11_2 = tl.dot(p_1_2, tl.load(weight + 144 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum12_0 = tl.dot(p_2_0, tl.load(weight + 144 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum12_1 = tl.dot(p_2_1, tl.load(weight + 144 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum12_2 = tl.dot(p_2_2, tl.load(weight + 144 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum12_3 = tl.dot(p_2_3, tl.load(weight + 144 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum12_4 = tl.dot(p_2_4, tl.load(weight + 144 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
     # g.1: f mix uvw
-    g_0_0 = tl.dot(p_0_0, tl.load(weight + 144 + (0 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25 + tl.dot(f_0_0, tl.load(weight + 912 + (0 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum13_0 = sum10_0 + tl.dot(f_0_0, tl.load(weight + 912 + (0 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum14_0 = sum11_0 + tl.dot(f_1_0, tl.load(weight + 912 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum14_1 = sum11_1 + tl.dot(f_1_1, tl.load(weight + 912 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum14_2 = sum11_2 + tl.dot(f_1_2, tl.load(weight + 912 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum15_0 = sum12_0 + tl.dot(f_2_0, tl.load(weight + 912 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum15_1 = sum12_1 + tl.dot(f_2_1, tl.load(weight + 912 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum15_2 = sum12_2 + tl.dot(f_2_2, tl.load(weight + 912 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum15_3 = sum12_3 + tl.dot(f_2_3, tl.load(weight + 912 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum15_4 = sum12_4 + tl.dot(f_2_4, tl.load(weight + 912 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    g_0_0 = sum13_0
     tl.store(g_out + rows[:, None] * 144 + (0 + ch16[None, :] * 1), g_0_0, mask=mask16)
-    g_1_0 = tl.dot(p_1_0, tl.load(weight + 144 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25 + tl.dot(f_1_0, tl.load(weight + 912 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    g_1_1 = tl.dot(p_1_1, tl.load(weight + 144 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25 + tl.dot(f_1_1, tl.load(weight + 912 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    g_1_2 = tl.dot(p_1_2, tl.load(weight + 144 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25 + tl.dot(f_1_2, tl.load(weight + 912 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    g_1_0 = sum14_0
+    g_1_1 = sum14_1
+    g_1_2 = sum14_2
     tl.store(g_out + rows[:, None] * 144 + (16 + ch16[None, :] * 3), g_1_0, mask=mask16)
     tl.store(g_out + rows[:, None] * 144 + (17 + ch16[None, :] * 3), g_1_1, mask=mask16)
     tl.store(g_out + rows[:, None] * 144 + (18 + ch16[None, :] * 3), g_1_2, mask=mask16)
-    g_2_0 = tl.dot(p_2_0, tl.load(weight + 144 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25 + tl.dot(f_2_0, tl.load(weight + 912 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    g_2_1 = tl.dot(p_2_1, tl.load(weight + 144 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25 + tl.dot(f_2_1, tl.load(weight + 912 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    g_2_2 = tl.dot(p_2_2, tl.load(weight + 144 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25 + tl.dot(f_2_2, tl.load(weight + 912 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    g_2_3 = tl.dot(p_2_3, tl.load(weight + 144 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25 + tl.dot(f_2_3, tl.load(weight + 912 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    g_2_4 = tl.dot(p_2_4, tl.load(weight + 144 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25 + tl.dot(f_2_4, tl.load(weight + 912 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    g_2_0 = sum15_0
+    g_2_1 = sum15_1
+    g_2_2 = sum15_2
+    g_2_3 = sum15_3
+    g_2_4 = sum15_4
     tl.store(g_out + rows[:, None] * 144 + (64 + ch16[None, :] * 5), g_2_0, mask=mask16)
     tl.store(g_out + rows[:, None] * 144 + (65 + ch16[None, :] * 5), g_2_1, mask=mask16)
     tl.store(g_out + rows[:, None] * 144 + (66 + ch16[None, :] * 5), g_2_2, mask=mask16)
@@ -5538,7 +5585,7 @@ def _cormorant_cg_triton(f, weight, *constants: torch.Tensor) -> list[torch.Tens
     n = f.shape[0]
     g_out = rt.output_rows(f, n, 144)
     grid = (triton.cdiv(n, 16), triton.cdiv(1, 1))
-    _cormorant_cg_kernel[grid](f.contiguous(), weight.contiguous(), g_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=4, enable_fp_fusion=True)
+    _cormorant_cg_kernel[grid](f.contiguous(), weight.contiguous(), g_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=8, maxnreg=255, enable_fp_fusion=True)
     return [g_out]
 
 
@@ -5556,7 +5603,7 @@ def _cormorant_message_d_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     for c0 in range(0, 144, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d_f_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
@@ -5786,7 +5833,7 @@ def _cormorant_message_d_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     # 2 paths 16x1 ⊗ sh -> 16x2
     ip_17 = tl.arange(0, 2)
     ik_17 = tl.arange(0, 8)
@@ -6020,7 +6067,7 @@ def _cormorant_message_d_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     # ∂/∂weight: 16x1 -> 16x1
     ii_33 = tl.arange(0, 4)
     p0_33 = d_m_ptr + 16 + z[:, None, None, None] * 144 + ii_33[None, None, None, :]
@@ -6255,7 +6302,7 @@ def _cormorant_message_d_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     iu_49 = tl.arange(0, 16)
     ip_49 = tl.arange(0, 1)
     ik_49 = tl.arange(0, 1)
@@ -6489,7 +6536,7 @@ def _cormorant_message_d_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     iu_65 = tl.arange(0, 16)
     p0_65 = scratch + 1782 + z[:, None] * 2598 + iu_65[None, :]
     m0_65 = row_mask[:, None]
@@ -6731,7 +6778,7 @@ def _cormorant_message_d_5_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
     ii_81 = tl.arange(0, 1)
     ip_81 = tl.arange(0, 1)
@@ -6788,7 +6835,7 @@ def _cormorant_message_d2_f_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     for c0 in range(0, 144, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_f_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
@@ -6994,7 +7041,7 @@ def _cormorant_message_d2_f_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     iu_17 = tl.arange(0, 16)
     ip_17 = tl.arange(0, 1)
     ik_17 = tl.arange(0, 1)
@@ -7237,7 +7284,7 @@ def _cormorant_message_d2_f_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
     ii_33 = tl.arange(0, 1)
     ip_33 = tl.arange(0, 1)
@@ -7495,7 +7542,7 @@ def _cormorant_message_d2_f_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
     ii_49 = tl.arange(0, 8)
     ip_49 = tl.arange(0, 1)
@@ -7765,7 +7812,7 @@ def _cormorant_message_d2_f_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
     ii_65 = tl.arange(0, 8)
     p0_65 = scratch + 1702 + z[:, None, None, None] * 2598 + ii_65[None, None, None, :]
@@ -8094,7 +8141,7 @@ def _cormorant_message_d2_sh_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     for c0 in range(0, 144, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_f_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
@@ -8299,7 +8346,7 @@ def _cormorant_message_d2_sh_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     iu_17 = tl.arange(0, 16)
     ip_17 = tl.arange(0, 2)
     ik_17 = tl.arange(0, 8)
@@ -8543,7 +8590,7 @@ def _cormorant_message_d2_sh_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
     iu_33 = tl.arange(0, 16)
     ii_33 = tl.arange(0, 1)
@@ -8796,7 +8843,7 @@ def _cormorant_message_d2_sh_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
     iu_49 = tl.arange(0, 16)
     ii_49 = tl.arange(0, 8)
@@ -9063,7 +9110,7 @@ def _cormorant_message_d2_sh_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
     ii_65 = tl.arange(0, 8)
     p0_65 = scratch + 1344 + z[:, None, None, None] * 2419 + ii_65[None, None, None, :]
@@ -9366,7 +9413,7 @@ def _cormorant_message_d2_w_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     for c0 in range(0, 144, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_f_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
@@ -9647,7 +9694,7 @@ def _cormorant_message_d2_w_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     iu_17 = tl.arange(0, 16)
     ip_17 = tl.arange(0, 1)
     ik_17 = tl.arange(0, 4)
@@ -9855,7 +9902,7 @@ def _cormorant_message_d2_w_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     iu_33 = tl.arange(0, 16)
     p0_33 = d2_d_w_ptr + 160 + z[:, None] * 240 + iu_33[None, :]
     m0_33 = row_mask[:, None]
@@ -10084,7 +10131,7 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
     ip_49 = tl.arange(0, 4)
     p0_49 = scratch + 1894 + z[:, None, None, None, None] * 2438 + ip_49[None, None, :, None, None] * 5
@@ -10368,7 +10415,7 @@ def _cormorant_message_d2_w_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
     ii_65 = tl.arange(0, 1)
     ip_65 = tl.arange(0, 1)
@@ -10594,7 +10641,7 @@ def _cormorant_message_d2_weight_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     for c0 in range(0, 144, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_f_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
@@ -10827,7 +10874,7 @@ def _cormorant_message_d2_weight_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     # 2 paths 16x1 ⊗ sh -> 16x2
     ip_17 = tl.arange(0, 2)
     ik_17 = tl.arange(0, 8)
@@ -11055,7 +11102,7 @@ def _cormorant_message_d2_weight_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     # ∂/∂p: ∂/∂weight: 16x1 -> 16x1
     ii_33 = tl.arange(0, 4)
     p0_33 = d2_d_weight_ptr + 256
@@ -11300,7 +11347,7 @@ def _cormorant_message_d2_weight_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     iu_49 = tl.arange(0, 16)
     ip_49 = tl.arange(0, 1)
     ik_49 = tl.arange(0, 1)
@@ -11534,7 +11581,7 @@ def _cormorant_message_d2_weight_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     iu_65 = tl.arange(0, 16)
     p0_65 = scratch + 1782 + z[:, None] * 2598 + iu_65[None, :]
     m0_65 = row_mask[:, None]
@@ -11776,7 +11823,7 @@ def _cormorant_message_d2_weight_5_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 768  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
     ii_81 = tl.arange(0, 1)
     ip_81 = tl.arange(0, 1)
@@ -12038,6 +12085,7 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     sh_0_c0_0 = tl.load(sh + rows * 9 + 0, mask=row_mask, other=0.0)
     p_0_p0_t = 1.0 * f_0_0 * sh_0_c0_0[:, None]
     p_0_p0_0 += p_0_p0_t * tl.load(w + rows[:, None] * 240 + (0 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum1_0 = p_0_p0_0 * 0.5773502691896257
     p_0_p1_0 = zero16
     p_0_p1_1 = zero16
     p_0_p1_2 = zero16
@@ -12050,6 +12098,9 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     p_0_p1_1 += p_0_p1_t * tl.load(w + rows[:, None] * 240 + (16 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p1_t = 0.5773502691896257 * f_0_0 * sh_1_c0_2[:, None]
     p_0_p1_2 += p_0_p1_t * tl.load(w + rows[:, None] * 240 + (16 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum2_0 = p_0_p1_0 * 0.7071067811865476
+    sum2_1 = p_0_p1_1 * 0.7071067811865476
+    sum2_2 = p_0_p1_2 * 0.7071067811865476
     p_0_p2_0 = zero16
     p_0_p2_1 = zero16
     p_0_p2_2 = zero16
@@ -12070,6 +12121,11 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     p_0_p2_3 += p_0_p2_t * tl.load(w + rows[:, None] * 240 + (32 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p2_t = 0.4472135954999579 * f_0_0 * sh_2_c0_4[:, None]
     p_0_p2_4 += p_0_p2_t * tl.load(w + rows[:, None] * 240 + (32 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum3_0 = p_0_p2_0 * 0.9128709291752769
+    sum3_1 = p_0_p2_1 * 0.9128709291752769
+    sum3_2 = p_0_p2_2 * 0.9128709291752769
+    sum3_3 = p_0_p2_3 * 0.9128709291752769
+    sum3_4 = p_0_p2_4 * 0.9128709291752769
     f_1_0 = tl.load(f + rows[:, None] * 144 + (16 + ch16[None, :] * 3), mask=mask16, other=0.0)
     f_1_1 = tl.load(f + rows[:, None] * 144 + (17 + ch16[None, :] * 3), mask=mask16, other=0.0)
     f_1_2 = tl.load(f + rows[:, None] * 144 + (18 + ch16[None, :] * 3), mask=mask16, other=0.0)
@@ -12082,9 +12138,13 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     p_0_p3_1 += p_0_p3_t * tl.load(w + rows[:, None] * 240 + (48 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p3_t = 0.5773502691896257 * f_1_2 * sh_0_c0_0[:, None]
     p_0_p3_2 += p_0_p3_t * tl.load(w + rows[:, None] * 240 + (48 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum4_0 = sum2_0 + p_0_p3_0 * 0.7071067811865476
+    sum4_1 = sum2_1 + p_0_p3_1 * 0.7071067811865476
+    sum4_2 = sum2_2 + p_0_p3_2 * 0.7071067811865476
     p_0_p4_0 = zero16
     p_0_p4_t = 0.5773502691896257 * f_1_0 * sh_1_c0_0[:, None] + 0.5773502691896257 * f_1_1 * sh_1_c0_1[:, None] + 0.5773502691896257 * f_1_2 * sh_1_c0_2[:, None]
     p_0_p4_0 += p_0_p4_t * tl.load(w + rows[:, None] * 240 + (64 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum5_0 = sum1_0 + p_0_p4_0 * 0.5773502691896257
     p_0_p5_0 = zero16
     p_0_p5_1 = zero16
     p_0_p5_2 = zero16
@@ -12094,6 +12154,9 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     p_0_p5_1 += p_0_p5_t * tl.load(w + rows[:, None] * 240 + (80 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p5_t = 0.408248290463863 * f_1_0 * sh_1_c0_1[:, None] + -0.408248290463863 * f_1_1 * sh_1_c0_0[:, None]
     p_0_p5_2 += p_0_p5_t * tl.load(w + rows[:, None] * 240 + (80 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum6_0 = sum4_0 + p_0_p5_0 * 0.7071067811865476
+    sum6_1 = sum4_1 + p_0_p5_1 * 0.7071067811865476
+    sum6_2 = sum4_2 + p_0_p5_2 * 0.7071067811865476
     p_0_p6_0 = zero16
     p_0_p6_1 = zero16
     p_0_p6_2 = zero16
@@ -12109,6 +12172,11 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     p_0_p6_3 += p_0_p6_t * tl.load(w + rows[:, None] * 240 + (96 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p6_t = -0.31622776601683794 * f_1_0 * sh_1_c0_0[:, None] + 0.31622776601683794 * f_1_2 * sh_1_c0_2[:, None]
     p_0_p6_4 += p_0_p6_t * tl.load(w + rows[:, None] * 240 + (96 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum7_0 = sum3_0 + p_0_p6_0 * 0.9128709291752769
+    sum7_1 = sum3_1 + p_0_p6_1 * 0.9128709291752769
+    sum7_2 = sum3_2 + p_0_p6_2 * 0.9128709291752769
+    sum7_3 = sum3_3 + p_0_p6_3 * 0.9128709291752769
+    sum7_4 = sum3_4 + p_0_p6_4 * 0.9128709291752769
     p_0_p7_0 = zero16
     p_0_p7_1 = zero16
     p_0_p7_2 = zero16
@@ -12118,6 +12186,9 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     p_0_p7_1 += p_0_p7_t * tl.load(w + rows[:, None] * 240 + (112 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p7_t = 0.31622776601683794 * f_1_0 * sh_2_c0_0[:, None] + 0.31622776601683794 * f_1_1 * sh_2_c0_3[:, None] + -0.18257418583505536 * f_1_2 * sh_2_c0_2[:, None] + 0.31622776601683794 * f_1_2 * sh_2_c0_4[:, None]
     p_0_p7_2 += p_0_p7_t * tl.load(w + rows[:, None] * 240 + (112 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum8_0 = sum6_0 + p_0_p7_0 * 0.7071067811865476
+    sum8_1 = sum6_1 + p_0_p7_1 * 0.7071067811865476
+    sum8_2 = sum6_2 + p_0_p7_2 * 0.7071067811865476
     p_0_p8_0 = zero16
     p_0_p8_1 = zero16
     p_0_p8_2 = zero16
@@ -12133,6 +12204,11 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     p_0_p8_3 += p_0_p8_t * tl.load(w + rows[:, None] * 240 + (128 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p8_t = 0.18257418583505536 * f_1_0 * sh_2_c0_3[:, None] + -0.3651483716701107 * f_1_1 * sh_2_c0_0[:, None] + 0.18257418583505536 * f_1_2 * sh_2_c0_1[:, None]
     p_0_p8_4 += p_0_p8_t * tl.load(w + rows[:, None] * 240 + (128 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum9_0 = sum7_0 + p_0_p8_0 * 0.9128709291752769
+    sum9_1 = sum7_1 + p_0_p8_1 * 0.9128709291752769
+    sum9_2 = sum7_2 + p_0_p8_2 * 0.9128709291752769
+    sum9_3 = sum7_3 + p_0_p8_3 * 0.9128709291752769
+    sum9_4 = sum7_4 + p_0_p8_4 * 0.9128709291752769
     f_2_0 = tl.load(f + rows[:, None] * 144 + (64 + ch16[None, :] * 5), mask=mask16, other=0.0)
     f_2_1 = tl.load(f + rows[:, None] * 144 + (65 + ch16[None, :] * 5), mask=mask16, other=0.0)
     f_2_2 = tl.load(f + rows[:, None] * 144 + (66 + ch16[None, :] * 5), mask=mask16, other=0.0)
@@ -12153,6 +12229,11 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     p_0_p9_3 += p_0_p9_t * tl.load(w + rows[:, None] * 240 + (144 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p9_t = 0.4472135954999579 * f_2_4 * sh_0_c0_0[:, None]
     p_0_p9_4 += p_0_p9_t * tl.load(w + rows[:, None] * 240 + (144 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum10_0 = sum9_0 + p_0_p9_0 * 0.9128709291752769
+    sum10_1 = sum9_1 + p_0_p9_1 * 0.9128709291752769
+    sum10_2 = sum9_2 + p_0_p9_2 * 0.9128709291752769
+    sum10_3 = sum9_3 + p_0_p9_3 * 0.9128709291752769
+    sum10_4 = sum9_4 + p_0_p9_4 * 0.9128709291752769
     p_0_p10_0 = zero16
     p_0_p10_1 = zero16
     p_0_p10_2 = zero16
@@ -12162,6 +12243,9 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     p_0_p10_1 += p_0_p10_t * tl.load(w + rows[:, None] * 240 + (160 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p10_t = 0.31622776601683794 * f_2_0 * sh_1_c0_0[:, None] + -0.18257418583505536 * f_2_2 * sh_1_c0_2[:, None] + 0.31622776601683794 * f_2_3 * sh_1_c0_1[:, None] + 0.31622776601683794 * f_2_4 * sh_1_c0_2[:, None]
     p_0_p10_2 += p_0_p10_t * tl.load(w + rows[:, None] * 240 + (160 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum11_0 = sum8_0 + p_0_p10_0 * 0.7071067811865476
+    sum11_1 = sum8_1 + p_0_p10_1 * 0.7071067811865476
+    sum11_2 = sum8_2 + p_0_p10_2 * 0.7071067811865476
     p_0_p11_0 = zero16
     p_0_p11_1 = zero16
     p_0_p11_2 = zero16
@@ -12177,9 +12261,15 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     p_0_p11_3 += p_0_p11_t * tl.load(w + rows[:, None] * 240 + (176 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p11_t = 0.3651483716701107 * f_2_0 * sh_1_c0_1[:, None] + -0.18257418583505536 * f_2_1 * sh_1_c0_2[:, None] + -0.18257418583505536 * f_2_3 * sh_1_c0_0[:, None]
     p_0_p11_4 += p_0_p11_t * tl.load(w + rows[:, None] * 240 + (176 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum12_0 = sum10_0 + p_0_p11_0 * 0.9128709291752769
+    sum12_1 = sum10_1 + p_0_p11_1 * 0.9128709291752769
+    sum12_2 = sum10_2 + p_0_p11_2 * 0.9128709291752769
+    sum12_3 = sum10_3 + p_0_p11_3 * 0.9128709291752769
+    sum12_4 = sum10_4 + p_0_p11_4 * 0.9128709291752769
     p_0_p12_0 = zero16
     p_0_p12_t = 0.4472135954999579 * f_2_0 * sh_2_c0_0[:, None] + 0.4472135954999579 * f_2_1 * sh_2_c0_1[:, None] + 0.4472135954999579 * f_2_2 * sh_2_c0_2[:, None] + 0.4472135954999579 * f_2_3 * sh_2_c0_3[:, None] + 0.4472135954999579 * f_2_4 * sh_2_c0_4[:, None]
     p_0_p12_0 += p_0_p12_t * tl.load(w + rows[:, None] * 240 + (192 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum13_0 = sum5_0 + p_0_p12_0 * 0.5773502691896257
     p_0_p13_0 = zero16
     p_0_p13_1 = zero16
     p_0_p13_2 = zero16
@@ -12189,6 +12279,9 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     p_0_p13_1 += p_0_p13_t * tl.load(w + rows[:, None] * 240 + (208 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p13_t = 0.18257418583505536 * f_2_0 * sh_2_c0_3[:, None] + 0.31622776601683794 * f_2_1 * sh_2_c0_2[:, None] + 0.18257418583505536 * f_2_1 * sh_2_c0_4[:, None] + -0.31622776601683794 * f_2_2 * sh_2_c0_1[:, None] + -0.18257418583505536 * f_2_3 * sh_2_c0_0[:, None] + -0.18257418583505536 * f_2_4 * sh_2_c0_1[:, None]
     p_0_p13_2 += p_0_p13_t * tl.load(w + rows[:, None] * 240 + (208 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum14_0 = sum11_0 + p_0_p13_0 * 0.7071067811865476
+    sum14_1 = sum11_1 + p_0_p13_1 * 0.7071067811865476
+    sum14_2 = sum11_2 + p_0_p13_2 * 0.7071067811865476
     p_0_p14_0 = zero16
     p_0_p14_1 = zero16
     p_0_p14_2 = zero16
@@ -12204,31 +12297,45 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     p_0_p14_3 += p_0_p14_t * tl.load(w + rows[:, None] * 240 + (224 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p14_t = -0.20701966780270625 * f_2_1 * sh_2_c0_1[:, None] + -0.23904572186687872 * f_2_2 * sh_2_c0_4[:, None] + 0.20701966780270625 * f_2_3 * sh_2_c0_3[:, None] + -0.23904572186687872 * f_2_4 * sh_2_c0_2[:, None]
     p_0_p14_4 += p_0_p14_t * tl.load(w + rows[:, None] * 240 + (224 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_0 = p_0_p0_0 * 0.5773502691896257 + p_0_p4_0 * 0.5773502691896257 + p_0_p12_0 * 0.5773502691896257
-    p_1_0 = p_0_p1_0 * 0.7071067811865476 + p_0_p3_0 * 0.7071067811865476 + p_0_p5_0 * 0.7071067811865476 + p_0_p7_0 * 0.7071067811865476 + p_0_p10_0 * 0.7071067811865476 + p_0_p13_0 * 0.7071067811865476
-    p_1_1 = p_0_p1_1 * 0.7071067811865476 + p_0_p3_1 * 0.7071067811865476 + p_0_p5_1 * 0.7071067811865476 + p_0_p7_1 * 0.7071067811865476 + p_0_p10_1 * 0.7071067811865476 + p_0_p13_1 * 0.7071067811865476
-    p_1_2 = p_0_p1_2 * 0.7071067811865476 + p_0_p3_2 * 0.7071067811865476 + p_0_p5_2 * 0.7071067811865476 + p_0_p7_2 * 0.7071067811865476 + p_0_p10_2 * 0.7071067811865476 + p_0_p13_2 * 0.7071067811865476
-    p_2_0 = p_0_p2_0 * 0.9128709291752769 + p_0_p6_0 * 0.9128709291752769 + p_0_p8_0 * 0.9128709291752769 + p_0_p9_0 * 0.9128709291752769 + p_0_p11_0 * 0.9128709291752769 + p_0_p14_0 * 0.9128709291752769
-    p_2_1 = p_0_p2_1 * 0.9128709291752769 + p_0_p6_1 * 0.9128709291752769 + p_0_p8_1 * 0.9128709291752769 + p_0_p9_1 * 0.9128709291752769 + p_0_p11_1 * 0.9128709291752769 + p_0_p14_1 * 0.9128709291752769
-    p_2_2 = p_0_p2_2 * 0.9128709291752769 + p_0_p6_2 * 0.9128709291752769 + p_0_p8_2 * 0.9128709291752769 + p_0_p9_2 * 0.9128709291752769 + p_0_p11_2 * 0.9128709291752769 + p_0_p14_2 * 0.9128709291752769
-    p_2_3 = p_0_p2_3 * 0.9128709291752769 + p_0_p6_3 * 0.9128709291752769 + p_0_p8_3 * 0.9128709291752769 + p_0_p9_3 * 0.9128709291752769 + p_0_p11_3 * 0.9128709291752769 + p_0_p14_3 * 0.9128709291752769
-    p_2_4 = p_0_p2_4 * 0.9128709291752769 + p_0_p6_4 * 0.9128709291752769 + p_0_p8_4 * 0.9128709291752769 + p_0_p9_4 * 0.9128709291752769 + p_0_p11_4 * 0.9128709291752769 + p_0_p14_4 * 0.9128709291752769
+    sum15_0 = sum12_0 + p_0_p14_0 * 0.9128709291752769
+    sum15_1 = sum12_1 + p_0_p14_1 * 0.9128709291752769
+    sum15_2 = sum12_2 + p_0_p14_2 * 0.9128709291752769
+    sum15_3 = sum12_3 + p_0_p14_3 * 0.9128709291752769
+    sum15_4 = sum12_4 + p_0_p14_4 * 0.9128709291752769
+    p_0_0 = sum13_0
+    p_1_0 = sum14_0
+    p_1_1 = sum14_1
+    p_1_2 = sum14_2
+    p_2_0 = sum15_0
+    p_2_1 = sum15_1
+    p_2_2 = sum15_2
+    p_2_3 = sum15_3
+    p_2_4 = sum15_4
 
     # out m : 16x0+16x1+16x2
     # m.0: p mix uvw
-    m_0_0 = tl.dot(p_0_0, tl.load(weight + 0 + (0 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum16_0 = tl.dot(p_0_0, tl.load(weight + 0 + (0 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum17_0 = tl.dot(p_1_0, tl.load(weight + 0 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum17_1 = tl.dot(p_1_1, tl.load(weight + 0 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum17_2 = tl.dot(p_1_2, tl.load(weight + 0 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum18_0 = tl.dot(p_2_0, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum18_1 = tl.dot(p_2_1, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum18_2 = tl.dot(p_2_2, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum18_3 = tl.dot(p_2_3, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum18_4 = tl.dot(p_2_4, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    m_0_0 = sum16_0
     tl.store(m_out + rows[:, None] * 144 + (0 + ch16[None, :] * 1), m_0_0, mask=mask16)
-    m_1_0 = tl.dot(p_1_0, tl.load(weight + 0 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    m_1_1 = tl.dot(p_1_1, tl.load(weight + 0 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    m_1_2 = tl.dot(p_1_2, tl.load(weight + 0 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    m_1_0 = sum17_0
+    m_1_1 = sum17_1
+    m_1_2 = sum17_2
     tl.store(m_out + rows[:, None] * 144 + (16 + ch16[None, :] * 3), m_1_0, mask=mask16)
     tl.store(m_out + rows[:, None] * 144 + (17 + ch16[None, :] * 3), m_1_1, mask=mask16)
     tl.store(m_out + rows[:, None] * 144 + (18 + ch16[None, :] * 3), m_1_2, mask=mask16)
-    m_2_0 = tl.dot(p_2_0, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    m_2_1 = tl.dot(p_2_1, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    m_2_2 = tl.dot(p_2_2, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    m_2_3 = tl.dot(p_2_3, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    m_2_4 = tl.dot(p_2_4, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    m_2_0 = sum18_0
+    m_2_1 = sum18_1
+    m_2_2 = sum18_2
+    m_2_3 = sum18_3
+    m_2_4 = sum18_4
     tl.store(m_out + rows[:, None] * 144 + (64 + ch16[None, :] * 5), m_2_0, mask=mask16)
     tl.store(m_out + rows[:, None] * 144 + (65 + ch16[None, :] * 5), m_2_1, mask=mask16)
     tl.store(m_out + rows[:, None] * 144 + (66 + ch16[None, :] * 5), m_2_2, mask=mask16)
@@ -12241,7 +12348,7 @@ def _cormorant_message_triton(f, sh, w, weight, *constants: torch.Tensor) -> lis
     n = f.shape[0]
     m_out = rt.output_rows(f, n, 144)
     grid = (triton.cdiv(n, 16), triton.cdiv(1, 1))
-    _cormorant_message_kernel[grid](f.contiguous(), sh.contiguous(), w.contiguous(), weight.contiguous(), m_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=4, enable_fp_fusion=True)
+    _cormorant_message_kernel[grid](f.contiguous(), sh.contiguous(), w.contiguous(), weight.contiguous(), m_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=8, maxnreg=255, enable_fp_fusion=True)
     return [m_out]
 
 

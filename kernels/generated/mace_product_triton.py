@@ -16,7 +16,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['mace_product', 'mace_product_2', 'mace_product_4']
 
-_ops = rt.OpNamespace("fusionc_fff3d04cbdf0df88")
+_ops = rt.OpNamespace("fusionc_ec92189268745597")
 
 
 @triton.jit
@@ -25,7 +25,7 @@ def _mace_product_d_0_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     for c0 in range(0, 1024, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d_A_ptr + z[:, None] * 1024 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 1024)[None, :])
@@ -286,7 +286,7 @@ def _mace_product_d_1_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     # one weight set per row, chosen by z
     k_17 = tl.load(z_ptr + z, mask=row_mask, other=0)
     for c_17 in range(0, 1280, 128):
@@ -529,7 +529,7 @@ def _mace_product_d_2_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     ii_33 = tl.arange(0, 8)
     p0_33 = scratch + 3648 + z[:, None, None] * 53248 + ii_33[None, None, :]
     m0_33 = row_mask[:, None, None] & (ii_33[None, None, :] < 5)
@@ -782,7 +782,7 @@ def _mace_product_d_3_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     iu_49 = tl.arange(0, 64)
     ii_49 = tl.arange(0, 4)
     p0_49 = d_B_ptr + 64 + z[:, None, None] * 256 + iu_49[None, :, None] * 3 + ii_49[None, None, :]
@@ -1020,7 +1020,7 @@ def _mace_product_d_4_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     iu_65 = tl.arange(0, 64)
     ii_65 = tl.arange(0, 4)
     p0_65 = d_B_ptr + 64 + z[:, None, None] * 256 + iu_65[None, :, None] * 3 + ii_65[None, None, :]
@@ -1261,7 +1261,7 @@ def _mace_product_d_5_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     iu_81 = tl.arange(0, 64)
     ii_81 = tl.arange(0, 4)
     p0_81 = scratch + 11072 + z[:, None, None] * 53248 + iu_81[None, :, None] * 3 + ii_81[None, None, :]
@@ -1512,7 +1512,7 @@ def _mace_product_d_6_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     iu_97 = tl.arange(0, 64)
     ii_97 = tl.arange(0, 4)
     p0_97 = scratch + 10176 + z[:, None, None] * 53248 + iu_97[None, :, None] * 3 + ii_97[None, None, :]
@@ -1737,7 +1737,7 @@ def _mace_product_d_7_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     iu_113 = tl.arange(0, 64)
     ii_113 = tl.arange(0, 1)
     p0_113 = scratch + 9920 + z[:, None, None] * 53248 + iu_113[None, :, None] + ii_113[None, None, :]
@@ -1968,7 +1968,7 @@ def _mace_product_d_8_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     # ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
     ik_129 = tl.arange(0, 8)
     p0_129 = scratch + 9472 + z[:, None, None, None] * 53248 + ik_129[None, None, :, None]
@@ -2258,7 +2258,7 @@ def _mace_product_d_9_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, cg
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     iu_145 = tl.arange(0, 64)
     ii_145 = tl.arange(0, 1)
     p0_145 = d_B_ptr + 0 + z[:, None, None] * 256 + iu_145[None, :, None] + ii_145[None, None, :]
@@ -2516,7 +2516,7 @@ def _mace_product_d_10_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, c
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     ij_161 = tl.arange(0, 8)
     ii_161 = tl.arange(0, 8)
     ik_161 = tl.arange(0, 1)
@@ -2765,7 +2765,7 @@ def _mace_product_d_11_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, c
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     ii_177 = tl.arange(0, 1)
     ij_177 = tl.arange(0, 4)
     ik_177 = tl.arange(0, 4)
@@ -3002,7 +3002,7 @@ def _mace_product_d2_A_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     for c0 in range(0, 1024, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_A_ptr + z[:, None] * 1024 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 1024)[None, :])
@@ -3266,7 +3266,7 @@ def _mace_product_d2_A_1_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     # one weight set per row, chosen by z
     k_17 = tl.load(z_ptr + z, mask=row_mask, other=0)
     for c_17 in range(0, 1280, 128):
@@ -3509,7 +3509,7 @@ def _mace_product_d2_A_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     ii_33 = tl.arange(0, 8)
     p0_33 = scratch + 3648 + z[:, None, None] * 119936 + ii_33[None, None, :]
     m0_33 = row_mask[:, None, None] & (ii_33[None, None, :] < 5)
@@ -3740,7 +3740,7 @@ def _mace_product_d2_A_3_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     # ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
     ij_49 = tl.arange(0, 8)
     ik_49 = tl.arange(0, 1)
@@ -3973,7 +3973,7 @@ def _mace_product_d2_A_4_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     ik_65 = tl.arange(0, 4)
     p0_65 = cg_2_3_1_ptr + 0 + ik_65[None, None, None, None, :]
     m0_65 = (ik_65[None, None, None, None, :] < 3)
@@ -4205,7 +4205,7 @@ def _mace_product_d2_A_5_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     # ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
     ij_81 = tl.arange(0, 1)
     ik_81 = tl.arange(0, 1)
@@ -4428,7 +4428,7 @@ def _mace_product_d2_A_6_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     # ∂/∂_w_B_0: ∂/∂A: 64x1o -> 64x1o
     iu_97 = tl.arange(0, 64)
     ii_97 = tl.arange(0, 4)
@@ -4671,7 +4671,7 @@ def _mace_product_d2_A_7_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     ik_113 = tl.arange(0, 4)
     ii_113 = tl.arange(0, 1)
     ij_113 = tl.arange(0, 4)
@@ -4921,7 +4921,7 @@ def _mace_product_d2_A_8_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     ik_129 = tl.arange(0, 4)
     ii_129 = tl.arange(0, 4)
     p0_129 = cg_1_2_1_ptr + 0 + ii_129[None, None, None, :, None] * 15 + ik_129[None, None, :, None, None]
@@ -5192,7 +5192,7 @@ def _mace_product_d2_A_9_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, c
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     ij_145 = tl.arange(0, 8)
     ii_145 = tl.arange(0, 8)
     ik_145 = tl.arange(0, 1)
@@ -5464,7 +5464,7 @@ def _mace_product_d2_A_10_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     ii_161 = tl.arange(0, 8)
     ij_161 = tl.arange(0, 8)
     ik_161 = tl.arange(0, 1)
@@ -5744,7 +5744,7 @@ def _mace_product_d2_A_11_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     # ∂/∂d__p12: ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
     p0_177 = cg_2_2_2_ptr + 0
     p1_177 = scratch + 43776 + z[:, None, None, None, None] * 119936
@@ -6056,7 +6056,7 @@ def _mace_product_d2_A_12_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     iu_193 = tl.arange(0, 64)
     ii_193 = tl.arange(0, 1)
     p0_193 = scratch + 16384 + z[:, None, None] * 119936 + iu_193[None, :, None] + ii_193[None, None, :]
@@ -6282,7 +6282,7 @@ def _mace_product_d2_A_13_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     iu_209 = tl.arange(0, 64)
     ii_209 = tl.arange(0, 1)
     p0_209 = scratch + 16384 + z[:, None, None] * 119936 + iu_209[None, :, None] + ii_209[None, None, :]
@@ -6520,7 +6520,7 @@ def _mace_product_d2_A_14_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     iu_225 = tl.arange(0, 64)
     ii_225 = tl.arange(0, 4)
     p0_225 = scratch + 18688 + z[:, None, None] * 119936 + iu_225[None, :, None] * 3 + ii_225[None, None, :]
@@ -6767,7 +6767,7 @@ def _mace_product_d2_A_15_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     ii_241 = tl.arange(0, 8)
     p0_241 = scratch + 18176 + z[:, None, None] * 119936 + ii_241[None, None, :]
     m0_241 = row_mask[:, None, None] & (ii_241[None, None, :] < 5)
@@ -7028,7 +7028,7 @@ def _mace_product_d2_A_16_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     ik_257 = tl.arange(0, 1)
     ii_257 = tl.arange(0, 4)
     ij_257 = tl.arange(0, 4)
@@ -7281,7 +7281,7 @@ def _mace_product_d2_A_17_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     # ∂/∂d__p26: ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
     ii_273 = tl.arange(0, 8)
     ij_273 = tl.arange(0, 4)
@@ -7540,7 +7540,7 @@ def _mace_product_d2_A_18_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     ij_289 = tl.arange(0, 8)
     ii_289 = tl.arange(0, 8)
     ik_289 = tl.arange(0, 1)
@@ -7789,7 +7789,7 @@ def _mace_product_d2_A_19_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     ik_305 = tl.arange(0, 4)
     p0_305 = cg_2_2_1_ptr + 0 + ik_305[None, None, None, None, :]
     m0_305 = (ik_305[None, None, None, None, :] < 3)
@@ -8041,7 +8041,7 @@ def _mace_product_d2_A_20_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     ii_321 = tl.arange(0, 8)
     p0_321 = scratch + 15552 + z[:, None, None] * 119936 + ii_321[None, None, :]
     m0_321 = row_mask[:, None, None] & (ii_321[None, None, :] < 5)
@@ -8263,7 +8263,7 @@ def _mace_product_d2_A_21_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     iu_337 = tl.arange(0, 64)
     ii_337 = tl.arange(0, 1)
     p0_337 = scratch + 14784 + z[:, None, None] * 119936 + iu_337[None, :, None] + ii_337[None, None, :]
@@ -8495,7 +8495,7 @@ def _mace_product_d2_A_22_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     p0_353 = cg_3_3_2_ptr + 0
     p1_353 = scratch + 102080 + z[:, None, None, None, None] * 119936
     m1_353 = row_mask[:, None, None, None, None]
@@ -8787,7 +8787,7 @@ def _mace_product_d2_A_23_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     ii_369 = tl.arange(0, 8)
     ik_369 = tl.arange(0, 1)
@@ -9063,7 +9063,7 @@ def _mace_product_d2_A_24_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     ii_385 = tl.arange(0, 4)
     ik_385 = tl.arange(0, 1)
@@ -9905,7 +9905,7 @@ def _mace_product_d2_weight_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     for c0 in range(0, 1024, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_A_ptr + z[:, None] * 1024 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 1024)[None, :])
@@ -10190,7 +10190,7 @@ def _mace_product_d2_weight_1_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     # p13 = (p5 ⊗ p8) -> 64x2o
     p0_17 = cg_2_3_2_ptr + 0
     p1_17 = scratch + 15488 + z[:, None, None, None, None] * 59328
@@ -10445,7 +10445,7 @@ def _mace_product_d2_weight_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     iu_33 = tl.arange(0, 64)
     ii_33 = tl.arange(0, 4)
     p0_33 = d_B_ptr + 64 + z[:, None, None] * 256 + iu_33[None, :, None] * 3 + ii_33[None, None, :]
@@ -10676,7 +10676,7 @@ def _mace_product_d2_weight_3_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     # ∂/∂A: ∂/∂_w_B_0: 64x1o -> 64x1o
     iu_49 = tl.arange(0, 64)
     ii_49 = tl.arange(0, 4)
@@ -10889,7 +10889,7 @@ def _mace_product_d2_weight_4_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     k_65 = tl.load(z_ptr + z, mask=row_mask, other=0)
     for c_65 in range(0, 1280, 128):
         cols_65 = c_65 + tl.arange(0, 128)
@@ -11104,7 +11104,7 @@ def _mace_product_d2_weight_5_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     iu_81 = tl.arange(0, 64)
     ii_81 = tl.arange(0, 1)
     p0_81 = scratch + 8256 + z[:, None, None] * 59328 + iu_81[None, :, None]
@@ -11331,7 +11331,7 @@ def _mace_product_d2_weight_6_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     ik_97 = tl.arange(0, 4)
     ii_97 = tl.arange(0, 4)
     p0_97 = cg_1_2_1_ptr + 0 + ii_97[None, None, None, :, None] * 15 + ik_97[None, None, :, None, None]
@@ -11580,7 +11580,7 @@ def _mace_product_d2_weight_7_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     iu_113 = tl.arange(0, 64)
     ii_113 = tl.arange(0, 4)
     p0_113 = scratch + 8768 + z[:, None, None] * 59328 + iu_113[None, :, None]
@@ -11825,7 +11825,7 @@ def _mace_product_d2_weight_8_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     ii_129 = tl.arange(0, 8)
     p0_129 = scratch + 8640 + z[:, None, None] * 59328
     m0_129 = row_mask[:, None, None]
@@ -12063,7 +12063,7 @@ def _mace_product_d2_weight_9_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, wei
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     iu_145 = tl.arange(0, 64)
     ii_145 = tl.arange(0, 4)
     p0_145 = scratch + 8896 + z[:, None, None] * 59328 + iu_145[None, :, None]
@@ -12359,7 +12359,7 @@ def _mace_product_d2_weight_10_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, we
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     p0_161 = cg_2_2_2_ptr + 0
     p1_161 = scratch + 49152 + z[:, None, None, None, None] * 59328
     m1_161 = row_mask[:, None, None, None, None]
@@ -12642,7 +12642,7 @@ def _mace_product_d2_weight_11_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, we
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     ij_177 = tl.arange(0, 8)
     ii_177 = tl.arange(0, 8)
     ik_177 = tl.arange(0, 1)
@@ -12904,7 +12904,7 @@ def _mace_product_d2_weight_12_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, we
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 18560  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 18560  # this program's slot of the partial buffer
     iu_193 = tl.arange(0, 64)
     ij_193 = tl.arange(0, 1)
     ii_193 = tl.arange(0, 1)
@@ -13247,19 +13247,28 @@ def _mace_product_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_U:
     A_0_0 = tl.load(A + rows[:, None] * 1024 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
     z_rows = tl.load(z + rows, mask=row_mask, other=0)
     w_B_0_0 = tl.load(weight + 0 + z_rows[:, None] * 128 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum1_0 = A_0_0 * w_B_0_0 * 1.0
     A_1_0 = tl.load(A + rows[:, None] * 1024 + (64 + chans[None, :] * 3), mask=mask, other=0.0)
     A_1_1 = tl.load(A + rows[:, None] * 1024 + (65 + chans[None, :] * 3), mask=mask, other=0.0)
     A_1_2 = tl.load(A + rows[:, None] * 1024 + (66 + chans[None, :] * 3), mask=mask, other=0.0)
     w_B_0_64 = tl.load(weight + 0 + z_rows[:, None] * 128 + (64 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum2_0 = A_1_0 * w_B_0_64 * 1.0
+    sum2_1 = A_1_1 * w_B_0_64 * 1.0
+    sum2_2 = A_1_2 * w_B_0_64 * 1.0
     # B.1: fuse(A, A) mix uuu per z
     p1_0 = 1.0 * A_0_0 * A_0_0
     w_B_1_0 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum3_0 = sum1_0 + p1_0 * w_B_1_0 * 0.5
     p3_0 = 0.5773502691896257 * A_0_0 * A_1_0
     p3_1 = 0.5773502691896257 * A_0_0 * A_1_1
     p3_2 = 0.5773502691896257 * A_0_0 * A_1_2
     w_B_1_64 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (64 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum4_0 = sum2_0 + p3_0 * w_B_1_64 * 1.0
+    sum4_1 = sum2_1 + p3_1 * w_B_1_64 * 1.0
+    sum4_2 = sum2_2 + p3_2 * w_B_1_64 * 1.0
     p4_0 = 0.5773502691896257 * A_1_0 * A_1_0 + 0.5773502691896257 * A_1_1 * A_1_1 + 0.5773502691896257 * A_1_2 * A_1_2
     w_B_1_128 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (128 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum5_0 = sum3_0 + p4_0 * w_B_1_128 * 0.5
     A_2_0 = tl.load(A + rows[:, None] * 1024 + (256 + chans[None, :] * 5), mask=mask, other=0.0)
     A_2_1 = tl.load(A + rows[:, None] * 1024 + (257 + chans[None, :] * 5), mask=mask, other=0.0)
     A_2_2 = tl.load(A + rows[:, None] * 1024 + (258 + chans[None, :] * 5), mask=mask, other=0.0)
@@ -13269,8 +13278,12 @@ def _mace_product_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_U:
     p6_1 = 0.31622776601683794 * A_1_0 * A_2_1 + 0.3651483716701107 * A_1_1 * A_2_2 + 0.31622776601683794 * A_1_2 * A_2_3
     p6_2 = 0.31622776601683794 * A_1_0 * A_2_0 + 0.31622776601683794 * A_1_1 * A_2_3 + -0.18257418583505536 * A_1_2 * A_2_2 + 0.31622776601683794 * A_1_2 * A_2_4
     w_B_1_192 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (192 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum6_0 = sum4_0 + p6_0 * w_B_1_192 * 1.0
+    sum6_1 = sum4_1 + p6_1 * w_B_1_192 * 1.0
+    sum6_2 = sum4_2 + p6_2 * w_B_1_192 * 1.0
     p7_0 = 0.4472135954999579 * A_2_0 * A_2_0 + 0.4472135954999579 * A_2_1 * A_2_1 + 0.4472135954999579 * A_2_2 * A_2_2 + 0.4472135954999579 * A_2_3 * A_2_3 + 0.4472135954999579 * A_2_4 * A_2_4
     w_B_1_256 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (256 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum7_0 = sum5_0 + p7_0 * w_B_1_256 * 0.5
     A_3_0 = tl.load(A + rows[:, None] * 1024 + (576 + chans[None, :] * 7), mask=mask, other=0.0)
     A_3_1 = tl.load(A + rows[:, None] * 1024 + (577 + chans[None, :] * 7), mask=mask, other=0.0)
     A_3_2 = tl.load(A + rows[:, None] * 1024 + (578 + chans[None, :] * 7), mask=mask, other=0.0)
@@ -13282,8 +13295,12 @@ def _mace_product_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_U:
     p9_1 = 0.2182178902359924 * A_2_0 * A_3_1 + 0.2760262237369417 * A_2_1 * A_3_2 + 0.29277002188455997 * A_2_2 * A_3_3 + 0.2760262237369417 * A_2_3 * A_3_4 + 0.2182178902359924 * A_2_4 * A_3_5
     p9_2 = 0.2672612419124244 * A_2_0 * A_3_0 + -0.06900655593423542 * A_2_0 * A_3_2 + 0.2182178902359924 * A_2_1 * A_3_1 + 0.23904572186687872 * A_2_2 * A_3_4 + -0.1690308509457033 * A_2_3 * A_3_3 + 0.2182178902359924 * A_2_3 * A_3_5 + -0.06900655593423542 * A_2_4 * A_3_4 + 0.2672612419124244 * A_2_4 * A_3_6
     w_B_1_320 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (320 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum8_0 = sum6_0 + p9_0 * w_B_1_320 * 1.0
+    sum8_1 = sum6_1 + p9_1 * w_B_1_320 * 1.0
+    sum8_2 = sum6_2 + p9_2 * w_B_1_320 * 1.0
     p10_0 = 0.37796447300922725 * A_3_0 * A_3_0 + 0.37796447300922725 * A_3_1 * A_3_1 + 0.37796447300922725 * A_3_2 * A_3_2 + 0.37796447300922725 * A_3_3 * A_3_3 + 0.37796447300922725 * A_3_4 * A_3_4 + 0.37796447300922725 * A_3_5 * A_3_5 + 0.37796447300922725 * A_3_6 * A_3_6
     w_B_1_384 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (384 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum9_0 = sum7_0 + p10_0 * w_B_1_384 * 0.5
     # B.2: fuse(A, A, A) mix uuu per z
     p11_0 = 0.31622776601683794 * A_1_0 * A_1_2 + 0.31622776601683794 * A_1_2 * A_1_0
     p11_1 = 0.31622776601683794 * A_1_0 * A_1_1 + 0.31622776601683794 * A_1_1 * A_1_0
@@ -13311,6 +13328,7 @@ def _mace_product_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_U:
     w_B_2_960 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (960 + chans[None, :] * 1), mask=mask, other=0.0)
     p15_0 = p1_0 * w_B_2_0 * 0.3535533905932738 + p4_0 * w_B_2_192 * 0.3535533905932738 + p7_0 * w_B_2_448 * 0.3535533905932738 + p10_0 * w_B_2_960 * 0.3535533905932738
     p16_0 = 1.0 * p15_0 * A_0_0
+    sum10_0 = sum9_0 + p16_0 * 1.0
     w_B_2_64 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (64 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_2_256 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (256 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_2_512 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (512 + chans[None, :] * 1), mask=mask, other=0.0)
@@ -13319,6 +13337,9 @@ def _mace_product_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_U:
     p18_0 = 0.5773502691896257 * p17_0 * A_1_0
     p18_1 = 0.5773502691896257 * p17_0 * A_1_1
     p18_2 = 0.5773502691896257 * p17_0 * A_1_2
+    sum11_0 = sum8_0 + p18_0 * 1.0
+    sum11_1 = sum8_1 + p18_1 * 1.0
+    sum11_2 = sum8_2 + p18_2 * 1.0
     w_B_2_128 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (128 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_2_832 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (832 + chans[None, :] * 1), mask=mask, other=0.0)
     p19_0 = p3_0 * w_B_2_128 * 0.8660254037844386 + p9_0 * w_B_2_832 * 0.8660254037844386
@@ -13327,6 +13348,9 @@ def _mace_product_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_U:
     p20_0 = -0.18257418583505536 * p19_0 * A_2_2 + -0.31622776601683794 * p19_0 * A_2_4 + 0.31622776601683794 * p19_1 * A_2_1 + 0.31622776601683794 * p19_2 * A_2_0
     p20_1 = 0.31622776601683794 * p19_0 * A_2_1 + 0.3651483716701107 * p19_1 * A_2_2 + 0.31622776601683794 * p19_2 * A_2_3
     p20_2 = 0.31622776601683794 * p19_0 * A_2_0 + 0.31622776601683794 * p19_1 * A_2_3 + -0.18257418583505536 * p19_2 * A_2_2 + 0.31622776601683794 * p19_2 * A_2_4
+    sum12_0 = sum11_0 + p20_0 * 1.0
+    sum12_1 = sum11_1 + p20_1 * 1.0
+    sum12_2 = sum11_2 + p20_2 * 1.0
     w_B_2_320 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (320 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_2_1216 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (1216 + chans[None, :] * 1), mask=mask, other=0.0)
     p21_0 = p11_0 * w_B_2_320 * 1.118033988749895 + p14_0 * w_B_2_1216 * 1.118033988749895
@@ -13337,12 +13361,16 @@ def _mace_product_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_U:
     p22_0 = -0.06900655593423542 * p21_0 * A_3_4 + -0.2672612419124244 * p21_0 * A_3_6 + -0.1690308509457033 * p21_1 * A_3_3 + -0.2182178902359924 * p21_1 * A_3_5 + 0.23904572186687872 * p21_2 * A_3_2 + 0.2182178902359924 * p21_3 * A_3_1 + 0.2672612419124244 * p21_4 * A_3_0 + 0.06900655593423542 * p21_4 * A_3_2
     p22_1 = 0.2182178902359924 * p21_0 * A_3_1 + 0.2760262237369417 * p21_1 * A_3_2 + 0.29277002188455997 * p21_2 * A_3_3 + 0.2760262237369417 * p21_3 * A_3_4 + 0.2182178902359924 * p21_4 * A_3_5
     p22_2 = 0.2672612419124244 * p21_0 * A_3_0 + -0.06900655593423542 * p21_0 * A_3_2 + 0.2182178902359924 * p21_1 * A_3_1 + 0.23904572186687872 * p21_2 * A_3_4 + -0.1690308509457033 * p21_3 * A_3_3 + 0.2182178902359924 * p21_3 * A_3_5 + -0.06900655593423542 * p21_4 * A_3_4 + 0.2672612419124244 * p21_4 * A_3_6
+    sum13_0 = sum12_0 + p22_0 * 1.0
+    sum13_1 = sum12_1 + p22_1 * 1.0
+    sum13_2 = sum12_2 + p22_2 * 1.0
     w_B_2_384 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (384 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_2_768 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (768 + chans[None, :] * 1), mask=mask, other=0.0)
     p23_0 = p6_0 * w_B_2_384 * 0.6123724356957945 + p9_0 * w_B_2_768 * 0.6123724356957945
     p23_1 = p6_1 * w_B_2_384 * 0.6123724356957945 + p9_1 * w_B_2_768 * 0.6123724356957945
     p23_2 = p6_2 * w_B_2_384 * 0.6123724356957945 + p9_2 * w_B_2_768 * 0.6123724356957945
     p24_0 = 0.5773502691896257 * p23_0 * A_1_0 + 0.5773502691896257 * p23_1 * A_1_1 + 0.5773502691896257 * p23_2 * A_1_2
+    sum14_0 = sum10_0 + p24_0 * 1.0
     w_B_2_576 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (576 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_2_1088 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (1088 + chans[None, :] * 1), mask=mask, other=0.0)
     p25_0 = p12_0 * w_B_2_576 * 1.118033988749895 + p14_0 * w_B_2_1088 * 1.118033988749895
@@ -13353,6 +13381,9 @@ def _mace_product_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_U:
     p26_0 = 0.31622776601683794 * p25_0 * A_1_2 + 0.31622776601683794 * p25_1 * A_1_1 + -0.18257418583505536 * p25_2 * A_1_0 + -0.31622776601683794 * p25_4 * A_1_0
     p26_1 = 0.31622776601683794 * p25_1 * A_1_0 + 0.3651483716701107 * p25_2 * A_1_1 + 0.31622776601683794 * p25_3 * A_1_2
     p26_2 = 0.31622776601683794 * p25_0 * A_1_0 + -0.18257418583505536 * p25_2 * A_1_2 + 0.31622776601683794 * p25_3 * A_1_1 + 0.31622776601683794 * p25_4 * A_1_2
+    sum15_0 = sum13_0 + p26_0 * 1.0
+    sum15_1 = sum13_1 + p26_1 * 1.0
+    sum15_2 = sum13_2 + p26_2 * 1.0
     w_B_2_640 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (640 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_2_1152 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (1152 + chans[None, :] * 1), mask=mask, other=0.0)
     p27_0 = p12_0 * w_B_2_640 * 0.7905694150420949 + p14_0 * w_B_2_1152 * 0.7905694150420949
@@ -13361,6 +13392,7 @@ def _mace_product_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_U:
     p27_3 = p12_3 * w_B_2_640 * 0.7905694150420949 + p14_3 * w_B_2_1152 * 0.7905694150420949
     p27_4 = p12_4 * w_B_2_640 * 0.7905694150420949 + p14_4 * w_B_2_1152 * 0.7905694150420949
     p28_0 = 0.4472135954999579 * p27_0 * A_2_0 + 0.4472135954999579 * p27_1 * A_2_1 + 0.4472135954999579 * p27_2 * A_2_2 + 0.4472135954999579 * p27_3 * A_2_3 + 0.4472135954999579 * p27_4 * A_2_4
+    sum16_0 = sum14_0 + p28_0 * 1.0
     w_B_2_704 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (704 + chans[None, :] * 1), mask=mask, other=0.0)
     p29_0 = p9_0 * w_B_2_704 * 0.8660254037844386
     p29_1 = p9_1 * w_B_2_704 * 0.8660254037844386
@@ -13368,15 +13400,21 @@ def _mace_product_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_U:
     p30_0 = 0.5773502691896257 * p29_0 * A_0_0
     p30_1 = 0.5773502691896257 * p29_1 * A_0_0
     p30_2 = 0.5773502691896257 * p29_2 * A_0_0
+    sum17_0 = sum15_0 + p30_0 * 1.0
+    sum17_1 = sum15_1 + p30_1 * 1.0
+    sum17_2 = sum15_2 + p30_2 * 1.0
     p31_0 = -0.18257418583505536 * p13_0 * A_2_1 + 0.18257418583505536 * p13_1 * A_2_0 + 0.31622776601683794 * p13_2 * A_2_3 + -0.31622776601683794 * p13_3 * A_2_2 + 0.18257418583505536 * p13_3 * A_2_4 + -0.18257418583505536 * p13_4 * A_2_3
     p31_1 = -0.3651483716701107 * p13_0 * A_2_4 + -0.18257418583505536 * p13_1 * A_2_3 + 0.18257418583505536 * p13_3 * A_2_1 + 0.3651483716701107 * p13_4 * A_2_0
     p31_2 = 0.18257418583505536 * p13_0 * A_2_3 + 0.31622776601683794 * p13_1 * A_2_2 + 0.18257418583505536 * p13_1 * A_2_4 + -0.31622776601683794 * p13_2 * A_2_1 + -0.18257418583505536 * p13_3 * A_2_0 + -0.18257418583505536 * p13_4 * A_2_1
     w_B_2_896 = tl.load(weight + 5760 + z_rows[:, None] * 1280 + (896 + chans[None, :] * 1), mask=mask, other=0.0)
-    B_0_0 = A_0_0 * w_B_0_0 * 1.0 + p1_0 * w_B_1_0 * 0.5 + p4_0 * w_B_1_128 * 0.5 + p7_0 * w_B_1_256 * 0.5 + p10_0 * w_B_1_384 * 0.5 + p16_0 * 1.0 + p24_0 * 1.0 + p28_0 * 1.0
+    sum18_0 = sum17_0 + p31_0 * w_B_2_896 * 1.118033988749895
+    sum18_1 = sum17_1 + p31_1 * w_B_2_896 * 1.118033988749895
+    sum18_2 = sum17_2 + p31_2 * w_B_2_896 * 1.118033988749895
+    B_0_0 = sum16_0
     tl.store(B_out + rows[:, None] * 256 + (0 + chans[None, :] * 1), B_0_0, mask=mask)
-    B_1_0 = A_1_0 * w_B_0_64 * 1.0 + p3_0 * w_B_1_64 * 1.0 + p6_0 * w_B_1_192 * 1.0 + p9_0 * w_B_1_320 * 1.0 + p18_0 * 1.0 + p20_0 * 1.0 + p22_0 * 1.0 + p26_0 * 1.0 + p30_0 * 1.0 + p31_0 * w_B_2_896 * 1.118033988749895
-    B_1_1 = A_1_1 * w_B_0_64 * 1.0 + p3_1 * w_B_1_64 * 1.0 + p6_1 * w_B_1_192 * 1.0 + p9_1 * w_B_1_320 * 1.0 + p18_1 * 1.0 + p20_1 * 1.0 + p22_1 * 1.0 + p26_1 * 1.0 + p30_1 * 1.0 + p31_1 * w_B_2_896 * 1.118033988749895
-    B_1_2 = A_1_2 * w_B_0_64 * 1.0 + p3_2 * w_B_1_64 * 1.0 + p6_2 * w_B_1_192 * 1.0 + p9_2 * w_B_1_320 * 1.0 + p18_2 * 1.0 + p20_2 * 1.0 + p22_2 * 1.0 + p26_2 * 1.0 + p30_2 * 1.0 + p31_2 * w_B_2_896 * 1.118033988749895
+    B_1_0 = sum18_0
+    B_1_1 = sum18_1
+    B_1_2 = sum18_2
     tl.store(B_out + rows[:, None] * 256 + (64 + chans[None, :] * 3), B_1_0, mask=mask)
     tl.store(B_out + rows[:, None] * 256 + (65 + chans[None, :] * 3), B_1_1, mask=mask)
     tl.store(B_out + rows[:, None] * 256 + (66 + chans[None, :] * 3), B_1_2, mask=mask)
@@ -13387,7 +13425,7 @@ def _mace_product_triton(A, z, weight, *constants: torch.Tensor) -> list[torch.T
     n = A.shape[0]
     B_out = rt.output_rows(A, n, 256)
     grid = (triton.cdiv(n, 1), triton.cdiv(64, 32))
-    _mace_product_kernel[grid](A.contiguous(), z.contiguous(), weight.contiguous(), B_out, n, BLOCK_Z=1, BLOCK_U=32, num_warps=1, enable_fp_fusion=True)
+    _mace_product_kernel[grid](A.contiguous(), z.contiguous(), weight.contiguous(), B_out, n, BLOCK_Z=1, BLOCK_U=32, num_warps=1, maxnreg=255, enable_fp_fusion=True)
     return [B_out]
 
 
@@ -13405,7 +13443,7 @@ def _mace_product_2_d_0_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 5760  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 5760  # this program's slot of the partial buffer
     for c0 in range(0, 1024, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d_A_ptr + z[:, None] * 1024 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 1024)[None, :])
@@ -13666,7 +13704,7 @@ def _mace_product_2_d_1_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 5760  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 5760  # this program's slot of the partial buffer
     iu_17 = tl.arange(0, 64)
     ii_17 = tl.arange(0, 1)
     p0_17 = d_B_ptr + 0 + z[:, None, None] * 256 + iu_17[None, :, None] + ii_17[None, None, :]
@@ -13921,7 +13959,7 @@ def _mace_product_2_d_2_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 5760  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 5760  # this program's slot of the partial buffer
     # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     ii_33 = tl.arange(0, 8)
     ik_33 = tl.arange(0, 1)
@@ -14170,7 +14208,7 @@ def _mace_product_2_d_3_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 5760  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 5760  # this program's slot of the partial buffer
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     ij_49 = tl.arange(0, 4)
     ik_49 = tl.arange(0, 4)
@@ -14423,7 +14461,7 @@ def _mace_product_2_d2_A_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 5760  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 5760  # this program's slot of the partial buffer
     for c0 in range(0, 1024, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_A_ptr + z[:, None] * 1024 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 1024)[None, :])
@@ -14648,7 +14686,7 @@ def _mace_product_2_d2_A_1_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 5760  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 5760  # this program's slot of the partial buffer
     iu_17 = tl.arange(0, 64)
     ii_17 = tl.arange(0, 1)
     ij_17 = tl.arange(0, 1)
@@ -14893,7 +14931,7 @@ def _mace_product_2_d2_A_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 5760  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 5760  # this program's slot of the partial buffer
     iu_33 = tl.arange(0, 64)
     ii_33 = tl.arange(0, 4)
     p0_33 = scratch + 2048 + z[:, None, None] * 27008 + iu_33[None, :, None] * 3 + ii_33[None, None, :]
@@ -15153,7 +15191,7 @@ def _mace_product_2_d2_A_3_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 5760  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 5760  # this program's slot of the partial buffer
     ik_49 = tl.arange(0, 4)
     ii_49 = tl.arange(0, 4)
     p0_49 = cg_1_2_1_ptr + 0 + ii_49[None, None, None, :, None] * 15 + ik_49[None, None, :, None, None]
@@ -15413,7 +15451,7 @@ def _mace_product_2_d2_A_4_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 5760  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 5760  # this program's slot of the partial buffer
     ik_65 = tl.arange(0, 4)
     p0_65 = cg_2_3_1_ptr + 0 + ik_65[None, None, :, None, None]
     m0_65 = (ik_65[None, None, :, None, None] < 3)
@@ -15691,7 +15729,7 @@ def _mace_product_2_d2_A_5_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 5760  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 5760  # this program's slot of the partial buffer
     ij_81 = tl.arange(0, 8)
     ii_81 = tl.arange(0, 8)
     ik_81 = tl.arange(0, 1)
@@ -15948,7 +15986,7 @@ def _mace_product_2_d2_weight_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 5760  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 5760  # this program's slot of the partial buffer
     for c0 in range(0, 1024, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_A_ptr + z[:, None] * 1024 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 1024)[None, :])
@@ -16216,7 +16254,7 @@ def _mace_product_2_d2_weight_1_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 5760  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 5760  # this program's slot of the partial buffer
     # ∂/∂A: ∂/∂_w_B_0: 64x0e -> 64x0e
     iu_17 = tl.arange(0, 64)
     ii_17 = tl.arange(0, 1)
@@ -16431,7 +16469,7 @@ def _mace_product_2_d2_weight_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 5760  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 5760  # this program's slot of the partial buffer
     iu_33 = tl.arange(0, 64)
     ii_33 = tl.arange(0, 1)
     p0_33 = scratch + 2176 + z[:, None, None] * 17664 + iu_33[None, :, None]
@@ -16701,7 +16739,7 @@ def _mace_product_2_d2_weight_3_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 5760  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 5760  # this program's slot of the partial buffer
     # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     ii_49 = tl.arange(0, 4)
     ik_49 = tl.arange(0, 4)
@@ -17058,19 +17096,28 @@ def _mace_product_2_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     A_0_0 = tl.load(A + rows[:, None] * 1024 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
     z_rows = tl.load(z + rows, mask=row_mask, other=0)
     w_B_0_0 = tl.load(weight + 0 + z_rows[:, None] * 128 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum1_0 = A_0_0 * w_B_0_0 * 1.0
     A_1_0 = tl.load(A + rows[:, None] * 1024 + (64 + chans[None, :] * 3), mask=mask, other=0.0)
     A_1_1 = tl.load(A + rows[:, None] * 1024 + (65 + chans[None, :] * 3), mask=mask, other=0.0)
     A_1_2 = tl.load(A + rows[:, None] * 1024 + (66 + chans[None, :] * 3), mask=mask, other=0.0)
     w_B_0_64 = tl.load(weight + 0 + z_rows[:, None] * 128 + (64 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum2_0 = A_1_0 * w_B_0_64 * 1.0
+    sum2_1 = A_1_1 * w_B_0_64 * 1.0
+    sum2_2 = A_1_2 * w_B_0_64 * 1.0
     # B.1: fuse(A, A) mix uuu per z
     p1_0 = 1.0 * A_0_0 * A_0_0
     w_B_1_0 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum3_0 = sum1_0 + p1_0 * w_B_1_0 * 0.5
     p3_0 = 0.5773502691896257 * A_0_0 * A_1_0
     p3_1 = 0.5773502691896257 * A_0_0 * A_1_1
     p3_2 = 0.5773502691896257 * A_0_0 * A_1_2
     w_B_1_64 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (64 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum4_0 = sum2_0 + p3_0 * w_B_1_64 * 1.0
+    sum4_1 = sum2_1 + p3_1 * w_B_1_64 * 1.0
+    sum4_2 = sum2_2 + p3_2 * w_B_1_64 * 1.0
     p4_0 = 0.5773502691896257 * A_1_0 * A_1_0 + 0.5773502691896257 * A_1_1 * A_1_1 + 0.5773502691896257 * A_1_2 * A_1_2
     w_B_1_128 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (128 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum5_0 = sum3_0 + p4_0 * w_B_1_128 * 0.5
     A_2_0 = tl.load(A + rows[:, None] * 1024 + (256 + chans[None, :] * 5), mask=mask, other=0.0)
     A_2_1 = tl.load(A + rows[:, None] * 1024 + (257 + chans[None, :] * 5), mask=mask, other=0.0)
     A_2_2 = tl.load(A + rows[:, None] * 1024 + (258 + chans[None, :] * 5), mask=mask, other=0.0)
@@ -17080,8 +17127,12 @@ def _mace_product_2_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     p6_1 = 0.31622776601683794 * A_1_0 * A_2_1 + 0.3651483716701107 * A_1_1 * A_2_2 + 0.31622776601683794 * A_1_2 * A_2_3
     p6_2 = 0.31622776601683794 * A_1_0 * A_2_0 + 0.31622776601683794 * A_1_1 * A_2_3 + -0.18257418583505536 * A_1_2 * A_2_2 + 0.31622776601683794 * A_1_2 * A_2_4
     w_B_1_192 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (192 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum6_0 = sum4_0 + p6_0 * w_B_1_192 * 1.0
+    sum6_1 = sum4_1 + p6_1 * w_B_1_192 * 1.0
+    sum6_2 = sum4_2 + p6_2 * w_B_1_192 * 1.0
     p7_0 = 0.4472135954999579 * A_2_0 * A_2_0 + 0.4472135954999579 * A_2_1 * A_2_1 + 0.4472135954999579 * A_2_2 * A_2_2 + 0.4472135954999579 * A_2_3 * A_2_3 + 0.4472135954999579 * A_2_4 * A_2_4
     w_B_1_256 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (256 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum7_0 = sum5_0 + p7_0 * w_B_1_256 * 0.5
     A_3_0 = tl.load(A + rows[:, None] * 1024 + (576 + chans[None, :] * 7), mask=mask, other=0.0)
     A_3_1 = tl.load(A + rows[:, None] * 1024 + (577 + chans[None, :] * 7), mask=mask, other=0.0)
     A_3_2 = tl.load(A + rows[:, None] * 1024 + (578 + chans[None, :] * 7), mask=mask, other=0.0)
@@ -17093,13 +17144,17 @@ def _mace_product_2_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     p9_1 = 0.2182178902359924 * A_2_0 * A_3_1 + 0.2760262237369417 * A_2_1 * A_3_2 + 0.29277002188455997 * A_2_2 * A_3_3 + 0.2760262237369417 * A_2_3 * A_3_4 + 0.2182178902359924 * A_2_4 * A_3_5
     p9_2 = 0.2672612419124244 * A_2_0 * A_3_0 + -0.06900655593423542 * A_2_0 * A_3_2 + 0.2182178902359924 * A_2_1 * A_3_1 + 0.23904572186687872 * A_2_2 * A_3_4 + -0.1690308509457033 * A_2_3 * A_3_3 + 0.2182178902359924 * A_2_3 * A_3_5 + -0.06900655593423542 * A_2_4 * A_3_4 + 0.2672612419124244 * A_2_4 * A_3_6
     w_B_1_320 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (320 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum8_0 = sum6_0 + p9_0 * w_B_1_320 * 1.0
+    sum8_1 = sum6_1 + p9_1 * w_B_1_320 * 1.0
+    sum8_2 = sum6_2 + p9_2 * w_B_1_320 * 1.0
     p10_0 = 0.37796447300922725 * A_3_0 * A_3_0 + 0.37796447300922725 * A_3_1 * A_3_1 + 0.37796447300922725 * A_3_2 * A_3_2 + 0.37796447300922725 * A_3_3 * A_3_3 + 0.37796447300922725 * A_3_4 * A_3_4 + 0.37796447300922725 * A_3_5 * A_3_5 + 0.37796447300922725 * A_3_6 * A_3_6
     w_B_1_384 = tl.load(weight + 1280 + z_rows[:, None] * 448 + (384 + chans[None, :] * 1), mask=mask, other=0.0)
-    B_0_0 = A_0_0 * w_B_0_0 * 1.0 + p1_0 * w_B_1_0 * 0.5 + p4_0 * w_B_1_128 * 0.5 + p7_0 * w_B_1_256 * 0.5 + p10_0 * w_B_1_384 * 0.5
+    sum9_0 = sum7_0 + p10_0 * w_B_1_384 * 0.5
+    B_0_0 = sum9_0
     tl.store(B_out + rows[:, None] * 256 + (0 + chans[None, :] * 1), B_0_0, mask=mask)
-    B_1_0 = A_1_0 * w_B_0_64 * 1.0 + p3_0 * w_B_1_64 * 1.0 + p6_0 * w_B_1_192 * 1.0 + p9_0 * w_B_1_320 * 1.0
-    B_1_1 = A_1_1 * w_B_0_64 * 1.0 + p3_1 * w_B_1_64 * 1.0 + p6_1 * w_B_1_192 * 1.0 + p9_1 * w_B_1_320 * 1.0
-    B_1_2 = A_1_2 * w_B_0_64 * 1.0 + p3_2 * w_B_1_64 * 1.0 + p6_2 * w_B_1_192 * 1.0 + p9_2 * w_B_1_320 * 1.0
+    B_1_0 = sum8_0
+    B_1_1 = sum8_1
+    B_1_2 = sum8_2
     tl.store(B_out + rows[:, None] * 256 + (64 + chans[None, :] * 3), B_1_0, mask=mask)
     tl.store(B_out + rows[:, None] * 256 + (65 + chans[None, :] * 3), B_1_1, mask=mask)
     tl.store(B_out + rows[:, None] * 256 + (66 + chans[None, :] * 3), B_1_2, mask=mask)
@@ -17110,7 +17165,7 @@ def _mace_product_2_triton(A, z, weight, *constants: torch.Tensor) -> list[torch
     n = A.shape[0]
     B_out = rt.output_rows(A, n, 256)
     grid = (triton.cdiv(n, 1), triton.cdiv(64, 32))
-    _mace_product_2_kernel[grid](A.contiguous(), z.contiguous(), weight.contiguous(), B_out, n, BLOCK_Z=1, BLOCK_U=32, num_warps=1, enable_fp_fusion=True)
+    _mace_product_2_kernel[grid](A.contiguous(), z.contiguous(), weight.contiguous(), B_out, n, BLOCK_Z=1, BLOCK_U=32, num_warps=1, maxnreg=255, enable_fp_fusion=True)
     return [B_out]
 
 
@@ -17128,7 +17183,7 @@ def _mace_product_4_d_0_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     for c0 in range(0, 288, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d_A_ptr + z[:, None] * 288 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 288)[None, :])
@@ -17389,7 +17444,7 @@ def _mace_product_4_d_1_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # one weight set per row, chosen by z
     k_17 = tl.load(z_ptr + z, mask=row_mask, other=0)
     for c_17 in range(0, 512, 128):
@@ -17608,7 +17663,7 @@ def _mace_product_4_d_2_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # p24 = (p10 ⊗ p2) -> 32x1o
     ii_33 = tl.arange(0, 8)
     ij_33 = tl.arange(0, 4)
@@ -17868,7 +17923,7 @@ def _mace_product_4_d_3_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # p32 = (p5 ⊗ p4) -> 32x2e
     p0_49 = cg_2_2_2_ptr + 0
     p1_49 = scratch + 17440 + z[:, None, None, None, None] * 49504
@@ -18141,7 +18196,7 @@ def _mace_product_4_d_4_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_65 = tl.arange(0, 32)
     ii_65 = tl.arange(0, 1)
     p0_65 = scratch + 3232 + z[:, None, None] * 49504 + iu_65[None, :, None] + ii_65[None, None, :]
@@ -18358,7 +18413,7 @@ def _mace_product_4_d_5_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_81 = tl.arange(0, 32)
     ii_81 = tl.arange(0, 4)
     p0_81 = scratch + 3936 + z[:, None, None] * 49504 + iu_81[None, :, None] * 3 + ii_81[None, None, :]
@@ -18582,7 +18637,7 @@ def _mace_product_4_d_6_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_97 = tl.arange(0, 32)
     ii_97 = tl.arange(0, 1)
     p0_97 = d_B_ptr + 0 + z[:, None, None] * 288 + iu_97[None, :, None] + ii_97[None, None, :]
@@ -18830,7 +18885,7 @@ def _mace_product_4_d_7_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # ∂/∂A: p59 = (p58 ⊗ p2) -> 32x1o
     ii_113 = tl.arange(0, 4)
     ik_113 = tl.arange(0, 4)
@@ -19057,7 +19112,7 @@ def _mace_product_4_d_8_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
     ij_129 = tl.arange(0, 4)
     ik_129 = tl.arange(0, 4)
@@ -19309,7 +19364,7 @@ def _mace_product_4_d_9_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_145 = tl.arange(0, 32)
     ii_145 = tl.arange(0, 8)
     p0_145 = scratch + 12256 + z[:, None, None] * 49504 + iu_145[None, :, None] * 5 + ii_145[None, None, :]
@@ -19539,7 +19594,7 @@ def _mace_product_4_d_10_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ii_161 = tl.arange(0, 4)
     ij_161 = tl.arange(0, 4)
     p0_161 = cg_1_1_2_ptr + 0 + ii_161[None, None, :, None, None] * 15 + ij_161[None, None, None, :, None] * 5
@@ -19780,7 +19835,7 @@ def _mace_product_4_d_11_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_177 = tl.arange(0, 32)
     ii_177 = tl.arange(0, 1)
     p0_177 = scratch + 11616 + z[:, None, None] * 49504 + iu_177[None, :, None] + ii_177[None, None, :]
@@ -20005,7 +20060,7 @@ def _mace_product_4_d_12_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_193 = tl.arange(0, 32)
     ii_193 = tl.arange(0, 1)
     p0_193 = scratch + 11488 + z[:, None, None] * 49504 + iu_193[None, :, None] + ii_193[None, None, :]
@@ -20225,7 +20280,7 @@ def _mace_product_4_d_13_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_209 = tl.arange(0, 32)
     ii_209 = tl.arange(0, 1)
     p0_209 = scratch + 11424 + z[:, None, None] * 49504 + iu_209[None, :, None] + ii_209[None, None, :]
@@ -20471,7 +20526,7 @@ def _mace_product_4_d_14_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
     ij_225 = tl.arange(0, 4)
     ik_225 = tl.arange(0, 8)
@@ -20760,7 +20815,7 @@ def _mace_product_4_d_15_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
     ij_241 = tl.arange(0, 4)
     ik_241 = tl.arange(0, 4)
@@ -21026,7 +21081,7 @@ def _mace_product_4_d_16_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
     ij_257 = tl.arange(0, 4)
     ik_257 = tl.arange(0, 8)
@@ -21294,7 +21349,7 @@ def _mace_product_4_d_17_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
     ij_273 = tl.arange(0, 1)
     ik_273 = tl.arange(0, 1)
@@ -21537,7 +21592,7 @@ def _mace_product_4_d_18_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ij_289 = tl.arange(0, 4)
     ik_289 = tl.arange(0, 4)
     p0_289 = cg_2_1_1_ptr + 0 + ij_289[None, None, :, None, None] * 3 + ik_289[None, None, None, None, :]
@@ -21789,7 +21844,7 @@ def _mace_product_4_d_19_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_305 = tl.arange(0, 32)
     ii_305 = tl.arange(0, 4)
     p0_305 = d_B_ptr + 32 + z[:, None, None] * 288 + iu_305[None, :, None] * 3 + ii_305[None, None, :]
@@ -22035,7 +22090,7 @@ def _mace_product_4_d_20_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ii_321 = tl.arange(0, 1)
     ij_321 = tl.arange(0, 8)
     ik_321 = tl.arange(0, 8)
@@ -22268,7 +22323,7 @@ def _mace_product_4_d_21_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_337 = tl.arange(0, 32)
     ii_337 = tl.arange(0, 1)
     p0_337 = scratch + 7520 + z[:, None, None] * 49504 + iu_337[None, :, None] + ii_337[None, None, :]
@@ -22488,7 +22543,7 @@ def _mace_product_4_d_22_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_353 = tl.arange(0, 32)
     ii_353 = tl.arange(0, 8)
     p0_353 = d_B_ptr + 128 + z[:, None, None] * 288 + iu_353[None, :, None] * 5 + ii_353[None, None, :]
@@ -22746,7 +22801,7 @@ def _mace_product_4_d_23_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
     ii_369 = tl.arange(0, 4)
     ik_369 = tl.arange(0, 4)
@@ -22998,7 +23053,7 @@ def _mace_product_4_d_24_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
     ik_385 = tl.arange(0, 8)
     p0_385 = scratch + 6304 + z[:, None, None, None] * 49504 + ik_385[None, None, :, None]
@@ -23244,7 +23299,7 @@ def _mace_product_4_d_25_kernel(A_ptr, z_ptr, d_B_ptr, weight_ptr, cg_0_0_0_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # weight gradient per index value
     for r_401 in range(BLOCK_Z):  # one row after another: rows of one set add up in order
         row_401 = pid.to(tl.int64) * BLOCK_Z + r_401
@@ -23378,7 +23433,7 @@ def _mace_product_4_d2_A_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     for c0 in range(0, 288, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_A_ptr + z[:, None] * 288 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 288)[None, :])
@@ -23642,7 +23697,7 @@ def _mace_product_4_d2_A_1_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # one weight set per row, chosen by z
     k_17 = tl.load(z_ptr + z, mask=row_mask, other=0)
     for c_17 in range(0, 512, 128):
@@ -23861,7 +23916,7 @@ def _mace_product_4_d2_A_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # p24 = (p10 ⊗ p2) -> 32x1o
     ii_33 = tl.arange(0, 8)
     ij_33 = tl.arange(0, 4)
@@ -24121,7 +24176,7 @@ def _mace_product_4_d2_A_3_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # p32 = (p5 ⊗ p4) -> 32x2e
     p0_49 = cg_2_2_2_ptr + 0
     p1_49 = scratch + 27104 + z[:, None, None, None, None] * 112096
@@ -24394,7 +24449,7 @@ def _mace_product_4_d2_A_4_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_65 = tl.arange(0, 32)
     ii_65 = tl.arange(0, 1)
     p0_65 = scratch + 3232 + z[:, None, None] * 112096 + iu_65[None, :, None] + ii_65[None, None, :]
@@ -24611,7 +24666,7 @@ def _mace_product_4_d2_A_5_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_81 = tl.arange(0, 32)
     ii_81 = tl.arange(0, 4)
     p0_81 = scratch + 3936 + z[:, None, None] * 112096 + iu_81[None, :, None] * 3 + ii_81[None, None, :]
@@ -24830,7 +24885,7 @@ def _mace_product_4_d2_A_6_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ii_97 = tl.arange(0, 8)
     ij_97 = tl.arange(0, 8)
     ik_97 = tl.arange(0, 1)
@@ -25060,7 +25115,7 @@ def _mace_product_4_d2_A_7_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
     ij_113 = tl.arange(0, 4)
     ik_113 = tl.arange(0, 4)
@@ -25298,7 +25353,7 @@ def _mace_product_4_d2_A_8_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_129 = tl.arange(0, 32)
     ii_129 = tl.arange(0, 8)
     p0_129 = d_B_ptr + 128 + z[:, None, None] * 288 + iu_129[None, :, None] * 5 + ii_129[None, None, :]
@@ -25528,7 +25583,7 @@ def _mace_product_4_d2_A_9_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_145 = tl.arange(0, 32)
     ii_145 = tl.arange(0, 1)
     p0_145 = scratch + 9600 + z[:, None, None] * 112096 + iu_145[None, :, None] + ii_145[None, None, :]
@@ -25755,7 +25810,7 @@ def _mace_product_4_d2_A_10_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ii_161 = tl.arange(0, 1)
     ij_161 = tl.arange(0, 4)
     ik_161 = tl.arange(0, 4)
@@ -26025,7 +26080,7 @@ def _mace_product_4_d2_A_11_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ii_177 = tl.arange(0, 8)
     ij_177 = tl.arange(0, 8)
     ik_177 = tl.arange(0, 1)
@@ -26283,7 +26338,7 @@ def _mace_product_4_d2_A_12_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ij_193 = tl.arange(0, 4)
     ik_193 = tl.arange(0, 4)
     p0_193 = cg_2_1_1_ptr + 0 + ij_193[None, None, None, :, None] * 3 + ik_193[None, None, None, None, :]
@@ -26529,7 +26584,7 @@ def _mace_product_4_d2_A_13_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_209 = tl.arange(0, 32)
     ii_209 = tl.arange(0, 4)
     p0_209 = scratch + 6944 + z[:, None, None] * 112096 + iu_209[None, :, None] * 3 + ii_209[None, None, :]
@@ -26753,7 +26808,7 @@ def _mace_product_4_d2_A_14_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_225 = tl.arange(0, 32)
     ii_225 = tl.arange(0, 1)
     p0_225 = scratch + 6560 + z[:, None, None] * 112096 + iu_225[None, :, None] + ii_225[None, None, :]
@@ -26975,7 +27030,7 @@ def _mace_product_4_d2_A_15_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # ∂/∂_w_B_0: ∂/∂A: 32x2e -> 32x2e
     iu_241 = tl.arange(0, 32)
     ii_241 = tl.arange(0, 8)
@@ -27218,7 +27273,7 @@ def _mace_product_4_d2_A_16_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ik_257 = tl.arange(0, 4)
     ii_257 = tl.arange(0, 1)
     ij_257 = tl.arange(0, 4)
@@ -27468,7 +27523,7 @@ def _mace_product_4_d2_A_17_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ik_273 = tl.arange(0, 1)
     ii_273 = tl.arange(0, 4)
     ij_273 = tl.arange(0, 4)
@@ -27732,7 +27787,7 @@ def _mace_product_4_d2_A_18_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_289 = tl.arange(0, 32)
     ii_289 = tl.arange(0, 8)
     p0_289 = scratch + 17664 + z[:, None, None] * 112096 + iu_289[None, :, None] * 5 + ii_289[None, None, :]
@@ -27999,7 +28054,7 @@ def _mace_product_4_d2_A_19_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ik_305 = tl.arange(0, 1)
     ii_305 = tl.arange(0, 8)
     ij_305 = tl.arange(0, 8)
@@ -28262,7 +28317,7 @@ def _mace_product_4_d2_A_20_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_321 = tl.arange(0, 32)
     ii_321 = tl.arange(0, 1)
     p0_321 = scratch + 17632 + z[:, None, None] * 112096 + iu_321[None, :, None] + ii_321[None, None, :]
@@ -28488,7 +28543,7 @@ def _mace_product_4_d2_A_21_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_337 = tl.arange(0, 32)
     ii_337 = tl.arange(0, 1)
     p0_337 = scratch + 17920 + z[:, None, None] * 112096 + iu_337[None, :, None] + ii_337[None, None, :]
@@ -28723,7 +28778,7 @@ def _mace_product_4_d2_A_22_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_353 = tl.arange(0, 32)
     ii_353 = tl.arange(0, 1)
     p0_353 = scratch + 17920 + z[:, None, None] * 112096 + iu_353[None, :, None] + ii_353[None, None, :]
@@ -28975,7 +29030,7 @@ def _mace_product_4_d2_A_23_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # ∂/∂d__p18: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
     ii_369 = tl.arange(0, 4)
     ij_369 = tl.arange(0, 4)
@@ -29236,7 +29291,7 @@ def _mace_product_4_d2_A_24_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_385 = tl.arange(0, 32)
     ii_385 = tl.arange(0, 8)
     p0_385 = scratch + 17472 + z[:, None, None] * 112096 + iu_385[None, :, None] * 5 + ii_385[None, None, :]
@@ -29502,7 +29557,7 @@ def _mace_product_4_d2_A_25_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ii_401 = tl.arange(0, 4)
     ij_401 = tl.arange(0, 4)
     ik_401 = tl.arange(0, 1)
@@ -29767,7 +29822,7 @@ def _mace_product_4_d2_A_26_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_417 = tl.arange(0, 32)
     ii_417 = tl.arange(0, 4)
     p0_417 = scratch + 19296 + z[:, None, None] * 112096 + iu_417[None, :, None] * 3 + ii_417[None, None, :]
@@ -30016,7 +30071,7 @@ def _mace_product_4_d2_A_27_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_433 = tl.arange(0, 32)
     ik_433 = tl.arange(0, 1)
     ii_433 = tl.arange(0, 1)
@@ -30272,7 +30327,7 @@ def _mace_product_4_d2_A_28_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ik_449 = tl.arange(0, 8)
     ii_449 = tl.arange(0, 1)
     ij_449 = tl.arange(0, 8)
@@ -30541,7 +30596,7 @@ def _mace_product_4_d2_A_29_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ij_465 = tl.arange(0, 4)
     ii_465 = tl.arange(0, 4)
     p0_465 = cg_1_1_2_ptr + 0 + ii_465[None, None, None, :, None] * 15 + ij_465[None, None, :, None, None] * 5
@@ -30828,7 +30883,7 @@ def _mace_product_4_d2_A_30_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_481 = tl.arange(0, 32)
     ik_481 = tl.arange(0, 1)
     ii_481 = tl.arange(0, 1)
@@ -31080,7 +31135,7 @@ def _mace_product_4_d2_A_31_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # ∂/∂_p8: ∂/∂A: p35 = (p8 ⊗ p2) -> 32x1e
     ij_497 = tl.arange(0, 4)
     ik_497 = tl.arange(0, 4)
@@ -31371,7 +31426,7 @@ def _mace_product_4_d2_A_32_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ii_513 = tl.arange(0, 4)
     p0_513 = cg_1_2_2_ptr + 0 + ii_513[None, None, None, :, None] * 25
     m0_513 = (ii_513[None, None, None, :, None] < 3)
@@ -31647,7 +31702,7 @@ def _mace_product_4_d2_A_33_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_529 = tl.arange(0, 32)
     ij_529 = tl.arange(0, 1)
     ii_529 = tl.arange(0, 1)
@@ -31905,7 +31960,7 @@ def _mace_product_4_d2_A_34_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ij_545 = tl.arange(0, 8)
     ii_545 = tl.arange(0, 1)
     ik_545 = tl.arange(0, 8)
@@ -32133,7 +32188,7 @@ def _mace_product_4_d2_A_35_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_561 = tl.arange(0, 32)
     ik_561 = tl.arange(0, 1)
     ii_561 = tl.arange(0, 1)
@@ -32356,7 +32411,7 @@ def _mace_product_4_d2_A_36_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # ∂/∂_p44: ∂/∂A: p45 = (p44 ⊗ p2) -> 32x1o
     ij_577 = tl.arange(0, 4)
     ik_577 = tl.arange(0, 4)
@@ -32586,7 +32641,7 @@ def _mace_product_4_d2_A_37_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_593 = tl.arange(0, 32)
     ii_593 = tl.arange(0, 1)
     p0_593 = scratch + 19392 + z[:, None, None] * 112096 + iu_593[None, :, None] + ii_593[None, None, :]
@@ -32829,7 +32884,7 @@ def _mace_product_4_d2_A_38_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # ∂/∂_p48: ∂/∂A: p49 = (p48 ⊗ p2) -> 32x2e
     ij_609 = tl.arange(0, 4)
     ik_609 = tl.arange(0, 8)
@@ -33098,7 +33153,7 @@ def _mace_product_4_d2_A_39_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ii_625 = tl.arange(0, 4)
     ik_625 = tl.arange(0, 4)
     p0_625 = cg_1_2_1_ptr + 0 + ii_625[None, None, None, :, None] * 15 + ik_625[None, None, None, None, :]
@@ -33338,7 +33393,7 @@ def _mace_product_4_d2_A_40_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
     ij_641 = tl.arange(0, 8)
     p0_641 = scratch + 21920 + z[:, None, None, None] * 112096
@@ -33602,7 +33657,7 @@ def _mace_product_4_d2_A_41_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ij_657 = tl.arange(0, 4)
     ik_657 = tl.arange(0, 4)
     p0_657 = cg_2_1_1_ptr + 0 + ij_657[None, None, :, None, None] * 3 + ik_657[None, None, None, None, :]
@@ -33844,7 +33899,7 @@ def _mace_product_4_d2_A_42_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_673 = tl.arange(0, 32)
     ii_673 = tl.arange(0, 1)
     p0_673 = scratch + 22592 + z[:, None, None] * 112096 + iu_673[None, :, None] + ii_673[None, None, :]
@@ -34089,7 +34144,7 @@ def _mace_product_4_d2_A_43_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # ∂/∂_p60: ∂/∂A: p61 = (p60 ⊗ p4) -> 32x2e
     ik_689 = tl.arange(0, 8)
     p0_689 = d2_d_A_ptr + 128 + z[:, None, None, None] * 288
@@ -34358,7 +34413,7 @@ def _mace_product_4_d2_A_44_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_705 = tl.arange(0, 32)
     ii_705 = tl.arange(0, 1)
     p0_705 = scratch + 23072 + z[:, None, None] * 112096 + iu_705[None, :, None] + ii_705[None, None, :]
@@ -34575,7 +34630,7 @@ def _mace_product_4_d2_A_45_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_721 = tl.arange(0, 32)
     ii_721 = tl.arange(0, 8)
     p0_721 = scratch + 16736 + z[:, None, None] * 112096 + iu_721[None, :, None] * 5 + ii_721[None, None, :]
@@ -34792,7 +34847,7 @@ def _mace_product_4_d2_A_46_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_737 = tl.arange(0, 32)
     ii_737 = tl.arange(0, 1)
     p0_737 = scratch + 16512 + z[:, None, None] * 112096 + iu_737[None, :, None] + ii_737[None, None, :]
@@ -35009,7 +35064,7 @@ def _mace_product_4_d2_A_47_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_753 = tl.arange(0, 32)
     ii_753 = tl.arange(0, 1)
     p0_753 = scratch + 16480 + z[:, None, None] * 112096 + iu_753[None, :, None] + ii_753[None, None, :]
@@ -35235,7 +35290,7 @@ def _mace_product_4_d2_A_48_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ij_769 = tl.arange(0, 8)
     ii_769 = tl.arange(0, 1)
     ik_769 = tl.arange(0, 8)
@@ -35507,7 +35562,7 @@ def _mace_product_4_d2_A_49_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ii_785 = tl.arange(0, 4)
     p0_785 = cg_1_2_2_ptr + 0 + ii_785[None, None, None, :, None] * 25
     m0_785 = (ii_785[None, None, None, :, None] < 3)
@@ -35777,7 +35832,7 @@ def _mace_product_4_d2_A_50_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_801 = tl.arange(0, 32)
     ij_801 = tl.arange(0, 1)
     ii_801 = tl.arange(0, 1)
@@ -36052,7 +36107,7 @@ def _mace_product_4_d2_A_51_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ij_817 = tl.arange(0, 4)
     ii_817 = tl.arange(0, 4)
     ik_817 = tl.arange(0, 1)
@@ -36306,7 +36361,7 @@ def _mace_product_4_d2_A_52_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e
     ii_833 = tl.arange(0, 8)
     ik_833 = tl.arange(0, 1)
@@ -36554,7 +36609,7 @@ def _mace_product_4_d2_A_53_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_849 = tl.arange(0, 32)
     ii_849 = tl.arange(0, 4)
     p0_849 = scratch + 13280 + z[:, None, None] * 112096 + iu_849[None, :, None] * 3 + ii_849[None, None, :]
@@ -36771,7 +36826,7 @@ def _mace_product_4_d2_A_54_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_865 = tl.arange(0, 32)
     ii_865 = tl.arange(0, 1)
     p0_865 = scratch + 13184 + z[:, None, None] * 112096 + iu_865[None, :, None] + ii_865[None, None, :]
@@ -37032,7 +37087,7 @@ def _mace_product_4_d2_A_55_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ii_881 = tl.arange(0, 4)
     ik_881 = tl.arange(0, 4)
     p0_881 = cg_1_2_1_ptr + 0 + ii_881[None, None, None, :, None] * 15 + ik_881[None, None, None, None, :]
@@ -37301,7 +37356,7 @@ def _mace_product_4_d2_A_56_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_A_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ij_897 = tl.arange(0, 4)
     ii_897 = tl.arange(0, 1)
     ik_897 = tl.arange(0, 4)
@@ -38829,7 +38884,7 @@ def _mace_product_4_d2_weight_0_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     for c0 in range(0, 288, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_A_ptr + z[:, None] * 288 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 288)[None, :])
@@ -39107,7 +39162,7 @@ def _mace_product_4_d2_weight_1_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # p24 = (p10 ⊗ p2) -> 32x1o
     ii_17 = tl.arange(0, 8)
     ij_17 = tl.arange(0, 4)
@@ -39379,7 +39434,7 @@ def _mace_product_4_d2_weight_2_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # p33 = (p6 ⊗ p0) -> 32x0e
     ii_33 = tl.arange(0, 1)
     ij_33 = tl.arange(0, 1)
@@ -39648,7 +39703,7 @@ def _mace_product_4_d2_weight_3_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ik_49 = tl.arange(0, 1)
     ii_49 = tl.arange(0, 8)
     ij_49 = tl.arange(0, 8)
@@ -39893,7 +39948,7 @@ def _mace_product_4_d2_weight_4_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_65 = tl.arange(0, 32)
     ii_65 = tl.arange(0, 4)
     p0_65 = d_B_ptr + 32 + z[:, None, None] * 288 + iu_65[None, :, None] * 3 + ii_65[None, None, :]
@@ -40126,7 +40181,7 @@ def _mace_product_4_d2_weight_5_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
     ik_81 = tl.arange(0, 8)
     p0_81 = scratch + 3616 + z[:, None, None, None] * 54688 + ik_81[None, None, :, None]
@@ -40372,7 +40427,7 @@ def _mace_product_4_d2_weight_6_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_97 = tl.arange(0, 32)
     ii_97 = tl.arange(0, 1)
     ij_97 = tl.arange(0, 1)
@@ -40586,7 +40641,7 @@ def _mace_product_4_d2_weight_7_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_113 = tl.arange(0, 32)
     ii_113 = tl.arange(0, 1)
     p0_113 = scratch + 8576 + z[:, None, None] * 54688 + iu_113[None, :, None]
@@ -40798,7 +40853,7 @@ def _mace_product_4_d2_weight_8_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # ∂/∂d__p12: ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
     ii_129 = tl.arange(0, 1)
     ij_129 = tl.arange(0, 1)
@@ -41025,7 +41080,7 @@ def _mace_product_4_d2_weight_9_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_145 = tl.arange(0, 32)
     ii_145 = tl.arange(0, 1)
     p0_145 = scratch + 8800 + z[:, None, None] * 54688 + iu_145[None, :, None]
@@ -41259,7 +41314,7 @@ def _mace_product_4_d2_weight_10_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ij_161 = tl.arange(0, 4)
     ii_161 = tl.arange(0, 4)
     p0_161 = cg_1_1_2_ptr + 0 + ii_161[None, None, None, :, None] * 15 + ij_161[None, None, :, None, None] * 5
@@ -41507,7 +41562,7 @@ def _mace_product_4_d2_weight_11_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     p0_177 = cg_2_2_2_ptr + 0
     p1_177 = scratch + 30016 + z[:, None, None, None, None] * 54688
     m1_177 = row_mask[:, None, None, None, None]
@@ -41723,7 +41778,7 @@ def _mace_product_4_d2_weight_12_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_193 = tl.arange(0, 32)
     ii_193 = tl.arange(0, 1)
     p0_193 = scratch + 11072 + z[:, None, None] * 54688 + iu_193[None, :, None]
@@ -41943,7 +41998,7 @@ def _mace_product_4_d2_weight_13_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_209 = tl.arange(0, 32)
     ii_209 = tl.arange(0, 1)
     p0_209 = scratch + 11264 + z[:, None, None] * 54688 + iu_209[None, :, None]
@@ -42167,7 +42222,7 @@ def _mace_product_4_d2_weight_14_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_225 = tl.arange(0, 32)
     ii_225 = tl.arange(0, 1)
     p0_225 = scratch + 11360 + z[:, None, None] * 54688 + iu_225[None, :, None]
@@ -42404,7 +42459,7 @@ def _mace_product_4_d2_weight_15_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_241 = tl.arange(0, 32)
     ii_241 = tl.arange(0, 4)
     p0_241 = scratch + 10528 + z[:, None, None] * 54688 + iu_241[None, :, None]
@@ -42634,7 +42689,7 @@ def _mace_product_4_d2_weight_16_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
     ij_257 = tl.arange(0, 8)
     p0_257 = scratch + 12224 + z[:, None, None, None] * 54688
@@ -42885,7 +42940,7 @@ def _mace_product_4_d2_weight_17_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_273 = tl.arange(0, 32)
     ii_273 = tl.arange(0, 4)
     p0_273 = scratch + 11136 + z[:, None, None] * 54688 + iu_273[None, :, None]
@@ -43119,7 +43174,7 @@ def _mace_product_4_d2_weight_18_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_289 = tl.arange(0, 32)
     ii_289 = tl.arange(0, 4)
     p0_289 = scratch + 10976 + z[:, None, None] * 54688 + iu_289[None, :, None]
@@ -43372,7 +43427,7 @@ def _mace_product_4_d2_weight_19_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ij_305 = tl.arange(0, 8)
     ii_305 = tl.arange(0, 1)
     ik_305 = tl.arange(0, 8)
@@ -43644,7 +43699,7 @@ def _mace_product_4_d2_weight_20_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ii_321 = tl.arange(0, 4)
     p0_321 = cg_1_2_2_ptr + 0 + ii_321[None, None, None, :, None] * 25
     m0_321 = (ii_321[None, None, None, :, None] < 3)
@@ -43914,7 +43969,7 @@ def _mace_product_4_d2_weight_21_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     iu_337 = tl.arange(0, 32)
     ij_337 = tl.arange(0, 1)
     ii_337 = tl.arange(0, 1)
@@ -44189,7 +44244,7 @@ def _mace_product_4_d2_weight_22_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ij_353 = tl.arange(0, 4)
     ii_353 = tl.arange(0, 4)
     ik_353 = tl.arange(0, 1)
@@ -44445,7 +44500,7 @@ def _mace_product_4_d2_weight_23_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ij_369 = tl.arange(0, 8)
     ii_369 = tl.arange(0, 8)
     ik_369 = tl.arange(0, 1)
@@ -44720,7 +44775,7 @@ def _mace_product_4_d2_weight_24_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ij_385 = tl.arange(0, 8)
     ii_385 = tl.arange(0, 8)
     ik_385 = tl.arange(0, 1)
@@ -44993,7 +45048,7 @@ def _mace_product_4_d2_weight_25_kernel(A_ptr, z_ptr, d_B_ptr, d2_d_weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7424  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7424  # this program's slot of the partial buffer
     ij_401 = tl.arange(0, 8)
     ii_401 = tl.arange(0, 1)
     ik_401 = tl.arange(0, 8)
@@ -45762,55 +45817,89 @@ def _mace_product_4_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     A_0_0 = tl.load(A + rows[:, None] * 288 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
     z_rows = tl.load(z + rows, mask=row_mask, other=0)
     w_B_0_0 = tl.load(weight + 0 + z_rows[:, None] * 96 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum1_0 = A_0_0 * w_B_0_0 * 1.0
     A_1_0 = tl.load(A + rows[:, None] * 288 + (32 + chans[None, :] * 3), mask=mask, other=0.0)
     A_1_1 = tl.load(A + rows[:, None] * 288 + (33 + chans[None, :] * 3), mask=mask, other=0.0)
     A_1_2 = tl.load(A + rows[:, None] * 288 + (34 + chans[None, :] * 3), mask=mask, other=0.0)
     w_B_0_32 = tl.load(weight + 0 + z_rows[:, None] * 96 + (32 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum2_0 = A_1_0 * w_B_0_32 * 1.0
+    sum2_1 = A_1_1 * w_B_0_32 * 1.0
+    sum2_2 = A_1_2 * w_B_0_32 * 1.0
     A_2_0 = tl.load(A + rows[:, None] * 288 + (128 + chans[None, :] * 5), mask=mask, other=0.0)
     A_2_1 = tl.load(A + rows[:, None] * 288 + (129 + chans[None, :] * 5), mask=mask, other=0.0)
     A_2_2 = tl.load(A + rows[:, None] * 288 + (130 + chans[None, :] * 5), mask=mask, other=0.0)
     A_2_3 = tl.load(A + rows[:, None] * 288 + (131 + chans[None, :] * 5), mask=mask, other=0.0)
     A_2_4 = tl.load(A + rows[:, None] * 288 + (132 + chans[None, :] * 5), mask=mask, other=0.0)
     w_B_0_64 = tl.load(weight + 0 + z_rows[:, None] * 96 + (64 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum3_0 = A_2_0 * w_B_0_64 * 1.0
+    sum3_1 = A_2_1 * w_B_0_64 * 1.0
+    sum3_2 = A_2_2 * w_B_0_64 * 1.0
+    sum3_3 = A_2_3 * w_B_0_64 * 1.0
+    sum3_4 = A_2_4 * w_B_0_64 * 1.0
     # B.1: fuse(A, A) mix uuu per z
     p1_0 = 1.0 * A_0_0 * A_0_0
     w_B_1_0 = tl.load(weight + 384 + z_rows[:, None] * 256 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum4_0 = sum1_0 + p1_0 * w_B_1_0 * 0.5773502691896257
     p3_0 = 0.5773502691896257 * A_0_0 * A_1_0
     p3_1 = 0.5773502691896257 * A_0_0 * A_1_1
     p3_2 = 0.5773502691896257 * A_0_0 * A_1_2
     w_B_1_32 = tl.load(weight + 384 + z_rows[:, None] * 256 + (32 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum5_0 = sum2_0 + p3_0 * w_B_1_32 * 1.224744871391589
+    sum5_1 = sum2_1 + p3_1 * w_B_1_32 * 1.224744871391589
+    sum5_2 = sum2_2 + p3_2 * w_B_1_32 * 1.224744871391589
     p5_0 = 0.4472135954999579 * A_0_0 * A_2_0
     p5_1 = 0.4472135954999579 * A_0_0 * A_2_1
     p5_2 = 0.4472135954999579 * A_0_0 * A_2_2
     p5_3 = 0.4472135954999579 * A_0_0 * A_2_3
     p5_4 = 0.4472135954999579 * A_0_0 * A_2_4
     w_B_1_64 = tl.load(weight + 384 + z_rows[:, None] * 256 + (64 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum6_0 = sum3_0 + p5_0 * w_B_1_64 * 1.2909944487358056
+    sum6_1 = sum3_1 + p5_1 * w_B_1_64 * 1.2909944487358056
+    sum6_2 = sum3_2 + p5_2 * w_B_1_64 * 1.2909944487358056
+    sum6_3 = sum3_3 + p5_3 * w_B_1_64 * 1.2909944487358056
+    sum6_4 = sum3_4 + p5_4 * w_B_1_64 * 1.2909944487358056
     p6_0 = 0.5773502691896257 * A_1_0 * A_1_0 + 0.5773502691896257 * A_1_1 * A_1_1 + 0.5773502691896257 * A_1_2 * A_1_2
     w_B_1_96 = tl.load(weight + 384 + z_rows[:, None] * 256 + (96 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum7_0 = sum4_0 + p6_0 * w_B_1_96 * 0.5773502691896257
     p7_0 = 0.31622776601683794 * A_1_0 * A_1_2 + 0.31622776601683794 * A_1_2 * A_1_0
     p7_1 = 0.31622776601683794 * A_1_0 * A_1_1 + 0.31622776601683794 * A_1_1 * A_1_0
     p7_2 = -0.18257418583505536 * A_1_0 * A_1_0 + 0.3651483716701107 * A_1_1 * A_1_1 + -0.18257418583505536 * A_1_2 * A_1_2
     p7_3 = 0.31622776601683794 * A_1_1 * A_1_2 + 0.31622776601683794 * A_1_2 * A_1_1
     p7_4 = -0.31622776601683794 * A_1_0 * A_1_0 + 0.31622776601683794 * A_1_2 * A_1_2
     w_B_1_128 = tl.load(weight + 384 + z_rows[:, None] * 256 + (128 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum8_0 = sum6_0 + p7_0 * w_B_1_128 * 1.2909944487358056
+    sum8_1 = sum6_1 + p7_1 * w_B_1_128 * 1.2909944487358056
+    sum8_2 = sum6_2 + p7_2 * w_B_1_128 * 1.2909944487358056
+    sum8_3 = sum6_3 + p7_3 * w_B_1_128 * 1.2909944487358056
+    sum8_4 = sum6_4 + p7_4 * w_B_1_128 * 1.2909944487358056
     p8_0 = -0.18257418583505536 * A_1_0 * A_2_2 + -0.31622776601683794 * A_1_0 * A_2_4 + 0.31622776601683794 * A_1_1 * A_2_1 + 0.31622776601683794 * A_1_2 * A_2_0
     p8_1 = 0.31622776601683794 * A_1_0 * A_2_1 + 0.3651483716701107 * A_1_1 * A_2_2 + 0.31622776601683794 * A_1_2 * A_2_3
     p8_2 = 0.31622776601683794 * A_1_0 * A_2_0 + 0.31622776601683794 * A_1_1 * A_2_3 + -0.18257418583505536 * A_1_2 * A_2_2 + 0.31622776601683794 * A_1_2 * A_2_4
     w_B_1_160 = tl.load(weight + 384 + z_rows[:, None] * 256 + (160 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum9_0 = sum5_0 + p8_0 * w_B_1_160 * 1.224744871391589
+    sum9_1 = sum5_1 + p8_1 * w_B_1_160 * 1.224744871391589
+    sum9_2 = sum5_2 + p8_2 * w_B_1_160 * 1.224744871391589
     p9_0 = 0.4472135954999579 * A_2_0 * A_2_0 + 0.4472135954999579 * A_2_1 * A_2_1 + 0.4472135954999579 * A_2_2 * A_2_2 + 0.4472135954999579 * A_2_3 * A_2_3 + 0.4472135954999579 * A_2_4 * A_2_4
     w_B_1_192 = tl.load(weight + 384 + z_rows[:, None] * 256 + (192 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum10_0 = sum7_0 + p9_0 * w_B_1_192 * 0.5773502691896257
     p10_0 = -0.23904572186687872 * A_2_0 * A_2_2 + 0.20701966780270625 * A_2_1 * A_2_3 + -0.23904572186687872 * A_2_2 * A_2_0 + 0.20701966780270625 * A_2_3 * A_2_1
     p10_1 = 0.20701966780270625 * A_2_0 * A_2_3 + 0.11952286093343936 * A_2_1 * A_2_2 + -0.20701966780270625 * A_2_1 * A_2_4 + 0.11952286093343936 * A_2_2 * A_2_1 + 0.20701966780270625 * A_2_3 * A_2_0 + -0.20701966780270625 * A_2_4 * A_2_1
     p10_2 = -0.23904572186687872 * A_2_0 * A_2_0 + 0.11952286093343936 * A_2_1 * A_2_1 + 0.23904572186687872 * A_2_2 * A_2_2 + 0.11952286093343936 * A_2_3 * A_2_3 + -0.23904572186687872 * A_2_4 * A_2_4
     p10_3 = 0.20701966780270625 * A_2_0 * A_2_1 + 0.20701966780270625 * A_2_1 * A_2_0 + 0.11952286093343936 * A_2_2 * A_2_3 + 0.11952286093343936 * A_2_3 * A_2_2 + 0.20701966780270625 * A_2_3 * A_2_4 + 0.20701966780270625 * A_2_4 * A_2_3
     p10_4 = -0.20701966780270625 * A_2_1 * A_2_1 + -0.23904572186687872 * A_2_2 * A_2_4 + 0.20701966780270625 * A_2_3 * A_2_3 + -0.23904572186687872 * A_2_4 * A_2_2
     w_B_1_224 = tl.load(weight + 384 + z_rows[:, None] * 256 + (224 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum11_0 = sum8_0 + p10_0 * w_B_1_224 * 1.2909944487358056
+    sum11_1 = sum8_1 + p10_1 * w_B_1_224 * 1.2909944487358056
+    sum11_2 = sum8_2 + p10_2 * w_B_1_224 * 1.2909944487358056
+    sum11_3 = sum8_3 + p10_3 * w_B_1_224 * 1.2909944487358056
+    sum11_4 = sum8_4 + p10_4 * w_B_1_224 * 1.2909944487358056
     # B.2: fuse(A, A, A) mix uuu per z
     w_B_2_0 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_2_192 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (192 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_2_352 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (352 + chans[None, :] * 1), mask=mask, other=0.0)
     p11_0 = p1_0 * w_B_2_0 * 0.4472135954999579 + p6_0 * w_B_2_192 * 0.4472135954999579 + p9_0 * w_B_2_352 * 0.4472135954999579
     p12_0 = 1.0 * p11_0 * A_0_0
+    sum12_0 = sum10_0 + p12_0 * 1.0
     w_B_2_32 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (32 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_2_224 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (224 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_2_384 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (384 + chans[None, :] * 1), mask=mask, other=0.0)
@@ -45818,6 +45907,9 @@ def _mace_product_4_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     p14_0 = 0.5773502691896257 * p13_0 * A_1_0
     p14_1 = 0.5773502691896257 * p13_0 * A_1_1
     p14_2 = 0.5773502691896257 * p13_0 * A_1_2
+    sum13_0 = sum9_0 + p14_0 * 1.0
+    sum13_1 = sum9_1 + p14_1 * 1.0
+    sum13_2 = sum9_2 + p14_2 * 1.0
     w_B_2_64 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (64 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_2_256 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (256 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_2_448 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (448 + chans[None, :] * 1), mask=mask, other=0.0)
@@ -45827,6 +45919,11 @@ def _mace_product_4_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     p16_2 = 0.4472135954999579 * p15_0 * A_2_2
     p16_3 = 0.4472135954999579 * p15_0 * A_2_3
     p16_4 = 0.4472135954999579 * p15_0 * A_2_4
+    sum14_0 = sum11_0 + p16_0 * 1.0
+    sum14_1 = sum11_1 + p16_1 * 1.0
+    sum14_2 = sum11_2 + p16_2 * 1.0
+    sum14_3 = sum11_3 + p16_3 * 1.0
+    sum14_4 = sum11_4 + p16_4 * 1.0
     w_B_2_96 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (96 + chans[None, :] * 1), mask=mask, other=0.0)
     p17_0 = p3_0 * w_B_2_96 * 1.5811388300841898
     p17_1 = p3_1 * w_B_2_96 * 1.5811388300841898
@@ -45836,6 +45933,11 @@ def _mace_product_4_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     p18_2 = -0.18257418583505536 * p17_0 * A_1_0 + 0.3651483716701107 * p17_1 * A_1_1 + -0.18257418583505536 * p17_2 * A_1_2
     p18_3 = 0.31622776601683794 * p17_1 * A_1_2 + 0.31622776601683794 * p17_2 * A_1_1
     p18_4 = -0.31622776601683794 * p17_0 * A_1_0 + 0.31622776601683794 * p17_2 * A_1_2
+    sum15_0 = sum14_0 + p18_0 * 1.0
+    sum15_1 = sum14_1 + p18_1 * 1.0
+    sum15_2 = sum14_2 + p18_2 * 1.0
+    sum15_3 = sum14_3 + p18_3 * 1.0
+    sum15_4 = sum14_4 + p18_4 * 1.0
     w_B_2_128 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (128 + chans[None, :] * 1), mask=mask, other=0.0)
     p19_0 = p3_0 * w_B_2_128 * 1.3416407864998738
     p19_1 = p3_1 * w_B_2_128 * 1.3416407864998738
@@ -45843,6 +45945,9 @@ def _mace_product_4_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     p20_0 = -0.18257418583505536 * p19_0 * A_2_2 + -0.31622776601683794 * p19_0 * A_2_4 + 0.31622776601683794 * p19_1 * A_2_1 + 0.31622776601683794 * p19_2 * A_2_0
     p20_1 = 0.31622776601683794 * p19_0 * A_2_1 + 0.3651483716701107 * p19_1 * A_2_2 + 0.31622776601683794 * p19_2 * A_2_3
     p20_2 = 0.31622776601683794 * p19_0 * A_2_0 + 0.31622776601683794 * p19_1 * A_2_3 + -0.18257418583505536 * p19_2 * A_2_2 + 0.31622776601683794 * p19_2 * A_2_4
+    sum16_0 = sum13_0 + p20_0 * 1.0
+    sum16_1 = sum13_1 + p20_1 * 1.0
+    sum16_2 = sum13_2 + p20_2 * 1.0
     w_B_2_160 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (160 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_2_288 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (288 + chans[None, :] * 1), mask=mask, other=0.0)
     p21_0 = p5_0 * w_B_2_160 * 2.041241452319315 + p7_0 * w_B_2_288 * 2.041241452319315
@@ -45855,14 +45960,24 @@ def _mace_product_4_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     p22_2 = -0.23904572186687872 * p21_0 * A_2_0 + 0.11952286093343936 * p21_1 * A_2_1 + 0.23904572186687872 * p21_2 * A_2_2 + 0.11952286093343936 * p21_3 * A_2_3 + -0.23904572186687872 * p21_4 * A_2_4
     p22_3 = 0.20701966780270625 * p21_0 * A_2_1 + 0.20701966780270625 * p21_1 * A_2_0 + 0.11952286093343936 * p21_2 * A_2_3 + 0.11952286093343936 * p21_3 * A_2_2 + 0.20701966780270625 * p21_3 * A_2_4 + 0.20701966780270625 * p21_4 * A_2_3
     p22_4 = -0.20701966780270625 * p21_1 * A_2_1 + -0.23904572186687872 * p21_2 * A_2_4 + 0.20701966780270625 * p21_3 * A_2_3 + -0.23904572186687872 * p21_4 * A_2_2
+    sum17_0 = sum15_0 + p22_0 * 1.0
+    sum17_1 = sum15_1 + p22_1 * 1.0
+    sum17_2 = sum15_2 + p22_2 * 1.0
+    sum17_3 = sum15_3 + p22_3 * 1.0
+    sum17_4 = sum15_4 + p22_4 * 1.0
     p23_0 = 0.5773502691896257 * p8_0 * A_1_0 + 0.5773502691896257 * p8_1 * A_1_1 + 0.5773502691896257 * p8_2 * A_1_2
     w_B_2_320 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (320 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum18_0 = sum12_0 + p23_0 * w_B_2_320 * 0.7745966692414834
     p24_0 = 0.31622776601683794 * p10_0 * A_1_2 + 0.31622776601683794 * p10_1 * A_1_1 + -0.18257418583505536 * p10_2 * A_1_0 + -0.31622776601683794 * p10_4 * A_1_0
     p24_1 = 0.31622776601683794 * p10_1 * A_1_0 + 0.3651483716701107 * p10_2 * A_1_1 + 0.31622776601683794 * p10_3 * A_1_2
     p24_2 = 0.31622776601683794 * p10_0 * A_1_0 + -0.18257418583505536 * p10_2 * A_1_2 + 0.31622776601683794 * p10_3 * A_1_1 + 0.31622776601683794 * p10_4 * A_1_2
     w_B_2_416 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (416 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum19_0 = sum16_0 + p24_0 * w_B_2_416 * 1.7320508075688772
+    sum19_1 = sum16_1 + p24_1 * w_B_2_416 * 1.7320508075688772
+    sum19_2 = sum16_2 + p24_2 * w_B_2_416 * 1.7320508075688772
     p25_0 = 0.4472135954999579 * p10_0 * A_2_0 + 0.4472135954999579 * p10_1 * A_2_1 + 0.4472135954999579 * p10_2 * A_2_2 + 0.4472135954999579 * p10_3 * A_2_3 + 0.4472135954999579 * p10_4 * A_2_4
     w_B_2_480 = tl.load(weight + 1408 + z_rows[:, None] * 512 + (480 + chans[None, :] * 1), mask=mask, other=0.0)
+    sum20_0 = sum18_0 + p25_0 * w_B_2_480 * 1.0
     # B.3: fuse(A, A, A, A) mix uuu per z
     p26_0 = 1.0 * p1_0 * A_0_0
     p27_0 = 0.5773502691896257 * p1_0 * A_1_0
@@ -45923,6 +46038,7 @@ def _mace_product_4_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     w_B_3_800 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (800 + chans[None, :] * 1), mask=mask, other=0.0)
     p42_0 = p26_0 * w_B_3_0 * 0.3333333333333333 + p33_0 * w_B_3_320 * 0.3333333333333333 + p23_0 * w_B_3_448 * 0.5773502691896257 + p39_0 * w_B_3_672 * 0.3333333333333333 + p25_0 * w_B_3_800 * 0.7453559924999299
     p43_0 = 1.0 * p42_0 * A_0_0
+    sum21_0 = sum20_0 + p43_0 * 1.0
     w_B_3_32 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (32 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_3_256 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (256 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_3_352 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (352 + chans[None, :] * 1), mask=mask, other=0.0)
@@ -45932,6 +46048,9 @@ def _mace_product_4_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     p45_0 = 0.5773502691896257 * p44_0 * A_1_0
     p45_1 = 0.5773502691896257 * p44_0 * A_1_1
     p45_2 = 0.5773502691896257 * p44_0 * A_1_2
+    sum22_0 = sum19_0 + p45_0 * 1.0
+    sum22_1 = sum19_1 + p45_1 * 1.0
+    sum22_2 = sum19_2 + p45_2 * 1.0
     w_B_3_64 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (64 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_3_192 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (192 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_3_544 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (544 + chans[None, :] * 1), mask=mask, other=0.0)
@@ -45943,6 +46062,11 @@ def _mace_product_4_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     p47_2 = 0.4472135954999579 * p46_0 * A_2_2
     p47_3 = 0.4472135954999579 * p46_0 * A_2_3
     p47_4 = 0.4472135954999579 * p46_0 * A_2_4
+    sum23_0 = sum17_0 + p47_0 * 1.0
+    sum23_1 = sum17_1 + p47_1 * 1.0
+    sum23_2 = sum17_2 + p47_2 * 1.0
+    sum23_3 = sum17_3 + p47_3 * 1.0
+    sum23_4 = sum17_4 + p47_4 * 1.0
     w_B_3_96 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (96 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_3_416 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (416 + chans[None, :] * 1), mask=mask, other=0.0)
     p48_0 = p27_0 * w_B_3_96 * 1.0741723110591492 + p34_0 * w_B_3_416 * 1.0741723110591492
@@ -45953,6 +46077,11 @@ def _mace_product_4_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     p49_2 = -0.18257418583505536 * p48_0 * A_1_0 + 0.3651483716701107 * p48_1 * A_1_1 + -0.18257418583505536 * p48_2 * A_1_2
     p49_3 = 0.31622776601683794 * p48_1 * A_1_2 + 0.31622776601683794 * p48_2 * A_1_1
     p49_4 = -0.31622776601683794 * p48_0 * A_1_0 + 0.31622776601683794 * p48_2 * A_1_2
+    sum24_0 = sum23_0 + p49_0 * 1.0
+    sum24_1 = sum23_1 + p49_1 * 1.0
+    sum24_2 = sum23_2 + p49_2 * 1.0
+    sum24_3 = sum23_3 + p49_3 * 1.0
+    sum24_4 = sum23_4 + p49_4 * 1.0
     w_B_3_128 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (128 + chans[None, :] * 1), mask=mask, other=0.0)
     p50_0 = p27_0 * w_B_3_128 * 1.0
     p50_1 = p27_1 * w_B_3_128 * 1.0
@@ -45960,6 +46089,9 @@ def _mace_product_4_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     p51_0 = -0.18257418583505536 * p50_0 * A_2_2 + -0.31622776601683794 * p50_0 * A_2_4 + 0.31622776601683794 * p50_1 * A_2_1 + 0.31622776601683794 * p50_2 * A_2_0
     p51_1 = 0.31622776601683794 * p50_0 * A_2_1 + 0.3651483716701107 * p50_1 * A_2_2 + 0.31622776601683794 * p50_2 * A_2_3
     p51_2 = 0.31622776601683794 * p50_0 * A_2_0 + 0.31622776601683794 * p50_1 * A_2_3 + -0.18257418583505536 * p50_2 * A_2_2 + 0.31622776601683794 * p50_2 * A_2_4
+    sum25_0 = sum22_0 + p51_0 * 1.0
+    sum25_1 = sum22_1 + p51_1 * 1.0
+    sum25_2 = sum22_2 + p51_2 * 1.0
     w_B_3_160 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (160 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_3_224 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (224 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_3_608 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (608 + chans[None, :] * 1), mask=mask, other=0.0)
@@ -45975,6 +46107,11 @@ def _mace_product_4_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     p53_2 = -0.23904572186687872 * p52_0 * A_2_0 + 0.11952286093343936 * p52_1 * A_2_1 + 0.23904572186687872 * p52_2 * A_2_2 + 0.11952286093343936 * p52_3 * A_2_3 + -0.23904572186687872 * p52_4 * A_2_4
     p53_3 = 0.20701966780270625 * p52_0 * A_2_1 + 0.20701966780270625 * p52_1 * A_2_0 + 0.11952286093343936 * p52_2 * A_2_3 + 0.11952286093343936 * p52_3 * A_2_2 + 0.20701966780270625 * p52_3 * A_2_4 + 0.20701966780270625 * p52_4 * A_2_3
     p53_4 = -0.20701966780270625 * p52_1 * A_2_1 + -0.23904572186687872 * p52_2 * A_2_4 + 0.20701966780270625 * p52_3 * A_2_3 + -0.23904572186687872 * p52_4 * A_2_2
+    sum26_0 = sum24_0 + p53_0 * 1.0
+    sum26_1 = sum24_1 + p53_1 * 1.0
+    sum26_2 = sum24_2 + p53_2 * 1.0
+    sum26_3 = sum24_3 + p53_3 * 1.0
+    sum26_4 = sum24_4 + p53_4 * 1.0
     w_B_3_288 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (288 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_3_832 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (832 + chans[None, :] * 1), mask=mask, other=0.0)
     p54_0 = p32_0 * w_B_3_288 * 2.886751345948129 + p41_0 * w_B_3_832 * 1.2909944487358056
@@ -45985,6 +46122,9 @@ def _mace_product_4_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     p55_0 = 0.31622776601683794 * p54_0 * A_1_2 + 0.31622776601683794 * p54_1 * A_1_1 + -0.18257418583505536 * p54_2 * A_1_0 + -0.31622776601683794 * p54_4 * A_1_0
     p55_1 = 0.31622776601683794 * p54_1 * A_1_0 + 0.3651483716701107 * p54_2 * A_1_1 + 0.31622776601683794 * p54_3 * A_1_2
     p55_2 = 0.31622776601683794 * p54_0 * A_1_0 + -0.18257418583505536 * p54_2 * A_1_2 + 0.31622776601683794 * p54_3 * A_1_1 + 0.31622776601683794 * p54_4 * A_1_2
+    sum27_0 = sum25_0 + p55_0 * 1.0
+    sum27_1 = sum25_1 + p55_1 * 1.0
+    sum27_2 = sum25_2 + p55_2 * 1.0
     w_B_3_384 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (384 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_3_736 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (736 + chans[None, :] * 1), mask=mask, other=0.0)
     w_B_3_768 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (768 + chans[None, :] * 1), mask=mask, other=0.0)
@@ -45992,6 +46132,7 @@ def _mace_product_4_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     p56_1 = p34_1 * w_B_3_384 * 0.5773502691896257 + p40_1 * w_B_3_736 * 0.5773502691896257 + p24_1 * w_B_3_768 * 1.2909944487358056
     p56_2 = p34_2 * w_B_3_384 * 0.5773502691896257 + p40_2 * w_B_3_736 * 0.5773502691896257 + p24_2 * w_B_3_768 * 1.2909944487358056
     p57_0 = 0.5773502691896257 * p56_0 * A_1_0 + 0.5773502691896257 * p56_1 * A_1_1 + 0.5773502691896257 * p56_2 * A_1_2
+    sum28_0 = sum21_0 + p57_0 * 1.0
     w_B_3_512 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (512 + chans[None, :] * 1), mask=mask, other=0.0)
     p58_0 = p35_0 * w_B_3_512 * 1.7320508075688772
     p58_1 = p35_1 * w_B_3_512 * 1.7320508075688772
@@ -45999,6 +46140,9 @@ def _mace_product_4_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     p59_0 = 0.408248290463863 * p58_1 * A_1_2 + -0.408248290463863 * p58_2 * A_1_1
     p59_1 = -0.408248290463863 * p58_0 * A_1_2 + 0.408248290463863 * p58_2 * A_1_0
     p59_2 = 0.408248290463863 * p58_0 * A_1_1 + -0.408248290463863 * p58_1 * A_1_0
+    sum29_0 = sum27_0 + p59_0 * 1.0
+    sum29_1 = sum27_1 + p59_1 * 1.0
+    sum29_2 = sum27_2 + p59_2 * 1.0
     w_B_3_576 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (576 + chans[None, :] * 1), mask=mask, other=0.0)
     p60_0 = p35_0 * w_B_3_576 * 1.860521018838127
     p60_1 = p35_1 * w_B_3_576 * 1.860521018838127
@@ -46008,21 +46152,27 @@ def _mace_product_4_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     p61_2 = -0.31622776601683794 * p60_0 * A_2_3 + 0.31622776601683794 * p60_2 * A_2_1
     p61_3 = 0.31622776601683794 * p60_0 * A_2_2 + -0.18257418583505536 * p60_0 * A_2_4 + -0.18257418583505536 * p60_1 * A_2_1 + 0.18257418583505536 * p60_2 * A_2_0
     p61_4 = 0.18257418583505536 * p60_0 * A_2_3 + -0.3651483716701107 * p60_1 * A_2_0 + 0.18257418583505536 * p60_2 * A_2_1
+    sum30_0 = sum26_0 + p61_0 * 1.0
+    sum30_1 = sum26_1 + p61_1 * 1.0
+    sum30_2 = sum26_2 + p61_2 * 1.0
+    sum30_3 = sum26_3 + p61_3 * 1.0
+    sum30_4 = sum26_4 + p61_4 * 1.0
     p62_0 = 0.4472135954999579 * p41_0 * A_2_0 + 0.4472135954999579 * p41_1 * A_2_1 + 0.4472135954999579 * p41_2 * A_2_2 + 0.4472135954999579 * p41_3 * A_2_3 + 0.4472135954999579 * p41_4 * A_2_4
     w_B_3_896 = tl.load(weight + 3456 + z_rows[:, None] * 992 + (896 + chans[None, :] * 1), mask=mask, other=0.0)
-    B_0_0 = A_0_0 * w_B_0_0 * 1.0 + p1_0 * w_B_1_0 * 0.5773502691896257 + p6_0 * w_B_1_96 * 0.5773502691896257 + p9_0 * w_B_1_192 * 0.5773502691896257 + p12_0 * 1.0 + p23_0 * w_B_2_320 * 0.7745966692414834 + p25_0 * w_B_2_480 * 1.0 + p43_0 * 1.0 + p57_0 * 1.0 + p62_0 * w_B_3_896 * 0.7453559924999299
+    sum31_0 = sum28_0 + p62_0 * w_B_3_896 * 0.7453559924999299
+    B_0_0 = sum31_0
     tl.store(B_out + rows[:, None] * 288 + (0 + chans[None, :] * 1), B_0_0, mask=mask)
-    B_1_0 = A_1_0 * w_B_0_32 * 1.0 + p3_0 * w_B_1_32 * 1.224744871391589 + p8_0 * w_B_1_160 * 1.224744871391589 + p14_0 * 1.0 + p20_0 * 1.0 + p24_0 * w_B_2_416 * 1.7320508075688772 + p45_0 * 1.0 + p51_0 * 1.0 + p55_0 * 1.0 + p59_0 * 1.0
-    B_1_1 = A_1_1 * w_B_0_32 * 1.0 + p3_1 * w_B_1_32 * 1.224744871391589 + p8_1 * w_B_1_160 * 1.224744871391589 + p14_1 * 1.0 + p20_1 * 1.0 + p24_1 * w_B_2_416 * 1.7320508075688772 + p45_1 * 1.0 + p51_1 * 1.0 + p55_1 * 1.0 + p59_1 * 1.0
-    B_1_2 = A_1_2 * w_B_0_32 * 1.0 + p3_2 * w_B_1_32 * 1.224744871391589 + p8_2 * w_B_1_160 * 1.224744871391589 + p14_2 * 1.0 + p20_2 * 1.0 + p24_2 * w_B_2_416 * 1.7320508075688772 + p45_2 * 1.0 + p51_2 * 1.0 + p55_2 * 1.0 + p59_2 * 1.0
+    B_1_0 = sum29_0
+    B_1_1 = sum29_1
+    B_1_2 = sum29_2
     tl.store(B_out + rows[:, None] * 288 + (32 + chans[None, :] * 3), B_1_0, mask=mask)
     tl.store(B_out + rows[:, None] * 288 + (33 + chans[None, :] * 3), B_1_1, mask=mask)
     tl.store(B_out + rows[:, None] * 288 + (34 + chans[None, :] * 3), B_1_2, mask=mask)
-    B_2_0 = A_2_0 * w_B_0_64 * 1.0 + p5_0 * w_B_1_64 * 1.2909944487358056 + p7_0 * w_B_1_128 * 1.2909944487358056 + p10_0 * w_B_1_224 * 1.2909944487358056 + p16_0 * 1.0 + p18_0 * 1.0 + p22_0 * 1.0 + p47_0 * 1.0 + p49_0 * 1.0 + p53_0 * 1.0 + p61_0 * 1.0
-    B_2_1 = A_2_1 * w_B_0_64 * 1.0 + p5_1 * w_B_1_64 * 1.2909944487358056 + p7_1 * w_B_1_128 * 1.2909944487358056 + p10_1 * w_B_1_224 * 1.2909944487358056 + p16_1 * 1.0 + p18_1 * 1.0 + p22_1 * 1.0 + p47_1 * 1.0 + p49_1 * 1.0 + p53_1 * 1.0 + p61_1 * 1.0
-    B_2_2 = A_2_2 * w_B_0_64 * 1.0 + p5_2 * w_B_1_64 * 1.2909944487358056 + p7_2 * w_B_1_128 * 1.2909944487358056 + p10_2 * w_B_1_224 * 1.2909944487358056 + p16_2 * 1.0 + p18_2 * 1.0 + p22_2 * 1.0 + p47_2 * 1.0 + p49_2 * 1.0 + p53_2 * 1.0 + p61_2 * 1.0
-    B_2_3 = A_2_3 * w_B_0_64 * 1.0 + p5_3 * w_B_1_64 * 1.2909944487358056 + p7_3 * w_B_1_128 * 1.2909944487358056 + p10_3 * w_B_1_224 * 1.2909944487358056 + p16_3 * 1.0 + p18_3 * 1.0 + p22_3 * 1.0 + p47_3 * 1.0 + p49_3 * 1.0 + p53_3 * 1.0 + p61_3 * 1.0
-    B_2_4 = A_2_4 * w_B_0_64 * 1.0 + p5_4 * w_B_1_64 * 1.2909944487358056 + p7_4 * w_B_1_128 * 1.2909944487358056 + p10_4 * w_B_1_224 * 1.2909944487358056 + p16_4 * 1.0 + p18_4 * 1.0 + p22_4 * 1.0 + p47_4 * 1.0 + p49_4 * 1.0 + p53_4 * 1.0 + p61_4 * 1.0
+    B_2_0 = sum30_0
+    B_2_1 = sum30_1
+    B_2_2 = sum30_2
+    B_2_3 = sum30_3
+    B_2_4 = sum30_4
     tl.store(B_out + rows[:, None] * 288 + (128 + chans[None, :] * 5), B_2_0, mask=mask)
     tl.store(B_out + rows[:, None] * 288 + (129 + chans[None, :] * 5), B_2_1, mask=mask)
     tl.store(B_out + rows[:, None] * 288 + (130 + chans[None, :] * 5), B_2_2, mask=mask)
@@ -46035,7 +46185,7 @@ def _mace_product_4_triton(A, z, weight, *constants: torch.Tensor) -> list[torch
     n = A.shape[0]
     B_out = rt.output_rows(A, n, 288)
     grid = (triton.cdiv(n, 1), triton.cdiv(32, 32))
-    _mace_product_4_kernel[grid](A.contiguous(), z.contiguous(), weight.contiguous(), B_out, n, BLOCK_Z=1, BLOCK_U=32, num_warps=1, enable_fp_fusion=True)
+    _mace_product_4_kernel[grid](A.contiguous(), z.contiguous(), weight.contiguous(), B_out, n, BLOCK_Z=1, BLOCK_U=32, num_warps=1, maxnreg=255, enable_fp_fusion=True)
     return [B_out]
 
 

@@ -16,7 +16,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_762f6a4721fabce2")
+_ops = rt.OpNamespace("fusionc_5ef4bacbea1c3180")
 
 
 @triton.jit
@@ -25,7 +25,7 @@ def _fc_tp_d_0_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 29696  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 29696  # this program's slot of the partial buffer
     for c0 in range(0, 288, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d_x_ptr + z[:, None] * 288 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 288)[None, :])
@@ -229,7 +229,7 @@ def _fc_tp_d_1_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 29696  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 29696  # this program's slot of the partial buffer
     # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
     ik_17 = tl.arange(0, 4)
     ip_17 = tl.arange(0, 2)
@@ -497,7 +497,7 @@ def _fc_tp_d_2_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 29696  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 29696  # this program's slot of the partial buffer
     # ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
     ip_33 = tl.arange(0, 2)
     ii_33 = tl.arange(0, 4)
@@ -742,7 +742,7 @@ def _fc_tp_d_3_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_z_0_ptr, d_x_ptr, d_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 29696  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 29696  # this program's slot of the partial buffer
     ii_49 = tl.arange(0, 1)
     ip_49 = tl.arange(0, 1)
     p0_49 = weight_ptr + 2048 + ip_49[None, None, None, :, None] * 1024
@@ -1021,7 +1021,7 @@ def _fc_tp_d2_x_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 29696  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 29696  # this program's slot of the partial buffer
     for c0 in range(0, 288, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_x_ptr + z[:, None] * 288 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 288)[None, :])
@@ -1237,7 +1237,7 @@ def _fc_tp_d2_x_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 29696  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 29696  # this program's slot of the partial buffer
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
     ii_17 = tl.arange(0, 1)
     ip_17 = tl.arange(0, 1)
@@ -1515,7 +1515,7 @@ def _fc_tp_d2_x_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 29696  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 29696  # this program's slot of the partial buffer
     ii_33 = tl.arange(0, 4)
     ip_33 = tl.arange(0, 2)
     ik_33 = tl.arange(0, 4)
@@ -1805,7 +1805,7 @@ def _fc_tp_d2_x_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr, _g_z_0_p
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 29696  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 29696  # this program's slot of the partial buffer
     # ∂/∂_w_z_0_2_1: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
     ip_49 = tl.arange(0, 2)
     ik_49 = tl.arange(0, 4)
@@ -2170,7 +2170,7 @@ def _fc_tp_d2_y_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 29696  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 29696  # this program's slot of the partial buffer
     for c0 in range(0, 288, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_x_ptr + z[:, None] * 288 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 288)[None, :])
@@ -2386,7 +2386,7 @@ def _fc_tp_d2_y_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 29696  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 29696  # this program's slot of the partial buffer
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
     ii_17 = tl.arange(0, 1)
     ip_17 = tl.arange(0, 1)
@@ -2668,7 +2668,7 @@ def _fc_tp_d2_y_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 29696  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 29696  # this program's slot of the partial buffer
     ii_33 = tl.arange(0, 4)
     ip_33 = tl.arange(0, 2)
     p0_33 = partial + 0 + slot + ip_33[None, None, None, :, None] * 1024
@@ -2954,7 +2954,7 @@ def _fc_tp_d2_y_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr, _g_z_0_p
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 29696  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 29696  # this program's slot of the partial buffer
     # ∂/∂_w_z_0_2_1: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
     ip_49 = tl.arange(0, 2)
     ik_49 = tl.arange(0, 4)
@@ -3291,7 +3291,7 @@ def _fc_tp_d2_weight_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 21504  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 21504  # this program's slot of the partial buffer
     for c0 in range(0, 288, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_x_ptr + z[:, None] * 288 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 288)[None, :])
@@ -3576,7 +3576,7 @@ def _fc_tp_d2_weight_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 21504  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 21504  # this program's slot of the partial buffer
     # ∂/∂d_z: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
     ik_17 = tl.arange(0, 1)
     ip_17 = tl.arange(0, 1)
@@ -3825,7 +3825,7 @@ def _fc_tp_d2_weight_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 21504  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 21504  # this program's slot of the partial buffer
     # ∂/∂x: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
     ii_33 = tl.arange(0, 4)
     ip_33 = tl.arange(0, 2)
@@ -4087,7 +4087,7 @@ def _fc_tp_d2_weight_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 21504  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 21504  # this program's slot of the partial buffer
     iu_49 = tl.arange(0, 32)
     iw_49 = tl.arange(0, 32)
     p0_49 = d2_d_weight_ptr + 11264 + iu_49[:, None] * 32 + iw_49[None, :]
@@ -4373,6 +4373,7 @@ def _fc_tp_kernel(x, y, weight, z_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.con
     y_0_c0_0 = tl.load(y + rows * 16 + 0, mask=row_mask, other=0.0)
     z_0_p0_t = 1.0 * x_0_0 * y_0_c0_0[:, None]
     z_0_p0_0 += tl.dot(z_0_p0_t, tl.load(weight + 0 + (0 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
+    sum1_0 = z_0_p0_0 * 0.10206207261596575
     z_0_p1_0 = zero32
     z_0_p1_1 = zero32
     z_0_p1_2 = zero32
@@ -4385,6 +4386,9 @@ def _fc_tp_kernel(x, y, weight, z_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.con
     z_0_p1_1 += tl.dot(z_0_p1_t, tl.load(weight + 0 + (1024 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
     z_0_p1_t = 0.5773502691896257 * x_0_0 * y_1_c0_2[:, None]
     z_0_p1_2 += tl.dot(z_0_p1_t, tl.load(weight + 0 + (1024 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
+    sum2_0 = z_0_p1_0 * 0.13693063937629152
+    sum2_1 = z_0_p1_1 * 0.13693063937629152
+    sum2_2 = z_0_p1_2 * 0.13693063937629152
     z_0_p2_0 = zero32
     z_0_p2_1 = zero32
     z_0_p2_2 = zero32
@@ -4405,6 +4409,11 @@ def _fc_tp_kernel(x, y, weight, z_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.con
     z_0_p2_3 += tl.dot(z_0_p2_t, tl.load(weight + 0 + (2048 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
     z_0_p2_t = 0.4472135954999579 * x_0_0 * y_2_c0_4[:, None]
     z_0_p2_4 += tl.dot(z_0_p2_t, tl.load(weight + 0 + (2048 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
+    sum3_0 = z_0_p2_0 * 0.1767766952966369
+    sum3_1 = z_0_p2_1 * 0.1767766952966369
+    sum3_2 = z_0_p2_2 * 0.1767766952966369
+    sum3_3 = z_0_p2_3 * 0.1767766952966369
+    sum3_4 = z_0_p2_4 * 0.1767766952966369
     x_1_0 = tl.load(x + rows[:, None] * 288 + (32 + ch32[None, :] * 3), mask=mask32, other=0.0)
     x_1_1 = tl.load(x + rows[:, None] * 288 + (33 + ch32[None, :] * 3), mask=mask32, other=0.0)
     x_1_2 = tl.load(x + rows[:, None] * 288 + (34 + ch32[None, :] * 3), mask=mask32, other=0.0)
@@ -4417,9 +4426,13 @@ def _fc_tp_kernel(x, y, weight, z_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.con
     z_0_p3_1 += tl.dot(z_0_p3_t, tl.load(weight + 0 + (3072 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
     z_0_p3_t = 0.5773502691896257 * x_1_2 * y_0_c0_0[:, None]
     z_0_p3_2 += tl.dot(z_0_p3_t, tl.load(weight + 0 + (3072 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
+    sum4_0 = sum2_0 + z_0_p3_0 * 0.13693063937629152
+    sum4_1 = sum2_1 + z_0_p3_1 * 0.13693063937629152
+    sum4_2 = sum2_2 + z_0_p3_2 * 0.13693063937629152
     z_0_p4_0 = zero32
     z_0_p4_t = 0.5773502691896257 * x_1_0 * y_1_c0_0[:, None] + 0.5773502691896257 * x_1_1 * y_1_c0_1[:, None] + 0.5773502691896257 * x_1_2 * y_1_c0_2[:, None]
     z_0_p4_0 += tl.dot(z_0_p4_t, tl.load(weight + 0 + (4096 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
+    sum5_0 = sum1_0 + z_0_p4_0 * 0.10206207261596575
     z_0_p5_0 = zero32
     z_0_p5_1 = zero32
     z_0_p5_2 = zero32
@@ -4435,6 +4448,11 @@ def _fc_tp_kernel(x, y, weight, z_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.con
     z_0_p5_3 += tl.dot(z_0_p5_t, tl.load(weight + 0 + (5120 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
     z_0_p5_t = -0.31622776601683794 * x_1_0 * y_1_c0_0[:, None] + 0.31622776601683794 * x_1_2 * y_1_c0_2[:, None]
     z_0_p5_4 += tl.dot(z_0_p5_t, tl.load(weight + 0 + (5120 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
+    sum6_0 = sum3_0 + z_0_p5_0 * 0.1767766952966369
+    sum6_1 = sum3_1 + z_0_p5_1 * 0.1767766952966369
+    sum6_2 = sum3_2 + z_0_p5_2 * 0.1767766952966369
+    sum6_3 = sum3_3 + z_0_p5_3 * 0.1767766952966369
+    sum6_4 = sum3_4 + z_0_p5_4 * 0.1767766952966369
     z_0_p6_0 = zero32
     z_0_p6_1 = zero32
     z_0_p6_2 = zero32
@@ -4444,6 +4462,9 @@ def _fc_tp_kernel(x, y, weight, z_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.con
     z_0_p6_1 += tl.dot(z_0_p6_t, tl.load(weight + 0 + (6144 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
     z_0_p6_t = 0.31622776601683794 * x_1_0 * y_2_c0_0[:, None] + 0.31622776601683794 * x_1_1 * y_2_c0_3[:, None] + -0.18257418583505536 * x_1_2 * y_2_c0_2[:, None] + 0.31622776601683794 * x_1_2 * y_2_c0_4[:, None]
     z_0_p6_2 += tl.dot(z_0_p6_t, tl.load(weight + 0 + (6144 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
+    sum7_0 = sum4_0 + z_0_p6_0 * 0.13693063937629152
+    sum7_1 = sum4_1 + z_0_p6_1 * 0.13693063937629152
+    sum7_2 = sum4_2 + z_0_p6_2 * 0.13693063937629152
     z_0_p7_0 = zero32
     z_0_p7_1 = zero32
     z_0_p7_2 = zero32
@@ -4466,6 +4487,11 @@ def _fc_tp_kernel(x, y, weight, z_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.con
     z_0_p7_3 += tl.dot(z_0_p7_t, tl.load(weight + 0 + (7168 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
     z_0_p7_t = 0.2672612419124244 * x_1_0 * y_3_c0_0[:, None] + 0.06900655593423542 * x_1_0 * y_3_c0_2[:, None] + 0.2182178902359924 * x_1_1 * y_3_c0_5[:, None] + -0.06900655593423542 * x_1_2 * y_3_c0_4[:, None] + 0.2672612419124244 * x_1_2 * y_3_c0_6[:, None]
     z_0_p7_4 += tl.dot(z_0_p7_t, tl.load(weight + 0 + (7168 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
+    sum8_0 = sum6_0 + z_0_p7_0 * 0.1767766952966369
+    sum8_1 = sum6_1 + z_0_p7_1 * 0.1767766952966369
+    sum8_2 = sum6_2 + z_0_p7_2 * 0.1767766952966369
+    sum8_3 = sum6_3 + z_0_p7_3 * 0.1767766952966369
+    sum8_4 = sum6_4 + z_0_p7_4 * 0.1767766952966369
     x_2_0 = tl.load(x + rows[:, None] * 288 + (128 + ch32[None, :] * 5), mask=mask32, other=0.0)
     x_2_1 = tl.load(x + rows[:, None] * 288 + (129 + ch32[None, :] * 5), mask=mask32, other=0.0)
     x_2_2 = tl.load(x + rows[:, None] * 288 + (130 + ch32[None, :] * 5), mask=mask32, other=0.0)
@@ -4486,6 +4512,11 @@ def _fc_tp_kernel(x, y, weight, z_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.con
     z_0_p8_3 += tl.dot(z_0_p8_t, tl.load(weight + 0 + (8192 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
     z_0_p8_t = 0.4472135954999579 * x_2_4 * y_0_c0_0[:, None]
     z_0_p8_4 += tl.dot(z_0_p8_t, tl.load(weight + 0 + (8192 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
+    sum9_0 = sum8_0 + z_0_p8_0 * 0.1767766952966369
+    sum9_1 = sum8_1 + z_0_p8_1 * 0.1767766952966369
+    sum9_2 = sum8_2 + z_0_p8_2 * 0.1767766952966369
+    sum9_3 = sum8_3 + z_0_p8_3 * 0.1767766952966369
+    sum9_4 = sum8_4 + z_0_p8_4 * 0.1767766952966369
     z_0_p9_0 = zero32
     z_0_p9_1 = zero32
     z_0_p9_2 = zero32
@@ -4495,9 +4526,13 @@ def _fc_tp_kernel(x, y, weight, z_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.con
     z_0_p9_1 += tl.dot(z_0_p9_t, tl.load(weight + 0 + (9216 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
     z_0_p9_t = 0.31622776601683794 * x_2_0 * y_1_c0_0[:, None] + -0.18257418583505536 * x_2_2 * y_1_c0_2[:, None] + 0.31622776601683794 * x_2_3 * y_1_c0_1[:, None] + 0.31622776601683794 * x_2_4 * y_1_c0_2[:, None]
     z_0_p9_2 += tl.dot(z_0_p9_t, tl.load(weight + 0 + (9216 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
+    sum10_0 = sum7_0 + z_0_p9_0 * 0.13693063937629152
+    sum10_1 = sum7_1 + z_0_p9_1 * 0.13693063937629152
+    sum10_2 = sum7_2 + z_0_p9_2 * 0.13693063937629152
     z_0_p10_0 = zero32
     z_0_p10_t = 0.4472135954999579 * x_2_0 * y_2_c0_0[:, None] + 0.4472135954999579 * x_2_1 * y_2_c0_1[:, None] + 0.4472135954999579 * x_2_2 * y_2_c0_2[:, None] + 0.4472135954999579 * x_2_3 * y_2_c0_3[:, None] + 0.4472135954999579 * x_2_4 * y_2_c0_4[:, None]
     z_0_p10_0 += tl.dot(z_0_p10_t, tl.load(weight + 0 + (10240 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
+    sum11_0 = sum5_0 + z_0_p10_0 * 0.10206207261596575
     z_0_p11_0 = zero32
     z_0_p11_1 = zero32
     z_0_p11_2 = zero32
@@ -4513,6 +4548,11 @@ def _fc_tp_kernel(x, y, weight, z_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.con
     z_0_p11_3 += tl.dot(z_0_p11_t, tl.load(weight + 0 + (11264 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
     z_0_p11_t = -0.20701966780270625 * x_2_1 * y_2_c0_1[:, None] + -0.23904572186687872 * x_2_2 * y_2_c0_4[:, None] + 0.20701966780270625 * x_2_3 * y_2_c0_3[:, None] + -0.23904572186687872 * x_2_4 * y_2_c0_2[:, None]
     z_0_p11_4 += tl.dot(z_0_p11_t, tl.load(weight + 0 + (11264 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
+    sum12_0 = sum9_0 + z_0_p11_0 * 0.1767766952966369
+    sum12_1 = sum9_1 + z_0_p11_1 * 0.1767766952966369
+    sum12_2 = sum9_2 + z_0_p11_2 * 0.1767766952966369
+    sum12_3 = sum9_3 + z_0_p11_3 * 0.1767766952966369
+    sum12_4 = sum9_4 + z_0_p11_4 * 0.1767766952966369
     z_0_p12_0 = zero32
     z_0_p12_1 = zero32
     z_0_p12_2 = zero32
@@ -4522,19 +4562,22 @@ def _fc_tp_kernel(x, y, weight, z_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.con
     z_0_p12_1 += tl.dot(z_0_p12_t, tl.load(weight + 0 + (12288 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
     z_0_p12_t = 0.2672612419124244 * x_2_0 * y_3_c0_0[:, None] + -0.06900655593423542 * x_2_0 * y_3_c0_2[:, None] + 0.2182178902359924 * x_2_1 * y_3_c0_1[:, None] + 0.23904572186687872 * x_2_2 * y_3_c0_4[:, None] + -0.1690308509457033 * x_2_3 * y_3_c0_3[:, None] + 0.2182178902359924 * x_2_3 * y_3_c0_5[:, None] + -0.06900655593423542 * x_2_4 * y_3_c0_4[:, None] + 0.2672612419124244 * x_2_4 * y_3_c0_6[:, None]
     z_0_p12_2 += tl.dot(z_0_p12_t, tl.load(weight + 0 + (12288 + 0 + ch32[:, None] * 32 + ch32[None, :]), mask=cm32[:, None] & cm32[None, :], other=0.0), input_precision='ieee')
-    z_0_0 = z_0_p0_0 * 0.10206207261596575 + z_0_p4_0 * 0.10206207261596575 + z_0_p10_0 * 0.10206207261596575
+    sum13_0 = sum10_0 + z_0_p12_0 * 0.13693063937629152
+    sum13_1 = sum10_1 + z_0_p12_1 * 0.13693063937629152
+    sum13_2 = sum10_2 + z_0_p12_2 * 0.13693063937629152
+    z_0_0 = sum11_0
     tl.store(z_out + rows[:, None] * 288 + (0 + ch32[None, :] * 1), z_0_0, mask=mask32)
-    z_1_0 = z_0_p1_0 * 0.13693063937629152 + z_0_p3_0 * 0.13693063937629152 + z_0_p6_0 * 0.13693063937629152 + z_0_p9_0 * 0.13693063937629152 + z_0_p12_0 * 0.13693063937629152
-    z_1_1 = z_0_p1_1 * 0.13693063937629152 + z_0_p3_1 * 0.13693063937629152 + z_0_p6_1 * 0.13693063937629152 + z_0_p9_1 * 0.13693063937629152 + z_0_p12_1 * 0.13693063937629152
-    z_1_2 = z_0_p1_2 * 0.13693063937629152 + z_0_p3_2 * 0.13693063937629152 + z_0_p6_2 * 0.13693063937629152 + z_0_p9_2 * 0.13693063937629152 + z_0_p12_2 * 0.13693063937629152
+    z_1_0 = sum13_0
+    z_1_1 = sum13_1
+    z_1_2 = sum13_2
     tl.store(z_out + rows[:, None] * 288 + (32 + ch32[None, :] * 3), z_1_0, mask=mask32)
     tl.store(z_out + rows[:, None] * 288 + (33 + ch32[None, :] * 3), z_1_1, mask=mask32)
     tl.store(z_out + rows[:, None] * 288 + (34 + ch32[None, :] * 3), z_1_2, mask=mask32)
-    z_2_0 = z_0_p2_0 * 0.1767766952966369 + z_0_p5_0 * 0.1767766952966369 + z_0_p7_0 * 0.1767766952966369 + z_0_p8_0 * 0.1767766952966369 + z_0_p11_0 * 0.1767766952966369
-    z_2_1 = z_0_p2_1 * 0.1767766952966369 + z_0_p5_1 * 0.1767766952966369 + z_0_p7_1 * 0.1767766952966369 + z_0_p8_1 * 0.1767766952966369 + z_0_p11_1 * 0.1767766952966369
-    z_2_2 = z_0_p2_2 * 0.1767766952966369 + z_0_p5_2 * 0.1767766952966369 + z_0_p7_2 * 0.1767766952966369 + z_0_p8_2 * 0.1767766952966369 + z_0_p11_2 * 0.1767766952966369
-    z_2_3 = z_0_p2_3 * 0.1767766952966369 + z_0_p5_3 * 0.1767766952966369 + z_0_p7_3 * 0.1767766952966369 + z_0_p8_3 * 0.1767766952966369 + z_0_p11_3 * 0.1767766952966369
-    z_2_4 = z_0_p2_4 * 0.1767766952966369 + z_0_p5_4 * 0.1767766952966369 + z_0_p7_4 * 0.1767766952966369 + z_0_p8_4 * 0.1767766952966369 + z_0_p11_4 * 0.1767766952966369
+    z_2_0 = sum12_0
+    z_2_1 = sum12_1
+    z_2_2 = sum12_2
+    z_2_3 = sum12_3
+    z_2_4 = sum12_4
     tl.store(z_out + rows[:, None] * 288 + (128 + ch32[None, :] * 5), z_2_0, mask=mask32)
     tl.store(z_out + rows[:, None] * 288 + (129 + ch32[None, :] * 5), z_2_1, mask=mask32)
     tl.store(z_out + rows[:, None] * 288 + (130 + ch32[None, :] * 5), z_2_2, mask=mask32)
@@ -4547,7 +4590,7 @@ def _fc_tp_triton(x, y, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
     n = x.shape[0]
     z_out = rt.output_rows(x, n, 288)
     grid = (triton.cdiv(n, 16), triton.cdiv(1, 1))
-    _fc_tp_kernel[grid](x.contiguous(), y.contiguous(), weight.contiguous(), z_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=4, enable_fp_fusion=True)
+    _fc_tp_kernel[grid](x.contiguous(), y.contiguous(), weight.contiguous(), z_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=8, maxnreg=255, enable_fp_fusion=True)
     return [z_out]
 
 
@@ -4566,7 +4609,7 @@ def _conv_tp_d_0_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     for c0 in range(0, 288, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d_h_ptr + z[:, None] * 288 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 288)[None, :])
@@ -4817,7 +4860,7 @@ def _conv_tp_d_1_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     # 1 paths 32x2e ⊗ sh -> 32x0e
     iu_17 = tl.arange(0, 32)
     ip_17 = tl.arange(0, 1)
@@ -5033,7 +5076,7 @@ def _conv_tp_d_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     ip_33 = tl.arange(0, 1)
     iu_33 = tl.arange(0, 32)
     ik_33 = tl.arange(0, 8)
@@ -5281,7 +5324,7 @@ def _conv_tp_d_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     ip_49 = tl.arange(0, 1)
     iu_49 = tl.arange(0, 32)
     ik_49 = tl.arange(0, 4)
@@ -5524,7 +5567,7 @@ def _conv_tp_d_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     ip_65 = tl.arange(0, 1)
     iu_65 = tl.arange(0, 32)
     ik_65 = tl.arange(0, 1)
@@ -5785,7 +5828,7 @@ def _conv_tp_d_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     ip_81 = tl.arange(0, 1)
     iu_81 = tl.arange(0, 32)
     ik_81 = tl.arange(0, 4)
@@ -6025,7 +6068,7 @@ def _conv_tp_d_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     ip_97 = tl.arange(0, 1)
     iu_97 = tl.arange(0, 32)
     ik_97 = tl.arange(0, 1)
@@ -6274,7 +6317,7 @@ def _conv_tp_d_7_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_m_0_ptr, d
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     ip_113 = tl.arange(0, 1)
     iu_113 = tl.arange(0, 32)
     ik_113 = tl.arange(0, 1)
@@ -6360,7 +6403,7 @@ def _conv_tp_d2_h_0_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     for c0 in range(0, 288, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_h_ptr + z[:, None] * 288 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 288)[None, :])
@@ -6548,7 +6591,7 @@ def _conv_tp_d2_h_1_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     iu_17 = tl.arange(0, 32)
     ip_17 = tl.arange(0, 1)
     ik_17 = tl.arange(0, 4)
@@ -6785,7 +6828,7 @@ def _conv_tp_d2_h_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
     ii_33 = tl.arange(0, 1)
     ip_33 = tl.arange(0, 1)
@@ -7034,7 +7077,7 @@ def _conv_tp_d2_h_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
     ii_49 = tl.arange(0, 4)
     ip_49 = tl.arange(0, 1)
@@ -7299,7 +7342,7 @@ def _conv_tp_d2_h_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
     ii_65 = tl.arange(0, 4)
     ip_65 = tl.arange(0, 1)
@@ -7560,7 +7603,7 @@ def _conv_tp_d2_h_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
     ip_81 = tl.arange(0, 2)
     ik_81 = tl.arange(0, 4)
@@ -7837,7 +7880,7 @@ def _conv_tp_d2_h_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
     ip_97 = tl.arange(0, 2)
     p0_97 = d2_d_h_ptr + 128 + z[:, None, None, None, None] * 288
@@ -8043,7 +8086,7 @@ def _conv_tp_d2_h_7_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_h_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     iu_113 = tl.arange(0, 32)
     p0_113 = scratch + 4616 + z[:, None] * 8328 + iu_113[None, :]
     m0_113 = row_mask[:, None]
@@ -8355,7 +8398,7 @@ def _conv_tp_d2_sh_0_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     for c0 in range(0, 288, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_h_ptr + z[:, None] * 288 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 288)[None, :])
@@ -8543,7 +8586,7 @@ def _conv_tp_d2_sh_1_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     ip_17 = tl.arange(0, 2)
     ik_17 = tl.arange(0, 8)
     p0_17 = d_m_ptr + 128 + z[:, None, None, None] * 992 + ik_17[None, None, None, :]
@@ -8780,7 +8823,7 @@ def _conv_tp_d2_sh_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
     iu_33 = tl.arange(0, 32)
     ii_33 = tl.arange(0, 1)
@@ -9029,7 +9072,7 @@ def _conv_tp_d2_sh_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
     iu_49 = tl.arange(0, 32)
     ii_49 = tl.arange(0, 4)
@@ -9287,7 +9330,7 @@ def _conv_tp_d2_sh_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
     ii_65 = tl.arange(0, 4)
     ip_65 = tl.arange(0, 1)
@@ -9542,7 +9585,7 @@ def _conv_tp_d2_sh_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
     ii_81 = tl.arange(0, 8)
     ip_81 = tl.arange(0, 2)
@@ -9808,7 +9851,7 @@ def _conv_tp_d2_sh_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
     ip_97 = tl.arange(0, 2)
     ik_97 = tl.arange(0, 8)
@@ -10008,7 +10051,7 @@ def _conv_tp_d2_sh_7_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr, weight_p
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     iu_113 = tl.arange(0, 32)
     p0_113 = scratch + 3840 + z[:, None] * 7940 + iu_113[None, :]
     m0_113 = row_mask[:, None]
@@ -10286,7 +10329,7 @@ def _conv_tp_d2_w_0_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     for c0 in range(0, 288, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_h_ptr + z[:, None] * 288 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 288)[None, :])
@@ -10572,7 +10615,7 @@ def _conv_tp_d2_w_1_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     # 2 paths 32x2e ⊗ sh -> 32x2o
     ip_17 = tl.arange(0, 2)
     ii_17 = tl.arange(0, 8)
@@ -10806,7 +10849,7 @@ def _conv_tp_d2_w_2_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     iu_33 = tl.arange(0, 32)
     ip_33 = tl.arange(0, 2)
     ik_33 = tl.arange(0, 4)
@@ -11026,7 +11069,7 @@ def _conv_tp_d2_w_3_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     iu_49 = tl.arange(0, 32)
     p0_49 = d2_d_w_ptr + 672 + z[:, None] * 768 + iu_49[None, :]
     m0_49 = row_mask[:, None]
@@ -11229,7 +11272,7 @@ def _conv_tp_d2_w_4_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     ip_65 = tl.arange(0, 2)
     ik_65 = tl.arange(0, 8)
     p0_65 = scratch + 7880 + z[:, None, None, None] * 7944 + ip_65[None, None, :, None] * 32
@@ -11524,7 +11567,7 @@ def _conv_tp_d2_w_5_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
     ii_81 = tl.arange(0, 8)
     ip_81 = tl.arange(0, 1)
@@ -11814,7 +11857,7 @@ def _conv_tp_d2_w_6_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, weight_ptr
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
     ii_97 = tl.arange(0, 1)
     ip_97 = tl.arange(0, 1)
@@ -12196,7 +12239,7 @@ def _conv_tp_d2_weight_0_kernel(h_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_weight_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 0  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 0  # this program's slot of the partial buffer
     for c0 in range(0, 288, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_h_ptr + z[:, None] * 288 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 288)[None, :])
@@ -12258,6 +12301,7 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     sh_0_c0_0 = tl.load(sh + rows * 16 + 0, mask=row_mask, other=0.0)
     m_0_p0_t = 1.0 * h_0_0 * sh_0_c0_0[:, None]
     m_0_p0_0 += m_0_p0_t * tl.load(w + rows[:, None] * 768 + (0 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum1_0 = m_0_p0_0 * 0.5773502691896257
     m_0_p1_0 = zero32
     m_0_p1_1 = zero32
     m_0_p1_2 = zero32
@@ -12270,6 +12314,9 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p1_1 += m_0_p1_t * tl.load(w + rows[:, None] * 768 + (32 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p1_t = 0.5773502691896257 * h_0_0 * sh_1_c0_2[:, None]
     m_0_p1_2 += m_0_p1_t * tl.load(w + rows[:, None] * 768 + (32 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum2_0 = m_0_p1_0 * 0.7745966692414834
+    sum2_1 = m_0_p1_1 * 0.7745966692414834
+    sum2_2 = m_0_p1_2 * 0.7745966692414834
     m_0_p2_0 = zero32
     m_0_p2_1 = zero32
     m_0_p2_2 = zero32
@@ -12290,6 +12337,11 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p2_3 += m_0_p2_t * tl.load(w + rows[:, None] * 768 + (64 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p2_t = 0.4472135954999579 * h_0_0 * sh_2_c0_4[:, None]
     m_0_p2_4 += m_0_p2_t * tl.load(w + rows[:, None] * 768 + (64 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum3_0 = m_0_p2_0 * 1.0
+    sum3_1 = m_0_p2_1 * 1.0
+    sum3_2 = m_0_p2_2 * 1.0
+    sum3_3 = m_0_p2_3 * 1.0
+    sum3_4 = m_0_p2_4 * 1.0
     m_0_p3_0 = zero32
     m_0_p3_1 = zero32
     m_0_p3_2 = zero32
@@ -12318,6 +12370,13 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p3_5 += m_0_p3_t * tl.load(w + rows[:, None] * 768 + (96 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p3_t = 0.37796447300922725 * h_0_0 * sh_3_c0_6[:, None]
     m_0_p3_6 += m_0_p3_t * tl.load(w + rows[:, None] * 768 + (96 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum4_0 = m_0_p3_0 * 1.3228756555322954
+    sum4_1 = m_0_p3_1 * 1.3228756555322954
+    sum4_2 = m_0_p3_2 * 1.3228756555322954
+    sum4_3 = m_0_p3_3 * 1.3228756555322954
+    sum4_4 = m_0_p3_4 * 1.3228756555322954
+    sum4_5 = m_0_p3_5 * 1.3228756555322954
+    sum4_6 = m_0_p3_6 * 1.3228756555322954
     h_1_0 = tl.load(h + rows[:, None] * 288 + (32 + ch32[None, :] * 3), mask=mask32, other=0.0)
     h_1_1 = tl.load(h + rows[:, None] * 288 + (33 + ch32[None, :] * 3), mask=mask32, other=0.0)
     h_1_2 = tl.load(h + rows[:, None] * 288 + (34 + ch32[None, :] * 3), mask=mask32, other=0.0)
@@ -12330,9 +12389,13 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p4_1 += m_0_p4_t * tl.load(w + rows[:, None] * 768 + (128 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p4_t = 0.5773502691896257 * h_1_2 * sh_0_c0_0[:, None]
     m_0_p4_2 += m_0_p4_t * tl.load(w + rows[:, None] * 768 + (128 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum5_0 = sum2_0 + m_0_p4_0 * 0.7745966692414834
+    sum5_1 = sum2_1 + m_0_p4_1 * 0.7745966692414834
+    sum5_2 = sum2_2 + m_0_p4_2 * 0.7745966692414834
     m_0_p5_0 = zero32
     m_0_p5_t = 0.5773502691896257 * h_1_0 * sh_1_c0_0[:, None] + 0.5773502691896257 * h_1_1 * sh_1_c0_1[:, None] + 0.5773502691896257 * h_1_2 * sh_1_c0_2[:, None]
     m_0_p5_0 += m_0_p5_t * tl.load(w + rows[:, None] * 768 + (160 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum6_0 = sum1_0 + m_0_p5_0 * 0.5773502691896257
     m_0_p6_0 = zero32
     m_0_p6_1 = zero32
     m_0_p6_2 = zero32
@@ -12348,6 +12411,11 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p6_3 += m_0_p6_t * tl.load(w + rows[:, None] * 768 + (192 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p6_t = -0.31622776601683794 * h_1_0 * sh_1_c0_0[:, None] + 0.31622776601683794 * h_1_2 * sh_1_c0_2[:, None]
     m_0_p6_4 += m_0_p6_t * tl.load(w + rows[:, None] * 768 + (192 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum7_0 = sum3_0 + m_0_p6_0 * 1.0
+    sum7_1 = sum3_1 + m_0_p6_1 * 1.0
+    sum7_2 = sum3_2 + m_0_p6_2 * 1.0
+    sum7_3 = sum3_3 + m_0_p6_3 * 1.0
+    sum7_4 = sum3_4 + m_0_p6_4 * 1.0
     m_0_p7_0 = zero32
     m_0_p7_1 = zero32
     m_0_p7_2 = zero32
@@ -12357,6 +12425,9 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p7_1 += m_0_p7_t * tl.load(w + rows[:, None] * 768 + (224 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p7_t = 0.408248290463863 * h_1_0 * sh_1_c0_1[:, None] + -0.408248290463863 * h_1_1 * sh_1_c0_0[:, None]
     m_0_p7_2 += m_0_p7_t * tl.load(w + rows[:, None] * 768 + (224 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum8_0 = m_0_p7_0 * 1.224744871391589
+    sum8_1 = m_0_p7_1 * 1.224744871391589
+    sum8_2 = m_0_p7_2 * 1.224744871391589
     m_0_p8_0 = zero32
     m_0_p8_1 = zero32
     m_0_p8_2 = zero32
@@ -12366,6 +12437,9 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p8_1 += m_0_p8_t * tl.load(w + rows[:, None] * 768 + (256 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p8_t = 0.31622776601683794 * h_1_0 * sh_2_c0_0[:, None] + 0.31622776601683794 * h_1_1 * sh_2_c0_3[:, None] + -0.18257418583505536 * h_1_2 * sh_2_c0_2[:, None] + 0.31622776601683794 * h_1_2 * sh_2_c0_4[:, None]
     m_0_p8_2 += m_0_p8_t * tl.load(w + rows[:, None] * 768 + (256 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum9_0 = sum5_0 + m_0_p8_0 * 0.7745966692414834
+    sum9_1 = sum5_1 + m_0_p8_1 * 0.7745966692414834
+    sum9_2 = sum5_2 + m_0_p8_2 * 0.7745966692414834
     m_0_p9_0 = zero32
     m_0_p9_1 = zero32
     m_0_p9_2 = zero32
@@ -12381,6 +12455,11 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p9_3 += m_0_p9_t * tl.load(w + rows[:, None] * 768 + (288 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p9_t = 0.18257418583505536 * h_1_0 * sh_2_c0_3[:, None] + -0.3651483716701107 * h_1_1 * sh_2_c0_0[:, None] + 0.18257418583505536 * h_1_2 * sh_2_c0_1[:, None]
     m_0_p9_4 += m_0_p9_t * tl.load(w + rows[:, None] * 768 + (288 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum10_0 = m_0_p9_0 * 1.2909944487358056
+    sum10_1 = m_0_p9_1 * 1.2909944487358056
+    sum10_2 = m_0_p9_2 * 1.2909944487358056
+    sum10_3 = m_0_p9_3 * 1.2909944487358056
+    sum10_4 = m_0_p9_4 * 1.2909944487358056
     m_0_p10_0 = zero32
     m_0_p10_1 = zero32
     m_0_p10_2 = zero32
@@ -12402,6 +12481,13 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p10_5 += m_0_p10_t * tl.load(w + rows[:, None] * 768 + (320 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p10_t = -0.2672612419124244 * h_1_0 * sh_2_c0_0[:, None] + 0.2672612419124244 * h_1_2 * sh_2_c0_4[:, None]
     m_0_p10_6 += m_0_p10_t * tl.load(w + rows[:, None] * 768 + (320 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum11_0 = sum4_0 + m_0_p10_0 * 1.3228756555322954
+    sum11_1 = sum4_1 + m_0_p10_1 * 1.3228756555322954
+    sum11_2 = sum4_2 + m_0_p10_2 * 1.3228756555322954
+    sum11_3 = sum4_3 + m_0_p10_3 * 1.3228756555322954
+    sum11_4 = sum4_4 + m_0_p10_4 * 1.3228756555322954
+    sum11_5 = sum4_5 + m_0_p10_5 * 1.3228756555322954
+    sum11_6 = sum4_6 + m_0_p10_6 * 1.3228756555322954
     m_0_p11_0 = zero32
     m_0_p11_1 = zero32
     m_0_p11_2 = zero32
@@ -12417,6 +12503,11 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p11_3 += m_0_p11_t * tl.load(w + rows[:, None] * 768 + (352 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p11_t = 0.2672612419124244 * h_1_0 * sh_3_c0_0[:, None] + 0.06900655593423542 * h_1_0 * sh_3_c0_2[:, None] + 0.2182178902359924 * h_1_1 * sh_3_c0_5[:, None] + -0.06900655593423542 * h_1_2 * sh_3_c0_4[:, None] + 0.2672612419124244 * h_1_2 * sh_3_c0_6[:, None]
     m_0_p11_4 += m_0_p11_t * tl.load(w + rows[:, None] * 768 + (352 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum12_0 = sum7_0 + m_0_p11_0 * 1.0
+    sum12_1 = sum7_1 + m_0_p11_1 * 1.0
+    sum12_2 = sum7_2 + m_0_p11_2 * 1.0
+    sum12_3 = sum7_3 + m_0_p11_3 * 1.0
+    sum12_4 = sum7_4 + m_0_p11_4 * 1.0
     m_0_p12_0 = zero32
     m_0_p12_1 = zero32
     m_0_p12_2 = zero32
@@ -12438,6 +12529,13 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p12_5 += m_0_p12_t * tl.load(w + rows[:, None] * 768 + (384 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p12_t = 0.1336306209562122 * h_1_0 * sh_3_c0_5[:, None] + -0.3273268353539886 * h_1_1 * sh_3_c0_0[:, None] + 0.1336306209562122 * h_1_2 * sh_3_c0_1[:, None]
     m_0_p12_6 += m_0_p12_t * tl.load(w + rows[:, None] * 768 + (384 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum13_0 = m_0_p12_0 * 1.8708286933869707
+    sum13_1 = m_0_p12_1 * 1.8708286933869707
+    sum13_2 = m_0_p12_2 * 1.8708286933869707
+    sum13_3 = m_0_p12_3 * 1.8708286933869707
+    sum13_4 = m_0_p12_4 * 1.8708286933869707
+    sum13_5 = m_0_p12_5 * 1.8708286933869707
+    sum13_6 = m_0_p12_6 * 1.8708286933869707
     h_2_0 = tl.load(h + rows[:, None] * 288 + (128 + ch32[None, :] * 5), mask=mask32, other=0.0)
     h_2_1 = tl.load(h + rows[:, None] * 288 + (129 + ch32[None, :] * 5), mask=mask32, other=0.0)
     h_2_2 = tl.load(h + rows[:, None] * 288 + (130 + ch32[None, :] * 5), mask=mask32, other=0.0)
@@ -12458,6 +12556,11 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p13_3 += m_0_p13_t * tl.load(w + rows[:, None] * 768 + (416 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p13_t = 0.4472135954999579 * h_2_4 * sh_0_c0_0[:, None]
     m_0_p13_4 += m_0_p13_t * tl.load(w + rows[:, None] * 768 + (416 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum14_0 = sum12_0 + m_0_p13_0 * 1.0
+    sum14_1 = sum12_1 + m_0_p13_1 * 1.0
+    sum14_2 = sum12_2 + m_0_p13_2 * 1.0
+    sum14_3 = sum12_3 + m_0_p13_3 * 1.0
+    sum14_4 = sum12_4 + m_0_p13_4 * 1.0
     m_0_p14_0 = zero32
     m_0_p14_1 = zero32
     m_0_p14_2 = zero32
@@ -12467,6 +12570,9 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p14_1 += m_0_p14_t * tl.load(w + rows[:, None] * 768 + (448 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p14_t = 0.31622776601683794 * h_2_0 * sh_1_c0_0[:, None] + -0.18257418583505536 * h_2_2 * sh_1_c0_2[:, None] + 0.31622776601683794 * h_2_3 * sh_1_c0_1[:, None] + 0.31622776601683794 * h_2_4 * sh_1_c0_2[:, None]
     m_0_p14_2 += m_0_p14_t * tl.load(w + rows[:, None] * 768 + (448 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum15_0 = sum9_0 + m_0_p14_0 * 0.7745966692414834
+    sum15_1 = sum9_1 + m_0_p14_1 * 0.7745966692414834
+    sum15_2 = sum9_2 + m_0_p14_2 * 0.7745966692414834
     m_0_p15_0 = zero32
     m_0_p15_1 = zero32
     m_0_p15_2 = zero32
@@ -12482,6 +12588,11 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p15_3 += m_0_p15_t * tl.load(w + rows[:, None] * 768 + (480 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p15_t = 0.3651483716701107 * h_2_0 * sh_1_c0_1[:, None] + -0.18257418583505536 * h_2_1 * sh_1_c0_2[:, None] + -0.18257418583505536 * h_2_3 * sh_1_c0_0[:, None]
     m_0_p15_4 += m_0_p15_t * tl.load(w + rows[:, None] * 768 + (480 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum16_0 = sum10_0 + m_0_p15_0 * 1.2909944487358056
+    sum16_1 = sum10_1 + m_0_p15_1 * 1.2909944487358056
+    sum16_2 = sum10_2 + m_0_p15_2 * 1.2909944487358056
+    sum16_3 = sum10_3 + m_0_p15_3 * 1.2909944487358056
+    sum16_4 = sum10_4 + m_0_p15_4 * 1.2909944487358056
     m_0_p16_0 = zero32
     m_0_p16_1 = zero32
     m_0_p16_2 = zero32
@@ -12503,9 +12614,17 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p16_5 += m_0_p16_t * tl.load(w + rows[:, None] * 768 + (512 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p16_t = -0.2672612419124244 * h_2_0 * sh_1_c0_0[:, None] + 0.2672612419124244 * h_2_4 * sh_1_c0_2[:, None]
     m_0_p16_6 += m_0_p16_t * tl.load(w + rows[:, None] * 768 + (512 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum17_0 = sum11_0 + m_0_p16_0 * 1.3228756555322954
+    sum17_1 = sum11_1 + m_0_p16_1 * 1.3228756555322954
+    sum17_2 = sum11_2 + m_0_p16_2 * 1.3228756555322954
+    sum17_3 = sum11_3 + m_0_p16_3 * 1.3228756555322954
+    sum17_4 = sum11_4 + m_0_p16_4 * 1.3228756555322954
+    sum17_5 = sum11_5 + m_0_p16_5 * 1.3228756555322954
+    sum17_6 = sum11_6 + m_0_p16_6 * 1.3228756555322954
     m_0_p17_0 = zero32
     m_0_p17_t = 0.4472135954999579 * h_2_0 * sh_2_c0_0[:, None] + 0.4472135954999579 * h_2_1 * sh_2_c0_1[:, None] + 0.4472135954999579 * h_2_2 * sh_2_c0_2[:, None] + 0.4472135954999579 * h_2_3 * sh_2_c0_3[:, None] + 0.4472135954999579 * h_2_4 * sh_2_c0_4[:, None]
     m_0_p17_0 += m_0_p17_t * tl.load(w + rows[:, None] * 768 + (544 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum18_0 = sum6_0 + m_0_p17_0 * 0.5773502691896257
     m_0_p18_0 = zero32
     m_0_p18_1 = zero32
     m_0_p18_2 = zero32
@@ -12521,6 +12640,11 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p18_3 += m_0_p18_t * tl.load(w + rows[:, None] * 768 + (576 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p18_t = -0.20701966780270625 * h_2_1 * sh_2_c0_1[:, None] + -0.23904572186687872 * h_2_2 * sh_2_c0_4[:, None] + 0.20701966780270625 * h_2_3 * sh_2_c0_3[:, None] + -0.23904572186687872 * h_2_4 * sh_2_c0_2[:, None]
     m_0_p18_4 += m_0_p18_t * tl.load(w + rows[:, None] * 768 + (576 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum19_0 = sum14_0 + m_0_p18_0 * 1.0
+    sum19_1 = sum14_1 + m_0_p18_1 * 1.0
+    sum19_2 = sum14_2 + m_0_p18_2 * 1.0
+    sum19_3 = sum14_3 + m_0_p18_3 * 1.0
+    sum19_4 = sum14_4 + m_0_p18_4 * 1.0
     m_0_p19_0 = zero32
     m_0_p19_1 = zero32
     m_0_p19_2 = zero32
@@ -12530,6 +12654,9 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p19_1 += m_0_p19_t * tl.load(w + rows[:, None] * 768 + (608 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p19_t = 0.18257418583505536 * h_2_0 * sh_2_c0_3[:, None] + 0.31622776601683794 * h_2_1 * sh_2_c0_2[:, None] + 0.18257418583505536 * h_2_1 * sh_2_c0_4[:, None] + -0.31622776601683794 * h_2_2 * sh_2_c0_1[:, None] + -0.18257418583505536 * h_2_3 * sh_2_c0_0[:, None] + -0.18257418583505536 * h_2_4 * sh_2_c0_1[:, None]
     m_0_p19_2 += m_0_p19_t * tl.load(w + rows[:, None] * 768 + (608 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum20_0 = sum8_0 + m_0_p19_0 * 1.224744871391589
+    sum20_1 = sum8_1 + m_0_p19_1 * 1.224744871391589
+    sum20_2 = sum8_2 + m_0_p19_2 * 1.224744871391589
     m_0_p20_0 = zero32
     m_0_p20_1 = zero32
     m_0_p20_2 = zero32
@@ -12551,6 +12678,13 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p20_5 += m_0_p20_t * tl.load(w + rows[:, None] * 768 + (640 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p20_t = 0.18898223650461363 * h_2_0 * sh_2_c0_3[:, None] + -0.18898223650461363 * h_2_1 * sh_2_c0_4[:, None] + -0.18898223650461363 * h_2_3 * sh_2_c0_0[:, None] + 0.18898223650461363 * h_2_4 * sh_2_c0_1[:, None]
     m_0_p20_6 += m_0_p20_t * tl.load(w + rows[:, None] * 768 + (640 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum21_0 = sum13_0 + m_0_p20_0 * 1.8708286933869707
+    sum21_1 = sum13_1 + m_0_p20_1 * 1.8708286933869707
+    sum21_2 = sum13_2 + m_0_p20_2 * 1.8708286933869707
+    sum21_3 = sum13_3 + m_0_p20_3 * 1.8708286933869707
+    sum21_4 = sum13_4 + m_0_p20_4 * 1.8708286933869707
+    sum21_5 = sum13_5 + m_0_p20_5 * 1.8708286933869707
+    sum21_6 = sum13_6 + m_0_p20_6 * 1.8708286933869707
     m_0_p21_0 = zero32
     m_0_p21_1 = zero32
     m_0_p21_2 = zero32
@@ -12560,6 +12694,9 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p21_1 += m_0_p21_t * tl.load(w + rows[:, None] * 768 + (672 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p21_t = 0.2672612419124244 * h_2_0 * sh_3_c0_0[:, None] + -0.06900655593423542 * h_2_0 * sh_3_c0_2[:, None] + 0.2182178902359924 * h_2_1 * sh_3_c0_1[:, None] + 0.23904572186687872 * h_2_2 * sh_3_c0_4[:, None] + -0.1690308509457033 * h_2_3 * sh_3_c0_3[:, None] + 0.2182178902359924 * h_2_3 * sh_3_c0_5[:, None] + -0.06900655593423542 * h_2_4 * sh_3_c0_4[:, None] + 0.2672612419124244 * h_2_4 * sh_3_c0_6[:, None]
     m_0_p21_2 += m_0_p21_t * tl.load(w + rows[:, None] * 768 + (672 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum22_0 = sum15_0 + m_0_p21_0 * 0.7745966692414834
+    sum22_1 = sum15_1 + m_0_p21_1 * 0.7745966692414834
+    sum22_2 = sum15_2 + m_0_p21_2 * 0.7745966692414834
     m_0_p22_0 = zero32
     m_0_p22_1 = zero32
     m_0_p22_2 = zero32
@@ -12575,6 +12712,11 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p22_3 += m_0_p22_t * tl.load(w + rows[:, None] * 768 + (704 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p22_t = -0.11952286093343936 * h_2_0 * sh_3_c0_3[:, None] + 0.14638501094227999 * h_2_1 * sh_3_c0_4[:, None] + 0.18898223650461363 * h_2_1 * sh_3_c0_6[:, None] + -0.2672612419124244 * h_2_2 * sh_3_c0_1[:, None] + -0.18898223650461363 * h_2_3 * sh_3_c0_0[:, None] + 0.14638501094227999 * h_2_3 * sh_3_c0_2[:, None]
     m_0_p22_4 += m_0_p22_t * tl.load(w + rows[:, None] * 768 + (704 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
+    sum23_0 = sum16_0 + m_0_p22_0 * 1.2909944487358056
+    sum23_1 = sum16_1 + m_0_p22_1 * 1.2909944487358056
+    sum23_2 = sum16_2 + m_0_p22_2 * 1.2909944487358056
+    sum23_3 = sum16_3 + m_0_p22_3 * 1.2909944487358056
+    sum23_4 = sum16_4 + m_0_p22_4 * 1.2909944487358056
     m_0_p23_0 = zero32
     m_0_p23_1 = zero32
     m_0_p23_2 = zero32
@@ -12596,47 +12738,54 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     m_0_p23_5 += m_0_p23_t * tl.load(w + rows[:, None] * 768 + (736 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
     m_0_p23_t = 0.1091089451179962 * h_2_0 * sh_3_c0_2[:, None] + -0.17251638983558856 * h_2_1 * sh_3_c0_1[:, None] + -0.2439750182371333 * h_2_2 * sh_3_c0_6[:, None] + 0.17251638983558856 * h_2_3 * sh_3_c0_5[:, None] + -0.1091089451179962 * h_2_4 * sh_3_c0_4[:, None]
     m_0_p23_6 += m_0_p23_t * tl.load(w + rows[:, None] * 768 + (736 + ch32[None, :] * 1 + 0), mask=row_mask[:, None] & cm32[None, :], other=0.0)
-    m_0_0 = m_0_p0_0 * 0.5773502691896257 + m_0_p5_0 * 0.5773502691896257 + m_0_p17_0 * 0.5773502691896257
+    sum24_0 = sum17_0 + m_0_p23_0 * 1.3228756555322954
+    sum24_1 = sum17_1 + m_0_p23_1 * 1.3228756555322954
+    sum24_2 = sum17_2 + m_0_p23_2 * 1.3228756555322954
+    sum24_3 = sum17_3 + m_0_p23_3 * 1.3228756555322954
+    sum24_4 = sum17_4 + m_0_p23_4 * 1.3228756555322954
+    sum24_5 = sum17_5 + m_0_p23_5 * 1.3228756555322954
+    sum24_6 = sum17_6 + m_0_p23_6 * 1.3228756555322954
+    m_0_0 = sum18_0
     tl.store(m_out + rows[:, None] * 992 + (0 + ch32[None, :] * 1), m_0_0, mask=mask32)
-    m_1_0 = m_0_p1_0 * 0.7745966692414834 + m_0_p4_0 * 0.7745966692414834 + m_0_p8_0 * 0.7745966692414834 + m_0_p14_0 * 0.7745966692414834 + m_0_p21_0 * 0.7745966692414834
-    m_1_1 = m_0_p1_1 * 0.7745966692414834 + m_0_p4_1 * 0.7745966692414834 + m_0_p8_1 * 0.7745966692414834 + m_0_p14_1 * 0.7745966692414834 + m_0_p21_1 * 0.7745966692414834
-    m_1_2 = m_0_p1_2 * 0.7745966692414834 + m_0_p4_2 * 0.7745966692414834 + m_0_p8_2 * 0.7745966692414834 + m_0_p14_2 * 0.7745966692414834 + m_0_p21_2 * 0.7745966692414834
+    m_1_0 = sum22_0
+    m_1_1 = sum22_1
+    m_1_2 = sum22_2
     tl.store(m_out + rows[:, None] * 992 + (32 + ch32[None, :] * 3), m_1_0, mask=mask32)
     tl.store(m_out + rows[:, None] * 992 + (33 + ch32[None, :] * 3), m_1_1, mask=mask32)
     tl.store(m_out + rows[:, None] * 992 + (34 + ch32[None, :] * 3), m_1_2, mask=mask32)
-    m_2_0 = m_0_p2_0 * 1.0 + m_0_p6_0 * 1.0 + m_0_p11_0 * 1.0 + m_0_p13_0 * 1.0 + m_0_p18_0 * 1.0
-    m_2_1 = m_0_p2_1 * 1.0 + m_0_p6_1 * 1.0 + m_0_p11_1 * 1.0 + m_0_p13_1 * 1.0 + m_0_p18_1 * 1.0
-    m_2_2 = m_0_p2_2 * 1.0 + m_0_p6_2 * 1.0 + m_0_p11_2 * 1.0 + m_0_p13_2 * 1.0 + m_0_p18_2 * 1.0
-    m_2_3 = m_0_p2_3 * 1.0 + m_0_p6_3 * 1.0 + m_0_p11_3 * 1.0 + m_0_p13_3 * 1.0 + m_0_p18_3 * 1.0
-    m_2_4 = m_0_p2_4 * 1.0 + m_0_p6_4 * 1.0 + m_0_p11_4 * 1.0 + m_0_p13_4 * 1.0 + m_0_p18_4 * 1.0
+    m_2_0 = sum19_0
+    m_2_1 = sum19_1
+    m_2_2 = sum19_2
+    m_2_3 = sum19_3
+    m_2_4 = sum19_4
     tl.store(m_out + rows[:, None] * 992 + (128 + ch32[None, :] * 5), m_2_0, mask=mask32)
     tl.store(m_out + rows[:, None] * 992 + (129 + ch32[None, :] * 5), m_2_1, mask=mask32)
     tl.store(m_out + rows[:, None] * 992 + (130 + ch32[None, :] * 5), m_2_2, mask=mask32)
     tl.store(m_out + rows[:, None] * 992 + (131 + ch32[None, :] * 5), m_2_3, mask=mask32)
     tl.store(m_out + rows[:, None] * 992 + (132 + ch32[None, :] * 5), m_2_4, mask=mask32)
-    m_3_0 = m_0_p7_0 * 1.224744871391589 + m_0_p19_0 * 1.224744871391589
-    m_3_1 = m_0_p7_1 * 1.224744871391589 + m_0_p19_1 * 1.224744871391589
-    m_3_2 = m_0_p7_2 * 1.224744871391589 + m_0_p19_2 * 1.224744871391589
+    m_3_0 = sum20_0
+    m_3_1 = sum20_1
+    m_3_2 = sum20_2
     tl.store(m_out + rows[:, None] * 992 + (288 + ch32[None, :] * 3), m_3_0, mask=mask32)
     tl.store(m_out + rows[:, None] * 992 + (289 + ch32[None, :] * 3), m_3_1, mask=mask32)
     tl.store(m_out + rows[:, None] * 992 + (290 + ch32[None, :] * 3), m_3_2, mask=mask32)
-    m_4_0 = m_0_p9_0 * 1.2909944487358056 + m_0_p15_0 * 1.2909944487358056 + m_0_p22_0 * 1.2909944487358056
-    m_4_1 = m_0_p9_1 * 1.2909944487358056 + m_0_p15_1 * 1.2909944487358056 + m_0_p22_1 * 1.2909944487358056
-    m_4_2 = m_0_p9_2 * 1.2909944487358056 + m_0_p15_2 * 1.2909944487358056 + m_0_p22_2 * 1.2909944487358056
-    m_4_3 = m_0_p9_3 * 1.2909944487358056 + m_0_p15_3 * 1.2909944487358056 + m_0_p22_3 * 1.2909944487358056
-    m_4_4 = m_0_p9_4 * 1.2909944487358056 + m_0_p15_4 * 1.2909944487358056 + m_0_p22_4 * 1.2909944487358056
+    m_4_0 = sum23_0
+    m_4_1 = sum23_1
+    m_4_2 = sum23_2
+    m_4_3 = sum23_3
+    m_4_4 = sum23_4
     tl.store(m_out + rows[:, None] * 992 + (384 + ch32[None, :] * 5), m_4_0, mask=mask32)
     tl.store(m_out + rows[:, None] * 992 + (385 + ch32[None, :] * 5), m_4_1, mask=mask32)
     tl.store(m_out + rows[:, None] * 992 + (386 + ch32[None, :] * 5), m_4_2, mask=mask32)
     tl.store(m_out + rows[:, None] * 992 + (387 + ch32[None, :] * 5), m_4_3, mask=mask32)
     tl.store(m_out + rows[:, None] * 992 + (388 + ch32[None, :] * 5), m_4_4, mask=mask32)
-    m_5_0 = m_0_p3_0 * 1.3228756555322954 + m_0_p10_0 * 1.3228756555322954 + m_0_p16_0 * 1.3228756555322954 + m_0_p23_0 * 1.3228756555322954
-    m_5_1 = m_0_p3_1 * 1.3228756555322954 + m_0_p10_1 * 1.3228756555322954 + m_0_p16_1 * 1.3228756555322954 + m_0_p23_1 * 1.3228756555322954
-    m_5_2 = m_0_p3_2 * 1.3228756555322954 + m_0_p10_2 * 1.3228756555322954 + m_0_p16_2 * 1.3228756555322954 + m_0_p23_2 * 1.3228756555322954
-    m_5_3 = m_0_p3_3 * 1.3228756555322954 + m_0_p10_3 * 1.3228756555322954 + m_0_p16_3 * 1.3228756555322954 + m_0_p23_3 * 1.3228756555322954
-    m_5_4 = m_0_p3_4 * 1.3228756555322954 + m_0_p10_4 * 1.3228756555322954 + m_0_p16_4 * 1.3228756555322954 + m_0_p23_4 * 1.3228756555322954
-    m_5_5 = m_0_p3_5 * 1.3228756555322954 + m_0_p10_5 * 1.3228756555322954 + m_0_p16_5 * 1.3228756555322954 + m_0_p23_5 * 1.3228756555322954
-    m_5_6 = m_0_p3_6 * 1.3228756555322954 + m_0_p10_6 * 1.3228756555322954 + m_0_p16_6 * 1.3228756555322954 + m_0_p23_6 * 1.3228756555322954
+    m_5_0 = sum24_0
+    m_5_1 = sum24_1
+    m_5_2 = sum24_2
+    m_5_3 = sum24_3
+    m_5_4 = sum24_4
+    m_5_5 = sum24_5
+    m_5_6 = sum24_6
     tl.store(m_out + rows[:, None] * 992 + (544 + ch32[None, :] * 7), m_5_0, mask=mask32)
     tl.store(m_out + rows[:, None] * 992 + (545 + ch32[None, :] * 7), m_5_1, mask=mask32)
     tl.store(m_out + rows[:, None] * 992 + (546 + ch32[None, :] * 7), m_5_2, mask=mask32)
@@ -12644,13 +12793,13 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
     tl.store(m_out + rows[:, None] * 992 + (548 + ch32[None, :] * 7), m_5_4, mask=mask32)
     tl.store(m_out + rows[:, None] * 992 + (549 + ch32[None, :] * 7), m_5_5, mask=mask32)
     tl.store(m_out + rows[:, None] * 992 + (550 + ch32[None, :] * 7), m_5_6, mask=mask32)
-    m_6_0 = m_0_p12_0 * 1.8708286933869707 + m_0_p20_0 * 1.8708286933869707
-    m_6_1 = m_0_p12_1 * 1.8708286933869707 + m_0_p20_1 * 1.8708286933869707
-    m_6_2 = m_0_p12_2 * 1.8708286933869707 + m_0_p20_2 * 1.8708286933869707
-    m_6_3 = m_0_p12_3 * 1.8708286933869707 + m_0_p20_3 * 1.8708286933869707
-    m_6_4 = m_0_p12_4 * 1.8708286933869707 + m_0_p20_4 * 1.8708286933869707
-    m_6_5 = m_0_p12_5 * 1.8708286933869707 + m_0_p20_5 * 1.8708286933869707
-    m_6_6 = m_0_p12_6 * 1.8708286933869707 + m_0_p20_6 * 1.8708286933869707
+    m_6_0 = sum21_0
+    m_6_1 = sum21_1
+    m_6_2 = sum21_2
+    m_6_3 = sum21_3
+    m_6_4 = sum21_4
+    m_6_5 = sum21_5
+    m_6_6 = sum21_6
     tl.store(m_out + rows[:, None] * 992 + (768 + ch32[None, :] * 7), m_6_0, mask=mask32)
     tl.store(m_out + rows[:, None] * 992 + (769 + ch32[None, :] * 7), m_6_1, mask=mask32)
     tl.store(m_out + rows[:, None] * 992 + (770 + ch32[None, :] * 7), m_6_2, mask=mask32)
@@ -12665,7 +12814,7 @@ def _conv_tp_triton(h, sh, w, weight, *constants: torch.Tensor) -> list[torch.Te
     n = h.shape[0]
     m_out = rt.output_rows(h, n, 992)
     grid = (triton.cdiv(n, 16), triton.cdiv(1, 1))
-    _conv_tp_kernel[grid](h.contiguous(), sh.contiguous(), w.contiguous(), weight.contiguous(), m_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=4, enable_fp_fusion=True)
+    _conv_tp_kernel[grid](h.contiguous(), sh.contiguous(), w.contiguous(), weight.contiguous(), m_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=8, maxnreg=255, enable_fp_fusion=True)
     return [m_out]
 
 
@@ -12685,7 +12834,7 @@ def _elementwise_tp_d_0_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 15088  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 15088  # this program's slot of the partial buffer
     for c0 in range(0, 144, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d_a_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
@@ -12972,7 +13121,7 @@ def _elementwise_tp_d_1_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 15088  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 15088  # this program's slot of the partial buffer
     ii_17 = tl.arange(0, 8)
     ij_17 = tl.arange(0, 8)
     ik_17 = tl.arange(0, 1)
@@ -13235,7 +13384,7 @@ def _elementwise_tp_d_2_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 15088  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 15088  # this program's slot of the partial buffer
     # ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
     ij_33 = tl.arange(0, 1)
     ik_33 = tl.arange(0, 8)
@@ -13496,7 +13645,7 @@ def _elementwise_tp_d_3_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 15088  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 15088  # this program's slot of the partial buffer
     # ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
     ij_49 = tl.arange(0, 4)
     ik_49 = tl.arange(0, 8)
@@ -13754,7 +13903,7 @@ def _elementwise_tp_d_4_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 15088  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 15088  # this program's slot of the partial buffer
     iu_65 = tl.arange(0, 16)
     ii_65 = tl.arange(0, 4)
     ij_65 = tl.arange(0, 1)
@@ -14008,7 +14157,7 @@ def _elementwise_tp_d_5_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, 
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 15088  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 15088  # this program's slot of the partial buffer
     # ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
     ij_81 = tl.arange(0, 1)
     ik_81 = tl.arange(0, 1)
@@ -14129,7 +14278,7 @@ def _elementwise_tp_d2_a_0_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 15088  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 15088  # this program's slot of the partial buffer
     for c0 in range(0, 144, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_a_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
@@ -14378,7 +14527,7 @@ def _elementwise_tp_d2_a_1_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 15088  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 15088  # this program's slot of the partial buffer
     ik_17 = tl.arange(0, 8)
     ii_17 = tl.arange(0, 1)
     ij_17 = tl.arange(0, 8)
@@ -14629,7 +14778,7 @@ def _elementwise_tp_d2_a_2_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 15088  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 15088  # this program's slot of the partial buffer
     iu_33 = tl.arange(0, 16)
     ij_33 = tl.arange(0, 4)
     ii_33 = tl.arange(0, 4)
@@ -14891,7 +15040,7 @@ def _elementwise_tp_d2_a_3_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 15088  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 15088  # this program's slot of the partial buffer
     ii_49 = tl.arange(0, 4)
     ij_49 = tl.arange(0, 8)
     ik_49 = tl.arange(0, 4)
@@ -15158,7 +15307,7 @@ def _elementwise_tp_d2_a_4_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 15088  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 15088  # this program's slot of the partial buffer
     ij_65 = tl.arange(0, 4)
     ik_65 = tl.arange(0, 4)
     p0_65 = scratch + 2016 + z[:, None, None, None, None] * 2976 + ik_65[None, None, None, None, :] * 16
@@ -15434,7 +15583,7 @@ def _elementwise_tp_d2_a_5_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 15088  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 15088  # this program's slot of the partial buffer
     ik_81 = tl.arange(0, 4)
     p0_81 = scratch + 2256 + z[:, None, None, None, None] * 2976
     m0_81 = row_mask[:, None, None, None, None]
@@ -15710,7 +15859,7 @@ def _elementwise_tp_d2_b_0_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 15088  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 15088  # this program's slot of the partial buffer
     for c0 in range(0, 144, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_a_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
@@ -15959,7 +16108,7 @@ def _elementwise_tp_d2_b_1_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 15088  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 15088  # this program's slot of the partial buffer
     ik_17 = tl.arange(0, 8)
     ii_17 = tl.arange(0, 1)
     ij_17 = tl.arange(0, 8)
@@ -16212,7 +16361,7 @@ def _elementwise_tp_d2_b_2_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 15088  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 15088  # this program's slot of the partial buffer
     iu_33 = tl.arange(0, 16)
     ii_33 = tl.arange(0, 4)
     ij_33 = tl.arange(0, 4)
@@ -16474,7 +16623,7 @@ def _elementwise_tp_d2_b_3_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 15088  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 15088  # this program's slot of the partial buffer
     ii_49 = tl.arange(0, 4)
     ij_49 = tl.arange(0, 8)
     ik_49 = tl.arange(0, 4)
@@ -16740,7 +16889,7 @@ def _elementwise_tp_d2_b_4_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 15088  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 15088  # this program's slot of the partial buffer
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
     ij_65 = tl.arange(0, 4)
     ik_65 = tl.arange(0, 4)
@@ -17015,7 +17164,7 @@ def _elementwise_tp_d2_b_5_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 15088  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 15088  # this program's slot of the partial buffer
     ik_81 = tl.arange(0, 4)
     p0_81 = scratch + 2256 + z[:, None, None, None, None] * 2976
     m0_81 = row_mask[:, None, None, None, None]
@@ -17291,7 +17440,7 @@ def _elementwise_tp_d2_weight_0_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7648  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7648  # this program's slot of the partial buffer
     for c0 in range(0, 144, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_a_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
@@ -17542,7 +17691,7 @@ def _elementwise_tp_d2_weight_1_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7648  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7648  # this program's slot of the partial buffer
     ik_17 = tl.arange(0, 8)
     ii_17 = tl.arange(0, 1)
     ij_17 = tl.arange(0, 8)
@@ -17794,7 +17943,7 @@ def _elementwise_tp_d2_weight_2_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7648  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7648  # this program's slot of the partial buffer
     iu_33 = tl.arange(0, 16)
     ii_33 = tl.arange(0, 4)
     ij_33 = tl.arange(0, 4)
@@ -18058,7 +18207,7 @@ def _elementwise_tp_d2_weight_3_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7648  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7648  # this program's slot of the partial buffer
     ii_49 = tl.arange(0, 4)
     ij_49 = tl.arange(0, 8)
     p0_49 = a_ptr + 16 + z[:, None, None, None] * 144 + ii_49[None, :, None, None]
@@ -18330,7 +18479,7 @@ def _elementwise_tp_d2_weight_4_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7648  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7648  # this program's slot of the partial buffer
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
     ii_65 = tl.arange(0, 8)
     ik_65 = tl.arange(0, 4)
@@ -18612,7 +18761,7 @@ def _elementwise_tp_d2_weight_5_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 7648  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 7648  # this program's slot of the partial buffer
     ik_81 = tl.arange(0, 4)
     p0_81 = partial + 6448 + slot + ik_81[None, None, None, None, :] * 16
     m0_81 = (ik_81[None, None, None, None, :] < 3)
@@ -18853,6 +19002,7 @@ def _elementwise_tp_kernel(a, b, weight, c_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     b_0_0 = tl.load(b + rows[:, None] * 144 + (0 + chans[None, :] * 1), mask=mask, other=0.0)
     c_0_p0_0 = 1.0 * a_0_0 * b_0_0
     w_c_0_0 = tl.load(weight + 0 + (0 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    sum1_0 = c_0_p0_0 * w_c_0_0 * 0.5773502691896257
     b_1_0 = tl.load(b + rows[:, None] * 144 + (16 + chans[None, :] * 3), mask=mask, other=0.0)
     b_1_1 = tl.load(b + rows[:, None] * 144 + (17 + chans[None, :] * 3), mask=mask, other=0.0)
     b_1_2 = tl.load(b + rows[:, None] * 144 + (18 + chans[None, :] * 3), mask=mask, other=0.0)
@@ -18860,6 +19010,9 @@ def _elementwise_tp_kernel(a, b, weight, c_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     c_0_p1_1 = 0.5773502691896257 * a_0_0 * b_1_1
     c_0_p1_2 = 0.5773502691896257 * a_0_0 * b_1_2
     w_c_0_16 = tl.load(weight + 0 + (16 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    sum2_0 = c_0_p1_0 * w_c_0_16 * 0.8660254037844386
+    sum2_1 = c_0_p1_1 * w_c_0_16 * 0.8660254037844386
+    sum2_2 = c_0_p1_2 * w_c_0_16 * 0.8660254037844386
     b_2_0 = tl.load(b + rows[:, None] * 144 + (64 + chans[None, :] * 5), mask=mask, other=0.0)
     b_2_1 = tl.load(b + rows[:, None] * 144 + (65 + chans[None, :] * 5), mask=mask, other=0.0)
     b_2_2 = tl.load(b + rows[:, None] * 144 + (66 + chans[None, :] * 5), mask=mask, other=0.0)
@@ -18871,6 +19024,11 @@ def _elementwise_tp_kernel(a, b, weight, c_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     c_0_p2_3 = 0.4472135954999579 * a_0_0 * b_2_3
     c_0_p2_4 = 0.4472135954999579 * a_0_0 * b_2_4
     w_c_0_32 = tl.load(weight + 0 + (32 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    sum3_0 = c_0_p2_0 * w_c_0_32 * 1.118033988749895
+    sum3_1 = c_0_p2_1 * w_c_0_32 * 1.118033988749895
+    sum3_2 = c_0_p2_2 * w_c_0_32 * 1.118033988749895
+    sum3_3 = c_0_p2_3 * w_c_0_32 * 1.118033988749895
+    sum3_4 = c_0_p2_4 * w_c_0_32 * 1.118033988749895
     a_1_0 = tl.load(a + rows[:, None] * 144 + (16 + chans[None, :] * 3), mask=mask, other=0.0)
     a_1_1 = tl.load(a + rows[:, None] * 144 + (17 + chans[None, :] * 3), mask=mask, other=0.0)
     a_1_2 = tl.load(a + rows[:, None] * 144 + (18 + chans[None, :] * 3), mask=mask, other=0.0)
@@ -18878,22 +19036,37 @@ def _elementwise_tp_kernel(a, b, weight, c_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     c_0_p3_1 = 0.5773502691896257 * a_1_1 * b_0_0
     c_0_p3_2 = 0.5773502691896257 * a_1_2 * b_0_0
     w_c_0_48 = tl.load(weight + 0 + (48 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    sum4_0 = sum2_0 + c_0_p3_0 * w_c_0_48 * 0.8660254037844386
+    sum4_1 = sum2_1 + c_0_p3_1 * w_c_0_48 * 0.8660254037844386
+    sum4_2 = sum2_2 + c_0_p3_2 * w_c_0_48 * 0.8660254037844386
     c_0_p4_0 = 0.5773502691896257 * a_1_0 * b_1_0 + 0.5773502691896257 * a_1_1 * b_1_1 + 0.5773502691896257 * a_1_2 * b_1_2
     w_c_0_64 = tl.load(weight + 0 + (64 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    sum5_0 = sum1_0 + c_0_p4_0 * w_c_0_64 * 0.5773502691896257
     c_0_p5_0 = 0.31622776601683794 * a_1_0 * b_1_2 + 0.31622776601683794 * a_1_2 * b_1_0
     c_0_p5_1 = 0.31622776601683794 * a_1_0 * b_1_1 + 0.31622776601683794 * a_1_1 * b_1_0
     c_0_p5_2 = -0.18257418583505536 * a_1_0 * b_1_0 + 0.3651483716701107 * a_1_1 * b_1_1 + -0.18257418583505536 * a_1_2 * b_1_2
     c_0_p5_3 = 0.31622776601683794 * a_1_1 * b_1_2 + 0.31622776601683794 * a_1_2 * b_1_1
     c_0_p5_4 = -0.31622776601683794 * a_1_0 * b_1_0 + 0.31622776601683794 * a_1_2 * b_1_2
     w_c_0_80 = tl.load(weight + 0 + (80 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    sum6_0 = sum3_0 + c_0_p5_0 * w_c_0_80 * 1.118033988749895
+    sum6_1 = sum3_1 + c_0_p5_1 * w_c_0_80 * 1.118033988749895
+    sum6_2 = sum3_2 + c_0_p5_2 * w_c_0_80 * 1.118033988749895
+    sum6_3 = sum3_3 + c_0_p5_3 * w_c_0_80 * 1.118033988749895
+    sum6_4 = sum3_4 + c_0_p5_4 * w_c_0_80 * 1.118033988749895
     c_0_p6_0 = 0.408248290463863 * a_1_1 * b_1_2 + -0.408248290463863 * a_1_2 * b_1_1
     c_0_p6_1 = -0.408248290463863 * a_1_0 * b_1_2 + 0.408248290463863 * a_1_2 * b_1_0
     c_0_p6_2 = 0.408248290463863 * a_1_0 * b_1_1 + -0.408248290463863 * a_1_1 * b_1_0
     w_c_0_96 = tl.load(weight + 0 + (96 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    sum7_0 = c_0_p6_0 * w_c_0_96 * 1.224744871391589
+    sum7_1 = c_0_p6_1 * w_c_0_96 * 1.224744871391589
+    sum7_2 = c_0_p6_2 * w_c_0_96 * 1.224744871391589
     c_0_p7_0 = -0.18257418583505536 * a_1_0 * b_2_2 + -0.31622776601683794 * a_1_0 * b_2_4 + 0.31622776601683794 * a_1_1 * b_2_1 + 0.31622776601683794 * a_1_2 * b_2_0
     c_0_p7_1 = 0.31622776601683794 * a_1_0 * b_2_1 + 0.3651483716701107 * a_1_1 * b_2_2 + 0.31622776601683794 * a_1_2 * b_2_3
     c_0_p7_2 = 0.31622776601683794 * a_1_0 * b_2_0 + 0.31622776601683794 * a_1_1 * b_2_3 + -0.18257418583505536 * a_1_2 * b_2_2 + 0.31622776601683794 * a_1_2 * b_2_4
     w_c_0_112 = tl.load(weight + 0 + (112 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    sum8_0 = sum4_0 + c_0_p7_0 * w_c_0_112 * 0.8660254037844386
+    sum8_1 = sum4_1 + c_0_p7_1 * w_c_0_112 * 0.8660254037844386
+    sum8_2 = sum4_2 + c_0_p7_2 * w_c_0_112 * 0.8660254037844386
     a_2_0 = tl.load(a + rows[:, None] * 144 + (64 + chans[None, :] * 5), mask=mask, other=0.0)
     a_2_1 = tl.load(a + rows[:, None] * 144 + (65 + chans[None, :] * 5), mask=mask, other=0.0)
     a_2_2 = tl.load(a + rows[:, None] * 144 + (66 + chans[None, :] * 5), mask=mask, other=0.0)
@@ -18905,43 +19078,60 @@ def _elementwise_tp_kernel(a, b, weight, c_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     c_0_p8_3 = 0.4472135954999579 * a_2_3 * b_0_0
     c_0_p8_4 = 0.4472135954999579 * a_2_4 * b_0_0
     w_c_0_128 = tl.load(weight + 0 + (128 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    sum9_0 = sum6_0 + c_0_p8_0 * w_c_0_128 * 1.118033988749895
+    sum9_1 = sum6_1 + c_0_p8_1 * w_c_0_128 * 1.118033988749895
+    sum9_2 = sum6_2 + c_0_p8_2 * w_c_0_128 * 1.118033988749895
+    sum9_3 = sum6_3 + c_0_p8_3 * w_c_0_128 * 1.118033988749895
+    sum9_4 = sum6_4 + c_0_p8_4 * w_c_0_128 * 1.118033988749895
     c_0_p9_0 = 0.31622776601683794 * a_2_0 * b_1_2 + 0.31622776601683794 * a_2_1 * b_1_1 + -0.18257418583505536 * a_2_2 * b_1_0 + -0.31622776601683794 * a_2_4 * b_1_0
     c_0_p9_1 = 0.31622776601683794 * a_2_1 * b_1_0 + 0.3651483716701107 * a_2_2 * b_1_1 + 0.31622776601683794 * a_2_3 * b_1_2
     c_0_p9_2 = 0.31622776601683794 * a_2_0 * b_1_0 + -0.18257418583505536 * a_2_2 * b_1_2 + 0.31622776601683794 * a_2_3 * b_1_1 + 0.31622776601683794 * a_2_4 * b_1_2
     w_c_0_144 = tl.load(weight + 0 + (144 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    sum10_0 = sum8_0 + c_0_p9_0 * w_c_0_144 * 0.8660254037844386
+    sum10_1 = sum8_1 + c_0_p9_1 * w_c_0_144 * 0.8660254037844386
+    sum10_2 = sum8_2 + c_0_p9_2 * w_c_0_144 * 0.8660254037844386
     c_0_p10_0 = 0.4472135954999579 * a_2_0 * b_2_0 + 0.4472135954999579 * a_2_1 * b_2_1 + 0.4472135954999579 * a_2_2 * b_2_2 + 0.4472135954999579 * a_2_3 * b_2_3 + 0.4472135954999579 * a_2_4 * b_2_4
     w_c_0_160 = tl.load(weight + 0 + (160 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    sum11_0 = sum5_0 + c_0_p10_0 * w_c_0_160 * 0.5773502691896257
     c_0_p11_0 = -0.23904572186687872 * a_2_0 * b_2_2 + 0.20701966780270625 * a_2_1 * b_2_3 + -0.23904572186687872 * a_2_2 * b_2_0 + 0.20701966780270625 * a_2_3 * b_2_1
     c_0_p11_1 = 0.20701966780270625 * a_2_0 * b_2_3 + 0.11952286093343936 * a_2_1 * b_2_2 + -0.20701966780270625 * a_2_1 * b_2_4 + 0.11952286093343936 * a_2_2 * b_2_1 + 0.20701966780270625 * a_2_3 * b_2_0 + -0.20701966780270625 * a_2_4 * b_2_1
     c_0_p11_2 = -0.23904572186687872 * a_2_0 * b_2_0 + 0.11952286093343936 * a_2_1 * b_2_1 + 0.23904572186687872 * a_2_2 * b_2_2 + 0.11952286093343936 * a_2_3 * b_2_3 + -0.23904572186687872 * a_2_4 * b_2_4
     c_0_p11_3 = 0.20701966780270625 * a_2_0 * b_2_1 + 0.20701966780270625 * a_2_1 * b_2_0 + 0.11952286093343936 * a_2_2 * b_2_3 + 0.11952286093343936 * a_2_3 * b_2_2 + 0.20701966780270625 * a_2_3 * b_2_4 + 0.20701966780270625 * a_2_4 * b_2_3
     c_0_p11_4 = -0.20701966780270625 * a_2_1 * b_2_1 + -0.23904572186687872 * a_2_2 * b_2_4 + 0.20701966780270625 * a_2_3 * b_2_3 + -0.23904572186687872 * a_2_4 * b_2_2
     w_c_0_176 = tl.load(weight + 0 + (176 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
+    sum12_0 = sum9_0 + c_0_p11_0 * w_c_0_176 * 1.118033988749895
+    sum12_1 = sum9_1 + c_0_p11_1 * w_c_0_176 * 1.118033988749895
+    sum12_2 = sum9_2 + c_0_p11_2 * w_c_0_176 * 1.118033988749895
+    sum12_3 = sum9_3 + c_0_p11_3 * w_c_0_176 * 1.118033988749895
+    sum12_4 = sum9_4 + c_0_p11_4 * w_c_0_176 * 1.118033988749895
     c_0_p12_0 = -0.18257418583505536 * a_2_0 * b_2_1 + 0.18257418583505536 * a_2_1 * b_2_0 + 0.31622776601683794 * a_2_2 * b_2_3 + -0.31622776601683794 * a_2_3 * b_2_2 + 0.18257418583505536 * a_2_3 * b_2_4 + -0.18257418583505536 * a_2_4 * b_2_3
     c_0_p12_1 = -0.3651483716701107 * a_2_0 * b_2_4 + -0.18257418583505536 * a_2_1 * b_2_3 + 0.18257418583505536 * a_2_3 * b_2_1 + 0.3651483716701107 * a_2_4 * b_2_0
     c_0_p12_2 = 0.18257418583505536 * a_2_0 * b_2_3 + 0.31622776601683794 * a_2_1 * b_2_2 + 0.18257418583505536 * a_2_1 * b_2_4 + -0.31622776601683794 * a_2_2 * b_2_1 + -0.18257418583505536 * a_2_3 * b_2_0 + -0.18257418583505536 * a_2_4 * b_2_1
     w_c_0_192 = tl.load(weight + 0 + (192 + chans[None, :] * 1), mask=chan_mask[None, :], other=0.0)
-    c_0_0 = c_0_p0_0 * w_c_0_0 * 0.5773502691896257 + c_0_p4_0 * w_c_0_64 * 0.5773502691896257 + c_0_p10_0 * w_c_0_160 * 0.5773502691896257
+    sum13_0 = sum7_0 + c_0_p12_0 * w_c_0_192 * 1.224744871391589
+    sum13_1 = sum7_1 + c_0_p12_1 * w_c_0_192 * 1.224744871391589
+    sum13_2 = sum7_2 + c_0_p12_2 * w_c_0_192 * 1.224744871391589
+    c_0_0 = sum11_0
     tl.store(c_out + rows[:, None] * 192 + (0 + chans[None, :] * 1), c_0_0, mask=mask)
-    c_1_0 = c_0_p1_0 * w_c_0_16 * 0.8660254037844386 + c_0_p3_0 * w_c_0_48 * 0.8660254037844386 + c_0_p7_0 * w_c_0_112 * 0.8660254037844386 + c_0_p9_0 * w_c_0_144 * 0.8660254037844386
-    c_1_1 = c_0_p1_1 * w_c_0_16 * 0.8660254037844386 + c_0_p3_1 * w_c_0_48 * 0.8660254037844386 + c_0_p7_1 * w_c_0_112 * 0.8660254037844386 + c_0_p9_1 * w_c_0_144 * 0.8660254037844386
-    c_1_2 = c_0_p1_2 * w_c_0_16 * 0.8660254037844386 + c_0_p3_2 * w_c_0_48 * 0.8660254037844386 + c_0_p7_2 * w_c_0_112 * 0.8660254037844386 + c_0_p9_2 * w_c_0_144 * 0.8660254037844386
+    c_1_0 = sum10_0
+    c_1_1 = sum10_1
+    c_1_2 = sum10_2
     tl.store(c_out + rows[:, None] * 192 + (16 + chans[None, :] * 3), c_1_0, mask=mask)
     tl.store(c_out + rows[:, None] * 192 + (17 + chans[None, :] * 3), c_1_1, mask=mask)
     tl.store(c_out + rows[:, None] * 192 + (18 + chans[None, :] * 3), c_1_2, mask=mask)
-    c_2_0 = c_0_p2_0 * w_c_0_32 * 1.118033988749895 + c_0_p5_0 * w_c_0_80 * 1.118033988749895 + c_0_p8_0 * w_c_0_128 * 1.118033988749895 + c_0_p11_0 * w_c_0_176 * 1.118033988749895
-    c_2_1 = c_0_p2_1 * w_c_0_32 * 1.118033988749895 + c_0_p5_1 * w_c_0_80 * 1.118033988749895 + c_0_p8_1 * w_c_0_128 * 1.118033988749895 + c_0_p11_1 * w_c_0_176 * 1.118033988749895
-    c_2_2 = c_0_p2_2 * w_c_0_32 * 1.118033988749895 + c_0_p5_2 * w_c_0_80 * 1.118033988749895 + c_0_p8_2 * w_c_0_128 * 1.118033988749895 + c_0_p11_2 * w_c_0_176 * 1.118033988749895
-    c_2_3 = c_0_p2_3 * w_c_0_32 * 1.118033988749895 + c_0_p5_3 * w_c_0_80 * 1.118033988749895 + c_0_p8_3 * w_c_0_128 * 1.118033988749895 + c_0_p11_3 * w_c_0_176 * 1.118033988749895
-    c_2_4 = c_0_p2_4 * w_c_0_32 * 1.118033988749895 + c_0_p5_4 * w_c_0_80 * 1.118033988749895 + c_0_p8_4 * w_c_0_128 * 1.118033988749895 + c_0_p11_4 * w_c_0_176 * 1.118033988749895
+    c_2_0 = sum12_0
+    c_2_1 = sum12_1
+    c_2_2 = sum12_2
+    c_2_3 = sum12_3
+    c_2_4 = sum12_4
     tl.store(c_out + rows[:, None] * 192 + (64 + chans[None, :] * 5), c_2_0, mask=mask)
     tl.store(c_out + rows[:, None] * 192 + (65 + chans[None, :] * 5), c_2_1, mask=mask)
     tl.store(c_out + rows[:, None] * 192 + (66 + chans[None, :] * 5), c_2_2, mask=mask)
     tl.store(c_out + rows[:, None] * 192 + (67 + chans[None, :] * 5), c_2_3, mask=mask)
     tl.store(c_out + rows[:, None] * 192 + (68 + chans[None, :] * 5), c_2_4, mask=mask)
-    c_3_0 = c_0_p6_0 * w_c_0_96 * 1.224744871391589 + c_0_p12_0 * w_c_0_192 * 1.224744871391589
-    c_3_1 = c_0_p6_1 * w_c_0_96 * 1.224744871391589 + c_0_p12_1 * w_c_0_192 * 1.224744871391589
-    c_3_2 = c_0_p6_2 * w_c_0_96 * 1.224744871391589 + c_0_p12_2 * w_c_0_192 * 1.224744871391589
+    c_3_0 = sum13_0
+    c_3_1 = sum13_1
+    c_3_2 = sum13_2
     tl.store(c_out + rows[:, None] * 192 + (144 + chans[None, :] * 3), c_3_0, mask=mask)
     tl.store(c_out + rows[:, None] * 192 + (145 + chans[None, :] * 3), c_3_1, mask=mask)
     tl.store(c_out + rows[:, None] * 192 + (146 + chans[None, :] * 3), c_3_2, mask=mask)
@@ -18952,7 +19142,7 @@ def _elementwise_tp_triton(a, b, weight, *constants: torch.Tensor) -> list[torch
     n = a.shape[0]
     c_out = rt.output_rows(a, n, 192)
     grid = (triton.cdiv(n, 2), triton.cdiv(16, 16))
-    _elementwise_tp_kernel[grid](a.contiguous(), b.contiguous(), weight.contiguous(), c_out, n, BLOCK_Z=2, BLOCK_U=16, num_warps=1, enable_fp_fusion=True)
+    _elementwise_tp_kernel[grid](a.contiguous(), b.contiguous(), weight.contiguous(), c_out, n, BLOCK_Z=2, BLOCK_U=16, num_warps=1, maxnreg=255, enable_fp_fusion=True)
     return [c_out]
 
 
@@ -18971,7 +19161,7 @@ def _full_tp_d_0_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 800  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 800  # this program's slot of the partial buffer
     for c0 in range(0, 16, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d_a_ptr + z[:, None] * 16 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 16)[None, :])
@@ -19235,7 +19425,7 @@ def _full_tp_d_1_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 800  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 800  # this program's slot of the partial buffer
     # ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
     ij_17 = tl.arange(0, 1)
     ik_17 = tl.arange(0, 4)
@@ -19494,7 +19684,7 @@ def _full_tp_d_2_kernel(a_ptr, b_ptr, d_c_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 800  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 800  # this program's slot of the partial buffer
     # ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
     ij_33 = tl.arange(0, 1)
     ik_33 = tl.arange(0, 1)
@@ -19622,7 +19812,7 @@ def _full_tp_d2_a_0_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1952  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1952  # this program's slot of the partial buffer
     for c0 in range(0, 16, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_a_ptr + z[:, None] * 16 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 16)[None, :])
@@ -19884,7 +20074,7 @@ def _full_tp_d2_a_1_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1952  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1952  # this program's slot of the partial buffer
     ii_17 = tl.arange(0, 4)
     ij_17 = tl.arange(0, 1)
     ik_17 = tl.arange(0, 4)
@@ -20144,7 +20334,7 @@ def _full_tp_d2_a_2_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_a_ptr, weight_ptr, cg_0_0
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1952  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1952  # this program's slot of the partial buffer
     ik_33 = tl.arange(0, 4)
     ii_33 = tl.arange(0, 4)
     ij_33 = tl.arange(0, 4)
@@ -20346,7 +20536,7 @@ def _full_tp_d2_b_0_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 2240  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 2240  # this program's slot of the partial buffer
     for c0 in range(0, 16, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_a_ptr + z[:, None] * 16 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 16)[None, :])
@@ -20617,7 +20807,7 @@ def _full_tp_d2_b_1_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 2240  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 2240  # this program's slot of the partial buffer
     iu_17 = tl.arange(0, 4)
     ik_17 = tl.arange(0, 4)
     ii_17 = tl.arange(0, 4)
@@ -20876,7 +21066,7 @@ def _full_tp_d2_b_2_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_b_ptr, weight_ptr, cg_0_0
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 2240  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 2240  # this program's slot of the partial buffer
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
     ij_33 = tl.arange(0, 4)
     ik_33 = tl.arange(0, 4)
@@ -21059,7 +21249,7 @@ def _full_tp_d2_weight_0_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_p
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1920  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1920  # this program's slot of the partial buffer
     for c0 in range(0, 16, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_a_ptr + z[:, None] * 16 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 16)[None, :])
@@ -21329,7 +21519,7 @@ def _full_tp_d2_weight_1_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_p
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1920  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1920  # this program's slot of the partial buffer
     ii_17 = tl.arange(0, 4)
     ij_17 = tl.arange(0, 1)
     iu_17 = tl.arange(0, 4)
@@ -21588,7 +21778,7 @@ def _full_tp_d2_weight_2_kernel(a_ptr, b_ptr, d_c_ptr, d2_d_weight_ptr, weight_p
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 1920  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 1920  # this program's slot of the partial buffer
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
     ii_33 = tl.arange(0, 4)
     ij_33 = tl.arange(0, 4)
@@ -21858,6 +22048,7 @@ def _full_tp_kernel(a, b, weight, c_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.c
     b_0_c7_0 = tl.load(b + rows * 32 + 7, mask=row_mask, other=0.0)
     c_0_p0_t = 1.0 * a_0_0 * b_0_c7_0[:, None]
     c_0_p0_0 += tl.dot(c_0_p0_t * tl.load(weight + 0 + (0 + ch4[None, :] * 8 + 7), mask=cm4[None, :], other=0.0), ((ch4[:, None] * 8 + 7) == ch32[None, :]).to(a.dtype.element_ty), input_precision='ieee')
+    sum1_0 = c_0_p0_0 * 0.7071067811865476
     c_0_p1_0 = zero32
     c_0_p1_1 = zero32
     c_0_p1_2 = zero32
@@ -21933,6 +22124,9 @@ def _full_tp_kernel(a, b, weight, c_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.c
     c_0_p1_1 += tl.dot(c_0_p1_t * tl.load(weight + 0 + (32 + ch4[None, :] * 8 + 7), mask=cm4[None, :], other=0.0), ((ch4[:, None] * 8 + 7) == ch32[None, :]).to(a.dtype.element_ty), input_precision='ieee')
     c_0_p1_t = 0.5773502691896257 * a_0_0 * b_1_c7_2[:, None]
     c_0_p1_2 += tl.dot(c_0_p1_t * tl.load(weight + 0 + (32 + ch4[None, :] * 8 + 7), mask=cm4[None, :], other=0.0), ((ch4[:, None] * 8 + 7) == ch32[None, :]).to(a.dtype.element_ty), input_precision='ieee')
+    sum2_0 = c_0_p1_0 * 1.224744871391589
+    sum2_1 = c_0_p1_1 * 1.224744871391589
+    sum2_2 = c_0_p1_2 * 1.224744871391589
     a_1_0 = tl.load(a + rows[:, None] * 16 + (4 + ch4[None, :] * 3), mask=mask4, other=0.0)
     a_1_1 = tl.load(a + rows[:, None] * 16 + (5 + ch4[None, :] * 3), mask=mask4, other=0.0)
     a_1_2 = tl.load(a + rows[:, None] * 16 + (6 + ch4[None, :] * 3), mask=mask4, other=0.0)
@@ -21987,6 +22181,9 @@ def _full_tp_kernel(a, b, weight, c_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.c
     c_0_p2_1 += tl.dot(c_0_p2_t * tl.load(weight + 0 + (64 + ch4[None, :] * 8 + 7), mask=cm4[None, :], other=0.0), ((ch4[:, None] * 8 + 7) == ch32[None, :]).to(a.dtype.element_ty), input_precision='ieee')
     c_0_p2_t = 0.5773502691896257 * a_1_2 * b_0_c7_0[:, None]
     c_0_p2_2 += tl.dot(c_0_p2_t * tl.load(weight + 0 + (64 + ch4[None, :] * 8 + 7), mask=cm4[None, :], other=0.0), ((ch4[:, None] * 8 + 7) == ch32[None, :]).to(a.dtype.element_ty), input_precision='ieee')
+    sum3_0 = sum2_0 + c_0_p2_0 * 1.224744871391589
+    sum3_1 = sum2_1 + c_0_p2_1 * 1.224744871391589
+    sum3_2 = sum2_2 + c_0_p2_2 * 1.224744871391589
     c_0_p3_0 = zero32
     c_0_p3_t = 0.5773502691896257 * a_1_0 * b_1_c0_0[:, None] + 0.5773502691896257 * a_1_1 * b_1_c0_1[:, None] + 0.5773502691896257 * a_1_2 * b_1_c0_2[:, None]
     c_0_p3_0 += tl.dot(c_0_p3_t * tl.load(weight + 0 + (96 + ch4[None, :] * 8 + 0), mask=cm4[None, :], other=0.0), ((ch4[:, None] * 8 + 0) == ch32[None, :]).to(a.dtype.element_ty), input_precision='ieee')
@@ -22004,6 +22201,7 @@ def _full_tp_kernel(a, b, weight, c_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.c
     c_0_p3_0 += tl.dot(c_0_p3_t * tl.load(weight + 0 + (96 + ch4[None, :] * 8 + 6), mask=cm4[None, :], other=0.0), ((ch4[:, None] * 8 + 6) == ch32[None, :]).to(a.dtype.element_ty), input_precision='ieee')
     c_0_p3_t = 0.5773502691896257 * a_1_0 * b_1_c7_0[:, None] + 0.5773502691896257 * a_1_1 * b_1_c7_1[:, None] + 0.5773502691896257 * a_1_2 * b_1_c7_2[:, None]
     c_0_p3_0 += tl.dot(c_0_p3_t * tl.load(weight + 0 + (96 + ch4[None, :] * 8 + 7), mask=cm4[None, :], other=0.0), ((ch4[:, None] * 8 + 7) == ch32[None, :]).to(a.dtype.element_ty), input_precision='ieee')
+    sum4_0 = sum1_0 + c_0_p3_0 * 0.7071067811865476
     c_0_p4_0 = zero32
     c_0_p4_1 = zero32
     c_0_p4_2 = zero32
@@ -22055,17 +22253,20 @@ def _full_tp_kernel(a, b, weight, c_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.c
     c_0_p4_1 += tl.dot(c_0_p4_t * tl.load(weight + 0 + (128 + ch4[None, :] * 8 + 7), mask=cm4[None, :], other=0.0), ((ch4[:, None] * 8 + 7) == ch32[None, :]).to(a.dtype.element_ty), input_precision='ieee')
     c_0_p4_t = 0.408248290463863 * a_1_0 * b_1_c7_1[:, None] + -0.408248290463863 * a_1_1 * b_1_c7_0[:, None]
     c_0_p4_2 += tl.dot(c_0_p4_t * tl.load(weight + 0 + (128 + ch4[None, :] * 8 + 7), mask=cm4[None, :], other=0.0), ((ch4[:, None] * 8 + 7) == ch32[None, :]).to(a.dtype.element_ty), input_precision='ieee')
-    c_0_0 = c_0_p0_0 * 0.7071067811865476 + c_0_p3_0 * 0.7071067811865476
+    sum5_0 = c_0_p4_0 * 1.7320508075688772
+    sum5_1 = c_0_p4_1 * 1.7320508075688772
+    sum5_2 = c_0_p4_2 * 1.7320508075688772
+    c_0_0 = sum4_0
     tl.store(c_out + rows[:, None] * 224 + (0 + ch32[None, :] * 1), c_0_0, mask=mask32)
-    c_1_0 = c_0_p1_0 * 1.224744871391589 + c_0_p2_0 * 1.224744871391589
-    c_1_1 = c_0_p1_1 * 1.224744871391589 + c_0_p2_1 * 1.224744871391589
-    c_1_2 = c_0_p1_2 * 1.224744871391589 + c_0_p2_2 * 1.224744871391589
+    c_1_0 = sum3_0
+    c_1_1 = sum3_1
+    c_1_2 = sum3_2
     tl.store(c_out + rows[:, None] * 224 + (32 + ch32[None, :] * 3), c_1_0, mask=mask32)
     tl.store(c_out + rows[:, None] * 224 + (33 + ch32[None, :] * 3), c_1_1, mask=mask32)
     tl.store(c_out + rows[:, None] * 224 + (34 + ch32[None, :] * 3), c_1_2, mask=mask32)
-    c_2_0 = c_0_p4_0 * 1.7320508075688772
-    c_2_1 = c_0_p4_1 * 1.7320508075688772
-    c_2_2 = c_0_p4_2 * 1.7320508075688772
+    c_2_0 = sum5_0
+    c_2_1 = sum5_1
+    c_2_2 = sum5_2
     tl.store(c_out + rows[:, None] * 224 + (128 + ch32[None, :] * 3), c_2_0, mask=mask32)
     tl.store(c_out + rows[:, None] * 224 + (129 + ch32[None, :] * 3), c_2_1, mask=mask32)
     tl.store(c_out + rows[:, None] * 224 + (130 + ch32[None, :] * 3), c_2_2, mask=mask32)
@@ -22076,7 +22277,7 @@ def _full_tp_triton(a, b, weight, *constants: torch.Tensor) -> list[torch.Tensor
     n = a.shape[0]
     c_out = rt.output_rows(a, n, 224)
     grid = (triton.cdiv(n, 16), triton.cdiv(1, 1))
-    _full_tp_kernel[grid](a.contiguous(), b.contiguous(), weight.contiguous(), c_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=4, enable_fp_fusion=True)
+    _full_tp_kernel[grid](a.contiguous(), b.contiguous(), weight.contiguous(), c_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=8, maxnreg=255, enable_fp_fusion=True)
     return [c_out]
 
 
@@ -22095,7 +22296,7 @@ def _linear_d_0_kernel(x_ptr, d_y_ptr, weight_ptr, d_x_ptr, scratch, partial, n,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 896  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 896  # this program's slot of the partial buffer
     for c0 in range(0, 120, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d_x_ptr + z[:, None] * 120 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 120)[None, :])
@@ -22221,7 +22422,7 @@ def _linear_d2_x_0_kernel(x_ptr, d_y_ptr, d2_d_x_ptr, weight_ptr, d2_x_ptr, d2_d
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 896  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 896  # this program's slot of the partial buffer
     for c0 in range(0, 120, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_x_ptr + z[:, None] * 120 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 120)[None, :])
@@ -22380,7 +22581,7 @@ def _linear_d2_weight_0_kernel(x_ptr, d_y_ptr, d2_d_weight_ptr, weight_ptr, d2_x
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 896  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 896  # this program's slot of the partial buffer
     for c0 in range(0, 120, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_x_ptr + z[:, None] * 120 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 120)[None, :])
@@ -22554,9 +22755,13 @@ def _linear_kernel(x, weight, y_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.const
     cm16 = ch16 < 16
     mask16 = row_mask[:, None] & cm16[None, :]
     zero16 = tl.zeros([BLOCK_Z, 16], dtype=x.dtype.element_ty)
+    sum1_0 = tl.dot(x_0_0, tl.load(weight + 0 + (0 + ch32[:, None] * 16 + ch16[None, :]), mask=cm32[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.17677669529663687
     x_1_0 = tl.load(x + rows[:, None] * 120 + (32 + ch16[None, :] * 3), mask=mask16, other=0.0)
     x_1_1 = tl.load(x + rows[:, None] * 120 + (33 + ch16[None, :] * 3), mask=mask16, other=0.0)
     x_1_2 = tl.load(x + rows[:, None] * 120 + (34 + ch16[None, :] * 3), mask=mask16, other=0.0)
+    sum2_0 = tl.dot(x_1_0, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum2_1 = tl.dot(x_1_1, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum2_2 = tl.dot(x_1_2, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
     ch8 = tl.arange(0, 16)
     cm8 = ch8 < 8
     mask8 = row_mask[:, None] & cm8[None, :]
@@ -22566,19 +22771,24 @@ def _linear_kernel(x, weight, y_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.const
     x_2_2 = tl.load(x + rows[:, None] * 120 + (82 + ch8[None, :] * 5), mask=mask8, other=0.0)
     x_2_3 = tl.load(x + rows[:, None] * 120 + (83 + ch8[None, :] * 5), mask=mask8, other=0.0)
     x_2_4 = tl.load(x + rows[:, None] * 120 + (84 + ch8[None, :] * 5), mask=mask8, other=0.0)
-    y_0_0 = tl.dot(x_0_0, tl.load(weight + 0 + (0 + ch32[:, None] * 16 + ch16[None, :]), mask=cm32[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.17677669529663687
+    sum3_0 = tl.dot(x_2_0, tl.load(weight + 0 + (768 + ch8[:, None] * 16 + ch16[None, :]), mask=cm8[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
+    sum3_1 = tl.dot(x_2_1, tl.load(weight + 0 + (768 + ch8[:, None] * 16 + ch16[None, :]), mask=cm8[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
+    sum3_2 = tl.dot(x_2_2, tl.load(weight + 0 + (768 + ch8[:, None] * 16 + ch16[None, :]), mask=cm8[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
+    sum3_3 = tl.dot(x_2_3, tl.load(weight + 0 + (768 + ch8[:, None] * 16 + ch16[None, :]), mask=cm8[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
+    sum3_4 = tl.dot(x_2_4, tl.load(weight + 0 + (768 + ch8[:, None] * 16 + ch16[None, :]), mask=cm8[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
+    y_0_0 = sum1_0
     tl.store(y_out + rows[:, None] * 144 + (0 + ch16[None, :] * 1), y_0_0, mask=mask16)
-    y_1_0 = tl.dot(x_1_0, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    y_1_1 = tl.dot(x_1_1, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    y_1_2 = tl.dot(x_1_2, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    y_1_0 = sum2_0
+    y_1_1 = sum2_1
+    y_1_2 = sum2_2
     tl.store(y_out + rows[:, None] * 144 + (16 + ch16[None, :] * 3), y_1_0, mask=mask16)
     tl.store(y_out + rows[:, None] * 144 + (17 + ch16[None, :] * 3), y_1_1, mask=mask16)
     tl.store(y_out + rows[:, None] * 144 + (18 + ch16[None, :] * 3), y_1_2, mask=mask16)
-    y_2_0 = tl.dot(x_2_0, tl.load(weight + 0 + (768 + ch8[:, None] * 16 + ch16[None, :]), mask=cm8[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
-    y_2_1 = tl.dot(x_2_1, tl.load(weight + 0 + (768 + ch8[:, None] * 16 + ch16[None, :]), mask=cm8[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
-    y_2_2 = tl.dot(x_2_2, tl.load(weight + 0 + (768 + ch8[:, None] * 16 + ch16[None, :]), mask=cm8[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
-    y_2_3 = tl.dot(x_2_3, tl.load(weight + 0 + (768 + ch8[:, None] * 16 + ch16[None, :]), mask=cm8[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
-    y_2_4 = tl.dot(x_2_4, tl.load(weight + 0 + (768 + ch8[:, None] * 16 + ch16[None, :]), mask=cm8[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
+    y_2_0 = sum3_0
+    y_2_1 = sum3_1
+    y_2_2 = sum3_2
+    y_2_3 = sum3_3
+    y_2_4 = sum3_4
     tl.store(y_out + rows[:, None] * 144 + (64 + ch16[None, :] * 5), y_2_0, mask=mask16)
     tl.store(y_out + rows[:, None] * 144 + (65 + ch16[None, :] * 5), y_2_1, mask=mask16)
     tl.store(y_out + rows[:, None] * 144 + (66 + ch16[None, :] * 5), y_2_2, mask=mask16)
@@ -22591,7 +22801,7 @@ def _linear_triton(x, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
     n = x.shape[0]
     y_out = rt.output_rows(x, n, 144)
     grid = (triton.cdiv(n, 16), triton.cdiv(1, 1))
-    _linear_kernel[grid](x.contiguous(), weight.contiguous(), y_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=4, enable_fp_fusion=True)
+    _linear_kernel[grid](x.contiguous(), weight.contiguous(), y_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=8, maxnreg=255, enable_fp_fusion=True)
     return [y_out]
 
 
@@ -22609,7 +22819,7 @@ def _tp_then_linear_d_0_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_t_0_ptr, d_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 160  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 160  # this program's slot of the partial buffer
     for c0 in range(0, 32, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d_x_ptr + z[:, None] * 32 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 32)[None, :])
@@ -22848,7 +23058,7 @@ def _tp_then_linear_d_1_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_t_0_ptr, d_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 160  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 160  # this program's slot of the partial buffer
     iu_17 = tl.arange(0, 8)
     ii_17 = tl.arange(0, 4)
     ip_17 = tl.arange(0, 1)
@@ -23086,7 +23296,7 @@ def _tp_then_linear_d_2_kernel(x_ptr, y_ptr, d_z_ptr, weight_ptr, _g_t_0_ptr, d_
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 160  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 160  # this program's slot of the partial buffer
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
     ii_33 = tl.arange(0, 1)
     ik_33 = tl.arange(0, 1)
@@ -23167,7 +23377,7 @@ def _tp_then_linear_d2_x_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 160  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 160  # this program's slot of the partial buffer
     for c0 in range(0, 32, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_x_ptr + z[:, None] * 32 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 32)[None, :])
@@ -23417,7 +23627,7 @@ def _tp_then_linear_d2_x_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_x_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 160  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 160  # this program's slot of the partial buffer
     ii_17 = tl.arange(0, 4)
     ip_17 = tl.arange(0, 1)
     ik_17 = tl.arange(0, 1)
@@ -23723,7 +23933,7 @@ def _tp_then_linear_d2_y_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 160  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 160  # this program's slot of the partial buffer
     for c0 in range(0, 32, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_x_ptr + z[:, None] * 32 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 32)[None, :])
@@ -23970,7 +24180,7 @@ def _tp_then_linear_d2_y_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_y_ptr, weight_ptr,
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 160  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 160  # this program's slot of the partial buffer
     iu_17 = tl.arange(0, 8)
     ii_17 = tl.arange(0, 4)
     ip_17 = tl.arange(0, 1)
@@ -24233,7 +24443,7 @@ def _tp_then_linear_d2_weight_0_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 160  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 160  # this program's slot of the partial buffer
     for c0 in range(0, 32, 128):
         cols = c0 + tl.arange(0, 128)
         tl.store(d2_x_ptr + z[:, None] * 32 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 32)[None, :])
@@ -24481,7 +24691,7 @@ def _tp_then_linear_d2_weight_1_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 160  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 160  # this program's slot of the partial buffer
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
     ii_17 = tl.arange(0, 1)
     ip_17 = tl.arange(0, 1)
@@ -24721,7 +24931,7 @@ def _tp_then_linear_d2_weight_2_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 160  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 160  # this program's slot of the partial buffer
     # ∂/∂d_z: ∂/∂weight: 8x0e -> 8x0e
     iw_33 = tl.arange(0, 8)
     ii_33 = tl.arange(0, 1)
@@ -24958,7 +25168,7 @@ def _tp_then_linear_d2_weight_3_kernel(x_ptr, y_ptr, d_z_ptr, d2_d_weight_ptr, w
     pid = tl.program_id(0)
     z = pid.to(tl.int64) * BLOCK_Z + tl.arange(0, BLOCK_Z)
     row_mask = z < n
-    slot = pid * 160  # this program's slot of the partial buffer
+    slot = pid.to(tl.int64) * 160  # this program's slot of the partial buffer
     ii_49 = tl.arange(0, 4)
     ip_49 = tl.arange(0, 1)
     ik_49 = tl.arange(0, 1)
@@ -25332,6 +25542,7 @@ def _tp_then_linear_kernel(x, y, weight, z_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     y_0_c0_0 = tl.load(y + rows * 4 + 0, mask=row_mask, other=0.0)
     t_0_p0_t = 1.0 * x_0_0 * y_0_c0_0[:, None]
     t_0_p0_0 += t_0_p0_t * tl.load(weight + 0 + (0 + ch8[None, :] * 1 + 0), mask=cm8[None, :], other=0.0)
+    sum1_0 = t_0_p0_0 * 0.7071067811865476
     t_0_p1_0 = zero8
     t_0_p1_1 = zero8
     t_0_p1_2 = zero8
@@ -25344,6 +25555,9 @@ def _tp_then_linear_kernel(x, y, weight, z_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     t_0_p1_1 += t_0_p1_t * tl.load(weight + 0 + (8 + ch8[None, :] * 1 + 0), mask=cm8[None, :], other=0.0)
     t_0_p1_t = 0.5773502691896257 * x_0_0 * y_1_c0_2[:, None]
     t_0_p1_2 += t_0_p1_t * tl.load(weight + 0 + (8 + ch8[None, :] * 1 + 0), mask=cm8[None, :], other=0.0)
+    sum2_0 = t_0_p1_0 * 1.224744871391589
+    sum2_1 = t_0_p1_1 * 1.224744871391589
+    sum2_2 = t_0_p1_2 * 1.224744871391589
     x_1_0 = tl.load(x + rows[:, None] * 32 + (8 + ch8[None, :] * 3), mask=mask8, other=0.0)
     x_1_1 = tl.load(x + rows[:, None] * 32 + (9 + ch8[None, :] * 3), mask=mask8, other=0.0)
     x_1_2 = tl.load(x + rows[:, None] * 32 + (10 + ch8[None, :] * 3), mask=mask8, other=0.0)
@@ -25356,25 +25570,37 @@ def _tp_then_linear_kernel(x, y, weight, z_out, n, BLOCK_Z: tl.constexpr, BLOCK_
     t_0_p2_1 += t_0_p2_t * tl.load(weight + 0 + (16 + ch8[None, :] * 1 + 0), mask=cm8[None, :], other=0.0)
     t_0_p2_t = 0.5773502691896257 * x_1_2 * y_0_c0_0[:, None]
     t_0_p2_2 += t_0_p2_t * tl.load(weight + 0 + (16 + ch8[None, :] * 1 + 0), mask=cm8[None, :], other=0.0)
+    sum3_0 = sum2_0 + t_0_p2_0 * 1.224744871391589
+    sum3_1 = sum2_1 + t_0_p2_1 * 1.224744871391589
+    sum3_2 = sum2_2 + t_0_p2_2 * 1.224744871391589
     t_0_p3_0 = zero8
     t_0_p3_t = 0.5773502691896257 * x_1_0 * y_1_c0_0[:, None] + 0.5773502691896257 * x_1_1 * y_1_c0_1[:, None] + 0.5773502691896257 * x_1_2 * y_1_c0_2[:, None]
     t_0_p3_0 += t_0_p3_t * tl.load(weight + 0 + (24 + ch8[None, :] * 1 + 0), mask=cm8[None, :], other=0.0)
-    t_0_0 = t_0_p0_0 * 0.7071067811865476 + t_0_p3_0 * 0.7071067811865476
-    t_1_0 = t_0_p1_0 * 1.224744871391589 + t_0_p2_0 * 1.224744871391589
-    t_1_1 = t_0_p1_1 * 1.224744871391589 + t_0_p2_1 * 1.224744871391589
-    t_1_2 = t_0_p1_2 * 1.224744871391589 + t_0_p2_2 * 1.224744871391589
+    sum4_0 = sum1_0 + t_0_p3_0 * 0.7071067811865476
+    t_0_0 = sum4_0
+    t_1_0 = sum3_0
+    t_1_1 = sum3_1
+    t_1_2 = sum3_2
     t_2_0 = zero8
     t_2_1 = zero8
     t_2_2 = zero8
 
     # out z : 8x0e+8x1o
     # z.0: t mix uvw
+    sum5_0 = tl.dot(t_0_0, tl.load(weight + 32 + (0 + ch8[:, None] * 8 + ch8[None, :]), mask=cm8[:, None] & cm8[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
+    sum6_0 = tl.dot(t_1_0, tl.load(weight + 32 + (64 + ch8[:, None] * 8 + ch8[None, :]), mask=cm8[:, None] & cm8[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
+    sum6_1 = tl.dot(t_1_1, tl.load(weight + 32 + (64 + ch8[:, None] * 8 + ch8[None, :]), mask=cm8[:, None] & cm8[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
+    sum6_2 = tl.dot(t_1_2, tl.load(weight + 32 + (64 + ch8[:, None] * 8 + ch8[None, :]), mask=cm8[:, None] & cm8[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373
     # z.1: x
-    z_0_0 = tl.dot(t_0_0, tl.load(weight + 32 + (0 + ch8[:, None] * 8 + ch8[None, :]), mask=cm8[:, None] & cm8[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373 + x_0_0 * 1.0
+    sum7_0 = sum5_0 + x_0_0 * 1.0
+    sum8_0 = sum6_0 + x_1_0 * 1.0
+    sum8_1 = sum6_1 + x_1_1 * 1.0
+    sum8_2 = sum6_2 + x_1_2 * 1.0
+    z_0_0 = sum7_0
     tl.store(z_out + rows[:, None] * 32 + (0 + ch8[None, :] * 1), z_0_0, mask=mask8)
-    z_1_0 = tl.dot(t_1_0, tl.load(weight + 32 + (64 + ch8[:, None] * 8 + ch8[None, :]), mask=cm8[:, None] & cm8[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373 + x_1_0 * 1.0
-    z_1_1 = tl.dot(t_1_1, tl.load(weight + 32 + (64 + ch8[:, None] * 8 + ch8[None, :]), mask=cm8[:, None] & cm8[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373 + x_1_1 * 1.0
-    z_1_2 = tl.dot(t_1_2, tl.load(weight + 32 + (64 + ch8[:, None] * 8 + ch8[None, :]), mask=cm8[:, None] & cm8[None, :], other=0.0), input_precision='ieee') * 0.35355339059327373 + x_1_2 * 1.0
+    z_1_0 = sum8_0
+    z_1_1 = sum8_1
+    z_1_2 = sum8_2
     tl.store(z_out + rows[:, None] * 32 + (8 + ch8[None, :] * 3), z_1_0, mask=mask8)
     tl.store(z_out + rows[:, None] * 32 + (9 + ch8[None, :] * 3), z_1_1, mask=mask8)
     tl.store(z_out + rows[:, None] * 32 + (10 + ch8[None, :] * 3), z_1_2, mask=mask8)
@@ -25385,7 +25611,7 @@ def _tp_then_linear_triton(x, y, weight, *constants: torch.Tensor) -> list[torch
     n = x.shape[0]
     z_out = rt.output_rows(x, n, 32)
     grid = (triton.cdiv(n, 16), triton.cdiv(1, 1))
-    _tp_then_linear_kernel[grid](x.contiguous(), y.contiguous(), weight.contiguous(), z_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=4, enable_fp_fusion=True)
+    _tp_then_linear_kernel[grid](x.contiguous(), y.contiguous(), weight.contiguous(), z_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=8, maxnreg=255, enable_fp_fusion=True)
     return [z_out]
 
 
