@@ -160,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--backend", default="torch", help="back end: torch (default) or triton")
     comp.add_argument("--target", action="append", metavar="sm_NN",
                       help="with --backend triton: compile every kernel for this GPU (sm_80, sm_90; repeatable) "
-                           "and report registers, shared and local (spill) memory, FLOPs and bytes per row")
+                           "and report registers, shared and local memory, stack frame (spills), FLOPs and bytes per row")
     comp.add_argument("--kernels", choices=("all", "forward", "derivatives"), default="all",
                       help="with --target: which kernels to compile: all (default), the fused forward kernels, "
                            "or the derivative programs' kernels")
