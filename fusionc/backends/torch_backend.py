@@ -345,9 +345,10 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
             if program_lowering and position:
                 lines, runners[p.name] = program_lowering(factorized)
                 blocks.append(lines)
-            # torch code where it runs: everywhere without other lowerings, else the last programs'
-            # (autograd differentiates it for a third derivative)
-            if not (position == 0 and lowering or program_lowering and position <= len(firsts)):
+            # torch code where it runs: a program no other lowering replaces, and the last programs
+            # (autograd differentiates their torch code for a third derivative)
+            replaced = bool(lowering) if position == 0 else bool(program_lowering) and position <= len(firsts)
+            if not replaced:
                 f = CodeWriter()
                 _emit_program(f, factorized)
                 blocks.append(f.lines)

@@ -56,8 +56,9 @@ def _pow2(n: int) -> int:
     return p
 
 
-class UnsupportedProgram(NotImplementedError):
-    """A program this lowering cannot run with per-program partial sums."""
+class UnsupportedProgram(RuntimeError):
+    """A program this lowering cannot run with per-program partial sums (a row sum used other than
+    linearly). Derivative programs never are; the check guards the invariant."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,7 @@ class _Writer:
         self.w = CodeWriter()
         self.places: dict[str, _Place] = {}
         self.count = 0  # statements written: locals are suffixed with it
-        row_temps = [name for name, t in p.tensors.items() if t.kind == "temp" and t.rows]
-        self.scratch = sum(p.tensors[name].size for name in row_temps)  # elements per row of scratch
+        self.scratch = sum(t.size for t in p.tensors.values() if t.kind == "temp" and t.rows)  # per row
         self.slots = 0  # elements per program of the partial buffer
         base = 0
         for name, t in p.tensors.items():
@@ -101,8 +101,7 @@ class _Writer:
         while changed:
             changed = False
             for s in p.statements:
-                if (not p.tensors[s.out.tensor].rows and s.out.tensor not in partial
-                        and any(p.tensors[v.tensor].rows or v.tensor in partial for v in p.reads(s))):
+                if not p.tensors[s.out.tensor].rows and s.out.tensor not in partial and self._reads(s, partial):
                     partial.add(s.out.tensor)
                     changed = True
         for s in p.statements:
@@ -114,8 +113,9 @@ class _Writer:
                     f"{p.name}: '{s.out.tensor}' would need the complete row sum '{partial_reads[0]}'")
         return partial
 
-    def row_dependent(self, s) -> bool:
-        return any(self.p.tensors[v.tensor].rows or v.tensor in self.partial for v in self.p.reads(s))
+    def _reads(self, s, partial: set[str]) -> bool:
+        """Whether statement s reads rows or one of the `partial` tensors."""
+        return any(self.p.tensors[v.tensor].rows or v.tensor in partial for v in self.p.reads(s))
 
     # --- addressing ----------------------------------------------------------------------------------
 
@@ -157,26 +157,15 @@ class _Writer:
 
     # --- statements ----------------------------------------------------------------------------------
 
-    def pointers(self) -> list[str]:
-        """The kernel's tensor arguments: the launcher's arguments, then the row outputs. Each is
-        named after its tensor with `_ptr` appended, which no local of the kernel ends with."""
-        p = self.p
-        return [f"{t}_ptr" for t in (*p.inputs, "weight", *p.constants, *(o for o in p.outputs if p.tensors[o].rows))]
-
-    def kernel_names(self) -> list[str]:
-        count = max(1, -(-len(self.p.statements) // SEGMENT))
-        return [f"_{self.p.name}_{k}_kernel" for k in range(count)]
-
     def run(self) -> list[str]:
         p, w = self.p, self.w
-        names = self.kernel_names()
-        for k, name in enumerate(names):
+        for k, name in enumerate(kernel_names(p)):
             part = p.statements[k * SEGMENT:(k + 1) * SEGMENT]
             if k:
                 w()
                 w()
             w("@triton.jit")
-            w(f"def {name}({', '.join(self.pointers())}, scratch, partial, n, BLOCK_Z: tl.constexpr, "
+            w(f"def {name}({', '.join(_pointers(p))}, scratch, partial, n, BLOCK_Z: tl.constexpr, "
               "DTYPE: tl.constexpr):")
             w.indent()
             what = f"statements {k * SEGMENT + 1}–{k * SEGMENT + len(part)} of {len(p.statements)}"
@@ -242,18 +231,19 @@ class _Writer:
         for c in sizes:
             if c not in looped:
                 w(f"{index[c]} = tl.arange(0, {padded[c]})")
-        # pointers and masks that no loop changes are formed once, before the loops
-        views = {f"{k}_{n}": v for k, v in enumerate(s.operands)} | {f"o_{n}": s.out}
         kept = [c for c in axes if c in s.out.labels]
-        moving = {}
-        for name, v in views.items():
-            fixed, fixed_mask, step, step_mask = self.address(v, kept if name.startswith("o") else axes, index,
-                                                              masked, looped)
+
+        def hoisted(name: str, v: View, tile: list[str]) -> tuple[str, str | None]:
+            """Pointers and mask of v: the parts no loop changes are formed once, before the loops."""
+            fixed, fixed_mask, step, step_mask = self.address(v, tile, index, masked, looped)
             w(f"p{name} = {fixed}")
             if fixed_mask:
                 w(f"m{name} = {fixed_mask}")
             mask = " & ".join(m for m in (fixed_mask and f"m{name}", step_mask) if m) or None
-            moving[name] = (f"p{name}" + (f" + {step}" if step else ""), mask)
+            return f"p{name}" + (f" + {step}" if step else ""), mask
+
+        operands = [hoisted(f"{k}_{n}", v, axes) for k, v in enumerate(s.operands)]
+        out = hoisted(f"o_{n}", s.out, kept)
 
         def loop(c: str) -> None:
             w(f"for start{c}_{n} in range(0, {sizes[c]}, {chunk[c]}):")
@@ -269,8 +259,7 @@ class _Writer:
             for c in summed_loops:
                 loop(c)
         factors = []
-        for k in range(len(s.operands)):
-            pointer, mask = moving[f"{k}_{n}"]
+        for k, (pointer, mask) in enumerate(operands):
             w(f"a{k}_{n} = tl.load({pointer}" + (f", mask={mask}, other=0.0)" if mask else ")"))
             factors.append(f"a{k}_{n}")
         product = " * ".join(factors)
@@ -283,9 +272,9 @@ class _Writer:
                 w.dedent()
             product = acc if kept else f"tl.sum({acc}, axis=0)"
         value = product if s.coeff == 1.0 else f"{product} * {s.coeff!r}"
-        pointer, mask = moving[f"o_{n}"]
+        pointer, mask = out
         m = f", mask={mask}" if mask else ""
-        first_only = s.out.tensor in self.partial and not self.row_dependent(s)
+        first_only = s.out.tensor in self.partial and not self._reads(s, self.partial)
         if first_only:  # a full value into a partial sum: program 0 adds it
             w("if pid == 0:")
             w.indent()
@@ -352,7 +341,7 @@ class _Writer:
         w(f"partial = args[{like}].new_zeros(programs, {max(self.slots, 1)})")
         w("arguments = [a.contiguous() for a in args] + outputs")
         w(f"dtype = tl.float64 if args[{like}].dtype == torch.float64 else tl.float32")
-        w(f"for kernel in ({', '.join(self.kernel_names())},):  # one after another: each sees the last one's writes")
+        w(f"for kernel in ({', '.join(kernel_names(p))},):  # one after another: each sees the last one's writes")
         w.indent()
         w("if n:")
         w.indent()
@@ -374,9 +363,15 @@ class _Writer:
         return w.lines
 
 
+def _pointers(p: Program) -> list[str]:
+    """A kernel's tensor arguments: the launcher's arguments, then the row outputs. Each is named
+    after its tensor with `_ptr` appended, which no local of the kernel ends with."""
+    return [f"{t}_ptr" for t in (*p.inputs, "weight", *p.constants, *(o for o in p.outputs if p.tensors[o].rows))]
+
+
 def kernel_names(p: Program) -> list[str]:
-    """The kernels a (factorized) program runs as, in order."""
-    return _Writer(p).kernel_names()
+    """The kernels a (factorized) program runs as, in order: one per SEGMENT statements."""
+    return [f"_{p.name}_{k}_kernel" for k in range(max(1, -(-len(p.statements) // SEGMENT)))]
 
 
 def lower_program(p: Program) -> list[str]:
@@ -387,9 +382,8 @@ def lower_program(p: Program) -> list[str]:
 
 def kernel_signature(p: Program) -> dict[str, str]:
     """Argument types of the program's kernels for float32 rows (ahead-of-time compilation)."""
-    writer = _Writer(p)
     signature = {name: ("*i64" if p.tensors[name.removesuffix("_ptr")].kind == "index" else "*fp32")
-                 for name in writer.pointers()}
+                 for name in _pointers(p)}
     signature.update(scratch="*fp32", partial="*fp32", n="i32", BLOCK_Z="constexpr", DTYPE="constexpr")
     return signature
 
