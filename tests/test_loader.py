@@ -93,7 +93,8 @@ def test_dtype_and_device_moves_keep_cg_exact() -> None:
 
 def test_generated_module_is_plain_readable_python() -> None:
     text = fusionc.loads(SOURCE).path.read_text()
-    assert "torch.einsum(\"zui,uw->zwi\"" in text and "# 4x0e -> 3x0e" in text
+    # each contraction a matrix product, its labelled equation beside it
+    assert "torch.mm(" in text and "  # zui,uw->zwi" in text and "# 4x0e -> 3x0e" in text
     assert torch_backend.__name__ == "fusionc.backends.torch_backend"
 
 

@@ -30,6 +30,7 @@ from math import prod
 
 from fusionc.algebra.cg import wigner_3j
 from fusionc.analysis.cost import pair_orders, path_equation
+from fusionc.analysis.layout import Strided, natural_orders, plan_pair, row_view
 from fusionc.analysis.plan import Contribution, Couple, DiagramPlan, Leaf, WeightedSum
 from fusionc.ir.diagram import CouplingVertex, Diagram, path_label
 
@@ -239,8 +240,9 @@ class _Lowering:
         whose weights mix or scale channels (uvw, uvu): lowered to a few large products instead of
         one chain per path, when the cost model says so. Every path's CG table, scaled by its
         normalisation, goes into one constant matrix G, so that y · G gives, per row, every path's
-        (i, k) map at once; per group of paths (x block, output block): x contracted with its part
-        of that (a product per row), then with the group's weights stacked (one matrix product).
+        (i, k) map at once (columns ordered i, k, path: each group's map is then a (k·path) matrix
+        per row without a copy); per group of paths (x block, output block): x contracted with its
+        part of that (a product per row), then with the group's weights stacked (one matrix product).
         Returns False (nothing emitted) where this does not apply or costs more."""
         if len(t.operands) != 2 or t.mode not in ("uvw", "uvu") or any(b.mul != 1 for b in t.irreps_in[1]):
             return False
@@ -278,7 +280,7 @@ class _Lowering:
                 table = wigner_3j(x_irreps[b].ir.l, y_irreps[p.operand_blocks[1]].ir.l, out_irreps[o].ir.l)
                 y_start = y_slices[p.operand_blocks[1]][0]
                 for i, j, k in zip(*table.nonzero()):
-                    entries.append((y_start + int(j), column + (int(i) * n_p + q) * d_o + int(k),
+                    entries.append((y_start + int(j), column + (int(i) * d_o + int(k)) * n_p + q,
                                     float(table[i, j, k]) * p.normalization))
             layout.append(((b, o), ps, column))
             column += d_b * n_p * d_o
@@ -308,7 +310,7 @@ class _Lowering:
                 stacked = View(packed, 0, (n_p, *shape), z + stacked_labels)
             out = self.block(value, t.placement[o], "zwk" if t.mode == "uvw" else "zuk")
             note = f"{len(ps)} paths {x_irreps[b]} ⊗ {t.operands[1]} -> {out_irreps[o]}"
-            pair = (self.block(t.operands[0], b, "zui"), View(maps, start, (d_b, n_p, d_o), "zipk"))
+            pair = (self.block(t.operands[0], b, "zui"), View(maps, start, (d_b, d_o, n_p), "zikp"))
             if rows_w:  # per-row weights: x with the maps first, then an elementwise weighting
                 products = View(self.temp(f"_t_{group}", (mul, n_p, d_o)), 0, (mul, n_p, d_o), "zupk")
                 self.statements.append(Einsum(products, pair, note=note))
@@ -472,12 +474,23 @@ def factorize(p: Program, rows: int = PLANNING_ROWS) -> Program:
     formed: dict[tuple, View] = {}
     statements: list[Statement] = []
 
-    def kept_labels(a: View, b: View, rest: list[View], out: View) -> str:
-        later = set(out.labels).union(*(v.labels for v in rest))
-        return "".join(sorted(set(a.labels + b.labels) & later, key=lambda c: (c != "z", c)))
+    def strided(v: View) -> Strided:
+        t = tensors[v.tensor]
+        sizes = tuple(rows if c == "z" else n for c, n in zip(v.labels, (1, *v.shape) if t.rows else v.shape))
+        return row_view(v.labels, sizes, t.size if t.rows else None)
 
-    def key(a: View, b: View, kept: str) -> tuple:
-        return tuple(sorted((a, b), key=repr)), kept
+    def layout(a: View, b: View, kept: str, rest: list[View], out: View, sizes: dict[str, int]) -> str:
+        """The order of an intermediate's labels: one its product writes without a copy and, where
+        the statement's last product reads it, one that product reads without a copy if it can."""
+        candidates = natural_orders(strided(a), strided(b), kept)
+        if len(rest) != 1:
+            return candidates[0]
+
+        def copies(order: str) -> int:
+            reader = plan_pair(strided(rest[0]), row_view(order, tuple(sizes[c] for c in order)), out.labels)
+            return reader.copies if reader is not None else 0
+
+        return min(candidates, key=copies)
 
     for s in p.statements:
         if not isinstance(s, Einsum) or len(s.operands) < 3:
@@ -499,18 +512,22 @@ def factorize(p: Program, rows: int = PLANNING_ROWS) -> Program:
                     break
                 for k in sorted(pair, reverse=True):
                     operands.pop(k)
-                kept = kept_labels(a, b, operands, s.out)
-                shape = tuple(sizes[c] for c in kept if c != "z")
-                found = key(a, b, kept)
+                later = set(s.out.labels).union(*(v.labels for v in operands))
+                kept = "".join(sorted(set(a.labels + b.labels) & later, key=lambda c: (c != "z", c)))
+                found = (tuple(sorted((a, b), key=repr)), kept)  # formed once, whatever its layout
                 if found not in formed:
                     total += pair_cost(a.labels, b.labels, kept, sizes)
-                    if build:
-                        name = f"_c{len(formed)}"
-                        tensors[name] = Tensor(name, "temp", prod(shape), "z" in kept)
-                        formed[found] = View(name, 0, shape, kept)
-                        statements.append(Einsum(formed[found], (a, b), note=note))
-                        note = ""
-                operands.append(formed[found] if build else View("?", 0, shape, kept))
+                    if not build:
+                        operands.append(View("?", 0, tuple(sizes[c] for c in kept if c != "z"), kept))
+                        continue
+                    ordered = layout(a, b, kept, operands, s.out, sizes)
+                    shape = tuple(sizes[c] for c in ordered if c != "z")
+                    name = f"_c{len(formed)}"
+                    tensors[name] = Tensor(name, "temp", prod(shape), "z" in kept)
+                    formed[found] = View(name, 0, shape, ordered)
+                    statements.append(Einsum(formed[found], (a, b), note=note))
+                    note = ""
+                operands.append(formed[found])
             return total, operands
 
         best = min(pair_orders(len(s.operands)), key=lambda order: run(order, build=False)[0])

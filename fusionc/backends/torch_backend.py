@@ -15,6 +15,7 @@ from typing import Callable
 
 from math import prod
 
+from fusionc.analysis.layout import Strided, plan_pair, row_view
 from fusionc.analysis.plan import DiagramPlan, plan_diagram
 from fusionc.analysis.program import (Einsum, Gather, Program, Statement, Tensor, View, derivative, factorize,
                                       lower, PLANNING_ROWS)
@@ -206,6 +207,52 @@ class _ProgramWriter:
         self.ready[name] = (name, (t.size,))
         return self.ready[name]
 
+    def _strided(self, v: View) -> Strided:
+        """The layout `read` gives a view: an input's or a param's slice, or a temporary as its
+        product wrote it (in label order: `factorize` lays intermediates out that way)."""
+        t = self.p.tensors[v.tensor]
+        sizes = (PLANNING_ROWS, *v.shape) if t.rows else v.shape
+        return row_view(v.labels, sizes, t.size if t.rows else None)
+
+    def _matrix_product(self, s: Einsum, operands: list[str]) -> str | None:
+        """A pairwise contraction as one torch.mm / torch.bmm, its operands viewed as matrices in
+        the layout `plan_pair` chooses (None where it is not one matrix product)."""
+        if len(operands) != 2:
+            return None
+        a, b = s.operands
+        plan = plan_pair(self._strided(a), self._strided(b), s.out.labels)
+        if plan is None:
+            return None
+        sizes = {"z": "n"}
+        for v in s.operands:
+            sizes.update(zip(v.labels.replace("z", ""), map(str, v.shape)))
+
+        def size(group: str) -> str:
+            constant = prod(int(sizes[c]) for c in group if c != "z")
+            return ("n" if constant == 1 else f"n * {constant}") if "z" in group else str(constant)
+
+        def matrix(expression: str, v: View, groups: tuple[str, ...]) -> str:
+            order = [v.labels.index(c) for c in "".join(groups)]
+            if order != list(range(len(order))):
+                expression += f".permute({', '.join(map(str, order))})"
+            dims = [size(g) for g in groups]
+            if order == list(range(len(order))) and dims == [sizes[c] for c in v.labels]:
+                return expression  # read already has this shape
+            return f"{expression}.reshape({', '.join(dims)})"
+
+        batch = (plan.batch,) if plan.batch else ()
+        left = matrix(operands[0], a, (*batch, plan.left, plan.summed))
+        right = matrix(operands[1], b, (*batch, plan.summed, plan.right))
+        t = ".transpose(1, 2)" if batch else ".t()"
+        product = (f"torch.{'bmm' if batch else 'mm'}({right}{t}, {left}{t})" if plan.swap else
+                   f"torch.{'bmm' if batch else 'mm'}({left}, {right})")
+        natural = plan.natural
+        product += f".view({', '.join(sizes[c] for c in natural)})"
+        order = [natural.index(c) for c in s.out.labels]
+        if order != list(range(len(order))):
+            product += f".permute({', '.join(map(str, order))})"
+        return product
+
     def _numel(self, v: View) -> int:
         return v.numel * (PLANNING_ROWS if self.p.tensors[v.tensor].rows else 1)
 
@@ -220,8 +267,12 @@ class _ProgramWriter:
                 if s.coeff != 1.0:  # scale the smallest operand: fewest multiplications
                     k = min(range(len(operands)), key=lambda k: (self._numel(s.operands[k]), k))
                     operands[k] = f"({operands[k]} * {s.coeff!r})"
-                expression = _broadcast_product(s, operands) or (
-                    f'torch.einsum("{",".join(v.labels for v in s.operands)}->{s.out.labels}", {", ".join(operands)})')
+                equation = f'{",".join(v.labels for v in s.operands)}->{s.out.labels}'
+                expression = _broadcast_product(s, operands)
+                if expression is None:
+                    product = self._matrix_product(s, operands)
+                    expression = (f"{product}  # {equation}" if product else
+                                  f'torch.einsum("{equation}", {", ".join(operands)})')
         elif isinstance(s, Gather):
             expression = f"{self.read(s.source)}.reshape({s.sets}, {s.out.numel})[{s.index}]"
         else:

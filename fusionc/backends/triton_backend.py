@@ -8,12 +8,14 @@ kernel, and recoupled terms map their weights through the exact recoupling matri
   blocks) with one multiplicity tile rows × channels across programs (BLOCK_Z × BLOCK_U).
 - Others tile rows only (BLOCK_Z = 16) and hold every channel of a block: channel mixing with
   shared weights is a tl.dot in IEEE precision (not TF32), with per-row weights a broadcast sum;
-  `uvuv` places channel pairs (u, v) through a 0/1 selection matrix.
+  `uvuv` works elementwise on the output's grid of channel pairs (u, v).
 The kernel is the op's forward; its backward and double backward are the diagram's derivative
 programs, each lowered to Triton kernels by `fusionc.backends.triton_program`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from fusionc.algebra.cg import wigner_3j
 from fusionc.analysis.plan import Contribution, Couple, DiagramPlan, Leaf, WeightedSum
@@ -83,18 +85,23 @@ class _Kernel:
             self.channel_sets[mul] = (f"ch{mul}", f"cm{mul}", f"mask{mul}", f"zero{mul}")
         return self.channel_sets[mul]
 
-    def block(self, operand: str, irreps: Irreps, index: int) -> list[str]:
-        key = (operand, index)
+    def block(self, operand: str, irreps: Irreps, index: int,
+              grid: tuple[str, str, str] | None = None) -> list[str]:
+        """The component tiles of a block: [rows, channels]; or, with grid = (name, channel
+        expression, mask), read at the channels that expression gives over another grid (uvuv)."""
+        key = (operand, index) if grid is None else (operand, index, grid[0])
         if key not in self.components:
             start, _ = irreps.slices()[index]
             dim, mul = irreps[index].ir.dim, irreps[index].mul
             ch, _, mask, _ = self.chan(mul)
+            prefix = f"{operand}_{index}"
+            if grid is not None:
+                prefix, ch, mask = f"{prefix}_{grid[0]}", f"({grid[1]})", grid[2]
             names = []
             for m in range(dim):
-                name = f"{operand}_{index}_{m}"
-                self.w(f"{name} = tl.load({operand} + rows[:, None] * {irreps.dim} + "
+                self.w(f"{prefix}_{m} = tl.load({operand} + rows[:, None] * {irreps.dim} + "
                        f"({start + m} + {ch}[None, :] * {dim}), mask={mask}, other=0.0)")
-                names.append(name)
+                names.append(f"{prefix}_{m}")
             self.components[key] = names
         return self.components[key]
 
@@ -195,6 +202,7 @@ def _emit_kernel(w: CodeWriter, d: Diagram, plan: DiagramPlan) -> None:
     else:
         w(f'"""{d.name}: BLOCK_Z rows with all their channels, the whole diagram in registers."""')
     k = _Kernel(plan, w, channel_tiled=mul is not None, dtype=dtype)
+    k.arguments = {i.name for i in d.inputs}
     offsets, offset = {}, 0
     for t in d.vertices:
         offsets[t.id] = offset
@@ -203,29 +211,41 @@ def _emit_kernel(w: CodeWriter, d: Diagram, plan: DiagramPlan) -> None:
         w()
         w(f"# {'out' if v.is_output else 'let'} {v.name} : {v.irreps}")
         sums: dict[int, list[list[str]]] = {b: [] for b in range(len(v.irreps))}
+        finished: set[int] = set()
+
+        def finish(b: int, v=v, sums=sums, finished=finished) -> None:
+            _finish_block(k, v, b, sums[b])
+            finished.add(b)
+
         for t in v.terms:
             w(f"# {t.id}: {t.text}")
             if t.is_tree:
                 _tree_term(k, t, offsets[t.id], sums)
             elif t.mode in ("uuu", "none"):
                 _path_term(k, t, offsets[t.id], sums)
-            else:
-                _mixing_term(k, t, offsets[t.id], sums)
-        for b, parts in sums.items():
-            block = v.irreps[b]
-            ch, _, mask, zero = k.chan(block.mul)
-            names = []
-            for m in range(block.ir.dim):
-                name = f"{v.name}_{b}_{m}"
-                w(f"{name} = {' + '.join(p[m] for p in parts) if parts else zero}")
-                names.append(name)
-            k.components[(v.name, b)] = names
-            if v.is_output:
-                start, _ = v.irreps.slices()[b]
-                for m, name in enumerate(names):
-                    w(f"tl.store({v.name}_out + rows[:, None] * {v.irreps.dim} + ({start + m} + {ch}[None, :] * "
-                      f"{block.ir.dim}), {name}, mask={mask})")
+            else:  # a value's only term finishes each output block as soon as its last path is in
+                _mixing_term(k, t, offsets[t.id], sums, finish if len(v.terms) == 1 else None)
+        for b in sums:
+            if b not in finished:
+                finish(b)
     w.dedent()
+
+
+def _finish_block(k: _Kernel, v, b: int, parts: list[list[str]]) -> None:
+    """Name block b of value v as the sum of its parts and, for an output, store it."""
+    block = v.irreps[b]
+    ch, _, mask, zero = k.chan(block.mul)
+    names = []
+    for m in range(block.ir.dim):
+        name = f"{v.name}_{b}_{m}"
+        k.w(f"{name} = {' + '.join(p[m] for p in parts) if parts else zero}")
+        names.append(name)
+    k.components[(v.name, b)] = names
+    if v.is_output:
+        start, _ = v.irreps.slices()[b]
+        for m, name in enumerate(names):
+            k.w(f"tl.store({v.name}_out + rows[:, None] * {v.irreps.dim} + ({start + m} + {ch}[None, :] * "
+                f"{block.ir.dim}), {name}, mask={mask})")
 
 
 def _operand_irreps(t: CouplingVertex, operand: str) -> Irreps:
@@ -263,49 +283,122 @@ def _path_term(k: _Kernel, t: CouplingVertex, offset: int, sums: dict[int, list[
         k.contribute(sums, t.placement[p.out_block], k.scaled(tiles, t, offset, start, p.normalization))
 
 
-def _mixing_term(k: _Kernel, t: CouplingVertex, offset: int, sums: dict[int, list[list[str]]]) -> None:
+def _mixing_term(k: _Kernel, t: CouplingVertex, offset: int, sums: dict[int, list[list[str]]],
+                 finish: Callable[[int], None] | None = None) -> None:
     """Paths that mix channels (uvw, uvu, uvuv): rows × channels tiles, with tl.dot where the
-    weights are shared (IEEE float32, not TF32), broadcast sums where they come per row."""
-    for n, p in enumerate(t.paths):
+    weights are shared (IEEE float32, not TF32), broadcast sums where they come per row.
+    Paths run output block by output block; with `finish`, each block is finished (stored) after
+    its last path, so only one block's running sums are live (on sm_90 fc_tp spilled 48 bytes
+    with every block's sums live to the end)."""
+    order = sorted(range(len(t.paths)), key=lambda n: t.placement[t.paths[n].out_block])
+    for position, n in enumerate(order):
+        p = t.paths[n]
         name = f"{t.id.replace('.', '_')}_p{n}"
         a = t.irreps_in[0][p.operand_blocks[0]]
         out = t.irreps_out[p.out_block]
-        x = k.block(t.operands[0], t.irreps_in[0], p.operand_blocks[0])
-        ch_u, cm_u, _, _ = k.chan(a.mul)
-        ch_w, cm_w, _, _ = k.chan(out.mul)
         start = p.weight_offset
-        if len(t.operands) == 1:  # linear uvw: out_i = x_i · W
+        if t.mode == "uvuv":
+            k.contribute(sums, t.placement[p.out_block], _pair_path(k, t, offset, p))
+        elif t.mode == "uvw" and t.operands[0] in k.arguments:
+            k.contribute(sums, t.placement[p.out_block], _column_path(k, t, offset, p, name))
+        elif len(t.operands) == 1:  # linear uvw: out_i = x_i · W
+            x = k.block(t.operands[0], t.irreps_in[0], p.operand_blocks[0])
+            ch_u, cm_u, _, _ = k.chan(a.mul)
+            ch_w, cm_w, _, _ = k.chan(out.mul)
             k.contribute(sums, t.placement[p.out_block],
                          [f"{_matmul(k, t, offset, tile, f'{start}', a.mul, out.mul, ch_u, ch_w, cm_u, cm_w)} * "
                           f"{p.normalization!r}" for tile in x])
-            continue
-        b = t.irreps_in[1][p.operand_blocks[1]]
+        else:
+            x = k.block(t.operands[0], t.irreps_in[0], p.operand_blocks[0])
+            ch_u, cm_u, _, _ = k.chan(a.mul)
+            ch_w, cm_w, _, _ = k.chan(out.mul)
+            b = t.irreps_in[1][p.operand_blocks[1]]
+            table = wigner_3j(a.ir.l, b.ir.l, out.ir.l)
+            acc = [f"{name}_{m}" for m in range(out.ir.dim)]
+            for m in acc:
+                k.w(f"{m} = {k.chan(out.mul)[3]}")
+            for v in range(b.mul):
+                ys = [k.column(t.operands[1], t.irreps_in[1], p.operand_blocks[1], v, j) for j in range(b.ir.dim)]
+                coupled = []
+                for m in range(out.ir.dim):
+                    terms = [(float(table[i, j, m]), f"{x[i]} * {ys[j]}[:, None]") for i in range(a.ir.dim)
+                             for j in range(b.ir.dim) if table[i, j, m] != 0.0]
+                    coupled.append(_terms(terms))
+                for m, expression in enumerate(coupled):
+                    k.w(f"{name}_t = {expression}")
+                    if t.mode == "uvw":  # W[u, v, w]: contract u
+                        where = f"{start} + {v * out.mul}"
+                        contribution = _matmul(k, t, offset, f"{name}_t", where, a.mul, out.mul, ch_u, ch_w, cm_u, cm_w,
+                                               stride=b.mul * out.mul)
+                    else:  # uvu: W[u, v]
+                        weights = k._load_weights(t, offset, f"{start} + {ch_u}[None, :] * {b.mul} + {v}",
+                                                  f"row_mask[:, None] & {cm_u}[None, :]", f"{cm_u}[None, :]")
+                        contribution = f"{name}_t * {weights}"
+                    k.w(f"{acc[m]} += {contribution}")
+            k.contribute(sums, t.placement[p.out_block], [f"{m} * {p.normalization!r}" for m in acc])
+        if finish is not None and (position + 1 == len(order) or t.paths[order[position + 1]].out_block != p.out_block):
+            finish(t.placement[p.out_block])
+
+
+def _column_path(k: _Kernel, t: CouplingVertex, offset: int, p, name: str) -> list[str]:
+    """A `uvw` path whose first operand is a kernel argument, as a sum of outer products over its
+    channels u (unrolled): out_k[z, w] += (Σ_ij C_ijk x[z, u, i] y[z, v, j]) · W[u, v, w], with x's
+    column u read from memory and W's row as one [1 or rows, w] tile. An FMA tl.dot instead holds
+    both operands replicated in registers: fc_tp's kernel spilled 40 bytes on sm_90 that way."""
+    (a_irreps, *rest), (i_a, *i_rest) = t.irreps_in, p.operand_blocks
+    a, out = a_irreps[i_a], t.irreps_out[p.out_block]
+    start_a, _ = a_irreps.slices()[i_a]
+    ch, cm, mask, zero = k.chan(out.mul)
+    if t.per is not None:
+        k.index(t.per)  # before the loop, so that later paths find it defined
+    if rest:  # coefficient, x component, y column name of each product, per output component
+        b = rest[0][i_rest[0]]
         table = wigner_3j(a.ir.l, b.ir.l, out.ir.l)
-        acc = [f"{name}_{m}" for m in range(out.ir.dim)]
-        for m in acc:
-            k.w(f"{m} = {k.chan(out.mul)[3]}")
-        for v in range(b.mul):
-            ys = [k.column(t.operands[1], t.irreps_in[1], p.operand_blocks[1], v, j) for j in range(b.ir.dim)]
-            coupled = []
-            for m in range(out.ir.dim):
-                terms = [(float(table[i, j, m]), f"{x[i]} * {ys[j]}[:, None]") for i in range(a.ir.dim)
-                         for j in range(b.ir.dim) if table[i, j, m] != 0.0]
-                coupled.append(_terms(terms))
-            for m, expression in enumerate(coupled):
-                k.w(f"{name}_t = {expression}")
-                if t.mode == "uvw":  # W[u, v, w]: contract u
-                    where = f"{start} + {v * out.mul}"
-                    contribution = _matmul(k, t, offset, f"{name}_t", where, a.mul, out.mul, ch_u, ch_w, cm_u, cm_w,
-                                           stride=b.mul * out.mul)
-                else:  # uvu, uvuv: W[u, v]
-                    weights = k._load_weights(t, offset, f"{start} + {ch_u}[None, :] * {b.mul} + {v}",
-                                              f"row_mask[:, None] & {cm_u}[None, :]", f"{cm_u}[None, :]")
-                    contribution = f"{name}_t * {weights}"
-                    if t.mode == "uvuv":  # channel (u, v) of the output is u·V + v
-                        select = (f"(({ch_u}[:, None] * {b.mul} + {v}) == {ch_w}[None, :]).to({k.dtype})")
-                        contribution = f"tl.dot({contribution}, {select}, input_precision='ieee')"
-                k.w(f"{acc[m]} += {contribution}")
-        k.contribute(sums, t.placement[p.out_block], [f"{m} * {p.normalization!r}" for m in acc])
+        channels_v = b.mul
+    else:  # o3.Linear: out_i = x_i · W
+        channels_v = 1
+    acc = [f"{name}_{m}" for m in range(out.ir.dim)]
+    for m in acc:
+        k.w(f"{m} = {zero}")
+    for v in range(channels_v):
+        if rest:
+            ys = [k.column(t.operands[1], rest[0], i_rest[0], v, j) for j in range(b.ir.dim)]
+            products = [[(float(table[i, j, m]), i, f" * {ys[j]}") for i in range(a.ir.dim) for j in range(b.ir.dim)
+                         if table[i, j, m] != 0.0] for m in range(out.ir.dim)]
+        else:
+            products = [[(1.0, m, "")] for m in range(out.ir.dim)]
+        k.w(f"for _u in range({a.mul}):")
+        k.w.indent()
+        for i in sorted({i for terms in products for _, i, _ in terms}):
+            k.w(f"{name}_x{i} = tl.load({t.operands[0]} + rows * {a_irreps.dim} + {start_a + i} + _u * {a.ir.dim}, "
+                f"mask=row_mask, other=0.0)")
+        where = f"{p.weight_offset} + _u * {channels_v * out.mul} + {v * out.mul} + {ch}[None, :]"
+        k.w(f"{name}_w = {k._load_weights(t, offset, where, mask, f'{cm}[None, :]')}")
+        for m, terms in enumerate(products):
+            if terms:
+                column = " + ".join(f"{c!r} * {name}_x{i}{y}" for c, i, y in terms)
+                k.w(f"{acc[m]} += ({column})[:, None] * {name}_w")
+        k.w.dedent()
+    return [f"{m} * {p.normalization!r}" for m in acc]
+
+
+def _pair_path(k: _Kernel, t: CouplingVertex, offset: int, p) -> list[str]:
+    """A `uvuv` path on the output's channel grid: channel c = u·V + v of component k is
+    Σ_ij C_ijk x[u, i] y[v, j] W[u, v], elementwise, with x and y read at u = c // V and v = c % V
+    (a 0/1 selection tl.dot per v instead spilled 32–48 bytes of full_tp's registers)."""
+    (a_irreps, b_irreps), (i_a, i_b) = t.irreps_in, p.operand_blocks
+    a, b, out = a_irreps[i_a], b_irreps[i_b], t.irreps_out[p.out_block]
+    ch, cm, mask, _ = k.chan(out.mul)
+    x = k.block(t.operands[0], a_irreps, i_a, (f"{ch}_u{b.mul}", f"{ch} // {b.mul}", mask))
+    y = k.block(t.operands[1], b_irreps, i_b, (f"{ch}_v{b.mul}", f"{ch} % {b.mul}", mask))
+    weights = k._load_weights(t, offset, f"{p.weight_offset} + {ch}[None, :]", mask, f"{cm}[None, :]")
+    table = wigner_3j(a.ir.l, b.ir.l, out.ir.l)
+    tiles = []
+    for m in range(out.ir.dim):
+        terms = [(float(table[i, j, m]), f"{x[i]} * {y[j]}") for i in range(a.ir.dim) for j in range(b.ir.dim)
+                 if table[i, j, m] != 0.0]
+        tiles.append(f"({_terms(terms)}) * {weights} * {p.normalization!r}")
+    return tiles
 
 
 def _matmul(k: _Kernel, t: CouplingVertex, offset: int, tile: str, start: str, rows_in: int, cols_out: int,

@@ -14,7 +14,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_123f64cb1b82c5a4")
+_ops = rt.OpNamespace("fusionc_a83696a108e6aac9")
 
 
 def _cormorant_cg(
@@ -25,37 +25,37 @@ def _cormorant_cg(
     """cormorant_cg on rows: f (n, 144) -> g (n, 144)."""
     n = f.shape[0]
     # p1 = (p0 ⊗ p0) -> 16x0
-    _c0 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
+    _c0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
     p_0 = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p3 = (p0 ⊗ p2) -> 16x1
-    _c1 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3))
-    _p3 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c1)
+    _c1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
     p_1 = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p5 = (p0 ⊗ p4) -> 16x2
-    _c2 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 64:144].reshape(n, 16, 5))
-    _p5 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c2)
+    _c2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _p5 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
     p_2 = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p6 = (p2 ⊗ p2) -> 16x0
-    _c3 = torch.einsum("zui,zuj->ziju", f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
-    _p6 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c3)
+    _c3 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     p_3 = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p7 = (p2 ⊗ p2) -> 16x2
-    _p7 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c3)
+    _p7 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     p_4 = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p8 = (p2 ⊗ p4) -> 16x1
-    _c4 = torch.einsum("zui,zuj->ziju", f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
-    _p8 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c4)
+    _c4 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _p8 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     p_5 = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p9 = (p2 ⊗ p4) -> 16x2
-    _p9 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c4)
+    _p9 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     p_6 = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p10 = (p4 ⊗ p4) -> 16x0
-    _c5 = torch.einsum("zui,zuj->ziju", f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
-    _p10 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c5)
+    _c5 = f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _p10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     p_7 = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p11 = (p4 ⊗ p4) -> 16x2
-    _p11 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c5)
+    _p11 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     p_8 = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # 16x0 -> 16x0
     p = torch.cat([
@@ -63,17 +63,17 @@ def _cormorant_cg(
         (p_1 + p_5).reshape(n, 48),
         (p_2 + p_4 + p_6 + p_8).reshape(n, 80),
     ], dim=-1)
-    g_9 = torch.einsum("zui,uw->zwi", p[:, 0:16].reshape(n, 16, 1), (weight[144:400].view(16, 16) * 0.25))
+    g_9 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # 16x1 -> 16x1
-    g_10 = torch.einsum("zui,uw->zwi", p[:, 16:64].reshape(n, 16, 3), (weight[400:656].view(16, 16) * 0.25))
+    g_10 = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # 16x2 -> 16x2
-    g_11 = torch.einsum("zui,uw->zwi", p[:, 64:144].reshape(n, 16, 5), (weight[656:912].view(16, 16) * 0.25))
+    g_11 = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # 16x0 -> 16x0
-    g_12 = torch.einsum("zui,uw->zwi", f[:, 0:16].reshape(n, 16, 1), (weight[912:1168].view(16, 16) * 0.25))
+    g_12 = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # 16x1 -> 16x1
-    g_13 = torch.einsum("zui,uw->zwi", f[:, 16:64].reshape(n, 16, 3), (weight[1168:1424].view(16, 16) * 0.25))
+    g_13 = torch.mm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # 16x2 -> 16x2
-    g_14 = torch.einsum("zui,uw->zwi", f[:, 64:144].reshape(n, 16, 5), (weight[1424:1680].view(16, 16) * 0.25))
+    g_14 = torch.mm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     g = torch.cat([
         (g_9 + g_12).reshape(n, 16),
         (g_10 + g_13).reshape(n, 48),
@@ -90,143 +90,143 @@ def _cormorant_cg_d(
     """the vector-Jacobian product of cormorant_cg: f (n, 144), d_g (n, 144) -> d_f (n, 144), d_weight (1680,)."""
     n = f.shape[0]
     # p1 = (p0 ⊗ p0) -> 16x0
-    _c0 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
+    _c0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
     p_0 = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p3 = (p0 ⊗ p2) -> 16x1
-    _c1 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3))
-    _p3 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c1)
+    _c1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
     p_1 = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p5 = (p0 ⊗ p4) -> 16x2
-    _c2 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 64:144].reshape(n, 16, 5))
-    _p5 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c2)
+    _c2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _p5 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
     p_2 = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p6 = (p2 ⊗ p2) -> 16x0
-    _c3 = torch.einsum("zui,zuj->ziju", f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
-    _p6 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c3)
+    _c3 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     p_3 = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p7 = (p2 ⊗ p2) -> 16x2
-    _p7 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c3)
+    _p7 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     p_4 = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p8 = (p2 ⊗ p4) -> 16x1
-    _c4 = torch.einsum("zui,zuj->ziju", f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
-    _p8 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c4)
+    _c4 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _p8 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     p_5 = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p9 = (p2 ⊗ p4) -> 16x2
-    _p9 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c4)
+    _p9 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     p_6 = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p10 = (p4 ⊗ p4) -> 16x0
-    _c5 = torch.einsum("zui,zuj->ziju", f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
-    _p10 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c5)
+    _c5 = f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _p10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     p_7 = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p11 = (p4 ⊗ p4) -> 16x2
-    _p11 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c5)
+    _p11 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     p_8 = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # ∂/∂f: 16x2 -> 16x2
-    d_f_9 = torch.einsum("zwi,uw->zui", d_g[:, 64:144].reshape(n, 16, 5), (weight[1424:1680].view(16, 16) * 0.25))
+    d_f_9 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x2 -> 16x2
-    d_weight_10 = torch.einsum("zwi,zui->uw", (d_g[:, 64:144].reshape(n, 16, 5) * 0.25), f[:, 64:144].reshape(n, 16, 5))
+    d_weight_10 = torch.mm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16).t(), (d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5).t()).view(16, 16)  # zwi,zui->uw
     # ∂/∂f: 16x1 -> 16x1
-    d_f_11 = torch.einsum("zwi,uw->zui", d_g[:, 16:64].reshape(n, 16, 3), (weight[1168:1424].view(16, 16) * 0.25))
+    d_f_11 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_12 = torch.einsum("zwi,zui->uw", (d_g[:, 16:64].reshape(n, 16, 3) * 0.25), f[:, 16:64].reshape(n, 16, 3))
+    d_weight_12 = torch.mm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16).t(), (d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3).t()).view(16, 16)  # zwi,zui->uw
     # ∂/∂f: 16x0 -> 16x0
-    d_f_13 = torch.einsum("zwi,uw->zui", d_g[:, 0:16].reshape(n, 16, 1), (weight[912:1168].view(16, 16) * 0.25))
+    d_f_13 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x0 -> 16x0
-    d_weight_14 = torch.einsum("zwi,zui->uw", (d_g[:, 0:16].reshape(n, 16, 1) * 0.25), f[:, 0:16].reshape(n, 16, 1))
+    d_weight_14 = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_g[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
     # ∂/∂p: 16x2 -> 16x2
-    d_p_15 = torch.einsum("zwi,uw->zui", d_g[:, 64:144].reshape(n, 16, 5), (weight[656:912].view(16, 16) * 0.25))
+    d_p_15 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x2 -> 16x2
     p = torch.cat([
         (p_0 + p_3 + p_7).reshape(n, 16),
         (p_1 + p_5).reshape(n, 48),
         (p_2 + p_4 + p_6 + p_8).reshape(n, 80),
     ], dim=-1)
-    d_weight_16 = torch.einsum("zwi,zui->uw", (d_g[:, 64:144].reshape(n, 16, 5) * 0.25), p[:, 64:144].reshape(n, 16, 5))
+    d_weight_16 = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16).t(), (d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5).t()).view(16, 16)  # zwi,zui->uw
     # ∂/∂p: 16x1 -> 16x1
-    d_p_17 = torch.einsum("zwi,uw->zui", d_g[:, 16:64].reshape(n, 16, 3), (weight[400:656].view(16, 16) * 0.25))
+    d_p_17 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_18 = torch.einsum("zwi,zui->uw", (d_g[:, 16:64].reshape(n, 16, 3) * 0.25), p[:, 16:64].reshape(n, 16, 3))
+    d_weight_18 = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16).t(), (d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3).t()).view(16, 16)  # zwi,zui->uw
     # ∂/∂p: 16x0 -> 16x0
-    d_p_19 = torch.einsum("zwi,uw->zui", d_g[:, 0:16].reshape(n, 16, 1), (weight[144:400].view(16, 16) * 0.25))
+    d_p_19 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x0 -> 16x0
-    d_weight_20 = torch.einsum("zwi,zui->uw", (d_g[:, 0:16].reshape(n, 16, 1) * 0.25), p[:, 0:16].reshape(n, 16, 1))
+    d_weight_20 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_g[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
     d_p = torch.cat([
         d_p_19.reshape(n, 16),
         d_p_17.reshape(n, 48),
         d_p_15.reshape(n, 80),
     ], dim=-1)
     d__p11 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d_weight_21 = torch.einsum("zui,zui->u", (d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p11)
+    d_weight_21 = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p11.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _c6 = torch.einsum("zuk,zuj->zjku", d__p11, f[:, 64:144].reshape(n, 16, 5))
-    d_f_22 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c6)
+    _c6 = d__p11.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d_f_22 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _c7 = torch.einsum("zuk,zui->ziku", d__p11, f[:, 64:144].reshape(n, 16, 5))
-    d_f_23 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c7)
+    _c7 = d__p11.reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d_f_23 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
     d__p10 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d_weight_24 = torch.einsum("zui,zui->u", (d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p10)
+    d_weight_24 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c8 = torch.einsum("zuk,zuj->zjku", d__p10, f[:, 64:144].reshape(n, 16, 5))
-    d_f_25 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c8)
+    _c8 = d__p10.reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d_f_25 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c9 = torch.einsum("zuk,zui->ziku", d__p10, f[:, 64:144].reshape(n, 16, 5))
-    d_f_26 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c9)
+    _c9 = d__p10.reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d_f_26 = torch.mm(_c9.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
     d__p9 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d_weight_27 = torch.einsum("zui,zui->u", (d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p9)
+    d_weight_27 = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _c10 = torch.einsum("zuk,zuj->zjku", d__p9, f[:, 64:144].reshape(n, 16, 5))
-    d_f_28 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c10)
+    _c10 = d__p9.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d_f_28 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _c11 = torch.einsum("zuk,zui->ziku", d__p9, f[:, 16:64].reshape(n, 16, 3))
-    d_f_29 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c11)
+    _c11 = d__p9.reshape(n, 16, 5, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d_f_29 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
     d__p8 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d_weight_30 = torch.einsum("zui,zui->u", (d_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589), _p8)
+    d_weight_30 = torch.bmm((d_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p8.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c12 = torch.einsum("zuk,zuj->zjku", d__p8, f[:, 64:144].reshape(n, 16, 5))
-    d_f_31 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c12)
+    _c12 = d__p8.reshape(n, 16, 1, 3) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d_f_31 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c13 = torch.einsum("zuk,zui->ziku", d__p8, f[:, 16:64].reshape(n, 16, 3))
-    d_f_32 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c13)
+    _c13 = d__p8.reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d_f_32 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
     d__p7 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d_weight_33 = torch.einsum("zui,zui->u", (d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p7)
+    d_weight_33 = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p7.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _c14 = torch.einsum("zuk,zuj->zjku", d__p7, f[:, 16:64].reshape(n, 16, 3))
-    d_f_34 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c14)
+    _c14 = d__p7.reshape(n, 16, 1, 5) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    d_f_34 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _c15 = torch.einsum("zuk,zui->ziku", d__p7, f[:, 16:64].reshape(n, 16, 3))
-    d_f_35 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c15)
+    _c15 = d__p7.reshape(n, 16, 5, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d_f_35 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
     d__p6 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d_weight_36 = torch.einsum("zui,zui->u", (d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p6)
+    d_weight_36 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c16 = torch.einsum("zuk,zuj->zjku", d__p6, f[:, 16:64].reshape(n, 16, 3))
-    d_f_37 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c16)
+    _c16 = d__p6.reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d_f_37 = torch.mm(_c16.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c17 = torch.einsum("zuk,zui->ziku", d__p6, f[:, 16:64].reshape(n, 16, 3))
-    d_f_38 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c17)
+    _c17 = d__p6.reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d_f_38 = torch.mm(_c17.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
     d__p5 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d_weight_39 = torch.einsum("zui,zui->u", (d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p5)
+    d_weight_39 = torch.bmm((d_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p5.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c18 = torch.einsum("zuk,zuj->zjku", d__p5, f[:, 64:144].reshape(n, 16, 5))
-    d_f_40 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c18)
+    _c18 = d__p5.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d_f_40 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c19 = torch.einsum("zuk,zui->ziku", d__p5, f[:, 0:16].reshape(n, 16, 1))
-    d_f_41 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c19)
+    _c19 = d__p5.reshape(n, 16, 5, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d_f_41 = torch.mm(_c19.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
     d__p3 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d_weight_42 = torch.einsum("zui,zui->u", (d_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589), _p3)
+    d_weight_42 = torch.bmm((d_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p3.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c20 = torch.einsum("zuk,zuj->zjku", d__p3, f[:, 16:64].reshape(n, 16, 3))
-    d_f_43 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c20)
+    _c20 = d__p3.reshape(n, 16, 1, 3) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    d_f_43 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c21 = torch.einsum("zuk,zui->ziku", d__p3, f[:, 0:16].reshape(n, 16, 1))
-    d_f_44 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c21)
+    _c21 = d__p3.reshape(n, 16, 3, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d_f_44 = torch.mm(_c21.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
     d__p1 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d_weight_45 = torch.einsum("zui,zui->u", (d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p1)
+    d_weight_45 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c22 = torch.einsum("zuk,zuj->zjku", d__p1, f[:, 0:16].reshape(n, 16, 1))
+    _c22 = d__p1.reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_f_46 = cg_0_0_0.reshape(1, 1, 1) * _c22.reshape(n, 16, 1)
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c23 = torch.einsum("zuk,zui->ziku", d__p1, f[:, 0:16].reshape(n, 16, 1))
+    _c23 = d__p1.reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_f_47 = cg_0_0_0.reshape(1, 1, 1) * _c23.reshape(n, 16, 1)
     d_f = torch.cat([
         (d_f_13 + d_f_40 + d_f_43 + d_f_46 + d_f_47).reshape(n, 16),
@@ -262,11 +262,11 @@ def _cormorant_cg_d2_f(
     """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f: f (n, 144), d_g (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
     n = f.shape[0]
     # ∂/∂p: 16x2 -> 16x2
-    d_p_0 = torch.einsum("zwi,uw->zui", d_g[:, 64:144].reshape(n, 16, 5), (weight[656:912].view(16, 16) * 0.25))
+    d_p_0 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_1 = torch.einsum("zwi,uw->zui", d_g[:, 16:64].reshape(n, 16, 3), (weight[400:656].view(16, 16) * 0.25))
+    d_p_1 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_2 = torch.einsum("zwi,uw->zui", d_g[:, 0:16].reshape(n, 16, 1), (weight[144:400].view(16, 16) * 0.25))
+    d_p_2 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d_p = torch.cat([
         d_p_2.reshape(n, 16),
         d_p_1.reshape(n, 48),
@@ -282,163 +282,163 @@ def _cormorant_cg_d2_f(
     d__p3 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     d__p1 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c0 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
+    _c0 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p1_3 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
     # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c1 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 0:16].reshape(n, 16, 1), d__p1)
+    _c1 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p1.reshape(n, 16, 1, 1)
     d2_f_4 = cg_0_0_0.reshape(1, 1, 1) * _c1.reshape(n, 16, 1)
     # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c2 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
+    _c2 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p1_5 = cg_0_0_0.reshape(1, 1, 1) * _c2.reshape(n, 16, 1)
     # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c3 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 0:16].reshape(n, 16, 1), d__p1)
+    _c3 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p1.reshape(n, 16, 1, 1)
     d2_f_6 = cg_0_0_0.reshape(1, 1, 1) * _c3.reshape(n, 16, 1)
     d2_d__p1 = d2_d__p1_3 + d2_d__p1_5
     d2_d_p_7 = d2_d__p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_8 = torch.einsum("zui,zui->u", (d2_d__p1 * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
+    d2_weight_8 = torch.bmm((d2_d__p1 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c4 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 0:16].reshape(n, 16, 1))
-    d2_d__p3_9 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c4)
+    _c4 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_d__p3_9 = torch.mm(_c4.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuji->zuk
     # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c5 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p3)
-    d2_f_10 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c5)
+    _c5 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p3.reshape(n, 16, 1, 3)
+    d2_f_10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
     # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c6 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3))
-    d2_d__p3_11 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c6)
+    _c6 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_d__p3_11 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c7 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 0:16].reshape(n, 16, 1), d__p3)
-    d2_f_12 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c7)
+    _c7 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p3.reshape(n, 16, 1, 3)
+    d2_f_12 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
     d2_d__p3 = d2_d__p3_9 + d2_d__p3_11
     d2_d_p_13 = d2_d__p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d2_weight_14 = torch.einsum("zui,zui->u", (d2_d__p3 * 1.224744871391589), d_p[:, 16:64].reshape(n, 16, 3))
+    d2_weight_14 = torch.bmm((d2_d__p3 * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), d_p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c8 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 0:16].reshape(n, 16, 1))
-    d2_d__p5_15 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c8)
+    _c8 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_d__p5_15 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuji->zuk
     # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c9 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p5)
-    d2_f_16 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c9)
+    _c9 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p5.reshape(n, 16, 1, 5)
+    d2_f_16 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
     # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c10 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 64:144].reshape(n, 16, 5))
-    d2_d__p5_17 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c10)
+    _c10 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_d__p5_17 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c11 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 0:16].reshape(n, 16, 1), d__p5)
-    d2_f_18 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c11)
+    _c11 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p5.reshape(n, 16, 1, 5)
+    d2_f_18 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
     d2_d__p5 = d2_d__p5_15 + d2_d__p5_17
     d2_d_p_19 = d2_d__p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_20 = torch.einsum("zui,zui->u", (d2_d__p5 * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
+    d2_weight_20 = torch.bmm((d2_d__p5 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c12 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
-    d2_d__p6_21 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c12)
+    _c12 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    d2_d__p6_21 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c13 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p6)
-    d2_f_22 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c13)
+    _c13 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p6.reshape(n, 16, 1, 1)
+    d2_f_22 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zujk->zui
     # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c14 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
-    d2_d__p6_23 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c14)
+    _c14 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_d__p6_23 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c15 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p6)
-    d2_f_24 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c15)
+    _c15 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p6.reshape(n, 16, 1, 1)
+    d2_f_24 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
     d2_d__p6 = d2_d__p6_21 + d2_d__p6_23
     d2_d_p_25 = d2_d__p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_26 = torch.einsum("zui,zui->u", (d2_d__p6 * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
+    d2_weight_26 = torch.bmm((d2_d__p6 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    d2_d__p7_27 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c12)
+    d2_d__p7_27 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _c16 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p7)
-    d2_f_28 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c16)
+    _c16 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p7.reshape(n, 16, 1, 5)
+    d2_f_28 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    d2_d__p7_29 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c14)
+    d2_d__p7_29 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _c17 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p7)
-    d2_f_30 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c17)
+    _c17 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p7.reshape(n, 16, 1, 5)
+    d2_f_30 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
     d2_d__p7 = d2_d__p7_27 + d2_d__p7_29
     d2_d_p_31 = d2_d__p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_32 = torch.einsum("zui,zui->u", (d2_d__p7 * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
+    d2_weight_32 = torch.bmm((d2_d__p7 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c18 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 16:64].reshape(n, 16, 3))
-    d2_d__p8_33 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c18)
+    _c18 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    d2_d__p8_33 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c19 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p8)
-    d2_f_34 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c19)
+    _c19 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p8.reshape(n, 16, 1, 3)
+    d2_f_34 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c20 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
-    d2_d__p8_35 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c20)
+    _c20 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_d__p8_35 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c21 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p8)
-    d2_f_36 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c21)
+    _c21 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p8.reshape(n, 16, 1, 3)
+    d2_f_36 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
     d2_d__p8 = d2_d__p8_33 + d2_d__p8_35
     d2_d_p_37 = d2_d__p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d2_weight_38 = torch.einsum("zui,zui->u", (d2_d__p8 * 1.224744871391589), d_p[:, 16:64].reshape(n, 16, 3))
+    d2_weight_38 = torch.bmm((d2_d__p8 * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), d_p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    d2_d__p9_39 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c18)
+    d2_d__p9_39 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _c22 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p9)
-    d2_f_40 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c22)
+    _c22 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p9.reshape(n, 16, 1, 5)
+    d2_f_40 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
     # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    d2_d__p9_41 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c20)
+    d2_d__p9_41 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _c23 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p9)
-    d2_f_42 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c23)
+    _c23 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p9.reshape(n, 16, 1, 5)
+    d2_f_42 = torch.mm(_c23.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
     d2_d__p9 = d2_d__p9_39 + d2_d__p9_41
     d2_d_p_43 = d2_d__p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_44 = torch.einsum("zui,zui->u", (d2_d__p9 * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
+    d2_weight_44 = torch.bmm((d2_d__p9 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c24 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
-    d2_d__p10_45 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c24)
+    _c24 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d2_d__p10_45 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c25 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p10)
-    d2_f_46 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c25)
+    _c25 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p10.reshape(n, 16, 1, 1)
+    d2_f_46 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zujk->zui
     # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c26 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
-    d2_d__p10_47 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c26)
+    _c26 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_d__p10_47 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c27 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p10)
-    d2_f_48 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c27)
+    _c27 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p10.reshape(n, 16, 1, 1)
+    d2_f_48 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
     d2_d__p10 = d2_d__p10_45 + d2_d__p10_47
     d2_d_p_49 = d2_d__p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_50 = torch.einsum("zui,zui->u", (d2_d__p10 * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
+    d2_weight_50 = torch.bmm((d2_d__p10 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    d2_d__p11_51 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c24)
+    d2_d__p11_51 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _c28 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p11)
-    d2_f_52 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c28)
+    _c28 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p11.reshape(n, 16, 1, 5)
+    d2_f_52 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
     # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    d2_d__p11_53 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c26)
+    d2_d__p11_53 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _c29 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p11)
-    d2_f_54 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c29)
+    _c29 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p11.reshape(n, 16, 1, 5)
+    d2_f_54 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
     d2_d__p11 = d2_d__p11_51 + d2_d__p11_53
     d2_d_p_55 = d2_d__p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_56 = torch.einsum("zui,zui->u", (d2_d__p11 * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
+    d2_weight_56 = torch.bmm((d2_d__p11 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
         (d2_d_p_7 + d2_d_p_25 + d2_d_p_49).reshape(n, 16),
         (d2_d_p_13 + d2_d_p_37).reshape(n, 48),
         (d2_d_p_19 + d2_d_p_31 + d2_d_p_43 + d2_d_p_55).reshape(n, 80),
     ], dim=-1)
-    d2_d_g_57 = torch.einsum("zui,uw->zwi", d2_d_p[:, 0:16].reshape(n, 16, 1), (weight[144:400].view(16, 16) * 0.25))
+    d2_d_g_57 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_58 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25), d_g[:, 0:16].reshape(n, 16, 1))
+    d2_weight_58 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂p: 16x1 -> 16x1
-    d2_d_g_59 = torch.einsum("zui,uw->zwi", d2_d_p[:, 16:64].reshape(n, 16, 3), (weight[400:656].view(16, 16) * 0.25))
+    d2_d_g_59 = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_60 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25), d_g[:, 16:64].reshape(n, 16, 3))
+    d2_weight_60 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
-    d2_d_g_61 = torch.einsum("zui,uw->zwi", d2_d_p[:, 64:144].reshape(n, 16, 5), (weight[656:912].view(16, 16) * 0.25))
+    d2_d_g_61 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_62 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25), d_g[:, 64:144].reshape(n, 16, 5))
+    d2_weight_62 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂f: 16x0 -> 16x0
-    d2_d_g_63 = torch.einsum("zui,uw->zwi", d2_d_f[:, 0:16].reshape(n, 16, 1), (weight[912:1168].view(16, 16) * 0.25))
+    d2_d_g_63 = torch.mm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂f: 16x0 -> 16x0
-    d2_weight_64 = torch.einsum("zui,zwi->uw", (d2_d_f[:, 0:16].reshape(n, 16, 1) * 0.25), d_g[:, 0:16].reshape(n, 16, 1))
+    d2_weight_64 = torch.mm((d2_d_f[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂f: 16x1 -> 16x1
-    d2_d_g_65 = torch.einsum("zui,uw->zwi", d2_d_f[:, 16:64].reshape(n, 16, 3), (weight[1168:1424].view(16, 16) * 0.25))
+    d2_d_g_65 = torch.mm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂f: 16x1 -> 16x1
-    d2_weight_66 = torch.einsum("zui,zwi->uw", (d2_d_f[:, 16:64].reshape(n, 16, 3) * 0.25), d_g[:, 16:64].reshape(n, 16, 3))
+    d2_weight_66 = torch.mm((d2_d_f[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂f: 16x2 -> 16x2
-    d2_d_g_67 = torch.einsum("zui,uw->zwi", d2_d_f[:, 64:144].reshape(n, 16, 5), (weight[1424:1680].view(16, 16) * 0.25))
+    d2_d_g_67 = torch.mm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂f: 16x2 -> 16x2
-    d2_weight_68 = torch.einsum("zui,zwi->uw", (d2_d_f[:, 64:144].reshape(n, 16, 5) * 0.25), d_g[:, 64:144].reshape(n, 16, 5))
+    d2_weight_68 = torch.mm((d2_d_f[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     d2_f = torch.cat([
         (d2_f_4 + d2_f_6 + d2_f_10 + d2_f_16).reshape(n, 16),
         (d2_f_12 + d2_f_22 + d2_f_24 + d2_f_28 + d2_f_30 + d2_f_34 + d2_f_40).reshape(n, 48),
@@ -478,44 +478,44 @@ def _cormorant_cg_d2_weight(
     """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight: f (n, 144), d_g (n, 144), d2_d_weight (1680,) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
     n = f.shape[0]
     # p1 = (p0 ⊗ p0) -> 16x0
-    _c0 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
+    _c0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
     p_0 = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p3 = (p0 ⊗ p2) -> 16x1
-    _c1 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3))
-    _p3 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c1)
+    _c1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
     p_1 = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p5 = (p0 ⊗ p4) -> 16x2
-    _c2 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 64:144].reshape(n, 16, 5))
-    _p5 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c2)
+    _c2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _p5 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
     p_2 = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p6 = (p2 ⊗ p2) -> 16x0
-    _c3 = torch.einsum("zui,zuj->ziju", f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
-    _p6 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c3)
+    _c3 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     p_3 = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p7 = (p2 ⊗ p2) -> 16x2
-    _p7 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c3)
+    _p7 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     p_4 = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p8 = (p2 ⊗ p4) -> 16x1
-    _c4 = torch.einsum("zui,zuj->ziju", f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
-    _p8 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c4)
+    _c4 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _p8 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     p_5 = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p9 = (p2 ⊗ p4) -> 16x2
-    _p9 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c4)
+    _p9 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     p_6 = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p10 = (p4 ⊗ p4) -> 16x0
-    _c5 = torch.einsum("zui,zuj->ziju", f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
-    _p10 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c5)
+    _c5 = f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _p10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     p_7 = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p11 = (p4 ⊗ p4) -> 16x2
-    _p11 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c5)
+    _p11 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     p_8 = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # ∂/∂p: 16x2 -> 16x2
-    d_p_9 = torch.einsum("zwi,uw->zui", d_g[:, 64:144].reshape(n, 16, 5), (weight[656:912].view(16, 16) * 0.25))
+    d_p_9 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_10 = torch.einsum("zwi,uw->zui", d_g[:, 16:64].reshape(n, 16, 3), (weight[400:656].view(16, 16) * 0.25))
+    d_p_10 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_11 = torch.einsum("zwi,uw->zui", d_g[:, 0:16].reshape(n, 16, 1), (weight[144:400].view(16, 16) * 0.25))
+    d_p_11 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d2_d_p_12 = (d2_d_weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p1.reshape(n, 16, 1)
     d_p = torch.cat([
         d_p_11.reshape(n, 16),
@@ -545,131 +545,131 @@ def _cormorant_cg_d2_weight(
         (p_1 + p_5).reshape(n, 48),
         (p_2 + p_4 + p_6 + p_8).reshape(n, 80),
     ], dim=-1)
-    d2_d_g_30 = torch.einsum("uw,zui->zwi", (d2_d_weight[144:400].view(16, 16) * 0.25), p[:, 0:16].reshape(n, 16, 1))
+    d2_d_g_30 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x0 -> 16x0
-    d2_p_31 = torch.einsum("uw,zwi->zui", (d2_d_weight[144:400].view(16, 16) * 0.25), d_g[:, 0:16].reshape(n, 16, 1))
+    d2_p_31 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[144:400].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
         (d2_d_p_12 + d2_d_p_18 + d2_d_p_26).reshape(n, 16),
         (d2_d_p_14 + d2_d_p_22).reshape(n, 48),
         (d2_d_p_16 + d2_d_p_20 + d2_d_p_24 + d2_d_p_28).reshape(n, 80),
     ], dim=-1)
-    d2_d_g_32 = torch.einsum("zui,uw->zwi", d2_d_p[:, 0:16].reshape(n, 16, 1), (weight[144:400].view(16, 16) * 0.25))
+    d2_d_g_32 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_33 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25), d_g[:, 0:16].reshape(n, 16, 1))
+    d2_weight_33 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1
-    d2_d_g_34 = torch.einsum("uw,zui->zwi", (d2_d_weight[400:656].view(16, 16) * 0.25), p[:, 16:64].reshape(n, 16, 3))
+    d2_d_g_34 = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x1 -> 16x1
-    d2_p_35 = torch.einsum("uw,zwi->zui", (d2_d_weight[400:656].view(16, 16) * 0.25), d_g[:, 16:64].reshape(n, 16, 3))
+    d2_p_35 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[400:656].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂p: 16x1 -> 16x1
-    d2_d_g_36 = torch.einsum("zui,uw->zwi", d2_d_p[:, 16:64].reshape(n, 16, 3), (weight[400:656].view(16, 16) * 0.25))
+    d2_d_g_36 = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_37 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25), d_g[:, 16:64].reshape(n, 16, 3))
+    d2_weight_37 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2
-    d2_d_g_38 = torch.einsum("uw,zui->zwi", (d2_d_weight[656:912].view(16, 16) * 0.25), p[:, 64:144].reshape(n, 16, 5))
+    d2_d_g_38 = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
-    d2_p_39 = torch.einsum("uw,zwi->zui", (d2_d_weight[656:912].view(16, 16) * 0.25), d_g[:, 64:144].reshape(n, 16, 5))
+    d2_p_39 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[656:912].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
-    d2_d_g_40 = torch.einsum("zui,uw->zwi", d2_d_p[:, 64:144].reshape(n, 16, 5), (weight[656:912].view(16, 16) * 0.25))
+    d2_d_g_40 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_41 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25), d_g[:, 64:144].reshape(n, 16, 5))
+    d2_weight_41 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0
-    d2_d_g_42 = torch.einsum("uw,zui->zwi", (d2_d_weight[912:1168].view(16, 16) * 0.25), f[:, 0:16].reshape(n, 16, 1))
+    d2_d_g_42 = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[912:1168].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂f: ∂/∂weight: 16x0 -> 16x0
-    d2_f_43 = torch.einsum("uw,zwi->zui", (d2_d_weight[912:1168].view(16, 16) * 0.25), d_g[:, 0:16].reshape(n, 16, 1))
+    d2_f_43 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[912:1168].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1
-    d2_d_g_44 = torch.einsum("uw,zui->zwi", (d2_d_weight[1168:1424].view(16, 16) * 0.25), f[:, 16:64].reshape(n, 16, 3))
+    d2_d_g_44 = torch.mm(f[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[1168:1424].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂f: ∂/∂weight: 16x1 -> 16x1
-    d2_f_45 = torch.einsum("uw,zwi->zui", (d2_d_weight[1168:1424].view(16, 16) * 0.25), d_g[:, 16:64].reshape(n, 16, 3))
+    d2_f_45 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[1168:1424].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2
-    d2_d_g_46 = torch.einsum("uw,zui->zwi", (d2_d_weight[1424:1680].view(16, 16) * 0.25), f[:, 64:144].reshape(n, 16, 5))
+    d2_d_g_46 = torch.mm(f[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[1424:1680].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂f: ∂/∂weight: 16x2 -> 16x2
-    d2_f_47 = torch.einsum("uw,zwi->zui", (d2_d_weight[1424:1680].view(16, 16) * 0.25), d_g[:, 64:144].reshape(n, 16, 5))
+    d2_f_47 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[1424:1680].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zwi->zui
     d2_p = torch.cat([
         d2_p_31.reshape(n, 16),
         d2_p_35.reshape(n, 48),
         d2_p_39.reshape(n, 80),
     ], dim=-1)
     d2__p11_48 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_49 = torch.einsum("zui,zui->u", (d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p11)
+    d2_weight_49 = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p11.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     d2__p11 = d2__p11_29 + d2__p11_48
-    _c6 = torch.einsum("zuk,zuj->zjku", d2__p11, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_50 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c6)
+    _c6 = d2__p11.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d2_f_50 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _c7 = torch.einsum("zuk,zui->ziku", d2__p11, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_51 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c7)
+    _c7 = d2__p11.reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_f_51 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
     d2__p10_52 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_53 = torch.einsum("zui,zui->u", (d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p10)
+    d2_weight_53 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     d2__p10 = d2__p10_27 + d2__p10_52
-    _c8 = torch.einsum("zuk,zuj->zjku", d2__p10, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_54 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c8)
+    _c8 = d2__p10.reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_f_54 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c9 = torch.einsum("zuk,zui->ziku", d2__p10, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_55 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c9)
+    _c9 = d2__p10.reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_f_55 = torch.mm(_c9.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
     d2__p9_56 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_57 = torch.einsum("zui,zui->u", (d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p9)
+    d2_weight_57 = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     d2__p9 = d2__p9_25 + d2__p9_56
-    _c10 = torch.einsum("zuk,zuj->zjku", d2__p9, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_58 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c10)
+    _c10 = d2__p9.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d2_f_58 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _c11 = torch.einsum("zuk,zui->ziku", d2__p9, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_59 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c11)
+    _c11 = d2__p9.reshape(n, 16, 5, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_f_59 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
     d2__p8_60 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d2_weight_61 = torch.einsum("zui,zui->u", (d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589), _p8)
+    d2_weight_61 = torch.bmm((d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p8.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     d2__p8 = d2__p8_23 + d2__p8_60
-    _c12 = torch.einsum("zuk,zuj->zjku", d2__p8, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_62 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c12)
+    _c12 = d2__p8.reshape(n, 16, 1, 3) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d2_f_62 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c13 = torch.einsum("zuk,zui->ziku", d2__p8, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_63 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c13)
+    _c13 = d2__p8.reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_f_63 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
     d2__p7_64 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_65 = torch.einsum("zui,zui->u", (d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p7)
+    d2_weight_65 = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p7.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     d2__p7 = d2__p7_21 + d2__p7_64
-    _c14 = torch.einsum("zuk,zuj->zjku", d2__p7, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_66 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c14)
+    _c14 = d2__p7.reshape(n, 16, 1, 5) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    d2_f_66 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _c15 = torch.einsum("zuk,zui->ziku", d2__p7, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_67 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c15)
+    _c15 = d2__p7.reshape(n, 16, 5, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_f_67 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
     d2__p6_68 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_69 = torch.einsum("zui,zui->u", (d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p6)
+    d2_weight_69 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     d2__p6 = d2__p6_19 + d2__p6_68
-    _c16 = torch.einsum("zuk,zuj->zjku", d2__p6, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_70 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c16)
+    _c16 = d2__p6.reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_f_70 = torch.mm(_c16.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c17 = torch.einsum("zuk,zui->ziku", d2__p6, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_71 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c17)
+    _c17 = d2__p6.reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_f_71 = torch.mm(_c17.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
     d2__p5_72 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_73 = torch.einsum("zui,zui->u", (d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p5)
+    d2_weight_73 = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p5.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     d2__p5 = d2__p5_17 + d2__p5_72
-    _c18 = torch.einsum("zuk,zuj->zjku", d2__p5, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_74 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c18)
+    _c18 = d2__p5.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d2_f_74 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c19 = torch.einsum("zuk,zui->ziku", d2__p5, f[:, 0:16].reshape(n, 16, 1))
-    d2_f_75 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c19)
+    _c19 = d2__p5.reshape(n, 16, 5, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_f_75 = torch.mm(_c19.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
     d2__p3_76 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d2_weight_77 = torch.einsum("zui,zui->u", (d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589), _p3)
+    d2_weight_77 = torch.bmm((d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p3.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     d2__p3 = d2__p3_15 + d2__p3_76
-    _c20 = torch.einsum("zuk,zuj->zjku", d2__p3, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_78 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c20)
+    _c20 = d2__p3.reshape(n, 16, 1, 3) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    d2_f_78 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c21 = torch.einsum("zuk,zui->ziku", d2__p3, f[:, 0:16].reshape(n, 16, 1))
-    d2_f_79 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c21)
+    _c21 = d2__p3.reshape(n, 16, 3, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_f_79 = torch.mm(_c21.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
     d2__p1_80 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_81 = torch.einsum("zui,zui->u", (d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p1)
+    d2_weight_81 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     d2__p1 = d2__p1_13 + d2__p1_80
-    _c22 = torch.einsum("zuk,zuj->zjku", d2__p1, f[:, 0:16].reshape(n, 16, 1))
+    _c22 = d2__p1.reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_f_82 = cg_0_0_0.reshape(1, 1, 1) * _c22.reshape(n, 16, 1)
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c23 = torch.einsum("zuk,zui->ziku", d2__p1, f[:, 0:16].reshape(n, 16, 1))
+    _c23 = d2__p1.reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_f_83 = cg_0_0_0.reshape(1, 1, 1) * _c23.reshape(n, 16, 1)
     d2_f = torch.cat([
         (d2_f_43 + d2_f_74 + d2_f_78 + d2_f_82 + d2_f_83).reshape(n, 16),
@@ -714,73 +714,73 @@ def _cormorant_message(
     """cormorant_message on rows: f (n, 144), sh (n, 9), w (n, 240) -> m (n, 144)."""
     n = f.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 9), _g_p_0)
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    _t_p_0_0_0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     p_0 = _t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
+    _t_p_0_0_1 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 16, 1, 3)  # zui,zikp->zupk
     p_1 = _t_p_0_0_1.reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
+    _t_p_0_0_2 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 16, 1, 5)  # zui,zikp->zupk
     p_2 = _t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x1 ⊗ sh -> 16x0
-    _t_p_0_1_0 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
+    _t_p_0_1_0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 1, 3, 2).reshape(n, 3, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     p_3 = _t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
     w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
     w_p_0_1_1_5 = w[:, 80:96].reshape(n, 16)
     w_p_0_1_1_6 = w[:, 112:128].reshape(n, 16)
     # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    _t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
     _w_p_0_1_1 = torch.cat([
         w_p_0_1_1_4.reshape(n, 16),
         w_p_0_1_1_5.reshape(n, 16),
         w_p_0_1_1_6.reshape(n, 16),
     ], dim=-1)
-    p_7 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_1, _w_p_0_1_1.reshape(n, 3, 16))
+    p_7 = torch.bmm(_t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3), _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 3)  # zupk,zpu->zuk
     w_p_0_1_2_8 = w[:, 96:112].reshape(n, 16)
     w_p_0_1_2_9 = w[:, 128:144].reshape(n, 16)
     # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p_0_1_2 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    _t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
     _w_p_0_1_2 = torch.cat([
         w_p_0_1_2_8.reshape(n, 16),
         w_p_0_1_2_9.reshape(n, 16),
     ], dim=-1)
-    p_10 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_2, _w_p_0_1_2.reshape(n, 2, 16))
+    p_10 = torch.bmm(_t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2), _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 5)  # zupk,zpu->zuk
     # 1 paths 16x2 ⊗ sh -> 16x0
-    _t_p_0_2_0 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
+    _t_p_0_2_0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 1, 3, 2).reshape(n, 5, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     p_11 = _t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
     w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
     w_p_0_2_1_13 = w[:, 208:224].reshape(n, 16)
     # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    _t_p_0_2_1 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6)).view(n, 16, 2, 3)  # zui,zikp->zupk
     _w_p_0_2_1 = torch.cat([
         w_p_0_2_1_12.reshape(n, 16),
         w_p_0_2_1_13.reshape(n, 16),
     ], dim=-1)
-    p_14 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_1, _w_p_0_2_1.reshape(n, 2, 16))
+    p_14 = torch.bmm(_t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2), _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 3)  # zupk,zpu->zuk
     w_p_0_2_2_15 = w[:, 144:160].reshape(n, 16)
     w_p_0_2_2_16 = w[:, 176:192].reshape(n, 16)
     w_p_0_2_2_17 = w[:, 224:240].reshape(n, 16)
     # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p_0_2_2 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    _t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
     _w_p_0_2_2 = torch.cat([
         w_p_0_2_2_15.reshape(n, 16),
         w_p_0_2_2_16.reshape(n, 16),
         w_p_0_2_2_17.reshape(n, 16),
     ], dim=-1)
-    p_18 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_2, _w_p_0_2_2.reshape(n, 3, 16))
+    p_18 = torch.bmm(_t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3), _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 5)  # zupk,zpu->zuk
     # 16x0 -> 16x0
     p = torch.cat([
         (p_0 + p_3 + p_11).reshape(n, 16),
         (p_1 + p_7 + p_14).reshape(n, 48),
         (p_2 + p_10 + p_18).reshape(n, 80),
     ], dim=-1)
-    m_19 = torch.einsum("zui,uw->zwi", p[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    m_19 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # 16x1 -> 16x1
-    m_20 = torch.einsum("zui,uw->zwi", p[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    m_20 = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # 16x2 -> 16x2
-    m_21 = torch.einsum("zui,uw->zwi", p[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    m_21 = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     m = torch.cat([
         m_19.reshape(n, 16),
         m_20.reshape(n, 48),
@@ -796,148 +796,148 @@ def _cormorant_message_d(
     """the vector-Jacobian product of cormorant_message: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_f (n, 144), d_sh (n, 9), d_w (n, 240), d_weight (768,)."""
     n = f.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 9), _g_p_0)
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    _t_p_0_0_0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     p_0 = _t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
+    _t_p_0_0_1 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 16, 1, 3)  # zui,zikp->zupk
     p_1 = _t_p_0_0_1.reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
+    _t_p_0_0_2 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 16, 1, 5)  # zui,zikp->zupk
     p_2 = _t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x1 ⊗ sh -> 16x0
-    _t_p_0_1_0 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
+    _t_p_0_1_0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 1, 3, 2).reshape(n, 3, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     p_3 = _t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
     w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
     w_p_0_1_1_5 = w[:, 80:96].reshape(n, 16)
     w_p_0_1_1_6 = w[:, 112:128].reshape(n, 16)
     # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    _t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
     _w_p_0_1_1 = torch.cat([
         w_p_0_1_1_4.reshape(n, 16),
         w_p_0_1_1_5.reshape(n, 16),
         w_p_0_1_1_6.reshape(n, 16),
     ], dim=-1)
-    p_7 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_1, _w_p_0_1_1.reshape(n, 3, 16))
+    p_7 = torch.bmm(_t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3), _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 3)  # zupk,zpu->zuk
     w_p_0_1_2_8 = w[:, 96:112].reshape(n, 16)
     w_p_0_1_2_9 = w[:, 128:144].reshape(n, 16)
     # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p_0_1_2 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    _t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
     _w_p_0_1_2 = torch.cat([
         w_p_0_1_2_8.reshape(n, 16),
         w_p_0_1_2_9.reshape(n, 16),
     ], dim=-1)
-    p_10 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_2, _w_p_0_1_2.reshape(n, 2, 16))
+    p_10 = torch.bmm(_t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2), _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 5)  # zupk,zpu->zuk
     # 1 paths 16x2 ⊗ sh -> 16x0
-    _t_p_0_2_0 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
+    _t_p_0_2_0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 1, 3, 2).reshape(n, 5, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     p_11 = _t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
     w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
     w_p_0_2_1_13 = w[:, 208:224].reshape(n, 16)
     # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    _t_p_0_2_1 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6)).view(n, 16, 2, 3)  # zui,zikp->zupk
     _w_p_0_2_1 = torch.cat([
         w_p_0_2_1_12.reshape(n, 16),
         w_p_0_2_1_13.reshape(n, 16),
     ], dim=-1)
-    p_14 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_1, _w_p_0_2_1.reshape(n, 2, 16))
+    p_14 = torch.bmm(_t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2), _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 3)  # zupk,zpu->zuk
     w_p_0_2_2_15 = w[:, 144:160].reshape(n, 16)
     w_p_0_2_2_16 = w[:, 176:192].reshape(n, 16)
     w_p_0_2_2_17 = w[:, 224:240].reshape(n, 16)
     # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p_0_2_2 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    _t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
     _w_p_0_2_2 = torch.cat([
         w_p_0_2_2_15.reshape(n, 16),
         w_p_0_2_2_16.reshape(n, 16),
         w_p_0_2_2_17.reshape(n, 16),
     ], dim=-1)
-    p_18 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_2, _w_p_0_2_2.reshape(n, 3, 16))
+    p_18 = torch.bmm(_t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3), _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 5)  # zupk,zpu->zuk
     # ∂/∂p: 16x2 -> 16x2
-    d_p_19 = torch.einsum("zwi,uw->zui", d_m[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    d_p_19 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x2 -> 16x2
     p = torch.cat([
         (p_0 + p_3 + p_11).reshape(n, 16),
         (p_1 + p_7 + p_14).reshape(n, 48),
         (p_2 + p_10 + p_18).reshape(n, 80),
     ], dim=-1)
-    d_weight_20 = torch.einsum("zwi,zui->uw", (d_m[:, 64:144].reshape(n, 16, 5) * 0.25), p[:, 64:144].reshape(n, 16, 5))
+    d_weight_20 = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16).t(), (d_m[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5).t()).view(16, 16)  # zwi,zui->uw
     # ∂/∂p: 16x1 -> 16x1
-    d_p_21 = torch.einsum("zwi,uw->zui", d_m[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    d_p_21 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_22 = torch.einsum("zwi,zui->uw", (d_m[:, 16:64].reshape(n, 16, 3) * 0.25), p[:, 16:64].reshape(n, 16, 3))
+    d_weight_22 = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16).t(), (d_m[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3).t()).view(16, 16)  # zwi,zui->uw
     # ∂/∂p: 16x0 -> 16x0
-    d_p_23 = torch.einsum("zwi,uw->zui", d_m[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    d_p_23 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x0 -> 16x0
-    d_weight_24 = torch.einsum("zwi,zui->uw", (d_m[:, 0:16].reshape(n, 16, 1) * 0.25), p[:, 0:16].reshape(n, 16, 1))
+    d_weight_24 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_m[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
     d_p = torch.cat([
         d_p_23.reshape(n, 16),
         d_p_21.reshape(n, 48),
         d_p_19.reshape(n, 80),
     ], dim=-1)
-    d__t_p_0_2_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_2_2.reshape(n, 3, 16))
-    d__w_p_0_2_2 = torch.einsum("zuk,zupk->zpu", d_p[:, 64:144].reshape(n, 16, 5), _t_p_0_2_2)
+    d__t_p_0_2_2 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 3, 5)  # zuk,zpu->zupk
+    d__w_p_0_2_2 = torch.bmm(d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5), _t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3)).view(n, 16, 3).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d_f_25 = torch.einsum("zupk,zipk->zui", d__t_p_0_2_2, _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    d_f_25 = torch.bmm(d__t_p_0_2_2.reshape(n, 16, 15), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5)).view(n, 16, 5)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d__m_p_0_26 = torch.einsum("zupk,zui->zipk", d__t_p_0_2_2, f[:, 64:144].reshape(n, 16, 5))
+    d__m_p_0_26 = torch.bmm(d__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 3, 5, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     d_w_27 = d__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
     d_w_28 = d__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d_w_29 = d__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    d__t_p_0_2_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), _w_p_0_2_1.reshape(n, 2, 16))
-    d__w_p_0_2_1 = torch.einsum("zuk,zupk->zpu", d_p[:, 16:64].reshape(n, 16, 3), _t_p_0_2_1)
+    d__t_p_0_2_1 = torch.bmm(_w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 2, 3)  # zuk,zpu->zupk
+    d__w_p_0_2_1 = torch.bmm(d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3), _t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2)).view(n, 16, 2).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d_f_30 = torch.einsum("zupk,zipk->zui", d__t_p_0_2_1, _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    d_f_30 = torch.bmm(d__t_p_0_2_1.reshape(n, 16, 6), _m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5)).view(n, 16, 5)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d__m_p_0_31 = torch.einsum("zupk,zui->zipk", d__t_p_0_2_1, f[:, 64:144].reshape(n, 16, 5))
+    d__m_p_0_31 = torch.bmm(d__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 2, 3, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     d_w_32 = d__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d_w_33 = d__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    d__t_p_0_2_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 192:208].reshape(n, 1, 16))
-    d_w_34 = torch.einsum("zuk,zupk->zpu", d_p[:, 0:16].reshape(n, 16, 1), _t_p_0_2_0)
+    d__t_p_0_2_0 = torch.bmm(w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
+    d_w_34 = torch.bmm(d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1), _t_p_0_2_0.permute(0, 1, 3, 2).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
     d_f_35 = d__t_p_0_2_0.reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
     # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d__m_p_0_36 = torch.einsum("zupk,zui->zipk", d__t_p_0_2_0, f[:, 64:144].reshape(n, 16, 5))
-    d__t_p_0_1_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_1_2.reshape(n, 2, 16))
-    d__w_p_0_1_2 = torch.einsum("zuk,zupk->zpu", d_p[:, 64:144].reshape(n, 16, 5), _t_p_0_1_2)
+    d__m_p_0_36 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d__t_p_0_2_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 5, 1, 1)  # zupk,zui->zikp
+    d__t_p_0_1_2 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 2, 5)  # zuk,zpu->zupk
+    d__w_p_0_1_2 = torch.bmm(d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5), _t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2)).view(n, 16, 2).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d_f_37 = torch.einsum("zupk,zipk->zui", d__t_p_0_1_2, _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    d_f_37 = torch.bmm(d__t_p_0_1_2.reshape(n, 16, 10), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3)).view(n, 16, 3)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d__m_p_0_38 = torch.einsum("zupk,zui->zipk", d__t_p_0_1_2, f[:, 16:64].reshape(n, 16, 3))
+    d__m_p_0_38 = torch.bmm(d__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 2, 5, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
     d_w_39 = d__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d_w_40 = d__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    d__t_p_0_1_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), _w_p_0_1_1.reshape(n, 3, 16))
-    d__w_p_0_1_1 = torch.einsum("zuk,zupk->zpu", d_p[:, 16:64].reshape(n, 16, 3), _t_p_0_1_1)
+    d__t_p_0_1_1 = torch.bmm(_w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 3, 3)  # zuk,zpu->zupk
+    d__w_p_0_1_1 = torch.bmm(d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3), _t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3)).view(n, 16, 3).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d_f_41 = torch.einsum("zupk,zipk->zui", d__t_p_0_1_1, _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    d_f_41 = torch.bmm(d__t_p_0_1_1.reshape(n, 16, 9), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3)).view(n, 16, 3)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d__m_p_0_42 = torch.einsum("zupk,zui->zipk", d__t_p_0_1_1, f[:, 16:64].reshape(n, 16, 3))
+    d__m_p_0_42 = torch.bmm(d__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 3, 3, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
     d_w_43 = d__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
     d_w_44 = d__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d_w_45 = d__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    d__t_p_0_1_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 64:80].reshape(n, 1, 16))
-    d_w_46 = torch.einsum("zuk,zupk->zpu", d_p[:, 0:16].reshape(n, 16, 1), _t_p_0_1_0)
+    d__t_p_0_1_0 = torch.bmm(w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
+    d_w_46 = torch.bmm(d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1), _t_p_0_1_0.permute(0, 1, 3, 2).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
     d_f_47 = d__t_p_0_1_0.reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d__m_p_0_48 = torch.einsum("zupk,zui->zipk", d__t_p_0_1_0, f[:, 16:64].reshape(n, 16, 3))
-    d__t_p_0_0_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), w[:, 32:48].reshape(n, 1, 16))
-    d_w_49 = torch.einsum("zuk,zupk->zpu", d_p[:, 64:144].reshape(n, 16, 5), _t_p_0_0_2)
+    d__m_p_0_48 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d__t_p_0_1_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 3, 1, 1)  # zupk,zui->zikp
+    d__t_p_0_0_2 = torch.bmm(w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 1, 5)  # zuk,zpu->zupk
+    d_w_49 = torch.bmm(d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5), _t_p_0_0_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d_f_50 = torch.einsum("zupk,zipk->zui", d__t_p_0_0_2, _m_p_0[:, 4:9].reshape(n, 1, 1, 5))
+    d_f_50 = torch.bmm(d__t_p_0_0_2.reshape(n, 16, 5), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1)).view(n, 16, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d__m_p_0_51 = torch.einsum("zupk,zui->zipk", d__t_p_0_0_2, f[:, 0:16].reshape(n, 16, 1))
-    d__t_p_0_0_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), w[:, 16:32].reshape(n, 1, 16))
-    d_w_52 = torch.einsum("zuk,zupk->zpu", d_p[:, 16:64].reshape(n, 16, 3), _t_p_0_0_1)
+    d__m_p_0_51 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
+    d__t_p_0_0_1 = torch.bmm(w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 1, 3)  # zuk,zpu->zupk
+    d_w_52 = torch.bmm(d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3), _t_p_0_0_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d_f_53 = torch.einsum("zupk,zipk->zui", d__t_p_0_0_1, _m_p_0[:, 1:4].reshape(n, 1, 1, 3))
+    d_f_53 = torch.bmm(d__t_p_0_0_1.reshape(n, 16, 3), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1)).view(n, 16, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d__m_p_0_54 = torch.einsum("zupk,zui->zipk", d__t_p_0_0_1, f[:, 0:16].reshape(n, 16, 1))
-    d__t_p_0_0_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16))
-    d_w_55 = torch.einsum("zuk,zupk->zpu", d_p[:, 0:16].reshape(n, 16, 1), _t_p_0_0_0)
+    d__m_p_0_54 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
+    d__t_p_0_0_0 = torch.bmm(w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
+    d_w_55 = torch.bmm(d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1), _t_p_0_0_0.permute(0, 1, 3, 2).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
     d_f_56 = d__t_p_0_0_0.reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d__m_p_0_57 = torch.einsum("zupk,zui->zipk", d__t_p_0_0_0, f[:, 0:16].reshape(n, 16, 1))
+    d__m_p_0_57 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d__t_p_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
     # ∂/∂sh: every path's (i, k) map at once: sh · G
     d__m_p_0 = torch.cat([
         d__m_p_0_57.reshape(n, 1),
@@ -950,7 +950,7 @@ def _cormorant_message_d(
         d__m_p_0_31.reshape(n, 30),
         d__m_p_0_26.reshape(n, 75),
     ], dim=-1)
-    d_sh_58 = torch.einsum("zc,jc->zj", d__m_p_0, _g_p_0)
+    d_sh_58 = torch.mm(d__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
     d_f = torch.cat([
         (d_f_50 + d_f_53 + d_f_56).reshape(n, 16),
         (d_f_37 + d_f_41 + d_f_47).reshape(n, 48),
@@ -989,7 +989,7 @@ def _cormorant_message_d2_f(
     """the vector-Jacobian product of cormorant_message_d for the cotangent of d_f: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 9), _g_p_0)
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
     w_p_0_1_1_0 = w[:, 48:64].reshape(n, 16)
     w_p_0_1_1_1 = w[:, 80:96].reshape(n, 16)
     w_p_0_1_1_2 = w[:, 112:128].reshape(n, 16)
@@ -1001,11 +1001,11 @@ def _cormorant_message_d2_f(
     w_p_0_2_2_8 = w[:, 176:192].reshape(n, 16)
     w_p_0_2_2_9 = w[:, 224:240].reshape(n, 16)
     # ∂/∂p: 16x2 -> 16x2
-    d_p_10 = torch.einsum("zwi,uw->zui", d_m[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    d_p_10 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_11 = torch.einsum("zwi,uw->zui", d_m[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    d_p_11 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_12 = torch.einsum("zwi,uw->zui", d_m[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    d_p_12 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d_p = torch.cat([
         d_p_12.reshape(n, 16),
         d_p_11.reshape(n, 48),
@@ -1016,99 +1016,99 @@ def _cormorant_message_d2_f(
         w_p_0_2_2_8.reshape(n, 16),
         w_p_0_2_2_9.reshape(n, 16),
     ], dim=-1)
-    d__t_p_0_2_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_2_2.reshape(n, 3, 16))
+    d__t_p_0_2_2 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 3, 5)  # zuk,zpu->zupk
     _w_p_0_2_1 = torch.cat([
         w_p_0_2_1_5.reshape(n, 16),
         w_p_0_2_1_6.reshape(n, 16),
     ], dim=-1)
-    d__t_p_0_2_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), _w_p_0_2_1.reshape(n, 2, 16))
-    d__t_p_0_2_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 192:208].reshape(n, 1, 16))
+    d__t_p_0_2_1 = torch.bmm(_w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 2, 3)  # zuk,zpu->zupk
+    d__t_p_0_2_0 = torch.bmm(w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
     _w_p_0_1_2 = torch.cat([
         w_p_0_1_2_3.reshape(n, 16),
         w_p_0_1_2_4.reshape(n, 16),
     ], dim=-1)
-    d__t_p_0_1_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_1_2.reshape(n, 2, 16))
+    d__t_p_0_1_2 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 2, 5)  # zuk,zpu->zupk
     _w_p_0_1_1 = torch.cat([
         w_p_0_1_1_0.reshape(n, 16),
         w_p_0_1_1_1.reshape(n, 16),
         w_p_0_1_1_2.reshape(n, 16),
     ], dim=-1)
-    d__t_p_0_1_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), _w_p_0_1_1.reshape(n, 3, 16))
-    d__t_p_0_1_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 64:80].reshape(n, 1, 16))
-    d__t_p_0_0_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), w[:, 32:48].reshape(n, 1, 16))
-    d__t_p_0_0_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), w[:, 16:32].reshape(n, 1, 16))
-    d__t_p_0_0_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16))
+    d__t_p_0_1_1 = torch.bmm(_w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 3, 3)  # zuk,zpu->zupk
+    d__t_p_0_1_0 = torch.bmm(w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
+    d__t_p_0_0_2 = torch.bmm(w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 1, 5)  # zuk,zpu->zupk
+    d__t_p_0_0_1 = torch.bmm(w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 1, 3)  # zuk,zpu->zupk
+    d__t_p_0_0_0 = torch.bmm(w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
     # ∂/∂d__t_p_0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_d__t_p_0_0_0 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    d2_d__t_p_0_0_0 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d2__m_p_0_13 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 0:16].reshape(n, 16, 1), d__t_p_0_0_0)
+    d2__m_p_0_13 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1)).view(n, 1, 1, 1)  # zui,zupk->zikp
     d2_d_p_14 = d2_d__t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_15 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_0, d_p[:, 0:16].reshape(n, 16, 1))
+    d2_w_15 = torch.bmm(d2_d__t_p_0_0_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_d__t_p_0_0_1 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
+    d2_d__t_p_0_0_1 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 16, 1, 3)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2__m_p_0_16 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 0:16].reshape(n, 16, 1), d__t_p_0_0_1)
+    d2__m_p_0_16 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3)).view(n, 1, 3, 1)  # zui,zupk->zikp
     d2_d_p_17 = d2_d__t_p_0_0_1.reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_18 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_1, d_p[:, 16:64].reshape(n, 16, 3))
+    d2_w_18 = torch.bmm(d2_d__t_p_0_0_1.reshape(n * 16, 1, 3), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_d__t_p_0_0_2 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
+    d2_d__t_p_0_0_2 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 16, 1, 5)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2__m_p_0_19 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 0:16].reshape(n, 16, 1), d__t_p_0_0_2)
+    d2__m_p_0_19 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5)).view(n, 1, 5, 1)  # zui,zupk->zikp
     d2_d_p_20 = d2_d__t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_21 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_2, d_p[:, 64:144].reshape(n, 16, 5))
+    d2_w_21 = torch.bmm(d2_d__t_p_0_0_2.reshape(n * 16, 1, 5), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_d__t_p_0_1_0 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
+    d2_d__t_p_0_1_0 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 1, 3, 2).reshape(n, 3, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d2__m_p_0_22 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 16:64].reshape(n, 16, 3), d__t_p_0_1_0)
+    d2__m_p_0_22 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16), d__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1)).view(n, 3, 1, 1)  # zui,zupk->zikp
     d2_d_p_23 = d2_d__t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_24 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_1_0, d_p[:, 0:16].reshape(n, 16, 1))
+    d2_w_24 = torch.bmm(d2_d__t_p_0_1_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_d__t_p_0_1_1 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    d2_d__t_p_0_1_1 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d2__m_p_0_25 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 16:64].reshape(n, 16, 3), d__t_p_0_1_1)
-    d2_d_p_26 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_1_1, _w_p_0_1_1.reshape(n, 3, 16))
-    d2__w_p_0_1_1 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_1_1, d_p[:, 16:64].reshape(n, 16, 3))
+    d2__m_p_0_25 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16), d__t_p_0_1_1.reshape(n, 16, 9)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    d2_d_p_26 = torch.bmm(d2_d__t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3), _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 3)  # zupk,zpu->zuk
+    d2__w_p_0_1_1 = torch.bmm(d2_d__t_p_0_1_1.reshape(n * 16, 3, 3), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1)).view(n, 16, 3).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_d__t_p_0_1_2 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    d2_d__t_p_0_1_2 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d2__m_p_0_27 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 16:64].reshape(n, 16, 3), d__t_p_0_1_2)
-    d2_d_p_28 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_1_2, _w_p_0_1_2.reshape(n, 2, 16))
-    d2__w_p_0_1_2 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_1_2, d_p[:, 64:144].reshape(n, 16, 5))
+    d2__m_p_0_27 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16), d__t_p_0_1_2.reshape(n, 16, 10)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    d2_d_p_28 = torch.bmm(d2_d__t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2), _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 5)  # zupk,zpu->zuk
+    d2__w_p_0_1_2 = torch.bmm(d2_d__t_p_0_1_2.reshape(n * 16, 2, 5), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1)).view(n, 16, 2).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_d__t_p_0_2_0 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
+    d2_d__t_p_0_2_0 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 1, 3, 2).reshape(n, 5, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d2__m_p_0_29 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 64:144].reshape(n, 16, 5), d__t_p_0_2_0)
+    d2__m_p_0_29 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16), d__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1)).view(n, 5, 1, 1)  # zui,zupk->zikp
     d2_d_p_30 = d2_d__t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_31 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_2_0, d_p[:, 0:16].reshape(n, 16, 1))
+    d2_w_31 = torch.bmm(d2_d__t_p_0_2_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_d__t_p_0_2_1 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    d2_d__t_p_0_2_1 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6)).view(n, 16, 2, 3)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2__m_p_0_32 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 64:144].reshape(n, 16, 5), d__t_p_0_2_1)
-    d2_d_p_33 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_2_1, _w_p_0_2_1.reshape(n, 2, 16))
-    d2__w_p_0_2_1 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_2_1, d_p[:, 16:64].reshape(n, 16, 3))
+    d2__m_p_0_32 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16), d__t_p_0_2_1.reshape(n, 16, 6)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    d2_d_p_33 = torch.bmm(d2_d__t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2), _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 3)  # zupk,zpu->zuk
+    d2__w_p_0_2_1 = torch.bmm(d2_d__t_p_0_2_1.reshape(n * 16, 2, 3), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1)).view(n, 16, 2).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_d__t_p_0_2_2 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    d2_d__t_p_0_2_2 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d2__m_p_0_34 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 64:144].reshape(n, 16, 5), d__t_p_0_2_2)
-    d2_d_p_35 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_2_2, _w_p_0_2_2.reshape(n, 3, 16))
-    d2__w_p_0_2_2 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_2_2, d_p[:, 64:144].reshape(n, 16, 5))
+    d2__m_p_0_34 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16), d__t_p_0_2_2.reshape(n, 16, 15)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    d2_d_p_35 = torch.bmm(d2_d__t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3), _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 5)  # zupk,zpu->zuk
+    d2__w_p_0_2_2 = torch.bmm(d2_d__t_p_0_2_2.reshape(n * 16, 3, 5), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1)).view(n, 16, 3).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
         (d2_d_p_14 + d2_d_p_23 + d2_d_p_30).reshape(n, 16),
         (d2_d_p_17 + d2_d_p_26 + d2_d_p_33).reshape(n, 48),
         (d2_d_p_20 + d2_d_p_28 + d2_d_p_35).reshape(n, 80),
     ], dim=-1)
-    d2_d_m_36 = torch.einsum("zui,uw->zwi", d2_d_p[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    d2_d_m_36 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_37 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25), d_m[:, 0:16].reshape(n, 16, 1))
+    d2_weight_37 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
-    d2_d_m_38 = torch.einsum("zui,uw->zwi", d2_d_p[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    d2_d_m_38 = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_39 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25), d_m[:, 16:64].reshape(n, 16, 3))
+    d2_weight_39 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
-    d2_d_m_40 = torch.einsum("zui,uw->zwi", d2_d_p[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    d2_d_m_40 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_41 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25), d_m[:, 64:144].reshape(n, 16, 5))
+    d2_weight_41 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     d2_w_42 = d2__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
     d2_w_43 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_44 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
@@ -1131,7 +1131,7 @@ def _cormorant_message_d2_f(
         d2__m_p_0_32.reshape(n, 30),
         d2__m_p_0_34.reshape(n, 75),
     ], dim=-1)
-    d2_sh_52 = torch.einsum("zc,jc->zj", d2__m_p_0, _g_p_0)
+    d2_sh_52 = torch.mm(d2__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
     d2_f = weight.new_zeros(n, 144)
     d2_sh = d2_sh_52
     d2_w = torch.cat([
@@ -1181,11 +1181,11 @@ def _cormorant_message_d2_sh(
     w_p_0_2_2_8 = w[:, 176:192].reshape(n, 16)
     w_p_0_2_2_9 = w[:, 224:240].reshape(n, 16)
     # ∂/∂p: 16x2 -> 16x2
-    d_p_10 = torch.einsum("zwi,uw->zui", d_m[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    d_p_10 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_11 = torch.einsum("zwi,uw->zui", d_m[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    d_p_11 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_12 = torch.einsum("zwi,uw->zui", d_m[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    d_p_12 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d_p = torch.cat([
         d_p_12.reshape(n, 16),
         d_p_11.reshape(n, 48),
@@ -1196,101 +1196,101 @@ def _cormorant_message_d2_sh(
         w_p_0_2_2_8.reshape(n, 16),
         w_p_0_2_2_9.reshape(n, 16),
     ], dim=-1)
-    d__t_p_0_2_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_2_2.reshape(n, 3, 16))
+    d__t_p_0_2_2 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 3, 5)  # zuk,zpu->zupk
     _w_p_0_2_1 = torch.cat([
         w_p_0_2_1_5.reshape(n, 16),
         w_p_0_2_1_6.reshape(n, 16),
     ], dim=-1)
-    d__t_p_0_2_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), _w_p_0_2_1.reshape(n, 2, 16))
-    d__t_p_0_2_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 192:208].reshape(n, 1, 16))
+    d__t_p_0_2_1 = torch.bmm(_w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 2, 3)  # zuk,zpu->zupk
+    d__t_p_0_2_0 = torch.bmm(w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
     _w_p_0_1_2 = torch.cat([
         w_p_0_1_2_3.reshape(n, 16),
         w_p_0_1_2_4.reshape(n, 16),
     ], dim=-1)
-    d__t_p_0_1_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_1_2.reshape(n, 2, 16))
+    d__t_p_0_1_2 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 2, 5)  # zuk,zpu->zupk
     _w_p_0_1_1 = torch.cat([
         w_p_0_1_1_0.reshape(n, 16),
         w_p_0_1_1_1.reshape(n, 16),
         w_p_0_1_1_2.reshape(n, 16),
     ], dim=-1)
-    d__t_p_0_1_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), _w_p_0_1_1.reshape(n, 3, 16))
-    d__t_p_0_1_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 64:80].reshape(n, 1, 16))
-    d__t_p_0_0_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), w[:, 32:48].reshape(n, 1, 16))
-    d__t_p_0_0_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), w[:, 16:32].reshape(n, 1, 16))
-    d__t_p_0_0_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16))
+    d__t_p_0_1_1 = torch.bmm(_w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 3, 3)  # zuk,zpu->zupk
+    d__t_p_0_1_0 = torch.bmm(w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
+    d__t_p_0_0_2 = torch.bmm(w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 1, 5)  # zuk,zpu->zupk
+    d__t_p_0_0_1 = torch.bmm(w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 1, 3)  # zuk,zpu->zupk
+    d__t_p_0_0_0 = torch.bmm(w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
     # ∂/∂d__m_p_0: ∂/∂sh: every path's (i, k) map at once: sh · G
-    d2_d__m_p_0 = torch.einsum("zj,jc->zc", d2_d_sh.reshape(n, 9), _g_p_0)
+    d2_d__m_p_0 = torch.mm(d2_d_sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
     # ∂/∂d__t_p_0_0_0: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_d__t_p_0_0_0 = d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_d__t_p_0_0_0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16).transpose(1, 2), d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
     d2_f_13 = d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_p_0_0_0.reshape(n, 16, 1)
     d2_d_p_14 = d2_d__t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_15 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_0, d_p[:, 0:16].reshape(n, 16, 1))
+    d2_w_15 = torch.bmm(d2_d__t_p_0_0_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_0_1: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_d__t_p_0_0_1 = d2_d__m_p_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_d__t_p_0_0_1 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16).transpose(1, 2), d2_d__m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2)).view(n, 16, 1, 3)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_f_16 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 1:4].reshape(n, 1, 1, 3), d__t_p_0_0_1)
+    d2_f_16 = torch.bmm(d__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p_0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3).transpose(1, 2)).view(n, 16, 1)  # zikp,zupk->zui
     d2_d_p_17 = d2_d__t_p_0_0_1.reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_18 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_1, d_p[:, 16:64].reshape(n, 16, 3))
+    d2_w_18 = torch.bmm(d2_d__t_p_0_0_1.reshape(n * 16, 1, 3), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_0_2: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_d__t_p_0_0_2 = d2_d__m_p_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_d__t_p_0_0_2 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16).transpose(1, 2), d2_d__m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2)).view(n, 16, 1, 5)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_f_19 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 4:9].reshape(n, 1, 1, 5), d__t_p_0_0_2)
+    d2_f_19 = torch.bmm(d__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2), d2_d__m_p_0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5).transpose(1, 2)).view(n, 16, 1)  # zikp,zupk->zui
     d2_d_p_20 = d2_d__t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_21 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_2, d_p[:, 64:144].reshape(n, 16, 5))
+    d2_w_21 = torch.bmm(d2_d__t_p_0_0_2.reshape(n * 16, 1, 5), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_1_0: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_d__t_p_0_1_0 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1), f[:, 16:64].reshape(n, 16, 3))
+    d2_d__t_p_0_1_0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 3).transpose(1, 2)).view(n, 16, 1, 1)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
     d2_f_22 = d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_p_0_1_0.reshape(n, 16, 1)
     d2_d_p_23 = d2_d__t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_24 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_1_0, d_p[:, 0:16].reshape(n, 16, 1))
+    d2_w_24 = torch.bmm(d2_d__t_p_0_1_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_1_1: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_d__t_p_0_1_1 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3), f[:, 16:64].reshape(n, 16, 3))
+    d2_d__t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2)).view(n, 16, 3, 3)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_f_25 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3), d__t_p_0_1_1)
-    d2_d_p_26 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_1_1, _w_p_0_1_1.reshape(n, 3, 16))
-    d2__w_p_0_1_1 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_1_1, d_p[:, 16:64].reshape(n, 16, 3))
+    d2_f_25 = torch.bmm(d__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2), d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9).transpose(1, 2)).view(n, 16, 3)  # zikp,zupk->zui
+    d2_d_p_26 = torch.bmm(d2_d__t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3), _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 3)  # zupk,zpu->zuk
+    d2__w_p_0_1_1 = torch.bmm(d2_d__t_p_0_1_1.reshape(n * 16, 3, 3), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1)).view(n, 16, 3).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_1_2: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_d__t_p_0_1_2 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 39:69].reshape(n, 3, 2, 5), f[:, 16:64].reshape(n, 16, 3))
+    d2_d__t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2)).view(n, 16, 2, 5)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_f_27 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 39:69].reshape(n, 3, 2, 5), d__t_p_0_1_2)
-    d2_d_p_28 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_1_2, _w_p_0_1_2.reshape(n, 2, 16))
-    d2__w_p_0_1_2 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_1_2, d_p[:, 64:144].reshape(n, 16, 5))
+    d2_f_27 = torch.bmm(d__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2), d2_d__m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10).transpose(1, 2)).view(n, 16, 3)  # zikp,zupk->zui
+    d2_d_p_28 = torch.bmm(d2_d__t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2), _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 5)  # zupk,zpu->zuk
+    d2__w_p_0_1_2 = torch.bmm(d2_d__t_p_0_1_2.reshape(n * 16, 2, 5), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1)).view(n, 16, 2).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_2_0: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_d__t_p_0_2_0 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1), f[:, 64:144].reshape(n, 16, 5))
+    d2_d__t_p_0_2_0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2), d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 5).transpose(1, 2)).view(n, 16, 1, 1)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
     d2_f_29 = d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_p_0_2_0.reshape(n, 16, 1)
     d2_d_p_30 = d2_d__t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_31 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_2_0, d_p[:, 0:16].reshape(n, 16, 1))
+    d2_w_31 = torch.bmm(d2_d__t_p_0_2_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_2_1: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_d__t_p_0_2_1 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 74:104].reshape(n, 5, 2, 3), f[:, 64:144].reshape(n, 16, 5))
+    d2_d__t_p_0_2_1 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2), d2_d__m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2)).view(n, 16, 2, 3)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_f_32 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 74:104].reshape(n, 5, 2, 3), d__t_p_0_2_1)
-    d2_d_p_33 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_2_1, _w_p_0_2_1.reshape(n, 2, 16))
-    d2__w_p_0_2_1 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_2_1, d_p[:, 16:64].reshape(n, 16, 3))
+    d2_f_32 = torch.bmm(d__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2), d2_d__m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6).transpose(1, 2)).view(n, 16, 5)  # zikp,zupk->zui
+    d2_d_p_33 = torch.bmm(d2_d__t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2), _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 3)  # zupk,zpu->zuk
+    d2__w_p_0_2_1 = torch.bmm(d2_d__t_p_0_2_1.reshape(n * 16, 2, 3), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1)).view(n, 16, 2).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_2_2: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_d__t_p_0_2_2 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 104:179].reshape(n, 5, 3, 5), f[:, 64:144].reshape(n, 16, 5))
+    d2_d__t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2), d2_d__m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2)).view(n, 16, 3, 5)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_f_34 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 104:179].reshape(n, 5, 3, 5), d__t_p_0_2_2)
-    d2_d_p_35 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_2_2, _w_p_0_2_2.reshape(n, 3, 16))
-    d2__w_p_0_2_2 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_2_2, d_p[:, 64:144].reshape(n, 16, 5))
+    d2_f_34 = torch.bmm(d__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2), d2_d__m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15).transpose(1, 2)).view(n, 16, 5)  # zikp,zupk->zui
+    d2_d_p_35 = torch.bmm(d2_d__t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3), _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 5)  # zupk,zpu->zuk
+    d2__w_p_0_2_2 = torch.bmm(d2_d__t_p_0_2_2.reshape(n * 16, 3, 5), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1)).view(n, 16, 3).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
         (d2_d_p_14 + d2_d_p_23 + d2_d_p_30).reshape(n, 16),
         (d2_d_p_17 + d2_d_p_26 + d2_d_p_33).reshape(n, 48),
         (d2_d_p_20 + d2_d_p_28 + d2_d_p_35).reshape(n, 80),
     ], dim=-1)
-    d2_d_m_36 = torch.einsum("zui,uw->zwi", d2_d_p[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    d2_d_m_36 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_37 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25), d_m[:, 0:16].reshape(n, 16, 1))
+    d2_weight_37 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
-    d2_d_m_38 = torch.einsum("zui,uw->zwi", d2_d_p[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    d2_d_m_38 = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_39 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25), d_m[:, 16:64].reshape(n, 16, 3))
+    d2_weight_39 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
-    d2_d_m_40 = torch.einsum("zui,uw->zwi", d2_d_p[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    d2_d_m_40 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_41 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25), d_m[:, 64:144].reshape(n, 16, 5))
+    d2_weight_41 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     d2_w_42 = d2__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
     d2_w_43 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_44 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
@@ -1344,44 +1344,44 @@ def _cormorant_message_d2_w(
     """the vector-Jacobian product of cormorant_message_d for the cotangent of d_w: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_w (n, 240) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 9), _g_p_0)
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    _t_p_0_0_0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
+    _t_p_0_0_1 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 16, 1, 3)  # zui,zikp->zupk
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
+    _t_p_0_0_2 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 16, 1, 5)  # zui,zikp->zupk
     # 1 paths 16x1 ⊗ sh -> 16x0
-    _t_p_0_1_0 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
+    _t_p_0_1_0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 1, 3, 2).reshape(n, 3, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    _t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
     # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p_0_1_2 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    _t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
     # 1 paths 16x2 ⊗ sh -> 16x0
-    _t_p_0_2_0 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
+    _t_p_0_2_0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 1, 3, 2).reshape(n, 5, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    _t_p_0_2_1 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6)).view(n, 16, 2, 3)  # zui,zikp->zupk
     # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p_0_2_2 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    _t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
     # ∂/∂p: 16x2 -> 16x2
-    d_p_0 = torch.einsum("zwi,uw->zui", d_m[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    d_p_0 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_1 = torch.einsum("zwi,uw->zui", d_m[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    d_p_1 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_2 = torch.einsum("zwi,uw->zui", d_m[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    d_p_2 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d2_d_p_3 = d2_d_w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_0_0.reshape(n, 16, 1)
     d_p = torch.cat([
         d_p_2.reshape(n, 16),
         d_p_1.reshape(n, 48),
         d_p_0.reshape(n, 80),
     ], dim=-1)
-    d2__t_p_0_0_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 0:16].reshape(n, 1, 16), d_p[:, 0:16].reshape(n, 16, 1))
+    d2__t_p_0_0_0 = torch.bmm(d2_d_w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1, 1)  # zpu,zuk->zupk
     d2_d_p_4 = d2_d_w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_0_1.reshape(n, 16, 3)
-    d2__t_p_0_0_1 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 16:32].reshape(n, 1, 16), d_p[:, 16:64].reshape(n, 16, 3))
+    d2__t_p_0_0_1 = torch.bmm(d2_d_w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3)).view(n, 16, 1, 3)  # zpu,zuk->zupk
     d2_d_p_5 = d2_d_w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_0_2.reshape(n, 16, 5)
-    d2__t_p_0_0_2 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 32:48].reshape(n, 1, 16), d_p[:, 64:144].reshape(n, 16, 5))
+    d2__t_p_0_0_2 = torch.bmm(d2_d_w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5)).view(n, 16, 1, 5)  # zpu,zuk->zupk
     d2_d_p_6 = d2_d_w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_1_0.reshape(n, 16, 1)
-    d2__t_p_0_1_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 64:80].reshape(n, 1, 16), d_p[:, 0:16].reshape(n, 16, 1))
+    d2__t_p_0_1_0 = torch.bmm(d2_d_w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1, 1)  # zpu,zuk->zupk
     d2_d__w_p_0_1_1_7 = d2_d_w[:, 48:64].reshape(n, 16)
     d2_d__w_p_0_1_1_8 = d2_d_w[:, 80:96].reshape(n, 16)
     d2_d__w_p_0_1_1_9 = d2_d_w[:, 112:128].reshape(n, 16)
@@ -1390,26 +1390,26 @@ def _cormorant_message_d2_w(
         d2_d__w_p_0_1_1_8.reshape(n, 16),
         d2_d__w_p_0_1_1_9.reshape(n, 16),
     ], dim=-1)
-    d2_d_p_10 = torch.einsum("zpu,zupk->zuk", d2_d__w_p_0_1_1.reshape(n, 3, 16), _t_p_0_1_1)
-    d2__t_p_0_1_1 = torch.einsum("zpu,zuk->zupk", d2_d__w_p_0_1_1.reshape(n, 3, 16), d_p[:, 16:64].reshape(n, 16, 3))
+    d2_d_p_10 = torch.bmm(d2_d__w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3), _t_p_0_1_1.reshape(n * 16, 3, 3)).view(n, 16, 3)  # zpu,zupk->zuk
+    d2__t_p_0_1_1 = torch.bmm(d2_d__w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3)).view(n, 16, 3, 3)  # zpu,zuk->zupk
     d2_d__w_p_0_1_2_11 = d2_d_w[:, 96:112].reshape(n, 16)
     d2_d__w_p_0_1_2_12 = d2_d_w[:, 128:144].reshape(n, 16)
     d2_d__w_p_0_1_2 = torch.cat([
         d2_d__w_p_0_1_2_11.reshape(n, 16),
         d2_d__w_p_0_1_2_12.reshape(n, 16),
     ], dim=-1)
-    d2_d_p_13 = torch.einsum("zpu,zupk->zuk", d2_d__w_p_0_1_2.reshape(n, 2, 16), _t_p_0_1_2)
-    d2__t_p_0_1_2 = torch.einsum("zpu,zuk->zupk", d2_d__w_p_0_1_2.reshape(n, 2, 16), d_p[:, 64:144].reshape(n, 16, 5))
+    d2_d_p_13 = torch.bmm(d2_d__w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2), _t_p_0_1_2.reshape(n * 16, 2, 5)).view(n, 16, 5)  # zpu,zupk->zuk
+    d2__t_p_0_1_2 = torch.bmm(d2_d__w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5)).view(n, 16, 2, 5)  # zpu,zuk->zupk
     d2_d_p_14 = d2_d_w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_2_0.reshape(n, 16, 1)
-    d2__t_p_0_2_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 192:208].reshape(n, 1, 16), d_p[:, 0:16].reshape(n, 16, 1))
+    d2__t_p_0_2_0 = torch.bmm(d2_d_w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1, 1)  # zpu,zuk->zupk
     d2_d__w_p_0_2_1_15 = d2_d_w[:, 160:176].reshape(n, 16)
     d2_d__w_p_0_2_1_16 = d2_d_w[:, 208:224].reshape(n, 16)
     d2_d__w_p_0_2_1 = torch.cat([
         d2_d__w_p_0_2_1_15.reshape(n, 16),
         d2_d__w_p_0_2_1_16.reshape(n, 16),
     ], dim=-1)
-    d2_d_p_17 = torch.einsum("zpu,zupk->zuk", d2_d__w_p_0_2_1.reshape(n, 2, 16), _t_p_0_2_1)
-    d2__t_p_0_2_1 = torch.einsum("zpu,zuk->zupk", d2_d__w_p_0_2_1.reshape(n, 2, 16), d_p[:, 16:64].reshape(n, 16, 3))
+    d2_d_p_17 = torch.bmm(d2_d__w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2), _t_p_0_2_1.reshape(n * 16, 2, 3)).view(n, 16, 3)  # zpu,zupk->zuk
+    d2__t_p_0_2_1 = torch.bmm(d2_d__w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3)).view(n, 16, 2, 3)  # zpu,zuk->zupk
     d2_d__w_p_0_2_2_18 = d2_d_w[:, 144:160].reshape(n, 16)
     d2_d__w_p_0_2_2_19 = d2_d_w[:, 176:192].reshape(n, 16)
     d2_d__w_p_0_2_2_20 = d2_d_w[:, 224:240].reshape(n, 16)
@@ -1418,61 +1418,61 @@ def _cormorant_message_d2_w(
         d2_d__w_p_0_2_2_19.reshape(n, 16),
         d2_d__w_p_0_2_2_20.reshape(n, 16),
     ], dim=-1)
-    d2_d_p_21 = torch.einsum("zpu,zupk->zuk", d2_d__w_p_0_2_2.reshape(n, 3, 16), _t_p_0_2_2)
-    d2__t_p_0_2_2 = torch.einsum("zpu,zuk->zupk", d2_d__w_p_0_2_2.reshape(n, 3, 16), d_p[:, 64:144].reshape(n, 16, 5))
+    d2_d_p_21 = torch.bmm(d2_d__w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3), _t_p_0_2_2.reshape(n * 16, 3, 5)).view(n, 16, 5)  # zpu,zupk->zuk
+    d2__t_p_0_2_2 = torch.bmm(d2_d__w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5)).view(n, 16, 3, 5)  # zpu,zuk->zupk
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
         (d2_d_p_3 + d2_d_p_6 + d2_d_p_14).reshape(n, 16),
         (d2_d_p_4 + d2_d_p_10 + d2_d_p_17).reshape(n, 48),
         (d2_d_p_5 + d2_d_p_13 + d2_d_p_21).reshape(n, 80),
     ], dim=-1)
-    d2_d_m_22 = torch.einsum("zui,uw->zwi", d2_d_p[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    d2_d_m_22 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_23 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25), d_m[:, 0:16].reshape(n, 16, 1))
+    d2_weight_23 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
-    d2_d_m_24 = torch.einsum("zui,uw->zwi", d2_d_p[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    d2_d_m_24 = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_25 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25), d_m[:, 16:64].reshape(n, 16, 3))
+    d2_weight_25 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
-    d2_d_m_26 = torch.einsum("zui,uw->zwi", d2_d_p[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    d2_d_m_26 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_27 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25), d_m[:, 64:144].reshape(n, 16, 5))
+    d2_weight_27 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_f_28 = torch.einsum("zupk,zipk->zui", d2__t_p_0_2_2, _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    d2_f_28 = torch.bmm(d2__t_p_0_2_2.reshape(n, 16, 15), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5)).view(n, 16, 5)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d2__m_p_0_29 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_2, f[:, 64:144].reshape(n, 16, 5))
+    d2__m_p_0_29 = torch.bmm(d2__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 3, 5, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_f_30 = torch.einsum("zupk,zipk->zui", d2__t_p_0_2_1, _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    d2_f_30 = torch.bmm(d2__t_p_0_2_1.reshape(n, 16, 6), _m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5)).view(n, 16, 5)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2__m_p_0_31 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_1, f[:, 64:144].reshape(n, 16, 5))
+    d2__m_p_0_31 = torch.bmm(d2__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 2, 3, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
     d2_f_32 = d2__t_p_0_2_0.reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
     # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d2__m_p_0_33 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_0, f[:, 64:144].reshape(n, 16, 5))
+    d2__m_p_0_33 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p_0_2_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 5, 1, 1)  # zupk,zui->zikp
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_f_34 = torch.einsum("zupk,zipk->zui", d2__t_p_0_1_2, _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    d2_f_34 = torch.bmm(d2__t_p_0_1_2.reshape(n, 16, 10), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3)).view(n, 16, 3)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d2__m_p_0_35 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_2, f[:, 16:64].reshape(n, 16, 3))
+    d2__m_p_0_35 = torch.bmm(d2__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 2, 5, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_f_36 = torch.einsum("zupk,zipk->zui", d2__t_p_0_1_1, _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    d2_f_36 = torch.bmm(d2__t_p_0_1_1.reshape(n, 16, 9), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3)).view(n, 16, 3)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d2__m_p_0_37 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_1, f[:, 16:64].reshape(n, 16, 3))
+    d2__m_p_0_37 = torch.bmm(d2__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 3, 3, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
     d2_f_38 = d2__t_p_0_1_0.reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d2__m_p_0_39 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_0, f[:, 16:64].reshape(n, 16, 3))
+    d2__m_p_0_39 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p_0_1_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 3, 1, 1)  # zupk,zui->zikp
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_f_40 = torch.einsum("zupk,zipk->zui", d2__t_p_0_0_2, _m_p_0[:, 4:9].reshape(n, 1, 1, 5))
+    d2_f_40 = torch.bmm(d2__t_p_0_0_2.reshape(n, 16, 5), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1)).view(n, 16, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d2__m_p_0_41 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_2, f[:, 0:16].reshape(n, 16, 1))
+    d2__m_p_0_41 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_f_42 = torch.einsum("zupk,zipk->zui", d2__t_p_0_0_1, _m_p_0[:, 1:4].reshape(n, 1, 1, 3))
+    d2_f_42 = torch.bmm(d2__t_p_0_0_1.reshape(n, 16, 3), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1)).view(n, 16, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d2__m_p_0_43 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_1, f[:, 0:16].reshape(n, 16, 1))
+    d2__m_p_0_43 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
     d2_f_44 = d2__t_p_0_0_0.reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d2__m_p_0_45 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_0, f[:, 0:16].reshape(n, 16, 1))
+    d2__m_p_0_45 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
     # ∂/∂sh: every path's (i, k) map at once: sh · G
     d2__m_p_0 = torch.cat([
         d2__m_p_0_45.reshape(n, 1),
@@ -1485,7 +1485,7 @@ def _cormorant_message_d2_w(
         d2__m_p_0_31.reshape(n, 30),
         d2__m_p_0_29.reshape(n, 75),
     ], dim=-1)
-    d2_sh_46 = torch.einsum("zc,jc->zj", d2__m_p_0, _g_p_0)
+    d2_sh_46 = torch.mm(d2__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
     d2_f = torch.cat([
         (d2_f_40 + d2_f_42 + d2_f_44).reshape(n, 16),
         (d2_f_34 + d2_f_36 + d2_f_38).reshape(n, 48),
@@ -1513,148 +1513,148 @@ def _cormorant_message_d2_weight(
     """the vector-Jacobian product of cormorant_message_d for the cotangent of d_weight: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_weight (768,) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 9), _g_p_0)
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    _t_p_0_0_0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     p_0 = _t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
+    _t_p_0_0_1 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 16, 1, 3)  # zui,zikp->zupk
     p_1 = _t_p_0_0_1.reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
+    _t_p_0_0_2 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 16, 1, 5)  # zui,zikp->zupk
     p_2 = _t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x1 ⊗ sh -> 16x0
-    _t_p_0_1_0 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
+    _t_p_0_1_0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 1, 3, 2).reshape(n, 3, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     p_3 = _t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
     w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
     w_p_0_1_1_5 = w[:, 80:96].reshape(n, 16)
     w_p_0_1_1_6 = w[:, 112:128].reshape(n, 16)
     # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    _t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
     _w_p_0_1_1 = torch.cat([
         w_p_0_1_1_4.reshape(n, 16),
         w_p_0_1_1_5.reshape(n, 16),
         w_p_0_1_1_6.reshape(n, 16),
     ], dim=-1)
-    p_7 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_1, _w_p_0_1_1.reshape(n, 3, 16))
+    p_7 = torch.bmm(_t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3), _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 3)  # zupk,zpu->zuk
     w_p_0_1_2_8 = w[:, 96:112].reshape(n, 16)
     w_p_0_1_2_9 = w[:, 128:144].reshape(n, 16)
     # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p_0_1_2 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    _t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
     _w_p_0_1_2 = torch.cat([
         w_p_0_1_2_8.reshape(n, 16),
         w_p_0_1_2_9.reshape(n, 16),
     ], dim=-1)
-    p_10 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_2, _w_p_0_1_2.reshape(n, 2, 16))
+    p_10 = torch.bmm(_t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2), _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 5)  # zupk,zpu->zuk
     # 1 paths 16x2 ⊗ sh -> 16x0
-    _t_p_0_2_0 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
+    _t_p_0_2_0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 1, 3, 2).reshape(n, 5, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     p_11 = _t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
     w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
     w_p_0_2_1_13 = w[:, 208:224].reshape(n, 16)
     # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    _t_p_0_2_1 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6)).view(n, 16, 2, 3)  # zui,zikp->zupk
     _w_p_0_2_1 = torch.cat([
         w_p_0_2_1_12.reshape(n, 16),
         w_p_0_2_1_13.reshape(n, 16),
     ], dim=-1)
-    p_14 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_1, _w_p_0_2_1.reshape(n, 2, 16))
+    p_14 = torch.bmm(_t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2), _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 3)  # zupk,zpu->zuk
     w_p_0_2_2_15 = w[:, 144:160].reshape(n, 16)
     w_p_0_2_2_16 = w[:, 176:192].reshape(n, 16)
     w_p_0_2_2_17 = w[:, 224:240].reshape(n, 16)
     # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p_0_2_2 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    _t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
     _w_p_0_2_2 = torch.cat([
         w_p_0_2_2_15.reshape(n, 16),
         w_p_0_2_2_16.reshape(n, 16),
         w_p_0_2_2_17.reshape(n, 16),
     ], dim=-1)
-    p_18 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_2, _w_p_0_2_2.reshape(n, 3, 16))
+    p_18 = torch.bmm(_t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3), _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 5)  # zupk,zpu->zuk
     # ∂/∂d_m: ∂/∂weight: 16x0 -> 16x0
     p = torch.cat([
         (p_0 + p_3 + p_11).reshape(n, 16),
         (p_1 + p_7 + p_14).reshape(n, 48),
         (p_2 + p_10 + p_18).reshape(n, 80),
     ], dim=-1)
-    d2_d_m_19 = torch.einsum("uw,zui->zwi", (d2_d_weight[0:256].view(16, 16) * 0.25), p[:, 0:16].reshape(n, 16, 1))
+    d2_d_m_19 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x0 -> 16x0
-    d2_p_20 = torch.einsum("uw,zwi->zui", (d2_d_weight[0:256].view(16, 16) * 0.25), d_m[:, 0:16].reshape(n, 16, 1))
+    d2_p_20 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:256].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_m: ∂/∂weight: 16x1 -> 16x1
-    d2_d_m_21 = torch.einsum("uw,zui->zwi", (d2_d_weight[256:512].view(16, 16) * 0.25), p[:, 16:64].reshape(n, 16, 3))
+    d2_d_m_21 = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x1 -> 16x1
-    d2_p_22 = torch.einsum("uw,zwi->zui", (d2_d_weight[256:512].view(16, 16) * 0.25), d_m[:, 16:64].reshape(n, 16, 3))
+    d2_p_22 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[256:512].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_m: ∂/∂weight: 16x2 -> 16x2
-    d2_d_m_23 = torch.einsum("uw,zui->zwi", (d2_d_weight[512:768].view(16, 16) * 0.25), p[:, 64:144].reshape(n, 16, 5))
+    d2_d_m_23 = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
-    d2_p_24 = torch.einsum("uw,zwi->zui", (d2_d_weight[512:768].view(16, 16) * 0.25), d_m[:, 64:144].reshape(n, 16, 5))
+    d2_p_24 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zwi->zui
     d2_p = torch.cat([
         d2_p_20.reshape(n, 16),
         d2_p_22.reshape(n, 48),
         d2_p_24.reshape(n, 80),
     ], dim=-1)
-    d2__t_p_0_2_2 = torch.einsum("zuk,zpu->zupk", d2_p[:, 64:144].reshape(n, 16, 5), _w_p_0_2_2.reshape(n, 3, 16))
-    d2__w_p_0_2_2 = torch.einsum("zuk,zupk->zpu", d2_p[:, 64:144].reshape(n, 16, 5), _t_p_0_2_2)
+    d2__t_p_0_2_2 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 3, 5)  # zuk,zpu->zupk
+    d2__w_p_0_2_2 = torch.bmm(d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5), _t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3)).view(n, 16, 3).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_f_25 = torch.einsum("zupk,zipk->zui", d2__t_p_0_2_2, _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    d2_f_25 = torch.bmm(d2__t_p_0_2_2.reshape(n, 16, 15), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5)).view(n, 16, 5)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d2__m_p_0_26 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_2, f[:, 64:144].reshape(n, 16, 5))
+    d2__m_p_0_26 = torch.bmm(d2__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 3, 5, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     d2_w_27 = d2__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
     d2_w_28 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_29 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    d2__t_p_0_2_1 = torch.einsum("zuk,zpu->zupk", d2_p[:, 16:64].reshape(n, 16, 3), _w_p_0_2_1.reshape(n, 2, 16))
-    d2__w_p_0_2_1 = torch.einsum("zuk,zupk->zpu", d2_p[:, 16:64].reshape(n, 16, 3), _t_p_0_2_1)
+    d2__t_p_0_2_1 = torch.bmm(_w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 2, 3)  # zuk,zpu->zupk
+    d2__w_p_0_2_1 = torch.bmm(d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3), _t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2)).view(n, 16, 2).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_f_30 = torch.einsum("zupk,zipk->zui", d2__t_p_0_2_1, _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    d2_f_30 = torch.bmm(d2__t_p_0_2_1.reshape(n, 16, 6), _m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5)).view(n, 16, 5)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2__m_p_0_31 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_1, f[:, 64:144].reshape(n, 16, 5))
+    d2__m_p_0_31 = torch.bmm(d2__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 2, 3, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     d2_w_32 = d2__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_33 = d2__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    d2__t_p_0_2_0 = torch.einsum("zuk,zpu->zupk", d2_p[:, 0:16].reshape(n, 16, 1), w[:, 192:208].reshape(n, 1, 16))
-    d2_w_34 = torch.einsum("zuk,zupk->zpu", d2_p[:, 0:16].reshape(n, 16, 1), _t_p_0_2_0)
+    d2__t_p_0_2_0 = torch.bmm(w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
+    d2_w_34 = torch.bmm(d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1), _t_p_0_2_0.permute(0, 1, 3, 2).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
     d2_f_35 = d2__t_p_0_2_0.reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
     # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d2__m_p_0_36 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_0, f[:, 64:144].reshape(n, 16, 5))
-    d2__t_p_0_1_2 = torch.einsum("zuk,zpu->zupk", d2_p[:, 64:144].reshape(n, 16, 5), _w_p_0_1_2.reshape(n, 2, 16))
-    d2__w_p_0_1_2 = torch.einsum("zuk,zupk->zpu", d2_p[:, 64:144].reshape(n, 16, 5), _t_p_0_1_2)
+    d2__m_p_0_36 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p_0_2_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 5, 1, 1)  # zupk,zui->zikp
+    d2__t_p_0_1_2 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 2, 5)  # zuk,zpu->zupk
+    d2__w_p_0_1_2 = torch.bmm(d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5), _t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2)).view(n, 16, 2).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_f_37 = torch.einsum("zupk,zipk->zui", d2__t_p_0_1_2, _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    d2_f_37 = torch.bmm(d2__t_p_0_1_2.reshape(n, 16, 10), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3)).view(n, 16, 3)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d2__m_p_0_38 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_2, f[:, 16:64].reshape(n, 16, 3))
+    d2__m_p_0_38 = torch.bmm(d2__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 2, 5, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
     d2_w_39 = d2__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_40 = d2__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    d2__t_p_0_1_1 = torch.einsum("zuk,zpu->zupk", d2_p[:, 16:64].reshape(n, 16, 3), _w_p_0_1_1.reshape(n, 3, 16))
-    d2__w_p_0_1_1 = torch.einsum("zuk,zupk->zpu", d2_p[:, 16:64].reshape(n, 16, 3), _t_p_0_1_1)
+    d2__t_p_0_1_1 = torch.bmm(_w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 3, 3)  # zuk,zpu->zupk
+    d2__w_p_0_1_1 = torch.bmm(d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3), _t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3)).view(n, 16, 3).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_f_41 = torch.einsum("zupk,zipk->zui", d2__t_p_0_1_1, _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    d2_f_41 = torch.bmm(d2__t_p_0_1_1.reshape(n, 16, 9), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3)).view(n, 16, 3)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d2__m_p_0_42 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_1, f[:, 16:64].reshape(n, 16, 3))
+    d2__m_p_0_42 = torch.bmm(d2__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 3, 3, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
     d2_w_43 = d2__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
     d2_w_44 = d2__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_45 = d2__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    d2__t_p_0_1_0 = torch.einsum("zuk,zpu->zupk", d2_p[:, 0:16].reshape(n, 16, 1), w[:, 64:80].reshape(n, 1, 16))
-    d2_w_46 = torch.einsum("zuk,zupk->zpu", d2_p[:, 0:16].reshape(n, 16, 1), _t_p_0_1_0)
+    d2__t_p_0_1_0 = torch.bmm(w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
+    d2_w_46 = torch.bmm(d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1), _t_p_0_1_0.permute(0, 1, 3, 2).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
     d2_f_47 = d2__t_p_0_1_0.reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d2__m_p_0_48 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_0, f[:, 16:64].reshape(n, 16, 3))
-    d2__t_p_0_0_2 = torch.einsum("zuk,zpu->zupk", d2_p[:, 64:144].reshape(n, 16, 5), w[:, 32:48].reshape(n, 1, 16))
-    d2_w_49 = torch.einsum("zuk,zupk->zpu", d2_p[:, 64:144].reshape(n, 16, 5), _t_p_0_0_2)
+    d2__m_p_0_48 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p_0_1_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 3, 1, 1)  # zupk,zui->zikp
+    d2__t_p_0_0_2 = torch.bmm(w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 1, 5)  # zuk,zpu->zupk
+    d2_w_49 = torch.bmm(d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5), _t_p_0_0_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_f_50 = torch.einsum("zupk,zipk->zui", d2__t_p_0_0_2, _m_p_0[:, 4:9].reshape(n, 1, 1, 5))
+    d2_f_50 = torch.bmm(d2__t_p_0_0_2.reshape(n, 16, 5), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1)).view(n, 16, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d2__m_p_0_51 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_2, f[:, 0:16].reshape(n, 16, 1))
-    d2__t_p_0_0_1 = torch.einsum("zuk,zpu->zupk", d2_p[:, 16:64].reshape(n, 16, 3), w[:, 16:32].reshape(n, 1, 16))
-    d2_w_52 = torch.einsum("zuk,zupk->zpu", d2_p[:, 16:64].reshape(n, 16, 3), _t_p_0_0_1)
+    d2__m_p_0_51 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
+    d2__t_p_0_0_1 = torch.bmm(w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 1, 3)  # zuk,zpu->zupk
+    d2_w_52 = torch.bmm(d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3), _t_p_0_0_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_f_53 = torch.einsum("zupk,zipk->zui", d2__t_p_0_0_1, _m_p_0[:, 1:4].reshape(n, 1, 1, 3))
+    d2_f_53 = torch.bmm(d2__t_p_0_0_1.reshape(n, 16, 3), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1)).view(n, 16, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d2__m_p_0_54 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_1, f[:, 0:16].reshape(n, 16, 1))
-    d2__t_p_0_0_0 = torch.einsum("zuk,zpu->zupk", d2_p[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16))
-    d2_w_55 = torch.einsum("zuk,zupk->zpu", d2_p[:, 0:16].reshape(n, 16, 1), _t_p_0_0_0)
+    d2__m_p_0_54 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
+    d2__t_p_0_0_0 = torch.bmm(w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
+    d2_w_55 = torch.bmm(d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1), _t_p_0_0_0.permute(0, 1, 3, 2).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
     d2_f_56 = d2__t_p_0_0_0.reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d2__m_p_0_57 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_0, f[:, 0:16].reshape(n, 16, 1))
+    d2__m_p_0_57 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
     # ∂/∂sh: every path's (i, k) map at once: sh · G
     d2__m_p_0 = torch.cat([
         d2__m_p_0_57.reshape(n, 1),
@@ -1667,7 +1667,7 @@ def _cormorant_message_d2_weight(
         d2__m_p_0_31.reshape(n, 30),
         d2__m_p_0_26.reshape(n, 75),
     ], dim=-1)
-    d2_sh_58 = torch.einsum("zc,jc->zj", d2__m_p_0, _g_p_0)
+    d2_sh_58 = torch.mm(d2__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
     d2_f = torch.cat([
         (d2_f_50 + d2_f_53 + d2_f_56).reshape(n, 16),
         (d2_f_37 + d2_f_41 + d2_f_47).reshape(n, 48),
@@ -1757,41 +1757,41 @@ class cormorant_message(rt.FusionModule):
     cg_tables = ()
     matrices = {  # constant matrices as sparse (row, column, value): recouplings (exact 6j), stacked CG tables
         "_g_p_0": ((9, 179), (
-            (0, 0, 0.5773502691896257), (0, 12, 0.408248290463863), (0, 22, 0.408248290463863), (0, 32, 0.408248290463863),
-            (0, 104, 0.408248290463863), (0, 120, 0.408248290463863), (0, 136, 0.408248290463863), (0, 152, 0.408248290463863),
-            (0, 168, 0.408248290463863), (1, 1, 0.408248290463863), (1, 9, 0.3333333333333333), (1, 26, -0.2886751345948129),
-            (1, 34, 0.2886751345948129), (1, 41, -0.16666666666666666), (1, 43, -0.2886751345948129), (1, 50, 0.2886751345948129),
-            (1, 59, 0.2886751345948129), (1, 76, 0.223606797749979), (1, 81, 0.223606797749979), (1, 86, -0.12909944487358055),
-            (1, 98, -0.223606797749979), (1, 110, 0.16666666666666666), (1, 124, -0.16666666666666666), (1, 142, -0.2886751345948129),
-            (1, 156, 0.2886751345948129), (1, 158, -0.16666666666666666), (1, 172, 0.16666666666666666), (2, 2, 0.408248290463863),
-            (2, 10, 0.3333333333333333), (2, 17, 0.2886751345948129), (2, 33, -0.2886751345948129), (2, 40, 0.2886751345948129),
-            (2, 51, 0.3333333333333333), (2, 62, 0.2886751345948129), (2, 80, 0.223606797749979), (2, 87, 0.2581988897471611),
-            (2, 94, 0.223606797749979), (2, 113, 0.3333333333333333), (2, 127, 0.16666666666666666), (2, 155, -0.16666666666666666),
-            (2, 169, -0.3333333333333333), (3, 3, 0.408248290463863), (3, 11, 0.3333333333333333), (3, 16, -0.2886751345948129),
-            (3, 24, 0.2886751345948129), (3, 39, 0.2886751345948129), (3, 52, 0.2886751345948129), (3, 61, -0.16666666666666666),
-            (3, 63, 0.2886751345948129), (3, 74, 0.223606797749979), (3, 88, -0.12909944487358055), (3, 93, 0.223606797749979),
-            (3, 100, 0.223606797749979), (3, 112, -0.16666666666666666), (3, 126, -0.2886751345948129), (3, 128, -0.16666666666666666),
-            (3, 140, 0.2886751345948129), (3, 154, 0.16666666666666666), (3, 170, 0.16666666666666666), (4, 4, 0.408248290463863),
-            (4, 20, 0.223606797749979), (4, 36, 0.223606797749979), (4, 45, -0.16666666666666666), (4, 58, -0.3333333333333333),
-            (4, 67, 0.16666666666666666), (4, 69, 0.2581988897471611), (4, 83, 0.12909944487358055), (4, 97, -0.12909944487358055),
-            (4, 102, 0.2581988897471611), (4, 116, -0.2182178902359924), (4, 132, 0.1889822365046136), (4, 144, -0.2182178902359924),
-            (4, 160, 0.1889822365046136), (5, 5, 0.408248290463863), (5, 19, 0.223606797749979), (5, 27, 0.223606797749979),
-            (5, 44, 0.16666666666666666), (5, 57, -0.16666666666666666), (5, 66, 0.2886751345948129), (5, 68, 0.16666666666666666),
-            (5, 70, 0.2581988897471611), (5, 77, -0.12909944487358055), (5, 91, -0.223606797749979), (5, 96, 0.12909944487358055),
-            (5, 103, -0.12909944487358055), (5, 117, 0.1889822365046136), (5, 131, 0.1091089451179962), (5, 133, -0.1889822365046136),
-            (5, 145, 0.1091089451179962), (5, 159, 0.1889822365046136), (5, 175, -0.1889822365046136), (6, 6, 0.408248290463863),
-            (6, 18, -0.12909944487358055), (6, 28, 0.2581988897471611), (6, 38, -0.12909944487358055), (6, 47, 0.2886751345948129),
-            (6, 65, -0.2886751345948129), (6, 71, 0.2581988897471611), (6, 85, 0.223606797749979), (6, 95, -0.223606797749979),
-            (6, 114, -0.2182178902359924), (6, 130, 0.1091089451179962), (6, 146, 0.2182178902359924), (6, 162, 0.1091089451179962),
-            (6, 178, -0.2182178902359924), (7, 7, 0.408248290463863), (7, 29, 0.223606797749979), (7, 37, 0.223606797749979),
-            (7, 46, -0.2886751345948129), (7, 48, 0.16666666666666666), (7, 55, 0.16666666666666666), (7, 64, -0.16666666666666666),
-            (7, 72, 0.2581988897471611), (7, 79, 0.12909944487358055), (7, 84, -0.12909944487358055), (7, 89, 0.223606797749979),
-            (7, 101, -0.12909944487358055), (7, 115, 0.1889822365046136), (7, 129, 0.1889822365046136), (7, 147, 0.1091089451179962),
-            (7, 161, 0.1091089451179962), (7, 163, 0.1889822365046136), (7, 177, 0.1889822365046136), (8, 8, 0.408248290463863),
-            (8, 18, -0.223606797749979), (8, 38, 0.223606797749979), (8, 47, -0.16666666666666666), (8, 54, 0.3333333333333333),
-            (8, 65, -0.16666666666666666), (8, 73, 0.2581988897471611), (8, 78, -0.2581988897471611), (8, 85, 0.12909944487358055),
-            (8, 95, 0.12909944487358055), (8, 130, -0.1889822365046136), (8, 148, -0.2182178902359924), (8, 162, 0.1889822365046136),
-            (8, 176, -0.2182178902359924),
+            (0, 0, 0.5773502691896257), (0, 12, 0.408248290463863), (0, 24, 0.408248290463863), (0, 36, 0.408248290463863),
+            (0, 104, 0.408248290463863), (0, 122, 0.408248290463863), (0, 140, 0.408248290463863), (0, 158, 0.408248290463863),
+            (0, 176, 0.408248290463863), (1, 1, 0.408248290463863), (1, 9, 0.3333333333333333), (1, 28, -0.2886751345948129),
+            (1, 34, 0.2886751345948129), (1, 43, -0.16666666666666666), (1, 47, -0.2886751345948129), (1, 51, 0.2886751345948129),
+            (1, 59, 0.2886751345948129), (1, 78, 0.223606797749979), (1, 82, 0.223606797749979), (1, 86, -0.12909944487358055),
+            (1, 98, -0.223606797749979), (1, 108, 0.16666666666666666), (1, 120, -0.16666666666666666), (1, 144, -0.2886751345948129),
+            (1, 156, 0.2886751345948129), (1, 162, -0.16666666666666666), (1, 174, 0.16666666666666666), (2, 2, 0.408248290463863),
+            (2, 10, 0.3333333333333333), (2, 19, 0.2886751345948129), (2, 31, -0.2886751345948129), (2, 41, 0.2886751345948129),
+            (2, 53, 0.3333333333333333), (2, 65, 0.2886751345948129), (2, 80, 0.223606797749979), (2, 88, 0.2581988897471611),
+            (2, 96, 0.223606797749979), (2, 117, 0.3333333333333333), (2, 129, 0.16666666666666666), (2, 153, -0.16666666666666666),
+            (2, 165, -0.3333333333333333), (3, 3, 0.408248290463863), (3, 11, 0.3333333333333333), (3, 16, -0.2886751345948129),
+            (3, 22, 0.2886751345948129), (3, 39, 0.2886751345948129), (3, 55, 0.2886751345948129), (3, 63, -0.16666666666666666),
+            (3, 67, 0.2886751345948129), (3, 74, 0.223606797749979), (3, 90, -0.12909944487358055), (3, 94, 0.223606797749979),
+            (3, 102, 0.223606797749979), (3, 114, -0.16666666666666666), (3, 126, -0.2886751345948129), (3, 132, -0.16666666666666666),
+            (3, 138, 0.2886751345948129), (3, 150, 0.16666666666666666), (3, 168, 0.16666666666666666), (4, 4, 0.408248290463863),
+            (4, 20, 0.223606797749979), (4, 32, 0.223606797749979), (4, 42, -0.16666666666666666), (4, 58, -0.3333333333333333),
+            (4, 66, 0.16666666666666666), (4, 69, 0.2581988897471611), (4, 81, 0.12909944487358055), (4, 97, -0.12909944487358055),
+            (4, 101, 0.2581988897471611), (4, 112, -0.2182178902359924), (4, 130, 0.1889822365046136), (4, 136, -0.2182178902359924),
+            (4, 154, 0.1889822365046136), (5, 5, 0.408248290463863), (5, 17, 0.223606797749979), (5, 23, 0.223606797749979),
+            (5, 40, 0.16666666666666666), (5, 56, -0.16666666666666666), (5, 64, 0.2886751345948129), (5, 68, 0.16666666666666666),
+            (5, 70, 0.2581988897471611), (5, 75, -0.12909944487358055), (5, 91, -0.223606797749979), (5, 95, 0.12909944487358055),
+            (5, 103, -0.12909944487358055), (5, 115, 0.1889822365046136), (5, 127, 0.1091089451179962), (5, 133, -0.1889822365046136),
+            (5, 139, 0.1091089451179962), (5, 151, 0.1889822365046136), (5, 169, -0.1889822365046136), (6, 6, 0.408248290463863),
+            (6, 14, -0.12909944487358055), (6, 26, 0.2581988897471611), (6, 38, -0.12909944487358055), (6, 46, 0.2886751345948129),
+            (6, 62, -0.2886751345948129), (6, 71, 0.2581988897471611), (6, 85, 0.223606797749979), (6, 93, -0.223606797749979),
+            (6, 106, -0.2182178902359924), (6, 124, 0.1091089451179962), (6, 142, 0.2182178902359924), (6, 160, 0.1091089451179962),
+            (6, 178, -0.2182178902359924), (7, 7, 0.408248290463863), (7, 29, 0.223606797749979), (7, 35, 0.223606797749979),
+            (7, 44, -0.2886751345948129), (7, 48, 0.16666666666666666), (7, 52, 0.16666666666666666), (7, 60, -0.16666666666666666),
+            (7, 72, 0.2581988897471611), (7, 79, 0.12909944487358055), (7, 83, -0.12909944487358055), (7, 87, 0.223606797749979),
+            (7, 99, -0.12909944487358055), (7, 109, 0.1889822365046136), (7, 121, 0.1889822365046136), (7, 145, 0.1091089451179962),
+            (7, 157, 0.1091089451179962), (7, 163, 0.1889822365046136), (7, 175, 0.1889822365046136), (8, 8, 0.408248290463863),
+            (8, 14, -0.223606797749979), (8, 38, 0.223606797749979), (8, 46, -0.16666666666666666), (8, 50, 0.3333333333333333),
+            (8, 62, -0.16666666666666666), (8, 73, 0.2581988897471611), (8, 77, -0.2581988897471611), (8, 85, 0.12909944487358055),
+            (8, 93, 0.12909944487358055), (8, 124, -0.1889822365046136), (8, 148, -0.2182178902359924), (8, 160, 0.1889822365046136),
+            (8, 172, -0.2182178902359924),
         )),
     }
 

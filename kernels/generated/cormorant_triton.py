@@ -16,7 +16,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_7aa5483ad00bd7ed")
+_ops = rt.OpNamespace("fusionc_d329aea4787a5d29")
 
 
 @triton.jit
@@ -31,14 +31,14 @@ def _cormorant_cg_d_0_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
         tl.store(d_f_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
     tl.debug_barrier()
     # p1 = (p0 ⊗ p0) -> 16x0
+    iu_1 = tl.arange(0, 16)
     ii_1 = tl.arange(0, 1)
     ij_1 = tl.arange(0, 1)
-    iu_1 = tl.arange(0, 16)
-    p0_1 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_1[None, None, None, :] + ii_1[None, :, None, None]
+    p0_1 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_1[None, :, None, None] + ii_1[None, None, :, None]
     m0_1 = row_mask[:, None, None, None]
-    p1_1 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_1[None, None, None, :] + ij_1[None, None, :, None]
+    p1_1 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_1[None, :, None, None] + ij_1[None, None, None, :]
     m1_1 = row_mask[:, None, None, None]
-    po_1 = scratch + 1216 + z[:, None, None, None] * 5408 + ii_1[None, :, None, None] * 16 + ij_1[None, None, :, None] * 16 + iu_1[None, None, None, :]
+    po_1 = scratch + 1216 + z[:, None, None, None] * 5408 + iu_1[None, :, None, None] + ii_1[None, None, :, None] + ij_1[None, None, None, :]
     mo_1 = row_mask[:, None, None, None]
     a0_1 = tl.load(p0_1, mask=m0_1, other=0.0)
     a1_1 = tl.load(p1_1, mask=m1_1, other=0.0)
@@ -50,7 +50,7 @@ def _cormorant_cg_d_0_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     ii_2 = tl.arange(0, 1)
     ij_2 = tl.arange(0, 1)
     p0_2 = cg_0_0_0_ptr + 0 + ii_2[None, None, None, :, None] + ij_2[None, None, None, None, :] + ik_2[None, None, :, None, None]
-    p1_2 = scratch + 1216 + z[:, None, None, None, None] * 5408 + ii_2[None, None, None, :, None] * 16 + ij_2[None, None, None, None, :] * 16 + iu_2[None, :, None, None, None]
+    p1_2 = scratch + 1216 + z[:, None, None, None, None] * 5408 + iu_2[None, :, None, None, None] + ii_2[None, None, None, :, None] + ij_2[None, None, None, None, :]
     m1_2 = row_mask[:, None, None, None, None]
     po_2 = scratch + 144 + z[:, None, None] * 5408 + iu_2[None, :, None] + ik_2[None, None, :]
     mo_2 = row_mask[:, None, None]
@@ -72,15 +72,15 @@ def _cormorant_cg_d_0_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     tl.store(q_3, tl.load(q_3, mask=mo_3, other=0.0) + a0_3 * a1_3 * 0.5773502691896257, mask=mo_3)
     tl.debug_barrier()
     # p3 = (p0 ⊗ p2) -> 16x1
+    iu_4 = tl.arange(0, 16)
     ii_4 = tl.arange(0, 1)
     ij_4 = tl.arange(0, 4)
-    iu_4 = tl.arange(0, 16)
-    p0_4 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_4[None, None, None, :] + ii_4[None, :, None, None]
+    p0_4 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_4[None, :, None, None] + ii_4[None, None, :, None]
     m0_4 = row_mask[:, None, None, None]
-    p1_4 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_4[None, None, None, :] * 3 + ij_4[None, None, :, None]
-    m1_4 = row_mask[:, None, None, None] & (ij_4[None, None, :, None] < 3)
-    po_4 = scratch + 1232 + z[:, None, None, None] * 5408 + ii_4[None, :, None, None] * 48 + ij_4[None, None, :, None] * 16 + iu_4[None, None, None, :]
-    mo_4 = row_mask[:, None, None, None] & (ij_4[None, None, :, None] < 3)
+    p1_4 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_4[None, :, None, None] * 3 + ij_4[None, None, None, :]
+    m1_4 = row_mask[:, None, None, None] & (ij_4[None, None, None, :] < 3)
+    po_4 = scratch + 1232 + z[:, None, None, None] * 5408 + iu_4[None, :, None, None] * 3 + ii_4[None, None, :, None] * 3 + ij_4[None, None, None, :]
+    mo_4 = row_mask[:, None, None, None] & (ij_4[None, None, None, :] < 3)
     a0_4 = tl.load(p0_4, mask=m0_4, other=0.0)
     a1_4 = tl.load(p1_4, mask=m1_4, other=0.0)
     q_4 = po_4
@@ -92,7 +92,7 @@ def _cormorant_cg_d_0_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     ij_5 = tl.arange(0, 4)
     p0_5 = cg_0_1_1_ptr + 0 + ii_5[None, None, None, :, None] * 9 + ij_5[None, None, None, None, :] * 3 + ik_5[None, None, :, None, None]
     m0_5 = (ij_5[None, None, None, None, :] < 3) & (ik_5[None, None, :, None, None] < 3)
-    p1_5 = scratch + 1232 + z[:, None, None, None, None] * 5408 + ii_5[None, None, None, :, None] * 48 + ij_5[None, None, None, None, :] * 16 + iu_5[None, :, None, None, None]
+    p1_5 = scratch + 1232 + z[:, None, None, None, None] * 5408 + iu_5[None, :, None, None, None] * 3 + ii_5[None, None, None, :, None] * 3 + ij_5[None, None, None, None, :]
     m1_5 = row_mask[:, None, None, None, None] & (ij_5[None, None, None, None, :] < 3)
     po_5 = scratch + 160 + z[:, None, None] * 5408 + iu_5[None, :, None] * 3 + ik_5[None, None, :]
     mo_5 = row_mask[:, None, None] & (ik_5[None, None, :] < 3)
@@ -114,15 +114,15 @@ def _cormorant_cg_d_0_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     tl.store(q_6, tl.load(q_6, mask=mo_6, other=0.0) + a0_6 * a1_6 * 1.224744871391589, mask=mo_6)
     tl.debug_barrier()
     # p5 = (p0 ⊗ p4) -> 16x2
+    iu_7 = tl.arange(0, 16)
     ii_7 = tl.arange(0, 1)
     ij_7 = tl.arange(0, 8)
-    iu_7 = tl.arange(0, 16)
-    p0_7 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_7[None, None, None, :] + ii_7[None, :, None, None]
+    p0_7 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_7[None, :, None, None] + ii_7[None, None, :, None]
     m0_7 = row_mask[:, None, None, None]
-    p1_7 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_7[None, None, None, :] * 5 + ij_7[None, None, :, None]
-    m1_7 = row_mask[:, None, None, None] & (ij_7[None, None, :, None] < 5)
-    po_7 = scratch + 1280 + z[:, None, None, None] * 5408 + ii_7[None, :, None, None] * 80 + ij_7[None, None, :, None] * 16 + iu_7[None, None, None, :]
-    mo_7 = row_mask[:, None, None, None] & (ij_7[None, None, :, None] < 5)
+    p1_7 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_7[None, :, None, None] * 5 + ij_7[None, None, None, :]
+    m1_7 = row_mask[:, None, None, None] & (ij_7[None, None, None, :] < 5)
+    po_7 = scratch + 1280 + z[:, None, None, None] * 5408 + iu_7[None, :, None, None] * 5 + ii_7[None, None, :, None] * 5 + ij_7[None, None, None, :]
+    mo_7 = row_mask[:, None, None, None] & (ij_7[None, None, None, :] < 5)
     a0_7 = tl.load(p0_7, mask=m0_7, other=0.0)
     a1_7 = tl.load(p1_7, mask=m1_7, other=0.0)
     q_7 = po_7
@@ -133,14 +133,14 @@ def _cormorant_cg_d_0_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     ij_8 = tl.arange(0, 8)
     p0_8 = cg_0_2_2_ptr + 0 + ii_8[None, None, None, :, None] * 25 + ij_8[None, None, None, None, :] * 5 + ik_8[None, None, :, None, None]
     m0_8 = (ij_8[None, None, None, None, :] < 5) & (ik_8[None, None, :, None, None] < 5)
-    p1_8 = scratch + 1280 + z[:, None, None, None, None] * 5408 + ii_8[None, None, None, :, None] * 80 + ij_8[None, None, None, None, :] * 16
+    p1_8 = scratch + 1280 + z[:, None, None, None, None] * 5408 + ii_8[None, None, None, :, None] * 5 + ij_8[None, None, None, None, :]
     m1_8 = row_mask[:, None, None, None, None] & (ij_8[None, None, None, None, :] < 5)
     po_8 = scratch + 208 + z[:, None, None] * 5408 + ik_8[None, None, :]
     mo_8 = row_mask[:, None, None] & (ik_8[None, None, :] < 5)
     for startu_8 in range(0, 16, 4):
         iu_8 = startu_8 + tl.arange(0, 4)
         a0_8 = tl.load(p0_8, mask=m0_8, other=0.0)
-        a1_8 = tl.load(p1_8 + iu_8[None, :, None, None, None], mask=m1_8, other=0.0)
+        a1_8 = tl.load(p1_8 + iu_8[None, :, None, None, None] * 5, mask=m1_8, other=0.0)
         q_8 = po_8 + iu_8[None, :, None] * 5
         tl.store(q_8, tl.load(q_8, mask=mo_8, other=0.0) + tl.sum(tl.sum(a0_8 * a1_8, axis=4), axis=3), mask=mo_8)
     tl.debug_barrier()
@@ -157,15 +157,15 @@ def _cormorant_cg_d_0_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     tl.store(q_9, tl.load(q_9, mask=mo_9, other=0.0) + a0_9 * a1_9 * 1.118033988749895, mask=mo_9)
     tl.debug_barrier()
     # p6 = (p2 ⊗ p2) -> 16x0
+    iu_10 = tl.arange(0, 16)
     ii_10 = tl.arange(0, 4)
     ij_10 = tl.arange(0, 4)
-    iu_10 = tl.arange(0, 16)
-    p0_10 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_10[None, None, None, :] * 3 + ii_10[None, :, None, None]
-    m0_10 = row_mask[:, None, None, None] & (ii_10[None, :, None, None] < 3)
-    p1_10 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_10[None, None, None, :] * 3 + ij_10[None, None, :, None]
-    m1_10 = row_mask[:, None, None, None] & (ij_10[None, None, :, None] < 3)
-    po_10 = scratch + 1360 + z[:, None, None, None] * 5408 + ii_10[None, :, None, None] * 48 + ij_10[None, None, :, None] * 16 + iu_10[None, None, None, :]
-    mo_10 = row_mask[:, None, None, None] & (ii_10[None, :, None, None] < 3) & (ij_10[None, None, :, None] < 3)
+    p0_10 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_10[None, :, None, None] * 3 + ii_10[None, None, :, None]
+    m0_10 = row_mask[:, None, None, None] & (ii_10[None, None, :, None] < 3)
+    p1_10 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_10[None, :, None, None] * 3 + ij_10[None, None, None, :]
+    m1_10 = row_mask[:, None, None, None] & (ij_10[None, None, None, :] < 3)
+    po_10 = scratch + 1360 + z[:, None, None, None] * 5408 + iu_10[None, :, None, None] * 9 + ii_10[None, None, :, None] * 3 + ij_10[None, None, None, :]
+    mo_10 = row_mask[:, None, None, None] & (ii_10[None, None, :, None] < 3) & (ij_10[None, None, None, :] < 3)
     a0_10 = tl.load(p0_10, mask=m0_10, other=0.0)
     a1_10 = tl.load(p1_10, mask=m1_10, other=0.0)
     q_10 = po_10
@@ -177,7 +177,7 @@ def _cormorant_cg_d_0_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     ij_11 = tl.arange(0, 4)
     p0_11 = cg_1_1_0_ptr + 0 + ii_11[None, None, None, :, None] * 3 + ij_11[None, None, None, None, :] + ik_11[None, None, :, None, None]
     m0_11 = (ii_11[None, None, None, :, None] < 3) & (ij_11[None, None, None, None, :] < 3)
-    p1_11 = scratch + 1360 + z[:, None, None, None, None] * 5408 + ii_11[None, None, None, :, None] * 48 + ij_11[None, None, None, None, :] * 16 + iu_11[None, :, None, None, None]
+    p1_11 = scratch + 1360 + z[:, None, None, None, None] * 5408 + iu_11[None, :, None, None, None] * 9 + ii_11[None, None, None, :, None] * 3 + ij_11[None, None, None, None, :]
     m1_11 = row_mask[:, None, None, None, None] & (ii_11[None, None, None, :, None] < 3) & (ij_11[None, None, None, None, :] < 3)
     po_11 = scratch + 288 + z[:, None, None] * 5408 + iu_11[None, :, None] + ik_11[None, None, :]
     mo_11 = row_mask[:, None, None]
@@ -203,7 +203,7 @@ def _cormorant_cg_d_0_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     ij_13 = tl.arange(0, 4)
     p0_13 = cg_1_1_2_ptr + 0 + ii_13[None, None, None, :, None] * 15 + ij_13[None, None, None, None, :] * 5
     m0_13 = (ii_13[None, None, None, :, None] < 3) & (ij_13[None, None, None, None, :] < 3)
-    p1_13 = scratch + 1360 + z[:, None, None, None, None] * 5408 + ii_13[None, None, None, :, None] * 48 + ij_13[None, None, None, None, :] * 16
+    p1_13 = scratch + 1360 + z[:, None, None, None, None] * 5408 + ii_13[None, None, None, :, None] * 3 + ij_13[None, None, None, None, :]
     m1_13 = row_mask[:, None, None, None, None] & (ii_13[None, None, None, :, None] < 3) & (ij_13[None, None, None, None, :] < 3)
     po_13 = scratch + 304 + z[:, None, None] * 5408
     mo_13 = row_mask[:, None, None]
@@ -212,7 +212,7 @@ def _cormorant_cg_d_0_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
         for startk_13 in range(0, 5, 4):
             ik_13 = startk_13 + tl.arange(0, 4)
             a0_13 = tl.load(p0_13 + ik_13[None, None, :, None, None], mask=m0_13 & (ik_13[None, None, :, None, None] < 5), other=0.0)
-            a1_13 = tl.load(p1_13 + iu_13[None, :, None, None, None], mask=m1_13, other=0.0)
+            a1_13 = tl.load(p1_13 + iu_13[None, :, None, None, None] * 9, mask=m1_13, other=0.0)
             q_13 = po_13 + iu_13[None, :, None] * 5 + ik_13[None, None, :]
             tl.store(q_13, tl.load(q_13, mask=mo_13 & (ik_13[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_13 * a1_13, axis=4), axis=3), mask=mo_13 & (ik_13[None, None, :] < 5))
     tl.debug_barrier()
@@ -231,24 +231,24 @@ def _cormorant_cg_d_0_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     # p8 = (p2 ⊗ p4) -> 16x1
     ii_15 = tl.arange(0, 4)
     ij_15 = tl.arange(0, 8)
-    p0_15 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_15[None, :, None, None]
-    m0_15 = row_mask[:, None, None, None] & (ii_15[None, :, None, None] < 3)
-    p1_15 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_15[None, None, :, None]
-    m1_15 = row_mask[:, None, None, None] & (ij_15[None, None, :, None] < 5)
-    po_15 = scratch + 1504 + z[:, None, None, None] * 5408 + ii_15[None, :, None, None] * 80 + ij_15[None, None, :, None] * 16
-    mo_15 = row_mask[:, None, None, None] & (ii_15[None, :, None, None] < 3) & (ij_15[None, None, :, None] < 5)
+    p0_15 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_15[None, None, :, None]
+    m0_15 = row_mask[:, None, None, None] & (ii_15[None, None, :, None] < 3)
+    p1_15 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_15[None, None, None, :]
+    m1_15 = row_mask[:, None, None, None] & (ij_15[None, None, None, :] < 5)
+    po_15 = scratch + 1504 + z[:, None, None, None] * 5408 + ii_15[None, None, :, None] * 5 + ij_15[None, None, None, :]
+    mo_15 = row_mask[:, None, None, None] & (ii_15[None, None, :, None] < 3) & (ij_15[None, None, None, :] < 5)
     for startu_15 in range(0, 16, 8):
         iu_15 = startu_15 + tl.arange(0, 8)
-        a0_15 = tl.load(p0_15 + iu_15[None, None, None, :] * 3, mask=m0_15, other=0.0)
-        a1_15 = tl.load(p1_15 + iu_15[None, None, None, :] * 5, mask=m1_15, other=0.0)
-        q_15 = po_15 + iu_15[None, None, None, :]
+        a0_15 = tl.load(p0_15 + iu_15[None, :, None, None] * 3, mask=m0_15, other=0.0)
+        a1_15 = tl.load(p1_15 + iu_15[None, :, None, None] * 5, mask=m1_15, other=0.0)
+        q_15 = po_15 + iu_15[None, :, None, None] * 15
         tl.store(q_15, tl.load(q_15, mask=mo_15, other=0.0) + a0_15 * a1_15, mask=mo_15)
     tl.debug_barrier()
     ik_16 = tl.arange(0, 4)
     ii_16 = tl.arange(0, 4)
     p0_16 = cg_1_2_1_ptr + 0 + ii_16[None, None, None, :, None] * 15 + ik_16[None, None, :, None, None]
     m0_16 = (ii_16[None, None, None, :, None] < 3) & (ik_16[None, None, :, None, None] < 3)
-    p1_16 = scratch + 1504 + z[:, None, None, None, None] * 5408 + ii_16[None, None, None, :, None] * 80
+    p1_16 = scratch + 1504 + z[:, None, None, None, None] * 5408 + ii_16[None, None, None, :, None] * 5
     m1_16 = row_mask[:, None, None, None, None] & (ii_16[None, None, None, :, None] < 3)
     po_16 = scratch + 384 + z[:, None, None] * 5408 + ik_16[None, None, :]
     mo_16 = row_mask[:, None, None] & (ik_16[None, None, :] < 3)
@@ -258,7 +258,7 @@ def _cormorant_cg_d_0_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
         for startj_16 in range(0, 5, 4):
             ij_16 = startj_16 + tl.arange(0, 4)
             a0_16 = tl.load(p0_16 + ij_16[None, None, None, None, :] * 3, mask=m0_16 & (ij_16[None, None, None, None, :] < 5), other=0.0)
-            a1_16 = tl.load(p1_16 + ij_16[None, None, None, None, :] * 16 + iu_16[None, :, None, None, None], mask=m1_16 & (ij_16[None, None, None, None, :] < 5), other=0.0)
+            a1_16 = tl.load(p1_16 + iu_16[None, :, None, None, None] * 15 + ij_16[None, None, None, None, :], mask=m1_16 & (ij_16[None, None, None, None, :] < 5), other=0.0)
             acc_16 += tl.sum(tl.sum(a0_16 * a1_16, axis=4), axis=3)
         q_16 = po_16 + iu_16[None, :, None] * 3
         tl.store(q_16, tl.load(q_16, mask=mo_16, other=0.0) + acc_16, mask=mo_16)
@@ -288,7 +288,7 @@ def _cormorant_cg_d_1_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     ii_18 = tl.arange(0, 4)
     p0_18 = cg_1_2_2_ptr + 0 + ii_18[None, None, None, :, None] * 25
     m0_18 = (ii_18[None, None, None, :, None] < 3)
-    p1_18 = scratch + 1504 + z[:, None, None, None, None] * 5408 + ii_18[None, None, None, :, None] * 80
+    p1_18 = scratch + 1504 + z[:, None, None, None, None] * 5408 + ii_18[None, None, None, :, None] * 5
     m1_18 = row_mask[:, None, None, None, None] & (ii_18[None, None, None, :, None] < 3)
     po_18 = scratch + 432 + z[:, None, None] * 5408
     mo_18 = row_mask[:, None, None]
@@ -300,7 +300,7 @@ def _cormorant_cg_d_1_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
             for startj_18 in range(0, 5, 4):
                 ij_18 = startj_18 + tl.arange(0, 4)
                 a0_18 = tl.load(p0_18 + ij_18[None, None, None, None, :] * 5 + ik_18[None, None, :, None, None], mask=m0_18 & (ij_18[None, None, None, None, :] < 5) & (ik_18[None, None, :, None, None] < 5), other=0.0)
-                a1_18 = tl.load(p1_18 + ij_18[None, None, None, None, :] * 16 + iu_18[None, :, None, None, None], mask=m1_18 & (ij_18[None, None, None, None, :] < 5), other=0.0)
+                a1_18 = tl.load(p1_18 + iu_18[None, :, None, None, None] * 15 + ij_18[None, None, None, None, :], mask=m1_18 & (ij_18[None, None, None, None, :] < 5), other=0.0)
                 acc_18 += tl.sum(tl.sum(a0_18 * a1_18, axis=4), axis=3)
             q_18 = po_18 + iu_18[None, :, None] * 5 + ik_18[None, None, :]
             tl.store(q_18, tl.load(q_18, mask=mo_18 & (ik_18[None, None, :] < 5), other=0.0) + acc_18, mask=mo_18 & (ik_18[None, None, :] < 5))
@@ -318,35 +318,34 @@ def _cormorant_cg_d_1_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     tl.store(q_19, tl.load(q_19, mask=mo_19, other=0.0) + a0_19 * a1_19 * 1.118033988749895, mask=mo_19)
     tl.debug_barrier()
     # p10 = (p4 ⊗ p4) -> 16x0
+    ii_20 = tl.arange(0, 8)
     ij_20 = tl.arange(0, 8)
-    p0_20 = f_ptr + 64 + z[:, None, None, None] * 144
-    m0_20 = row_mask[:, None, None, None]
-    p1_20 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_20[None, None, :, None]
-    m1_20 = row_mask[:, None, None, None] & (ij_20[None, None, :, None] < 5)
-    po_20 = scratch + 1744 + z[:, None, None, None] * 5408 + ij_20[None, None, :, None] * 16
-    mo_20 = row_mask[:, None, None, None] & (ij_20[None, None, :, None] < 5)
-    for starti_20 in range(0, 5, 4):
-        ii_20 = starti_20 + tl.arange(0, 4)
-        for startu_20 in range(0, 16, 8):
-            iu_20 = startu_20 + tl.arange(0, 8)
-            a0_20 = tl.load(p0_20 + iu_20[None, None, None, :] * 5 + ii_20[None, :, None, None], mask=m0_20 & (ii_20[None, :, None, None] < 5), other=0.0)
-            a1_20 = tl.load(p1_20 + iu_20[None, None, None, :] * 5, mask=m1_20, other=0.0)
-            q_20 = po_20 + ii_20[None, :, None, None] * 80 + iu_20[None, None, None, :]
-            tl.store(q_20, tl.load(q_20, mask=mo_20 & (ii_20[None, :, None, None] < 5), other=0.0) + a0_20 * a1_20, mask=mo_20 & (ii_20[None, :, None, None] < 5))
+    p0_20 = f_ptr + 64 + z[:, None, None, None] * 144 + ii_20[None, None, :, None]
+    m0_20 = row_mask[:, None, None, None] & (ii_20[None, None, :, None] < 5)
+    p1_20 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_20[None, None, None, :]
+    m1_20 = row_mask[:, None, None, None] & (ij_20[None, None, None, :] < 5)
+    po_20 = scratch + 1744 + z[:, None, None, None] * 5408 + ii_20[None, None, :, None] * 5 + ij_20[None, None, None, :]
+    mo_20 = row_mask[:, None, None, None] & (ii_20[None, None, :, None] < 5) & (ij_20[None, None, None, :] < 5)
+    for startu_20 in range(0, 16, 4):
+        iu_20 = startu_20 + tl.arange(0, 4)
+        a0_20 = tl.load(p0_20 + iu_20[None, :, None, None] * 5, mask=m0_20, other=0.0)
+        a1_20 = tl.load(p1_20 + iu_20[None, :, None, None] * 5, mask=m1_20, other=0.0)
+        q_20 = po_20 + iu_20[None, :, None, None] * 25
+        tl.store(q_20, tl.load(q_20, mask=mo_20, other=0.0) + a0_20 * a1_20, mask=mo_20)
     tl.debug_barrier()
     ik_21 = tl.arange(0, 1)
     ii_21 = tl.arange(0, 8)
     ij_21 = tl.arange(0, 8)
     p0_21 = cg_2_2_0_ptr + 0 + ii_21[None, None, None, :, None] * 5 + ij_21[None, None, None, None, :] + ik_21[None, None, :, None, None]
     m0_21 = (ii_21[None, None, None, :, None] < 5) & (ij_21[None, None, None, None, :] < 5)
-    p1_21 = scratch + 1744 + z[:, None, None, None, None] * 5408 + ii_21[None, None, None, :, None] * 80 + ij_21[None, None, None, None, :] * 16
+    p1_21 = scratch + 1744 + z[:, None, None, None, None] * 5408 + ii_21[None, None, None, :, None] * 5 + ij_21[None, None, None, None, :]
     m1_21 = row_mask[:, None, None, None, None] & (ii_21[None, None, None, :, None] < 5) & (ij_21[None, None, None, None, :] < 5)
     po_21 = scratch + 512 + z[:, None, None] * 5408 + ik_21[None, None, :]
     mo_21 = row_mask[:, None, None]
     for startu_21 in range(0, 16, 4):
         iu_21 = startu_21 + tl.arange(0, 4)
         a0_21 = tl.load(p0_21, mask=m0_21, other=0.0)
-        a1_21 = tl.load(p1_21 + iu_21[None, :, None, None, None], mask=m1_21, other=0.0)
+        a1_21 = tl.load(p1_21 + iu_21[None, :, None, None, None] * 25, mask=m1_21, other=0.0)
         q_21 = po_21 + iu_21[None, :, None]
         tl.store(q_21, tl.load(q_21, mask=mo_21, other=0.0) + tl.sum(tl.sum(a0_21 * a1_21, axis=4), axis=3), mask=mo_21)
     tl.debug_barrier()
@@ -378,7 +377,7 @@ def _cormorant_cg_d_1_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
                 for startj_23 in range(0, 5, 4):
                     ij_23 = startj_23 + tl.arange(0, 4)
                     a0_23 = tl.load(p0_23 + ii_23[None, None, None, :, None] * 25 + ij_23[None, None, None, None, :] * 5 + ik_23[None, None, :, None, None], mask=(ii_23[None, None, None, :, None] < 5) & (ij_23[None, None, None, None, :] < 5) & (ik_23[None, None, :, None, None] < 5), other=0.0)
-                    a1_23 = tl.load(p1_23 + ii_23[None, None, None, :, None] * 80 + ij_23[None, None, None, None, :] * 16 + iu_23[None, :, None, None, None], mask=m1_23 & (ii_23[None, None, None, :, None] < 5) & (ij_23[None, None, None, None, :] < 5), other=0.0)
+                    a1_23 = tl.load(p1_23 + iu_23[None, :, None, None, None] * 25 + ii_23[None, None, None, :, None] * 5 + ij_23[None, None, None, None, :], mask=m1_23 & (ii_23[None, None, None, :, None] < 5) & (ij_23[None, None, None, None, :] < 5), other=0.0)
                     acc_23 += tl.sum(tl.sum(a0_23 * a1_23, axis=4), axis=3)
             q_23 = po_23 + iu_23[None, :, None] * 5 + ik_23[None, None, :]
             tl.store(q_23, tl.load(q_23, mask=mo_23 & (ik_23[None, None, :] < 5), other=0.0) + acc_23, mask=mo_23 & (ik_23[None, None, :] < 5))
@@ -621,21 +620,20 @@ def _cormorant_cg_d_2_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     tl.store(q_38, tl.load(q_38) + tl.sum(tl.sum(a0_38 * a1_38, axis=2), axis=0) * 1.118033988749895)
     tl.debug_barrier()
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    ij_39 = tl.arange(0, 8)
     ik_39 = tl.arange(0, 8)
-    p0_39 = scratch + 1136 + z[:, None, None, None] * 5408 + ik_39[None, None, :, None]
-    m0_39 = row_mask[:, None, None, None] & (ik_39[None, None, :, None] < 5)
-    p1_39 = f_ptr + 64 + z[:, None, None, None] * 144
-    m1_39 = row_mask[:, None, None, None]
-    po_39 = scratch + 2144 + z[:, None, None, None] * 5408 + ik_39[None, None, :, None] * 16
-    mo_39 = row_mask[:, None, None, None] & (ik_39[None, None, :, None] < 5)
-    for startj_39 in range(0, 5, 4):
-        ij_39 = startj_39 + tl.arange(0, 4)
-        for startu_39 in range(0, 16, 8):
-            iu_39 = startu_39 + tl.arange(0, 8)
-            a0_39 = tl.load(p0_39 + iu_39[None, None, None, :] * 5, mask=m0_39, other=0.0)
-            a1_39 = tl.load(p1_39 + iu_39[None, None, None, :] * 5 + ij_39[None, :, None, None], mask=m1_39 & (ij_39[None, :, None, None] < 5), other=0.0)
-            q_39 = po_39 + ij_39[None, :, None, None] * 80 + iu_39[None, None, None, :]
-            tl.store(q_39, tl.load(q_39, mask=mo_39 & (ij_39[None, :, None, None] < 5), other=0.0) + a0_39 * a1_39, mask=mo_39 & (ij_39[None, :, None, None] < 5))
+    p0_39 = scratch + 1136 + z[:, None, None, None] * 5408 + ik_39[None, None, None, :]
+    m0_39 = row_mask[:, None, None, None] & (ik_39[None, None, None, :] < 5)
+    p1_39 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_39[None, None, :, None]
+    m1_39 = row_mask[:, None, None, None] & (ij_39[None, None, :, None] < 5)
+    po_39 = scratch + 2144 + z[:, None, None, None] * 5408 + ij_39[None, None, :, None] * 5 + ik_39[None, None, None, :]
+    mo_39 = row_mask[:, None, None, None] & (ij_39[None, None, :, None] < 5) & (ik_39[None, None, None, :] < 5)
+    for startu_39 in range(0, 16, 4):
+        iu_39 = startu_39 + tl.arange(0, 4)
+        a0_39 = tl.load(p0_39 + iu_39[None, :, None, None] * 5, mask=m0_39, other=0.0)
+        a1_39 = tl.load(p1_39 + iu_39[None, :, None, None] * 5, mask=m1_39, other=0.0)
+        q_39 = po_39 + iu_39[None, :, None, None] * 25
+        tl.store(q_39, tl.load(q_39, mask=mo_39, other=0.0) + a0_39 * a1_39, mask=mo_39)
     tl.debug_barrier()
     p0_40 = cg_2_2_2_ptr + 0
     p1_40 = scratch + 2144 + z[:, None, None, None, None] * 5408
@@ -652,27 +650,26 @@ def _cormorant_cg_d_2_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
                 for startk_40 in range(0, 5, 4):
                     ik_40 = startk_40 + tl.arange(0, 4)
                     a0_40 = tl.load(p0_40 + ii_40[None, None, :, None, None] * 25 + ij_40[None, None, None, :, None] * 5 + ik_40[None, None, None, None, :], mask=(ii_40[None, None, :, None, None] < 5) & (ij_40[None, None, None, :, None] < 5) & (ik_40[None, None, None, None, :] < 5), other=0.0)
-                    a1_40 = tl.load(p1_40 + ij_40[None, None, None, :, None] * 80 + ik_40[None, None, None, None, :] * 16 + iu_40[None, :, None, None, None], mask=m1_40 & (ij_40[None, None, None, :, None] < 5) & (ik_40[None, None, None, None, :] < 5), other=0.0)
+                    a1_40 = tl.load(p1_40 + iu_40[None, :, None, None, None] * 25 + ij_40[None, None, None, :, None] * 5 + ik_40[None, None, None, None, :], mask=m1_40 & (ij_40[None, None, None, :, None] < 5) & (ik_40[None, None, None, None, :] < 5), other=0.0)
                     acc_40 += tl.sum(tl.sum(a0_40 * a1_40, axis=4), axis=3)
             q_40 = po_40 + iu_40[None, :, None] * 5 + ii_40[None, None, :]
             tl.store(q_40, tl.load(q_40, mask=mo_40 & (ii_40[None, None, :] < 5), other=0.0) + acc_40, mask=mo_40 & (ii_40[None, None, :] < 5))
     tl.debug_barrier()
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     ik_41 = tl.arange(0, 8)
+    ii_41 = tl.arange(0, 8)
     p0_41 = scratch + 1136 + z[:, None, None, None] * 5408 + ik_41[None, None, :, None]
     m0_41 = row_mask[:, None, None, None] & (ik_41[None, None, :, None] < 5)
-    p1_41 = f_ptr + 64 + z[:, None, None, None] * 144
-    m1_41 = row_mask[:, None, None, None]
-    po_41 = scratch + 2544 + z[:, None, None, None] * 5408 + ik_41[None, None, :, None] * 16
-    mo_41 = row_mask[:, None, None, None] & (ik_41[None, None, :, None] < 5)
-    for starti_41 in range(0, 5, 4):
-        ii_41 = starti_41 + tl.arange(0, 4)
-        for startu_41 in range(0, 16, 8):
-            iu_41 = startu_41 + tl.arange(0, 8)
-            a0_41 = tl.load(p0_41 + iu_41[None, None, None, :] * 5, mask=m0_41, other=0.0)
-            a1_41 = tl.load(p1_41 + iu_41[None, None, None, :] * 5 + ii_41[None, :, None, None], mask=m1_41 & (ii_41[None, :, None, None] < 5), other=0.0)
-            q_41 = po_41 + ii_41[None, :, None, None] * 80 + iu_41[None, None, None, :]
-            tl.store(q_41, tl.load(q_41, mask=mo_41 & (ii_41[None, :, None, None] < 5), other=0.0) + a0_41 * a1_41, mask=mo_41 & (ii_41[None, :, None, None] < 5))
+    p1_41 = f_ptr + 64 + z[:, None, None, None] * 144 + ii_41[None, None, None, :]
+    m1_41 = row_mask[:, None, None, None] & (ii_41[None, None, None, :] < 5)
+    po_41 = scratch + 2544 + z[:, None, None, None] * 5408 + ik_41[None, None, :, None] * 5 + ii_41[None, None, None, :]
+    mo_41 = row_mask[:, None, None, None] & (ik_41[None, None, :, None] < 5) & (ii_41[None, None, None, :] < 5)
+    for startu_41 in range(0, 16, 4):
+        iu_41 = startu_41 + tl.arange(0, 4)
+        a0_41 = tl.load(p0_41 + iu_41[None, :, None, None] * 5, mask=m0_41, other=0.0)
+        a1_41 = tl.load(p1_41 + iu_41[None, :, None, None] * 5, mask=m1_41, other=0.0)
+        q_41 = po_41 + iu_41[None, :, None, None] * 25
+        tl.store(q_41, tl.load(q_41, mask=mo_41, other=0.0) + a0_41 * a1_41, mask=mo_41)
     tl.debug_barrier()
     p0_42 = cg_2_2_2_ptr + 0
     p1_42 = scratch + 2544 + z[:, None, None, None, None] * 5408
@@ -689,7 +686,7 @@ def _cormorant_cg_d_2_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
                 for startk_42 in range(0, 5, 4):
                     ik_42 = startk_42 + tl.arange(0, 4)
                     a0_42 = tl.load(p0_42 + ii_42[None, None, None, :, None] * 25 + ij_42[None, None, :, None, None] * 5 + ik_42[None, None, None, None, :], mask=(ii_42[None, None, None, :, None] < 5) & (ij_42[None, None, :, None, None] < 5) & (ik_42[None, None, None, None, :] < 5), other=0.0)
-                    a1_42 = tl.load(p1_42 + ii_42[None, None, None, :, None] * 80 + ik_42[None, None, None, None, :] * 16 + iu_42[None, :, None, None, None], mask=m1_42 & (ii_42[None, None, None, :, None] < 5) & (ik_42[None, None, None, None, :] < 5), other=0.0)
+                    a1_42 = tl.load(p1_42 + iu_42[None, :, None, None, None] * 25 + ik_42[None, None, None, None, :] * 5 + ii_42[None, None, None, :, None], mask=m1_42 & (ik_42[None, None, None, None, :] < 5) & (ii_42[None, None, None, :, None] < 5), other=0.0)
                     acc_42 += tl.sum(tl.sum(a0_42 * a1_42, axis=4), axis=3)
             q_42 = po_42 + iu_42[None, :, None] * 5 + ij_42[None, None, :]
             tl.store(q_42, tl.load(q_42, mask=mo_42 & (ij_42[None, None, :] < 5), other=0.0) + acc_42, mask=mo_42 & (ij_42[None, None, :] < 5))
@@ -719,15 +716,15 @@ def _cormorant_cg_d_2_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     tl.store(q_44, tl.load(q_44) + tl.sum(tl.sum(a0_44 * a1_44, axis=2), axis=0) * 0.5773502691896257)
     tl.debug_barrier()
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    ij_45 = tl.arange(0, 8)
-    ik_45 = tl.arange(0, 1)
     iu_45 = tl.arange(0, 16)
-    p0_45 = scratch + 1120 + z[:, None, None, None] * 5408 + iu_45[None, None, None, :] + ik_45[None, None, :, None]
+    ik_45 = tl.arange(0, 1)
+    ij_45 = tl.arange(0, 8)
+    p0_45 = scratch + 1120 + z[:, None, None, None] * 5408 + iu_45[None, :, None, None] + ik_45[None, None, :, None]
     m0_45 = row_mask[:, None, None, None]
-    p1_45 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_45[None, None, None, :] * 5 + ij_45[None, :, None, None]
-    m1_45 = row_mask[:, None, None, None] & (ij_45[None, :, None, None] < 5)
-    po_45 = scratch + 2944 + z[:, None, None, None] * 5408 + ij_45[None, :, None, None] * 16 + ik_45[None, None, :, None] * 16 + iu_45[None, None, None, :]
-    mo_45 = row_mask[:, None, None, None] & (ij_45[None, :, None, None] < 5)
+    p1_45 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_45[None, :, None, None] * 5 + ij_45[None, None, None, :]
+    m1_45 = row_mask[:, None, None, None] & (ij_45[None, None, None, :] < 5)
+    po_45 = scratch + 2944 + z[:, None, None, None] * 5408 + iu_45[None, :, None, None] * 5 + ik_45[None, None, :, None] * 5 + ij_45[None, None, None, :]
+    mo_45 = row_mask[:, None, None, None] & (ij_45[None, None, None, :] < 5)
     a0_45 = tl.load(p0_45, mask=m0_45, other=0.0)
     a1_45 = tl.load(p1_45, mask=m1_45, other=0.0)
     q_45 = po_45
@@ -738,27 +735,27 @@ def _cormorant_cg_d_2_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     ik_46 = tl.arange(0, 1)
     p0_46 = cg_2_2_0_ptr + 0 + ii_46[None, None, :, None, None] * 5 + ij_46[None, None, None, :, None] + ik_46[None, None, None, None, :]
     m0_46 = (ii_46[None, None, :, None, None] < 5) & (ij_46[None, None, None, :, None] < 5)
-    p1_46 = scratch + 2944 + z[:, None, None, None, None] * 5408 + ij_46[None, None, None, :, None] * 16 + ik_46[None, None, None, None, :] * 16
+    p1_46 = scratch + 2944 + z[:, None, None, None, None] * 5408 + ik_46[None, None, None, None, :] * 5 + ij_46[None, None, None, :, None]
     m1_46 = row_mask[:, None, None, None, None] & (ij_46[None, None, None, :, None] < 5)
     po_46 = d_f_ptr + 64 + z[:, None, None] * 144 + ii_46[None, None, :]
     mo_46 = row_mask[:, None, None] & (ii_46[None, None, :] < 5)
     for startu_46 in range(0, 16, 4):
         iu_46 = startu_46 + tl.arange(0, 4)
         a0_46 = tl.load(p0_46, mask=m0_46, other=0.0)
-        a1_46 = tl.load(p1_46 + iu_46[None, :, None, None, None], mask=m1_46, other=0.0)
+        a1_46 = tl.load(p1_46 + iu_46[None, :, None, None, None] * 5, mask=m1_46, other=0.0)
         q_46 = po_46 + iu_46[None, :, None] * 5
         tl.store(q_46, tl.load(q_46, mask=mo_46, other=0.0) + tl.sum(tl.sum(a0_46 * a1_46, axis=4), axis=3), mask=mo_46)
     tl.debug_barrier()
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    ii_47 = tl.arange(0, 8)
-    ik_47 = tl.arange(0, 1)
     iu_47 = tl.arange(0, 16)
-    p0_47 = scratch + 1120 + z[:, None, None, None] * 5408 + iu_47[None, None, None, :] + ik_47[None, None, :, None]
+    ik_47 = tl.arange(0, 1)
+    ii_47 = tl.arange(0, 8)
+    p0_47 = scratch + 1120 + z[:, None, None, None] * 5408 + iu_47[None, :, None, None] + ik_47[None, None, :, None]
     m0_47 = row_mask[:, None, None, None]
-    p1_47 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_47[None, None, None, :] * 5 + ii_47[None, :, None, None]
-    m1_47 = row_mask[:, None, None, None] & (ii_47[None, :, None, None] < 5)
-    po_47 = scratch + 3024 + z[:, None, None, None] * 5408 + ii_47[None, :, None, None] * 16 + ik_47[None, None, :, None] * 16 + iu_47[None, None, None, :]
-    mo_47 = row_mask[:, None, None, None] & (ii_47[None, :, None, None] < 5)
+    p1_47 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_47[None, :, None, None] * 5 + ii_47[None, None, None, :]
+    m1_47 = row_mask[:, None, None, None] & (ii_47[None, None, None, :] < 5)
+    po_47 = scratch + 3024 + z[:, None, None, None] * 5408 + iu_47[None, :, None, None] * 5 + ik_47[None, None, :, None] * 5 + ii_47[None, None, None, :]
+    mo_47 = row_mask[:, None, None, None] & (ii_47[None, None, None, :] < 5)
     a0_47 = tl.load(p0_47, mask=m0_47, other=0.0)
     a1_47 = tl.load(p1_47, mask=m1_47, other=0.0)
     q_47 = po_47
@@ -769,14 +766,14 @@ def _cormorant_cg_d_2_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     ik_48 = tl.arange(0, 1)
     p0_48 = cg_2_2_0_ptr + 0 + ii_48[None, None, None, :, None] * 5 + ij_48[None, None, :, None, None] + ik_48[None, None, None, None, :]
     m0_48 = (ii_48[None, None, None, :, None] < 5) & (ij_48[None, None, :, None, None] < 5)
-    p1_48 = scratch + 3024 + z[:, None, None, None, None] * 5408 + ii_48[None, None, None, :, None] * 16 + ik_48[None, None, None, None, :] * 16
+    p1_48 = scratch + 3024 + z[:, None, None, None, None] * 5408 + ik_48[None, None, None, None, :] * 5 + ii_48[None, None, None, :, None]
     m1_48 = row_mask[:, None, None, None, None] & (ii_48[None, None, None, :, None] < 5)
     po_48 = d_f_ptr + 64 + z[:, None, None] * 144 + ij_48[None, None, :]
     mo_48 = row_mask[:, None, None] & (ij_48[None, None, :] < 5)
     for startu_48 in range(0, 16, 4):
         iu_48 = startu_48 + tl.arange(0, 4)
         a0_48 = tl.load(p0_48, mask=m0_48, other=0.0)
-        a1_48 = tl.load(p1_48 + iu_48[None, :, None, None, None], mask=m1_48, other=0.0)
+        a1_48 = tl.load(p1_48 + iu_48[None, :, None, None, None] * 5, mask=m1_48, other=0.0)
         q_48 = po_48 + iu_48[None, :, None] * 5
         tl.store(q_48, tl.load(q_48, mask=mo_48, other=0.0) + tl.sum(tl.sum(a0_48 * a1_48, axis=4), axis=3), mask=mo_48)
     tl.debug_barrier()
@@ -814,21 +811,20 @@ def _cormorant_cg_d_3_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     tl.store(q_50, tl.load(q_50) + tl.sum(tl.sum(a0_50 * a1_50, axis=2), axis=0) * 1.118033988749895)
     tl.debug_barrier()
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    ij_51 = tl.arange(0, 8)
     ik_51 = tl.arange(0, 8)
-    p0_51 = scratch + 1040 + z[:, None, None, None] * 5408 + ik_51[None, None, :, None]
-    m0_51 = row_mask[:, None, None, None] & (ik_51[None, None, :, None] < 5)
-    p1_51 = f_ptr + 64 + z[:, None, None, None] * 144
-    m1_51 = row_mask[:, None, None, None]
-    po_51 = scratch + 3104 + z[:, None, None, None] * 5408 + ik_51[None, None, :, None] * 16
-    mo_51 = row_mask[:, None, None, None] & (ik_51[None, None, :, None] < 5)
-    for startj_51 in range(0, 5, 4):
-        ij_51 = startj_51 + tl.arange(0, 4)
-        for startu_51 in range(0, 16, 8):
-            iu_51 = startu_51 + tl.arange(0, 8)
-            a0_51 = tl.load(p0_51 + iu_51[None, None, None, :] * 5, mask=m0_51, other=0.0)
-            a1_51 = tl.load(p1_51 + iu_51[None, None, None, :] * 5 + ij_51[None, :, None, None], mask=m1_51 & (ij_51[None, :, None, None] < 5), other=0.0)
-            q_51 = po_51 + ij_51[None, :, None, None] * 80 + iu_51[None, None, None, :]
-            tl.store(q_51, tl.load(q_51, mask=mo_51 & (ij_51[None, :, None, None] < 5), other=0.0) + a0_51 * a1_51, mask=mo_51 & (ij_51[None, :, None, None] < 5))
+    p0_51 = scratch + 1040 + z[:, None, None, None] * 5408 + ik_51[None, None, None, :]
+    m0_51 = row_mask[:, None, None, None] & (ik_51[None, None, None, :] < 5)
+    p1_51 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_51[None, None, :, None]
+    m1_51 = row_mask[:, None, None, None] & (ij_51[None, None, :, None] < 5)
+    po_51 = scratch + 3104 + z[:, None, None, None] * 5408 + ij_51[None, None, :, None] * 5 + ik_51[None, None, None, :]
+    mo_51 = row_mask[:, None, None, None] & (ij_51[None, None, :, None] < 5) & (ik_51[None, None, None, :] < 5)
+    for startu_51 in range(0, 16, 4):
+        iu_51 = startu_51 + tl.arange(0, 4)
+        a0_51 = tl.load(p0_51 + iu_51[None, :, None, None] * 5, mask=m0_51, other=0.0)
+        a1_51 = tl.load(p1_51 + iu_51[None, :, None, None] * 5, mask=m1_51, other=0.0)
+        q_51 = po_51 + iu_51[None, :, None, None] * 25
+        tl.store(q_51, tl.load(q_51, mask=mo_51, other=0.0) + a0_51 * a1_51, mask=mo_51)
     tl.debug_barrier()
     ii_52 = tl.arange(0, 4)
     p0_52 = cg_1_2_2_ptr + 0 + ii_52[None, None, :, None, None] * 25
@@ -845,31 +841,31 @@ def _cormorant_cg_d_3_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
             for startk_52 in range(0, 5, 4):
                 ik_52 = startk_52 + tl.arange(0, 4)
                 a0_52 = tl.load(p0_52 + ij_52[None, None, None, :, None] * 5 + ik_52[None, None, None, None, :], mask=m0_52 & (ij_52[None, None, None, :, None] < 5) & (ik_52[None, None, None, None, :] < 5), other=0.0)
-                a1_52 = tl.load(p1_52 + ij_52[None, None, None, :, None] * 80 + ik_52[None, None, None, None, :] * 16 + iu_52[None, :, None, None, None], mask=m1_52 & (ij_52[None, None, None, :, None] < 5) & (ik_52[None, None, None, None, :] < 5), other=0.0)
+                a1_52 = tl.load(p1_52 + iu_52[None, :, None, None, None] * 25 + ij_52[None, None, None, :, None] * 5 + ik_52[None, None, None, None, :], mask=m1_52 & (ij_52[None, None, None, :, None] < 5) & (ik_52[None, None, None, None, :] < 5), other=0.0)
                 acc_52 += tl.sum(tl.sum(a0_52 * a1_52, axis=4), axis=3)
         q_52 = po_52 + iu_52[None, :, None] * 3
         tl.store(q_52, tl.load(q_52, mask=mo_52, other=0.0) + acc_52, mask=mo_52)
     tl.debug_barrier()
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    ii_53 = tl.arange(0, 4)
     ik_53 = tl.arange(0, 8)
+    ii_53 = tl.arange(0, 4)
     p0_53 = scratch + 1040 + z[:, None, None, None] * 5408 + ik_53[None, None, :, None]
     m0_53 = row_mask[:, None, None, None] & (ik_53[None, None, :, None] < 5)
-    p1_53 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_53[None, :, None, None]
-    m1_53 = row_mask[:, None, None, None] & (ii_53[None, :, None, None] < 3)
-    po_53 = scratch + 3504 + z[:, None, None, None] * 5408 + ii_53[None, :, None, None] * 80 + ik_53[None, None, :, None] * 16
-    mo_53 = row_mask[:, None, None, None] & (ii_53[None, :, None, None] < 3) & (ik_53[None, None, :, None] < 5)
+    p1_53 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_53[None, None, None, :]
+    m1_53 = row_mask[:, None, None, None] & (ii_53[None, None, None, :] < 3)
+    po_53 = scratch + 3504 + z[:, None, None, None] * 5408 + ik_53[None, None, :, None] * 3 + ii_53[None, None, None, :]
+    mo_53 = row_mask[:, None, None, None] & (ik_53[None, None, :, None] < 5) & (ii_53[None, None, None, :] < 3)
     for startu_53 in range(0, 16, 8):
         iu_53 = startu_53 + tl.arange(0, 8)
-        a0_53 = tl.load(p0_53 + iu_53[None, None, None, :] * 5, mask=m0_53, other=0.0)
-        a1_53 = tl.load(p1_53 + iu_53[None, None, None, :] * 3, mask=m1_53, other=0.0)
-        q_53 = po_53 + iu_53[None, None, None, :]
+        a0_53 = tl.load(p0_53 + iu_53[None, :, None, None] * 5, mask=m0_53, other=0.0)
+        a1_53 = tl.load(p1_53 + iu_53[None, :, None, None] * 3, mask=m1_53, other=0.0)
+        q_53 = po_53 + iu_53[None, :, None, None] * 15
         tl.store(q_53, tl.load(q_53, mask=mo_53, other=0.0) + a0_53 * a1_53, mask=mo_53)
     tl.debug_barrier()
     ii_54 = tl.arange(0, 4)
     p0_54 = cg_1_2_2_ptr + 0 + ii_54[None, None, None, :, None] * 25
     m0_54 = (ii_54[None, None, None, :, None] < 3)
-    p1_54 = scratch + 3504 + z[:, None, None, None, None] * 5408 + ii_54[None, None, None, :, None] * 80
+    p1_54 = scratch + 3504 + z[:, None, None, None, None] * 5408 + ii_54[None, None, None, :, None]
     m1_54 = row_mask[:, None, None, None, None] & (ii_54[None, None, None, :, None] < 3)
     po_54 = d_f_ptr + 64 + z[:, None, None] * 144
     mo_54 = row_mask[:, None, None]
@@ -881,7 +877,7 @@ def _cormorant_cg_d_3_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
             for startk_54 in range(0, 5, 4):
                 ik_54 = startk_54 + tl.arange(0, 4)
                 a0_54 = tl.load(p0_54 + ij_54[None, None, :, None, None] * 5 + ik_54[None, None, None, None, :], mask=m0_54 & (ij_54[None, None, :, None, None] < 5) & (ik_54[None, None, None, None, :] < 5), other=0.0)
-                a1_54 = tl.load(p1_54 + ik_54[None, None, None, None, :] * 16 + iu_54[None, :, None, None, None], mask=m1_54 & (ik_54[None, None, None, None, :] < 5), other=0.0)
+                a1_54 = tl.load(p1_54 + iu_54[None, :, None, None, None] * 15 + ik_54[None, None, None, None, :] * 3, mask=m1_54 & (ik_54[None, None, None, None, :] < 5), other=0.0)
                 acc_54 += tl.sum(tl.sum(a0_54 * a1_54, axis=4), axis=3)
             q_54 = po_54 + iu_54[None, :, None] * 5 + ij_54[None, None, :]
             tl.store(q_54, tl.load(q_54, mask=mo_54 & (ij_54[None, None, :] < 5), other=0.0) + acc_54, mask=mo_54 & (ij_54[None, None, :] < 5))
@@ -913,24 +909,24 @@ def _cormorant_cg_d_3_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     ij_57 = tl.arange(0, 8)
     ik_57 = tl.arange(0, 4)
-    p0_57 = scratch + 992 + z[:, None, None, None] * 5408 + ik_57[None, None, :, None]
-    m0_57 = row_mask[:, None, None, None] & (ik_57[None, None, :, None] < 3)
-    p1_57 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_57[None, :, None, None]
-    m1_57 = row_mask[:, None, None, None] & (ij_57[None, :, None, None] < 5)
-    po_57 = scratch + 3744 + z[:, None, None, None] * 5408 + ij_57[None, :, None, None] * 48 + ik_57[None, None, :, None] * 16
-    mo_57 = row_mask[:, None, None, None] & (ij_57[None, :, None, None] < 5) & (ik_57[None, None, :, None] < 3)
+    p0_57 = scratch + 992 + z[:, None, None, None] * 5408 + ik_57[None, None, None, :]
+    m0_57 = row_mask[:, None, None, None] & (ik_57[None, None, None, :] < 3)
+    p1_57 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_57[None, None, :, None]
+    m1_57 = row_mask[:, None, None, None] & (ij_57[None, None, :, None] < 5)
+    po_57 = scratch + 3744 + z[:, None, None, None] * 5408 + ij_57[None, None, :, None] * 3 + ik_57[None, None, None, :]
+    mo_57 = row_mask[:, None, None, None] & (ij_57[None, None, :, None] < 5) & (ik_57[None, None, None, :] < 3)
     for startu_57 in range(0, 16, 8):
         iu_57 = startu_57 + tl.arange(0, 8)
-        a0_57 = tl.load(p0_57 + iu_57[None, None, None, :] * 3, mask=m0_57, other=0.0)
-        a1_57 = tl.load(p1_57 + iu_57[None, None, None, :] * 5, mask=m1_57, other=0.0)
-        q_57 = po_57 + iu_57[None, None, None, :]
+        a0_57 = tl.load(p0_57 + iu_57[None, :, None, None] * 3, mask=m0_57, other=0.0)
+        a1_57 = tl.load(p1_57 + iu_57[None, :, None, None] * 5, mask=m1_57, other=0.0)
+        q_57 = po_57 + iu_57[None, :, None, None] * 15
         tl.store(q_57, tl.load(q_57, mask=mo_57, other=0.0) + a0_57 * a1_57, mask=mo_57)
     tl.debug_barrier()
     ii_58 = tl.arange(0, 4)
     ik_58 = tl.arange(0, 4)
     p0_58 = cg_1_2_1_ptr + 0 + ii_58[None, None, :, None, None] * 15 + ik_58[None, None, None, None, :]
     m0_58 = (ii_58[None, None, :, None, None] < 3) & (ik_58[None, None, None, None, :] < 3)
-    p1_58 = scratch + 3744 + z[:, None, None, None, None] * 5408 + ik_58[None, None, None, None, :] * 16
+    p1_58 = scratch + 3744 + z[:, None, None, None, None] * 5408 + ik_58[None, None, None, None, :]
     m1_58 = row_mask[:, None, None, None, None] & (ik_58[None, None, None, None, :] < 3)
     po_58 = d_f_ptr + 16 + z[:, None, None] * 144 + ii_58[None, None, :]
     mo_58 = row_mask[:, None, None] & (ii_58[None, None, :] < 3)
@@ -940,21 +936,21 @@ def _cormorant_cg_d_3_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
         for startj_58 in range(0, 5, 4):
             ij_58 = startj_58 + tl.arange(0, 4)
             a0_58 = tl.load(p0_58 + ij_58[None, None, None, :, None] * 3, mask=m0_58 & (ij_58[None, None, None, :, None] < 5), other=0.0)
-            a1_58 = tl.load(p1_58 + ij_58[None, None, None, :, None] * 48 + iu_58[None, :, None, None, None], mask=m1_58 & (ij_58[None, None, None, :, None] < 5), other=0.0)
+            a1_58 = tl.load(p1_58 + iu_58[None, :, None, None, None] * 15 + ij_58[None, None, None, :, None] * 3, mask=m1_58 & (ij_58[None, None, None, :, None] < 5), other=0.0)
             acc_58 += tl.sum(tl.sum(a0_58 * a1_58, axis=4), axis=3)
         q_58 = po_58 + iu_58[None, :, None] * 3
         tl.store(q_58, tl.load(q_58, mask=mo_58, other=0.0) + acc_58, mask=mo_58)
     tl.debug_barrier()
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    ii_59 = tl.arange(0, 4)
-    ik_59 = tl.arange(0, 4)
     iu_59 = tl.arange(0, 16)
-    p0_59 = scratch + 992 + z[:, None, None, None] * 5408 + iu_59[None, None, None, :] * 3 + ik_59[None, None, :, None]
+    ik_59 = tl.arange(0, 4)
+    ii_59 = tl.arange(0, 4)
+    p0_59 = scratch + 992 + z[:, None, None, None] * 5408 + iu_59[None, :, None, None] * 3 + ik_59[None, None, :, None]
     m0_59 = row_mask[:, None, None, None] & (ik_59[None, None, :, None] < 3)
-    p1_59 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_59[None, None, None, :] * 3 + ii_59[None, :, None, None]
-    m1_59 = row_mask[:, None, None, None] & (ii_59[None, :, None, None] < 3)
-    po_59 = scratch + 3984 + z[:, None, None, None] * 5408 + ii_59[None, :, None, None] * 48 + ik_59[None, None, :, None] * 16 + iu_59[None, None, None, :]
-    mo_59 = row_mask[:, None, None, None] & (ii_59[None, :, None, None] < 3) & (ik_59[None, None, :, None] < 3)
+    p1_59 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_59[None, :, None, None] * 3 + ii_59[None, None, None, :]
+    m1_59 = row_mask[:, None, None, None] & (ii_59[None, None, None, :] < 3)
+    po_59 = scratch + 3984 + z[:, None, None, None] * 5408 + iu_59[None, :, None, None] * 9 + ik_59[None, None, :, None] * 3 + ii_59[None, None, None, :]
+    mo_59 = row_mask[:, None, None, None] & (ik_59[None, None, :, None] < 3) & (ii_59[None, None, None, :] < 3)
     a0_59 = tl.load(p0_59, mask=m0_59, other=0.0)
     a1_59 = tl.load(p1_59, mask=m1_59, other=0.0)
     q_59 = po_59
@@ -964,8 +960,8 @@ def _cormorant_cg_d_3_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     ik_60 = tl.arange(0, 4)
     p0_60 = cg_1_2_1_ptr + 0 + ii_60[None, None, None, :, None] * 15 + ik_60[None, None, None, None, :]
     m0_60 = (ii_60[None, None, None, :, None] < 3) & (ik_60[None, None, None, None, :] < 3)
-    p1_60 = scratch + 3984 + z[:, None, None, None, None] * 5408 + ii_60[None, None, None, :, None] * 48 + ik_60[None, None, None, None, :] * 16
-    m1_60 = row_mask[:, None, None, None, None] & (ii_60[None, None, None, :, None] < 3) & (ik_60[None, None, None, None, :] < 3)
+    p1_60 = scratch + 3984 + z[:, None, None, None, None] * 5408 + ik_60[None, None, None, None, :] * 3 + ii_60[None, None, None, :, None]
+    m1_60 = row_mask[:, None, None, None, None] & (ik_60[None, None, None, None, :] < 3) & (ii_60[None, None, None, :, None] < 3)
     po_60 = d_f_ptr + 64 + z[:, None, None] * 144
     mo_60 = row_mask[:, None, None]
     for startu_60 in range(0, 16, 4):
@@ -973,7 +969,7 @@ def _cormorant_cg_d_3_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
         for startj_60 in range(0, 5, 4):
             ij_60 = startj_60 + tl.arange(0, 4)
             a0_60 = tl.load(p0_60 + ij_60[None, None, :, None, None] * 3, mask=m0_60 & (ij_60[None, None, :, None, None] < 5), other=0.0)
-            a1_60 = tl.load(p1_60 + iu_60[None, :, None, None, None], mask=m1_60, other=0.0)
+            a1_60 = tl.load(p1_60 + iu_60[None, :, None, None, None] * 9, mask=m1_60, other=0.0)
             q_60 = po_60 + iu_60[None, :, None] * 5 + ij_60[None, None, :]
             tl.store(q_60, tl.load(q_60, mask=mo_60 & (ij_60[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_60 * a1_60, axis=4), axis=3), mask=mo_60 & (ij_60[None, None, :] < 5))
     tl.debug_barrier()
@@ -1004,24 +1000,24 @@ def _cormorant_cg_d_3_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     ij_63 = tl.arange(0, 4)
     ik_63 = tl.arange(0, 8)
-    p0_63 = scratch + 912 + z[:, None, None, None] * 5408 + ik_63[None, None, :, None]
-    m0_63 = row_mask[:, None, None, None] & (ik_63[None, None, :, None] < 5)
-    p1_63 = f_ptr + 16 + z[:, None, None, None] * 144 + ij_63[None, :, None, None]
-    m1_63 = row_mask[:, None, None, None] & (ij_63[None, :, None, None] < 3)
-    po_63 = scratch + 4128 + z[:, None, None, None] * 5408 + ij_63[None, :, None, None] * 80 + ik_63[None, None, :, None] * 16
-    mo_63 = row_mask[:, None, None, None] & (ij_63[None, :, None, None] < 3) & (ik_63[None, None, :, None] < 5)
+    p0_63 = scratch + 912 + z[:, None, None, None] * 5408 + ik_63[None, None, None, :]
+    m0_63 = row_mask[:, None, None, None] & (ik_63[None, None, None, :] < 5)
+    p1_63 = f_ptr + 16 + z[:, None, None, None] * 144 + ij_63[None, None, :, None]
+    m1_63 = row_mask[:, None, None, None] & (ij_63[None, None, :, None] < 3)
+    po_63 = scratch + 4128 + z[:, None, None, None] * 5408 + ij_63[None, None, :, None] * 5 + ik_63[None, None, None, :]
+    mo_63 = row_mask[:, None, None, None] & (ij_63[None, None, :, None] < 3) & (ik_63[None, None, None, :] < 5)
     for startu_63 in range(0, 16, 8):
         iu_63 = startu_63 + tl.arange(0, 8)
-        a0_63 = tl.load(p0_63 + iu_63[None, None, None, :] * 5, mask=m0_63, other=0.0)
-        a1_63 = tl.load(p1_63 + iu_63[None, None, None, :] * 3, mask=m1_63, other=0.0)
-        q_63 = po_63 + iu_63[None, None, None, :]
+        a0_63 = tl.load(p0_63 + iu_63[None, :, None, None] * 5, mask=m0_63, other=0.0)
+        a1_63 = tl.load(p1_63 + iu_63[None, :, None, None] * 3, mask=m1_63, other=0.0)
+        q_63 = po_63 + iu_63[None, :, None, None] * 15
         tl.store(q_63, tl.load(q_63, mask=mo_63, other=0.0) + a0_63 * a1_63, mask=mo_63)
     tl.debug_barrier()
     ii_64 = tl.arange(0, 4)
     ij_64 = tl.arange(0, 4)
     p0_64 = cg_1_1_2_ptr + 0 + ii_64[None, None, :, None, None] * 15 + ij_64[None, None, None, :, None] * 5
     m0_64 = (ii_64[None, None, :, None, None] < 3) & (ij_64[None, None, None, :, None] < 3)
-    p1_64 = scratch + 4128 + z[:, None, None, None, None] * 5408 + ij_64[None, None, None, :, None] * 80
+    p1_64 = scratch + 4128 + z[:, None, None, None, None] * 5408 + ij_64[None, None, None, :, None] * 5
     m1_64 = row_mask[:, None, None, None, None] & (ij_64[None, None, None, :, None] < 3)
     po_64 = d_f_ptr + 16 + z[:, None, None] * 144 + ii_64[None, None, :]
     mo_64 = row_mask[:, None, None] & (ii_64[None, None, :] < 3)
@@ -1031,7 +1027,7 @@ def _cormorant_cg_d_3_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
         for startk_64 in range(0, 5, 4):
             ik_64 = startk_64 + tl.arange(0, 4)
             a0_64 = tl.load(p0_64 + ik_64[None, None, None, None, :], mask=m0_64 & (ik_64[None, None, None, None, :] < 5), other=0.0)
-            a1_64 = tl.load(p1_64 + ik_64[None, None, None, None, :] * 16 + iu_64[None, :, None, None, None], mask=m1_64 & (ik_64[None, None, None, None, :] < 5), other=0.0)
+            a1_64 = tl.load(p1_64 + iu_64[None, :, None, None, None] * 15 + ik_64[None, None, None, None, :], mask=m1_64 & (ik_64[None, None, None, None, :] < 5), other=0.0)
             acc_64 += tl.sum(tl.sum(a0_64 * a1_64, axis=4), axis=3)
         q_64 = po_64 + iu_64[None, :, None] * 3
         tl.store(q_64, tl.load(q_64, mask=mo_64, other=0.0) + acc_64, mask=mo_64)
@@ -1046,26 +1042,26 @@ def _cormorant_cg_d_4_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     row_mask = z < n
     slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    ii_65 = tl.arange(0, 4)
     ik_65 = tl.arange(0, 8)
+    ii_65 = tl.arange(0, 4)
     p0_65 = scratch + 912 + z[:, None, None, None] * 5408 + ik_65[None, None, :, None]
     m0_65 = row_mask[:, None, None, None] & (ik_65[None, None, :, None] < 5)
-    p1_65 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_65[None, :, None, None]
-    m1_65 = row_mask[:, None, None, None] & (ii_65[None, :, None, None] < 3)
-    po_65 = scratch + 4368 + z[:, None, None, None] * 5408 + ii_65[None, :, None, None] * 80 + ik_65[None, None, :, None] * 16
-    mo_65 = row_mask[:, None, None, None] & (ii_65[None, :, None, None] < 3) & (ik_65[None, None, :, None] < 5)
+    p1_65 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_65[None, None, None, :]
+    m1_65 = row_mask[:, None, None, None] & (ii_65[None, None, None, :] < 3)
+    po_65 = scratch + 4368 + z[:, None, None, None] * 5408 + ik_65[None, None, :, None] * 3 + ii_65[None, None, None, :]
+    mo_65 = row_mask[:, None, None, None] & (ik_65[None, None, :, None] < 5) & (ii_65[None, None, None, :] < 3)
     for startu_65 in range(0, 16, 8):
         iu_65 = startu_65 + tl.arange(0, 8)
-        a0_65 = tl.load(p0_65 + iu_65[None, None, None, :] * 5, mask=m0_65, other=0.0)
-        a1_65 = tl.load(p1_65 + iu_65[None, None, None, :] * 3, mask=m1_65, other=0.0)
-        q_65 = po_65 + iu_65[None, None, None, :]
+        a0_65 = tl.load(p0_65 + iu_65[None, :, None, None] * 5, mask=m0_65, other=0.0)
+        a1_65 = tl.load(p1_65 + iu_65[None, :, None, None] * 3, mask=m1_65, other=0.0)
+        q_65 = po_65 + iu_65[None, :, None, None] * 15
         tl.store(q_65, tl.load(q_65, mask=mo_65, other=0.0) + a0_65 * a1_65, mask=mo_65)
     tl.debug_barrier()
     ij_66 = tl.arange(0, 4)
     ii_66 = tl.arange(0, 4)
     p0_66 = cg_1_1_2_ptr + 0 + ii_66[None, None, None, :, None] * 15 + ij_66[None, None, :, None, None] * 5
     m0_66 = (ii_66[None, None, None, :, None] < 3) & (ij_66[None, None, :, None, None] < 3)
-    p1_66 = scratch + 4368 + z[:, None, None, None, None] * 5408 + ii_66[None, None, None, :, None] * 80
+    p1_66 = scratch + 4368 + z[:, None, None, None, None] * 5408 + ii_66[None, None, None, :, None]
     m1_66 = row_mask[:, None, None, None, None] & (ii_66[None, None, None, :, None] < 3)
     po_66 = d_f_ptr + 16 + z[:, None, None] * 144 + ij_66[None, None, :]
     mo_66 = row_mask[:, None, None] & (ij_66[None, None, :] < 3)
@@ -1075,7 +1071,7 @@ def _cormorant_cg_d_4_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
         for startk_66 in range(0, 5, 4):
             ik_66 = startk_66 + tl.arange(0, 4)
             a0_66 = tl.load(p0_66 + ik_66[None, None, None, None, :], mask=m0_66 & (ik_66[None, None, None, None, :] < 5), other=0.0)
-            a1_66 = tl.load(p1_66 + ik_66[None, None, None, None, :] * 16 + iu_66[None, :, None, None, None], mask=m1_66 & (ik_66[None, None, None, None, :] < 5), other=0.0)
+            a1_66 = tl.load(p1_66 + iu_66[None, :, None, None, None] * 15 + ik_66[None, None, None, None, :] * 3, mask=m1_66 & (ik_66[None, None, None, None, :] < 5), other=0.0)
             acc_66 += tl.sum(tl.sum(a0_66 * a1_66, axis=4), axis=3)
         q_66 = po_66 + iu_66[None, :, None] * 3
         tl.store(q_66, tl.load(q_66, mask=mo_66, other=0.0) + acc_66, mask=mo_66)
@@ -1105,15 +1101,15 @@ def _cormorant_cg_d_4_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     tl.store(q_68, tl.load(q_68) + tl.sum(tl.sum(a0_68 * a1_68, axis=2), axis=0) * 0.5773502691896257)
     tl.debug_barrier()
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    ij_69 = tl.arange(0, 4)
-    ik_69 = tl.arange(0, 1)
     iu_69 = tl.arange(0, 16)
-    p0_69 = scratch + 896 + z[:, None, None, None] * 5408 + iu_69[None, None, None, :] + ik_69[None, None, :, None]
+    ik_69 = tl.arange(0, 1)
+    ij_69 = tl.arange(0, 4)
+    p0_69 = scratch + 896 + z[:, None, None, None] * 5408 + iu_69[None, :, None, None] + ik_69[None, None, :, None]
     m0_69 = row_mask[:, None, None, None]
-    p1_69 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_69[None, None, None, :] * 3 + ij_69[None, :, None, None]
-    m1_69 = row_mask[:, None, None, None] & (ij_69[None, :, None, None] < 3)
-    po_69 = scratch + 4608 + z[:, None, None, None] * 5408 + ij_69[None, :, None, None] * 16 + ik_69[None, None, :, None] * 16 + iu_69[None, None, None, :]
-    mo_69 = row_mask[:, None, None, None] & (ij_69[None, :, None, None] < 3)
+    p1_69 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_69[None, :, None, None] * 3 + ij_69[None, None, None, :]
+    m1_69 = row_mask[:, None, None, None] & (ij_69[None, None, None, :] < 3)
+    po_69 = scratch + 4608 + z[:, None, None, None] * 5408 + iu_69[None, :, None, None] * 3 + ik_69[None, None, :, None] * 3 + ij_69[None, None, None, :]
+    mo_69 = row_mask[:, None, None, None] & (ij_69[None, None, None, :] < 3)
     a0_69 = tl.load(p0_69, mask=m0_69, other=0.0)
     a1_69 = tl.load(p1_69, mask=m1_69, other=0.0)
     q_69 = po_69
@@ -1125,7 +1121,7 @@ def _cormorant_cg_d_4_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     ik_70 = tl.arange(0, 1)
     p0_70 = cg_1_1_0_ptr + 0 + ii_70[None, None, :, None, None] * 3 + ij_70[None, None, None, :, None] + ik_70[None, None, None, None, :]
     m0_70 = (ii_70[None, None, :, None, None] < 3) & (ij_70[None, None, None, :, None] < 3)
-    p1_70 = scratch + 4608 + z[:, None, None, None, None] * 5408 + ij_70[None, None, None, :, None] * 16 + ik_70[None, None, None, None, :] * 16 + iu_70[None, :, None, None, None]
+    p1_70 = scratch + 4608 + z[:, None, None, None, None] * 5408 + iu_70[None, :, None, None, None] * 3 + ik_70[None, None, None, None, :] * 3 + ij_70[None, None, None, :, None]
     m1_70 = row_mask[:, None, None, None, None] & (ij_70[None, None, None, :, None] < 3)
     po_70 = d_f_ptr + 16 + z[:, None, None] * 144 + iu_70[None, :, None] * 3 + ii_70[None, None, :]
     mo_70 = row_mask[:, None, None] & (ii_70[None, None, :] < 3)
@@ -1135,15 +1131,15 @@ def _cormorant_cg_d_4_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     tl.store(q_70, tl.load(q_70, mask=mo_70, other=0.0) + tl.sum(tl.sum(a0_70 * a1_70, axis=4), axis=3), mask=mo_70)
     tl.debug_barrier()
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    ii_71 = tl.arange(0, 4)
-    ik_71 = tl.arange(0, 1)
     iu_71 = tl.arange(0, 16)
-    p0_71 = scratch + 896 + z[:, None, None, None] * 5408 + iu_71[None, None, None, :] + ik_71[None, None, :, None]
+    ik_71 = tl.arange(0, 1)
+    ii_71 = tl.arange(0, 4)
+    p0_71 = scratch + 896 + z[:, None, None, None] * 5408 + iu_71[None, :, None, None] + ik_71[None, None, :, None]
     m0_71 = row_mask[:, None, None, None]
-    p1_71 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_71[None, None, None, :] * 3 + ii_71[None, :, None, None]
-    m1_71 = row_mask[:, None, None, None] & (ii_71[None, :, None, None] < 3)
-    po_71 = scratch + 4656 + z[:, None, None, None] * 5408 + ii_71[None, :, None, None] * 16 + ik_71[None, None, :, None] * 16 + iu_71[None, None, None, :]
-    mo_71 = row_mask[:, None, None, None] & (ii_71[None, :, None, None] < 3)
+    p1_71 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_71[None, :, None, None] * 3 + ii_71[None, None, None, :]
+    m1_71 = row_mask[:, None, None, None] & (ii_71[None, None, None, :] < 3)
+    po_71 = scratch + 4656 + z[:, None, None, None] * 5408 + iu_71[None, :, None, None] * 3 + ik_71[None, None, :, None] * 3 + ii_71[None, None, None, :]
+    mo_71 = row_mask[:, None, None, None] & (ii_71[None, None, None, :] < 3)
     a0_71 = tl.load(p0_71, mask=m0_71, other=0.0)
     a1_71 = tl.load(p1_71, mask=m1_71, other=0.0)
     q_71 = po_71
@@ -1155,7 +1151,7 @@ def _cormorant_cg_d_4_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     ik_72 = tl.arange(0, 1)
     p0_72 = cg_1_1_0_ptr + 0 + ii_72[None, None, None, :, None] * 3 + ij_72[None, None, :, None, None] + ik_72[None, None, None, None, :]
     m0_72 = (ii_72[None, None, None, :, None] < 3) & (ij_72[None, None, :, None, None] < 3)
-    p1_72 = scratch + 4656 + z[:, None, None, None, None] * 5408 + ii_72[None, None, None, :, None] * 16 + ik_72[None, None, None, None, :] * 16 + iu_72[None, :, None, None, None]
+    p1_72 = scratch + 4656 + z[:, None, None, None, None] * 5408 + iu_72[None, :, None, None, None] * 3 + ik_72[None, None, None, None, :] * 3 + ii_72[None, None, None, :, None]
     m1_72 = row_mask[:, None, None, None, None] & (ii_72[None, None, None, :, None] < 3)
     po_72 = d_f_ptr + 16 + z[:, None, None] * 144 + iu_72[None, :, None] * 3 + ij_72[None, None, :]
     mo_72 = row_mask[:, None, None] & (ij_72[None, None, :] < 3)
@@ -1189,47 +1185,46 @@ def _cormorant_cg_d_4_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     tl.store(q_74, tl.load(q_74) + tl.sum(tl.sum(a0_74 * a1_74, axis=2), axis=0) * 1.118033988749895)
     tl.debug_barrier()
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    ij_75 = tl.arange(0, 8)
     ik_75 = tl.arange(0, 8)
-    p0_75 = scratch + 816 + z[:, None, None, None] * 5408 + ik_75[None, None, :, None]
-    m0_75 = row_mask[:, None, None, None] & (ik_75[None, None, :, None] < 5)
-    p1_75 = f_ptr + 64 + z[:, None, None, None] * 144
-    m1_75 = row_mask[:, None, None, None]
-    po_75 = scratch + 4704 + z[:, None, None, None] * 5408 + ik_75[None, None, :, None] * 16
-    mo_75 = row_mask[:, None, None, None] & (ik_75[None, None, :, None] < 5)
-    for startj_75 in range(0, 5, 4):
-        ij_75 = startj_75 + tl.arange(0, 4)
-        for startu_75 in range(0, 16, 8):
-            iu_75 = startu_75 + tl.arange(0, 8)
-            a0_75 = tl.load(p0_75 + iu_75[None, None, None, :] * 5, mask=m0_75, other=0.0)
-            a1_75 = tl.load(p1_75 + iu_75[None, None, None, :] * 5 + ij_75[None, :, None, None], mask=m1_75 & (ij_75[None, :, None, None] < 5), other=0.0)
-            q_75 = po_75 + ij_75[None, :, None, None] * 80 + iu_75[None, None, None, :]
-            tl.store(q_75, tl.load(q_75, mask=mo_75 & (ij_75[None, :, None, None] < 5), other=0.0) + a0_75 * a1_75, mask=mo_75 & (ij_75[None, :, None, None] < 5))
+    p0_75 = scratch + 816 + z[:, None, None, None] * 5408 + ik_75[None, None, None, :]
+    m0_75 = row_mask[:, None, None, None] & (ik_75[None, None, None, :] < 5)
+    p1_75 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_75[None, None, :, None]
+    m1_75 = row_mask[:, None, None, None] & (ij_75[None, None, :, None] < 5)
+    po_75 = scratch + 4704 + z[:, None, None, None] * 5408 + ij_75[None, None, :, None] * 5 + ik_75[None, None, None, :]
+    mo_75 = row_mask[:, None, None, None] & (ij_75[None, None, :, None] < 5) & (ik_75[None, None, None, :] < 5)
+    for startu_75 in range(0, 16, 4):
+        iu_75 = startu_75 + tl.arange(0, 4)
+        a0_75 = tl.load(p0_75 + iu_75[None, :, None, None] * 5, mask=m0_75, other=0.0)
+        a1_75 = tl.load(p1_75 + iu_75[None, :, None, None] * 5, mask=m1_75, other=0.0)
+        q_75 = po_75 + iu_75[None, :, None, None] * 25
+        tl.store(q_75, tl.load(q_75, mask=mo_75, other=0.0) + a0_75 * a1_75, mask=mo_75)
     tl.debug_barrier()
     ii_76 = tl.arange(0, 1)
     ij_76 = tl.arange(0, 8)
     ik_76 = tl.arange(0, 8)
     p0_76 = cg_0_2_2_ptr + 0 + ii_76[None, None, :, None, None] * 25 + ij_76[None, None, None, :, None] * 5 + ik_76[None, None, None, None, :]
     m0_76 = (ij_76[None, None, None, :, None] < 5) & (ik_76[None, None, None, None, :] < 5)
-    p1_76 = scratch + 4704 + z[:, None, None, None, None] * 5408 + ij_76[None, None, None, :, None] * 80 + ik_76[None, None, None, None, :] * 16
+    p1_76 = scratch + 4704 + z[:, None, None, None, None] * 5408 + ij_76[None, None, None, :, None] * 5 + ik_76[None, None, None, None, :]
     m1_76 = row_mask[:, None, None, None, None] & (ij_76[None, None, None, :, None] < 5) & (ik_76[None, None, None, None, :] < 5)
     po_76 = d_f_ptr + 0 + z[:, None, None] * 144 + ii_76[None, None, :]
     mo_76 = row_mask[:, None, None]
     for startu_76 in range(0, 16, 4):
         iu_76 = startu_76 + tl.arange(0, 4)
         a0_76 = tl.load(p0_76, mask=m0_76, other=0.0)
-        a1_76 = tl.load(p1_76 + iu_76[None, :, None, None, None], mask=m1_76, other=0.0)
+        a1_76 = tl.load(p1_76 + iu_76[None, :, None, None, None] * 25, mask=m1_76, other=0.0)
         q_76 = po_76 + iu_76[None, :, None]
         tl.store(q_76, tl.load(q_76, mask=mo_76, other=0.0) + tl.sum(tl.sum(a0_76 * a1_76, axis=4), axis=3), mask=mo_76)
     tl.debug_barrier()
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    ii_77 = tl.arange(0, 1)
-    ik_77 = tl.arange(0, 8)
     iu_77 = tl.arange(0, 16)
-    p0_77 = scratch + 816 + z[:, None, None, None] * 5408 + iu_77[None, None, None, :] * 5 + ik_77[None, None, :, None]
+    ik_77 = tl.arange(0, 8)
+    ii_77 = tl.arange(0, 1)
+    p0_77 = scratch + 816 + z[:, None, None, None] * 5408 + iu_77[None, :, None, None] * 5 + ik_77[None, None, :, None]
     m0_77 = row_mask[:, None, None, None] & (ik_77[None, None, :, None] < 5)
-    p1_77 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_77[None, None, None, :] + ii_77[None, :, None, None]
+    p1_77 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_77[None, :, None, None] + ii_77[None, None, None, :]
     m1_77 = row_mask[:, None, None, None]
-    po_77 = scratch + 5104 + z[:, None, None, None] * 5408 + ii_77[None, :, None, None] * 80 + ik_77[None, None, :, None] * 16 + iu_77[None, None, None, :]
+    po_77 = scratch + 5104 + z[:, None, None, None] * 5408 + iu_77[None, :, None, None] * 5 + ik_77[None, None, :, None] + ii_77[None, None, None, :]
     mo_77 = row_mask[:, None, None, None] & (ik_77[None, None, :, None] < 5)
     a0_77 = tl.load(p0_77, mask=m0_77, other=0.0)
     a1_77 = tl.load(p1_77, mask=m1_77, other=0.0)
@@ -1241,14 +1236,14 @@ def _cormorant_cg_d_4_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     ik_78 = tl.arange(0, 8)
     p0_78 = cg_0_2_2_ptr + 0 + ii_78[None, None, None, :, None] * 25 + ij_78[None, None, :, None, None] * 5 + ik_78[None, None, None, None, :]
     m0_78 = (ij_78[None, None, :, None, None] < 5) & (ik_78[None, None, None, None, :] < 5)
-    p1_78 = scratch + 5104 + z[:, None, None, None, None] * 5408 + ii_78[None, None, None, :, None] * 80 + ik_78[None, None, None, None, :] * 16
+    p1_78 = scratch + 5104 + z[:, None, None, None, None] * 5408 + ik_78[None, None, None, None, :] + ii_78[None, None, None, :, None]
     m1_78 = row_mask[:, None, None, None, None] & (ik_78[None, None, None, None, :] < 5)
     po_78 = d_f_ptr + 64 + z[:, None, None] * 144 + ij_78[None, None, :]
     mo_78 = row_mask[:, None, None] & (ij_78[None, None, :] < 5)
     for startu_78 in range(0, 16, 4):
         iu_78 = startu_78 + tl.arange(0, 4)
         a0_78 = tl.load(p0_78, mask=m0_78, other=0.0)
-        a1_78 = tl.load(p1_78 + iu_78[None, :, None, None, None], mask=m1_78, other=0.0)
+        a1_78 = tl.load(p1_78 + iu_78[None, :, None, None, None] * 5, mask=m1_78, other=0.0)
         q_78 = po_78 + iu_78[None, :, None] * 5
         tl.store(q_78, tl.load(q_78, mask=mo_78, other=0.0) + tl.sum(tl.sum(a0_78 * a1_78, axis=4), axis=3), mask=mo_78)
     tl.debug_barrier()
@@ -1286,15 +1281,15 @@ def _cormorant_cg_d_5_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     row_mask = z < n
     slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    iu_81 = tl.arange(0, 16)
     ij_81 = tl.arange(0, 4)
     ik_81 = tl.arange(0, 4)
-    iu_81 = tl.arange(0, 16)
-    p0_81 = scratch + 768 + z[:, None, None, None] * 5408 + iu_81[None, None, None, :] * 3 + ik_81[None, None, :, None]
-    m0_81 = row_mask[:, None, None, None] & (ik_81[None, None, :, None] < 3)
-    p1_81 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_81[None, None, None, :] * 3 + ij_81[None, :, None, None]
-    m1_81 = row_mask[:, None, None, None] & (ij_81[None, :, None, None] < 3)
-    po_81 = scratch + 5184 + z[:, None, None, None] * 5408 + ij_81[None, :, None, None] * 48 + ik_81[None, None, :, None] * 16 + iu_81[None, None, None, :]
-    mo_81 = row_mask[:, None, None, None] & (ij_81[None, :, None, None] < 3) & (ik_81[None, None, :, None] < 3)
+    p0_81 = scratch + 768 + z[:, None, None, None] * 5408 + iu_81[None, :, None, None] * 3 + ik_81[None, None, None, :]
+    m0_81 = row_mask[:, None, None, None] & (ik_81[None, None, None, :] < 3)
+    p1_81 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_81[None, :, None, None] * 3 + ij_81[None, None, :, None]
+    m1_81 = row_mask[:, None, None, None] & (ij_81[None, None, :, None] < 3)
+    po_81 = scratch + 5184 + z[:, None, None, None] * 5408 + iu_81[None, :, None, None] * 9 + ij_81[None, None, :, None] * 3 + ik_81[None, None, None, :]
+    mo_81 = row_mask[:, None, None, None] & (ij_81[None, None, :, None] < 3) & (ik_81[None, None, None, :] < 3)
     a0_81 = tl.load(p0_81, mask=m0_81, other=0.0)
     a1_81 = tl.load(p1_81, mask=m1_81, other=0.0)
     q_81 = po_81
@@ -1306,7 +1301,7 @@ def _cormorant_cg_d_5_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     ik_82 = tl.arange(0, 4)
     p0_82 = cg_0_1_1_ptr + 0 + ii_82[None, None, :, None, None] * 9 + ij_82[None, None, None, :, None] * 3 + ik_82[None, None, None, None, :]
     m0_82 = (ij_82[None, None, None, :, None] < 3) & (ik_82[None, None, None, None, :] < 3)
-    p1_82 = scratch + 5184 + z[:, None, None, None, None] * 5408 + ij_82[None, None, None, :, None] * 48 + ik_82[None, None, None, None, :] * 16 + iu_82[None, :, None, None, None]
+    p1_82 = scratch + 5184 + z[:, None, None, None, None] * 5408 + iu_82[None, :, None, None, None] * 9 + ij_82[None, None, None, :, None] * 3 + ik_82[None, None, None, None, :]
     m1_82 = row_mask[:, None, None, None, None] & (ij_82[None, None, None, :, None] < 3) & (ik_82[None, None, None, None, :] < 3)
     po_82 = d_f_ptr + 0 + z[:, None, None] * 144 + iu_82[None, :, None] + ii_82[None, None, :]
     mo_82 = row_mask[:, None, None]
@@ -1316,14 +1311,14 @@ def _cormorant_cg_d_5_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     tl.store(q_82, tl.load(q_82, mask=mo_82, other=0.0) + tl.sum(tl.sum(a0_82 * a1_82, axis=4), axis=3), mask=mo_82)
     tl.debug_barrier()
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    ii_83 = tl.arange(0, 1)
-    ik_83 = tl.arange(0, 4)
     iu_83 = tl.arange(0, 16)
-    p0_83 = scratch + 768 + z[:, None, None, None] * 5408 + iu_83[None, None, None, :] * 3 + ik_83[None, None, :, None]
+    ik_83 = tl.arange(0, 4)
+    ii_83 = tl.arange(0, 1)
+    p0_83 = scratch + 768 + z[:, None, None, None] * 5408 + iu_83[None, :, None, None] * 3 + ik_83[None, None, :, None]
     m0_83 = row_mask[:, None, None, None] & (ik_83[None, None, :, None] < 3)
-    p1_83 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_83[None, None, None, :] + ii_83[None, :, None, None]
+    p1_83 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_83[None, :, None, None] + ii_83[None, None, None, :]
     m1_83 = row_mask[:, None, None, None]
-    po_83 = scratch + 5328 + z[:, None, None, None] * 5408 + ii_83[None, :, None, None] * 48 + ik_83[None, None, :, None] * 16 + iu_83[None, None, None, :]
+    po_83 = scratch + 5328 + z[:, None, None, None] * 5408 + iu_83[None, :, None, None] * 3 + ik_83[None, None, :, None] + ii_83[None, None, None, :]
     mo_83 = row_mask[:, None, None, None] & (ik_83[None, None, :, None] < 3)
     a0_83 = tl.load(p0_83, mask=m0_83, other=0.0)
     a1_83 = tl.load(p1_83, mask=m1_83, other=0.0)
@@ -1336,7 +1331,7 @@ def _cormorant_cg_d_5_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     ik_84 = tl.arange(0, 4)
     p0_84 = cg_0_1_1_ptr + 0 + ii_84[None, None, None, :, None] * 9 + ij_84[None, None, :, None, None] * 3 + ik_84[None, None, None, None, :]
     m0_84 = (ij_84[None, None, :, None, None] < 3) & (ik_84[None, None, None, None, :] < 3)
-    p1_84 = scratch + 5328 + z[:, None, None, None, None] * 5408 + ii_84[None, None, None, :, None] * 48 + ik_84[None, None, None, None, :] * 16 + iu_84[None, :, None, None, None]
+    p1_84 = scratch + 5328 + z[:, None, None, None, None] * 5408 + iu_84[None, :, None, None, None] * 3 + ik_84[None, None, None, None, :] + ii_84[None, None, None, :, None]
     m1_84 = row_mask[:, None, None, None, None] & (ik_84[None, None, None, None, :] < 3)
     po_84 = d_f_ptr + 16 + z[:, None, None] * 144 + iu_84[None, :, None] * 3 + ij_84[None, None, :]
     mo_84 = row_mask[:, None, None] & (ij_84[None, None, :] < 3)
@@ -1370,14 +1365,14 @@ def _cormorant_cg_d_5_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     tl.store(q_86, tl.load(q_86) + tl.sum(tl.sum(a0_86 * a1_86, axis=2), axis=0) * 0.5773502691896257)
     tl.debug_barrier()
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    ij_87 = tl.arange(0, 1)
-    ik_87 = tl.arange(0, 1)
     iu_87 = tl.arange(0, 16)
-    p0_87 = scratch + 752 + z[:, None, None, None] * 5408 + iu_87[None, None, None, :] + ik_87[None, None, :, None]
+    ik_87 = tl.arange(0, 1)
+    ij_87 = tl.arange(0, 1)
+    p0_87 = scratch + 752 + z[:, None, None, None] * 5408 + iu_87[None, :, None, None] + ik_87[None, None, :, None]
     m0_87 = row_mask[:, None, None, None]
-    p1_87 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_87[None, None, None, :] + ij_87[None, :, None, None]
+    p1_87 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_87[None, :, None, None] + ij_87[None, None, None, :]
     m1_87 = row_mask[:, None, None, None]
-    po_87 = scratch + 5376 + z[:, None, None, None] * 5408 + ij_87[None, :, None, None] * 16 + ik_87[None, None, :, None] * 16 + iu_87[None, None, None, :]
+    po_87 = scratch + 5376 + z[:, None, None, None] * 5408 + iu_87[None, :, None, None] + ik_87[None, None, :, None] + ij_87[None, None, None, :]
     mo_87 = row_mask[:, None, None, None]
     a0_87 = tl.load(p0_87, mask=m0_87, other=0.0)
     a1_87 = tl.load(p1_87, mask=m1_87, other=0.0)
@@ -1389,7 +1384,7 @@ def _cormorant_cg_d_5_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     ij_88 = tl.arange(0, 1)
     ik_88 = tl.arange(0, 1)
     p0_88 = cg_0_0_0_ptr + 0 + ii_88[None, None, :, None, None] + ij_88[None, None, None, :, None] + ik_88[None, None, None, None, :]
-    p1_88 = scratch + 5376 + z[:, None, None, None, None] * 5408 + ij_88[None, None, None, :, None] * 16 + ik_88[None, None, None, None, :] * 16 + iu_88[None, :, None, None, None]
+    p1_88 = scratch + 5376 + z[:, None, None, None, None] * 5408 + iu_88[None, :, None, None, None] + ik_88[None, None, None, None, :] + ij_88[None, None, None, :, None]
     m1_88 = row_mask[:, None, None, None, None]
     po_88 = d_f_ptr + 0 + z[:, None, None] * 144 + iu_88[None, :, None] + ii_88[None, None, :]
     mo_88 = row_mask[:, None, None]
@@ -1399,14 +1394,14 @@ def _cormorant_cg_d_5_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     tl.store(q_88, tl.load(q_88, mask=mo_88, other=0.0) + tl.sum(tl.sum(a0_88 * a1_88, axis=4), axis=3), mask=mo_88)
     tl.debug_barrier()
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    ii_89 = tl.arange(0, 1)
-    ik_89 = tl.arange(0, 1)
     iu_89 = tl.arange(0, 16)
-    p0_89 = scratch + 752 + z[:, None, None, None] * 5408 + iu_89[None, None, None, :] + ik_89[None, None, :, None]
+    ik_89 = tl.arange(0, 1)
+    ii_89 = tl.arange(0, 1)
+    p0_89 = scratch + 752 + z[:, None, None, None] * 5408 + iu_89[None, :, None, None] + ik_89[None, None, :, None]
     m0_89 = row_mask[:, None, None, None]
-    p1_89 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_89[None, None, None, :] + ii_89[None, :, None, None]
+    p1_89 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_89[None, :, None, None] + ii_89[None, None, None, :]
     m1_89 = row_mask[:, None, None, None]
-    po_89 = scratch + 5392 + z[:, None, None, None] * 5408 + ii_89[None, :, None, None] * 16 + ik_89[None, None, :, None] * 16 + iu_89[None, None, None, :]
+    po_89 = scratch + 5392 + z[:, None, None, None] * 5408 + iu_89[None, :, None, None] + ik_89[None, None, :, None] + ii_89[None, None, None, :]
     mo_89 = row_mask[:, None, None, None]
     a0_89 = tl.load(p0_89, mask=m0_89, other=0.0)
     a1_89 = tl.load(p1_89, mask=m1_89, other=0.0)
@@ -1418,7 +1413,7 @@ def _cormorant_cg_d_5_kernel(f_ptr, d_g_ptr, weight_ptr, cg_0_0_0_ptr, cg_0_1_1_
     ii_90 = tl.arange(0, 1)
     ik_90 = tl.arange(0, 1)
     p0_90 = cg_0_0_0_ptr + 0 + ii_90[None, None, None, :, None] + ij_90[None, None, :, None, None] + ik_90[None, None, None, None, :]
-    p1_90 = scratch + 5392 + z[:, None, None, None, None] * 5408 + ii_90[None, None, None, :, None] * 16 + ik_90[None, None, None, None, :] * 16 + iu_90[None, :, None, None, None]
+    p1_90 = scratch + 5392 + z[:, None, None, None, None] * 5408 + iu_90[None, :, None, None, None] + ik_90[None, None, None, None, :] + ii_90[None, None, None, :, None]
     m1_90 = row_mask[:, None, None, None, None]
     po_90 = d_f_ptr + 0 + z[:, None, None] * 144 + iu_90[None, :, None] + ij_90[None, None, :]
     mo_90 = row_mask[:, None, None]
@@ -1617,14 +1612,14 @@ def _cormorant_cg_d2_f_0_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     tl.store(q_12, tl.load(q_12, mask=mo_12, other=0.0) + a0_12 * a1_12 * 0.5773502691896257, mask=mo_12)
     tl.debug_barrier()
     # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    ii_13 = tl.arange(0, 1)
-    ij_13 = tl.arange(0, 1)
     iu_13 = tl.arange(0, 16)
-    p0_13 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_13[None, None, None, :] + ij_13[None, None, :, None]
+    ij_13 = tl.arange(0, 1)
+    ii_13 = tl.arange(0, 1)
+    p0_13 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_13[None, :, None, None] + ij_13[None, None, :, None]
     m0_13 = row_mask[:, None, None, None]
-    p1_13 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_13[None, None, None, :] + ii_13[None, :, None, None]
+    p1_13 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_13[None, :, None, None] + ii_13[None, None, None, :]
     m1_13 = row_mask[:, None, None, None]
-    po_13 = scratch + 1216 + z[:, None, None, None] * 6336 + ii_13[None, :, None, None] * 16 + ij_13[None, None, :, None] * 16 + iu_13[None, None, None, :]
+    po_13 = scratch + 1216 + z[:, None, None, None] * 6336 + iu_13[None, :, None, None] + ij_13[None, None, :, None] + ii_13[None, None, None, :]
     mo_13 = row_mask[:, None, None, None]
     a0_13 = tl.load(p0_13, mask=m0_13, other=0.0)
     a1_13 = tl.load(p1_13, mask=m1_13, other=0.0)
@@ -1636,7 +1631,7 @@ def _cormorant_cg_d2_f_0_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ii_14 = tl.arange(0, 1)
     ij_14 = tl.arange(0, 1)
     p0_14 = cg_0_0_0_ptr + 0 + ii_14[None, None, None, :, None] + ij_14[None, None, None, None, :] + ik_14[None, None, :, None, None]
-    p1_14 = scratch + 1216 + z[:, None, None, None, None] * 6336 + ii_14[None, None, None, :, None] * 16 + ij_14[None, None, None, None, :] * 16 + iu_14[None, :, None, None, None]
+    p1_14 = scratch + 1216 + z[:, None, None, None, None] * 6336 + iu_14[None, :, None, None, None] + ij_14[None, None, None, None, :] + ii_14[None, None, None, :, None]
     m1_14 = row_mask[:, None, None, None, None]
     po_14 = scratch + 752 + z[:, None, None] * 6336 + iu_14[None, :, None] + ik_14[None, None, :]
     mo_14 = row_mask[:, None, None]
@@ -1646,14 +1641,14 @@ def _cormorant_cg_d2_f_0_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     tl.store(q_14, tl.load(q_14, mask=mo_14, other=0.0) + tl.sum(tl.sum(a0_14 * a1_14, axis=4), axis=3), mask=mo_14)
     tl.debug_barrier()
     # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    iu_15 = tl.arange(0, 16)
     ij_15 = tl.arange(0, 1)
     ik_15 = tl.arange(0, 1)
-    iu_15 = tl.arange(0, 16)
-    p0_15 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_15[None, None, None, :] + ij_15[None, :, None, None]
+    p0_15 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_15[None, :, None, None] + ij_15[None, None, :, None]
     m0_15 = row_mask[:, None, None, None]
-    p1_15 = scratch + 144 + z[:, None, None, None] * 6336 + iu_15[None, None, None, :] + ik_15[None, None, :, None]
+    p1_15 = scratch + 144 + z[:, None, None, None] * 6336 + iu_15[None, :, None, None] + ik_15[None, None, None, :]
     m1_15 = row_mask[:, None, None, None]
-    po_15 = scratch + 1232 + z[:, None, None, None] * 6336 + ij_15[None, :, None, None] * 16 + ik_15[None, None, :, None] * 16 + iu_15[None, None, None, :]
+    po_15 = scratch + 1232 + z[:, None, None, None] * 6336 + iu_15[None, :, None, None] + ij_15[None, None, :, None] + ik_15[None, None, None, :]
     mo_15 = row_mask[:, None, None, None]
     a0_15 = tl.load(p0_15, mask=m0_15, other=0.0)
     a1_15 = tl.load(p1_15, mask=m1_15, other=0.0)
@@ -1665,7 +1660,7 @@ def _cormorant_cg_d2_f_0_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ij_16 = tl.arange(0, 1)
     ik_16 = tl.arange(0, 1)
     p0_16 = cg_0_0_0_ptr + 0 + ii_16[None, None, :, None, None] + ij_16[None, None, None, :, None] + ik_16[None, None, None, None, :]
-    p1_16 = scratch + 1232 + z[:, None, None, None, None] * 6336 + ij_16[None, None, None, :, None] * 16 + ik_16[None, None, None, None, :] * 16 + iu_16[None, :, None, None, None]
+    p1_16 = scratch + 1232 + z[:, None, None, None, None] * 6336 + iu_16[None, :, None, None, None] + ij_16[None, None, None, :, None] + ik_16[None, None, None, None, :]
     m1_16 = row_mask[:, None, None, None, None]
     po_16 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_16[None, :, None] + ii_16[None, None, :]
     mo_16 = row_mask[:, None, None]
@@ -1684,14 +1679,14 @@ def _cormorant_cg_d2_f_1_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     row_mask = z < n
     slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    iu_17 = tl.arange(0, 16)
     ii_17 = tl.arange(0, 1)
     ij_17 = tl.arange(0, 1)
-    iu_17 = tl.arange(0, 16)
-    p0_17 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_17[None, None, None, :] + ii_17[None, :, None, None]
+    p0_17 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_17[None, :, None, None] + ii_17[None, None, :, None]
     m0_17 = row_mask[:, None, None, None]
-    p1_17 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_17[None, None, None, :] + ij_17[None, None, :, None]
+    p1_17 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_17[None, :, None, None] + ij_17[None, None, None, :]
     m1_17 = row_mask[:, None, None, None]
-    po_17 = scratch + 1248 + z[:, None, None, None] * 6336 + ii_17[None, :, None, None] * 16 + ij_17[None, None, :, None] * 16 + iu_17[None, None, None, :]
+    po_17 = scratch + 1248 + z[:, None, None, None] * 6336 + iu_17[None, :, None, None] + ii_17[None, None, :, None] + ij_17[None, None, None, :]
     mo_17 = row_mask[:, None, None, None]
     a0_17 = tl.load(p0_17, mask=m0_17, other=0.0)
     a1_17 = tl.load(p1_17, mask=m1_17, other=0.0)
@@ -1703,7 +1698,7 @@ def _cormorant_cg_d2_f_1_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ii_18 = tl.arange(0, 1)
     ij_18 = tl.arange(0, 1)
     p0_18 = cg_0_0_0_ptr + 0 + ii_18[None, None, None, :, None] + ij_18[None, None, None, None, :] + ik_18[None, None, :, None, None]
-    p1_18 = scratch + 1248 + z[:, None, None, None, None] * 6336 + ii_18[None, None, None, :, None] * 16 + ij_18[None, None, None, None, :] * 16 + iu_18[None, :, None, None, None]
+    p1_18 = scratch + 1248 + z[:, None, None, None, None] * 6336 + iu_18[None, :, None, None, None] + ii_18[None, None, None, :, None] + ij_18[None, None, None, None, :]
     m1_18 = row_mask[:, None, None, None, None]
     po_18 = scratch + 752 + z[:, None, None] * 6336 + iu_18[None, :, None] + ik_18[None, None, :]
     mo_18 = row_mask[:, None, None]
@@ -1713,14 +1708,14 @@ def _cormorant_cg_d2_f_1_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     tl.store(q_18, tl.load(q_18, mask=mo_18, other=0.0) + tl.sum(tl.sum(a0_18 * a1_18, axis=4), axis=3), mask=mo_18)
     tl.debug_barrier()
     # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    iu_19 = tl.arange(0, 16)
     ii_19 = tl.arange(0, 1)
     ik_19 = tl.arange(0, 1)
-    iu_19 = tl.arange(0, 16)
-    p0_19 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_19[None, None, None, :] + ii_19[None, :, None, None]
+    p0_19 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_19[None, :, None, None] + ii_19[None, None, :, None]
     m0_19 = row_mask[:, None, None, None]
-    p1_19 = scratch + 144 + z[:, None, None, None] * 6336 + iu_19[None, None, None, :] + ik_19[None, None, :, None]
+    p1_19 = scratch + 144 + z[:, None, None, None] * 6336 + iu_19[None, :, None, None] + ik_19[None, None, None, :]
     m1_19 = row_mask[:, None, None, None]
-    po_19 = scratch + 1264 + z[:, None, None, None] * 6336 + ii_19[None, :, None, None] * 16 + ik_19[None, None, :, None] * 16 + iu_19[None, None, None, :]
+    po_19 = scratch + 1264 + z[:, None, None, None] * 6336 + iu_19[None, :, None, None] + ii_19[None, None, :, None] + ik_19[None, None, None, :]
     mo_19 = row_mask[:, None, None, None]
     a0_19 = tl.load(p0_19, mask=m0_19, other=0.0)
     a1_19 = tl.load(p1_19, mask=m1_19, other=0.0)
@@ -1732,7 +1727,7 @@ def _cormorant_cg_d2_f_1_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ii_20 = tl.arange(0, 1)
     ik_20 = tl.arange(0, 1)
     p0_20 = cg_0_0_0_ptr + 0 + ii_20[None, None, None, :, None] + ij_20[None, None, :, None, None] + ik_20[None, None, None, None, :]
-    p1_20 = scratch + 1264 + z[:, None, None, None, None] * 6336 + ii_20[None, None, None, :, None] * 16 + ik_20[None, None, None, None, :] * 16 + iu_20[None, :, None, None, None]
+    p1_20 = scratch + 1264 + z[:, None, None, None, None] * 6336 + iu_20[None, :, None, None, None] + ii_20[None, None, None, :, None] + ik_20[None, None, None, None, :]
     m1_20 = row_mask[:, None, None, None, None]
     po_20 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_20[None, :, None] + ij_20[None, None, :]
     mo_20 = row_mask[:, None, None]
@@ -1766,14 +1761,14 @@ def _cormorant_cg_d2_f_1_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     tl.store(q_22, tl.load(q_22) + tl.sum(tl.sum(a0_22 * a1_22, axis=2), axis=0) * 0.5773502691896257)
     tl.debug_barrier()
     # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    ii_23 = tl.arange(0, 1)
-    ij_23 = tl.arange(0, 4)
     iu_23 = tl.arange(0, 16)
-    p0_23 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_23[None, None, None, :] * 3 + ij_23[None, None, :, None]
+    ij_23 = tl.arange(0, 4)
+    ii_23 = tl.arange(0, 1)
+    p0_23 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_23[None, :, None, None] * 3 + ij_23[None, None, :, None]
     m0_23 = row_mask[:, None, None, None] & (ij_23[None, None, :, None] < 3)
-    p1_23 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_23[None, None, None, :] + ii_23[None, :, None, None]
+    p1_23 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_23[None, :, None, None] + ii_23[None, None, None, :]
     m1_23 = row_mask[:, None, None, None]
-    po_23 = scratch + 1280 + z[:, None, None, None] * 6336 + ii_23[None, :, None, None] * 48 + ij_23[None, None, :, None] * 16 + iu_23[None, None, None, :]
+    po_23 = scratch + 1280 + z[:, None, None, None] * 6336 + iu_23[None, :, None, None] * 3 + ij_23[None, None, :, None] + ii_23[None, None, None, :]
     mo_23 = row_mask[:, None, None, None] & (ij_23[None, None, :, None] < 3)
     a0_23 = tl.load(p0_23, mask=m0_23, other=0.0)
     a1_23 = tl.load(p1_23, mask=m1_23, other=0.0)
@@ -1786,7 +1781,7 @@ def _cormorant_cg_d2_f_1_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ij_24 = tl.arange(0, 4)
     p0_24 = cg_0_1_1_ptr + 0 + ii_24[None, None, None, :, None] * 9 + ij_24[None, None, None, None, :] * 3 + ik_24[None, None, :, None, None]
     m0_24 = (ij_24[None, None, None, None, :] < 3) & (ik_24[None, None, :, None, None] < 3)
-    p1_24 = scratch + 1280 + z[:, None, None, None, None] * 6336 + ii_24[None, None, None, :, None] * 48 + ij_24[None, None, None, None, :] * 16 + iu_24[None, :, None, None, None]
+    p1_24 = scratch + 1280 + z[:, None, None, None, None] * 6336 + iu_24[None, :, None, None, None] * 3 + ij_24[None, None, None, None, :] + ii_24[None, None, None, :, None]
     m1_24 = row_mask[:, None, None, None, None] & (ij_24[None, None, None, None, :] < 3)
     po_24 = scratch + 768 + z[:, None, None] * 6336 + iu_24[None, :, None] * 3 + ik_24[None, None, :]
     mo_24 = row_mask[:, None, None] & (ik_24[None, None, :] < 3)
@@ -1796,15 +1791,15 @@ def _cormorant_cg_d2_f_1_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     tl.store(q_24, tl.load(q_24, mask=mo_24, other=0.0) + tl.sum(tl.sum(a0_24 * a1_24, axis=4), axis=3), mask=mo_24)
     tl.debug_barrier()
     # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    iu_25 = tl.arange(0, 16)
     ij_25 = tl.arange(0, 4)
     ik_25 = tl.arange(0, 4)
-    iu_25 = tl.arange(0, 16)
-    p0_25 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_25[None, None, None, :] * 3 + ij_25[None, :, None, None]
-    m0_25 = row_mask[:, None, None, None] & (ij_25[None, :, None, None] < 3)
-    p1_25 = scratch + 160 + z[:, None, None, None] * 6336 + iu_25[None, None, None, :] * 3 + ik_25[None, None, :, None]
-    m1_25 = row_mask[:, None, None, None] & (ik_25[None, None, :, None] < 3)
-    po_25 = scratch + 1328 + z[:, None, None, None] * 6336 + ij_25[None, :, None, None] * 48 + ik_25[None, None, :, None] * 16 + iu_25[None, None, None, :]
-    mo_25 = row_mask[:, None, None, None] & (ij_25[None, :, None, None] < 3) & (ik_25[None, None, :, None] < 3)
+    p0_25 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_25[None, :, None, None] * 3 + ij_25[None, None, :, None]
+    m0_25 = row_mask[:, None, None, None] & (ij_25[None, None, :, None] < 3)
+    p1_25 = scratch + 160 + z[:, None, None, None] * 6336 + iu_25[None, :, None, None] * 3 + ik_25[None, None, None, :]
+    m1_25 = row_mask[:, None, None, None] & (ik_25[None, None, None, :] < 3)
+    po_25 = scratch + 1328 + z[:, None, None, None] * 6336 + iu_25[None, :, None, None] * 9 + ij_25[None, None, :, None] * 3 + ik_25[None, None, None, :]
+    mo_25 = row_mask[:, None, None, None] & (ij_25[None, None, :, None] < 3) & (ik_25[None, None, None, :] < 3)
     a0_25 = tl.load(p0_25, mask=m0_25, other=0.0)
     a1_25 = tl.load(p1_25, mask=m1_25, other=0.0)
     q_25 = po_25
@@ -1816,7 +1811,7 @@ def _cormorant_cg_d2_f_1_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ik_26 = tl.arange(0, 4)
     p0_26 = cg_0_1_1_ptr + 0 + ii_26[None, None, :, None, None] * 9 + ij_26[None, None, None, :, None] * 3 + ik_26[None, None, None, None, :]
     m0_26 = (ij_26[None, None, None, :, None] < 3) & (ik_26[None, None, None, None, :] < 3)
-    p1_26 = scratch + 1328 + z[:, None, None, None, None] * 6336 + ij_26[None, None, None, :, None] * 48 + ik_26[None, None, None, None, :] * 16 + iu_26[None, :, None, None, None]
+    p1_26 = scratch + 1328 + z[:, None, None, None, None] * 6336 + iu_26[None, :, None, None, None] * 9 + ij_26[None, None, None, :, None] * 3 + ik_26[None, None, None, None, :]
     m1_26 = row_mask[:, None, None, None, None] & (ij_26[None, None, None, :, None] < 3) & (ik_26[None, None, None, None, :] < 3)
     po_26 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_26[None, :, None] + ii_26[None, None, :]
     mo_26 = row_mask[:, None, None]
@@ -1826,15 +1821,15 @@ def _cormorant_cg_d2_f_1_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     tl.store(q_26, tl.load(q_26, mask=mo_26, other=0.0) + tl.sum(tl.sum(a0_26 * a1_26, axis=4), axis=3), mask=mo_26)
     tl.debug_barrier()
     # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    iu_27 = tl.arange(0, 16)
     ii_27 = tl.arange(0, 1)
     ij_27 = tl.arange(0, 4)
-    iu_27 = tl.arange(0, 16)
-    p0_27 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_27[None, None, None, :] + ii_27[None, :, None, None]
+    p0_27 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_27[None, :, None, None] + ii_27[None, None, :, None]
     m0_27 = row_mask[:, None, None, None]
-    p1_27 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_27[None, None, None, :] * 3 + ij_27[None, None, :, None]
-    m1_27 = row_mask[:, None, None, None] & (ij_27[None, None, :, None] < 3)
-    po_27 = scratch + 1472 + z[:, None, None, None] * 6336 + ii_27[None, :, None, None] * 48 + ij_27[None, None, :, None] * 16 + iu_27[None, None, None, :]
-    mo_27 = row_mask[:, None, None, None] & (ij_27[None, None, :, None] < 3)
+    p1_27 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_27[None, :, None, None] * 3 + ij_27[None, None, None, :]
+    m1_27 = row_mask[:, None, None, None] & (ij_27[None, None, None, :] < 3)
+    po_27 = scratch + 1472 + z[:, None, None, None] * 6336 + iu_27[None, :, None, None] * 3 + ii_27[None, None, :, None] * 3 + ij_27[None, None, None, :]
+    mo_27 = row_mask[:, None, None, None] & (ij_27[None, None, None, :] < 3)
     a0_27 = tl.load(p0_27, mask=m0_27, other=0.0)
     a1_27 = tl.load(p1_27, mask=m1_27, other=0.0)
     q_27 = po_27
@@ -1846,7 +1841,7 @@ def _cormorant_cg_d2_f_1_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ij_28 = tl.arange(0, 4)
     p0_28 = cg_0_1_1_ptr + 0 + ii_28[None, None, None, :, None] * 9 + ij_28[None, None, None, None, :] * 3 + ik_28[None, None, :, None, None]
     m0_28 = (ij_28[None, None, None, None, :] < 3) & (ik_28[None, None, :, None, None] < 3)
-    p1_28 = scratch + 1472 + z[:, None, None, None, None] * 6336 + ii_28[None, None, None, :, None] * 48 + ij_28[None, None, None, None, :] * 16 + iu_28[None, :, None, None, None]
+    p1_28 = scratch + 1472 + z[:, None, None, None, None] * 6336 + iu_28[None, :, None, None, None] * 3 + ii_28[None, None, None, :, None] * 3 + ij_28[None, None, None, None, :]
     m1_28 = row_mask[:, None, None, None, None] & (ij_28[None, None, None, None, :] < 3)
     po_28 = scratch + 768 + z[:, None, None] * 6336 + iu_28[None, :, None] * 3 + ik_28[None, None, :]
     mo_28 = row_mask[:, None, None] & (ik_28[None, None, :] < 3)
@@ -1856,15 +1851,15 @@ def _cormorant_cg_d2_f_1_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     tl.store(q_28, tl.load(q_28, mask=mo_28, other=0.0) + tl.sum(tl.sum(a0_28 * a1_28, axis=4), axis=3), mask=mo_28)
     tl.debug_barrier()
     # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    iu_29 = tl.arange(0, 16)
     ii_29 = tl.arange(0, 1)
     ik_29 = tl.arange(0, 4)
-    iu_29 = tl.arange(0, 16)
-    p0_29 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_29[None, None, None, :] + ii_29[None, :, None, None]
+    p0_29 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_29[None, :, None, None] + ii_29[None, None, :, None]
     m0_29 = row_mask[:, None, None, None]
-    p1_29 = scratch + 160 + z[:, None, None, None] * 6336 + iu_29[None, None, None, :] * 3 + ik_29[None, None, :, None]
-    m1_29 = row_mask[:, None, None, None] & (ik_29[None, None, :, None] < 3)
-    po_29 = scratch + 1520 + z[:, None, None, None] * 6336 + ii_29[None, :, None, None] * 48 + ik_29[None, None, :, None] * 16 + iu_29[None, None, None, :]
-    mo_29 = row_mask[:, None, None, None] & (ik_29[None, None, :, None] < 3)
+    p1_29 = scratch + 160 + z[:, None, None, None] * 6336 + iu_29[None, :, None, None] * 3 + ik_29[None, None, None, :]
+    m1_29 = row_mask[:, None, None, None] & (ik_29[None, None, None, :] < 3)
+    po_29 = scratch + 1520 + z[:, None, None, None] * 6336 + iu_29[None, :, None, None] * 3 + ii_29[None, None, :, None] * 3 + ik_29[None, None, None, :]
+    mo_29 = row_mask[:, None, None, None] & (ik_29[None, None, None, :] < 3)
     a0_29 = tl.load(p0_29, mask=m0_29, other=0.0)
     a1_29 = tl.load(p1_29, mask=m1_29, other=0.0)
     q_29 = po_29
@@ -1876,7 +1871,7 @@ def _cormorant_cg_d2_f_1_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ik_30 = tl.arange(0, 4)
     p0_30 = cg_0_1_1_ptr + 0 + ii_30[None, None, None, :, None] * 9 + ij_30[None, None, :, None, None] * 3 + ik_30[None, None, None, None, :]
     m0_30 = (ij_30[None, None, :, None, None] < 3) & (ik_30[None, None, None, None, :] < 3)
-    p1_30 = scratch + 1520 + z[:, None, None, None, None] * 6336 + ii_30[None, None, None, :, None] * 48 + ik_30[None, None, None, None, :] * 16 + iu_30[None, :, None, None, None]
+    p1_30 = scratch + 1520 + z[:, None, None, None, None] * 6336 + iu_30[None, :, None, None, None] * 3 + ii_30[None, None, None, :, None] * 3 + ik_30[None, None, None, None, :]
     m1_30 = row_mask[:, None, None, None, None] & (ik_30[None, None, None, None, :] < 3)
     po_30 = d2_f_ptr + 16 + z[:, None, None] * 144 + iu_30[None, :, None] * 3 + ij_30[None, None, :]
     mo_30 = row_mask[:, None, None] & (ij_30[None, None, :] < 3)
@@ -1919,14 +1914,14 @@ def _cormorant_cg_d2_f_2_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     row_mask = z < n
     slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    ii_33 = tl.arange(0, 1)
-    ij_33 = tl.arange(0, 8)
     iu_33 = tl.arange(0, 16)
-    p0_33 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + iu_33[None, None, None, :] * 5 + ij_33[None, None, :, None]
+    ij_33 = tl.arange(0, 8)
+    ii_33 = tl.arange(0, 1)
+    p0_33 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + iu_33[None, :, None, None] * 5 + ij_33[None, None, :, None]
     m0_33 = row_mask[:, None, None, None] & (ij_33[None, None, :, None] < 5)
-    p1_33 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_33[None, None, None, :] + ii_33[None, :, None, None]
+    p1_33 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_33[None, :, None, None] + ii_33[None, None, None, :]
     m1_33 = row_mask[:, None, None, None]
-    po_33 = scratch + 1568 + z[:, None, None, None] * 6336 + ii_33[None, :, None, None] * 80 + ij_33[None, None, :, None] * 16 + iu_33[None, None, None, :]
+    po_33 = scratch + 1568 + z[:, None, None, None] * 6336 + iu_33[None, :, None, None] * 5 + ij_33[None, None, :, None] + ii_33[None, None, None, :]
     mo_33 = row_mask[:, None, None, None] & (ij_33[None, None, :, None] < 5)
     a0_33 = tl.load(p0_33, mask=m0_33, other=0.0)
     a1_33 = tl.load(p1_33, mask=m1_33, other=0.0)
@@ -1938,60 +1933,59 @@ def _cormorant_cg_d2_f_2_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ij_34 = tl.arange(0, 8)
     p0_34 = cg_0_2_2_ptr + 0 + ii_34[None, None, None, :, None] * 25 + ij_34[None, None, None, None, :] * 5 + ik_34[None, None, :, None, None]
     m0_34 = (ij_34[None, None, None, None, :] < 5) & (ik_34[None, None, :, None, None] < 5)
-    p1_34 = scratch + 1568 + z[:, None, None, None, None] * 6336 + ii_34[None, None, None, :, None] * 80 + ij_34[None, None, None, None, :] * 16
+    p1_34 = scratch + 1568 + z[:, None, None, None, None] * 6336 + ij_34[None, None, None, None, :] + ii_34[None, None, None, :, None]
     m1_34 = row_mask[:, None, None, None, None] & (ij_34[None, None, None, None, :] < 5)
     po_34 = scratch + 816 + z[:, None, None] * 6336 + ik_34[None, None, :]
     mo_34 = row_mask[:, None, None] & (ik_34[None, None, :] < 5)
     for startu_34 in range(0, 16, 4):
         iu_34 = startu_34 + tl.arange(0, 4)
         a0_34 = tl.load(p0_34, mask=m0_34, other=0.0)
-        a1_34 = tl.load(p1_34 + iu_34[None, :, None, None, None], mask=m1_34, other=0.0)
+        a1_34 = tl.load(p1_34 + iu_34[None, :, None, None, None] * 5, mask=m1_34, other=0.0)
         q_34 = po_34 + iu_34[None, :, None] * 5
         tl.store(q_34, tl.load(q_34, mask=mo_34, other=0.0) + tl.sum(tl.sum(a0_34 * a1_34, axis=4), axis=3), mask=mo_34)
     tl.debug_barrier()
     # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    ij_35 = tl.arange(0, 8)
     ik_35 = tl.arange(0, 8)
-    p0_35 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144
-    m0_35 = row_mask[:, None, None, None]
-    p1_35 = scratch + 208 + z[:, None, None, None] * 6336 + ik_35[None, None, :, None]
-    m1_35 = row_mask[:, None, None, None] & (ik_35[None, None, :, None] < 5)
-    po_35 = scratch + 1648 + z[:, None, None, None] * 6336 + ik_35[None, None, :, None] * 16
-    mo_35 = row_mask[:, None, None, None] & (ik_35[None, None, :, None] < 5)
-    for startj_35 in range(0, 5, 4):
-        ij_35 = startj_35 + tl.arange(0, 4)
-        for startu_35 in range(0, 16, 8):
-            iu_35 = startu_35 + tl.arange(0, 8)
-            a0_35 = tl.load(p0_35 + iu_35[None, None, None, :] * 5 + ij_35[None, :, None, None], mask=m0_35 & (ij_35[None, :, None, None] < 5), other=0.0)
-            a1_35 = tl.load(p1_35 + iu_35[None, None, None, :] * 5, mask=m1_35, other=0.0)
-            q_35 = po_35 + ij_35[None, :, None, None] * 80 + iu_35[None, None, None, :]
-            tl.store(q_35, tl.load(q_35, mask=mo_35 & (ij_35[None, :, None, None] < 5), other=0.0) + a0_35 * a1_35, mask=mo_35 & (ij_35[None, :, None, None] < 5))
+    p0_35 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + ij_35[None, None, :, None]
+    m0_35 = row_mask[:, None, None, None] & (ij_35[None, None, :, None] < 5)
+    p1_35 = scratch + 208 + z[:, None, None, None] * 6336 + ik_35[None, None, None, :]
+    m1_35 = row_mask[:, None, None, None] & (ik_35[None, None, None, :] < 5)
+    po_35 = scratch + 1648 + z[:, None, None, None] * 6336 + ij_35[None, None, :, None] * 5 + ik_35[None, None, None, :]
+    mo_35 = row_mask[:, None, None, None] & (ij_35[None, None, :, None] < 5) & (ik_35[None, None, None, :] < 5)
+    for startu_35 in range(0, 16, 4):
+        iu_35 = startu_35 + tl.arange(0, 4)
+        a0_35 = tl.load(p0_35 + iu_35[None, :, None, None] * 5, mask=m0_35, other=0.0)
+        a1_35 = tl.load(p1_35 + iu_35[None, :, None, None] * 5, mask=m1_35, other=0.0)
+        q_35 = po_35 + iu_35[None, :, None, None] * 25
+        tl.store(q_35, tl.load(q_35, mask=mo_35, other=0.0) + a0_35 * a1_35, mask=mo_35)
     tl.debug_barrier()
     ii_36 = tl.arange(0, 1)
     ij_36 = tl.arange(0, 8)
     ik_36 = tl.arange(0, 8)
     p0_36 = cg_0_2_2_ptr + 0 + ii_36[None, None, :, None, None] * 25 + ij_36[None, None, None, :, None] * 5 + ik_36[None, None, None, None, :]
     m0_36 = (ij_36[None, None, None, :, None] < 5) & (ik_36[None, None, None, None, :] < 5)
-    p1_36 = scratch + 1648 + z[:, None, None, None, None] * 6336 + ij_36[None, None, None, :, None] * 80 + ik_36[None, None, None, None, :] * 16
+    p1_36 = scratch + 1648 + z[:, None, None, None, None] * 6336 + ij_36[None, None, None, :, None] * 5 + ik_36[None, None, None, None, :]
     m1_36 = row_mask[:, None, None, None, None] & (ij_36[None, None, None, :, None] < 5) & (ik_36[None, None, None, None, :] < 5)
     po_36 = d2_f_ptr + 0 + z[:, None, None] * 144 + ii_36[None, None, :]
     mo_36 = row_mask[:, None, None]
     for startu_36 in range(0, 16, 4):
         iu_36 = startu_36 + tl.arange(0, 4)
         a0_36 = tl.load(p0_36, mask=m0_36, other=0.0)
-        a1_36 = tl.load(p1_36 + iu_36[None, :, None, None, None], mask=m1_36, other=0.0)
+        a1_36 = tl.load(p1_36 + iu_36[None, :, None, None, None] * 25, mask=m1_36, other=0.0)
         q_36 = po_36 + iu_36[None, :, None]
         tl.store(q_36, tl.load(q_36, mask=mo_36, other=0.0) + tl.sum(tl.sum(a0_36 * a1_36, axis=4), axis=3), mask=mo_36)
     tl.debug_barrier()
     # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    iu_37 = tl.arange(0, 16)
     ii_37 = tl.arange(0, 1)
     ij_37 = tl.arange(0, 8)
-    iu_37 = tl.arange(0, 16)
-    p0_37 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_37[None, None, None, :] + ii_37[None, :, None, None]
+    p0_37 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_37[None, :, None, None] + ii_37[None, None, :, None]
     m0_37 = row_mask[:, None, None, None]
-    p1_37 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_37[None, None, None, :] * 5 + ij_37[None, None, :, None]
-    m1_37 = row_mask[:, None, None, None] & (ij_37[None, None, :, None] < 5)
-    po_37 = scratch + 2048 + z[:, None, None, None] * 6336 + ii_37[None, :, None, None] * 80 + ij_37[None, None, :, None] * 16 + iu_37[None, None, None, :]
-    mo_37 = row_mask[:, None, None, None] & (ij_37[None, None, :, None] < 5)
+    p1_37 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_37[None, :, None, None] * 5 + ij_37[None, None, None, :]
+    m1_37 = row_mask[:, None, None, None] & (ij_37[None, None, None, :] < 5)
+    po_37 = scratch + 2048 + z[:, None, None, None] * 6336 + iu_37[None, :, None, None] * 5 + ii_37[None, None, :, None] * 5 + ij_37[None, None, None, :]
+    mo_37 = row_mask[:, None, None, None] & (ij_37[None, None, None, :] < 5)
     a0_37 = tl.load(p0_37, mask=m0_37, other=0.0)
     a1_37 = tl.load(p1_37, mask=m1_37, other=0.0)
     q_37 = po_37
@@ -2002,27 +1996,27 @@ def _cormorant_cg_d2_f_2_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ij_38 = tl.arange(0, 8)
     p0_38 = cg_0_2_2_ptr + 0 + ii_38[None, None, None, :, None] * 25 + ij_38[None, None, None, None, :] * 5 + ik_38[None, None, :, None, None]
     m0_38 = (ij_38[None, None, None, None, :] < 5) & (ik_38[None, None, :, None, None] < 5)
-    p1_38 = scratch + 2048 + z[:, None, None, None, None] * 6336 + ii_38[None, None, None, :, None] * 80 + ij_38[None, None, None, None, :] * 16
+    p1_38 = scratch + 2048 + z[:, None, None, None, None] * 6336 + ii_38[None, None, None, :, None] * 5 + ij_38[None, None, None, None, :]
     m1_38 = row_mask[:, None, None, None, None] & (ij_38[None, None, None, None, :] < 5)
     po_38 = scratch + 816 + z[:, None, None] * 6336 + ik_38[None, None, :]
     mo_38 = row_mask[:, None, None] & (ik_38[None, None, :] < 5)
     for startu_38 in range(0, 16, 4):
         iu_38 = startu_38 + tl.arange(0, 4)
         a0_38 = tl.load(p0_38, mask=m0_38, other=0.0)
-        a1_38 = tl.load(p1_38 + iu_38[None, :, None, None, None], mask=m1_38, other=0.0)
+        a1_38 = tl.load(p1_38 + iu_38[None, :, None, None, None] * 5, mask=m1_38, other=0.0)
         q_38 = po_38 + iu_38[None, :, None] * 5
         tl.store(q_38, tl.load(q_38, mask=mo_38, other=0.0) + tl.sum(tl.sum(a0_38 * a1_38, axis=4), axis=3), mask=mo_38)
     tl.debug_barrier()
     # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    iu_39 = tl.arange(0, 16)
     ii_39 = tl.arange(0, 1)
     ik_39 = tl.arange(0, 8)
-    iu_39 = tl.arange(0, 16)
-    p0_39 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_39[None, None, None, :] + ii_39[None, :, None, None]
+    p0_39 = d2_d_f_ptr + 0 + z[:, None, None, None] * 144 + iu_39[None, :, None, None] + ii_39[None, None, :, None]
     m0_39 = row_mask[:, None, None, None]
-    p1_39 = scratch + 208 + z[:, None, None, None] * 6336 + iu_39[None, None, None, :] * 5 + ik_39[None, None, :, None]
-    m1_39 = row_mask[:, None, None, None] & (ik_39[None, None, :, None] < 5)
-    po_39 = scratch + 2128 + z[:, None, None, None] * 6336 + ii_39[None, :, None, None] * 80 + ik_39[None, None, :, None] * 16 + iu_39[None, None, None, :]
-    mo_39 = row_mask[:, None, None, None] & (ik_39[None, None, :, None] < 5)
+    p1_39 = scratch + 208 + z[:, None, None, None] * 6336 + iu_39[None, :, None, None] * 5 + ik_39[None, None, None, :]
+    m1_39 = row_mask[:, None, None, None] & (ik_39[None, None, None, :] < 5)
+    po_39 = scratch + 2128 + z[:, None, None, None] * 6336 + iu_39[None, :, None, None] * 5 + ii_39[None, None, :, None] * 5 + ik_39[None, None, None, :]
+    mo_39 = row_mask[:, None, None, None] & (ik_39[None, None, None, :] < 5)
     a0_39 = tl.load(p0_39, mask=m0_39, other=0.0)
     a1_39 = tl.load(p1_39, mask=m1_39, other=0.0)
     q_39 = po_39
@@ -2033,14 +2027,14 @@ def _cormorant_cg_d2_f_2_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ik_40 = tl.arange(0, 8)
     p0_40 = cg_0_2_2_ptr + 0 + ii_40[None, None, None, :, None] * 25 + ij_40[None, None, :, None, None] * 5 + ik_40[None, None, None, None, :]
     m0_40 = (ij_40[None, None, :, None, None] < 5) & (ik_40[None, None, None, None, :] < 5)
-    p1_40 = scratch + 2128 + z[:, None, None, None, None] * 6336 + ii_40[None, None, None, :, None] * 80 + ik_40[None, None, None, None, :] * 16
+    p1_40 = scratch + 2128 + z[:, None, None, None, None] * 6336 + ii_40[None, None, None, :, None] * 5 + ik_40[None, None, None, None, :]
     m1_40 = row_mask[:, None, None, None, None] & (ik_40[None, None, None, None, :] < 5)
     po_40 = d2_f_ptr + 64 + z[:, None, None] * 144 + ij_40[None, None, :]
     mo_40 = row_mask[:, None, None] & (ij_40[None, None, :] < 5)
     for startu_40 in range(0, 16, 4):
         iu_40 = startu_40 + tl.arange(0, 4)
         a0_40 = tl.load(p0_40, mask=m0_40, other=0.0)
-        a1_40 = tl.load(p1_40 + iu_40[None, :, None, None, None], mask=m1_40, other=0.0)
+        a1_40 = tl.load(p1_40 + iu_40[None, :, None, None, None] * 5, mask=m1_40, other=0.0)
         q_40 = po_40 + iu_40[None, :, None] * 5
         tl.store(q_40, tl.load(q_40, mask=mo_40, other=0.0) + tl.sum(tl.sum(a0_40 * a1_40, axis=4), axis=3), mask=mo_40)
     tl.debug_barrier()
@@ -2069,15 +2063,15 @@ def _cormorant_cg_d2_f_2_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     tl.store(q_42, tl.load(q_42) + tl.sum(tl.sum(a0_42 * a1_42, axis=2), axis=0) * 1.118033988749895)
     tl.debug_barrier()
     # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    iu_43 = tl.arange(0, 16)
     ii_43 = tl.arange(0, 4)
     ij_43 = tl.arange(0, 4)
-    iu_43 = tl.arange(0, 16)
-    p0_43 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_43[None, None, None, :] * 3 + ij_43[None, None, :, None]
-    m0_43 = row_mask[:, None, None, None] & (ij_43[None, None, :, None] < 3)
-    p1_43 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_43[None, None, None, :] * 3 + ii_43[None, :, None, None]
-    m1_43 = row_mask[:, None, None, None] & (ii_43[None, :, None, None] < 3)
-    po_43 = scratch + 2208 + z[:, None, None, None] * 6336 + ii_43[None, :, None, None] * 48 + ij_43[None, None, :, None] * 16 + iu_43[None, None, None, :]
-    mo_43 = row_mask[:, None, None, None] & (ii_43[None, :, None, None] < 3) & (ij_43[None, None, :, None] < 3)
+    p0_43 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_43[None, :, None, None] * 3 + ij_43[None, None, None, :]
+    m0_43 = row_mask[:, None, None, None] & (ij_43[None, None, None, :] < 3)
+    p1_43 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_43[None, :, None, None] * 3 + ii_43[None, None, :, None]
+    m1_43 = row_mask[:, None, None, None] & (ii_43[None, None, :, None] < 3)
+    po_43 = scratch + 2208 + z[:, None, None, None] * 6336 + iu_43[None, :, None, None] * 9 + ii_43[None, None, :, None] * 3 + ij_43[None, None, None, :]
+    mo_43 = row_mask[:, None, None, None] & (ii_43[None, None, :, None] < 3) & (ij_43[None, None, None, :] < 3)
     a0_43 = tl.load(p0_43, mask=m0_43, other=0.0)
     a1_43 = tl.load(p1_43, mask=m1_43, other=0.0)
     q_43 = po_43
@@ -2089,7 +2083,7 @@ def _cormorant_cg_d2_f_2_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ij_44 = tl.arange(0, 4)
     p0_44 = cg_1_1_0_ptr + 0 + ii_44[None, None, None, :, None] * 3 + ij_44[None, None, None, None, :] + ik_44[None, None, :, None, None]
     m0_44 = (ii_44[None, None, None, :, None] < 3) & (ij_44[None, None, None, None, :] < 3)
-    p1_44 = scratch + 2208 + z[:, None, None, None, None] * 6336 + ii_44[None, None, None, :, None] * 48 + ij_44[None, None, None, None, :] * 16 + iu_44[None, :, None, None, None]
+    p1_44 = scratch + 2208 + z[:, None, None, None, None] * 6336 + iu_44[None, :, None, None, None] * 9 + ii_44[None, None, None, :, None] * 3 + ij_44[None, None, None, None, :]
     m1_44 = row_mask[:, None, None, None, None] & (ii_44[None, None, None, :, None] < 3) & (ij_44[None, None, None, None, :] < 3)
     po_44 = scratch + 896 + z[:, None, None] * 6336 + iu_44[None, :, None] + ik_44[None, None, :]
     mo_44 = row_mask[:, None, None]
@@ -2099,15 +2093,15 @@ def _cormorant_cg_d2_f_2_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     tl.store(q_44, tl.load(q_44, mask=mo_44, other=0.0) + tl.sum(tl.sum(a0_44 * a1_44, axis=4), axis=3), mask=mo_44)
     tl.debug_barrier()
     # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    iu_45 = tl.arange(0, 16)
     ij_45 = tl.arange(0, 4)
     ik_45 = tl.arange(0, 1)
-    iu_45 = tl.arange(0, 16)
-    p0_45 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_45[None, None, None, :] * 3 + ij_45[None, :, None, None]
-    m0_45 = row_mask[:, None, None, None] & (ij_45[None, :, None, None] < 3)
-    p1_45 = scratch + 288 + z[:, None, None, None] * 6336 + iu_45[None, None, None, :] + ik_45[None, None, :, None]
+    p0_45 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_45[None, :, None, None] * 3 + ij_45[None, None, :, None]
+    m0_45 = row_mask[:, None, None, None] & (ij_45[None, None, :, None] < 3)
+    p1_45 = scratch + 288 + z[:, None, None, None] * 6336 + iu_45[None, :, None, None] + ik_45[None, None, None, :]
     m1_45 = row_mask[:, None, None, None]
-    po_45 = scratch + 2352 + z[:, None, None, None] * 6336 + ij_45[None, :, None, None] * 16 + ik_45[None, None, :, None] * 16 + iu_45[None, None, None, :]
-    mo_45 = row_mask[:, None, None, None] & (ij_45[None, :, None, None] < 3)
+    po_45 = scratch + 2352 + z[:, None, None, None] * 6336 + iu_45[None, :, None, None] * 3 + ij_45[None, None, :, None] + ik_45[None, None, None, :]
+    mo_45 = row_mask[:, None, None, None] & (ij_45[None, None, :, None] < 3)
     a0_45 = tl.load(p0_45, mask=m0_45, other=0.0)
     a1_45 = tl.load(p1_45, mask=m1_45, other=0.0)
     q_45 = po_45
@@ -2119,7 +2113,7 @@ def _cormorant_cg_d2_f_2_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ik_46 = tl.arange(0, 1)
     p0_46 = cg_1_1_0_ptr + 0 + ii_46[None, None, :, None, None] * 3 + ij_46[None, None, None, :, None] + ik_46[None, None, None, None, :]
     m0_46 = (ii_46[None, None, :, None, None] < 3) & (ij_46[None, None, None, :, None] < 3)
-    p1_46 = scratch + 2352 + z[:, None, None, None, None] * 6336 + ij_46[None, None, None, :, None] * 16 + ik_46[None, None, None, None, :] * 16 + iu_46[None, :, None, None, None]
+    p1_46 = scratch + 2352 + z[:, None, None, None, None] * 6336 + iu_46[None, :, None, None, None] * 3 + ij_46[None, None, None, :, None] + ik_46[None, None, None, None, :]
     m1_46 = row_mask[:, None, None, None, None] & (ij_46[None, None, None, :, None] < 3)
     po_46 = d2_f_ptr + 16 + z[:, None, None] * 144 + iu_46[None, :, None] * 3 + ii_46[None, None, :]
     mo_46 = row_mask[:, None, None] & (ii_46[None, None, :] < 3)
@@ -2129,15 +2123,15 @@ def _cormorant_cg_d2_f_2_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     tl.store(q_46, tl.load(q_46, mask=mo_46, other=0.0) + tl.sum(tl.sum(a0_46 * a1_46, axis=4), axis=3), mask=mo_46)
     tl.debug_barrier()
     # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    iu_47 = tl.arange(0, 16)
     ii_47 = tl.arange(0, 4)
     ij_47 = tl.arange(0, 4)
-    iu_47 = tl.arange(0, 16)
-    p0_47 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_47[None, None, None, :] * 3 + ii_47[None, :, None, None]
-    m0_47 = row_mask[:, None, None, None] & (ii_47[None, :, None, None] < 3)
-    p1_47 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_47[None, None, None, :] * 3 + ij_47[None, None, :, None]
-    m1_47 = row_mask[:, None, None, None] & (ij_47[None, None, :, None] < 3)
-    po_47 = scratch + 2400 + z[:, None, None, None] * 6336 + ii_47[None, :, None, None] * 48 + ij_47[None, None, :, None] * 16 + iu_47[None, None, None, :]
-    mo_47 = row_mask[:, None, None, None] & (ii_47[None, :, None, None] < 3) & (ij_47[None, None, :, None] < 3)
+    p0_47 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_47[None, :, None, None] * 3 + ii_47[None, None, :, None]
+    m0_47 = row_mask[:, None, None, None] & (ii_47[None, None, :, None] < 3)
+    p1_47 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_47[None, :, None, None] * 3 + ij_47[None, None, None, :]
+    m1_47 = row_mask[:, None, None, None] & (ij_47[None, None, None, :] < 3)
+    po_47 = scratch + 2400 + z[:, None, None, None] * 6336 + iu_47[None, :, None, None] * 9 + ii_47[None, None, :, None] * 3 + ij_47[None, None, None, :]
+    mo_47 = row_mask[:, None, None, None] & (ii_47[None, None, :, None] < 3) & (ij_47[None, None, None, :] < 3)
     a0_47 = tl.load(p0_47, mask=m0_47, other=0.0)
     a1_47 = tl.load(p1_47, mask=m1_47, other=0.0)
     q_47 = po_47
@@ -2149,7 +2143,7 @@ def _cormorant_cg_d2_f_2_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ij_48 = tl.arange(0, 4)
     p0_48 = cg_1_1_0_ptr + 0 + ii_48[None, None, None, :, None] * 3 + ij_48[None, None, None, None, :] + ik_48[None, None, :, None, None]
     m0_48 = (ii_48[None, None, None, :, None] < 3) & (ij_48[None, None, None, None, :] < 3)
-    p1_48 = scratch + 2400 + z[:, None, None, None, None] * 6336 + ii_48[None, None, None, :, None] * 48 + ij_48[None, None, None, None, :] * 16 + iu_48[None, :, None, None, None]
+    p1_48 = scratch + 2400 + z[:, None, None, None, None] * 6336 + iu_48[None, :, None, None, None] * 9 + ii_48[None, None, None, :, None] * 3 + ij_48[None, None, None, None, :]
     m1_48 = row_mask[:, None, None, None, None] & (ii_48[None, None, None, :, None] < 3) & (ij_48[None, None, None, None, :] < 3)
     po_48 = scratch + 896 + z[:, None, None] * 6336 + iu_48[None, :, None] + ik_48[None, None, :]
     mo_48 = row_mask[:, None, None]
@@ -2168,15 +2162,15 @@ def _cormorant_cg_d2_f_3_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     row_mask = z < n
     slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    iu_49 = tl.arange(0, 16)
     ii_49 = tl.arange(0, 4)
     ik_49 = tl.arange(0, 1)
-    iu_49 = tl.arange(0, 16)
-    p0_49 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_49[None, None, None, :] * 3 + ii_49[None, :, None, None]
-    m0_49 = row_mask[:, None, None, None] & (ii_49[None, :, None, None] < 3)
-    p1_49 = scratch + 288 + z[:, None, None, None] * 6336 + iu_49[None, None, None, :] + ik_49[None, None, :, None]
+    p0_49 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_49[None, :, None, None] * 3 + ii_49[None, None, :, None]
+    m0_49 = row_mask[:, None, None, None] & (ii_49[None, None, :, None] < 3)
+    p1_49 = scratch + 288 + z[:, None, None, None] * 6336 + iu_49[None, :, None, None] + ik_49[None, None, None, :]
     m1_49 = row_mask[:, None, None, None]
-    po_49 = scratch + 2544 + z[:, None, None, None] * 6336 + ii_49[None, :, None, None] * 16 + ik_49[None, None, :, None] * 16 + iu_49[None, None, None, :]
-    mo_49 = row_mask[:, None, None, None] & (ii_49[None, :, None, None] < 3)
+    po_49 = scratch + 2544 + z[:, None, None, None] * 6336 + iu_49[None, :, None, None] * 3 + ii_49[None, None, :, None] + ik_49[None, None, None, :]
+    mo_49 = row_mask[:, None, None, None] & (ii_49[None, None, :, None] < 3)
     a0_49 = tl.load(p0_49, mask=m0_49, other=0.0)
     a1_49 = tl.load(p1_49, mask=m1_49, other=0.0)
     q_49 = po_49
@@ -2188,7 +2182,7 @@ def _cormorant_cg_d2_f_3_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ik_50 = tl.arange(0, 1)
     p0_50 = cg_1_1_0_ptr + 0 + ii_50[None, None, None, :, None] * 3 + ij_50[None, None, :, None, None] + ik_50[None, None, None, None, :]
     m0_50 = (ii_50[None, None, None, :, None] < 3) & (ij_50[None, None, :, None, None] < 3)
-    p1_50 = scratch + 2544 + z[:, None, None, None, None] * 6336 + ii_50[None, None, None, :, None] * 16 + ik_50[None, None, None, None, :] * 16 + iu_50[None, :, None, None, None]
+    p1_50 = scratch + 2544 + z[:, None, None, None, None] * 6336 + iu_50[None, :, None, None, None] * 3 + ii_50[None, None, None, :, None] + ik_50[None, None, None, None, :]
     m1_50 = row_mask[:, None, None, None, None] & (ii_50[None, None, None, :, None] < 3)
     po_50 = d2_f_ptr + 16 + z[:, None, None] * 144 + iu_50[None, :, None] * 3 + ij_50[None, None, :]
     mo_50 = row_mask[:, None, None] & (ij_50[None, None, :] < 3)
@@ -2226,7 +2220,7 @@ def _cormorant_cg_d2_f_3_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ij_53 = tl.arange(0, 4)
     p0_53 = cg_1_1_2_ptr + 0 + ii_53[None, None, None, :, None] * 15 + ij_53[None, None, None, None, :] * 5
     m0_53 = (ii_53[None, None, None, :, None] < 3) & (ij_53[None, None, None, None, :] < 3)
-    p1_53 = scratch + 2208 + z[:, None, None, None, None] * 6336 + ii_53[None, None, None, :, None] * 48 + ij_53[None, None, None, None, :] * 16
+    p1_53 = scratch + 2208 + z[:, None, None, None, None] * 6336 + ii_53[None, None, None, :, None] * 3 + ij_53[None, None, None, None, :]
     m1_53 = row_mask[:, None, None, None, None] & (ii_53[None, None, None, :, None] < 3) & (ij_53[None, None, None, None, :] < 3)
     po_53 = scratch + 912 + z[:, None, None] * 6336
     mo_53 = row_mask[:, None, None]
@@ -2235,31 +2229,31 @@ def _cormorant_cg_d2_f_3_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
         for startk_53 in range(0, 5, 4):
             ik_53 = startk_53 + tl.arange(0, 4)
             a0_53 = tl.load(p0_53 + ik_53[None, None, :, None, None], mask=m0_53 & (ik_53[None, None, :, None, None] < 5), other=0.0)
-            a1_53 = tl.load(p1_53 + iu_53[None, :, None, None, None], mask=m1_53, other=0.0)
+            a1_53 = tl.load(p1_53 + iu_53[None, :, None, None, None] * 9, mask=m1_53, other=0.0)
             q_53 = po_53 + iu_53[None, :, None] * 5 + ik_53[None, None, :]
             tl.store(q_53, tl.load(q_53, mask=mo_53 & (ik_53[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_53 * a1_53, axis=4), axis=3), mask=mo_53 & (ik_53[None, None, :] < 5))
     tl.debug_barrier()
     # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     ij_54 = tl.arange(0, 4)
     ik_54 = tl.arange(0, 8)
-    p0_54 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + ij_54[None, :, None, None]
-    m0_54 = row_mask[:, None, None, None] & (ij_54[None, :, None, None] < 3)
-    p1_54 = scratch + 304 + z[:, None, None, None] * 6336 + ik_54[None, None, :, None]
-    m1_54 = row_mask[:, None, None, None] & (ik_54[None, None, :, None] < 5)
-    po_54 = scratch + 2592 + z[:, None, None, None] * 6336 + ij_54[None, :, None, None] * 80 + ik_54[None, None, :, None] * 16
-    mo_54 = row_mask[:, None, None, None] & (ij_54[None, :, None, None] < 3) & (ik_54[None, None, :, None] < 5)
+    p0_54 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + ij_54[None, None, :, None]
+    m0_54 = row_mask[:, None, None, None] & (ij_54[None, None, :, None] < 3)
+    p1_54 = scratch + 304 + z[:, None, None, None] * 6336 + ik_54[None, None, None, :]
+    m1_54 = row_mask[:, None, None, None] & (ik_54[None, None, None, :] < 5)
+    po_54 = scratch + 2592 + z[:, None, None, None] * 6336 + ij_54[None, None, :, None] * 5 + ik_54[None, None, None, :]
+    mo_54 = row_mask[:, None, None, None] & (ij_54[None, None, :, None] < 3) & (ik_54[None, None, None, :] < 5)
     for startu_54 in range(0, 16, 8):
         iu_54 = startu_54 + tl.arange(0, 8)
-        a0_54 = tl.load(p0_54 + iu_54[None, None, None, :] * 3, mask=m0_54, other=0.0)
-        a1_54 = tl.load(p1_54 + iu_54[None, None, None, :] * 5, mask=m1_54, other=0.0)
-        q_54 = po_54 + iu_54[None, None, None, :]
+        a0_54 = tl.load(p0_54 + iu_54[None, :, None, None] * 3, mask=m0_54, other=0.0)
+        a1_54 = tl.load(p1_54 + iu_54[None, :, None, None] * 5, mask=m1_54, other=0.0)
+        q_54 = po_54 + iu_54[None, :, None, None] * 15
         tl.store(q_54, tl.load(q_54, mask=mo_54, other=0.0) + a0_54 * a1_54, mask=mo_54)
     tl.debug_barrier()
     ii_55 = tl.arange(0, 4)
     ij_55 = tl.arange(0, 4)
     p0_55 = cg_1_1_2_ptr + 0 + ii_55[None, None, :, None, None] * 15 + ij_55[None, None, None, :, None] * 5
     m0_55 = (ii_55[None, None, :, None, None] < 3) & (ij_55[None, None, None, :, None] < 3)
-    p1_55 = scratch + 2592 + z[:, None, None, None, None] * 6336 + ij_55[None, None, None, :, None] * 80
+    p1_55 = scratch + 2592 + z[:, None, None, None, None] * 6336 + ij_55[None, None, None, :, None] * 5
     m1_55 = row_mask[:, None, None, None, None] & (ij_55[None, None, None, :, None] < 3)
     po_55 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_55[None, None, :]
     mo_55 = row_mask[:, None, None] & (ii_55[None, None, :] < 3)
@@ -2269,7 +2263,7 @@ def _cormorant_cg_d2_f_3_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
         for startk_55 in range(0, 5, 4):
             ik_55 = startk_55 + tl.arange(0, 4)
             a0_55 = tl.load(p0_55 + ik_55[None, None, None, None, :], mask=m0_55 & (ik_55[None, None, None, None, :] < 5), other=0.0)
-            a1_55 = tl.load(p1_55 + ik_55[None, None, None, None, :] * 16 + iu_55[None, :, None, None, None], mask=m1_55 & (ik_55[None, None, None, None, :] < 5), other=0.0)
+            a1_55 = tl.load(p1_55 + iu_55[None, :, None, None, None] * 15 + ik_55[None, None, None, None, :], mask=m1_55 & (ik_55[None, None, None, None, :] < 5), other=0.0)
             acc_55 += tl.sum(tl.sum(a0_55 * a1_55, axis=4), axis=3)
         q_55 = po_55 + iu_55[None, :, None] * 3
         tl.store(q_55, tl.load(q_55, mask=mo_55, other=0.0) + acc_55, mask=mo_55)
@@ -2279,7 +2273,7 @@ def _cormorant_cg_d2_f_3_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ij_56 = tl.arange(0, 4)
     p0_56 = cg_1_1_2_ptr + 0 + ii_56[None, None, None, :, None] * 15 + ij_56[None, None, None, None, :] * 5
     m0_56 = (ii_56[None, None, None, :, None] < 3) & (ij_56[None, None, None, None, :] < 3)
-    p1_56 = scratch + 2400 + z[:, None, None, None, None] * 6336 + ii_56[None, None, None, :, None] * 48 + ij_56[None, None, None, None, :] * 16
+    p1_56 = scratch + 2400 + z[:, None, None, None, None] * 6336 + ii_56[None, None, None, :, None] * 3 + ij_56[None, None, None, None, :]
     m1_56 = row_mask[:, None, None, None, None] & (ii_56[None, None, None, :, None] < 3) & (ij_56[None, None, None, None, :] < 3)
     po_56 = scratch + 912 + z[:, None, None] * 6336
     mo_56 = row_mask[:, None, None]
@@ -2288,31 +2282,31 @@ def _cormorant_cg_d2_f_3_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
         for startk_56 in range(0, 5, 4):
             ik_56 = startk_56 + tl.arange(0, 4)
             a0_56 = tl.load(p0_56 + ik_56[None, None, :, None, None], mask=m0_56 & (ik_56[None, None, :, None, None] < 5), other=0.0)
-            a1_56 = tl.load(p1_56 + iu_56[None, :, None, None, None], mask=m1_56, other=0.0)
+            a1_56 = tl.load(p1_56 + iu_56[None, :, None, None, None] * 9, mask=m1_56, other=0.0)
             q_56 = po_56 + iu_56[None, :, None] * 5 + ik_56[None, None, :]
             tl.store(q_56, tl.load(q_56, mask=mo_56 & (ik_56[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_56 * a1_56, axis=4), axis=3), mask=mo_56 & (ik_56[None, None, :] < 5))
     tl.debug_barrier()
     # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     ii_57 = tl.arange(0, 4)
     ik_57 = tl.arange(0, 8)
-    p0_57 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + ii_57[None, :, None, None]
-    m0_57 = row_mask[:, None, None, None] & (ii_57[None, :, None, None] < 3)
-    p1_57 = scratch + 304 + z[:, None, None, None] * 6336 + ik_57[None, None, :, None]
-    m1_57 = row_mask[:, None, None, None] & (ik_57[None, None, :, None] < 5)
-    po_57 = scratch + 2832 + z[:, None, None, None] * 6336 + ii_57[None, :, None, None] * 80 + ik_57[None, None, :, None] * 16
-    mo_57 = row_mask[:, None, None, None] & (ii_57[None, :, None, None] < 3) & (ik_57[None, None, :, None] < 5)
+    p0_57 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + ii_57[None, None, :, None]
+    m0_57 = row_mask[:, None, None, None] & (ii_57[None, None, :, None] < 3)
+    p1_57 = scratch + 304 + z[:, None, None, None] * 6336 + ik_57[None, None, None, :]
+    m1_57 = row_mask[:, None, None, None] & (ik_57[None, None, None, :] < 5)
+    po_57 = scratch + 2832 + z[:, None, None, None] * 6336 + ii_57[None, None, :, None] * 5 + ik_57[None, None, None, :]
+    mo_57 = row_mask[:, None, None, None] & (ii_57[None, None, :, None] < 3) & (ik_57[None, None, None, :] < 5)
     for startu_57 in range(0, 16, 8):
         iu_57 = startu_57 + tl.arange(0, 8)
-        a0_57 = tl.load(p0_57 + iu_57[None, None, None, :] * 3, mask=m0_57, other=0.0)
-        a1_57 = tl.load(p1_57 + iu_57[None, None, None, :] * 5, mask=m1_57, other=0.0)
-        q_57 = po_57 + iu_57[None, None, None, :]
+        a0_57 = tl.load(p0_57 + iu_57[None, :, None, None] * 3, mask=m0_57, other=0.0)
+        a1_57 = tl.load(p1_57 + iu_57[None, :, None, None] * 5, mask=m1_57, other=0.0)
+        q_57 = po_57 + iu_57[None, :, None, None] * 15
         tl.store(q_57, tl.load(q_57, mask=mo_57, other=0.0) + a0_57 * a1_57, mask=mo_57)
     tl.debug_barrier()
     ij_58 = tl.arange(0, 4)
     ii_58 = tl.arange(0, 4)
     p0_58 = cg_1_1_2_ptr + 0 + ii_58[None, None, None, :, None] * 15 + ij_58[None, None, :, None, None] * 5
     m0_58 = (ii_58[None, None, None, :, None] < 3) & (ij_58[None, None, :, None, None] < 3)
-    p1_58 = scratch + 2832 + z[:, None, None, None, None] * 6336 + ii_58[None, None, None, :, None] * 80
+    p1_58 = scratch + 2832 + z[:, None, None, None, None] * 6336 + ii_58[None, None, None, :, None] * 5
     m1_58 = row_mask[:, None, None, None, None] & (ii_58[None, None, None, :, None] < 3)
     po_58 = d2_f_ptr + 16 + z[:, None, None] * 144 + ij_58[None, None, :]
     mo_58 = row_mask[:, None, None] & (ij_58[None, None, :] < 3)
@@ -2322,7 +2316,7 @@ def _cormorant_cg_d2_f_3_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
         for startk_58 in range(0, 5, 4):
             ik_58 = startk_58 + tl.arange(0, 4)
             a0_58 = tl.load(p0_58 + ik_58[None, None, None, None, :], mask=m0_58 & (ik_58[None, None, None, None, :] < 5), other=0.0)
-            a1_58 = tl.load(p1_58 + ik_58[None, None, None, None, :] * 16 + iu_58[None, :, None, None, None], mask=m1_58 & (ik_58[None, None, None, None, :] < 5), other=0.0)
+            a1_58 = tl.load(p1_58 + iu_58[None, :, None, None, None] * 15 + ik_58[None, None, None, None, :], mask=m1_58 & (ik_58[None, None, None, None, :] < 5), other=0.0)
             acc_58 += tl.sum(tl.sum(a0_58 * a1_58, axis=4), axis=3)
         q_58 = po_58 + iu_58[None, :, None] * 3
         tl.store(q_58, tl.load(q_58, mask=mo_58, other=0.0) + acc_58, mask=mo_58)
@@ -2354,24 +2348,24 @@ def _cormorant_cg_d2_f_3_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     ii_61 = tl.arange(0, 4)
     ij_61 = tl.arange(0, 8)
-    p0_61 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + ij_61[None, None, :, None]
-    m0_61 = row_mask[:, None, None, None] & (ij_61[None, None, :, None] < 5)
-    p1_61 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_61[None, :, None, None]
-    m1_61 = row_mask[:, None, None, None] & (ii_61[None, :, None, None] < 3)
-    po_61 = scratch + 3072 + z[:, None, None, None] * 6336 + ii_61[None, :, None, None] * 80 + ij_61[None, None, :, None] * 16
-    mo_61 = row_mask[:, None, None, None] & (ii_61[None, :, None, None] < 3) & (ij_61[None, None, :, None] < 5)
+    p0_61 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + ij_61[None, None, None, :]
+    m0_61 = row_mask[:, None, None, None] & (ij_61[None, None, None, :] < 5)
+    p1_61 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_61[None, None, :, None]
+    m1_61 = row_mask[:, None, None, None] & (ii_61[None, None, :, None] < 3)
+    po_61 = scratch + 3072 + z[:, None, None, None] * 6336 + ii_61[None, None, :, None] * 5 + ij_61[None, None, None, :]
+    mo_61 = row_mask[:, None, None, None] & (ii_61[None, None, :, None] < 3) & (ij_61[None, None, None, :] < 5)
     for startu_61 in range(0, 16, 8):
         iu_61 = startu_61 + tl.arange(0, 8)
-        a0_61 = tl.load(p0_61 + iu_61[None, None, None, :] * 5, mask=m0_61, other=0.0)
-        a1_61 = tl.load(p1_61 + iu_61[None, None, None, :] * 3, mask=m1_61, other=0.0)
-        q_61 = po_61 + iu_61[None, None, None, :]
+        a0_61 = tl.load(p0_61 + iu_61[None, :, None, None] * 5, mask=m0_61, other=0.0)
+        a1_61 = tl.load(p1_61 + iu_61[None, :, None, None] * 3, mask=m1_61, other=0.0)
+        q_61 = po_61 + iu_61[None, :, None, None] * 15
         tl.store(q_61, tl.load(q_61, mask=mo_61, other=0.0) + a0_61 * a1_61, mask=mo_61)
     tl.debug_barrier()
     ik_62 = tl.arange(0, 4)
     ii_62 = tl.arange(0, 4)
     p0_62 = cg_1_2_1_ptr + 0 + ii_62[None, None, None, :, None] * 15 + ik_62[None, None, :, None, None]
     m0_62 = (ii_62[None, None, None, :, None] < 3) & (ik_62[None, None, :, None, None] < 3)
-    p1_62 = scratch + 3072 + z[:, None, None, None, None] * 6336 + ii_62[None, None, None, :, None] * 80
+    p1_62 = scratch + 3072 + z[:, None, None, None, None] * 6336 + ii_62[None, None, None, :, None] * 5
     m1_62 = row_mask[:, None, None, None, None] & (ii_62[None, None, None, :, None] < 3)
     po_62 = scratch + 992 + z[:, None, None] * 6336 + ik_62[None, None, :]
     mo_62 = row_mask[:, None, None] & (ik_62[None, None, :] < 3)
@@ -2381,7 +2375,7 @@ def _cormorant_cg_d2_f_3_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
         for startj_62 in range(0, 5, 4):
             ij_62 = startj_62 + tl.arange(0, 4)
             a0_62 = tl.load(p0_62 + ij_62[None, None, None, None, :] * 3, mask=m0_62 & (ij_62[None, None, None, None, :] < 5), other=0.0)
-            a1_62 = tl.load(p1_62 + ij_62[None, None, None, None, :] * 16 + iu_62[None, :, None, None, None], mask=m1_62 & (ij_62[None, None, None, None, :] < 5), other=0.0)
+            a1_62 = tl.load(p1_62 + iu_62[None, :, None, None, None] * 15 + ij_62[None, None, None, None, :], mask=m1_62 & (ij_62[None, None, None, None, :] < 5), other=0.0)
             acc_62 += tl.sum(tl.sum(a0_62 * a1_62, axis=4), axis=3)
         q_62 = po_62 + iu_62[None, :, None] * 3
         tl.store(q_62, tl.load(q_62, mask=mo_62, other=0.0) + acc_62, mask=mo_62)
@@ -2389,24 +2383,24 @@ def _cormorant_cg_d2_f_3_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     ij_63 = tl.arange(0, 8)
     ik_63 = tl.arange(0, 4)
-    p0_63 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + ij_63[None, :, None, None]
-    m0_63 = row_mask[:, None, None, None] & (ij_63[None, :, None, None] < 5)
-    p1_63 = scratch + 384 + z[:, None, None, None] * 6336 + ik_63[None, None, :, None]
-    m1_63 = row_mask[:, None, None, None] & (ik_63[None, None, :, None] < 3)
-    po_63 = scratch + 3312 + z[:, None, None, None] * 6336 + ij_63[None, :, None, None] * 48 + ik_63[None, None, :, None] * 16
-    mo_63 = row_mask[:, None, None, None] & (ij_63[None, :, None, None] < 5) & (ik_63[None, None, :, None] < 3)
+    p0_63 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + ij_63[None, None, :, None]
+    m0_63 = row_mask[:, None, None, None] & (ij_63[None, None, :, None] < 5)
+    p1_63 = scratch + 384 + z[:, None, None, None] * 6336 + ik_63[None, None, None, :]
+    m1_63 = row_mask[:, None, None, None] & (ik_63[None, None, None, :] < 3)
+    po_63 = scratch + 3312 + z[:, None, None, None] * 6336 + ij_63[None, None, :, None] * 3 + ik_63[None, None, None, :]
+    mo_63 = row_mask[:, None, None, None] & (ij_63[None, None, :, None] < 5) & (ik_63[None, None, None, :] < 3)
     for startu_63 in range(0, 16, 8):
         iu_63 = startu_63 + tl.arange(0, 8)
-        a0_63 = tl.load(p0_63 + iu_63[None, None, None, :] * 5, mask=m0_63, other=0.0)
-        a1_63 = tl.load(p1_63 + iu_63[None, None, None, :] * 3, mask=m1_63, other=0.0)
-        q_63 = po_63 + iu_63[None, None, None, :]
+        a0_63 = tl.load(p0_63 + iu_63[None, :, None, None] * 5, mask=m0_63, other=0.0)
+        a1_63 = tl.load(p1_63 + iu_63[None, :, None, None] * 3, mask=m1_63, other=0.0)
+        q_63 = po_63 + iu_63[None, :, None, None] * 15
         tl.store(q_63, tl.load(q_63, mask=mo_63, other=0.0) + a0_63 * a1_63, mask=mo_63)
     tl.debug_barrier()
     ii_64 = tl.arange(0, 4)
     ik_64 = tl.arange(0, 4)
     p0_64 = cg_1_2_1_ptr + 0 + ii_64[None, None, :, None, None] * 15 + ik_64[None, None, None, None, :]
     m0_64 = (ii_64[None, None, :, None, None] < 3) & (ik_64[None, None, None, None, :] < 3)
-    p1_64 = scratch + 3312 + z[:, None, None, None, None] * 6336 + ik_64[None, None, None, None, :] * 16
+    p1_64 = scratch + 3312 + z[:, None, None, None, None] * 6336 + ik_64[None, None, None, None, :]
     m1_64 = row_mask[:, None, None, None, None] & (ik_64[None, None, None, None, :] < 3)
     po_64 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_64[None, None, :]
     mo_64 = row_mask[:, None, None] & (ii_64[None, None, :] < 3)
@@ -2416,7 +2410,7 @@ def _cormorant_cg_d2_f_3_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
         for startj_64 in range(0, 5, 4):
             ij_64 = startj_64 + tl.arange(0, 4)
             a0_64 = tl.load(p0_64 + ij_64[None, None, None, :, None] * 3, mask=m0_64 & (ij_64[None, None, None, :, None] < 5), other=0.0)
-            a1_64 = tl.load(p1_64 + ij_64[None, None, None, :, None] * 48 + iu_64[None, :, None, None, None], mask=m1_64 & (ij_64[None, None, None, :, None] < 5), other=0.0)
+            a1_64 = tl.load(p1_64 + iu_64[None, :, None, None, None] * 15 + ij_64[None, None, None, :, None] * 3, mask=m1_64 & (ij_64[None, None, None, :, None] < 5), other=0.0)
             acc_64 += tl.sum(tl.sum(a0_64 * a1_64, axis=4), axis=3)
         q_64 = po_64 + iu_64[None, :, None] * 3
         tl.store(q_64, tl.load(q_64, mask=mo_64, other=0.0) + acc_64, mask=mo_64)
@@ -2433,24 +2427,24 @@ def _cormorant_cg_d2_f_4_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     ii_65 = tl.arange(0, 4)
     ij_65 = tl.arange(0, 8)
-    p0_65 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + ii_65[None, :, None, None]
-    m0_65 = row_mask[:, None, None, None] & (ii_65[None, :, None, None] < 3)
-    p1_65 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_65[None, None, :, None]
-    m1_65 = row_mask[:, None, None, None] & (ij_65[None, None, :, None] < 5)
-    po_65 = scratch + 3552 + z[:, None, None, None] * 6336 + ii_65[None, :, None, None] * 80 + ij_65[None, None, :, None] * 16
-    mo_65 = row_mask[:, None, None, None] & (ii_65[None, :, None, None] < 3) & (ij_65[None, None, :, None] < 5)
+    p0_65 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + ii_65[None, None, :, None]
+    m0_65 = row_mask[:, None, None, None] & (ii_65[None, None, :, None] < 3)
+    p1_65 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_65[None, None, None, :]
+    m1_65 = row_mask[:, None, None, None] & (ij_65[None, None, None, :] < 5)
+    po_65 = scratch + 3552 + z[:, None, None, None] * 6336 + ii_65[None, None, :, None] * 5 + ij_65[None, None, None, :]
+    mo_65 = row_mask[:, None, None, None] & (ii_65[None, None, :, None] < 3) & (ij_65[None, None, None, :] < 5)
     for startu_65 in range(0, 16, 8):
         iu_65 = startu_65 + tl.arange(0, 8)
-        a0_65 = tl.load(p0_65 + iu_65[None, None, None, :] * 3, mask=m0_65, other=0.0)
-        a1_65 = tl.load(p1_65 + iu_65[None, None, None, :] * 5, mask=m1_65, other=0.0)
-        q_65 = po_65 + iu_65[None, None, None, :]
+        a0_65 = tl.load(p0_65 + iu_65[None, :, None, None] * 3, mask=m0_65, other=0.0)
+        a1_65 = tl.load(p1_65 + iu_65[None, :, None, None] * 5, mask=m1_65, other=0.0)
+        q_65 = po_65 + iu_65[None, :, None, None] * 15
         tl.store(q_65, tl.load(q_65, mask=mo_65, other=0.0) + a0_65 * a1_65, mask=mo_65)
     tl.debug_barrier()
     ik_66 = tl.arange(0, 4)
     ii_66 = tl.arange(0, 4)
     p0_66 = cg_1_2_1_ptr + 0 + ii_66[None, None, None, :, None] * 15 + ik_66[None, None, :, None, None]
     m0_66 = (ii_66[None, None, None, :, None] < 3) & (ik_66[None, None, :, None, None] < 3)
-    p1_66 = scratch + 3552 + z[:, None, None, None, None] * 6336 + ii_66[None, None, None, :, None] * 80
+    p1_66 = scratch + 3552 + z[:, None, None, None, None] * 6336 + ii_66[None, None, None, :, None] * 5
     m1_66 = row_mask[:, None, None, None, None] & (ii_66[None, None, None, :, None] < 3)
     po_66 = scratch + 992 + z[:, None, None] * 6336 + ik_66[None, None, :]
     mo_66 = row_mask[:, None, None] & (ik_66[None, None, :] < 3)
@@ -2460,21 +2454,21 @@ def _cormorant_cg_d2_f_4_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
         for startj_66 in range(0, 5, 4):
             ij_66 = startj_66 + tl.arange(0, 4)
             a0_66 = tl.load(p0_66 + ij_66[None, None, None, None, :] * 3, mask=m0_66 & (ij_66[None, None, None, None, :] < 5), other=0.0)
-            a1_66 = tl.load(p1_66 + ij_66[None, None, None, None, :] * 16 + iu_66[None, :, None, None, None], mask=m1_66 & (ij_66[None, None, None, None, :] < 5), other=0.0)
+            a1_66 = tl.load(p1_66 + iu_66[None, :, None, None, None] * 15 + ij_66[None, None, None, None, :], mask=m1_66 & (ij_66[None, None, None, None, :] < 5), other=0.0)
             acc_66 += tl.sum(tl.sum(a0_66 * a1_66, axis=4), axis=3)
         q_66 = po_66 + iu_66[None, :, None] * 3
         tl.store(q_66, tl.load(q_66, mask=mo_66, other=0.0) + acc_66, mask=mo_66)
     tl.debug_barrier()
     # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    iu_67 = tl.arange(0, 16)
     ii_67 = tl.arange(0, 4)
     ik_67 = tl.arange(0, 4)
-    iu_67 = tl.arange(0, 16)
-    p0_67 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_67[None, None, None, :] * 3 + ii_67[None, :, None, None]
-    m0_67 = row_mask[:, None, None, None] & (ii_67[None, :, None, None] < 3)
-    p1_67 = scratch + 384 + z[:, None, None, None] * 6336 + iu_67[None, None, None, :] * 3 + ik_67[None, None, :, None]
-    m1_67 = row_mask[:, None, None, None] & (ik_67[None, None, :, None] < 3)
-    po_67 = scratch + 3792 + z[:, None, None, None] * 6336 + ii_67[None, :, None, None] * 48 + ik_67[None, None, :, None] * 16 + iu_67[None, None, None, :]
-    mo_67 = row_mask[:, None, None, None] & (ii_67[None, :, None, None] < 3) & (ik_67[None, None, :, None] < 3)
+    p0_67 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + iu_67[None, :, None, None] * 3 + ii_67[None, None, :, None]
+    m0_67 = row_mask[:, None, None, None] & (ii_67[None, None, :, None] < 3)
+    p1_67 = scratch + 384 + z[:, None, None, None] * 6336 + iu_67[None, :, None, None] * 3 + ik_67[None, None, None, :]
+    m1_67 = row_mask[:, None, None, None] & (ik_67[None, None, None, :] < 3)
+    po_67 = scratch + 3792 + z[:, None, None, None] * 6336 + iu_67[None, :, None, None] * 9 + ii_67[None, None, :, None] * 3 + ik_67[None, None, None, :]
+    mo_67 = row_mask[:, None, None, None] & (ii_67[None, None, :, None] < 3) & (ik_67[None, None, None, :] < 3)
     a0_67 = tl.load(p0_67, mask=m0_67, other=0.0)
     a1_67 = tl.load(p1_67, mask=m1_67, other=0.0)
     q_67 = po_67
@@ -2484,7 +2478,7 @@ def _cormorant_cg_d2_f_4_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ik_68 = tl.arange(0, 4)
     p0_68 = cg_1_2_1_ptr + 0 + ii_68[None, None, None, :, None] * 15 + ik_68[None, None, None, None, :]
     m0_68 = (ii_68[None, None, None, :, None] < 3) & (ik_68[None, None, None, None, :] < 3)
-    p1_68 = scratch + 3792 + z[:, None, None, None, None] * 6336 + ii_68[None, None, None, :, None] * 48 + ik_68[None, None, None, None, :] * 16
+    p1_68 = scratch + 3792 + z[:, None, None, None, None] * 6336 + ii_68[None, None, None, :, None] * 3 + ik_68[None, None, None, None, :]
     m1_68 = row_mask[:, None, None, None, None] & (ii_68[None, None, None, :, None] < 3) & (ik_68[None, None, None, None, :] < 3)
     po_68 = d2_f_ptr + 64 + z[:, None, None] * 144
     mo_68 = row_mask[:, None, None]
@@ -2493,7 +2487,7 @@ def _cormorant_cg_d2_f_4_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
         for startj_68 in range(0, 5, 4):
             ij_68 = startj_68 + tl.arange(0, 4)
             a0_68 = tl.load(p0_68 + ij_68[None, None, :, None, None] * 3, mask=m0_68 & (ij_68[None, None, :, None, None] < 5), other=0.0)
-            a1_68 = tl.load(p1_68 + iu_68[None, :, None, None, None], mask=m1_68, other=0.0)
+            a1_68 = tl.load(p1_68 + iu_68[None, :, None, None, None] * 9, mask=m1_68, other=0.0)
             q_68 = po_68 + iu_68[None, :, None] * 5 + ij_68[None, None, :]
             tl.store(q_68, tl.load(q_68, mask=mo_68 & (ij_68[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_68 * a1_68, axis=4), axis=3), mask=mo_68 & (ij_68[None, None, :] < 5))
     tl.debug_barrier()
@@ -2525,7 +2519,7 @@ def _cormorant_cg_d2_f_4_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ii_71 = tl.arange(0, 4)
     p0_71 = cg_1_2_2_ptr + 0 + ii_71[None, None, None, :, None] * 25
     m0_71 = (ii_71[None, None, None, :, None] < 3)
-    p1_71 = scratch + 3072 + z[:, None, None, None, None] * 6336 + ii_71[None, None, None, :, None] * 80
+    p1_71 = scratch + 3072 + z[:, None, None, None, None] * 6336 + ii_71[None, None, None, :, None] * 5
     m1_71 = row_mask[:, None, None, None, None] & (ii_71[None, None, None, :, None] < 3)
     po_71 = scratch + 1040 + z[:, None, None] * 6336
     mo_71 = row_mask[:, None, None]
@@ -2537,27 +2531,26 @@ def _cormorant_cg_d2_f_4_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
             for startj_71 in range(0, 5, 4):
                 ij_71 = startj_71 + tl.arange(0, 4)
                 a0_71 = tl.load(p0_71 + ij_71[None, None, None, None, :] * 5 + ik_71[None, None, :, None, None], mask=m0_71 & (ij_71[None, None, None, None, :] < 5) & (ik_71[None, None, :, None, None] < 5), other=0.0)
-                a1_71 = tl.load(p1_71 + ij_71[None, None, None, None, :] * 16 + iu_71[None, :, None, None, None], mask=m1_71 & (ij_71[None, None, None, None, :] < 5), other=0.0)
+                a1_71 = tl.load(p1_71 + iu_71[None, :, None, None, None] * 15 + ij_71[None, None, None, None, :], mask=m1_71 & (ij_71[None, None, None, None, :] < 5), other=0.0)
                 acc_71 += tl.sum(tl.sum(a0_71 * a1_71, axis=4), axis=3)
             q_71 = po_71 + iu_71[None, :, None] * 5 + ik_71[None, None, :]
             tl.store(q_71, tl.load(q_71, mask=mo_71 & (ik_71[None, None, :] < 5), other=0.0) + acc_71, mask=mo_71 & (ik_71[None, None, :] < 5))
     tl.debug_barrier()
     # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    ij_72 = tl.arange(0, 8)
     ik_72 = tl.arange(0, 8)
-    p0_72 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144
-    m0_72 = row_mask[:, None, None, None]
-    p1_72 = scratch + 432 + z[:, None, None, None] * 6336 + ik_72[None, None, :, None]
-    m1_72 = row_mask[:, None, None, None] & (ik_72[None, None, :, None] < 5)
-    po_72 = scratch + 3936 + z[:, None, None, None] * 6336 + ik_72[None, None, :, None] * 16
-    mo_72 = row_mask[:, None, None, None] & (ik_72[None, None, :, None] < 5)
-    for startj_72 in range(0, 5, 4):
-        ij_72 = startj_72 + tl.arange(0, 4)
-        for startu_72 in range(0, 16, 8):
-            iu_72 = startu_72 + tl.arange(0, 8)
-            a0_72 = tl.load(p0_72 + iu_72[None, None, None, :] * 5 + ij_72[None, :, None, None], mask=m0_72 & (ij_72[None, :, None, None] < 5), other=0.0)
-            a1_72 = tl.load(p1_72 + iu_72[None, None, None, :] * 5, mask=m1_72, other=0.0)
-            q_72 = po_72 + ij_72[None, :, None, None] * 80 + iu_72[None, None, None, :]
-            tl.store(q_72, tl.load(q_72, mask=mo_72 & (ij_72[None, :, None, None] < 5), other=0.0) + a0_72 * a1_72, mask=mo_72 & (ij_72[None, :, None, None] < 5))
+    p0_72 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + ij_72[None, None, :, None]
+    m0_72 = row_mask[:, None, None, None] & (ij_72[None, None, :, None] < 5)
+    p1_72 = scratch + 432 + z[:, None, None, None] * 6336 + ik_72[None, None, None, :]
+    m1_72 = row_mask[:, None, None, None] & (ik_72[None, None, None, :] < 5)
+    po_72 = scratch + 3936 + z[:, None, None, None] * 6336 + ij_72[None, None, :, None] * 5 + ik_72[None, None, None, :]
+    mo_72 = row_mask[:, None, None, None] & (ij_72[None, None, :, None] < 5) & (ik_72[None, None, None, :] < 5)
+    for startu_72 in range(0, 16, 4):
+        iu_72 = startu_72 + tl.arange(0, 4)
+        a0_72 = tl.load(p0_72 + iu_72[None, :, None, None] * 5, mask=m0_72, other=0.0)
+        a1_72 = tl.load(p1_72 + iu_72[None, :, None, None] * 5, mask=m1_72, other=0.0)
+        q_72 = po_72 + iu_72[None, :, None, None] * 25
+        tl.store(q_72, tl.load(q_72, mask=mo_72, other=0.0) + a0_72 * a1_72, mask=mo_72)
     tl.debug_barrier()
     ii_73 = tl.arange(0, 4)
     p0_73 = cg_1_2_2_ptr + 0 + ii_73[None, None, :, None, None] * 25
@@ -2574,7 +2567,7 @@ def _cormorant_cg_d2_f_4_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
             for startk_73 in range(0, 5, 4):
                 ik_73 = startk_73 + tl.arange(0, 4)
                 a0_73 = tl.load(p0_73 + ij_73[None, None, None, :, None] * 5 + ik_73[None, None, None, None, :], mask=m0_73 & (ij_73[None, None, None, :, None] < 5) & (ik_73[None, None, None, None, :] < 5), other=0.0)
-                a1_73 = tl.load(p1_73 + ij_73[None, None, None, :, None] * 80 + ik_73[None, None, None, None, :] * 16 + iu_73[None, :, None, None, None], mask=m1_73 & (ij_73[None, None, None, :, None] < 5) & (ik_73[None, None, None, None, :] < 5), other=0.0)
+                a1_73 = tl.load(p1_73 + iu_73[None, :, None, None, None] * 25 + ij_73[None, None, None, :, None] * 5 + ik_73[None, None, None, None, :], mask=m1_73 & (ij_73[None, None, None, :, None] < 5) & (ik_73[None, None, None, None, :] < 5), other=0.0)
                 acc_73 += tl.sum(tl.sum(a0_73 * a1_73, axis=4), axis=3)
         q_73 = po_73 + iu_73[None, :, None] * 3
         tl.store(q_73, tl.load(q_73, mask=mo_73, other=0.0) + acc_73, mask=mo_73)
@@ -2583,7 +2576,7 @@ def _cormorant_cg_d2_f_4_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ii_74 = tl.arange(0, 4)
     p0_74 = cg_1_2_2_ptr + 0 + ii_74[None, None, None, :, None] * 25
     m0_74 = (ii_74[None, None, None, :, None] < 3)
-    p1_74 = scratch + 3552 + z[:, None, None, None, None] * 6336 + ii_74[None, None, None, :, None] * 80
+    p1_74 = scratch + 3552 + z[:, None, None, None, None] * 6336 + ii_74[None, None, None, :, None] * 5
     m1_74 = row_mask[:, None, None, None, None] & (ii_74[None, None, None, :, None] < 3)
     po_74 = scratch + 1040 + z[:, None, None] * 6336
     mo_74 = row_mask[:, None, None]
@@ -2595,7 +2588,7 @@ def _cormorant_cg_d2_f_4_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
             for startj_74 in range(0, 5, 4):
                 ij_74 = startj_74 + tl.arange(0, 4)
                 a0_74 = tl.load(p0_74 + ij_74[None, None, None, None, :] * 5 + ik_74[None, None, :, None, None], mask=m0_74 & (ij_74[None, None, None, None, :] < 5) & (ik_74[None, None, :, None, None] < 5), other=0.0)
-                a1_74 = tl.load(p1_74 + ij_74[None, None, None, None, :] * 16 + iu_74[None, :, None, None, None], mask=m1_74 & (ij_74[None, None, None, None, :] < 5), other=0.0)
+                a1_74 = tl.load(p1_74 + iu_74[None, :, None, None, None] * 15 + ij_74[None, None, None, None, :], mask=m1_74 & (ij_74[None, None, None, None, :] < 5), other=0.0)
                 acc_74 += tl.sum(tl.sum(a0_74 * a1_74, axis=4), axis=3)
             q_74 = po_74 + iu_74[None, :, None] * 5 + ik_74[None, None, :]
             tl.store(q_74, tl.load(q_74, mask=mo_74 & (ik_74[None, None, :] < 5), other=0.0) + acc_74, mask=mo_74 & (ik_74[None, None, :] < 5))
@@ -2603,23 +2596,23 @@ def _cormorant_cg_d2_f_4_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     ii_75 = tl.arange(0, 4)
     ik_75 = tl.arange(0, 8)
-    p0_75 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + ii_75[None, :, None, None]
-    m0_75 = row_mask[:, None, None, None] & (ii_75[None, :, None, None] < 3)
-    p1_75 = scratch + 432 + z[:, None, None, None] * 6336 + ik_75[None, None, :, None]
-    m1_75 = row_mask[:, None, None, None] & (ik_75[None, None, :, None] < 5)
-    po_75 = scratch + 4336 + z[:, None, None, None] * 6336 + ii_75[None, :, None, None] * 80 + ik_75[None, None, :, None] * 16
-    mo_75 = row_mask[:, None, None, None] & (ii_75[None, :, None, None] < 3) & (ik_75[None, None, :, None] < 5)
+    p0_75 = d2_d_f_ptr + 16 + z[:, None, None, None] * 144 + ii_75[None, None, :, None]
+    m0_75 = row_mask[:, None, None, None] & (ii_75[None, None, :, None] < 3)
+    p1_75 = scratch + 432 + z[:, None, None, None] * 6336 + ik_75[None, None, None, :]
+    m1_75 = row_mask[:, None, None, None] & (ik_75[None, None, None, :] < 5)
+    po_75 = scratch + 4336 + z[:, None, None, None] * 6336 + ii_75[None, None, :, None] * 5 + ik_75[None, None, None, :]
+    mo_75 = row_mask[:, None, None, None] & (ii_75[None, None, :, None] < 3) & (ik_75[None, None, None, :] < 5)
     for startu_75 in range(0, 16, 8):
         iu_75 = startu_75 + tl.arange(0, 8)
-        a0_75 = tl.load(p0_75 + iu_75[None, None, None, :] * 3, mask=m0_75, other=0.0)
-        a1_75 = tl.load(p1_75 + iu_75[None, None, None, :] * 5, mask=m1_75, other=0.0)
-        q_75 = po_75 + iu_75[None, None, None, :]
+        a0_75 = tl.load(p0_75 + iu_75[None, :, None, None] * 3, mask=m0_75, other=0.0)
+        a1_75 = tl.load(p1_75 + iu_75[None, :, None, None] * 5, mask=m1_75, other=0.0)
+        q_75 = po_75 + iu_75[None, :, None, None] * 15
         tl.store(q_75, tl.load(q_75, mask=mo_75, other=0.0) + a0_75 * a1_75, mask=mo_75)
     tl.debug_barrier()
     ii_76 = tl.arange(0, 4)
     p0_76 = cg_1_2_2_ptr + 0 + ii_76[None, None, None, :, None] * 25
     m0_76 = (ii_76[None, None, None, :, None] < 3)
-    p1_76 = scratch + 4336 + z[:, None, None, None, None] * 6336 + ii_76[None, None, None, :, None] * 80
+    p1_76 = scratch + 4336 + z[:, None, None, None, None] * 6336 + ii_76[None, None, None, :, None] * 5
     m1_76 = row_mask[:, None, None, None, None] & (ii_76[None, None, None, :, None] < 3)
     po_76 = d2_f_ptr + 64 + z[:, None, None] * 144
     mo_76 = row_mask[:, None, None]
@@ -2631,7 +2624,7 @@ def _cormorant_cg_d2_f_4_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
             for startk_76 in range(0, 5, 4):
                 ik_76 = startk_76 + tl.arange(0, 4)
                 a0_76 = tl.load(p0_76 + ij_76[None, None, :, None, None] * 5 + ik_76[None, None, None, None, :], mask=m0_76 & (ij_76[None, None, :, None, None] < 5) & (ik_76[None, None, None, None, :] < 5), other=0.0)
-                a1_76 = tl.load(p1_76 + ik_76[None, None, None, None, :] * 16 + iu_76[None, :, None, None, None], mask=m1_76 & (ik_76[None, None, None, None, :] < 5), other=0.0)
+                a1_76 = tl.load(p1_76 + iu_76[None, :, None, None, None] * 15 + ik_76[None, None, None, None, :], mask=m1_76 & (ik_76[None, None, None, None, :] < 5), other=0.0)
                 acc_76 += tl.sum(tl.sum(a0_76 * a1_76, axis=4), axis=3)
             q_76 = po_76 + iu_76[None, :, None] * 5 + ij_76[None, None, :]
             tl.store(q_76, tl.load(q_76, mask=mo_76 & (ij_76[None, None, :] < 5), other=0.0) + acc_76, mask=mo_76 & (ij_76[None, None, :] < 5))
@@ -2661,35 +2654,34 @@ def _cormorant_cg_d2_f_4_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     tl.store(q_78, tl.load(q_78) + tl.sum(tl.sum(a0_78 * a1_78, axis=2), axis=0) * 1.118033988749895)
     tl.debug_barrier()
     # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    ii_79 = tl.arange(0, 8)
     ij_79 = tl.arange(0, 8)
-    p0_79 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + ij_79[None, None, :, None]
-    m0_79 = row_mask[:, None, None, None] & (ij_79[None, None, :, None] < 5)
-    p1_79 = f_ptr + 64 + z[:, None, None, None] * 144
-    m1_79 = row_mask[:, None, None, None]
-    po_79 = scratch + 4576 + z[:, None, None, None] * 6336 + ij_79[None, None, :, None] * 16
-    mo_79 = row_mask[:, None, None, None] & (ij_79[None, None, :, None] < 5)
-    for starti_79 in range(0, 5, 4):
-        ii_79 = starti_79 + tl.arange(0, 4)
-        for startu_79 in range(0, 16, 8):
-            iu_79 = startu_79 + tl.arange(0, 8)
-            a0_79 = tl.load(p0_79 + iu_79[None, None, None, :] * 5, mask=m0_79, other=0.0)
-            a1_79 = tl.load(p1_79 + iu_79[None, None, None, :] * 5 + ii_79[None, :, None, None], mask=m1_79 & (ii_79[None, :, None, None] < 5), other=0.0)
-            q_79 = po_79 + ii_79[None, :, None, None] * 80 + iu_79[None, None, None, :]
-            tl.store(q_79, tl.load(q_79, mask=mo_79 & (ii_79[None, :, None, None] < 5), other=0.0) + a0_79 * a1_79, mask=mo_79 & (ii_79[None, :, None, None] < 5))
+    p0_79 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + ij_79[None, None, None, :]
+    m0_79 = row_mask[:, None, None, None] & (ij_79[None, None, None, :] < 5)
+    p1_79 = f_ptr + 64 + z[:, None, None, None] * 144 + ii_79[None, None, :, None]
+    m1_79 = row_mask[:, None, None, None] & (ii_79[None, None, :, None] < 5)
+    po_79 = scratch + 4576 + z[:, None, None, None] * 6336 + ii_79[None, None, :, None] * 5 + ij_79[None, None, None, :]
+    mo_79 = row_mask[:, None, None, None] & (ii_79[None, None, :, None] < 5) & (ij_79[None, None, None, :] < 5)
+    for startu_79 in range(0, 16, 4):
+        iu_79 = startu_79 + tl.arange(0, 4)
+        a0_79 = tl.load(p0_79 + iu_79[None, :, None, None] * 5, mask=m0_79, other=0.0)
+        a1_79 = tl.load(p1_79 + iu_79[None, :, None, None] * 5, mask=m1_79, other=0.0)
+        q_79 = po_79 + iu_79[None, :, None, None] * 25
+        tl.store(q_79, tl.load(q_79, mask=mo_79, other=0.0) + a0_79 * a1_79, mask=mo_79)
     tl.debug_barrier()
     ik_80 = tl.arange(0, 1)
     ii_80 = tl.arange(0, 8)
     ij_80 = tl.arange(0, 8)
     p0_80 = cg_2_2_0_ptr + 0 + ii_80[None, None, None, :, None] * 5 + ij_80[None, None, None, None, :] + ik_80[None, None, :, None, None]
     m0_80 = (ii_80[None, None, None, :, None] < 5) & (ij_80[None, None, None, None, :] < 5)
-    p1_80 = scratch + 4576 + z[:, None, None, None, None] * 6336 + ii_80[None, None, None, :, None] * 80 + ij_80[None, None, None, None, :] * 16
+    p1_80 = scratch + 4576 + z[:, None, None, None, None] * 6336 + ii_80[None, None, None, :, None] * 5 + ij_80[None, None, None, None, :]
     m1_80 = row_mask[:, None, None, None, None] & (ii_80[None, None, None, :, None] < 5) & (ij_80[None, None, None, None, :] < 5)
     po_80 = scratch + 1120 + z[:, None, None] * 6336 + ik_80[None, None, :]
     mo_80 = row_mask[:, None, None]
     for startu_80 in range(0, 16, 4):
         iu_80 = startu_80 + tl.arange(0, 4)
         a0_80 = tl.load(p0_80, mask=m0_80, other=0.0)
-        a1_80 = tl.load(p1_80 + iu_80[None, :, None, None, None], mask=m1_80, other=0.0)
+        a1_80 = tl.load(p1_80 + iu_80[None, :, None, None, None] * 25, mask=m1_80, other=0.0)
         q_80 = po_80 + iu_80[None, :, None]
         tl.store(q_80, tl.load(q_80, mask=mo_80, other=0.0) + tl.sum(tl.sum(a0_80 * a1_80, axis=4), axis=3), mask=mo_80)
     tl.debug_barrier()
@@ -2703,15 +2695,15 @@ def _cormorant_cg_d2_f_5_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     row_mask = z < n
     slot = pid.to(tl.int64) * 1680  # this program's slot of the partial buffer
     # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    iu_81 = tl.arange(0, 16)
     ij_81 = tl.arange(0, 8)
     ik_81 = tl.arange(0, 1)
-    iu_81 = tl.arange(0, 16)
-    p0_81 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + iu_81[None, None, None, :] * 5 + ij_81[None, :, None, None]
-    m0_81 = row_mask[:, None, None, None] & (ij_81[None, :, None, None] < 5)
-    p1_81 = scratch + 512 + z[:, None, None, None] * 6336 + iu_81[None, None, None, :] + ik_81[None, None, :, None]
+    p0_81 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + iu_81[None, :, None, None] * 5 + ij_81[None, None, :, None]
+    m0_81 = row_mask[:, None, None, None] & (ij_81[None, None, :, None] < 5)
+    p1_81 = scratch + 512 + z[:, None, None, None] * 6336 + iu_81[None, :, None, None] + ik_81[None, None, None, :]
     m1_81 = row_mask[:, None, None, None]
-    po_81 = scratch + 4976 + z[:, None, None, None] * 6336 + ij_81[None, :, None, None] * 16 + ik_81[None, None, :, None] * 16 + iu_81[None, None, None, :]
-    mo_81 = row_mask[:, None, None, None] & (ij_81[None, :, None, None] < 5)
+    po_81 = scratch + 4976 + z[:, None, None, None] * 6336 + iu_81[None, :, None, None] * 5 + ij_81[None, None, :, None] + ik_81[None, None, None, :]
+    mo_81 = row_mask[:, None, None, None] & (ij_81[None, None, :, None] < 5)
     a0_81 = tl.load(p0_81, mask=m0_81, other=0.0)
     a1_81 = tl.load(p1_81, mask=m1_81, other=0.0)
     q_81 = po_81
@@ -2722,60 +2714,59 @@ def _cormorant_cg_d2_f_5_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ik_82 = tl.arange(0, 1)
     p0_82 = cg_2_2_0_ptr + 0 + ii_82[None, None, :, None, None] * 5 + ij_82[None, None, None, :, None] + ik_82[None, None, None, None, :]
     m0_82 = (ii_82[None, None, :, None, None] < 5) & (ij_82[None, None, None, :, None] < 5)
-    p1_82 = scratch + 4976 + z[:, None, None, None, None] * 6336 + ij_82[None, None, None, :, None] * 16 + ik_82[None, None, None, None, :] * 16
+    p1_82 = scratch + 4976 + z[:, None, None, None, None] * 6336 + ij_82[None, None, None, :, None] + ik_82[None, None, None, None, :]
     m1_82 = row_mask[:, None, None, None, None] & (ij_82[None, None, None, :, None] < 5)
     po_82 = d2_f_ptr + 64 + z[:, None, None] * 144 + ii_82[None, None, :]
     mo_82 = row_mask[:, None, None] & (ii_82[None, None, :] < 5)
     for startu_82 in range(0, 16, 4):
         iu_82 = startu_82 + tl.arange(0, 4)
         a0_82 = tl.load(p0_82, mask=m0_82, other=0.0)
-        a1_82 = tl.load(p1_82 + iu_82[None, :, None, None, None], mask=m1_82, other=0.0)
+        a1_82 = tl.load(p1_82 + iu_82[None, :, None, None, None] * 5, mask=m1_82, other=0.0)
         q_82 = po_82 + iu_82[None, :, None] * 5
         tl.store(q_82, tl.load(q_82, mask=mo_82, other=0.0) + tl.sum(tl.sum(a0_82 * a1_82, axis=4), axis=3), mask=mo_82)
     tl.debug_barrier()
     # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    ii_83 = tl.arange(0, 8)
     ij_83 = tl.arange(0, 8)
-    p0_83 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144
-    m0_83 = row_mask[:, None, None, None]
-    p1_83 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_83[None, None, :, None]
-    m1_83 = row_mask[:, None, None, None] & (ij_83[None, None, :, None] < 5)
-    po_83 = scratch + 5056 + z[:, None, None, None] * 6336 + ij_83[None, None, :, None] * 16
-    mo_83 = row_mask[:, None, None, None] & (ij_83[None, None, :, None] < 5)
-    for starti_83 in range(0, 5, 4):
-        ii_83 = starti_83 + tl.arange(0, 4)
-        for startu_83 in range(0, 16, 8):
-            iu_83 = startu_83 + tl.arange(0, 8)
-            a0_83 = tl.load(p0_83 + iu_83[None, None, None, :] * 5 + ii_83[None, :, None, None], mask=m0_83 & (ii_83[None, :, None, None] < 5), other=0.0)
-            a1_83 = tl.load(p1_83 + iu_83[None, None, None, :] * 5, mask=m1_83, other=0.0)
-            q_83 = po_83 + ii_83[None, :, None, None] * 80 + iu_83[None, None, None, :]
-            tl.store(q_83, tl.load(q_83, mask=mo_83 & (ii_83[None, :, None, None] < 5), other=0.0) + a0_83 * a1_83, mask=mo_83 & (ii_83[None, :, None, None] < 5))
+    p0_83 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + ii_83[None, None, :, None]
+    m0_83 = row_mask[:, None, None, None] & (ii_83[None, None, :, None] < 5)
+    p1_83 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_83[None, None, None, :]
+    m1_83 = row_mask[:, None, None, None] & (ij_83[None, None, None, :] < 5)
+    po_83 = scratch + 5056 + z[:, None, None, None] * 6336 + ii_83[None, None, :, None] * 5 + ij_83[None, None, None, :]
+    mo_83 = row_mask[:, None, None, None] & (ii_83[None, None, :, None] < 5) & (ij_83[None, None, None, :] < 5)
+    for startu_83 in range(0, 16, 4):
+        iu_83 = startu_83 + tl.arange(0, 4)
+        a0_83 = tl.load(p0_83 + iu_83[None, :, None, None] * 5, mask=m0_83, other=0.0)
+        a1_83 = tl.load(p1_83 + iu_83[None, :, None, None] * 5, mask=m1_83, other=0.0)
+        q_83 = po_83 + iu_83[None, :, None, None] * 25
+        tl.store(q_83, tl.load(q_83, mask=mo_83, other=0.0) + a0_83 * a1_83, mask=mo_83)
     tl.debug_barrier()
     ik_84 = tl.arange(0, 1)
     ii_84 = tl.arange(0, 8)
     ij_84 = tl.arange(0, 8)
     p0_84 = cg_2_2_0_ptr + 0 + ii_84[None, None, None, :, None] * 5 + ij_84[None, None, None, None, :] + ik_84[None, None, :, None, None]
     m0_84 = (ii_84[None, None, None, :, None] < 5) & (ij_84[None, None, None, None, :] < 5)
-    p1_84 = scratch + 5056 + z[:, None, None, None, None] * 6336 + ii_84[None, None, None, :, None] * 80 + ij_84[None, None, None, None, :] * 16
+    p1_84 = scratch + 5056 + z[:, None, None, None, None] * 6336 + ii_84[None, None, None, :, None] * 5 + ij_84[None, None, None, None, :]
     m1_84 = row_mask[:, None, None, None, None] & (ii_84[None, None, None, :, None] < 5) & (ij_84[None, None, None, None, :] < 5)
     po_84 = scratch + 1120 + z[:, None, None] * 6336 + ik_84[None, None, :]
     mo_84 = row_mask[:, None, None]
     for startu_84 in range(0, 16, 4):
         iu_84 = startu_84 + tl.arange(0, 4)
         a0_84 = tl.load(p0_84, mask=m0_84, other=0.0)
-        a1_84 = tl.load(p1_84 + iu_84[None, :, None, None, None], mask=m1_84, other=0.0)
+        a1_84 = tl.load(p1_84 + iu_84[None, :, None, None, None] * 25, mask=m1_84, other=0.0)
         q_84 = po_84 + iu_84[None, :, None]
         tl.store(q_84, tl.load(q_84, mask=mo_84, other=0.0) + tl.sum(tl.sum(a0_84 * a1_84, axis=4), axis=3), mask=mo_84)
     tl.debug_barrier()
     # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    iu_85 = tl.arange(0, 16)
     ii_85 = tl.arange(0, 8)
     ik_85 = tl.arange(0, 1)
-    iu_85 = tl.arange(0, 16)
-    p0_85 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + iu_85[None, None, None, :] * 5 + ii_85[None, :, None, None]
-    m0_85 = row_mask[:, None, None, None] & (ii_85[None, :, None, None] < 5)
-    p1_85 = scratch + 512 + z[:, None, None, None] * 6336 + iu_85[None, None, None, :] + ik_85[None, None, :, None]
+    p0_85 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + iu_85[None, :, None, None] * 5 + ii_85[None, None, :, None]
+    m0_85 = row_mask[:, None, None, None] & (ii_85[None, None, :, None] < 5)
+    p1_85 = scratch + 512 + z[:, None, None, None] * 6336 + iu_85[None, :, None, None] + ik_85[None, None, None, :]
     m1_85 = row_mask[:, None, None, None]
-    po_85 = scratch + 5456 + z[:, None, None, None] * 6336 + ii_85[None, :, None, None] * 16 + ik_85[None, None, :, None] * 16 + iu_85[None, None, None, :]
-    mo_85 = row_mask[:, None, None, None] & (ii_85[None, :, None, None] < 5)
+    po_85 = scratch + 5456 + z[:, None, None, None] * 6336 + iu_85[None, :, None, None] * 5 + ii_85[None, None, :, None] + ik_85[None, None, None, :]
+    mo_85 = row_mask[:, None, None, None] & (ii_85[None, None, :, None] < 5)
     a0_85 = tl.load(p0_85, mask=m0_85, other=0.0)
     a1_85 = tl.load(p1_85, mask=m1_85, other=0.0)
     q_85 = po_85
@@ -2786,14 +2777,14 @@ def _cormorant_cg_d2_f_5_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
     ik_86 = tl.arange(0, 1)
     p0_86 = cg_2_2_0_ptr + 0 + ii_86[None, None, None, :, None] * 5 + ij_86[None, None, :, None, None] + ik_86[None, None, None, None, :]
     m0_86 = (ii_86[None, None, None, :, None] < 5) & (ij_86[None, None, :, None, None] < 5)
-    p1_86 = scratch + 5456 + z[:, None, None, None, None] * 6336 + ii_86[None, None, None, :, None] * 16 + ik_86[None, None, None, None, :] * 16
+    p1_86 = scratch + 5456 + z[:, None, None, None, None] * 6336 + ii_86[None, None, None, :, None] + ik_86[None, None, None, None, :]
     m1_86 = row_mask[:, None, None, None, None] & (ii_86[None, None, None, :, None] < 5)
     po_86 = d2_f_ptr + 64 + z[:, None, None] * 144 + ij_86[None, None, :]
     mo_86 = row_mask[:, None, None] & (ij_86[None, None, :] < 5)
     for startu_86 in range(0, 16, 4):
         iu_86 = startu_86 + tl.arange(0, 4)
         a0_86 = tl.load(p0_86, mask=m0_86, other=0.0)
-        a1_86 = tl.load(p1_86 + iu_86[None, :, None, None, None], mask=m1_86, other=0.0)
+        a1_86 = tl.load(p1_86 + iu_86[None, :, None, None, None] * 5, mask=m1_86, other=0.0)
         q_86 = po_86 + iu_86[None, :, None] * 5
         tl.store(q_86, tl.load(q_86, mask=mo_86, other=0.0) + tl.sum(tl.sum(a0_86 * a1_86, axis=4), axis=3), mask=mo_86)
     tl.debug_barrier()
@@ -2837,27 +2828,26 @@ def _cormorant_cg_d2_f_5_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
                 for startj_89 in range(0, 5, 4):
                     ij_89 = startj_89 + tl.arange(0, 4)
                     a0_89 = tl.load(p0_89 + ii_89[None, None, None, :, None] * 25 + ij_89[None, None, None, None, :] * 5 + ik_89[None, None, :, None, None], mask=(ii_89[None, None, None, :, None] < 5) & (ij_89[None, None, None, None, :] < 5) & (ik_89[None, None, :, None, None] < 5), other=0.0)
-                    a1_89 = tl.load(p1_89 + ii_89[None, None, None, :, None] * 80 + ij_89[None, None, None, None, :] * 16 + iu_89[None, :, None, None, None], mask=m1_89 & (ii_89[None, None, None, :, None] < 5) & (ij_89[None, None, None, None, :] < 5), other=0.0)
+                    a1_89 = tl.load(p1_89 + iu_89[None, :, None, None, None] * 25 + ii_89[None, None, None, :, None] * 5 + ij_89[None, None, None, None, :], mask=m1_89 & (ii_89[None, None, None, :, None] < 5) & (ij_89[None, None, None, None, :] < 5), other=0.0)
                     acc_89 += tl.sum(tl.sum(a0_89 * a1_89, axis=4), axis=3)
             q_89 = po_89 + iu_89[None, :, None] * 5 + ik_89[None, None, :]
             tl.store(q_89, tl.load(q_89, mask=mo_89 & (ik_89[None, None, :] < 5), other=0.0) + acc_89, mask=mo_89 & (ik_89[None, None, :] < 5))
     tl.debug_barrier()
     # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    ij_90 = tl.arange(0, 8)
     ik_90 = tl.arange(0, 8)
-    p0_90 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144
-    m0_90 = row_mask[:, None, None, None]
-    p1_90 = scratch + 528 + z[:, None, None, None] * 6336 + ik_90[None, None, :, None]
-    m1_90 = row_mask[:, None, None, None] & (ik_90[None, None, :, None] < 5)
-    po_90 = scratch + 5536 + z[:, None, None, None] * 6336 + ik_90[None, None, :, None] * 16
-    mo_90 = row_mask[:, None, None, None] & (ik_90[None, None, :, None] < 5)
-    for startj_90 in range(0, 5, 4):
-        ij_90 = startj_90 + tl.arange(0, 4)
-        for startu_90 in range(0, 16, 8):
-            iu_90 = startu_90 + tl.arange(0, 8)
-            a0_90 = tl.load(p0_90 + iu_90[None, None, None, :] * 5 + ij_90[None, :, None, None], mask=m0_90 & (ij_90[None, :, None, None] < 5), other=0.0)
-            a1_90 = tl.load(p1_90 + iu_90[None, None, None, :] * 5, mask=m1_90, other=0.0)
-            q_90 = po_90 + ij_90[None, :, None, None] * 80 + iu_90[None, None, None, :]
-            tl.store(q_90, tl.load(q_90, mask=mo_90 & (ij_90[None, :, None, None] < 5), other=0.0) + a0_90 * a1_90, mask=mo_90 & (ij_90[None, :, None, None] < 5))
+    p0_90 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + ij_90[None, None, :, None]
+    m0_90 = row_mask[:, None, None, None] & (ij_90[None, None, :, None] < 5)
+    p1_90 = scratch + 528 + z[:, None, None, None] * 6336 + ik_90[None, None, None, :]
+    m1_90 = row_mask[:, None, None, None] & (ik_90[None, None, None, :] < 5)
+    po_90 = scratch + 5536 + z[:, None, None, None] * 6336 + ij_90[None, None, :, None] * 5 + ik_90[None, None, None, :]
+    mo_90 = row_mask[:, None, None, None] & (ij_90[None, None, :, None] < 5) & (ik_90[None, None, None, :] < 5)
+    for startu_90 in range(0, 16, 4):
+        iu_90 = startu_90 + tl.arange(0, 4)
+        a0_90 = tl.load(p0_90 + iu_90[None, :, None, None] * 5, mask=m0_90, other=0.0)
+        a1_90 = tl.load(p1_90 + iu_90[None, :, None, None] * 5, mask=m1_90, other=0.0)
+        q_90 = po_90 + iu_90[None, :, None, None] * 25
+        tl.store(q_90, tl.load(q_90, mask=mo_90, other=0.0) + a0_90 * a1_90, mask=mo_90)
     tl.debug_barrier()
     p0_91 = cg_2_2_2_ptr + 0
     p1_91 = scratch + 5536 + z[:, None, None, None, None] * 6336
@@ -2874,7 +2864,7 @@ def _cormorant_cg_d2_f_5_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
                 for startk_91 in range(0, 5, 4):
                     ik_91 = startk_91 + tl.arange(0, 4)
                     a0_91 = tl.load(p0_91 + ii_91[None, None, :, None, None] * 25 + ij_91[None, None, None, :, None] * 5 + ik_91[None, None, None, None, :], mask=(ii_91[None, None, :, None, None] < 5) & (ij_91[None, None, None, :, None] < 5) & (ik_91[None, None, None, None, :] < 5), other=0.0)
-                    a1_91 = tl.load(p1_91 + ij_91[None, None, None, :, None] * 80 + ik_91[None, None, None, None, :] * 16 + iu_91[None, :, None, None, None], mask=m1_91 & (ij_91[None, None, None, :, None] < 5) & (ik_91[None, None, None, None, :] < 5), other=0.0)
+                    a1_91 = tl.load(p1_91 + iu_91[None, :, None, None, None] * 25 + ij_91[None, None, None, :, None] * 5 + ik_91[None, None, None, None, :], mask=m1_91 & (ij_91[None, None, None, :, None] < 5) & (ik_91[None, None, None, None, :] < 5), other=0.0)
                     acc_91 += tl.sum(tl.sum(a0_91 * a1_91, axis=4), axis=3)
             q_91 = po_91 + iu_91[None, :, None] * 5 + ii_91[None, None, :]
             tl.store(q_91, tl.load(q_91, mask=mo_91 & (ii_91[None, None, :] < 5), other=0.0) + acc_91, mask=mo_91 & (ii_91[None, None, :] < 5))
@@ -2895,27 +2885,26 @@ def _cormorant_cg_d2_f_5_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
                 for startj_92 in range(0, 5, 4):
                     ij_92 = startj_92 + tl.arange(0, 4)
                     a0_92 = tl.load(p0_92 + ii_92[None, None, None, :, None] * 25 + ij_92[None, None, None, None, :] * 5 + ik_92[None, None, :, None, None], mask=(ii_92[None, None, None, :, None] < 5) & (ij_92[None, None, None, None, :] < 5) & (ik_92[None, None, :, None, None] < 5), other=0.0)
-                    a1_92 = tl.load(p1_92 + ii_92[None, None, None, :, None] * 80 + ij_92[None, None, None, None, :] * 16 + iu_92[None, :, None, None, None], mask=m1_92 & (ii_92[None, None, None, :, None] < 5) & (ij_92[None, None, None, None, :] < 5), other=0.0)
+                    a1_92 = tl.load(p1_92 + iu_92[None, :, None, None, None] * 25 + ii_92[None, None, None, :, None] * 5 + ij_92[None, None, None, None, :], mask=m1_92 & (ii_92[None, None, None, :, None] < 5) & (ij_92[None, None, None, None, :] < 5), other=0.0)
                     acc_92 += tl.sum(tl.sum(a0_92 * a1_92, axis=4), axis=3)
             q_92 = po_92 + iu_92[None, :, None] * 5 + ik_92[None, None, :]
             tl.store(q_92, tl.load(q_92, mask=mo_92 & (ik_92[None, None, :] < 5), other=0.0) + acc_92, mask=mo_92 & (ik_92[None, None, :] < 5))
     tl.debug_barrier()
     # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    ii_93 = tl.arange(0, 8)
     ik_93 = tl.arange(0, 8)
-    p0_93 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144
-    m0_93 = row_mask[:, None, None, None]
-    p1_93 = scratch + 528 + z[:, None, None, None] * 6336 + ik_93[None, None, :, None]
-    m1_93 = row_mask[:, None, None, None] & (ik_93[None, None, :, None] < 5)
-    po_93 = scratch + 5936 + z[:, None, None, None] * 6336 + ik_93[None, None, :, None] * 16
-    mo_93 = row_mask[:, None, None, None] & (ik_93[None, None, :, None] < 5)
-    for starti_93 in range(0, 5, 4):
-        ii_93 = starti_93 + tl.arange(0, 4)
-        for startu_93 in range(0, 16, 8):
-            iu_93 = startu_93 + tl.arange(0, 8)
-            a0_93 = tl.load(p0_93 + iu_93[None, None, None, :] * 5 + ii_93[None, :, None, None], mask=m0_93 & (ii_93[None, :, None, None] < 5), other=0.0)
-            a1_93 = tl.load(p1_93 + iu_93[None, None, None, :] * 5, mask=m1_93, other=0.0)
-            q_93 = po_93 + ii_93[None, :, None, None] * 80 + iu_93[None, None, None, :]
-            tl.store(q_93, tl.load(q_93, mask=mo_93 & (ii_93[None, :, None, None] < 5), other=0.0) + a0_93 * a1_93, mask=mo_93 & (ii_93[None, :, None, None] < 5))
+    p0_93 = d2_d_f_ptr + 64 + z[:, None, None, None] * 144 + ii_93[None, None, :, None]
+    m0_93 = row_mask[:, None, None, None] & (ii_93[None, None, :, None] < 5)
+    p1_93 = scratch + 528 + z[:, None, None, None] * 6336 + ik_93[None, None, None, :]
+    m1_93 = row_mask[:, None, None, None] & (ik_93[None, None, None, :] < 5)
+    po_93 = scratch + 5936 + z[:, None, None, None] * 6336 + ii_93[None, None, :, None] * 5 + ik_93[None, None, None, :]
+    mo_93 = row_mask[:, None, None, None] & (ii_93[None, None, :, None] < 5) & (ik_93[None, None, None, :] < 5)
+    for startu_93 in range(0, 16, 4):
+        iu_93 = startu_93 + tl.arange(0, 4)
+        a0_93 = tl.load(p0_93 + iu_93[None, :, None, None] * 5, mask=m0_93, other=0.0)
+        a1_93 = tl.load(p1_93 + iu_93[None, :, None, None] * 5, mask=m1_93, other=0.0)
+        q_93 = po_93 + iu_93[None, :, None, None] * 25
+        tl.store(q_93, tl.load(q_93, mask=mo_93, other=0.0) + a0_93 * a1_93, mask=mo_93)
     tl.debug_barrier()
     p0_94 = cg_2_2_2_ptr + 0
     p1_94 = scratch + 5936 + z[:, None, None, None, None] * 6336
@@ -2932,7 +2921,7 @@ def _cormorant_cg_d2_f_5_kernel(f_ptr, d_g_ptr, d2_d_f_ptr, weight_ptr, cg_0_0_0
                 for startk_94 in range(0, 5, 4):
                     ik_94 = startk_94 + tl.arange(0, 4)
                     a0_94 = tl.load(p0_94 + ii_94[None, None, None, :, None] * 25 + ij_94[None, None, :, None, None] * 5 + ik_94[None, None, None, None, :], mask=(ii_94[None, None, None, :, None] < 5) & (ij_94[None, None, :, None, None] < 5) & (ik_94[None, None, None, None, :] < 5), other=0.0)
-                    a1_94 = tl.load(p1_94 + ii_94[None, None, None, :, None] * 80 + ik_94[None, None, None, None, :] * 16 + iu_94[None, :, None, None, None], mask=m1_94 & (ii_94[None, None, None, :, None] < 5) & (ik_94[None, None, None, None, :] < 5), other=0.0)
+                    a1_94 = tl.load(p1_94 + iu_94[None, :, None, None, None] * 25 + ii_94[None, None, None, :, None] * 5 + ik_94[None, None, None, None, :], mask=m1_94 & (ii_94[None, None, None, :, None] < 5) & (ik_94[None, None, None, None, :] < 5), other=0.0)
                     acc_94 += tl.sum(tl.sum(a0_94 * a1_94, axis=4), axis=3)
             q_94 = po_94 + iu_94[None, :, None] * 5 + ij_94[None, None, :]
             tl.store(q_94, tl.load(q_94, mask=mo_94 & (ij_94[None, None, :] < 5), other=0.0) + acc_94, mask=mo_94 & (ij_94[None, None, :] < 5))
@@ -3188,11 +3177,11 @@ def _cormorant_cg_d2_f(
     """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f: f (n, 144), d_g (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
     n = f.shape[0]
     # ∂/∂p: 16x2 -> 16x2
-    d_p_0 = torch.einsum("zwi,uw->zui", d_g[:, 64:144].reshape(n, 16, 5), (weight[656:912].view(16, 16) * 0.25))
+    d_p_0 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_1 = torch.einsum("zwi,uw->zui", d_g[:, 16:64].reshape(n, 16, 3), (weight[400:656].view(16, 16) * 0.25))
+    d_p_1 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_2 = torch.einsum("zwi,uw->zui", d_g[:, 0:16].reshape(n, 16, 1), (weight[144:400].view(16, 16) * 0.25))
+    d_p_2 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d_p = torch.cat([
         d_p_2.reshape(n, 16),
         d_p_1.reshape(n, 48),
@@ -3208,163 +3197,163 @@ def _cormorant_cg_d2_f(
     d__p3 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     d__p1 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c0 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
+    _c0 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p1_3 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
     # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c1 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 0:16].reshape(n, 16, 1), d__p1)
+    _c1 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p1.reshape(n, 16, 1, 1)
     d2_f_4 = cg_0_0_0.reshape(1, 1, 1) * _c1.reshape(n, 16, 1)
     # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c2 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
+    _c2 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p1_5 = cg_0_0_0.reshape(1, 1, 1) * _c2.reshape(n, 16, 1)
     # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c3 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 0:16].reshape(n, 16, 1), d__p1)
+    _c3 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p1.reshape(n, 16, 1, 1)
     d2_f_6 = cg_0_0_0.reshape(1, 1, 1) * _c3.reshape(n, 16, 1)
     d2_d__p1 = d2_d__p1_3 + d2_d__p1_5
     d2_d_p_7 = d2_d__p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_8 = torch.einsum("zui,zui->u", (d2_d__p1 * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
+    d2_weight_8 = torch.bmm((d2_d__p1 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c4 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 0:16].reshape(n, 16, 1))
-    d2_d__p3_9 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c4)
+    _c4 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_d__p3_9 = torch.mm(_c4.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuji->zuk
     # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c5 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p3)
-    d2_f_10 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c5)
+    _c5 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p3.reshape(n, 16, 1, 3)
+    d2_f_10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
     # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c6 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3))
-    d2_d__p3_11 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c6)
+    _c6 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_d__p3_11 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c7 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 0:16].reshape(n, 16, 1), d__p3)
-    d2_f_12 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c7)
+    _c7 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p3.reshape(n, 16, 1, 3)
+    d2_f_12 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
     d2_d__p3 = d2_d__p3_9 + d2_d__p3_11
     d2_d_p_13 = d2_d__p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d2_weight_14 = torch.einsum("zui,zui->u", (d2_d__p3 * 1.224744871391589), d_p[:, 16:64].reshape(n, 16, 3))
+    d2_weight_14 = torch.bmm((d2_d__p3 * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), d_p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c8 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 0:16].reshape(n, 16, 1))
-    d2_d__p5_15 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c8)
+    _c8 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_d__p5_15 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuji->zuk
     # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c9 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p5)
-    d2_f_16 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c9)
+    _c9 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p5.reshape(n, 16, 1, 5)
+    d2_f_16 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
     # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c10 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 64:144].reshape(n, 16, 5))
-    d2_d__p5_17 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c10)
+    _c10 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_d__p5_17 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c11 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 0:16].reshape(n, 16, 1), d__p5)
-    d2_f_18 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c11)
+    _c11 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p5.reshape(n, 16, 1, 5)
+    d2_f_18 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
     d2_d__p5 = d2_d__p5_15 + d2_d__p5_17
     d2_d_p_19 = d2_d__p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_20 = torch.einsum("zui,zui->u", (d2_d__p5 * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
+    d2_weight_20 = torch.bmm((d2_d__p5 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c12 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
-    d2_d__p6_21 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c12)
+    _c12 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    d2_d__p6_21 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c13 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p6)
-    d2_f_22 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c13)
+    _c13 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p6.reshape(n, 16, 1, 1)
+    d2_f_22 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zujk->zui
     # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c14 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
-    d2_d__p6_23 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c14)
+    _c14 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_d__p6_23 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c15 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p6)
-    d2_f_24 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c15)
+    _c15 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p6.reshape(n, 16, 1, 1)
+    d2_f_24 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
     d2_d__p6 = d2_d__p6_21 + d2_d__p6_23
     d2_d_p_25 = d2_d__p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_26 = torch.einsum("zui,zui->u", (d2_d__p6 * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
+    d2_weight_26 = torch.bmm((d2_d__p6 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    d2_d__p7_27 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c12)
+    d2_d__p7_27 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _c16 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p7)
-    d2_f_28 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c16)
+    _c16 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p7.reshape(n, 16, 1, 5)
+    d2_f_28 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    d2_d__p7_29 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c14)
+    d2_d__p7_29 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _c17 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p7)
-    d2_f_30 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c17)
+    _c17 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p7.reshape(n, 16, 1, 5)
+    d2_f_30 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
     d2_d__p7 = d2_d__p7_27 + d2_d__p7_29
     d2_d_p_31 = d2_d__p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_32 = torch.einsum("zui,zui->u", (d2_d__p7 * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
+    d2_weight_32 = torch.bmm((d2_d__p7 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c18 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 16:64].reshape(n, 16, 3))
-    d2_d__p8_33 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c18)
+    _c18 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    d2_d__p8_33 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c19 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p8)
-    d2_f_34 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c19)
+    _c19 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p8.reshape(n, 16, 1, 3)
+    d2_f_34 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c20 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
-    d2_d__p8_35 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c20)
+    _c20 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_d__p8_35 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c21 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p8)
-    d2_f_36 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c21)
+    _c21 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p8.reshape(n, 16, 1, 3)
+    d2_f_36 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
     d2_d__p8 = d2_d__p8_33 + d2_d__p8_35
     d2_d_p_37 = d2_d__p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d2_weight_38 = torch.einsum("zui,zui->u", (d2_d__p8 * 1.224744871391589), d_p[:, 16:64].reshape(n, 16, 3))
+    d2_weight_38 = torch.bmm((d2_d__p8 * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), d_p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    d2_d__p9_39 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c18)
+    d2_d__p9_39 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _c22 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p9)
-    d2_f_40 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c22)
+    _c22 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p9.reshape(n, 16, 1, 5)
+    d2_f_40 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
     # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    d2_d__p9_41 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c20)
+    d2_d__p9_41 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _c23 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 16:64].reshape(n, 16, 3), d__p9)
-    d2_f_42 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c23)
+    _c23 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p9.reshape(n, 16, 1, 5)
+    d2_f_42 = torch.mm(_c23.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
     d2_d__p9 = d2_d__p9_39 + d2_d__p9_41
     d2_d_p_43 = d2_d__p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_44 = torch.einsum("zui,zui->u", (d2_d__p9 * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
+    d2_weight_44 = torch.bmm((d2_d__p9 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c24 = torch.einsum("zuj,zui->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
-    d2_d__p10_45 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c24)
+    _c24 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d2_d__p10_45 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c25 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p10)
-    d2_f_46 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c25)
+    _c25 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p10.reshape(n, 16, 1, 1)
+    d2_f_46 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zujk->zui
     # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c26 = torch.einsum("zui,zuj->ziju", d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
-    d2_d__p10_47 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c26)
+    _c26 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_d__p10_47 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c27 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p10)
-    d2_f_48 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c27)
+    _c27 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p10.reshape(n, 16, 1, 1)
+    d2_f_48 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
     d2_d__p10 = d2_d__p10_45 + d2_d__p10_47
     d2_d_p_49 = d2_d__p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_50 = torch.einsum("zui,zui->u", (d2_d__p10 * 0.5773502691896257), d_p[:, 0:16].reshape(n, 16, 1))
+    d2_weight_50 = torch.bmm((d2_d__p10 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    d2_d__p11_51 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c24)
+    d2_d__p11_51 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _c28 = torch.einsum("zuj,zuk->zjku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p11)
-    d2_f_52 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c28)
+    _c28 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p11.reshape(n, 16, 1, 5)
+    d2_f_52 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
     # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    d2_d__p11_53 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c26)
+    d2_d__p11_53 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _c29 = torch.einsum("zui,zuk->ziku", d2_d_f[:, 64:144].reshape(n, 16, 5), d__p11)
-    d2_f_54 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c29)
+    _c29 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p11.reshape(n, 16, 1, 5)
+    d2_f_54 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
     d2_d__p11 = d2_d__p11_51 + d2_d__p11_53
     d2_d_p_55 = d2_d__p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_56 = torch.einsum("zui,zui->u", (d2_d__p11 * 1.118033988749895), d_p[:, 64:144].reshape(n, 16, 5))
+    d2_weight_56 = torch.bmm((d2_d__p11 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
         (d2_d_p_7 + d2_d_p_25 + d2_d_p_49).reshape(n, 16),
         (d2_d_p_13 + d2_d_p_37).reshape(n, 48),
         (d2_d_p_19 + d2_d_p_31 + d2_d_p_43 + d2_d_p_55).reshape(n, 80),
     ], dim=-1)
-    d2_d_g_57 = torch.einsum("zui,uw->zwi", d2_d_p[:, 0:16].reshape(n, 16, 1), (weight[144:400].view(16, 16) * 0.25))
+    d2_d_g_57 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_58 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25), d_g[:, 0:16].reshape(n, 16, 1))
+    d2_weight_58 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂p: 16x1 -> 16x1
-    d2_d_g_59 = torch.einsum("zui,uw->zwi", d2_d_p[:, 16:64].reshape(n, 16, 3), (weight[400:656].view(16, 16) * 0.25))
+    d2_d_g_59 = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_60 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25), d_g[:, 16:64].reshape(n, 16, 3))
+    d2_weight_60 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
-    d2_d_g_61 = torch.einsum("zui,uw->zwi", d2_d_p[:, 64:144].reshape(n, 16, 5), (weight[656:912].view(16, 16) * 0.25))
+    d2_d_g_61 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_62 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25), d_g[:, 64:144].reshape(n, 16, 5))
+    d2_weight_62 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂f: 16x0 -> 16x0
-    d2_d_g_63 = torch.einsum("zui,uw->zwi", d2_d_f[:, 0:16].reshape(n, 16, 1), (weight[912:1168].view(16, 16) * 0.25))
+    d2_d_g_63 = torch.mm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂f: 16x0 -> 16x0
-    d2_weight_64 = torch.einsum("zui,zwi->uw", (d2_d_f[:, 0:16].reshape(n, 16, 1) * 0.25), d_g[:, 0:16].reshape(n, 16, 1))
+    d2_weight_64 = torch.mm((d2_d_f[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂f: 16x1 -> 16x1
-    d2_d_g_65 = torch.einsum("zui,uw->zwi", d2_d_f[:, 16:64].reshape(n, 16, 3), (weight[1168:1424].view(16, 16) * 0.25))
+    d2_d_g_65 = torch.mm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂f: 16x1 -> 16x1
-    d2_weight_66 = torch.einsum("zui,zwi->uw", (d2_d_f[:, 16:64].reshape(n, 16, 3) * 0.25), d_g[:, 16:64].reshape(n, 16, 3))
+    d2_weight_66 = torch.mm((d2_d_f[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂f: 16x2 -> 16x2
-    d2_d_g_67 = torch.einsum("zui,uw->zwi", d2_d_f[:, 64:144].reshape(n, 16, 5), (weight[1424:1680].view(16, 16) * 0.25))
+    d2_d_g_67 = torch.mm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂f: 16x2 -> 16x2
-    d2_weight_68 = torch.einsum("zui,zwi->uw", (d2_d_f[:, 64:144].reshape(n, 16, 5) * 0.25), d_g[:, 64:144].reshape(n, 16, 5))
+    d2_weight_68 = torch.mm((d2_d_f[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     d2_f = torch.cat([
         (d2_f_4 + d2_f_6 + d2_f_10 + d2_f_16).reshape(n, 16),
         (d2_f_12 + d2_f_22 + d2_f_24 + d2_f_28 + d2_f_30 + d2_f_34 + d2_f_40).reshape(n, 48),
@@ -3410,14 +3399,14 @@ def _cormorant_cg_d2_weight_0_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
         tl.store(d2_d_g_ptr + z[:, None] * 144 + cols[None, :], tl.zeros([BLOCK_Z, 128], dtype=DTYPE), mask=row_mask[:, None] & (cols < 144)[None, :])
     tl.debug_barrier()
     # p1 = (p0 ⊗ p0) -> 16x0
+    iu_1 = tl.arange(0, 16)
     ii_1 = tl.arange(0, 1)
     ij_1 = tl.arange(0, 1)
-    iu_1 = tl.arange(0, 16)
-    p0_1 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_1[None, None, None, :] + ii_1[None, :, None, None]
+    p0_1 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_1[None, :, None, None] + ii_1[None, None, :, None]
     m0_1 = row_mask[:, None, None, None]
-    p1_1 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_1[None, None, None, :] + ij_1[None, None, :, None]
+    p1_1 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_1[None, :, None, None] + ij_1[None, None, None, :]
     m1_1 = row_mask[:, None, None, None]
-    po_1 = scratch + 1504 + z[:, None, None, None] * 5696 + ii_1[None, :, None, None] * 16 + ij_1[None, None, :, None] * 16 + iu_1[None, None, None, :]
+    po_1 = scratch + 1504 + z[:, None, None, None] * 5696 + iu_1[None, :, None, None] + ii_1[None, None, :, None] + ij_1[None, None, None, :]
     mo_1 = row_mask[:, None, None, None]
     a0_1 = tl.load(p0_1, mask=m0_1, other=0.0)
     a1_1 = tl.load(p1_1, mask=m1_1, other=0.0)
@@ -3429,7 +3418,7 @@ def _cormorant_cg_d2_weight_0_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     ii_2 = tl.arange(0, 1)
     ij_2 = tl.arange(0, 1)
     p0_2 = cg_0_0_0_ptr + 0 + ii_2[None, None, None, :, None] + ij_2[None, None, None, None, :] + ik_2[None, None, :, None, None]
-    p1_2 = scratch + 1504 + z[:, None, None, None, None] * 5696 + ii_2[None, None, None, :, None] * 16 + ij_2[None, None, None, None, :] * 16 + iu_2[None, :, None, None, None]
+    p1_2 = scratch + 1504 + z[:, None, None, None, None] * 5696 + iu_2[None, :, None, None, None] + ii_2[None, None, None, :, None] + ij_2[None, None, None, None, :]
     m1_2 = row_mask[:, None, None, None, None]
     po_2 = scratch + 144 + z[:, None, None] * 5696 + iu_2[None, :, None] + ik_2[None, None, :]
     mo_2 = row_mask[:, None, None]
@@ -3451,15 +3440,15 @@ def _cormorant_cg_d2_weight_0_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     tl.store(q_3, tl.load(q_3, mask=mo_3, other=0.0) + a0_3 * a1_3 * 0.5773502691896257, mask=mo_3)
     tl.debug_barrier()
     # p3 = (p0 ⊗ p2) -> 16x1
+    iu_4 = tl.arange(0, 16)
     ii_4 = tl.arange(0, 1)
     ij_4 = tl.arange(0, 4)
-    iu_4 = tl.arange(0, 16)
-    p0_4 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_4[None, None, None, :] + ii_4[None, :, None, None]
+    p0_4 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_4[None, :, None, None] + ii_4[None, None, :, None]
     m0_4 = row_mask[:, None, None, None]
-    p1_4 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_4[None, None, None, :] * 3 + ij_4[None, None, :, None]
-    m1_4 = row_mask[:, None, None, None] & (ij_4[None, None, :, None] < 3)
-    po_4 = scratch + 1520 + z[:, None, None, None] * 5696 + ii_4[None, :, None, None] * 48 + ij_4[None, None, :, None] * 16 + iu_4[None, None, None, :]
-    mo_4 = row_mask[:, None, None, None] & (ij_4[None, None, :, None] < 3)
+    p1_4 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_4[None, :, None, None] * 3 + ij_4[None, None, None, :]
+    m1_4 = row_mask[:, None, None, None] & (ij_4[None, None, None, :] < 3)
+    po_4 = scratch + 1520 + z[:, None, None, None] * 5696 + iu_4[None, :, None, None] * 3 + ii_4[None, None, :, None] * 3 + ij_4[None, None, None, :]
+    mo_4 = row_mask[:, None, None, None] & (ij_4[None, None, None, :] < 3)
     a0_4 = tl.load(p0_4, mask=m0_4, other=0.0)
     a1_4 = tl.load(p1_4, mask=m1_4, other=0.0)
     q_4 = po_4
@@ -3471,7 +3460,7 @@ def _cormorant_cg_d2_weight_0_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     ij_5 = tl.arange(0, 4)
     p0_5 = cg_0_1_1_ptr + 0 + ii_5[None, None, None, :, None] * 9 + ij_5[None, None, None, None, :] * 3 + ik_5[None, None, :, None, None]
     m0_5 = (ij_5[None, None, None, None, :] < 3) & (ik_5[None, None, :, None, None] < 3)
-    p1_5 = scratch + 1520 + z[:, None, None, None, None] * 5696 + ii_5[None, None, None, :, None] * 48 + ij_5[None, None, None, None, :] * 16 + iu_5[None, :, None, None, None]
+    p1_5 = scratch + 1520 + z[:, None, None, None, None] * 5696 + iu_5[None, :, None, None, None] * 3 + ii_5[None, None, None, :, None] * 3 + ij_5[None, None, None, None, :]
     m1_5 = row_mask[:, None, None, None, None] & (ij_5[None, None, None, None, :] < 3)
     po_5 = scratch + 160 + z[:, None, None] * 5696 + iu_5[None, :, None] * 3 + ik_5[None, None, :]
     mo_5 = row_mask[:, None, None] & (ik_5[None, None, :] < 3)
@@ -3493,15 +3482,15 @@ def _cormorant_cg_d2_weight_0_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     tl.store(q_6, tl.load(q_6, mask=mo_6, other=0.0) + a0_6 * a1_6 * 1.224744871391589, mask=mo_6)
     tl.debug_barrier()
     # p5 = (p0 ⊗ p4) -> 16x2
+    iu_7 = tl.arange(0, 16)
     ii_7 = tl.arange(0, 1)
     ij_7 = tl.arange(0, 8)
-    iu_7 = tl.arange(0, 16)
-    p0_7 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_7[None, None, None, :] + ii_7[None, :, None, None]
+    p0_7 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_7[None, :, None, None] + ii_7[None, None, :, None]
     m0_7 = row_mask[:, None, None, None]
-    p1_7 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_7[None, None, None, :] * 5 + ij_7[None, None, :, None]
-    m1_7 = row_mask[:, None, None, None] & (ij_7[None, None, :, None] < 5)
-    po_7 = scratch + 1568 + z[:, None, None, None] * 5696 + ii_7[None, :, None, None] * 80 + ij_7[None, None, :, None] * 16 + iu_7[None, None, None, :]
-    mo_7 = row_mask[:, None, None, None] & (ij_7[None, None, :, None] < 5)
+    p1_7 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_7[None, :, None, None] * 5 + ij_7[None, None, None, :]
+    m1_7 = row_mask[:, None, None, None] & (ij_7[None, None, None, :] < 5)
+    po_7 = scratch + 1568 + z[:, None, None, None] * 5696 + iu_7[None, :, None, None] * 5 + ii_7[None, None, :, None] * 5 + ij_7[None, None, None, :]
+    mo_7 = row_mask[:, None, None, None] & (ij_7[None, None, None, :] < 5)
     a0_7 = tl.load(p0_7, mask=m0_7, other=0.0)
     a1_7 = tl.load(p1_7, mask=m1_7, other=0.0)
     q_7 = po_7
@@ -3512,14 +3501,14 @@ def _cormorant_cg_d2_weight_0_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     ij_8 = tl.arange(0, 8)
     p0_8 = cg_0_2_2_ptr + 0 + ii_8[None, None, None, :, None] * 25 + ij_8[None, None, None, None, :] * 5 + ik_8[None, None, :, None, None]
     m0_8 = (ij_8[None, None, None, None, :] < 5) & (ik_8[None, None, :, None, None] < 5)
-    p1_8 = scratch + 1568 + z[:, None, None, None, None] * 5696 + ii_8[None, None, None, :, None] * 80 + ij_8[None, None, None, None, :] * 16
+    p1_8 = scratch + 1568 + z[:, None, None, None, None] * 5696 + ii_8[None, None, None, :, None] * 5 + ij_8[None, None, None, None, :]
     m1_8 = row_mask[:, None, None, None, None] & (ij_8[None, None, None, None, :] < 5)
     po_8 = scratch + 208 + z[:, None, None] * 5696 + ik_8[None, None, :]
     mo_8 = row_mask[:, None, None] & (ik_8[None, None, :] < 5)
     for startu_8 in range(0, 16, 4):
         iu_8 = startu_8 + tl.arange(0, 4)
         a0_8 = tl.load(p0_8, mask=m0_8, other=0.0)
-        a1_8 = tl.load(p1_8 + iu_8[None, :, None, None, None], mask=m1_8, other=0.0)
+        a1_8 = tl.load(p1_8 + iu_8[None, :, None, None, None] * 5, mask=m1_8, other=0.0)
         q_8 = po_8 + iu_8[None, :, None] * 5
         tl.store(q_8, tl.load(q_8, mask=mo_8, other=0.0) + tl.sum(tl.sum(a0_8 * a1_8, axis=4), axis=3), mask=mo_8)
     tl.debug_barrier()
@@ -3536,15 +3525,15 @@ def _cormorant_cg_d2_weight_0_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     tl.store(q_9, tl.load(q_9, mask=mo_9, other=0.0) + a0_9 * a1_9 * 1.118033988749895, mask=mo_9)
     tl.debug_barrier()
     # p6 = (p2 ⊗ p2) -> 16x0
+    iu_10 = tl.arange(0, 16)
     ii_10 = tl.arange(0, 4)
     ij_10 = tl.arange(0, 4)
-    iu_10 = tl.arange(0, 16)
-    p0_10 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_10[None, None, None, :] * 3 + ii_10[None, :, None, None]
-    m0_10 = row_mask[:, None, None, None] & (ii_10[None, :, None, None] < 3)
-    p1_10 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_10[None, None, None, :] * 3 + ij_10[None, None, :, None]
-    m1_10 = row_mask[:, None, None, None] & (ij_10[None, None, :, None] < 3)
-    po_10 = scratch + 1648 + z[:, None, None, None] * 5696 + ii_10[None, :, None, None] * 48 + ij_10[None, None, :, None] * 16 + iu_10[None, None, None, :]
-    mo_10 = row_mask[:, None, None, None] & (ii_10[None, :, None, None] < 3) & (ij_10[None, None, :, None] < 3)
+    p0_10 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_10[None, :, None, None] * 3 + ii_10[None, None, :, None]
+    m0_10 = row_mask[:, None, None, None] & (ii_10[None, None, :, None] < 3)
+    p1_10 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_10[None, :, None, None] * 3 + ij_10[None, None, None, :]
+    m1_10 = row_mask[:, None, None, None] & (ij_10[None, None, None, :] < 3)
+    po_10 = scratch + 1648 + z[:, None, None, None] * 5696 + iu_10[None, :, None, None] * 9 + ii_10[None, None, :, None] * 3 + ij_10[None, None, None, :]
+    mo_10 = row_mask[:, None, None, None] & (ii_10[None, None, :, None] < 3) & (ij_10[None, None, None, :] < 3)
     a0_10 = tl.load(p0_10, mask=m0_10, other=0.0)
     a1_10 = tl.load(p1_10, mask=m1_10, other=0.0)
     q_10 = po_10
@@ -3556,7 +3545,7 @@ def _cormorant_cg_d2_weight_0_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     ij_11 = tl.arange(0, 4)
     p0_11 = cg_1_1_0_ptr + 0 + ii_11[None, None, None, :, None] * 3 + ij_11[None, None, None, None, :] + ik_11[None, None, :, None, None]
     m0_11 = (ii_11[None, None, None, :, None] < 3) & (ij_11[None, None, None, None, :] < 3)
-    p1_11 = scratch + 1648 + z[:, None, None, None, None] * 5696 + ii_11[None, None, None, :, None] * 48 + ij_11[None, None, None, None, :] * 16 + iu_11[None, :, None, None, None]
+    p1_11 = scratch + 1648 + z[:, None, None, None, None] * 5696 + iu_11[None, :, None, None, None] * 9 + ii_11[None, None, None, :, None] * 3 + ij_11[None, None, None, None, :]
     m1_11 = row_mask[:, None, None, None, None] & (ii_11[None, None, None, :, None] < 3) & (ij_11[None, None, None, None, :] < 3)
     po_11 = scratch + 288 + z[:, None, None] * 5696 + iu_11[None, :, None] + ik_11[None, None, :]
     mo_11 = row_mask[:, None, None]
@@ -3582,7 +3571,7 @@ def _cormorant_cg_d2_weight_0_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     ij_13 = tl.arange(0, 4)
     p0_13 = cg_1_1_2_ptr + 0 + ii_13[None, None, None, :, None] * 15 + ij_13[None, None, None, None, :] * 5
     m0_13 = (ii_13[None, None, None, :, None] < 3) & (ij_13[None, None, None, None, :] < 3)
-    p1_13 = scratch + 1648 + z[:, None, None, None, None] * 5696 + ii_13[None, None, None, :, None] * 48 + ij_13[None, None, None, None, :] * 16
+    p1_13 = scratch + 1648 + z[:, None, None, None, None] * 5696 + ii_13[None, None, None, :, None] * 3 + ij_13[None, None, None, None, :]
     m1_13 = row_mask[:, None, None, None, None] & (ii_13[None, None, None, :, None] < 3) & (ij_13[None, None, None, None, :] < 3)
     po_13 = scratch + 304 + z[:, None, None] * 5696
     mo_13 = row_mask[:, None, None]
@@ -3591,7 +3580,7 @@ def _cormorant_cg_d2_weight_0_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
         for startk_13 in range(0, 5, 4):
             ik_13 = startk_13 + tl.arange(0, 4)
             a0_13 = tl.load(p0_13 + ik_13[None, None, :, None, None], mask=m0_13 & (ik_13[None, None, :, None, None] < 5), other=0.0)
-            a1_13 = tl.load(p1_13 + iu_13[None, :, None, None, None], mask=m1_13, other=0.0)
+            a1_13 = tl.load(p1_13 + iu_13[None, :, None, None, None] * 9, mask=m1_13, other=0.0)
             q_13 = po_13 + iu_13[None, :, None] * 5 + ik_13[None, None, :]
             tl.store(q_13, tl.load(q_13, mask=mo_13 & (ik_13[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_13 * a1_13, axis=4), axis=3), mask=mo_13 & (ik_13[None, None, :] < 5))
     tl.debug_barrier()
@@ -3610,24 +3599,24 @@ def _cormorant_cg_d2_weight_0_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     # p8 = (p2 ⊗ p4) -> 16x1
     ii_15 = tl.arange(0, 4)
     ij_15 = tl.arange(0, 8)
-    p0_15 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_15[None, :, None, None]
-    m0_15 = row_mask[:, None, None, None] & (ii_15[None, :, None, None] < 3)
-    p1_15 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_15[None, None, :, None]
-    m1_15 = row_mask[:, None, None, None] & (ij_15[None, None, :, None] < 5)
-    po_15 = scratch + 1792 + z[:, None, None, None] * 5696 + ii_15[None, :, None, None] * 80 + ij_15[None, None, :, None] * 16
-    mo_15 = row_mask[:, None, None, None] & (ii_15[None, :, None, None] < 3) & (ij_15[None, None, :, None] < 5)
+    p0_15 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_15[None, None, :, None]
+    m0_15 = row_mask[:, None, None, None] & (ii_15[None, None, :, None] < 3)
+    p1_15 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_15[None, None, None, :]
+    m1_15 = row_mask[:, None, None, None] & (ij_15[None, None, None, :] < 5)
+    po_15 = scratch + 1792 + z[:, None, None, None] * 5696 + ii_15[None, None, :, None] * 5 + ij_15[None, None, None, :]
+    mo_15 = row_mask[:, None, None, None] & (ii_15[None, None, :, None] < 3) & (ij_15[None, None, None, :] < 5)
     for startu_15 in range(0, 16, 8):
         iu_15 = startu_15 + tl.arange(0, 8)
-        a0_15 = tl.load(p0_15 + iu_15[None, None, None, :] * 3, mask=m0_15, other=0.0)
-        a1_15 = tl.load(p1_15 + iu_15[None, None, None, :] * 5, mask=m1_15, other=0.0)
-        q_15 = po_15 + iu_15[None, None, None, :]
+        a0_15 = tl.load(p0_15 + iu_15[None, :, None, None] * 3, mask=m0_15, other=0.0)
+        a1_15 = tl.load(p1_15 + iu_15[None, :, None, None] * 5, mask=m1_15, other=0.0)
+        q_15 = po_15 + iu_15[None, :, None, None] * 15
         tl.store(q_15, tl.load(q_15, mask=mo_15, other=0.0) + a0_15 * a1_15, mask=mo_15)
     tl.debug_barrier()
     ik_16 = tl.arange(0, 4)
     ii_16 = tl.arange(0, 4)
     p0_16 = cg_1_2_1_ptr + 0 + ii_16[None, None, None, :, None] * 15 + ik_16[None, None, :, None, None]
     m0_16 = (ii_16[None, None, None, :, None] < 3) & (ik_16[None, None, :, None, None] < 3)
-    p1_16 = scratch + 1792 + z[:, None, None, None, None] * 5696 + ii_16[None, None, None, :, None] * 80
+    p1_16 = scratch + 1792 + z[:, None, None, None, None] * 5696 + ii_16[None, None, None, :, None] * 5
     m1_16 = row_mask[:, None, None, None, None] & (ii_16[None, None, None, :, None] < 3)
     po_16 = scratch + 384 + z[:, None, None] * 5696 + ik_16[None, None, :]
     mo_16 = row_mask[:, None, None] & (ik_16[None, None, :] < 3)
@@ -3637,7 +3626,7 @@ def _cormorant_cg_d2_weight_0_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
         for startj_16 in range(0, 5, 4):
             ij_16 = startj_16 + tl.arange(0, 4)
             a0_16 = tl.load(p0_16 + ij_16[None, None, None, None, :] * 3, mask=m0_16 & (ij_16[None, None, None, None, :] < 5), other=0.0)
-            a1_16 = tl.load(p1_16 + ij_16[None, None, None, None, :] * 16 + iu_16[None, :, None, None, None], mask=m1_16 & (ij_16[None, None, None, None, :] < 5), other=0.0)
+            a1_16 = tl.load(p1_16 + iu_16[None, :, None, None, None] * 15 + ij_16[None, None, None, None, :], mask=m1_16 & (ij_16[None, None, None, None, :] < 5), other=0.0)
             acc_16 += tl.sum(tl.sum(a0_16 * a1_16, axis=4), axis=3)
         q_16 = po_16 + iu_16[None, :, None] * 3
         tl.store(q_16, tl.load(q_16, mask=mo_16, other=0.0) + acc_16, mask=mo_16)
@@ -3667,7 +3656,7 @@ def _cormorant_cg_d2_weight_1_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     ii_18 = tl.arange(0, 4)
     p0_18 = cg_1_2_2_ptr + 0 + ii_18[None, None, None, :, None] * 25
     m0_18 = (ii_18[None, None, None, :, None] < 3)
-    p1_18 = scratch + 1792 + z[:, None, None, None, None] * 5696 + ii_18[None, None, None, :, None] * 80
+    p1_18 = scratch + 1792 + z[:, None, None, None, None] * 5696 + ii_18[None, None, None, :, None] * 5
     m1_18 = row_mask[:, None, None, None, None] & (ii_18[None, None, None, :, None] < 3)
     po_18 = scratch + 432 + z[:, None, None] * 5696
     mo_18 = row_mask[:, None, None]
@@ -3679,7 +3668,7 @@ def _cormorant_cg_d2_weight_1_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
             for startj_18 in range(0, 5, 4):
                 ij_18 = startj_18 + tl.arange(0, 4)
                 a0_18 = tl.load(p0_18 + ij_18[None, None, None, None, :] * 5 + ik_18[None, None, :, None, None], mask=m0_18 & (ij_18[None, None, None, None, :] < 5) & (ik_18[None, None, :, None, None] < 5), other=0.0)
-                a1_18 = tl.load(p1_18 + ij_18[None, None, None, None, :] * 16 + iu_18[None, :, None, None, None], mask=m1_18 & (ij_18[None, None, None, None, :] < 5), other=0.0)
+                a1_18 = tl.load(p1_18 + iu_18[None, :, None, None, None] * 15 + ij_18[None, None, None, None, :], mask=m1_18 & (ij_18[None, None, None, None, :] < 5), other=0.0)
                 acc_18 += tl.sum(tl.sum(a0_18 * a1_18, axis=4), axis=3)
             q_18 = po_18 + iu_18[None, :, None] * 5 + ik_18[None, None, :]
             tl.store(q_18, tl.load(q_18, mask=mo_18 & (ik_18[None, None, :] < 5), other=0.0) + acc_18, mask=mo_18 & (ik_18[None, None, :] < 5))
@@ -3697,35 +3686,34 @@ def _cormorant_cg_d2_weight_1_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     tl.store(q_19, tl.load(q_19, mask=mo_19, other=0.0) + a0_19 * a1_19 * 1.118033988749895, mask=mo_19)
     tl.debug_barrier()
     # p10 = (p4 ⊗ p4) -> 16x0
+    ii_20 = tl.arange(0, 8)
     ij_20 = tl.arange(0, 8)
-    p0_20 = f_ptr + 64 + z[:, None, None, None] * 144
-    m0_20 = row_mask[:, None, None, None]
-    p1_20 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_20[None, None, :, None]
-    m1_20 = row_mask[:, None, None, None] & (ij_20[None, None, :, None] < 5)
-    po_20 = scratch + 2032 + z[:, None, None, None] * 5696 + ij_20[None, None, :, None] * 16
-    mo_20 = row_mask[:, None, None, None] & (ij_20[None, None, :, None] < 5)
-    for starti_20 in range(0, 5, 4):
-        ii_20 = starti_20 + tl.arange(0, 4)
-        for startu_20 in range(0, 16, 8):
-            iu_20 = startu_20 + tl.arange(0, 8)
-            a0_20 = tl.load(p0_20 + iu_20[None, None, None, :] * 5 + ii_20[None, :, None, None], mask=m0_20 & (ii_20[None, :, None, None] < 5), other=0.0)
-            a1_20 = tl.load(p1_20 + iu_20[None, None, None, :] * 5, mask=m1_20, other=0.0)
-            q_20 = po_20 + ii_20[None, :, None, None] * 80 + iu_20[None, None, None, :]
-            tl.store(q_20, tl.load(q_20, mask=mo_20 & (ii_20[None, :, None, None] < 5), other=0.0) + a0_20 * a1_20, mask=mo_20 & (ii_20[None, :, None, None] < 5))
+    p0_20 = f_ptr + 64 + z[:, None, None, None] * 144 + ii_20[None, None, :, None]
+    m0_20 = row_mask[:, None, None, None] & (ii_20[None, None, :, None] < 5)
+    p1_20 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_20[None, None, None, :]
+    m1_20 = row_mask[:, None, None, None] & (ij_20[None, None, None, :] < 5)
+    po_20 = scratch + 2032 + z[:, None, None, None] * 5696 + ii_20[None, None, :, None] * 5 + ij_20[None, None, None, :]
+    mo_20 = row_mask[:, None, None, None] & (ii_20[None, None, :, None] < 5) & (ij_20[None, None, None, :] < 5)
+    for startu_20 in range(0, 16, 4):
+        iu_20 = startu_20 + tl.arange(0, 4)
+        a0_20 = tl.load(p0_20 + iu_20[None, :, None, None] * 5, mask=m0_20, other=0.0)
+        a1_20 = tl.load(p1_20 + iu_20[None, :, None, None] * 5, mask=m1_20, other=0.0)
+        q_20 = po_20 + iu_20[None, :, None, None] * 25
+        tl.store(q_20, tl.load(q_20, mask=mo_20, other=0.0) + a0_20 * a1_20, mask=mo_20)
     tl.debug_barrier()
     ik_21 = tl.arange(0, 1)
     ii_21 = tl.arange(0, 8)
     ij_21 = tl.arange(0, 8)
     p0_21 = cg_2_2_0_ptr + 0 + ii_21[None, None, None, :, None] * 5 + ij_21[None, None, None, None, :] + ik_21[None, None, :, None, None]
     m0_21 = (ii_21[None, None, None, :, None] < 5) & (ij_21[None, None, None, None, :] < 5)
-    p1_21 = scratch + 2032 + z[:, None, None, None, None] * 5696 + ii_21[None, None, None, :, None] * 80 + ij_21[None, None, None, None, :] * 16
+    p1_21 = scratch + 2032 + z[:, None, None, None, None] * 5696 + ii_21[None, None, None, :, None] * 5 + ij_21[None, None, None, None, :]
     m1_21 = row_mask[:, None, None, None, None] & (ii_21[None, None, None, :, None] < 5) & (ij_21[None, None, None, None, :] < 5)
     po_21 = scratch + 512 + z[:, None, None] * 5696 + ik_21[None, None, :]
     mo_21 = row_mask[:, None, None]
     for startu_21 in range(0, 16, 4):
         iu_21 = startu_21 + tl.arange(0, 4)
         a0_21 = tl.load(p0_21, mask=m0_21, other=0.0)
-        a1_21 = tl.load(p1_21 + iu_21[None, :, None, None, None], mask=m1_21, other=0.0)
+        a1_21 = tl.load(p1_21 + iu_21[None, :, None, None, None] * 25, mask=m1_21, other=0.0)
         q_21 = po_21 + iu_21[None, :, None]
         tl.store(q_21, tl.load(q_21, mask=mo_21, other=0.0) + tl.sum(tl.sum(a0_21 * a1_21, axis=4), axis=3), mask=mo_21)
     tl.debug_barrier()
@@ -3757,7 +3745,7 @@ def _cormorant_cg_d2_weight_1_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
                 for startj_23 in range(0, 5, 4):
                     ij_23 = startj_23 + tl.arange(0, 4)
                     a0_23 = tl.load(p0_23 + ii_23[None, None, None, :, None] * 25 + ij_23[None, None, None, None, :] * 5 + ik_23[None, None, :, None, None], mask=(ii_23[None, None, None, :, None] < 5) & (ij_23[None, None, None, None, :] < 5) & (ik_23[None, None, :, None, None] < 5), other=0.0)
-                    a1_23 = tl.load(p1_23 + ii_23[None, None, None, :, None] * 80 + ij_23[None, None, None, None, :] * 16 + iu_23[None, :, None, None, None], mask=m1_23 & (ii_23[None, None, None, :, None] < 5) & (ij_23[None, None, None, None, :] < 5), other=0.0)
+                    a1_23 = tl.load(p1_23 + iu_23[None, :, None, None, None] * 25 + ii_23[None, None, None, :, None] * 5 + ij_23[None, None, None, None, :], mask=m1_23 & (ii_23[None, None, None, :, None] < 5) & (ij_23[None, None, None, None, :] < 5), other=0.0)
                     acc_23 += tl.sum(tl.sum(a0_23 * a1_23, axis=4), axis=3)
             q_23 = po_23 + iu_23[None, :, None] * 5 + ik_23[None, None, :]
             tl.store(q_23, tl.load(q_23, mask=mo_23 & (ik_23[None, None, :] < 5), other=0.0) + acc_23, mask=mo_23 & (ik_23[None, None, :] < 5))
@@ -4388,21 +4376,20 @@ def _cormorant_cg_d2_weight_4_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     tl.store(q_65, tl.load(q_65) + tl.sum(tl.sum(a0_65 * a1_65, axis=2), axis=0) * 1.118033988749895)
     tl.debug_barrier()
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    ij_66 = tl.arange(0, 8)
     ik_66 = tl.arange(0, 8)
-    p0_66 = scratch + 1280 + z[:, None, None, None] * 5696 + ik_66[None, None, :, None]
-    m0_66 = row_mask[:, None, None, None] & (ik_66[None, None, :, None] < 5)
-    p1_66 = f_ptr + 64 + z[:, None, None, None] * 144
-    m1_66 = row_mask[:, None, None, None]
-    po_66 = scratch + 2432 + z[:, None, None, None] * 5696 + ik_66[None, None, :, None] * 16
-    mo_66 = row_mask[:, None, None, None] & (ik_66[None, None, :, None] < 5)
-    for startj_66 in range(0, 5, 4):
-        ij_66 = startj_66 + tl.arange(0, 4)
-        for startu_66 in range(0, 16, 8):
-            iu_66 = startu_66 + tl.arange(0, 8)
-            a0_66 = tl.load(p0_66 + iu_66[None, None, None, :] * 5, mask=m0_66, other=0.0)
-            a1_66 = tl.load(p1_66 + iu_66[None, None, None, :] * 5 + ij_66[None, :, None, None], mask=m1_66 & (ij_66[None, :, None, None] < 5), other=0.0)
-            q_66 = po_66 + ij_66[None, :, None, None] * 80 + iu_66[None, None, None, :]
-            tl.store(q_66, tl.load(q_66, mask=mo_66 & (ij_66[None, :, None, None] < 5), other=0.0) + a0_66 * a1_66, mask=mo_66 & (ij_66[None, :, None, None] < 5))
+    p0_66 = scratch + 1280 + z[:, None, None, None] * 5696 + ik_66[None, None, None, :]
+    m0_66 = row_mask[:, None, None, None] & (ik_66[None, None, None, :] < 5)
+    p1_66 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_66[None, None, :, None]
+    m1_66 = row_mask[:, None, None, None] & (ij_66[None, None, :, None] < 5)
+    po_66 = scratch + 2432 + z[:, None, None, None] * 5696 + ij_66[None, None, :, None] * 5 + ik_66[None, None, None, :]
+    mo_66 = row_mask[:, None, None, None] & (ij_66[None, None, :, None] < 5) & (ik_66[None, None, None, :] < 5)
+    for startu_66 in range(0, 16, 4):
+        iu_66 = startu_66 + tl.arange(0, 4)
+        a0_66 = tl.load(p0_66 + iu_66[None, :, None, None] * 5, mask=m0_66, other=0.0)
+        a1_66 = tl.load(p1_66 + iu_66[None, :, None, None] * 5, mask=m1_66, other=0.0)
+        q_66 = po_66 + iu_66[None, :, None, None] * 25
+        tl.store(q_66, tl.load(q_66, mask=mo_66, other=0.0) + a0_66 * a1_66, mask=mo_66)
     tl.debug_barrier()
     p0_67 = cg_2_2_2_ptr + 0
     p1_67 = scratch + 2432 + z[:, None, None, None, None] * 5696
@@ -4419,27 +4406,26 @@ def _cormorant_cg_d2_weight_4_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
                 for startk_67 in range(0, 5, 4):
                     ik_67 = startk_67 + tl.arange(0, 4)
                     a0_67 = tl.load(p0_67 + ii_67[None, None, :, None, None] * 25 + ij_67[None, None, None, :, None] * 5 + ik_67[None, None, None, None, :], mask=(ii_67[None, None, :, None, None] < 5) & (ij_67[None, None, None, :, None] < 5) & (ik_67[None, None, None, None, :] < 5), other=0.0)
-                    a1_67 = tl.load(p1_67 + ij_67[None, None, None, :, None] * 80 + ik_67[None, None, None, None, :] * 16 + iu_67[None, :, None, None, None], mask=m1_67 & (ij_67[None, None, None, :, None] < 5) & (ik_67[None, None, None, None, :] < 5), other=0.0)
+                    a1_67 = tl.load(p1_67 + iu_67[None, :, None, None, None] * 25 + ij_67[None, None, None, :, None] * 5 + ik_67[None, None, None, None, :], mask=m1_67 & (ij_67[None, None, None, :, None] < 5) & (ik_67[None, None, None, None, :] < 5), other=0.0)
                     acc_67 += tl.sum(tl.sum(a0_67 * a1_67, axis=4), axis=3)
             q_67 = po_67 + iu_67[None, :, None] * 5 + ii_67[None, None, :]
             tl.store(q_67, tl.load(q_67, mask=mo_67 & (ii_67[None, None, :] < 5), other=0.0) + acc_67, mask=mo_67 & (ii_67[None, None, :] < 5))
     tl.debug_barrier()
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     ik_68 = tl.arange(0, 8)
+    ii_68 = tl.arange(0, 8)
     p0_68 = scratch + 1280 + z[:, None, None, None] * 5696 + ik_68[None, None, :, None]
     m0_68 = row_mask[:, None, None, None] & (ik_68[None, None, :, None] < 5)
-    p1_68 = f_ptr + 64 + z[:, None, None, None] * 144
-    m1_68 = row_mask[:, None, None, None]
-    po_68 = scratch + 2832 + z[:, None, None, None] * 5696 + ik_68[None, None, :, None] * 16
-    mo_68 = row_mask[:, None, None, None] & (ik_68[None, None, :, None] < 5)
-    for starti_68 in range(0, 5, 4):
-        ii_68 = starti_68 + tl.arange(0, 4)
-        for startu_68 in range(0, 16, 8):
-            iu_68 = startu_68 + tl.arange(0, 8)
-            a0_68 = tl.load(p0_68 + iu_68[None, None, None, :] * 5, mask=m0_68, other=0.0)
-            a1_68 = tl.load(p1_68 + iu_68[None, None, None, :] * 5 + ii_68[None, :, None, None], mask=m1_68 & (ii_68[None, :, None, None] < 5), other=0.0)
-            q_68 = po_68 + ii_68[None, :, None, None] * 80 + iu_68[None, None, None, :]
-            tl.store(q_68, tl.load(q_68, mask=mo_68 & (ii_68[None, :, None, None] < 5), other=0.0) + a0_68 * a1_68, mask=mo_68 & (ii_68[None, :, None, None] < 5))
+    p1_68 = f_ptr + 64 + z[:, None, None, None] * 144 + ii_68[None, None, None, :]
+    m1_68 = row_mask[:, None, None, None] & (ii_68[None, None, None, :] < 5)
+    po_68 = scratch + 2832 + z[:, None, None, None] * 5696 + ik_68[None, None, :, None] * 5 + ii_68[None, None, None, :]
+    mo_68 = row_mask[:, None, None, None] & (ik_68[None, None, :, None] < 5) & (ii_68[None, None, None, :] < 5)
+    for startu_68 in range(0, 16, 4):
+        iu_68 = startu_68 + tl.arange(0, 4)
+        a0_68 = tl.load(p0_68 + iu_68[None, :, None, None] * 5, mask=m0_68, other=0.0)
+        a1_68 = tl.load(p1_68 + iu_68[None, :, None, None] * 5, mask=m1_68, other=0.0)
+        q_68 = po_68 + iu_68[None, :, None, None] * 25
+        tl.store(q_68, tl.load(q_68, mask=mo_68, other=0.0) + a0_68 * a1_68, mask=mo_68)
     tl.debug_barrier()
     p0_69 = cg_2_2_2_ptr + 0
     p1_69 = scratch + 2832 + z[:, None, None, None, None] * 5696
@@ -4456,7 +4442,7 @@ def _cormorant_cg_d2_weight_4_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
                 for startk_69 in range(0, 5, 4):
                     ik_69 = startk_69 + tl.arange(0, 4)
                     a0_69 = tl.load(p0_69 + ii_69[None, None, None, :, None] * 25 + ij_69[None, None, :, None, None] * 5 + ik_69[None, None, None, None, :], mask=(ii_69[None, None, None, :, None] < 5) & (ij_69[None, None, :, None, None] < 5) & (ik_69[None, None, None, None, :] < 5), other=0.0)
-                    a1_69 = tl.load(p1_69 + ii_69[None, None, None, :, None] * 80 + ik_69[None, None, None, None, :] * 16 + iu_69[None, :, None, None, None], mask=m1_69 & (ii_69[None, None, None, :, None] < 5) & (ik_69[None, None, None, None, :] < 5), other=0.0)
+                    a1_69 = tl.load(p1_69 + iu_69[None, :, None, None, None] * 25 + ik_69[None, None, None, None, :] * 5 + ii_69[None, None, None, :, None], mask=m1_69 & (ik_69[None, None, None, None, :] < 5) & (ii_69[None, None, None, :, None] < 5), other=0.0)
                     acc_69 += tl.sum(tl.sum(a0_69 * a1_69, axis=4), axis=3)
             q_69 = po_69 + iu_69[None, :, None] * 5 + ij_69[None, None, :]
             tl.store(q_69, tl.load(q_69, mask=mo_69 & (ij_69[None, None, :] < 5), other=0.0) + acc_69, mask=mo_69 & (ij_69[None, None, :] < 5))
@@ -4486,15 +4472,15 @@ def _cormorant_cg_d2_weight_4_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     tl.store(q_71, tl.load(q_71) + tl.sum(tl.sum(a0_71 * a1_71, axis=2), axis=0) * 0.5773502691896257)
     tl.debug_barrier()
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    ij_72 = tl.arange(0, 8)
-    ik_72 = tl.arange(0, 1)
     iu_72 = tl.arange(0, 16)
-    p0_72 = scratch + 1264 + z[:, None, None, None] * 5696 + iu_72[None, None, None, :] + ik_72[None, None, :, None]
+    ik_72 = tl.arange(0, 1)
+    ij_72 = tl.arange(0, 8)
+    p0_72 = scratch + 1264 + z[:, None, None, None] * 5696 + iu_72[None, :, None, None] + ik_72[None, None, :, None]
     m0_72 = row_mask[:, None, None, None]
-    p1_72 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_72[None, None, None, :] * 5 + ij_72[None, :, None, None]
-    m1_72 = row_mask[:, None, None, None] & (ij_72[None, :, None, None] < 5)
-    po_72 = scratch + 3232 + z[:, None, None, None] * 5696 + ij_72[None, :, None, None] * 16 + ik_72[None, None, :, None] * 16 + iu_72[None, None, None, :]
-    mo_72 = row_mask[:, None, None, None] & (ij_72[None, :, None, None] < 5)
+    p1_72 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_72[None, :, None, None] * 5 + ij_72[None, None, None, :]
+    m1_72 = row_mask[:, None, None, None] & (ij_72[None, None, None, :] < 5)
+    po_72 = scratch + 3232 + z[:, None, None, None] * 5696 + iu_72[None, :, None, None] * 5 + ik_72[None, None, :, None] * 5 + ij_72[None, None, None, :]
+    mo_72 = row_mask[:, None, None, None] & (ij_72[None, None, None, :] < 5)
     a0_72 = tl.load(p0_72, mask=m0_72, other=0.0)
     a1_72 = tl.load(p1_72, mask=m1_72, other=0.0)
     q_72 = po_72
@@ -4505,27 +4491,27 @@ def _cormorant_cg_d2_weight_4_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     ik_73 = tl.arange(0, 1)
     p0_73 = cg_2_2_0_ptr + 0 + ii_73[None, None, :, None, None] * 5 + ij_73[None, None, None, :, None] + ik_73[None, None, None, None, :]
     m0_73 = (ii_73[None, None, :, None, None] < 5) & (ij_73[None, None, None, :, None] < 5)
-    p1_73 = scratch + 3232 + z[:, None, None, None, None] * 5696 + ij_73[None, None, None, :, None] * 16 + ik_73[None, None, None, None, :] * 16
+    p1_73 = scratch + 3232 + z[:, None, None, None, None] * 5696 + ik_73[None, None, None, None, :] * 5 + ij_73[None, None, None, :, None]
     m1_73 = row_mask[:, None, None, None, None] & (ij_73[None, None, None, :, None] < 5)
     po_73 = d2_f_ptr + 64 + z[:, None, None] * 144 + ii_73[None, None, :]
     mo_73 = row_mask[:, None, None] & (ii_73[None, None, :] < 5)
     for startu_73 in range(0, 16, 4):
         iu_73 = startu_73 + tl.arange(0, 4)
         a0_73 = tl.load(p0_73, mask=m0_73, other=0.0)
-        a1_73 = tl.load(p1_73 + iu_73[None, :, None, None, None], mask=m1_73, other=0.0)
+        a1_73 = tl.load(p1_73 + iu_73[None, :, None, None, None] * 5, mask=m1_73, other=0.0)
         q_73 = po_73 + iu_73[None, :, None] * 5
         tl.store(q_73, tl.load(q_73, mask=mo_73, other=0.0) + tl.sum(tl.sum(a0_73 * a1_73, axis=4), axis=3), mask=mo_73)
     tl.debug_barrier()
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    ii_74 = tl.arange(0, 8)
-    ik_74 = tl.arange(0, 1)
     iu_74 = tl.arange(0, 16)
-    p0_74 = scratch + 1264 + z[:, None, None, None] * 5696 + iu_74[None, None, None, :] + ik_74[None, None, :, None]
+    ik_74 = tl.arange(0, 1)
+    ii_74 = tl.arange(0, 8)
+    p0_74 = scratch + 1264 + z[:, None, None, None] * 5696 + iu_74[None, :, None, None] + ik_74[None, None, :, None]
     m0_74 = row_mask[:, None, None, None]
-    p1_74 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_74[None, None, None, :] * 5 + ii_74[None, :, None, None]
-    m1_74 = row_mask[:, None, None, None] & (ii_74[None, :, None, None] < 5)
-    po_74 = scratch + 3312 + z[:, None, None, None] * 5696 + ii_74[None, :, None, None] * 16 + ik_74[None, None, :, None] * 16 + iu_74[None, None, None, :]
-    mo_74 = row_mask[:, None, None, None] & (ii_74[None, :, None, None] < 5)
+    p1_74 = f_ptr + 64 + z[:, None, None, None] * 144 + iu_74[None, :, None, None] * 5 + ii_74[None, None, None, :]
+    m1_74 = row_mask[:, None, None, None] & (ii_74[None, None, None, :] < 5)
+    po_74 = scratch + 3312 + z[:, None, None, None] * 5696 + iu_74[None, :, None, None] * 5 + ik_74[None, None, :, None] * 5 + ii_74[None, None, None, :]
+    mo_74 = row_mask[:, None, None, None] & (ii_74[None, None, None, :] < 5)
     a0_74 = tl.load(p0_74, mask=m0_74, other=0.0)
     a1_74 = tl.load(p1_74, mask=m1_74, other=0.0)
     q_74 = po_74
@@ -4536,14 +4522,14 @@ def _cormorant_cg_d2_weight_4_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     ik_75 = tl.arange(0, 1)
     p0_75 = cg_2_2_0_ptr + 0 + ii_75[None, None, None, :, None] * 5 + ij_75[None, None, :, None, None] + ik_75[None, None, None, None, :]
     m0_75 = (ii_75[None, None, None, :, None] < 5) & (ij_75[None, None, :, None, None] < 5)
-    p1_75 = scratch + 3312 + z[:, None, None, None, None] * 5696 + ii_75[None, None, None, :, None] * 16 + ik_75[None, None, None, None, :] * 16
+    p1_75 = scratch + 3312 + z[:, None, None, None, None] * 5696 + ik_75[None, None, None, None, :] * 5 + ii_75[None, None, None, :, None]
     m1_75 = row_mask[:, None, None, None, None] & (ii_75[None, None, None, :, None] < 5)
     po_75 = d2_f_ptr + 64 + z[:, None, None] * 144 + ij_75[None, None, :]
     mo_75 = row_mask[:, None, None] & (ij_75[None, None, :] < 5)
     for startu_75 in range(0, 16, 4):
         iu_75 = startu_75 + tl.arange(0, 4)
         a0_75 = tl.load(p0_75, mask=m0_75, other=0.0)
-        a1_75 = tl.load(p1_75 + iu_75[None, :, None, None, None], mask=m1_75, other=0.0)
+        a1_75 = tl.load(p1_75 + iu_75[None, :, None, None, None] * 5, mask=m1_75, other=0.0)
         q_75 = po_75 + iu_75[None, :, None] * 5
         tl.store(q_75, tl.load(q_75, mask=mo_75, other=0.0) + tl.sum(tl.sum(a0_75 * a1_75, axis=4), axis=3), mask=mo_75)
     tl.debug_barrier()
@@ -4572,21 +4558,20 @@ def _cormorant_cg_d2_weight_4_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     tl.store(q_77, tl.load(q_77) + tl.sum(tl.sum(a0_77 * a1_77, axis=2), axis=0) * 1.118033988749895)
     tl.debug_barrier()
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    ij_78 = tl.arange(0, 8)
     ik_78 = tl.arange(0, 8)
-    p0_78 = scratch + 1184 + z[:, None, None, None] * 5696 + ik_78[None, None, :, None]
-    m0_78 = row_mask[:, None, None, None] & (ik_78[None, None, :, None] < 5)
-    p1_78 = f_ptr + 64 + z[:, None, None, None] * 144
-    m1_78 = row_mask[:, None, None, None]
-    po_78 = scratch + 3392 + z[:, None, None, None] * 5696 + ik_78[None, None, :, None] * 16
-    mo_78 = row_mask[:, None, None, None] & (ik_78[None, None, :, None] < 5)
-    for startj_78 in range(0, 5, 4):
-        ij_78 = startj_78 + tl.arange(0, 4)
-        for startu_78 in range(0, 16, 8):
-            iu_78 = startu_78 + tl.arange(0, 8)
-            a0_78 = tl.load(p0_78 + iu_78[None, None, None, :] * 5, mask=m0_78, other=0.0)
-            a1_78 = tl.load(p1_78 + iu_78[None, None, None, :] * 5 + ij_78[None, :, None, None], mask=m1_78 & (ij_78[None, :, None, None] < 5), other=0.0)
-            q_78 = po_78 + ij_78[None, :, None, None] * 80 + iu_78[None, None, None, :]
-            tl.store(q_78, tl.load(q_78, mask=mo_78 & (ij_78[None, :, None, None] < 5), other=0.0) + a0_78 * a1_78, mask=mo_78 & (ij_78[None, :, None, None] < 5))
+    p0_78 = scratch + 1184 + z[:, None, None, None] * 5696 + ik_78[None, None, None, :]
+    m0_78 = row_mask[:, None, None, None] & (ik_78[None, None, None, :] < 5)
+    p1_78 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_78[None, None, :, None]
+    m1_78 = row_mask[:, None, None, None] & (ij_78[None, None, :, None] < 5)
+    po_78 = scratch + 3392 + z[:, None, None, None] * 5696 + ij_78[None, None, :, None] * 5 + ik_78[None, None, None, :]
+    mo_78 = row_mask[:, None, None, None] & (ij_78[None, None, :, None] < 5) & (ik_78[None, None, None, :] < 5)
+    for startu_78 in range(0, 16, 4):
+        iu_78 = startu_78 + tl.arange(0, 4)
+        a0_78 = tl.load(p0_78 + iu_78[None, :, None, None] * 5, mask=m0_78, other=0.0)
+        a1_78 = tl.load(p1_78 + iu_78[None, :, None, None] * 5, mask=m1_78, other=0.0)
+        q_78 = po_78 + iu_78[None, :, None, None] * 25
+        tl.store(q_78, tl.load(q_78, mask=mo_78, other=0.0) + a0_78 * a1_78, mask=mo_78)
     tl.debug_barrier()
     ii_79 = tl.arange(0, 4)
     p0_79 = cg_1_2_2_ptr + 0 + ii_79[None, None, :, None, None] * 25
@@ -4603,25 +4588,25 @@ def _cormorant_cg_d2_weight_4_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
             for startk_79 in range(0, 5, 4):
                 ik_79 = startk_79 + tl.arange(0, 4)
                 a0_79 = tl.load(p0_79 + ij_79[None, None, None, :, None] * 5 + ik_79[None, None, None, None, :], mask=m0_79 & (ij_79[None, None, None, :, None] < 5) & (ik_79[None, None, None, None, :] < 5), other=0.0)
-                a1_79 = tl.load(p1_79 + ij_79[None, None, None, :, None] * 80 + ik_79[None, None, None, None, :] * 16 + iu_79[None, :, None, None, None], mask=m1_79 & (ij_79[None, None, None, :, None] < 5) & (ik_79[None, None, None, None, :] < 5), other=0.0)
+                a1_79 = tl.load(p1_79 + iu_79[None, :, None, None, None] * 25 + ij_79[None, None, None, :, None] * 5 + ik_79[None, None, None, None, :], mask=m1_79 & (ij_79[None, None, None, :, None] < 5) & (ik_79[None, None, None, None, :] < 5), other=0.0)
                 acc_79 += tl.sum(tl.sum(a0_79 * a1_79, axis=4), axis=3)
         q_79 = po_79 + iu_79[None, :, None] * 3
         tl.store(q_79, tl.load(q_79, mask=mo_79, other=0.0) + acc_79, mask=mo_79)
     tl.debug_barrier()
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    ii_80 = tl.arange(0, 4)
     ik_80 = tl.arange(0, 8)
+    ii_80 = tl.arange(0, 4)
     p0_80 = scratch + 1184 + z[:, None, None, None] * 5696 + ik_80[None, None, :, None]
     m0_80 = row_mask[:, None, None, None] & (ik_80[None, None, :, None] < 5)
-    p1_80 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_80[None, :, None, None]
-    m1_80 = row_mask[:, None, None, None] & (ii_80[None, :, None, None] < 3)
-    po_80 = scratch + 3792 + z[:, None, None, None] * 5696 + ii_80[None, :, None, None] * 80 + ik_80[None, None, :, None] * 16
-    mo_80 = row_mask[:, None, None, None] & (ii_80[None, :, None, None] < 3) & (ik_80[None, None, :, None] < 5)
+    p1_80 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_80[None, None, None, :]
+    m1_80 = row_mask[:, None, None, None] & (ii_80[None, None, None, :] < 3)
+    po_80 = scratch + 3792 + z[:, None, None, None] * 5696 + ik_80[None, None, :, None] * 3 + ii_80[None, None, None, :]
+    mo_80 = row_mask[:, None, None, None] & (ik_80[None, None, :, None] < 5) & (ii_80[None, None, None, :] < 3)
     for startu_80 in range(0, 16, 8):
         iu_80 = startu_80 + tl.arange(0, 8)
-        a0_80 = tl.load(p0_80 + iu_80[None, None, None, :] * 5, mask=m0_80, other=0.0)
-        a1_80 = tl.load(p1_80 + iu_80[None, None, None, :] * 3, mask=m1_80, other=0.0)
-        q_80 = po_80 + iu_80[None, None, None, :]
+        a0_80 = tl.load(p0_80 + iu_80[None, :, None, None] * 5, mask=m0_80, other=0.0)
+        a1_80 = tl.load(p1_80 + iu_80[None, :, None, None] * 3, mask=m1_80, other=0.0)
+        q_80 = po_80 + iu_80[None, :, None, None] * 15
         tl.store(q_80, tl.load(q_80, mask=mo_80, other=0.0) + a0_80 * a1_80, mask=mo_80)
     tl.debug_barrier()
 
@@ -4636,7 +4621,7 @@ def _cormorant_cg_d2_weight_5_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     ii_81 = tl.arange(0, 4)
     p0_81 = cg_1_2_2_ptr + 0 + ii_81[None, None, None, :, None] * 25
     m0_81 = (ii_81[None, None, None, :, None] < 3)
-    p1_81 = scratch + 3792 + z[:, None, None, None, None] * 5696 + ii_81[None, None, None, :, None] * 80
+    p1_81 = scratch + 3792 + z[:, None, None, None, None] * 5696 + ii_81[None, None, None, :, None]
     m1_81 = row_mask[:, None, None, None, None] & (ii_81[None, None, None, :, None] < 3)
     po_81 = d2_f_ptr + 64 + z[:, None, None] * 144
     mo_81 = row_mask[:, None, None]
@@ -4648,7 +4633,7 @@ def _cormorant_cg_d2_weight_5_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
             for startk_81 in range(0, 5, 4):
                 ik_81 = startk_81 + tl.arange(0, 4)
                 a0_81 = tl.load(p0_81 + ij_81[None, None, :, None, None] * 5 + ik_81[None, None, None, None, :], mask=m0_81 & (ij_81[None, None, :, None, None] < 5) & (ik_81[None, None, None, None, :] < 5), other=0.0)
-                a1_81 = tl.load(p1_81 + ik_81[None, None, None, None, :] * 16 + iu_81[None, :, None, None, None], mask=m1_81 & (ik_81[None, None, None, None, :] < 5), other=0.0)
+                a1_81 = tl.load(p1_81 + iu_81[None, :, None, None, None] * 15 + ik_81[None, None, None, None, :] * 3, mask=m1_81 & (ik_81[None, None, None, None, :] < 5), other=0.0)
                 acc_81 += tl.sum(tl.sum(a0_81 * a1_81, axis=4), axis=3)
             q_81 = po_81 + iu_81[None, :, None] * 5 + ij_81[None, None, :]
             tl.store(q_81, tl.load(q_81, mask=mo_81 & (ij_81[None, None, :] < 5), other=0.0) + acc_81, mask=mo_81 & (ij_81[None, None, :] < 5))
@@ -4680,24 +4665,24 @@ def _cormorant_cg_d2_weight_5_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     ij_84 = tl.arange(0, 8)
     ik_84 = tl.arange(0, 4)
-    p0_84 = scratch + 1136 + z[:, None, None, None] * 5696 + ik_84[None, None, :, None]
-    m0_84 = row_mask[:, None, None, None] & (ik_84[None, None, :, None] < 3)
-    p1_84 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_84[None, :, None, None]
-    m1_84 = row_mask[:, None, None, None] & (ij_84[None, :, None, None] < 5)
-    po_84 = scratch + 4032 + z[:, None, None, None] * 5696 + ij_84[None, :, None, None] * 48 + ik_84[None, None, :, None] * 16
-    mo_84 = row_mask[:, None, None, None] & (ij_84[None, :, None, None] < 5) & (ik_84[None, None, :, None] < 3)
+    p0_84 = scratch + 1136 + z[:, None, None, None] * 5696 + ik_84[None, None, None, :]
+    m0_84 = row_mask[:, None, None, None] & (ik_84[None, None, None, :] < 3)
+    p1_84 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_84[None, None, :, None]
+    m1_84 = row_mask[:, None, None, None] & (ij_84[None, None, :, None] < 5)
+    po_84 = scratch + 4032 + z[:, None, None, None] * 5696 + ij_84[None, None, :, None] * 3 + ik_84[None, None, None, :]
+    mo_84 = row_mask[:, None, None, None] & (ij_84[None, None, :, None] < 5) & (ik_84[None, None, None, :] < 3)
     for startu_84 in range(0, 16, 8):
         iu_84 = startu_84 + tl.arange(0, 8)
-        a0_84 = tl.load(p0_84 + iu_84[None, None, None, :] * 3, mask=m0_84, other=0.0)
-        a1_84 = tl.load(p1_84 + iu_84[None, None, None, :] * 5, mask=m1_84, other=0.0)
-        q_84 = po_84 + iu_84[None, None, None, :]
+        a0_84 = tl.load(p0_84 + iu_84[None, :, None, None] * 3, mask=m0_84, other=0.0)
+        a1_84 = tl.load(p1_84 + iu_84[None, :, None, None] * 5, mask=m1_84, other=0.0)
+        q_84 = po_84 + iu_84[None, :, None, None] * 15
         tl.store(q_84, tl.load(q_84, mask=mo_84, other=0.0) + a0_84 * a1_84, mask=mo_84)
     tl.debug_barrier()
     ii_85 = tl.arange(0, 4)
     ik_85 = tl.arange(0, 4)
     p0_85 = cg_1_2_1_ptr + 0 + ii_85[None, None, :, None, None] * 15 + ik_85[None, None, None, None, :]
     m0_85 = (ii_85[None, None, :, None, None] < 3) & (ik_85[None, None, None, None, :] < 3)
-    p1_85 = scratch + 4032 + z[:, None, None, None, None] * 5696 + ik_85[None, None, None, None, :] * 16
+    p1_85 = scratch + 4032 + z[:, None, None, None, None] * 5696 + ik_85[None, None, None, None, :]
     m1_85 = row_mask[:, None, None, None, None] & (ik_85[None, None, None, None, :] < 3)
     po_85 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_85[None, None, :]
     mo_85 = row_mask[:, None, None] & (ii_85[None, None, :] < 3)
@@ -4707,21 +4692,21 @@ def _cormorant_cg_d2_weight_5_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
         for startj_85 in range(0, 5, 4):
             ij_85 = startj_85 + tl.arange(0, 4)
             a0_85 = tl.load(p0_85 + ij_85[None, None, None, :, None] * 3, mask=m0_85 & (ij_85[None, None, None, :, None] < 5), other=0.0)
-            a1_85 = tl.load(p1_85 + ij_85[None, None, None, :, None] * 48 + iu_85[None, :, None, None, None], mask=m1_85 & (ij_85[None, None, None, :, None] < 5), other=0.0)
+            a1_85 = tl.load(p1_85 + iu_85[None, :, None, None, None] * 15 + ij_85[None, None, None, :, None] * 3, mask=m1_85 & (ij_85[None, None, None, :, None] < 5), other=0.0)
             acc_85 += tl.sum(tl.sum(a0_85 * a1_85, axis=4), axis=3)
         q_85 = po_85 + iu_85[None, :, None] * 3
         tl.store(q_85, tl.load(q_85, mask=mo_85, other=0.0) + acc_85, mask=mo_85)
     tl.debug_barrier()
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    ii_86 = tl.arange(0, 4)
-    ik_86 = tl.arange(0, 4)
     iu_86 = tl.arange(0, 16)
-    p0_86 = scratch + 1136 + z[:, None, None, None] * 5696 + iu_86[None, None, None, :] * 3 + ik_86[None, None, :, None]
+    ik_86 = tl.arange(0, 4)
+    ii_86 = tl.arange(0, 4)
+    p0_86 = scratch + 1136 + z[:, None, None, None] * 5696 + iu_86[None, :, None, None] * 3 + ik_86[None, None, :, None]
     m0_86 = row_mask[:, None, None, None] & (ik_86[None, None, :, None] < 3)
-    p1_86 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_86[None, None, None, :] * 3 + ii_86[None, :, None, None]
-    m1_86 = row_mask[:, None, None, None] & (ii_86[None, :, None, None] < 3)
-    po_86 = scratch + 4272 + z[:, None, None, None] * 5696 + ii_86[None, :, None, None] * 48 + ik_86[None, None, :, None] * 16 + iu_86[None, None, None, :]
-    mo_86 = row_mask[:, None, None, None] & (ii_86[None, :, None, None] < 3) & (ik_86[None, None, :, None] < 3)
+    p1_86 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_86[None, :, None, None] * 3 + ii_86[None, None, None, :]
+    m1_86 = row_mask[:, None, None, None] & (ii_86[None, None, None, :] < 3)
+    po_86 = scratch + 4272 + z[:, None, None, None] * 5696 + iu_86[None, :, None, None] * 9 + ik_86[None, None, :, None] * 3 + ii_86[None, None, None, :]
+    mo_86 = row_mask[:, None, None, None] & (ik_86[None, None, :, None] < 3) & (ii_86[None, None, None, :] < 3)
     a0_86 = tl.load(p0_86, mask=m0_86, other=0.0)
     a1_86 = tl.load(p1_86, mask=m1_86, other=0.0)
     q_86 = po_86
@@ -4731,8 +4716,8 @@ def _cormorant_cg_d2_weight_5_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     ik_87 = tl.arange(0, 4)
     p0_87 = cg_1_2_1_ptr + 0 + ii_87[None, None, None, :, None] * 15 + ik_87[None, None, None, None, :]
     m0_87 = (ii_87[None, None, None, :, None] < 3) & (ik_87[None, None, None, None, :] < 3)
-    p1_87 = scratch + 4272 + z[:, None, None, None, None] * 5696 + ii_87[None, None, None, :, None] * 48 + ik_87[None, None, None, None, :] * 16
-    m1_87 = row_mask[:, None, None, None, None] & (ii_87[None, None, None, :, None] < 3) & (ik_87[None, None, None, None, :] < 3)
+    p1_87 = scratch + 4272 + z[:, None, None, None, None] * 5696 + ik_87[None, None, None, None, :] * 3 + ii_87[None, None, None, :, None]
+    m1_87 = row_mask[:, None, None, None, None] & (ik_87[None, None, None, None, :] < 3) & (ii_87[None, None, None, :, None] < 3)
     po_87 = d2_f_ptr + 64 + z[:, None, None] * 144
     mo_87 = row_mask[:, None, None]
     for startu_87 in range(0, 16, 4):
@@ -4740,7 +4725,7 @@ def _cormorant_cg_d2_weight_5_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
         for startj_87 in range(0, 5, 4):
             ij_87 = startj_87 + tl.arange(0, 4)
             a0_87 = tl.load(p0_87 + ij_87[None, None, :, None, None] * 3, mask=m0_87 & (ij_87[None, None, :, None, None] < 5), other=0.0)
-            a1_87 = tl.load(p1_87 + iu_87[None, :, None, None, None], mask=m1_87, other=0.0)
+            a1_87 = tl.load(p1_87 + iu_87[None, :, None, None, None] * 9, mask=m1_87, other=0.0)
             q_87 = po_87 + iu_87[None, :, None] * 5 + ij_87[None, None, :]
             tl.store(q_87, tl.load(q_87, mask=mo_87 & (ij_87[None, None, :] < 5), other=0.0) + tl.sum(tl.sum(a0_87 * a1_87, axis=4), axis=3), mask=mo_87 & (ij_87[None, None, :] < 5))
     tl.debug_barrier()
@@ -4771,24 +4756,24 @@ def _cormorant_cg_d2_weight_5_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     ij_90 = tl.arange(0, 4)
     ik_90 = tl.arange(0, 8)
-    p0_90 = scratch + 1056 + z[:, None, None, None] * 5696 + ik_90[None, None, :, None]
-    m0_90 = row_mask[:, None, None, None] & (ik_90[None, None, :, None] < 5)
-    p1_90 = f_ptr + 16 + z[:, None, None, None] * 144 + ij_90[None, :, None, None]
-    m1_90 = row_mask[:, None, None, None] & (ij_90[None, :, None, None] < 3)
-    po_90 = scratch + 4416 + z[:, None, None, None] * 5696 + ij_90[None, :, None, None] * 80 + ik_90[None, None, :, None] * 16
-    mo_90 = row_mask[:, None, None, None] & (ij_90[None, :, None, None] < 3) & (ik_90[None, None, :, None] < 5)
+    p0_90 = scratch + 1056 + z[:, None, None, None] * 5696 + ik_90[None, None, None, :]
+    m0_90 = row_mask[:, None, None, None] & (ik_90[None, None, None, :] < 5)
+    p1_90 = f_ptr + 16 + z[:, None, None, None] * 144 + ij_90[None, None, :, None]
+    m1_90 = row_mask[:, None, None, None] & (ij_90[None, None, :, None] < 3)
+    po_90 = scratch + 4416 + z[:, None, None, None] * 5696 + ij_90[None, None, :, None] * 5 + ik_90[None, None, None, :]
+    mo_90 = row_mask[:, None, None, None] & (ij_90[None, None, :, None] < 3) & (ik_90[None, None, None, :] < 5)
     for startu_90 in range(0, 16, 8):
         iu_90 = startu_90 + tl.arange(0, 8)
-        a0_90 = tl.load(p0_90 + iu_90[None, None, None, :] * 5, mask=m0_90, other=0.0)
-        a1_90 = tl.load(p1_90 + iu_90[None, None, None, :] * 3, mask=m1_90, other=0.0)
-        q_90 = po_90 + iu_90[None, None, None, :]
+        a0_90 = tl.load(p0_90 + iu_90[None, :, None, None] * 5, mask=m0_90, other=0.0)
+        a1_90 = tl.load(p1_90 + iu_90[None, :, None, None] * 3, mask=m1_90, other=0.0)
+        q_90 = po_90 + iu_90[None, :, None, None] * 15
         tl.store(q_90, tl.load(q_90, mask=mo_90, other=0.0) + a0_90 * a1_90, mask=mo_90)
     tl.debug_barrier()
     ii_91 = tl.arange(0, 4)
     ij_91 = tl.arange(0, 4)
     p0_91 = cg_1_1_2_ptr + 0 + ii_91[None, None, :, None, None] * 15 + ij_91[None, None, None, :, None] * 5
     m0_91 = (ii_91[None, None, :, None, None] < 3) & (ij_91[None, None, None, :, None] < 3)
-    p1_91 = scratch + 4416 + z[:, None, None, None, None] * 5696 + ij_91[None, None, None, :, None] * 80
+    p1_91 = scratch + 4416 + z[:, None, None, None, None] * 5696 + ij_91[None, None, None, :, None] * 5
     m1_91 = row_mask[:, None, None, None, None] & (ij_91[None, None, None, :, None] < 3)
     po_91 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_91[None, None, :]
     mo_91 = row_mask[:, None, None] & (ii_91[None, None, :] < 3)
@@ -4798,32 +4783,32 @@ def _cormorant_cg_d2_weight_5_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
         for startk_91 in range(0, 5, 4):
             ik_91 = startk_91 + tl.arange(0, 4)
             a0_91 = tl.load(p0_91 + ik_91[None, None, None, None, :], mask=m0_91 & (ik_91[None, None, None, None, :] < 5), other=0.0)
-            a1_91 = tl.load(p1_91 + ik_91[None, None, None, None, :] * 16 + iu_91[None, :, None, None, None], mask=m1_91 & (ik_91[None, None, None, None, :] < 5), other=0.0)
+            a1_91 = tl.load(p1_91 + iu_91[None, :, None, None, None] * 15 + ik_91[None, None, None, None, :], mask=m1_91 & (ik_91[None, None, None, None, :] < 5), other=0.0)
             acc_91 += tl.sum(tl.sum(a0_91 * a1_91, axis=4), axis=3)
         q_91 = po_91 + iu_91[None, :, None] * 3
         tl.store(q_91, tl.load(q_91, mask=mo_91, other=0.0) + acc_91, mask=mo_91)
     tl.debug_barrier()
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    ii_92 = tl.arange(0, 4)
     ik_92 = tl.arange(0, 8)
+    ii_92 = tl.arange(0, 4)
     p0_92 = scratch + 1056 + z[:, None, None, None] * 5696 + ik_92[None, None, :, None]
     m0_92 = row_mask[:, None, None, None] & (ik_92[None, None, :, None] < 5)
-    p1_92 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_92[None, :, None, None]
-    m1_92 = row_mask[:, None, None, None] & (ii_92[None, :, None, None] < 3)
-    po_92 = scratch + 4656 + z[:, None, None, None] * 5696 + ii_92[None, :, None, None] * 80 + ik_92[None, None, :, None] * 16
-    mo_92 = row_mask[:, None, None, None] & (ii_92[None, :, None, None] < 3) & (ik_92[None, None, :, None] < 5)
+    p1_92 = f_ptr + 16 + z[:, None, None, None] * 144 + ii_92[None, None, None, :]
+    m1_92 = row_mask[:, None, None, None] & (ii_92[None, None, None, :] < 3)
+    po_92 = scratch + 4656 + z[:, None, None, None] * 5696 + ik_92[None, None, :, None] * 3 + ii_92[None, None, None, :]
+    mo_92 = row_mask[:, None, None, None] & (ik_92[None, None, :, None] < 5) & (ii_92[None, None, None, :] < 3)
     for startu_92 in range(0, 16, 8):
         iu_92 = startu_92 + tl.arange(0, 8)
-        a0_92 = tl.load(p0_92 + iu_92[None, None, None, :] * 5, mask=m0_92, other=0.0)
-        a1_92 = tl.load(p1_92 + iu_92[None, None, None, :] * 3, mask=m1_92, other=0.0)
-        q_92 = po_92 + iu_92[None, None, None, :]
+        a0_92 = tl.load(p0_92 + iu_92[None, :, None, None] * 5, mask=m0_92, other=0.0)
+        a1_92 = tl.load(p1_92 + iu_92[None, :, None, None] * 3, mask=m1_92, other=0.0)
+        q_92 = po_92 + iu_92[None, :, None, None] * 15
         tl.store(q_92, tl.load(q_92, mask=mo_92, other=0.0) + a0_92 * a1_92, mask=mo_92)
     tl.debug_barrier()
     ij_93 = tl.arange(0, 4)
     ii_93 = tl.arange(0, 4)
     p0_93 = cg_1_1_2_ptr + 0 + ii_93[None, None, None, :, None] * 15 + ij_93[None, None, :, None, None] * 5
     m0_93 = (ii_93[None, None, None, :, None] < 3) & (ij_93[None, None, :, None, None] < 3)
-    p1_93 = scratch + 4656 + z[:, None, None, None, None] * 5696 + ii_93[None, None, None, :, None] * 80
+    p1_93 = scratch + 4656 + z[:, None, None, None, None] * 5696 + ii_93[None, None, None, :, None]
     m1_93 = row_mask[:, None, None, None, None] & (ii_93[None, None, None, :, None] < 3)
     po_93 = d2_f_ptr + 16 + z[:, None, None] * 144 + ij_93[None, None, :]
     mo_93 = row_mask[:, None, None] & (ij_93[None, None, :] < 3)
@@ -4833,7 +4818,7 @@ def _cormorant_cg_d2_weight_5_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
         for startk_93 in range(0, 5, 4):
             ik_93 = startk_93 + tl.arange(0, 4)
             a0_93 = tl.load(p0_93 + ik_93[None, None, None, None, :], mask=m0_93 & (ik_93[None, None, None, None, :] < 5), other=0.0)
-            a1_93 = tl.load(p1_93 + ik_93[None, None, None, None, :] * 16 + iu_93[None, :, None, None, None], mask=m1_93 & (ik_93[None, None, None, None, :] < 5), other=0.0)
+            a1_93 = tl.load(p1_93 + iu_93[None, :, None, None, None] * 15 + ik_93[None, None, None, None, :] * 3, mask=m1_93 & (ik_93[None, None, None, None, :] < 5), other=0.0)
             acc_93 += tl.sum(tl.sum(a0_93 * a1_93, axis=4), axis=3)
         q_93 = po_93 + iu_93[None, :, None] * 3
         tl.store(q_93, tl.load(q_93, mask=mo_93, other=0.0) + acc_93, mask=mo_93)
@@ -4863,15 +4848,15 @@ def _cormorant_cg_d2_weight_5_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     tl.store(q_95, tl.load(q_95) + tl.sum(tl.sum(a0_95 * a1_95, axis=2), axis=0) * 0.5773502691896257)
     tl.debug_barrier()
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    ij_96 = tl.arange(0, 4)
-    ik_96 = tl.arange(0, 1)
     iu_96 = tl.arange(0, 16)
-    p0_96 = scratch + 1040 + z[:, None, None, None] * 5696 + iu_96[None, None, None, :] + ik_96[None, None, :, None]
+    ik_96 = tl.arange(0, 1)
+    ij_96 = tl.arange(0, 4)
+    p0_96 = scratch + 1040 + z[:, None, None, None] * 5696 + iu_96[None, :, None, None] + ik_96[None, None, :, None]
     m0_96 = row_mask[:, None, None, None]
-    p1_96 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_96[None, None, None, :] * 3 + ij_96[None, :, None, None]
-    m1_96 = row_mask[:, None, None, None] & (ij_96[None, :, None, None] < 3)
-    po_96 = scratch + 4896 + z[:, None, None, None] * 5696 + ij_96[None, :, None, None] * 16 + ik_96[None, None, :, None] * 16 + iu_96[None, None, None, :]
-    mo_96 = row_mask[:, None, None, None] & (ij_96[None, :, None, None] < 3)
+    p1_96 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_96[None, :, None, None] * 3 + ij_96[None, None, None, :]
+    m1_96 = row_mask[:, None, None, None] & (ij_96[None, None, None, :] < 3)
+    po_96 = scratch + 4896 + z[:, None, None, None] * 5696 + iu_96[None, :, None, None] * 3 + ik_96[None, None, :, None] * 3 + ij_96[None, None, None, :]
+    mo_96 = row_mask[:, None, None, None] & (ij_96[None, None, None, :] < 3)
     a0_96 = tl.load(p0_96, mask=m0_96, other=0.0)
     a1_96 = tl.load(p1_96, mask=m1_96, other=0.0)
     q_96 = po_96
@@ -4892,7 +4877,7 @@ def _cormorant_cg_d2_weight_6_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     ik_97 = tl.arange(0, 1)
     p0_97 = cg_1_1_0_ptr + 0 + ii_97[None, None, :, None, None] * 3 + ij_97[None, None, None, :, None] + ik_97[None, None, None, None, :]
     m0_97 = (ii_97[None, None, :, None, None] < 3) & (ij_97[None, None, None, :, None] < 3)
-    p1_97 = scratch + 4896 + z[:, None, None, None, None] * 5696 + ij_97[None, None, None, :, None] * 16 + ik_97[None, None, None, None, :] * 16 + iu_97[None, :, None, None, None]
+    p1_97 = scratch + 4896 + z[:, None, None, None, None] * 5696 + iu_97[None, :, None, None, None] * 3 + ik_97[None, None, None, None, :] * 3 + ij_97[None, None, None, :, None]
     m1_97 = row_mask[:, None, None, None, None] & (ij_97[None, None, None, :, None] < 3)
     po_97 = d2_f_ptr + 16 + z[:, None, None] * 144 + iu_97[None, :, None] * 3 + ii_97[None, None, :]
     mo_97 = row_mask[:, None, None] & (ii_97[None, None, :] < 3)
@@ -4902,15 +4887,15 @@ def _cormorant_cg_d2_weight_6_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     tl.store(q_97, tl.load(q_97, mask=mo_97, other=0.0) + tl.sum(tl.sum(a0_97 * a1_97, axis=4), axis=3), mask=mo_97)
     tl.debug_barrier()
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    ii_98 = tl.arange(0, 4)
-    ik_98 = tl.arange(0, 1)
     iu_98 = tl.arange(0, 16)
-    p0_98 = scratch + 1040 + z[:, None, None, None] * 5696 + iu_98[None, None, None, :] + ik_98[None, None, :, None]
+    ik_98 = tl.arange(0, 1)
+    ii_98 = tl.arange(0, 4)
+    p0_98 = scratch + 1040 + z[:, None, None, None] * 5696 + iu_98[None, :, None, None] + ik_98[None, None, :, None]
     m0_98 = row_mask[:, None, None, None]
-    p1_98 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_98[None, None, None, :] * 3 + ii_98[None, :, None, None]
-    m1_98 = row_mask[:, None, None, None] & (ii_98[None, :, None, None] < 3)
-    po_98 = scratch + 4944 + z[:, None, None, None] * 5696 + ii_98[None, :, None, None] * 16 + ik_98[None, None, :, None] * 16 + iu_98[None, None, None, :]
-    mo_98 = row_mask[:, None, None, None] & (ii_98[None, :, None, None] < 3)
+    p1_98 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_98[None, :, None, None] * 3 + ii_98[None, None, None, :]
+    m1_98 = row_mask[:, None, None, None] & (ii_98[None, None, None, :] < 3)
+    po_98 = scratch + 4944 + z[:, None, None, None] * 5696 + iu_98[None, :, None, None] * 3 + ik_98[None, None, :, None] * 3 + ii_98[None, None, None, :]
+    mo_98 = row_mask[:, None, None, None] & (ii_98[None, None, None, :] < 3)
     a0_98 = tl.load(p0_98, mask=m0_98, other=0.0)
     a1_98 = tl.load(p1_98, mask=m1_98, other=0.0)
     q_98 = po_98
@@ -4922,7 +4907,7 @@ def _cormorant_cg_d2_weight_6_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     ik_99 = tl.arange(0, 1)
     p0_99 = cg_1_1_0_ptr + 0 + ii_99[None, None, None, :, None] * 3 + ij_99[None, None, :, None, None] + ik_99[None, None, None, None, :]
     m0_99 = (ii_99[None, None, None, :, None] < 3) & (ij_99[None, None, :, None, None] < 3)
-    p1_99 = scratch + 4944 + z[:, None, None, None, None] * 5696 + ii_99[None, None, None, :, None] * 16 + ik_99[None, None, None, None, :] * 16 + iu_99[None, :, None, None, None]
+    p1_99 = scratch + 4944 + z[:, None, None, None, None] * 5696 + iu_99[None, :, None, None, None] * 3 + ik_99[None, None, None, None, :] * 3 + ii_99[None, None, None, :, None]
     m1_99 = row_mask[:, None, None, None, None] & (ii_99[None, None, None, :, None] < 3)
     po_99 = d2_f_ptr + 16 + z[:, None, None] * 144 + iu_99[None, :, None] * 3 + ij_99[None, None, :]
     mo_99 = row_mask[:, None, None] & (ij_99[None, None, :] < 3)
@@ -4956,47 +4941,46 @@ def _cormorant_cg_d2_weight_6_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     tl.store(q_101, tl.load(q_101) + tl.sum(tl.sum(a0_101 * a1_101, axis=2), axis=0) * 1.118033988749895)
     tl.debug_barrier()
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    ij_102 = tl.arange(0, 8)
     ik_102 = tl.arange(0, 8)
-    p0_102 = scratch + 960 + z[:, None, None, None] * 5696 + ik_102[None, None, :, None]
-    m0_102 = row_mask[:, None, None, None] & (ik_102[None, None, :, None] < 5)
-    p1_102 = f_ptr + 64 + z[:, None, None, None] * 144
-    m1_102 = row_mask[:, None, None, None]
-    po_102 = scratch + 4992 + z[:, None, None, None] * 5696 + ik_102[None, None, :, None] * 16
-    mo_102 = row_mask[:, None, None, None] & (ik_102[None, None, :, None] < 5)
-    for startj_102 in range(0, 5, 4):
-        ij_102 = startj_102 + tl.arange(0, 4)
-        for startu_102 in range(0, 16, 8):
-            iu_102 = startu_102 + tl.arange(0, 8)
-            a0_102 = tl.load(p0_102 + iu_102[None, None, None, :] * 5, mask=m0_102, other=0.0)
-            a1_102 = tl.load(p1_102 + iu_102[None, None, None, :] * 5 + ij_102[None, :, None, None], mask=m1_102 & (ij_102[None, :, None, None] < 5), other=0.0)
-            q_102 = po_102 + ij_102[None, :, None, None] * 80 + iu_102[None, None, None, :]
-            tl.store(q_102, tl.load(q_102, mask=mo_102 & (ij_102[None, :, None, None] < 5), other=0.0) + a0_102 * a1_102, mask=mo_102 & (ij_102[None, :, None, None] < 5))
+    p0_102 = scratch + 960 + z[:, None, None, None] * 5696 + ik_102[None, None, None, :]
+    m0_102 = row_mask[:, None, None, None] & (ik_102[None, None, None, :] < 5)
+    p1_102 = f_ptr + 64 + z[:, None, None, None] * 144 + ij_102[None, None, :, None]
+    m1_102 = row_mask[:, None, None, None] & (ij_102[None, None, :, None] < 5)
+    po_102 = scratch + 4992 + z[:, None, None, None] * 5696 + ij_102[None, None, :, None] * 5 + ik_102[None, None, None, :]
+    mo_102 = row_mask[:, None, None, None] & (ij_102[None, None, :, None] < 5) & (ik_102[None, None, None, :] < 5)
+    for startu_102 in range(0, 16, 4):
+        iu_102 = startu_102 + tl.arange(0, 4)
+        a0_102 = tl.load(p0_102 + iu_102[None, :, None, None] * 5, mask=m0_102, other=0.0)
+        a1_102 = tl.load(p1_102 + iu_102[None, :, None, None] * 5, mask=m1_102, other=0.0)
+        q_102 = po_102 + iu_102[None, :, None, None] * 25
+        tl.store(q_102, tl.load(q_102, mask=mo_102, other=0.0) + a0_102 * a1_102, mask=mo_102)
     tl.debug_barrier()
     ii_103 = tl.arange(0, 1)
     ij_103 = tl.arange(0, 8)
     ik_103 = tl.arange(0, 8)
     p0_103 = cg_0_2_2_ptr + 0 + ii_103[None, None, :, None, None] * 25 + ij_103[None, None, None, :, None] * 5 + ik_103[None, None, None, None, :]
     m0_103 = (ij_103[None, None, None, :, None] < 5) & (ik_103[None, None, None, None, :] < 5)
-    p1_103 = scratch + 4992 + z[:, None, None, None, None] * 5696 + ij_103[None, None, None, :, None] * 80 + ik_103[None, None, None, None, :] * 16
+    p1_103 = scratch + 4992 + z[:, None, None, None, None] * 5696 + ij_103[None, None, None, :, None] * 5 + ik_103[None, None, None, None, :]
     m1_103 = row_mask[:, None, None, None, None] & (ij_103[None, None, None, :, None] < 5) & (ik_103[None, None, None, None, :] < 5)
     po_103 = d2_f_ptr + 0 + z[:, None, None] * 144 + ii_103[None, None, :]
     mo_103 = row_mask[:, None, None]
     for startu_103 in range(0, 16, 4):
         iu_103 = startu_103 + tl.arange(0, 4)
         a0_103 = tl.load(p0_103, mask=m0_103, other=0.0)
-        a1_103 = tl.load(p1_103 + iu_103[None, :, None, None, None], mask=m1_103, other=0.0)
+        a1_103 = tl.load(p1_103 + iu_103[None, :, None, None, None] * 25, mask=m1_103, other=0.0)
         q_103 = po_103 + iu_103[None, :, None]
         tl.store(q_103, tl.load(q_103, mask=mo_103, other=0.0) + tl.sum(tl.sum(a0_103 * a1_103, axis=4), axis=3), mask=mo_103)
     tl.debug_barrier()
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    ii_104 = tl.arange(0, 1)
-    ik_104 = tl.arange(0, 8)
     iu_104 = tl.arange(0, 16)
-    p0_104 = scratch + 960 + z[:, None, None, None] * 5696 + iu_104[None, None, None, :] * 5 + ik_104[None, None, :, None]
+    ik_104 = tl.arange(0, 8)
+    ii_104 = tl.arange(0, 1)
+    p0_104 = scratch + 960 + z[:, None, None, None] * 5696 + iu_104[None, :, None, None] * 5 + ik_104[None, None, :, None]
     m0_104 = row_mask[:, None, None, None] & (ik_104[None, None, :, None] < 5)
-    p1_104 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_104[None, None, None, :] + ii_104[None, :, None, None]
+    p1_104 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_104[None, :, None, None] + ii_104[None, None, None, :]
     m1_104 = row_mask[:, None, None, None]
-    po_104 = scratch + 5392 + z[:, None, None, None] * 5696 + ii_104[None, :, None, None] * 80 + ik_104[None, None, :, None] * 16 + iu_104[None, None, None, :]
+    po_104 = scratch + 5392 + z[:, None, None, None] * 5696 + iu_104[None, :, None, None] * 5 + ik_104[None, None, :, None] + ii_104[None, None, None, :]
     mo_104 = row_mask[:, None, None, None] & (ik_104[None, None, :, None] < 5)
     a0_104 = tl.load(p0_104, mask=m0_104, other=0.0)
     a1_104 = tl.load(p1_104, mask=m1_104, other=0.0)
@@ -5008,14 +4992,14 @@ def _cormorant_cg_d2_weight_6_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     ik_105 = tl.arange(0, 8)
     p0_105 = cg_0_2_2_ptr + 0 + ii_105[None, None, None, :, None] * 25 + ij_105[None, None, :, None, None] * 5 + ik_105[None, None, None, None, :]
     m0_105 = (ij_105[None, None, :, None, None] < 5) & (ik_105[None, None, None, None, :] < 5)
-    p1_105 = scratch + 5392 + z[:, None, None, None, None] * 5696 + ii_105[None, None, None, :, None] * 80 + ik_105[None, None, None, None, :] * 16
+    p1_105 = scratch + 5392 + z[:, None, None, None, None] * 5696 + ik_105[None, None, None, None, :] + ii_105[None, None, None, :, None]
     m1_105 = row_mask[:, None, None, None, None] & (ik_105[None, None, None, None, :] < 5)
     po_105 = d2_f_ptr + 64 + z[:, None, None] * 144 + ij_105[None, None, :]
     mo_105 = row_mask[:, None, None] & (ij_105[None, None, :] < 5)
     for startu_105 in range(0, 16, 4):
         iu_105 = startu_105 + tl.arange(0, 4)
         a0_105 = tl.load(p0_105, mask=m0_105, other=0.0)
-        a1_105 = tl.load(p1_105 + iu_105[None, :, None, None, None], mask=m1_105, other=0.0)
+        a1_105 = tl.load(p1_105 + iu_105[None, :, None, None, None] * 5, mask=m1_105, other=0.0)
         q_105 = po_105 + iu_105[None, :, None] * 5
         tl.store(q_105, tl.load(q_105, mask=mo_105, other=0.0) + tl.sum(tl.sum(a0_105 * a1_105, axis=4), axis=3), mask=mo_105)
     tl.debug_barrier()
@@ -5044,15 +5028,15 @@ def _cormorant_cg_d2_weight_6_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     tl.store(q_107, tl.load(q_107) + tl.sum(tl.sum(a0_107 * a1_107, axis=2), axis=0) * 1.224744871391589)
     tl.debug_barrier()
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    iu_108 = tl.arange(0, 16)
     ij_108 = tl.arange(0, 4)
     ik_108 = tl.arange(0, 4)
-    iu_108 = tl.arange(0, 16)
-    p0_108 = scratch + 912 + z[:, None, None, None] * 5696 + iu_108[None, None, None, :] * 3 + ik_108[None, None, :, None]
-    m0_108 = row_mask[:, None, None, None] & (ik_108[None, None, :, None] < 3)
-    p1_108 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_108[None, None, None, :] * 3 + ij_108[None, :, None, None]
-    m1_108 = row_mask[:, None, None, None] & (ij_108[None, :, None, None] < 3)
-    po_108 = scratch + 5472 + z[:, None, None, None] * 5696 + ij_108[None, :, None, None] * 48 + ik_108[None, None, :, None] * 16 + iu_108[None, None, None, :]
-    mo_108 = row_mask[:, None, None, None] & (ij_108[None, :, None, None] < 3) & (ik_108[None, None, :, None] < 3)
+    p0_108 = scratch + 912 + z[:, None, None, None] * 5696 + iu_108[None, :, None, None] * 3 + ik_108[None, None, None, :]
+    m0_108 = row_mask[:, None, None, None] & (ik_108[None, None, None, :] < 3)
+    p1_108 = f_ptr + 16 + z[:, None, None, None] * 144 + iu_108[None, :, None, None] * 3 + ij_108[None, None, :, None]
+    m1_108 = row_mask[:, None, None, None] & (ij_108[None, None, :, None] < 3)
+    po_108 = scratch + 5472 + z[:, None, None, None] * 5696 + iu_108[None, :, None, None] * 9 + ij_108[None, None, :, None] * 3 + ik_108[None, None, None, :]
+    mo_108 = row_mask[:, None, None, None] & (ij_108[None, None, :, None] < 3) & (ik_108[None, None, None, :] < 3)
     a0_108 = tl.load(p0_108, mask=m0_108, other=0.0)
     a1_108 = tl.load(p1_108, mask=m1_108, other=0.0)
     q_108 = po_108
@@ -5064,7 +5048,7 @@ def _cormorant_cg_d2_weight_6_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     ik_109 = tl.arange(0, 4)
     p0_109 = cg_0_1_1_ptr + 0 + ii_109[None, None, :, None, None] * 9 + ij_109[None, None, None, :, None] * 3 + ik_109[None, None, None, None, :]
     m0_109 = (ij_109[None, None, None, :, None] < 3) & (ik_109[None, None, None, None, :] < 3)
-    p1_109 = scratch + 5472 + z[:, None, None, None, None] * 5696 + ij_109[None, None, None, :, None] * 48 + ik_109[None, None, None, None, :] * 16 + iu_109[None, :, None, None, None]
+    p1_109 = scratch + 5472 + z[:, None, None, None, None] * 5696 + iu_109[None, :, None, None, None] * 9 + ij_109[None, None, None, :, None] * 3 + ik_109[None, None, None, None, :]
     m1_109 = row_mask[:, None, None, None, None] & (ij_109[None, None, None, :, None] < 3) & (ik_109[None, None, None, None, :] < 3)
     po_109 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_109[None, :, None] + ii_109[None, None, :]
     mo_109 = row_mask[:, None, None]
@@ -5074,14 +5058,14 @@ def _cormorant_cg_d2_weight_6_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     tl.store(q_109, tl.load(q_109, mask=mo_109, other=0.0) + tl.sum(tl.sum(a0_109 * a1_109, axis=4), axis=3), mask=mo_109)
     tl.debug_barrier()
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    ii_110 = tl.arange(0, 1)
-    ik_110 = tl.arange(0, 4)
     iu_110 = tl.arange(0, 16)
-    p0_110 = scratch + 912 + z[:, None, None, None] * 5696 + iu_110[None, None, None, :] * 3 + ik_110[None, None, :, None]
+    ik_110 = tl.arange(0, 4)
+    ii_110 = tl.arange(0, 1)
+    p0_110 = scratch + 912 + z[:, None, None, None] * 5696 + iu_110[None, :, None, None] * 3 + ik_110[None, None, :, None]
     m0_110 = row_mask[:, None, None, None] & (ik_110[None, None, :, None] < 3)
-    p1_110 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_110[None, None, None, :] + ii_110[None, :, None, None]
+    p1_110 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_110[None, :, None, None] + ii_110[None, None, None, :]
     m1_110 = row_mask[:, None, None, None]
-    po_110 = scratch + 5616 + z[:, None, None, None] * 5696 + ii_110[None, :, None, None] * 48 + ik_110[None, None, :, None] * 16 + iu_110[None, None, None, :]
+    po_110 = scratch + 5616 + z[:, None, None, None] * 5696 + iu_110[None, :, None, None] * 3 + ik_110[None, None, :, None] + ii_110[None, None, None, :]
     mo_110 = row_mask[:, None, None, None] & (ik_110[None, None, :, None] < 3)
     a0_110 = tl.load(p0_110, mask=m0_110, other=0.0)
     a1_110 = tl.load(p1_110, mask=m1_110, other=0.0)
@@ -5094,7 +5078,7 @@ def _cormorant_cg_d2_weight_6_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     ik_111 = tl.arange(0, 4)
     p0_111 = cg_0_1_1_ptr + 0 + ii_111[None, None, None, :, None] * 9 + ij_111[None, None, :, None, None] * 3 + ik_111[None, None, None, None, :]
     m0_111 = (ij_111[None, None, :, None, None] < 3) & (ik_111[None, None, None, None, :] < 3)
-    p1_111 = scratch + 5616 + z[:, None, None, None, None] * 5696 + ii_111[None, None, None, :, None] * 48 + ik_111[None, None, None, None, :] * 16 + iu_111[None, :, None, None, None]
+    p1_111 = scratch + 5616 + z[:, None, None, None, None] * 5696 + iu_111[None, :, None, None, None] * 3 + ik_111[None, None, None, None, :] + ii_111[None, None, None, :, None]
     m1_111 = row_mask[:, None, None, None, None] & (ik_111[None, None, None, None, :] < 3)
     po_111 = d2_f_ptr + 16 + z[:, None, None] * 144 + iu_111[None, :, None] * 3 + ij_111[None, None, :]
     mo_111 = row_mask[:, None, None] & (ij_111[None, None, :] < 3)
@@ -5137,14 +5121,14 @@ def _cormorant_cg_d2_weight_7_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     tl.store(q_113, tl.load(q_113) + tl.sum(tl.sum(a0_113 * a1_113, axis=2), axis=0) * 0.5773502691896257)
     tl.debug_barrier()
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    ij_114 = tl.arange(0, 1)
-    ik_114 = tl.arange(0, 1)
     iu_114 = tl.arange(0, 16)
-    p0_114 = scratch + 896 + z[:, None, None, None] * 5696 + iu_114[None, None, None, :] + ik_114[None, None, :, None]
+    ik_114 = tl.arange(0, 1)
+    ij_114 = tl.arange(0, 1)
+    p0_114 = scratch + 896 + z[:, None, None, None] * 5696 + iu_114[None, :, None, None] + ik_114[None, None, :, None]
     m0_114 = row_mask[:, None, None, None]
-    p1_114 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_114[None, None, None, :] + ij_114[None, :, None, None]
+    p1_114 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_114[None, :, None, None] + ij_114[None, None, None, :]
     m1_114 = row_mask[:, None, None, None]
-    po_114 = scratch + 5664 + z[:, None, None, None] * 5696 + ij_114[None, :, None, None] * 16 + ik_114[None, None, :, None] * 16 + iu_114[None, None, None, :]
+    po_114 = scratch + 5664 + z[:, None, None, None] * 5696 + iu_114[None, :, None, None] + ik_114[None, None, :, None] + ij_114[None, None, None, :]
     mo_114 = row_mask[:, None, None, None]
     a0_114 = tl.load(p0_114, mask=m0_114, other=0.0)
     a1_114 = tl.load(p1_114, mask=m1_114, other=0.0)
@@ -5156,7 +5140,7 @@ def _cormorant_cg_d2_weight_7_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     ij_115 = tl.arange(0, 1)
     ik_115 = tl.arange(0, 1)
     p0_115 = cg_0_0_0_ptr + 0 + ii_115[None, None, :, None, None] + ij_115[None, None, None, :, None] + ik_115[None, None, None, None, :]
-    p1_115 = scratch + 5664 + z[:, None, None, None, None] * 5696 + ij_115[None, None, None, :, None] * 16 + ik_115[None, None, None, None, :] * 16 + iu_115[None, :, None, None, None]
+    p1_115 = scratch + 5664 + z[:, None, None, None, None] * 5696 + iu_115[None, :, None, None, None] + ik_115[None, None, None, None, :] + ij_115[None, None, None, :, None]
     m1_115 = row_mask[:, None, None, None, None]
     po_115 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_115[None, :, None] + ii_115[None, None, :]
     mo_115 = row_mask[:, None, None]
@@ -5166,14 +5150,14 @@ def _cormorant_cg_d2_weight_7_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     tl.store(q_115, tl.load(q_115, mask=mo_115, other=0.0) + tl.sum(tl.sum(a0_115 * a1_115, axis=4), axis=3), mask=mo_115)
     tl.debug_barrier()
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    ii_116 = tl.arange(0, 1)
-    ik_116 = tl.arange(0, 1)
     iu_116 = tl.arange(0, 16)
-    p0_116 = scratch + 896 + z[:, None, None, None] * 5696 + iu_116[None, None, None, :] + ik_116[None, None, :, None]
+    ik_116 = tl.arange(0, 1)
+    ii_116 = tl.arange(0, 1)
+    p0_116 = scratch + 896 + z[:, None, None, None] * 5696 + iu_116[None, :, None, None] + ik_116[None, None, :, None]
     m0_116 = row_mask[:, None, None, None]
-    p1_116 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_116[None, None, None, :] + ii_116[None, :, None, None]
+    p1_116 = f_ptr + 0 + z[:, None, None, None] * 144 + iu_116[None, :, None, None] + ii_116[None, None, None, :]
     m1_116 = row_mask[:, None, None, None]
-    po_116 = scratch + 5680 + z[:, None, None, None] * 5696 + ii_116[None, :, None, None] * 16 + ik_116[None, None, :, None] * 16 + iu_116[None, None, None, :]
+    po_116 = scratch + 5680 + z[:, None, None, None] * 5696 + iu_116[None, :, None, None] + ik_116[None, None, :, None] + ii_116[None, None, None, :]
     mo_116 = row_mask[:, None, None, None]
     a0_116 = tl.load(p0_116, mask=m0_116, other=0.0)
     a1_116 = tl.load(p1_116, mask=m1_116, other=0.0)
@@ -5185,7 +5169,7 @@ def _cormorant_cg_d2_weight_7_kernel(f_ptr, d_g_ptr, d2_d_weight_ptr, weight_ptr
     ii_117 = tl.arange(0, 1)
     ik_117 = tl.arange(0, 1)
     p0_117 = cg_0_0_0_ptr + 0 + ii_117[None, None, None, :, None] + ij_117[None, None, :, None, None] + ik_117[None, None, None, None, :]
-    p1_117 = scratch + 5680 + z[:, None, None, None, None] * 5696 + ii_117[None, None, None, :, None] * 16 + ik_117[None, None, None, None, :] * 16 + iu_117[None, :, None, None, None]
+    p1_117 = scratch + 5680 + z[:, None, None, None, None] * 5696 + iu_117[None, :, None, None, None] + ik_117[None, None, None, None, :] + ii_117[None, None, None, :, None]
     m1_117 = row_mask[:, None, None, None, None]
     po_117 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_117[None, :, None] + ij_117[None, None, :]
     mo_117 = row_mask[:, None, None]
@@ -5220,44 +5204,44 @@ def _cormorant_cg_d2_weight(
     """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight: f (n, 144), d_g (n, 144), d2_d_weight (1680,) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
     n = f.shape[0]
     # p1 = (p0 ⊗ p0) -> 16x0
-    _c0 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
+    _c0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
     p_0 = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p3 = (p0 ⊗ p2) -> 16x1
-    _c1 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3))
-    _p3 = torch.einsum("ijk,ziju->zuk", cg_0_1_1, _c1)
+    _c1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
     p_1 = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p5 = (p0 ⊗ p4) -> 16x2
-    _c2 = torch.einsum("zui,zuj->ziju", f[:, 0:16].reshape(n, 16, 1), f[:, 64:144].reshape(n, 16, 5))
-    _p5 = torch.einsum("ijk,ziju->zuk", cg_0_2_2, _c2)
+    _c2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _p5 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
     p_2 = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p6 = (p2 ⊗ p2) -> 16x0
-    _c3 = torch.einsum("zui,zuj->ziju", f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
-    _p6 = torch.einsum("ijk,ziju->zuk", cg_1_1_0, _c3)
+    _c3 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     p_3 = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p7 = (p2 ⊗ p2) -> 16x2
-    _p7 = torch.einsum("ijk,ziju->zuk", cg_1_1_2, _c3)
+    _p7 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     p_4 = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p8 = (p2 ⊗ p4) -> 16x1
-    _c4 = torch.einsum("zui,zuj->ziju", f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
-    _p8 = torch.einsum("ijk,ziju->zuk", cg_1_2_1, _c4)
+    _c4 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _p8 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     p_5 = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p9 = (p2 ⊗ p4) -> 16x2
-    _p9 = torch.einsum("ijk,ziju->zuk", cg_1_2_2, _c4)
+    _p9 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     p_6 = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p10 = (p4 ⊗ p4) -> 16x0
-    _c5 = torch.einsum("zui,zuj->ziju", f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
-    _p10 = torch.einsum("ijk,ziju->zuk", cg_2_2_0, _c5)
+    _c5 = f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _p10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     p_7 = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p11 = (p4 ⊗ p4) -> 16x2
-    _p11 = torch.einsum("ijk,ziju->zuk", cg_2_2_2, _c5)
+    _p11 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     p_8 = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # ∂/∂p: 16x2 -> 16x2
-    d_p_9 = torch.einsum("zwi,uw->zui", d_g[:, 64:144].reshape(n, 16, 5), (weight[656:912].view(16, 16) * 0.25))
+    d_p_9 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_10 = torch.einsum("zwi,uw->zui", d_g[:, 16:64].reshape(n, 16, 3), (weight[400:656].view(16, 16) * 0.25))
+    d_p_10 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_11 = torch.einsum("zwi,uw->zui", d_g[:, 0:16].reshape(n, 16, 1), (weight[144:400].view(16, 16) * 0.25))
+    d_p_11 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d2_d_p_12 = (d2_d_weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p1.reshape(n, 16, 1)
     d_p = torch.cat([
         d_p_11.reshape(n, 16),
@@ -5287,131 +5271,131 @@ def _cormorant_cg_d2_weight(
         (p_1 + p_5).reshape(n, 48),
         (p_2 + p_4 + p_6 + p_8).reshape(n, 80),
     ], dim=-1)
-    d2_d_g_30 = torch.einsum("uw,zui->zwi", (d2_d_weight[144:400].view(16, 16) * 0.25), p[:, 0:16].reshape(n, 16, 1))
+    d2_d_g_30 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x0 -> 16x0
-    d2_p_31 = torch.einsum("uw,zwi->zui", (d2_d_weight[144:400].view(16, 16) * 0.25), d_g[:, 0:16].reshape(n, 16, 1))
+    d2_p_31 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[144:400].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
         (d2_d_p_12 + d2_d_p_18 + d2_d_p_26).reshape(n, 16),
         (d2_d_p_14 + d2_d_p_22).reshape(n, 48),
         (d2_d_p_16 + d2_d_p_20 + d2_d_p_24 + d2_d_p_28).reshape(n, 80),
     ], dim=-1)
-    d2_d_g_32 = torch.einsum("zui,uw->zwi", d2_d_p[:, 0:16].reshape(n, 16, 1), (weight[144:400].view(16, 16) * 0.25))
+    d2_d_g_32 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_33 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25), d_g[:, 0:16].reshape(n, 16, 1))
+    d2_weight_33 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1
-    d2_d_g_34 = torch.einsum("uw,zui->zwi", (d2_d_weight[400:656].view(16, 16) * 0.25), p[:, 16:64].reshape(n, 16, 3))
+    d2_d_g_34 = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x1 -> 16x1
-    d2_p_35 = torch.einsum("uw,zwi->zui", (d2_d_weight[400:656].view(16, 16) * 0.25), d_g[:, 16:64].reshape(n, 16, 3))
+    d2_p_35 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[400:656].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂p: 16x1 -> 16x1
-    d2_d_g_36 = torch.einsum("zui,uw->zwi", d2_d_p[:, 16:64].reshape(n, 16, 3), (weight[400:656].view(16, 16) * 0.25))
+    d2_d_g_36 = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_37 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25), d_g[:, 16:64].reshape(n, 16, 3))
+    d2_weight_37 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2
-    d2_d_g_38 = torch.einsum("uw,zui->zwi", (d2_d_weight[656:912].view(16, 16) * 0.25), p[:, 64:144].reshape(n, 16, 5))
+    d2_d_g_38 = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
-    d2_p_39 = torch.einsum("uw,zwi->zui", (d2_d_weight[656:912].view(16, 16) * 0.25), d_g[:, 64:144].reshape(n, 16, 5))
+    d2_p_39 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[656:912].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
-    d2_d_g_40 = torch.einsum("zui,uw->zwi", d2_d_p[:, 64:144].reshape(n, 16, 5), (weight[656:912].view(16, 16) * 0.25))
+    d2_d_g_40 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_41 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25), d_g[:, 64:144].reshape(n, 16, 5))
+    d2_weight_41 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0
-    d2_d_g_42 = torch.einsum("uw,zui->zwi", (d2_d_weight[912:1168].view(16, 16) * 0.25), f[:, 0:16].reshape(n, 16, 1))
+    d2_d_g_42 = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[912:1168].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂f: ∂/∂weight: 16x0 -> 16x0
-    d2_f_43 = torch.einsum("uw,zwi->zui", (d2_d_weight[912:1168].view(16, 16) * 0.25), d_g[:, 0:16].reshape(n, 16, 1))
+    d2_f_43 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[912:1168].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1
-    d2_d_g_44 = torch.einsum("uw,zui->zwi", (d2_d_weight[1168:1424].view(16, 16) * 0.25), f[:, 16:64].reshape(n, 16, 3))
+    d2_d_g_44 = torch.mm(f[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[1168:1424].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂f: ∂/∂weight: 16x1 -> 16x1
-    d2_f_45 = torch.einsum("uw,zwi->zui", (d2_d_weight[1168:1424].view(16, 16) * 0.25), d_g[:, 16:64].reshape(n, 16, 3))
+    d2_f_45 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[1168:1424].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2
-    d2_d_g_46 = torch.einsum("uw,zui->zwi", (d2_d_weight[1424:1680].view(16, 16) * 0.25), f[:, 64:144].reshape(n, 16, 5))
+    d2_d_g_46 = torch.mm(f[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[1424:1680].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂f: ∂/∂weight: 16x2 -> 16x2
-    d2_f_47 = torch.einsum("uw,zwi->zui", (d2_d_weight[1424:1680].view(16, 16) * 0.25), d_g[:, 64:144].reshape(n, 16, 5))
+    d2_f_47 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[1424:1680].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zwi->zui
     d2_p = torch.cat([
         d2_p_31.reshape(n, 16),
         d2_p_35.reshape(n, 48),
         d2_p_39.reshape(n, 80),
     ], dim=-1)
     d2__p11_48 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_49 = torch.einsum("zui,zui->u", (d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p11)
+    d2_weight_49 = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p11.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     d2__p11 = d2__p11_29 + d2__p11_48
-    _c6 = torch.einsum("zuk,zuj->zjku", d2__p11, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_50 = torch.einsum("ijk,zjku->zui", cg_2_2_2, _c6)
+    _c6 = d2__p11.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d2_f_50 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _c7 = torch.einsum("zuk,zui->ziku", d2__p11, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_51 = torch.einsum("ijk,ziku->zuj", cg_2_2_2, _c7)
+    _c7 = d2__p11.reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_f_51 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
     d2__p10_52 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_53 = torch.einsum("zui,zui->u", (d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p10)
+    d2_weight_53 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     d2__p10 = d2__p10_27 + d2__p10_52
-    _c8 = torch.einsum("zuk,zuj->zjku", d2__p10, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_54 = torch.einsum("ijk,zjku->zui", cg_2_2_0, _c8)
+    _c8 = d2__p10.reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_f_54 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _c9 = torch.einsum("zuk,zui->ziku", d2__p10, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_55 = torch.einsum("ijk,ziku->zuj", cg_2_2_0, _c9)
+    _c9 = d2__p10.reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_f_55 = torch.mm(_c9.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
     d2__p9_56 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_57 = torch.einsum("zui,zui->u", (d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p9)
+    d2_weight_57 = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     d2__p9 = d2__p9_25 + d2__p9_56
-    _c10 = torch.einsum("zuk,zuj->zjku", d2__p9, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_58 = torch.einsum("ijk,zjku->zui", cg_1_2_2, _c10)
+    _c10 = d2__p9.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d2_f_58 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _c11 = torch.einsum("zuk,zui->ziku", d2__p9, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_59 = torch.einsum("ijk,ziku->zuj", cg_1_2_2, _c11)
+    _c11 = d2__p9.reshape(n, 16, 5, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_f_59 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
     d2__p8_60 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d2_weight_61 = torch.einsum("zui,zui->u", (d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589), _p8)
+    d2_weight_61 = torch.bmm((d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p8.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     d2__p8 = d2__p8_23 + d2__p8_60
-    _c12 = torch.einsum("zuk,zuj->zjku", d2__p8, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_62 = torch.einsum("ijk,zjku->zui", cg_1_2_1, _c12)
+    _c12 = d2__p8.reshape(n, 16, 1, 3) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d2_f_62 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _c13 = torch.einsum("zuk,zui->ziku", d2__p8, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_63 = torch.einsum("ijk,ziku->zuj", cg_1_2_1, _c13)
+    _c13 = d2__p8.reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_f_63 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
     d2__p7_64 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_65 = torch.einsum("zui,zui->u", (d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p7)
+    d2_weight_65 = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p7.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     d2__p7 = d2__p7_21 + d2__p7_64
-    _c14 = torch.einsum("zuk,zuj->zjku", d2__p7, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_66 = torch.einsum("ijk,zjku->zui", cg_1_1_2, _c14)
+    _c14 = d2__p7.reshape(n, 16, 1, 5) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    d2_f_66 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _c15 = torch.einsum("zuk,zui->ziku", d2__p7, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_67 = torch.einsum("ijk,ziku->zuj", cg_1_1_2, _c15)
+    _c15 = d2__p7.reshape(n, 16, 5, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_f_67 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
     d2__p6_68 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_69 = torch.einsum("zui,zui->u", (d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p6)
+    d2_weight_69 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     d2__p6 = d2__p6_19 + d2__p6_68
-    _c16 = torch.einsum("zuk,zuj->zjku", d2__p6, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_70 = torch.einsum("ijk,zjku->zui", cg_1_1_0, _c16)
+    _c16 = d2__p6.reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_f_70 = torch.mm(_c16.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _c17 = torch.einsum("zuk,zui->ziku", d2__p6, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_71 = torch.einsum("ijk,ziku->zuj", cg_1_1_0, _c17)
+    _c17 = d2__p6.reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_f_71 = torch.mm(_c17.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
     d2__p5_72 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
-    d2_weight_73 = torch.einsum("zui,zui->u", (d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895), _p5)
+    d2_weight_73 = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p5.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     d2__p5 = d2__p5_17 + d2__p5_72
-    _c18 = torch.einsum("zuk,zuj->zjku", d2__p5, f[:, 64:144].reshape(n, 16, 5))
-    d2_f_74 = torch.einsum("ijk,zjku->zui", cg_0_2_2, _c18)
+    _c18 = d2__p5.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d2_f_74 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _c19 = torch.einsum("zuk,zui->ziku", d2__p5, f[:, 0:16].reshape(n, 16, 1))
-    d2_f_75 = torch.einsum("ijk,ziku->zuj", cg_0_2_2, _c19)
+    _c19 = d2__p5.reshape(n, 16, 5, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_f_75 = torch.mm(_c19.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
     d2__p3_76 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
-    d2_weight_77 = torch.einsum("zui,zui->u", (d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589), _p3)
+    d2_weight_77 = torch.bmm((d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p3.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     d2__p3 = d2__p3_15 + d2__p3_76
-    _c20 = torch.einsum("zuk,zuj->zjku", d2__p3, f[:, 16:64].reshape(n, 16, 3))
-    d2_f_78 = torch.einsum("ijk,zjku->zui", cg_0_1_1, _c20)
+    _c20 = d2__p3.reshape(n, 16, 1, 3) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    d2_f_78 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _c21 = torch.einsum("zuk,zui->ziku", d2__p3, f[:, 0:16].reshape(n, 16, 1))
-    d2_f_79 = torch.einsum("ijk,ziku->zuj", cg_0_1_1, _c21)
+    _c21 = d2__p3.reshape(n, 16, 3, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_f_79 = torch.mm(_c21.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
     d2__p1_80 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
-    d2_weight_81 = torch.einsum("zui,zui->u", (d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257), _p1)
+    d2_weight_81 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     d2__p1 = d2__p1_13 + d2__p1_80
-    _c22 = torch.einsum("zuk,zuj->zjku", d2__p1, f[:, 0:16].reshape(n, 16, 1))
+    _c22 = d2__p1.reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_f_82 = cg_0_0_0.reshape(1, 1, 1) * _c22.reshape(n, 16, 1)
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _c23 = torch.einsum("zuk,zui->ziku", d2__p1, f[:, 0:16].reshape(n, 16, 1))
+    _c23 = d2__p1.reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_f_83 = cg_0_0_0.reshape(1, 1, 1) * _c23.reshape(n, 16, 1)
     d2_f = torch.cat([
         (d2_f_43 + d2_f_74 + d2_f_78 + d2_f_82 + d2_f_83).reshape(n, 16),
@@ -5551,15 +5535,48 @@ def _cormorant_cg_kernel(f, weight, g_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl
     sum12_3 = tl.dot(p_2_3, tl.load(weight + 144 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
     sum12_4 = tl.dot(p_2_4, tl.load(weight + 144 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
     # g.1: f mix uvw
-    sum13_0 = sum10_0 + tl.dot(f_0_0, tl.load(weight + 912 + (0 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum14_0 = sum11_0 + tl.dot(f_1_0, tl.load(weight + 912 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum14_1 = sum11_1 + tl.dot(f_1_1, tl.load(weight + 912 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum14_2 = sum11_2 + tl.dot(f_1_2, tl.load(weight + 912 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum15_0 = sum12_0 + tl.dot(f_2_0, tl.load(weight + 912 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum15_1 = sum12_1 + tl.dot(f_2_1, tl.load(weight + 912 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum15_2 = sum12_2 + tl.dot(f_2_2, tl.load(weight + 912 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum15_3 = sum12_3 + tl.dot(f_2_3, tl.load(weight + 912 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum15_4 = sum12_4 + tl.dot(f_2_4, tl.load(weight + 912 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    g_1_p0_0 = zero16
+    for _u in range(16):
+        g_1_p0_x0 = tl.load(f + rows * 144 + 0 + _u * 1, mask=row_mask, other=0.0)
+        g_1_p0_w = tl.load(weight + 912 + (0 + _u * 16 + 0 + ch16[None, :]), mask=cm16[None, :], other=0.0)
+        g_1_p0_0 += (1.0 * g_1_p0_x0)[:, None] * g_1_p0_w
+    sum13_0 = sum10_0 + g_1_p0_0 * 0.25
+    g_1_p1_0 = zero16
+    g_1_p1_1 = zero16
+    g_1_p1_2 = zero16
+    for _u in range(16):
+        g_1_p1_x0 = tl.load(f + rows * 144 + 16 + _u * 3, mask=row_mask, other=0.0)
+        g_1_p1_x1 = tl.load(f + rows * 144 + 17 + _u * 3, mask=row_mask, other=0.0)
+        g_1_p1_x2 = tl.load(f + rows * 144 + 18 + _u * 3, mask=row_mask, other=0.0)
+        g_1_p1_w = tl.load(weight + 912 + (256 + _u * 16 + 0 + ch16[None, :]), mask=cm16[None, :], other=0.0)
+        g_1_p1_0 += (1.0 * g_1_p1_x0)[:, None] * g_1_p1_w
+        g_1_p1_1 += (1.0 * g_1_p1_x1)[:, None] * g_1_p1_w
+        g_1_p1_2 += (1.0 * g_1_p1_x2)[:, None] * g_1_p1_w
+    sum14_0 = sum11_0 + g_1_p1_0 * 0.25
+    sum14_1 = sum11_1 + g_1_p1_1 * 0.25
+    sum14_2 = sum11_2 + g_1_p1_2 * 0.25
+    g_1_p2_0 = zero16
+    g_1_p2_1 = zero16
+    g_1_p2_2 = zero16
+    g_1_p2_3 = zero16
+    g_1_p2_4 = zero16
+    for _u in range(16):
+        g_1_p2_x0 = tl.load(f + rows * 144 + 64 + _u * 5, mask=row_mask, other=0.0)
+        g_1_p2_x1 = tl.load(f + rows * 144 + 65 + _u * 5, mask=row_mask, other=0.0)
+        g_1_p2_x2 = tl.load(f + rows * 144 + 66 + _u * 5, mask=row_mask, other=0.0)
+        g_1_p2_x3 = tl.load(f + rows * 144 + 67 + _u * 5, mask=row_mask, other=0.0)
+        g_1_p2_x4 = tl.load(f + rows * 144 + 68 + _u * 5, mask=row_mask, other=0.0)
+        g_1_p2_w = tl.load(weight + 912 + (512 + _u * 16 + 0 + ch16[None, :]), mask=cm16[None, :], other=0.0)
+        g_1_p2_0 += (1.0 * g_1_p2_x0)[:, None] * g_1_p2_w
+        g_1_p2_1 += (1.0 * g_1_p2_x1)[:, None] * g_1_p2_w
+        g_1_p2_2 += (1.0 * g_1_p2_x2)[:, None] * g_1_p2_w
+        g_1_p2_3 += (1.0 * g_1_p2_x3)[:, None] * g_1_p2_w
+        g_1_p2_4 += (1.0 * g_1_p2_x4)[:, None] * g_1_p2_w
+    sum15_0 = sum12_0 + g_1_p2_0 * 0.25
+    sum15_1 = sum12_1 + g_1_p2_1 * 0.25
+    sum15_2 = sum12_2 + g_1_p2_2 * 0.25
+    sum15_3 = sum12_3 + g_1_p2_3 * 0.25
+    sum15_4 = sum12_4 + g_1_p2_4 * 0.25
     g_0_0 = sum13_0
     tl.store(g_out + rows[:, None] * 144 + (0 + ch16[None, :] * 1), g_0_0, mask=mask16)
     g_1_0 = sum14_0
@@ -5636,7 +5653,7 @@ def _cormorant_message_d_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     ii_2 = tl.arange(0, 1)
     p0_2 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_2[None, :, None, None, None] + ii_2[None, None, None, None, :]
     m0_2 = row_mask[:, None, None, None, None]
-    p1_2 = scratch + 144 + z[:, None, None, None, None] * 2598 + ii_2[None, None, None, None, :] + ip_2[None, None, :, None, None] + ik_2[None, None, None, :, None]
+    p1_2 = scratch + 144 + z[:, None, None, None, None] * 2598 + ii_2[None, None, None, None, :] + ik_2[None, None, None, :, None] + ip_2[None, None, :, None, None]
     m1_2 = row_mask[:, None, None, None, None]
     po_2 = scratch + 323 + z[:, None, None, None] * 2598 + iu_2[None, :, None, None] + ip_2[None, None, :, None] + ik_2[None, None, None, :]
     mo_2 = row_mask[:, None, None, None]
@@ -5666,7 +5683,7 @@ def _cormorant_message_d_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     ii_4 = tl.arange(0, 1)
     p0_4 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_4[None, :, None, None, None] + ii_4[None, None, None, None, :]
     m0_4 = row_mask[:, None, None, None, None]
-    p1_4 = scratch + 145 + z[:, None, None, None, None] * 2598 + ii_4[None, None, None, None, :] * 3 + ip_4[None, None, :, None, None] * 3 + ik_4[None, None, None, :, None]
+    p1_4 = scratch + 145 + z[:, None, None, None, None] * 2598 + ii_4[None, None, None, None, :] * 3 + ik_4[None, None, None, :, None] + ip_4[None, None, :, None, None]
     m1_4 = row_mask[:, None, None, None, None] & (ik_4[None, None, None, :, None] < 3)
     po_4 = scratch + 339 + z[:, None, None, None] * 2598 + iu_4[None, :, None, None] * 3 + ip_4[None, None, :, None] * 3 + ik_4[None, None, None, :]
     mo_4 = row_mask[:, None, None, None] & (ik_4[None, None, None, :] < 3)
@@ -5696,7 +5713,7 @@ def _cormorant_message_d_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     ii_6 = tl.arange(0, 1)
     p0_6 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_6[None, :, None, None, None] + ii_6[None, None, None, None, :]
     m0_6 = row_mask[:, None, None, None, None]
-    p1_6 = scratch + 148 + z[:, None, None, None, None] * 2598 + ii_6[None, None, None, None, :] * 5 + ip_6[None, None, :, None, None] * 5 + ik_6[None, None, None, :, None]
+    p1_6 = scratch + 148 + z[:, None, None, None, None] * 2598 + ii_6[None, None, None, None, :] * 5 + ik_6[None, None, None, :, None] + ip_6[None, None, :, None, None]
     m1_6 = row_mask[:, None, None, None, None] & (ik_6[None, None, None, :, None] < 5)
     po_6 = scratch + 387 + z[:, None, None, None] * 2598 + iu_6[None, :, None, None] * 5 + ip_6[None, None, :, None] * 5 + ik_6[None, None, None, :]
     mo_6 = row_mask[:, None, None, None] & (ik_6[None, None, None, :] < 5)
@@ -5726,7 +5743,7 @@ def _cormorant_message_d_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     ii_8 = tl.arange(0, 4)
     p0_8 = f_ptr + 16 + z[:, None, None, None, None] * 144 + iu_8[None, :, None, None, None] * 3 + ii_8[None, None, None, None, :]
     m0_8 = row_mask[:, None, None, None, None] & (ii_8[None, None, None, None, :] < 3)
-    p1_8 = scratch + 153 + z[:, None, None, None, None] * 2598 + ii_8[None, None, None, None, :] + ip_8[None, None, :, None, None] + ik_8[None, None, None, :, None]
+    p1_8 = scratch + 153 + z[:, None, None, None, None] * 2598 + ii_8[None, None, None, None, :] + ik_8[None, None, None, :, None] + ip_8[None, None, :, None, None]
     m1_8 = row_mask[:, None, None, None, None] & (ii_8[None, None, None, None, :] < 3)
     po_8 = scratch + 467 + z[:, None, None, None] * 2598 + iu_8[None, :, None, None] + ip_8[None, None, :, None] + ik_8[None, None, None, :]
     mo_8 = row_mask[:, None, None, None]
@@ -5782,8 +5799,8 @@ def _cormorant_message_d_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     ii_13 = tl.arange(0, 4)
     p0_13 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_13[None, None, None, None, :]
     m0_13 = row_mask[:, None, None, None, None] & (ii_13[None, None, None, None, :] < 3)
-    p1_13 = scratch + 156 + z[:, None, None, None, None] * 2598 + ii_13[None, None, None, None, :] * 9 + ip_13[None, None, :, None, None] * 3 + ik_13[None, None, None, :, None]
-    m1_13 = row_mask[:, None, None, None, None] & (ii_13[None, None, None, None, :] < 3) & (ip_13[None, None, :, None, None] < 3) & (ik_13[None, None, None, :, None] < 3)
+    p1_13 = scratch + 156 + z[:, None, None, None, None] * 2598 + ii_13[None, None, None, None, :] * 9 + ik_13[None, None, None, :, None] * 3 + ip_13[None, None, :, None, None]
+    m1_13 = row_mask[:, None, None, None, None] & (ii_13[None, None, None, None, :] < 3) & (ik_13[None, None, None, :, None] < 3) & (ip_13[None, None, :, None, None] < 3)
     po_13 = scratch + 531 + z[:, None, None, None] * 2598 + ip_13[None, None, :, None] * 3 + ik_13[None, None, None, :]
     mo_13 = row_mask[:, None, None, None] & (ip_13[None, None, :, None] < 3) & (ik_13[None, None, None, :] < 3)
     for startu_13 in range(0, 16, 4):
@@ -5840,7 +5857,7 @@ def _cormorant_message_d_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     ii_17 = tl.arange(0, 4)
     p0_17 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_17[None, None, None, None, :]
     m0_17 = row_mask[:, None, None, None, None] & (ii_17[None, None, None, None, :] < 3)
-    p1_17 = scratch + 183 + z[:, None, None, None, None] * 2598 + ii_17[None, None, None, None, :] * 10 + ip_17[None, None, :, None, None] * 5 + ik_17[None, None, None, :, None]
+    p1_17 = scratch + 183 + z[:, None, None, None, None] * 2598 + ii_17[None, None, None, None, :] * 10 + ik_17[None, None, None, :, None] * 2 + ip_17[None, None, :, None, None]
     m1_17 = row_mask[:, None, None, None, None] & (ii_17[None, None, None, None, :] < 3) & (ik_17[None, None, None, :, None] < 5)
     po_17 = scratch + 707 + z[:, None, None, None] * 2598 + ip_17[None, None, :, None] * 5 + ik_17[None, None, None, :]
     mo_17 = row_mask[:, None, None, None] & (ik_17[None, None, None, :] < 5)
@@ -5872,7 +5889,7 @@ def _cormorant_message_d_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     ii_19 = tl.arange(0, 8)
     p0_19 = f_ptr + 64 + z[:, None, None, None, None] * 144 + iu_19[None, :, None, None, None] * 5 + ii_19[None, None, None, None, :]
     m0_19 = row_mask[:, None, None, None, None] & (ii_19[None, None, None, None, :] < 5)
-    p1_19 = scratch + 213 + z[:, None, None, None, None] * 2598 + ii_19[None, None, None, None, :] + ip_19[None, None, :, None, None] + ik_19[None, None, None, :, None]
+    p1_19 = scratch + 213 + z[:, None, None, None, None] * 2598 + ii_19[None, None, None, None, :] + ik_19[None, None, None, :, None] + ip_19[None, None, :, None, None]
     m1_19 = row_mask[:, None, None, None, None] & (ii_19[None, None, None, None, :] < 5)
     po_19 = scratch + 867 + z[:, None, None, None] * 2598 + iu_19[None, :, None, None] + ip_19[None, None, :, None] + ik_19[None, None, None, :]
     mo_19 = row_mask[:, None, None, None]
@@ -5919,7 +5936,7 @@ def _cormorant_message_d_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     ii_23 = tl.arange(0, 8)
     p0_23 = f_ptr + 64 + z[:, None, None, None, None] * 144 + ii_23[None, None, None, None, :]
     m0_23 = row_mask[:, None, None, None, None] & (ii_23[None, None, None, None, :] < 5)
-    p1_23 = scratch + 218 + z[:, None, None, None, None] * 2598 + ii_23[None, None, None, None, :] * 6 + ip_23[None, None, :, None, None] * 3 + ik_23[None, None, None, :, None]
+    p1_23 = scratch + 218 + z[:, None, None, None, None] * 2598 + ii_23[None, None, None, None, :] * 6 + ik_23[None, None, None, :, None] * 2 + ip_23[None, None, :, None, None]
     m1_23 = row_mask[:, None, None, None, None] & (ii_23[None, None, None, None, :] < 5) & (ik_23[None, None, None, :, None] < 3)
     po_23 = scratch + 915 + z[:, None, None, None] * 2598 + ip_23[None, None, :, None] * 3 + ik_23[None, None, None, :]
     mo_23 = row_mask[:, None, None, None] & (ik_23[None, None, None, :] < 3)
@@ -5975,7 +5992,7 @@ def _cormorant_message_d_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     ip_28 = tl.arange(0, 4)
     p0_28 = f_ptr + 64 + z[:, None, None, None, None] * 144
     m0_28 = row_mask[:, None, None, None, None]
-    p1_28 = scratch + 248 + z[:, None, None, None, None] * 2598 + ip_28[None, None, :, None, None] * 5
+    p1_28 = scratch + 248 + z[:, None, None, None, None] * 2598 + ip_28[None, None, :, None, None]
     m1_28 = row_mask[:, None, None, None, None] & (ip_28[None, None, :, None, None] < 3)
     po_28 = scratch + 1059 + z[:, None, None, None] * 2598 + ip_28[None, None, :, None] * 5
     mo_28 = row_mask[:, None, None, None] & (ip_28[None, None, :, None] < 3)
@@ -5987,7 +6004,7 @@ def _cormorant_message_d_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
             for starti_28 in range(0, 5, 4):
                 ii_28 = starti_28 + tl.arange(0, 4)
                 a0_28 = tl.load(p0_28 + iu_28[None, :, None, None, None] * 5 + ii_28[None, None, None, None, :], mask=m0_28 & (ii_28[None, None, None, None, :] < 5), other=0.0)
-                a1_28 = tl.load(p1_28 + ii_28[None, None, None, None, :] * 15 + ik_28[None, None, None, :, None], mask=m1_28 & (ii_28[None, None, None, None, :] < 5) & (ik_28[None, None, None, :, None] < 5), other=0.0)
+                a1_28 = tl.load(p1_28 + ii_28[None, None, None, None, :] * 15 + ik_28[None, None, None, :, None] * 3, mask=m1_28 & (ii_28[None, None, None, None, :] < 5) & (ik_28[None, None, None, :, None] < 5), other=0.0)
                 acc_28 += tl.sum(a0_28 * a1_28, axis=4)
             q_28 = po_28 + iu_28[None, :, None, None] * 15 + ik_28[None, None, None, :]
             tl.store(q_28, tl.load(q_28, mask=mo_28 & (ik_28[None, None, None, :] < 5), other=0.0) + acc_28, mask=mo_28 & (ik_28[None, None, None, :] < 5))
@@ -6146,7 +6163,7 @@ def _cormorant_message_d_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     ip_38 = tl.arange(0, 4)
     p0_38 = scratch + 2358 + z[:, None, None, None, None] * 2598 + ip_38[None, None, None, :, None] * 5
     m0_38 = row_mask[:, None, None, None, None] & (ip_38[None, None, None, :, None] < 3)
-    p1_38 = scratch + 248 + z[:, None, None, None, None] * 2598 + ip_38[None, None, None, :, None] * 5
+    p1_38 = scratch + 248 + z[:, None, None, None, None] * 2598 + ip_38[None, None, None, :, None]
     m1_38 = row_mask[:, None, None, None, None] & (ip_38[None, None, None, :, None] < 3)
     po_38 = d_f_ptr + 64 + z[:, None, None] * 144
     mo_38 = row_mask[:, None, None]
@@ -6158,19 +6175,19 @@ def _cormorant_message_d_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
             for startk_38 in range(0, 5, 4):
                 ik_38 = startk_38 + tl.arange(0, 4)
                 a0_38 = tl.load(p0_38 + iu_38[None, :, None, None, None] * 15 + ik_38[None, None, None, None, :], mask=m0_38 & (ik_38[None, None, None, None, :] < 5), other=0.0)
-                a1_38 = tl.load(p1_38 + ii_38[None, None, :, None, None] * 15 + ik_38[None, None, None, None, :], mask=m1_38 & (ii_38[None, None, :, None, None] < 5) & (ik_38[None, None, None, None, :] < 5), other=0.0)
+                a1_38 = tl.load(p1_38 + ii_38[None, None, :, None, None] * 15 + ik_38[None, None, None, None, :] * 3, mask=m1_38 & (ii_38[None, None, :, None, None] < 5) & (ik_38[None, None, None, None, :] < 5), other=0.0)
                 acc_38 += tl.sum(tl.sum(a0_38 * a1_38, axis=4), axis=3)
             q_38 = po_38 + iu_38[None, :, None] * 5 + ii_38[None, None, :]
             tl.store(q_38, tl.load(q_38, mask=mo_38 & (ii_38[None, None, :] < 5), other=0.0) + acc_38, mask=mo_38 & (ii_38[None, None, :] < 5))
     tl.debug_barrier()
     # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
     ip_39 = tl.arange(0, 4)
-    p0_39 = scratch + 2358 + z[:, None, None, None, None] * 2598 + ip_39[None, None, :, None, None] * 5
-    m0_39 = row_mask[:, None, None, None, None] & (ip_39[None, None, :, None, None] < 3)
+    p0_39 = scratch + 2358 + z[:, None, None, None, None] * 2598 + ip_39[None, None, None, :, None] * 5
+    m0_39 = row_mask[:, None, None, None, None] & (ip_39[None, None, None, :, None] < 3)
     p1_39 = f_ptr + 64 + z[:, None, None, None, None] * 144
     m1_39 = row_mask[:, None, None, None, None]
-    po_39 = scratch + 1547 + z[:, None, None, None] * 2598 + ip_39[None, None, :, None] * 5
-    mo_39 = row_mask[:, None, None, None] & (ip_39[None, None, :, None] < 3)
+    po_39 = scratch + 1547 + z[:, None, None, None] * 2598 + ip_39[None, None, None, :]
+    mo_39 = row_mask[:, None, None, None] & (ip_39[None, None, None, :] < 3)
     for starti_39 in range(0, 5, 4):
         ii_39 = starti_39 + tl.arange(0, 4)
         for startk_39 in range(0, 5, 4):
@@ -6178,11 +6195,11 @@ def _cormorant_message_d_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
             acc_39 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
             for startu_39 in range(0, 16, 4):
                 iu_39 = startu_39 + tl.arange(0, 4)
-                a0_39 = tl.load(p0_39 + iu_39[None, None, None, None, :] * 15 + ik_39[None, None, None, :, None], mask=m0_39 & (ik_39[None, None, None, :, None] < 5), other=0.0)
+                a0_39 = tl.load(p0_39 + iu_39[None, None, None, None, :] * 15 + ik_39[None, None, :, None, None], mask=m0_39 & (ik_39[None, None, :, None, None] < 5), other=0.0)
                 a1_39 = tl.load(p1_39 + iu_39[None, None, None, None, :] * 5 + ii_39[None, :, None, None, None], mask=m1_39 & (ii_39[None, :, None, None, None] < 5), other=0.0)
                 acc_39 += tl.sum(a0_39 * a1_39, axis=4)
-            q_39 = po_39 + ii_39[None, :, None, None] * 15 + ik_39[None, None, None, :]
-            tl.store(q_39, tl.load(q_39, mask=mo_39 & (ii_39[None, :, None, None] < 5) & (ik_39[None, None, None, :] < 5), other=0.0) + acc_39, mask=mo_39 & (ii_39[None, :, None, None] < 5) & (ik_39[None, None, None, :] < 5))
+            q_39 = po_39 + ii_39[None, :, None, None] * 15 + ik_39[None, None, :, None] * 3
+            tl.store(q_39, tl.load(q_39, mask=mo_39 & (ii_39[None, :, None, None] < 5) & (ik_39[None, None, :, None] < 5), other=0.0) + acc_39, mask=mo_39 & (ii_39[None, :, None, None] < 5) & (ik_39[None, None, :, None] < 5))
     tl.debug_barrier()
     iu_40 = tl.arange(0, 16)
     p0_40 = scratch + 2342 + z[:, None] * 2598 + iu_40[None, :]
@@ -6245,7 +6262,7 @@ def _cormorant_message_d_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     ik_45 = tl.arange(0, 4)
     p0_45 = scratch + 2214 + z[:, None, None, None, None] * 2598 + ip_45[None, None, None, :, None] * 3 + ik_45[None, None, None, None, :]
     m0_45 = row_mask[:, None, None, None, None] & (ik_45[None, None, None, None, :] < 3)
-    p1_45 = scratch + 218 + z[:, None, None, None, None] * 2598 + ii_45[None, None, :, None, None] * 6 + ip_45[None, None, None, :, None] * 3 + ik_45[None, None, None, None, :]
+    p1_45 = scratch + 218 + z[:, None, None, None, None] * 2598 + ii_45[None, None, :, None, None] * 6 + ik_45[None, None, None, None, :] * 2 + ip_45[None, None, None, :, None]
     m1_45 = row_mask[:, None, None, None, None] & (ii_45[None, None, :, None, None] < 5) & (ik_45[None, None, None, None, :] < 3)
     po_45 = d_f_ptr + 64 + z[:, None, None] * 144 + ii_45[None, None, :]
     mo_45 = row_mask[:, None, None] & (ii_45[None, None, :] < 5)
@@ -6257,17 +6274,17 @@ def _cormorant_message_d_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
         tl.store(q_45, tl.load(q_45, mask=mo_45, other=0.0) + tl.sum(tl.sum(a0_45 * a1_45, axis=4), axis=3), mask=mo_45)
     tl.debug_barrier()
     # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    ip_46 = tl.arange(0, 2)
     ik_46 = tl.arange(0, 4)
-    p0_46 = scratch + 2214 + z[:, None, None, None, None] * 2598 + ip_46[None, None, :, None, None] * 3 + ik_46[None, None, None, :, None]
-    m0_46 = row_mask[:, None, None, None, None] & (ik_46[None, None, None, :, None] < 3)
+    ip_46 = tl.arange(0, 2)
+    p0_46 = scratch + 2214 + z[:, None, None, None, None] * 2598 + ip_46[None, None, None, :, None] * 3 + ik_46[None, None, :, None, None]
+    m0_46 = row_mask[:, None, None, None, None] & (ik_46[None, None, :, None, None] < 3)
     p1_46 = f_ptr + 64 + z[:, None, None, None, None] * 144
     m1_46 = row_mask[:, None, None, None, None]
-    po_46 = scratch + 1517 + z[:, None, None, None] * 2598 + ip_46[None, None, :, None] * 3 + ik_46[None, None, None, :]
-    mo_46 = row_mask[:, None, None, None] & (ik_46[None, None, None, :] < 3)
+    po_46 = scratch + 1517 + z[:, None, None, None] * 2598 + ik_46[None, None, :, None] * 2 + ip_46[None, None, None, :]
+    mo_46 = row_mask[:, None, None, None] & (ik_46[None, None, :, None] < 3)
     for starti_46 in range(0, 5, 4):
         ii_46 = starti_46 + tl.arange(0, 4)
-        acc_46 = tl.zeros([BLOCK_Z, 4, 2, 4], dtype=DTYPE)
+        acc_46 = tl.zeros([BLOCK_Z, 4, 4, 2], dtype=DTYPE)
         for startu_46 in range(0, 16, 8):
             iu_46 = startu_46 + tl.arange(0, 8)
             a0_46 = tl.load(p0_46 + iu_46[None, None, None, None, :] * 6, mask=m0_46, other=0.0)
@@ -6338,7 +6355,7 @@ def _cormorant_message_d_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     ik_51 = tl.arange(0, 1)
     p0_51 = scratch + 2166 + z[:, None, None, None, None] * 2598 + iu_51[None, :, None, None, None] + ip_51[None, None, None, :, None] + ik_51[None, None, None, None, :]
     m0_51 = row_mask[:, None, None, None, None]
-    p1_51 = scratch + 213 + z[:, None, None, None, None] * 2598 + ii_51[None, None, :, None, None] + ip_51[None, None, None, :, None] + ik_51[None, None, None, None, :]
+    p1_51 = scratch + 213 + z[:, None, None, None, None] * 2598 + ii_51[None, None, :, None, None] + ik_51[None, None, None, None, :] + ip_51[None, None, None, :, None]
     m1_51 = row_mask[:, None, None, None, None] & (ii_51[None, None, :, None, None] < 5)
     po_51 = d_f_ptr + 64 + z[:, None, None] * 144 + iu_51[None, :, None] * 5 + ii_51[None, None, :]
     mo_51 = row_mask[:, None, None] & (ii_51[None, None, :] < 5)
@@ -6349,14 +6366,14 @@ def _cormorant_message_d_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     tl.debug_barrier()
     # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
     ii_52 = tl.arange(0, 8)
-    ip_52 = tl.arange(0, 1)
     ik_52 = tl.arange(0, 1)
+    ip_52 = tl.arange(0, 1)
     iu_52 = tl.arange(0, 16)
-    p0_52 = scratch + 2166 + z[:, None, None, None, None] * 2598 + iu_52[None, None, None, None, :] + ip_52[None, None, :, None, None] + ik_52[None, None, None, :, None]
+    p0_52 = scratch + 2166 + z[:, None, None, None, None] * 2598 + iu_52[None, None, None, None, :] + ip_52[None, None, None, :, None] + ik_52[None, None, :, None, None]
     m0_52 = row_mask[:, None, None, None, None]
     p1_52 = f_ptr + 64 + z[:, None, None, None, None] * 144 + iu_52[None, None, None, None, :] * 5 + ii_52[None, :, None, None, None]
     m1_52 = row_mask[:, None, None, None, None] & (ii_52[None, :, None, None, None] < 5)
-    po_52 = scratch + 1512 + z[:, None, None, None] * 2598 + ii_52[None, :, None, None] + ip_52[None, None, :, None] + ik_52[None, None, None, :]
+    po_52 = scratch + 1512 + z[:, None, None, None] * 2598 + ii_52[None, :, None, None] + ik_52[None, None, :, None] + ip_52[None, None, None, :]
     mo_52 = row_mask[:, None, None, None] & (ii_52[None, :, None, None] < 5)
     a0_52 = tl.load(p0_52, mask=m0_52, other=0.0)
     a1_52 = tl.load(p1_52, mask=m1_52, other=0.0)
@@ -6397,7 +6414,7 @@ def _cormorant_message_d_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     ik_55 = tl.arange(0, 8)
     p0_55 = scratch + 2006 + z[:, None, None, None, None] * 2598 + ip_55[None, None, None, :, None] * 5 + ik_55[None, None, None, None, :]
     m0_55 = row_mask[:, None, None, None, None] & (ik_55[None, None, None, None, :] < 5)
-    p1_55 = scratch + 183 + z[:, None, None, None, None] * 2598 + ii_55[None, None, :, None, None] * 10 + ip_55[None, None, None, :, None] * 5 + ik_55[None, None, None, None, :]
+    p1_55 = scratch + 183 + z[:, None, None, None, None] * 2598 + ii_55[None, None, :, None, None] * 10 + ik_55[None, None, None, None, :] * 2 + ip_55[None, None, None, :, None]
     m1_55 = row_mask[:, None, None, None, None] & (ii_55[None, None, :, None, None] < 3) & (ik_55[None, None, None, None, :] < 5)
     po_55 = d_f_ptr + 16 + z[:, None, None] * 144 + ii_55[None, None, :]
     mo_55 = row_mask[:, None, None] & (ii_55[None, None, :] < 3)
@@ -6411,22 +6428,22 @@ def _cormorant_message_d_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
     ii_56 = tl.arange(0, 4)
     ip_56 = tl.arange(0, 2)
-    p0_56 = scratch + 2006 + z[:, None, None, None, None] * 2598 + ip_56[None, None, :, None, None] * 5
+    p0_56 = scratch + 2006 + z[:, None, None, None, None] * 2598 + ip_56[None, None, None, :, None] * 5
     m0_56 = row_mask[:, None, None, None, None]
     p1_56 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_56[None, :, None, None, None]
     m1_56 = row_mask[:, None, None, None, None] & (ii_56[None, :, None, None, None] < 3)
-    po_56 = scratch + 1482 + z[:, None, None, None] * 2598 + ii_56[None, :, None, None] * 10 + ip_56[None, None, :, None] * 5
+    po_56 = scratch + 1482 + z[:, None, None, None] * 2598 + ii_56[None, :, None, None] * 10 + ip_56[None, None, None, :]
     mo_56 = row_mask[:, None, None, None] & (ii_56[None, :, None, None] < 3)
     for startk_56 in range(0, 5, 4):
         ik_56 = startk_56 + tl.arange(0, 4)
-        acc_56 = tl.zeros([BLOCK_Z, 4, 2, 4], dtype=DTYPE)
+        acc_56 = tl.zeros([BLOCK_Z, 4, 4, 2], dtype=DTYPE)
         for startu_56 in range(0, 16, 8):
             iu_56 = startu_56 + tl.arange(0, 8)
-            a0_56 = tl.load(p0_56 + iu_56[None, None, None, None, :] * 10 + ik_56[None, None, None, :, None], mask=m0_56 & (ik_56[None, None, None, :, None] < 5), other=0.0)
+            a0_56 = tl.load(p0_56 + iu_56[None, None, None, None, :] * 10 + ik_56[None, None, :, None, None], mask=m0_56 & (ik_56[None, None, :, None, None] < 5), other=0.0)
             a1_56 = tl.load(p1_56 + iu_56[None, None, None, None, :] * 3, mask=m1_56, other=0.0)
             acc_56 += tl.sum(a0_56 * a1_56, axis=4)
-        q_56 = po_56 + ik_56[None, None, None, :]
-        tl.store(q_56, tl.load(q_56, mask=mo_56 & (ik_56[None, None, None, :] < 5), other=0.0) + acc_56, mask=mo_56 & (ik_56[None, None, None, :] < 5))
+        q_56 = po_56 + ik_56[None, None, :, None] * 2
+        tl.store(q_56, tl.load(q_56, mask=mo_56 & (ik_56[None, None, :, None] < 5), other=0.0) + acc_56, mask=mo_56 & (ik_56[None, None, :, None] < 5))
     tl.debug_barrier()
     iu_57 = tl.arange(0, 16)
     p0_57 = scratch + 1990 + z[:, None] * 2598 + iu_57[None, :]
@@ -6480,8 +6497,8 @@ def _cormorant_message_d_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     ik_61 = tl.arange(0, 4)
     p0_61 = scratch + 1830 + z[:, None, None, None, None] * 2598 + ip_61[None, None, None, :, None] * 3 + ik_61[None, None, None, None, :]
     m0_61 = row_mask[:, None, None, None, None] & (ip_61[None, None, None, :, None] < 3) & (ik_61[None, None, None, None, :] < 3)
-    p1_61 = scratch + 156 + z[:, None, None, None, None] * 2598 + ii_61[None, None, :, None, None] * 9 + ip_61[None, None, None, :, None] * 3 + ik_61[None, None, None, None, :]
-    m1_61 = row_mask[:, None, None, None, None] & (ii_61[None, None, :, None, None] < 3) & (ip_61[None, None, None, :, None] < 3) & (ik_61[None, None, None, None, :] < 3)
+    p1_61 = scratch + 156 + z[:, None, None, None, None] * 2598 + ii_61[None, None, :, None, None] * 9 + ik_61[None, None, None, None, :] * 3 + ip_61[None, None, None, :, None]
+    m1_61 = row_mask[:, None, None, None, None] & (ii_61[None, None, :, None, None] < 3) & (ik_61[None, None, None, None, :] < 3) & (ip_61[None, None, None, :, None] < 3)
     po_61 = d_f_ptr + 16 + z[:, None, None] * 144 + ii_61[None, None, :]
     mo_61 = row_mask[:, None, None] & (ii_61[None, None, :] < 3)
     for startu_61 in range(0, 16, 4):
@@ -6493,14 +6510,14 @@ def _cormorant_message_d_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     tl.debug_barrier()
     # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
     ii_62 = tl.arange(0, 4)
-    ip_62 = tl.arange(0, 4)
     ik_62 = tl.arange(0, 4)
-    p0_62 = scratch + 1830 + z[:, None, None, None, None] * 2598 + ip_62[None, None, :, None, None] * 3 + ik_62[None, None, None, :, None]
-    m0_62 = row_mask[:, None, None, None, None] & (ip_62[None, None, :, None, None] < 3) & (ik_62[None, None, None, :, None] < 3)
+    ip_62 = tl.arange(0, 4)
+    p0_62 = scratch + 1830 + z[:, None, None, None, None] * 2598 + ip_62[None, None, None, :, None] * 3 + ik_62[None, None, :, None, None]
+    m0_62 = row_mask[:, None, None, None, None] & (ip_62[None, None, None, :, None] < 3) & (ik_62[None, None, :, None, None] < 3)
     p1_62 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_62[None, :, None, None, None]
     m1_62 = row_mask[:, None, None, None, None] & (ii_62[None, :, None, None, None] < 3)
-    po_62 = scratch + 1455 + z[:, None, None, None] * 2598 + ii_62[None, :, None, None] * 9 + ip_62[None, None, :, None] * 3 + ik_62[None, None, None, :]
-    mo_62 = row_mask[:, None, None, None] & (ii_62[None, :, None, None] < 3) & (ip_62[None, None, :, None] < 3) & (ik_62[None, None, None, :] < 3)
+    po_62 = scratch + 1455 + z[:, None, None, None] * 2598 + ii_62[None, :, None, None] * 9 + ik_62[None, None, :, None] * 3 + ip_62[None, None, None, :]
+    mo_62 = row_mask[:, None, None, None] & (ii_62[None, :, None, None] < 3) & (ik_62[None, None, :, None] < 3) & (ip_62[None, None, None, :] < 3)
     acc_62 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
     for startu_62 in range(0, 16, 4):
         iu_62 = startu_62 + tl.arange(0, 4)
@@ -6581,7 +6598,7 @@ def _cormorant_message_d_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     ik_68 = tl.arange(0, 1)
     p0_68 = scratch + 1766 + z[:, None, None, None, None] * 2598 + iu_68[None, :, None, None, None] + ip_68[None, None, None, :, None] + ik_68[None, None, None, None, :]
     m0_68 = row_mask[:, None, None, None, None]
-    p1_68 = scratch + 153 + z[:, None, None, None, None] * 2598 + ii_68[None, None, :, None, None] + ip_68[None, None, None, :, None] + ik_68[None, None, None, None, :]
+    p1_68 = scratch + 153 + z[:, None, None, None, None] * 2598 + ii_68[None, None, :, None, None] + ik_68[None, None, None, None, :] + ip_68[None, None, None, :, None]
     m1_68 = row_mask[:, None, None, None, None] & (ii_68[None, None, :, None, None] < 3)
     po_68 = d_f_ptr + 16 + z[:, None, None] * 144 + iu_68[None, :, None] * 3 + ii_68[None, None, :]
     mo_68 = row_mask[:, None, None] & (ii_68[None, None, :] < 3)
@@ -6592,14 +6609,14 @@ def _cormorant_message_d_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     tl.debug_barrier()
     # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
     ii_69 = tl.arange(0, 4)
-    ip_69 = tl.arange(0, 1)
     ik_69 = tl.arange(0, 1)
+    ip_69 = tl.arange(0, 1)
     iu_69 = tl.arange(0, 16)
-    p0_69 = scratch + 1766 + z[:, None, None, None, None] * 2598 + iu_69[None, None, None, None, :] + ip_69[None, None, :, None, None] + ik_69[None, None, None, :, None]
+    p0_69 = scratch + 1766 + z[:, None, None, None, None] * 2598 + iu_69[None, None, None, None, :] + ip_69[None, None, None, :, None] + ik_69[None, None, :, None, None]
     m0_69 = row_mask[:, None, None, None, None]
     p1_69 = f_ptr + 16 + z[:, None, None, None, None] * 144 + iu_69[None, None, None, None, :] * 3 + ii_69[None, :, None, None, None]
     m1_69 = row_mask[:, None, None, None, None] & (ii_69[None, :, None, None, None] < 3)
-    po_69 = scratch + 1452 + z[:, None, None, None] * 2598 + ii_69[None, :, None, None] + ip_69[None, None, :, None] + ik_69[None, None, None, :]
+    po_69 = scratch + 1452 + z[:, None, None, None] * 2598 + ii_69[None, :, None, None] + ik_69[None, None, :, None] + ip_69[None, None, None, :]
     mo_69 = row_mask[:, None, None, None] & (ii_69[None, :, None, None] < 3)
     a0_69 = tl.load(p0_69, mask=m0_69, other=0.0)
     a1_69 = tl.load(p1_69, mask=m1_69, other=0.0)
@@ -6641,7 +6658,7 @@ def _cormorant_message_d_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     ik_72 = tl.arange(0, 8)
     p0_72 = scratch + 1686 + z[:, None, None, None, None] * 2598 + iu_72[None, :, None, None, None] * 5 + ip_72[None, None, None, :, None] * 5 + ik_72[None, None, None, None, :]
     m0_72 = row_mask[:, None, None, None, None] & (ik_72[None, None, None, None, :] < 5)
-    p1_72 = scratch + 148 + z[:, None, None, None, None] * 2598 + ii_72[None, None, :, None, None] * 5 + ip_72[None, None, None, :, None] * 5 + ik_72[None, None, None, None, :]
+    p1_72 = scratch + 148 + z[:, None, None, None, None] * 2598 + ii_72[None, None, :, None, None] * 5 + ik_72[None, None, None, None, :] + ip_72[None, None, None, :, None]
     m1_72 = row_mask[:, None, None, None, None] & (ik_72[None, None, None, None, :] < 5)
     po_72 = d_f_ptr + 0 + z[:, None, None] * 144 + iu_72[None, :, None] + ii_72[None, None, :]
     mo_72 = row_mask[:, None, None]
@@ -6652,15 +6669,15 @@ def _cormorant_message_d_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     tl.debug_barrier()
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
     ii_73 = tl.arange(0, 1)
-    ip_73 = tl.arange(0, 1)
     ik_73 = tl.arange(0, 8)
+    ip_73 = tl.arange(0, 1)
     iu_73 = tl.arange(0, 16)
-    p0_73 = scratch + 1686 + z[:, None, None, None, None] * 2598 + iu_73[None, None, None, None, :] * 5 + ip_73[None, None, :, None, None] * 5 + ik_73[None, None, None, :, None]
-    m0_73 = row_mask[:, None, None, None, None] & (ik_73[None, None, None, :, None] < 5)
+    p0_73 = scratch + 1686 + z[:, None, None, None, None] * 2598 + iu_73[None, None, None, None, :] * 5 + ip_73[None, None, None, :, None] * 5 + ik_73[None, None, :, None, None]
+    m0_73 = row_mask[:, None, None, None, None] & (ik_73[None, None, :, None, None] < 5)
     p1_73 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_73[None, None, None, None, :] + ii_73[None, :, None, None, None]
     m1_73 = row_mask[:, None, None, None, None]
-    po_73 = scratch + 1447 + z[:, None, None, None] * 2598 + ii_73[None, :, None, None] * 5 + ip_73[None, None, :, None] * 5 + ik_73[None, None, None, :]
-    mo_73 = row_mask[:, None, None, None] & (ik_73[None, None, None, :] < 5)
+    po_73 = scratch + 1447 + z[:, None, None, None] * 2598 + ii_73[None, :, None, None] * 5 + ik_73[None, None, :, None] + ip_73[None, None, None, :]
+    mo_73 = row_mask[:, None, None, None] & (ik_73[None, None, :, None] < 5)
     a0_73 = tl.load(p0_73, mask=m0_73, other=0.0)
     a1_73 = tl.load(p1_73, mask=m1_73, other=0.0)
     q_73 = po_73
@@ -6701,7 +6718,7 @@ def _cormorant_message_d_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     ik_76 = tl.arange(0, 4)
     p0_76 = scratch + 1638 + z[:, None, None, None, None] * 2598 + iu_76[None, :, None, None, None] * 3 + ip_76[None, None, None, :, None] * 3 + ik_76[None, None, None, None, :]
     m0_76 = row_mask[:, None, None, None, None] & (ik_76[None, None, None, None, :] < 3)
-    p1_76 = scratch + 145 + z[:, None, None, None, None] * 2598 + ii_76[None, None, :, None, None] * 3 + ip_76[None, None, None, :, None] * 3 + ik_76[None, None, None, None, :]
+    p1_76 = scratch + 145 + z[:, None, None, None, None] * 2598 + ii_76[None, None, :, None, None] * 3 + ik_76[None, None, None, None, :] + ip_76[None, None, None, :, None]
     m1_76 = row_mask[:, None, None, None, None] & (ik_76[None, None, None, None, :] < 3)
     po_76 = d_f_ptr + 0 + z[:, None, None] * 144 + iu_76[None, :, None] + ii_76[None, None, :]
     mo_76 = row_mask[:, None, None]
@@ -6712,15 +6729,15 @@ def _cormorant_message_d_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     tl.debug_barrier()
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
     ii_77 = tl.arange(0, 1)
-    ip_77 = tl.arange(0, 1)
     ik_77 = tl.arange(0, 4)
+    ip_77 = tl.arange(0, 1)
     iu_77 = tl.arange(0, 16)
-    p0_77 = scratch + 1638 + z[:, None, None, None, None] * 2598 + iu_77[None, None, None, None, :] * 3 + ip_77[None, None, :, None, None] * 3 + ik_77[None, None, None, :, None]
-    m0_77 = row_mask[:, None, None, None, None] & (ik_77[None, None, None, :, None] < 3)
+    p0_77 = scratch + 1638 + z[:, None, None, None, None] * 2598 + iu_77[None, None, None, None, :] * 3 + ip_77[None, None, None, :, None] * 3 + ik_77[None, None, :, None, None]
+    m0_77 = row_mask[:, None, None, None, None] & (ik_77[None, None, :, None, None] < 3)
     p1_77 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_77[None, None, None, None, :] + ii_77[None, :, None, None, None]
     m1_77 = row_mask[:, None, None, None, None]
-    po_77 = scratch + 1444 + z[:, None, None, None] * 2598 + ii_77[None, :, None, None] * 3 + ip_77[None, None, :, None] * 3 + ik_77[None, None, None, :]
-    mo_77 = row_mask[:, None, None, None] & (ik_77[None, None, None, :] < 3)
+    po_77 = scratch + 1444 + z[:, None, None, None] * 2598 + ii_77[None, :, None, None] * 3 + ik_77[None, None, :, None] + ip_77[None, None, None, :]
+    mo_77 = row_mask[:, None, None, None] & (ik_77[None, None, :, None] < 3)
     a0_77 = tl.load(p0_77, mask=m0_77, other=0.0)
     a1_77 = tl.load(p1_77, mask=m1_77, other=0.0)
     q_77 = po_77
@@ -6761,7 +6778,7 @@ def _cormorant_message_d_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     ik_80 = tl.arange(0, 1)
     p0_80 = scratch + 1622 + z[:, None, None, None, None] * 2598 + iu_80[None, :, None, None, None] + ip_80[None, None, None, :, None] + ik_80[None, None, None, None, :]
     m0_80 = row_mask[:, None, None, None, None]
-    p1_80 = scratch + 144 + z[:, None, None, None, None] * 2598 + ii_80[None, None, :, None, None] + ip_80[None, None, None, :, None] + ik_80[None, None, None, None, :]
+    p1_80 = scratch + 144 + z[:, None, None, None, None] * 2598 + ii_80[None, None, :, None, None] + ik_80[None, None, None, None, :] + ip_80[None, None, None, :, None]
     m1_80 = row_mask[:, None, None, None, None]
     po_80 = d_f_ptr + 0 + z[:, None, None] * 144 + iu_80[None, :, None] + ii_80[None, None, :]
     mo_80 = row_mask[:, None, None]
@@ -6781,14 +6798,14 @@ def _cormorant_message_d_5_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, weight_ptr, _g_
     slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
     ii_81 = tl.arange(0, 1)
-    ip_81 = tl.arange(0, 1)
     ik_81 = tl.arange(0, 1)
+    ip_81 = tl.arange(0, 1)
     iu_81 = tl.arange(0, 16)
-    p0_81 = scratch + 1622 + z[:, None, None, None, None] * 2598 + iu_81[None, None, None, None, :] + ip_81[None, None, :, None, None] + ik_81[None, None, None, :, None]
+    p0_81 = scratch + 1622 + z[:, None, None, None, None] * 2598 + iu_81[None, None, None, None, :] + ip_81[None, None, None, :, None] + ik_81[None, None, :, None, None]
     m0_81 = row_mask[:, None, None, None, None]
     p1_81 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_81[None, None, None, None, :] + ii_81[None, :, None, None, None]
     m1_81 = row_mask[:, None, None, None, None]
-    po_81 = scratch + 1443 + z[:, None, None, None] * 2598 + ii_81[None, :, None, None] + ip_81[None, None, :, None] + ik_81[None, None, None, :]
+    po_81 = scratch + 1443 + z[:, None, None, None] * 2598 + ii_81[None, :, None, None] + ik_81[None, None, :, None] + ip_81[None, None, None, :]
     mo_81 = row_mask[:, None, None, None]
     a0_81 = tl.load(p0_81, mask=m0_81, other=0.0)
     a1_81 = tl.load(p1_81, mask=m1_81, other=0.0)
@@ -7147,7 +7164,7 @@ def _cormorant_message_d2_f_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     ii_24 = tl.arange(0, 1)
     p0_24 = d2_d_f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_24[None, :, None, None, None] + ii_24[None, None, None, None, :]
     m0_24 = row_mask[:, None, None, None, None]
-    p1_24 = scratch + 0 + z[:, None, None, None, None] * 2598 + ii_24[None, None, None, None, :] + ip_24[None, None, :, None, None] + ik_24[None, None, None, :, None]
+    p1_24 = scratch + 0 + z[:, None, None, None, None] * 2598 + ii_24[None, None, None, None, :] + ik_24[None, None, None, :, None] + ip_24[None, None, :, None, None]
     m1_24 = row_mask[:, None, None, None, None]
     po_24 = scratch + 1782 + z[:, None, None, None] * 2598 + iu_24[None, :, None, None] + ip_24[None, None, :, None] + ik_24[None, None, None, :]
     mo_24 = row_mask[:, None, None, None]
@@ -7158,14 +7175,14 @@ def _cormorant_message_d2_f_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     tl.debug_barrier()
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
     ii_25 = tl.arange(0, 1)
-    ip_25 = tl.arange(0, 1)
     ik_25 = tl.arange(0, 1)
+    ip_25 = tl.arange(0, 1)
     iu_25 = tl.arange(0, 16)
     p0_25 = d2_d_f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_25[None, None, None, None, :] + ii_25[None, :, None, None, None]
     m0_25 = row_mask[:, None, None, None, None]
-    p1_25 = scratch + 483 + z[:, None, None, None, None] * 2598 + iu_25[None, None, None, None, :] + ip_25[None, None, :, None, None] + ik_25[None, None, None, :, None]
+    p1_25 = scratch + 483 + z[:, None, None, None, None] * 2598 + iu_25[None, None, None, None, :] + ip_25[None, None, None, :, None] + ik_25[None, None, :, None, None]
     m1_25 = row_mask[:, None, None, None, None]
-    po_25 = scratch + 1299 + z[:, None, None, None] * 2598 + ii_25[None, :, None, None] + ip_25[None, None, :, None] + ik_25[None, None, None, :]
+    po_25 = scratch + 1299 + z[:, None, None, None] * 2598 + ii_25[None, :, None, None] + ik_25[None, None, :, None] + ip_25[None, None, None, :]
     mo_25 = row_mask[:, None, None, None]
     a0_25 = tl.load(p0_25, mask=m0_25, other=0.0)
     a1_25 = tl.load(p1_25, mask=m1_25, other=0.0)
@@ -7207,7 +7224,7 @@ def _cormorant_message_d2_f_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     ii_28 = tl.arange(0, 1)
     p0_28 = d2_d_f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_28[None, :, None, None, None] + ii_28[None, None, None, None, :]
     m0_28 = row_mask[:, None, None, None, None]
-    p1_28 = scratch + 1 + z[:, None, None, None, None] * 2598 + ii_28[None, None, None, None, :] * 3 + ip_28[None, None, :, None, None] * 3 + ik_28[None, None, None, :, None]
+    p1_28 = scratch + 1 + z[:, None, None, None, None] * 2598 + ii_28[None, None, None, None, :] * 3 + ik_28[None, None, None, :, None] + ip_28[None, None, :, None, None]
     m1_28 = row_mask[:, None, None, None, None] & (ik_28[None, None, None, :, None] < 3)
     po_28 = scratch + 1798 + z[:, None, None, None] * 2598 + iu_28[None, :, None, None] * 3 + ip_28[None, None, :, None] * 3 + ik_28[None, None, None, :]
     mo_28 = row_mask[:, None, None, None] & (ik_28[None, None, None, :] < 3)
@@ -7218,15 +7235,15 @@ def _cormorant_message_d2_f_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     tl.debug_barrier()
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
     ii_29 = tl.arange(0, 1)
-    ip_29 = tl.arange(0, 1)
     ik_29 = tl.arange(0, 4)
+    ip_29 = tl.arange(0, 1)
     iu_29 = tl.arange(0, 16)
     p0_29 = d2_d_f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_29[None, None, None, None, :] + ii_29[None, :, None, None, None]
     m0_29 = row_mask[:, None, None, None, None]
-    p1_29 = scratch + 499 + z[:, None, None, None, None] * 2598 + iu_29[None, None, None, None, :] * 3 + ip_29[None, None, :, None, None] * 3 + ik_29[None, None, None, :, None]
-    m1_29 = row_mask[:, None, None, None, None] & (ik_29[None, None, None, :, None] < 3)
-    po_29 = scratch + 1300 + z[:, None, None, None] * 2598 + ii_29[None, :, None, None] * 3 + ip_29[None, None, :, None] * 3 + ik_29[None, None, None, :]
-    mo_29 = row_mask[:, None, None, None] & (ik_29[None, None, None, :] < 3)
+    p1_29 = scratch + 499 + z[:, None, None, None, None] * 2598 + iu_29[None, None, None, None, :] * 3 + ip_29[None, None, None, :, None] * 3 + ik_29[None, None, :, None, None]
+    m1_29 = row_mask[:, None, None, None, None] & (ik_29[None, None, :, None, None] < 3)
+    po_29 = scratch + 1300 + z[:, None, None, None] * 2598 + ii_29[None, :, None, None] * 3 + ik_29[None, None, :, None] + ip_29[None, None, None, :]
+    mo_29 = row_mask[:, None, None, None] & (ik_29[None, None, :, None] < 3)
     a0_29 = tl.load(p0_29, mask=m0_29, other=0.0)
     a1_29 = tl.load(p1_29, mask=m1_29, other=0.0)
     q_29 = po_29
@@ -7267,7 +7284,7 @@ def _cormorant_message_d2_f_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     ii_32 = tl.arange(0, 1)
     p0_32 = d2_d_f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_32[None, :, None, None, None] + ii_32[None, None, None, None, :]
     m0_32 = row_mask[:, None, None, None, None]
-    p1_32 = scratch + 4 + z[:, None, None, None, None] * 2598 + ii_32[None, None, None, None, :] * 5 + ip_32[None, None, :, None, None] * 5 + ik_32[None, None, None, :, None]
+    p1_32 = scratch + 4 + z[:, None, None, None, None] * 2598 + ii_32[None, None, None, None, :] * 5 + ik_32[None, None, None, :, None] + ip_32[None, None, :, None, None]
     m1_32 = row_mask[:, None, None, None, None] & (ik_32[None, None, None, :, None] < 5)
     po_32 = scratch + 1846 + z[:, None, None, None] * 2598 + iu_32[None, :, None, None] * 5 + ip_32[None, None, :, None] * 5 + ik_32[None, None, None, :]
     mo_32 = row_mask[:, None, None, None] & (ik_32[None, None, None, :] < 5)
@@ -7287,15 +7304,15 @@ def _cormorant_message_d2_f_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
     ii_33 = tl.arange(0, 1)
-    ip_33 = tl.arange(0, 1)
     ik_33 = tl.arange(0, 8)
+    ip_33 = tl.arange(0, 1)
     iu_33 = tl.arange(0, 16)
     p0_33 = d2_d_f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_33[None, None, None, None, :] + ii_33[None, :, None, None, None]
     m0_33 = row_mask[:, None, None, None, None]
-    p1_33 = scratch + 547 + z[:, None, None, None, None] * 2598 + iu_33[None, None, None, None, :] * 5 + ip_33[None, None, :, None, None] * 5 + ik_33[None, None, None, :, None]
-    m1_33 = row_mask[:, None, None, None, None] & (ik_33[None, None, None, :, None] < 5)
-    po_33 = scratch + 1303 + z[:, None, None, None] * 2598 + ii_33[None, :, None, None] * 5 + ip_33[None, None, :, None] * 5 + ik_33[None, None, None, :]
-    mo_33 = row_mask[:, None, None, None] & (ik_33[None, None, None, :] < 5)
+    p1_33 = scratch + 547 + z[:, None, None, None, None] * 2598 + iu_33[None, None, None, None, :] * 5 + ip_33[None, None, None, :, None] * 5 + ik_33[None, None, :, None, None]
+    m1_33 = row_mask[:, None, None, None, None] & (ik_33[None, None, :, None, None] < 5)
+    po_33 = scratch + 1303 + z[:, None, None, None] * 2598 + ii_33[None, :, None, None] * 5 + ik_33[None, None, :, None] + ip_33[None, None, None, :]
+    mo_33 = row_mask[:, None, None, None] & (ik_33[None, None, :, None] < 5)
     a0_33 = tl.load(p0_33, mask=m0_33, other=0.0)
     a1_33 = tl.load(p1_33, mask=m1_33, other=0.0)
     q_33 = po_33
@@ -7336,7 +7353,7 @@ def _cormorant_message_d2_f_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     ii_36 = tl.arange(0, 4)
     p0_36 = d2_d_f_ptr + 16 + z[:, None, None, None, None] * 144 + iu_36[None, :, None, None, None] * 3 + ii_36[None, None, None, None, :]
     m0_36 = row_mask[:, None, None, None, None] & (ii_36[None, None, None, None, :] < 3)
-    p1_36 = scratch + 9 + z[:, None, None, None, None] * 2598 + ii_36[None, None, None, None, :] + ip_36[None, None, :, None, None] + ik_36[None, None, None, :, None]
+    p1_36 = scratch + 9 + z[:, None, None, None, None] * 2598 + ii_36[None, None, None, None, :] + ik_36[None, None, None, :, None] + ip_36[None, None, :, None, None]
     m1_36 = row_mask[:, None, None, None, None] & (ii_36[None, None, None, None, :] < 3)
     po_36 = scratch + 1926 + z[:, None, None, None] * 2598 + iu_36[None, :, None, None] + ip_36[None, None, :, None] + ik_36[None, None, None, :]
     mo_36 = row_mask[:, None, None, None]
@@ -7347,14 +7364,14 @@ def _cormorant_message_d2_f_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     tl.debug_barrier()
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
     ii_37 = tl.arange(0, 4)
-    ip_37 = tl.arange(0, 1)
     ik_37 = tl.arange(0, 1)
+    ip_37 = tl.arange(0, 1)
     iu_37 = tl.arange(0, 16)
     p0_37 = d2_d_f_ptr + 16 + z[:, None, None, None, None] * 144 + iu_37[None, None, None, None, :] * 3 + ii_37[None, :, None, None, None]
     m0_37 = row_mask[:, None, None, None, None] & (ii_37[None, :, None, None, None] < 3)
-    p1_37 = scratch + 627 + z[:, None, None, None, None] * 2598 + iu_37[None, None, None, None, :] + ip_37[None, None, :, None, None] + ik_37[None, None, None, :, None]
+    p1_37 = scratch + 627 + z[:, None, None, None, None] * 2598 + iu_37[None, None, None, None, :] + ip_37[None, None, None, :, None] + ik_37[None, None, :, None, None]
     m1_37 = row_mask[:, None, None, None, None]
-    po_37 = scratch + 1308 + z[:, None, None, None] * 2598 + ii_37[None, :, None, None] + ip_37[None, None, :, None] + ik_37[None, None, None, :]
+    po_37 = scratch + 1308 + z[:, None, None, None] * 2598 + ii_37[None, :, None, None] + ik_37[None, None, :, None] + ip_37[None, None, None, :]
     mo_37 = row_mask[:, None, None, None] & (ii_37[None, :, None, None] < 3)
     a0_37 = tl.load(p0_37, mask=m0_37, other=0.0)
     a1_37 = tl.load(p1_37, mask=m1_37, other=0.0)
@@ -7395,8 +7412,8 @@ def _cormorant_message_d2_f_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     ii_40 = tl.arange(0, 4)
     p0_40 = d2_d_f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_40[None, None, None, None, :]
     m0_40 = row_mask[:, None, None, None, None] & (ii_40[None, None, None, None, :] < 3)
-    p1_40 = scratch + 12 + z[:, None, None, None, None] * 2598 + ii_40[None, None, None, None, :] * 9 + ip_40[None, None, :, None, None] * 3 + ik_40[None, None, None, :, None]
-    m1_40 = row_mask[:, None, None, None, None] & (ii_40[None, None, None, None, :] < 3) & (ip_40[None, None, :, None, None] < 3) & (ik_40[None, None, None, :, None] < 3)
+    p1_40 = scratch + 12 + z[:, None, None, None, None] * 2598 + ii_40[None, None, None, None, :] * 9 + ik_40[None, None, None, :, None] * 3 + ip_40[None, None, :, None, None]
+    m1_40 = row_mask[:, None, None, None, None] & (ii_40[None, None, None, None, :] < 3) & (ik_40[None, None, None, :, None] < 3) & (ip_40[None, None, :, None, None] < 3)
     po_40 = scratch + 1942 + z[:, None, None, None] * 2598 + ip_40[None, None, :, None] * 3 + ik_40[None, None, None, :]
     mo_40 = row_mask[:, None, None, None] & (ip_40[None, None, :, None] < 3) & (ik_40[None, None, None, :] < 3)
     for startu_40 in range(0, 16, 4):
@@ -7408,14 +7425,14 @@ def _cormorant_message_d2_f_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     tl.debug_barrier()
     # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
     ii_41 = tl.arange(0, 4)
-    ip_41 = tl.arange(0, 4)
     ik_41 = tl.arange(0, 4)
+    ip_41 = tl.arange(0, 4)
     p0_41 = d2_d_f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_41[None, :, None, None, None]
     m0_41 = row_mask[:, None, None, None, None] & (ii_41[None, :, None, None, None] < 3)
-    p1_41 = scratch + 643 + z[:, None, None, None, None] * 2598 + ip_41[None, None, :, None, None] * 3 + ik_41[None, None, None, :, None]
-    m1_41 = row_mask[:, None, None, None, None] & (ip_41[None, None, :, None, None] < 3) & (ik_41[None, None, None, :, None] < 3)
-    po_41 = scratch + 1311 + z[:, None, None, None] * 2598 + ii_41[None, :, None, None] * 9 + ip_41[None, None, :, None] * 3 + ik_41[None, None, None, :]
-    mo_41 = row_mask[:, None, None, None] & (ii_41[None, :, None, None] < 3) & (ip_41[None, None, :, None] < 3) & (ik_41[None, None, None, :] < 3)
+    p1_41 = scratch + 643 + z[:, None, None, None, None] * 2598 + ip_41[None, None, None, :, None] * 3 + ik_41[None, None, :, None, None]
+    m1_41 = row_mask[:, None, None, None, None] & (ip_41[None, None, None, :, None] < 3) & (ik_41[None, None, :, None, None] < 3)
+    po_41 = scratch + 1311 + z[:, None, None, None] * 2598 + ii_41[None, :, None, None] * 9 + ik_41[None, None, :, None] * 3 + ip_41[None, None, None, :]
+    mo_41 = row_mask[:, None, None, None] & (ii_41[None, :, None, None] < 3) & (ik_41[None, None, :, None] < 3) & (ip_41[None, None, None, :] < 3)
     acc_41 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
     for startu_41 in range(0, 16, 4):
         iu_41 = startu_41 + tl.arange(0, 4)
@@ -7459,7 +7476,7 @@ def _cormorant_message_d2_f_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     ii_44 = tl.arange(0, 4)
     p0_44 = d2_d_f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_44[None, None, None, None, :]
     m0_44 = row_mask[:, None, None, None, None] & (ii_44[None, None, None, None, :] < 3)
-    p1_44 = scratch + 39 + z[:, None, None, None, None] * 2598 + ii_44[None, None, None, None, :] * 10 + ip_44[None, None, :, None, None] * 5 + ik_44[None, None, None, :, None]
+    p1_44 = scratch + 39 + z[:, None, None, None, None] * 2598 + ii_44[None, None, None, None, :] * 10 + ik_44[None, None, None, :, None] * 2 + ip_44[None, None, :, None, None]
     m1_44 = row_mask[:, None, None, None, None] & (ii_44[None, None, None, None, :] < 3) & (ik_44[None, None, None, :, None] < 5)
     po_44 = scratch + 2086 + z[:, None, None, None] * 2598 + ip_44[None, None, :, None] * 5 + ik_44[None, None, None, :]
     mo_44 = row_mask[:, None, None, None] & (ik_44[None, None, None, :] < 5)
@@ -7475,20 +7492,20 @@ def _cormorant_message_d2_f_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     ip_45 = tl.arange(0, 2)
     p0_45 = d2_d_f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_45[None, :, None, None, None]
     m0_45 = row_mask[:, None, None, None, None] & (ii_45[None, :, None, None, None] < 3)
-    p1_45 = scratch + 787 + z[:, None, None, None, None] * 2598 + ip_45[None, None, :, None, None] * 5
+    p1_45 = scratch + 787 + z[:, None, None, None, None] * 2598 + ip_45[None, None, None, :, None] * 5
     m1_45 = row_mask[:, None, None, None, None]
-    po_45 = scratch + 1338 + z[:, None, None, None] * 2598 + ii_45[None, :, None, None] * 10 + ip_45[None, None, :, None] * 5
+    po_45 = scratch + 1338 + z[:, None, None, None] * 2598 + ii_45[None, :, None, None] * 10 + ip_45[None, None, None, :]
     mo_45 = row_mask[:, None, None, None] & (ii_45[None, :, None, None] < 3)
     for startk_45 in range(0, 5, 4):
         ik_45 = startk_45 + tl.arange(0, 4)
-        acc_45 = tl.zeros([BLOCK_Z, 4, 2, 4], dtype=DTYPE)
+        acc_45 = tl.zeros([BLOCK_Z, 4, 4, 2], dtype=DTYPE)
         for startu_45 in range(0, 16, 8):
             iu_45 = startu_45 + tl.arange(0, 8)
             a0_45 = tl.load(p0_45 + iu_45[None, None, None, None, :] * 3, mask=m0_45, other=0.0)
-            a1_45 = tl.load(p1_45 + iu_45[None, None, None, None, :] * 10 + ik_45[None, None, None, :, None], mask=m1_45 & (ik_45[None, None, None, :, None] < 5), other=0.0)
+            a1_45 = tl.load(p1_45 + iu_45[None, None, None, None, :] * 10 + ik_45[None, None, :, None, None], mask=m1_45 & (ik_45[None, None, :, None, None] < 5), other=0.0)
             acc_45 += tl.sum(a0_45 * a1_45, axis=4)
-        q_45 = po_45 + ik_45[None, None, None, :]
-        tl.store(q_45, tl.load(q_45, mask=mo_45 & (ik_45[None, None, None, :] < 5), other=0.0) + acc_45, mask=mo_45 & (ik_45[None, None, None, :] < 5))
+        q_45 = po_45 + ik_45[None, None, :, None] * 2
+        tl.store(q_45, tl.load(q_45, mask=mo_45 & (ik_45[None, None, :, None] < 5), other=0.0) + acc_45, mask=mo_45 & (ik_45[None, None, :, None] < 5))
     tl.debug_barrier()
     iu_46 = tl.arange(0, 16)
     ik_46 = tl.arange(0, 8)
@@ -7525,7 +7542,7 @@ def _cormorant_message_d2_f_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     ii_48 = tl.arange(0, 8)
     p0_48 = d2_d_f_ptr + 64 + z[:, None, None, None, None] * 144 + iu_48[None, :, None, None, None] * 5 + ii_48[None, None, None, None, :]
     m0_48 = row_mask[:, None, None, None, None] & (ii_48[None, None, None, None, :] < 5)
-    p1_48 = scratch + 69 + z[:, None, None, None, None] * 2598 + ii_48[None, None, None, None, :] + ip_48[None, None, :, None, None] + ik_48[None, None, None, :, None]
+    p1_48 = scratch + 69 + z[:, None, None, None, None] * 2598 + ii_48[None, None, None, None, :] + ik_48[None, None, None, :, None] + ip_48[None, None, :, None, None]
     m1_48 = row_mask[:, None, None, None, None] & (ii_48[None, None, None, None, :] < 5)
     po_48 = scratch + 2246 + z[:, None, None, None] * 2598 + iu_48[None, :, None, None] + ip_48[None, None, :, None] + ik_48[None, None, None, :]
     mo_48 = row_mask[:, None, None, None]
@@ -7545,14 +7562,14 @@ def _cormorant_message_d2_f_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
     ii_49 = tl.arange(0, 8)
-    ip_49 = tl.arange(0, 1)
     ik_49 = tl.arange(0, 1)
+    ip_49 = tl.arange(0, 1)
     iu_49 = tl.arange(0, 16)
     p0_49 = d2_d_f_ptr + 64 + z[:, None, None, None, None] * 144 + iu_49[None, None, None, None, :] * 5 + ii_49[None, :, None, None, None]
     m0_49 = row_mask[:, None, None, None, None] & (ii_49[None, :, None, None, None] < 5)
-    p1_49 = scratch + 947 + z[:, None, None, None, None] * 2598 + iu_49[None, None, None, None, :] + ip_49[None, None, :, None, None] + ik_49[None, None, None, :, None]
+    p1_49 = scratch + 947 + z[:, None, None, None, None] * 2598 + iu_49[None, None, None, None, :] + ip_49[None, None, None, :, None] + ik_49[None, None, :, None, None]
     m1_49 = row_mask[:, None, None, None, None]
-    po_49 = scratch + 1368 + z[:, None, None, None] * 2598 + ii_49[None, :, None, None] + ip_49[None, None, :, None] + ik_49[None, None, None, :]
+    po_49 = scratch + 1368 + z[:, None, None, None] * 2598 + ii_49[None, :, None, None] + ik_49[None, None, :, None] + ip_49[None, None, None, :]
     mo_49 = row_mask[:, None, None, None] & (ii_49[None, :, None, None] < 5)
     a0_49 = tl.load(p0_49, mask=m0_49, other=0.0)
     a1_49 = tl.load(p1_49, mask=m1_49, other=0.0)
@@ -7593,7 +7610,7 @@ def _cormorant_message_d2_f_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     ii_52 = tl.arange(0, 8)
     p0_52 = d2_d_f_ptr + 64 + z[:, None, None, None, None] * 144 + ii_52[None, None, None, None, :]
     m0_52 = row_mask[:, None, None, None, None] & (ii_52[None, None, None, None, :] < 5)
-    p1_52 = scratch + 74 + z[:, None, None, None, None] * 2598 + ii_52[None, None, None, None, :] * 6 + ip_52[None, None, :, None, None] * 3 + ik_52[None, None, None, :, None]
+    p1_52 = scratch + 74 + z[:, None, None, None, None] * 2598 + ii_52[None, None, None, None, :] * 6 + ik_52[None, None, None, :, None] * 2 + ip_52[None, None, :, None, None]
     m1_52 = row_mask[:, None, None, None, None] & (ii_52[None, None, None, None, :] < 5) & (ik_52[None, None, None, :, None] < 3)
     po_52 = scratch + 2262 + z[:, None, None, None] * 2598 + ip_52[None, None, :, None] * 3 + ik_52[None, None, None, :]
     mo_52 = row_mask[:, None, None, None] & (ik_52[None, None, None, :] < 3)
@@ -7605,17 +7622,17 @@ def _cormorant_message_d2_f_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
         tl.store(q_52, tl.load(q_52, mask=mo_52, other=0.0) + tl.sum(a0_52 * a1_52, axis=4), mask=mo_52)
     tl.debug_barrier()
     # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    ip_53 = tl.arange(0, 2)
     ik_53 = tl.arange(0, 4)
+    ip_53 = tl.arange(0, 2)
     p0_53 = d2_d_f_ptr + 64 + z[:, None, None, None, None] * 144
     m0_53 = row_mask[:, None, None, None, None]
-    p1_53 = scratch + 963 + z[:, None, None, None, None] * 2598 + ip_53[None, None, :, None, None] * 3 + ik_53[None, None, None, :, None]
-    m1_53 = row_mask[:, None, None, None, None] & (ik_53[None, None, None, :, None] < 3)
-    po_53 = scratch + 1373 + z[:, None, None, None] * 2598 + ip_53[None, None, :, None] * 3 + ik_53[None, None, None, :]
-    mo_53 = row_mask[:, None, None, None] & (ik_53[None, None, None, :] < 3)
+    p1_53 = scratch + 963 + z[:, None, None, None, None] * 2598 + ip_53[None, None, None, :, None] * 3 + ik_53[None, None, :, None, None]
+    m1_53 = row_mask[:, None, None, None, None] & (ik_53[None, None, :, None, None] < 3)
+    po_53 = scratch + 1373 + z[:, None, None, None] * 2598 + ik_53[None, None, :, None] * 2 + ip_53[None, None, None, :]
+    mo_53 = row_mask[:, None, None, None] & (ik_53[None, None, :, None] < 3)
     for starti_53 in range(0, 5, 4):
         ii_53 = starti_53 + tl.arange(0, 4)
-        acc_53 = tl.zeros([BLOCK_Z, 4, 2, 4], dtype=DTYPE)
+        acc_53 = tl.zeros([BLOCK_Z, 4, 4, 2], dtype=DTYPE)
         for startu_53 in range(0, 16, 8):
             iu_53 = startu_53 + tl.arange(0, 8)
             a0_53 = tl.load(p0_53 + iu_53[None, None, None, None, :] * 5 + ii_53[None, :, None, None, None], mask=m0_53 & (ii_53[None, :, None, None, None] < 5), other=0.0)
@@ -7656,7 +7673,7 @@ def _cormorant_message_d2_f_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     ip_56 = tl.arange(0, 4)
     p0_56 = d2_d_f_ptr + 64 + z[:, None, None, None, None] * 144
     m0_56 = row_mask[:, None, None, None, None]
-    p1_56 = scratch + 104 + z[:, None, None, None, None] * 2598 + ip_56[None, None, :, None, None] * 5
+    p1_56 = scratch + 104 + z[:, None, None, None, None] * 2598 + ip_56[None, None, :, None, None]
     m1_56 = row_mask[:, None, None, None, None] & (ip_56[None, None, :, None, None] < 3)
     po_56 = scratch + 2358 + z[:, None, None, None] * 2598 + ip_56[None, None, :, None] * 5
     mo_56 = row_mask[:, None, None, None] & (ip_56[None, None, :, None] < 3)
@@ -7668,7 +7685,7 @@ def _cormorant_message_d2_f_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
             for starti_56 in range(0, 5, 4):
                 ii_56 = starti_56 + tl.arange(0, 4)
                 a0_56 = tl.load(p0_56 + iu_56[None, :, None, None, None] * 5 + ii_56[None, None, None, None, :], mask=m0_56 & (ii_56[None, None, None, None, :] < 5), other=0.0)
-                a1_56 = tl.load(p1_56 + ii_56[None, None, None, None, :] * 15 + ik_56[None, None, None, :, None], mask=m1_56 & (ii_56[None, None, None, None, :] < 5) & (ik_56[None, None, None, :, None] < 5), other=0.0)
+                a1_56 = tl.load(p1_56 + ii_56[None, None, None, None, :] * 15 + ik_56[None, None, None, :, None] * 3, mask=m1_56 & (ii_56[None, None, None, None, :] < 5) & (ik_56[None, None, None, :, None] < 5), other=0.0)
                 acc_56 += tl.sum(a0_56 * a1_56, axis=4)
             q_56 = po_56 + iu_56[None, :, None, None] * 15 + ik_56[None, None, None, :]
             tl.store(q_56, tl.load(q_56, mask=mo_56 & (ik_56[None, None, None, :] < 5), other=0.0) + acc_56, mask=mo_56 & (ik_56[None, None, None, :] < 5))
@@ -7677,10 +7694,10 @@ def _cormorant_message_d2_f_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
     ip_57 = tl.arange(0, 4)
     p0_57 = d2_d_f_ptr + 64 + z[:, None, None, None, None] * 144
     m0_57 = row_mask[:, None, None, None, None]
-    p1_57 = scratch + 1059 + z[:, None, None, None, None] * 2598 + ip_57[None, None, :, None, None] * 5
-    m1_57 = row_mask[:, None, None, None, None] & (ip_57[None, None, :, None, None] < 3)
-    po_57 = scratch + 1403 + z[:, None, None, None] * 2598 + ip_57[None, None, :, None] * 5
-    mo_57 = row_mask[:, None, None, None] & (ip_57[None, None, :, None] < 3)
+    p1_57 = scratch + 1059 + z[:, None, None, None, None] * 2598 + ip_57[None, None, None, :, None] * 5
+    m1_57 = row_mask[:, None, None, None, None] & (ip_57[None, None, None, :, None] < 3)
+    po_57 = scratch + 1403 + z[:, None, None, None] * 2598 + ip_57[None, None, None, :]
+    mo_57 = row_mask[:, None, None, None] & (ip_57[None, None, None, :] < 3)
     for starti_57 in range(0, 5, 4):
         ii_57 = starti_57 + tl.arange(0, 4)
         for startk_57 in range(0, 5, 4):
@@ -7689,10 +7706,10 @@ def _cormorant_message_d2_f_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_f_ptr, 
             for startu_57 in range(0, 16, 4):
                 iu_57 = startu_57 + tl.arange(0, 4)
                 a0_57 = tl.load(p0_57 + iu_57[None, None, None, None, :] * 5 + ii_57[None, :, None, None, None], mask=m0_57 & (ii_57[None, :, None, None, None] < 5), other=0.0)
-                a1_57 = tl.load(p1_57 + iu_57[None, None, None, None, :] * 15 + ik_57[None, None, None, :, None], mask=m1_57 & (ik_57[None, None, None, :, None] < 5), other=0.0)
+                a1_57 = tl.load(p1_57 + iu_57[None, None, None, None, :] * 15 + ik_57[None, None, :, None, None], mask=m1_57 & (ik_57[None, None, :, None, None] < 5), other=0.0)
                 acc_57 += tl.sum(a0_57 * a1_57, axis=4)
-            q_57 = po_57 + ii_57[None, :, None, None] * 15 + ik_57[None, None, None, :]
-            tl.store(q_57, tl.load(q_57, mask=mo_57 & (ii_57[None, :, None, None] < 5) & (ik_57[None, None, None, :] < 5), other=0.0) + acc_57, mask=mo_57 & (ii_57[None, :, None, None] < 5) & (ik_57[None, None, None, :] < 5))
+            q_57 = po_57 + ii_57[None, :, None, None] * 15 + ik_57[None, None, :, None] * 3
+            tl.store(q_57, tl.load(q_57, mask=mo_57 & (ii_57[None, :, None, None] < 5) & (ik_57[None, None, :, None] < 5), other=0.0) + acc_57, mask=mo_57 & (ii_57[None, :, None, None] < 5) & (ik_57[None, None, :, None] < 5))
     tl.debug_barrier()
     ik_58 = tl.arange(0, 8)
     ip_58 = tl.arange(0, 4)
@@ -7960,7 +7977,7 @@ def _cormorant_message_d2_f(
     """the vector-Jacobian product of cormorant_message_d for the cotangent of d_f: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 9), _g_p_0)
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
     w_p_0_1_1_0 = w[:, 48:64].reshape(n, 16)
     w_p_0_1_1_1 = w[:, 80:96].reshape(n, 16)
     w_p_0_1_1_2 = w[:, 112:128].reshape(n, 16)
@@ -7972,11 +7989,11 @@ def _cormorant_message_d2_f(
     w_p_0_2_2_8 = w[:, 176:192].reshape(n, 16)
     w_p_0_2_2_9 = w[:, 224:240].reshape(n, 16)
     # ∂/∂p: 16x2 -> 16x2
-    d_p_10 = torch.einsum("zwi,uw->zui", d_m[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    d_p_10 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_11 = torch.einsum("zwi,uw->zui", d_m[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    d_p_11 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_12 = torch.einsum("zwi,uw->zui", d_m[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    d_p_12 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d_p = torch.cat([
         d_p_12.reshape(n, 16),
         d_p_11.reshape(n, 48),
@@ -7987,99 +8004,99 @@ def _cormorant_message_d2_f(
         w_p_0_2_2_8.reshape(n, 16),
         w_p_0_2_2_9.reshape(n, 16),
     ], dim=-1)
-    d__t_p_0_2_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_2_2.reshape(n, 3, 16))
+    d__t_p_0_2_2 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 3, 5)  # zuk,zpu->zupk
     _w_p_0_2_1 = torch.cat([
         w_p_0_2_1_5.reshape(n, 16),
         w_p_0_2_1_6.reshape(n, 16),
     ], dim=-1)
-    d__t_p_0_2_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), _w_p_0_2_1.reshape(n, 2, 16))
-    d__t_p_0_2_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 192:208].reshape(n, 1, 16))
+    d__t_p_0_2_1 = torch.bmm(_w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 2, 3)  # zuk,zpu->zupk
+    d__t_p_0_2_0 = torch.bmm(w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
     _w_p_0_1_2 = torch.cat([
         w_p_0_1_2_3.reshape(n, 16),
         w_p_0_1_2_4.reshape(n, 16),
     ], dim=-1)
-    d__t_p_0_1_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_1_2.reshape(n, 2, 16))
+    d__t_p_0_1_2 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 2, 5)  # zuk,zpu->zupk
     _w_p_0_1_1 = torch.cat([
         w_p_0_1_1_0.reshape(n, 16),
         w_p_0_1_1_1.reshape(n, 16),
         w_p_0_1_1_2.reshape(n, 16),
     ], dim=-1)
-    d__t_p_0_1_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), _w_p_0_1_1.reshape(n, 3, 16))
-    d__t_p_0_1_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 64:80].reshape(n, 1, 16))
-    d__t_p_0_0_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), w[:, 32:48].reshape(n, 1, 16))
-    d__t_p_0_0_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), w[:, 16:32].reshape(n, 1, 16))
-    d__t_p_0_0_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16))
+    d__t_p_0_1_1 = torch.bmm(_w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 3, 3)  # zuk,zpu->zupk
+    d__t_p_0_1_0 = torch.bmm(w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
+    d__t_p_0_0_2 = torch.bmm(w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 1, 5)  # zuk,zpu->zupk
+    d__t_p_0_0_1 = torch.bmm(w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 1, 3)  # zuk,zpu->zupk
+    d__t_p_0_0_0 = torch.bmm(w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
     # ∂/∂d__t_p_0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_d__t_p_0_0_0 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    d2_d__t_p_0_0_0 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d2__m_p_0_13 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 0:16].reshape(n, 16, 1), d__t_p_0_0_0)
+    d2__m_p_0_13 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1)).view(n, 1, 1, 1)  # zui,zupk->zikp
     d2_d_p_14 = d2_d__t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_15 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_0, d_p[:, 0:16].reshape(n, 16, 1))
+    d2_w_15 = torch.bmm(d2_d__t_p_0_0_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_d__t_p_0_0_1 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
+    d2_d__t_p_0_0_1 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 16, 1, 3)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2__m_p_0_16 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 0:16].reshape(n, 16, 1), d__t_p_0_0_1)
+    d2__m_p_0_16 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3)).view(n, 1, 3, 1)  # zui,zupk->zikp
     d2_d_p_17 = d2_d__t_p_0_0_1.reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_18 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_1, d_p[:, 16:64].reshape(n, 16, 3))
+    d2_w_18 = torch.bmm(d2_d__t_p_0_0_1.reshape(n * 16, 1, 3), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_d__t_p_0_0_2 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
+    d2_d__t_p_0_0_2 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 16, 1, 5)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2__m_p_0_19 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 0:16].reshape(n, 16, 1), d__t_p_0_0_2)
+    d2__m_p_0_19 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5)).view(n, 1, 5, 1)  # zui,zupk->zikp
     d2_d_p_20 = d2_d__t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_21 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_2, d_p[:, 64:144].reshape(n, 16, 5))
+    d2_w_21 = torch.bmm(d2_d__t_p_0_0_2.reshape(n * 16, 1, 5), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_d__t_p_0_1_0 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
+    d2_d__t_p_0_1_0 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 1, 3, 2).reshape(n, 3, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d2__m_p_0_22 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 16:64].reshape(n, 16, 3), d__t_p_0_1_0)
+    d2__m_p_0_22 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16), d__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1)).view(n, 3, 1, 1)  # zui,zupk->zikp
     d2_d_p_23 = d2_d__t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_24 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_1_0, d_p[:, 0:16].reshape(n, 16, 1))
+    d2_w_24 = torch.bmm(d2_d__t_p_0_1_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_d__t_p_0_1_1 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    d2_d__t_p_0_1_1 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d2__m_p_0_25 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 16:64].reshape(n, 16, 3), d__t_p_0_1_1)
-    d2_d_p_26 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_1_1, _w_p_0_1_1.reshape(n, 3, 16))
-    d2__w_p_0_1_1 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_1_1, d_p[:, 16:64].reshape(n, 16, 3))
+    d2__m_p_0_25 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16), d__t_p_0_1_1.reshape(n, 16, 9)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    d2_d_p_26 = torch.bmm(d2_d__t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3), _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 3)  # zupk,zpu->zuk
+    d2__w_p_0_1_1 = torch.bmm(d2_d__t_p_0_1_1.reshape(n * 16, 3, 3), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1)).view(n, 16, 3).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_d__t_p_0_1_2 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    d2_d__t_p_0_1_2 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d2__m_p_0_27 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 16:64].reshape(n, 16, 3), d__t_p_0_1_2)
-    d2_d_p_28 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_1_2, _w_p_0_1_2.reshape(n, 2, 16))
-    d2__w_p_0_1_2 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_1_2, d_p[:, 64:144].reshape(n, 16, 5))
+    d2__m_p_0_27 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16), d__t_p_0_1_2.reshape(n, 16, 10)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    d2_d_p_28 = torch.bmm(d2_d__t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2), _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 5)  # zupk,zpu->zuk
+    d2__w_p_0_1_2 = torch.bmm(d2_d__t_p_0_1_2.reshape(n * 16, 2, 5), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1)).view(n, 16, 2).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_d__t_p_0_2_0 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
+    d2_d__t_p_0_2_0 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 1, 3, 2).reshape(n, 5, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d2__m_p_0_29 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 64:144].reshape(n, 16, 5), d__t_p_0_2_0)
+    d2__m_p_0_29 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16), d__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1)).view(n, 5, 1, 1)  # zui,zupk->zikp
     d2_d_p_30 = d2_d__t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_31 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_2_0, d_p[:, 0:16].reshape(n, 16, 1))
+    d2_w_31 = torch.bmm(d2_d__t_p_0_2_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_d__t_p_0_2_1 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    d2_d__t_p_0_2_1 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6)).view(n, 16, 2, 3)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2__m_p_0_32 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 64:144].reshape(n, 16, 5), d__t_p_0_2_1)
-    d2_d_p_33 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_2_1, _w_p_0_2_1.reshape(n, 2, 16))
-    d2__w_p_0_2_1 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_2_1, d_p[:, 16:64].reshape(n, 16, 3))
+    d2__m_p_0_32 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16), d__t_p_0_2_1.reshape(n, 16, 6)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    d2_d_p_33 = torch.bmm(d2_d__t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2), _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 3)  # zupk,zpu->zuk
+    d2__w_p_0_2_1 = torch.bmm(d2_d__t_p_0_2_1.reshape(n * 16, 2, 3), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1)).view(n, 16, 2).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_d__t_p_0_2_2 = torch.einsum("zui,zipk->zupk", d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    d2_d__t_p_0_2_2 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d2__m_p_0_34 = torch.einsum("zui,zupk->zipk", d2_d_f[:, 64:144].reshape(n, 16, 5), d__t_p_0_2_2)
-    d2_d_p_35 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_2_2, _w_p_0_2_2.reshape(n, 3, 16))
-    d2__w_p_0_2_2 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_2_2, d_p[:, 64:144].reshape(n, 16, 5))
+    d2__m_p_0_34 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16), d__t_p_0_2_2.reshape(n, 16, 15)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    d2_d_p_35 = torch.bmm(d2_d__t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3), _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 5)  # zupk,zpu->zuk
+    d2__w_p_0_2_2 = torch.bmm(d2_d__t_p_0_2_2.reshape(n * 16, 3, 5), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1)).view(n, 16, 3).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
         (d2_d_p_14 + d2_d_p_23 + d2_d_p_30).reshape(n, 16),
         (d2_d_p_17 + d2_d_p_26 + d2_d_p_33).reshape(n, 48),
         (d2_d_p_20 + d2_d_p_28 + d2_d_p_35).reshape(n, 80),
     ], dim=-1)
-    d2_d_m_36 = torch.einsum("zui,uw->zwi", d2_d_p[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    d2_d_m_36 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_37 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25), d_m[:, 0:16].reshape(n, 16, 1))
+    d2_weight_37 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
-    d2_d_m_38 = torch.einsum("zui,uw->zwi", d2_d_p[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    d2_d_m_38 = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_39 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25), d_m[:, 16:64].reshape(n, 16, 3))
+    d2_weight_39 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
-    d2_d_m_40 = torch.einsum("zui,uw->zwi", d2_d_p[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    d2_d_m_40 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_41 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25), d_m[:, 64:144].reshape(n, 16, 5))
+    d2_weight_41 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     d2_w_42 = d2__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
     d2_w_43 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_44 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
@@ -8102,7 +8119,7 @@ def _cormorant_message_d2_f(
         d2__m_p_0_32.reshape(n, 30),
         d2__m_p_0_34.reshape(n, 75),
     ], dim=-1)
-    d2_sh_52 = torch.einsum("zc,jc->zj", d2__m_p_0, _g_p_0)
+    d2_sh_52 = torch.mm(d2__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
     d2_f = weight.new_zeros(n, 144)
     d2_sh = d2_sh_52
     d2_w = torch.cat([
@@ -8451,7 +8468,7 @@ def _cormorant_message_d2_sh_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     ip_24 = tl.arange(0, 1)
     ik_24 = tl.arange(0, 1)
     ii_24 = tl.arange(0, 1)
-    p0_24 = scratch + 1424 + z[:, None, None, None, None] * 2419 + ii_24[None, None, None, None, :] + ip_24[None, None, :, None, None] + ik_24[None, None, None, :, None]
+    p0_24 = scratch + 1424 + z[:, None, None, None, None] * 2419 + ii_24[None, None, None, None, :] + ik_24[None, None, None, :, None] + ip_24[None, None, :, None, None]
     m0_24 = row_mask[:, None, None, None, None]
     p1_24 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_24[None, :, None, None, None] + ii_24[None, None, None, None, :]
     m1_24 = row_mask[:, None, None, None, None]
@@ -8465,11 +8482,11 @@ def _cormorant_message_d2_sh_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
     iu_25 = tl.arange(0, 16)
     ii_25 = tl.arange(0, 1)
-    ip_25 = tl.arange(0, 1)
     ik_25 = tl.arange(0, 1)
-    p0_25 = scratch + 1424 + z[:, None, None, None, None] * 2419 + ii_25[None, None, :, None, None] + ip_25[None, None, None, :, None] + ik_25[None, None, None, None, :]
+    ip_25 = tl.arange(0, 1)
+    p0_25 = scratch + 1424 + z[:, None, None, None, None] * 2419 + ii_25[None, None, :, None, None] + ik_25[None, None, None, :, None] + ip_25[None, None, None, None, :]
     m0_25 = row_mask[:, None, None, None, None]
-    p1_25 = scratch + 304 + z[:, None, None, None, None] * 2419 + iu_25[None, :, None, None, None] + ip_25[None, None, None, :, None] + ik_25[None, None, None, None, :]
+    p1_25 = scratch + 304 + z[:, None, None, None, None] * 2419 + iu_25[None, :, None, None, None] + ip_25[None, None, None, None, :] + ik_25[None, None, None, :, None]
     m1_25 = row_mask[:, None, None, None, None]
     po_25 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_25[None, :, None] + ii_25[None, None, :]
     mo_25 = row_mask[:, None, None]
@@ -8511,7 +8528,7 @@ def _cormorant_message_d2_sh_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     ip_28 = tl.arange(0, 1)
     ik_28 = tl.arange(0, 4)
     ii_28 = tl.arange(0, 1)
-    p0_28 = scratch + 1425 + z[:, None, None, None, None] * 2419 + ii_28[None, None, None, None, :] * 3 + ip_28[None, None, :, None, None] * 3 + ik_28[None, None, None, :, None]
+    p0_28 = scratch + 1425 + z[:, None, None, None, None] * 2419 + ii_28[None, None, None, None, :] * 3 + ik_28[None, None, None, :, None] + ip_28[None, None, :, None, None]
     m0_28 = row_mask[:, None, None, None, None] & (ik_28[None, None, None, :, None] < 3)
     p1_28 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_28[None, :, None, None, None] + ii_28[None, None, None, None, :]
     m1_28 = row_mask[:, None, None, None, None]
@@ -8525,12 +8542,12 @@ def _cormorant_message_d2_sh_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
     iu_29 = tl.arange(0, 16)
     ii_29 = tl.arange(0, 1)
-    ip_29 = tl.arange(0, 1)
     ik_29 = tl.arange(0, 4)
-    p0_29 = scratch + 1425 + z[:, None, None, None, None] * 2419 + ii_29[None, None, :, None, None] * 3 + ip_29[None, None, None, :, None] * 3 + ik_29[None, None, None, None, :]
-    m0_29 = row_mask[:, None, None, None, None] & (ik_29[None, None, None, None, :] < 3)
-    p1_29 = scratch + 320 + z[:, None, None, None, None] * 2419 + iu_29[None, :, None, None, None] * 3 + ip_29[None, None, None, :, None] * 3 + ik_29[None, None, None, None, :]
-    m1_29 = row_mask[:, None, None, None, None] & (ik_29[None, None, None, None, :] < 3)
+    ip_29 = tl.arange(0, 1)
+    p0_29 = scratch + 1425 + z[:, None, None, None, None] * 2419 + ii_29[None, None, :, None, None] * 3 + ik_29[None, None, None, :, None] + ip_29[None, None, None, None, :]
+    m0_29 = row_mask[:, None, None, None, None] & (ik_29[None, None, None, :, None] < 3)
+    p1_29 = scratch + 320 + z[:, None, None, None, None] * 2419 + iu_29[None, :, None, None, None] * 3 + ip_29[None, None, None, None, :] * 3 + ik_29[None, None, None, :, None]
+    m1_29 = row_mask[:, None, None, None, None] & (ik_29[None, None, None, :, None] < 3)
     po_29 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_29[None, :, None] + ii_29[None, None, :]
     mo_29 = row_mask[:, None, None]
     a0_29 = tl.load(p0_29, mask=m0_29, other=0.0)
@@ -8571,7 +8588,7 @@ def _cormorant_message_d2_sh_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     ip_32 = tl.arange(0, 1)
     ik_32 = tl.arange(0, 8)
     ii_32 = tl.arange(0, 1)
-    p0_32 = scratch + 1428 + z[:, None, None, None, None] * 2419 + ii_32[None, None, None, None, :] * 5 + ip_32[None, None, :, None, None] * 5 + ik_32[None, None, None, :, None]
+    p0_32 = scratch + 1428 + z[:, None, None, None, None] * 2419 + ii_32[None, None, None, None, :] * 5 + ik_32[None, None, None, :, None] + ip_32[None, None, :, None, None]
     m0_32 = row_mask[:, None, None, None, None] & (ik_32[None, None, None, :, None] < 5)
     p1_32 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_32[None, :, None, None, None] + ii_32[None, None, None, None, :]
     m1_32 = row_mask[:, None, None, None, None]
@@ -8594,12 +8611,12 @@ def _cormorant_message_d2_sh_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
     iu_33 = tl.arange(0, 16)
     ii_33 = tl.arange(0, 1)
-    ip_33 = tl.arange(0, 1)
     ik_33 = tl.arange(0, 8)
-    p0_33 = scratch + 1428 + z[:, None, None, None, None] * 2419 + ii_33[None, None, :, None, None] * 5 + ip_33[None, None, None, :, None] * 5 + ik_33[None, None, None, None, :]
-    m0_33 = row_mask[:, None, None, None, None] & (ik_33[None, None, None, None, :] < 5)
-    p1_33 = scratch + 368 + z[:, None, None, None, None] * 2419 + iu_33[None, :, None, None, None] * 5 + ip_33[None, None, None, :, None] * 5 + ik_33[None, None, None, None, :]
-    m1_33 = row_mask[:, None, None, None, None] & (ik_33[None, None, None, None, :] < 5)
+    ip_33 = tl.arange(0, 1)
+    p0_33 = scratch + 1428 + z[:, None, None, None, None] * 2419 + ii_33[None, None, :, None, None] * 5 + ik_33[None, None, None, :, None] + ip_33[None, None, None, None, :]
+    m0_33 = row_mask[:, None, None, None, None] & (ik_33[None, None, None, :, None] < 5)
+    p1_33 = scratch + 368 + z[:, None, None, None, None] * 2419 + iu_33[None, :, None, None, None] * 5 + ip_33[None, None, None, None, :] * 5 + ik_33[None, None, None, :, None]
+    m1_33 = row_mask[:, None, None, None, None] & (ik_33[None, None, None, :, None] < 5)
     po_33 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_33[None, :, None] + ii_33[None, None, :]
     mo_33 = row_mask[:, None, None]
     a0_33 = tl.load(p0_33, mask=m0_33, other=0.0)
@@ -8640,7 +8657,7 @@ def _cormorant_message_d2_sh_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     ip_36 = tl.arange(0, 1)
     ik_36 = tl.arange(0, 1)
     ii_36 = tl.arange(0, 4)
-    p0_36 = scratch + 1433 + z[:, None, None, None, None] * 2419 + ii_36[None, None, None, None, :] + ip_36[None, None, :, None, None] + ik_36[None, None, None, :, None]
+    p0_36 = scratch + 1433 + z[:, None, None, None, None] * 2419 + ii_36[None, None, None, None, :] + ik_36[None, None, None, :, None] + ip_36[None, None, :, None, None]
     m0_36 = row_mask[:, None, None, None, None] & (ii_36[None, None, None, None, :] < 3)
     p1_36 = f_ptr + 16 + z[:, None, None, None, None] * 144 + iu_36[None, :, None, None, None] * 3 + ii_36[None, None, None, None, :]
     m1_36 = row_mask[:, None, None, None, None] & (ii_36[None, None, None, None, :] < 3)
@@ -8654,11 +8671,11 @@ def _cormorant_message_d2_sh_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
     iu_37 = tl.arange(0, 16)
     ii_37 = tl.arange(0, 4)
-    ip_37 = tl.arange(0, 1)
     ik_37 = tl.arange(0, 1)
-    p0_37 = scratch + 1433 + z[:, None, None, None, None] * 2419 + ii_37[None, None, :, None, None] + ip_37[None, None, None, :, None] + ik_37[None, None, None, None, :]
+    ip_37 = tl.arange(0, 1)
+    p0_37 = scratch + 1433 + z[:, None, None, None, None] * 2419 + ii_37[None, None, :, None, None] + ik_37[None, None, None, :, None] + ip_37[None, None, None, None, :]
     m0_37 = row_mask[:, None, None, None, None] & (ii_37[None, None, :, None, None] < 3)
-    p1_37 = scratch + 448 + z[:, None, None, None, None] * 2419 + iu_37[None, :, None, None, None] + ip_37[None, None, None, :, None] + ik_37[None, None, None, None, :]
+    p1_37 = scratch + 448 + z[:, None, None, None, None] * 2419 + iu_37[None, :, None, None, None] + ip_37[None, None, None, None, :] + ik_37[None, None, None, :, None]
     m1_37 = row_mask[:, None, None, None, None]
     po_37 = d2_f_ptr + 16 + z[:, None, None] * 144 + iu_37[None, :, None] * 3 + ii_37[None, None, :]
     mo_37 = row_mask[:, None, None] & (ii_37[None, None, :] < 3)
@@ -8699,8 +8716,8 @@ def _cormorant_message_d2_sh_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     ip_40 = tl.arange(0, 4)
     ik_40 = tl.arange(0, 4)
     ii_40 = tl.arange(0, 4)
-    p0_40 = scratch + 1436 + z[:, None, None, None, None] * 2419 + ii_40[None, None, None, None, :] * 9 + ip_40[None, None, :, None, None] * 3 + ik_40[None, None, None, :, None]
-    m0_40 = row_mask[:, None, None, None, None] & (ii_40[None, None, None, None, :] < 3) & (ip_40[None, None, :, None, None] < 3) & (ik_40[None, None, None, :, None] < 3)
+    p0_40 = scratch + 1436 + z[:, None, None, None, None] * 2419 + ii_40[None, None, None, None, :] * 9 + ik_40[None, None, None, :, None] * 3 + ip_40[None, None, :, None, None]
+    m0_40 = row_mask[:, None, None, None, None] & (ii_40[None, None, None, None, :] < 3) & (ik_40[None, None, None, :, None] < 3) & (ip_40[None, None, :, None, None] < 3)
     p1_40 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_40[None, None, None, None, :]
     m1_40 = row_mask[:, None, None, None, None] & (ii_40[None, None, None, None, :] < 3)
     po_40 = scratch + 1763 + z[:, None, None, None] * 2419 + ip_40[None, None, :, None] * 3 + ik_40[None, None, None, :]
@@ -8714,12 +8731,12 @@ def _cormorant_message_d2_sh_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     tl.debug_barrier()
     # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
     ii_41 = tl.arange(0, 4)
-    ip_41 = tl.arange(0, 4)
     ik_41 = tl.arange(0, 4)
-    p0_41 = scratch + 1436 + z[:, None, None, None, None] * 2419 + ii_41[None, None, :, None, None] * 9 + ip_41[None, None, None, :, None] * 3 + ik_41[None, None, None, None, :]
-    m0_41 = row_mask[:, None, None, None, None] & (ii_41[None, None, :, None, None] < 3) & (ip_41[None, None, None, :, None] < 3) & (ik_41[None, None, None, None, :] < 3)
-    p1_41 = scratch + 464 + z[:, None, None, None, None] * 2419 + ip_41[None, None, None, :, None] * 3 + ik_41[None, None, None, None, :]
-    m1_41 = row_mask[:, None, None, None, None] & (ip_41[None, None, None, :, None] < 3) & (ik_41[None, None, None, None, :] < 3)
+    ip_41 = tl.arange(0, 4)
+    p0_41 = scratch + 1436 + z[:, None, None, None, None] * 2419 + ii_41[None, None, :, None, None] * 9 + ik_41[None, None, None, :, None] * 3 + ip_41[None, None, None, None, :]
+    m0_41 = row_mask[:, None, None, None, None] & (ii_41[None, None, :, None, None] < 3) & (ik_41[None, None, None, :, None] < 3) & (ip_41[None, None, None, None, :] < 3)
+    p1_41 = scratch + 464 + z[:, None, None, None, None] * 2419 + ip_41[None, None, None, None, :] * 3 + ik_41[None, None, None, :, None]
+    m1_41 = row_mask[:, None, None, None, None] & (ip_41[None, None, None, None, :] < 3) & (ik_41[None, None, None, :, None] < 3)
     po_41 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_41[None, None, :]
     mo_41 = row_mask[:, None, None] & (ii_41[None, None, :] < 3)
     for startu_41 in range(0, 16, 4):
@@ -8761,7 +8778,7 @@ def _cormorant_message_d2_sh_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     ip_44 = tl.arange(0, 2)
     ik_44 = tl.arange(0, 8)
     ii_44 = tl.arange(0, 4)
-    p0_44 = scratch + 1463 + z[:, None, None, None, None] * 2419 + ii_44[None, None, None, None, :] * 10 + ip_44[None, None, :, None, None] * 5 + ik_44[None, None, None, :, None]
+    p0_44 = scratch + 1463 + z[:, None, None, None, None] * 2419 + ii_44[None, None, None, None, :] * 10 + ik_44[None, None, None, :, None] * 2 + ip_44[None, None, :, None, None]
     m0_44 = row_mask[:, None, None, None, None] & (ii_44[None, None, None, None, :] < 3) & (ik_44[None, None, None, :, None] < 5)
     p1_44 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_44[None, None, None, None, :]
     m1_44 = row_mask[:, None, None, None, None] & (ii_44[None, None, None, None, :] < 3)
@@ -8776,12 +8793,12 @@ def _cormorant_message_d2_sh_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     tl.debug_barrier()
     # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
     ii_45 = tl.arange(0, 4)
-    ip_45 = tl.arange(0, 2)
     ik_45 = tl.arange(0, 8)
-    p0_45 = scratch + 1463 + z[:, None, None, None, None] * 2419 + ii_45[None, None, :, None, None] * 10 + ip_45[None, None, None, :, None] * 5 + ik_45[None, None, None, None, :]
-    m0_45 = row_mask[:, None, None, None, None] & (ii_45[None, None, :, None, None] < 3) & (ik_45[None, None, None, None, :] < 5)
-    p1_45 = scratch + 608 + z[:, None, None, None, None] * 2419 + ip_45[None, None, None, :, None] * 5 + ik_45[None, None, None, None, :]
-    m1_45 = row_mask[:, None, None, None, None] & (ik_45[None, None, None, None, :] < 5)
+    ip_45 = tl.arange(0, 2)
+    p0_45 = scratch + 1463 + z[:, None, None, None, None] * 2419 + ii_45[None, None, :, None, None] * 10 + ik_45[None, None, None, :, None] * 2 + ip_45[None, None, None, None, :]
+    m0_45 = row_mask[:, None, None, None, None] & (ii_45[None, None, :, None, None] < 3) & (ik_45[None, None, None, :, None] < 5)
+    p1_45 = scratch + 608 + z[:, None, None, None, None] * 2419 + ip_45[None, None, None, None, :] * 5 + ik_45[None, None, None, :, None]
+    m1_45 = row_mask[:, None, None, None, None] & (ik_45[None, None, None, :, None] < 5)
     po_45 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_45[None, None, :]
     mo_45 = row_mask[:, None, None] & (ii_45[None, None, :] < 3)
     for startu_45 in range(0, 16, 4):
@@ -8824,7 +8841,7 @@ def _cormorant_message_d2_sh_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     ip_48 = tl.arange(0, 1)
     ik_48 = tl.arange(0, 1)
     ii_48 = tl.arange(0, 8)
-    p0_48 = scratch + 1493 + z[:, None, None, None, None] * 2419 + ii_48[None, None, None, None, :] + ip_48[None, None, :, None, None] + ik_48[None, None, None, :, None]
+    p0_48 = scratch + 1493 + z[:, None, None, None, None] * 2419 + ii_48[None, None, None, None, :] + ik_48[None, None, None, :, None] + ip_48[None, None, :, None, None]
     m0_48 = row_mask[:, None, None, None, None] & (ii_48[None, None, None, None, :] < 5)
     p1_48 = f_ptr + 64 + z[:, None, None, None, None] * 144 + iu_48[None, :, None, None, None] * 5 + ii_48[None, None, None, None, :]
     m1_48 = row_mask[:, None, None, None, None] & (ii_48[None, None, None, None, :] < 5)
@@ -8847,11 +8864,11 @@ def _cormorant_message_d2_sh_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
     iu_49 = tl.arange(0, 16)
     ii_49 = tl.arange(0, 8)
-    ip_49 = tl.arange(0, 1)
     ik_49 = tl.arange(0, 1)
-    p0_49 = scratch + 1493 + z[:, None, None, None, None] * 2419 + ii_49[None, None, :, None, None] + ip_49[None, None, None, :, None] + ik_49[None, None, None, None, :]
+    ip_49 = tl.arange(0, 1)
+    p0_49 = scratch + 1493 + z[:, None, None, None, None] * 2419 + ii_49[None, None, :, None, None] + ik_49[None, None, None, :, None] + ip_49[None, None, None, None, :]
     m0_49 = row_mask[:, None, None, None, None] & (ii_49[None, None, :, None, None] < 5)
-    p1_49 = scratch + 768 + z[:, None, None, None, None] * 2419 + iu_49[None, :, None, None, None] + ip_49[None, None, None, :, None] + ik_49[None, None, None, None, :]
+    p1_49 = scratch + 768 + z[:, None, None, None, None] * 2419 + iu_49[None, :, None, None, None] + ip_49[None, None, None, None, :] + ik_49[None, None, None, :, None]
     m1_49 = row_mask[:, None, None, None, None]
     po_49 = d2_f_ptr + 64 + z[:, None, None] * 144 + iu_49[None, :, None] * 5 + ii_49[None, None, :]
     mo_49 = row_mask[:, None, None] & (ii_49[None, None, :] < 5)
@@ -8892,7 +8909,7 @@ def _cormorant_message_d2_sh_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     ip_52 = tl.arange(0, 2)
     ik_52 = tl.arange(0, 4)
     ii_52 = tl.arange(0, 8)
-    p0_52 = scratch + 1498 + z[:, None, None, None, None] * 2419 + ii_52[None, None, None, None, :] * 6 + ip_52[None, None, :, None, None] * 3 + ik_52[None, None, None, :, None]
+    p0_52 = scratch + 1498 + z[:, None, None, None, None] * 2419 + ii_52[None, None, None, None, :] * 6 + ik_52[None, None, None, :, None] * 2 + ip_52[None, None, :, None, None]
     m0_52 = row_mask[:, None, None, None, None] & (ii_52[None, None, None, None, :] < 5) & (ik_52[None, None, None, :, None] < 3)
     p1_52 = f_ptr + 64 + z[:, None, None, None, None] * 144 + ii_52[None, None, None, None, :]
     m1_52 = row_mask[:, None, None, None, None] & (ii_52[None, None, None, None, :] < 5)
@@ -8907,12 +8924,12 @@ def _cormorant_message_d2_sh_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     tl.debug_barrier()
     # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
     ii_53 = tl.arange(0, 8)
-    ip_53 = tl.arange(0, 2)
     ik_53 = tl.arange(0, 4)
-    p0_53 = scratch + 1498 + z[:, None, None, None, None] * 2419 + ii_53[None, None, :, None, None] * 6 + ip_53[None, None, None, :, None] * 3 + ik_53[None, None, None, None, :]
-    m0_53 = row_mask[:, None, None, None, None] & (ii_53[None, None, :, None, None] < 5) & (ik_53[None, None, None, None, :] < 3)
-    p1_53 = scratch + 784 + z[:, None, None, None, None] * 2419 + ip_53[None, None, None, :, None] * 3 + ik_53[None, None, None, None, :]
-    m1_53 = row_mask[:, None, None, None, None] & (ik_53[None, None, None, None, :] < 3)
+    ip_53 = tl.arange(0, 2)
+    p0_53 = scratch + 1498 + z[:, None, None, None, None] * 2419 + ii_53[None, None, :, None, None] * 6 + ik_53[None, None, None, :, None] * 2 + ip_53[None, None, None, None, :]
+    m0_53 = row_mask[:, None, None, None, None] & (ii_53[None, None, :, None, None] < 5) & (ik_53[None, None, None, :, None] < 3)
+    p1_53 = scratch + 784 + z[:, None, None, None, None] * 2419 + ip_53[None, None, None, None, :] * 3 + ik_53[None, None, None, :, None]
+    m1_53 = row_mask[:, None, None, None, None] & (ik_53[None, None, None, :, None] < 3)
     po_53 = d2_f_ptr + 64 + z[:, None, None] * 144 + ii_53[None, None, :]
     mo_53 = row_mask[:, None, None] & (ii_53[None, None, :] < 5)
     for startu_53 in range(0, 16, 4):
@@ -8952,7 +8969,7 @@ def _cormorant_message_d2_sh_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     tl.debug_barrier()
     # ∂/∂d__t_p_0_2_2: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
     ip_56 = tl.arange(0, 4)
-    p0_56 = scratch + 1528 + z[:, None, None, None, None] * 2419 + ip_56[None, None, :, None, None] * 5
+    p0_56 = scratch + 1528 + z[:, None, None, None, None] * 2419 + ip_56[None, None, :, None, None]
     m0_56 = row_mask[:, None, None, None, None] & (ip_56[None, None, :, None, None] < 3)
     p1_56 = f_ptr + 64 + z[:, None, None, None, None] * 144
     m1_56 = row_mask[:, None, None, None, None]
@@ -8965,7 +8982,7 @@ def _cormorant_message_d2_sh_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
             acc_56 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
             for starti_56 in range(0, 5, 4):
                 ii_56 = starti_56 + tl.arange(0, 4)
-                a0_56 = tl.load(p0_56 + ii_56[None, None, None, None, :] * 15 + ik_56[None, None, None, :, None], mask=m0_56 & (ii_56[None, None, None, None, :] < 5) & (ik_56[None, None, None, :, None] < 5), other=0.0)
+                a0_56 = tl.load(p0_56 + ii_56[None, None, None, None, :] * 15 + ik_56[None, None, None, :, None] * 3, mask=m0_56 & (ii_56[None, None, None, None, :] < 5) & (ik_56[None, None, None, :, None] < 5), other=0.0)
                 a1_56 = tl.load(p1_56 + iu_56[None, :, None, None, None] * 5 + ii_56[None, None, None, None, :], mask=m1_56 & (ii_56[None, None, None, None, :] < 5), other=0.0)
                 acc_56 += tl.sum(a0_56 * a1_56, axis=4)
             q_56 = po_56 + iu_56[None, :, None, None] * 15 + ik_56[None, None, None, :]
@@ -8973,10 +8990,10 @@ def _cormorant_message_d2_sh_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
     tl.debug_barrier()
     # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
     ip_57 = tl.arange(0, 4)
-    p0_57 = scratch + 1528 + z[:, None, None, None, None] * 2419 + ip_57[None, None, None, :, None] * 5
-    m0_57 = row_mask[:, None, None, None, None] & (ip_57[None, None, None, :, None] < 3)
-    p1_57 = scratch + 880 + z[:, None, None, None, None] * 2419 + ip_57[None, None, None, :, None] * 5
-    m1_57 = row_mask[:, None, None, None, None] & (ip_57[None, None, None, :, None] < 3)
+    p0_57 = scratch + 1528 + z[:, None, None, None, None] * 2419 + ip_57[None, None, None, None, :]
+    m0_57 = row_mask[:, None, None, None, None] & (ip_57[None, None, None, None, :] < 3)
+    p1_57 = scratch + 880 + z[:, None, None, None, None] * 2419 + ip_57[None, None, None, None, :] * 5
+    m1_57 = row_mask[:, None, None, None, None] & (ip_57[None, None, None, None, :] < 3)
     po_57 = d2_f_ptr + 64 + z[:, None, None] * 144
     mo_57 = row_mask[:, None, None]
     for startu_57 in range(0, 16, 4):
@@ -8986,8 +9003,8 @@ def _cormorant_message_d2_sh_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_sh_ptr
             acc_57 = tl.zeros([BLOCK_Z, 4, 4], dtype=DTYPE)
             for startk_57 in range(0, 5, 4):
                 ik_57 = startk_57 + tl.arange(0, 4)
-                a0_57 = tl.load(p0_57 + ii_57[None, None, :, None, None] * 15 + ik_57[None, None, None, None, :], mask=m0_57 & (ii_57[None, None, :, None, None] < 5) & (ik_57[None, None, None, None, :] < 5), other=0.0)
-                a1_57 = tl.load(p1_57 + iu_57[None, :, None, None, None] * 15 + ik_57[None, None, None, None, :], mask=m1_57 & (ik_57[None, None, None, None, :] < 5), other=0.0)
+                a0_57 = tl.load(p0_57 + ii_57[None, None, :, None, None] * 15 + ik_57[None, None, None, :, None] * 3, mask=m0_57 & (ii_57[None, None, :, None, None] < 5) & (ik_57[None, None, None, :, None] < 5), other=0.0)
+                a1_57 = tl.load(p1_57 + iu_57[None, :, None, None, None] * 15 + ik_57[None, None, None, :, None], mask=m1_57 & (ik_57[None, None, None, :, None] < 5), other=0.0)
                 acc_57 += tl.sum(tl.sum(a0_57 * a1_57, axis=4), axis=3)
             q_57 = po_57 + iu_57[None, :, None] * 5 + ii_57[None, None, :]
             tl.store(q_57, tl.load(q_57, mask=mo_57 & (ii_57[None, None, :] < 5), other=0.0) + acc_57, mask=mo_57 & (ii_57[None, None, :] < 5))
@@ -9251,11 +9268,11 @@ def _cormorant_message_d2_sh(
     w_p_0_2_2_8 = w[:, 176:192].reshape(n, 16)
     w_p_0_2_2_9 = w[:, 224:240].reshape(n, 16)
     # ∂/∂p: 16x2 -> 16x2
-    d_p_10 = torch.einsum("zwi,uw->zui", d_m[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    d_p_10 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_11 = torch.einsum("zwi,uw->zui", d_m[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    d_p_11 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_12 = torch.einsum("zwi,uw->zui", d_m[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    d_p_12 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d_p = torch.cat([
         d_p_12.reshape(n, 16),
         d_p_11.reshape(n, 48),
@@ -9266,101 +9283,101 @@ def _cormorant_message_d2_sh(
         w_p_0_2_2_8.reshape(n, 16),
         w_p_0_2_2_9.reshape(n, 16),
     ], dim=-1)
-    d__t_p_0_2_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_2_2.reshape(n, 3, 16))
+    d__t_p_0_2_2 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 3, 5)  # zuk,zpu->zupk
     _w_p_0_2_1 = torch.cat([
         w_p_0_2_1_5.reshape(n, 16),
         w_p_0_2_1_6.reshape(n, 16),
     ], dim=-1)
-    d__t_p_0_2_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), _w_p_0_2_1.reshape(n, 2, 16))
-    d__t_p_0_2_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 192:208].reshape(n, 1, 16))
+    d__t_p_0_2_1 = torch.bmm(_w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 2, 3)  # zuk,zpu->zupk
+    d__t_p_0_2_0 = torch.bmm(w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
     _w_p_0_1_2 = torch.cat([
         w_p_0_1_2_3.reshape(n, 16),
         w_p_0_1_2_4.reshape(n, 16),
     ], dim=-1)
-    d__t_p_0_1_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), _w_p_0_1_2.reshape(n, 2, 16))
+    d__t_p_0_1_2 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 2, 5)  # zuk,zpu->zupk
     _w_p_0_1_1 = torch.cat([
         w_p_0_1_1_0.reshape(n, 16),
         w_p_0_1_1_1.reshape(n, 16),
         w_p_0_1_1_2.reshape(n, 16),
     ], dim=-1)
-    d__t_p_0_1_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), _w_p_0_1_1.reshape(n, 3, 16))
-    d__t_p_0_1_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 64:80].reshape(n, 1, 16))
-    d__t_p_0_0_2 = torch.einsum("zuk,zpu->zupk", d_p[:, 64:144].reshape(n, 16, 5), w[:, 32:48].reshape(n, 1, 16))
-    d__t_p_0_0_1 = torch.einsum("zuk,zpu->zupk", d_p[:, 16:64].reshape(n, 16, 3), w[:, 16:32].reshape(n, 1, 16))
-    d__t_p_0_0_0 = torch.einsum("zuk,zpu->zupk", d_p[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16))
+    d__t_p_0_1_1 = torch.bmm(_w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 3, 3)  # zuk,zpu->zupk
+    d__t_p_0_1_0 = torch.bmm(w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
+    d__t_p_0_0_2 = torch.bmm(w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 1, 5)  # zuk,zpu->zupk
+    d__t_p_0_0_1 = torch.bmm(w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 1, 3)  # zuk,zpu->zupk
+    d__t_p_0_0_0 = torch.bmm(w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
     # ∂/∂d__m_p_0: ∂/∂sh: every path's (i, k) map at once: sh · G
-    d2_d__m_p_0 = torch.einsum("zj,jc->zc", d2_d_sh.reshape(n, 9), _g_p_0)
+    d2_d__m_p_0 = torch.mm(d2_d_sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
     # ∂/∂d__t_p_0_0_0: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_d__t_p_0_0_0 = d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_d__t_p_0_0_0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16).transpose(1, 2), d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
     d2_f_13 = d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_p_0_0_0.reshape(n, 16, 1)
     d2_d_p_14 = d2_d__t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_15 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_0, d_p[:, 0:16].reshape(n, 16, 1))
+    d2_w_15 = torch.bmm(d2_d__t_p_0_0_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_0_1: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_d__t_p_0_0_1 = d2_d__m_p_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_d__t_p_0_0_1 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16).transpose(1, 2), d2_d__m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2)).view(n, 16, 1, 3)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_f_16 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 1:4].reshape(n, 1, 1, 3), d__t_p_0_0_1)
+    d2_f_16 = torch.bmm(d__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p_0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3).transpose(1, 2)).view(n, 16, 1)  # zikp,zupk->zui
     d2_d_p_17 = d2_d__t_p_0_0_1.reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_18 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_1, d_p[:, 16:64].reshape(n, 16, 3))
+    d2_w_18 = torch.bmm(d2_d__t_p_0_0_1.reshape(n * 16, 1, 3), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_0_2: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_d__t_p_0_0_2 = d2_d__m_p_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_d__t_p_0_0_2 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16).transpose(1, 2), d2_d__m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2)).view(n, 16, 1, 5)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_f_19 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 4:9].reshape(n, 1, 1, 5), d__t_p_0_0_2)
+    d2_f_19 = torch.bmm(d__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2), d2_d__m_p_0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5).transpose(1, 2)).view(n, 16, 1)  # zikp,zupk->zui
     d2_d_p_20 = d2_d__t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_21 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_0_2, d_p[:, 64:144].reshape(n, 16, 5))
+    d2_w_21 = torch.bmm(d2_d__t_p_0_0_2.reshape(n * 16, 1, 5), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_1_0: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_d__t_p_0_1_0 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1), f[:, 16:64].reshape(n, 16, 3))
+    d2_d__t_p_0_1_0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 3).transpose(1, 2)).view(n, 16, 1, 1)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
     d2_f_22 = d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_p_0_1_0.reshape(n, 16, 1)
     d2_d_p_23 = d2_d__t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_24 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_1_0, d_p[:, 0:16].reshape(n, 16, 1))
+    d2_w_24 = torch.bmm(d2_d__t_p_0_1_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_1_1: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_d__t_p_0_1_1 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3), f[:, 16:64].reshape(n, 16, 3))
+    d2_d__t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2)).view(n, 16, 3, 3)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_f_25 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3), d__t_p_0_1_1)
-    d2_d_p_26 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_1_1, _w_p_0_1_1.reshape(n, 3, 16))
-    d2__w_p_0_1_1 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_1_1, d_p[:, 16:64].reshape(n, 16, 3))
+    d2_f_25 = torch.bmm(d__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2), d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9).transpose(1, 2)).view(n, 16, 3)  # zikp,zupk->zui
+    d2_d_p_26 = torch.bmm(d2_d__t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3), _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 3)  # zupk,zpu->zuk
+    d2__w_p_0_1_1 = torch.bmm(d2_d__t_p_0_1_1.reshape(n * 16, 3, 3), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1)).view(n, 16, 3).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_1_2: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_d__t_p_0_1_2 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 39:69].reshape(n, 3, 2, 5), f[:, 16:64].reshape(n, 16, 3))
+    d2_d__t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2)).view(n, 16, 2, 5)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_f_27 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 39:69].reshape(n, 3, 2, 5), d__t_p_0_1_2)
-    d2_d_p_28 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_1_2, _w_p_0_1_2.reshape(n, 2, 16))
-    d2__w_p_0_1_2 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_1_2, d_p[:, 64:144].reshape(n, 16, 5))
+    d2_f_27 = torch.bmm(d__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2), d2_d__m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10).transpose(1, 2)).view(n, 16, 3)  # zikp,zupk->zui
+    d2_d_p_28 = torch.bmm(d2_d__t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2), _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 5)  # zupk,zpu->zuk
+    d2__w_p_0_1_2 = torch.bmm(d2_d__t_p_0_1_2.reshape(n * 16, 2, 5), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1)).view(n, 16, 2).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_2_0: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_d__t_p_0_2_0 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1), f[:, 64:144].reshape(n, 16, 5))
+    d2_d__t_p_0_2_0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2), d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 5).transpose(1, 2)).view(n, 16, 1, 1)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
     d2_f_29 = d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_p_0_2_0.reshape(n, 16, 1)
     d2_d_p_30 = d2_d__t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_31 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_2_0, d_p[:, 0:16].reshape(n, 16, 1))
+    d2_w_31 = torch.bmm(d2_d__t_p_0_2_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_2_1: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_d__t_p_0_2_1 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 74:104].reshape(n, 5, 2, 3), f[:, 64:144].reshape(n, 16, 5))
+    d2_d__t_p_0_2_1 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2), d2_d__m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2)).view(n, 16, 2, 3)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_f_32 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 74:104].reshape(n, 5, 2, 3), d__t_p_0_2_1)
-    d2_d_p_33 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_2_1, _w_p_0_2_1.reshape(n, 2, 16))
-    d2__w_p_0_2_1 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_2_1, d_p[:, 16:64].reshape(n, 16, 3))
+    d2_f_32 = torch.bmm(d__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2), d2_d__m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6).transpose(1, 2)).view(n, 16, 5)  # zikp,zupk->zui
+    d2_d_p_33 = torch.bmm(d2_d__t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2), _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 3)  # zupk,zpu->zuk
+    d2__w_p_0_2_1 = torch.bmm(d2_d__t_p_0_2_1.reshape(n * 16, 2, 3), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1)).view(n, 16, 2).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_p_0_2_2: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_d__t_p_0_2_2 = torch.einsum("zipk,zui->zupk", d2_d__m_p_0[:, 104:179].reshape(n, 5, 3, 5), f[:, 64:144].reshape(n, 16, 5))
+    d2_d__t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2), d2_d__m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2)).view(n, 16, 3, 5)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_f_34 = torch.einsum("zipk,zupk->zui", d2_d__m_p_0[:, 104:179].reshape(n, 5, 3, 5), d__t_p_0_2_2)
-    d2_d_p_35 = torch.einsum("zupk,zpu->zuk", d2_d__t_p_0_2_2, _w_p_0_2_2.reshape(n, 3, 16))
-    d2__w_p_0_2_2 = torch.einsum("zupk,zuk->zpu", d2_d__t_p_0_2_2, d_p[:, 64:144].reshape(n, 16, 5))
+    d2_f_34 = torch.bmm(d__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2), d2_d__m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15).transpose(1, 2)).view(n, 16, 5)  # zikp,zupk->zui
+    d2_d_p_35 = torch.bmm(d2_d__t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3), _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 5)  # zupk,zpu->zuk
+    d2__w_p_0_2_2 = torch.bmm(d2_d__t_p_0_2_2.reshape(n * 16, 3, 5), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1)).view(n, 16, 3).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
         (d2_d_p_14 + d2_d_p_23 + d2_d_p_30).reshape(n, 16),
         (d2_d_p_17 + d2_d_p_26 + d2_d_p_33).reshape(n, 48),
         (d2_d_p_20 + d2_d_p_28 + d2_d_p_35).reshape(n, 80),
     ], dim=-1)
-    d2_d_m_36 = torch.einsum("zui,uw->zwi", d2_d_p[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    d2_d_m_36 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_37 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25), d_m[:, 0:16].reshape(n, 16, 1))
+    d2_weight_37 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
-    d2_d_m_38 = torch.einsum("zui,uw->zwi", d2_d_p[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    d2_d_m_38 = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_39 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25), d_m[:, 16:64].reshape(n, 16, 3))
+    d2_weight_39 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
-    d2_d_m_40 = torch.einsum("zui,uw->zwi", d2_d_p[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    d2_d_m_40 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_41 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25), d_m[:, 64:144].reshape(n, 16, 5))
+    d2_weight_41 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     d2_w_42 = d2__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
     d2_w_43 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_44 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
@@ -9449,7 +9466,7 @@ def _cormorant_message_d2_w_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     ii_2 = tl.arange(0, 1)
     p0_2 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_2[None, :, None, None, None] + ii_2[None, None, None, None, :]
     m0_2 = row_mask[:, None, None, None, None]
-    p1_2 = scratch + 0 + z[:, None, None, None, None] * 2438 + ii_2[None, None, None, None, :] + ip_2[None, None, :, None, None] + ik_2[None, None, None, :, None]
+    p1_2 = scratch + 0 + z[:, None, None, None, None] * 2438 + ii_2[None, None, None, None, :] + ik_2[None, None, None, :, None] + ip_2[None, None, :, None, None]
     m1_2 = row_mask[:, None, None, None, None]
     po_2 = scratch + 179 + z[:, None, None, None] * 2438 + iu_2[None, :, None, None] + ip_2[None, None, :, None] + ik_2[None, None, None, :]
     mo_2 = row_mask[:, None, None, None]
@@ -9465,7 +9482,7 @@ def _cormorant_message_d2_w_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     ii_3 = tl.arange(0, 1)
     p0_3 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_3[None, :, None, None, None] + ii_3[None, None, None, None, :]
     m0_3 = row_mask[:, None, None, None, None]
-    p1_3 = scratch + 1 + z[:, None, None, None, None] * 2438 + ii_3[None, None, None, None, :] * 3 + ip_3[None, None, :, None, None] * 3 + ik_3[None, None, None, :, None]
+    p1_3 = scratch + 1 + z[:, None, None, None, None] * 2438 + ii_3[None, None, None, None, :] * 3 + ik_3[None, None, None, :, None] + ip_3[None, None, :, None, None]
     m1_3 = row_mask[:, None, None, None, None] & (ik_3[None, None, None, :, None] < 3)
     po_3 = scratch + 195 + z[:, None, None, None] * 2438 + iu_3[None, :, None, None] * 3 + ip_3[None, None, :, None] * 3 + ik_3[None, None, None, :]
     mo_3 = row_mask[:, None, None, None] & (ik_3[None, None, None, :] < 3)
@@ -9481,7 +9498,7 @@ def _cormorant_message_d2_w_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     ii_4 = tl.arange(0, 1)
     p0_4 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_4[None, :, None, None, None] + ii_4[None, None, None, None, :]
     m0_4 = row_mask[:, None, None, None, None]
-    p1_4 = scratch + 4 + z[:, None, None, None, None] * 2438 + ii_4[None, None, None, None, :] * 5 + ip_4[None, None, :, None, None] * 5 + ik_4[None, None, None, :, None]
+    p1_4 = scratch + 4 + z[:, None, None, None, None] * 2438 + ii_4[None, None, None, None, :] * 5 + ik_4[None, None, None, :, None] + ip_4[None, None, :, None, None]
     m1_4 = row_mask[:, None, None, None, None] & (ik_4[None, None, None, :, None] < 5)
     po_4 = scratch + 243 + z[:, None, None, None] * 2438 + iu_4[None, :, None, None] * 5 + ip_4[None, None, :, None] * 5 + ik_4[None, None, None, :]
     mo_4 = row_mask[:, None, None, None] & (ik_4[None, None, None, :] < 5)
@@ -9497,7 +9514,7 @@ def _cormorant_message_d2_w_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     ii_5 = tl.arange(0, 4)
     p0_5 = f_ptr + 16 + z[:, None, None, None, None] * 144 + iu_5[None, :, None, None, None] * 3 + ii_5[None, None, None, None, :]
     m0_5 = row_mask[:, None, None, None, None] & (ii_5[None, None, None, None, :] < 3)
-    p1_5 = scratch + 9 + z[:, None, None, None, None] * 2438 + ii_5[None, None, None, None, :] + ip_5[None, None, :, None, None] + ik_5[None, None, None, :, None]
+    p1_5 = scratch + 9 + z[:, None, None, None, None] * 2438 + ii_5[None, None, None, None, :] + ik_5[None, None, None, :, None] + ip_5[None, None, :, None, None]
     m1_5 = row_mask[:, None, None, None, None] & (ii_5[None, None, None, None, :] < 3)
     po_5 = scratch + 323 + z[:, None, None, None] * 2438 + iu_5[None, :, None, None] + ip_5[None, None, :, None] + ik_5[None, None, None, :]
     mo_5 = row_mask[:, None, None, None]
@@ -9512,8 +9529,8 @@ def _cormorant_message_d2_w_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     ii_6 = tl.arange(0, 4)
     p0_6 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_6[None, None, None, None, :]
     m0_6 = row_mask[:, None, None, None, None] & (ii_6[None, None, None, None, :] < 3)
-    p1_6 = scratch + 12 + z[:, None, None, None, None] * 2438 + ii_6[None, None, None, None, :] * 9 + ip_6[None, None, :, None, None] * 3 + ik_6[None, None, None, :, None]
-    m1_6 = row_mask[:, None, None, None, None] & (ii_6[None, None, None, None, :] < 3) & (ip_6[None, None, :, None, None] < 3) & (ik_6[None, None, None, :, None] < 3)
+    p1_6 = scratch + 12 + z[:, None, None, None, None] * 2438 + ii_6[None, None, None, None, :] * 9 + ik_6[None, None, None, :, None] * 3 + ip_6[None, None, :, None, None]
+    m1_6 = row_mask[:, None, None, None, None] & (ii_6[None, None, None, None, :] < 3) & (ik_6[None, None, None, :, None] < 3) & (ip_6[None, None, :, None, None] < 3)
     po_6 = scratch + 339 + z[:, None, None, None] * 2438 + ip_6[None, None, :, None] * 3 + ik_6[None, None, None, :]
     mo_6 = row_mask[:, None, None, None] & (ip_6[None, None, :, None] < 3) & (ik_6[None, None, None, :] < 3)
     for startu_6 in range(0, 16, 4):
@@ -9529,7 +9546,7 @@ def _cormorant_message_d2_w_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     ii_7 = tl.arange(0, 4)
     p0_7 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_7[None, None, None, None, :]
     m0_7 = row_mask[:, None, None, None, None] & (ii_7[None, None, None, None, :] < 3)
-    p1_7 = scratch + 39 + z[:, None, None, None, None] * 2438 + ii_7[None, None, None, None, :] * 10 + ip_7[None, None, :, None, None] * 5 + ik_7[None, None, None, :, None]
+    p1_7 = scratch + 39 + z[:, None, None, None, None] * 2438 + ii_7[None, None, None, None, :] * 10 + ik_7[None, None, None, :, None] * 2 + ip_7[None, None, :, None, None]
     m1_7 = row_mask[:, None, None, None, None] & (ii_7[None, None, None, None, :] < 3) & (ik_7[None, None, None, :, None] < 5)
     po_7 = scratch + 483 + z[:, None, None, None] * 2438 + ip_7[None, None, :, None] * 5 + ik_7[None, None, None, :]
     mo_7 = row_mask[:, None, None, None] & (ik_7[None, None, None, :] < 5)
@@ -9547,7 +9564,7 @@ def _cormorant_message_d2_w_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     ii_8 = tl.arange(0, 8)
     p0_8 = f_ptr + 64 + z[:, None, None, None, None] * 144 + iu_8[None, :, None, None, None] * 5 + ii_8[None, None, None, None, :]
     m0_8 = row_mask[:, None, None, None, None] & (ii_8[None, None, None, None, :] < 5)
-    p1_8 = scratch + 69 + z[:, None, None, None, None] * 2438 + ii_8[None, None, None, None, :] + ip_8[None, None, :, None, None] + ik_8[None, None, None, :, None]
+    p1_8 = scratch + 69 + z[:, None, None, None, None] * 2438 + ii_8[None, None, None, None, :] + ik_8[None, None, None, :, None] + ip_8[None, None, :, None, None]
     m1_8 = row_mask[:, None, None, None, None] & (ii_8[None, None, None, None, :] < 5)
     po_8 = scratch + 643 + z[:, None, None, None] * 2438 + iu_8[None, :, None, None] + ip_8[None, None, :, None] + ik_8[None, None, None, :]
     mo_8 = row_mask[:, None, None, None]
@@ -9562,7 +9579,7 @@ def _cormorant_message_d2_w_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     ii_9 = tl.arange(0, 8)
     p0_9 = f_ptr + 64 + z[:, None, None, None, None] * 144 + ii_9[None, None, None, None, :]
     m0_9 = row_mask[:, None, None, None, None] & (ii_9[None, None, None, None, :] < 5)
-    p1_9 = scratch + 74 + z[:, None, None, None, None] * 2438 + ii_9[None, None, None, None, :] * 6 + ip_9[None, None, :, None, None] * 3 + ik_9[None, None, None, :, None]
+    p1_9 = scratch + 74 + z[:, None, None, None, None] * 2438 + ii_9[None, None, None, None, :] * 6 + ik_9[None, None, None, :, None] * 2 + ip_9[None, None, :, None, None]
     m1_9 = row_mask[:, None, None, None, None] & (ii_9[None, None, None, None, :] < 5) & (ik_9[None, None, None, :, None] < 3)
     po_9 = scratch + 659 + z[:, None, None, None] * 2438 + ip_9[None, None, :, None] * 3 + ik_9[None, None, None, :]
     mo_9 = row_mask[:, None, None, None] & (ik_9[None, None, None, :] < 3)
@@ -9577,7 +9594,7 @@ def _cormorant_message_d2_w_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     ip_10 = tl.arange(0, 4)
     p0_10 = f_ptr + 64 + z[:, None, None, None, None] * 144
     m0_10 = row_mask[:, None, None, None, None]
-    p1_10 = scratch + 104 + z[:, None, None, None, None] * 2438 + ip_10[None, None, :, None, None] * 5
+    p1_10 = scratch + 104 + z[:, None, None, None, None] * 2438 + ip_10[None, None, :, None, None]
     m1_10 = row_mask[:, None, None, None, None] & (ip_10[None, None, :, None, None] < 3)
     po_10 = scratch + 755 + z[:, None, None, None] * 2438 + ip_10[None, None, :, None] * 5
     mo_10 = row_mask[:, None, None, None] & (ip_10[None, None, :, None] < 3)
@@ -9589,7 +9606,7 @@ def _cormorant_message_d2_w_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
             for starti_10 in range(0, 5, 4):
                 ii_10 = starti_10 + tl.arange(0, 4)
                 a0_10 = tl.load(p0_10 + iu_10[None, :, None, None, None] * 5 + ii_10[None, None, None, None, :], mask=m0_10 & (ii_10[None, None, None, None, :] < 5), other=0.0)
-                a1_10 = tl.load(p1_10 + ii_10[None, None, None, None, :] * 15 + ik_10[None, None, None, :, None], mask=m1_10 & (ii_10[None, None, None, None, :] < 5) & (ik_10[None, None, None, :, None] < 5), other=0.0)
+                a1_10 = tl.load(p1_10 + ii_10[None, None, None, None, :] * 15 + ik_10[None, None, None, :, None] * 3, mask=m1_10 & (ii_10[None, None, None, None, :] < 5) & (ik_10[None, None, None, :, None] < 5), other=0.0)
                 acc_10 += tl.sum(a0_10 * a1_10, axis=4)
             q_10 = po_10 + iu_10[None, :, None, None] * 15 + ik_10[None, None, None, :]
             tl.store(q_10, tl.load(q_10, mask=mo_10 & (ik_10[None, None, None, :] < 5), other=0.0) + acc_10, mask=mo_10 & (ik_10[None, None, None, :] < 5))
@@ -10106,7 +10123,7 @@ def _cormorant_message_d2_w_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     ip_48 = tl.arange(0, 4)
     p0_48 = scratch + 1894 + z[:, None, None, None, None] * 2438 + ip_48[None, None, None, :, None] * 5
     m0_48 = row_mask[:, None, None, None, None] & (ip_48[None, None, None, :, None] < 3)
-    p1_48 = scratch + 104 + z[:, None, None, None, None] * 2438 + ip_48[None, None, None, :, None] * 5
+    p1_48 = scratch + 104 + z[:, None, None, None, None] * 2438 + ip_48[None, None, None, :, None]
     m1_48 = row_mask[:, None, None, None, None] & (ip_48[None, None, None, :, None] < 3)
     po_48 = d2_f_ptr + 64 + z[:, None, None] * 144
     mo_48 = row_mask[:, None, None]
@@ -10118,7 +10135,7 @@ def _cormorant_message_d2_w_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
             for startk_48 in range(0, 5, 4):
                 ik_48 = startk_48 + tl.arange(0, 4)
                 a0_48 = tl.load(p0_48 + iu_48[None, :, None, None, None] * 15 + ik_48[None, None, None, None, :], mask=m0_48 & (ik_48[None, None, None, None, :] < 5), other=0.0)
-                a1_48 = tl.load(p1_48 + ii_48[None, None, :, None, None] * 15 + ik_48[None, None, None, None, :], mask=m1_48 & (ii_48[None, None, :, None, None] < 5) & (ik_48[None, None, None, None, :] < 5), other=0.0)
+                a1_48 = tl.load(p1_48 + ii_48[None, None, :, None, None] * 15 + ik_48[None, None, None, None, :] * 3, mask=m1_48 & (ii_48[None, None, :, None, None] < 5) & (ik_48[None, None, None, None, :] < 5), other=0.0)
                 acc_48 += tl.sum(tl.sum(a0_48 * a1_48, axis=4), axis=3)
             q_48 = po_48 + iu_48[None, :, None] * 5 + ii_48[None, None, :]
             tl.store(q_48, tl.load(q_48, mask=mo_48 & (ii_48[None, None, :] < 5), other=0.0) + acc_48, mask=mo_48 & (ii_48[None, None, :] < 5))
@@ -10134,12 +10151,12 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
     ip_49 = tl.arange(0, 4)
-    p0_49 = scratch + 1894 + z[:, None, None, None, None] * 2438 + ip_49[None, None, :, None, None] * 5
-    m0_49 = row_mask[:, None, None, None, None] & (ip_49[None, None, :, None, None] < 3)
+    p0_49 = scratch + 1894 + z[:, None, None, None, None] * 2438 + ip_49[None, None, None, :, None] * 5
+    m0_49 = row_mask[:, None, None, None, None] & (ip_49[None, None, None, :, None] < 3)
     p1_49 = f_ptr + 64 + z[:, None, None, None, None] * 144
     m1_49 = row_mask[:, None, None, None, None]
-    po_49 = scratch + 1243 + z[:, None, None, None] * 2438 + ip_49[None, None, :, None] * 5
-    mo_49 = row_mask[:, None, None, None] & (ip_49[None, None, :, None] < 3)
+    po_49 = scratch + 1243 + z[:, None, None, None] * 2438 + ip_49[None, None, None, :]
+    mo_49 = row_mask[:, None, None, None] & (ip_49[None, None, None, :] < 3)
     for starti_49 in range(0, 5, 4):
         ii_49 = starti_49 + tl.arange(0, 4)
         for startk_49 in range(0, 5, 4):
@@ -10147,11 +10164,11 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
             acc_49 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
             for startu_49 in range(0, 16, 4):
                 iu_49 = startu_49 + tl.arange(0, 4)
-                a0_49 = tl.load(p0_49 + iu_49[None, None, None, None, :] * 15 + ik_49[None, None, None, :, None], mask=m0_49 & (ik_49[None, None, None, :, None] < 5), other=0.0)
+                a0_49 = tl.load(p0_49 + iu_49[None, None, None, None, :] * 15 + ik_49[None, None, :, None, None], mask=m0_49 & (ik_49[None, None, :, None, None] < 5), other=0.0)
                 a1_49 = tl.load(p1_49 + iu_49[None, None, None, None, :] * 5 + ii_49[None, :, None, None, None], mask=m1_49 & (ii_49[None, :, None, None, None] < 5), other=0.0)
                 acc_49 += tl.sum(a0_49 * a1_49, axis=4)
-            q_49 = po_49 + ii_49[None, :, None, None] * 15 + ik_49[None, None, None, :]
-            tl.store(q_49, tl.load(q_49, mask=mo_49 & (ii_49[None, :, None, None] < 5) & (ik_49[None, None, None, :] < 5), other=0.0) + acc_49, mask=mo_49 & (ii_49[None, :, None, None] < 5) & (ik_49[None, None, None, :] < 5))
+            q_49 = po_49 + ii_49[None, :, None, None] * 15 + ik_49[None, None, :, None] * 3
+            tl.store(q_49, tl.load(q_49, mask=mo_49 & (ii_49[None, :, None, None] < 5) & (ik_49[None, None, :, None] < 5), other=0.0) + acc_49, mask=mo_49 & (ii_49[None, :, None, None] < 5) & (ik_49[None, None, :, None] < 5))
     tl.debug_barrier()
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
     ii_50 = tl.arange(0, 8)
@@ -10159,7 +10176,7 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     ik_50 = tl.arange(0, 4)
     p0_50 = scratch + 1798 + z[:, None, None, None, None] * 2438 + ip_50[None, None, None, :, None] * 3 + ik_50[None, None, None, None, :]
     m0_50 = row_mask[:, None, None, None, None] & (ik_50[None, None, None, None, :] < 3)
-    p1_50 = scratch + 74 + z[:, None, None, None, None] * 2438 + ii_50[None, None, :, None, None] * 6 + ip_50[None, None, None, :, None] * 3 + ik_50[None, None, None, None, :]
+    p1_50 = scratch + 74 + z[:, None, None, None, None] * 2438 + ii_50[None, None, :, None, None] * 6 + ik_50[None, None, None, None, :] * 2 + ip_50[None, None, None, :, None]
     m1_50 = row_mask[:, None, None, None, None] & (ii_50[None, None, :, None, None] < 5) & (ik_50[None, None, None, None, :] < 3)
     po_50 = d2_f_ptr + 64 + z[:, None, None] * 144 + ii_50[None, None, :]
     mo_50 = row_mask[:, None, None] & (ii_50[None, None, :] < 5)
@@ -10171,17 +10188,17 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
         tl.store(q_50, tl.load(q_50, mask=mo_50, other=0.0) + tl.sum(tl.sum(a0_50 * a1_50, axis=4), axis=3), mask=mo_50)
     tl.debug_barrier()
     # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    ip_51 = tl.arange(0, 2)
     ik_51 = tl.arange(0, 4)
-    p0_51 = scratch + 1798 + z[:, None, None, None, None] * 2438 + ip_51[None, None, :, None, None] * 3 + ik_51[None, None, None, :, None]
-    m0_51 = row_mask[:, None, None, None, None] & (ik_51[None, None, None, :, None] < 3)
+    ip_51 = tl.arange(0, 2)
+    p0_51 = scratch + 1798 + z[:, None, None, None, None] * 2438 + ip_51[None, None, None, :, None] * 3 + ik_51[None, None, :, None, None]
+    m0_51 = row_mask[:, None, None, None, None] & (ik_51[None, None, :, None, None] < 3)
     p1_51 = f_ptr + 64 + z[:, None, None, None, None] * 144
     m1_51 = row_mask[:, None, None, None, None]
-    po_51 = scratch + 1213 + z[:, None, None, None] * 2438 + ip_51[None, None, :, None] * 3 + ik_51[None, None, None, :]
-    mo_51 = row_mask[:, None, None, None] & (ik_51[None, None, None, :] < 3)
+    po_51 = scratch + 1213 + z[:, None, None, None] * 2438 + ik_51[None, None, :, None] * 2 + ip_51[None, None, None, :]
+    mo_51 = row_mask[:, None, None, None] & (ik_51[None, None, :, None] < 3)
     for starti_51 in range(0, 5, 4):
         ii_51 = starti_51 + tl.arange(0, 4)
-        acc_51 = tl.zeros([BLOCK_Z, 4, 2, 4], dtype=DTYPE)
+        acc_51 = tl.zeros([BLOCK_Z, 4, 4, 2], dtype=DTYPE)
         for startu_51 in range(0, 16, 8):
             iu_51 = startu_51 + tl.arange(0, 8)
             a0_51 = tl.load(p0_51 + iu_51[None, None, None, None, :] * 6, mask=m0_51, other=0.0)
@@ -10197,7 +10214,7 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     ik_52 = tl.arange(0, 1)
     p0_52 = scratch + 1782 + z[:, None, None, None, None] * 2438 + iu_52[None, :, None, None, None] + ip_52[None, None, None, :, None] + ik_52[None, None, None, None, :]
     m0_52 = row_mask[:, None, None, None, None]
-    p1_52 = scratch + 69 + z[:, None, None, None, None] * 2438 + ii_52[None, None, :, None, None] + ip_52[None, None, None, :, None] + ik_52[None, None, None, None, :]
+    p1_52 = scratch + 69 + z[:, None, None, None, None] * 2438 + ii_52[None, None, :, None, None] + ik_52[None, None, None, None, :] + ip_52[None, None, None, :, None]
     m1_52 = row_mask[:, None, None, None, None] & (ii_52[None, None, :, None, None] < 5)
     po_52 = d2_f_ptr + 64 + z[:, None, None] * 144 + iu_52[None, :, None] * 5 + ii_52[None, None, :]
     mo_52 = row_mask[:, None, None] & (ii_52[None, None, :] < 5)
@@ -10208,14 +10225,14 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     tl.debug_barrier()
     # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
     ii_53 = tl.arange(0, 8)
-    ip_53 = tl.arange(0, 1)
     ik_53 = tl.arange(0, 1)
+    ip_53 = tl.arange(0, 1)
     iu_53 = tl.arange(0, 16)
-    p0_53 = scratch + 1782 + z[:, None, None, None, None] * 2438 + iu_53[None, None, None, None, :] + ip_53[None, None, :, None, None] + ik_53[None, None, None, :, None]
+    p0_53 = scratch + 1782 + z[:, None, None, None, None] * 2438 + iu_53[None, None, None, None, :] + ip_53[None, None, None, :, None] + ik_53[None, None, :, None, None]
     m0_53 = row_mask[:, None, None, None, None]
     p1_53 = f_ptr + 64 + z[:, None, None, None, None] * 144 + iu_53[None, None, None, None, :] * 5 + ii_53[None, :, None, None, None]
     m1_53 = row_mask[:, None, None, None, None] & (ii_53[None, :, None, None, None] < 5)
-    po_53 = scratch + 1208 + z[:, None, None, None] * 2438 + ii_53[None, :, None, None] + ip_53[None, None, :, None] + ik_53[None, None, None, :]
+    po_53 = scratch + 1208 + z[:, None, None, None] * 2438 + ii_53[None, :, None, None] + ik_53[None, None, :, None] + ip_53[None, None, None, :]
     mo_53 = row_mask[:, None, None, None] & (ii_53[None, :, None, None] < 5)
     a0_53 = tl.load(p0_53, mask=m0_53, other=0.0)
     a1_53 = tl.load(p1_53, mask=m1_53, other=0.0)
@@ -10228,7 +10245,7 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     ik_54 = tl.arange(0, 8)
     p0_54 = scratch + 1622 + z[:, None, None, None, None] * 2438 + ip_54[None, None, None, :, None] * 5 + ik_54[None, None, None, None, :]
     m0_54 = row_mask[:, None, None, None, None] & (ik_54[None, None, None, None, :] < 5)
-    p1_54 = scratch + 39 + z[:, None, None, None, None] * 2438 + ii_54[None, None, :, None, None] * 10 + ip_54[None, None, None, :, None] * 5 + ik_54[None, None, None, None, :]
+    p1_54 = scratch + 39 + z[:, None, None, None, None] * 2438 + ii_54[None, None, :, None, None] * 10 + ik_54[None, None, None, None, :] * 2 + ip_54[None, None, None, :, None]
     m1_54 = row_mask[:, None, None, None, None] & (ii_54[None, None, :, None, None] < 3) & (ik_54[None, None, None, None, :] < 5)
     po_54 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_54[None, None, :]
     mo_54 = row_mask[:, None, None] & (ii_54[None, None, :] < 3)
@@ -10242,22 +10259,22 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
     ii_55 = tl.arange(0, 4)
     ip_55 = tl.arange(0, 2)
-    p0_55 = scratch + 1622 + z[:, None, None, None, None] * 2438 + ip_55[None, None, :, None, None] * 5
+    p0_55 = scratch + 1622 + z[:, None, None, None, None] * 2438 + ip_55[None, None, None, :, None] * 5
     m0_55 = row_mask[:, None, None, None, None]
     p1_55 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_55[None, :, None, None, None]
     m1_55 = row_mask[:, None, None, None, None] & (ii_55[None, :, None, None, None] < 3)
-    po_55 = scratch + 1178 + z[:, None, None, None] * 2438 + ii_55[None, :, None, None] * 10 + ip_55[None, None, :, None] * 5
+    po_55 = scratch + 1178 + z[:, None, None, None] * 2438 + ii_55[None, :, None, None] * 10 + ip_55[None, None, None, :]
     mo_55 = row_mask[:, None, None, None] & (ii_55[None, :, None, None] < 3)
     for startk_55 in range(0, 5, 4):
         ik_55 = startk_55 + tl.arange(0, 4)
-        acc_55 = tl.zeros([BLOCK_Z, 4, 2, 4], dtype=DTYPE)
+        acc_55 = tl.zeros([BLOCK_Z, 4, 4, 2], dtype=DTYPE)
         for startu_55 in range(0, 16, 8):
             iu_55 = startu_55 + tl.arange(0, 8)
-            a0_55 = tl.load(p0_55 + iu_55[None, None, None, None, :] * 10 + ik_55[None, None, None, :, None], mask=m0_55 & (ik_55[None, None, None, :, None] < 5), other=0.0)
+            a0_55 = tl.load(p0_55 + iu_55[None, None, None, None, :] * 10 + ik_55[None, None, :, None, None], mask=m0_55 & (ik_55[None, None, :, None, None] < 5), other=0.0)
             a1_55 = tl.load(p1_55 + iu_55[None, None, None, None, :] * 3, mask=m1_55, other=0.0)
             acc_55 += tl.sum(a0_55 * a1_55, axis=4)
-        q_55 = po_55 + ik_55[None, None, None, :]
-        tl.store(q_55, tl.load(q_55, mask=mo_55 & (ik_55[None, None, None, :] < 5), other=0.0) + acc_55, mask=mo_55 & (ik_55[None, None, None, :] < 5))
+        q_55 = po_55 + ik_55[None, None, :, None] * 2
+        tl.store(q_55, tl.load(q_55, mask=mo_55 & (ik_55[None, None, :, None] < 5), other=0.0) + acc_55, mask=mo_55 & (ik_55[None, None, :, None] < 5))
     tl.debug_barrier()
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
     ii_56 = tl.arange(0, 4)
@@ -10265,8 +10282,8 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     ik_56 = tl.arange(0, 4)
     p0_56 = scratch + 1478 + z[:, None, None, None, None] * 2438 + ip_56[None, None, None, :, None] * 3 + ik_56[None, None, None, None, :]
     m0_56 = row_mask[:, None, None, None, None] & (ip_56[None, None, None, :, None] < 3) & (ik_56[None, None, None, None, :] < 3)
-    p1_56 = scratch + 12 + z[:, None, None, None, None] * 2438 + ii_56[None, None, :, None, None] * 9 + ip_56[None, None, None, :, None] * 3 + ik_56[None, None, None, None, :]
-    m1_56 = row_mask[:, None, None, None, None] & (ii_56[None, None, :, None, None] < 3) & (ip_56[None, None, None, :, None] < 3) & (ik_56[None, None, None, None, :] < 3)
+    p1_56 = scratch + 12 + z[:, None, None, None, None] * 2438 + ii_56[None, None, :, None, None] * 9 + ik_56[None, None, None, None, :] * 3 + ip_56[None, None, None, :, None]
+    m1_56 = row_mask[:, None, None, None, None] & (ii_56[None, None, :, None, None] < 3) & (ik_56[None, None, None, None, :] < 3) & (ip_56[None, None, None, :, None] < 3)
     po_56 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_56[None, None, :]
     mo_56 = row_mask[:, None, None] & (ii_56[None, None, :] < 3)
     for startu_56 in range(0, 16, 4):
@@ -10278,14 +10295,14 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     tl.debug_barrier()
     # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
     ii_57 = tl.arange(0, 4)
-    ip_57 = tl.arange(0, 4)
     ik_57 = tl.arange(0, 4)
-    p0_57 = scratch + 1478 + z[:, None, None, None, None] * 2438 + ip_57[None, None, :, None, None] * 3 + ik_57[None, None, None, :, None]
-    m0_57 = row_mask[:, None, None, None, None] & (ip_57[None, None, :, None, None] < 3) & (ik_57[None, None, None, :, None] < 3)
+    ip_57 = tl.arange(0, 4)
+    p0_57 = scratch + 1478 + z[:, None, None, None, None] * 2438 + ip_57[None, None, None, :, None] * 3 + ik_57[None, None, :, None, None]
+    m0_57 = row_mask[:, None, None, None, None] & (ip_57[None, None, None, :, None] < 3) & (ik_57[None, None, :, None, None] < 3)
     p1_57 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_57[None, :, None, None, None]
     m1_57 = row_mask[:, None, None, None, None] & (ii_57[None, :, None, None, None] < 3)
-    po_57 = scratch + 1151 + z[:, None, None, None] * 2438 + ii_57[None, :, None, None] * 9 + ip_57[None, None, :, None] * 3 + ik_57[None, None, None, :]
-    mo_57 = row_mask[:, None, None, None] & (ii_57[None, :, None, None] < 3) & (ip_57[None, None, :, None] < 3) & (ik_57[None, None, None, :] < 3)
+    po_57 = scratch + 1151 + z[:, None, None, None] * 2438 + ii_57[None, :, None, None] * 9 + ik_57[None, None, :, None] * 3 + ip_57[None, None, None, :]
+    mo_57 = row_mask[:, None, None, None] & (ii_57[None, :, None, None] < 3) & (ik_57[None, None, :, None] < 3) & (ip_57[None, None, None, :] < 3)
     acc_57 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
     for startu_57 in range(0, 16, 4):
         iu_57 = startu_57 + tl.arange(0, 4)
@@ -10302,7 +10319,7 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     ik_58 = tl.arange(0, 1)
     p0_58 = scratch + 1462 + z[:, None, None, None, None] * 2438 + iu_58[None, :, None, None, None] + ip_58[None, None, None, :, None] + ik_58[None, None, None, None, :]
     m0_58 = row_mask[:, None, None, None, None]
-    p1_58 = scratch + 9 + z[:, None, None, None, None] * 2438 + ii_58[None, None, :, None, None] + ip_58[None, None, None, :, None] + ik_58[None, None, None, None, :]
+    p1_58 = scratch + 9 + z[:, None, None, None, None] * 2438 + ii_58[None, None, :, None, None] + ik_58[None, None, None, None, :] + ip_58[None, None, None, :, None]
     m1_58 = row_mask[:, None, None, None, None] & (ii_58[None, None, :, None, None] < 3)
     po_58 = d2_f_ptr + 16 + z[:, None, None] * 144 + iu_58[None, :, None] * 3 + ii_58[None, None, :]
     mo_58 = row_mask[:, None, None] & (ii_58[None, None, :] < 3)
@@ -10313,14 +10330,14 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     tl.debug_barrier()
     # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
     ii_59 = tl.arange(0, 4)
-    ip_59 = tl.arange(0, 1)
     ik_59 = tl.arange(0, 1)
+    ip_59 = tl.arange(0, 1)
     iu_59 = tl.arange(0, 16)
-    p0_59 = scratch + 1462 + z[:, None, None, None, None] * 2438 + iu_59[None, None, None, None, :] + ip_59[None, None, :, None, None] + ik_59[None, None, None, :, None]
+    p0_59 = scratch + 1462 + z[:, None, None, None, None] * 2438 + iu_59[None, None, None, None, :] + ip_59[None, None, None, :, None] + ik_59[None, None, :, None, None]
     m0_59 = row_mask[:, None, None, None, None]
     p1_59 = f_ptr + 16 + z[:, None, None, None, None] * 144 + iu_59[None, None, None, None, :] * 3 + ii_59[None, :, None, None, None]
     m1_59 = row_mask[:, None, None, None, None] & (ii_59[None, :, None, None, None] < 3)
-    po_59 = scratch + 1148 + z[:, None, None, None] * 2438 + ii_59[None, :, None, None] + ip_59[None, None, :, None] + ik_59[None, None, None, :]
+    po_59 = scratch + 1148 + z[:, None, None, None] * 2438 + ii_59[None, :, None, None] + ik_59[None, None, :, None] + ip_59[None, None, None, :]
     mo_59 = row_mask[:, None, None, None] & (ii_59[None, :, None, None] < 3)
     a0_59 = tl.load(p0_59, mask=m0_59, other=0.0)
     a1_59 = tl.load(p1_59, mask=m1_59, other=0.0)
@@ -10334,7 +10351,7 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     ik_60 = tl.arange(0, 8)
     p0_60 = scratch + 1382 + z[:, None, None, None, None] * 2438 + iu_60[None, :, None, None, None] * 5 + ip_60[None, None, None, :, None] * 5 + ik_60[None, None, None, None, :]
     m0_60 = row_mask[:, None, None, None, None] & (ik_60[None, None, None, None, :] < 5)
-    p1_60 = scratch + 4 + z[:, None, None, None, None] * 2438 + ii_60[None, None, :, None, None] * 5 + ip_60[None, None, None, :, None] * 5 + ik_60[None, None, None, None, :]
+    p1_60 = scratch + 4 + z[:, None, None, None, None] * 2438 + ii_60[None, None, :, None, None] * 5 + ik_60[None, None, None, None, :] + ip_60[None, None, None, :, None]
     m1_60 = row_mask[:, None, None, None, None] & (ik_60[None, None, None, None, :] < 5)
     po_60 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_60[None, :, None] + ii_60[None, None, :]
     mo_60 = row_mask[:, None, None]
@@ -10345,15 +10362,15 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     tl.debug_barrier()
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
     ii_61 = tl.arange(0, 1)
-    ip_61 = tl.arange(0, 1)
     ik_61 = tl.arange(0, 8)
+    ip_61 = tl.arange(0, 1)
     iu_61 = tl.arange(0, 16)
-    p0_61 = scratch + 1382 + z[:, None, None, None, None] * 2438 + iu_61[None, None, None, None, :] * 5 + ip_61[None, None, :, None, None] * 5 + ik_61[None, None, None, :, None]
-    m0_61 = row_mask[:, None, None, None, None] & (ik_61[None, None, None, :, None] < 5)
+    p0_61 = scratch + 1382 + z[:, None, None, None, None] * 2438 + iu_61[None, None, None, None, :] * 5 + ip_61[None, None, None, :, None] * 5 + ik_61[None, None, :, None, None]
+    m0_61 = row_mask[:, None, None, None, None] & (ik_61[None, None, :, None, None] < 5)
     p1_61 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_61[None, None, None, None, :] + ii_61[None, :, None, None, None]
     m1_61 = row_mask[:, None, None, None, None]
-    po_61 = scratch + 1143 + z[:, None, None, None] * 2438 + ii_61[None, :, None, None] * 5 + ip_61[None, None, :, None] * 5 + ik_61[None, None, None, :]
-    mo_61 = row_mask[:, None, None, None] & (ik_61[None, None, None, :] < 5)
+    po_61 = scratch + 1143 + z[:, None, None, None] * 2438 + ii_61[None, :, None, None] * 5 + ik_61[None, None, :, None] + ip_61[None, None, None, :]
+    mo_61 = row_mask[:, None, None, None] & (ik_61[None, None, :, None] < 5)
     a0_61 = tl.load(p0_61, mask=m0_61, other=0.0)
     a1_61 = tl.load(p1_61, mask=m1_61, other=0.0)
     q_61 = po_61
@@ -10366,7 +10383,7 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     ik_62 = tl.arange(0, 4)
     p0_62 = scratch + 1334 + z[:, None, None, None, None] * 2438 + iu_62[None, :, None, None, None] * 3 + ip_62[None, None, None, :, None] * 3 + ik_62[None, None, None, None, :]
     m0_62 = row_mask[:, None, None, None, None] & (ik_62[None, None, None, None, :] < 3)
-    p1_62 = scratch + 1 + z[:, None, None, None, None] * 2438 + ii_62[None, None, :, None, None] * 3 + ip_62[None, None, None, :, None] * 3 + ik_62[None, None, None, None, :]
+    p1_62 = scratch + 1 + z[:, None, None, None, None] * 2438 + ii_62[None, None, :, None, None] * 3 + ik_62[None, None, None, None, :] + ip_62[None, None, None, :, None]
     m1_62 = row_mask[:, None, None, None, None] & (ik_62[None, None, None, None, :] < 3)
     po_62 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_62[None, :, None] + ii_62[None, None, :]
     mo_62 = row_mask[:, None, None]
@@ -10377,15 +10394,15 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     tl.debug_barrier()
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
     ii_63 = tl.arange(0, 1)
-    ip_63 = tl.arange(0, 1)
     ik_63 = tl.arange(0, 4)
+    ip_63 = tl.arange(0, 1)
     iu_63 = tl.arange(0, 16)
-    p0_63 = scratch + 1334 + z[:, None, None, None, None] * 2438 + iu_63[None, None, None, None, :] * 3 + ip_63[None, None, :, None, None] * 3 + ik_63[None, None, None, :, None]
-    m0_63 = row_mask[:, None, None, None, None] & (ik_63[None, None, None, :, None] < 3)
+    p0_63 = scratch + 1334 + z[:, None, None, None, None] * 2438 + iu_63[None, None, None, None, :] * 3 + ip_63[None, None, None, :, None] * 3 + ik_63[None, None, :, None, None]
+    m0_63 = row_mask[:, None, None, None, None] & (ik_63[None, None, :, None, None] < 3)
     p1_63 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_63[None, None, None, None, :] + ii_63[None, :, None, None, None]
     m1_63 = row_mask[:, None, None, None, None]
-    po_63 = scratch + 1140 + z[:, None, None, None] * 2438 + ii_63[None, :, None, None] * 3 + ip_63[None, None, :, None] * 3 + ik_63[None, None, None, :]
-    mo_63 = row_mask[:, None, None, None] & (ik_63[None, None, None, :] < 3)
+    po_63 = scratch + 1140 + z[:, None, None, None] * 2438 + ii_63[None, :, None, None] * 3 + ik_63[None, None, :, None] + ip_63[None, None, None, :]
+    mo_63 = row_mask[:, None, None, None] & (ik_63[None, None, :, None] < 3)
     a0_63 = tl.load(p0_63, mask=m0_63, other=0.0)
     a1_63 = tl.load(p1_63, mask=m1_63, other=0.0)
     q_63 = po_63
@@ -10398,7 +10415,7 @@ def _cormorant_message_d2_w_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     ik_64 = tl.arange(0, 1)
     p0_64 = scratch + 1318 + z[:, None, None, None, None] * 2438 + iu_64[None, :, None, None, None] + ip_64[None, None, None, :, None] + ik_64[None, None, None, None, :]
     m0_64 = row_mask[:, None, None, None, None]
-    p1_64 = scratch + 0 + z[:, None, None, None, None] * 2438 + ii_64[None, None, :, None, None] + ip_64[None, None, None, :, None] + ik_64[None, None, None, None, :]
+    p1_64 = scratch + 0 + z[:, None, None, None, None] * 2438 + ii_64[None, None, :, None, None] + ik_64[None, None, None, None, :] + ip_64[None, None, None, :, None]
     m1_64 = row_mask[:, None, None, None, None]
     po_64 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_64[None, :, None] + ii_64[None, None, :]
     mo_64 = row_mask[:, None, None]
@@ -10418,14 +10435,14 @@ def _cormorant_message_d2_w_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_w_ptr, 
     slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
     ii_65 = tl.arange(0, 1)
-    ip_65 = tl.arange(0, 1)
     ik_65 = tl.arange(0, 1)
+    ip_65 = tl.arange(0, 1)
     iu_65 = tl.arange(0, 16)
-    p0_65 = scratch + 1318 + z[:, None, None, None, None] * 2438 + iu_65[None, None, None, None, :] + ip_65[None, None, :, None, None] + ik_65[None, None, None, :, None]
+    p0_65 = scratch + 1318 + z[:, None, None, None, None] * 2438 + iu_65[None, None, None, None, :] + ip_65[None, None, None, :, None] + ik_65[None, None, :, None, None]
     m0_65 = row_mask[:, None, None, None, None]
     p1_65 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_65[None, None, None, None, :] + ii_65[None, :, None, None, None]
     m1_65 = row_mask[:, None, None, None, None]
-    po_65 = scratch + 1139 + z[:, None, None, None] * 2438 + ii_65[None, :, None, None] + ip_65[None, None, :, None] + ik_65[None, None, None, :]
+    po_65 = scratch + 1139 + z[:, None, None, None] * 2438 + ii_65[None, :, None, None] + ik_65[None, None, :, None] + ip_65[None, None, None, :]
     mo_65 = row_mask[:, None, None, None]
     a0_65 = tl.load(p0_65, mask=m0_65, other=0.0)
     a1_65 = tl.load(p1_65, mask=m1_65, other=0.0)
@@ -10473,44 +10490,44 @@ def _cormorant_message_d2_w(
     """the vector-Jacobian product of cormorant_message_d for the cotangent of d_w: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_w (n, 240) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 9), _g_p_0)
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    _t_p_0_0_0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
+    _t_p_0_0_1 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 16, 1, 3)  # zui,zikp->zupk
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
+    _t_p_0_0_2 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 16, 1, 5)  # zui,zikp->zupk
     # 1 paths 16x1 ⊗ sh -> 16x0
-    _t_p_0_1_0 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
+    _t_p_0_1_0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 1, 3, 2).reshape(n, 3, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    _t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
     # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p_0_1_2 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    _t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
     # 1 paths 16x2 ⊗ sh -> 16x0
-    _t_p_0_2_0 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
+    _t_p_0_2_0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 1, 3, 2).reshape(n, 5, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    _t_p_0_2_1 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6)).view(n, 16, 2, 3)  # zui,zikp->zupk
     # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p_0_2_2 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    _t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
     # ∂/∂p: 16x2 -> 16x2
-    d_p_0 = torch.einsum("zwi,uw->zui", d_m[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    d_p_0 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x1 -> 16x1
-    d_p_1 = torch.einsum("zwi,uw->zui", d_m[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    d_p_1 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
-    d_p_2 = torch.einsum("zwi,uw->zui", d_m[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    d_p_2 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d2_d_p_3 = d2_d_w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_0_0.reshape(n, 16, 1)
     d_p = torch.cat([
         d_p_2.reshape(n, 16),
         d_p_1.reshape(n, 48),
         d_p_0.reshape(n, 80),
     ], dim=-1)
-    d2__t_p_0_0_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 0:16].reshape(n, 1, 16), d_p[:, 0:16].reshape(n, 16, 1))
+    d2__t_p_0_0_0 = torch.bmm(d2_d_w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1, 1)  # zpu,zuk->zupk
     d2_d_p_4 = d2_d_w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_0_1.reshape(n, 16, 3)
-    d2__t_p_0_0_1 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 16:32].reshape(n, 1, 16), d_p[:, 16:64].reshape(n, 16, 3))
+    d2__t_p_0_0_1 = torch.bmm(d2_d_w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3)).view(n, 16, 1, 3)  # zpu,zuk->zupk
     d2_d_p_5 = d2_d_w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_0_2.reshape(n, 16, 5)
-    d2__t_p_0_0_2 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 32:48].reshape(n, 1, 16), d_p[:, 64:144].reshape(n, 16, 5))
+    d2__t_p_0_0_2 = torch.bmm(d2_d_w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5)).view(n, 16, 1, 5)  # zpu,zuk->zupk
     d2_d_p_6 = d2_d_w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_1_0.reshape(n, 16, 1)
-    d2__t_p_0_1_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 64:80].reshape(n, 1, 16), d_p[:, 0:16].reshape(n, 16, 1))
+    d2__t_p_0_1_0 = torch.bmm(d2_d_w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1, 1)  # zpu,zuk->zupk
     d2_d__w_p_0_1_1_7 = d2_d_w[:, 48:64].reshape(n, 16)
     d2_d__w_p_0_1_1_8 = d2_d_w[:, 80:96].reshape(n, 16)
     d2_d__w_p_0_1_1_9 = d2_d_w[:, 112:128].reshape(n, 16)
@@ -10519,26 +10536,26 @@ def _cormorant_message_d2_w(
         d2_d__w_p_0_1_1_8.reshape(n, 16),
         d2_d__w_p_0_1_1_9.reshape(n, 16),
     ], dim=-1)
-    d2_d_p_10 = torch.einsum("zpu,zupk->zuk", d2_d__w_p_0_1_1.reshape(n, 3, 16), _t_p_0_1_1)
-    d2__t_p_0_1_1 = torch.einsum("zpu,zuk->zupk", d2_d__w_p_0_1_1.reshape(n, 3, 16), d_p[:, 16:64].reshape(n, 16, 3))
+    d2_d_p_10 = torch.bmm(d2_d__w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3), _t_p_0_1_1.reshape(n * 16, 3, 3)).view(n, 16, 3)  # zpu,zupk->zuk
+    d2__t_p_0_1_1 = torch.bmm(d2_d__w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3)).view(n, 16, 3, 3)  # zpu,zuk->zupk
     d2_d__w_p_0_1_2_11 = d2_d_w[:, 96:112].reshape(n, 16)
     d2_d__w_p_0_1_2_12 = d2_d_w[:, 128:144].reshape(n, 16)
     d2_d__w_p_0_1_2 = torch.cat([
         d2_d__w_p_0_1_2_11.reshape(n, 16),
         d2_d__w_p_0_1_2_12.reshape(n, 16),
     ], dim=-1)
-    d2_d_p_13 = torch.einsum("zpu,zupk->zuk", d2_d__w_p_0_1_2.reshape(n, 2, 16), _t_p_0_1_2)
-    d2__t_p_0_1_2 = torch.einsum("zpu,zuk->zupk", d2_d__w_p_0_1_2.reshape(n, 2, 16), d_p[:, 64:144].reshape(n, 16, 5))
+    d2_d_p_13 = torch.bmm(d2_d__w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2), _t_p_0_1_2.reshape(n * 16, 2, 5)).view(n, 16, 5)  # zpu,zupk->zuk
+    d2__t_p_0_1_2 = torch.bmm(d2_d__w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5)).view(n, 16, 2, 5)  # zpu,zuk->zupk
     d2_d_p_14 = d2_d_w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_2_0.reshape(n, 16, 1)
-    d2__t_p_0_2_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 192:208].reshape(n, 1, 16), d_p[:, 0:16].reshape(n, 16, 1))
+    d2__t_p_0_2_0 = torch.bmm(d2_d_w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1, 1)  # zpu,zuk->zupk
     d2_d__w_p_0_2_1_15 = d2_d_w[:, 160:176].reshape(n, 16)
     d2_d__w_p_0_2_1_16 = d2_d_w[:, 208:224].reshape(n, 16)
     d2_d__w_p_0_2_1 = torch.cat([
         d2_d__w_p_0_2_1_15.reshape(n, 16),
         d2_d__w_p_0_2_1_16.reshape(n, 16),
     ], dim=-1)
-    d2_d_p_17 = torch.einsum("zpu,zupk->zuk", d2_d__w_p_0_2_1.reshape(n, 2, 16), _t_p_0_2_1)
-    d2__t_p_0_2_1 = torch.einsum("zpu,zuk->zupk", d2_d__w_p_0_2_1.reshape(n, 2, 16), d_p[:, 16:64].reshape(n, 16, 3))
+    d2_d_p_17 = torch.bmm(d2_d__w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2), _t_p_0_2_1.reshape(n * 16, 2, 3)).view(n, 16, 3)  # zpu,zupk->zuk
+    d2__t_p_0_2_1 = torch.bmm(d2_d__w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3)).view(n, 16, 2, 3)  # zpu,zuk->zupk
     d2_d__w_p_0_2_2_18 = d2_d_w[:, 144:160].reshape(n, 16)
     d2_d__w_p_0_2_2_19 = d2_d_w[:, 176:192].reshape(n, 16)
     d2_d__w_p_0_2_2_20 = d2_d_w[:, 224:240].reshape(n, 16)
@@ -10547,61 +10564,61 @@ def _cormorant_message_d2_w(
         d2_d__w_p_0_2_2_19.reshape(n, 16),
         d2_d__w_p_0_2_2_20.reshape(n, 16),
     ], dim=-1)
-    d2_d_p_21 = torch.einsum("zpu,zupk->zuk", d2_d__w_p_0_2_2.reshape(n, 3, 16), _t_p_0_2_2)
-    d2__t_p_0_2_2 = torch.einsum("zpu,zuk->zupk", d2_d__w_p_0_2_2.reshape(n, 3, 16), d_p[:, 64:144].reshape(n, 16, 5))
+    d2_d_p_21 = torch.bmm(d2_d__w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3), _t_p_0_2_2.reshape(n * 16, 3, 5)).view(n, 16, 5)  # zpu,zupk->zuk
+    d2__t_p_0_2_2 = torch.bmm(d2_d__w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5)).view(n, 16, 3, 5)  # zpu,zuk->zupk
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
         (d2_d_p_3 + d2_d_p_6 + d2_d_p_14).reshape(n, 16),
         (d2_d_p_4 + d2_d_p_10 + d2_d_p_17).reshape(n, 48),
         (d2_d_p_5 + d2_d_p_13 + d2_d_p_21).reshape(n, 80),
     ], dim=-1)
-    d2_d_m_22 = torch.einsum("zui,uw->zwi", d2_d_p[:, 0:16].reshape(n, 16, 1), (weight[0:256].view(16, 16) * 0.25))
+    d2_d_m_22 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
-    d2_weight_23 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25), d_m[:, 0:16].reshape(n, 16, 1))
+    d2_weight_23 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
-    d2_d_m_24 = torch.einsum("zui,uw->zwi", d2_d_p[:, 16:64].reshape(n, 16, 3), (weight[256:512].view(16, 16) * 0.25))
+    d2_d_m_24 = torch.mm(d2_d_p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
-    d2_weight_25 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25), d_m[:, 16:64].reshape(n, 16, 3))
+    d2_weight_25 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
-    d2_d_m_26 = torch.einsum("zui,uw->zwi", d2_d_p[:, 64:144].reshape(n, 16, 5), (weight[512:768].view(16, 16) * 0.25))
+    d2_d_m_26 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
-    d2_weight_27 = torch.einsum("zui,zwi->uw", (d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25), d_m[:, 64:144].reshape(n, 16, 5))
+    d2_weight_27 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_f_28 = torch.einsum("zupk,zipk->zui", d2__t_p_0_2_2, _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    d2_f_28 = torch.bmm(d2__t_p_0_2_2.reshape(n, 16, 15), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5)).view(n, 16, 5)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d2__m_p_0_29 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_2, f[:, 64:144].reshape(n, 16, 5))
+    d2__m_p_0_29 = torch.bmm(d2__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 3, 5, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_f_30 = torch.einsum("zupk,zipk->zui", d2__t_p_0_2_1, _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    d2_f_30 = torch.bmm(d2__t_p_0_2_1.reshape(n, 16, 6), _m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5)).view(n, 16, 5)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2__m_p_0_31 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_1, f[:, 64:144].reshape(n, 16, 5))
+    d2__m_p_0_31 = torch.bmm(d2__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 2, 3, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
     d2_f_32 = d2__t_p_0_2_0.reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
     # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d2__m_p_0_33 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_0, f[:, 64:144].reshape(n, 16, 5))
+    d2__m_p_0_33 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p_0_2_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 5, 1, 1)  # zupk,zui->zikp
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_f_34 = torch.einsum("zupk,zipk->zui", d2__t_p_0_1_2, _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    d2_f_34 = torch.bmm(d2__t_p_0_1_2.reshape(n, 16, 10), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3)).view(n, 16, 3)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d2__m_p_0_35 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_2, f[:, 16:64].reshape(n, 16, 3))
+    d2__m_p_0_35 = torch.bmm(d2__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 2, 5, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_f_36 = torch.einsum("zupk,zipk->zui", d2__t_p_0_1_1, _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    d2_f_36 = torch.bmm(d2__t_p_0_1_1.reshape(n, 16, 9), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3)).view(n, 16, 3)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d2__m_p_0_37 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_1, f[:, 16:64].reshape(n, 16, 3))
+    d2__m_p_0_37 = torch.bmm(d2__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 3, 3, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
     d2_f_38 = d2__t_p_0_1_0.reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d2__m_p_0_39 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_0, f[:, 16:64].reshape(n, 16, 3))
+    d2__m_p_0_39 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p_0_1_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 3, 1, 1)  # zupk,zui->zikp
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_f_40 = torch.einsum("zupk,zipk->zui", d2__t_p_0_0_2, _m_p_0[:, 4:9].reshape(n, 1, 1, 5))
+    d2_f_40 = torch.bmm(d2__t_p_0_0_2.reshape(n, 16, 5), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1)).view(n, 16, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d2__m_p_0_41 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_2, f[:, 0:16].reshape(n, 16, 1))
+    d2__m_p_0_41 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_f_42 = torch.einsum("zupk,zipk->zui", d2__t_p_0_0_1, _m_p_0[:, 1:4].reshape(n, 1, 1, 3))
+    d2_f_42 = torch.bmm(d2__t_p_0_0_1.reshape(n, 16, 3), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1)).view(n, 16, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d2__m_p_0_43 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_1, f[:, 0:16].reshape(n, 16, 1))
+    d2__m_p_0_43 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
     d2_f_44 = d2__t_p_0_0_0.reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d2__m_p_0_45 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_0, f[:, 0:16].reshape(n, 16, 1))
+    d2__m_p_0_45 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
     # ∂/∂sh: every path's (i, k) map at once: sh · G
     d2__m_p_0 = torch.cat([
         d2__m_p_0_45.reshape(n, 1),
@@ -10614,7 +10631,7 @@ def _cormorant_message_d2_w(
         d2__m_p_0_31.reshape(n, 30),
         d2__m_p_0_29.reshape(n, 75),
     ], dim=-1)
-    d2_sh_46 = torch.einsum("zc,jc->zj", d2__m_p_0, _g_p_0)
+    d2_sh_46 = torch.mm(d2__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
     d2_f = torch.cat([
         (d2_f_40 + d2_f_42 + d2_f_44).reshape(n, 16),
         (d2_f_34 + d2_f_36 + d2_f_38).reshape(n, 48),
@@ -10677,7 +10694,7 @@ def _cormorant_message_d2_weight_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     ii_2 = tl.arange(0, 1)
     p0_2 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_2[None, :, None, None, None] + ii_2[None, None, None, None, :]
     m0_2 = row_mask[:, None, None, None, None]
-    p1_2 = scratch + 144 + z[:, None, None, None, None] * 2598 + ii_2[None, None, None, None, :] + ip_2[None, None, :, None, None] + ik_2[None, None, None, :, None]
+    p1_2 = scratch + 144 + z[:, None, None, None, None] * 2598 + ii_2[None, None, None, None, :] + ik_2[None, None, None, :, None] + ip_2[None, None, :, None, None]
     m1_2 = row_mask[:, None, None, None, None]
     po_2 = scratch + 323 + z[:, None, None, None] * 2598 + iu_2[None, :, None, None] + ip_2[None, None, :, None] + ik_2[None, None, None, :]
     mo_2 = row_mask[:, None, None, None]
@@ -10707,7 +10724,7 @@ def _cormorant_message_d2_weight_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     ii_4 = tl.arange(0, 1)
     p0_4 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_4[None, :, None, None, None] + ii_4[None, None, None, None, :]
     m0_4 = row_mask[:, None, None, None, None]
-    p1_4 = scratch + 145 + z[:, None, None, None, None] * 2598 + ii_4[None, None, None, None, :] * 3 + ip_4[None, None, :, None, None] * 3 + ik_4[None, None, None, :, None]
+    p1_4 = scratch + 145 + z[:, None, None, None, None] * 2598 + ii_4[None, None, None, None, :] * 3 + ik_4[None, None, None, :, None] + ip_4[None, None, :, None, None]
     m1_4 = row_mask[:, None, None, None, None] & (ik_4[None, None, None, :, None] < 3)
     po_4 = scratch + 339 + z[:, None, None, None] * 2598 + iu_4[None, :, None, None] * 3 + ip_4[None, None, :, None] * 3 + ik_4[None, None, None, :]
     mo_4 = row_mask[:, None, None, None] & (ik_4[None, None, None, :] < 3)
@@ -10737,7 +10754,7 @@ def _cormorant_message_d2_weight_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     ii_6 = tl.arange(0, 1)
     p0_6 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_6[None, :, None, None, None] + ii_6[None, None, None, None, :]
     m0_6 = row_mask[:, None, None, None, None]
-    p1_6 = scratch + 148 + z[:, None, None, None, None] * 2598 + ii_6[None, None, None, None, :] * 5 + ip_6[None, None, :, None, None] * 5 + ik_6[None, None, None, :, None]
+    p1_6 = scratch + 148 + z[:, None, None, None, None] * 2598 + ii_6[None, None, None, None, :] * 5 + ik_6[None, None, None, :, None] + ip_6[None, None, :, None, None]
     m1_6 = row_mask[:, None, None, None, None] & (ik_6[None, None, None, :, None] < 5)
     po_6 = scratch + 387 + z[:, None, None, None] * 2598 + iu_6[None, :, None, None] * 5 + ip_6[None, None, :, None] * 5 + ik_6[None, None, None, :]
     mo_6 = row_mask[:, None, None, None] & (ik_6[None, None, None, :] < 5)
@@ -10767,7 +10784,7 @@ def _cormorant_message_d2_weight_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     ii_8 = tl.arange(0, 4)
     p0_8 = f_ptr + 16 + z[:, None, None, None, None] * 144 + iu_8[None, :, None, None, None] * 3 + ii_8[None, None, None, None, :]
     m0_8 = row_mask[:, None, None, None, None] & (ii_8[None, None, None, None, :] < 3)
-    p1_8 = scratch + 153 + z[:, None, None, None, None] * 2598 + ii_8[None, None, None, None, :] + ip_8[None, None, :, None, None] + ik_8[None, None, None, :, None]
+    p1_8 = scratch + 153 + z[:, None, None, None, None] * 2598 + ii_8[None, None, None, None, :] + ik_8[None, None, None, :, None] + ip_8[None, None, :, None, None]
     m1_8 = row_mask[:, None, None, None, None] & (ii_8[None, None, None, None, :] < 3)
     po_8 = scratch + 467 + z[:, None, None, None] * 2598 + iu_8[None, :, None, None] + ip_8[None, None, :, None] + ik_8[None, None, None, :]
     mo_8 = row_mask[:, None, None, None]
@@ -10823,8 +10840,8 @@ def _cormorant_message_d2_weight_0_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     ii_13 = tl.arange(0, 4)
     p0_13 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_13[None, None, None, None, :]
     m0_13 = row_mask[:, None, None, None, None] & (ii_13[None, None, None, None, :] < 3)
-    p1_13 = scratch + 156 + z[:, None, None, None, None] * 2598 + ii_13[None, None, None, None, :] * 9 + ip_13[None, None, :, None, None] * 3 + ik_13[None, None, None, :, None]
-    m1_13 = row_mask[:, None, None, None, None] & (ii_13[None, None, None, None, :] < 3) & (ip_13[None, None, :, None, None] < 3) & (ik_13[None, None, None, :, None] < 3)
+    p1_13 = scratch + 156 + z[:, None, None, None, None] * 2598 + ii_13[None, None, None, None, :] * 9 + ik_13[None, None, None, :, None] * 3 + ip_13[None, None, :, None, None]
+    m1_13 = row_mask[:, None, None, None, None] & (ii_13[None, None, None, None, :] < 3) & (ik_13[None, None, None, :, None] < 3) & (ip_13[None, None, :, None, None] < 3)
     po_13 = scratch + 531 + z[:, None, None, None] * 2598 + ip_13[None, None, :, None] * 3 + ik_13[None, None, None, :]
     mo_13 = row_mask[:, None, None, None] & (ip_13[None, None, :, None] < 3) & (ik_13[None, None, None, :] < 3)
     for startu_13 in range(0, 16, 4):
@@ -10881,7 +10898,7 @@ def _cormorant_message_d2_weight_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     ii_17 = tl.arange(0, 4)
     p0_17 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_17[None, None, None, None, :]
     m0_17 = row_mask[:, None, None, None, None] & (ii_17[None, None, None, None, :] < 3)
-    p1_17 = scratch + 183 + z[:, None, None, None, None] * 2598 + ii_17[None, None, None, None, :] * 10 + ip_17[None, None, :, None, None] * 5 + ik_17[None, None, None, :, None]
+    p1_17 = scratch + 183 + z[:, None, None, None, None] * 2598 + ii_17[None, None, None, None, :] * 10 + ik_17[None, None, None, :, None] * 2 + ip_17[None, None, :, None, None]
     m1_17 = row_mask[:, None, None, None, None] & (ii_17[None, None, None, None, :] < 3) & (ik_17[None, None, None, :, None] < 5)
     po_17 = scratch + 707 + z[:, None, None, None] * 2598 + ip_17[None, None, :, None] * 5 + ik_17[None, None, None, :]
     mo_17 = row_mask[:, None, None, None] & (ik_17[None, None, None, :] < 5)
@@ -10913,7 +10930,7 @@ def _cormorant_message_d2_weight_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     ii_19 = tl.arange(0, 8)
     p0_19 = f_ptr + 64 + z[:, None, None, None, None] * 144 + iu_19[None, :, None, None, None] * 5 + ii_19[None, None, None, None, :]
     m0_19 = row_mask[:, None, None, None, None] & (ii_19[None, None, None, None, :] < 5)
-    p1_19 = scratch + 213 + z[:, None, None, None, None] * 2598 + ii_19[None, None, None, None, :] + ip_19[None, None, :, None, None] + ik_19[None, None, None, :, None]
+    p1_19 = scratch + 213 + z[:, None, None, None, None] * 2598 + ii_19[None, None, None, None, :] + ik_19[None, None, None, :, None] + ip_19[None, None, :, None, None]
     m1_19 = row_mask[:, None, None, None, None] & (ii_19[None, None, None, None, :] < 5)
     po_19 = scratch + 867 + z[:, None, None, None] * 2598 + iu_19[None, :, None, None] + ip_19[None, None, :, None] + ik_19[None, None, None, :]
     mo_19 = row_mask[:, None, None, None]
@@ -10960,7 +10977,7 @@ def _cormorant_message_d2_weight_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     ii_23 = tl.arange(0, 8)
     p0_23 = f_ptr + 64 + z[:, None, None, None, None] * 144 + ii_23[None, None, None, None, :]
     m0_23 = row_mask[:, None, None, None, None] & (ii_23[None, None, None, None, :] < 5)
-    p1_23 = scratch + 218 + z[:, None, None, None, None] * 2598 + ii_23[None, None, None, None, :] * 6 + ip_23[None, None, :, None, None] * 3 + ik_23[None, None, None, :, None]
+    p1_23 = scratch + 218 + z[:, None, None, None, None] * 2598 + ii_23[None, None, None, None, :] * 6 + ik_23[None, None, None, :, None] * 2 + ip_23[None, None, :, None, None]
     m1_23 = row_mask[:, None, None, None, None] & (ii_23[None, None, None, None, :] < 5) & (ik_23[None, None, None, :, None] < 3)
     po_23 = scratch + 915 + z[:, None, None, None] * 2598 + ip_23[None, None, :, None] * 3 + ik_23[None, None, None, :]
     mo_23 = row_mask[:, None, None, None] & (ik_23[None, None, None, :] < 3)
@@ -11016,7 +11033,7 @@ def _cormorant_message_d2_weight_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     ip_28 = tl.arange(0, 4)
     p0_28 = f_ptr + 64 + z[:, None, None, None, None] * 144
     m0_28 = row_mask[:, None, None, None, None]
-    p1_28 = scratch + 248 + z[:, None, None, None, None] * 2598 + ip_28[None, None, :, None, None] * 5
+    p1_28 = scratch + 248 + z[:, None, None, None, None] * 2598 + ip_28[None, None, :, None, None]
     m1_28 = row_mask[:, None, None, None, None] & (ip_28[None, None, :, None, None] < 3)
     po_28 = scratch + 1059 + z[:, None, None, None] * 2598 + ip_28[None, None, :, None] * 5
     mo_28 = row_mask[:, None, None, None] & (ip_28[None, None, :, None] < 3)
@@ -11028,7 +11045,7 @@ def _cormorant_message_d2_weight_1_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
             for starti_28 in range(0, 5, 4):
                 ii_28 = starti_28 + tl.arange(0, 4)
                 a0_28 = tl.load(p0_28 + iu_28[None, :, None, None, None] * 5 + ii_28[None, None, None, None, :], mask=m0_28 & (ii_28[None, None, None, None, :] < 5), other=0.0)
-                a1_28 = tl.load(p1_28 + ii_28[None, None, None, None, :] * 15 + ik_28[None, None, None, :, None], mask=m1_28 & (ii_28[None, None, None, None, :] < 5) & (ik_28[None, None, None, :, None] < 5), other=0.0)
+                a1_28 = tl.load(p1_28 + ii_28[None, None, None, None, :] * 15 + ik_28[None, None, None, :, None] * 3, mask=m1_28 & (ii_28[None, None, None, None, :] < 5) & (ik_28[None, None, None, :, None] < 5), other=0.0)
                 acc_28 += tl.sum(a0_28 * a1_28, axis=4)
             q_28 = po_28 + iu_28[None, :, None, None] * 15 + ik_28[None, None, None, :]
             tl.store(q_28, tl.load(q_28, mask=mo_28 & (ik_28[None, None, None, :] < 5), other=0.0) + acc_28, mask=mo_28 & (ik_28[None, None, None, :] < 5))
@@ -11191,7 +11208,7 @@ def _cormorant_message_d2_weight_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     ip_38 = tl.arange(0, 4)
     p0_38 = scratch + 2358 + z[:, None, None, None, None] * 2598 + ip_38[None, None, None, :, None] * 5
     m0_38 = row_mask[:, None, None, None, None] & (ip_38[None, None, None, :, None] < 3)
-    p1_38 = scratch + 248 + z[:, None, None, None, None] * 2598 + ip_38[None, None, None, :, None] * 5
+    p1_38 = scratch + 248 + z[:, None, None, None, None] * 2598 + ip_38[None, None, None, :, None]
     m1_38 = row_mask[:, None, None, None, None] & (ip_38[None, None, None, :, None] < 3)
     po_38 = d2_f_ptr + 64 + z[:, None, None] * 144
     mo_38 = row_mask[:, None, None]
@@ -11203,19 +11220,19 @@ def _cormorant_message_d2_weight_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
             for startk_38 in range(0, 5, 4):
                 ik_38 = startk_38 + tl.arange(0, 4)
                 a0_38 = tl.load(p0_38 + iu_38[None, :, None, None, None] * 15 + ik_38[None, None, None, None, :], mask=m0_38 & (ik_38[None, None, None, None, :] < 5), other=0.0)
-                a1_38 = tl.load(p1_38 + ii_38[None, None, :, None, None] * 15 + ik_38[None, None, None, None, :], mask=m1_38 & (ii_38[None, None, :, None, None] < 5) & (ik_38[None, None, None, None, :] < 5), other=0.0)
+                a1_38 = tl.load(p1_38 + ii_38[None, None, :, None, None] * 15 + ik_38[None, None, None, None, :] * 3, mask=m1_38 & (ii_38[None, None, :, None, None] < 5) & (ik_38[None, None, None, None, :] < 5), other=0.0)
                 acc_38 += tl.sum(tl.sum(a0_38 * a1_38, axis=4), axis=3)
             q_38 = po_38 + iu_38[None, :, None] * 5 + ii_38[None, None, :]
             tl.store(q_38, tl.load(q_38, mask=mo_38 & (ii_38[None, None, :] < 5), other=0.0) + acc_38, mask=mo_38 & (ii_38[None, None, :] < 5))
     tl.debug_barrier()
     # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
     ip_39 = tl.arange(0, 4)
-    p0_39 = scratch + 2358 + z[:, None, None, None, None] * 2598 + ip_39[None, None, :, None, None] * 5
-    m0_39 = row_mask[:, None, None, None, None] & (ip_39[None, None, :, None, None] < 3)
+    p0_39 = scratch + 2358 + z[:, None, None, None, None] * 2598 + ip_39[None, None, None, :, None] * 5
+    m0_39 = row_mask[:, None, None, None, None] & (ip_39[None, None, None, :, None] < 3)
     p1_39 = f_ptr + 64 + z[:, None, None, None, None] * 144
     m1_39 = row_mask[:, None, None, None, None]
-    po_39 = scratch + 1547 + z[:, None, None, None] * 2598 + ip_39[None, None, :, None] * 5
-    mo_39 = row_mask[:, None, None, None] & (ip_39[None, None, :, None] < 3)
+    po_39 = scratch + 1547 + z[:, None, None, None] * 2598 + ip_39[None, None, None, :]
+    mo_39 = row_mask[:, None, None, None] & (ip_39[None, None, None, :] < 3)
     for starti_39 in range(0, 5, 4):
         ii_39 = starti_39 + tl.arange(0, 4)
         for startk_39 in range(0, 5, 4):
@@ -11223,11 +11240,11 @@ def _cormorant_message_d2_weight_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
             acc_39 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
             for startu_39 in range(0, 16, 4):
                 iu_39 = startu_39 + tl.arange(0, 4)
-                a0_39 = tl.load(p0_39 + iu_39[None, None, None, None, :] * 15 + ik_39[None, None, None, :, None], mask=m0_39 & (ik_39[None, None, None, :, None] < 5), other=0.0)
+                a0_39 = tl.load(p0_39 + iu_39[None, None, None, None, :] * 15 + ik_39[None, None, :, None, None], mask=m0_39 & (ik_39[None, None, :, None, None] < 5), other=0.0)
                 a1_39 = tl.load(p1_39 + iu_39[None, None, None, None, :] * 5 + ii_39[None, :, None, None, None], mask=m1_39 & (ii_39[None, :, None, None, None] < 5), other=0.0)
                 acc_39 += tl.sum(a0_39 * a1_39, axis=4)
-            q_39 = po_39 + ii_39[None, :, None, None] * 15 + ik_39[None, None, None, :]
-            tl.store(q_39, tl.load(q_39, mask=mo_39 & (ii_39[None, :, None, None] < 5) & (ik_39[None, None, None, :] < 5), other=0.0) + acc_39, mask=mo_39 & (ii_39[None, :, None, None] < 5) & (ik_39[None, None, None, :] < 5))
+            q_39 = po_39 + ii_39[None, :, None, None] * 15 + ik_39[None, None, :, None] * 3
+            tl.store(q_39, tl.load(q_39, mask=mo_39 & (ii_39[None, :, None, None] < 5) & (ik_39[None, None, :, None] < 5), other=0.0) + acc_39, mask=mo_39 & (ii_39[None, :, None, None] < 5) & (ik_39[None, None, :, None] < 5))
     tl.debug_barrier()
     iu_40 = tl.arange(0, 16)
     p0_40 = scratch + 2342 + z[:, None] * 2598 + iu_40[None, :]
@@ -11290,7 +11307,7 @@ def _cormorant_message_d2_weight_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     ik_45 = tl.arange(0, 4)
     p0_45 = scratch + 2214 + z[:, None, None, None, None] * 2598 + ip_45[None, None, None, :, None] * 3 + ik_45[None, None, None, None, :]
     m0_45 = row_mask[:, None, None, None, None] & (ik_45[None, None, None, None, :] < 3)
-    p1_45 = scratch + 218 + z[:, None, None, None, None] * 2598 + ii_45[None, None, :, None, None] * 6 + ip_45[None, None, None, :, None] * 3 + ik_45[None, None, None, None, :]
+    p1_45 = scratch + 218 + z[:, None, None, None, None] * 2598 + ii_45[None, None, :, None, None] * 6 + ik_45[None, None, None, None, :] * 2 + ip_45[None, None, None, :, None]
     m1_45 = row_mask[:, None, None, None, None] & (ii_45[None, None, :, None, None] < 5) & (ik_45[None, None, None, None, :] < 3)
     po_45 = d2_f_ptr + 64 + z[:, None, None] * 144 + ii_45[None, None, :]
     mo_45 = row_mask[:, None, None] & (ii_45[None, None, :] < 5)
@@ -11302,17 +11319,17 @@ def _cormorant_message_d2_weight_2_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
         tl.store(q_45, tl.load(q_45, mask=mo_45, other=0.0) + tl.sum(tl.sum(a0_45 * a1_45, axis=4), axis=3), mask=mo_45)
     tl.debug_barrier()
     # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    ip_46 = tl.arange(0, 2)
     ik_46 = tl.arange(0, 4)
-    p0_46 = scratch + 2214 + z[:, None, None, None, None] * 2598 + ip_46[None, None, :, None, None] * 3 + ik_46[None, None, None, :, None]
-    m0_46 = row_mask[:, None, None, None, None] & (ik_46[None, None, None, :, None] < 3)
+    ip_46 = tl.arange(0, 2)
+    p0_46 = scratch + 2214 + z[:, None, None, None, None] * 2598 + ip_46[None, None, None, :, None] * 3 + ik_46[None, None, :, None, None]
+    m0_46 = row_mask[:, None, None, None, None] & (ik_46[None, None, :, None, None] < 3)
     p1_46 = f_ptr + 64 + z[:, None, None, None, None] * 144
     m1_46 = row_mask[:, None, None, None, None]
-    po_46 = scratch + 1517 + z[:, None, None, None] * 2598 + ip_46[None, None, :, None] * 3 + ik_46[None, None, None, :]
-    mo_46 = row_mask[:, None, None, None] & (ik_46[None, None, None, :] < 3)
+    po_46 = scratch + 1517 + z[:, None, None, None] * 2598 + ik_46[None, None, :, None] * 2 + ip_46[None, None, None, :]
+    mo_46 = row_mask[:, None, None, None] & (ik_46[None, None, :, None] < 3)
     for starti_46 in range(0, 5, 4):
         ii_46 = starti_46 + tl.arange(0, 4)
-        acc_46 = tl.zeros([BLOCK_Z, 4, 2, 4], dtype=DTYPE)
+        acc_46 = tl.zeros([BLOCK_Z, 4, 4, 2], dtype=DTYPE)
         for startu_46 in range(0, 16, 8):
             iu_46 = startu_46 + tl.arange(0, 8)
             a0_46 = tl.load(p0_46 + iu_46[None, None, None, None, :] * 6, mask=m0_46, other=0.0)
@@ -11383,7 +11400,7 @@ def _cormorant_message_d2_weight_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     ik_51 = tl.arange(0, 1)
     p0_51 = scratch + 2166 + z[:, None, None, None, None] * 2598 + iu_51[None, :, None, None, None] + ip_51[None, None, None, :, None] + ik_51[None, None, None, None, :]
     m0_51 = row_mask[:, None, None, None, None]
-    p1_51 = scratch + 213 + z[:, None, None, None, None] * 2598 + ii_51[None, None, :, None, None] + ip_51[None, None, None, :, None] + ik_51[None, None, None, None, :]
+    p1_51 = scratch + 213 + z[:, None, None, None, None] * 2598 + ii_51[None, None, :, None, None] + ik_51[None, None, None, None, :] + ip_51[None, None, None, :, None]
     m1_51 = row_mask[:, None, None, None, None] & (ii_51[None, None, :, None, None] < 5)
     po_51 = d2_f_ptr + 64 + z[:, None, None] * 144 + iu_51[None, :, None] * 5 + ii_51[None, None, :]
     mo_51 = row_mask[:, None, None] & (ii_51[None, None, :] < 5)
@@ -11394,14 +11411,14 @@ def _cormorant_message_d2_weight_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     tl.debug_barrier()
     # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
     ii_52 = tl.arange(0, 8)
-    ip_52 = tl.arange(0, 1)
     ik_52 = tl.arange(0, 1)
+    ip_52 = tl.arange(0, 1)
     iu_52 = tl.arange(0, 16)
-    p0_52 = scratch + 2166 + z[:, None, None, None, None] * 2598 + iu_52[None, None, None, None, :] + ip_52[None, None, :, None, None] + ik_52[None, None, None, :, None]
+    p0_52 = scratch + 2166 + z[:, None, None, None, None] * 2598 + iu_52[None, None, None, None, :] + ip_52[None, None, None, :, None] + ik_52[None, None, :, None, None]
     m0_52 = row_mask[:, None, None, None, None]
     p1_52 = f_ptr + 64 + z[:, None, None, None, None] * 144 + iu_52[None, None, None, None, :] * 5 + ii_52[None, :, None, None, None]
     m1_52 = row_mask[:, None, None, None, None] & (ii_52[None, :, None, None, None] < 5)
-    po_52 = scratch + 1512 + z[:, None, None, None] * 2598 + ii_52[None, :, None, None] + ip_52[None, None, :, None] + ik_52[None, None, None, :]
+    po_52 = scratch + 1512 + z[:, None, None, None] * 2598 + ii_52[None, :, None, None] + ik_52[None, None, :, None] + ip_52[None, None, None, :]
     mo_52 = row_mask[:, None, None, None] & (ii_52[None, :, None, None] < 5)
     a0_52 = tl.load(p0_52, mask=m0_52, other=0.0)
     a1_52 = tl.load(p1_52, mask=m1_52, other=0.0)
@@ -11442,7 +11459,7 @@ def _cormorant_message_d2_weight_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     ik_55 = tl.arange(0, 8)
     p0_55 = scratch + 2006 + z[:, None, None, None, None] * 2598 + ip_55[None, None, None, :, None] * 5 + ik_55[None, None, None, None, :]
     m0_55 = row_mask[:, None, None, None, None] & (ik_55[None, None, None, None, :] < 5)
-    p1_55 = scratch + 183 + z[:, None, None, None, None] * 2598 + ii_55[None, None, :, None, None] * 10 + ip_55[None, None, None, :, None] * 5 + ik_55[None, None, None, None, :]
+    p1_55 = scratch + 183 + z[:, None, None, None, None] * 2598 + ii_55[None, None, :, None, None] * 10 + ik_55[None, None, None, None, :] * 2 + ip_55[None, None, None, :, None]
     m1_55 = row_mask[:, None, None, None, None] & (ii_55[None, None, :, None, None] < 3) & (ik_55[None, None, None, None, :] < 5)
     po_55 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_55[None, None, :]
     mo_55 = row_mask[:, None, None] & (ii_55[None, None, :] < 3)
@@ -11456,22 +11473,22 @@ def _cormorant_message_d2_weight_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
     ii_56 = tl.arange(0, 4)
     ip_56 = tl.arange(0, 2)
-    p0_56 = scratch + 2006 + z[:, None, None, None, None] * 2598 + ip_56[None, None, :, None, None] * 5
+    p0_56 = scratch + 2006 + z[:, None, None, None, None] * 2598 + ip_56[None, None, None, :, None] * 5
     m0_56 = row_mask[:, None, None, None, None]
     p1_56 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_56[None, :, None, None, None]
     m1_56 = row_mask[:, None, None, None, None] & (ii_56[None, :, None, None, None] < 3)
-    po_56 = scratch + 1482 + z[:, None, None, None] * 2598 + ii_56[None, :, None, None] * 10 + ip_56[None, None, :, None] * 5
+    po_56 = scratch + 1482 + z[:, None, None, None] * 2598 + ii_56[None, :, None, None] * 10 + ip_56[None, None, None, :]
     mo_56 = row_mask[:, None, None, None] & (ii_56[None, :, None, None] < 3)
     for startk_56 in range(0, 5, 4):
         ik_56 = startk_56 + tl.arange(0, 4)
-        acc_56 = tl.zeros([BLOCK_Z, 4, 2, 4], dtype=DTYPE)
+        acc_56 = tl.zeros([BLOCK_Z, 4, 4, 2], dtype=DTYPE)
         for startu_56 in range(0, 16, 8):
             iu_56 = startu_56 + tl.arange(0, 8)
-            a0_56 = tl.load(p0_56 + iu_56[None, None, None, None, :] * 10 + ik_56[None, None, None, :, None], mask=m0_56 & (ik_56[None, None, None, :, None] < 5), other=0.0)
+            a0_56 = tl.load(p0_56 + iu_56[None, None, None, None, :] * 10 + ik_56[None, None, :, None, None], mask=m0_56 & (ik_56[None, None, :, None, None] < 5), other=0.0)
             a1_56 = tl.load(p1_56 + iu_56[None, None, None, None, :] * 3, mask=m1_56, other=0.0)
             acc_56 += tl.sum(a0_56 * a1_56, axis=4)
-        q_56 = po_56 + ik_56[None, None, None, :]
-        tl.store(q_56, tl.load(q_56, mask=mo_56 & (ik_56[None, None, None, :] < 5), other=0.0) + acc_56, mask=mo_56 & (ik_56[None, None, None, :] < 5))
+        q_56 = po_56 + ik_56[None, None, :, None] * 2
+        tl.store(q_56, tl.load(q_56, mask=mo_56 & (ik_56[None, None, :, None] < 5), other=0.0) + acc_56, mask=mo_56 & (ik_56[None, None, :, None] < 5))
     tl.debug_barrier()
     iu_57 = tl.arange(0, 16)
     p0_57 = scratch + 1990 + z[:, None] * 2598 + iu_57[None, :]
@@ -11525,8 +11542,8 @@ def _cormorant_message_d2_weight_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     ik_61 = tl.arange(0, 4)
     p0_61 = scratch + 1830 + z[:, None, None, None, None] * 2598 + ip_61[None, None, None, :, None] * 3 + ik_61[None, None, None, None, :]
     m0_61 = row_mask[:, None, None, None, None] & (ip_61[None, None, None, :, None] < 3) & (ik_61[None, None, None, None, :] < 3)
-    p1_61 = scratch + 156 + z[:, None, None, None, None] * 2598 + ii_61[None, None, :, None, None] * 9 + ip_61[None, None, None, :, None] * 3 + ik_61[None, None, None, None, :]
-    m1_61 = row_mask[:, None, None, None, None] & (ii_61[None, None, :, None, None] < 3) & (ip_61[None, None, None, :, None] < 3) & (ik_61[None, None, None, None, :] < 3)
+    p1_61 = scratch + 156 + z[:, None, None, None, None] * 2598 + ii_61[None, None, :, None, None] * 9 + ik_61[None, None, None, None, :] * 3 + ip_61[None, None, None, :, None]
+    m1_61 = row_mask[:, None, None, None, None] & (ii_61[None, None, :, None, None] < 3) & (ik_61[None, None, None, None, :] < 3) & (ip_61[None, None, None, :, None] < 3)
     po_61 = d2_f_ptr + 16 + z[:, None, None] * 144 + ii_61[None, None, :]
     mo_61 = row_mask[:, None, None] & (ii_61[None, None, :] < 3)
     for startu_61 in range(0, 16, 4):
@@ -11538,14 +11555,14 @@ def _cormorant_message_d2_weight_3_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     tl.debug_barrier()
     # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
     ii_62 = tl.arange(0, 4)
-    ip_62 = tl.arange(0, 4)
     ik_62 = tl.arange(0, 4)
-    p0_62 = scratch + 1830 + z[:, None, None, None, None] * 2598 + ip_62[None, None, :, None, None] * 3 + ik_62[None, None, None, :, None]
-    m0_62 = row_mask[:, None, None, None, None] & (ip_62[None, None, :, None, None] < 3) & (ik_62[None, None, None, :, None] < 3)
+    ip_62 = tl.arange(0, 4)
+    p0_62 = scratch + 1830 + z[:, None, None, None, None] * 2598 + ip_62[None, None, None, :, None] * 3 + ik_62[None, None, :, None, None]
+    m0_62 = row_mask[:, None, None, None, None] & (ip_62[None, None, None, :, None] < 3) & (ik_62[None, None, :, None, None] < 3)
     p1_62 = f_ptr + 16 + z[:, None, None, None, None] * 144 + ii_62[None, :, None, None, None]
     m1_62 = row_mask[:, None, None, None, None] & (ii_62[None, :, None, None, None] < 3)
-    po_62 = scratch + 1455 + z[:, None, None, None] * 2598 + ii_62[None, :, None, None] * 9 + ip_62[None, None, :, None] * 3 + ik_62[None, None, None, :]
-    mo_62 = row_mask[:, None, None, None] & (ii_62[None, :, None, None] < 3) & (ip_62[None, None, :, None] < 3) & (ik_62[None, None, None, :] < 3)
+    po_62 = scratch + 1455 + z[:, None, None, None] * 2598 + ii_62[None, :, None, None] * 9 + ik_62[None, None, :, None] * 3 + ip_62[None, None, None, :]
+    mo_62 = row_mask[:, None, None, None] & (ii_62[None, :, None, None] < 3) & (ik_62[None, None, :, None] < 3) & (ip_62[None, None, None, :] < 3)
     acc_62 = tl.zeros([BLOCK_Z, 4, 4, 4], dtype=DTYPE)
     for startu_62 in range(0, 16, 4):
         iu_62 = startu_62 + tl.arange(0, 4)
@@ -11626,7 +11643,7 @@ def _cormorant_message_d2_weight_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     ik_68 = tl.arange(0, 1)
     p0_68 = scratch + 1766 + z[:, None, None, None, None] * 2598 + iu_68[None, :, None, None, None] + ip_68[None, None, None, :, None] + ik_68[None, None, None, None, :]
     m0_68 = row_mask[:, None, None, None, None]
-    p1_68 = scratch + 153 + z[:, None, None, None, None] * 2598 + ii_68[None, None, :, None, None] + ip_68[None, None, None, :, None] + ik_68[None, None, None, None, :]
+    p1_68 = scratch + 153 + z[:, None, None, None, None] * 2598 + ii_68[None, None, :, None, None] + ik_68[None, None, None, None, :] + ip_68[None, None, None, :, None]
     m1_68 = row_mask[:, None, None, None, None] & (ii_68[None, None, :, None, None] < 3)
     po_68 = d2_f_ptr + 16 + z[:, None, None] * 144 + iu_68[None, :, None] * 3 + ii_68[None, None, :]
     mo_68 = row_mask[:, None, None] & (ii_68[None, None, :] < 3)
@@ -11637,14 +11654,14 @@ def _cormorant_message_d2_weight_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     tl.debug_barrier()
     # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
     ii_69 = tl.arange(0, 4)
-    ip_69 = tl.arange(0, 1)
     ik_69 = tl.arange(0, 1)
+    ip_69 = tl.arange(0, 1)
     iu_69 = tl.arange(0, 16)
-    p0_69 = scratch + 1766 + z[:, None, None, None, None] * 2598 + iu_69[None, None, None, None, :] + ip_69[None, None, :, None, None] + ik_69[None, None, None, :, None]
+    p0_69 = scratch + 1766 + z[:, None, None, None, None] * 2598 + iu_69[None, None, None, None, :] + ip_69[None, None, None, :, None] + ik_69[None, None, :, None, None]
     m0_69 = row_mask[:, None, None, None, None]
     p1_69 = f_ptr + 16 + z[:, None, None, None, None] * 144 + iu_69[None, None, None, None, :] * 3 + ii_69[None, :, None, None, None]
     m1_69 = row_mask[:, None, None, None, None] & (ii_69[None, :, None, None, None] < 3)
-    po_69 = scratch + 1452 + z[:, None, None, None] * 2598 + ii_69[None, :, None, None] + ip_69[None, None, :, None] + ik_69[None, None, None, :]
+    po_69 = scratch + 1452 + z[:, None, None, None] * 2598 + ii_69[None, :, None, None] + ik_69[None, None, :, None] + ip_69[None, None, None, :]
     mo_69 = row_mask[:, None, None, None] & (ii_69[None, :, None, None] < 3)
     a0_69 = tl.load(p0_69, mask=m0_69, other=0.0)
     a1_69 = tl.load(p1_69, mask=m1_69, other=0.0)
@@ -11686,7 +11703,7 @@ def _cormorant_message_d2_weight_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     ik_72 = tl.arange(0, 8)
     p0_72 = scratch + 1686 + z[:, None, None, None, None] * 2598 + iu_72[None, :, None, None, None] * 5 + ip_72[None, None, None, :, None] * 5 + ik_72[None, None, None, None, :]
     m0_72 = row_mask[:, None, None, None, None] & (ik_72[None, None, None, None, :] < 5)
-    p1_72 = scratch + 148 + z[:, None, None, None, None] * 2598 + ii_72[None, None, :, None, None] * 5 + ip_72[None, None, None, :, None] * 5 + ik_72[None, None, None, None, :]
+    p1_72 = scratch + 148 + z[:, None, None, None, None] * 2598 + ii_72[None, None, :, None, None] * 5 + ik_72[None, None, None, None, :] + ip_72[None, None, None, :, None]
     m1_72 = row_mask[:, None, None, None, None] & (ik_72[None, None, None, None, :] < 5)
     po_72 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_72[None, :, None] + ii_72[None, None, :]
     mo_72 = row_mask[:, None, None]
@@ -11697,15 +11714,15 @@ def _cormorant_message_d2_weight_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     tl.debug_barrier()
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
     ii_73 = tl.arange(0, 1)
-    ip_73 = tl.arange(0, 1)
     ik_73 = tl.arange(0, 8)
+    ip_73 = tl.arange(0, 1)
     iu_73 = tl.arange(0, 16)
-    p0_73 = scratch + 1686 + z[:, None, None, None, None] * 2598 + iu_73[None, None, None, None, :] * 5 + ip_73[None, None, :, None, None] * 5 + ik_73[None, None, None, :, None]
-    m0_73 = row_mask[:, None, None, None, None] & (ik_73[None, None, None, :, None] < 5)
+    p0_73 = scratch + 1686 + z[:, None, None, None, None] * 2598 + iu_73[None, None, None, None, :] * 5 + ip_73[None, None, None, :, None] * 5 + ik_73[None, None, :, None, None]
+    m0_73 = row_mask[:, None, None, None, None] & (ik_73[None, None, :, None, None] < 5)
     p1_73 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_73[None, None, None, None, :] + ii_73[None, :, None, None, None]
     m1_73 = row_mask[:, None, None, None, None]
-    po_73 = scratch + 1447 + z[:, None, None, None] * 2598 + ii_73[None, :, None, None] * 5 + ip_73[None, None, :, None] * 5 + ik_73[None, None, None, :]
-    mo_73 = row_mask[:, None, None, None] & (ik_73[None, None, None, :] < 5)
+    po_73 = scratch + 1447 + z[:, None, None, None] * 2598 + ii_73[None, :, None, None] * 5 + ik_73[None, None, :, None] + ip_73[None, None, None, :]
+    mo_73 = row_mask[:, None, None, None] & (ik_73[None, None, :, None] < 5)
     a0_73 = tl.load(p0_73, mask=m0_73, other=0.0)
     a1_73 = tl.load(p1_73, mask=m1_73, other=0.0)
     q_73 = po_73
@@ -11746,7 +11763,7 @@ def _cormorant_message_d2_weight_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     ik_76 = tl.arange(0, 4)
     p0_76 = scratch + 1638 + z[:, None, None, None, None] * 2598 + iu_76[None, :, None, None, None] * 3 + ip_76[None, None, None, :, None] * 3 + ik_76[None, None, None, None, :]
     m0_76 = row_mask[:, None, None, None, None] & (ik_76[None, None, None, None, :] < 3)
-    p1_76 = scratch + 145 + z[:, None, None, None, None] * 2598 + ii_76[None, None, :, None, None] * 3 + ip_76[None, None, None, :, None] * 3 + ik_76[None, None, None, None, :]
+    p1_76 = scratch + 145 + z[:, None, None, None, None] * 2598 + ii_76[None, None, :, None, None] * 3 + ik_76[None, None, None, None, :] + ip_76[None, None, None, :, None]
     m1_76 = row_mask[:, None, None, None, None] & (ik_76[None, None, None, None, :] < 3)
     po_76 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_76[None, :, None] + ii_76[None, None, :]
     mo_76 = row_mask[:, None, None]
@@ -11757,15 +11774,15 @@ def _cormorant_message_d2_weight_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     tl.debug_barrier()
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
     ii_77 = tl.arange(0, 1)
-    ip_77 = tl.arange(0, 1)
     ik_77 = tl.arange(0, 4)
+    ip_77 = tl.arange(0, 1)
     iu_77 = tl.arange(0, 16)
-    p0_77 = scratch + 1638 + z[:, None, None, None, None] * 2598 + iu_77[None, None, None, None, :] * 3 + ip_77[None, None, :, None, None] * 3 + ik_77[None, None, None, :, None]
-    m0_77 = row_mask[:, None, None, None, None] & (ik_77[None, None, None, :, None] < 3)
+    p0_77 = scratch + 1638 + z[:, None, None, None, None] * 2598 + iu_77[None, None, None, None, :] * 3 + ip_77[None, None, None, :, None] * 3 + ik_77[None, None, :, None, None]
+    m0_77 = row_mask[:, None, None, None, None] & (ik_77[None, None, :, None, None] < 3)
     p1_77 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_77[None, None, None, None, :] + ii_77[None, :, None, None, None]
     m1_77 = row_mask[:, None, None, None, None]
-    po_77 = scratch + 1444 + z[:, None, None, None] * 2598 + ii_77[None, :, None, None] * 3 + ip_77[None, None, :, None] * 3 + ik_77[None, None, None, :]
-    mo_77 = row_mask[:, None, None, None] & (ik_77[None, None, None, :] < 3)
+    po_77 = scratch + 1444 + z[:, None, None, None] * 2598 + ii_77[None, :, None, None] * 3 + ik_77[None, None, :, None] + ip_77[None, None, None, :]
+    mo_77 = row_mask[:, None, None, None] & (ik_77[None, None, :, None] < 3)
     a0_77 = tl.load(p0_77, mask=m0_77, other=0.0)
     a1_77 = tl.load(p1_77, mask=m1_77, other=0.0)
     q_77 = po_77
@@ -11806,7 +11823,7 @@ def _cormorant_message_d2_weight_4_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     ik_80 = tl.arange(0, 1)
     p0_80 = scratch + 1622 + z[:, None, None, None, None] * 2598 + iu_80[None, :, None, None, None] + ip_80[None, None, None, :, None] + ik_80[None, None, None, None, :]
     m0_80 = row_mask[:, None, None, None, None]
-    p1_80 = scratch + 144 + z[:, None, None, None, None] * 2598 + ii_80[None, None, :, None, None] + ip_80[None, None, None, :, None] + ik_80[None, None, None, None, :]
+    p1_80 = scratch + 144 + z[:, None, None, None, None] * 2598 + ii_80[None, None, :, None, None] + ik_80[None, None, None, None, :] + ip_80[None, None, None, :, None]
     m1_80 = row_mask[:, None, None, None, None]
     po_80 = d2_f_ptr + 0 + z[:, None, None] * 144 + iu_80[None, :, None] + ii_80[None, None, :]
     mo_80 = row_mask[:, None, None]
@@ -11826,14 +11843,14 @@ def _cormorant_message_d2_weight_5_kernel(f_ptr, sh_ptr, w_ptr, d_m_ptr, d2_d_we
     slot = pid.to(tl.int64) * 768  # this program's slot of the partial buffer
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
     ii_81 = tl.arange(0, 1)
-    ip_81 = tl.arange(0, 1)
     ik_81 = tl.arange(0, 1)
+    ip_81 = tl.arange(0, 1)
     iu_81 = tl.arange(0, 16)
-    p0_81 = scratch + 1622 + z[:, None, None, None, None] * 2598 + iu_81[None, None, None, None, :] + ip_81[None, None, :, None, None] + ik_81[None, None, None, :, None]
+    p0_81 = scratch + 1622 + z[:, None, None, None, None] * 2598 + iu_81[None, None, None, None, :] + ip_81[None, None, None, :, None] + ik_81[None, None, :, None, None]
     m0_81 = row_mask[:, None, None, None, None]
     p1_81 = f_ptr + 0 + z[:, None, None, None, None] * 144 + iu_81[None, None, None, None, :] + ii_81[None, :, None, None, None]
     m1_81 = row_mask[:, None, None, None, None]
-    po_81 = scratch + 1443 + z[:, None, None, None] * 2598 + ii_81[None, :, None, None] + ip_81[None, None, :, None] + ik_81[None, None, None, :]
+    po_81 = scratch + 1443 + z[:, None, None, None] * 2598 + ii_81[None, :, None, None] + ik_81[None, None, :, None] + ip_81[None, None, None, :]
     mo_81 = row_mask[:, None, None, None]
     a0_81 = tl.load(p0_81, mask=m0_81, other=0.0)
     a1_81 = tl.load(p1_81, mask=m1_81, other=0.0)
@@ -11881,148 +11898,148 @@ def _cormorant_message_d2_weight(
     """the vector-Jacobian product of cormorant_message_d for the cotangent of d_weight: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_weight (768,) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
     n = f.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_p_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 9), _g_p_0)
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    _t_p_0_0_0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     p_0 = _t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
+    _t_p_0_0_1 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 16, 1, 3)  # zui,zikp->zupk
     p_1 = _t_p_0_0_1.reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
+    _t_p_0_0_2 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 16, 1, 5)  # zui,zikp->zupk
     p_2 = _t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x1 ⊗ sh -> 16x0
-    _t_p_0_1_0 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1))
+    _t_p_0_1_0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 1, 3, 2).reshape(n, 3, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     p_3 = _t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
     w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
     w_p_0_1_1_5 = w[:, 80:96].reshape(n, 16)
     w_p_0_1_1_6 = w[:, 112:128].reshape(n, 16)
     # 3 paths 16x1 ⊗ sh -> 16x1
-    _t_p_0_1_1 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    _t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
     _w_p_0_1_1 = torch.cat([
         w_p_0_1_1_4.reshape(n, 16),
         w_p_0_1_1_5.reshape(n, 16),
         w_p_0_1_1_6.reshape(n, 16),
     ], dim=-1)
-    p_7 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_1, _w_p_0_1_1.reshape(n, 3, 16))
+    p_7 = torch.bmm(_t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3), _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 3)  # zupk,zpu->zuk
     w_p_0_1_2_8 = w[:, 96:112].reshape(n, 16)
     w_p_0_1_2_9 = w[:, 128:144].reshape(n, 16)
     # 2 paths 16x1 ⊗ sh -> 16x2
-    _t_p_0_1_2 = torch.einsum("zui,zipk->zupk", f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    _t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
     _w_p_0_1_2 = torch.cat([
         w_p_0_1_2_8.reshape(n, 16),
         w_p_0_1_2_9.reshape(n, 16),
     ], dim=-1)
-    p_10 = torch.einsum("zupk,zpu->zuk", _t_p_0_1_2, _w_p_0_1_2.reshape(n, 2, 16))
+    p_10 = torch.bmm(_t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2), _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 5)  # zupk,zpu->zuk
     # 1 paths 16x2 ⊗ sh -> 16x0
-    _t_p_0_2_0 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1))
+    _t_p_0_2_0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 1, 3, 2).reshape(n, 5, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
     p_11 = _t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
     w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
     w_p_0_2_1_13 = w[:, 208:224].reshape(n, 16)
     # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    _t_p_0_2_1 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6)).view(n, 16, 2, 3)  # zui,zikp->zupk
     _w_p_0_2_1 = torch.cat([
         w_p_0_2_1_12.reshape(n, 16),
         w_p_0_2_1_13.reshape(n, 16),
     ], dim=-1)
-    p_14 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_1, _w_p_0_2_1.reshape(n, 2, 16))
+    p_14 = torch.bmm(_t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2), _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 3)  # zupk,zpu->zuk
     w_p_0_2_2_15 = w[:, 144:160].reshape(n, 16)
     w_p_0_2_2_16 = w[:, 176:192].reshape(n, 16)
     w_p_0_2_2_17 = w[:, 224:240].reshape(n, 16)
     # 3 paths 16x2 ⊗ sh -> 16x2
-    _t_p_0_2_2 = torch.einsum("zui,zipk->zupk", f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    _t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
     _w_p_0_2_2 = torch.cat([
         w_p_0_2_2_15.reshape(n, 16),
         w_p_0_2_2_16.reshape(n, 16),
         w_p_0_2_2_17.reshape(n, 16),
     ], dim=-1)
-    p_18 = torch.einsum("zupk,zpu->zuk", _t_p_0_2_2, _w_p_0_2_2.reshape(n, 3, 16))
+    p_18 = torch.bmm(_t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3), _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 5)  # zupk,zpu->zuk
     # ∂/∂d_m: ∂/∂weight: 16x0 -> 16x0
     p = torch.cat([
         (p_0 + p_3 + p_11).reshape(n, 16),
         (p_1 + p_7 + p_14).reshape(n, 48),
         (p_2 + p_10 + p_18).reshape(n, 80),
     ], dim=-1)
-    d2_d_m_19 = torch.einsum("uw,zui->zwi", (d2_d_weight[0:256].view(16, 16) * 0.25), p[:, 0:16].reshape(n, 16, 1))
+    d2_d_m_19 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x0 -> 16x0
-    d2_p_20 = torch.einsum("uw,zwi->zui", (d2_d_weight[0:256].view(16, 16) * 0.25), d_m[:, 0:16].reshape(n, 16, 1))
+    d2_p_20 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:256].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_m: ∂/∂weight: 16x1 -> 16x1
-    d2_d_m_21 = torch.einsum("uw,zui->zwi", (d2_d_weight[256:512].view(16, 16) * 0.25), p[:, 16:64].reshape(n, 16, 3))
+    d2_d_m_21 = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x1 -> 16x1
-    d2_p_22 = torch.einsum("uw,zwi->zui", (d2_d_weight[256:512].view(16, 16) * 0.25), d_m[:, 16:64].reshape(n, 16, 3))
+    d2_p_22 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[256:512].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_m: ∂/∂weight: 16x2 -> 16x2
-    d2_d_m_23 = torch.einsum("uw,zui->zwi", (d2_d_weight[512:768].view(16, 16) * 0.25), p[:, 64:144].reshape(n, 16, 5))
+    d2_d_m_23 = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
-    d2_p_24 = torch.einsum("uw,zwi->zui", (d2_d_weight[512:768].view(16, 16) * 0.25), d_m[:, 64:144].reshape(n, 16, 5))
+    d2_p_24 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zwi->zui
     d2_p = torch.cat([
         d2_p_20.reshape(n, 16),
         d2_p_22.reshape(n, 48),
         d2_p_24.reshape(n, 80),
     ], dim=-1)
-    d2__t_p_0_2_2 = torch.einsum("zuk,zpu->zupk", d2_p[:, 64:144].reshape(n, 16, 5), _w_p_0_2_2.reshape(n, 3, 16))
-    d2__w_p_0_2_2 = torch.einsum("zuk,zupk->zpu", d2_p[:, 64:144].reshape(n, 16, 5), _t_p_0_2_2)
+    d2__t_p_0_2_2 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 3, 5)  # zuk,zpu->zupk
+    d2__w_p_0_2_2 = torch.bmm(d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5), _t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3)).view(n, 16, 3).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_f_25 = torch.einsum("zupk,zipk->zui", d2__t_p_0_2_2, _m_p_0[:, 104:179].reshape(n, 5, 3, 5))
+    d2_f_25 = torch.bmm(d2__t_p_0_2_2.reshape(n, 16, 15), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5)).view(n, 16, 5)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d2__m_p_0_26 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_2, f[:, 64:144].reshape(n, 16, 5))
+    d2__m_p_0_26 = torch.bmm(d2__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 3, 5, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     d2_w_27 = d2__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
     d2_w_28 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_29 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    d2__t_p_0_2_1 = torch.einsum("zuk,zpu->zupk", d2_p[:, 16:64].reshape(n, 16, 3), _w_p_0_2_1.reshape(n, 2, 16))
-    d2__w_p_0_2_1 = torch.einsum("zuk,zupk->zpu", d2_p[:, 16:64].reshape(n, 16, 3), _t_p_0_2_1)
+    d2__t_p_0_2_1 = torch.bmm(_w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 2, 3)  # zuk,zpu->zupk
+    d2__w_p_0_2_1 = torch.bmm(d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3), _t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2)).view(n, 16, 2).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_f_30 = torch.einsum("zupk,zipk->zui", d2__t_p_0_2_1, _m_p_0[:, 74:104].reshape(n, 5, 2, 3))
+    d2_f_30 = torch.bmm(d2__t_p_0_2_1.reshape(n, 16, 6), _m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5)).view(n, 16, 5)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2__m_p_0_31 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_1, f[:, 64:144].reshape(n, 16, 5))
+    d2__m_p_0_31 = torch.bmm(d2__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 2, 3, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     d2_w_32 = d2__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_33 = d2__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    d2__t_p_0_2_0 = torch.einsum("zuk,zpu->zupk", d2_p[:, 0:16].reshape(n, 16, 1), w[:, 192:208].reshape(n, 1, 16))
-    d2_w_34 = torch.einsum("zuk,zupk->zpu", d2_p[:, 0:16].reshape(n, 16, 1), _t_p_0_2_0)
+    d2__t_p_0_2_0 = torch.bmm(w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
+    d2_w_34 = torch.bmm(d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1), _t_p_0_2_0.permute(0, 1, 3, 2).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
     d2_f_35 = d2__t_p_0_2_0.reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
     # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d2__m_p_0_36 = torch.einsum("zupk,zui->zipk", d2__t_p_0_2_0, f[:, 64:144].reshape(n, 16, 5))
-    d2__t_p_0_1_2 = torch.einsum("zuk,zpu->zupk", d2_p[:, 64:144].reshape(n, 16, 5), _w_p_0_1_2.reshape(n, 2, 16))
-    d2__w_p_0_1_2 = torch.einsum("zuk,zupk->zpu", d2_p[:, 64:144].reshape(n, 16, 5), _t_p_0_1_2)
+    d2__m_p_0_36 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p_0_2_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 5, 1, 1)  # zupk,zui->zikp
+    d2__t_p_0_1_2 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 2, 5)  # zuk,zpu->zupk
+    d2__w_p_0_1_2 = torch.bmm(d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5), _t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2)).view(n, 16, 2).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_f_37 = torch.einsum("zupk,zipk->zui", d2__t_p_0_1_2, _m_p_0[:, 39:69].reshape(n, 3, 2, 5))
+    d2_f_37 = torch.bmm(d2__t_p_0_1_2.reshape(n, 16, 10), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3)).view(n, 16, 3)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d2__m_p_0_38 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_2, f[:, 16:64].reshape(n, 16, 3))
+    d2__m_p_0_38 = torch.bmm(d2__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 2, 5, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
     d2_w_39 = d2__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_40 = d2__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    d2__t_p_0_1_1 = torch.einsum("zuk,zpu->zupk", d2_p[:, 16:64].reshape(n, 16, 3), _w_p_0_1_1.reshape(n, 3, 16))
-    d2__w_p_0_1_1 = torch.einsum("zuk,zupk->zpu", d2_p[:, 16:64].reshape(n, 16, 3), _t_p_0_1_1)
+    d2__t_p_0_1_1 = torch.bmm(_w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 3, 3)  # zuk,zpu->zupk
+    d2__w_p_0_1_1 = torch.bmm(d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3), _t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3)).view(n, 16, 3).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_f_41 = torch.einsum("zupk,zipk->zui", d2__t_p_0_1_1, _m_p_0[:, 12:39].reshape(n, 3, 3, 3))
+    d2_f_41 = torch.bmm(d2__t_p_0_1_1.reshape(n, 16, 9), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3)).view(n, 16, 3)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d2__m_p_0_42 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_1, f[:, 16:64].reshape(n, 16, 3))
+    d2__m_p_0_42 = torch.bmm(d2__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 3, 3, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
     d2_w_43 = d2__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
     d2_w_44 = d2__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_45 = d2__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
-    d2__t_p_0_1_0 = torch.einsum("zuk,zpu->zupk", d2_p[:, 0:16].reshape(n, 16, 1), w[:, 64:80].reshape(n, 1, 16))
-    d2_w_46 = torch.einsum("zuk,zupk->zpu", d2_p[:, 0:16].reshape(n, 16, 1), _t_p_0_1_0)
+    d2__t_p_0_1_0 = torch.bmm(w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
+    d2_w_46 = torch.bmm(d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1), _t_p_0_1_0.permute(0, 1, 3, 2).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
     d2_f_47 = d2__t_p_0_1_0.reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d2__m_p_0_48 = torch.einsum("zupk,zui->zipk", d2__t_p_0_1_0, f[:, 16:64].reshape(n, 16, 3))
-    d2__t_p_0_0_2 = torch.einsum("zuk,zpu->zupk", d2_p[:, 64:144].reshape(n, 16, 5), w[:, 32:48].reshape(n, 1, 16))
-    d2_w_49 = torch.einsum("zuk,zupk->zpu", d2_p[:, 64:144].reshape(n, 16, 5), _t_p_0_0_2)
+    d2__m_p_0_48 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p_0_1_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 3, 1, 1)  # zupk,zui->zikp
+    d2__t_p_0_0_2 = torch.bmm(w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 1, 5)  # zuk,zpu->zupk
+    d2_w_49 = torch.bmm(d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5), _t_p_0_0_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_f_50 = torch.einsum("zupk,zipk->zui", d2__t_p_0_0_2, _m_p_0[:, 4:9].reshape(n, 1, 1, 5))
+    d2_f_50 = torch.bmm(d2__t_p_0_0_2.reshape(n, 16, 5), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1)).view(n, 16, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d2__m_p_0_51 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_2, f[:, 0:16].reshape(n, 16, 1))
-    d2__t_p_0_0_1 = torch.einsum("zuk,zpu->zupk", d2_p[:, 16:64].reshape(n, 16, 3), w[:, 16:32].reshape(n, 1, 16))
-    d2_w_52 = torch.einsum("zuk,zupk->zpu", d2_p[:, 16:64].reshape(n, 16, 3), _t_p_0_0_1)
+    d2__m_p_0_51 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
+    d2__t_p_0_0_1 = torch.bmm(w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 1, 3)  # zuk,zpu->zupk
+    d2_w_52 = torch.bmm(d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3), _t_p_0_0_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_f_53 = torch.einsum("zupk,zipk->zui", d2__t_p_0_0_1, _m_p_0[:, 1:4].reshape(n, 1, 1, 3))
+    d2_f_53 = torch.bmm(d2__t_p_0_0_1.reshape(n, 16, 3), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1)).view(n, 16, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d2__m_p_0_54 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_1, f[:, 0:16].reshape(n, 16, 1))
-    d2__t_p_0_0_0 = torch.einsum("zuk,zpu->zupk", d2_p[:, 0:16].reshape(n, 16, 1), w[:, 0:16].reshape(n, 1, 16))
-    d2_w_55 = torch.einsum("zuk,zupk->zpu", d2_p[:, 0:16].reshape(n, 16, 1), _t_p_0_0_0)
+    d2__m_p_0_54 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
+    d2__t_p_0_0_0 = torch.bmm(w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
+    d2_w_55 = torch.bmm(d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1), _t_p_0_0_0.permute(0, 1, 3, 2).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
     d2_f_56 = d2__t_p_0_0_0.reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d2__m_p_0_57 = torch.einsum("zupk,zui->zipk", d2__t_p_0_0_0, f[:, 0:16].reshape(n, 16, 1))
+    d2__m_p_0_57 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
     # ∂/∂sh: every path's (i, k) map at once: sh · G
     d2__m_p_0 = torch.cat([
         d2__m_p_0_57.reshape(n, 1),
@@ -12035,7 +12052,7 @@ def _cormorant_message_d2_weight(
         d2__m_p_0_31.reshape(n, 30),
         d2__m_p_0_26.reshape(n, 75),
     ], dim=-1)
-    d2_sh_58 = torch.einsum("zc,jc->zj", d2__m_p_0, _g_p_0)
+    d2_sh_58 = torch.mm(d2__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
     d2_f = torch.cat([
         (d2_f_50 + d2_f_53 + d2_f_56).reshape(n, 16),
         (d2_f_37 + d2_f_41 + d2_f_47).reshape(n, 48),
@@ -12086,31 +12103,111 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     p_0_p0_t = 1.0 * f_0_0 * sh_0_c0_0[:, None]
     p_0_p0_0 += p_0_p0_t * tl.load(w + rows[:, None] * 240 + (0 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     sum1_0 = p_0_p0_0 * 0.5773502691896257
-    p_0_p1_0 = zero16
-    p_0_p1_1 = zero16
-    p_0_p1_2 = zero16
+    f_1_0 = tl.load(f + rows[:, None] * 144 + (16 + ch16[None, :] * 3), mask=mask16, other=0.0)
+    f_1_1 = tl.load(f + rows[:, None] * 144 + (17 + ch16[None, :] * 3), mask=mask16, other=0.0)
+    f_1_2 = tl.load(f + rows[:, None] * 144 + (18 + ch16[None, :] * 3), mask=mask16, other=0.0)
+    p_0_p4_0 = zero16
     sh_1_c0_0 = tl.load(sh + rows * 9 + 1, mask=row_mask, other=0.0)
     sh_1_c0_1 = tl.load(sh + rows * 9 + 2, mask=row_mask, other=0.0)
     sh_1_c0_2 = tl.load(sh + rows * 9 + 3, mask=row_mask, other=0.0)
+    p_0_p4_t = 0.5773502691896257 * f_1_0 * sh_1_c0_0[:, None] + 0.5773502691896257 * f_1_1 * sh_1_c0_1[:, None] + 0.5773502691896257 * f_1_2 * sh_1_c0_2[:, None]
+    p_0_p4_0 += p_0_p4_t * tl.load(w + rows[:, None] * 240 + (64 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum2_0 = sum1_0 + p_0_p4_0 * 0.5773502691896257
+    f_2_0 = tl.load(f + rows[:, None] * 144 + (64 + ch16[None, :] * 5), mask=mask16, other=0.0)
+    f_2_1 = tl.load(f + rows[:, None] * 144 + (65 + ch16[None, :] * 5), mask=mask16, other=0.0)
+    f_2_2 = tl.load(f + rows[:, None] * 144 + (66 + ch16[None, :] * 5), mask=mask16, other=0.0)
+    f_2_3 = tl.load(f + rows[:, None] * 144 + (67 + ch16[None, :] * 5), mask=mask16, other=0.0)
+    f_2_4 = tl.load(f + rows[:, None] * 144 + (68 + ch16[None, :] * 5), mask=mask16, other=0.0)
+    p_0_p12_0 = zero16
+    sh_2_c0_0 = tl.load(sh + rows * 9 + 4, mask=row_mask, other=0.0)
+    sh_2_c0_1 = tl.load(sh + rows * 9 + 5, mask=row_mask, other=0.0)
+    sh_2_c0_2 = tl.load(sh + rows * 9 + 6, mask=row_mask, other=0.0)
+    sh_2_c0_3 = tl.load(sh + rows * 9 + 7, mask=row_mask, other=0.0)
+    sh_2_c0_4 = tl.load(sh + rows * 9 + 8, mask=row_mask, other=0.0)
+    p_0_p12_t = 0.4472135954999579 * f_2_0 * sh_2_c0_0[:, None] + 0.4472135954999579 * f_2_1 * sh_2_c0_1[:, None] + 0.4472135954999579 * f_2_2 * sh_2_c0_2[:, None] + 0.4472135954999579 * f_2_3 * sh_2_c0_3[:, None] + 0.4472135954999579 * f_2_4 * sh_2_c0_4[:, None]
+    p_0_p12_0 += p_0_p12_t * tl.load(w + rows[:, None] * 240 + (192 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum3_0 = sum2_0 + p_0_p12_0 * 0.5773502691896257
+    p_0_0 = sum3_0
+    p_0_p1_0 = zero16
+    p_0_p1_1 = zero16
+    p_0_p1_2 = zero16
     p_0_p1_t = 0.5773502691896257 * f_0_0 * sh_1_c0_0[:, None]
     p_0_p1_0 += p_0_p1_t * tl.load(w + rows[:, None] * 240 + (16 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p1_t = 0.5773502691896257 * f_0_0 * sh_1_c0_1[:, None]
     p_0_p1_1 += p_0_p1_t * tl.load(w + rows[:, None] * 240 + (16 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p1_t = 0.5773502691896257 * f_0_0 * sh_1_c0_2[:, None]
     p_0_p1_2 += p_0_p1_t * tl.load(w + rows[:, None] * 240 + (16 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum2_0 = p_0_p1_0 * 0.7071067811865476
-    sum2_1 = p_0_p1_1 * 0.7071067811865476
-    sum2_2 = p_0_p1_2 * 0.7071067811865476
+    sum4_0 = p_0_p1_0 * 0.7071067811865476
+    sum4_1 = p_0_p1_1 * 0.7071067811865476
+    sum4_2 = p_0_p1_2 * 0.7071067811865476
+    p_0_p3_0 = zero16
+    p_0_p3_1 = zero16
+    p_0_p3_2 = zero16
+    p_0_p3_t = 0.5773502691896257 * f_1_0 * sh_0_c0_0[:, None]
+    p_0_p3_0 += p_0_p3_t * tl.load(w + rows[:, None] * 240 + (48 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    p_0_p3_t = 0.5773502691896257 * f_1_1 * sh_0_c0_0[:, None]
+    p_0_p3_1 += p_0_p3_t * tl.load(w + rows[:, None] * 240 + (48 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    p_0_p3_t = 0.5773502691896257 * f_1_2 * sh_0_c0_0[:, None]
+    p_0_p3_2 += p_0_p3_t * tl.load(w + rows[:, None] * 240 + (48 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum5_0 = sum4_0 + p_0_p3_0 * 0.7071067811865476
+    sum5_1 = sum4_1 + p_0_p3_1 * 0.7071067811865476
+    sum5_2 = sum4_2 + p_0_p3_2 * 0.7071067811865476
+    p_0_p5_0 = zero16
+    p_0_p5_1 = zero16
+    p_0_p5_2 = zero16
+    p_0_p5_t = 0.408248290463863 * f_1_1 * sh_1_c0_2[:, None] + -0.408248290463863 * f_1_2 * sh_1_c0_1[:, None]
+    p_0_p5_0 += p_0_p5_t * tl.load(w + rows[:, None] * 240 + (80 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    p_0_p5_t = -0.408248290463863 * f_1_0 * sh_1_c0_2[:, None] + 0.408248290463863 * f_1_2 * sh_1_c0_0[:, None]
+    p_0_p5_1 += p_0_p5_t * tl.load(w + rows[:, None] * 240 + (80 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    p_0_p5_t = 0.408248290463863 * f_1_0 * sh_1_c0_1[:, None] + -0.408248290463863 * f_1_1 * sh_1_c0_0[:, None]
+    p_0_p5_2 += p_0_p5_t * tl.load(w + rows[:, None] * 240 + (80 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum6_0 = sum5_0 + p_0_p5_0 * 0.7071067811865476
+    sum6_1 = sum5_1 + p_0_p5_1 * 0.7071067811865476
+    sum6_2 = sum5_2 + p_0_p5_2 * 0.7071067811865476
+    p_0_p7_0 = zero16
+    p_0_p7_1 = zero16
+    p_0_p7_2 = zero16
+    p_0_p7_t = -0.18257418583505536 * f_1_0 * sh_2_c0_2[:, None] + -0.31622776601683794 * f_1_0 * sh_2_c0_4[:, None] + 0.31622776601683794 * f_1_1 * sh_2_c0_1[:, None] + 0.31622776601683794 * f_1_2 * sh_2_c0_0[:, None]
+    p_0_p7_0 += p_0_p7_t * tl.load(w + rows[:, None] * 240 + (112 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    p_0_p7_t = 0.31622776601683794 * f_1_0 * sh_2_c0_1[:, None] + 0.3651483716701107 * f_1_1 * sh_2_c0_2[:, None] + 0.31622776601683794 * f_1_2 * sh_2_c0_3[:, None]
+    p_0_p7_1 += p_0_p7_t * tl.load(w + rows[:, None] * 240 + (112 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    p_0_p7_t = 0.31622776601683794 * f_1_0 * sh_2_c0_0[:, None] + 0.31622776601683794 * f_1_1 * sh_2_c0_3[:, None] + -0.18257418583505536 * f_1_2 * sh_2_c0_2[:, None] + 0.31622776601683794 * f_1_2 * sh_2_c0_4[:, None]
+    p_0_p7_2 += p_0_p7_t * tl.load(w + rows[:, None] * 240 + (112 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum7_0 = sum6_0 + p_0_p7_0 * 0.7071067811865476
+    sum7_1 = sum6_1 + p_0_p7_1 * 0.7071067811865476
+    sum7_2 = sum6_2 + p_0_p7_2 * 0.7071067811865476
+    p_0_p10_0 = zero16
+    p_0_p10_1 = zero16
+    p_0_p10_2 = zero16
+    p_0_p10_t = 0.31622776601683794 * f_2_0 * sh_1_c0_2[:, None] + 0.31622776601683794 * f_2_1 * sh_1_c0_1[:, None] + -0.18257418583505536 * f_2_2 * sh_1_c0_0[:, None] + -0.31622776601683794 * f_2_4 * sh_1_c0_0[:, None]
+    p_0_p10_0 += p_0_p10_t * tl.load(w + rows[:, None] * 240 + (160 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    p_0_p10_t = 0.31622776601683794 * f_2_1 * sh_1_c0_0[:, None] + 0.3651483716701107 * f_2_2 * sh_1_c0_1[:, None] + 0.31622776601683794 * f_2_3 * sh_1_c0_2[:, None]
+    p_0_p10_1 += p_0_p10_t * tl.load(w + rows[:, None] * 240 + (160 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    p_0_p10_t = 0.31622776601683794 * f_2_0 * sh_1_c0_0[:, None] + -0.18257418583505536 * f_2_2 * sh_1_c0_2[:, None] + 0.31622776601683794 * f_2_3 * sh_1_c0_1[:, None] + 0.31622776601683794 * f_2_4 * sh_1_c0_2[:, None]
+    p_0_p10_2 += p_0_p10_t * tl.load(w + rows[:, None] * 240 + (160 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum8_0 = sum7_0 + p_0_p10_0 * 0.7071067811865476
+    sum8_1 = sum7_1 + p_0_p10_1 * 0.7071067811865476
+    sum8_2 = sum7_2 + p_0_p10_2 * 0.7071067811865476
+    p_0_p13_0 = zero16
+    p_0_p13_1 = zero16
+    p_0_p13_2 = zero16
+    p_0_p13_t = -0.18257418583505536 * f_2_0 * sh_2_c0_1[:, None] + 0.18257418583505536 * f_2_1 * sh_2_c0_0[:, None] + 0.31622776601683794 * f_2_2 * sh_2_c0_3[:, None] + -0.31622776601683794 * f_2_3 * sh_2_c0_2[:, None] + 0.18257418583505536 * f_2_3 * sh_2_c0_4[:, None] + -0.18257418583505536 * f_2_4 * sh_2_c0_3[:, None]
+    p_0_p13_0 += p_0_p13_t * tl.load(w + rows[:, None] * 240 + (208 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    p_0_p13_t = -0.3651483716701107 * f_2_0 * sh_2_c0_4[:, None] + -0.18257418583505536 * f_2_1 * sh_2_c0_3[:, None] + 0.18257418583505536 * f_2_3 * sh_2_c0_1[:, None] + 0.3651483716701107 * f_2_4 * sh_2_c0_0[:, None]
+    p_0_p13_1 += p_0_p13_t * tl.load(w + rows[:, None] * 240 + (208 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    p_0_p13_t = 0.18257418583505536 * f_2_0 * sh_2_c0_3[:, None] + 0.31622776601683794 * f_2_1 * sh_2_c0_2[:, None] + 0.18257418583505536 * f_2_1 * sh_2_c0_4[:, None] + -0.31622776601683794 * f_2_2 * sh_2_c0_1[:, None] + -0.18257418583505536 * f_2_3 * sh_2_c0_0[:, None] + -0.18257418583505536 * f_2_4 * sh_2_c0_1[:, None]
+    p_0_p13_2 += p_0_p13_t * tl.load(w + rows[:, None] * 240 + (208 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
+    sum9_0 = sum8_0 + p_0_p13_0 * 0.7071067811865476
+    sum9_1 = sum8_1 + p_0_p13_1 * 0.7071067811865476
+    sum9_2 = sum8_2 + p_0_p13_2 * 0.7071067811865476
+    p_1_0 = sum9_0
+    p_1_1 = sum9_1
+    p_1_2 = sum9_2
     p_0_p2_0 = zero16
     p_0_p2_1 = zero16
     p_0_p2_2 = zero16
     p_0_p2_3 = zero16
     p_0_p2_4 = zero16
-    sh_2_c0_0 = tl.load(sh + rows * 9 + 4, mask=row_mask, other=0.0)
-    sh_2_c0_1 = tl.load(sh + rows * 9 + 5, mask=row_mask, other=0.0)
-    sh_2_c0_2 = tl.load(sh + rows * 9 + 6, mask=row_mask, other=0.0)
-    sh_2_c0_3 = tl.load(sh + rows * 9 + 7, mask=row_mask, other=0.0)
-    sh_2_c0_4 = tl.load(sh + rows * 9 + 8, mask=row_mask, other=0.0)
     p_0_p2_t = 0.4472135954999579 * f_0_0 * sh_2_c0_0[:, None]
     p_0_p2_0 += p_0_p2_t * tl.load(w + rows[:, None] * 240 + (32 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p2_t = 0.4472135954999579 * f_0_0 * sh_2_c0_1[:, None]
@@ -12121,42 +12218,11 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     p_0_p2_3 += p_0_p2_t * tl.load(w + rows[:, None] * 240 + (32 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p2_t = 0.4472135954999579 * f_0_0 * sh_2_c0_4[:, None]
     p_0_p2_4 += p_0_p2_t * tl.load(w + rows[:, None] * 240 + (32 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum3_0 = p_0_p2_0 * 0.9128709291752769
-    sum3_1 = p_0_p2_1 * 0.9128709291752769
-    sum3_2 = p_0_p2_2 * 0.9128709291752769
-    sum3_3 = p_0_p2_3 * 0.9128709291752769
-    sum3_4 = p_0_p2_4 * 0.9128709291752769
-    f_1_0 = tl.load(f + rows[:, None] * 144 + (16 + ch16[None, :] * 3), mask=mask16, other=0.0)
-    f_1_1 = tl.load(f + rows[:, None] * 144 + (17 + ch16[None, :] * 3), mask=mask16, other=0.0)
-    f_1_2 = tl.load(f + rows[:, None] * 144 + (18 + ch16[None, :] * 3), mask=mask16, other=0.0)
-    p_0_p3_0 = zero16
-    p_0_p3_1 = zero16
-    p_0_p3_2 = zero16
-    p_0_p3_t = 0.5773502691896257 * f_1_0 * sh_0_c0_0[:, None]
-    p_0_p3_0 += p_0_p3_t * tl.load(w + rows[:, None] * 240 + (48 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p3_t = 0.5773502691896257 * f_1_1 * sh_0_c0_0[:, None]
-    p_0_p3_1 += p_0_p3_t * tl.load(w + rows[:, None] * 240 + (48 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p3_t = 0.5773502691896257 * f_1_2 * sh_0_c0_0[:, None]
-    p_0_p3_2 += p_0_p3_t * tl.load(w + rows[:, None] * 240 + (48 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum4_0 = sum2_0 + p_0_p3_0 * 0.7071067811865476
-    sum4_1 = sum2_1 + p_0_p3_1 * 0.7071067811865476
-    sum4_2 = sum2_2 + p_0_p3_2 * 0.7071067811865476
-    p_0_p4_0 = zero16
-    p_0_p4_t = 0.5773502691896257 * f_1_0 * sh_1_c0_0[:, None] + 0.5773502691896257 * f_1_1 * sh_1_c0_1[:, None] + 0.5773502691896257 * f_1_2 * sh_1_c0_2[:, None]
-    p_0_p4_0 += p_0_p4_t * tl.load(w + rows[:, None] * 240 + (64 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum5_0 = sum1_0 + p_0_p4_0 * 0.5773502691896257
-    p_0_p5_0 = zero16
-    p_0_p5_1 = zero16
-    p_0_p5_2 = zero16
-    p_0_p5_t = 0.408248290463863 * f_1_1 * sh_1_c0_2[:, None] + -0.408248290463863 * f_1_2 * sh_1_c0_1[:, None]
-    p_0_p5_0 += p_0_p5_t * tl.load(w + rows[:, None] * 240 + (80 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p5_t = -0.408248290463863 * f_1_0 * sh_1_c0_2[:, None] + 0.408248290463863 * f_1_2 * sh_1_c0_0[:, None]
-    p_0_p5_1 += p_0_p5_t * tl.load(w + rows[:, None] * 240 + (80 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p5_t = 0.408248290463863 * f_1_0 * sh_1_c0_1[:, None] + -0.408248290463863 * f_1_1 * sh_1_c0_0[:, None]
-    p_0_p5_2 += p_0_p5_t * tl.load(w + rows[:, None] * 240 + (80 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum6_0 = sum4_0 + p_0_p5_0 * 0.7071067811865476
-    sum6_1 = sum4_1 + p_0_p5_1 * 0.7071067811865476
-    sum6_2 = sum4_2 + p_0_p5_2 * 0.7071067811865476
+    sum10_0 = p_0_p2_0 * 0.9128709291752769
+    sum10_1 = p_0_p2_1 * 0.9128709291752769
+    sum10_2 = p_0_p2_2 * 0.9128709291752769
+    sum10_3 = p_0_p2_3 * 0.9128709291752769
+    sum10_4 = p_0_p2_4 * 0.9128709291752769
     p_0_p6_0 = zero16
     p_0_p6_1 = zero16
     p_0_p6_2 = zero16
@@ -12172,23 +12238,11 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     p_0_p6_3 += p_0_p6_t * tl.load(w + rows[:, None] * 240 + (96 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p6_t = -0.31622776601683794 * f_1_0 * sh_1_c0_0[:, None] + 0.31622776601683794 * f_1_2 * sh_1_c0_2[:, None]
     p_0_p6_4 += p_0_p6_t * tl.load(w + rows[:, None] * 240 + (96 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum7_0 = sum3_0 + p_0_p6_0 * 0.9128709291752769
-    sum7_1 = sum3_1 + p_0_p6_1 * 0.9128709291752769
-    sum7_2 = sum3_2 + p_0_p6_2 * 0.9128709291752769
-    sum7_3 = sum3_3 + p_0_p6_3 * 0.9128709291752769
-    sum7_4 = sum3_4 + p_0_p6_4 * 0.9128709291752769
-    p_0_p7_0 = zero16
-    p_0_p7_1 = zero16
-    p_0_p7_2 = zero16
-    p_0_p7_t = -0.18257418583505536 * f_1_0 * sh_2_c0_2[:, None] + -0.31622776601683794 * f_1_0 * sh_2_c0_4[:, None] + 0.31622776601683794 * f_1_1 * sh_2_c0_1[:, None] + 0.31622776601683794 * f_1_2 * sh_2_c0_0[:, None]
-    p_0_p7_0 += p_0_p7_t * tl.load(w + rows[:, None] * 240 + (112 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p7_t = 0.31622776601683794 * f_1_0 * sh_2_c0_1[:, None] + 0.3651483716701107 * f_1_1 * sh_2_c0_2[:, None] + 0.31622776601683794 * f_1_2 * sh_2_c0_3[:, None]
-    p_0_p7_1 += p_0_p7_t * tl.load(w + rows[:, None] * 240 + (112 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p7_t = 0.31622776601683794 * f_1_0 * sh_2_c0_0[:, None] + 0.31622776601683794 * f_1_1 * sh_2_c0_3[:, None] + -0.18257418583505536 * f_1_2 * sh_2_c0_2[:, None] + 0.31622776601683794 * f_1_2 * sh_2_c0_4[:, None]
-    p_0_p7_2 += p_0_p7_t * tl.load(w + rows[:, None] * 240 + (112 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum8_0 = sum6_0 + p_0_p7_0 * 0.7071067811865476
-    sum8_1 = sum6_1 + p_0_p7_1 * 0.7071067811865476
-    sum8_2 = sum6_2 + p_0_p7_2 * 0.7071067811865476
+    sum11_0 = sum10_0 + p_0_p6_0 * 0.9128709291752769
+    sum11_1 = sum10_1 + p_0_p6_1 * 0.9128709291752769
+    sum11_2 = sum10_2 + p_0_p6_2 * 0.9128709291752769
+    sum11_3 = sum10_3 + p_0_p6_3 * 0.9128709291752769
+    sum11_4 = sum10_4 + p_0_p6_4 * 0.9128709291752769
     p_0_p8_0 = zero16
     p_0_p8_1 = zero16
     p_0_p8_2 = zero16
@@ -12204,16 +12258,11 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     p_0_p8_3 += p_0_p8_t * tl.load(w + rows[:, None] * 240 + (128 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p8_t = 0.18257418583505536 * f_1_0 * sh_2_c0_3[:, None] + -0.3651483716701107 * f_1_1 * sh_2_c0_0[:, None] + 0.18257418583505536 * f_1_2 * sh_2_c0_1[:, None]
     p_0_p8_4 += p_0_p8_t * tl.load(w + rows[:, None] * 240 + (128 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum9_0 = sum7_0 + p_0_p8_0 * 0.9128709291752769
-    sum9_1 = sum7_1 + p_0_p8_1 * 0.9128709291752769
-    sum9_2 = sum7_2 + p_0_p8_2 * 0.9128709291752769
-    sum9_3 = sum7_3 + p_0_p8_3 * 0.9128709291752769
-    sum9_4 = sum7_4 + p_0_p8_4 * 0.9128709291752769
-    f_2_0 = tl.load(f + rows[:, None] * 144 + (64 + ch16[None, :] * 5), mask=mask16, other=0.0)
-    f_2_1 = tl.load(f + rows[:, None] * 144 + (65 + ch16[None, :] * 5), mask=mask16, other=0.0)
-    f_2_2 = tl.load(f + rows[:, None] * 144 + (66 + ch16[None, :] * 5), mask=mask16, other=0.0)
-    f_2_3 = tl.load(f + rows[:, None] * 144 + (67 + ch16[None, :] * 5), mask=mask16, other=0.0)
-    f_2_4 = tl.load(f + rows[:, None] * 144 + (68 + ch16[None, :] * 5), mask=mask16, other=0.0)
+    sum12_0 = sum11_0 + p_0_p8_0 * 0.9128709291752769
+    sum12_1 = sum11_1 + p_0_p8_1 * 0.9128709291752769
+    sum12_2 = sum11_2 + p_0_p8_2 * 0.9128709291752769
+    sum12_3 = sum11_3 + p_0_p8_3 * 0.9128709291752769
+    sum12_4 = sum11_4 + p_0_p8_4 * 0.9128709291752769
     p_0_p9_0 = zero16
     p_0_p9_1 = zero16
     p_0_p9_2 = zero16
@@ -12229,23 +12278,11 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     p_0_p9_3 += p_0_p9_t * tl.load(w + rows[:, None] * 240 + (144 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p9_t = 0.4472135954999579 * f_2_4 * sh_0_c0_0[:, None]
     p_0_p9_4 += p_0_p9_t * tl.load(w + rows[:, None] * 240 + (144 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum10_0 = sum9_0 + p_0_p9_0 * 0.9128709291752769
-    sum10_1 = sum9_1 + p_0_p9_1 * 0.9128709291752769
-    sum10_2 = sum9_2 + p_0_p9_2 * 0.9128709291752769
-    sum10_3 = sum9_3 + p_0_p9_3 * 0.9128709291752769
-    sum10_4 = sum9_4 + p_0_p9_4 * 0.9128709291752769
-    p_0_p10_0 = zero16
-    p_0_p10_1 = zero16
-    p_0_p10_2 = zero16
-    p_0_p10_t = 0.31622776601683794 * f_2_0 * sh_1_c0_2[:, None] + 0.31622776601683794 * f_2_1 * sh_1_c0_1[:, None] + -0.18257418583505536 * f_2_2 * sh_1_c0_0[:, None] + -0.31622776601683794 * f_2_4 * sh_1_c0_0[:, None]
-    p_0_p10_0 += p_0_p10_t * tl.load(w + rows[:, None] * 240 + (160 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p10_t = 0.31622776601683794 * f_2_1 * sh_1_c0_0[:, None] + 0.3651483716701107 * f_2_2 * sh_1_c0_1[:, None] + 0.31622776601683794 * f_2_3 * sh_1_c0_2[:, None]
-    p_0_p10_1 += p_0_p10_t * tl.load(w + rows[:, None] * 240 + (160 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p10_t = 0.31622776601683794 * f_2_0 * sh_1_c0_0[:, None] + -0.18257418583505536 * f_2_2 * sh_1_c0_2[:, None] + 0.31622776601683794 * f_2_3 * sh_1_c0_1[:, None] + 0.31622776601683794 * f_2_4 * sh_1_c0_2[:, None]
-    p_0_p10_2 += p_0_p10_t * tl.load(w + rows[:, None] * 240 + (160 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum11_0 = sum8_0 + p_0_p10_0 * 0.7071067811865476
-    sum11_1 = sum8_1 + p_0_p10_1 * 0.7071067811865476
-    sum11_2 = sum8_2 + p_0_p10_2 * 0.7071067811865476
+    sum13_0 = sum12_0 + p_0_p9_0 * 0.9128709291752769
+    sum13_1 = sum12_1 + p_0_p9_1 * 0.9128709291752769
+    sum13_2 = sum12_2 + p_0_p9_2 * 0.9128709291752769
+    sum13_3 = sum12_3 + p_0_p9_3 * 0.9128709291752769
+    sum13_4 = sum12_4 + p_0_p9_4 * 0.9128709291752769
     p_0_p11_0 = zero16
     p_0_p11_1 = zero16
     p_0_p11_2 = zero16
@@ -12261,27 +12298,11 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     p_0_p11_3 += p_0_p11_t * tl.load(w + rows[:, None] * 240 + (176 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p11_t = 0.3651483716701107 * f_2_0 * sh_1_c0_1[:, None] + -0.18257418583505536 * f_2_1 * sh_1_c0_2[:, None] + -0.18257418583505536 * f_2_3 * sh_1_c0_0[:, None]
     p_0_p11_4 += p_0_p11_t * tl.load(w + rows[:, None] * 240 + (176 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum12_0 = sum10_0 + p_0_p11_0 * 0.9128709291752769
-    sum12_1 = sum10_1 + p_0_p11_1 * 0.9128709291752769
-    sum12_2 = sum10_2 + p_0_p11_2 * 0.9128709291752769
-    sum12_3 = sum10_3 + p_0_p11_3 * 0.9128709291752769
-    sum12_4 = sum10_4 + p_0_p11_4 * 0.9128709291752769
-    p_0_p12_0 = zero16
-    p_0_p12_t = 0.4472135954999579 * f_2_0 * sh_2_c0_0[:, None] + 0.4472135954999579 * f_2_1 * sh_2_c0_1[:, None] + 0.4472135954999579 * f_2_2 * sh_2_c0_2[:, None] + 0.4472135954999579 * f_2_3 * sh_2_c0_3[:, None] + 0.4472135954999579 * f_2_4 * sh_2_c0_4[:, None]
-    p_0_p12_0 += p_0_p12_t * tl.load(w + rows[:, None] * 240 + (192 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum13_0 = sum5_0 + p_0_p12_0 * 0.5773502691896257
-    p_0_p13_0 = zero16
-    p_0_p13_1 = zero16
-    p_0_p13_2 = zero16
-    p_0_p13_t = -0.18257418583505536 * f_2_0 * sh_2_c0_1[:, None] + 0.18257418583505536 * f_2_1 * sh_2_c0_0[:, None] + 0.31622776601683794 * f_2_2 * sh_2_c0_3[:, None] + -0.31622776601683794 * f_2_3 * sh_2_c0_2[:, None] + 0.18257418583505536 * f_2_3 * sh_2_c0_4[:, None] + -0.18257418583505536 * f_2_4 * sh_2_c0_3[:, None]
-    p_0_p13_0 += p_0_p13_t * tl.load(w + rows[:, None] * 240 + (208 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p13_t = -0.3651483716701107 * f_2_0 * sh_2_c0_4[:, None] + -0.18257418583505536 * f_2_1 * sh_2_c0_3[:, None] + 0.18257418583505536 * f_2_3 * sh_2_c0_1[:, None] + 0.3651483716701107 * f_2_4 * sh_2_c0_0[:, None]
-    p_0_p13_1 += p_0_p13_t * tl.load(w + rows[:, None] * 240 + (208 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    p_0_p13_t = 0.18257418583505536 * f_2_0 * sh_2_c0_3[:, None] + 0.31622776601683794 * f_2_1 * sh_2_c0_2[:, None] + 0.18257418583505536 * f_2_1 * sh_2_c0_4[:, None] + -0.31622776601683794 * f_2_2 * sh_2_c0_1[:, None] + -0.18257418583505536 * f_2_3 * sh_2_c0_0[:, None] + -0.18257418583505536 * f_2_4 * sh_2_c0_1[:, None]
-    p_0_p13_2 += p_0_p13_t * tl.load(w + rows[:, None] * 240 + (208 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum14_0 = sum11_0 + p_0_p13_0 * 0.7071067811865476
-    sum14_1 = sum11_1 + p_0_p13_1 * 0.7071067811865476
-    sum14_2 = sum11_2 + p_0_p13_2 * 0.7071067811865476
+    sum14_0 = sum13_0 + p_0_p11_0 * 0.9128709291752769
+    sum14_1 = sum13_1 + p_0_p11_1 * 0.9128709291752769
+    sum14_2 = sum13_2 + p_0_p11_2 * 0.9128709291752769
+    sum14_3 = sum13_3 + p_0_p11_3 * 0.9128709291752769
+    sum14_4 = sum13_4 + p_0_p11_4 * 0.9128709291752769
     p_0_p14_0 = zero16
     p_0_p14_1 = zero16
     p_0_p14_2 = zero16
@@ -12297,15 +12318,11 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     p_0_p14_3 += p_0_p14_t * tl.load(w + rows[:, None] * 240 + (224 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
     p_0_p14_t = -0.20701966780270625 * f_2_1 * sh_2_c0_1[:, None] + -0.23904572186687872 * f_2_2 * sh_2_c0_4[:, None] + 0.20701966780270625 * f_2_3 * sh_2_c0_3[:, None] + -0.23904572186687872 * f_2_4 * sh_2_c0_2[:, None]
     p_0_p14_4 += p_0_p14_t * tl.load(w + rows[:, None] * 240 + (224 + ch16[None, :] * 1 + 0), mask=row_mask[:, None] & cm16[None, :], other=0.0)
-    sum15_0 = sum12_0 + p_0_p14_0 * 0.9128709291752769
-    sum15_1 = sum12_1 + p_0_p14_1 * 0.9128709291752769
-    sum15_2 = sum12_2 + p_0_p14_2 * 0.9128709291752769
-    sum15_3 = sum12_3 + p_0_p14_3 * 0.9128709291752769
-    sum15_4 = sum12_4 + p_0_p14_4 * 0.9128709291752769
-    p_0_0 = sum13_0
-    p_1_0 = sum14_0
-    p_1_1 = sum14_1
-    p_1_2 = sum14_2
+    sum15_0 = sum14_0 + p_0_p14_0 * 0.9128709291752769
+    sum15_1 = sum14_1 + p_0_p14_1 * 0.9128709291752769
+    sum15_2 = sum14_2 + p_0_p14_2 * 0.9128709291752769
+    sum15_3 = sum14_3 + p_0_p14_3 * 0.9128709291752769
+    sum15_4 = sum14_4 + p_0_p14_4 * 0.9128709291752769
     p_2_0 = sum15_0
     p_2_1 = sum15_1
     p_2_2 = sum15_2
@@ -12315,22 +12332,22 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
     # out m : 16x0+16x1+16x2
     # m.0: p mix uvw
     sum16_0 = tl.dot(p_0_0, tl.load(weight + 0 + (0 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    m_0_0 = sum16_0
+    tl.store(m_out + rows[:, None] * 144 + (0 + ch16[None, :] * 1), m_0_0, mask=mask16)
     sum17_0 = tl.dot(p_1_0, tl.load(weight + 0 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
     sum17_1 = tl.dot(p_1_1, tl.load(weight + 0 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
     sum17_2 = tl.dot(p_1_2, tl.load(weight + 0 + (256 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum18_0 = tl.dot(p_2_0, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum18_1 = tl.dot(p_2_1, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum18_2 = tl.dot(p_2_2, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum18_3 = tl.dot(p_2_3, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    sum18_4 = tl.dot(p_2_4, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
-    m_0_0 = sum16_0
-    tl.store(m_out + rows[:, None] * 144 + (0 + ch16[None, :] * 1), m_0_0, mask=mask16)
     m_1_0 = sum17_0
     m_1_1 = sum17_1
     m_1_2 = sum17_2
     tl.store(m_out + rows[:, None] * 144 + (16 + ch16[None, :] * 3), m_1_0, mask=mask16)
     tl.store(m_out + rows[:, None] * 144 + (17 + ch16[None, :] * 3), m_1_1, mask=mask16)
     tl.store(m_out + rows[:, None] * 144 + (18 + ch16[None, :] * 3), m_1_2, mask=mask16)
+    sum18_0 = tl.dot(p_2_0, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum18_1 = tl.dot(p_2_1, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum18_2 = tl.dot(p_2_2, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum18_3 = tl.dot(p_2_3, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
+    sum18_4 = tl.dot(p_2_4, tl.load(weight + 0 + (512 + ch16[:, None] * 16 + ch16[None, :]), mask=cm16[:, None] & cm16[None, :], other=0.0), input_precision='ieee') * 0.25
     m_2_0 = sum18_0
     m_2_1 = sum18_1
     m_2_2 = sum18_2
@@ -12409,41 +12426,41 @@ class cormorant_message(rt.FusionModule):
     cg_tables = ()
     matrices = {  # constant matrices as sparse (row, column, value): recouplings (exact 6j), stacked CG tables
         "_g_p_0": ((9, 179), (
-            (0, 0, 0.5773502691896257), (0, 12, 0.408248290463863), (0, 22, 0.408248290463863), (0, 32, 0.408248290463863),
-            (0, 104, 0.408248290463863), (0, 120, 0.408248290463863), (0, 136, 0.408248290463863), (0, 152, 0.408248290463863),
-            (0, 168, 0.408248290463863), (1, 1, 0.408248290463863), (1, 9, 0.3333333333333333), (1, 26, -0.2886751345948129),
-            (1, 34, 0.2886751345948129), (1, 41, -0.16666666666666666), (1, 43, -0.2886751345948129), (1, 50, 0.2886751345948129),
-            (1, 59, 0.2886751345948129), (1, 76, 0.223606797749979), (1, 81, 0.223606797749979), (1, 86, -0.12909944487358055),
-            (1, 98, -0.223606797749979), (1, 110, 0.16666666666666666), (1, 124, -0.16666666666666666), (1, 142, -0.2886751345948129),
-            (1, 156, 0.2886751345948129), (1, 158, -0.16666666666666666), (1, 172, 0.16666666666666666), (2, 2, 0.408248290463863),
-            (2, 10, 0.3333333333333333), (2, 17, 0.2886751345948129), (2, 33, -0.2886751345948129), (2, 40, 0.2886751345948129),
-            (2, 51, 0.3333333333333333), (2, 62, 0.2886751345948129), (2, 80, 0.223606797749979), (2, 87, 0.2581988897471611),
-            (2, 94, 0.223606797749979), (2, 113, 0.3333333333333333), (2, 127, 0.16666666666666666), (2, 155, -0.16666666666666666),
-            (2, 169, -0.3333333333333333), (3, 3, 0.408248290463863), (3, 11, 0.3333333333333333), (3, 16, -0.2886751345948129),
-            (3, 24, 0.2886751345948129), (3, 39, 0.2886751345948129), (3, 52, 0.2886751345948129), (3, 61, -0.16666666666666666),
-            (3, 63, 0.2886751345948129), (3, 74, 0.223606797749979), (3, 88, -0.12909944487358055), (3, 93, 0.223606797749979),
-            (3, 100, 0.223606797749979), (3, 112, -0.16666666666666666), (3, 126, -0.2886751345948129), (3, 128, -0.16666666666666666),
-            (3, 140, 0.2886751345948129), (3, 154, 0.16666666666666666), (3, 170, 0.16666666666666666), (4, 4, 0.408248290463863),
-            (4, 20, 0.223606797749979), (4, 36, 0.223606797749979), (4, 45, -0.16666666666666666), (4, 58, -0.3333333333333333),
-            (4, 67, 0.16666666666666666), (4, 69, 0.2581988897471611), (4, 83, 0.12909944487358055), (4, 97, -0.12909944487358055),
-            (4, 102, 0.2581988897471611), (4, 116, -0.2182178902359924), (4, 132, 0.1889822365046136), (4, 144, -0.2182178902359924),
-            (4, 160, 0.1889822365046136), (5, 5, 0.408248290463863), (5, 19, 0.223606797749979), (5, 27, 0.223606797749979),
-            (5, 44, 0.16666666666666666), (5, 57, -0.16666666666666666), (5, 66, 0.2886751345948129), (5, 68, 0.16666666666666666),
-            (5, 70, 0.2581988897471611), (5, 77, -0.12909944487358055), (5, 91, -0.223606797749979), (5, 96, 0.12909944487358055),
-            (5, 103, -0.12909944487358055), (5, 117, 0.1889822365046136), (5, 131, 0.1091089451179962), (5, 133, -0.1889822365046136),
-            (5, 145, 0.1091089451179962), (5, 159, 0.1889822365046136), (5, 175, -0.1889822365046136), (6, 6, 0.408248290463863),
-            (6, 18, -0.12909944487358055), (6, 28, 0.2581988897471611), (6, 38, -0.12909944487358055), (6, 47, 0.2886751345948129),
-            (6, 65, -0.2886751345948129), (6, 71, 0.2581988897471611), (6, 85, 0.223606797749979), (6, 95, -0.223606797749979),
-            (6, 114, -0.2182178902359924), (6, 130, 0.1091089451179962), (6, 146, 0.2182178902359924), (6, 162, 0.1091089451179962),
-            (6, 178, -0.2182178902359924), (7, 7, 0.408248290463863), (7, 29, 0.223606797749979), (7, 37, 0.223606797749979),
-            (7, 46, -0.2886751345948129), (7, 48, 0.16666666666666666), (7, 55, 0.16666666666666666), (7, 64, -0.16666666666666666),
-            (7, 72, 0.2581988897471611), (7, 79, 0.12909944487358055), (7, 84, -0.12909944487358055), (7, 89, 0.223606797749979),
-            (7, 101, -0.12909944487358055), (7, 115, 0.1889822365046136), (7, 129, 0.1889822365046136), (7, 147, 0.1091089451179962),
-            (7, 161, 0.1091089451179962), (7, 163, 0.1889822365046136), (7, 177, 0.1889822365046136), (8, 8, 0.408248290463863),
-            (8, 18, -0.223606797749979), (8, 38, 0.223606797749979), (8, 47, -0.16666666666666666), (8, 54, 0.3333333333333333),
-            (8, 65, -0.16666666666666666), (8, 73, 0.2581988897471611), (8, 78, -0.2581988897471611), (8, 85, 0.12909944487358055),
-            (8, 95, 0.12909944487358055), (8, 130, -0.1889822365046136), (8, 148, -0.2182178902359924), (8, 162, 0.1889822365046136),
-            (8, 176, -0.2182178902359924),
+            (0, 0, 0.5773502691896257), (0, 12, 0.408248290463863), (0, 24, 0.408248290463863), (0, 36, 0.408248290463863),
+            (0, 104, 0.408248290463863), (0, 122, 0.408248290463863), (0, 140, 0.408248290463863), (0, 158, 0.408248290463863),
+            (0, 176, 0.408248290463863), (1, 1, 0.408248290463863), (1, 9, 0.3333333333333333), (1, 28, -0.2886751345948129),
+            (1, 34, 0.2886751345948129), (1, 43, -0.16666666666666666), (1, 47, -0.2886751345948129), (1, 51, 0.2886751345948129),
+            (1, 59, 0.2886751345948129), (1, 78, 0.223606797749979), (1, 82, 0.223606797749979), (1, 86, -0.12909944487358055),
+            (1, 98, -0.223606797749979), (1, 108, 0.16666666666666666), (1, 120, -0.16666666666666666), (1, 144, -0.2886751345948129),
+            (1, 156, 0.2886751345948129), (1, 162, -0.16666666666666666), (1, 174, 0.16666666666666666), (2, 2, 0.408248290463863),
+            (2, 10, 0.3333333333333333), (2, 19, 0.2886751345948129), (2, 31, -0.2886751345948129), (2, 41, 0.2886751345948129),
+            (2, 53, 0.3333333333333333), (2, 65, 0.2886751345948129), (2, 80, 0.223606797749979), (2, 88, 0.2581988897471611),
+            (2, 96, 0.223606797749979), (2, 117, 0.3333333333333333), (2, 129, 0.16666666666666666), (2, 153, -0.16666666666666666),
+            (2, 165, -0.3333333333333333), (3, 3, 0.408248290463863), (3, 11, 0.3333333333333333), (3, 16, -0.2886751345948129),
+            (3, 22, 0.2886751345948129), (3, 39, 0.2886751345948129), (3, 55, 0.2886751345948129), (3, 63, -0.16666666666666666),
+            (3, 67, 0.2886751345948129), (3, 74, 0.223606797749979), (3, 90, -0.12909944487358055), (3, 94, 0.223606797749979),
+            (3, 102, 0.223606797749979), (3, 114, -0.16666666666666666), (3, 126, -0.2886751345948129), (3, 132, -0.16666666666666666),
+            (3, 138, 0.2886751345948129), (3, 150, 0.16666666666666666), (3, 168, 0.16666666666666666), (4, 4, 0.408248290463863),
+            (4, 20, 0.223606797749979), (4, 32, 0.223606797749979), (4, 42, -0.16666666666666666), (4, 58, -0.3333333333333333),
+            (4, 66, 0.16666666666666666), (4, 69, 0.2581988897471611), (4, 81, 0.12909944487358055), (4, 97, -0.12909944487358055),
+            (4, 101, 0.2581988897471611), (4, 112, -0.2182178902359924), (4, 130, 0.1889822365046136), (4, 136, -0.2182178902359924),
+            (4, 154, 0.1889822365046136), (5, 5, 0.408248290463863), (5, 17, 0.223606797749979), (5, 23, 0.223606797749979),
+            (5, 40, 0.16666666666666666), (5, 56, -0.16666666666666666), (5, 64, 0.2886751345948129), (5, 68, 0.16666666666666666),
+            (5, 70, 0.2581988897471611), (5, 75, -0.12909944487358055), (5, 91, -0.223606797749979), (5, 95, 0.12909944487358055),
+            (5, 103, -0.12909944487358055), (5, 115, 0.1889822365046136), (5, 127, 0.1091089451179962), (5, 133, -0.1889822365046136),
+            (5, 139, 0.1091089451179962), (5, 151, 0.1889822365046136), (5, 169, -0.1889822365046136), (6, 6, 0.408248290463863),
+            (6, 14, -0.12909944487358055), (6, 26, 0.2581988897471611), (6, 38, -0.12909944487358055), (6, 46, 0.2886751345948129),
+            (6, 62, -0.2886751345948129), (6, 71, 0.2581988897471611), (6, 85, 0.223606797749979), (6, 93, -0.223606797749979),
+            (6, 106, -0.2182178902359924), (6, 124, 0.1091089451179962), (6, 142, 0.2182178902359924), (6, 160, 0.1091089451179962),
+            (6, 178, -0.2182178902359924), (7, 7, 0.408248290463863), (7, 29, 0.223606797749979), (7, 35, 0.223606797749979),
+            (7, 44, -0.2886751345948129), (7, 48, 0.16666666666666666), (7, 52, 0.16666666666666666), (7, 60, -0.16666666666666666),
+            (7, 72, 0.2581988897471611), (7, 79, 0.12909944487358055), (7, 83, -0.12909944487358055), (7, 87, 0.223606797749979),
+            (7, 99, -0.12909944487358055), (7, 109, 0.1889822365046136), (7, 121, 0.1889822365046136), (7, 145, 0.1091089451179962),
+            (7, 157, 0.1091089451179962), (7, 163, 0.1889822365046136), (7, 175, 0.1889822365046136), (8, 8, 0.408248290463863),
+            (8, 14, -0.223606797749979), (8, 38, 0.223606797749979), (8, 46, -0.16666666666666666), (8, 50, 0.3333333333333333),
+            (8, 62, -0.16666666666666666), (8, 73, 0.2581988897471611), (8, 77, -0.2581988897471611), (8, 85, 0.12909944487358055),
+            (8, 93, 0.12909944487358055), (8, 124, -0.1889822365046136), (8, 148, -0.2182178902359924), (8, 160, 0.1889822365046136),
+            (8, 172, -0.2182178902359924),
         )),
     }
 

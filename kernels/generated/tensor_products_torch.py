@@ -14,7 +14,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_82b066dda043dfaa")
+_ops = rt.OpNamespace("fusionc_78f346b4ae9352a7")
 
 
 def _fc_tp(
@@ -23,28 +23,28 @@ def _fc_tp(
     """fc_tp on rows: x (n, 288), y (n, 16) -> z (n, 288)."""
     n = x.shape[0]
     # every path's (i, k) map at once: y · G
-    _m_z_0 = torch.einsum("zj,jc->zc", y.reshape(n, 16), _g_z_0)
+    _m_z_0 = torch.mm(y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
     # 1 paths 32x0e ⊗ y -> 32x0e
-    _c0 = torch.einsum("zui,zipk->zkpu", x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
-    z_0 = torch.einsum("puw,zkpu->zwk", weight[0:1024].view(1, 32, 32), _c0)
+    _c0 = x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    z_0 = torch.mm(_c0.permute(3, 1, 0, 2).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
     # 1 paths 32x0e ⊗ y -> 32x1o
-    _c1 = torch.einsum("zui,puw->zipw", x[:, 0:32].reshape(n, 32, 1), weight[1024:2048].view(1, 32, 32))
-    z_1 = _m_z_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 3) * _c1.reshape(n, 32, 1)
+    _c1 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    z_1 = _m_z_0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3) * _c1.reshape(n, 32, 1)
     # 1 paths 32x0e ⊗ y -> 32x2e
-    _c2 = torch.einsum("zui,puw->zipw", x[:, 0:32].reshape(n, 32, 1), weight[2048:3072].view(1, 32, 32))
-    z_2 = _m_z_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 5) * _c2.reshape(n, 32, 1)
+    _c2 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    z_2 = _m_z_0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5) * _c2.reshape(n, 32, 1)
     # 1 paths 32x1o ⊗ y -> 32x0e
-    _c3 = torch.einsum("zui,zipk->zkpu", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
-    z_3 = torch.einsum("puw,zkpu->zwk", weight[4096:5120].view(1, 32, 32), _c3)
+    _c3 = torch.bmm(x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1)).view(n, 32, 1, 1)  # zui,zikp->zukp
+    z_3 = torch.mm(_c3.permute(3, 1, 0, 2).reshape(32, n).t(), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
     w_z_0_1_1_4 = weight[3072:4096].view(32, 32)
     w_z_0_1_1_5 = weight[6144:7168].view(32, 32)
     # 2 paths 32x1o ⊗ y -> 32x1o
-    _c4 = torch.einsum("zui,zipk->zkpu", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 2, 3))
+    _c4 = torch.bmm(_m_z_0[:, 12:30].reshape(n, 3, 3, 2).reshape(n, 3, 6).transpose(1, 2), x[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 2, 32)  # zui,zikp->zkpu
     _w_z_0_1_1 = torch.cat([
         w_z_0_1_1_4.reshape(1024),
         w_z_0_1_1_5.reshape(1024),
     ], dim=-1)
-    z_6 = torch.einsum("puw,zkpu->zwk", _w_z_0_1_1.view(2, 32, 32), _c4)
+    z_6 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     w_z_0_1_2_7 = weight[5120:6144].view(32, 32)
     w_z_0_1_2_8 = weight[7168:8192].view(32, 32)
     # 2 paths 32x1o ⊗ y -> 32x2e
@@ -52,29 +52,29 @@ def _fc_tp(
         w_z_0_1_2_7.reshape(1024),
         w_z_0_1_2_8.reshape(1024),
     ], dim=-1)
-    _c5 = torch.einsum("zui,puw->zipw", x[:, 32:128].reshape(n, 32, 3), _w_z_0_1_2.view(2, 32, 32))
-    z_9 = torch.einsum("zipk,zipw->zwk", _m_z_0[:, 30:60].reshape(n, 3, 2, 5), _c5)
+    _c5 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # zui,puw->zipw
+    z_9 = torch.bmm(_c5.reshape(n, 6, 32).transpose(1, 2), _m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2)).view(n, 32, 5)  # zikp,zipw->zwk
     # 1 paths 32x2e ⊗ y -> 32x0e
-    _c6 = torch.einsum("zui,zipk->zkpu", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
-    z_10 = torch.einsum("puw,zkpu->zwk", weight[10240:11264].view(1, 32, 32), _c6)
+    _c6 = torch.bmm(x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1)).view(n, 32, 1, 1)  # zui,zikp->zukp
+    z_10 = torch.mm(_c6.permute(3, 1, 0, 2).reshape(32, n).t(), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
     w_z_0_2_1_11 = weight[9216:10240].view(32, 32)
     w_z_0_2_1_12 = weight[12288:13312].view(32, 32)
     # 2 paths 32x2e ⊗ y -> 32x1o
-    _c7 = torch.einsum("zui,zipk->zkpu", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 2, 3))
+    _c7 = torch.bmm(_m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zui,zikp->zkpu
     _w_z_0_2_1 = torch.cat([
         w_z_0_2_1_11.reshape(1024),
         w_z_0_2_1_12.reshape(1024),
     ], dim=-1)
-    z_13 = torch.einsum("puw,zkpu->zwk", _w_z_0_2_1.view(2, 32, 32), _c7)
+    z_13 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     w_z_0_2_2_14 = weight[8192:9216].view(32, 32)
     w_z_0_2_2_15 = weight[11264:12288].view(32, 32)
     # 2 paths 32x2e ⊗ y -> 32x2e
-    _c8 = torch.einsum("zui,zipk->zkpu", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 2, 5))
+    _c8 = torch.bmm(_m_z_0[:, 95:145].reshape(n, 5, 5, 2).reshape(n, 5, 10).transpose(1, 2), x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 5, 2, 32)  # zui,zikp->zkpu
     _w_z_0_2_2 = torch.cat([
         w_z_0_2_2_14.reshape(1024),
         w_z_0_2_2_15.reshape(1024),
     ], dim=-1)
-    z_16 = torch.einsum("puw,zkpu->zwk", _w_z_0_2_2.view(2, 32, 32), _c8)
+    z_16 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     z = torch.cat([
         (z_0 + z_3 + z_10).reshape(n, 32),
         (z_1 + z_6 + z_13).reshape(n, 96),
@@ -90,7 +90,7 @@ def _fc_tp_d(
     """the vector-Jacobian product of fc_tp: x (n, 288), y (n, 16), d_z (n, 288) -> d_x (n, 288), d_y (n, 16), d_weight (13312,)."""
     n = x.shape[0]
     # every path's (i, k) map at once: y · G
-    _m_z_0 = torch.einsum("zj,jc->zc", y.reshape(n, 16), _g_z_0)
+    _m_z_0 = torch.mm(y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
     w_z_0_1_1_0 = weight[3072:4096].view(32, 32)
     w_z_0_1_1_1 = weight[6144:7168].view(32, 32)
     w_z_0_1_2_2 = weight[5120:6144].view(32, 32)
@@ -100,17 +100,17 @@ def _fc_tp_d(
     w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
     w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
     # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    _c0 = torch.einsum("zwk,zipk->zipw", d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 2, 5))
+    _c0 = torch.bmm(_m_z_0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 10).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 5, 2, 32)  # zwk,zikp->zipw
     _w_z_0_2_2 = torch.cat([
         w_z_0_2_2_6.reshape(1024),
         w_z_0_2_2_7.reshape(1024),
     ], dim=-1)
-    d_x_8 = torch.einsum("puw,zipw->zui", _w_z_0_2_2.view(2, 32, 32), _c0)
+    d_x_8 = torch.mm(_c0.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1)  # puw,zipw->zui
     # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
-    _c1 = torch.einsum("zwk,puw->zkpu", d_z[:, 128:288].reshape(n, 32, 5), _w_z_0_2_2.view(2, 32, 32))
-    d__m_z_0_9 = torch.einsum("zui,zkpu->zipk", x[:, 128:288].reshape(n, 32, 5), _c1)
+    _c1 = torch.mm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n * 5, 32), _w_z_0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 5, 2, 32)  # zwk,puw->zkpu
+    d__m_z_0_9 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c1.permute(0, 3, 1, 2).reshape(n, 32, 10)).view(n, 5, 5, 2)  # zui,zkpu->zikp
     # ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
-    d__w_z_0_2_2 = torch.einsum("zui,zipw->puw", x[:, 128:288].reshape(n, 32, 5), _c0)
+    d__w_z_0_2_2 = torch.mm(_c0.reshape(n * 5, 64).t(), x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
     d_weight_10 = d__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d_weight_11 = d__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
     # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
@@ -118,83 +118,83 @@ def _fc_tp_d(
         w_z_0_2_1_4.reshape(1024),
         w_z_0_2_1_5.reshape(1024),
     ], dim=-1)
-    _c2 = torch.einsum("zwk,puw->zkpu", d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_2_1.view(2, 32, 32))
-    d_x_12 = torch.einsum("zipk,zkpu->zui", _m_z_0[:, 65:95].reshape(n, 5, 2, 3), _c2)
+    _c2 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zwk,puw->zkpu
+    d_x_12 = torch.bmm(_c2.reshape(n, 6, 32).transpose(1, 2), _m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2)).view(n, 32, 5)  # zikp,zkpu->zui
     # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
-    d__m_z_0_13 = torch.einsum("zui,zkpu->zipk", x[:, 128:288].reshape(n, 32, 5), _c2)
+    d__m_z_0_13 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c2.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2)  # zui,zkpu->zikp
     # ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
-    _c3 = torch.einsum("zui,zipk->zkpu", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 2, 3))
-    d__w_z_0_2_1 = torch.einsum("zwk,zkpu->puw", d_z[:, 32:128].reshape(n, 32, 3), _c3)
+    _c3 = torch.bmm(_m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zui,zikp->zkpu
+    d__w_z_0_2_1 = torch.mm(_c3.reshape(n * 3, 64).t(), d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32)  # zwk,zkpu->puw
     d_weight_14 = d__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
     d_weight_15 = d__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
     # ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
-    _c4 = torch.einsum("zwk,puw->zkpu", d_z[:, 0:32].reshape(n, 32, 1), weight[10240:11264].view(1, 32, 32))
+    _c4 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
     d_x_16 = _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5) * _c4.reshape(n, 32, 1)
     # ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
-    d__m_z_0_17 = torch.einsum("zui,zkpu->zipk", x[:, 128:288].reshape(n, 32, 5), _c4)
+    d__m_z_0_17 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c4.permute(0, 3, 1, 2).reshape(n, 32, 1)).view(n, 5, 1, 1)  # zui,zkpu->zikp
     # ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
-    _c5 = torch.einsum("zui,zipk->zkpu", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
-    d_weight_18 = torch.einsum("zwk,zkpu->puw", d_z[:, 0:32].reshape(n, 32, 1), _c5)
+    _c5 = torch.bmm(x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1)).view(n, 32, 1, 1)  # zui,zikp->zukp
+    d_weight_18 = torch.mm(_c5.permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
     # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
-    _c6 = torch.einsum("zwk,zipk->zipw", d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 30:60].reshape(n, 3, 2, 5))
+    _c6 = torch.bmm(_m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zwk,zikp->zipw
     _w_z_0_1_2 = torch.cat([
         w_z_0_1_2_2.reshape(1024),
         w_z_0_1_2_3.reshape(1024),
     ], dim=-1)
-    d_x_19 = torch.einsum("puw,zipw->zui", _w_z_0_1_2.view(2, 32, 32), _c6)
+    d_x_19 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
     # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
-    _c7 = torch.einsum("zui,puw->zipw", x[:, 32:128].reshape(n, 32, 3), _w_z_0_1_2.view(2, 32, 32))
-    d__m_z_0_20 = torch.einsum("zwk,zipw->zipk", d_z[:, 128:288].reshape(n, 32, 5), _c7)
+    _c7 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # zui,puw->zipw
+    d__m_z_0_20 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c7.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
     # ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
-    d__w_z_0_1_2 = torch.einsum("zui,zipw->puw", x[:, 32:128].reshape(n, 32, 3), _c6)
+    d__w_z_0_1_2 = torch.mm(_c6.reshape(n * 3, 64).t(), x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
     d_weight_21 = d__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
     d_weight_22 = d__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
     # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    _c8 = torch.einsum("zwk,zipk->zipw", d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 2, 3))
+    _c8 = torch.bmm(_m_z_0[:, 12:30].reshape(n, 3, 3, 2).permute(0, 2, 1, 3).reshape(n, 3, 6).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 2, 32)  # zwk,zikp->zipw
     _w_z_0_1_1 = torch.cat([
         w_z_0_1_1_0.reshape(1024),
         w_z_0_1_1_1.reshape(1024),
     ], dim=-1)
-    d_x_23 = torch.einsum("puw,zipw->zui", _w_z_0_1_1.view(2, 32, 32), _c8)
+    d_x_23 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
     # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
-    _c9 = torch.einsum("zwk,puw->zkpu", d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_1_1.view(2, 32, 32))
-    d__m_z_0_24 = torch.einsum("zui,zkpu->zipk", x[:, 32:128].reshape(n, 32, 3), _c9)
+    _c9 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zwk,puw->zkpu
+    d__m_z_0_24 = torch.bmm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c9.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 3, 3, 2)  # zui,zkpu->zikp
     # ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
-    d__w_z_0_1_1 = torch.einsum("zui,zipw->puw", x[:, 32:128].reshape(n, 32, 3), _c8)
+    d__w_z_0_1_1 = torch.mm(_c8.reshape(n * 3, 64).t(), x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
     d_weight_25 = d__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
     d_weight_26 = d__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
     # ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
-    _c10 = torch.einsum("zwk,puw->zkpu", d_z[:, 0:32].reshape(n, 32, 1), weight[4096:5120].view(1, 32, 32))
+    _c10 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
     d_x_27 = _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c10.reshape(n, 32, 1)
     # ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
-    d__m_z_0_28 = torch.einsum("zui,zkpu->zipk", x[:, 32:128].reshape(n, 32, 3), _c10)
+    d__m_z_0_28 = torch.bmm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c10.permute(0, 3, 1, 2).reshape(n, 32, 1)).view(n, 3, 1, 1)  # zui,zkpu->zikp
     # ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
-    _c11 = torch.einsum("zui,zipk->zkpu", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
-    d_weight_29 = torch.einsum("zwk,zkpu->puw", d_z[:, 0:32].reshape(n, 32, 1), _c11)
+    _c11 = torch.bmm(x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1)).view(n, 32, 1, 1)  # zui,zikp->zukp
+    d_weight_29 = torch.mm(_c11.permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
     # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
-    _c12 = torch.einsum("zwk,zipk->zipw", d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 4:9].reshape(n, 1, 1, 5))
-    d_x_30 = torch.einsum("puw,zipw->zui", weight[2048:3072].view(1, 32, 32), _c12)
+    _c12 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 5, 1)).view(n, 32, 1, 1)  # zwk,zikp->zwip
+    d_x_30 = torch.mm(_c12.permute(3, 1, 0, 2).reshape(32, n).t(), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zwip->zui
     # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
-    _c13 = torch.einsum("zui,puw->zipw", x[:, 0:32].reshape(n, 32, 1), weight[2048:3072].view(1, 32, 32))
-    d__m_z_0_31 = torch.einsum("zwk,zipw->zipk", d_z[:, 128:288].reshape(n, 32, 5), _c13)
+    _c13 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    d__m_z_0_31 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c13.permute(0, 3, 1, 2).reshape(n, 32, 1)).view(n, 5, 1, 1).permute(0, 2, 1, 3)  # zwk,zipw->zikp
     # ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
-    d_weight_32 = torch.einsum("zui,zipw->puw", x[:, 0:32].reshape(n, 32, 1), _c12)
+    d_weight_32 = torch.mm(_c12.permute(0, 2, 3, 1).reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
     # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
-    _c14 = torch.einsum("zwk,zipk->zipw", d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 1:4].reshape(n, 1, 1, 3))
-    d_x_33 = torch.einsum("puw,zipw->zui", weight[1024:2048].view(1, 32, 32), _c14)
+    _c14 = torch.bmm(d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1)).view(n, 32, 1, 1)  # zwk,zikp->zwip
+    d_x_33 = torch.mm(_c14.permute(3, 1, 0, 2).reshape(32, n).t(), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zwip->zui
     # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
-    _c15 = torch.einsum("zui,puw->zipw", x[:, 0:32].reshape(n, 32, 1), weight[1024:2048].view(1, 32, 32))
-    d__m_z_0_34 = torch.einsum("zwk,zipw->zipk", d_z[:, 32:128].reshape(n, 32, 3), _c15)
+    _c15 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    d__m_z_0_34 = torch.bmm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c15.permute(0, 3, 1, 2).reshape(n, 32, 1)).view(n, 3, 1, 1).permute(0, 2, 1, 3)  # zwk,zipw->zikp
     # ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
-    d_weight_35 = torch.einsum("zui,zipw->puw", x[:, 0:32].reshape(n, 32, 1), _c14)
+    d_weight_35 = torch.mm(_c14.permute(0, 2, 3, 1).reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
     # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    _c16 = d_z[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 1, 32) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
-    d_x_36 = torch.einsum("puw,zipw->zui", weight[0:1024].view(1, 32, 32), _c16)
+    _c16 = d_z[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    d_x_36 = torch.mm(_c16.permute(3, 1, 0, 2).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zwip->zui
     # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
-    _c17 = torch.einsum("zwk,puw->zkpu", d_z[:, 0:32].reshape(n, 32, 1), weight[0:1024].view(1, 32, 32))
-    d__m_z_0_37 = torch.einsum("zui,zkpu->zipk", x[:, 0:32].reshape(n, 32, 1), _c17)
+    _c17 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    d__m_z_0_37 = torch.bmm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), _c17.permute(0, 3, 1, 2).reshape(n, 32, 1)).view(n, 1, 1, 1)  # zui,zkpu->zikp
     # ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
-    d_weight_38 = torch.einsum("zui,zipw->puw", x[:, 0:32].reshape(n, 32, 1), _c16)
+    d_weight_38 = torch.mm(_c16.permute(0, 2, 3, 1).reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
     # ∂/∂y: every path's (i, k) map at once: y · G
     d__m_z_0 = torch.cat([
         d__m_z_0_37.reshape(n, 1),
@@ -207,7 +207,7 @@ def _fc_tp_d(
         d__m_z_0_13.reshape(n, 30),
         d__m_z_0_9.reshape(n, 50),
     ], dim=-1)
-    d_y_39 = torch.einsum("zc,jc->zj", d__m_z_0, _g_z_0)
+    d_y_39 = torch.mm(d__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
     d_x = torch.cat([
         (d_x_30 + d_x_33 + d_x_36).reshape(n, 32),
         (d_x_19 + d_x_23 + d_x_27).reshape(n, 96),
@@ -239,7 +239,7 @@ def _fc_tp_d2_x(
     """the vector-Jacobian product of fc_tp_d for the cotangent of d_x: x (n, 288), y (n, 16), d_z (n, 288), d2_d_x (n, 288) -> d2_x (n, 288), d2_y (n, 16), d2_d_z (n, 288), d2_weight (13312,)."""
     n = x.shape[0]
     # every path's (i, k) map at once: y · G
-    _m_z_0 = torch.einsum("zj,jc->zc", y.reshape(n, 16), _g_z_0)
+    _m_z_0 = torch.mm(y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
     w_z_0_1_1_0 = weight[3072:4096].view(32, 32)
     w_z_0_1_1_1 = weight[6144:7168].view(32, 32)
     w_z_0_1_2_2 = weight[5120:6144].view(32, 32)
@@ -249,93 +249,93 @@ def _fc_tp_d2_x(
     w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
     w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
     # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    _c0 = torch.einsum("zui,zipk->zkpu", d2_d_x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
-    d2_d_z_8 = torch.einsum("puw,zkpu->zwk", weight[0:1024].view(1, 32, 32), _c0)
+    _c0 = d2_d_x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    d2_d_z_8 = torch.mm(_c0.permute(3, 1, 0, 2).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    _c1 = torch.einsum("zui,puw->zipw", d2_d_x[:, 0:32].reshape(n, 32, 1), weight[0:1024].view(1, 32, 32))
-    d2__m_z_0_9 = torch.einsum("zwk,zipw->zipk", d_z[:, 0:32].reshape(n, 32, 1), _c1)
+    _c1 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    d2__m_z_0_9 = torch.bmm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), _c1.permute(0, 3, 1, 2).reshape(n, 32, 1)).view(n, 1, 1, 1).permute(0, 2, 1, 3)  # zwk,zipw->zikp
     # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    d2_weight_10 = torch.einsum("zwk,zkpu->puw", d_z[:, 0:32].reshape(n, 32, 1), _c0)
+    d2_weight_10 = torch.mm(_c0.permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
     # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
-    _c2 = torch.einsum("zui,puw->zipw", d2_d_x[:, 0:32].reshape(n, 32, 1), weight[1024:2048].view(1, 32, 32))
-    d2_d_z_11 = _m_z_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 3) * _c2.reshape(n, 32, 1)
+    _c2 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    d2_d_z_11 = _m_z_0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3) * _c2.reshape(n, 32, 1)
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
-    d2__m_z_0_12 = torch.einsum("zwk,zipw->zipk", d_z[:, 32:128].reshape(n, 32, 3), _c2)
+    d2__m_z_0_12 = torch.bmm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c2.permute(0, 3, 1, 2).reshape(n, 32, 1)).view(n, 3, 1, 1).permute(0, 2, 1, 3)  # zwk,zipw->zikp
     # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
-    _c3 = torch.einsum("zwk,zipk->zipw", d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 1:4].reshape(n, 1, 1, 3))
-    d2_weight_13 = torch.einsum("zui,zipw->puw", d2_d_x[:, 0:32].reshape(n, 32, 1), _c3)
+    _c3 = torch.bmm(d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1)).view(n, 32, 1, 1)  # zwk,zikp->zwip
+    d2_weight_13 = torch.mm(_c3.permute(0, 2, 3, 1).reshape(n, 32).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
     # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
-    _c4 = torch.einsum("zui,puw->zipw", d2_d_x[:, 0:32].reshape(n, 32, 1), weight[2048:3072].view(1, 32, 32))
-    d2_d_z_14 = _m_z_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 5) * _c4.reshape(n, 32, 1)
+    _c4 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    d2_d_z_14 = _m_z_0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5) * _c4.reshape(n, 32, 1)
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
-    d2__m_z_0_15 = torch.einsum("zwk,zipw->zipk", d_z[:, 128:288].reshape(n, 32, 5), _c4)
+    d2__m_z_0_15 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c4.permute(0, 3, 1, 2).reshape(n, 32, 1)).view(n, 5, 1, 1).permute(0, 2, 1, 3)  # zwk,zipw->zikp
     # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
-    _c5 = torch.einsum("zwk,zipk->zipw", d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 4:9].reshape(n, 1, 1, 5))
-    d2_weight_16 = torch.einsum("zui,zipw->puw", d2_d_x[:, 0:32].reshape(n, 32, 1), _c5)
+    _c5 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 5, 1)).view(n, 32, 1, 1)  # zwk,zikp->zwip
+    d2_weight_16 = torch.mm(_c5.permute(0, 2, 3, 1).reshape(n, 32).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
     # ∂/∂d_z: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
-    _c6 = torch.einsum("zui,zipk->zkpu", d2_d_x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
-    d2_d_z_17 = torch.einsum("puw,zkpu->zwk", weight[4096:5120].view(1, 32, 32), _c6)
+    _c6 = torch.bmm(d2_d_x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1)).view(n, 32, 1, 1)  # zui,zikp->zukp
+    d2_d_z_17 = torch.mm(_c6.permute(3, 1, 0, 2).reshape(32, n).t(), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
-    _c7 = torch.einsum("zwk,puw->zkpu", d_z[:, 0:32].reshape(n, 32, 1), weight[4096:5120].view(1, 32, 32))
-    d2__m_z_0_18 = torch.einsum("zui,zkpu->zipk", d2_d_x[:, 32:128].reshape(n, 32, 3), _c7)
+    _c7 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    d2__m_z_0_18 = torch.bmm(d2_d_x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c7.permute(0, 3, 1, 2).reshape(n, 32, 1)).view(n, 3, 1, 1)  # zui,zkpu->zikp
     # ∂/∂weight: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
-    d2_weight_19 = torch.einsum("zwk,zkpu->puw", d_z[:, 0:32].reshape(n, 32, 1), _c6)
+    d2_weight_19 = torch.mm(_c6.permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
     # ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    _c8 = torch.einsum("zui,zipk->zkpu", d2_d_x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 2, 3))
+    _c8 = torch.bmm(_m_z_0[:, 12:30].reshape(n, 3, 3, 2).reshape(n, 3, 6).transpose(1, 2), d2_d_x[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 2, 32)  # zui,zikp->zkpu
     _w_z_0_1_1 = torch.cat([
         w_z_0_1_1_0.reshape(1024),
         w_z_0_1_1_1.reshape(1024),
     ], dim=-1)
-    d2_d_z_20 = torch.einsum("puw,zkpu->zwk", _w_z_0_1_1.view(2, 32, 32), _c8)
+    d2_d_z_20 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    _c9 = torch.einsum("zui,puw->zipw", d2_d_x[:, 32:128].reshape(n, 32, 3), _w_z_0_1_1.view(2, 32, 32))
-    d2__m_z_0_21 = torch.einsum("zwk,zipw->zipk", d_z[:, 32:128].reshape(n, 32, 3), _c9)
+    _c9 = torch.mm(d2_d_x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # zui,puw->zipw
+    d2__m_z_0_21 = torch.bmm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c9.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 3, 3, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
     # ∂/∂_w_z_0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    d2__w_z_0_1_1 = torch.einsum("zwk,zkpu->puw", d_z[:, 32:128].reshape(n, 32, 3), _c8)
+    d2__w_z_0_1_1 = torch.mm(_c8.reshape(n * 3, 64).t(), d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32)  # zwk,zkpu->puw
     # ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     _w_z_0_1_2 = torch.cat([
         w_z_0_1_2_2.reshape(1024),
         w_z_0_1_2_3.reshape(1024),
     ], dim=-1)
-    _c10 = torch.einsum("zui,puw->zipw", d2_d_x[:, 32:128].reshape(n, 32, 3), _w_z_0_1_2.view(2, 32, 32))
-    d2_d_z_22 = torch.einsum("zipk,zipw->zwk", _m_z_0[:, 30:60].reshape(n, 3, 2, 5), _c10)
+    _c10 = torch.mm(d2_d_x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # zui,puw->zipw
+    d2_d_z_22 = torch.bmm(_c10.reshape(n, 6, 32).transpose(1, 2), _m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2)).view(n, 32, 5)  # zikp,zipw->zwk
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
-    d2__m_z_0_23 = torch.einsum("zwk,zipw->zipk", d_z[:, 128:288].reshape(n, 32, 5), _c10)
+    d2__m_z_0_23 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c10.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
     # ∂/∂_w_z_0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
-    _c11 = torch.einsum("zwk,zipk->zipw", d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 30:60].reshape(n, 3, 2, 5))
-    d2__w_z_0_1_2 = torch.einsum("zui,zipw->puw", d2_d_x[:, 32:128].reshape(n, 32, 3), _c11)
+    _c11 = torch.bmm(_m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zwk,zikp->zipw
+    d2__w_z_0_1_2 = torch.mm(_c11.reshape(n * 3, 64).t(), d2_d_x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
     # ∂/∂d_z: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
-    _c12 = torch.einsum("zui,zipk->zkpu", d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
-    d2_d_z_24 = torch.einsum("puw,zkpu->zwk", weight[10240:11264].view(1, 32, 32), _c12)
+    _c12 = torch.bmm(d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1)).view(n, 32, 1, 1)  # zui,zikp->zukp
+    d2_d_z_24 = torch.mm(_c12.permute(3, 1, 0, 2).reshape(32, n).t(), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
-    _c13 = torch.einsum("zwk,puw->zkpu", d_z[:, 0:32].reshape(n, 32, 1), weight[10240:11264].view(1, 32, 32))
-    d2__m_z_0_25 = torch.einsum("zui,zkpu->zipk", d2_d_x[:, 128:288].reshape(n, 32, 5), _c13)
+    _c13 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    d2__m_z_0_25 = torch.bmm(d2_d_x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c13.permute(0, 3, 1, 2).reshape(n, 32, 1)).view(n, 5, 1, 1)  # zui,zkpu->zikp
     # ∂/∂weight: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
-    d2_weight_26 = torch.einsum("zwk,zkpu->puw", d_z[:, 0:32].reshape(n, 32, 1), _c12)
+    d2_weight_26 = torch.mm(_c12.permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
     # ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
-    _c14 = torch.einsum("zui,zipk->zkpu", d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 2, 3))
+    _c14 = torch.bmm(_m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zui,zikp->zkpu
     _w_z_0_2_1 = torch.cat([
         w_z_0_2_1_4.reshape(1024),
         w_z_0_2_1_5.reshape(1024),
     ], dim=-1)
-    d2_d_z_27 = torch.einsum("puw,zkpu->zwk", _w_z_0_2_1.view(2, 32, 32), _c14)
+    d2_d_z_27 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
-    _c15 = torch.einsum("zwk,puw->zkpu", d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_2_1.view(2, 32, 32))
-    d2__m_z_0_28 = torch.einsum("zui,zkpu->zipk", d2_d_x[:, 128:288].reshape(n, 32, 5), _c15)
+    _c15 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zwk,puw->zkpu
+    d2__m_z_0_28 = torch.bmm(d2_d_x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c15.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2)  # zui,zkpu->zikp
     # ∂/∂_w_z_0_2_1: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
-    d2__w_z_0_2_1 = torch.einsum("zwk,zkpu->puw", d_z[:, 32:128].reshape(n, 32, 3), _c14)
+    d2__w_z_0_2_1 = torch.mm(_c14.reshape(n * 3, 64).t(), d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32)  # zwk,zkpu->puw
     # ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    _c16 = torch.einsum("zui,zipk->zkpu", d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 2, 5))
+    _c16 = torch.bmm(_m_z_0[:, 95:145].reshape(n, 5, 5, 2).reshape(n, 5, 10).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 5, 2, 32)  # zui,zikp->zkpu
     _w_z_0_2_2 = torch.cat([
         w_z_0_2_2_6.reshape(1024),
         w_z_0_2_2_7.reshape(1024),
     ], dim=-1)
-    d2_d_z_29 = torch.einsum("puw,zkpu->zwk", _w_z_0_2_2.view(2, 32, 32), _c16)
+    d2_d_z_29 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    _c17 = torch.einsum("zui,puw->zipw", d2_d_x[:, 128:288].reshape(n, 32, 5), _w_z_0_2_2.view(2, 32, 32))
-    d2__m_z_0_30 = torch.einsum("zwk,zipw->zipk", d_z[:, 128:288].reshape(n, 32, 5), _c17)
+    _c17 = torch.mm(d2_d_x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n * 5, 32), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 5, 2, 32)  # zui,puw->zipw
+    d2__m_z_0_30 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c17.permute(0, 3, 1, 2).reshape(n, 32, 10)).view(n, 5, 5, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
     # ∂/∂_w_z_0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    d2__w_z_0_2_2 = torch.einsum("zwk,zkpu->puw", d_z[:, 128:288].reshape(n, 32, 5), _c16)
+    d2__w_z_0_2_2 = torch.mm(_c16.reshape(n * 5, 64).t(), d_z[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5).t()).view(2, 32, 32)  # zwk,zkpu->puw
     d2_weight_31 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_32 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
     d2_weight_33 = d2__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
@@ -356,7 +356,7 @@ def _fc_tp_d2_x(
         d2__m_z_0_28.reshape(n, 30),
         d2__m_z_0_30.reshape(n, 50),
     ], dim=-1)
-    d2_y_39 = torch.einsum("zc,jc->zj", d2__m_z_0, _g_z_0)
+    d2_y_39 = torch.mm(d2__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
     d2_x = weight.new_zeros(n, 288)
     d2_y = d2_y_39
     d2_d_z = torch.cat([
@@ -397,95 +397,95 @@ def _fc_tp_d2_y(
     w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
     w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
     # ∂/∂d__m_z_0: ∂/∂y: every path's (i, k) map at once: y · G
-    d2_d__m_z_0 = torch.einsum("zj,jc->zc", d2_d_y.reshape(n, 16), _g_z_0)
+    d2_d__m_z_0 = torch.mm(d2_d_y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
     # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
-    _c0 = torch.einsum("zipk,zui->zkpu", d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1), x[:, 0:32].reshape(n, 32, 1))
-    d2_d_z_8 = torch.einsum("puw,zkpu->zwk", weight[0:1024].view(1, 32, 32), _c0)
+    _c0 = d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * x[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 1, 32)
+    d2_d_z_8 = torch.mm(_c0.permute(2, 3, 0, 1).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
     _c1 = d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * d_z[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 1, 32)
-    d2_x_9 = torch.einsum("puw,zipw->zui", weight[0:1024].view(1, 32, 32), _c1)
+    d2_x_9 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zipw->zui
     # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
-    d2_weight_10 = torch.einsum("zui,zipw->puw", x[:, 0:32].reshape(n, 32, 1), _c1)
+    d2_weight_10 = torch.mm(_c1.reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
     # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
-    _c2 = torch.einsum("zui,puw->zipw", x[:, 0:32].reshape(n, 32, 1), weight[1024:2048].view(1, 32, 32))
-    d2_d_z_11 = d2_d__m_z_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 3) * _c2.reshape(n, 32, 1)
+    _c2 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    d2_d_z_11 = d2_d__m_z_0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3) * _c2.reshape(n, 32, 1)
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
-    _c3 = torch.einsum("zipk,zwk->zipw", d2_d__m_z_0[:, 1:4].reshape(n, 1, 1, 3), d_z[:, 32:128].reshape(n, 32, 3))
-    d2_x_12 = torch.einsum("puw,zipw->zui", weight[1024:2048].view(1, 32, 32), _c3)
+    _c3 = torch.bmm(d2_d__m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3), d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 1, 1, 32)  # zikp,zwk->zipw
+    d2_x_12 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(32, n).t(), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zipw->zui
     # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
-    d2_weight_13 = torch.einsum("zui,zipw->puw", x[:, 0:32].reshape(n, 32, 1), _c3)
+    d2_weight_13 = torch.mm(_c3.reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
     # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
-    _c4 = torch.einsum("zui,puw->zipw", x[:, 0:32].reshape(n, 32, 1), weight[2048:3072].view(1, 32, 32))
-    d2_d_z_14 = d2_d__m_z_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 5) * _c4.reshape(n, 32, 1)
+    _c4 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    d2_d_z_14 = d2_d__m_z_0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5) * _c4.reshape(n, 32, 1)
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
-    _c5 = torch.einsum("zipk,zwk->zipw", d2_d__m_z_0[:, 4:9].reshape(n, 1, 1, 5), d_z[:, 128:288].reshape(n, 32, 5))
-    d2_x_15 = torch.einsum("puw,zipw->zui", weight[2048:3072].view(1, 32, 32), _c5)
+    _c5 = torch.bmm(d2_d__m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 1, 1, 32)  # zikp,zwk->zipw
+    d2_x_15 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(32, n).t(), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zipw->zui
     # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
-    d2_weight_16 = torch.einsum("zui,zipw->puw", x[:, 0:32].reshape(n, 32, 1), _c5)
+    d2_weight_16 = torch.mm(_c5.reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
     # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
-    _c6 = torch.einsum("zipk,zui->zkpu", d2_d__m_z_0[:, 9:12].reshape(n, 3, 1, 1), x[:, 32:128].reshape(n, 32, 3))
-    d2_d_z_17 = torch.einsum("puw,zkpu->zwk", weight[4096:5120].view(1, 32, 32), _c6)
+    _c6 = torch.bmm(d2_d__m_z_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 1, 1, 32)  # zikp,zui->zkpu
+    d2_d_z_17 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(32, n).t(), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
-    _c7 = torch.einsum("zwk,puw->zkpu", d_z[:, 0:32].reshape(n, 32, 1), weight[4096:5120].view(1, 32, 32))
+    _c7 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
     d2_x_18 = d2_d__m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c7.reshape(n, 32, 1)
     # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
-    d2_weight_19 = torch.einsum("zwk,zkpu->puw", d_z[:, 0:32].reshape(n, 32, 1), _c6)
+    d2_weight_19 = torch.mm(_c6.reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zkpu->puw
     # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
-    _c8 = torch.einsum("zipk,zui->zkpu", d2_d__m_z_0[:, 12:30].reshape(n, 3, 2, 3), x[:, 32:128].reshape(n, 32, 3))
+    _c8 = torch.bmm(d2_d__m_z_0[:, 12:30].reshape(n, 3, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 3), x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 3, 2, 32)  # zikp,zui->zkpu
     _w_z_0_1_1 = torch.cat([
         w_z_0_1_1_0.reshape(1024),
         w_z_0_1_1_1.reshape(1024),
     ], dim=-1)
-    d2_d_z_20 = torch.einsum("puw,zkpu->zwk", _w_z_0_1_1.view(2, 32, 32), _c8)
+    d2_d_z_20 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
-    _c9 = torch.einsum("zipk,zwk->zipw", d2_d__m_z_0[:, 12:30].reshape(n, 3, 2, 3), d_z[:, 32:128].reshape(n, 32, 3))
-    d2_x_21 = torch.einsum("puw,zipw->zui", _w_z_0_1_1.view(2, 32, 32), _c9)
+    _c9 = torch.bmm(d2_d__m_z_0[:, 12:30].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 6, 3), d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 3, 2, 32)  # zikp,zwk->zipw
+    d2_x_21 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
     # ∂/∂_w_z_0_1_1: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
-    d2__w_z_0_1_1 = torch.einsum("zui,zipw->puw", x[:, 32:128].reshape(n, 32, 3), _c9)
+    d2__w_z_0_1_1 = torch.mm(_c9.reshape(n * 3, 64).t(), x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
     # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
     _w_z_0_1_2 = torch.cat([
         w_z_0_1_2_2.reshape(1024),
         w_z_0_1_2_3.reshape(1024),
     ], dim=-1)
-    _c10 = torch.einsum("zui,puw->zipw", x[:, 32:128].reshape(n, 32, 3), _w_z_0_1_2.view(2, 32, 32))
-    d2_d_z_22 = torch.einsum("zipk,zipw->zwk", d2_d__m_z_0[:, 30:60].reshape(n, 3, 2, 5), _c10)
+    _c10 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # zui,puw->zipw
+    d2_d_z_22 = torch.bmm(_c10.reshape(n, 6, 32).transpose(1, 2), d2_d__m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2)).view(n, 32, 5)  # zikp,zipw->zwk
     # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
-    _c11 = torch.einsum("zipk,zwk->zipw", d2_d__m_z_0[:, 30:60].reshape(n, 3, 2, 5), d_z[:, 128:288].reshape(n, 32, 5))
-    d2_x_23 = torch.einsum("puw,zipw->zui", _w_z_0_1_2.view(2, 32, 32), _c11)
+    _c11 = torch.bmm(d2_d__m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 6, 5), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 3, 2, 32)  # zikp,zwk->zipw
+    d2_x_23 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
     # ∂/∂_w_z_0_1_2: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
-    d2__w_z_0_1_2 = torch.einsum("zui,zipw->puw", x[:, 32:128].reshape(n, 32, 3), _c11)
+    d2__w_z_0_1_2 = torch.mm(_c11.reshape(n * 3, 64).t(), x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
     # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
-    _c12 = torch.einsum("zipk,zui->zkpu", d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1), x[:, 128:288].reshape(n, 32, 5))
-    d2_d_z_24 = torch.einsum("puw,zkpu->zwk", weight[10240:11264].view(1, 32, 32), _c12)
+    _c12 = torch.bmm(d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 5), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 1, 1, 32)  # zikp,zui->zkpu
+    d2_d_z_24 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(32, n).t(), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
-    _c13 = torch.einsum("zwk,puw->zkpu", d_z[:, 0:32].reshape(n, 32, 1), weight[10240:11264].view(1, 32, 32))
+    _c13 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
     d2_x_25 = d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5) * _c13.reshape(n, 32, 1)
     # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
-    d2_weight_26 = torch.einsum("zwk,zkpu->puw", d_z[:, 0:32].reshape(n, 32, 1), _c12)
+    d2_weight_26 = torch.mm(_c12.reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zkpu->puw
     # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
-    _c14 = torch.einsum("zipk,zui->zkpu", d2_d__m_z_0[:, 65:95].reshape(n, 5, 2, 3), x[:, 128:288].reshape(n, 32, 5))
+    _c14 = torch.bmm(d2_d__m_z_0[:, 65:95].reshape(n, 5, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 5), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 3, 2, 32)  # zikp,zui->zkpu
     _w_z_0_2_1 = torch.cat([
         w_z_0_2_1_4.reshape(1024),
         w_z_0_2_1_5.reshape(1024),
     ], dim=-1)
-    d2_d_z_27 = torch.einsum("puw,zkpu->zwk", _w_z_0_2_1.view(2, 32, 32), _c14)
+    d2_d_z_27 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
-    _c15 = torch.einsum("zwk,puw->zkpu", d_z[:, 32:128].reshape(n, 32, 3), _w_z_0_2_1.view(2, 32, 32))
-    d2_x_28 = torch.einsum("zipk,zkpu->zui", d2_d__m_z_0[:, 65:95].reshape(n, 5, 2, 3), _c15)
+    _c15 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zwk,puw->zkpu
+    d2_x_28 = torch.bmm(_c15.reshape(n, 6, 32).transpose(1, 2), d2_d__m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2)).view(n, 32, 5)  # zikp,zkpu->zui
     # ∂/∂_w_z_0_2_1: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
-    d2__w_z_0_2_1 = torch.einsum("zwk,zkpu->puw", d_z[:, 32:128].reshape(n, 32, 3), _c14)
+    d2__w_z_0_2_1 = torch.mm(_c14.reshape(n * 3, 64).t(), d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32)  # zwk,zkpu->puw
     # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
-    _c16 = torch.einsum("zipk,zui->zkpu", d2_d__m_z_0[:, 95:145].reshape(n, 5, 2, 5), x[:, 128:288].reshape(n, 32, 5))
+    _c16 = torch.bmm(d2_d__m_z_0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 2, 3, 1).reshape(n, 10, 5), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 5, 2, 32)  # zikp,zui->zkpu
     _w_z_0_2_2 = torch.cat([
         w_z_0_2_2_6.reshape(1024),
         w_z_0_2_2_7.reshape(1024),
     ], dim=-1)
-    d2_d_z_29 = torch.einsum("puw,zkpu->zwk", _w_z_0_2_2.view(2, 32, 32), _c16)
+    d2_d_z_29 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
-    _c17 = torch.einsum("zipk,zwk->zipw", d2_d__m_z_0[:, 95:145].reshape(n, 5, 2, 5), d_z[:, 128:288].reshape(n, 32, 5))
-    d2_x_30 = torch.einsum("puw,zipw->zui", _w_z_0_2_2.view(2, 32, 32), _c17)
+    _c17 = torch.bmm(d2_d__m_z_0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 10, 5), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 5, 2, 32)  # zikp,zwk->zipw
+    d2_x_30 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1)  # puw,zipw->zui
     # ∂/∂_w_z_0_2_2: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
-    d2__w_z_0_2_2 = torch.einsum("zui,zipw->puw", x[:, 128:288].reshape(n, 32, 5), _c17)
+    d2__w_z_0_2_2 = torch.mm(_c17.reshape(n * 5, 64).t(), x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
     d2_weight_31 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_32 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
     d2_weight_33 = d2__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
@@ -530,39 +530,39 @@ def _fc_tp_d2_weight(
     """the vector-Jacobian product of fc_tp_d for the cotangent of d_weight: x (n, 288), y (n, 16), d_z (n, 288), d2_d_weight (13312,) -> d2_x (n, 288), d2_y (n, 16), d2_d_z (n, 288), d2_weight (13312,)."""
     n = x.shape[0]
     # every path's (i, k) map at once: y · G
-    _m_z_0 = torch.einsum("zj,jc->zc", y.reshape(n, 16), _g_z_0)
+    _m_z_0 = torch.mm(y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
     # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
-    _c0 = torch.einsum("puw,zui->zipw", d2_d_weight[0:1024].view(1, 32, 32), x[:, 0:32].reshape(n, 32, 1))
-    d2_d_z_0 = _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * _c0.reshape(n, 32, 1)
+    _c0 = torch.mm(d2_d_weight[0:1024].view(1, 32, 32).permute(0, 2, 1).reshape(32, 32), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zui->pwzi
+    d2_d_z_0 = torch.bmm(_c0.permute(2, 3, 0, 1).reshape(n, 1, 32).transpose(1, 2), _m_z_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 1, 3).reshape(n, 1, 1).transpose(1, 2)).view(n, 32, 1)  # zikp,pwzi->zwk
     # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
-    _c1 = torch.einsum("puw,zwk->zkpu", d2_d_weight[0:1024].view(1, 32, 32), d_z[:, 0:32].reshape(n, 32, 1))
-    d2_x_1 = _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * _c1.reshape(n, 32, 1)
+    _c1 = torch.mm(d2_d_weight[0:1024].view(1, 32, 32).reshape(32, 32), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zwk->puzk
+    d2_x_1 = torch.bmm(_c1.permute(2, 3, 0, 1).reshape(n, 1, 32).transpose(1, 2), _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1).transpose(1, 2)).view(n, 32, 1)  # zikp,puzk->zui
     # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
-    d2__m_z_0_2 = torch.einsum("zui,zkpu->zipk", x[:, 0:32].reshape(n, 32, 1), _c1)
+    d2__m_z_0_2 = torch.bmm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), _c1.permute(2, 1, 3, 0).reshape(n, 32, 1)).view(n, 1, 1, 1)  # zui,puzk->zikp
     # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
-    _c2 = torch.einsum("puw,zui->zipw", d2_d_weight[1024:2048].view(1, 32, 32), x[:, 0:32].reshape(n, 32, 1))
-    d2_d_z_3 = _m_z_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 3) * _c2.reshape(n, 32, 1)
+    _c2 = torch.mm(d2_d_weight[1024:2048].view(1, 32, 32).permute(0, 2, 1).reshape(32, 32), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zui->pwzi
+    d2_d_z_3 = torch.bmm(_c2.permute(2, 3, 0, 1).reshape(n, 1, 32).transpose(1, 2), _m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2)).view(n, 32, 3)  # zikp,pwzi->zwk
     # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
-    _c3 = torch.einsum("zwk,zipk->zipw", d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 1:4].reshape(n, 1, 1, 3))
-    d2_x_4 = torch.einsum("puw,zipw->zui", d2_d_weight[1024:2048].view(1, 32, 32), _c3)
+    _c3 = torch.bmm(d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1)).view(n, 32, 1, 1)  # zwk,zikp->zwip
+    d2_x_4 = torch.mm(_c3.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zwip->zui
     # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
-    d2__m_z_0_5 = torch.einsum("zwk,zipw->zipk", d_z[:, 32:128].reshape(n, 32, 3), _c2)
+    d2__m_z_0_5 = torch.bmm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c2.permute(2, 1, 0, 3).reshape(n, 32, 1)).view(n, 3, 1, 1).permute(0, 3, 1, 2)  # zwk,pwzi->zikp
     # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
-    _c4 = torch.einsum("puw,zui->zipw", d2_d_weight[2048:3072].view(1, 32, 32), x[:, 0:32].reshape(n, 32, 1))
-    d2_d_z_6 = _m_z_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 5) * _c4.reshape(n, 32, 1)
+    _c4 = torch.mm(d2_d_weight[2048:3072].view(1, 32, 32).permute(0, 2, 1).reshape(32, 32), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zui->pwzi
+    d2_d_z_6 = torch.bmm(_c4.permute(2, 3, 0, 1).reshape(n, 1, 32).transpose(1, 2), _m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 5, 1).transpose(1, 2)).view(n, 32, 5)  # zikp,pwzi->zwk
     # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
-    _c5 = torch.einsum("zwk,zipk->zipw", d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 4:9].reshape(n, 1, 1, 5))
-    d2_x_7 = torch.einsum("puw,zipw->zui", d2_d_weight[2048:3072].view(1, 32, 32), _c5)
+    _c5 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 5, 1)).view(n, 32, 1, 1)  # zwk,zikp->zwip
+    d2_x_7 = torch.mm(_c5.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zwip->zui
     # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
-    d2__m_z_0_8 = torch.einsum("zwk,zipw->zipk", d_z[:, 128:288].reshape(n, 32, 5), _c4)
+    d2__m_z_0_8 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c4.permute(2, 1, 0, 3).reshape(n, 32, 1)).view(n, 5, 1, 1).permute(0, 3, 1, 2)  # zwk,pwzi->zikp
     # ∂/∂d_z: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
-    _c6 = torch.einsum("zui,zipk->zkpu", x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
-    d2_d_z_9 = torch.einsum("puw,zkpu->zwk", d2_d_weight[4096:5120].view(1, 32, 32), _c6)
+    _c6 = torch.bmm(x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1)).view(n, 32, 1, 1)  # zui,zikp->zukp
+    d2_d_z_9 = torch.mm(_c6.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
     # ∂/∂x: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
-    _c7 = torch.einsum("puw,zwk->zkpu", d2_d_weight[4096:5120].view(1, 32, 32), d_z[:, 0:32].reshape(n, 32, 1))
-    d2_x_10 = _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c7.reshape(n, 32, 1)
+    _c7 = torch.mm(d2_d_weight[4096:5120].view(1, 32, 32).reshape(32, 32), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zwk->puzk
+    d2_x_10 = torch.bmm(_c7.permute(2, 3, 0, 1).reshape(n, 1, 32).transpose(1, 2), _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2)).view(n, 32, 3)  # zikp,puzk->zui
     # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
-    d2__m_z_0_11 = torch.einsum("zui,zkpu->zipk", x[:, 32:128].reshape(n, 32, 3), _c7)
+    d2__m_z_0_11 = torch.bmm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c7.permute(2, 1, 3, 0).reshape(n, 32, 1)).view(n, 3, 1, 1)  # zui,puzk->zikp
     d2_d__w_z_0_1_1_12 = d2_d_weight[3072:4096].view(32, 32)
     d2_d__w_z_0_1_1_13 = d2_d_weight[6144:7168].view(32, 32)
     # ∂/∂d_z: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
@@ -570,13 +570,13 @@ def _fc_tp_d2_weight(
         d2_d__w_z_0_1_1_12.reshape(1024),
         d2_d__w_z_0_1_1_13.reshape(1024),
     ], dim=-1)
-    _c8 = torch.einsum("puw,zui->zipw", d2_d__w_z_0_1_1.view(2, 32, 32), x[:, 32:128].reshape(n, 32, 3))
-    d2_d_z_14 = torch.einsum("zipk,zipw->zwk", _m_z_0[:, 12:30].reshape(n, 3, 2, 3), _c8)
+    _c8 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t(), d2_d__w_z_0_1_1.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,zui->zipw
+    d2_d_z_14 = torch.bmm(_c8.reshape(n, 6, 32).transpose(1, 2), _m_z_0[:, 12:30].reshape(n, 3, 3, 2).permute(0, 2, 1, 3).reshape(n, 3, 6).transpose(1, 2)).view(n, 32, 3)  # zikp,zipw->zwk
     # ∂/∂x: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
-    _c9 = torch.einsum("puw,zwk->zkpu", d2_d__w_z_0_1_1.view(2, 32, 32), d_z[:, 32:128].reshape(n, 32, 3))
-    d2_x_15 = torch.einsum("zipk,zkpu->zui", _m_z_0[:, 12:30].reshape(n, 3, 2, 3), _c9)
+    _c9 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t(), d2_d__w_z_0_1_1.view(2, 32, 32).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,zwk->zkpu
+    d2_x_15 = torch.bmm(_c9.reshape(n, 6, 32).transpose(1, 2), _m_z_0[:, 12:30].reshape(n, 3, 3, 2).reshape(n, 3, 6).transpose(1, 2)).view(n, 32, 3)  # zikp,zkpu->zui
     # ∂/∂_m_z_0: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
-    d2__m_z_0_16 = torch.einsum("zui,zkpu->zipk", x[:, 32:128].reshape(n, 32, 3), _c9)
+    d2__m_z_0_16 = torch.bmm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c9.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 3, 3, 2)  # zui,zkpu->zikp
     d2_d__w_z_0_1_2_17 = d2_d_weight[5120:6144].view(32, 32)
     d2_d__w_z_0_1_2_18 = d2_d_weight[7168:8192].view(32, 32)
     # ∂/∂d_z: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
@@ -584,35 +584,35 @@ def _fc_tp_d2_weight(
         d2_d__w_z_0_1_2_17.reshape(1024),
         d2_d__w_z_0_1_2_18.reshape(1024),
     ], dim=-1)
-    _c10 = torch.einsum("puw,zui->zipw", d2_d__w_z_0_1_2.view(2, 32, 32), x[:, 32:128].reshape(n, 32, 3))
-    d2_d_z_19 = torch.einsum("zipk,zipw->zwk", _m_z_0[:, 30:60].reshape(n, 3, 2, 5), _c10)
+    _c10 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t(), d2_d__w_z_0_1_2.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,zui->zipw
+    d2_d_z_19 = torch.bmm(_c10.reshape(n, 6, 32).transpose(1, 2), _m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2)).view(n, 32, 5)  # zikp,zipw->zwk
     # ∂/∂x: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
-    _c11 = torch.einsum("zwk,zipk->zipw", d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 30:60].reshape(n, 3, 2, 5))
-    d2_x_20 = torch.einsum("puw,zipw->zui", d2_d__w_z_0_1_2.view(2, 32, 32), _c11)
+    _c11 = torch.bmm(_m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zwk,zikp->zipw
+    d2_x_20 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(64, n * 3).t(), d2_d__w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
     # ∂/∂_m_z_0: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
-    d2__m_z_0_21 = torch.einsum("zwk,zipw->zipk", d_z[:, 128:288].reshape(n, 32, 5), _c10)
+    d2__m_z_0_21 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c10.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
     # ∂/∂d_z: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
-    _c12 = torch.einsum("zui,zipk->zkpu", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
-    d2_d_z_22 = torch.einsum("puw,zkpu->zwk", d2_d_weight[10240:11264].view(1, 32, 32), _c12)
+    _c12 = torch.bmm(x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1)).view(n, 32, 1, 1)  # zui,zikp->zukp
+    d2_d_z_22 = torch.mm(_c12.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
     # ∂/∂x: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
-    _c13 = torch.einsum("puw,zwk->zkpu", d2_d_weight[10240:11264].view(1, 32, 32), d_z[:, 0:32].reshape(n, 32, 1))
-    d2_x_23 = _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5) * _c13.reshape(n, 32, 1)
+    _c13 = torch.mm(d2_d_weight[10240:11264].view(1, 32, 32).reshape(32, 32), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zwk->puzk
+    d2_x_23 = torch.bmm(_c13.permute(2, 3, 0, 1).reshape(n, 1, 32).transpose(1, 2), _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2)).view(n, 32, 5)  # zikp,puzk->zui
     # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
-    d2__m_z_0_24 = torch.einsum("zui,zkpu->zipk", x[:, 128:288].reshape(n, 32, 5), _c13)
+    d2__m_z_0_24 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c13.permute(2, 1, 3, 0).reshape(n, 32, 1)).view(n, 5, 1, 1)  # zui,puzk->zikp
     d2_d__w_z_0_2_1_25 = d2_d_weight[9216:10240].view(32, 32)
     d2_d__w_z_0_2_1_26 = d2_d_weight[12288:13312].view(32, 32)
     # ∂/∂d_z: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
-    _c14 = torch.einsum("zui,zipk->zkpu", x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 2, 3))
+    _c14 = torch.bmm(_m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zui,zikp->zkpu
     d2_d__w_z_0_2_1 = torch.cat([
         d2_d__w_z_0_2_1_25.reshape(1024),
         d2_d__w_z_0_2_1_26.reshape(1024),
     ], dim=-1)
-    d2_d_z_27 = torch.einsum("puw,zkpu->zwk", d2_d__w_z_0_2_1.view(2, 32, 32), _c14)
+    d2_d_z_27 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(64, n * 3).t(), d2_d__w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     # ∂/∂x: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
-    _c15 = torch.einsum("puw,zwk->zkpu", d2_d__w_z_0_2_1.view(2, 32, 32), d_z[:, 32:128].reshape(n, 32, 3))
-    d2_x_28 = torch.einsum("zipk,zkpu->zui", _m_z_0[:, 65:95].reshape(n, 5, 2, 3), _c15)
+    _c15 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t(), d2_d__w_z_0_2_1.view(2, 32, 32).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,zwk->zkpu
+    d2_x_28 = torch.bmm(_c15.reshape(n, 6, 32).transpose(1, 2), _m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2)).view(n, 32, 5)  # zikp,zkpu->zui
     # ∂/∂_m_z_0: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
-    d2__m_z_0_29 = torch.einsum("zui,zkpu->zipk", x[:, 128:288].reshape(n, 32, 5), _c15)
+    d2__m_z_0_29 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c15.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2)  # zui,zkpu->zikp
     d2_d__w_z_0_2_2_30 = d2_d_weight[8192:9216].view(32, 32)
     d2_d__w_z_0_2_2_31 = d2_d_weight[11264:12288].view(32, 32)
     # ∂/∂d_z: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
@@ -620,13 +620,13 @@ def _fc_tp_d2_weight(
         d2_d__w_z_0_2_2_30.reshape(1024),
         d2_d__w_z_0_2_2_31.reshape(1024),
     ], dim=-1)
-    _c16 = torch.einsum("puw,zui->zipw", d2_d__w_z_0_2_2.view(2, 32, 32), x[:, 128:288].reshape(n, 32, 5))
-    d2_d_z_32 = torch.einsum("zipk,zipw->zwk", _m_z_0[:, 95:145].reshape(n, 5, 2, 5), _c16)
+    _c16 = torch.mm(x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5).t(), d2_d__w_z_0_2_2.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 5, 2, 32)  # puw,zui->zipw
+    d2_d_z_32 = torch.bmm(_c16.reshape(n, 10, 32).transpose(1, 2), _m_z_0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 10).transpose(1, 2)).view(n, 32, 5)  # zikp,zipw->zwk
     # ∂/∂x: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
-    _c17 = torch.einsum("puw,zwk->zkpu", d2_d__w_z_0_2_2.view(2, 32, 32), d_z[:, 128:288].reshape(n, 32, 5))
-    d2_x_33 = torch.einsum("zipk,zkpu->zui", _m_z_0[:, 95:145].reshape(n, 5, 2, 5), _c17)
+    _c17 = torch.mm(d_z[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5).t(), d2_d__w_z_0_2_2.view(2, 32, 32).reshape(64, 32).t()).view(n, 5, 2, 32)  # puw,zwk->zkpu
+    d2_x_33 = torch.bmm(_c17.reshape(n, 10, 32).transpose(1, 2), _m_z_0[:, 95:145].reshape(n, 5, 5, 2).reshape(n, 5, 10).transpose(1, 2)).view(n, 32, 5)  # zikp,zkpu->zui
     # ∂/∂_m_z_0: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
-    d2__m_z_0_34 = torch.einsum("zui,zkpu->zipk", x[:, 128:288].reshape(n, 32, 5), _c17)
+    d2__m_z_0_34 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c17.permute(0, 3, 1, 2).reshape(n, 32, 10)).view(n, 5, 5, 2)  # zui,zkpu->zikp
     # ∂/∂y: every path's (i, k) map at once: y · G
     d2__m_z_0 = torch.cat([
         d2__m_z_0_2.reshape(n, 1),
@@ -639,7 +639,7 @@ def _fc_tp_d2_weight(
         d2__m_z_0_29.reshape(n, 30),
         d2__m_z_0_34.reshape(n, 50),
     ], dim=-1)
-    d2_y_35 = torch.einsum("zc,jc->zj", d2__m_z_0, _g_z_0)
+    d2_y_35 = torch.mm(d2__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
     d2_x = torch.cat([
         (d2_x_1 + d2_x_4 + d2_x_7).reshape(n, 32),
         (d2_x_10 + d2_x_15 + d2_x_20).reshape(n, 96),
@@ -671,96 +671,96 @@ def _conv_tp(
     """conv_tp on rows: h (n, 288), sh (n, 16), w (n, 768) -> m (n, 992)."""
     n = h.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_m_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 16), _g_m_0)
+    _m_m_0 = torch.mm(sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
     # 1 paths 32x0e ⊗ sh -> 32x0e
-    _t_m_0_0_0 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    _t_m_0_0_0 = torch.bmm(h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1)).view(n, 32, 1, 1)  # zui,zikp->zupk
     m_0 = _t_m_0_0_0.reshape(n, 32, 1) * w[:, 0:32].reshape(n, 1, 32).reshape(n, 32, 1)
     # 1 paths 32x0e ⊗ sh -> 32x1o
-    _t_m_0_0_1 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
+    _t_m_0_0_1 = torch.bmm(h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 32, 1, 3)  # zui,zikp->zupk
     m_1 = _t_m_0_0_1.reshape(n, 32, 3) * w[:, 32:64].reshape(n, 1, 32).reshape(n, 32, 1)
     # 1 paths 32x0e ⊗ sh -> 32x2e
-    _t_m_0_0_2 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
+    _t_m_0_0_2 = torch.bmm(h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 32, 1, 5)  # zui,zikp->zupk
     m_2 = _t_m_0_0_2.reshape(n, 32, 5) * w[:, 64:96].reshape(n, 1, 32).reshape(n, 32, 1)
     # 1 paths 32x0e ⊗ sh -> 32x3o
-    _t_m_0_0_5 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 9:16].reshape(n, 1, 1, 7).reshape(n, 1, 1, 7)
+    _t_m_0_0_5 = torch.bmm(h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 1, 3, 2).reshape(n, 1, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     m_3 = _t_m_0_0_5.reshape(n, 32, 7) * w[:, 96:128].reshape(n, 1, 32).reshape(n, 32, 1)
     # 1 paths 32x1o ⊗ sh -> 32x0e
-    _t_m_0_1_0 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1))
+    _t_m_0_1_0 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1).permute(0, 1, 3, 2).reshape(n, 3, 1)).view(n, 32, 1, 1)  # zui,zikp->zupk
     m_4 = _t_m_0_1_0.reshape(n, 32, 1) * w[:, 160:192].reshape(n, 1, 32).reshape(n, 32, 1)
     w_m_0_1_1_5 = w[:, 128:160].reshape(n, 32)
     w_m_0_1_1_6 = w[:, 256:288].reshape(n, 32)
     # 2 paths 32x1o ⊗ sh -> 32x1o
-    _t_m_0_1_1 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 2, 3))
+    _t_m_0_1_1 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6)).view(n, 32, 2, 3)  # zui,zikp->zupk
     _w_m_0_1_1 = torch.cat([
         w_m_0_1_1_5.reshape(n, 32),
         w_m_0_1_1_6.reshape(n, 32),
     ], dim=-1)
-    m_7 = torch.einsum("zupk,zpu->zuk", _t_m_0_1_1, _w_m_0_1_1.reshape(n, 2, 32))
+    m_7 = torch.bmm(_t_m_0_1_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 2), _w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 3)  # zupk,zpu->zuk
     w_m_0_1_2_8 = w[:, 192:224].reshape(n, 32)
     w_m_0_1_2_9 = w[:, 352:384].reshape(n, 32)
     # 2 paths 32x1o ⊗ sh -> 32x2e
-    _t_m_0_1_2 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 2, 5))
+    _t_m_0_1_2 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     _w_m_0_1_2 = torch.cat([
         w_m_0_1_2_8.reshape(n, 32),
         w_m_0_1_2_9.reshape(n, 32),
     ], dim=-1)
-    m_10 = torch.einsum("zupk,zpu->zuk", _t_m_0_1_2, _w_m_0_1_2.reshape(n, 2, 32))
+    m_10 = torch.bmm(_t_m_0_1_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2), _w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 5)  # zupk,zpu->zuk
     # 1 paths 32x1o ⊗ sh -> 32x1e
-    _t_m_0_1_3 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 67:76].reshape(n, 3, 1, 3))
+    _t_m_0_1_3 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 1, 3, 2).reshape(n, 3, 3)).view(n, 32, 1, 3)  # zui,zikp->zupk
     m_11 = _t_m_0_1_3.reshape(n, 32, 3) * w[:, 224:256].reshape(n, 1, 32).reshape(n, 32, 1)
     # 1 paths 32x1o ⊗ sh -> 32x2o
-    _t_m_0_1_4 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 76:91].reshape(n, 3, 1, 5))
+    _t_m_0_1_4 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 1, 3, 2).reshape(n, 3, 5)).view(n, 32, 1, 5)  # zui,zikp->zupk
     m_12 = _t_m_0_1_4.reshape(n, 32, 5) * w[:, 288:320].reshape(n, 1, 32).reshape(n, 32, 1)
     # 1 paths 32x1o ⊗ sh -> 32x3o
-    _t_m_0_1_5 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 91:112].reshape(n, 3, 1, 7))
+    _t_m_0_1_5 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     m_13 = _t_m_0_1_5.reshape(n, 32, 7) * w[:, 320:352].reshape(n, 1, 32).reshape(n, 32, 1)
     # 1 paths 32x1o ⊗ sh -> 32x3e
-    _t_m_0_1_6 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 1, 7))
+    _t_m_0_1_6 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     m_14 = _t_m_0_1_6.reshape(n, 32, 7) * w[:, 384:416].reshape(n, 1, 32).reshape(n, 32, 1)
     # 1 paths 32x2e ⊗ sh -> 32x0e
-    _t_m_0_2_0 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1))
+    _t_m_0_2_0 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1).permute(0, 1, 3, 2).reshape(n, 5, 1)).view(n, 32, 1, 1)  # zui,zikp->zupk
     m_15 = _t_m_0_2_0.reshape(n, 32, 1) * w[:, 544:576].reshape(n, 1, 32).reshape(n, 32, 1)
     w_m_0_2_1_16 = w[:, 448:480].reshape(n, 32)
     w_m_0_2_1_17 = w[:, 672:704].reshape(n, 32)
     # 2 paths 32x2e ⊗ sh -> 32x1o
-    _t_m_0_2_1 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 138:168].reshape(n, 5, 2, 3))
+    _t_m_0_2_1 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6)).view(n, 32, 2, 3)  # zui,zikp->zupk
     _w_m_0_2_1 = torch.cat([
         w_m_0_2_1_16.reshape(n, 32),
         w_m_0_2_1_17.reshape(n, 32),
     ], dim=-1)
-    m_18 = torch.einsum("zupk,zpu->zuk", _t_m_0_2_1, _w_m_0_2_1.reshape(n, 2, 32))
+    m_18 = torch.bmm(_t_m_0_2_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 2), _w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 3)  # zupk,zpu->zuk
     w_m_0_2_2_19 = w[:, 416:448].reshape(n, 32)
     w_m_0_2_2_20 = w[:, 576:608].reshape(n, 32)
     # 2 paths 32x2e ⊗ sh -> 32x2e
-    _t_m_0_2_2 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 2, 5))
+    _t_m_0_2_2 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     _w_m_0_2_2 = torch.cat([
         w_m_0_2_2_19.reshape(n, 32),
         w_m_0_2_2_20.reshape(n, 32),
     ], dim=-1)
-    m_21 = torch.einsum("zupk,zpu->zuk", _t_m_0_2_2, _w_m_0_2_2.reshape(n, 2, 32))
+    m_21 = torch.bmm(_t_m_0_2_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2), _w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 5)  # zupk,zpu->zuk
     # 1 paths 32x2e ⊗ sh -> 32x1e
-    _t_m_0_2_3 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 218:233].reshape(n, 5, 1, 3))
+    _t_m_0_2_3 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 1, 3, 2).reshape(n, 5, 3)).view(n, 32, 1, 3)  # zui,zikp->zupk
     m_22 = _t_m_0_2_3.reshape(n, 32, 3) * w[:, 608:640].reshape(n, 1, 32).reshape(n, 32, 1)
     w_m_0_2_4_23 = w[:, 480:512].reshape(n, 32)
     w_m_0_2_4_24 = w[:, 704:736].reshape(n, 32)
     # 2 paths 32x2e ⊗ sh -> 32x2o
-    _t_m_0_2_4 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 2, 5))
+    _t_m_0_2_4 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     _w_m_0_2_4 = torch.cat([
         w_m_0_2_4_23.reshape(n, 32),
         w_m_0_2_4_24.reshape(n, 32),
     ], dim=-1)
-    m_25 = torch.einsum("zupk,zpu->zuk", _t_m_0_2_4, _w_m_0_2_4.reshape(n, 2, 32))
+    m_25 = torch.bmm(_t_m_0_2_4.permute(0, 1, 3, 2).reshape(n * 32, 5, 2), _w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 5)  # zupk,zpu->zuk
     w_m_0_2_5_26 = w[:, 512:544].reshape(n, 32)
     w_m_0_2_5_27 = w[:, 736:768].reshape(n, 32)
     # 2 paths 32x2e ⊗ sh -> 32x3o
-    _t_m_0_2_5 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 2, 7))
+    _t_m_0_2_5 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14)).view(n, 32, 2, 7)  # zui,zikp->zupk
     _w_m_0_2_5 = torch.cat([
         w_m_0_2_5_26.reshape(n, 32),
         w_m_0_2_5_27.reshape(n, 32),
     ], dim=-1)
-    m_28 = torch.einsum("zupk,zpu->zuk", _t_m_0_2_5, _w_m_0_2_5.reshape(n, 2, 32))
+    m_28 = torch.bmm(_t_m_0_2_5.permute(0, 1, 3, 2).reshape(n * 32, 7, 2), _w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 7)  # zupk,zpu->zuk
     # 1 paths 32x2e ⊗ sh -> 32x3e
-    _t_m_0_2_6 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 353:388].reshape(n, 5, 1, 7))
+    _t_m_0_2_6 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 1, 3, 2).reshape(n, 5, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     m_29 = _t_m_0_2_6.reshape(n, 32, 7) * w[:, 640:672].reshape(n, 1, 32).reshape(n, 32, 1)
     m = torch.cat([
         (m_0 + m_4 + m_15).reshape(n, 32),
@@ -781,199 +781,199 @@ def _conv_tp_d(
     """the vector-Jacobian product of conv_tp: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992) -> d_h (n, 288), d_sh (n, 16), d_w (n, 768), d_weight (0,)."""
     n = h.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_m_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 16), _g_m_0)
+    _m_m_0 = torch.mm(sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
     # 1 paths 32x0e ⊗ sh -> 32x0e
-    _t_m_0_0_0 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    _t_m_0_0_0 = torch.bmm(h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1)).view(n, 32, 1, 1)  # zui,zikp->zupk
     # 1 paths 32x0e ⊗ sh -> 32x1o
-    _t_m_0_0_1 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
+    _t_m_0_0_1 = torch.bmm(h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 32, 1, 3)  # zui,zikp->zupk
     # 1 paths 32x0e ⊗ sh -> 32x2e
-    _t_m_0_0_2 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
+    _t_m_0_0_2 = torch.bmm(h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 32, 1, 5)  # zui,zikp->zupk
     # 1 paths 32x0e ⊗ sh -> 32x3o
-    _t_m_0_0_5 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 9:16].reshape(n, 1, 1, 7).reshape(n, 1, 1, 7)
+    _t_m_0_0_5 = torch.bmm(h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 1, 3, 2).reshape(n, 1, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     # 1 paths 32x1o ⊗ sh -> 32x0e
-    _t_m_0_1_0 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1))
+    _t_m_0_1_0 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1).permute(0, 1, 3, 2).reshape(n, 3, 1)).view(n, 32, 1, 1)  # zui,zikp->zupk
     w_m_0_1_1_0 = w[:, 128:160].reshape(n, 32)
     w_m_0_1_1_1 = w[:, 256:288].reshape(n, 32)
     # 2 paths 32x1o ⊗ sh -> 32x1o
-    _t_m_0_1_1 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 2, 3))
+    _t_m_0_1_1 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6)).view(n, 32, 2, 3)  # zui,zikp->zupk
     w_m_0_1_2_2 = w[:, 192:224].reshape(n, 32)
     w_m_0_1_2_3 = w[:, 352:384].reshape(n, 32)
     # 2 paths 32x1o ⊗ sh -> 32x2e
-    _t_m_0_1_2 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 2, 5))
+    _t_m_0_1_2 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     # 1 paths 32x1o ⊗ sh -> 32x1e
-    _t_m_0_1_3 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 67:76].reshape(n, 3, 1, 3))
+    _t_m_0_1_3 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 1, 3, 2).reshape(n, 3, 3)).view(n, 32, 1, 3)  # zui,zikp->zupk
     # 1 paths 32x1o ⊗ sh -> 32x2o
-    _t_m_0_1_4 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 76:91].reshape(n, 3, 1, 5))
+    _t_m_0_1_4 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 1, 3, 2).reshape(n, 3, 5)).view(n, 32, 1, 5)  # zui,zikp->zupk
     # 1 paths 32x1o ⊗ sh -> 32x3o
-    _t_m_0_1_5 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 91:112].reshape(n, 3, 1, 7))
+    _t_m_0_1_5 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     # 1 paths 32x1o ⊗ sh -> 32x3e
-    _t_m_0_1_6 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 1, 7))
+    _t_m_0_1_6 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     # 1 paths 32x2e ⊗ sh -> 32x0e
-    _t_m_0_2_0 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1))
+    _t_m_0_2_0 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1).permute(0, 1, 3, 2).reshape(n, 5, 1)).view(n, 32, 1, 1)  # zui,zikp->zupk
     w_m_0_2_1_4 = w[:, 448:480].reshape(n, 32)
     w_m_0_2_1_5 = w[:, 672:704].reshape(n, 32)
     # 2 paths 32x2e ⊗ sh -> 32x1o
-    _t_m_0_2_1 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 138:168].reshape(n, 5, 2, 3))
+    _t_m_0_2_1 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6)).view(n, 32, 2, 3)  # zui,zikp->zupk
     w_m_0_2_2_6 = w[:, 416:448].reshape(n, 32)
     w_m_0_2_2_7 = w[:, 576:608].reshape(n, 32)
     # 2 paths 32x2e ⊗ sh -> 32x2e
-    _t_m_0_2_2 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 2, 5))
+    _t_m_0_2_2 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     # 1 paths 32x2e ⊗ sh -> 32x1e
-    _t_m_0_2_3 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 218:233].reshape(n, 5, 1, 3))
+    _t_m_0_2_3 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 1, 3, 2).reshape(n, 5, 3)).view(n, 32, 1, 3)  # zui,zikp->zupk
     w_m_0_2_4_8 = w[:, 480:512].reshape(n, 32)
     w_m_0_2_4_9 = w[:, 704:736].reshape(n, 32)
     # 2 paths 32x2e ⊗ sh -> 32x2o
-    _t_m_0_2_4 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 2, 5))
+    _t_m_0_2_4 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     w_m_0_2_5_10 = w[:, 512:544].reshape(n, 32)
     w_m_0_2_5_11 = w[:, 736:768].reshape(n, 32)
     # 2 paths 32x2e ⊗ sh -> 32x3o
-    _t_m_0_2_5 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 2, 7))
+    _t_m_0_2_5 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14)).view(n, 32, 2, 7)  # zui,zikp->zupk
     # 1 paths 32x2e ⊗ sh -> 32x3e
-    _t_m_0_2_6 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 353:388].reshape(n, 5, 1, 7))
-    d__t_m_0_2_6 = torch.einsum("zuk,zpu->zupk", d_m[:, 768:992].reshape(n, 32, 7), w[:, 640:672].reshape(n, 1, 32))
-    d_w_12 = torch.einsum("zuk,zupk->zpu", d_m[:, 768:992].reshape(n, 32, 7), _t_m_0_2_6)
+    _t_m_0_2_6 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 1, 3, 2).reshape(n, 5, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
+    d__t_m_0_2_6 = torch.bmm(w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
+    d_w_12 = torch.bmm(d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 1, 7), _t_m_0_2_6.permute(0, 1, 3, 2).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
-    d_h_13 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_6, _m_m_0[:, 353:388].reshape(n, 5, 1, 7))
+    d_h_13 = torch.bmm(d__t_m_0_2_6.reshape(n, 32, 7), _m_m_0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 5)).view(n, 32, 5)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
-    d__m_m_0_14 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_6, h[:, 128:288].reshape(n, 32, 5))
+    d__m_m_0_14 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d__t_m_0_2_6.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 5, 7, 1)  # zupk,zui->zikp
     _w_m_0_2_5 = torch.cat([
         w_m_0_2_5_10.reshape(n, 32),
         w_m_0_2_5_11.reshape(n, 32),
     ], dim=-1)
-    d__t_m_0_2_5 = torch.einsum("zuk,zpu->zupk", d_m[:, 544:768].reshape(n, 32, 7), _w_m_0_2_5.reshape(n, 2, 32))
-    d__w_m_0_2_5 = torch.einsum("zuk,zupk->zpu", d_m[:, 544:768].reshape(n, 32, 7), _t_m_0_2_5)
+    d__t_m_0_2_5 = torch.bmm(_w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 2, 7)  # zuk,zpu->zupk
+    d__w_m_0_2_5 = torch.bmm(d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 1, 7), _t_m_0_2_5.permute(0, 1, 3, 2).reshape(n * 32, 7, 2)).view(n, 32, 2).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
-    d_h_15 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_5, _m_m_0[:, 283:353].reshape(n, 5, 2, 7))
+    d_h_15 = torch.bmm(d__t_m_0_2_5.reshape(n, 32, 14), _m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 3, 2, 1).reshape(n, 14, 5)).view(n, 32, 5)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
-    d__m_m_0_16 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_5, h[:, 128:288].reshape(n, 32, 5))
+    d__m_m_0_16 = torch.bmm(d__t_m_0_2_5.permute(0, 2, 3, 1).reshape(n, 14, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 2, 7, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     d_w_17 = d__w_m_0_2_5.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d_w_18 = d__w_m_0_2_5.reshape(n, -1)[:, 0:32].reshape(n, 32)
     _w_m_0_2_4 = torch.cat([
         w_m_0_2_4_8.reshape(n, 32),
         w_m_0_2_4_9.reshape(n, 32),
     ], dim=-1)
-    d__t_m_0_2_4 = torch.einsum("zuk,zpu->zupk", d_m[:, 384:544].reshape(n, 32, 5), _w_m_0_2_4.reshape(n, 2, 32))
-    d__w_m_0_2_4 = torch.einsum("zuk,zupk->zpu", d_m[:, 384:544].reshape(n, 32, 5), _t_m_0_2_4)
+    d__t_m_0_2_4 = torch.bmm(_w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
+    d__w_m_0_2_4 = torch.bmm(d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 1, 5), _t_m_0_2_4.permute(0, 1, 3, 2).reshape(n * 32, 5, 2)).view(n, 32, 2).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
-    d_h_19 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_4, _m_m_0[:, 233:283].reshape(n, 5, 2, 5))
+    d_h_19 = torch.bmm(d__t_m_0_2_4.reshape(n, 32, 10), _m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5)).view(n, 32, 5)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
-    d__m_m_0_20 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_4, h[:, 128:288].reshape(n, 32, 5))
+    d__m_m_0_20 = torch.bmm(d__t_m_0_2_4.permute(0, 2, 3, 1).reshape(n, 10, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 2, 5, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     d_w_21 = d__w_m_0_2_4.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d_w_22 = d__w_m_0_2_4.reshape(n, -1)[:, 0:32].reshape(n, 32)
-    d__t_m_0_2_3 = torch.einsum("zuk,zpu->zupk", d_m[:, 288:384].reshape(n, 32, 3), w[:, 608:640].reshape(n, 1, 32))
-    d_w_23 = torch.einsum("zuk,zupk->zpu", d_m[:, 288:384].reshape(n, 32, 3), _t_m_0_2_3)
+    d__t_m_0_2_3 = torch.bmm(w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zuk,zpu->zupk
+    d_w_23 = torch.bmm(d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 1, 3), _t_m_0_2_3.permute(0, 1, 3, 2).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
-    d_h_24 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_3, _m_m_0[:, 218:233].reshape(n, 5, 1, 3))
+    d_h_24 = torch.bmm(d__t_m_0_2_3.reshape(n, 32, 3), _m_m_0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 5)).view(n, 32, 5)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
-    d__m_m_0_25 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_3, h[:, 128:288].reshape(n, 32, 5))
+    d__m_m_0_25 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d__t_m_0_2_3.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 5, 3, 1)  # zupk,zui->zikp
     _w_m_0_2_2 = torch.cat([
         w_m_0_2_2_6.reshape(n, 32),
         w_m_0_2_2_7.reshape(n, 32),
     ], dim=-1)
-    d__t_m_0_2_2 = torch.einsum("zuk,zpu->zupk", d_m[:, 128:288].reshape(n, 32, 5), _w_m_0_2_2.reshape(n, 2, 32))
-    d__w_m_0_2_2 = torch.einsum("zuk,zupk->zpu", d_m[:, 128:288].reshape(n, 32, 5), _t_m_0_2_2)
+    d__t_m_0_2_2 = torch.bmm(_w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
+    d__w_m_0_2_2 = torch.bmm(d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 1, 5), _t_m_0_2_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2)).view(n, 32, 2).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
-    d_h_26 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_2, _m_m_0[:, 168:218].reshape(n, 5, 2, 5))
+    d_h_26 = torch.bmm(d__t_m_0_2_2.reshape(n, 32, 10), _m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5)).view(n, 32, 5)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
-    d__m_m_0_27 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_2, h[:, 128:288].reshape(n, 32, 5))
+    d__m_m_0_27 = torch.bmm(d__t_m_0_2_2.permute(0, 2, 3, 1).reshape(n, 10, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 2, 5, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     d_w_28 = d__w_m_0_2_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d_w_29 = d__w_m_0_2_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
     _w_m_0_2_1 = torch.cat([
         w_m_0_2_1_4.reshape(n, 32),
         w_m_0_2_1_5.reshape(n, 32),
     ], dim=-1)
-    d__t_m_0_2_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), _w_m_0_2_1.reshape(n, 2, 32))
-    d__w_m_0_2_1 = torch.einsum("zuk,zupk->zpu", d_m[:, 32:128].reshape(n, 32, 3), _t_m_0_2_1)
+    d__t_m_0_2_1 = torch.bmm(_w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 2, 3)  # zuk,zpu->zupk
+    d__w_m_0_2_1 = torch.bmm(d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 1, 3), _t_m_0_2_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 2)).view(n, 32, 2).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
-    d_h_30 = torch.einsum("zupk,zipk->zui", d__t_m_0_2_1, _m_m_0[:, 138:168].reshape(n, 5, 2, 3))
+    d_h_30 = torch.bmm(d__t_m_0_2_1.reshape(n, 32, 6), _m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5)).view(n, 32, 5)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
-    d__m_m_0_31 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_1, h[:, 128:288].reshape(n, 32, 5))
+    d__m_m_0_31 = torch.bmm(d__t_m_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 2, 3, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     d_w_32 = d__w_m_0_2_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d_w_33 = d__w_m_0_2_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
-    d__t_m_0_2_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 544:576].reshape(n, 1, 32))
-    d_w_34 = torch.einsum("zuk,zupk->zpu", d_m[:, 0:32].reshape(n, 32, 1), _t_m_0_2_0)
+    d__t_m_0_2_0 = torch.bmm(w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zuk,zpu->zupk
+    d_w_34 = torch.bmm(d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1), _t_m_0_2_0.permute(0, 1, 3, 2).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
     d_h_35 = d__t_m_0_2_0.reshape(n, 32, 1) * _m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 1, 5)
     # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
-    d__m_m_0_36 = torch.einsum("zupk,zui->zipk", d__t_m_0_2_0, h[:, 128:288].reshape(n, 32, 5))
-    d__t_m_0_1_6 = torch.einsum("zuk,zpu->zupk", d_m[:, 768:992].reshape(n, 32, 7), w[:, 384:416].reshape(n, 1, 32))
-    d_w_37 = torch.einsum("zuk,zupk->zpu", d_m[:, 768:992].reshape(n, 32, 7), _t_m_0_1_6)
+    d__m_m_0_36 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d__t_m_0_2_0.permute(0, 3, 2, 1).reshape(n, 1, 32).transpose(1, 2)).view(n, 5, 1, 1)  # zupk,zui->zikp
+    d__t_m_0_1_6 = torch.bmm(w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
+    d_w_37 = torch.bmm(d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 1, 7), _t_m_0_1_6.permute(0, 1, 3, 2).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
-    d_h_38 = torch.einsum("zupk,zipk->zui", d__t_m_0_1_6, _m_m_0[:, 112:133].reshape(n, 3, 1, 7))
+    d_h_38 = torch.bmm(d__t_m_0_1_6.reshape(n, 32, 7), _m_m_0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3)).view(n, 32, 3)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
-    d__m_m_0_39 = torch.einsum("zupk,zui->zipk", d__t_m_0_1_6, h[:, 32:128].reshape(n, 32, 3))
-    d__t_m_0_1_5 = torch.einsum("zuk,zpu->zupk", d_m[:, 544:768].reshape(n, 32, 7), w[:, 320:352].reshape(n, 1, 32))
-    d_w_40 = torch.einsum("zuk,zupk->zpu", d_m[:, 544:768].reshape(n, 32, 7), _t_m_0_1_5)
+    d__m_m_0_39 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d__t_m_0_1_6.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 3, 7, 1)  # zupk,zui->zikp
+    d__t_m_0_1_5 = torch.bmm(w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
+    d_w_40 = torch.bmm(d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 1, 7), _t_m_0_1_5.permute(0, 1, 3, 2).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
-    d_h_41 = torch.einsum("zupk,zipk->zui", d__t_m_0_1_5, _m_m_0[:, 91:112].reshape(n, 3, 1, 7))
+    d_h_41 = torch.bmm(d__t_m_0_1_5.reshape(n, 32, 7), _m_m_0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3)).view(n, 32, 3)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
-    d__m_m_0_42 = torch.einsum("zupk,zui->zipk", d__t_m_0_1_5, h[:, 32:128].reshape(n, 32, 3))
-    d__t_m_0_1_4 = torch.einsum("zuk,zpu->zupk", d_m[:, 384:544].reshape(n, 32, 5), w[:, 288:320].reshape(n, 1, 32))
-    d_w_43 = torch.einsum("zuk,zupk->zpu", d_m[:, 384:544].reshape(n, 32, 5), _t_m_0_1_4)
+    d__m_m_0_42 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d__t_m_0_1_5.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 3, 7, 1)  # zupk,zui->zikp
+    d__t_m_0_1_4 = torch.bmm(w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 1, 5)  # zuk,zpu->zupk
+    d_w_43 = torch.bmm(d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 1, 5), _t_m_0_1_4.permute(0, 1, 3, 2).reshape(n * 32, 5, 1)).view(n, 32, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
-    d_h_44 = torch.einsum("zupk,zipk->zui", d__t_m_0_1_4, _m_m_0[:, 76:91].reshape(n, 3, 1, 5))
+    d_h_44 = torch.bmm(d__t_m_0_1_4.reshape(n, 32, 5), _m_m_0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 3)).view(n, 32, 3)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
-    d__m_m_0_45 = torch.einsum("zupk,zui->zipk", d__t_m_0_1_4, h[:, 32:128].reshape(n, 32, 3))
-    d__t_m_0_1_3 = torch.einsum("zuk,zpu->zupk", d_m[:, 288:384].reshape(n, 32, 3), w[:, 224:256].reshape(n, 1, 32))
-    d_w_46 = torch.einsum("zuk,zupk->zpu", d_m[:, 288:384].reshape(n, 32, 3), _t_m_0_1_3)
+    d__m_m_0_45 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d__t_m_0_1_4.permute(0, 3, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 3, 5, 1)  # zupk,zui->zikp
+    d__t_m_0_1_3 = torch.bmm(w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zuk,zpu->zupk
+    d_w_46 = torch.bmm(d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 1, 3), _t_m_0_1_3.permute(0, 1, 3, 2).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
-    d_h_47 = torch.einsum("zupk,zipk->zui", d__t_m_0_1_3, _m_m_0[:, 67:76].reshape(n, 3, 1, 3))
+    d_h_47 = torch.bmm(d__t_m_0_1_3.reshape(n, 32, 3), _m_m_0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 3)).view(n, 32, 3)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
-    d__m_m_0_48 = torch.einsum("zupk,zui->zipk", d__t_m_0_1_3, h[:, 32:128].reshape(n, 32, 3))
+    d__m_m_0_48 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d__t_m_0_1_3.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 3, 3, 1)  # zupk,zui->zikp
     _w_m_0_1_2 = torch.cat([
         w_m_0_1_2_2.reshape(n, 32),
         w_m_0_1_2_3.reshape(n, 32),
     ], dim=-1)
-    d__t_m_0_1_2 = torch.einsum("zuk,zpu->zupk", d_m[:, 128:288].reshape(n, 32, 5), _w_m_0_1_2.reshape(n, 2, 32))
-    d__w_m_0_1_2 = torch.einsum("zuk,zupk->zpu", d_m[:, 128:288].reshape(n, 32, 5), _t_m_0_1_2)
+    d__t_m_0_1_2 = torch.bmm(_w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
+    d__w_m_0_1_2 = torch.bmm(d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 1, 5), _t_m_0_1_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2)).view(n, 32, 2).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
-    d_h_49 = torch.einsum("zupk,zipk->zui", d__t_m_0_1_2, _m_m_0[:, 37:67].reshape(n, 3, 2, 5))
+    d_h_49 = torch.bmm(d__t_m_0_1_2.reshape(n, 32, 10), _m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3)).view(n, 32, 3)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
-    d__m_m_0_50 = torch.einsum("zupk,zui->zipk", d__t_m_0_1_2, h[:, 32:128].reshape(n, 32, 3))
+    d__m_m_0_50 = torch.bmm(d__t_m_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 32), h[:, 32:128].reshape(n, 32, 3)).view(n, 2, 5, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
     d_w_51 = d__w_m_0_1_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d_w_52 = d__w_m_0_1_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
     _w_m_0_1_1 = torch.cat([
         w_m_0_1_1_0.reshape(n, 32),
         w_m_0_1_1_1.reshape(n, 32),
     ], dim=-1)
-    d__t_m_0_1_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), _w_m_0_1_1.reshape(n, 2, 32))
-    d__w_m_0_1_1 = torch.einsum("zuk,zupk->zpu", d_m[:, 32:128].reshape(n, 32, 3), _t_m_0_1_1)
+    d__t_m_0_1_1 = torch.bmm(_w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 2, 3)  # zuk,zpu->zupk
+    d__w_m_0_1_1 = torch.bmm(d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 1, 3), _t_m_0_1_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 2)).view(n, 32, 2).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
-    d_h_53 = torch.einsum("zupk,zipk->zui", d__t_m_0_1_1, _m_m_0[:, 19:37].reshape(n, 3, 2, 3))
+    d_h_53 = torch.bmm(d__t_m_0_1_1.reshape(n, 32, 6), _m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 3)).view(n, 32, 3)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
-    d__m_m_0_54 = torch.einsum("zupk,zui->zipk", d__t_m_0_1_1, h[:, 32:128].reshape(n, 32, 3))
+    d__m_m_0_54 = torch.bmm(d__t_m_0_1_1.permute(0, 2, 3, 1).reshape(n, 6, 32), h[:, 32:128].reshape(n, 32, 3)).view(n, 2, 3, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
     d_w_55 = d__w_m_0_1_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d_w_56 = d__w_m_0_1_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
-    d__t_m_0_1_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 160:192].reshape(n, 1, 32))
-    d_w_57 = torch.einsum("zuk,zupk->zpu", d_m[:, 0:32].reshape(n, 32, 1), _t_m_0_1_0)
+    d__t_m_0_1_0 = torch.bmm(w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zuk,zpu->zupk
+    d_w_57 = torch.bmm(d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1), _t_m_0_1_0.permute(0, 1, 3, 2).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
     d_h_58 = d__t_m_0_1_0.reshape(n, 32, 1) * _m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
-    d__m_m_0_59 = torch.einsum("zupk,zui->zipk", d__t_m_0_1_0, h[:, 32:128].reshape(n, 32, 3))
-    d__t_m_0_0_5 = torch.einsum("zuk,zpu->zupk", d_m[:, 544:768].reshape(n, 32, 7), w[:, 96:128].reshape(n, 1, 32))
-    d_w_60 = torch.einsum("zuk,zupk->zpu", d_m[:, 544:768].reshape(n, 32, 7), _t_m_0_0_5)
+    d__m_m_0_59 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d__t_m_0_1_0.permute(0, 3, 2, 1).reshape(n, 1, 32).transpose(1, 2)).view(n, 3, 1, 1)  # zupk,zui->zikp
+    d__t_m_0_0_5 = torch.bmm(w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
+    d_w_60 = torch.bmm(d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 1, 7), _t_m_0_0_5.permute(0, 1, 3, 2).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
-    d_h_61 = torch.einsum("zupk,zipk->zui", d__t_m_0_0_5, _m_m_0[:, 9:16].reshape(n, 1, 1, 7))
+    d_h_61 = torch.bmm(d__t_m_0_0_5.reshape(n, 32, 7), _m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 1)).view(n, 32, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
-    d__m_m_0_62 = torch.einsum("zupk,zui->zipk", d__t_m_0_0_5, h[:, 0:32].reshape(n, 32, 1))
-    d__t_m_0_0_2 = torch.einsum("zuk,zpu->zupk", d_m[:, 128:288].reshape(n, 32, 5), w[:, 64:96].reshape(n, 1, 32))
-    d_w_63 = torch.einsum("zuk,zupk->zpu", d_m[:, 128:288].reshape(n, 32, 5), _t_m_0_0_2)
+    d__m_m_0_62 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d__t_m_0_0_5.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 1, 7, 1)  # zupk,zui->zikp
+    d__t_m_0_0_2 = torch.bmm(w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 1, 5)  # zuk,zpu->zupk
+    d_w_63 = torch.bmm(d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 1, 5), _t_m_0_0_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 1)).view(n, 32, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
-    d_h_64 = torch.einsum("zupk,zipk->zui", d__t_m_0_0_2, _m_m_0[:, 4:9].reshape(n, 1, 1, 5))
+    d_h_64 = torch.bmm(d__t_m_0_0_2.reshape(n, 32, 5), _m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1)).view(n, 32, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
-    d__m_m_0_65 = torch.einsum("zupk,zui->zipk", d__t_m_0_0_2, h[:, 0:32].reshape(n, 32, 1))
-    d__t_m_0_0_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), w[:, 32:64].reshape(n, 1, 32))
-    d_w_66 = torch.einsum("zuk,zupk->zpu", d_m[:, 32:128].reshape(n, 32, 3), _t_m_0_0_1)
+    d__m_m_0_65 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d__t_m_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
+    d__t_m_0_0_1 = torch.bmm(w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zuk,zpu->zupk
+    d_w_66 = torch.bmm(d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 1, 3), _t_m_0_0_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
-    d_h_67 = torch.einsum("zupk,zipk->zui", d__t_m_0_0_1, _m_m_0[:, 1:4].reshape(n, 1, 1, 3))
+    d_h_67 = torch.bmm(d__t_m_0_0_1.reshape(n, 32, 3), _m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1)).view(n, 32, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
-    d__m_m_0_68 = torch.einsum("zupk,zui->zipk", d__t_m_0_0_1, h[:, 0:32].reshape(n, 32, 1))
-    d__t_m_0_0_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 0:32].reshape(n, 1, 32))
-    d_w_69 = torch.einsum("zuk,zupk->zpu", d_m[:, 0:32].reshape(n, 32, 1), _t_m_0_0_0)
+    d__m_m_0_68 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d__t_m_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
+    d__t_m_0_0_0 = torch.bmm(w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zuk,zpu->zupk
+    d_w_69 = torch.bmm(d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1), _t_m_0_0_0.permute(0, 1, 3, 2).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zuk,zupk->zpu
     # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
     d_h_70 = d__t_m_0_0_0.reshape(n, 32, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
     # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
-    d__m_m_0_71 = torch.einsum("zupk,zui->zipk", d__t_m_0_0_0, h[:, 0:32].reshape(n, 32, 1))
+    d__m_m_0_71 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d__t_m_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 32).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
     # ∂/∂sh: every path's (i, k) map at once: sh · G
     d__m_m_0 = torch.cat([
         d__m_m_0_71.reshape(n, 1),
@@ -995,7 +995,7 @@ def _conv_tp_d(
         d__m_m_0_16.reshape(n, 70),
         d__m_m_0_14.reshape(n, 35),
     ], dim=-1)
-    d_sh_72 = torch.einsum("zc,jc->zj", d__m_m_0, _g_m_0)
+    d_sh_72 = torch.mm(d__m_m_0, _g_m_0.permute(1, 0).reshape(388, 16)).view(n, 16)  # zc,jc->zj
     d_h = torch.cat([
         (d_h_61 + d_h_64 + d_h_67 + d_h_70).reshape(n, 32),
         (d_h_38 + d_h_41 + d_h_44 + d_h_47 + d_h_49 + d_h_53 + d_h_58).reshape(n, 96),
@@ -1039,7 +1039,7 @@ def _conv_tp_d2_h(
     """the vector-Jacobian product of conv_tp_d for the cotangent of d_h: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992), d2_d_h (n, 288) -> d2_h (n, 288), d2_sh (n, 16), d2_w (n, 768), d2_d_m (n, 992), d2_weight (0,)."""
     n = h.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_m_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 16), _g_m_0)
+    _m_m_0 = torch.mm(sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
     w_m_0_1_1_0 = w[:, 128:160].reshape(n, 32)
     w_m_0_1_1_1 = w[:, 256:288].reshape(n, 32)
     w_m_0_1_2_2 = w[:, 192:224].reshape(n, 32)
@@ -1052,156 +1052,156 @@ def _conv_tp_d2_h(
     w_m_0_2_4_9 = w[:, 704:736].reshape(n, 32)
     w_m_0_2_5_10 = w[:, 512:544].reshape(n, 32)
     w_m_0_2_5_11 = w[:, 736:768].reshape(n, 32)
-    d__t_m_0_2_6 = torch.einsum("zuk,zpu->zupk", d_m[:, 768:992].reshape(n, 32, 7), w[:, 640:672].reshape(n, 1, 32))
+    d__t_m_0_2_6 = torch.bmm(w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
     _w_m_0_2_5 = torch.cat([
         w_m_0_2_5_10.reshape(n, 32),
         w_m_0_2_5_11.reshape(n, 32),
     ], dim=-1)
-    d__t_m_0_2_5 = torch.einsum("zuk,zpu->zupk", d_m[:, 544:768].reshape(n, 32, 7), _w_m_0_2_5.reshape(n, 2, 32))
+    d__t_m_0_2_5 = torch.bmm(_w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 2, 7)  # zuk,zpu->zupk
     _w_m_0_2_4 = torch.cat([
         w_m_0_2_4_8.reshape(n, 32),
         w_m_0_2_4_9.reshape(n, 32),
     ], dim=-1)
-    d__t_m_0_2_4 = torch.einsum("zuk,zpu->zupk", d_m[:, 384:544].reshape(n, 32, 5), _w_m_0_2_4.reshape(n, 2, 32))
-    d__t_m_0_2_3 = torch.einsum("zuk,zpu->zupk", d_m[:, 288:384].reshape(n, 32, 3), w[:, 608:640].reshape(n, 1, 32))
+    d__t_m_0_2_4 = torch.bmm(_w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
+    d__t_m_0_2_3 = torch.bmm(w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zuk,zpu->zupk
     _w_m_0_2_2 = torch.cat([
         w_m_0_2_2_6.reshape(n, 32),
         w_m_0_2_2_7.reshape(n, 32),
     ], dim=-1)
-    d__t_m_0_2_2 = torch.einsum("zuk,zpu->zupk", d_m[:, 128:288].reshape(n, 32, 5), _w_m_0_2_2.reshape(n, 2, 32))
+    d__t_m_0_2_2 = torch.bmm(_w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
     _w_m_0_2_1 = torch.cat([
         w_m_0_2_1_4.reshape(n, 32),
         w_m_0_2_1_5.reshape(n, 32),
     ], dim=-1)
-    d__t_m_0_2_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), _w_m_0_2_1.reshape(n, 2, 32))
-    d__t_m_0_2_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 544:576].reshape(n, 1, 32))
-    d__t_m_0_1_6 = torch.einsum("zuk,zpu->zupk", d_m[:, 768:992].reshape(n, 32, 7), w[:, 384:416].reshape(n, 1, 32))
-    d__t_m_0_1_5 = torch.einsum("zuk,zpu->zupk", d_m[:, 544:768].reshape(n, 32, 7), w[:, 320:352].reshape(n, 1, 32))
-    d__t_m_0_1_4 = torch.einsum("zuk,zpu->zupk", d_m[:, 384:544].reshape(n, 32, 5), w[:, 288:320].reshape(n, 1, 32))
-    d__t_m_0_1_3 = torch.einsum("zuk,zpu->zupk", d_m[:, 288:384].reshape(n, 32, 3), w[:, 224:256].reshape(n, 1, 32))
+    d__t_m_0_2_1 = torch.bmm(_w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 2, 3)  # zuk,zpu->zupk
+    d__t_m_0_2_0 = torch.bmm(w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zuk,zpu->zupk
+    d__t_m_0_1_6 = torch.bmm(w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
+    d__t_m_0_1_5 = torch.bmm(w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
+    d__t_m_0_1_4 = torch.bmm(w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 1, 5)  # zuk,zpu->zupk
+    d__t_m_0_1_3 = torch.bmm(w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zuk,zpu->zupk
     _w_m_0_1_2 = torch.cat([
         w_m_0_1_2_2.reshape(n, 32),
         w_m_0_1_2_3.reshape(n, 32),
     ], dim=-1)
-    d__t_m_0_1_2 = torch.einsum("zuk,zpu->zupk", d_m[:, 128:288].reshape(n, 32, 5), _w_m_0_1_2.reshape(n, 2, 32))
+    d__t_m_0_1_2 = torch.bmm(_w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
     _w_m_0_1_1 = torch.cat([
         w_m_0_1_1_0.reshape(n, 32),
         w_m_0_1_1_1.reshape(n, 32),
     ], dim=-1)
-    d__t_m_0_1_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), _w_m_0_1_1.reshape(n, 2, 32))
-    d__t_m_0_1_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 160:192].reshape(n, 1, 32))
-    d__t_m_0_0_5 = torch.einsum("zuk,zpu->zupk", d_m[:, 544:768].reshape(n, 32, 7), w[:, 96:128].reshape(n, 1, 32))
-    d__t_m_0_0_2 = torch.einsum("zuk,zpu->zupk", d_m[:, 128:288].reshape(n, 32, 5), w[:, 64:96].reshape(n, 1, 32))
-    d__t_m_0_0_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), w[:, 32:64].reshape(n, 1, 32))
-    d__t_m_0_0_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 0:32].reshape(n, 1, 32))
+    d__t_m_0_1_1 = torch.bmm(_w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 2, 3)  # zuk,zpu->zupk
+    d__t_m_0_1_0 = torch.bmm(w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zuk,zpu->zupk
+    d__t_m_0_0_5 = torch.bmm(w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
+    d__t_m_0_0_2 = torch.bmm(w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 1, 5)  # zuk,zpu->zupk
+    d__t_m_0_0_1 = torch.bmm(w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zuk,zpu->zupk
+    d__t_m_0_0_0 = torch.bmm(w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zuk,zpu->zupk
     # ∂/∂d__t_m_0_0_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
-    d2_d__t_m_0_0_0 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    d2_d__t_m_0_0_0 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1)).view(n, 32, 1, 1)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
-    d2__m_m_0_12 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 0:32].reshape(n, 32, 1), d__t_m_0_0_0)
+    d2__m_m_0_12 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m_0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1)).view(n, 1, 1, 1)  # zui,zupk->zikp
     d2_d_m_13 = d2_d__t_m_0_0_0.reshape(n, 32, 1) * w[:, 0:32].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_14 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_0, d_m[:, 0:32].reshape(n, 32, 1))
+    d2_w_14 = torch.bmm(d2_d__t_m_0_0_0.reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_0_1: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
-    d2_d__t_m_0_0_1 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
+    d2_d__t_m_0_0_1 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 32, 1, 3)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
-    d2__m_m_0_15 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 0:32].reshape(n, 32, 1), d__t_m_0_0_1)
+    d2__m_m_0_15 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m_0_0_1.permute(0, 1, 3, 2).reshape(n, 32, 3)).view(n, 1, 3, 1)  # zui,zupk->zikp
     d2_d_m_16 = d2_d__t_m_0_0_1.reshape(n, 32, 3) * w[:, 32:64].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_17 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_1, d_m[:, 32:128].reshape(n, 32, 3))
+    d2_w_17 = torch.bmm(d2_d__t_m_0_0_1.reshape(n * 32, 1, 3), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_0_2: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
-    d2_d__t_m_0_0_2 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
+    d2_d__t_m_0_0_2 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 32, 1, 5)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
-    d2__m_m_0_18 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 0:32].reshape(n, 32, 1), d__t_m_0_0_2)
+    d2__m_m_0_18 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m_0_0_2.permute(0, 1, 3, 2).reshape(n, 32, 5)).view(n, 1, 5, 1)  # zui,zupk->zikp
     d2_d_m_19 = d2_d__t_m_0_0_2.reshape(n, 32, 5) * w[:, 64:96].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_20 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_2, d_m[:, 128:288].reshape(n, 32, 5))
+    d2_w_20 = torch.bmm(d2_d__t_m_0_0_2.reshape(n * 32, 1, 5), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_0_5: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
-    d2_d__t_m_0_0_5 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 9:16].reshape(n, 1, 1, 7).reshape(n, 1, 1, 7)
+    d2_d__t_m_0_0_5 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 1, 3, 2).reshape(n, 1, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
-    d2__m_m_0_21 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 0:32].reshape(n, 32, 1), d__t_m_0_0_5)
+    d2__m_m_0_21 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m_0_0_5.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 1, 7, 1)  # zui,zupk->zikp
     d2_d_m_22 = d2_d__t_m_0_0_5.reshape(n, 32, 7) * w[:, 96:128].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_23 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_5, d_m[:, 544:768].reshape(n, 32, 7))
+    d2_w_23 = torch.bmm(d2_d__t_m_0_0_5.reshape(n * 32, 1, 7), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_1_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
-    d2_d__t_m_0_1_0 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1))
+    d2_d__t_m_0_1_0 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1).permute(0, 1, 3, 2).reshape(n, 3, 1)).view(n, 32, 1, 1)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
-    d2__m_m_0_24 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 32:128].reshape(n, 32, 3), d__t_m_0_1_0)
+    d2__m_m_0_24 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1)).view(n, 3, 1, 1)  # zui,zupk->zikp
     d2_d_m_25 = d2_d__t_m_0_1_0.reshape(n, 32, 1) * w[:, 160:192].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_26 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_0, d_m[:, 0:32].reshape(n, 32, 1))
+    d2_w_26 = torch.bmm(d2_d__t_m_0_1_0.reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_1_1: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
-    d2_d__t_m_0_1_1 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 2, 3))
+    d2_d__t_m_0_1_1 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6)).view(n, 32, 2, 3)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
-    d2__m_m_0_27 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 32:128].reshape(n, 32, 3), d__t_m_0_1_1)
-    d2_d_m_28 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_1, _w_m_0_1_1.reshape(n, 2, 32))
-    d2__w_m_0_1_1 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_1, d_m[:, 32:128].reshape(n, 32, 3))
+    d2__m_m_0_27 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_1.reshape(n, 32, 6)).view(n, 3, 2, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    d2_d_m_28 = torch.bmm(d2_d__t_m_0_1_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 2), _w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 3)  # zupk,zpu->zuk
+    d2__w_m_0_1_1 = torch.bmm(d2_d__t_m_0_1_1.reshape(n * 32, 2, 3), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_1_2: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
-    d2_d__t_m_0_1_2 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 2, 5))
+    d2_d__t_m_0_1_2 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
-    d2__m_m_0_29 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 32:128].reshape(n, 32, 3), d__t_m_0_1_2)
-    d2_d_m_30 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_2, _w_m_0_1_2.reshape(n, 2, 32))
-    d2__w_m_0_1_2 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_2, d_m[:, 128:288].reshape(n, 32, 5))
+    d2__m_m_0_29 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_2.reshape(n, 32, 10)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    d2_d_m_30 = torch.bmm(d2_d__t_m_0_1_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2), _w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 5)  # zupk,zpu->zuk
+    d2__w_m_0_1_2 = torch.bmm(d2_d__t_m_0_1_2.reshape(n * 32, 2, 5), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_1_3: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
-    d2_d__t_m_0_1_3 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 67:76].reshape(n, 3, 1, 3))
+    d2_d__t_m_0_1_3 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 1, 3, 2).reshape(n, 3, 3)).view(n, 32, 1, 3)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
-    d2__m_m_0_31 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 32:128].reshape(n, 32, 3), d__t_m_0_1_3)
+    d2__m_m_0_31 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_3.permute(0, 1, 3, 2).reshape(n, 32, 3)).view(n, 3, 3, 1)  # zui,zupk->zikp
     d2_d_m_32 = d2_d__t_m_0_1_3.reshape(n, 32, 3) * w[:, 224:256].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_33 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_3, d_m[:, 288:384].reshape(n, 32, 3))
+    d2_w_33 = torch.bmm(d2_d__t_m_0_1_3.reshape(n * 32, 1, 3), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_1_4: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
-    d2_d__t_m_0_1_4 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 76:91].reshape(n, 3, 1, 5))
+    d2_d__t_m_0_1_4 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 1, 3, 2).reshape(n, 3, 5)).view(n, 32, 1, 5)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
-    d2__m_m_0_34 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 32:128].reshape(n, 32, 3), d__t_m_0_1_4)
+    d2__m_m_0_34 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_4.permute(0, 1, 3, 2).reshape(n, 32, 5)).view(n, 3, 5, 1)  # zui,zupk->zikp
     d2_d_m_35 = d2_d__t_m_0_1_4.reshape(n, 32, 5) * w[:, 288:320].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_36 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_4, d_m[:, 384:544].reshape(n, 32, 5))
+    d2_w_36 = torch.bmm(d2_d__t_m_0_1_4.reshape(n * 32, 1, 5), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_1_5: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
-    d2_d__t_m_0_1_5 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 91:112].reshape(n, 3, 1, 7))
+    d2_d__t_m_0_1_5 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
-    d2__m_m_0_37 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 32:128].reshape(n, 32, 3), d__t_m_0_1_5)
+    d2__m_m_0_37 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_5.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 3, 7, 1)  # zui,zupk->zikp
     d2_d_m_38 = d2_d__t_m_0_1_5.reshape(n, 32, 7) * w[:, 320:352].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_39 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_5, d_m[:, 544:768].reshape(n, 32, 7))
+    d2_w_39 = torch.bmm(d2_d__t_m_0_1_5.reshape(n * 32, 1, 7), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_1_6: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
-    d2_d__t_m_0_1_6 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 1, 7))
+    d2_d__t_m_0_1_6 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
-    d2__m_m_0_40 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 32:128].reshape(n, 32, 3), d__t_m_0_1_6)
+    d2__m_m_0_40 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_6.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 3, 7, 1)  # zui,zupk->zikp
     d2_d_m_41 = d2_d__t_m_0_1_6.reshape(n, 32, 7) * w[:, 384:416].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_42 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_6, d_m[:, 768:992].reshape(n, 32, 7))
+    d2_w_42 = torch.bmm(d2_d__t_m_0_1_6.reshape(n * 32, 1, 7), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_2_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
-    d2_d__t_m_0_2_0 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1))
+    d2_d__t_m_0_2_0 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1).permute(0, 1, 3, 2).reshape(n, 5, 1)).view(n, 32, 1, 1)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
-    d2__m_m_0_43 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 128:288].reshape(n, 32, 5), d__t_m_0_2_0)
+    d2__m_m_0_43 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1)).view(n, 5, 1, 1)  # zui,zupk->zikp
     d2_d_m_44 = d2_d__t_m_0_2_0.reshape(n, 32, 1) * w[:, 544:576].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_45 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_0, d_m[:, 0:32].reshape(n, 32, 1))
+    d2_w_45 = torch.bmm(d2_d__t_m_0_2_0.reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_2_1: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
-    d2_d__t_m_0_2_1 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 138:168].reshape(n, 5, 2, 3))
+    d2_d__t_m_0_2_1 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6)).view(n, 32, 2, 3)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
-    d2__m_m_0_46 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 128:288].reshape(n, 32, 5), d__t_m_0_2_1)
-    d2_d_m_47 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_1, _w_m_0_2_1.reshape(n, 2, 32))
-    d2__w_m_0_2_1 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_1, d_m[:, 32:128].reshape(n, 32, 3))
+    d2__m_m_0_46 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_1.reshape(n, 32, 6)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    d2_d_m_47 = torch.bmm(d2_d__t_m_0_2_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 2), _w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 3)  # zupk,zpu->zuk
+    d2__w_m_0_2_1 = torch.bmm(d2_d__t_m_0_2_1.reshape(n * 32, 2, 3), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_2_2: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
-    d2_d__t_m_0_2_2 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 2, 5))
+    d2_d__t_m_0_2_2 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
-    d2__m_m_0_48 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 128:288].reshape(n, 32, 5), d__t_m_0_2_2)
-    d2_d_m_49 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_2, _w_m_0_2_2.reshape(n, 2, 32))
-    d2__w_m_0_2_2 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_2, d_m[:, 128:288].reshape(n, 32, 5))
+    d2__m_m_0_48 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_2.reshape(n, 32, 10)).view(n, 5, 2, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    d2_d_m_49 = torch.bmm(d2_d__t_m_0_2_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2), _w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 5)  # zupk,zpu->zuk
+    d2__w_m_0_2_2 = torch.bmm(d2_d__t_m_0_2_2.reshape(n * 32, 2, 5), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_2_3: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
-    d2_d__t_m_0_2_3 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 218:233].reshape(n, 5, 1, 3))
+    d2_d__t_m_0_2_3 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 1, 3, 2).reshape(n, 5, 3)).view(n, 32, 1, 3)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
-    d2__m_m_0_50 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 128:288].reshape(n, 32, 5), d__t_m_0_2_3)
+    d2__m_m_0_50 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_3.permute(0, 1, 3, 2).reshape(n, 32, 3)).view(n, 5, 3, 1)  # zui,zupk->zikp
     d2_d_m_51 = d2_d__t_m_0_2_3.reshape(n, 32, 3) * w[:, 608:640].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_52 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_3, d_m[:, 288:384].reshape(n, 32, 3))
+    d2_w_52 = torch.bmm(d2_d__t_m_0_2_3.reshape(n * 32, 1, 3), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_2_4: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
-    d2_d__t_m_0_2_4 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 2, 5))
+    d2_d__t_m_0_2_4 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
-    d2__m_m_0_53 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 128:288].reshape(n, 32, 5), d__t_m_0_2_4)
-    d2_d_m_54 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_4, _w_m_0_2_4.reshape(n, 2, 32))
-    d2__w_m_0_2_4 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_4, d_m[:, 384:544].reshape(n, 32, 5))
+    d2__m_m_0_53 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_4.reshape(n, 32, 10)).view(n, 5, 2, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    d2_d_m_54 = torch.bmm(d2_d__t_m_0_2_4.permute(0, 1, 3, 2).reshape(n * 32, 5, 2), _w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 5)  # zupk,zpu->zuk
+    d2__w_m_0_2_4 = torch.bmm(d2_d__t_m_0_2_4.reshape(n * 32, 2, 5), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_2_5: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
-    d2_d__t_m_0_2_5 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 2, 7))
+    d2_d__t_m_0_2_5 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14)).view(n, 32, 2, 7)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
-    d2__m_m_0_55 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 128:288].reshape(n, 32, 5), d__t_m_0_2_5)
-    d2_d_m_56 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_5, _w_m_0_2_5.reshape(n, 2, 32))
-    d2__w_m_0_2_5 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_5, d_m[:, 544:768].reshape(n, 32, 7))
+    d2__m_m_0_55 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_5.reshape(n, 32, 14)).view(n, 5, 2, 7).permute(0, 1, 3, 2)  # zui,zupk->zikp
+    d2_d_m_56 = torch.bmm(d2_d__t_m_0_2_5.permute(0, 1, 3, 2).reshape(n * 32, 7, 2), _w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 7)  # zupk,zpu->zuk
+    d2__w_m_0_2_5 = torch.bmm(d2_d__t_m_0_2_5.reshape(n * 32, 2, 7), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_2_6: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
-    d2_d__t_m_0_2_6 = torch.einsum("zui,zipk->zupk", d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 353:388].reshape(n, 5, 1, 7))
+    d2_d__t_m_0_2_6 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 1, 3, 2).reshape(n, 5, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
-    d2__m_m_0_57 = torch.einsum("zui,zupk->zipk", d2_d_h[:, 128:288].reshape(n, 32, 5), d__t_m_0_2_6)
+    d2__m_m_0_57 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_6.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 5, 7, 1)  # zui,zupk->zikp
     d2_d_m_58 = d2_d__t_m_0_2_6.reshape(n, 32, 7) * w[:, 640:672].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_59 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_6, d_m[:, 768:992].reshape(n, 32, 7))
+    d2_w_59 = torch.bmm(d2_d__t_m_0_2_6.reshape(n * 32, 1, 7), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     d2_w_60 = d2__w_m_0_2_5.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d2_w_61 = d2__w_m_0_2_5.reshape(n, -1)[:, 0:32].reshape(n, 32)
     d2_w_62 = d2__w_m_0_2_4.reshape(n, -1)[:, 32:64].reshape(n, 32)
@@ -1235,7 +1235,7 @@ def _conv_tp_d2_h(
         d2__m_m_0_55.reshape(n, 70),
         d2__m_m_0_57.reshape(n, 35),
     ], dim=-1)
-    d2_sh_72 = torch.einsum("zc,jc->zj", d2__m_m_0, _g_m_0)
+    d2_sh_72 = torch.mm(d2__m_m_0, _g_m_0.permute(1, 0).reshape(388, 16)).view(n, 16)  # zc,jc->zj
     d2_h = weight.new_zeros(n, 288)
     d2_sh = d2_sh_72
     d2_w = torch.cat([
@@ -1295,158 +1295,158 @@ def _conv_tp_d2_sh(
     w_m_0_2_4_9 = w[:, 704:736].reshape(n, 32)
     w_m_0_2_5_10 = w[:, 512:544].reshape(n, 32)
     w_m_0_2_5_11 = w[:, 736:768].reshape(n, 32)
-    d__t_m_0_2_6 = torch.einsum("zuk,zpu->zupk", d_m[:, 768:992].reshape(n, 32, 7), w[:, 640:672].reshape(n, 1, 32))
+    d__t_m_0_2_6 = torch.bmm(w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
     _w_m_0_2_5 = torch.cat([
         w_m_0_2_5_10.reshape(n, 32),
         w_m_0_2_5_11.reshape(n, 32),
     ], dim=-1)
-    d__t_m_0_2_5 = torch.einsum("zuk,zpu->zupk", d_m[:, 544:768].reshape(n, 32, 7), _w_m_0_2_5.reshape(n, 2, 32))
+    d__t_m_0_2_5 = torch.bmm(_w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 2, 7)  # zuk,zpu->zupk
     _w_m_0_2_4 = torch.cat([
         w_m_0_2_4_8.reshape(n, 32),
         w_m_0_2_4_9.reshape(n, 32),
     ], dim=-1)
-    d__t_m_0_2_4 = torch.einsum("zuk,zpu->zupk", d_m[:, 384:544].reshape(n, 32, 5), _w_m_0_2_4.reshape(n, 2, 32))
-    d__t_m_0_2_3 = torch.einsum("zuk,zpu->zupk", d_m[:, 288:384].reshape(n, 32, 3), w[:, 608:640].reshape(n, 1, 32))
+    d__t_m_0_2_4 = torch.bmm(_w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
+    d__t_m_0_2_3 = torch.bmm(w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zuk,zpu->zupk
     _w_m_0_2_2 = torch.cat([
         w_m_0_2_2_6.reshape(n, 32),
         w_m_0_2_2_7.reshape(n, 32),
     ], dim=-1)
-    d__t_m_0_2_2 = torch.einsum("zuk,zpu->zupk", d_m[:, 128:288].reshape(n, 32, 5), _w_m_0_2_2.reshape(n, 2, 32))
+    d__t_m_0_2_2 = torch.bmm(_w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
     _w_m_0_2_1 = torch.cat([
         w_m_0_2_1_4.reshape(n, 32),
         w_m_0_2_1_5.reshape(n, 32),
     ], dim=-1)
-    d__t_m_0_2_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), _w_m_0_2_1.reshape(n, 2, 32))
-    d__t_m_0_2_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 544:576].reshape(n, 1, 32))
-    d__t_m_0_1_6 = torch.einsum("zuk,zpu->zupk", d_m[:, 768:992].reshape(n, 32, 7), w[:, 384:416].reshape(n, 1, 32))
-    d__t_m_0_1_5 = torch.einsum("zuk,zpu->zupk", d_m[:, 544:768].reshape(n, 32, 7), w[:, 320:352].reshape(n, 1, 32))
-    d__t_m_0_1_4 = torch.einsum("zuk,zpu->zupk", d_m[:, 384:544].reshape(n, 32, 5), w[:, 288:320].reshape(n, 1, 32))
-    d__t_m_0_1_3 = torch.einsum("zuk,zpu->zupk", d_m[:, 288:384].reshape(n, 32, 3), w[:, 224:256].reshape(n, 1, 32))
+    d__t_m_0_2_1 = torch.bmm(_w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 2, 3)  # zuk,zpu->zupk
+    d__t_m_0_2_0 = torch.bmm(w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zuk,zpu->zupk
+    d__t_m_0_1_6 = torch.bmm(w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
+    d__t_m_0_1_5 = torch.bmm(w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
+    d__t_m_0_1_4 = torch.bmm(w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 1, 5)  # zuk,zpu->zupk
+    d__t_m_0_1_3 = torch.bmm(w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zuk,zpu->zupk
     _w_m_0_1_2 = torch.cat([
         w_m_0_1_2_2.reshape(n, 32),
         w_m_0_1_2_3.reshape(n, 32),
     ], dim=-1)
-    d__t_m_0_1_2 = torch.einsum("zuk,zpu->zupk", d_m[:, 128:288].reshape(n, 32, 5), _w_m_0_1_2.reshape(n, 2, 32))
+    d__t_m_0_1_2 = torch.bmm(_w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
     _w_m_0_1_1 = torch.cat([
         w_m_0_1_1_0.reshape(n, 32),
         w_m_0_1_1_1.reshape(n, 32),
     ], dim=-1)
-    d__t_m_0_1_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), _w_m_0_1_1.reshape(n, 2, 32))
-    d__t_m_0_1_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 160:192].reshape(n, 1, 32))
-    d__t_m_0_0_5 = torch.einsum("zuk,zpu->zupk", d_m[:, 544:768].reshape(n, 32, 7), w[:, 96:128].reshape(n, 1, 32))
-    d__t_m_0_0_2 = torch.einsum("zuk,zpu->zupk", d_m[:, 128:288].reshape(n, 32, 5), w[:, 64:96].reshape(n, 1, 32))
-    d__t_m_0_0_1 = torch.einsum("zuk,zpu->zupk", d_m[:, 32:128].reshape(n, 32, 3), w[:, 32:64].reshape(n, 1, 32))
-    d__t_m_0_0_0 = torch.einsum("zuk,zpu->zupk", d_m[:, 0:32].reshape(n, 32, 1), w[:, 0:32].reshape(n, 1, 32))
+    d__t_m_0_1_1 = torch.bmm(_w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 2, 3)  # zuk,zpu->zupk
+    d__t_m_0_1_0 = torch.bmm(w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zuk,zpu->zupk
+    d__t_m_0_0_5 = torch.bmm(w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
+    d__t_m_0_0_2 = torch.bmm(w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 1, 5)  # zuk,zpu->zupk
+    d__t_m_0_0_1 = torch.bmm(w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zuk,zpu->zupk
+    d__t_m_0_0_0 = torch.bmm(w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zuk,zpu->zupk
     # ∂/∂d__m_m_0: ∂/∂sh: every path's (i, k) map at once: sh · G
-    d2_d__m_m_0 = torch.einsum("zj,jc->zc", d2_d_sh.reshape(n, 16), _g_m_0)
+    d2_d__m_m_0 = torch.mm(d2_d_sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
     # ∂/∂d__t_m_0_0_0: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
-    d2_d__t_m_0_0_0 = d2_d__m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    d2_d__t_m_0_0_0 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32).transpose(1, 2), d2_d__m_m_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
     d2_h_12 = d2_d__m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_m_0_0_0.reshape(n, 32, 1)
     d2_d_m_13 = d2_d__t_m_0_0_0.reshape(n, 32, 1) * w[:, 0:32].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_14 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_0, d_m[:, 0:32].reshape(n, 32, 1))
+    d2_w_14 = torch.bmm(d2_d__t_m_0_0_0.reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_0_1: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
-    d2_d__t_m_0_0_1 = d2_d__m_m_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    d2_d__t_m_0_0_1 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32).transpose(1, 2), d2_d__m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
-    d2_h_15 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 1:4].reshape(n, 1, 1, 3), d__t_m_0_0_1)
+    d2_h_15 = torch.bmm(d__t_m_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3).transpose(1, 2)).view(n, 32, 1)  # zikp,zupk->zui
     d2_d_m_16 = d2_d__t_m_0_0_1.reshape(n, 32, 3) * w[:, 32:64].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_17 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_1, d_m[:, 32:128].reshape(n, 32, 3))
+    d2_w_17 = torch.bmm(d2_d__t_m_0_0_1.reshape(n * 32, 1, 3), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_0_2: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
-    d2_d__t_m_0_0_2 = d2_d__m_m_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    d2_d__t_m_0_0_2 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32).transpose(1, 2), d2_d__m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2)).view(n, 32, 1, 5)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
-    d2_h_18 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 4:9].reshape(n, 1, 1, 5), d__t_m_0_0_2)
+    d2_h_18 = torch.bmm(d__t_m_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5).transpose(1, 2)).view(n, 32, 1)  # zikp,zupk->zui
     d2_d_m_19 = d2_d__t_m_0_0_2.reshape(n, 32, 5) * w[:, 64:96].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_20 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_2, d_m[:, 128:288].reshape(n, 32, 5))
+    d2_w_20 = torch.bmm(d2_d__t_m_0_0_2.reshape(n * 32, 1, 5), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_0_5: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
-    d2_d__t_m_0_0_5 = d2_d__m_m_0[:, 9:16].reshape(n, 1, 1, 7).reshape(n, 1, 1, 7) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    d2_d__t_m_0_0_5 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32).transpose(1, 2), d2_d__m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
-    d2_h_21 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 9:16].reshape(n, 1, 1, 7), d__t_m_0_0_5)
+    d2_h_21 = torch.bmm(d__t_m_0_0_5.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2), d2_d__m_m_0[:, 9:16].reshape(n, 1, 7, 1).reshape(n, 1, 7).transpose(1, 2)).view(n, 32, 1)  # zikp,zupk->zui
     d2_d_m_22 = d2_d__t_m_0_0_5.reshape(n, 32, 7) * w[:, 96:128].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_23 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_0_5, d_m[:, 544:768].reshape(n, 32, 7))
+    d2_w_23 = torch.bmm(d2_d__t_m_0_0_5.reshape(n * 32, 1, 7), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_1_0: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
-    d2_d__t_m_0_1_0 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 16:19].reshape(n, 3, 1, 1), h[:, 32:128].reshape(n, 32, 3))
+    d2_d__t_m_0_1_0 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 16:19].reshape(n, 3, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 3).transpose(1, 2)).view(n, 32, 1, 1)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
     d2_h_24 = d2_d__m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_m_0_1_0.reshape(n, 32, 1)
     d2_d_m_25 = d2_d__t_m_0_1_0.reshape(n, 32, 1) * w[:, 160:192].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_26 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_0, d_m[:, 0:32].reshape(n, 32, 1))
+    d2_w_26 = torch.bmm(d2_d__t_m_0_1_0.reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_1_1: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
-    d2_d__t_m_0_1_1 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 19:37].reshape(n, 3, 2, 3), h[:, 32:128].reshape(n, 32, 3))
+    d2_d__t_m_0_1_1 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 3).transpose(1, 2)).view(n, 32, 2, 3)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
-    d2_h_27 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 19:37].reshape(n, 3, 2, 3), d__t_m_0_1_1)
-    d2_d_m_28 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_1, _w_m_0_1_1.reshape(n, 2, 32))
-    d2__w_m_0_1_1 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_1, d_m[:, 32:128].reshape(n, 32, 3))
+    d2_h_27 = torch.bmm(d__t_m_0_1_1.permute(0, 2, 3, 1).reshape(n, 6, 32).transpose(1, 2), d2_d__m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6).transpose(1, 2)).view(n, 32, 3)  # zikp,zupk->zui
+    d2_d_m_28 = torch.bmm(d2_d__t_m_0_1_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 2), _w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 3)  # zupk,zpu->zuk
+    d2__w_m_0_1_1 = torch.bmm(d2_d__t_m_0_1_1.reshape(n * 32, 2, 3), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_1_2: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
-    d2_d__t_m_0_1_2 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 37:67].reshape(n, 3, 2, 5), h[:, 32:128].reshape(n, 32, 3))
+    d2_d__t_m_0_1_2 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2)).view(n, 32, 2, 5)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
-    d2_h_29 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 37:67].reshape(n, 3, 2, 5), d__t_m_0_1_2)
-    d2_d_m_30 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_1_2, _w_m_0_1_2.reshape(n, 2, 32))
-    d2__w_m_0_1_2 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_2, d_m[:, 128:288].reshape(n, 32, 5))
+    d2_h_29 = torch.bmm(d__t_m_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2), d2_d__m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10).transpose(1, 2)).view(n, 32, 3)  # zikp,zupk->zui
+    d2_d_m_30 = torch.bmm(d2_d__t_m_0_1_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2), _w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 5)  # zupk,zpu->zuk
+    d2__w_m_0_1_2 = torch.bmm(d2_d__t_m_0_1_2.reshape(n * 32, 2, 5), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_1_3: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
-    d2_d__t_m_0_1_3 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 67:76].reshape(n, 3, 1, 3), h[:, 32:128].reshape(n, 32, 3))
+    d2_d__t_m_0_1_3 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 3).transpose(1, 2)).view(n, 32, 1, 3)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
-    d2_h_31 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 67:76].reshape(n, 3, 1, 3), d__t_m_0_1_3)
+    d2_h_31 = torch.bmm(d__t_m_0_1_3.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 67:76].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2)).view(n, 32, 3)  # zikp,zupk->zui
     d2_d_m_32 = d2_d__t_m_0_1_3.reshape(n, 32, 3) * w[:, 224:256].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_33 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_3, d_m[:, 288:384].reshape(n, 32, 3))
+    d2_w_33 = torch.bmm(d2_d__t_m_0_1_3.reshape(n * 32, 1, 3), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_1_4: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
-    d2_d__t_m_0_1_4 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 76:91].reshape(n, 3, 1, 5), h[:, 32:128].reshape(n, 32, 3))
+    d2_d__t_m_0_1_4 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 3).transpose(1, 2)).view(n, 32, 1, 5)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
-    d2_h_34 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 76:91].reshape(n, 3, 1, 5), d__t_m_0_1_4)
+    d2_h_34 = torch.bmm(d__t_m_0_1_4.permute(0, 3, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 76:91].reshape(n, 3, 5, 1).reshape(n, 3, 5).transpose(1, 2)).view(n, 32, 3)  # zikp,zupk->zui
     d2_d_m_35 = d2_d__t_m_0_1_4.reshape(n, 32, 5) * w[:, 288:320].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_36 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_4, d_m[:, 384:544].reshape(n, 32, 5))
+    d2_w_36 = torch.bmm(d2_d__t_m_0_1_4.reshape(n * 32, 1, 5), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_1_5: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
-    d2_d__t_m_0_1_5 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 91:112].reshape(n, 3, 1, 7), h[:, 32:128].reshape(n, 32, 3))
+    d2_d__t_m_0_1_5 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2)).view(n, 32, 1, 7)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
-    d2_h_37 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 91:112].reshape(n, 3, 1, 7), d__t_m_0_1_5)
+    d2_h_37 = torch.bmm(d__t_m_0_1_5.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2), d2_d__m_m_0[:, 91:112].reshape(n, 3, 7, 1).reshape(n, 3, 7).transpose(1, 2)).view(n, 32, 3)  # zikp,zupk->zui
     d2_d_m_38 = d2_d__t_m_0_1_5.reshape(n, 32, 7) * w[:, 320:352].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_39 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_5, d_m[:, 544:768].reshape(n, 32, 7))
+    d2_w_39 = torch.bmm(d2_d__t_m_0_1_5.reshape(n * 32, 1, 7), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_1_6: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
-    d2_d__t_m_0_1_6 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 112:133].reshape(n, 3, 1, 7), h[:, 32:128].reshape(n, 32, 3))
+    d2_d__t_m_0_1_6 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2)).view(n, 32, 1, 7)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
-    d2_h_40 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 112:133].reshape(n, 3, 1, 7), d__t_m_0_1_6)
+    d2_h_40 = torch.bmm(d__t_m_0_1_6.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2), d2_d__m_m_0[:, 112:133].reshape(n, 3, 7, 1).reshape(n, 3, 7).transpose(1, 2)).view(n, 32, 3)  # zikp,zupk->zui
     d2_d_m_41 = d2_d__t_m_0_1_6.reshape(n, 32, 7) * w[:, 384:416].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_42 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_1_6, d_m[:, 768:992].reshape(n, 32, 7))
+    d2_w_42 = torch.bmm(d2_d__t_m_0_1_6.reshape(n * 32, 1, 7), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_2_0: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
-    d2_d__t_m_0_2_0 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 133:138].reshape(n, 5, 1, 1), h[:, 128:288].reshape(n, 32, 5))
+    d2_d__t_m_0_2_0 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 133:138].reshape(n, 5, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 5).transpose(1, 2)).view(n, 32, 1, 1)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
     d2_h_43 = d2_d__m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_m_0_2_0.reshape(n, 32, 1)
     d2_d_m_44 = d2_d__t_m_0_2_0.reshape(n, 32, 1) * w[:, 544:576].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_45 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_0, d_m[:, 0:32].reshape(n, 32, 1))
+    d2_w_45 = torch.bmm(d2_d__t_m_0_2_0.reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_2_1: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
-    d2_d__t_m_0_2_1 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 138:168].reshape(n, 5, 2, 3), h[:, 128:288].reshape(n, 32, 5))
+    d2_d__t_m_0_2_1 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2)).view(n, 32, 2, 3)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
-    d2_h_46 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 138:168].reshape(n, 5, 2, 3), d__t_m_0_2_1)
-    d2_d_m_47 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_1, _w_m_0_2_1.reshape(n, 2, 32))
-    d2__w_m_0_2_1 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_1, d_m[:, 32:128].reshape(n, 32, 3))
+    d2_h_46 = torch.bmm(d__t_m_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 32).transpose(1, 2), d2_d__m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6).transpose(1, 2)).view(n, 32, 5)  # zikp,zupk->zui
+    d2_d_m_47 = torch.bmm(d2_d__t_m_0_2_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 2), _w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 3)  # zupk,zpu->zuk
+    d2__w_m_0_2_1 = torch.bmm(d2_d__t_m_0_2_1.reshape(n * 32, 2, 3), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_2_2: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
-    d2_d__t_m_0_2_2 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 168:218].reshape(n, 5, 2, 5), h[:, 128:288].reshape(n, 32, 5))
+    d2_d__t_m_0_2_2 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2)).view(n, 32, 2, 5)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
-    d2_h_48 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 168:218].reshape(n, 5, 2, 5), d__t_m_0_2_2)
-    d2_d_m_49 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_2, _w_m_0_2_2.reshape(n, 2, 32))
-    d2__w_m_0_2_2 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_2, d_m[:, 128:288].reshape(n, 32, 5))
+    d2_h_48 = torch.bmm(d__t_m_0_2_2.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2), d2_d__m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10).transpose(1, 2)).view(n, 32, 5)  # zikp,zupk->zui
+    d2_d_m_49 = torch.bmm(d2_d__t_m_0_2_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2), _w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 5)  # zupk,zpu->zuk
+    d2__w_m_0_2_2 = torch.bmm(d2_d__t_m_0_2_2.reshape(n * 32, 2, 5), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_2_3: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
-    d2_d__t_m_0_2_3 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 218:233].reshape(n, 5, 1, 3), h[:, 128:288].reshape(n, 32, 5))
+    d2_d__t_m_0_2_3 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 5).transpose(1, 2)).view(n, 32, 1, 3)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
-    d2_h_50 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 218:233].reshape(n, 5, 1, 3), d__t_m_0_2_3)
+    d2_h_50 = torch.bmm(d__t_m_0_2_3.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 218:233].reshape(n, 5, 3, 1).reshape(n, 5, 3).transpose(1, 2)).view(n, 32, 5)  # zikp,zupk->zui
     d2_d_m_51 = d2_d__t_m_0_2_3.reshape(n, 32, 3) * w[:, 608:640].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_52 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_3, d_m[:, 288:384].reshape(n, 32, 3))
+    d2_w_52 = torch.bmm(d2_d__t_m_0_2_3.reshape(n * 32, 1, 3), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_2_4: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
-    d2_d__t_m_0_2_4 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 233:283].reshape(n, 5, 2, 5), h[:, 128:288].reshape(n, 32, 5))
+    d2_d__t_m_0_2_4 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2)).view(n, 32, 2, 5)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
-    d2_h_53 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 233:283].reshape(n, 5, 2, 5), d__t_m_0_2_4)
-    d2_d_m_54 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_4, _w_m_0_2_4.reshape(n, 2, 32))
-    d2__w_m_0_2_4 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_4, d_m[:, 384:544].reshape(n, 32, 5))
+    d2_h_53 = torch.bmm(d__t_m_0_2_4.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2), d2_d__m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10).transpose(1, 2)).view(n, 32, 5)  # zikp,zupk->zui
+    d2_d_m_54 = torch.bmm(d2_d__t_m_0_2_4.permute(0, 1, 3, 2).reshape(n * 32, 5, 2), _w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 5)  # zupk,zpu->zuk
+    d2__w_m_0_2_4 = torch.bmm(d2_d__t_m_0_2_4.reshape(n * 32, 2, 5), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_2_5: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
-    d2_d__t_m_0_2_5 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 283:353].reshape(n, 5, 2, 7), h[:, 128:288].reshape(n, 32, 5))
+    d2_d__t_m_0_2_5 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 3, 2, 1).reshape(n, 14, 5).transpose(1, 2)).view(n, 32, 2, 7)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
-    d2_h_55 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 283:353].reshape(n, 5, 2, 7), d__t_m_0_2_5)
-    d2_d_m_56 = torch.einsum("zupk,zpu->zuk", d2_d__t_m_0_2_5, _w_m_0_2_5.reshape(n, 2, 32))
-    d2__w_m_0_2_5 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_5, d_m[:, 544:768].reshape(n, 32, 7))
+    d2_h_55 = torch.bmm(d__t_m_0_2_5.permute(0, 2, 3, 1).reshape(n, 14, 32).transpose(1, 2), d2_d__m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14).transpose(1, 2)).view(n, 32, 5)  # zikp,zupk->zui
+    d2_d_m_56 = torch.bmm(d2_d__t_m_0_2_5.permute(0, 1, 3, 2).reshape(n * 32, 7, 2), _w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 7)  # zupk,zpu->zuk
+    d2__w_m_0_2_5 = torch.bmm(d2_d__t_m_0_2_5.reshape(n * 32, 2, 7), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
     # ∂/∂d__t_m_0_2_6: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
-    d2_d__t_m_0_2_6 = torch.einsum("zipk,zui->zupk", d2_d__m_m_0[:, 353:388].reshape(n, 5, 1, 7), h[:, 128:288].reshape(n, 32, 5))
+    d2_d__t_m_0_2_6 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 5).transpose(1, 2)).view(n, 32, 1, 7)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
-    d2_h_57 = torch.einsum("zipk,zupk->zui", d2_d__m_m_0[:, 353:388].reshape(n, 5, 1, 7), d__t_m_0_2_6)
+    d2_h_57 = torch.bmm(d__t_m_0_2_6.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2), d2_d__m_m_0[:, 353:388].reshape(n, 5, 7, 1).reshape(n, 5, 7).transpose(1, 2)).view(n, 32, 5)  # zikp,zupk->zui
     d2_d_m_58 = d2_d__t_m_0_2_6.reshape(n, 32, 7) * w[:, 640:672].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_59 = torch.einsum("zupk,zuk->zpu", d2_d__t_m_0_2_6, d_m[:, 768:992].reshape(n, 32, 7))
+    d2_w_59 = torch.bmm(d2_d__t_m_0_2_6.reshape(n * 32, 1, 7), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
     d2_w_60 = d2__w_m_0_2_5.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d2_w_61 = d2__w_m_0_2_5.reshape(n, -1)[:, 0:32].reshape(n, 32)
     d2_w_62 = d2__w_m_0_2_4.reshape(n, -1)[:, 32:64].reshape(n, 32)
@@ -1511,187 +1511,187 @@ def _conv_tp_d2_w(
     """the vector-Jacobian product of conv_tp_d for the cotangent of d_w: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992), d2_d_w (n, 768) -> d2_h (n, 288), d2_sh (n, 16), d2_w (n, 768), d2_d_m (n, 992), d2_weight (0,)."""
     n = h.shape[0]
     # every path's (i, k) map at once: sh · G
-    _m_m_0 = torch.einsum("zj,jc->zc", sh.reshape(n, 16), _g_m_0)
+    _m_m_0 = torch.mm(sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
     # 1 paths 32x0e ⊗ sh -> 32x0e
-    _t_m_0_0_0 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    _t_m_0_0_0 = torch.bmm(h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1)).view(n, 32, 1, 1)  # zui,zikp->zupk
     # 1 paths 32x0e ⊗ sh -> 32x1o
-    _t_m_0_0_1 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 1, 3)
+    _t_m_0_0_1 = torch.bmm(h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 32, 1, 3)  # zui,zikp->zupk
     # 1 paths 32x0e ⊗ sh -> 32x2e
-    _t_m_0_0_2 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 4:9].reshape(n, 1, 1, 5).reshape(n, 1, 1, 5)
+    _t_m_0_0_2 = torch.bmm(h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 32, 1, 5)  # zui,zikp->zupk
     # 1 paths 32x0e ⊗ sh -> 32x3o
-    _t_m_0_0_5 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 9:16].reshape(n, 1, 1, 7).reshape(n, 1, 1, 7)
+    _t_m_0_0_5 = torch.bmm(h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 1, 3, 2).reshape(n, 1, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     # 1 paths 32x1o ⊗ sh -> 32x0e
-    _t_m_0_1_0 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1))
+    _t_m_0_1_0 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1).permute(0, 1, 3, 2).reshape(n, 3, 1)).view(n, 32, 1, 1)  # zui,zikp->zupk
     # 2 paths 32x1o ⊗ sh -> 32x1o
-    _t_m_0_1_1 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 2, 3))
+    _t_m_0_1_1 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6)).view(n, 32, 2, 3)  # zui,zikp->zupk
     # 2 paths 32x1o ⊗ sh -> 32x2e
-    _t_m_0_1_2 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 2, 5))
+    _t_m_0_1_2 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     # 1 paths 32x1o ⊗ sh -> 32x1e
-    _t_m_0_1_3 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 67:76].reshape(n, 3, 1, 3))
+    _t_m_0_1_3 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 1, 3, 2).reshape(n, 3, 3)).view(n, 32, 1, 3)  # zui,zikp->zupk
     # 1 paths 32x1o ⊗ sh -> 32x2o
-    _t_m_0_1_4 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 76:91].reshape(n, 3, 1, 5))
+    _t_m_0_1_4 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 1, 3, 2).reshape(n, 3, 5)).view(n, 32, 1, 5)  # zui,zikp->zupk
     # 1 paths 32x1o ⊗ sh -> 32x3o
-    _t_m_0_1_5 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 91:112].reshape(n, 3, 1, 7))
+    _t_m_0_1_5 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     # 1 paths 32x1o ⊗ sh -> 32x3e
-    _t_m_0_1_6 = torch.einsum("zui,zipk->zupk", h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 1, 7))
+    _t_m_0_1_6 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     # 1 paths 32x2e ⊗ sh -> 32x0e
-    _t_m_0_2_0 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1))
+    _t_m_0_2_0 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1).permute(0, 1, 3, 2).reshape(n, 5, 1)).view(n, 32, 1, 1)  # zui,zikp->zupk
     # 2 paths 32x2e ⊗ sh -> 32x1o
-    _t_m_0_2_1 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 138:168].reshape(n, 5, 2, 3))
+    _t_m_0_2_1 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6)).view(n, 32, 2, 3)  # zui,zikp->zupk
     # 2 paths 32x2e ⊗ sh -> 32x2e
-    _t_m_0_2_2 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 2, 5))
+    _t_m_0_2_2 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     # 1 paths 32x2e ⊗ sh -> 32x1e
-    _t_m_0_2_3 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 218:233].reshape(n, 5, 1, 3))
+    _t_m_0_2_3 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 1, 3, 2).reshape(n, 5, 3)).view(n, 32, 1, 3)  # zui,zikp->zupk
     # 2 paths 32x2e ⊗ sh -> 32x2o
-    _t_m_0_2_4 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 2, 5))
+    _t_m_0_2_4 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     # 2 paths 32x2e ⊗ sh -> 32x3o
-    _t_m_0_2_5 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 2, 7))
+    _t_m_0_2_5 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14)).view(n, 32, 2, 7)  # zui,zikp->zupk
     # 1 paths 32x2e ⊗ sh -> 32x3e
-    _t_m_0_2_6 = torch.einsum("zui,zipk->zupk", h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 353:388].reshape(n, 5, 1, 7))
+    _t_m_0_2_6 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 1, 3, 2).reshape(n, 5, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     d2_d_m_0 = d2_d_w[:, 0:32].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_0_0.reshape(n, 32, 1)
-    d2__t_m_0_0_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 0:32].reshape(n, 1, 32), d_m[:, 0:32].reshape(n, 32, 1))
+    d2__t_m_0_0_0 = torch.bmm(d2_d_w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1, 1)  # zpu,zuk->zupk
     d2_d_m_1 = d2_d_w[:, 32:64].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_0_1.reshape(n, 32, 3)
-    d2__t_m_0_0_1 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 32:64].reshape(n, 1, 32), d_m[:, 32:128].reshape(n, 32, 3))
+    d2__t_m_0_0_1 = torch.bmm(d2_d_w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 1, 3)).view(n, 32, 1, 3)  # zpu,zuk->zupk
     d2_d_m_2 = d2_d_w[:, 64:96].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_0_2.reshape(n, 32, 5)
-    d2__t_m_0_0_2 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 64:96].reshape(n, 1, 32), d_m[:, 128:288].reshape(n, 32, 5))
+    d2__t_m_0_0_2 = torch.bmm(d2_d_w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 1, 5)).view(n, 32, 1, 5)  # zpu,zuk->zupk
     d2_d_m_3 = d2_d_w[:, 96:128].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_0_5.reshape(n, 32, 7)
-    d2__t_m_0_0_5 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 96:128].reshape(n, 1, 32), d_m[:, 544:768].reshape(n, 32, 7))
+    d2__t_m_0_0_5 = torch.bmm(d2_d_w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 1, 7)).view(n, 32, 1, 7)  # zpu,zuk->zupk
     d2_d_m_4 = d2_d_w[:, 160:192].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_1_0.reshape(n, 32, 1)
-    d2__t_m_0_1_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 160:192].reshape(n, 1, 32), d_m[:, 0:32].reshape(n, 32, 1))
+    d2__t_m_0_1_0 = torch.bmm(d2_d_w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1, 1)  # zpu,zuk->zupk
     d2_d__w_m_0_1_1_5 = d2_d_w[:, 128:160].reshape(n, 32)
     d2_d__w_m_0_1_1_6 = d2_d_w[:, 256:288].reshape(n, 32)
     d2_d__w_m_0_1_1 = torch.cat([
         d2_d__w_m_0_1_1_5.reshape(n, 32),
         d2_d__w_m_0_1_1_6.reshape(n, 32),
     ], dim=-1)
-    d2_d_m_7 = torch.einsum("zpu,zupk->zuk", d2_d__w_m_0_1_1.reshape(n, 2, 32), _t_m_0_1_1)
-    d2__t_m_0_1_1 = torch.einsum("zpu,zuk->zupk", d2_d__w_m_0_1_1.reshape(n, 2, 32), d_m[:, 32:128].reshape(n, 32, 3))
+    d2_d_m_7 = torch.bmm(d2_d__w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_1_1.reshape(n * 32, 2, 3)).view(n, 32, 3)  # zpu,zupk->zuk
+    d2__t_m_0_1_1 = torch.bmm(d2_d__w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 1, 3)).view(n, 32, 2, 3)  # zpu,zuk->zupk
     d2_d__w_m_0_1_2_8 = d2_d_w[:, 192:224].reshape(n, 32)
     d2_d__w_m_0_1_2_9 = d2_d_w[:, 352:384].reshape(n, 32)
     d2_d__w_m_0_1_2 = torch.cat([
         d2_d__w_m_0_1_2_8.reshape(n, 32),
         d2_d__w_m_0_1_2_9.reshape(n, 32),
     ], dim=-1)
-    d2_d_m_10 = torch.einsum("zpu,zupk->zuk", d2_d__w_m_0_1_2.reshape(n, 2, 32), _t_m_0_1_2)
-    d2__t_m_0_1_2 = torch.einsum("zpu,zuk->zupk", d2_d__w_m_0_1_2.reshape(n, 2, 32), d_m[:, 128:288].reshape(n, 32, 5))
+    d2_d_m_10 = torch.bmm(d2_d__w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_1_2.reshape(n * 32, 2, 5)).view(n, 32, 5)  # zpu,zupk->zuk
+    d2__t_m_0_1_2 = torch.bmm(d2_d__w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 1, 5)).view(n, 32, 2, 5)  # zpu,zuk->zupk
     d2_d_m_11 = d2_d_w[:, 224:256].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_1_3.reshape(n, 32, 3)
-    d2__t_m_0_1_3 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 224:256].reshape(n, 1, 32), d_m[:, 288:384].reshape(n, 32, 3))
+    d2__t_m_0_1_3 = torch.bmm(d2_d_w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 1, 3)).view(n, 32, 1, 3)  # zpu,zuk->zupk
     d2_d_m_12 = d2_d_w[:, 288:320].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_1_4.reshape(n, 32, 5)
-    d2__t_m_0_1_4 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 288:320].reshape(n, 1, 32), d_m[:, 384:544].reshape(n, 32, 5))
+    d2__t_m_0_1_4 = torch.bmm(d2_d_w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 1, 5)).view(n, 32, 1, 5)  # zpu,zuk->zupk
     d2_d_m_13 = d2_d_w[:, 320:352].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_1_5.reshape(n, 32, 7)
-    d2__t_m_0_1_5 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 320:352].reshape(n, 1, 32), d_m[:, 544:768].reshape(n, 32, 7))
+    d2__t_m_0_1_5 = torch.bmm(d2_d_w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 1, 7)).view(n, 32, 1, 7)  # zpu,zuk->zupk
     d2_d_m_14 = d2_d_w[:, 384:416].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_1_6.reshape(n, 32, 7)
-    d2__t_m_0_1_6 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 384:416].reshape(n, 1, 32), d_m[:, 768:992].reshape(n, 32, 7))
+    d2__t_m_0_1_6 = torch.bmm(d2_d_w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 1, 7)).view(n, 32, 1, 7)  # zpu,zuk->zupk
     d2_d_m_15 = d2_d_w[:, 544:576].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_2_0.reshape(n, 32, 1)
-    d2__t_m_0_2_0 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 544:576].reshape(n, 1, 32), d_m[:, 0:32].reshape(n, 32, 1))
+    d2__t_m_0_2_0 = torch.bmm(d2_d_w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1, 1)  # zpu,zuk->zupk
     d2_d__w_m_0_2_1_16 = d2_d_w[:, 448:480].reshape(n, 32)
     d2_d__w_m_0_2_1_17 = d2_d_w[:, 672:704].reshape(n, 32)
     d2_d__w_m_0_2_1 = torch.cat([
         d2_d__w_m_0_2_1_16.reshape(n, 32),
         d2_d__w_m_0_2_1_17.reshape(n, 32),
     ], dim=-1)
-    d2_d_m_18 = torch.einsum("zpu,zupk->zuk", d2_d__w_m_0_2_1.reshape(n, 2, 32), _t_m_0_2_1)
-    d2__t_m_0_2_1 = torch.einsum("zpu,zuk->zupk", d2_d__w_m_0_2_1.reshape(n, 2, 32), d_m[:, 32:128].reshape(n, 32, 3))
+    d2_d_m_18 = torch.bmm(d2_d__w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_2_1.reshape(n * 32, 2, 3)).view(n, 32, 3)  # zpu,zupk->zuk
+    d2__t_m_0_2_1 = torch.bmm(d2_d__w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 1, 3)).view(n, 32, 2, 3)  # zpu,zuk->zupk
     d2_d__w_m_0_2_2_19 = d2_d_w[:, 416:448].reshape(n, 32)
     d2_d__w_m_0_2_2_20 = d2_d_w[:, 576:608].reshape(n, 32)
     d2_d__w_m_0_2_2 = torch.cat([
         d2_d__w_m_0_2_2_19.reshape(n, 32),
         d2_d__w_m_0_2_2_20.reshape(n, 32),
     ], dim=-1)
-    d2_d_m_21 = torch.einsum("zpu,zupk->zuk", d2_d__w_m_0_2_2.reshape(n, 2, 32), _t_m_0_2_2)
-    d2__t_m_0_2_2 = torch.einsum("zpu,zuk->zupk", d2_d__w_m_0_2_2.reshape(n, 2, 32), d_m[:, 128:288].reshape(n, 32, 5))
+    d2_d_m_21 = torch.bmm(d2_d__w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_2_2.reshape(n * 32, 2, 5)).view(n, 32, 5)  # zpu,zupk->zuk
+    d2__t_m_0_2_2 = torch.bmm(d2_d__w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 1, 5)).view(n, 32, 2, 5)  # zpu,zuk->zupk
     d2_d_m_22 = d2_d_w[:, 608:640].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_2_3.reshape(n, 32, 3)
-    d2__t_m_0_2_3 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 608:640].reshape(n, 1, 32), d_m[:, 288:384].reshape(n, 32, 3))
+    d2__t_m_0_2_3 = torch.bmm(d2_d_w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 1, 3)).view(n, 32, 1, 3)  # zpu,zuk->zupk
     d2_d__w_m_0_2_4_23 = d2_d_w[:, 480:512].reshape(n, 32)
     d2_d__w_m_0_2_4_24 = d2_d_w[:, 704:736].reshape(n, 32)
     d2_d__w_m_0_2_4 = torch.cat([
         d2_d__w_m_0_2_4_23.reshape(n, 32),
         d2_d__w_m_0_2_4_24.reshape(n, 32),
     ], dim=-1)
-    d2_d_m_25 = torch.einsum("zpu,zupk->zuk", d2_d__w_m_0_2_4.reshape(n, 2, 32), _t_m_0_2_4)
-    d2__t_m_0_2_4 = torch.einsum("zpu,zuk->zupk", d2_d__w_m_0_2_4.reshape(n, 2, 32), d_m[:, 384:544].reshape(n, 32, 5))
+    d2_d_m_25 = torch.bmm(d2_d__w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_2_4.reshape(n * 32, 2, 5)).view(n, 32, 5)  # zpu,zupk->zuk
+    d2__t_m_0_2_4 = torch.bmm(d2_d__w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 1, 5)).view(n, 32, 2, 5)  # zpu,zuk->zupk
     d2_d__w_m_0_2_5_26 = d2_d_w[:, 512:544].reshape(n, 32)
     d2_d__w_m_0_2_5_27 = d2_d_w[:, 736:768].reshape(n, 32)
     d2_d__w_m_0_2_5 = torch.cat([
         d2_d__w_m_0_2_5_26.reshape(n, 32),
         d2_d__w_m_0_2_5_27.reshape(n, 32),
     ], dim=-1)
-    d2_d_m_28 = torch.einsum("zpu,zupk->zuk", d2_d__w_m_0_2_5.reshape(n, 2, 32), _t_m_0_2_5)
-    d2__t_m_0_2_5 = torch.einsum("zpu,zuk->zupk", d2_d__w_m_0_2_5.reshape(n, 2, 32), d_m[:, 544:768].reshape(n, 32, 7))
+    d2_d_m_28 = torch.bmm(d2_d__w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_2_5.reshape(n * 32, 2, 7)).view(n, 32, 7)  # zpu,zupk->zuk
+    d2__t_m_0_2_5 = torch.bmm(d2_d__w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 1, 7)).view(n, 32, 2, 7)  # zpu,zuk->zupk
     d2_d_m_29 = d2_d_w[:, 640:672].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_2_6.reshape(n, 32, 7)
-    d2__t_m_0_2_6 = torch.einsum("zpu,zuk->zupk", d2_d_w[:, 640:672].reshape(n, 1, 32), d_m[:, 768:992].reshape(n, 32, 7))
+    d2__t_m_0_2_6 = torch.bmm(d2_d_w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 1, 7)).view(n, 32, 1, 7)  # zpu,zuk->zupk
     # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
-    d2_h_30 = torch.einsum("zupk,zipk->zui", d2__t_m_0_2_6, _m_m_0[:, 353:388].reshape(n, 5, 1, 7))
+    d2_h_30 = torch.bmm(d2__t_m_0_2_6.reshape(n, 32, 7), _m_m_0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 5)).view(n, 32, 5)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
-    d2__m_m_0_31 = torch.einsum("zupk,zui->zipk", d2__t_m_0_2_6, h[:, 128:288].reshape(n, 32, 5))
+    d2__m_m_0_31 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m_0_2_6.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 5, 7, 1)  # zupk,zui->zikp
     # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
-    d2_h_32 = torch.einsum("zupk,zipk->zui", d2__t_m_0_2_5, _m_m_0[:, 283:353].reshape(n, 5, 2, 7))
+    d2_h_32 = torch.bmm(d2__t_m_0_2_5.reshape(n, 32, 14), _m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 3, 2, 1).reshape(n, 14, 5)).view(n, 32, 5)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
-    d2__m_m_0_33 = torch.einsum("zupk,zui->zipk", d2__t_m_0_2_5, h[:, 128:288].reshape(n, 32, 5))
+    d2__m_m_0_33 = torch.bmm(d2__t_m_0_2_5.permute(0, 2, 3, 1).reshape(n, 14, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 2, 7, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
-    d2_h_34 = torch.einsum("zupk,zipk->zui", d2__t_m_0_2_4, _m_m_0[:, 233:283].reshape(n, 5, 2, 5))
+    d2_h_34 = torch.bmm(d2__t_m_0_2_4.reshape(n, 32, 10), _m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5)).view(n, 32, 5)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
-    d2__m_m_0_35 = torch.einsum("zupk,zui->zipk", d2__t_m_0_2_4, h[:, 128:288].reshape(n, 32, 5))
+    d2__m_m_0_35 = torch.bmm(d2__t_m_0_2_4.permute(0, 2, 3, 1).reshape(n, 10, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 2, 5, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
-    d2_h_36 = torch.einsum("zupk,zipk->zui", d2__t_m_0_2_3, _m_m_0[:, 218:233].reshape(n, 5, 1, 3))
+    d2_h_36 = torch.bmm(d2__t_m_0_2_3.reshape(n, 32, 3), _m_m_0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 5)).view(n, 32, 5)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
-    d2__m_m_0_37 = torch.einsum("zupk,zui->zipk", d2__t_m_0_2_3, h[:, 128:288].reshape(n, 32, 5))
+    d2__m_m_0_37 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m_0_2_3.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 5, 3, 1)  # zupk,zui->zikp
     # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
-    d2_h_38 = torch.einsum("zupk,zipk->zui", d2__t_m_0_2_2, _m_m_0[:, 168:218].reshape(n, 5, 2, 5))
+    d2_h_38 = torch.bmm(d2__t_m_0_2_2.reshape(n, 32, 10), _m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5)).view(n, 32, 5)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
-    d2__m_m_0_39 = torch.einsum("zupk,zui->zipk", d2__t_m_0_2_2, h[:, 128:288].reshape(n, 32, 5))
+    d2__m_m_0_39 = torch.bmm(d2__t_m_0_2_2.permute(0, 2, 3, 1).reshape(n, 10, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 2, 5, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
-    d2_h_40 = torch.einsum("zupk,zipk->zui", d2__t_m_0_2_1, _m_m_0[:, 138:168].reshape(n, 5, 2, 3))
+    d2_h_40 = torch.bmm(d2__t_m_0_2_1.reshape(n, 32, 6), _m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5)).view(n, 32, 5)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
-    d2__m_m_0_41 = torch.einsum("zupk,zui->zipk", d2__t_m_0_2_1, h[:, 128:288].reshape(n, 32, 5))
+    d2__m_m_0_41 = torch.bmm(d2__t_m_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 2, 3, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
     d2_h_42 = d2__t_m_0_2_0.reshape(n, 32, 1) * _m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 1, 5)
     # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
-    d2__m_m_0_43 = torch.einsum("zupk,zui->zipk", d2__t_m_0_2_0, h[:, 128:288].reshape(n, 32, 5))
+    d2__m_m_0_43 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m_0_2_0.permute(0, 3, 2, 1).reshape(n, 1, 32).transpose(1, 2)).view(n, 5, 1, 1)  # zupk,zui->zikp
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
-    d2_h_44 = torch.einsum("zupk,zipk->zui", d2__t_m_0_1_6, _m_m_0[:, 112:133].reshape(n, 3, 1, 7))
+    d2_h_44 = torch.bmm(d2__t_m_0_1_6.reshape(n, 32, 7), _m_m_0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3)).view(n, 32, 3)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
-    d2__m_m_0_45 = torch.einsum("zupk,zui->zipk", d2__t_m_0_1_6, h[:, 32:128].reshape(n, 32, 3))
+    d2__m_m_0_45 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m_0_1_6.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 3, 7, 1)  # zupk,zui->zikp
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
-    d2_h_46 = torch.einsum("zupk,zipk->zui", d2__t_m_0_1_5, _m_m_0[:, 91:112].reshape(n, 3, 1, 7))
+    d2_h_46 = torch.bmm(d2__t_m_0_1_5.reshape(n, 32, 7), _m_m_0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3)).view(n, 32, 3)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
-    d2__m_m_0_47 = torch.einsum("zupk,zui->zipk", d2__t_m_0_1_5, h[:, 32:128].reshape(n, 32, 3))
+    d2__m_m_0_47 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m_0_1_5.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 3, 7, 1)  # zupk,zui->zikp
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
-    d2_h_48 = torch.einsum("zupk,zipk->zui", d2__t_m_0_1_4, _m_m_0[:, 76:91].reshape(n, 3, 1, 5))
+    d2_h_48 = torch.bmm(d2__t_m_0_1_4.reshape(n, 32, 5), _m_m_0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 3)).view(n, 32, 3)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
-    d2__m_m_0_49 = torch.einsum("zupk,zui->zipk", d2__t_m_0_1_4, h[:, 32:128].reshape(n, 32, 3))
+    d2__m_m_0_49 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m_0_1_4.permute(0, 3, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 3, 5, 1)  # zupk,zui->zikp
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
-    d2_h_50 = torch.einsum("zupk,zipk->zui", d2__t_m_0_1_3, _m_m_0[:, 67:76].reshape(n, 3, 1, 3))
+    d2_h_50 = torch.bmm(d2__t_m_0_1_3.reshape(n, 32, 3), _m_m_0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 3)).view(n, 32, 3)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
-    d2__m_m_0_51 = torch.einsum("zupk,zui->zipk", d2__t_m_0_1_3, h[:, 32:128].reshape(n, 32, 3))
+    d2__m_m_0_51 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m_0_1_3.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 3, 3, 1)  # zupk,zui->zikp
     # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
-    d2_h_52 = torch.einsum("zupk,zipk->zui", d2__t_m_0_1_2, _m_m_0[:, 37:67].reshape(n, 3, 2, 5))
+    d2_h_52 = torch.bmm(d2__t_m_0_1_2.reshape(n, 32, 10), _m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3)).view(n, 32, 3)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
-    d2__m_m_0_53 = torch.einsum("zupk,zui->zipk", d2__t_m_0_1_2, h[:, 32:128].reshape(n, 32, 3))
+    d2__m_m_0_53 = torch.bmm(d2__t_m_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 32), h[:, 32:128].reshape(n, 32, 3)).view(n, 2, 5, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
     # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
-    d2_h_54 = torch.einsum("zupk,zipk->zui", d2__t_m_0_1_1, _m_m_0[:, 19:37].reshape(n, 3, 2, 3))
+    d2_h_54 = torch.bmm(d2__t_m_0_1_1.reshape(n, 32, 6), _m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 3)).view(n, 32, 3)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
-    d2__m_m_0_55 = torch.einsum("zupk,zui->zipk", d2__t_m_0_1_1, h[:, 32:128].reshape(n, 32, 3))
+    d2__m_m_0_55 = torch.bmm(d2__t_m_0_1_1.permute(0, 2, 3, 1).reshape(n, 6, 32), h[:, 32:128].reshape(n, 32, 3)).view(n, 2, 3, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
     d2_h_56 = d2__t_m_0_1_0.reshape(n, 32, 1) * _m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
-    d2__m_m_0_57 = torch.einsum("zupk,zui->zipk", d2__t_m_0_1_0, h[:, 32:128].reshape(n, 32, 3))
+    d2__m_m_0_57 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m_0_1_0.permute(0, 3, 2, 1).reshape(n, 1, 32).transpose(1, 2)).view(n, 3, 1, 1)  # zupk,zui->zikp
     # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
-    d2_h_58 = torch.einsum("zupk,zipk->zui", d2__t_m_0_0_5, _m_m_0[:, 9:16].reshape(n, 1, 1, 7))
+    d2_h_58 = torch.bmm(d2__t_m_0_0_5.reshape(n, 32, 7), _m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 1)).view(n, 32, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
-    d2__m_m_0_59 = torch.einsum("zupk,zui->zipk", d2__t_m_0_0_5, h[:, 0:32].reshape(n, 32, 1))
+    d2__m_m_0_59 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m_0_0_5.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 1, 7, 1)  # zupk,zui->zikp
     # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
-    d2_h_60 = torch.einsum("zupk,zipk->zui", d2__t_m_0_0_2, _m_m_0[:, 4:9].reshape(n, 1, 1, 5))
+    d2_h_60 = torch.bmm(d2__t_m_0_0_2.reshape(n, 32, 5), _m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1)).view(n, 32, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
-    d2__m_m_0_61 = torch.einsum("zupk,zui->zipk", d2__t_m_0_0_2, h[:, 0:32].reshape(n, 32, 1))
+    d2__m_m_0_61 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
     # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
-    d2_h_62 = torch.einsum("zupk,zipk->zui", d2__t_m_0_0_1, _m_m_0[:, 1:4].reshape(n, 1, 1, 3))
+    d2_h_62 = torch.bmm(d2__t_m_0_0_1.reshape(n, 32, 3), _m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1)).view(n, 32, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
-    d2__m_m_0_63 = torch.einsum("zupk,zui->zipk", d2__t_m_0_0_1, h[:, 0:32].reshape(n, 32, 1))
+    d2__m_m_0_63 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
     # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
     d2_h_64 = d2__t_m_0_0_0.reshape(n, 32, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
     # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
-    d2__m_m_0_65 = torch.einsum("zupk,zui->zipk", d2__t_m_0_0_0, h[:, 0:32].reshape(n, 32, 1))
+    d2__m_m_0_65 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 32).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
     # ∂/∂sh: every path's (i, k) map at once: sh · G
     d2__m_m_0 = torch.cat([
         d2__m_m_0_65.reshape(n, 1),
@@ -1713,7 +1713,7 @@ def _conv_tp_d2_w(
         d2__m_m_0_33.reshape(n, 70),
         d2__m_m_0_31.reshape(n, 35),
     ], dim=-1)
-    d2_sh_66 = torch.einsum("zc,jc->zj", d2__m_m_0, _g_m_0)
+    d2_sh_66 = torch.mm(d2__m_m_0, _g_m_0.permute(1, 0).reshape(388, 16)).view(n, 16)  # zc,jc->zj
     d2_h = torch.cat([
         (d2_h_58 + d2_h_60 + d2_h_62 + d2_h_64).reshape(n, 32),
         (d2_h_44 + d2_h_46 + d2_h_48 + d2_h_50 + d2_h_52 + d2_h_54 + d2_h_56).reshape(n, 96),
@@ -1767,53 +1767,53 @@ def _elementwise_tp(
     """elementwise_tp on rows: a (n, 144), b (n, 144) -> c (n, 192)."""
     n = a.shape[0]
     # 16x0e ⊗ 16x0e -> 16x0e
-    _c0 = torch.einsum("zui,zuj->ziju", a[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1))
-    _c1 = torch.einsum("ijk,u->ijku", cg_0_0_0, weight[0:16].view(16))
-    c_0 = torch.einsum("ziju,ijku->zuk", _c0, (_c1 * 0.5773502691896257))
+    _c0 = a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
+    c_0 = torch.bmm(_c0.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
     # 16x0e ⊗ 16x1o -> 16x1o
-    _c2 = torch.einsum("zui,zuj->ziju", a[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3))
-    _c3 = torch.einsum("ijk,u->ijku", cg_0_1_1, weight[16:32].view(16))
-    c_1 = torch.einsum("ziju,ijku->zuk", _c2, (_c3 * 0.8660254037844386))
+    _c2 = a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c3 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
+    c_1 = torch.bmm(_c2.permute(1, 0, 2, 3).reshape(16, n, 3), (_c3 * 0.8660254037844386).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
     # 16x0e ⊗ 16x2e -> 16x2e
-    _c4 = torch.einsum("zui,zuj->ziju", a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5))
-    _c5 = torch.einsum("ijk,u->ijku", cg_0_2_2, weight[32:48].view(16))
-    c_2 = torch.einsum("ziju,ijku->zuk", _c4, (_c5 * 1.118033988749895))
+    _c4 = a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c5 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
+    c_2 = torch.bmm(_c4.permute(1, 0, 2, 3).reshape(16, n, 5), (_c5 * 1.118033988749895).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
     # 16x1o ⊗ 16x0e -> 16x1o
-    _c6 = torch.einsum("zui,zuj->ziju", a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1))
-    _c7 = torch.einsum("ijk,u->ijku", cg_1_0_1, weight[48:64].view(16))
-    c_3 = torch.einsum("ziju,ijku->zuk", _c6, (_c7 * 0.8660254037844386))
+    _c6 = a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c7 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
+    c_3 = torch.bmm(_c6.permute(1, 0, 2, 3).reshape(16, n, 3), (_c7 * 0.8660254037844386).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
     # 16x1o ⊗ 16x1o -> 16x0e
-    _c8 = torch.einsum("zui,zuj->ziju", a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
-    _c9 = torch.einsum("ijk,u->ijku", cg_1_1_0, weight[64:80].view(16))
-    c_4 = torch.einsum("ziju,ijku->zuk", _c8, (_c9 * 0.5773502691896257))
+    _c8 = a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c9 = torch.mm(cg_1_1_0.reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->ijku
+    c_4 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 9), (_c9 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
     # 16x1o ⊗ 16x1o -> 16x2e
-    _c10 = torch.einsum("ijk,u->ijku", cg_1_1_2, weight[80:96].view(16))
-    c_5 = torch.einsum("ziju,ijku->zuk", _c8, (_c10 * 1.118033988749895))
+    _c10 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uijk
+    c_5 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 9), (_c10 * 1.118033988749895).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
     # 16x1o ⊗ 16x1o -> 16x1e
-    _c11 = torch.einsum("ijk,u->ijku", cg_1_1_1, weight[96:112].view(16))
-    c_6 = torch.einsum("ziju,ijku->zuk", _c8, (_c11 * 1.224744871391589))
+    _c11 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uijk
+    c_6 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 9), (_c11 * 1.224744871391589).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
     # 16x1o ⊗ 16x2e -> 16x1o
-    _c12 = torch.einsum("zui,zuj->ziju", a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
-    _c13 = torch.einsum("ijk,u->ijku", cg_1_2_1, weight[112:128].view(16))
-    c_7 = torch.einsum("ziju,ijku->zuk", _c12, (_c13 * 0.8660254037844386))
+    _c12 = a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c13 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->uijk
+    c_7 = torch.bmm(_c12.permute(1, 0, 2, 3).reshape(16, n, 15), (_c13 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
     # 16x2e ⊗ 16x0e -> 16x2e
-    _c14 = torch.einsum("zui,zuj->ziju", a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1))
-    _c15 = torch.einsum("ijk,u->ijku", cg_2_0_2, weight[128:144].view(16))
-    c_8 = torch.einsum("ziju,ijku->zuk", _c14, (_c15 * 1.118033988749895))
+    _c14 = a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c15 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
+    c_8 = torch.bmm(_c14.permute(1, 0, 2, 3).reshape(16, n, 5), (_c15 * 1.118033988749895).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
     # 16x2e ⊗ 16x1o -> 16x1o
-    _c16 = torch.einsum("zui,zuj->ziju", a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
-    _c17 = torch.einsum("ijk,u->ijku", cg_2_1_1, weight[144:160].view(16))
-    c_9 = torch.einsum("ziju,ijku->zuk", _c16, (_c17 * 0.8660254037844386))
+    _c16 = a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c17 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uijk
+    c_9 = torch.bmm(_c16.permute(1, 0, 2, 3).reshape(16, n, 15), (_c17 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
     # 16x2e ⊗ 16x2e -> 16x0e
-    _c18 = torch.einsum("zui,zuj->ziju", a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
-    _c19 = torch.einsum("ijk,u->ijku", cg_2_2_0, weight[160:176].view(16))
-    c_10 = torch.einsum("ziju,ijku->zuk", _c18, (_c19 * 0.5773502691896257))
+    _c18 = a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c19 = torch.mm(cg_2_2_0.reshape(25, 1), weight[160:176].view(16).reshape(1, 16)).view(5, 5, 1, 16)  # ijk,u->ijku
+    c_10 = torch.bmm(_c18.permute(1, 0, 2, 3).reshape(16, n, 25), (_c19 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
     # 16x2e ⊗ 16x2e -> 16x2e
-    _c20 = torch.einsum("ijk,u->ijku", cg_2_2_2, weight[176:192].view(16))
-    c_11 = torch.einsum("ziju,ijku->zuk", _c18, (_c20 * 1.118033988749895))
+    _c20 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uijk
+    c_11 = torch.bmm(_c18.permute(1, 0, 2, 3).reshape(16, n, 25), (_c20 * 1.118033988749895).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
     # 16x2e ⊗ 16x2e -> 16x1e
-    _c21 = torch.einsum("ijk,u->ijku", cg_2_2_1, weight[192:208].view(16))
-    c_12 = torch.einsum("ziju,ijku->zuk", _c18, (_c21 * 1.224744871391589))
+    _c21 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->uijk
+    c_12 = torch.bmm(_c18.permute(1, 0, 2, 3).reshape(16, n, 25), (_c21 * 1.224744871391589).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
     c = torch.cat([
         (c_0 + c_4 + c_10).reshape(n, 16),
         (c_1 + c_3 + c_7 + c_9).reshape(n, 48),
@@ -1833,131 +1833,131 @@ def _elementwise_tp_d(
     """the vector-Jacobian product of elementwise_tp: a (n, 144), b (n, 144), d_c (n, 192) -> d_a (n, 144), d_b (n, 144), d_weight (208,)."""
     n = a.shape[0]
     # ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
-    _c0 = torch.einsum("zuk,zuj->zjku", d_c[:, 144:192].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
-    _c1 = torch.einsum("ijk,u->ijku", cg_2_2_1, weight[192:208].view(16))
-    d_a_0 = torch.einsum("zjku,ijku->zui", _c0, (_c1 * 1.224744871391589))
+    _c0 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c1 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.permute(0, 2, 1).reshape(75, 1).t()).view(16, 5, 3, 5)  # ijk,u->uikj
+    d_a_0 = torch.bmm(_c0.permute(1, 0, 2, 3).reshape(16, n, 15), (_c1 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uikj->zui
     # ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
-    _c2 = torch.einsum("zuk,zui->ziku", d_c[:, 144:192].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
-    d_b_1 = torch.einsum("ziku,ijku->zuj", _c2, (_c1 * 1.224744871391589))
+    _c2 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d_b_1 = torch.bmm(_c2.permute(1, 0, 2, 3).reshape(16, n, 15), (_c1 * 1.224744871391589).permute(0, 2, 1, 3).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uikj->zuj
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    _c3 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c2)
-    d_weight_2 = torch.einsum("ijk,ijku->u", (cg_2_2_1 * 1.224744871391589), _c3)
+    _c3 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c2.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 3, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    d_weight_2 = torch.mm((cg_2_2_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 75), _c3.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
     # ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
-    _c4 = torch.einsum("zuk,zuj->zjku", d_c[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
-    _c5 = torch.einsum("ijk,u->ijku", cg_2_2_2, weight[176:192].view(16))
-    d_a_3 = torch.einsum("zjku,ijku->zui", _c4, (_c5 * 1.118033988749895))
+    _c4 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c5 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.permute(0, 2, 1).reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uikj
+    d_a_3 = torch.bmm(_c4.permute(1, 0, 2, 3).reshape(16, n, 25), (_c5 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uikj->zui
     # ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
-    _c6 = torch.einsum("zuk,zui->ziku", d_c[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5))
-    d_b_4 = torch.einsum("ziku,ijku->zuj", _c6, (_c5 * 1.118033988749895))
+    _c6 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d_b_4 = torch.bmm(_c6.permute(1, 0, 2, 3).reshape(16, n, 25), (_c5 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uikj->zuj
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    _c7 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c6)
-    d_weight_5 = torch.einsum("ijk,ijku->u", (cg_2_2_2 * 1.118033988749895), _c7)
+    _c7 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c6.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    d_weight_5 = torch.mm((cg_2_2_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 125), _c7.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,ujik->u
     # ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
-    _c8 = torch.einsum("zuk,zuj->zjku", d_c[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5))
-    _c9 = torch.einsum("ijk,u->ijku", cg_2_2_0, weight[160:176].view(16))
-    d_a_6 = torch.einsum("zjku,ijku->zui", _c8, (_c9 * 0.5773502691896257))
+    _c8 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c9 = torch.mm(weight[160:176].view(16).reshape(1, 16).t(), cg_2_2_0.reshape(25, 1).t()).view(16, 5, 5, 1)  # ijk,u->uijk
+    d_a_6 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 5), (_c9 * 0.5773502691896257).permute(0, 3, 2, 1).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
     # ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
-    _c10 = torch.einsum("zuk,zui->ziku", d_c[:, 0:16].reshape(n, 16, 1), a[:, 64:144].reshape(n, 16, 5))
-    d_b_7 = torch.einsum("ziku,ijku->zuj", _c10, (_c9 * 0.5773502691896257))
+    _c10 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d_b_7 = torch.bmm(_c10.permute(1, 0, 2, 3).reshape(16, n, 5), (_c9 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    _c11 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c10)
-    d_weight_8 = torch.einsum("ijk,ijku->u", (cg_2_2_0 * 0.5773502691896257), _c11)
+    _c11 = torch.bmm(_c10.permute(1, 0, 3, 2).reshape(16, n, 5).transpose(1, 2), b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n).transpose(1, 2)).view(16, 5, 1, 5)  # zuj,zuki->uikj
+    d_weight_8 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c11.permute(1, 3, 2, 0).reshape(25, 16)).view(16)  # ijk,uikj->u
     # ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
-    _c12 = torch.einsum("zuk,zuj->zjku", d_c[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
-    _c13 = torch.einsum("ijk,u->ijku", cg_2_1_1, weight[144:160].view(16))
-    d_a_9 = torch.einsum("zjku,ijku->zui", _c12, (_c13 * 0.8660254037844386))
+    _c12 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c13 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.permute(0, 2, 1).reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uikj
+    d_a_9 = torch.bmm(_c12.permute(1, 0, 2, 3).reshape(16, n, 9), (_c13 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uikj->zui
     # ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
-    _c14 = torch.einsum("zuk,zui->ziku", d_c[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
-    d_b_10 = torch.einsum("ziku,ijku->zuj", _c14, (_c13 * 0.8660254037844386))
+    _c14 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d_b_10 = torch.bmm(_c14.permute(1, 0, 2, 3).reshape(16, n, 15), (_c13 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uikj->zuj
     # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    _c15 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c14)
-    d_weight_11 = torch.einsum("ijk,ijku->u", (cg_2_1_1 * 0.8660254037844386), _c15)
+    _c15 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c14.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    d_weight_11 = torch.mm((cg_2_1_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c15.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
     # ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
-    _c16 = torch.einsum("zuk,zuj->zjku", d_c[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1))
-    _c17 = torch.einsum("ijk,u->ijku", cg_2_0_2, weight[128:144].view(16))
-    d_a_12 = torch.einsum("zjku,ijku->zui", _c16, (_c17 * 1.118033988749895))
+    _c16 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c17 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
+    d_a_12 = torch.bmm(_c16.permute(1, 0, 2, 3).reshape(16, n, 5), (_c17 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
     # ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
-    d_b_13 = torch.einsum("ziku,ijku->zuj", _c6, (_c17 * 1.118033988749895))
+    d_b_13 = torch.bmm(_c6.permute(1, 0, 2, 3).reshape(16, n, 25), (_c17 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zuki,uijk->zuj
     # ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    _c18 = torch.einsum("zuj,ziku->ijku", b[:, 0:16].reshape(n, 16, 1), _c6)
-    d_weight_14 = torch.einsum("ijk,ijku->u", (cg_2_0_2 * 1.118033988749895), _c18)
+    _c18 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c6.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    d_weight_14 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c18.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
     # ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
-    _c19 = torch.einsum("zuk,zuj->zjku", d_c[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
-    _c20 = torch.einsum("ijk,u->ijku", cg_1_2_1, weight[112:128].view(16))
-    d_a_15 = torch.einsum("zjku,ijku->zui", _c19, (_c20 * 0.8660254037844386))
+    _c19 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c20 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.permute(0, 2, 1).reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uikj
+    d_a_15 = torch.bmm(_c19.permute(1, 0, 2, 3).reshape(16, n, 15), (_c20 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uikj->zui
     # ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
-    _c21 = torch.einsum("zuk,zui->ziku", d_c[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
-    d_b_16 = torch.einsum("ziku,ijku->zuj", _c21, (_c20 * 0.8660254037844386))
+    _c21 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d_b_16 = torch.bmm(_c21.permute(1, 0, 2, 3).reshape(16, n, 9), (_c20 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uikj->zuj
     # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    _c22 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c21)
-    d_weight_17 = torch.einsum("ijk,ijku->u", (cg_1_2_1 * 0.8660254037844386), _c22)
+    _c22 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c21.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    d_weight_17 = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c22.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
     # ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
-    _c23 = torch.einsum("zuk,zuj->zjku", d_c[:, 144:192].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
-    _c24 = torch.einsum("ijk,u->ijku", cg_1_1_1, weight[96:112].view(16))
-    d_a_18 = torch.einsum("zjku,ijku->zui", _c23, (_c24 * 1.224744871391589))
+    _c23 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c24 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.permute(0, 2, 1).reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uikj
+    d_a_18 = torch.bmm(_c23.permute(1, 0, 2, 3).reshape(16, n, 9), (_c24 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uikj->zui
     # ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
-    _c25 = torch.einsum("zuk,zui->ziku", d_c[:, 144:192].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
-    d_b_19 = torch.einsum("ziku,ijku->zuj", _c25, (_c24 * 1.224744871391589))
+    _c25 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d_b_19 = torch.bmm(_c25.permute(1, 0, 2, 3).reshape(16, n, 9), (_c24 * 1.224744871391589).permute(0, 2, 1, 3).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uikj->zuj
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    _c26 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c25)
-    d_weight_20 = torch.einsum("ijk,ijku->u", (cg_1_1_1 * 1.224744871391589), _c26)
+    _c26 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c25.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    d_weight_20 = torch.mm((cg_1_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 27), _c26.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,ujik->u
     # ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
-    _c27 = torch.einsum("zuk,zuj->zjku", d_c[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
-    _c28 = torch.einsum("ijk,u->ijku", cg_1_1_2, weight[80:96].view(16))
-    d_a_21 = torch.einsum("zjku,ijku->zui", _c27, (_c28 * 1.118033988749895))
+    _c27 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c28 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.permute(0, 2, 1).reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->uikj
+    d_a_21 = torch.bmm(_c27.permute(1, 0, 2, 3).reshape(16, n, 15), (_c28 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uikj->zui
     # ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
-    _c29 = torch.einsum("zuk,zui->ziku", d_c[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3))
-    d_b_22 = torch.einsum("ziku,ijku->zuj", _c29, (_c28 * 1.118033988749895))
+    _c29 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d_b_22 = torch.bmm(_c29.permute(1, 0, 2, 3).reshape(16, n, 15), (_c28 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uikj->zuj
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    _c30 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c29)
-    d_weight_23 = torch.einsum("ijk,ijku->u", (cg_1_1_2 * 1.118033988749895), _c30)
+    _c30 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c29.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    d_weight_23 = torch.mm((cg_1_1_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 45), _c30.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
     # ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
-    _c31 = torch.einsum("zuk,zuj->zjku", d_c[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3))
-    _c32 = torch.einsum("ijk,u->ijku", cg_1_1_0, weight[64:80].view(16))
-    d_a_24 = torch.einsum("zjku,ijku->zui", _c31, (_c32 * 0.5773502691896257))
+    _c31 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c32 = torch.mm(weight[64:80].view(16).reshape(1, 16).t(), cg_1_1_0.reshape(9, 1).t()).view(16, 3, 3, 1)  # ijk,u->uijk
+    d_a_24 = torch.bmm(_c31.permute(1, 0, 2, 3).reshape(16, n, 3), (_c32 * 0.5773502691896257).permute(0, 3, 2, 1).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
     # ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
-    _c33 = torch.einsum("zuk,zui->ziku", d_c[:, 0:16].reshape(n, 16, 1), a[:, 16:64].reshape(n, 16, 3))
-    d_b_25 = torch.einsum("ziku,ijku->zuj", _c33, (_c32 * 0.5773502691896257))
+    _c33 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d_b_25 = torch.bmm(_c33.permute(1, 0, 2, 3).reshape(16, n, 3), (_c32 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    _c34 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c33)
-    d_weight_26 = torch.einsum("ijk,ijku->u", (cg_1_1_0 * 0.5773502691896257), _c34)
+    _c34 = torch.bmm(_c33.permute(1, 0, 3, 2).reshape(16, n, 3).transpose(1, 2), b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n).transpose(1, 2)).view(16, 3, 1, 3)  # zuj,zuki->uikj
+    d_weight_26 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c34.permute(1, 3, 2, 0).reshape(9, 16)).view(16)  # ijk,uikj->u
     # ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
-    _c35 = torch.einsum("zuk,zuj->zjku", d_c[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1))
-    _c36 = torch.einsum("ijk,u->ijku", cg_1_0_1, weight[48:64].view(16))
-    d_a_27 = torch.einsum("zjku,ijku->zui", _c35, (_c36 * 0.8660254037844386))
+    _c35 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c36 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
+    d_a_27 = torch.bmm(_c35.permute(1, 0, 2, 3).reshape(16, n, 3), (_c36 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
     # ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
-    d_b_28 = torch.einsum("ziku,ijku->zuj", _c21, (_c36 * 0.8660254037844386))
+    d_b_28 = torch.bmm(_c21.permute(1, 0, 2, 3).reshape(16, n, 9), (_c36 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zuki,uijk->zuj
     # ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    _c37 = torch.einsum("zuj,ziku->ijku", b[:, 0:16].reshape(n, 16, 1), _c21)
-    d_weight_29 = torch.einsum("ijk,ijku->u", (cg_1_0_1 * 0.8660254037844386), _c37)
+    _c37 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c21.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    d_weight_29 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c37.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
     # ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
-    _c38 = torch.einsum("ijk,u->ijku", cg_0_2_2, weight[32:48].view(16))
-    d_a_30 = torch.einsum("zjku,ijku->zui", _c4, (_c38 * 1.118033988749895))
+    _c38 = torch.mm(cg_0_2_2.permute(0, 2, 1).reshape(25, 1), weight[32:48].view(16).reshape(1, 16)).view(1, 5, 5, 16)  # ijk,u->ikju
+    d_a_30 = torch.bmm(_c4.permute(1, 0, 2, 3).reshape(16, n, 25), (_c38 * 1.118033988749895).permute(3, 1, 2, 0).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zukj,ikju->zui
     # ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
-    _c39 = torch.einsum("zuk,zui->ziku", d_c[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1))
-    d_b_31 = torch.einsum("ziku,ijku->zuj", _c39, (_c38 * 1.118033988749895))
+    _c39 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d_b_31 = torch.bmm(_c39.permute(1, 0, 2, 3).reshape(16, n, 5), (_c38 * 1.118033988749895).permute(3, 1, 0, 2).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,ikju->zuj
     # ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    _c40 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c39)
-    d_weight_32 = torch.einsum("ijk,ijku->u", (cg_0_2_2 * 1.118033988749895), _c40)
+    _c40 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c39.permute(1, 0, 3, 2).reshape(16, n, 5)).view(16, 5, 1, 5)  # zuj,zuki->ujik
+    d_weight_32 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c40.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
     # ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
-    _c41 = torch.einsum("ijk,u->ijku", cg_0_1_1, weight[16:32].view(16))
-    d_a_33 = torch.einsum("zjku,ijku->zui", _c12, (_c41 * 0.8660254037844386))
+    _c41 = torch.mm(cg_0_1_1.permute(0, 2, 1).reshape(9, 1), weight[16:32].view(16).reshape(1, 16)).view(1, 3, 3, 16)  # ijk,u->ikju
+    d_a_33 = torch.bmm(_c12.permute(1, 0, 2, 3).reshape(16, n, 9), (_c41 * 0.8660254037844386).permute(3, 1, 2, 0).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zukj,ikju->zui
     # ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
-    _c42 = torch.einsum("zuk,zui->ziku", d_c[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1))
-    d_b_34 = torch.einsum("ziku,ijku->zuj", _c42, (_c41 * 0.8660254037844386))
+    _c42 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d_b_34 = torch.bmm(_c42.permute(1, 0, 2, 3).reshape(16, n, 3), (_c41 * 0.8660254037844386).permute(3, 1, 0, 2).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,ikju->zuj
     # ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
-    _c43 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c42)
-    d_weight_35 = torch.einsum("ijk,ijku->u", (cg_0_1_1 * 0.8660254037844386), _c43)
+    _c43 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c42.permute(1, 0, 3, 2).reshape(16, n, 3)).view(16, 3, 1, 3)  # zuj,zuki->ujik
+    d_weight_35 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c43.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
     # ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
-    _c44 = torch.einsum("zuk,zuj->zjku", d_c[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1))
-    _c45 = torch.einsum("ijk,u->ijku", cg_0_0_0, weight[0:16].view(16))
-    d_a_36 = torch.einsum("zjku,ijku->zui", _c44, (_c45 * 0.5773502691896257))
+    _c44 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c45 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
+    d_a_36 = torch.bmm(_c44.permute(1, 0, 2, 3).reshape(16, n, 1), (_c45 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zukj,ijku->zui
     # ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
-    _c46 = torch.einsum("zuk,zui->ziku", d_c[:, 0:16].reshape(n, 16, 1), a[:, 0:16].reshape(n, 16, 1))
-    d_b_37 = torch.einsum("ziku,ijku->zuj", _c46, (_c45 * 0.5773502691896257))
+    _c46 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d_b_37 = torch.bmm(_c46.permute(1, 0, 2, 3).reshape(16, n, 1), (_c45 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zuki,ijku->zuj
     # ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
-    _c47 = torch.einsum("zuj,ziku->ijku", b[:, 0:16].reshape(n, 16, 1), _c46)
-    d_weight_38 = torch.einsum("ijk,ijku->u", (cg_0_0_0 * 0.5773502691896257), _c47)
+    _c47 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c46.permute(1, 0, 3, 2).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuki->ujik
+    d_weight_38 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c47.permute(2, 1, 3, 0).reshape(1, 16)).view(16)  # ijk,ujik->u
     d_a = torch.cat([
         (d_a_30 + d_a_33 + d_a_36).reshape(n, 16),
         (d_a_15 + d_a_18 + d_a_21 + d_a_24 + d_a_27).reshape(n, 48),
@@ -1996,129 +1996,129 @@ def _elementwise_tp_d2_a(
     """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_a: a (n, 144), b (n, 144), d_c (n, 192), d2_d_a (n, 144) -> d2_a (n, 144), d2_b (n, 144), d2_d_c (n, 192), d2_weight (208,)."""
     n = a.shape[0]
     # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
-    _c0 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1))
-    _c1 = torch.einsum("ijk,u->ijku", cg_0_0_0, weight[0:16].view(16))
-    d2_d_c_0 = torch.einsum("ziju,ijku->zuk", _c0, (_c1 * 0.5773502691896257))
+    _c0 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
+    d2_d_c_0 = torch.bmm(_c0.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
     # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
-    _c2 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 0:16].reshape(n, 16, 1), d_c[:, 0:16].reshape(n, 16, 1))
-    d2_b_1 = torch.einsum("ziku,ijku->zuj", _c2, (_c1 * 0.5773502691896257))
+    _c2 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_b_1 = torch.bmm(_c2.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zuik,ijku->zuj
     # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
-    _c3 = torch.einsum("zuj,ziku->ijku", b[:, 0:16].reshape(n, 16, 1), _c2)
-    d2_weight_2 = torch.einsum("ijk,ijku->u", (cg_0_0_0 * 0.5773502691896257), _c3)
+    _c3 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c2.permute(1, 0, 2, 3).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuik->ujik
+    d2_weight_2 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c3.permute(2, 1, 3, 0).reshape(1, 16)).view(16)  # ijk,ujik->u
     # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
-    _c4 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3))
-    _c5 = torch.einsum("ijk,u->ijku", cg_0_1_1, weight[16:32].view(16))
-    d2_d_c_3 = torch.einsum("ziju,ijku->zuk", _c4, (_c5 * 0.8660254037844386))
+    _c4 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c5 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
+    d2_d_c_3 = torch.bmm(_c4.permute(1, 0, 2, 3).reshape(16, n, 3), (_c5 * 0.8660254037844386).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
     # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
-    _c6 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 0:16].reshape(n, 16, 1), d_c[:, 16:64].reshape(n, 16, 3))
-    d2_b_4 = torch.einsum("ziku,ijku->zuj", _c6, (_c5 * 0.8660254037844386))
+    _c6 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_b_4 = torch.bmm(_c6.permute(1, 0, 2, 3).reshape(16, n, 3), (_c5 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuik,uijk->zuj
     # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
-    _c7 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c6)
-    d2_weight_5 = torch.einsum("ijk,ijku->u", (cg_0_1_1 * 0.8660254037844386), _c7)
+    _c7 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c6.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 1, 3)  # zuj,zuik->ujik
+    d2_weight_5 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c7.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
     # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
-    _c8 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5))
-    _c9 = torch.einsum("ijk,u->ijku", cg_0_2_2, weight[32:48].view(16))
-    d2_d_c_6 = torch.einsum("ziju,ijku->zuk", _c8, (_c9 * 1.118033988749895))
+    _c8 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c9 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
+    d2_d_c_6 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 5), (_c9 * 1.118033988749895).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
     # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
-    _c10 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 0:16].reshape(n, 16, 1), d_c[:, 64:144].reshape(n, 16, 5))
-    d2_b_7 = torch.einsum("ziku,ijku->zuj", _c10, (_c9 * 1.118033988749895))
+    _c10 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_b_7 = torch.bmm(_c10.permute(1, 0, 2, 3).reshape(16, n, 5), (_c9 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuik,uijk->zuj
     # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
-    _c11 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c10)
-    d2_weight_8 = torch.einsum("ijk,ijku->u", (cg_0_2_2 * 1.118033988749895), _c11)
+    _c11 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c10.permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 1, 5)  # zuj,zuik->ujik
+    d2_weight_8 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c11.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
-    _c12 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1))
-    _c13 = torch.einsum("ijk,u->ijku", cg_1_0_1, weight[48:64].view(16))
-    d2_d_c_9 = torch.einsum("ziju,ijku->zuk", _c12, (_c13 * 0.8660254037844386))
+    _c12 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c13 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
+    d2_d_c_9 = torch.bmm(_c12.permute(1, 0, 2, 3).reshape(16, n, 3), (_c13 * 0.8660254037844386).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
-    _c14 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 16:64].reshape(n, 16, 3))
-    d2_b_10 = torch.einsum("ziku,ijku->zuj", _c14, (_c13 * 0.8660254037844386))
+    _c14 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_b_10 = torch.bmm(_c14.permute(1, 0, 2, 3).reshape(16, n, 9), (_c13 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zuik,uijk->zuj
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
-    _c15 = torch.einsum("zuj,ziku->ijku", b[:, 0:16].reshape(n, 16, 1), _c14)
-    d2_weight_11 = torch.einsum("ijk,ijku->u", (cg_1_0_1 * 0.8660254037844386), _c15)
+    _c15 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c14.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3)  # zuj,zuik->ujik
+    d2_weight_11 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c15.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
-    _c16 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
-    _c17 = torch.einsum("ijk,u->ijku", cg_1_1_0, weight[64:80].view(16))
-    d2_d_c_12 = torch.einsum("ziju,ijku->zuk", _c16, (_c17 * 0.5773502691896257))
+    _c16 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c17 = torch.mm(cg_1_1_0.reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->ijku
+    d2_d_c_12 = torch.bmm(_c16.permute(1, 0, 2, 3).reshape(16, n, 9), (_c17 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
-    _c18 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 0:16].reshape(n, 16, 1))
-    d2_b_13 = torch.einsum("ziku,ijku->zuj", _c18, (_c17 * 0.5773502691896257))
+    _c18 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_b_13 = torch.bmm(_c18.permute(1, 0, 2, 3).reshape(16, n, 3), (_c17 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuik,ijku->zuj
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
-    _c19 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c18)
-    d2_weight_14 = torch.einsum("ijk,ijku->u", (cg_1_1_0 * 0.5773502691896257), _c19)
+    _c19 = torch.bmm(_c18.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2), b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n).transpose(1, 2)).view(16, 3, 1, 3)  # zuj,zuik->uikj
+    d2_weight_14 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c19.permute(1, 3, 2, 0).reshape(9, 16)).view(16)  # ijk,uikj->u
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
-    _c20 = torch.einsum("ijk,u->ijku", cg_1_1_2, weight[80:96].view(16))
-    d2_d_c_15 = torch.einsum("ziju,ijku->zuk", _c16, (_c20 * 1.118033988749895))
+    _c20 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uijk
+    d2_d_c_15 = torch.bmm(_c16.permute(1, 0, 2, 3).reshape(16, n, 9), (_c20 * 1.118033988749895).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
-    _c21 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 64:144].reshape(n, 16, 5))
-    d2_b_16 = torch.einsum("ziku,ijku->zuj", _c21, (_c20 * 1.118033988749895))
+    _c21 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_b_16 = torch.bmm(_c21.permute(1, 0, 2, 3).reshape(16, n, 15), (_c20 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuik,uijk->zuj
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
-    _c22 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c21)
-    d2_weight_17 = torch.einsum("ijk,ijku->u", (cg_1_1_2 * 1.118033988749895), _c22)
+    _c22 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c21.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5)  # zuj,zuik->ujik
+    d2_weight_17 = torch.mm((cg_1_1_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 45), _c22.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
-    _c23 = torch.einsum("ijk,u->ijku", cg_1_1_1, weight[96:112].view(16))
-    d2_d_c_18 = torch.einsum("ziju,ijku->zuk", _c16, (_c23 * 1.224744871391589))
+    _c23 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uijk
+    d2_d_c_18 = torch.bmm(_c16.permute(1, 0, 2, 3).reshape(16, n, 9), (_c23 * 1.224744871391589).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
-    _c24 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 144:192].reshape(n, 16, 3))
-    d2_b_19 = torch.einsum("ziku,ijku->zuj", _c24, (_c23 * 1.224744871391589))
+    _c24 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_b_19 = torch.bmm(_c24.permute(1, 0, 2, 3).reshape(16, n, 9), (_c23 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zuik,uijk->zuj
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
-    _c25 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c24)
-    d2_weight_20 = torch.einsum("ijk,ijku->u", (cg_1_1_1 * 1.224744871391589), _c25)
+    _c25 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c24.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3)  # zuj,zuik->ujik
+    d2_weight_20 = torch.mm((cg_1_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 27), _c25.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,ujik->u
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
-    _c26 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
-    _c27 = torch.einsum("ijk,u->ijku", cg_1_2_1, weight[112:128].view(16))
-    d2_d_c_21 = torch.einsum("ziju,ijku->zuk", _c26, (_c27 * 0.8660254037844386))
+    _c26 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c27 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->uijk
+    d2_d_c_21 = torch.bmm(_c26.permute(1, 0, 2, 3).reshape(16, n, 15), (_c27 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
-    d2_b_22 = torch.einsum("ziku,ijku->zuj", _c14, (_c27 * 0.8660254037844386))
+    d2_b_22 = torch.bmm(_c14.permute(1, 0, 2, 3).reshape(16, n, 9), (_c27 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zuik,uijk->zuj
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
-    _c28 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c14)
-    d2_weight_23 = torch.einsum("ijk,ijku->u", (cg_1_2_1 * 0.8660254037844386), _c28)
+    _c28 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c14.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3)  # zuj,zuik->ujik
+    d2_weight_23 = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c28.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
-    _c29 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1))
-    _c30 = torch.einsum("ijk,u->ijku", cg_2_0_2, weight[128:144].view(16))
-    d2_d_c_24 = torch.einsum("ziju,ijku->zuk", _c29, (_c30 * 1.118033988749895))
+    _c29 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c30 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
+    d2_d_c_24 = torch.bmm(_c29.permute(1, 0, 2, 3).reshape(16, n, 5), (_c30 * 1.118033988749895).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
-    _c31 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 64:144].reshape(n, 16, 5))
-    d2_b_25 = torch.einsum("ziku,ijku->zuj", _c31, (_c30 * 1.118033988749895))
+    _c31 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_b_25 = torch.bmm(_c31.permute(1, 0, 2, 3).reshape(16, n, 25), (_c30 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zuik,uijk->zuj
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
-    _c32 = torch.einsum("zuj,ziku->ijku", b[:, 0:16].reshape(n, 16, 1), _c31)
-    d2_weight_26 = torch.einsum("ijk,ijku->u", (cg_2_0_2 * 1.118033988749895), _c32)
+    _c32 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c31.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5)  # zuj,zuik->ujik
+    d2_weight_26 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c32.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
-    _c33 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
-    _c34 = torch.einsum("ijk,u->ijku", cg_2_1_1, weight[144:160].view(16))
-    d2_d_c_27 = torch.einsum("ziju,ijku->zuk", _c33, (_c34 * 0.8660254037844386))
+    _c33 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c34 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uijk
+    d2_d_c_27 = torch.bmm(_c33.permute(1, 0, 2, 3).reshape(16, n, 15), (_c34 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
-    _c35 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 16:64].reshape(n, 16, 3))
-    d2_b_28 = torch.einsum("ziku,ijku->zuj", _c35, (_c34 * 0.8660254037844386))
+    _c35 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_b_28 = torch.bmm(_c35.permute(1, 0, 2, 3).reshape(16, n, 15), (_c34 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuik,uijk->zuj
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
-    _c36 = torch.einsum("zuj,ziku->ijku", b[:, 16:64].reshape(n, 16, 3), _c35)
-    d2_weight_29 = torch.einsum("ijk,ijku->u", (cg_2_1_1 * 0.8660254037844386), _c36)
+    _c36 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c35.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3)  # zuj,zuik->ujik
+    d2_weight_29 = torch.mm((cg_2_1_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c36.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
-    _c37 = torch.einsum("zui,zuj->ziju", d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
-    _c38 = torch.einsum("ijk,u->ijku", cg_2_2_0, weight[160:176].view(16))
-    d2_d_c_30 = torch.einsum("ziju,ijku->zuk", _c37, (_c38 * 0.5773502691896257))
+    _c37 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c38 = torch.mm(cg_2_2_0.reshape(25, 1), weight[160:176].view(16).reshape(1, 16)).view(5, 5, 1, 16)  # ijk,u->ijku
+    d2_d_c_30 = torch.bmm(_c37.permute(1, 0, 2, 3).reshape(16, n, 25), (_c38 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
-    _c39 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 0:16].reshape(n, 16, 1))
-    d2_b_31 = torch.einsum("ziku,ijku->zuj", _c39, (_c38 * 0.5773502691896257))
+    _c39 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_b_31 = torch.bmm(_c39.permute(1, 0, 2, 3).reshape(16, n, 5), (_c38 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuik,ijku->zuj
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
-    _c40 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c39)
-    d2_weight_32 = torch.einsum("ijk,ijku->u", (cg_2_2_0 * 0.5773502691896257), _c40)
+    _c40 = torch.bmm(_c39.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2), b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n).transpose(1, 2)).view(16, 5, 1, 5)  # zuj,zuik->uikj
+    d2_weight_32 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c40.permute(1, 3, 2, 0).reshape(25, 16)).view(16)  # ijk,uikj->u
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
-    _c41 = torch.einsum("ijk,u->ijku", cg_2_2_2, weight[176:192].view(16))
-    d2_d_c_33 = torch.einsum("ziju,ijku->zuk", _c37, (_c41 * 1.118033988749895))
+    _c41 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uijk
+    d2_d_c_33 = torch.bmm(_c37.permute(1, 0, 2, 3).reshape(16, n, 25), (_c41 * 1.118033988749895).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
-    d2_b_34 = torch.einsum("ziku,ijku->zuj", _c31, (_c41 * 1.118033988749895))
+    d2_b_34 = torch.bmm(_c31.permute(1, 0, 2, 3).reshape(16, n, 25), (_c41 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zuik,uijk->zuj
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
-    _c42 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c31)
-    d2_weight_35 = torch.einsum("ijk,ijku->u", (cg_2_2_2 * 1.118033988749895), _c42)
+    _c42 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c31.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5)  # zuj,zuik->ujik
+    d2_weight_35 = torch.mm((cg_2_2_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 125), _c42.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,ujik->u
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
-    _c43 = torch.einsum("ijk,u->ijku", cg_2_2_1, weight[192:208].view(16))
-    d2_d_c_36 = torch.einsum("ziju,ijku->zuk", _c37, (_c43 * 1.224744871391589))
+    _c43 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->uijk
+    d2_d_c_36 = torch.bmm(_c37.permute(1, 0, 2, 3).reshape(16, n, 25), (_c43 * 1.224744871391589).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
-    _c44 = torch.einsum("zui,zuk->ziku", d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3))
-    d2_b_37 = torch.einsum("ziku,ijku->zuj", _c44, (_c43 * 1.224744871391589))
+    _c44 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_b_37 = torch.bmm(_c44.permute(1, 0, 2, 3).reshape(16, n, 15), (_c43 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuik,uijk->zuj
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
-    _c45 = torch.einsum("zuj,ziku->ijku", b[:, 64:144].reshape(n, 16, 5), _c44)
-    d2_weight_38 = torch.einsum("ijk,ijku->u", (cg_2_2_1 * 1.224744871391589), _c45)
+    _c45 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c44.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 5, 3)  # zuj,zuik->ujik
+    d2_weight_38 = torch.mm((cg_2_2_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 75), _c45.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
     d2_a = weight.new_zeros(n, 144)
     d2_b = torch.cat([
         (d2_b_1 + d2_b_10 + d2_b_25).reshape(n, 16),
@@ -2159,129 +2159,129 @@ def _elementwise_tp_d2_b(
     """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_b: a (n, 144), b (n, 144), d_c (n, 192), d2_d_b (n, 144) -> d2_a (n, 144), d2_b (n, 144), d2_d_c (n, 192), d2_weight (208,)."""
     n = a.shape[0]
     # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
-    _c0 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 0:16].reshape(n, 16, 1))
-    _c1 = torch.einsum("ijk,u->ijku", cg_0_0_0, weight[0:16].view(16))
-    d2_d_c_0 = torch.einsum("ziju,ijku->zuk", _c0, (_c1 * 0.5773502691896257))
+    _c0 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
+    d2_d_c_0 = torch.bmm(_c0.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zuji,ijku->zuk
     # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
-    _c2 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 0:16].reshape(n, 16, 1), d_c[:, 0:16].reshape(n, 16, 1))
-    d2_a_1 = torch.einsum("zjku,ijku->zui", _c2, (_c1 * 0.5773502691896257))
+    _c2 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_a_1 = torch.bmm(_c2.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 1, 2, 0).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zujk,ijku->zui
     # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
-    _c3 = torch.einsum("zui,zjku->ijku", a[:, 0:16].reshape(n, 16, 1), _c2)
-    d2_weight_2 = torch.einsum("ijk,ijku->u", (cg_0_0_0 * 0.5773502691896257), _c3)
+    _c3 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c2.permute(1, 0, 2, 3).reshape(16, n, 1)).view(16, 1, 1, 1)  # zui,zujk->uijk
+    d2_weight_2 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c3.permute(1, 2, 3, 0).reshape(1, 16)).view(16)  # ijk,uijk->u
     # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
-    _c4 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1))
-    _c5 = torch.einsum("ijk,u->ijku", cg_0_1_1, weight[16:32].view(16))
-    d2_d_c_3 = torch.einsum("ziju,ijku->zuk", _c4, (_c5 * 0.8660254037844386))
+    _c4 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c5 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
+    d2_d_c_3 = torch.bmm(_c4.permute(1, 0, 2, 3).reshape(16, n, 3), (_c5 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuji,uijk->zuk
     # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
-    _c6 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 16:64].reshape(n, 16, 3))
-    d2_a_4 = torch.einsum("zjku,ijku->zui", _c6, (_c5 * 0.8660254037844386))
+    _c6 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_a_4 = torch.bmm(_c6.permute(1, 0, 2, 3).reshape(16, n, 9), (_c5 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zujk,uijk->zui
     # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
-    _c7 = torch.einsum("zui,zjku->ijku", a[:, 0:16].reshape(n, 16, 1), _c6)
-    d2_weight_5 = torch.einsum("ijk,ijku->u", (cg_0_1_1 * 0.8660254037844386), _c7)
+    _c7 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c6.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3)  # zui,zujk->uijk
+    d2_weight_5 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c7.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
     # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
-    _c8 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1))
-    _c9 = torch.einsum("ijk,u->ijku", cg_0_2_2, weight[32:48].view(16))
-    d2_d_c_6 = torch.einsum("ziju,ijku->zuk", _c8, (_c9 * 1.118033988749895))
+    _c8 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    _c9 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
+    d2_d_c_6 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 5), (_c9 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuji,uijk->zuk
     # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
-    _c10 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 64:144].reshape(n, 16, 5))
-    d2_a_7 = torch.einsum("zjku,ijku->zui", _c10, (_c9 * 1.118033988749895))
+    _c10 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_a_7 = torch.bmm(_c10.permute(1, 0, 2, 3).reshape(16, n, 25), (_c9 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zujk,uijk->zui
     # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
-    _c11 = torch.einsum("zui,zjku->ijku", a[:, 0:16].reshape(n, 16, 1), _c10)
-    d2_weight_8 = torch.einsum("ijk,ijku->u", (cg_0_2_2 * 1.118033988749895), _c11)
+    _c11 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c10.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5)  # zui,zujk->uijk
+    d2_weight_8 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c11.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
-    _c12 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 16:64].reshape(n, 16, 3))
-    _c13 = torch.einsum("ijk,u->ijku", cg_1_0_1, weight[48:64].view(16))
-    d2_d_c_9 = torch.einsum("ziju,ijku->zuk", _c12, (_c13 * 0.8660254037844386))
+    _c12 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c13 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
+    d2_d_c_9 = torch.bmm(_c12.permute(1, 0, 2, 3).reshape(16, n, 3), (_c13 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuji,uijk->zuk
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
-    _c14 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 0:16].reshape(n, 16, 1), d_c[:, 16:64].reshape(n, 16, 3))
-    d2_a_10 = torch.einsum("zjku,ijku->zui", _c14, (_c13 * 0.8660254037844386))
+    _c14 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_a_10 = torch.bmm(_c14.permute(1, 0, 2, 3).reshape(16, n, 3), (_c13 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zujk,uijk->zui
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
-    _c15 = torch.einsum("zui,zjku->ijku", a[:, 16:64].reshape(n, 16, 3), _c14)
-    d2_weight_11 = torch.einsum("ijk,ijku->u", (cg_1_0_1 * 0.8660254037844386), _c15)
+    _c15 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c14.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 1, 3)  # zui,zujk->uijk
+    d2_weight_11 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c15.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
-    _c16 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
-    _c17 = torch.einsum("ijk,u->ijku", cg_1_1_0, weight[64:80].view(16))
-    d2_d_c_12 = torch.einsum("ziju,ijku->zuk", _c16, (_c17 * 0.5773502691896257))
+    _c16 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c17 = torch.mm(cg_1_1_0.permute(1, 0, 2).reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->jiku
+    d2_d_c_12 = torch.bmm(_c16.permute(1, 0, 2, 3).reshape(16, n, 9), (_c17 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zuji,jiku->zuk
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
-    _c18 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 0:16].reshape(n, 16, 1))
-    d2_a_13 = torch.einsum("zjku,ijku->zui", _c18, (_c17 * 0.5773502691896257))
+    _c18 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_a_13 = torch.bmm(_c18.permute(1, 0, 2, 3).reshape(16, n, 3), (_c17 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zujk,jiku->zui
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
-    _c19 = torch.einsum("zui,zjku->ijku", a[:, 16:64].reshape(n, 16, 3), _c18)
-    d2_weight_14 = torch.einsum("ijk,ijku->u", (cg_1_1_0 * 0.5773502691896257), _c19)
+    _c19 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c18.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 3, 1)  # zui,zujk->uijk
+    d2_weight_14 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c19.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
-    _c20 = torch.einsum("ijk,u->ijku", cg_1_1_2, weight[80:96].view(16))
-    d2_d_c_15 = torch.einsum("ziju,ijku->zuk", _c16, (_c20 * 1.118033988749895))
+    _c20 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->ujik
+    d2_d_c_15 = torch.bmm(_c16.permute(1, 0, 2, 3).reshape(16, n, 9), (_c20 * 1.118033988749895).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zuji,ujik->zuk
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
-    _c21 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 64:144].reshape(n, 16, 5))
-    d2_a_16 = torch.einsum("zjku,ijku->zui", _c21, (_c20 * 1.118033988749895))
+    _c21 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_a_16 = torch.bmm(_c21.permute(1, 0, 2, 3).reshape(16, n, 15), (_c20 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zujk,ujik->zui
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
-    _c22 = torch.einsum("zui,zjku->ijku", a[:, 16:64].reshape(n, 16, 3), _c21)
-    d2_weight_17 = torch.einsum("ijk,ijku->u", (cg_1_1_2 * 1.118033988749895), _c22)
+    _c22 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c21.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5)  # zui,zujk->uijk
+    d2_weight_17 = torch.mm((cg_1_1_2 * 1.118033988749895).reshape(1, 45), _c22.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
-    _c23 = torch.einsum("ijk,u->ijku", cg_1_1_1, weight[96:112].view(16))
-    d2_d_c_18 = torch.einsum("ziju,ijku->zuk", _c16, (_c23 * 1.224744871391589))
+    _c23 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->ujik
+    d2_d_c_18 = torch.bmm(_c16.permute(1, 0, 2, 3).reshape(16, n, 9), (_c23 * 1.224744871391589).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zuji,ujik->zuk
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
-    _c24 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 144:192].reshape(n, 16, 3))
-    d2_a_19 = torch.einsum("zjku,ijku->zui", _c24, (_c23 * 1.224744871391589))
+    _c24 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_a_19 = torch.bmm(_c24.permute(1, 0, 2, 3).reshape(16, n, 9), (_c23 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zujk,ujik->zui
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
-    _c25 = torch.einsum("zui,zjku->ijku", a[:, 16:64].reshape(n, 16, 3), _c24)
-    d2_weight_20 = torch.einsum("ijk,ijku->u", (cg_1_1_1 * 1.224744871391589), _c25)
+    _c25 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c24.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3)  # zui,zujk->uijk
+    d2_weight_20 = torch.mm((cg_1_1_1 * 1.224744871391589).reshape(1, 27), _c25.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,uijk->u
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
-    _c26 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3))
-    _c27 = torch.einsum("ijk,u->ijku", cg_1_2_1, weight[112:128].view(16))
-    d2_d_c_21 = torch.einsum("ziju,ijku->zuk", _c26, (_c27 * 0.8660254037844386))
+    _c26 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    _c27 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->ujik
+    d2_d_c_21 = torch.bmm(_c26.permute(1, 0, 2, 3).reshape(16, n, 15), (_c27 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuji,ujik->zuk
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
-    _c28 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 16:64].reshape(n, 16, 3))
-    d2_a_22 = torch.einsum("zjku,ijku->zui", _c28, (_c27 * 0.8660254037844386))
+    _c28 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_a_22 = torch.bmm(_c28.permute(1, 0, 2, 3).reshape(16, n, 15), (_c27 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zujk,ujik->zui
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
-    _c29 = torch.einsum("zui,zjku->ijku", a[:, 16:64].reshape(n, 16, 3), _c28)
-    d2_weight_23 = torch.einsum("ijk,ijku->u", (cg_1_2_1 * 0.8660254037844386), _c29)
+    _c29 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c28.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3)  # zui,zujk->uijk
+    d2_weight_23 = torch.mm((cg_1_2_1 * 0.8660254037844386).reshape(1, 45), _c29.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
-    _c30 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 64:144].reshape(n, 16, 5))
-    _c31 = torch.einsum("ijk,u->ijku", cg_2_0_2, weight[128:144].view(16))
-    d2_d_c_24 = torch.einsum("ziju,ijku->zuk", _c30, (_c31 * 1.118033988749895))
+    _c30 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c31 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
+    d2_d_c_24 = torch.bmm(_c30.permute(1, 0, 2, 3).reshape(16, n, 5), (_c31 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuji,uijk->zuk
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
-    _c32 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 0:16].reshape(n, 16, 1), d_c[:, 64:144].reshape(n, 16, 5))
-    d2_a_25 = torch.einsum("zjku,ijku->zui", _c32, (_c31 * 1.118033988749895))
+    _c32 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_a_25 = torch.bmm(_c32.permute(1, 0, 2, 3).reshape(16, n, 5), (_c31 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zujk,uijk->zui
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
-    _c33 = torch.einsum("zui,zjku->ijku", a[:, 64:144].reshape(n, 16, 5), _c32)
-    d2_weight_26 = torch.einsum("ijk,ijku->u", (cg_2_0_2 * 1.118033988749895), _c33)
+    _c33 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c32.permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 1, 5)  # zui,zujk->uijk
+    d2_weight_26 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c33.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
-    _c34 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
-    _c35 = torch.einsum("ijk,u->ijku", cg_2_1_1, weight[144:160].view(16))
-    d2_d_c_27 = torch.einsum("ziju,ijku->zuk", _c34, (_c35 * 0.8660254037844386))
+    _c34 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c35 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->ujik
+    d2_d_c_27 = torch.bmm(_c34.permute(1, 0, 2, 3).reshape(16, n, 15), (_c35 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuji,ujik->zuk
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
-    d2_a_28 = torch.einsum("zjku,ijku->zui", _c6, (_c35 * 0.8660254037844386))
+    d2_a_28 = torch.bmm(_c6.permute(1, 0, 2, 3).reshape(16, n, 9), (_c35 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zujk,ujik->zui
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
-    _c36 = torch.einsum("zui,zjku->ijku", a[:, 64:144].reshape(n, 16, 5), _c6)
-    d2_weight_29 = torch.einsum("ijk,ijku->u", (cg_2_1_1 * 0.8660254037844386), _c36)
+    _c36 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c6.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3)  # zui,zujk->uijk
+    d2_weight_29 = torch.mm((cg_2_1_1 * 0.8660254037844386).reshape(1, 45), _c36.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
-    _c37 = torch.einsum("zuj,zui->ziju", d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5))
-    _c38 = torch.einsum("ijk,u->ijku", cg_2_2_0, weight[160:176].view(16))
-    d2_d_c_30 = torch.einsum("ziju,ijku->zuk", _c37, (_c38 * 0.5773502691896257))
+    _c37 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    _c38 = torch.mm(cg_2_2_0.permute(1, 0, 2).reshape(25, 1), weight[160:176].view(16).reshape(1, 16)).view(5, 5, 1, 16)  # ijk,u->jiku
+    d2_d_c_30 = torch.bmm(_c37.permute(1, 0, 2, 3).reshape(16, n, 25), (_c38 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zuji,jiku->zuk
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
-    _c39 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 0:16].reshape(n, 16, 1))
-    d2_a_31 = torch.einsum("zjku,ijku->zui", _c39, (_c38 * 0.5773502691896257))
+    _c39 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_a_31 = torch.bmm(_c39.permute(1, 0, 2, 3).reshape(16, n, 5), (_c38 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zujk,jiku->zui
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
-    _c40 = torch.einsum("zui,zjku->ijku", a[:, 64:144].reshape(n, 16, 5), _c39)
-    d2_weight_32 = torch.einsum("ijk,ijku->u", (cg_2_2_0 * 0.5773502691896257), _c40)
+    _c40 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c39.permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 5, 1)  # zui,zujk->uijk
+    d2_weight_32 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c40.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
-    _c41 = torch.einsum("ijk,u->ijku", cg_2_2_2, weight[176:192].view(16))
-    d2_d_c_33 = torch.einsum("ziju,ijku->zuk", _c37, (_c41 * 1.118033988749895))
+    _c41 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->ujik
+    d2_d_c_33 = torch.bmm(_c37.permute(1, 0, 2, 3).reshape(16, n, 25), (_c41 * 1.118033988749895).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zuji,ujik->zuk
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
-    d2_a_34 = torch.einsum("zjku,ijku->zui", _c10, (_c41 * 1.118033988749895))
+    d2_a_34 = torch.bmm(_c10.permute(1, 0, 2, 3).reshape(16, n, 25), (_c41 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zujk,ujik->zui
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
-    _c42 = torch.einsum("zui,zjku->ijku", a[:, 64:144].reshape(n, 16, 5), _c10)
-    d2_weight_35 = torch.einsum("ijk,ijku->u", (cg_2_2_2 * 1.118033988749895), _c42)
+    _c42 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c10.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5)  # zui,zujk->uijk
+    d2_weight_35 = torch.mm((cg_2_2_2 * 1.118033988749895).reshape(1, 125), _c42.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,uijk->u
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
-    _c43 = torch.einsum("ijk,u->ijku", cg_2_2_1, weight[192:208].view(16))
-    d2_d_c_36 = torch.einsum("ziju,ijku->zuk", _c37, (_c43 * 1.224744871391589))
+    _c43 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->ujik
+    d2_d_c_36 = torch.bmm(_c37.permute(1, 0, 2, 3).reshape(16, n, 25), (_c43 * 1.224744871391589).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zuji,ujik->zuk
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
-    _c44 = torch.einsum("zuj,zuk->zjku", d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3))
-    d2_a_37 = torch.einsum("zjku,ijku->zui", _c44, (_c43 * 1.224744871391589))
+    _c44 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_a_37 = torch.bmm(_c44.permute(1, 0, 2, 3).reshape(16, n, 15), (_c43 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zujk,ujik->zui
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
-    _c45 = torch.einsum("zui,zjku->ijku", a[:, 64:144].reshape(n, 16, 5), _c44)
-    d2_weight_38 = torch.einsum("ijk,ijku->u", (cg_2_2_1 * 1.224744871391589), _c45)
+    _c45 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c44.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 5, 3)  # zui,zujk->uijk
+    d2_weight_38 = torch.mm((cg_2_2_1 * 1.224744871391589).reshape(1, 75), _c45.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,uijk->u
     d2_a = torch.cat([
         (d2_a_1 + d2_a_4 + d2_a_7).reshape(n, 16),
         (d2_a_10 + d2_a_13 + d2_a_16 + d2_a_19 + d2_a_22).reshape(n, 48),
@@ -2322,127 +2322,127 @@ def _elementwise_tp_d2_weight(
     """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_weight: a (n, 144), b (n, 144), d_c (n, 192), d2_d_weight (208,) -> d2_a (n, 144), d2_b (n, 144), d2_d_c (n, 192), d2_weight (208,)."""
     n = a.shape[0]
     # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
-    _c0 = torch.einsum("u,ijk->ijku", d2_d_weight[0:16].view(16), cg_0_0_0)
-    _c1 = torch.einsum("zui,zuj->ziju", a[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1))
-    d2_d_c_0 = torch.einsum("ijku,ziju->zuk", (_c0 * 0.5773502691896257), _c1)
+    _c0 = torch.mm(d2_d_weight[0:16].view(16).reshape(16, 1), cg_0_0_0.reshape(1, 1)).view(16, 1, 1, 1)  # u,ijk->uijk
+    _c1 = a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_d_c_0 = (_c0 * 0.5773502691896257).reshape(1, 16, 1) * _c1.reshape(n, 16, 1)
     # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
-    _c2 = torch.einsum("zuk,zuj->zjku", d_c[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1))
-    d2_a_1 = torch.einsum("ijku,zjku->zui", (_c0 * 0.5773502691896257), _c2)
+    _c2 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_a_1 = (_c0 * 0.5773502691896257).reshape(1, 16, 1) * _c2.reshape(n, 16, 1)
     # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
-    _c3 = torch.einsum("zuk,zui->ziku", d_c[:, 0:16].reshape(n, 16, 1), a[:, 0:16].reshape(n, 16, 1))
-    d2_b_2 = torch.einsum("ijku,ziku->zuj", (_c0 * 0.5773502691896257), _c3)
+    _c3 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_b_2 = (_c0 * 0.5773502691896257).reshape(1, 16, 1) * _c3.reshape(n, 16, 1)
     # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
-    _c4 = torch.einsum("u,ijk->ijku", d2_d_weight[16:32].view(16), cg_0_1_1)
-    _c5 = torch.einsum("zui,zuj->ziju", a[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3))
-    d2_d_c_3 = torch.einsum("ijku,ziju->zuk", (_c4 * 0.8660254037844386), _c5)
+    _c4 = torch.mm(d2_d_weight[16:32].view(16).reshape(16, 1), cg_0_1_1.reshape(1, 9)).view(16, 1, 3, 3)  # u,ijk->uijk
+    _c5 = a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_d_c_3 = torch.bmm((_c4 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3), _c5.permute(1, 2, 3, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
-    _c6 = torch.einsum("zuk,zuj->zjku", d_c[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
-    d2_a_4 = torch.einsum("ijku,zjku->zui", (_c4 * 0.8660254037844386), _c6)
+    _c6 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    d2_a_4 = torch.bmm((_c4 * 0.8660254037844386).reshape(16, 1, 9), _c6.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zujk->zui
     # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
-    _c7 = torch.einsum("zuk,zui->ziku", d_c[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1))
-    d2_b_5 = torch.einsum("ijku,ziku->zuj", (_c4 * 0.8660254037844386), _c7)
+    _c7 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_b_5 = torch.bmm((_c4 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 3, 3), _c7.permute(1, 3, 2, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
     # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    _c8 = torch.einsum("u,ijk->ijku", d2_d_weight[32:48].view(16), cg_0_2_2)
-    _c9 = torch.einsum("zui,zuj->ziju", a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5))
-    d2_d_c_6 = torch.einsum("ijku,ziju->zuk", (_c8 * 1.118033988749895), _c9)
+    _c8 = torch.mm(d2_d_weight[32:48].view(16).reshape(16, 1), cg_0_2_2.reshape(1, 25)).view(16, 1, 5, 5)  # u,ijk->uijk
+    _c9 = a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_d_c_6 = torch.bmm((_c8 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5), _c9.permute(1, 2, 3, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    _c10 = torch.einsum("zuk,zuj->zjku", d_c[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
-    d2_a_7 = torch.einsum("ijku,zjku->zui", (_c8 * 1.118033988749895), _c10)
+    _c10 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d2_a_7 = torch.bmm((_c8 * 1.118033988749895).reshape(16, 1, 25), _c10.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zujk->zui
     # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    _c11 = torch.einsum("zuk,zui->ziku", d_c[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1))
-    d2_b_8 = torch.einsum("ijku,ziku->zuj", (_c8 * 1.118033988749895), _c11)
+    _c11 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_b_8 = torch.bmm((_c8 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5), _c11.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuki->zuj
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    _c12 = torch.einsum("u,ijk->ijku", d2_d_weight[48:64].view(16), cg_1_0_1)
-    _c13 = torch.einsum("zui,zuj->ziju", a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1))
-    d2_d_c_9 = torch.einsum("ijku,ziju->zuk", (_c12 * 0.8660254037844386), _c13)
+    _c12 = torch.mm(d2_d_weight[48:64].view(16).reshape(16, 1), cg_1_0_1.reshape(1, 9)).view(16, 3, 1, 3)  # u,ijk->uijk
+    _c13 = a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_d_c_9 = torch.bmm((_c12 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3), _c13.permute(1, 2, 3, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    _c14 = torch.einsum("zuk,zuj->zjku", d_c[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1))
-    d2_a_10 = torch.einsum("ijku,zjku->zui", (_c12 * 0.8660254037844386), _c14)
+    _c14 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_a_10 = torch.bmm((_c12 * 0.8660254037844386).reshape(16, 3, 3), _c14.permute(1, 3, 2, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zukj->zui
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    _c15 = torch.einsum("zuk,zui->ziku", d_c[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
-    d2_b_11 = torch.einsum("ijku,ziku->zuj", (_c12 * 0.8660254037844386), _c15)
+    _c15 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    d2_b_11 = torch.bmm((_c12 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 1, 9), _c15.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuik->zuj
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    _c16 = torch.einsum("u,ijk->ijku", d2_d_weight[64:80].view(16), cg_1_1_0)
-    _c17 = torch.einsum("zui,zuj->ziju", a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
-    d2_d_c_12 = torch.einsum("ijku,ziju->zuk", (_c16 * 0.5773502691896257), _c17)
+    _c16 = torch.mm(d2_d_weight[64:80].view(16).reshape(16, 1), cg_1_1_0.reshape(1, 9)).view(16, 3, 3, 1)  # u,ijk->uijk
+    _c17 = a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_d_c_12 = torch.bmm((_c16 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 1, 9), _c17.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    _c18 = torch.einsum("zuk,zuj->zjku", d_c[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3))
-    d2_a_13 = torch.einsum("ijku,zjku->zui", (_c16 * 0.5773502691896257), _c18)
+    _c18 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_a_13 = torch.bmm((_c16 * 0.5773502691896257).reshape(16, 3, 3), _c18.permute(1, 3, 2, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zukj->zui
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    _c19 = torch.einsum("zuk,zui->ziku", d_c[:, 0:16].reshape(n, 16, 1), a[:, 16:64].reshape(n, 16, 3))
-    d2_b_14 = torch.einsum("ijku,ziku->zuj", (_c16 * 0.5773502691896257), _c19)
+    _c19 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_b_14 = torch.bmm((_c16 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(16, 3, 3), _c19.permute(1, 3, 2, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    _c20 = torch.einsum("u,ijk->ijku", d2_d_weight[80:96].view(16), cg_1_1_2)
-    d2_d_c_15 = torch.einsum("ijku,ziju->zuk", (_c20 * 1.118033988749895), _c17)
+    _c20 = torch.mm(d2_d_weight[80:96].view(16).reshape(16, 1), cg_1_1_2.reshape(1, 45)).view(16, 3, 3, 5)  # u,ijk->uijk
+    d2_d_c_15 = torch.bmm((_c20 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 9), _c17.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    _c21 = torch.einsum("zuk,zuj->zjku", d_c[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
-    d2_a_16 = torch.einsum("ijku,zjku->zui", (_c20 * 1.118033988749895), _c21)
+    _c21 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    d2_a_16 = torch.bmm((_c20 * 1.118033988749895).reshape(16, 3, 15), _c21.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    _c22 = torch.einsum("zuk,zui->ziku", d_c[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3))
-    d2_b_17 = torch.einsum("ijku,ziku->zuj", (_c20 * 1.118033988749895), _c22)
+    _c22 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_b_17 = torch.bmm((_c20 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 3, 15), _c22.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    _c23 = torch.einsum("u,ijk->ijku", d2_d_weight[96:112].view(16), cg_1_1_1)
-    d2_d_c_18 = torch.einsum("ijku,ziju->zuk", (_c23 * 1.224744871391589), _c17)
+    _c23 = torch.mm(d2_d_weight[96:112].view(16).reshape(16, 1), cg_1_1_1.reshape(1, 27)).view(16, 3, 3, 3)  # u,ijk->uijk
+    d2_d_c_18 = torch.bmm((_c23 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 3, 9), _c17.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    _c24 = torch.einsum("zuk,zuj->zjku", d_c[:, 144:192].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
-    d2_a_19 = torch.einsum("ijku,zjku->zui", (_c23 * 1.224744871391589), _c24)
+    _c24 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    d2_a_19 = torch.bmm((_c23 * 1.224744871391589).reshape(16, 3, 9), _c24.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    _c25 = torch.einsum("zuk,zui->ziku", d_c[:, 144:192].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
-    d2_b_20 = torch.einsum("ijku,ziku->zuj", (_c23 * 1.224744871391589), _c25)
+    _c25 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_b_20 = torch.bmm((_c23 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 3, 9), _c25.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    _c26 = torch.einsum("u,ijk->ijku", d2_d_weight[112:128].view(16), cg_1_2_1)
-    _c27 = torch.einsum("zui,zuj->ziju", a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
-    d2_d_c_21 = torch.einsum("ijku,ziju->zuk", (_c26 * 0.8660254037844386), _c27)
+    _c26 = torch.mm(d2_d_weight[112:128].view(16).reshape(16, 1), cg_1_2_1.reshape(1, 45)).view(16, 3, 5, 3)  # u,ijk->uijk
+    _c27 = a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_d_c_21 = torch.bmm((_c26 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 15), _c27.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    _c28 = torch.einsum("zuk,zuj->zjku", d_c[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
-    d2_a_22 = torch.einsum("ijku,zjku->zui", (_c26 * 0.8660254037844386), _c28)
+    _c28 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d2_a_22 = torch.bmm((_c26 * 0.8660254037844386).reshape(16, 3, 15), _c28.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    d2_b_23 = torch.einsum("ijku,ziku->zuj", (_c26 * 0.8660254037844386), _c15)
+    d2_b_23 = torch.bmm((_c26 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 5, 9), _c15.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuik->zuj
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    _c29 = torch.einsum("u,ijk->ijku", d2_d_weight[128:144].view(16), cg_2_0_2)
-    _c30 = torch.einsum("zui,zuj->ziju", a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1))
-    d2_d_c_24 = torch.einsum("ijku,ziju->zuk", (_c29 * 1.118033988749895), _c30)
+    _c29 = torch.mm(d2_d_weight[128:144].view(16).reshape(16, 1), cg_2_0_2.reshape(1, 25)).view(16, 5, 1, 5)  # u,ijk->uijk
+    _c30 = a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_d_c_24 = torch.bmm((_c29 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5), _c30.permute(1, 2, 3, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    _c31 = torch.einsum("zuk,zuj->zjku", d_c[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1))
-    d2_a_25 = torch.einsum("ijku,zjku->zui", (_c29 * 1.118033988749895), _c31)
+    _c31 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_a_25 = torch.bmm((_c29 * 1.118033988749895).reshape(16, 5, 5), _c31.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zukj->zui
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    _c32 = torch.einsum("zuk,zui->ziku", d_c[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5))
-    d2_b_26 = torch.einsum("ijku,ziku->zuj", (_c29 * 1.118033988749895), _c32)
+    _c32 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d2_b_26 = torch.bmm((_c29 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 1, 25), _c32.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuik->zuj
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    _c33 = torch.einsum("u,ijk->ijku", d2_d_weight[144:160].view(16), cg_2_1_1)
-    _c34 = torch.einsum("zui,zuj->ziju", a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
-    d2_d_c_27 = torch.einsum("ijku,ziju->zuk", (_c33 * 0.8660254037844386), _c34)
+    _c33 = torch.mm(d2_d_weight[144:160].view(16).reshape(16, 1), cg_2_1_1.reshape(1, 45)).view(16, 5, 3, 3)  # u,ijk->uijk
+    _c34 = a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_d_c_27 = torch.bmm((_c33 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 15), _c34.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    d2_a_28 = torch.einsum("ijku,zjku->zui", (_c33 * 0.8660254037844386), _c6)
+    d2_a_28 = torch.bmm((_c33 * 0.8660254037844386).reshape(16, 5, 9), _c6.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    _c35 = torch.einsum("zuk,zui->ziku", d_c[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
-    d2_b_29 = torch.einsum("ijku,ziku->zuj", (_c33 * 0.8660254037844386), _c35)
+    _c35 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_b_29 = torch.bmm((_c33 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 3, 15), _c35.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    _c36 = torch.einsum("u,ijk->ijku", d2_d_weight[160:176].view(16), cg_2_2_0)
-    _c37 = torch.einsum("zui,zuj->ziju", a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
-    d2_d_c_30 = torch.einsum("ijku,ziju->zuk", (_c36 * 0.5773502691896257), _c37)
+    _c36 = torch.mm(d2_d_weight[160:176].view(16).reshape(16, 1), cg_2_2_0.reshape(1, 25)).view(16, 5, 5, 1)  # u,ijk->uijk
+    _c37 = a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_d_c_30 = torch.bmm((_c36 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 1, 25), _c37.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    _c38 = torch.einsum("zuk,zuj->zjku", d_c[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5))
-    d2_a_31 = torch.einsum("ijku,zjku->zui", (_c36 * 0.5773502691896257), _c38)
+    _c38 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_a_31 = torch.bmm((_c36 * 0.5773502691896257).reshape(16, 5, 5), _c38.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zukj->zui
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    _c39 = torch.einsum("zuk,zui->ziku", d_c[:, 0:16].reshape(n, 16, 1), a[:, 64:144].reshape(n, 16, 5))
-    d2_b_32 = torch.einsum("ijku,ziku->zuj", (_c36 * 0.5773502691896257), _c39)
+    _c39 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_b_32 = torch.bmm((_c36 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(16, 5, 5), _c39.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuki->zuj
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    _c40 = torch.einsum("u,ijk->ijku", d2_d_weight[176:192].view(16), cg_2_2_2)
-    d2_d_c_33 = torch.einsum("ijku,ziju->zuk", (_c40 * 1.118033988749895), _c37)
+    _c40 = torch.mm(d2_d_weight[176:192].view(16).reshape(16, 1), cg_2_2_2.reshape(1, 125)).view(16, 5, 5, 5)  # u,ijk->uijk
+    d2_d_c_33 = torch.bmm((_c40 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 25), _c37.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    d2_a_34 = torch.einsum("ijku,zjku->zui", (_c40 * 1.118033988749895), _c10)
+    d2_a_34 = torch.bmm((_c40 * 1.118033988749895).reshape(16, 5, 25), _c10.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    d2_b_35 = torch.einsum("ijku,ziku->zuj", (_c40 * 1.118033988749895), _c32)
+    d2_b_35 = torch.bmm((_c40 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 25), _c32.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuik->zuj
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    _c41 = torch.einsum("u,ijk->ijku", d2_d_weight[192:208].view(16), cg_2_2_1)
-    d2_d_c_36 = torch.einsum("ijku,ziju->zuk", (_c41 * 1.224744871391589), _c37)
+    _c41 = torch.mm(d2_d_weight[192:208].view(16).reshape(16, 1), cg_2_2_1.reshape(1, 75)).view(16, 5, 5, 3)  # u,ijk->uijk
+    d2_d_c_36 = torch.bmm((_c41 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 3, 25), _c37.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    _c42 = torch.einsum("zuk,zuj->zjku", d_c[:, 144:192].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
-    d2_a_37 = torch.einsum("ijku,zjku->zui", (_c41 * 1.224744871391589), _c42)
+    _c42 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    d2_a_37 = torch.bmm((_c41 * 1.224744871391589).reshape(16, 5, 15), _c42.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    _c43 = torch.einsum("zuk,zui->ziku", d_c[:, 144:192].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
-    d2_b_38 = torch.einsum("ijku,ziku->zuj", (_c41 * 1.224744871391589), _c43)
+    _c43 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_b_38 = torch.bmm((_c41 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 5, 15), _c43.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuki->zuj
     d2_a = torch.cat([
         (d2_a_1 + d2_a_4 + d2_a_7).reshape(n, 16),
         (d2_a_10 + d2_a_13 + d2_a_16 + d2_a_19 + d2_a_22).reshape(n, 48),
@@ -2479,24 +2479,24 @@ def _full_tp(
     """full_tp on rows: a (n, 16), b (n, 32) -> c (n, 224)."""
     n = a.shape[0]
     # 4x0e ⊗ 8x0e -> 32x0e
-    _c0 = torch.einsum("zui,zvj->zijuv", a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1))
-    _c1 = torch.einsum("ijk,uv->ijkuv", cg_0_0_0, weight[0:32].view(4, 8))
-    c_0 = torch.einsum("zijuv,ijkuv->zuvk", _c0, (_c1 * 0.7071067811865476))
+    _c0 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8)).view(n, 1, 4, 1, 8)  # zui,zvj->ziujv
+    _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
+    c_0 = torch.bmm(_c0.permute(2, 4, 0, 1, 3).reshape(32, n, 1), (_c1 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 1, 1)).view(4, 8, n, 1).permute(2, 0, 1, 3)  # ziujv,ijkuv->zuvk
     # 4x0e ⊗ 8x1o -> 32x1o
-    _c2 = torch.einsum("zui,zvj->zijuv", a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3))
-    _c3 = torch.einsum("ijk,uv->ijkuv", cg_0_1_1, weight[32:64].view(4, 8))
-    c_1 = torch.einsum("zijuv,ijkuv->zuvk", _c2, (_c3 * 1.224744871391589))
+    _c2 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 24)).view(n, 1, 4, 3, 8)  # zui,zvj->ziujv
+    _c3 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
+    c_1 = torch.bmm(_c2.permute(2, 4, 0, 1, 3).reshape(32, n, 3), (_c3 * 1.224744871391589).reshape(32, 3, 3)).view(4, 8, n, 3).permute(2, 0, 1, 3)  # ziujv,uvijk->zuvk
     # 4x1o ⊗ 8x0e -> 32x1o
-    _c4 = torch.einsum("zui,zvj->zijuv", a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1))
-    _c5 = torch.einsum("ijk,uv->ijkuv", cg_1_0_1, weight[64:96].view(4, 8))
-    c_2 = torch.einsum("zijuv,ijkuv->zuvk", _c4, (_c5 * 1.224744871391589))
+    _c4 = torch.bmm(a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 12, 1), b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8)).view(n, 3, 4, 1, 8)  # zui,zvj->ziujv
+    _c5 = torch.mm(weight[64:96].view(4, 8).reshape(1, 32).t(), cg_1_0_1.reshape(9, 1).t()).view(4, 8, 3, 1, 3)  # ijk,uv->uvijk
+    c_2 = torch.bmm(_c4.permute(2, 4, 0, 1, 3).reshape(32, n, 3), (_c5 * 1.224744871391589).reshape(32, 3, 3)).view(4, 8, n, 3).permute(2, 0, 1, 3)  # ziujv,uvijk->zuvk
     # 4x1o ⊗ 8x1o -> 32x0e
-    _c6 = torch.einsum("zui,zvj->zijuv", a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3))
-    _c7 = torch.einsum("ijk,uv->ijkuv", cg_1_1_0, weight[96:128].view(4, 8))
-    c_3 = torch.einsum("zijuv,ijkuv->zuvk", _c6, (_c7 * 0.7071067811865476))
+    _c6 = torch.bmm(a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 12, 1), b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 24)).view(n, 3, 4, 3, 8)  # zui,zvj->ziujv
+    _c7 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
+    c_3 = torch.bmm(_c6.permute(2, 4, 0, 1, 3).reshape(32, n, 9), (_c7 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1)).view(4, 8, n, 1).permute(2, 0, 1, 3)  # ziujv,ijkuv->zuvk
     # 4x1o ⊗ 8x1o -> 32x1e
-    _c8 = torch.einsum("ijk,uv->ijkuv", cg_1_1_1, weight[128:160].view(4, 8))
-    c_4 = torch.einsum("zijuv,ijkuv->zuvk", _c6, (_c8 * 1.7320508075688772))
+    _c8 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3)  # ijk,uv->uvijk
+    c_4 = torch.bmm(_c6.permute(2, 4, 0, 1, 3).reshape(32, n, 9), (_c8 * 1.7320508075688772).reshape(32, 9, 3)).view(4, 8, n, 3).permute(2, 0, 1, 3)  # ziujv,uvijk->zuvk
     c = torch.cat([
         (c_0 + c_3).reshape(n, 32),
         (c_1 + c_2).reshape(n, 96),
@@ -2513,59 +2513,59 @@ def _full_tp_d(
     """the vector-Jacobian product of full_tp: a (n, 16), b (n, 32), d_c (n, 224) -> d_a (n, 16), d_b (n, 32), d_weight (160,)."""
     n = a.shape[0]
     # ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
-    _c0 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 128:224].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3))
-    _c1 = torch.einsum("uv,zjkuv->zjku", weight[128:160].view(4, 8), _c0)
-    d_a_0 = torch.einsum("ijk,zjku->zui", (cg_1_1_1 * 1.7320508075688772), _c1)
+    _c0 = torch.bmm(d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 12, 1), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 1, 3)).view(n, 8, 3, 4, 3)  # zuvk,zvj->zvkuj
+    _c1 = torch.bmm(weight[128:160].view(4, 8).reshape(4, 1, 8), _c0.permute(3, 1, 0, 4, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zvkuj->uzjk
+    d_a_0 = torch.mm(_c1.permute(2, 3, 1, 0).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,uzjk->zui
     # ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    _c2 = torch.einsum("zuvk,zui->zikuv", d_c[:, 128:224].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
-    _c3 = torch.einsum("uv,zikuv->zikv", weight[128:160].view(4, 8), _c2)
-    d_b_1 = torch.einsum("ijk,zikv->zvj", (cg_1_1_1 * 1.7320508075688772), _c3)
+    _c2 = torch.bmm(d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n * 4, 24, 1), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 1, 3)).view(n, 4, 3, 8, 3)  # zuvk,zui->zukvi
+    _c3 = torch.bmm(weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c2.permute(3, 1, 0, 4, 2).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zukvi->vzik
+    d_b_1 = torch.mm(_c3.permute(2, 3, 1, 0).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,vzik->zvj
     # ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
-    _c4 = torch.einsum("zui,ijk->zjku", a[:, 4:16].reshape(n, 4, 3), cg_1_1_1)
-    d_weight_2 = torch.einsum("zjkuv,zjku->uv", _c0, (_c4 * 1.7320508075688772))
+    _c4 = torch.mm(cg_1_1_1.reshape(3, 9).t(), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 3, n, 4)  # zui,ijk->jkzu
+    d_weight_2 = torch.bmm(_c0.permute(3, 1, 0, 2, 4).reshape(4, 8, n * 9), (_c4 * 1.7320508075688772).permute(3, 2, 1, 0).reshape(4, n * 9, 1)).view(4, 8)  # zvkuj,jkzu->uv
     # ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    _c5 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 8:32].reshape(n, 8, 3))
-    _c6 = torch.einsum("uv,zjkuv->zjku", weight[96:128].view(4, 8), _c5)
-    d_a_3 = torch.einsum("ijk,zjku->zui", (cg_1_1_0 * 0.7071067811865476), _c6)
+    _c5 = torch.bmm(d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n * 8, 4, 1), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 1, 3)).view(n, 8, 1, 4, 3)  # zuvk,zvj->zvkuj
+    _c6 = torch.bmm(weight[96:128].view(4, 8).reshape(4, 1, 8), _c5.permute(3, 1, 0, 4, 2).reshape(4, 8, n * 3)).view(4, n, 3, 1)  # uv,zvkuj->uzjk
+    d_a_3 = torch.mm(_c6.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_1_0 * 0.7071067811865476).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
     # ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _c7 = torch.einsum("zuvk,zui->zikuv", d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3))
-    _c8 = torch.einsum("uv,zikuv->zikv", weight[96:128].view(4, 8), _c7)
-    d_b_4 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.7071067811865476), _c8)
+    _c7 = torch.bmm(d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n * 4, 8, 1), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 1, 3)).view(n, 4, 1, 8, 3)  # zuvk,zui->zukvi
+    _c8 = torch.bmm(weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c7.permute(3, 1, 0, 4, 2).reshape(8, 4, n * 3)).view(8, n, 3, 1)  # uv,zukvi->vzik
+    d_b_4 = torch.mm(_c8.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_1_1_0 * 0.7071067811865476).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
     # ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
-    _c9 = torch.einsum("zui,ijk->zjku", a[:, 4:16].reshape(n, 4, 3), cg_1_1_0)
-    d_weight_5 = torch.einsum("zjkuv,zjku->uv", _c5, (_c9 * 0.7071067811865476))
+    _c9 = torch.mm(cg_1_1_0.reshape(3, 3).t(), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 1, n, 4)  # zui,ijk->jkzu
+    d_weight_5 = torch.bmm(_c5.permute(3, 1, 4, 0, 2).reshape(4, 8, n * 3), (_c9 * 0.7071067811865476).permute(3, 0, 2, 1).reshape(4, n * 3, 1)).view(4, 8)  # zvkuj,jkzu->uv
     # ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    _c10 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1))
-    _c11 = torch.einsum("uv,zjkuv->zjku", weight[64:96].view(4, 8), _c10)
-    d_a_6 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 1.224744871391589), _c11)
+    _c10 = torch.bmm(d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 12, 1), b[:, 0:8].reshape(n, 8, 1).reshape(n * 8, 1, 1)).view(n, 8, 3, 4, 1)  # zuvk,zvj->zvkuj
+    _c11 = torch.bmm(weight[64:96].view(4, 8).reshape(4, 1, 8), _c10.permute(3, 1, 0, 4, 2).reshape(4, 8, n * 3)).view(4, n, 1, 3)  # uv,zvkuj->uzjk
+    d_a_6 = torch.mm(_c11.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_0_1 * 1.224744871391589).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
     # ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    _c12 = torch.einsum("zuvk,zui->zikuv", d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
-    _c13 = torch.einsum("ijk,uv->ijkuv", cg_1_0_1, weight[64:96].view(4, 8))
-    d_b_7 = torch.einsum("zikuv,ijkuv->zvj", _c12, (_c13 * 1.224744871391589))
+    _c12 = torch.bmm(d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n * 4, 24, 1), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 1, 3)).view(n, 4, 3, 8, 3)  # zuvk,zui->zukvi
+    _c13 = torch.mm(cg_1_0_1.reshape(9, 1), weight[64:96].view(4, 8).reshape(1, 32)).view(3, 1, 3, 4, 8)  # ijk,uv->ijkuv
+    d_b_7 = torch.bmm(_c12.permute(3, 0, 4, 2, 1).reshape(8, n, 36), (_c13 * 1.224744871391589).permute(4, 0, 2, 3, 1).reshape(8, 36, 1)).view(8, n, 1).permute(1, 0, 2)  # zukvi,ijkuv->zvj
     # ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    _c14 = torch.einsum("zui,ijk->zjku", a[:, 4:16].reshape(n, 4, 3), cg_1_0_1)
-    d_weight_8 = torch.einsum("zjkuv,zjku->uv", _c10, (_c14 * 1.224744871391589))
+    _c14 = torch.mm(cg_1_0_1.reshape(3, 3).t(), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3).t()).view(1, 3, n, 4)  # zui,ijk->jkzu
+    d_weight_8 = torch.bmm(_c10.permute(3, 1, 0, 2, 4).reshape(4, 8, n * 3), (_c14 * 1.224744871391589).permute(3, 2, 1, 0).reshape(4, n * 3, 1)).view(4, 8)  # zvkuj,jkzu->uv
     # ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    _c15 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3))
-    _c16 = torch.einsum("ijk,uv->ijkuv", cg_0_1_1, weight[32:64].view(4, 8))
-    d_a_9 = torch.einsum("zjkuv,ijkuv->zui", _c15, (_c16 * 1.224744871391589))
+    _c15 = torch.bmm(d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 12, 1), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 1, 3)).view(n, 8, 3, 4, 3)  # zuvk,zvj->zvkuj
+    _c16 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
+    d_a_9 = torch.bmm(_c15.permute(3, 0, 1, 4, 2).reshape(4, n, 72), (_c16 * 1.224744871391589).permute(0, 1, 3, 4, 2).reshape(4, 72, 1)).view(4, n, 1).permute(1, 0, 2)  # zvkuj,uvijk->zui
     # ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    _c17 = torch.einsum("zuvk,zui->zikuv", d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1))
-    _c18 = torch.einsum("uv,zikuv->zikv", weight[32:64].view(4, 8), _c17)
-    d_b_10 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 1.224744871391589), _c18)
+    _c17 = torch.bmm(d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n * 4, 24, 1), a[:, 0:4].reshape(n, 4, 1).reshape(n * 4, 1, 1)).view(n, 4, 3, 8, 1)  # zuvk,zui->zukvi
+    _c18 = torch.bmm(weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c17.permute(3, 1, 0, 4, 2).reshape(8, 4, n * 3)).view(8, n, 1, 3)  # uv,zukvi->vzik
+    d_b_10 = torch.mm(_c18.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_0_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
     # ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    _c19 = torch.einsum("zvj,ijk->zikv", b[:, 8:32].reshape(n, 8, 3), cg_0_1_1)
-    d_weight_11 = torch.einsum("zikuv,zikv->uv", _c17, (_c19 * 1.224744871391589))
+    _c19 = torch.mm(cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t(), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3).t()).view(1, 3, n, 8)  # zvj,ijk->ikzv
+    d_weight_11 = torch.bmm(_c17.permute(3, 1, 0, 2, 4).reshape(8, 4, n * 3), (_c19 * 1.224744871391589).permute(3, 2, 1, 0).reshape(8, n * 3, 1)).view(8, 4).permute(1, 0)  # zukvi,ikzv->uv
     # ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    _c20 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 0:8].reshape(n, 8, 1))
-    _c21 = torch.einsum("ijk,uv->ijkuv", cg_0_0_0, weight[0:32].view(4, 8))
-    d_a_12 = torch.einsum("zjkuv,ijkuv->zui", _c20, (_c21 * 0.7071067811865476))
+    _c20 = torch.bmm(d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n * 8, 4, 1), b[:, 0:8].reshape(n, 8, 1).reshape(n * 8, 1, 1)).view(n, 8, 1, 4, 1)  # zuvk,zvj->zvkuj
+    _c21 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
+    d_a_12 = torch.bmm(_c20.permute(3, 0, 1, 2, 4).reshape(4, n, 8), (_c21 * 0.7071067811865476).permute(3, 4, 2, 1, 0).reshape(4, 8, 1)).view(4, n, 1).permute(1, 0, 2)  # zvkuj,ijkuv->zui
     # ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    _c22 = torch.einsum("zuvk,zui->zikuv", d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1))
-    d_b_13 = torch.einsum("zikuv,ijkuv->zvj", _c22, (_c21 * 0.7071067811865476))
+    _c22 = torch.bmm(d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n * 4, 8, 1), a[:, 0:4].reshape(n, 4, 1).reshape(n * 4, 1, 1)).view(n, 4, 1, 8, 1)  # zuvk,zui->zukvi
+    d_b_13 = torch.bmm(_c22.permute(3, 0, 1, 2, 4).reshape(8, n, 4), (_c21 * 0.7071067811865476).permute(4, 3, 2, 0, 1).reshape(8, 4, 1)).view(8, n, 1).permute(1, 0, 2)  # zukvi,ijkuv->zvj
     # ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    _c23 = torch.einsum("zvj,zikuv->ijkuv", b[:, 0:8].reshape(n, 8, 1), _c22)
-    d_weight_14 = torch.einsum("ijk,ijkuv->uv", (cg_0_0_0 * 0.7071067811865476), _c23)
+    _c23 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _c22.permute(3, 0, 4, 2, 1).reshape(8, n, 4)).view(8, 1, 1, 1, 4)  # zvj,zukvi->vjiku
+    d_weight_14 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c23.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
     d_a = torch.cat([
         (d_a_9 + d_a_12).reshape(n, 4),
         (d_a_0 + d_a_3 + d_a_6).reshape(n, 12),
@@ -2592,58 +2592,58 @@ def _full_tp_d2_a(
     """the vector-Jacobian product of full_tp_d for the cotangent of d_a: a (n, 16), b (n, 32), d_c (n, 224), d2_d_a (n, 16) -> d2_a (n, 16), d2_b (n, 32), d2_d_c (n, 224), d2_weight (160,)."""
     n = a.shape[0]
     # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    _c0 = torch.einsum("zui,zvj->zijuv", d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1))
-    _c1 = torch.einsum("ijk,uv->ijkuv", cg_0_0_0, weight[0:32].view(4, 8))
-    d2_d_c_0 = torch.einsum("zijuv,ijkuv->zuvk", _c0, (_c1 * 0.7071067811865476))
+    _c0 = torch.bmm(d2_d_a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8)).view(n, 1, 4, 1, 8)  # zui,zvj->ziujv
+    _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
+    d2_d_c_0 = torch.bmm(_c0.permute(2, 4, 0, 1, 3).reshape(32, n, 1), (_c1 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 1, 1)).view(4, 8, n, 1).permute(2, 0, 1, 3)  # ziujv,ijkuv->zuvk
     # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    _c2 = torch.einsum("zui,zuvk->zikuv", d2_d_a[:, 0:4].reshape(n, 4, 1), d_c[:, 0:32].reshape(n, 4, 8, 1))
-    d2_b_1 = torch.einsum("zikuv,ijkuv->zvj", _c2, (_c1 * 0.7071067811865476))
+    _c2 = torch.bmm(d2_d_a[:, 0:4].reshape(n, 4, 1).reshape(n * 4, 1, 1), d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n * 4, 1, 8)).view(n, 4, 1, 1, 8)  # zui,zuvk->zuikv
+    d2_b_1 = torch.bmm(_c2.permute(4, 0, 1, 2, 3).reshape(8, n, 4), (_c1 * 0.7071067811865476).permute(4, 3, 0, 2, 1).reshape(8, 4, 1)).view(8, n, 1).permute(1, 0, 2)  # zuikv,ijkuv->zvj
     # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    _c3 = torch.einsum("zvj,zikuv->ijkuv", b[:, 0:8].reshape(n, 8, 1), _c2)
-    d2_weight_2 = torch.einsum("ijk,ijkuv->uv", (cg_0_0_0 * 0.7071067811865476), _c3)
+    _c3 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _c2.permute(4, 0, 2, 3, 1).reshape(8, n, 4)).view(8, 1, 1, 1, 4)  # zvj,zuikv->vjiku
+    d2_weight_2 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
     # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    _c4 = torch.einsum("zui,zvj->zijuv", d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3))
-    _c5 = torch.einsum("ijk,uv->ijkuv", cg_0_1_1, weight[32:64].view(4, 8))
-    d2_d_c_3 = torch.einsum("zijuv,ijkuv->zuvk", _c4, (_c5 * 1.224744871391589))
+    _c4 = torch.bmm(d2_d_a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 24)).view(n, 1, 4, 3, 8)  # zui,zvj->ziujv
+    _c5 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
+    d2_d_c_3 = torch.bmm(_c4.permute(2, 4, 0, 1, 3).reshape(32, n, 3), (_c5 * 1.224744871391589).reshape(32, 3, 3)).view(4, 8, n, 3).permute(2, 0, 1, 3)  # ziujv,uvijk->zuvk
     # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    _c6 = torch.einsum("zui,zuvk->zikuv", d2_d_a[:, 0:4].reshape(n, 4, 1), d_c[:, 32:128].reshape(n, 4, 8, 3))
-    _c7 = torch.einsum("uv,zikuv->zikv", weight[32:64].view(4, 8), _c6)
-    d2_b_4 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 1.224744871391589), _c7)
+    _c6 = torch.bmm(d2_d_a[:, 0:4].reshape(n, 4, 1).reshape(n * 4, 1, 1), d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n * 4, 1, 24)).view(n, 4, 1, 3, 8)  # zui,zuvk->zuikv
+    _c7 = torch.bmm(weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c6.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 3)).view(8, n, 1, 3)  # uv,zuikv->vzik
+    d2_b_4 = torch.mm(_c7.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_0_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
     # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    _c8 = torch.einsum("zvj,ijk->zikv", b[:, 8:32].reshape(n, 8, 3), cg_0_1_1)
-    d2_weight_5 = torch.einsum("zikuv,zikv->uv", _c6, (_c8 * 1.224744871391589))
+    _c8 = torch.mm(cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t(), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3).t()).view(1, 3, n, 8)  # zvj,ijk->ikzv
+    d2_weight_5 = torch.bmm(_c6.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 3), (_c8 * 1.224744871391589).permute(3, 2, 0, 1).reshape(8, n * 3, 1)).view(8, 4).permute(1, 0)  # zuikv,ikzv->uv
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    _c9 = torch.einsum("zui,zvj->zijuv", d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1))
-    _c10 = torch.einsum("ijk,uv->ijkuv", cg_1_0_1, weight[64:96].view(4, 8))
-    d2_d_c_6 = torch.einsum("zijuv,ijkuv->zuvk", _c9, (_c10 * 1.224744871391589))
+    _c9 = torch.bmm(d2_d_a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 12, 1), b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8)).view(n, 3, 4, 1, 8)  # zui,zvj->ziujv
+    _c10 = torch.mm(weight[64:96].view(4, 8).reshape(1, 32).t(), cg_1_0_1.reshape(9, 1).t()).view(4, 8, 3, 1, 3)  # ijk,uv->uvijk
+    d2_d_c_6 = torch.bmm(_c9.permute(2, 4, 0, 1, 3).reshape(32, n, 3), (_c10 * 1.224744871391589).reshape(32, 3, 3)).view(4, 8, n, 3).permute(2, 0, 1, 3)  # ziujv,uvijk->zuvk
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    _c11 = torch.einsum("zui,zuvk->zikuv", d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 32:128].reshape(n, 4, 8, 3))
-    d2_b_7 = torch.einsum("zikuv,ijkuv->zvj", _c11, (_c10 * 1.224744871391589))
+    _c11 = torch.bmm(d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3, 1), d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n * 4, 1, 24)).view(n, 4, 3, 3, 8)  # zui,zuvk->zuikv
+    d2_b_7 = torch.bmm(_c11.permute(4, 0, 1, 2, 3).reshape(8, n, 36), (_c10 * 1.224744871391589).permute(1, 0, 2, 4, 3).reshape(8, 36, 1)).view(8, n, 1).permute(1, 0, 2)  # zuikv,uvijk->zvj
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    _c12 = torch.einsum("zui,ijk->zjku", d2_d_a[:, 4:16].reshape(n, 4, 3), cg_1_0_1)
-    _c13 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1))
-    d2_weight_8 = torch.einsum("zjku,zjkuv->uv", (_c12 * 1.224744871391589), _c13)
+    _c12 = torch.mm(d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3), cg_1_0_1.reshape(3, 3)).view(n, 4, 1, 3)  # zui,ijk->zujk
+    _c13 = torch.bmm(d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 12, 1), b[:, 0:8].reshape(n, 8, 1).reshape(n * 8, 1, 1)).view(n, 8, 3, 4, 1)  # zuvk,zvj->zvkuj
+    d2_weight_8 = torch.bmm((_c12 * 1.224744871391589).permute(1, 0, 2, 3).reshape(4, 1, n * 3), _c13.permute(3, 0, 4, 2, 1).reshape(4, n * 3, 8)).view(4, 8)  # zujk,zvkuj->uv
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    _c14 = torch.einsum("zui,zvj->zijuv", d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3))
-    _c15 = torch.einsum("ijk,uv->ijkuv", cg_1_1_0, weight[96:128].view(4, 8))
-    d2_d_c_9 = torch.einsum("zijuv,ijkuv->zuvk", _c14, (_c15 * 0.7071067811865476))
+    _c14 = torch.bmm(d2_d_a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 12, 1), b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 24)).view(n, 3, 4, 3, 8)  # zui,zvj->ziujv
+    _c15 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
+    d2_d_c_9 = torch.bmm(_c14.permute(2, 4, 0, 1, 3).reshape(32, n, 9), (_c15 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1)).view(4, 8, n, 1).permute(2, 0, 1, 3)  # ziujv,ijkuv->zuvk
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    _c16 = torch.einsum("zui,zuvk->zikuv", d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 0:32].reshape(n, 4, 8, 1))
-    _c17 = torch.einsum("uv,zikuv->zikv", weight[96:128].view(4, 8), _c16)
-    d2_b_10 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.7071067811865476), _c17)
+    _c16 = torch.bmm(d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3, 1), d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n * 4, 1, 8)).view(n, 4, 3, 1, 8)  # zui,zuvk->zuikv
+    _c17 = torch.bmm(weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c16.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 3)).view(8, n, 3, 1)  # uv,zuikv->vzik
+    d2_b_10 = torch.mm(_c17.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_1_1_0 * 0.7071067811865476).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    _c18 = torch.einsum("zvj,ijk->zikv", b[:, 8:32].reshape(n, 8, 3), cg_1_1_0)
-    d2_weight_11 = torch.einsum("zikuv,zikv->uv", _c16, (_c18 * 0.7071067811865476))
+    _c18 = torch.mm(cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t(), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3).t()).view(3, 1, n, 8)  # zvj,ijk->ikzv
+    d2_weight_11 = torch.bmm(_c16.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 3), (_c18 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(8, n * 3, 1)).view(8, 4).permute(1, 0)  # zuikv,ikzv->uv
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
-    _c19 = torch.einsum("ijk,uv->ijkuv", cg_1_1_1, weight[128:160].view(4, 8))
-    d2_d_c_12 = torch.einsum("zijuv,ijkuv->zuvk", _c14, (_c19 * 1.7320508075688772))
+    _c19 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3)  # ijk,uv->uvijk
+    d2_d_c_12 = torch.bmm(_c14.permute(2, 4, 0, 1, 3).reshape(32, n, 9), (_c19 * 1.7320508075688772).reshape(32, 9, 3)).view(4, 8, n, 3).permute(2, 0, 1, 3)  # ziujv,uvijk->zuvk
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
-    _c20 = torch.einsum("zui,zuvk->zikuv", d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 128:224].reshape(n, 4, 8, 3))
-    _c21 = torch.einsum("uv,zikuv->zikv", weight[128:160].view(4, 8), _c20)
-    d2_b_13 = torch.einsum("ijk,zikv->zvj", (cg_1_1_1 * 1.7320508075688772), _c21)
+    _c20 = torch.bmm(d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3, 1), d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n * 4, 1, 24)).view(n, 4, 3, 3, 8)  # zui,zuvk->zuikv
+    _c21 = torch.bmm(weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c20.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zuikv->vzik
+    d2_b_13 = torch.mm(_c21.permute(2, 3, 1, 0).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,vzik->zvj
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
-    _c22 = torch.einsum("zvj,ijk->zikv", b[:, 8:32].reshape(n, 8, 3), cg_1_1_1)
-    d2_weight_14 = torch.einsum("zikuv,zikv->uv", _c20, (_c22 * 1.7320508075688772))
+    _c22 = torch.mm(cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t(), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3).t()).view(3, 3, n, 8)  # zvj,ijk->ikzv
+    d2_weight_14 = torch.bmm(_c20.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 9), (_c22 * 1.7320508075688772).permute(3, 2, 0, 1).reshape(8, n * 9, 1)).view(8, 4).permute(1, 0)  # zuikv,ikzv->uv
     d2_a = weight.new_zeros(n, 16)
     d2_b = torch.cat([
         (d2_b_1 + d2_b_7).reshape(n, 8),
@@ -2672,57 +2672,57 @@ def _full_tp_d2_b(
     """the vector-Jacobian product of full_tp_d for the cotangent of d_b: a (n, 16), b (n, 32), d_c (n, 224), d2_d_b (n, 32) -> d2_a (n, 16), d2_b (n, 32), d2_d_c (n, 224), d2_weight (160,)."""
     n = a.shape[0]
     # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    _c0 = torch.einsum("zvj,zui->zijuv", d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 0:4].reshape(n, 4, 1))
-    _c1 = torch.einsum("ijk,uv->ijkuv", cg_0_0_0, weight[0:32].view(4, 8))
-    d2_d_c_0 = torch.einsum("zijuv,ijkuv->zuvk", _c0, (_c1 * 0.7071067811865476))
+    _c0 = torch.bmm(d2_d_b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8, 1), a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 4)).view(n, 1, 8, 1, 4)  # zvj,zui->zjviu
+    _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8).permute(0, 1, 2, 4, 3)  # ijk,uv->ijkvu
+    d2_d_c_0 = torch.bmm(_c0.permute(2, 4, 0, 1, 3).reshape(32, n, 1), (_c1 * 0.7071067811865476).permute(3, 4, 1, 0, 2).reshape(32, 1, 1)).view(8, 4, n, 1).permute(2, 1, 0, 3)  # zjviu,ijkvu->zuvk
     # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    _c2 = torch.einsum("zvj,zuvk->zjkuv", d2_d_b[:, 0:8].reshape(n, 8, 1), d_c[:, 0:32].reshape(n, 4, 8, 1))
-    d2_a_1 = torch.einsum("zjkuv,ijkuv->zui", _c2, (_c1 * 0.7071067811865476))
+    _c2 = torch.bmm(d2_d_b[:, 0:8].reshape(n, 8, 1).reshape(n * 8, 1, 1), d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n * 8, 1, 4)).view(n, 8, 1, 1, 4)  # zvj,zuvk->zvjku
+    d2_a_1 = torch.bmm(_c2.permute(4, 0, 1, 2, 3).reshape(4, n, 8), (_c1 * 0.7071067811865476).permute(4, 3, 1, 2, 0).reshape(4, 8, 1)).view(4, n, 1).permute(1, 0, 2)  # zvjku,ijkvu->zui
     # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    _c3 = torch.einsum("zui,zjkuv->ijkuv", a[:, 0:4].reshape(n, 4, 1), _c2)
-    d2_weight_2 = torch.einsum("ijk,ijkuv->uv", (cg_0_0_0 * 0.7071067811865476), _c3)
+    _c3 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(1, 2, 0).reshape(4, 1, n), _c2.permute(4, 0, 2, 3, 1).reshape(4, n, 8)).view(4, 1, 1, 1, 8)  # zui,zvjku->uijkv
+    d2_weight_2 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.permute(1, 2, 3, 0, 4).reshape(1, 32)).view(4, 8)  # ijk,uijkv->uv
     # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    _c4 = torch.einsum("zvj,zui->zijuv", d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 0:4].reshape(n, 4, 1))
-    _c5 = torch.einsum("ijk,uv->ijkuv", cg_0_1_1, weight[32:64].view(4, 8))
-    d2_d_c_3 = torch.einsum("zijuv,ijkuv->zuvk", _c4, (_c5 * 1.224744871391589))
+    _c4 = torch.bmm(d2_d_b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 24, 1), a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 4)).view(n, 3, 8, 1, 4)  # zvj,zui->zjviu
+    _c5 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
+    d2_d_c_3 = torch.bmm(_c4.permute(4, 2, 0, 1, 3).reshape(32, n, 3), (_c5 * 1.224744871391589).permute(0, 1, 3, 2, 4).reshape(32, 3, 3)).view(4, 8, n, 3).permute(2, 0, 1, 3)  # zjviu,uvijk->zuvk
     # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    _c6 = torch.einsum("zvj,zuvk->zjkuv", d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 32:128].reshape(n, 4, 8, 3))
-    d2_a_4 = torch.einsum("zjkuv,ijkuv->zui", _c6, (_c5 * 1.224744871391589))
+    _c6 = torch.bmm(d2_d_b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3, 1), d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 1, 12)).view(n, 8, 3, 3, 4)  # zvj,zuvk->zvjku
+    d2_a_4 = torch.bmm(_c6.permute(4, 0, 1, 2, 3).reshape(4, n, 72), (_c5 * 1.224744871391589).permute(0, 1, 3, 4, 2).reshape(4, 72, 1)).view(4, n, 1).permute(1, 0, 2)  # zvjku,uvijk->zui
     # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    _c7 = torch.einsum("zui,zjkuv->ijkuv", a[:, 0:4].reshape(n, 4, 1), _c6)
-    d2_weight_5 = torch.einsum("ijk,ijkuv->uv", (cg_0_1_1 * 1.224744871391589), _c7)
+    _c7 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(1, 2, 0).reshape(4, 1, n), _c6.permute(4, 0, 1, 2, 3).reshape(4, n, 72)).view(4, 1, 8, 3, 3)  # zui,zvjku->uivjk
+    d2_weight_5 = torch.mm((cg_0_1_1 * 1.224744871391589).reshape(1, 9), _c7.permute(1, 3, 4, 0, 2).reshape(9, 32)).view(4, 8)  # ijk,uivjk->uv
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    _c8 = torch.einsum("zvj,zui->zijuv", d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 4:16].reshape(n, 4, 3))
-    _c9 = torch.einsum("ijk,uv->ijkuv", cg_1_0_1, weight[64:96].view(4, 8))
-    d2_d_c_6 = torch.einsum("zijuv,ijkuv->zuvk", _c8, (_c9 * 1.224744871391589))
+    _c8 = torch.bmm(d2_d_b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8, 1), a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 1, 12)).view(n, 1, 8, 3, 4)  # zvj,zui->zjviu
+    _c9 = torch.mm(weight[64:96].view(4, 8).reshape(1, 32).t(), cg_1_0_1.reshape(9, 1).t()).view(4, 8, 3, 1, 3)  # ijk,uv->uvijk
+    d2_d_c_6 = torch.bmm(_c8.permute(4, 2, 0, 1, 3).reshape(32, n, 3), (_c9 * 1.224744871391589).permute(0, 1, 3, 2, 4).reshape(32, 3, 3)).view(4, 8, n, 3).permute(2, 0, 1, 3)  # zjviu,uvijk->zuvk
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    _c10 = torch.einsum("zvj,zuvk->zjkuv", d2_d_b[:, 0:8].reshape(n, 8, 1), d_c[:, 32:128].reshape(n, 4, 8, 3))
-    _c11 = torch.einsum("uv,zjkuv->zjku", weight[64:96].view(4, 8), _c10)
-    d2_a_7 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 1.224744871391589), _c11)
+    _c10 = torch.bmm(d2_d_b[:, 0:8].reshape(n, 8, 1).reshape(n * 8, 1, 1), d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 1, 12)).view(n, 8, 1, 3, 4)  # zvj,zuvk->zvjku
+    _c11 = torch.bmm(weight[64:96].view(4, 8).reshape(4, 1, 8), _c10.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 3)).view(4, n, 1, 3)  # uv,zvjku->uzjk
+    d2_a_7 = torch.mm(_c11.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_0_1 * 1.224744871391589).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    _c12 = torch.einsum("zui,ijk->zjku", a[:, 4:16].reshape(n, 4, 3), cg_1_0_1)
-    d2_weight_8 = torch.einsum("zjkuv,zjku->uv", _c10, (_c12 * 1.224744871391589))
+    _c12 = torch.mm(cg_1_0_1.reshape(3, 3).t(), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3).t()).view(1, 3, n, 4)  # zui,ijk->jkzu
+    d2_weight_8 = torch.bmm(_c10.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 3), (_c12 * 1.224744871391589).permute(3, 2, 0, 1).reshape(4, n * 3, 1)).view(4, 8)  # zvjku,jkzu->uv
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _c13 = torch.einsum("zvj,zui->zijuv", d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 4:16].reshape(n, 4, 3))
-    _c14 = torch.einsum("ijk,uv->ijkuv", cg_1_1_0, weight[96:128].view(4, 8))
-    d2_d_c_9 = torch.einsum("zijuv,ijkuv->zuvk", _c13, (_c14 * 0.7071067811865476))
+    _c13 = torch.bmm(d2_d_b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 24, 1), a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 1, 12)).view(n, 3, 8, 3, 4)  # zvj,zui->zjviu
+    _c14 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
+    d2_d_c_9 = torch.bmm(_c13.permute(4, 2, 0, 3, 1).reshape(32, n, 9), (_c14 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1)).view(4, 8, n, 1).permute(2, 0, 1, 3)  # zjviu,ijkuv->zuvk
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _c15 = torch.einsum("zvj,zuvk->zjkuv", d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 0:32].reshape(n, 4, 8, 1))
-    _c16 = torch.einsum("uv,zjkuv->zjku", weight[96:128].view(4, 8), _c15)
-    d2_a_10 = torch.einsum("ijk,zjku->zui", (cg_1_1_0 * 0.7071067811865476), _c16)
+    _c15 = torch.bmm(d2_d_b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3, 1), d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n * 8, 1, 4)).view(n, 8, 3, 1, 4)  # zvj,zuvk->zvjku
+    _c16 = torch.bmm(weight[96:128].view(4, 8).reshape(4, 1, 8), _c15.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 3)).view(4, n, 3, 1)  # uv,zvjku->uzjk
+    d2_a_10 = torch.mm(_c16.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_1_0 * 0.7071067811865476).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _c17 = torch.einsum("zui,ijk->zjku", a[:, 4:16].reshape(n, 4, 3), cg_1_1_0)
-    d2_weight_11 = torch.einsum("zjkuv,zjku->uv", _c15, (_c17 * 0.7071067811865476))
+    _c17 = torch.mm(cg_1_1_0.reshape(3, 3).t(), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 1, n, 4)  # zui,ijk->jkzu
+    d2_weight_11 = torch.bmm(_c15.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 3), (_c17 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(4, n * 3, 1)).view(4, 8)  # zvjku,jkzu->uv
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    _c18 = torch.einsum("ijk,uv->ijkuv", cg_1_1_1, weight[128:160].view(4, 8))
-    d2_d_c_12 = torch.einsum("zijuv,ijkuv->zuvk", _c13, (_c18 * 1.7320508075688772))
+    _c18 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3)  # ijk,uv->uvijk
+    d2_d_c_12 = torch.bmm(_c13.permute(4, 2, 0, 3, 1).reshape(32, n, 9), (_c18 * 1.7320508075688772).reshape(32, 9, 3)).view(4, 8, n, 3).permute(2, 0, 1, 3)  # zjviu,uvijk->zuvk
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    _c19 = torch.einsum("zvj,zuvk->zjkuv", d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 128:224].reshape(n, 4, 8, 3))
-    _c20 = torch.einsum("uv,zjkuv->zjku", weight[128:160].view(4, 8), _c19)
-    d2_a_13 = torch.einsum("ijk,zjku->zui", (cg_1_1_1 * 1.7320508075688772), _c20)
+    _c19 = torch.bmm(d2_d_b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3, 1), d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 1, 12)).view(n, 8, 3, 3, 4)  # zvj,zuvk->zvjku
+    _c20 = torch.bmm(weight[128:160].view(4, 8).reshape(4, 1, 8), _c19.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zvjku->uzjk
+    d2_a_13 = torch.mm(_c20.permute(2, 3, 1, 0).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,uzjk->zui
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    _c21 = torch.einsum("zui,ijk->zjku", a[:, 4:16].reshape(n, 4, 3), cg_1_1_1)
-    d2_weight_14 = torch.einsum("zjkuv,zjku->uv", _c19, (_c21 * 1.7320508075688772))
+    _c21 = torch.mm(cg_1_1_1.reshape(3, 9).t(), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 3, n, 4)  # zui,ijk->jkzu
+    d2_weight_14 = torch.bmm(_c19.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 9), (_c21 * 1.7320508075688772).permute(3, 2, 0, 1).reshape(4, n * 9, 1)).view(4, 8)  # zvjku,jkzu->uv
     d2_a = torch.cat([
         (d2_a_1 + d2_a_4).reshape(n, 4),
         (d2_a_7 + d2_a_10 + d2_a_13).reshape(n, 12),
@@ -2751,60 +2751,60 @@ def _full_tp_d2_weight(
     """the vector-Jacobian product of full_tp_d for the cotangent of d_weight: a (n, 16), b (n, 32), d_c (n, 224), d2_d_weight (160,) -> d2_a (n, 16), d2_b (n, 32), d2_d_c (n, 224), d2_weight (160,)."""
     n = a.shape[0]
     # ∂/∂d_c: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    _c0 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[0:32].view(4, 8), cg_0_0_0)
-    _c1 = torch.einsum("zui,zvj->zijuv", a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1))
-    d2_d_c_0 = torch.einsum("ijkuv,zijuv->zuvk", (_c0 * 0.7071067811865476), _c1)
+    _c0 = torch.mm(d2_d_weight[0:32].view(4, 8).reshape(32, 1), cg_0_0_0.reshape(1, 1)).view(4, 8, 1, 1, 1)  # uv,ijk->uvijk
+    _c1 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8)).view(n, 1, 4, 1, 8)  # zui,zvj->ziujv
+    d2_d_c_0 = (_c0 * 0.7071067811865476).reshape(1, 4, 8, 1) * _c1.reshape(n, 4, 8, 1)
     # ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    _c2 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 0:8].reshape(n, 8, 1))
-    d2_a_1 = torch.einsum("ijkuv,zjkuv->zui", (_c0 * 0.7071067811865476), _c2)
+    _c2 = torch.bmm(d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n * 8, 4, 1), b[:, 0:8].reshape(n, 8, 1).reshape(n * 8, 1, 1)).view(n, 8, 1, 4, 1)  # zuvk,zvj->zvkuj
+    d2_a_1 = torch.bmm((_c0 * 0.7071067811865476).permute(0, 2, 1, 3, 4).reshape(4, 1, 8), _c2.permute(3, 1, 4, 2, 0).reshape(4, 8, n)).view(4, 1, n).permute(2, 0, 1)  # uvijk,zvkuj->zui
     # ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    _c3 = torch.einsum("zuvk,zui->zikuv", d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1))
-    d2_b_2 = torch.einsum("ijkuv,zikuv->zvj", (_c0 * 0.7071067811865476), _c3)
+    _c3 = torch.bmm(d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n * 4, 8, 1), a[:, 0:4].reshape(n, 4, 1).reshape(n * 4, 1, 1)).view(n, 4, 1, 8, 1)  # zuvk,zui->zukvi
+    d2_b_2 = torch.bmm((_c0 * 0.7071067811865476).permute(1, 3, 0, 2, 4).reshape(8, 1, 4), _c3.permute(3, 1, 4, 2, 0).reshape(8, 4, n)).view(8, 1, n).permute(2, 0, 1)  # uvijk,zukvi->zvj
     # ∂/∂d_c: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    _c4 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[32:64].view(4, 8), cg_0_1_1)
-    _c5 = torch.einsum("zui,zvj->zijuv", a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3))
-    d2_d_c_3 = torch.einsum("ijkuv,zijuv->zuvk", (_c4 * 1.224744871391589), _c5)
+    _c4 = torch.mm(d2_d_weight[32:64].view(4, 8).reshape(32, 1), cg_0_1_1.reshape(1, 9)).view(4, 8, 1, 3, 3)  # uv,ijk->uvijk
+    _c5 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3).reshape(n, 1, 24)).view(n, 1, 4, 8, 3)  # zui,zvj->ziuvj
+    d2_d_c_3 = torch.bmm((_c4 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(32, 3, 3), _c5.permute(2, 3, 1, 4, 0).reshape(32, 3, n)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # uvijk,ziuvj->zuvk
     # ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    _c6 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3))
-    d2_a_4 = torch.einsum("ijkuv,zjkuv->zui", (_c4 * 1.224744871391589), _c6)
+    _c6 = torch.bmm(d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 12, 1), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 1, 3)).view(n, 8, 3, 4, 3)  # zuvk,zvj->zvkuj
+    d2_a_4 = torch.bmm((_c4 * 1.224744871391589).permute(0, 2, 1, 3, 4).reshape(4, 1, 72), _c6.permute(3, 1, 4, 2, 0).reshape(4, 72, n)).view(4, 1, n).permute(2, 0, 1)  # uvijk,zvkuj->zui
     # ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    _c7 = torch.einsum("zuvk,zui->zikuv", d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1))
-    _c8 = torch.einsum("uv,zikuv->zikv", d2_d_weight[32:64].view(4, 8), _c7)
-    d2_b_5 = torch.einsum("ijk,zikv->zvj", (cg_0_1_1 * 1.224744871391589), _c8)
+    _c7 = torch.bmm(d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n * 4, 24, 1), a[:, 0:4].reshape(n, 4, 1).reshape(n * 4, 1, 1)).view(n, 4, 3, 8, 1)  # zuvk,zui->zukvi
+    _c8 = torch.bmm(d2_d_weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c7.permute(3, 1, 0, 4, 2).reshape(8, 4, n * 3)).view(8, n, 1, 3)  # uv,zukvi->vzik
+    d2_b_5 = torch.mm(_c8.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_0_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    _c9 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[64:96].view(4, 8), cg_1_0_1)
-    _c10 = torch.einsum("zui,zvj->zijuv", a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1))
-    d2_d_c_6 = torch.einsum("ijkuv,zijuv->zuvk", (_c9 * 1.224744871391589), _c10)
+    _c9 = torch.mm(d2_d_weight[64:96].view(4, 8).reshape(32, 1), cg_1_0_1.reshape(1, 9)).view(4, 8, 3, 1, 3)  # uv,ijk->uvijk
+    _c10 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8).transpose(1, 2), a[:, 4:16].reshape(n, 4, 3).reshape(n, 12, 1).transpose(1, 2)).view(n, 1, 8, 4, 3)  # zui,zvj->zjvui
+    d2_d_c_6 = torch.bmm((_c9 * 1.224744871391589).permute(1, 0, 4, 2, 3).reshape(32, 3, 3), _c10.permute(2, 3, 4, 1, 0).reshape(32, 3, n)).view(8, 4, 3, n).permute(3, 1, 0, 2)  # uvijk,zjvui->zuvk
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    _c11 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1))
-    _c12 = torch.einsum("uv,zjkuv->zjku", d2_d_weight[64:96].view(4, 8), _c11)
-    d2_a_7 = torch.einsum("ijk,zjku->zui", (cg_1_0_1 * 1.224744871391589), _c12)
+    _c11 = torch.bmm(d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 12, 1), b[:, 0:8].reshape(n, 8, 1).reshape(n * 8, 1, 1)).view(n, 8, 3, 4, 1)  # zuvk,zvj->zvkuj
+    _c12 = torch.bmm(d2_d_weight[64:96].view(4, 8).reshape(4, 1, 8), _c11.permute(3, 1, 0, 4, 2).reshape(4, 8, n * 3)).view(4, n, 1, 3)  # uv,zvkuj->uzjk
+    d2_a_7 = torch.mm(_c12.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_0_1 * 1.224744871391589).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    _c13 = torch.einsum("zuvk,zui->zikuv", d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
-    d2_b_8 = torch.einsum("ijkuv,zikuv->zvj", (_c9 * 1.224744871391589), _c13)
+    _c13 = torch.bmm(d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n * 4, 24, 1), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 1, 3)).view(n, 4, 3, 8, 3)  # zuvk,zui->zukvi
+    d2_b_8 = torch.bmm((_c9 * 1.224744871391589).permute(1, 3, 0, 2, 4).reshape(8, 1, 36), _c13.permute(3, 1, 4, 2, 0).reshape(8, 36, n)).view(8, 1, n).permute(2, 0, 1)  # uvijk,zukvi->zvj
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
-    _c14 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[96:128].view(4, 8), cg_1_1_0)
-    _c15 = torch.einsum("zui,zvj->zijuv", a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3))
-    d2_d_c_9 = torch.einsum("ijkuv,zijuv->zuvk", (_c14 * 0.7071067811865476), _c15)
+    _c14 = torch.mm(d2_d_weight[96:128].view(4, 8).reshape(32, 1), cg_1_1_0.reshape(1, 9)).view(4, 8, 3, 3, 1)  # uv,ijk->uvijk
+    _c15 = torch.bmm(a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 12, 1), b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 24)).view(n, 3, 4, 3, 8)  # zui,zvj->ziujv
+    d2_d_c_9 = torch.bmm((_c14 * 0.7071067811865476).permute(0, 1, 4, 2, 3).reshape(32, 1, 9), _c15.permute(2, 4, 1, 3, 0).reshape(32, 9, n)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # uvijk,ziujv->zuvk
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
-    _c16 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 8:32].reshape(n, 8, 3))
-    _c17 = torch.einsum("uv,zjkuv->zjku", d2_d_weight[96:128].view(4, 8), _c16)
-    d2_a_10 = torch.einsum("ijk,zjku->zui", (cg_1_1_0 * 0.7071067811865476), _c17)
+    _c16 = torch.bmm(d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n * 8, 4, 1), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 1, 3)).view(n, 8, 1, 4, 3)  # zuvk,zvj->zvkuj
+    _c17 = torch.bmm(d2_d_weight[96:128].view(4, 8).reshape(4, 1, 8), _c16.permute(3, 1, 0, 4, 2).reshape(4, 8, n * 3)).view(4, n, 3, 1)  # uv,zvkuj->uzjk
+    d2_a_10 = torch.mm(_c17.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_1_0 * 0.7071067811865476).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
-    _c18 = torch.einsum("zuvk,zui->zikuv", d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3))
-    _c19 = torch.einsum("uv,zikuv->zikv", d2_d_weight[96:128].view(4, 8), _c18)
-    d2_b_11 = torch.einsum("ijk,zikv->zvj", (cg_1_1_0 * 0.7071067811865476), _c19)
+    _c18 = torch.bmm(d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n * 4, 8, 1), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 1, 3)).view(n, 4, 1, 8, 3)  # zuvk,zui->zukvi
+    _c19 = torch.bmm(d2_d_weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c18.permute(3, 1, 0, 4, 2).reshape(8, 4, n * 3)).view(8, n, 3, 1)  # uv,zukvi->vzik
+    d2_b_11 = torch.mm(_c19.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_1_1_0 * 0.7071067811865476).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
-    _c20 = torch.einsum("uv,ijk->ijkuv", d2_d_weight[128:160].view(4, 8), cg_1_1_1)
-    d2_d_c_12 = torch.einsum("ijkuv,zijuv->zuvk", (_c20 * 1.7320508075688772), _c15)
+    _c20 = torch.mm(d2_d_weight[128:160].view(4, 8).reshape(32, 1), cg_1_1_1.reshape(1, 27)).view(4, 8, 3, 3, 3)  # uv,ijk->uvijk
+    d2_d_c_12 = torch.bmm((_c20 * 1.7320508075688772).permute(0, 1, 4, 2, 3).reshape(32, 3, 9), _c15.permute(2, 4, 1, 3, 0).reshape(32, 9, n)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # uvijk,ziujv->zuvk
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
-    _c21 = torch.einsum("zuvk,zvj->zjkuv", d_c[:, 128:224].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3))
-    _c22 = torch.einsum("uv,zjkuv->zjku", d2_d_weight[128:160].view(4, 8), _c21)
-    d2_a_13 = torch.einsum("ijk,zjku->zui", (cg_1_1_1 * 1.7320508075688772), _c22)
+    _c21 = torch.bmm(d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 12, 1), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 1, 3)).view(n, 8, 3, 4, 3)  # zuvk,zvj->zvkuj
+    _c22 = torch.bmm(d2_d_weight[128:160].view(4, 8).reshape(4, 1, 8), _c21.permute(3, 1, 0, 4, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zvkuj->uzjk
+    d2_a_13 = torch.mm(_c22.permute(2, 3, 1, 0).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,uzjk->zui
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
-    _c23 = torch.einsum("zuvk,zui->zikuv", d_c[:, 128:224].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
-    _c24 = torch.einsum("uv,zikuv->zikv", d2_d_weight[128:160].view(4, 8), _c23)
-    d2_b_14 = torch.einsum("ijk,zikv->zvj", (cg_1_1_1 * 1.7320508075688772), _c24)
+    _c23 = torch.bmm(d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n * 4, 24, 1), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 1, 3)).view(n, 4, 3, 8, 3)  # zuvk,zui->zukvi
+    _c24 = torch.bmm(d2_d_weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c23.permute(3, 1, 0, 4, 2).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zukvi->vzik
+    d2_b_14 = torch.mm(_c24.permute(2, 3, 1, 0).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,vzik->zvj
     d2_a = torch.cat([
         (d2_a_1 + d2_a_4).reshape(n, 4),
         (d2_a_7 + d2_a_10 + d2_a_13).reshape(n, 12),
@@ -2837,11 +2837,11 @@ def _linear(
     """linear on rows: x (n, 120) -> y (n, 144)."""
     n = x.shape[0]
     # 32x0e -> 16x0e
-    y_0 = torch.einsum("zui,uw->zwi", x[:, 0:32].reshape(n, 32, 1), (weight[0:512].view(32, 16) * 0.17677669529663687))
+    y_0 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), (weight[0:512].view(32, 16) * 0.17677669529663687)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # 16x1o -> 16x1o
-    y_1 = torch.einsum("zui,uw->zwi", x[:, 32:80].reshape(n, 16, 3), (weight[512:768].view(16, 16) * 0.25))
+    y_1 = torch.mm(x[:, 32:80].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # 8x2e -> 16x2e
-    y_2 = torch.einsum("zui,uw->zwi", x[:, 80:120].reshape(n, 8, 5), (weight[768:896].view(8, 16) * 0.35355339059327373))
+    y_2 = torch.mm(x[:, 80:120].reshape(n, 8, 5).permute(0, 2, 1).reshape(n * 5, 8), (weight[768:896].view(8, 16) * 0.35355339059327373)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     y = torch.cat([
         y_0.reshape(n, 16),
         y_1.reshape(n, 48),
@@ -2856,17 +2856,17 @@ def _linear_d(
     """the vector-Jacobian product of linear: x (n, 120), d_y (n, 144) -> d_x (n, 120), d_weight (896,)."""
     n = x.shape[0]
     # ∂/∂x: 8x2e -> 16x2e
-    d_x_0 = torch.einsum("zwi,uw->zui", d_y[:, 64:144].reshape(n, 16, 5), (weight[768:896].view(8, 16) * 0.35355339059327373))
+    d_x_0 = torch.mm(d_y[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[768:896].view(8, 16) * 0.35355339059327373).permute(1, 0).reshape(16, 8)).view(n, 5, 8).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 8x2e -> 16x2e
-    d_weight_1 = torch.einsum("zwi,zui->uw", d_y[:, 64:144].reshape(n, 16, 5), (x[:, 80:120].reshape(n, 8, 5) * 0.35355339059327373))
+    d_weight_1 = torch.mm((x[:, 80:120].reshape(n, 8, 5) * 0.35355339059327373).permute(0, 2, 1).reshape(n * 5, 8).t(), d_y[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t()).view(8, 16)  # zwi,zui->uw
     # ∂/∂x: 16x1o -> 16x1o
-    d_x_2 = torch.einsum("zwi,uw->zui", d_y[:, 16:64].reshape(n, 16, 3), (weight[512:768].view(16, 16) * 0.25))
+    d_x_2 = torch.mm(d_y[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x1o -> 16x1o
-    d_weight_3 = torch.einsum("zwi,zui->uw", (d_y[:, 16:64].reshape(n, 16, 3) * 0.25), x[:, 32:80].reshape(n, 16, 3))
+    d_weight_3 = torch.mm(x[:, 32:80].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16).t(), (d_y[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3).t()).view(16, 16)  # zwi,zui->uw
     # ∂/∂x: 32x0e -> 16x0e
-    d_x_4 = torch.einsum("zwi,uw->zui", d_y[:, 0:16].reshape(n, 16, 1), (weight[0:512].view(32, 16) * 0.17677669529663687))
+    d_x_4 = torch.mm(d_y[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:512].view(32, 16) * 0.17677669529663687).permute(1, 0).reshape(16, 32)).view(n, 1, 32).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 32x0e -> 16x0e
-    d_weight_5 = torch.einsum("zwi,zui->uw", (d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687), x[:, 0:32].reshape(n, 32, 1))
+    d_weight_5 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32).t(), (d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(1, 0, 2).reshape(16, n).t()).view(32, 16)  # zwi,zui->uw
     d_x = torch.cat([
         d_x_4.reshape(n, 32),
         d_x_2.reshape(n, 48),
@@ -2886,17 +2886,17 @@ def _linear_d2_x(
     """the vector-Jacobian product of linear_d for the cotangent of d_x: x (n, 120), d_y (n, 144), d2_d_x (n, 120) -> d2_x (n, 120), d2_d_y (n, 144), d2_weight (896,)."""
     n = x.shape[0]
     # ∂/∂d_y: ∂/∂x: 32x0e -> 16x0e
-    d2_d_y_0 = torch.einsum("zui,uw->zwi", d2_d_x[:, 0:32].reshape(n, 32, 1), (weight[0:512].view(32, 16) * 0.17677669529663687))
+    d2_d_y_0 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), (weight[0:512].view(32, 16) * 0.17677669529663687)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂x: 32x0e -> 16x0e
-    d2_weight_1 = torch.einsum("zui,zwi->uw", d2_d_x[:, 0:32].reshape(n, 32, 1), (d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687))
+    d2_weight_1 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n), (d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(0, 2, 1).reshape(n, 16)).view(32, 16)  # zui,zwi->uw
     # ∂/∂d_y: ∂/∂x: 16x1o -> 16x1o
-    d2_d_y_2 = torch.einsum("zui,uw->zwi", d2_d_x[:, 32:80].reshape(n, 16, 3), (weight[512:768].view(16, 16) * 0.25))
+    d2_d_y_2 = torch.mm(d2_d_x[:, 32:80].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 3, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂x: 16x1o -> 16x1o
-    d2_weight_3 = torch.einsum("zui,zwi->uw", (d2_d_x[:, 32:80].reshape(n, 16, 3) * 0.25), d_y[:, 16:64].reshape(n, 16, 3))
+    d2_weight_3 = torch.mm((d2_d_x[:, 32:80].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_y[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_y: ∂/∂x: 8x2e -> 16x2e
-    d2_d_y_4 = torch.einsum("zui,uw->zwi", d2_d_x[:, 80:120].reshape(n, 8, 5), (weight[768:896].view(8, 16) * 0.35355339059327373))
+    d2_d_y_4 = torch.mm(d2_d_x[:, 80:120].reshape(n, 8, 5).permute(0, 2, 1).reshape(n * 5, 8), (weight[768:896].view(8, 16) * 0.35355339059327373)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂x: 8x2e -> 16x2e
-    d2_weight_5 = torch.einsum("zui,zwi->uw", (d2_d_x[:, 80:120].reshape(n, 8, 5) * 0.35355339059327373), d_y[:, 64:144].reshape(n, 16, 5))
+    d2_weight_5 = torch.mm((d2_d_x[:, 80:120].reshape(n, 8, 5) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 5), d_y[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(8, 16)  # zui,zwi->uw
     d2_x = weight.new_zeros(n, 120)
     d2_d_y = torch.cat([
         d2_d_y_0.reshape(n, 16),
@@ -2917,17 +2917,17 @@ def _linear_d2_weight(
     """the vector-Jacobian product of linear_d for the cotangent of d_weight: x (n, 120), d_y (n, 144), d2_d_weight (896,) -> d2_x (n, 120), d2_d_y (n, 144), d2_weight (896,)."""
     n = x.shape[0]
     # ∂/∂d_y: ∂/∂weight: 32x0e -> 16x0e
-    d2_d_y_0 = torch.einsum("uw,zui->zwi", (d2_d_weight[0:512].view(32, 16) * 0.17677669529663687), x[:, 0:32].reshape(n, 32, 1))
+    d2_d_y_0 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t(), (d2_d_weight[0:512].view(32, 16) * 0.17677669529663687).permute(1, 0).reshape(16, 32).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂x: ∂/∂weight: 32x0e -> 16x0e
-    d2_x_1 = torch.einsum("uw,zwi->zui", (d2_d_weight[0:512].view(32, 16) * 0.17677669529663687), d_y[:, 0:16].reshape(n, 16, 1))
+    d2_x_1 = torch.mm(d_y[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:512].view(32, 16) * 0.17677669529663687).t()).view(n, 1, 32).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_y: ∂/∂weight: 16x1o -> 16x1o
-    d2_d_y_2 = torch.einsum("uw,zui->zwi", (d2_d_weight[512:768].view(16, 16) * 0.25), x[:, 32:80].reshape(n, 16, 3))
+    d2_d_y_2 = torch.mm(x[:, 32:80].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂x: ∂/∂weight: 16x1o -> 16x1o
-    d2_x_3 = torch.einsum("uw,zwi->zui", (d2_d_weight[512:768].view(16, 16) * 0.25), d_y[:, 16:64].reshape(n, 16, 3))
+    d2_x_3 = torch.mm(d_y[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_y: ∂/∂weight: 8x2e -> 16x2e
-    d2_d_y_4 = torch.einsum("uw,zui->zwi", (d2_d_weight[768:896].view(8, 16) * 0.35355339059327373), x[:, 80:120].reshape(n, 8, 5))
+    d2_d_y_4 = torch.mm(x[:, 80:120].reshape(n, 8, 5).permute(1, 0, 2).reshape(8, n * 5).t(), (d2_d_weight[768:896].view(8, 16) * 0.35355339059327373).permute(1, 0).reshape(16, 8).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂x: ∂/∂weight: 8x2e -> 16x2e
-    d2_x_5 = torch.einsum("uw,zwi->zui", (d2_d_weight[768:896].view(8, 16) * 0.35355339059327373), d_y[:, 64:144].reshape(n, 16, 5))
+    d2_x_5 = torch.mm(d_y[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[768:896].view(8, 16) * 0.35355339059327373).t()).view(n, 5, 8).permute(0, 2, 1)  # uw,zwi->zui
     d2_x = torch.cat([
         d2_x_1.reshape(n, 32),
         d2_x_3.reshape(n, 48),
@@ -2956,28 +2956,28 @@ def _tp_then_linear(
     """tp_then_linear on rows: x (n, 32), y (n, 4) -> z (n, 32)."""
     n = x.shape[0]
     # every path's (i, k) map at once: y · G
-    _m_t_0 = torch.einsum("zj,jc->zc", y.reshape(n, 4), _g_t_0)
+    _m_t_0 = torch.mm(y.reshape(n, 4), _g_t_0).view(n, 16)  # zj,jc->zc
     # 1 paths 8x0e ⊗ y -> 8x0e
-    _c0 = torch.einsum("zui,zipk->zkpu", x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 0:1].reshape(n, 1, 1, 1))
-    t_0 = torch.einsum("pu,zkpu->zuk", weight[0:8].view(1, 8), _c0)
+    _c0 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    t_0 = weight[0:8].view(1, 8).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
     # 1 paths 8x0e ⊗ y -> 8x1o
-    _c1 = torch.einsum("zui,pu->zipu", x[:, 0:8].reshape(n, 8, 1), weight[8:16].view(1, 8))
-    t_1 = _m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 3) * _c1.reshape(n, 8, 1)
+    _c1 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1), weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1)).view(8, n, 1, 1)  # zui,pu->uzip
+    t_1 = torch.bmm(_c1.permute(1, 2, 3, 0).reshape(n, 1, 8).transpose(1, 2), _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,uzip->zuk
     # 1 paths 8x1o ⊗ y -> 8x0e
-    _c2 = torch.einsum("zui,zipk->zkpu", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
-    t_2 = torch.einsum("pu,zkpu->zuk", weight[24:32].view(1, 8), _c2)
+    _c2 = torch.bmm(x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1)).view(n, 8, 1, 1)  # zui,zikp->zukp
+    t_2 = weight[24:32].view(1, 8).reshape(1, 8, 1) * _c2.reshape(n, 8, 1)
     # 1 paths 8x1o ⊗ y -> 8x1o
-    _c3 = torch.einsum("zui,zipk->zkpu", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
-    t_3 = torch.einsum("pu,zkpu->zuk", weight[16:24].view(1, 8), _c3)
+    _c3 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zui,zikp->zkpu
+    t_3 = torch.bmm(weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c3.permute(3, 2, 0, 1).reshape(8, 1, n * 3)).view(8, n, 3).permute(1, 0, 2)  # pu,zkpu->zuk
     # 8x0e -> 8x0e
     t = torch.cat([
         (t_0 + t_2).reshape(n, 8),
         (t_1 + t_3).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    z_4 = torch.einsum("zui,uw->zwi", t[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
+    z_4 = torch.mm(t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8).permute(0, 2, 1)  # zui,uw->zwi
     # 8x1o -> 8x1o
-    z_5 = torch.einsum("zui,uw->zwi", t[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
+    z_5 = torch.mm(t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8).permute(0, 2, 1)  # zui,uw->zwi
     # 8x0e -> 8x0e
     z_6 = x[:, 0:8].reshape(n, 8, 1)
     # 8x1o -> 8x1o
@@ -2996,73 +2996,73 @@ def _tp_then_linear_d(
     """the vector-Jacobian product of tp_then_linear: x (n, 32), y (n, 4), d_z (n, 32) -> d_x (n, 32), d_y (n, 4), d_weight (160,)."""
     n = x.shape[0]
     # every path's (i, k) map at once: y · G
-    _m_t_0 = torch.einsum("zj,jc->zc", y.reshape(n, 4), _g_t_0)
+    _m_t_0 = torch.mm(y.reshape(n, 4), _g_t_0).view(n, 16)  # zj,jc->zc
     # 1 paths 8x0e ⊗ y -> 8x0e
-    _c0 = torch.einsum("zui,zipk->zkpu", x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 0:1].reshape(n, 1, 1, 1))
-    t_0 = torch.einsum("pu,zkpu->zuk", weight[0:8].view(1, 8), _c0)
+    _c0 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    t_0 = weight[0:8].view(1, 8).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
     # 1 paths 8x0e ⊗ y -> 8x1o
-    _c1 = torch.einsum("zui,pu->zipu", x[:, 0:8].reshape(n, 8, 1), weight[8:16].view(1, 8))
-    t_1 = _m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 3) * _c1.reshape(n, 8, 1)
+    _c1 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1), weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1)).view(8, n, 1, 1)  # zui,pu->uzip
+    t_1 = torch.bmm(_c1.permute(1, 2, 3, 0).reshape(n, 1, 8).transpose(1, 2), _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,uzip->zuk
     # 1 paths 8x1o ⊗ y -> 8x0e
-    _c2 = torch.einsum("zui,zipk->zkpu", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
-    t_2 = torch.einsum("pu,zkpu->zuk", weight[24:32].view(1, 8), _c2)
+    _c2 = torch.bmm(x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1)).view(n, 8, 1, 1)  # zui,zikp->zukp
+    t_2 = weight[24:32].view(1, 8).reshape(1, 8, 1) * _c2.reshape(n, 8, 1)
     # 1 paths 8x1o ⊗ y -> 8x1o
-    _c3 = torch.einsum("zui,zipk->zkpu", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
-    t_3 = torch.einsum("pu,zkpu->zuk", weight[16:24].view(1, 8), _c3)
+    _c3 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zui,zikp->zkpu
+    t_3 = torch.bmm(weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c3.permute(3, 2, 0, 1).reshape(8, 1, n * 3)).view(8, n, 3).permute(1, 0, 2)  # pu,zkpu->zuk
     # ∂/∂x: 8x1o -> 8x1o
     d_x_4 = d_z[:, 8:32].reshape(n, 8, 3)
     # ∂/∂x: 8x0e -> 8x0e
     d_x_5 = d_z[:, 0:8].reshape(n, 8, 1)
     # ∂/∂t: 8x1o -> 8x1o
-    d_t_6 = torch.einsum("zwi,uw->zui", d_z[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
+    d_t_6 = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 8x1o -> 8x1o
     t = torch.cat([
         (t_0 + t_2).reshape(n, 8),
         (t_1 + t_3).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    d_weight_7 = torch.einsum("zwi,zui->uw", (d_z[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373), t[:, 8:32].reshape(n, 8, 3))
+    d_weight_7 = torch.mm(t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8).t(), (d_z[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 3).t()).view(8, 8)  # zwi,zui->uw
     # ∂/∂t: 8x0e -> 8x0e
-    d_t_8 = torch.einsum("zwi,uw->zui", d_z[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
+    d_t_8 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 8x0e -> 8x0e
-    d_weight_9 = torch.einsum("zwi,zui->uw", (d_z[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373), t[:, 0:8].reshape(n, 8, 1))
+    d_weight_9 = torch.mm(t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8).t(), (d_z[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n).t()).view(8, 8)  # zwi,zui->uw
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
     d_t = torch.cat([
         d_t_8.reshape(n, 8),
         d_t_6.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    _c4 = torch.einsum("zuk,zipk->zipu", d_t[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
-    d_x_10 = torch.einsum("pu,zipu->zui", weight[16:24].view(1, 8), _c4)
+    _c4 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 3).transpose(1, 2), d_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zuk,zikp->zipu
+    d_x_10 = torch.bmm(weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c4.permute(3, 2, 0, 1).reshape(8, 1, n * 3)).view(8, n, 3).permute(1, 0, 2)  # pu,zipu->zui
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
-    _c5 = torch.einsum("zuk,zui->ziku", d_t[:, 8:32].reshape(n, 8, 3), x[:, 8:32].reshape(n, 8, 3))
-    d__m_t_0_11 = torch.einsum("pu,ziku->zipk", weight[16:24].view(1, 8), _c5)
+    _c5 = torch.bmm(d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1), x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 1, 3)).view(8, n, 3, 3)  # zuk,zui->uzki
+    d__m_t_0_11 = torch.mm(_c5.permute(0, 1, 3, 2).reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,uzki->zikp
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    d_weight_12 = torch.einsum("zui,zipu->pu", x[:, 8:32].reshape(n, 8, 3), _c4)
+    d_weight_12 = torch.bmm(x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3), _c4.permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _c6 = torch.einsum("zuk,pu->zkpu", d_t[:, 0:8].reshape(n, 8, 1), weight[24:32].view(1, 8))
-    d_x_13 = _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c6.reshape(n, 8, 1)
+    _c6 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1), weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1)).view(8, n, 1, 1)  # zuk,pu->uzkp
+    d_x_13 = torch.bmm(_c6.permute(1, 2, 3, 0).reshape(n, 1, 8).transpose(1, 2), _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,uzkp->zui
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    _c7 = torch.einsum("zuk,zui->ziku", d_t[:, 0:8].reshape(n, 8, 1), x[:, 8:32].reshape(n, 8, 3))
-    d__m_t_0_14 = torch.einsum("pu,ziku->zipk", weight[24:32].view(1, 8), _c7)
+    _c7 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1), x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 1, 3)).view(8, n, 1, 3)  # zuk,zui->uzki
+    d__m_t_0_14 = torch.mm(_c7.permute(0, 1, 3, 2).reshape(8, n * 3).t(), weight[24:32].view(1, 8).t()).view(n, 3, 1, 1)  # pu,uzki->zikp
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
-    d_weight_15 = torch.einsum("zuk,zkpu->pu", d_t[:, 0:8].reshape(n, 8, 1), _c2)
+    d_weight_15 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c2.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    _c8 = torch.einsum("zuk,zipk->zipu", d_t[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 1:4].reshape(n, 1, 1, 3))
-    d_x_16 = torch.einsum("pu,zipu->zui", weight[8:16].view(1, 8), _c8)
+    _c8 = torch.bmm(d_t[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1)).view(n, 8, 1, 1)  # zuk,zikp->zuip
+    d_x_16 = weight[8:16].view(1, 8).reshape(1, 8, 1) * _c8.reshape(n, 8, 1)
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    _c9 = torch.einsum("zuk,zui->ziku", d_t[:, 8:32].reshape(n, 8, 3), x[:, 0:8].reshape(n, 8, 1))
-    d__m_t_0_17 = torch.einsum("pu,ziku->zipk", weight[8:16].view(1, 8), _c9)
+    _c9 = torch.bmm(d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1), x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1)).view(8, n, 3, 1)  # zuk,zui->uzki
+    d__m_t_0_17 = torch.mm(_c9.permute(0, 1, 3, 2).reshape(8, n * 3).t(), weight[8:16].view(1, 8).t()).view(n, 1, 3, 1)  # pu,uzki->zikp
     # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    d_weight_18 = torch.einsum("zui,zipu->pu", x[:, 0:8].reshape(n, 8, 1), _c8)
+    d_weight_18 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c8.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zuip->pu
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    _c10 = d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 1, 1, 8) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
-    d_x_19 = torch.einsum("pu,zipu->zui", weight[0:8].view(1, 8), _c10)
+    _c10 = d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    d_x_19 = weight[0:8].view(1, 8).reshape(1, 8, 1) * _c10.reshape(n, 8, 1)
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
-    _c11 = torch.einsum("zuk,zui->ziku", d_t[:, 0:8].reshape(n, 8, 1), x[:, 0:8].reshape(n, 8, 1))
-    d__m_t_0_20 = torch.einsum("pu,ziku->zipk", weight[0:8].view(1, 8), _c11)
+    _c11 = d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1)
+    d__m_t_0_20 = torch.mm(_c11.permute(1, 0, 3, 2).reshape(8, n).t(), weight[0:8].view(1, 8).t()).view(n, 1, 1, 1)  # pu,zuki->zikp
     # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
-    d_weight_21 = torch.einsum("zipk,ziku->pu", _m_t_0[:, 0:1].reshape(n, 1, 1, 1), _c11)
+    d_weight_21 = torch.mm(_m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c11.permute(0, 3, 2, 1).reshape(n, 8)).view(1, 8)  # zikp,zuki->pu
     # ∂/∂y: every path's (i, k) map at once: y · G
     d__m_t_0 = torch.cat([
         d__m_t_0_20.reshape(n, 1),
@@ -3070,7 +3070,7 @@ def _tp_then_linear_d(
         d__m_t_0_14.reshape(n, 3),
         d__m_t_0_11.reshape(n, 9),
     ], dim=-1)
-    d_y_22 = torch.einsum("zc,jc->zj", d__m_t_0, _g_t_0)
+    d_y_22 = torch.mm(d__m_t_0, _g_t_0.permute(1, 0).reshape(16, 4)).view(n, 4)  # zc,jc->zj
     d_x = torch.cat([
         (d_x_5 + d_x_16 + d_x_19).reshape(n, 8),
         (d_x_4 + d_x_10 + d_x_13).reshape(n, 24),
@@ -3094,61 +3094,61 @@ def _tp_then_linear_d2_x(
     """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_x: x (n, 32), y (n, 4), d_z (n, 32), d2_d_x (n, 32) -> d2_x (n, 32), d2_y (n, 4), d2_d_z (n, 32), d2_weight (160,)."""
     n = x.shape[0]
     # every path's (i, k) map at once: y · G
-    _m_t_0 = torch.einsum("zj,jc->zc", y.reshape(n, 4), _g_t_0)
+    _m_t_0 = torch.mm(y.reshape(n, 4), _g_t_0).view(n, 16)  # zj,jc->zc
     # ∂/∂t: 8x1o -> 8x1o
-    d_t_0 = torch.einsum("zwi,uw->zui", d_z[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
+    d_t_0 = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂t: 8x0e -> 8x0e
-    d_t_1 = torch.einsum("zwi,uw->zui", d_z[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
+    d_t_1 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    _c0 = torch.einsum("zui,zipk->zkpu", d2_d_x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 0:1].reshape(n, 1, 1, 1))
-    d2_d_t_2 = torch.einsum("pu,zkpu->zuk", weight[0:8].view(1, 8), _c0)
+    _c0 = d2_d_x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    d2_d_t_2 = weight[0:8].view(1, 8).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
     d_t = torch.cat([
         d_t_1.reshape(n, 8),
         d_t_0.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    _c1 = torch.einsum("zui,zuk->ziku", d2_d_x[:, 0:8].reshape(n, 8, 1), d_t[:, 0:8].reshape(n, 8, 1))
-    d2__m_t_0_3 = torch.einsum("pu,ziku->zipk", weight[0:8].view(1, 8), _c1)
+    _c1 = d2_d_x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1)
+    d2__m_t_0_3 = torch.mm(_c1.permute(1, 0, 2, 3).reshape(8, n).t(), weight[0:8].view(1, 8).t()).view(n, 1, 1, 1)  # pu,zuik->zikp
     # ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    d2_weight_4 = torch.einsum("zipk,ziku->pu", _m_t_0[:, 0:1].reshape(n, 1, 1, 1), _c1)
+    d2_weight_4 = torch.mm(_m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c1.permute(0, 2, 3, 1).reshape(n, 8)).view(1, 8)  # zikp,zuik->pu
     # ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    _c2 = torch.einsum("zui,pu->zipu", d2_d_x[:, 0:8].reshape(n, 8, 1), weight[8:16].view(1, 8))
-    d2_d_t_5 = _m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 3) * _c2.reshape(n, 8, 1)
+    _c2 = torch.bmm(d2_d_x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1), weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1)).view(8, n, 1, 1)  # zui,pu->uzip
+    d2_d_t_5 = torch.bmm(_c2.permute(1, 2, 3, 0).reshape(n, 1, 8).transpose(1, 2), _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,uzip->zuk
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    _c3 = torch.einsum("zui,zuk->ziku", d2_d_x[:, 0:8].reshape(n, 8, 1), d_t[:, 8:32].reshape(n, 8, 3))
-    d2__m_t_0_6 = torch.einsum("pu,ziku->zipk", weight[8:16].view(1, 8), _c3)
+    _c3 = torch.bmm(d2_d_x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1), d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 1, 3)).view(8, n, 1, 3)  # zui,zuk->uzik
+    d2__m_t_0_6 = torch.mm(_c3.reshape(8, n * 3).t(), weight[8:16].view(1, 8).t()).view(n, 1, 3, 1)  # pu,uzik->zikp
     # ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    d2_weight_7 = torch.einsum("zipk,ziku->pu", _m_t_0[:, 1:4].reshape(n, 1, 1, 3), _c3)
+    d2_weight_7 = torch.mm(_m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(3, 0, 1, 2).reshape(1, n * 3), _c3.permute(1, 2, 3, 0).reshape(n * 3, 8)).view(1, 8)  # zikp,uzik->pu
     # ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _c4 = torch.einsum("zui,zipk->zkpu", d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
-    d2_d_t_8 = torch.einsum("pu,zkpu->zuk", weight[24:32].view(1, 8), _c4)
+    _c4 = torch.bmm(d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1)).view(n, 8, 1, 1)  # zui,zikp->zukp
+    d2_d_t_8 = weight[24:32].view(1, 8).reshape(1, 8, 1) * _c4.reshape(n, 8, 1)
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _c5 = torch.einsum("zui,zuk->ziku", d2_d_x[:, 8:32].reshape(n, 8, 3), d_t[:, 0:8].reshape(n, 8, 1))
-    d2__m_t_0_9 = torch.einsum("pu,ziku->zipk", weight[24:32].view(1, 8), _c5)
+    _c5 = torch.bmm(d2_d_x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1), d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1)).view(8, n, 3, 1)  # zui,zuk->uzik
+    d2__m_t_0_9 = torch.mm(_c5.reshape(8, n * 3).t(), weight[24:32].view(1, 8).t()).view(n, 3, 1, 1)  # pu,uzik->zikp
     # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    d2_weight_10 = torch.einsum("zuk,zkpu->pu", d_t[:, 0:8].reshape(n, 8, 1), _c4)
+    d2_weight_10 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c4.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
     # ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    _c6 = torch.einsum("zui,zipk->zkpu", d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
-    d2_d_t_11 = torch.einsum("pu,zkpu->zuk", weight[16:24].view(1, 8), _c6)
+    _c6 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), d2_d_x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zui,zikp->zkpu
+    d2_d_t_11 = torch.bmm(weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c6.permute(3, 2, 0, 1).reshape(8, 1, n * 3)).view(8, n, 3).permute(1, 0, 2)  # pu,zkpu->zuk
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    _c7 = torch.einsum("zui,zuk->ziku", d2_d_x[:, 8:32].reshape(n, 8, 3), d_t[:, 8:32].reshape(n, 8, 3))
-    d2__m_t_0_12 = torch.einsum("pu,ziku->zipk", weight[16:24].view(1, 8), _c7)
+    _c7 = torch.bmm(d2_d_x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1), d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 1, 3)).view(8, n, 3, 3)  # zui,zuk->uzik
+    d2__m_t_0_12 = torch.mm(_c7.reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,uzik->zikp
     # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    d2_weight_13 = torch.einsum("zuk,zkpu->pu", d_t[:, 8:32].reshape(n, 8, 3), _c6)
+    d2_weight_13 = torch.bmm(d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3), _c6.permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zuk,zkpu->pu
     # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
     d2_d_t = torch.cat([
         (d2_d_t_2 + d2_d_t_8).reshape(n, 8),
         (d2_d_t_5 + d2_d_t_11).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    d2_d_z_14 = torch.einsum("zui,uw->zwi", d2_d_t[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
+    d2_d_z_14 = torch.mm(d2_d_t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
-    d2_weight_15 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373), d_z[:, 0:8].reshape(n, 8, 1))
+    d2_weight_15 = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
     # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
-    d2_d_z_16 = torch.einsum("zui,uw->zwi", d2_d_t[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
+    d2_d_z_16 = torch.mm(d2_d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
-    d2_weight_17 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373), d_z[:, 8:32].reshape(n, 8, 3))
+    d2_weight_17 = torch.mm((d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 3), d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8)).view(8, 8)  # zui,zwi->uw
     # ∂/∂d_z: ∂/∂x: 8x0e -> 8x0e
     d2_d_z_18 = d2_d_x[:, 0:8].reshape(n, 8, 1)
     # ∂/∂d_z: ∂/∂x: 8x1o -> 8x1o
@@ -3160,7 +3160,7 @@ def _tp_then_linear_d2_x(
         d2__m_t_0_9.reshape(n, 3),
         d2__m_t_0_12.reshape(n, 9),
     ], dim=-1)
-    d2_y_20 = torch.einsum("zc,jc->zj", d2__m_t_0, _g_t_0)
+    d2_y_20 = torch.mm(d2__m_t_0, _g_t_0.permute(1, 0).reshape(16, 4)).view(n, 4)  # zc,jc->zj
     d2_x = weight.new_zeros(n, 32)
     d2_y = d2_y_20
     d2_d_z = torch.cat([
@@ -3185,14 +3185,14 @@ def _tp_then_linear_d2_y(
     """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_y: x (n, 32), y (n, 4), d_z (n, 32), d2_d_y (n, 4) -> d2_x (n, 32), d2_y (n, 4), d2_d_z (n, 32), d2_weight (160,)."""
     n = x.shape[0]
     # ∂/∂t: 8x1o -> 8x1o
-    d_t_0 = torch.einsum("zwi,uw->zui", d_z[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
+    d_t_0 = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂t: 8x0e -> 8x0e
-    d_t_1 = torch.einsum("zwi,uw->zui", d_z[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
+    d_t_1 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂d__m_t_0: ∂/∂y: every path's (i, k) map at once: y · G
-    d2_d__m_t_0 = torch.einsum("zj,jc->zc", d2_d_y.reshape(n, 4), _g_t_0)
+    d2_d__m_t_0 = torch.mm(d2_d_y.reshape(n, 4), _g_t_0).view(n, 16)  # zj,jc->zc
     # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
-    _c0 = torch.einsum("zipk,zui->zkpu", d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1), x[:, 0:8].reshape(n, 8, 1))
-    d2_d_t_2 = torch.einsum("pu,zkpu->zuk", weight[0:8].view(1, 8), _c0)
+    _c0 = d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 1, 1, 8)
+    d2_d_t_2 = torch.bmm(weight[0:8].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c0.permute(3, 2, 0, 1).reshape(8, 1, n)).view(8, n, 1).permute(1, 0, 2)  # pu,zkpu->zuk
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
     d_t = torch.cat([
         d_t_1.reshape(n, 8),
@@ -3200,46 +3200,46 @@ def _tp_then_linear_d2_y(
         weight.new_zeros(n, 24),
     ], dim=-1)
     _c1 = d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 1, 1, 8)
-    d2_x_3 = torch.einsum("pu,zipu->zui", weight[0:8].view(1, 8), _c1)
+    d2_x_3 = torch.bmm(weight[0:8].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c1.permute(3, 2, 0, 1).reshape(8, 1, n)).view(8, n, 1).permute(1, 0, 2)  # pu,zipu->zui
     # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
-    d2_weight_4 = torch.einsum("zui,zipu->pu", x[:, 0:8].reshape(n, 8, 1), _c1)
+    d2_weight_4 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c1.permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
     # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    _c2 = torch.einsum("zui,pu->zipu", x[:, 0:8].reshape(n, 8, 1), weight[8:16].view(1, 8))
-    d2_d_t_5 = d2_d__m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 3) * _c2.reshape(n, 8, 1)
+    _c2 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1), weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1)).view(8, n, 1, 1)  # zui,pu->uzip
+    d2_d_t_5 = torch.bmm(_c2.permute(1, 2, 3, 0).reshape(n, 1, 8).transpose(1, 2), d2_d__m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,uzip->zuk
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    _c3 = torch.einsum("zipk,zuk->zipu", d2_d__m_t_0[:, 1:4].reshape(n, 1, 1, 3), d_t[:, 8:32].reshape(n, 8, 3))
-    d2_x_6 = torch.einsum("pu,zipu->zui", weight[8:16].view(1, 8), _c3)
+    _c3 = torch.bmm(d2_d__m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3), d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 1, 1, 8)  # zikp,zuk->zipu
+    d2_x_6 = torch.bmm(weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c3.permute(3, 2, 0, 1).reshape(8, 1, n)).view(8, n, 1).permute(1, 0, 2)  # pu,zipu->zui
     # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    d2_weight_7 = torch.einsum("zui,zipu->pu", x[:, 0:8].reshape(n, 8, 1), _c3)
+    d2_weight_7 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c3.permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
     # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    _c4 = torch.einsum("zipk,zui->zkpu", d2_d__m_t_0[:, 4:7].reshape(n, 3, 1, 1), x[:, 8:32].reshape(n, 8, 3))
-    d2_d_t_8 = torch.einsum("pu,zkpu->zuk", weight[24:32].view(1, 8), _c4)
+    _c4 = torch.bmm(d2_d__m_t_0[:, 4:7].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), x[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 1, 1, 8)  # zikp,zui->zkpu
+    d2_d_t_8 = torch.bmm(weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c4.permute(3, 2, 0, 1).reshape(8, 1, n)).view(8, n, 1).permute(1, 0, 2)  # pu,zkpu->zuk
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    _c5 = torch.einsum("zuk,pu->zkpu", d_t[:, 0:8].reshape(n, 8, 1), weight[24:32].view(1, 8))
-    d2_x_9 = d2_d__m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c5.reshape(n, 8, 1)
+    _c5 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1), weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1)).view(8, n, 1, 1)  # zuk,pu->uzkp
+    d2_x_9 = torch.bmm(_c5.permute(1, 2, 3, 0).reshape(n, 1, 8).transpose(1, 2), d2_d__m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,uzkp->zui
     # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    d2_weight_10 = torch.einsum("zuk,zkpu->pu", d_t[:, 0:8].reshape(n, 8, 1), _c4)
+    d2_weight_10 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c4.permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zkpu->pu
     # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
-    _c6 = torch.einsum("zipk,zui->zkpu", d2_d__m_t_0[:, 7:16].reshape(n, 3, 1, 3), x[:, 8:32].reshape(n, 8, 3))
-    d2_d_t_11 = torch.einsum("pu,zkpu->zuk", weight[16:24].view(1, 8), _c6)
+    _c6 = torch.bmm(d2_d__m_t_0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 2, 3, 1).reshape(n, 3, 3), x[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 3, 1, 8)  # zikp,zui->zkpu
+    d2_d_t_11 = torch.bmm(weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c6.permute(3, 2, 0, 1).reshape(8, 1, n * 3)).view(8, n, 3).permute(1, 0, 2)  # pu,zkpu->zuk
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
-    _c7 = torch.einsum("zipk,zuk->zipu", d2_d__m_t_0[:, 7:16].reshape(n, 3, 1, 3), d_t[:, 8:32].reshape(n, 8, 3))
-    d2_x_12 = torch.einsum("pu,zipu->zui", weight[16:24].view(1, 8), _c7)
+    _c7 = torch.bmm(d2_d__m_t_0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 1, 3, 2).reshape(n, 3, 3), d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 3, 1, 8)  # zikp,zuk->zipu
+    d2_x_12 = torch.bmm(weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c7.permute(3, 2, 0, 1).reshape(8, 1, n * 3)).view(8, n, 3).permute(1, 0, 2)  # pu,zipu->zui
     # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
-    d2_weight_13 = torch.einsum("zui,zipu->pu", x[:, 8:32].reshape(n, 8, 3), _c7)
+    d2_weight_13 = torch.bmm(x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3), _c7.permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
     # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
     d2_d_t = torch.cat([
         (d2_d_t_2 + d2_d_t_8).reshape(n, 8),
         (d2_d_t_5 + d2_d_t_11).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    d2_d_z_14 = torch.einsum("zui,uw->zwi", d2_d_t[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
+    d2_d_z_14 = torch.mm(d2_d_t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
-    d2_weight_15 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373), d_z[:, 0:8].reshape(n, 8, 1))
+    d2_weight_15 = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
     # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
-    d2_d_z_16 = torch.einsum("zui,uw->zwi", d2_d_t[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
+    d2_d_z_16 = torch.mm(d2_d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
-    d2_weight_17 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373), d_z[:, 8:32].reshape(n, 8, 3))
+    d2_weight_17 = torch.mm((d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 3), d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8)).view(8, 8)  # zui,zwi->uw
     d2_x = torch.cat([
         (d2_x_3 + d2_x_6).reshape(n, 8),
         (d2_x_9 + d2_x_12).reshape(n, 24),
@@ -3267,124 +3267,124 @@ def _tp_then_linear_d2_weight(
     """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_weight: x (n, 32), y (n, 4), d_z (n, 32), d2_d_weight (160,) -> d2_x (n, 32), d2_y (n, 4), d2_d_z (n, 32), d2_weight (160,)."""
     n = x.shape[0]
     # every path's (i, k) map at once: y · G
-    _m_t_0 = torch.einsum("zj,jc->zc", y.reshape(n, 4), _g_t_0)
+    _m_t_0 = torch.mm(y.reshape(n, 4), _g_t_0).view(n, 16)  # zj,jc->zc
     # 1 paths 8x0e ⊗ y -> 8x0e
-    _c0 = torch.einsum("zui,zipk->zkpu", x[:, 0:8].reshape(n, 8, 1), _m_t_0[:, 0:1].reshape(n, 1, 1, 1))
-    t_0 = torch.einsum("pu,zkpu->zuk", weight[0:8].view(1, 8), _c0)
+    _c0 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    t_0 = weight[0:8].view(1, 8).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
     # 1 paths 8x0e ⊗ y -> 8x1o
-    _c1 = torch.einsum("zui,pu->zipu", x[:, 0:8].reshape(n, 8, 1), weight[8:16].view(1, 8))
-    t_1 = _m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 3) * _c1.reshape(n, 8, 1)
+    _c1 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1), weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1)).view(8, n, 1, 1)  # zui,pu->uzip
+    t_1 = torch.bmm(_c1.permute(1, 2, 3, 0).reshape(n, 1, 8).transpose(1, 2), _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,uzip->zuk
     # 1 paths 8x1o ⊗ y -> 8x0e
-    _c2 = torch.einsum("zui,zipk->zkpu", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1))
-    t_2 = torch.einsum("pu,zkpu->zuk", weight[24:32].view(1, 8), _c2)
+    _c2 = torch.bmm(x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1)).view(n, 8, 1, 1)  # zui,zikp->zukp
+    t_2 = weight[24:32].view(1, 8).reshape(1, 8, 1) * _c2.reshape(n, 8, 1)
     # 1 paths 8x1o ⊗ y -> 8x1o
-    _c3 = torch.einsum("zui,zipk->zkpu", x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
-    t_3 = torch.einsum("pu,zkpu->zuk", weight[16:24].view(1, 8), _c3)
+    _c3 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zui,zikp->zkpu
+    t_3 = torch.bmm(weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c3.permute(3, 2, 0, 1).reshape(8, 1, n * 3)).view(8, n, 3).permute(1, 0, 2)  # pu,zkpu->zuk
     # ∂/∂t: 8x1o -> 8x1o
-    d_t_4 = torch.einsum("zwi,uw->zui", d_z[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
+    d_t_4 = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂t: 8x0e -> 8x0e
-    d_t_5 = torch.einsum("zwi,uw->zui", d_z[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
+    d_t_5 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
-    d2_d_t_6 = torch.einsum("pu,zkpu->zuk", d2_d_weight[0:8].view(1, 8), _c0)
+    d2_d_t_6 = d2_d_weight[0:8].view(1, 8).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
     # ∂/∂x: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
     d_t = torch.cat([
         d_t_5.reshape(n, 8),
         d_t_4.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    _c4 = torch.einsum("pu,zuk->zkpu", d2_d_weight[0:8].view(1, 8), d_t[:, 0:8].reshape(n, 8, 1))
-    d2_x_7 = _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * _c4.reshape(n, 8, 1)
+    _c4 = torch.bmm(d2_d_weight[0:8].view(1, 8).permute(1, 0).reshape(8, 1, 1), d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n)).view(8, 1, n, 1)  # pu,zuk->upzk
+    d2_x_7 = torch.bmm(_c4.permute(2, 3, 1, 0).reshape(n, 1, 8).transpose(1, 2), _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1).transpose(1, 2)).view(n, 8, 1)  # zikp,upzk->zui
     # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
-    _c5 = torch.einsum("zuk,zui->ziku", d_t[:, 0:8].reshape(n, 8, 1), x[:, 0:8].reshape(n, 8, 1))
-    d2__m_t_0_8 = torch.einsum("pu,ziku->zipk", d2_d_weight[0:8].view(1, 8), _c5)
+    _c5 = d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1)
+    d2__m_t_0_8 = torch.mm(_c5.permute(1, 0, 3, 2).reshape(8, n).t(), d2_d_weight[0:8].view(1, 8).t()).view(n, 1, 1, 1)  # pu,zuki->zikp
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    _c6 = torch.einsum("pu,zui->zipu", d2_d_weight[8:16].view(1, 8), x[:, 0:8].reshape(n, 8, 1))
-    d2_d_t_9 = _m_t_0[:, 1:4].reshape(n, 1, 1, 3).reshape(n, 1, 3) * _c6.reshape(n, 8, 1)
+    _c6 = torch.bmm(d2_d_weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1), x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n)).view(8, 1, n, 1)  # pu,zui->upzi
+    d2_d_t_9 = torch.bmm(_c6.permute(2, 3, 1, 0).reshape(n, 1, 8).transpose(1, 2), _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,upzi->zuk
     # ∂/∂x: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    _c7 = torch.einsum("zuk,zipk->zipu", d_t[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 1:4].reshape(n, 1, 1, 3))
-    d2_x_10 = torch.einsum("pu,zipu->zui", d2_d_weight[8:16].view(1, 8), _c7)
+    _c7 = torch.bmm(d_t[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1)).view(n, 8, 1, 1)  # zuk,zikp->zuip
+    d2_x_10 = d2_d_weight[8:16].view(1, 8).reshape(1, 8, 1) * _c7.reshape(n, 8, 1)
     # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    _c8 = torch.einsum("zuk,zui->ziku", d_t[:, 8:32].reshape(n, 8, 3), x[:, 0:8].reshape(n, 8, 1))
-    d2__m_t_0_11 = torch.einsum("pu,ziku->zipk", d2_d_weight[8:16].view(1, 8), _c8)
+    _c8 = torch.bmm(d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1), x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1)).view(8, n, 3, 1)  # zuk,zui->uzki
+    d2__m_t_0_11 = torch.mm(_c8.permute(0, 1, 3, 2).reshape(8, n * 3).t(), d2_d_weight[8:16].view(1, 8).t()).view(n, 1, 3, 1)  # pu,uzki->zikp
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
-    d2_d_t_12 = torch.einsum("pu,zkpu->zuk", d2_d_weight[24:32].view(1, 8), _c2)
+    d2_d_t_12 = d2_d_weight[24:32].view(1, 8).reshape(1, 8, 1) * _c2.reshape(n, 8, 1)
     # ∂/∂x: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
-    _c9 = torch.einsum("pu,zuk->zkpu", d2_d_weight[24:32].view(1, 8), d_t[:, 0:8].reshape(n, 8, 1))
-    d2_x_13 = _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c9.reshape(n, 8, 1)
+    _c9 = torch.bmm(d2_d_weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1), d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n)).view(8, 1, n, 1)  # pu,zuk->upzk
+    d2_x_13 = torch.bmm(_c9.permute(2, 3, 1, 0).reshape(n, 1, 8).transpose(1, 2), _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,upzk->zui
     # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
-    _c10 = torch.einsum("zuk,zui->ziku", d_t[:, 0:8].reshape(n, 8, 1), x[:, 8:32].reshape(n, 8, 3))
-    d2__m_t_0_14 = torch.einsum("pu,ziku->zipk", d2_d_weight[24:32].view(1, 8), _c10)
+    _c10 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1), x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 1, 3)).view(8, n, 1, 3)  # zuk,zui->uzki
+    d2__m_t_0_14 = torch.mm(_c10.permute(0, 1, 3, 2).reshape(8, n * 3).t(), d2_d_weight[24:32].view(1, 8).t()).view(n, 3, 1, 1)  # pu,uzki->zikp
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    d2_d_t_15 = torch.einsum("pu,zkpu->zuk", d2_d_weight[16:24].view(1, 8), _c3)
+    d2_d_t_15 = torch.bmm(d2_d_weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c3.permute(3, 2, 0, 1).reshape(8, 1, n * 3)).view(8, n, 3).permute(1, 0, 2)  # pu,zkpu->zuk
     # ∂/∂x: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    _c11 = torch.einsum("pu,zuk->zkpu", d2_d_weight[16:24].view(1, 8), d_t[:, 8:32].reshape(n, 8, 3))
-    d2_x_16 = torch.einsum("zipk,zkpu->zui", _m_t_0[:, 7:16].reshape(n, 3, 1, 3), _c11)
+    _c11 = torch.bmm(d2_d_weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3)).view(8, 1, n, 3)  # pu,zuk->upzk
+    d2_x_16 = torch.bmm(_c11.permute(2, 1, 3, 0).reshape(n, 3, 8).transpose(1, 2), _m_t_0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 1, 3, 2).reshape(n, 3, 3).transpose(1, 2)).view(n, 8, 3)  # zikp,upzk->zui
     # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    _c12 = torch.einsum("zuk,zui->ziku", d_t[:, 8:32].reshape(n, 8, 3), x[:, 8:32].reshape(n, 8, 3))
-    d2__m_t_0_17 = torch.einsum("pu,ziku->zipk", d2_d_weight[16:24].view(1, 8), _c12)
+    _c12 = torch.bmm(d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1), x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 1, 3)).view(8, n, 3, 3)  # zuk,zui->uzki
+    d2__m_t_0_17 = torch.mm(_c12.permute(0, 1, 3, 2).reshape(8, n * 9).t(), d2_d_weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,uzki->zikp
     # ∂/∂d_z: ∂/∂weight: 8x0e -> 8x0e
     t = torch.cat([
         (t_0 + t_2).reshape(n, 8),
         (t_1 + t_3).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    d2_d_z_18 = torch.einsum("uw,zui->zwi", (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373), t[:, 0:8].reshape(n, 8, 1))
+    d2_d_z_18 = torch.mm(t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n).t(), (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8).t()).view(n, 1, 8).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂t: ∂/∂weight: 8x0e -> 8x0e
-    d2_t_19 = torch.einsum("uw,zwi->zui", (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373), d_z[:, 0:8].reshape(n, 8, 1))
+    d2_t_19 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n).t(), (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373).t()).view(n, 1, 8).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
     d2_d_t = torch.cat([
         (d2_d_t_6 + d2_d_t_12).reshape(n, 8),
         (d2_d_t_9 + d2_d_t_15).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    d2_d_z_20 = torch.einsum("zui,uw->zwi", d2_d_t[:, 0:8].reshape(n, 8, 1), (weight[32:96].view(8, 8) * 0.35355339059327373))
+    d2_d_z_20 = torch.mm(d2_d_t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
-    d2_weight_21 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373), d_z[:, 0:8].reshape(n, 8, 1))
+    d2_weight_21 = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
     # ∂/∂d_z: ∂/∂weight: 8x1o -> 8x1o
-    d2_d_z_22 = torch.einsum("uw,zui->zwi", (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373), t[:, 8:32].reshape(n, 8, 3))
+    d2_d_z_22 = torch.mm(t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n * 3).t(), (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8).t()).view(n, 3, 8).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂t: ∂/∂weight: 8x1o -> 8x1o
-    d2_t_23 = torch.einsum("uw,zwi->zui", (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373), d_z[:, 8:32].reshape(n, 8, 3))
+    d2_t_23 = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n * 3).t(), (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373).t()).view(n, 3, 8).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
-    d2_d_z_24 = torch.einsum("zui,uw->zwi", d2_d_t[:, 8:32].reshape(n, 8, 3), (weight[96:160].view(8, 8) * 0.35355339059327373))
+    d2_d_z_24 = torch.mm(d2_d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
-    d2_weight_25 = torch.einsum("zui,zwi->uw", (d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373), d_z[:, 8:32].reshape(n, 8, 3))
+    d2_weight_25 = torch.mm((d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 3), d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8)).view(8, 8)  # zui,zwi->uw
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
     d2_t = torch.cat([
         d2_t_19.reshape(n, 8),
         d2_t_23.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
-    _c13 = torch.einsum("zuk,zipk->zipu", d2_t[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 7:16].reshape(n, 3, 1, 3))
-    d2_x_26 = torch.einsum("pu,zipu->zui", weight[16:24].view(1, 8), _c13)
+    _c13 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 3).transpose(1, 2), d2_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zuk,zikp->zipu
+    d2_x_26 = torch.bmm(weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c13.permute(3, 2, 0, 1).reshape(8, 1, n * 3)).view(8, n, 3).permute(1, 0, 2)  # pu,zipu->zui
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
-    _c14 = torch.einsum("zuk,zui->ziku", d2_t[:, 8:32].reshape(n, 8, 3), x[:, 8:32].reshape(n, 8, 3))
-    d2__m_t_0_27 = torch.einsum("pu,ziku->zipk", weight[16:24].view(1, 8), _c14)
+    _c14 = torch.bmm(d2_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1), x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 1, 3)).view(8, n, 3, 3)  # zuk,zui->uzki
+    d2__m_t_0_27 = torch.mm(_c14.permute(0, 1, 3, 2).reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,uzki->zikp
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    d2_weight_28 = torch.einsum("zui,zipu->pu", x[:, 8:32].reshape(n, 8, 3), _c13)
+    d2_weight_28 = torch.bmm(x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3), _c13.permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _c15 = torch.einsum("zuk,pu->zkpu", d2_t[:, 0:8].reshape(n, 8, 1), weight[24:32].view(1, 8))
-    d2_x_29 = _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c15.reshape(n, 8, 1)
+    _c15 = torch.bmm(d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1), weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1)).view(8, n, 1, 1)  # zuk,pu->uzkp
+    d2_x_29 = torch.bmm(_c15.permute(1, 2, 3, 0).reshape(n, 1, 8).transpose(1, 2), _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,uzkp->zui
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    _c16 = torch.einsum("zuk,zui->ziku", d2_t[:, 0:8].reshape(n, 8, 1), x[:, 8:32].reshape(n, 8, 3))
-    d2__m_t_0_30 = torch.einsum("pu,ziku->zipk", weight[24:32].view(1, 8), _c16)
+    _c16 = torch.bmm(d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1), x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 1, 3)).view(8, n, 1, 3)  # zuk,zui->uzki
+    d2__m_t_0_30 = torch.mm(_c16.permute(0, 1, 3, 2).reshape(8, n * 3).t(), weight[24:32].view(1, 8).t()).view(n, 3, 1, 1)  # pu,uzki->zikp
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
-    d2_weight_31 = torch.einsum("zuk,zkpu->pu", d2_t[:, 0:8].reshape(n, 8, 1), _c2)
+    d2_weight_31 = torch.bmm(d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c2.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    _c17 = torch.einsum("zuk,zipk->zipu", d2_t[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 1:4].reshape(n, 1, 1, 3))
-    d2_x_32 = torch.einsum("pu,zipu->zui", weight[8:16].view(1, 8), _c17)
+    _c17 = torch.bmm(d2_t[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1)).view(n, 8, 1, 1)  # zuk,zikp->zuip
+    d2_x_32 = weight[8:16].view(1, 8).reshape(1, 8, 1) * _c17.reshape(n, 8, 1)
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    _c18 = torch.einsum("zuk,zui->ziku", d2_t[:, 8:32].reshape(n, 8, 3), x[:, 0:8].reshape(n, 8, 1))
-    d2__m_t_0_33 = torch.einsum("pu,ziku->zipk", weight[8:16].view(1, 8), _c18)
+    _c18 = torch.bmm(d2_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1), x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1)).view(8, n, 3, 1)  # zuk,zui->uzki
+    d2__m_t_0_33 = torch.mm(_c18.permute(0, 1, 3, 2).reshape(8, n * 3).t(), weight[8:16].view(1, 8).t()).view(n, 1, 3, 1)  # pu,uzki->zikp
     # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    d2_weight_34 = torch.einsum("zui,zipu->pu", x[:, 0:8].reshape(n, 8, 1), _c17)
+    d2_weight_34 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c17.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zuip->pu
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    _c19 = d2_t[:, 0:8].reshape(n, 8, 1).reshape(n, 1, 1, 8) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
-    d2_x_35 = torch.einsum("pu,zipu->zui", weight[0:8].view(1, 8), _c19)
+    _c19 = d2_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    d2_x_35 = weight[0:8].view(1, 8).reshape(1, 8, 1) * _c19.reshape(n, 8, 1)
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
-    _c20 = torch.einsum("zuk,zui->ziku", d2_t[:, 0:8].reshape(n, 8, 1), x[:, 0:8].reshape(n, 8, 1))
-    d2__m_t_0_36 = torch.einsum("pu,ziku->zipk", weight[0:8].view(1, 8), _c20)
+    _c20 = d2_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1)
+    d2__m_t_0_36 = torch.mm(_c20.permute(1, 0, 3, 2).reshape(8, n).t(), weight[0:8].view(1, 8).t()).view(n, 1, 1, 1)  # pu,zuki->zikp
     # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
-    d2_weight_37 = torch.einsum("zipk,ziku->pu", _m_t_0[:, 0:1].reshape(n, 1, 1, 1), _c20)
+    d2_weight_37 = torch.mm(_m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c20.permute(0, 3, 2, 1).reshape(n, 8)).view(1, 8)  # zikp,zuki->pu
     # ∂/∂y: every path's (i, k) map at once: y · G
     d2__m_t_0 = torch.cat([
         (d2__m_t_0_8 + d2__m_t_0_36).reshape(n, 1),
@@ -3392,7 +3392,7 @@ def _tp_then_linear_d2_weight(
         (d2__m_t_0_14 + d2__m_t_0_30).reshape(n, 3),
         (d2__m_t_0_17 + d2__m_t_0_27).reshape(n, 9),
     ], dim=-1)
-    d2_y_38 = torch.einsum("zc,jc->zj", d2__m_t_0, _g_t_0)
+    d2_y_38 = torch.mm(d2__m_t_0, _g_t_0.permute(1, 0).reshape(16, 4)).view(n, 4)  # zc,jc->zj
     d2_x = torch.cat([
         (d2_x_7 + d2_x_10 + d2_x_32 + d2_x_35).reshape(n, 8),
         (d2_x_13 + d2_x_16 + d2_x_26 + d2_x_29).reshape(n, 24),
@@ -3437,37 +3437,37 @@ class fc_tp(rt.FusionModule):
     cg_tables = ()
     matrices = {  # constant matrices as sparse (row, column, value): recouplings (exact 6j), stacked CG tables
         "_g_z_0": ((16, 145), (
-            (0, 0, 0.10206207261596575), (0, 12, 0.07905694150420947), (0, 19, 0.07905694150420947), (0, 26, 0.07905694150420947),
-            (0, 95, 0.07905694150420949), (0, 106, 0.07905694150420949), (0, 117, 0.07905694150420949), (0, 128, 0.07905694150420949),
-            (0, 139, 0.07905694150420949), (1, 1, 0.07905694150420947), (1, 9, 0.05892556509887896), (1, 32, -0.03227486121839514),
-            (1, 34, -0.05590169943749475), (1, 41, 0.05590169943749475), (1, 50, 0.05590169943749475), (1, 67, 0.04330127018922193),
-            (1, 72, 0.04330127018922193), (1, 77, -0.024999999999999998), (1, 89, -0.04330127018922193), (2, 2, 0.07905694150420947),
-            (2, 10, 0.05892556509887896), (2, 31, 0.05590169943749475), (2, 42, 0.06454972243679027), (2, 53, 0.05590169943749475),
-            (2, 71, 0.04330127018922193), (2, 78, 0.049999999999999996), (2, 85, 0.04330127018922193), (3, 3, 0.07905694150420947),
-            (3, 11, 0.05892556509887896), (3, 30, 0.05590169943749475), (3, 43, 0.05590169943749475), (3, 52, -0.03227486121839514),
-            (3, 54, 0.05590169943749475), (3, 65, 0.04330127018922193), (3, 79, -0.024999999999999998), (3, 84, 0.04330127018922193),
-            (3, 91, 0.04330127018922193), (4, 4, 0.07905694150420949), (4, 17, 0.04330127018922193), (4, 27, 0.04330127018922193),
-            (4, 60, 0.04564354645876384), (4, 102, -0.04225771273642583), (4, 113, 0.036596252735569997), (4, 120, -0.04225771273642583),
-            (4, 131, 0.036596252735569997), (5, 5, 0.07905694150420949), (5, 16, 0.04330127018922193), (5, 21, 0.04330127018922193),
-            (5, 61, 0.04564354645876384), (5, 103, 0.036596252735569997), (5, 112, 0.021128856368212916), (5, 114, -0.036596252735569997),
-            (5, 121, 0.021128856368212916), (5, 130, 0.036596252735569997), (5, 141, -0.036596252735569997), (6, 6, 0.07905694150420949),
-            (6, 15, -0.024999999999999998), (6, 22, 0.049999999999999996), (6, 29, -0.024999999999999998), (6, 62, 0.04564354645876384),
-            (6, 100, -0.04225771273642583), (6, 111, 0.021128856368212916), (6, 122, 0.04225771273642583), (6, 133, 0.021128856368212916),
-            (6, 144, -0.04225771273642583), (7, 7, 0.07905694150420949), (7, 23, 0.04330127018922193), (7, 28, 0.04330127018922193),
-            (7, 63, 0.04564354645876384), (7, 101, 0.036596252735569997), (7, 110, 0.036596252735569997), (7, 123, 0.021128856368212916),
-            (7, 132, 0.021128856368212916), (7, 134, 0.036596252735569997), (7, 143, 0.036596252735569997), (8, 8, 0.07905694150420949),
-            (8, 15, -0.04330127018922193), (8, 29, 0.04330127018922193), (8, 64, 0.04564354645876384), (8, 111, -0.036596252735569997),
-            (8, 124, -0.04225771273642583), (8, 133, 0.036596252735569997), (8, 142, -0.04225771273642583), (9, 39, 0.04724555912615341),
-            (9, 55, 0.04724555912615341), (9, 70, 0.036596252735569997), (9, 92, 0.036596252735569997), (10, 38, 0.038575837490522985),
-            (10, 45, 0.038575837490522985), (10, 56, 0.038575837490522985), (10, 69, 0.02988071523335984), (10, 76, 0.02988071523335984),
-            (10, 86, 0.02988071523335984), (11, 37, 0.04225771273642583), (11, 39, 0.012198750911856666), (11, 46, 0.048795003647426664),
-            (11, 55, -0.012198750911856666), (11, 70, -0.00944911182523068), (11, 75, 0.03779644730092272), (11, 80, 0.032732683535398856),
-            (11, 92, 0.00944911182523068), (12, 36, -0.02988071523335984), (12, 47, 0.05175491695067657), (12, 58, -0.02988071523335984),
-            (12, 74, -0.023145502494313783), (12, 81, 0.04008918628686366), (12, 88, -0.023145502494313783), (13, 35, -0.012198750911856666),
-            (13, 48, 0.048795003647426664), (13, 57, 0.04225771273642583), (13, 59, -0.012198750911856666), (13, 68, -0.00944911182523068),
-            (13, 82, 0.032732683535398856), (13, 87, 0.03779644730092272), (13, 94, -0.00944911182523068), (14, 36, -0.038575837490522985),
-            (14, 49, 0.038575837490522985), (14, 58, 0.038575837490522985), (14, 74, -0.02988071523335984), (14, 88, 0.02988071523335984),
-            (14, 93, 0.02988071523335984), (15, 35, -0.04724555912615341), (15, 59, 0.04724555912615341), (15, 68, -0.036596252735569997),
+            (0, 0, 0.10206207261596575), (0, 12, 0.07905694150420947), (0, 20, 0.07905694150420947), (0, 28, 0.07905694150420947),
+            (0, 95, 0.07905694150420949), (0, 107, 0.07905694150420949), (0, 119, 0.07905694150420949), (0, 131, 0.07905694150420949),
+            (0, 143, 0.07905694150420949), (1, 1, 0.07905694150420947), (1, 9, 0.05892556509887896), (1, 34, -0.03227486121839514),
+            (1, 38, -0.05590169943749475), (1, 42, 0.05590169943749475), (1, 50, 0.05590169943749475), (1, 69, 0.04330127018922193),
+            (1, 73, 0.04330127018922193), (1, 77, -0.024999999999999998), (1, 89, -0.04330127018922193), (2, 2, 0.07905694150420947),
+            (2, 10, 0.05892556509887896), (2, 32, 0.05590169943749475), (2, 44, 0.06454972243679027), (2, 56, 0.05590169943749475),
+            (2, 71, 0.04330127018922193), (2, 79, 0.049999999999999996), (2, 87, 0.04330127018922193), (3, 3, 0.07905694150420947),
+            (3, 11, 0.05892556509887896), (3, 30, 0.05590169943749475), (3, 46, 0.05590169943749475), (3, 54, -0.03227486121839514),
+            (3, 58, 0.05590169943749475), (3, 65, 0.04330127018922193), (3, 81, -0.024999999999999998), (3, 85, 0.04330127018922193),
+            (3, 93, 0.04330127018922193), (4, 4, 0.07905694150420949), (4, 17, 0.04330127018922193), (4, 25, 0.04330127018922193),
+            (4, 60, 0.04564354645876384), (4, 100, -0.04225771273642583), (4, 112, 0.036596252735569997), (4, 116, -0.04225771273642583),
+            (4, 128, 0.036596252735569997), (5, 5, 0.07905694150420949), (5, 15, 0.04330127018922193), (5, 19, 0.04330127018922193),
+            (5, 61, 0.04564354645876384), (5, 102, 0.036596252735569997), (5, 110, 0.021128856368212916), (5, 114, -0.036596252735569997),
+            (5, 118, 0.021128856368212916), (5, 126, 0.036596252735569997), (5, 138, -0.036596252735569997), (6, 6, 0.07905694150420949),
+            (6, 13, -0.024999999999999998), (6, 21, 0.049999999999999996), (6, 29, -0.024999999999999998), (6, 62, 0.04564354645876384),
+            (6, 96, -0.04225771273642583), (6, 108, 0.021128856368212916), (6, 120, 0.04225771273642583), (6, 132, 0.021128856368212916),
+            (6, 144, -0.04225771273642583), (7, 7, 0.07905694150420949), (7, 23, 0.04330127018922193), (7, 27, 0.04330127018922193),
+            (7, 63, 0.04564354645876384), (7, 98, 0.036596252735569997), (7, 106, 0.036596252735569997), (7, 122, 0.021128856368212916),
+            (7, 130, 0.021128856368212916), (7, 134, 0.036596252735569997), (7, 142, 0.036596252735569997), (8, 8, 0.07905694150420949),
+            (8, 13, -0.04330127018922193), (8, 29, 0.04330127018922193), (8, 64, 0.04564354645876384), (8, 108, -0.036596252735569997),
+            (8, 124, -0.04225771273642583), (8, 132, 0.036596252735569997), (8, 140, -0.04225771273642583), (9, 39, 0.04724555912615341),
+            (9, 51, 0.04724555912615341), (9, 70, 0.036596252735569997), (9, 90, 0.036596252735569997), (10, 37, 0.038575837490522985),
+            (10, 41, 0.038575837490522985), (10, 53, 0.038575837490522985), (10, 68, 0.02988071523335984), (10, 76, 0.02988071523335984),
+            (10, 84, 0.02988071523335984), (11, 35, 0.04225771273642583), (11, 39, 0.012198750911856666), (11, 43, 0.048795003647426664),
+            (11, 51, -0.012198750911856666), (11, 70, -0.00944911182523068), (11, 74, 0.03779644730092272), (11, 78, 0.032732683535398856),
+            (11, 90, 0.00944911182523068), (12, 33, -0.02988071523335984), (12, 45, 0.05175491695067657), (12, 57, -0.02988071523335984),
+            (12, 72, -0.023145502494313783), (12, 80, 0.04008918628686366), (12, 88, -0.023145502494313783), (13, 31, -0.012198750911856666),
+            (13, 47, 0.048795003647426664), (13, 55, 0.04225771273642583), (13, 59, -0.012198750911856666), (13, 66, -0.00944911182523068),
+            (13, 82, 0.032732683535398856), (13, 86, 0.03779644730092272), (13, 94, -0.00944911182523068), (14, 33, -0.038575837490522985),
+            (14, 49, 0.038575837490522985), (14, 57, 0.038575837490522985), (14, 72, -0.02988071523335984), (14, 88, 0.02988071523335984),
+            (14, 92, 0.02988071523335984), (15, 31, -0.04724555912615341), (15, 59, 0.04724555912615341), (15, 66, -0.036596252735569997),
             (15, 94, 0.036596252735569997),
         )),
     }
@@ -3505,94 +3505,94 @@ class conv_tp(rt.FusionModule):
     cg_tables = ()
     matrices = {  # constant matrices as sparse (row, column, value): recouplings (exact 6j), stacked CG tables
         "_g_m_0": ((16, 388), (
-            (0, 0, 0.5773502691896257), (0, 19, 0.4472135954999579), (0, 26, 0.4472135954999579), (0, 33, 0.4472135954999579),
-            (0, 168, 0.4472135954999579), (0, 179, 0.4472135954999579), (0, 190, 0.4472135954999579), (0, 201, 0.4472135954999579),
-            (0, 212, 0.4472135954999579), (1, 1, 0.4472135954999579), (1, 16, 0.3333333333333333), (1, 39, -0.18257418583505536),
-            (1, 41, -0.31622776601683794), (1, 48, 0.31622776601683794), (1, 57, 0.31622776601683794), (1, 72, -0.49999999999999994),
-            (1, 74, 0.49999999999999994), (1, 140, 0.24494897427831783), (1, 145, 0.24494897427831783), (1, 150, -0.1414213562373095),
-            (1, 162, -0.24494897427831783), (1, 234, 0.2357022603955158), (1, 243, -0.2357022603955158), (1, 256, -0.408248290463863),
-            (1, 265, 0.408248290463863), (1, 267, -0.2357022603955158), (1, 276, 0.2357022603955158), (1, 287, -0.09128709291752769),
-            (1, 289, -0.3535533905932738), (1, 300, -0.22360679774997896), (1, 302, -0.2886751345948129), (1, 313, 0.31622776601683794),
-            (1, 326, 0.2886751345948129), (1, 339, 0.3535533905932738), (1, 341, 0.09128709291752769), (2, 2, 0.4472135954999579),
-            (2, 17, 0.3333333333333333), (2, 38, 0.31622776601683794), (2, 49, 0.3651483716701107), (2, 60, 0.31622776601683794),
-            (2, 69, 0.49999999999999994), (2, 73, -0.49999999999999994), (2, 144, 0.24494897427831783), (2, 151, 0.282842712474619),
-            (2, 158, 0.24494897427831783), (2, 237, 0.4714045207910316), (2, 246, 0.2357022603955158), (2, 264, -0.2357022603955158),
-            (2, 273, -0.4714045207910316), (2, 284, 0.2886751345948129), (2, 299, 0.36514837167011077), (2, 314, 0.38729833462074176),
-            (2, 329, 0.36514837167011077), (2, 344, 0.2886751345948129), (3, 3, 0.4472135954999579), (3, 18, 0.3333333333333333),
-            (3, 37, 0.31622776601683794), (3, 50, 0.31622776601683794), (3, 59, -0.18257418583505536), (3, 61, 0.31622776601683794),
-            (3, 68, -0.49999999999999994), (3, 70, 0.49999999999999994), (3, 138, 0.24494897427831783), (3, 152, -0.1414213562373095),
-            (3, 157, 0.24494897427831783), (3, 164, 0.24494897427831783), (3, 236, -0.2357022603955158), (3, 245, -0.408248290463863),
-            (3, 247, -0.2357022603955158), (3, 254, 0.408248290463863), (3, 263, 0.2357022603955158), (3, 274, 0.2357022603955158),
-            (3, 283, 0.3535533905932738), (3, 285, -0.09128709291752769), (3, 298, 0.2886751345948129), (3, 315, 0.31622776601683794),
-            (3, 328, -0.22360679774997896), (3, 330, 0.2886751345948129), (3, 343, -0.09128709291752769), (3, 345, 0.3535533905932738),
-            (4, 4, 0.4472135954999579), (4, 24, 0.24494897427831783), (4, 34, 0.24494897427831783), (4, 77, -0.2357022603955158),
+            (0, 0, 0.5773502691896257), (0, 19, 0.4472135954999579), (0, 27, 0.4472135954999579), (0, 35, 0.4472135954999579),
+            (0, 168, 0.4472135954999579), (0, 180, 0.4472135954999579), (0, 192, 0.4472135954999579), (0, 204, 0.4472135954999579),
+            (0, 216, 0.4472135954999579), (1, 1, 0.4472135954999579), (1, 16, 0.3333333333333333), (1, 41, -0.18257418583505536),
+            (1, 45, -0.31622776601683794), (1, 49, 0.31622776601683794), (1, 57, 0.31622776601683794), (1, 72, -0.49999999999999994),
+            (1, 74, 0.49999999999999994), (1, 142, 0.24494897427831783), (1, 146, 0.24494897427831783), (1, 150, -0.1414213562373095),
+            (1, 162, -0.24494897427831783), (1, 235, 0.2357022603955158), (1, 243, -0.2357022603955158), (1, 259, -0.408248290463863),
+            (1, 267, 0.408248290463863), (1, 271, -0.2357022603955158), (1, 279, 0.2357022603955158), (1, 291, -0.09128709291752769),
+            (1, 295, -0.3535533905932738), (1, 303, -0.22360679774997896), (1, 307, -0.2886751345948129), (1, 315, 0.31622776601683794),
+            (1, 327, 0.2886751345948129), (1, 339, 0.3535533905932738), (1, 343, 0.09128709291752769), (2, 2, 0.4472135954999579),
+            (2, 17, 0.3333333333333333), (2, 39, 0.31622776601683794), (2, 51, 0.3651483716701107), (2, 63, 0.31622776601683794),
+            (2, 69, 0.49999999999999994), (2, 73, -0.49999999999999994), (2, 144, 0.24494897427831783), (2, 152, 0.282842712474619),
+            (2, 160, 0.24494897427831783), (2, 241, 0.4714045207910316), (2, 249, 0.2357022603955158), (2, 265, -0.2357022603955158),
+            (2, 273, -0.4714045207910316), (2, 285, 0.2886751345948129), (2, 301, 0.36514837167011077), (2, 317, 0.38729833462074176),
+            (2, 333, 0.36514837167011077), (2, 349, 0.2886751345948129), (3, 3, 0.4472135954999579), (3, 18, 0.3333333333333333),
+            (3, 37, 0.31622776601683794), (3, 53, 0.31622776601683794), (3, 61, -0.18257418583505536), (3, 65, 0.31622776601683794),
+            (3, 68, -0.49999999999999994), (3, 70, 0.49999999999999994), (3, 138, 0.24494897427831783), (3, 154, -0.1414213562373095),
+            (3, 158, 0.24494897427831783), (3, 166, 0.24494897427831783), (3, 239, -0.2357022603955158), (3, 247, -0.408248290463863),
+            (3, 251, -0.2357022603955158), (3, 255, 0.408248290463863), (3, 263, 0.2357022603955158), (3, 275, 0.2357022603955158),
+            (3, 283, 0.3535533905932738), (3, 287, -0.09128709291752769), (3, 299, 0.2886751345948129), (3, 319, 0.31622776601683794),
+            (3, 331, -0.22360679774997896), (3, 335, 0.2886751345948129), (3, 347, -0.09128709291752769), (3, 351, 0.3535533905932738),
+            (4, 4, 0.4472135954999579), (4, 24, 0.24494897427831783), (4, 32, 0.24494897427831783), (4, 77, -0.2357022603955158),
             (4, 85, -0.4714045207910316), (4, 89, 0.2357022603955158), (4, 95, -0.09128709291752769), (4, 97, -0.3535533905932738),
             (4, 99, 0.2886751345948129), (4, 105, 0.3535533905932738), (4, 107, -0.09128709291752769), (4, 133, 0.2581988897471611),
-            (4, 175, -0.23904572186687872), (4, 186, 0.20701966780270625), (4, 193, -0.23904572186687872), (4, 204, 0.20701966780270625),
+            (4, 173, -0.23904572186687872), (4, 185, 0.20701966780270625), (4, 189, -0.23904572186687872), (4, 201, 0.20701966780270625),
             (4, 221, 0.22360679774997894), (4, 229, -0.22360679774997894), (4, 231, 0.44721359549995787), (4, 360, -0.3535533905932738),
             (4, 362, -0.2738612787525831), (4, 372, -0.5), (4, 378, 0.2738612787525831), (4, 380, -0.3535533905932738),
-            (4, 384, -0.22360679774997896), (5, 5, 0.4472135954999579), (5, 23, 0.24494897427831783), (5, 28, 0.24494897427831783),
+            (4, 384, -0.22360679774997896), (5, 5, 0.4472135954999579), (5, 22, 0.24494897427831783), (5, 26, 0.24494897427831783),
             (5, 76, 0.2357022603955158), (5, 84, -0.2357022603955158), (5, 88, 0.408248290463863), (5, 90, 0.2357022603955158),
             (5, 94, -0.22360679774997896), (5, 96, -0.2886751345948129), (5, 100, 0.36514837167011077), (5, 106, 0.2886751345948129),
-            (5, 134, 0.2581988897471611), (5, 176, 0.20701966780270625), (5, 185, 0.11952286093343936), (5, 187, -0.20701966780270625),
-            (5, 194, 0.11952286093343936), (5, 203, 0.20701966780270625), (5, 214, -0.20701966780270625), (5, 218, -0.22360679774997894),
+            (5, 134, 0.2581988897471611), (5, 175, 0.20701966780270625), (5, 183, 0.11952286093343936), (5, 187, -0.20701966780270625),
+            (5, 191, 0.11952286093343936), (5, 199, 0.20701966780270625), (5, 211, -0.20701966780270625), (5, 218, -0.22360679774997894),
             (5, 226, -0.38729833462074165), (5, 228, 0.22360679774997894), (5, 232, -0.22360679774997894), (5, 353, 0.3535533905932738),
             (5, 355, 0.2738612787525831), (5, 371, -0.3162277660168379), (5, 377, 0.4472135954999579), (5, 385, 0.2738612787525831),
-            (5, 387, 0.3535533905932738), (6, 6, 0.4472135954999579), (6, 22, -0.1414213562373095), (6, 29, 0.282842712474619),
+            (5, 387, 0.3535533905932738), (6, 6, 0.4472135954999579), (6, 20, -0.1414213562373095), (6, 28, 0.282842712474619),
             (6, 36, -0.1414213562373095), (6, 79, 0.408248290463863), (6, 87, -0.408248290463863), (6, 93, 0.31622776601683794),
-            (6, 101, 0.38729833462074176), (6, 109, 0.31622776601683794), (6, 135, 0.2581988897471611), (6, 173, -0.23904572186687872),
-            (6, 184, 0.11952286093343936), (6, 195, 0.23904572186687872), (6, 206, 0.11952286093343936), (6, 217, -0.23904572186687872),
+            (6, 101, 0.38729833462074176), (6, 109, 0.31622776601683794), (6, 135, 0.2581988897471611), (6, 169, -0.23904572186687872),
+            (6, 181, 0.11952286093343936), (6, 193, 0.23904572186687872), (6, 205, 0.11952286093343936), (6, 217, -0.23904572186687872),
             (6, 223, 0.38729833462074165), (6, 227, -0.38729833462074165), (6, 358, 0.5), (6, 364, 0.3162277660168379),
             (6, 376, -0.3162277660168379), (6, 382, -0.5), (7, 7, 0.4472135954999579), (7, 30, 0.24494897427831783),
-            (7, 35, 0.24494897427831783), (7, 78, -0.408248290463863), (7, 80, 0.2357022603955158), (7, 82, 0.2357022603955158),
+            (7, 34, 0.24494897427831783), (7, 78, -0.408248290463863), (7, 80, 0.2357022603955158), (7, 82, 0.2357022603955158),
             (7, 86, -0.2357022603955158), (7, 92, 0.2886751345948129), (7, 102, 0.36514837167011077), (7, 108, -0.22360679774997896),
-            (7, 110, 0.2886751345948129), (7, 136, 0.2581988897471611), (7, 174, 0.20701966780270625), (7, 183, 0.20701966780270625),
-            (7, 196, 0.11952286093343936), (7, 205, 0.11952286093343936), (7, 207, 0.20701966780270625), (7, 216, 0.20701966780270625),
+            (7, 110, 0.2886751345948129), (7, 136, 0.2581988897471611), (7, 171, 0.20701966780270625), (7, 179, 0.20701966780270625),
+            (7, 195, 0.11952286093343936), (7, 203, 0.11952286093343936), (7, 207, 0.20701966780270625), (7, 215, 0.20701966780270625),
             (7, 220, 0.22360679774997894), (7, 222, -0.22360679774997894), (7, 224, 0.38729833462074165), (7, 230, -0.22360679774997894),
             (7, 357, -0.2738612787525831), (7, 359, 0.3535533905932738), (7, 363, -0.4472135954999579), (7, 369, 0.3162277660168379),
-            (7, 381, -0.3535533905932738), (7, 383, 0.2738612787525831), (8, 8, 0.4472135954999579), (8, 22, -0.24494897427831783),
+            (7, 381, -0.3535533905932738), (7, 383, 0.2738612787525831), (8, 8, 0.4472135954999579), (8, 20, -0.24494897427831783),
             (8, 36, 0.24494897427831783), (8, 79, -0.2357022603955158), (8, 81, 0.4714045207910316), (8, 87, -0.2357022603955158),
             (8, 91, 0.3535533905932738), (8, 93, 0.09128709291752769), (8, 103, 0.2886751345948129), (8, 109, -0.09128709291752769),
-            (8, 111, 0.3535533905932738), (8, 137, 0.2581988897471611), (8, 184, -0.20701966780270625), (8, 197, -0.23904572186687872),
-            (8, 206, 0.20701966780270625), (8, 215, -0.23904572186687872), (8, 219, -0.44721359549995787), (8, 223, 0.22360679774997894),
+            (8, 111, 0.3535533905932738), (8, 137, 0.2581988897471611), (8, 181, -0.20701966780270625), (8, 197, -0.23904572186687872),
+            (8, 205, 0.20701966780270625), (8, 213, -0.23904572186687872), (8, 219, -0.44721359549995787), (8, 223, 0.22360679774997894),
             (8, 227, 0.22360679774997894), (8, 356, 0.22360679774997896), (8, 364, -0.2738612787525831), (8, 366, -0.3535533905932738),
             (8, 368, 0.5), (8, 374, 0.3535533905932738), (8, 376, -0.2738612787525831), (9, 9, 0.5000000000000001),
-            (9, 46, 0.2672612419124244), (9, 62, 0.2672612419124244), (9, 113, -0.25), (9, 125, -0.6123724356957946),
-            (9, 131, 0.25), (9, 143, 0.20701966780270628), (9, 165, 0.20701966780270628), (9, 239, -0.2439750182371333),
-            (9, 248, 0.2439750182371333), (9, 272, -0.2439750182371333), (9, 281, 0.2439750182371333), (9, 294, -0.14433756729740646),
-            (9, 309, 0.22821773229381923), (9, 318, -0.32274861218395146), (9, 333, 0.22821773229381923), (9, 348, -0.14433756729740646),
-            (10, 10, 0.5000000000000001), (10, 45, 0.2182178902359924), (10, 52, 0.2182178902359924), (10, 63, 0.2182178902359924),
+            (9, 46, 0.2672612419124244), (9, 58, 0.2672612419124244), (9, 113, -0.25), (9, 125, -0.6123724356957946),
+            (9, 131, 0.25), (9, 143, 0.20701966780270628), (9, 163, 0.20701966780270628), (9, 236, -0.2439750182371333),
+            (9, 244, 0.2439750182371333), (9, 272, -0.2439750182371333), (9, 280, 0.2439750182371333), (9, 292, -0.14433756729740646),
+            (9, 308, 0.22821773229381923), (9, 312, -0.32274861218395146), (9, 328, 0.22821773229381923), (9, 344, -0.14433756729740646),
+            (10, 10, 0.5000000000000001), (10, 44, 0.2182178902359924), (10, 48, 0.2182178902359924), (10, 60, 0.2182178902359924),
             (10, 112, 0.25), (10, 114, -0.3227486121839514), (10, 124, -0.408248290463863), (10, 130, 0.3227486121839514),
-            (10, 132, 0.25), (10, 142, 0.16903085094570333), (10, 149, 0.16903085094570333), (10, 159, 0.16903085094570333),
-            (10, 262, -0.3450327796711771), (10, 280, 0.3450327796711771), (10, 293, -0.2886751345948129), (10, 308, 0.1767766952966369),
-            (10, 310, -0.22821773229381923), (10, 332, 0.22821773229381923), (10, 334, 0.1767766952966369), (11, 11, 0.5000000000000001),
-            (11, 44, 0.23904572186687872), (11, 46, 0.06900655593423542), (11, 53, 0.2760262237369417), (11, 62, -0.06900655593423542),
+            (10, 132, 0.25), (10, 141, 0.16903085094570333), (10, 149, 0.16903085094570333), (10, 157, 0.16903085094570333),
+            (10, 262, -0.3450327796711771), (10, 278, 0.3450327796711771), (10, 290, -0.2886751345948129), (10, 306, 0.1767766952966369),
+            (10, 310, -0.22821773229381923), (10, 326, 0.22821773229381923), (10, 330, 0.1767766952966369), (11, 11, 0.5000000000000001),
+            (11, 42, 0.23904572186687872), (11, 46, 0.06900655593423542), (11, 50, 0.2760262237369417), (11, 58, -0.06900655593423542),
             (11, 113, 0.3227486121839514), (11, 123, -0.2041241452319315), (11, 129, 0.5), (11, 131, 0.3227486121839514),
-            (11, 143, -0.05345224838248488), (11, 148, 0.2138089935299395), (11, 153, 0.1851640199545103), (11, 165, 0.05345224838248488),
-            (11, 239, -0.18898223650461363), (11, 248, 0.18898223650461363), (11, 261, -0.21821789023599236), (11, 270, 0.21821789023599236),
-            (11, 272, 0.18898223650461363), (11, 281, -0.18898223650461363), (11, 294, 0.22360679774997896), (11, 296, 0.14433756729740646),
-            (11, 307, 0.09128709291752769), (11, 309, -0.1767766952966369), (11, 320, 0.19364916731037088), (11, 333, 0.1767766952966369),
-            (11, 346, -0.14433756729740646), (11, 348, -0.22360679774997896), (12, 12, 0.5000000000000001), (12, 43, -0.1690308509457033),
-            (12, 54, 0.29277002188455997), (12, 65, -0.1690308509457033), (12, 116, 0.5), (12, 128, -0.5),
-            (12, 147, -0.13093073414159542), (12, 154, 0.22677868380553637), (12, 161, -0.13093073414159542), (12, 242, -0.1543033499620919),
-            (12, 251, 0.3086066999241838), (12, 269, -0.3086066999241838), (12, 278, 0.1543033499620919), (12, 291, -0.2886751345948129),
-            (12, 306, 0.09128709291752769), (12, 321, 0.25819888974716115), (12, 336, 0.09128709291752769), (12, 351, -0.2886751345948129),
-            (13, 13, 0.5000000000000001), (13, 42, -0.06900655593423542), (13, 55, 0.2760262237369417), (13, 64, 0.23904572186687872),
+            (11, 143, -0.05345224838248488), (11, 147, 0.2138089935299395), (11, 151, 0.1851640199545103), (11, 163, 0.05345224838248488),
+            (11, 236, -0.18898223650461363), (11, 244, 0.18898223650461363), (11, 260, -0.21821789023599236), (11, 268, 0.21821789023599236),
+            (11, 272, 0.18898223650461363), (11, 280, -0.18898223650461363), (11, 292, 0.22360679774997896), (11, 296, 0.14433756729740646),
+            (11, 304, 0.09128709291752769), (11, 308, -0.1767766952966369), (11, 316, 0.19364916731037088), (11, 328, 0.1767766952966369),
+            (11, 340, -0.14433756729740646), (11, 344, -0.22360679774997896), (12, 12, 0.5000000000000001), (12, 40, -0.1690308509457033),
+            (12, 52, 0.29277002188455997), (12, 64, -0.1690308509457033), (12, 116, 0.5), (12, 128, -0.5),
+            (12, 145, -0.13093073414159542), (12, 153, 0.22677868380553637), (12, 161, -0.13093073414159542), (12, 242, -0.1543033499620919),
+            (12, 250, 0.3086066999241838), (12, 266, -0.3086066999241838), (12, 274, 0.1543033499620919), (12, 286, -0.2886751345948129),
+            (12, 302, 0.09128709291752769), (12, 318, 0.25819888974716115), (12, 334, 0.09128709291752769), (12, 350, -0.2886751345948129),
+            (13, 13, 0.5000000000000001), (13, 38, -0.06900655593423542), (13, 54, 0.2760262237369417), (13, 62, 0.23904572186687872),
             (13, 66, -0.06900655593423542), (13, 115, -0.5), (13, 117, 0.3227486121839514), (13, 121, 0.2041241452319315),
-            (13, 127, -0.3227486121839514), (13, 141, -0.05345224838248488), (13, 155, 0.1851640199545103), (13, 160, 0.2138089935299395),
-            (13, 167, -0.05345224838248488), (13, 241, 0.18898223650461363), (13, 250, -0.21821789023599236), (13, 252, 0.18898223650461363),
-            (13, 259, 0.21821789023599236), (13, 268, -0.18898223650461363), (13, 279, -0.18898223650461363), (13, 290, -0.14433756729740646),
-            (13, 292, 0.22360679774997896), (13, 305, 0.1767766952966369), (13, 322, 0.19364916731037088), (13, 335, 0.09128709291752769),
-            (13, 337, 0.1767766952966369), (13, 350, 0.22360679774997896), (13, 352, -0.14433756729740646), (14, 14, 0.5000000000000001),
-            (14, 43, -0.2182178902359924), (14, 56, 0.2182178902359924), (14, 65, 0.2182178902359924), (14, 116, -0.3227486121839514),
+            (13, 127, -0.3227486121839514), (13, 139, -0.05345224838248488), (13, 155, 0.1851640199545103), (13, 159, 0.2138089935299395),
+            (13, 167, -0.05345224838248488), (13, 240, 0.18898223650461363), (13, 248, -0.21821789023599236), (13, 252, 0.18898223650461363),
+            (13, 256, 0.21821789023599236), (13, 264, -0.18898223650461363), (13, 276, -0.18898223650461363), (13, 284, -0.14433756729740646),
+            (13, 288, 0.22360679774997896), (13, 300, 0.1767766952966369), (13, 320, 0.19364916731037088), (13, 332, 0.09128709291752769),
+            (13, 336, 0.1767766952966369), (13, 348, 0.22360679774997896), (13, 352, -0.14433756729740646), (14, 14, 0.5000000000000001),
+            (14, 40, -0.2182178902359924), (14, 56, 0.2182178902359924), (14, 64, 0.2182178902359924), (14, 116, -0.3227486121839514),
             (14, 118, 0.25), (14, 120, 0.408248290463863), (14, 126, -0.25), (14, 128, -0.3227486121839514),
-            (14, 147, -0.16903085094570333), (14, 161, 0.16903085094570333), (14, 166, 0.16903085094570333), (14, 240, -0.3450327796711771),
-            (14, 258, 0.3450327796711771), (14, 304, 0.22821773229381923), (14, 306, -0.1767766952966369), (14, 336, 0.1767766952966369),
-            (14, 338, 0.22821773229381923), (14, 349, -0.2886751345948129), (15, 15, 0.5000000000000001), (15, 42, -0.2672612419124244),
+            (14, 145, -0.16903085094570333), (14, 161, 0.16903085094570333), (14, 165, 0.16903085094570333), (14, 238, -0.3450327796711771),
+            (14, 254, 0.3450327796711771), (14, 298, 0.22821773229381923), (14, 302, -0.1767766952966369), (14, 334, 0.1767766952966369),
+            (14, 338, 0.22821773229381923), (14, 346, -0.2886751345948129), (15, 15, 0.5000000000000001), (15, 38, -0.2672612419124244),
             (15, 66, 0.2672612419124244), (15, 117, -0.25), (15, 119, 0.6123724356957946), (15, 127, -0.25),
-            (15, 141, -0.20701966780270628), (15, 167, 0.20701966780270628), (15, 241, -0.2439750182371333), (15, 252, 0.2439750182371333),
-            (15, 268, 0.2439750182371333), (15, 279, -0.2439750182371333), (15, 292, 0.14433756729740646), (15, 305, -0.22821773229381923),
-            (15, 324, -0.32274861218395146), (15, 337, 0.22821773229381923), (15, 350, -0.14433756729740646),
+            (15, 139, -0.20701966780270628), (15, 167, 0.20701966780270628), (15, 240, -0.2439750182371333), (15, 252, 0.2439750182371333),
+            (15, 264, 0.2439750182371333), (15, 276, -0.2439750182371333), (15, 288, 0.14433756729740646), (15, 300, -0.22821773229381923),
+            (15, 324, -0.32274861218395146), (15, 336, 0.22821773229381923), (15, 348, -0.14433756729740646),
         )),
     }
 
