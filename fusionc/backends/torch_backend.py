@@ -10,6 +10,7 @@ autograd runs the next programs' ops.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 from typing import Callable
 
@@ -337,6 +338,35 @@ def _emit_program(w: CodeWriter, p: Program) -> None:
     w.dedent()
 
 
+def _free_dead_locals(lines: list[str]) -> list[str]:
+    """A straight-line function with `del` after the statement that last reads each local it
+    assigns: an intermediate's memory is freed as soon as nothing needs it, not at return (fc_tp's
+    forward+backward peak: 35 MiB with every local live to the end)."""
+    function = ast.parse("\n".join(lines)).body[0]
+    body = function.body
+    last: dict[str, int] = {}
+    assigned: set[str] = set()
+    for position, statement in enumerate(body):
+        for node in ast.walk(statement):
+            if isinstance(node, ast.Name):
+                if isinstance(node.ctx, ast.Store):
+                    assigned.add(node.id)
+                else:
+                    last[node.id] = position
+    freed: dict[int, list[str]] = {}
+    for name, position in last.items():
+        if name in assigned and name != "n" and not isinstance(body[position], ast.Return):
+            freed.setdefault(position, []).append(name)
+    out, done = [], 0
+    for position, statement in enumerate(body):
+        out.extend(lines[done:statement.end_lineno])  # with the comments before it
+        done = statement.end_lineno
+        if position in freed:
+            first = lines[statement.lineno - 1]
+            out.append(f"{first[:len(first) - len(first.lstrip())]}del {', '.join(sorted(freed[position]))}")
+    return out + lines[done:]
+
+
 Lowering = Callable[[Diagram, DiagramPlan], tuple[list[str], str]]
 ProgramLowering = Callable[[Program], tuple[list[str], str]]
 
@@ -402,7 +432,7 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
             if not replaced:
                 f = CodeWriter()
                 _emit_program(f, factorized)
-                blocks.append(f.lines)
+                blocks.append(_free_dead_locals(f.lines))
         lowered = lowering(d, plans[d.name]) if lowering else ([], None)
         functions.append((d, (forward, firsts, seconds), blocks, lowered, runners))
     # ops are named by a hash of their code: the same name always means the same computation

@@ -16,7 +16,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_d329aea4787a5d29")
+_ops = rt.OpNamespace("fusionc_ae988104fd6fe9a7")
 
 
 @triton.jit
@@ -3187,6 +3187,7 @@ def _cormorant_cg_d2_f(
         d_p_1.reshape(n, 48),
         d_p_0.reshape(n, 80),
     ], dim=-1)
+    del d_p_0, d_p_1, d_p_2
     d__p11 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d__p10 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d__p9 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
@@ -3199,138 +3200,196 @@ def _cormorant_cg_d2_f(
     # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c0 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p1_3 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
+    del _c0
     # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c1 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p1.reshape(n, 16, 1, 1)
     d2_f_4 = cg_0_0_0.reshape(1, 1, 1) * _c1.reshape(n, 16, 1)
+    del _c1
     # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c2 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p1_5 = cg_0_0_0.reshape(1, 1, 1) * _c2.reshape(n, 16, 1)
+    del _c2
     # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c3 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p1.reshape(n, 16, 1, 1)
+    del d__p1
     d2_f_6 = cg_0_0_0.reshape(1, 1, 1) * _c3.reshape(n, 16, 1)
+    del _c3
     d2_d__p1 = d2_d__p1_3 + d2_d__p1_5
+    del d2_d__p1_3, d2_d__p1_5
     d2_d_p_7 = d2_d__p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_8 = torch.bmm((d2_d__p1 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p1
     # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c4 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p3_9 = torch.mm(_c4.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuji->zuk
+    del _c4
     # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c5 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p3.reshape(n, 16, 1, 3)
     d2_f_10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c5
     # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c6 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p3_11 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c6
     # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c7 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p3.reshape(n, 16, 1, 3)
+    del d__p3
     d2_f_12 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c7
     d2_d__p3 = d2_d__p3_9 + d2_d__p3_11
+    del d2_d__p3_11, d2_d__p3_9
     d2_d_p_13 = d2_d__p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     d2_weight_14 = torch.bmm((d2_d__p3 * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), d_p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p3
     # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c8 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p5_15 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuji->zuk
+    del _c8
     # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c9 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p5.reshape(n, 16, 1, 5)
     d2_f_16 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c9
     # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c10 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p5_17 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c10
     # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c11 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p5.reshape(n, 16, 1, 5)
+    del d__p5
     d2_f_18 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c11
     d2_d__p5 = d2_d__p5_15 + d2_d__p5_17
+    del d2_d__p5_15, d2_d__p5_17
     d2_d_p_19 = d2_d__p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d2_weight_20 = torch.bmm((d2_d__p5 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p5
     # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c12 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_d__p6_21 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c13 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p6.reshape(n, 16, 1, 1)
     d2_f_22 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c13
     # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c14 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p6_23 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c15 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p6.reshape(n, 16, 1, 1)
+    del d__p6
     d2_f_24 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c15
     d2_d__p6 = d2_d__p6_21 + d2_d__p6_23
+    del d2_d__p6_21, d2_d__p6_23
     d2_d_p_25 = d2_d__p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_26 = torch.bmm((d2_d__p6 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p6
     # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     d2_d__p7_27 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c12
     # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     _c16 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p7.reshape(n, 16, 1, 5)
     d2_f_28 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c16
     # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     d2_d__p7_29 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c14
     # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     _c17 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p7.reshape(n, 16, 1, 5)
+    del d__p7
     d2_f_30 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c17
     d2_d__p7 = d2_d__p7_27 + d2_d__p7_29
+    del d2_d__p7_27, d2_d__p7_29
     d2_d_p_31 = d2_d__p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d2_weight_32 = torch.bmm((d2_d__p7 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p7
     # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c18 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_d__p8_33 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c19 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p8.reshape(n, 16, 1, 3)
     d2_f_34 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c19
     # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c20 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p8_35 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c21 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p8.reshape(n, 16, 1, 3)
+    del d__p8
     d2_f_36 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c21
     d2_d__p8 = d2_d__p8_33 + d2_d__p8_35
+    del d2_d__p8_33, d2_d__p8_35
     d2_d_p_37 = d2_d__p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
     d2_weight_38 = torch.bmm((d2_d__p8 * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), d_p[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p8
     # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     d2_d__p9_39 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c18
     # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     _c22 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p9.reshape(n, 16, 1, 5)
     d2_f_40 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c22
     # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     d2_d__p9_41 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c20
     # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     _c23 = d2_d_f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p9.reshape(n, 16, 1, 5)
+    del d__p9
     d2_f_42 = torch.mm(_c23.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c23
     d2_d__p9 = d2_d__p9_39 + d2_d__p9_41
+    del d2_d__p9_39, d2_d__p9_41
     d2_d_p_43 = d2_d__p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d2_weight_44 = torch.bmm((d2_d__p9 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p9
     # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c24 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_d__p10_45 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c25 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p10.reshape(n, 16, 1, 1)
     d2_f_46 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c25
     # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c26 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p10_47 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c27 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p10.reshape(n, 16, 1, 1)
+    del d__p10
     d2_f_48 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c27
     d2_d__p10 = d2_d__p10_45 + d2_d__p10_47
+    del d2_d__p10_45, d2_d__p10_47
     d2_d_p_49 = d2_d__p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_50 = torch.bmm((d2_d__p10 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p10
     # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     d2_d__p11_51 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c24
     # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     _c28 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p11.reshape(n, 16, 1, 5)
     d2_f_52 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c28
     # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     d2_d__p11_53 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c26
     # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     _c29 = d2_d_f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p11.reshape(n, 16, 1, 5)
+    del d__p11
     d2_f_54 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c29
     d2_d__p11 = d2_d__p11_51 + d2_d__p11_53
+    del d2_d__p11_51, d2_d__p11_53
     d2_d_p_55 = d2_d__p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d2_weight_56 = torch.bmm((d2_d__p11 * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), d_p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p11, d_p
     # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
         (d2_d_p_7 + d2_d_p_25 + d2_d_p_49).reshape(n, 16),
         (d2_d_p_13 + d2_d_p_37).reshape(n, 48),
         (d2_d_p_19 + d2_d_p_31 + d2_d_p_43 + d2_d_p_55).reshape(n, 80),
     ], dim=-1)
+    del d2_d_p_13, d2_d_p_19, d2_d_p_25, d2_d_p_31, d2_d_p_37, d2_d_p_43, d2_d_p_49, d2_d_p_55, d2_d_p_7
     d2_d_g_57 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
     d2_weight_58 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
@@ -3342,6 +3401,7 @@ def _cormorant_cg_d2_f(
     d2_d_g_61 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
     d2_weight_62 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
+    del d2_d_p
     # ∂/∂d_g: ∂/∂f: 16x0 -> 16x0
     d2_d_g_63 = torch.mm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂f: 16x0 -> 16x0
@@ -3359,11 +3419,13 @@ def _cormorant_cg_d2_f(
         (d2_f_12 + d2_f_22 + d2_f_24 + d2_f_28 + d2_f_30 + d2_f_34 + d2_f_40).reshape(n, 48),
         (d2_f_18 + d2_f_36 + d2_f_42 + d2_f_46 + d2_f_48 + d2_f_52 + d2_f_54).reshape(n, 80),
     ], dim=-1)
+    del d2_f_10, d2_f_12, d2_f_16, d2_f_18, d2_f_22, d2_f_24, d2_f_28, d2_f_30, d2_f_34, d2_f_36, d2_f_4, d2_f_40, d2_f_42, d2_f_46, d2_f_48, d2_f_52, d2_f_54, d2_f_6
     d2_d_g = torch.cat([
         (d2_d_g_57 + d2_d_g_63).reshape(n, 16),
         (d2_d_g_59 + d2_d_g_65).reshape(n, 48),
         (d2_d_g_61 + d2_d_g_67).reshape(n, 80),
     ], dim=-1)
+    del d2_d_g_57, d2_d_g_59, d2_d_g_61, d2_d_g_63, d2_d_g_65, d2_d_g_67
     d2_weight = torch.cat([
         d2_weight_8.reshape(16),
         d2_weight_14.reshape(16),
@@ -3381,6 +3443,7 @@ def _cormorant_cg_d2_f(
         d2_weight_66.reshape(256),
         d2_weight_68.reshape(256),
     ], dim=-1)
+    del d2_weight_14, d2_weight_20, d2_weight_26, d2_weight_32, d2_weight_38, d2_weight_44, d2_weight_50, d2_weight_56, d2_weight_58, d2_weight_60, d2_weight_62, d2_weight_64, d2_weight_66, d2_weight_68, d2_weight_8
     return [d2_f, d2_d_g, d2_weight]
 
 
@@ -5206,14 +5269,17 @@ def _cormorant_cg_d2_weight(
     # p1 = (p0 ⊗ p0) -> 16x0
     _c0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
+    del _c0
     p_0 = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p3 = (p0 ⊗ p2) -> 16x1
     _c1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c1
     p_1 = _p3.reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p5 = (p0 ⊗ p4) -> 16x2
     _c2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p5 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c2
     p_2 = _p5.reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p6 = (p2 ⊗ p2) -> 16x0
     _c3 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -5221,6 +5287,7 @@ def _cormorant_cg_d2_weight(
     p_3 = _p6.reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p7 = (p2 ⊗ p2) -> 16x2
     _p7 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c3
     p_4 = _p7.reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p8 = (p2 ⊗ p4) -> 16x1
     _c4 = f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
@@ -5228,6 +5295,7 @@ def _cormorant_cg_d2_weight(
     p_5 = _p8.reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
     # p9 = (p2 ⊗ p4) -> 16x2
     _p9 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c4
     p_6 = _p9.reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # p10 = (p4 ⊗ p4) -> 16x0
     _c5 = f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
@@ -5235,6 +5303,7 @@ def _cormorant_cg_d2_weight(
     p_7 = _p10.reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p11 = (p4 ⊗ p4) -> 16x2
     _p11 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c5
     p_8 = _p11.reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     # ∂/∂p: 16x2 -> 16x2
     d_p_9 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
@@ -5248,6 +5317,7 @@ def _cormorant_cg_d2_weight(
         d_p_10.reshape(n, 48),
         d_p_9.reshape(n, 80),
     ], dim=-1)
+    del d_p_10, d_p_11, d_p_9
     d2__p1_13 = (d2_d_weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1)
     d2_d_p_14 = (d2_d_weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1) * _p3.reshape(n, 16, 3)
     d2__p3_15 = (d2_d_weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3)
@@ -5265,12 +5335,14 @@ def _cormorant_cg_d2_weight(
     d2__p10_27 = (d2_d_weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1)
     d2_d_p_28 = (d2_d_weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1) * _p11.reshape(n, 16, 5)
     d2__p11_29 = (d2_d_weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
+    del d_p
     # ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0
     p = torch.cat([
         (p_0 + p_3 + p_7).reshape(n, 16),
         (p_1 + p_5).reshape(n, 48),
         (p_2 + p_4 + p_6 + p_8).reshape(n, 80),
     ], dim=-1)
+    del p_0, p_1, p_2, p_3, p_4, p_5, p_6, p_7, p_8
     d2_d_g_30 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x0 -> 16x0
     d2_p_31 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[144:400].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zwi->zui
@@ -5280,6 +5352,7 @@ def _cormorant_cg_d2_weight(
         (d2_d_p_14 + d2_d_p_22).reshape(n, 48),
         (d2_d_p_16 + d2_d_p_20 + d2_d_p_24 + d2_d_p_28).reshape(n, 80),
     ], dim=-1)
+    del d2_d_p_12, d2_d_p_14, d2_d_p_16, d2_d_p_18, d2_d_p_20, d2_d_p_22, d2_d_p_24, d2_d_p_26, d2_d_p_28
     d2_d_g_32 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
     d2_weight_33 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
@@ -5293,12 +5366,14 @@ def _cormorant_cg_d2_weight(
     d2_weight_37 = torch.mm((d2_d_p[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16)  # zui,zwi->uw
     # ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2
     d2_d_g_38 = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
+    del p
     # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
     d2_p_39 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[656:912].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
     d2_d_g_40 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
     d2_weight_41 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
+    del d2_d_p
     # ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0
     d2_d_g_42 = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[912:1168].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂f: ∂/∂weight: 16x0 -> 16x0
@@ -5316,97 +5391,145 @@ def _cormorant_cg_d2_weight(
         d2_p_35.reshape(n, 48),
         d2_p_39.reshape(n, 80),
     ], dim=-1)
+    del d2_p_31, d2_p_35, d2_p_39
     d2__p11_48 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[128:144].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d2_weight_49 = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p11.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p11
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     d2__p11 = d2__p11_29 + d2__p11_48
+    del d2__p11_29, d2__p11_48
     _c6 = d2__p11.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_f_50 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c6
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
     _c7 = d2__p11.reshape(n, 16, 5, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p11
     d2_f_51 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c7
     d2__p10_52 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[112:128].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_53 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p10
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     d2__p10 = d2__p10_27 + d2__p10_52
+    del d2__p10_27, d2__p10_52
     _c8 = d2__p10.reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_f_54 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c8
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     _c9 = d2__p10.reshape(n, 16, 1, 1) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p10
     d2_f_55 = torch.mm(_c9.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c9
     d2__p9_56 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[96:112].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d2_weight_57 = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p9
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     d2__p9 = d2__p9_25 + d2__p9_56
+    del d2__p9_25, d2__p9_56
     _c10 = d2__p9.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_f_58 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c10
     # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
     _c11 = d2__p9.reshape(n, 16, 5, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p9
     d2_f_59 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c11
     d2__p8_60 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[80:96].view(16) * 1.224744871391589).reshape(1, 16, 1)
     d2_weight_61 = torch.bmm((d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p8.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p8
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     d2__p8 = d2__p8_23 + d2__p8_60
+    del d2__p8_23, d2__p8_60
     _c12 = d2__p8.reshape(n, 16, 1, 3) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_f_62 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c12
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
     _c13 = d2__p8.reshape(n, 16, 3, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p8
     d2_f_63 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c13
     d2__p7_64 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[64:80].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d2_weight_65 = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p7.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p7
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     d2__p7 = d2__p7_21 + d2__p7_64
+    del d2__p7_21, d2__p7_64
     _c14 = d2__p7.reshape(n, 16, 1, 5) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_f_66 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c14
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
     _c15 = d2__p7.reshape(n, 16, 5, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p7
     d2_f_67 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c15
     d2__p6_68 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[48:64].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_69 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p6
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     d2__p6 = d2__p6_19 + d2__p6_68
+    del d2__p6_19, d2__p6_68
     _c16 = d2__p6.reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_f_70 = torch.mm(_c16.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c16
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     _c17 = d2__p6.reshape(n, 16, 1, 1) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p6
     d2_f_71 = torch.mm(_c17.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c17
     d2__p5_72 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[32:48].view(16) * 1.118033988749895).reshape(1, 16, 1)
     d2_weight_73 = torch.bmm((d2_p[:, 64:144].reshape(n, 16, 5) * 1.118033988749895).permute(1, 0, 2).reshape(16, 1, n * 5), _p5.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p5
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     d2__p5 = d2__p5_17 + d2__p5_72
+    del d2__p5_17, d2__p5_72
     _c18 = d2__p5.reshape(n, 16, 1, 5) * f[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_f_74 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c18
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     _c19 = d2__p5.reshape(n, 16, 5, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d2__p5
     d2_f_75 = torch.mm(_c19.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c19
     d2__p3_76 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3) * (weight[16:32].view(16) * 1.224744871391589).reshape(1, 16, 1)
     d2_weight_77 = torch.bmm((d2_p[:, 16:64].reshape(n, 16, 3) * 1.224744871391589).permute(1, 0, 2).reshape(16, 1, n * 3), _p3.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p3
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     d2__p3 = d2__p3_15 + d2__p3_76
+    del d2__p3_15, d2__p3_76
     _c20 = d2__p3.reshape(n, 16, 1, 3) * f[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_f_78 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c20
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     _c21 = d2__p3.reshape(n, 16, 3, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d2__p3
     d2_f_79 = torch.mm(_c21.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c21
     d2__p1_80 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_81 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p1, d2_p
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     d2__p1 = d2__p1_13 + d2__p1_80
+    del d2__p1_13, d2__p1_80
     _c22 = d2__p1.reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_f_82 = cg_0_0_0.reshape(1, 1, 1) * _c22.reshape(n, 16, 1)
+    del _c22
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c23 = d2__p1.reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d2__p1
     d2_f_83 = cg_0_0_0.reshape(1, 1, 1) * _c23.reshape(n, 16, 1)
+    del _c23
     d2_f = torch.cat([
         (d2_f_43 + d2_f_74 + d2_f_78 + d2_f_82 + d2_f_83).reshape(n, 16),
         (d2_f_45 + d2_f_58 + d2_f_62 + d2_f_66 + d2_f_67 + d2_f_70 + d2_f_71 + d2_f_79).reshape(n, 48),
         (d2_f_47 + d2_f_50 + d2_f_51 + d2_f_54 + d2_f_55 + d2_f_59 + d2_f_63 + d2_f_75).reshape(n, 80),
     ], dim=-1)
+    del d2_f_43, d2_f_45, d2_f_47, d2_f_50, d2_f_51, d2_f_54, d2_f_55, d2_f_58, d2_f_59, d2_f_62, d2_f_63, d2_f_66, d2_f_67, d2_f_70, d2_f_71, d2_f_74, d2_f_75, d2_f_78, d2_f_79, d2_f_82, d2_f_83
     d2_d_g = torch.cat([
         (d2_d_g_30 + d2_d_g_32 + d2_d_g_42).reshape(n, 16),
         (d2_d_g_34 + d2_d_g_36 + d2_d_g_44).reshape(n, 48),
         (d2_d_g_38 + d2_d_g_40 + d2_d_g_46).reshape(n, 80),
     ], dim=-1)
+    del d2_d_g_30, d2_d_g_32, d2_d_g_34, d2_d_g_36, d2_d_g_38, d2_d_g_40, d2_d_g_42, d2_d_g_44, d2_d_g_46
     d2_weight = torch.cat([
         d2_weight_81.reshape(16),
         d2_weight_77.reshape(16),
@@ -5422,6 +5545,7 @@ def _cormorant_cg_d2_weight(
         d2_weight_41.reshape(256),
         weight.new_zeros(768),
     ], dim=-1)
+    del d2_weight_33, d2_weight_37, d2_weight_41, d2_weight_49, d2_weight_53, d2_weight_57, d2_weight_61, d2_weight_65, d2_weight_69, d2_weight_73, d2_weight_77, d2_weight_81
     return [d2_f, d2_d_g, d2_weight]
 
 
@@ -7999,93 +8123,122 @@ def _cormorant_message_d2_f(
         d_p_11.reshape(n, 48),
         d_p_10.reshape(n, 80),
     ], dim=-1)
+    del d_p_10, d_p_11, d_p_12
     _w_p_0_2_2 = torch.cat([
         w_p_0_2_2_7.reshape(n, 16),
         w_p_0_2_2_8.reshape(n, 16),
         w_p_0_2_2_9.reshape(n, 16),
     ], dim=-1)
+    del w_p_0_2_2_7, w_p_0_2_2_8, w_p_0_2_2_9
     d__t_p_0_2_2 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 3, 5)  # zuk,zpu->zupk
     _w_p_0_2_1 = torch.cat([
         w_p_0_2_1_5.reshape(n, 16),
         w_p_0_2_1_6.reshape(n, 16),
     ], dim=-1)
+    del w_p_0_2_1_5, w_p_0_2_1_6
     d__t_p_0_2_1 = torch.bmm(_w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 2, 3)  # zuk,zpu->zupk
     d__t_p_0_2_0 = torch.bmm(w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
     _w_p_0_1_2 = torch.cat([
         w_p_0_1_2_3.reshape(n, 16),
         w_p_0_1_2_4.reshape(n, 16),
     ], dim=-1)
+    del w_p_0_1_2_3, w_p_0_1_2_4
     d__t_p_0_1_2 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 2, 5)  # zuk,zpu->zupk
     _w_p_0_1_1 = torch.cat([
         w_p_0_1_1_0.reshape(n, 16),
         w_p_0_1_1_1.reshape(n, 16),
         w_p_0_1_1_2.reshape(n, 16),
     ], dim=-1)
+    del w_p_0_1_1_0, w_p_0_1_1_1, w_p_0_1_1_2
     d__t_p_0_1_1 = torch.bmm(_w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 3, 3)  # zuk,zpu->zupk
     d__t_p_0_1_0 = torch.bmm(w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
     d__t_p_0_0_2 = torch.bmm(w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 1, 5)  # zuk,zpu->zupk
     d__t_p_0_0_1 = torch.bmm(w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 1, 3)  # zuk,zpu->zupk
     d__t_p_0_0_0 = torch.bmm(w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
     # ∂/∂d__t_p_0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_d__t_p_0_0_0 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
+    d2_d__t_p_0_0_0 = torch.bmm(_m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1).transpose(1, 2), d2_d_f[:, 0:16].reshape(n, 16, 1).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
     d2__m_p_0_13 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1)).view(n, 1, 1, 1)  # zui,zupk->zikp
+    del d__t_p_0_0_0
     d2_d_p_14 = d2_d__t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
     d2_w_15 = torch.bmm(d2_d__t_p_0_0_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_p_0_0_0
     # ∂/∂d__t_p_0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
     d2_d__t_p_0_0_1 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 16, 1, 3)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
     d2__m_p_0_16 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3)).view(n, 1, 3, 1)  # zui,zupk->zikp
+    del d__t_p_0_0_1
     d2_d_p_17 = d2_d__t_p_0_0_1.reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1)
     d2_w_18 = torch.bmm(d2_d__t_p_0_0_1.reshape(n * 16, 1, 3), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_p_0_0_1
     # ∂/∂d__t_p_0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
     d2_d__t_p_0_0_2 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 16, 1, 5)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
     d2__m_p_0_19 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5)).view(n, 1, 5, 1)  # zui,zupk->zikp
+    del d__t_p_0_0_2
     d2_d_p_20 = d2_d__t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
     d2_w_21 = torch.bmm(d2_d__t_p_0_0_2.reshape(n * 16, 1, 5), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_p_0_0_2
     # ∂/∂d__t_p_0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_d__t_p_0_1_0 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 1, 3, 2).reshape(n, 3, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
+    d2_d__t_p_0_1_0 = torch.bmm(_m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d2__m_p_0_22 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16), d__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1)).view(n, 3, 1, 1)  # zui,zupk->zikp
+    d2__m_p_0_22 = torch.bmm(d__t_p_0_1_0.reshape(n, 16, 1).transpose(1, 2), d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zui,zupk->zikp
+    del d__t_p_0_1_0
     d2_d_p_23 = d2_d__t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
     d2_w_24 = torch.bmm(d2_d__t_p_0_1_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_p_0_1_0
     # ∂/∂d__t_p_0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
     d2_d__t_p_0_1_1 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
     d2__m_p_0_25 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16), d__t_p_0_1_1.reshape(n, 16, 9)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    d2_d_p_26 = torch.bmm(d2_d__t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3), _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 3)  # zupk,zpu->zuk
-    d2__w_p_0_1_1 = torch.bmm(d2_d__t_p_0_1_1.reshape(n * 16, 3, 3), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1)).view(n, 16, 3).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d__t_p_0_1_1
+    d2_d_p_26 = torch.bmm(_w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3).transpose(1, 2)).view(n, 16, 3)  # zupk,zpu->zuk
+    del _w_p_0_1_1
+    d2__w_p_0_1_1 = torch.bmm(d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p_0_1_1.reshape(n * 16, 3, 3).transpose(1, 2)).view(n, 16, 3).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_p_0_1_1
     # ∂/∂d__t_p_0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
     d2_d__t_p_0_1_2 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
     d2__m_p_0_27 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16), d__t_p_0_1_2.reshape(n, 16, 10)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    d2_d_p_28 = torch.bmm(d2_d__t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2), _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 5)  # zupk,zpu->zuk
-    d2__w_p_0_1_2 = torch.bmm(d2_d__t_p_0_1_2.reshape(n * 16, 2, 5), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1)).view(n, 16, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d__t_p_0_1_2
+    d2_d_p_28 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), d2_d__t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _w_p_0_1_2
+    d2__w_p_0_1_2 = torch.bmm(d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2), d2_d__t_p_0_1_2.reshape(n * 16, 2, 5).transpose(1, 2)).view(n, 16, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_p_0_1_2
     # ∂/∂d__t_p_0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_d__t_p_0_2_0 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 1, 3, 2).reshape(n, 5, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
+    d2_d__t_p_0_2_0 = torch.bmm(_m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d2__m_p_0_29 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16), d__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1)).view(n, 5, 1, 1)  # zui,zupk->zikp
+    d2__m_p_0_29 = torch.bmm(d__t_p_0_2_0.reshape(n, 16, 1).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zui,zupk->zikp
+    del d__t_p_0_2_0
     d2_d_p_30 = d2_d__t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
     d2_w_31 = torch.bmm(d2_d__t_p_0_2_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_p_0_2_0
     # ∂/∂d__t_p_0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_d__t_p_0_2_1 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6)).view(n, 16, 2, 3)  # zui,zikp->zupk
+    d2_d__t_p_0_2_1 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
     d2__m_p_0_32 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16), d__t_p_0_2_1.reshape(n, 16, 6)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    d2_d_p_33 = torch.bmm(d2_d__t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2), _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 3)  # zupk,zpu->zuk
-    d2__w_p_0_2_1 = torch.bmm(d2_d__t_p_0_2_1.reshape(n * 16, 2, 3), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1)).view(n, 16, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d__t_p_0_2_1
+    d2_d_p_33 = torch.bmm(_w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), d2_d__t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2).transpose(1, 2)).view(n, 16, 3)  # zupk,zpu->zuk
+    del _w_p_0_2_1
+    d2__w_p_0_2_1 = torch.bmm(d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p_0_2_1.reshape(n * 16, 2, 3).transpose(1, 2)).view(n, 16, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_p_0_2_1
     # ∂/∂d__t_p_0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
     d2_d__t_p_0_2_2 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
+    del _m_p_0
     # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
     d2__m_p_0_34 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16), d__t_p_0_2_2.reshape(n, 16, 15)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    d2_d_p_35 = torch.bmm(d2_d__t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3), _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 5)  # zupk,zpu->zuk
-    d2__w_p_0_2_2 = torch.bmm(d2_d__t_p_0_2_2.reshape(n * 16, 3, 5), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1)).view(n, 16, 3).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d__t_p_0_2_2
+    d2_d_p_35 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _w_p_0_2_2
+    d2__w_p_0_2_2 = torch.bmm(d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2), d2_d__t_p_0_2_2.reshape(n * 16, 3, 5).transpose(1, 2)).view(n, 16, 3).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_p_0_2_2, d_p
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
         (d2_d_p_14 + d2_d_p_23 + d2_d_p_30).reshape(n, 16),
         (d2_d_p_17 + d2_d_p_26 + d2_d_p_33).reshape(n, 48),
         (d2_d_p_20 + d2_d_p_28 + d2_d_p_35).reshape(n, 80),
     ], dim=-1)
+    del d2_d_p_14, d2_d_p_17, d2_d_p_20, d2_d_p_23, d2_d_p_26, d2_d_p_28, d2_d_p_30, d2_d_p_33, d2_d_p_35
     d2_d_m_36 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
     d2_weight_37 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
@@ -8097,16 +8250,21 @@ def _cormorant_message_d2_f(
     d2_d_m_40 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
     d2_weight_41 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
+    del d2_d_p
     d2_w_42 = d2__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
     d2_w_43 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_44 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    del d2__w_p_0_2_2
     d2_w_45 = d2__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_46 = d2__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    del d2__w_p_0_2_1
     d2_w_47 = d2__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_48 = d2__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    del d2__w_p_0_1_2
     d2_w_49 = d2__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
     d2_w_50 = d2__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_51 = d2__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    del d2__w_p_0_1_1
     # ∂/∂sh: every path's (i, k) map at once: sh · G
     d2__m_p_0 = torch.cat([
         d2__m_p_0_13.reshape(n, 1),
@@ -8119,9 +8277,12 @@ def _cormorant_message_d2_f(
         d2__m_p_0_32.reshape(n, 30),
         d2__m_p_0_34.reshape(n, 75),
     ], dim=-1)
+    del d2__m_p_0_13, d2__m_p_0_16, d2__m_p_0_19, d2__m_p_0_22, d2__m_p_0_25, d2__m_p_0_27, d2__m_p_0_29, d2__m_p_0_32, d2__m_p_0_34
     d2_sh_52 = torch.mm(d2__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
+    del d2__m_p_0
     d2_f = weight.new_zeros(n, 144)
     d2_sh = d2_sh_52
+    del d2_sh_52
     d2_w = torch.cat([
         d2_w_15.reshape(n, 16),
         d2_w_18.reshape(n, 16),
@@ -8139,16 +8300,19 @@ def _cormorant_message_d2_f(
         d2_w_45.reshape(n, 16),
         d2_w_42.reshape(n, 16),
     ], dim=-1)
+    del d2_w_15, d2_w_18, d2_w_21, d2_w_24, d2_w_31, d2_w_42, d2_w_43, d2_w_44, d2_w_45, d2_w_46, d2_w_47, d2_w_48, d2_w_49, d2_w_50, d2_w_51
     d2_d_m = torch.cat([
         d2_d_m_36.reshape(n, 16),
         d2_d_m_38.reshape(n, 48),
         d2_d_m_40.reshape(n, 80),
     ], dim=-1)
+    del d2_d_m_36, d2_d_m_38, d2_d_m_40
     d2_weight = torch.cat([
         d2_weight_37.reshape(256),
         d2_weight_39.reshape(256),
         d2_weight_41.reshape(256),
     ], dim=-1)
+    del d2_weight_37, d2_weight_39, d2_weight_41
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
@@ -9278,28 +9442,33 @@ def _cormorant_message_d2_sh(
         d_p_11.reshape(n, 48),
         d_p_10.reshape(n, 80),
     ], dim=-1)
+    del d_p_10, d_p_11, d_p_12
     _w_p_0_2_2 = torch.cat([
         w_p_0_2_2_7.reshape(n, 16),
         w_p_0_2_2_8.reshape(n, 16),
         w_p_0_2_2_9.reshape(n, 16),
     ], dim=-1)
+    del w_p_0_2_2_7, w_p_0_2_2_8, w_p_0_2_2_9
     d__t_p_0_2_2 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 3, 5)  # zuk,zpu->zupk
     _w_p_0_2_1 = torch.cat([
         w_p_0_2_1_5.reshape(n, 16),
         w_p_0_2_1_6.reshape(n, 16),
     ], dim=-1)
+    del w_p_0_2_1_5, w_p_0_2_1_6
     d__t_p_0_2_1 = torch.bmm(_w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 2, 3)  # zuk,zpu->zupk
     d__t_p_0_2_0 = torch.bmm(w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
     _w_p_0_1_2 = torch.cat([
         w_p_0_1_2_3.reshape(n, 16),
         w_p_0_1_2_4.reshape(n, 16),
     ], dim=-1)
+    del w_p_0_1_2_3, w_p_0_1_2_4
     d__t_p_0_1_2 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 2, 5)  # zuk,zpu->zupk
     _w_p_0_1_1 = torch.cat([
         w_p_0_1_1_0.reshape(n, 16),
         w_p_0_1_1_1.reshape(n, 16),
         w_p_0_1_1_2.reshape(n, 16),
     ], dim=-1)
+    del w_p_0_1_1_0, w_p_0_1_1_1, w_p_0_1_1_2
     d__t_p_0_1_1 = torch.bmm(_w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 3, 3)  # zuk,zpu->zupk
     d__t_p_0_1_0 = torch.bmm(w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
     d__t_p_0_0_2 = torch.bmm(w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 1, 5)  # zuk,zpu->zupk
@@ -9308,65 +9477,88 @@ def _cormorant_message_d2_sh(
     # ∂/∂d__m_p_0: ∂/∂sh: every path's (i, k) map at once: sh · G
     d2_d__m_p_0 = torch.mm(d2_d_sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
     # ∂/∂d__t_p_0_0_0: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_d__t_p_0_0_0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16).transpose(1, 2), d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zikp,zui->zupk
+    d2_d__t_p_0_0_0 = torch.bmm(d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1), f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
     d2_f_13 = d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_p_0_0_0.reshape(n, 16, 1)
+    del d__t_p_0_0_0
     d2_d_p_14 = d2_d__t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
     d2_w_15 = torch.bmm(d2_d__t_p_0_0_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_p_0_0_0
     # ∂/∂d__t_p_0_0_1: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
     d2_d__t_p_0_0_1 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16).transpose(1, 2), d2_d__m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2)).view(n, 16, 1, 3)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_f_16 = torch.bmm(d__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p_0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3).transpose(1, 2)).view(n, 16, 1)  # zikp,zupk->zui
+    d2_f_16 = torch.bmm(d2_d__m_p_0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3), d__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16)).view(n, 1, 16).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_p_0_0_1
     d2_d_p_17 = d2_d__t_p_0_0_1.reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1)
     d2_w_18 = torch.bmm(d2_d__t_p_0_0_1.reshape(n * 16, 1, 3), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_p_0_0_1
     # ∂/∂d__t_p_0_0_2: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
     d2_d__t_p_0_0_2 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16).transpose(1, 2), d2_d__m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2)).view(n, 16, 1, 5)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_f_19 = torch.bmm(d__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2), d2_d__m_p_0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5).transpose(1, 2)).view(n, 16, 1)  # zikp,zupk->zui
+    d2_f_19 = torch.bmm(d2_d__m_p_0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5), d__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16)).view(n, 1, 16).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_p_0_0_2
     d2_d_p_20 = d2_d__t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
     d2_w_21 = torch.bmm(d2_d__t_p_0_0_2.reshape(n * 16, 1, 5), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_p_0_0_2
     # ∂/∂d__t_p_0_1_0: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_d__t_p_0_1_0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 3).transpose(1, 2)).view(n, 16, 1, 1)  # zikp,zui->zupk
+    d2_d__t_p_0_1_0 = torch.bmm(d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
     d2_f_22 = d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_p_0_1_0.reshape(n, 16, 1)
+    del d__t_p_0_1_0
     d2_d_p_23 = d2_d__t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
     d2_w_24 = torch.bmm(d2_d__t_p_0_1_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_p_0_1_0
     # ∂/∂d__t_p_0_1_1: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
     d2_d__t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2)).view(n, 16, 3, 3)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_f_25 = torch.bmm(d__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2), d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9).transpose(1, 2)).view(n, 16, 3)  # zikp,zupk->zui
-    d2_d_p_26 = torch.bmm(d2_d__t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3), _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 3)  # zupk,zpu->zuk
-    d2__w_p_0_1_1 = torch.bmm(d2_d__t_p_0_1_1.reshape(n * 16, 3, 3), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1)).view(n, 16, 3).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_f_25 = torch.bmm(d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9), d__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16)).view(n, 3, 16).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_p_0_1_1
+    d2_d_p_26 = torch.bmm(_w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3).transpose(1, 2)).view(n, 16, 3)  # zupk,zpu->zuk
+    del _w_p_0_1_1
+    d2__w_p_0_1_1 = torch.bmm(d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p_0_1_1.reshape(n * 16, 3, 3).transpose(1, 2)).view(n, 16, 3).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_p_0_1_1
     # ∂/∂d__t_p_0_1_2: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
     d2_d__t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2)).view(n, 16, 2, 5)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_f_27 = torch.bmm(d__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2), d2_d__m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10).transpose(1, 2)).view(n, 16, 3)  # zikp,zupk->zui
-    d2_d_p_28 = torch.bmm(d2_d__t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2), _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 5)  # zupk,zpu->zuk
-    d2__w_p_0_1_2 = torch.bmm(d2_d__t_p_0_1_2.reshape(n * 16, 2, 5), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1)).view(n, 16, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_f_27 = torch.bmm(d2_d__m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10), d__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16)).view(n, 3, 16).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_p_0_1_2
+    d2_d_p_28 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), d2_d__t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _w_p_0_1_2
+    d2__w_p_0_1_2 = torch.bmm(d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2), d2_d__t_p_0_1_2.reshape(n * 16, 2, 5).transpose(1, 2)).view(n, 16, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_p_0_1_2
     # ∂/∂d__t_p_0_2_0: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_d__t_p_0_2_0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2), d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 5).transpose(1, 2)).view(n, 16, 1, 1)  # zikp,zui->zupk
+    d2_d__t_p_0_2_0 = torch.bmm(d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 5), f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
     d2_f_29 = d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_p_0_2_0.reshape(n, 16, 1)
+    del d__t_p_0_2_0
     d2_d_p_30 = d2_d__t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
     d2_w_31 = torch.bmm(d2_d__t_p_0_2_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_p_0_2_0
     # ∂/∂d__t_p_0_2_1: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_d__t_p_0_2_1 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2), d2_d__m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2)).view(n, 16, 2, 3)  # zikp,zui->zupk
+    d2_d__t_p_0_2_1 = torch.bmm(d2_d__m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 5), f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_f_32 = torch.bmm(d__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2), d2_d__m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6).transpose(1, 2)).view(n, 16, 5)  # zikp,zupk->zui
-    d2_d_p_33 = torch.bmm(d2_d__t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2), _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 3)  # zupk,zpu->zuk
-    d2__w_p_0_2_1 = torch.bmm(d2_d__t_p_0_2_1.reshape(n * 16, 2, 3), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1)).view(n, 16, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_f_32 = torch.bmm(d2_d__m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6), d__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16)).view(n, 5, 16).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_p_0_2_1
+    d2_d_p_33 = torch.bmm(_w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), d2_d__t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2).transpose(1, 2)).view(n, 16, 3)  # zupk,zpu->zuk
+    del _w_p_0_2_1
+    d2__w_p_0_2_1 = torch.bmm(d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p_0_2_1.reshape(n * 16, 2, 3).transpose(1, 2)).view(n, 16, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_p_0_2_1
     # ∂/∂d__t_p_0_2_2: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
     d2_d__t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2), d2_d__m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2)).view(n, 16, 3, 5)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_f_34 = torch.bmm(d__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2), d2_d__m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15).transpose(1, 2)).view(n, 16, 5)  # zikp,zupk->zui
-    d2_d_p_35 = torch.bmm(d2_d__t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3), _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 5)  # zupk,zpu->zuk
-    d2__w_p_0_2_2 = torch.bmm(d2_d__t_p_0_2_2.reshape(n * 16, 3, 5), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1)).view(n, 16, 3).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_f_34 = torch.bmm(d2_d__m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15), d__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16)).view(n, 5, 16).permute(0, 2, 1)  # zikp,zupk->zui
+    del d2_d__m_p_0, d__t_p_0_2_2
+    d2_d_p_35 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
+    del _w_p_0_2_2
+    d2__w_p_0_2_2 = torch.bmm(d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2), d2_d__t_p_0_2_2.reshape(n * 16, 3, 5).transpose(1, 2)).view(n, 16, 3).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_p_0_2_2, d_p
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
         (d2_d_p_14 + d2_d_p_23 + d2_d_p_30).reshape(n, 16),
         (d2_d_p_17 + d2_d_p_26 + d2_d_p_33).reshape(n, 48),
         (d2_d_p_20 + d2_d_p_28 + d2_d_p_35).reshape(n, 80),
     ], dim=-1)
+    del d2_d_p_14, d2_d_p_17, d2_d_p_20, d2_d_p_23, d2_d_p_26, d2_d_p_28, d2_d_p_30, d2_d_p_33, d2_d_p_35
     d2_d_m_36 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
     d2_weight_37 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
@@ -9378,21 +9570,27 @@ def _cormorant_message_d2_sh(
     d2_d_m_40 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
     d2_weight_41 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
+    del d2_d_p
     d2_w_42 = d2__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
     d2_w_43 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_44 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    del d2__w_p_0_2_2
     d2_w_45 = d2__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_46 = d2__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    del d2__w_p_0_2_1
     d2_w_47 = d2__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_48 = d2__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    del d2__w_p_0_1_2
     d2_w_49 = d2__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
     d2_w_50 = d2__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_51 = d2__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    del d2__w_p_0_1_1
     d2_f = torch.cat([
         (d2_f_13 + d2_f_16 + d2_f_19).reshape(n, 16),
         (d2_f_22 + d2_f_25 + d2_f_27).reshape(n, 48),
         (d2_f_29 + d2_f_32 + d2_f_34).reshape(n, 80),
     ], dim=-1)
+    del d2_f_13, d2_f_16, d2_f_19, d2_f_22, d2_f_25, d2_f_27, d2_f_29, d2_f_32, d2_f_34
     d2_sh = weight.new_zeros(n, 9)
     d2_w = torch.cat([
         d2_w_15.reshape(n, 16),
@@ -9411,16 +9609,19 @@ def _cormorant_message_d2_sh(
         d2_w_45.reshape(n, 16),
         d2_w_42.reshape(n, 16),
     ], dim=-1)
+    del d2_w_15, d2_w_18, d2_w_21, d2_w_24, d2_w_31, d2_w_42, d2_w_43, d2_w_44, d2_w_45, d2_w_46, d2_w_47, d2_w_48, d2_w_49, d2_w_50, d2_w_51
     d2_d_m = torch.cat([
         d2_d_m_36.reshape(n, 16),
         d2_d_m_38.reshape(n, 48),
         d2_d_m_40.reshape(n, 80),
     ], dim=-1)
+    del d2_d_m_36, d2_d_m_38, d2_d_m_40
     d2_weight = torch.cat([
         d2_weight_37.reshape(256),
         d2_weight_39.reshape(256),
         d2_weight_41.reshape(256),
     ], dim=-1)
+    del d2_weight_37, d2_weight_39, d2_weight_41
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
@@ -10492,21 +10693,21 @@ def _cormorant_message_d2_w(
     # every path's (i, k) map at once: sh · G
     _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
+    _t_p_0_0_0 = torch.bmm(_m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1).transpose(1, 2), f[:, 0:16].reshape(n, 16, 1).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 1 paths 16x0 ⊗ sh -> 16x1
     _t_p_0_0_1 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 16, 1, 3)  # zui,zikp->zupk
     # 1 paths 16x0 ⊗ sh -> 16x2
     _t_p_0_0_2 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 16, 1, 5)  # zui,zikp->zupk
     # 1 paths 16x1 ⊗ sh -> 16x0
-    _t_p_0_1_0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 1, 3, 2).reshape(n, 3, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
+    _t_p_0_1_0 = torch.bmm(_m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 3 paths 16x1 ⊗ sh -> 16x1
     _t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
     # 2 paths 16x1 ⊗ sh -> 16x2
     _t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
     # 1 paths 16x2 ⊗ sh -> 16x0
-    _t_p_0_2_0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 1, 3, 2).reshape(n, 5, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
+    _t_p_0_2_0 = torch.bmm(_m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6)).view(n, 16, 2, 3)  # zui,zikp->zupk
+    _t_p_0_2_1 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 3 paths 16x2 ⊗ sh -> 16x2
     _t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
     # ∂/∂p: 16x2 -> 16x2
@@ -10516,17 +10717,22 @@ def _cormorant_message_d2_w(
     # ∂/∂p: 16x0 -> 16x0
     d_p_2 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     d2_d_p_3 = d2_d_w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_0_0.reshape(n, 16, 1)
+    del _t_p_0_0_0
     d_p = torch.cat([
         d_p_2.reshape(n, 16),
         d_p_1.reshape(n, 48),
         d_p_0.reshape(n, 80),
     ], dim=-1)
+    del d_p_0, d_p_1, d_p_2
     d2__t_p_0_0_0 = torch.bmm(d2_d_w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1, 1)  # zpu,zuk->zupk
     d2_d_p_4 = d2_d_w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_0_1.reshape(n, 16, 3)
+    del _t_p_0_0_1
     d2__t_p_0_0_1 = torch.bmm(d2_d_w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3)).view(n, 16, 1, 3)  # zpu,zuk->zupk
     d2_d_p_5 = d2_d_w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_0_2.reshape(n, 16, 5)
+    del _t_p_0_0_2
     d2__t_p_0_0_2 = torch.bmm(d2_d_w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5)).view(n, 16, 1, 5)  # zpu,zuk->zupk
     d2_d_p_6 = d2_d_w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_1_0.reshape(n, 16, 1)
+    del _t_p_0_1_0
     d2__t_p_0_1_0 = torch.bmm(d2_d_w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1, 1)  # zpu,zuk->zupk
     d2_d__w_p_0_1_1_7 = d2_d_w[:, 48:64].reshape(n, 16)
     d2_d__w_p_0_1_1_8 = d2_d_w[:, 80:96].reshape(n, 16)
@@ -10536,17 +10742,24 @@ def _cormorant_message_d2_w(
         d2_d__w_p_0_1_1_8.reshape(n, 16),
         d2_d__w_p_0_1_1_9.reshape(n, 16),
     ], dim=-1)
+    del d2_d__w_p_0_1_1_7, d2_d__w_p_0_1_1_8, d2_d__w_p_0_1_1_9
     d2_d_p_10 = torch.bmm(d2_d__w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3), _t_p_0_1_1.reshape(n * 16, 3, 3)).view(n, 16, 3)  # zpu,zupk->zuk
+    del _t_p_0_1_1
     d2__t_p_0_1_1 = torch.bmm(d2_d__w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3)).view(n, 16, 3, 3)  # zpu,zuk->zupk
+    del d2_d__w_p_0_1_1
     d2_d__w_p_0_1_2_11 = d2_d_w[:, 96:112].reshape(n, 16)
     d2_d__w_p_0_1_2_12 = d2_d_w[:, 128:144].reshape(n, 16)
     d2_d__w_p_0_1_2 = torch.cat([
         d2_d__w_p_0_1_2_11.reshape(n, 16),
         d2_d__w_p_0_1_2_12.reshape(n, 16),
     ], dim=-1)
+    del d2_d__w_p_0_1_2_11, d2_d__w_p_0_1_2_12
     d2_d_p_13 = torch.bmm(d2_d__w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2), _t_p_0_1_2.reshape(n * 16, 2, 5)).view(n, 16, 5)  # zpu,zupk->zuk
+    del _t_p_0_1_2
     d2__t_p_0_1_2 = torch.bmm(d2_d__w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5)).view(n, 16, 2, 5)  # zpu,zuk->zupk
+    del d2_d__w_p_0_1_2
     d2_d_p_14 = d2_d_w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_2_0.reshape(n, 16, 1)
+    del _t_p_0_2_0
     d2__t_p_0_2_0 = torch.bmm(d2_d_w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1, 1)  # zpu,zuk->zupk
     d2_d__w_p_0_2_1_15 = d2_d_w[:, 160:176].reshape(n, 16)
     d2_d__w_p_0_2_1_16 = d2_d_w[:, 208:224].reshape(n, 16)
@@ -10554,8 +10767,11 @@ def _cormorant_message_d2_w(
         d2_d__w_p_0_2_1_15.reshape(n, 16),
         d2_d__w_p_0_2_1_16.reshape(n, 16),
     ], dim=-1)
+    del d2_d__w_p_0_2_1_15, d2_d__w_p_0_2_1_16
     d2_d_p_17 = torch.bmm(d2_d__w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2), _t_p_0_2_1.reshape(n * 16, 2, 3)).view(n, 16, 3)  # zpu,zupk->zuk
+    del _t_p_0_2_1
     d2__t_p_0_2_1 = torch.bmm(d2_d__w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3)).view(n, 16, 2, 3)  # zpu,zuk->zupk
+    del d2_d__w_p_0_2_1
     d2_d__w_p_0_2_2_18 = d2_d_w[:, 144:160].reshape(n, 16)
     d2_d__w_p_0_2_2_19 = d2_d_w[:, 176:192].reshape(n, 16)
     d2_d__w_p_0_2_2_20 = d2_d_w[:, 224:240].reshape(n, 16)
@@ -10564,14 +10780,18 @@ def _cormorant_message_d2_w(
         d2_d__w_p_0_2_2_19.reshape(n, 16),
         d2_d__w_p_0_2_2_20.reshape(n, 16),
     ], dim=-1)
+    del d2_d__w_p_0_2_2_18, d2_d__w_p_0_2_2_19, d2_d__w_p_0_2_2_20
     d2_d_p_21 = torch.bmm(d2_d__w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3), _t_p_0_2_2.reshape(n * 16, 3, 5)).view(n, 16, 5)  # zpu,zupk->zuk
+    del _t_p_0_2_2
     d2__t_p_0_2_2 = torch.bmm(d2_d__w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5)).view(n, 16, 3, 5)  # zpu,zuk->zupk
+    del d2_d__w_p_0_2_2, d_p
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
         (d2_d_p_3 + d2_d_p_6 + d2_d_p_14).reshape(n, 16),
         (d2_d_p_4 + d2_d_p_10 + d2_d_p_17).reshape(n, 48),
         (d2_d_p_5 + d2_d_p_13 + d2_d_p_21).reshape(n, 80),
     ], dim=-1)
+    del d2_d_p_10, d2_d_p_13, d2_d_p_14, d2_d_p_17, d2_d_p_21, d2_d_p_3, d2_d_p_4, d2_d_p_5, d2_d_p_6
     d2_d_m_22 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
     d2_weight_23 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
@@ -10583,42 +10803,53 @@ def _cormorant_message_d2_w(
     d2_d_m_26 = torch.mm(d2_d_p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
     d2_weight_27 = torch.mm((d2_d_p[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), d_m[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16)  # zui,zwi->uw
+    del d2_d_p
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_f_28 = torch.bmm(d2__t_p_0_2_2.reshape(n, 16, 15), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5)).view(n, 16, 5)  # zupk,zikp->zui
+    d2_f_28 = torch.bmm(_m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2), d2__t_p_0_2_2.reshape(n, 16, 15).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d2__m_p_0_29 = torch.bmm(d2__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 3, 5, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    d2__m_p_0_29 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p_0_2_2
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_f_30 = torch.bmm(d2__t_p_0_2_1.reshape(n, 16, 6), _m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5)).view(n, 16, 5)  # zupk,zikp->zui
+    d2_f_30 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d2__t_p_0_2_1.reshape(n, 16, 6).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2__m_p_0_31 = torch.bmm(d2__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 2, 3, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    d2__m_p_0_31 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p_0_2_1
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
     d2_f_32 = d2__t_p_0_2_0.reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
     # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d2__m_p_0_33 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p_0_2_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 5, 1, 1)  # zupk,zui->zikp
+    d2__m_p_0_33 = torch.bmm(d2__t_p_0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d2__t_p_0_2_0
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_f_34 = torch.bmm(d2__t_p_0_1_2.reshape(n, 16, 10), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3)).view(n, 16, 3)  # zupk,zikp->zui
+    d2_f_34 = torch.bmm(_m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d2__t_p_0_1_2.reshape(n, 16, 10).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d2__m_p_0_35 = torch.bmm(d2__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 2, 5, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    d2__m_p_0_35 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p_0_1_2
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_f_36 = torch.bmm(d2__t_p_0_1_1.reshape(n, 16, 9), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3)).view(n, 16, 3)  # zupk,zikp->zui
+    d2_f_36 = torch.bmm(_m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2), d2__t_p_0_1_1.reshape(n, 16, 9).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d2__m_p_0_37 = torch.bmm(d2__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 3, 3, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    d2__m_p_0_37 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p_0_1_1
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
     d2_f_38 = d2__t_p_0_1_0.reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d2__m_p_0_39 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p_0_1_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 3, 1, 1)  # zupk,zui->zikp
+    d2__m_p_0_39 = torch.bmm(d2__t_p_0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d2__t_p_0_1_0
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_f_40 = torch.bmm(d2__t_p_0_0_2.reshape(n, 16, 5), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1)).view(n, 16, 1)  # zupk,zikp->zui
+    d2_f_40 = torch.bmm(_m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d2__t_p_0_0_2.reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
     d2__m_p_0_41 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
+    del d2__t_p_0_0_2
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_f_42 = torch.bmm(d2__t_p_0_0_1.reshape(n, 16, 3), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1)).view(n, 16, 1)  # zupk,zikp->zui
+    d2_f_42 = torch.bmm(_m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d2__t_p_0_0_1.reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
     d2__m_p_0_43 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
+    del d2__t_p_0_0_1
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
     d2_f_44 = d2__t_p_0_0_0.reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    del _m_p_0
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
     d2__m_p_0_45 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
+    del d2__t_p_0_0_0
     # ∂/∂sh: every path's (i, k) map at once: sh · G
     d2__m_p_0 = torch.cat([
         d2__m_p_0_45.reshape(n, 1),
@@ -10631,24 +10862,30 @@ def _cormorant_message_d2_w(
         d2__m_p_0_31.reshape(n, 30),
         d2__m_p_0_29.reshape(n, 75),
     ], dim=-1)
+    del d2__m_p_0_29, d2__m_p_0_31, d2__m_p_0_33, d2__m_p_0_35, d2__m_p_0_37, d2__m_p_0_39, d2__m_p_0_41, d2__m_p_0_43, d2__m_p_0_45
     d2_sh_46 = torch.mm(d2__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
+    del d2__m_p_0
     d2_f = torch.cat([
         (d2_f_40 + d2_f_42 + d2_f_44).reshape(n, 16),
         (d2_f_34 + d2_f_36 + d2_f_38).reshape(n, 48),
         (d2_f_28 + d2_f_30 + d2_f_32).reshape(n, 80),
     ], dim=-1)
+    del d2_f_28, d2_f_30, d2_f_32, d2_f_34, d2_f_36, d2_f_38, d2_f_40, d2_f_42, d2_f_44
     d2_sh = d2_sh_46
+    del d2_sh_46
     d2_w = weight.new_zeros(n, 240)
     d2_d_m = torch.cat([
         d2_d_m_22.reshape(n, 16),
         d2_d_m_24.reshape(n, 48),
         d2_d_m_26.reshape(n, 80),
     ], dim=-1)
+    del d2_d_m_22, d2_d_m_24, d2_d_m_26
     d2_weight = torch.cat([
         d2_weight_23.reshape(256),
         d2_weight_25.reshape(256),
         d2_weight_27.reshape(256),
     ], dim=-1)
+    del d2_weight_23, d2_weight_25, d2_weight_27
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
@@ -11900,7 +12137,7 @@ def _cormorant_message_d2_weight(
     # every path's (i, k) map at once: sh · G
     _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
+    _t_p_0_0_0 = torch.bmm(_m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1).transpose(1, 2), f[:, 0:16].reshape(n, 16, 1).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     p_0 = _t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x1
     _t_p_0_0_1 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 16, 1, 3)  # zui,zikp->zupk
@@ -11909,7 +12146,7 @@ def _cormorant_message_d2_weight(
     _t_p_0_0_2 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 16, 1, 5)  # zui,zikp->zupk
     p_2 = _t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
     # 1 paths 16x1 ⊗ sh -> 16x0
-    _t_p_0_1_0 = torch.bmm(f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 1, 3, 2).reshape(n, 3, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
+    _t_p_0_1_0 = torch.bmm(_m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     p_3 = _t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
     w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
     w_p_0_1_1_5 = w[:, 80:96].reshape(n, 16)
@@ -11921,7 +12158,8 @@ def _cormorant_message_d2_weight(
         w_p_0_1_1_5.reshape(n, 16),
         w_p_0_1_1_6.reshape(n, 16),
     ], dim=-1)
-    p_7 = torch.bmm(_t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3), _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 3)  # zupk,zpu->zuk
+    del w_p_0_1_1_4, w_p_0_1_1_5, w_p_0_1_1_6
+    p_7 = torch.bmm(_w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), _t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3).transpose(1, 2)).view(n, 16, 3)  # zupk,zpu->zuk
     w_p_0_1_2_8 = w[:, 96:112].reshape(n, 16)
     w_p_0_1_2_9 = w[:, 128:144].reshape(n, 16)
     # 2 paths 16x1 ⊗ sh -> 16x2
@@ -11930,19 +12168,21 @@ def _cormorant_message_d2_weight(
         w_p_0_1_2_8.reshape(n, 16),
         w_p_0_1_2_9.reshape(n, 16),
     ], dim=-1)
-    p_10 = torch.bmm(_t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2), _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 5)  # zupk,zpu->zuk
+    del w_p_0_1_2_8, w_p_0_1_2_9
+    p_10 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), _t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
     # 1 paths 16x2 ⊗ sh -> 16x0
-    _t_p_0_2_0 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 1, 3, 2).reshape(n, 5, 1)).view(n, 16, 1, 1)  # zui,zikp->zupk
+    _t_p_0_2_0 = torch.bmm(_m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     p_11 = _t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
     w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
     w_p_0_2_1_13 = w[:, 208:224].reshape(n, 16)
     # 2 paths 16x2 ⊗ sh -> 16x1
-    _t_p_0_2_1 = torch.bmm(f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6)).view(n, 16, 2, 3)  # zui,zikp->zupk
+    _t_p_0_2_1 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     _w_p_0_2_1 = torch.cat([
         w_p_0_2_1_12.reshape(n, 16),
         w_p_0_2_1_13.reshape(n, 16),
     ], dim=-1)
-    p_14 = torch.bmm(_t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2), _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1)).view(n, 16, 3)  # zupk,zpu->zuk
+    del w_p_0_2_1_12, w_p_0_2_1_13
+    p_14 = torch.bmm(_w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), _t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2).transpose(1, 2)).view(n, 16, 3)  # zupk,zpu->zuk
     w_p_0_2_2_15 = w[:, 144:160].reshape(n, 16)
     w_p_0_2_2_16 = w[:, 176:192].reshape(n, 16)
     w_p_0_2_2_17 = w[:, 224:240].reshape(n, 16)
@@ -11953,13 +12193,15 @@ def _cormorant_message_d2_weight(
         w_p_0_2_2_16.reshape(n, 16),
         w_p_0_2_2_17.reshape(n, 16),
     ], dim=-1)
-    p_18 = torch.bmm(_t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3), _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1)).view(n, 16, 5)  # zupk,zpu->zuk
+    del w_p_0_2_2_15, w_p_0_2_2_16, w_p_0_2_2_17
+    p_18 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), _t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
     # ∂/∂d_m: ∂/∂weight: 16x0 -> 16x0
     p = torch.cat([
         (p_0 + p_3 + p_11).reshape(n, 16),
         (p_1 + p_7 + p_14).reshape(n, 48),
         (p_2 + p_10 + p_18).reshape(n, 80),
     ], dim=-1)
+    del p_0, p_1, p_10, p_11, p_14, p_18, p_2, p_3, p_7
     d2_d_m_19 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂p: ∂/∂weight: 16x0 -> 16x0
     d2_p_20 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:256].view(16, 16) * 0.25).t()).view(n, 1, 16).permute(0, 2, 1)  # uw,zwi->zui
@@ -11969,6 +12211,7 @@ def _cormorant_message_d2_weight(
     d2_p_22 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(1, 0, 2).reshape(16, n * 3).t(), (d2_d_weight[256:512].view(16, 16) * 0.25).t()).view(n, 3, 16).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_m: ∂/∂weight: 16x2 -> 16x2
     d2_d_m_23 = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zui->zwi
+    del p
     # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
     d2_p_24 = torch.mm(d_m[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).t()).view(n, 5, 16).permute(0, 2, 1)  # uw,zwi->zui
     d2_p = torch.cat([
@@ -11976,70 +12219,98 @@ def _cormorant_message_d2_weight(
         d2_p_22.reshape(n, 48),
         d2_p_24.reshape(n, 80),
     ], dim=-1)
+    del d2_p_20, d2_p_22, d2_p_24
     d2__t_p_0_2_2 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 3, 5)  # zuk,zpu->zupk
+    del _w_p_0_2_2
     d2__w_p_0_2_2 = torch.bmm(d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5), _t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3)).view(n, 16, 3).permute(0, 2, 1)  # zuk,zupk->zpu
+    del _t_p_0_2_2
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
-    d2_f_25 = torch.bmm(d2__t_p_0_2_2.reshape(n, 16, 15), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5)).view(n, 16, 5)  # zupk,zikp->zui
+    d2_f_25 = torch.bmm(_m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2), d2__t_p_0_2_2.reshape(n, 16, 15).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
-    d2__m_p_0_26 = torch.bmm(d2__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 3, 5, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    d2__m_p_0_26 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p_0_2_2.permute(0, 2, 3, 1).reshape(n, 15, 16).transpose(1, 2)).view(n, 5, 3, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p_0_2_2
     d2_w_27 = d2__w_p_0_2_2.reshape(n, -1)[:, 32:48].reshape(n, 16)
     d2_w_28 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_29 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    del d2__w_p_0_2_2
     d2__t_p_0_2_1 = torch.bmm(_w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 2, 3)  # zuk,zpu->zupk
+    del _w_p_0_2_1
     d2__w_p_0_2_1 = torch.bmm(d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3), _t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2)).view(n, 16, 2).permute(0, 2, 1)  # zuk,zupk->zpu
+    del _t_p_0_2_1
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
-    d2_f_30 = torch.bmm(d2__t_p_0_2_1.reshape(n, 16, 6), _m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5)).view(n, 16, 5)  # zupk,zikp->zui
+    d2_f_30 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d2__t_p_0_2_1.reshape(n, 16, 6).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
-    d2__m_p_0_31 = torch.bmm(d2__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 2, 3, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    d2__m_p_0_31 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p_0_2_1
     d2_w_32 = d2__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_33 = d2__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    del d2__w_p_0_2_1
     d2__t_p_0_2_0 = torch.bmm(w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
     d2_w_34 = torch.bmm(d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1), _t_p_0_2_0.permute(0, 1, 3, 2).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
+    del _t_p_0_2_0
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
     d2_f_35 = d2__t_p_0_2_0.reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
     # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d2__m_p_0_36 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p_0_2_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 5, 1, 1)  # zupk,zui->zikp
+    d2__m_p_0_36 = torch.bmm(d2__t_p_0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d2__t_p_0_2_0
     d2__t_p_0_1_2 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 2, 5)  # zuk,zpu->zupk
+    del _w_p_0_1_2
     d2__w_p_0_1_2 = torch.bmm(d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5), _t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2)).view(n, 16, 2).permute(0, 2, 1)  # zuk,zupk->zpu
+    del _t_p_0_1_2
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
-    d2_f_37 = torch.bmm(d2__t_p_0_1_2.reshape(n, 16, 10), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3)).view(n, 16, 3)  # zupk,zikp->zui
+    d2_f_37 = torch.bmm(_m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d2__t_p_0_1_2.reshape(n, 16, 10).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
-    d2__m_p_0_38 = torch.bmm(d2__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 2, 5, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    d2__m_p_0_38 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 16).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p_0_1_2
     d2_w_39 = d2__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_40 = d2__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    del d2__w_p_0_1_2
     d2__t_p_0_1_1 = torch.bmm(_w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 3, 3)  # zuk,zpu->zupk
+    del _w_p_0_1_1
     d2__w_p_0_1_1 = torch.bmm(d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3), _t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3)).view(n, 16, 3).permute(0, 2, 1)  # zuk,zupk->zpu
+    del _t_p_0_1_1
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
-    d2_f_41 = torch.bmm(d2__t_p_0_1_1.reshape(n, 16, 9), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3)).view(n, 16, 3)  # zupk,zikp->zui
+    d2_f_41 = torch.bmm(_m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2), d2__t_p_0_1_1.reshape(n, 16, 9).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
-    d2__m_p_0_42 = torch.bmm(d2__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 3, 3, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    d2__m_p_0_42 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_p_0_1_1
     d2_w_43 = d2__w_p_0_1_1.reshape(n, -1)[:, 32:48].reshape(n, 16)
     d2_w_44 = d2__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_45 = d2__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
+    del d2__w_p_0_1_1
     d2__t_p_0_1_0 = torch.bmm(w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
     d2_w_46 = torch.bmm(d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1), _t_p_0_1_0.permute(0, 1, 3, 2).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
+    del _t_p_0_1_0
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
     d2_f_47 = d2__t_p_0_1_0.reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d2__m_p_0_48 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p_0_1_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 3, 1, 1)  # zupk,zui->zikp
+    d2__m_p_0_48 = torch.bmm(d2__t_p_0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d2__t_p_0_1_0
     d2__t_p_0_0_2 = torch.bmm(w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 1, 5)  # zuk,zpu->zupk
     d2_w_49 = torch.bmm(d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5), _t_p_0_0_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
+    del _t_p_0_0_2
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_f_50 = torch.bmm(d2__t_p_0_0_2.reshape(n, 16, 5), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1)).view(n, 16, 1)  # zupk,zikp->zui
+    d2_f_50 = torch.bmm(_m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d2__t_p_0_0_2.reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
     d2__m_p_0_51 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
+    del d2__t_p_0_0_2
     d2__t_p_0_0_1 = torch.bmm(w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 1, 3)  # zuk,zpu->zupk
     d2_w_52 = torch.bmm(d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3), _t_p_0_0_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
+    del _t_p_0_0_1
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_f_53 = torch.bmm(d2__t_p_0_0_1.reshape(n, 16, 3), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1)).view(n, 16, 1)  # zupk,zikp->zui
+    d2_f_53 = torch.bmm(_m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d2__t_p_0_0_1.reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
     d2__m_p_0_54 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
+    del d2__t_p_0_0_1
     d2__t_p_0_0_0 = torch.bmm(w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
     d2_w_55 = torch.bmm(d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1), _t_p_0_0_0.permute(0, 1, 3, 2).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
+    del _t_p_0_0_0, d2_p
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
     d2_f_56 = d2__t_p_0_0_0.reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    del _m_p_0
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
     d2__m_p_0_57 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
+    del d2__t_p_0_0_0
     # ∂/∂sh: every path's (i, k) map at once: sh · G
     d2__m_p_0 = torch.cat([
         d2__m_p_0_57.reshape(n, 1),
@@ -12052,13 +12323,17 @@ def _cormorant_message_d2_weight(
         d2__m_p_0_31.reshape(n, 30),
         d2__m_p_0_26.reshape(n, 75),
     ], dim=-1)
+    del d2__m_p_0_26, d2__m_p_0_31, d2__m_p_0_36, d2__m_p_0_38, d2__m_p_0_42, d2__m_p_0_48, d2__m_p_0_51, d2__m_p_0_54, d2__m_p_0_57
     d2_sh_58 = torch.mm(d2__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
+    del d2__m_p_0
     d2_f = torch.cat([
         (d2_f_50 + d2_f_53 + d2_f_56).reshape(n, 16),
         (d2_f_37 + d2_f_41 + d2_f_47).reshape(n, 48),
         (d2_f_25 + d2_f_30 + d2_f_35).reshape(n, 80),
     ], dim=-1)
+    del d2_f_25, d2_f_30, d2_f_35, d2_f_37, d2_f_41, d2_f_47, d2_f_50, d2_f_53, d2_f_56
     d2_sh = d2_sh_58
+    del d2_sh_58
     d2_w = torch.cat([
         d2_w_55.reshape(n, 16),
         d2_w_52.reshape(n, 16),
@@ -12076,11 +12351,13 @@ def _cormorant_message_d2_weight(
         d2_w_32.reshape(n, 16),
         d2_w_27.reshape(n, 16),
     ], dim=-1)
+    del d2_w_27, d2_w_28, d2_w_29, d2_w_32, d2_w_33, d2_w_34, d2_w_39, d2_w_40, d2_w_43, d2_w_44, d2_w_45, d2_w_46, d2_w_49, d2_w_52, d2_w_55
     d2_d_m = torch.cat([
         d2_d_m_19.reshape(n, 16),
         d2_d_m_21.reshape(n, 48),
         d2_d_m_23.reshape(n, 80),
     ], dim=-1)
+    del d2_d_m_19, d2_d_m_21, d2_d_m_23
     d2_weight = weight.new_zeros(768)
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 

@@ -14,7 +14,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fusion_block', 'fusion_block_3']
 
-_ops = rt.OpNamespace("fusionc_e6dc28812be0fedc")
+_ops = rt.OpNamespace("fusionc_b23cef7f0321a2e6")
 
 
 def _fusion_block(
@@ -31,57 +31,72 @@ def _fusion_block(
     # 16x0e ⊗ 16x0e -> 16x0e
     _c0 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    t_0 = torch.bmm(_c0.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    t_0 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1).transpose(1, 2), _c0.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    del _c0, _c1
     # 16x0e ⊗ 16x1o -> 16x1o
     _c2 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c3 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    t_1 = torch.bmm(_c2.permute(1, 0, 2, 3).reshape(16, n, 3), (_c3 * 0.8660254037844386).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_1 = torch.bmm((_c3 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c2.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c2, _c3
     # 16x0e ⊗ 16x2e -> 16x2e
     _c4 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c5 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
-    t_2 = torch.bmm(_c4.permute(1, 0, 2, 3).reshape(16, n, 5), (_c5 * 1.118033988749895).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_2 = torch.bmm((_c5 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c4.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c4, _c5
     # 16x1o ⊗ 16x0e -> 16x1o
     _c6 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c7 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    t_3 = torch.bmm(_c6.permute(1, 0, 2, 3).reshape(16, n, 3), (_c7 * 0.8660254037844386).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_3 = torch.bmm((_c7 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c6, _c7
     # 16x1o ⊗ 16x1o -> 16x0e
     _c8 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c9 = torch.mm(cg_1_1_0.reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->ijku
-    t_4 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 9), (_c9 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    t_4 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    del _c9
     # 16x1o ⊗ 16x1o -> 16x2e
     _c10 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uijk
-    t_5 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 9), (_c10 * 1.118033988749895).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_5 = torch.bmm((_c10 * 1.118033988749895).reshape(16, 9, 5).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c10
     # 16x1o ⊗ 16x1o -> 16x1e
     _c11 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uijk
-    t_6 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 9), (_c11 * 1.224744871391589).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_6 = torch.bmm((_c11 * 1.224744871391589).reshape(16, 9, 3).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c11, _c8
     # 16x1o ⊗ 16x2e -> 16x1o
     _c12 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c13 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->uijk
-    t_7 = torch.bmm(_c12.permute(1, 0, 2, 3).reshape(16, n, 15), (_c13 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_7 = torch.bmm((_c13 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c12.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c13
     # 16x1o ⊗ 16x2e -> 16x2o
     _c14 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_1_2_2.reshape(75, 1).t()).view(16, 3, 5, 5)  # ijk,u->uijk
-    t_8 = torch.bmm(_c12.permute(1, 0, 2, 3).reshape(16, n, 15), (_c14 * 1.5811388300841898).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_8 = torch.bmm((_c14 * 1.5811388300841898).reshape(16, 15, 5).transpose(1, 2), _c12.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c12, _c14
     # 16x2e ⊗ 16x0e -> 16x2e
     _c15 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c16 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
-    t_9 = torch.bmm(_c15.permute(1, 0, 2, 3).reshape(16, n, 5), (_c16 * 1.118033988749895).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_9 = torch.bmm((_c16 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c15.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c15, _c16
     # 16x2e ⊗ 16x1o -> 16x1o
     _c17 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c18 = torch.mm(weight[160:176].view(16).reshape(1, 16).t(), cg_2_1_1.reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uijk
-    t_10 = torch.bmm(_c17.permute(1, 0, 2, 3).reshape(16, n, 15), (_c18 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_10 = torch.bmm((_c18 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c17.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c18
     # 16x2e ⊗ 16x1o -> 16x2o
     _c19 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_1_2.reshape(75, 1).t()).view(16, 5, 3, 5)  # ijk,u->uijk
-    t_11 = torch.bmm(_c17.permute(1, 0, 2, 3).reshape(16, n, 15), (_c19 * 1.5811388300841898).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_11 = torch.bmm((_c19 * 1.5811388300841898).reshape(16, 15, 5).transpose(1, 2), _c17.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c17, _c19
     # 16x2e ⊗ 16x2e -> 16x0e
     _c20 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c21 = torch.mm(cg_2_2_0.reshape(25, 1), weight[192:208].view(16).reshape(1, 16)).view(5, 5, 1, 16)  # ijk,u->ijku
-    t_12 = torch.bmm(_c20.permute(1, 0, 2, 3).reshape(16, n, 25), (_c21 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    t_12 = torch.bmm((_c21 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c20.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    del _c21
     # 16x2e ⊗ 16x2e -> 16x2e
     _c22 = torch.mm(weight[208:224].view(16).reshape(1, 16).t(), cg_2_2_2.reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uijk
-    t_13 = torch.bmm(_c20.permute(1, 0, 2, 3).reshape(16, n, 25), (_c22 * 1.118033988749895).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_13 = torch.bmm((_c22 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c20.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c22
     # 16x2e ⊗ 16x2e -> 16x1e
     _c23 = torch.mm(weight[224:240].view(16).reshape(1, 16).t(), cg_2_2_1.reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->uijk
-    t_14 = torch.bmm(_c20.permute(1, 0, 2, 3).reshape(16, n, 25), (_c23 * 1.224744871391589).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_14 = torch.bmm((_c23 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c20.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c20, _c23
     # p2 = (p0 ⊗ p1) -> 16x0e
     t = torch.cat([
         (t_0 + t_4 + t_12).reshape(n, 16),
@@ -90,17 +105,22 @@ def _fusion_block(
         (t_6 + t_14).reshape(n, 48),
         (t_8 + t_11).reshape(n, 80),
     ], dim=-1)
+    del t_0, t_1, t_10, t_11, t_12, t_13, t_14, t_2, t_3, t_4, t_5, t_6, t_7, t_8, t_9
     _c24 = t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p2 = cg_0_0_0.reshape(1, 1, 1) * _c24.reshape(n, 16, 1)
+    del _c24
     # p7 = (p0 ⊗ p6) -> 16x1o
     _c25 = t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p7 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c25
     # p9 = (p0 ⊗ p8) -> 16x2e
     _c26 = t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p9 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c26
     # p11 = (p10 ⊗ p1) -> 16x1o
     _c27 = t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p11 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c27
     # p12 = (p10 ⊗ p6) -> 16x0e
     _c28 = t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p12 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
@@ -108,6 +128,7 @@ def _fusion_block(
     _p13 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p14 = (p10 ⊗ p6) -> 16x1e
     _p14 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c28
     # p15 = (p10 ⊗ p8) -> 16x1o
     _c29 = t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p15 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
@@ -115,9 +136,11 @@ def _fusion_block(
     _p16 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p17 = (p10 ⊗ p8) -> 16x3o
     _p17 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c29
     # p19 = (p18 ⊗ p1) -> 16x2e
     _c30 = t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p19 = torch.mm(_c30.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c30
     # p20 = (p18 ⊗ p6) -> 16x1o
     _c31 = t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p20 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
@@ -125,6 +148,7 @@ def _fusion_block(
     _p21 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p22 = (p18 ⊗ p6) -> 16x3o
     _p22 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c31
     # p23 = (p18 ⊗ p8) -> 16x0e
     _c32 = t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p23 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
@@ -134,14 +158,17 @@ def _fusion_block(
     _p25 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # p26 = (p18 ⊗ p8) -> 16x3e
     _p26 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c32
     # p28 = (p27 ⊗ p1) -> 16x1e
     _c33 = t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p28 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c33
     # p29 = (p27 ⊗ p6) -> 16x1o
     _c34 = t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p29 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # p30 = (p27 ⊗ p6) -> 16x2o
     _p30 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c34
     # p31 = (p27 ⊗ p8) -> 16x2e
     _c35 = t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p31 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
@@ -149,9 +176,11 @@ def _fusion_block(
     _p32 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # p33 = (p27 ⊗ p8) -> 16x3e
     _p33 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c35
     # p35 = (p34 ⊗ p1) -> 16x2o
     _c36 = t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p35 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c36
     # p36 = (p34 ⊗ p6) -> 16x2e
     _c37 = t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p36 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
@@ -159,37 +188,55 @@ def _fusion_block(
     _p37 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # p38 = (p34 ⊗ p6) -> 16x3e
     _p38 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c37
     # p39 = (p34 ⊗ p8) -> 16x1o
     _c38 = t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del t
     _p39 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # p40 = (p34 ⊗ p8) -> 16x2o
     _p40 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p41 = (p34 ⊗ p8) -> 16x3o
     _p41 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c38
     p42_15 = _p2.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     p42_16 = _p12.reshape(n, 16, 1) * (weight[480:496].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     p42_17 = _p23.reshape(n, 16, 1) * (weight[944:960].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     # p43 = (p42 ⊗ p3) -> 16x0e
     _p42 = p42_15 + p42_16 + p42_17
+    del p42_15, p42_16, p42_17
     _c39 = _p42.reshape(n, 16, 1, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del _p42
     _p43 = cg_0_0_0.reshape(1, 1, 1) * _c39.reshape(n, 16, 1)
+    del _c39
     y_18 = _p43
+    del _p43
     p44_19 = _p2.reshape(n, 16, 1) * (weight[256:272].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     p44_20 = _p12.reshape(n, 16, 1) * (weight[512:528].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     p44_21 = _p23.reshape(n, 16, 1) * (weight[976:992].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     # p45 = (p44 ⊗ p4) -> 16x1o
     _p44 = p44_19 + p44_20 + p44_21
+    del p44_19, p44_20, p44_21
     _c40 = _p44.reshape(n, 16, 1, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del _p44
     _p45 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c40
     y_22 = _p45
+    del _p45
     p46_23 = _p2.reshape(n, 16, 1) * (weight[272:288].view(16) * 0.36760731104690386).reshape(1, 16, 1)
+    del _p2
     p46_24 = _p12.reshape(n, 16, 1) * (weight[560:576].view(16) * 0.36760731104690386).reshape(1, 16, 1)
+    del _p12
     p46_25 = _p23.reshape(n, 16, 1) * (weight[1024:1040].view(16) * 0.36760731104690386).reshape(1, 16, 1)
+    del _p23
     # p47 = (p46 ⊗ p5) -> 16x2e
     _p46 = p46_23 + p46_24 + p46_25
+    del p46_23, p46_24, p46_25
     _c41 = _p46.reshape(n, 16, 1, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del _p46
     _p47 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c41
     y_26 = _p47
+    del _p47
     p48_27 = _p7.reshape(n, 16, 3) * (weight[288:304].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     p48_28 = _p11.reshape(n, 16, 3) * (weight[416:432].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     p48_29 = _p15.reshape(n, 16, 3) * (weight[624:640].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -198,9 +245,13 @@ def _fusion_block(
     p48_32 = _p39.reshape(n, 16, 3) * (weight[1488:1504].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     # p49 = (p48 ⊗ p3) -> 16x1o
     _p48 = p48_27 + p48_28 + p48_29 + p48_30 + p48_31 + p48_32
+    del p48_27, p48_28, p48_29, p48_30, p48_31, p48_32
     _c42 = _p48.reshape(n, 16, 3, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del _p48
     _p49 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c42
     y_33 = _p49
+    del _p49
     p50_34 = _p7.reshape(n, 16, 3) * (weight[304:320].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     p50_35 = _p11.reshape(n, 16, 3) * (weight[432:448].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     p50_36 = _p15.reshape(n, 16, 3) * (weight[640:656].view(16) * 0.4472135954999579).reshape(1, 16, 1)
@@ -209,9 +260,13 @@ def _fusion_block(
     p50_39 = _p39.reshape(n, 16, 3) * (weight[1504:1520].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     # p51 = (p50 ⊗ p4) -> 16x0e
     _p50 = p50_34 + p50_35 + p50_36 + p50_37 + p50_38 + p50_39
+    del p50_34, p50_35, p50_36, p50_37, p50_38, p50_39
     _c43 = _p50.reshape(n, 16, 3, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del _p50
     _p51 = torch.mm(_c43.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c43
     y_40 = _p51
+    del _p51
     p52_41 = _p7.reshape(n, 16, 3) * (weight[320:336].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     p52_42 = _p11.reshape(n, 16, 3) * (weight[448:464].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     p52_43 = _p15.reshape(n, 16, 3) * (weight[656:672].view(16) * 0.6367145399670133).reshape(1, 16, 1)
@@ -220,20 +275,34 @@ def _fusion_block(
     p52_46 = _p39.reshape(n, 16, 3) * (weight[1520:1536].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     # p53 = (p52 ⊗ p4) -> 16x2e
     _p52 = p52_41 + p52_42 + p52_43 + p52_44 + p52_45 + p52_46
+    del p52_41, p52_42, p52_43, p52_44, p52_45, p52_46
     _c44 = _p52.reshape(n, 16, 3, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del _p52
     _p53 = torch.mm(_c44.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c44
     y_47 = _p53
+    del _p53
     p54_48 = _p7.reshape(n, 16, 3) * (weight[336:352].view(16) * 0.5144957554275266).reshape(1, 16, 1)
+    del _p7
     p54_49 = _p11.reshape(n, 16, 3) * (weight[464:480].view(16) * 0.5144957554275266).reshape(1, 16, 1)
+    del _p11
     p54_50 = _p15.reshape(n, 16, 3) * (weight[704:720].view(16) * 0.5144957554275266).reshape(1, 16, 1)
+    del _p15
     p54_51 = _p20.reshape(n, 16, 3) * (weight[896:912].view(16) * 0.5144957554275266).reshape(1, 16, 1)
+    del _p20
     p54_52 = _p29.reshape(n, 16, 3) * (weight[1200:1216].view(16) * 0.5144957554275266).reshape(1, 16, 1)
+    del _p29
     p54_53 = _p39.reshape(n, 16, 3) * (weight[1568:1584].view(16) * 0.5144957554275266).reshape(1, 16, 1)
+    del _p39
     # p55 = (p54 ⊗ p5) -> 16x1o
     _p54 = p54_48 + p54_49 + p54_50 + p54_51 + p54_52 + p54_53
+    del p54_48, p54_49, p54_50, p54_51, p54_52, p54_53
     _c45 = _p54.reshape(n, 16, 3, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del _p54
     _p55 = torch.mm(_c45.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c45
     y_54 = _p55
+    del _p55
     p56_55 = _p9.reshape(n, 16, 5) * (weight[352:368].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     p56_56 = _p13.reshape(n, 16, 5) * (weight[496:512].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     p56_57 = _p19.reshape(n, 16, 5) * (weight[752:768].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -242,9 +311,13 @@ def _fusion_block(
     p56_60 = _p36.reshape(n, 16, 5) * (weight[1376:1392].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     # p57 = (p56 ⊗ p3) -> 16x2e
     _p56 = p56_55 + p56_56 + p56_57 + p56_58 + p56_59 + p56_60
+    del p56_55, p56_56, p56_57, p56_58, p56_59, p56_60
     _c46 = _p56.reshape(n, 16, 5, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del _p56
     _p57 = torch.mm(_c46.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c46
     y_61 = _p57
+    del _p57
     p58_62 = _p9.reshape(n, 16, 5) * (weight[368:384].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     p58_63 = _p13.reshape(n, 16, 5) * (weight[544:560].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     p58_64 = _p19.reshape(n, 16, 5) * (weight[768:784].view(16) * 0.6642111641550714).reshape(1, 16, 1)
@@ -253,9 +326,13 @@ def _fusion_block(
     p58_67 = _p36.reshape(n, 16, 5) * (weight[1408:1424].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     # p59 = (p58 ⊗ p4) -> 16x1o
     _p58 = p58_62 + p58_63 + p58_64 + p58_65 + p58_66 + p58_67
+    del p58_62, p58_63, p58_64, p58_65, p58_66, p58_67
     _c47 = _p58.reshape(n, 16, 5, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del _p58
     _p59 = torch.mm(_c47.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c47
     y_68 = _p59
+    del _p59
     p60_69 = _p9.reshape(n, 16, 5) * (weight[384:400].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     p60_70 = _p13.reshape(n, 16, 5) * (weight[592:608].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     p60_71 = _p19.reshape(n, 16, 5) * (weight[784:800].view(16) * 0.5773502691896257).reshape(1, 16, 1)
@@ -264,20 +341,34 @@ def _fusion_block(
     p60_74 = _p36.reshape(n, 16, 5) * (weight[1440:1456].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p61 = (p60 ⊗ p5) -> 16x0e
     _p60 = p60_69 + p60_70 + p60_71 + p60_72 + p60_73 + p60_74
+    del p60_69, p60_70, p60_71, p60_72, p60_73, p60_74
     _c48 = _p60.reshape(n, 16, 5, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del _p60
     _p61 = torch.mm(_c48.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c48
     y_75 = _p61
+    del _p61
     p62_76 = _p9.reshape(n, 16, 5) * (weight[400:416].view(16) * 0.8219949365267865).reshape(1, 16, 1)
+    del _p9
     p62_77 = _p13.reshape(n, 16, 5) * (weight[608:624].view(16) * 0.8219949365267865).reshape(1, 16, 1)
+    del _p13
     p62_78 = _p19.reshape(n, 16, 5) * (weight[800:816].view(16) * 0.8219949365267865).reshape(1, 16, 1)
+    del _p19
     p62_79 = _p24.reshape(n, 16, 5) * (weight[1072:1088].view(16) * 0.8219949365267865).reshape(1, 16, 1)
+    del _p24
     p62_80 = _p31.reshape(n, 16, 5) * (weight[1312:1328].view(16) * 0.8219949365267865).reshape(1, 16, 1)
+    del _p31
     p62_81 = _p36.reshape(n, 16, 5) * (weight[1456:1472].view(16) * 0.8219949365267865).reshape(1, 16, 1)
+    del _p36
     # p63 = (p62 ⊗ p5) -> 16x2e
     _p62 = p62_76 + p62_77 + p62_78 + p62_79 + p62_80 + p62_81
+    del p62_76, p62_77, p62_78, p62_79, p62_80, p62_81
     _c49 = _p62.reshape(n, 16, 5, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del _p62
     _p63 = torch.mm(_c49.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c49
     y_82 = _p63
+    del _p63
     p64_83 = _p14.reshape(n, 16, 3) * (weight[528:544].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     p64_84 = _p25.reshape(n, 16, 3) * (weight[992:1008].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     p64_85 = _p28.reshape(n, 16, 3) * (weight[1104:1120].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -285,19 +376,32 @@ def _fusion_block(
     p64_87 = _p37.reshape(n, 16, 3) * (weight[1392:1408].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     # p65 = (p64 ⊗ p4) -> 16x1o
     _p64 = p64_83 + p64_84 + p64_85 + p64_86 + p64_87
+    del p64_83, p64_84, p64_85, p64_86, p64_87
     _c50 = _p64.reshape(n, 16, 3, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del _p64
     _p65 = torch.mm(_c50.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c50
     y_88 = _p65
+    del _p65
     p66_89 = _p14.reshape(n, 16, 3) * (weight[576:592].view(16) * 0.6367145399670133).reshape(1, 16, 1)
+    del _p14
     p66_90 = _p25.reshape(n, 16, 3) * (weight[1040:1056].view(16) * 0.6367145399670133).reshape(1, 16, 1)
+    del _p25
     p66_91 = _p28.reshape(n, 16, 3) * (weight[1120:1136].view(16) * 0.6367145399670133).reshape(1, 16, 1)
+    del _p28
     p66_92 = _p32.reshape(n, 16, 3) * (weight[1280:1296].view(16) * 0.6367145399670133).reshape(1, 16, 1)
+    del _p32
     p66_93 = _p37.reshape(n, 16, 3) * (weight[1424:1440].view(16) * 0.6367145399670133).reshape(1, 16, 1)
+    del _p37
     # p67 = (p66 ⊗ p5) -> 16x2e
     _p66 = p66_89 + p66_90 + p66_91 + p66_92 + p66_93
+    del p66_89, p66_90, p66_91, p66_92, p66_93
     _c51 = _p66.reshape(n, 16, 3, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del _p66
     _p67 = torch.mm(_c51.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c51
     y_94 = _p67
+    del _p67
     p68_95 = _p16.reshape(n, 16, 5) * (weight[672:688].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     p68_96 = _p21.reshape(n, 16, 5) * (weight[864:880].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     p68_97 = _p30.reshape(n, 16, 5) * (weight[1184:1200].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -305,48 +409,80 @@ def _fusion_block(
     p68_99 = _p40.reshape(n, 16, 5) * (weight[1536:1552].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     # p69 = (p68 ⊗ p4) -> 16x2e
     _p68 = p68_95 + p68_96 + p68_97 + p68_98 + p68_99
+    del p68_95, p68_96, p68_97, p68_98, p68_99
     _c52 = _p68.reshape(n, 16, 5, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del _p68
     _p69 = torch.mm(_c52.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c52
     y_100 = _p69
+    del _p69
     p70_101 = _p17.reshape(n, 16, 7) * (weight[688:704].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     p70_102 = _p22.reshape(n, 16, 7) * (weight[880:896].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     p70_103 = _p41.reshape(n, 16, 7) * (weight[1552:1568].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     # p71 = (p70 ⊗ p4) -> 16x2e
     _p70 = p70_101 + p70_102 + p70_103
+    del p70_101, p70_102, p70_103
     _c53 = _p70.reshape(n, 16, 7, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del _p70
     _p71 = torch.mm(_c53.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_3_1_2.permute(2, 0, 1).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c53
     y_104 = _p71
+    del _p71
     p72_105 = _p16.reshape(n, 16, 5) * (weight[720:736].view(16) * 0.6642111641550714).reshape(1, 16, 1)
+    del _p16
     p72_106 = _p21.reshape(n, 16, 5) * (weight[912:928].view(16) * 0.6642111641550714).reshape(1, 16, 1)
+    del _p21
     p72_107 = _p30.reshape(n, 16, 5) * (weight[1216:1232].view(16) * 0.6642111641550714).reshape(1, 16, 1)
+    del _p30
     p72_108 = _p35.reshape(n, 16, 5) * (weight[1360:1376].view(16) * 0.6642111641550714).reshape(1, 16, 1)
+    del _p35
     p72_109 = _p40.reshape(n, 16, 5) * (weight[1584:1600].view(16) * 0.6642111641550714).reshape(1, 16, 1)
+    del _p40
     # p73 = (p72 ⊗ p5) -> 16x1o
     _p72 = p72_105 + p72_106 + p72_107 + p72_108 + p72_109
+    del p72_105, p72_106, p72_107, p72_108, p72_109
     _c54 = _p72.reshape(n, 16, 5, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del _p72
     _p73 = torch.mm(_c54.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c54
     y_110 = _p73
+    del _p73
     p74_111 = _p17.reshape(n, 16, 7) * (weight[736:752].view(16) * 0.7859052479933758).reshape(1, 16, 1)
+    del _p17
     p74_112 = _p22.reshape(n, 16, 7) * (weight[928:944].view(16) * 0.7859052479933758).reshape(1, 16, 1)
+    del _p22
     p74_113 = _p41.reshape(n, 16, 7) * (weight[1600:1616].view(16) * 0.7859052479933758).reshape(1, 16, 1)
+    del _p41
     # p75 = (p74 ⊗ p5) -> 16x1o
     _p74 = p74_111 + p74_112 + p74_113
+    del p74_111, p74_112, p74_113
     _c55 = _p74.reshape(n, 16, 7, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del _p74
     _p75 = torch.mm(_c55.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c55
     y_114 = _p75
+    del _p75
     p76_115 = _p26.reshape(n, 16, 7) * (weight[1088:1104].view(16) * 0.9725975251592747).reshape(1, 16, 1)
+    del _p26
     p76_116 = _p33.reshape(n, 16, 7) * (weight[1328:1344].view(16) * 0.9725975251592747).reshape(1, 16, 1)
+    del _p33
     p76_117 = _p38.reshape(n, 16, 7) * (weight[1472:1488].view(16) * 0.9725975251592747).reshape(1, 16, 1)
+    del _p38
     # p77 = (p76 ⊗ p5) -> 16x2e
     _p76 = p76_115 + p76_116 + p76_117
+    del p76_115, p76_116, p76_117
     _c56 = _p76.reshape(n, 16, 7, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del _p76
     _p77 = torch.mm(_c56.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c56
     y_118 = _p77
+    del _p77
     y = torch.cat([
         (y_18 + y_40 + y_75).reshape(n, 16),
         (y_22 + y_33 + y_54 + y_68 + y_88 + y_110 + y_114).reshape(n, 48),
         (y_26 + y_47 + y_61 + y_82 + y_94 + y_100 + y_104 + y_118).reshape(n, 80),
     ], dim=-1)
+    del y_100, y_104, y_110, y_114, y_118, y_18, y_22, y_26, y_33, y_40, y_47, y_54, y_61, y_68, y_75, y_82, y_88, y_94
     return [y]
 
 
@@ -364,57 +500,66 @@ def _fusion_block_d(
     # 16x0e ⊗ 16x0e -> 16x0e
     _c0 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    t_0 = torch.bmm(_c0.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    t_0 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1).transpose(1, 2), _c0.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    del _c0
     # 16x0e ⊗ 16x1o -> 16x1o
     _c2 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c3 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    t_1 = torch.bmm(_c2.permute(1, 0, 2, 3).reshape(16, n, 3), (_c3 * 0.8660254037844386).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_1 = torch.bmm((_c3 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c2.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c2
     # 16x0e ⊗ 16x2e -> 16x2e
     _c4 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c5 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
-    t_2 = torch.bmm(_c4.permute(1, 0, 2, 3).reshape(16, n, 5), (_c5 * 1.118033988749895).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_2 = torch.bmm((_c5 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c4.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c4
     # 16x1o ⊗ 16x0e -> 16x1o
     _c6 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c7 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    t_3 = torch.bmm(_c6.permute(1, 0, 2, 3).reshape(16, n, 3), (_c7 * 0.8660254037844386).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_3 = torch.bmm((_c7 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c6
     # 16x1o ⊗ 16x1o -> 16x0e
     _c8 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c9 = torch.mm(cg_1_1_0.reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->ijku
-    t_4 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 9), (_c9 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    t_4 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
     # 16x1o ⊗ 16x1o -> 16x2e
     _c10 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uijk
-    t_5 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 9), (_c10 * 1.118033988749895).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_5 = torch.bmm((_c10 * 1.118033988749895).reshape(16, 9, 5).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x1o ⊗ 16x1o -> 16x1e
     _c11 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uijk
-    t_6 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 9), (_c11 * 1.224744871391589).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_6 = torch.bmm((_c11 * 1.224744871391589).reshape(16, 9, 3).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c8
     # 16x1o ⊗ 16x2e -> 16x1o
     _c12 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c13 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->uijk
-    t_7 = torch.bmm(_c12.permute(1, 0, 2, 3).reshape(16, n, 15), (_c13 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_7 = torch.bmm((_c13 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c12.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x1o ⊗ 16x2e -> 16x2o
     _c14 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_1_2_2.reshape(75, 1).t()).view(16, 3, 5, 5)  # ijk,u->uijk
-    t_8 = torch.bmm(_c12.permute(1, 0, 2, 3).reshape(16, n, 15), (_c14 * 1.5811388300841898).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_8 = torch.bmm((_c14 * 1.5811388300841898).reshape(16, 15, 5).transpose(1, 2), _c12.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c12
     # 16x2e ⊗ 16x0e -> 16x2e
     _c15 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c16 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
-    t_9 = torch.bmm(_c15.permute(1, 0, 2, 3).reshape(16, n, 5), (_c16 * 1.118033988749895).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_9 = torch.bmm((_c16 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c15.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c15
     # 16x2e ⊗ 16x1o -> 16x1o
     _c17 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c18 = torch.mm(weight[160:176].view(16).reshape(1, 16).t(), cg_2_1_1.reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uijk
-    t_10 = torch.bmm(_c17.permute(1, 0, 2, 3).reshape(16, n, 15), (_c18 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_10 = torch.bmm((_c18 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c17.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x2e ⊗ 16x1o -> 16x2o
     _c19 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_1_2.reshape(75, 1).t()).view(16, 5, 3, 5)  # ijk,u->uijk
-    t_11 = torch.bmm(_c17.permute(1, 0, 2, 3).reshape(16, n, 15), (_c19 * 1.5811388300841898).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_11 = torch.bmm((_c19 * 1.5811388300841898).reshape(16, 15, 5).transpose(1, 2), _c17.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c17
     # 16x2e ⊗ 16x2e -> 16x0e
     _c20 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c21 = torch.mm(cg_2_2_0.reshape(25, 1), weight[192:208].view(16).reshape(1, 16)).view(5, 5, 1, 16)  # ijk,u->ijku
-    t_12 = torch.bmm(_c20.permute(1, 0, 2, 3).reshape(16, n, 25), (_c21 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    t_12 = torch.bmm((_c21 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c20.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
     # 16x2e ⊗ 16x2e -> 16x2e
     _c22 = torch.mm(weight[208:224].view(16).reshape(1, 16).t(), cg_2_2_2.reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uijk
-    t_13 = torch.bmm(_c20.permute(1, 0, 2, 3).reshape(16, n, 25), (_c22 * 1.118033988749895).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_13 = torch.bmm((_c22 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c20.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x2e ⊗ 16x2e -> 16x1e
     _c23 = torch.mm(weight[224:240].view(16).reshape(1, 16).t(), cg_2_2_1.reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->uijk
-    t_14 = torch.bmm(_c20.permute(1, 0, 2, 3).reshape(16, n, 25), (_c23 * 1.224744871391589).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_14 = torch.bmm((_c23 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c20.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c20
     # p2 = (p0 ⊗ p1) -> 16x0e
     t = torch.cat([
         (t_0 + t_4 + t_12).reshape(n, 16),
@@ -423,17 +568,22 @@ def _fusion_block_d(
         (t_6 + t_14).reshape(n, 48),
         (t_8 + t_11).reshape(n, 80),
     ], dim=-1)
+    del t_0, t_1, t_10, t_11, t_12, t_13, t_14, t_2, t_3, t_4, t_5, t_6, t_7, t_8, t_9
     _c24 = t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p2 = cg_0_0_0.reshape(1, 1, 1) * _c24.reshape(n, 16, 1)
+    del _c24
     # p7 = (p0 ⊗ p6) -> 16x1o
     _c25 = t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p7 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c25
     # p9 = (p0 ⊗ p8) -> 16x2e
     _c26 = t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p9 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c26
     # p11 = (p10 ⊗ p1) -> 16x1o
     _c27 = t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p11 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c27
     # p12 = (p10 ⊗ p6) -> 16x0e
     _c28 = t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p12 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
@@ -441,6 +591,7 @@ def _fusion_block_d(
     _p13 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p14 = (p10 ⊗ p6) -> 16x1e
     _p14 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c28
     # p15 = (p10 ⊗ p8) -> 16x1o
     _c29 = t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p15 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
@@ -448,9 +599,11 @@ def _fusion_block_d(
     _p16 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p17 = (p10 ⊗ p8) -> 16x3o
     _p17 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c29
     # p19 = (p18 ⊗ p1) -> 16x2e
     _c30 = t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p19 = torch.mm(_c30.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c30
     # p20 = (p18 ⊗ p6) -> 16x1o
     _c31 = t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p20 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
@@ -458,6 +611,7 @@ def _fusion_block_d(
     _p21 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p22 = (p18 ⊗ p6) -> 16x3o
     _p22 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c31
     # p23 = (p18 ⊗ p8) -> 16x0e
     _c32 = t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p23 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
@@ -467,14 +621,17 @@ def _fusion_block_d(
     _p25 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # p26 = (p18 ⊗ p8) -> 16x3e
     _p26 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c32
     # p28 = (p27 ⊗ p1) -> 16x1e
     _c33 = t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p28 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c33
     # p29 = (p27 ⊗ p6) -> 16x1o
     _c34 = t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p29 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # p30 = (p27 ⊗ p6) -> 16x2o
     _p30 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c34
     # p31 = (p27 ⊗ p8) -> 16x2e
     _c35 = t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p31 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
@@ -482,9 +639,11 @@ def _fusion_block_d(
     _p32 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # p33 = (p27 ⊗ p8) -> 16x3e
     _p33 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c35
     # p35 = (p34 ⊗ p1) -> 16x2o
     _c36 = t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p35 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c36
     # p36 = (p34 ⊗ p6) -> 16x2e
     _c37 = t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p36 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
@@ -492,6 +651,7 @@ def _fusion_block_d(
     _p37 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # p38 = (p34 ⊗ p6) -> 16x3e
     _p38 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c37
     # p39 = (p34 ⊗ p8) -> 16x1o
     _c38 = t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p39 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
@@ -499,6 +659,7 @@ def _fusion_block_d(
     _p40 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p41 = (p34 ⊗ p8) -> 16x3o
     _p41 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c38
     p42_15 = _p2.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     p42_16 = _p12.reshape(n, 16, 1) * (weight[480:496].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     p42_17 = _p23.reshape(n, 16, 1) * (weight[944:960].view(16) * 0.2581988897471611).reshape(1, 16, 1)
@@ -589,38 +750,54 @@ def _fusion_block_d(
     # ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
     _c39 = d__p77.reshape(n, 16, 1, 5) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p76 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_3_2_2.reshape(7, 25).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c39
     # ∂/∂x4: p77 = (p76 ⊗ p5) -> 16x2e
     _p76 = p76_98 + p76_99 + p76_100
+    del p76_100, p76_98, p76_99
     _c40 = d__p77.reshape(n, 16, 5, 1) * _p76.reshape(n, 16, 1, 7)
+    del _p76, d__p77
     d_x4_101 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(1, 2, 0).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c40
     d__p38 = d__p76.reshape(n, 16, 7) * (weight[1472:1488].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d_weight_102 = torch.bmm((d__p76 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), _p38.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del _p38
     d__p33 = d__p76.reshape(n, 16, 7) * (weight[1328:1344].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d_weight_103 = torch.bmm((d__p76 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), _p33.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del _p33
     d__p26 = d__p76.reshape(n, 16, 7) * (weight[1088:1104].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d_weight_104 = torch.bmm((d__p76 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), _p26.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del _p26, d__p76
     d__p75 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
     _c41 = d__p75.reshape(n, 16, 1, 3) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p74 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_2_1.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c41
     # ∂/∂x4: p75 = (p74 ⊗ p5) -> 16x1o
     _p74 = p74_95 + p74_96 + p74_97
+    del p74_95, p74_96, p74_97
     _c42 = d__p75.reshape(n, 16, 3, 1) * _p74.reshape(n, 16, 1, 7)
+    del _p74, d__p75
     d_x4_105 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_3_2_1.permute(1, 2, 0).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c42
     d__p41_106 = d__p74.reshape(n, 16, 7) * (weight[1600:1616].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d_weight_107 = torch.bmm((d__p74 * 0.7859052479933758).permute(1, 0, 2).reshape(16, 1, n * 7), _p41.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
     d__p22_108 = d__p74.reshape(n, 16, 7) * (weight[928:944].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d_weight_109 = torch.bmm((d__p74 * 0.7859052479933758).permute(1, 0, 2).reshape(16, 1, n * 7), _p22.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
     d__p17_110 = d__p74.reshape(n, 16, 7) * (weight[736:752].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d_weight_111 = torch.bmm((d__p74 * 0.7859052479933758).permute(1, 0, 2).reshape(16, 1, n * 7), _p17.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d__p74
     d__p73 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
     _c43 = d__p73.reshape(n, 16, 1, 3) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p72 = torch.mm(_c43.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c43
     # ∂/∂x4: p73 = (p72 ⊗ p5) -> 16x1o
     _p72 = p72_90 + p72_91 + p72_92 + p72_93 + p72_94
+    del p72_90, p72_91, p72_92, p72_93, p72_94
     _c44 = d__p73.reshape(n, 16, 3, 1) * _p72.reshape(n, 16, 1, 5)
+    del _p72, d__p73
     d_x4_112 = torch.mm(_c44.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c44
     d__p40_113 = d__p72.reshape(n, 16, 5) * (weight[1584:1600].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d_weight_114 = torch.bmm((d__p72 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), _p40.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d__p35_115 = d__p72.reshape(n, 16, 5) * (weight[1360:1376].view(16) * 0.6642111641550714).reshape(1, 16, 1)
@@ -631,46 +808,67 @@ def _fusion_block_d(
     d_weight_120 = torch.bmm((d__p72 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), _p21.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d__p16_121 = d__p72.reshape(n, 16, 5) * (weight[720:736].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d_weight_122 = torch.bmm((d__p72 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), _p16.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p72
     d__p71 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
     _c45 = d__p71.reshape(n, 16, 1, 5) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p70 = torch.mm(_c45.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_1_2.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c45
     # ∂/∂x4: p71 = (p70 ⊗ p4) -> 16x2e
     _p70 = p70_87 + p70_88 + p70_89
+    del p70_87, p70_88, p70_89
     _c46 = d__p71.reshape(n, 16, 5, 1) * _p70.reshape(n, 16, 1, 7)
+    del _p70, d__p71
     d_x4_123 = torch.mm(_c46.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_1_2.permute(1, 2, 0).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c46
     d__p41_124 = d__p70.reshape(n, 16, 7) * (weight[1552:1568].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d_weight_125 = torch.bmm((d__p70 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), _p41.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del _p41
     d__p22_126 = d__p70.reshape(n, 16, 7) * (weight[880:896].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d_weight_127 = torch.bmm((d__p70 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), _p22.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del _p22
     d__p17_128 = d__p70.reshape(n, 16, 7) * (weight[688:704].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d_weight_129 = torch.bmm((d__p70 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), _p17.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del _p17, d__p70
     d__p69 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
     _c47 = d__p69.reshape(n, 16, 1, 5) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p68 = torch.mm(_c47.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c47
     # ∂/∂x4: p69 = (p68 ⊗ p4) -> 16x2e
     _p68 = p68_82 + p68_83 + p68_84 + p68_85 + p68_86
+    del p68_82, p68_83, p68_84, p68_85, p68_86
     _c48 = d__p69.reshape(n, 16, 5, 1) * _p68.reshape(n, 16, 1, 5)
+    del _p68, d__p69
     d_x4_130 = torch.mm(_c48.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 2, 0).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c48
     d__p40_131 = d__p68.reshape(n, 16, 5) * (weight[1536:1552].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d_weight_132 = torch.bmm((d__p68 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p40.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p40
     d__p35_133 = d__p68.reshape(n, 16, 5) * (weight[1344:1360].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d_weight_134 = torch.bmm((d__p68 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p35.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p35
     d__p30_135 = d__p68.reshape(n, 16, 5) * (weight[1184:1200].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d_weight_136 = torch.bmm((d__p68 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p30.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p30
     d__p21_137 = d__p68.reshape(n, 16, 5) * (weight[864:880].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d_weight_138 = torch.bmm((d__p68 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p21.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p21
     d__p16_139 = d__p68.reshape(n, 16, 5) * (weight[672:688].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d_weight_140 = torch.bmm((d__p68 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p16.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p16, d__p68
     d__p67 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
     _c49 = d__p67.reshape(n, 16, 1, 5) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p66 = torch.mm(_c49.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c49
     # ∂/∂x4: p67 = (p66 ⊗ p5) -> 16x2e
     _p66 = p66_77 + p66_78 + p66_79 + p66_80 + p66_81
+    del p66_77, p66_78, p66_79, p66_80, p66_81
     _c50 = d__p67.reshape(n, 16, 5, 1) * _p66.reshape(n, 16, 1, 3)
+    del _p66, d__p67
     d_x4_141 = torch.mm(_c50.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c50
     d__p37_142 = d__p66.reshape(n, 16, 3) * (weight[1424:1440].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d_weight_143 = torch.bmm((d__p66 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), _p37.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d__p32_144 = d__p66.reshape(n, 16, 3) * (weight[1280:1296].view(16) * 0.6367145399670133).reshape(1, 16, 1)
@@ -681,32 +879,46 @@ def _fusion_block_d(
     d_weight_149 = torch.bmm((d__p66 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), _p25.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d__p14_150 = d__p66.reshape(n, 16, 3) * (weight[576:592].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d_weight_151 = torch.bmm((d__p66 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), _p14.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p66
     d__p65 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
     _c51 = d__p65.reshape(n, 16, 1, 3) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p64 = torch.mm(_c51.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c51
     # ∂/∂x4: p65 = (p64 ⊗ p4) -> 16x1o
     _p64 = p64_72 + p64_73 + p64_74 + p64_75 + p64_76
+    del p64_72, p64_73, p64_74, p64_75, p64_76
     _c52 = d__p65.reshape(n, 16, 3, 1) * _p64.reshape(n, 16, 1, 3)
+    del _p64, d__p65
     d_x4_152 = torch.mm(_c52.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c52
     d__p37_153 = d__p64.reshape(n, 16, 3) * (weight[1392:1408].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d_weight_154 = torch.bmm((d__p64 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p37.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p37
     d__p32_155 = d__p64.reshape(n, 16, 3) * (weight[1248:1264].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d_weight_156 = torch.bmm((d__p64 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p32.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p32
     d__p28_157 = d__p64.reshape(n, 16, 3) * (weight[1104:1120].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d_weight_158 = torch.bmm((d__p64 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p28.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p28
     d__p25_159 = d__p64.reshape(n, 16, 3) * (weight[992:1008].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d_weight_160 = torch.bmm((d__p64 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p25.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p25
     d__p14_161 = d__p64.reshape(n, 16, 3) * (weight[528:544].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d_weight_162 = torch.bmm((d__p64 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p14.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p14, d__p64
     d__p63 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
     _c53 = d__p63.reshape(n, 16, 1, 5) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p62 = torch.mm(_c53.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c53
     # ∂/∂x4: p63 = (p62 ⊗ p5) -> 16x2e
     _p62 = p62_66 + p62_67 + p62_68 + p62_69 + p62_70 + p62_71
+    del p62_66, p62_67, p62_68, p62_69, p62_70, p62_71
     _c54 = d__p63.reshape(n, 16, 5, 1) * _p62.reshape(n, 16, 1, 5)
+    del _p62, d__p63
     d_x4_163 = torch.mm(_c54.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c54
     d__p36_164 = d__p62.reshape(n, 16, 5) * (weight[1456:1472].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d_weight_165 = torch.bmm((d__p62 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p36.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d__p31_166 = d__p62.reshape(n, 16, 5) * (weight[1312:1328].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -719,14 +931,19 @@ def _fusion_block_d(
     d_weight_173 = torch.bmm((d__p62 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p13.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d__p9_174 = d__p62.reshape(n, 16, 5) * (weight[400:416].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d_weight_175 = torch.bmm((d__p62 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p62
     d__p61 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
     _c55 = d__p61.reshape(n, 16, 1, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d__p60 = torch.mm(_c55.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c55
     # ∂/∂x4: p61 = (p60 ⊗ p5) -> 16x0e
     _p60 = p60_60 + p60_61 + p60_62 + p60_63 + p60_64 + p60_65
+    del p60_60, p60_61, p60_62, p60_63, p60_64, p60_65
     _c56 = d__p61.reshape(n, 16, 1, 1) * _p60.reshape(n, 16, 1, 5)
+    del _p60, d__p61
     d_x4_176 = torch.mm(_c56.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c56
     d__p36_177 = d__p60.reshape(n, 16, 5) * (weight[1440:1456].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d_weight_178 = torch.bmm((d__p60 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n * 5), _p36.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d__p31_179 = d__p60.reshape(n, 16, 5) * (weight[1296:1312].view(16) * 0.5773502691896257).reshape(1, 16, 1)
@@ -739,14 +956,19 @@ def _fusion_block_d(
     d_weight_186 = torch.bmm((d__p60 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n * 5), _p13.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d__p9_187 = d__p60.reshape(n, 16, 5) * (weight[384:400].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d_weight_188 = torch.bmm((d__p60 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p60
     d__p59 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
     _c57 = d__p59.reshape(n, 16, 1, 3) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p58 = torch.mm(_c57.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c57
     # ∂/∂x4: p59 = (p58 ⊗ p4) -> 16x1o
     _p58 = p58_54 + p58_55 + p58_56 + p58_57 + p58_58 + p58_59
+    del p58_54, p58_55, p58_56, p58_57, p58_58, p58_59
     _c58 = d__p59.reshape(n, 16, 3, 1) * _p58.reshape(n, 16, 1, 5)
+    del _p58, d__p59
     d_x4_189 = torch.mm(_c58.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c58
     d__p36_190 = d__p58.reshape(n, 16, 5) * (weight[1408:1424].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d_weight_191 = torch.bmm((d__p58 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), _p36.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d__p31_192 = d__p58.reshape(n, 16, 5) * (weight[1264:1280].view(16) * 0.6642111641550714).reshape(1, 16, 1)
@@ -759,34 +981,49 @@ def _fusion_block_d(
     d_weight_199 = torch.bmm((d__p58 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), _p13.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d__p9_200 = d__p58.reshape(n, 16, 5) * (weight[368:384].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d_weight_201 = torch.bmm((d__p58 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p58
     d__p57 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
     _c59 = d__p57.reshape(n, 16, 5, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p56 = torch.mm(_c59.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c59
     # ∂/∂x4: p57 = (p56 ⊗ p3) -> 16x2e
     _p56 = p56_48 + p56_49 + p56_50 + p56_51 + p56_52 + p56_53
+    del p56_48, p56_49, p56_50, p56_51, p56_52, p56_53
     _c60 = d__p57.reshape(n, 16, 1, 5) * _p56.reshape(n, 16, 5, 1)
+    del _p56, d__p57
     d_x4_202 = torch.mm(_c60.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c60
     d__p36_203 = d__p56.reshape(n, 16, 5) * (weight[1376:1392].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d_weight_204 = torch.bmm((d__p56 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p36.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p36
     d__p31_205 = d__p56.reshape(n, 16, 5) * (weight[1232:1248].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d_weight_206 = torch.bmm((d__p56 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p31.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p31
     d__p24_207 = d__p56.reshape(n, 16, 5) * (weight[960:976].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d_weight_208 = torch.bmm((d__p56 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p24.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p24
     d__p19_209 = d__p56.reshape(n, 16, 5) * (weight[752:768].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d_weight_210 = torch.bmm((d__p56 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p19.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p19
     d__p13_211 = d__p56.reshape(n, 16, 5) * (weight[496:512].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d_weight_212 = torch.bmm((d__p56 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p13.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p13
     d__p9_213 = d__p56.reshape(n, 16, 5) * (weight[352:368].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d_weight_214 = torch.bmm((d__p56 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p9, d__p56
     d__p55 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
     _c61 = d__p55.reshape(n, 16, 1, 3) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p54 = torch.mm(_c61.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c61
     # ∂/∂x4: p55 = (p54 ⊗ p5) -> 16x1o
     _p54 = p54_42 + p54_43 + p54_44 + p54_45 + p54_46 + p54_47
+    del p54_42, p54_43, p54_44, p54_45, p54_46, p54_47
     _c62 = d__p55.reshape(n, 16, 3, 1) * _p54.reshape(n, 16, 1, 3)
+    del _p54, d__p55
     d_x4_215 = torch.mm(_c62.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c62
     d__p39_216 = d__p54.reshape(n, 16, 3) * (weight[1568:1584].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d_weight_217 = torch.bmm((d__p54 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p39.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d__p29_218 = d__p54.reshape(n, 16, 3) * (weight[1200:1216].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -799,14 +1036,19 @@ def _fusion_block_d(
     d_weight_225 = torch.bmm((d__p54 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p11.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d__p7_226 = d__p54.reshape(n, 16, 3) * (weight[336:352].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d_weight_227 = torch.bmm((d__p54 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p7.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p54
     d__p53 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
     _c63 = d__p53.reshape(n, 16, 1, 5) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p52 = torch.mm(_c63.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c63
     # ∂/∂x4: p53 = (p52 ⊗ p4) -> 16x2e
     _p52 = p52_36 + p52_37 + p52_38 + p52_39 + p52_40 + p52_41
+    del p52_36, p52_37, p52_38, p52_39, p52_40, p52_41
     _c64 = d__p53.reshape(n, 16, 5, 1) * _p52.reshape(n, 16, 1, 3)
+    del _p52, d__p53
     d_x4_228 = torch.mm(_c64.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c64
     d__p39_229 = d__p52.reshape(n, 16, 3) * (weight[1520:1536].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d_weight_230 = torch.bmm((d__p52 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), _p39.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d__p29_231 = d__p52.reshape(n, 16, 3) * (weight[1168:1184].view(16) * 0.6367145399670133).reshape(1, 16, 1)
@@ -819,14 +1061,19 @@ def _fusion_block_d(
     d_weight_238 = torch.bmm((d__p52 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), _p11.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d__p7_239 = d__p52.reshape(n, 16, 3) * (weight[320:336].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d_weight_240 = torch.bmm((d__p52 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), _p7.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p52
     d__p51 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
     _c65 = d__p51.reshape(n, 16, 1, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d__p50 = torch.mm(_c65.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c65
     # ∂/∂x4: p51 = (p50 ⊗ p4) -> 16x0e
     _p50 = p50_30 + p50_31 + p50_32 + p50_33 + p50_34 + p50_35
+    del p50_30, p50_31, p50_32, p50_33, p50_34, p50_35
     _c66 = d__p51.reshape(n, 16, 1, 1) * _p50.reshape(n, 16, 1, 3)
+    del _p50, d__p51
     d_x4_241 = torch.mm(_c66.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c66
     d__p39_242 = d__p50.reshape(n, 16, 3) * (weight[1504:1520].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     d_weight_243 = torch.bmm((d__p50 * 0.4472135954999579).permute(1, 0, 2).reshape(16, 1, n * 3), _p39.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d__p29_244 = d__p50.reshape(n, 16, 3) * (weight[1152:1168].view(16) * 0.4472135954999579).reshape(1, 16, 1)
@@ -839,282 +1086,431 @@ def _fusion_block_d(
     d_weight_251 = torch.bmm((d__p50 * 0.4472135954999579).permute(1, 0, 2).reshape(16, 1, n * 3), _p11.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d__p7_252 = d__p50.reshape(n, 16, 3) * (weight[304:320].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     d_weight_253 = torch.bmm((d__p50 * 0.4472135954999579).permute(1, 0, 2).reshape(16, 1, n * 3), _p7.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p50
     d__p49 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
     _c67 = d__p49.reshape(n, 16, 3, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p48 = torch.mm(_c67.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c67
     # ∂/∂x4: p49 = (p48 ⊗ p3) -> 16x1o
     _p48 = p48_24 + p48_25 + p48_26 + p48_27 + p48_28 + p48_29
+    del p48_24, p48_25, p48_26, p48_27, p48_28, p48_29
     _c68 = d__p49.reshape(n, 16, 1, 3) * _p48.reshape(n, 16, 3, 1)
+    del _p48, d__p49
     d_x4_254 = torch.mm(_c68.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c68
     d__p39_255 = d__p48.reshape(n, 16, 3) * (weight[1488:1504].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d_weight_256 = torch.bmm((d__p48 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p39.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p39
     d__p29_257 = d__p48.reshape(n, 16, 3) * (weight[1136:1152].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d_weight_258 = torch.bmm((d__p48 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p29.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p29
     d__p20_259 = d__p48.reshape(n, 16, 3) * (weight[816:832].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d_weight_260 = torch.bmm((d__p48 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p20.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p20
     d__p15_261 = d__p48.reshape(n, 16, 3) * (weight[624:640].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d_weight_262 = torch.bmm((d__p48 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p15.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p15
     d__p11_263 = d__p48.reshape(n, 16, 3) * (weight[416:432].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d_weight_264 = torch.bmm((d__p48 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p11.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p11
     d__p7_265 = d__p48.reshape(n, 16, 3) * (weight[288:304].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d_weight_266 = torch.bmm((d__p48 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p7.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p7, d__p48
     d__p47 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
     _c69 = d__p47.reshape(n, 16, 1, 5) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p46 = torch.mm(_c69.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c69
     # ∂/∂x4: p47 = (p46 ⊗ p5) -> 16x2e
     _p46 = p46_21 + p46_22 + p46_23
+    del p46_21, p46_22, p46_23
     _c70 = d__p47.reshape(n, 16, 5, 1) * _p46.reshape(n, 16, 1, 1)
+    del _p46, d__p47
     d_x4_267 = torch.mm(_c70.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c70
     d__p23_268 = d__p46.reshape(n, 16, 1) * (weight[1024:1040].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d_weight_269 = torch.bmm((d__p46 * 0.36760731104690386).permute(1, 0, 2).reshape(16, 1, n), _p23.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d__p12_270 = d__p46.reshape(n, 16, 1) * (weight[560:576].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d_weight_271 = torch.bmm((d__p46 * 0.36760731104690386).permute(1, 0, 2).reshape(16, 1, n), _p12.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d__p2_272 = d__p46.reshape(n, 16, 1) * (weight[272:288].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d_weight_273 = torch.bmm((d__p46 * 0.36760731104690386).permute(1, 0, 2).reshape(16, 1, n), _p2.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d__p46
     d__p45 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     _c71 = d__p45.reshape(n, 16, 1, 3) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p44 = torch.mm(_c71.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c71
     # ∂/∂x4: p45 = (p44 ⊗ p4) -> 16x1o
     _p44 = p44_18 + p44_19 + p44_20
+    del p44_18, p44_19, p44_20
     _c72 = d__p45.reshape(n, 16, 3, 1) * _p44.reshape(n, 16, 1, 1)
+    del _p44, d__p45
     d_x4_274 = torch.mm(_c72.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c72
     d__p23_275 = d__p44.reshape(n, 16, 1) * (weight[976:992].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d_weight_276 = torch.bmm((d__p44 * 0.2970442628930023).permute(1, 0, 2).reshape(16, 1, n), _p23.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d__p12_277 = d__p44.reshape(n, 16, 1) * (weight[512:528].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d_weight_278 = torch.bmm((d__p44 * 0.2970442628930023).permute(1, 0, 2).reshape(16, 1, n), _p12.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d__p2_279 = d__p44.reshape(n, 16, 1) * (weight[256:272].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d_weight_280 = torch.bmm((d__p44 * 0.2970442628930023).permute(1, 0, 2).reshape(16, 1, n), _p2.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d__p44
     d__p43 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     _c73 = d__p43.reshape(n, 16, 1, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c73.reshape(n, 16, 1)
+    del _c73
     # ∂/∂x4: p43 = (p42 ⊗ p3) -> 16x0e
     _p42 = p42_15 + p42_16 + p42_17
+    del p42_15, p42_16, p42_17
     _c74 = d__p43.reshape(n, 16, 1, 1) * _p42.reshape(n, 16, 1, 1)
+    del _p42, d__p43
     d_x4_281 = cg_0_0_0.reshape(1, 1, 1) * _c74.reshape(n, 16, 1)
+    del _c74
     d__p23_282 = d__p42.reshape(n, 16, 1) * (weight[944:960].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d_weight_283 = torch.bmm((d__p42 * 0.2581988897471611).permute(1, 0, 2).reshape(16, 1, n), _p23.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p23
     d__p12_284 = d__p42.reshape(n, 16, 1) * (weight[480:496].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d_weight_285 = torch.bmm((d__p42 * 0.2581988897471611).permute(1, 0, 2).reshape(16, 1, n), _p12.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p12
     d__p2_286 = d__p42.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d_weight_287 = torch.bmm((d__p42 * 0.2581988897471611).permute(1, 0, 2).reshape(16, 1, n), _p2.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p2, d__p42
     # ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
     d__p41 = d__p41_106 + d__p41_124
+    del d__p41_106, d__p41_124
     _c75 = d__p41.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_288 = torch.mm(_c75.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.reshape(5, 35).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c75
     # ∂/∂x3: p41 = (p34 ⊗ p8) -> 16x3o
     _c76 = d__p41.reshape(n, 16, 7, 1) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p41
     d_x3_289 = torch.mm(_c76.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.permute(1, 2, 0).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c76
     # ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
     d__p40 = d__p40_113 + d__p40_131
+    del d__p40_113, d__p40_131
     _c77 = d__p40.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_290 = torch.mm(_c77.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c77
     # ∂/∂x3: p40 = (p34 ⊗ p8) -> 16x2o
     _c78 = d__p40.reshape(n, 16, 5, 1) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p40
     d_x3_291 = torch.mm(_c78.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c78
     # ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
     d__p39 = d__p39_216 + d__p39_229 + d__p39_242 + d__p39_255
+    del d__p39_216, d__p39_229, d__p39_242, d__p39_255
     _c79 = d__p39.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_292 = torch.mm(_c79.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c79
     # ∂/∂x3: p39 = (p34 ⊗ p8) -> 16x1o
     _c80 = d__p39.reshape(n, 16, 3, 1) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p39
     d_x3_293 = torch.mm(_c80.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c80
     # ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
     _c81 = d__p38.reshape(n, 16, 1, 7) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_294 = torch.mm(_c81.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_2_1_3.reshape(5, 21).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c81
     # ∂/∂x3: p38 = (p34 ⊗ p6) -> 16x3e
     _c82 = d__p38.reshape(n, 16, 7, 1) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p38
     d_x3_295 = torch.mm(_c82.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_1_3.permute(1, 2, 0).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c82
     # ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
     d__p37 = d__p37_142 + d__p37_153
+    del d__p37_142, d__p37_153
     _c83 = d__p37.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_296 = torch.mm(_c83.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c83
     # ∂/∂x3: p37 = (p34 ⊗ p6) -> 16x1e
     _c84 = d__p37.reshape(n, 16, 3, 1) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p37
     d_x3_297 = torch.mm(_c84.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c84
     # ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
     d__p36 = d__p36_164 + d__p36_177 + d__p36_190 + d__p36_203
+    del d__p36_164, d__p36_177, d__p36_190, d__p36_203
     _c85 = d__p36.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_298 = torch.mm(_c85.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c85
     # ∂/∂x3: p36 = (p34 ⊗ p6) -> 16x2e
     _c86 = d__p36.reshape(n, 16, 5, 1) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p36
     d_x3_299 = torch.mm(_c86.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 2, 0).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c86
     # ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
     d__p35 = d__p35_115 + d__p35_133
+    del d__p35_115, d__p35_133
     _c87 = d__p35.reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_t_300 = torch.mm(_c87.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c87
     # ∂/∂x3: p35 = (p34 ⊗ p1) -> 16x2o
     _c88 = d__p35.reshape(n, 16, 1, 5) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    del d__p35
     d_x3_301 = torch.mm(_c88.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c88
     # ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
     _c89 = d__p33.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_302 = torch.mm(_c89.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_1_2_3.reshape(3, 35).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c89
     # ∂/∂x3: p33 = (p27 ⊗ p8) -> 16x3e
     _c90 = d__p33.reshape(n, 16, 7, 1) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p33
     d_x3_303 = torch.mm(_c90.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_1_2_3.permute(1, 2, 0).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c90
     # ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
     d__p32 = d__p32_144 + d__p32_155
+    del d__p32_144, d__p32_155
     _c91 = d__p32.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_304 = torch.mm(_c91.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c91
     # ∂/∂x3: p32 = (p27 ⊗ p8) -> 16x1e
     _c92 = d__p32.reshape(n, 16, 3, 1) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p32
     d_x3_305 = torch.mm(_c92.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c92
     # ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
     d__p31 = d__p31_166 + d__p31_179 + d__p31_192 + d__p31_205
+    del d__p31_166, d__p31_179, d__p31_192, d__p31_205
     _c93 = d__p31.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_306 = torch.mm(_c93.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c93
     # ∂/∂x3: p31 = (p27 ⊗ p8) -> 16x2e
     _c94 = d__p31.reshape(n, 16, 5, 1) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p31
     d_x3_307 = torch.mm(_c94.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c94
     # ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
     d__p30 = d__p30_117 + d__p30_135
+    del d__p30_117, d__p30_135
     _c95 = d__p30.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_308 = torch.mm(_c95.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c95
     # ∂/∂x3: p30 = (p27 ⊗ p6) -> 16x2o
     _c96 = d__p30.reshape(n, 16, 5, 1) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p30
     d_x3_309 = torch.mm(_c96.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c96
     # ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
     d__p29 = d__p29_218 + d__p29_231 + d__p29_244 + d__p29_257
+    del d__p29_218, d__p29_231, d__p29_244, d__p29_257
     _c97 = d__p29.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_310 = torch.mm(_c97.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c97
     # ∂/∂x3: p29 = (p27 ⊗ p6) -> 16x1o
     _c98 = d__p29.reshape(n, 16, 3, 1) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p29
     d_x3_311 = torch.mm(_c98.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c98
     # ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
     d__p28 = d__p28_146 + d__p28_157
+    del d__p28_146, d__p28_157
     _c99 = d__p28.reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_t_312 = torch.mm(_c99.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c99
     # ∂/∂x3: p28 = (p27 ⊗ p1) -> 16x1e
     _c100 = d__p28.reshape(n, 16, 1, 3) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    del d__p28
     d_x3_313 = torch.mm(_c100.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c100
     # ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
     _c101 = d__p26.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_314 = torch.mm(_c101.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.reshape(5, 35).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c101
     # ∂/∂x3: p26 = (p18 ⊗ p8) -> 16x3e
     _c102 = d__p26.reshape(n, 16, 7, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p26
     d_x3_315 = torch.mm(_c102.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.permute(1, 2, 0).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c102
     # ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
     d__p25 = d__p25_148 + d__p25_159
+    del d__p25_148, d__p25_159
     _c103 = d__p25.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_316 = torch.mm(_c103.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c103
     # ∂/∂x3: p25 = (p18 ⊗ p8) -> 16x1e
     _c104 = d__p25.reshape(n, 16, 3, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p25
     d_x3_317 = torch.mm(_c104.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c104
     # ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
     d__p24 = d__p24_168 + d__p24_181 + d__p24_194 + d__p24_207
+    del d__p24_168, d__p24_181, d__p24_194, d__p24_207
     _c105 = d__p24.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_318 = torch.mm(_c105.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c105
     # ∂/∂x3: p24 = (p18 ⊗ p8) -> 16x2e
     _c106 = d__p24.reshape(n, 16, 5, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p24
     d_x3_319 = torch.mm(_c106.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c106
     # ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
     d__p23 = d__p23_268 + d__p23_275 + d__p23_282
+    del d__p23_268, d__p23_275, d__p23_282
     _c107 = d__p23.reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d_t_320 = torch.mm(_c107.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c107
     # ∂/∂x3: p23 = (p18 ⊗ p8) -> 16x0e
     _c108 = d__p23.reshape(n, 16, 1, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p23
     d_x3_321 = torch.mm(_c108.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c108
     # ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
     d__p22 = d__p22_108 + d__p22_126
+    del d__p22_108, d__p22_126
     _c109 = d__p22.reshape(n, 16, 1, 7) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_322 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_2_1_3.reshape(5, 21).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c109
     # ∂/∂x3: p22 = (p18 ⊗ p6) -> 16x3o
     _c110 = d__p22.reshape(n, 16, 7, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p22
     d_x3_323 = torch.mm(_c110.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_1_3.permute(1, 2, 0).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c110
     # ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
     d__p21 = d__p21_119 + d__p21_137
+    del d__p21_119, d__p21_137
     _c111 = d__p21.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_324 = torch.mm(_c111.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c111
     # ∂/∂x3: p21 = (p18 ⊗ p6) -> 16x2o
     _c112 = d__p21.reshape(n, 16, 5, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p21
     d_x3_325 = torch.mm(_c112.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 2, 0).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c112
     # ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
     d__p20 = d__p20_220 + d__p20_233 + d__p20_246 + d__p20_259
+    del d__p20_220, d__p20_233, d__p20_246, d__p20_259
     _c113 = d__p20.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_326 = torch.mm(_c113.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c113
     # ∂/∂x3: p20 = (p18 ⊗ p6) -> 16x1o
     _c114 = d__p20.reshape(n, 16, 3, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p20
     d_x3_327 = torch.mm(_c114.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c114
     # ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
     d__p19 = d__p19_170 + d__p19_183 + d__p19_196 + d__p19_209
+    del d__p19_170, d__p19_183, d__p19_196, d__p19_209
     _c115 = d__p19.reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_t_328 = torch.mm(_c115.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c115
     # ∂/∂x3: p19 = (p18 ⊗ p1) -> 16x2e
     _c116 = d__p19.reshape(n, 16, 1, 5) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    del d__p19
     d_x3_329 = torch.mm(_c116.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c116
     # ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
     d__p17 = d__p17_110 + d__p17_128
+    del d__p17_110, d__p17_128
     _c117 = d__p17.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_330 = torch.mm(_c117.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_1_2_3.reshape(3, 35).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c117
     # ∂/∂x3: p17 = (p10 ⊗ p8) -> 16x3o
     _c118 = d__p17.reshape(n, 16, 7, 1) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p17
     d_x3_331 = torch.mm(_c118.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_1_2_3.permute(1, 2, 0).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c118
     # ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
     d__p16 = d__p16_121 + d__p16_139
+    del d__p16_121, d__p16_139
     _c119 = d__p16.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_332 = torch.mm(_c119.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c119
     # ∂/∂x3: p16 = (p10 ⊗ p8) -> 16x2o
     _c120 = d__p16.reshape(n, 16, 5, 1) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p16
     d_x3_333 = torch.mm(_c120.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c120
     # ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
     d__p15 = d__p15_222 + d__p15_235 + d__p15_248 + d__p15_261
+    del d__p15_222, d__p15_235, d__p15_248, d__p15_261
     _c121 = d__p15.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_334 = torch.mm(_c121.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c121
     # ∂/∂x3: p15 = (p10 ⊗ p8) -> 16x1o
     _c122 = d__p15.reshape(n, 16, 3, 1) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p15
     d_x3_335 = torch.mm(_c122.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c122
     # ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
     d__p14 = d__p14_150 + d__p14_161
+    del d__p14_150, d__p14_161
     _c123 = d__p14.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_336 = torch.mm(_c123.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c123
     # ∂/∂x3: p14 = (p10 ⊗ p6) -> 16x1e
     _c124 = d__p14.reshape(n, 16, 3, 1) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p14
     d_x3_337 = torch.mm(_c124.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c124
     # ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
     d__p13 = d__p13_172 + d__p13_185 + d__p13_198 + d__p13_211
+    del d__p13_172, d__p13_185, d__p13_198, d__p13_211
     _c125 = d__p13.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_338 = torch.mm(_c125.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c125
     # ∂/∂x3: p13 = (p10 ⊗ p6) -> 16x2e
     _c126 = d__p13.reshape(n, 16, 5, 1) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p13
     d_x3_339 = torch.mm(_c126.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c126
     # ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
     d__p12 = d__p12_270 + d__p12_277 + d__p12_284
+    del d__p12_270, d__p12_277, d__p12_284
     _c127 = d__p12.reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d_t_340 = torch.mm(_c127.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c127
     # ∂/∂x3: p12 = (p10 ⊗ p6) -> 16x0e
     _c128 = d__p12.reshape(n, 16, 1, 1) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p12
     d_x3_341 = torch.mm(_c128.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c128
     # ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
     d__p11 = d__p11_224 + d__p11_237 + d__p11_250 + d__p11_263
+    del d__p11_224, d__p11_237, d__p11_250, d__p11_263
     _c129 = d__p11.reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_t_342 = torch.mm(_c129.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c129
     # ∂/∂x3: p11 = (p10 ⊗ p1) -> 16x1o
     _c130 = d__p11.reshape(n, 16, 1, 3) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    del d__p11
     d_x3_343 = torch.mm(_c130.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c130
     # ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
     d__p9 = d__p9_174 + d__p9_187 + d__p9_200 + d__p9_213
+    del d__p9_174, d__p9_187, d__p9_200, d__p9_213
     _c131 = d__p9.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_344 = torch.mm(_c131.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c131
     # ∂/∂x3: p9 = (p0 ⊗ p8) -> 16x2e
     _c132 = d__p9.reshape(n, 16, 5, 1) * t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d__p9
     d_x3_345 = torch.mm(_c132.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c132
     # ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
     d__p7 = d__p7_226 + d__p7_239 + d__p7_252 + d__p7_265
+    del d__p7_226, d__p7_239, d__p7_252, d__p7_265
     _c133 = d__p7.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_346 = torch.mm(_c133.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c133
     # ∂/∂x3: p7 = (p0 ⊗ p6) -> 16x1o
     _c134 = d__p7.reshape(n, 16, 3, 1) * t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d__p7
     d_x3_347 = torch.mm(_c134.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c134
     # ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
     d__p2 = d__p2_272 + d__p2_279 + d__p2_286
+    del d__p2_272, d__p2_279, d__p2_286
     _c135 = d__p2.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_t_348 = cg_0_0_0.reshape(1, 1, 1) * _c135.reshape(n, 16, 1)
+    del _c135
     # ∂/∂x3: p2 = (p0 ⊗ p1) -> 16x0e
     _c136 = d__p2.reshape(n, 16, 1, 1) * t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d__p2, t
     d_x3_349 = cg_0_0_0.reshape(1, 1, 1) * _c136.reshape(n, 16, 1)
+    del _c136
     # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x1e
     d_t = torch.cat([
         (d_t_344 + d_t_346 + d_t_348).reshape(n, 16),
@@ -1123,156 +1519,218 @@ def _fusion_block_d(
         (d_t_302 + d_t_304 + d_t_306 + d_t_308 + d_t_310 + d_t_312).reshape(n, 48),
         (d_t_288 + d_t_290 + d_t_292 + d_t_294 + d_t_296 + d_t_298 + d_t_300).reshape(n, 80),
     ], dim=-1)
+    del d_t_288, d_t_290, d_t_292, d_t_294, d_t_296, d_t_298, d_t_300, d_t_302, d_t_304, d_t_306, d_t_308, d_t_310, d_t_312, d_t_314, d_t_316, d_t_318, d_t_320, d_t_322, d_t_324, d_t_326, d_t_328, d_t_330, d_t_332, d_t_334, d_t_336, d_t_338, d_t_340, d_t_342, d_t_344, d_t_346, d_t_348
     _c137 = d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d_x1_350 = torch.bmm(_c137.permute(1, 0, 2, 3).reshape(16, n, 15), (_c23 * 1.224744871391589).permute(0, 3, 2, 1).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
+    d_x1_350 = torch.bmm((_c23 * 1.224744871391589).permute(0, 3, 2, 1).reshape(16, 15, 5).transpose(1, 2), _c137.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c137
     # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x1e
     _c138 = d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d_x2_351 = torch.bmm(_c138.permute(1, 0, 2, 3).reshape(16, n, 15), (_c23 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
+    d_x2_351 = torch.bmm((_c23 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 15, 5).transpose(1, 2), _c138.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c23
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
     _c139 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c138.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 3, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c138
     d_weight_352 = torch.mm((cg_2_2_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 75), _c139.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    del _c139
     # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x2e
     _c140 = d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d_x1_353 = torch.bmm(_c140.permute(1, 0, 2, 3).reshape(16, n, 25), (_c22 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
+    d_x1_353 = torch.bmm((_c22 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 25, 5).transpose(1, 2), _c140.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
     # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x2e
     _c141 = d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d_x2_354 = torch.bmm(_c141.permute(1, 0, 2, 3).reshape(16, n, 25), (_c22 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
+    d_x2_354 = torch.bmm((_c22 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 25, 5).transpose(1, 2), _c141.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c22
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
     _c142 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c141.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
     d_weight_355 = torch.mm((cg_2_2_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 125), _c142.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,ujik->u
+    del _c142
     # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x0e
     _c143 = d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d_x1_356 = torch.bmm(_c143.permute(1, 0, 2, 3).reshape(16, n, 5), (_c21 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,ijku->zui
+    d_x1_356 = torch.bmm((_c21 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 5, 5).transpose(1, 2), _c143.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,ijku->zui
+    del _c143
     # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x0e
     _c144 = d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d_x2_357 = torch.bmm(_c144.permute(1, 0, 2, 3).reshape(16, n, 5), (_c21 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,ijku->zuj
+    d_x2_357 = torch.bmm((_c21 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 5, 5).transpose(1, 2), _c144.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,ijku->zuj
+    del _c21
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
     _c145 = torch.bmm(_c144.permute(1, 0, 3, 2).reshape(16, n, 5).transpose(1, 2), x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n).transpose(1, 2)).view(16, 5, 1, 5)  # zuj,zuki->uikj
+    del _c144
     d_weight_358 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c145.permute(1, 3, 2, 0).reshape(25, 16)).view(16)  # ijk,uikj->u
+    del _c145
     # ∂/∂x1: 16x2e ⊗ 16x1o -> 16x2o
     _c146 = d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d_x1_359 = torch.bmm(_c146.permute(1, 0, 2, 3).reshape(16, n, 15), (_c19 * 1.5811388300841898).permute(0, 3, 2, 1).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
+    d_x1_359 = torch.bmm((_c19 * 1.5811388300841898).permute(0, 3, 2, 1).reshape(16, 15, 5).transpose(1, 2), _c146.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c146
     # ∂/∂x2: 16x2e ⊗ 16x1o -> 16x2o
     _c147 = d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d_x2_360 = torch.bmm(_c147.permute(1, 0, 2, 3).reshape(16, n, 25), (_c19 * 1.5811388300841898).permute(0, 3, 1, 2).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
+    d_x2_360 = torch.bmm((_c19 * 1.5811388300841898).permute(0, 3, 1, 2).reshape(16, 25, 3).transpose(1, 2), _c147.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c19
     # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x2o
     _c148 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c147.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 3, 5, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c147
     d_weight_361 = torch.mm((cg_2_1_2 * 1.5811388300841898).permute(1, 0, 2).reshape(1, 75), _c148.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    del _c148
     # ∂/∂x1: 16x2e ⊗ 16x1o -> 16x1o
     _c149 = d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d_x1_362 = torch.bmm(_c149.permute(1, 0, 2, 3).reshape(16, n, 9), (_c18 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
+    d_x1_362 = torch.bmm((_c18 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 9, 5).transpose(1, 2), _c149.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
     # ∂/∂x2: 16x2e ⊗ 16x1o -> 16x1o
     _c150 = d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d_x2_363 = torch.bmm(_c150.permute(1, 0, 2, 3).reshape(16, n, 15), (_c18 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
+    d_x2_363 = torch.bmm((_c18 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 15, 3).transpose(1, 2), _c150.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c18
     # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
     _c151 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c150.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c150
     d_weight_364 = torch.mm((cg_2_1_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c151.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c151
     # ∂/∂x1: 16x2e ⊗ 16x0e -> 16x2e
     _c152 = d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d_x1_365 = torch.bmm(_c152.permute(1, 0, 2, 3).reshape(16, n, 5), (_c16 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
+    d_x1_365 = torch.bmm((_c16 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 5, 5).transpose(1, 2), _c152.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c152
     # ∂/∂x2: 16x2e ⊗ 16x0e -> 16x2e
-    d_x2_366 = torch.bmm(_c141.permute(1, 0, 2, 3).reshape(16, n, 25), (_c16 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zuki,uijk->zuj
+    d_x2_366 = torch.bmm((_c16 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c141.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c16
     # ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
     _c153 = torch.bmm(x2[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c141.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c141
     d_weight_367 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c153.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    del _c153
     # ∂/∂x1: 16x1o ⊗ 16x2e -> 16x2o
     _c154 = d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d_x1_368 = torch.bmm(_c154.permute(1, 0, 2, 3).reshape(16, n, 25), (_c14 * 1.5811388300841898).permute(0, 3, 2, 1).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
+    d_x1_368 = torch.bmm((_c14 * 1.5811388300841898).permute(0, 3, 2, 1).reshape(16, 25, 3).transpose(1, 2), _c154.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c154
     # ∂/∂x2: 16x1o ⊗ 16x2e -> 16x2o
     _c155 = d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d_x2_369 = torch.bmm(_c155.permute(1, 0, 2, 3).reshape(16, n, 15), (_c14 * 1.5811388300841898).permute(0, 3, 1, 2).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
+    d_x2_369 = torch.bmm((_c14 * 1.5811388300841898).permute(0, 3, 1, 2).reshape(16, 15, 5).transpose(1, 2), _c155.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c14
     # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x2o
     _c156 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c155.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 5, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c155
     d_weight_370 = torch.mm((cg_1_2_2 * 1.5811388300841898).permute(1, 0, 2).reshape(1, 75), _c156.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    del _c156
     # ∂/∂x1: 16x1o ⊗ 16x2e -> 16x1o
     _c157 = d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d_x1_371 = torch.bmm(_c157.permute(1, 0, 2, 3).reshape(16, n, 15), (_c13 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
+    d_x1_371 = torch.bmm((_c13 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 15, 3).transpose(1, 2), _c157.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c157
     # ∂/∂x2: 16x1o ⊗ 16x2e -> 16x1o
     _c158 = d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d_x2_372 = torch.bmm(_c158.permute(1, 0, 2, 3).reshape(16, n, 9), (_c13 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
+    d_x2_372 = torch.bmm((_c13 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 5).transpose(1, 2), _c158.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c13
     # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
     _c159 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c158.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
     d_weight_373 = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c159.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c159
     # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x1e
     _c160 = d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d_x1_374 = torch.bmm(_c160.permute(1, 0, 2, 3).reshape(16, n, 9), (_c11 * 1.224744871391589).permute(0, 3, 2, 1).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
+    d_x1_374 = torch.bmm((_c11 * 1.224744871391589).permute(0, 3, 2, 1).reshape(16, 9, 3).transpose(1, 2), _c160.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c160
     # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x1e
     _c161 = d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d_x2_375 = torch.bmm(_c161.permute(1, 0, 2, 3).reshape(16, n, 9), (_c11 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
+    d_x2_375 = torch.bmm((_c11 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 9, 3).transpose(1, 2), _c161.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c11
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
     _c162 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c161.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c161
     d_weight_376 = torch.mm((cg_1_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 27), _c162.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,ujik->u
+    del _c162
     # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x2e
     _c163 = d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d_x1_377 = torch.bmm(_c163.permute(1, 0, 2, 3).reshape(16, n, 15), (_c10 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
+    d_x1_377 = torch.bmm((_c10 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 15, 3).transpose(1, 2), _c163.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c163
     # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x2e
     _c164 = d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d_x2_378 = torch.bmm(_c164.permute(1, 0, 2, 3).reshape(16, n, 15), (_c10 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
+    d_x2_378 = torch.bmm((_c10 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 15, 3).transpose(1, 2), _c164.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c10
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
     _c165 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c164.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c164
     d_weight_379 = torch.mm((cg_1_1_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 45), _c165.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c165
     # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
     _c166 = d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d_x1_380 = torch.bmm(_c166.permute(1, 0, 2, 3).reshape(16, n, 3), (_c9 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,ijku->zui
+    d_x1_380 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 3, 3).transpose(1, 2), _c166.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,ijku->zui
+    del _c166
     # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
     _c167 = d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d_x2_381 = torch.bmm(_c167.permute(1, 0, 2, 3).reshape(16, n, 3), (_c9 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,ijku->zuj
+    d_x2_381 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 3, 3).transpose(1, 2), _c167.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,ijku->zuj
+    del _c9
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c168 = torch.bmm(_c167.permute(1, 0, 3, 2).reshape(16, n, 3).transpose(1, 2), x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n).transpose(1, 2)).view(16, 3, 1, 3)  # zuj,zuki->uikj
+    del _c167
     d_weight_382 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c168.permute(1, 3, 2, 0).reshape(9, 16)).view(16)  # ijk,uikj->u
+    del _c168
     # ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
     _c169 = d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d_x1_383 = torch.bmm(_c169.permute(1, 0, 2, 3).reshape(16, n, 3), (_c7 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
+    d_x1_383 = torch.bmm((_c7 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 3, 3).transpose(1, 2), _c169.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c169
     # ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
-    d_x2_384 = torch.bmm(_c158.permute(1, 0, 2, 3).reshape(16, n, 9), (_c7 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zuki,uijk->zuj
+    d_x2_384 = torch.bmm((_c7 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c158.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c7
     # ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
     _c170 = torch.bmm(x2[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c158.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c158
     d_weight_385 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c170.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    del _c170
     # ∂/∂x1: 16x0e ⊗ 16x2e -> 16x2e
-    d_x1_386 = torch.bmm(_c140.permute(1, 0, 2, 3).reshape(16, n, 25), (_c5 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zukj,uijk->zui
+    d_x1_386 = torch.bmm((_c5 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 25, 1).transpose(1, 2), _c140.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c140
     # ∂/∂x2: 16x0e ⊗ 16x2e -> 16x2e
     _c171 = d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d_x2_387 = torch.bmm(_c171.permute(1, 0, 2, 3).reshape(16, n, 5), (_c5 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
+    d_x2_387 = torch.bmm((_c5 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5).transpose(1, 2), _c171.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c5
     # ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
     _c172 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c171.permute(1, 0, 3, 2).reshape(16, n, 5)).view(16, 5, 1, 5)  # zuj,zuki->ujik
+    del _c171
     d_weight_388 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c172.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    del _c172
     # ∂/∂x1: 16x0e ⊗ 16x1o -> 16x1o
-    d_x1_389 = torch.bmm(_c149.permute(1, 0, 2, 3).reshape(16, n, 9), (_c3 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zukj,uijk->zui
+    d_x1_389 = torch.bmm((_c3 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 9, 1).transpose(1, 2), _c149.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c149
     # ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
     _c173 = d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d_x2_390 = torch.bmm(_c173.permute(1, 0, 2, 3).reshape(16, n, 3), (_c3 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
+    d_x2_390 = torch.bmm((_c3 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3).transpose(1, 2), _c173.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c3
     # ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c174 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c173.permute(1, 0, 3, 2).reshape(16, n, 3)).view(16, 3, 1, 3)  # zuj,zuki->ujik
+    del _c173
     d_weight_391 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c174.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    del _c174
     # ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
     _c175 = d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d_x1_392 = torch.bmm(_c175.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zukj,ijku->zui
+    d_x1_392 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 1, 1).transpose(1, 2), _c175.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,ijku->zui
+    del _c175
     # ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
     _c176 = d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d_x2_393 = torch.bmm(_c176.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zuki,ijku->zuj
+    del d_t
+    d_x2_393 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 1, 1).transpose(1, 2), _c176.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,ijku->zuj
+    del _c1
     # ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c177 = torch.bmm(x2[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c176.permute(1, 0, 3, 2).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuki->ujik
+    del _c176
     d_weight_394 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c177.permute(2, 1, 3, 0).reshape(1, 16)).view(16)  # ijk,ujik->u
+    del _c177
     d_x1 = torch.cat([
         (d_x1_386 + d_x1_389 + d_x1_392).reshape(n, 16),
         (d_x1_368 + d_x1_371 + d_x1_374 + d_x1_377 + d_x1_380 + d_x1_383).reshape(n, 48),
         (d_x1_350 + d_x1_353 + d_x1_356 + d_x1_359 + d_x1_362 + d_x1_365).reshape(n, 80),
     ], dim=-1)
+    del d_x1_350, d_x1_353, d_x1_356, d_x1_359, d_x1_362, d_x1_365, d_x1_368, d_x1_371, d_x1_374, d_x1_377, d_x1_380, d_x1_383, d_x1_386, d_x1_389, d_x1_392
     d_x2 = torch.cat([
         (d_x2_366 + d_x2_384 + d_x2_393).reshape(n, 16),
         (d_x2_360 + d_x2_363 + d_x2_375 + d_x2_378 + d_x2_381 + d_x2_390).reshape(n, 48),
         (d_x2_351 + d_x2_354 + d_x2_357 + d_x2_369 + d_x2_372 + d_x2_387).reshape(n, 80),
     ], dim=-1)
+    del d_x2_351, d_x2_354, d_x2_357, d_x2_360, d_x2_363, d_x2_366, d_x2_369, d_x2_372, d_x2_375, d_x2_378, d_x2_381, d_x2_384, d_x2_387, d_x2_390, d_x2_393
     d_x3 = torch.cat([
         (d_x3_301 + d_x3_313 + d_x3_329 + d_x3_343 + d_x3_349).reshape(n, 16),
         (d_x3_295 + d_x3_297 + d_x3_299 + d_x3_309 + d_x3_311 + d_x3_323 + d_x3_325 + d_x3_327 + d_x3_337 + d_x3_339 + d_x3_341 + d_x3_347).reshape(n, 48),
         (d_x3_289 + d_x3_291 + d_x3_293 + d_x3_303 + d_x3_305 + d_x3_307 + d_x3_315 + d_x3_317 + d_x3_319 + d_x3_321 + d_x3_331 + d_x3_333 + d_x3_335 + d_x3_345).reshape(n, 80),
     ], dim=-1)
+    del d_x3_289, d_x3_291, d_x3_293, d_x3_295, d_x3_297, d_x3_299, d_x3_301, d_x3_303, d_x3_305, d_x3_307, d_x3_309, d_x3_311, d_x3_313, d_x3_315, d_x3_317, d_x3_319, d_x3_321, d_x3_323, d_x3_325, d_x3_327, d_x3_329, d_x3_331, d_x3_333, d_x3_335, d_x3_337, d_x3_339, d_x3_341, d_x3_343, d_x3_345, d_x3_347, d_x3_349
     d_x4 = torch.cat([
         (d_x4_202 + d_x4_254 + d_x4_281).reshape(n, 16),
         (d_x4_123 + d_x4_130 + d_x4_152 + d_x4_189 + d_x4_228 + d_x4_241 + d_x4_274).reshape(n, 48),
         (d_x4_101 + d_x4_105 + d_x4_112 + d_x4_141 + d_x4_163 + d_x4_176 + d_x4_215 + d_x4_267).reshape(n, 80),
     ], dim=-1)
+    del d_x4_101, d_x4_105, d_x4_112, d_x4_123, d_x4_130, d_x4_141, d_x4_152, d_x4_163, d_x4_176, d_x4_189, d_x4_202, d_x4_215, d_x4_228, d_x4_241, d_x4_254, d_x4_267, d_x4_274, d_x4_281
     d_weight = torch.cat([
         d_weight_394.reshape(16),
         d_weight_391.reshape(16),
@@ -1376,6 +1834,7 @@ def _fusion_block_d(
         d_weight_114.reshape(16),
         d_weight_107.reshape(16),
     ], dim=-1)
+    del d_weight_102, d_weight_103, d_weight_104, d_weight_107, d_weight_109, d_weight_111, d_weight_114, d_weight_116, d_weight_118, d_weight_120, d_weight_122, d_weight_125, d_weight_127, d_weight_129, d_weight_132, d_weight_134, d_weight_136, d_weight_138, d_weight_140, d_weight_143, d_weight_145, d_weight_147, d_weight_149, d_weight_151, d_weight_154, d_weight_156, d_weight_158, d_weight_160, d_weight_162, d_weight_165, d_weight_167, d_weight_169, d_weight_171, d_weight_173, d_weight_175, d_weight_178, d_weight_180, d_weight_182, d_weight_184, d_weight_186, d_weight_188, d_weight_191, d_weight_193, d_weight_195, d_weight_197, d_weight_199, d_weight_201, d_weight_204, d_weight_206, d_weight_208, d_weight_210, d_weight_212, d_weight_214, d_weight_217, d_weight_219, d_weight_221, d_weight_223, d_weight_225, d_weight_227, d_weight_230, d_weight_232, d_weight_234, d_weight_236, d_weight_238, d_weight_240, d_weight_243, d_weight_245, d_weight_247, d_weight_249, d_weight_251, d_weight_253, d_weight_256, d_weight_258, d_weight_260, d_weight_262, d_weight_264, d_weight_266, d_weight_269, d_weight_271, d_weight_273, d_weight_276, d_weight_278, d_weight_280, d_weight_283, d_weight_285, d_weight_287, d_weight_352, d_weight_355, d_weight_358, d_weight_361, d_weight_364, d_weight_367, d_weight_370, d_weight_373, d_weight_376, d_weight_379, d_weight_382, d_weight_385, d_weight_388, d_weight_391, d_weight_394
     return [d_x1, d_x2, d_x3, d_x4, d_weight]
 
 
@@ -1394,6 +1853,7 @@ def _fusion_block_d2_x1(
     # ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
     _c0 = d__p77.reshape(n, 16, 1, 5) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p76 = torch.mm(_c0.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_3_2_2.reshape(7, 25).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c0
     d__p38 = d__p76.reshape(n, 16, 7) * (weight[1472:1488].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d__p33 = d__p76.reshape(n, 16, 7) * (weight[1328:1344].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d__p26 = d__p76.reshape(n, 16, 7) * (weight[1088:1104].view(16) * 0.9725975251592747).reshape(1, 16, 1)
@@ -1401,6 +1861,7 @@ def _fusion_block_d2_x1(
     # ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
     _c1 = d__p75.reshape(n, 16, 1, 3) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p74 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_2_1.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c1
     d__p41_0 = d__p74.reshape(n, 16, 7) * (weight[1600:1616].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d__p22_1 = d__p74.reshape(n, 16, 7) * (weight[928:944].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d__p17_2 = d__p74.reshape(n, 16, 7) * (weight[736:752].view(16) * 0.7859052479933758).reshape(1, 16, 1)
@@ -1408,6 +1869,7 @@ def _fusion_block_d2_x1(
     # ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
     _c2 = d__p73.reshape(n, 16, 1, 3) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p72 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c2
     d__p40_3 = d__p72.reshape(n, 16, 5) * (weight[1584:1600].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d__p35_4 = d__p72.reshape(n, 16, 5) * (weight[1360:1376].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d__p30_5 = d__p72.reshape(n, 16, 5) * (weight[1216:1232].view(16) * 0.6642111641550714).reshape(1, 16, 1)
@@ -1417,6 +1879,7 @@ def _fusion_block_d2_x1(
     # ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
     _c3 = d__p71.reshape(n, 16, 1, 5) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p70 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_1_2.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c3
     d__p41_8 = d__p70.reshape(n, 16, 7) * (weight[1552:1568].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d__p22_9 = d__p70.reshape(n, 16, 7) * (weight[880:896].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d__p17_10 = d__p70.reshape(n, 16, 7) * (weight[688:704].view(16) * 0.9725975251592747).reshape(1, 16, 1)
@@ -1424,6 +1887,7 @@ def _fusion_block_d2_x1(
     # ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
     _c4 = d__p69.reshape(n, 16, 1, 5) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p68 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c4
     d__p40_11 = d__p68.reshape(n, 16, 5) * (weight[1536:1552].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p35_12 = d__p68.reshape(n, 16, 5) * (weight[1344:1360].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p30_13 = d__p68.reshape(n, 16, 5) * (weight[1184:1200].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -1433,6 +1897,7 @@ def _fusion_block_d2_x1(
     # ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
     _c5 = d__p67.reshape(n, 16, 1, 5) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p66 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c5
     d__p37_16 = d__p66.reshape(n, 16, 3) * (weight[1424:1440].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d__p32_17 = d__p66.reshape(n, 16, 3) * (weight[1280:1296].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d__p28_18 = d__p66.reshape(n, 16, 3) * (weight[1120:1136].view(16) * 0.6367145399670133).reshape(1, 16, 1)
@@ -1442,6 +1907,7 @@ def _fusion_block_d2_x1(
     # ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
     _c6 = d__p65.reshape(n, 16, 1, 3) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p64 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c6
     d__p37_21 = d__p64.reshape(n, 16, 3) * (weight[1392:1408].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p32_22 = d__p64.reshape(n, 16, 3) * (weight[1248:1264].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p28_23 = d__p64.reshape(n, 16, 3) * (weight[1104:1120].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -1451,6 +1917,7 @@ def _fusion_block_d2_x1(
     # ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
     _c7 = d__p63.reshape(n, 16, 1, 5) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p62 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c7
     d__p36_26 = d__p62.reshape(n, 16, 5) * (weight[1456:1472].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p31_27 = d__p62.reshape(n, 16, 5) * (weight[1312:1328].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p24_28 = d__p62.reshape(n, 16, 5) * (weight[1072:1088].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -1461,6 +1928,7 @@ def _fusion_block_d2_x1(
     # ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
     _c8 = d__p61.reshape(n, 16, 1, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d__p60 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c8
     d__p36_32 = d__p60.reshape(n, 16, 5) * (weight[1440:1456].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d__p31_33 = d__p60.reshape(n, 16, 5) * (weight[1296:1312].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d__p24_34 = d__p60.reshape(n, 16, 5) * (weight[1056:1072].view(16) * 0.5773502691896257).reshape(1, 16, 1)
@@ -1471,6 +1939,7 @@ def _fusion_block_d2_x1(
     # ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
     _c9 = d__p59.reshape(n, 16, 1, 3) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p58 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c9
     d__p36_38 = d__p58.reshape(n, 16, 5) * (weight[1408:1424].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d__p31_39 = d__p58.reshape(n, 16, 5) * (weight[1264:1280].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d__p24_40 = d__p58.reshape(n, 16, 5) * (weight[1008:1024].view(16) * 0.6642111641550714).reshape(1, 16, 1)
@@ -1481,6 +1950,7 @@ def _fusion_block_d2_x1(
     # ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
     _c10 = d__p57.reshape(n, 16, 5, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p56 = torch.mm(_c10.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c10
     d__p36_44 = d__p56.reshape(n, 16, 5) * (weight[1376:1392].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p31_45 = d__p56.reshape(n, 16, 5) * (weight[1232:1248].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p24_46 = d__p56.reshape(n, 16, 5) * (weight[960:976].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -1491,6 +1961,7 @@ def _fusion_block_d2_x1(
     # ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
     _c11 = d__p55.reshape(n, 16, 1, 3) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p54 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c11
     d__p39_50 = d__p54.reshape(n, 16, 3) * (weight[1568:1584].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p29_51 = d__p54.reshape(n, 16, 3) * (weight[1200:1216].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p20_52 = d__p54.reshape(n, 16, 3) * (weight[896:912].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -1501,6 +1972,7 @@ def _fusion_block_d2_x1(
     # ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
     _c12 = d__p53.reshape(n, 16, 1, 5) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p52 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c12
     d__p39_56 = d__p52.reshape(n, 16, 3) * (weight[1520:1536].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d__p29_57 = d__p52.reshape(n, 16, 3) * (weight[1168:1184].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d__p20_58 = d__p52.reshape(n, 16, 3) * (weight[848:864].view(16) * 0.6367145399670133).reshape(1, 16, 1)
@@ -1511,6 +1983,7 @@ def _fusion_block_d2_x1(
     # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
     _c13 = d__p51.reshape(n, 16, 1, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d__p50 = torch.mm(_c13.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c13
     d__p39_62 = d__p50.reshape(n, 16, 3) * (weight[1504:1520].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     d__p29_63 = d__p50.reshape(n, 16, 3) * (weight[1152:1168].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     d__p20_64 = d__p50.reshape(n, 16, 3) * (weight[832:848].view(16) * 0.4472135954999579).reshape(1, 16, 1)
@@ -1521,6 +1994,7 @@ def _fusion_block_d2_x1(
     # ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
     _c14 = d__p49.reshape(n, 16, 3, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p48 = torch.mm(_c14.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c14
     d__p39_68 = d__p48.reshape(n, 16, 3) * (weight[1488:1504].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p29_69 = d__p48.reshape(n, 16, 3) * (weight[1136:1152].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p20_70 = d__p48.reshape(n, 16, 3) * (weight[816:832].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -1531,6 +2005,7 @@ def _fusion_block_d2_x1(
     # ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
     _c15 = d__p47.reshape(n, 16, 1, 5) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p46 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c15
     d__p23_74 = d__p46.reshape(n, 16, 1) * (weight[1024:1040].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d__p12_75 = d__p46.reshape(n, 16, 1) * (weight[560:576].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d__p2_76 = d__p46.reshape(n, 16, 1) * (weight[272:288].view(16) * 0.36760731104690386).reshape(1, 16, 1)
@@ -1538,6 +2013,7 @@ def _fusion_block_d2_x1(
     # ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     _c16 = d__p45.reshape(n, 16, 1, 3) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p44 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c16
     d__p23_77 = d__p44.reshape(n, 16, 1) * (weight[976:992].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d__p12_78 = d__p44.reshape(n, 16, 1) * (weight[512:528].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d__p2_79 = d__p44.reshape(n, 16, 1) * (weight[256:272].view(16) * 0.2970442628930023).reshape(1, 16, 1)
@@ -1545,134 +2021,195 @@ def _fusion_block_d2_x1(
     # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     _c17 = d__p43.reshape(n, 16, 1, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c17.reshape(n, 16, 1)
+    del _c17
     d__p23_80 = d__p42.reshape(n, 16, 1) * (weight[944:960].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d__p12_81 = d__p42.reshape(n, 16, 1) * (weight[480:496].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d__p2_82 = d__p42.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     # ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
     d__p41 = d__p41_0 + d__p41_8
+    del d__p41_0, d__p41_8
     _c18 = d__p41.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_83 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.reshape(5, 35).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c18
     # ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
     d__p40 = d__p40_3 + d__p40_11
+    del d__p40_11, d__p40_3
     _c19 = d__p40.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_84 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c19
     # ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
     d__p39 = d__p39_50 + d__p39_56 + d__p39_62 + d__p39_68
+    del d__p39_50, d__p39_56, d__p39_62, d__p39_68
     _c20 = d__p39.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_85 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c20
     # ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
     _c21 = d__p38.reshape(n, 16, 1, 7) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_86 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_2_1_3.reshape(5, 21).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c21
     # ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
     d__p37 = d__p37_16 + d__p37_21
+    del d__p37_16, d__p37_21
     _c22 = d__p37.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_87 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c22
     # ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
     d__p36 = d__p36_26 + d__p36_32 + d__p36_38 + d__p36_44
+    del d__p36_26, d__p36_32, d__p36_38, d__p36_44
     _c23 = d__p36.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_88 = torch.mm(_c23.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c23
     # ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
     d__p35 = d__p35_4 + d__p35_12
+    del d__p35_12, d__p35_4
     _c24 = d__p35.reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_t_89 = torch.mm(_c24.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c24
     # ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
     _c25 = d__p33.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_90 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_1_2_3.reshape(3, 35).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c25
     # ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
     d__p32 = d__p32_17 + d__p32_22
+    del d__p32_17, d__p32_22
     _c26 = d__p32.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_91 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c26
     # ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
     d__p31 = d__p31_27 + d__p31_33 + d__p31_39 + d__p31_45
+    del d__p31_27, d__p31_33, d__p31_39, d__p31_45
     _c27 = d__p31.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_92 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c27
     # ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
     d__p30 = d__p30_5 + d__p30_13
+    del d__p30_13, d__p30_5
     _c28 = d__p30.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_93 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c28
     # ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
     d__p29 = d__p29_51 + d__p29_57 + d__p29_63 + d__p29_69
+    del d__p29_51, d__p29_57, d__p29_63, d__p29_69
     _c29 = d__p29.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_94 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c29
     # ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
     d__p28 = d__p28_18 + d__p28_23
+    del d__p28_18, d__p28_23
     _c30 = d__p28.reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_t_95 = torch.mm(_c30.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c30
     # ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
     _c31 = d__p26.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_96 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.reshape(5, 35).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c31
     # ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
     d__p25 = d__p25_19 + d__p25_24
+    del d__p25_19, d__p25_24
     _c32 = d__p25.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_97 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c32
     # ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
     d__p24 = d__p24_28 + d__p24_34 + d__p24_40 + d__p24_46
+    del d__p24_28, d__p24_34, d__p24_40, d__p24_46
     _c33 = d__p24.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_98 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c33
     # ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
     d__p23 = d__p23_74 + d__p23_77 + d__p23_80
+    del d__p23_74, d__p23_77, d__p23_80
     _c34 = d__p23.reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d_t_99 = torch.mm(_c34.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c34
     # ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
     d__p22 = d__p22_1 + d__p22_9
+    del d__p22_1, d__p22_9
     _c35 = d__p22.reshape(n, 16, 1, 7) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_100 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_2_1_3.reshape(5, 21).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c35
     # ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
     d__p21 = d__p21_6 + d__p21_14
+    del d__p21_14, d__p21_6
     _c36 = d__p21.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_101 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c36
     # ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
     d__p20 = d__p20_52 + d__p20_58 + d__p20_64 + d__p20_70
+    del d__p20_52, d__p20_58, d__p20_64, d__p20_70
     _c37 = d__p20.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_102 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c37
     # ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
     d__p19 = d__p19_29 + d__p19_35 + d__p19_41 + d__p19_47
+    del d__p19_29, d__p19_35, d__p19_41, d__p19_47
     _c38 = d__p19.reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_t_103 = torch.mm(_c38.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c38
     # ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
     d__p17 = d__p17_2 + d__p17_10
+    del d__p17_10, d__p17_2
     _c39 = d__p17.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_104 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_1_2_3.reshape(3, 35).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c39
     # ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
     d__p16 = d__p16_7 + d__p16_15
+    del d__p16_15, d__p16_7
     _c40 = d__p16.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_105 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c40
     # ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
     d__p15 = d__p15_53 + d__p15_59 + d__p15_65 + d__p15_71
+    del d__p15_53, d__p15_59, d__p15_65, d__p15_71
     _c41 = d__p15.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_106 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c41
     # ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
     d__p14 = d__p14_20 + d__p14_25
+    del d__p14_20, d__p14_25
     _c42 = d__p14.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_107 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c42
     # ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
     d__p13 = d__p13_30 + d__p13_36 + d__p13_42 + d__p13_48
+    del d__p13_30, d__p13_36, d__p13_42, d__p13_48
     _c43 = d__p13.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_108 = torch.mm(_c43.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c43
     # ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
     d__p12 = d__p12_75 + d__p12_78 + d__p12_81
+    del d__p12_75, d__p12_78, d__p12_81
     _c44 = d__p12.reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d_t_109 = torch.mm(_c44.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c44
     # ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
     d__p11 = d__p11_54 + d__p11_60 + d__p11_66 + d__p11_72
+    del d__p11_54, d__p11_60, d__p11_66, d__p11_72
     _c45 = d__p11.reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_t_110 = torch.mm(_c45.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c45
     # ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
     d__p9 = d__p9_31 + d__p9_37 + d__p9_43 + d__p9_49
+    del d__p9_31, d__p9_37, d__p9_43, d__p9_49
     _c46 = d__p9.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_111 = torch.mm(_c46.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c46
     # ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
     d__p7 = d__p7_55 + d__p7_61 + d__p7_67 + d__p7_73
+    del d__p7_55, d__p7_61, d__p7_67, d__p7_73
     _c47 = d__p7.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_112 = torch.mm(_c47.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c47
     # ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
     d__p2 = d__p2_76 + d__p2_79 + d__p2_82
+    del d__p2_76, d__p2_79, d__p2_82
     _c48 = d__p2.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_t_113 = cg_0_0_0.reshape(1, 1, 1) * _c48.reshape(n, 16, 1)
+    del _c48
     # ∂/∂d_t: ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
     _c49 = d2_d_x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c50 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    d2_d_t_114 = torch.bmm(_c49.permute(1, 0, 2, 3).reshape(16, n, 1), (_c50 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    d2_d_t_114 = torch.bmm((_c50 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1).transpose(1, 2), _c49.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    del _c49
     # ∂/∂x2: ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
     d_t = torch.cat([
         (d_t_111 + d_t_112 + d_t_113).reshape(n, 16),
@@ -1681,143 +2218,196 @@ def _fusion_block_d2_x1(
         (d_t_90 + d_t_91 + d_t_92 + d_t_93 + d_t_94 + d_t_95).reshape(n, 48),
         (d_t_83 + d_t_84 + d_t_85 + d_t_86 + d_t_87 + d_t_88 + d_t_89).reshape(n, 80),
     ], dim=-1)
+    del d_t_100, d_t_101, d_t_102, d_t_103, d_t_104, d_t_105, d_t_106, d_t_107, d_t_108, d_t_109, d_t_110, d_t_111, d_t_112, d_t_113, d_t_83, d_t_84, d_t_85, d_t_86, d_t_87, d_t_88, d_t_89, d_t_90, d_t_91, d_t_92, d_t_93, d_t_94, d_t_95, d_t_96, d_t_97, d_t_98, d_t_99
     _c51 = d2_d_x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x2_115 = torch.bmm(_c51.permute(1, 0, 2, 3).reshape(16, n, 1), (_c50 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zuik,ijku->zuj
+    d2_x2_115 = torch.bmm((_c50 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 1, 1).transpose(1, 2), _c51.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuik,ijku->zuj
+    del _c50
     # ∂/∂weight: ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
     _c52 = torch.bmm(x2[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c51.permute(1, 0, 2, 3).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuik->ujik
+    del _c51
     d2_weight_116 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c52.permute(2, 1, 3, 0).reshape(1, 16)).view(16)  # ijk,ujik->u
+    del _c52
     # ∂/∂d_t: ∂/∂x1: 16x0e ⊗ 16x1o -> 16x1o
     _c53 = d2_d_x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c54 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    d2_d_t_117 = torch.bmm(_c53.permute(1, 0, 2, 3).reshape(16, n, 3), (_c54 * 0.8660254037844386).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_t_117 = torch.bmm((_c54 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c53.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c53
     # ∂/∂x2: ∂/∂x1: 16x0e ⊗ 16x1o -> 16x1o
     _c55 = d2_d_x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_118 = torch.bmm(_c55.permute(1, 0, 2, 3).reshape(16, n, 3), (_c54 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_x2_118 = torch.bmm((_c54 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 3, 3).transpose(1, 2), _c55.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c54
     # ∂/∂weight: ∂/∂x1: 16x0e ⊗ 16x1o -> 16x1o
     _c56 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c55.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 1, 3)  # zuj,zuik->ujik
+    del _c55
     d2_weight_119 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c56.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    del _c56
     # ∂/∂d_t: ∂/∂x1: 16x0e ⊗ 16x2e -> 16x2e
     _c57 = d2_d_x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c58 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
-    d2_d_t_120 = torch.bmm(_c57.permute(1, 0, 2, 3).reshape(16, n, 5), (_c58 * 1.118033988749895).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_t_120 = torch.bmm((_c58 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c57.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c57
     # ∂/∂x2: ∂/∂x1: 16x0e ⊗ 16x2e -> 16x2e
     _c59 = d2_d_x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x2_121 = torch.bmm(_c59.permute(1, 0, 2, 3).reshape(16, n, 5), (_c58 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_x2_121 = torch.bmm((_c58 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 5, 5).transpose(1, 2), _c59.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c58
     # ∂/∂weight: ∂/∂x1: 16x0e ⊗ 16x2e -> 16x2e
     _c60 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c59.permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 1, 5)  # zuj,zuik->ujik
+    del _c59
     d2_weight_122 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c60.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    del _c60
     # ∂/∂d_t: ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
     _c61 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c62 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    d2_d_t_123 = torch.bmm(_c61.permute(1, 0, 2, 3).reshape(16, n, 3), (_c62 * 0.8660254037844386).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_t_123 = torch.bmm((_c62 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c61.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c61
     # ∂/∂x2: ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
     _c63 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_124 = torch.bmm(_c63.permute(1, 0, 2, 3).reshape(16, n, 9), (_c62 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_x2_124 = torch.bmm((_c62 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 1).transpose(1, 2), _c63.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c62
     # ∂/∂weight: ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
     _c64 = torch.bmm(x2[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c63.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3)  # zuj,zuik->ujik
     d2_weight_125 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c64.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    del _c64
     # ∂/∂d_t: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
     _c65 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c66 = torch.mm(cg_1_1_0.reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->ijku
-    d2_d_t_126 = torch.bmm(_c65.permute(1, 0, 2, 3).reshape(16, n, 9), (_c66 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    d2_d_t_126 = torch.bmm((_c66 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c65.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
     # ∂/∂x2: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
     _c67 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x2_127 = torch.bmm(_c67.permute(1, 0, 2, 3).reshape(16, n, 3), (_c66 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuik,ijku->zuj
+    d2_x2_127 = torch.bmm((_c66 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 3, 3).transpose(1, 2), _c67.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,ijku->zuj
+    del _c66
     # ∂/∂weight: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
     _c68 = torch.bmm(_c67.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2), x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n).transpose(1, 2)).view(16, 3, 1, 3)  # zuj,zuik->uikj
+    del _c67
     d2_weight_128 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c68.permute(1, 3, 2, 0).reshape(9, 16)).view(16)  # ijk,uikj->u
+    del _c68
     # ∂/∂d_t: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x2e
     _c69 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uijk
-    d2_d_t_129 = torch.bmm(_c65.permute(1, 0, 2, 3).reshape(16, n, 9), (_c69 * 1.118033988749895).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_t_129 = torch.bmm((_c69 * 1.118033988749895).reshape(16, 9, 5).transpose(1, 2), _c65.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # ∂/∂x2: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x2e
     _c70 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x2_130 = torch.bmm(_c70.permute(1, 0, 2, 3).reshape(16, n, 15), (_c69 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_x2_130 = torch.bmm((_c69 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c70.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c69
     # ∂/∂weight: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x2e
     _c71 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c70.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5)  # zuj,zuik->ujik
+    del _c70
     d2_weight_131 = torch.mm((cg_1_1_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 45), _c71.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c71
     # ∂/∂d_t: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x1e
     _c72 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uijk
-    d2_d_t_132 = torch.bmm(_c65.permute(1, 0, 2, 3).reshape(16, n, 9), (_c72 * 1.224744871391589).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_t_132 = torch.bmm((_c72 * 1.224744871391589).reshape(16, 9, 3).transpose(1, 2), _c65.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c65
     # ∂/∂x2: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x1e
     _c73 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_133 = torch.bmm(_c73.permute(1, 0, 2, 3).reshape(16, n, 9), (_c72 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_x2_133 = torch.bmm((_c72 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 9, 3).transpose(1, 2), _c73.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c72
     # ∂/∂weight: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x1e
     _c74 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c73.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3)  # zuj,zuik->ujik
+    del _c73
     d2_weight_134 = torch.mm((cg_1_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 27), _c74.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,ujik->u
+    del _c74
     # ∂/∂d_t: ∂/∂x1: 16x1o ⊗ 16x2e -> 16x1o
     _c75 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c76 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->uijk
-    d2_d_t_135 = torch.bmm(_c75.permute(1, 0, 2, 3).reshape(16, n, 15), (_c76 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_t_135 = torch.bmm((_c76 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c75.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # ∂/∂x2: ∂/∂x1: 16x1o ⊗ 16x2e -> 16x1o
-    d2_x2_136 = torch.bmm(_c63.permute(1, 0, 2, 3).reshape(16, n, 9), (_c76 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_x2_136 = torch.bmm((_c76 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 5).transpose(1, 2), _c63.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c76
     # ∂/∂weight: ∂/∂x1: 16x1o ⊗ 16x2e -> 16x1o
     _c77 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c63.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3)  # zuj,zuik->ujik
+    del _c63
     d2_weight_137 = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c77.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c77
     # ∂/∂d_t: ∂/∂x1: 16x1o ⊗ 16x2e -> 16x2o
     _c78 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_1_2_2.reshape(75, 1).t()).view(16, 3, 5, 5)  # ijk,u->uijk
-    d2_d_t_138 = torch.bmm(_c75.permute(1, 0, 2, 3).reshape(16, n, 15), (_c78 * 1.5811388300841898).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_t_138 = torch.bmm((_c78 * 1.5811388300841898).reshape(16, 15, 5).transpose(1, 2), _c75.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c75
     # ∂/∂x2: ∂/∂x1: 16x1o ⊗ 16x2e -> 16x2o
     _c79 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x2_139 = torch.bmm(_c79.permute(1, 0, 2, 3).reshape(16, n, 15), (_c78 * 1.5811388300841898).permute(0, 1, 3, 2).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_x2_139 = torch.bmm((_c78 * 1.5811388300841898).permute(0, 1, 3, 2).reshape(16, 15, 5).transpose(1, 2), _c79.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c78
     # ∂/∂weight: ∂/∂x1: 16x1o ⊗ 16x2e -> 16x2o
     _c80 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c79.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 3, 5)  # zuj,zuik->ujik
+    del _c79
     d2_weight_140 = torch.mm((cg_1_2_2 * 1.5811388300841898).permute(1, 0, 2).reshape(1, 75), _c80.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    del _c80
     # ∂/∂d_t: ∂/∂x1: 16x2e ⊗ 16x0e -> 16x2e
     _c81 = d2_d_x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c82 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
-    d2_d_t_141 = torch.bmm(_c81.permute(1, 0, 2, 3).reshape(16, n, 5), (_c82 * 1.118033988749895).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_t_141 = torch.bmm((_c82 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c81.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c81
     # ∂/∂x2: ∂/∂x1: 16x2e ⊗ 16x0e -> 16x2e
     _c83 = d2_d_x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x2_142 = torch.bmm(_c83.permute(1, 0, 2, 3).reshape(16, n, 25), (_c82 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_x2_142 = torch.bmm((_c82 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 1).transpose(1, 2), _c83.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c82
     # ∂/∂weight: ∂/∂x1: 16x2e ⊗ 16x0e -> 16x2e
     _c84 = torch.bmm(x2[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c83.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5)  # zuj,zuik->ujik
     d2_weight_143 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c84.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    del _c84
     # ∂/∂d_t: ∂/∂x1: 16x2e ⊗ 16x1o -> 16x1o
     _c85 = d2_d_x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c86 = torch.mm(weight[160:176].view(16).reshape(1, 16).t(), cg_2_1_1.reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uijk
-    d2_d_t_144 = torch.bmm(_c85.permute(1, 0, 2, 3).reshape(16, n, 15), (_c86 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_t_144 = torch.bmm((_c86 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c85.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # ∂/∂x2: ∂/∂x1: 16x2e ⊗ 16x1o -> 16x1o
     _c87 = d2_d_x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_145 = torch.bmm(_c87.permute(1, 0, 2, 3).reshape(16, n, 15), (_c86 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_x2_145 = torch.bmm((_c86 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c87.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c86
     # ∂/∂weight: ∂/∂x1: 16x2e ⊗ 16x1o -> 16x1o
     _c88 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c87.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3)  # zuj,zuik->ujik
+    del _c87
     d2_weight_146 = torch.mm((cg_2_1_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c88.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c88
     # ∂/∂d_t: ∂/∂x1: 16x2e ⊗ 16x1o -> 16x2o
     _c89 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_1_2.reshape(75, 1).t()).view(16, 5, 3, 5)  # ijk,u->uijk
-    d2_d_t_147 = torch.bmm(_c85.permute(1, 0, 2, 3).reshape(16, n, 15), (_c89 * 1.5811388300841898).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_t_147 = torch.bmm((_c89 * 1.5811388300841898).reshape(16, 15, 5).transpose(1, 2), _c85.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c85
     # ∂/∂x2: ∂/∂x1: 16x2e ⊗ 16x1o -> 16x2o
     _c90 = d2_d_x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x2_148 = torch.bmm(_c90.permute(1, 0, 2, 3).reshape(16, n, 25), (_c89 * 1.5811388300841898).permute(0, 1, 3, 2).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_x2_148 = torch.bmm((_c89 * 1.5811388300841898).permute(0, 1, 3, 2).reshape(16, 25, 3).transpose(1, 2), _c90.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c89
     # ∂/∂weight: ∂/∂x1: 16x2e ⊗ 16x1o -> 16x2o
     _c91 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c90.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 3, 5, 5)  # zuj,zuik->ujik
+    del _c90
     d2_weight_149 = torch.mm((cg_2_1_2 * 1.5811388300841898).permute(1, 0, 2).reshape(1, 75), _c91.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    del _c91
     # ∂/∂d_t: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x0e
     _c92 = d2_d_x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c93 = torch.mm(cg_2_2_0.reshape(25, 1), weight[192:208].view(16).reshape(1, 16)).view(5, 5, 1, 16)  # ijk,u->ijku
-    d2_d_t_150 = torch.bmm(_c92.permute(1, 0, 2, 3).reshape(16, n, 25), (_c93 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    d2_d_t_150 = torch.bmm((_c93 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c92.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
     # ∂/∂x2: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x0e
     _c94 = d2_d_x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x2_151 = torch.bmm(_c94.permute(1, 0, 2, 3).reshape(16, n, 5), (_c93 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuik,ijku->zuj
+    d2_x2_151 = torch.bmm((_c93 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 5, 5).transpose(1, 2), _c94.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,ijku->zuj
+    del _c93
     # ∂/∂weight: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x0e
     _c95 = torch.bmm(_c94.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2), x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n).transpose(1, 2)).view(16, 5, 1, 5)  # zuj,zuik->uikj
+    del _c94
     d2_weight_152 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c95.permute(1, 3, 2, 0).reshape(25, 16)).view(16)  # ijk,uikj->u
+    del _c95
     # ∂/∂d_t: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x2e
     _c96 = torch.mm(weight[208:224].view(16).reshape(1, 16).t(), cg_2_2_2.reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uijk
-    d2_d_t_153 = torch.bmm(_c92.permute(1, 0, 2, 3).reshape(16, n, 25), (_c96 * 1.118033988749895).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_t_153 = torch.bmm((_c96 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c92.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # ∂/∂x2: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x2e
-    d2_x2_154 = torch.bmm(_c83.permute(1, 0, 2, 3).reshape(16, n, 25), (_c96 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_x2_154 = torch.bmm((_c96 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 5).transpose(1, 2), _c83.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c96
     # ∂/∂weight: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x2e
     _c97 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c83.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5)  # zuj,zuik->ujik
+    del _c83
     d2_weight_155 = torch.mm((cg_2_2_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 125), _c97.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,ujik->u
+    del _c97
     # ∂/∂d_t: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x1e
     _c98 = torch.mm(weight[224:240].view(16).reshape(1, 16).t(), cg_2_2_1.reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->uijk
-    d2_d_t_156 = torch.bmm(_c92.permute(1, 0, 2, 3).reshape(16, n, 25), (_c98 * 1.224744871391589).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_t_156 = torch.bmm((_c98 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c92.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c92
     # ∂/∂x2: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x1e
     _c99 = d2_d_x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_157 = torch.bmm(_c99.permute(1, 0, 2, 3).reshape(16, n, 15), (_c98 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuik,uijk->zuj
+    del d_t
+    d2_x2_157 = torch.bmm((_c98 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 15, 5).transpose(1, 2), _c99.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c98
     # ∂/∂weight: ∂/∂x1: 16x2e ⊗ 16x2e -> 16x1e
     _c100 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c99.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 5, 3)  # zuj,zuik->ujik
+    del _c99
     d2_weight_158 = torch.mm((cg_2_2_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 75), _c100.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    del _c100
     # ∂/∂d__p2: ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
     d2_d_t = torch.cat([
         (d2_d_t_114 + d2_d_t_126 + d2_d_t_150).reshape(n, 16),
@@ -1826,217 +2416,315 @@ def _fusion_block_d2_x1(
         (d2_d_t_132 + d2_d_t_156).reshape(n, 48),
         (d2_d_t_138 + d2_d_t_147).reshape(n, 80),
     ], dim=-1)
+    del d2_d_t_114, d2_d_t_117, d2_d_t_120, d2_d_t_123, d2_d_t_126, d2_d_t_129, d2_d_t_132, d2_d_t_135, d2_d_t_138, d2_d_t_141, d2_d_t_144, d2_d_t_147, d2_d_t_150, d2_d_t_153, d2_d_t_156
     _c101 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p2 = cg_0_0_0.reshape(1, 1, 1) * _c101.reshape(n, 16, 1)
+    del _c101
     # ∂/∂x3: ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
     _c102 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p2.reshape(n, 16, 1, 1)
+    del d__p2
     d2_x3_159 = cg_0_0_0.reshape(1, 1, 1) * _c102.reshape(n, 16, 1)
+    del _c102
     # ∂/∂d__p7: ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
     _c103 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p7 = torch.mm(_c103.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c103
     # ∂/∂x3: ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
     _c104 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p7.reshape(n, 16, 1, 3)
+    del d__p7
     d2_x3_160 = torch.mm(_c104.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c104
     # ∂/∂d__p9: ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
     _c105 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p9 = torch.mm(_c105.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c105
     # ∂/∂x3: ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
     _c106 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p9.reshape(n, 16, 1, 5)
+    del d__p9
     d2_x3_161 = torch.mm(_c106.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c106
     # ∂/∂d__p11: ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
     _c107 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p11 = torch.mm(_c107.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c107
     # ∂/∂x3: ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
     _c108 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p11.reshape(n, 16, 1, 3)
+    del d__p11
     d2_x3_162 = torch.mm(_c108.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c108
     # ∂/∂d__p12: ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
     _c109 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p12 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
     _c110 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p12.reshape(n, 16, 1, 1)
+    del d__p12
     d2_x3_163 = torch.mm(_c110.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c110
     # ∂/∂d__p13: ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
     d2_d__p13 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
     _c111 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p13.reshape(n, 16, 1, 5)
+    del d__p13
     d2_x3_164 = torch.mm(_c111.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c111
     # ∂/∂d__p14: ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
     d2_d__p14 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c109
     # ∂/∂x3: ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
     _c112 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p14.reshape(n, 16, 1, 3)
+    del d__p14
     d2_x3_165 = torch.mm(_c112.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c112
     # ∂/∂d__p15: ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
     _c113 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p15 = torch.mm(_c113.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
     _c114 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p15.reshape(n, 16, 1, 3)
+    del d__p15
     d2_x3_166 = torch.mm(_c114.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c114
     # ∂/∂d__p16: ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
     d2_d__p16 = torch.mm(_c113.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
     _c115 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p16.reshape(n, 16, 1, 5)
+    del d__p16
     d2_x3_167 = torch.mm(_c115.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c115
     # ∂/∂d__p17: ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
     d2_d__p17 = torch.mm(_c113.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c113
     # ∂/∂x3: ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
     _c116 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p17.reshape(n, 16, 1, 7)
+    del d__p17
     d2_x3_168 = torch.mm(_c116.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_1_2_3.permute(1, 0, 2).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c116
     # ∂/∂d__p19: ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
     _c117 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p19 = torch.mm(_c117.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c117
     # ∂/∂x3: ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
     _c118 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p19.reshape(n, 16, 1, 5)
+    del d__p19
     d2_x3_169 = torch.mm(_c118.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c118
     # ∂/∂d__p20: ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
     _c119 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p20 = torch.mm(_c119.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
     _c120 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p20.reshape(n, 16, 1, 3)
+    del d__p20
     d2_x3_170 = torch.mm(_c120.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c120
     # ∂/∂d__p21: ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
     d2_d__p21 = torch.mm(_c119.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
     _c121 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p21.reshape(n, 16, 1, 5)
+    del d__p21
     d2_x3_171 = torch.mm(_c121.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 0, 2).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c121
     # ∂/∂d__p22: ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
     d2_d__p22 = torch.mm(_c119.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c119
     # ∂/∂x3: ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
     _c122 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p22.reshape(n, 16, 1, 7)
+    del d__p22
     d2_x3_172 = torch.mm(_c122.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_1_3.permute(1, 0, 2).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c122
     # ∂/∂d__p23: ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
     _c123 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p23 = torch.mm(_c123.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
     _c124 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p23.reshape(n, 16, 1, 1)
+    del d__p23
     d2_x3_173 = torch.mm(_c124.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c124
     # ∂/∂d__p24: ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
     d2_d__p24 = torch.mm(_c123.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
     _c125 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p24.reshape(n, 16, 1, 5)
+    del d__p24
     d2_x3_174 = torch.mm(_c125.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c125
     # ∂/∂d__p25: ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
     d2_d__p25 = torch.mm(_c123.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
     _c126 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p25.reshape(n, 16, 1, 3)
+    del d__p25
     d2_x3_175 = torch.mm(_c126.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c126
     # ∂/∂d__p26: ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
     d2_d__p26 = torch.mm(_c123.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c123
     # ∂/∂x3: ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
     _c127 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p26.reshape(n, 16, 1, 7)
+    del d__p26
     d2_x3_176 = torch.mm(_c127.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.permute(1, 0, 2).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c127
     # ∂/∂d__p28: ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
     _c128 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p28 = torch.mm(_c128.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c128
     # ∂/∂x3: ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
     _c129 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p28.reshape(n, 16, 1, 3)
+    del d__p28
     d2_x3_177 = torch.mm(_c129.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c129
     # ∂/∂d__p29: ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
     _c130 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p29 = torch.mm(_c130.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
     _c131 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p29.reshape(n, 16, 1, 3)
+    del d__p29
     d2_x3_178 = torch.mm(_c131.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c131
     # ∂/∂d__p30: ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
     d2_d__p30 = torch.mm(_c130.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c130
     # ∂/∂x3: ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
     _c132 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p30.reshape(n, 16, 1, 5)
+    del d__p30
     d2_x3_179 = torch.mm(_c132.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c132
     # ∂/∂d__p31: ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
     _c133 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p31 = torch.mm(_c133.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
     _c134 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p31.reshape(n, 16, 1, 5)
+    del d__p31
     d2_x3_180 = torch.mm(_c134.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c134
     # ∂/∂d__p32: ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
     d2_d__p32 = torch.mm(_c133.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
     _c135 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p32.reshape(n, 16, 1, 3)
+    del d__p32
     d2_x3_181 = torch.mm(_c135.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c135
     # ∂/∂d__p33: ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
     d2_d__p33 = torch.mm(_c133.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c133
     # ∂/∂x3: ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
     _c136 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p33.reshape(n, 16, 1, 7)
+    del d__p33
     d2_x3_182 = torch.mm(_c136.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_1_2_3.permute(1, 0, 2).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c136
     # ∂/∂d__p35: ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
     _c137 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p35 = torch.mm(_c137.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c137
     # ∂/∂x3: ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
     _c138 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p35.reshape(n, 16, 1, 5)
+    del d__p35
     d2_x3_183 = torch.mm(_c138.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c138
     # ∂/∂d__p36: ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
     _c139 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p36 = torch.mm(_c139.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
     _c140 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p36.reshape(n, 16, 1, 5)
+    del d__p36
     d2_x3_184 = torch.mm(_c140.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 0, 2).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c140
     # ∂/∂d__p37: ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
     d2_d__p37 = torch.mm(_c139.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
     _c141 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p37.reshape(n, 16, 1, 3)
+    del d__p37
     d2_x3_185 = torch.mm(_c141.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c141
     # ∂/∂d__p38: ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
     d2_d__p38 = torch.mm(_c139.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c139
     # ∂/∂x3: ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
     _c142 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p38.reshape(n, 16, 1, 7)
+    del d__p38
     d2_x3_186 = torch.mm(_c142.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_1_3.permute(1, 0, 2).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c142
     # ∂/∂d__p39: ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
     _c143 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p39 = torch.mm(_c143.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
     _c144 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p39.reshape(n, 16, 1, 3)
+    del d__p39
     d2_x3_187 = torch.mm(_c144.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c144
     # ∂/∂d__p40: ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
     d2_d__p40 = torch.mm(_c143.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
     _c145 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p40.reshape(n, 16, 1, 5)
+    del d__p40
     d2_x3_188 = torch.mm(_c145.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c145
     # ∂/∂d__p41: ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
     d2_d__p41 = torch.mm(_c143.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c143
     # ∂/∂x3: ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
     _c146 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p41.reshape(n, 16, 1, 7)
+    del d2_d_t, d__p41
     d2_x3_189 = torch.mm(_c146.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.permute(1, 0, 2).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c146
     d2_d__p42_190 = d2_d__p2.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d2_weight_191 = torch.bmm((d2_d__p2 * 0.2581988897471611).permute(1, 0, 2).reshape(16, 1, n), d__p42.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2_d__p42_192 = d2_d__p12.reshape(n, 16, 1) * (weight[480:496].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d2_weight_193 = torch.bmm((d2_d__p12 * 0.2581988897471611).permute(1, 0, 2).reshape(16, 1, n), d__p42.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2_d__p42_194 = d2_d__p23.reshape(n, 16, 1) * (weight[944:960].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d2_weight_195 = torch.bmm((d2_d__p23 * 0.2581988897471611).permute(1, 0, 2).reshape(16, 1, n), d__p42.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d__p42
     # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     d2_d__p42 = d2_d__p42_190 + d2_d__p42_192 + d2_d__p42_194
+    del d2_d__p42_190, d2_d__p42_192, d2_d__p42_194
     _c147 = d2_d__p42.reshape(n, 16, 1, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p43 = cg_0_0_0.reshape(1, 1, 1) * _c147.reshape(n, 16, 1)
+    del _c147
     # ∂/∂x4: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     _c148 = d2_d__p42.reshape(n, 16, 1, 1) * d__p43.reshape(n, 16, 1, 1)
+    del d2_d__p42, d__p43
     d2_x4_196 = cg_0_0_0.reshape(1, 1, 1) * _c148.reshape(n, 16, 1)
+    del _c148
     d2_d_y_197 = d2_d__p43
+    del d2_d__p43
     d2_d__p44_198 = d2_d__p2.reshape(n, 16, 1) * (weight[256:272].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d2_weight_199 = torch.bmm((d2_d__p2 * 0.2970442628930023).permute(1, 0, 2).reshape(16, 1, n), d__p44.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2_d__p44_200 = d2_d__p12.reshape(n, 16, 1) * (weight[512:528].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d2_weight_201 = torch.bmm((d2_d__p12 * 0.2970442628930023).permute(1, 0, 2).reshape(16, 1, n), d__p44.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2_d__p44_202 = d2_d__p23.reshape(n, 16, 1) * (weight[976:992].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d2_weight_203 = torch.bmm((d2_d__p23 * 0.2970442628930023).permute(1, 0, 2).reshape(16, 1, n), d__p44.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d__p44
     # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     d2_d__p44 = d2_d__p44_198 + d2_d__p44_200 + d2_d__p44_202
+    del d2_d__p44_198, d2_d__p44_200, d2_d__p44_202
     _c149 = d2_d__p44.reshape(n, 16, 1, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p45 = torch.mm(_c149.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c149
     # ∂/∂x4: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     _c150 = d2_d__p44.reshape(n, 16, 1, 1) * d__p45.reshape(n, 16, 1, 3)
+    del d2_d__p44, d__p45
     d2_x4_204 = torch.mm(_c150.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c150
     d2_d_y_205 = d2_d__p45
+    del d2_d__p45
     d2_d__p46_206 = d2_d__p2.reshape(n, 16, 1) * (weight[272:288].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d2_weight_207 = torch.bmm((d2_d__p2 * 0.36760731104690386).permute(1, 0, 2).reshape(16, 1, n), d__p46.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p2
     d2_d__p46_208 = d2_d__p12.reshape(n, 16, 1) * (weight[560:576].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d2_weight_209 = torch.bmm((d2_d__p12 * 0.36760731104690386).permute(1, 0, 2).reshape(16, 1, n), d__p46.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p12
     d2_d__p46_210 = d2_d__p23.reshape(n, 16, 1) * (weight[1024:1040].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d2_weight_211 = torch.bmm((d2_d__p23 * 0.36760731104690386).permute(1, 0, 2).reshape(16, 1, n), d__p46.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p23, d__p46
     # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
     d2_d__p46 = d2_d__p46_206 + d2_d__p46_208 + d2_d__p46_210
+    del d2_d__p46_206, d2_d__p46_208, d2_d__p46_210
     _c151 = d2_d__p46.reshape(n, 16, 1, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p47 = torch.mm(_c151.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c151
     # ∂/∂x4: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
     _c152 = d2_d__p46.reshape(n, 16, 1, 1) * d__p47.reshape(n, 16, 1, 5)
+    del d2_d__p46, d__p47
     d2_x4_212 = torch.mm(_c152.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c152
     d2_d_y_213 = d2_d__p47
+    del d2_d__p47
     d2_d__p48_214 = d2_d__p7.reshape(n, 16, 3) * (weight[288:304].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_215 = torch.bmm((d2_d__p7 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p48.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p48_216 = d2_d__p11.reshape(n, 16, 3) * (weight[416:432].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -2049,14 +2737,20 @@ def _fusion_block_d2_x1(
     d2_weight_223 = torch.bmm((d2_d__p29 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p48.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p48_224 = d2_d__p39.reshape(n, 16, 3) * (weight[1488:1504].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_225 = torch.bmm((d2_d__p39 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p48.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p48
     # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
     d2_d__p48 = d2_d__p48_214 + d2_d__p48_216 + d2_d__p48_218 + d2_d__p48_220 + d2_d__p48_222 + d2_d__p48_224
+    del d2_d__p48_214, d2_d__p48_216, d2_d__p48_218, d2_d__p48_220, d2_d__p48_222, d2_d__p48_224
     _c153 = d2_d__p48.reshape(n, 16, 3, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p49 = torch.mm(_c153.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c153
     # ∂/∂x4: ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
     _c154 = d2_d__p48.reshape(n, 16, 3, 1) * d__p49.reshape(n, 16, 1, 3)
+    del d2_d__p48, d__p49
     d2_x4_226 = torch.mm(_c154.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c154
     d2_d_y_227 = d2_d__p49
+    del d2_d__p49
     d2_d__p50_228 = d2_d__p7.reshape(n, 16, 3) * (weight[304:320].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     d2_weight_229 = torch.bmm((d2_d__p7 * 0.4472135954999579).permute(1, 0, 2).reshape(16, 1, n * 3), d__p50.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p50_230 = d2_d__p11.reshape(n, 16, 3) * (weight[432:448].view(16) * 0.4472135954999579).reshape(1, 16, 1)
@@ -2069,14 +2763,20 @@ def _fusion_block_d2_x1(
     d2_weight_237 = torch.bmm((d2_d__p29 * 0.4472135954999579).permute(1, 0, 2).reshape(16, 1, n * 3), d__p50.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p50_238 = d2_d__p39.reshape(n, 16, 3) * (weight[1504:1520].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     d2_weight_239 = torch.bmm((d2_d__p39 * 0.4472135954999579).permute(1, 0, 2).reshape(16, 1, n * 3), d__p50.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p50
     # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
     d2_d__p50 = d2_d__p50_228 + d2_d__p50_230 + d2_d__p50_232 + d2_d__p50_234 + d2_d__p50_236 + d2_d__p50_238
+    del d2_d__p50_228, d2_d__p50_230, d2_d__p50_232, d2_d__p50_234, d2_d__p50_236, d2_d__p50_238
     _c155 = d2_d__p50.reshape(n, 16, 3, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p51 = torch.mm(_c155.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c155
     # ∂/∂x4: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
     _c156 = d2_d__p50.reshape(n, 16, 3, 1) * d__p51.reshape(n, 16, 1, 1)
+    del d2_d__p50, d__p51
     d2_x4_240 = torch.mm(_c156.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c156
     d2_d_y_241 = d2_d__p51
+    del d2_d__p51
     d2_d__p52_242 = d2_d__p7.reshape(n, 16, 3) * (weight[320:336].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_243 = torch.bmm((d2_d__p7 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p52.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p52_244 = d2_d__p11.reshape(n, 16, 3) * (weight[448:464].view(16) * 0.6367145399670133).reshape(1, 16, 1)
@@ -2089,34 +2789,51 @@ def _fusion_block_d2_x1(
     d2_weight_251 = torch.bmm((d2_d__p29 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p52.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p52_252 = d2_d__p39.reshape(n, 16, 3) * (weight[1520:1536].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_253 = torch.bmm((d2_d__p39 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p52.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p52
     # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
     d2_d__p52 = d2_d__p52_242 + d2_d__p52_244 + d2_d__p52_246 + d2_d__p52_248 + d2_d__p52_250 + d2_d__p52_252
+    del d2_d__p52_242, d2_d__p52_244, d2_d__p52_246, d2_d__p52_248, d2_d__p52_250, d2_d__p52_252
     _c157 = d2_d__p52.reshape(n, 16, 3, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p53 = torch.mm(_c157.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c157
     # ∂/∂x4: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
     _c158 = d2_d__p52.reshape(n, 16, 3, 1) * d__p53.reshape(n, 16, 1, 5)
+    del d2_d__p52, d__p53
     d2_x4_254 = torch.mm(_c158.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c158
     d2_d_y_255 = d2_d__p53
+    del d2_d__p53
     d2_d__p54_256 = d2_d__p7.reshape(n, 16, 3) * (weight[336:352].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_257 = torch.bmm((d2_d__p7 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p7
     d2_d__p54_258 = d2_d__p11.reshape(n, 16, 3) * (weight[464:480].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_259 = torch.bmm((d2_d__p11 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p11
     d2_d__p54_260 = d2_d__p15.reshape(n, 16, 3) * (weight[704:720].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_261 = torch.bmm((d2_d__p15 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p15
     d2_d__p54_262 = d2_d__p20.reshape(n, 16, 3) * (weight[896:912].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_263 = torch.bmm((d2_d__p20 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p20
     d2_d__p54_264 = d2_d__p29.reshape(n, 16, 3) * (weight[1200:1216].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_265 = torch.bmm((d2_d__p29 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p29
     d2_d__p54_266 = d2_d__p39.reshape(n, 16, 3) * (weight[1568:1584].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_267 = torch.bmm((d2_d__p39 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p39, d__p54
     # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
     d2_d__p54 = d2_d__p54_256 + d2_d__p54_258 + d2_d__p54_260 + d2_d__p54_262 + d2_d__p54_264 + d2_d__p54_266
+    del d2_d__p54_256, d2_d__p54_258, d2_d__p54_260, d2_d__p54_262, d2_d__p54_264, d2_d__p54_266
     _c159 = d2_d__p54.reshape(n, 16, 3, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p55 = torch.mm(_c159.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c159
     # ∂/∂x4: ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
     _c160 = d2_d__p54.reshape(n, 16, 3, 1) * d__p55.reshape(n, 16, 1, 3)
+    del d2_d__p54, d__p55
     d2_x4_268 = torch.mm(_c160.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c160
     d2_d_y_269 = d2_d__p55
+    del d2_d__p55
     d2_d__p56_270 = d2_d__p9.reshape(n, 16, 5) * (weight[352:368].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_271 = torch.bmm((d2_d__p9 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p56.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p56_272 = d2_d__p13.reshape(n, 16, 5) * (weight[496:512].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -2129,14 +2846,20 @@ def _fusion_block_d2_x1(
     d2_weight_279 = torch.bmm((d2_d__p31 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p56.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p56_280 = d2_d__p36.reshape(n, 16, 5) * (weight[1376:1392].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_281 = torch.bmm((d2_d__p36 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p56.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p56
     # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
     d2_d__p56 = d2_d__p56_270 + d2_d__p56_272 + d2_d__p56_274 + d2_d__p56_276 + d2_d__p56_278 + d2_d__p56_280
+    del d2_d__p56_270, d2_d__p56_272, d2_d__p56_274, d2_d__p56_276, d2_d__p56_278, d2_d__p56_280
     _c161 = d2_d__p56.reshape(n, 16, 5, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p57 = torch.mm(_c161.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c161
     # ∂/∂x4: ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
     _c162 = d2_d__p56.reshape(n, 16, 5, 1) * d__p57.reshape(n, 16, 1, 5)
+    del d2_d__p56, d__p57
     d2_x4_282 = torch.mm(_c162.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c162
     d2_d_y_283 = d2_d__p57
+    del d2_d__p57
     d2_d__p58_284 = d2_d__p9.reshape(n, 16, 5) * (weight[368:384].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_285 = torch.bmm((d2_d__p9 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p58.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p58_286 = d2_d__p13.reshape(n, 16, 5) * (weight[544:560].view(16) * 0.6642111641550714).reshape(1, 16, 1)
@@ -2149,14 +2872,20 @@ def _fusion_block_d2_x1(
     d2_weight_293 = torch.bmm((d2_d__p31 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p58.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p58_294 = d2_d__p36.reshape(n, 16, 5) * (weight[1408:1424].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_295 = torch.bmm((d2_d__p36 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p58.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p58
     # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
     d2_d__p58 = d2_d__p58_284 + d2_d__p58_286 + d2_d__p58_288 + d2_d__p58_290 + d2_d__p58_292 + d2_d__p58_294
+    del d2_d__p58_284, d2_d__p58_286, d2_d__p58_288, d2_d__p58_290, d2_d__p58_292, d2_d__p58_294
     _c163 = d2_d__p58.reshape(n, 16, 5, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p59 = torch.mm(_c163.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c163
     # ∂/∂x4: ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
     _c164 = d2_d__p58.reshape(n, 16, 5, 1) * d__p59.reshape(n, 16, 1, 3)
+    del d2_d__p58, d__p59
     d2_x4_296 = torch.mm(_c164.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c164
     d2_d_y_297 = d2_d__p59
+    del d2_d__p59
     d2_d__p60_298 = d2_d__p9.reshape(n, 16, 5) * (weight[384:400].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_299 = torch.bmm((d2_d__p9 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n * 5), d__p60.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p60_300 = d2_d__p13.reshape(n, 16, 5) * (weight[592:608].view(16) * 0.5773502691896257).reshape(1, 16, 1)
@@ -2169,34 +2898,51 @@ def _fusion_block_d2_x1(
     d2_weight_307 = torch.bmm((d2_d__p31 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n * 5), d__p60.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p60_308 = d2_d__p36.reshape(n, 16, 5) * (weight[1440:1456].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_309 = torch.bmm((d2_d__p36 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n * 5), d__p60.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p60
     # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
     d2_d__p60 = d2_d__p60_298 + d2_d__p60_300 + d2_d__p60_302 + d2_d__p60_304 + d2_d__p60_306 + d2_d__p60_308
+    del d2_d__p60_298, d2_d__p60_300, d2_d__p60_302, d2_d__p60_304, d2_d__p60_306, d2_d__p60_308
     _c165 = d2_d__p60.reshape(n, 16, 5, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p61 = torch.mm(_c165.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c165
     # ∂/∂x4: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
     _c166 = d2_d__p60.reshape(n, 16, 5, 1) * d__p61.reshape(n, 16, 1, 1)
+    del d2_d__p60, d__p61
     d2_x4_310 = torch.mm(_c166.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c166
     d2_d_y_311 = d2_d__p61
+    del d2_d__p61
     d2_d__p62_312 = d2_d__p9.reshape(n, 16, 5) * (weight[400:416].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_313 = torch.bmm((d2_d__p9 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p9
     d2_d__p62_314 = d2_d__p13.reshape(n, 16, 5) * (weight[608:624].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_315 = torch.bmm((d2_d__p13 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p13
     d2_d__p62_316 = d2_d__p19.reshape(n, 16, 5) * (weight[800:816].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_317 = torch.bmm((d2_d__p19 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p19
     d2_d__p62_318 = d2_d__p24.reshape(n, 16, 5) * (weight[1072:1088].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_319 = torch.bmm((d2_d__p24 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p24
     d2_d__p62_320 = d2_d__p31.reshape(n, 16, 5) * (weight[1312:1328].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_321 = torch.bmm((d2_d__p31 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p31
     d2_d__p62_322 = d2_d__p36.reshape(n, 16, 5) * (weight[1456:1472].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_323 = torch.bmm((d2_d__p36 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p36, d__p62
     # ∂/∂d__p63: ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
     d2_d__p62 = d2_d__p62_312 + d2_d__p62_314 + d2_d__p62_316 + d2_d__p62_318 + d2_d__p62_320 + d2_d__p62_322
+    del d2_d__p62_312, d2_d__p62_314, d2_d__p62_316, d2_d__p62_318, d2_d__p62_320, d2_d__p62_322
     _c167 = d2_d__p62.reshape(n, 16, 5, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p63 = torch.mm(_c167.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c167
     # ∂/∂x4: ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
     _c168 = d2_d__p62.reshape(n, 16, 5, 1) * d__p63.reshape(n, 16, 1, 5)
+    del d2_d__p62, d__p63
     d2_x4_324 = torch.mm(_c168.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c168
     d2_d_y_325 = d2_d__p63
+    del d2_d__p63
     d2_d__p64_326 = d2_d__p14.reshape(n, 16, 3) * (weight[528:544].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_327 = torch.bmm((d2_d__p14 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p64.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p64_328 = d2_d__p25.reshape(n, 16, 3) * (weight[992:1008].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -2207,32 +2953,48 @@ def _fusion_block_d2_x1(
     d2_weight_333 = torch.bmm((d2_d__p32 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p64.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p64_334 = d2_d__p37.reshape(n, 16, 3) * (weight[1392:1408].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_335 = torch.bmm((d2_d__p37 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p64.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p64
     # ∂/∂d__p65: ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
     d2_d__p64 = d2_d__p64_326 + d2_d__p64_328 + d2_d__p64_330 + d2_d__p64_332 + d2_d__p64_334
+    del d2_d__p64_326, d2_d__p64_328, d2_d__p64_330, d2_d__p64_332, d2_d__p64_334
     _c169 = d2_d__p64.reshape(n, 16, 3, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p65 = torch.mm(_c169.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c169
     # ∂/∂x4: ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
     _c170 = d2_d__p64.reshape(n, 16, 3, 1) * d__p65.reshape(n, 16, 1, 3)
+    del d2_d__p64, d__p65
     d2_x4_336 = torch.mm(_c170.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c170
     d2_d_y_337 = d2_d__p65
+    del d2_d__p65
     d2_d__p66_338 = d2_d__p14.reshape(n, 16, 3) * (weight[576:592].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_339 = torch.bmm((d2_d__p14 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p66.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p14
     d2_d__p66_340 = d2_d__p25.reshape(n, 16, 3) * (weight[1040:1056].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_341 = torch.bmm((d2_d__p25 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p66.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p25
     d2_d__p66_342 = d2_d__p28.reshape(n, 16, 3) * (weight[1120:1136].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_343 = torch.bmm((d2_d__p28 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p66.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p28
     d2_d__p66_344 = d2_d__p32.reshape(n, 16, 3) * (weight[1280:1296].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_345 = torch.bmm((d2_d__p32 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p66.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p32
     d2_d__p66_346 = d2_d__p37.reshape(n, 16, 3) * (weight[1424:1440].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_347 = torch.bmm((d2_d__p37 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p66.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p37, d__p66
     # ∂/∂d__p67: ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
     d2_d__p66 = d2_d__p66_338 + d2_d__p66_340 + d2_d__p66_342 + d2_d__p66_344 + d2_d__p66_346
+    del d2_d__p66_338, d2_d__p66_340, d2_d__p66_342, d2_d__p66_344, d2_d__p66_346
     _c171 = d2_d__p66.reshape(n, 16, 3, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p67 = torch.mm(_c171.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c171
     # ∂/∂x4: ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
     _c172 = d2_d__p66.reshape(n, 16, 3, 1) * d__p67.reshape(n, 16, 1, 5)
+    del d2_d__p66, d__p67
     d2_x4_348 = torch.mm(_c172.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c172
     d2_d_y_349 = d2_d__p67
+    del d2_d__p67
     d2_d__p68_350 = d2_d__p16.reshape(n, 16, 5) * (weight[672:688].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_351 = torch.bmm((d2_d__p16 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p68.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p68_352 = d2_d__p21.reshape(n, 16, 5) * (weight[864:880].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -2243,95 +3005,137 @@ def _fusion_block_d2_x1(
     d2_weight_357 = torch.bmm((d2_d__p35 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p68.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p68_358 = d2_d__p40.reshape(n, 16, 5) * (weight[1536:1552].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_359 = torch.bmm((d2_d__p40 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p68.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p68
     # ∂/∂d__p69: ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
     d2_d__p68 = d2_d__p68_350 + d2_d__p68_352 + d2_d__p68_354 + d2_d__p68_356 + d2_d__p68_358
+    del d2_d__p68_350, d2_d__p68_352, d2_d__p68_354, d2_d__p68_356, d2_d__p68_358
     _c173 = d2_d__p68.reshape(n, 16, 5, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p69 = torch.mm(_c173.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c173
     # ∂/∂x4: ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
     _c174 = d2_d__p68.reshape(n, 16, 5, 1) * d__p69.reshape(n, 16, 1, 5)
+    del d2_d__p68, d__p69
     d2_x4_360 = torch.mm(_c174.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 0, 2).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c174
     d2_d_y_361 = d2_d__p69
+    del d2_d__p69
     d2_d__p70_362 = d2_d__p17.reshape(n, 16, 7) * (weight[688:704].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_363 = torch.bmm((d2_d__p17 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p70.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
     d2_d__p70_364 = d2_d__p22.reshape(n, 16, 7) * (weight[880:896].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_365 = torch.bmm((d2_d__p22 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p70.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
     d2_d__p70_366 = d2_d__p41.reshape(n, 16, 7) * (weight[1552:1568].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_367 = torch.bmm((d2_d__p41 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p70.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d__p70
     # ∂/∂d__p71: ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
     d2_d__p70 = d2_d__p70_362 + d2_d__p70_364 + d2_d__p70_366
+    del d2_d__p70_362, d2_d__p70_364, d2_d__p70_366
     _c175 = d2_d__p70.reshape(n, 16, 7, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p71 = torch.mm(_c175.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_3_1_2.permute(2, 0, 1).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c175
     # ∂/∂x4: ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
     _c176 = d2_d__p70.reshape(n, 16, 7, 1) * d__p71.reshape(n, 16, 1, 5)
+    del d2_d__p70, d__p71
     d2_x4_368 = torch.mm(_c176.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_1_2.permute(1, 0, 2).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c176
     d2_d_y_369 = d2_d__p71
+    del d2_d__p71
     d2_d__p72_370 = d2_d__p16.reshape(n, 16, 5) * (weight[720:736].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_371 = torch.bmm((d2_d__p16 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p72.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p16
     d2_d__p72_372 = d2_d__p21.reshape(n, 16, 5) * (weight[912:928].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_373 = torch.bmm((d2_d__p21 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p72.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p21
     d2_d__p72_374 = d2_d__p30.reshape(n, 16, 5) * (weight[1216:1232].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_375 = torch.bmm((d2_d__p30 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p72.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p30
     d2_d__p72_376 = d2_d__p35.reshape(n, 16, 5) * (weight[1360:1376].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_377 = torch.bmm((d2_d__p35 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p72.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p35
     d2_d__p72_378 = d2_d__p40.reshape(n, 16, 5) * (weight[1584:1600].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_379 = torch.bmm((d2_d__p40 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p72.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p40, d__p72
     # ∂/∂d__p73: ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
     d2_d__p72 = d2_d__p72_370 + d2_d__p72_372 + d2_d__p72_374 + d2_d__p72_376 + d2_d__p72_378
+    del d2_d__p72_370, d2_d__p72_372, d2_d__p72_374, d2_d__p72_376, d2_d__p72_378
     _c177 = d2_d__p72.reshape(n, 16, 5, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p73 = torch.mm(_c177.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c177
     # ∂/∂x4: ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
     _c178 = d2_d__p72.reshape(n, 16, 5, 1) * d__p73.reshape(n, 16, 1, 3)
+    del d2_d__p72, d__p73
     d2_x4_380 = torch.mm(_c178.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c178
     d2_d_y_381 = d2_d__p73
+    del d2_d__p73
     d2_d__p74_382 = d2_d__p17.reshape(n, 16, 7) * (weight[736:752].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d2_weight_383 = torch.bmm((d2_d__p17 * 0.7859052479933758).permute(1, 0, 2).reshape(16, 1, n * 7), d__p74.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p17
     d2_d__p74_384 = d2_d__p22.reshape(n, 16, 7) * (weight[928:944].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d2_weight_385 = torch.bmm((d2_d__p22 * 0.7859052479933758).permute(1, 0, 2).reshape(16, 1, n * 7), d__p74.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p22
     d2_d__p74_386 = d2_d__p41.reshape(n, 16, 7) * (weight[1600:1616].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d2_weight_387 = torch.bmm((d2_d__p41 * 0.7859052479933758).permute(1, 0, 2).reshape(16, 1, n * 7), d__p74.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p41, d__p74
     # ∂/∂d__p75: ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
     d2_d__p74 = d2_d__p74_382 + d2_d__p74_384 + d2_d__p74_386
+    del d2_d__p74_382, d2_d__p74_384, d2_d__p74_386
     _c179 = d2_d__p74.reshape(n, 16, 7, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p75 = torch.mm(_c179.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c179
     # ∂/∂x4: ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
     _c180 = d2_d__p74.reshape(n, 16, 7, 1) * d__p75.reshape(n, 16, 1, 3)
+    del d2_d__p74, d__p75
     d2_x4_388 = torch.mm(_c180.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_3_2_1.permute(1, 0, 2).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c180
     d2_d_y_389 = d2_d__p75
+    del d2_d__p75
     d2_d__p76_390 = d2_d__p26.reshape(n, 16, 7) * (weight[1088:1104].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_391 = torch.bmm((d2_d__p26 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p76.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p26
     d2_d__p76_392 = d2_d__p33.reshape(n, 16, 7) * (weight[1328:1344].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_393 = torch.bmm((d2_d__p33 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p76.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p33
     d2_d__p76_394 = d2_d__p38.reshape(n, 16, 7) * (weight[1472:1488].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_395 = torch.bmm((d2_d__p38 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p76.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p38, d__p76
     # ∂/∂d__p77: ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
     d2_d__p76 = d2_d__p76_390 + d2_d__p76_392 + d2_d__p76_394
+    del d2_d__p76_390, d2_d__p76_392, d2_d__p76_394
     _c181 = d2_d__p76.reshape(n, 16, 7, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p77 = torch.mm(_c181.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c181
     # ∂/∂x4: ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
     _c182 = d2_d__p76.reshape(n, 16, 7, 1) * d__p77.reshape(n, 16, 1, 5)
+    del d2_d__p76, d__p77
     d2_x4_396 = torch.mm(_c182.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(1, 0, 2).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c182
     d2_d_y_397 = d2_d__p77
+    del d2_d__p77
     d2_x1 = weight.new_zeros(n, 144)
     d2_x2 = torch.cat([
         (d2_x2_115 + d2_x2_124 + d2_x2_142).reshape(n, 16),
         (d2_x2_118 + d2_x2_127 + d2_x2_130 + d2_x2_133 + d2_x2_145 + d2_x2_148).reshape(n, 48),
         (d2_x2_121 + d2_x2_136 + d2_x2_139 + d2_x2_151 + d2_x2_154 + d2_x2_157).reshape(n, 80),
     ], dim=-1)
+    del d2_x2_115, d2_x2_118, d2_x2_121, d2_x2_124, d2_x2_127, d2_x2_130, d2_x2_133, d2_x2_136, d2_x2_139, d2_x2_142, d2_x2_145, d2_x2_148, d2_x2_151, d2_x2_154, d2_x2_157
     d2_x3 = torch.cat([
         (d2_x3_159 + d2_x3_162 + d2_x3_169 + d2_x3_177 + d2_x3_183).reshape(n, 16),
         (d2_x3_160 + d2_x3_163 + d2_x3_164 + d2_x3_165 + d2_x3_170 + d2_x3_171 + d2_x3_172 + d2_x3_178 + d2_x3_179 + d2_x3_184 + d2_x3_185 + d2_x3_186).reshape(n, 48),
         (d2_x3_161 + d2_x3_166 + d2_x3_167 + d2_x3_168 + d2_x3_173 + d2_x3_174 + d2_x3_175 + d2_x3_176 + d2_x3_180 + d2_x3_181 + d2_x3_182 + d2_x3_187 + d2_x3_188 + d2_x3_189).reshape(n, 80),
     ], dim=-1)
+    del d2_x3_159, d2_x3_160, d2_x3_161, d2_x3_162, d2_x3_163, d2_x3_164, d2_x3_165, d2_x3_166, d2_x3_167, d2_x3_168, d2_x3_169, d2_x3_170, d2_x3_171, d2_x3_172, d2_x3_173, d2_x3_174, d2_x3_175, d2_x3_176, d2_x3_177, d2_x3_178, d2_x3_179, d2_x3_180, d2_x3_181, d2_x3_182, d2_x3_183, d2_x3_184, d2_x3_185, d2_x3_186, d2_x3_187, d2_x3_188, d2_x3_189
     d2_x4 = torch.cat([
         (d2_x4_196 + d2_x4_226 + d2_x4_282).reshape(n, 16),
         (d2_x4_204 + d2_x4_240 + d2_x4_254 + d2_x4_296 + d2_x4_336 + d2_x4_360 + d2_x4_368).reshape(n, 48),
         (d2_x4_212 + d2_x4_268 + d2_x4_310 + d2_x4_324 + d2_x4_348 + d2_x4_380 + d2_x4_388 + d2_x4_396).reshape(n, 80),
     ], dim=-1)
+    del d2_x4_196, d2_x4_204, d2_x4_212, d2_x4_226, d2_x4_240, d2_x4_254, d2_x4_268, d2_x4_282, d2_x4_296, d2_x4_310, d2_x4_324, d2_x4_336, d2_x4_348, d2_x4_360, d2_x4_368, d2_x4_380, d2_x4_388, d2_x4_396
     d2_d_y = torch.cat([
         (d2_d_y_197 + d2_d_y_241 + d2_d_y_311).reshape(n, 16),
         (d2_d_y_205 + d2_d_y_227 + d2_d_y_269 + d2_d_y_297 + d2_d_y_337 + d2_d_y_381 + d2_d_y_389).reshape(n, 48),
         (d2_d_y_213 + d2_d_y_255 + d2_d_y_283 + d2_d_y_325 + d2_d_y_349 + d2_d_y_361 + d2_d_y_369 + d2_d_y_397).reshape(n, 80),
     ], dim=-1)
+    del d2_d_y_197, d2_d_y_205, d2_d_y_213, d2_d_y_227, d2_d_y_241, d2_d_y_255, d2_d_y_269, d2_d_y_283, d2_d_y_297, d2_d_y_311, d2_d_y_325, d2_d_y_337, d2_d_y_349, d2_d_y_361, d2_d_y_369, d2_d_y_381, d2_d_y_389, d2_d_y_397
     d2_weight = torch.cat([
         d2_weight_116.reshape(16),
         d2_weight_119.reshape(16),
@@ -2435,6 +3239,7 @@ def _fusion_block_d2_x1(
         d2_weight_379.reshape(16),
         d2_weight_387.reshape(16),
     ], dim=-1)
+    del d2_weight_116, d2_weight_119, d2_weight_122, d2_weight_125, d2_weight_128, d2_weight_131, d2_weight_134, d2_weight_137, d2_weight_140, d2_weight_143, d2_weight_146, d2_weight_149, d2_weight_152, d2_weight_155, d2_weight_158, d2_weight_191, d2_weight_193, d2_weight_195, d2_weight_199, d2_weight_201, d2_weight_203, d2_weight_207, d2_weight_209, d2_weight_211, d2_weight_215, d2_weight_217, d2_weight_219, d2_weight_221, d2_weight_223, d2_weight_225, d2_weight_229, d2_weight_231, d2_weight_233, d2_weight_235, d2_weight_237, d2_weight_239, d2_weight_243, d2_weight_245, d2_weight_247, d2_weight_249, d2_weight_251, d2_weight_253, d2_weight_257, d2_weight_259, d2_weight_261, d2_weight_263, d2_weight_265, d2_weight_267, d2_weight_271, d2_weight_273, d2_weight_275, d2_weight_277, d2_weight_279, d2_weight_281, d2_weight_285, d2_weight_287, d2_weight_289, d2_weight_291, d2_weight_293, d2_weight_295, d2_weight_299, d2_weight_301, d2_weight_303, d2_weight_305, d2_weight_307, d2_weight_309, d2_weight_313, d2_weight_315, d2_weight_317, d2_weight_319, d2_weight_321, d2_weight_323, d2_weight_327, d2_weight_329, d2_weight_331, d2_weight_333, d2_weight_335, d2_weight_339, d2_weight_341, d2_weight_343, d2_weight_345, d2_weight_347, d2_weight_351, d2_weight_353, d2_weight_355, d2_weight_357, d2_weight_359, d2_weight_363, d2_weight_365, d2_weight_367, d2_weight_371, d2_weight_373, d2_weight_375, d2_weight_377, d2_weight_379, d2_weight_383, d2_weight_385, d2_weight_387, d2_weight_391, d2_weight_393, d2_weight_395
     return [d2_x1, d2_x2, d2_x3, d2_x4, d2_d_y, d2_weight]
 
 
@@ -2453,6 +3258,7 @@ def _fusion_block_d2_x2(
     # ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
     _c0 = d__p77.reshape(n, 16, 1, 5) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p76 = torch.mm(_c0.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_3_2_2.reshape(7, 25).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c0
     d__p38 = d__p76.reshape(n, 16, 7) * (weight[1472:1488].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d__p33 = d__p76.reshape(n, 16, 7) * (weight[1328:1344].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d__p26 = d__p76.reshape(n, 16, 7) * (weight[1088:1104].view(16) * 0.9725975251592747).reshape(1, 16, 1)
@@ -2460,6 +3266,7 @@ def _fusion_block_d2_x2(
     # ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
     _c1 = d__p75.reshape(n, 16, 1, 3) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p74 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_2_1.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c1
     d__p41_0 = d__p74.reshape(n, 16, 7) * (weight[1600:1616].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d__p22_1 = d__p74.reshape(n, 16, 7) * (weight[928:944].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d__p17_2 = d__p74.reshape(n, 16, 7) * (weight[736:752].view(16) * 0.7859052479933758).reshape(1, 16, 1)
@@ -2467,6 +3274,7 @@ def _fusion_block_d2_x2(
     # ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
     _c2 = d__p73.reshape(n, 16, 1, 3) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p72 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c2
     d__p40_3 = d__p72.reshape(n, 16, 5) * (weight[1584:1600].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d__p35_4 = d__p72.reshape(n, 16, 5) * (weight[1360:1376].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d__p30_5 = d__p72.reshape(n, 16, 5) * (weight[1216:1232].view(16) * 0.6642111641550714).reshape(1, 16, 1)
@@ -2476,6 +3284,7 @@ def _fusion_block_d2_x2(
     # ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
     _c3 = d__p71.reshape(n, 16, 1, 5) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p70 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_1_2.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c3
     d__p41_8 = d__p70.reshape(n, 16, 7) * (weight[1552:1568].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d__p22_9 = d__p70.reshape(n, 16, 7) * (weight[880:896].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d__p17_10 = d__p70.reshape(n, 16, 7) * (weight[688:704].view(16) * 0.9725975251592747).reshape(1, 16, 1)
@@ -2483,6 +3292,7 @@ def _fusion_block_d2_x2(
     # ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
     _c4 = d__p69.reshape(n, 16, 1, 5) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p68 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c4
     d__p40_11 = d__p68.reshape(n, 16, 5) * (weight[1536:1552].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p35_12 = d__p68.reshape(n, 16, 5) * (weight[1344:1360].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p30_13 = d__p68.reshape(n, 16, 5) * (weight[1184:1200].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -2492,6 +3302,7 @@ def _fusion_block_d2_x2(
     # ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
     _c5 = d__p67.reshape(n, 16, 1, 5) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p66 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c5
     d__p37_16 = d__p66.reshape(n, 16, 3) * (weight[1424:1440].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d__p32_17 = d__p66.reshape(n, 16, 3) * (weight[1280:1296].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d__p28_18 = d__p66.reshape(n, 16, 3) * (weight[1120:1136].view(16) * 0.6367145399670133).reshape(1, 16, 1)
@@ -2501,6 +3312,7 @@ def _fusion_block_d2_x2(
     # ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
     _c6 = d__p65.reshape(n, 16, 1, 3) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p64 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c6
     d__p37_21 = d__p64.reshape(n, 16, 3) * (weight[1392:1408].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p32_22 = d__p64.reshape(n, 16, 3) * (weight[1248:1264].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p28_23 = d__p64.reshape(n, 16, 3) * (weight[1104:1120].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -2510,6 +3322,7 @@ def _fusion_block_d2_x2(
     # ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
     _c7 = d__p63.reshape(n, 16, 1, 5) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p62 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c7
     d__p36_26 = d__p62.reshape(n, 16, 5) * (weight[1456:1472].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p31_27 = d__p62.reshape(n, 16, 5) * (weight[1312:1328].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p24_28 = d__p62.reshape(n, 16, 5) * (weight[1072:1088].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -2520,6 +3333,7 @@ def _fusion_block_d2_x2(
     # ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
     _c8 = d__p61.reshape(n, 16, 1, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d__p60 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c8
     d__p36_32 = d__p60.reshape(n, 16, 5) * (weight[1440:1456].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d__p31_33 = d__p60.reshape(n, 16, 5) * (weight[1296:1312].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d__p24_34 = d__p60.reshape(n, 16, 5) * (weight[1056:1072].view(16) * 0.5773502691896257).reshape(1, 16, 1)
@@ -2530,6 +3344,7 @@ def _fusion_block_d2_x2(
     # ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
     _c9 = d__p59.reshape(n, 16, 1, 3) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p58 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c9
     d__p36_38 = d__p58.reshape(n, 16, 5) * (weight[1408:1424].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d__p31_39 = d__p58.reshape(n, 16, 5) * (weight[1264:1280].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d__p24_40 = d__p58.reshape(n, 16, 5) * (weight[1008:1024].view(16) * 0.6642111641550714).reshape(1, 16, 1)
@@ -2540,6 +3355,7 @@ def _fusion_block_d2_x2(
     # ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
     _c10 = d__p57.reshape(n, 16, 5, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p56 = torch.mm(_c10.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c10
     d__p36_44 = d__p56.reshape(n, 16, 5) * (weight[1376:1392].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p31_45 = d__p56.reshape(n, 16, 5) * (weight[1232:1248].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p24_46 = d__p56.reshape(n, 16, 5) * (weight[960:976].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -2550,6 +3366,7 @@ def _fusion_block_d2_x2(
     # ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
     _c11 = d__p55.reshape(n, 16, 1, 3) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p54 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c11
     d__p39_50 = d__p54.reshape(n, 16, 3) * (weight[1568:1584].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p29_51 = d__p54.reshape(n, 16, 3) * (weight[1200:1216].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p20_52 = d__p54.reshape(n, 16, 3) * (weight[896:912].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -2560,6 +3377,7 @@ def _fusion_block_d2_x2(
     # ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
     _c12 = d__p53.reshape(n, 16, 1, 5) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p52 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c12
     d__p39_56 = d__p52.reshape(n, 16, 3) * (weight[1520:1536].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d__p29_57 = d__p52.reshape(n, 16, 3) * (weight[1168:1184].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d__p20_58 = d__p52.reshape(n, 16, 3) * (weight[848:864].view(16) * 0.6367145399670133).reshape(1, 16, 1)
@@ -2570,6 +3388,7 @@ def _fusion_block_d2_x2(
     # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
     _c13 = d__p51.reshape(n, 16, 1, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d__p50 = torch.mm(_c13.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c13
     d__p39_62 = d__p50.reshape(n, 16, 3) * (weight[1504:1520].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     d__p29_63 = d__p50.reshape(n, 16, 3) * (weight[1152:1168].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     d__p20_64 = d__p50.reshape(n, 16, 3) * (weight[832:848].view(16) * 0.4472135954999579).reshape(1, 16, 1)
@@ -2580,6 +3399,7 @@ def _fusion_block_d2_x2(
     # ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
     _c14 = d__p49.reshape(n, 16, 3, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p48 = torch.mm(_c14.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c14
     d__p39_68 = d__p48.reshape(n, 16, 3) * (weight[1488:1504].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p29_69 = d__p48.reshape(n, 16, 3) * (weight[1136:1152].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p20_70 = d__p48.reshape(n, 16, 3) * (weight[816:832].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -2590,6 +3410,7 @@ def _fusion_block_d2_x2(
     # ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
     _c15 = d__p47.reshape(n, 16, 1, 5) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p46 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c15
     d__p23_74 = d__p46.reshape(n, 16, 1) * (weight[1024:1040].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d__p12_75 = d__p46.reshape(n, 16, 1) * (weight[560:576].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d__p2_76 = d__p46.reshape(n, 16, 1) * (weight[272:288].view(16) * 0.36760731104690386).reshape(1, 16, 1)
@@ -2597,6 +3418,7 @@ def _fusion_block_d2_x2(
     # ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     _c16 = d__p45.reshape(n, 16, 1, 3) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p44 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c16
     d__p23_77 = d__p44.reshape(n, 16, 1) * (weight[976:992].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d__p12_78 = d__p44.reshape(n, 16, 1) * (weight[512:528].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d__p2_79 = d__p44.reshape(n, 16, 1) * (weight[256:272].view(16) * 0.2970442628930023).reshape(1, 16, 1)
@@ -2604,134 +3426,195 @@ def _fusion_block_d2_x2(
     # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     _c17 = d__p43.reshape(n, 16, 1, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c17.reshape(n, 16, 1)
+    del _c17
     d__p23_80 = d__p42.reshape(n, 16, 1) * (weight[944:960].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d__p12_81 = d__p42.reshape(n, 16, 1) * (weight[480:496].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d__p2_82 = d__p42.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     # ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
     d__p41 = d__p41_0 + d__p41_8
+    del d__p41_0, d__p41_8
     _c18 = d__p41.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_83 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.reshape(5, 35).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c18
     # ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
     d__p40 = d__p40_3 + d__p40_11
+    del d__p40_11, d__p40_3
     _c19 = d__p40.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_84 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c19
     # ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
     d__p39 = d__p39_50 + d__p39_56 + d__p39_62 + d__p39_68
+    del d__p39_50, d__p39_56, d__p39_62, d__p39_68
     _c20 = d__p39.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_85 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c20
     # ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
     _c21 = d__p38.reshape(n, 16, 1, 7) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_86 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_2_1_3.reshape(5, 21).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c21
     # ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
     d__p37 = d__p37_16 + d__p37_21
+    del d__p37_16, d__p37_21
     _c22 = d__p37.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_87 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c22
     # ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
     d__p36 = d__p36_26 + d__p36_32 + d__p36_38 + d__p36_44
+    del d__p36_26, d__p36_32, d__p36_38, d__p36_44
     _c23 = d__p36.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_88 = torch.mm(_c23.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c23
     # ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
     d__p35 = d__p35_4 + d__p35_12
+    del d__p35_12, d__p35_4
     _c24 = d__p35.reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_t_89 = torch.mm(_c24.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c24
     # ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
     _c25 = d__p33.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_90 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_1_2_3.reshape(3, 35).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c25
     # ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
     d__p32 = d__p32_17 + d__p32_22
+    del d__p32_17, d__p32_22
     _c26 = d__p32.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_91 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c26
     # ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
     d__p31 = d__p31_27 + d__p31_33 + d__p31_39 + d__p31_45
+    del d__p31_27, d__p31_33, d__p31_39, d__p31_45
     _c27 = d__p31.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_92 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c27
     # ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
     d__p30 = d__p30_5 + d__p30_13
+    del d__p30_13, d__p30_5
     _c28 = d__p30.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_93 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c28
     # ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
     d__p29 = d__p29_51 + d__p29_57 + d__p29_63 + d__p29_69
+    del d__p29_51, d__p29_57, d__p29_63, d__p29_69
     _c29 = d__p29.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_94 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c29
     # ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
     d__p28 = d__p28_18 + d__p28_23
+    del d__p28_18, d__p28_23
     _c30 = d__p28.reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_t_95 = torch.mm(_c30.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c30
     # ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
     _c31 = d__p26.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_96 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.reshape(5, 35).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c31
     # ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
     d__p25 = d__p25_19 + d__p25_24
+    del d__p25_19, d__p25_24
     _c32 = d__p25.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_97 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c32
     # ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
     d__p24 = d__p24_28 + d__p24_34 + d__p24_40 + d__p24_46
+    del d__p24_28, d__p24_34, d__p24_40, d__p24_46
     _c33 = d__p24.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_98 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c33
     # ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
     d__p23 = d__p23_74 + d__p23_77 + d__p23_80
+    del d__p23_74, d__p23_77, d__p23_80
     _c34 = d__p23.reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d_t_99 = torch.mm(_c34.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c34
     # ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
     d__p22 = d__p22_1 + d__p22_9
+    del d__p22_1, d__p22_9
     _c35 = d__p22.reshape(n, 16, 1, 7) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_100 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_2_1_3.reshape(5, 21).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c35
     # ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
     d__p21 = d__p21_6 + d__p21_14
+    del d__p21_14, d__p21_6
     _c36 = d__p21.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_101 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c36
     # ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
     d__p20 = d__p20_52 + d__p20_58 + d__p20_64 + d__p20_70
+    del d__p20_52, d__p20_58, d__p20_64, d__p20_70
     _c37 = d__p20.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_102 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c37
     # ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
     d__p19 = d__p19_29 + d__p19_35 + d__p19_41 + d__p19_47
+    del d__p19_29, d__p19_35, d__p19_41, d__p19_47
     _c38 = d__p19.reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_t_103 = torch.mm(_c38.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c38
     # ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
     d__p17 = d__p17_2 + d__p17_10
+    del d__p17_10, d__p17_2
     _c39 = d__p17.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_104 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_1_2_3.reshape(3, 35).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c39
     # ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
     d__p16 = d__p16_7 + d__p16_15
+    del d__p16_15, d__p16_7
     _c40 = d__p16.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_105 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c40
     # ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
     d__p15 = d__p15_53 + d__p15_59 + d__p15_65 + d__p15_71
+    del d__p15_53, d__p15_59, d__p15_65, d__p15_71
     _c41 = d__p15.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_106 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c41
     # ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
     d__p14 = d__p14_20 + d__p14_25
+    del d__p14_20, d__p14_25
     _c42 = d__p14.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_107 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c42
     # ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
     d__p13 = d__p13_30 + d__p13_36 + d__p13_42 + d__p13_48
+    del d__p13_30, d__p13_36, d__p13_42, d__p13_48
     _c43 = d__p13.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_108 = torch.mm(_c43.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c43
     # ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
     d__p12 = d__p12_75 + d__p12_78 + d__p12_81
+    del d__p12_75, d__p12_78, d__p12_81
     _c44 = d__p12.reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d_t_109 = torch.mm(_c44.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c44
     # ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
     d__p11 = d__p11_54 + d__p11_60 + d__p11_66 + d__p11_72
+    del d__p11_54, d__p11_60, d__p11_66, d__p11_72
     _c45 = d__p11.reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_t_110 = torch.mm(_c45.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c45
     # ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
     d__p9 = d__p9_31 + d__p9_37 + d__p9_43 + d__p9_49
+    del d__p9_31, d__p9_37, d__p9_43, d__p9_49
     _c46 = d__p9.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_111 = torch.mm(_c46.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c46
     # ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
     d__p7 = d__p7_55 + d__p7_61 + d__p7_67 + d__p7_73
+    del d__p7_55, d__p7_61, d__p7_67, d__p7_73
     _c47 = d__p7.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_112 = torch.mm(_c47.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c47
     # ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
     d__p2 = d__p2_76 + d__p2_79 + d__p2_82
+    del d__p2_76, d__p2_79, d__p2_82
     _c48 = d__p2.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_t_113 = cg_0_0_0.reshape(1, 1, 1) * _c48.reshape(n, 16, 1)
+    del _c48
     # ∂/∂d_t: ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
     _c49 = d2_d_x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c50 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    d2_d_t_114 = torch.bmm(_c49.permute(1, 0, 2, 3).reshape(16, n, 1), (_c50 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zuji,ijku->zuk
+    d2_d_t_114 = torch.bmm((_c50 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(16, 1, 1).transpose(1, 2), _c49.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuji,ijku->zuk
+    del _c49
     # ∂/∂x1: ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
     d_t = torch.cat([
         (d_t_111 + d_t_112 + d_t_113).reshape(n, 16),
@@ -2740,143 +3623,196 @@ def _fusion_block_d2_x2(
         (d_t_90 + d_t_91 + d_t_92 + d_t_93 + d_t_94 + d_t_95).reshape(n, 48),
         (d_t_83 + d_t_84 + d_t_85 + d_t_86 + d_t_87 + d_t_88 + d_t_89).reshape(n, 80),
     ], dim=-1)
+    del d_t_100, d_t_101, d_t_102, d_t_103, d_t_104, d_t_105, d_t_106, d_t_107, d_t_108, d_t_109, d_t_110, d_t_111, d_t_112, d_t_113, d_t_83, d_t_84, d_t_85, d_t_86, d_t_87, d_t_88, d_t_89, d_t_90, d_t_91, d_t_92, d_t_93, d_t_94, d_t_95, d_t_96, d_t_97, d_t_98, d_t_99
     _c51 = d2_d_x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_115 = torch.bmm(_c51.permute(1, 0, 2, 3).reshape(16, n, 1), (_c50 * 0.5773502691896257).permute(3, 1, 2, 0).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zujk,ijku->zui
+    d2_x1_115 = torch.bmm((_c50 * 0.5773502691896257).permute(3, 1, 2, 0).reshape(16, 1, 1).transpose(1, 2), _c51.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zujk,ijku->zui
+    del _c50
     # ∂/∂weight: ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
     _c52 = torch.bmm(x1[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c51.permute(1, 0, 2, 3).reshape(16, n, 1)).view(16, 1, 1, 1)  # zui,zujk->uijk
+    del _c51
     d2_weight_116 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c52.permute(1, 2, 3, 0).reshape(1, 16)).view(16)  # ijk,uijk->u
+    del _c52
     # ∂/∂d_t: ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
     _c53 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c54 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    d2_d_t_117 = torch.bmm(_c53.permute(1, 0, 2, 3).reshape(16, n, 3), (_c54 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuji,uijk->zuk
+    d2_d_t_117 = torch.bmm((_c54 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 3, 3).transpose(1, 2), _c53.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,uijk->zuk
+    del _c53
     # ∂/∂x1: ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
     _c55 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_118 = torch.bmm(_c55.permute(1, 0, 2, 3).reshape(16, n, 9), (_c54 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zujk,uijk->zui
+    d2_x1_118 = torch.bmm((_c54 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 9, 1).transpose(1, 2), _c55.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zujk,uijk->zui
+    del _c54
     # ∂/∂weight: ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
     _c56 = torch.bmm(x1[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c55.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3)  # zui,zujk->uijk
     d2_weight_119 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c56.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
+    del _c56
     # ∂/∂d_t: ∂/∂x2: 16x0e ⊗ 16x2e -> 16x2e
     _c57 = d2_d_x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c58 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
-    d2_d_t_120 = torch.bmm(_c57.permute(1, 0, 2, 3).reshape(16, n, 5), (_c58 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuji,uijk->zuk
+    d2_d_t_120 = torch.bmm((_c58 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5).transpose(1, 2), _c57.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,uijk->zuk
+    del _c57
     # ∂/∂x1: ∂/∂x2: 16x0e ⊗ 16x2e -> 16x2e
     _c59 = d2_d_x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x1_121 = torch.bmm(_c59.permute(1, 0, 2, 3).reshape(16, n, 25), (_c58 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zujk,uijk->zui
+    d2_x1_121 = torch.bmm((_c58 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 25, 1).transpose(1, 2), _c59.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zujk,uijk->zui
+    del _c58
     # ∂/∂weight: ∂/∂x2: 16x0e ⊗ 16x2e -> 16x2e
     _c60 = torch.bmm(x1[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c59.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5)  # zui,zujk->uijk
     d2_weight_122 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c60.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
+    del _c60
     # ∂/∂d_t: ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
     _c61 = d2_d_x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c62 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    d2_d_t_123 = torch.bmm(_c61.permute(1, 0, 2, 3).reshape(16, n, 3), (_c62 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuji,uijk->zuk
+    d2_d_t_123 = torch.bmm((_c62 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 3, 3).transpose(1, 2), _c61.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,uijk->zuk
+    del _c61
     # ∂/∂x1: ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
     _c63 = d2_d_x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_124 = torch.bmm(_c63.permute(1, 0, 2, 3).reshape(16, n, 3), (_c62 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zujk,uijk->zui
+    d2_x1_124 = torch.bmm((_c62 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 3, 3).transpose(1, 2), _c63.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,uijk->zui
+    del _c62
     # ∂/∂weight: ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
     _c64 = torch.bmm(x1[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c63.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 1, 3)  # zui,zujk->uijk
+    del _c63
     d2_weight_125 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c64.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
+    del _c64
     # ∂/∂d_t: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
     _c65 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c66 = torch.mm(cg_1_1_0.permute(1, 0, 2).reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->jiku
-    d2_d_t_126 = torch.bmm(_c65.permute(1, 0, 2, 3).reshape(16, n, 9), (_c66 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zuji,jiku->zuk
+    d2_d_t_126 = torch.bmm((_c66 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c65.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuji,jiku->zuk
     # ∂/∂x1: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
     _c67 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_127 = torch.bmm(_c67.permute(1, 0, 2, 3).reshape(16, n, 3), (_c66 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zujk,jiku->zui
+    d2_x1_127 = torch.bmm((_c66 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 3, 3).transpose(1, 2), _c67.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,jiku->zui
+    del _c66
     # ∂/∂weight: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
     _c68 = torch.bmm(x1[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c67.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 3, 1)  # zui,zujk->uijk
+    del _c67
     d2_weight_128 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c68.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
+    del _c68
     # ∂/∂d_t: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x2e
     _c69 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->ujik
-    d2_d_t_129 = torch.bmm(_c65.permute(1, 0, 2, 3).reshape(16, n, 9), (_c69 * 1.118033988749895).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zuji,ujik->zuk
+    d2_d_t_129 = torch.bmm((_c69 * 1.118033988749895).reshape(16, 9, 5).transpose(1, 2), _c65.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,ujik->zuk
     # ∂/∂x1: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x2e
     _c70 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x1_130 = torch.bmm(_c70.permute(1, 0, 2, 3).reshape(16, n, 15), (_c69 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zujk,ujik->zui
+    d2_x1_130 = torch.bmm((_c69 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c70.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,ujik->zui
+    del _c69
     # ∂/∂weight: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x2e
     _c71 = torch.bmm(x1[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c70.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5)  # zui,zujk->uijk
+    del _c70
     d2_weight_131 = torch.mm((cg_1_1_2 * 1.118033988749895).reshape(1, 45), _c71.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    del _c71
     # ∂/∂d_t: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x1e
     _c72 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->ujik
-    d2_d_t_132 = torch.bmm(_c65.permute(1, 0, 2, 3).reshape(16, n, 9), (_c72 * 1.224744871391589).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zuji,ujik->zuk
+    d2_d_t_132 = torch.bmm((_c72 * 1.224744871391589).reshape(16, 9, 3).transpose(1, 2), _c65.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    del _c65
     # ∂/∂x1: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x1e
     _c73 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_133 = torch.bmm(_c73.permute(1, 0, 2, 3).reshape(16, n, 9), (_c72 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zujk,ujik->zui
+    d2_x1_133 = torch.bmm((_c72 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 9, 3).transpose(1, 2), _c73.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,ujik->zui
+    del _c72
     # ∂/∂weight: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x1e
     _c74 = torch.bmm(x1[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c73.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3)  # zui,zujk->uijk
+    del _c73
     d2_weight_134 = torch.mm((cg_1_1_1 * 1.224744871391589).reshape(1, 27), _c74.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,uijk->u
+    del _c74
     # ∂/∂d_t: ∂/∂x2: 16x1o ⊗ 16x2e -> 16x1o
     _c75 = d2_d_x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c76 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->ujik
-    d2_d_t_135 = torch.bmm(_c75.permute(1, 0, 2, 3).reshape(16, n, 15), (_c76 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuji,ujik->zuk
+    d2_d_t_135 = torch.bmm((_c76 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c75.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
     # ∂/∂x1: ∂/∂x2: 16x1o ⊗ 16x2e -> 16x1o
     _c77 = d2_d_x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_136 = torch.bmm(_c77.permute(1, 0, 2, 3).reshape(16, n, 15), (_c76 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zujk,ujik->zui
+    d2_x1_136 = torch.bmm((_c76 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c77.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,ujik->zui
+    del _c76
     # ∂/∂weight: ∂/∂x2: 16x1o ⊗ 16x2e -> 16x1o
     _c78 = torch.bmm(x1[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c77.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3)  # zui,zujk->uijk
+    del _c77
     d2_weight_137 = torch.mm((cg_1_2_1 * 0.8660254037844386).reshape(1, 45), _c78.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    del _c78
     # ∂/∂d_t: ∂/∂x2: 16x1o ⊗ 16x2e -> 16x2o
     _c79 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(75, 1).t()).view(16, 5, 3, 5)  # ijk,u->ujik
-    d2_d_t_138 = torch.bmm(_c75.permute(1, 0, 2, 3).reshape(16, n, 15), (_c79 * 1.5811388300841898).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuji,ujik->zuk
+    d2_d_t_138 = torch.bmm((_c79 * 1.5811388300841898).reshape(16, 15, 5).transpose(1, 2), _c75.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    del _c75
     # ∂/∂x1: ∂/∂x2: 16x1o ⊗ 16x2e -> 16x2o
     _c80 = d2_d_x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x1_139 = torch.bmm(_c80.permute(1, 0, 2, 3).reshape(16, n, 25), (_c79 * 1.5811388300841898).permute(0, 1, 3, 2).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zujk,ujik->zui
+    d2_x1_139 = torch.bmm((_c79 * 1.5811388300841898).permute(0, 1, 3, 2).reshape(16, 25, 3).transpose(1, 2), _c80.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,ujik->zui
+    del _c79
     # ∂/∂weight: ∂/∂x2: 16x1o ⊗ 16x2e -> 16x2o
     _c81 = torch.bmm(x1[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c80.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 3, 5, 5)  # zui,zujk->uijk
+    del _c80
     d2_weight_140 = torch.mm((cg_1_2_2 * 1.5811388300841898).reshape(1, 75), _c81.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,uijk->u
+    del _c81
     # ∂/∂d_t: ∂/∂x2: 16x2e ⊗ 16x0e -> 16x2e
     _c82 = d2_d_x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c83 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
-    d2_d_t_141 = torch.bmm(_c82.permute(1, 0, 2, 3).reshape(16, n, 5), (_c83 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuji,uijk->zuk
+    d2_d_t_141 = torch.bmm((_c83 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5).transpose(1, 2), _c82.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,uijk->zuk
+    del _c82
     # ∂/∂x1: ∂/∂x2: 16x2e ⊗ 16x0e -> 16x2e
     _c84 = d2_d_x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x1_142 = torch.bmm(_c84.permute(1, 0, 2, 3).reshape(16, n, 5), (_c83 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zujk,uijk->zui
+    d2_x1_142 = torch.bmm((_c83 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 5, 5).transpose(1, 2), _c84.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,uijk->zui
+    del _c83
     # ∂/∂weight: ∂/∂x2: 16x2e ⊗ 16x0e -> 16x2e
     _c85 = torch.bmm(x1[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c84.permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 1, 5)  # zui,zujk->uijk
+    del _c84
     d2_weight_143 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c85.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
+    del _c85
     # ∂/∂d_t: ∂/∂x2: 16x2e ⊗ 16x1o -> 16x1o
     _c86 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c87 = torch.mm(weight[160:176].view(16).reshape(1, 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->ujik
-    d2_d_t_144 = torch.bmm(_c86.permute(1, 0, 2, 3).reshape(16, n, 15), (_c87 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuji,ujik->zuk
+    d2_d_t_144 = torch.bmm((_c87 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c86.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
     # ∂/∂x1: ∂/∂x2: 16x2e ⊗ 16x1o -> 16x1o
-    d2_x1_145 = torch.bmm(_c55.permute(1, 0, 2, 3).reshape(16, n, 9), (_c87 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zujk,ujik->zui
+    d2_x1_145 = torch.bmm((_c87 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 5).transpose(1, 2), _c55.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,ujik->zui
+    del _c87
     # ∂/∂weight: ∂/∂x2: 16x2e ⊗ 16x1o -> 16x1o
     _c88 = torch.bmm(x1[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c55.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3)  # zui,zujk->uijk
+    del _c55
     d2_weight_146 = torch.mm((cg_2_1_1 * 0.8660254037844386).reshape(1, 45), _c88.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    del _c88
     # ∂/∂d_t: ∂/∂x2: 16x2e ⊗ 16x1o -> 16x2o
     _c89 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_1_2.permute(1, 0, 2).reshape(75, 1).t()).view(16, 3, 5, 5)  # ijk,u->ujik
-    d2_d_t_147 = torch.bmm(_c86.permute(1, 0, 2, 3).reshape(16, n, 15), (_c89 * 1.5811388300841898).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuji,ujik->zuk
+    d2_d_t_147 = torch.bmm((_c89 * 1.5811388300841898).reshape(16, 15, 5).transpose(1, 2), _c86.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    del _c86
     # ∂/∂x1: ∂/∂x2: 16x2e ⊗ 16x1o -> 16x2o
     _c90 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x1_148 = torch.bmm(_c90.permute(1, 0, 2, 3).reshape(16, n, 15), (_c89 * 1.5811388300841898).permute(0, 1, 3, 2).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zujk,ujik->zui
+    d2_x1_148 = torch.bmm((_c89 * 1.5811388300841898).permute(0, 1, 3, 2).reshape(16, 15, 5).transpose(1, 2), _c90.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,ujik->zui
+    del _c89
     # ∂/∂weight: ∂/∂x2: 16x2e ⊗ 16x1o -> 16x2o
     _c91 = torch.bmm(x1[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c90.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 3, 5)  # zui,zujk->uijk
+    del _c90
     d2_weight_149 = torch.mm((cg_2_1_2 * 1.5811388300841898).reshape(1, 75), _c91.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,uijk->u
+    del _c91
     # ∂/∂d_t: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x0e
     _c92 = d2_d_x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c93 = torch.mm(cg_2_2_0.permute(1, 0, 2).reshape(25, 1), weight[192:208].view(16).reshape(1, 16)).view(5, 5, 1, 16)  # ijk,u->jiku
-    d2_d_t_150 = torch.bmm(_c92.permute(1, 0, 2, 3).reshape(16, n, 25), (_c93 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zuji,jiku->zuk
+    d2_d_t_150 = torch.bmm((_c93 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c92.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuji,jiku->zuk
     # ∂/∂x1: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x0e
     _c94 = d2_d_x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_151 = torch.bmm(_c94.permute(1, 0, 2, 3).reshape(16, n, 5), (_c93 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zujk,jiku->zui
+    d2_x1_151 = torch.bmm((_c93 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 5, 5).transpose(1, 2), _c94.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,jiku->zui
+    del _c93
     # ∂/∂weight: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x0e
     _c95 = torch.bmm(x1[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c94.permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 5, 1)  # zui,zujk->uijk
+    del _c94
     d2_weight_152 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c95.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
+    del _c95
     # ∂/∂d_t: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x2e
     _c96 = torch.mm(weight[208:224].view(16).reshape(1, 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->ujik
-    d2_d_t_153 = torch.bmm(_c92.permute(1, 0, 2, 3).reshape(16, n, 25), (_c96 * 1.118033988749895).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zuji,ujik->zuk
+    d2_d_t_153 = torch.bmm((_c96 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c92.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,ujik->zuk
     # ∂/∂x1: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x2e
-    d2_x1_154 = torch.bmm(_c59.permute(1, 0, 2, 3).reshape(16, n, 25), (_c96 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zujk,ujik->zui
+    d2_x1_154 = torch.bmm((_c96 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 5).transpose(1, 2), _c59.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,ujik->zui
+    del _c96
     # ∂/∂weight: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x2e
     _c97 = torch.bmm(x1[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c59.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5)  # zui,zujk->uijk
+    del _c59
     d2_weight_155 = torch.mm((cg_2_2_2 * 1.118033988749895).reshape(1, 125), _c97.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,uijk->u
+    del _c97
     # ∂/∂d_t: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x1e
     _c98 = torch.mm(weight[224:240].view(16).reshape(1, 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->ujik
-    d2_d_t_156 = torch.bmm(_c92.permute(1, 0, 2, 3).reshape(16, n, 25), (_c98 * 1.224744871391589).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zuji,ujik->zuk
+    d2_d_t_156 = torch.bmm((_c98 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c92.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    del _c92
     # ∂/∂x1: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x1e
     _c99 = d2_d_x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_157 = torch.bmm(_c99.permute(1, 0, 2, 3).reshape(16, n, 15), (_c98 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zujk,ujik->zui
+    del d_t
+    d2_x1_157 = torch.bmm((_c98 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 15, 5).transpose(1, 2), _c99.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,ujik->zui
+    del _c98
     # ∂/∂weight: ∂/∂x2: 16x2e ⊗ 16x2e -> 16x1e
     _c100 = torch.bmm(x1[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c99.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 5, 3)  # zui,zujk->uijk
+    del _c99
     d2_weight_158 = torch.mm((cg_2_2_1 * 1.224744871391589).reshape(1, 75), _c100.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,uijk->u
+    del _c100
     # ∂/∂d__p2: ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
     d2_d_t = torch.cat([
         (d2_d_t_114 + d2_d_t_126 + d2_d_t_150).reshape(n, 16),
@@ -2885,217 +3821,315 @@ def _fusion_block_d2_x2(
         (d2_d_t_132 + d2_d_t_156).reshape(n, 48),
         (d2_d_t_138 + d2_d_t_147).reshape(n, 80),
     ], dim=-1)
+    del d2_d_t_114, d2_d_t_117, d2_d_t_120, d2_d_t_123, d2_d_t_126, d2_d_t_129, d2_d_t_132, d2_d_t_135, d2_d_t_138, d2_d_t_141, d2_d_t_144, d2_d_t_147, d2_d_t_150, d2_d_t_153, d2_d_t_156
     _c101 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p2 = cg_0_0_0.reshape(1, 1, 1) * _c101.reshape(n, 16, 1)
+    del _c101
     # ∂/∂x3: ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
     _c102 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p2.reshape(n, 16, 1, 1)
+    del d__p2
     d2_x3_159 = cg_0_0_0.reshape(1, 1, 1) * _c102.reshape(n, 16, 1)
+    del _c102
     # ∂/∂d__p7: ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
     _c103 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p7 = torch.mm(_c103.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c103
     # ∂/∂x3: ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
     _c104 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p7.reshape(n, 16, 1, 3)
+    del d__p7
     d2_x3_160 = torch.mm(_c104.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c104
     # ∂/∂d__p9: ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
     _c105 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p9 = torch.mm(_c105.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c105
     # ∂/∂x3: ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
     _c106 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p9.reshape(n, 16, 1, 5)
+    del d__p9
     d2_x3_161 = torch.mm(_c106.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c106
     # ∂/∂d__p11: ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
     _c107 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p11 = torch.mm(_c107.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c107
     # ∂/∂x3: ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
     _c108 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p11.reshape(n, 16, 1, 3)
+    del d__p11
     d2_x3_162 = torch.mm(_c108.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c108
     # ∂/∂d__p12: ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
     _c109 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p12 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
     _c110 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p12.reshape(n, 16, 1, 1)
+    del d__p12
     d2_x3_163 = torch.mm(_c110.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c110
     # ∂/∂d__p13: ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
     d2_d__p13 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
     _c111 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p13.reshape(n, 16, 1, 5)
+    del d__p13
     d2_x3_164 = torch.mm(_c111.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c111
     # ∂/∂d__p14: ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
     d2_d__p14 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c109
     # ∂/∂x3: ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
     _c112 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p14.reshape(n, 16, 1, 3)
+    del d__p14
     d2_x3_165 = torch.mm(_c112.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c112
     # ∂/∂d__p15: ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
     _c113 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p15 = torch.mm(_c113.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
     _c114 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p15.reshape(n, 16, 1, 3)
+    del d__p15
     d2_x3_166 = torch.mm(_c114.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c114
     # ∂/∂d__p16: ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
     d2_d__p16 = torch.mm(_c113.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
     _c115 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p16.reshape(n, 16, 1, 5)
+    del d__p16
     d2_x3_167 = torch.mm(_c115.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c115
     # ∂/∂d__p17: ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
     d2_d__p17 = torch.mm(_c113.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c113
     # ∂/∂x3: ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
     _c116 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p17.reshape(n, 16, 1, 7)
+    del d__p17
     d2_x3_168 = torch.mm(_c116.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_1_2_3.permute(1, 0, 2).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c116
     # ∂/∂d__p19: ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
     _c117 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p19 = torch.mm(_c117.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c117
     # ∂/∂x3: ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
     _c118 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p19.reshape(n, 16, 1, 5)
+    del d__p19
     d2_x3_169 = torch.mm(_c118.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c118
     # ∂/∂d__p20: ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
     _c119 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p20 = torch.mm(_c119.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
     _c120 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p20.reshape(n, 16, 1, 3)
+    del d__p20
     d2_x3_170 = torch.mm(_c120.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c120
     # ∂/∂d__p21: ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
     d2_d__p21 = torch.mm(_c119.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
     _c121 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p21.reshape(n, 16, 1, 5)
+    del d__p21
     d2_x3_171 = torch.mm(_c121.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 0, 2).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c121
     # ∂/∂d__p22: ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
     d2_d__p22 = torch.mm(_c119.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c119
     # ∂/∂x3: ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
     _c122 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p22.reshape(n, 16, 1, 7)
+    del d__p22
     d2_x3_172 = torch.mm(_c122.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_1_3.permute(1, 0, 2).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c122
     # ∂/∂d__p23: ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
     _c123 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p23 = torch.mm(_c123.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
     _c124 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p23.reshape(n, 16, 1, 1)
+    del d__p23
     d2_x3_173 = torch.mm(_c124.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c124
     # ∂/∂d__p24: ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
     d2_d__p24 = torch.mm(_c123.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
     _c125 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p24.reshape(n, 16, 1, 5)
+    del d__p24
     d2_x3_174 = torch.mm(_c125.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c125
     # ∂/∂d__p25: ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
     d2_d__p25 = torch.mm(_c123.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
     _c126 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p25.reshape(n, 16, 1, 3)
+    del d__p25
     d2_x3_175 = torch.mm(_c126.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c126
     # ∂/∂d__p26: ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
     d2_d__p26 = torch.mm(_c123.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c123
     # ∂/∂x3: ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
     _c127 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p26.reshape(n, 16, 1, 7)
+    del d__p26
     d2_x3_176 = torch.mm(_c127.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.permute(1, 0, 2).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c127
     # ∂/∂d__p28: ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
     _c128 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p28 = torch.mm(_c128.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c128
     # ∂/∂x3: ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
     _c129 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p28.reshape(n, 16, 1, 3)
+    del d__p28
     d2_x3_177 = torch.mm(_c129.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c129
     # ∂/∂d__p29: ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
     _c130 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p29 = torch.mm(_c130.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
     _c131 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p29.reshape(n, 16, 1, 3)
+    del d__p29
     d2_x3_178 = torch.mm(_c131.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c131
     # ∂/∂d__p30: ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
     d2_d__p30 = torch.mm(_c130.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c130
     # ∂/∂x3: ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
     _c132 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p30.reshape(n, 16, 1, 5)
+    del d__p30
     d2_x3_179 = torch.mm(_c132.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c132
     # ∂/∂d__p31: ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
     _c133 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p31 = torch.mm(_c133.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
     _c134 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p31.reshape(n, 16, 1, 5)
+    del d__p31
     d2_x3_180 = torch.mm(_c134.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c134
     # ∂/∂d__p32: ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
     d2_d__p32 = torch.mm(_c133.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
     _c135 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p32.reshape(n, 16, 1, 3)
+    del d__p32
     d2_x3_181 = torch.mm(_c135.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c135
     # ∂/∂d__p33: ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
     d2_d__p33 = torch.mm(_c133.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c133
     # ∂/∂x3: ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
     _c136 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p33.reshape(n, 16, 1, 7)
+    del d__p33
     d2_x3_182 = torch.mm(_c136.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_1_2_3.permute(1, 0, 2).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c136
     # ∂/∂d__p35: ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
     _c137 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p35 = torch.mm(_c137.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c137
     # ∂/∂x3: ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
     _c138 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p35.reshape(n, 16, 1, 5)
+    del d__p35
     d2_x3_183 = torch.mm(_c138.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c138
     # ∂/∂d__p36: ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
     _c139 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p36 = torch.mm(_c139.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
     _c140 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p36.reshape(n, 16, 1, 5)
+    del d__p36
     d2_x3_184 = torch.mm(_c140.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 0, 2).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c140
     # ∂/∂d__p37: ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
     d2_d__p37 = torch.mm(_c139.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
     _c141 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p37.reshape(n, 16, 1, 3)
+    del d__p37
     d2_x3_185 = torch.mm(_c141.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c141
     # ∂/∂d__p38: ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
     d2_d__p38 = torch.mm(_c139.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c139
     # ∂/∂x3: ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
     _c142 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p38.reshape(n, 16, 1, 7)
+    del d__p38
     d2_x3_186 = torch.mm(_c142.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_1_3.permute(1, 0, 2).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c142
     # ∂/∂d__p39: ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
     _c143 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p39 = torch.mm(_c143.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
     _c144 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p39.reshape(n, 16, 1, 3)
+    del d__p39
     d2_x3_187 = torch.mm(_c144.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c144
     # ∂/∂d__p40: ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
     d2_d__p40 = torch.mm(_c143.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
     _c145 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p40.reshape(n, 16, 1, 5)
+    del d__p40
     d2_x3_188 = torch.mm(_c145.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c145
     # ∂/∂d__p41: ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
     d2_d__p41 = torch.mm(_c143.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c143
     # ∂/∂x3: ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
     _c146 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p41.reshape(n, 16, 1, 7)
+    del d2_d_t, d__p41
     d2_x3_189 = torch.mm(_c146.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.permute(1, 0, 2).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c146
     d2_d__p42_190 = d2_d__p2.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d2_weight_191 = torch.bmm((d2_d__p2 * 0.2581988897471611).permute(1, 0, 2).reshape(16, 1, n), d__p42.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2_d__p42_192 = d2_d__p12.reshape(n, 16, 1) * (weight[480:496].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d2_weight_193 = torch.bmm((d2_d__p12 * 0.2581988897471611).permute(1, 0, 2).reshape(16, 1, n), d__p42.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2_d__p42_194 = d2_d__p23.reshape(n, 16, 1) * (weight[944:960].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d2_weight_195 = torch.bmm((d2_d__p23 * 0.2581988897471611).permute(1, 0, 2).reshape(16, 1, n), d__p42.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d__p42
     # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     d2_d__p42 = d2_d__p42_190 + d2_d__p42_192 + d2_d__p42_194
+    del d2_d__p42_190, d2_d__p42_192, d2_d__p42_194
     _c147 = d2_d__p42.reshape(n, 16, 1, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p43 = cg_0_0_0.reshape(1, 1, 1) * _c147.reshape(n, 16, 1)
+    del _c147
     # ∂/∂x4: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     _c148 = d2_d__p42.reshape(n, 16, 1, 1) * d__p43.reshape(n, 16, 1, 1)
+    del d2_d__p42, d__p43
     d2_x4_196 = cg_0_0_0.reshape(1, 1, 1) * _c148.reshape(n, 16, 1)
+    del _c148
     d2_d_y_197 = d2_d__p43
+    del d2_d__p43
     d2_d__p44_198 = d2_d__p2.reshape(n, 16, 1) * (weight[256:272].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d2_weight_199 = torch.bmm((d2_d__p2 * 0.2970442628930023).permute(1, 0, 2).reshape(16, 1, n), d__p44.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2_d__p44_200 = d2_d__p12.reshape(n, 16, 1) * (weight[512:528].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d2_weight_201 = torch.bmm((d2_d__p12 * 0.2970442628930023).permute(1, 0, 2).reshape(16, 1, n), d__p44.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2_d__p44_202 = d2_d__p23.reshape(n, 16, 1) * (weight[976:992].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d2_weight_203 = torch.bmm((d2_d__p23 * 0.2970442628930023).permute(1, 0, 2).reshape(16, 1, n), d__p44.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d__p44
     # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     d2_d__p44 = d2_d__p44_198 + d2_d__p44_200 + d2_d__p44_202
+    del d2_d__p44_198, d2_d__p44_200, d2_d__p44_202
     _c149 = d2_d__p44.reshape(n, 16, 1, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p45 = torch.mm(_c149.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c149
     # ∂/∂x4: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     _c150 = d2_d__p44.reshape(n, 16, 1, 1) * d__p45.reshape(n, 16, 1, 3)
+    del d2_d__p44, d__p45
     d2_x4_204 = torch.mm(_c150.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c150
     d2_d_y_205 = d2_d__p45
+    del d2_d__p45
     d2_d__p46_206 = d2_d__p2.reshape(n, 16, 1) * (weight[272:288].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d2_weight_207 = torch.bmm((d2_d__p2 * 0.36760731104690386).permute(1, 0, 2).reshape(16, 1, n), d__p46.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p2
     d2_d__p46_208 = d2_d__p12.reshape(n, 16, 1) * (weight[560:576].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d2_weight_209 = torch.bmm((d2_d__p12 * 0.36760731104690386).permute(1, 0, 2).reshape(16, 1, n), d__p46.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p12
     d2_d__p46_210 = d2_d__p23.reshape(n, 16, 1) * (weight[1024:1040].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d2_weight_211 = torch.bmm((d2_d__p23 * 0.36760731104690386).permute(1, 0, 2).reshape(16, 1, n), d__p46.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p23, d__p46
     # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
     d2_d__p46 = d2_d__p46_206 + d2_d__p46_208 + d2_d__p46_210
+    del d2_d__p46_206, d2_d__p46_208, d2_d__p46_210
     _c151 = d2_d__p46.reshape(n, 16, 1, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p47 = torch.mm(_c151.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c151
     # ∂/∂x4: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
     _c152 = d2_d__p46.reshape(n, 16, 1, 1) * d__p47.reshape(n, 16, 1, 5)
+    del d2_d__p46, d__p47
     d2_x4_212 = torch.mm(_c152.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c152
     d2_d_y_213 = d2_d__p47
+    del d2_d__p47
     d2_d__p48_214 = d2_d__p7.reshape(n, 16, 3) * (weight[288:304].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_215 = torch.bmm((d2_d__p7 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p48.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p48_216 = d2_d__p11.reshape(n, 16, 3) * (weight[416:432].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -3108,14 +4142,20 @@ def _fusion_block_d2_x2(
     d2_weight_223 = torch.bmm((d2_d__p29 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p48.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p48_224 = d2_d__p39.reshape(n, 16, 3) * (weight[1488:1504].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_225 = torch.bmm((d2_d__p39 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p48.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p48
     # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
     d2_d__p48 = d2_d__p48_214 + d2_d__p48_216 + d2_d__p48_218 + d2_d__p48_220 + d2_d__p48_222 + d2_d__p48_224
+    del d2_d__p48_214, d2_d__p48_216, d2_d__p48_218, d2_d__p48_220, d2_d__p48_222, d2_d__p48_224
     _c153 = d2_d__p48.reshape(n, 16, 3, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p49 = torch.mm(_c153.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c153
     # ∂/∂x4: ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
     _c154 = d2_d__p48.reshape(n, 16, 3, 1) * d__p49.reshape(n, 16, 1, 3)
+    del d2_d__p48, d__p49
     d2_x4_226 = torch.mm(_c154.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c154
     d2_d_y_227 = d2_d__p49
+    del d2_d__p49
     d2_d__p50_228 = d2_d__p7.reshape(n, 16, 3) * (weight[304:320].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     d2_weight_229 = torch.bmm((d2_d__p7 * 0.4472135954999579).permute(1, 0, 2).reshape(16, 1, n * 3), d__p50.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p50_230 = d2_d__p11.reshape(n, 16, 3) * (weight[432:448].view(16) * 0.4472135954999579).reshape(1, 16, 1)
@@ -3128,14 +4168,20 @@ def _fusion_block_d2_x2(
     d2_weight_237 = torch.bmm((d2_d__p29 * 0.4472135954999579).permute(1, 0, 2).reshape(16, 1, n * 3), d__p50.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p50_238 = d2_d__p39.reshape(n, 16, 3) * (weight[1504:1520].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     d2_weight_239 = torch.bmm((d2_d__p39 * 0.4472135954999579).permute(1, 0, 2).reshape(16, 1, n * 3), d__p50.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p50
     # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
     d2_d__p50 = d2_d__p50_228 + d2_d__p50_230 + d2_d__p50_232 + d2_d__p50_234 + d2_d__p50_236 + d2_d__p50_238
+    del d2_d__p50_228, d2_d__p50_230, d2_d__p50_232, d2_d__p50_234, d2_d__p50_236, d2_d__p50_238
     _c155 = d2_d__p50.reshape(n, 16, 3, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p51 = torch.mm(_c155.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c155
     # ∂/∂x4: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
     _c156 = d2_d__p50.reshape(n, 16, 3, 1) * d__p51.reshape(n, 16, 1, 1)
+    del d2_d__p50, d__p51
     d2_x4_240 = torch.mm(_c156.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c156
     d2_d_y_241 = d2_d__p51
+    del d2_d__p51
     d2_d__p52_242 = d2_d__p7.reshape(n, 16, 3) * (weight[320:336].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_243 = torch.bmm((d2_d__p7 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p52.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p52_244 = d2_d__p11.reshape(n, 16, 3) * (weight[448:464].view(16) * 0.6367145399670133).reshape(1, 16, 1)
@@ -3148,34 +4194,51 @@ def _fusion_block_d2_x2(
     d2_weight_251 = torch.bmm((d2_d__p29 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p52.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p52_252 = d2_d__p39.reshape(n, 16, 3) * (weight[1520:1536].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_253 = torch.bmm((d2_d__p39 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p52.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p52
     # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
     d2_d__p52 = d2_d__p52_242 + d2_d__p52_244 + d2_d__p52_246 + d2_d__p52_248 + d2_d__p52_250 + d2_d__p52_252
+    del d2_d__p52_242, d2_d__p52_244, d2_d__p52_246, d2_d__p52_248, d2_d__p52_250, d2_d__p52_252
     _c157 = d2_d__p52.reshape(n, 16, 3, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p53 = torch.mm(_c157.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c157
     # ∂/∂x4: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
     _c158 = d2_d__p52.reshape(n, 16, 3, 1) * d__p53.reshape(n, 16, 1, 5)
+    del d2_d__p52, d__p53
     d2_x4_254 = torch.mm(_c158.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c158
     d2_d_y_255 = d2_d__p53
+    del d2_d__p53
     d2_d__p54_256 = d2_d__p7.reshape(n, 16, 3) * (weight[336:352].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_257 = torch.bmm((d2_d__p7 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p7
     d2_d__p54_258 = d2_d__p11.reshape(n, 16, 3) * (weight[464:480].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_259 = torch.bmm((d2_d__p11 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p11
     d2_d__p54_260 = d2_d__p15.reshape(n, 16, 3) * (weight[704:720].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_261 = torch.bmm((d2_d__p15 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p15
     d2_d__p54_262 = d2_d__p20.reshape(n, 16, 3) * (weight[896:912].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_263 = torch.bmm((d2_d__p20 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p20
     d2_d__p54_264 = d2_d__p29.reshape(n, 16, 3) * (weight[1200:1216].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_265 = torch.bmm((d2_d__p29 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p29
     d2_d__p54_266 = d2_d__p39.reshape(n, 16, 3) * (weight[1568:1584].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_267 = torch.bmm((d2_d__p39 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p39, d__p54
     # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
     d2_d__p54 = d2_d__p54_256 + d2_d__p54_258 + d2_d__p54_260 + d2_d__p54_262 + d2_d__p54_264 + d2_d__p54_266
+    del d2_d__p54_256, d2_d__p54_258, d2_d__p54_260, d2_d__p54_262, d2_d__p54_264, d2_d__p54_266
     _c159 = d2_d__p54.reshape(n, 16, 3, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p55 = torch.mm(_c159.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c159
     # ∂/∂x4: ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
     _c160 = d2_d__p54.reshape(n, 16, 3, 1) * d__p55.reshape(n, 16, 1, 3)
+    del d2_d__p54, d__p55
     d2_x4_268 = torch.mm(_c160.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c160
     d2_d_y_269 = d2_d__p55
+    del d2_d__p55
     d2_d__p56_270 = d2_d__p9.reshape(n, 16, 5) * (weight[352:368].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_271 = torch.bmm((d2_d__p9 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p56.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p56_272 = d2_d__p13.reshape(n, 16, 5) * (weight[496:512].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -3188,14 +4251,20 @@ def _fusion_block_d2_x2(
     d2_weight_279 = torch.bmm((d2_d__p31 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p56.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p56_280 = d2_d__p36.reshape(n, 16, 5) * (weight[1376:1392].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_281 = torch.bmm((d2_d__p36 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p56.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p56
     # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
     d2_d__p56 = d2_d__p56_270 + d2_d__p56_272 + d2_d__p56_274 + d2_d__p56_276 + d2_d__p56_278 + d2_d__p56_280
+    del d2_d__p56_270, d2_d__p56_272, d2_d__p56_274, d2_d__p56_276, d2_d__p56_278, d2_d__p56_280
     _c161 = d2_d__p56.reshape(n, 16, 5, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p57 = torch.mm(_c161.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c161
     # ∂/∂x4: ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
     _c162 = d2_d__p56.reshape(n, 16, 5, 1) * d__p57.reshape(n, 16, 1, 5)
+    del d2_d__p56, d__p57
     d2_x4_282 = torch.mm(_c162.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c162
     d2_d_y_283 = d2_d__p57
+    del d2_d__p57
     d2_d__p58_284 = d2_d__p9.reshape(n, 16, 5) * (weight[368:384].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_285 = torch.bmm((d2_d__p9 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p58.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p58_286 = d2_d__p13.reshape(n, 16, 5) * (weight[544:560].view(16) * 0.6642111641550714).reshape(1, 16, 1)
@@ -3208,14 +4277,20 @@ def _fusion_block_d2_x2(
     d2_weight_293 = torch.bmm((d2_d__p31 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p58.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p58_294 = d2_d__p36.reshape(n, 16, 5) * (weight[1408:1424].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_295 = torch.bmm((d2_d__p36 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p58.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p58
     # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
     d2_d__p58 = d2_d__p58_284 + d2_d__p58_286 + d2_d__p58_288 + d2_d__p58_290 + d2_d__p58_292 + d2_d__p58_294
+    del d2_d__p58_284, d2_d__p58_286, d2_d__p58_288, d2_d__p58_290, d2_d__p58_292, d2_d__p58_294
     _c163 = d2_d__p58.reshape(n, 16, 5, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p59 = torch.mm(_c163.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c163
     # ∂/∂x4: ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
     _c164 = d2_d__p58.reshape(n, 16, 5, 1) * d__p59.reshape(n, 16, 1, 3)
+    del d2_d__p58, d__p59
     d2_x4_296 = torch.mm(_c164.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c164
     d2_d_y_297 = d2_d__p59
+    del d2_d__p59
     d2_d__p60_298 = d2_d__p9.reshape(n, 16, 5) * (weight[384:400].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_299 = torch.bmm((d2_d__p9 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n * 5), d__p60.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p60_300 = d2_d__p13.reshape(n, 16, 5) * (weight[592:608].view(16) * 0.5773502691896257).reshape(1, 16, 1)
@@ -3228,34 +4303,51 @@ def _fusion_block_d2_x2(
     d2_weight_307 = torch.bmm((d2_d__p31 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n * 5), d__p60.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p60_308 = d2_d__p36.reshape(n, 16, 5) * (weight[1440:1456].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_309 = torch.bmm((d2_d__p36 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n * 5), d__p60.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p60
     # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
     d2_d__p60 = d2_d__p60_298 + d2_d__p60_300 + d2_d__p60_302 + d2_d__p60_304 + d2_d__p60_306 + d2_d__p60_308
+    del d2_d__p60_298, d2_d__p60_300, d2_d__p60_302, d2_d__p60_304, d2_d__p60_306, d2_d__p60_308
     _c165 = d2_d__p60.reshape(n, 16, 5, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p61 = torch.mm(_c165.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c165
     # ∂/∂x4: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
     _c166 = d2_d__p60.reshape(n, 16, 5, 1) * d__p61.reshape(n, 16, 1, 1)
+    del d2_d__p60, d__p61
     d2_x4_310 = torch.mm(_c166.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c166
     d2_d_y_311 = d2_d__p61
+    del d2_d__p61
     d2_d__p62_312 = d2_d__p9.reshape(n, 16, 5) * (weight[400:416].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_313 = torch.bmm((d2_d__p9 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p9
     d2_d__p62_314 = d2_d__p13.reshape(n, 16, 5) * (weight[608:624].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_315 = torch.bmm((d2_d__p13 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p13
     d2_d__p62_316 = d2_d__p19.reshape(n, 16, 5) * (weight[800:816].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_317 = torch.bmm((d2_d__p19 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p19
     d2_d__p62_318 = d2_d__p24.reshape(n, 16, 5) * (weight[1072:1088].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_319 = torch.bmm((d2_d__p24 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p24
     d2_d__p62_320 = d2_d__p31.reshape(n, 16, 5) * (weight[1312:1328].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_321 = torch.bmm((d2_d__p31 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p31
     d2_d__p62_322 = d2_d__p36.reshape(n, 16, 5) * (weight[1456:1472].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_323 = torch.bmm((d2_d__p36 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p36, d__p62
     # ∂/∂d__p63: ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
     d2_d__p62 = d2_d__p62_312 + d2_d__p62_314 + d2_d__p62_316 + d2_d__p62_318 + d2_d__p62_320 + d2_d__p62_322
+    del d2_d__p62_312, d2_d__p62_314, d2_d__p62_316, d2_d__p62_318, d2_d__p62_320, d2_d__p62_322
     _c167 = d2_d__p62.reshape(n, 16, 5, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p63 = torch.mm(_c167.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c167
     # ∂/∂x4: ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
     _c168 = d2_d__p62.reshape(n, 16, 5, 1) * d__p63.reshape(n, 16, 1, 5)
+    del d2_d__p62, d__p63
     d2_x4_324 = torch.mm(_c168.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c168
     d2_d_y_325 = d2_d__p63
+    del d2_d__p63
     d2_d__p64_326 = d2_d__p14.reshape(n, 16, 3) * (weight[528:544].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_327 = torch.bmm((d2_d__p14 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p64.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p64_328 = d2_d__p25.reshape(n, 16, 3) * (weight[992:1008].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -3266,32 +4358,48 @@ def _fusion_block_d2_x2(
     d2_weight_333 = torch.bmm((d2_d__p32 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p64.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p64_334 = d2_d__p37.reshape(n, 16, 3) * (weight[1392:1408].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_335 = torch.bmm((d2_d__p37 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p64.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p64
     # ∂/∂d__p65: ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
     d2_d__p64 = d2_d__p64_326 + d2_d__p64_328 + d2_d__p64_330 + d2_d__p64_332 + d2_d__p64_334
+    del d2_d__p64_326, d2_d__p64_328, d2_d__p64_330, d2_d__p64_332, d2_d__p64_334
     _c169 = d2_d__p64.reshape(n, 16, 3, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p65 = torch.mm(_c169.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c169
     # ∂/∂x4: ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
     _c170 = d2_d__p64.reshape(n, 16, 3, 1) * d__p65.reshape(n, 16, 1, 3)
+    del d2_d__p64, d__p65
     d2_x4_336 = torch.mm(_c170.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c170
     d2_d_y_337 = d2_d__p65
+    del d2_d__p65
     d2_d__p66_338 = d2_d__p14.reshape(n, 16, 3) * (weight[576:592].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_339 = torch.bmm((d2_d__p14 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p66.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p14
     d2_d__p66_340 = d2_d__p25.reshape(n, 16, 3) * (weight[1040:1056].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_341 = torch.bmm((d2_d__p25 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p66.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p25
     d2_d__p66_342 = d2_d__p28.reshape(n, 16, 3) * (weight[1120:1136].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_343 = torch.bmm((d2_d__p28 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p66.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p28
     d2_d__p66_344 = d2_d__p32.reshape(n, 16, 3) * (weight[1280:1296].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_345 = torch.bmm((d2_d__p32 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p66.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p32
     d2_d__p66_346 = d2_d__p37.reshape(n, 16, 3) * (weight[1424:1440].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_347 = torch.bmm((d2_d__p37 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p66.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p37, d__p66
     # ∂/∂d__p67: ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
     d2_d__p66 = d2_d__p66_338 + d2_d__p66_340 + d2_d__p66_342 + d2_d__p66_344 + d2_d__p66_346
+    del d2_d__p66_338, d2_d__p66_340, d2_d__p66_342, d2_d__p66_344, d2_d__p66_346
     _c171 = d2_d__p66.reshape(n, 16, 3, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p67 = torch.mm(_c171.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c171
     # ∂/∂x4: ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
     _c172 = d2_d__p66.reshape(n, 16, 3, 1) * d__p67.reshape(n, 16, 1, 5)
+    del d2_d__p66, d__p67
     d2_x4_348 = torch.mm(_c172.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c172
     d2_d_y_349 = d2_d__p67
+    del d2_d__p67
     d2_d__p68_350 = d2_d__p16.reshape(n, 16, 5) * (weight[672:688].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_351 = torch.bmm((d2_d__p16 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p68.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p68_352 = d2_d__p21.reshape(n, 16, 5) * (weight[864:880].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -3302,95 +4410,137 @@ def _fusion_block_d2_x2(
     d2_weight_357 = torch.bmm((d2_d__p35 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p68.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p68_358 = d2_d__p40.reshape(n, 16, 5) * (weight[1536:1552].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_359 = torch.bmm((d2_d__p40 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p68.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p68
     # ∂/∂d__p69: ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
     d2_d__p68 = d2_d__p68_350 + d2_d__p68_352 + d2_d__p68_354 + d2_d__p68_356 + d2_d__p68_358
+    del d2_d__p68_350, d2_d__p68_352, d2_d__p68_354, d2_d__p68_356, d2_d__p68_358
     _c173 = d2_d__p68.reshape(n, 16, 5, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p69 = torch.mm(_c173.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c173
     # ∂/∂x4: ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
     _c174 = d2_d__p68.reshape(n, 16, 5, 1) * d__p69.reshape(n, 16, 1, 5)
+    del d2_d__p68, d__p69
     d2_x4_360 = torch.mm(_c174.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 0, 2).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c174
     d2_d_y_361 = d2_d__p69
+    del d2_d__p69
     d2_d__p70_362 = d2_d__p17.reshape(n, 16, 7) * (weight[688:704].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_363 = torch.bmm((d2_d__p17 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p70.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
     d2_d__p70_364 = d2_d__p22.reshape(n, 16, 7) * (weight[880:896].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_365 = torch.bmm((d2_d__p22 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p70.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
     d2_d__p70_366 = d2_d__p41.reshape(n, 16, 7) * (weight[1552:1568].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_367 = torch.bmm((d2_d__p41 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p70.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d__p70
     # ∂/∂d__p71: ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
     d2_d__p70 = d2_d__p70_362 + d2_d__p70_364 + d2_d__p70_366
+    del d2_d__p70_362, d2_d__p70_364, d2_d__p70_366
     _c175 = d2_d__p70.reshape(n, 16, 7, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p71 = torch.mm(_c175.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_3_1_2.permute(2, 0, 1).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c175
     # ∂/∂x4: ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
     _c176 = d2_d__p70.reshape(n, 16, 7, 1) * d__p71.reshape(n, 16, 1, 5)
+    del d2_d__p70, d__p71
     d2_x4_368 = torch.mm(_c176.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_1_2.permute(1, 0, 2).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c176
     d2_d_y_369 = d2_d__p71
+    del d2_d__p71
     d2_d__p72_370 = d2_d__p16.reshape(n, 16, 5) * (weight[720:736].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_371 = torch.bmm((d2_d__p16 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p72.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p16
     d2_d__p72_372 = d2_d__p21.reshape(n, 16, 5) * (weight[912:928].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_373 = torch.bmm((d2_d__p21 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p72.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p21
     d2_d__p72_374 = d2_d__p30.reshape(n, 16, 5) * (weight[1216:1232].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_375 = torch.bmm((d2_d__p30 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p72.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p30
     d2_d__p72_376 = d2_d__p35.reshape(n, 16, 5) * (weight[1360:1376].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_377 = torch.bmm((d2_d__p35 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p72.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p35
     d2_d__p72_378 = d2_d__p40.reshape(n, 16, 5) * (weight[1584:1600].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_379 = torch.bmm((d2_d__p40 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p72.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p40, d__p72
     # ∂/∂d__p73: ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
     d2_d__p72 = d2_d__p72_370 + d2_d__p72_372 + d2_d__p72_374 + d2_d__p72_376 + d2_d__p72_378
+    del d2_d__p72_370, d2_d__p72_372, d2_d__p72_374, d2_d__p72_376, d2_d__p72_378
     _c177 = d2_d__p72.reshape(n, 16, 5, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p73 = torch.mm(_c177.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c177
     # ∂/∂x4: ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
     _c178 = d2_d__p72.reshape(n, 16, 5, 1) * d__p73.reshape(n, 16, 1, 3)
+    del d2_d__p72, d__p73
     d2_x4_380 = torch.mm(_c178.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c178
     d2_d_y_381 = d2_d__p73
+    del d2_d__p73
     d2_d__p74_382 = d2_d__p17.reshape(n, 16, 7) * (weight[736:752].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d2_weight_383 = torch.bmm((d2_d__p17 * 0.7859052479933758).permute(1, 0, 2).reshape(16, 1, n * 7), d__p74.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p17
     d2_d__p74_384 = d2_d__p22.reshape(n, 16, 7) * (weight[928:944].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d2_weight_385 = torch.bmm((d2_d__p22 * 0.7859052479933758).permute(1, 0, 2).reshape(16, 1, n * 7), d__p74.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p22
     d2_d__p74_386 = d2_d__p41.reshape(n, 16, 7) * (weight[1600:1616].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d2_weight_387 = torch.bmm((d2_d__p41 * 0.7859052479933758).permute(1, 0, 2).reshape(16, 1, n * 7), d__p74.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p41, d__p74
     # ∂/∂d__p75: ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
     d2_d__p74 = d2_d__p74_382 + d2_d__p74_384 + d2_d__p74_386
+    del d2_d__p74_382, d2_d__p74_384, d2_d__p74_386
     _c179 = d2_d__p74.reshape(n, 16, 7, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p75 = torch.mm(_c179.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c179
     # ∂/∂x4: ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
     _c180 = d2_d__p74.reshape(n, 16, 7, 1) * d__p75.reshape(n, 16, 1, 3)
+    del d2_d__p74, d__p75
     d2_x4_388 = torch.mm(_c180.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_3_2_1.permute(1, 0, 2).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c180
     d2_d_y_389 = d2_d__p75
+    del d2_d__p75
     d2_d__p76_390 = d2_d__p26.reshape(n, 16, 7) * (weight[1088:1104].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_391 = torch.bmm((d2_d__p26 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p76.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p26
     d2_d__p76_392 = d2_d__p33.reshape(n, 16, 7) * (weight[1328:1344].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_393 = torch.bmm((d2_d__p33 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p76.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p33
     d2_d__p76_394 = d2_d__p38.reshape(n, 16, 7) * (weight[1472:1488].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_395 = torch.bmm((d2_d__p38 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p76.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p38, d__p76
     # ∂/∂d__p77: ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
     d2_d__p76 = d2_d__p76_390 + d2_d__p76_392 + d2_d__p76_394
+    del d2_d__p76_390, d2_d__p76_392, d2_d__p76_394
     _c181 = d2_d__p76.reshape(n, 16, 7, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p77 = torch.mm(_c181.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c181
     # ∂/∂x4: ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
     _c182 = d2_d__p76.reshape(n, 16, 7, 1) * d__p77.reshape(n, 16, 1, 5)
+    del d2_d__p76, d__p77
     d2_x4_396 = torch.mm(_c182.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(1, 0, 2).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c182
     d2_d_y_397 = d2_d__p77
+    del d2_d__p77
     d2_x1 = torch.cat([
         (d2_x1_115 + d2_x1_118 + d2_x1_121).reshape(n, 16),
         (d2_x1_124 + d2_x1_127 + d2_x1_130 + d2_x1_133 + d2_x1_136 + d2_x1_139).reshape(n, 48),
         (d2_x1_142 + d2_x1_145 + d2_x1_148 + d2_x1_151 + d2_x1_154 + d2_x1_157).reshape(n, 80),
     ], dim=-1)
+    del d2_x1_115, d2_x1_118, d2_x1_121, d2_x1_124, d2_x1_127, d2_x1_130, d2_x1_133, d2_x1_136, d2_x1_139, d2_x1_142, d2_x1_145, d2_x1_148, d2_x1_151, d2_x1_154, d2_x1_157
     d2_x2 = weight.new_zeros(n, 144)
     d2_x3 = torch.cat([
         (d2_x3_159 + d2_x3_162 + d2_x3_169 + d2_x3_177 + d2_x3_183).reshape(n, 16),
         (d2_x3_160 + d2_x3_163 + d2_x3_164 + d2_x3_165 + d2_x3_170 + d2_x3_171 + d2_x3_172 + d2_x3_178 + d2_x3_179 + d2_x3_184 + d2_x3_185 + d2_x3_186).reshape(n, 48),
         (d2_x3_161 + d2_x3_166 + d2_x3_167 + d2_x3_168 + d2_x3_173 + d2_x3_174 + d2_x3_175 + d2_x3_176 + d2_x3_180 + d2_x3_181 + d2_x3_182 + d2_x3_187 + d2_x3_188 + d2_x3_189).reshape(n, 80),
     ], dim=-1)
+    del d2_x3_159, d2_x3_160, d2_x3_161, d2_x3_162, d2_x3_163, d2_x3_164, d2_x3_165, d2_x3_166, d2_x3_167, d2_x3_168, d2_x3_169, d2_x3_170, d2_x3_171, d2_x3_172, d2_x3_173, d2_x3_174, d2_x3_175, d2_x3_176, d2_x3_177, d2_x3_178, d2_x3_179, d2_x3_180, d2_x3_181, d2_x3_182, d2_x3_183, d2_x3_184, d2_x3_185, d2_x3_186, d2_x3_187, d2_x3_188, d2_x3_189
     d2_x4 = torch.cat([
         (d2_x4_196 + d2_x4_226 + d2_x4_282).reshape(n, 16),
         (d2_x4_204 + d2_x4_240 + d2_x4_254 + d2_x4_296 + d2_x4_336 + d2_x4_360 + d2_x4_368).reshape(n, 48),
         (d2_x4_212 + d2_x4_268 + d2_x4_310 + d2_x4_324 + d2_x4_348 + d2_x4_380 + d2_x4_388 + d2_x4_396).reshape(n, 80),
     ], dim=-1)
+    del d2_x4_196, d2_x4_204, d2_x4_212, d2_x4_226, d2_x4_240, d2_x4_254, d2_x4_268, d2_x4_282, d2_x4_296, d2_x4_310, d2_x4_324, d2_x4_336, d2_x4_348, d2_x4_360, d2_x4_368, d2_x4_380, d2_x4_388, d2_x4_396
     d2_d_y = torch.cat([
         (d2_d_y_197 + d2_d_y_241 + d2_d_y_311).reshape(n, 16),
         (d2_d_y_205 + d2_d_y_227 + d2_d_y_269 + d2_d_y_297 + d2_d_y_337 + d2_d_y_381 + d2_d_y_389).reshape(n, 48),
         (d2_d_y_213 + d2_d_y_255 + d2_d_y_283 + d2_d_y_325 + d2_d_y_349 + d2_d_y_361 + d2_d_y_369 + d2_d_y_397).reshape(n, 80),
     ], dim=-1)
+    del d2_d_y_197, d2_d_y_205, d2_d_y_213, d2_d_y_227, d2_d_y_241, d2_d_y_255, d2_d_y_269, d2_d_y_283, d2_d_y_297, d2_d_y_311, d2_d_y_325, d2_d_y_337, d2_d_y_349, d2_d_y_361, d2_d_y_369, d2_d_y_381, d2_d_y_389, d2_d_y_397
     d2_weight = torch.cat([
         d2_weight_116.reshape(16),
         d2_weight_119.reshape(16),
@@ -3494,6 +4644,7 @@ def _fusion_block_d2_x2(
         d2_weight_379.reshape(16),
         d2_weight_387.reshape(16),
     ], dim=-1)
+    del d2_weight_116, d2_weight_119, d2_weight_122, d2_weight_125, d2_weight_128, d2_weight_131, d2_weight_134, d2_weight_137, d2_weight_140, d2_weight_143, d2_weight_146, d2_weight_149, d2_weight_152, d2_weight_155, d2_weight_158, d2_weight_191, d2_weight_193, d2_weight_195, d2_weight_199, d2_weight_201, d2_weight_203, d2_weight_207, d2_weight_209, d2_weight_211, d2_weight_215, d2_weight_217, d2_weight_219, d2_weight_221, d2_weight_223, d2_weight_225, d2_weight_229, d2_weight_231, d2_weight_233, d2_weight_235, d2_weight_237, d2_weight_239, d2_weight_243, d2_weight_245, d2_weight_247, d2_weight_249, d2_weight_251, d2_weight_253, d2_weight_257, d2_weight_259, d2_weight_261, d2_weight_263, d2_weight_265, d2_weight_267, d2_weight_271, d2_weight_273, d2_weight_275, d2_weight_277, d2_weight_279, d2_weight_281, d2_weight_285, d2_weight_287, d2_weight_289, d2_weight_291, d2_weight_293, d2_weight_295, d2_weight_299, d2_weight_301, d2_weight_303, d2_weight_305, d2_weight_307, d2_weight_309, d2_weight_313, d2_weight_315, d2_weight_317, d2_weight_319, d2_weight_321, d2_weight_323, d2_weight_327, d2_weight_329, d2_weight_331, d2_weight_333, d2_weight_335, d2_weight_339, d2_weight_341, d2_weight_343, d2_weight_345, d2_weight_347, d2_weight_351, d2_weight_353, d2_weight_355, d2_weight_357, d2_weight_359, d2_weight_363, d2_weight_365, d2_weight_367, d2_weight_371, d2_weight_373, d2_weight_375, d2_weight_377, d2_weight_379, d2_weight_383, d2_weight_385, d2_weight_387, d2_weight_391, d2_weight_393, d2_weight_395
     return [d2_x1, d2_x2, d2_x3, d2_x4, d2_d_y, d2_weight]
 
 
@@ -3511,61 +4662,71 @@ def _fusion_block_d2_x3(
     # 16x0e ⊗ 16x0e -> 16x0e
     _c0 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    t_0 = torch.bmm(_c0.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    t_0 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1).transpose(1, 2), _c0.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    del _c0
     # 16x0e ⊗ 16x1o -> 16x1o
     _c2 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c3 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    t_1 = torch.bmm(_c2.permute(1, 0, 2, 3).reshape(16, n, 3), (_c3 * 0.8660254037844386).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_1 = torch.bmm((_c3 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c2.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c2
     # 16x0e ⊗ 16x2e -> 16x2e
     _c4 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c5 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
-    t_2 = torch.bmm(_c4.permute(1, 0, 2, 3).reshape(16, n, 5), (_c5 * 1.118033988749895).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_2 = torch.bmm((_c5 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c4.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c4
     # 16x1o ⊗ 16x0e -> 16x1o
     _c6 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c7 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    t_3 = torch.bmm(_c6.permute(1, 0, 2, 3).reshape(16, n, 3), (_c7 * 0.8660254037844386).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_3 = torch.bmm((_c7 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c6
     # 16x1o ⊗ 16x1o -> 16x0e
     _c8 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c9 = torch.mm(cg_1_1_0.reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->ijku
-    t_4 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 9), (_c9 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    t_4 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
     # 16x1o ⊗ 16x1o -> 16x2e
     _c10 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uijk
-    t_5 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 9), (_c10 * 1.118033988749895).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_5 = torch.bmm((_c10 * 1.118033988749895).reshape(16, 9, 5).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x1o ⊗ 16x1o -> 16x1e
     _c11 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uijk
-    t_6 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 9), (_c11 * 1.224744871391589).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_6 = torch.bmm((_c11 * 1.224744871391589).reshape(16, 9, 3).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c8
     # 16x1o ⊗ 16x2e -> 16x1o
     _c12 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c13 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->uijk
-    t_7 = torch.bmm(_c12.permute(1, 0, 2, 3).reshape(16, n, 15), (_c13 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_7 = torch.bmm((_c13 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c12.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x1o ⊗ 16x2e -> 16x2o
     _c14 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_1_2_2.reshape(75, 1).t()).view(16, 3, 5, 5)  # ijk,u->uijk
-    t_8 = torch.bmm(_c12.permute(1, 0, 2, 3).reshape(16, n, 15), (_c14 * 1.5811388300841898).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_8 = torch.bmm((_c14 * 1.5811388300841898).reshape(16, 15, 5).transpose(1, 2), _c12.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c12
     # 16x2e ⊗ 16x0e -> 16x2e
     _c15 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c16 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
-    t_9 = torch.bmm(_c15.permute(1, 0, 2, 3).reshape(16, n, 5), (_c16 * 1.118033988749895).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_9 = torch.bmm((_c16 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c15.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c15
     # 16x2e ⊗ 16x1o -> 16x1o
     _c17 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c18 = torch.mm(weight[160:176].view(16).reshape(1, 16).t(), cg_2_1_1.reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uijk
-    t_10 = torch.bmm(_c17.permute(1, 0, 2, 3).reshape(16, n, 15), (_c18 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_10 = torch.bmm((_c18 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c17.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x2e ⊗ 16x1o -> 16x2o
     _c19 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_1_2.reshape(75, 1).t()).view(16, 5, 3, 5)  # ijk,u->uijk
-    t_11 = torch.bmm(_c17.permute(1, 0, 2, 3).reshape(16, n, 15), (_c19 * 1.5811388300841898).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_11 = torch.bmm((_c19 * 1.5811388300841898).reshape(16, 15, 5).transpose(1, 2), _c17.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c17
     # 16x2e ⊗ 16x2e -> 16x0e
     _c20 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c21 = torch.mm(cg_2_2_0.reshape(25, 1), weight[192:208].view(16).reshape(1, 16)).view(5, 5, 1, 16)  # ijk,u->ijku
-    t_12 = torch.bmm(_c20.permute(1, 0, 2, 3).reshape(16, n, 25), (_c21 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    t_12 = torch.bmm((_c21 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c20.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
     # 16x2e ⊗ 16x2e -> 16x2e
     _c22 = torch.mm(weight[208:224].view(16).reshape(1, 16).t(), cg_2_2_2.reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uijk
-    t_13 = torch.bmm(_c20.permute(1, 0, 2, 3).reshape(16, n, 25), (_c22 * 1.118033988749895).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_13 = torch.bmm((_c22 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c20.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x2e ⊗ 16x2e -> 16x1e
     _c23 = torch.mm(weight[224:240].view(16).reshape(1, 16).t(), cg_2_2_1.reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->uijk
-    t_14 = torch.bmm(_c20.permute(1, 0, 2, 3).reshape(16, n, 25), (_c23 * 1.224744871391589).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_14 = torch.bmm((_c23 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c20.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c20
     d__p77 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
     _c24 = d__p77.reshape(n, 16, 1, 5) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p76 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_3_2_2.reshape(7, 25).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c24
     d__p38 = d__p76.reshape(n, 16, 7) * (weight[1472:1488].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d__p33 = d__p76.reshape(n, 16, 7) * (weight[1328:1344].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d__p26 = d__p76.reshape(n, 16, 7) * (weight[1088:1104].view(16) * 0.9725975251592747).reshape(1, 16, 1)
@@ -3573,6 +4734,7 @@ def _fusion_block_d2_x3(
     # ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
     _c25 = d__p75.reshape(n, 16, 1, 3) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p74 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_2_1.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c25
     d__p41_15 = d__p74.reshape(n, 16, 7) * (weight[1600:1616].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d__p22_16 = d__p74.reshape(n, 16, 7) * (weight[928:944].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d__p17_17 = d__p74.reshape(n, 16, 7) * (weight[736:752].view(16) * 0.7859052479933758).reshape(1, 16, 1)
@@ -3580,6 +4742,7 @@ def _fusion_block_d2_x3(
     # ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
     _c26 = d__p73.reshape(n, 16, 1, 3) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p72 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c26
     d__p40_18 = d__p72.reshape(n, 16, 5) * (weight[1584:1600].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d__p35_19 = d__p72.reshape(n, 16, 5) * (weight[1360:1376].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d__p30_20 = d__p72.reshape(n, 16, 5) * (weight[1216:1232].view(16) * 0.6642111641550714).reshape(1, 16, 1)
@@ -3589,6 +4752,7 @@ def _fusion_block_d2_x3(
     # ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
     _c27 = d__p71.reshape(n, 16, 1, 5) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p70 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_1_2.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c27
     d__p41_23 = d__p70.reshape(n, 16, 7) * (weight[1552:1568].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d__p22_24 = d__p70.reshape(n, 16, 7) * (weight[880:896].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d__p17_25 = d__p70.reshape(n, 16, 7) * (weight[688:704].view(16) * 0.9725975251592747).reshape(1, 16, 1)
@@ -3596,6 +4760,7 @@ def _fusion_block_d2_x3(
     # ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
     _c28 = d__p69.reshape(n, 16, 1, 5) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p68 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c28
     d__p40_26 = d__p68.reshape(n, 16, 5) * (weight[1536:1552].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p35_27 = d__p68.reshape(n, 16, 5) * (weight[1344:1360].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p30_28 = d__p68.reshape(n, 16, 5) * (weight[1184:1200].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -3605,6 +4770,7 @@ def _fusion_block_d2_x3(
     # ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
     _c29 = d__p67.reshape(n, 16, 1, 5) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p66 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c29
     d__p37_31 = d__p66.reshape(n, 16, 3) * (weight[1424:1440].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d__p32_32 = d__p66.reshape(n, 16, 3) * (weight[1280:1296].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d__p28_33 = d__p66.reshape(n, 16, 3) * (weight[1120:1136].view(16) * 0.6367145399670133).reshape(1, 16, 1)
@@ -3614,6 +4780,7 @@ def _fusion_block_d2_x3(
     # ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
     _c30 = d__p65.reshape(n, 16, 1, 3) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p64 = torch.mm(_c30.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c30
     d__p37_36 = d__p64.reshape(n, 16, 3) * (weight[1392:1408].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p32_37 = d__p64.reshape(n, 16, 3) * (weight[1248:1264].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p28_38 = d__p64.reshape(n, 16, 3) * (weight[1104:1120].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -3623,6 +4790,7 @@ def _fusion_block_d2_x3(
     # ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
     _c31 = d__p63.reshape(n, 16, 1, 5) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p62 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c31
     d__p36_41 = d__p62.reshape(n, 16, 5) * (weight[1456:1472].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p31_42 = d__p62.reshape(n, 16, 5) * (weight[1312:1328].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p24_43 = d__p62.reshape(n, 16, 5) * (weight[1072:1088].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -3633,6 +4801,7 @@ def _fusion_block_d2_x3(
     # ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
     _c32 = d__p61.reshape(n, 16, 1, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d__p60 = torch.mm(_c32.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c32
     d__p36_47 = d__p60.reshape(n, 16, 5) * (weight[1440:1456].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d__p31_48 = d__p60.reshape(n, 16, 5) * (weight[1296:1312].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d__p24_49 = d__p60.reshape(n, 16, 5) * (weight[1056:1072].view(16) * 0.5773502691896257).reshape(1, 16, 1)
@@ -3643,6 +4812,7 @@ def _fusion_block_d2_x3(
     # ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
     _c33 = d__p59.reshape(n, 16, 1, 3) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p58 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c33
     d__p36_53 = d__p58.reshape(n, 16, 5) * (weight[1408:1424].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d__p31_54 = d__p58.reshape(n, 16, 5) * (weight[1264:1280].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d__p24_55 = d__p58.reshape(n, 16, 5) * (weight[1008:1024].view(16) * 0.6642111641550714).reshape(1, 16, 1)
@@ -3653,6 +4823,7 @@ def _fusion_block_d2_x3(
     # ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
     _c34 = d__p57.reshape(n, 16, 5, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p56 = torch.mm(_c34.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c34
     d__p36_59 = d__p56.reshape(n, 16, 5) * (weight[1376:1392].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p31_60 = d__p56.reshape(n, 16, 5) * (weight[1232:1248].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p24_61 = d__p56.reshape(n, 16, 5) * (weight[960:976].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -3663,6 +4834,7 @@ def _fusion_block_d2_x3(
     # ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
     _c35 = d__p55.reshape(n, 16, 1, 3) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p54 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c35
     d__p39_65 = d__p54.reshape(n, 16, 3) * (weight[1568:1584].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p29_66 = d__p54.reshape(n, 16, 3) * (weight[1200:1216].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p20_67 = d__p54.reshape(n, 16, 3) * (weight[896:912].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -3673,6 +4845,7 @@ def _fusion_block_d2_x3(
     # ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
     _c36 = d__p53.reshape(n, 16, 1, 5) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p52 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c36
     d__p39_71 = d__p52.reshape(n, 16, 3) * (weight[1520:1536].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d__p29_72 = d__p52.reshape(n, 16, 3) * (weight[1168:1184].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d__p20_73 = d__p52.reshape(n, 16, 3) * (weight[848:864].view(16) * 0.6367145399670133).reshape(1, 16, 1)
@@ -3683,6 +4856,7 @@ def _fusion_block_d2_x3(
     # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
     _c37 = d__p51.reshape(n, 16, 1, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d__p50 = torch.mm(_c37.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c37
     d__p39_77 = d__p50.reshape(n, 16, 3) * (weight[1504:1520].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     d__p29_78 = d__p50.reshape(n, 16, 3) * (weight[1152:1168].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     d__p20_79 = d__p50.reshape(n, 16, 3) * (weight[832:848].view(16) * 0.4472135954999579).reshape(1, 16, 1)
@@ -3693,6 +4867,7 @@ def _fusion_block_d2_x3(
     # ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
     _c38 = d__p49.reshape(n, 16, 3, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p48 = torch.mm(_c38.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c38
     d__p39_83 = d__p48.reshape(n, 16, 3) * (weight[1488:1504].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p29_84 = d__p48.reshape(n, 16, 3) * (weight[1136:1152].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p20_85 = d__p48.reshape(n, 16, 3) * (weight[816:832].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -3703,6 +4878,7 @@ def _fusion_block_d2_x3(
     # ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
     _c39 = d__p47.reshape(n, 16, 1, 5) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p46 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c39
     d__p23_89 = d__p46.reshape(n, 16, 1) * (weight[1024:1040].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d__p12_90 = d__p46.reshape(n, 16, 1) * (weight[560:576].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d__p2_91 = d__p46.reshape(n, 16, 1) * (weight[272:288].view(16) * 0.36760731104690386).reshape(1, 16, 1)
@@ -3710,6 +4886,7 @@ def _fusion_block_d2_x3(
     # ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     _c40 = d__p45.reshape(n, 16, 1, 3) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p44 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c40
     d__p23_92 = d__p44.reshape(n, 16, 1) * (weight[976:992].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d__p12_93 = d__p44.reshape(n, 16, 1) * (weight[512:528].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d__p2_94 = d__p44.reshape(n, 16, 1) * (weight[256:272].view(16) * 0.2970442628930023).reshape(1, 16, 1)
@@ -3717,6 +4894,7 @@ def _fusion_block_d2_x3(
     # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     _c41 = d__p43.reshape(n, 16, 1, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c41.reshape(n, 16, 1)
+    del _c41
     d__p23_95 = d__p42.reshape(n, 16, 1) * (weight[944:960].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d__p12_96 = d__p42.reshape(n, 16, 1) * (weight[480:496].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d__p2_97 = d__p42.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.2581988897471611).reshape(1, 16, 1)
@@ -3728,245 +4906,372 @@ def _fusion_block_d2_x3(
         (t_6 + t_14).reshape(n, 48),
         (t_8 + t_11).reshape(n, 80),
     ], dim=-1)
+    del t_0, t_1, t_10, t_11, t_12, t_13, t_14, t_2, t_3, t_4, t_5, t_6, t_7, t_8, t_9
     _c42 = d2_d_x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p2 = cg_0_0_0.reshape(1, 1, 1) * _c42.reshape(n, 16, 1)
+    del _c42
     # ∂/∂t: ∂/∂x3: p2 = (p0 ⊗ p1) -> 16x0e
     d__p2 = d__p2_91 + d__p2_94 + d__p2_97
+    del d__p2_91, d__p2_94, d__p2_97
     _c43 = d2_d_x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p2.reshape(n, 16, 1, 1)
+    del d__p2
     d2_t_98 = cg_0_0_0.reshape(1, 1, 1) * _c43.reshape(n, 16, 1)
+    del _c43
     # ∂/∂d__p7: ∂/∂x3: p7 = (p0 ⊗ p6) -> 16x1o
     _c44 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p7 = torch.mm(_c44.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuji->zuk
+    del _c44
     # ∂/∂t: ∂/∂x3: p7 = (p0 ⊗ p6) -> 16x1o
     d__p7 = d__p7_70 + d__p7_76 + d__p7_82 + d__p7_88
+    del d__p7_70, d__p7_76, d__p7_82, d__p7_88
     _c45 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p7.reshape(n, 16, 1, 3)
+    del d__p7
     d2_t_99 = torch.mm(_c45.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c45
     # ∂/∂d__p9: ∂/∂x3: p9 = (p0 ⊗ p8) -> 16x2e
     _c46 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p9 = torch.mm(_c46.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuji->zuk
+    del _c46
     # ∂/∂t: ∂/∂x3: p9 = (p0 ⊗ p8) -> 16x2e
     d__p9 = d__p9_46 + d__p9_52 + d__p9_58 + d__p9_64
+    del d__p9_46, d__p9_52, d__p9_58, d__p9_64
     _c47 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p9.reshape(n, 16, 1, 5)
+    del d__p9
     d2_t_100 = torch.mm(_c47.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c47
     # ∂/∂d__p11: ∂/∂x3: p11 = (p10 ⊗ p1) -> 16x1o
     _c48 = d2_d_x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p11 = torch.mm(_c48.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuji->zuk
+    del _c48
     # ∂/∂t: ∂/∂x3: p11 = (p10 ⊗ p1) -> 16x1o
     d__p11 = d__p11_69 + d__p11_75 + d__p11_81 + d__p11_87
+    del d__p11_69, d__p11_75, d__p11_81, d__p11_87
     _c49 = d2_d_x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p11.reshape(n, 16, 1, 3)
+    del d__p11
     d2_t_101 = torch.mm(_c49.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c49
     # ∂/∂d__p12: ∂/∂x3: p12 = (p10 ⊗ p6) -> 16x0e
     _c50 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_d__p12 = torch.mm(_c50.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂t: ∂/∂x3: p12 = (p10 ⊗ p6) -> 16x0e
     d__p12 = d__p12_90 + d__p12_93 + d__p12_96
+    del d__p12_90, d__p12_93, d__p12_96
     _c51 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p12.reshape(n, 16, 1, 1)
+    del d__p12
     d2_t_102 = torch.mm(_c51.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c51
     # ∂/∂d__p13: ∂/∂x3: p13 = (p10 ⊗ p6) -> 16x2e
     d2_d__p13 = torch.mm(_c50.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂t: ∂/∂x3: p13 = (p10 ⊗ p6) -> 16x2e
     d__p13 = d__p13_45 + d__p13_51 + d__p13_57 + d__p13_63
+    del d__p13_45, d__p13_51, d__p13_57, d__p13_63
     _c52 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p13.reshape(n, 16, 1, 5)
+    del d__p13
     d2_t_103 = torch.mm(_c52.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c52
     # ∂/∂d__p14: ∂/∂x3: p14 = (p10 ⊗ p6) -> 16x1e
     d2_d__p14 = torch.mm(_c50.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c50
     # ∂/∂t: ∂/∂x3: p14 = (p10 ⊗ p6) -> 16x1e
     d__p14 = d__p14_35 + d__p14_40
+    del d__p14_35, d__p14_40
     _c53 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p14.reshape(n, 16, 1, 3)
+    del d__p14
     d2_t_104 = torch.mm(_c53.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c53
     # ∂/∂d__p15: ∂/∂x3: p15 = (p10 ⊗ p8) -> 16x1o
     _c54 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_d__p15 = torch.mm(_c54.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂t: ∂/∂x3: p15 = (p10 ⊗ p8) -> 16x1o
     d__p15 = d__p15_68 + d__p15_74 + d__p15_80 + d__p15_86
+    del d__p15_68, d__p15_74, d__p15_80, d__p15_86
     _c55 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p15.reshape(n, 16, 1, 3)
+    del d__p15
     d2_t_105 = torch.mm(_c55.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c55
     # ∂/∂d__p16: ∂/∂x3: p16 = (p10 ⊗ p8) -> 16x2o
     d2_d__p16 = torch.mm(_c54.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂t: ∂/∂x3: p16 = (p10 ⊗ p8) -> 16x2o
     d__p16 = d__p16_22 + d__p16_30
+    del d__p16_22, d__p16_30
     _c56 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p16.reshape(n, 16, 1, 5)
+    del d__p16
     d2_t_106 = torch.mm(_c56.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c56
     # ∂/∂d__p17: ∂/∂x3: p17 = (p10 ⊗ p8) -> 16x3o
     d2_d__p17 = torch.mm(_c54.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c54
     # ∂/∂t: ∂/∂x3: p17 = (p10 ⊗ p8) -> 16x3o
     d__p17 = d__p17_17 + d__p17_25
+    del d__p17_17, d__p17_25
     _c57 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p17.reshape(n, 16, 1, 7)
+    del d__p17
     d2_t_107 = torch.mm(_c57.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_1_2_3.reshape(3, 35).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c57
     # ∂/∂d__p19: ∂/∂x3: p19 = (p18 ⊗ p1) -> 16x2e
     _c58 = d2_d_x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p19 = torch.mm(_c58.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuji->zuk
+    del _c58
     # ∂/∂t: ∂/∂x3: p19 = (p18 ⊗ p1) -> 16x2e
     d__p19 = d__p19_44 + d__p19_50 + d__p19_56 + d__p19_62
+    del d__p19_44, d__p19_50, d__p19_56, d__p19_62
     _c59 = d2_d_x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p19.reshape(n, 16, 1, 5)
+    del d__p19
     d2_t_108 = torch.mm(_c59.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c59
     # ∂/∂d__p20: ∂/∂x3: p20 = (p18 ⊗ p6) -> 16x1o
     _c60 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_d__p20 = torch.mm(_c60.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂t: ∂/∂x3: p20 = (p18 ⊗ p6) -> 16x1o
     d__p20 = d__p20_67 + d__p20_73 + d__p20_79 + d__p20_85
+    del d__p20_67, d__p20_73, d__p20_79, d__p20_85
     _c61 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p20.reshape(n, 16, 1, 3)
+    del d__p20
     d2_t_109 = torch.mm(_c61.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c61
     # ∂/∂d__p21: ∂/∂x3: p21 = (p18 ⊗ p6) -> 16x2o
     d2_d__p21 = torch.mm(_c60.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂t: ∂/∂x3: p21 = (p18 ⊗ p6) -> 16x2o
     d__p21 = d__p21_21 + d__p21_29
+    del d__p21_21, d__p21_29
     _c62 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p21.reshape(n, 16, 1, 5)
+    del d__p21
     d2_t_110 = torch.mm(_c62.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c62
     # ∂/∂d__p22: ∂/∂x3: p22 = (p18 ⊗ p6) -> 16x3o
     d2_d__p22 = torch.mm(_c60.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c60
     # ∂/∂t: ∂/∂x3: p22 = (p18 ⊗ p6) -> 16x3o
     d__p22 = d__p22_16 + d__p22_24
+    del d__p22_16, d__p22_24
     _c63 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p22.reshape(n, 16, 1, 7)
+    del d__p22
     d2_t_111 = torch.mm(_c63.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_2_1_3.reshape(5, 21).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c63
     # ∂/∂d__p23: ∂/∂x3: p23 = (p18 ⊗ p8) -> 16x0e
     _c64 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_d__p23 = torch.mm(_c64.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂t: ∂/∂x3: p23 = (p18 ⊗ p8) -> 16x0e
     d__p23 = d__p23_89 + d__p23_92 + d__p23_95
+    del d__p23_89, d__p23_92, d__p23_95
     _c65 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p23.reshape(n, 16, 1, 1)
+    del d__p23
     d2_t_112 = torch.mm(_c65.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c65
     # ∂/∂d__p24: ∂/∂x3: p24 = (p18 ⊗ p8) -> 16x2e
     d2_d__p24 = torch.mm(_c64.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂t: ∂/∂x3: p24 = (p18 ⊗ p8) -> 16x2e
     d__p24 = d__p24_43 + d__p24_49 + d__p24_55 + d__p24_61
+    del d__p24_43, d__p24_49, d__p24_55, d__p24_61
     _c66 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p24.reshape(n, 16, 1, 5)
+    del d__p24
     d2_t_113 = torch.mm(_c66.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c66
     # ∂/∂d__p25: ∂/∂x3: p25 = (p18 ⊗ p8) -> 16x1e
     d2_d__p25 = torch.mm(_c64.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂t: ∂/∂x3: p25 = (p18 ⊗ p8) -> 16x1e
     d__p25 = d__p25_34 + d__p25_39
+    del d__p25_34, d__p25_39
     _c67 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p25.reshape(n, 16, 1, 3)
+    del d__p25
     d2_t_114 = torch.mm(_c67.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c67
     # ∂/∂d__p26: ∂/∂x3: p26 = (p18 ⊗ p8) -> 16x3e
     d2_d__p26 = torch.mm(_c64.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c64
     # ∂/∂t: ∂/∂x3: p26 = (p18 ⊗ p8) -> 16x3e
     _c68 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p26.reshape(n, 16, 1, 7)
+    del d__p26
     d2_t_115 = torch.mm(_c68.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.reshape(5, 35).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c68
     # ∂/∂d__p28: ∂/∂x3: p28 = (p27 ⊗ p1) -> 16x1e
     _c69 = d2_d_x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p28 = torch.mm(_c69.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuji->zuk
+    del _c69
     # ∂/∂t: ∂/∂x3: p28 = (p27 ⊗ p1) -> 16x1e
     d__p28 = d__p28_33 + d__p28_38
+    del d__p28_33, d__p28_38
     _c70 = d2_d_x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p28.reshape(n, 16, 1, 3)
+    del d__p28
     d2_t_116 = torch.mm(_c70.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c70
     # ∂/∂d__p29: ∂/∂x3: p29 = (p27 ⊗ p6) -> 16x1o
     _c71 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_d__p29 = torch.mm(_c71.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂t: ∂/∂x3: p29 = (p27 ⊗ p6) -> 16x1o
     d__p29 = d__p29_66 + d__p29_72 + d__p29_78 + d__p29_84
+    del d__p29_66, d__p29_72, d__p29_78, d__p29_84
     _c72 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p29.reshape(n, 16, 1, 3)
+    del d__p29
     d2_t_117 = torch.mm(_c72.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c72
     # ∂/∂d__p30: ∂/∂x3: p30 = (p27 ⊗ p6) -> 16x2o
     d2_d__p30 = torch.mm(_c71.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c71
     # ∂/∂t: ∂/∂x3: p30 = (p27 ⊗ p6) -> 16x2o
     d__p30 = d__p30_20 + d__p30_28
+    del d__p30_20, d__p30_28
     _c73 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p30.reshape(n, 16, 1, 5)
+    del d__p30
     d2_t_118 = torch.mm(_c73.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c73
     # ∂/∂d__p31: ∂/∂x3: p31 = (p27 ⊗ p8) -> 16x2e
     _c74 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_d__p31 = torch.mm(_c74.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂t: ∂/∂x3: p31 = (p27 ⊗ p8) -> 16x2e
     d__p31 = d__p31_42 + d__p31_48 + d__p31_54 + d__p31_60
+    del d__p31_42, d__p31_48, d__p31_54, d__p31_60
     _c75 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p31.reshape(n, 16, 1, 5)
+    del d__p31
     d2_t_119 = torch.mm(_c75.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c75
     # ∂/∂d__p32: ∂/∂x3: p32 = (p27 ⊗ p8) -> 16x1e
     d2_d__p32 = torch.mm(_c74.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂t: ∂/∂x3: p32 = (p27 ⊗ p8) -> 16x1e
     d__p32 = d__p32_32 + d__p32_37
+    del d__p32_32, d__p32_37
     _c76 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p32.reshape(n, 16, 1, 3)
+    del d__p32
     d2_t_120 = torch.mm(_c76.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c76
     # ∂/∂d__p33: ∂/∂x3: p33 = (p27 ⊗ p8) -> 16x3e
     d2_d__p33 = torch.mm(_c74.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c74
     # ∂/∂t: ∂/∂x3: p33 = (p27 ⊗ p8) -> 16x3e
     _c77 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p33.reshape(n, 16, 1, 7)
+    del d__p33
     d2_t_121 = torch.mm(_c77.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_1_2_3.reshape(3, 35).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c77
     # ∂/∂d__p35: ∂/∂x3: p35 = (p34 ⊗ p1) -> 16x2o
     _c78 = d2_d_x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p35 = torch.mm(_c78.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuji->zuk
+    del _c78
     # ∂/∂t: ∂/∂x3: p35 = (p34 ⊗ p1) -> 16x2o
     d__p35 = d__p35_19 + d__p35_27
+    del d__p35_19, d__p35_27
     _c79 = d2_d_x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p35.reshape(n, 16, 1, 5)
+    del d__p35
     d2_t_122 = torch.mm(_c79.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c79
     # ∂/∂d__p36: ∂/∂x3: p36 = (p34 ⊗ p6) -> 16x2e
     _c80 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_d__p36 = torch.mm(_c80.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂t: ∂/∂x3: p36 = (p34 ⊗ p6) -> 16x2e
     d__p36 = d__p36_41 + d__p36_47 + d__p36_53 + d__p36_59
+    del d__p36_41, d__p36_47, d__p36_53, d__p36_59
     _c81 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p36.reshape(n, 16, 1, 5)
+    del d__p36
     d2_t_123 = torch.mm(_c81.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c81
     # ∂/∂d__p37: ∂/∂x3: p37 = (p34 ⊗ p6) -> 16x1e
     d2_d__p37 = torch.mm(_c80.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂t: ∂/∂x3: p37 = (p34 ⊗ p6) -> 16x1e
     d__p37 = d__p37_31 + d__p37_36
+    del d__p37_31, d__p37_36
     _c82 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p37.reshape(n, 16, 1, 3)
+    del d__p37
     d2_t_124 = torch.mm(_c82.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c82
     # ∂/∂d__p38: ∂/∂x3: p38 = (p34 ⊗ p6) -> 16x3e
     d2_d__p38 = torch.mm(_c80.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c80
     # ∂/∂t: ∂/∂x3: p38 = (p34 ⊗ p6) -> 16x3e
     _c83 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p38.reshape(n, 16, 1, 7)
+    del d__p38
     d2_t_125 = torch.mm(_c83.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_2_1_3.reshape(5, 21).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c83
     # ∂/∂d__p39: ∂/∂x3: p39 = (p34 ⊗ p8) -> 16x1o
     _c84 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    del t
     d2_d__p39 = torch.mm(_c84.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂t: ∂/∂x3: p39 = (p34 ⊗ p8) -> 16x1o
     d__p39 = d__p39_65 + d__p39_71 + d__p39_77 + d__p39_83
+    del d__p39_65, d__p39_71, d__p39_77, d__p39_83
     _c85 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p39.reshape(n, 16, 1, 3)
+    del d__p39
     d2_t_126 = torch.mm(_c85.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c85
     # ∂/∂d__p40: ∂/∂x3: p40 = (p34 ⊗ p8) -> 16x2o
     d2_d__p40 = torch.mm(_c84.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂t: ∂/∂x3: p40 = (p34 ⊗ p8) -> 16x2o
     d__p40 = d__p40_18 + d__p40_26
+    del d__p40_18, d__p40_26
     _c86 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p40.reshape(n, 16, 1, 5)
+    del d__p40
     d2_t_127 = torch.mm(_c86.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c86
     # ∂/∂d__p41: ∂/∂x3: p41 = (p34 ⊗ p8) -> 16x3o
     d2_d__p41 = torch.mm(_c84.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c84
     # ∂/∂t: ∂/∂x3: p41 = (p34 ⊗ p8) -> 16x3o
     d__p41 = d__p41_15 + d__p41_23
+    del d__p41_15, d__p41_23
     _c87 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p41.reshape(n, 16, 1, 7)
+    del d__p41
     d2_t_128 = torch.mm(_c87.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.reshape(5, 35).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c87
     d2_d__p42_129 = d2_d__p2.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d2_weight_130 = torch.bmm((d2_d__p2 * 0.2581988897471611).permute(1, 0, 2).reshape(16, 1, n), d__p42.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2_d__p42_131 = d2_d__p12.reshape(n, 16, 1) * (weight[480:496].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d2_weight_132 = torch.bmm((d2_d__p12 * 0.2581988897471611).permute(1, 0, 2).reshape(16, 1, n), d__p42.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2_d__p42_133 = d2_d__p23.reshape(n, 16, 1) * (weight[944:960].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d2_weight_134 = torch.bmm((d2_d__p23 * 0.2581988897471611).permute(1, 0, 2).reshape(16, 1, n), d__p42.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d__p42
     # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     d2_d__p42 = d2_d__p42_129 + d2_d__p42_131 + d2_d__p42_133
+    del d2_d__p42_129, d2_d__p42_131, d2_d__p42_133
     _c88 = d2_d__p42.reshape(n, 16, 1, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p43 = cg_0_0_0.reshape(1, 1, 1) * _c88.reshape(n, 16, 1)
+    del _c88
     # ∂/∂x4: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     _c89 = d2_d__p42.reshape(n, 16, 1, 1) * d__p43.reshape(n, 16, 1, 1)
+    del d2_d__p42, d__p43
     d2_x4_135 = cg_0_0_0.reshape(1, 1, 1) * _c89.reshape(n, 16, 1)
+    del _c89
     d2_d_y_136 = d2_d__p43
+    del d2_d__p43
     d2_d__p44_137 = d2_d__p2.reshape(n, 16, 1) * (weight[256:272].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d2_weight_138 = torch.bmm((d2_d__p2 * 0.2970442628930023).permute(1, 0, 2).reshape(16, 1, n), d__p44.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2_d__p44_139 = d2_d__p12.reshape(n, 16, 1) * (weight[512:528].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d2_weight_140 = torch.bmm((d2_d__p12 * 0.2970442628930023).permute(1, 0, 2).reshape(16, 1, n), d__p44.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2_d__p44_141 = d2_d__p23.reshape(n, 16, 1) * (weight[976:992].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d2_weight_142 = torch.bmm((d2_d__p23 * 0.2970442628930023).permute(1, 0, 2).reshape(16, 1, n), d__p44.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d__p44
     # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     d2_d__p44 = d2_d__p44_137 + d2_d__p44_139 + d2_d__p44_141
+    del d2_d__p44_137, d2_d__p44_139, d2_d__p44_141
     _c90 = d2_d__p44.reshape(n, 16, 1, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p45 = torch.mm(_c90.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c90
     # ∂/∂x4: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     _c91 = d2_d__p44.reshape(n, 16, 1, 1) * d__p45.reshape(n, 16, 1, 3)
+    del d2_d__p44, d__p45
     d2_x4_143 = torch.mm(_c91.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c91
     d2_d_y_144 = d2_d__p45
+    del d2_d__p45
     d2_d__p46_145 = d2_d__p2.reshape(n, 16, 1) * (weight[272:288].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d2_weight_146 = torch.bmm((d2_d__p2 * 0.36760731104690386).permute(1, 0, 2).reshape(16, 1, n), d__p46.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p2
     d2_d__p46_147 = d2_d__p12.reshape(n, 16, 1) * (weight[560:576].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d2_weight_148 = torch.bmm((d2_d__p12 * 0.36760731104690386).permute(1, 0, 2).reshape(16, 1, n), d__p46.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p12
     d2_d__p46_149 = d2_d__p23.reshape(n, 16, 1) * (weight[1024:1040].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d2_weight_150 = torch.bmm((d2_d__p23 * 0.36760731104690386).permute(1, 0, 2).reshape(16, 1, n), d__p46.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p23, d__p46
     # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
     d2_d__p46 = d2_d__p46_145 + d2_d__p46_147 + d2_d__p46_149
+    del d2_d__p46_145, d2_d__p46_147, d2_d__p46_149
     _c92 = d2_d__p46.reshape(n, 16, 1, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p47 = torch.mm(_c92.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c92
     # ∂/∂x4: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
     _c93 = d2_d__p46.reshape(n, 16, 1, 1) * d__p47.reshape(n, 16, 1, 5)
+    del d2_d__p46, d__p47
     d2_x4_151 = torch.mm(_c93.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c93
     d2_d_y_152 = d2_d__p47
+    del d2_d__p47
     d2_d__p48_153 = d2_d__p7.reshape(n, 16, 3) * (weight[288:304].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_154 = torch.bmm((d2_d__p7 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p48.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p48_155 = d2_d__p11.reshape(n, 16, 3) * (weight[416:432].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -3979,14 +5284,20 @@ def _fusion_block_d2_x3(
     d2_weight_162 = torch.bmm((d2_d__p29 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p48.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p48_163 = d2_d__p39.reshape(n, 16, 3) * (weight[1488:1504].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_164 = torch.bmm((d2_d__p39 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p48.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p48
     # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
     d2_d__p48 = d2_d__p48_153 + d2_d__p48_155 + d2_d__p48_157 + d2_d__p48_159 + d2_d__p48_161 + d2_d__p48_163
+    del d2_d__p48_153, d2_d__p48_155, d2_d__p48_157, d2_d__p48_159, d2_d__p48_161, d2_d__p48_163
     _c94 = d2_d__p48.reshape(n, 16, 3, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p49 = torch.mm(_c94.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c94
     # ∂/∂x4: ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
     _c95 = d2_d__p48.reshape(n, 16, 3, 1) * d__p49.reshape(n, 16, 1, 3)
+    del d2_d__p48, d__p49
     d2_x4_165 = torch.mm(_c95.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c95
     d2_d_y_166 = d2_d__p49
+    del d2_d__p49
     d2_d__p50_167 = d2_d__p7.reshape(n, 16, 3) * (weight[304:320].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     d2_weight_168 = torch.bmm((d2_d__p7 * 0.4472135954999579).permute(1, 0, 2).reshape(16, 1, n * 3), d__p50.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p50_169 = d2_d__p11.reshape(n, 16, 3) * (weight[432:448].view(16) * 0.4472135954999579).reshape(1, 16, 1)
@@ -3999,14 +5310,20 @@ def _fusion_block_d2_x3(
     d2_weight_176 = torch.bmm((d2_d__p29 * 0.4472135954999579).permute(1, 0, 2).reshape(16, 1, n * 3), d__p50.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p50_177 = d2_d__p39.reshape(n, 16, 3) * (weight[1504:1520].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     d2_weight_178 = torch.bmm((d2_d__p39 * 0.4472135954999579).permute(1, 0, 2).reshape(16, 1, n * 3), d__p50.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p50
     # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
     d2_d__p50 = d2_d__p50_167 + d2_d__p50_169 + d2_d__p50_171 + d2_d__p50_173 + d2_d__p50_175 + d2_d__p50_177
+    del d2_d__p50_167, d2_d__p50_169, d2_d__p50_171, d2_d__p50_173, d2_d__p50_175, d2_d__p50_177
     _c96 = d2_d__p50.reshape(n, 16, 3, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p51 = torch.mm(_c96.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c96
     # ∂/∂x4: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
     _c97 = d2_d__p50.reshape(n, 16, 3, 1) * d__p51.reshape(n, 16, 1, 1)
+    del d2_d__p50, d__p51
     d2_x4_179 = torch.mm(_c97.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c97
     d2_d_y_180 = d2_d__p51
+    del d2_d__p51
     d2_d__p52_181 = d2_d__p7.reshape(n, 16, 3) * (weight[320:336].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_182 = torch.bmm((d2_d__p7 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p52.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p52_183 = d2_d__p11.reshape(n, 16, 3) * (weight[448:464].view(16) * 0.6367145399670133).reshape(1, 16, 1)
@@ -4019,34 +5336,51 @@ def _fusion_block_d2_x3(
     d2_weight_190 = torch.bmm((d2_d__p29 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p52.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p52_191 = d2_d__p39.reshape(n, 16, 3) * (weight[1520:1536].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_192 = torch.bmm((d2_d__p39 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p52.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p52
     # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
     d2_d__p52 = d2_d__p52_181 + d2_d__p52_183 + d2_d__p52_185 + d2_d__p52_187 + d2_d__p52_189 + d2_d__p52_191
+    del d2_d__p52_181, d2_d__p52_183, d2_d__p52_185, d2_d__p52_187, d2_d__p52_189, d2_d__p52_191
     _c98 = d2_d__p52.reshape(n, 16, 3, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p53 = torch.mm(_c98.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c98
     # ∂/∂x4: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
     _c99 = d2_d__p52.reshape(n, 16, 3, 1) * d__p53.reshape(n, 16, 1, 5)
+    del d2_d__p52, d__p53
     d2_x4_193 = torch.mm(_c99.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c99
     d2_d_y_194 = d2_d__p53
+    del d2_d__p53
     d2_d__p54_195 = d2_d__p7.reshape(n, 16, 3) * (weight[336:352].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_196 = torch.bmm((d2_d__p7 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p7
     d2_d__p54_197 = d2_d__p11.reshape(n, 16, 3) * (weight[464:480].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_198 = torch.bmm((d2_d__p11 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p11
     d2_d__p54_199 = d2_d__p15.reshape(n, 16, 3) * (weight[704:720].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_200 = torch.bmm((d2_d__p15 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p15
     d2_d__p54_201 = d2_d__p20.reshape(n, 16, 3) * (weight[896:912].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_202 = torch.bmm((d2_d__p20 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p20
     d2_d__p54_203 = d2_d__p29.reshape(n, 16, 3) * (weight[1200:1216].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_204 = torch.bmm((d2_d__p29 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p29
     d2_d__p54_205 = d2_d__p39.reshape(n, 16, 3) * (weight[1568:1584].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_206 = torch.bmm((d2_d__p39 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p39, d__p54
     # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
     d2_d__p54 = d2_d__p54_195 + d2_d__p54_197 + d2_d__p54_199 + d2_d__p54_201 + d2_d__p54_203 + d2_d__p54_205
+    del d2_d__p54_195, d2_d__p54_197, d2_d__p54_199, d2_d__p54_201, d2_d__p54_203, d2_d__p54_205
     _c100 = d2_d__p54.reshape(n, 16, 3, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p55 = torch.mm(_c100.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c100
     # ∂/∂x4: ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
     _c101 = d2_d__p54.reshape(n, 16, 3, 1) * d__p55.reshape(n, 16, 1, 3)
+    del d2_d__p54, d__p55
     d2_x4_207 = torch.mm(_c101.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c101
     d2_d_y_208 = d2_d__p55
+    del d2_d__p55
     d2_d__p56_209 = d2_d__p9.reshape(n, 16, 5) * (weight[352:368].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_210 = torch.bmm((d2_d__p9 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p56.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p56_211 = d2_d__p13.reshape(n, 16, 5) * (weight[496:512].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -4059,14 +5393,20 @@ def _fusion_block_d2_x3(
     d2_weight_218 = torch.bmm((d2_d__p31 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p56.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p56_219 = d2_d__p36.reshape(n, 16, 5) * (weight[1376:1392].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_220 = torch.bmm((d2_d__p36 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p56.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p56
     # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
     d2_d__p56 = d2_d__p56_209 + d2_d__p56_211 + d2_d__p56_213 + d2_d__p56_215 + d2_d__p56_217 + d2_d__p56_219
+    del d2_d__p56_209, d2_d__p56_211, d2_d__p56_213, d2_d__p56_215, d2_d__p56_217, d2_d__p56_219
     _c102 = d2_d__p56.reshape(n, 16, 5, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p57 = torch.mm(_c102.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c102
     # ∂/∂x4: ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
     _c103 = d2_d__p56.reshape(n, 16, 5, 1) * d__p57.reshape(n, 16, 1, 5)
+    del d2_d__p56, d__p57
     d2_x4_221 = torch.mm(_c103.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c103
     d2_d_y_222 = d2_d__p57
+    del d2_d__p57
     d2_d__p58_223 = d2_d__p9.reshape(n, 16, 5) * (weight[368:384].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_224 = torch.bmm((d2_d__p9 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p58.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p58_225 = d2_d__p13.reshape(n, 16, 5) * (weight[544:560].view(16) * 0.6642111641550714).reshape(1, 16, 1)
@@ -4079,14 +5419,20 @@ def _fusion_block_d2_x3(
     d2_weight_232 = torch.bmm((d2_d__p31 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p58.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p58_233 = d2_d__p36.reshape(n, 16, 5) * (weight[1408:1424].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_234 = torch.bmm((d2_d__p36 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p58.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p58
     # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
     d2_d__p58 = d2_d__p58_223 + d2_d__p58_225 + d2_d__p58_227 + d2_d__p58_229 + d2_d__p58_231 + d2_d__p58_233
+    del d2_d__p58_223, d2_d__p58_225, d2_d__p58_227, d2_d__p58_229, d2_d__p58_231, d2_d__p58_233
     _c104 = d2_d__p58.reshape(n, 16, 5, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p59 = torch.mm(_c104.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c104
     # ∂/∂x4: ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
     _c105 = d2_d__p58.reshape(n, 16, 5, 1) * d__p59.reshape(n, 16, 1, 3)
+    del d2_d__p58, d__p59
     d2_x4_235 = torch.mm(_c105.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c105
     d2_d_y_236 = d2_d__p59
+    del d2_d__p59
     d2_d__p60_237 = d2_d__p9.reshape(n, 16, 5) * (weight[384:400].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_238 = torch.bmm((d2_d__p9 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n * 5), d__p60.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p60_239 = d2_d__p13.reshape(n, 16, 5) * (weight[592:608].view(16) * 0.5773502691896257).reshape(1, 16, 1)
@@ -4099,34 +5445,51 @@ def _fusion_block_d2_x3(
     d2_weight_246 = torch.bmm((d2_d__p31 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n * 5), d__p60.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p60_247 = d2_d__p36.reshape(n, 16, 5) * (weight[1440:1456].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_248 = torch.bmm((d2_d__p36 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n * 5), d__p60.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p60
     # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
     d2_d__p60 = d2_d__p60_237 + d2_d__p60_239 + d2_d__p60_241 + d2_d__p60_243 + d2_d__p60_245 + d2_d__p60_247
+    del d2_d__p60_237, d2_d__p60_239, d2_d__p60_241, d2_d__p60_243, d2_d__p60_245, d2_d__p60_247
     _c106 = d2_d__p60.reshape(n, 16, 5, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p61 = torch.mm(_c106.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c106
     # ∂/∂x4: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
     _c107 = d2_d__p60.reshape(n, 16, 5, 1) * d__p61.reshape(n, 16, 1, 1)
+    del d2_d__p60, d__p61
     d2_x4_249 = torch.mm(_c107.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c107
     d2_d_y_250 = d2_d__p61
+    del d2_d__p61
     d2_d__p62_251 = d2_d__p9.reshape(n, 16, 5) * (weight[400:416].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_252 = torch.bmm((d2_d__p9 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p9
     d2_d__p62_253 = d2_d__p13.reshape(n, 16, 5) * (weight[608:624].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_254 = torch.bmm((d2_d__p13 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p13
     d2_d__p62_255 = d2_d__p19.reshape(n, 16, 5) * (weight[800:816].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_256 = torch.bmm((d2_d__p19 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p19
     d2_d__p62_257 = d2_d__p24.reshape(n, 16, 5) * (weight[1072:1088].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_258 = torch.bmm((d2_d__p24 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p24
     d2_d__p62_259 = d2_d__p31.reshape(n, 16, 5) * (weight[1312:1328].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_260 = torch.bmm((d2_d__p31 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p31
     d2_d__p62_261 = d2_d__p36.reshape(n, 16, 5) * (weight[1456:1472].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_262 = torch.bmm((d2_d__p36 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p36, d__p62
     # ∂/∂d__p63: ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
     d2_d__p62 = d2_d__p62_251 + d2_d__p62_253 + d2_d__p62_255 + d2_d__p62_257 + d2_d__p62_259 + d2_d__p62_261
+    del d2_d__p62_251, d2_d__p62_253, d2_d__p62_255, d2_d__p62_257, d2_d__p62_259, d2_d__p62_261
     _c108 = d2_d__p62.reshape(n, 16, 5, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p63 = torch.mm(_c108.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c108
     # ∂/∂x4: ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
     _c109 = d2_d__p62.reshape(n, 16, 5, 1) * d__p63.reshape(n, 16, 1, 5)
+    del d2_d__p62, d__p63
     d2_x4_263 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c109
     d2_d_y_264 = d2_d__p63
+    del d2_d__p63
     d2_d__p64_265 = d2_d__p14.reshape(n, 16, 3) * (weight[528:544].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_266 = torch.bmm((d2_d__p14 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p64.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p64_267 = d2_d__p25.reshape(n, 16, 3) * (weight[992:1008].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -4137,32 +5500,48 @@ def _fusion_block_d2_x3(
     d2_weight_272 = torch.bmm((d2_d__p32 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p64.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p64_273 = d2_d__p37.reshape(n, 16, 3) * (weight[1392:1408].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_274 = torch.bmm((d2_d__p37 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p64.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p64
     # ∂/∂d__p65: ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
     d2_d__p64 = d2_d__p64_265 + d2_d__p64_267 + d2_d__p64_269 + d2_d__p64_271 + d2_d__p64_273
+    del d2_d__p64_265, d2_d__p64_267, d2_d__p64_269, d2_d__p64_271, d2_d__p64_273
     _c110 = d2_d__p64.reshape(n, 16, 3, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p65 = torch.mm(_c110.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c110
     # ∂/∂x4: ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
     _c111 = d2_d__p64.reshape(n, 16, 3, 1) * d__p65.reshape(n, 16, 1, 3)
+    del d2_d__p64, d__p65
     d2_x4_275 = torch.mm(_c111.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c111
     d2_d_y_276 = d2_d__p65
+    del d2_d__p65
     d2_d__p66_277 = d2_d__p14.reshape(n, 16, 3) * (weight[576:592].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_278 = torch.bmm((d2_d__p14 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p66.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p14
     d2_d__p66_279 = d2_d__p25.reshape(n, 16, 3) * (weight[1040:1056].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_280 = torch.bmm((d2_d__p25 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p66.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p25
     d2_d__p66_281 = d2_d__p28.reshape(n, 16, 3) * (weight[1120:1136].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_282 = torch.bmm((d2_d__p28 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p66.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p28
     d2_d__p66_283 = d2_d__p32.reshape(n, 16, 3) * (weight[1280:1296].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_284 = torch.bmm((d2_d__p32 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p66.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p32
     d2_d__p66_285 = d2_d__p37.reshape(n, 16, 3) * (weight[1424:1440].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_286 = torch.bmm((d2_d__p37 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p66.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p37, d__p66
     # ∂/∂d__p67: ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
     d2_d__p66 = d2_d__p66_277 + d2_d__p66_279 + d2_d__p66_281 + d2_d__p66_283 + d2_d__p66_285
+    del d2_d__p66_277, d2_d__p66_279, d2_d__p66_281, d2_d__p66_283, d2_d__p66_285
     _c112 = d2_d__p66.reshape(n, 16, 3, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p67 = torch.mm(_c112.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c112
     # ∂/∂x4: ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
     _c113 = d2_d__p66.reshape(n, 16, 3, 1) * d__p67.reshape(n, 16, 1, 5)
+    del d2_d__p66, d__p67
     d2_x4_287 = torch.mm(_c113.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c113
     d2_d_y_288 = d2_d__p67
+    del d2_d__p67
     d2_d__p68_289 = d2_d__p16.reshape(n, 16, 5) * (weight[672:688].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_290 = torch.bmm((d2_d__p16 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p68.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p68_291 = d2_d__p21.reshape(n, 16, 5) * (weight[864:880].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -4173,74 +5552,112 @@ def _fusion_block_d2_x3(
     d2_weight_296 = torch.bmm((d2_d__p35 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p68.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p68_297 = d2_d__p40.reshape(n, 16, 5) * (weight[1536:1552].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_298 = torch.bmm((d2_d__p40 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p68.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p68
     # ∂/∂d__p69: ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
     d2_d__p68 = d2_d__p68_289 + d2_d__p68_291 + d2_d__p68_293 + d2_d__p68_295 + d2_d__p68_297
+    del d2_d__p68_289, d2_d__p68_291, d2_d__p68_293, d2_d__p68_295, d2_d__p68_297
     _c114 = d2_d__p68.reshape(n, 16, 5, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p69 = torch.mm(_c114.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c114
     # ∂/∂x4: ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
     _c115 = d2_d__p68.reshape(n, 16, 5, 1) * d__p69.reshape(n, 16, 1, 5)
+    del d2_d__p68, d__p69
     d2_x4_299 = torch.mm(_c115.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 0, 2).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c115
     d2_d_y_300 = d2_d__p69
+    del d2_d__p69
     d2_d__p70_301 = d2_d__p17.reshape(n, 16, 7) * (weight[688:704].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_302 = torch.bmm((d2_d__p17 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p70.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
     d2_d__p70_303 = d2_d__p22.reshape(n, 16, 7) * (weight[880:896].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_304 = torch.bmm((d2_d__p22 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p70.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
     d2_d__p70_305 = d2_d__p41.reshape(n, 16, 7) * (weight[1552:1568].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_306 = torch.bmm((d2_d__p41 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p70.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d__p70
     # ∂/∂d__p71: ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
     d2_d__p70 = d2_d__p70_301 + d2_d__p70_303 + d2_d__p70_305
+    del d2_d__p70_301, d2_d__p70_303, d2_d__p70_305
     _c116 = d2_d__p70.reshape(n, 16, 7, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p71 = torch.mm(_c116.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_3_1_2.permute(2, 0, 1).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c116
     # ∂/∂x4: ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
     _c117 = d2_d__p70.reshape(n, 16, 7, 1) * d__p71.reshape(n, 16, 1, 5)
+    del d2_d__p70, d__p71
     d2_x4_307 = torch.mm(_c117.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_1_2.permute(1, 0, 2).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c117
     d2_d_y_308 = d2_d__p71
+    del d2_d__p71
     d2_d__p72_309 = d2_d__p16.reshape(n, 16, 5) * (weight[720:736].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_310 = torch.bmm((d2_d__p16 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p72.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p16
     d2_d__p72_311 = d2_d__p21.reshape(n, 16, 5) * (weight[912:928].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_312 = torch.bmm((d2_d__p21 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p72.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p21
     d2_d__p72_313 = d2_d__p30.reshape(n, 16, 5) * (weight[1216:1232].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_314 = torch.bmm((d2_d__p30 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p72.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p30
     d2_d__p72_315 = d2_d__p35.reshape(n, 16, 5) * (weight[1360:1376].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_316 = torch.bmm((d2_d__p35 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p72.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p35
     d2_d__p72_317 = d2_d__p40.reshape(n, 16, 5) * (weight[1584:1600].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_318 = torch.bmm((d2_d__p40 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p72.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p40, d__p72
     # ∂/∂d__p73: ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
     d2_d__p72 = d2_d__p72_309 + d2_d__p72_311 + d2_d__p72_313 + d2_d__p72_315 + d2_d__p72_317
+    del d2_d__p72_309, d2_d__p72_311, d2_d__p72_313, d2_d__p72_315, d2_d__p72_317
     _c118 = d2_d__p72.reshape(n, 16, 5, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p73 = torch.mm(_c118.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c118
     # ∂/∂x4: ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
     _c119 = d2_d__p72.reshape(n, 16, 5, 1) * d__p73.reshape(n, 16, 1, 3)
+    del d2_d__p72, d__p73
     d2_x4_319 = torch.mm(_c119.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c119
     d2_d_y_320 = d2_d__p73
+    del d2_d__p73
     d2_d__p74_321 = d2_d__p17.reshape(n, 16, 7) * (weight[736:752].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d2_weight_322 = torch.bmm((d2_d__p17 * 0.7859052479933758).permute(1, 0, 2).reshape(16, 1, n * 7), d__p74.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p17
     d2_d__p74_323 = d2_d__p22.reshape(n, 16, 7) * (weight[928:944].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d2_weight_324 = torch.bmm((d2_d__p22 * 0.7859052479933758).permute(1, 0, 2).reshape(16, 1, n * 7), d__p74.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p22
     d2_d__p74_325 = d2_d__p41.reshape(n, 16, 7) * (weight[1600:1616].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d2_weight_326 = torch.bmm((d2_d__p41 * 0.7859052479933758).permute(1, 0, 2).reshape(16, 1, n * 7), d__p74.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p41, d__p74
     # ∂/∂d__p75: ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
     d2_d__p74 = d2_d__p74_321 + d2_d__p74_323 + d2_d__p74_325
+    del d2_d__p74_321, d2_d__p74_323, d2_d__p74_325
     _c120 = d2_d__p74.reshape(n, 16, 7, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p75 = torch.mm(_c120.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c120
     # ∂/∂x4: ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
     _c121 = d2_d__p74.reshape(n, 16, 7, 1) * d__p75.reshape(n, 16, 1, 3)
+    del d2_d__p74, d__p75
     d2_x4_327 = torch.mm(_c121.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_3_2_1.permute(1, 0, 2).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c121
     d2_d_y_328 = d2_d__p75
+    del d2_d__p75
     d2_d__p76_329 = d2_d__p26.reshape(n, 16, 7) * (weight[1088:1104].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_330 = torch.bmm((d2_d__p26 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p76.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p26
     d2_d__p76_331 = d2_d__p33.reshape(n, 16, 7) * (weight[1328:1344].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_332 = torch.bmm((d2_d__p33 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p76.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p33
     d2_d__p76_333 = d2_d__p38.reshape(n, 16, 7) * (weight[1472:1488].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_334 = torch.bmm((d2_d__p38 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p76.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p38, d__p76
     # ∂/∂d__p77: ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
     d2_d__p76 = d2_d__p76_329 + d2_d__p76_331 + d2_d__p76_333
+    del d2_d__p76_329, d2_d__p76_331, d2_d__p76_333
     _c122 = d2_d__p76.reshape(n, 16, 7, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p77 = torch.mm(_c122.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c122
     # ∂/∂x4: ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
     _c123 = d2_d__p76.reshape(n, 16, 7, 1) * d__p77.reshape(n, 16, 1, 5)
+    del d2_d__p76, d__p77
     d2_x4_335 = torch.mm(_c123.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(1, 0, 2).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c123
     d2_d_y_336 = d2_d__p77
+    del d2_d__p77
     # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x1e
     d2_t = torch.cat([
         (d2_t_98 + d2_t_99 + d2_t_100).reshape(n, 16),
@@ -4249,157 +5666,219 @@ def _fusion_block_d2_x3(
         (d2_t_116 + d2_t_117 + d2_t_118 + d2_t_119 + d2_t_120 + d2_t_121).reshape(n, 48),
         (d2_t_122 + d2_t_123 + d2_t_124 + d2_t_125 + d2_t_126 + d2_t_127 + d2_t_128).reshape(n, 80),
     ], dim=-1)
+    del d2_t_100, d2_t_101, d2_t_102, d2_t_103, d2_t_104, d2_t_105, d2_t_106, d2_t_107, d2_t_108, d2_t_109, d2_t_110, d2_t_111, d2_t_112, d2_t_113, d2_t_114, d2_t_115, d2_t_116, d2_t_117, d2_t_118, d2_t_119, d2_t_120, d2_t_121, d2_t_122, d2_t_123, d2_t_124, d2_t_125, d2_t_126, d2_t_127, d2_t_128, d2_t_98, d2_t_99
     _c124 = d2_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x1_337 = torch.bmm(_c124.permute(1, 0, 2, 3).reshape(16, n, 15), (_c23 * 1.224744871391589).permute(0, 3, 2, 1).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_337 = torch.bmm((_c23 * 1.224744871391589).permute(0, 3, 2, 1).reshape(16, 15, 5).transpose(1, 2), _c124.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c124
     # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x1e
     _c125 = d2_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x2_338 = torch.bmm(_c125.permute(1, 0, 2, 3).reshape(16, n, 15), (_c23 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_338 = torch.bmm((_c23 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 15, 5).transpose(1, 2), _c125.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c23
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
     _c126 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c125.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 3, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c125
     d2_weight_339 = torch.mm((cg_2_2_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 75), _c126.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    del _c126
     # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x2e
     _c127 = d2_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x1_340 = torch.bmm(_c127.permute(1, 0, 2, 3).reshape(16, n, 25), (_c22 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_340 = torch.bmm((_c22 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 25, 5).transpose(1, 2), _c127.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
     # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x2e
     _c128 = d2_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x2_341 = torch.bmm(_c128.permute(1, 0, 2, 3).reshape(16, n, 25), (_c22 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_341 = torch.bmm((_c22 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 25, 5).transpose(1, 2), _c128.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c22
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
     _c129 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c128.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
     d2_weight_342 = torch.mm((cg_2_2_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 125), _c129.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,ujik->u
+    del _c129
     # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x0e
     _c130 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x1_343 = torch.bmm(_c130.permute(1, 0, 2, 3).reshape(16, n, 5), (_c21 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,ijku->zui
+    d2_x1_343 = torch.bmm((_c21 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 5, 5).transpose(1, 2), _c130.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,ijku->zui
+    del _c130
     # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x0e
     _c131 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x2_344 = torch.bmm(_c131.permute(1, 0, 2, 3).reshape(16, n, 5), (_c21 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,ijku->zuj
+    d2_x2_344 = torch.bmm((_c21 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 5, 5).transpose(1, 2), _c131.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,ijku->zuj
+    del _c21
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
     _c132 = torch.bmm(_c131.permute(1, 0, 3, 2).reshape(16, n, 5).transpose(1, 2), x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n).transpose(1, 2)).view(16, 5, 1, 5)  # zuj,zuki->uikj
+    del _c131
     d2_weight_345 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c132.permute(1, 3, 2, 0).reshape(25, 16)).view(16)  # ijk,uikj->u
+    del _c132
     # ∂/∂x1: 16x2e ⊗ 16x1o -> 16x2o
     _c133 = d2_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_346 = torch.bmm(_c133.permute(1, 0, 2, 3).reshape(16, n, 15), (_c19 * 1.5811388300841898).permute(0, 3, 2, 1).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_346 = torch.bmm((_c19 * 1.5811388300841898).permute(0, 3, 2, 1).reshape(16, 15, 5).transpose(1, 2), _c133.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c133
     # ∂/∂x2: 16x2e ⊗ 16x1o -> 16x2o
     _c134 = d2_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x2_347 = torch.bmm(_c134.permute(1, 0, 2, 3).reshape(16, n, 25), (_c19 * 1.5811388300841898).permute(0, 3, 1, 2).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_347 = torch.bmm((_c19 * 1.5811388300841898).permute(0, 3, 1, 2).reshape(16, 25, 3).transpose(1, 2), _c134.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c19
     # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x2o
     _c135 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c134.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 3, 5, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c134
     d2_weight_348 = torch.mm((cg_2_1_2 * 1.5811388300841898).permute(1, 0, 2).reshape(1, 75), _c135.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    del _c135
     # ∂/∂x1: 16x2e ⊗ 16x1o -> 16x1o
     _c136 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_349 = torch.bmm(_c136.permute(1, 0, 2, 3).reshape(16, n, 9), (_c18 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_349 = torch.bmm((_c18 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 9, 5).transpose(1, 2), _c136.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
     # ∂/∂x2: 16x2e ⊗ 16x1o -> 16x1o
     _c137 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x2_350 = torch.bmm(_c137.permute(1, 0, 2, 3).reshape(16, n, 15), (_c18 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_350 = torch.bmm((_c18 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 15, 3).transpose(1, 2), _c137.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c18
     # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
     _c138 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c137.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c137
     d2_weight_351 = torch.mm((cg_2_1_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c138.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c138
     # ∂/∂x1: 16x2e ⊗ 16x0e -> 16x2e
     _c139 = d2_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_352 = torch.bmm(_c139.permute(1, 0, 2, 3).reshape(16, n, 5), (_c16 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_352 = torch.bmm((_c16 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 5, 5).transpose(1, 2), _c139.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c139
     # ∂/∂x2: 16x2e ⊗ 16x0e -> 16x2e
-    d2_x2_353 = torch.bmm(_c128.permute(1, 0, 2, 3).reshape(16, n, 25), (_c16 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_353 = torch.bmm((_c16 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c128.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c16
     # ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
     _c140 = torch.bmm(x2[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c128.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c128
     d2_weight_354 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c140.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    del _c140
     # ∂/∂x1: 16x1o ⊗ 16x2e -> 16x2o
     _c141 = d2_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x1_355 = torch.bmm(_c141.permute(1, 0, 2, 3).reshape(16, n, 25), (_c14 * 1.5811388300841898).permute(0, 3, 2, 1).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_355 = torch.bmm((_c14 * 1.5811388300841898).permute(0, 3, 2, 1).reshape(16, 25, 3).transpose(1, 2), _c141.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c141
     # ∂/∂x2: 16x1o ⊗ 16x2e -> 16x2o
     _c142 = d2_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_356 = torch.bmm(_c142.permute(1, 0, 2, 3).reshape(16, n, 15), (_c14 * 1.5811388300841898).permute(0, 3, 1, 2).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_356 = torch.bmm((_c14 * 1.5811388300841898).permute(0, 3, 1, 2).reshape(16, 15, 5).transpose(1, 2), _c142.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c14
     # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x2o
     _c143 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c142.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 5, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c142
     d2_weight_357 = torch.mm((cg_1_2_2 * 1.5811388300841898).permute(1, 0, 2).reshape(1, 75), _c143.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    del _c143
     # ∂/∂x1: 16x1o ⊗ 16x2e -> 16x1o
     _c144 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x1_358 = torch.bmm(_c144.permute(1, 0, 2, 3).reshape(16, n, 15), (_c13 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_358 = torch.bmm((_c13 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 15, 3).transpose(1, 2), _c144.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c144
     # ∂/∂x2: 16x1o ⊗ 16x2e -> 16x1o
     _c145 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_359 = torch.bmm(_c145.permute(1, 0, 2, 3).reshape(16, n, 9), (_c13 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_359 = torch.bmm((_c13 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 5).transpose(1, 2), _c145.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c13
     # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
     _c146 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c145.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
     d2_weight_360 = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c146.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c146
     # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x1e
     _c147 = d2_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_361 = torch.bmm(_c147.permute(1, 0, 2, 3).reshape(16, n, 9), (_c11 * 1.224744871391589).permute(0, 3, 2, 1).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_361 = torch.bmm((_c11 * 1.224744871391589).permute(0, 3, 2, 1).reshape(16, 9, 3).transpose(1, 2), _c147.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c147
     # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x1e
     _c148 = d2_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_362 = torch.bmm(_c148.permute(1, 0, 2, 3).reshape(16, n, 9), (_c11 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_362 = torch.bmm((_c11 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 9, 3).transpose(1, 2), _c148.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c11
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
     _c149 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c148.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c148
     d2_weight_363 = torch.mm((cg_1_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 27), _c149.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,ujik->u
+    del _c149
     # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x2e
     _c150 = d2_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_364 = torch.bmm(_c150.permute(1, 0, 2, 3).reshape(16, n, 15), (_c10 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_364 = torch.bmm((_c10 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 15, 3).transpose(1, 2), _c150.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c150
     # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x2e
     _c151 = d2_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_365 = torch.bmm(_c151.permute(1, 0, 2, 3).reshape(16, n, 15), (_c10 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_365 = torch.bmm((_c10 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 15, 3).transpose(1, 2), _c151.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c10
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
     _c152 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c151.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c151
     d2_weight_366 = torch.mm((cg_1_1_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 45), _c152.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c152
     # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
     _c153 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_367 = torch.bmm(_c153.permute(1, 0, 2, 3).reshape(16, n, 3), (_c9 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,ijku->zui
+    d2_x1_367 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 3, 3).transpose(1, 2), _c153.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,ijku->zui
+    del _c153
     # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
     _c154 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_368 = torch.bmm(_c154.permute(1, 0, 2, 3).reshape(16, n, 3), (_c9 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,ijku->zuj
+    d2_x2_368 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 3, 3).transpose(1, 2), _c154.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,ijku->zuj
+    del _c9
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c155 = torch.bmm(_c154.permute(1, 0, 3, 2).reshape(16, n, 3).transpose(1, 2), x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n).transpose(1, 2)).view(16, 3, 1, 3)  # zuj,zuki->uikj
+    del _c154
     d2_weight_369 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c155.permute(1, 3, 2, 0).reshape(9, 16)).view(16)  # ijk,uikj->u
+    del _c155
     # ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
     _c156 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_370 = torch.bmm(_c156.permute(1, 0, 2, 3).reshape(16, n, 3), (_c7 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_370 = torch.bmm((_c7 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 3, 3).transpose(1, 2), _c156.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c156
     # ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
-    d2_x2_371 = torch.bmm(_c145.permute(1, 0, 2, 3).reshape(16, n, 9), (_c7 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_371 = torch.bmm((_c7 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c145.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c7
     # ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
     _c157 = torch.bmm(x2[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c145.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c145
     d2_weight_372 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c157.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    del _c157
     # ∂/∂x1: 16x0e ⊗ 16x2e -> 16x2e
-    d2_x1_373 = torch.bmm(_c127.permute(1, 0, 2, 3).reshape(16, n, 25), (_c5 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_373 = torch.bmm((_c5 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 25, 1).transpose(1, 2), _c127.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c127
     # ∂/∂x2: 16x0e ⊗ 16x2e -> 16x2e
     _c158 = d2_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x2_374 = torch.bmm(_c158.permute(1, 0, 2, 3).reshape(16, n, 5), (_c5 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_374 = torch.bmm((_c5 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5).transpose(1, 2), _c158.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c5
     # ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
     _c159 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c158.permute(1, 0, 3, 2).reshape(16, n, 5)).view(16, 5, 1, 5)  # zuj,zuki->ujik
+    del _c158
     d2_weight_375 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c159.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    del _c159
     # ∂/∂x1: 16x0e ⊗ 16x1o -> 16x1o
-    d2_x1_376 = torch.bmm(_c136.permute(1, 0, 2, 3).reshape(16, n, 9), (_c3 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_376 = torch.bmm((_c3 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 9, 1).transpose(1, 2), _c136.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c136
     # ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
     _c160 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x2_377 = torch.bmm(_c160.permute(1, 0, 2, 3).reshape(16, n, 3), (_c3 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_377 = torch.bmm((_c3 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3).transpose(1, 2), _c160.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c3
     # ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c161 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c160.permute(1, 0, 3, 2).reshape(16, n, 3)).view(16, 3, 1, 3)  # zuj,zuki->ujik
+    del _c160
     d2_weight_378 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c161.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    del _c161
     # ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
     _c162 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_379 = torch.bmm(_c162.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zukj,ijku->zui
+    d2_x1_379 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 1, 1).transpose(1, 2), _c162.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,ijku->zui
+    del _c162
     # ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
     _c163 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x2_380 = torch.bmm(_c163.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zuki,ijku->zuj
+    del d2_t
+    d2_x2_380 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 1, 1).transpose(1, 2), _c163.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,ijku->zuj
+    del _c1
     # ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c164 = torch.bmm(x2[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c163.permute(1, 0, 3, 2).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuki->ujik
+    del _c163
     d2_weight_381 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c164.permute(2, 1, 3, 0).reshape(1, 16)).view(16)  # ijk,ujik->u
+    del _c164
     d2_x1 = torch.cat([
         (d2_x1_373 + d2_x1_376 + d2_x1_379).reshape(n, 16),
         (d2_x1_355 + d2_x1_358 + d2_x1_361 + d2_x1_364 + d2_x1_367 + d2_x1_370).reshape(n, 48),
         (d2_x1_337 + d2_x1_340 + d2_x1_343 + d2_x1_346 + d2_x1_349 + d2_x1_352).reshape(n, 80),
     ], dim=-1)
+    del d2_x1_337, d2_x1_340, d2_x1_343, d2_x1_346, d2_x1_349, d2_x1_352, d2_x1_355, d2_x1_358, d2_x1_361, d2_x1_364, d2_x1_367, d2_x1_370, d2_x1_373, d2_x1_376, d2_x1_379
     d2_x2 = torch.cat([
         (d2_x2_353 + d2_x2_371 + d2_x2_380).reshape(n, 16),
         (d2_x2_347 + d2_x2_350 + d2_x2_362 + d2_x2_365 + d2_x2_368 + d2_x2_377).reshape(n, 48),
         (d2_x2_338 + d2_x2_341 + d2_x2_344 + d2_x2_356 + d2_x2_359 + d2_x2_374).reshape(n, 80),
     ], dim=-1)
+    del d2_x2_338, d2_x2_341, d2_x2_344, d2_x2_347, d2_x2_350, d2_x2_353, d2_x2_356, d2_x2_359, d2_x2_362, d2_x2_365, d2_x2_368, d2_x2_371, d2_x2_374, d2_x2_377, d2_x2_380
     d2_x3 = weight.new_zeros(n, 144)
     d2_x4 = torch.cat([
         (d2_x4_135 + d2_x4_165 + d2_x4_221).reshape(n, 16),
         (d2_x4_143 + d2_x4_179 + d2_x4_193 + d2_x4_235 + d2_x4_275 + d2_x4_299 + d2_x4_307).reshape(n, 48),
         (d2_x4_151 + d2_x4_207 + d2_x4_249 + d2_x4_263 + d2_x4_287 + d2_x4_319 + d2_x4_327 + d2_x4_335).reshape(n, 80),
     ], dim=-1)
+    del d2_x4_135, d2_x4_143, d2_x4_151, d2_x4_165, d2_x4_179, d2_x4_193, d2_x4_207, d2_x4_221, d2_x4_235, d2_x4_249, d2_x4_263, d2_x4_275, d2_x4_287, d2_x4_299, d2_x4_307, d2_x4_319, d2_x4_327, d2_x4_335
     d2_d_y = torch.cat([
         (d2_d_y_136 + d2_d_y_180 + d2_d_y_250).reshape(n, 16),
         (d2_d_y_144 + d2_d_y_166 + d2_d_y_208 + d2_d_y_236 + d2_d_y_276 + d2_d_y_320 + d2_d_y_328).reshape(n, 48),
         (d2_d_y_152 + d2_d_y_194 + d2_d_y_222 + d2_d_y_264 + d2_d_y_288 + d2_d_y_300 + d2_d_y_308 + d2_d_y_336).reshape(n, 80),
     ], dim=-1)
+    del d2_d_y_136, d2_d_y_144, d2_d_y_152, d2_d_y_166, d2_d_y_180, d2_d_y_194, d2_d_y_208, d2_d_y_222, d2_d_y_236, d2_d_y_250, d2_d_y_264, d2_d_y_276, d2_d_y_288, d2_d_y_300, d2_d_y_308, d2_d_y_320, d2_d_y_328, d2_d_y_336
     d2_weight = torch.cat([
         d2_weight_381.reshape(16),
         d2_weight_378.reshape(16),
@@ -4503,6 +5982,7 @@ def _fusion_block_d2_x3(
         d2_weight_318.reshape(16),
         d2_weight_326.reshape(16),
     ], dim=-1)
+    del d2_weight_130, d2_weight_132, d2_weight_134, d2_weight_138, d2_weight_140, d2_weight_142, d2_weight_146, d2_weight_148, d2_weight_150, d2_weight_154, d2_weight_156, d2_weight_158, d2_weight_160, d2_weight_162, d2_weight_164, d2_weight_168, d2_weight_170, d2_weight_172, d2_weight_174, d2_weight_176, d2_weight_178, d2_weight_182, d2_weight_184, d2_weight_186, d2_weight_188, d2_weight_190, d2_weight_192, d2_weight_196, d2_weight_198, d2_weight_200, d2_weight_202, d2_weight_204, d2_weight_206, d2_weight_210, d2_weight_212, d2_weight_214, d2_weight_216, d2_weight_218, d2_weight_220, d2_weight_224, d2_weight_226, d2_weight_228, d2_weight_230, d2_weight_232, d2_weight_234, d2_weight_238, d2_weight_240, d2_weight_242, d2_weight_244, d2_weight_246, d2_weight_248, d2_weight_252, d2_weight_254, d2_weight_256, d2_weight_258, d2_weight_260, d2_weight_262, d2_weight_266, d2_weight_268, d2_weight_270, d2_weight_272, d2_weight_274, d2_weight_278, d2_weight_280, d2_weight_282, d2_weight_284, d2_weight_286, d2_weight_290, d2_weight_292, d2_weight_294, d2_weight_296, d2_weight_298, d2_weight_302, d2_weight_304, d2_weight_306, d2_weight_310, d2_weight_312, d2_weight_314, d2_weight_316, d2_weight_318, d2_weight_322, d2_weight_324, d2_weight_326, d2_weight_330, d2_weight_332, d2_weight_334, d2_weight_339, d2_weight_342, d2_weight_345, d2_weight_348, d2_weight_351, d2_weight_354, d2_weight_357, d2_weight_360, d2_weight_363, d2_weight_366, d2_weight_369, d2_weight_372, d2_weight_375, d2_weight_378, d2_weight_381
     return [d2_x1, d2_x2, d2_x3, d2_x4, d2_d_y, d2_weight]
 
 
@@ -4520,57 +6000,66 @@ def _fusion_block_d2_x4(
     # 16x0e ⊗ 16x0e -> 16x0e
     _c0 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    t_0 = torch.bmm(_c0.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    t_0 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1).transpose(1, 2), _c0.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    del _c0
     # 16x0e ⊗ 16x1o -> 16x1o
     _c2 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c3 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    t_1 = torch.bmm(_c2.permute(1, 0, 2, 3).reshape(16, n, 3), (_c3 * 0.8660254037844386).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_1 = torch.bmm((_c3 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c2.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c2
     # 16x0e ⊗ 16x2e -> 16x2e
     _c4 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c5 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
-    t_2 = torch.bmm(_c4.permute(1, 0, 2, 3).reshape(16, n, 5), (_c5 * 1.118033988749895).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_2 = torch.bmm((_c5 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c4.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c4
     # 16x1o ⊗ 16x0e -> 16x1o
     _c6 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c7 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    t_3 = torch.bmm(_c6.permute(1, 0, 2, 3).reshape(16, n, 3), (_c7 * 0.8660254037844386).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_3 = torch.bmm((_c7 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c6
     # 16x1o ⊗ 16x1o -> 16x0e
     _c8 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c9 = torch.mm(cg_1_1_0.reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->ijku
-    t_4 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 9), (_c9 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    t_4 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
     # 16x1o ⊗ 16x1o -> 16x2e
     _c10 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uijk
-    t_5 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 9), (_c10 * 1.118033988749895).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_5 = torch.bmm((_c10 * 1.118033988749895).reshape(16, 9, 5).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x1o ⊗ 16x1o -> 16x1e
     _c11 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uijk
-    t_6 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 9), (_c11 * 1.224744871391589).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_6 = torch.bmm((_c11 * 1.224744871391589).reshape(16, 9, 3).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c8
     # 16x1o ⊗ 16x2e -> 16x1o
     _c12 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c13 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->uijk
-    t_7 = torch.bmm(_c12.permute(1, 0, 2, 3).reshape(16, n, 15), (_c13 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_7 = torch.bmm((_c13 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c12.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x1o ⊗ 16x2e -> 16x2o
     _c14 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_1_2_2.reshape(75, 1).t()).view(16, 3, 5, 5)  # ijk,u->uijk
-    t_8 = torch.bmm(_c12.permute(1, 0, 2, 3).reshape(16, n, 15), (_c14 * 1.5811388300841898).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_8 = torch.bmm((_c14 * 1.5811388300841898).reshape(16, 15, 5).transpose(1, 2), _c12.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c12
     # 16x2e ⊗ 16x0e -> 16x2e
     _c15 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c16 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
-    t_9 = torch.bmm(_c15.permute(1, 0, 2, 3).reshape(16, n, 5), (_c16 * 1.118033988749895).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_9 = torch.bmm((_c16 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c15.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c15
     # 16x2e ⊗ 16x1o -> 16x1o
     _c17 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c18 = torch.mm(weight[160:176].view(16).reshape(1, 16).t(), cg_2_1_1.reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uijk
-    t_10 = torch.bmm(_c17.permute(1, 0, 2, 3).reshape(16, n, 15), (_c18 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_10 = torch.bmm((_c18 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c17.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x2e ⊗ 16x1o -> 16x2o
     _c19 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_1_2.reshape(75, 1).t()).view(16, 5, 3, 5)  # ijk,u->uijk
-    t_11 = torch.bmm(_c17.permute(1, 0, 2, 3).reshape(16, n, 15), (_c19 * 1.5811388300841898).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_11 = torch.bmm((_c19 * 1.5811388300841898).reshape(16, 15, 5).transpose(1, 2), _c17.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c17
     # 16x2e ⊗ 16x2e -> 16x0e
     _c20 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c21 = torch.mm(cg_2_2_0.reshape(25, 1), weight[192:208].view(16).reshape(1, 16)).view(5, 5, 1, 16)  # ijk,u->ijku
-    t_12 = torch.bmm(_c20.permute(1, 0, 2, 3).reshape(16, n, 25), (_c21 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    t_12 = torch.bmm((_c21 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c20.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
     # 16x2e ⊗ 16x2e -> 16x2e
     _c22 = torch.mm(weight[208:224].view(16).reshape(1, 16).t(), cg_2_2_2.reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uijk
-    t_13 = torch.bmm(_c20.permute(1, 0, 2, 3).reshape(16, n, 25), (_c22 * 1.118033988749895).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_13 = torch.bmm((_c22 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c20.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x2e ⊗ 16x2e -> 16x1e
     _c23 = torch.mm(weight[224:240].view(16).reshape(1, 16).t(), cg_2_2_1.reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->uijk
-    t_14 = torch.bmm(_c20.permute(1, 0, 2, 3).reshape(16, n, 25), (_c23 * 1.224744871391589).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_14 = torch.bmm((_c23 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c20.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c20
     # p2 = (p0 ⊗ p1) -> 16x0e
     t = torch.cat([
         (t_0 + t_4 + t_12).reshape(n, 16),
@@ -4579,17 +6068,22 @@ def _fusion_block_d2_x4(
         (t_6 + t_14).reshape(n, 48),
         (t_8 + t_11).reshape(n, 80),
     ], dim=-1)
+    del t_0, t_1, t_10, t_11, t_12, t_13, t_14, t_2, t_3, t_4, t_5, t_6, t_7, t_8, t_9
     _c24 = t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p2 = cg_0_0_0.reshape(1, 1, 1) * _c24.reshape(n, 16, 1)
+    del _c24
     # p7 = (p0 ⊗ p6) -> 16x1o
     _c25 = t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p7 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c25
     # p9 = (p0 ⊗ p8) -> 16x2e
     _c26 = t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p9 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c26
     # p11 = (p10 ⊗ p1) -> 16x1o
     _c27 = t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p11 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c27
     # p12 = (p10 ⊗ p6) -> 16x0e
     _c28 = t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p12 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
@@ -4597,6 +6091,7 @@ def _fusion_block_d2_x4(
     _p13 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p14 = (p10 ⊗ p6) -> 16x1e
     _p14 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c28
     # p15 = (p10 ⊗ p8) -> 16x1o
     _c29 = t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p15 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
@@ -4604,9 +6099,11 @@ def _fusion_block_d2_x4(
     _p16 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p17 = (p10 ⊗ p8) -> 16x3o
     _p17 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c29
     # p19 = (p18 ⊗ p1) -> 16x2e
     _c30 = t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p19 = torch.mm(_c30.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c30
     # p20 = (p18 ⊗ p6) -> 16x1o
     _c31 = t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p20 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
@@ -4614,6 +6111,7 @@ def _fusion_block_d2_x4(
     _p21 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p22 = (p18 ⊗ p6) -> 16x3o
     _p22 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c31
     # p23 = (p18 ⊗ p8) -> 16x0e
     _c32 = t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p23 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
@@ -4623,14 +6121,17 @@ def _fusion_block_d2_x4(
     _p25 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # p26 = (p18 ⊗ p8) -> 16x3e
     _p26 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c32
     # p28 = (p27 ⊗ p1) -> 16x1e
     _c33 = t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p28 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c33
     # p29 = (p27 ⊗ p6) -> 16x1o
     _c34 = t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p29 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # p30 = (p27 ⊗ p6) -> 16x2o
     _p30 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c34
     # p31 = (p27 ⊗ p8) -> 16x2e
     _c35 = t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p31 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
@@ -4638,9 +6139,11 @@ def _fusion_block_d2_x4(
     _p32 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # p33 = (p27 ⊗ p8) -> 16x3e
     _p33 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c35
     # p35 = (p34 ⊗ p1) -> 16x2o
     _c36 = t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p35 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c36
     # p36 = (p34 ⊗ p6) -> 16x2e
     _c37 = t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p36 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
@@ -4648,6 +6151,7 @@ def _fusion_block_d2_x4(
     _p37 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # p38 = (p34 ⊗ p6) -> 16x3e
     _p38 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c37
     # p39 = (p34 ⊗ p8) -> 16x1o
     _c38 = t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p39 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
@@ -4655,6 +6159,7 @@ def _fusion_block_d2_x4(
     _p40 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p41 = (p34 ⊗ p8) -> 16x3o
     _p41 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c38
     p42_15 = _p2.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     p42_16 = _p12.reshape(n, 16, 1) * (weight[480:496].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     p42_17 = _p23.reshape(n, 16, 1) * (weight[944:960].view(16) * 0.2581988897471611).reshape(1, 16, 1)
@@ -4761,160 +6266,272 @@ def _fusion_block_d2_x4(
     d__p43 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂d__p43: ∂/∂x4: p43 = (p42 ⊗ p3) -> 16x0e
     _p42 = p42_15 + p42_16 + p42_17
+    del p42_15, p42_16, p42_17
     _c39 = d2_d_x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _p42.reshape(n, 16, 1, 1)
+    del _p42
     d2_d__p43 = cg_0_0_0.reshape(1, 1, 1) * _c39.reshape(n, 16, 1)
+    del _c39
     # ∂/∂_p42: ∂/∂x4: p43 = (p42 ⊗ p3) -> 16x0e
     _c40 = d2_d_x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p43.reshape(n, 16, 1, 1)
+    del d__p43
     d2__p42 = cg_0_0_0.reshape(1, 1, 1) * _c40.reshape(n, 16, 1)
+    del _c40
     d2_d_y_101 = d2_d__p43
+    del d2_d__p43
     # ∂/∂d__p45: ∂/∂x4: p45 = (p44 ⊗ p4) -> 16x1o
     _p44 = p44_18 + p44_19 + p44_20
+    del p44_18, p44_19, p44_20
     _c41 = d2_d_x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * _p44.reshape(n, 16, 1, 1)
+    del _p44
     d2_d__p45 = torch.mm(_c41.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuji->zuk
+    del _c41
     # ∂/∂_p44: ∂/∂x4: p45 = (p44 ⊗ p4) -> 16x1o
     _c42 = d2_d_x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p45.reshape(n, 16, 1, 3)
+    del d__p45
     d2__p44 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c42
     d2_d_y_102 = d2_d__p45
+    del d2_d__p45
     # ∂/∂d__p47: ∂/∂x4: p47 = (p46 ⊗ p5) -> 16x2e
     _p46 = p46_21 + p46_22 + p46_23
+    del p46_21, p46_22, p46_23
     _c43 = d2_d_x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * _p46.reshape(n, 16, 1, 1)
+    del _p46
     d2_d__p47 = torch.mm(_c43.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuji->zuk
+    del _c43
     # ∂/∂_p46: ∂/∂x4: p47 = (p46 ⊗ p5) -> 16x2e
     _c44 = d2_d_x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p47.reshape(n, 16, 1, 5)
+    del d__p47
     d2__p46 = torch.mm(_c44.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c44
     d2_d_y_103 = d2_d__p47
+    del d2_d__p47
     # ∂/∂d__p49: ∂/∂x4: p49 = (p48 ⊗ p3) -> 16x1o
     _p48 = p48_24 + p48_25 + p48_26 + p48_27 + p48_28 + p48_29
+    del p48_24, p48_25, p48_26, p48_27, p48_28, p48_29
     _c45 = d2_d_x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _p48.reshape(n, 16, 1, 3)
+    del _p48
     d2_d__p49 = torch.mm(_c45.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuji->zuk
+    del _c45
     # ∂/∂_p48: ∂/∂x4: p49 = (p48 ⊗ p3) -> 16x1o
     _c46 = d2_d_x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p49.reshape(n, 16, 1, 3)
+    del d__p49
     d2__p48 = torch.mm(_c46.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c46
     d2_d_y_104 = d2_d__p49
+    del d2_d__p49
     # ∂/∂d__p51: ∂/∂x4: p51 = (p50 ⊗ p4) -> 16x0e
     _p50 = p50_30 + p50_31 + p50_32 + p50_33 + p50_34 + p50_35
+    del p50_30, p50_31, p50_32, p50_33, p50_34, p50_35
     _c47 = d2_d_x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _p50.reshape(n, 16, 3, 1)
+    del _p50
     d2_d__p51 = torch.mm(_c47.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c47
     # ∂/∂_p50: ∂/∂x4: p51 = (p50 ⊗ p4) -> 16x0e
     _c48 = d2_d_x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p51.reshape(n, 16, 1, 1)
+    del d__p51
     d2__p50 = torch.mm(_c48.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c48
     d2_d_y_105 = d2_d__p51
+    del d2_d__p51
     # ∂/∂d__p53: ∂/∂x4: p53 = (p52 ⊗ p4) -> 16x2e
     _p52 = p52_36 + p52_37 + p52_38 + p52_39 + p52_40 + p52_41
+    del p52_36, p52_37, p52_38, p52_39, p52_40, p52_41
     _c49 = d2_d_x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _p52.reshape(n, 16, 3, 1)
+    del _p52
     d2_d__p53 = torch.mm(_c49.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c49
     # ∂/∂_p52: ∂/∂x4: p53 = (p52 ⊗ p4) -> 16x2e
     _c50 = d2_d_x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p53.reshape(n, 16, 1, 5)
+    del d__p53
     d2__p52 = torch.mm(_c50.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c50
     d2_d_y_106 = d2_d__p53
+    del d2_d__p53
     # ∂/∂d__p55: ∂/∂x4: p55 = (p54 ⊗ p5) -> 16x1o
     _p54 = p54_42 + p54_43 + p54_44 + p54_45 + p54_46 + p54_47
+    del p54_42, p54_43, p54_44, p54_45, p54_46, p54_47
     _c51 = d2_d_x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _p54.reshape(n, 16, 3, 1)
+    del _p54
     d2_d__p55 = torch.mm(_c51.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c51
     # ∂/∂_p54: ∂/∂x4: p55 = (p54 ⊗ p5) -> 16x1o
     _c52 = d2_d_x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p55.reshape(n, 16, 1, 3)
+    del d__p55
     d2__p54 = torch.mm(_c52.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c52
     d2_d_y_107 = d2_d__p55
+    del d2_d__p55
     # ∂/∂d__p57: ∂/∂x4: p57 = (p56 ⊗ p3) -> 16x2e
     _p56 = p56_48 + p56_49 + p56_50 + p56_51 + p56_52 + p56_53
+    del p56_48, p56_49, p56_50, p56_51, p56_52, p56_53
     _c53 = d2_d_x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _p56.reshape(n, 16, 1, 5)
+    del _p56
     d2_d__p57 = torch.mm(_c53.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuji->zuk
+    del _c53
     # ∂/∂_p56: ∂/∂x4: p57 = (p56 ⊗ p3) -> 16x2e
     _c54 = d2_d_x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p57.reshape(n, 16, 1, 5)
+    del d__p57
     d2__p56 = torch.mm(_c54.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c54
     d2_d_y_108 = d2_d__p57
+    del d2_d__p57
     # ∂/∂d__p59: ∂/∂x4: p59 = (p58 ⊗ p4) -> 16x1o
     _p58 = p58_54 + p58_55 + p58_56 + p58_57 + p58_58 + p58_59
+    del p58_54, p58_55, p58_56, p58_57, p58_58, p58_59
     _c55 = d2_d_x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _p58.reshape(n, 16, 5, 1)
+    del _p58
     d2_d__p59 = torch.mm(_c55.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c55
     # ∂/∂_p58: ∂/∂x4: p59 = (p58 ⊗ p4) -> 16x1o
     _c56 = d2_d_x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p59.reshape(n, 16, 1, 3)
+    del d__p59
     d2__p58 = torch.mm(_c56.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c56
     d2_d_y_109 = d2_d__p59
+    del d2_d__p59
     # ∂/∂d__p61: ∂/∂x4: p61 = (p60 ⊗ p5) -> 16x0e
     _p60 = p60_60 + p60_61 + p60_62 + p60_63 + p60_64 + p60_65
+    del p60_60, p60_61, p60_62, p60_63, p60_64, p60_65
     _c57 = d2_d_x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _p60.reshape(n, 16, 5, 1)
+    del _p60
     d2_d__p61 = torch.mm(_c57.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c57
     # ∂/∂_p60: ∂/∂x4: p61 = (p60 ⊗ p5) -> 16x0e
     _c58 = d2_d_x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p61.reshape(n, 16, 1, 1)
+    del d__p61
     d2__p60 = torch.mm(_c58.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c58
     d2_d_y_110 = d2_d__p61
+    del d2_d__p61
     # ∂/∂d__p63: ∂/∂x4: p63 = (p62 ⊗ p5) -> 16x2e
     _p62 = p62_66 + p62_67 + p62_68 + p62_69 + p62_70 + p62_71
+    del p62_66, p62_67, p62_68, p62_69, p62_70, p62_71
     _c59 = d2_d_x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _p62.reshape(n, 16, 5, 1)
+    del _p62
     d2_d__p63 = torch.mm(_c59.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c59
     # ∂/∂_p62: ∂/∂x4: p63 = (p62 ⊗ p5) -> 16x2e
     _c60 = d2_d_x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p63.reshape(n, 16, 1, 5)
+    del d__p63
     d2__p62 = torch.mm(_c60.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c60
     d2_d_y_111 = d2_d__p63
+    del d2_d__p63
     # ∂/∂d__p65: ∂/∂x4: p65 = (p64 ⊗ p4) -> 16x1o
     _p64 = p64_72 + p64_73 + p64_74 + p64_75 + p64_76
+    del p64_72, p64_73, p64_74, p64_75, p64_76
     _c61 = d2_d_x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _p64.reshape(n, 16, 3, 1)
+    del _p64
     d2_d__p65 = torch.mm(_c61.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c61
     # ∂/∂_p64: ∂/∂x4: p65 = (p64 ⊗ p4) -> 16x1o
     _c62 = d2_d_x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p65.reshape(n, 16, 1, 3)
+    del d__p65
     d2__p64 = torch.mm(_c62.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c62
     d2_d_y_112 = d2_d__p65
+    del d2_d__p65
     # ∂/∂d__p67: ∂/∂x4: p67 = (p66 ⊗ p5) -> 16x2e
     _p66 = p66_77 + p66_78 + p66_79 + p66_80 + p66_81
+    del p66_77, p66_78, p66_79, p66_80, p66_81
     _c63 = d2_d_x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _p66.reshape(n, 16, 3, 1)
+    del _p66
     d2_d__p67 = torch.mm(_c63.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c63
     # ∂/∂_p66: ∂/∂x4: p67 = (p66 ⊗ p5) -> 16x2e
     _c64 = d2_d_x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p67.reshape(n, 16, 1, 5)
+    del d__p67
     d2__p66 = torch.mm(_c64.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c64
     d2_d_y_113 = d2_d__p67
+    del d2_d__p67
     # ∂/∂d__p69: ∂/∂x4: p69 = (p68 ⊗ p4) -> 16x2e
     _p68 = p68_82 + p68_83 + p68_84 + p68_85 + p68_86
+    del p68_82, p68_83, p68_84, p68_85, p68_86
     _c65 = d2_d_x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _p68.reshape(n, 16, 5, 1)
+    del _p68
     d2_d__p69 = torch.mm(_c65.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c65
     # ∂/∂_p68: ∂/∂x4: p69 = (p68 ⊗ p4) -> 16x2e
     _c66 = d2_d_x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p69.reshape(n, 16, 1, 5)
+    del d__p69
     d2__p68 = torch.mm(_c66.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c66
     d2_d_y_114 = d2_d__p69
+    del d2_d__p69
     # ∂/∂d__p71: ∂/∂x4: p71 = (p70 ⊗ p4) -> 16x2e
     _p70 = p70_87 + p70_88 + p70_89
+    del p70_87, p70_88, p70_89
     _c67 = d2_d_x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _p70.reshape(n, 16, 7, 1)
+    del _p70
     d2_d__p71 = torch.mm(_c67.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_3_1_2.permute(2, 0, 1).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c67
     # ∂/∂_p70: ∂/∂x4: p71 = (p70 ⊗ p4) -> 16x2e
     _c68 = d2_d_x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p71.reshape(n, 16, 1, 5)
+    del d__p71
     d2__p70 = torch.mm(_c68.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_1_2.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c68
     d2_d_y_115 = d2_d__p71
+    del d2_d__p71
     # ∂/∂d__p73: ∂/∂x4: p73 = (p72 ⊗ p5) -> 16x1o
     _p72 = p72_90 + p72_91 + p72_92 + p72_93 + p72_94
+    del p72_90, p72_91, p72_92, p72_93, p72_94
     _c69 = d2_d_x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _p72.reshape(n, 16, 5, 1)
+    del _p72
     d2_d__p73 = torch.mm(_c69.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c69
     # ∂/∂_p72: ∂/∂x4: p73 = (p72 ⊗ p5) -> 16x1o
     _c70 = d2_d_x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p73.reshape(n, 16, 1, 3)
+    del d__p73
     d2__p72 = torch.mm(_c70.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c70
     d2_d_y_116 = d2_d__p73
+    del d2_d__p73
     # ∂/∂d__p75: ∂/∂x4: p75 = (p74 ⊗ p5) -> 16x1o
     _p74 = p74_95 + p74_96 + p74_97
+    del p74_95, p74_96, p74_97
     _c71 = d2_d_x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _p74.reshape(n, 16, 7, 1)
+    del _p74
     d2_d__p75 = torch.mm(_c71.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c71
     # ∂/∂_p74: ∂/∂x4: p75 = (p74 ⊗ p5) -> 16x1o
     _c72 = d2_d_x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p75.reshape(n, 16, 1, 3)
+    del d__p75
     d2__p74 = torch.mm(_c72.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_2_1.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c72
     d2_d_y_117 = d2_d__p75
+    del d2_d__p75
     # ∂/∂d__p77: ∂/∂x4: p77 = (p76 ⊗ p5) -> 16x2e
     _p76 = p76_98 + p76_99 + p76_100
+    del p76_100, p76_98, p76_99
     _c73 = d2_d_x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _p76.reshape(n, 16, 7, 1)
+    del _p76
     d2_d__p77 = torch.mm(_c73.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c73
     # ∂/∂_p76: ∂/∂x4: p77 = (p76 ⊗ p5) -> 16x2e
     _c74 = d2_d_x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p77.reshape(n, 16, 1, 5)
+    del d__p77
     d2__p76 = torch.mm(_c74.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_3_2_2.reshape(7, 25).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c74
     d2_d_y_118 = d2_d__p77
+    del d2_d__p77
     d2__p38 = d2__p76.reshape(n, 16, 7) * (weight[1472:1488].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_119 = torch.bmm((d2__p76 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), _p38.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del _p38
     d2__p33 = d2__p76.reshape(n, 16, 7) * (weight[1328:1344].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_120 = torch.bmm((d2__p76 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), _p33.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del _p33
     d2__p26 = d2__p76.reshape(n, 16, 7) * (weight[1088:1104].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_121 = torch.bmm((d2__p76 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), _p26.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del _p26, d2__p76
     d2__p41_122 = d2__p74.reshape(n, 16, 7) * (weight[1600:1616].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d2_weight_123 = torch.bmm((d2__p74 * 0.7859052479933758).permute(1, 0, 2).reshape(16, 1, n * 7), _p41.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
     d2__p22_124 = d2__p74.reshape(n, 16, 7) * (weight[928:944].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d2_weight_125 = torch.bmm((d2__p74 * 0.7859052479933758).permute(1, 0, 2).reshape(16, 1, n * 7), _p22.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
     d2__p17_126 = d2__p74.reshape(n, 16, 7) * (weight[736:752].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d2_weight_127 = torch.bmm((d2__p74 * 0.7859052479933758).permute(1, 0, 2).reshape(16, 1, n * 7), _p17.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2__p74
     d2__p40_128 = d2__p72.reshape(n, 16, 5) * (weight[1584:1600].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_129 = torch.bmm((d2__p72 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), _p40.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2__p35_130 = d2__p72.reshape(n, 16, 5) * (weight[1360:1376].view(16) * 0.6642111641550714).reshape(1, 16, 1)
@@ -4925,22 +6542,31 @@ def _fusion_block_d2_x4(
     d2_weight_135 = torch.bmm((d2__p72 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), _p21.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2__p16_136 = d2__p72.reshape(n, 16, 5) * (weight[720:736].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_137 = torch.bmm((d2__p72 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), _p16.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2__p72
     d2__p41_138 = d2__p70.reshape(n, 16, 7) * (weight[1552:1568].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_139 = torch.bmm((d2__p70 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), _p41.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del _p41
     d2__p22_140 = d2__p70.reshape(n, 16, 7) * (weight[880:896].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_141 = torch.bmm((d2__p70 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), _p22.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del _p22
     d2__p17_142 = d2__p70.reshape(n, 16, 7) * (weight[688:704].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_143 = torch.bmm((d2__p70 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), _p17.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del _p17, d2__p70
     d2__p40_144 = d2__p68.reshape(n, 16, 5) * (weight[1536:1552].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_145 = torch.bmm((d2__p68 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p40.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p40
     d2__p35_146 = d2__p68.reshape(n, 16, 5) * (weight[1344:1360].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_147 = torch.bmm((d2__p68 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p35.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p35
     d2__p30_148 = d2__p68.reshape(n, 16, 5) * (weight[1184:1200].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_149 = torch.bmm((d2__p68 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p30.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p30
     d2__p21_150 = d2__p68.reshape(n, 16, 5) * (weight[864:880].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_151 = torch.bmm((d2__p68 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p21.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p21
     d2__p16_152 = d2__p68.reshape(n, 16, 5) * (weight[672:688].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_153 = torch.bmm((d2__p68 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p16.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p16, d2__p68
     d2__p37_154 = d2__p66.reshape(n, 16, 3) * (weight[1424:1440].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_155 = torch.bmm((d2__p66 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), _p37.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2__p32_156 = d2__p66.reshape(n, 16, 3) * (weight[1280:1296].view(16) * 0.6367145399670133).reshape(1, 16, 1)
@@ -4951,16 +6577,22 @@ def _fusion_block_d2_x4(
     d2_weight_161 = torch.bmm((d2__p66 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), _p25.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2__p14_162 = d2__p66.reshape(n, 16, 3) * (weight[576:592].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_163 = torch.bmm((d2__p66 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), _p14.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2__p66
     d2__p37_164 = d2__p64.reshape(n, 16, 3) * (weight[1392:1408].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_165 = torch.bmm((d2__p64 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p37.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p37
     d2__p32_166 = d2__p64.reshape(n, 16, 3) * (weight[1248:1264].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_167 = torch.bmm((d2__p64 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p32.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p32
     d2__p28_168 = d2__p64.reshape(n, 16, 3) * (weight[1104:1120].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_169 = torch.bmm((d2__p64 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p28.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p28
     d2__p25_170 = d2__p64.reshape(n, 16, 3) * (weight[992:1008].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_171 = torch.bmm((d2__p64 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p25.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p25
     d2__p14_172 = d2__p64.reshape(n, 16, 3) * (weight[528:544].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_173 = torch.bmm((d2__p64 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p14.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p14, d2__p64
     d2__p36_174 = d2__p62.reshape(n, 16, 5) * (weight[1456:1472].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_175 = torch.bmm((d2__p62 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p36.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2__p31_176 = d2__p62.reshape(n, 16, 5) * (weight[1312:1328].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -4973,6 +6605,7 @@ def _fusion_block_d2_x4(
     d2_weight_183 = torch.bmm((d2__p62 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p13.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2__p9_184 = d2__p62.reshape(n, 16, 5) * (weight[400:416].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_185 = torch.bmm((d2__p62 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2__p62
     d2__p36_186 = d2__p60.reshape(n, 16, 5) * (weight[1440:1456].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_187 = torch.bmm((d2__p60 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n * 5), _p36.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2__p31_188 = d2__p60.reshape(n, 16, 5) * (weight[1296:1312].view(16) * 0.5773502691896257).reshape(1, 16, 1)
@@ -4985,6 +6618,7 @@ def _fusion_block_d2_x4(
     d2_weight_195 = torch.bmm((d2__p60 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n * 5), _p13.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2__p9_196 = d2__p60.reshape(n, 16, 5) * (weight[384:400].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_197 = torch.bmm((d2__p60 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2__p60
     d2__p36_198 = d2__p58.reshape(n, 16, 5) * (weight[1408:1424].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_199 = torch.bmm((d2__p58 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), _p36.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2__p31_200 = d2__p58.reshape(n, 16, 5) * (weight[1264:1280].view(16) * 0.6642111641550714).reshape(1, 16, 1)
@@ -4997,18 +6631,25 @@ def _fusion_block_d2_x4(
     d2_weight_207 = torch.bmm((d2__p58 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), _p13.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2__p9_208 = d2__p58.reshape(n, 16, 5) * (weight[368:384].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_209 = torch.bmm((d2__p58 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2__p58
     d2__p36_210 = d2__p56.reshape(n, 16, 5) * (weight[1376:1392].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_211 = torch.bmm((d2__p56 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p36.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p36
     d2__p31_212 = d2__p56.reshape(n, 16, 5) * (weight[1232:1248].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_213 = torch.bmm((d2__p56 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p31.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p31
     d2__p24_214 = d2__p56.reshape(n, 16, 5) * (weight[960:976].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_215 = torch.bmm((d2__p56 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p24.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p24
     d2__p19_216 = d2__p56.reshape(n, 16, 5) * (weight[752:768].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_217 = torch.bmm((d2__p56 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p19.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p19
     d2__p13_218 = d2__p56.reshape(n, 16, 5) * (weight[496:512].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_219 = torch.bmm((d2__p56 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p13.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p13
     d2__p9_220 = d2__p56.reshape(n, 16, 5) * (weight[352:368].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_221 = torch.bmm((d2__p56 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p9, d2__p56
     d2__p39_222 = d2__p54.reshape(n, 16, 3) * (weight[1568:1584].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_223 = torch.bmm((d2__p54 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p39.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2__p29_224 = d2__p54.reshape(n, 16, 3) * (weight[1200:1216].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -5021,6 +6662,7 @@ def _fusion_block_d2_x4(
     d2_weight_231 = torch.bmm((d2__p54 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p11.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2__p7_232 = d2__p54.reshape(n, 16, 3) * (weight[336:352].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_233 = torch.bmm((d2__p54 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p7.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2__p54
     d2__p39_234 = d2__p52.reshape(n, 16, 3) * (weight[1520:1536].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_235 = torch.bmm((d2__p52 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), _p39.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2__p29_236 = d2__p52.reshape(n, 16, 3) * (weight[1168:1184].view(16) * 0.6367145399670133).reshape(1, 16, 1)
@@ -5033,6 +6675,7 @@ def _fusion_block_d2_x4(
     d2_weight_243 = torch.bmm((d2__p52 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), _p11.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2__p7_244 = d2__p52.reshape(n, 16, 3) * (weight[320:336].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_245 = torch.bmm((d2__p52 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), _p7.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2__p52
     d2__p39_246 = d2__p50.reshape(n, 16, 3) * (weight[1504:1520].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     d2_weight_247 = torch.bmm((d2__p50 * 0.4472135954999579).permute(1, 0, 2).reshape(16, 1, n * 3), _p39.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2__p29_248 = d2__p50.reshape(n, 16, 3) * (weight[1152:1168].view(16) * 0.4472135954999579).reshape(1, 16, 1)
@@ -5045,250 +6688,383 @@ def _fusion_block_d2_x4(
     d2_weight_255 = torch.bmm((d2__p50 * 0.4472135954999579).permute(1, 0, 2).reshape(16, 1, n * 3), _p11.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2__p7_256 = d2__p50.reshape(n, 16, 3) * (weight[304:320].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     d2_weight_257 = torch.bmm((d2__p50 * 0.4472135954999579).permute(1, 0, 2).reshape(16, 1, n * 3), _p7.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2__p50
     d2__p39_258 = d2__p48.reshape(n, 16, 3) * (weight[1488:1504].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_259 = torch.bmm((d2__p48 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p39.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p39
     d2__p29_260 = d2__p48.reshape(n, 16, 3) * (weight[1136:1152].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_261 = torch.bmm((d2__p48 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p29.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p29
     d2__p20_262 = d2__p48.reshape(n, 16, 3) * (weight[816:832].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_263 = torch.bmm((d2__p48 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p20.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p20
     d2__p15_264 = d2__p48.reshape(n, 16, 3) * (weight[624:640].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_265 = torch.bmm((d2__p48 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p15.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p15
     d2__p11_266 = d2__p48.reshape(n, 16, 3) * (weight[416:432].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_267 = torch.bmm((d2__p48 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p11.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p11
     d2__p7_268 = d2__p48.reshape(n, 16, 3) * (weight[288:304].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_269 = torch.bmm((d2__p48 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), _p7.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p7, d2__p48
     d2__p23_270 = d2__p46.reshape(n, 16, 1) * (weight[1024:1040].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d2_weight_271 = torch.bmm((d2__p46 * 0.36760731104690386).permute(1, 0, 2).reshape(16, 1, n), _p23.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2__p12_272 = d2__p46.reshape(n, 16, 1) * (weight[560:576].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d2_weight_273 = torch.bmm((d2__p46 * 0.36760731104690386).permute(1, 0, 2).reshape(16, 1, n), _p12.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2__p2_274 = d2__p46.reshape(n, 16, 1) * (weight[272:288].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d2_weight_275 = torch.bmm((d2__p46 * 0.36760731104690386).permute(1, 0, 2).reshape(16, 1, n), _p2.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2__p46
     d2__p23_276 = d2__p44.reshape(n, 16, 1) * (weight[976:992].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d2_weight_277 = torch.bmm((d2__p44 * 0.2970442628930023).permute(1, 0, 2).reshape(16, 1, n), _p23.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2__p12_278 = d2__p44.reshape(n, 16, 1) * (weight[512:528].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d2_weight_279 = torch.bmm((d2__p44 * 0.2970442628930023).permute(1, 0, 2).reshape(16, 1, n), _p12.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2__p2_280 = d2__p44.reshape(n, 16, 1) * (weight[256:272].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d2_weight_281 = torch.bmm((d2__p44 * 0.2970442628930023).permute(1, 0, 2).reshape(16, 1, n), _p2.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2__p44
     d2__p23_282 = d2__p42.reshape(n, 16, 1) * (weight[944:960].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d2_weight_283 = torch.bmm((d2__p42 * 0.2581988897471611).permute(1, 0, 2).reshape(16, 1, n), _p23.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p23
     d2__p12_284 = d2__p42.reshape(n, 16, 1) * (weight[480:496].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d2_weight_285 = torch.bmm((d2__p42 * 0.2581988897471611).permute(1, 0, 2).reshape(16, 1, n), _p12.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p12
     d2__p2_286 = d2__p42.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d2_weight_287 = torch.bmm((d2__p42 * 0.2581988897471611).permute(1, 0, 2).reshape(16, 1, n), _p2.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p2, d2__p42
     # ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
     d2__p41 = d2__p41_122 + d2__p41_138
+    del d2__p41_122, d2__p41_138
     _c75 = d2__p41.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_288 = torch.mm(_c75.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.reshape(5, 35).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c75
     # ∂/∂x3: p41 = (p34 ⊗ p8) -> 16x3o
     _c76 = d2__p41.reshape(n, 16, 7, 1) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p41
     d2_x3_289 = torch.mm(_c76.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.permute(1, 2, 0).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c76
     # ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
     d2__p40 = d2__p40_128 + d2__p40_144
+    del d2__p40_128, d2__p40_144
     _c77 = d2__p40.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_290 = torch.mm(_c77.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c77
     # ∂/∂x3: p40 = (p34 ⊗ p8) -> 16x2o
     _c78 = d2__p40.reshape(n, 16, 5, 1) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p40
     d2_x3_291 = torch.mm(_c78.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c78
     # ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
     d2__p39 = d2__p39_222 + d2__p39_234 + d2__p39_246 + d2__p39_258
+    del d2__p39_222, d2__p39_234, d2__p39_246, d2__p39_258
     _c79 = d2__p39.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_292 = torch.mm(_c79.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c79
     # ∂/∂x3: p39 = (p34 ⊗ p8) -> 16x1o
     _c80 = d2__p39.reshape(n, 16, 3, 1) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p39
     d2_x3_293 = torch.mm(_c80.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c80
     # ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
     _c81 = d2__p38.reshape(n, 16, 1, 7) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_294 = torch.mm(_c81.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_2_1_3.reshape(5, 21).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c81
     # ∂/∂x3: p38 = (p34 ⊗ p6) -> 16x3e
     _c82 = d2__p38.reshape(n, 16, 7, 1) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p38
     d2_x3_295 = torch.mm(_c82.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_1_3.permute(1, 2, 0).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c82
     # ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
     d2__p37 = d2__p37_154 + d2__p37_164
+    del d2__p37_154, d2__p37_164
     _c83 = d2__p37.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_296 = torch.mm(_c83.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c83
     # ∂/∂x3: p37 = (p34 ⊗ p6) -> 16x1e
     _c84 = d2__p37.reshape(n, 16, 3, 1) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p37
     d2_x3_297 = torch.mm(_c84.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c84
     # ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
     d2__p36 = d2__p36_174 + d2__p36_186 + d2__p36_198 + d2__p36_210
+    del d2__p36_174, d2__p36_186, d2__p36_198, d2__p36_210
     _c85 = d2__p36.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_298 = torch.mm(_c85.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c85
     # ∂/∂x3: p36 = (p34 ⊗ p6) -> 16x2e
     _c86 = d2__p36.reshape(n, 16, 5, 1) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p36
     d2_x3_299 = torch.mm(_c86.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 2, 0).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c86
     # ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
     d2__p35 = d2__p35_130 + d2__p35_146
+    del d2__p35_130, d2__p35_146
     _c87 = d2__p35.reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_t_300 = torch.mm(_c87.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c87
     # ∂/∂x3: p35 = (p34 ⊗ p1) -> 16x2o
     _c88 = d2__p35.reshape(n, 16, 1, 5) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    del d2__p35
     d2_x3_301 = torch.mm(_c88.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c88
     # ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
     _c89 = d2__p33.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_302 = torch.mm(_c89.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_1_2_3.reshape(3, 35).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c89
     # ∂/∂x3: p33 = (p27 ⊗ p8) -> 16x3e
     _c90 = d2__p33.reshape(n, 16, 7, 1) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p33
     d2_x3_303 = torch.mm(_c90.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_1_2_3.permute(1, 2, 0).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c90
     # ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
     d2__p32 = d2__p32_156 + d2__p32_166
+    del d2__p32_156, d2__p32_166
     _c91 = d2__p32.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_304 = torch.mm(_c91.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c91
     # ∂/∂x3: p32 = (p27 ⊗ p8) -> 16x1e
     _c92 = d2__p32.reshape(n, 16, 3, 1) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p32
     d2_x3_305 = torch.mm(_c92.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c92
     # ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
     d2__p31 = d2__p31_176 + d2__p31_188 + d2__p31_200 + d2__p31_212
+    del d2__p31_176, d2__p31_188, d2__p31_200, d2__p31_212
     _c93 = d2__p31.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_306 = torch.mm(_c93.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c93
     # ∂/∂x3: p31 = (p27 ⊗ p8) -> 16x2e
     _c94 = d2__p31.reshape(n, 16, 5, 1) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p31
     d2_x3_307 = torch.mm(_c94.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c94
     # ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
     d2__p30 = d2__p30_132 + d2__p30_148
+    del d2__p30_132, d2__p30_148
     _c95 = d2__p30.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_308 = torch.mm(_c95.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c95
     # ∂/∂x3: p30 = (p27 ⊗ p6) -> 16x2o
     _c96 = d2__p30.reshape(n, 16, 5, 1) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p30
     d2_x3_309 = torch.mm(_c96.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c96
     # ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
     d2__p29 = d2__p29_224 + d2__p29_236 + d2__p29_248 + d2__p29_260
+    del d2__p29_224, d2__p29_236, d2__p29_248, d2__p29_260
     _c97 = d2__p29.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_310 = torch.mm(_c97.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c97
     # ∂/∂x3: p29 = (p27 ⊗ p6) -> 16x1o
     _c98 = d2__p29.reshape(n, 16, 3, 1) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p29
     d2_x3_311 = torch.mm(_c98.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c98
     # ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
     d2__p28 = d2__p28_158 + d2__p28_168
+    del d2__p28_158, d2__p28_168
     _c99 = d2__p28.reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_t_312 = torch.mm(_c99.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c99
     # ∂/∂x3: p28 = (p27 ⊗ p1) -> 16x1e
     _c100 = d2__p28.reshape(n, 16, 1, 3) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    del d2__p28
     d2_x3_313 = torch.mm(_c100.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c100
     # ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
     _c101 = d2__p26.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_314 = torch.mm(_c101.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.reshape(5, 35).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c101
     # ∂/∂x3: p26 = (p18 ⊗ p8) -> 16x3e
     _c102 = d2__p26.reshape(n, 16, 7, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p26
     d2_x3_315 = torch.mm(_c102.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.permute(1, 2, 0).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c102
     # ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
     d2__p25 = d2__p25_160 + d2__p25_170
+    del d2__p25_160, d2__p25_170
     _c103 = d2__p25.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_316 = torch.mm(_c103.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c103
     # ∂/∂x3: p25 = (p18 ⊗ p8) -> 16x1e
     _c104 = d2__p25.reshape(n, 16, 3, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p25
     d2_x3_317 = torch.mm(_c104.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c104
     # ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
     d2__p24 = d2__p24_178 + d2__p24_190 + d2__p24_202 + d2__p24_214
+    del d2__p24_178, d2__p24_190, d2__p24_202, d2__p24_214
     _c105 = d2__p24.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_318 = torch.mm(_c105.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c105
     # ∂/∂x3: p24 = (p18 ⊗ p8) -> 16x2e
     _c106 = d2__p24.reshape(n, 16, 5, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p24
     d2_x3_319 = torch.mm(_c106.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c106
     # ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
     d2__p23 = d2__p23_270 + d2__p23_276 + d2__p23_282
+    del d2__p23_270, d2__p23_276, d2__p23_282
     _c107 = d2__p23.reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_t_320 = torch.mm(_c107.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c107
     # ∂/∂x3: p23 = (p18 ⊗ p8) -> 16x0e
     _c108 = d2__p23.reshape(n, 16, 1, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p23
     d2_x3_321 = torch.mm(_c108.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c108
     # ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
     d2__p22 = d2__p22_124 + d2__p22_140
+    del d2__p22_124, d2__p22_140
     _c109 = d2__p22.reshape(n, 16, 1, 7) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_322 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_2_1_3.reshape(5, 21).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c109
     # ∂/∂x3: p22 = (p18 ⊗ p6) -> 16x3o
     _c110 = d2__p22.reshape(n, 16, 7, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p22
     d2_x3_323 = torch.mm(_c110.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_1_3.permute(1, 2, 0).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c110
     # ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
     d2__p21 = d2__p21_134 + d2__p21_150
+    del d2__p21_134, d2__p21_150
     _c111 = d2__p21.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_324 = torch.mm(_c111.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c111
     # ∂/∂x3: p21 = (p18 ⊗ p6) -> 16x2o
     _c112 = d2__p21.reshape(n, 16, 5, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p21
     d2_x3_325 = torch.mm(_c112.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 2, 0).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c112
     # ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
     d2__p20 = d2__p20_226 + d2__p20_238 + d2__p20_250 + d2__p20_262
+    del d2__p20_226, d2__p20_238, d2__p20_250, d2__p20_262
     _c113 = d2__p20.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_326 = torch.mm(_c113.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c113
     # ∂/∂x3: p20 = (p18 ⊗ p6) -> 16x1o
     _c114 = d2__p20.reshape(n, 16, 3, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p20
     d2_x3_327 = torch.mm(_c114.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c114
     # ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
     d2__p19 = d2__p19_180 + d2__p19_192 + d2__p19_204 + d2__p19_216
+    del d2__p19_180, d2__p19_192, d2__p19_204, d2__p19_216
     _c115 = d2__p19.reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_t_328 = torch.mm(_c115.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c115
     # ∂/∂x3: p19 = (p18 ⊗ p1) -> 16x2e
     _c116 = d2__p19.reshape(n, 16, 1, 5) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    del d2__p19
     d2_x3_329 = torch.mm(_c116.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c116
     # ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
     d2__p17 = d2__p17_126 + d2__p17_142
+    del d2__p17_126, d2__p17_142
     _c117 = d2__p17.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_330 = torch.mm(_c117.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_1_2_3.reshape(3, 35).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c117
     # ∂/∂x3: p17 = (p10 ⊗ p8) -> 16x3o
     _c118 = d2__p17.reshape(n, 16, 7, 1) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p17
     d2_x3_331 = torch.mm(_c118.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_1_2_3.permute(1, 2, 0).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c118
     # ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
     d2__p16 = d2__p16_136 + d2__p16_152
+    del d2__p16_136, d2__p16_152
     _c119 = d2__p16.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_332 = torch.mm(_c119.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c119
     # ∂/∂x3: p16 = (p10 ⊗ p8) -> 16x2o
     _c120 = d2__p16.reshape(n, 16, 5, 1) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p16
     d2_x3_333 = torch.mm(_c120.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c120
     # ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
     d2__p15 = d2__p15_228 + d2__p15_240 + d2__p15_252 + d2__p15_264
+    del d2__p15_228, d2__p15_240, d2__p15_252, d2__p15_264
     _c121 = d2__p15.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_334 = torch.mm(_c121.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c121
     # ∂/∂x3: p15 = (p10 ⊗ p8) -> 16x1o
     _c122 = d2__p15.reshape(n, 16, 3, 1) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p15
     d2_x3_335 = torch.mm(_c122.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c122
     # ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
     d2__p14 = d2__p14_162 + d2__p14_172
+    del d2__p14_162, d2__p14_172
     _c123 = d2__p14.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_336 = torch.mm(_c123.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c123
     # ∂/∂x3: p14 = (p10 ⊗ p6) -> 16x1e
     _c124 = d2__p14.reshape(n, 16, 3, 1) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p14
     d2_x3_337 = torch.mm(_c124.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c124
     # ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
     d2__p13 = d2__p13_182 + d2__p13_194 + d2__p13_206 + d2__p13_218
+    del d2__p13_182, d2__p13_194, d2__p13_206, d2__p13_218
     _c125 = d2__p13.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_338 = torch.mm(_c125.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c125
     # ∂/∂x3: p13 = (p10 ⊗ p6) -> 16x2e
     _c126 = d2__p13.reshape(n, 16, 5, 1) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p13
     d2_x3_339 = torch.mm(_c126.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c126
     # ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
     d2__p12 = d2__p12_272 + d2__p12_278 + d2__p12_284
+    del d2__p12_272, d2__p12_278, d2__p12_284
     _c127 = d2__p12.reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_t_340 = torch.mm(_c127.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c127
     # ∂/∂x3: p12 = (p10 ⊗ p6) -> 16x0e
     _c128 = d2__p12.reshape(n, 16, 1, 1) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p12
     d2_x3_341 = torch.mm(_c128.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c128
     # ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
     d2__p11 = d2__p11_230 + d2__p11_242 + d2__p11_254 + d2__p11_266
+    del d2__p11_230, d2__p11_242, d2__p11_254, d2__p11_266
     _c129 = d2__p11.reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_t_342 = torch.mm(_c129.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c129
     # ∂/∂x3: p11 = (p10 ⊗ p1) -> 16x1o
     _c130 = d2__p11.reshape(n, 16, 1, 3) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    del d2__p11
     d2_x3_343 = torch.mm(_c130.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c130
     # ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
     d2__p9 = d2__p9_184 + d2__p9_196 + d2__p9_208 + d2__p9_220
+    del d2__p9_184, d2__p9_196, d2__p9_208, d2__p9_220
     _c131 = d2__p9.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_344 = torch.mm(_c131.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c131
     # ∂/∂x3: p9 = (p0 ⊗ p8) -> 16x2e
     _c132 = d2__p9.reshape(n, 16, 5, 1) * t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d2__p9
     d2_x3_345 = torch.mm(_c132.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c132
     # ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
     d2__p7 = d2__p7_232 + d2__p7_244 + d2__p7_256 + d2__p7_268
+    del d2__p7_232, d2__p7_244, d2__p7_256, d2__p7_268
     _c133 = d2__p7.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_346 = torch.mm(_c133.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c133
     # ∂/∂x3: p7 = (p0 ⊗ p6) -> 16x1o
     _c134 = d2__p7.reshape(n, 16, 3, 1) * t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d2__p7
     d2_x3_347 = torch.mm(_c134.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c134
     # ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
     d2__p2 = d2__p2_274 + d2__p2_280 + d2__p2_286
+    del d2__p2_274, d2__p2_280, d2__p2_286
     _c135 = d2__p2.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_t_348 = cg_0_0_0.reshape(1, 1, 1) * _c135.reshape(n, 16, 1)
+    del _c135
     # ∂/∂x3: p2 = (p0 ⊗ p1) -> 16x0e
     _c136 = d2__p2.reshape(n, 16, 1, 1) * t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d2__p2, t
     d2_x3_349 = cg_0_0_0.reshape(1, 1, 1) * _c136.reshape(n, 16, 1)
+    del _c136
     # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x1e
     d2_t = torch.cat([
         (d2_t_344 + d2_t_346 + d2_t_348).reshape(n, 16),
@@ -5297,157 +7073,219 @@ def _fusion_block_d2_x4(
         (d2_t_302 + d2_t_304 + d2_t_306 + d2_t_308 + d2_t_310 + d2_t_312).reshape(n, 48),
         (d2_t_288 + d2_t_290 + d2_t_292 + d2_t_294 + d2_t_296 + d2_t_298 + d2_t_300).reshape(n, 80),
     ], dim=-1)
+    del d2_t_288, d2_t_290, d2_t_292, d2_t_294, d2_t_296, d2_t_298, d2_t_300, d2_t_302, d2_t_304, d2_t_306, d2_t_308, d2_t_310, d2_t_312, d2_t_314, d2_t_316, d2_t_318, d2_t_320, d2_t_322, d2_t_324, d2_t_326, d2_t_328, d2_t_330, d2_t_332, d2_t_334, d2_t_336, d2_t_338, d2_t_340, d2_t_342, d2_t_344, d2_t_346, d2_t_348
     _c137 = d2_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x1_350 = torch.bmm(_c137.permute(1, 0, 2, 3).reshape(16, n, 15), (_c23 * 1.224744871391589).permute(0, 3, 2, 1).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_350 = torch.bmm((_c23 * 1.224744871391589).permute(0, 3, 2, 1).reshape(16, 15, 5).transpose(1, 2), _c137.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c137
     # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x1e
     _c138 = d2_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x2_351 = torch.bmm(_c138.permute(1, 0, 2, 3).reshape(16, n, 15), (_c23 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_351 = torch.bmm((_c23 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 15, 5).transpose(1, 2), _c138.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c23
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
     _c139 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c138.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 3, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c138
     d2_weight_352 = torch.mm((cg_2_2_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 75), _c139.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    del _c139
     # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x2e
     _c140 = d2_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x1_353 = torch.bmm(_c140.permute(1, 0, 2, 3).reshape(16, n, 25), (_c22 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_353 = torch.bmm((_c22 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 25, 5).transpose(1, 2), _c140.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
     # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x2e
     _c141 = d2_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x2_354 = torch.bmm(_c141.permute(1, 0, 2, 3).reshape(16, n, 25), (_c22 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_354 = torch.bmm((_c22 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 25, 5).transpose(1, 2), _c141.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c22
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
     _c142 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c141.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
     d2_weight_355 = torch.mm((cg_2_2_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 125), _c142.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,ujik->u
+    del _c142
     # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x0e
     _c143 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x1_356 = torch.bmm(_c143.permute(1, 0, 2, 3).reshape(16, n, 5), (_c21 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,ijku->zui
+    d2_x1_356 = torch.bmm((_c21 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 5, 5).transpose(1, 2), _c143.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,ijku->zui
+    del _c143
     # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x0e
     _c144 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x2_357 = torch.bmm(_c144.permute(1, 0, 2, 3).reshape(16, n, 5), (_c21 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,ijku->zuj
+    d2_x2_357 = torch.bmm((_c21 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 5, 5).transpose(1, 2), _c144.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,ijku->zuj
+    del _c21
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
     _c145 = torch.bmm(_c144.permute(1, 0, 3, 2).reshape(16, n, 5).transpose(1, 2), x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n).transpose(1, 2)).view(16, 5, 1, 5)  # zuj,zuki->uikj
+    del _c144
     d2_weight_358 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c145.permute(1, 3, 2, 0).reshape(25, 16)).view(16)  # ijk,uikj->u
+    del _c145
     # ∂/∂x1: 16x2e ⊗ 16x1o -> 16x2o
     _c146 = d2_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_359 = torch.bmm(_c146.permute(1, 0, 2, 3).reshape(16, n, 15), (_c19 * 1.5811388300841898).permute(0, 3, 2, 1).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_359 = torch.bmm((_c19 * 1.5811388300841898).permute(0, 3, 2, 1).reshape(16, 15, 5).transpose(1, 2), _c146.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c146
     # ∂/∂x2: 16x2e ⊗ 16x1o -> 16x2o
     _c147 = d2_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x2_360 = torch.bmm(_c147.permute(1, 0, 2, 3).reshape(16, n, 25), (_c19 * 1.5811388300841898).permute(0, 3, 1, 2).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_360 = torch.bmm((_c19 * 1.5811388300841898).permute(0, 3, 1, 2).reshape(16, 25, 3).transpose(1, 2), _c147.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c19
     # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x2o
     _c148 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c147.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 3, 5, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c147
     d2_weight_361 = torch.mm((cg_2_1_2 * 1.5811388300841898).permute(1, 0, 2).reshape(1, 75), _c148.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    del _c148
     # ∂/∂x1: 16x2e ⊗ 16x1o -> 16x1o
     _c149 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_362 = torch.bmm(_c149.permute(1, 0, 2, 3).reshape(16, n, 9), (_c18 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_362 = torch.bmm((_c18 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 9, 5).transpose(1, 2), _c149.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
     # ∂/∂x2: 16x2e ⊗ 16x1o -> 16x1o
     _c150 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x2_363 = torch.bmm(_c150.permute(1, 0, 2, 3).reshape(16, n, 15), (_c18 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_363 = torch.bmm((_c18 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 15, 3).transpose(1, 2), _c150.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c18
     # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
     _c151 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c150.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c150
     d2_weight_364 = torch.mm((cg_2_1_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c151.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c151
     # ∂/∂x1: 16x2e ⊗ 16x0e -> 16x2e
     _c152 = d2_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_365 = torch.bmm(_c152.permute(1, 0, 2, 3).reshape(16, n, 5), (_c16 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_365 = torch.bmm((_c16 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 5, 5).transpose(1, 2), _c152.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c152
     # ∂/∂x2: 16x2e ⊗ 16x0e -> 16x2e
-    d2_x2_366 = torch.bmm(_c141.permute(1, 0, 2, 3).reshape(16, n, 25), (_c16 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_366 = torch.bmm((_c16 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c141.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c16
     # ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
     _c153 = torch.bmm(x2[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c141.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c141
     d2_weight_367 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c153.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    del _c153
     # ∂/∂x1: 16x1o ⊗ 16x2e -> 16x2o
     _c154 = d2_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x1_368 = torch.bmm(_c154.permute(1, 0, 2, 3).reshape(16, n, 25), (_c14 * 1.5811388300841898).permute(0, 3, 2, 1).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_368 = torch.bmm((_c14 * 1.5811388300841898).permute(0, 3, 2, 1).reshape(16, 25, 3).transpose(1, 2), _c154.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c154
     # ∂/∂x2: 16x1o ⊗ 16x2e -> 16x2o
     _c155 = d2_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_369 = torch.bmm(_c155.permute(1, 0, 2, 3).reshape(16, n, 15), (_c14 * 1.5811388300841898).permute(0, 3, 1, 2).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_369 = torch.bmm((_c14 * 1.5811388300841898).permute(0, 3, 1, 2).reshape(16, 15, 5).transpose(1, 2), _c155.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c14
     # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x2o
     _c156 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c155.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 5, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c155
     d2_weight_370 = torch.mm((cg_1_2_2 * 1.5811388300841898).permute(1, 0, 2).reshape(1, 75), _c156.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    del _c156
     # ∂/∂x1: 16x1o ⊗ 16x2e -> 16x1o
     _c157 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x1_371 = torch.bmm(_c157.permute(1, 0, 2, 3).reshape(16, n, 15), (_c13 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_371 = torch.bmm((_c13 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 15, 3).transpose(1, 2), _c157.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c157
     # ∂/∂x2: 16x1o ⊗ 16x2e -> 16x1o
     _c158 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_372 = torch.bmm(_c158.permute(1, 0, 2, 3).reshape(16, n, 9), (_c13 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_372 = torch.bmm((_c13 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 5).transpose(1, 2), _c158.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c13
     # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
     _c159 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c158.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
     d2_weight_373 = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c159.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c159
     # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x1e
     _c160 = d2_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_374 = torch.bmm(_c160.permute(1, 0, 2, 3).reshape(16, n, 9), (_c11 * 1.224744871391589).permute(0, 3, 2, 1).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_374 = torch.bmm((_c11 * 1.224744871391589).permute(0, 3, 2, 1).reshape(16, 9, 3).transpose(1, 2), _c160.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c160
     # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x1e
     _c161 = d2_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_375 = torch.bmm(_c161.permute(1, 0, 2, 3).reshape(16, n, 9), (_c11 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_375 = torch.bmm((_c11 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 9, 3).transpose(1, 2), _c161.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c11
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
     _c162 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c161.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c161
     d2_weight_376 = torch.mm((cg_1_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 27), _c162.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,ujik->u
+    del _c162
     # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x2e
     _c163 = d2_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_377 = torch.bmm(_c163.permute(1, 0, 2, 3).reshape(16, n, 15), (_c10 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_377 = torch.bmm((_c10 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 15, 3).transpose(1, 2), _c163.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c163
     # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x2e
     _c164 = d2_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_378 = torch.bmm(_c164.permute(1, 0, 2, 3).reshape(16, n, 15), (_c10 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_378 = torch.bmm((_c10 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 15, 3).transpose(1, 2), _c164.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c10
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
     _c165 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c164.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c164
     d2_weight_379 = torch.mm((cg_1_1_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 45), _c165.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c165
     # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
     _c166 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_380 = torch.bmm(_c166.permute(1, 0, 2, 3).reshape(16, n, 3), (_c9 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,ijku->zui
+    d2_x1_380 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 3, 3).transpose(1, 2), _c166.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,ijku->zui
+    del _c166
     # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
     _c167 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_381 = torch.bmm(_c167.permute(1, 0, 2, 3).reshape(16, n, 3), (_c9 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,ijku->zuj
+    d2_x2_381 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 3, 3).transpose(1, 2), _c167.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,ijku->zuj
+    del _c9
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c168 = torch.bmm(_c167.permute(1, 0, 3, 2).reshape(16, n, 3).transpose(1, 2), x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n).transpose(1, 2)).view(16, 3, 1, 3)  # zuj,zuki->uikj
+    del _c167
     d2_weight_382 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c168.permute(1, 3, 2, 0).reshape(9, 16)).view(16)  # ijk,uikj->u
+    del _c168
     # ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
     _c169 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_383 = torch.bmm(_c169.permute(1, 0, 2, 3).reshape(16, n, 3), (_c7 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_383 = torch.bmm((_c7 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 3, 3).transpose(1, 2), _c169.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c169
     # ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
-    d2_x2_384 = torch.bmm(_c158.permute(1, 0, 2, 3).reshape(16, n, 9), (_c7 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_384 = torch.bmm((_c7 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c158.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c7
     # ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
     _c170 = torch.bmm(x2[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c158.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c158
     d2_weight_385 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c170.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    del _c170
     # ∂/∂x1: 16x0e ⊗ 16x2e -> 16x2e
-    d2_x1_386 = torch.bmm(_c140.permute(1, 0, 2, 3).reshape(16, n, 25), (_c5 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_386 = torch.bmm((_c5 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 25, 1).transpose(1, 2), _c140.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c140
     # ∂/∂x2: 16x0e ⊗ 16x2e -> 16x2e
     _c171 = d2_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x2_387 = torch.bmm(_c171.permute(1, 0, 2, 3).reshape(16, n, 5), (_c5 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_387 = torch.bmm((_c5 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5).transpose(1, 2), _c171.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c5
     # ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
     _c172 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c171.permute(1, 0, 3, 2).reshape(16, n, 5)).view(16, 5, 1, 5)  # zuj,zuki->ujik
+    del _c171
     d2_weight_388 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c172.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    del _c172
     # ∂/∂x1: 16x0e ⊗ 16x1o -> 16x1o
-    d2_x1_389 = torch.bmm(_c149.permute(1, 0, 2, 3).reshape(16, n, 9), (_c3 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_389 = torch.bmm((_c3 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 9, 1).transpose(1, 2), _c149.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c149
     # ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
     _c173 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x2_390 = torch.bmm(_c173.permute(1, 0, 2, 3).reshape(16, n, 3), (_c3 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_390 = torch.bmm((_c3 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3).transpose(1, 2), _c173.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c3
     # ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c174 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c173.permute(1, 0, 3, 2).reshape(16, n, 3)).view(16, 3, 1, 3)  # zuj,zuki->ujik
+    del _c173
     d2_weight_391 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c174.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    del _c174
     # ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
     _c175 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_392 = torch.bmm(_c175.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zukj,ijku->zui
+    d2_x1_392 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 1, 1).transpose(1, 2), _c175.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,ijku->zui
+    del _c175
     # ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
     _c176 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x2_393 = torch.bmm(_c176.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zuki,ijku->zuj
+    del d2_t
+    d2_x2_393 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 1, 1).transpose(1, 2), _c176.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,ijku->zuj
+    del _c1
     # ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c177 = torch.bmm(x2[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c176.permute(1, 0, 3, 2).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuki->ujik
+    del _c176
     d2_weight_394 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c177.permute(2, 1, 3, 0).reshape(1, 16)).view(16)  # ijk,ujik->u
+    del _c177
     d2_x1 = torch.cat([
         (d2_x1_386 + d2_x1_389 + d2_x1_392).reshape(n, 16),
         (d2_x1_368 + d2_x1_371 + d2_x1_374 + d2_x1_377 + d2_x1_380 + d2_x1_383).reshape(n, 48),
         (d2_x1_350 + d2_x1_353 + d2_x1_356 + d2_x1_359 + d2_x1_362 + d2_x1_365).reshape(n, 80),
     ], dim=-1)
+    del d2_x1_350, d2_x1_353, d2_x1_356, d2_x1_359, d2_x1_362, d2_x1_365, d2_x1_368, d2_x1_371, d2_x1_374, d2_x1_377, d2_x1_380, d2_x1_383, d2_x1_386, d2_x1_389, d2_x1_392
     d2_x2 = torch.cat([
         (d2_x2_366 + d2_x2_384 + d2_x2_393).reshape(n, 16),
         (d2_x2_360 + d2_x2_363 + d2_x2_375 + d2_x2_378 + d2_x2_381 + d2_x2_390).reshape(n, 48),
         (d2_x2_351 + d2_x2_354 + d2_x2_357 + d2_x2_369 + d2_x2_372 + d2_x2_387).reshape(n, 80),
     ], dim=-1)
+    del d2_x2_351, d2_x2_354, d2_x2_357, d2_x2_360, d2_x2_363, d2_x2_366, d2_x2_369, d2_x2_372, d2_x2_375, d2_x2_378, d2_x2_381, d2_x2_384, d2_x2_387, d2_x2_390, d2_x2_393
     d2_x3 = torch.cat([
         (d2_x3_301 + d2_x3_313 + d2_x3_329 + d2_x3_343 + d2_x3_349).reshape(n, 16),
         (d2_x3_295 + d2_x3_297 + d2_x3_299 + d2_x3_309 + d2_x3_311 + d2_x3_323 + d2_x3_325 + d2_x3_327 + d2_x3_337 + d2_x3_339 + d2_x3_341 + d2_x3_347).reshape(n, 48),
         (d2_x3_289 + d2_x3_291 + d2_x3_293 + d2_x3_303 + d2_x3_305 + d2_x3_307 + d2_x3_315 + d2_x3_317 + d2_x3_319 + d2_x3_321 + d2_x3_331 + d2_x3_333 + d2_x3_335 + d2_x3_345).reshape(n, 80),
     ], dim=-1)
+    del d2_x3_289, d2_x3_291, d2_x3_293, d2_x3_295, d2_x3_297, d2_x3_299, d2_x3_301, d2_x3_303, d2_x3_305, d2_x3_307, d2_x3_309, d2_x3_311, d2_x3_313, d2_x3_315, d2_x3_317, d2_x3_319, d2_x3_321, d2_x3_323, d2_x3_325, d2_x3_327, d2_x3_329, d2_x3_331, d2_x3_333, d2_x3_335, d2_x3_337, d2_x3_339, d2_x3_341, d2_x3_343, d2_x3_345, d2_x3_347, d2_x3_349
     d2_x4 = weight.new_zeros(n, 144)
     d2_d_y = torch.cat([
         (d2_d_y_101 + d2_d_y_105 + d2_d_y_110).reshape(n, 16),
         (d2_d_y_102 + d2_d_y_104 + d2_d_y_107 + d2_d_y_109 + d2_d_y_112 + d2_d_y_116 + d2_d_y_117).reshape(n, 48),
         (d2_d_y_103 + d2_d_y_106 + d2_d_y_108 + d2_d_y_111 + d2_d_y_113 + d2_d_y_114 + d2_d_y_115 + d2_d_y_118).reshape(n, 80),
     ], dim=-1)
+    del d2_d_y_101, d2_d_y_102, d2_d_y_103, d2_d_y_104, d2_d_y_105, d2_d_y_106, d2_d_y_107, d2_d_y_108, d2_d_y_109, d2_d_y_110, d2_d_y_111, d2_d_y_112, d2_d_y_113, d2_d_y_114, d2_d_y_115, d2_d_y_116, d2_d_y_117, d2_d_y_118
     d2_weight = torch.cat([
         d2_weight_394.reshape(16),
         d2_weight_391.reshape(16),
@@ -5551,6 +7389,7 @@ def _fusion_block_d2_x4(
         d2_weight_129.reshape(16),
         d2_weight_123.reshape(16),
     ], dim=-1)
+    del d2_weight_119, d2_weight_120, d2_weight_121, d2_weight_123, d2_weight_125, d2_weight_127, d2_weight_129, d2_weight_131, d2_weight_133, d2_weight_135, d2_weight_137, d2_weight_139, d2_weight_141, d2_weight_143, d2_weight_145, d2_weight_147, d2_weight_149, d2_weight_151, d2_weight_153, d2_weight_155, d2_weight_157, d2_weight_159, d2_weight_161, d2_weight_163, d2_weight_165, d2_weight_167, d2_weight_169, d2_weight_171, d2_weight_173, d2_weight_175, d2_weight_177, d2_weight_179, d2_weight_181, d2_weight_183, d2_weight_185, d2_weight_187, d2_weight_189, d2_weight_191, d2_weight_193, d2_weight_195, d2_weight_197, d2_weight_199, d2_weight_201, d2_weight_203, d2_weight_205, d2_weight_207, d2_weight_209, d2_weight_211, d2_weight_213, d2_weight_215, d2_weight_217, d2_weight_219, d2_weight_221, d2_weight_223, d2_weight_225, d2_weight_227, d2_weight_229, d2_weight_231, d2_weight_233, d2_weight_235, d2_weight_237, d2_weight_239, d2_weight_241, d2_weight_243, d2_weight_245, d2_weight_247, d2_weight_249, d2_weight_251, d2_weight_253, d2_weight_255, d2_weight_257, d2_weight_259, d2_weight_261, d2_weight_263, d2_weight_265, d2_weight_267, d2_weight_269, d2_weight_271, d2_weight_273, d2_weight_275, d2_weight_277, d2_weight_279, d2_weight_281, d2_weight_283, d2_weight_285, d2_weight_287, d2_weight_352, d2_weight_355, d2_weight_358, d2_weight_361, d2_weight_364, d2_weight_367, d2_weight_370, d2_weight_373, d2_weight_376, d2_weight_379, d2_weight_382, d2_weight_385, d2_weight_388, d2_weight_391, d2_weight_394
     return [d2_x1, d2_x2, d2_x3, d2_x4, d2_d_y, d2_weight]
 
 
@@ -5568,57 +7407,57 @@ def _fusion_block_d2_weight(
     # 16x0e ⊗ 16x0e -> 16x0e
     _c0 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    t_0 = torch.bmm(_c0.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    t_0 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1).transpose(1, 2), _c0.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
     # 16x0e ⊗ 16x1o -> 16x1o
     _c2 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c3 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    t_1 = torch.bmm(_c2.permute(1, 0, 2, 3).reshape(16, n, 3), (_c3 * 0.8660254037844386).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_1 = torch.bmm((_c3 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c2.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x0e ⊗ 16x2e -> 16x2e
     _c4 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c5 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
-    t_2 = torch.bmm(_c4.permute(1, 0, 2, 3).reshape(16, n, 5), (_c5 * 1.118033988749895).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_2 = torch.bmm((_c5 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c4.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x1o ⊗ 16x0e -> 16x1o
     _c6 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c7 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    t_3 = torch.bmm(_c6.permute(1, 0, 2, 3).reshape(16, n, 3), (_c7 * 0.8660254037844386).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_3 = torch.bmm((_c7 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x1o ⊗ 16x1o -> 16x0e
     _c8 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c9 = torch.mm(cg_1_1_0.reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->ijku
-    t_4 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 9), (_c9 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    t_4 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
     # 16x1o ⊗ 16x1o -> 16x2e
     _c10 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uijk
-    t_5 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 9), (_c10 * 1.118033988749895).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_5 = torch.bmm((_c10 * 1.118033988749895).reshape(16, 9, 5).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x1o ⊗ 16x1o -> 16x1e
     _c11 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uijk
-    t_6 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 9), (_c11 * 1.224744871391589).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_6 = torch.bmm((_c11 * 1.224744871391589).reshape(16, 9, 3).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x1o ⊗ 16x2e -> 16x1o
     _c12 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c13 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->uijk
-    t_7 = torch.bmm(_c12.permute(1, 0, 2, 3).reshape(16, n, 15), (_c13 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_7 = torch.bmm((_c13 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c12.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x1o ⊗ 16x2e -> 16x2o
     _c14 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_1_2_2.reshape(75, 1).t()).view(16, 3, 5, 5)  # ijk,u->uijk
-    t_8 = torch.bmm(_c12.permute(1, 0, 2, 3).reshape(16, n, 15), (_c14 * 1.5811388300841898).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_8 = torch.bmm((_c14 * 1.5811388300841898).reshape(16, 15, 5).transpose(1, 2), _c12.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x2e ⊗ 16x0e -> 16x2e
     _c15 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c16 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
-    t_9 = torch.bmm(_c15.permute(1, 0, 2, 3).reshape(16, n, 5), (_c16 * 1.118033988749895).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_9 = torch.bmm((_c16 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c15.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x2e ⊗ 16x1o -> 16x1o
     _c17 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c18 = torch.mm(weight[160:176].view(16).reshape(1, 16).t(), cg_2_1_1.reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uijk
-    t_10 = torch.bmm(_c17.permute(1, 0, 2, 3).reshape(16, n, 15), (_c18 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_10 = torch.bmm((_c18 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c17.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x2e ⊗ 16x1o -> 16x2o
     _c19 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_1_2.reshape(75, 1).t()).view(16, 5, 3, 5)  # ijk,u->uijk
-    t_11 = torch.bmm(_c17.permute(1, 0, 2, 3).reshape(16, n, 15), (_c19 * 1.5811388300841898).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_11 = torch.bmm((_c19 * 1.5811388300841898).reshape(16, 15, 5).transpose(1, 2), _c17.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x2e ⊗ 16x2e -> 16x0e
     _c20 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c21 = torch.mm(cg_2_2_0.reshape(25, 1), weight[192:208].view(16).reshape(1, 16)).view(5, 5, 1, 16)  # ijk,u->ijku
-    t_12 = torch.bmm(_c20.permute(1, 0, 2, 3).reshape(16, n, 25), (_c21 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    t_12 = torch.bmm((_c21 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c20.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
     # 16x2e ⊗ 16x2e -> 16x2e
     _c22 = torch.mm(weight[208:224].view(16).reshape(1, 16).t(), cg_2_2_2.reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uijk
-    t_13 = torch.bmm(_c20.permute(1, 0, 2, 3).reshape(16, n, 25), (_c22 * 1.118033988749895).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_13 = torch.bmm((_c22 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c20.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # 16x2e ⊗ 16x2e -> 16x1e
     _c23 = torch.mm(weight[224:240].view(16).reshape(1, 16).t(), cg_2_2_1.reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->uijk
-    t_14 = torch.bmm(_c20.permute(1, 0, 2, 3).reshape(16, n, 25), (_c23 * 1.224744871391589).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    t_14 = torch.bmm((_c23 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c20.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # p2 = (p0 ⊗ p1) -> 16x0e
     t = torch.cat([
         (t_0 + t_4 + t_12).reshape(n, 16),
@@ -5627,17 +7466,22 @@ def _fusion_block_d2_weight(
         (t_6 + t_14).reshape(n, 48),
         (t_8 + t_11).reshape(n, 80),
     ], dim=-1)
+    del t_0, t_1, t_10, t_11, t_12, t_13, t_14, t_2, t_3, t_4, t_5, t_6, t_7, t_8, t_9
     _c24 = t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p2 = cg_0_0_0.reshape(1, 1, 1) * _c24.reshape(n, 16, 1)
+    del _c24
     # p7 = (p0 ⊗ p6) -> 16x1o
     _c25 = t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p7 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c25
     # p9 = (p0 ⊗ p8) -> 16x2e
     _c26 = t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p9 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c26
     # p11 = (p10 ⊗ p1) -> 16x1o
     _c27 = t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p11 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c27
     # p12 = (p10 ⊗ p6) -> 16x0e
     _c28 = t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p12 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
@@ -5645,6 +7489,7 @@ def _fusion_block_d2_weight(
     _p13 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p14 = (p10 ⊗ p6) -> 16x1e
     _p14 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c28
     # p15 = (p10 ⊗ p8) -> 16x1o
     _c29 = t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p15 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
@@ -5652,9 +7497,11 @@ def _fusion_block_d2_weight(
     _p16 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p17 = (p10 ⊗ p8) -> 16x3o
     _p17 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c29
     # p19 = (p18 ⊗ p1) -> 16x2e
     _c30 = t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p19 = torch.mm(_c30.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c30
     # p20 = (p18 ⊗ p6) -> 16x1o
     _c31 = t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p20 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
@@ -5662,6 +7509,7 @@ def _fusion_block_d2_weight(
     _p21 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p22 = (p18 ⊗ p6) -> 16x3o
     _p22 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c31
     # p23 = (p18 ⊗ p8) -> 16x0e
     _c32 = t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p23 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
@@ -5671,14 +7519,17 @@ def _fusion_block_d2_weight(
     _p25 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # p26 = (p18 ⊗ p8) -> 16x3e
     _p26 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c32
     # p28 = (p27 ⊗ p1) -> 16x1e
     _c33 = t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p28 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c33
     # p29 = (p27 ⊗ p6) -> 16x1o
     _c34 = t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p29 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # p30 = (p27 ⊗ p6) -> 16x2o
     _p30 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c34
     # p31 = (p27 ⊗ p8) -> 16x2e
     _c35 = t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p31 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
@@ -5686,9 +7537,11 @@ def _fusion_block_d2_weight(
     _p32 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # p33 = (p27 ⊗ p8) -> 16x3e
     _p33 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c35
     # p35 = (p34 ⊗ p1) -> 16x2o
     _c36 = t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p35 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c36
     # p36 = (p34 ⊗ p6) -> 16x2e
     _c37 = t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p36 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
@@ -5696,6 +7549,7 @@ def _fusion_block_d2_weight(
     _p37 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # p38 = (p34 ⊗ p6) -> 16x3e
     _p38 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c37
     # p39 = (p34 ⊗ p8) -> 16x1o
     _c38 = t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p39 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
@@ -5703,10 +7557,12 @@ def _fusion_block_d2_weight(
     _p40 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p41 = (p34 ⊗ p8) -> 16x3o
     _p41 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c38
     d__p77 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
     _c39 = d__p77.reshape(n, 16, 1, 5) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p76 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_3_2_2.reshape(7, 25).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c39
     d__p38 = d__p76.reshape(n, 16, 7) * (weight[1472:1488].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d__p33 = d__p76.reshape(n, 16, 7) * (weight[1328:1344].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d__p26 = d__p76.reshape(n, 16, 7) * (weight[1088:1104].view(16) * 0.9725975251592747).reshape(1, 16, 1)
@@ -5714,6 +7570,7 @@ def _fusion_block_d2_weight(
     # ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
     _c40 = d__p75.reshape(n, 16, 1, 3) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p74 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_2_1.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c40
     d__p41_15 = d__p74.reshape(n, 16, 7) * (weight[1600:1616].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d__p22_16 = d__p74.reshape(n, 16, 7) * (weight[928:944].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d__p17_17 = d__p74.reshape(n, 16, 7) * (weight[736:752].view(16) * 0.7859052479933758).reshape(1, 16, 1)
@@ -5721,6 +7578,7 @@ def _fusion_block_d2_weight(
     # ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
     _c41 = d__p73.reshape(n, 16, 1, 3) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p72 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c41
     d__p40_18 = d__p72.reshape(n, 16, 5) * (weight[1584:1600].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d__p35_19 = d__p72.reshape(n, 16, 5) * (weight[1360:1376].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d__p30_20 = d__p72.reshape(n, 16, 5) * (weight[1216:1232].view(16) * 0.6642111641550714).reshape(1, 16, 1)
@@ -5730,6 +7588,7 @@ def _fusion_block_d2_weight(
     # ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
     _c42 = d__p71.reshape(n, 16, 1, 5) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p70 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_1_2.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c42
     d__p41_23 = d__p70.reshape(n, 16, 7) * (weight[1552:1568].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d__p22_24 = d__p70.reshape(n, 16, 7) * (weight[880:896].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d__p17_25 = d__p70.reshape(n, 16, 7) * (weight[688:704].view(16) * 0.9725975251592747).reshape(1, 16, 1)
@@ -5737,6 +7596,7 @@ def _fusion_block_d2_weight(
     # ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
     _c43 = d__p69.reshape(n, 16, 1, 5) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p68 = torch.mm(_c43.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c43
     d__p40_26 = d__p68.reshape(n, 16, 5) * (weight[1536:1552].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p35_27 = d__p68.reshape(n, 16, 5) * (weight[1344:1360].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p30_28 = d__p68.reshape(n, 16, 5) * (weight[1184:1200].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -5746,6 +7606,7 @@ def _fusion_block_d2_weight(
     # ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
     _c44 = d__p67.reshape(n, 16, 1, 5) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p66 = torch.mm(_c44.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c44
     d__p37_31 = d__p66.reshape(n, 16, 3) * (weight[1424:1440].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d__p32_32 = d__p66.reshape(n, 16, 3) * (weight[1280:1296].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d__p28_33 = d__p66.reshape(n, 16, 3) * (weight[1120:1136].view(16) * 0.6367145399670133).reshape(1, 16, 1)
@@ -5755,6 +7616,7 @@ def _fusion_block_d2_weight(
     # ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
     _c45 = d__p65.reshape(n, 16, 1, 3) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p64 = torch.mm(_c45.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c45
     d__p37_36 = d__p64.reshape(n, 16, 3) * (weight[1392:1408].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p32_37 = d__p64.reshape(n, 16, 3) * (weight[1248:1264].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p28_38 = d__p64.reshape(n, 16, 3) * (weight[1104:1120].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -5764,6 +7626,7 @@ def _fusion_block_d2_weight(
     # ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
     _c46 = d__p63.reshape(n, 16, 1, 5) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p62 = torch.mm(_c46.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c46
     d__p36_41 = d__p62.reshape(n, 16, 5) * (weight[1456:1472].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p31_42 = d__p62.reshape(n, 16, 5) * (weight[1312:1328].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p24_43 = d__p62.reshape(n, 16, 5) * (weight[1072:1088].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -5774,6 +7637,7 @@ def _fusion_block_d2_weight(
     # ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
     _c47 = d__p61.reshape(n, 16, 1, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d__p60 = torch.mm(_c47.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c47
     d__p36_47 = d__p60.reshape(n, 16, 5) * (weight[1440:1456].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d__p31_48 = d__p60.reshape(n, 16, 5) * (weight[1296:1312].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d__p24_49 = d__p60.reshape(n, 16, 5) * (weight[1056:1072].view(16) * 0.5773502691896257).reshape(1, 16, 1)
@@ -5784,6 +7648,7 @@ def _fusion_block_d2_weight(
     # ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
     _c48 = d__p59.reshape(n, 16, 1, 3) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p58 = torch.mm(_c48.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c48
     d__p36_53 = d__p58.reshape(n, 16, 5) * (weight[1408:1424].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d__p31_54 = d__p58.reshape(n, 16, 5) * (weight[1264:1280].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d__p24_55 = d__p58.reshape(n, 16, 5) * (weight[1008:1024].view(16) * 0.6642111641550714).reshape(1, 16, 1)
@@ -5794,6 +7659,7 @@ def _fusion_block_d2_weight(
     # ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
     _c49 = d__p57.reshape(n, 16, 5, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p56 = torch.mm(_c49.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c49
     d__p36_59 = d__p56.reshape(n, 16, 5) * (weight[1376:1392].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p31_60 = d__p56.reshape(n, 16, 5) * (weight[1232:1248].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d__p24_61 = d__p56.reshape(n, 16, 5) * (weight[960:976].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -5804,6 +7670,7 @@ def _fusion_block_d2_weight(
     # ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
     _c50 = d__p55.reshape(n, 16, 1, 3) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p54 = torch.mm(_c50.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c50
     d__p39_65 = d__p54.reshape(n, 16, 3) * (weight[1568:1584].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p29_66 = d__p54.reshape(n, 16, 3) * (weight[1200:1216].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p20_67 = d__p54.reshape(n, 16, 3) * (weight[896:912].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -5814,6 +7681,7 @@ def _fusion_block_d2_weight(
     # ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
     _c51 = d__p53.reshape(n, 16, 1, 5) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p52 = torch.mm(_c51.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c51
     d__p39_71 = d__p52.reshape(n, 16, 3) * (weight[1520:1536].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d__p29_72 = d__p52.reshape(n, 16, 3) * (weight[1168:1184].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d__p20_73 = d__p52.reshape(n, 16, 3) * (weight[848:864].view(16) * 0.6367145399670133).reshape(1, 16, 1)
@@ -5824,6 +7692,7 @@ def _fusion_block_d2_weight(
     # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
     _c52 = d__p51.reshape(n, 16, 1, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d__p50 = torch.mm(_c52.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c52
     d__p39_77 = d__p50.reshape(n, 16, 3) * (weight[1504:1520].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     d__p29_78 = d__p50.reshape(n, 16, 3) * (weight[1152:1168].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     d__p20_79 = d__p50.reshape(n, 16, 3) * (weight[832:848].view(16) * 0.4472135954999579).reshape(1, 16, 1)
@@ -5834,6 +7703,7 @@ def _fusion_block_d2_weight(
     # ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
     _c53 = d__p49.reshape(n, 16, 3, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p48 = torch.mm(_c53.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c53
     d__p39_83 = d__p48.reshape(n, 16, 3) * (weight[1488:1504].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p29_84 = d__p48.reshape(n, 16, 3) * (weight[1136:1152].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d__p20_85 = d__p48.reshape(n, 16, 3) * (weight[816:832].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -5844,6 +7714,7 @@ def _fusion_block_d2_weight(
     # ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
     _c54 = d__p47.reshape(n, 16, 1, 5) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p46 = torch.mm(_c54.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c54
     d__p23_89 = d__p46.reshape(n, 16, 1) * (weight[1024:1040].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d__p12_90 = d__p46.reshape(n, 16, 1) * (weight[560:576].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d__p2_91 = d__p46.reshape(n, 16, 1) * (weight[272:288].view(16) * 0.36760731104690386).reshape(1, 16, 1)
@@ -5851,6 +7722,7 @@ def _fusion_block_d2_weight(
     # ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     _c55 = d__p45.reshape(n, 16, 1, 3) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p44 = torch.mm(_c55.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c55
     d__p23_92 = d__p44.reshape(n, 16, 1) * (weight[976:992].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d__p12_93 = d__p44.reshape(n, 16, 1) * (weight[512:528].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d__p2_94 = d__p44.reshape(n, 16, 1) * (weight[256:272].view(16) * 0.2970442628930023).reshape(1, 16, 1)
@@ -5858,133 +7730,194 @@ def _fusion_block_d2_weight(
     # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     _c56 = d__p43.reshape(n, 16, 1, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c56.reshape(n, 16, 1)
+    del _c56
     d__p23_95 = d__p42.reshape(n, 16, 1) * (weight[944:960].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d__p12_96 = d__p42.reshape(n, 16, 1) * (weight[480:496].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d__p2_97 = d__p42.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     # ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
     d__p41 = d__p41_15 + d__p41_23
+    del d__p41_15, d__p41_23
     _c57 = d__p41.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_98 = torch.mm(_c57.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.reshape(5, 35).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c57
     # ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
     d__p40 = d__p40_18 + d__p40_26
+    del d__p40_18, d__p40_26
     _c58 = d__p40.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_99 = torch.mm(_c58.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c58
     # ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
     d__p39 = d__p39_65 + d__p39_71 + d__p39_77 + d__p39_83
+    del d__p39_65, d__p39_71, d__p39_77, d__p39_83
     _c59 = d__p39.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_100 = torch.mm(_c59.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c59
     # ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
     _c60 = d__p38.reshape(n, 16, 1, 7) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_101 = torch.mm(_c60.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_2_1_3.reshape(5, 21).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c60
     # ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
     d__p37 = d__p37_31 + d__p37_36
+    del d__p37_31, d__p37_36
     _c61 = d__p37.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_102 = torch.mm(_c61.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c61
     # ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
     d__p36 = d__p36_41 + d__p36_47 + d__p36_53 + d__p36_59
+    del d__p36_41, d__p36_47, d__p36_53, d__p36_59
     _c62 = d__p36.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_103 = torch.mm(_c62.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c62
     # ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
     d__p35 = d__p35_19 + d__p35_27
+    del d__p35_19, d__p35_27
     _c63 = d__p35.reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_t_104 = torch.mm(_c63.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c63
     # ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
     _c64 = d__p33.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_105 = torch.mm(_c64.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_1_2_3.reshape(3, 35).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c64
     # ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
     d__p32 = d__p32_32 + d__p32_37
+    del d__p32_32, d__p32_37
     _c65 = d__p32.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_106 = torch.mm(_c65.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c65
     # ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
     d__p31 = d__p31_42 + d__p31_48 + d__p31_54 + d__p31_60
+    del d__p31_42, d__p31_48, d__p31_54, d__p31_60
     _c66 = d__p31.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_107 = torch.mm(_c66.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c66
     # ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
     d__p30 = d__p30_20 + d__p30_28
+    del d__p30_20, d__p30_28
     _c67 = d__p30.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_108 = torch.mm(_c67.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c67
     # ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
     d__p29 = d__p29_66 + d__p29_72 + d__p29_78 + d__p29_84
+    del d__p29_66, d__p29_72, d__p29_78, d__p29_84
     _c68 = d__p29.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_109 = torch.mm(_c68.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c68
     # ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
     d__p28 = d__p28_33 + d__p28_38
+    del d__p28_33, d__p28_38
     _c69 = d__p28.reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_t_110 = torch.mm(_c69.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c69
     # ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
     _c70 = d__p26.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_111 = torch.mm(_c70.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.reshape(5, 35).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c70
     # ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
     d__p25 = d__p25_34 + d__p25_39
+    del d__p25_34, d__p25_39
     _c71 = d__p25.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_112 = torch.mm(_c71.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c71
     # ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
     d__p24 = d__p24_43 + d__p24_49 + d__p24_55 + d__p24_61
+    del d__p24_43, d__p24_49, d__p24_55, d__p24_61
     _c72 = d__p24.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_113 = torch.mm(_c72.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c72
     # ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
     d__p23 = d__p23_89 + d__p23_92 + d__p23_95
+    del d__p23_89, d__p23_92, d__p23_95
     _c73 = d__p23.reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d_t_114 = torch.mm(_c73.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c73
     # ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
     d__p22 = d__p22_16 + d__p22_24
+    del d__p22_16, d__p22_24
     _c74 = d__p22.reshape(n, 16, 1, 7) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_115 = torch.mm(_c74.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_2_1_3.reshape(5, 21).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c74
     # ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
     d__p21 = d__p21_21 + d__p21_29
+    del d__p21_21, d__p21_29
     _c75 = d__p21.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_116 = torch.mm(_c75.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c75
     # ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
     d__p20 = d__p20_67 + d__p20_73 + d__p20_79 + d__p20_85
+    del d__p20_67, d__p20_73, d__p20_79, d__p20_85
     _c76 = d__p20.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_117 = torch.mm(_c76.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c76
     # ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
     d__p19 = d__p19_44 + d__p19_50 + d__p19_56 + d__p19_62
+    del d__p19_44, d__p19_50, d__p19_56, d__p19_62
     _c77 = d__p19.reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_t_118 = torch.mm(_c77.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c77
     # ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
     d__p17 = d__p17_17 + d__p17_25
+    del d__p17_17, d__p17_25
     _c78 = d__p17.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_119 = torch.mm(_c78.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_1_2_3.reshape(3, 35).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c78
     # ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
     d__p16 = d__p16_22 + d__p16_30
+    del d__p16_22, d__p16_30
     _c79 = d__p16.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_120 = torch.mm(_c79.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c79
     # ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
     d__p15 = d__p15_68 + d__p15_74 + d__p15_80 + d__p15_86
+    del d__p15_68, d__p15_74, d__p15_80, d__p15_86
     _c80 = d__p15.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_121 = torch.mm(_c80.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c80
     # ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
     d__p14 = d__p14_35 + d__p14_40
+    del d__p14_35, d__p14_40
     _c81 = d__p14.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_122 = torch.mm(_c81.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c81
     # ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
     d__p13 = d__p13_45 + d__p13_51 + d__p13_57 + d__p13_63
+    del d__p13_45, d__p13_51, d__p13_57, d__p13_63
     _c82 = d__p13.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_123 = torch.mm(_c82.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c82
     # ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
     d__p12 = d__p12_90 + d__p12_93 + d__p12_96
+    del d__p12_90, d__p12_93, d__p12_96
     _c83 = d__p12.reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d_t_124 = torch.mm(_c83.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c83
     # ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
     d__p11 = d__p11_69 + d__p11_75 + d__p11_81 + d__p11_87
+    del d__p11_69, d__p11_75, d__p11_81, d__p11_87
     _c84 = d__p11.reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_t_125 = torch.mm(_c84.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c84
     # ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
     d__p9 = d__p9_46 + d__p9_52 + d__p9_58 + d__p9_64
+    del d__p9_46, d__p9_52, d__p9_58, d__p9_64
     _c85 = d__p9.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_t_126 = torch.mm(_c85.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c85
     # ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
     d__p7 = d__p7_70 + d__p7_76 + d__p7_82 + d__p7_88
+    del d__p7_70, d__p7_76, d__p7_82, d__p7_88
     _c86 = d__p7.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_t_127 = torch.mm(_c86.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c86
     # ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
     d__p2 = d__p2_91 + d__p2_94 + d__p2_97
+    del d__p2_91, d__p2_94, d__p2_97
     _c87 = d__p2.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_t_128 = cg_0_0_0.reshape(1, 1, 1) * _c87.reshape(n, 16, 1)
+    del _c87
     # ∂/∂d_t: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c88 = torch.mm(d2_d_weight[0:16].view(16).reshape(16, 1), cg_0_0_0.reshape(1, 1)).view(16, 1, 1, 1)  # u,ijk->uijk
     d2_d_t_129 = (_c88 * 0.5773502691896257).reshape(1, 16, 1) * _c0.reshape(n, 16, 1)
+    del _c0
     # ∂/∂x1: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     d_t = torch.cat([
         (d_t_126 + d_t_127 + d_t_128).reshape(n, 16),
@@ -5993,133 +7926,171 @@ def _fusion_block_d2_weight(
         (d_t_105 + d_t_106 + d_t_107 + d_t_108 + d_t_109 + d_t_110).reshape(n, 48),
         (d_t_98 + d_t_99 + d_t_100 + d_t_101 + d_t_102 + d_t_103 + d_t_104).reshape(n, 80),
     ], dim=-1)
+    del d_t_100, d_t_101, d_t_102, d_t_103, d_t_104, d_t_105, d_t_106, d_t_107, d_t_108, d_t_109, d_t_110, d_t_111, d_t_112, d_t_113, d_t_114, d_t_115, d_t_116, d_t_117, d_t_118, d_t_119, d_t_120, d_t_121, d_t_122, d_t_123, d_t_124, d_t_125, d_t_126, d_t_127, d_t_128, d_t_98, d_t_99
     _c89 = d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_x1_130 = (_c88 * 0.5773502691896257).reshape(1, 16, 1) * _c89.reshape(n, 16, 1)
+    del _c89
     # ∂/∂x2: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c90 = d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_x2_131 = (_c88 * 0.5773502691896257).reshape(1, 16, 1) * _c90.reshape(n, 16, 1)
+    del _c88, _c90
     # ∂/∂d_t: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c91 = torch.mm(d2_d_weight[16:32].view(16).reshape(16, 1), cg_0_1_1.reshape(1, 9)).view(16, 1, 3, 3)  # u,ijk->uijk
     d2_d_t_132 = torch.bmm((_c91 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3), _c2.permute(1, 2, 3, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c2
     # ∂/∂x1: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c92 = d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_x1_133 = torch.bmm((_c91 * 0.8660254037844386).reshape(16, 1, 9), _c92.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zujk->zui
     # ∂/∂x2: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c93 = d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_x2_134 = torch.bmm((_c91 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 3, 3), _c93.permute(1, 3, 2, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c91, _c93
     # ∂/∂d_t: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
     _c94 = torch.mm(d2_d_weight[32:48].view(16).reshape(16, 1), cg_0_2_2.reshape(1, 25)).view(16, 1, 5, 5)  # u,ijk->uijk
     d2_d_t_135 = torch.bmm((_c94 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5), _c4.permute(1, 2, 3, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c4
     # ∂/∂x1: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
     _c95 = d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x1_136 = torch.bmm((_c94 * 1.118033988749895).reshape(16, 1, 25), _c95.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zujk->zui
     # ∂/∂x2: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
     _c96 = d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_x2_137 = torch.bmm((_c94 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5), _c96.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c94, _c96
     # ∂/∂d_t: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
     _c97 = torch.mm(d2_d_weight[48:64].view(16).reshape(16, 1), cg_1_0_1.reshape(1, 9)).view(16, 3, 1, 3)  # u,ijk->uijk
     d2_d_t_138 = torch.bmm((_c97 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3), _c6.permute(1, 2, 3, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c6
     # ∂/∂x1: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
     _c98 = d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_x1_139 = torch.bmm((_c97 * 0.8660254037844386).reshape(16, 3, 3), _c98.permute(1, 3, 2, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zukj->zui
+    del _c98
     # ∂/∂x2: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
     _c99 = d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_x2_140 = torch.bmm((_c97 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 1, 9), _c99.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuik->zuj
+    del _c97
     # ∂/∂d_t: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c100 = torch.mm(d2_d_weight[64:80].view(16).reshape(16, 1), cg_1_1_0.reshape(1, 9)).view(16, 3, 3, 1)  # u,ijk->uijk
     d2_d_t_141 = torch.bmm((_c100 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 1, 9), _c8.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂x1: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c101 = d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_x1_142 = torch.bmm((_c100 * 0.5773502691896257).reshape(16, 3, 3), _c101.permute(1, 3, 2, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zukj->zui
+    del _c101
     # ∂/∂x2: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c102 = d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_x2_143 = torch.bmm((_c100 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(16, 3, 3), _c102.permute(1, 3, 2, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c100, _c102
     # ∂/∂d_t: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
     _c103 = torch.mm(d2_d_weight[80:96].view(16).reshape(16, 1), cg_1_1_2.reshape(1, 45)).view(16, 3, 3, 5)  # u,ijk->uijk
     d2_d_t_144 = torch.bmm((_c103 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 9), _c8.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂x1: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
     _c104 = d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_x1_145 = torch.bmm((_c103 * 1.118033988749895).reshape(16, 3, 15), _c104.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c104
     # ∂/∂x2: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
     _c105 = d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_x2_146 = torch.bmm((_c103 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 3, 15), _c105.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c103, _c105
     # ∂/∂d_t: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
     _c106 = torch.mm(d2_d_weight[96:112].view(16).reshape(16, 1), cg_1_1_1.reshape(1, 27)).view(16, 3, 3, 3)  # u,ijk->uijk
     d2_d_t_147 = torch.bmm((_c106 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 3, 9), _c8.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c8
     # ∂/∂x1: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
     _c107 = d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_x1_148 = torch.bmm((_c106 * 1.224744871391589).reshape(16, 3, 9), _c107.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c107
     # ∂/∂x2: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
     _c108 = d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_x2_149 = torch.bmm((_c106 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 3, 9), _c108.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c106, _c108
     # ∂/∂d_t: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
     _c109 = torch.mm(d2_d_weight[112:128].view(16).reshape(16, 1), cg_1_2_1.reshape(1, 45)).view(16, 3, 5, 3)  # u,ijk->uijk
     d2_d_t_150 = torch.bmm((_c109 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 15), _c12.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂x1: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
     _c110 = d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x1_151 = torch.bmm((_c109 * 0.8660254037844386).reshape(16, 3, 15), _c110.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c110
     # ∂/∂x2: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
     d2_x2_152 = torch.bmm((_c109 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 5, 9), _c99.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuik->zuj
+    del _c109, _c99
     # ∂/∂d_t: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x2o
     _c111 = torch.mm(d2_d_weight[128:144].view(16).reshape(16, 1), cg_1_2_2.reshape(1, 75)).view(16, 3, 5, 5)  # u,ijk->uijk
     d2_d_t_153 = torch.bmm((_c111 * 1.5811388300841898).permute(0, 3, 1, 2).reshape(16, 5, 15), _c12.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c12
     # ∂/∂x1: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x2o
     _c112 = d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x1_154 = torch.bmm((_c111 * 1.5811388300841898).reshape(16, 3, 25), _c112.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c112
     # ∂/∂x2: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x2o
     _c113 = d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_x2_155 = torch.bmm((_c111 * 1.5811388300841898).permute(0, 2, 3, 1).reshape(16, 5, 15), _c113.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c111, _c113
     # ∂/∂d_t: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
     _c114 = torch.mm(d2_d_weight[144:160].view(16).reshape(16, 1), cg_2_0_2.reshape(1, 25)).view(16, 5, 1, 5)  # u,ijk->uijk
     d2_d_t_156 = torch.bmm((_c114 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5), _c15.permute(1, 2, 3, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c15
     # ∂/∂x1: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
     _c115 = d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_x1_157 = torch.bmm((_c114 * 1.118033988749895).reshape(16, 5, 5), _c115.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zukj->zui
+    del _c115
     # ∂/∂x2: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
     _c116 = d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x2_158 = torch.bmm((_c114 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 1, 25), _c116.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuik->zuj
+    del _c114
     # ∂/∂d_t: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
     _c117 = torch.mm(d2_d_weight[160:176].view(16).reshape(16, 1), cg_2_1_1.reshape(1, 45)).view(16, 5, 3, 3)  # u,ijk->uijk
     d2_d_t_159 = torch.bmm((_c117 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 15), _c17.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂x1: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
     d2_x1_160 = torch.bmm((_c117 * 0.8660254037844386).reshape(16, 5, 9), _c92.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c92
     # ∂/∂x2: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
     _c118 = d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_x2_161 = torch.bmm((_c117 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 3, 15), _c118.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c117, _c118
     # ∂/∂d_t: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x2o
     _c119 = torch.mm(d2_d_weight[176:192].view(16).reshape(16, 1), cg_2_1_2.reshape(1, 75)).view(16, 5, 3, 5)  # u,ijk->uijk
     d2_d_t_162 = torch.bmm((_c119 * 1.5811388300841898).permute(0, 3, 1, 2).reshape(16, 5, 15), _c17.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c17
     # ∂/∂x1: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x2o
     _c120 = d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_x1_163 = torch.bmm((_c119 * 1.5811388300841898).reshape(16, 5, 15), _c120.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c120
     # ∂/∂x2: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x2o
     _c121 = d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_x2_164 = torch.bmm((_c119 * 1.5811388300841898).permute(0, 2, 3, 1).reshape(16, 3, 25), _c121.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c119, _c121
     # ∂/∂d_t: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
     _c122 = torch.mm(d2_d_weight[192:208].view(16).reshape(16, 1), cg_2_2_0.reshape(1, 25)).view(16, 5, 5, 1)  # u,ijk->uijk
     d2_d_t_165 = torch.bmm((_c122 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 1, 25), _c20.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂x1: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
     _c123 = d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_x1_166 = torch.bmm((_c122 * 0.5773502691896257).reshape(16, 5, 5), _c123.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zukj->zui
+    del _c123
     # ∂/∂x2: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
     _c124 = d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_x2_167 = torch.bmm((_c122 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(16, 5, 5), _c124.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c122, _c124
     # ∂/∂d_t: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
     _c125 = torch.mm(d2_d_weight[208:224].view(16).reshape(16, 1), cg_2_2_2.reshape(1, 125)).view(16, 5, 5, 5)  # u,ijk->uijk
     d2_d_t_168 = torch.bmm((_c125 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 25), _c20.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂x1: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
     d2_x1_169 = torch.bmm((_c125 * 1.118033988749895).reshape(16, 5, 25), _c95.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c95
     # ∂/∂x2: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
     d2_x2_170 = torch.bmm((_c125 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 25), _c116.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuik->zuj
+    del _c116, _c125
     # ∂/∂d_t: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
     _c126 = torch.mm(d2_d_weight[224:240].view(16).reshape(16, 1), cg_2_2_1.reshape(1, 75)).view(16, 5, 5, 3)  # u,ijk->uijk
     d2_d_t_171 = torch.bmm((_c126 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 3, 25), _c20.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c20
     # ∂/∂x1: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
     _c127 = d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x1_172 = torch.bmm((_c126 * 1.224744871391589).reshape(16, 5, 15), _c127.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c127
     # ∂/∂x2: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
     _c128 = d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d_t
     d2_x2_173 = torch.bmm((_c126 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 5, 15), _c128.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c126, _c128
     # ∂/∂d__p2: ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
     d2_d_t = torch.cat([
         (d2_d_t_129 + d2_d_t_141 + d2_d_t_165).reshape(n, 16),
@@ -6128,175 +8099,253 @@ def _fusion_block_d2_weight(
         (d2_d_t_147 + d2_d_t_171).reshape(n, 48),
         (d2_d_t_153 + d2_d_t_162).reshape(n, 80),
     ], dim=-1)
+    del d2_d_t_129, d2_d_t_132, d2_d_t_135, d2_d_t_138, d2_d_t_141, d2_d_t_144, d2_d_t_147, d2_d_t_150, d2_d_t_153, d2_d_t_156, d2_d_t_159, d2_d_t_162, d2_d_t_165, d2_d_t_168, d2_d_t_171
     _c129 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p2 = cg_0_0_0.reshape(1, 1, 1) * _c129.reshape(n, 16, 1)
+    del _c129
     # ∂/∂x3: ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
     _c130 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p2.reshape(n, 16, 1, 1)
+    del d__p2
     d2_x3_174 = cg_0_0_0.reshape(1, 1, 1) * _c130.reshape(n, 16, 1)
+    del _c130
     # ∂/∂d__p7: ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
     _c131 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p7 = torch.mm(_c131.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c131
     # ∂/∂x3: ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
     _c132 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p7.reshape(n, 16, 1, 3)
+    del d__p7
     d2_x3_175 = torch.mm(_c132.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c132
     # ∂/∂d__p9: ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
     _c133 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p9 = torch.mm(_c133.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c133
     # ∂/∂x3: ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
     _c134 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p9.reshape(n, 16, 1, 5)
+    del d__p9
     d2_x3_176 = torch.mm(_c134.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c134
     # ∂/∂d__p11: ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
     _c135 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p11 = torch.mm(_c135.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c135
     # ∂/∂x3: ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
     _c136 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p11.reshape(n, 16, 1, 3)
+    del d__p11
     d2_x3_177 = torch.mm(_c136.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c136
     # ∂/∂d__p12: ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
     _c137 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p12 = torch.mm(_c137.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
     _c138 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p12.reshape(n, 16, 1, 1)
+    del d__p12
     d2_x3_178 = torch.mm(_c138.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c138
     # ∂/∂d__p13: ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
     d2_d__p13 = torch.mm(_c137.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
     _c139 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p13.reshape(n, 16, 1, 5)
+    del d__p13
     d2_x3_179 = torch.mm(_c139.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c139
     # ∂/∂d__p14: ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
     d2_d__p14 = torch.mm(_c137.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c137
     # ∂/∂x3: ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
     _c140 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p14.reshape(n, 16, 1, 3)
+    del d__p14
     d2_x3_180 = torch.mm(_c140.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c140
     # ∂/∂d__p15: ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
     _c141 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p15 = torch.mm(_c141.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
     _c142 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p15.reshape(n, 16, 1, 3)
+    del d__p15
     d2_x3_181 = torch.mm(_c142.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c142
     # ∂/∂d__p16: ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
     d2_d__p16 = torch.mm(_c141.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
     _c143 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p16.reshape(n, 16, 1, 5)
+    del d__p16
     d2_x3_182 = torch.mm(_c143.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c143
     # ∂/∂d__p17: ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
     d2_d__p17 = torch.mm(_c141.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c141
     # ∂/∂x3: ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
     _c144 = d2_d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p17.reshape(n, 16, 1, 7)
+    del d__p17
     d2_x3_183 = torch.mm(_c144.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_1_2_3.permute(1, 0, 2).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c144
     # ∂/∂d__p19: ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
     _c145 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p19 = torch.mm(_c145.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c145
     # ∂/∂x3: ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
     _c146 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p19.reshape(n, 16, 1, 5)
+    del d__p19
     d2_x3_184 = torch.mm(_c146.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c146
     # ∂/∂d__p20: ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
     _c147 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p20 = torch.mm(_c147.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
     _c148 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p20.reshape(n, 16, 1, 3)
+    del d__p20
     d2_x3_185 = torch.mm(_c148.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c148
     # ∂/∂d__p21: ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
     d2_d__p21 = torch.mm(_c147.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
     _c149 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p21.reshape(n, 16, 1, 5)
+    del d__p21
     d2_x3_186 = torch.mm(_c149.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 0, 2).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c149
     # ∂/∂d__p22: ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
     d2_d__p22 = torch.mm(_c147.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c147
     # ∂/∂x3: ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
     _c150 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p22.reshape(n, 16, 1, 7)
+    del d__p22
     d2_x3_187 = torch.mm(_c150.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_1_3.permute(1, 0, 2).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c150
     # ∂/∂d__p23: ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
     _c151 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p23 = torch.mm(_c151.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
     _c152 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p23.reshape(n, 16, 1, 1)
+    del d__p23
     d2_x3_188 = torch.mm(_c152.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c152
     # ∂/∂d__p24: ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
     d2_d__p24 = torch.mm(_c151.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
     _c153 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p24.reshape(n, 16, 1, 5)
+    del d__p24
     d2_x3_189 = torch.mm(_c153.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c153
     # ∂/∂d__p25: ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
     d2_d__p25 = torch.mm(_c151.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
     _c154 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p25.reshape(n, 16, 1, 3)
+    del d__p25
     d2_x3_190 = torch.mm(_c154.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c154
     # ∂/∂d__p26: ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
     d2_d__p26 = torch.mm(_c151.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c151
     # ∂/∂x3: ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
     _c155 = d2_d_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p26.reshape(n, 16, 1, 7)
+    del d__p26
     d2_x3_191 = torch.mm(_c155.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.permute(1, 0, 2).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c155
     # ∂/∂d__p28: ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
     _c156 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p28 = torch.mm(_c156.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c156
     # ∂/∂x3: ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
     _c157 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p28.reshape(n, 16, 1, 3)
+    del d__p28
     d2_x3_192 = torch.mm(_c157.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c157
     # ∂/∂d__p29: ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
     _c158 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p29 = torch.mm(_c158.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
     _c159 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p29.reshape(n, 16, 1, 3)
+    del d__p29
     d2_x3_193 = torch.mm(_c159.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c159
     # ∂/∂d__p30: ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
     d2_d__p30 = torch.mm(_c158.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c158
     # ∂/∂x3: ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
     _c160 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p30.reshape(n, 16, 1, 5)
+    del d__p30
     d2_x3_194 = torch.mm(_c160.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c160
     # ∂/∂d__p31: ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
     _c161 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p31 = torch.mm(_c161.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
     _c162 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p31.reshape(n, 16, 1, 5)
+    del d__p31
     d2_x3_195 = torch.mm(_c162.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c162
     # ∂/∂d__p32: ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
     d2_d__p32 = torch.mm(_c161.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
     _c163 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p32.reshape(n, 16, 1, 3)
+    del d__p32
     d2_x3_196 = torch.mm(_c163.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c163
     # ∂/∂d__p33: ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
     d2_d__p33 = torch.mm(_c161.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c161
     # ∂/∂x3: ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
     _c164 = d2_d_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p33.reshape(n, 16, 1, 7)
+    del d__p33
     d2_x3_197 = torch.mm(_c164.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_1_2_3.permute(1, 0, 2).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c164
     # ∂/∂d__p35: ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
     _c165 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p35 = torch.mm(_c165.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c165
     # ∂/∂x3: ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
     _c166 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p35.reshape(n, 16, 1, 5)
+    del d__p35
     d2_x3_198 = torch.mm(_c166.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c166
     # ∂/∂d__p36: ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
     _c167 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p36 = torch.mm(_c167.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
     _c168 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p36.reshape(n, 16, 1, 5)
+    del d__p36
     d2_x3_199 = torch.mm(_c168.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 0, 2).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c168
     # ∂/∂d__p37: ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
     d2_d__p37 = torch.mm(_c167.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
     _c169 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p37.reshape(n, 16, 1, 3)
+    del d__p37
     d2_x3_200 = torch.mm(_c169.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c169
     # ∂/∂d__p38: ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
     d2_d__p38 = torch.mm(_c167.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c167
     # ∂/∂x3: ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
     _c170 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p38.reshape(n, 16, 1, 7)
+    del d__p38
     d2_x3_201 = torch.mm(_c170.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_1_3.permute(1, 0, 2).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c170
     # ∂/∂d__p39: ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
     _c171 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p39 = torch.mm(_c171.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
     _c172 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p39.reshape(n, 16, 1, 3)
+    del d__p39
     d2_x3_202 = torch.mm(_c172.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c172
     # ∂/∂d__p40: ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
     d2_d__p40 = torch.mm(_c171.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x3: ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
     _c173 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p40.reshape(n, 16, 1, 5)
+    del d__p40
     d2_x3_203 = torch.mm(_c173.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c173
     # ∂/∂d__p41: ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
     d2_d__p41 = torch.mm(_c171.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c171
     # ∂/∂x3: ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
     _c174 = d2_d_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p41.reshape(n, 16, 1, 7)
+    del d2_d_t, d__p41
     d2_x3_204 = torch.mm(_c174.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.permute(1, 0, 2).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c174
     d2_d__p42_205 = (d2_d_weight[240:256].view(16) * 0.2581988897471611).reshape(1, 16, 1) * _p2.reshape(n, 16, 1)
     d2__p2_206 = (d2_d_weight[240:256].view(16) * 0.2581988897471611).reshape(1, 16, 1) * d__p42.reshape(n, 16, 1)
     d2_d__p42_207 = d2_d__p2.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.2581988897471611).reshape(1, 16, 1)
@@ -6309,14 +8358,20 @@ def _fusion_block_d2_weight(
     d2__p23_214 = (d2_d_weight[944:960].view(16) * 0.2581988897471611).reshape(1, 16, 1) * d__p42.reshape(n, 16, 1)
     d2_d__p42_215 = d2_d__p23.reshape(n, 16, 1) * (weight[944:960].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d2_weight_216 = torch.bmm((d2_d__p23 * 0.2581988897471611).permute(1, 0, 2).reshape(16, 1, n), d__p42.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d__p42
     # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     d2_d__p42 = d2_d__p42_205 + d2_d__p42_207 + d2_d__p42_209 + d2_d__p42_211 + d2_d__p42_213 + d2_d__p42_215
+    del d2_d__p42_205, d2_d__p42_207, d2_d__p42_209, d2_d__p42_211, d2_d__p42_213, d2_d__p42_215
     _c175 = d2_d__p42.reshape(n, 16, 1, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p43 = cg_0_0_0.reshape(1, 1, 1) * _c175.reshape(n, 16, 1)
+    del _c175
     # ∂/∂x4: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     _c176 = d2_d__p42.reshape(n, 16, 1, 1) * d__p43.reshape(n, 16, 1, 1)
+    del d2_d__p42, d__p43
     d2_x4_217 = cg_0_0_0.reshape(1, 1, 1) * _c176.reshape(n, 16, 1)
+    del _c176
     d2_d_y_218 = d2_d__p43
+    del d2_d__p43
     d2_d__p44_219 = (d2_d_weight[256:272].view(16) * 0.2970442628930023).reshape(1, 16, 1) * _p2.reshape(n, 16, 1)
     d2__p2_220 = (d2_d_weight[256:272].view(16) * 0.2970442628930023).reshape(1, 16, 1) * d__p44.reshape(n, 16, 1)
     d2_d__p44_221 = d2_d__p2.reshape(n, 16, 1) * (weight[256:272].view(16) * 0.2970442628930023).reshape(1, 16, 1)
@@ -6329,34 +8384,51 @@ def _fusion_block_d2_weight(
     d2__p23_228 = (d2_d_weight[976:992].view(16) * 0.2970442628930023).reshape(1, 16, 1) * d__p44.reshape(n, 16, 1)
     d2_d__p44_229 = d2_d__p23.reshape(n, 16, 1) * (weight[976:992].view(16) * 0.2970442628930023).reshape(1, 16, 1)
     d2_weight_230 = torch.bmm((d2_d__p23 * 0.2970442628930023).permute(1, 0, 2).reshape(16, 1, n), d__p44.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d__p44
     # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     d2_d__p44 = d2_d__p44_219 + d2_d__p44_221 + d2_d__p44_223 + d2_d__p44_225 + d2_d__p44_227 + d2_d__p44_229
+    del d2_d__p44_219, d2_d__p44_221, d2_d__p44_223, d2_d__p44_225, d2_d__p44_227, d2_d__p44_229
     _c177 = d2_d__p44.reshape(n, 16, 1, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p45 = torch.mm(_c177.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c177
     # ∂/∂x4: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     _c178 = d2_d__p44.reshape(n, 16, 1, 1) * d__p45.reshape(n, 16, 1, 3)
+    del d2_d__p44, d__p45
     d2_x4_231 = torch.mm(_c178.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c178
     d2_d_y_232 = d2_d__p45
+    del d2_d__p45
     d2_d__p46_233 = (d2_d_weight[272:288].view(16) * 0.36760731104690386).reshape(1, 16, 1) * _p2.reshape(n, 16, 1)
+    del _p2
     d2__p2_234 = (d2_d_weight[272:288].view(16) * 0.36760731104690386).reshape(1, 16, 1) * d__p46.reshape(n, 16, 1)
     d2_d__p46_235 = d2_d__p2.reshape(n, 16, 1) * (weight[272:288].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d2_weight_236 = torch.bmm((d2_d__p2 * 0.36760731104690386).permute(1, 0, 2).reshape(16, 1, n), d__p46.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p2
     d2_d__p46_237 = (d2_d_weight[560:576].view(16) * 0.36760731104690386).reshape(1, 16, 1) * _p12.reshape(n, 16, 1)
+    del _p12
     d2__p12_238 = (d2_d_weight[560:576].view(16) * 0.36760731104690386).reshape(1, 16, 1) * d__p46.reshape(n, 16, 1)
     d2_d__p46_239 = d2_d__p12.reshape(n, 16, 1) * (weight[560:576].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d2_weight_240 = torch.bmm((d2_d__p12 * 0.36760731104690386).permute(1, 0, 2).reshape(16, 1, n), d__p46.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p12
     d2_d__p46_241 = (d2_d_weight[1024:1040].view(16) * 0.36760731104690386).reshape(1, 16, 1) * _p23.reshape(n, 16, 1)
+    del _p23
     d2__p23_242 = (d2_d_weight[1024:1040].view(16) * 0.36760731104690386).reshape(1, 16, 1) * d__p46.reshape(n, 16, 1)
     d2_d__p46_243 = d2_d__p23.reshape(n, 16, 1) * (weight[1024:1040].view(16) * 0.36760731104690386).reshape(1, 16, 1)
     d2_weight_244 = torch.bmm((d2_d__p23 * 0.36760731104690386).permute(1, 0, 2).reshape(16, 1, n), d__p46.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p23, d__p46
     # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
     d2_d__p46 = d2_d__p46_233 + d2_d__p46_235 + d2_d__p46_237 + d2_d__p46_239 + d2_d__p46_241 + d2_d__p46_243
+    del d2_d__p46_233, d2_d__p46_235, d2_d__p46_237, d2_d__p46_239, d2_d__p46_241, d2_d__p46_243
     _c179 = d2_d__p46.reshape(n, 16, 1, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p47 = torch.mm(_c179.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c179
     # ∂/∂x4: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x2e
     _c180 = d2_d__p46.reshape(n, 16, 1, 1) * d__p47.reshape(n, 16, 1, 5)
+    del d2_d__p46, d__p47
     d2_x4_245 = torch.mm(_c180.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c180
     d2_d_y_246 = d2_d__p47
+    del d2_d__p47
     d2_d__p48_247 = (d2_d_weight[288:304].view(16) * 0.5144957554275266).reshape(1, 16, 1) * _p7.reshape(n, 16, 3)
     d2__p7_248 = (d2_d_weight[288:304].view(16) * 0.5144957554275266).reshape(1, 16, 1) * d__p48.reshape(n, 16, 3)
     d2_d__p48_249 = d2_d__p7.reshape(n, 16, 3) * (weight[288:304].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -6381,14 +8453,20 @@ def _fusion_block_d2_weight(
     d2__p39_268 = (d2_d_weight[1488:1504].view(16) * 0.5144957554275266).reshape(1, 16, 1) * d__p48.reshape(n, 16, 3)
     d2_d__p48_269 = d2_d__p39.reshape(n, 16, 3) * (weight[1488:1504].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_270 = torch.bmm((d2_d__p39 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p48.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p48
     # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
     d2_d__p48 = d2_d__p48_247 + d2_d__p48_249 + d2_d__p48_251 + d2_d__p48_253 + d2_d__p48_255 + d2_d__p48_257 + d2_d__p48_259 + d2_d__p48_261 + d2_d__p48_263 + d2_d__p48_265 + d2_d__p48_267 + d2_d__p48_269
+    del d2_d__p48_247, d2_d__p48_249, d2_d__p48_251, d2_d__p48_253, d2_d__p48_255, d2_d__p48_257, d2_d__p48_259, d2_d__p48_261, d2_d__p48_263, d2_d__p48_265, d2_d__p48_267, d2_d__p48_269
     _c181 = d2_d__p48.reshape(n, 16, 3, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p49 = torch.mm(_c181.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c181
     # ∂/∂x4: ∂/∂_p48: p49 = (p48 ⊗ p3) -> 16x1o
     _c182 = d2_d__p48.reshape(n, 16, 3, 1) * d__p49.reshape(n, 16, 1, 3)
+    del d2_d__p48, d__p49
     d2_x4_271 = torch.mm(_c182.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c182
     d2_d_y_272 = d2_d__p49
+    del d2_d__p49
     d2_d__p50_273 = (d2_d_weight[304:320].view(16) * 0.4472135954999579).reshape(1, 16, 1) * _p7.reshape(n, 16, 3)
     d2__p7_274 = (d2_d_weight[304:320].view(16) * 0.4472135954999579).reshape(1, 16, 1) * d__p50.reshape(n, 16, 3)
     d2_d__p50_275 = d2_d__p7.reshape(n, 16, 3) * (weight[304:320].view(16) * 0.4472135954999579).reshape(1, 16, 1)
@@ -6413,14 +8491,20 @@ def _fusion_block_d2_weight(
     d2__p39_294 = (d2_d_weight[1504:1520].view(16) * 0.4472135954999579).reshape(1, 16, 1) * d__p50.reshape(n, 16, 3)
     d2_d__p50_295 = d2_d__p39.reshape(n, 16, 3) * (weight[1504:1520].view(16) * 0.4472135954999579).reshape(1, 16, 1)
     d2_weight_296 = torch.bmm((d2_d__p39 * 0.4472135954999579).permute(1, 0, 2).reshape(16, 1, n * 3), d__p50.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p50
     # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
     d2_d__p50 = d2_d__p50_273 + d2_d__p50_275 + d2_d__p50_277 + d2_d__p50_279 + d2_d__p50_281 + d2_d__p50_283 + d2_d__p50_285 + d2_d__p50_287 + d2_d__p50_289 + d2_d__p50_291 + d2_d__p50_293 + d2_d__p50_295
+    del d2_d__p50_273, d2_d__p50_275, d2_d__p50_277, d2_d__p50_279, d2_d__p50_281, d2_d__p50_283, d2_d__p50_285, d2_d__p50_287, d2_d__p50_289, d2_d__p50_291, d2_d__p50_293, d2_d__p50_295
     _c183 = d2_d__p50.reshape(n, 16, 3, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p51 = torch.mm(_c183.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c183
     # ∂/∂x4: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x0e
     _c184 = d2_d__p50.reshape(n, 16, 3, 1) * d__p51.reshape(n, 16, 1, 1)
+    del d2_d__p50, d__p51
     d2_x4_297 = torch.mm(_c184.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c184
     d2_d_y_298 = d2_d__p51
+    del d2_d__p51
     d2_d__p52_299 = (d2_d_weight[320:336].view(16) * 0.6367145399670133).reshape(1, 16, 1) * _p7.reshape(n, 16, 3)
     d2__p7_300 = (d2_d_weight[320:336].view(16) * 0.6367145399670133).reshape(1, 16, 1) * d__p52.reshape(n, 16, 3)
     d2_d__p52_301 = d2_d__p7.reshape(n, 16, 3) * (weight[320:336].view(16) * 0.6367145399670133).reshape(1, 16, 1)
@@ -6445,46 +8529,69 @@ def _fusion_block_d2_weight(
     d2__p39_320 = (d2_d_weight[1520:1536].view(16) * 0.6367145399670133).reshape(1, 16, 1) * d__p52.reshape(n, 16, 3)
     d2_d__p52_321 = d2_d__p39.reshape(n, 16, 3) * (weight[1520:1536].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_322 = torch.bmm((d2_d__p39 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p52.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p52
     # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
     d2_d__p52 = d2_d__p52_299 + d2_d__p52_301 + d2_d__p52_303 + d2_d__p52_305 + d2_d__p52_307 + d2_d__p52_309 + d2_d__p52_311 + d2_d__p52_313 + d2_d__p52_315 + d2_d__p52_317 + d2_d__p52_319 + d2_d__p52_321
+    del d2_d__p52_299, d2_d__p52_301, d2_d__p52_303, d2_d__p52_305, d2_d__p52_307, d2_d__p52_309, d2_d__p52_311, d2_d__p52_313, d2_d__p52_315, d2_d__p52_317, d2_d__p52_319, d2_d__p52_321
     _c185 = d2_d__p52.reshape(n, 16, 3, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p53 = torch.mm(_c185.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c185
     # ∂/∂x4: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 16x2e
     _c186 = d2_d__p52.reshape(n, 16, 3, 1) * d__p53.reshape(n, 16, 1, 5)
+    del d2_d__p52, d__p53
     d2_x4_323 = torch.mm(_c186.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c186
     d2_d_y_324 = d2_d__p53
+    del d2_d__p53
     d2_d__p54_325 = (d2_d_weight[336:352].view(16) * 0.5144957554275266).reshape(1, 16, 1) * _p7.reshape(n, 16, 3)
+    del _p7
     d2__p7_326 = (d2_d_weight[336:352].view(16) * 0.5144957554275266).reshape(1, 16, 1) * d__p54.reshape(n, 16, 3)
     d2_d__p54_327 = d2_d__p7.reshape(n, 16, 3) * (weight[336:352].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_328 = torch.bmm((d2_d__p7 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p7
     d2_d__p54_329 = (d2_d_weight[464:480].view(16) * 0.5144957554275266).reshape(1, 16, 1) * _p11.reshape(n, 16, 3)
+    del _p11
     d2__p11_330 = (d2_d_weight[464:480].view(16) * 0.5144957554275266).reshape(1, 16, 1) * d__p54.reshape(n, 16, 3)
     d2_d__p54_331 = d2_d__p11.reshape(n, 16, 3) * (weight[464:480].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_332 = torch.bmm((d2_d__p11 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p11
     d2_d__p54_333 = (d2_d_weight[704:720].view(16) * 0.5144957554275266).reshape(1, 16, 1) * _p15.reshape(n, 16, 3)
+    del _p15
     d2__p15_334 = (d2_d_weight[704:720].view(16) * 0.5144957554275266).reshape(1, 16, 1) * d__p54.reshape(n, 16, 3)
     d2_d__p54_335 = d2_d__p15.reshape(n, 16, 3) * (weight[704:720].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_336 = torch.bmm((d2_d__p15 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p15
     d2_d__p54_337 = (d2_d_weight[896:912].view(16) * 0.5144957554275266).reshape(1, 16, 1) * _p20.reshape(n, 16, 3)
+    del _p20
     d2__p20_338 = (d2_d_weight[896:912].view(16) * 0.5144957554275266).reshape(1, 16, 1) * d__p54.reshape(n, 16, 3)
     d2_d__p54_339 = d2_d__p20.reshape(n, 16, 3) * (weight[896:912].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_340 = torch.bmm((d2_d__p20 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p20
     d2_d__p54_341 = (d2_d_weight[1200:1216].view(16) * 0.5144957554275266).reshape(1, 16, 1) * _p29.reshape(n, 16, 3)
+    del _p29
     d2__p29_342 = (d2_d_weight[1200:1216].view(16) * 0.5144957554275266).reshape(1, 16, 1) * d__p54.reshape(n, 16, 3)
     d2_d__p54_343 = d2_d__p29.reshape(n, 16, 3) * (weight[1200:1216].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_344 = torch.bmm((d2_d__p29 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p29
     d2_d__p54_345 = (d2_d_weight[1568:1584].view(16) * 0.5144957554275266).reshape(1, 16, 1) * _p39.reshape(n, 16, 3)
+    del _p39
     d2__p39_346 = (d2_d_weight[1568:1584].view(16) * 0.5144957554275266).reshape(1, 16, 1) * d__p54.reshape(n, 16, 3)
     d2_d__p54_347 = d2_d__p39.reshape(n, 16, 3) * (weight[1568:1584].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_348 = torch.bmm((d2_d__p39 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p54.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p39, d__p54
     # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
     d2_d__p54 = d2_d__p54_325 + d2_d__p54_327 + d2_d__p54_329 + d2_d__p54_331 + d2_d__p54_333 + d2_d__p54_335 + d2_d__p54_337 + d2_d__p54_339 + d2_d__p54_341 + d2_d__p54_343 + d2_d__p54_345 + d2_d__p54_347
+    del d2_d__p54_325, d2_d__p54_327, d2_d__p54_329, d2_d__p54_331, d2_d__p54_333, d2_d__p54_335, d2_d__p54_337, d2_d__p54_339, d2_d__p54_341, d2_d__p54_343, d2_d__p54_345, d2_d__p54_347
     _c187 = d2_d__p54.reshape(n, 16, 3, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p55 = torch.mm(_c187.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c187
     # ∂/∂x4: ∂/∂_p54: p55 = (p54 ⊗ p5) -> 16x1o
     _c188 = d2_d__p54.reshape(n, 16, 3, 1) * d__p55.reshape(n, 16, 1, 3)
+    del d2_d__p54, d__p55
     d2_x4_349 = torch.mm(_c188.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c188
     d2_d_y_350 = d2_d__p55
+    del d2_d__p55
     d2_d__p56_351 = (d2_d_weight[352:368].view(16) * 0.8219949365267865).reshape(1, 16, 1) * _p9.reshape(n, 16, 5)
     d2__p9_352 = (d2_d_weight[352:368].view(16) * 0.8219949365267865).reshape(1, 16, 1) * d__p56.reshape(n, 16, 5)
     d2_d__p56_353 = d2_d__p9.reshape(n, 16, 5) * (weight[352:368].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -6509,14 +8616,20 @@ def _fusion_block_d2_weight(
     d2__p36_372 = (d2_d_weight[1376:1392].view(16) * 0.8219949365267865).reshape(1, 16, 1) * d__p56.reshape(n, 16, 5)
     d2_d__p56_373 = d2_d__p36.reshape(n, 16, 5) * (weight[1376:1392].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_374 = torch.bmm((d2_d__p36 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p56.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p56
     # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
     d2_d__p56 = d2_d__p56_351 + d2_d__p56_353 + d2_d__p56_355 + d2_d__p56_357 + d2_d__p56_359 + d2_d__p56_361 + d2_d__p56_363 + d2_d__p56_365 + d2_d__p56_367 + d2_d__p56_369 + d2_d__p56_371 + d2_d__p56_373
+    del d2_d__p56_351, d2_d__p56_353, d2_d__p56_355, d2_d__p56_357, d2_d__p56_359, d2_d__p56_361, d2_d__p56_363, d2_d__p56_365, d2_d__p56_367, d2_d__p56_369, d2_d__p56_371, d2_d__p56_373
     _c189 = d2_d__p56.reshape(n, 16, 5, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p57 = torch.mm(_c189.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c189
     # ∂/∂x4: ∂/∂_p56: p57 = (p56 ⊗ p3) -> 16x2e
     _c190 = d2_d__p56.reshape(n, 16, 5, 1) * d__p57.reshape(n, 16, 1, 5)
+    del d2_d__p56, d__p57
     d2_x4_375 = torch.mm(_c190.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c190
     d2_d_y_376 = d2_d__p57
+    del d2_d__p57
     d2_d__p58_377 = (d2_d_weight[368:384].view(16) * 0.6642111641550714).reshape(1, 16, 1) * _p9.reshape(n, 16, 5)
     d2__p9_378 = (d2_d_weight[368:384].view(16) * 0.6642111641550714).reshape(1, 16, 1) * d__p58.reshape(n, 16, 5)
     d2_d__p58_379 = d2_d__p9.reshape(n, 16, 5) * (weight[368:384].view(16) * 0.6642111641550714).reshape(1, 16, 1)
@@ -6541,14 +8654,20 @@ def _fusion_block_d2_weight(
     d2__p36_398 = (d2_d_weight[1408:1424].view(16) * 0.6642111641550714).reshape(1, 16, 1) * d__p58.reshape(n, 16, 5)
     d2_d__p58_399 = d2_d__p36.reshape(n, 16, 5) * (weight[1408:1424].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_400 = torch.bmm((d2_d__p36 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p58.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p58
     # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
     d2_d__p58 = d2_d__p58_377 + d2_d__p58_379 + d2_d__p58_381 + d2_d__p58_383 + d2_d__p58_385 + d2_d__p58_387 + d2_d__p58_389 + d2_d__p58_391 + d2_d__p58_393 + d2_d__p58_395 + d2_d__p58_397 + d2_d__p58_399
+    del d2_d__p58_377, d2_d__p58_379, d2_d__p58_381, d2_d__p58_383, d2_d__p58_385, d2_d__p58_387, d2_d__p58_389, d2_d__p58_391, d2_d__p58_393, d2_d__p58_395, d2_d__p58_397, d2_d__p58_399
     _c191 = d2_d__p58.reshape(n, 16, 5, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p59 = torch.mm(_c191.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c191
     # ∂/∂x4: ∂/∂_p58: p59 = (p58 ⊗ p4) -> 16x1o
     _c192 = d2_d__p58.reshape(n, 16, 5, 1) * d__p59.reshape(n, 16, 1, 3)
+    del d2_d__p58, d__p59
     d2_x4_401 = torch.mm(_c192.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c192
     d2_d_y_402 = d2_d__p59
+    del d2_d__p59
     d2_d__p60_403 = (d2_d_weight[384:400].view(16) * 0.5773502691896257).reshape(1, 16, 1) * _p9.reshape(n, 16, 5)
     d2__p9_404 = (d2_d_weight[384:400].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d__p60.reshape(n, 16, 5)
     d2_d__p60_405 = d2_d__p9.reshape(n, 16, 5) * (weight[384:400].view(16) * 0.5773502691896257).reshape(1, 16, 1)
@@ -6573,46 +8692,69 @@ def _fusion_block_d2_weight(
     d2__p36_424 = (d2_d_weight[1440:1456].view(16) * 0.5773502691896257).reshape(1, 16, 1) * d__p60.reshape(n, 16, 5)
     d2_d__p60_425 = d2_d__p36.reshape(n, 16, 5) * (weight[1440:1456].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     d2_weight_426 = torch.bmm((d2_d__p36 * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n * 5), d__p60.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p60
     # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
     d2_d__p60 = d2_d__p60_403 + d2_d__p60_405 + d2_d__p60_407 + d2_d__p60_409 + d2_d__p60_411 + d2_d__p60_413 + d2_d__p60_415 + d2_d__p60_417 + d2_d__p60_419 + d2_d__p60_421 + d2_d__p60_423 + d2_d__p60_425
+    del d2_d__p60_403, d2_d__p60_405, d2_d__p60_407, d2_d__p60_409, d2_d__p60_411, d2_d__p60_413, d2_d__p60_415, d2_d__p60_417, d2_d__p60_419, d2_d__p60_421, d2_d__p60_423, d2_d__p60_425
     _c193 = d2_d__p60.reshape(n, 16, 5, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p61 = torch.mm(_c193.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c193
     # ∂/∂x4: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x0e
     _c194 = d2_d__p60.reshape(n, 16, 5, 1) * d__p61.reshape(n, 16, 1, 1)
+    del d2_d__p60, d__p61
     d2_x4_427 = torch.mm(_c194.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c194
     d2_d_y_428 = d2_d__p61
+    del d2_d__p61
     d2_d__p62_429 = (d2_d_weight[400:416].view(16) * 0.8219949365267865).reshape(1, 16, 1) * _p9.reshape(n, 16, 5)
+    del _p9
     d2__p9_430 = (d2_d_weight[400:416].view(16) * 0.8219949365267865).reshape(1, 16, 1) * d__p62.reshape(n, 16, 5)
     d2_d__p62_431 = d2_d__p9.reshape(n, 16, 5) * (weight[400:416].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_432 = torch.bmm((d2_d__p9 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p9
     d2_d__p62_433 = (d2_d_weight[608:624].view(16) * 0.8219949365267865).reshape(1, 16, 1) * _p13.reshape(n, 16, 5)
+    del _p13
     d2__p13_434 = (d2_d_weight[608:624].view(16) * 0.8219949365267865).reshape(1, 16, 1) * d__p62.reshape(n, 16, 5)
     d2_d__p62_435 = d2_d__p13.reshape(n, 16, 5) * (weight[608:624].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_436 = torch.bmm((d2_d__p13 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p13
     d2_d__p62_437 = (d2_d_weight[800:816].view(16) * 0.8219949365267865).reshape(1, 16, 1) * _p19.reshape(n, 16, 5)
+    del _p19
     d2__p19_438 = (d2_d_weight[800:816].view(16) * 0.8219949365267865).reshape(1, 16, 1) * d__p62.reshape(n, 16, 5)
     d2_d__p62_439 = d2_d__p19.reshape(n, 16, 5) * (weight[800:816].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_440 = torch.bmm((d2_d__p19 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p19
     d2_d__p62_441 = (d2_d_weight[1072:1088].view(16) * 0.8219949365267865).reshape(1, 16, 1) * _p24.reshape(n, 16, 5)
+    del _p24
     d2__p24_442 = (d2_d_weight[1072:1088].view(16) * 0.8219949365267865).reshape(1, 16, 1) * d__p62.reshape(n, 16, 5)
     d2_d__p62_443 = d2_d__p24.reshape(n, 16, 5) * (weight[1072:1088].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_444 = torch.bmm((d2_d__p24 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p24
     d2_d__p62_445 = (d2_d_weight[1312:1328].view(16) * 0.8219949365267865).reshape(1, 16, 1) * _p31.reshape(n, 16, 5)
+    del _p31
     d2__p31_446 = (d2_d_weight[1312:1328].view(16) * 0.8219949365267865).reshape(1, 16, 1) * d__p62.reshape(n, 16, 5)
     d2_d__p62_447 = d2_d__p31.reshape(n, 16, 5) * (weight[1312:1328].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_448 = torch.bmm((d2_d__p31 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p31
     d2_d__p62_449 = (d2_d_weight[1456:1472].view(16) * 0.8219949365267865).reshape(1, 16, 1) * _p36.reshape(n, 16, 5)
+    del _p36
     d2__p36_450 = (d2_d_weight[1456:1472].view(16) * 0.8219949365267865).reshape(1, 16, 1) * d__p62.reshape(n, 16, 5)
     d2_d__p62_451 = d2_d__p36.reshape(n, 16, 5) * (weight[1456:1472].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_452 = torch.bmm((d2_d__p36 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p36, d__p62
     # ∂/∂d__p63: ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
     d2_d__p62 = d2_d__p62_429 + d2_d__p62_431 + d2_d__p62_433 + d2_d__p62_435 + d2_d__p62_437 + d2_d__p62_439 + d2_d__p62_441 + d2_d__p62_443 + d2_d__p62_445 + d2_d__p62_447 + d2_d__p62_449 + d2_d__p62_451
+    del d2_d__p62_429, d2_d__p62_431, d2_d__p62_433, d2_d__p62_435, d2_d__p62_437, d2_d__p62_439, d2_d__p62_441, d2_d__p62_443, d2_d__p62_445, d2_d__p62_447, d2_d__p62_449, d2_d__p62_451
     _c195 = d2_d__p62.reshape(n, 16, 5, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p63 = torch.mm(_c195.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c195
     # ∂/∂x4: ∂/∂_p62: p63 = (p62 ⊗ p5) -> 16x2e
     _c196 = d2_d__p62.reshape(n, 16, 5, 1) * d__p63.reshape(n, 16, 1, 5)
+    del d2_d__p62, d__p63
     d2_x4_453 = torch.mm(_c196.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c196
     d2_d_y_454 = d2_d__p63
+    del d2_d__p63
     d2_d__p64_455 = (d2_d_weight[528:544].view(16) * 0.5144957554275266).reshape(1, 16, 1) * _p14.reshape(n, 16, 3)
     d2__p14_456 = (d2_d_weight[528:544].view(16) * 0.5144957554275266).reshape(1, 16, 1) * d__p64.reshape(n, 16, 3)
     d2_d__p64_457 = d2_d__p14.reshape(n, 16, 3) * (weight[528:544].view(16) * 0.5144957554275266).reshape(1, 16, 1)
@@ -6633,42 +8775,63 @@ def _fusion_block_d2_weight(
     d2__p37_472 = (d2_d_weight[1392:1408].view(16) * 0.5144957554275266).reshape(1, 16, 1) * d__p64.reshape(n, 16, 3)
     d2_d__p64_473 = d2_d__p37.reshape(n, 16, 3) * (weight[1392:1408].view(16) * 0.5144957554275266).reshape(1, 16, 1)
     d2_weight_474 = torch.bmm((d2_d__p37 * 0.5144957554275266).permute(1, 0, 2).reshape(16, 1, n * 3), d__p64.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p64
     # ∂/∂d__p65: ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
     d2_d__p64 = d2_d__p64_455 + d2_d__p64_457 + d2_d__p64_459 + d2_d__p64_461 + d2_d__p64_463 + d2_d__p64_465 + d2_d__p64_467 + d2_d__p64_469 + d2_d__p64_471 + d2_d__p64_473
+    del d2_d__p64_455, d2_d__p64_457, d2_d__p64_459, d2_d__p64_461, d2_d__p64_463, d2_d__p64_465, d2_d__p64_467, d2_d__p64_469, d2_d__p64_471, d2_d__p64_473
     _c197 = d2_d__p64.reshape(n, 16, 3, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p65 = torch.mm(_c197.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c197
     # ∂/∂x4: ∂/∂_p64: p65 = (p64 ⊗ p4) -> 16x1o
     _c198 = d2_d__p64.reshape(n, 16, 3, 1) * d__p65.reshape(n, 16, 1, 3)
+    del d2_d__p64, d__p65
     d2_x4_475 = torch.mm(_c198.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c198
     d2_d_y_476 = d2_d__p65
+    del d2_d__p65
     d2_d__p66_477 = (d2_d_weight[576:592].view(16) * 0.6367145399670133).reshape(1, 16, 1) * _p14.reshape(n, 16, 3)
+    del _p14
     d2__p14_478 = (d2_d_weight[576:592].view(16) * 0.6367145399670133).reshape(1, 16, 1) * d__p66.reshape(n, 16, 3)
     d2_d__p66_479 = d2_d__p14.reshape(n, 16, 3) * (weight[576:592].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_480 = torch.bmm((d2_d__p14 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p66.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p14
     d2_d__p66_481 = (d2_d_weight[1040:1056].view(16) * 0.6367145399670133).reshape(1, 16, 1) * _p25.reshape(n, 16, 3)
+    del _p25
     d2__p25_482 = (d2_d_weight[1040:1056].view(16) * 0.6367145399670133).reshape(1, 16, 1) * d__p66.reshape(n, 16, 3)
     d2_d__p66_483 = d2_d__p25.reshape(n, 16, 3) * (weight[1040:1056].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_484 = torch.bmm((d2_d__p25 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p66.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p25
     d2_d__p66_485 = (d2_d_weight[1120:1136].view(16) * 0.6367145399670133).reshape(1, 16, 1) * _p28.reshape(n, 16, 3)
+    del _p28
     d2__p28_486 = (d2_d_weight[1120:1136].view(16) * 0.6367145399670133).reshape(1, 16, 1) * d__p66.reshape(n, 16, 3)
     d2_d__p66_487 = d2_d__p28.reshape(n, 16, 3) * (weight[1120:1136].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_488 = torch.bmm((d2_d__p28 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p66.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p28
     d2_d__p66_489 = (d2_d_weight[1280:1296].view(16) * 0.6367145399670133).reshape(1, 16, 1) * _p32.reshape(n, 16, 3)
+    del _p32
     d2__p32_490 = (d2_d_weight[1280:1296].view(16) * 0.6367145399670133).reshape(1, 16, 1) * d__p66.reshape(n, 16, 3)
     d2_d__p66_491 = d2_d__p32.reshape(n, 16, 3) * (weight[1280:1296].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_492 = torch.bmm((d2_d__p32 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p66.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p32
     d2_d__p66_493 = (d2_d_weight[1424:1440].view(16) * 0.6367145399670133).reshape(1, 16, 1) * _p37.reshape(n, 16, 3)
+    del _p37
     d2__p37_494 = (d2_d_weight[1424:1440].view(16) * 0.6367145399670133).reshape(1, 16, 1) * d__p66.reshape(n, 16, 3)
     d2_d__p66_495 = d2_d__p37.reshape(n, 16, 3) * (weight[1424:1440].view(16) * 0.6367145399670133).reshape(1, 16, 1)
     d2_weight_496 = torch.bmm((d2_d__p37 * 0.6367145399670133).permute(1, 0, 2).reshape(16, 1, n * 3), d__p66.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p37, d__p66
     # ∂/∂d__p67: ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
     d2_d__p66 = d2_d__p66_477 + d2_d__p66_479 + d2_d__p66_481 + d2_d__p66_483 + d2_d__p66_485 + d2_d__p66_487 + d2_d__p66_489 + d2_d__p66_491 + d2_d__p66_493 + d2_d__p66_495
+    del d2_d__p66_477, d2_d__p66_479, d2_d__p66_481, d2_d__p66_483, d2_d__p66_485, d2_d__p66_487, d2_d__p66_489, d2_d__p66_491, d2_d__p66_493, d2_d__p66_495
     _c199 = d2_d__p66.reshape(n, 16, 3, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p67 = torch.mm(_c199.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c199
     # ∂/∂x4: ∂/∂_p66: p67 = (p66 ⊗ p5) -> 16x2e
     _c200 = d2_d__p66.reshape(n, 16, 3, 1) * d__p67.reshape(n, 16, 1, 5)
+    del d2_d__p66, d__p67
     d2_x4_497 = torch.mm(_c200.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c200
     d2_d_y_498 = d2_d__p67
+    del d2_d__p67
     d2_d__p68_499 = (d2_d_weight[672:688].view(16) * 0.8219949365267865).reshape(1, 16, 1) * _p16.reshape(n, 16, 5)
     d2__p16_500 = (d2_d_weight[672:688].view(16) * 0.8219949365267865).reshape(1, 16, 1) * d__p68.reshape(n, 16, 5)
     d2_d__p68_501 = d2_d__p16.reshape(n, 16, 5) * (weight[672:688].view(16) * 0.8219949365267865).reshape(1, 16, 1)
@@ -6689,14 +8852,20 @@ def _fusion_block_d2_weight(
     d2__p40_516 = (d2_d_weight[1536:1552].view(16) * 0.8219949365267865).reshape(1, 16, 1) * d__p68.reshape(n, 16, 5)
     d2_d__p68_517 = d2_d__p40.reshape(n, 16, 5) * (weight[1536:1552].view(16) * 0.8219949365267865).reshape(1, 16, 1)
     d2_weight_518 = torch.bmm((d2_d__p40 * 0.8219949365267865).permute(1, 0, 2).reshape(16, 1, n * 5), d__p68.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p68
     # ∂/∂d__p69: ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
     d2_d__p68 = d2_d__p68_499 + d2_d__p68_501 + d2_d__p68_503 + d2_d__p68_505 + d2_d__p68_507 + d2_d__p68_509 + d2_d__p68_511 + d2_d__p68_513 + d2_d__p68_515 + d2_d__p68_517
+    del d2_d__p68_499, d2_d__p68_501, d2_d__p68_503, d2_d__p68_505, d2_d__p68_507, d2_d__p68_509, d2_d__p68_511, d2_d__p68_513, d2_d__p68_515, d2_d__p68_517
     _c201 = d2_d__p68.reshape(n, 16, 5, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p69 = torch.mm(_c201.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c201
     # ∂/∂x4: ∂/∂_p68: p69 = (p68 ⊗ p4) -> 16x2e
     _c202 = d2_d__p68.reshape(n, 16, 5, 1) * d__p69.reshape(n, 16, 1, 5)
+    del d2_d__p68, d__p69
     d2_x4_519 = torch.mm(_c202.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 0, 2).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c202
     d2_d_y_520 = d2_d__p69
+    del d2_d__p69
     d2_d__p70_521 = (d2_d_weight[688:704].view(16) * 0.9725975251592747).reshape(1, 16, 1) * _p17.reshape(n, 16, 7)
     d2__p17_522 = (d2_d_weight[688:704].view(16) * 0.9725975251592747).reshape(1, 16, 1) * d__p70.reshape(n, 16, 7)
     d2_d__p70_523 = d2_d__p17.reshape(n, 16, 7) * (weight[688:704].view(16) * 0.9725975251592747).reshape(1, 16, 1)
@@ -6709,296 +8878,460 @@ def _fusion_block_d2_weight(
     d2__p41_530 = (d2_d_weight[1552:1568].view(16) * 0.9725975251592747).reshape(1, 16, 1) * d__p70.reshape(n, 16, 7)
     d2_d__p70_531 = d2_d__p41.reshape(n, 16, 7) * (weight[1552:1568].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_532 = torch.bmm((d2_d__p41 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p70.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d__p70
     # ∂/∂d__p71: ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
     d2_d__p70 = d2_d__p70_521 + d2_d__p70_523 + d2_d__p70_525 + d2_d__p70_527 + d2_d__p70_529 + d2_d__p70_531
+    del d2_d__p70_521, d2_d__p70_523, d2_d__p70_525, d2_d__p70_527, d2_d__p70_529, d2_d__p70_531
     _c203 = d2_d__p70.reshape(n, 16, 7, 1) * x4[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p71 = torch.mm(_c203.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_3_1_2.permute(2, 0, 1).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c203
     # ∂/∂x4: ∂/∂_p70: p71 = (p70 ⊗ p4) -> 16x2e
     _c204 = d2_d__p70.reshape(n, 16, 7, 1) * d__p71.reshape(n, 16, 1, 5)
+    del d2_d__p70, d__p71
     d2_x4_533 = torch.mm(_c204.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_1_2.permute(1, 0, 2).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c204
     d2_d_y_534 = d2_d__p71
+    del d2_d__p71
     d2_d__p72_535 = (d2_d_weight[720:736].view(16) * 0.6642111641550714).reshape(1, 16, 1) * _p16.reshape(n, 16, 5)
+    del _p16
     d2__p16_536 = (d2_d_weight[720:736].view(16) * 0.6642111641550714).reshape(1, 16, 1) * d__p72.reshape(n, 16, 5)
     d2_d__p72_537 = d2_d__p16.reshape(n, 16, 5) * (weight[720:736].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_538 = torch.bmm((d2_d__p16 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p72.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p16
     d2_d__p72_539 = (d2_d_weight[912:928].view(16) * 0.6642111641550714).reshape(1, 16, 1) * _p21.reshape(n, 16, 5)
+    del _p21
     d2__p21_540 = (d2_d_weight[912:928].view(16) * 0.6642111641550714).reshape(1, 16, 1) * d__p72.reshape(n, 16, 5)
     d2_d__p72_541 = d2_d__p21.reshape(n, 16, 5) * (weight[912:928].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_542 = torch.bmm((d2_d__p21 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p72.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p21
     d2_d__p72_543 = (d2_d_weight[1216:1232].view(16) * 0.6642111641550714).reshape(1, 16, 1) * _p30.reshape(n, 16, 5)
+    del _p30
     d2__p30_544 = (d2_d_weight[1216:1232].view(16) * 0.6642111641550714).reshape(1, 16, 1) * d__p72.reshape(n, 16, 5)
     d2_d__p72_545 = d2_d__p30.reshape(n, 16, 5) * (weight[1216:1232].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_546 = torch.bmm((d2_d__p30 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p72.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p30
     d2_d__p72_547 = (d2_d_weight[1360:1376].view(16) * 0.6642111641550714).reshape(1, 16, 1) * _p35.reshape(n, 16, 5)
+    del _p35
     d2__p35_548 = (d2_d_weight[1360:1376].view(16) * 0.6642111641550714).reshape(1, 16, 1) * d__p72.reshape(n, 16, 5)
     d2_d__p72_549 = d2_d__p35.reshape(n, 16, 5) * (weight[1360:1376].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_550 = torch.bmm((d2_d__p35 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p72.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p35
     d2_d__p72_551 = (d2_d_weight[1584:1600].view(16) * 0.6642111641550714).reshape(1, 16, 1) * _p40.reshape(n, 16, 5)
+    del _p40
     d2__p40_552 = (d2_d_weight[1584:1600].view(16) * 0.6642111641550714).reshape(1, 16, 1) * d__p72.reshape(n, 16, 5)
     d2_d__p72_553 = d2_d__p40.reshape(n, 16, 5) * (weight[1584:1600].view(16) * 0.6642111641550714).reshape(1, 16, 1)
     d2_weight_554 = torch.bmm((d2_d__p40 * 0.6642111641550714).permute(1, 0, 2).reshape(16, 1, n * 5), d__p72.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p40, d__p72
     # ∂/∂d__p73: ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
     d2_d__p72 = d2_d__p72_535 + d2_d__p72_537 + d2_d__p72_539 + d2_d__p72_541 + d2_d__p72_543 + d2_d__p72_545 + d2_d__p72_547 + d2_d__p72_549 + d2_d__p72_551 + d2_d__p72_553
+    del d2_d__p72_535, d2_d__p72_537, d2_d__p72_539, d2_d__p72_541, d2_d__p72_543, d2_d__p72_545, d2_d__p72_547, d2_d__p72_549, d2_d__p72_551, d2_d__p72_553
     _c205 = d2_d__p72.reshape(n, 16, 5, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p73 = torch.mm(_c205.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c205
     # ∂/∂x4: ∂/∂_p72: p73 = (p72 ⊗ p5) -> 16x1o
     _c206 = d2_d__p72.reshape(n, 16, 5, 1) * d__p73.reshape(n, 16, 1, 3)
+    del d2_d__p72, d__p73
     d2_x4_555 = torch.mm(_c206.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c206
     d2_d_y_556 = d2_d__p73
+    del d2_d__p73
     d2_d__p74_557 = (d2_d_weight[736:752].view(16) * 0.7859052479933758).reshape(1, 16, 1) * _p17.reshape(n, 16, 7)
+    del _p17
     d2__p17_558 = (d2_d_weight[736:752].view(16) * 0.7859052479933758).reshape(1, 16, 1) * d__p74.reshape(n, 16, 7)
     d2_d__p74_559 = d2_d__p17.reshape(n, 16, 7) * (weight[736:752].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d2_weight_560 = torch.bmm((d2_d__p17 * 0.7859052479933758).permute(1, 0, 2).reshape(16, 1, n * 7), d__p74.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p17
     d2_d__p74_561 = (d2_d_weight[928:944].view(16) * 0.7859052479933758).reshape(1, 16, 1) * _p22.reshape(n, 16, 7)
+    del _p22
     d2__p22_562 = (d2_d_weight[928:944].view(16) * 0.7859052479933758).reshape(1, 16, 1) * d__p74.reshape(n, 16, 7)
     d2_d__p74_563 = d2_d__p22.reshape(n, 16, 7) * (weight[928:944].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d2_weight_564 = torch.bmm((d2_d__p22 * 0.7859052479933758).permute(1, 0, 2).reshape(16, 1, n * 7), d__p74.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p22
     d2_d__p74_565 = (d2_d_weight[1600:1616].view(16) * 0.7859052479933758).reshape(1, 16, 1) * _p41.reshape(n, 16, 7)
+    del _p41
     d2__p41_566 = (d2_d_weight[1600:1616].view(16) * 0.7859052479933758).reshape(1, 16, 1) * d__p74.reshape(n, 16, 7)
     d2_d__p74_567 = d2_d__p41.reshape(n, 16, 7) * (weight[1600:1616].view(16) * 0.7859052479933758).reshape(1, 16, 1)
     d2_weight_568 = torch.bmm((d2_d__p41 * 0.7859052479933758).permute(1, 0, 2).reshape(16, 1, n * 7), d__p74.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p41, d__p74
     # ∂/∂d__p75: ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
     d2_d__p74 = d2_d__p74_557 + d2_d__p74_559 + d2_d__p74_561 + d2_d__p74_563 + d2_d__p74_565 + d2_d__p74_567
+    del d2_d__p74_557, d2_d__p74_559, d2_d__p74_561, d2_d__p74_563, d2_d__p74_565, d2_d__p74_567
     _c207 = d2_d__p74.reshape(n, 16, 7, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p75 = torch.mm(_c207.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c207
     # ∂/∂x4: ∂/∂_p74: p75 = (p74 ⊗ p5) -> 16x1o
     _c208 = d2_d__p74.reshape(n, 16, 7, 1) * d__p75.reshape(n, 16, 1, 3)
+    del d2_d__p74, d__p75
     d2_x4_569 = torch.mm(_c208.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_3_2_1.permute(1, 0, 2).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c208
     d2_d_y_570 = d2_d__p75
+    del d2_d__p75
     d2_d__p76_571 = (d2_d_weight[1088:1104].view(16) * 0.9725975251592747).reshape(1, 16, 1) * _p26.reshape(n, 16, 7)
+    del _p26
     d2__p26 = (d2_d_weight[1088:1104].view(16) * 0.9725975251592747).reshape(1, 16, 1) * d__p76.reshape(n, 16, 7)
     d2_d__p76_572 = d2_d__p26.reshape(n, 16, 7) * (weight[1088:1104].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_573 = torch.bmm((d2_d__p26 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p76.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p26
     d2_d__p76_574 = (d2_d_weight[1328:1344].view(16) * 0.9725975251592747).reshape(1, 16, 1) * _p33.reshape(n, 16, 7)
+    del _p33
     d2__p33 = (d2_d_weight[1328:1344].view(16) * 0.9725975251592747).reshape(1, 16, 1) * d__p76.reshape(n, 16, 7)
     d2_d__p76_575 = d2_d__p33.reshape(n, 16, 7) * (weight[1328:1344].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_576 = torch.bmm((d2_d__p33 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p76.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p33
     d2_d__p76_577 = (d2_d_weight[1472:1488].view(16) * 0.9725975251592747).reshape(1, 16, 1) * _p38.reshape(n, 16, 7)
+    del _p38
     d2__p38 = (d2_d_weight[1472:1488].view(16) * 0.9725975251592747).reshape(1, 16, 1) * d__p76.reshape(n, 16, 7)
     d2_d__p76_578 = d2_d__p38.reshape(n, 16, 7) * (weight[1472:1488].view(16) * 0.9725975251592747).reshape(1, 16, 1)
     d2_weight_579 = torch.bmm((d2_d__p38 * 0.9725975251592747).permute(1, 0, 2).reshape(16, 1, n * 7), d__p76.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p38, d__p76
     # ∂/∂d__p77: ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
     d2_d__p76 = d2_d__p76_571 + d2_d__p76_572 + d2_d__p76_574 + d2_d__p76_575 + d2_d__p76_577 + d2_d__p76_578
+    del d2_d__p76_571, d2_d__p76_572, d2_d__p76_574, d2_d__p76_575, d2_d__p76_577, d2_d__p76_578
     _c209 = d2_d__p76.reshape(n, 16, 7, 1) * x4[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p77 = torch.mm(_c209.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c209
     # ∂/∂x4: ∂/∂_p76: p77 = (p76 ⊗ p5) -> 16x2e
     _c210 = d2_d__p76.reshape(n, 16, 7, 1) * d__p77.reshape(n, 16, 1, 5)
+    del d2_d__p76, d__p77
     d2_x4_580 = torch.mm(_c210.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(1, 0, 2).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c210
     d2_d_y_581 = d2_d__p77
+    del d2_d__p77
     # ∂/∂t: p41 = (p34 ⊗ p8) -> 16x3o
     d2__p41 = d2__p41_530 + d2__p41_566
+    del d2__p41_530, d2__p41_566
     _c211 = d2__p41.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_582 = torch.mm(_c211.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.reshape(5, 35).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c211
     # ∂/∂x3: p41 = (p34 ⊗ p8) -> 16x3o
     _c212 = d2__p41.reshape(n, 16, 7, 1) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p41
     d2_x3_583 = torch.mm(_c212.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.permute(1, 2, 0).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c212
     # ∂/∂t: p40 = (p34 ⊗ p8) -> 16x2o
     d2__p40 = d2__p40_516 + d2__p40_552
+    del d2__p40_516, d2__p40_552
     _c213 = d2__p40.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_584 = torch.mm(_c213.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c213
     # ∂/∂x3: p40 = (p34 ⊗ p8) -> 16x2o
     _c214 = d2__p40.reshape(n, 16, 5, 1) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p40
     d2_x3_585 = torch.mm(_c214.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c214
     # ∂/∂t: p39 = (p34 ⊗ p8) -> 16x1o
     d2__p39 = d2__p39_268 + d2__p39_294 + d2__p39_320 + d2__p39_346
+    del d2__p39_268, d2__p39_294, d2__p39_320, d2__p39_346
     _c215 = d2__p39.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_586 = torch.mm(_c215.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c215
     # ∂/∂x3: p39 = (p34 ⊗ p8) -> 16x1o
     _c216 = d2__p39.reshape(n, 16, 3, 1) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p39
     d2_x3_587 = torch.mm(_c216.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c216
     # ∂/∂t: p38 = (p34 ⊗ p6) -> 16x3e
     _c217 = d2__p38.reshape(n, 16, 1, 7) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_588 = torch.mm(_c217.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_2_1_3.reshape(5, 21).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c217
     # ∂/∂x3: p38 = (p34 ⊗ p6) -> 16x3e
     _c218 = d2__p38.reshape(n, 16, 7, 1) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p38
     d2_x3_589 = torch.mm(_c218.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_1_3.permute(1, 2, 0).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c218
     # ∂/∂t: p37 = (p34 ⊗ p6) -> 16x1e
     d2__p37 = d2__p37_472 + d2__p37_494
+    del d2__p37_472, d2__p37_494
     _c219 = d2__p37.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_590 = torch.mm(_c219.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c219
     # ∂/∂x3: p37 = (p34 ⊗ p6) -> 16x1e
     _c220 = d2__p37.reshape(n, 16, 3, 1) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p37
     d2_x3_591 = torch.mm(_c220.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c220
     # ∂/∂t: p36 = (p34 ⊗ p6) -> 16x2e
     d2__p36 = d2__p36_372 + d2__p36_398 + d2__p36_424 + d2__p36_450
+    del d2__p36_372, d2__p36_398, d2__p36_424, d2__p36_450
     _c221 = d2__p36.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_592 = torch.mm(_c221.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c221
     # ∂/∂x3: p36 = (p34 ⊗ p6) -> 16x2e
     _c222 = d2__p36.reshape(n, 16, 5, 1) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p36
     d2_x3_593 = torch.mm(_c222.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 2, 0).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c222
     # ∂/∂t: p35 = (p34 ⊗ p1) -> 16x2o
     d2__p35 = d2__p35_512 + d2__p35_548
+    del d2__p35_512, d2__p35_548
     _c223 = d2__p35.reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_t_594 = torch.mm(_c223.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c223
     # ∂/∂x3: p35 = (p34 ⊗ p1) -> 16x2o
     _c224 = d2__p35.reshape(n, 16, 1, 5) * t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    del d2__p35
     d2_x3_595 = torch.mm(_c224.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c224
     # ∂/∂t: p33 = (p27 ⊗ p8) -> 16x3e
     _c225 = d2__p33.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_596 = torch.mm(_c225.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_1_2_3.reshape(3, 35).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c225
     # ∂/∂x3: p33 = (p27 ⊗ p8) -> 16x3e
     _c226 = d2__p33.reshape(n, 16, 7, 1) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p33
     d2_x3_597 = torch.mm(_c226.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_1_2_3.permute(1, 2, 0).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c226
     # ∂/∂t: p32 = (p27 ⊗ p8) -> 16x1e
     d2__p32 = d2__p32_468 + d2__p32_490
+    del d2__p32_468, d2__p32_490
     _c227 = d2__p32.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_598 = torch.mm(_c227.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c227
     # ∂/∂x3: p32 = (p27 ⊗ p8) -> 16x1e
     _c228 = d2__p32.reshape(n, 16, 3, 1) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p32
     d2_x3_599 = torch.mm(_c228.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c228
     # ∂/∂t: p31 = (p27 ⊗ p8) -> 16x2e
     d2__p31 = d2__p31_368 + d2__p31_394 + d2__p31_420 + d2__p31_446
+    del d2__p31_368, d2__p31_394, d2__p31_420, d2__p31_446
     _c229 = d2__p31.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_600 = torch.mm(_c229.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c229
     # ∂/∂x3: p31 = (p27 ⊗ p8) -> 16x2e
     _c230 = d2__p31.reshape(n, 16, 5, 1) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p31
     d2_x3_601 = torch.mm(_c230.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c230
     # ∂/∂t: p30 = (p27 ⊗ p6) -> 16x2o
     d2__p30 = d2__p30_508 + d2__p30_544
+    del d2__p30_508, d2__p30_544
     _c231 = d2__p30.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_602 = torch.mm(_c231.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c231
     # ∂/∂x3: p30 = (p27 ⊗ p6) -> 16x2o
     _c232 = d2__p30.reshape(n, 16, 5, 1) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p30
     d2_x3_603 = torch.mm(_c232.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c232
     # ∂/∂t: p29 = (p27 ⊗ p6) -> 16x1o
     d2__p29 = d2__p29_264 + d2__p29_290 + d2__p29_316 + d2__p29_342
+    del d2__p29_264, d2__p29_290, d2__p29_316, d2__p29_342
     _c233 = d2__p29.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_604 = torch.mm(_c233.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c233
     # ∂/∂x3: p29 = (p27 ⊗ p6) -> 16x1o
     _c234 = d2__p29.reshape(n, 16, 3, 1) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p29
     d2_x3_605 = torch.mm(_c234.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c234
     # ∂/∂t: p28 = (p27 ⊗ p1) -> 16x1e
     d2__p28 = d2__p28_464 + d2__p28_486
+    del d2__p28_464, d2__p28_486
     _c235 = d2__p28.reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_t_606 = torch.mm(_c235.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c235
     # ∂/∂x3: p28 = (p27 ⊗ p1) -> 16x1e
     _c236 = d2__p28.reshape(n, 16, 1, 3) * t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    del d2__p28
     d2_x3_607 = torch.mm(_c236.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c236
     # ∂/∂t: p26 = (p18 ⊗ p8) -> 16x3e
     _c237 = d2__p26.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_608 = torch.mm(_c237.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.reshape(5, 35).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c237
     # ∂/∂x3: p26 = (p18 ⊗ p8) -> 16x3e
     _c238 = d2__p26.reshape(n, 16, 7, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p26
     d2_x3_609 = torch.mm(_c238.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.permute(1, 2, 0).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c238
     # ∂/∂t: p25 = (p18 ⊗ p8) -> 16x1e
     d2__p25 = d2__p25_460 + d2__p25_482
+    del d2__p25_460, d2__p25_482
     _c239 = d2__p25.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_610 = torch.mm(_c239.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c239
     # ∂/∂x3: p25 = (p18 ⊗ p8) -> 16x1e
     _c240 = d2__p25.reshape(n, 16, 3, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p25
     d2_x3_611 = torch.mm(_c240.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c240
     # ∂/∂t: p24 = (p18 ⊗ p8) -> 16x2e
     d2__p24 = d2__p24_364 + d2__p24_390 + d2__p24_416 + d2__p24_442
+    del d2__p24_364, d2__p24_390, d2__p24_416, d2__p24_442
     _c241 = d2__p24.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_612 = torch.mm(_c241.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c241
     # ∂/∂x3: p24 = (p18 ⊗ p8) -> 16x2e
     _c242 = d2__p24.reshape(n, 16, 5, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p24
     d2_x3_613 = torch.mm(_c242.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c242
     # ∂/∂t: p23 = (p18 ⊗ p8) -> 16x0e
     d2__p23 = d2__p23_214 + d2__p23_228 + d2__p23_242
+    del d2__p23_214, d2__p23_228, d2__p23_242
     _c243 = d2__p23.reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_t_614 = torch.mm(_c243.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c243
     # ∂/∂x3: p23 = (p18 ⊗ p8) -> 16x0e
     _c244 = d2__p23.reshape(n, 16, 1, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p23
     d2_x3_615 = torch.mm(_c244.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c244
     # ∂/∂t: p22 = (p18 ⊗ p6) -> 16x3o
     d2__p22 = d2__p22_526 + d2__p22_562
+    del d2__p22_526, d2__p22_562
     _c245 = d2__p22.reshape(n, 16, 1, 7) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_616 = torch.mm(_c245.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_2_1_3.reshape(5, 21).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c245
     # ∂/∂x3: p22 = (p18 ⊗ p6) -> 16x3o
     _c246 = d2__p22.reshape(n, 16, 7, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p22
     d2_x3_617 = torch.mm(_c246.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_1_3.permute(1, 2, 0).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c246
     # ∂/∂t: p21 = (p18 ⊗ p6) -> 16x2o
     d2__p21 = d2__p21_504 + d2__p21_540
+    del d2__p21_504, d2__p21_540
     _c247 = d2__p21.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_618 = torch.mm(_c247.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c247
     # ∂/∂x3: p21 = (p18 ⊗ p6) -> 16x2o
     _c248 = d2__p21.reshape(n, 16, 5, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p21
     d2_x3_619 = torch.mm(_c248.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 2, 0).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c248
     # ∂/∂t: p20 = (p18 ⊗ p6) -> 16x1o
     d2__p20 = d2__p20_260 + d2__p20_286 + d2__p20_312 + d2__p20_338
+    del d2__p20_260, d2__p20_286, d2__p20_312, d2__p20_338
     _c249 = d2__p20.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_620 = torch.mm(_c249.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c249
     # ∂/∂x3: p20 = (p18 ⊗ p6) -> 16x1o
     _c250 = d2__p20.reshape(n, 16, 3, 1) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p20
     d2_x3_621 = torch.mm(_c250.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c250
     # ∂/∂t: p19 = (p18 ⊗ p1) -> 16x2e
     d2__p19 = d2__p19_360 + d2__p19_386 + d2__p19_412 + d2__p19_438
+    del d2__p19_360, d2__p19_386, d2__p19_412, d2__p19_438
     _c251 = d2__p19.reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_t_622 = torch.mm(_c251.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c251
     # ∂/∂x3: p19 = (p18 ⊗ p1) -> 16x2e
     _c252 = d2__p19.reshape(n, 16, 1, 5) * t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    del d2__p19
     d2_x3_623 = torch.mm(_c252.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c252
     # ∂/∂t: p17 = (p10 ⊗ p8) -> 16x3o
     d2__p17 = d2__p17_522 + d2__p17_558
+    del d2__p17_522, d2__p17_558
     _c253 = d2__p17.reshape(n, 16, 1, 7) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_624 = torch.mm(_c253.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_1_2_3.reshape(3, 35).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c253
     # ∂/∂x3: p17 = (p10 ⊗ p8) -> 16x3o
     _c254 = d2__p17.reshape(n, 16, 7, 1) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p17
     d2_x3_625 = torch.mm(_c254.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_1_2_3.permute(1, 2, 0).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c254
     # ∂/∂t: p16 = (p10 ⊗ p8) -> 16x2o
     d2__p16 = d2__p16_500 + d2__p16_536
+    del d2__p16_500, d2__p16_536
     _c255 = d2__p16.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_626 = torch.mm(_c255.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c255
     # ∂/∂x3: p16 = (p10 ⊗ p8) -> 16x2o
     _c256 = d2__p16.reshape(n, 16, 5, 1) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p16
     d2_x3_627 = torch.mm(_c256.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c256
     # ∂/∂t: p15 = (p10 ⊗ p8) -> 16x1o
     d2__p15 = d2__p15_256 + d2__p15_282 + d2__p15_308 + d2__p15_334
+    del d2__p15_256, d2__p15_282, d2__p15_308, d2__p15_334
     _c257 = d2__p15.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_628 = torch.mm(_c257.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c257
     # ∂/∂x3: p15 = (p10 ⊗ p8) -> 16x1o
     _c258 = d2__p15.reshape(n, 16, 3, 1) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p15
     d2_x3_629 = torch.mm(_c258.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c258
     # ∂/∂t: p14 = (p10 ⊗ p6) -> 16x1e
     d2__p14 = d2__p14_456 + d2__p14_478
+    del d2__p14_456, d2__p14_478
     _c259 = d2__p14.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_630 = torch.mm(_c259.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c259
     # ∂/∂x3: p14 = (p10 ⊗ p6) -> 16x1e
     _c260 = d2__p14.reshape(n, 16, 3, 1) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p14
     d2_x3_631 = torch.mm(_c260.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c260
     # ∂/∂t: p13 = (p10 ⊗ p6) -> 16x2e
     d2__p13 = d2__p13_356 + d2__p13_382 + d2__p13_408 + d2__p13_434
+    del d2__p13_356, d2__p13_382, d2__p13_408, d2__p13_434
     _c261 = d2__p13.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_632 = torch.mm(_c261.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c261
     # ∂/∂x3: p13 = (p10 ⊗ p6) -> 16x2e
     _c262 = d2__p13.reshape(n, 16, 5, 1) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p13
     d2_x3_633 = torch.mm(_c262.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c262
     # ∂/∂t: p12 = (p10 ⊗ p6) -> 16x0e
     d2__p12 = d2__p12_210 + d2__p12_224 + d2__p12_238
+    del d2__p12_210, d2__p12_224, d2__p12_238
     _c263 = d2__p12.reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_t_634 = torch.mm(_c263.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c263
     # ∂/∂x3: p12 = (p10 ⊗ p6) -> 16x0e
     _c264 = d2__p12.reshape(n, 16, 1, 1) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p12
     d2_x3_635 = torch.mm(_c264.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c264
     # ∂/∂t: p11 = (p10 ⊗ p1) -> 16x1o
     d2__p11 = d2__p11_252 + d2__p11_278 + d2__p11_304 + d2__p11_330
+    del d2__p11_252, d2__p11_278, d2__p11_304, d2__p11_330
     _c265 = d2__p11.reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_t_636 = torch.mm(_c265.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c265
     # ∂/∂x3: p11 = (p10 ⊗ p1) -> 16x1o
     _c266 = d2__p11.reshape(n, 16, 1, 3) * t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    del d2__p11
     d2_x3_637 = torch.mm(_c266.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c266
     # ∂/∂t: p9 = (p0 ⊗ p8) -> 16x2e
     d2__p9 = d2__p9_352 + d2__p9_378 + d2__p9_404 + d2__p9_430
+    del d2__p9_352, d2__p9_378, d2__p9_404, d2__p9_430
     _c267 = d2__p9.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_t_638 = torch.mm(_c267.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c267
     # ∂/∂x3: p9 = (p0 ⊗ p8) -> 16x2e
     _c268 = d2__p9.reshape(n, 16, 5, 1) * t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d2__p9
     d2_x3_639 = torch.mm(_c268.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c268
     # ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
     d2__p7 = d2__p7_248 + d2__p7_274 + d2__p7_300 + d2__p7_326
+    del d2__p7_248, d2__p7_274, d2__p7_300, d2__p7_326
     _c269 = d2__p7.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_t_640 = torch.mm(_c269.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c269
     # ∂/∂x3: p7 = (p0 ⊗ p6) -> 16x1o
     _c270 = d2__p7.reshape(n, 16, 3, 1) * t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d2__p7
     d2_x3_641 = torch.mm(_c270.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c270
     # ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
     d2__p2 = d2__p2_206 + d2__p2_220 + d2__p2_234
+    del d2__p2_206, d2__p2_220, d2__p2_234
     _c271 = d2__p2.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_t_642 = cg_0_0_0.reshape(1, 1, 1) * _c271.reshape(n, 16, 1)
+    del _c271
     # ∂/∂x3: p2 = (p0 ⊗ p1) -> 16x0e
     _c272 = d2__p2.reshape(n, 16, 1, 1) * t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d2__p2, t
     d2_x3_643 = cg_0_0_0.reshape(1, 1, 1) * _c272.reshape(n, 16, 1)
+    del _c272
     # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x1e
     d2_t = torch.cat([
         (d2_t_638 + d2_t_640 + d2_t_642).reshape(n, 16),
@@ -7007,161 +9340,224 @@ def _fusion_block_d2_weight(
         (d2_t_596 + d2_t_598 + d2_t_600 + d2_t_602 + d2_t_604 + d2_t_606).reshape(n, 48),
         (d2_t_582 + d2_t_584 + d2_t_586 + d2_t_588 + d2_t_590 + d2_t_592 + d2_t_594).reshape(n, 80),
     ], dim=-1)
+    del d2_t_582, d2_t_584, d2_t_586, d2_t_588, d2_t_590, d2_t_592, d2_t_594, d2_t_596, d2_t_598, d2_t_600, d2_t_602, d2_t_604, d2_t_606, d2_t_608, d2_t_610, d2_t_612, d2_t_614, d2_t_616, d2_t_618, d2_t_620, d2_t_622, d2_t_624, d2_t_626, d2_t_628, d2_t_630, d2_t_632, d2_t_634, d2_t_636, d2_t_638, d2_t_640, d2_t_642
     _c273 = d2_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x1_644 = torch.bmm(_c273.permute(1, 0, 2, 3).reshape(16, n, 15), (_c23 * 1.224744871391589).permute(0, 3, 2, 1).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_644 = torch.bmm((_c23 * 1.224744871391589).permute(0, 3, 2, 1).reshape(16, 15, 5).transpose(1, 2), _c273.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c273
     # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x1e
     _c274 = d2_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x2_645 = torch.bmm(_c274.permute(1, 0, 2, 3).reshape(16, n, 15), (_c23 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_645 = torch.bmm((_c23 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 15, 5).transpose(1, 2), _c274.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c23
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
     _c275 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c274.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 3, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c274
     d2_weight_646 = torch.mm((cg_2_2_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 75), _c275.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    del _c275
     # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x2e
     _c276 = d2_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x1_647 = torch.bmm(_c276.permute(1, 0, 2, 3).reshape(16, n, 25), (_c22 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_647 = torch.bmm((_c22 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 25, 5).transpose(1, 2), _c276.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
     # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x2e
     _c277 = d2_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x2_648 = torch.bmm(_c277.permute(1, 0, 2, 3).reshape(16, n, 25), (_c22 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_648 = torch.bmm((_c22 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 25, 5).transpose(1, 2), _c277.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c22
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
     _c278 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c277.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
     d2_weight_649 = torch.mm((cg_2_2_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 125), _c278.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,ujik->u
+    del _c278
     # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x0e
     _c279 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x1_650 = torch.bmm(_c279.permute(1, 0, 2, 3).reshape(16, n, 5), (_c21 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,ijku->zui
+    d2_x1_650 = torch.bmm((_c21 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 5, 5).transpose(1, 2), _c279.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,ijku->zui
+    del _c279
     # ∂/∂x2: 16x2e ⊗ 16x2e -> 16x0e
     _c280 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x2_651 = torch.bmm(_c280.permute(1, 0, 2, 3).reshape(16, n, 5), (_c21 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,ijku->zuj
+    d2_x2_651 = torch.bmm((_c21 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 5, 5).transpose(1, 2), _c280.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,ijku->zuj
+    del _c21
     # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
     _c281 = torch.bmm(_c280.permute(1, 0, 3, 2).reshape(16, n, 5).transpose(1, 2), x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n).transpose(1, 2)).view(16, 5, 1, 5)  # zuj,zuki->uikj
+    del _c280
     d2_weight_652 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c281.permute(1, 3, 2, 0).reshape(25, 16)).view(16)  # ijk,uikj->u
+    del _c281
     # ∂/∂x1: 16x2e ⊗ 16x1o -> 16x2o
     _c282 = d2_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_653 = torch.bmm(_c282.permute(1, 0, 2, 3).reshape(16, n, 15), (_c19 * 1.5811388300841898).permute(0, 3, 2, 1).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_653 = torch.bmm((_c19 * 1.5811388300841898).permute(0, 3, 2, 1).reshape(16, 15, 5).transpose(1, 2), _c282.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c282
     # ∂/∂x2: 16x2e ⊗ 16x1o -> 16x2o
     _c283 = d2_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x2_654 = torch.bmm(_c283.permute(1, 0, 2, 3).reshape(16, n, 25), (_c19 * 1.5811388300841898).permute(0, 3, 1, 2).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_654 = torch.bmm((_c19 * 1.5811388300841898).permute(0, 3, 1, 2).reshape(16, 25, 3).transpose(1, 2), _c283.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c19
     # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x2o
     _c284 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c283.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 3, 5, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c283
     d2_weight_655 = torch.mm((cg_2_1_2 * 1.5811388300841898).permute(1, 0, 2).reshape(1, 75), _c284.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    del _c284
     # ∂/∂x1: 16x2e ⊗ 16x1o -> 16x1o
     _c285 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_656 = torch.bmm(_c285.permute(1, 0, 2, 3).reshape(16, n, 9), (_c18 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_656 = torch.bmm((_c18 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 9, 5).transpose(1, 2), _c285.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
     # ∂/∂x2: 16x2e ⊗ 16x1o -> 16x1o
     _c286 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x2_657 = torch.bmm(_c286.permute(1, 0, 2, 3).reshape(16, n, 15), (_c18 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_657 = torch.bmm((_c18 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 15, 3).transpose(1, 2), _c286.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c18
     # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
     _c287 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c286.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c286
     d2_weight_658 = torch.mm((cg_2_1_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c287.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c287
     # ∂/∂x1: 16x2e ⊗ 16x0e -> 16x2e
     _c288 = d2_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_659 = torch.bmm(_c288.permute(1, 0, 2, 3).reshape(16, n, 5), (_c16 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_659 = torch.bmm((_c16 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 5, 5).transpose(1, 2), _c288.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c288
     # ∂/∂x2: 16x2e ⊗ 16x0e -> 16x2e
-    d2_x2_660 = torch.bmm(_c277.permute(1, 0, 2, 3).reshape(16, n, 25), (_c16 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_660 = torch.bmm((_c16 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c277.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c16
     # ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
     _c289 = torch.bmm(x2[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c277.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c277
     d2_weight_661 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c289.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    del _c289
     # ∂/∂x1: 16x1o ⊗ 16x2e -> 16x2o
     _c290 = d2_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x1_662 = torch.bmm(_c290.permute(1, 0, 2, 3).reshape(16, n, 25), (_c14 * 1.5811388300841898).permute(0, 3, 2, 1).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_662 = torch.bmm((_c14 * 1.5811388300841898).permute(0, 3, 2, 1).reshape(16, 25, 3).transpose(1, 2), _c290.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c290
     # ∂/∂x2: 16x1o ⊗ 16x2e -> 16x2o
     _c291 = d2_t[:, 192:272].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_663 = torch.bmm(_c291.permute(1, 0, 2, 3).reshape(16, n, 15), (_c14 * 1.5811388300841898).permute(0, 3, 1, 2).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_663 = torch.bmm((_c14 * 1.5811388300841898).permute(0, 3, 1, 2).reshape(16, 15, 5).transpose(1, 2), _c291.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c14
     # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x2o
     _c292 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c291.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 5, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c291
     d2_weight_664 = torch.mm((cg_1_2_2 * 1.5811388300841898).permute(1, 0, 2).reshape(1, 75), _c292.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    del _c292
     # ∂/∂x1: 16x1o ⊗ 16x2e -> 16x1o
     _c293 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_x1_665 = torch.bmm(_c293.permute(1, 0, 2, 3).reshape(16, n, 15), (_c13 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_665 = torch.bmm((_c13 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 15, 3).transpose(1, 2), _c293.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c293
     # ∂/∂x2: 16x1o ⊗ 16x2e -> 16x1o
     _c294 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_666 = torch.bmm(_c294.permute(1, 0, 2, 3).reshape(16, n, 9), (_c13 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_666 = torch.bmm((_c13 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 5).transpose(1, 2), _c294.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c13
     # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
     _c295 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c294.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
     d2_weight_667 = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c295.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c295
     # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x1e
     _c296 = d2_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_668 = torch.bmm(_c296.permute(1, 0, 2, 3).reshape(16, n, 9), (_c11 * 1.224744871391589).permute(0, 3, 2, 1).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_668 = torch.bmm((_c11 * 1.224744871391589).permute(0, 3, 2, 1).reshape(16, 9, 3).transpose(1, 2), _c296.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c296
     # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x1e
     _c297 = d2_t[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_669 = torch.bmm(_c297.permute(1, 0, 2, 3).reshape(16, n, 9), (_c11 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_669 = torch.bmm((_c11 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 9, 3).transpose(1, 2), _c297.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c11
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
     _c298 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c297.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c297
     d2_weight_670 = torch.mm((cg_1_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 27), _c298.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,ujik->u
+    del _c298
     # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x2e
     _c299 = d2_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_671 = torch.bmm(_c299.permute(1, 0, 2, 3).reshape(16, n, 15), (_c10 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_671 = torch.bmm((_c10 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 15, 3).transpose(1, 2), _c299.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c299
     # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x2e
     _c300 = d2_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_672 = torch.bmm(_c300.permute(1, 0, 2, 3).reshape(16, n, 15), (_c10 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_672 = torch.bmm((_c10 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 15, 3).transpose(1, 2), _c300.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c10
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
     _c301 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c300.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c300
     d2_weight_673 = torch.mm((cg_1_1_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 45), _c301.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c301
     # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
     _c302 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_674 = torch.bmm(_c302.permute(1, 0, 2, 3).reshape(16, n, 3), (_c9 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,ijku->zui
+    d2_x1_674 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 3, 3).transpose(1, 2), _c302.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,ijku->zui
+    del _c302
     # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
     _c303 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_675 = torch.bmm(_c303.permute(1, 0, 2, 3).reshape(16, n, 3), (_c9 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,ijku->zuj
+    d2_x2_675 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 3, 3).transpose(1, 2), _c303.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,ijku->zuj
+    del _c9
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c304 = torch.bmm(_c303.permute(1, 0, 3, 2).reshape(16, n, 3).transpose(1, 2), x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n).transpose(1, 2)).view(16, 3, 1, 3)  # zuj,zuki->uikj
+    del _c303
     d2_weight_676 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c304.permute(1, 3, 2, 0).reshape(9, 16)).view(16)  # ijk,uikj->u
+    del _c304
     # ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
     _c305 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_677 = torch.bmm(_c305.permute(1, 0, 2, 3).reshape(16, n, 3), (_c7 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_677 = torch.bmm((_c7 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 3, 3).transpose(1, 2), _c305.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c305
     # ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
-    d2_x2_678 = torch.bmm(_c294.permute(1, 0, 2, 3).reshape(16, n, 9), (_c7 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_678 = torch.bmm((_c7 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c294.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c7
     # ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
     _c306 = torch.bmm(x2[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c294.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c294
     d2_weight_679 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c306.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    del _c306
     # ∂/∂x1: 16x0e ⊗ 16x2e -> 16x2e
-    d2_x1_680 = torch.bmm(_c276.permute(1, 0, 2, 3).reshape(16, n, 25), (_c5 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_680 = torch.bmm((_c5 * 1.118033988749895).permute(0, 3, 2, 1).reshape(16, 25, 1).transpose(1, 2), _c276.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c276
     # ∂/∂x2: 16x0e ⊗ 16x2e -> 16x2e
     _c307 = d2_t[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x2_681 = torch.bmm(_c307.permute(1, 0, 2, 3).reshape(16, n, 5), (_c5 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_681 = torch.bmm((_c5 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5).transpose(1, 2), _c307.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c5
     # ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
     _c308 = torch.bmm(x2[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c307.permute(1, 0, 3, 2).reshape(16, n, 5)).view(16, 5, 1, 5)  # zuj,zuki->ujik
+    del _c307
     d2_weight_682 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c308.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    del _c308
     # ∂/∂x1: 16x0e ⊗ 16x1o -> 16x1o
-    d2_x1_683 = torch.bmm(_c285.permute(1, 0, 2, 3).reshape(16, n, 9), (_c3 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zukj,uijk->zui
+    d2_x1_683 = torch.bmm((_c3 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 9, 1).transpose(1, 2), _c285.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,uijk->zui
+    del _c285
     # ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
     _c309 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x2_684 = torch.bmm(_c309.permute(1, 0, 2, 3).reshape(16, n, 3), (_c3 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuki,uijk->zuj
+    d2_x2_684 = torch.bmm((_c3 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3).transpose(1, 2), _c309.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c3
     # ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c310 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c309.permute(1, 0, 3, 2).reshape(16, n, 3)).view(16, 3, 1, 3)  # zuj,zuki->ujik
+    del _c309
     d2_weight_685 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c310.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    del _c310
     # ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
     _c311 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_686 = torch.bmm(_c311.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zukj,ijku->zui
+    d2_x1_686 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 1, 1).transpose(1, 2), _c311.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,ijku->zui
+    del _c311
     # ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
     _c312 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x2_687 = torch.bmm(_c312.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zuki,ijku->zuj
+    del d2_t
+    d2_x2_687 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 1, 1).transpose(1, 2), _c312.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,ijku->zuj
+    del _c1
     # ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c313 = torch.bmm(x2[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c312.permute(1, 0, 3, 2).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuki->ujik
+    del _c312
     d2_weight_688 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c313.permute(2, 1, 3, 0).reshape(1, 16)).view(16)  # ijk,ujik->u
+    del _c313
     d2_x1 = torch.cat([
         (d2_x1_130 + d2_x1_133 + d2_x1_136 + d2_x1_680 + d2_x1_683 + d2_x1_686).reshape(n, 16),
         (d2_x1_139 + d2_x1_142 + d2_x1_145 + d2_x1_148 + d2_x1_151 + d2_x1_154 + d2_x1_662 + d2_x1_665 + d2_x1_668 + d2_x1_671 + d2_x1_674 + d2_x1_677).reshape(n, 48),
         (d2_x1_157 + d2_x1_160 + d2_x1_163 + d2_x1_166 + d2_x1_169 + d2_x1_172 + d2_x1_644 + d2_x1_647 + d2_x1_650 + d2_x1_653 + d2_x1_656 + d2_x1_659).reshape(n, 80),
     ], dim=-1)
+    del d2_x1_130, d2_x1_133, d2_x1_136, d2_x1_139, d2_x1_142, d2_x1_145, d2_x1_148, d2_x1_151, d2_x1_154, d2_x1_157, d2_x1_160, d2_x1_163, d2_x1_166, d2_x1_169, d2_x1_172, d2_x1_644, d2_x1_647, d2_x1_650, d2_x1_653, d2_x1_656, d2_x1_659, d2_x1_662, d2_x1_665, d2_x1_668, d2_x1_671, d2_x1_674, d2_x1_677, d2_x1_680, d2_x1_683, d2_x1_686
     d2_x2 = torch.cat([
         (d2_x2_131 + d2_x2_140 + d2_x2_158 + d2_x2_660 + d2_x2_678 + d2_x2_687).reshape(n, 16),
         (d2_x2_134 + d2_x2_143 + d2_x2_146 + d2_x2_149 + d2_x2_161 + d2_x2_164 + d2_x2_654 + d2_x2_657 + d2_x2_669 + d2_x2_672 + d2_x2_675 + d2_x2_684).reshape(n, 48),
         (d2_x2_137 + d2_x2_152 + d2_x2_155 + d2_x2_167 + d2_x2_170 + d2_x2_173 + d2_x2_645 + d2_x2_648 + d2_x2_651 + d2_x2_663 + d2_x2_666 + d2_x2_681).reshape(n, 80),
     ], dim=-1)
+    del d2_x2_131, d2_x2_134, d2_x2_137, d2_x2_140, d2_x2_143, d2_x2_146, d2_x2_149, d2_x2_152, d2_x2_155, d2_x2_158, d2_x2_161, d2_x2_164, d2_x2_167, d2_x2_170, d2_x2_173, d2_x2_645, d2_x2_648, d2_x2_651, d2_x2_654, d2_x2_657, d2_x2_660, d2_x2_663, d2_x2_666, d2_x2_669, d2_x2_672, d2_x2_675, d2_x2_678, d2_x2_681, d2_x2_684, d2_x2_687
     d2_x3 = torch.cat([
         (d2_x3_174 + d2_x3_177 + d2_x3_184 + d2_x3_192 + d2_x3_198 + d2_x3_595 + d2_x3_607 + d2_x3_623 + d2_x3_637 + d2_x3_643).reshape(n, 16),
         (d2_x3_175 + d2_x3_178 + d2_x3_179 + d2_x3_180 + d2_x3_185 + d2_x3_186 + d2_x3_187 + d2_x3_193 + d2_x3_194 + d2_x3_199 + d2_x3_200 + d2_x3_201 + d2_x3_589 + d2_x3_591 + d2_x3_593 + d2_x3_603 + d2_x3_605 + d2_x3_617 + d2_x3_619 + d2_x3_621 + d2_x3_631 + d2_x3_633 + d2_x3_635 + d2_x3_641).reshape(n, 48),
         (d2_x3_176 + d2_x3_181 + d2_x3_182 + d2_x3_183 + d2_x3_188 + d2_x3_189 + d2_x3_190 + d2_x3_191 + d2_x3_195 + d2_x3_196 + d2_x3_197 + d2_x3_202 + d2_x3_203 + d2_x3_204 + d2_x3_583 + d2_x3_585 + d2_x3_587 + d2_x3_597 + d2_x3_599 + d2_x3_601 + d2_x3_609 + d2_x3_611 + d2_x3_613 + d2_x3_615 + d2_x3_625 + d2_x3_627 + d2_x3_629 + d2_x3_639).reshape(n, 80),
     ], dim=-1)
+    del d2_x3_174, d2_x3_175, d2_x3_176, d2_x3_177, d2_x3_178, d2_x3_179, d2_x3_180, d2_x3_181, d2_x3_182, d2_x3_183, d2_x3_184, d2_x3_185, d2_x3_186, d2_x3_187, d2_x3_188, d2_x3_189, d2_x3_190, d2_x3_191, d2_x3_192, d2_x3_193, d2_x3_194, d2_x3_195, d2_x3_196, d2_x3_197, d2_x3_198, d2_x3_199, d2_x3_200, d2_x3_201, d2_x3_202, d2_x3_203, d2_x3_204, d2_x3_583, d2_x3_585, d2_x3_587, d2_x3_589, d2_x3_591, d2_x3_593, d2_x3_595, d2_x3_597, d2_x3_599, d2_x3_601, d2_x3_603, d2_x3_605, d2_x3_607, d2_x3_609, d2_x3_611, d2_x3_613, d2_x3_615, d2_x3_617, d2_x3_619, d2_x3_621, d2_x3_623, d2_x3_625, d2_x3_627, d2_x3_629, d2_x3_631, d2_x3_633, d2_x3_635, d2_x3_637, d2_x3_639, d2_x3_641, d2_x3_643
     d2_x4 = torch.cat([
         (d2_x4_217 + d2_x4_271 + d2_x4_375).reshape(n, 16),
         (d2_x4_231 + d2_x4_297 + d2_x4_323 + d2_x4_401 + d2_x4_475 + d2_x4_519 + d2_x4_533).reshape(n, 48),
         (d2_x4_245 + d2_x4_349 + d2_x4_427 + d2_x4_453 + d2_x4_497 + d2_x4_555 + d2_x4_569 + d2_x4_580).reshape(n, 80),
     ], dim=-1)
+    del d2_x4_217, d2_x4_231, d2_x4_245, d2_x4_271, d2_x4_297, d2_x4_323, d2_x4_349, d2_x4_375, d2_x4_401, d2_x4_427, d2_x4_453, d2_x4_475, d2_x4_497, d2_x4_519, d2_x4_533, d2_x4_555, d2_x4_569, d2_x4_580
     d2_d_y = torch.cat([
         (d2_d_y_218 + d2_d_y_298 + d2_d_y_428).reshape(n, 16),
         (d2_d_y_232 + d2_d_y_272 + d2_d_y_350 + d2_d_y_402 + d2_d_y_476 + d2_d_y_556 + d2_d_y_570).reshape(n, 48),
         (d2_d_y_246 + d2_d_y_324 + d2_d_y_376 + d2_d_y_454 + d2_d_y_498 + d2_d_y_520 + d2_d_y_534 + d2_d_y_581).reshape(n, 80),
     ], dim=-1)
+    del d2_d_y_218, d2_d_y_232, d2_d_y_246, d2_d_y_272, d2_d_y_298, d2_d_y_324, d2_d_y_350, d2_d_y_376, d2_d_y_402, d2_d_y_428, d2_d_y_454, d2_d_y_476, d2_d_y_498, d2_d_y_520, d2_d_y_534, d2_d_y_556, d2_d_y_570, d2_d_y_581
     d2_weight = torch.cat([
         d2_weight_688.reshape(16),
         d2_weight_685.reshape(16),
@@ -7265,6 +9661,7 @@ def _fusion_block_d2_weight(
         d2_weight_554.reshape(16),
         d2_weight_568.reshape(16),
     ], dim=-1)
+    del d2_weight_208, d2_weight_212, d2_weight_216, d2_weight_222, d2_weight_226, d2_weight_230, d2_weight_236, d2_weight_240, d2_weight_244, d2_weight_250, d2_weight_254, d2_weight_258, d2_weight_262, d2_weight_266, d2_weight_270, d2_weight_276, d2_weight_280, d2_weight_284, d2_weight_288, d2_weight_292, d2_weight_296, d2_weight_302, d2_weight_306, d2_weight_310, d2_weight_314, d2_weight_318, d2_weight_322, d2_weight_328, d2_weight_332, d2_weight_336, d2_weight_340, d2_weight_344, d2_weight_348, d2_weight_354, d2_weight_358, d2_weight_362, d2_weight_366, d2_weight_370, d2_weight_374, d2_weight_380, d2_weight_384, d2_weight_388, d2_weight_392, d2_weight_396, d2_weight_400, d2_weight_406, d2_weight_410, d2_weight_414, d2_weight_418, d2_weight_422, d2_weight_426, d2_weight_432, d2_weight_436, d2_weight_440, d2_weight_444, d2_weight_448, d2_weight_452, d2_weight_458, d2_weight_462, d2_weight_466, d2_weight_470, d2_weight_474, d2_weight_480, d2_weight_484, d2_weight_488, d2_weight_492, d2_weight_496, d2_weight_502, d2_weight_506, d2_weight_510, d2_weight_514, d2_weight_518, d2_weight_524, d2_weight_528, d2_weight_532, d2_weight_538, d2_weight_542, d2_weight_546, d2_weight_550, d2_weight_554, d2_weight_560, d2_weight_564, d2_weight_568, d2_weight_573, d2_weight_576, d2_weight_579, d2_weight_646, d2_weight_649, d2_weight_652, d2_weight_655, d2_weight_658, d2_weight_661, d2_weight_664, d2_weight_667, d2_weight_670, d2_weight_673, d2_weight_676, d2_weight_679, d2_weight_682, d2_weight_685, d2_weight_688
     return [d2_x1, d2_x2, d2_x3, d2_x4, d2_d_y, d2_weight]
 
 
@@ -7293,15 +9690,19 @@ def _fusion_block_3(
     # p2 = (p0 ⊗ p1) -> 16x0e
     _c0 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p2 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
+    del _c0
     # p7 = (p0 ⊗ p6) -> 16x1o
     _c1 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p7 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c1
     # p9 = (p0 ⊗ p8) -> 16x2e
     _c2 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p9 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c2
     # p11 = (p10 ⊗ p1) -> 16x1o
     _c3 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p11 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c3
     # p12 = (p10 ⊗ p6) -> 16x0e
     _c4 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p12 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
@@ -7309,6 +9710,7 @@ def _fusion_block_3(
     _p13 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p14 = (p10 ⊗ p6) -> 16x1e
     _p14 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c4
     # p15 = (p10 ⊗ p8) -> 16x1o
     _c5 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p15 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
@@ -7316,9 +9718,11 @@ def _fusion_block_3(
     _p16 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p17 = (p10 ⊗ p8) -> 16x3o
     _p17 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c5
     # p19 = (p18 ⊗ p1) -> 16x2e
     _c6 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p19 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c6
     # p20 = (p18 ⊗ p6) -> 16x1o
     _c7 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p20 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
@@ -7326,6 +9730,7 @@ def _fusion_block_3(
     _p21 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p22 = (p18 ⊗ p6) -> 16x3o
     _p22 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c7
     # p23 = (p18 ⊗ p8) -> 16x0e
     _c8 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p23 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
@@ -7337,157 +9742,250 @@ def _fusion_block_3(
     _p26 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
     # p27 = (p18 ⊗ p8) -> 16x4e
     _p27 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_4.permute(2, 0, 1).reshape(9, 25).t()).view(n, 16, 9)  # ijk,zuij->zuk
+    del _c8
     p28_0 = _p2.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     p28_1 = _p12.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     p28_2 = _p23.reshape(n, 16, 1) * (weight[704:720].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     # p29 = (p28 ⊗ p3) -> 16x0e
     _p28 = p28_0 + p28_1 + p28_2
+    del p28_0, p28_1, p28_2
     _c9 = _p28.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del _p28
     _p29 = cg_0_0_0.reshape(1, 1, 1) * _c9.reshape(n, 16, 1)
+    del _c9
     y_3 = _p29
+    del _p29
     p30_4 = _p2.reshape(n, 16, 1) * (weight[16:32].view(16) * 0.3779644730092272).reshape(1, 16, 1)
     p30_5 = _p12.reshape(n, 16, 1) * (weight[272:288].view(16) * 0.3779644730092272).reshape(1, 16, 1)
     p30_6 = _p23.reshape(n, 16, 1) * (weight[736:752].view(16) * 0.3779644730092272).reshape(1, 16, 1)
     # p31 = (p30 ⊗ p4) -> 16x1o
     _p30 = p30_4 + p30_5 + p30_6
+    del p30_4, p30_5, p30_6
     _c10 = _p30.reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del _p30
     _p31 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c10
     y_7 = _p31
+    del _p31
     p32_8 = _p2.reshape(n, 16, 1) * (weight[32:48].view(16) * 0.4662524041201569).reshape(1, 16, 1)
+    del _p2
     p32_9 = _p12.reshape(n, 16, 1) * (weight[320:336].view(16) * 0.4662524041201569).reshape(1, 16, 1)
+    del _p12
     p32_10 = _p23.reshape(n, 16, 1) * (weight[784:800].view(16) * 0.4662524041201569).reshape(1, 16, 1)
+    del _p23
     # p33 = (p32 ⊗ p5) -> 16x2e
     _p32 = p32_8 + p32_9 + p32_10
+    del p32_10, p32_8, p32_9
     _c11 = _p32.reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del _p32
     _p33 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c11
     y_11 = _p33
+    del _p33
     p34_12 = _p7.reshape(n, 16, 3) * (weight[48:64].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     p34_13 = _p11.reshape(n, 16, 3) * (weight[176:192].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     p34_14 = _p15.reshape(n, 16, 3) * (weight[384:400].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     p34_15 = _p20.reshape(n, 16, 3) * (weight[576:592].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     # p35 = (p34 ⊗ p3) -> 16x1o
     _p34 = p34_12 + p34_13 + p34_14 + p34_15
+    del p34_12, p34_13, p34_14, p34_15
     _c12 = _p34.reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del _p34
     _p35 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c12
     y_16 = _p35
+    del _p35
     p36_17 = _p7.reshape(n, 16, 3) * (weight[64:80].view(16) * 0.5222329678670935).reshape(1, 16, 1)
     p36_18 = _p11.reshape(n, 16, 3) * (weight[192:208].view(16) * 0.5222329678670935).reshape(1, 16, 1)
     p36_19 = _p15.reshape(n, 16, 3) * (weight[400:416].view(16) * 0.5222329678670935).reshape(1, 16, 1)
     p36_20 = _p20.reshape(n, 16, 3) * (weight[592:608].view(16) * 0.5222329678670935).reshape(1, 16, 1)
     # p37 = (p36 ⊗ p4) -> 16x0e
     _p36 = p36_17 + p36_18 + p36_19 + p36_20
+    del p36_17, p36_18, p36_19, p36_20
     _c13 = _p36.reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del _p36
     _p37 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c13
     y_21 = _p37
+    del _p37
     p38_22 = _p7.reshape(n, 16, 3) * (weight[80:96].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     p38_23 = _p11.reshape(n, 16, 3) * (weight[208:224].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     p38_24 = _p15.reshape(n, 16, 3) * (weight[416:432].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     p38_25 = _p20.reshape(n, 16, 3) * (weight[608:624].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     # p39 = (p38 ⊗ p4) -> 16x2e
     _p38 = p38_22 + p38_23 + p38_24 + p38_25
+    del p38_22, p38_23, p38_24, p38_25
     _c14 = _p38.reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del _p38
     _p39 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c14
     y_26 = _p39
+    del _p39
     p40_27 = _p7.reshape(n, 16, 3) * (weight[96:112].view(16) * 0.6546536707079771).reshape(1, 16, 1)
+    del _p7
     p40_28 = _p11.reshape(n, 16, 3) * (weight[224:240].view(16) * 0.6546536707079771).reshape(1, 16, 1)
+    del _p11
     p40_29 = _p15.reshape(n, 16, 3) * (weight[464:480].view(16) * 0.6546536707079771).reshape(1, 16, 1)
+    del _p15
     p40_30 = _p20.reshape(n, 16, 3) * (weight[656:672].view(16) * 0.6546536707079771).reshape(1, 16, 1)
+    del _p20
     # p41 = (p40 ⊗ p5) -> 16x1o
     _p40 = p40_27 + p40_28 + p40_29 + p40_30
+    del p40_27, p40_28, p40_29, p40_30
     _c15 = _p40.reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del _p40
     _p41 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c15
     y_31 = _p41
+    del _p41
     p42_32 = _p9.reshape(n, 16, 5) * (weight[112:128].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     p42_33 = _p13.reshape(n, 16, 5) * (weight[256:272].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     p42_34 = _p19.reshape(n, 16, 5) * (weight[512:528].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     p42_35 = _p24.reshape(n, 16, 5) * (weight[720:736].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     # p43 = (p42 ⊗ p3) -> 16x2e
     _p42 = p42_32 + p42_33 + p42_34 + p42_35
+    del p42_32, p42_33, p42_34, p42_35
     _c16 = _p42.reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del _p42
     _p43 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c16
     y_36 = _p43
+    del _p43
     p44_37 = _p9.reshape(n, 16, 5) * (weight[128:144].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     p44_38 = _p13.reshape(n, 16, 5) * (weight[304:320].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     p44_39 = _p19.reshape(n, 16, 5) * (weight[528:544].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     p44_40 = _p24.reshape(n, 16, 5) * (weight[768:784].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     # p45 = (p44 ⊗ p4) -> 16x1o
     _p44 = p44_37 + p44_38 + p44_39 + p44_40
+    del p44_37, p44_38, p44_39, p44_40
     _c17 = _p44.reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del _p44
     _p45 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c17
     y_41 = _p45
+    del _p45
     p46_42 = _p9.reshape(n, 16, 5) * (weight[144:160].view(16) * 0.674199862463242).reshape(1, 16, 1)
     p46_43 = _p13.reshape(n, 16, 5) * (weight[352:368].view(16) * 0.674199862463242).reshape(1, 16, 1)
     p46_44 = _p19.reshape(n, 16, 5) * (weight[544:560].view(16) * 0.674199862463242).reshape(1, 16, 1)
     p46_45 = _p24.reshape(n, 16, 5) * (weight[816:832].view(16) * 0.674199862463242).reshape(1, 16, 1)
     # p47 = (p46 ⊗ p5) -> 16x0e
     _p46 = p46_42 + p46_43 + p46_44 + p46_45
+    del p46_42, p46_43, p46_44, p46_45
     _c18 = _p46.reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del _p46
     _p47 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c18
     y_46 = _p47
+    del _p47
     p48_47 = _p9.reshape(n, 16, 5) * (weight[160:176].view(16) * 1.0425720702853738).reshape(1, 16, 1)
+    del _p9
     p48_48 = _p13.reshape(n, 16, 5) * (weight[368:384].view(16) * 1.0425720702853738).reshape(1, 16, 1)
+    del _p13
     p48_49 = _p19.reshape(n, 16, 5) * (weight[560:576].view(16) * 1.0425720702853738).reshape(1, 16, 1)
+    del _p19
     p48_50 = _p24.reshape(n, 16, 5) * (weight[832:848].view(16) * 1.0425720702853738).reshape(1, 16, 1)
+    del _p24
     # p49 = (p48 ⊗ p5) -> 16x2e
     _p48 = p48_47 + p48_48 + p48_49 + p48_50
+    del p48_47, p48_48, p48_49, p48_50
     _c19 = _p48.reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del _p48
     _p49 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c19
     y_51 = _p49
+    del _p49
     p50_52 = _p14.reshape(n, 16, 3) * (weight[288:304].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     p50_53 = _p25.reshape(n, 16, 3) * (weight[752:768].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     # p51 = (p50 ⊗ p4) -> 16x1o
     _p50 = p50_52 + p50_53
+    del p50_52, p50_53
     _c20 = _p50.reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del _p50
     _p51 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c20
     y_54 = _p51
+    del _p51
     p52_55 = _p14.reshape(n, 16, 3) * (weight[336:352].view(16) * 0.8075728530872482).reshape(1, 16, 1)
+    del _p14
     p52_56 = _p25.reshape(n, 16, 3) * (weight[800:816].view(16) * 0.8075728530872482).reshape(1, 16, 1)
+    del _p25
     # p53 = (p52 ⊗ p5) -> 16x2e
     _p52 = p52_55 + p52_56
+    del p52_55, p52_56
     _c21 = _p52.reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del _p52
     _p53 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c21
     y_57 = _p53
+    del _p53
     p54_58 = _p16.reshape(n, 16, 5) * (weight[432:448].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     p54_59 = _p21.reshape(n, 16, 5) * (weight[624:640].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     # p55 = (p54 ⊗ p4) -> 16x2e
     _p54 = p54_58 + p54_59
+    del p54_58, p54_59
     _c22 = _p54.reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del _p54
     _p55 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c22
     y_60 = _p55
+    del _p55
     p56_61 = _p17.reshape(n, 16, 7) * (weight[448:464].view(16) * 1.2335879094879225).reshape(1, 16, 1)
     p56_62 = _p22.reshape(n, 16, 7) * (weight[640:656].view(16) * 1.2335879094879225).reshape(1, 16, 1)
     # p57 = (p56 ⊗ p4) -> 16x2e
     _p56 = p56_61 + p56_62
+    del p56_61, p56_62
     _c23 = _p56.reshape(n, 16, 7, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del _p56
     _p57 = torch.mm(_c23.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_3_1_2.permute(2, 0, 1).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c23
     y_63 = _p57
+    del _p57
     p58_64 = _p16.reshape(n, 16, 5) * (weight[480:496].view(16) * 0.8451542547285166).reshape(1, 16, 1)
+    del _p16
     p58_65 = _p21.reshape(n, 16, 5) * (weight[672:688].view(16) * 0.8451542547285166).reshape(1, 16, 1)
+    del _p21
     # p59 = (p58 ⊗ p5) -> 16x1o
     _p58 = p58_64 + p58_65
+    del p58_64, p58_65
     _c24 = _p58.reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del _p58
     _p59 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c24
     y_66 = _p59
+    del _p59
     p60_67 = _p17.reshape(n, 16, 7) * weight[496:512].view(16).reshape(1, 16, 1)
+    del _p17
     p60_68 = _p22.reshape(n, 16, 7) * weight[688:704].view(16).reshape(1, 16, 1)
+    del _p22
     # p61 = (p60 ⊗ p5) -> 16x1o
     _p60 = p60_67 + p60_68
+    del p60_67, p60_68
     _c25 = _p60.reshape(n, 16, 7, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del _p60
     _p61 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c25
     y_69 = _p61
+    del _p61
     # p62 = (p26 ⊗ p5) -> 16x2e
     _c26 = _p26.reshape(n, 16, 7, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del _p26
     _p62 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c26
     y_70 = _p62.reshape(n, 16, 5) * (weight[848:864].view(16) * 1.2335879094879225).reshape(1, 16, 1)
+    del _p62
     # p63 = (p27 ⊗ p5) -> 16x2e
     _c27 = _p27.reshape(n, 16, 9, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del _p27
     _p63 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(45, n * 16).t(), cg_4_2_2.permute(2, 0, 1).reshape(5, 45).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c27
     y_71 = _p63.reshape(n, 16, 5) * (weight[864:880].view(16) * 1.3987572123604706).reshape(1, 16, 1)
+    del _p63
     y = torch.cat([
         (y_3 + y_21 + y_46).reshape(n, 16),
         (y_7 + y_16 + y_31 + y_41 + y_54 + y_66 + y_69).reshape(n, 48),
         (y_11 + y_26 + y_36 + y_51 + y_57 + y_60 + y_63 + y_70 + y_71).reshape(n, 80),
     ], dim=-1)
+    del y_11, y_16, y_21, y_26, y_3, y_31, y_36, y_41, y_46, y_51, y_54, y_57, y_60, y_63, y_66, y_69, y_7, y_70, y_71
     return [y]
 
 
@@ -7505,15 +10003,19 @@ def _fusion_block_3_d(
     # p2 = (p0 ⊗ p1) -> 16x0e
     _c0 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p2 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
+    del _c0
     # p7 = (p0 ⊗ p6) -> 16x1o
     _c1 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p7 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c1
     # p9 = (p0 ⊗ p8) -> 16x2e
     _c2 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p9 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c2
     # p11 = (p10 ⊗ p1) -> 16x1o
     _c3 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p11 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c3
     # p12 = (p10 ⊗ p6) -> 16x0e
     _c4 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p12 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
@@ -7521,6 +10023,7 @@ def _fusion_block_3_d(
     _p13 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p14 = (p10 ⊗ p6) -> 16x1e
     _p14 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c4
     # p15 = (p10 ⊗ p8) -> 16x1o
     _c5 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p15 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
@@ -7528,9 +10031,11 @@ def _fusion_block_3_d(
     _p16 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p17 = (p10 ⊗ p8) -> 16x3o
     _p17 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c5
     # p19 = (p18 ⊗ p1) -> 16x2e
     _c6 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p19 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c6
     # p20 = (p18 ⊗ p6) -> 16x1o
     _c7 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p20 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
@@ -7538,6 +10043,7 @@ def _fusion_block_3_d(
     _p21 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p22 = (p18 ⊗ p6) -> 16x3o
     _p22 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c7
     # p23 = (p18 ⊗ p8) -> 16x0e
     _c8 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p23 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
@@ -7549,6 +10055,7 @@ def _fusion_block_3_d(
     _p26 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
     # p27 = (p18 ⊗ p8) -> 16x4e
     _p27 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_4.permute(2, 0, 1).reshape(9, 25).t()).view(n, 16, 9)  # ijk,zuij->zuk
+    del _c8
     p28_0 = _p2.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     p28_1 = _p12.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     p28_2 = _p23.reshape(n, 16, 1) * (weight[704:720].view(16) * 0.30151134457776363).reshape(1, 16, 1)
@@ -7605,105 +10112,152 @@ def _fusion_block_3_d(
     # p62 = (p26 ⊗ p5) -> 16x2e
     _c9 = _p26.reshape(n, 16, 7, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p62 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c9
     # p63 = (p27 ⊗ p5) -> 16x2e
     _c10 = _p27.reshape(n, 16, 9, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p63 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(45, n * 16).t(), cg_4_2_2.permute(2, 0, 1).reshape(5, 45).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c10
     d__p63 = d_y[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[864:880].view(16) * 1.3987572123604706).reshape(1, 16, 1)
     d_weight_53 = torch.bmm((d_y[:, 64:144].reshape(n, 16, 5) * 1.3987572123604706).permute(1, 0, 2).reshape(16, 1, n * 5), _p63.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p63
     # ∂/∂_p27: p63 = (p27 ⊗ p5) -> 16x2e
     _c11 = d__p63.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p27 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_4_2_2.reshape(9, 25).t()).view(n, 16, 9)  # ijk,zujk->zui
+    del _c11
     # ∂/∂x3: p63 = (p27 ⊗ p5) -> 16x2e
     _c12 = d__p63.reshape(n, 16, 5, 1) * _p27.reshape(n, 16, 1, 9)
+    del _p27, d__p63
     d_x3_54 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(45, n * 16).t(), cg_4_2_2.permute(1, 2, 0).reshape(5, 45).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c12
     d__p62 = d_y[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[848:864].view(16) * 1.2335879094879225).reshape(1, 16, 1)
     d_weight_55 = torch.bmm((d_y[:, 64:144].reshape(n, 16, 5) * 1.2335879094879225).permute(1, 0, 2).reshape(16, 1, n * 5), _p62.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p62
     # ∂/∂_p26: p62 = (p26 ⊗ p5) -> 16x2e
     _c13 = d__p62.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p26 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_3_2_2.reshape(7, 25).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c13
     # ∂/∂x3: p62 = (p26 ⊗ p5) -> 16x2e
     _c14 = d__p62.reshape(n, 16, 5, 1) * _p26.reshape(n, 16, 1, 7)
+    del _p26, d__p62
     d_x3_56 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(1, 2, 0).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c14
     d__p61 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x1o
     _c15 = d__p61.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p60 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_2_1.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c15
     # ∂/∂x3: p61 = (p60 ⊗ p5) -> 16x1o
     _p60 = p60_51 + p60_52
+    del p60_51, p60_52
     _c16 = d__p61.reshape(n, 16, 3, 1) * _p60.reshape(n, 16, 1, 7)
+    del _p60, d__p61
     d_x3_57 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_3_2_1.permute(1, 2, 0).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c16
     d__p22_58 = d__p60.reshape(n, 16, 7) * weight[688:704].view(16).reshape(1, 16, 1)
     d_weight_59 = torch.bmm(d__p60.permute(1, 0, 2).reshape(16, 1, n * 7), _p22.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
     d__p17_60 = d__p60.reshape(n, 16, 7) * weight[496:512].view(16).reshape(1, 16, 1)
     d_weight_61 = torch.bmm(d__p60.permute(1, 0, 2).reshape(16, 1, n * 7), _p17.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d__p60
     d__p59 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p58: p59 = (p58 ⊗ p5) -> 16x1o
     _c17 = d__p59.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p58 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c17
     # ∂/∂x3: p59 = (p58 ⊗ p5) -> 16x1o
     _p58 = p58_49 + p58_50
+    del p58_49, p58_50
     _c18 = d__p59.reshape(n, 16, 3, 1) * _p58.reshape(n, 16, 1, 5)
+    del _p58, d__p59
     d_x3_62 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c18
     d__p21_63 = d__p58.reshape(n, 16, 5) * (weight[672:688].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d_weight_64 = torch.bmm((d__p58 * 0.8451542547285166).permute(1, 0, 2).reshape(16, 1, n * 5), _p21.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d__p16_65 = d__p58.reshape(n, 16, 5) * (weight[480:496].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d_weight_66 = torch.bmm((d__p58 * 0.8451542547285166).permute(1, 0, 2).reshape(16, 1, n * 5), _p16.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p58
     d__p57 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p56: p57 = (p56 ⊗ p4) -> 16x2e
     _c19 = d__p57.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p56 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_1_2.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c19
     # ∂/∂x3: p57 = (p56 ⊗ p4) -> 16x2e
     _p56 = p56_47 + p56_48
+    del p56_47, p56_48
     _c20 = d__p57.reshape(n, 16, 5, 1) * _p56.reshape(n, 16, 1, 7)
+    del _p56, d__p57
     d_x3_67 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_1_2.permute(1, 2, 0).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c20
     d__p22_68 = d__p56.reshape(n, 16, 7) * (weight[640:656].view(16) * 1.2335879094879225).reshape(1, 16, 1)
     d_weight_69 = torch.bmm((d__p56 * 1.2335879094879225).permute(1, 0, 2).reshape(16, 1, n * 7), _p22.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del _p22
     d__p17_70 = d__p56.reshape(n, 16, 7) * (weight[448:464].view(16) * 1.2335879094879225).reshape(1, 16, 1)
     d_weight_71 = torch.bmm((d__p56 * 1.2335879094879225).permute(1, 0, 2).reshape(16, 1, n * 7), _p17.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del _p17, d__p56
     d__p55 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p54: p55 = (p54 ⊗ p4) -> 16x2e
     _c21 = d__p55.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p54 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c21
     # ∂/∂x3: p55 = (p54 ⊗ p4) -> 16x2e
     _p54 = p54_45 + p54_46
+    del p54_45, p54_46
     _c22 = d__p55.reshape(n, 16, 5, 1) * _p54.reshape(n, 16, 1, 5)
+    del _p54, d__p55
     d_x3_72 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 2, 0).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c22
     d__p21_73 = d__p54.reshape(n, 16, 5) * (weight[624:640].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d_weight_74 = torch.bmm((d__p54 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), _p21.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p21
     d__p16_75 = d__p54.reshape(n, 16, 5) * (weight[432:448].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d_weight_76 = torch.bmm((d__p54 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), _p16.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p16, d__p54
     d__p53 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p52: p53 = (p52 ⊗ p5) -> 16x2e
     _c23 = d__p53.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p52 = torch.mm(_c23.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c23
     # ∂/∂x3: p53 = (p52 ⊗ p5) -> 16x2e
     _p52 = p52_43 + p52_44
+    del p52_43, p52_44
     _c24 = d__p53.reshape(n, 16, 5, 1) * _p52.reshape(n, 16, 1, 3)
+    del _p52, d__p53
     d_x3_77 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c24
     d__p25_78 = d__p52.reshape(n, 16, 3) * (weight[800:816].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d_weight_79 = torch.bmm((d__p52 * 0.8075728530872482).permute(1, 0, 2).reshape(16, 1, n * 3), _p25.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d__p14_80 = d__p52.reshape(n, 16, 3) * (weight[336:352].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d_weight_81 = torch.bmm((d__p52 * 0.8075728530872482).permute(1, 0, 2).reshape(16, 1, n * 3), _p14.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p52
     d__p51 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x1o
     _c25 = d__p51.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p50 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c25
     # ∂/∂x3: p51 = (p50 ⊗ p4) -> 16x1o
     _p50 = p50_41 + p50_42
+    del p50_41, p50_42
     _c26 = d__p51.reshape(n, 16, 3, 1) * _p50.reshape(n, 16, 1, 3)
+    del _p50, d__p51
     d_x3_82 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c26
     d__p25_83 = d__p50.reshape(n, 16, 3) * (weight[752:768].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d_weight_84 = torch.bmm((d__p50 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), _p25.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p25
     d__p14_85 = d__p50.reshape(n, 16, 3) * (weight[288:304].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d_weight_86 = torch.bmm((d__p50 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), _p14.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p14, d__p50
     d__p49 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p48: p49 = (p48 ⊗ p5) -> 16x2e
     _c27 = d__p49.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p48 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c27
     # ∂/∂x3: p49 = (p48 ⊗ p5) -> 16x2e
     _p48 = p48_37 + p48_38 + p48_39 + p48_40
+    del p48_37, p48_38, p48_39, p48_40
     _c28 = d__p49.reshape(n, 16, 5, 1) * _p48.reshape(n, 16, 1, 5)
+    del _p48, d__p49
     d_x3_87 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c28
     d__p24_88 = d__p48.reshape(n, 16, 5) * (weight[832:848].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d_weight_89 = torch.bmm((d__p48 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), _p24.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d__p19_90 = d__p48.reshape(n, 16, 5) * (weight[560:576].view(16) * 1.0425720702853738).reshape(1, 16, 1)
@@ -7712,14 +10266,19 @@ def _fusion_block_3_d(
     d_weight_93 = torch.bmm((d__p48 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), _p13.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d__p9_94 = d__p48.reshape(n, 16, 5) * (weight[160:176].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d_weight_95 = torch.bmm((d__p48 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p48
     d__p47 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x0e
     _c29 = d__p47.reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d__p46 = torch.mm(_c29.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c29
     # ∂/∂x3: p47 = (p46 ⊗ p5) -> 16x0e
     _p46 = p46_33 + p46_34 + p46_35 + p46_36
+    del p46_33, p46_34, p46_35, p46_36
     _c30 = d__p47.reshape(n, 16, 1, 1) * _p46.reshape(n, 16, 1, 5)
+    del _p46, d__p47
     d_x3_96 = torch.mm(_c30.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c30
     d__p24_97 = d__p46.reshape(n, 16, 5) * (weight[816:832].view(16) * 0.674199862463242).reshape(1, 16, 1)
     d_weight_98 = torch.bmm((d__p46 * 0.674199862463242).permute(1, 0, 2).reshape(16, 1, n * 5), _p24.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d__p19_99 = d__p46.reshape(n, 16, 5) * (weight[544:560].view(16) * 0.674199862463242).reshape(1, 16, 1)
@@ -7728,14 +10287,19 @@ def _fusion_block_3_d(
     d_weight_102 = torch.bmm((d__p46 * 0.674199862463242).permute(1, 0, 2).reshape(16, 1, n * 5), _p13.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d__p9_103 = d__p46.reshape(n, 16, 5) * (weight[144:160].view(16) * 0.674199862463242).reshape(1, 16, 1)
     d_weight_104 = torch.bmm((d__p46 * 0.674199862463242).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p46
     d__p45 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     _c31 = d__p45.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p44 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c31
     # ∂/∂x3: p45 = (p44 ⊗ p4) -> 16x1o
     _p44 = p44_29 + p44_30 + p44_31 + p44_32
+    del p44_29, p44_30, p44_31, p44_32
     _c32 = d__p45.reshape(n, 16, 3, 1) * _p44.reshape(n, 16, 1, 5)
+    del _p44, d__p45
     d_x3_105 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c32
     d__p24_106 = d__p44.reshape(n, 16, 5) * (weight[768:784].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d_weight_107 = torch.bmm((d__p44 * 0.8451542547285166).permute(1, 0, 2).reshape(16, 1, n * 5), _p24.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d__p19_108 = d__p44.reshape(n, 16, 5) * (weight[528:544].view(16) * 0.8451542547285166).reshape(1, 16, 1)
@@ -7744,30 +10308,43 @@ def _fusion_block_3_d(
     d_weight_111 = torch.bmm((d__p44 * 0.8451542547285166).permute(1, 0, 2).reshape(16, 1, n * 5), _p13.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d__p9_112 = d__p44.reshape(n, 16, 5) * (weight[128:144].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d_weight_113 = torch.bmm((d__p44 * 0.8451542547285166).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p44
     d__p43 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x2e
     _c33 = d__p43.reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p42 = torch.mm(_c33.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c33
     # ∂/∂x3: p43 = (p42 ⊗ p3) -> 16x2e
     _p42 = p42_25 + p42_26 + p42_27 + p42_28
+    del p42_25, p42_26, p42_27, p42_28
     _c34 = d__p43.reshape(n, 16, 1, 5) * _p42.reshape(n, 16, 5, 1)
+    del _p42, d__p43
     d_x3_114 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c34
     d__p24_115 = d__p42.reshape(n, 16, 5) * (weight[720:736].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d_weight_116 = torch.bmm((d__p42 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), _p24.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p24
     d__p19_117 = d__p42.reshape(n, 16, 5) * (weight[512:528].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d_weight_118 = torch.bmm((d__p42 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), _p19.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p19
     d__p13_119 = d__p42.reshape(n, 16, 5) * (weight[256:272].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d_weight_120 = torch.bmm((d__p42 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), _p13.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p13
     d__p9_121 = d__p42.reshape(n, 16, 5) * (weight[112:128].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d_weight_122 = torch.bmm((d__p42 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p9, d__p42
     d__p41 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p40: p41 = (p40 ⊗ p5) -> 16x1o
     _c35 = d__p41.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p40 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c35
     # ∂/∂x3: p41 = (p40 ⊗ p5) -> 16x1o
     _p40 = p40_21 + p40_22 + p40_23 + p40_24
+    del p40_21, p40_22, p40_23, p40_24
     _c36 = d__p41.reshape(n, 16, 3, 1) * _p40.reshape(n, 16, 1, 3)
+    del _p40, d__p41
     d_x3_123 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c36
     d__p20_124 = d__p40.reshape(n, 16, 3) * (weight[656:672].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d_weight_125 = torch.bmm((d__p40 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), _p20.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d__p15_126 = d__p40.reshape(n, 16, 3) * (weight[464:480].view(16) * 0.6546536707079771).reshape(1, 16, 1)
@@ -7776,14 +10353,19 @@ def _fusion_block_3_d(
     d_weight_129 = torch.bmm((d__p40 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), _p11.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d__p7_130 = d__p40.reshape(n, 16, 3) * (weight[96:112].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d_weight_131 = torch.bmm((d__p40 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), _p7.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p40
     d__p39 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p38: p39 = (p38 ⊗ p4) -> 16x2e
     _c37 = d__p39.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p38 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c37
     # ∂/∂x3: p39 = (p38 ⊗ p4) -> 16x2e
     _p38 = p38_17 + p38_18 + p38_19 + p38_20
+    del p38_17, p38_18, p38_19, p38_20
     _c38 = d__p39.reshape(n, 16, 5, 1) * _p38.reshape(n, 16, 1, 3)
+    del _p38, d__p39
     d_x3_132 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c38
     d__p20_133 = d__p38.reshape(n, 16, 3) * (weight[608:624].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d_weight_134 = torch.bmm((d__p38 * 0.8075728530872482).permute(1, 0, 2).reshape(16, 1, n * 3), _p20.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d__p15_135 = d__p38.reshape(n, 16, 3) * (weight[416:432].view(16) * 0.8075728530872482).reshape(1, 16, 1)
@@ -7792,14 +10374,19 @@ def _fusion_block_3_d(
     d_weight_138 = torch.bmm((d__p38 * 0.8075728530872482).permute(1, 0, 2).reshape(16, 1, n * 3), _p11.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d__p7_139 = d__p38.reshape(n, 16, 3) * (weight[80:96].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d_weight_140 = torch.bmm((d__p38 * 0.8075728530872482).permute(1, 0, 2).reshape(16, 1, n * 3), _p7.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p38
     d__p37 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p36: p37 = (p36 ⊗ p4) -> 16x0e
     _c39 = d__p37.reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d__p36 = torch.mm(_c39.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c39
     # ∂/∂x3: p37 = (p36 ⊗ p4) -> 16x0e
     _p36 = p36_13 + p36_14 + p36_15 + p36_16
+    del p36_13, p36_14, p36_15, p36_16
     _c40 = d__p37.reshape(n, 16, 1, 1) * _p36.reshape(n, 16, 1, 3)
+    del _p36, d__p37
     d_x3_141 = torch.mm(_c40.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c40
     d__p20_142 = d__p36.reshape(n, 16, 3) * (weight[592:608].view(16) * 0.5222329678670935).reshape(1, 16, 1)
     d_weight_143 = torch.bmm((d__p36 * 0.5222329678670935).permute(1, 0, 2).reshape(16, 1, n * 3), _p20.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d__p15_144 = d__p36.reshape(n, 16, 3) * (weight[400:416].view(16) * 0.5222329678670935).reshape(1, 16, 1)
@@ -7808,210 +10395,313 @@ def _fusion_block_3_d(
     d_weight_147 = torch.bmm((d__p36 * 0.5222329678670935).permute(1, 0, 2).reshape(16, 1, n * 3), _p11.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d__p7_148 = d__p36.reshape(n, 16, 3) * (weight[64:80].view(16) * 0.5222329678670935).reshape(1, 16, 1)
     d_weight_149 = torch.bmm((d__p36 * 0.5222329678670935).permute(1, 0, 2).reshape(16, 1, n * 3), _p7.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p36
     d__p35 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p34: p35 = (p34 ⊗ p3) -> 16x1o
     _c41 = d__p35.reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p34 = torch.mm(_c41.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c41
     # ∂/∂x3: p35 = (p34 ⊗ p3) -> 16x1o
     _p34 = p34_9 + p34_10 + p34_11 + p34_12
+    del p34_10, p34_11, p34_12, p34_9
     _c42 = d__p35.reshape(n, 16, 1, 3) * _p34.reshape(n, 16, 3, 1)
+    del _p34, d__p35
     d_x3_150 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c42
     d__p20_151 = d__p34.reshape(n, 16, 3) * (weight[576:592].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d_weight_152 = torch.bmm((d__p34 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), _p20.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p20
     d__p15_153 = d__p34.reshape(n, 16, 3) * (weight[384:400].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d_weight_154 = torch.bmm((d__p34 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), _p15.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p15
     d__p11_155 = d__p34.reshape(n, 16, 3) * (weight[176:192].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d_weight_156 = torch.bmm((d__p34 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), _p11.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p11
     d__p7_157 = d__p34.reshape(n, 16, 3) * (weight[48:64].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d_weight_158 = torch.bmm((d__p34 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), _p7.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p7, d__p34
     d__p33 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p32: p33 = (p32 ⊗ p5) -> 16x2e
     _c43 = d__p33.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p32 = torch.mm(_c43.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c43
     # ∂/∂x3: p33 = (p32 ⊗ p5) -> 16x2e
     _p32 = p32_6 + p32_7 + p32_8
+    del p32_6, p32_7, p32_8
     _c44 = d__p33.reshape(n, 16, 5, 1) * _p32.reshape(n, 16, 1, 1)
+    del _p32, d__p33
     d_x3_159 = torch.mm(_c44.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c44
     d__p23_160 = d__p32.reshape(n, 16, 1) * (weight[784:800].view(16) * 0.4662524041201569).reshape(1, 16, 1)
     d_weight_161 = torch.bmm((d__p32 * 0.4662524041201569).permute(1, 0, 2).reshape(16, 1, n), _p23.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d__p12_162 = d__p32.reshape(n, 16, 1) * (weight[320:336].view(16) * 0.4662524041201569).reshape(1, 16, 1)
     d_weight_163 = torch.bmm((d__p32 * 0.4662524041201569).permute(1, 0, 2).reshape(16, 1, n), _p12.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d__p2_164 = d__p32.reshape(n, 16, 1) * (weight[32:48].view(16) * 0.4662524041201569).reshape(1, 16, 1)
     d_weight_165 = torch.bmm((d__p32 * 0.4662524041201569).permute(1, 0, 2).reshape(16, 1, n), _p2.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d__p32
     d__p31 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p30: p31 = (p30 ⊗ p4) -> 16x1o
     _c45 = d__p31.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p30 = torch.mm(_c45.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c45
     # ∂/∂x3: p31 = (p30 ⊗ p4) -> 16x1o
     _p30 = p30_3 + p30_4 + p30_5
+    del p30_3, p30_4, p30_5
     _c46 = d__p31.reshape(n, 16, 3, 1) * _p30.reshape(n, 16, 1, 1)
+    del _p30, d__p31
     d_x3_166 = torch.mm(_c46.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c46
     d__p23_167 = d__p30.reshape(n, 16, 1) * (weight[736:752].view(16) * 0.3779644730092272).reshape(1, 16, 1)
     d_weight_168 = torch.bmm((d__p30 * 0.3779644730092272).permute(1, 0, 2).reshape(16, 1, n), _p23.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d__p12_169 = d__p30.reshape(n, 16, 1) * (weight[272:288].view(16) * 0.3779644730092272).reshape(1, 16, 1)
     d_weight_170 = torch.bmm((d__p30 * 0.3779644730092272).permute(1, 0, 2).reshape(16, 1, n), _p12.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d__p2_171 = d__p30.reshape(n, 16, 1) * (weight[16:32].view(16) * 0.3779644730092272).reshape(1, 16, 1)
     d_weight_172 = torch.bmm((d__p30 * 0.3779644730092272).permute(1, 0, 2).reshape(16, 1, n), _p2.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d__p30
     d__p29 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
     _c47 = d__p29.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p28 = cg_0_0_0.reshape(1, 1, 1) * _c47.reshape(n, 16, 1)
+    del _c47
     # ∂/∂x3: p29 = (p28 ⊗ p3) -> 16x0e
     _p28 = p28_0 + p28_1 + p28_2
+    del p28_0, p28_1, p28_2
     _c48 = d__p29.reshape(n, 16, 1, 1) * _p28.reshape(n, 16, 1, 1)
+    del _p28, d__p29
     d_x3_173 = cg_0_0_0.reshape(1, 1, 1) * _c48.reshape(n, 16, 1)
+    del _c48
     d__p23_174 = d__p28.reshape(n, 16, 1) * (weight[704:720].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d_weight_175 = torch.bmm((d__p28 * 0.30151134457776363).permute(1, 0, 2).reshape(16, 1, n), _p23.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p23
     d__p12_176 = d__p28.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d_weight_177 = torch.bmm((d__p28 * 0.30151134457776363).permute(1, 0, 2).reshape(16, 1, n), _p12.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p12
     d__p2_178 = d__p28.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d_weight_179 = torch.bmm((d__p28 * 0.30151134457776363).permute(1, 0, 2).reshape(16, 1, n), _p2.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p2, d__p28
     # ∂/∂x1: p27 = (p18 ⊗ p8) -> 16x4e
     _c49 = d__p27.reshape(n, 16, 1, 9) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_x1_180 = torch.mm(_c49.permute(2, 3, 0, 1).reshape(45, n * 16).t(), cg_2_2_4.reshape(5, 45).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c49
     # ∂/∂x2: p27 = (p18 ⊗ p8) -> 16x4e
     _c50 = d__p27.reshape(n, 16, 9, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p27
     d_x2_181 = torch.mm(_c50.permute(2, 3, 0, 1).reshape(45, n * 16).t(), cg_2_2_4.permute(1, 2, 0).reshape(5, 45).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c50
     # ∂/∂x1: p26 = (p18 ⊗ p8) -> 16x3e
     _c51 = d__p26.reshape(n, 16, 1, 7) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_x1_182 = torch.mm(_c51.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.reshape(5, 35).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c51
     # ∂/∂x2: p26 = (p18 ⊗ p8) -> 16x3e
     _c52 = d__p26.reshape(n, 16, 7, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p26
     d_x2_183 = torch.mm(_c52.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.permute(1, 2, 0).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c52
     # ∂/∂x1: p25 = (p18 ⊗ p8) -> 16x1e
     d__p25 = d__p25_78 + d__p25_83
+    del d__p25_78, d__p25_83
     _c53 = d__p25.reshape(n, 16, 1, 3) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_x1_184 = torch.mm(_c53.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c53
     # ∂/∂x2: p25 = (p18 ⊗ p8) -> 16x1e
     _c54 = d__p25.reshape(n, 16, 3, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p25
     d_x2_185 = torch.mm(_c54.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c54
     # ∂/∂x1: p24 = (p18 ⊗ p8) -> 16x2e
     d__p24 = d__p24_88 + d__p24_97 + d__p24_106 + d__p24_115
+    del d__p24_106, d__p24_115, d__p24_88, d__p24_97
     _c55 = d__p24.reshape(n, 16, 1, 5) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_x1_186 = torch.mm(_c55.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c55
     # ∂/∂x2: p24 = (p18 ⊗ p8) -> 16x2e
     _c56 = d__p24.reshape(n, 16, 5, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p24
     d_x2_187 = torch.mm(_c56.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c56
     # ∂/∂x1: p23 = (p18 ⊗ p8) -> 16x0e
     d__p23 = d__p23_160 + d__p23_167 + d__p23_174
+    del d__p23_160, d__p23_167, d__p23_174
     _c57 = d__p23.reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d_x1_188 = torch.mm(_c57.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c57
     # ∂/∂x2: p23 = (p18 ⊗ p8) -> 16x0e
     _c58 = d__p23.reshape(n, 16, 1, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p23
     d_x2_189 = torch.mm(_c58.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c58
     # ∂/∂x1: p22 = (p18 ⊗ p6) -> 16x3o
     d__p22 = d__p22_58 + d__p22_68
+    del d__p22_58, d__p22_68
     _c59 = d__p22.reshape(n, 16, 1, 7) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_x1_190 = torch.mm(_c59.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_2_1_3.reshape(5, 21).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c59
     # ∂/∂x2: p22 = (p18 ⊗ p6) -> 16x3o
     _c60 = d__p22.reshape(n, 16, 7, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p22
     d_x2_191 = torch.mm(_c60.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_1_3.permute(1, 2, 0).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c60
     # ∂/∂x1: p21 = (p18 ⊗ p6) -> 16x2o
     d__p21 = d__p21_63 + d__p21_73
+    del d__p21_63, d__p21_73
     _c61 = d__p21.reshape(n, 16, 1, 5) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_x1_192 = torch.mm(_c61.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c61
     # ∂/∂x2: p21 = (p18 ⊗ p6) -> 16x2o
     _c62 = d__p21.reshape(n, 16, 5, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p21
     d_x2_193 = torch.mm(_c62.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 2, 0).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c62
     # ∂/∂x1: p20 = (p18 ⊗ p6) -> 16x1o
     d__p20 = d__p20_124 + d__p20_133 + d__p20_142 + d__p20_151
+    del d__p20_124, d__p20_133, d__p20_142, d__p20_151
     _c63 = d__p20.reshape(n, 16, 1, 3) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_x1_194 = torch.mm(_c63.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c63
     # ∂/∂x2: p20 = (p18 ⊗ p6) -> 16x1o
     _c64 = d__p20.reshape(n, 16, 3, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d__p20
     d_x2_195 = torch.mm(_c64.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c64
     # ∂/∂x1: p19 = (p18 ⊗ p1) -> 16x2e
     d__p19 = d__p19_90 + d__p19_99 + d__p19_108 + d__p19_117
+    del d__p19_108, d__p19_117, d__p19_90, d__p19_99
     _c65 = d__p19.reshape(n, 16, 5, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_x1_196 = torch.mm(_c65.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c65
     # ∂/∂x2: p19 = (p18 ⊗ p1) -> 16x2e
     _c66 = d__p19.reshape(n, 16, 1, 5) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    del d__p19
     d_x2_197 = torch.mm(_c66.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c66
     # ∂/∂x1: p17 = (p10 ⊗ p8) -> 16x3o
     d__p17 = d__p17_60 + d__p17_70
+    del d__p17_60, d__p17_70
     _c67 = d__p17.reshape(n, 16, 1, 7) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_x1_198 = torch.mm(_c67.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_1_2_3.reshape(3, 35).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c67
     # ∂/∂x2: p17 = (p10 ⊗ p8) -> 16x3o
     _c68 = d__p17.reshape(n, 16, 7, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p17
     d_x2_199 = torch.mm(_c68.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_1_2_3.permute(1, 2, 0).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c68
     # ∂/∂x1: p16 = (p10 ⊗ p8) -> 16x2o
     d__p16 = d__p16_65 + d__p16_75
+    del d__p16_65, d__p16_75
     _c69 = d__p16.reshape(n, 16, 1, 5) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_x1_200 = torch.mm(_c69.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c69
     # ∂/∂x2: p16 = (p10 ⊗ p8) -> 16x2o
     _c70 = d__p16.reshape(n, 16, 5, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p16
     d_x2_201 = torch.mm(_c70.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c70
     # ∂/∂x1: p15 = (p10 ⊗ p8) -> 16x1o
     d__p15 = d__p15_126 + d__p15_135 + d__p15_144 + d__p15_153
+    del d__p15_126, d__p15_135, d__p15_144, d__p15_153
     _c71 = d__p15.reshape(n, 16, 1, 3) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_x1_202 = torch.mm(_c71.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c71
     # ∂/∂x2: p15 = (p10 ⊗ p8) -> 16x1o
     _c72 = d__p15.reshape(n, 16, 3, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p15
     d_x2_203 = torch.mm(_c72.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c72
     # ∂/∂x1: p14 = (p10 ⊗ p6) -> 16x1e
     d__p14 = d__p14_80 + d__p14_85
+    del d__p14_80, d__p14_85
     _c73 = d__p14.reshape(n, 16, 1, 3) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_x1_204 = torch.mm(_c73.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c73
     # ∂/∂x2: p14 = (p10 ⊗ p6) -> 16x1e
     _c74 = d__p14.reshape(n, 16, 3, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p14
     d_x2_205 = torch.mm(_c74.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c74
     # ∂/∂x1: p13 = (p10 ⊗ p6) -> 16x2e
     d__p13 = d__p13_92 + d__p13_101 + d__p13_110 + d__p13_119
+    del d__p13_101, d__p13_110, d__p13_119, d__p13_92
     _c75 = d__p13.reshape(n, 16, 1, 5) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_x1_206 = torch.mm(_c75.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c75
     # ∂/∂x2: p13 = (p10 ⊗ p6) -> 16x2e
     _c76 = d__p13.reshape(n, 16, 5, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p13
     d_x2_207 = torch.mm(_c76.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c76
     # ∂/∂x1: p12 = (p10 ⊗ p6) -> 16x0e
     d__p12 = d__p12_162 + d__p12_169 + d__p12_176
+    del d__p12_162, d__p12_169, d__p12_176
     _c77 = d__p12.reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d_x1_208 = torch.mm(_c77.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c77
     # ∂/∂x2: p12 = (p10 ⊗ p6) -> 16x0e
     _c78 = d__p12.reshape(n, 16, 1, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d__p12
     d_x2_209 = torch.mm(_c78.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c78
     # ∂/∂x1: p11 = (p10 ⊗ p1) -> 16x1o
     d__p11 = d__p11_128 + d__p11_137 + d__p11_146 + d__p11_155
+    del d__p11_128, d__p11_137, d__p11_146, d__p11_155
     _c79 = d__p11.reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_x1_210 = torch.mm(_c79.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c79
     # ∂/∂x2: p11 = (p10 ⊗ p1) -> 16x1o
     _c80 = d__p11.reshape(n, 16, 1, 3) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    del d__p11
     d_x2_211 = torch.mm(_c80.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c80
     # ∂/∂x1: p9 = (p0 ⊗ p8) -> 16x2e
     d__p9 = d__p9_94 + d__p9_103 + d__p9_112 + d__p9_121
+    del d__p9_103, d__p9_112, d__p9_121, d__p9_94
     _c81 = d__p9.reshape(n, 16, 1, 5) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d_x1_212 = torch.mm(_c81.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c81
     # ∂/∂x2: p9 = (p0 ⊗ p8) -> 16x2e
     _c82 = d__p9.reshape(n, 16, 5, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d__p9
     d_x2_213 = torch.mm(_c82.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c82
     # ∂/∂x1: p7 = (p0 ⊗ p6) -> 16x1o
     d__p7 = d__p7_130 + d__p7_139 + d__p7_148 + d__p7_157
+    del d__p7_130, d__p7_139, d__p7_148, d__p7_157
     _c83 = d__p7.reshape(n, 16, 1, 3) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d_x1_214 = torch.mm(_c83.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c83
     # ∂/∂x2: p7 = (p0 ⊗ p6) -> 16x1o
     _c84 = d__p7.reshape(n, 16, 3, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d__p7
     d_x2_215 = torch.mm(_c84.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c84
     # ∂/∂x1: p2 = (p0 ⊗ p1) -> 16x0e
     d__p2 = d__p2_164 + d__p2_171 + d__p2_178
+    del d__p2_164, d__p2_171, d__p2_178
     _c85 = d__p2.reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d_x1_216 = cg_0_0_0.reshape(1, 1, 1) * _c85.reshape(n, 16, 1)
+    del _c85
     # ∂/∂x2: p2 = (p0 ⊗ p1) -> 16x0e
     _c86 = d__p2.reshape(n, 16, 1, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d__p2
     d_x2_217 = cg_0_0_0.reshape(1, 1, 1) * _c86.reshape(n, 16, 1)
+    del _c86
     d_x1 = torch.cat([
         (d_x1_212 + d_x1_214 + d_x1_216).reshape(n, 16),
         (d_x1_198 + d_x1_200 + d_x1_202 + d_x1_204 + d_x1_206 + d_x1_208 + d_x1_210).reshape(n, 48),
         (d_x1_180 + d_x1_182 + d_x1_184 + d_x1_186 + d_x1_188 + d_x1_190 + d_x1_192 + d_x1_194 + d_x1_196).reshape(n, 80),
     ], dim=-1)
+    del d_x1_180, d_x1_182, d_x1_184, d_x1_186, d_x1_188, d_x1_190, d_x1_192, d_x1_194, d_x1_196, d_x1_198, d_x1_200, d_x1_202, d_x1_204, d_x1_206, d_x1_208, d_x1_210, d_x1_212, d_x1_214, d_x1_216
     d_x2 = torch.cat([
         (d_x2_197 + d_x2_211 + d_x2_217).reshape(n, 16),
         (d_x2_191 + d_x2_193 + d_x2_195 + d_x2_205 + d_x2_207 + d_x2_209 + d_x2_215).reshape(n, 48),
         (d_x2_181 + d_x2_183 + d_x2_185 + d_x2_187 + d_x2_189 + d_x2_199 + d_x2_201 + d_x2_203 + d_x2_213).reshape(n, 80),
     ], dim=-1)
+    del d_x2_181, d_x2_183, d_x2_185, d_x2_187, d_x2_189, d_x2_191, d_x2_193, d_x2_195, d_x2_197, d_x2_199, d_x2_201, d_x2_203, d_x2_205, d_x2_207, d_x2_209, d_x2_211, d_x2_213, d_x2_215, d_x2_217
     d_x3 = torch.cat([
         (d_x3_114 + d_x3_150 + d_x3_173).reshape(n, 16),
         (d_x3_67 + d_x3_72 + d_x3_82 + d_x3_105 + d_x3_132 + d_x3_141 + d_x3_166).reshape(n, 48),
         (d_x3_54 + d_x3_56 + d_x3_57 + d_x3_62 + d_x3_77 + d_x3_87 + d_x3_96 + d_x3_123 + d_x3_159).reshape(n, 80),
     ], dim=-1)
+    del d_x3_105, d_x3_114, d_x3_123, d_x3_132, d_x3_141, d_x3_150, d_x3_159, d_x3_166, d_x3_173, d_x3_54, d_x3_56, d_x3_57, d_x3_62, d_x3_67, d_x3_72, d_x3_77, d_x3_82, d_x3_87, d_x3_96
     d_weight = torch.cat([
         d_weight_179.reshape(16),
         d_weight_172.reshape(16),
@@ -8069,6 +10759,7 @@ def _fusion_block_3_d(
         d_weight_55.reshape(16),
         d_weight_53.reshape(16),
     ], dim=-1)
+    del d_weight_100, d_weight_102, d_weight_104, d_weight_107, d_weight_109, d_weight_111, d_weight_113, d_weight_116, d_weight_118, d_weight_120, d_weight_122, d_weight_125, d_weight_127, d_weight_129, d_weight_131, d_weight_134, d_weight_136, d_weight_138, d_weight_140, d_weight_143, d_weight_145, d_weight_147, d_weight_149, d_weight_152, d_weight_154, d_weight_156, d_weight_158, d_weight_161, d_weight_163, d_weight_165, d_weight_168, d_weight_170, d_weight_172, d_weight_175, d_weight_177, d_weight_179, d_weight_53, d_weight_55, d_weight_59, d_weight_61, d_weight_64, d_weight_66, d_weight_69, d_weight_71, d_weight_74, d_weight_76, d_weight_79, d_weight_81, d_weight_84, d_weight_86, d_weight_89, d_weight_91, d_weight_93, d_weight_95, d_weight_98
     return [d_x1, d_x2, d_x3, d_weight]
 
 
@@ -8088,50 +10779,59 @@ def _fusion_block_3_d2_x1(
     # ∂/∂_p27: p63 = (p27 ⊗ p5) -> 16x2e
     _c0 = d__p63.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p27 = torch.mm(_c0.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_4_2_2.reshape(9, 25).t()).view(n, 16, 9)  # ijk,zujk->zui
+    del _c0
     d__p62 = d_y[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[848:864].view(16) * 1.2335879094879225).reshape(1, 16, 1)
     # ∂/∂_p26: p62 = (p26 ⊗ p5) -> 16x2e
     _c1 = d__p62.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p26 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_3_2_2.reshape(7, 25).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c1
     d__p61 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x1o
     _c2 = d__p61.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p60 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_2_1.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c2
     d__p22_0 = d__p60.reshape(n, 16, 7) * weight[688:704].view(16).reshape(1, 16, 1)
     d__p17_1 = d__p60.reshape(n, 16, 7) * weight[496:512].view(16).reshape(1, 16, 1)
     d__p59 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p58: p59 = (p58 ⊗ p5) -> 16x1o
     _c3 = d__p59.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p58 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c3
     d__p21_2 = d__p58.reshape(n, 16, 5) * (weight[672:688].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d__p16_3 = d__p58.reshape(n, 16, 5) * (weight[480:496].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d__p57 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p56: p57 = (p56 ⊗ p4) -> 16x2e
     _c4 = d__p57.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p56 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_1_2.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c4
     d__p22_4 = d__p56.reshape(n, 16, 7) * (weight[640:656].view(16) * 1.2335879094879225).reshape(1, 16, 1)
     d__p17_5 = d__p56.reshape(n, 16, 7) * (weight[448:464].view(16) * 1.2335879094879225).reshape(1, 16, 1)
     d__p55 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p54: p55 = (p54 ⊗ p4) -> 16x2e
     _c5 = d__p55.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p54 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c5
     d__p21_6 = d__p54.reshape(n, 16, 5) * (weight[624:640].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d__p16_7 = d__p54.reshape(n, 16, 5) * (weight[432:448].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d__p53 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p52: p53 = (p52 ⊗ p5) -> 16x2e
     _c6 = d__p53.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p52 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c6
     d__p25_8 = d__p52.reshape(n, 16, 3) * (weight[800:816].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d__p14_9 = d__p52.reshape(n, 16, 3) * (weight[336:352].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d__p51 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x1o
     _c7 = d__p51.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p50 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c7
     d__p25_10 = d__p50.reshape(n, 16, 3) * (weight[752:768].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d__p14_11 = d__p50.reshape(n, 16, 3) * (weight[288:304].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d__p49 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p48: p49 = (p48 ⊗ p5) -> 16x2e
     _c8 = d__p49.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p48 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c8
     d__p24_12 = d__p48.reshape(n, 16, 5) * (weight[832:848].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d__p19_13 = d__p48.reshape(n, 16, 5) * (weight[560:576].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d__p13_14 = d__p48.reshape(n, 16, 5) * (weight[368:384].view(16) * 1.0425720702853738).reshape(1, 16, 1)
@@ -8140,6 +10840,7 @@ def _fusion_block_3_d2_x1(
     # ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x0e
     _c9 = d__p47.reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d__p46 = torch.mm(_c9.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c9
     d__p24_16 = d__p46.reshape(n, 16, 5) * (weight[816:832].view(16) * 0.674199862463242).reshape(1, 16, 1)
     d__p19_17 = d__p46.reshape(n, 16, 5) * (weight[544:560].view(16) * 0.674199862463242).reshape(1, 16, 1)
     d__p13_18 = d__p46.reshape(n, 16, 5) * (weight[352:368].view(16) * 0.674199862463242).reshape(1, 16, 1)
@@ -8148,6 +10849,7 @@ def _fusion_block_3_d2_x1(
     # ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     _c10 = d__p45.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p44 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c10
     d__p24_20 = d__p44.reshape(n, 16, 5) * (weight[768:784].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d__p19_21 = d__p44.reshape(n, 16, 5) * (weight[528:544].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d__p13_22 = d__p44.reshape(n, 16, 5) * (weight[304:320].view(16) * 0.8451542547285166).reshape(1, 16, 1)
@@ -8156,6 +10858,7 @@ def _fusion_block_3_d2_x1(
     # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x2e
     _c11 = d__p43.reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p42 = torch.mm(_c11.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c11
     d__p24_24 = d__p42.reshape(n, 16, 5) * (weight[720:736].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d__p19_25 = d__p42.reshape(n, 16, 5) * (weight[512:528].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d__p13_26 = d__p42.reshape(n, 16, 5) * (weight[256:272].view(16) * 1.0425720702853738).reshape(1, 16, 1)
@@ -8164,6 +10867,7 @@ def _fusion_block_3_d2_x1(
     # ∂/∂_p40: p41 = (p40 ⊗ p5) -> 16x1o
     _c12 = d__p41.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p40 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c12
     d__p20_28 = d__p40.reshape(n, 16, 3) * (weight[656:672].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d__p15_29 = d__p40.reshape(n, 16, 3) * (weight[464:480].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d__p11_30 = d__p40.reshape(n, 16, 3) * (weight[224:240].view(16) * 0.6546536707079771).reshape(1, 16, 1)
@@ -8172,6 +10876,7 @@ def _fusion_block_3_d2_x1(
     # ∂/∂_p38: p39 = (p38 ⊗ p4) -> 16x2e
     _c13 = d__p39.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p38 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c13
     d__p20_32 = d__p38.reshape(n, 16, 3) * (weight[608:624].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d__p15_33 = d__p38.reshape(n, 16, 3) * (weight[416:432].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d__p11_34 = d__p38.reshape(n, 16, 3) * (weight[208:224].view(16) * 0.8075728530872482).reshape(1, 16, 1)
@@ -8180,6 +10885,7 @@ def _fusion_block_3_d2_x1(
     # ∂/∂_p36: p37 = (p36 ⊗ p4) -> 16x0e
     _c14 = d__p37.reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d__p36 = torch.mm(_c14.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c14
     d__p20_36 = d__p36.reshape(n, 16, 3) * (weight[592:608].view(16) * 0.5222329678670935).reshape(1, 16, 1)
     d__p15_37 = d__p36.reshape(n, 16, 3) * (weight[400:416].view(16) * 0.5222329678670935).reshape(1, 16, 1)
     d__p11_38 = d__p36.reshape(n, 16, 3) * (weight[192:208].view(16) * 0.5222329678670935).reshape(1, 16, 1)
@@ -8188,6 +10894,7 @@ def _fusion_block_3_d2_x1(
     # ∂/∂_p34: p35 = (p34 ⊗ p3) -> 16x1o
     _c15 = d__p35.reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p34 = torch.mm(_c15.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c15
     d__p20_40 = d__p34.reshape(n, 16, 3) * (weight[576:592].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d__p15_41 = d__p34.reshape(n, 16, 3) * (weight[384:400].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d__p11_42 = d__p34.reshape(n, 16, 3) * (weight[176:192].view(16) * 0.6546536707079771).reshape(1, 16, 1)
@@ -8196,6 +10903,7 @@ def _fusion_block_3_d2_x1(
     # ∂/∂_p32: p33 = (p32 ⊗ p5) -> 16x2e
     _c16 = d__p33.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p32 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c16
     d__p23_44 = d__p32.reshape(n, 16, 1) * (weight[784:800].view(16) * 0.4662524041201569).reshape(1, 16, 1)
     d__p12_45 = d__p32.reshape(n, 16, 1) * (weight[320:336].view(16) * 0.4662524041201569).reshape(1, 16, 1)
     d__p2_46 = d__p32.reshape(n, 16, 1) * (weight[32:48].view(16) * 0.4662524041201569).reshape(1, 16, 1)
@@ -8203,6 +10911,7 @@ def _fusion_block_3_d2_x1(
     # ∂/∂_p30: p31 = (p30 ⊗ p4) -> 16x1o
     _c17 = d__p31.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p30 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c17
     d__p23_47 = d__p30.reshape(n, 16, 1) * (weight[736:752].view(16) * 0.3779644730092272).reshape(1, 16, 1)
     d__p12_48 = d__p30.reshape(n, 16, 1) * (weight[272:288].view(16) * 0.3779644730092272).reshape(1, 16, 1)
     d__p2_49 = d__p30.reshape(n, 16, 1) * (weight[16:32].view(16) * 0.3779644730092272).reshape(1, 16, 1)
@@ -8210,172 +10919,257 @@ def _fusion_block_3_d2_x1(
     # ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
     _c18 = d__p29.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p28 = cg_0_0_0.reshape(1, 1, 1) * _c18.reshape(n, 16, 1)
+    del _c18
     d__p23_50 = d__p28.reshape(n, 16, 1) * (weight[704:720].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d__p12_51 = d__p28.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d__p2_52 = d__p28.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     # ∂/∂d__p2: ∂/∂x1: p2 = (p0 ⊗ p1) -> 16x0e
     _c19 = d2_d_x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p2 = cg_0_0_0.reshape(1, 1, 1) * _c19.reshape(n, 16, 1)
+    del _c19
     # ∂/∂x2: ∂/∂x1: p2 = (p0 ⊗ p1) -> 16x0e
     d__p2 = d__p2_46 + d__p2_49 + d__p2_52
+    del d__p2_46, d__p2_49, d__p2_52
     _c20 = d2_d_x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p2.reshape(n, 16, 1, 1)
+    del d__p2
     d2_x2_53 = cg_0_0_0.reshape(1, 1, 1) * _c20.reshape(n, 16, 1)
+    del _c20
     # ∂/∂d__p7: ∂/∂x1: p7 = (p0 ⊗ p6) -> 16x1o
     _c21 = d2_d_x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p7 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c21
     # ∂/∂x2: ∂/∂x1: p7 = (p0 ⊗ p6) -> 16x1o
     d__p7 = d__p7_31 + d__p7_35 + d__p7_39 + d__p7_43
+    del d__p7_31, d__p7_35, d__p7_39, d__p7_43
     _c22 = d2_d_x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p7.reshape(n, 16, 1, 3)
+    del d__p7
     d2_x2_54 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c22
     # ∂/∂d__p9: ∂/∂x1: p9 = (p0 ⊗ p8) -> 16x2e
     _c23 = d2_d_x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p9 = torch.mm(_c23.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c23
     # ∂/∂x2: ∂/∂x1: p9 = (p0 ⊗ p8) -> 16x2e
     d__p9 = d__p9_15 + d__p9_19 + d__p9_23 + d__p9_27
+    del d__p9_15, d__p9_19, d__p9_23, d__p9_27
     _c24 = d2_d_x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p9.reshape(n, 16, 1, 5)
+    del d__p9
     d2_x2_55 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c24
     # ∂/∂d__p11: ∂/∂x1: p11 = (p10 ⊗ p1) -> 16x1o
     _c25 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p11 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c25
     # ∂/∂x2: ∂/∂x1: p11 = (p10 ⊗ p1) -> 16x1o
     d__p11 = d__p11_30 + d__p11_34 + d__p11_38 + d__p11_42
+    del d__p11_30, d__p11_34, d__p11_38, d__p11_42
     _c26 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p11.reshape(n, 16, 1, 3)
+    del d__p11
     d2_x2_56 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c26
     # ∂/∂d__p12: ∂/∂x1: p12 = (p10 ⊗ p6) -> 16x0e
     _c27 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p12 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂x2: ∂/∂x1: p12 = (p10 ⊗ p6) -> 16x0e
     d__p12 = d__p12_45 + d__p12_48 + d__p12_51
+    del d__p12_45, d__p12_48, d__p12_51
     _c28 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p12.reshape(n, 16, 1, 1)
+    del d__p12
     d2_x2_57 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c28
     # ∂/∂d__p13: ∂/∂x1: p13 = (p10 ⊗ p6) -> 16x2e
     d2_d__p13 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x2: ∂/∂x1: p13 = (p10 ⊗ p6) -> 16x2e
     d__p13 = d__p13_14 + d__p13_18 + d__p13_22 + d__p13_26
+    del d__p13_14, d__p13_18, d__p13_22, d__p13_26
     _c29 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p13.reshape(n, 16, 1, 5)
+    del d__p13
     d2_x2_58 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c29
     # ∂/∂d__p14: ∂/∂x1: p14 = (p10 ⊗ p6) -> 16x1e
     d2_d__p14 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c27
     # ∂/∂x2: ∂/∂x1: p14 = (p10 ⊗ p6) -> 16x1e
     d__p14 = d__p14_9 + d__p14_11
+    del d__p14_11, d__p14_9
     _c30 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p14.reshape(n, 16, 1, 3)
+    del d__p14
     d2_x2_59 = torch.mm(_c30.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c30
     # ∂/∂d__p15: ∂/∂x1: p15 = (p10 ⊗ p8) -> 16x1o
     _c31 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p15 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x2: ∂/∂x1: p15 = (p10 ⊗ p8) -> 16x1o
     d__p15 = d__p15_29 + d__p15_33 + d__p15_37 + d__p15_41
+    del d__p15_29, d__p15_33, d__p15_37, d__p15_41
     _c32 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p15.reshape(n, 16, 1, 3)
+    del d__p15
     d2_x2_60 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c32
     # ∂/∂d__p16: ∂/∂x1: p16 = (p10 ⊗ p8) -> 16x2o
     d2_d__p16 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x2: ∂/∂x1: p16 = (p10 ⊗ p8) -> 16x2o
     d__p16 = d__p16_3 + d__p16_7
+    del d__p16_3, d__p16_7
     _c33 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p16.reshape(n, 16, 1, 5)
+    del d__p16
     d2_x2_61 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c33
     # ∂/∂d__p17: ∂/∂x1: p17 = (p10 ⊗ p8) -> 16x3o
     d2_d__p17 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c31
     # ∂/∂x2: ∂/∂x1: p17 = (p10 ⊗ p8) -> 16x3o
     d__p17 = d__p17_1 + d__p17_5
+    del d__p17_1, d__p17_5
     _c34 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p17.reshape(n, 16, 1, 7)
+    del d__p17
     d2_x2_62 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_1_2_3.permute(1, 0, 2).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c34
     # ∂/∂d__p19: ∂/∂x1: p19 = (p18 ⊗ p1) -> 16x2e
     _c35 = d2_d_x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p19 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c35
     # ∂/∂x2: ∂/∂x1: p19 = (p18 ⊗ p1) -> 16x2e
     d__p19 = d__p19_13 + d__p19_17 + d__p19_21 + d__p19_25
+    del d__p19_13, d__p19_17, d__p19_21, d__p19_25
     _c36 = d2_d_x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p19.reshape(n, 16, 1, 5)
+    del d__p19
     d2_x2_63 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c36
     # ∂/∂d__p20: ∂/∂x1: p20 = (p18 ⊗ p6) -> 16x1o
     _c37 = d2_d_x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p20 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x2: ∂/∂x1: p20 = (p18 ⊗ p6) -> 16x1o
     d__p20 = d__p20_28 + d__p20_32 + d__p20_36 + d__p20_40
+    del d__p20_28, d__p20_32, d__p20_36, d__p20_40
     _c38 = d2_d_x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p20.reshape(n, 16, 1, 3)
+    del d__p20
     d2_x2_64 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c38
     # ∂/∂d__p21: ∂/∂x1: p21 = (p18 ⊗ p6) -> 16x2o
     d2_d__p21 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x2: ∂/∂x1: p21 = (p18 ⊗ p6) -> 16x2o
     d__p21 = d__p21_2 + d__p21_6
+    del d__p21_2, d__p21_6
     _c39 = d2_d_x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p21.reshape(n, 16, 1, 5)
+    del d__p21
     d2_x2_65 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 0, 2).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c39
     # ∂/∂d__p22: ∂/∂x1: p22 = (p18 ⊗ p6) -> 16x3o
     d2_d__p22 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c37
     # ∂/∂x2: ∂/∂x1: p22 = (p18 ⊗ p6) -> 16x3o
     d__p22 = d__p22_0 + d__p22_4
+    del d__p22_0, d__p22_4
     _c40 = d2_d_x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p22.reshape(n, 16, 1, 7)
+    del d__p22
     d2_x2_66 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_1_3.permute(1, 0, 2).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c40
     # ∂/∂d__p23: ∂/∂x1: p23 = (p18 ⊗ p8) -> 16x0e
     _c41 = d2_d_x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p23 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂x2: ∂/∂x1: p23 = (p18 ⊗ p8) -> 16x0e
     d__p23 = d__p23_44 + d__p23_47 + d__p23_50
+    del d__p23_44, d__p23_47, d__p23_50
     _c42 = d2_d_x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p23.reshape(n, 16, 1, 1)
+    del d__p23
     d2_x2_67 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c42
     # ∂/∂d__p24: ∂/∂x1: p24 = (p18 ⊗ p8) -> 16x2e
     d2_d__p24 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x2: ∂/∂x1: p24 = (p18 ⊗ p8) -> 16x2e
     d__p24 = d__p24_12 + d__p24_16 + d__p24_20 + d__p24_24
+    del d__p24_12, d__p24_16, d__p24_20, d__p24_24
     _c43 = d2_d_x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p24.reshape(n, 16, 1, 5)
+    del d__p24
     d2_x2_68 = torch.mm(_c43.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c43
     # ∂/∂d__p25: ∂/∂x1: p25 = (p18 ⊗ p8) -> 16x1e
     d2_d__p25 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x2: ∂/∂x1: p25 = (p18 ⊗ p8) -> 16x1e
     d__p25 = d__p25_8 + d__p25_10
+    del d__p25_10, d__p25_8
     _c44 = d2_d_x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p25.reshape(n, 16, 1, 3)
+    del d__p25
     d2_x2_69 = torch.mm(_c44.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c44
     # ∂/∂d__p26: ∂/∂x1: p26 = (p18 ⊗ p8) -> 16x3e
     d2_d__p26 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
     # ∂/∂x2: ∂/∂x1: p26 = (p18 ⊗ p8) -> 16x3e
     _c45 = d2_d_x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p26.reshape(n, 16, 1, 7)
+    del d__p26
     d2_x2_70 = torch.mm(_c45.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.permute(1, 0, 2).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c45
     # ∂/∂d__p27: ∂/∂x1: p27 = (p18 ⊗ p8) -> 16x4e
     d2_d__p27 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_4.permute(2, 0, 1).reshape(9, 25).t()).view(n, 16, 9)  # ijk,zuij->zuk
+    del _c41
     # ∂/∂x2: ∂/∂x1: p27 = (p18 ⊗ p8) -> 16x4e
     _c46 = d2_d_x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p27.reshape(n, 16, 1, 9)
+    del d__p27
     d2_x2_71 = torch.mm(_c46.permute(2, 3, 0, 1).reshape(45, n * 16).t(), cg_2_2_4.permute(1, 0, 2).reshape(5, 45).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c46
     d2_d__p28_72 = d2_d__p2.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d2_weight_73 = torch.bmm((d2_d__p2 * 0.30151134457776363).permute(1, 0, 2).reshape(16, 1, n), d__p28.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2_d__p28_74 = d2_d__p12.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d2_weight_75 = torch.bmm((d2_d__p12 * 0.30151134457776363).permute(1, 0, 2).reshape(16, 1, n), d__p28.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2_d__p28_76 = d2_d__p23.reshape(n, 16, 1) * (weight[704:720].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d2_weight_77 = torch.bmm((d2_d__p23 * 0.30151134457776363).permute(1, 0, 2).reshape(16, 1, n), d__p28.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d__p28
     # ∂/∂d__p29: ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
     d2_d__p28 = d2_d__p28_72 + d2_d__p28_74 + d2_d__p28_76
+    del d2_d__p28_72, d2_d__p28_74, d2_d__p28_76
     _c47 = d2_d__p28.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p29 = cg_0_0_0.reshape(1, 1, 1) * _c47.reshape(n, 16, 1)
+    del _c47
     # ∂/∂x3: ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
     _c48 = d2_d__p28.reshape(n, 16, 1, 1) * d__p29.reshape(n, 16, 1, 1)
+    del d2_d__p28, d__p29
     d2_x3_78 = cg_0_0_0.reshape(1, 1, 1) * _c48.reshape(n, 16, 1)
+    del _c48
     d2_d_y_79 = d2_d__p29
+    del d2_d__p29
     d2_d__p30_80 = d2_d__p2.reshape(n, 16, 1) * (weight[16:32].view(16) * 0.3779644730092272).reshape(1, 16, 1)
     d2_weight_81 = torch.bmm((d2_d__p2 * 0.3779644730092272).permute(1, 0, 2).reshape(16, 1, n), d__p30.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2_d__p30_82 = d2_d__p12.reshape(n, 16, 1) * (weight[272:288].view(16) * 0.3779644730092272).reshape(1, 16, 1)
     d2_weight_83 = torch.bmm((d2_d__p12 * 0.3779644730092272).permute(1, 0, 2).reshape(16, 1, n), d__p30.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2_d__p30_84 = d2_d__p23.reshape(n, 16, 1) * (weight[736:752].view(16) * 0.3779644730092272).reshape(1, 16, 1)
     d2_weight_85 = torch.bmm((d2_d__p23 * 0.3779644730092272).permute(1, 0, 2).reshape(16, 1, n), d__p30.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d__p30
     # ∂/∂d__p31: ∂/∂_p30: p31 = (p30 ⊗ p4) -> 16x1o
     d2_d__p30 = d2_d__p30_80 + d2_d__p30_82 + d2_d__p30_84
+    del d2_d__p30_80, d2_d__p30_82, d2_d__p30_84
     _c49 = d2_d__p30.reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p31 = torch.mm(_c49.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c49
     # ∂/∂x3: ∂/∂_p30: p31 = (p30 ⊗ p4) -> 16x1o
     _c50 = d2_d__p30.reshape(n, 16, 1, 1) * d__p31.reshape(n, 16, 1, 3)
+    del d2_d__p30, d__p31
     d2_x3_86 = torch.mm(_c50.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c50
     d2_d_y_87 = d2_d__p31
+    del d2_d__p31
     d2_d__p32_88 = d2_d__p2.reshape(n, 16, 1) * (weight[32:48].view(16) * 0.4662524041201569).reshape(1, 16, 1)
     d2_weight_89 = torch.bmm((d2_d__p2 * 0.4662524041201569).permute(1, 0, 2).reshape(16, 1, n), d__p32.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p2
     d2_d__p32_90 = d2_d__p12.reshape(n, 16, 1) * (weight[320:336].view(16) * 0.4662524041201569).reshape(1, 16, 1)
     d2_weight_91 = torch.bmm((d2_d__p12 * 0.4662524041201569).permute(1, 0, 2).reshape(16, 1, n), d__p32.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p12
     d2_d__p32_92 = d2_d__p23.reshape(n, 16, 1) * (weight[784:800].view(16) * 0.4662524041201569).reshape(1, 16, 1)
     d2_weight_93 = torch.bmm((d2_d__p23 * 0.4662524041201569).permute(1, 0, 2).reshape(16, 1, n), d__p32.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p23, d__p32
     # ∂/∂d__p33: ∂/∂_p32: p33 = (p32 ⊗ p5) -> 16x2e
     d2_d__p32 = d2_d__p32_88 + d2_d__p32_90 + d2_d__p32_92
+    del d2_d__p32_88, d2_d__p32_90, d2_d__p32_92
     _c51 = d2_d__p32.reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p33 = torch.mm(_c51.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c51
     # ∂/∂x3: ∂/∂_p32: p33 = (p32 ⊗ p5) -> 16x2e
     _c52 = d2_d__p32.reshape(n, 16, 1, 1) * d__p33.reshape(n, 16, 1, 5)
+    del d2_d__p32, d__p33
     d2_x3_94 = torch.mm(_c52.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c52
     d2_d_y_95 = d2_d__p33
+    del d2_d__p33
     d2_d__p34_96 = d2_d__p7.reshape(n, 16, 3) * (weight[48:64].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_97 = torch.bmm((d2_d__p7 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), d__p34.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p34_98 = d2_d__p11.reshape(n, 16, 3) * (weight[176:192].view(16) * 0.6546536707079771).reshape(1, 16, 1)
@@ -8384,14 +11178,20 @@ def _fusion_block_3_d2_x1(
     d2_weight_101 = torch.bmm((d2_d__p15 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), d__p34.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p34_102 = d2_d__p20.reshape(n, 16, 3) * (weight[576:592].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_103 = torch.bmm((d2_d__p20 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), d__p34.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p34
     # ∂/∂d__p35: ∂/∂_p34: p35 = (p34 ⊗ p3) -> 16x1o
     d2_d__p34 = d2_d__p34_96 + d2_d__p34_98 + d2_d__p34_100 + d2_d__p34_102
+    del d2_d__p34_100, d2_d__p34_102, d2_d__p34_96, d2_d__p34_98
     _c53 = d2_d__p34.reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p35 = torch.mm(_c53.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c53
     # ∂/∂x3: ∂/∂_p34: p35 = (p34 ⊗ p3) -> 16x1o
     _c54 = d2_d__p34.reshape(n, 16, 3, 1) * d__p35.reshape(n, 16, 1, 3)
+    del d2_d__p34, d__p35
     d2_x3_104 = torch.mm(_c54.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c54
     d2_d_y_105 = d2_d__p35
+    del d2_d__p35
     d2_d__p36_106 = d2_d__p7.reshape(n, 16, 3) * (weight[64:80].view(16) * 0.5222329678670935).reshape(1, 16, 1)
     d2_weight_107 = torch.bmm((d2_d__p7 * 0.5222329678670935).permute(1, 0, 2).reshape(16, 1, n * 3), d__p36.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p36_108 = d2_d__p11.reshape(n, 16, 3) * (weight[192:208].view(16) * 0.5222329678670935).reshape(1, 16, 1)
@@ -8400,14 +11200,20 @@ def _fusion_block_3_d2_x1(
     d2_weight_111 = torch.bmm((d2_d__p15 * 0.5222329678670935).permute(1, 0, 2).reshape(16, 1, n * 3), d__p36.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p36_112 = d2_d__p20.reshape(n, 16, 3) * (weight[592:608].view(16) * 0.5222329678670935).reshape(1, 16, 1)
     d2_weight_113 = torch.bmm((d2_d__p20 * 0.5222329678670935).permute(1, 0, 2).reshape(16, 1, n * 3), d__p36.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p36
     # ∂/∂d__p37: ∂/∂_p36: p37 = (p36 ⊗ p4) -> 16x0e
     d2_d__p36 = d2_d__p36_106 + d2_d__p36_108 + d2_d__p36_110 + d2_d__p36_112
+    del d2_d__p36_106, d2_d__p36_108, d2_d__p36_110, d2_d__p36_112
     _c55 = d2_d__p36.reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p37 = torch.mm(_c55.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c55
     # ∂/∂x3: ∂/∂_p36: p37 = (p36 ⊗ p4) -> 16x0e
     _c56 = d2_d__p36.reshape(n, 16, 3, 1) * d__p37.reshape(n, 16, 1, 1)
+    del d2_d__p36, d__p37
     d2_x3_114 = torch.mm(_c56.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c56
     d2_d_y_115 = d2_d__p37
+    del d2_d__p37
     d2_d__p38_116 = d2_d__p7.reshape(n, 16, 3) * (weight[80:96].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d2_weight_117 = torch.bmm((d2_d__p7 * 0.8075728530872482).permute(1, 0, 2).reshape(16, 1, n * 3), d__p38.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p38_118 = d2_d__p11.reshape(n, 16, 3) * (weight[208:224].view(16) * 0.8075728530872482).reshape(1, 16, 1)
@@ -8416,30 +11222,45 @@ def _fusion_block_3_d2_x1(
     d2_weight_121 = torch.bmm((d2_d__p15 * 0.8075728530872482).permute(1, 0, 2).reshape(16, 1, n * 3), d__p38.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p38_122 = d2_d__p20.reshape(n, 16, 3) * (weight[608:624].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d2_weight_123 = torch.bmm((d2_d__p20 * 0.8075728530872482).permute(1, 0, 2).reshape(16, 1, n * 3), d__p38.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p38
     # ∂/∂d__p39: ∂/∂_p38: p39 = (p38 ⊗ p4) -> 16x2e
     d2_d__p38 = d2_d__p38_116 + d2_d__p38_118 + d2_d__p38_120 + d2_d__p38_122
+    del d2_d__p38_116, d2_d__p38_118, d2_d__p38_120, d2_d__p38_122
     _c57 = d2_d__p38.reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p39 = torch.mm(_c57.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c57
     # ∂/∂x3: ∂/∂_p38: p39 = (p38 ⊗ p4) -> 16x2e
     _c58 = d2_d__p38.reshape(n, 16, 3, 1) * d__p39.reshape(n, 16, 1, 5)
+    del d2_d__p38, d__p39
     d2_x3_124 = torch.mm(_c58.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c58
     d2_d_y_125 = d2_d__p39
+    del d2_d__p39
     d2_d__p40_126 = d2_d__p7.reshape(n, 16, 3) * (weight[96:112].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_127 = torch.bmm((d2_d__p7 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), d__p40.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p7
     d2_d__p40_128 = d2_d__p11.reshape(n, 16, 3) * (weight[224:240].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_129 = torch.bmm((d2_d__p11 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), d__p40.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p11
     d2_d__p40_130 = d2_d__p15.reshape(n, 16, 3) * (weight[464:480].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_131 = torch.bmm((d2_d__p15 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), d__p40.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p15
     d2_d__p40_132 = d2_d__p20.reshape(n, 16, 3) * (weight[656:672].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_133 = torch.bmm((d2_d__p20 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), d__p40.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p20, d__p40
     # ∂/∂d__p41: ∂/∂_p40: p41 = (p40 ⊗ p5) -> 16x1o
     d2_d__p40 = d2_d__p40_126 + d2_d__p40_128 + d2_d__p40_130 + d2_d__p40_132
+    del d2_d__p40_126, d2_d__p40_128, d2_d__p40_130, d2_d__p40_132
     _c59 = d2_d__p40.reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p41 = torch.mm(_c59.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c59
     # ∂/∂x3: ∂/∂_p40: p41 = (p40 ⊗ p5) -> 16x1o
     _c60 = d2_d__p40.reshape(n, 16, 3, 1) * d__p41.reshape(n, 16, 1, 3)
+    del d2_d__p40, d__p41
     d2_x3_134 = torch.mm(_c60.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c60
     d2_d_y_135 = d2_d__p41
+    del d2_d__p41
     d2_d__p42_136 = d2_d__p9.reshape(n, 16, 5) * (weight[112:128].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_137 = torch.bmm((d2_d__p9 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), d__p42.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p42_138 = d2_d__p13.reshape(n, 16, 5) * (weight[256:272].view(16) * 1.0425720702853738).reshape(1, 16, 1)
@@ -8448,14 +11269,20 @@ def _fusion_block_3_d2_x1(
     d2_weight_141 = torch.bmm((d2_d__p19 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), d__p42.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p42_142 = d2_d__p24.reshape(n, 16, 5) * (weight[720:736].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_143 = torch.bmm((d2_d__p24 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), d__p42.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p42
     # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x2e
     d2_d__p42 = d2_d__p42_136 + d2_d__p42_138 + d2_d__p42_140 + d2_d__p42_142
+    del d2_d__p42_136, d2_d__p42_138, d2_d__p42_140, d2_d__p42_142
     _c61 = d2_d__p42.reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p43 = torch.mm(_c61.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c61
     # ∂/∂x3: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x2e
     _c62 = d2_d__p42.reshape(n, 16, 5, 1) * d__p43.reshape(n, 16, 1, 5)
+    del d2_d__p42, d__p43
     d2_x3_144 = torch.mm(_c62.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c62
     d2_d_y_145 = d2_d__p43
+    del d2_d__p43
     d2_d__p44_146 = d2_d__p9.reshape(n, 16, 5) * (weight[128:144].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d2_weight_147 = torch.bmm((d2_d__p9 * 0.8451542547285166).permute(1, 0, 2).reshape(16, 1, n * 5), d__p44.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p44_148 = d2_d__p13.reshape(n, 16, 5) * (weight[304:320].view(16) * 0.8451542547285166).reshape(1, 16, 1)
@@ -8464,14 +11291,20 @@ def _fusion_block_3_d2_x1(
     d2_weight_151 = torch.bmm((d2_d__p19 * 0.8451542547285166).permute(1, 0, 2).reshape(16, 1, n * 5), d__p44.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p44_152 = d2_d__p24.reshape(n, 16, 5) * (weight[768:784].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d2_weight_153 = torch.bmm((d2_d__p24 * 0.8451542547285166).permute(1, 0, 2).reshape(16, 1, n * 5), d__p44.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p44
     # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     d2_d__p44 = d2_d__p44_146 + d2_d__p44_148 + d2_d__p44_150 + d2_d__p44_152
+    del d2_d__p44_146, d2_d__p44_148, d2_d__p44_150, d2_d__p44_152
     _c63 = d2_d__p44.reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p45 = torch.mm(_c63.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c63
     # ∂/∂x3: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     _c64 = d2_d__p44.reshape(n, 16, 5, 1) * d__p45.reshape(n, 16, 1, 3)
+    del d2_d__p44, d__p45
     d2_x3_154 = torch.mm(_c64.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c64
     d2_d_y_155 = d2_d__p45
+    del d2_d__p45
     d2_d__p46_156 = d2_d__p9.reshape(n, 16, 5) * (weight[144:160].view(16) * 0.674199862463242).reshape(1, 16, 1)
     d2_weight_157 = torch.bmm((d2_d__p9 * 0.674199862463242).permute(1, 0, 2).reshape(16, 1, n * 5), d__p46.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p46_158 = d2_d__p13.reshape(n, 16, 5) * (weight[352:368].view(16) * 0.674199862463242).reshape(1, 16, 1)
@@ -8480,134 +11313,199 @@ def _fusion_block_3_d2_x1(
     d2_weight_161 = torch.bmm((d2_d__p19 * 0.674199862463242).permute(1, 0, 2).reshape(16, 1, n * 5), d__p46.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p46_162 = d2_d__p24.reshape(n, 16, 5) * (weight[816:832].view(16) * 0.674199862463242).reshape(1, 16, 1)
     d2_weight_163 = torch.bmm((d2_d__p24 * 0.674199862463242).permute(1, 0, 2).reshape(16, 1, n * 5), d__p46.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p46
     # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x0e
     d2_d__p46 = d2_d__p46_156 + d2_d__p46_158 + d2_d__p46_160 + d2_d__p46_162
+    del d2_d__p46_156, d2_d__p46_158, d2_d__p46_160, d2_d__p46_162
     _c65 = d2_d__p46.reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p47 = torch.mm(_c65.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c65
     # ∂/∂x3: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x0e
     _c66 = d2_d__p46.reshape(n, 16, 5, 1) * d__p47.reshape(n, 16, 1, 1)
+    del d2_d__p46, d__p47
     d2_x3_164 = torch.mm(_c66.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c66
     d2_d_y_165 = d2_d__p47
+    del d2_d__p47
     d2_d__p48_166 = d2_d__p9.reshape(n, 16, 5) * (weight[160:176].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_167 = torch.bmm((d2_d__p9 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), d__p48.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p9
     d2_d__p48_168 = d2_d__p13.reshape(n, 16, 5) * (weight[368:384].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_169 = torch.bmm((d2_d__p13 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), d__p48.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p13
     d2_d__p48_170 = d2_d__p19.reshape(n, 16, 5) * (weight[560:576].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_171 = torch.bmm((d2_d__p19 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), d__p48.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p19
     d2_d__p48_172 = d2_d__p24.reshape(n, 16, 5) * (weight[832:848].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_173 = torch.bmm((d2_d__p24 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), d__p48.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p24, d__p48
     # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p5) -> 16x2e
     d2_d__p48 = d2_d__p48_166 + d2_d__p48_168 + d2_d__p48_170 + d2_d__p48_172
+    del d2_d__p48_166, d2_d__p48_168, d2_d__p48_170, d2_d__p48_172
     _c67 = d2_d__p48.reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p49 = torch.mm(_c67.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c67
     # ∂/∂x3: ∂/∂_p48: p49 = (p48 ⊗ p5) -> 16x2e
     _c68 = d2_d__p48.reshape(n, 16, 5, 1) * d__p49.reshape(n, 16, 1, 5)
+    del d2_d__p48, d__p49
     d2_x3_174 = torch.mm(_c68.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c68
     d2_d_y_175 = d2_d__p49
+    del d2_d__p49
     d2_d__p50_176 = d2_d__p14.reshape(n, 16, 3) * (weight[288:304].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_177 = torch.bmm((d2_d__p14 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), d__p50.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p50_178 = d2_d__p25.reshape(n, 16, 3) * (weight[752:768].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_179 = torch.bmm((d2_d__p25 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), d__p50.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p50
     # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x1o
     d2_d__p50 = d2_d__p50_176 + d2_d__p50_178
+    del d2_d__p50_176, d2_d__p50_178
     _c69 = d2_d__p50.reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p51 = torch.mm(_c69.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c69
     # ∂/∂x3: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x1o
     _c70 = d2_d__p50.reshape(n, 16, 3, 1) * d__p51.reshape(n, 16, 1, 3)
+    del d2_d__p50, d__p51
     d2_x3_180 = torch.mm(_c70.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c70
     d2_d_y_181 = d2_d__p51
+    del d2_d__p51
     d2_d__p52_182 = d2_d__p14.reshape(n, 16, 3) * (weight[336:352].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d2_weight_183 = torch.bmm((d2_d__p14 * 0.8075728530872482).permute(1, 0, 2).reshape(16, 1, n * 3), d__p52.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p14
     d2_d__p52_184 = d2_d__p25.reshape(n, 16, 3) * (weight[800:816].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d2_weight_185 = torch.bmm((d2_d__p25 * 0.8075728530872482).permute(1, 0, 2).reshape(16, 1, n * 3), d__p52.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p25, d__p52
     # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p5) -> 16x2e
     d2_d__p52 = d2_d__p52_182 + d2_d__p52_184
+    del d2_d__p52_182, d2_d__p52_184
     _c71 = d2_d__p52.reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p53 = torch.mm(_c71.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c71
     # ∂/∂x3: ∂/∂_p52: p53 = (p52 ⊗ p5) -> 16x2e
     _c72 = d2_d__p52.reshape(n, 16, 3, 1) * d__p53.reshape(n, 16, 1, 5)
+    del d2_d__p52, d__p53
     d2_x3_186 = torch.mm(_c72.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c72
     d2_d_y_187 = d2_d__p53
+    del d2_d__p53
     d2_d__p54_188 = d2_d__p16.reshape(n, 16, 5) * (weight[432:448].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_189 = torch.bmm((d2_d__p16 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), d__p54.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p54_190 = d2_d__p21.reshape(n, 16, 5) * (weight[624:640].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_191 = torch.bmm((d2_d__p21 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), d__p54.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p54
     # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p4) -> 16x2e
     d2_d__p54 = d2_d__p54_188 + d2_d__p54_190
+    del d2_d__p54_188, d2_d__p54_190
     _c73 = d2_d__p54.reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p55 = torch.mm(_c73.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c73
     # ∂/∂x3: ∂/∂_p54: p55 = (p54 ⊗ p4) -> 16x2e
     _c74 = d2_d__p54.reshape(n, 16, 5, 1) * d__p55.reshape(n, 16, 1, 5)
+    del d2_d__p54, d__p55
     d2_x3_192 = torch.mm(_c74.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 0, 2).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c74
     d2_d_y_193 = d2_d__p55
+    del d2_d__p55
     d2_d__p56_194 = d2_d__p17.reshape(n, 16, 7) * (weight[448:464].view(16) * 1.2335879094879225).reshape(1, 16, 1)
     d2_weight_195 = torch.bmm((d2_d__p17 * 1.2335879094879225).permute(1, 0, 2).reshape(16, 1, n * 7), d__p56.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
     d2_d__p56_196 = d2_d__p22.reshape(n, 16, 7) * (weight[640:656].view(16) * 1.2335879094879225).reshape(1, 16, 1)
     d2_weight_197 = torch.bmm((d2_d__p22 * 1.2335879094879225).permute(1, 0, 2).reshape(16, 1, n * 7), d__p56.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d__p56
     # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p4) -> 16x2e
     d2_d__p56 = d2_d__p56_194 + d2_d__p56_196
+    del d2_d__p56_194, d2_d__p56_196
     _c75 = d2_d__p56.reshape(n, 16, 7, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p57 = torch.mm(_c75.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_3_1_2.permute(2, 0, 1).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c75
     # ∂/∂x3: ∂/∂_p56: p57 = (p56 ⊗ p4) -> 16x2e
     _c76 = d2_d__p56.reshape(n, 16, 7, 1) * d__p57.reshape(n, 16, 1, 5)
+    del d2_d__p56, d__p57
     d2_x3_198 = torch.mm(_c76.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_1_2.permute(1, 0, 2).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c76
     d2_d_y_199 = d2_d__p57
+    del d2_d__p57
     d2_d__p58_200 = d2_d__p16.reshape(n, 16, 5) * (weight[480:496].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d2_weight_201 = torch.bmm((d2_d__p16 * 0.8451542547285166).permute(1, 0, 2).reshape(16, 1, n * 5), d__p58.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p16
     d2_d__p58_202 = d2_d__p21.reshape(n, 16, 5) * (weight[672:688].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d2_weight_203 = torch.bmm((d2_d__p21 * 0.8451542547285166).permute(1, 0, 2).reshape(16, 1, n * 5), d__p58.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p21, d__p58
     # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p5) -> 16x1o
     d2_d__p58 = d2_d__p58_200 + d2_d__p58_202
+    del d2_d__p58_200, d2_d__p58_202
     _c77 = d2_d__p58.reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p59 = torch.mm(_c77.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c77
     # ∂/∂x3: ∂/∂_p58: p59 = (p58 ⊗ p5) -> 16x1o
     _c78 = d2_d__p58.reshape(n, 16, 5, 1) * d__p59.reshape(n, 16, 1, 3)
+    del d2_d__p58, d__p59
     d2_x3_204 = torch.mm(_c78.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c78
     d2_d_y_205 = d2_d__p59
+    del d2_d__p59
     d2_d__p60_206 = d2_d__p17.reshape(n, 16, 7) * weight[496:512].view(16).reshape(1, 16, 1)
     d2_weight_207 = torch.bmm(d2_d__p17.permute(1, 0, 2).reshape(16, 1, n * 7), d__p60.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p17
     d2_d__p60_208 = d2_d__p22.reshape(n, 16, 7) * weight[688:704].view(16).reshape(1, 16, 1)
     d2_weight_209 = torch.bmm(d2_d__p22.permute(1, 0, 2).reshape(16, 1, n * 7), d__p60.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p22, d__p60
     # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x1o
     d2_d__p60 = d2_d__p60_206 + d2_d__p60_208
+    del d2_d__p60_206, d2_d__p60_208
     _c79 = d2_d__p60.reshape(n, 16, 7, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p61 = torch.mm(_c79.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c79
     # ∂/∂x3: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x1o
     _c80 = d2_d__p60.reshape(n, 16, 7, 1) * d__p61.reshape(n, 16, 1, 3)
+    del d2_d__p60, d__p61
     d2_x3_210 = torch.mm(_c80.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_3_2_1.permute(1, 0, 2).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c80
     d2_d_y_211 = d2_d__p61
+    del d2_d__p61
     # ∂/∂d__p62: ∂/∂_p26: p62 = (p26 ⊗ p5) -> 16x2e
     _c81 = d2_d__p26.reshape(n, 16, 7, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p62 = torch.mm(_c81.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c81
     # ∂/∂x3: ∂/∂_p26: p62 = (p26 ⊗ p5) -> 16x2e
     _c82 = d2_d__p26.reshape(n, 16, 7, 1) * d__p62.reshape(n, 16, 1, 5)
+    del d2_d__p26, d__p62
     d2_x3_212 = torch.mm(_c82.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(1, 0, 2).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c82
     d2_d_y_213 = d2_d__p62.reshape(n, 16, 5) * (weight[848:864].view(16) * 1.2335879094879225).reshape(1, 16, 1)
     d2_weight_214 = torch.bmm((d2_d__p62 * 1.2335879094879225).permute(1, 0, 2).reshape(16, 1, n * 5), d_y[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p62
     # ∂/∂d__p63: ∂/∂_p27: p63 = (p27 ⊗ p5) -> 16x2e
     _c83 = d2_d__p27.reshape(n, 16, 9, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p63 = torch.mm(_c83.permute(2, 3, 0, 1).reshape(45, n * 16).t(), cg_4_2_2.permute(2, 0, 1).reshape(5, 45).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c83
     # ∂/∂x3: ∂/∂_p27: p63 = (p27 ⊗ p5) -> 16x2e
     _c84 = d2_d__p27.reshape(n, 16, 9, 1) * d__p63.reshape(n, 16, 1, 5)
+    del d2_d__p27, d__p63
     d2_x3_215 = torch.mm(_c84.permute(2, 3, 0, 1).reshape(45, n * 16).t(), cg_4_2_2.permute(1, 0, 2).reshape(5, 45).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c84
     d2_d_y_216 = d2_d__p63.reshape(n, 16, 5) * (weight[864:880].view(16) * 1.3987572123604706).reshape(1, 16, 1)
     d2_weight_217 = torch.bmm((d2_d__p63 * 1.3987572123604706).permute(1, 0, 2).reshape(16, 1, n * 5), d_y[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p63
     d2_x1 = weight.new_zeros(n, 144)
     d2_x2 = torch.cat([
         (d2_x2_53 + d2_x2_56 + d2_x2_63).reshape(n, 16),
         (d2_x2_54 + d2_x2_57 + d2_x2_58 + d2_x2_59 + d2_x2_64 + d2_x2_65 + d2_x2_66).reshape(n, 48),
         (d2_x2_55 + d2_x2_60 + d2_x2_61 + d2_x2_62 + d2_x2_67 + d2_x2_68 + d2_x2_69 + d2_x2_70 + d2_x2_71).reshape(n, 80),
     ], dim=-1)
+    del d2_x2_53, d2_x2_54, d2_x2_55, d2_x2_56, d2_x2_57, d2_x2_58, d2_x2_59, d2_x2_60, d2_x2_61, d2_x2_62, d2_x2_63, d2_x2_64, d2_x2_65, d2_x2_66, d2_x2_67, d2_x2_68, d2_x2_69, d2_x2_70, d2_x2_71
     d2_x3 = torch.cat([
         (d2_x3_78 + d2_x3_104 + d2_x3_144).reshape(n, 16),
         (d2_x3_86 + d2_x3_114 + d2_x3_124 + d2_x3_154 + d2_x3_180 + d2_x3_192 + d2_x3_198).reshape(n, 48),
         (d2_x3_94 + d2_x3_134 + d2_x3_164 + d2_x3_174 + d2_x3_186 + d2_x3_204 + d2_x3_210 + d2_x3_212 + d2_x3_215).reshape(n, 80),
     ], dim=-1)
+    del d2_x3_104, d2_x3_114, d2_x3_124, d2_x3_134, d2_x3_144, d2_x3_154, d2_x3_164, d2_x3_174, d2_x3_180, d2_x3_186, d2_x3_192, d2_x3_198, d2_x3_204, d2_x3_210, d2_x3_212, d2_x3_215, d2_x3_78, d2_x3_86, d2_x3_94
     d2_d_y = torch.cat([
         (d2_d_y_79 + d2_d_y_115 + d2_d_y_165).reshape(n, 16),
         (d2_d_y_87 + d2_d_y_105 + d2_d_y_135 + d2_d_y_155 + d2_d_y_181 + d2_d_y_205 + d2_d_y_211).reshape(n, 48),
         (d2_d_y_95 + d2_d_y_125 + d2_d_y_145 + d2_d_y_175 + d2_d_y_187 + d2_d_y_193 + d2_d_y_199 + d2_d_y_213 + d2_d_y_216).reshape(n, 80),
     ], dim=-1)
+    del d2_d_y_105, d2_d_y_115, d2_d_y_125, d2_d_y_135, d2_d_y_145, d2_d_y_155, d2_d_y_165, d2_d_y_175, d2_d_y_181, d2_d_y_187, d2_d_y_193, d2_d_y_199, d2_d_y_205, d2_d_y_211, d2_d_y_213, d2_d_y_216, d2_d_y_79, d2_d_y_87, d2_d_y_95
     d2_weight = torch.cat([
         d2_weight_73.reshape(16),
         d2_weight_81.reshape(16),
@@ -8665,6 +11563,7 @@ def _fusion_block_3_d2_x1(
         d2_weight_214.reshape(16),
         d2_weight_217.reshape(16),
     ], dim=-1)
+    del d2_weight_101, d2_weight_103, d2_weight_107, d2_weight_109, d2_weight_111, d2_weight_113, d2_weight_117, d2_weight_119, d2_weight_121, d2_weight_123, d2_weight_127, d2_weight_129, d2_weight_131, d2_weight_133, d2_weight_137, d2_weight_139, d2_weight_141, d2_weight_143, d2_weight_147, d2_weight_149, d2_weight_151, d2_weight_153, d2_weight_157, d2_weight_159, d2_weight_161, d2_weight_163, d2_weight_167, d2_weight_169, d2_weight_171, d2_weight_173, d2_weight_177, d2_weight_179, d2_weight_183, d2_weight_185, d2_weight_189, d2_weight_191, d2_weight_195, d2_weight_197, d2_weight_201, d2_weight_203, d2_weight_207, d2_weight_209, d2_weight_214, d2_weight_217, d2_weight_73, d2_weight_75, d2_weight_77, d2_weight_81, d2_weight_83, d2_weight_85, d2_weight_89, d2_weight_91, d2_weight_93, d2_weight_97, d2_weight_99
     return [d2_x1, d2_x2, d2_x3, d2_d_y, d2_weight]
 
 
@@ -8684,50 +11583,59 @@ def _fusion_block_3_d2_x2(
     # ∂/∂_p27: p63 = (p27 ⊗ p5) -> 16x2e
     _c0 = d__p63.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p27 = torch.mm(_c0.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_4_2_2.reshape(9, 25).t()).view(n, 16, 9)  # ijk,zujk->zui
+    del _c0
     d__p62 = d_y[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5) * (weight[848:864].view(16) * 1.2335879094879225).reshape(1, 16, 1)
     # ∂/∂_p26: p62 = (p26 ⊗ p5) -> 16x2e
     _c1 = d__p62.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p26 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_3_2_2.reshape(7, 25).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c1
     d__p61 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x1o
     _c2 = d__p61.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p60 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_2_1.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c2
     d__p22_0 = d__p60.reshape(n, 16, 7) * weight[688:704].view(16).reshape(1, 16, 1)
     d__p17_1 = d__p60.reshape(n, 16, 7) * weight[496:512].view(16).reshape(1, 16, 1)
     d__p59 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p58: p59 = (p58 ⊗ p5) -> 16x1o
     _c3 = d__p59.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p58 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c3
     d__p21_2 = d__p58.reshape(n, 16, 5) * (weight[672:688].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d__p16_3 = d__p58.reshape(n, 16, 5) * (weight[480:496].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d__p57 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p56: p57 = (p56 ⊗ p4) -> 16x2e
     _c4 = d__p57.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p56 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_1_2.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c4
     d__p22_4 = d__p56.reshape(n, 16, 7) * (weight[640:656].view(16) * 1.2335879094879225).reshape(1, 16, 1)
     d__p17_5 = d__p56.reshape(n, 16, 7) * (weight[448:464].view(16) * 1.2335879094879225).reshape(1, 16, 1)
     d__p55 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p54: p55 = (p54 ⊗ p4) -> 16x2e
     _c5 = d__p55.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p54 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c5
     d__p21_6 = d__p54.reshape(n, 16, 5) * (weight[624:640].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d__p16_7 = d__p54.reshape(n, 16, 5) * (weight[432:448].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d__p53 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p52: p53 = (p52 ⊗ p5) -> 16x2e
     _c6 = d__p53.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p52 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c6
     d__p25_8 = d__p52.reshape(n, 16, 3) * (weight[800:816].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d__p14_9 = d__p52.reshape(n, 16, 3) * (weight[336:352].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d__p51 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x1o
     _c7 = d__p51.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p50 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c7
     d__p25_10 = d__p50.reshape(n, 16, 3) * (weight[752:768].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d__p14_11 = d__p50.reshape(n, 16, 3) * (weight[288:304].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d__p49 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p48: p49 = (p48 ⊗ p5) -> 16x2e
     _c8 = d__p49.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p48 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c8
     d__p24_12 = d__p48.reshape(n, 16, 5) * (weight[832:848].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d__p19_13 = d__p48.reshape(n, 16, 5) * (weight[560:576].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d__p13_14 = d__p48.reshape(n, 16, 5) * (weight[368:384].view(16) * 1.0425720702853738).reshape(1, 16, 1)
@@ -8736,6 +11644,7 @@ def _fusion_block_3_d2_x2(
     # ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x0e
     _c9 = d__p47.reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d__p46 = torch.mm(_c9.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c9
     d__p24_16 = d__p46.reshape(n, 16, 5) * (weight[816:832].view(16) * 0.674199862463242).reshape(1, 16, 1)
     d__p19_17 = d__p46.reshape(n, 16, 5) * (weight[544:560].view(16) * 0.674199862463242).reshape(1, 16, 1)
     d__p13_18 = d__p46.reshape(n, 16, 5) * (weight[352:368].view(16) * 0.674199862463242).reshape(1, 16, 1)
@@ -8744,6 +11653,7 @@ def _fusion_block_3_d2_x2(
     # ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     _c10 = d__p45.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p44 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c10
     d__p24_20 = d__p44.reshape(n, 16, 5) * (weight[768:784].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d__p19_21 = d__p44.reshape(n, 16, 5) * (weight[528:544].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d__p13_22 = d__p44.reshape(n, 16, 5) * (weight[304:320].view(16) * 0.8451542547285166).reshape(1, 16, 1)
@@ -8752,6 +11662,7 @@ def _fusion_block_3_d2_x2(
     # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x2e
     _c11 = d__p43.reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p42 = torch.mm(_c11.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c11
     d__p24_24 = d__p42.reshape(n, 16, 5) * (weight[720:736].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d__p19_25 = d__p42.reshape(n, 16, 5) * (weight[512:528].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d__p13_26 = d__p42.reshape(n, 16, 5) * (weight[256:272].view(16) * 1.0425720702853738).reshape(1, 16, 1)
@@ -8760,6 +11671,7 @@ def _fusion_block_3_d2_x2(
     # ∂/∂_p40: p41 = (p40 ⊗ p5) -> 16x1o
     _c12 = d__p41.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p40 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c12
     d__p20_28 = d__p40.reshape(n, 16, 3) * (weight[656:672].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d__p15_29 = d__p40.reshape(n, 16, 3) * (weight[464:480].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d__p11_30 = d__p40.reshape(n, 16, 3) * (weight[224:240].view(16) * 0.6546536707079771).reshape(1, 16, 1)
@@ -8768,6 +11680,7 @@ def _fusion_block_3_d2_x2(
     # ∂/∂_p38: p39 = (p38 ⊗ p4) -> 16x2e
     _c13 = d__p39.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p38 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c13
     d__p20_32 = d__p38.reshape(n, 16, 3) * (weight[608:624].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d__p15_33 = d__p38.reshape(n, 16, 3) * (weight[416:432].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d__p11_34 = d__p38.reshape(n, 16, 3) * (weight[208:224].view(16) * 0.8075728530872482).reshape(1, 16, 1)
@@ -8776,6 +11689,7 @@ def _fusion_block_3_d2_x2(
     # ∂/∂_p36: p37 = (p36 ⊗ p4) -> 16x0e
     _c14 = d__p37.reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d__p36 = torch.mm(_c14.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c14
     d__p20_36 = d__p36.reshape(n, 16, 3) * (weight[592:608].view(16) * 0.5222329678670935).reshape(1, 16, 1)
     d__p15_37 = d__p36.reshape(n, 16, 3) * (weight[400:416].view(16) * 0.5222329678670935).reshape(1, 16, 1)
     d__p11_38 = d__p36.reshape(n, 16, 3) * (weight[192:208].view(16) * 0.5222329678670935).reshape(1, 16, 1)
@@ -8784,6 +11698,7 @@ def _fusion_block_3_d2_x2(
     # ∂/∂_p34: p35 = (p34 ⊗ p3) -> 16x1o
     _c15 = d__p35.reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p34 = torch.mm(_c15.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c15
     d__p20_40 = d__p34.reshape(n, 16, 3) * (weight[576:592].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d__p15_41 = d__p34.reshape(n, 16, 3) * (weight[384:400].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d__p11_42 = d__p34.reshape(n, 16, 3) * (weight[176:192].view(16) * 0.6546536707079771).reshape(1, 16, 1)
@@ -8792,6 +11707,7 @@ def _fusion_block_3_d2_x2(
     # ∂/∂_p32: p33 = (p32 ⊗ p5) -> 16x2e
     _c16 = d__p33.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p32 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c16
     d__p23_44 = d__p32.reshape(n, 16, 1) * (weight[784:800].view(16) * 0.4662524041201569).reshape(1, 16, 1)
     d__p12_45 = d__p32.reshape(n, 16, 1) * (weight[320:336].view(16) * 0.4662524041201569).reshape(1, 16, 1)
     d__p2_46 = d__p32.reshape(n, 16, 1) * (weight[32:48].view(16) * 0.4662524041201569).reshape(1, 16, 1)
@@ -8799,6 +11715,7 @@ def _fusion_block_3_d2_x2(
     # ∂/∂_p30: p31 = (p30 ⊗ p4) -> 16x1o
     _c17 = d__p31.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p30 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c17
     d__p23_47 = d__p30.reshape(n, 16, 1) * (weight[736:752].view(16) * 0.3779644730092272).reshape(1, 16, 1)
     d__p12_48 = d__p30.reshape(n, 16, 1) * (weight[272:288].view(16) * 0.3779644730092272).reshape(1, 16, 1)
     d__p2_49 = d__p30.reshape(n, 16, 1) * (weight[16:32].view(16) * 0.3779644730092272).reshape(1, 16, 1)
@@ -8806,172 +11723,257 @@ def _fusion_block_3_d2_x2(
     # ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
     _c18 = d__p29.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p28 = cg_0_0_0.reshape(1, 1, 1) * _c18.reshape(n, 16, 1)
+    del _c18
     d__p23_50 = d__p28.reshape(n, 16, 1) * (weight[704:720].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d__p12_51 = d__p28.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d__p2_52 = d__p28.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     # ∂/∂d__p2: ∂/∂x2: p2 = (p0 ⊗ p1) -> 16x0e
     _c19 = d2_d_x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p2 = cg_0_0_0.reshape(1, 1, 1) * _c19.reshape(n, 16, 1)
+    del _c19
     # ∂/∂x1: ∂/∂x2: p2 = (p0 ⊗ p1) -> 16x0e
     d__p2 = d__p2_46 + d__p2_49 + d__p2_52
+    del d__p2_46, d__p2_49, d__p2_52
     _c20 = d2_d_x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p2.reshape(n, 16, 1, 1)
+    del d__p2
     d2_x1_53 = cg_0_0_0.reshape(1, 1, 1) * _c20.reshape(n, 16, 1)
+    del _c20
     # ∂/∂d__p7: ∂/∂x2: p7 = (p0 ⊗ p6) -> 16x1o
     _c21 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p7 = torch.mm(_c21.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuji->zuk
+    del _c21
     # ∂/∂x1: ∂/∂x2: p7 = (p0 ⊗ p6) -> 16x1o
     d__p7 = d__p7_31 + d__p7_35 + d__p7_39 + d__p7_43
+    del d__p7_31, d__p7_35, d__p7_39, d__p7_43
     _c22 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p7.reshape(n, 16, 1, 3)
+    del d__p7
     d2_x1_54 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c22
     # ∂/∂d__p9: ∂/∂x2: p9 = (p0 ⊗ p8) -> 16x2e
     _c23 = d2_d_x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p9 = torch.mm(_c23.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuji->zuk
+    del _c23
     # ∂/∂x1: ∂/∂x2: p9 = (p0 ⊗ p8) -> 16x2e
     d__p9 = d__p9_15 + d__p9_19 + d__p9_23 + d__p9_27
+    del d__p9_15, d__p9_19, d__p9_23, d__p9_27
     _c24 = d2_d_x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p9.reshape(n, 16, 1, 5)
+    del d__p9
     d2_x1_55 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c24
     # ∂/∂d__p11: ∂/∂x2: p11 = (p10 ⊗ p1) -> 16x1o
     _c25 = d2_d_x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p11 = torch.mm(_c25.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuji->zuk
+    del _c25
     # ∂/∂x1: ∂/∂x2: p11 = (p10 ⊗ p1) -> 16x1o
     d__p11 = d__p11_30 + d__p11_34 + d__p11_38 + d__p11_42
+    del d__p11_30, d__p11_34, d__p11_38, d__p11_42
     _c26 = d2_d_x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p11.reshape(n, 16, 1, 3)
+    del d__p11
     d2_x1_56 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c26
     # ∂/∂d__p12: ∂/∂x2: p12 = (p10 ⊗ p6) -> 16x0e
     _c27 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_d__p12 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂x1: ∂/∂x2: p12 = (p10 ⊗ p6) -> 16x0e
     d__p12 = d__p12_45 + d__p12_48 + d__p12_51
+    del d__p12_45, d__p12_48, d__p12_51
     _c28 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p12.reshape(n, 16, 1, 1)
+    del d__p12
     d2_x1_57 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c28
     # ∂/∂d__p13: ∂/∂x2: p13 = (p10 ⊗ p6) -> 16x2e
     d2_d__p13 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x1: ∂/∂x2: p13 = (p10 ⊗ p6) -> 16x2e
     d__p13 = d__p13_14 + d__p13_18 + d__p13_22 + d__p13_26
+    del d__p13_14, d__p13_18, d__p13_22, d__p13_26
     _c29 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p13.reshape(n, 16, 1, 5)
+    del d__p13
     d2_x1_58 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c29
     # ∂/∂d__p14: ∂/∂x2: p14 = (p10 ⊗ p6) -> 16x1e
     d2_d__p14 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c27
     # ∂/∂x1: ∂/∂x2: p14 = (p10 ⊗ p6) -> 16x1e
     d__p14 = d__p14_9 + d__p14_11
+    del d__p14_11, d__p14_9
     _c30 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p14.reshape(n, 16, 1, 3)
+    del d__p14
     d2_x1_59 = torch.mm(_c30.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c30
     # ∂/∂d__p15: ∂/∂x2: p15 = (p10 ⊗ p8) -> 16x1o
     _c31 = d2_d_x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_d__p15 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x1: ∂/∂x2: p15 = (p10 ⊗ p8) -> 16x1o
     d__p15 = d__p15_29 + d__p15_33 + d__p15_37 + d__p15_41
+    del d__p15_29, d__p15_33, d__p15_37, d__p15_41
     _c32 = d2_d_x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p15.reshape(n, 16, 1, 3)
+    del d__p15
     d2_x1_60 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c32
     # ∂/∂d__p16: ∂/∂x2: p16 = (p10 ⊗ p8) -> 16x2o
     d2_d__p16 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x1: ∂/∂x2: p16 = (p10 ⊗ p8) -> 16x2o
     d__p16 = d__p16_3 + d__p16_7
+    del d__p16_3, d__p16_7
     _c33 = d2_d_x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p16.reshape(n, 16, 1, 5)
+    del d__p16
     d2_x1_61 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c33
     # ∂/∂d__p17: ∂/∂x2: p17 = (p10 ⊗ p8) -> 16x3o
     d2_d__p17 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c31
     # ∂/∂x1: ∂/∂x2: p17 = (p10 ⊗ p8) -> 16x3o
     d__p17 = d__p17_1 + d__p17_5
+    del d__p17_1, d__p17_5
     _c34 = d2_d_x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p17.reshape(n, 16, 1, 7)
+    del d__p17
     d2_x1_62 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_1_2_3.reshape(3, 35).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c34
     # ∂/∂d__p19: ∂/∂x2: p19 = (p18 ⊗ p1) -> 16x2e
     _c35 = d2_d_x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p19 = torch.mm(_c35.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuji->zuk
+    del _c35
     # ∂/∂x1: ∂/∂x2: p19 = (p18 ⊗ p1) -> 16x2e
     d__p19 = d__p19_13 + d__p19_17 + d__p19_21 + d__p19_25
+    del d__p19_13, d__p19_17, d__p19_21, d__p19_25
     _c36 = d2_d_x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p19.reshape(n, 16, 1, 5)
+    del d__p19
     d2_x1_63 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c36
     # ∂/∂d__p20: ∂/∂x2: p20 = (p18 ⊗ p6) -> 16x1o
     _c37 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_d__p20 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x1: ∂/∂x2: p20 = (p18 ⊗ p6) -> 16x1o
     d__p20 = d__p20_28 + d__p20_32 + d__p20_36 + d__p20_40
+    del d__p20_28, d__p20_32, d__p20_36, d__p20_40
     _c38 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p20.reshape(n, 16, 1, 3)
+    del d__p20
     d2_x1_64 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c38
     # ∂/∂d__p21: ∂/∂x2: p21 = (p18 ⊗ p6) -> 16x2o
     d2_d__p21 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x1: ∂/∂x2: p21 = (p18 ⊗ p6) -> 16x2o
     d__p21 = d__p21_2 + d__p21_6
+    del d__p21_2, d__p21_6
     _c39 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p21.reshape(n, 16, 1, 5)
+    del d__p21
     d2_x1_65 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c39
     # ∂/∂d__p22: ∂/∂x2: p22 = (p18 ⊗ p6) -> 16x3o
     d2_d__p22 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c37
     # ∂/∂x1: ∂/∂x2: p22 = (p18 ⊗ p6) -> 16x3o
     d__p22 = d__p22_0 + d__p22_4
+    del d__p22_0, d__p22_4
     _c40 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p22.reshape(n, 16, 1, 7)
+    del d__p22
     d2_x1_66 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_2_1_3.reshape(5, 21).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c40
     # ∂/∂d__p23: ∂/∂x2: p23 = (p18 ⊗ p8) -> 16x0e
     _c41 = d2_d_x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_d__p23 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂x1: ∂/∂x2: p23 = (p18 ⊗ p8) -> 16x0e
     d__p23 = d__p23_44 + d__p23_47 + d__p23_50
+    del d__p23_44, d__p23_47, d__p23_50
     _c42 = d2_d_x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p23.reshape(n, 16, 1, 1)
+    del d__p23
     d2_x1_67 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c42
     # ∂/∂d__p24: ∂/∂x2: p24 = (p18 ⊗ p8) -> 16x2e
     d2_d__p24 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # ∂/∂x1: ∂/∂x2: p24 = (p18 ⊗ p8) -> 16x2e
     d__p24 = d__p24_12 + d__p24_16 + d__p24_20 + d__p24_24
+    del d__p24_12, d__p24_16, d__p24_20, d__p24_24
     _c43 = d2_d_x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p24.reshape(n, 16, 1, 5)
+    del d__p24
     d2_x1_68 = torch.mm(_c43.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c43
     # ∂/∂d__p25: ∂/∂x2: p25 = (p18 ⊗ p8) -> 16x1e
     d2_d__p25 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
     # ∂/∂x1: ∂/∂x2: p25 = (p18 ⊗ p8) -> 16x1e
     d__p25 = d__p25_8 + d__p25_10
+    del d__p25_10, d__p25_8
     _c44 = d2_d_x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p25.reshape(n, 16, 1, 3)
+    del d__p25
     d2_x1_69 = torch.mm(_c44.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c44
     # ∂/∂d__p26: ∂/∂x2: p26 = (p18 ⊗ p8) -> 16x3e
     d2_d__p26 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
     # ∂/∂x1: ∂/∂x2: p26 = (p18 ⊗ p8) -> 16x3e
     _c45 = d2_d_x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p26.reshape(n, 16, 1, 7)
+    del d__p26
     d2_x1_70 = torch.mm(_c45.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.reshape(5, 35).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c45
     # ∂/∂d__p27: ∂/∂x2: p27 = (p18 ⊗ p8) -> 16x4e
     d2_d__p27 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_4.permute(2, 0, 1).reshape(9, 25).t()).view(n, 16, 9)  # ijk,zuij->zuk
+    del _c41
     # ∂/∂x1: ∂/∂x2: p27 = (p18 ⊗ p8) -> 16x4e
     _c46 = d2_d_x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p27.reshape(n, 16, 1, 9)
+    del d__p27
     d2_x1_71 = torch.mm(_c46.permute(2, 3, 0, 1).reshape(45, n * 16).t(), cg_2_2_4.reshape(5, 45).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c46
     d2_d__p28_72 = d2_d__p2.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d2_weight_73 = torch.bmm((d2_d__p2 * 0.30151134457776363).permute(1, 0, 2).reshape(16, 1, n), d__p28.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2_d__p28_74 = d2_d__p12.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d2_weight_75 = torch.bmm((d2_d__p12 * 0.30151134457776363).permute(1, 0, 2).reshape(16, 1, n), d__p28.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2_d__p28_76 = d2_d__p23.reshape(n, 16, 1) * (weight[704:720].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d2_weight_77 = torch.bmm((d2_d__p23 * 0.30151134457776363).permute(1, 0, 2).reshape(16, 1, n), d__p28.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d__p28
     # ∂/∂d__p29: ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
     d2_d__p28 = d2_d__p28_72 + d2_d__p28_74 + d2_d__p28_76
+    del d2_d__p28_72, d2_d__p28_74, d2_d__p28_76
     _c47 = d2_d__p28.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p29 = cg_0_0_0.reshape(1, 1, 1) * _c47.reshape(n, 16, 1)
+    del _c47
     # ∂/∂x3: ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
     _c48 = d2_d__p28.reshape(n, 16, 1, 1) * d__p29.reshape(n, 16, 1, 1)
+    del d2_d__p28, d__p29
     d2_x3_78 = cg_0_0_0.reshape(1, 1, 1) * _c48.reshape(n, 16, 1)
+    del _c48
     d2_d_y_79 = d2_d__p29
+    del d2_d__p29
     d2_d__p30_80 = d2_d__p2.reshape(n, 16, 1) * (weight[16:32].view(16) * 0.3779644730092272).reshape(1, 16, 1)
     d2_weight_81 = torch.bmm((d2_d__p2 * 0.3779644730092272).permute(1, 0, 2).reshape(16, 1, n), d__p30.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2_d__p30_82 = d2_d__p12.reshape(n, 16, 1) * (weight[272:288].view(16) * 0.3779644730092272).reshape(1, 16, 1)
     d2_weight_83 = torch.bmm((d2_d__p12 * 0.3779644730092272).permute(1, 0, 2).reshape(16, 1, n), d__p30.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2_d__p30_84 = d2_d__p23.reshape(n, 16, 1) * (weight[736:752].view(16) * 0.3779644730092272).reshape(1, 16, 1)
     d2_weight_85 = torch.bmm((d2_d__p23 * 0.3779644730092272).permute(1, 0, 2).reshape(16, 1, n), d__p30.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d__p30
     # ∂/∂d__p31: ∂/∂_p30: p31 = (p30 ⊗ p4) -> 16x1o
     d2_d__p30 = d2_d__p30_80 + d2_d__p30_82 + d2_d__p30_84
+    del d2_d__p30_80, d2_d__p30_82, d2_d__p30_84
     _c49 = d2_d__p30.reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p31 = torch.mm(_c49.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c49
     # ∂/∂x3: ∂/∂_p30: p31 = (p30 ⊗ p4) -> 16x1o
     _c50 = d2_d__p30.reshape(n, 16, 1, 1) * d__p31.reshape(n, 16, 1, 3)
+    del d2_d__p30, d__p31
     d2_x3_86 = torch.mm(_c50.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c50
     d2_d_y_87 = d2_d__p31
+    del d2_d__p31
     d2_d__p32_88 = d2_d__p2.reshape(n, 16, 1) * (weight[32:48].view(16) * 0.4662524041201569).reshape(1, 16, 1)
     d2_weight_89 = torch.bmm((d2_d__p2 * 0.4662524041201569).permute(1, 0, 2).reshape(16, 1, n), d__p32.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p2
     d2_d__p32_90 = d2_d__p12.reshape(n, 16, 1) * (weight[320:336].view(16) * 0.4662524041201569).reshape(1, 16, 1)
     d2_weight_91 = torch.bmm((d2_d__p12 * 0.4662524041201569).permute(1, 0, 2).reshape(16, 1, n), d__p32.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p12
     d2_d__p32_92 = d2_d__p23.reshape(n, 16, 1) * (weight[784:800].view(16) * 0.4662524041201569).reshape(1, 16, 1)
     d2_weight_93 = torch.bmm((d2_d__p23 * 0.4662524041201569).permute(1, 0, 2).reshape(16, 1, n), d__p32.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p23, d__p32
     # ∂/∂d__p33: ∂/∂_p32: p33 = (p32 ⊗ p5) -> 16x2e
     d2_d__p32 = d2_d__p32_88 + d2_d__p32_90 + d2_d__p32_92
+    del d2_d__p32_88, d2_d__p32_90, d2_d__p32_92
     _c51 = d2_d__p32.reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p33 = torch.mm(_c51.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c51
     # ∂/∂x3: ∂/∂_p32: p33 = (p32 ⊗ p5) -> 16x2e
     _c52 = d2_d__p32.reshape(n, 16, 1, 1) * d__p33.reshape(n, 16, 1, 5)
+    del d2_d__p32, d__p33
     d2_x3_94 = torch.mm(_c52.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c52
     d2_d_y_95 = d2_d__p33
+    del d2_d__p33
     d2_d__p34_96 = d2_d__p7.reshape(n, 16, 3) * (weight[48:64].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_97 = torch.bmm((d2_d__p7 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), d__p34.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p34_98 = d2_d__p11.reshape(n, 16, 3) * (weight[176:192].view(16) * 0.6546536707079771).reshape(1, 16, 1)
@@ -8980,14 +11982,20 @@ def _fusion_block_3_d2_x2(
     d2_weight_101 = torch.bmm((d2_d__p15 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), d__p34.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p34_102 = d2_d__p20.reshape(n, 16, 3) * (weight[576:592].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_103 = torch.bmm((d2_d__p20 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), d__p34.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p34
     # ∂/∂d__p35: ∂/∂_p34: p35 = (p34 ⊗ p3) -> 16x1o
     d2_d__p34 = d2_d__p34_96 + d2_d__p34_98 + d2_d__p34_100 + d2_d__p34_102
+    del d2_d__p34_100, d2_d__p34_102, d2_d__p34_96, d2_d__p34_98
     _c53 = d2_d__p34.reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p35 = torch.mm(_c53.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c53
     # ∂/∂x3: ∂/∂_p34: p35 = (p34 ⊗ p3) -> 16x1o
     _c54 = d2_d__p34.reshape(n, 16, 3, 1) * d__p35.reshape(n, 16, 1, 3)
+    del d2_d__p34, d__p35
     d2_x3_104 = torch.mm(_c54.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c54
     d2_d_y_105 = d2_d__p35
+    del d2_d__p35
     d2_d__p36_106 = d2_d__p7.reshape(n, 16, 3) * (weight[64:80].view(16) * 0.5222329678670935).reshape(1, 16, 1)
     d2_weight_107 = torch.bmm((d2_d__p7 * 0.5222329678670935).permute(1, 0, 2).reshape(16, 1, n * 3), d__p36.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p36_108 = d2_d__p11.reshape(n, 16, 3) * (weight[192:208].view(16) * 0.5222329678670935).reshape(1, 16, 1)
@@ -8996,14 +12004,20 @@ def _fusion_block_3_d2_x2(
     d2_weight_111 = torch.bmm((d2_d__p15 * 0.5222329678670935).permute(1, 0, 2).reshape(16, 1, n * 3), d__p36.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p36_112 = d2_d__p20.reshape(n, 16, 3) * (weight[592:608].view(16) * 0.5222329678670935).reshape(1, 16, 1)
     d2_weight_113 = torch.bmm((d2_d__p20 * 0.5222329678670935).permute(1, 0, 2).reshape(16, 1, n * 3), d__p36.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p36
     # ∂/∂d__p37: ∂/∂_p36: p37 = (p36 ⊗ p4) -> 16x0e
     d2_d__p36 = d2_d__p36_106 + d2_d__p36_108 + d2_d__p36_110 + d2_d__p36_112
+    del d2_d__p36_106, d2_d__p36_108, d2_d__p36_110, d2_d__p36_112
     _c55 = d2_d__p36.reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p37 = torch.mm(_c55.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c55
     # ∂/∂x3: ∂/∂_p36: p37 = (p36 ⊗ p4) -> 16x0e
     _c56 = d2_d__p36.reshape(n, 16, 3, 1) * d__p37.reshape(n, 16, 1, 1)
+    del d2_d__p36, d__p37
     d2_x3_114 = torch.mm(_c56.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c56
     d2_d_y_115 = d2_d__p37
+    del d2_d__p37
     d2_d__p38_116 = d2_d__p7.reshape(n, 16, 3) * (weight[80:96].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d2_weight_117 = torch.bmm((d2_d__p7 * 0.8075728530872482).permute(1, 0, 2).reshape(16, 1, n * 3), d__p38.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p38_118 = d2_d__p11.reshape(n, 16, 3) * (weight[208:224].view(16) * 0.8075728530872482).reshape(1, 16, 1)
@@ -9012,30 +12026,45 @@ def _fusion_block_3_d2_x2(
     d2_weight_121 = torch.bmm((d2_d__p15 * 0.8075728530872482).permute(1, 0, 2).reshape(16, 1, n * 3), d__p38.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p38_122 = d2_d__p20.reshape(n, 16, 3) * (weight[608:624].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d2_weight_123 = torch.bmm((d2_d__p20 * 0.8075728530872482).permute(1, 0, 2).reshape(16, 1, n * 3), d__p38.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p38
     # ∂/∂d__p39: ∂/∂_p38: p39 = (p38 ⊗ p4) -> 16x2e
     d2_d__p38 = d2_d__p38_116 + d2_d__p38_118 + d2_d__p38_120 + d2_d__p38_122
+    del d2_d__p38_116, d2_d__p38_118, d2_d__p38_120, d2_d__p38_122
     _c57 = d2_d__p38.reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p39 = torch.mm(_c57.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c57
     # ∂/∂x3: ∂/∂_p38: p39 = (p38 ⊗ p4) -> 16x2e
     _c58 = d2_d__p38.reshape(n, 16, 3, 1) * d__p39.reshape(n, 16, 1, 5)
+    del d2_d__p38, d__p39
     d2_x3_124 = torch.mm(_c58.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c58
     d2_d_y_125 = d2_d__p39
+    del d2_d__p39
     d2_d__p40_126 = d2_d__p7.reshape(n, 16, 3) * (weight[96:112].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_127 = torch.bmm((d2_d__p7 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), d__p40.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p7
     d2_d__p40_128 = d2_d__p11.reshape(n, 16, 3) * (weight[224:240].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_129 = torch.bmm((d2_d__p11 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), d__p40.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p11
     d2_d__p40_130 = d2_d__p15.reshape(n, 16, 3) * (weight[464:480].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_131 = torch.bmm((d2_d__p15 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), d__p40.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p15
     d2_d__p40_132 = d2_d__p20.reshape(n, 16, 3) * (weight[656:672].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_133 = torch.bmm((d2_d__p20 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), d__p40.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p20, d__p40
     # ∂/∂d__p41: ∂/∂_p40: p41 = (p40 ⊗ p5) -> 16x1o
     d2_d__p40 = d2_d__p40_126 + d2_d__p40_128 + d2_d__p40_130 + d2_d__p40_132
+    del d2_d__p40_126, d2_d__p40_128, d2_d__p40_130, d2_d__p40_132
     _c59 = d2_d__p40.reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p41 = torch.mm(_c59.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c59
     # ∂/∂x3: ∂/∂_p40: p41 = (p40 ⊗ p5) -> 16x1o
     _c60 = d2_d__p40.reshape(n, 16, 3, 1) * d__p41.reshape(n, 16, 1, 3)
+    del d2_d__p40, d__p41
     d2_x3_134 = torch.mm(_c60.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c60
     d2_d_y_135 = d2_d__p41
+    del d2_d__p41
     d2_d__p42_136 = d2_d__p9.reshape(n, 16, 5) * (weight[112:128].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_137 = torch.bmm((d2_d__p9 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), d__p42.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p42_138 = d2_d__p13.reshape(n, 16, 5) * (weight[256:272].view(16) * 1.0425720702853738).reshape(1, 16, 1)
@@ -9044,14 +12073,20 @@ def _fusion_block_3_d2_x2(
     d2_weight_141 = torch.bmm((d2_d__p19 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), d__p42.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p42_142 = d2_d__p24.reshape(n, 16, 5) * (weight[720:736].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_143 = torch.bmm((d2_d__p24 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), d__p42.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p42
     # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x2e
     d2_d__p42 = d2_d__p42_136 + d2_d__p42_138 + d2_d__p42_140 + d2_d__p42_142
+    del d2_d__p42_136, d2_d__p42_138, d2_d__p42_140, d2_d__p42_142
     _c61 = d2_d__p42.reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p43 = torch.mm(_c61.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c61
     # ∂/∂x3: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x2e
     _c62 = d2_d__p42.reshape(n, 16, 5, 1) * d__p43.reshape(n, 16, 1, 5)
+    del d2_d__p42, d__p43
     d2_x3_144 = torch.mm(_c62.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c62
     d2_d_y_145 = d2_d__p43
+    del d2_d__p43
     d2_d__p44_146 = d2_d__p9.reshape(n, 16, 5) * (weight[128:144].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d2_weight_147 = torch.bmm((d2_d__p9 * 0.8451542547285166).permute(1, 0, 2).reshape(16, 1, n * 5), d__p44.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p44_148 = d2_d__p13.reshape(n, 16, 5) * (weight[304:320].view(16) * 0.8451542547285166).reshape(1, 16, 1)
@@ -9060,14 +12095,20 @@ def _fusion_block_3_d2_x2(
     d2_weight_151 = torch.bmm((d2_d__p19 * 0.8451542547285166).permute(1, 0, 2).reshape(16, 1, n * 5), d__p44.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p44_152 = d2_d__p24.reshape(n, 16, 5) * (weight[768:784].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d2_weight_153 = torch.bmm((d2_d__p24 * 0.8451542547285166).permute(1, 0, 2).reshape(16, 1, n * 5), d__p44.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p44
     # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     d2_d__p44 = d2_d__p44_146 + d2_d__p44_148 + d2_d__p44_150 + d2_d__p44_152
+    del d2_d__p44_146, d2_d__p44_148, d2_d__p44_150, d2_d__p44_152
     _c63 = d2_d__p44.reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p45 = torch.mm(_c63.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c63
     # ∂/∂x3: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     _c64 = d2_d__p44.reshape(n, 16, 5, 1) * d__p45.reshape(n, 16, 1, 3)
+    del d2_d__p44, d__p45
     d2_x3_154 = torch.mm(_c64.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c64
     d2_d_y_155 = d2_d__p45
+    del d2_d__p45
     d2_d__p46_156 = d2_d__p9.reshape(n, 16, 5) * (weight[144:160].view(16) * 0.674199862463242).reshape(1, 16, 1)
     d2_weight_157 = torch.bmm((d2_d__p9 * 0.674199862463242).permute(1, 0, 2).reshape(16, 1, n * 5), d__p46.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p46_158 = d2_d__p13.reshape(n, 16, 5) * (weight[352:368].view(16) * 0.674199862463242).reshape(1, 16, 1)
@@ -9076,134 +12117,199 @@ def _fusion_block_3_d2_x2(
     d2_weight_161 = torch.bmm((d2_d__p19 * 0.674199862463242).permute(1, 0, 2).reshape(16, 1, n * 5), d__p46.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p46_162 = d2_d__p24.reshape(n, 16, 5) * (weight[816:832].view(16) * 0.674199862463242).reshape(1, 16, 1)
     d2_weight_163 = torch.bmm((d2_d__p24 * 0.674199862463242).permute(1, 0, 2).reshape(16, 1, n * 5), d__p46.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p46
     # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x0e
     d2_d__p46 = d2_d__p46_156 + d2_d__p46_158 + d2_d__p46_160 + d2_d__p46_162
+    del d2_d__p46_156, d2_d__p46_158, d2_d__p46_160, d2_d__p46_162
     _c65 = d2_d__p46.reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p47 = torch.mm(_c65.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c65
     # ∂/∂x3: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x0e
     _c66 = d2_d__p46.reshape(n, 16, 5, 1) * d__p47.reshape(n, 16, 1, 1)
+    del d2_d__p46, d__p47
     d2_x3_164 = torch.mm(_c66.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c66
     d2_d_y_165 = d2_d__p47
+    del d2_d__p47
     d2_d__p48_166 = d2_d__p9.reshape(n, 16, 5) * (weight[160:176].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_167 = torch.bmm((d2_d__p9 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), d__p48.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p9
     d2_d__p48_168 = d2_d__p13.reshape(n, 16, 5) * (weight[368:384].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_169 = torch.bmm((d2_d__p13 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), d__p48.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p13
     d2_d__p48_170 = d2_d__p19.reshape(n, 16, 5) * (weight[560:576].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_171 = torch.bmm((d2_d__p19 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), d__p48.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p19
     d2_d__p48_172 = d2_d__p24.reshape(n, 16, 5) * (weight[832:848].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_173 = torch.bmm((d2_d__p24 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), d__p48.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p24, d__p48
     # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p5) -> 16x2e
     d2_d__p48 = d2_d__p48_166 + d2_d__p48_168 + d2_d__p48_170 + d2_d__p48_172
+    del d2_d__p48_166, d2_d__p48_168, d2_d__p48_170, d2_d__p48_172
     _c67 = d2_d__p48.reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p49 = torch.mm(_c67.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c67
     # ∂/∂x3: ∂/∂_p48: p49 = (p48 ⊗ p5) -> 16x2e
     _c68 = d2_d__p48.reshape(n, 16, 5, 1) * d__p49.reshape(n, 16, 1, 5)
+    del d2_d__p48, d__p49
     d2_x3_174 = torch.mm(_c68.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c68
     d2_d_y_175 = d2_d__p49
+    del d2_d__p49
     d2_d__p50_176 = d2_d__p14.reshape(n, 16, 3) * (weight[288:304].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_177 = torch.bmm((d2_d__p14 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), d__p50.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2_d__p50_178 = d2_d__p25.reshape(n, 16, 3) * (weight[752:768].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_179 = torch.bmm((d2_d__p25 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), d__p50.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d__p50
     # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x1o
     d2_d__p50 = d2_d__p50_176 + d2_d__p50_178
+    del d2_d__p50_176, d2_d__p50_178
     _c69 = d2_d__p50.reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p51 = torch.mm(_c69.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c69
     # ∂/∂x3: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x1o
     _c70 = d2_d__p50.reshape(n, 16, 3, 1) * d__p51.reshape(n, 16, 1, 3)
+    del d2_d__p50, d__p51
     d2_x3_180 = torch.mm(_c70.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c70
     d2_d_y_181 = d2_d__p51
+    del d2_d__p51
     d2_d__p52_182 = d2_d__p14.reshape(n, 16, 3) * (weight[336:352].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d2_weight_183 = torch.bmm((d2_d__p14 * 0.8075728530872482).permute(1, 0, 2).reshape(16, 1, n * 3), d__p52.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p14
     d2_d__p52_184 = d2_d__p25.reshape(n, 16, 3) * (weight[800:816].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d2_weight_185 = torch.bmm((d2_d__p25 * 0.8075728530872482).permute(1, 0, 2).reshape(16, 1, n * 3), d__p52.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2_d__p25, d__p52
     # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p5) -> 16x2e
     d2_d__p52 = d2_d__p52_182 + d2_d__p52_184
+    del d2_d__p52_182, d2_d__p52_184
     _c71 = d2_d__p52.reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p53 = torch.mm(_c71.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c71
     # ∂/∂x3: ∂/∂_p52: p53 = (p52 ⊗ p5) -> 16x2e
     _c72 = d2_d__p52.reshape(n, 16, 3, 1) * d__p53.reshape(n, 16, 1, 5)
+    del d2_d__p52, d__p53
     d2_x3_186 = torch.mm(_c72.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c72
     d2_d_y_187 = d2_d__p53
+    del d2_d__p53
     d2_d__p54_188 = d2_d__p16.reshape(n, 16, 5) * (weight[432:448].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_189 = torch.bmm((d2_d__p16 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), d__p54.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2_d__p54_190 = d2_d__p21.reshape(n, 16, 5) * (weight[624:640].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_191 = torch.bmm((d2_d__p21 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), d__p54.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d__p54
     # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p4) -> 16x2e
     d2_d__p54 = d2_d__p54_188 + d2_d__p54_190
+    del d2_d__p54_188, d2_d__p54_190
     _c73 = d2_d__p54.reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p55 = torch.mm(_c73.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c73
     # ∂/∂x3: ∂/∂_p54: p55 = (p54 ⊗ p4) -> 16x2e
     _c74 = d2_d__p54.reshape(n, 16, 5, 1) * d__p55.reshape(n, 16, 1, 5)
+    del d2_d__p54, d__p55
     d2_x3_192 = torch.mm(_c74.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 0, 2).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c74
     d2_d_y_193 = d2_d__p55
+    del d2_d__p55
     d2_d__p56_194 = d2_d__p17.reshape(n, 16, 7) * (weight[448:464].view(16) * 1.2335879094879225).reshape(1, 16, 1)
     d2_weight_195 = torch.bmm((d2_d__p17 * 1.2335879094879225).permute(1, 0, 2).reshape(16, 1, n * 7), d__p56.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
     d2_d__p56_196 = d2_d__p22.reshape(n, 16, 7) * (weight[640:656].view(16) * 1.2335879094879225).reshape(1, 16, 1)
     d2_weight_197 = torch.bmm((d2_d__p22 * 1.2335879094879225).permute(1, 0, 2).reshape(16, 1, n * 7), d__p56.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d__p56
     # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p4) -> 16x2e
     d2_d__p56 = d2_d__p56_194 + d2_d__p56_196
+    del d2_d__p56_194, d2_d__p56_196
     _c75 = d2_d__p56.reshape(n, 16, 7, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p57 = torch.mm(_c75.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_3_1_2.permute(2, 0, 1).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c75
     # ∂/∂x3: ∂/∂_p56: p57 = (p56 ⊗ p4) -> 16x2e
     _c76 = d2_d__p56.reshape(n, 16, 7, 1) * d__p57.reshape(n, 16, 1, 5)
+    del d2_d__p56, d__p57
     d2_x3_198 = torch.mm(_c76.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_1_2.permute(1, 0, 2).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c76
     d2_d_y_199 = d2_d__p57
+    del d2_d__p57
     d2_d__p58_200 = d2_d__p16.reshape(n, 16, 5) * (weight[480:496].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d2_weight_201 = torch.bmm((d2_d__p16 * 0.8451542547285166).permute(1, 0, 2).reshape(16, 1, n * 5), d__p58.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p16
     d2_d__p58_202 = d2_d__p21.reshape(n, 16, 5) * (weight[672:688].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d2_weight_203 = torch.bmm((d2_d__p21 * 0.8451542547285166).permute(1, 0, 2).reshape(16, 1, n * 5), d__p58.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p21, d__p58
     # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p5) -> 16x1o
     d2_d__p58 = d2_d__p58_200 + d2_d__p58_202
+    del d2_d__p58_200, d2_d__p58_202
     _c77 = d2_d__p58.reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p59 = torch.mm(_c77.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c77
     # ∂/∂x3: ∂/∂_p58: p59 = (p58 ⊗ p5) -> 16x1o
     _c78 = d2_d__p58.reshape(n, 16, 5, 1) * d__p59.reshape(n, 16, 1, 3)
+    del d2_d__p58, d__p59
     d2_x3_204 = torch.mm(_c78.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c78
     d2_d_y_205 = d2_d__p59
+    del d2_d__p59
     d2_d__p60_206 = d2_d__p17.reshape(n, 16, 7) * weight[496:512].view(16).reshape(1, 16, 1)
     d2_weight_207 = torch.bmm(d2_d__p17.permute(1, 0, 2).reshape(16, 1, n * 7), d__p60.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p17
     d2_d__p60_208 = d2_d__p22.reshape(n, 16, 7) * weight[688:704].view(16).reshape(1, 16, 1)
     d2_weight_209 = torch.bmm(d2_d__p22.permute(1, 0, 2).reshape(16, 1, n * 7), d__p60.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2_d__p22, d__p60
     # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x1o
     d2_d__p60 = d2_d__p60_206 + d2_d__p60_208
+    del d2_d__p60_206, d2_d__p60_208
     _c79 = d2_d__p60.reshape(n, 16, 7, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p61 = torch.mm(_c79.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c79
     # ∂/∂x3: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x1o
     _c80 = d2_d__p60.reshape(n, 16, 7, 1) * d__p61.reshape(n, 16, 1, 3)
+    del d2_d__p60, d__p61
     d2_x3_210 = torch.mm(_c80.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_3_2_1.permute(1, 0, 2).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c80
     d2_d_y_211 = d2_d__p61
+    del d2_d__p61
     # ∂/∂d__p62: ∂/∂_p26: p62 = (p26 ⊗ p5) -> 16x2e
     _c81 = d2_d__p26.reshape(n, 16, 7, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p62 = torch.mm(_c81.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c81
     # ∂/∂x3: ∂/∂_p26: p62 = (p26 ⊗ p5) -> 16x2e
     _c82 = d2_d__p26.reshape(n, 16, 7, 1) * d__p62.reshape(n, 16, 1, 5)
+    del d2_d__p26, d__p62
     d2_x3_212 = torch.mm(_c82.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(1, 0, 2).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c82
     d2_d_y_213 = d2_d__p62.reshape(n, 16, 5) * (weight[848:864].view(16) * 1.2335879094879225).reshape(1, 16, 1)
     d2_weight_214 = torch.bmm((d2_d__p62 * 1.2335879094879225).permute(1, 0, 2).reshape(16, 1, n * 5), d_y[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p62
     # ∂/∂d__p63: ∂/∂_p27: p63 = (p27 ⊗ p5) -> 16x2e
     _c83 = d2_d__p27.reshape(n, 16, 9, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p63 = torch.mm(_c83.permute(2, 3, 0, 1).reshape(45, n * 16).t(), cg_4_2_2.permute(2, 0, 1).reshape(5, 45).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c83
     # ∂/∂x3: ∂/∂_p27: p63 = (p27 ⊗ p5) -> 16x2e
     _c84 = d2_d__p27.reshape(n, 16, 9, 1) * d__p63.reshape(n, 16, 1, 5)
+    del d2_d__p27, d__p63
     d2_x3_215 = torch.mm(_c84.permute(2, 3, 0, 1).reshape(45, n * 16).t(), cg_4_2_2.permute(1, 0, 2).reshape(5, 45).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c84
     d2_d_y_216 = d2_d__p63.reshape(n, 16, 5) * (weight[864:880].view(16) * 1.3987572123604706).reshape(1, 16, 1)
     d2_weight_217 = torch.bmm((d2_d__p63 * 1.3987572123604706).permute(1, 0, 2).reshape(16, 1, n * 5), d_y[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p63
     d2_x1 = torch.cat([
         (d2_x1_53 + d2_x1_54 + d2_x1_55).reshape(n, 16),
         (d2_x1_56 + d2_x1_57 + d2_x1_58 + d2_x1_59 + d2_x1_60 + d2_x1_61 + d2_x1_62).reshape(n, 48),
         (d2_x1_63 + d2_x1_64 + d2_x1_65 + d2_x1_66 + d2_x1_67 + d2_x1_68 + d2_x1_69 + d2_x1_70 + d2_x1_71).reshape(n, 80),
     ], dim=-1)
+    del d2_x1_53, d2_x1_54, d2_x1_55, d2_x1_56, d2_x1_57, d2_x1_58, d2_x1_59, d2_x1_60, d2_x1_61, d2_x1_62, d2_x1_63, d2_x1_64, d2_x1_65, d2_x1_66, d2_x1_67, d2_x1_68, d2_x1_69, d2_x1_70, d2_x1_71
     d2_x2 = weight.new_zeros(n, 144)
     d2_x3 = torch.cat([
         (d2_x3_78 + d2_x3_104 + d2_x3_144).reshape(n, 16),
         (d2_x3_86 + d2_x3_114 + d2_x3_124 + d2_x3_154 + d2_x3_180 + d2_x3_192 + d2_x3_198).reshape(n, 48),
         (d2_x3_94 + d2_x3_134 + d2_x3_164 + d2_x3_174 + d2_x3_186 + d2_x3_204 + d2_x3_210 + d2_x3_212 + d2_x3_215).reshape(n, 80),
     ], dim=-1)
+    del d2_x3_104, d2_x3_114, d2_x3_124, d2_x3_134, d2_x3_144, d2_x3_154, d2_x3_164, d2_x3_174, d2_x3_180, d2_x3_186, d2_x3_192, d2_x3_198, d2_x3_204, d2_x3_210, d2_x3_212, d2_x3_215, d2_x3_78, d2_x3_86, d2_x3_94
     d2_d_y = torch.cat([
         (d2_d_y_79 + d2_d_y_115 + d2_d_y_165).reshape(n, 16),
         (d2_d_y_87 + d2_d_y_105 + d2_d_y_135 + d2_d_y_155 + d2_d_y_181 + d2_d_y_205 + d2_d_y_211).reshape(n, 48),
         (d2_d_y_95 + d2_d_y_125 + d2_d_y_145 + d2_d_y_175 + d2_d_y_187 + d2_d_y_193 + d2_d_y_199 + d2_d_y_213 + d2_d_y_216).reshape(n, 80),
     ], dim=-1)
+    del d2_d_y_105, d2_d_y_115, d2_d_y_125, d2_d_y_135, d2_d_y_145, d2_d_y_155, d2_d_y_165, d2_d_y_175, d2_d_y_181, d2_d_y_187, d2_d_y_193, d2_d_y_199, d2_d_y_205, d2_d_y_211, d2_d_y_213, d2_d_y_216, d2_d_y_79, d2_d_y_87, d2_d_y_95
     d2_weight = torch.cat([
         d2_weight_73.reshape(16),
         d2_weight_81.reshape(16),
@@ -9261,6 +12367,7 @@ def _fusion_block_3_d2_x2(
         d2_weight_214.reshape(16),
         d2_weight_217.reshape(16),
     ], dim=-1)
+    del d2_weight_101, d2_weight_103, d2_weight_107, d2_weight_109, d2_weight_111, d2_weight_113, d2_weight_117, d2_weight_119, d2_weight_121, d2_weight_123, d2_weight_127, d2_weight_129, d2_weight_131, d2_weight_133, d2_weight_137, d2_weight_139, d2_weight_141, d2_weight_143, d2_weight_147, d2_weight_149, d2_weight_151, d2_weight_153, d2_weight_157, d2_weight_159, d2_weight_161, d2_weight_163, d2_weight_167, d2_weight_169, d2_weight_171, d2_weight_173, d2_weight_177, d2_weight_179, d2_weight_183, d2_weight_185, d2_weight_189, d2_weight_191, d2_weight_195, d2_weight_197, d2_weight_201, d2_weight_203, d2_weight_207, d2_weight_209, d2_weight_214, d2_weight_217, d2_weight_73, d2_weight_75, d2_weight_77, d2_weight_81, d2_weight_83, d2_weight_85, d2_weight_89, d2_weight_91, d2_weight_93, d2_weight_97, d2_weight_99
     return [d2_x1, d2_x2, d2_x3, d2_d_y, d2_weight]
 
 
@@ -9279,15 +12386,19 @@ def _fusion_block_3_d2_x3(
     # p2 = (p0 ⊗ p1) -> 16x0e
     _c0 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p2 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
+    del _c0
     # p7 = (p0 ⊗ p6) -> 16x1o
     _c1 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p7 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c1
     # p9 = (p0 ⊗ p8) -> 16x2e
     _c2 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p9 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c2
     # p11 = (p10 ⊗ p1) -> 16x1o
     _c3 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p11 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c3
     # p12 = (p10 ⊗ p6) -> 16x0e
     _c4 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p12 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
@@ -9295,6 +12406,7 @@ def _fusion_block_3_d2_x3(
     _p13 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p14 = (p10 ⊗ p6) -> 16x1e
     _p14 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c4
     # p15 = (p10 ⊗ p8) -> 16x1o
     _c5 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p15 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
@@ -9302,9 +12414,11 @@ def _fusion_block_3_d2_x3(
     _p16 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p17 = (p10 ⊗ p8) -> 16x3o
     _p17 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c5
     # p19 = (p18 ⊗ p1) -> 16x2e
     _c6 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p19 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c6
     # p20 = (p18 ⊗ p6) -> 16x1o
     _c7 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p20 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
@@ -9312,6 +12426,7 @@ def _fusion_block_3_d2_x3(
     _p21 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p22 = (p18 ⊗ p6) -> 16x3o
     _p22 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c7
     # p23 = (p18 ⊗ p8) -> 16x0e
     _c8 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p23 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
@@ -9323,6 +12438,7 @@ def _fusion_block_3_d2_x3(
     _p26 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
     # p27 = (p18 ⊗ p8) -> 16x4e
     _p27 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_4.permute(2, 0, 1).reshape(9, 25).t()).view(n, 16, 9)  # ijk,zuij->zuk
+    del _c8
     p28_0 = _p2.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     p28_1 = _p12.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     p28_2 = _p23.reshape(n, 16, 1) * (weight[704:720].view(16) * 0.30151134457776363).reshape(1, 16, 1)
@@ -9397,180 +12513,301 @@ def _fusion_block_3_d2_x3(
     d__p29 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂d__p29: ∂/∂x3: p29 = (p28 ⊗ p3) -> 16x0e
     _p28 = p28_0 + p28_1 + p28_2
+    del p28_0, p28_1, p28_2
     _c9 = d2_d_x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _p28.reshape(n, 16, 1, 1)
+    del _p28
     d2_d__p29 = cg_0_0_0.reshape(1, 1, 1) * _c9.reshape(n, 16, 1)
+    del _c9
     # ∂/∂_p28: ∂/∂x3: p29 = (p28 ⊗ p3) -> 16x0e
     _c10 = d2_d_x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p29.reshape(n, 16, 1, 1)
+    del d__p29
     d2__p28 = cg_0_0_0.reshape(1, 1, 1) * _c10.reshape(n, 16, 1)
+    del _c10
     d2_d_y_53 = d2_d__p29
+    del d2_d__p29
     # ∂/∂d__p31: ∂/∂x3: p31 = (p30 ⊗ p4) -> 16x1o
     _p30 = p30_3 + p30_4 + p30_5
+    del p30_3, p30_4, p30_5
     _c11 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * _p30.reshape(n, 16, 1, 1)
+    del _p30
     d2_d__p31 = torch.mm(_c11.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuji->zuk
+    del _c11
     # ∂/∂_p30: ∂/∂x3: p31 = (p30 ⊗ p4) -> 16x1o
     _c12 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p31.reshape(n, 16, 1, 3)
+    del d__p31
     d2__p30 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c12
     d2_d_y_54 = d2_d__p31
+    del d2_d__p31
     # ∂/∂d__p33: ∂/∂x3: p33 = (p32 ⊗ p5) -> 16x2e
     _p32 = p32_6 + p32_7 + p32_8
+    del p32_6, p32_7, p32_8
     _c13 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * _p32.reshape(n, 16, 1, 1)
+    del _p32
     d2_d__p33 = torch.mm(_c13.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuji->zuk
+    del _c13
     # ∂/∂_p32: ∂/∂x3: p33 = (p32 ⊗ p5) -> 16x2e
     _c14 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p33.reshape(n, 16, 1, 5)
+    del d__p33
     d2__p32 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c14
     d2_d_y_55 = d2_d__p33
+    del d2_d__p33
     # ∂/∂d__p35: ∂/∂x3: p35 = (p34 ⊗ p3) -> 16x1o
     _p34 = p34_9 + p34_10 + p34_11 + p34_12
+    del p34_10, p34_11, p34_12, p34_9
     _c15 = d2_d_x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _p34.reshape(n, 16, 1, 3)
+    del _p34
     d2_d__p35 = torch.mm(_c15.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuji->zuk
+    del _c15
     # ∂/∂_p34: ∂/∂x3: p35 = (p34 ⊗ p3) -> 16x1o
     _c16 = d2_d_x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p35.reshape(n, 16, 1, 3)
+    del d__p35
     d2__p34 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c16
     d2_d_y_56 = d2_d__p35
+    del d2_d__p35
     # ∂/∂d__p37: ∂/∂x3: p37 = (p36 ⊗ p4) -> 16x0e
     _p36 = p36_13 + p36_14 + p36_15 + p36_16
+    del p36_13, p36_14, p36_15, p36_16
     _c17 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _p36.reshape(n, 16, 3, 1)
+    del _p36
     d2_d__p37 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c17
     # ∂/∂_p36: ∂/∂x3: p37 = (p36 ⊗ p4) -> 16x0e
     _c18 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p37.reshape(n, 16, 1, 1)
+    del d__p37
     d2__p36 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c18
     d2_d_y_57 = d2_d__p37
+    del d2_d__p37
     # ∂/∂d__p39: ∂/∂x3: p39 = (p38 ⊗ p4) -> 16x2e
     _p38 = p38_17 + p38_18 + p38_19 + p38_20
+    del p38_17, p38_18, p38_19, p38_20
     _c19 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _p38.reshape(n, 16, 3, 1)
+    del _p38
     d2_d__p39 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c19
     # ∂/∂_p38: ∂/∂x3: p39 = (p38 ⊗ p4) -> 16x2e
     _c20 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p39.reshape(n, 16, 1, 5)
+    del d__p39
     d2__p38 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c20
     d2_d_y_58 = d2_d__p39
+    del d2_d__p39
     # ∂/∂d__p41: ∂/∂x3: p41 = (p40 ⊗ p5) -> 16x1o
     _p40 = p40_21 + p40_22 + p40_23 + p40_24
+    del p40_21, p40_22, p40_23, p40_24
     _c21 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _p40.reshape(n, 16, 3, 1)
+    del _p40
     d2_d__p41 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c21
     # ∂/∂_p40: ∂/∂x3: p41 = (p40 ⊗ p5) -> 16x1o
     _c22 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p41.reshape(n, 16, 1, 3)
+    del d__p41
     d2__p40 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c22
     d2_d_y_59 = d2_d__p41
+    del d2_d__p41
     # ∂/∂d__p43: ∂/∂x3: p43 = (p42 ⊗ p3) -> 16x2e
     _p42 = p42_25 + p42_26 + p42_27 + p42_28
+    del p42_25, p42_26, p42_27, p42_28
     _c23 = d2_d_x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _p42.reshape(n, 16, 1, 5)
+    del _p42
     d2_d__p43 = torch.mm(_c23.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuji->zuk
+    del _c23
     # ∂/∂_p42: ∂/∂x3: p43 = (p42 ⊗ p3) -> 16x2e
     _c24 = d2_d_x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p43.reshape(n, 16, 1, 5)
+    del d__p43
     d2__p42 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c24
     d2_d_y_60 = d2_d__p43
+    del d2_d__p43
     # ∂/∂d__p45: ∂/∂x3: p45 = (p44 ⊗ p4) -> 16x1o
     _p44 = p44_29 + p44_30 + p44_31 + p44_32
+    del p44_29, p44_30, p44_31, p44_32
     _c25 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _p44.reshape(n, 16, 5, 1)
+    del _p44
     d2_d__p45 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c25
     # ∂/∂_p44: ∂/∂x3: p45 = (p44 ⊗ p4) -> 16x1o
     _c26 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p45.reshape(n, 16, 1, 3)
+    del d__p45
     d2__p44 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c26
     d2_d_y_61 = d2_d__p45
+    del d2_d__p45
     # ∂/∂d__p47: ∂/∂x3: p47 = (p46 ⊗ p5) -> 16x0e
     _p46 = p46_33 + p46_34 + p46_35 + p46_36
+    del p46_33, p46_34, p46_35, p46_36
     _c27 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _p46.reshape(n, 16, 5, 1)
+    del _p46
     d2_d__p47 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c27
     # ∂/∂_p46: ∂/∂x3: p47 = (p46 ⊗ p5) -> 16x0e
     _c28 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p47.reshape(n, 16, 1, 1)
+    del d__p47
     d2__p46 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c28
     d2_d_y_62 = d2_d__p47
+    del d2_d__p47
     # ∂/∂d__p49: ∂/∂x3: p49 = (p48 ⊗ p5) -> 16x2e
     _p48 = p48_37 + p48_38 + p48_39 + p48_40
+    del p48_37, p48_38, p48_39, p48_40
     _c29 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _p48.reshape(n, 16, 5, 1)
+    del _p48
     d2_d__p49 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c29
     # ∂/∂_p48: ∂/∂x3: p49 = (p48 ⊗ p5) -> 16x2e
     _c30 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p49.reshape(n, 16, 1, 5)
+    del d__p49
     d2__p48 = torch.mm(_c30.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c30
     d2_d_y_63 = d2_d__p49
+    del d2_d__p49
     # ∂/∂d__p51: ∂/∂x3: p51 = (p50 ⊗ p4) -> 16x1o
     _p50 = p50_41 + p50_42
+    del p50_41, p50_42
     _c31 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _p50.reshape(n, 16, 3, 1)
+    del _p50
     d2_d__p51 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c31
     # ∂/∂_p50: ∂/∂x3: p51 = (p50 ⊗ p4) -> 16x1o
     _c32 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p51.reshape(n, 16, 1, 3)
+    del d__p51
     d2__p50 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c32
     d2_d_y_64 = d2_d__p51
+    del d2_d__p51
     # ∂/∂d__p53: ∂/∂x3: p53 = (p52 ⊗ p5) -> 16x2e
     _p52 = p52_43 + p52_44
+    del p52_43, p52_44
     _c33 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _p52.reshape(n, 16, 3, 1)
+    del _p52
     d2_d__p53 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c33
     # ∂/∂_p52: ∂/∂x3: p53 = (p52 ⊗ p5) -> 16x2e
     _c34 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p53.reshape(n, 16, 1, 5)
+    del d__p53
     d2__p52 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c34
     d2_d_y_65 = d2_d__p53
+    del d2_d__p53
     # ∂/∂d__p55: ∂/∂x3: p55 = (p54 ⊗ p4) -> 16x2e
     _p54 = p54_45 + p54_46
+    del p54_45, p54_46
     _c35 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _p54.reshape(n, 16, 5, 1)
+    del _p54
     d2_d__p55 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c35
     # ∂/∂_p54: ∂/∂x3: p55 = (p54 ⊗ p4) -> 16x2e
     _c36 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p55.reshape(n, 16, 1, 5)
+    del d__p55
     d2__p54 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c36
     d2_d_y_66 = d2_d__p55
+    del d2_d__p55
     # ∂/∂d__p57: ∂/∂x3: p57 = (p56 ⊗ p4) -> 16x2e
     _p56 = p56_47 + p56_48
+    del p56_47, p56_48
     _c37 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _p56.reshape(n, 16, 7, 1)
+    del _p56
     d2_d__p57 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_3_1_2.permute(2, 0, 1).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c37
     # ∂/∂_p56: ∂/∂x3: p57 = (p56 ⊗ p4) -> 16x2e
     _c38 = d2_d_x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d__p57.reshape(n, 16, 1, 5)
+    del d__p57
     d2__p56 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_1_2.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c38
     d2_d_y_67 = d2_d__p57
+    del d2_d__p57
     # ∂/∂d__p59: ∂/∂x3: p59 = (p58 ⊗ p5) -> 16x1o
     _p58 = p58_49 + p58_50
+    del p58_49, p58_50
     _c39 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _p58.reshape(n, 16, 5, 1)
+    del _p58
     d2_d__p59 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c39
     # ∂/∂_p58: ∂/∂x3: p59 = (p58 ⊗ p5) -> 16x1o
     _c40 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p59.reshape(n, 16, 1, 3)
+    del d__p59
     d2__p58 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c40
     d2_d_y_68 = d2_d__p59
+    del d2_d__p59
     # ∂/∂d__p61: ∂/∂x3: p61 = (p60 ⊗ p5) -> 16x1o
     _p60 = p60_51 + p60_52
+    del p60_51, p60_52
     _c41 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _p60.reshape(n, 16, 7, 1)
+    del _p60
     d2_d__p61 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c41
     # ∂/∂_p60: ∂/∂x3: p61 = (p60 ⊗ p5) -> 16x1o
     _c42 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p61.reshape(n, 16, 1, 3)
+    del d__p61
     d2__p60 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_2_1.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c42
     d2_d_y_69 = d2_d__p61
+    del d2_d__p61
     # ∂/∂d__p62: ∂/∂x3: p62 = (p26 ⊗ p5) -> 16x2e
     _c43 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _p26.reshape(n, 16, 7, 1)
+    del _p26
     d2_d__p62 = torch.mm(_c43.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c43
     # ∂/∂_p26: ∂/∂x3: p62 = (p26 ⊗ p5) -> 16x2e
     _c44 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p62.reshape(n, 16, 1, 5)
+    del d__p62
     d2__p26 = torch.mm(_c44.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_3_2_2.reshape(7, 25).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c44
     d2_d_y_70 = d2_d__p62.reshape(n, 16, 5) * (weight[848:864].view(16) * 1.2335879094879225).reshape(1, 16, 1)
     d2_weight_71 = torch.bmm((d2_d__p62 * 1.2335879094879225).permute(1, 0, 2).reshape(16, 1, n * 5), d_y[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p62
     # ∂/∂d__p63: ∂/∂x3: p63 = (p27 ⊗ p5) -> 16x2e
     _c45 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _p27.reshape(n, 16, 9, 1)
+    del _p27
     d2_d__p63 = torch.mm(_c45.permute(2, 3, 0, 1).reshape(45, n * 16).t(), cg_4_2_2.permute(2, 0, 1).reshape(5, 45).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c45
     # ∂/∂_p27: ∂/∂x3: p63 = (p27 ⊗ p5) -> 16x2e
     _c46 = d2_d_x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d__p63.reshape(n, 16, 1, 5)
+    del d__p63
     d2__p27 = torch.mm(_c46.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_4_2_2.reshape(9, 25).t()).view(n, 16, 9)  # ijk,zujk->zui
+    del _c46
     d2_d_y_72 = d2_d__p63.reshape(n, 16, 5) * (weight[864:880].view(16) * 1.3987572123604706).reshape(1, 16, 1)
     d2_weight_73 = torch.bmm((d2_d__p63 * 1.3987572123604706).permute(1, 0, 2).reshape(16, 1, n * 5), d_y[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2_d__p63
     d2__p22_74 = d2__p60.reshape(n, 16, 7) * weight[688:704].view(16).reshape(1, 16, 1)
     d2_weight_75 = torch.bmm(d2__p60.permute(1, 0, 2).reshape(16, 1, n * 7), _p22.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
     d2__p17_76 = d2__p60.reshape(n, 16, 7) * weight[496:512].view(16).reshape(1, 16, 1)
     d2_weight_77 = torch.bmm(d2__p60.permute(1, 0, 2).reshape(16, 1, n * 7), _p17.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del d2__p60
     d2__p21_78 = d2__p58.reshape(n, 16, 5) * (weight[672:688].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d2_weight_79 = torch.bmm((d2__p58 * 0.8451542547285166).permute(1, 0, 2).reshape(16, 1, n * 5), _p21.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2__p16_80 = d2__p58.reshape(n, 16, 5) * (weight[480:496].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d2_weight_81 = torch.bmm((d2__p58 * 0.8451542547285166).permute(1, 0, 2).reshape(16, 1, n * 5), _p16.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2__p58
     d2__p22_82 = d2__p56.reshape(n, 16, 7) * (weight[640:656].view(16) * 1.2335879094879225).reshape(1, 16, 1)
     d2_weight_83 = torch.bmm((d2__p56 * 1.2335879094879225).permute(1, 0, 2).reshape(16, 1, n * 7), _p22.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del _p22
     d2__p17_84 = d2__p56.reshape(n, 16, 7) * (weight[448:464].view(16) * 1.2335879094879225).reshape(1, 16, 1)
     d2_weight_85 = torch.bmm((d2__p56 * 1.2335879094879225).permute(1, 0, 2).reshape(16, 1, n * 7), _p17.permute(1, 0, 2).reshape(16, n * 7, 1)).view(16)  # zui,zui->u
+    del _p17, d2__p56
     d2__p21_86 = d2__p54.reshape(n, 16, 5) * (weight[624:640].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_87 = torch.bmm((d2__p54 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), _p21.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p21
     d2__p16_88 = d2__p54.reshape(n, 16, 5) * (weight[432:448].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_89 = torch.bmm((d2__p54 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), _p16.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p16, d2__p54
     d2__p25_90 = d2__p52.reshape(n, 16, 3) * (weight[800:816].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d2_weight_91 = torch.bmm((d2__p52 * 0.8075728530872482).permute(1, 0, 2).reshape(16, 1, n * 3), _p25.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2__p14_92 = d2__p52.reshape(n, 16, 3) * (weight[336:352].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d2_weight_93 = torch.bmm((d2__p52 * 0.8075728530872482).permute(1, 0, 2).reshape(16, 1, n * 3), _p14.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2__p52
     d2__p25_94 = d2__p50.reshape(n, 16, 3) * (weight[752:768].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_95 = torch.bmm((d2__p50 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), _p25.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p25
     d2__p14_96 = d2__p50.reshape(n, 16, 3) * (weight[288:304].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_97 = torch.bmm((d2__p50 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), _p14.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p14, d2__p50
     d2__p24_98 = d2__p48.reshape(n, 16, 5) * (weight[832:848].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_99 = torch.bmm((d2__p48 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), _p24.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2__p19_100 = d2__p48.reshape(n, 16, 5) * (weight[560:576].view(16) * 1.0425720702853738).reshape(1, 16, 1)
@@ -9579,6 +12816,7 @@ def _fusion_block_3_d2_x3(
     d2_weight_103 = torch.bmm((d2__p48 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), _p13.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2__p9_104 = d2__p48.reshape(n, 16, 5) * (weight[160:176].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_105 = torch.bmm((d2__p48 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2__p48
     d2__p24_106 = d2__p46.reshape(n, 16, 5) * (weight[816:832].view(16) * 0.674199862463242).reshape(1, 16, 1)
     d2_weight_107 = torch.bmm((d2__p46 * 0.674199862463242).permute(1, 0, 2).reshape(16, 1, n * 5), _p24.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2__p19_108 = d2__p46.reshape(n, 16, 5) * (weight[544:560].view(16) * 0.674199862463242).reshape(1, 16, 1)
@@ -9587,6 +12825,7 @@ def _fusion_block_3_d2_x3(
     d2_weight_111 = torch.bmm((d2__p46 * 0.674199862463242).permute(1, 0, 2).reshape(16, 1, n * 5), _p13.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2__p9_112 = d2__p46.reshape(n, 16, 5) * (weight[144:160].view(16) * 0.674199862463242).reshape(1, 16, 1)
     d2_weight_113 = torch.bmm((d2__p46 * 0.674199862463242).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2__p46
     d2__p24_114 = d2__p44.reshape(n, 16, 5) * (weight[768:784].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d2_weight_115 = torch.bmm((d2__p44 * 0.8451542547285166).permute(1, 0, 2).reshape(16, 1, n * 5), _p24.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2__p19_116 = d2__p44.reshape(n, 16, 5) * (weight[528:544].view(16) * 0.8451542547285166).reshape(1, 16, 1)
@@ -9595,14 +12834,19 @@ def _fusion_block_3_d2_x3(
     d2_weight_119 = torch.bmm((d2__p44 * 0.8451542547285166).permute(1, 0, 2).reshape(16, 1, n * 5), _p13.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
     d2__p9_120 = d2__p44.reshape(n, 16, 5) * (weight[128:144].view(16) * 0.8451542547285166).reshape(1, 16, 1)
     d2_weight_121 = torch.bmm((d2__p44 * 0.8451542547285166).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del d2__p44
     d2__p24_122 = d2__p42.reshape(n, 16, 5) * (weight[720:736].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_123 = torch.bmm((d2__p42 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), _p24.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p24
     d2__p19_124 = d2__p42.reshape(n, 16, 5) * (weight[512:528].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_125 = torch.bmm((d2__p42 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), _p19.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p19
     d2__p13_126 = d2__p42.reshape(n, 16, 5) * (weight[256:272].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_127 = torch.bmm((d2__p42 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), _p13.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p13
     d2__p9_128 = d2__p42.reshape(n, 16, 5) * (weight[112:128].view(16) * 1.0425720702853738).reshape(1, 16, 1)
     d2_weight_129 = torch.bmm((d2__p42 * 1.0425720702853738).permute(1, 0, 2).reshape(16, 1, n * 5), _p9.permute(1, 0, 2).reshape(16, n * 5, 1)).view(16)  # zui,zui->u
+    del _p9, d2__p42
     d2__p20_130 = d2__p40.reshape(n, 16, 3) * (weight[656:672].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_131 = torch.bmm((d2__p40 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), _p20.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2__p15_132 = d2__p40.reshape(n, 16, 3) * (weight[464:480].view(16) * 0.6546536707079771).reshape(1, 16, 1)
@@ -9611,6 +12855,7 @@ def _fusion_block_3_d2_x3(
     d2_weight_135 = torch.bmm((d2__p40 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), _p11.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2__p7_136 = d2__p40.reshape(n, 16, 3) * (weight[96:112].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_137 = torch.bmm((d2__p40 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), _p7.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2__p40
     d2__p20_138 = d2__p38.reshape(n, 16, 3) * (weight[608:624].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d2_weight_139 = torch.bmm((d2__p38 * 0.8075728530872482).permute(1, 0, 2).reshape(16, 1, n * 3), _p20.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2__p15_140 = d2__p38.reshape(n, 16, 3) * (weight[416:432].view(16) * 0.8075728530872482).reshape(1, 16, 1)
@@ -9619,6 +12864,7 @@ def _fusion_block_3_d2_x3(
     d2_weight_143 = torch.bmm((d2__p38 * 0.8075728530872482).permute(1, 0, 2).reshape(16, 1, n * 3), _p11.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2__p7_144 = d2__p38.reshape(n, 16, 3) * (weight[80:96].view(16) * 0.8075728530872482).reshape(1, 16, 1)
     d2_weight_145 = torch.bmm((d2__p38 * 0.8075728530872482).permute(1, 0, 2).reshape(16, 1, n * 3), _p7.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2__p38
     d2__p20_146 = d2__p36.reshape(n, 16, 3) * (weight[592:608].view(16) * 0.5222329678670935).reshape(1, 16, 1)
     d2_weight_147 = torch.bmm((d2__p36 * 0.5222329678670935).permute(1, 0, 2).reshape(16, 1, n * 3), _p20.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2__p15_148 = d2__p36.reshape(n, 16, 3) * (weight[400:416].view(16) * 0.5222329678670935).reshape(1, 16, 1)
@@ -9627,179 +12873,266 @@ def _fusion_block_3_d2_x3(
     d2_weight_151 = torch.bmm((d2__p36 * 0.5222329678670935).permute(1, 0, 2).reshape(16, 1, n * 3), _p11.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
     d2__p7_152 = d2__p36.reshape(n, 16, 3) * (weight[64:80].view(16) * 0.5222329678670935).reshape(1, 16, 1)
     d2_weight_153 = torch.bmm((d2__p36 * 0.5222329678670935).permute(1, 0, 2).reshape(16, 1, n * 3), _p7.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del d2__p36
     d2__p20_154 = d2__p34.reshape(n, 16, 3) * (weight[576:592].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_155 = torch.bmm((d2__p34 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), _p20.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p20
     d2__p15_156 = d2__p34.reshape(n, 16, 3) * (weight[384:400].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_157 = torch.bmm((d2__p34 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), _p15.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p15
     d2__p11_158 = d2__p34.reshape(n, 16, 3) * (weight[176:192].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_159 = torch.bmm((d2__p34 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), _p11.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p11
     d2__p7_160 = d2__p34.reshape(n, 16, 3) * (weight[48:64].view(16) * 0.6546536707079771).reshape(1, 16, 1)
     d2_weight_161 = torch.bmm((d2__p34 * 0.6546536707079771).permute(1, 0, 2).reshape(16, 1, n * 3), _p7.permute(1, 0, 2).reshape(16, n * 3, 1)).view(16)  # zui,zui->u
+    del _p7, d2__p34
     d2__p23_162 = d2__p32.reshape(n, 16, 1) * (weight[784:800].view(16) * 0.4662524041201569).reshape(1, 16, 1)
     d2_weight_163 = torch.bmm((d2__p32 * 0.4662524041201569).permute(1, 0, 2).reshape(16, 1, n), _p23.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2__p12_164 = d2__p32.reshape(n, 16, 1) * (weight[320:336].view(16) * 0.4662524041201569).reshape(1, 16, 1)
     d2_weight_165 = torch.bmm((d2__p32 * 0.4662524041201569).permute(1, 0, 2).reshape(16, 1, n), _p12.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2__p2_166 = d2__p32.reshape(n, 16, 1) * (weight[32:48].view(16) * 0.4662524041201569).reshape(1, 16, 1)
     d2_weight_167 = torch.bmm((d2__p32 * 0.4662524041201569).permute(1, 0, 2).reshape(16, 1, n), _p2.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2__p32
     d2__p23_168 = d2__p30.reshape(n, 16, 1) * (weight[736:752].view(16) * 0.3779644730092272).reshape(1, 16, 1)
     d2_weight_169 = torch.bmm((d2__p30 * 0.3779644730092272).permute(1, 0, 2).reshape(16, 1, n), _p23.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2__p12_170 = d2__p30.reshape(n, 16, 1) * (weight[272:288].view(16) * 0.3779644730092272).reshape(1, 16, 1)
     d2_weight_171 = torch.bmm((d2__p30 * 0.3779644730092272).permute(1, 0, 2).reshape(16, 1, n), _p12.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     d2__p2_172 = d2__p30.reshape(n, 16, 1) * (weight[16:32].view(16) * 0.3779644730092272).reshape(1, 16, 1)
     d2_weight_173 = torch.bmm((d2__p30 * 0.3779644730092272).permute(1, 0, 2).reshape(16, 1, n), _p2.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2__p30
     d2__p23_174 = d2__p28.reshape(n, 16, 1) * (weight[704:720].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d2_weight_175 = torch.bmm((d2__p28 * 0.30151134457776363).permute(1, 0, 2).reshape(16, 1, n), _p23.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p23
     d2__p12_176 = d2__p28.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d2_weight_177 = torch.bmm((d2__p28 * 0.30151134457776363).permute(1, 0, 2).reshape(16, 1, n), _p12.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p12
     d2__p2_178 = d2__p28.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d2_weight_179 = torch.bmm((d2__p28 * 0.30151134457776363).permute(1, 0, 2).reshape(16, 1, n), _p2.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p2, d2__p28
     # ∂/∂x1: p27 = (p18 ⊗ p8) -> 16x4e
     _c47 = d2__p27.reshape(n, 16, 1, 9) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x1_180 = torch.mm(_c47.permute(2, 3, 0, 1).reshape(45, n * 16).t(), cg_2_2_4.reshape(5, 45).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c47
     # ∂/∂x2: p27 = (p18 ⊗ p8) -> 16x4e
     _c48 = d2__p27.reshape(n, 16, 9, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p27
     d2_x2_181 = torch.mm(_c48.permute(2, 3, 0, 1).reshape(45, n * 16).t(), cg_2_2_4.permute(1, 2, 0).reshape(5, 45).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c48
     # ∂/∂x1: p26 = (p18 ⊗ p8) -> 16x3e
     _c49 = d2__p26.reshape(n, 16, 1, 7) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x1_182 = torch.mm(_c49.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.reshape(5, 35).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c49
     # ∂/∂x2: p26 = (p18 ⊗ p8) -> 16x3e
     _c50 = d2__p26.reshape(n, 16, 7, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p26
     d2_x2_183 = torch.mm(_c50.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.permute(1, 2, 0).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c50
     # ∂/∂x1: p25 = (p18 ⊗ p8) -> 16x1e
     d2__p25 = d2__p25_90 + d2__p25_94
+    del d2__p25_90, d2__p25_94
     _c51 = d2__p25.reshape(n, 16, 1, 3) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x1_184 = torch.mm(_c51.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c51
     # ∂/∂x2: p25 = (p18 ⊗ p8) -> 16x1e
     _c52 = d2__p25.reshape(n, 16, 3, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p25
     d2_x2_185 = torch.mm(_c52.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c52
     # ∂/∂x1: p24 = (p18 ⊗ p8) -> 16x2e
     d2__p24 = d2__p24_98 + d2__p24_106 + d2__p24_114 + d2__p24_122
+    del d2__p24_106, d2__p24_114, d2__p24_122, d2__p24_98
     _c53 = d2__p24.reshape(n, 16, 1, 5) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x1_186 = torch.mm(_c53.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c53
     # ∂/∂x2: p24 = (p18 ⊗ p8) -> 16x2e
     _c54 = d2__p24.reshape(n, 16, 5, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p24
     d2_x2_187 = torch.mm(_c54.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c54
     # ∂/∂x1: p23 = (p18 ⊗ p8) -> 16x0e
     d2__p23 = d2__p23_162 + d2__p23_168 + d2__p23_174
+    del d2__p23_162, d2__p23_168, d2__p23_174
     _c55 = d2__p23.reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_x1_188 = torch.mm(_c55.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c55
     # ∂/∂x2: p23 = (p18 ⊗ p8) -> 16x0e
     _c56 = d2__p23.reshape(n, 16, 1, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p23
     d2_x2_189 = torch.mm(_c56.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c56
     # ∂/∂x1: p22 = (p18 ⊗ p6) -> 16x3o
     d2__p22 = d2__p22_74 + d2__p22_82
+    del d2__p22_74, d2__p22_82
     _c57 = d2__p22.reshape(n, 16, 1, 7) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_x1_190 = torch.mm(_c57.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_2_1_3.reshape(5, 21).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c57
     # ∂/∂x2: p22 = (p18 ⊗ p6) -> 16x3o
     _c58 = d2__p22.reshape(n, 16, 7, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p22
     d2_x2_191 = torch.mm(_c58.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_1_3.permute(1, 2, 0).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c58
     # ∂/∂x1: p21 = (p18 ⊗ p6) -> 16x2o
     d2__p21 = d2__p21_78 + d2__p21_86
+    del d2__p21_78, d2__p21_86
     _c59 = d2__p21.reshape(n, 16, 1, 5) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_x1_192 = torch.mm(_c59.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c59
     # ∂/∂x2: p21 = (p18 ⊗ p6) -> 16x2o
     _c60 = d2__p21.reshape(n, 16, 5, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p21
     d2_x2_193 = torch.mm(_c60.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 2, 0).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c60
     # ∂/∂x1: p20 = (p18 ⊗ p6) -> 16x1o
     d2__p20 = d2__p20_130 + d2__p20_138 + d2__p20_146 + d2__p20_154
+    del d2__p20_130, d2__p20_138, d2__p20_146, d2__p20_154
     _c61 = d2__p20.reshape(n, 16, 1, 3) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_x1_194 = torch.mm(_c61.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c61
     # ∂/∂x2: p20 = (p18 ⊗ p6) -> 16x1o
     _c62 = d2__p20.reshape(n, 16, 3, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p20
     d2_x2_195 = torch.mm(_c62.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c62
     # ∂/∂x1: p19 = (p18 ⊗ p1) -> 16x2e
     d2__p19 = d2__p19_100 + d2__p19_108 + d2__p19_116 + d2__p19_124
+    del d2__p19_100, d2__p19_108, d2__p19_116, d2__p19_124
     _c63 = d2__p19.reshape(n, 16, 5, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_x1_196 = torch.mm(_c63.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c63
     # ∂/∂x2: p19 = (p18 ⊗ p1) -> 16x2e
     _c64 = d2__p19.reshape(n, 16, 1, 5) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    del d2__p19
     d2_x2_197 = torch.mm(_c64.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c64
     # ∂/∂x1: p17 = (p10 ⊗ p8) -> 16x3o
     d2__p17 = d2__p17_76 + d2__p17_84
+    del d2__p17_76, d2__p17_84
     _c65 = d2__p17.reshape(n, 16, 1, 7) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x1_198 = torch.mm(_c65.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_1_2_3.reshape(3, 35).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c65
     # ∂/∂x2: p17 = (p10 ⊗ p8) -> 16x3o
     _c66 = d2__p17.reshape(n, 16, 7, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p17
     d2_x2_199 = torch.mm(_c66.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_1_2_3.permute(1, 2, 0).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c66
     # ∂/∂x1: p16 = (p10 ⊗ p8) -> 16x2o
     d2__p16 = d2__p16_80 + d2__p16_88
+    del d2__p16_80, d2__p16_88
     _c67 = d2__p16.reshape(n, 16, 1, 5) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x1_200 = torch.mm(_c67.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c67
     # ∂/∂x2: p16 = (p10 ⊗ p8) -> 16x2o
     _c68 = d2__p16.reshape(n, 16, 5, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p16
     d2_x2_201 = torch.mm(_c68.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c68
     # ∂/∂x1: p15 = (p10 ⊗ p8) -> 16x1o
     d2__p15 = d2__p15_132 + d2__p15_140 + d2__p15_148 + d2__p15_156
+    del d2__p15_132, d2__p15_140, d2__p15_148, d2__p15_156
     _c69 = d2__p15.reshape(n, 16, 1, 3) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x1_202 = torch.mm(_c69.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c69
     # ∂/∂x2: p15 = (p10 ⊗ p8) -> 16x1o
     _c70 = d2__p15.reshape(n, 16, 3, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p15
     d2_x2_203 = torch.mm(_c70.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c70
     # ∂/∂x1: p14 = (p10 ⊗ p6) -> 16x1e
     d2__p14 = d2__p14_92 + d2__p14_96
+    del d2__p14_92, d2__p14_96
     _c71 = d2__p14.reshape(n, 16, 1, 3) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_x1_204 = torch.mm(_c71.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c71
     # ∂/∂x2: p14 = (p10 ⊗ p6) -> 16x1e
     _c72 = d2__p14.reshape(n, 16, 3, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p14
     d2_x2_205 = torch.mm(_c72.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c72
     # ∂/∂x1: p13 = (p10 ⊗ p6) -> 16x2e
     d2__p13 = d2__p13_102 + d2__p13_110 + d2__p13_118 + d2__p13_126
+    del d2__p13_102, d2__p13_110, d2__p13_118, d2__p13_126
     _c73 = d2__p13.reshape(n, 16, 1, 5) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_x1_206 = torch.mm(_c73.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c73
     # ∂/∂x2: p13 = (p10 ⊗ p6) -> 16x2e
     _c74 = d2__p13.reshape(n, 16, 5, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p13
     d2_x2_207 = torch.mm(_c74.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c74
     # ∂/∂x1: p12 = (p10 ⊗ p6) -> 16x0e
     d2__p12 = d2__p12_164 + d2__p12_170 + d2__p12_176
+    del d2__p12_164, d2__p12_170, d2__p12_176
     _c75 = d2__p12.reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_x1_208 = torch.mm(_c75.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c75
     # ∂/∂x2: p12 = (p10 ⊗ p6) -> 16x0e
     _c76 = d2__p12.reshape(n, 16, 1, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p12
     d2_x2_209 = torch.mm(_c76.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c76
     # ∂/∂x1: p11 = (p10 ⊗ p1) -> 16x1o
     d2__p11 = d2__p11_134 + d2__p11_142 + d2__p11_150 + d2__p11_158
+    del d2__p11_134, d2__p11_142, d2__p11_150, d2__p11_158
     _c77 = d2__p11.reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_x1_210 = torch.mm(_c77.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c77
     # ∂/∂x2: p11 = (p10 ⊗ p1) -> 16x1o
     _c78 = d2__p11.reshape(n, 16, 1, 3) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    del d2__p11
     d2_x2_211 = torch.mm(_c78.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c78
     # ∂/∂x1: p9 = (p0 ⊗ p8) -> 16x2e
     d2__p9 = d2__p9_104 + d2__p9_112 + d2__p9_120 + d2__p9_128
+    del d2__p9_104, d2__p9_112, d2__p9_120, d2__p9_128
     _c79 = d2__p9.reshape(n, 16, 1, 5) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x1_212 = torch.mm(_c79.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c79
     # ∂/∂x2: p9 = (p0 ⊗ p8) -> 16x2e
     _c80 = d2__p9.reshape(n, 16, 5, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d2__p9
     d2_x2_213 = torch.mm(_c80.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c80
     # ∂/∂x1: p7 = (p0 ⊗ p6) -> 16x1o
     d2__p7 = d2__p7_136 + d2__p7_144 + d2__p7_152 + d2__p7_160
+    del d2__p7_136, d2__p7_144, d2__p7_152, d2__p7_160
     _c81 = d2__p7.reshape(n, 16, 1, 3) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_x1_214 = torch.mm(_c81.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c81
     # ∂/∂x2: p7 = (p0 ⊗ p6) -> 16x1o
     _c82 = d2__p7.reshape(n, 16, 3, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d2__p7
     d2_x2_215 = torch.mm(_c82.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c82
     # ∂/∂x1: p2 = (p0 ⊗ p1) -> 16x0e
     d2__p2 = d2__p2_166 + d2__p2_172 + d2__p2_178
+    del d2__p2_166, d2__p2_172, d2__p2_178
     _c83 = d2__p2.reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_x1_216 = cg_0_0_0.reshape(1, 1, 1) * _c83.reshape(n, 16, 1)
+    del _c83
     # ∂/∂x2: p2 = (p0 ⊗ p1) -> 16x0e
     _c84 = d2__p2.reshape(n, 16, 1, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d2__p2
     d2_x2_217 = cg_0_0_0.reshape(1, 1, 1) * _c84.reshape(n, 16, 1)
+    del _c84
     d2_x1 = torch.cat([
         (d2_x1_212 + d2_x1_214 + d2_x1_216).reshape(n, 16),
         (d2_x1_198 + d2_x1_200 + d2_x1_202 + d2_x1_204 + d2_x1_206 + d2_x1_208 + d2_x1_210).reshape(n, 48),
         (d2_x1_180 + d2_x1_182 + d2_x1_184 + d2_x1_186 + d2_x1_188 + d2_x1_190 + d2_x1_192 + d2_x1_194 + d2_x1_196).reshape(n, 80),
     ], dim=-1)
+    del d2_x1_180, d2_x1_182, d2_x1_184, d2_x1_186, d2_x1_188, d2_x1_190, d2_x1_192, d2_x1_194, d2_x1_196, d2_x1_198, d2_x1_200, d2_x1_202, d2_x1_204, d2_x1_206, d2_x1_208, d2_x1_210, d2_x1_212, d2_x1_214, d2_x1_216
     d2_x2 = torch.cat([
         (d2_x2_197 + d2_x2_211 + d2_x2_217).reshape(n, 16),
         (d2_x2_191 + d2_x2_193 + d2_x2_195 + d2_x2_205 + d2_x2_207 + d2_x2_209 + d2_x2_215).reshape(n, 48),
         (d2_x2_181 + d2_x2_183 + d2_x2_185 + d2_x2_187 + d2_x2_189 + d2_x2_199 + d2_x2_201 + d2_x2_203 + d2_x2_213).reshape(n, 80),
     ], dim=-1)
+    del d2_x2_181, d2_x2_183, d2_x2_185, d2_x2_187, d2_x2_189, d2_x2_191, d2_x2_193, d2_x2_195, d2_x2_197, d2_x2_199, d2_x2_201, d2_x2_203, d2_x2_205, d2_x2_207, d2_x2_209, d2_x2_211, d2_x2_213, d2_x2_215, d2_x2_217
     d2_x3 = weight.new_zeros(n, 144)
     d2_d_y = torch.cat([
         (d2_d_y_53 + d2_d_y_57 + d2_d_y_62).reshape(n, 16),
         (d2_d_y_54 + d2_d_y_56 + d2_d_y_59 + d2_d_y_61 + d2_d_y_64 + d2_d_y_68 + d2_d_y_69).reshape(n, 48),
         (d2_d_y_55 + d2_d_y_58 + d2_d_y_60 + d2_d_y_63 + d2_d_y_65 + d2_d_y_66 + d2_d_y_67 + d2_d_y_70 + d2_d_y_72).reshape(n, 80),
     ], dim=-1)
+    del d2_d_y_53, d2_d_y_54, d2_d_y_55, d2_d_y_56, d2_d_y_57, d2_d_y_58, d2_d_y_59, d2_d_y_60, d2_d_y_61, d2_d_y_62, d2_d_y_63, d2_d_y_64, d2_d_y_65, d2_d_y_66, d2_d_y_67, d2_d_y_68, d2_d_y_69, d2_d_y_70, d2_d_y_72
     d2_weight = torch.cat([
         d2_weight_179.reshape(16),
         d2_weight_173.reshape(16),
@@ -9857,6 +13190,7 @@ def _fusion_block_3_d2_x3(
         d2_weight_71.reshape(16),
         d2_weight_73.reshape(16),
     ], dim=-1)
+    del d2_weight_101, d2_weight_103, d2_weight_105, d2_weight_107, d2_weight_109, d2_weight_111, d2_weight_113, d2_weight_115, d2_weight_117, d2_weight_119, d2_weight_121, d2_weight_123, d2_weight_125, d2_weight_127, d2_weight_129, d2_weight_131, d2_weight_133, d2_weight_135, d2_weight_137, d2_weight_139, d2_weight_141, d2_weight_143, d2_weight_145, d2_weight_147, d2_weight_149, d2_weight_151, d2_weight_153, d2_weight_155, d2_weight_157, d2_weight_159, d2_weight_161, d2_weight_163, d2_weight_165, d2_weight_167, d2_weight_169, d2_weight_171, d2_weight_173, d2_weight_175, d2_weight_177, d2_weight_179, d2_weight_71, d2_weight_73, d2_weight_75, d2_weight_77, d2_weight_79, d2_weight_81, d2_weight_83, d2_weight_85, d2_weight_87, d2_weight_89, d2_weight_91, d2_weight_93, d2_weight_95, d2_weight_97, d2_weight_99
     return [d2_x1, d2_x2, d2_x3, d2_d_y, d2_weight]
 
 
@@ -9875,15 +13209,19 @@ def _fusion_block_3_d2_weight(
     # p2 = (p0 ⊗ p1) -> 16x0e
     _c0 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p2 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
+    del _c0
     # p7 = (p0 ⊗ p6) -> 16x1o
     _c1 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p7 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c1
     # p9 = (p0 ⊗ p8) -> 16x2e
     _c2 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p9 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c2
     # p11 = (p10 ⊗ p1) -> 16x1o
     _c3 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p11 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c3
     # p12 = (p10 ⊗ p6) -> 16x0e
     _c4 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p12 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
@@ -9891,6 +13229,7 @@ def _fusion_block_3_d2_weight(
     _p13 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p14 = (p10 ⊗ p6) -> 16x1e
     _p14 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c4
     # p15 = (p10 ⊗ p8) -> 16x1o
     _c5 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p15 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
@@ -9898,9 +13237,11 @@ def _fusion_block_3_d2_weight(
     _p16 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p17 = (p10 ⊗ p8) -> 16x3o
     _p17 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c5
     # p19 = (p18 ⊗ p1) -> 16x2e
     _c6 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _p19 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c6
     # p20 = (p18 ⊗ p6) -> 16x1o
     _c7 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _p20 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
@@ -9908,6 +13249,7 @@ def _fusion_block_3_d2_weight(
     _p21 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     # p22 = (p18 ⊗ p6) -> 16x3o
     _p22 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_3.permute(2, 0, 1).reshape(7, 15).t()).view(n, 16, 7)  # ijk,zuij->zuk
+    del _c7
     # p23 = (p18 ⊗ p8) -> 16x0e
     _c8 = x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p23 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
@@ -9919,122 +13261,163 @@ def _fusion_block_3_d2_weight(
     _p26 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_3.permute(2, 0, 1).reshape(7, 25).t()).view(n, 16, 7)  # ijk,zuij->zuk
     # p27 = (p18 ⊗ p8) -> 16x4e
     _p27 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_4.permute(2, 0, 1).reshape(9, 25).t()).view(n, 16, 9)  # ijk,zuij->zuk
+    del _c8
     # p62 = (p26 ⊗ p5) -> 16x2e
     _c9 = _p26.reshape(n, 16, 7, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p62 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c9
     # p63 = (p27 ⊗ p5) -> 16x2e
     _c10 = _p27.reshape(n, 16, 9, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _p63 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(45, n * 16).t(), cg_4_2_2.permute(2, 0, 1).reshape(5, 45).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c10
     d__p61 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x1o
     _c11 = d__p61.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p60 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_2_1.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c11
     d__p59 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p58: p59 = (p58 ⊗ p5) -> 16x1o
     _c12 = d__p59.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p58 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c12
     d__p57 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p56: p57 = (p56 ⊗ p4) -> 16x2e
     _c13 = d__p57.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p56 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_3_1_2.reshape(7, 15).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c13
     d__p55 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p54: p55 = (p54 ⊗ p4) -> 16x2e
     _c14 = d__p55.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p54 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c14
     d__p53 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p52: p53 = (p52 ⊗ p5) -> 16x2e
     _c15 = d__p53.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p52 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c15
     d__p51 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x1o
     _c16 = d__p51.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p50 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c16
     d__p49 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p48: p49 = (p48 ⊗ p5) -> 16x2e
     _c17 = d__p49.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p48 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c17
     d__p47 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x0e
     _c18 = d__p47.reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d__p46 = torch.mm(_c18.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c18
     d__p45 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     _c19 = d__p45.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p44 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c19
     d__p43 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x2e
     _c20 = d__p43.reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p42 = torch.mm(_c20.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c20
     d__p41 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p40: p41 = (p40 ⊗ p5) -> 16x1o
     _c21 = d__p41.reshape(n, 16, 1, 3) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p40 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c21
     d__p39 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p38: p39 = (p38 ⊗ p4) -> 16x2e
     _c22 = d__p39.reshape(n, 16, 1, 5) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p38 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c22
     d__p37 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p36: p37 = (p36 ⊗ p4) -> 16x0e
     _c23 = d__p37.reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d__p36 = torch.mm(_c23.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c23
     d__p35 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p34: p35 = (p34 ⊗ p3) -> 16x1o
     _c24 = d__p35.reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p34 = torch.mm(_c24.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c24
     d__p33 = d_y[:, 64:144].reshape(n, 16, 5)
     # ∂/∂_p32: p33 = (p32 ⊗ p5) -> 16x2e
     _c25 = d__p33.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d__p32 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c25
     d__p31 = d_y[:, 16:64].reshape(n, 16, 3)
     # ∂/∂_p30: p31 = (p30 ⊗ p4) -> 16x1o
     _c26 = d__p31.reshape(n, 16, 1, 3) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d__p30 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c26
     d__p29 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
     _c27 = d__p29.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d__p28 = cg_0_0_0.reshape(1, 1, 1) * _c27.reshape(n, 16, 1)
+    del _c27
     d2_d__p28_0 = (d2_d_weight[0:16].view(16) * 0.30151134457776363).reshape(1, 16, 1) * _p2.reshape(n, 16, 1)
     d2__p2_1 = (d2_d_weight[0:16].view(16) * 0.30151134457776363).reshape(1, 16, 1) * d__p28.reshape(n, 16, 1)
     d2_d__p28_2 = (d2_d_weight[240:256].view(16) * 0.30151134457776363).reshape(1, 16, 1) * _p12.reshape(n, 16, 1)
     d2__p12_3 = (d2_d_weight[240:256].view(16) * 0.30151134457776363).reshape(1, 16, 1) * d__p28.reshape(n, 16, 1)
     d2_d__p28_4 = (d2_d_weight[704:720].view(16) * 0.30151134457776363).reshape(1, 16, 1) * _p23.reshape(n, 16, 1)
     d2__p23_5 = (d2_d_weight[704:720].view(16) * 0.30151134457776363).reshape(1, 16, 1) * d__p28.reshape(n, 16, 1)
+    del d__p28
     # ∂/∂d__p29: ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
     d2_d__p28 = d2_d__p28_0 + d2_d__p28_2 + d2_d__p28_4
+    del d2_d__p28_0, d2_d__p28_2, d2_d__p28_4
     _c28 = d2_d__p28.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p29 = cg_0_0_0.reshape(1, 1, 1) * _c28.reshape(n, 16, 1)
+    del _c28
     # ∂/∂x3: ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
     _c29 = d2_d__p28.reshape(n, 16, 1, 1) * d__p29.reshape(n, 16, 1, 1)
+    del d2_d__p28, d__p29
     d2_x3_6 = cg_0_0_0.reshape(1, 1, 1) * _c29.reshape(n, 16, 1)
+    del _c29
     d2_d_y_7 = d2_d__p29
+    del d2_d__p29
     d2_d__p30_8 = (d2_d_weight[16:32].view(16) * 0.3779644730092272).reshape(1, 16, 1) * _p2.reshape(n, 16, 1)
     d2__p2_9 = (d2_d_weight[16:32].view(16) * 0.3779644730092272).reshape(1, 16, 1) * d__p30.reshape(n, 16, 1)
     d2_d__p30_10 = (d2_d_weight[272:288].view(16) * 0.3779644730092272).reshape(1, 16, 1) * _p12.reshape(n, 16, 1)
     d2__p12_11 = (d2_d_weight[272:288].view(16) * 0.3779644730092272).reshape(1, 16, 1) * d__p30.reshape(n, 16, 1)
     d2_d__p30_12 = (d2_d_weight[736:752].view(16) * 0.3779644730092272).reshape(1, 16, 1) * _p23.reshape(n, 16, 1)
     d2__p23_13 = (d2_d_weight[736:752].view(16) * 0.3779644730092272).reshape(1, 16, 1) * d__p30.reshape(n, 16, 1)
+    del d__p30
     # ∂/∂d__p31: ∂/∂_p30: p31 = (p30 ⊗ p4) -> 16x1o
     d2_d__p30 = d2_d__p30_8 + d2_d__p30_10 + d2_d__p30_12
+    del d2_d__p30_10, d2_d__p30_12, d2_d__p30_8
     _c30 = d2_d__p30.reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p31 = torch.mm(_c30.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c30
     # ∂/∂x3: ∂/∂_p30: p31 = (p30 ⊗ p4) -> 16x1o
     _c31 = d2_d__p30.reshape(n, 16, 1, 1) * d__p31.reshape(n, 16, 1, 3)
+    del d2_d__p30, d__p31
     d2_x3_14 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c31
     d2_d_y_15 = d2_d__p31
+    del d2_d__p31
     d2_d__p32_16 = (d2_d_weight[32:48].view(16) * 0.4662524041201569).reshape(1, 16, 1) * _p2.reshape(n, 16, 1)
+    del _p2
     d2__p2_17 = (d2_d_weight[32:48].view(16) * 0.4662524041201569).reshape(1, 16, 1) * d__p32.reshape(n, 16, 1)
     d2_d__p32_18 = (d2_d_weight[320:336].view(16) * 0.4662524041201569).reshape(1, 16, 1) * _p12.reshape(n, 16, 1)
+    del _p12
     d2__p12_19 = (d2_d_weight[320:336].view(16) * 0.4662524041201569).reshape(1, 16, 1) * d__p32.reshape(n, 16, 1)
     d2_d__p32_20 = (d2_d_weight[784:800].view(16) * 0.4662524041201569).reshape(1, 16, 1) * _p23.reshape(n, 16, 1)
+    del _p23
     d2__p23_21 = (d2_d_weight[784:800].view(16) * 0.4662524041201569).reshape(1, 16, 1) * d__p32.reshape(n, 16, 1)
+    del d__p32
     # ∂/∂d__p33: ∂/∂_p32: p33 = (p32 ⊗ p5) -> 16x2e
     d2_d__p32 = d2_d__p32_16 + d2_d__p32_18 + d2_d__p32_20
+    del d2_d__p32_16, d2_d__p32_18, d2_d__p32_20
     _c32 = d2_d__p32.reshape(n, 16, 1, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p33 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c32
     # ∂/∂x3: ∂/∂_p32: p33 = (p32 ⊗ p5) -> 16x2e
     _c33 = d2_d__p32.reshape(n, 16, 1, 1) * d__p33.reshape(n, 16, 1, 5)
+    del d2_d__p32, d__p33
     d2_x3_22 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c33
     d2_d_y_23 = d2_d__p33
+    del d2_d__p33
     d2_d__p34_24 = (d2_d_weight[48:64].view(16) * 0.6546536707079771).reshape(1, 16, 1) * _p7.reshape(n, 16, 3)
     d2__p7_25 = (d2_d_weight[48:64].view(16) * 0.6546536707079771).reshape(1, 16, 1) * d__p34.reshape(n, 16, 3)
     d2_d__p34_26 = (d2_d_weight[176:192].view(16) * 0.6546536707079771).reshape(1, 16, 1) * _p11.reshape(n, 16, 3)
@@ -10043,14 +13426,20 @@ def _fusion_block_3_d2_weight(
     d2__p15_29 = (d2_d_weight[384:400].view(16) * 0.6546536707079771).reshape(1, 16, 1) * d__p34.reshape(n, 16, 3)
     d2_d__p34_30 = (d2_d_weight[576:592].view(16) * 0.6546536707079771).reshape(1, 16, 1) * _p20.reshape(n, 16, 3)
     d2__p20_31 = (d2_d_weight[576:592].view(16) * 0.6546536707079771).reshape(1, 16, 1) * d__p34.reshape(n, 16, 3)
+    del d__p34
     # ∂/∂d__p35: ∂/∂_p34: p35 = (p34 ⊗ p3) -> 16x1o
     d2_d__p34 = d2_d__p34_24 + d2_d__p34_26 + d2_d__p34_28 + d2_d__p34_30
+    del d2_d__p34_24, d2_d__p34_26, d2_d__p34_28, d2_d__p34_30
     _c34 = d2_d__p34.reshape(n, 16, 3, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p35 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c34
     # ∂/∂x3: ∂/∂_p34: p35 = (p34 ⊗ p3) -> 16x1o
     _c35 = d2_d__p34.reshape(n, 16, 3, 1) * d__p35.reshape(n, 16, 1, 3)
+    del d2_d__p34, d__p35
     d2_x3_32 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c35
     d2_d_y_33 = d2_d__p35
+    del d2_d__p35
     d2_d__p36_34 = (d2_d_weight[64:80].view(16) * 0.5222329678670935).reshape(1, 16, 1) * _p7.reshape(n, 16, 3)
     d2__p7_35 = (d2_d_weight[64:80].view(16) * 0.5222329678670935).reshape(1, 16, 1) * d__p36.reshape(n, 16, 3)
     d2_d__p36_36 = (d2_d_weight[192:208].view(16) * 0.5222329678670935).reshape(1, 16, 1) * _p11.reshape(n, 16, 3)
@@ -10059,14 +13448,20 @@ def _fusion_block_3_d2_weight(
     d2__p15_39 = (d2_d_weight[400:416].view(16) * 0.5222329678670935).reshape(1, 16, 1) * d__p36.reshape(n, 16, 3)
     d2_d__p36_40 = (d2_d_weight[592:608].view(16) * 0.5222329678670935).reshape(1, 16, 1) * _p20.reshape(n, 16, 3)
     d2__p20_41 = (d2_d_weight[592:608].view(16) * 0.5222329678670935).reshape(1, 16, 1) * d__p36.reshape(n, 16, 3)
+    del d__p36
     # ∂/∂d__p37: ∂/∂_p36: p37 = (p36 ⊗ p4) -> 16x0e
     d2_d__p36 = d2_d__p36_34 + d2_d__p36_36 + d2_d__p36_38 + d2_d__p36_40
+    del d2_d__p36_34, d2_d__p36_36, d2_d__p36_38, d2_d__p36_40
     _c36 = d2_d__p36.reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p37 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c36
     # ∂/∂x3: ∂/∂_p36: p37 = (p36 ⊗ p4) -> 16x0e
     _c37 = d2_d__p36.reshape(n, 16, 3, 1) * d__p37.reshape(n, 16, 1, 1)
+    del d2_d__p36, d__p37
     d2_x3_42 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c37
     d2_d_y_43 = d2_d__p37
+    del d2_d__p37
     d2_d__p38_44 = (d2_d_weight[80:96].view(16) * 0.8075728530872482).reshape(1, 16, 1) * _p7.reshape(n, 16, 3)
     d2__p7_45 = (d2_d_weight[80:96].view(16) * 0.8075728530872482).reshape(1, 16, 1) * d__p38.reshape(n, 16, 3)
     d2_d__p38_46 = (d2_d_weight[208:224].view(16) * 0.8075728530872482).reshape(1, 16, 1) * _p11.reshape(n, 16, 3)
@@ -10075,30 +13470,46 @@ def _fusion_block_3_d2_weight(
     d2__p15_49 = (d2_d_weight[416:432].view(16) * 0.8075728530872482).reshape(1, 16, 1) * d__p38.reshape(n, 16, 3)
     d2_d__p38_50 = (d2_d_weight[608:624].view(16) * 0.8075728530872482).reshape(1, 16, 1) * _p20.reshape(n, 16, 3)
     d2__p20_51 = (d2_d_weight[608:624].view(16) * 0.8075728530872482).reshape(1, 16, 1) * d__p38.reshape(n, 16, 3)
+    del d__p38
     # ∂/∂d__p39: ∂/∂_p38: p39 = (p38 ⊗ p4) -> 16x2e
     d2_d__p38 = d2_d__p38_44 + d2_d__p38_46 + d2_d__p38_48 + d2_d__p38_50
+    del d2_d__p38_44, d2_d__p38_46, d2_d__p38_48, d2_d__p38_50
     _c38 = d2_d__p38.reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p39 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c38
     # ∂/∂x3: ∂/∂_p38: p39 = (p38 ⊗ p4) -> 16x2e
     _c39 = d2_d__p38.reshape(n, 16, 3, 1) * d__p39.reshape(n, 16, 1, 5)
+    del d2_d__p38, d__p39
     d2_x3_52 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c39
     d2_d_y_53 = d2_d__p39
+    del d2_d__p39
     d2_d__p40_54 = (d2_d_weight[96:112].view(16) * 0.6546536707079771).reshape(1, 16, 1) * _p7.reshape(n, 16, 3)
+    del _p7
     d2__p7_55 = (d2_d_weight[96:112].view(16) * 0.6546536707079771).reshape(1, 16, 1) * d__p40.reshape(n, 16, 3)
     d2_d__p40_56 = (d2_d_weight[224:240].view(16) * 0.6546536707079771).reshape(1, 16, 1) * _p11.reshape(n, 16, 3)
+    del _p11
     d2__p11_57 = (d2_d_weight[224:240].view(16) * 0.6546536707079771).reshape(1, 16, 1) * d__p40.reshape(n, 16, 3)
     d2_d__p40_58 = (d2_d_weight[464:480].view(16) * 0.6546536707079771).reshape(1, 16, 1) * _p15.reshape(n, 16, 3)
+    del _p15
     d2__p15_59 = (d2_d_weight[464:480].view(16) * 0.6546536707079771).reshape(1, 16, 1) * d__p40.reshape(n, 16, 3)
     d2_d__p40_60 = (d2_d_weight[656:672].view(16) * 0.6546536707079771).reshape(1, 16, 1) * _p20.reshape(n, 16, 3)
+    del _p20
     d2__p20_61 = (d2_d_weight[656:672].view(16) * 0.6546536707079771).reshape(1, 16, 1) * d__p40.reshape(n, 16, 3)
+    del d__p40
     # ∂/∂d__p41: ∂/∂_p40: p41 = (p40 ⊗ p5) -> 16x1o
     d2_d__p40 = d2_d__p40_54 + d2_d__p40_56 + d2_d__p40_58 + d2_d__p40_60
+    del d2_d__p40_54, d2_d__p40_56, d2_d__p40_58, d2_d__p40_60
     _c40 = d2_d__p40.reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p41 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c40
     # ∂/∂x3: ∂/∂_p40: p41 = (p40 ⊗ p5) -> 16x1o
     _c41 = d2_d__p40.reshape(n, 16, 3, 1) * d__p41.reshape(n, 16, 1, 3)
+    del d2_d__p40, d__p41
     d2_x3_62 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c41
     d2_d_y_63 = d2_d__p41
+    del d2_d__p41
     d2_d__p42_64 = (d2_d_weight[112:128].view(16) * 1.0425720702853738).reshape(1, 16, 1) * _p9.reshape(n, 16, 5)
     d2__p9_65 = (d2_d_weight[112:128].view(16) * 1.0425720702853738).reshape(1, 16, 1) * d__p42.reshape(n, 16, 5)
     d2_d__p42_66 = (d2_d_weight[256:272].view(16) * 1.0425720702853738).reshape(1, 16, 1) * _p13.reshape(n, 16, 5)
@@ -10107,14 +13518,20 @@ def _fusion_block_3_d2_weight(
     d2__p19_69 = (d2_d_weight[512:528].view(16) * 1.0425720702853738).reshape(1, 16, 1) * d__p42.reshape(n, 16, 5)
     d2_d__p42_70 = (d2_d_weight[720:736].view(16) * 1.0425720702853738).reshape(1, 16, 1) * _p24.reshape(n, 16, 5)
     d2__p24_71 = (d2_d_weight[720:736].view(16) * 1.0425720702853738).reshape(1, 16, 1) * d__p42.reshape(n, 16, 5)
+    del d__p42
     # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x2e
     d2_d__p42 = d2_d__p42_64 + d2_d__p42_66 + d2_d__p42_68 + d2_d__p42_70
+    del d2_d__p42_64, d2_d__p42_66, d2_d__p42_68, d2_d__p42_70
     _c42 = d2_d__p42.reshape(n, 16, 5, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__p43 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c42
     # ∂/∂x3: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x2e
     _c43 = d2_d__p42.reshape(n, 16, 5, 1) * d__p43.reshape(n, 16, 1, 5)
+    del d2_d__p42, d__p43
     d2_x3_72 = torch.mm(_c43.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c43
     d2_d_y_73 = d2_d__p43
+    del d2_d__p43
     d2_d__p44_74 = (d2_d_weight[128:144].view(16) * 0.8451542547285166).reshape(1, 16, 1) * _p9.reshape(n, 16, 5)
     d2__p9_75 = (d2_d_weight[128:144].view(16) * 0.8451542547285166).reshape(1, 16, 1) * d__p44.reshape(n, 16, 5)
     d2_d__p44_76 = (d2_d_weight[304:320].view(16) * 0.8451542547285166).reshape(1, 16, 1) * _p13.reshape(n, 16, 5)
@@ -10123,14 +13540,20 @@ def _fusion_block_3_d2_weight(
     d2__p19_79 = (d2_d_weight[528:544].view(16) * 0.8451542547285166).reshape(1, 16, 1) * d__p44.reshape(n, 16, 5)
     d2_d__p44_80 = (d2_d_weight[768:784].view(16) * 0.8451542547285166).reshape(1, 16, 1) * _p24.reshape(n, 16, 5)
     d2__p24_81 = (d2_d_weight[768:784].view(16) * 0.8451542547285166).reshape(1, 16, 1) * d__p44.reshape(n, 16, 5)
+    del d__p44
     # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     d2_d__p44 = d2_d__p44_74 + d2_d__p44_76 + d2_d__p44_78 + d2_d__p44_80
+    del d2_d__p44_74, d2_d__p44_76, d2_d__p44_78, d2_d__p44_80
     _c44 = d2_d__p44.reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p45 = torch.mm(_c44.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c44
     # ∂/∂x3: ∂/∂_p44: p45 = (p44 ⊗ p4) -> 16x1o
     _c45 = d2_d__p44.reshape(n, 16, 5, 1) * d__p45.reshape(n, 16, 1, 3)
+    del d2_d__p44, d__p45
     d2_x3_82 = torch.mm(_c45.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c45
     d2_d_y_83 = d2_d__p45
+    del d2_d__p45
     d2_d__p46_84 = (d2_d_weight[144:160].view(16) * 0.674199862463242).reshape(1, 16, 1) * _p9.reshape(n, 16, 5)
     d2__p9_85 = (d2_d_weight[144:160].view(16) * 0.674199862463242).reshape(1, 16, 1) * d__p46.reshape(n, 16, 5)
     d2_d__p46_86 = (d2_d_weight[352:368].view(16) * 0.674199862463242).reshape(1, 16, 1) * _p13.reshape(n, 16, 5)
@@ -10139,269 +13562,413 @@ def _fusion_block_3_d2_weight(
     d2__p19_89 = (d2_d_weight[544:560].view(16) * 0.674199862463242).reshape(1, 16, 1) * d__p46.reshape(n, 16, 5)
     d2_d__p46_90 = (d2_d_weight[816:832].view(16) * 0.674199862463242).reshape(1, 16, 1) * _p24.reshape(n, 16, 5)
     d2__p24_91 = (d2_d_weight[816:832].view(16) * 0.674199862463242).reshape(1, 16, 1) * d__p46.reshape(n, 16, 5)
+    del d__p46
     # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x0e
     d2_d__p46 = d2_d__p46_84 + d2_d__p46_86 + d2_d__p46_88 + d2_d__p46_90
+    del d2_d__p46_84, d2_d__p46_86, d2_d__p46_88, d2_d__p46_90
     _c46 = d2_d__p46.reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p47 = torch.mm(_c46.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    del _c46
     # ∂/∂x3: ∂/∂_p46: p47 = (p46 ⊗ p5) -> 16x0e
     _c47 = d2_d__p46.reshape(n, 16, 5, 1) * d__p47.reshape(n, 16, 1, 1)
+    del d2_d__p46, d__p47
     d2_x3_92 = torch.mm(_c47.permute(2, 3, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c47
     d2_d_y_93 = d2_d__p47
+    del d2_d__p47
     d2_d__p48_94 = (d2_d_weight[160:176].view(16) * 1.0425720702853738).reshape(1, 16, 1) * _p9.reshape(n, 16, 5)
+    del _p9
     d2__p9_95 = (d2_d_weight[160:176].view(16) * 1.0425720702853738).reshape(1, 16, 1) * d__p48.reshape(n, 16, 5)
     d2_d__p48_96 = (d2_d_weight[368:384].view(16) * 1.0425720702853738).reshape(1, 16, 1) * _p13.reshape(n, 16, 5)
+    del _p13
     d2__p13_97 = (d2_d_weight[368:384].view(16) * 1.0425720702853738).reshape(1, 16, 1) * d__p48.reshape(n, 16, 5)
     d2_d__p48_98 = (d2_d_weight[560:576].view(16) * 1.0425720702853738).reshape(1, 16, 1) * _p19.reshape(n, 16, 5)
+    del _p19
     d2__p19_99 = (d2_d_weight[560:576].view(16) * 1.0425720702853738).reshape(1, 16, 1) * d__p48.reshape(n, 16, 5)
     d2_d__p48_100 = (d2_d_weight[832:848].view(16) * 1.0425720702853738).reshape(1, 16, 1) * _p24.reshape(n, 16, 5)
+    del _p24
     d2__p24_101 = (d2_d_weight[832:848].view(16) * 1.0425720702853738).reshape(1, 16, 1) * d__p48.reshape(n, 16, 5)
+    del d__p48
     # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p5) -> 16x2e
     d2_d__p48 = d2_d__p48_94 + d2_d__p48_96 + d2_d__p48_98 + d2_d__p48_100
+    del d2_d__p48_100, d2_d__p48_94, d2_d__p48_96, d2_d__p48_98
     _c48 = d2_d__p48.reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p49 = torch.mm(_c48.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c48
     # ∂/∂x3: ∂/∂_p48: p49 = (p48 ⊗ p5) -> 16x2e
     _c49 = d2_d__p48.reshape(n, 16, 5, 1) * d__p49.reshape(n, 16, 1, 5)
+    del d2_d__p48, d__p49
     d2_x3_102 = torch.mm(_c49.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c49
     d2_d_y_103 = d2_d__p49
+    del d2_d__p49
     d2_d__p50_104 = (d2_d_weight[288:304].view(16) * 0.6546536707079771).reshape(1, 16, 1) * _p14.reshape(n, 16, 3)
     d2__p14_105 = (d2_d_weight[288:304].view(16) * 0.6546536707079771).reshape(1, 16, 1) * d__p50.reshape(n, 16, 3)
     d2_d__p50_106 = (d2_d_weight[752:768].view(16) * 0.6546536707079771).reshape(1, 16, 1) * _p25.reshape(n, 16, 3)
     d2__p25_107 = (d2_d_weight[752:768].view(16) * 0.6546536707079771).reshape(1, 16, 1) * d__p50.reshape(n, 16, 3)
+    del d__p50
     # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x1o
     d2_d__p50 = d2_d__p50_104 + d2_d__p50_106
+    del d2_d__p50_104, d2_d__p50_106
     _c50 = d2_d__p50.reshape(n, 16, 3, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p51 = torch.mm(_c50.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c50
     # ∂/∂x3: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 16x1o
     _c51 = d2_d__p50.reshape(n, 16, 3, 1) * d__p51.reshape(n, 16, 1, 3)
+    del d2_d__p50, d__p51
     d2_x3_108 = torch.mm(_c51.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c51
     d2_d_y_109 = d2_d__p51
+    del d2_d__p51
     d2_d__p52_110 = (d2_d_weight[336:352].view(16) * 0.8075728530872482).reshape(1, 16, 1) * _p14.reshape(n, 16, 3)
+    del _p14
     d2__p14_111 = (d2_d_weight[336:352].view(16) * 0.8075728530872482).reshape(1, 16, 1) * d__p52.reshape(n, 16, 3)
     d2_d__p52_112 = (d2_d_weight[800:816].view(16) * 0.8075728530872482).reshape(1, 16, 1) * _p25.reshape(n, 16, 3)
+    del _p25
     d2__p25_113 = (d2_d_weight[800:816].view(16) * 0.8075728530872482).reshape(1, 16, 1) * d__p52.reshape(n, 16, 3)
+    del d__p52
     # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p5) -> 16x2e
     d2_d__p52 = d2_d__p52_110 + d2_d__p52_112
+    del d2_d__p52_110, d2_d__p52_112
     _c52 = d2_d__p52.reshape(n, 16, 3, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p53 = torch.mm(_c52.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c52
     # ∂/∂x3: ∂/∂_p52: p53 = (p52 ⊗ p5) -> 16x2e
     _c53 = d2_d__p52.reshape(n, 16, 3, 1) * d__p53.reshape(n, 16, 1, 5)
+    del d2_d__p52, d__p53
     d2_x3_114 = torch.mm(_c53.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c53
     d2_d_y_115 = d2_d__p53
+    del d2_d__p53
     d2_d__p54_116 = (d2_d_weight[432:448].view(16) * 1.0425720702853738).reshape(1, 16, 1) * _p16.reshape(n, 16, 5)
     d2__p16_117 = (d2_d_weight[432:448].view(16) * 1.0425720702853738).reshape(1, 16, 1) * d__p54.reshape(n, 16, 5)
     d2_d__p54_118 = (d2_d_weight[624:640].view(16) * 1.0425720702853738).reshape(1, 16, 1) * _p21.reshape(n, 16, 5)
     d2__p21_119 = (d2_d_weight[624:640].view(16) * 1.0425720702853738).reshape(1, 16, 1) * d__p54.reshape(n, 16, 5)
+    del d__p54
     # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p4) -> 16x2e
     d2_d__p54 = d2_d__p54_116 + d2_d__p54_118
+    del d2_d__p54_116, d2_d__p54_118
     _c54 = d2_d__p54.reshape(n, 16, 5, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p55 = torch.mm(_c54.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c54
     # ∂/∂x3: ∂/∂_p54: p55 = (p54 ⊗ p4) -> 16x2e
     _c55 = d2_d__p54.reshape(n, 16, 5, 1) * d__p55.reshape(n, 16, 1, 5)
+    del d2_d__p54, d__p55
     d2_x3_120 = torch.mm(_c55.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 0, 2).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c55
     d2_d_y_121 = d2_d__p55
+    del d2_d__p55
     d2_d__p56_122 = (d2_d_weight[448:464].view(16) * 1.2335879094879225).reshape(1, 16, 1) * _p17.reshape(n, 16, 7)
     d2__p17_123 = (d2_d_weight[448:464].view(16) * 1.2335879094879225).reshape(1, 16, 1) * d__p56.reshape(n, 16, 7)
     d2_d__p56_124 = (d2_d_weight[640:656].view(16) * 1.2335879094879225).reshape(1, 16, 1) * _p22.reshape(n, 16, 7)
     d2__p22_125 = (d2_d_weight[640:656].view(16) * 1.2335879094879225).reshape(1, 16, 1) * d__p56.reshape(n, 16, 7)
+    del d__p56
     # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p4) -> 16x2e
     d2_d__p56 = d2_d__p56_122 + d2_d__p56_124
+    del d2_d__p56_122, d2_d__p56_124
     _c56 = d2_d__p56.reshape(n, 16, 7, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d__p57 = torch.mm(_c56.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_3_1_2.permute(2, 0, 1).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c56
     # ∂/∂x3: ∂/∂_p56: p57 = (p56 ⊗ p4) -> 16x2e
     _c57 = d2_d__p56.reshape(n, 16, 7, 1) * d__p57.reshape(n, 16, 1, 5)
+    del d2_d__p56, d__p57
     d2_x3_126 = torch.mm(_c57.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_1_2.permute(1, 0, 2).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c57
     d2_d_y_127 = d2_d__p57
+    del d2_d__p57
     d2_d__p58_128 = (d2_d_weight[480:496].view(16) * 0.8451542547285166).reshape(1, 16, 1) * _p16.reshape(n, 16, 5)
+    del _p16
     d2__p16_129 = (d2_d_weight[480:496].view(16) * 0.8451542547285166).reshape(1, 16, 1) * d__p58.reshape(n, 16, 5)
     d2_d__p58_130 = (d2_d_weight[672:688].view(16) * 0.8451542547285166).reshape(1, 16, 1) * _p21.reshape(n, 16, 5)
+    del _p21
     d2__p21_131 = (d2_d_weight[672:688].view(16) * 0.8451542547285166).reshape(1, 16, 1) * d__p58.reshape(n, 16, 5)
+    del d__p58
     # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p5) -> 16x1o
     d2_d__p58 = d2_d__p58_128 + d2_d__p58_130
+    del d2_d__p58_128, d2_d__p58_130
     _c58 = d2_d__p58.reshape(n, 16, 5, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p59 = torch.mm(_c58.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c58
     # ∂/∂x3: ∂/∂_p58: p59 = (p58 ⊗ p5) -> 16x1o
     _c59 = d2_d__p58.reshape(n, 16, 5, 1) * d__p59.reshape(n, 16, 1, 3)
+    del d2_d__p58, d__p59
     d2_x3_132 = torch.mm(_c59.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c59
     d2_d_y_133 = d2_d__p59
+    del d2_d__p59
     d2_d__p60_134 = d2_d_weight[496:512].view(16).reshape(1, 16, 1) * _p17.reshape(n, 16, 7)
+    del _p17
     d2__p17_135 = d2_d_weight[496:512].view(16).reshape(1, 16, 1) * d__p60.reshape(n, 16, 7)
     d2_d__p60_136 = d2_d_weight[688:704].view(16).reshape(1, 16, 1) * _p22.reshape(n, 16, 7)
+    del _p22
     d2__p22_137 = d2_d_weight[688:704].view(16).reshape(1, 16, 1) * d__p60.reshape(n, 16, 7)
+    del d__p60
     # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x1o
     d2_d__p60 = d2_d__p60_134 + d2_d__p60_136
+    del d2_d__p60_134, d2_d__p60_136
     _c60 = d2_d__p60.reshape(n, 16, 7, 1) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d__p61 = torch.mm(_c60.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    del _c60
     # ∂/∂x3: ∂/∂_p60: p61 = (p60 ⊗ p5) -> 16x1o
     _c61 = d2_d__p60.reshape(n, 16, 7, 1) * d__p61.reshape(n, 16, 1, 3)
+    del d2_d__p60, d__p61
     d2_x3_138 = torch.mm(_c61.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_3_2_1.permute(1, 0, 2).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c61
     d2_d_y_139 = d2_d__p61
+    del d2_d__p61
     d2_d_y_140 = (d2_d_weight[848:864].view(16) * 1.2335879094879225).reshape(1, 16, 1) * _p62.reshape(n, 16, 5)
+    del _p62
     d2__p62 = (d2_d_weight[848:864].view(16) * 1.2335879094879225).reshape(1, 16, 1) * d_y[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
     d2_d_y_141 = (d2_d_weight[864:880].view(16) * 1.3987572123604706).reshape(1, 16, 1) * _p63.reshape(n, 16, 5)
+    del _p63
     d2__p63 = (d2_d_weight[864:880].view(16) * 1.3987572123604706).reshape(1, 16, 1) * d_y[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5)
     # ∂/∂_p27: p63 = (p27 ⊗ p5) -> 16x2e
     _c62 = d2__p63.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2__p27 = torch.mm(_c62.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_4_2_2.reshape(9, 25).t()).view(n, 16, 9)  # ijk,zujk->zui
+    del _c62
     # ∂/∂x3: p63 = (p27 ⊗ p5) -> 16x2e
     _c63 = d2__p63.reshape(n, 16, 5, 1) * _p27.reshape(n, 16, 1, 9)
+    del _p27, d2__p63
     d2_x3_142 = torch.mm(_c63.permute(2, 3, 0, 1).reshape(45, n * 16).t(), cg_4_2_2.permute(1, 2, 0).reshape(5, 45).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c63
     # ∂/∂_p26: p62 = (p26 ⊗ p5) -> 16x2e
     _c64 = d2__p62.reshape(n, 16, 1, 5) * x3[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2__p26 = torch.mm(_c64.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_3_2_2.reshape(7, 25).t()).view(n, 16, 7)  # ijk,zujk->zui
+    del _c64
     # ∂/∂x3: p62 = (p26 ⊗ p5) -> 16x2e
     _c65 = d2__p62.reshape(n, 16, 5, 1) * _p26.reshape(n, 16, 1, 7)
+    del _p26, d2__p62
     d2_x3_143 = torch.mm(_c65.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_3_2_2.permute(1, 2, 0).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c65
     # ∂/∂x1: p27 = (p18 ⊗ p8) -> 16x4e
     _c66 = d2__p27.reshape(n, 16, 1, 9) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x1_144 = torch.mm(_c66.permute(2, 3, 0, 1).reshape(45, n * 16).t(), cg_2_2_4.reshape(5, 45).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c66
     # ∂/∂x2: p27 = (p18 ⊗ p8) -> 16x4e
     _c67 = d2__p27.reshape(n, 16, 9, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p27
     d2_x2_145 = torch.mm(_c67.permute(2, 3, 0, 1).reshape(45, n * 16).t(), cg_2_2_4.permute(1, 2, 0).reshape(5, 45).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c67
     # ∂/∂x1: p26 = (p18 ⊗ p8) -> 16x3e
     _c68 = d2__p26.reshape(n, 16, 1, 7) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x1_146 = torch.mm(_c68.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.reshape(5, 35).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c68
     # ∂/∂x2: p26 = (p18 ⊗ p8) -> 16x3e
     _c69 = d2__p26.reshape(n, 16, 7, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p26
     d2_x2_147 = torch.mm(_c69.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_2_3.permute(1, 2, 0).reshape(5, 35).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c69
     # ∂/∂x1: p25 = (p18 ⊗ p8) -> 16x1e
     d2__p25 = d2__p25_107 + d2__p25_113
+    del d2__p25_107, d2__p25_113
     _c70 = d2__p25.reshape(n, 16, 1, 3) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x1_148 = torch.mm(_c70.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c70
     # ∂/∂x2: p25 = (p18 ⊗ p8) -> 16x1e
     _c71 = d2__p25.reshape(n, 16, 3, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p25
     d2_x2_149 = torch.mm(_c71.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_2_1.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c71
     # ∂/∂x1: p24 = (p18 ⊗ p8) -> 16x2e
     d2__p24 = d2__p24_71 + d2__p24_81 + d2__p24_91 + d2__p24_101
+    del d2__p24_101, d2__p24_71, d2__p24_81, d2__p24_91
     _c72 = d2__p24.reshape(n, 16, 1, 5) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x1_150 = torch.mm(_c72.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c72
     # ∂/∂x2: p24 = (p18 ⊗ p8) -> 16x2e
     _c73 = d2__p24.reshape(n, 16, 5, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p24
     d2_x2_151 = torch.mm(_c73.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c73
     # ∂/∂x1: p23 = (p18 ⊗ p8) -> 16x0e
     d2__p23 = d2__p23_5 + d2__p23_13 + d2__p23_21
+    del d2__p23_13, d2__p23_21, d2__p23_5
     _c74 = d2__p23.reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_x1_152 = torch.mm(_c74.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c74
     # ∂/∂x2: p23 = (p18 ⊗ p8) -> 16x0e
     _c75 = d2__p23.reshape(n, 16, 1, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p23
     d2_x2_153 = torch.mm(_c75.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c75
     # ∂/∂x1: p22 = (p18 ⊗ p6) -> 16x3o
     d2__p22 = d2__p22_125 + d2__p22_137
+    del d2__p22_125, d2__p22_137
     _c76 = d2__p22.reshape(n, 16, 1, 7) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_x1_154 = torch.mm(_c76.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_2_1_3.reshape(5, 21).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c76
     # ∂/∂x2: p22 = (p18 ⊗ p6) -> 16x3o
     _c77 = d2__p22.reshape(n, 16, 7, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p22
     d2_x2_155 = torch.mm(_c77.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_2_1_3.permute(1, 2, 0).reshape(3, 35).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c77
     # ∂/∂x1: p21 = (p18 ⊗ p6) -> 16x2o
     d2__p21 = d2__p21_119 + d2__p21_131
+    del d2__p21_119, d2__p21_131
     _c78 = d2__p21.reshape(n, 16, 1, 5) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_x1_156 = torch.mm(_c78.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c78
     # ∂/∂x2: p21 = (p18 ⊗ p6) -> 16x2o
     _c79 = d2__p21.reshape(n, 16, 5, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p21
     d2_x2_157 = torch.mm(_c79.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_1_2.permute(1, 2, 0).reshape(3, 25).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c79
     # ∂/∂x1: p20 = (p18 ⊗ p6) -> 16x1o
     d2__p20 = d2__p20_31 + d2__p20_41 + d2__p20_51 + d2__p20_61
+    del d2__p20_31, d2__p20_41, d2__p20_51, d2__p20_61
     _c80 = d2__p20.reshape(n, 16, 1, 3) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_x1_158 = torch.mm(_c80.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c80
     # ∂/∂x2: p20 = (p18 ⊗ p6) -> 16x1o
     _c81 = d2__p20.reshape(n, 16, 3, 1) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    del d2__p20
     d2_x2_159 = torch.mm(_c81.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c81
     # ∂/∂x1: p19 = (p18 ⊗ p1) -> 16x2e
     d2__p19 = d2__p19_69 + d2__p19_79 + d2__p19_89 + d2__p19_99
+    del d2__p19_69, d2__p19_79, d2__p19_89, d2__p19_99
     _c82 = d2__p19.reshape(n, 16, 5, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_x1_160 = torch.mm(_c82.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_2_0_2.reshape(5, 5).t()).view(n, 16, 5)  # ijk,zukj->zui
+    del _c82
     # ∂/∂x2: p19 = (p18 ⊗ p1) -> 16x2e
     _c83 = d2__p19.reshape(n, 16, 1, 5) * x1[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
+    del d2__p19
     d2_x2_161 = torch.mm(_c83.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_0_2.permute(1, 0, 2).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c83
     # ∂/∂x1: p17 = (p10 ⊗ p8) -> 16x3o
     d2__p17 = d2__p17_123 + d2__p17_135
+    del d2__p17_123, d2__p17_135
     _c84 = d2__p17.reshape(n, 16, 1, 7) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x1_162 = torch.mm(_c84.permute(2, 3, 0, 1).reshape(35, n * 16).t(), cg_1_2_3.reshape(3, 35).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c84
     # ∂/∂x2: p17 = (p10 ⊗ p8) -> 16x3o
     _c85 = d2__p17.reshape(n, 16, 7, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p17
     d2_x2_163 = torch.mm(_c85.permute(2, 3, 0, 1).reshape(21, n * 16).t(), cg_1_2_3.permute(1, 2, 0).reshape(5, 21).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c85
     # ∂/∂x1: p16 = (p10 ⊗ p8) -> 16x2o
     d2__p16 = d2__p16_117 + d2__p16_129
+    del d2__p16_117, d2__p16_129
     _c86 = d2__p16.reshape(n, 16, 1, 5) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x1_164 = torch.mm(_c86.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c86
     # ∂/∂x2: p16 = (p10 ⊗ p8) -> 16x2o
     _c87 = d2__p16.reshape(n, 16, 5, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p16
     d2_x2_165 = torch.mm(_c87.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c87
     # ∂/∂x1: p15 = (p10 ⊗ p8) -> 16x1o
     d2__p15 = d2__p15_29 + d2__p15_39 + d2__p15_49 + d2__p15_59
+    del d2__p15_29, d2__p15_39, d2__p15_49, d2__p15_59
     _c88 = d2__p15.reshape(n, 16, 1, 3) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x1_166 = torch.mm(_c88.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c88
     # ∂/∂x2: p15 = (p10 ⊗ p8) -> 16x1o
     _c89 = d2__p15.reshape(n, 16, 3, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p15
     d2_x2_167 = torch.mm(_c89.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c89
     # ∂/∂x1: p14 = (p10 ⊗ p6) -> 16x1e
     d2__p14 = d2__p14_105 + d2__p14_111
+    del d2__p14_105, d2__p14_111
     _c90 = d2__p14.reshape(n, 16, 1, 3) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_x1_168 = torch.mm(_c90.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c90
     # ∂/∂x2: p14 = (p10 ⊗ p6) -> 16x1e
     _c91 = d2__p14.reshape(n, 16, 3, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p14
     d2_x2_169 = torch.mm(_c91.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c91
     # ∂/∂x1: p13 = (p10 ⊗ p6) -> 16x2e
     d2__p13 = d2__p13_67 + d2__p13_77 + d2__p13_87 + d2__p13_97
+    del d2__p13_67, d2__p13_77, d2__p13_87, d2__p13_97
     _c92 = d2__p13.reshape(n, 16, 1, 5) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_x1_170 = torch.mm(_c92.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c92
     # ∂/∂x2: p13 = (p10 ⊗ p6) -> 16x2e
     _c93 = d2__p13.reshape(n, 16, 5, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p13
     d2_x2_171 = torch.mm(_c93.permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c93
     # ∂/∂x1: p12 = (p10 ⊗ p6) -> 16x0e
     d2__p12 = d2__p12_3 + d2__p12_11 + d2__p12_19
+    del d2__p12_11, d2__p12_19, d2__p12_3
     _c94 = d2__p12.reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_x1_172 = torch.mm(_c94.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c94
     # ∂/∂x2: p12 = (p10 ⊗ p6) -> 16x0e
     _c95 = d2__p12.reshape(n, 16, 1, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    del d2__p12
     d2_x2_173 = torch.mm(_c95.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c95
     # ∂/∂x1: p11 = (p10 ⊗ p1) -> 16x1o
     d2__p11 = d2__p11_27 + d2__p11_37 + d2__p11_47 + d2__p11_57
+    del d2__p11_27, d2__p11_37, d2__p11_47, d2__p11_57
     _c96 = d2__p11.reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_x1_174 = torch.mm(_c96.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 16, 3)  # ijk,zukj->zui
+    del _c96
     # ∂/∂x2: p11 = (p10 ⊗ p1) -> 16x1o
     _c97 = d2__p11.reshape(n, 16, 1, 3) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
+    del d2__p11
     d2_x2_175 = torch.mm(_c97.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuik->zuj
+    del _c97
     # ∂/∂x1: p9 = (p0 ⊗ p8) -> 16x2e
     d2__p9 = d2__p9_65 + d2__p9_75 + d2__p9_85 + d2__p9_95
+    del d2__p9_65, d2__p9_75, d2__p9_85, d2__p9_95
     _c98 = d2__p9.reshape(n, 16, 1, 5) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_x1_176 = torch.mm(_c98.permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c98
     # ∂/∂x2: p9 = (p0 ⊗ p8) -> 16x2e
     _c99 = d2__p9.reshape(n, 16, 5, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d2__p9
     d2_x2_177 = torch.mm(_c99.permute(3, 2, 0, 1).reshape(5, n * 16).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c99
     # ∂/∂x1: p7 = (p0 ⊗ p6) -> 16x1o
     d2__p7 = d2__p7_25 + d2__p7_35 + d2__p7_45 + d2__p7_55
+    del d2__p7_25, d2__p7_35, d2__p7_45, d2__p7_55
     _c100 = d2__p7.reshape(n, 16, 1, 3) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_x1_178 = torch.mm(_c100.permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c100
     # ∂/∂x2: p7 = (p0 ⊗ p6) -> 16x1o
     _c101 = d2__p7.reshape(n, 16, 3, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d2__p7
     d2_x2_179 = torch.mm(_c101.permute(3, 2, 0, 1).reshape(3, n * 16).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c101
     # ∂/∂x1: p2 = (p0 ⊗ p1) -> 16x0e
     d2__p2 = d2__p2_1 + d2__p2_9 + d2__p2_17
+    del d2__p2_1, d2__p2_17, d2__p2_9
     _c102 = d2__p2.reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_x1_180 = cg_0_0_0.reshape(1, 1, 1) * _c102.reshape(n, 16, 1)
+    del _c102
     # ∂/∂x2: p2 = (p0 ⊗ p1) -> 16x0e
     _c103 = d2__p2.reshape(n, 16, 1, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    del d2__p2
     d2_x2_181 = cg_0_0_0.reshape(1, 1, 1) * _c103.reshape(n, 16, 1)
+    del _c103
     d2_x1 = torch.cat([
         (d2_x1_176 + d2_x1_178 + d2_x1_180).reshape(n, 16),
         (d2_x1_162 + d2_x1_164 + d2_x1_166 + d2_x1_168 + d2_x1_170 + d2_x1_172 + d2_x1_174).reshape(n, 48),
         (d2_x1_144 + d2_x1_146 + d2_x1_148 + d2_x1_150 + d2_x1_152 + d2_x1_154 + d2_x1_156 + d2_x1_158 + d2_x1_160).reshape(n, 80),
     ], dim=-1)
+    del d2_x1_144, d2_x1_146, d2_x1_148, d2_x1_150, d2_x1_152, d2_x1_154, d2_x1_156, d2_x1_158, d2_x1_160, d2_x1_162, d2_x1_164, d2_x1_166, d2_x1_168, d2_x1_170, d2_x1_172, d2_x1_174, d2_x1_176, d2_x1_178, d2_x1_180
     d2_x2 = torch.cat([
         (d2_x2_161 + d2_x2_175 + d2_x2_181).reshape(n, 16),
         (d2_x2_155 + d2_x2_157 + d2_x2_159 + d2_x2_169 + d2_x2_171 + d2_x2_173 + d2_x2_179).reshape(n, 48),
         (d2_x2_145 + d2_x2_147 + d2_x2_149 + d2_x2_151 + d2_x2_153 + d2_x2_163 + d2_x2_165 + d2_x2_167 + d2_x2_177).reshape(n, 80),
     ], dim=-1)
+    del d2_x2_145, d2_x2_147, d2_x2_149, d2_x2_151, d2_x2_153, d2_x2_155, d2_x2_157, d2_x2_159, d2_x2_161, d2_x2_163, d2_x2_165, d2_x2_167, d2_x2_169, d2_x2_171, d2_x2_173, d2_x2_175, d2_x2_177, d2_x2_179, d2_x2_181
     d2_x3 = torch.cat([
         (d2_x3_6 + d2_x3_32 + d2_x3_72).reshape(n, 16),
         (d2_x3_14 + d2_x3_42 + d2_x3_52 + d2_x3_82 + d2_x3_108 + d2_x3_120 + d2_x3_126).reshape(n, 48),
         (d2_x3_22 + d2_x3_62 + d2_x3_92 + d2_x3_102 + d2_x3_114 + d2_x3_132 + d2_x3_138 + d2_x3_142 + d2_x3_143).reshape(n, 80),
     ], dim=-1)
+    del d2_x3_102, d2_x3_108, d2_x3_114, d2_x3_120, d2_x3_126, d2_x3_132, d2_x3_138, d2_x3_14, d2_x3_142, d2_x3_143, d2_x3_22, d2_x3_32, d2_x3_42, d2_x3_52, d2_x3_6, d2_x3_62, d2_x3_72, d2_x3_82, d2_x3_92
     d2_d_y = torch.cat([
         (d2_d_y_7 + d2_d_y_43 + d2_d_y_93).reshape(n, 16),
         (d2_d_y_15 + d2_d_y_33 + d2_d_y_63 + d2_d_y_83 + d2_d_y_109 + d2_d_y_133 + d2_d_y_139).reshape(n, 48),
         (d2_d_y_23 + d2_d_y_53 + d2_d_y_73 + d2_d_y_103 + d2_d_y_115 + d2_d_y_121 + d2_d_y_127 + d2_d_y_140 + d2_d_y_141).reshape(n, 80),
     ], dim=-1)
+    del d2_d_y_103, d2_d_y_109, d2_d_y_115, d2_d_y_121, d2_d_y_127, d2_d_y_133, d2_d_y_139, d2_d_y_140, d2_d_y_141, d2_d_y_15, d2_d_y_23, d2_d_y_33, d2_d_y_43, d2_d_y_53, d2_d_y_63, d2_d_y_7, d2_d_y_73, d2_d_y_83, d2_d_y_93
     d2_weight = weight.new_zeros(880)
     return [d2_x1, d2_x2, d2_x3, d2_d_y, d2_weight]
 

@@ -16,7 +16,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['mace_product', 'mace_product_2', 'mace_product_4']
 
-_ops = rt.OpNamespace("fusionc_815165a0020d242c")
+_ops = rt.OpNamespace("fusionc_fc1b48e228c7933a")
 
 
 @triton.jit
@@ -9238,15 +9238,18 @@ def _mace_product_d2_A(
     # p1 = (p0 ⊗ p0) -> 64x0e
     _c0 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
+    del _c0
     # p3 = (p0 ⊗ p2) -> 64x1o
     _c1 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c1
     # p4 = (p2 ⊗ p2) -> 64x0e
     _c2 = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     _p4 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
     # p6 = (p2 ⊗ p5) -> 64x1o
     _c3 = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c3
     # p7 = (p5 ⊗ p5) -> 64x0e
     _c4 = A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     _p7 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
@@ -9260,12 +9263,16 @@ def _mace_product_d2_A(
     _w_B_2 = weight[5760:18560].view(12800).reshape(10, 1280)[z]
     # p11 = (p2 ⊗ p2) -> 64x2e
     _p11 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c2
     # p12 = (p5 ⊗ p5) -> 64x2e
     _p12 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c4
     # p13 = (p5 ⊗ p8) -> 64x2o
     _p13 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c5
     # p14 = (p8 ⊗ p8) -> 64x2e
     _p14 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_2.permute(2, 0, 1).reshape(5, 49).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c6
     p15_0 = (_p1 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
     p15_1 = (_p4 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
     p15_2 = (_p7 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 448:512].reshape(n, 64).reshape(n, 64, 1)
@@ -9289,45 +9296,53 @@ def _mace_product_d2_A(
     # ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o
     _c7 = d__p31.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
     d__p13 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c7
     d__p30 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
     _c8 = d__p30.reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d__p29 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
+    del _c8
     d__p9_18 = d__p29.reshape(n, 64, 3) * (_w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
     d__p28 = d_B[:, 0:64].reshape(n, 64, 1)
     # ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
     _c9 = d__p28.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     d__p27 = torch.mm(_c9.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zukj->zui
+    del _c9
     d__p14_19 = d__p27.reshape(n, 64, 5) * (_w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
     d__p12_20 = d__p27.reshape(n, 64, 5) * (_w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
     d__p26 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
     _c10 = d__p26.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
     d__p25 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c10
     d__p14_21 = d__p25.reshape(n, 64, 5) * (_w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
     d__p12_22 = d__p25.reshape(n, 64, 5) * (_w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
     d__p24 = d_B[:, 0:64].reshape(n, 64, 1)
     # ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
     _c11 = d__p24.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     d__p23 = torch.mm(_c11.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
+    del _c11
     d__p9_23 = d__p23.reshape(n, 64, 3) * (_w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
     d__p6_24 = d__p23.reshape(n, 64, 3) * (_w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
     d__p22 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
     _c12 = d__p22.reshape(n, 64, 1, 3) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
     d__p21 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c12
     d__p14_25 = d__p21.reshape(n, 64, 5) * (_w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
     d__p11 = d__p21.reshape(n, 64, 5) * (_w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
     d__p20 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
     _c13 = d__p20.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
     d__p19 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c13
     d__p9_26 = d__p19.reshape(n, 64, 3) * (_w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
     d__p3_27 = d__p19.reshape(n, 64, 3) * (_w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
     d__p18 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
     _c14 = d__p18.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
     d__p17 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
+    del _c14
     d__p10_28 = (d__p17 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 1024:1088].reshape(n, 64).reshape(n, 64, 1)
     d__p7_29 = (d__p17 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 512:576].reshape(n, 64).reshape(n, 64, 1)
     d__p4_30 = (d__p17 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
@@ -9336,6 +9351,7 @@ def _mace_product_d2_A(
     # ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
     _c15 = d__p16.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d__p15 = cg_0_0_0.reshape(1, 1, 1) * _c15.reshape(n, 64, 1)
+    del _c15
     d__p10_32 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 960:1024].reshape(n, 64).reshape(n, 64, 1)
     d__p7_33 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 448:512].reshape(n, 64).reshape(n, 64, 1)
     d__p4_34 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
@@ -9353,38 +9369,53 @@ def _mace_product_d2_A(
     d2__w_B_0_44 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
     # ∂/∂d_B: ∂/∂A: 64x1o -> 64x1o
     d2_d_B_45 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_0[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    del _w_B_0
     # ∂/∂_w_B_0: ∂/∂A: 64x1o -> 64x1o
     d2__w_B_0_46 = torch.bmm(d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 1, 3), d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c16 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d2_d__p1_47 = cg_0_0_0.reshape(1, 1, 1) * _c16.reshape(n, 64, 1)
+    del _c16
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     d__p1 = d__p1_31 + d__p1_35 + d__p1_42
+    del d__p1_31, d__p1_35, d__p1_42
     _c17 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p1.reshape(n, 64, 1, 1)
     d2_A_48 = cg_0_0_0.reshape(1, 1, 1) * _c17.reshape(n, 64, 1)
+    del _c17
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c18 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d2_d__p1_49 = cg_0_0_0.reshape(1, 1, 1) * _c18.reshape(n, 64, 1)
+    del _c18
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c19 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p1.reshape(n, 64, 1, 1)
+    del d__p1
     d2_A_50 = cg_0_0_0.reshape(1, 1, 1) * _c19.reshape(n, 64, 1)
+    del _c19
     d2_d__p1 = d2_d__p1_47 + d2_d__p1_49
+    del d2_d__p1_47, d2_d__p1_49
     d2_d_B_51 = (d2_d__p1 * 0.5).reshape(n, 64, 1) * _w_B_1[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_1_52 = (d2_d__p1 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
     # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c20 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d2_d__p3_53 = torch.mm(_c20.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuji->zuk
+    del _c20
     # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     d__p3 = d__p3_27 + d__p3_41
+    del d__p3_27, d__p3_41
     _c21 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p3.reshape(n, 64, 1, 3)
     d2_A_54 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
+    del _c21
     # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c22 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     d2_d__p3_55 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c22
     # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c23 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p3.reshape(n, 64, 1, 3)
+    del d__p3
     d2_A_56 = torch.mm(_c23.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    del _c23
     d2_d__p3 = d2_d__p3_53 + d2_d__p3_55
+    del d2_d__p3_53, d2_d__p3_55
     d2_d_B_57 = d2_d__p3.reshape(n, 64, 3) * _w_B_1[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_1_58 = torch.bmm(d2_d__p3.reshape(n * 64, 1, 3), d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
     # ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
@@ -9392,31 +9423,43 @@ def _mace_product_d2_A(
     d2_d__p4_59 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     d__p4 = d__p4_30 + d__p4_34 + d__p4_40
+    del d__p4_30, d__p4_34, d__p4_40
     _c25 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p4.reshape(n, 64, 1, 1)
     d2_A_60 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c25
     # ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c26 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     d2_d__p4_61 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c27 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p4.reshape(n, 64, 1, 1)
+    del d__p4
     d2_A_62 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    del _c27
     d2_d__p4 = d2_d__p4_59 + d2_d__p4_61
+    del d2_d__p4_59, d2_d__p4_61
     d2_d_B_63 = (d2_d__p4 * 0.5).reshape(n, 64, 1) * _w_B_1[:, 128:192].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_1_64 = (d2_d__p4 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
     # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c28 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
     d2_d__p6_65 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c28
     # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     d__p6 = d__p6_24 + d__p6_39
+    del d__p6_24, d__p6_39
     _c29 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p6.reshape(n, 64, 1, 3)
     d2_A_66 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c29
     # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c30 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     d2_d__p6_67 = torch.mm(_c30.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c30
     # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c31 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p6.reshape(n, 64, 1, 3)
+    del d__p6
     d2_A_68 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuik->zuj
+    del _c31
     d2_d__p6 = d2_d__p6_65 + d2_d__p6_67
+    del d2_d__p6_65, d2_d__p6_67
     d2_d_B_69 = d2_d__p6.reshape(n, 64, 3) * _w_B_1[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_1_70 = torch.bmm(d2_d__p6.reshape(n * 64, 1, 3), d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
     # ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
@@ -9424,15 +9467,20 @@ def _mace_product_d2_A(
     d2_d__p7_71 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     d__p7 = d__p7_29 + d__p7_33 + d__p7_38
+    del d__p7_29, d__p7_33, d__p7_38
     _c33 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p7.reshape(n, 64, 1, 1)
     d2_A_72 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c33
     # ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c34 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     d2_d__p7_73 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c35 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p7.reshape(n, 64, 1, 1)
+    del d__p7
     d2_A_74 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuik->zuj
+    del _c35
     d2_d__p7 = d2_d__p7_71 + d2_d__p7_73
+    del d2_d__p7_71, d2_d__p7_73
     d2_d_B_75 = (d2_d__p7 * 0.5).reshape(n, 64, 1) * _w_B_1[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_1_76 = (d2_d__p7 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
     # ∂/∂d__p9: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
@@ -9440,15 +9488,20 @@ def _mace_product_d2_A(
     d2_d__p9_77 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     d__p9 = d__p9_18 + d__p9_23 + d__p9_26 + d__p9_37
+    del d__p9_18, d__p9_23, d__p9_26, d__p9_37
     _c37 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p9.reshape(n, 64, 1, 3)
     d2_A_78 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c37
     # ∂/∂d__p9: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c38 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
     d2_d__p9_79 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c39 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p9.reshape(n, 64, 1, 3)
+    del d__p9
     d2_A_80 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 0, 2).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuik->zuj
+    del _c39
     d2_d__p9 = d2_d__p9_77 + d2_d__p9_79
+    del d2_d__p9_77, d2_d__p9_79
     d2_d_B_81 = d2_d__p9.reshape(n, 64, 3) * _w_B_1[:, 320:384].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_1_82 = torch.bmm(d2_d__p9.reshape(n * 64, 1, 3), d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
     # ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
@@ -9456,59 +9509,87 @@ def _mace_product_d2_A(
     d2_d__p10_83 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     d__p10 = d__p10_28 + d__p10_32 + d__p10_36
+    del d__p10_28, d__p10_32, d__p10_36
     _c41 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p10.reshape(n, 64, 1, 1)
     d2_A_84 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7)  # ijk,zujk->zui
+    del _c41
     # ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c42 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
     d2_d__p10_85 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c43 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p10.reshape(n, 64, 1, 1)
+    del d__p10
     d2_A_86 = torch.mm(_c43.permute(2, 3, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7)  # ijk,zuik->zuj
+    del _c43
     d2_d__p10 = d2_d__p10_83 + d2_d__p10_85
+    del d2_d__p10_83, d2_d__p10_85
     d2_d_B_87 = (d2_d__p10 * 0.5).reshape(n, 64, 1) * _w_B_1[:, 384:448].reshape(n, 64).reshape(n, 64, 1)
+    del _w_B_1
     d2__w_B_1_88 = (d2_d__p10 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
     # ∂/∂d__p11: ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
     d2_d__p11_89 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c24
     # ∂/∂A: ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
     _c44 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p11.reshape(n, 64, 1, 5)
     d2_A_90 = torch.mm(_c44.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c44
     # ∂/∂d__p11: ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
     d2_d__p11_91 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c26
     # ∂/∂A: ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
     _c45 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p11.reshape(n, 64, 1, 5)
+    del d__p11
     d2_A_92 = torch.mm(_c45.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    del _c45
     # ∂/∂d__p12: ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
     d2_d__p12_93 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c32
     # ∂/∂A: ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
     d__p12 = d__p12_20 + d__p12_22
+    del d__p12_20, d__p12_22
     _c46 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p12.reshape(n, 64, 1, 5)
     d2_A_94 = torch.mm(_c46.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c46
     # ∂/∂d__p12: ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
     d2_d__p12_95 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c34
     # ∂/∂A: ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
     _c47 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p12.reshape(n, 64, 1, 5)
+    del d__p12
     d2_A_96 = torch.mm(_c47.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuik->zuj
+    del _c47
     # ∂/∂d__p13: ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
     d2_d__p13_97 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c36
     # ∂/∂A: ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
     _c48 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p13.reshape(n, 64, 1, 5)
     d2_A_98 = torch.mm(_c48.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.reshape(5, 35).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c48
     # ∂/∂d__p13: ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
     d2_d__p13_99 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c38
     # ∂/∂A: ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
     _c49 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p13.reshape(n, 64, 1, 5)
+    del d__p13
     d2_A_100 = torch.mm(_c49.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_3_2.permute(1, 0, 2).reshape(7, 25).t()).view(n, 64, 7)  # ijk,zuik->zuj
+    del _c49
     # ∂/∂d__p14: ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
     d2_d__p14_101 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_2.permute(2, 0, 1).reshape(5, 49).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c40
     # ∂/∂A: ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
     d__p14 = d__p14_19 + d__p14_21 + d__p14_25
+    del d__p14_19, d__p14_21, d__p14_25
     _c50 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p14.reshape(n, 64, 1, 5)
     d2_A_102 = torch.mm(_c50.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.reshape(7, 35).t()).view(n, 64, 7)  # ijk,zujk->zui
+    del _c50
     # ∂/∂d__p14: ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
     d2_d__p14_103 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_2.permute(2, 0, 1).reshape(5, 49).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c42
     # ∂/∂A: ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
     _c51 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p14.reshape(n, 64, 1, 5)
+    del d__p14
     d2_A_104 = torch.mm(_c51.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.permute(1, 0, 2).reshape(7, 35).t()).view(n, 64, 7)  # ijk,zuik->zuj
+    del _c51
     d2_d__p15_105 = (d2_d__p1 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_2_106 = (d2_d__p1 * 0.3535533905932738).reshape(n, 64) * d__p15.reshape(n, 64)
     d2_d__p15_107 = (d2_d__p4 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
@@ -9517,203 +9598,316 @@ def _mace_product_d2_A(
     d2__w_B_2_110 = (d2_d__p7 * 0.3535533905932738).reshape(n, 64) * d__p15.reshape(n, 64)
     d2_d__p15_111 = (d2_d__p10 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 960:1024].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_2_112 = (d2_d__p10 * 0.3535533905932738).reshape(n, 64) * d__p15.reshape(n, 64)
+    del d__p15
     # ∂/∂d__p16: ∂/∂A: p16 = (p15 ⊗ p0) -> 64x0e
     _p15 = p15_0 + p15_1 + p15_2 + p15_3
+    del p15_0, p15_1, p15_2, p15_3
     _c52 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * _p15.reshape(n, 64, 1, 1)
+    del _p15
     d2_d__p16_113 = cg_0_0_0.reshape(1, 1, 1) * _c52.reshape(n, 64, 1)
+    del _c52
     # ∂/∂_p15: ∂/∂A: p16 = (p15 ⊗ p0) -> 64x0e
     _c53 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p16.reshape(n, 64, 1, 1)
     d2__p15 = cg_0_0_0.reshape(1, 1, 1) * _c53.reshape(n, 64, 1)
+    del _c53
     # ∂/∂d__p16: ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
     d2_d__p15 = d2_d__p15_105 + d2_d__p15_107 + d2_d__p15_109 + d2_d__p15_111
+    del d2_d__p15_105, d2_d__p15_107, d2_d__p15_109, d2_d__p15_111
     _c54 = d2_d__p15.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d2_d__p16_114 = cg_0_0_0.reshape(1, 1, 1) * _c54.reshape(n, 64, 1)
+    del _c54
     # ∂/∂A: ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
     _c55 = d2_d__p15.reshape(n, 64, 1, 1) * d__p16.reshape(n, 64, 1, 1)
+    del d2_d__p15, d__p16
     d2_A_115 = cg_0_0_0.reshape(1, 1, 1) * _c55.reshape(n, 64, 1)
+    del _c55
     d2_d__p16 = d2_d__p16_113 + d2_d__p16_114
+    del d2_d__p16_113, d2_d__p16_114
     d2_d_B_116 = d2_d__p16
+    del d2_d__p16
     d2_d__p17_117 = (d2_d__p1 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_2_118 = (d2_d__p1 * 0.5).reshape(n, 64) * d__p17.reshape(n, 64)
+    del d2_d__p1
     d2_d__p17_119 = (d2_d__p4 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_2_120 = (d2_d__p4 * 0.5).reshape(n, 64) * d__p17.reshape(n, 64)
+    del d2_d__p4
     d2_d__p17_121 = (d2_d__p7 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 512:576].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_2_122 = (d2_d__p7 * 0.5).reshape(n, 64) * d__p17.reshape(n, 64)
+    del d2_d__p7
     d2_d__p17_123 = (d2_d__p10 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 1024:1088].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_2_124 = (d2_d__p10 * 0.5).reshape(n, 64) * d__p17.reshape(n, 64)
+    del d2_d__p10, d__p17
     # ∂/∂d__p18: ∂/∂A: p18 = (p17 ⊗ p2) -> 64x1o
     _p17 = p17_4 + p17_5 + p17_6 + p17_7
+    del p17_4, p17_5, p17_6, p17_7
     _c56 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * _p17.reshape(n, 64, 1, 1)
+    del _p17
     d2_d__p18_125 = torch.mm(_c56.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuji->zuk
+    del _c56
     # ∂/∂_p17: ∂/∂A: p18 = (p17 ⊗ p2) -> 64x1o
     _c57 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p18.reshape(n, 64, 1, 3)
     d2__p17 = torch.mm(_c57.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
+    del _c57
     # ∂/∂d__p18: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
     d2_d__p17 = d2_d__p17_117 + d2_d__p17_119 + d2_d__p17_121 + d2_d__p17_123
+    del d2_d__p17_117, d2_d__p17_119, d2_d__p17_121, d2_d__p17_123
     _c58 = d2_d__p17.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     d2_d__p18_126 = torch.mm(_c58.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c58
     # ∂/∂A: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
     _c59 = d2_d__p17.reshape(n, 64, 1, 1) * d__p18.reshape(n, 64, 1, 3)
+    del d2_d__p17, d__p18
     d2_A_127 = torch.mm(_c59.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    del _c59
     d2_d__p18 = d2_d__p18_125 + d2_d__p18_126
+    del d2_d__p18_125, d2_d__p18_126
     d2_d_B_128 = d2_d__p18
+    del d2_d__p18
     d2_d__p19_129 = d2_d__p3.reshape(n, 64, 3) * (_w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
     d2__w_B_2_130 = torch.bmm((d2_d__p3 * 0.8660254037844386).reshape(n * 64, 1, 3), d__p19.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    del d2_d__p3
     d2_d__p19_131 = d2_d__p9.reshape(n, 64, 3) * (_w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
     d2__w_B_2_132 = torch.bmm((d2_d__p9 * 0.8660254037844386).reshape(n * 64, 1, 3), d__p19.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    del d__p19
     # ∂/∂d__p20: ∂/∂A: p20 = (p19 ⊗ p5) -> 64x1o
     _p19 = p19_8 + p19_9
+    del p19_8, p19_9
     _c60 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * _p19.reshape(n, 64, 3, 1)
+    del _p19
     d2_d__p20_133 = torch.mm(_c60.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c60
     # ∂/∂_p19: ∂/∂A: p20 = (p19 ⊗ p5) -> 64x1o
     _c61 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p20.reshape(n, 64, 1, 3)
     d2__p19 = torch.mm(_c61.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c61
     # ∂/∂d__p20: ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
     d2_d__p19 = d2_d__p19_129 + d2_d__p19_131
+    del d2_d__p19_129, d2_d__p19_131
     _c62 = d2_d__p19.reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     d2_d__p20_134 = torch.mm(_c62.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c62
     # ∂/∂A: ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
     _c63 = d2_d__p19.reshape(n, 64, 3, 1) * d__p20.reshape(n, 64, 1, 3)
+    del d2_d__p19, d__p20
     d2_A_135 = torch.mm(_c63.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuik->zuj
+    del _c63
     d2_d__p20 = d2_d__p20_133 + d2_d__p20_134
+    del d2_d__p20_133, d2_d__p20_134
     d2_d_B_136 = d2_d__p20
+    del d2_d__p20
     d2_d__p11 = d2_d__p11_89 + d2_d__p11_91
+    del d2_d__p11_89, d2_d__p11_91
     d2_d__p21_137 = d2_d__p11.reshape(n, 64, 5) * (_w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
     d2__w_B_2_138 = torch.bmm((d2_d__p11 * 1.118033988749895).reshape(n * 64, 1, 5), d__p21.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    del d2_d__p11
     d2_d__p14 = d2_d__p14_101 + d2_d__p14_103
+    del d2_d__p14_101, d2_d__p14_103
     d2_d__p21_139 = d2_d__p14.reshape(n, 64, 5) * (_w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
     d2__w_B_2_140 = torch.bmm((d2_d__p14 * 1.118033988749895).reshape(n * 64, 1, 5), d__p21.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    del d__p21
     # ∂/∂d__p22: ∂/∂A: p22 = (p21 ⊗ p8) -> 64x1o
     _p21 = p21_10 + p21_11
+    del p21_10, p21_11
     _c64 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) * _p21.reshape(n, 64, 5, 1)
+    del _p21
     d2_d__p22_141 = torch.mm(_c64.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c64
     # ∂/∂_p21: ∂/∂A: p22 = (p21 ⊗ p8) -> 64x1o
     _c65 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p22.reshape(n, 64, 1, 3)
     d2__p21 = torch.mm(_c65.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c65
     # ∂/∂d__p22: ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
     d2_d__p21 = d2_d__p21_137 + d2_d__p21_139
+    del d2_d__p21_137, d2_d__p21_139
     _c66 = d2_d__p21.reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
     d2_d__p22_142 = torch.mm(_c66.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c66
     # ∂/∂A: ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
     _c67 = d2_d__p21.reshape(n, 64, 5, 1) * d__p22.reshape(n, 64, 1, 3)
+    del d2_d__p21, d__p22
     d2_A_143 = torch.mm(_c67.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 0, 2).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuik->zuj
+    del _c67
     d2_d__p22 = d2_d__p22_141 + d2_d__p22_142
+    del d2_d__p22_141, d2_d__p22_142
     d2_d_B_144 = d2_d__p22
+    del d2_d__p22
     d2_d__p23_145 = d2_d__p6.reshape(n, 64, 3) * (_w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
     d2__w_B_2_146 = torch.bmm((d2_d__p6 * 0.6123724356957945).reshape(n * 64, 1, 3), d__p23.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    del d2_d__p6
     d2_d__p23_147 = d2_d__p9.reshape(n, 64, 3) * (_w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
     d2__w_B_2_148 = torch.bmm((d2_d__p9 * 0.6123724356957945).reshape(n * 64, 1, 3), d__p23.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    del d__p23
     # ∂/∂d__p24: ∂/∂A: p24 = (p23 ⊗ p2) -> 64x0e
     _p23 = p23_12 + p23_13
+    del p23_12, p23_13
     _c68 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) * _p23.reshape(n, 64, 3, 1)
+    del _p23
     d2_d__p24_149 = torch.mm(_c68.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c68
     # ∂/∂_p23: ∂/∂A: p24 = (p23 ⊗ p2) -> 64x0e
     _c69 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p24.reshape(n, 64, 1, 1)
     d2__p23 = torch.mm(_c69.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c69
     # ∂/∂d__p24: ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
     d2_d__p23 = d2_d__p23_145 + d2_d__p23_147
+    del d2_d__p23_145, d2_d__p23_147
     _c70 = d2_d__p23.reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     d2_d__p24_150 = torch.mm(_c70.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c70
     # ∂/∂A: ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
     _c71 = d2_d__p23.reshape(n, 64, 3, 1) * d__p24.reshape(n, 64, 1, 1)
+    del d2_d__p23, d__p24
     d2_A_151 = torch.mm(_c71.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    del _c71
     d2_d__p24 = d2_d__p24_149 + d2_d__p24_150
+    del d2_d__p24_149, d2_d__p24_150
     d2_d_B_152 = d2_d__p24
+    del d2_d__p24
     d2_d__p12 = d2_d__p12_93 + d2_d__p12_95
+    del d2_d__p12_93, d2_d__p12_95
     d2_d__p25_153 = d2_d__p12.reshape(n, 64, 5) * (_w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
     d2__w_B_2_154 = torch.bmm((d2_d__p12 * 1.118033988749895).reshape(n * 64, 1, 5), d__p25.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
     d2_d__p25_155 = d2_d__p14.reshape(n, 64, 5) * (_w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
     d2__w_B_2_156 = torch.bmm((d2_d__p14 * 1.118033988749895).reshape(n * 64, 1, 5), d__p25.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    del d__p25
     # ∂/∂d__p26: ∂/∂A: p26 = (p25 ⊗ p2) -> 64x1o
     _p25 = p25_14 + p25_15
+    del p25_14, p25_15
     _c72 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) * _p25.reshape(n, 64, 5, 1)
+    del _p25
     d2_d__p26_157 = torch.mm(_c72.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c72
     # ∂/∂_p25: ∂/∂A: p26 = (p25 ⊗ p2) -> 64x1o
     _c73 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p26.reshape(n, 64, 1, 3)
     d2__p25 = torch.mm(_c73.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c73
     # ∂/∂d__p26: ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
     d2_d__p25 = d2_d__p25_153 + d2_d__p25_155
+    del d2_d__p25_153, d2_d__p25_155
     _c74 = d2_d__p25.reshape(n, 64, 5, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     d2_d__p26_158 = torch.mm(_c74.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c74
     # ∂/∂A: ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
     _c75 = d2_d__p25.reshape(n, 64, 5, 1) * d__p26.reshape(n, 64, 1, 3)
+    del d2_d__p25, d__p26
     d2_A_159 = torch.mm(_c75.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    del _c75
     d2_d__p26 = d2_d__p26_157 + d2_d__p26_158
+    del d2_d__p26_157, d2_d__p26_158
     d2_d_B_160 = d2_d__p26
+    del d2_d__p26
     d2_d__p27_161 = d2_d__p12.reshape(n, 64, 5) * (_w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
     d2__w_B_2_162 = torch.bmm((d2_d__p12 * 0.7905694150420949).reshape(n * 64, 1, 5), d__p27.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    del d2_d__p12
     d2_d__p27_163 = d2_d__p14.reshape(n, 64, 5) * (_w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
     d2__w_B_2_164 = torch.bmm((d2_d__p14 * 0.7905694150420949).reshape(n * 64, 1, 5), d__p27.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    del d2_d__p14, d__p27
     # ∂/∂d__p28: ∂/∂A: p28 = (p27 ⊗ p5) -> 64x0e
     _p27 = p27_16 + p27_17
+    del p27_16, p27_17
     _c76 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * _p27.reshape(n, 64, 5, 1)
+    del _p27
     d2_d__p28_165 = torch.mm(_c76.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c76
     # ∂/∂_p27: ∂/∂A: p28 = (p27 ⊗ p5) -> 64x0e
     _c77 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p28.reshape(n, 64, 1, 1)
     d2__p27 = torch.mm(_c77.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c77
     # ∂/∂d__p28: ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
     d2_d__p27 = d2_d__p27_161 + d2_d__p27_163
+    del d2_d__p27_161, d2_d__p27_163
     _c78 = d2_d__p27.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     d2_d__p28_166 = torch.mm(_c78.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c78
     # ∂/∂A: ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
     _c79 = d2_d__p27.reshape(n, 64, 5, 1) * d__p28.reshape(n, 64, 1, 1)
+    del d2_d__p27, d__p28
     d2_A_167 = torch.mm(_c79.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuik->zuj
+    del _c79
     d2_d__p28 = d2_d__p28_165 + d2_d__p28_166
+    del d2_d__p28_165, d2_d__p28_166
     d2_d_B_168 = d2_d__p28
+    del d2_d__p28
     d2_d__p29 = d2_d__p9.reshape(n, 64, 3) * (_w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
     d2__w_B_2_169 = torch.bmm((d2_d__p9 * 0.8660254037844386).reshape(n * 64, 1, 3), d__p29.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    del d2_d__p9, d__p29
     # ∂/∂d__p30: ∂/∂A: p30 = (p29 ⊗ p0) -> 64x1o
     _c80 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * _p29.reshape(n, 64, 1, 3)
+    del _p29
     d2_d__p30_170 = torch.mm(_c80.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuji->zuk
+    del _c80
     # ∂/∂_p29: ∂/∂A: p30 = (p29 ⊗ p0) -> 64x1o
     _c81 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p30.reshape(n, 64, 1, 3)
     d2__p29 = torch.mm(_c81.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c81
     # ∂/∂d__p30: ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
     _c82 = d2_d__p29.reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d2_d__p30_171 = torch.mm(_c82.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c82
     # ∂/∂A: ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
     _c83 = d2_d__p29.reshape(n, 64, 3, 1) * d__p30.reshape(n, 64, 1, 3)
+    del d2_d__p29, d__p30
     d2_A_172 = torch.mm(_c83.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuik->zuj
+    del _c83
     d2_d__p30 = d2_d__p30_170 + d2_d__p30_171
+    del d2_d__p30_170, d2_d__p30_171
     d2_d_B_173 = d2_d__p30
+    del d2_d__p30
     # ∂/∂d__p31: ∂/∂A: p31 = (p13 ⊗ p5) -> 64x1o
     _c84 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * _p13.reshape(n, 64, 5, 1)
+    del _p13
     d2_d__p31_174 = torch.mm(_c84.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c84
     # ∂/∂_p13: ∂/∂A: p31 = (p13 ⊗ p5) -> 64x1o
     _c85 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p31.reshape(n, 64, 1, 3)
     d2__p13 = torch.mm(_c85.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c85
     # ∂/∂d__p31: ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o
     d2_d__p13 = d2_d__p13_97 + d2_d__p13_99
+    del d2_d__p13_97, d2_d__p13_99
     _c86 = d2_d__p13.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     d2_d__p31_175 = torch.mm(_c86.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c86
     # ∂/∂A: ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o
     _c87 = d2_d__p13.reshape(n, 64, 5, 1) * d__p31.reshape(n, 64, 1, 3)
+    del d2_d__p13, d__p31
     d2_A_176 = torch.mm(_c87.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.permute(1, 0, 2).reshape(5, 15).t()).view(n, 64, 5)  # ijk,zuik->zuj
+    del _c87
     d2_d__p31 = d2_d__p31_174 + d2_d__p31_175
+    del d2_d__p31_174, d2_d__p31_175
     d2_d_B_177 = d2_d__p31.reshape(n, 64, 3) * (_w_B_2[:, 896:960].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
     d2__w_B_2_178 = torch.bmm((d2_d__p31 * 1.118033988749895).reshape(n * 64, 1, 3), d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    del d2_d__p31
     d2__p9_179 = d2__p29.reshape(n, 64, 3) * (_w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
     d2__w_B_2_180 = torch.bmm((d2__p29 * 0.8660254037844386).reshape(n * 64, 1, 3), _p9.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    del d2__p29
     d2__p14_181 = d2__p27.reshape(n, 64, 5) * (_w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
     d2__w_B_2_182 = torch.bmm((d2__p27 * 0.7905694150420949).reshape(n * 64, 1, 5), _p14.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
     d2__p12_183 = d2__p27.reshape(n, 64, 5) * (_w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
     d2__w_B_2_184 = torch.bmm((d2__p27 * 0.7905694150420949).reshape(n * 64, 1, 5), _p12.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    del d2__p27
     d2__p14_185 = d2__p25.reshape(n, 64, 5) * (_w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
     d2__w_B_2_186 = torch.bmm((d2__p25 * 1.118033988749895).reshape(n * 64, 1, 5), _p14.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
     d2__p12_187 = d2__p25.reshape(n, 64, 5) * (_w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
     d2__w_B_2_188 = torch.bmm((d2__p25 * 1.118033988749895).reshape(n * 64, 1, 5), _p12.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    del _p12, d2__p25
     d2__p9_189 = d2__p23.reshape(n, 64, 3) * (_w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
     d2__w_B_2_190 = torch.bmm((d2__p23 * 0.6123724356957945).reshape(n * 64, 1, 3), _p9.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
     d2__p6 = d2__p23.reshape(n, 64, 3) * (_w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
     d2__w_B_2_191 = torch.bmm((d2__p23 * 0.6123724356957945).reshape(n * 64, 1, 3), _p6.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    del _p6, d2__p23
     d2__p14_192 = d2__p21.reshape(n, 64, 5) * (_w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
     d2__w_B_2_193 = torch.bmm((d2__p21 * 1.118033988749895).reshape(n * 64, 1, 5), _p14.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    del _p14
     d2__p11 = d2__p21.reshape(n, 64, 5) * (_w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
     d2__w_B_2_194 = torch.bmm((d2__p21 * 1.118033988749895).reshape(n * 64, 1, 5), _p11.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    del _p11, d2__p21
     d2__p9_195 = d2__p19.reshape(n, 64, 3) * (_w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
     d2__w_B_2_196 = torch.bmm((d2__p19 * 0.8660254037844386).reshape(n * 64, 1, 3), _p9.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    del _p9
     d2__p3 = d2__p19.reshape(n, 64, 3) * (_w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
     d2__w_B_2_197 = torch.bmm((d2__p19 * 0.8660254037844386).reshape(n * 64, 1, 3), _p3.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    del _p3, d2__p19
     d2__p10_198 = (d2__p17 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 1024:1088].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_2_199 = (d2__p17 * 0.5).reshape(n, 64) * _p10.reshape(n, 64)
     d2__p7_200 = (d2__p17 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 512:576].reshape(n, 64).reshape(n, 64, 1)
@@ -9722,40 +9916,60 @@ def _mace_product_d2_A(
     d2__w_B_2_203 = (d2__p17 * 0.5).reshape(n, 64) * _p4.reshape(n, 64)
     d2__p1_204 = (d2__p17 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_2_205 = (d2__p17 * 0.5).reshape(n, 64) * _p1.reshape(n, 64)
+    del d2__p17
     d2__p10_206 = (d2__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 960:1024].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_2_207 = (d2__p15 * 0.3535533905932738).reshape(n, 64) * _p10.reshape(n, 64)
+    del _p10
     d2__p7_208 = (d2__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 448:512].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_2_209 = (d2__p15 * 0.3535533905932738).reshape(n, 64) * _p7.reshape(n, 64)
+    del _p7
     d2__p4_210 = (d2__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_2_211 = (d2__p15 * 0.3535533905932738).reshape(n, 64) * _p4.reshape(n, 64)
+    del _p4
     d2__p1_212 = (d2__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
+    del _w_B_2
     d2__w_B_2_213 = (d2__p15 * 0.3535533905932738).reshape(n, 64) * _p1.reshape(n, 64)
+    del _p1, d2__p15
     # ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
     d2__p14 = d2__p14_181 + d2__p14_185 + d2__p14_192
+    del d2__p14_181, d2__p14_185, d2__p14_192
     _c88 = d2__p14.reshape(n, 64, 1, 5) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
     d2_A_214 = torch.mm(_c88.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.reshape(7, 35).t()).view(n, 64, 7)  # ijk,zujk->zui
+    del _c88
     # ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
     _c89 = d2__p14.reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    del d2__p14
     d2_A_215 = torch.mm(_c89.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.permute(1, 2, 0).reshape(7, 35).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c89
     # ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
     _c90 = d2__p13.reshape(n, 64, 1, 5) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
     d2_A_216 = torch.mm(_c90.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.reshape(5, 35).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c90
     # ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
     _c91 = d2__p13.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del d2__p13
     d2_A_217 = torch.mm(_c91.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_3_2.permute(1, 2, 0).reshape(7, 25).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c91
     # ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
     d2__p12 = d2__p12_183 + d2__p12_187
+    del d2__p12_183, d2__p12_187
     _c92 = d2__p12.reshape(n, 64, 1, 5) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
     d2_A_218 = torch.mm(_c92.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c92
     # ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
     _c93 = d2__p12.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del d2__p12
     d2_A_219 = torch.mm(_c93.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c93
     # ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
     _c94 = d2__p11.reshape(n, 64, 1, 5) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
     d2_A_220 = torch.mm(_c94.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c94
     # ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
     _c95 = d2__p11.reshape(n, 64, 5, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    del d2__p11
     d2_A_221 = torch.mm(_c95.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    del _c95
     # weight gradient per index value
     d2__w_B_2 = torch.cat([
         (d2__w_B_2_106 + d2__w_B_2_213).reshape(n, 64),
@@ -9779,54 +9993,82 @@ def _mace_product_d2_A(
         (d2__w_B_2_164 + d2__w_B_2_182).reshape(n, 64),
         (d2__w_B_2_140 + d2__w_B_2_193).reshape(n, 64),
     ], dim=-1)
+    del d2__w_B_2_106, d2__w_B_2_108, d2__w_B_2_110, d2__w_B_2_112, d2__w_B_2_118, d2__w_B_2_120, d2__w_B_2_122, d2__w_B_2_124, d2__w_B_2_130, d2__w_B_2_132, d2__w_B_2_138, d2__w_B_2_140, d2__w_B_2_146, d2__w_B_2_148, d2__w_B_2_154, d2__w_B_2_156, d2__w_B_2_162, d2__w_B_2_164, d2__w_B_2_169, d2__w_B_2_178, d2__w_B_2_180, d2__w_B_2_182, d2__w_B_2_184, d2__w_B_2_186, d2__w_B_2_188, d2__w_B_2_190, d2__w_B_2_191, d2__w_B_2_193, d2__w_B_2_194, d2__w_B_2_196, d2__w_B_2_197, d2__w_B_2_199, d2__w_B_2_201, d2__w_B_2_203, d2__w_B_2_205, d2__w_B_2_207, d2__w_B_2_209, d2__w_B_2_211, d2__w_B_2_213
     d2_weight_222 = weight.new_zeros(10, 1280).index_add(0, z, d2__w_B_2.reshape(n, 1280)).reshape(12800)
+    del d2__w_B_2
     # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     d2__p10 = d2__p10_198 + d2__p10_206
+    del d2__p10_198, d2__p10_206
     _c96 = d2__p10.reshape(n, 64, 1, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
     d2_A_223 = torch.mm(_c96.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7)  # ijk,zukj->zui
+    del _c96
     # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c97 = d2__p10.reshape(n, 64, 1, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    del d2__p10
     d2_A_224 = torch.mm(_c97.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c97
     # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     d2__p9 = d2__p9_179 + d2__p9_189 + d2__p9_195
+    del d2__p9_179, d2__p9_189, d2__p9_195
     _c98 = d2__p9.reshape(n, 64, 1, 3) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
     d2_A_225 = torch.mm(_c98.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c98
     # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c99 = d2__p9.reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del d2__p9
     d2_A_226 = torch.mm(_c99.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 2, 0).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c99
     # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     d2__p7 = d2__p7_200 + d2__p7_208
+    del d2__p7_200, d2__p7_208
     _c100 = d2__p7.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     d2_A_227 = torch.mm(_c100.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zukj->zui
+    del _c100
     # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c101 = d2__p7.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del d2__p7
     d2_A_228 = torch.mm(_c101.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c101
     # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c102 = d2__p6.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
     d2_A_229 = torch.mm(_c102.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c102
     # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c103 = d2__p6.reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    del d2__p6
     d2_A_230 = torch.mm(_c103.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c103
     # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     d2__p4 = d2__p4_202 + d2__p4_210
+    del d2__p4_202, d2__p4_210
     _c104 = d2__p4.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     d2_A_231 = torch.mm(_c104.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
+    del _c104
     # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c105 = d2__p4.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    del d2__p4
     d2_A_232 = torch.mm(_c105.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    del _c105
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c106 = d2__p3.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
     d2_A_233 = torch.mm(_c106.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
+    del _c106
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c107 = d2__p3.reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    del d2__p3
     d2_A_234 = torch.mm(_c107.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    del _c107
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     d2__p1 = d2__p1_204 + d2__p1_212
+    del d2__p1_204, d2__p1_212
     _c108 = d2__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d2_A_235 = cg_0_0_0.reshape(1, 1, 1) * _c108.reshape(n, 64, 1)
+    del _c108
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c109 = d2__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    del d2__p1
     d2_A_236 = cg_0_0_0.reshape(1, 1, 1) * _c109.reshape(n, 64, 1)
+    del _c109
     # weight gradient per index value
     d2__w_B_1 = torch.cat([
         d2__w_B_1_52.reshape(n, 64),
@@ -9837,28 +10079,35 @@ def _mace_product_d2_A(
         d2__w_B_1_82.reshape(n, 64),
         d2__w_B_1_88.reshape(n, 64),
     ], dim=-1)
+    del d2__w_B_1_52, d2__w_B_1_58, d2__w_B_1_64, d2__w_B_1_70, d2__w_B_1_76, d2__w_B_1_82, d2__w_B_1_88
     d2_weight_237 = weight.new_zeros(10, 448).index_add(0, z, d2__w_B_1.reshape(n, 448)).reshape(4480)
+    del d2__w_B_1
     # weight gradient per index value
     d2__w_B_0 = torch.cat([
         d2__w_B_0_44.reshape(n, 64),
         d2__w_B_0_46.reshape(n, 64),
     ], dim=-1)
+    del d2__w_B_0_44, d2__w_B_0_46
     d2_weight_238 = weight.new_zeros(10, 128).index_add(0, z, d2__w_B_0.reshape(n, 128)).reshape(1280)
+    del d2__w_B_0
     d2_A = torch.cat([
         (d2_A_48 + d2_A_50 + d2_A_54 + d2_A_115 + d2_A_172 + d2_A_233 + d2_A_235 + d2_A_236).reshape(n, 64),
         (d2_A_56 + d2_A_60 + d2_A_62 + d2_A_66 + d2_A_90 + d2_A_92 + d2_A_127 + d2_A_151 + d2_A_159 + d2_A_220 + d2_A_221 + d2_A_229 + d2_A_231 + d2_A_232 + d2_A_234).reshape(n, 192),
         (d2_A_68 + d2_A_72 + d2_A_74 + d2_A_78 + d2_A_94 + d2_A_96 + d2_A_98 + d2_A_135 + d2_A_167 + d2_A_176 + d2_A_216 + d2_A_218 + d2_A_219 + d2_A_225 + d2_A_227 + d2_A_228 + d2_A_230).reshape(n, 320),
         (d2_A_80 + d2_A_84 + d2_A_86 + d2_A_100 + d2_A_102 + d2_A_104 + d2_A_143 + d2_A_214 + d2_A_215 + d2_A_217 + d2_A_223 + d2_A_224 + d2_A_226).reshape(n, 448),
     ], dim=-1)
+    del d2_A_100, d2_A_102, d2_A_104, d2_A_115, d2_A_127, d2_A_135, d2_A_143, d2_A_151, d2_A_159, d2_A_167, d2_A_172, d2_A_176, d2_A_214, d2_A_215, d2_A_216, d2_A_217, d2_A_218, d2_A_219, d2_A_220, d2_A_221, d2_A_223, d2_A_224, d2_A_225, d2_A_226, d2_A_227, d2_A_228, d2_A_229, d2_A_230, d2_A_231, d2_A_232, d2_A_233, d2_A_234, d2_A_235, d2_A_236, d2_A_48, d2_A_50, d2_A_54, d2_A_56, d2_A_60, d2_A_62, d2_A_66, d2_A_68, d2_A_72, d2_A_74, d2_A_78, d2_A_80, d2_A_84, d2_A_86, d2_A_90, d2_A_92, d2_A_94, d2_A_96, d2_A_98
     d2_d_B = torch.cat([
         (d2_d_B_43 + d2_d_B_51 + d2_d_B_63 + d2_d_B_75 + d2_d_B_87 + d2_d_B_116 + d2_d_B_152 + d2_d_B_168).reshape(n, 64),
         (d2_d_B_45 + d2_d_B_57 + d2_d_B_69 + d2_d_B_81 + d2_d_B_128 + d2_d_B_136 + d2_d_B_144 + d2_d_B_160 + d2_d_B_173 + d2_d_B_177).reshape(n, 192),
     ], dim=-1)
+    del d2_d_B_116, d2_d_B_128, d2_d_B_136, d2_d_B_144, d2_d_B_152, d2_d_B_160, d2_d_B_168, d2_d_B_173, d2_d_B_177, d2_d_B_43, d2_d_B_45, d2_d_B_51, d2_d_B_57, d2_d_B_63, d2_d_B_69, d2_d_B_75, d2_d_B_81, d2_d_B_87
     d2_weight = torch.cat([
         d2_weight_238.reshape(1280),
         d2_weight_237.reshape(4480),
         d2_weight_222.reshape(12800),
     ], dim=-1)
+    del d2_weight_222, d2_weight_237, d2_weight_238
     return [d2_A, d2_d_B, d2_weight]
 
 
@@ -12899,15 +13148,18 @@ def _mace_product_d2_weight(
     # p1 = (p0 ⊗ p0) -> 64x0e
     _c0 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
+    del _c0
     # p3 = (p0 ⊗ p2) -> 64x1o
     _c1 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c1
     # p4 = (p2 ⊗ p2) -> 64x0e
     _c2 = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     _p4 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
     # p6 = (p2 ⊗ p5) -> 64x1o
     _c3 = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c3
     # p7 = (p5 ⊗ p5) -> 64x0e
     _c4 = A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     _p7 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
@@ -12919,47 +13171,60 @@ def _mace_product_d2_weight(
     _p10 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
     # p11 = (p2 ⊗ p2) -> 64x2e
     _p11 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c2
     # p12 = (p5 ⊗ p5) -> 64x2e
     _p12 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c4
     # p13 = (p5 ⊗ p8) -> 64x2o
     _p13 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.permute(2, 0, 1).reshape(5, 35).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c5
     # p14 = (p8 ⊗ p8) -> 64x2e
     _p14 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_2.permute(2, 0, 1).reshape(5, 49).t()).view(n, 64, 5)  # ijk,zuij->zuk
+    del _c6
     # p31 = (p13 ⊗ p5) -> 64x1o
     _c7 = _p13.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     _p31 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c7
     d__p30 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
     _c8 = d__p30.reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d__p29 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_0_1.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
+    del _c8
     d__p28 = d_B[:, 0:64].reshape(n, 64, 1)
     # ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
     _c9 = d__p28.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     d__p27 = torch.mm(_c9.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zukj->zui
+    del _c9
     d__p26 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
     _c10 = d__p26.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
     d__p25 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c10
     d__p24 = d_B[:, 0:64].reshape(n, 64, 1)
     # ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
     _c11 = d__p24.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     d__p23 = torch.mm(_c11.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
+    del _c11
     d__p22 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
     _c12 = d__p22.reshape(n, 64, 1, 3) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
     d__p21 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c12
     d__p20 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
     _c13 = d__p20.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
     d__p19 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c13
     d__p18 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
     _c14 = d__p18.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
     d__p17 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
+    del _c14
     d__p16 = d_B[:, 0:64].reshape(n, 64, 1)
     # ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
     _c15 = d__p16.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d__p15 = cg_0_0_0.reshape(1, 1, 1) * _c15.reshape(n, 64, 1)
+    del _c15
     d2_d__w_B_0 = d2_d_weight[0:1280].view(1280).reshape(10, 128)[z]
     # ∂/∂d_B: ∂/∂_w_B_0: 64x0e -> 64x0e
     d2_d_B_0 = d2_d__w_B_0[:, 0:64].reshape(n, 64).reshape(n, 64, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
@@ -12969,6 +13234,7 @@ def _mace_product_d2_weight(
     d2_d_B_2 = d2_d__w_B_0[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
     # ∂/∂A: ∂/∂_w_B_0: 64x1o -> 64x1o
     d2_A_3 = d2_d__w_B_0[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
+    del d2_d__w_B_0
     d2_d__w_B_1 = d2_d_weight[1280:5760].view(4480).reshape(10, 448)[z]
     d2_d_B_4 = (d2_d__w_B_1[:, 0:64].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p1.reshape(n, 64, 1)
     d2__p1_5 = (d2_d__w_B_1[:, 0:64].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
@@ -12984,6 +13250,7 @@ def _mace_product_d2_weight(
     d2__p9_15 = d2_d__w_B_1[:, 320:384].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
     d2_d_B_16 = (d2_d__w_B_1[:, 384:448].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p10.reshape(n, 64, 1)
     d2__p10_17 = (d2_d__w_B_1[:, 384:448].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
+    del d2_d__w_B_1
     d2_d__w_B_2 = d2_d_weight[5760:18560].view(12800).reshape(10, 1280)[z]
     d2_d__p15_18 = (d2_d__w_B_2[:, 0:64].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * _p1.reshape(n, 64, 1)
     d2__p1_19 = (d2_d__w_B_2[:, 0:64].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * d__p15.reshape(n, 64, 1)
@@ -12993,192 +13260,298 @@ def _mace_product_d2_weight(
     d2__p7_23 = (d2_d__w_B_2[:, 448:512].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * d__p15.reshape(n, 64, 1)
     d2_d__p15_24 = (d2_d__w_B_2[:, 960:1024].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * _p10.reshape(n, 64, 1)
     d2__p10_25 = (d2_d__w_B_2[:, 960:1024].reshape(n, 64) * 0.3535533905932738).reshape(n, 64, 1) * d__p15.reshape(n, 64, 1)
+    del d__p15
     # ∂/∂d__p16: ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
     d2_d__p15 = d2_d__p15_18 + d2_d__p15_20 + d2_d__p15_22 + d2_d__p15_24
+    del d2_d__p15_18, d2_d__p15_20, d2_d__p15_22, d2_d__p15_24
     _c16 = d2_d__p15.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d2_d__p16 = cg_0_0_0.reshape(1, 1, 1) * _c16.reshape(n, 64, 1)
+    del _c16
     # ∂/∂A: ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
     _c17 = d2_d__p15.reshape(n, 64, 1, 1) * d__p16.reshape(n, 64, 1, 1)
+    del d2_d__p15, d__p16
     d2_A_26 = cg_0_0_0.reshape(1, 1, 1) * _c17.reshape(n, 64, 1)
+    del _c17
     d2_d_B_27 = d2_d__p16
+    del d2_d__p16
     d2_d__p17_28 = (d2_d__w_B_2[:, 64:128].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p1.reshape(n, 64, 1)
+    del _p1
     d2__p1_29 = (d2_d__w_B_2[:, 64:128].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d__p17.reshape(n, 64, 1)
     d2_d__p17_30 = (d2_d__w_B_2[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p4.reshape(n, 64, 1)
+    del _p4
     d2__p4_31 = (d2_d__w_B_2[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d__p17.reshape(n, 64, 1)
     d2_d__p17_32 = (d2_d__w_B_2[:, 512:576].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p7.reshape(n, 64, 1)
+    del _p7
     d2__p7_33 = (d2_d__w_B_2[:, 512:576].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d__p17.reshape(n, 64, 1)
     d2_d__p17_34 = (d2_d__w_B_2[:, 1024:1088].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p10.reshape(n, 64, 1)
+    del _p10
     d2__p10_35 = (d2_d__w_B_2[:, 1024:1088].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d__p17.reshape(n, 64, 1)
+    del d__p17
     # ∂/∂d__p18: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
     d2_d__p17 = d2_d__p17_28 + d2_d__p17_30 + d2_d__p17_32 + d2_d__p17_34
+    del d2_d__p17_28, d2_d__p17_30, d2_d__p17_32, d2_d__p17_34
     _c18 = d2_d__p17.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     d2_d__p18 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c18
     # ∂/∂A: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
     _c19 = d2_d__p17.reshape(n, 64, 1, 1) * d__p18.reshape(n, 64, 1, 3)
+    del d2_d__p17, d__p18
     d2_A_36 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    del _c19
     d2_d_B_37 = d2_d__p18
+    del d2_d__p18
     d2_d__p19_38 = (d2_d__w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * _p3.reshape(n, 64, 3)
+    del _p3
     d2__p3_39 = (d2_d__w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * d__p19.reshape(n, 64, 3)
     d2_d__p19_40 = (d2_d__w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * _p9.reshape(n, 64, 3)
     d2__p9_41 = (d2_d__w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * d__p19.reshape(n, 64, 3)
+    del d__p19
     # ∂/∂d__p20: ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
     d2_d__p19 = d2_d__p19_38 + d2_d__p19_40
+    del d2_d__p19_38, d2_d__p19_40
     _c20 = d2_d__p19.reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     d2_d__p20 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c20
     # ∂/∂A: ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
     _c21 = d2_d__p19.reshape(n, 64, 3, 1) * d__p20.reshape(n, 64, 1, 3)
+    del d2_d__p19, d__p20
     d2_A_42 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuik->zuj
+    del _c21
     d2_d_B_43 = d2_d__p20
+    del d2_d__p20
     d2_d__p21_44 = (d2_d__w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * _p11.reshape(n, 64, 5)
+    del _p11
     d2__p11 = (d2_d__w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * d__p21.reshape(n, 64, 5)
     d2_d__p21_45 = (d2_d__w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * _p14.reshape(n, 64, 5)
     d2__p14_46 = (d2_d__w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * d__p21.reshape(n, 64, 5)
+    del d__p21
     # ∂/∂d__p22: ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
     d2_d__p21 = d2_d__p21_44 + d2_d__p21_45
+    del d2_d__p21_44, d2_d__p21_45
     _c22 = d2_d__p21.reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
     d2_d__p22 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c22
     # ∂/∂A: ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
     _c23 = d2_d__p21.reshape(n, 64, 5, 1) * d__p22.reshape(n, 64, 1, 3)
+    del d2_d__p21, d__p22
     d2_A_47 = torch.mm(_c23.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 0, 2).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuik->zuj
+    del _c23
     d2_d_B_48 = d2_d__p22
+    del d2_d__p22
     d2_d__p23_49 = (d2_d__w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) * _p6.reshape(n, 64, 3)
+    del _p6
     d2__p6_50 = (d2_d__w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) * d__p23.reshape(n, 64, 3)
     d2_d__p23_51 = (d2_d__w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) * _p9.reshape(n, 64, 3)
     d2__p9_52 = (d2_d__w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1) * d__p23.reshape(n, 64, 3)
+    del d__p23
     # ∂/∂d__p24: ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
     d2_d__p23 = d2_d__p23_49 + d2_d__p23_51
+    del d2_d__p23_49, d2_d__p23_51
     _c24 = d2_d__p23.reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     d2_d__p24 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c24
     # ∂/∂A: ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
     _c25 = d2_d__p23.reshape(n, 64, 3, 1) * d__p24.reshape(n, 64, 1, 1)
+    del d2_d__p23, d__p24
     d2_A_53 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    del _c25
     d2_d_B_54 = d2_d__p24
+    del d2_d__p24
     d2_d__p25_55 = (d2_d__w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * _p12.reshape(n, 64, 5)
     d2__p12_56 = (d2_d__w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * d__p25.reshape(n, 64, 5)
     d2_d__p25_57 = (d2_d__w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * _p14.reshape(n, 64, 5)
     d2__p14_58 = (d2_d__w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * d__p25.reshape(n, 64, 5)
+    del d__p25
     # ∂/∂d__p26: ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
     d2_d__p25 = d2_d__p25_55 + d2_d__p25_57
+    del d2_d__p25_55, d2_d__p25_57
     _c26 = d2_d__p25.reshape(n, 64, 5, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     d2_d__p26 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c26
     # ∂/∂A: ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
     _c27 = d2_d__p25.reshape(n, 64, 5, 1) * d__p26.reshape(n, 64, 1, 3)
+    del d2_d__p25, d__p26
     d2_A_59 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    del _c27
     d2_d_B_60 = d2_d__p26
+    del d2_d__p26
     d2_d__p27_61 = (d2_d__w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) * _p12.reshape(n, 64, 5)
+    del _p12
     d2__p12_62 = (d2_d__w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) * d__p27.reshape(n, 64, 5)
     d2_d__p27_63 = (d2_d__w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) * _p14.reshape(n, 64, 5)
+    del _p14
     d2__p14_64 = (d2_d__w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1) * d__p27.reshape(n, 64, 5)
+    del d__p27
     # ∂/∂d__p28: ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
     d2_d__p27 = d2_d__p27_61 + d2_d__p27_63
+    del d2_d__p27_61, d2_d__p27_63
     _c28 = d2_d__p27.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     d2_d__p28 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c28
     # ∂/∂A: ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
     _c29 = d2_d__p27.reshape(n, 64, 5, 1) * d__p28.reshape(n, 64, 1, 1)
+    del d2_d__p27, d__p28
     d2_A_65 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuik->zuj
+    del _c29
     d2_d_B_66 = d2_d__p28
+    del d2_d__p28
     d2_d__p29 = (d2_d__w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * _p9.reshape(n, 64, 3)
+    del _p9
     d2__p9_67 = (d2_d__w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1) * d__p29.reshape(n, 64, 3)
+    del d__p29
     # ∂/∂d__p30: ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
     _c30 = d2_d__p29.reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d2_d__p30 = torch.mm(_c30.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_0_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c30
     # ∂/∂A: ∂/∂_p29: p30 = (p29 ⊗ p0) -> 64x1o
     _c31 = d2_d__p29.reshape(n, 64, 3, 1) * d__p30.reshape(n, 64, 1, 3)
+    del d2_d__p29, d__p30
     d2_A_68 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuik->zuj
+    del _c31
     d2_d_B_69 = d2_d__p30
+    del d2_d__p30
     d2_d_B_70 = (d2_d__w_B_2[:, 896:960].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * _p31.reshape(n, 64, 3)
+    del _p31
     d2__p31 = (d2_d__w_B_2[:, 896:960].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
+    del d2_d__w_B_2
     # ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o
     _c32 = d2__p31.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
     d2__p13 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.reshape(5, 15).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c32
     # ∂/∂A: p31 = (p13 ⊗ p5) -> 64x1o
     _c33 = d2__p31.reshape(n, 64, 3, 1) * _p13.reshape(n, 64, 1, 5)
+    del _p13, d2__p31
     d2_A_71 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_2_1.permute(1, 2, 0).reshape(5, 15).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c33
     # ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
     d2__p14 = d2__p14_46 + d2__p14_58 + d2__p14_64
+    del d2__p14_46, d2__p14_58, d2__p14_64
     _c34 = d2__p14.reshape(n, 64, 1, 5) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
     d2_A_72 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.reshape(7, 35).t()).view(n, 64, 7)  # ijk,zujk->zui
+    del _c34
     # ∂/∂A: p14 = (p8 ⊗ p8) -> 64x2e
     _c35 = d2__p14.reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    del d2__p14
     d2_A_73 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_3_3_2.permute(1, 2, 0).reshape(7, 35).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c35
     # ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
     _c36 = d2__p13.reshape(n, 64, 1, 5) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
     d2_A_74 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_2.reshape(5, 35).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c36
     # ∂/∂A: p13 = (p5 ⊗ p8) -> 64x2o
     _c37 = d2__p13.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del d2__p13
     d2_A_75 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_3_2.permute(1, 2, 0).reshape(7, 25).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c37
     # ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
     d2__p12 = d2__p12_56 + d2__p12_62
+    del d2__p12_56, d2__p12_62
     _c38 = d2__p12.reshape(n, 64, 1, 5) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
     d2_A_76 = torch.mm(_c38.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c38
     # ∂/∂A: p12 = (p5 ⊗ p5) -> 64x2e
     _c39 = d2__p12.reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del d2__p12
     d2_A_77 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c39
     # ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
     _c40 = d2__p11.reshape(n, 64, 1, 5) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
     d2_A_78 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c40
     # ∂/∂A: p11 = (p2 ⊗ p2) -> 64x2e
     _c41 = d2__p11.reshape(n, 64, 5, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    del d2__p11
     d2_A_79 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    del _c41
     # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     d2__p10 = d2__p10_17 + d2__p10_25 + d2__p10_35
+    del d2__p10_17, d2__p10_25, d2__p10_35
     _c42 = d2__p10.reshape(n, 64, 1, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
     d2_A_80 = torch.mm(_c42.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7)  # ijk,zukj->zui
+    del _c42
     # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c43 = d2__p10.reshape(n, 64, 1, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    del d2__p10
     d2_A_81 = torch.mm(_c43.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c43
     # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     d2__p9 = d2__p9_15 + d2__p9_41 + d2__p9_52 + d2__p9_67
+    del d2__p9_15, d2__p9_41, d2__p9_52, d2__p9_67
     _c44 = d2__p9.reshape(n, 64, 1, 3) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
     d2_A_82 = torch.mm(_c44.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c44
     # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c45 = d2__p9.reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del d2__p9
     d2_A_83 = torch.mm(_c45.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 2, 0).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c45
     # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     d2__p7 = d2__p7_13 + d2__p7_23 + d2__p7_33
+    del d2__p7_13, d2__p7_23, d2__p7_33
     _c46 = d2__p7.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     d2_A_84 = torch.mm(_c46.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zukj->zui
+    del _c46
     # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c47 = d2__p7.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del d2__p7
     d2_A_85 = torch.mm(_c47.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c47
     # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     d2__p6 = d2__p6_11 + d2__p6_50
+    del d2__p6_11, d2__p6_50
     _c48 = d2__p6.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
     d2_A_86 = torch.mm(_c48.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c48
     # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c49 = d2__p6.reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    del d2__p6
     d2_A_87 = torch.mm(_c49.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c49
     # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     d2__p4 = d2__p4_9 + d2__p4_21 + d2__p4_31
+    del d2__p4_21, d2__p4_31, d2__p4_9
     _c50 = d2__p4.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     d2_A_88 = torch.mm(_c50.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
+    del _c50
     # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c51 = d2__p4.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    del d2__p4
     d2_A_89 = torch.mm(_c51.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    del _c51
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     d2__p3 = d2__p3_7 + d2__p3_39
+    del d2__p3_39, d2__p3_7
     _c52 = d2__p3.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
     d2_A_90 = torch.mm(_c52.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
+    del _c52
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c53 = d2__p3.reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    del d2__p3
     d2_A_91 = torch.mm(_c53.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    del _c53
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     d2__p1 = d2__p1_5 + d2__p1_19 + d2__p1_29
+    del d2__p1_19, d2__p1_29, d2__p1_5
     _c54 = d2__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d2_A_92 = cg_0_0_0.reshape(1, 1, 1) * _c54.reshape(n, 64, 1)
+    del _c54
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c55 = d2__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    del d2__p1
     d2_A_93 = cg_0_0_0.reshape(1, 1, 1) * _c55.reshape(n, 64, 1)
+    del _c55
     d2_A = torch.cat([
         (d2_A_1 + d2_A_26 + d2_A_68 + d2_A_90 + d2_A_92 + d2_A_93).reshape(n, 64),
         (d2_A_3 + d2_A_36 + d2_A_53 + d2_A_59 + d2_A_78 + d2_A_79 + d2_A_86 + d2_A_88 + d2_A_89 + d2_A_91).reshape(n, 192),
         (d2_A_42 + d2_A_65 + d2_A_71 + d2_A_74 + d2_A_76 + d2_A_77 + d2_A_82 + d2_A_84 + d2_A_85 + d2_A_87).reshape(n, 320),
         (d2_A_47 + d2_A_72 + d2_A_73 + d2_A_75 + d2_A_80 + d2_A_81 + d2_A_83).reshape(n, 448),
     ], dim=-1)
+    del d2_A_1, d2_A_26, d2_A_3, d2_A_36, d2_A_42, d2_A_47, d2_A_53, d2_A_59, d2_A_65, d2_A_68, d2_A_71, d2_A_72, d2_A_73, d2_A_74, d2_A_75, d2_A_76, d2_A_77, d2_A_78, d2_A_79, d2_A_80, d2_A_81, d2_A_82, d2_A_83, d2_A_84, d2_A_85, d2_A_86, d2_A_87, d2_A_88, d2_A_89, d2_A_90, d2_A_91, d2_A_92, d2_A_93
     d2_d_B = torch.cat([
         (d2_d_B_0 + d2_d_B_4 + d2_d_B_8 + d2_d_B_12 + d2_d_B_16 + d2_d_B_27 + d2_d_B_54 + d2_d_B_66).reshape(n, 64),
         (d2_d_B_2 + d2_d_B_6 + d2_d_B_10 + d2_d_B_14 + d2_d_B_37 + d2_d_B_43 + d2_d_B_48 + d2_d_B_60 + d2_d_B_69 + d2_d_B_70).reshape(n, 192),
     ], dim=-1)
+    del d2_d_B_0, d2_d_B_10, d2_d_B_12, d2_d_B_14, d2_d_B_16, d2_d_B_2, d2_d_B_27, d2_d_B_37, d2_d_B_4, d2_d_B_43, d2_d_B_48, d2_d_B_54, d2_d_B_6, d2_d_B_60, d2_d_B_66, d2_d_B_69, d2_d_B_70, d2_d_B_8
     d2_weight = weight.new_zeros(18560)
     return [d2_A, d2_d_B, d2_weight]
 
@@ -15781,113 +16154,164 @@ def _mace_product_2_d2_A(
     d2__w_B_0_1 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
     # ∂/∂d_B: ∂/∂A: 64x1o -> 64x1o
     d2_d_B_2 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_0[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
+    del _w_B_0
     # ∂/∂_w_B_0: ∂/∂A: 64x1o -> 64x1o
     d2__w_B_0_3 = torch.bmm(d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 1, 3), d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c0 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d2_d__p1_4 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
+    del _c0
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c1 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p1.reshape(n, 64, 1, 1)
     d2_A_5 = cg_0_0_0.reshape(1, 1, 1) * _c1.reshape(n, 64, 1)
+    del _c1
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c2 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d2_d__p1_6 = cg_0_0_0.reshape(1, 1, 1) * _c2.reshape(n, 64, 1)
+    del _c2
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c3 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p1.reshape(n, 64, 1, 1)
+    del d__p1
     d2_A_7 = cg_0_0_0.reshape(1, 1, 1) * _c3.reshape(n, 64, 1)
+    del _c3
     d2_d__p1 = d2_d__p1_4 + d2_d__p1_6
+    del d2_d__p1_4, d2_d__p1_6
     d2_d_B_8 = (d2_d__p1 * 0.5).reshape(n, 64, 1) * _w_B_1[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_1_9 = (d2_d__p1 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
+    del d2_d__p1
     # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c4 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d2_d__p3_10 = torch.mm(_c4.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuji->zuk
+    del _c4
     # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c5 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p3.reshape(n, 64, 1, 3)
     d2_A_11 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
+    del _c5
     # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c6 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     d2_d__p3_12 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c6
     # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c7 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p3.reshape(n, 64, 1, 3)
+    del d__p3
     d2_A_13 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    del _c7
     d2_d__p3 = d2_d__p3_10 + d2_d__p3_12
+    del d2_d__p3_10, d2_d__p3_12
     d2_d_B_14 = d2_d__p3.reshape(n, 64, 3) * _w_B_1[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_1_15 = torch.bmm(d2_d__p3.reshape(n * 64, 1, 3), d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    del d2_d__p3
     # ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c8 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
     d2_d__p4_16 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c8
     # ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c9 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p4.reshape(n, 64, 1, 1)
     d2_A_17 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c9
     # ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c10 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     d2_d__p4_18 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c10
     # ∂/∂A: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c11 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p4.reshape(n, 64, 1, 1)
+    del d__p4
     d2_A_19 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuik->zuj
+    del _c11
     d2_d__p4 = d2_d__p4_16 + d2_d__p4_18
+    del d2_d__p4_16, d2_d__p4_18
     d2_d_B_20 = (d2_d__p4 * 0.5).reshape(n, 64, 1) * _w_B_1[:, 128:192].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_1_21 = (d2_d__p4 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
+    del d2_d__p4
     # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c12 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
     d2_d__p6_22 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c12
     # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c13 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p6.reshape(n, 64, 1, 3)
     d2_A_23 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c13
     # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c14 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     d2_d__p6_24 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c14
     # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c15 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * d__p6.reshape(n, 64, 1, 3)
+    del d__p6
     d2_A_25 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuik->zuj
+    del _c15
     d2_d__p6 = d2_d__p6_22 + d2_d__p6_24
+    del d2_d__p6_22, d2_d__p6_24
     d2_d_B_26 = d2_d__p6.reshape(n, 64, 3) * _w_B_1[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_1_27 = torch.bmm(d2_d__p6.reshape(n * 64, 1, 3), d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    del d2_d__p6
     # ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c16 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
     d2_d__p7_28 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c16
     # ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c17 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p7.reshape(n, 64, 1, 1)
     d2_A_29 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c17
     # ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c18 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     d2_d__p7_30 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c18
     # ∂/∂A: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c19 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p7.reshape(n, 64, 1, 1)
+    del d__p7
     d2_A_31 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuik->zuj
+    del _c19
     d2_d__p7 = d2_d__p7_28 + d2_d__p7_30
+    del d2_d__p7_28, d2_d__p7_30
     d2_d_B_32 = (d2_d__p7 * 0.5).reshape(n, 64, 1) * _w_B_1[:, 256:320].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_1_33 = (d2_d__p7 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
+    del d2_d__p7
     # ∂/∂d__p9: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c20 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
     d2_d__p9_34 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c20
     # ∂/∂A: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c21 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p9.reshape(n, 64, 1, 3)
     d2_A_35 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c21
     # ∂/∂d__p9: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c22 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
     d2_d__p9_36 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c22
     # ∂/∂A: ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c23 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * d__p9.reshape(n, 64, 1, 3)
+    del d__p9
     d2_A_37 = torch.mm(_c23.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 0, 2).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuik->zuj
+    del _c23
     d2_d__p9 = d2_d__p9_34 + d2_d__p9_36
+    del d2_d__p9_34, d2_d__p9_36
     d2_d_B_38 = d2_d__p9.reshape(n, 64, 3) * _w_B_1[:, 320:384].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_1_39 = torch.bmm(d2_d__p9.reshape(n * 64, 1, 3), d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    del d2_d__p9
     # ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c24 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
     d2_d__p10_40 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c24
     # ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c25 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p10.reshape(n, 64, 1, 1)
     d2_A_41 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7)  # ijk,zujk->zui
+    del _c25
     # ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c26 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
     d2_d__p10_42 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c26
     # ∂/∂A: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c27 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * d__p10.reshape(n, 64, 1, 1)
+    del d__p10
     d2_A_43 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7)  # ijk,zuik->zuj
+    del _c27
     d2_d__p10 = d2_d__p10_40 + d2_d__p10_42
+    del d2_d__p10_40, d2_d__p10_42
     d2_d_B_44 = (d2_d__p10 * 0.5).reshape(n, 64, 1) * _w_B_1[:, 384:448].reshape(n, 64).reshape(n, 64, 1)
+    del _w_B_1
     d2__w_B_1_45 = (d2_d__p10 * 0.5).reshape(n, 64) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64)
+    del d2_d__p10
     # weight gradient per index value
     d2__w_B_1 = torch.cat([
         d2__w_B_1_9.reshape(n, 64),
@@ -15898,27 +16322,34 @@ def _mace_product_2_d2_A(
         d2__w_B_1_39.reshape(n, 64),
         d2__w_B_1_45.reshape(n, 64),
     ], dim=-1)
+    del d2__w_B_1_15, d2__w_B_1_21, d2__w_B_1_27, d2__w_B_1_33, d2__w_B_1_39, d2__w_B_1_45, d2__w_B_1_9
     d2_weight_46 = weight.new_zeros(10, 448).index_add(0, z, d2__w_B_1.reshape(n, 448)).reshape(4480)
+    del d2__w_B_1
     # weight gradient per index value
     d2__w_B_0 = torch.cat([
         d2__w_B_0_1.reshape(n, 64),
         d2__w_B_0_3.reshape(n, 64),
     ], dim=-1)
+    del d2__w_B_0_1, d2__w_B_0_3
     d2_weight_47 = weight.new_zeros(10, 128).index_add(0, z, d2__w_B_0.reshape(n, 128)).reshape(1280)
+    del d2__w_B_0
     d2_A = torch.cat([
         (d2_A_5 + d2_A_7 + d2_A_11).reshape(n, 64),
         (d2_A_13 + d2_A_17 + d2_A_19 + d2_A_23).reshape(n, 192),
         (d2_A_25 + d2_A_29 + d2_A_31 + d2_A_35).reshape(n, 320),
         (d2_A_37 + d2_A_41 + d2_A_43).reshape(n, 448),
     ], dim=-1)
+    del d2_A_11, d2_A_13, d2_A_17, d2_A_19, d2_A_23, d2_A_25, d2_A_29, d2_A_31, d2_A_35, d2_A_37, d2_A_41, d2_A_43, d2_A_5, d2_A_7
     d2_d_B = torch.cat([
         (d2_d_B_0 + d2_d_B_8 + d2_d_B_20 + d2_d_B_32 + d2_d_B_44).reshape(n, 64),
         (d2_d_B_2 + d2_d_B_14 + d2_d_B_26 + d2_d_B_38).reshape(n, 192),
     ], dim=-1)
+    del d2_d_B_0, d2_d_B_14, d2_d_B_2, d2_d_B_20, d2_d_B_26, d2_d_B_32, d2_d_B_38, d2_d_B_44, d2_d_B_8
     d2_weight = torch.cat([
         d2_weight_47.reshape(1280),
         d2_weight_46.reshape(4480),
     ], dim=-1)
+    del d2_weight_46, d2_weight_47
     return [d2_A, d2_d_B, d2_weight]
 
 
@@ -16922,24 +17353,31 @@ def _mace_product_2_d2_weight(
     # p1 = (p0 ⊗ p0) -> 64x0e
     _c0 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
+    del _c0
     # p3 = (p0 ⊗ p2) -> 64x1o
     _c1 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c1
     # p4 = (p2 ⊗ p2) -> 64x0e
     _c2 = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     _p4 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c2
     # p6 = (p2 ⊗ p5) -> 64x1o
     _c3 = A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c3
     # p7 = (p5 ⊗ p5) -> 64x0e
     _c4 = A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     _p7 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c4
     # p9 = (p5 ⊗ p8) -> 64x1o
     _c5 = A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
     _p9 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(35, n * 64).t(), cg_2_3_1.permute(2, 0, 1).reshape(3, 35).t()).view(n, 64, 3)  # ijk,zuij->zuk
+    del _c5
     # p10 = (p8 ⊗ p8) -> 64x0e
     _c6 = A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
     _p10 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
+    del _c6
     d2_d__w_B_0 = d2_d_weight[0:1280].view(1280).reshape(10, 128)[z]
     # ∂/∂d_B: ∂/∂_w_B_0: 64x0e -> 64x0e
     d2_d_B_0 = d2_d__w_B_0[:, 0:64].reshape(n, 64).reshape(n, 64, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
@@ -16949,73 +17387,105 @@ def _mace_product_2_d2_weight(
     d2_d_B_2 = d2_d__w_B_0[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
     # ∂/∂A: ∂/∂_w_B_0: 64x1o -> 64x1o
     d2_A_3 = d2_d__w_B_0[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
+    del d2_d__w_B_0
     d2_d__w_B_1 = d2_d_weight[1280:5760].view(4480).reshape(10, 448)[z]
     d2_d_B_4 = (d2_d__w_B_1[:, 0:64].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p1.reshape(n, 64, 1)
+    del _p1
     d2__p1 = (d2_d__w_B_1[:, 0:64].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
     d2_d_B_5 = d2_d__w_B_1[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * _p3.reshape(n, 64, 3)
+    del _p3
     d2__p3 = d2_d__w_B_1[:, 64:128].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
     d2_d_B_6 = (d2_d__w_B_1[:, 128:192].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p4.reshape(n, 64, 1)
+    del _p4
     d2__p4 = (d2_d__w_B_1[:, 128:192].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
     d2_d_B_7 = d2_d__w_B_1[:, 192:256].reshape(n, 64).reshape(n, 64, 1) * _p6.reshape(n, 64, 3)
+    del _p6
     d2__p6 = d2_d__w_B_1[:, 192:256].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
     d2_d_B_8 = (d2_d__w_B_1[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p7.reshape(n, 64, 1)
+    del _p7
     d2__p7 = (d2_d__w_B_1[:, 256:320].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
     d2_d_B_9 = d2_d__w_B_1[:, 320:384].reshape(n, 64).reshape(n, 64, 1) * _p9.reshape(n, 64, 3)
+    del _p9
     d2__p9 = d2_d__w_B_1[:, 320:384].reshape(n, 64).reshape(n, 64, 1) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)
     d2_d_B_10 = (d2_d__w_B_1[:, 384:448].reshape(n, 64) * 0.5).reshape(n, 64, 1) * _p10.reshape(n, 64, 1)
+    del _p10
     d2__p10 = (d2_d__w_B_1[:, 384:448].reshape(n, 64) * 0.5).reshape(n, 64, 1) * d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1)
+    del d2_d__w_B_1
     # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c7 = d2__p10.reshape(n, 64, 1, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
     d2_A_11 = torch.mm(_c7.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.reshape(7, 7).t()).view(n, 64, 7)  # ijk,zukj->zui
+    del _c7
     # ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c8 = d2__p10.reshape(n, 64, 1, 1) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7)
+    del d2__p10
     d2_A_12 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c8
     # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c9 = d2__p9.reshape(n, 64, 1, 3) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
     d2_A_13 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(21, n * 64).t(), cg_2_3_1.reshape(5, 21).t()).view(n, 64, 5)  # ijk,zujk->zui
+    del _c9
     # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c10 = d2__p9.reshape(n, 64, 3, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del d2__p9
     d2_A_14 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 2, 0).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuki->zuj
+    del _c10
     # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c11 = d2__p7.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
     d2_A_15 = torch.mm(_c11.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 64, 5)  # ijk,zukj->zui
+    del _c11
     # ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c12 = d2__p7.reshape(n, 64, 1, 1) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5)
+    del d2__p7
     d2_A_16 = torch.mm(_c12.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c12
     # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c13 = d2__p6.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
     d2_A_17 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 64, 3)  # ijk,zujk->zui
+    del _c13
     # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c14 = d2__p6.reshape(n, 64, 3, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    del d2__p6
     d2_A_18 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuki->zuj
+    del _c14
     # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c15 = d2__p4.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
     d2_A_19 = torch.mm(_c15.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 64, 3)  # ijk,zukj->zui
+    del _c15
     # ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c16 = d2__p4.reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
+    del d2__p4
     d2_A_20 = torch.mm(_c16.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    del _c16
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c17 = d2__p3.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
     d2_A_21 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 64, 1)  # ijk,zujk->zui
+    del _c17
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c18 = d2__p3.reshape(n, 64, 3, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    del d2__p3
     d2_A_22 = torch.mm(_c18.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
+    del _c18
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c19 = d2__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     d2_A_23 = cg_0_0_0.reshape(1, 1, 1) * _c19.reshape(n, 64, 1)
+    del _c19
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c20 = d2__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
+    del d2__p1
     d2_A_24 = cg_0_0_0.reshape(1, 1, 1) * _c20.reshape(n, 64, 1)
+    del _c20
     d2_A = torch.cat([
         (d2_A_1 + d2_A_21 + d2_A_23 + d2_A_24).reshape(n, 64),
         (d2_A_3 + d2_A_17 + d2_A_19 + d2_A_20 + d2_A_22).reshape(n, 192),
         (d2_A_13 + d2_A_15 + d2_A_16 + d2_A_18).reshape(n, 320),
         (d2_A_11 + d2_A_12 + d2_A_14).reshape(n, 448),
     ], dim=-1)
+    del d2_A_1, d2_A_11, d2_A_12, d2_A_13, d2_A_14, d2_A_15, d2_A_16, d2_A_17, d2_A_18, d2_A_19, d2_A_20, d2_A_21, d2_A_22, d2_A_23, d2_A_24, d2_A_3
     d2_d_B = torch.cat([
         (d2_d_B_0 + d2_d_B_4 + d2_d_B_6 + d2_d_B_8 + d2_d_B_10).reshape(n, 64),
         (d2_d_B_2 + d2_d_B_5 + d2_d_B_7 + d2_d_B_9).reshape(n, 192),
     ], dim=-1)
+    del d2_d_B_0, d2_d_B_10, d2_d_B_2, d2_d_B_4, d2_d_B_5, d2_d_B_6, d2_d_B_7, d2_d_B_8, d2_d_B_9
     d2_weight = weight.new_zeros(5760)
     return [d2_A, d2_d_B, d2_weight]
 
@@ -37361,17 +37831,21 @@ def _mace_product_4_d2_A(
     # p1 = (p0 ⊗ p0) -> 32x0e
     _c0 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 32, 1)
+    del _c0
     # p3 = (p0 ⊗ p2) -> 32x1o
     _c1 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c1
     # p5 = (p0 ⊗ p4) -> 32x2e
     _c2 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     _p5 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c2
     # p6 = (p2 ⊗ p2) -> 32x0e
     _c3 = A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # p7 = (p2 ⊗ p2) -> 32x2e
     _p7 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c3
     # p8 = (p2 ⊗ p4) -> 32x1o
     _c4 = A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     _p8 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
@@ -37380,6 +37854,7 @@ def _mace_product_4_d2_A(
     _p9 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # p10 = (p4 ⊗ p4) -> 32x2e
     _p10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c5
     # one weight set per row, chosen by z
     _w_B_2 = weight[1408:3456].view(2048).reshape(4, 512)[z]
     p11_0 = (_p1 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
@@ -37401,54 +37876,69 @@ def _mace_product_4_d2_A(
     # p24 = (p10 ⊗ p2) -> 32x1o
     _c7 = _p10.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     _p24 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c7
     # p25 = (p10 ⊗ p4) -> 32x0e
     _c8 = _p10.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     _p25 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    del _c8
     # one weight set per row, chosen by z
     _w_B_3 = weight[3456:7424].view(3968).reshape(4, 992)[z]
     # p26 = (p1 ⊗ p0) -> 32x0e
     _c9 = _p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     _p26 = cg_0_0_0.reshape(1, 1, 1) * _c9.reshape(n, 32, 1)
+    del _c9
     # p27 = (p1 ⊗ p2) -> 32x1o
     _c10 = _p1.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     _p27 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c10
     # p28 = (p1 ⊗ p4) -> 32x2e
     _c11 = _p1.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     _p28 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c11
     # p29 = (p3 ⊗ p2) -> 32x0e
     _c12 = _p3.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     _p29 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # p30 = (p3 ⊗ p2) -> 32x2e
     _p30 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c12
     # p31 = (p5 ⊗ p4) -> 32x0e
     _c13 = _p5.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     _p31 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # p32 = (p5 ⊗ p4) -> 32x2e
     _p32 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c13
     # p33 = (p6 ⊗ p0) -> 32x0e
     _c14 = _p6.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     _p33 = cg_0_0_0.reshape(1, 1, 1) * _c14.reshape(n, 32, 1)
+    del _c14
     # p34 = (p6 ⊗ p2) -> 32x1o
     _c15 = _p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     _p34 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c15
     # p35 = (p8 ⊗ p2) -> 32x1e
     _p35 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
     # p36 = (p8 ⊗ p2) -> 32x2e
     _p36 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c6
     # p37 = (p2 ⊗ p4) -> 32x2o
     _p37 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c4
     # p38 = (p37 ⊗ p2) -> 32x2e
     _c16 = _p37.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     _p38 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c16
     # p39 = (p9 ⊗ p0) -> 32x0e
     _c17 = _p9.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     _p39 = cg_0_0_0.reshape(1, 1, 1) * _c17.reshape(n, 32, 1)
+    del _c17
     # p40 = (p9 ⊗ p2) -> 32x1o
     _c18 = _p9.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     _p40 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c18
     # p41 = (p9 ⊗ p4) -> 32x2e
     _c19 = _p9.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     _p41 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c19
     p42_11 = (_p26 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
     p42_12 = (_p33 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
     p42_13 = (_p23 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
@@ -37483,20 +37973,24 @@ def _mace_product_4_d2_A(
     # ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e
     _c20 = d__p62.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d__p41_38 = torch.mm(_c20.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    del _c20
     d__p61 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
     _c21 = d__p61.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p60 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c21
     d__p35_39 = d__p60.reshape(n, 32, 3) * (_w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1)
     d__p59 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
     _c22 = d__p59.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p58 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c22
     d__p35_40 = d__p58.reshape(n, 32, 3) * (_w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
     d__p57 = d_B[:, 0:32].reshape(n, 32, 1)
     # ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
     _c23 = d__p57.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d__p56 = torch.mm(_c23.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    del _c23
     d__p24_41 = d__p56.reshape(n, 32, 3) * (_w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
     d__p40 = d__p56.reshape(n, 32, 3) * (_w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
     d__p34_42 = d__p56.reshape(n, 32, 3) * (_w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
@@ -37504,12 +37998,14 @@ def _mace_product_4_d2_A(
     # ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
     _c24 = d__p55.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p54 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c24
     d__p41_43 = d__p54.reshape(n, 32, 5) * (_w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
     d__p32 = d__p54.reshape(n, 32, 5) * (_w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1)
     d__p53 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
     _c25 = d__p53.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p52 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c25
     d__p41_44 = d__p52.reshape(n, 32, 5) * (_w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
     d__p38 = d__p52.reshape(n, 32, 5) * (_w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1)
     d__p36 = d__p52.reshape(n, 32, 5) * (_w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
@@ -37519,17 +38015,20 @@ def _mace_product_4_d2_A(
     # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
     _c26 = d__p51.reshape(n, 32, 1, 3) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p50 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c26
     d__p27_45 = d__p50.reshape(n, 32, 3) * _w_B_3[:, 128:160].reshape(n, 32).reshape(n, 32, 1)
     d__p49 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
     _c27 = d__p49.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p48 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c27
     d__p34_46 = d__p48.reshape(n, 32, 3) * (_w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
     d__p27_47 = d__p48.reshape(n, 32, 3) * (_w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
     d__p47 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
     _c28 = d__p47.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p46 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c28
     d__p25_48 = (d__p46 * 1.3867504905630728).reshape(n, 32, 1) * _w_B_3[:, 960:992].reshape(n, 32).reshape(n, 32, 1)
     d__p39_49 = (d__p46 * 0.6201736729460423).reshape(n, 32, 1) * _w_B_3[:, 704:736].reshape(n, 32).reshape(n, 32, 1)
     d__p23_50 = (d__p46 * 1.0741723110591492).reshape(n, 32, 1) * _w_B_3[:, 544:576].reshape(n, 32).reshape(n, 32, 1)
@@ -37539,6 +38038,7 @@ def _mace_product_4_d2_A(
     # ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
     _c29 = d__p45.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p44 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c29
     d__p25_52 = (d__p44 * 1.2909944487358056).reshape(n, 32, 1) * _w_B_3[:, 864:896].reshape(n, 32).reshape(n, 32, 1)
     d__p23_53 = d__p44.reshape(n, 32, 1) * _w_B_3[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
     d__p33_54 = (d__p44 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
@@ -37548,6 +38048,7 @@ def _mace_product_4_d2_A(
     # ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
     _c30 = d__p43.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c30.reshape(n, 32, 1)
+    del _c30
     d__p25_56 = (d__p42 * 0.7453559924999299).reshape(n, 32, 1) * _w_B_3[:, 800:832].reshape(n, 32).reshape(n, 32, 1)
     d__p39_57 = (d__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 672:704].reshape(n, 32).reshape(n, 32, 1)
     d__p23_58 = (d__p42 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
@@ -37555,91 +38056,123 @@ def _mace_product_4_d2_A(
     d__p26_60 = (d__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
     # ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
     d__p41 = d__p41_38 + d__p41_43 + d__p41_44
+    del d__p41_38, d__p41_43, d__p41_44
     _c31 = d__p41.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p9_61 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c31
     # ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
     _c32 = d__p40.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p9_62 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c32
     # ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
     d__p39 = d__p39_49 + d__p39_57
+    del d__p39_49, d__p39_57
     _c33 = d__p39.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d__p9_63 = cg_0_0_0.reshape(1, 1, 1) * _c33.reshape(n, 32, 1)
+    del _c33
     # ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
     _c34 = d__p38.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p37 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c34
     # ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
     _c35 = d__p36.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p8_64 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c35
     # ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
     d__p35 = d__p35_39 + d__p35_40
+    del d__p35_39, d__p35_40
     _c36 = d__p35.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p8_65 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c36
     # ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
     d__p34 = d__p34_42 + d__p34_46
+    del d__p34_42, d__p34_46
     _c37 = d__p34.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p6_66 = torch.mm(_c37.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c37
     # ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
     d__p33 = d__p33_54 + d__p33_59
+    del d__p33_54, d__p33_59
     _c38 = d__p33.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d__p6_67 = cg_0_0_0.reshape(1, 1, 1) * _c38.reshape(n, 32, 1)
+    del _c38
     # ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
     _c39 = d__p32.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p5_68 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c39
     # ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
     _c40 = d__p31.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d__p5_69 = torch.mm(_c40.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    del _c40
     # ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
     _c41 = d__p30.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p3_70 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c41
     # ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
     _c42 = d__p29.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d__p3_71 = torch.mm(_c42.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    del _c42
     # ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
     _c43 = d__p28.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p1_72 = torch.mm(_c43.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c43
     # ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
     d__p27 = d__p27_45 + d__p27_47
+    del d__p27_45, d__p27_47
     _c44 = d__p27.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p1_73 = torch.mm(_c44.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c44
     # ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
     d__p26 = d__p26_51 + d__p26_55 + d__p26_60
+    del d__p26_51, d__p26_55, d__p26_60
     _c45 = d__p26.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d__p1_74 = cg_0_0_0.reshape(1, 1, 1) * _c45.reshape(n, 32, 1)
+    del _c45
     d__p25_75 = d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1) * _w_B_2[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
     # ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
     d__p25 = d__p25_48 + d__p25_52 + d__p25_56 + d__p25_75
+    del d__p25_48, d__p25_52, d__p25_56, d__p25_75
     _c46 = d__p25.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d__p10_76 = torch.mm(_c46.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    del _c46
     d__p24_77 = d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B_2[:, 416:448].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
     # ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
     d__p24 = d__p24_41 + d__p24_77
+    del d__p24_41, d__p24_77
     _c47 = d__p24.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p10_78 = torch.mm(_c47.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c47
     d__p23_79 = (d_B[:, 0:32].reshape(n, 32, 1) * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
     # ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
     d__p23 = d__p23_50 + d__p23_53 + d__p23_58 + d__p23_79
+    del d__p23_50, d__p23_53, d__p23_58, d__p23_79
     _c48 = d__p23.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d__p8_80 = torch.mm(_c48.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    del _c48
     d__p22 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
     _c49 = d__p22.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p21 = torch.mm(_c49.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c49
     d__p7_81 = d__p21.reshape(n, 32, 5) * (_w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
     d__p5_82 = d__p21.reshape(n, 32, 5) * (_w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
     d__p20 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
     _c50 = d__p20.reshape(n, 32, 1, 3) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p19 = torch.mm(_c50.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c50
     d__p3_83 = d__p19.reshape(n, 32, 3) * (_w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1)
     d__p18 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
     _c51 = d__p18.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p17 = torch.mm(_c51.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c51
     d__p3_84 = d__p17.reshape(n, 32, 3) * (_w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1)
     d__p16 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
     _c52 = d__p16.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p15 = torch.mm(_c52.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c52
     d__p9_85 = (d__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
     d__p6_86 = (d__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
     d__p1_87 = (d__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
@@ -37647,6 +38180,7 @@ def _mace_product_4_d2_A(
     # ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
     _c53 = d__p14.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p13 = torch.mm(_c53.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c53
     d__p9_88 = (d__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 384:416].reshape(n, 32).reshape(n, 32, 1)
     d__p6_89 = (d__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 224:256].reshape(n, 32).reshape(n, 32, 1)
     d__p1_90 = (d__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
@@ -37654,6 +38188,7 @@ def _mace_product_4_d2_A(
     # ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
     _c54 = d__p12.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d__p11 = cg_0_0_0.reshape(1, 1, 1) * _c54.reshape(n, 32, 1)
+    del _c54
     d__p9_91 = (d__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
     d__p6_92 = (d__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
     d__p1_93 = (d__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
@@ -37675,54 +38210,76 @@ def _mace_product_4_d2_A(
     d2__w_B_0_105 = torch.bmm(d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 1, 3), d_B[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
     # ∂/∂d_B: ∂/∂A: 32x2e -> 32x2e
     d2_d_B_106 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * _w_B_0[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
+    del _w_B_0
     # ∂/∂_w_B_0: ∂/∂A: 32x2e -> 32x2e
     d2__w_B_0_107 = torch.bmm(d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 1, 5), d_B[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     _c55 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2_d__p1_108 = cg_0_0_0.reshape(1, 1, 1) * _c55.reshape(n, 32, 1)
+    del _c55
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     d__p1 = d__p1_72 + d__p1_73 + d__p1_74 + d__p1_87 + d__p1_90 + d__p1_93 + d__p1_101
+    del d__p1_101, d__p1_72, d__p1_73, d__p1_74, d__p1_87, d__p1_90, d__p1_93
     _c56 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p1.reshape(n, 32, 1, 1)
     d2_A_109 = cg_0_0_0.reshape(1, 1, 1) * _c56.reshape(n, 32, 1)
+    del _c56
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     _c57 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2_d__p1_110 = cg_0_0_0.reshape(1, 1, 1) * _c57.reshape(n, 32, 1)
+    del _c57
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     _c58 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p1.reshape(n, 32, 1, 1)
+    del d__p1
     d2_A_111 = cg_0_0_0.reshape(1, 1, 1) * _c58.reshape(n, 32, 1)
+    del _c58
     d2_d__p1 = d2_d__p1_108 + d2_d__p1_110
+    del d2_d__p1_108, d2_d__p1_110
     d2_d_B_112 = (d2_d__p1 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_1[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_1_113 = (d2_d__p1 * 0.5773502691896257).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
     # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
     _c59 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2_d__p3_114 = torch.mm(_c59.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuji->zuk
+    del _c59
     # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
     d__p3 = d__p3_70 + d__p3_71 + d__p3_83 + d__p3_84 + d__p3_100
+    del d__p3_100, d__p3_70, d__p3_71, d__p3_83, d__p3_84
     _c60 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p3.reshape(n, 32, 1, 3)
     d2_A_115 = torch.mm(_c60.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c60
     # ∂/∂d__p3: ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
     _c61 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p3_116 = torch.mm(_c61.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c61
     # ∂/∂A: ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
     _c62 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p3.reshape(n, 32, 1, 3)
+    del d__p3
     d2_A_117 = torch.mm(_c62.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c62
     d2_d__p3 = d2_d__p3_114 + d2_d__p3_116
+    del d2_d__p3_114, d2_d__p3_116
     d2_d_B_118 = d2_d__p3.reshape(n, 32, 3) * (_w_B_1[:, 32:64].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1)
     d2__w_B_1_119 = torch.bmm((d2_d__p3 * 1.224744871391589).reshape(n * 32, 1, 3), d_B[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
     # ∂/∂d__p5: ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
     _c63 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2_d__p5_120 = torch.mm(_c63.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuji->zuk
+    del _c63
     # ∂/∂A: ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
     d__p5 = d__p5_68 + d__p5_69 + d__p5_82 + d__p5_99
+    del d__p5_68, d__p5_69, d__p5_82, d__p5_99
     _c64 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p5.reshape(n, 32, 1, 5)
     d2_A_121 = torch.mm(_c64.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c64
     # ∂/∂d__p5: ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
     _c65 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p5_122 = torch.mm(_c65.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c65
     # ∂/∂A: ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
     _c66 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p5.reshape(n, 32, 1, 5)
+    del d__p5
     d2_A_123 = torch.mm(_c66.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c66
     d2_d__p5 = d2_d__p5_120 + d2_d__p5_122
+    del d2_d__p5_120, d2_d__p5_122
     d2_d_B_124 = d2_d__p5.reshape(n, 32, 5) * (_w_B_1[:, 64:96].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
     d2__w_B_1_125 = torch.bmm((d2_d__p5 * 1.2909944487358056).reshape(n * 32, 1, 5), d_B[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
     # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
@@ -37730,29 +38287,41 @@ def _mace_product_4_d2_A(
     d2_d__p6_126 = torch.mm(_c67.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
     d__p6 = d__p6_66 + d__p6_67 + d__p6_86 + d__p6_89 + d__p6_92 + d__p6_98
+    del d__p6_66, d__p6_67, d__p6_86, d__p6_89, d__p6_92, d__p6_98
     _c68 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p6.reshape(n, 32, 1, 1)
     d2_A_127 = torch.mm(_c68.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c68
     # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
     _c69 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p6_128 = torch.mm(_c69.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
     _c70 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p6.reshape(n, 32, 1, 1)
+    del d__p6
     d2_A_129 = torch.mm(_c70.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c70
     d2_d__p6 = d2_d__p6_126 + d2_d__p6_128
+    del d2_d__p6_126, d2_d__p6_128
     d2_d_B_130 = (d2_d__p6 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_1[:, 96:128].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_1_131 = (d2_d__p6 * 0.5773502691896257).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
     # ∂/∂d__p7: ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
     d2_d__p7_132 = torch.mm(_c67.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c67
     # ∂/∂A: ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
     d__p7 = d__p7_81 + d__p7_97
+    del d__p7_81, d__p7_97
     _c71 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p7.reshape(n, 32, 1, 5)
     d2_A_133 = torch.mm(_c71.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c71
     # ∂/∂d__p7: ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
     d2_d__p7_134 = torch.mm(_c69.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c69
     # ∂/∂A: ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
     _c72 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p7.reshape(n, 32, 1, 5)
+    del d__p7
     d2_A_135 = torch.mm(_c72.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c72
     d2_d__p7 = d2_d__p7_132 + d2_d__p7_134
+    del d2_d__p7_132, d2_d__p7_134
     d2_d_B_136 = d2_d__p7.reshape(n, 32, 5) * (_w_B_1[:, 128:160].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
     d2__w_B_1_137 = torch.bmm((d2_d__p7 * 1.2909944487358056).reshape(n * 32, 1, 5), d_B[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
     # ∂/∂d__p8: ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
@@ -37760,15 +38329,20 @@ def _mace_product_4_d2_A(
     d2_d__p8_138 = torch.mm(_c73.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
     d__p8 = d__p8_64 + d__p8_65 + d__p8_80 + d__p8_96
+    del d__p8_64, d__p8_65, d__p8_80, d__p8_96
     _c74 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p8.reshape(n, 32, 1, 3)
     d2_A_139 = torch.mm(_c74.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c74
     # ∂/∂d__p8: ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
     _c75 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p8_140 = torch.mm(_c75.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
     _c76 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p8.reshape(n, 32, 1, 3)
+    del d__p8
     d2_A_141 = torch.mm(_c76.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c76
     d2_d__p8 = d2_d__p8_138 + d2_d__p8_140
+    del d2_d__p8_138, d2_d__p8_140
     d2_d_B_142 = d2_d__p8.reshape(n, 32, 3) * (_w_B_1[:, 160:192].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1)
     d2__w_B_1_143 = torch.bmm((d2_d__p8 * 1.224744871391589).reshape(n * 32, 1, 3), d_B[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
     # ∂/∂d__p9: ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
@@ -37776,30 +38350,43 @@ def _mace_product_4_d2_A(
     d2_d__p9_144 = torch.mm(_c77.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
     d__p9 = d__p9_61 + d__p9_62 + d__p9_63 + d__p9_85 + d__p9_88 + d__p9_91 + d__p9_95
+    del d__p9_61, d__p9_62, d__p9_63, d__p9_85, d__p9_88, d__p9_91, d__p9_95
     _c78 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p9.reshape(n, 32, 1, 1)
     d2_A_145 = torch.mm(_c78.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c78
     # ∂/∂d__p9: ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
     _c79 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p9_146 = torch.mm(_c79.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
     _c80 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p9.reshape(n, 32, 1, 1)
+    del d__p9
     d2_A_147 = torch.mm(_c80.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c80
     d2_d__p9 = d2_d__p9_144 + d2_d__p9_146
+    del d2_d__p9_144, d2_d__p9_146
     d2_d_B_148 = (d2_d__p9 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_1[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_1_149 = (d2_d__p9 * 0.5773502691896257).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
     # ∂/∂d__p10: ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
     d2_d__p10_150 = torch.mm(_c77.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c77
     # ∂/∂A: ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
     d__p10 = d__p10_76 + d__p10_78 + d__p10_94
+    del d__p10_76, d__p10_78, d__p10_94
     _c81 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p10.reshape(n, 32, 1, 5)
     d2_A_151 = torch.mm(_c81.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c81
     # ∂/∂d__p10: ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
     d2_d__p10_152 = torch.mm(_c79.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c79
     # ∂/∂A: ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
     _c82 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p10.reshape(n, 32, 1, 5)
+    del d__p10
     d2_A_153 = torch.mm(_c82.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c82
     d2_d__p10 = d2_d__p10_150 + d2_d__p10_152
+    del d2_d__p10_150, d2_d__p10_152
     d2_d_B_154 = d2_d__p10.reshape(n, 32, 5) * (_w_B_1[:, 224:256].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
+    del _w_B_1
     d2__w_B_1_155 = torch.bmm((d2_d__p10 * 1.2909944487358056).reshape(n * 32, 1, 5), d_B[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
     d2_d__p11_156 = (d2_d__p1 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_2_157 = (d2_d__p1 * 0.4472135954999579).reshape(n, 32) * d__p11.reshape(n, 32)
@@ -37807,620 +38394,926 @@ def _mace_product_4_d2_A(
     d2__w_B_2_159 = (d2_d__p6 * 0.4472135954999579).reshape(n, 32) * d__p11.reshape(n, 32)
     d2_d__p11_160 = (d2_d__p9 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_2_161 = (d2_d__p9 * 0.4472135954999579).reshape(n, 32) * d__p11.reshape(n, 32)
+    del d__p11
     # ∂/∂d__p12: ∂/∂A: p12 = (p11 ⊗ p0) -> 32x0e
     _p11 = p11_0 + p11_1 + p11_2
+    del p11_0, p11_1, p11_2
     _c83 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p11.reshape(n, 32, 1, 1)
+    del _p11
     d2_d__p12_162 = cg_0_0_0.reshape(1, 1, 1) * _c83.reshape(n, 32, 1)
+    del _c83
     # ∂/∂_p11: ∂/∂A: p12 = (p11 ⊗ p0) -> 32x0e
     _c84 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p12.reshape(n, 32, 1, 1)
     d2__p11 = cg_0_0_0.reshape(1, 1, 1) * _c84.reshape(n, 32, 1)
+    del _c84
     # ∂/∂d__p12: ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
     d2_d__p11 = d2_d__p11_156 + d2_d__p11_158 + d2_d__p11_160
+    del d2_d__p11_156, d2_d__p11_158, d2_d__p11_160
     _c85 = d2_d__p11.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2_d__p12_163 = cg_0_0_0.reshape(1, 1, 1) * _c85.reshape(n, 32, 1)
+    del _c85
     # ∂/∂A: ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
     _c86 = d2_d__p11.reshape(n, 32, 1, 1) * d__p12.reshape(n, 32, 1, 1)
+    del d2_d__p11, d__p12
     d2_A_164 = cg_0_0_0.reshape(1, 1, 1) * _c86.reshape(n, 32, 1)
+    del _c86
     d2_d__p12 = d2_d__p12_162 + d2_d__p12_163
+    del d2_d__p12_162, d2_d__p12_163
     d2_d_B_165 = d2_d__p12
+    del d2_d__p12
     d2_d__p13_166 = (d2_d__p1 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_2_167 = (d2_d__p1 * 0.7745966692414834).reshape(n, 32) * d__p13.reshape(n, 32)
     d2_d__p13_168 = (d2_d__p6 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 224:256].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_2_169 = (d2_d__p6 * 0.7745966692414834).reshape(n, 32) * d__p13.reshape(n, 32)
     d2_d__p13_170 = (d2_d__p9 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 384:416].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_2_171 = (d2_d__p9 * 0.7745966692414834).reshape(n, 32) * d__p13.reshape(n, 32)
+    del d__p13
     # ∂/∂d__p14: ∂/∂A: p14 = (p13 ⊗ p2) -> 32x1o
     _p13 = p13_3 + p13_4 + p13_5
+    del p13_3, p13_4, p13_5
     _c87 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p13.reshape(n, 32, 1, 1)
+    del _p13
     d2_d__p14_172 = torch.mm(_c87.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuji->zuk
+    del _c87
     # ∂/∂_p13: ∂/∂A: p14 = (p13 ⊗ p2) -> 32x1o
     _c88 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p14.reshape(n, 32, 1, 3)
     d2__p13 = torch.mm(_c88.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c88
     # ∂/∂d__p14: ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
     d2_d__p13 = d2_d__p13_166 + d2_d__p13_168 + d2_d__p13_170
+    del d2_d__p13_166, d2_d__p13_168, d2_d__p13_170
     _c89 = d2_d__p13.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p14_173 = torch.mm(_c89.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c89
     # ∂/∂A: ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
     _c90 = d2_d__p13.reshape(n, 32, 1, 1) * d__p14.reshape(n, 32, 1, 3)
+    del d2_d__p13, d__p14
     d2_A_174 = torch.mm(_c90.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c90
     d2_d__p14 = d2_d__p14_172 + d2_d__p14_173
+    del d2_d__p14_172, d2_d__p14_173
     d2_d_B_175 = d2_d__p14
+    del d2_d__p14
     d2_d__p15_176 = (d2_d__p1 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_2_177 = (d2_d__p1 * 0.9128709291752769).reshape(n, 32) * d__p15.reshape(n, 32)
     d2_d__p15_178 = (d2_d__p6 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_2_179 = (d2_d__p6 * 0.9128709291752769).reshape(n, 32) * d__p15.reshape(n, 32)
     d2_d__p15_180 = (d2_d__p9 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_2_181 = (d2_d__p9 * 0.9128709291752769).reshape(n, 32) * d__p15.reshape(n, 32)
+    del d__p15
     # ∂/∂d__p16: ∂/∂A: p16 = (p15 ⊗ p4) -> 32x2e
     _p15 = p15_6 + p15_7 + p15_8
+    del p15_6, p15_7, p15_8
     _c91 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * _p15.reshape(n, 32, 1, 1)
+    del _p15
     d2_d__p16_182 = torch.mm(_c91.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuji->zuk
+    del _c91
     # ∂/∂_p15: ∂/∂A: p16 = (p15 ⊗ p4) -> 32x2e
     _c92 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p16.reshape(n, 32, 1, 5)
     d2__p15 = torch.mm(_c92.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c92
     # ∂/∂d__p16: ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
     d2_d__p15 = d2_d__p15_176 + d2_d__p15_178 + d2_d__p15_180
+    del d2_d__p15_176, d2_d__p15_178, d2_d__p15_180
     _c93 = d2_d__p15.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p16_183 = torch.mm(_c93.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c93
     # ∂/∂A: ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
     _c94 = d2_d__p15.reshape(n, 32, 1, 1) * d__p16.reshape(n, 32, 1, 5)
+    del d2_d__p15, d__p16
     d2_A_184 = torch.mm(_c94.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c94
     d2_d__p16 = d2_d__p16_182 + d2_d__p16_183
+    del d2_d__p16_182, d2_d__p16_183
     d2_d_B_185 = d2_d__p16
+    del d2_d__p16
     d2_d__p17 = d2_d__p3.reshape(n, 32, 3) * (_w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1)
     d2__w_B_2_186 = torch.bmm((d2_d__p3 * 1.5811388300841898).reshape(n * 32, 1, 3), d__p17.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    del d__p17
     # ∂/∂d__p18: ∂/∂A: p18 = (p17 ⊗ p2) -> 32x2e
     _c95 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p17.reshape(n, 32, 3, 1)
+    del _p17
     d2_d__p18_187 = torch.mm(_c95.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c95
     # ∂/∂_p17: ∂/∂A: p18 = (p17 ⊗ p2) -> 32x2e
     _c96 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p18.reshape(n, 32, 1, 5)
     d2__p17 = torch.mm(_c96.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c96
     # ∂/∂d__p18: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
     _c97 = d2_d__p17.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p18_188 = torch.mm(_c97.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c97
     # ∂/∂A: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
     _c98 = d2_d__p17.reshape(n, 32, 3, 1) * d__p18.reshape(n, 32, 1, 5)
+    del d2_d__p17, d__p18
     d2_A_189 = torch.mm(_c98.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c98
     d2_d__p18 = d2_d__p18_187 + d2_d__p18_188
+    del d2_d__p18_187, d2_d__p18_188
     d2_d_B_190 = d2_d__p18
+    del d2_d__p18
     d2_d__p19 = d2_d__p3.reshape(n, 32, 3) * (_w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1)
     d2__w_B_2_191 = torch.bmm((d2_d__p3 * 1.3416407864998738).reshape(n * 32, 1, 3), d__p19.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    del d__p19
     # ∂/∂d__p20: ∂/∂A: p20 = (p19 ⊗ p4) -> 32x1o
     _c99 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p19.reshape(n, 32, 3, 1)
+    del _p19
     d2_d__p20_192 = torch.mm(_c99.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c99
     # ∂/∂_p19: ∂/∂A: p20 = (p19 ⊗ p4) -> 32x1o
     _c100 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p20.reshape(n, 32, 1, 3)
     d2__p19 = torch.mm(_c100.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c100
     # ∂/∂d__p20: ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
     _c101 = d2_d__p19.reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p20_193 = torch.mm(_c101.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c101
     # ∂/∂A: ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
     _c102 = d2_d__p19.reshape(n, 32, 3, 1) * d__p20.reshape(n, 32, 1, 3)
+    del d2_d__p19, d__p20
     d2_A_194 = torch.mm(_c102.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c102
     d2_d__p20 = d2_d__p20_192 + d2_d__p20_193
+    del d2_d__p20_192, d2_d__p20_193
     d2_d_B_195 = d2_d__p20
+    del d2_d__p20
     d2_d__p21_196 = d2_d__p5.reshape(n, 32, 5) * (_w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
     d2__w_B_2_197 = torch.bmm((d2_d__p5 * 2.041241452319315).reshape(n * 32, 1, 5), d__p21.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
     d2_d__p21_198 = d2_d__p7.reshape(n, 32, 5) * (_w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
     d2__w_B_2_199 = torch.bmm((d2_d__p7 * 2.041241452319315).reshape(n * 32, 1, 5), d__p21.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    del d2_d__p7, d__p21
     # ∂/∂d__p22: ∂/∂A: p22 = (p21 ⊗ p4) -> 32x2e
     _p21 = p21_9 + p21_10
+    del p21_10, p21_9
     _c103 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p21.reshape(n, 32, 5, 1)
+    del _p21
     d2_d__p22_200 = torch.mm(_c103.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c103
     # ∂/∂_p21: ∂/∂A: p22 = (p21 ⊗ p4) -> 32x2e
     _c104 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p22.reshape(n, 32, 1, 5)
     d2__p21 = torch.mm(_c104.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c104
     # ∂/∂d__p22: ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
     d2_d__p21 = d2_d__p21_196 + d2_d__p21_198
+    del d2_d__p21_196, d2_d__p21_198
     _c105 = d2_d__p21.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p22_201 = torch.mm(_c105.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c105
     # ∂/∂A: ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
     _c106 = d2_d__p21.reshape(n, 32, 5, 1) * d__p22.reshape(n, 32, 1, 5)
+    del d2_d__p21, d__p22
     d2_A_202 = torch.mm(_c106.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c106
     d2_d__p22 = d2_d__p22_200 + d2_d__p22_201
+    del d2_d__p22_200, d2_d__p22_201
     d2_d_B_203 = d2_d__p22
+    del d2_d__p22
     # ∂/∂d__p23: ∂/∂A: p23 = (p8 ⊗ p2) -> 32x0e
     _c107 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p8.reshape(n, 32, 3, 1)
     d2_d__p23_204 = torch.mm(_c107.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # ∂/∂_p8: ∂/∂A: p23 = (p8 ⊗ p2) -> 32x0e
     _c108 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p23.reshape(n, 32, 1, 1)
     d2__p8_205 = torch.mm(_c108.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c108
     # ∂/∂d__p23: ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
     _c109 = d2_d__p8.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p23_206 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
     _c110 = d2_d__p8.reshape(n, 32, 3, 1) * d__p23.reshape(n, 32, 1, 1)
+    del d__p23
     d2_A_207 = torch.mm(_c110.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c110
     d2_d__p23 = d2_d__p23_204 + d2_d__p23_206
+    del d2_d__p23_204, d2_d__p23_206
     d2_d_B_208 = (d2_d__p23 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_2_209 = (d2_d__p23 * 0.7745966692414834).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
     # ∂/∂d__p24: ∂/∂A: p24 = (p10 ⊗ p2) -> 32x1o
     _c111 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p10.reshape(n, 32, 5, 1)
     d2_d__p24_210 = torch.mm(_c111.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c111
     # ∂/∂_p10: ∂/∂A: p24 = (p10 ⊗ p2) -> 32x1o
     _c112 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p24.reshape(n, 32, 1, 3)
     d2__p10_211 = torch.mm(_c112.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c112
     # ∂/∂d__p24: ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
     _c113 = d2_d__p10.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p24_212 = torch.mm(_c113.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c113
     # ∂/∂A: ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
     _c114 = d2_d__p10.reshape(n, 32, 5, 1) * d__p24.reshape(n, 32, 1, 3)
+    del d__p24
     d2_A_213 = torch.mm(_c114.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c114
     d2_d__p24 = d2_d__p24_210 + d2_d__p24_212
+    del d2_d__p24_210, d2_d__p24_212
     d2_d_B_214 = d2_d__p24.reshape(n, 32, 3) * (_w_B_2[:, 416:448].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
     d2__w_B_2_215 = torch.bmm((d2_d__p24 * 1.7320508075688772).reshape(n * 32, 1, 3), d_B[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
     # ∂/∂d__p25: ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e
     _c115 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p10.reshape(n, 32, 5, 1)
     d2_d__p25_216 = torch.mm(_c115.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    del _c115
     # ∂/∂_p10: ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e
     _c116 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p25.reshape(n, 32, 1, 1)
     d2__p10_217 = torch.mm(_c116.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c116
     # ∂/∂d__p25: ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
     _c117 = d2_d__p10.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p25_218 = torch.mm(_c117.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    del _c117
     # ∂/∂A: ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
     _c118 = d2_d__p10.reshape(n, 32, 5, 1) * d__p25.reshape(n, 32, 1, 1)
+    del d2_d__p10, d__p25
     d2_A_219 = torch.mm(_c118.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c118
     d2_d__p25 = d2_d__p25_216 + d2_d__p25_218
+    del d2_d__p25_216, d2_d__p25_218
     d2_d_B_220 = d2_d__p25.reshape(n, 32, 1) * _w_B_2[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_2_221 = d2_d__p25.reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
     # ∂/∂d__p26: ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
     _c119 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p1.reshape(n, 32, 1, 1)
     d2_d__p26_222 = cg_0_0_0.reshape(1, 1, 1) * _c119.reshape(n, 32, 1)
+    del _c119
     # ∂/∂_p1: ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
     _c120 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p26.reshape(n, 32, 1, 1)
     d2__p1_223 = cg_0_0_0.reshape(1, 1, 1) * _c120.reshape(n, 32, 1)
+    del _c120
     # ∂/∂d__p26: ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
     _c121 = d2_d__p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2_d__p26_224 = cg_0_0_0.reshape(1, 1, 1) * _c121.reshape(n, 32, 1)
+    del _c121
     # ∂/∂A: ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
     _c122 = d2_d__p1.reshape(n, 32, 1, 1) * d__p26.reshape(n, 32, 1, 1)
+    del d__p26
     d2_A_225 = cg_0_0_0.reshape(1, 1, 1) * _c122.reshape(n, 32, 1)
+    del _c122
     # ∂/∂d__p27: ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o
     _c123 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p1.reshape(n, 32, 1, 1)
     d2_d__p27_226 = torch.mm(_c123.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuji->zuk
+    del _c123
     # ∂/∂_p1: ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o
     _c124 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p27.reshape(n, 32, 1, 3)
     d2__p1_227 = torch.mm(_c124.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c124
     # ∂/∂d__p27: ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
     _c125 = d2_d__p1.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p27_228 = torch.mm(_c125.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c125
     # ∂/∂A: ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
     _c126 = d2_d__p1.reshape(n, 32, 1, 1) * d__p27.reshape(n, 32, 1, 3)
+    del d__p27
     d2_A_229 = torch.mm(_c126.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c126
     # ∂/∂d__p28: ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e
     _c127 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * _p1.reshape(n, 32, 1, 1)
     d2_d__p28_230 = torch.mm(_c127.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuji->zuk
+    del _c127
     # ∂/∂_p1: ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e
     _c128 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p28.reshape(n, 32, 1, 5)
     d2__p1_231 = torch.mm(_c128.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c128
     # ∂/∂d__p28: ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
     _c129 = d2_d__p1.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p28_232 = torch.mm(_c129.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c129
     # ∂/∂A: ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
     _c130 = d2_d__p1.reshape(n, 32, 1, 1) * d__p28.reshape(n, 32, 1, 5)
+    del d2_d__p1, d__p28
     d2_A_233 = torch.mm(_c130.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c130
     # ∂/∂d__p29: ∂/∂A: p29 = (p3 ⊗ p2) -> 32x0e
     _c131 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p3.reshape(n, 32, 3, 1)
     d2_d__p29_234 = torch.mm(_c131.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # ∂/∂_p3: ∂/∂A: p29 = (p3 ⊗ p2) -> 32x0e
     _c132 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p29.reshape(n, 32, 1, 1)
     d2__p3_235 = torch.mm(_c132.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c132
     # ∂/∂d__p29: ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
     _c133 = d2_d__p3.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p29_236 = torch.mm(_c133.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
     _c134 = d2_d__p3.reshape(n, 32, 3, 1) * d__p29.reshape(n, 32, 1, 1)
+    del d__p29
     d2_A_237 = torch.mm(_c134.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c134
     # ∂/∂d__p30: ∂/∂A: p30 = (p3 ⊗ p2) -> 32x2e
     d2_d__p30_238 = torch.mm(_c131.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c131
     # ∂/∂_p3: ∂/∂A: p30 = (p3 ⊗ p2) -> 32x2e
     _c135 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p30.reshape(n, 32, 1, 5)
     d2__p3_239 = torch.mm(_c135.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c135
     # ∂/∂d__p30: ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
     d2_d__p30_240 = torch.mm(_c133.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c133
     # ∂/∂A: ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
     _c136 = d2_d__p3.reshape(n, 32, 3, 1) * d__p30.reshape(n, 32, 1, 5)
+    del d2_d__p3, d__p30
     d2_A_241 = torch.mm(_c136.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c136
     # ∂/∂d__p31: ∂/∂A: p31 = (p5 ⊗ p4) -> 32x0e
     _c137 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p5.reshape(n, 32, 5, 1)
     d2_d__p31_242 = torch.mm(_c137.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # ∂/∂_p5: ∂/∂A: p31 = (p5 ⊗ p4) -> 32x0e
     _c138 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p31.reshape(n, 32, 1, 1)
     d2__p5_243 = torch.mm(_c138.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c138
     # ∂/∂d__p31: ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
     _c139 = d2_d__p5.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p31_244 = torch.mm(_c139.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
     _c140 = d2_d__p5.reshape(n, 32, 5, 1) * d__p31.reshape(n, 32, 1, 1)
+    del d__p31
     d2_A_245 = torch.mm(_c140.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c140
     # ∂/∂d__p32: ∂/∂A: p32 = (p5 ⊗ p4) -> 32x2e
     d2_d__p32_246 = torch.mm(_c137.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c137
     # ∂/∂_p5: ∂/∂A: p32 = (p5 ⊗ p4) -> 32x2e
     _c141 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p32.reshape(n, 32, 1, 5)
     d2__p5_247 = torch.mm(_c141.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c141
     # ∂/∂d__p32: ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
     d2_d__p32_248 = torch.mm(_c139.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c139
     # ∂/∂A: ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
     _c142 = d2_d__p5.reshape(n, 32, 5, 1) * d__p32.reshape(n, 32, 1, 5)
+    del d2_d__p5, d__p32
     d2_A_249 = torch.mm(_c142.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c142
     # ∂/∂d__p33: ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
     _c143 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p6.reshape(n, 32, 1, 1)
     d2_d__p33_250 = cg_0_0_0.reshape(1, 1, 1) * _c143.reshape(n, 32, 1)
+    del _c143
     # ∂/∂_p6: ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
     _c144 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p33.reshape(n, 32, 1, 1)
     d2__p6_251 = cg_0_0_0.reshape(1, 1, 1) * _c144.reshape(n, 32, 1)
+    del _c144
     # ∂/∂d__p33: ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
     _c145 = d2_d__p6.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2_d__p33_252 = cg_0_0_0.reshape(1, 1, 1) * _c145.reshape(n, 32, 1)
+    del _c145
     # ∂/∂A: ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
     _c146 = d2_d__p6.reshape(n, 32, 1, 1) * d__p33.reshape(n, 32, 1, 1)
+    del d__p33
     d2_A_253 = cg_0_0_0.reshape(1, 1, 1) * _c146.reshape(n, 32, 1)
+    del _c146
     # ∂/∂d__p34: ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o
     _c147 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p6.reshape(n, 32, 1, 1)
     d2_d__p34_254 = torch.mm(_c147.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuji->zuk
+    del _c147
     # ∂/∂_p6: ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o
     _c148 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p34.reshape(n, 32, 1, 3)
     d2__p6_255 = torch.mm(_c148.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c148
     # ∂/∂d__p34: ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
     _c149 = d2_d__p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p34_256 = torch.mm(_c149.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c149
     # ∂/∂A: ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
     _c150 = d2_d__p6.reshape(n, 32, 1, 1) * d__p34.reshape(n, 32, 1, 3)
+    del d2_d__p6, d__p34
     d2_A_257 = torch.mm(_c150.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c150
     # ∂/∂d__p35: ∂/∂A: p35 = (p8 ⊗ p2) -> 32x1e
     d2_d__p35_258 = torch.mm(_c107.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
     # ∂/∂_p8: ∂/∂A: p35 = (p8 ⊗ p2) -> 32x1e
     _c151 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p35.reshape(n, 32, 1, 3)
     d2__p8_259 = torch.mm(_c151.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c151
     # ∂/∂d__p35: ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
     d2_d__p35_260 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
     # ∂/∂A: ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
     _c152 = d2_d__p8.reshape(n, 32, 3, 1) * d__p35.reshape(n, 32, 1, 3)
+    del d__p35
     d2_A_261 = torch.mm(_c152.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c152
     # ∂/∂d__p36: ∂/∂A: p36 = (p8 ⊗ p2) -> 32x2e
     d2_d__p36_262 = torch.mm(_c107.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c107
     # ∂/∂_p8: ∂/∂A: p36 = (p8 ⊗ p2) -> 32x2e
     _c153 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p36.reshape(n, 32, 1, 5)
     d2__p8_263 = torch.mm(_c153.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c153
     # ∂/∂d__p36: ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
     d2_d__p36_264 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c109
     # ∂/∂A: ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
     _c154 = d2_d__p8.reshape(n, 32, 3, 1) * d__p36.reshape(n, 32, 1, 5)
+    del d2_d__p8, d__p36
     d2_A_265 = torch.mm(_c154.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c154
     # ∂/∂d__p37: ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
     d2_d__p37_266 = torch.mm(_c73.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c73
     # ∂/∂A: ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
     _c155 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p37.reshape(n, 32, 1, 5)
     d2_A_267 = torch.mm(_c155.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c155
     # ∂/∂d__p37: ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
     d2_d__p37_268 = torch.mm(_c75.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c75
     # ∂/∂A: ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
     _c156 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p37.reshape(n, 32, 1, 5)
+    del d__p37
     d2_A_269 = torch.mm(_c156.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c156
     # ∂/∂d__p38: ∂/∂A: p38 = (p37 ⊗ p2) -> 32x2e
     _c157 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p37.reshape(n, 32, 5, 1)
     d2_d__p38_270 = torch.mm(_c157.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c157
     # ∂/∂_p37: ∂/∂A: p38 = (p37 ⊗ p2) -> 32x2e
     _c158 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p38.reshape(n, 32, 1, 5)
     d2__p37_271 = torch.mm(_c158.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c158
     # ∂/∂d__p38: ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
     d2_d__p37 = d2_d__p37_266 + d2_d__p37_268
+    del d2_d__p37_266, d2_d__p37_268
     _c159 = d2_d__p37.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p38_272 = torch.mm(_c159.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c159
     # ∂/∂A: ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
     _c160 = d2_d__p37.reshape(n, 32, 5, 1) * d__p38.reshape(n, 32, 1, 5)
+    del d2_d__p37, d__p38
     d2_A_273 = torch.mm(_c160.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_1_2.permute(1, 0, 2).reshape(3, 25).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c160
     # ∂/∂d__p39: ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
     _c161 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p9.reshape(n, 32, 1, 1)
     d2_d__p39_274 = cg_0_0_0.reshape(1, 1, 1) * _c161.reshape(n, 32, 1)
+    del _c161
     # ∂/∂_p9: ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
     _c162 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p39.reshape(n, 32, 1, 1)
     d2__p9_275 = cg_0_0_0.reshape(1, 1, 1) * _c162.reshape(n, 32, 1)
+    del _c162
     # ∂/∂d__p39: ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
     _c163 = d2_d__p9.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2_d__p39_276 = cg_0_0_0.reshape(1, 1, 1) * _c163.reshape(n, 32, 1)
+    del _c163
     # ∂/∂A: ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
     _c164 = d2_d__p9.reshape(n, 32, 1, 1) * d__p39.reshape(n, 32, 1, 1)
+    del d__p39
     d2_A_277 = cg_0_0_0.reshape(1, 1, 1) * _c164.reshape(n, 32, 1)
+    del _c164
     # ∂/∂d__p40: ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o
     _c165 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p9.reshape(n, 32, 1, 1)
     d2_d__p40_278 = torch.mm(_c165.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuji->zuk
+    del _c165
     # ∂/∂_p9: ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o
     _c166 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p40.reshape(n, 32, 1, 3)
     d2__p9_279 = torch.mm(_c166.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c166
     # ∂/∂d__p40: ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
     _c167 = d2_d__p9.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p40_280 = torch.mm(_c167.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c167
     # ∂/∂A: ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
     _c168 = d2_d__p9.reshape(n, 32, 1, 1) * d__p40.reshape(n, 32, 1, 3)
+    del d__p40
     d2_A_281 = torch.mm(_c168.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c168
     # ∂/∂d__p41: ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e
     _c169 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * _p9.reshape(n, 32, 1, 1)
     d2_d__p41_282 = torch.mm(_c169.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuji->zuk
+    del _c169
     # ∂/∂_p9: ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e
     _c170 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p41.reshape(n, 32, 1, 5)
     d2__p9_283 = torch.mm(_c170.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c170
     # ∂/∂d__p41: ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
     _c171 = d2_d__p9.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p41_284 = torch.mm(_c171.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c171
     # ∂/∂A: ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
     _c172 = d2_d__p9.reshape(n, 32, 1, 1) * d__p41.reshape(n, 32, 1, 5)
+    del d2_d__p9, d__p41
     d2_A_285 = torch.mm(_c172.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c172
     d2_d__p26 = d2_d__p26_222 + d2_d__p26_224
+    del d2_d__p26_222, d2_d__p26_224
     d2_d__p42_286 = (d2_d__p26 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_287 = (d2_d__p26 * 0.3333333333333333).reshape(n, 32) * d__p42.reshape(n, 32)
     d2_d__p33 = d2_d__p33_250 + d2_d__p33_252
+    del d2_d__p33_250, d2_d__p33_252
     d2_d__p42_288 = (d2_d__p33 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_289 = (d2_d__p33 * 0.3333333333333333).reshape(n, 32) * d__p42.reshape(n, 32)
     d2_d__p42_290 = (d2_d__p23 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_291 = (d2_d__p23 * 0.5773502691896257).reshape(n, 32) * d__p42.reshape(n, 32)
     d2_d__p39 = d2_d__p39_274 + d2_d__p39_276
+    del d2_d__p39_274, d2_d__p39_276
     d2_d__p42_292 = (d2_d__p39 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 672:704].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_293 = (d2_d__p39 * 0.3333333333333333).reshape(n, 32) * d__p42.reshape(n, 32)
     d2_d__p42_294 = (d2_d__p25 * 0.7453559924999299).reshape(n, 32, 1) * _w_B_3[:, 800:832].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_295 = (d2_d__p25 * 0.7453559924999299).reshape(n, 32) * d__p42.reshape(n, 32)
+    del d__p42
     # ∂/∂d__p43: ∂/∂A: p43 = (p42 ⊗ p0) -> 32x0e
     _p42 = p42_11 + p42_12 + p42_13 + p42_14 + p42_15
+    del p42_11, p42_12, p42_13, p42_14, p42_15
     _c173 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p42.reshape(n, 32, 1, 1)
+    del _p42
     d2_d__p43_296 = cg_0_0_0.reshape(1, 1, 1) * _c173.reshape(n, 32, 1)
+    del _c173
     # ∂/∂_p42: ∂/∂A: p43 = (p42 ⊗ p0) -> 32x0e
     _c174 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p43.reshape(n, 32, 1, 1)
     d2__p42 = cg_0_0_0.reshape(1, 1, 1) * _c174.reshape(n, 32, 1)
+    del _c174
     # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
     d2_d__p42 = d2_d__p42_286 + d2_d__p42_288 + d2_d__p42_290 + d2_d__p42_292 + d2_d__p42_294
+    del d2_d__p42_286, d2_d__p42_288, d2_d__p42_290, d2_d__p42_292, d2_d__p42_294
     _c175 = d2_d__p42.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2_d__p43_297 = cg_0_0_0.reshape(1, 1, 1) * _c175.reshape(n, 32, 1)
+    del _c175
     # ∂/∂A: ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
     _c176 = d2_d__p42.reshape(n, 32, 1, 1) * d__p43.reshape(n, 32, 1, 1)
+    del d2_d__p42, d__p43
     d2_A_298 = cg_0_0_0.reshape(1, 1, 1) * _c176.reshape(n, 32, 1)
+    del _c176
     d2_d__p43 = d2_d__p43_296 + d2_d__p43_297
+    del d2_d__p43_296, d2_d__p43_297
     d2_d_B_299 = d2_d__p43
+    del d2_d__p43
     d2_d__p44_300 = (d2_d__p26 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_301 = (d2_d__p26 * 0.5773502691896257).reshape(n, 32) * d__p44.reshape(n, 32)
     d2_d__p31 = d2_d__p31_242 + d2_d__p31_244
+    del d2_d__p31_242, d2_d__p31_244
     d2_d__p44_302 = (d2_d__p31 * 1.2909944487358056).reshape(n, 32, 1) * _w_B_3[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_303 = (d2_d__p31 * 1.2909944487358056).reshape(n, 32) * d__p44.reshape(n, 32)
+    del d2_d__p31
     d2_d__p44_304 = (d2_d__p33 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_305 = (d2_d__p33 * 0.5773502691896257).reshape(n, 32) * d__p44.reshape(n, 32)
+    del d2_d__p33
     d2_d__p44_306 = d2_d__p23.reshape(n, 32, 1) * _w_B_3[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_307 = d2_d__p23.reshape(n, 32) * d__p44.reshape(n, 32)
     d2_d__p44_308 = (d2_d__p25 * 1.2909944487358056).reshape(n, 32, 1) * _w_B_3[:, 864:896].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_309 = (d2_d__p25 * 1.2909944487358056).reshape(n, 32) * d__p44.reshape(n, 32)
+    del d__p44
     # ∂/∂d__p45: ∂/∂A: p45 = (p44 ⊗ p2) -> 32x1o
     _p44 = p44_16 + p44_17 + p44_18 + p44_19 + p44_20
+    del p44_16, p44_17, p44_18, p44_19, p44_20
     _c177 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p44.reshape(n, 32, 1, 1)
+    del _p44
     d2_d__p45_310 = torch.mm(_c177.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuji->zuk
+    del _c177
     # ∂/∂_p44: ∂/∂A: p45 = (p44 ⊗ p2) -> 32x1o
     _c178 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p45.reshape(n, 32, 1, 3)
     d2__p44 = torch.mm(_c178.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c178
     # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
     d2_d__p44 = d2_d__p44_300 + d2_d__p44_302 + d2_d__p44_304 + d2_d__p44_306 + d2_d__p44_308
+    del d2_d__p44_300, d2_d__p44_302, d2_d__p44_304, d2_d__p44_306, d2_d__p44_308
     _c179 = d2_d__p44.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p45_311 = torch.mm(_c179.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c179
     # ∂/∂A: ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
     _c180 = d2_d__p44.reshape(n, 32, 1, 1) * d__p45.reshape(n, 32, 1, 3)
+    del d2_d__p44, d__p45
     d2_A_312 = torch.mm(_c180.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c180
     d2_d__p45 = d2_d__p45_310 + d2_d__p45_311
+    del d2_d__p45_310, d2_d__p45_311
     d2_d_B_313 = d2_d__p45
+    del d2_d__p45
     d2_d__p46_314 = (d2_d__p26 * 0.6201736729460423).reshape(n, 32, 1) * _w_B_3[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_315 = (d2_d__p26 * 0.6201736729460423).reshape(n, 32) * d__p46.reshape(n, 32)
+    del d2_d__p26
     d2_d__p29 = d2_d__p29_234 + d2_d__p29_236
+    del d2_d__p29_234, d2_d__p29_236
     d2_d__p46_316 = (d2_d__p29 * 1.0741723110591492).reshape(n, 32, 1) * _w_B_3[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_317 = (d2_d__p29 * 1.0741723110591492).reshape(n, 32) * d__p46.reshape(n, 32)
+    del d2_d__p29
     d2_d__p46_318 = (d2_d__p23 * 1.0741723110591492).reshape(n, 32, 1) * _w_B_3[:, 544:576].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_319 = (d2_d__p23 * 1.0741723110591492).reshape(n, 32) * d__p46.reshape(n, 32)
+    del d2_d__p23
     d2_d__p46_320 = (d2_d__p39 * 0.6201736729460423).reshape(n, 32, 1) * _w_B_3[:, 704:736].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_321 = (d2_d__p39 * 0.6201736729460423).reshape(n, 32) * d__p46.reshape(n, 32)
+    del d2_d__p39
     d2_d__p46_322 = (d2_d__p25 * 1.3867504905630728).reshape(n, 32, 1) * _w_B_3[:, 960:992].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_323 = (d2_d__p25 * 1.3867504905630728).reshape(n, 32) * d__p46.reshape(n, 32)
+    del d2_d__p25, d__p46
     # ∂/∂d__p47: ∂/∂A: p47 = (p46 ⊗ p4) -> 32x2e
     _p46 = p46_21 + p46_22 + p46_23 + p46_24 + p46_25
+    del p46_21, p46_22, p46_23, p46_24, p46_25
     _c181 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * _p46.reshape(n, 32, 1, 1)
+    del _p46
     d2_d__p47_324 = torch.mm(_c181.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuji->zuk
+    del _c181
     # ∂/∂_p46: ∂/∂A: p47 = (p46 ⊗ p4) -> 32x2e
     _c182 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p47.reshape(n, 32, 1, 5)
     d2__p46 = torch.mm(_c182.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c182
     # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
     d2_d__p46 = d2_d__p46_314 + d2_d__p46_316 + d2_d__p46_318 + d2_d__p46_320 + d2_d__p46_322
+    del d2_d__p46_314, d2_d__p46_316, d2_d__p46_318, d2_d__p46_320, d2_d__p46_322
     _c183 = d2_d__p46.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p47_325 = torch.mm(_c183.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c183
     # ∂/∂A: ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
     _c184 = d2_d__p46.reshape(n, 32, 1, 1) * d__p47.reshape(n, 32, 1, 5)
+    del d2_d__p46, d__p47
     d2_A_326 = torch.mm(_c184.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c184
     d2_d__p47 = d2_d__p47_324 + d2_d__p47_325
+    del d2_d__p47_324, d2_d__p47_325
     d2_d_B_327 = d2_d__p47
+    del d2_d__p47
     d2_d__p27 = d2_d__p27_226 + d2_d__p27_228
+    del d2_d__p27_226, d2_d__p27_228
     d2_d__p48_328 = d2_d__p27.reshape(n, 32, 3) * (_w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
     d2__w_B_3_329 = torch.bmm((d2_d__p27 * 1.0741723110591492).reshape(n * 32, 1, 3), d__p48.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
     d2_d__p34 = d2_d__p34_254 + d2_d__p34_256
+    del d2_d__p34_254, d2_d__p34_256
     d2_d__p48_330 = d2_d__p34.reshape(n, 32, 3) * (_w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
     d2__w_B_3_331 = torch.bmm((d2_d__p34 * 1.0741723110591492).reshape(n * 32, 1, 3), d__p48.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    del d__p48
     # ∂/∂d__p49: ∂/∂A: p49 = (p48 ⊗ p2) -> 32x2e
     _p48 = p48_26 + p48_27
+    del p48_26, p48_27
     _c185 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p48.reshape(n, 32, 3, 1)
+    del _p48
     d2_d__p49_332 = torch.mm(_c185.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c185
     # ∂/∂_p48: ∂/∂A: p49 = (p48 ⊗ p2) -> 32x2e
     _c186 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p49.reshape(n, 32, 1, 5)
     d2__p48 = torch.mm(_c186.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c186
     # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
     d2_d__p48 = d2_d__p48_328 + d2_d__p48_330
+    del d2_d__p48_328, d2_d__p48_330
     _c187 = d2_d__p48.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p49_333 = torch.mm(_c187.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c187
     # ∂/∂A: ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
     _c188 = d2_d__p48.reshape(n, 32, 3, 1) * d__p49.reshape(n, 32, 1, 5)
+    del d2_d__p48, d__p49
     d2_A_334 = torch.mm(_c188.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c188
     d2_d__p49 = d2_d__p49_332 + d2_d__p49_333
+    del d2_d__p49_332, d2_d__p49_333
     d2_d_B_335 = d2_d__p49
+    del d2_d__p49
     d2_d__p50 = d2_d__p27.reshape(n, 32, 3) * _w_B_3[:, 128:160].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_336 = torch.bmm(d2_d__p27.reshape(n * 32, 1, 3), d__p50.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    del d2_d__p27, d__p50
     # ∂/∂d__p51: ∂/∂A: p51 = (p50 ⊗ p4) -> 32x1o
     _c189 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p50.reshape(n, 32, 3, 1)
+    del _p50
     d2_d__p51_337 = torch.mm(_c189.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c189
     # ∂/∂_p50: ∂/∂A: p51 = (p50 ⊗ p4) -> 32x1o
     _c190 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p51.reshape(n, 32, 1, 3)
     d2__p50 = torch.mm(_c190.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c190
     # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
     _c191 = d2_d__p50.reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p51_338 = torch.mm(_c191.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c191
     # ∂/∂A: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
     _c192 = d2_d__p50.reshape(n, 32, 3, 1) * d__p51.reshape(n, 32, 1, 3)
+    del d2_d__p50, d__p51
     d2_A_339 = torch.mm(_c192.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c192
     d2_d__p51 = d2_d__p51_337 + d2_d__p51_338
+    del d2_d__p51_337, d2_d__p51_338
     d2_d_B_340 = d2_d__p51
+    del d2_d__p51
     d2_d__p28 = d2_d__p28_230 + d2_d__p28_232
+    del d2_d__p28_230, d2_d__p28_232
     d2_d__p52_341 = d2_d__p28.reshape(n, 32, 5) * (_w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
     d2__w_B_3_342 = torch.bmm((d2_d__p28 * 1.3867504905630728).reshape(n * 32, 1, 5), d__p52.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    del d2_d__p28
     d2_d__p30 = d2_d__p30_238 + d2_d__p30_240
+    del d2_d__p30_238, d2_d__p30_240
     d2_d__p52_343 = d2_d__p30.reshape(n, 32, 5) * (_w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
     d2__w_B_3_344 = torch.bmm((d2_d__p30 * 2.401922307076307).reshape(n * 32, 1, 5), d__p52.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    del d2_d__p30
     d2_d__p36 = d2_d__p36_262 + d2_d__p36_264
+    del d2_d__p36_262, d2_d__p36_264
     d2_d__p52_345 = d2_d__p36.reshape(n, 32, 5) * (_w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
     d2__w_B_3_346 = torch.bmm((d2_d__p36 * 2.401922307076307).reshape(n * 32, 1, 5), d__p52.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    del d2_d__p36
     d2_d__p38 = d2_d__p38_270 + d2_d__p38_272
+    del d2_d__p38_270, d2_d__p38_272
     d2_d__p52_347 = d2_d__p38.reshape(n, 32, 5) * (_w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1)
     d2__w_B_3_348 = torch.bmm((d2_d__p38 * 3.1008683647302115).reshape(n * 32, 1, 5), d__p52.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    del d2_d__p38
     d2_d__p41 = d2_d__p41_282 + d2_d__p41_284
+    del d2_d__p41_282, d2_d__p41_284
     d2_d__p52_349 = d2_d__p41.reshape(n, 32, 5) * (_w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
     d2__w_B_3_350 = torch.bmm((d2_d__p41 * 1.3867504905630728).reshape(n * 32, 1, 5), d__p52.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    del d__p52
     # ∂/∂d__p53: ∂/∂A: p53 = (p52 ⊗ p4) -> 32x2e
     _p52 = p52_28 + p52_29 + p52_30 + p52_31 + p52_32
+    del p52_28, p52_29, p52_30, p52_31, p52_32
     _c193 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p52.reshape(n, 32, 5, 1)
+    del _p52
     d2_d__p53_351 = torch.mm(_c193.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c193
     # ∂/∂_p52: ∂/∂A: p53 = (p52 ⊗ p4) -> 32x2e
     _c194 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p53.reshape(n, 32, 1, 5)
     d2__p52 = torch.mm(_c194.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c194
     # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
     d2_d__p52 = d2_d__p52_341 + d2_d__p52_343 + d2_d__p52_345 + d2_d__p52_347 + d2_d__p52_349
+    del d2_d__p52_341, d2_d__p52_343, d2_d__p52_345, d2_d__p52_347, d2_d__p52_349
     _c195 = d2_d__p52.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p53_352 = torch.mm(_c195.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c195
     # ∂/∂A: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
     _c196 = d2_d__p52.reshape(n, 32, 5, 1) * d__p53.reshape(n, 32, 1, 5)
+    del d2_d__p52, d__p53
     d2_A_353 = torch.mm(_c196.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c196
     d2_d__p53 = d2_d__p53_351 + d2_d__p53_352
+    del d2_d__p53_351, d2_d__p53_352
     d2_d_B_354 = d2_d__p53
+    del d2_d__p53
     d2_d__p32 = d2_d__p32_246 + d2_d__p32_248
+    del d2_d__p32_246, d2_d__p32_248
     d2_d__p54_355 = d2_d__p32.reshape(n, 32, 5) * (_w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1)
     d2__w_B_3_356 = torch.bmm((d2_d__p32 * 2.886751345948129).reshape(n * 32, 1, 5), d__p54.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    del d2_d__p32
     d2_d__p54_357 = d2_d__p41.reshape(n, 32, 5) * (_w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
     d2__w_B_3_358 = torch.bmm((d2_d__p41 * 1.2909944487358056).reshape(n * 32, 1, 5), d__p54.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    del d__p54
     # ∂/∂d__p55: ∂/∂A: p55 = (p54 ⊗ p2) -> 32x1o
     _p54 = p54_33 + p54_34
+    del p54_33, p54_34
     _c197 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p54.reshape(n, 32, 5, 1)
+    del _p54
     d2_d__p55_359 = torch.mm(_c197.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c197
     # ∂/∂_p54: ∂/∂A: p55 = (p54 ⊗ p2) -> 32x1o
     _c198 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p55.reshape(n, 32, 1, 3)
     d2__p54 = torch.mm(_c198.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c198
     # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
     d2_d__p54 = d2_d__p54_355 + d2_d__p54_357
+    del d2_d__p54_355, d2_d__p54_357
     _c199 = d2_d__p54.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p55_360 = torch.mm(_c199.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c199
     # ∂/∂A: ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
     _c200 = d2_d__p54.reshape(n, 32, 5, 1) * d__p55.reshape(n, 32, 1, 3)
+    del d2_d__p54, d__p55
     d2_A_361 = torch.mm(_c200.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c200
     d2_d__p55 = d2_d__p55_359 + d2_d__p55_360
+    del d2_d__p55_359, d2_d__p55_360
     d2_d_B_362 = d2_d__p55
+    del d2_d__p55
     d2_d__p56_363 = d2_d__p34.reshape(n, 32, 3) * (_w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
     d2__w_B_3_364 = torch.bmm((d2_d__p34 * 0.5773502691896257).reshape(n * 32, 1, 3), d__p56.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    del d2_d__p34
     d2_d__p40 = d2_d__p40_278 + d2_d__p40_280
+    del d2_d__p40_278, d2_d__p40_280
     d2_d__p56_365 = d2_d__p40.reshape(n, 32, 3) * (_w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
     d2__w_B_3_366 = torch.bmm((d2_d__p40 * 0.5773502691896257).reshape(n * 32, 1, 3), d__p56.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    del d2_d__p40
     d2_d__p56_367 = d2_d__p24.reshape(n, 32, 3) * (_w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
     d2__w_B_3_368 = torch.bmm((d2_d__p24 * 1.2909944487358056).reshape(n * 32, 1, 3), d__p56.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    del d2_d__p24, d__p56
     # ∂/∂d__p57: ∂/∂A: p57 = (p56 ⊗ p2) -> 32x0e
     _p56 = p56_35 + p56_36 + p56_37
+    del p56_35, p56_36, p56_37
     _c201 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p56.reshape(n, 32, 3, 1)
+    del _p56
     d2_d__p57_369 = torch.mm(_c201.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    del _c201
     # ∂/∂_p56: ∂/∂A: p57 = (p56 ⊗ p2) -> 32x0e
     _c202 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p57.reshape(n, 32, 1, 1)
     d2__p56 = torch.mm(_c202.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c202
     # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
     d2_d__p56 = d2_d__p56_363 + d2_d__p56_365 + d2_d__p56_367
+    del d2_d__p56_363, d2_d__p56_365, d2_d__p56_367
     _c203 = d2_d__p56.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p57_370 = torch.mm(_c203.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    del _c203
     # ∂/∂A: ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
     _c204 = d2_d__p56.reshape(n, 32, 3, 1) * d__p57.reshape(n, 32, 1, 1)
+    del d2_d__p56, d__p57
     d2_A_371 = torch.mm(_c204.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c204
     d2_d__p57 = d2_d__p57_369 + d2_d__p57_370
+    del d2_d__p57_369, d2_d__p57_370
     d2_d_B_372 = d2_d__p57
+    del d2_d__p57
     d2_d__p35 = d2_d__p35_258 + d2_d__p35_260
+    del d2_d__p35_258, d2_d__p35_260
     d2_d__p58 = d2_d__p35.reshape(n, 32, 3) * (_w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
     d2__w_B_3_373 = torch.bmm((d2_d__p35 * 1.7320508075688772).reshape(n * 32, 1, 3), d__p58.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    del d__p58
     # ∂/∂d__p59: ∂/∂A: p59 = (p58 ⊗ p2) -> 32x1o
     _c205 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p58.reshape(n, 32, 3, 1)
+    del _p58
     d2_d__p59_374 = torch.mm(_c205.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c205
     # ∂/∂_p58: ∂/∂A: p59 = (p58 ⊗ p2) -> 32x1o
     _c206 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * d__p59.reshape(n, 32, 1, 3)
     d2__p58 = torch.mm(_c206.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c206
     # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
     _c207 = d2_d__p58.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p59_375 = torch.mm(_c207.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c207
     # ∂/∂A: ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
     _c208 = d2_d__p58.reshape(n, 32, 3, 1) * d__p59.reshape(n, 32, 1, 3)
+    del d2_d__p58, d__p59
     d2_A_376 = torch.mm(_c208.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c208
     d2_d__p59 = d2_d__p59_374 + d2_d__p59_375
+    del d2_d__p59_374, d2_d__p59_375
     d2_d_B_377 = d2_d__p59
+    del d2_d__p59
     d2_d__p60 = d2_d__p35.reshape(n, 32, 3) * (_w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1)
     d2__w_B_3_378 = torch.bmm((d2_d__p35 * 1.860521018838127).reshape(n * 32, 1, 3), d__p60.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    del d2_d__p35, d__p60
     # ∂/∂d__p61: ∂/∂A: p61 = (p60 ⊗ p4) -> 32x2e
     _c209 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p60.reshape(n, 32, 3, 1)
+    del _p60
     d2_d__p61_379 = torch.mm(_c209.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c209
     # ∂/∂_p60: ∂/∂A: p61 = (p60 ⊗ p4) -> 32x2e
     _c210 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p61.reshape(n, 32, 1, 5)
     d2__p60 = torch.mm(_c210.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c210
     # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
     _c211 = d2_d__p60.reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p61_380 = torch.mm(_c211.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c211
     # ∂/∂A: ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
     _c212 = d2_d__p60.reshape(n, 32, 3, 1) * d__p61.reshape(n, 32, 1, 5)
+    del d2_d__p60, d__p61
     d2_A_381 = torch.mm(_c212.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c212
     d2_d__p61 = d2_d__p61_379 + d2_d__p61_380
+    del d2_d__p61_379, d2_d__p61_380
     d2_d_B_382 = d2_d__p61
+    del d2_d__p61
     # ∂/∂d__p62: ∂/∂A: p62 = (p41 ⊗ p4) -> 32x0e
     _c213 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p41.reshape(n, 32, 5, 1)
     d2_d__p62_383 = torch.mm(_c213.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    del _c213
     # ∂/∂_p41: ∂/∂A: p62 = (p41 ⊗ p4) -> 32x0e
     _c214 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * d__p62.reshape(n, 32, 1, 1)
     d2__p41_384 = torch.mm(_c214.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c214
     # ∂/∂d__p62: ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e
     _c215 = d2_d__p41.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p62_385 = torch.mm(_c215.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    del _c215
     # ∂/∂A: ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e
     _c216 = d2_d__p41.reshape(n, 32, 5, 1) * d__p62.reshape(n, 32, 1, 1)
+    del d2_d__p41, d__p62
     d2_A_386 = torch.mm(_c216.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c216
     d2_d__p62 = d2_d__p62_383 + d2_d__p62_385
+    del d2_d__p62_383, d2_d__p62_385
     d2_d_B_387 = (d2_d__p62 * 0.7453559924999299).reshape(n, 32, 1) * _w_B_3[:, 896:928].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_388 = (d2_d__p62 * 0.7453559924999299).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
+    del d2_d__p62
     d2__p35_389 = d2__p60.reshape(n, 32, 3) * (_w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1)
     d2__w_B_3_390 = torch.bmm((d2__p60 * 1.860521018838127).reshape(n * 32, 1, 3), _p35.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    del d2__p60
     d2__p35_391 = d2__p58.reshape(n, 32, 3) * (_w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
     d2__w_B_3_392 = torch.bmm((d2__p58 * 1.7320508075688772).reshape(n * 32, 1, 3), _p35.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    del _p35, d2__p58
     d2__p24 = d2__p56.reshape(n, 32, 3) * (_w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
     d2__w_B_3_393 = torch.bmm((d2__p56 * 1.2909944487358056).reshape(n * 32, 1, 3), _p24.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    del _p24
     d2__p40 = d2__p56.reshape(n, 32, 3) * (_w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
     d2__w_B_3_394 = torch.bmm((d2__p56 * 0.5773502691896257).reshape(n * 32, 1, 3), _p40.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    del _p40
     d2__p34_395 = d2__p56.reshape(n, 32, 3) * (_w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
     d2__w_B_3_396 = torch.bmm((d2__p56 * 0.5773502691896257).reshape(n * 32, 1, 3), _p34.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    del d2__p56
     d2__p41_397 = d2__p54.reshape(n, 32, 5) * (_w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
     d2__w_B_3_398 = torch.bmm((d2__p54 * 1.2909944487358056).reshape(n * 32, 1, 5), _p41.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
     d2__p32 = d2__p54.reshape(n, 32, 5) * (_w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1)
     d2__w_B_3_399 = torch.bmm((d2__p54 * 2.886751345948129).reshape(n * 32, 1, 5), _p32.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    del _p32, d2__p54
     d2__p41_400 = d2__p52.reshape(n, 32, 5) * (_w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
     d2__w_B_3_401 = torch.bmm((d2__p52 * 1.3867504905630728).reshape(n * 32, 1, 5), _p41.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    del _p41
     d2__p38 = d2__p52.reshape(n, 32, 5) * (_w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1)
     d2__w_B_3_402 = torch.bmm((d2__p52 * 3.1008683647302115).reshape(n * 32, 1, 5), _p38.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    del _p38
     d2__p36 = d2__p52.reshape(n, 32, 5) * (_w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
     d2__w_B_3_403 = torch.bmm((d2__p52 * 2.401922307076307).reshape(n * 32, 1, 5), _p36.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    del _p36
     d2__p30 = d2__p52.reshape(n, 32, 5) * (_w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
     d2__w_B_3_404 = torch.bmm((d2__p52 * 2.401922307076307).reshape(n * 32, 1, 5), _p30.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    del _p30
     d2__p28 = d2__p52.reshape(n, 32, 5) * (_w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
     d2__w_B_3_405 = torch.bmm((d2__p52 * 1.3867504905630728).reshape(n * 32, 1, 5), _p28.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    del _p28, d2__p52
     d2__p27_406 = d2__p50.reshape(n, 32, 3) * _w_B_3[:, 128:160].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_407 = torch.bmm(d2__p50.reshape(n * 32, 1, 3), _p27.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    del d2__p50
     d2__p34_408 = d2__p48.reshape(n, 32, 3) * (_w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
     d2__w_B_3_409 = torch.bmm((d2__p48 * 1.0741723110591492).reshape(n * 32, 1, 3), _p34.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    del _p34
     d2__p27_410 = d2__p48.reshape(n, 32, 3) * (_w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
     d2__w_B_3_411 = torch.bmm((d2__p48 * 1.0741723110591492).reshape(n * 32, 1, 3), _p27.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    del _p27, d2__p48
     d2__p25_412 = (d2__p46 * 1.3867504905630728).reshape(n, 32, 1) * _w_B_3[:, 960:992].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_413 = (d2__p46 * 1.3867504905630728).reshape(n, 32) * _p25.reshape(n, 32)
     d2__p39_414 = (d2__p46 * 0.6201736729460423).reshape(n, 32, 1) * _w_B_3[:, 704:736].reshape(n, 32).reshape(n, 32, 1)
@@ -38429,8 +39322,10 @@ def _mace_product_4_d2_A(
     d2__w_B_3_417 = (d2__p46 * 1.0741723110591492).reshape(n, 32) * _p23.reshape(n, 32)
     d2__p29 = (d2__p46 * 1.0741723110591492).reshape(n, 32, 1) * _w_B_3[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_418 = (d2__p46 * 1.0741723110591492).reshape(n, 32) * _p29.reshape(n, 32)
+    del _p29
     d2__p26_419 = (d2__p46 * 0.6201736729460423).reshape(n, 32, 1) * _w_B_3[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_420 = (d2__p46 * 0.6201736729460423).reshape(n, 32) * _p26.reshape(n, 32)
+    del d2__p46
     d2__p25_421 = (d2__p44 * 1.2909944487358056).reshape(n, 32, 1) * _w_B_3[:, 864:896].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_422 = (d2__p44 * 1.2909944487358056).reshape(n, 32) * _p25.reshape(n, 32)
     d2__p23_423 = d2__p44.reshape(n, 32, 1) * _w_B_3[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
@@ -38439,122 +39334,186 @@ def _mace_product_4_d2_A(
     d2__w_B_3_426 = (d2__p44 * 0.5773502691896257).reshape(n, 32) * _p33.reshape(n, 32)
     d2__p31 = (d2__p44 * 1.2909944487358056).reshape(n, 32, 1) * _w_B_3[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_427 = (d2__p44 * 1.2909944487358056).reshape(n, 32) * _p31.reshape(n, 32)
+    del _p31
     d2__p26_428 = (d2__p44 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_429 = (d2__p44 * 0.5773502691896257).reshape(n, 32) * _p26.reshape(n, 32)
+    del d2__p44
     d2__p25_430 = (d2__p42 * 0.7453559924999299).reshape(n, 32, 1) * _w_B_3[:, 800:832].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_431 = (d2__p42 * 0.7453559924999299).reshape(n, 32) * _p25.reshape(n, 32)
+    del _p25
     d2__p39_432 = (d2__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 672:704].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_433 = (d2__p42 * 0.3333333333333333).reshape(n, 32) * _p39.reshape(n, 32)
+    del _p39
     d2__p23_434 = (d2__p42 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_3[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_435 = (d2__p42 * 0.5773502691896257).reshape(n, 32) * _p23.reshape(n, 32)
+    del _p23
     d2__p33_436 = (d2__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 320:352].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_437 = (d2__p42 * 0.3333333333333333).reshape(n, 32) * _p33.reshape(n, 32)
+    del _p33
     d2__p26_438 = (d2__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    del _w_B_3
     d2__w_B_3_439 = (d2__p42 * 0.3333333333333333).reshape(n, 32) * _p26.reshape(n, 32)
+    del _p26, d2__p42
     # ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
     d2__p41 = d2__p41_384 + d2__p41_397 + d2__p41_400
+    del d2__p41_384, d2__p41_397, d2__p41_400
     _c217 = d2__p41.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d2__p9_440 = torch.mm(_c217.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c217
     # ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e
     _c218 = d2__p41.reshape(n, 32, 5, 1) * _p9.reshape(n, 32, 1, 1)
+    del d2__p41
     d2_A_441 = torch.mm(_c218.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c218
     # ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
     _c219 = d2__p40.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2__p9_442 = torch.mm(_c219.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c219
     # ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o
     _c220 = d2__p40.reshape(n, 32, 3, 1) * _p9.reshape(n, 32, 1, 1)
+    del d2__p40
     d2_A_443 = torch.mm(_c220.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c220
     # ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
     d2__p39 = d2__p39_414 + d2__p39_432
+    del d2__p39_414, d2__p39_432
     _c221 = d2__p39.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2__p9_444 = cg_0_0_0.reshape(1, 1, 1) * _c221.reshape(n, 32, 1)
+    del _c221
     # ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
     _c222 = d2__p39.reshape(n, 32, 1, 1) * _p9.reshape(n, 32, 1, 1)
+    del d2__p39
     d2_A_445 = cg_0_0_0.reshape(1, 1, 1) * _c222.reshape(n, 32, 1)
+    del _c222
     # ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
     _c223 = d2__p38.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2__p37_446 = torch.mm(_c223.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c223
     # ∂/∂A: p38 = (p37 ⊗ p2) -> 32x2e
     _c224 = d2__p38.reshape(n, 32, 5, 1) * _p37.reshape(n, 32, 1, 5)
+    del _p37, d2__p38
     d2_A_447 = torch.mm(_c224.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_1_2.permute(1, 2, 0).reshape(3, 25).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c224
     # ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
     d2__p37 = d2__p37_271 + d2__p37_446
+    del d2__p37_271, d2__p37_446
     _c225 = d2__p37.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d2_A_448 = torch.mm(_c225.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c225
     # ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
     _c226 = d2__p37.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del d2__p37
     d2_A_449 = torch.mm(_c226.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c226
     # ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
     _c227 = d2__p36.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2__p8_450 = torch.mm(_c227.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c227
     # ∂/∂A: p36 = (p8 ⊗ p2) -> 32x2e
     _c228 = d2__p36.reshape(n, 32, 5, 1) * _p8.reshape(n, 32, 1, 3)
+    del d2__p36
     d2_A_451 = torch.mm(_c228.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c228
     # ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
     d2__p35 = d2__p35_389 + d2__p35_391
+    del d2__p35_389, d2__p35_391
     _c229 = d2__p35.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2__p8_452 = torch.mm(_c229.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c229
     # ∂/∂A: p35 = (p8 ⊗ p2) -> 32x1e
     _c230 = d2__p35.reshape(n, 32, 3, 1) * _p8.reshape(n, 32, 1, 3)
+    del d2__p35
     d2_A_453 = torch.mm(_c230.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c230
     # ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
     d2__p34 = d2__p34_395 + d2__p34_408
+    del d2__p34_395, d2__p34_408
     _c231 = d2__p34.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2__p6_454 = torch.mm(_c231.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c231
     # ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o
     _c232 = d2__p34.reshape(n, 32, 3, 1) * _p6.reshape(n, 32, 1, 1)
+    del d2__p34
     d2_A_455 = torch.mm(_c232.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c232
     # ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
     d2__p33 = d2__p33_425 + d2__p33_436
+    del d2__p33_425, d2__p33_436
     _c233 = d2__p33.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2__p6_456 = cg_0_0_0.reshape(1, 1, 1) * _c233.reshape(n, 32, 1)
+    del _c233
     # ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
     _c234 = d2__p33.reshape(n, 32, 1, 1) * _p6.reshape(n, 32, 1, 1)
+    del d2__p33
     d2_A_457 = cg_0_0_0.reshape(1, 1, 1) * _c234.reshape(n, 32, 1)
+    del _c234
     # ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
     _c235 = d2__p32.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d2__p5_458 = torch.mm(_c235.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c235
     # ∂/∂A: p32 = (p5 ⊗ p4) -> 32x2e
     _c236 = d2__p32.reshape(n, 32, 5, 1) * _p5.reshape(n, 32, 1, 5)
+    del d2__p32
     d2_A_459 = torch.mm(_c236.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c236
     # ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
     _c237 = d2__p31.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2__p5_460 = torch.mm(_c237.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    del _c237
     # ∂/∂A: p31 = (p5 ⊗ p4) -> 32x0e
     _c238 = d2__p31.reshape(n, 32, 1, 1) * _p5.reshape(n, 32, 1, 5)
+    del d2__p31
     d2_A_461 = torch.mm(_c238.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c238
     # ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
     _c239 = d2__p30.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2__p3_462 = torch.mm(_c239.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c239
     # ∂/∂A: p30 = (p3 ⊗ p2) -> 32x2e
     _c240 = d2__p30.reshape(n, 32, 5, 1) * _p3.reshape(n, 32, 1, 3)
+    del d2__p30
     d2_A_463 = torch.mm(_c240.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c240
     # ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
     _c241 = d2__p29.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2__p3_464 = torch.mm(_c241.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    del _c241
     # ∂/∂A: p29 = (p3 ⊗ p2) -> 32x0e
     _c242 = d2__p29.reshape(n, 32, 1, 1) * _p3.reshape(n, 32, 1, 3)
+    del d2__p29
     d2_A_465 = torch.mm(_c242.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c242
     # ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
     _c243 = d2__p28.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d2__p1_466 = torch.mm(_c243.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c243
     # ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e
     _c244 = d2__p28.reshape(n, 32, 5, 1) * _p1.reshape(n, 32, 1, 1)
+    del d2__p28
     d2_A_467 = torch.mm(_c244.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c244
     # ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
     d2__p27 = d2__p27_406 + d2__p27_410
+    del d2__p27_406, d2__p27_410
     _c245 = d2__p27.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2__p1_468 = torch.mm(_c245.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c245
     # ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o
     _c246 = d2__p27.reshape(n, 32, 3, 1) * _p1.reshape(n, 32, 1, 1)
+    del d2__p27
     d2_A_469 = torch.mm(_c246.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c246
     # ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
     d2__p26 = d2__p26_419 + d2__p26_428 + d2__p26_438
+    del d2__p26_419, d2__p26_428, d2__p26_438
     _c247 = d2__p26.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2__p1_470 = cg_0_0_0.reshape(1, 1, 1) * _c247.reshape(n, 32, 1)
+    del _c247
     # ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
     _c248 = d2__p26.reshape(n, 32, 1, 1) * _p1.reshape(n, 32, 1, 1)
+    del d2__p26
     d2_A_471 = cg_0_0_0.reshape(1, 1, 1) * _c248.reshape(n, 32, 1)
+    del _c248
     # weight gradient per index value
     d2__w_B_3 = torch.cat([
         (d2__w_B_3_287 + d2__w_B_3_439).reshape(n, 32),
@@ -38589,53 +39548,76 @@ def _mace_product_4_d2_A(
         (d2__w_B_3_350 + d2__w_B_3_401).reshape(n, 32),
         (d2__w_B_3_323 + d2__w_B_3_413).reshape(n, 32),
     ], dim=-1)
+    del d2__w_B_3_287, d2__w_B_3_289, d2__w_B_3_291, d2__w_B_3_293, d2__w_B_3_295, d2__w_B_3_301, d2__w_B_3_303, d2__w_B_3_305, d2__w_B_3_307, d2__w_B_3_309, d2__w_B_3_315, d2__w_B_3_317, d2__w_B_3_319, d2__w_B_3_321, d2__w_B_3_323, d2__w_B_3_329, d2__w_B_3_331, d2__w_B_3_336, d2__w_B_3_342, d2__w_B_3_344, d2__w_B_3_346, d2__w_B_3_348, d2__w_B_3_350, d2__w_B_3_356, d2__w_B_3_358, d2__w_B_3_364, d2__w_B_3_366, d2__w_B_3_368, d2__w_B_3_373, d2__w_B_3_378, d2__w_B_3_388, d2__w_B_3_390, d2__w_B_3_392, d2__w_B_3_393, d2__w_B_3_394, d2__w_B_3_396, d2__w_B_3_398, d2__w_B_3_399, d2__w_B_3_401, d2__w_B_3_402, d2__w_B_3_403, d2__w_B_3_404, d2__w_B_3_405, d2__w_B_3_407, d2__w_B_3_409, d2__w_B_3_411, d2__w_B_3_413, d2__w_B_3_415, d2__w_B_3_417, d2__w_B_3_418, d2__w_B_3_420, d2__w_B_3_422, d2__w_B_3_424, d2__w_B_3_426, d2__w_B_3_427, d2__w_B_3_429, d2__w_B_3_431, d2__w_B_3_433, d2__w_B_3_435, d2__w_B_3_437, d2__w_B_3_439
     d2_weight_472 = weight.new_zeros(4, 992).index_add(0, z, d2__w_B_3.reshape(n, 992)).reshape(3968)
+    del d2__w_B_3
     # ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
     d2__p25 = d2__p25_412 + d2__p25_421 + d2__p25_430
+    del d2__p25_412, d2__p25_421, d2__p25_430
     _c249 = d2__p25.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2__p10_473 = torch.mm(_c249.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    del _c249
     # ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e
     _c250 = d2__p25.reshape(n, 32, 1, 1) * _p10.reshape(n, 32, 1, 5)
+    del d2__p25
     d2_A_474 = torch.mm(_c250.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c250
     # ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
     _c251 = d2__p24.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2__p10_475 = torch.mm(_c251.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c251
     # ∂/∂A: p24 = (p10 ⊗ p2) -> 32x1o
     _c252 = d2__p24.reshape(n, 32, 3, 1) * _p10.reshape(n, 32, 1, 5)
+    del _p10, d2__p24
     d2_A_476 = torch.mm(_c252.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c252
     # ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
     d2__p23 = d2__p23_416 + d2__p23_423 + d2__p23_434
+    del d2__p23_416, d2__p23_423, d2__p23_434
     _c253 = d2__p23.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2__p8_477 = torch.mm(_c253.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    del _c253
     # ∂/∂A: p23 = (p8 ⊗ p2) -> 32x0e
     _c254 = d2__p23.reshape(n, 32, 1, 1) * _p8.reshape(n, 32, 1, 3)
+    del _p8, d2__p23
     d2_A_478 = torch.mm(_c254.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c254
     d2__p7 = d2__p21.reshape(n, 32, 5) * (_w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
     d2__w_B_2_479 = torch.bmm((d2__p21 * 2.041241452319315).reshape(n * 32, 1, 5), _p7.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    del _p7
     d2__p5_480 = d2__p21.reshape(n, 32, 5) * (_w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
     d2__w_B_2_481 = torch.bmm((d2__p21 * 2.041241452319315).reshape(n * 32, 1, 5), _p5.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    del _p5, d2__p21
     d2__p3_482 = d2__p19.reshape(n, 32, 3) * (_w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1)
     d2__w_B_2_483 = torch.bmm((d2__p19 * 1.3416407864998738).reshape(n * 32, 1, 3), _p3.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    del d2__p19
     d2__p3_484 = d2__p17.reshape(n, 32, 3) * (_w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1)
     d2__w_B_2_485 = torch.bmm((d2__p17 * 1.5811388300841898).reshape(n * 32, 1, 3), _p3.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    del _p3, d2__p17
     d2__p9_486 = (d2__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_2_487 = (d2__p15 * 0.9128709291752769).reshape(n, 32) * _p9.reshape(n, 32)
     d2__p6_488 = (d2__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 256:288].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_2_489 = (d2__p15 * 0.9128709291752769).reshape(n, 32) * _p6.reshape(n, 32)
     d2__p1_490 = (d2__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_2_491 = (d2__p15 * 0.9128709291752769).reshape(n, 32) * _p1.reshape(n, 32)
+    del d2__p15
     d2__p9_492 = (d2__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 384:416].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_2_493 = (d2__p13 * 0.7745966692414834).reshape(n, 32) * _p9.reshape(n, 32)
     d2__p6_494 = (d2__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 224:256].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_2_495 = (d2__p13 * 0.7745966692414834).reshape(n, 32) * _p6.reshape(n, 32)
     d2__p1_496 = (d2__p13 * 0.7745966692414834).reshape(n, 32, 1) * _w_B_2[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_2_497 = (d2__p13 * 0.7745966692414834).reshape(n, 32) * _p1.reshape(n, 32)
+    del d2__p13
     d2__p9_498 = (d2__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_2_499 = (d2__p11 * 0.4472135954999579).reshape(n, 32) * _p9.reshape(n, 32)
+    del _p9
     d2__p6_500 = (d2__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_2_501 = (d2__p11 * 0.4472135954999579).reshape(n, 32) * _p6.reshape(n, 32)
+    del _p6
     d2__p1_502 = (d2__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
+    del _w_B_2
     d2__w_B_2_503 = (d2__p11 * 0.4472135954999579).reshape(n, 32) * _p1.reshape(n, 32)
+    del _p1, d2__p11
     # weight gradient per index value
     d2__w_B_2 = torch.cat([
         (d2__w_B_2_157 + d2__w_B_2_503).reshape(n, 32),
@@ -38655,62 +39637,95 @@ def _mace_product_4_d2_A(
         (d2__w_B_2_181 + d2__w_B_2_487).reshape(n, 32),
         d2__w_B_2_221.reshape(n, 32),
     ], dim=-1)
+    del d2__w_B_2_157, d2__w_B_2_159, d2__w_B_2_161, d2__w_B_2_167, d2__w_B_2_169, d2__w_B_2_171, d2__w_B_2_177, d2__w_B_2_179, d2__w_B_2_181, d2__w_B_2_186, d2__w_B_2_191, d2__w_B_2_197, d2__w_B_2_199, d2__w_B_2_209, d2__w_B_2_215, d2__w_B_2_221, d2__w_B_2_479, d2__w_B_2_481, d2__w_B_2_483, d2__w_B_2_485, d2__w_B_2_487, d2__w_B_2_489, d2__w_B_2_491, d2__w_B_2_493, d2__w_B_2_495, d2__w_B_2_497, d2__w_B_2_499, d2__w_B_2_501, d2__w_B_2_503
     d2_weight_504 = weight.new_zeros(4, 512).index_add(0, z, d2__w_B_2.reshape(n, 512)).reshape(2048)
+    del d2__w_B_2
     # ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
     d2__p10 = d2__p10_211 + d2__p10_217 + d2__p10_473 + d2__p10_475
+    del d2__p10_211, d2__p10_217, d2__p10_473, d2__p10_475
     _c255 = d2__p10.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d2_A_505 = torch.mm(_c255.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c255
     # ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
     _c256 = d2__p10.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del d2__p10
     d2_A_506 = torch.mm(_c256.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c256
     # ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
     d2__p9 = d2__p9_275 + d2__p9_279 + d2__p9_283 + d2__p9_440 + d2__p9_442 + d2__p9_444 + d2__p9_486 + d2__p9_492 + d2__p9_498
+    del d2__p9_275, d2__p9_279, d2__p9_283, d2__p9_440, d2__p9_442, d2__p9_444, d2__p9_486, d2__p9_492, d2__p9_498
     _c257 = d2__p9.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_A_507 = torch.mm(_c257.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    del _c257
     # ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
     _c258 = d2__p9.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del d2__p9
     d2_A_508 = torch.mm(_c258.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c258
     # ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
     d2__p8 = d2__p8_205 + d2__p8_259 + d2__p8_263 + d2__p8_450 + d2__p8_452 + d2__p8_477
+    del d2__p8_205, d2__p8_259, d2__p8_263, d2__p8_450, d2__p8_452, d2__p8_477
     _c259 = d2__p8.reshape(n, 32, 1, 3) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d2_A_509 = torch.mm(_c259.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c259
     # ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
     _c260 = d2__p8.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del d2__p8
     d2_A_510 = torch.mm(_c260.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c260
     # ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
     _c261 = d2__p7.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2_A_511 = torch.mm(_c261.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c261
     # ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
     _c262 = d2__p7.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del d2__p7
     d2_A_512 = torch.mm(_c262.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c262
     # ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
     d2__p6 = d2__p6_251 + d2__p6_255 + d2__p6_454 + d2__p6_456 + d2__p6_488 + d2__p6_494 + d2__p6_500
+    del d2__p6_251, d2__p6_255, d2__p6_454, d2__p6_456, d2__p6_488, d2__p6_494, d2__p6_500
     _c263 = d2__p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_A_513 = torch.mm(_c263.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    del _c263
     # ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
     _c264 = d2__p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del d2__p6
     d2_A_514 = torch.mm(_c264.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c264
     # ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
     d2__p5 = d2__p5_243 + d2__p5_247 + d2__p5_458 + d2__p5_460 + d2__p5_480
+    del d2__p5_243, d2__p5_247, d2__p5_458, d2__p5_460, d2__p5_480
     _c265 = d2__p5.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d2_A_515 = torch.mm(_c265.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c265
     # ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
     _c266 = d2__p5.reshape(n, 32, 5, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    del d2__p5
     d2_A_516 = torch.mm(_c266.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c266
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
     d2__p3 = d2__p3_235 + d2__p3_239 + d2__p3_462 + d2__p3_464 + d2__p3_482 + d2__p3_484
+    del d2__p3_235, d2__p3_239, d2__p3_462, d2__p3_464, d2__p3_482, d2__p3_484
     _c267 = d2__p3.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2_A_517 = torch.mm(_c267.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c267
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
     _c268 = d2__p3.reshape(n, 32, 3, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    del d2__p3
     d2_A_518 = torch.mm(_c268.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c268
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     d2__p1 = d2__p1_223 + d2__p1_227 + d2__p1_231 + d2__p1_466 + d2__p1_468 + d2__p1_470 + d2__p1_490 + d2__p1_496 + d2__p1_502
+    del d2__p1_223, d2__p1_227, d2__p1_231, d2__p1_466, d2__p1_468, d2__p1_470, d2__p1_490, d2__p1_496, d2__p1_502
     _c269 = d2__p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2_A_519 = cg_0_0_0.reshape(1, 1, 1) * _c269.reshape(n, 32, 1)
+    del _c269
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     _c270 = d2__p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    del d2__p1
     d2_A_520 = cg_0_0_0.reshape(1, 1, 1) * _c270.reshape(n, 32, 1)
+    del _c270
     # weight gradient per index value
     d2__w_B_1 = torch.cat([
         d2__w_B_1_113.reshape(n, 32),
@@ -38722,30 +39737,37 @@ def _mace_product_4_d2_A(
         d2__w_B_1_149.reshape(n, 32),
         d2__w_B_1_155.reshape(n, 32),
     ], dim=-1)
+    del d2__w_B_1_113, d2__w_B_1_119, d2__w_B_1_125, d2__w_B_1_131, d2__w_B_1_137, d2__w_B_1_143, d2__w_B_1_149, d2__w_B_1_155
     d2_weight_521 = weight.new_zeros(4, 256).index_add(0, z, d2__w_B_1.reshape(n, 256)).reshape(1024)
+    del d2__w_B_1
     # weight gradient per index value
     d2__w_B_0 = torch.cat([
         d2__w_B_0_103.reshape(n, 32),
         d2__w_B_0_105.reshape(n, 32),
         d2__w_B_0_107.reshape(n, 32),
     ], dim=-1)
+    del d2__w_B_0_103, d2__w_B_0_105, d2__w_B_0_107
     d2_weight_522 = weight.new_zeros(4, 96).index_add(0, z, d2__w_B_0.reshape(n, 96)).reshape(384)
+    del d2__w_B_0
     d2_A = torch.cat([
         (d2_A_109 + d2_A_111 + d2_A_115 + d2_A_121 + d2_A_164 + d2_A_225 + d2_A_253 + d2_A_277 + d2_A_298 + d2_A_445 + d2_A_457 + d2_A_471 + d2_A_515 + d2_A_517 + d2_A_519 + d2_A_520).reshape(n, 32),
         (d2_A_117 + d2_A_127 + d2_A_129 + d2_A_133 + d2_A_135 + d2_A_139 + d2_A_174 + d2_A_189 + d2_A_207 + d2_A_213 + d2_A_229 + d2_A_237 + d2_A_241 + d2_A_257 + d2_A_261 + d2_A_265 + d2_A_267 + d2_A_273 + d2_A_281 + d2_A_312 + d2_A_334 + d2_A_361 + d2_A_371 + d2_A_376 + d2_A_443 + d2_A_447 + d2_A_448 + d2_A_451 + d2_A_453 + d2_A_455 + d2_A_463 + d2_A_465 + d2_A_469 + d2_A_476 + d2_A_478 + d2_A_509 + d2_A_511 + d2_A_512 + d2_A_513 + d2_A_514 + d2_A_518).reshape(n, 96),
         (d2_A_123 + d2_A_141 + d2_A_145 + d2_A_147 + d2_A_151 + d2_A_153 + d2_A_184 + d2_A_194 + d2_A_202 + d2_A_219 + d2_A_233 + d2_A_245 + d2_A_249 + d2_A_269 + d2_A_285 + d2_A_326 + d2_A_339 + d2_A_353 + d2_A_381 + d2_A_386 + d2_A_441 + d2_A_449 + d2_A_459 + d2_A_461 + d2_A_467 + d2_A_474 + d2_A_505 + d2_A_506 + d2_A_507 + d2_A_508 + d2_A_510 + d2_A_516).reshape(n, 160),
     ], dim=-1)
+    del d2_A_109, d2_A_111, d2_A_115, d2_A_117, d2_A_121, d2_A_123, d2_A_127, d2_A_129, d2_A_133, d2_A_135, d2_A_139, d2_A_141, d2_A_145, d2_A_147, d2_A_151, d2_A_153, d2_A_164, d2_A_174, d2_A_184, d2_A_189, d2_A_194, d2_A_202, d2_A_207, d2_A_213, d2_A_219, d2_A_225, d2_A_229, d2_A_233, d2_A_237, d2_A_241, d2_A_245, d2_A_249, d2_A_253, d2_A_257, d2_A_261, d2_A_265, d2_A_267, d2_A_269, d2_A_273, d2_A_277, d2_A_281, d2_A_285, d2_A_298, d2_A_312, d2_A_326, d2_A_334, d2_A_339, d2_A_353, d2_A_361, d2_A_371, d2_A_376, d2_A_381, d2_A_386, d2_A_441, d2_A_443, d2_A_445, d2_A_447, d2_A_448, d2_A_449, d2_A_451, d2_A_453, d2_A_455, d2_A_457, d2_A_459, d2_A_461, d2_A_463, d2_A_465, d2_A_467, d2_A_469, d2_A_471, d2_A_474, d2_A_476, d2_A_478, d2_A_505, d2_A_506, d2_A_507, d2_A_508, d2_A_509, d2_A_510, d2_A_511, d2_A_512, d2_A_513, d2_A_514, d2_A_515, d2_A_516, d2_A_517, d2_A_518, d2_A_519, d2_A_520
     d2_d_B = torch.cat([
         (d2_d_B_102 + d2_d_B_112 + d2_d_B_130 + d2_d_B_148 + d2_d_B_165 + d2_d_B_208 + d2_d_B_220 + d2_d_B_299 + d2_d_B_372 + d2_d_B_387).reshape(n, 32),
         (d2_d_B_104 + d2_d_B_118 + d2_d_B_142 + d2_d_B_175 + d2_d_B_195 + d2_d_B_214 + d2_d_B_313 + d2_d_B_340 + d2_d_B_362 + d2_d_B_377).reshape(n, 96),
         (d2_d_B_106 + d2_d_B_124 + d2_d_B_136 + d2_d_B_154 + d2_d_B_185 + d2_d_B_190 + d2_d_B_203 + d2_d_B_327 + d2_d_B_335 + d2_d_B_354 + d2_d_B_382).reshape(n, 160),
     ], dim=-1)
+    del d2_d_B_102, d2_d_B_104, d2_d_B_106, d2_d_B_112, d2_d_B_118, d2_d_B_124, d2_d_B_130, d2_d_B_136, d2_d_B_142, d2_d_B_148, d2_d_B_154, d2_d_B_165, d2_d_B_175, d2_d_B_185, d2_d_B_190, d2_d_B_195, d2_d_B_203, d2_d_B_208, d2_d_B_214, d2_d_B_220, d2_d_B_299, d2_d_B_313, d2_d_B_327, d2_d_B_335, d2_d_B_340, d2_d_B_354, d2_d_B_362, d2_d_B_372, d2_d_B_377, d2_d_B_382, d2_d_B_387
     d2_weight = torch.cat([
         d2_weight_522.reshape(384),
         d2_weight_521.reshape(1024),
         d2_weight_504.reshape(2048),
         d2_weight_472.reshape(3968),
     ], dim=-1)
+    del d2_weight_472, d2_weight_504, d2_weight_521, d2_weight_522
     return [d2_A, d2_d_B, d2_weight]
 
 
@@ -45064,17 +46086,21 @@ def _mace_product_4_d2_weight(
     # p1 = (p0 ⊗ p0) -> 32x0e
     _c0 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 32, 1)
+    del _c0
     # p3 = (p0 ⊗ p2) -> 32x1o
     _c1 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     _p3 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c1
     # p5 = (p0 ⊗ p4) -> 32x2e
     _c2 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     _p5 = torch.mm(_c2.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c2
     # p6 = (p2 ⊗ p2) -> 32x0e
     _c3 = A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     _p6 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # p7 = (p2 ⊗ p2) -> 32x2e
     _p7 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c3
     # p8 = (p2 ⊗ p4) -> 32x1o
     _c4 = A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     _p8 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
@@ -45083,125 +46109,158 @@ def _mace_product_4_d2_weight(
     _p9 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # p10 = (p4 ⊗ p4) -> 32x2e
     _p10 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c5
     # p23 = (p8 ⊗ p2) -> 32x0e
     _c6 = _p8.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     _p23 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # p24 = (p10 ⊗ p2) -> 32x1o
     _c7 = _p10.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     _p24 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c7
     # p25 = (p10 ⊗ p4) -> 32x0e
     _c8 = _p10.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     _p25 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    del _c8
     # p26 = (p1 ⊗ p0) -> 32x0e
     _c9 = _p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     _p26 = cg_0_0_0.reshape(1, 1, 1) * _c9.reshape(n, 32, 1)
+    del _c9
     # p27 = (p1 ⊗ p2) -> 32x1o
     _c10 = _p1.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     _p27 = torch.mm(_c10.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c10
     # p28 = (p1 ⊗ p4) -> 32x2e
     _c11 = _p1.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     _p28 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c11
     # p29 = (p3 ⊗ p2) -> 32x0e
     _c12 = _p3.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     _p29 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # p30 = (p3 ⊗ p2) -> 32x2e
     _p30 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c12
     # p31 = (p5 ⊗ p4) -> 32x0e
     _c13 = _p5.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     _p31 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
     # p32 = (p5 ⊗ p4) -> 32x2e
     _p32 = torch.mm(_c13.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c13
     # p33 = (p6 ⊗ p0) -> 32x0e
     _c14 = _p6.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     _p33 = cg_0_0_0.reshape(1, 1, 1) * _c14.reshape(n, 32, 1)
+    del _c14
     # p34 = (p6 ⊗ p2) -> 32x1o
     _c15 = _p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     _p34 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c15
     # p35 = (p8 ⊗ p2) -> 32x1e
     _p35 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
     # p36 = (p8 ⊗ p2) -> 32x2e
     _p36 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c6
     # p37 = (p2 ⊗ p4) -> 32x2o
     _p37 = torch.mm(_c4.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c4
     # p38 = (p37 ⊗ p2) -> 32x2e
     _c16 = _p37.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     _p38 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c16
     # p39 = (p9 ⊗ p0) -> 32x0e
     _c17 = _p9.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     _p39 = cg_0_0_0.reshape(1, 1, 1) * _c17.reshape(n, 32, 1)
+    del _c17
     # p40 = (p9 ⊗ p2) -> 32x1o
     _c18 = _p9.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     _p40 = torch.mm(_c18.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c18
     # p41 = (p9 ⊗ p4) -> 32x2e
     _c19 = _p9.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     _p41 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c19
     # p62 = (p41 ⊗ p4) -> 32x0e
     _c20 = _p41.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     _p62 = torch.mm(_c20.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    del _c20
     d__p61 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
     _c21 = d__p61.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p60 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c21
     d__p59 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
     _c22 = d__p59.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p58 = torch.mm(_c22.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c22
     d__p57 = d_B[:, 0:32].reshape(n, 32, 1)
     # ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
     _c23 = d__p57.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d__p56 = torch.mm(_c23.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    del _c23
     d__p55 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
     _c24 = d__p55.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p54 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c24
     d__p53 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
     _c25 = d__p53.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p52 = torch.mm(_c25.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c25
     d__p51 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
     _c26 = d__p51.reshape(n, 32, 1, 3) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p50 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c26
     d__p49 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
     _c27 = d__p49.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p48 = torch.mm(_c27.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c27
     d__p47 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
     _c28 = d__p47.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p46 = torch.mm(_c28.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c28
     d__p45 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
     _c29 = d__p45.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p44 = torch.mm(_c29.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c29
     d__p43 = d_B[:, 0:32].reshape(n, 32, 1)
     # ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
     _c30 = d__p43.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c30.reshape(n, 32, 1)
+    del _c30
     d__p22 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
     _c31 = d__p22.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p21 = torch.mm(_c31.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c31
     d__p20 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
     _c32 = d__p20.reshape(n, 32, 1, 3) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p19 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c32
     d__p18 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
     _c33 = d__p18.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p17 = torch.mm(_c33.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c33
     d__p16 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
     _c34 = d__p16.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d__p15 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c34
     d__p14 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
     _c35 = d__p14.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d__p13 = torch.mm(_c35.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c35
     d__p12 = d_B[:, 0:32].reshape(n, 32, 1)
     # ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
     _c36 = d__p12.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d__p11 = cg_0_0_0.reshape(1, 1, 1) * _c36.reshape(n, 32, 1)
+    del _c36
     d2_d__w_B_0 = d2_d_weight[0:384].view(384).reshape(4, 96)[z]
     # ∂/∂d_B: ∂/∂_w_B_0: 32x0e -> 32x0e
     d2_d_B_0 = d2_d__w_B_0[:, 0:32].reshape(n, 32).reshape(n, 32, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
@@ -45215,6 +46274,7 @@ def _mace_product_4_d2_weight(
     d2_d_B_4 = d2_d__w_B_0[:, 64:96].reshape(n, 32).reshape(n, 32, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)
     # ∂/∂A: ∂/∂_w_B_0: 32x2e -> 32x2e
     d2_A_5 = d2_d__w_B_0[:, 64:96].reshape(n, 32).reshape(n, 32, 1) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)
+    del d2_d__w_B_0
     d2_d__w_B_1 = d2_d_weight[384:1408].view(1024).reshape(4, 256)[z]
     d2_d_B_6 = (d2_d__w_B_1[:, 0:32].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p1.reshape(n, 32, 1)
     d2__p1_7 = (d2_d__w_B_1[:, 0:32].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
@@ -45232,6 +46292,7 @@ def _mace_product_4_d2_weight(
     d2__p9_19 = (d2_d__w_B_1[:, 192:224].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
     d2_d_B_20 = (d2_d__w_B_1[:, 224:256].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p10.reshape(n, 32, 5)
     d2__p10_21 = (d2_d__w_B_1[:, 224:256].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)
+    del d2_d__w_B_1
     d2_d__w_B_2 = d2_d_weight[1408:3456].view(2048).reshape(4, 512)[z]
     d2_d__p11_22 = (d2_d__w_B_2[:, 0:32].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * _p1.reshape(n, 32, 1)
     d2__p1_23 = (d2_d__w_B_2[:, 0:32].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * d__p11.reshape(n, 32, 1)
@@ -45239,78 +46300,114 @@ def _mace_product_4_d2_weight(
     d2__p6_25 = (d2_d__w_B_2[:, 192:224].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * d__p11.reshape(n, 32, 1)
     d2_d__p11_26 = (d2_d__w_B_2[:, 352:384].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * _p9.reshape(n, 32, 1)
     d2__p9_27 = (d2_d__w_B_2[:, 352:384].reshape(n, 32) * 0.4472135954999579).reshape(n, 32, 1) * d__p11.reshape(n, 32, 1)
+    del d__p11
     # ∂/∂d__p12: ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
     d2_d__p11 = d2_d__p11_22 + d2_d__p11_24 + d2_d__p11_26
+    del d2_d__p11_22, d2_d__p11_24, d2_d__p11_26
     _c37 = d2_d__p11.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2_d__p12 = cg_0_0_0.reshape(1, 1, 1) * _c37.reshape(n, 32, 1)
+    del _c37
     # ∂/∂A: ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
     _c38 = d2_d__p11.reshape(n, 32, 1, 1) * d__p12.reshape(n, 32, 1, 1)
+    del d2_d__p11, d__p12
     d2_A_28 = cg_0_0_0.reshape(1, 1, 1) * _c38.reshape(n, 32, 1)
+    del _c38
     d2_d_B_29 = d2_d__p12
+    del d2_d__p12
     d2_d__p13_30 = (d2_d__w_B_2[:, 32:64].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * _p1.reshape(n, 32, 1)
     d2__p1_31 = (d2_d__w_B_2[:, 32:64].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * d__p13.reshape(n, 32, 1)
     d2_d__p13_32 = (d2_d__w_B_2[:, 224:256].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * _p6.reshape(n, 32, 1)
     d2__p6_33 = (d2_d__w_B_2[:, 224:256].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * d__p13.reshape(n, 32, 1)
     d2_d__p13_34 = (d2_d__w_B_2[:, 384:416].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * _p9.reshape(n, 32, 1)
     d2__p9_35 = (d2_d__w_B_2[:, 384:416].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * d__p13.reshape(n, 32, 1)
+    del d__p13
     # ∂/∂d__p14: ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
     d2_d__p13 = d2_d__p13_30 + d2_d__p13_32 + d2_d__p13_34
+    del d2_d__p13_30, d2_d__p13_32, d2_d__p13_34
     _c39 = d2_d__p13.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p14 = torch.mm(_c39.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c39
     # ∂/∂A: ∂/∂_p13: p14 = (p13 ⊗ p2) -> 32x1o
     _c40 = d2_d__p13.reshape(n, 32, 1, 1) * d__p14.reshape(n, 32, 1, 3)
+    del d2_d__p13, d__p14
     d2_A_36 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c40
     d2_d_B_37 = d2_d__p14
+    del d2_d__p14
     d2_d__p15_38 = (d2_d__w_B_2[:, 64:96].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * _p1.reshape(n, 32, 1)
     d2__p1_39 = (d2_d__w_B_2[:, 64:96].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * d__p15.reshape(n, 32, 1)
     d2_d__p15_40 = (d2_d__w_B_2[:, 256:288].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * _p6.reshape(n, 32, 1)
     d2__p6_41 = (d2_d__w_B_2[:, 256:288].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * d__p15.reshape(n, 32, 1)
     d2_d__p15_42 = (d2_d__w_B_2[:, 448:480].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * _p9.reshape(n, 32, 1)
     d2__p9_43 = (d2_d__w_B_2[:, 448:480].reshape(n, 32) * 0.9128709291752769).reshape(n, 32, 1) * d__p15.reshape(n, 32, 1)
+    del d__p15
     # ∂/∂d__p16: ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
     d2_d__p15 = d2_d__p15_38 + d2_d__p15_40 + d2_d__p15_42
+    del d2_d__p15_38, d2_d__p15_40, d2_d__p15_42
     _c41 = d2_d__p15.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p16 = torch.mm(_c41.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c41
     # ∂/∂A: ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
     _c42 = d2_d__p15.reshape(n, 32, 1, 1) * d__p16.reshape(n, 32, 1, 5)
+    del d2_d__p15, d__p16
     d2_A_44 = torch.mm(_c42.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c42
     d2_d_B_45 = d2_d__p16
+    del d2_d__p16
     d2_d__p17 = (d2_d__w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1) * _p3.reshape(n, 32, 3)
     d2__p3_46 = (d2_d__w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1) * d__p17.reshape(n, 32, 3)
+    del d__p17
     # ∂/∂d__p18: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
     _c43 = d2_d__p17.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p18 = torch.mm(_c43.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c43
     # ∂/∂A: ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
     _c44 = d2_d__p17.reshape(n, 32, 3, 1) * d__p18.reshape(n, 32, 1, 5)
+    del d2_d__p17, d__p18
     d2_A_47 = torch.mm(_c44.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c44
     d2_d_B_48 = d2_d__p18
+    del d2_d__p18
     d2_d__p19 = (d2_d__w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1) * _p3.reshape(n, 32, 3)
     d2__p3_49 = (d2_d__w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1) * d__p19.reshape(n, 32, 3)
+    del d__p19
     # ∂/∂d__p20: ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
     _c45 = d2_d__p19.reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p20 = torch.mm(_c45.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c45
     # ∂/∂A: ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
     _c46 = d2_d__p19.reshape(n, 32, 3, 1) * d__p20.reshape(n, 32, 1, 3)
+    del d2_d__p19, d__p20
     d2_A_50 = torch.mm(_c46.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c46
     d2_d_B_51 = d2_d__p20
+    del d2_d__p20
     d2_d__p21_52 = (d2_d__w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) * _p5.reshape(n, 32, 5)
     d2__p5_53 = (d2_d__w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) * d__p21.reshape(n, 32, 5)
     d2_d__p21_54 = (d2_d__w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) * _p7.reshape(n, 32, 5)
+    del _p7
     d2__p7_55 = (d2_d__w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1) * d__p21.reshape(n, 32, 5)
+    del d__p21
     # ∂/∂d__p22: ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
     d2_d__p21 = d2_d__p21_52 + d2_d__p21_54
+    del d2_d__p21_52, d2_d__p21_54
     _c47 = d2_d__p21.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p22 = torch.mm(_c47.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c47
     # ∂/∂A: ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
     _c48 = d2_d__p21.reshape(n, 32, 5, 1) * d__p22.reshape(n, 32, 1, 5)
+    del d2_d__p21, d__p22
     d2_A_56 = torch.mm(_c48.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c48
     d2_d_B_57 = d2_d__p22
+    del d2_d__p22
     d2_d_B_58 = (d2_d__w_B_2[:, 320:352].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * _p23.reshape(n, 32, 1)
     d2__p23_59 = (d2_d__w_B_2[:, 320:352].reshape(n, 32) * 0.7745966692414834).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
     d2_d_B_60 = (d2_d__w_B_2[:, 416:448].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) * _p24.reshape(n, 32, 3)
     d2__p24_61 = (d2_d__w_B_2[:, 416:448].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)
     d2_d_B_62 = d2_d__w_B_2[:, 480:512].reshape(n, 32).reshape(n, 32, 1) * _p25.reshape(n, 32, 1)
     d2__p25_63 = d2_d__w_B_2[:, 480:512].reshape(n, 32).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
+    del d2_d__w_B_2
     d2_d__w_B_3 = d2_d_weight[3456:7424].view(3968).reshape(4, 992)[z]
     d2_d__p42_64 = (d2_d__w_B_3[:, 0:32].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * _p26.reshape(n, 32, 1)
     d2__p26_65 = (d2_d__w_B_3[:, 0:32].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * d__p42.reshape(n, 32, 1)
@@ -45322,331 +46419,511 @@ def _mace_product_4_d2_weight(
     d2__p39_71 = (d2_d__w_B_3[:, 672:704].reshape(n, 32) * 0.3333333333333333).reshape(n, 32, 1) * d__p42.reshape(n, 32, 1)
     d2_d__p42_72 = (d2_d__w_B_3[:, 800:832].reshape(n, 32) * 0.7453559924999299).reshape(n, 32, 1) * _p25.reshape(n, 32, 1)
     d2__p25_73 = (d2_d__w_B_3[:, 800:832].reshape(n, 32) * 0.7453559924999299).reshape(n, 32, 1) * d__p42.reshape(n, 32, 1)
+    del d__p42
     # ∂/∂d__p43: ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
     d2_d__p42 = d2_d__p42_64 + d2_d__p42_66 + d2_d__p42_68 + d2_d__p42_70 + d2_d__p42_72
+    del d2_d__p42_64, d2_d__p42_66, d2_d__p42_68, d2_d__p42_70, d2_d__p42_72
     _c49 = d2_d__p42.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2_d__p43 = cg_0_0_0.reshape(1, 1, 1) * _c49.reshape(n, 32, 1)
+    del _c49
     # ∂/∂A: ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
     _c50 = d2_d__p42.reshape(n, 32, 1, 1) * d__p43.reshape(n, 32, 1, 1)
+    del d2_d__p42, d__p43
     d2_A_74 = cg_0_0_0.reshape(1, 1, 1) * _c50.reshape(n, 32, 1)
+    del _c50
     d2_d_B_75 = d2_d__p43
+    del d2_d__p43
     d2_d__p44_76 = (d2_d__w_B_3[:, 32:64].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p26.reshape(n, 32, 1)
     d2__p26_77 = (d2_d__w_B_3[:, 32:64].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d__p44.reshape(n, 32, 1)
     d2_d__p44_78 = (d2_d__w_B_3[:, 256:288].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p31.reshape(n, 32, 1)
+    del _p31
     d2__p31 = (d2_d__w_B_3[:, 256:288].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d__p44.reshape(n, 32, 1)
     d2_d__p44_79 = (d2_d__w_B_3[:, 352:384].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p33.reshape(n, 32, 1)
+    del _p33
     d2__p33_80 = (d2_d__w_B_3[:, 352:384].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d__p44.reshape(n, 32, 1)
     d2_d__p44_81 = d2_d__w_B_3[:, 480:512].reshape(n, 32).reshape(n, 32, 1) * _p23.reshape(n, 32, 1)
     d2__p23_82 = d2_d__w_B_3[:, 480:512].reshape(n, 32).reshape(n, 32, 1) * d__p44.reshape(n, 32, 1)
     d2_d__p44_83 = (d2_d__w_B_3[:, 864:896].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p25.reshape(n, 32, 1)
     d2__p25_84 = (d2_d__w_B_3[:, 864:896].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d__p44.reshape(n, 32, 1)
+    del d__p44
     # ∂/∂d__p45: ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
     d2_d__p44 = d2_d__p44_76 + d2_d__p44_78 + d2_d__p44_79 + d2_d__p44_81 + d2_d__p44_83
+    del d2_d__p44_76, d2_d__p44_78, d2_d__p44_79, d2_d__p44_81, d2_d__p44_83
     _c51 = d2_d__p44.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p45 = torch.mm(_c51.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(2, 0, 1).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c51
     # ∂/∂A: ∂/∂_p44: p45 = (p44 ⊗ p2) -> 32x1o
     _c52 = d2_d__p44.reshape(n, 32, 1, 1) * d__p45.reshape(n, 32, 1, 3)
+    del d2_d__p44, d__p45
     d2_A_85 = torch.mm(_c52.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c52
     d2_d_B_86 = d2_d__p45
+    del d2_d__p45
     d2_d__p46_87 = (d2_d__w_B_3[:, 64:96].reshape(n, 32) * 0.6201736729460423).reshape(n, 32, 1) * _p26.reshape(n, 32, 1)
+    del _p26
     d2__p26_88 = (d2_d__w_B_3[:, 64:96].reshape(n, 32) * 0.6201736729460423).reshape(n, 32, 1) * d__p46.reshape(n, 32, 1)
     d2_d__p46_89 = (d2_d__w_B_3[:, 192:224].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * _p29.reshape(n, 32, 1)
+    del _p29
     d2__p29 = (d2_d__w_B_3[:, 192:224].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * d__p46.reshape(n, 32, 1)
     d2_d__p46_90 = (d2_d__w_B_3[:, 544:576].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * _p23.reshape(n, 32, 1)
+    del _p23
     d2__p23_91 = (d2_d__w_B_3[:, 544:576].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * d__p46.reshape(n, 32, 1)
     d2_d__p46_92 = (d2_d__w_B_3[:, 704:736].reshape(n, 32) * 0.6201736729460423).reshape(n, 32, 1) * _p39.reshape(n, 32, 1)
+    del _p39
     d2__p39_93 = (d2_d__w_B_3[:, 704:736].reshape(n, 32) * 0.6201736729460423).reshape(n, 32, 1) * d__p46.reshape(n, 32, 1)
     d2_d__p46_94 = (d2_d__w_B_3[:, 960:992].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * _p25.reshape(n, 32, 1)
+    del _p25
     d2__p25_95 = (d2_d__w_B_3[:, 960:992].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * d__p46.reshape(n, 32, 1)
+    del d__p46
     # ∂/∂d__p47: ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
     d2_d__p46 = d2_d__p46_87 + d2_d__p46_89 + d2_d__p46_90 + d2_d__p46_92 + d2_d__p46_94
+    del d2_d__p46_87, d2_d__p46_89, d2_d__p46_90, d2_d__p46_92, d2_d__p46_94
     _c53 = d2_d__p46.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p47 = torch.mm(_c53.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c53
     # ∂/∂A: ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
     _c54 = d2_d__p46.reshape(n, 32, 1, 1) * d__p47.reshape(n, 32, 1, 5)
+    del d2_d__p46, d__p47
     d2_A_96 = torch.mm(_c54.permute(2, 3, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c54
     d2_d_B_97 = d2_d__p47
+    del d2_d__p47
     d2_d__p48_98 = (d2_d__w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * _p27.reshape(n, 32, 3)
     d2__p27_99 = (d2_d__w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * d__p48.reshape(n, 32, 3)
     d2_d__p48_100 = (d2_d__w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * _p34.reshape(n, 32, 3)
     d2__p34_101 = (d2_d__w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1) * d__p48.reshape(n, 32, 3)
+    del d__p48
     # ∂/∂d__p49: ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
     d2_d__p48 = d2_d__p48_98 + d2_d__p48_100
+    del d2_d__p48_100, d2_d__p48_98
     _c55 = d2_d__p48.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p49 = torch.mm(_c55.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c55
     # ∂/∂A: ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
     _c56 = d2_d__p48.reshape(n, 32, 3, 1) * d__p49.reshape(n, 32, 1, 5)
+    del d2_d__p48, d__p49
     d2_A_102 = torch.mm(_c56.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c56
     d2_d_B_103 = d2_d__p49
+    del d2_d__p49
     d2_d__p50 = d2_d__w_B_3[:, 128:160].reshape(n, 32).reshape(n, 32, 1) * _p27.reshape(n, 32, 3)
+    del _p27
     d2__p27_104 = d2_d__w_B_3[:, 128:160].reshape(n, 32).reshape(n, 32, 1) * d__p50.reshape(n, 32, 3)
+    del d__p50
     # ∂/∂d__p51: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
     _c57 = d2_d__p50.reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p51 = torch.mm(_c57.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c57
     # ∂/∂A: ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
     _c58 = d2_d__p50.reshape(n, 32, 3, 1) * d__p51.reshape(n, 32, 1, 3)
+    del d2_d__p50, d__p51
     d2_A_105 = torch.mm(_c58.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c58
     d2_d_B_106 = d2_d__p51
+    del d2_d__p51
     d2_d__p52_107 = (d2_d__w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * _p28.reshape(n, 32, 5)
+    del _p28
     d2__p28 = (d2_d__w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * d__p52.reshape(n, 32, 5)
     d2_d__p52_108 = (d2_d__w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) * _p30.reshape(n, 32, 5)
+    del _p30
     d2__p30 = (d2_d__w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) * d__p52.reshape(n, 32, 5)
     d2_d__p52_109 = (d2_d__w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) * _p36.reshape(n, 32, 5)
+    del _p36
     d2__p36 = (d2_d__w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1) * d__p52.reshape(n, 32, 5)
     d2_d__p52_110 = (d2_d__w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1) * _p38.reshape(n, 32, 5)
+    del _p38
     d2__p38 = (d2_d__w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1) * d__p52.reshape(n, 32, 5)
     d2_d__p52_111 = (d2_d__w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * _p41.reshape(n, 32, 5)
     d2__p41_112 = (d2_d__w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1) * d__p52.reshape(n, 32, 5)
+    del d__p52
     # ∂/∂d__p53: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
     d2_d__p52 = d2_d__p52_107 + d2_d__p52_108 + d2_d__p52_109 + d2_d__p52_110 + d2_d__p52_111
+    del d2_d__p52_107, d2_d__p52_108, d2_d__p52_109, d2_d__p52_110, d2_d__p52_111
     _c59 = d2_d__p52.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p53 = torch.mm(_c59.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c59
     # ∂/∂A: ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
     _c60 = d2_d__p52.reshape(n, 32, 5, 1) * d__p53.reshape(n, 32, 1, 5)
+    del d2_d__p52, d__p53
     d2_A_113 = torch.mm(_c60.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c60
     d2_d_B_114 = d2_d__p53
+    del d2_d__p53
     d2_d__p54_115 = (d2_d__w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1) * _p32.reshape(n, 32, 5)
+    del _p32
     d2__p32 = (d2_d__w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1) * d__p54.reshape(n, 32, 5)
     d2_d__p54_116 = (d2_d__w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p41.reshape(n, 32, 5)
     d2__p41_117 = (d2_d__w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d__p54.reshape(n, 32, 5)
+    del d__p54
     # ∂/∂d__p55: ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
     d2_d__p54 = d2_d__p54_115 + d2_d__p54_116
+    del d2_d__p54_115, d2_d__p54_116
     _c61 = d2_d__p54.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p55 = torch.mm(_c61.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c61
     # ∂/∂A: ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
     _c62 = d2_d__p54.reshape(n, 32, 5, 1) * d__p55.reshape(n, 32, 1, 3)
+    del d2_d__p54, d__p55
     d2_A_118 = torch.mm(_c62.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 0, 2).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c62
     d2_d_B_119 = d2_d__p55
+    del d2_d__p55
     d2_d__p56_120 = (d2_d__w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p34.reshape(n, 32, 3)
+    del _p34
     d2__p34_121 = (d2_d__w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d__p56.reshape(n, 32, 3)
     d2_d__p56_122 = (d2_d__w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * _p40.reshape(n, 32, 3)
+    del _p40
     d2__p40 = (d2_d__w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1) * d__p56.reshape(n, 32, 3)
     d2_d__p56_123 = (d2_d__w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * _p24.reshape(n, 32, 3)
+    del _p24
     d2__p24_124 = (d2_d__w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1) * d__p56.reshape(n, 32, 3)
+    del d__p56
     # ∂/∂d__p57: ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
     d2_d__p56 = d2_d__p56_120 + d2_d__p56_122 + d2_d__p56_123
+    del d2_d__p56_120, d2_d__p56_122, d2_d__p56_123
     _c63 = d2_d__p56.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p57 = torch.mm(_c63.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
+    del _c63
     # ∂/∂A: ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
     _c64 = d2_d__p56.reshape(n, 32, 3, 1) * d__p57.reshape(n, 32, 1, 1)
+    del d2_d__p56, d__p57
     d2_A_125 = torch.mm(_c64.permute(2, 3, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c64
     d2_d_B_126 = d2_d__p57
+    del d2_d__p57
     d2_d__p58 = (d2_d__w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) * _p35.reshape(n, 32, 3)
     d2__p35_127 = (d2_d__w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1) * d__p58.reshape(n, 32, 3)
+    del d__p58
     # ∂/∂d__p59: ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
     _c65 = d2_d__p58.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__p59 = torch.mm(_c65.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(2, 0, 1).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuij->zuk
+    del _c65
     # ∂/∂A: ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
     _c66 = d2_d__p58.reshape(n, 32, 3, 1) * d__p59.reshape(n, 32, 1, 3)
+    del d2_d__p58, d__p59
     d2_A_128 = torch.mm(_c66.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuik->zuj
+    del _c66
     d2_d_B_129 = d2_d__p59
+    del d2_d__p59
     d2_d__p60 = (d2_d__w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1) * _p35.reshape(n, 32, 3)
+    del _p35
     d2__p35_130 = (d2_d__w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1) * d__p60.reshape(n, 32, 3)
+    del d__p60
     # ∂/∂d__p61: ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
     _c67 = d2_d__p60.reshape(n, 32, 3, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_d__p61 = torch.mm(_c67.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuij->zuk
+    del _c67
     # ∂/∂A: ∂/∂_p60: p61 = (p60 ⊗ p4) -> 32x2e
     _c68 = d2_d__p60.reshape(n, 32, 3, 1) * d__p61.reshape(n, 32, 1, 5)
+    del d2_d__p60, d__p61
     d2_A_131 = torch.mm(_c68.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuik->zuj
+    del _c68
     d2_d_B_132 = d2_d__p61
+    del d2_d__p61
     d2_d_B_133 = (d2_d__w_B_3[:, 896:928].reshape(n, 32) * 0.7453559924999299).reshape(n, 32, 1) * _p62.reshape(n, 32, 1)
+    del _p62
     d2__p62 = (d2_d__w_B_3[:, 896:928].reshape(n, 32) * 0.7453559924999299).reshape(n, 32, 1) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1)
+    del d2_d__w_B_3
     # ∂/∂_p41: p62 = (p41 ⊗ p4) -> 32x0e
     _c69 = d2__p62.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2__p41_134 = torch.mm(_c69.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    del _c69
     # ∂/∂A: p62 = (p41 ⊗ p4) -> 32x0e
     _c70 = d2__p62.reshape(n, 32, 1, 1) * _p41.reshape(n, 32, 1, 5)
+    del _p41, d2__p62
     d2_A_135 = torch.mm(_c70.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c70
     # ∂/∂_p9: p41 = (p9 ⊗ p4) -> 32x2e
     d2__p41 = d2__p41_112 + d2__p41_117 + d2__p41_134
+    del d2__p41_112, d2__p41_117, d2__p41_134
     _c71 = d2__p41.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d2__p9_136 = torch.mm(_c71.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c71
     # ∂/∂A: p41 = (p9 ⊗ p4) -> 32x2e
     _c72 = d2__p41.reshape(n, 32, 5, 1) * _p9.reshape(n, 32, 1, 1)
+    del d2__p41
     d2_A_137 = torch.mm(_c72.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c72
     # ∂/∂_p9: p40 = (p9 ⊗ p2) -> 32x1o
     _c73 = d2__p40.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2__p9_138 = torch.mm(_c73.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c73
     # ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o
     _c74 = d2__p40.reshape(n, 32, 3, 1) * _p9.reshape(n, 32, 1, 1)
+    del d2__p40
     d2_A_139 = torch.mm(_c74.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c74
     # ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
     d2__p39 = d2__p39_71 + d2__p39_93
+    del d2__p39_71, d2__p39_93
     _c75 = d2__p39.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2__p9_140 = cg_0_0_0.reshape(1, 1, 1) * _c75.reshape(n, 32, 1)
+    del _c75
     # ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
     _c76 = d2__p39.reshape(n, 32, 1, 1) * _p9.reshape(n, 32, 1, 1)
+    del _p9, d2__p39
     d2_A_141 = cg_0_0_0.reshape(1, 1, 1) * _c76.reshape(n, 32, 1)
+    del _c76
     # ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
     _c77 = d2__p38.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2__p37 = torch.mm(_c77.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_2.reshape(5, 15).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c77
     # ∂/∂A: p38 = (p37 ⊗ p2) -> 32x2e
     _c78 = d2__p38.reshape(n, 32, 5, 1) * _p37.reshape(n, 32, 1, 5)
+    del _p37, d2__p38
     d2_A_142 = torch.mm(_c78.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_1_2.permute(1, 2, 0).reshape(3, 25).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c78
     # ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
     _c79 = d2__p37.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d2_A_143 = torch.mm(_c79.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c79
     # ∂/∂A: p37 = (p2 ⊗ p4) -> 32x2o
     _c80 = d2__p37.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del d2__p37
     d2_A_144 = torch.mm(_c80.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c80
     # ∂/∂_p8: p36 = (p8 ⊗ p2) -> 32x2e
     _c81 = d2__p36.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2__p8_145 = torch.mm(_c81.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c81
     # ∂/∂A: p36 = (p8 ⊗ p2) -> 32x2e
     _c82 = d2__p36.reshape(n, 32, 5, 1) * _p8.reshape(n, 32, 1, 3)
+    del d2__p36
     d2_A_146 = torch.mm(_c82.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c82
     # ∂/∂_p8: p35 = (p8 ⊗ p2) -> 32x1e
     d2__p35 = d2__p35_127 + d2__p35_130
+    del d2__p35_127, d2__p35_130
     _c83 = d2__p35.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2__p8_147 = torch.mm(_c83.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.reshape(3, 9).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c83
     # ∂/∂A: p35 = (p8 ⊗ p2) -> 32x1e
     _c84 = d2__p35.reshape(n, 32, 3, 1) * _p8.reshape(n, 32, 1, 3)
+    del d2__p35
     d2_A_148 = torch.mm(_c84.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c84
     # ∂/∂_p6: p34 = (p6 ⊗ p2) -> 32x1o
     d2__p34 = d2__p34_101 + d2__p34_121
+    del d2__p34_101, d2__p34_121
     _c85 = d2__p34.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2__p6_149 = torch.mm(_c85.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c85
     # ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o
     _c86 = d2__p34.reshape(n, 32, 3, 1) * _p6.reshape(n, 32, 1, 1)
+    del d2__p34
     d2_A_150 = torch.mm(_c86.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c86
     # ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
     d2__p33 = d2__p33_67 + d2__p33_80
+    del d2__p33_67, d2__p33_80
     _c87 = d2__p33.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2__p6_151 = cg_0_0_0.reshape(1, 1, 1) * _c87.reshape(n, 32, 1)
+    del _c87
     # ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
     _c88 = d2__p33.reshape(n, 32, 1, 1) * _p6.reshape(n, 32, 1, 1)
+    del _p6, d2__p33
     d2_A_152 = cg_0_0_0.reshape(1, 1, 1) * _c88.reshape(n, 32, 1)
+    del _c88
     # ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
     _c89 = d2__p32.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d2__p5_153 = torch.mm(_c89.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c89
     # ∂/∂A: p32 = (p5 ⊗ p4) -> 32x2e
     _c90 = d2__p32.reshape(n, 32, 5, 1) * _p5.reshape(n, 32, 1, 5)
+    del d2__p32
     d2_A_154 = torch.mm(_c90.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c90
     # ∂/∂_p5: p31 = (p5 ⊗ p4) -> 32x0e
     _c91 = d2__p31.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2__p5_155 = torch.mm(_c91.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    del _c91
     # ∂/∂A: p31 = (p5 ⊗ p4) -> 32x0e
     _c92 = d2__p31.reshape(n, 32, 1, 1) * _p5.reshape(n, 32, 1, 5)
+    del _p5, d2__p31
     d2_A_156 = torch.mm(_c92.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c92
     # ∂/∂_p3: p30 = (p3 ⊗ p2) -> 32x2e
     _c93 = d2__p30.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2__p3_157 = torch.mm(_c93.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c93
     # ∂/∂A: p30 = (p3 ⊗ p2) -> 32x2e
     _c94 = d2__p30.reshape(n, 32, 5, 1) * _p3.reshape(n, 32, 1, 3)
+    del d2__p30
     d2_A_158 = torch.mm(_c94.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c94
     # ∂/∂_p3: p29 = (p3 ⊗ p2) -> 32x0e
     _c95 = d2__p29.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2__p3_159 = torch.mm(_c95.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    del _c95
     # ∂/∂A: p29 = (p3 ⊗ p2) -> 32x0e
     _c96 = d2__p29.reshape(n, 32, 1, 1) * _p3.reshape(n, 32, 1, 3)
+    del _p3, d2__p29
     d2_A_160 = torch.mm(_c96.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c96
     # ∂/∂_p1: p28 = (p1 ⊗ p4) -> 32x2e
     _c97 = d2__p28.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d2__p1_161 = torch.mm(_c97.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c97
     # ∂/∂A: p28 = (p1 ⊗ p4) -> 32x2e
     _c98 = d2__p28.reshape(n, 32, 5, 1) * _p1.reshape(n, 32, 1, 1)
+    del d2__p28
     d2_A_162 = torch.mm(_c98.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c98
     # ∂/∂_p1: p27 = (p1 ⊗ p2) -> 32x1o
     d2__p27 = d2__p27_99 + d2__p27_104
+    del d2__p27_104, d2__p27_99
     _c99 = d2__p27.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2__p1_163 = torch.mm(_c99.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c99
     # ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o
     _c100 = d2__p27.reshape(n, 32, 3, 1) * _p1.reshape(n, 32, 1, 1)
+    del d2__p27
     d2_A_164 = torch.mm(_c100.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c100
     # ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
     d2__p26 = d2__p26_65 + d2__p26_77 + d2__p26_88
+    del d2__p26_65, d2__p26_77, d2__p26_88
     _c101 = d2__p26.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2__p1_165 = cg_0_0_0.reshape(1, 1, 1) * _c101.reshape(n, 32, 1)
+    del _c101
     # ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
     _c102 = d2__p26.reshape(n, 32, 1, 1) * _p1.reshape(n, 32, 1, 1)
+    del _p1, d2__p26
     d2_A_166 = cg_0_0_0.reshape(1, 1, 1) * _c102.reshape(n, 32, 1)
+    del _c102
     # ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
     d2__p25 = d2__p25_63 + d2__p25_73 + d2__p25_84 + d2__p25_95
+    del d2__p25_63, d2__p25_73, d2__p25_84, d2__p25_95
     _c103 = d2__p25.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2__p10_167 = torch.mm(_c103.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    del _c103
     # ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e
     _c104 = d2__p25.reshape(n, 32, 1, 1) * _p10.reshape(n, 32, 1, 5)
+    del d2__p25
     d2_A_168 = torch.mm(_c104.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c104
     # ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
     d2__p24 = d2__p24_61 + d2__p24_124
+    del d2__p24_124, d2__p24_61
     _c105 = d2__p24.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2__p10_169 = torch.mm(_c105.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_2_1_1.reshape(5, 9).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c105
     # ∂/∂A: p24 = (p10 ⊗ p2) -> 32x1o
     _c106 = d2__p24.reshape(n, 32, 3, 1) * _p10.reshape(n, 32, 1, 5)
+    del _p10, d2__p24
     d2_A_170 = torch.mm(_c106.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c106
     # ∂/∂_p8: p23 = (p8 ⊗ p2) -> 32x0e
     d2__p23 = d2__p23_59 + d2__p23_69 + d2__p23_82 + d2__p23_91
+    del d2__p23_59, d2__p23_69, d2__p23_82, d2__p23_91
     _c107 = d2__p23.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2__p8_171 = torch.mm(_c107.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    del _c107
     # ∂/∂A: p23 = (p8 ⊗ p2) -> 32x0e
     _c108 = d2__p23.reshape(n, 32, 1, 1) * _p8.reshape(n, 32, 1, 3)
+    del _p8, d2__p23
     d2_A_172 = torch.mm(_c108.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c108
     # ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
     d2__p10 = d2__p10_21 + d2__p10_167 + d2__p10_169
+    del d2__p10_167, d2__p10_169, d2__p10_21
     _c109 = d2__p10.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d2_A_173 = torch.mm(_c109.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 32, 5)  # ijk,zujk->zui
+    del _c109
     # ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
     _c110 = d2__p10.reshape(n, 32, 5, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del d2__p10
     d2_A_174 = torch.mm(_c110.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c110
     # ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
     d2__p9 = d2__p9_19 + d2__p9_27 + d2__p9_35 + d2__p9_43 + d2__p9_136 + d2__p9_138 + d2__p9_140
+    del d2__p9_136, d2__p9_138, d2__p9_140, d2__p9_19, d2__p9_27, d2__p9_35, d2__p9_43
     _c111 = d2__p9.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     d2_A_175 = torch.mm(_c111.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.reshape(5, 5).t()).view(n, 32, 5)  # ijk,zukj->zui
+    del _c111
     # ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
     _c112 = d2__p9.reshape(n, 32, 1, 1) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    del d2__p9
     d2_A_176 = torch.mm(_c112.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c112
     # ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
     d2__p8 = d2__p8_17 + d2__p8_145 + d2__p8_147 + d2__p8_171
+    del d2__p8_145, d2__p8_147, d2__p8_17, d2__p8_171
     _c113 = d2__p8.reshape(n, 32, 1, 3) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d2_A_177 = torch.mm(_c113.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c113
     # ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
     _c114 = d2__p8.reshape(n, 32, 3, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del d2__p8
     d2_A_178 = torch.mm(_c114.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c114
     # ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
     d2__p7 = d2__p7_15 + d2__p7_55
+    del d2__p7_15, d2__p7_55
     _c115 = d2__p7.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2_A_179 = torch.mm(_c115.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 32, 3)  # ijk,zujk->zui
+    del _c115
     # ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
     _c116 = d2__p7.reshape(n, 32, 5, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del d2__p7
     d2_A_180 = torch.mm(_c116.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c116
     # ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
     d2__p6 = d2__p6_13 + d2__p6_25 + d2__p6_33 + d2__p6_41 + d2__p6_149 + d2__p6_151
+    del d2__p6_13, d2__p6_149, d2__p6_151, d2__p6_25, d2__p6_33, d2__p6_41
     _c117 = d2__p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_A_181 = torch.mm(_c117.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.reshape(3, 3).t()).view(n, 32, 3)  # ijk,zukj->zui
+    del _c117
     # ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
     _c118 = d2__p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    del d2__p6
     d2_A_182 = torch.mm(_c118.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c118
     # ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
     d2__p5 = d2__p5_11 + d2__p5_53 + d2__p5_153 + d2__p5_155
+    del d2__p5_11, d2__p5_153, d2__p5_155, d2__p5_53
     _c119 = d2__p5.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d2_A_183 = torch.mm(_c119.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c119
     # ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
     _c120 = d2__p5.reshape(n, 32, 5, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    del d2__p5
     d2_A_184 = torch.mm(_c120.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
+    del _c120
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
     d2__p3 = d2__p3_9 + d2__p3_46 + d2__p3_49 + d2__p3_157 + d2__p3_159
+    del d2__p3_157, d2__p3_159, d2__p3_46, d2__p3_49, d2__p3_9
     _c121 = d2__p3.reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2_A_185 = torch.mm(_c121.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 32, 1)  # ijk,zujk->zui
+    del _c121
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
     _c122 = d2__p3.reshape(n, 32, 3, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    del d2__p3
     d2_A_186 = torch.mm(_c122.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
+    del _c122
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     d2__p1 = d2__p1_7 + d2__p1_23 + d2__p1_31 + d2__p1_39 + d2__p1_161 + d2__p1_163 + d2__p1_165
+    del d2__p1_161, d2__p1_163, d2__p1_165, d2__p1_23, d2__p1_31, d2__p1_39, d2__p1_7
     _c123 = d2__p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2_A_187 = cg_0_0_0.reshape(1, 1, 1) * _c123.reshape(n, 32, 1)
+    del _c123
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     _c124 = d2__p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    del d2__p1
     d2_A_188 = cg_0_0_0.reshape(1, 1, 1) * _c124.reshape(n, 32, 1)
+    del _c124
     d2_A = torch.cat([
         (d2_A_1 + d2_A_28 + d2_A_74 + d2_A_141 + d2_A_152 + d2_A_166 + d2_A_183 + d2_A_185 + d2_A_187 + d2_A_188).reshape(n, 32),
         (d2_A_3 + d2_A_36 + d2_A_47 + d2_A_85 + d2_A_102 + d2_A_118 + d2_A_125 + d2_A_128 + d2_A_139 + d2_A_142 + d2_A_143 + d2_A_146 + d2_A_148 + d2_A_150 + d2_A_158 + d2_A_160 + d2_A_164 + d2_A_170 + d2_A_172 + d2_A_177 + d2_A_179 + d2_A_180 + d2_A_181 + d2_A_182 + d2_A_186).reshape(n, 96),
         (d2_A_5 + d2_A_44 + d2_A_50 + d2_A_56 + d2_A_96 + d2_A_105 + d2_A_113 + d2_A_131 + d2_A_135 + d2_A_137 + d2_A_144 + d2_A_154 + d2_A_156 + d2_A_162 + d2_A_168 + d2_A_173 + d2_A_174 + d2_A_175 + d2_A_176 + d2_A_178 + d2_A_184).reshape(n, 160),
     ], dim=-1)
+    del d2_A_1, d2_A_102, d2_A_105, d2_A_113, d2_A_118, d2_A_125, d2_A_128, d2_A_131, d2_A_135, d2_A_137, d2_A_139, d2_A_141, d2_A_142, d2_A_143, d2_A_144, d2_A_146, d2_A_148, d2_A_150, d2_A_152, d2_A_154, d2_A_156, d2_A_158, d2_A_160, d2_A_162, d2_A_164, d2_A_166, d2_A_168, d2_A_170, d2_A_172, d2_A_173, d2_A_174, d2_A_175, d2_A_176, d2_A_177, d2_A_178, d2_A_179, d2_A_180, d2_A_181, d2_A_182, d2_A_183, d2_A_184, d2_A_185, d2_A_186, d2_A_187, d2_A_188, d2_A_28, d2_A_3, d2_A_36, d2_A_44, d2_A_47, d2_A_5, d2_A_50, d2_A_56, d2_A_74, d2_A_85, d2_A_96
     d2_d_B = torch.cat([
         (d2_d_B_0 + d2_d_B_6 + d2_d_B_12 + d2_d_B_18 + d2_d_B_29 + d2_d_B_58 + d2_d_B_62 + d2_d_B_75 + d2_d_B_126 + d2_d_B_133).reshape(n, 32),
         (d2_d_B_2 + d2_d_B_8 + d2_d_B_16 + d2_d_B_37 + d2_d_B_51 + d2_d_B_60 + d2_d_B_86 + d2_d_B_106 + d2_d_B_119 + d2_d_B_129).reshape(n, 96),
         (d2_d_B_4 + d2_d_B_10 + d2_d_B_14 + d2_d_B_20 + d2_d_B_45 + d2_d_B_48 + d2_d_B_57 + d2_d_B_97 + d2_d_B_103 + d2_d_B_114 + d2_d_B_132).reshape(n, 160),
     ], dim=-1)
+    del d2_d_B_0, d2_d_B_10, d2_d_B_103, d2_d_B_106, d2_d_B_114, d2_d_B_119, d2_d_B_12, d2_d_B_126, d2_d_B_129, d2_d_B_132, d2_d_B_133, d2_d_B_14, d2_d_B_16, d2_d_B_18, d2_d_B_2, d2_d_B_20, d2_d_B_29, d2_d_B_37, d2_d_B_4, d2_d_B_45, d2_d_B_48, d2_d_B_51, d2_d_B_57, d2_d_B_58, d2_d_B_6, d2_d_B_60, d2_d_B_62, d2_d_B_75, d2_d_B_8, d2_d_B_86, d2_d_B_97
     d2_weight = weight.new_zeros(7424)
     return [d2_A, d2_d_B, d2_weight]
 

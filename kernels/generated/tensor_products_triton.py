@@ -16,7 +16,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_822b0e12bb40c2c2")
+_ops = rt.OpNamespace("fusionc_a22147b83ede405b")
 
 
 @triton.jit
@@ -2036,96 +2036,127 @@ def _fc_tp_d2_x(
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
     _c1 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
     d2__m_z_0_9 = torch.bmm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), _c1.permute(0, 3, 1, 2).reshape(n, 32, 1)).view(n, 1, 1, 1).permute(0, 2, 1, 3)  # zwk,zipw->zikp
+    del _c1
     # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
     d2_weight_10 = torch.mm(_c0.permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
+    del _c0
     # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
     _c2 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
     d2_d_z_11 = _m_z_0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3) * _c2.reshape(n, 32, 1)
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
-    d2__m_z_0_12 = torch.bmm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c2.permute(0, 3, 1, 2).reshape(n, 32, 1)).view(n, 3, 1, 1).permute(0, 2, 1, 3)  # zwk,zipw->zikp
+    d2__m_z_0_12 = torch.bmm(_c2.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 1, 3, 2)  # zwk,zipw->zikp
+    del _c2
     # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
-    _c3 = torch.bmm(d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1)).view(n, 32, 1, 1)  # zwk,zikp->zwip
+    _c3 = torch.bmm(_m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zwk,zikp->zwip
     d2_weight_13 = torch.mm(_c3.permute(0, 2, 3, 1).reshape(n, 32).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
+    del _c3
     # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
     _c4 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
     d2_d_z_14 = _m_z_0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5) * _c4.reshape(n, 32, 1)
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
-    d2__m_z_0_15 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c4.permute(0, 3, 1, 2).reshape(n, 32, 1)).view(n, 5, 1, 1).permute(0, 2, 1, 3)  # zwk,zipw->zikp
+    d2__m_z_0_15 = torch.bmm(_c4.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 1, 3, 2)  # zwk,zipw->zikp
+    del _c4
     # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
-    _c5 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 5, 1)).view(n, 32, 1, 1)  # zwk,zikp->zwip
+    _c5 = torch.bmm(_m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 5, 1).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zwk,zikp->zwip
     d2_weight_16 = torch.mm(_c5.permute(0, 2, 3, 1).reshape(n, 32).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
+    del _c5
     # ∂/∂d_z: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
-    _c6 = torch.bmm(d2_d_x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1)).view(n, 32, 1, 1)  # zui,zikp->zukp
+    _c6 = torch.bmm(_m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_x[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zui,zikp->zukp
     d2_d_z_17 = torch.mm(_c6.permute(3, 1, 0, 2).reshape(32, n).t(), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
     _c7 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
-    d2__m_z_0_18 = torch.bmm(d2_d_x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c7.permute(0, 3, 1, 2).reshape(n, 32, 1)).view(n, 3, 1, 1)  # zui,zkpu->zikp
+    d2__m_z_0_18 = torch.bmm(_c7.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d2_d_x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 3, 1, 2)  # zui,zkpu->zikp
+    del _c7
     # ∂/∂weight: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
     d2_weight_19 = torch.mm(_c6.permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
+    del _c6
     # ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
     _c8 = torch.bmm(_m_z_0[:, 12:30].reshape(n, 3, 3, 2).reshape(n, 3, 6).transpose(1, 2), d2_d_x[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 2, 32)  # zui,zikp->zkpu
     _w_z_0_1_1 = torch.cat([
         w_z_0_1_1_0.reshape(1024),
         w_z_0_1_1_1.reshape(1024),
     ], dim=-1)
+    del w_z_0_1_1_0, w_z_0_1_1_1
     d2_d_z_20 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
     _c9 = torch.mm(d2_d_x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # zui,puw->zipw
+    del _w_z_0_1_1
     d2__m_z_0_21 = torch.bmm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c9.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 3, 3, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
+    del _c9
     # ∂/∂_w_z_0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
     d2__w_z_0_1_1 = torch.mm(_c8.reshape(n * 3, 64).t(), d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32)  # zwk,zkpu->puw
+    del _c8
     # ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     _w_z_0_1_2 = torch.cat([
         w_z_0_1_2_2.reshape(1024),
         w_z_0_1_2_3.reshape(1024),
     ], dim=-1)
+    del w_z_0_1_2_2, w_z_0_1_2_3
     _c10 = torch.mm(d2_d_x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # zui,puw->zipw
-    d2_d_z_22 = torch.bmm(_c10.reshape(n, 6, 32).transpose(1, 2), _m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2)).view(n, 32, 5)  # zikp,zipw->zwk
+    del _w_z_0_1_2
+    d2_d_z_22 = torch.bmm(_m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6), _c10.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zipw->zwk
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     d2__m_z_0_23 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c10.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
+    del _c10
     # ∂/∂_w_z_0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     _c11 = torch.bmm(_m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zwk,zikp->zipw
     d2__w_z_0_1_2 = torch.mm(_c11.reshape(n * 3, 64).t(), d2_d_x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    del _c11
     # ∂/∂d_z: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
-    _c12 = torch.bmm(d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1)).view(n, 32, 1, 1)  # zui,zikp->zukp
+    _c12 = torch.bmm(_m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zui,zikp->zukp
     d2_d_z_24 = torch.mm(_c12.permute(3, 1, 0, 2).reshape(32, n).t(), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
     _c13 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
-    d2__m_z_0_25 = torch.bmm(d2_d_x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c13.permute(0, 3, 1, 2).reshape(n, 32, 1)).view(n, 5, 1, 1)  # zui,zkpu->zikp
+    d2__m_z_0_25 = torch.bmm(_c13.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 3, 1, 2)  # zui,zkpu->zikp
+    del _c13
     # ∂/∂weight: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
     d2_weight_26 = torch.mm(_c12.permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
+    del _c12
     # ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
     _c14 = torch.bmm(_m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zui,zikp->zkpu
     _w_z_0_2_1 = torch.cat([
         w_z_0_2_1_4.reshape(1024),
         w_z_0_2_1_5.reshape(1024),
     ], dim=-1)
+    del w_z_0_2_1_4, w_z_0_2_1_5
     d2_d_z_27 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
     _c15 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zwk,puw->zkpu
+    del _w_z_0_2_1
     d2__m_z_0_28 = torch.bmm(d2_d_x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c15.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2)  # zui,zkpu->zikp
+    del _c15
     # ∂/∂_w_z_0_2_1: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
     d2__w_z_0_2_1 = torch.mm(_c14.reshape(n * 3, 64).t(), d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32)  # zwk,zkpu->puw
+    del _c14
     # ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
     _c16 = torch.bmm(_m_z_0[:, 95:145].reshape(n, 5, 5, 2).reshape(n, 5, 10).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 5, 2, 32)  # zui,zikp->zkpu
+    del _m_z_0
     _w_z_0_2_2 = torch.cat([
         w_z_0_2_2_6.reshape(1024),
         w_z_0_2_2_7.reshape(1024),
     ], dim=-1)
+    del w_z_0_2_2_6, w_z_0_2_2_7
     d2_d_z_29 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
     _c17 = torch.mm(d2_d_x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n * 5, 32), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 5, 2, 32)  # zui,puw->zipw
+    del _w_z_0_2_2
     d2__m_z_0_30 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c17.permute(0, 3, 1, 2).reshape(n, 32, 10)).view(n, 5, 5, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
+    del _c17
     # ∂/∂_w_z_0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
     d2__w_z_0_2_2 = torch.mm(_c16.reshape(n * 5, 64).t(), d_z[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5).t()).view(2, 32, 32)  # zwk,zkpu->puw
+    del _c16
     d2_weight_31 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_32 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
+    del d2__w_z_0_2_2
     d2_weight_33 = d2__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_34 = d2__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
+    del d2__w_z_0_2_1
     d2_weight_35 = d2__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_36 = d2__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
+    del d2__w_z_0_1_2
     d2_weight_37 = d2__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_38 = d2__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
+    del d2__w_z_0_1_1
     # ∂/∂y: every path's (i, k) map at once: y · G
     d2__m_z_0 = torch.cat([
         d2__m_z_0_9.reshape(n, 1),
@@ -2138,14 +2169,18 @@ def _fc_tp_d2_x(
         d2__m_z_0_28.reshape(n, 30),
         d2__m_z_0_30.reshape(n, 50),
     ], dim=-1)
+    del d2__m_z_0_12, d2__m_z_0_15, d2__m_z_0_18, d2__m_z_0_21, d2__m_z_0_23, d2__m_z_0_25, d2__m_z_0_28, d2__m_z_0_30, d2__m_z_0_9
     d2_y_39 = torch.mm(d2__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
+    del d2__m_z_0
     d2_x = weight.new_zeros(n, 288)
     d2_y = d2_y_39
+    del d2_y_39
     d2_d_z = torch.cat([
         (d2_d_z_8 + d2_d_z_17 + d2_d_z_24).reshape(n, 32),
         (d2_d_z_11 + d2_d_z_20 + d2_d_z_27).reshape(n, 96),
         (d2_d_z_14 + d2_d_z_22 + d2_d_z_29).reshape(n, 160),
     ], dim=-1)
+    del d2_d_z_11, d2_d_z_14, d2_d_z_17, d2_d_z_20, d2_d_z_22, d2_d_z_24, d2_d_z_27, d2_d_z_29, d2_d_z_8
     d2_weight = torch.cat([
         d2_weight_10.reshape(1024),
         d2_weight_13.reshape(1024),
@@ -2161,6 +2196,7 @@ def _fc_tp_d2_x(
         d2_weight_31.reshape(1024),
         d2_weight_33.reshape(1024),
     ], dim=-1)
+    del d2_weight_10, d2_weight_13, d2_weight_16, d2_weight_19, d2_weight_26, d2_weight_31, d2_weight_32, d2_weight_33, d2_weight_34, d2_weight_35, d2_weight_36, d2_weight_37, d2_weight_38
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
@@ -3163,110 +3199,143 @@ def _fc_tp_d2_y(
     # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
     _c0 = d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * x[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 1, 32)
     d2_d_z_8 = torch.mm(_c0.permute(2, 3, 0, 1).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zkpu->zwk
+    del _c0
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
     _c1 = d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * d_z[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 1, 32)
     d2_x_9 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zipw->zui
     # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
     d2_weight_10 = torch.mm(_c1.reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    del _c1
     # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
     _c2 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
     d2_d_z_11 = d2_d__m_z_0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3) * _c2.reshape(n, 32, 1)
+    del _c2
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
     _c3 = torch.bmm(d2_d__m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3), d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 1, 1, 32)  # zikp,zwk->zipw
     d2_x_12 = torch.mm(_c3.permute(2, 3, 0, 1).reshape(32, n).t(), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zipw->zui
     # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
     d2_weight_13 = torch.mm(_c3.reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    del _c3
     # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
     _c4 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
     d2_d_z_14 = d2_d__m_z_0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5) * _c4.reshape(n, 32, 1)
+    del _c4
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
     _c5 = torch.bmm(d2_d__m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 1, 1, 32)  # zikp,zwk->zipw
     d2_x_15 = torch.mm(_c5.permute(2, 3, 0, 1).reshape(32, n).t(), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zipw->zui
     # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
     d2_weight_16 = torch.mm(_c5.reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    del _c5
     # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
     _c6 = torch.bmm(d2_d__m_z_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 1, 1, 32)  # zikp,zui->zkpu
     d2_d_z_17 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(32, n).t(), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
     _c7 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
     d2_x_18 = d2_d__m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c7.reshape(n, 32, 1)
+    del _c7
     # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
     d2_weight_19 = torch.mm(_c6.reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zkpu->puw
+    del _c6
     # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
     _c8 = torch.bmm(d2_d__m_z_0[:, 12:30].reshape(n, 3, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 3), x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 3, 2, 32)  # zikp,zui->zkpu
     _w_z_0_1_1 = torch.cat([
         w_z_0_1_1_0.reshape(1024),
         w_z_0_1_1_1.reshape(1024),
     ], dim=-1)
+    del w_z_0_1_1_0, w_z_0_1_1_1
     d2_d_z_20 = torch.mm(_c8.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
+    del _c8
     # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
     _c9 = torch.bmm(d2_d__m_z_0[:, 12:30].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 6, 3), d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 3, 2, 32)  # zikp,zwk->zipw
     d2_x_21 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
+    del _w_z_0_1_1
     # ∂/∂_w_z_0_1_1: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
     d2__w_z_0_1_1 = torch.mm(_c9.reshape(n * 3, 64).t(), x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    del _c9
     # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
     _w_z_0_1_2 = torch.cat([
         w_z_0_1_2_2.reshape(1024),
         w_z_0_1_2_3.reshape(1024),
     ], dim=-1)
+    del w_z_0_1_2_2, w_z_0_1_2_3
     _c10 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # zui,puw->zipw
-    d2_d_z_22 = torch.bmm(_c10.reshape(n, 6, 32).transpose(1, 2), d2_d__m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2)).view(n, 32, 5)  # zikp,zipw->zwk
+    d2_d_z_22 = torch.bmm(d2_d__m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6), _c10.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zipw->zwk
+    del _c10
     # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
     _c11 = torch.bmm(d2_d__m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 6, 5), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 3, 2, 32)  # zikp,zwk->zipw
     d2_x_23 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
+    del _w_z_0_1_2
     # ∂/∂_w_z_0_1_2: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
     d2__w_z_0_1_2 = torch.mm(_c11.reshape(n * 3, 64).t(), x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    del _c11
     # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
     _c12 = torch.bmm(d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 5), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 1, 1, 32)  # zikp,zui->zkpu
     d2_d_z_24 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(32, n).t(), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
     _c13 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
     d2_x_25 = d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5) * _c13.reshape(n, 32, 1)
+    del _c13
     # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
     d2_weight_26 = torch.mm(_c12.reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zkpu->puw
+    del _c12
     # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
     _c14 = torch.bmm(d2_d__m_z_0[:, 65:95].reshape(n, 5, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 5), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 3, 2, 32)  # zikp,zui->zkpu
     _w_z_0_2_1 = torch.cat([
         w_z_0_2_1_4.reshape(1024),
         w_z_0_2_1_5.reshape(1024),
     ], dim=-1)
+    del w_z_0_2_1_4, w_z_0_2_1_5
     d2_d_z_27 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
     _c15 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zwk,puw->zkpu
-    d2_x_28 = torch.bmm(_c15.reshape(n, 6, 32).transpose(1, 2), d2_d__m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2)).view(n, 32, 5)  # zikp,zkpu->zui
+    del _w_z_0_2_1
+    d2_x_28 = torch.bmm(d2_d__m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6), _c15.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zkpu->zui
+    del _c15
     # ∂/∂_w_z_0_2_1: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
     d2__w_z_0_2_1 = torch.mm(_c14.reshape(n * 3, 64).t(), d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32)  # zwk,zkpu->puw
+    del _c14
     # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
     _c16 = torch.bmm(d2_d__m_z_0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 2, 3, 1).reshape(n, 10, 5), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 5, 2, 32)  # zikp,zui->zkpu
     _w_z_0_2_2 = torch.cat([
         w_z_0_2_2_6.reshape(1024),
         w_z_0_2_2_7.reshape(1024),
     ], dim=-1)
+    del w_z_0_2_2_6, w_z_0_2_2_7
     d2_d_z_29 = torch.mm(_c16.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1)  # puw,zkpu->zwk
+    del _c16
     # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
     _c17 = torch.bmm(d2_d__m_z_0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 10, 5), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 5, 2, 32)  # zikp,zwk->zipw
+    del d2_d__m_z_0
     d2_x_30 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1)  # puw,zipw->zui
+    del _w_z_0_2_2
     # ∂/∂_w_z_0_2_2: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
     d2__w_z_0_2_2 = torch.mm(_c17.reshape(n * 5, 64).t(), x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    del _c17
     d2_weight_31 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_32 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
+    del d2__w_z_0_2_2
     d2_weight_33 = d2__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_34 = d2__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
+    del d2__w_z_0_2_1
     d2_weight_35 = d2__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_36 = d2__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
+    del d2__w_z_0_1_2
     d2_weight_37 = d2__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_38 = d2__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
+    del d2__w_z_0_1_1
     d2_x = torch.cat([
         (d2_x_9 + d2_x_12 + d2_x_15).reshape(n, 32),
         (d2_x_18 + d2_x_21 + d2_x_23).reshape(n, 96),
         (d2_x_25 + d2_x_28 + d2_x_30).reshape(n, 160),
     ], dim=-1)
+    del d2_x_12, d2_x_15, d2_x_18, d2_x_21, d2_x_23, d2_x_25, d2_x_28, d2_x_30, d2_x_9
     d2_y = weight.new_zeros(n, 16)
     d2_d_z = torch.cat([
         (d2_d_z_8 + d2_d_z_17 + d2_d_z_24).reshape(n, 32),
         (d2_d_z_11 + d2_d_z_20 + d2_d_z_27).reshape(n, 96),
         (d2_d_z_14 + d2_d_z_22 + d2_d_z_29).reshape(n, 160),
     ], dim=-1)
+    del d2_d_z_11, d2_d_z_14, d2_d_z_17, d2_d_z_20, d2_d_z_22, d2_d_z_24, d2_d_z_27, d2_d_z_29, d2_d_z_8
     d2_weight = torch.cat([
         d2_weight_10.reshape(1024),
         d2_weight_13.reshape(1024),
@@ -3282,6 +3351,7 @@ def _fc_tp_d2_y(
         d2_weight_31.reshape(1024),
         d2_weight_33.reshape(1024),
     ], dim=-1)
+    del d2_weight_10, d2_weight_13, d2_weight_16, d2_weight_19, d2_weight_26, d2_weight_31, d2_weight_32, d2_weight_33, d2_weight_34, d2_weight_35, d2_weight_36, d2_weight_37, d2_weight_38
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
@@ -4235,35 +4305,43 @@ def _fc_tp_d2_weight(
     # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
     _c0 = torch.mm(d2_d_weight[0:1024].view(1, 32, 32).permute(0, 2, 1).reshape(32, 32), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zui->pwzi
     d2_d_z_0 = torch.bmm(_c0.permute(2, 3, 0, 1).reshape(n, 1, 32).transpose(1, 2), _m_z_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 1, 3).reshape(n, 1, 1).transpose(1, 2)).view(n, 32, 1)  # zikp,pwzi->zwk
+    del _c0
     # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
     _c1 = torch.mm(d2_d_weight[0:1024].view(1, 32, 32).reshape(32, 32), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zwk->puzk
     d2_x_1 = torch.bmm(_c1.permute(2, 3, 0, 1).reshape(n, 1, 32).transpose(1, 2), _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1).transpose(1, 2)).view(n, 32, 1)  # zikp,puzk->zui
     # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
     d2__m_z_0_2 = torch.bmm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), _c1.permute(2, 1, 3, 0).reshape(n, 32, 1)).view(n, 1, 1, 1)  # zui,puzk->zikp
+    del _c1
     # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
     _c2 = torch.mm(d2_d_weight[1024:2048].view(1, 32, 32).permute(0, 2, 1).reshape(32, 32), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zui->pwzi
     d2_d_z_3 = torch.bmm(_c2.permute(2, 3, 0, 1).reshape(n, 1, 32).transpose(1, 2), _m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2)).view(n, 32, 3)  # zikp,pwzi->zwk
     # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
-    _c3 = torch.bmm(d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1)).view(n, 32, 1, 1)  # zwk,zikp->zwip
+    _c3 = torch.bmm(_m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zwk,zikp->zwip
     d2_x_4 = torch.mm(_c3.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zwip->zui
+    del _c3
     # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
     d2__m_z_0_5 = torch.bmm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c2.permute(2, 1, 0, 3).reshape(n, 32, 1)).view(n, 3, 1, 1).permute(0, 3, 1, 2)  # zwk,pwzi->zikp
+    del _c2
     # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
     _c4 = torch.mm(d2_d_weight[2048:3072].view(1, 32, 32).permute(0, 2, 1).reshape(32, 32), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zui->pwzi
     d2_d_z_6 = torch.bmm(_c4.permute(2, 3, 0, 1).reshape(n, 1, 32).transpose(1, 2), _m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 5, 1).transpose(1, 2)).view(n, 32, 5)  # zikp,pwzi->zwk
     # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
-    _c5 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 5, 1)).view(n, 32, 1, 1)  # zwk,zikp->zwip
+    _c5 = torch.bmm(_m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 5, 1).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zwk,zikp->zwip
     d2_x_7 = torch.mm(_c5.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zwip->zui
+    del _c5
     # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
     d2__m_z_0_8 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c4.permute(2, 1, 0, 3).reshape(n, 32, 1)).view(n, 5, 1, 1).permute(0, 3, 1, 2)  # zwk,pwzi->zikp
+    del _c4
     # ∂/∂d_z: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
-    _c6 = torch.bmm(x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1)).view(n, 32, 1, 1)  # zui,zikp->zukp
+    _c6 = torch.bmm(_m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), x[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zui,zikp->zukp
     d2_d_z_9 = torch.mm(_c6.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
+    del _c6
     # ∂/∂x: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
     _c7 = torch.mm(d2_d_weight[4096:5120].view(1, 32, 32).reshape(32, 32), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zwk->puzk
     d2_x_10 = torch.bmm(_c7.permute(2, 3, 0, 1).reshape(n, 1, 32).transpose(1, 2), _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2)).view(n, 32, 3)  # zikp,puzk->zui
     # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
     d2__m_z_0_11 = torch.bmm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c7.permute(2, 1, 3, 0).reshape(n, 32, 1)).view(n, 3, 1, 1)  # zui,puzk->zikp
+    del _c7
     d2_d__w_z_0_1_1_12 = d2_d_weight[3072:4096].view(32, 32)
     d2_d__w_z_0_1_1_13 = d2_d_weight[6144:7168].view(32, 32)
     # ∂/∂d_z: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
@@ -4271,13 +4349,17 @@ def _fc_tp_d2_weight(
         d2_d__w_z_0_1_1_12.reshape(1024),
         d2_d__w_z_0_1_1_13.reshape(1024),
     ], dim=-1)
+    del d2_d__w_z_0_1_1_12, d2_d__w_z_0_1_1_13
     _c8 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t(), d2_d__w_z_0_1_1.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,zui->zipw
-    d2_d_z_14 = torch.bmm(_c8.reshape(n, 6, 32).transpose(1, 2), _m_z_0[:, 12:30].reshape(n, 3, 3, 2).permute(0, 2, 1, 3).reshape(n, 3, 6).transpose(1, 2)).view(n, 32, 3)  # zikp,zipw->zwk
+    d2_d_z_14 = torch.bmm(_m_z_0[:, 12:30].reshape(n, 3, 3, 2).permute(0, 2, 1, 3).reshape(n, 3, 6), _c8.reshape(n, 6, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zipw->zwk
+    del _c8
     # ∂/∂x: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
     _c9 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t(), d2_d__w_z_0_1_1.view(2, 32, 32).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,zwk->zkpu
-    d2_x_15 = torch.bmm(_c9.reshape(n, 6, 32).transpose(1, 2), _m_z_0[:, 12:30].reshape(n, 3, 3, 2).reshape(n, 3, 6).transpose(1, 2)).view(n, 32, 3)  # zikp,zkpu->zui
+    del d2_d__w_z_0_1_1
+    d2_x_15 = torch.bmm(_m_z_0[:, 12:30].reshape(n, 3, 3, 2).reshape(n, 3, 6), _c9.reshape(n, 6, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zkpu->zui
     # ∂/∂_m_z_0: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
     d2__m_z_0_16 = torch.bmm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c9.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 3, 3, 2)  # zui,zkpu->zikp
+    del _c9
     d2_d__w_z_0_1_2_17 = d2_d_weight[5120:6144].view(32, 32)
     d2_d__w_z_0_1_2_18 = d2_d_weight[7168:8192].view(32, 32)
     # ∂/∂d_z: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
@@ -4285,21 +4367,26 @@ def _fc_tp_d2_weight(
         d2_d__w_z_0_1_2_17.reshape(1024),
         d2_d__w_z_0_1_2_18.reshape(1024),
     ], dim=-1)
+    del d2_d__w_z_0_1_2_17, d2_d__w_z_0_1_2_18
     _c10 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t(), d2_d__w_z_0_1_2.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,zui->zipw
-    d2_d_z_19 = torch.bmm(_c10.reshape(n, 6, 32).transpose(1, 2), _m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2)).view(n, 32, 5)  # zikp,zipw->zwk
+    d2_d_z_19 = torch.bmm(_m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6), _c10.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zipw->zwk
     # ∂/∂x: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
     _c11 = torch.bmm(_m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zwk,zikp->zipw
     d2_x_20 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(64, n * 3).t(), d2_d__w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
+    del _c11, d2_d__w_z_0_1_2
     # ∂/∂_m_z_0: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
     d2__m_z_0_21 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c10.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
+    del _c10
     # ∂/∂d_z: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
-    _c12 = torch.bmm(x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1)).view(n, 32, 1, 1)  # zui,zikp->zukp
+    _c12 = torch.bmm(_m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zui,zikp->zukp
     d2_d_z_22 = torch.mm(_c12.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
+    del _c12
     # ∂/∂x: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
     _c13 = torch.mm(d2_d_weight[10240:11264].view(1, 32, 32).reshape(32, 32), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zwk->puzk
     d2_x_23 = torch.bmm(_c13.permute(2, 3, 0, 1).reshape(n, 1, 32).transpose(1, 2), _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2)).view(n, 32, 5)  # zikp,puzk->zui
     # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
     d2__m_z_0_24 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c13.permute(2, 1, 3, 0).reshape(n, 32, 1)).view(n, 5, 1, 1)  # zui,puzk->zikp
+    del _c13
     d2_d__w_z_0_2_1_25 = d2_d_weight[9216:10240].view(32, 32)
     d2_d__w_z_0_2_1_26 = d2_d_weight[12288:13312].view(32, 32)
     # ∂/∂d_z: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
@@ -4308,12 +4395,16 @@ def _fc_tp_d2_weight(
         d2_d__w_z_0_2_1_25.reshape(1024),
         d2_d__w_z_0_2_1_26.reshape(1024),
     ], dim=-1)
+    del d2_d__w_z_0_2_1_25, d2_d__w_z_0_2_1_26
     d2_d_z_27 = torch.mm(_c14.permute(2, 3, 0, 1).reshape(64, n * 3).t(), d2_d__w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zkpu->zwk
+    del _c14
     # ∂/∂x: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
     _c15 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t(), d2_d__w_z_0_2_1.view(2, 32, 32).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,zwk->zkpu
-    d2_x_28 = torch.bmm(_c15.reshape(n, 6, 32).transpose(1, 2), _m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2)).view(n, 32, 5)  # zikp,zkpu->zui
+    del d2_d__w_z_0_2_1
+    d2_x_28 = torch.bmm(_m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6), _c15.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zkpu->zui
     # ∂/∂_m_z_0: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
     d2__m_z_0_29 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c15.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2)  # zui,zkpu->zikp
+    del _c15
     d2_d__w_z_0_2_2_30 = d2_d_weight[8192:9216].view(32, 32)
     d2_d__w_z_0_2_2_31 = d2_d_weight[11264:12288].view(32, 32)
     # ∂/∂d_z: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
@@ -4321,13 +4412,18 @@ def _fc_tp_d2_weight(
         d2_d__w_z_0_2_2_30.reshape(1024),
         d2_d__w_z_0_2_2_31.reshape(1024),
     ], dim=-1)
+    del d2_d__w_z_0_2_2_30, d2_d__w_z_0_2_2_31
     _c16 = torch.mm(x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5).t(), d2_d__w_z_0_2_2.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 5, 2, 32)  # puw,zui->zipw
-    d2_d_z_32 = torch.bmm(_c16.reshape(n, 10, 32).transpose(1, 2), _m_z_0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 10).transpose(1, 2)).view(n, 32, 5)  # zikp,zipw->zwk
+    d2_d_z_32 = torch.bmm(_m_z_0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 10), _c16.reshape(n, 10, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zipw->zwk
+    del _c16
     # ∂/∂x: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
     _c17 = torch.mm(d_z[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5).t(), d2_d__w_z_0_2_2.view(2, 32, 32).reshape(64, 32).t()).view(n, 5, 2, 32)  # puw,zwk->zkpu
-    d2_x_33 = torch.bmm(_c17.reshape(n, 10, 32).transpose(1, 2), _m_z_0[:, 95:145].reshape(n, 5, 5, 2).reshape(n, 5, 10).transpose(1, 2)).view(n, 32, 5)  # zikp,zkpu->zui
+    del d2_d__w_z_0_2_2
+    d2_x_33 = torch.bmm(_m_z_0[:, 95:145].reshape(n, 5, 5, 2).reshape(n, 5, 10), _c17.reshape(n, 10, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zkpu->zui
+    del _m_z_0
     # ∂/∂_m_z_0: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
     d2__m_z_0_34 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c17.permute(0, 3, 1, 2).reshape(n, 32, 10)).view(n, 5, 5, 2)  # zui,zkpu->zikp
+    del _c17
     # ∂/∂y: every path's (i, k) map at once: y · G
     d2__m_z_0 = torch.cat([
         d2__m_z_0_2.reshape(n, 1),
@@ -4340,18 +4436,23 @@ def _fc_tp_d2_weight(
         d2__m_z_0_29.reshape(n, 30),
         d2__m_z_0_34.reshape(n, 50),
     ], dim=-1)
+    del d2__m_z_0_11, d2__m_z_0_16, d2__m_z_0_2, d2__m_z_0_21, d2__m_z_0_24, d2__m_z_0_29, d2__m_z_0_34, d2__m_z_0_5, d2__m_z_0_8
     d2_y_35 = torch.mm(d2__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
+    del d2__m_z_0
     d2_x = torch.cat([
         (d2_x_1 + d2_x_4 + d2_x_7).reshape(n, 32),
         (d2_x_10 + d2_x_15 + d2_x_20).reshape(n, 96),
         (d2_x_23 + d2_x_28 + d2_x_33).reshape(n, 160),
     ], dim=-1)
+    del d2_x_1, d2_x_10, d2_x_15, d2_x_20, d2_x_23, d2_x_28, d2_x_33, d2_x_4, d2_x_7
     d2_y = d2_y_35
+    del d2_y_35
     d2_d_z = torch.cat([
         (d2_d_z_0 + d2_d_z_9 + d2_d_z_22).reshape(n, 32),
         (d2_d_z_3 + d2_d_z_14 + d2_d_z_27).reshape(n, 96),
         (d2_d_z_6 + d2_d_z_19 + d2_d_z_32).reshape(n, 160),
     ], dim=-1)
+    del d2_d_z_0, d2_d_z_14, d2_d_z_19, d2_d_z_22, d2_d_z_27, d2_d_z_3, d2_d_z_32, d2_d_z_6, d2_d_z_9
     d2_weight = weight.new_zeros(13312)
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
@@ -8189,22 +8290,26 @@ def _conv_tp_d2_h(
         w_m_0_2_5_10.reshape(n, 32),
         w_m_0_2_5_11.reshape(n, 32),
     ], dim=-1)
+    del w_m_0_2_5_10, w_m_0_2_5_11
     d__t_m_0_2_5 = torch.bmm(_w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 2, 7)  # zuk,zpu->zupk
     _w_m_0_2_4 = torch.cat([
         w_m_0_2_4_8.reshape(n, 32),
         w_m_0_2_4_9.reshape(n, 32),
     ], dim=-1)
+    del w_m_0_2_4_8, w_m_0_2_4_9
     d__t_m_0_2_4 = torch.bmm(_w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
     d__t_m_0_2_3 = torch.bmm(w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zuk,zpu->zupk
     _w_m_0_2_2 = torch.cat([
         w_m_0_2_2_6.reshape(n, 32),
         w_m_0_2_2_7.reshape(n, 32),
     ], dim=-1)
+    del w_m_0_2_2_6, w_m_0_2_2_7
     d__t_m_0_2_2 = torch.bmm(_w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
     _w_m_0_2_1 = torch.cat([
         w_m_0_2_1_4.reshape(n, 32),
         w_m_0_2_1_5.reshape(n, 32),
     ], dim=-1)
+    del w_m_0_2_1_4, w_m_0_2_1_5
     d__t_m_0_2_1 = torch.bmm(_w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 2, 3)  # zuk,zpu->zupk
     d__t_m_0_2_0 = torch.bmm(w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zuk,zpu->zupk
     d__t_m_0_1_6 = torch.bmm(w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
@@ -8215,11 +8320,13 @@ def _conv_tp_d2_h(
         w_m_0_1_2_2.reshape(n, 32),
         w_m_0_1_2_3.reshape(n, 32),
     ], dim=-1)
+    del w_m_0_1_2_2, w_m_0_1_2_3
     d__t_m_0_1_2 = torch.bmm(_w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
     _w_m_0_1_1 = torch.cat([
         w_m_0_1_1_0.reshape(n, 32),
         w_m_0_1_1_1.reshape(n, 32),
     ], dim=-1)
+    del w_m_0_1_1_0, w_m_0_1_1_1
     d__t_m_0_1_1 = torch.bmm(_w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 2, 3)  # zuk,zpu->zupk
     d__t_m_0_1_0 = torch.bmm(w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zuk,zpu->zupk
     d__t_m_0_0_5 = torch.bmm(w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
@@ -8227,125 +8334,174 @@ def _conv_tp_d2_h(
     d__t_m_0_0_1 = torch.bmm(w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zuk,zpu->zupk
     d__t_m_0_0_0 = torch.bmm(w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zuk,zpu->zupk
     # ∂/∂d__t_m_0_0_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
-    d2_d__t_m_0_0_0 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1)).view(n, 32, 1, 1)  # zui,zikp->zupk
+    d2_d__t_m_0_0_0 = torch.bmm(_m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1).transpose(1, 2), d2_d_h[:, 0:32].reshape(n, 32, 1).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
     d2__m_m_0_12 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m_0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1)).view(n, 1, 1, 1)  # zui,zupk->zikp
+    del d__t_m_0_0_0
     d2_d_m_13 = d2_d__t_m_0_0_0.reshape(n, 32, 1) * w[:, 0:32].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_14 = torch.bmm(d2_d__t_m_0_0_0.reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_0_0
     # ∂/∂d__t_m_0_0_1: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
     d2_d__t_m_0_0_1 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 32, 1, 3)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
     d2__m_m_0_15 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m_0_0_1.permute(0, 1, 3, 2).reshape(n, 32, 3)).view(n, 1, 3, 1)  # zui,zupk->zikp
+    del d__t_m_0_0_1
     d2_d_m_16 = d2_d__t_m_0_0_1.reshape(n, 32, 3) * w[:, 32:64].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_17 = torch.bmm(d2_d__t_m_0_0_1.reshape(n * 32, 1, 3), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_0_1
     # ∂/∂d__t_m_0_0_2: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
     d2_d__t_m_0_0_2 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 32, 1, 5)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
     d2__m_m_0_18 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m_0_0_2.permute(0, 1, 3, 2).reshape(n, 32, 5)).view(n, 1, 5, 1)  # zui,zupk->zikp
+    del d__t_m_0_0_2
     d2_d_m_19 = d2_d__t_m_0_0_2.reshape(n, 32, 5) * w[:, 64:96].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_20 = torch.bmm(d2_d__t_m_0_0_2.reshape(n * 32, 1, 5), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_0_2
     # ∂/∂d__t_m_0_0_5: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
     d2_d__t_m_0_0_5 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 1, 3, 2).reshape(n, 1, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
     d2__m_m_0_21 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m_0_0_5.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 1, 7, 1)  # zui,zupk->zikp
+    del d__t_m_0_0_5
     d2_d_m_22 = d2_d__t_m_0_0_5.reshape(n, 32, 7) * w[:, 96:128].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_23 = torch.bmm(d2_d__t_m_0_0_5.reshape(n * 32, 1, 7), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_0_5
     # ∂/∂d__t_m_0_1_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
-    d2_d__t_m_0_1_0 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1).permute(0, 1, 3, 2).reshape(n, 3, 1)).view(n, 32, 1, 1)  # zui,zikp->zupk
+    d2_d__t_m_0_1_0 = torch.bmm(_m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
-    d2__m_m_0_24 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1)).view(n, 3, 1, 1)  # zui,zupk->zikp
+    d2__m_m_0_24 = torch.bmm(d__t_m_0_1_0.reshape(n, 32, 1).transpose(1, 2), d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zui,zupk->zikp
+    del d__t_m_0_1_0
     d2_d_m_25 = d2_d__t_m_0_1_0.reshape(n, 32, 1) * w[:, 160:192].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_26 = torch.bmm(d2_d__t_m_0_1_0.reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_1_0
     # ∂/∂d__t_m_0_1_1: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
     d2_d__t_m_0_1_1 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6)).view(n, 32, 2, 3)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
     d2__m_m_0_27 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_1.reshape(n, 32, 6)).view(n, 3, 2, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    d2_d_m_28 = torch.bmm(d2_d__t_m_0_1_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 2), _w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 3)  # zupk,zpu->zuk
-    d2__w_m_0_1_1 = torch.bmm(d2_d__t_m_0_1_1.reshape(n * 32, 2, 3), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d__t_m_0_1_1
+    d2_d_m_28 = torch.bmm(_w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_1_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 2).transpose(1, 2)).view(n, 32, 3)  # zupk,zpu->zuk
+    del _w_m_0_1_1
+    d2__w_m_0_1_1 = torch.bmm(d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2), d2_d__t_m_0_1_1.reshape(n * 32, 2, 3).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_1_1
     # ∂/∂d__t_m_0_1_2: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
     d2_d__t_m_0_1_2 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
     d2__m_m_0_29 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_2.reshape(n, 32, 10)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    d2_d_m_30 = torch.bmm(d2_d__t_m_0_1_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2), _w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 5)  # zupk,zpu->zuk
-    d2__w_m_0_1_2 = torch.bmm(d2_d__t_m_0_1_2.reshape(n * 32, 2, 5), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d__t_m_0_1_2
+    d2_d_m_30 = torch.bmm(_w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_1_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
+    del _w_m_0_1_2
+    d2__w_m_0_1_2 = torch.bmm(d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2), d2_d__t_m_0_1_2.reshape(n * 32, 2, 5).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_1_2
     # ∂/∂d__t_m_0_1_3: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
-    d2_d__t_m_0_1_3 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 1, 3, 2).reshape(n, 3, 3)).view(n, 32, 1, 3)  # zui,zikp->zupk
+    d2_d__t_m_0_1_3 = torch.bmm(_m_m_0[:, 67:76].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), d2_d_h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
     d2__m_m_0_31 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_3.permute(0, 1, 3, 2).reshape(n, 32, 3)).view(n, 3, 3, 1)  # zui,zupk->zikp
+    del d__t_m_0_1_3
     d2_d_m_32 = d2_d__t_m_0_1_3.reshape(n, 32, 3) * w[:, 224:256].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_33 = torch.bmm(d2_d__t_m_0_1_3.reshape(n * 32, 1, 3), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_1_3
     # ∂/∂d__t_m_0_1_4: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
-    d2_d__t_m_0_1_4 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 1, 3, 2).reshape(n, 3, 5)).view(n, 32, 1, 5)  # zui,zikp->zupk
+    d2_d__t_m_0_1_4 = torch.bmm(_m_m_0[:, 76:91].reshape(n, 3, 5, 1).reshape(n, 3, 5).transpose(1, 2), d2_d_h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 5, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
     d2__m_m_0_34 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_4.permute(0, 1, 3, 2).reshape(n, 32, 5)).view(n, 3, 5, 1)  # zui,zupk->zikp
+    del d__t_m_0_1_4
     d2_d_m_35 = d2_d__t_m_0_1_4.reshape(n, 32, 5) * w[:, 288:320].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_36 = torch.bmm(d2_d__t_m_0_1_4.reshape(n * 32, 1, 5), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_1_4
     # ∂/∂d__t_m_0_1_5: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
     d2_d__t_m_0_1_5 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
     d2__m_m_0_37 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_5.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 3, 7, 1)  # zui,zupk->zikp
+    del d__t_m_0_1_5
     d2_d_m_38 = d2_d__t_m_0_1_5.reshape(n, 32, 7) * w[:, 320:352].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_39 = torch.bmm(d2_d__t_m_0_1_5.reshape(n * 32, 1, 7), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_1_5
     # ∂/∂d__t_m_0_1_6: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
     d2_d__t_m_0_1_6 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
     d2__m_m_0_40 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_6.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 3, 7, 1)  # zui,zupk->zikp
+    del d__t_m_0_1_6
     d2_d_m_41 = d2_d__t_m_0_1_6.reshape(n, 32, 7) * w[:, 384:416].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_42 = torch.bmm(d2_d__t_m_0_1_6.reshape(n * 32, 1, 7), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_1_6
     # ∂/∂d__t_m_0_2_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
-    d2_d__t_m_0_2_0 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1).permute(0, 1, 3, 2).reshape(n, 5, 1)).view(n, 32, 1, 1)  # zui,zikp->zupk
+    d2_d__t_m_0_2_0 = torch.bmm(_m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
-    d2__m_m_0_43 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1)).view(n, 5, 1, 1)  # zui,zupk->zikp
+    d2__m_m_0_43 = torch.bmm(d__t_m_0_2_0.reshape(n, 32, 1).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zui,zupk->zikp
+    del d__t_m_0_2_0
     d2_d_m_44 = d2_d__t_m_0_2_0.reshape(n, 32, 1) * w[:, 544:576].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_45 = torch.bmm(d2_d__t_m_0_2_0.reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_2_0
     # ∂/∂d__t_m_0_2_1: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
-    d2_d__t_m_0_2_1 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6)).view(n, 32, 2, 3)  # zui,zikp->zupk
+    d2_d__t_m_0_2_1 = torch.bmm(_m_m_0[:, 138:168].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
     d2__m_m_0_46 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_1.reshape(n, 32, 6)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    d2_d_m_47 = torch.bmm(d2_d__t_m_0_2_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 2), _w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 3)  # zupk,zpu->zuk
-    d2__w_m_0_2_1 = torch.bmm(d2_d__t_m_0_2_1.reshape(n * 32, 2, 3), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d__t_m_0_2_1
+    d2_d_m_47 = torch.bmm(_w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 2).transpose(1, 2)).view(n, 32, 3)  # zupk,zpu->zuk
+    del _w_m_0_2_1
+    d2__w_m_0_2_1 = torch.bmm(d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2), d2_d__t_m_0_2_1.reshape(n * 32, 2, 3).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_2_1
     # ∂/∂d__t_m_0_2_2: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
     d2_d__t_m_0_2_2 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
     d2__m_m_0_48 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_2.reshape(n, 32, 10)).view(n, 5, 2, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    d2_d_m_49 = torch.bmm(d2_d__t_m_0_2_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2), _w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 5)  # zupk,zpu->zuk
-    d2__w_m_0_2_2 = torch.bmm(d2_d__t_m_0_2_2.reshape(n * 32, 2, 5), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d__t_m_0_2_2
+    d2_d_m_49 = torch.bmm(_w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
+    del _w_m_0_2_2
+    d2__w_m_0_2_2 = torch.bmm(d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2), d2_d__t_m_0_2_2.reshape(n * 32, 2, 5).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_2_2
     # ∂/∂d__t_m_0_2_3: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
-    d2_d__t_m_0_2_3 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 1, 3, 2).reshape(n, 5, 3)).view(n, 32, 1, 3)  # zui,zikp->zupk
+    d2_d__t_m_0_2_3 = torch.bmm(_m_m_0[:, 218:233].reshape(n, 5, 3, 1).reshape(n, 5, 3).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
-    d2__m_m_0_50 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_3.permute(0, 1, 3, 2).reshape(n, 32, 3)).view(n, 5, 3, 1)  # zui,zupk->zikp
+    d2__m_m_0_50 = torch.bmm(d__t_m_0_2_3.reshape(n, 32, 3).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 3, 5).permute(0, 3, 2, 1)  # zui,zupk->zikp
+    del d__t_m_0_2_3
     d2_d_m_51 = d2_d__t_m_0_2_3.reshape(n, 32, 3) * w[:, 608:640].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_52 = torch.bmm(d2_d__t_m_0_2_3.reshape(n * 32, 1, 3), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_2_3
     # ∂/∂d__t_m_0_2_4: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
     d2_d__t_m_0_2_4 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
     d2__m_m_0_53 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_4.reshape(n, 32, 10)).view(n, 5, 2, 5).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    d2_d_m_54 = torch.bmm(d2_d__t_m_0_2_4.permute(0, 1, 3, 2).reshape(n * 32, 5, 2), _w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 5)  # zupk,zpu->zuk
-    d2__w_m_0_2_4 = torch.bmm(d2_d__t_m_0_2_4.reshape(n * 32, 2, 5), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d__t_m_0_2_4
+    d2_d_m_54 = torch.bmm(_w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_4.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
+    del _w_m_0_2_4
+    d2__w_m_0_2_4 = torch.bmm(d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2), d2_d__t_m_0_2_4.reshape(n * 32, 2, 5).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_2_4
     # ∂/∂d__t_m_0_2_5: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
     d2_d__t_m_0_2_5 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14)).view(n, 32, 2, 7)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
     d2__m_m_0_55 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_5.reshape(n, 32, 14)).view(n, 5, 2, 7).permute(0, 1, 3, 2)  # zui,zupk->zikp
-    d2_d_m_56 = torch.bmm(d2_d__t_m_0_2_5.permute(0, 1, 3, 2).reshape(n * 32, 7, 2), _w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 7)  # zupk,zpu->zuk
-    d2__w_m_0_2_5 = torch.bmm(d2_d__t_m_0_2_5.reshape(n * 32, 2, 7), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d__t_m_0_2_5
+    d2_d_m_56 = torch.bmm(_w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_5.permute(0, 1, 3, 2).reshape(n * 32, 7, 2).transpose(1, 2)).view(n, 32, 7)  # zupk,zpu->zuk
+    del _w_m_0_2_5
+    d2__w_m_0_2_5 = torch.bmm(d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2), d2_d__t_m_0_2_5.reshape(n * 32, 2, 7).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_2_5
     # ∂/∂d__t_m_0_2_6: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
-    d2_d__t_m_0_2_6 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 1, 3, 2).reshape(n, 5, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
+    d2_d__t_m_0_2_6 = torch.bmm(_m_m_0[:, 353:388].reshape(n, 5, 7, 1).reshape(n, 5, 7).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 7, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    del _m_m_0
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
     d2__m_m_0_57 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_6.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 5, 7, 1)  # zui,zupk->zikp
+    del d__t_m_0_2_6
     d2_d_m_58 = d2_d__t_m_0_2_6.reshape(n, 32, 7) * w[:, 640:672].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_59 = torch.bmm(d2_d__t_m_0_2_6.reshape(n * 32, 1, 7), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_2_6
     d2_w_60 = d2__w_m_0_2_5.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d2_w_61 = d2__w_m_0_2_5.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    del d2__w_m_0_2_5
     d2_w_62 = d2__w_m_0_2_4.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d2_w_63 = d2__w_m_0_2_4.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    del d2__w_m_0_2_4
     d2_w_64 = d2__w_m_0_2_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d2_w_65 = d2__w_m_0_2_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    del d2__w_m_0_2_2
     d2_w_66 = d2__w_m_0_2_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d2_w_67 = d2__w_m_0_2_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    del d2__w_m_0_2_1
     d2_w_68 = d2__w_m_0_1_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d2_w_69 = d2__w_m_0_1_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    del d2__w_m_0_1_2
     d2_w_70 = d2__w_m_0_1_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d2_w_71 = d2__w_m_0_1_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    del d2__w_m_0_1_1
     # ∂/∂sh: every path's (i, k) map at once: sh · G
     d2__m_m_0 = torch.cat([
         d2__m_m_0_12.reshape(n, 1),
@@ -8367,9 +8523,12 @@ def _conv_tp_d2_h(
         d2__m_m_0_55.reshape(n, 70),
         d2__m_m_0_57.reshape(n, 35),
     ], dim=-1)
+    del d2__m_m_0_12, d2__m_m_0_15, d2__m_m_0_18, d2__m_m_0_21, d2__m_m_0_24, d2__m_m_0_27, d2__m_m_0_29, d2__m_m_0_31, d2__m_m_0_34, d2__m_m_0_37, d2__m_m_0_40, d2__m_m_0_43, d2__m_m_0_46, d2__m_m_0_48, d2__m_m_0_50, d2__m_m_0_53, d2__m_m_0_55, d2__m_m_0_57
     d2_sh_72 = torch.mm(d2__m_m_0, _g_m_0.permute(1, 0).reshape(388, 16)).view(n, 16)  # zc,jc->zj
+    del d2__m_m_0
     d2_h = weight.new_zeros(n, 288)
     d2_sh = d2_sh_72
+    del d2_sh_72
     d2_w = torch.cat([
         d2_w_14.reshape(n, 32),
         d2_w_17.reshape(n, 32),
@@ -8396,6 +8555,7 @@ def _conv_tp_d2_h(
         d2_w_62.reshape(n, 32),
         d2_w_60.reshape(n, 32),
     ], dim=-1)
+    del d2_w_14, d2_w_17, d2_w_20, d2_w_23, d2_w_26, d2_w_33, d2_w_36, d2_w_39, d2_w_42, d2_w_45, d2_w_52, d2_w_59, d2_w_60, d2_w_61, d2_w_62, d2_w_63, d2_w_64, d2_w_65, d2_w_66, d2_w_67, d2_w_68, d2_w_69, d2_w_70, d2_w_71
     d2_d_m = torch.cat([
         (d2_d_m_13 + d2_d_m_25 + d2_d_m_44).reshape(n, 32),
         (d2_d_m_16 + d2_d_m_28 + d2_d_m_47).reshape(n, 96),
@@ -8405,6 +8565,7 @@ def _conv_tp_d2_h(
         (d2_d_m_22 + d2_d_m_38 + d2_d_m_56).reshape(n, 224),
         (d2_d_m_41 + d2_d_m_58).reshape(n, 224),
     ], dim=-1)
+    del d2_d_m_13, d2_d_m_16, d2_d_m_19, d2_d_m_22, d2_d_m_25, d2_d_m_28, d2_d_m_30, d2_d_m_32, d2_d_m_35, d2_d_m_38, d2_d_m_41, d2_d_m_44, d2_d_m_47, d2_d_m_49, d2_d_m_51, d2_d_m_54, d2_d_m_56, d2_d_m_58
     d2_weight = weight.new_zeros(0)
     return [d2_h, d2_sh, d2_w, d2_d_m, d2_weight]
 
@@ -10136,22 +10297,26 @@ def _conv_tp_d2_sh(
         w_m_0_2_5_10.reshape(n, 32),
         w_m_0_2_5_11.reshape(n, 32),
     ], dim=-1)
+    del w_m_0_2_5_10, w_m_0_2_5_11
     d__t_m_0_2_5 = torch.bmm(_w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 2, 7)  # zuk,zpu->zupk
     _w_m_0_2_4 = torch.cat([
         w_m_0_2_4_8.reshape(n, 32),
         w_m_0_2_4_9.reshape(n, 32),
     ], dim=-1)
+    del w_m_0_2_4_8, w_m_0_2_4_9
     d__t_m_0_2_4 = torch.bmm(_w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
     d__t_m_0_2_3 = torch.bmm(w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zuk,zpu->zupk
     _w_m_0_2_2 = torch.cat([
         w_m_0_2_2_6.reshape(n, 32),
         w_m_0_2_2_7.reshape(n, 32),
     ], dim=-1)
+    del w_m_0_2_2_6, w_m_0_2_2_7
     d__t_m_0_2_2 = torch.bmm(_w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
     _w_m_0_2_1 = torch.cat([
         w_m_0_2_1_4.reshape(n, 32),
         w_m_0_2_1_5.reshape(n, 32),
     ], dim=-1)
+    del w_m_0_2_1_4, w_m_0_2_1_5
     d__t_m_0_2_1 = torch.bmm(_w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 2, 3)  # zuk,zpu->zupk
     d__t_m_0_2_0 = torch.bmm(w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zuk,zpu->zupk
     d__t_m_0_1_6 = torch.bmm(w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
@@ -10162,11 +10327,13 @@ def _conv_tp_d2_sh(
         w_m_0_1_2_2.reshape(n, 32),
         w_m_0_1_2_3.reshape(n, 32),
     ], dim=-1)
+    del w_m_0_1_2_2, w_m_0_1_2_3
     d__t_m_0_1_2 = torch.bmm(_w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
     _w_m_0_1_1 = torch.cat([
         w_m_0_1_1_0.reshape(n, 32),
         w_m_0_1_1_1.reshape(n, 32),
     ], dim=-1)
+    del w_m_0_1_1_0, w_m_0_1_1_1
     d__t_m_0_1_1 = torch.bmm(_w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 2, 3)  # zuk,zpu->zupk
     d__t_m_0_1_0 = torch.bmm(w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zuk,zpu->zupk
     d__t_m_0_0_5 = torch.bmm(w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
@@ -10176,130 +10343,179 @@ def _conv_tp_d2_sh(
     # ∂/∂d__m_m_0: ∂/∂sh: every path's (i, k) map at once: sh · G
     d2_d__m_m_0 = torch.mm(d2_d_sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
     # ∂/∂d__t_m_0_0_0: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
-    d2_d__t_m_0_0_0 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32).transpose(1, 2), d2_d__m_m_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zikp,zui->zupk
+    d2_d__t_m_0_0_0 = torch.bmm(d2_d__m_m_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1), h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
     d2_h_12 = d2_d__m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_m_0_0_0.reshape(n, 32, 1)
+    del d__t_m_0_0_0
     d2_d_m_13 = d2_d__t_m_0_0_0.reshape(n, 32, 1) * w[:, 0:32].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_14 = torch.bmm(d2_d__t_m_0_0_0.reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_0_0
     # ∂/∂d__t_m_0_0_1: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
     d2_d__t_m_0_0_1 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32).transpose(1, 2), d2_d__m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
-    d2_h_15 = torch.bmm(d__t_m_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3).transpose(1, 2)).view(n, 32, 1)  # zikp,zupk->zui
+    d2_h_15 = torch.bmm(d2_d__m_m_0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3), d__t_m_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 32)).view(n, 1, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m_0_0_1
     d2_d_m_16 = d2_d__t_m_0_0_1.reshape(n, 32, 3) * w[:, 32:64].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_17 = torch.bmm(d2_d__t_m_0_0_1.reshape(n * 32, 1, 3), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_0_1
     # ∂/∂d__t_m_0_0_2: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
     d2_d__t_m_0_0_2 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32).transpose(1, 2), d2_d__m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2)).view(n, 32, 1, 5)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
-    d2_h_18 = torch.bmm(d__t_m_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5).transpose(1, 2)).view(n, 32, 1)  # zikp,zupk->zui
+    d2_h_18 = torch.bmm(d2_d__m_m_0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5), d__t_m_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 32)).view(n, 1, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m_0_0_2
     d2_d_m_19 = d2_d__t_m_0_0_2.reshape(n, 32, 5) * w[:, 64:96].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_20 = torch.bmm(d2_d__t_m_0_0_2.reshape(n * 32, 1, 5), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_0_2
     # ∂/∂d__t_m_0_0_5: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
     d2_d__t_m_0_0_5 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32).transpose(1, 2), d2_d__m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
-    d2_h_21 = torch.bmm(d__t_m_0_0_5.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2), d2_d__m_m_0[:, 9:16].reshape(n, 1, 7, 1).reshape(n, 1, 7).transpose(1, 2)).view(n, 32, 1)  # zikp,zupk->zui
+    d2_h_21 = torch.bmm(d2_d__m_m_0[:, 9:16].reshape(n, 1, 7, 1).reshape(n, 1, 7), d__t_m_0_0_5.permute(0, 3, 2, 1).reshape(n, 7, 32)).view(n, 1, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m_0_0_5
     d2_d_m_22 = d2_d__t_m_0_0_5.reshape(n, 32, 7) * w[:, 96:128].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_23 = torch.bmm(d2_d__t_m_0_0_5.reshape(n * 32, 1, 7), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_0_5
     # ∂/∂d__t_m_0_1_0: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
-    d2_d__t_m_0_1_0 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 16:19].reshape(n, 3, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 3).transpose(1, 2)).view(n, 32, 1, 1)  # zikp,zui->zupk
+    d2_d__t_m_0_1_0 = torch.bmm(d2_d__m_m_0[:, 16:19].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
     d2_h_24 = d2_d__m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_m_0_1_0.reshape(n, 32, 1)
+    del d__t_m_0_1_0
     d2_d_m_25 = d2_d__t_m_0_1_0.reshape(n, 32, 1) * w[:, 160:192].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_26 = torch.bmm(d2_d__t_m_0_1_0.reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_1_0
     # ∂/∂d__t_m_0_1_1: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
     d2_d__t_m_0_1_1 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 3).transpose(1, 2)).view(n, 32, 2, 3)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
-    d2_h_27 = torch.bmm(d__t_m_0_1_1.permute(0, 2, 3, 1).reshape(n, 6, 32).transpose(1, 2), d2_d__m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6).transpose(1, 2)).view(n, 32, 3)  # zikp,zupk->zui
-    d2_d_m_28 = torch.bmm(d2_d__t_m_0_1_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 2), _w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 3)  # zupk,zpu->zuk
-    d2__w_m_0_1_1 = torch.bmm(d2_d__t_m_0_1_1.reshape(n * 32, 2, 3), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_h_27 = torch.bmm(d2_d__m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6), d__t_m_0_1_1.permute(0, 2, 3, 1).reshape(n, 6, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m_0_1_1
+    d2_d_m_28 = torch.bmm(_w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_1_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 2).transpose(1, 2)).view(n, 32, 3)  # zupk,zpu->zuk
+    del _w_m_0_1_1
+    d2__w_m_0_1_1 = torch.bmm(d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2), d2_d__t_m_0_1_1.reshape(n * 32, 2, 3).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_1_1
     # ∂/∂d__t_m_0_1_2: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
     d2_d__t_m_0_1_2 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2)).view(n, 32, 2, 5)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
-    d2_h_29 = torch.bmm(d__t_m_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2), d2_d__m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10).transpose(1, 2)).view(n, 32, 3)  # zikp,zupk->zui
-    d2_d_m_30 = torch.bmm(d2_d__t_m_0_1_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2), _w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 5)  # zupk,zpu->zuk
-    d2__w_m_0_1_2 = torch.bmm(d2_d__t_m_0_1_2.reshape(n * 32, 2, 5), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_h_29 = torch.bmm(d2_d__m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10), d__t_m_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m_0_1_2
+    d2_d_m_30 = torch.bmm(_w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_1_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
+    del _w_m_0_1_2
+    d2__w_m_0_1_2 = torch.bmm(d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2), d2_d__t_m_0_1_2.reshape(n * 32, 2, 5).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_1_2
     # ∂/∂d__t_m_0_1_3: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
-    d2_d__t_m_0_1_3 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 3).transpose(1, 2)).view(n, 32, 1, 3)  # zikp,zui->zupk
+    d2_d__t_m_0_1_3 = torch.bmm(d2_d__m_m_0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 2, 3, 1).reshape(n, 3, 3), h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
-    d2_h_31 = torch.bmm(d__t_m_0_1_3.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 67:76].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2)).view(n, 32, 3)  # zikp,zupk->zui
+    d2_h_31 = torch.bmm(d2_d__m_m_0[:, 67:76].reshape(n, 3, 3, 1).reshape(n, 3, 3), d__t_m_0_1_3.permute(0, 3, 2, 1).reshape(n, 3, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m_0_1_3
     d2_d_m_32 = d2_d__t_m_0_1_3.reshape(n, 32, 3) * w[:, 224:256].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_33 = torch.bmm(d2_d__t_m_0_1_3.reshape(n * 32, 1, 3), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_1_3
     # ∂/∂d__t_m_0_1_4: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
-    d2_d__t_m_0_1_4 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 3).transpose(1, 2)).view(n, 32, 1, 5)  # zikp,zui->zupk
+    d2_d__t_m_0_1_4 = torch.bmm(d2_d__m_m_0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 2, 3, 1).reshape(n, 5, 3), h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 5, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
-    d2_h_34 = torch.bmm(d__t_m_0_1_4.permute(0, 3, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 76:91].reshape(n, 3, 5, 1).reshape(n, 3, 5).transpose(1, 2)).view(n, 32, 3)  # zikp,zupk->zui
+    d2_h_34 = torch.bmm(d2_d__m_m_0[:, 76:91].reshape(n, 3, 5, 1).reshape(n, 3, 5), d__t_m_0_1_4.permute(0, 3, 2, 1).reshape(n, 5, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m_0_1_4
     d2_d_m_35 = d2_d__t_m_0_1_4.reshape(n, 32, 5) * w[:, 288:320].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_36 = torch.bmm(d2_d__t_m_0_1_4.reshape(n * 32, 1, 5), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_1_4
     # ∂/∂d__t_m_0_1_5: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
     d2_d__t_m_0_1_5 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2)).view(n, 32, 1, 7)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
-    d2_h_37 = torch.bmm(d__t_m_0_1_5.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2), d2_d__m_m_0[:, 91:112].reshape(n, 3, 7, 1).reshape(n, 3, 7).transpose(1, 2)).view(n, 32, 3)  # zikp,zupk->zui
+    d2_h_37 = torch.bmm(d2_d__m_m_0[:, 91:112].reshape(n, 3, 7, 1).reshape(n, 3, 7), d__t_m_0_1_5.permute(0, 3, 2, 1).reshape(n, 7, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m_0_1_5
     d2_d_m_38 = d2_d__t_m_0_1_5.reshape(n, 32, 7) * w[:, 320:352].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_39 = torch.bmm(d2_d__t_m_0_1_5.reshape(n * 32, 1, 7), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_1_5
     # ∂/∂d__t_m_0_1_6: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
     d2_d__t_m_0_1_6 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2)).view(n, 32, 1, 7)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
-    d2_h_40 = torch.bmm(d__t_m_0_1_6.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2), d2_d__m_m_0[:, 112:133].reshape(n, 3, 7, 1).reshape(n, 3, 7).transpose(1, 2)).view(n, 32, 3)  # zikp,zupk->zui
+    d2_h_40 = torch.bmm(d2_d__m_m_0[:, 112:133].reshape(n, 3, 7, 1).reshape(n, 3, 7), d__t_m_0_1_6.permute(0, 3, 2, 1).reshape(n, 7, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m_0_1_6
     d2_d_m_41 = d2_d__t_m_0_1_6.reshape(n, 32, 7) * w[:, 384:416].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_42 = torch.bmm(d2_d__t_m_0_1_6.reshape(n * 32, 1, 7), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_1_6
     # ∂/∂d__t_m_0_2_0: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
-    d2_d__t_m_0_2_0 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 133:138].reshape(n, 5, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 5).transpose(1, 2)).view(n, 32, 1, 1)  # zikp,zui->zupk
+    d2_d__t_m_0_2_0 = torch.bmm(d2_d__m_m_0[:, 133:138].reshape(n, 5, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 5), h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
     d2_h_43 = d2_d__m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_m_0_2_0.reshape(n, 32, 1)
+    del d__t_m_0_2_0
     d2_d_m_44 = d2_d__t_m_0_2_0.reshape(n, 32, 1) * w[:, 544:576].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_45 = torch.bmm(d2_d__t_m_0_2_0.reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_2_0
     # ∂/∂d__t_m_0_2_1: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
-    d2_d__t_m_0_2_1 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2)).view(n, 32, 2, 3)  # zikp,zui->zupk
+    d2_d__t_m_0_2_1 = torch.bmm(d2_d__m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 5), h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 3, 2, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
-    d2_h_46 = torch.bmm(d__t_m_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 32).transpose(1, 2), d2_d__m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6).transpose(1, 2)).view(n, 32, 5)  # zikp,zupk->zui
-    d2_d_m_47 = torch.bmm(d2_d__t_m_0_2_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 2), _w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 3)  # zupk,zpu->zuk
-    d2__w_m_0_2_1 = torch.bmm(d2_d__t_m_0_2_1.reshape(n * 32, 2, 3), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_h_46 = torch.bmm(d2_d__m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6), d__t_m_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m_0_2_1
+    d2_d_m_47 = torch.bmm(_w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 2).transpose(1, 2)).view(n, 32, 3)  # zupk,zpu->zuk
+    del _w_m_0_2_1
+    d2__w_m_0_2_1 = torch.bmm(d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2), d2_d__t_m_0_2_1.reshape(n * 32, 2, 3).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_2_1
     # ∂/∂d__t_m_0_2_2: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
     d2_d__t_m_0_2_2 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2)).view(n, 32, 2, 5)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
-    d2_h_48 = torch.bmm(d__t_m_0_2_2.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2), d2_d__m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10).transpose(1, 2)).view(n, 32, 5)  # zikp,zupk->zui
-    d2_d_m_49 = torch.bmm(d2_d__t_m_0_2_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2), _w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 5)  # zupk,zpu->zuk
-    d2__w_m_0_2_2 = torch.bmm(d2_d__t_m_0_2_2.reshape(n * 32, 2, 5), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_h_48 = torch.bmm(d2_d__m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10), d__t_m_0_2_2.permute(0, 2, 3, 1).reshape(n, 10, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m_0_2_2
+    d2_d_m_49 = torch.bmm(_w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
+    del _w_m_0_2_2
+    d2__w_m_0_2_2 = torch.bmm(d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2), d2_d__t_m_0_2_2.reshape(n * 32, 2, 5).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_2_2
     # ∂/∂d__t_m_0_2_3: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
-    d2_d__t_m_0_2_3 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 5).transpose(1, 2)).view(n, 32, 1, 3)  # zikp,zui->zupk
+    d2_d__t_m_0_2_3 = torch.bmm(d2_d__m_m_0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 2, 3, 1).reshape(n, 3, 5), h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
-    d2_h_50 = torch.bmm(d__t_m_0_2_3.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 218:233].reshape(n, 5, 3, 1).reshape(n, 5, 3).transpose(1, 2)).view(n, 32, 5)  # zikp,zupk->zui
+    d2_h_50 = torch.bmm(d2_d__m_m_0[:, 218:233].reshape(n, 5, 3, 1).reshape(n, 5, 3), d__t_m_0_2_3.permute(0, 3, 2, 1).reshape(n, 3, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m_0_2_3
     d2_d_m_51 = d2_d__t_m_0_2_3.reshape(n, 32, 3) * w[:, 608:640].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_52 = torch.bmm(d2_d__t_m_0_2_3.reshape(n * 32, 1, 3), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_2_3
     # ∂/∂d__t_m_0_2_4: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
     d2_d__t_m_0_2_4 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2)).view(n, 32, 2, 5)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
-    d2_h_53 = torch.bmm(d__t_m_0_2_4.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2), d2_d__m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10).transpose(1, 2)).view(n, 32, 5)  # zikp,zupk->zui
-    d2_d_m_54 = torch.bmm(d2_d__t_m_0_2_4.permute(0, 1, 3, 2).reshape(n * 32, 5, 2), _w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 5)  # zupk,zpu->zuk
-    d2__w_m_0_2_4 = torch.bmm(d2_d__t_m_0_2_4.reshape(n * 32, 2, 5), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_h_53 = torch.bmm(d2_d__m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10), d__t_m_0_2_4.permute(0, 2, 3, 1).reshape(n, 10, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m_0_2_4
+    d2_d_m_54 = torch.bmm(_w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_4.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
+    del _w_m_0_2_4
+    d2__w_m_0_2_4 = torch.bmm(d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2), d2_d__t_m_0_2_4.reshape(n * 32, 2, 5).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_2_4
     # ∂/∂d__t_m_0_2_5: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
     d2_d__t_m_0_2_5 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 3, 2, 1).reshape(n, 14, 5).transpose(1, 2)).view(n, 32, 2, 7)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
-    d2_h_55 = torch.bmm(d__t_m_0_2_5.permute(0, 2, 3, 1).reshape(n, 14, 32).transpose(1, 2), d2_d__m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14).transpose(1, 2)).view(n, 32, 5)  # zikp,zupk->zui
-    d2_d_m_56 = torch.bmm(d2_d__t_m_0_2_5.permute(0, 1, 3, 2).reshape(n * 32, 7, 2), _w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1)).view(n, 32, 7)  # zupk,zpu->zuk
-    d2__w_m_0_2_5 = torch.bmm(d2_d__t_m_0_2_5.reshape(n * 32, 2, 7), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_h_55 = torch.bmm(d2_d__m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14), d__t_m_0_2_5.permute(0, 2, 3, 1).reshape(n, 14, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d__t_m_0_2_5
+    d2_d_m_56 = torch.bmm(_w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_5.permute(0, 1, 3, 2).reshape(n * 32, 7, 2).transpose(1, 2)).view(n, 32, 7)  # zupk,zpu->zuk
+    del _w_m_0_2_5
+    d2__w_m_0_2_5 = torch.bmm(d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2), d2_d__t_m_0_2_5.reshape(n * 32, 2, 7).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_2_5
     # ∂/∂d__t_m_0_2_6: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
-    d2_d__t_m_0_2_6 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 5).transpose(1, 2)).view(n, 32, 1, 7)  # zikp,zui->zupk
+    d2_d__t_m_0_2_6 = torch.bmm(d2_d__m_m_0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 2, 3, 1).reshape(n, 7, 5), h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 7, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
-    d2_h_57 = torch.bmm(d__t_m_0_2_6.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2), d2_d__m_m_0[:, 353:388].reshape(n, 5, 7, 1).reshape(n, 5, 7).transpose(1, 2)).view(n, 32, 5)  # zikp,zupk->zui
+    d2_h_57 = torch.bmm(d2_d__m_m_0[:, 353:388].reshape(n, 5, 7, 1).reshape(n, 5, 7), d__t_m_0_2_6.permute(0, 3, 2, 1).reshape(n, 7, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
+    del d2_d__m_m_0, d__t_m_0_2_6
     d2_d_m_58 = d2_d__t_m_0_2_6.reshape(n, 32, 7) * w[:, 640:672].reshape(n, 1, 32).reshape(n, 32, 1)
     d2_w_59 = torch.bmm(d2_d__t_m_0_2_6.reshape(n * 32, 1, 7), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    del d2_d__t_m_0_2_6
     d2_w_60 = d2__w_m_0_2_5.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d2_w_61 = d2__w_m_0_2_5.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    del d2__w_m_0_2_5
     d2_w_62 = d2__w_m_0_2_4.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d2_w_63 = d2__w_m_0_2_4.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    del d2__w_m_0_2_4
     d2_w_64 = d2__w_m_0_2_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d2_w_65 = d2__w_m_0_2_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    del d2__w_m_0_2_2
     d2_w_66 = d2__w_m_0_2_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d2_w_67 = d2__w_m_0_2_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    del d2__w_m_0_2_1
     d2_w_68 = d2__w_m_0_1_2.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d2_w_69 = d2__w_m_0_1_2.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    del d2__w_m_0_1_2
     d2_w_70 = d2__w_m_0_1_1.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d2_w_71 = d2__w_m_0_1_1.reshape(n, -1)[:, 0:32].reshape(n, 32)
+    del d2__w_m_0_1_1
     d2_h = torch.cat([
         (d2_h_12 + d2_h_15 + d2_h_18 + d2_h_21).reshape(n, 32),
         (d2_h_24 + d2_h_27 + d2_h_29 + d2_h_31 + d2_h_34 + d2_h_37 + d2_h_40).reshape(n, 96),
         (d2_h_43 + d2_h_46 + d2_h_48 + d2_h_50 + d2_h_53 + d2_h_55 + d2_h_57).reshape(n, 160),
     ], dim=-1)
+    del d2_h_12, d2_h_15, d2_h_18, d2_h_21, d2_h_24, d2_h_27, d2_h_29, d2_h_31, d2_h_34, d2_h_37, d2_h_40, d2_h_43, d2_h_46, d2_h_48, d2_h_50, d2_h_53, d2_h_55, d2_h_57
     d2_sh = weight.new_zeros(n, 16)
     d2_w = torch.cat([
         d2_w_14.reshape(n, 32),
@@ -10327,6 +10543,7 @@ def _conv_tp_d2_sh(
         d2_w_62.reshape(n, 32),
         d2_w_60.reshape(n, 32),
     ], dim=-1)
+    del d2_w_14, d2_w_17, d2_w_20, d2_w_23, d2_w_26, d2_w_33, d2_w_36, d2_w_39, d2_w_42, d2_w_45, d2_w_52, d2_w_59, d2_w_60, d2_w_61, d2_w_62, d2_w_63, d2_w_64, d2_w_65, d2_w_66, d2_w_67, d2_w_68, d2_w_69, d2_w_70, d2_w_71
     d2_d_m = torch.cat([
         (d2_d_m_13 + d2_d_m_25 + d2_d_m_44).reshape(n, 32),
         (d2_d_m_16 + d2_d_m_28 + d2_d_m_47).reshape(n, 96),
@@ -10336,6 +10553,7 @@ def _conv_tp_d2_sh(
         (d2_d_m_22 + d2_d_m_38 + d2_d_m_56).reshape(n, 224),
         (d2_d_m_41 + d2_d_m_58).reshape(n, 224),
     ], dim=-1)
+    del d2_d_m_13, d2_d_m_16, d2_d_m_19, d2_d_m_22, d2_d_m_25, d2_d_m_28, d2_d_m_30, d2_d_m_32, d2_d_m_35, d2_d_m_38, d2_d_m_41, d2_d_m_44, d2_d_m_47, d2_d_m_49, d2_d_m_51, d2_d_m_54, d2_d_m_56, d2_d_m_58
     d2_weight = weight.new_zeros(0)
     return [d2_h, d2_sh, d2_w, d2_d_m, d2_weight]
 
@@ -12029,7 +12247,7 @@ def _conv_tp_d2_w(
     # every path's (i, k) map at once: sh · G
     _m_m_0 = torch.mm(sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
     # 1 paths 32x0e ⊗ sh -> 32x0e
-    _t_m_0_0_0 = torch.bmm(h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1)).view(n, 32, 1, 1)  # zui,zikp->zupk
+    _t_m_0_0_0 = torch.bmm(_m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1).transpose(1, 2), h[:, 0:32].reshape(n, 32, 1).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 1 paths 32x0e ⊗ sh -> 32x1o
     _t_m_0_0_1 = torch.bmm(h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 32, 1, 3)  # zui,zikp->zupk
     # 1 paths 32x0e ⊗ sh -> 32x2e
@@ -12037,42 +12255,47 @@ def _conv_tp_d2_w(
     # 1 paths 32x0e ⊗ sh -> 32x3o
     _t_m_0_0_5 = torch.bmm(h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 1, 3, 2).reshape(n, 1, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     # 1 paths 32x1o ⊗ sh -> 32x0e
-    _t_m_0_1_0 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1).permute(0, 1, 3, 2).reshape(n, 3, 1)).view(n, 32, 1, 1)  # zui,zikp->zupk
+    _t_m_0_1_0 = torch.bmm(_m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 2 paths 32x1o ⊗ sh -> 32x1o
     _t_m_0_1_1 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6)).view(n, 32, 2, 3)  # zui,zikp->zupk
     # 2 paths 32x1o ⊗ sh -> 32x2e
     _t_m_0_1_2 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     # 1 paths 32x1o ⊗ sh -> 32x1e
-    _t_m_0_1_3 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 1, 3, 2).reshape(n, 3, 3)).view(n, 32, 1, 3)  # zui,zikp->zupk
+    _t_m_0_1_3 = torch.bmm(_m_m_0[:, 67:76].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 1 paths 32x1o ⊗ sh -> 32x2o
-    _t_m_0_1_4 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 1, 3, 2).reshape(n, 3, 5)).view(n, 32, 1, 5)  # zui,zikp->zupk
+    _t_m_0_1_4 = torch.bmm(_m_m_0[:, 76:91].reshape(n, 3, 5, 1).reshape(n, 3, 5).transpose(1, 2), h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 5, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 1 paths 32x1o ⊗ sh -> 32x3o
     _t_m_0_1_5 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     # 1 paths 32x1o ⊗ sh -> 32x3e
     _t_m_0_1_6 = torch.bmm(h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     # 1 paths 32x2e ⊗ sh -> 32x0e
-    _t_m_0_2_0 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1).permute(0, 1, 3, 2).reshape(n, 5, 1)).view(n, 32, 1, 1)  # zui,zikp->zupk
+    _t_m_0_2_0 = torch.bmm(_m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 2 paths 32x2e ⊗ sh -> 32x1o
-    _t_m_0_2_1 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6)).view(n, 32, 2, 3)  # zui,zikp->zupk
+    _t_m_0_2_1 = torch.bmm(_m_m_0[:, 138:168].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 2 paths 32x2e ⊗ sh -> 32x2e
     _t_m_0_2_2 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     # 1 paths 32x2e ⊗ sh -> 32x1e
-    _t_m_0_2_3 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 1, 3, 2).reshape(n, 5, 3)).view(n, 32, 1, 3)  # zui,zikp->zupk
+    _t_m_0_2_3 = torch.bmm(_m_m_0[:, 218:233].reshape(n, 5, 3, 1).reshape(n, 5, 3).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 2 paths 32x2e ⊗ sh -> 32x2o
     _t_m_0_2_4 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
     # 2 paths 32x2e ⊗ sh -> 32x3o
     _t_m_0_2_5 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14)).view(n, 32, 2, 7)  # zui,zikp->zupk
     # 1 paths 32x2e ⊗ sh -> 32x3e
-    _t_m_0_2_6 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 1, 3, 2).reshape(n, 5, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
+    _t_m_0_2_6 = torch.bmm(_m_m_0[:, 353:388].reshape(n, 5, 7, 1).reshape(n, 5, 7).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 7, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     d2_d_m_0 = d2_d_w[:, 0:32].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_0_0.reshape(n, 32, 1)
+    del _t_m_0_0_0
     d2__t_m_0_0_0 = torch.bmm(d2_d_w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1, 1)  # zpu,zuk->zupk
     d2_d_m_1 = d2_d_w[:, 32:64].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_0_1.reshape(n, 32, 3)
+    del _t_m_0_0_1
     d2__t_m_0_0_1 = torch.bmm(d2_d_w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 1, 3)).view(n, 32, 1, 3)  # zpu,zuk->zupk
     d2_d_m_2 = d2_d_w[:, 64:96].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_0_2.reshape(n, 32, 5)
+    del _t_m_0_0_2
     d2__t_m_0_0_2 = torch.bmm(d2_d_w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 1, 5)).view(n, 32, 1, 5)  # zpu,zuk->zupk
     d2_d_m_3 = d2_d_w[:, 96:128].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_0_5.reshape(n, 32, 7)
+    del _t_m_0_0_5
     d2__t_m_0_0_5 = torch.bmm(d2_d_w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 1, 7)).view(n, 32, 1, 7)  # zpu,zuk->zupk
     d2_d_m_4 = d2_d_w[:, 160:192].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_1_0.reshape(n, 32, 1)
+    del _t_m_0_1_0
     d2__t_m_0_1_0 = torch.bmm(d2_d_w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1, 1)  # zpu,zuk->zupk
     d2_d__w_m_0_1_1_5 = d2_d_w[:, 128:160].reshape(n, 32)
     d2_d__w_m_0_1_1_6 = d2_d_w[:, 256:288].reshape(n, 32)
@@ -12080,25 +12303,36 @@ def _conv_tp_d2_w(
         d2_d__w_m_0_1_1_5.reshape(n, 32),
         d2_d__w_m_0_1_1_6.reshape(n, 32),
     ], dim=-1)
+    del d2_d__w_m_0_1_1_5, d2_d__w_m_0_1_1_6
     d2_d_m_7 = torch.bmm(d2_d__w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_1_1.reshape(n * 32, 2, 3)).view(n, 32, 3)  # zpu,zupk->zuk
+    del _t_m_0_1_1
     d2__t_m_0_1_1 = torch.bmm(d2_d__w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 1, 3)).view(n, 32, 2, 3)  # zpu,zuk->zupk
+    del d2_d__w_m_0_1_1
     d2_d__w_m_0_1_2_8 = d2_d_w[:, 192:224].reshape(n, 32)
     d2_d__w_m_0_1_2_9 = d2_d_w[:, 352:384].reshape(n, 32)
     d2_d__w_m_0_1_2 = torch.cat([
         d2_d__w_m_0_1_2_8.reshape(n, 32),
         d2_d__w_m_0_1_2_9.reshape(n, 32),
     ], dim=-1)
+    del d2_d__w_m_0_1_2_8, d2_d__w_m_0_1_2_9
     d2_d_m_10 = torch.bmm(d2_d__w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_1_2.reshape(n * 32, 2, 5)).view(n, 32, 5)  # zpu,zupk->zuk
+    del _t_m_0_1_2
     d2__t_m_0_1_2 = torch.bmm(d2_d__w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 1, 5)).view(n, 32, 2, 5)  # zpu,zuk->zupk
+    del d2_d__w_m_0_1_2
     d2_d_m_11 = d2_d_w[:, 224:256].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_1_3.reshape(n, 32, 3)
+    del _t_m_0_1_3
     d2__t_m_0_1_3 = torch.bmm(d2_d_w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 1, 3)).view(n, 32, 1, 3)  # zpu,zuk->zupk
     d2_d_m_12 = d2_d_w[:, 288:320].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_1_4.reshape(n, 32, 5)
+    del _t_m_0_1_4
     d2__t_m_0_1_4 = torch.bmm(d2_d_w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 1, 5)).view(n, 32, 1, 5)  # zpu,zuk->zupk
     d2_d_m_13 = d2_d_w[:, 320:352].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_1_5.reshape(n, 32, 7)
+    del _t_m_0_1_5
     d2__t_m_0_1_5 = torch.bmm(d2_d_w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 1, 7)).view(n, 32, 1, 7)  # zpu,zuk->zupk
     d2_d_m_14 = d2_d_w[:, 384:416].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_1_6.reshape(n, 32, 7)
+    del _t_m_0_1_6
     d2__t_m_0_1_6 = torch.bmm(d2_d_w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 1, 7)).view(n, 32, 1, 7)  # zpu,zuk->zupk
     d2_d_m_15 = d2_d_w[:, 544:576].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_2_0.reshape(n, 32, 1)
+    del _t_m_0_2_0
     d2__t_m_0_2_0 = torch.bmm(d2_d_w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1, 1)  # zpu,zuk->zupk
     d2_d__w_m_0_2_1_16 = d2_d_w[:, 448:480].reshape(n, 32)
     d2_d__w_m_0_2_1_17 = d2_d_w[:, 672:704].reshape(n, 32)
@@ -12106,17 +12340,24 @@ def _conv_tp_d2_w(
         d2_d__w_m_0_2_1_16.reshape(n, 32),
         d2_d__w_m_0_2_1_17.reshape(n, 32),
     ], dim=-1)
+    del d2_d__w_m_0_2_1_16, d2_d__w_m_0_2_1_17
     d2_d_m_18 = torch.bmm(d2_d__w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_2_1.reshape(n * 32, 2, 3)).view(n, 32, 3)  # zpu,zupk->zuk
+    del _t_m_0_2_1
     d2__t_m_0_2_1 = torch.bmm(d2_d__w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 1, 3)).view(n, 32, 2, 3)  # zpu,zuk->zupk
+    del d2_d__w_m_0_2_1
     d2_d__w_m_0_2_2_19 = d2_d_w[:, 416:448].reshape(n, 32)
     d2_d__w_m_0_2_2_20 = d2_d_w[:, 576:608].reshape(n, 32)
     d2_d__w_m_0_2_2 = torch.cat([
         d2_d__w_m_0_2_2_19.reshape(n, 32),
         d2_d__w_m_0_2_2_20.reshape(n, 32),
     ], dim=-1)
+    del d2_d__w_m_0_2_2_19, d2_d__w_m_0_2_2_20
     d2_d_m_21 = torch.bmm(d2_d__w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_2_2.reshape(n * 32, 2, 5)).view(n, 32, 5)  # zpu,zupk->zuk
+    del _t_m_0_2_2
     d2__t_m_0_2_2 = torch.bmm(d2_d__w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 1, 5)).view(n, 32, 2, 5)  # zpu,zuk->zupk
+    del d2_d__w_m_0_2_2
     d2_d_m_22 = d2_d_w[:, 608:640].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_2_3.reshape(n, 32, 3)
+    del _t_m_0_2_3
     d2__t_m_0_2_3 = torch.bmm(d2_d_w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 1, 3)).view(n, 32, 1, 3)  # zpu,zuk->zupk
     d2_d__w_m_0_2_4_23 = d2_d_w[:, 480:512].reshape(n, 32)
     d2_d__w_m_0_2_4_24 = d2_d_w[:, 704:736].reshape(n, 32)
@@ -12124,90 +12365,116 @@ def _conv_tp_d2_w(
         d2_d__w_m_0_2_4_23.reshape(n, 32),
         d2_d__w_m_0_2_4_24.reshape(n, 32),
     ], dim=-1)
+    del d2_d__w_m_0_2_4_23, d2_d__w_m_0_2_4_24
     d2_d_m_25 = torch.bmm(d2_d__w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_2_4.reshape(n * 32, 2, 5)).view(n, 32, 5)  # zpu,zupk->zuk
+    del _t_m_0_2_4
     d2__t_m_0_2_4 = torch.bmm(d2_d__w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 1, 5)).view(n, 32, 2, 5)  # zpu,zuk->zupk
+    del d2_d__w_m_0_2_4
     d2_d__w_m_0_2_5_26 = d2_d_w[:, 512:544].reshape(n, 32)
     d2_d__w_m_0_2_5_27 = d2_d_w[:, 736:768].reshape(n, 32)
     d2_d__w_m_0_2_5 = torch.cat([
         d2_d__w_m_0_2_5_26.reshape(n, 32),
         d2_d__w_m_0_2_5_27.reshape(n, 32),
     ], dim=-1)
+    del d2_d__w_m_0_2_5_26, d2_d__w_m_0_2_5_27
     d2_d_m_28 = torch.bmm(d2_d__w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_2_5.reshape(n * 32, 2, 7)).view(n, 32, 7)  # zpu,zupk->zuk
+    del _t_m_0_2_5
     d2__t_m_0_2_5 = torch.bmm(d2_d__w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 1, 7)).view(n, 32, 2, 7)  # zpu,zuk->zupk
+    del d2_d__w_m_0_2_5
     d2_d_m_29 = d2_d_w[:, 640:672].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_2_6.reshape(n, 32, 7)
+    del _t_m_0_2_6
     d2__t_m_0_2_6 = torch.bmm(d2_d_w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 1, 7)).view(n, 32, 1, 7)  # zpu,zuk->zupk
     # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
-    d2_h_30 = torch.bmm(d2__t_m_0_2_6.reshape(n, 32, 7), _m_m_0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 5)).view(n, 32, 5)  # zupk,zikp->zui
+    d2_h_30 = torch.bmm(_m_m_0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 5).transpose(1, 2), d2__t_m_0_2_6.reshape(n, 32, 7).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
     d2__m_m_0_31 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m_0_2_6.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 5, 7, 1)  # zupk,zui->zikp
+    del d2__t_m_0_2_6
     # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
-    d2_h_32 = torch.bmm(d2__t_m_0_2_5.reshape(n, 32, 14), _m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 3, 2, 1).reshape(n, 14, 5)).view(n, 32, 5)  # zupk,zikp->zui
+    d2_h_32 = torch.bmm(_m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 3, 2, 1).reshape(n, 14, 5).transpose(1, 2), d2__t_m_0_2_5.reshape(n, 32, 14).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
-    d2__m_m_0_33 = torch.bmm(d2__t_m_0_2_5.permute(0, 2, 3, 1).reshape(n, 14, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 2, 7, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    d2__m_m_0_33 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m_0_2_5.permute(0, 2, 3, 1).reshape(n, 14, 32).transpose(1, 2)).view(n, 5, 2, 7).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_m_0_2_5
     # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
-    d2_h_34 = torch.bmm(d2__t_m_0_2_4.reshape(n, 32, 10), _m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5)).view(n, 32, 5)  # zupk,zikp->zui
+    d2_h_34 = torch.bmm(_m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2), d2__t_m_0_2_4.reshape(n, 32, 10).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
-    d2__m_m_0_35 = torch.bmm(d2__t_m_0_2_4.permute(0, 2, 3, 1).reshape(n, 10, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 2, 5, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    d2__m_m_0_35 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m_0_2_4.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2)).view(n, 5, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_m_0_2_4
     # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
-    d2_h_36 = torch.bmm(d2__t_m_0_2_3.reshape(n, 32, 3), _m_m_0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 5)).view(n, 32, 5)  # zupk,zikp->zui
+    d2_h_36 = torch.bmm(_m_m_0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 5).transpose(1, 2), d2__t_m_0_2_3.reshape(n, 32, 3).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
-    d2__m_m_0_37 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m_0_2_3.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 5, 3, 1)  # zupk,zui->zikp
+    d2__m_m_0_37 = torch.bmm(d2__t_m_0_2_3.permute(0, 2, 3, 1).reshape(n, 3, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 1, 3, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d2__t_m_0_2_3
     # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
-    d2_h_38 = torch.bmm(d2__t_m_0_2_2.reshape(n, 32, 10), _m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5)).view(n, 32, 5)  # zupk,zikp->zui
+    d2_h_38 = torch.bmm(_m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2), d2__t_m_0_2_2.reshape(n, 32, 10).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
-    d2__m_m_0_39 = torch.bmm(d2__t_m_0_2_2.permute(0, 2, 3, 1).reshape(n, 10, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 2, 5, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    d2__m_m_0_39 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m_0_2_2.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2)).view(n, 5, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_m_0_2_2
     # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
-    d2_h_40 = torch.bmm(d2__t_m_0_2_1.reshape(n, 32, 6), _m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5)).view(n, 32, 5)  # zupk,zikp->zui
+    d2_h_40 = torch.bmm(_m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d2__t_m_0_2_1.reshape(n, 32, 6).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
-    d2__m_m_0_41 = torch.bmm(d2__t_m_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 2, 3, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    d2__m_m_0_41 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 32).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_m_0_2_1
     # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
     d2_h_42 = d2__t_m_0_2_0.reshape(n, 32, 1) * _m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 1, 5)
     # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
-    d2__m_m_0_43 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m_0_2_0.permute(0, 3, 2, 1).reshape(n, 1, 32).transpose(1, 2)).view(n, 5, 1, 1)  # zupk,zui->zikp
+    d2__m_m_0_43 = torch.bmm(d2__t_m_0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d2__t_m_0_2_0
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
-    d2_h_44 = torch.bmm(d2__t_m_0_1_6.reshape(n, 32, 7), _m_m_0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3)).view(n, 32, 3)  # zupk,zikp->zui
+    d2_h_44 = torch.bmm(_m_m_0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2), d2__t_m_0_1_6.reshape(n, 32, 7).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
     d2__m_m_0_45 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m_0_1_6.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 3, 7, 1)  # zupk,zui->zikp
+    del d2__t_m_0_1_6
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
-    d2_h_46 = torch.bmm(d2__t_m_0_1_5.reshape(n, 32, 7), _m_m_0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3)).view(n, 32, 3)  # zupk,zikp->zui
+    d2_h_46 = torch.bmm(_m_m_0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2), d2__t_m_0_1_5.reshape(n, 32, 7).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
     d2__m_m_0_47 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m_0_1_5.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 3, 7, 1)  # zupk,zui->zikp
+    del d2__t_m_0_1_5
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
-    d2_h_48 = torch.bmm(d2__t_m_0_1_4.reshape(n, 32, 5), _m_m_0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 3)).view(n, 32, 3)  # zupk,zikp->zui
+    d2_h_48 = torch.bmm(_m_m_0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 3).transpose(1, 2), d2__t_m_0_1_4.reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
     d2__m_m_0_49 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m_0_1_4.permute(0, 3, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 3, 5, 1)  # zupk,zui->zikp
+    del d2__t_m_0_1_4
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
-    d2_h_50 = torch.bmm(d2__t_m_0_1_3.reshape(n, 32, 3), _m_m_0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 3)).view(n, 32, 3)  # zupk,zikp->zui
+    d2_h_50 = torch.bmm(_m_m_0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 3).transpose(1, 2), d2__t_m_0_1_3.reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
     d2__m_m_0_51 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m_0_1_3.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 3, 3, 1)  # zupk,zui->zikp
+    del d2__t_m_0_1_3
     # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
-    d2_h_52 = torch.bmm(d2__t_m_0_1_2.reshape(n, 32, 10), _m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3)).view(n, 32, 3)  # zupk,zikp->zui
+    d2_h_52 = torch.bmm(_m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d2__t_m_0_1_2.reshape(n, 32, 10).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
-    d2__m_m_0_53 = torch.bmm(d2__t_m_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 32), h[:, 32:128].reshape(n, 32, 3)).view(n, 2, 5, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    d2__m_m_0_53 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m_0_1_2.permute(0, 2, 3, 1).reshape(n, 10, 32).transpose(1, 2)).view(n, 3, 2, 5).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_m_0_1_2
     # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
-    d2_h_54 = torch.bmm(d2__t_m_0_1_1.reshape(n, 32, 6), _m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 3)).view(n, 32, 3)  # zupk,zikp->zui
+    d2_h_54 = torch.bmm(_m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 3).transpose(1, 2), d2__t_m_0_1_1.reshape(n, 32, 6).transpose(1, 2)).view(n, 3, 32).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
-    d2__m_m_0_55 = torch.bmm(d2__t_m_0_1_1.permute(0, 2, 3, 1).reshape(n, 6, 32), h[:, 32:128].reshape(n, 32, 3)).view(n, 2, 3, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    d2__m_m_0_55 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m_0_1_1.permute(0, 2, 3, 1).reshape(n, 6, 32).transpose(1, 2)).view(n, 3, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
+    del d2__t_m_0_1_1
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
     d2_h_56 = d2__t_m_0_1_0.reshape(n, 32, 1) * _m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
-    d2__m_m_0_57 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m_0_1_0.permute(0, 3, 2, 1).reshape(n, 1, 32).transpose(1, 2)).view(n, 3, 1, 1)  # zupk,zui->zikp
+    d2__m_m_0_57 = torch.bmm(d2__t_m_0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 32), h[:, 32:128].reshape(n, 32, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
+    del d2__t_m_0_1_0
     # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
-    d2_h_58 = torch.bmm(d2__t_m_0_0_5.reshape(n, 32, 7), _m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 1)).view(n, 32, 1)  # zupk,zikp->zui
+    d2_h_58 = torch.bmm(_m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 1).transpose(1, 2), d2__t_m_0_0_5.reshape(n, 32, 7).transpose(1, 2)).view(n, 1, 32).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
     d2__m_m_0_59 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m_0_0_5.permute(0, 3, 2, 1).reshape(n, 7, 32).transpose(1, 2)).view(n, 1, 7, 1)  # zupk,zui->zikp
+    del d2__t_m_0_0_5
     # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
-    d2_h_60 = torch.bmm(d2__t_m_0_0_2.reshape(n, 32, 5), _m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1)).view(n, 32, 1)  # zupk,zikp->zui
+    d2_h_60 = torch.bmm(_m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d2__t_m_0_0_2.reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 32).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
     d2__m_m_0_61 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
+    del d2__t_m_0_0_2
     # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
-    d2_h_62 = torch.bmm(d2__t_m_0_0_1.reshape(n, 32, 3), _m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1)).view(n, 32, 1)  # zupk,zikp->zui
+    d2_h_62 = torch.bmm(_m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d2__t_m_0_0_1.reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 32).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
     d2__m_m_0_63 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
+    del d2__t_m_0_0_1
     # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
     d2_h_64 = d2__t_m_0_0_0.reshape(n, 32, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    del _m_m_0
     # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
     d2__m_m_0_65 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 32).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
+    del d2__t_m_0_0_0
     # ∂/∂sh: every path's (i, k) map at once: sh · G
     d2__m_m_0 = torch.cat([
         d2__m_m_0_65.reshape(n, 1),
@@ -12229,13 +12496,17 @@ def _conv_tp_d2_w(
         d2__m_m_0_33.reshape(n, 70),
         d2__m_m_0_31.reshape(n, 35),
     ], dim=-1)
+    del d2__m_m_0_31, d2__m_m_0_33, d2__m_m_0_35, d2__m_m_0_37, d2__m_m_0_39, d2__m_m_0_41, d2__m_m_0_43, d2__m_m_0_45, d2__m_m_0_47, d2__m_m_0_49, d2__m_m_0_51, d2__m_m_0_53, d2__m_m_0_55, d2__m_m_0_57, d2__m_m_0_59, d2__m_m_0_61, d2__m_m_0_63, d2__m_m_0_65
     d2_sh_66 = torch.mm(d2__m_m_0, _g_m_0.permute(1, 0).reshape(388, 16)).view(n, 16)  # zc,jc->zj
+    del d2__m_m_0
     d2_h = torch.cat([
         (d2_h_58 + d2_h_60 + d2_h_62 + d2_h_64).reshape(n, 32),
         (d2_h_44 + d2_h_46 + d2_h_48 + d2_h_50 + d2_h_52 + d2_h_54 + d2_h_56).reshape(n, 96),
         (d2_h_30 + d2_h_32 + d2_h_34 + d2_h_36 + d2_h_38 + d2_h_40 + d2_h_42).reshape(n, 160),
     ], dim=-1)
+    del d2_h_30, d2_h_32, d2_h_34, d2_h_36, d2_h_38, d2_h_40, d2_h_42, d2_h_44, d2_h_46, d2_h_48, d2_h_50, d2_h_52, d2_h_54, d2_h_56, d2_h_58, d2_h_60, d2_h_62, d2_h_64
     d2_sh = d2_sh_66
+    del d2_sh_66
     d2_w = weight.new_zeros(n, 768)
     d2_d_m = torch.cat([
         (d2_d_m_0 + d2_d_m_4 + d2_d_m_15).reshape(n, 32),
@@ -12246,6 +12517,7 @@ def _conv_tp_d2_w(
         (d2_d_m_3 + d2_d_m_13 + d2_d_m_28).reshape(n, 224),
         (d2_d_m_14 + d2_d_m_29).reshape(n, 224),
     ], dim=-1)
+    del d2_d_m_0, d2_d_m_1, d2_d_m_10, d2_d_m_11, d2_d_m_12, d2_d_m_13, d2_d_m_14, d2_d_m_15, d2_d_m_18, d2_d_m_2, d2_d_m_21, d2_d_m_22, d2_d_m_25, d2_d_m_28, d2_d_m_29, d2_d_m_3, d2_d_m_4, d2_d_m_7
     d2_weight = weight.new_zeros(0)
     return [d2_h, d2_sh, d2_w, d2_d_m, d2_weight]
 
@@ -15709,139 +15981,187 @@ def _elementwise_tp_d2_a(
     # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
     _c0 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    d2_d_c_0 = torch.bmm(_c0.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    d2_d_c_0 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1).transpose(1, 2), _c0.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    del _c0
     # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
     _c2 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_b_1 = torch.bmm(_c2.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zuik,ijku->zuj
+    d2_b_1 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 1, 1).transpose(1, 2), _c2.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuik,ijku->zuj
+    del _c1
     # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
     _c3 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c2.permute(1, 0, 2, 3).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuik->ujik
+    del _c2
     d2_weight_2 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c3.permute(2, 1, 3, 0).reshape(1, 16)).view(16)  # ijk,ujik->u
+    del _c3
     # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
     _c4 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c5 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    d2_d_c_3 = torch.bmm(_c4.permute(1, 0, 2, 3).reshape(16, n, 3), (_c5 * 0.8660254037844386).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_c_3 = torch.bmm((_c5 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c4.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c4
     # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
     _c6 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_b_4 = torch.bmm(_c6.permute(1, 0, 2, 3).reshape(16, n, 3), (_c5 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_b_4 = torch.bmm((_c5 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 3, 3).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c5
     # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
     _c7 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c6.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 1, 3)  # zuj,zuik->ujik
+    del _c6
     d2_weight_5 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c7.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    del _c7
     # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
     _c8 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c9 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
-    d2_d_c_6 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 5), (_c9 * 1.118033988749895).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_c_6 = torch.bmm((_c9 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c8
     # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
     _c10 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_b_7 = torch.bmm(_c10.permute(1, 0, 2, 3).reshape(16, n, 5), (_c9 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_b_7 = torch.bmm((_c9 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 5, 5).transpose(1, 2), _c10.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c9
     # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
     _c11 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c10.permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 1, 5)  # zuj,zuik->ujik
+    del _c10
     d2_weight_8 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c11.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    del _c11
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
     _c12 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c13 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    d2_d_c_9 = torch.bmm(_c12.permute(1, 0, 2, 3).reshape(16, n, 3), (_c13 * 0.8660254037844386).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_c_9 = torch.bmm((_c13 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c12.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c12
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
     _c14 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_b_10 = torch.bmm(_c14.permute(1, 0, 2, 3).reshape(16, n, 9), (_c13 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_b_10 = torch.bmm((_c13 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 1).transpose(1, 2), _c14.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c13
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
     _c15 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c14.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3)  # zuj,zuik->ujik
     d2_weight_11 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c15.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    del _c15
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
     _c16 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c17 = torch.mm(cg_1_1_0.reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->ijku
-    d2_d_c_12 = torch.bmm(_c16.permute(1, 0, 2, 3).reshape(16, n, 9), (_c17 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    d2_d_c_12 = torch.bmm((_c17 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
     _c18 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_b_13 = torch.bmm(_c18.permute(1, 0, 2, 3).reshape(16, n, 3), (_c17 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuik,ijku->zuj
+    d2_b_13 = torch.bmm((_c17 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 3, 3).transpose(1, 2), _c18.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,ijku->zuj
+    del _c17
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
     _c19 = torch.bmm(_c18.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2), b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n).transpose(1, 2)).view(16, 3, 1, 3)  # zuj,zuik->uikj
+    del _c18
     d2_weight_14 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c19.permute(1, 3, 2, 0).reshape(9, 16)).view(16)  # ijk,uikj->u
+    del _c19
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
     _c20 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uijk
-    d2_d_c_15 = torch.bmm(_c16.permute(1, 0, 2, 3).reshape(16, n, 9), (_c20 * 1.118033988749895).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_c_15 = torch.bmm((_c20 * 1.118033988749895).reshape(16, 9, 5).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
     _c21 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_b_16 = torch.bmm(_c21.permute(1, 0, 2, 3).reshape(16, n, 15), (_c20 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_b_16 = torch.bmm((_c20 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c21.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c20
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
     _c22 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c21.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5)  # zuj,zuik->ujik
+    del _c21
     d2_weight_17 = torch.mm((cg_1_1_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 45), _c22.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c22
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
     _c23 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uijk
-    d2_d_c_18 = torch.bmm(_c16.permute(1, 0, 2, 3).reshape(16, n, 9), (_c23 * 1.224744871391589).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_c_18 = torch.bmm((_c23 * 1.224744871391589).reshape(16, 9, 3).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c16
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
     _c24 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_b_19 = torch.bmm(_c24.permute(1, 0, 2, 3).reshape(16, n, 9), (_c23 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_b_19 = torch.bmm((_c23 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 9, 3).transpose(1, 2), _c24.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c23
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
     _c25 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c24.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3)  # zuj,zuik->ujik
+    del _c24
     d2_weight_20 = torch.mm((cg_1_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 27), _c25.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,ujik->u
+    del _c25
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
     _c26 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c27 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->uijk
-    d2_d_c_21 = torch.bmm(_c26.permute(1, 0, 2, 3).reshape(16, n, 15), (_c27 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_c_21 = torch.bmm((_c27 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c26.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c26
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
-    d2_b_22 = torch.bmm(_c14.permute(1, 0, 2, 3).reshape(16, n, 9), (_c27 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_b_22 = torch.bmm((_c27 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 5).transpose(1, 2), _c14.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c27
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
     _c28 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c14.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3)  # zuj,zuik->ujik
+    del _c14
     d2_weight_23 = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c28.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c28
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
     _c29 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c30 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
-    d2_d_c_24 = torch.bmm(_c29.permute(1, 0, 2, 3).reshape(16, n, 5), (_c30 * 1.118033988749895).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_c_24 = torch.bmm((_c30 * 1.118033988749895).reshape(16, 5, 5).transpose(1, 2), _c29.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c29
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
     _c31 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_b_25 = torch.bmm(_c31.permute(1, 0, 2, 3).reshape(16, n, 25), (_c30 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_b_25 = torch.bmm((_c30 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 1).transpose(1, 2), _c31.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c30
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
     _c32 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c31.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5)  # zuj,zuik->ujik
     d2_weight_26 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c32.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    del _c32
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
     _c33 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c34 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uijk
-    d2_d_c_27 = torch.bmm(_c33.permute(1, 0, 2, 3).reshape(16, n, 15), (_c34 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_c_27 = torch.bmm((_c34 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c33.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c33
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
     _c35 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_b_28 = torch.bmm(_c35.permute(1, 0, 2, 3).reshape(16, n, 15), (_c34 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_b_28 = torch.bmm((_c34 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c35.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c34
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
     _c36 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c35.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3)  # zuj,zuik->ujik
+    del _c35
     d2_weight_29 = torch.mm((cg_2_1_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c36.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c36
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
     _c37 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c38 = torch.mm(cg_2_2_0.reshape(25, 1), weight[160:176].view(16).reshape(1, 16)).view(5, 5, 1, 16)  # ijk,u->ijku
-    d2_d_c_30 = torch.bmm(_c37.permute(1, 0, 2, 3).reshape(16, n, 25), (_c38 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zuij,ijku->zuk
+    d2_d_c_30 = torch.bmm((_c38 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c37.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
     _c39 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_b_31 = torch.bmm(_c39.permute(1, 0, 2, 3).reshape(16, n, 5), (_c38 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuik,ijku->zuj
+    d2_b_31 = torch.bmm((_c38 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 5, 5).transpose(1, 2), _c39.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,ijku->zuj
+    del _c38
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
     _c40 = torch.bmm(_c39.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2), b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n).transpose(1, 2)).view(16, 5, 1, 5)  # zuj,zuik->uikj
+    del _c39
     d2_weight_32 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c40.permute(1, 3, 2, 0).reshape(25, 16)).view(16)  # ijk,uikj->u
+    del _c40
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
     _c41 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uijk
-    d2_d_c_33 = torch.bmm(_c37.permute(1, 0, 2, 3).reshape(16, n, 25), (_c41 * 1.118033988749895).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_c_33 = torch.bmm((_c41 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c37.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
-    d2_b_34 = torch.bmm(_c31.permute(1, 0, 2, 3).reshape(16, n, 25), (_c41 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_b_34 = torch.bmm((_c41 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 5).transpose(1, 2), _c31.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c41
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
     _c42 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c31.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5)  # zuj,zuik->ujik
+    del _c31
     d2_weight_35 = torch.mm((cg_2_2_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 125), _c42.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,ujik->u
+    del _c42
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
     _c43 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->uijk
-    d2_d_c_36 = torch.bmm(_c37.permute(1, 0, 2, 3).reshape(16, n, 25), (_c43 * 1.224744871391589).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zuij,uijk->zuk
+    d2_d_c_36 = torch.bmm((_c43 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c37.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c37
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
     _c44 = d2_d_a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_b_37 = torch.bmm(_c44.permute(1, 0, 2, 3).reshape(16, n, 15), (_c43 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zuik,uijk->zuj
+    d2_b_37 = torch.bmm((_c43 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 15, 5).transpose(1, 2), _c44.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c43
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
     _c45 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c44.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 5, 3)  # zuj,zuik->ujik
+    del _c44
     d2_weight_38 = torch.mm((cg_2_2_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 75), _c45.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    del _c45
     d2_a = weight.new_zeros(n, 144)
     d2_b = torch.cat([
         (d2_b_1 + d2_b_10 + d2_b_25).reshape(n, 16),
         (d2_b_4 + d2_b_13 + d2_b_16 + d2_b_19 + d2_b_28).reshape(n, 48),
         (d2_b_7 + d2_b_22 + d2_b_31 + d2_b_34 + d2_b_37).reshape(n, 80),
     ], dim=-1)
+    del d2_b_1, d2_b_10, d2_b_13, d2_b_16, d2_b_19, d2_b_22, d2_b_25, d2_b_28, d2_b_31, d2_b_34, d2_b_37, d2_b_4, d2_b_7
     d2_d_c = torch.cat([
         (d2_d_c_0 + d2_d_c_12 + d2_d_c_30).reshape(n, 16),
         (d2_d_c_3 + d2_d_c_9 + d2_d_c_21 + d2_d_c_27).reshape(n, 48),
         (d2_d_c_6 + d2_d_c_15 + d2_d_c_24 + d2_d_c_33).reshape(n, 80),
         (d2_d_c_18 + d2_d_c_36).reshape(n, 48),
     ], dim=-1)
+    del d2_d_c_0, d2_d_c_12, d2_d_c_15, d2_d_c_18, d2_d_c_21, d2_d_c_24, d2_d_c_27, d2_d_c_3, d2_d_c_30, d2_d_c_33, d2_d_c_36, d2_d_c_6, d2_d_c_9
     d2_weight = torch.cat([
         d2_weight_2.reshape(16),
         d2_weight_5.reshape(16),
@@ -15857,6 +16177,7 @@ def _elementwise_tp_d2_a(
         d2_weight_35.reshape(16),
         d2_weight_38.reshape(16),
     ], dim=-1)
+    del d2_weight_11, d2_weight_14, d2_weight_17, d2_weight_2, d2_weight_20, d2_weight_23, d2_weight_26, d2_weight_29, d2_weight_32, d2_weight_35, d2_weight_38, d2_weight_5, d2_weight_8
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
@@ -17285,132 +17606,179 @@ def _elementwise_tp_d2_b(
     # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
     _c0 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    d2_d_c_0 = torch.bmm(_c0.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zuji,ijku->zuk
+    d2_d_c_0 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(16, 1, 1).transpose(1, 2), _c0.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuji,ijku->zuk
+    del _c0
     # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
     _c2 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_a_1 = torch.bmm(_c2.permute(1, 0, 2, 3).reshape(16, n, 1), (_c1 * 0.5773502691896257).permute(3, 1, 2, 0).reshape(16, 1, 1)).view(16, n, 1).permute(1, 0, 2)  # zujk,ijku->zui
+    d2_a_1 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 1, 2, 0).reshape(16, 1, 1).transpose(1, 2), _c2.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zujk,ijku->zui
+    del _c1
     # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
     _c3 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c2.permute(1, 0, 2, 3).reshape(16, n, 1)).view(16, 1, 1, 1)  # zui,zujk->uijk
+    del _c2
     d2_weight_2 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c3.permute(1, 2, 3, 0).reshape(1, 16)).view(16)  # ijk,uijk->u
+    del _c3
     # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
     _c4 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c5 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    d2_d_c_3 = torch.bmm(_c4.permute(1, 0, 2, 3).reshape(16, n, 3), (_c5 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuji,uijk->zuk
+    d2_d_c_3 = torch.bmm((_c5 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 3, 3).transpose(1, 2), _c4.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,uijk->zuk
+    del _c4
     # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
     _c6 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_a_4 = torch.bmm(_c6.permute(1, 0, 2, 3).reshape(16, n, 9), (_c5 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zujk,uijk->zui
+    d2_a_4 = torch.bmm((_c5 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 9, 1).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zujk,uijk->zui
+    del _c5
     # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
     _c7 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c6.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3)  # zui,zujk->uijk
     d2_weight_5 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c7.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
+    del _c7
     # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
     _c8 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c9 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
-    d2_d_c_6 = torch.bmm(_c8.permute(1, 0, 2, 3).reshape(16, n, 5), (_c9 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuji,uijk->zuk
+    d2_d_c_6 = torch.bmm((_c9 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5).transpose(1, 2), _c8.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,uijk->zuk
+    del _c8
     # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
     _c10 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_a_7 = torch.bmm(_c10.permute(1, 0, 2, 3).reshape(16, n, 25), (_c9 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zujk,uijk->zui
+    d2_a_7 = torch.bmm((_c9 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 25, 1).transpose(1, 2), _c10.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zujk,uijk->zui
+    del _c9
     # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
     _c11 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c10.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5)  # zui,zujk->uijk
     d2_weight_8 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c11.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
+    del _c11
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
     _c12 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c13 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    d2_d_c_9 = torch.bmm(_c12.permute(1, 0, 2, 3).reshape(16, n, 3), (_c13 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zuji,uijk->zuk
+    d2_d_c_9 = torch.bmm((_c13 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 3, 3).transpose(1, 2), _c12.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,uijk->zuk
+    del _c12
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
     _c14 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_a_10 = torch.bmm(_c14.permute(1, 0, 2, 3).reshape(16, n, 3), (_c13 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zujk,uijk->zui
+    d2_a_10 = torch.bmm((_c13 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 3, 3).transpose(1, 2), _c14.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,uijk->zui
+    del _c13
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
     _c15 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c14.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 1, 3)  # zui,zujk->uijk
+    del _c14
     d2_weight_11 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c15.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
+    del _c15
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
     _c16 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c17 = torch.mm(cg_1_1_0.permute(1, 0, 2).reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->jiku
-    d2_d_c_12 = torch.bmm(_c16.permute(1, 0, 2, 3).reshape(16, n, 9), (_c17 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1)).view(16, n, 1).permute(1, 0, 2)  # zuji,jiku->zuk
+    d2_d_c_12 = torch.bmm((_c17 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuji,jiku->zuk
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
     _c18 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_a_13 = torch.bmm(_c18.permute(1, 0, 2, 3).reshape(16, n, 3), (_c17 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 3, 3)).view(16, n, 3).permute(1, 0, 2)  # zujk,jiku->zui
+    d2_a_13 = torch.bmm((_c17 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 3, 3).transpose(1, 2), _c18.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,jiku->zui
+    del _c17
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
     _c19 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c18.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 3, 1)  # zui,zujk->uijk
+    del _c18
     d2_weight_14 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c19.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
+    del _c19
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
     _c20 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->ujik
-    d2_d_c_15 = torch.bmm(_c16.permute(1, 0, 2, 3).reshape(16, n, 9), (_c20 * 1.118033988749895).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zuji,ujik->zuk
+    d2_d_c_15 = torch.bmm((_c20 * 1.118033988749895).reshape(16, 9, 5).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,ujik->zuk
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
     _c21 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_a_16 = torch.bmm(_c21.permute(1, 0, 2, 3).reshape(16, n, 15), (_c20 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zujk,ujik->zui
+    d2_a_16 = torch.bmm((_c20 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c21.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,ujik->zui
+    del _c20
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
     _c22 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c21.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5)  # zui,zujk->uijk
+    del _c21
     d2_weight_17 = torch.mm((cg_1_1_2 * 1.118033988749895).reshape(1, 45), _c22.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    del _c22
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
     _c23 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->ujik
-    d2_d_c_18 = torch.bmm(_c16.permute(1, 0, 2, 3).reshape(16, n, 9), (_c23 * 1.224744871391589).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zuji,ujik->zuk
+    d2_d_c_18 = torch.bmm((_c23 * 1.224744871391589).reshape(16, 9, 3).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    del _c16
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
     _c24 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_a_19 = torch.bmm(_c24.permute(1, 0, 2, 3).reshape(16, n, 9), (_c23 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 9, 3)).view(16, n, 3).permute(1, 0, 2)  # zujk,ujik->zui
+    d2_a_19 = torch.bmm((_c23 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 9, 3).transpose(1, 2), _c24.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,ujik->zui
+    del _c23
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
     _c25 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c24.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3)  # zui,zujk->uijk
+    del _c24
     d2_weight_20 = torch.mm((cg_1_1_1 * 1.224744871391589).reshape(1, 27), _c25.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,uijk->u
+    del _c25
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
     _c26 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c27 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->ujik
-    d2_d_c_21 = torch.bmm(_c26.permute(1, 0, 2, 3).reshape(16, n, 15), (_c27 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuji,ujik->zuk
+    d2_d_c_21 = torch.bmm((_c27 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c26.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    del _c26
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
     _c28 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_a_22 = torch.bmm(_c28.permute(1, 0, 2, 3).reshape(16, n, 15), (_c27 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zujk,ujik->zui
+    d2_a_22 = torch.bmm((_c27 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c28.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,ujik->zui
+    del _c27
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
     _c29 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c28.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3)  # zui,zujk->uijk
+    del _c28
     d2_weight_23 = torch.mm((cg_1_2_1 * 0.8660254037844386).reshape(1, 45), _c29.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    del _c29
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
     _c30 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c31 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
-    d2_d_c_24 = torch.bmm(_c30.permute(1, 0, 2, 3).reshape(16, n, 5), (_c31 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zuji,uijk->zuk
+    d2_d_c_24 = torch.bmm((_c31 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5).transpose(1, 2), _c30.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,uijk->zuk
+    del _c30
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
     _c32 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
-    d2_a_25 = torch.bmm(_c32.permute(1, 0, 2, 3).reshape(16, n, 5), (_c31 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zujk,uijk->zui
+    d2_a_25 = torch.bmm((_c31 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 5, 5).transpose(1, 2), _c32.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,uijk->zui
+    del _c31
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
     _c33 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c32.permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 1, 5)  # zui,zujk->uijk
+    del _c32
     d2_weight_26 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c33.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
+    del _c33
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
     _c34 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c35 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->ujik
-    d2_d_c_27 = torch.bmm(_c34.permute(1, 0, 2, 3).reshape(16, n, 15), (_c35 * 0.8660254037844386).reshape(16, 15, 3)).view(16, n, 3).permute(1, 0, 2)  # zuji,ujik->zuk
+    d2_d_c_27 = torch.bmm((_c35 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c34.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    del _c34
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
-    d2_a_28 = torch.bmm(_c6.permute(1, 0, 2, 3).reshape(16, n, 9), (_c35 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 5)).view(16, n, 5).permute(1, 0, 2)  # zujk,ujik->zui
+    d2_a_28 = torch.bmm((_c35 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 5).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,ujik->zui
+    del _c35
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
     _c36 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c6.permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3)  # zui,zujk->uijk
+    del _c6
     d2_weight_29 = torch.mm((cg_2_1_1 * 0.8660254037844386).reshape(1, 45), _c36.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    del _c36
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
     _c37 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c38 = torch.mm(cg_2_2_0.permute(1, 0, 2).reshape(25, 1), weight[160:176].view(16).reshape(1, 16)).view(5, 5, 1, 16)  # ijk,u->jiku
-    d2_d_c_30 = torch.bmm(_c37.permute(1, 0, 2, 3).reshape(16, n, 25), (_c38 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1)).view(16, n, 1).permute(1, 0, 2)  # zuji,jiku->zuk
+    d2_d_c_30 = torch.bmm((_c38 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c37.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuji,jiku->zuk
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
     _c39 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_a_31 = torch.bmm(_c39.permute(1, 0, 2, 3).reshape(16, n, 5), (_c38 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 5, 5)).view(16, n, 5).permute(1, 0, 2)  # zujk,jiku->zui
+    d2_a_31 = torch.bmm((_c38 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 5, 5).transpose(1, 2), _c39.permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,jiku->zui
+    del _c38
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
     _c40 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c39.permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 5, 1)  # zui,zujk->uijk
+    del _c39
     d2_weight_32 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c40.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
+    del _c40
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
     _c41 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->ujik
-    d2_d_c_33 = torch.bmm(_c37.permute(1, 0, 2, 3).reshape(16, n, 25), (_c41 * 1.118033988749895).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zuji,ujik->zuk
+    d2_d_c_33 = torch.bmm((_c41 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c37.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,ujik->zuk
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
-    d2_a_34 = torch.bmm(_c10.permute(1, 0, 2, 3).reshape(16, n, 25), (_c41 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 5)).view(16, n, 5).permute(1, 0, 2)  # zujk,ujik->zui
+    d2_a_34 = torch.bmm((_c41 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 5).transpose(1, 2), _c10.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,ujik->zui
+    del _c41
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
     _c42 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c10.permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5)  # zui,zujk->uijk
+    del _c10
     d2_weight_35 = torch.mm((cg_2_2_2 * 1.118033988749895).reshape(1, 125), _c42.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,uijk->u
+    del _c42
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
     _c43 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->ujik
-    d2_d_c_36 = torch.bmm(_c37.permute(1, 0, 2, 3).reshape(16, n, 25), (_c43 * 1.224744871391589).reshape(16, 25, 3)).view(16, n, 3).permute(1, 0, 2)  # zuji,ujik->zuk
+    d2_d_c_36 = torch.bmm((_c43 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c37.permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    del _c37
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
     _c44 = d2_d_b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_a_37 = torch.bmm(_c44.permute(1, 0, 2, 3).reshape(16, n, 15), (_c43 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 15, 5)).view(16, n, 5).permute(1, 0, 2)  # zujk,ujik->zui
+    d2_a_37 = torch.bmm((_c43 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 15, 5).transpose(1, 2), _c44.permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,ujik->zui
+    del _c43
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
     _c45 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c44.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 5, 3)  # zui,zujk->uijk
+    del _c44
     d2_weight_38 = torch.mm((cg_2_2_1 * 1.224744871391589).reshape(1, 75), _c45.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,uijk->u
+    del _c45
     d2_a = torch.cat([
         (d2_a_1 + d2_a_4 + d2_a_7).reshape(n, 16),
         (d2_a_10 + d2_a_13 + d2_a_16 + d2_a_19 + d2_a_22).reshape(n, 48),
         (d2_a_25 + d2_a_28 + d2_a_31 + d2_a_34 + d2_a_37).reshape(n, 80),
     ], dim=-1)
+    del d2_a_1, d2_a_10, d2_a_13, d2_a_16, d2_a_19, d2_a_22, d2_a_25, d2_a_28, d2_a_31, d2_a_34, d2_a_37, d2_a_4, d2_a_7
     d2_b = weight.new_zeros(n, 144)
     d2_d_c = torch.cat([
         (d2_d_c_0 + d2_d_c_12 + d2_d_c_30).reshape(n, 16),
@@ -17418,6 +17786,7 @@ def _elementwise_tp_d2_b(
         (d2_d_c_6 + d2_d_c_15 + d2_d_c_24 + d2_d_c_33).reshape(n, 80),
         (d2_d_c_18 + d2_d_c_36).reshape(n, 48),
     ], dim=-1)
+    del d2_d_c_0, d2_d_c_12, d2_d_c_15, d2_d_c_18, d2_d_c_21, d2_d_c_24, d2_d_c_27, d2_d_c_3, d2_d_c_30, d2_d_c_33, d2_d_c_36, d2_d_c_6, d2_d_c_9
     d2_weight = torch.cat([
         d2_weight_2.reshape(16),
         d2_weight_5.reshape(16),
@@ -17433,6 +17802,7 @@ def _elementwise_tp_d2_b(
         d2_weight_35.reshape(16),
         d2_weight_38.reshape(16),
     ], dim=-1)
+    del d2_weight_11, d2_weight_14, d2_weight_17, d2_weight_2, d2_weight_20, d2_weight_23, d2_weight_26, d2_weight_29, d2_weight_32, d2_weight_35, d2_weight_38, d2_weight_5, d2_weight_8
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
@@ -18847,42 +19217,52 @@ def _elementwise_tp_d2_weight(
     _c0 = torch.mm(d2_d_weight[0:16].view(16).reshape(16, 1), cg_0_0_0.reshape(1, 1)).view(16, 1, 1, 1)  # u,ijk->uijk
     _c1 = a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d_c_0 = (_c0 * 0.5773502691896257).reshape(1, 16, 1) * _c1.reshape(n, 16, 1)
+    del _c1
     # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c2 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_a_1 = (_c0 * 0.5773502691896257).reshape(1, 16, 1) * _c2.reshape(n, 16, 1)
+    del _c2
     # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c3 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_b_2 = (_c0 * 0.5773502691896257).reshape(1, 16, 1) * _c3.reshape(n, 16, 1)
+    del _c0, _c3
     # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c4 = torch.mm(d2_d_weight[16:32].view(16).reshape(16, 1), cg_0_1_1.reshape(1, 9)).view(16, 1, 3, 3)  # u,ijk->uijk
     _c5 = a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d_c_3 = torch.bmm((_c4 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3), _c5.permute(1, 2, 3, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c5
     # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c6 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_a_4 = torch.bmm((_c4 * 0.8660254037844386).reshape(16, 1, 9), _c6.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zujk->zui
     # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c7 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_b_5 = torch.bmm((_c4 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 3, 3), _c7.permute(1, 3, 2, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c4, _c7
     # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
     _c8 = torch.mm(d2_d_weight[32:48].view(16).reshape(16, 1), cg_0_2_2.reshape(1, 25)).view(16, 1, 5, 5)  # u,ijk->uijk
     _c9 = a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d_c_6 = torch.bmm((_c8 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5), _c9.permute(1, 2, 3, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c9
     # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
     _c10 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_a_7 = torch.bmm((_c8 * 1.118033988749895).reshape(16, 1, 25), _c10.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zujk->zui
     # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
     _c11 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_b_8 = torch.bmm((_c8 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 5), _c11.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c11, _c8
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
     _c12 = torch.mm(d2_d_weight[48:64].view(16).reshape(16, 1), cg_1_0_1.reshape(1, 9)).view(16, 3, 1, 3)  # u,ijk->uijk
     _c13 = a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d_c_9 = torch.bmm((_c12 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3), _c13.permute(1, 2, 3, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c13
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
     _c14 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_a_10 = torch.bmm((_c12 * 0.8660254037844386).reshape(16, 3, 3), _c14.permute(1, 3, 2, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zukj->zui
+    del _c14
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
     _c15 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_b_11 = torch.bmm((_c12 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 1, 9), _c15.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuik->zuj
+    del _c12
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c16 = torch.mm(d2_d_weight[64:80].view(16).reshape(16, 1), cg_1_1_0.reshape(1, 9)).view(16, 3, 3, 1)  # u,ijk->uijk
     _c17 = a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -18890,55 +19270,71 @@ def _elementwise_tp_d2_weight(
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c18 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_a_13 = torch.bmm((_c16 * 0.5773502691896257).reshape(16, 3, 3), _c18.permute(1, 3, 2, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zukj->zui
+    del _c18
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c19 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_b_14 = torch.bmm((_c16 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(16, 3, 3), _c19.permute(1, 3, 2, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c16, _c19
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
     _c20 = torch.mm(d2_d_weight[80:96].view(16).reshape(16, 1), cg_1_1_2.reshape(1, 45)).view(16, 3, 3, 5)  # u,ijk->uijk
     d2_d_c_15 = torch.bmm((_c20 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 9), _c17.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
     _c21 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_a_16 = torch.bmm((_c20 * 1.118033988749895).reshape(16, 3, 15), _c21.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c21
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
     _c22 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_b_17 = torch.bmm((_c20 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 3, 15), _c22.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c20, _c22
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
     _c23 = torch.mm(d2_d_weight[96:112].view(16).reshape(16, 1), cg_1_1_1.reshape(1, 27)).view(16, 3, 3, 3)  # u,ijk->uijk
     d2_d_c_18 = torch.bmm((_c23 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 3, 9), _c17.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c17
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
     _c24 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_a_19 = torch.bmm((_c23 * 1.224744871391589).reshape(16, 3, 9), _c24.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c24
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
     _c25 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_b_20 = torch.bmm((_c23 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 3, 9), _c25.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c23, _c25
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
     _c26 = torch.mm(d2_d_weight[112:128].view(16).reshape(16, 1), cg_1_2_1.reshape(1, 45)).view(16, 3, 5, 3)  # u,ijk->uijk
     _c27 = a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_d_c_21 = torch.bmm((_c26 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 15), _c27.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c27
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
     _c28 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_a_22 = torch.bmm((_c26 * 0.8660254037844386).reshape(16, 3, 15), _c28.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c28
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
     d2_b_23 = torch.bmm((_c26 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 5, 9), _c15.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuik->zuj
+    del _c15, _c26
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
     _c29 = torch.mm(d2_d_weight[128:144].view(16).reshape(16, 1), cg_2_0_2.reshape(1, 25)).view(16, 5, 1, 5)  # u,ijk->uijk
     _c30 = a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d_c_24 = torch.bmm((_c29 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 5), _c30.permute(1, 2, 3, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c30
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
     _c31 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_a_25 = torch.bmm((_c29 * 1.118033988749895).reshape(16, 5, 5), _c31.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zukj->zui
+    del _c31
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
     _c32 = d_c[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_b_26 = torch.bmm((_c29 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 1, 25), _c32.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuik->zuj
+    del _c29
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
     _c33 = torch.mm(d2_d_weight[144:160].view(16).reshape(16, 1), cg_2_1_1.reshape(1, 45)).view(16, 5, 3, 3)  # u,ijk->uijk
     _c34 = a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     d2_d_c_27 = torch.bmm((_c33 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 15), _c34.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c34
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
     d2_a_28 = torch.bmm((_c33 * 0.8660254037844386).reshape(16, 5, 9), _c6.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c6
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
     _c35 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_b_29 = torch.bmm((_c33 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 3, 15), _c35.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c33, _c35
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
     _c36 = torch.mm(d2_d_weight[160:176].view(16).reshape(16, 1), cg_2_2_0.reshape(1, 25)).view(16, 5, 5, 1)  # u,ijk->uijk
     _c37 = a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
@@ -18946,41 +19342,51 @@ def _elementwise_tp_d2_weight(
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
     _c38 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_a_31 = torch.bmm((_c36 * 0.5773502691896257).reshape(16, 5, 5), _c38.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zukj->zui
+    del _c38
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
     _c39 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_b_32 = torch.bmm((_c36 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(16, 5, 5), _c39.permute(1, 3, 2, 0).reshape(16, 5, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c36, _c39
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
     _c40 = torch.mm(d2_d_weight[176:192].view(16).reshape(16, 1), cg_2_2_2.reshape(1, 125)).view(16, 5, 5, 5)  # u,ijk->uijk
     d2_d_c_33 = torch.bmm((_c40 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 25), _c37.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
     d2_a_34 = torch.bmm((_c40 * 1.118033988749895).reshape(16, 5, 25), _c10.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c10
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
     d2_b_35 = torch.bmm((_c40 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 25), _c32.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuik->zuj
+    del _c32, _c40
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
     _c41 = torch.mm(d2_d_weight[192:208].view(16).reshape(16, 1), cg_2_2_1.reshape(1, 75)).view(16, 5, 5, 3)  # u,ijk->uijk
     d2_d_c_36 = torch.bmm((_c41 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 3, 25), _c37.permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c37
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
     _c42 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 1, 3) * b[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 5, 1)
     d2_a_37 = torch.bmm((_c41 * 1.224744871391589).reshape(16, 5, 15), _c42.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c42
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
     _c43 = d_c[:, 144:192].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     d2_b_38 = torch.bmm((_c41 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 5, 15), _c43.permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c41, _c43
     d2_a = torch.cat([
         (d2_a_1 + d2_a_4 + d2_a_7).reshape(n, 16),
         (d2_a_10 + d2_a_13 + d2_a_16 + d2_a_19 + d2_a_22).reshape(n, 48),
         (d2_a_25 + d2_a_28 + d2_a_31 + d2_a_34 + d2_a_37).reshape(n, 80),
     ], dim=-1)
+    del d2_a_1, d2_a_10, d2_a_13, d2_a_16, d2_a_19, d2_a_22, d2_a_25, d2_a_28, d2_a_31, d2_a_34, d2_a_37, d2_a_4, d2_a_7
     d2_b = torch.cat([
         (d2_b_2 + d2_b_11 + d2_b_26).reshape(n, 16),
         (d2_b_5 + d2_b_14 + d2_b_17 + d2_b_20 + d2_b_29).reshape(n, 48),
         (d2_b_8 + d2_b_23 + d2_b_32 + d2_b_35 + d2_b_38).reshape(n, 80),
     ], dim=-1)
+    del d2_b_11, d2_b_14, d2_b_17, d2_b_2, d2_b_20, d2_b_23, d2_b_26, d2_b_29, d2_b_32, d2_b_35, d2_b_38, d2_b_5, d2_b_8
     d2_d_c = torch.cat([
         (d2_d_c_0 + d2_d_c_12 + d2_d_c_30).reshape(n, 16),
         (d2_d_c_3 + d2_d_c_9 + d2_d_c_21 + d2_d_c_27).reshape(n, 48),
         (d2_d_c_6 + d2_d_c_15 + d2_d_c_24 + d2_d_c_33).reshape(n, 80),
         (d2_d_c_18 + d2_d_c_36).reshape(n, 48),
     ], dim=-1)
+    del d2_d_c_0, d2_d_c_12, d2_d_c_15, d2_d_c_18, d2_d_c_21, d2_d_c_24, d2_d_c_27, d2_d_c_3, d2_d_c_30, d2_d_c_33, d2_d_c_36, d2_d_c_6, d2_d_c_9
     d2_weight = weight.new_zeros(208)
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
@@ -20459,66 +20865,84 @@ def _full_tp_d2_a(
     # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
     _c0 = torch.bmm(d2_d_a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8)).view(n, 1, 4, 1, 8)  # zui,zvj->ziujv
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
-    d2_d_c_0 = torch.bmm(_c0.permute(2, 4, 0, 1, 3).reshape(32, n, 1), (_c1 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 1, 1)).view(4, 8, n, 1).permute(2, 0, 1, 3)  # ziujv,ijkuv->zuvk
+    d2_d_c_0 = torch.bmm((_c1 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 1, 1).transpose(1, 2), _c0.permute(2, 4, 0, 1, 3).reshape(32, n, 1).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # ziujv,ijkuv->zuvk
+    del _c0
     # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
     _c2 = torch.bmm(d2_d_a[:, 0:4].reshape(n, 4, 1).reshape(n * 4, 1, 1), d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n * 4, 1, 8)).view(n, 4, 1, 1, 8)  # zui,zuvk->zuikv
-    d2_b_1 = torch.bmm(_c2.permute(4, 0, 1, 2, 3).reshape(8, n, 4), (_c1 * 0.7071067811865476).permute(4, 3, 0, 2, 1).reshape(8, 4, 1)).view(8, n, 1).permute(1, 0, 2)  # zuikv,ijkuv->zvj
+    d2_b_1 = torch.bmm((_c1 * 0.7071067811865476).permute(4, 3, 0, 2, 1).reshape(8, 4, 1).transpose(1, 2), _c2.permute(4, 0, 1, 2, 3).reshape(8, n, 4).transpose(1, 2)).view(8, 1, n).permute(2, 0, 1)  # zuikv,ijkuv->zvj
+    del _c1
     # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
     _c3 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _c2.permute(4, 0, 2, 3, 1).reshape(8, n, 4)).view(8, 1, 1, 1, 4)  # zvj,zuikv->vjiku
+    del _c2
     d2_weight_2 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
+    del _c3
     # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
     _c4 = torch.bmm(d2_d_a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 24)).view(n, 1, 4, 3, 8)  # zui,zvj->ziujv
     _c5 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
-    d2_d_c_3 = torch.bmm(_c4.permute(2, 4, 0, 1, 3).reshape(32, n, 3), (_c5 * 1.224744871391589).reshape(32, 3, 3)).view(4, 8, n, 3).permute(2, 0, 1, 3)  # ziujv,uvijk->zuvk
+    d2_d_c_3 = torch.bmm((_c5 * 1.224744871391589).reshape(32, 3, 3).transpose(1, 2), _c4.permute(2, 4, 0, 1, 3).reshape(32, n, 3).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # ziujv,uvijk->zuvk
+    del _c4, _c5
     # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
     _c6 = torch.bmm(d2_d_a[:, 0:4].reshape(n, 4, 1).reshape(n * 4, 1, 1), d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n * 4, 1, 24)).view(n, 4, 1, 3, 8)  # zui,zuvk->zuikv
     _c7 = torch.bmm(weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c6.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 3)).view(8, n, 1, 3)  # uv,zuikv->vzik
     d2_b_4 = torch.mm(_c7.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_0_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
+    del _c7
     # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
     _c8 = torch.mm(cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t(), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3).t()).view(1, 3, n, 8)  # zvj,ijk->ikzv
-    d2_weight_5 = torch.bmm(_c6.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 3), (_c8 * 1.224744871391589).permute(3, 2, 0, 1).reshape(8, n * 3, 1)).view(8, 4).permute(1, 0)  # zuikv,ikzv->uv
+    d2_weight_5 = torch.bmm((_c8 * 1.224744871391589).permute(3, 2, 0, 1).reshape(8, n * 3, 1).transpose(1, 2), _c6.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zuikv,ikzv->uv
+    del _c6, _c8
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
     _c9 = torch.bmm(d2_d_a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 12, 1), b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8)).view(n, 3, 4, 1, 8)  # zui,zvj->ziujv
     _c10 = torch.mm(weight[64:96].view(4, 8).reshape(1, 32).t(), cg_1_0_1.reshape(9, 1).t()).view(4, 8, 3, 1, 3)  # ijk,uv->uvijk
-    d2_d_c_6 = torch.bmm(_c9.permute(2, 4, 0, 1, 3).reshape(32, n, 3), (_c10 * 1.224744871391589).reshape(32, 3, 3)).view(4, 8, n, 3).permute(2, 0, 1, 3)  # ziujv,uvijk->zuvk
+    d2_d_c_6 = torch.bmm((_c10 * 1.224744871391589).reshape(32, 3, 3).transpose(1, 2), _c9.permute(2, 4, 0, 1, 3).reshape(32, n, 3).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # ziujv,uvijk->zuvk
+    del _c9
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
     _c11 = torch.bmm(d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3, 1), d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n * 4, 1, 24)).view(n, 4, 3, 3, 8)  # zui,zuvk->zuikv
-    d2_b_7 = torch.bmm(_c11.permute(4, 0, 1, 2, 3).reshape(8, n, 36), (_c10 * 1.224744871391589).permute(1, 0, 2, 4, 3).reshape(8, 36, 1)).view(8, n, 1).permute(1, 0, 2)  # zuikv,uvijk->zvj
+    d2_b_7 = torch.bmm((_c10 * 1.224744871391589).permute(1, 0, 2, 4, 3).reshape(8, 36, 1).transpose(1, 2), _c11.permute(4, 0, 1, 2, 3).reshape(8, n, 36).transpose(1, 2)).view(8, 1, n).permute(2, 0, 1)  # zuikv,uvijk->zvj
+    del _c10, _c11
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
     _c12 = torch.mm(d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3), cg_1_0_1.reshape(3, 3)).view(n, 4, 1, 3)  # zui,ijk->zujk
-    _c13 = torch.bmm(d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 12, 1), b[:, 0:8].reshape(n, 8, 1).reshape(n * 8, 1, 1)).view(n, 8, 3, 4, 1)  # zuvk,zvj->zvkuj
+    _c13 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).reshape(n * 8, 1, 1).transpose(1, 2), d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 1, 3).reshape(n * 8, 12, 1).transpose(1, 2)).view(n, 8, 1, 4, 3).permute(0, 1, 4, 3, 2)  # zuvk,zvj->zvkuj
     d2_weight_8 = torch.bmm((_c12 * 1.224744871391589).permute(1, 0, 2, 3).reshape(4, 1, n * 3), _c13.permute(3, 0, 4, 2, 1).reshape(4, n * 3, 8)).view(4, 8)  # zujk,zvkuj->uv
+    del _c12, _c13
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
     _c14 = torch.bmm(d2_d_a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 12, 1), b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 24)).view(n, 3, 4, 3, 8)  # zui,zvj->ziujv
     _c15 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
-    d2_d_c_9 = torch.bmm(_c14.permute(2, 4, 0, 1, 3).reshape(32, n, 9), (_c15 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1)).view(4, 8, n, 1).permute(2, 0, 1, 3)  # ziujv,ijkuv->zuvk
+    d2_d_c_9 = torch.bmm((_c15 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _c14.permute(2, 4, 0, 1, 3).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # ziujv,ijkuv->zuvk
+    del _c15
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
     _c16 = torch.bmm(d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3, 1), d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n * 4, 1, 8)).view(n, 4, 3, 1, 8)  # zui,zuvk->zuikv
     _c17 = torch.bmm(weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c16.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 3)).view(8, n, 3, 1)  # uv,zuikv->vzik
     d2_b_10 = torch.mm(_c17.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_1_1_0 * 0.7071067811865476).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
+    del _c17
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
     _c18 = torch.mm(cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t(), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3).t()).view(3, 1, n, 8)  # zvj,ijk->ikzv
-    d2_weight_11 = torch.bmm(_c16.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 3), (_c18 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(8, n * 3, 1)).view(8, 4).permute(1, 0)  # zuikv,ikzv->uv
+    d2_weight_11 = torch.bmm((_c18 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(8, n * 3, 1).transpose(1, 2), _c16.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zuikv,ikzv->uv
+    del _c16, _c18
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
     _c19 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3)  # ijk,uv->uvijk
-    d2_d_c_12 = torch.bmm(_c14.permute(2, 4, 0, 1, 3).reshape(32, n, 9), (_c19 * 1.7320508075688772).reshape(32, 9, 3)).view(4, 8, n, 3).permute(2, 0, 1, 3)  # ziujv,uvijk->zuvk
+    d2_d_c_12 = torch.bmm((_c19 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _c14.permute(2, 4, 0, 1, 3).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # ziujv,uvijk->zuvk
+    del _c14, _c19
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
     _c20 = torch.bmm(d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3, 1), d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n * 4, 1, 24)).view(n, 4, 3, 3, 8)  # zui,zuvk->zuikv
     _c21 = torch.bmm(weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c20.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zuikv->vzik
     d2_b_13 = torch.mm(_c21.permute(2, 3, 1, 0).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,vzik->zvj
+    del _c21
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
     _c22 = torch.mm(cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t(), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3).t()).view(3, 3, n, 8)  # zvj,ijk->ikzv
-    d2_weight_14 = torch.bmm(_c20.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 9), (_c22 * 1.7320508075688772).permute(3, 2, 0, 1).reshape(8, n * 9, 1)).view(8, 4).permute(1, 0)  # zuikv,ikzv->uv
+    d2_weight_14 = torch.bmm((_c22 * 1.7320508075688772).permute(3, 2, 0, 1).reshape(8, n * 9, 1).transpose(1, 2), _c20.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 9).transpose(1, 2)).view(8, 4).permute(1, 0)  # zuikv,ikzv->uv
+    del _c20, _c22
     d2_a = weight.new_zeros(n, 16)
     d2_b = torch.cat([
         (d2_b_1 + d2_b_7).reshape(n, 8),
         (d2_b_4 + d2_b_10 + d2_b_13).reshape(n, 24),
     ], dim=-1)
+    del d2_b_1, d2_b_10, d2_b_13, d2_b_4, d2_b_7
     d2_d_c = torch.cat([
         (d2_d_c_0 + d2_d_c_9).reshape(n, 32),
         (d2_d_c_3 + d2_d_c_6).reshape(n, 96),
         d2_d_c_12.reshape(n, 96),
     ], dim=-1)
+    del d2_d_c_0, d2_d_c_12, d2_d_c_3, d2_d_c_6, d2_d_c_9
     d2_weight = torch.cat([
         d2_weight_2.reshape(32),
         d2_weight_5.reshape(32),
@@ -20526,6 +20950,7 @@ def _full_tp_d2_a(
         d2_weight_11.reshape(32),
         d2_weight_14.reshape(32),
     ], dim=-1)
+    del d2_weight_11, d2_weight_14, d2_weight_2, d2_weight_5, d2_weight_8
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
@@ -21173,65 +21598,84 @@ def _full_tp_d2_b(
     # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
     _c0 = torch.bmm(d2_d_b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8, 1), a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 4)).view(n, 1, 8, 1, 4)  # zvj,zui->zjviu
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8).permute(0, 1, 2, 4, 3)  # ijk,uv->ijkvu
-    d2_d_c_0 = torch.bmm(_c0.permute(2, 4, 0, 1, 3).reshape(32, n, 1), (_c1 * 0.7071067811865476).permute(3, 4, 1, 0, 2).reshape(32, 1, 1)).view(8, 4, n, 1).permute(2, 1, 0, 3)  # zjviu,ijkvu->zuvk
+    d2_d_c_0 = torch.bmm((_c1 * 0.7071067811865476).permute(3, 4, 1, 0, 2).reshape(32, 1, 1).transpose(1, 2), _c0.permute(2, 4, 0, 1, 3).reshape(32, n, 1).transpose(1, 2)).view(8, 4, 1, n).permute(3, 1, 0, 2)  # zjviu,ijkvu->zuvk
+    del _c0
     # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
     _c2 = torch.bmm(d2_d_b[:, 0:8].reshape(n, 8, 1).reshape(n * 8, 1, 1), d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n * 8, 1, 4)).view(n, 8, 1, 1, 4)  # zvj,zuvk->zvjku
-    d2_a_1 = torch.bmm(_c2.permute(4, 0, 1, 2, 3).reshape(4, n, 8), (_c1 * 0.7071067811865476).permute(4, 3, 1, 2, 0).reshape(4, 8, 1)).view(4, n, 1).permute(1, 0, 2)  # zvjku,ijkvu->zui
+    d2_a_1 = torch.bmm((_c1 * 0.7071067811865476).permute(4, 3, 1, 2, 0).reshape(4, 8, 1).transpose(1, 2), _c2.permute(4, 0, 1, 2, 3).reshape(4, n, 8).transpose(1, 2)).view(4, 1, n).permute(2, 0, 1)  # zvjku,ijkvu->zui
+    del _c1
     # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
     _c3 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(1, 2, 0).reshape(4, 1, n), _c2.permute(4, 0, 2, 3, 1).reshape(4, n, 8)).view(4, 1, 1, 1, 8)  # zui,zvjku->uijkv
+    del _c2
     d2_weight_2 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.permute(1, 2, 3, 0, 4).reshape(1, 32)).view(4, 8)  # ijk,uijkv->uv
+    del _c3
     # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
     _c4 = torch.bmm(d2_d_b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 24, 1), a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 4)).view(n, 3, 8, 1, 4)  # zvj,zui->zjviu
     _c5 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
-    d2_d_c_3 = torch.bmm(_c4.permute(4, 2, 0, 1, 3).reshape(32, n, 3), (_c5 * 1.224744871391589).permute(0, 1, 3, 2, 4).reshape(32, 3, 3)).view(4, 8, n, 3).permute(2, 0, 1, 3)  # zjviu,uvijk->zuvk
+    d2_d_c_3 = torch.bmm((_c5 * 1.224744871391589).permute(0, 1, 3, 2, 4).reshape(32, 3, 3).transpose(1, 2), _c4.permute(4, 2, 0, 1, 3).reshape(32, n, 3).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # zjviu,uvijk->zuvk
+    del _c4
     # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
     _c6 = torch.bmm(d2_d_b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3, 1), d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 1, 12)).view(n, 8, 3, 3, 4)  # zvj,zuvk->zvjku
-    d2_a_4 = torch.bmm(_c6.permute(4, 0, 1, 2, 3).reshape(4, n, 72), (_c5 * 1.224744871391589).permute(0, 1, 3, 4, 2).reshape(4, 72, 1)).view(4, n, 1).permute(1, 0, 2)  # zvjku,uvijk->zui
+    d2_a_4 = torch.bmm((_c5 * 1.224744871391589).permute(0, 1, 3, 4, 2).reshape(4, 72, 1).transpose(1, 2), _c6.permute(4, 0, 1, 2, 3).reshape(4, n, 72).transpose(1, 2)).view(4, 1, n).permute(2, 0, 1)  # zvjku,uvijk->zui
+    del _c5
     # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
     _c7 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(1, 2, 0).reshape(4, 1, n), _c6.permute(4, 0, 1, 2, 3).reshape(4, n, 72)).view(4, 1, 8, 3, 3)  # zui,zvjku->uivjk
+    del _c6
     d2_weight_5 = torch.mm((cg_0_1_1 * 1.224744871391589).reshape(1, 9), _c7.permute(1, 3, 4, 0, 2).reshape(9, 32)).view(4, 8)  # ijk,uivjk->uv
+    del _c7
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
     _c8 = torch.bmm(d2_d_b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8, 1), a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 1, 12)).view(n, 1, 8, 3, 4)  # zvj,zui->zjviu
     _c9 = torch.mm(weight[64:96].view(4, 8).reshape(1, 32).t(), cg_1_0_1.reshape(9, 1).t()).view(4, 8, 3, 1, 3)  # ijk,uv->uvijk
-    d2_d_c_6 = torch.bmm(_c8.permute(4, 2, 0, 1, 3).reshape(32, n, 3), (_c9 * 1.224744871391589).permute(0, 1, 3, 2, 4).reshape(32, 3, 3)).view(4, 8, n, 3).permute(2, 0, 1, 3)  # zjviu,uvijk->zuvk
+    d2_d_c_6 = torch.bmm((_c9 * 1.224744871391589).permute(0, 1, 3, 2, 4).reshape(32, 3, 3).transpose(1, 2), _c8.permute(4, 2, 0, 1, 3).reshape(32, n, 3).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # zjviu,uvijk->zuvk
+    del _c8, _c9
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
     _c10 = torch.bmm(d2_d_b[:, 0:8].reshape(n, 8, 1).reshape(n * 8, 1, 1), d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 1, 12)).view(n, 8, 1, 3, 4)  # zvj,zuvk->zvjku
     _c11 = torch.bmm(weight[64:96].view(4, 8).reshape(4, 1, 8), _c10.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 3)).view(4, n, 1, 3)  # uv,zvjku->uzjk
     d2_a_7 = torch.mm(_c11.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_0_1 * 1.224744871391589).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
+    del _c11
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
     _c12 = torch.mm(cg_1_0_1.reshape(3, 3).t(), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3).t()).view(1, 3, n, 4)  # zui,ijk->jkzu
-    d2_weight_8 = torch.bmm(_c10.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 3), (_c12 * 1.224744871391589).permute(3, 2, 0, 1).reshape(4, n * 3, 1)).view(4, 8)  # zvjku,jkzu->uv
+    d2_weight_8 = torch.bmm((_c12 * 1.224744871391589).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _c10.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zvjku,jkzu->uv
+    del _c10, _c12
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
     _c13 = torch.bmm(d2_d_b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 24, 1), a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 1, 12)).view(n, 3, 8, 3, 4)  # zvj,zui->zjviu
     _c14 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
-    d2_d_c_9 = torch.bmm(_c13.permute(4, 2, 0, 3, 1).reshape(32, n, 9), (_c14 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1)).view(4, 8, n, 1).permute(2, 0, 1, 3)  # zjviu,ijkuv->zuvk
+    d2_d_c_9 = torch.bmm((_c14 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _c13.permute(4, 2, 0, 3, 1).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # zjviu,ijkuv->zuvk
+    del _c14
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
     _c15 = torch.bmm(d2_d_b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3, 1), d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n * 8, 1, 4)).view(n, 8, 3, 1, 4)  # zvj,zuvk->zvjku
     _c16 = torch.bmm(weight[96:128].view(4, 8).reshape(4, 1, 8), _c15.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 3)).view(4, n, 3, 1)  # uv,zvjku->uzjk
     d2_a_10 = torch.mm(_c16.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_1_0 * 0.7071067811865476).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
+    del _c16
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
     _c17 = torch.mm(cg_1_1_0.reshape(3, 3).t(), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 1, n, 4)  # zui,ijk->jkzu
-    d2_weight_11 = torch.bmm(_c15.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 3), (_c17 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(4, n * 3, 1)).view(4, 8)  # zvjku,jkzu->uv
+    d2_weight_11 = torch.bmm((_c17 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _c15.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zvjku,jkzu->uv
+    del _c15, _c17
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
     _c18 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3)  # ijk,uv->uvijk
-    d2_d_c_12 = torch.bmm(_c13.permute(4, 2, 0, 3, 1).reshape(32, n, 9), (_c18 * 1.7320508075688772).reshape(32, 9, 3)).view(4, 8, n, 3).permute(2, 0, 1, 3)  # zjviu,uvijk->zuvk
+    d2_d_c_12 = torch.bmm((_c18 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _c13.permute(4, 2, 0, 3, 1).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # zjviu,uvijk->zuvk
+    del _c13, _c18
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
     _c19 = torch.bmm(d2_d_b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3, 1), d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 1, 12)).view(n, 8, 3, 3, 4)  # zvj,zuvk->zvjku
     _c20 = torch.bmm(weight[128:160].view(4, 8).reshape(4, 1, 8), _c19.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zvjku->uzjk
     d2_a_13 = torch.mm(_c20.permute(2, 3, 1, 0).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,uzjk->zui
+    del _c20
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
     _c21 = torch.mm(cg_1_1_1.reshape(3, 9).t(), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 3, n, 4)  # zui,ijk->jkzu
-    d2_weight_14 = torch.bmm(_c19.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 9), (_c21 * 1.7320508075688772).permute(3, 2, 0, 1).reshape(4, n * 9, 1)).view(4, 8)  # zvjku,jkzu->uv
+    d2_weight_14 = torch.bmm((_c21 * 1.7320508075688772).permute(3, 2, 0, 1).reshape(4, n * 9, 1).transpose(1, 2), _c19.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 9).transpose(1, 2)).view(4, 8)  # zvjku,jkzu->uv
+    del _c19, _c21
     d2_a = torch.cat([
         (d2_a_1 + d2_a_4).reshape(n, 4),
         (d2_a_7 + d2_a_10 + d2_a_13).reshape(n, 12),
     ], dim=-1)
+    del d2_a_1, d2_a_10, d2_a_13, d2_a_4, d2_a_7
     d2_b = weight.new_zeros(n, 32)
     d2_d_c = torch.cat([
         (d2_d_c_0 + d2_d_c_9).reshape(n, 32),
         (d2_d_c_3 + d2_d_c_6).reshape(n, 96),
         d2_d_c_12.reshape(n, 96),
     ], dim=-1)
+    del d2_d_c_0, d2_d_c_12, d2_d_c_3, d2_d_c_6, d2_d_c_9
     d2_weight = torch.cat([
         d2_weight_2.reshape(32),
         d2_weight_5.reshape(32),
@@ -21239,6 +21683,7 @@ def _full_tp_d2_b(
         d2_weight_11.reshape(32),
         d2_weight_14.reshape(32),
     ], dim=-1)
+    del d2_weight_11, d2_weight_14, d2_weight_2, d2_weight_5, d2_weight_8
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
@@ -21937,70 +22382,94 @@ def _full_tp_d2_weight(
     _c0 = torch.mm(d2_d_weight[0:32].view(4, 8).reshape(32, 1), cg_0_0_0.reshape(1, 1)).view(4, 8, 1, 1, 1)  # uv,ijk->uvijk
     _c1 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8)).view(n, 1, 4, 1, 8)  # zui,zvj->ziujv
     d2_d_c_0 = (_c0 * 0.7071067811865476).reshape(1, 4, 8, 1) * _c1.reshape(n, 4, 8, 1)
+    del _c1
     # ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    _c2 = torch.bmm(d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n * 8, 4, 1), b[:, 0:8].reshape(n, 8, 1).reshape(n * 8, 1, 1)).view(n, 8, 1, 4, 1)  # zuvk,zvj->zvkuj
+    _c2 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).reshape(n * 8, 1, 1).transpose(1, 2), d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 1, 3).reshape(n * 8, 4, 1).transpose(1, 2)).view(n, 8, 1, 4, 1).permute(0, 1, 4, 3, 2)  # zuvk,zvj->zvkuj
     d2_a_1 = torch.bmm((_c0 * 0.7071067811865476).permute(0, 2, 1, 3, 4).reshape(4, 1, 8), _c2.permute(3, 1, 4, 2, 0).reshape(4, 8, n)).view(4, 1, n).permute(2, 0, 1)  # uvijk,zvkuj->zui
+    del _c2
     # ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    _c3 = torch.bmm(d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n * 4, 8, 1), a[:, 0:4].reshape(n, 4, 1).reshape(n * 4, 1, 1)).view(n, 4, 1, 8, 1)  # zuvk,zui->zukvi
+    _c3 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).reshape(n * 4, 1, 1).transpose(1, 2), d_c[:, 0:32].reshape(n, 4, 8, 1).reshape(n * 4, 8, 1).transpose(1, 2)).view(n, 4, 1, 8, 1).permute(0, 1, 4, 3, 2)  # zuvk,zui->zukvi
     d2_b_2 = torch.bmm((_c0 * 0.7071067811865476).permute(1, 3, 0, 2, 4).reshape(8, 1, 4), _c3.permute(3, 1, 4, 2, 0).reshape(8, 4, n)).view(8, 1, n).permute(2, 0, 1)  # uvijk,zukvi->zvj
+    del _c0, _c3
     # ∂/∂d_c: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
     _c4 = torch.mm(d2_d_weight[32:64].view(4, 8).reshape(32, 1), cg_0_1_1.reshape(1, 9)).view(4, 8, 1, 3, 3)  # uv,ijk->uvijk
     _c5 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3).reshape(n, 1, 24)).view(n, 1, 4, 8, 3)  # zui,zvj->ziuvj
     d2_d_c_3 = torch.bmm((_c4 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(32, 3, 3), _c5.permute(2, 3, 1, 4, 0).reshape(32, 3, n)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # uvijk,ziuvj->zuvk
+    del _c5
     # ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
     _c6 = torch.bmm(d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 12, 1), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 1, 3)).view(n, 8, 3, 4, 3)  # zuvk,zvj->zvkuj
     d2_a_4 = torch.bmm((_c4 * 1.224744871391589).permute(0, 2, 1, 3, 4).reshape(4, 1, 72), _c6.permute(3, 1, 4, 2, 0).reshape(4, 72, n)).view(4, 1, n).permute(2, 0, 1)  # uvijk,zvkuj->zui
+    del _c4, _c6
     # ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    _c7 = torch.bmm(d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n * 4, 24, 1), a[:, 0:4].reshape(n, 4, 1).reshape(n * 4, 1, 1)).view(n, 4, 3, 8, 1)  # zuvk,zui->zukvi
+    _c7 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).reshape(n * 4, 1, 1).transpose(1, 2), d_c[:, 32:128].reshape(n, 4, 8, 3).reshape(n * 4, 24, 1).transpose(1, 2)).view(n, 4, 1, 8, 3).permute(0, 1, 4, 3, 2)  # zuvk,zui->zukvi
     _c8 = torch.bmm(d2_d_weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c7.permute(3, 1, 0, 4, 2).reshape(8, 4, n * 3)).view(8, n, 1, 3)  # uv,zukvi->vzik
+    del _c7
     d2_b_5 = torch.mm(_c8.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_0_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
+    del _c8
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
     _c9 = torch.mm(d2_d_weight[64:96].view(4, 8).reshape(32, 1), cg_1_0_1.reshape(1, 9)).view(4, 8, 3, 1, 3)  # uv,ijk->uvijk
     _c10 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8).transpose(1, 2), a[:, 4:16].reshape(n, 4, 3).reshape(n, 12, 1).transpose(1, 2)).view(n, 1, 8, 4, 3)  # zui,zvj->zjvui
     d2_d_c_6 = torch.bmm((_c9 * 1.224744871391589).permute(1, 0, 4, 2, 3).reshape(32, 3, 3), _c10.permute(2, 3, 4, 1, 0).reshape(32, 3, n)).view(8, 4, 3, n).permute(3, 1, 0, 2)  # uvijk,zjvui->zuvk
+    del _c10
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    _c11 = torch.bmm(d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 12, 1), b[:, 0:8].reshape(n, 8, 1).reshape(n * 8, 1, 1)).view(n, 8, 3, 4, 1)  # zuvk,zvj->zvkuj
+    _c11 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).reshape(n * 8, 1, 1).transpose(1, 2), d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 1, 3).reshape(n * 8, 12, 1).transpose(1, 2)).view(n, 8, 1, 4, 3).permute(0, 1, 4, 3, 2)  # zuvk,zvj->zvkuj
     _c12 = torch.bmm(d2_d_weight[64:96].view(4, 8).reshape(4, 1, 8), _c11.permute(3, 1, 0, 4, 2).reshape(4, 8, n * 3)).view(4, n, 1, 3)  # uv,zvkuj->uzjk
+    del _c11
     d2_a_7 = torch.mm(_c12.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_0_1 * 1.224744871391589).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
+    del _c12
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
     _c13 = torch.bmm(d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n * 4, 24, 1), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 1, 3)).view(n, 4, 3, 8, 3)  # zuvk,zui->zukvi
     d2_b_8 = torch.bmm((_c9 * 1.224744871391589).permute(1, 3, 0, 2, 4).reshape(8, 1, 36), _c13.permute(3, 1, 4, 2, 0).reshape(8, 36, n)).view(8, 1, n).permute(2, 0, 1)  # uvijk,zukvi->zvj
+    del _c13, _c9
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
     _c14 = torch.mm(d2_d_weight[96:128].view(4, 8).reshape(32, 1), cg_1_1_0.reshape(1, 9)).view(4, 8, 3, 3, 1)  # uv,ijk->uvijk
     _c15 = torch.bmm(a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 12, 1), b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 24)).view(n, 3, 4, 3, 8)  # zui,zvj->ziujv
     d2_d_c_9 = torch.bmm((_c14 * 0.7071067811865476).permute(0, 1, 4, 2, 3).reshape(32, 1, 9), _c15.permute(2, 4, 1, 3, 0).reshape(32, 9, n)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # uvijk,ziujv->zuvk
+    del _c14
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
     _c16 = torch.bmm(d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n * 8, 4, 1), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 1, 3)).view(n, 8, 1, 4, 3)  # zuvk,zvj->zvkuj
     _c17 = torch.bmm(d2_d_weight[96:128].view(4, 8).reshape(4, 1, 8), _c16.permute(3, 1, 0, 4, 2).reshape(4, 8, n * 3)).view(4, n, 3, 1)  # uv,zvkuj->uzjk
+    del _c16
     d2_a_10 = torch.mm(_c17.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_1_0 * 0.7071067811865476).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
+    del _c17
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
     _c18 = torch.bmm(d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n * 4, 8, 1), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 1, 3)).view(n, 4, 1, 8, 3)  # zuvk,zui->zukvi
     _c19 = torch.bmm(d2_d_weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c18.permute(3, 1, 0, 4, 2).reshape(8, 4, n * 3)).view(8, n, 3, 1)  # uv,zukvi->vzik
+    del _c18
     d2_b_11 = torch.mm(_c19.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_1_1_0 * 0.7071067811865476).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
+    del _c19
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
     _c20 = torch.mm(d2_d_weight[128:160].view(4, 8).reshape(32, 1), cg_1_1_1.reshape(1, 27)).view(4, 8, 3, 3, 3)  # uv,ijk->uvijk
     d2_d_c_12 = torch.bmm((_c20 * 1.7320508075688772).permute(0, 1, 4, 2, 3).reshape(32, 3, 9), _c15.permute(2, 4, 1, 3, 0).reshape(32, 9, n)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # uvijk,ziujv->zuvk
+    del _c15, _c20
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
     _c21 = torch.bmm(d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 12, 1), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 1, 3)).view(n, 8, 3, 4, 3)  # zuvk,zvj->zvkuj
     _c22 = torch.bmm(d2_d_weight[128:160].view(4, 8).reshape(4, 1, 8), _c21.permute(3, 1, 0, 4, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zvkuj->uzjk
+    del _c21
     d2_a_13 = torch.mm(_c22.permute(2, 3, 1, 0).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,uzjk->zui
+    del _c22
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
     _c23 = torch.bmm(d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n * 4, 24, 1), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 1, 3)).view(n, 4, 3, 8, 3)  # zuvk,zui->zukvi
     _c24 = torch.bmm(d2_d_weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c23.permute(3, 1, 0, 4, 2).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zukvi->vzik
+    del _c23
     d2_b_14 = torch.mm(_c24.permute(2, 3, 1, 0).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,vzik->zvj
+    del _c24
     d2_a = torch.cat([
         (d2_a_1 + d2_a_4).reshape(n, 4),
         (d2_a_7 + d2_a_10 + d2_a_13).reshape(n, 12),
     ], dim=-1)
+    del d2_a_1, d2_a_10, d2_a_13, d2_a_4, d2_a_7
     d2_b = torch.cat([
         (d2_b_2 + d2_b_8).reshape(n, 8),
         (d2_b_5 + d2_b_11 + d2_b_14).reshape(n, 24),
     ], dim=-1)
+    del d2_b_11, d2_b_14, d2_b_2, d2_b_5, d2_b_8
     d2_d_c = torch.cat([
         (d2_d_c_0 + d2_d_c_9).reshape(n, 32),
         (d2_d_c_3 + d2_d_c_6).reshape(n, 96),
         d2_d_c_12.reshape(n, 96),
     ], dim=-1)
+    del d2_d_c_0, d2_d_c_12, d2_d_c_3, d2_d_c_6, d2_d_c_9
     d2_weight = weight.new_zeros(160)
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
@@ -22355,11 +22824,13 @@ def _linear_d2_x(
         d2_d_y_2.reshape(n, 48),
         d2_d_y_4.reshape(n, 80),
     ], dim=-1)
+    del d2_d_y_0, d2_d_y_2, d2_d_y_4
     d2_weight = torch.cat([
         d2_weight_1.reshape(512),
         d2_weight_3.reshape(256),
         d2_weight_5.reshape(128),
     ], dim=-1)
+    del d2_weight_1, d2_weight_3, d2_weight_5
     return [d2_x, d2_d_y, d2_weight]
 
 
@@ -22517,11 +22988,13 @@ def _linear_d2_weight(
         d2_x_3.reshape(n, 48),
         d2_x_5.reshape(n, 40),
     ], dim=-1)
+    del d2_x_1, d2_x_3, d2_x_5
     d2_d_y = torch.cat([
         d2_d_y_0.reshape(n, 16),
         d2_d_y_2.reshape(n, 48),
         d2_d_y_4.reshape(n, 80),
     ], dim=-1)
+    del d2_d_y_0, d2_d_y_2, d2_d_y_4
     d2_weight = weight.new_zeros(896)
     return [d2_x, d2_d_y, d2_weight]
 
@@ -23655,46 +24128,57 @@ def _tp_then_linear_d2_x(
     # ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
     _c0 = d2_d_x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
     d2_d_t_2 = weight[0:8].view(1, 8).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
+    del _c0
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
     d_t = torch.cat([
         d_t_1.reshape(n, 8),
         d_t_0.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
+    del d_t_0, d_t_1
     _c1 = d2_d_x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1)
     d2__m_t_0_3 = torch.mm(_c1.permute(1, 0, 2, 3).reshape(8, n).t(), weight[0:8].view(1, 8).t()).view(n, 1, 1, 1)  # pu,zuik->zikp
     # ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
     d2_weight_4 = torch.mm(_m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c1.permute(0, 2, 3, 1).reshape(n, 8)).view(1, 8)  # zikp,zuik->pu
+    del _c1
     # ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    _c2 = torch.bmm(d2_d_x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1), weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1)).view(8, n, 1, 1)  # zui,pu->uzip
+    _c2 = torch.bmm(weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1).transpose(1, 2), d2_d_x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1).transpose(1, 2)).view(8, 1, n, 1).permute(0, 2, 3, 1)  # zui,pu->uzip
     d2_d_t_5 = torch.bmm(_c2.permute(1, 2, 3, 0).reshape(n, 1, 8).transpose(1, 2), _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,uzip->zuk
+    del _c2
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
     _c3 = torch.bmm(d2_d_x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1), d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 1, 3)).view(8, n, 1, 3)  # zui,zuk->uzik
     d2__m_t_0_6 = torch.mm(_c3.reshape(8, n * 3).t(), weight[8:16].view(1, 8).t()).view(n, 1, 3, 1)  # pu,uzik->zikp
     # ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
     d2_weight_7 = torch.mm(_m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(3, 0, 1, 2).reshape(1, n * 3), _c3.permute(1, 2, 3, 0).reshape(n * 3, 8)).view(1, 8)  # zikp,uzik->pu
+    del _c3
     # ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _c4 = torch.bmm(d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1)).view(n, 8, 1, 1)  # zui,zikp->zukp
+    _c4 = torch.bmm(_m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2)  # zui,zikp->zukp
     d2_d_t_8 = weight[24:32].view(1, 8).reshape(1, 8, 1) * _c4.reshape(n, 8, 1)
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _c5 = torch.bmm(d2_d_x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1), d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1)).view(8, n, 3, 1)  # zui,zuk->uzik
+    _c5 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1).transpose(1, 2), d2_d_x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1).transpose(1, 2)).view(8, n, 1, 3).permute(0, 1, 3, 2)  # zui,zuk->uzik
     d2__m_t_0_9 = torch.mm(_c5.reshape(8, n * 3).t(), weight[24:32].view(1, 8).t()).view(n, 3, 1, 1)  # pu,uzik->zikp
+    del _c5
     # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
     d2_weight_10 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c4.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
+    del _c4
     # ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
     _c6 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), d2_d_x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zui,zikp->zkpu
+    del _m_t_0
     d2_d_t_11 = torch.bmm(weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c6.permute(3, 2, 0, 1).reshape(8, 1, n * 3)).view(8, n, 3).permute(1, 0, 2)  # pu,zkpu->zuk
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
     _c7 = torch.bmm(d2_d_x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1), d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 1, 3)).view(8, n, 3, 3)  # zui,zuk->uzik
     d2__m_t_0_12 = torch.mm(_c7.reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,uzik->zikp
+    del _c7
     # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
     d2_weight_13 = torch.bmm(d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3), _c6.permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zuk,zkpu->pu
+    del _c6, d_t
     # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
     d2_d_t = torch.cat([
         (d2_d_t_2 + d2_d_t_8).reshape(n, 8),
         (d2_d_t_5 + d2_d_t_11).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
+    del d2_d_t_11, d2_d_t_2, d2_d_t_5, d2_d_t_8
     d2_d_z_14 = torch.mm(d2_d_t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
     d2_weight_15 = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
@@ -23702,6 +24186,7 @@ def _tp_then_linear_d2_x(
     d2_d_z_16 = torch.mm(d2_d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
     d2_weight_17 = torch.mm((d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 3), d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8)).view(8, 8)  # zui,zwi->uw
+    del d2_d_t
     # ∂/∂d_z: ∂/∂x: 8x0e -> 8x0e
     d2_d_z_18 = d2_d_x[:, 0:8].reshape(n, 8, 1)
     # ∂/∂d_z: ∂/∂x: 8x1o -> 8x1o
@@ -23713,13 +24198,17 @@ def _tp_then_linear_d2_x(
         d2__m_t_0_9.reshape(n, 3),
         d2__m_t_0_12.reshape(n, 9),
     ], dim=-1)
+    del d2__m_t_0_12, d2__m_t_0_3, d2__m_t_0_6, d2__m_t_0_9
     d2_y_20 = torch.mm(d2__m_t_0, _g_t_0.permute(1, 0).reshape(16, 4)).view(n, 4)  # zc,jc->zj
+    del d2__m_t_0
     d2_x = weight.new_zeros(n, 32)
     d2_y = d2_y_20
+    del d2_y_20
     d2_d_z = torch.cat([
         (d2_d_z_14 + d2_d_z_18).reshape(n, 8),
         (d2_d_z_16 + d2_d_z_19).reshape(n, 24),
     ], dim=-1)
+    del d2_d_z_14, d2_d_z_16, d2_d_z_18, d2_d_z_19
     d2_weight = torch.cat([
         d2_weight_4.reshape(8),
         d2_weight_7.reshape(8),
@@ -23728,6 +24217,7 @@ def _tp_then_linear_d2_x(
         d2_weight_15.reshape(64),
         d2_weight_17.reshape(64),
     ], dim=-1)
+    del d2_weight_10, d2_weight_13, d2_weight_15, d2_weight_17, d2_weight_4, d2_weight_7
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
@@ -24174,46 +24664,57 @@ def _tp_then_linear_d2_y(
     # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
     _c0 = d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 1, 1, 8)
     d2_d_t_2 = torch.bmm(weight[0:8].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c0.permute(3, 2, 0, 1).reshape(8, 1, n)).view(8, n, 1).permute(1, 0, 2)  # pu,zkpu->zuk
+    del _c0
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
     d_t = torch.cat([
         d_t_1.reshape(n, 8),
         d_t_0.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
+    del d_t_0, d_t_1
     _c1 = d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 1, 1, 8)
     d2_x_3 = torch.bmm(weight[0:8].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c1.permute(3, 2, 0, 1).reshape(8, 1, n)).view(8, n, 1).permute(1, 0, 2)  # pu,zipu->zui
     # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
     d2_weight_4 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c1.permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
+    del _c1
     # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    _c2 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1), weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1)).view(8, n, 1, 1)  # zui,pu->uzip
+    _c2 = torch.bmm(weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1).transpose(1, 2), x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1).transpose(1, 2)).view(8, 1, n, 1).permute(0, 2, 3, 1)  # zui,pu->uzip
     d2_d_t_5 = torch.bmm(_c2.permute(1, 2, 3, 0).reshape(n, 1, 8).transpose(1, 2), d2_d__m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,uzip->zuk
+    del _c2
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
     _c3 = torch.bmm(d2_d__m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3), d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 1, 1, 8)  # zikp,zuk->zipu
     d2_x_6 = torch.bmm(weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c3.permute(3, 2, 0, 1).reshape(8, 1, n)).view(8, n, 1).permute(1, 0, 2)  # pu,zipu->zui
     # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
     d2_weight_7 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c3.permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
+    del _c3
     # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
     _c4 = torch.bmm(d2_d__m_t_0[:, 4:7].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), x[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 1, 1, 8)  # zikp,zui->zkpu
     d2_d_t_8 = torch.bmm(weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c4.permute(3, 2, 0, 1).reshape(8, 1, n)).view(8, n, 1).permute(1, 0, 2)  # pu,zkpu->zuk
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    _c5 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1), weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1)).view(8, n, 1, 1)  # zuk,pu->uzkp
+    _c5 = torch.bmm(weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1).transpose(1, 2), d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1).transpose(1, 2)).view(8, 1, n, 1).permute(0, 2, 3, 1)  # zuk,pu->uzkp
     d2_x_9 = torch.bmm(_c5.permute(1, 2, 3, 0).reshape(n, 1, 8).transpose(1, 2), d2_d__m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,uzkp->zui
+    del _c5
     # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
     d2_weight_10 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c4.permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zkpu->pu
+    del _c4
     # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
     _c6 = torch.bmm(d2_d__m_t_0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 2, 3, 1).reshape(n, 3, 3), x[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 3, 1, 8)  # zikp,zui->zkpu
     d2_d_t_11 = torch.bmm(weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c6.permute(3, 2, 0, 1).reshape(8, 1, n * 3)).view(8, n, 3).permute(1, 0, 2)  # pu,zkpu->zuk
+    del _c6
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
     _c7 = torch.bmm(d2_d__m_t_0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 1, 3, 2).reshape(n, 3, 3), d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 3, 1, 8)  # zikp,zuk->zipu
+    del d2_d__m_t_0, d_t
     d2_x_12 = torch.bmm(weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c7.permute(3, 2, 0, 1).reshape(8, 1, n * 3)).view(8, n, 3).permute(1, 0, 2)  # pu,zipu->zui
     # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
     d2_weight_13 = torch.bmm(x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3), _c7.permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
+    del _c7
     # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
     d2_d_t = torch.cat([
         (d2_d_t_2 + d2_d_t_8).reshape(n, 8),
         (d2_d_t_5 + d2_d_t_11).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
+    del d2_d_t_11, d2_d_t_2, d2_d_t_5, d2_d_t_8
     d2_d_z_14 = torch.mm(d2_d_t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
     d2_weight_15 = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
@@ -24221,15 +24722,18 @@ def _tp_then_linear_d2_y(
     d2_d_z_16 = torch.mm(d2_d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
     d2_weight_17 = torch.mm((d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 3), d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8)).view(8, 8)  # zui,zwi->uw
+    del d2_d_t
     d2_x = torch.cat([
         (d2_x_3 + d2_x_6).reshape(n, 8),
         (d2_x_9 + d2_x_12).reshape(n, 24),
     ], dim=-1)
+    del d2_x_12, d2_x_3, d2_x_6, d2_x_9
     d2_y = weight.new_zeros(n, 4)
     d2_d_z = torch.cat([
         d2_d_z_14.reshape(n, 8),
         d2_d_z_16.reshape(n, 24),
     ], dim=-1)
+    del d2_d_z_14, d2_d_z_16
     d2_weight = torch.cat([
         d2_weight_4.reshape(8),
         d2_weight_7.reshape(8),
@@ -24238,6 +24742,7 @@ def _tp_then_linear_d2_y(
         d2_weight_15.reshape(64),
         d2_weight_17.reshape(64),
     ], dim=-1)
+    del d2_weight_10, d2_weight_13, d2_weight_15, d2_weight_17, d2_weight_4, d2_weight_7
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
@@ -25188,10 +25693,11 @@ def _tp_then_linear_d2_weight(
     _c0 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
     t_0 = weight[0:8].view(1, 8).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
     # 1 paths 8x0e ⊗ y -> 8x1o
-    _c1 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1), weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1)).view(8, n, 1, 1)  # zui,pu->uzip
+    _c1 = torch.bmm(weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1).transpose(1, 2), x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1).transpose(1, 2)).view(8, 1, n, 1).permute(0, 2, 3, 1)  # zui,pu->uzip
     t_1 = torch.bmm(_c1.permute(1, 2, 3, 0).reshape(n, 1, 8).transpose(1, 2), _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,uzip->zuk
+    del _c1
     # 1 paths 8x1o ⊗ y -> 8x0e
-    _c2 = torch.bmm(x[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1)).view(n, 8, 1, 1)  # zui,zikp->zukp
+    _c2 = torch.bmm(_m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2)  # zui,zikp->zukp
     t_2 = weight[24:32].view(1, 8).reshape(1, 8, 1) * _c2.reshape(n, 8, 1)
     # 1 paths 8x1o ⊗ y -> 8x1o
     _c3 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zui,zikp->zkpu
@@ -25202,48 +25708,62 @@ def _tp_then_linear_d2_weight(
     d_t_5 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
     d2_d_t_6 = d2_d_weight[0:8].view(1, 8).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
+    del _c0
     # ∂/∂x: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
     d_t = torch.cat([
         d_t_5.reshape(n, 8),
         d_t_4.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
+    del d_t_4, d_t_5
     _c4 = torch.bmm(d2_d_weight[0:8].view(1, 8).permute(1, 0).reshape(8, 1, 1), d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n)).view(8, 1, n, 1)  # pu,zuk->upzk
-    d2_x_7 = torch.bmm(_c4.permute(2, 3, 1, 0).reshape(n, 1, 8).transpose(1, 2), _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1).transpose(1, 2)).view(n, 8, 1)  # zikp,upzk->zui
+    d2_x_7 = torch.bmm(_m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1), _c4.permute(2, 3, 1, 0).reshape(n, 1, 8)).view(n, 1, 8).permute(0, 2, 1)  # zikp,upzk->zui
+    del _c4
     # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
     _c5 = d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1)
     d2__m_t_0_8 = torch.mm(_c5.permute(1, 0, 3, 2).reshape(8, n).t(), d2_d_weight[0:8].view(1, 8).t()).view(n, 1, 1, 1)  # pu,zuki->zikp
+    del _c5
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
     _c6 = torch.bmm(d2_d_weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1), x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n)).view(8, 1, n, 1)  # pu,zui->upzi
     d2_d_t_9 = torch.bmm(_c6.permute(2, 3, 1, 0).reshape(n, 1, 8).transpose(1, 2), _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,upzi->zuk
+    del _c6
     # ∂/∂x: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    _c7 = torch.bmm(d_t[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1)).view(n, 8, 1, 1)  # zuk,zikp->zuip
+    _c7 = torch.bmm(_m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2)  # zuk,zikp->zuip
     d2_x_10 = d2_d_weight[8:16].view(1, 8).reshape(1, 8, 1) * _c7.reshape(n, 8, 1)
+    del _c7
     # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    _c8 = torch.bmm(d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1), x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1)).view(8, n, 3, 1)  # zuk,zui->uzki
+    _c8 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1).transpose(1, 2), d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1).transpose(1, 2)).view(8, n, 1, 3).permute(0, 1, 3, 2)  # zuk,zui->uzki
     d2__m_t_0_11 = torch.mm(_c8.permute(0, 1, 3, 2).reshape(8, n * 3).t(), d2_d_weight[8:16].view(1, 8).t()).view(n, 1, 3, 1)  # pu,uzki->zikp
+    del _c8
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
     d2_d_t_12 = d2_d_weight[24:32].view(1, 8).reshape(1, 8, 1) * _c2.reshape(n, 8, 1)
     # ∂/∂x: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
     _c9 = torch.bmm(d2_d_weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1), d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n)).view(8, 1, n, 1)  # pu,zuk->upzk
     d2_x_13 = torch.bmm(_c9.permute(2, 3, 1, 0).reshape(n, 1, 8).transpose(1, 2), _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,upzk->zui
+    del _c9
     # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
     _c10 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1), x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 1, 3)).view(8, n, 1, 3)  # zuk,zui->uzki
     d2__m_t_0_14 = torch.mm(_c10.permute(0, 1, 3, 2).reshape(8, n * 3).t(), d2_d_weight[24:32].view(1, 8).t()).view(n, 3, 1, 1)  # pu,uzki->zikp
+    del _c10
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
     d2_d_t_15 = torch.bmm(d2_d_weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c3.permute(3, 2, 0, 1).reshape(8, 1, n * 3)).view(8, n, 3).permute(1, 0, 2)  # pu,zkpu->zuk
+    del _c3
     # ∂/∂x: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
     _c11 = torch.bmm(d2_d_weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3)).view(8, 1, n, 3)  # pu,zuk->upzk
-    d2_x_16 = torch.bmm(_c11.permute(2, 1, 3, 0).reshape(n, 3, 8).transpose(1, 2), _m_t_0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 1, 3, 2).reshape(n, 3, 3).transpose(1, 2)).view(n, 8, 3)  # zikp,upzk->zui
+    d2_x_16 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 1, 3, 2).reshape(n, 3, 3), _c11.permute(2, 1, 3, 0).reshape(n, 3, 8)).view(n, 3, 8).permute(0, 2, 1)  # zikp,upzk->zui
+    del _c11
     # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
     _c12 = torch.bmm(d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1), x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 1, 3)).view(8, n, 3, 3)  # zuk,zui->uzki
+    del d_t
     d2__m_t_0_17 = torch.mm(_c12.permute(0, 1, 3, 2).reshape(8, n * 9).t(), d2_d_weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,uzki->zikp
+    del _c12
     # ∂/∂d_z: ∂/∂weight: 8x0e -> 8x0e
     t = torch.cat([
         (t_0 + t_2).reshape(n, 8),
         (t_1 + t_3).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
+    del t_0, t_1, t_2, t_3
     d2_d_z_18 = torch.mm(t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n).t(), (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8).t()).view(n, 1, 8).permute(0, 2, 1)  # uw,zui->zwi
     # ∂/∂t: ∂/∂weight: 8x0e -> 8x0e
     d2_t_19 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n).t(), (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373).t()).view(n, 1, 8).permute(0, 2, 1)  # uw,zwi->zui
@@ -25253,54 +25773,68 @@ def _tp_then_linear_d2_weight(
         (d2_d_t_9 + d2_d_t_15).reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
+    del d2_d_t_12, d2_d_t_15, d2_d_t_6, d2_d_t_9
     d2_d_z_20 = torch.mm(d2_d_t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
     d2_weight_21 = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
     # ∂/∂d_z: ∂/∂weight: 8x1o -> 8x1o
     d2_d_z_22 = torch.mm(t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n * 3).t(), (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8).t()).view(n, 3, 8).permute(0, 2, 1)  # uw,zui->zwi
+    del t
     # ∂/∂t: ∂/∂weight: 8x1o -> 8x1o
     d2_t_23 = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n * 3).t(), (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373).t()).view(n, 3, 8).permute(0, 2, 1)  # uw,zwi->zui
     # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
     d2_d_z_24 = torch.mm(d2_d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8).permute(0, 2, 1)  # zui,uw->zwi
     # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
     d2_weight_25 = torch.mm((d2_d_t[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 3), d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8)).view(8, 8)  # zui,zwi->uw
+    del d2_d_t
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
     d2_t = torch.cat([
         d2_t_19.reshape(n, 8),
         d2_t_23.reshape(n, 24),
         weight.new_zeros(n, 24),
     ], dim=-1)
+    del d2_t_19, d2_t_23
     _c13 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 3).transpose(1, 2), d2_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zuk,zikp->zipu
     d2_x_26 = torch.bmm(weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c13.permute(3, 2, 0, 1).reshape(8, 1, n * 3)).view(8, n, 3).permute(1, 0, 2)  # pu,zipu->zui
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
     _c14 = torch.bmm(d2_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1), x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 1, 3)).view(8, n, 3, 3)  # zuk,zui->uzki
     d2__m_t_0_27 = torch.mm(_c14.permute(0, 1, 3, 2).reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,uzki->zikp
+    del _c14
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
     d2_weight_28 = torch.bmm(x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3), _c13.permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
+    del _c13
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _c15 = torch.bmm(d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1), weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1)).view(8, n, 1, 1)  # zuk,pu->uzkp
+    _c15 = torch.bmm(weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1).transpose(1, 2), d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1).transpose(1, 2)).view(8, 1, n, 1).permute(0, 2, 3, 1)  # zuk,pu->uzkp
     d2_x_29 = torch.bmm(_c15.permute(1, 2, 3, 0).reshape(n, 1, 8).transpose(1, 2), _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,uzkp->zui
+    del _c15
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
     _c16 = torch.bmm(d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1), x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 1, 3)).view(8, n, 1, 3)  # zuk,zui->uzki
     d2__m_t_0_30 = torch.mm(_c16.permute(0, 1, 3, 2).reshape(8, n * 3).t(), weight[24:32].view(1, 8).t()).view(n, 3, 1, 1)  # pu,uzki->zikp
+    del _c16
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
     d2_weight_31 = torch.bmm(d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c2.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
+    del _c2
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    _c17 = torch.bmm(d2_t[:, 8:32].reshape(n, 8, 3), _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1)).view(n, 8, 1, 1)  # zuk,zikp->zuip
+    _c17 = torch.bmm(_m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d2_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2)  # zuk,zikp->zuip
     d2_x_32 = weight[8:16].view(1, 8).reshape(1, 8, 1) * _c17.reshape(n, 8, 1)
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    _c18 = torch.bmm(d2_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1), x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1)).view(8, n, 3, 1)  # zuk,zui->uzki
+    _c18 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1).transpose(1, 2), d2_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1).transpose(1, 2)).view(8, n, 1, 3).permute(0, 1, 3, 2)  # zuk,zui->uzki
     d2__m_t_0_33 = torch.mm(_c18.permute(0, 1, 3, 2).reshape(8, n * 3).t(), weight[8:16].view(1, 8).t()).view(n, 1, 3, 1)  # pu,uzki->zikp
+    del _c18
     # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
     d2_weight_34 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c17.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zuip->pu
+    del _c17
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
     _c19 = d2_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
     d2_x_35 = weight[0:8].view(1, 8).reshape(1, 8, 1) * _c19.reshape(n, 8, 1)
+    del _c19
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
     _c20 = d2_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1)
+    del d2_t
     d2__m_t_0_36 = torch.mm(_c20.permute(1, 0, 3, 2).reshape(8, n).t(), weight[0:8].view(1, 8).t()).view(n, 1, 1, 1)  # pu,zuki->zikp
     # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
     d2_weight_37 = torch.mm(_m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c20.permute(0, 3, 2, 1).reshape(n, 8)).view(1, 8)  # zikp,zuki->pu
+    del _c20, _m_t_0
     # ∂/∂y: every path's (i, k) map at once: y · G
     d2__m_t_0 = torch.cat([
         (d2__m_t_0_8 + d2__m_t_0_36).reshape(n, 1),
@@ -25308,16 +25842,21 @@ def _tp_then_linear_d2_weight(
         (d2__m_t_0_14 + d2__m_t_0_30).reshape(n, 3),
         (d2__m_t_0_17 + d2__m_t_0_27).reshape(n, 9),
     ], dim=-1)
+    del d2__m_t_0_11, d2__m_t_0_14, d2__m_t_0_17, d2__m_t_0_27, d2__m_t_0_30, d2__m_t_0_33, d2__m_t_0_36, d2__m_t_0_8
     d2_y_38 = torch.mm(d2__m_t_0, _g_t_0.permute(1, 0).reshape(16, 4)).view(n, 4)  # zc,jc->zj
+    del d2__m_t_0
     d2_x = torch.cat([
         (d2_x_7 + d2_x_10 + d2_x_32 + d2_x_35).reshape(n, 8),
         (d2_x_13 + d2_x_16 + d2_x_26 + d2_x_29).reshape(n, 24),
     ], dim=-1)
+    del d2_x_10, d2_x_13, d2_x_16, d2_x_26, d2_x_29, d2_x_32, d2_x_35, d2_x_7
     d2_y = d2_y_38
+    del d2_y_38
     d2_d_z = torch.cat([
         (d2_d_z_18 + d2_d_z_20).reshape(n, 8),
         (d2_d_z_22 + d2_d_z_24).reshape(n, 24),
     ], dim=-1)
+    del d2_d_z_18, d2_d_z_20, d2_d_z_22, d2_d_z_24
     d2_weight = torch.cat([
         d2_weight_37.reshape(8),
         d2_weight_34.reshape(8),
@@ -25326,6 +25865,7 @@ def _tp_then_linear_d2_weight(
         d2_weight_21.reshape(64),
         d2_weight_25.reshape(64),
     ], dim=-1)
+    del d2_weight_21, d2_weight_25, d2_weight_28, d2_weight_31, d2_weight_34, d2_weight_37
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
