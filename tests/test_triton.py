@@ -16,6 +16,7 @@ import torch
 
 import fusionc
 from conftest import REPO
+from fusionc.backends.triton_backend import tile_configs
 from fusionc.testing import random_diagram, random_inputs, random_nary_diagram
 
 pytest.importorskip("triton", reason="the triton back end needs triton")
@@ -119,16 +120,44 @@ def _aot(path: str, kernels: str, tmp_path) -> dict[tuple[str, str], tuple[int, 
                              "--target", "sm_80", "--target", "sm_90", "--kernels", kernels], cwd=REPO, env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    rows = re.findall(r"^(_\w+_kernel)\s+(sm_\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", result.stdout, re.MULTILINE)
+    rows = re.findall(r"^(_\w+_kernel(?:\[\w+,\w+\])?)\s+(sm_\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", result.stdout,
+                      re.MULTILINE)
     return {(kernel, target): tuple(map(int, usage)) for kernel, target, *usage in rows}
 
 
 @pytest.mark.parametrize("file", KERNEL_FILES)
 def test_forward_kernels_ahead_of_time_for_sm80_and_sm90(file: str, tmp_path) -> None:
+    """Every autotuning configuration of every forward kernel compiles without spilling."""
     report = _aot(f"kernels/{file}", "forward", tmp_path)
     diagrams = fusionc.load(REPO / "kernels" / file).diagrams
-    assert set(report) == {(f"_{d.name}_kernel", t) for d in diagrams for t in ("sm_80", "sm_90")}
-    assert all(local == 0 and 0 < registers <= 255 for registers, _, local, _ in report.values()), report
+    assert set(report) == {(f"_{d.name}_kernel[{z}x{u},{w}w]", t) for d in diagrams for z, u, w in tile_configs(d)
+                           for t in ("sm_80", "sm_90")}
+    assert all(local == 0 and stack == 0 and 0 < registers <= 255
+               for registers, _, local, stack in report.values()), report
+
+
+def test_every_autotuning_configuration_equals_the_torch_back_end() -> None:
+    """The interpreter runs each kernel's first configuration (nothing can be timed there:
+    `rt.tuning_configs`); each of the others, made the only one, writes the same outputs, with
+    row counts that leave every tile size a partial last tile."""
+    source = ("diagram mixed { in x : 3x0e + 3x1o  in y : 0e + 1o  out z : 3x0e + 3x1o  z = fuse(x, y) mix uvw }\n"
+              "diagram wise { in a : 4x(0e + 1o)  in b : 4x(0e + 1o)  out c : 4x(0e + 1o)  c = fuse(a, b) mix uuu }\n")
+    torch_ops, triton_ops = _pair(source, "configs.fus")
+    for diagram in torch_ops.diagrams:
+        tuned = getattr(triton_ops.module, f"_{diagram.name}_kernel")
+        configs = list(tuned.configs)
+        assert len(configs) > 1
+        reference, kernel = _modules(torch_ops, triton_ops, diagram.name, torch.float32)
+        args = random_inputs(reference, diagram, 37, torch.Generator().manual_seed(0), torch.float32)
+        try:
+            for config in configs:
+                tuned.configs, tuned.cache = [config], {}
+                with torch.no_grad():
+                    out = kernel(*args)
+                assert not out.isnan().any(), f"{config}: output elements left unwritten"
+                assert _relative(out, reference(*args)) <= 1e-5, config
+        finally:
+            tuned.configs, tuned.cache = configs, {}
 
 
 def test_derivative_kernels_ahead_of_time(tmp_path) -> None:

@@ -2,10 +2,12 @@
 
 Each diagram becomes programs of labelled contractions (`fusionc.analysis.program`): the forward,
 its vector-Jacobian product per output, and per input that product's own; each is written as
-straight-line torch code — pairwise einsums over rows z, channels u/v/w and components i/j/k in
-the order the CPU cost model chooses, CG tables and stacked CG matrices as buffers, weights as
-views of a flat vector laid out as e3nn lays it out — and registered as a custom op whose
-autograd runs the next programs' ops.
+straight-line torch code — pairwise contractions over rows z, channels u/v/w and components
+i/j/k in the order the CPU cost model chooses, each one torch.mm / torch.bmm on operands laid out
+so that their views copy least (`fusionc.analysis.layout`), products with a summed size of 1 as
+broadcast products; CG tables and stacked CG matrices as buffers, weights as views of a flat
+vector laid out as e3nn lays it out; every intermediate freed after its last read — and
+registered as a custom op whose autograd runs the next programs' ops.
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ def _slice(t: Tensor, v: View, source: str) -> str:
 
 
 class _ProgramWriter:
-    """Writes a program as straight-line torch code. Each statement is one einsum (or gather /
+    """Writes a program as straight-line torch code. Each statement is one product (or gather /
     scatter) bound to a local; the pieces of a tensor are summed per segment and concatenated when
     the tensor is first read, or at the end for outputs."""
 

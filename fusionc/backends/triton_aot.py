@@ -1,7 +1,7 @@
 """Ahead-of-time compilation of generated Triton kernels for a GPU this machine need not have.
 
-Each kernel (a diagram's fused forward, and its derivative programs: backward, and backward of
-backward per cotangent) is compiled with `triton.compile(ASTSource(...), target=GPUTarget("cuda",
+Each kernel (a diagram's fused forward in every autotuning configuration, and its derivative
+programs: backward, and backward of backward per cotangent) is compiled with `triton.compile(ASTSource(...), target=GPUTarget("cuda",
 sm, 32))` for float32 rows, and its cubin's resource usage is read with the `cuobjdump` that Triton
 ships: registers, shared memory, local memory and the stack frame (register spills land in one of
 the last two).
@@ -20,7 +20,6 @@ from fusionc.analysis.plan import plan_diagram
 from fusionc.analysis.program import factorize
 from fusionc.backends import triton_program
 from fusionc.backends.torch_backend import programs
-from fusionc.backends.triton_backend import tile_sizes
 from fusionc.ir.diagram import Diagram
 
 _USAGE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
@@ -76,12 +75,13 @@ def _kernels(module: ModuleType, diagrams: tuple[Diagram, ...], which: str):
 
     for d in diagrams:
         plan = plan_diagram(d)
-        block_z, block_u, warps = tile_sizes(d)
-        if which in ("all", "forward"):
-            yield (f"_{d.name}_kernel", getattr(module, f"_{d.name}_kernel"), _signature(d),
-                   {"BLOCK_Z": block_z, "BLOCK_U": block_u},
-                   {"num_warps": warps, "maxnreg": triton_program.MAX_REGISTERS}, plan.planned_flops,
-                   _bytes_per_row(d))
+        if which in ("all", "forward"):  # every configuration the autotuner may pick
+            tuned = getattr(module, f"_{d.name}_kernel")
+            for config in tuned.configs:
+                block_z, block_u = config.kwargs["BLOCK_Z"], config.kwargs["BLOCK_U"]
+                yield (f"_{d.name}_kernel[{block_z}x{block_u},{config.num_warps}w]", tuned.fn, _signature(d),
+                       dict(config.kwargs), {"num_warps": config.num_warps, "maxnreg": config.maxnreg},
+                       plan.planned_flops, _bytes_per_row(d))
         if which == "forward":
             continue
         _, firsts, seconds = programs(d, plan)

@@ -6,8 +6,10 @@ shared couplings of the plan are computed once, per-index weights are gathered i
 kernel, and recoupled terms map their weights through the exact recoupling matrix in registers.
 - Diagrams whose terms all couple channels one to one (`uuu`, `none`: MACE products, fusion
   blocks) with one multiplicity tile rows × channels across programs (BLOCK_Z × BLOCK_U).
-- Others tile rows only (BLOCK_Z = 16) and hold every channel of a block: channel mixing with
-  shared weights is a tl.dot in IEEE precision (not TF32), with per-row weights a broadcast sum;
+- Others tile rows only (BLOCK_Z = 16) and hold every channel of a block. A `uvw` product whose
+  first operand is a kernel argument mixes channels in a loop of outer products over its input
+  channels (`_column_path`); one whose operand lives in registers (a `let` value) uses tl.dot in
+  IEEE precision (not TF32), or with per-row weights a broadcast sum; `uvu` scales channels;
   `uvuv` works elementwise on the output's grid of channel pairs (u, v).
 The kernel is the op's forward; its backward and double backward are the diagram's derivative
 programs, each lowered to Triton kernels by `fusionc.backends.triton_program`.
@@ -46,15 +48,19 @@ def _pow2(n: int, least: int = 1) -> int:
     return p
 
 
-def tile_sizes(d: Diagram) -> tuple[int, int, int]:
-    """(BLOCK_Z, BLOCK_U, num_warps). Channel-wise diagrams: a warp's worth of elements per tile,
-    channels first. Otherwise 16 rows (tl.dot's least size) by every channel, eight warps (with
-    four, fc_tp's tiles spill: 160 bytes of stack on sm_90 against 48)."""
+def tile_configs(d: Diagram) -> list[tuple[int, int, int]]:
+    """The (BLOCK_Z, BLOCK_U, num_warps) configurations `triton.autotune` chooses among on a GPU; the
+    first is the default (the one the interpreter runs). Each keeps one element of every tile per
+    thread, so each needs the registers of the default: bigger tiles trade occupancy for fewer
+    weight reads per row, which only timing on the GPU can settle. Channel-wise diagrams: a warp's
+    worth of channels (up to 32) by 1, 2 or 4 rows per warp. Otherwise 16 rows (tl.dot's least
+    size) by every channel on eight warps, or 32 rows on sixteen: with four warps per 16 rows (two
+    elements per thread) conv_tp and cormorant_cg spill (328 and 504 bytes of stack on sm_90)."""
     mul = channels(d)
     if mul is None:
-        return 16, 1, 8
+        return [(16, 1, 8), (32, 1, 16)]
     block_u = _pow2(min(mul, WARP))
-    return WARP // block_u, block_u, 1
+    return [(WARP // block_u * warps, block_u, warps) for warps in (1, 2, 4)]
 
 
 def _terms(coefficients: list[tuple[float, str]]) -> str:
@@ -185,6 +191,12 @@ class _Kernel:
 
 def _emit_kernel(w: CodeWriter, d: Diagram, plan: DiagramPlan) -> None:
     args = [i.name for i in d.inputs] + ["weight"] + [v.name + "_out" for v in d.outputs]
+    w("@triton.autotune(configs=[")
+    w.indent()
+    for block_z, block_u, warps in tile_configs(d):
+        w(f'triton.Config({{"BLOCK_Z": {block_z}, "BLOCK_U": {block_u}}}, num_warps={warps}, maxnreg={MAX_REGISTERS}),')
+    w.dedent()
+    w('], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})')
     w("@triton.jit")
     w(f"def _{d.name}_kernel({', '.join(args)}, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):")
     w.indent()
@@ -422,21 +434,19 @@ def _matmul(k: _Kernel, t: CouplingVertex, offset: int, tile: str, start: str, r
 
 
 def _emit_launcher(w: CodeWriter, d: Diagram) -> None:
-    block_z, block_u, warps = tile_sizes(d)
     names = [i.name for i in d.inputs] + ["weight"]
     w(f"def _{d.name}_triton({', '.join(names)}, *constants: torch.Tensor) -> list[torch.Tensor]:")
     w.indent()
-    w(f'"""Launch the {d.name} kernel on (n, dim) rows, {block_z} rows per program."""')
+    w(f'"""Launch the {d.name} kernel on (n, dim) rows, in the tiles the autotuner picks."""')
     first = next(i for i in d.inputs if i.kind == "irreps")
     w(f"n = {first.name}.shape[0]")
     outs = []
     for v in d.outputs:
         w(f"{v.name}_out = rt.output_rows({first.name}, n, {v.irreps.dim})")
         outs.append(f"{v.name}_out")
-    w(f"grid = (triton.cdiv(n, {block_z}), triton.cdiv({channels(d) or 1}, {block_u}))")
+    w(f'grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv({channels(d) or 1}, meta["BLOCK_U"]))')
     args = [f"{i.name}.contiguous()" for i in d.inputs] + ["weight.contiguous()"] + outs
-    w(f"_{d.name}_kernel[grid]({', '.join(args)}, n, BLOCK_Z={block_z}, BLOCK_U={block_u}, num_warps={warps}, "
-      f"maxnreg={MAX_REGISTERS}, enable_fp_fusion=True)")
+    w(f"_{d.name}_kernel[grid]({', '.join(args)}, n, enable_fp_fusion=True)")
     w(f"return [{', '.join(outs)}]")
     w.dedent()
 

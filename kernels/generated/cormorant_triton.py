@@ -16,7 +16,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_ae988104fd6fe9a7")
+_ops = rt.OpNamespace("fusionc_ac39b34531a47124")
 
 
 @triton.jit
@@ -5549,6 +5549,10 @@ def _cormorant_cg_d2_weight(
     return [d2_f, d2_d_g, d2_weight]
 
 
+@triton.autotune(configs=[
+    triton.Config({"BLOCK_Z": 16, "BLOCK_U": 1}, num_warps=8, maxnreg=255),
+    triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
+], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
 def _cormorant_cg_kernel(f, weight, g_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -5722,11 +5726,11 @@ def _cormorant_cg_kernel(f, weight, g_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl
 
 
 def _cormorant_cg_triton(f, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the cormorant_cg kernel on (n, dim) rows, 16 rows per program."""
+    """Launch the cormorant_cg kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = f.shape[0]
     g_out = rt.output_rows(f, n, 144)
-    grid = (triton.cdiv(n, 16), triton.cdiv(1, 1))
-    _cormorant_cg_kernel[grid](f.contiguous(), weight.contiguous(), g_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=8, maxnreg=255, enable_fp_fusion=True)
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
+    _cormorant_cg_kernel[grid](f.contiguous(), weight.contiguous(), g_out, n, enable_fp_fusion=True)
     return [g_out]
 
 
@@ -12362,6 +12366,10 @@ def _cormorant_message_d2_weight(
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
+@triton.autotune(configs=[
+    triton.Config({"BLOCK_Z": 16, "BLOCK_U": 1}, num_warps=8, maxnreg=255),
+    triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
+], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
 def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -12638,11 +12646,11 @@ def _cormorant_message_kernel(f, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr,
 
 
 def _cormorant_message_triton(f, sh, w, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the cormorant_message kernel on (n, dim) rows, 16 rows per program."""
+    """Launch the cormorant_message kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = f.shape[0]
     m_out = rt.output_rows(f, n, 144)
-    grid = (triton.cdiv(n, 16), triton.cdiv(1, 1))
-    _cormorant_message_kernel[grid](f.contiguous(), sh.contiguous(), w.contiguous(), weight.contiguous(), m_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=8, maxnreg=255, enable_fp_fusion=True)
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
+    _cormorant_message_kernel[grid](f.contiguous(), sh.contiguous(), w.contiguous(), weight.contiguous(), m_out, n, enable_fp_fusion=True)
     return [m_out]
 
 

@@ -16,7 +16,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['mace_product', 'mace_product_2', 'mace_product_4']
 
-_ops = rt.OpNamespace("fusionc_fc1b48e228c7933a")
+_ops = rt.OpNamespace("fusionc_688d3a7f161fd31a")
 
 
 @triton.jit
@@ -13556,6 +13556,11 @@ def _mace_product_d2_weight(
     return [d2_A, d2_d_B, d2_weight]
 
 
+@triton.autotune(configs=[
+    triton.Config({"BLOCK_Z": 1, "BLOCK_U": 32}, num_warps=1, maxnreg=255),
+    triton.Config({"BLOCK_Z": 2, "BLOCK_U": 32}, num_warps=2, maxnreg=255),
+    triton.Config({"BLOCK_Z": 4, "BLOCK_U": 32}, num_warps=4, maxnreg=255),
+], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
 def _mace_product_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -13745,11 +13750,11 @@ def _mace_product_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_U:
 
 
 def _mace_product_triton(A, z, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the mace_product kernel on (n, dim) rows, 1 rows per program."""
+    """Launch the mace_product kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = A.shape[0]
     B_out = rt.output_rows(A, n, 256)
-    grid = (triton.cdiv(n, 1), triton.cdiv(64, 32))
-    _mace_product_kernel[grid](A.contiguous(), z.contiguous(), weight.contiguous(), B_out, n, BLOCK_Z=1, BLOCK_U=32, num_warps=1, maxnreg=255, enable_fp_fusion=True)
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(64, meta["BLOCK_U"]))
+    _mace_product_kernel[grid](A.contiguous(), z.contiguous(), weight.contiguous(), B_out, n, enable_fp_fusion=True)
     return [B_out]
 
 
@@ -17490,6 +17495,11 @@ def _mace_product_2_d2_weight(
     return [d2_A, d2_d_B, d2_weight]
 
 
+@triton.autotune(configs=[
+    triton.Config({"BLOCK_Z": 1, "BLOCK_U": 32}, num_warps=1, maxnreg=255),
+    triton.Config({"BLOCK_Z": 2, "BLOCK_U": 32}, num_warps=2, maxnreg=255),
+    triton.Config({"BLOCK_Z": 4, "BLOCK_U": 32}, num_warps=4, maxnreg=255),
+], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
 def _mace_product_2_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -17570,11 +17580,11 @@ def _mace_product_2_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
 
 
 def _mace_product_2_triton(A, z, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the mace_product_2 kernel on (n, dim) rows, 1 rows per program."""
+    """Launch the mace_product_2 kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = A.shape[0]
     B_out = rt.output_rows(A, n, 256)
-    grid = (triton.cdiv(n, 1), triton.cdiv(64, 32))
-    _mace_product_2_kernel[grid](A.contiguous(), z.contiguous(), weight.contiguous(), B_out, n, BLOCK_Z=1, BLOCK_U=32, num_warps=1, maxnreg=255, enable_fp_fusion=True)
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(64, meta["BLOCK_U"]))
+    _mace_product_2_kernel[grid](A.contiguous(), z.contiguous(), weight.contiguous(), B_out, n, enable_fp_fusion=True)
     return [B_out]
 
 
@@ -46928,6 +46938,11 @@ def _mace_product_4_d2_weight(
     return [d2_A, d2_d_B, d2_weight]
 
 
+@triton.autotune(configs=[
+    triton.Config({"BLOCK_Z": 1, "BLOCK_U": 32}, num_warps=1, maxnreg=255),
+    triton.Config({"BLOCK_Z": 2, "BLOCK_U": 32}, num_warps=2, maxnreg=255),
+    triton.Config({"BLOCK_Z": 4, "BLOCK_U": 32}, num_warps=4, maxnreg=255),
+], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
 def _mace_product_4_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -47307,11 +47322,11 @@ def _mace_product_4_kernel(A, z, weight, B_out, n, BLOCK_Z: tl.constexpr, BLOCK_
 
 
 def _mace_product_4_triton(A, z, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the mace_product_4 kernel on (n, dim) rows, 1 rows per program."""
+    """Launch the mace_product_4 kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = A.shape[0]
     B_out = rt.output_rows(A, n, 288)
-    grid = (triton.cdiv(n, 1), triton.cdiv(32, 32))
-    _mace_product_4_kernel[grid](A.contiguous(), z.contiguous(), weight.contiguous(), B_out, n, BLOCK_Z=1, BLOCK_U=32, num_warps=1, maxnreg=255, enable_fp_fusion=True)
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(32, meta["BLOCK_U"]))
+    _mace_product_4_kernel[grid](A.contiguous(), z.contiguous(), weight.contiguous(), B_out, n, enable_fp_fusion=True)
     return [B_out]
 
 

@@ -16,7 +16,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_a22147b83ede405b")
+_ops = rt.OpNamespace("fusionc_7c929cb9957c6906")
 
 
 @triton.jit
@@ -4457,6 +4457,10 @@ def _fc_tp_d2_weight(
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
+@triton.autotune(configs=[
+    triton.Config({"BLOCK_Z": 16, "BLOCK_U": 1}, num_warps=8, maxnreg=255),
+    triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
+], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
 def _fc_tp_kernel(x, y, weight, z_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -4704,11 +4708,11 @@ def _fc_tp_kernel(x, y, weight, z_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.con
 
 
 def _fc_tp_triton(x, y, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the fc_tp kernel on (n, dim) rows, 16 rows per program."""
+    """Launch the fc_tp kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = x.shape[0]
     z_out = rt.output_rows(x, n, 288)
-    grid = (triton.cdiv(n, 16), triton.cdiv(1, 1))
-    _fc_tp_kernel[grid](x.contiguous(), y.contiguous(), weight.contiguous(), z_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=8, maxnreg=255, enable_fp_fusion=True)
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
+    _fc_tp_kernel[grid](x.contiguous(), y.contiguous(), weight.contiguous(), z_out, n, enable_fp_fusion=True)
     return [z_out]
 
 
@@ -12573,6 +12577,10 @@ def _conv_tp_d2_weight(
     return [d2_h, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
+@triton.autotune(configs=[
+    triton.Config({"BLOCK_Z": 16, "BLOCK_U": 1}, num_warps=8, maxnreg=255),
+    triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
+], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
 def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -13099,11 +13107,11 @@ def _conv_tp_kernel(h, sh, w, weight, m_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: 
 
 
 def _conv_tp_triton(h, sh, w, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the conv_tp kernel on (n, dim) rows, 16 rows per program."""
+    """Launch the conv_tp kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = h.shape[0]
     m_out = rt.output_rows(h, n, 992)
-    grid = (triton.cdiv(n, 16), triton.cdiv(1, 1))
-    _conv_tp_kernel[grid](h.contiguous(), sh.contiguous(), w.contiguous(), weight.contiguous(), m_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=8, maxnreg=255, enable_fp_fusion=True)
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
+    _conv_tp_kernel[grid](h.contiguous(), sh.contiguous(), w.contiguous(), weight.contiguous(), m_out, n, enable_fp_fusion=True)
     return [m_out]
 
 
@@ -19391,6 +19399,11 @@ def _elementwise_tp_d2_weight(
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
+@triton.autotune(configs=[
+    triton.Config({"BLOCK_Z": 2, "BLOCK_U": 16}, num_warps=1, maxnreg=255),
+    triton.Config({"BLOCK_Z": 4, "BLOCK_U": 16}, num_warps=2, maxnreg=255),
+    triton.Config({"BLOCK_Z": 8, "BLOCK_U": 16}, num_warps=4, maxnreg=255),
+], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
 def _elementwise_tp_kernel(a, b, weight, c_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -19543,11 +19556,11 @@ def _elementwise_tp_kernel(a, b, weight, c_out, n, BLOCK_Z: tl.constexpr, BLOCK_
 
 
 def _elementwise_tp_triton(a, b, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the elementwise_tp kernel on (n, dim) rows, 2 rows per program."""
+    """Launch the elementwise_tp kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = a.shape[0]
     c_out = rt.output_rows(a, n, 192)
-    grid = (triton.cdiv(n, 2), triton.cdiv(16, 16))
-    _elementwise_tp_kernel[grid](a.contiguous(), b.contiguous(), weight.contiguous(), c_out, n, BLOCK_Z=2, BLOCK_U=16, num_warps=1, maxnreg=255, enable_fp_fusion=True)
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(16, meta["BLOCK_U"]))
+    _elementwise_tp_kernel[grid](a.contiguous(), b.contiguous(), weight.contiguous(), c_out, n, enable_fp_fusion=True)
     return [c_out]
 
 
@@ -22474,6 +22487,10 @@ def _full_tp_d2_weight(
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
+@triton.autotune(configs=[
+    triton.Config({"BLOCK_Z": 16, "BLOCK_U": 1}, num_warps=8, maxnreg=255),
+    triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
+], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
 def _full_tp_kernel(a, b, weight, c_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -22530,11 +22547,11 @@ def _full_tp_kernel(a, b, weight, c_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.c
 
 
 def _full_tp_triton(a, b, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the full_tp kernel on (n, dim) rows, 16 rows per program."""
+    """Launch the full_tp kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = a.shape[0]
     c_out = rt.output_rows(a, n, 224)
-    grid = (triton.cdiv(n, 16), triton.cdiv(1, 1))
-    _full_tp_kernel[grid](a.contiguous(), b.contiguous(), weight.contiguous(), c_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=8, maxnreg=255, enable_fp_fusion=True)
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
+    _full_tp_kernel[grid](a.contiguous(), b.contiguous(), weight.contiguous(), c_out, n, enable_fp_fusion=True)
     return [c_out]
 
 
@@ -22999,6 +23016,10 @@ def _linear_d2_weight(
     return [d2_x, d2_d_y, d2_weight]
 
 
+@triton.autotune(configs=[
+    triton.Config({"BLOCK_Z": 16, "BLOCK_U": 1}, num_warps=8, maxnreg=255),
+    triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
+], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
 def _linear_kernel(x, weight, y_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -23074,11 +23095,11 @@ def _linear_kernel(x, weight, y_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.const
 
 
 def _linear_triton(x, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the linear kernel on (n, dim) rows, 16 rows per program."""
+    """Launch the linear kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = x.shape[0]
     y_out = rt.output_rows(x, n, 144)
-    grid = (triton.cdiv(n, 16), triton.cdiv(1, 1))
-    _linear_kernel[grid](x.contiguous(), weight.contiguous(), y_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=8, maxnreg=255, enable_fp_fusion=True)
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
+    _linear_kernel[grid](x.contiguous(), weight.contiguous(), y_out, n, enable_fp_fusion=True)
     return [y_out]
 
 
@@ -25869,6 +25890,10 @@ def _tp_then_linear_d2_weight(
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
+@triton.autotune(configs=[
+    triton.Config({"BLOCK_Z": 16, "BLOCK_U": 1}, num_warps=8, maxnreg=255),
+    triton.Config({"BLOCK_Z": 32, "BLOCK_U": 1}, num_warps=16, maxnreg=255),
+], key=[], prune_configs_by={"early_config_prune": rt.tuning_configs})
 @triton.jit
 def _tp_then_linear_kernel(x, y, weight, z_out, n, BLOCK_Z: tl.constexpr, BLOCK_U: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_Z + tl.arange(0, BLOCK_Z)
@@ -25951,11 +25976,11 @@ def _tp_then_linear_kernel(x, y, weight, z_out, n, BLOCK_Z: tl.constexpr, BLOCK_
 
 
 def _tp_then_linear_triton(x, y, weight, *constants: torch.Tensor) -> list[torch.Tensor]:
-    """Launch the tp_then_linear kernel on (n, dim) rows, 16 rows per program."""
+    """Launch the tp_then_linear kernel on (n, dim) rows, in the tiles the autotuner picks."""
     n = x.shape[0]
     z_out = rt.output_rows(x, n, 32)
-    grid = (triton.cdiv(n, 16), triton.cdiv(1, 1))
-    _tp_then_linear_kernel[grid](x.contiguous(), y.contiguous(), weight.contiguous(), z_out, n, BLOCK_Z=16, BLOCK_U=1, num_warps=8, maxnreg=255, enable_fp_fusion=True)
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_Z"]), triton.cdiv(1, meta["BLOCK_U"]))
+    _tp_then_linear_kernel[grid](x.contiguous(), y.contiguous(), weight.contiguous(), z_out, n, enable_fp_fusion=True)
     return [z_out]
 
 
