@@ -53,16 +53,18 @@ def _group(t: Strided, order: str) -> tuple[int, int] | None:
     return prod(s for s, _ in axes), axes[-1][1]
 
 
-def _matrix_copies(t: Strided, batch: str, rows: str, cols: str) -> int:
-    """Elements copied to view t as a (batch, rows, cols) stack of matrices a BLAS call takes (one
-    of rows, cols with unit stride): 0, or all of t."""
+def _matrix_view(t: Strided, batch: str, rows: str, cols: str) -> tuple[int, bool]:
+    """(elements copied, column-major) to view t as a (batch, rows, cols) stack of matrices a BLAS
+    call takes, one of rows or cols with unit stride: no copy, or all of t (into row-major)."""
     groups = [_group(t, g) for g in (batch, rows, cols)]
     if any(g is None for g in groups):
-        return t.numel
+        return t.numel, False
     (_, _), (n_r, s_r), (n_c, s_c) = groups
-    if s_c == 1 or n_c == 1 or s_r == 1 or n_r == 1:
-        return 0
-    return t.numel
+    if s_c == 1 or n_c == 1:
+        return 0, False
+    if s_r == 1 or n_r == 1:
+        return 0, True
+    return t.numel, False
 
 
 @dataclass(frozen=True)
@@ -126,14 +128,23 @@ def plan_pair(a: Strided, b: Strided, out: str) -> PairPlan | None:
                                                       _orders(left, _by_stride(a), out),
                                                       _orders(right, _by_stride(b), out),
                                                       _orders(summed, _by_stride(a), _by_stride(b))):
-        copies = (_matrix_copies(a, order_b, order_l, order_s) + _matrix_copies(b, order_b, order_s, order_r))
+        (copies_a, column_a), (copies_b, column_b) = (_matrix_view(a, order_b, order_l, order_s),
+                                                      _matrix_view(b, order_b, order_s, order_r))
+        copies = copies_a + copies_b
         for swap in (False, True):
             plan = PairPlan(order_b, order_l, order_r, order_s, swap, copies)
             # the result read in `out` order: a later copy unless that is its memory order
             moved = copies + (0 if plan.natural == out else n_batch * n_left * n_right)
             rows, columns = (n_right, n_left) if swap else (n_left, n_right)
+            time = product_time(n_batch, rows, n_summed, columns)
+            # a long reduction (over rows: a weight gradient) with both of the call's operands
+            # column-major (bᵀ·aᵀ transposes each): a slow path of MKL's double-precision product,
+            # (64 × 6,000)·(6,000 × 32) 8× slower than with either operand row-major (float32 is not)
+            both_columns = (column_a and column_b) if not swap else not (column_a or column_b)
+            if n_batch == 1 and both_columns and n_summed > 8 * max(rows, columns):
+                time *= 8
             # short of time, rows outermost, as the results it is added to have them
-            cost = (COPY * moved + product_time(n_batch, rows, n_summed, columns), plan.natural[:1] != out[:1])
+            cost = (COPY * moved + time, plan.natural[:1] != out[:1])
             if best is None or cost < best[0]:
                 best = (cost, plan)
     return best[1]

@@ -14,7 +14,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_23c7b6184cb41eb0")
+_ops = rt.OpNamespace("fusionc_84da5d849dec6712")
 
 
 def _cormorant_cg(
@@ -149,11 +149,11 @@ def _cormorant_cg_d(
     # ∂/∂f: 16x2 -> 16x2
     d_f_9 = torch.mm(d_g[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x2 -> 16x2
-    d_weight_10 = torch.mm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16).t(), (d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5).t()).view(16, 16)  # zwi,zui->uw
+    d_weight_10 = torch.mm((d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
     # ∂/∂f: 16x1 -> 16x1
     d_f_11 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_12 = torch.mm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16).t(), (d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3).t()).view(16, 16)  # zwi,zui->uw
+    d_weight_12 = torch.mm((d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
     # ∂/∂f: 16x0 -> 16x0
     d_f_13 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x0 -> 16x0
@@ -167,11 +167,11 @@ def _cormorant_cg_d(
         (p_2 + p_4 + p_6 + p_8).reshape(n, 80),
     ], dim=-1)
     del p_0, p_1, p_2, p_3, p_4, p_5, p_6, p_7, p_8
-    d_weight_16 = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16).t(), (d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5).t()).view(16, 16)  # zwi,zui->uw
+    d_weight_16 = torch.mm((d_g[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
     # ∂/∂p: 16x1 -> 16x1
     d_p_17 = torch.mm(d_g[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_18 = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16).t(), (d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3).t()).view(16, 16)  # zwi,zui->uw
+    d_weight_18 = torch.mm((d_g[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
     # ∂/∂p: 16x0 -> 16x0
     d_p_19 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x0 -> 16x0
@@ -1071,11 +1071,11 @@ def _cormorant_message_d(
         (p_2 + p_10 + p_18).reshape(n, 80),
     ], dim=-1)
     del p_0, p_1, p_10, p_11, p_14, p_18, p_2, p_3, p_7
-    d_weight_20 = torch.mm(p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16).t(), (d_m[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5).t()).view(16, 16)  # zwi,zui->uw
+    d_weight_20 = torch.mm((d_m[:, 64:144].reshape(n, 16, 5) * 0.25).permute(1, 0, 2).reshape(16, n * 5), p[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
     # ∂/∂p: 16x1 -> 16x1
     d_p_21 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x1 -> 16x1
-    d_weight_22 = torch.mm(p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16).t(), (d_m[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3).t()).view(16, 16)  # zwi,zui->uw
+    d_weight_22 = torch.mm((d_m[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), p[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
     # ∂/∂p: 16x0 -> 16x0
     d_p_23 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x0 -> 16x0

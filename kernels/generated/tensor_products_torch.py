@@ -14,7 +14,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_2e3398bbf1758e73")
+_ops = rt.OpNamespace("fusionc_36cbd5f808a1c9b8")
 
 
 def _fc_tp(
@@ -129,7 +129,7 @@ def _fc_tp_d(
     d__m_z_0_9 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c1.permute(0, 3, 1, 2).reshape(n, 32, 10)).view(n, 5, 5, 2)  # zui,zkpu->zikp
     del _c1
     # ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
-    d__w_z_0_2_2 = torch.mm(_c0.reshape(n * 5, 64).t(), x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    d__w_z_0_2_2 = torch.mm(x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5), _c0.reshape(n * 5, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
     del _c0
     d_weight_10 = d__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d_weight_11 = d__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
@@ -148,7 +148,7 @@ def _fc_tp_d(
     del _c2
     # ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
     _c3 = torch.bmm(_m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zui,zikp->zkpu
-    d__w_z_0_2_1 = torch.mm(_c3.reshape(n * 3, 64).t(), d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32)  # zwk,zkpu->puw
+    d__w_z_0_2_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c3.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
     del _c3
     d_weight_14 = d__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
     d_weight_15 = d__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
@@ -177,7 +177,7 @@ def _fc_tp_d(
     d__m_z_0_20 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c7.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
     del _c7
     # ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
-    d__w_z_0_1_2 = torch.mm(_c6.reshape(n * 3, 64).t(), x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    d__w_z_0_1_2 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c6.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
     del _c6
     d_weight_21 = d__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
     d_weight_22 = d__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
@@ -196,7 +196,7 @@ def _fc_tp_d(
     d__m_z_0_24 = torch.bmm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c9.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 3, 3, 2)  # zui,zkpu->zikp
     del _c9
     # ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
-    d__w_z_0_1_1 = torch.mm(_c8.reshape(n * 3, 64).t(), x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    d__w_z_0_1_1 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c8.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
     del _c8
     d_weight_25 = d__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
     d_weight_26 = d__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
@@ -354,7 +354,7 @@ def _fc_tp_d2_x(
     d2__m_z_0_21 = torch.bmm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c9.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 3, 3, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
     del _c9
     # ∂/∂_w_z_0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    d2__w_z_0_1_1 = torch.mm(_c8.reshape(n * 3, 64).t(), d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32)  # zwk,zkpu->puw
+    d2__w_z_0_1_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c8.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
     del _c8
     # ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     _w_z_0_1_2 = torch.cat([
@@ -370,7 +370,7 @@ def _fc_tp_d2_x(
     del _c10
     # ∂/∂_w_z_0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     _c11 = torch.bmm(_m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zwk,zikp->zipw
-    d2__w_z_0_1_2 = torch.mm(_c11.reshape(n * 3, 64).t(), d2_d_x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    d2__w_z_0_1_2 = torch.mm(d2_d_x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c11.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
     del _c11
     # ∂/∂d_z: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
     _c12 = torch.bmm(_m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zui,zikp->zukp
@@ -396,7 +396,7 @@ def _fc_tp_d2_x(
     d2__m_z_0_28 = torch.bmm(d2_d_x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c15.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2)  # zui,zkpu->zikp
     del _c15
     # ∂/∂_w_z_0_2_1: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
-    d2__w_z_0_2_1 = torch.mm(_c14.reshape(n * 3, 64).t(), d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32)  # zwk,zkpu->puw
+    d2__w_z_0_2_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c14.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
     del _c14
     # ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
     _c16 = torch.bmm(_m_z_0[:, 95:145].reshape(n, 5, 5, 2).reshape(n, 5, 10).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 5, 2, 32)  # zui,zikp->zkpu
@@ -413,7 +413,7 @@ def _fc_tp_d2_x(
     d2__m_z_0_30 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c17.permute(0, 3, 1, 2).reshape(n, 32, 10)).view(n, 5, 5, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
     del _c17
     # ∂/∂_w_z_0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    d2__w_z_0_2_2 = torch.mm(_c16.reshape(n * 5, 64).t(), d_z[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5).t()).view(2, 32, 32)  # zwk,zkpu->puw
+    d2__w_z_0_2_2 = torch.mm(d_z[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5), _c16.reshape(n * 5, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
     del _c16
     d2_weight_31 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_32 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
@@ -540,7 +540,7 @@ def _fc_tp_d2_y(
     d2_x_21 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
     del _w_z_0_1_1
     # ∂/∂_w_z_0_1_1: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
-    d2__w_z_0_1_1 = torch.mm(_c9.reshape(n * 3, 64).t(), x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    d2__w_z_0_1_1 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c9.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
     del _c9
     # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
     _w_z_0_1_2 = torch.cat([
@@ -556,7 +556,7 @@ def _fc_tp_d2_y(
     d2_x_23 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
     del _w_z_0_1_2
     # ∂/∂_w_z_0_1_2: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
-    d2__w_z_0_1_2 = torch.mm(_c11.reshape(n * 3, 64).t(), x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    d2__w_z_0_1_2 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c11.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
     del _c11
     # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
     _c12 = torch.bmm(d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 5), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 1, 1, 32)  # zikp,zui->zkpu
@@ -582,7 +582,7 @@ def _fc_tp_d2_y(
     d2_x_28 = torch.bmm(d2_d__m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6), _c15.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zkpu->zui
     del _c15
     # ∂/∂_w_z_0_2_1: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
-    d2__w_z_0_2_1 = torch.mm(_c14.reshape(n * 3, 64).t(), d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32)  # zwk,zkpu->puw
+    d2__w_z_0_2_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c14.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
     del _c14
     # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
     _c16 = torch.bmm(d2_d__m_z_0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 2, 3, 1).reshape(n, 10, 5), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 5, 2, 32)  # zikp,zui->zkpu
@@ -599,7 +599,7 @@ def _fc_tp_d2_y(
     d2_x_30 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1)  # puw,zipw->zui
     del _w_z_0_2_2
     # ∂/∂_w_z_0_2_2: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
-    d2__w_z_0_2_2 = torch.mm(_c17.reshape(n * 5, 64).t(), x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    d2__w_z_0_2_2 = torch.mm(x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5), _c17.reshape(n * 5, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
     del _c17
     d2_weight_31 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_32 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
@@ -3558,11 +3558,11 @@ def _linear_d(
     # ∂/∂x: 8x2e -> 16x2e
     d_x_0 = torch.mm(d_y[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n * 5, 16), (weight[768:896].view(8, 16) * 0.35355339059327373).permute(1, 0).reshape(16, 8)).view(n, 5, 8).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 8x2e -> 16x2e
-    d_weight_1 = torch.mm((x[:, 80:120].reshape(n, 8, 5) * 0.35355339059327373).permute(0, 2, 1).reshape(n * 5, 8).t(), d_y[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5).t()).view(8, 16)  # zwi,zui->uw
+    d_weight_1 = torch.mm(d_y[:, 64:144].reshape(n, 16, 5).permute(1, 0, 2).reshape(16, n * 5), (x[:, 80:120].reshape(n, 8, 5) * 0.35355339059327373).permute(0, 2, 1).reshape(n * 5, 8)).view(16, 8).permute(1, 0)  # zwi,zui->uw
     # ∂/∂x: 16x1o -> 16x1o
     d_x_2 = torch.mm(d_y[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 16x1o -> 16x1o
-    d_weight_3 = torch.mm(x[:, 32:80].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16).t(), (d_y[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3).t()).view(16, 16)  # zwi,zui->uw
+    d_weight_3 = torch.mm((d_y[:, 16:64].reshape(n, 16, 3) * 0.25).permute(1, 0, 2).reshape(16, n * 3), x[:, 32:80].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16)).view(16, 16).permute(1, 0)  # zwi,zui->uw
     # ∂/∂x: 32x0e -> 16x0e
     d_x_4 = torch.mm(d_y[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:512].view(32, 16) * 0.17677669529663687).permute(1, 0).reshape(16, 32)).view(n, 1, 32).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 32x0e -> 16x0e
@@ -3739,7 +3739,7 @@ def _tp_then_linear_d(
         weight.new_zeros(n, 24),
     ], dim=-1)
     del t_0, t_1, t_2, t_3
-    d_weight_7 = torch.mm(t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8).t(), (d_z[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 3).t()).view(8, 8)  # zwi,zui->uw
+    d_weight_7 = torch.mm((d_z[:, 8:32].reshape(n, 8, 3) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n * 3), t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8)).view(8, 8).permute(1, 0)  # zwi,zui->uw
     # ∂/∂t: 8x0e -> 8x0e
     d_t_8 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂weight: 8x0e -> 8x0e

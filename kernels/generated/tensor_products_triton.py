@@ -16,7 +16,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_7c929cb9957c6906")
+_ops = rt.OpNamespace("fusionc_bdac1075b9c356bc")
 
 
 @triton.jit
@@ -2084,7 +2084,7 @@ def _fc_tp_d2_x(
     d2__m_z_0_21 = torch.bmm(d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c9.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 3, 3, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
     del _c9
     # ∂/∂_w_z_0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    d2__w_z_0_1_1 = torch.mm(_c8.reshape(n * 3, 64).t(), d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32)  # zwk,zkpu->puw
+    d2__w_z_0_1_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c8.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
     del _c8
     # ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     _w_z_0_1_2 = torch.cat([
@@ -2100,7 +2100,7 @@ def _fc_tp_d2_x(
     del _c10
     # ∂/∂_w_z_0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     _c11 = torch.bmm(_m_z_0[:, 30:60].reshape(n, 3, 5, 2).permute(0, 2, 1, 3).reshape(n, 5, 6).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32)  # zwk,zikp->zipw
-    d2__w_z_0_1_2 = torch.mm(_c11.reshape(n * 3, 64).t(), d2_d_x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    d2__w_z_0_1_2 = torch.mm(d2_d_x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c11.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
     del _c11
     # ∂/∂d_z: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
     _c12 = torch.bmm(_m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zui,zikp->zukp
@@ -2126,7 +2126,7 @@ def _fc_tp_d2_x(
     d2__m_z_0_28 = torch.bmm(d2_d_x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c15.permute(0, 3, 1, 2).reshape(n, 32, 6)).view(n, 5, 3, 2)  # zui,zkpu->zikp
     del _c15
     # ∂/∂_w_z_0_2_1: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
-    d2__w_z_0_2_1 = torch.mm(_c14.reshape(n * 3, 64).t(), d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32)  # zwk,zkpu->puw
+    d2__w_z_0_2_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c14.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
     del _c14
     # ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
     _c16 = torch.bmm(_m_z_0[:, 95:145].reshape(n, 5, 5, 2).reshape(n, 5, 10).transpose(1, 2), d2_d_x[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 5, 2, 32)  # zui,zikp->zkpu
@@ -2143,7 +2143,7 @@ def _fc_tp_d2_x(
     d2__m_z_0_30 = torch.bmm(d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c17.permute(0, 3, 1, 2).reshape(n, 32, 10)).view(n, 5, 5, 2).permute(0, 2, 1, 3)  # zwk,zipw->zikp
     del _c17
     # ∂/∂_w_z_0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    d2__w_z_0_2_2 = torch.mm(_c16.reshape(n * 5, 64).t(), d_z[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5).t()).view(2, 32, 32)  # zwk,zkpu->puw
+    d2__w_z_0_2_2 = torch.mm(d_z[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5), _c16.reshape(n * 5, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
     del _c16
     d2_weight_31 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_32 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
@@ -3250,7 +3250,7 @@ def _fc_tp_d2_y(
     d2_x_21 = torch.mm(_c9.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
     del _w_z_0_1_1
     # ∂/∂_w_z_0_1_1: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
-    d2__w_z_0_1_1 = torch.mm(_c9.reshape(n * 3, 64).t(), x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    d2__w_z_0_1_1 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c9.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
     del _c9
     # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
     _w_z_0_1_2 = torch.cat([
@@ -3266,7 +3266,7 @@ def _fc_tp_d2_y(
     d2_x_23 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32).permute(0, 2, 1)  # puw,zipw->zui
     del _w_z_0_1_2
     # ∂/∂_w_z_0_1_2: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
-    d2__w_z_0_1_2 = torch.mm(_c11.reshape(n * 3, 64).t(), x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    d2__w_z_0_1_2 = torch.mm(x[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c11.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
     del _c11
     # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
     _c12 = torch.bmm(d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 5), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 1, 1, 32)  # zikp,zui->zkpu
@@ -3292,7 +3292,7 @@ def _fc_tp_d2_y(
     d2_x_28 = torch.bmm(d2_d__m_z_0[:, 65:95].reshape(n, 5, 3, 2).reshape(n, 5, 6), _c15.reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zkpu->zui
     del _c15
     # ∂/∂_w_z_0_2_1: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
-    d2__w_z_0_2_1 = torch.mm(_c14.reshape(n * 3, 64).t(), d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3).t()).view(2, 32, 32)  # zwk,zkpu->puw
+    d2__w_z_0_2_1 = torch.mm(d_z[:, 32:128].reshape(n, 32, 3).permute(1, 0, 2).reshape(32, n * 3), _c14.reshape(n * 3, 64)).view(32, 2, 32).permute(1, 2, 0)  # zwk,zkpu->puw
     del _c14
     # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
     _c16 = torch.bmm(d2_d__m_z_0[:, 95:145].reshape(n, 5, 5, 2).permute(0, 2, 3, 1).reshape(n, 10, 5), x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 5, 2, 32)  # zikp,zui->zkpu
@@ -3309,7 +3309,7 @@ def _fc_tp_d2_y(
     d2_x_30 = torch.mm(_c17.permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 5, 32).permute(0, 2, 1)  # puw,zipw->zui
     del _w_z_0_2_2
     # ∂/∂_w_z_0_2_2: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
-    d2__w_z_0_2_2 = torch.mm(_c17.reshape(n * 5, 64).t(), x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5).t()).view(2, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    d2__w_z_0_2_2 = torch.mm(x[:, 128:288].reshape(n, 32, 5).permute(1, 0, 2).reshape(32, n * 5), _c17.reshape(n * 5, 64)).view(32, 2, 32).permute(1, 0, 2)  # zui,zipw->puw
     del _c17
     d2_weight_31 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_32 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
