@@ -469,7 +469,9 @@ def factorize(p: Program, rows: int = PLANNING_ROWS) -> Program:
     """Split every contraction of three or more operands into pairwise ones, in the order of least
     `pair_cost`; a pairwise intermediate that several statements form (the cotangent with the
     weights, shared by the gradients of both operands) is formed once, and costs nothing the
-    second time, so orders that share are preferred."""
+    second time, so orders that share are preferred. Each intermediate's labels are ordered as
+    its matrix product writes them and, if it can be, as the product reading it needs them
+    (`fusionc.analysis.layout`), so that neither copies it."""
     tensors = dict(p.tensors)
     formed: dict[tuple, View] = {}
     statements: list[Statement] = []

@@ -70,8 +70,10 @@ def _terms(coefficients: list[tuple[float, str]]) -> str:
 class _Kernel:
     """Writes one kernel body: tiles as local variables, named after the plan's nodes."""
 
-    def __init__(self, plan: DiagramPlan, w: CodeWriter, channel_tiled: bool, dtype: str) -> None:
+    def __init__(self, plan: DiagramPlan, w: CodeWriter, channel_tiled: bool, dtype: str,
+                 arguments: set[str]) -> None:
         self.plan, self.w, self.channel_tiled, self.dtype = plan, w, channel_tiled, dtype
+        self.arguments = arguments  # the diagram's inputs: kernel arguments, readable column by column
         self.components: dict[tuple, list[str]] = {}  # (operand, block) or node name -> tiles
         self.weights: dict[tuple, str] = {}
         self.indices: dict[str, str] = {}
@@ -213,8 +215,7 @@ def _emit_kernel(w: CodeWriter, d: Diagram, plan: DiagramPlan) -> None:
         w(f"zero = tl.zeros([BLOCK_Z, BLOCK_U], dtype={dtype})")
     else:
         w(f'"""{d.name}: BLOCK_Z rows with all their channels, the whole diagram in registers."""')
-    k = _Kernel(plan, w, channel_tiled=mul is not None, dtype=dtype)
-    k.arguments = {i.name for i in d.inputs}
+    k = _Kernel(plan, w, channel_tiled=mul is not None, dtype=dtype, arguments={i.name for i in d.inputs})
     offsets, offset = {}, 0
     for t in d.vertices:
         offsets[t.id] = offset
@@ -297,8 +298,9 @@ def _path_term(k: _Kernel, t: CouplingVertex, offset: int, sums: dict[int, list[
 
 def _mixing_term(k: _Kernel, t: CouplingVertex, offset: int, sums: dict[int, list[list[str]]],
                  finish: Callable[[int], None] | None = None) -> None:
-    """Paths that mix channels (uvw, uvu, uvuv): rows × channels tiles, with tl.dot where the
-    weights are shared (IEEE float32, not TF32), broadcast sums where they come per row.
+    """Paths that mix channels (uvw, uvu, uvuv) on rows × channels tiles: `_column_path` for uvw
+    on a kernel argument, `_pair_path` for uvuv; uvw on a value computed in the kernel with tl.dot
+    where the weights are shared (IEEE float32, not TF32), a broadcast sum where they come per row.
     Paths run output block by output block; with `finish`, each block is finished (stored) after
     its last path, so only one block's running sums are live (on sm_90 fc_tp spilled 48 bytes
     with every block's sums live to the end)."""
@@ -353,17 +355,18 @@ def _mixing_term(k: _Kernel, t: CouplingVertex, offset: int, sums: dict[int, lis
 
 
 def _column_path(k: _Kernel, t: CouplingVertex, offset: int, p, name: str) -> list[str]:
-    """A `uvw` path whose first operand is a kernel argument, as a sum of outer products over its
-    channels u (unrolled): out_k[z, w] += (Σ_ij C_ijk x[z, u, i] y[z, v, j]) · W[u, v, w], with x's
-    column u read from memory and W's row as one [1 or rows, w] tile. An FMA tl.dot instead holds
-    both operands replicated in registers: fc_tp's kernel spilled 40 bytes on sm_90 that way."""
+    """A `uvw` path whose first operand is a kernel argument, as a loop of outer products over its
+    channels u: out_k[z, w] += (Σ_ij C_ijk x[z, u, i] y[z, v, j]) · W[u, v, w], with x's column u
+    read from memory and W's row as one [1 or rows, w] tile. An FMA tl.dot instead holds both
+    operands replicated in registers (fc_tp's kernel spilled 40 bytes on sm_90 that way); the loop
+    is not unrolled (tl.static_range: every step's loads were hoisted, 1,512 bytes of spills)."""
     (a_irreps, *rest), (i_a, *i_rest) = t.irreps_in, p.operand_blocks
     a, out = a_irreps[i_a], t.irreps_out[p.out_block]
     start_a, _ = a_irreps.slices()[i_a]
     ch, cm, mask, zero = k.chan(out.mul)
     if t.per is not None:
         k.index(t.per)  # before the loop, so that later paths find it defined
-    if rest:  # coefficient, x component, y column name of each product, per output component
+    if rest:
         b = rest[0][i_rest[0]]
         table = wigner_3j(a.ir.l, b.ir.l, out.ir.l)
         channels_v = b.mul
@@ -375,6 +378,7 @@ def _column_path(k: _Kernel, t: CouplingVertex, offset: int, p, name: str) -> li
     for v in range(channels_v):
         if rest:
             ys = [k.column(t.operands[1], rest[0], i_rest[0], v, j) for j in range(b.ir.dim)]
+            # per output component: (coefficient, x component, times which y column) of each product
             products = [[(float(table[i, j, m]), i, f" * {ys[j]}") for i in range(a.ir.dim) for j in range(b.ir.dim)
                          if table[i, j, m] != 0.0] for m in range(out.ir.dim)]
         else:
