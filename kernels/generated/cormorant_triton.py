@@ -16,7 +16,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_ac39b34531a47124")
+_ops = rt.OpNamespace("fusionc_21b473ac6a435682")
 
 
 @triton.jit
@@ -3199,7 +3199,7 @@ def _cormorant_cg_d2_f(
     d__p1 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c0 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p1_3 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
+    d2_d__p1_3 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c0
     # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c1 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p1.reshape(n, 16, 1, 1)
@@ -3207,12 +3207,12 @@ def _cormorant_cg_d2_f(
     del _c1
     # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c2 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p1_5 = cg_0_0_0.reshape(1, 1, 1) * _c2.reshape(n, 16, 1)
+    d2_d__p1_5 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c2.reshape(n, 16, 1)
     del _c2
     # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c3 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p1.reshape(n, 16, 1, 1)
     del d__p1
-    d2_f_6 = cg_0_0_0.reshape(1, 1, 1) * _c3.reshape(n, 16, 1)
+    d2_f_6 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c3.reshape(n, 16, 1)
     del _c3
     d2_d__p1 = d2_d__p1_3 + d2_d__p1_5
     del d2_d__p1_3, d2_d__p1_5
@@ -5268,7 +5268,7 @@ def _cormorant_cg_d2_weight(
     n = f.shape[0]
     # p1 = (p0 ⊗ p0) -> 16x0
     _c0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
     del _c0
     p_0 = _p1.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.5773502691896257).reshape(1, 16, 1)
     # p3 = (p0 ⊗ p2) -> 16x1
@@ -5511,12 +5511,12 @@ def _cormorant_cg_d2_weight(
     d2__p1 = d2__p1_13 + d2__p1_80
     del d2__p1_13, d2__p1_80
     _c22 = d2__p1.reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_f_82 = cg_0_0_0.reshape(1, 1, 1) * _c22.reshape(n, 16, 1)
+    d2_f_82 = cg_0_0_0.reshape(1, 1, 1) * _c22.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c22
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     _c23 = d2__p1.reshape(n, 16, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d2__p1
-    d2_f_83 = cg_0_0_0.reshape(1, 1, 1) * _c23.reshape(n, 16, 1)
+    d2_f_83 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c23.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c23
     d2_f = torch.cat([
         (d2_f_43 + d2_f_74 + d2_f_78 + d2_f_82 + d2_f_83).reshape(n, 16),
@@ -8134,71 +8134,71 @@ def _cormorant_message_d2_f(
         w_p_0_2_2_9.reshape(n, 16),
     ], dim=-1)
     del w_p_0_2_2_7, w_p_0_2_2_8, w_p_0_2_2_9
-    d__t_p_0_2_2 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 3, 5)  # zuk,zpu->zupk
+    d__t_p_0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
     _w_p_0_2_1 = torch.cat([
         w_p_0_2_1_5.reshape(n, 16),
         w_p_0_2_1_6.reshape(n, 16),
     ], dim=-1)
     del w_p_0_2_1_5, w_p_0_2_1_6
-    d__t_p_0_2_1 = torch.bmm(_w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 2, 3)  # zuk,zpu->zupk
-    d__t_p_0_2_0 = torch.bmm(w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
+    d__t_p_0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    d__t_p_0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
     _w_p_0_1_2 = torch.cat([
         w_p_0_1_2_3.reshape(n, 16),
         w_p_0_1_2_4.reshape(n, 16),
     ], dim=-1)
     del w_p_0_1_2_3, w_p_0_1_2_4
-    d__t_p_0_1_2 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 2, 5)  # zuk,zpu->zupk
+    d__t_p_0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
     _w_p_0_1_1 = torch.cat([
         w_p_0_1_1_0.reshape(n, 16),
         w_p_0_1_1_1.reshape(n, 16),
         w_p_0_1_1_2.reshape(n, 16),
     ], dim=-1)
     del w_p_0_1_1_0, w_p_0_1_1_1, w_p_0_1_1_2
-    d__t_p_0_1_1 = torch.bmm(_w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 3, 3)  # zuk,zpu->zupk
-    d__t_p_0_1_0 = torch.bmm(w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
-    d__t_p_0_0_2 = torch.bmm(w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 1, 5)  # zuk,zpu->zupk
-    d__t_p_0_0_1 = torch.bmm(w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 1, 3)  # zuk,zpu->zupk
-    d__t_p_0_0_0 = torch.bmm(w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
+    d__t_p_0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    d__t_p_0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d__t_p_0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d__t_p_0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d__t_p_0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
     # ∂/∂d__t_p_0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_d__t_p_0_0_0 = torch.bmm(_m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1).transpose(1, 2), d2_d_f[:, 0:16].reshape(n, 16, 1).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    d2_d__t_p_0_0_0 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
     d2__m_p_0_13 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1)).view(n, 1, 1, 1)  # zui,zupk->zikp
     del d__t_p_0_0_0
-    d2_d_p_14 = d2_d__t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_15 = torch.bmm(d2_d__t_p_0_0_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_p_14 = d2_d__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    d2_w_15 = d2_d__t_p_0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
     del d2_d__t_p_0_0_0
     # ∂/∂d__t_p_0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_d__t_p_0_0_1 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 16, 1, 3)  # zui,zikp->zupk
+    d2_d__t_p_0_0_1 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
     d2__m_p_0_16 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3)).view(n, 1, 3, 1)  # zui,zupk->zikp
     del d__t_p_0_0_1
-    d2_d_p_17 = d2_d__t_p_0_0_1.reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_18 = torch.bmm(d2_d__t_p_0_0_1.reshape(n * 16, 1, 3), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_p_17 = d2_d__t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    d2_w_18 = (d2_d__t_p_0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
     del d2_d__t_p_0_0_1
     # ∂/∂d__t_p_0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_d__t_p_0_0_2 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 16, 1, 5)  # zui,zikp->zupk
+    d2_d__t_p_0_0_2 = d2_d_f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
     d2__m_p_0_19 = torch.bmm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16), d__t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5)).view(n, 1, 5, 1)  # zui,zupk->zikp
     del d__t_p_0_0_2
-    d2_d_p_20 = d2_d__t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_21 = torch.bmm(d2_d__t_p_0_0_2.reshape(n * 16, 1, 5), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_p_20 = d2_d__t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    d2_w_21 = (d2_d__t_p_0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
     del d2_d__t_p_0_0_2
     # ∂/∂d__t_p_0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
     d2_d__t_p_0_1_0 = torch.bmm(_m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
     d2__m_p_0_22 = torch.bmm(d__t_p_0_1_0.reshape(n, 16, 1).transpose(1, 2), d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zui,zupk->zikp
     del d__t_p_0_1_0
-    d2_d_p_23 = d2_d__t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_24 = torch.bmm(d2_d__t_p_0_1_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_p_23 = d2_d__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    d2_w_24 = d2_d__t_p_0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
     del d2_d__t_p_0_1_0
     # ∂/∂d__t_p_0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
     d2_d__t_p_0_1_1 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9)).view(n, 16, 3, 3)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
     d2__m_p_0_25 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16), d__t_p_0_1_1.reshape(n, 16, 9)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
     del d__t_p_0_1_1
-    d2_d_p_26 = torch.bmm(_w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3).transpose(1, 2)).view(n, 16, 3)  # zupk,zpu->zuk
+    d2_d_p_26 = (d2_d__t_p_0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
     del _w_p_0_1_1
-    d2__w_p_0_1_1 = torch.bmm(d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p_0_1_1.reshape(n * 16, 3, 3).transpose(1, 2)).view(n, 16, 3).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2__w_p_0_1_1 = (d2_d__t_p_0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
     del d2_d__t_p_0_1_1
     # ∂/∂d__t_p_0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
     d2_d__t_p_0_1_2 = torch.bmm(d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 16, 2, 5)  # zui,zikp->zupk
@@ -8207,24 +8207,24 @@ def _cormorant_message_d2_f(
     del d__t_p_0_1_2
     d2_d_p_28 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), d2_d__t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
     del _w_p_0_1_2
-    d2__w_p_0_1_2 = torch.bmm(d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2), d2_d__t_p_0_1_2.reshape(n * 16, 2, 5).transpose(1, 2)).view(n, 16, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2__w_p_0_1_2 = (d2_d__t_p_0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
     del d2_d__t_p_0_1_2
     # ∂/∂d__t_p_0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
     d2_d__t_p_0_2_0 = torch.bmm(_m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
     d2__m_p_0_29 = torch.bmm(d__t_p_0_2_0.reshape(n, 16, 1).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zui,zupk->zikp
     del d__t_p_0_2_0
-    d2_d_p_30 = d2_d__t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_31 = torch.bmm(d2_d__t_p_0_2_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_p_30 = d2_d__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    d2_w_31 = d2_d__t_p_0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
     del d2_d__t_p_0_2_0
     # ∂/∂d__t_p_0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
     d2_d__t_p_0_2_1 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), d2_d_f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
     d2__m_p_0_32 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16), d__t_p_0_2_1.reshape(n, 16, 6)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
     del d__t_p_0_2_1
-    d2_d_p_33 = torch.bmm(_w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), d2_d__t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2).transpose(1, 2)).view(n, 16, 3)  # zupk,zpu->zuk
+    d2_d_p_33 = (d2_d__t_p_0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
     del _w_p_0_2_1
-    d2__w_p_0_2_1 = torch.bmm(d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p_0_2_1.reshape(n * 16, 2, 3).transpose(1, 2)).view(n, 16, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2__w_p_0_2_1 = (d2_d__t_p_0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
     del d2_d__t_p_0_2_1
     # ∂/∂d__t_p_0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
     d2_d__t_p_0_2_2 = torch.bmm(d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 1, 3, 2).reshape(n, 5, 15)).view(n, 16, 3, 5)  # zui,zikp->zupk
@@ -8234,7 +8234,7 @@ def _cormorant_message_d2_f(
     del d__t_p_0_2_2
     d2_d_p_35 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
     del _w_p_0_2_2
-    d2__w_p_0_2_2 = torch.bmm(d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2), d2_d__t_p_0_2_2.reshape(n * 16, 3, 5).transpose(1, 2)).view(n, 16, 3).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2__w_p_0_2_2 = (d2_d__t_p_0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
     del d2_d__t_p_0_2_2, d_p
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
@@ -9453,73 +9453,73 @@ def _cormorant_message_d2_sh(
         w_p_0_2_2_9.reshape(n, 16),
     ], dim=-1)
     del w_p_0_2_2_7, w_p_0_2_2_8, w_p_0_2_2_9
-    d__t_p_0_2_2 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 3, 5)  # zuk,zpu->zupk
+    d__t_p_0_2_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
     _w_p_0_2_1 = torch.cat([
         w_p_0_2_1_5.reshape(n, 16),
         w_p_0_2_1_6.reshape(n, 16),
     ], dim=-1)
     del w_p_0_2_1_5, w_p_0_2_1_6
-    d__t_p_0_2_1 = torch.bmm(_w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 2, 3)  # zuk,zpu->zupk
-    d__t_p_0_2_0 = torch.bmm(w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
+    d__t_p_0_2_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
+    d__t_p_0_2_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
     _w_p_0_1_2 = torch.cat([
         w_p_0_1_2_3.reshape(n, 16),
         w_p_0_1_2_4.reshape(n, 16),
     ], dim=-1)
     del w_p_0_1_2_3, w_p_0_1_2_4
-    d__t_p_0_1_2 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 2, 5)  # zuk,zpu->zupk
+    d__t_p_0_1_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
     _w_p_0_1_1 = torch.cat([
         w_p_0_1_1_0.reshape(n, 16),
         w_p_0_1_1_1.reshape(n, 16),
         w_p_0_1_1_2.reshape(n, 16),
     ], dim=-1)
     del w_p_0_1_1_0, w_p_0_1_1_1, w_p_0_1_1_2
-    d__t_p_0_1_1 = torch.bmm(_w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 3, 3)  # zuk,zpu->zupk
-    d__t_p_0_1_0 = torch.bmm(w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
-    d__t_p_0_0_2 = torch.bmm(w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 1, 5)  # zuk,zpu->zupk
-    d__t_p_0_0_1 = torch.bmm(w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 1, 3)  # zuk,zpu->zupk
-    d__t_p_0_0_0 = torch.bmm(w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
+    d__t_p_0_1_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
+    d__t_p_0_1_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d__t_p_0_0_2 = d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d__t_p_0_0_1 = d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d__t_p_0_0_0 = d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
     # ∂/∂d__m_p_0: ∂/∂sh: every path's (i, k) map at once: sh · G
     d2_d__m_p_0 = torch.mm(d2_d_sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
     # ∂/∂d__t_p_0_0_0: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_d__t_p_0_0_0 = torch.bmm(d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1), f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zikp,zui->zupk
+    d2_d__t_p_0_0_0 = d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_f_13 = d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_p_0_0_0.reshape(n, 16, 1)
+    d2_f_13 = d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del d__t_p_0_0_0
-    d2_d_p_14 = d2_d__t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_15 = torch.bmm(d2_d__t_p_0_0_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_p_14 = d2_d__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    d2_w_15 = d2_d__t_p_0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
     del d2_d__t_p_0_0_0
     # ∂/∂d__t_p_0_0_1: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
-    d2_d__t_p_0_0_1 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16).transpose(1, 2), d2_d__m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2)).view(n, 16, 1, 3)  # zikp,zui->zupk
+    d2_d__t_p_0_0_1 = d2_d__m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
     d2_f_16 = torch.bmm(d2_d__m_p_0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3), d__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16)).view(n, 1, 16).permute(0, 2, 1)  # zikp,zupk->zui
     del d__t_p_0_0_1
-    d2_d_p_17 = d2_d__t_p_0_0_1.reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_18 = torch.bmm(d2_d__t_p_0_0_1.reshape(n * 16, 1, 3), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_p_17 = d2_d__t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    d2_w_18 = (d2_d__t_p_0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
     del d2_d__t_p_0_0_1
     # ∂/∂d__t_p_0_0_2: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
-    d2_d__t_p_0_0_2 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 1, 16).transpose(1, 2), d2_d__m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2)).view(n, 16, 1, 5)  # zikp,zui->zupk
+    d2_d__t_p_0_0_2 = d2_d__m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5) * f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
     d2_f_19 = torch.bmm(d2_d__m_p_0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5), d__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16)).view(n, 1, 16).permute(0, 2, 1)  # zikp,zupk->zui
     del d__t_p_0_0_2
-    d2_d_p_20 = d2_d__t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_21 = torch.bmm(d2_d__t_p_0_0_2.reshape(n * 16, 1, 5), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_p_20 = d2_d__t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    d2_w_21 = (d2_d__t_p_0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
     del d2_d__t_p_0_0_2
     # ∂/∂d__t_p_0_1_0: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
     d2_d__t_p_0_1_0 = torch.bmm(d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_f_22 = d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_p_0_1_0.reshape(n, 16, 1)
+    d2_f_22 = d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del d__t_p_0_1_0
-    d2_d_p_23 = d2_d__t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_24 = torch.bmm(d2_d__t_p_0_1_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_p_23 = d2_d__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    d2_w_24 = d2_d__t_p_0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
     del d2_d__t_p_0_1_0
     # ∂/∂d__t_p_0_1_1: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
     d2_d__t_p_0_1_1 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2)).view(n, 16, 3, 3)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
     d2_f_25 = torch.bmm(d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 1, 3, 2).reshape(n, 3, 9), d__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16)).view(n, 3, 16).permute(0, 2, 1)  # zikp,zupk->zui
     del d__t_p_0_1_1
-    d2_d_p_26 = torch.bmm(_w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3).transpose(1, 2)).view(n, 16, 3)  # zupk,zpu->zuk
+    d2_d_p_26 = (d2_d__t_p_0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
     del _w_p_0_1_1
-    d2__w_p_0_1_1 = torch.bmm(d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p_0_1_1.reshape(n * 16, 3, 3).transpose(1, 2)).view(n, 16, 3).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2__w_p_0_1_1 = (d2_d__t_p_0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
     del d2_d__t_p_0_1_1
     # ∂/∂d__t_p_0_1_2: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
     d2_d__t_p_0_1_2 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n, 3, 16).transpose(1, 2), d2_d__m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2)).view(n, 16, 2, 5)  # zikp,zui->zupk
@@ -9528,24 +9528,24 @@ def _cormorant_message_d2_sh(
     del d__t_p_0_1_2
     d2_d_p_28 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), d2_d__t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
     del _w_p_0_1_2
-    d2__w_p_0_1_2 = torch.bmm(d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2), d2_d__t_p_0_1_2.reshape(n * 16, 2, 5).transpose(1, 2)).view(n, 16, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2__w_p_0_1_2 = (d2_d__t_p_0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
     del d2_d__t_p_0_1_2
     # ∂/∂d__t_p_0_2_0: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
     d2_d__t_p_0_2_0 = torch.bmm(d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 5), f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_f_29 = d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_p_0_2_0.reshape(n, 16, 1)
+    d2_f_29 = d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del d__t_p_0_2_0
-    d2_d_p_30 = d2_d__t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
-    d2_w_31 = torch.bmm(d2_d__t_p_0_2_0.reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_p_30 = d2_d__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
+    d2_w_31 = d2_d__t_p_0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16)
     del d2_d__t_p_0_2_0
     # ∂/∂d__t_p_0_2_1: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
     d2_d__t_p_0_2_1 = torch.bmm(d2_d__m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 5), f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16)).view(n, 3, 2, 16).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
     d2_f_32 = torch.bmm(d2_d__m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6), d__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16)).view(n, 5, 16).permute(0, 2, 1)  # zikp,zupk->zui
     del d__t_p_0_2_1
-    d2_d_p_33 = torch.bmm(_w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), d2_d__t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2).transpose(1, 2)).view(n, 16, 3)  # zupk,zpu->zuk
+    d2_d_p_33 = (d2_d__t_p_0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
     del _w_p_0_2_1
-    d2__w_p_0_2_1 = torch.bmm(d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p_0_2_1.reshape(n * 16, 2, 3).transpose(1, 2)).view(n, 16, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2__w_p_0_2_1 = (d2_d__t_p_0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3)).sum((3,))
     del d2_d__t_p_0_2_1
     # ∂/∂d__t_p_0_2_2: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
     d2_d__t_p_0_2_2 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).permute(0, 2, 1).reshape(n, 5, 16).transpose(1, 2), d2_d__m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2)).view(n, 16, 3, 5)  # zikp,zui->zupk
@@ -9554,7 +9554,7 @@ def _cormorant_message_d2_sh(
     del d2_d__m_p_0, d__t_p_0_2_2
     d2_d_p_35 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), d2_d__t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
     del _w_p_0_2_2
-    d2__w_p_0_2_2 = torch.bmm(d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2), d2_d__t_p_0_2_2.reshape(n * 16, 3, 5).transpose(1, 2)).view(n, 16, 3).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2__w_p_0_2_2 = (d2_d__t_p_0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5)).sum((3,))
     del d2_d__t_p_0_2_2, d_p
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
@@ -10697,11 +10697,11 @@ def _cormorant_message_d2_w(
     # every path's (i, k) map at once: sh · G
     _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = torch.bmm(_m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1).transpose(1, 2), f[:, 0:16].reshape(n, 16, 1).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 16, 1, 3)  # zui,zikp->zupk
+    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 16, 1, 5)  # zui,zikp->zupk
+    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
     # 1 paths 16x1 ⊗ sh -> 16x0
     _t_p_0_1_0 = torch.bmm(_m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 3 paths 16x1 ⊗ sh -> 16x1
@@ -10720,7 +10720,7 @@ def _cormorant_message_d2_w(
     d_p_1 = torch.mm(d_m[:, 16:64].reshape(n, 16, 3).permute(0, 2, 1).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂p: 16x0 -> 16x0
     d_p_2 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16).permute(0, 2, 1)  # zwi,uw->zui
-    d2_d_p_3 = d2_d_w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_0_0.reshape(n, 16, 1)
+    d2_d_p_3 = d2_d_w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _t_p_0_0_0
     d_p = torch.cat([
         d_p_2.reshape(n, 16),
@@ -10728,16 +10728,16 @@ def _cormorant_message_d2_w(
         d_p_0.reshape(n, 80),
     ], dim=-1)
     del d_p_0, d_p_1, d_p_2
-    d2__t_p_0_0_0 = torch.bmm(d2_d_w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1, 1)  # zpu,zuk->zupk
-    d2_d_p_4 = d2_d_w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_0_1.reshape(n, 16, 3)
+    d2__t_p_0_0_0 = d2_d_w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
+    d2_d_p_4 = d2_d_w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3)
     del _t_p_0_0_1
-    d2__t_p_0_0_1 = torch.bmm(d2_d_w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3)).view(n, 16, 1, 3)  # zpu,zuk->zupk
-    d2_d_p_5 = d2_d_w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_0_2.reshape(n, 16, 5)
+    d2__t_p_0_0_1 = d2_d_w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
+    d2_d_p_5 = d2_d_w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5)
     del _t_p_0_0_2
-    d2__t_p_0_0_2 = torch.bmm(d2_d_w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5)).view(n, 16, 1, 5)  # zpu,zuk->zupk
-    d2_d_p_6 = d2_d_w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_1_0.reshape(n, 16, 1)
+    d2__t_p_0_0_2 = d2_d_w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
+    d2_d_p_6 = d2_d_w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _t_p_0_1_0
-    d2__t_p_0_1_0 = torch.bmm(d2_d_w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1, 1)  # zpu,zuk->zupk
+    d2__t_p_0_1_0 = d2_d_w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__w_p_0_1_1_7 = d2_d_w[:, 48:64].reshape(n, 16)
     d2_d__w_p_0_1_1_8 = d2_d_w[:, 80:96].reshape(n, 16)
     d2_d__w_p_0_1_1_9 = d2_d_w[:, 112:128].reshape(n, 16)
@@ -10747,9 +10747,9 @@ def _cormorant_message_d2_w(
         d2_d__w_p_0_1_1_9.reshape(n, 16),
     ], dim=-1)
     del d2_d__w_p_0_1_1_7, d2_d__w_p_0_1_1_8, d2_d__w_p_0_1_1_9
-    d2_d_p_10 = torch.bmm(d2_d__w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3), _t_p_0_1_1.reshape(n * 16, 3, 3)).view(n, 16, 3)  # zpu,zupk->zuk
+    d2_d_p_10 = (d2_d__w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3) * _t_p_0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3)).sum((3,))
     del _t_p_0_1_1
-    d2__t_p_0_1_1 = torch.bmm(d2_d__w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3)).view(n, 16, 3, 3)  # zpu,zuk->zupk
+    d2__t_p_0_1_1 = d2_d__w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     del d2_d__w_p_0_1_1
     d2_d__w_p_0_1_2_11 = d2_d_w[:, 96:112].reshape(n, 16)
     d2_d__w_p_0_1_2_12 = d2_d_w[:, 128:144].reshape(n, 16)
@@ -10760,11 +10760,11 @@ def _cormorant_message_d2_w(
     del d2_d__w_p_0_1_2_11, d2_d__w_p_0_1_2_12
     d2_d_p_13 = torch.bmm(d2_d__w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2), _t_p_0_1_2.reshape(n * 16, 2, 5)).view(n, 16, 5)  # zpu,zupk->zuk
     del _t_p_0_1_2
-    d2__t_p_0_1_2 = torch.bmm(d2_d__w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5)).view(n, 16, 2, 5)  # zpu,zuk->zupk
+    d2__t_p_0_1_2 = d2_d__w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     del d2_d__w_p_0_1_2
-    d2_d_p_14 = d2_d_w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1) * _t_p_0_2_0.reshape(n, 16, 1)
+    d2_d_p_14 = d2_d_w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1) * _t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _t_p_0_2_0
-    d2__t_p_0_2_0 = torch.bmm(d2_d_w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1), d_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1)).view(n, 16, 1, 1)  # zpu,zuk->zupk
+    d2__t_p_0_2_0 = d2_d_w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1) * d_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     d2_d__w_p_0_2_1_15 = d2_d_w[:, 160:176].reshape(n, 16)
     d2_d__w_p_0_2_1_16 = d2_d_w[:, 208:224].reshape(n, 16)
     d2_d__w_p_0_2_1 = torch.cat([
@@ -10772,9 +10772,9 @@ def _cormorant_message_d2_w(
         d2_d__w_p_0_2_1_16.reshape(n, 16),
     ], dim=-1)
     del d2_d__w_p_0_2_1_15, d2_d__w_p_0_2_1_16
-    d2_d_p_17 = torch.bmm(d2_d__w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2), _t_p_0_2_1.reshape(n * 16, 2, 3)).view(n, 16, 3)  # zpu,zupk->zuk
+    d2_d_p_17 = (d2_d__w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2) * _t_p_0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2)).sum((3,))
     del _t_p_0_2_1
-    d2__t_p_0_2_1 = torch.bmm(d2_d__w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1), d_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3)).view(n, 16, 2, 3)  # zpu,zuk->zupk
+    d2__t_p_0_2_1 = d2_d__w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1) * d_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     del d2_d__w_p_0_2_1
     d2_d__w_p_0_2_2_18 = d2_d_w[:, 144:160].reshape(n, 16)
     d2_d__w_p_0_2_2_19 = d2_d_w[:, 176:192].reshape(n, 16)
@@ -10787,7 +10787,7 @@ def _cormorant_message_d2_w(
     del d2_d__w_p_0_2_2_18, d2_d__w_p_0_2_2_19, d2_d__w_p_0_2_2_20
     d2_d_p_21 = torch.bmm(d2_d__w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3), _t_p_0_2_2.reshape(n * 16, 3, 5)).view(n, 16, 5)  # zpu,zupk->zuk
     del _t_p_0_2_2
-    d2__t_p_0_2_2 = torch.bmm(d2_d__w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1), d_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5)).view(n, 16, 3, 5)  # zpu,zuk->zupk
+    d2__t_p_0_2_2 = d2_d__w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1) * d_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     del d2_d__w_p_0_2_2, d_p
     # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
     d2_d_p = torch.cat([
@@ -10819,7 +10819,7 @@ def _cormorant_message_d2_w(
     d2__m_p_0_31 = torch.bmm(f[:, 64:144].reshape(n, 16, 5).transpose(1, 2), d2__t_p_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 16).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
     del d2__t_p_0_2_1
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_f_32 = d2__t_p_0_2_0.reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
+    d2_f_32 = d2__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
     # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
     d2__m_p_0_33 = torch.bmm(d2__t_p_0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     del d2__t_p_0_2_0
@@ -10834,7 +10834,7 @@ def _cormorant_message_d2_w(
     d2__m_p_0_37 = torch.bmm(f[:, 16:64].reshape(n, 16, 3).transpose(1, 2), d2__t_p_0_1_1.permute(0, 2, 3, 1).reshape(n, 9, 16).transpose(1, 2)).view(n, 3, 3, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
     del d2__t_p_0_1_1
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_f_38 = d2__t_p_0_1_0.reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
+    d2_f_38 = d2__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
     d2__m_p_0_39 = torch.bmm(d2__t_p_0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
     del d2__t_p_0_1_0
@@ -10849,7 +10849,7 @@ def _cormorant_message_d2_w(
     d2__m_p_0_43 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
     del d2__t_p_0_0_1
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_f_44 = d2__t_p_0_0_0.reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    d2_f_44 = d2__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
     del _m_p_0
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
     d2__m_p_0_45 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
@@ -12141,17 +12141,17 @@ def _cormorant_message_d2_weight(
     # every path's (i, k) map at once: sh · G
     _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
     # 1 paths 16x0 ⊗ sh -> 16x0
-    _t_p_0_0_0 = torch.bmm(_m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1).transpose(1, 2), f[:, 0:16].reshape(n, 16, 1).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    p_0 = _t_p_0_0_0.reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).reshape(n, 16, 1)
+    _t_p_0_0_0 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
+    p_0 = _t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x1
-    _t_p_0_0_1 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 16, 1, 3)  # zui,zikp->zupk
-    p_1 = _t_p_0_0_1.reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).reshape(n, 16, 1)
+    _t_p_0_0_1 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
+    p_1 = _t_p_0_0_1.permute(0, 1, 3, 2).reshape(n, 16, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
     # 1 paths 16x0 ⊗ sh -> 16x2
-    _t_p_0_0_2 = torch.bmm(f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 16, 1, 5)  # zui,zikp->zupk
-    p_2 = _t_p_0_0_2.reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).reshape(n, 16, 1)
+    _t_p_0_0_2 = f[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
+    p_2 = _t_p_0_0_2.permute(0, 1, 3, 2).reshape(n, 16, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
     # 1 paths 16x1 ⊗ sh -> 16x0
     _t_p_0_1_0 = torch.bmm(_m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), f[:, 16:64].reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    p_3 = _t_p_0_1_0.reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).reshape(n, 16, 1)
+    p_3 = _t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
     w_p_0_1_1_4 = w[:, 48:64].reshape(n, 16)
     w_p_0_1_1_5 = w[:, 80:96].reshape(n, 16)
     w_p_0_1_1_6 = w[:, 112:128].reshape(n, 16)
@@ -12163,7 +12163,7 @@ def _cormorant_message_d2_weight(
         w_p_0_1_1_6.reshape(n, 16),
     ], dim=-1)
     del w_p_0_1_1_4, w_p_0_1_1_5, w_p_0_1_1_6
-    p_7 = torch.bmm(_w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 3, 1).transpose(1, 2), _t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3).transpose(1, 2)).view(n, 16, 3)  # zupk,zpu->zuk
+    p_7 = (_t_p_0_1_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 1, 3)).sum((3,))
     w_p_0_1_2_8 = w[:, 96:112].reshape(n, 16)
     w_p_0_1_2_9 = w[:, 128:144].reshape(n, 16)
     # 2 paths 16x1 ⊗ sh -> 16x2
@@ -12176,7 +12176,7 @@ def _cormorant_message_d2_weight(
     p_10 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), _t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2).transpose(1, 2)).view(n, 16, 5)  # zupk,zpu->zuk
     # 1 paths 16x2 ⊗ sh -> 16x0
     _t_p_0_2_0 = torch.bmm(_m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), f[:, 64:144].reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 1, 16).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    p_11 = _t_p_0_2_0.reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).reshape(n, 16, 1)
+    p_11 = _t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1)
     w_p_0_2_1_12 = w[:, 160:176].reshape(n, 16)
     w_p_0_2_1_13 = w[:, 208:224].reshape(n, 16)
     # 2 paths 16x2 ⊗ sh -> 16x1
@@ -12186,7 +12186,7 @@ def _cormorant_message_d2_weight(
         w_p_0_2_1_13.reshape(n, 16),
     ], dim=-1)
     del w_p_0_2_1_12, w_p_0_2_1_13
-    p_14 = torch.bmm(_w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 2, 1).transpose(1, 2), _t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2).transpose(1, 2)).view(n, 16, 3)  # zupk,zpu->zuk
+    p_14 = (_t_p_0_2_1.permute(0, 1, 3, 2).reshape(n, 16, 3, 2) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 1, 2)).sum((3,))
     w_p_0_2_2_15 = w[:, 144:160].reshape(n, 16)
     w_p_0_2_2_16 = w[:, 176:192].reshape(n, 16)
     w_p_0_2_2_17 = w[:, 224:240].reshape(n, 16)
@@ -12224,9 +12224,9 @@ def _cormorant_message_d2_weight(
         d2_p_24.reshape(n, 80),
     ], dim=-1)
     del d2_p_20, d2_p_22, d2_p_24
-    d2__t_p_0_2_2 = torch.bmm(_w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 3, 5)  # zuk,zpu->zupk
+    d2__t_p_0_2_2 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_2_2.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
     del _w_p_0_2_2
-    d2__w_p_0_2_2 = torch.bmm(d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5), _t_p_0_2_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 3)).view(n, 16, 3).permute(0, 2, 1)  # zuk,zupk->zpu
+    d2__w_p_0_2_2 = (d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_2_2.permute(0, 2, 1, 3).reshape(n, 3, 16, 5)).sum((3,))
     del _t_p_0_2_2
     # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
     d2_f_25 = torch.bmm(_m_p_0[:, 104:179].reshape(n, 5, 5, 3).permute(0, 3, 2, 1).reshape(n, 15, 5).transpose(1, 2), d2__t_p_0_2_2.reshape(n, 16, 15).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
@@ -12237,9 +12237,9 @@ def _cormorant_message_d2_weight(
     d2_w_28 = d2__w_p_0_2_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_29 = d2__w_p_0_2_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
     del d2__w_p_0_2_2
-    d2__t_p_0_2_1 = torch.bmm(_w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 2, 3)  # zuk,zpu->zupk
+    d2__t_p_0_2_1 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_2_1.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
     del _w_p_0_2_1
-    d2__w_p_0_2_1 = torch.bmm(d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3), _t_p_0_2_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 2)).view(n, 16, 2).permute(0, 2, 1)  # zuk,zupk->zpu
+    d2__w_p_0_2_1 = (d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 16, 3)).sum((3,))
     del _t_p_0_2_1
     # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
     d2_f_30 = torch.bmm(_m_p_0[:, 74:104].reshape(n, 5, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 5).transpose(1, 2), d2__t_p_0_2_1.reshape(n, 16, 6).transpose(1, 2)).view(n, 5, 16).permute(0, 2, 1)  # zupk,zikp->zui
@@ -12249,17 +12249,17 @@ def _cormorant_message_d2_weight(
     d2_w_32 = d2__w_p_0_2_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_33 = d2__w_p_0_2_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
     del d2__w_p_0_2_1
-    d2__t_p_0_2_0 = torch.bmm(w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
-    d2_w_34 = torch.bmm(d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1), _t_p_0_2_0.permute(0, 1, 3, 2).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
+    d2__t_p_0_2_0 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 192:208].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d2_w_34 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
     del _t_p_0_2_0
     # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
-    d2_f_35 = d2__t_p_0_2_0.reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
+    d2_f_35 = d2__t_p_0_2_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 69:74].reshape(n, 5, 1, 1).reshape(n, 1, 5)
     # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
     d2__m_p_0_36 = torch.bmm(d2__t_p_0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 64:144].reshape(n, 16, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     del d2__t_p_0_2_0
-    d2__t_p_0_1_2 = torch.bmm(_w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n * 16, 1, 2).transpose(1, 2), d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 2, 5)  # zuk,zpu->zupk
+    d2__t_p_0_1_2 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * _w_p_0_1_2.reshape(n, 2, 16).permute(0, 2, 1).reshape(n, 16, 2, 1)
     del _w_p_0_1_2
-    d2__w_p_0_1_2 = torch.bmm(d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5), _t_p_0_1_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 2)).view(n, 16, 2).permute(0, 2, 1)  # zuk,zupk->zpu
+    d2__w_p_0_1_2 = (d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 16, 5)).sum((3,))
     del _t_p_0_1_2
     # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
     d2_f_37 = torch.bmm(_m_p_0[:, 39:69].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2), d2__t_p_0_1_2.reshape(n, 16, 10).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
@@ -12269,9 +12269,9 @@ def _cormorant_message_d2_weight(
     d2_w_39 = d2__w_p_0_1_2.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_40 = d2__w_p_0_1_2.reshape(n, -1)[:, 0:16].reshape(n, 16)
     del d2__w_p_0_1_2
-    d2__t_p_0_1_1 = torch.bmm(_w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n * 16, 1, 3).transpose(1, 2), d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 3, 3)  # zuk,zpu->zupk
+    d2__t_p_0_1_1 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * _w_p_0_1_1.reshape(n, 3, 16).permute(0, 2, 1).reshape(n, 16, 3, 1)
     del _w_p_0_1_1
-    d2__w_p_0_1_1 = torch.bmm(d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3), _t_p_0_1_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 3)).view(n, 16, 3).permute(0, 2, 1)  # zuk,zupk->zpu
+    d2__w_p_0_1_1 = (d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_1_1.permute(0, 2, 1, 3).reshape(n, 3, 16, 3)).sum((3,))
     del _t_p_0_1_1
     # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
     d2_f_41 = torch.bmm(_m_p_0[:, 12:39].reshape(n, 3, 3, 3).permute(0, 3, 2, 1).reshape(n, 9, 3).transpose(1, 2), d2__t_p_0_1_1.reshape(n, 16, 9).transpose(1, 2)).view(n, 3, 16).permute(0, 2, 1)  # zupk,zikp->zui
@@ -12282,35 +12282,35 @@ def _cormorant_message_d2_weight(
     d2_w_44 = d2__w_p_0_1_1.reshape(n, -1)[:, 16:32].reshape(n, 16)
     d2_w_45 = d2__w_p_0_1_1.reshape(n, -1)[:, 0:16].reshape(n, 16)
     del d2__w_p_0_1_1
-    d2__t_p_0_1_0 = torch.bmm(w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
-    d2_w_46 = torch.bmm(d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1), _t_p_0_1_0.permute(0, 1, 3, 2).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
+    d2__t_p_0_1_0 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 64:80].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d2_w_46 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
     del _t_p_0_1_0
     # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
-    d2_f_47 = d2__t_p_0_1_0.reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
+    d2_f_47 = d2__t_p_0_1_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
     d2__m_p_0_48 = torch.bmm(d2__t_p_0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
     del d2__t_p_0_1_0
-    d2__t_p_0_0_2 = torch.bmm(w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 5, 1).transpose(1, 2)).view(n, 16, 1, 5)  # zuk,zpu->zupk
-    d2_w_49 = torch.bmm(d2_p[:, 64:144].reshape(n, 16, 5).reshape(n * 16, 1, 5), _t_p_0_0_2.permute(0, 1, 3, 2).reshape(n * 16, 5, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
+    d2__t_p_0_0_2 = d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5) * w[:, 32:48].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d2_w_49 = (d2_p[:, 64:144].reshape(n, 16, 5).reshape(n, 1, 16, 5) * _t_p_0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 16, 5)).sum((3,))
     del _t_p_0_0_2
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
     d2_f_50 = torch.bmm(_m_p_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2), d2__t_p_0_0_2.reshape(n, 16, 5).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
     d2__m_p_0_51 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 16).transpose(1, 2)).view(n, 1, 5, 1)  # zupk,zui->zikp
     del d2__t_p_0_0_2
-    d2__t_p_0_0_1 = torch.bmm(w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 3, 1).transpose(1, 2)).view(n, 16, 1, 3)  # zuk,zpu->zupk
-    d2_w_52 = torch.bmm(d2_p[:, 16:64].reshape(n, 16, 3).reshape(n * 16, 1, 3), _t_p_0_0_1.permute(0, 1, 3, 2).reshape(n * 16, 3, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
+    d2__t_p_0_0_1 = d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * w[:, 16:32].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d2_w_52 = (d2_p[:, 16:64].reshape(n, 16, 3).reshape(n, 1, 16, 3) * _t_p_0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 16, 3)).sum((3,))
     del _t_p_0_0_1
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
     d2_f_53 = torch.bmm(_m_p_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2), d2__t_p_0_0_1.reshape(n, 16, 3).transpose(1, 2)).view(n, 1, 16).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
     d2__m_p_0_54 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 16).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
     del d2__t_p_0_0_1
-    d2__t_p_0_0_0 = torch.bmm(w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n * 16, 1, 1).transpose(1, 2), d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1).transpose(1, 2)).view(n, 16, 1, 1)  # zuk,zpu->zupk
-    d2_w_55 = torch.bmm(d2_p[:, 0:16].reshape(n, 16, 1).reshape(n * 16, 1, 1), _t_p_0_0_0.permute(0, 1, 3, 2).reshape(n * 16, 1, 1)).view(n, 16, 1).permute(0, 2, 1)  # zuk,zupk->zpu
+    d2__t_p_0_0_0 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * w[:, 0:16].reshape(n, 1, 16).permute(0, 2, 1).reshape(n, 16, 1, 1)
+    d2_w_55 = d2_p[:, 0:16].reshape(n, 16, 1).reshape(n, 1, 16) * _t_p_0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 16)
     del _t_p_0_0_0, d2_p
     # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
-    d2_f_56 = d2__t_p_0_0_0.reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    d2_f_56 = d2__t_p_0_0_0.permute(0, 1, 3, 2).reshape(n, 16, 1) * _m_p_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
     del _m_p_0
     # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
     d2__m_p_0_57 = torch.bmm(f[:, 0:16].reshape(n, 16, 1).transpose(1, 2), d2__t_p_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 16).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp

@@ -14,7 +14,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fusion_block', 'fusion_block_3']
 
-_ops = rt.OpNamespace("fusionc_b23cef7f0321a2e6")
+_ops = rt.OpNamespace("fusionc_d1ce987248a30c84")
 
 
 def _fusion_block(
@@ -31,12 +31,12 @@ def _fusion_block(
     # 16x0e ⊗ 16x0e -> 16x0e
     _c0 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    t_0 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1).transpose(1, 2), _c0.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    t_0 = _c0.reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(1, 16, 1)
     del _c0, _c1
     # 16x0e ⊗ 16x1o -> 16x1o
     _c2 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c3 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    t_1 = torch.bmm((_c3 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c2.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    t_1 = (_c2.reshape(n, 16, 1, 3) * (_c3 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c2, _c3
     # 16x0e ⊗ 16x2e -> 16x2e
     _c4 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
@@ -46,7 +46,7 @@ def _fusion_block(
     # 16x1o ⊗ 16x0e -> 16x1o
     _c6 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c7 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    t_3 = torch.bmm((_c7 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    t_3 = (_c6.reshape(n, 16, 1, 3) * (_c7 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c6, _c7
     # 16x1o ⊗ 16x1o -> 16x0e
     _c8 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -107,7 +107,7 @@ def _fusion_block(
     ], dim=-1)
     del t_0, t_1, t_10, t_11, t_12, t_13, t_14, t_2, t_3, t_4, t_5, t_6, t_7, t_8, t_9
     _c24 = t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    _p2 = cg_0_0_0.reshape(1, 1, 1) * _c24.reshape(n, 16, 1)
+    _p2 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c24.reshape(n, 16, 1)
     del _c24
     # p7 = (p0 ⊗ p6) -> 16x1o
     _c25 = t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -206,7 +206,7 @@ def _fusion_block(
     del p42_15, p42_16, p42_17
     _c39 = _p42.reshape(n, 16, 1, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del _p42
-    _p43 = cg_0_0_0.reshape(1, 1, 1) * _c39.reshape(n, 16, 1)
+    _p43 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c39.reshape(n, 16, 1)
     del _c39
     y_18 = _p43
     del _p43
@@ -500,12 +500,12 @@ def _fusion_block_d(
     # 16x0e ⊗ 16x0e -> 16x0e
     _c0 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    t_0 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1).transpose(1, 2), _c0.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    t_0 = _c0.reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(1, 16, 1)
     del _c0
     # 16x0e ⊗ 16x1o -> 16x1o
     _c2 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c3 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    t_1 = torch.bmm((_c3 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c2.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    t_1 = (_c2.reshape(n, 16, 1, 3) * (_c3 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c2
     # 16x0e ⊗ 16x2e -> 16x2e
     _c4 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
@@ -515,7 +515,7 @@ def _fusion_block_d(
     # 16x1o ⊗ 16x0e -> 16x1o
     _c6 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c7 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    t_3 = torch.bmm((_c7 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    t_3 = (_c6.reshape(n, 16, 1, 3) * (_c7 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c6
     # 16x1o ⊗ 16x1o -> 16x0e
     _c8 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -570,7 +570,7 @@ def _fusion_block_d(
     ], dim=-1)
     del t_0, t_1, t_10, t_11, t_12, t_13, t_14, t_2, t_3, t_4, t_5, t_6, t_7, t_8, t_9
     _c24 = t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    _p2 = cg_0_0_0.reshape(1, 1, 1) * _c24.reshape(n, 16, 1)
+    _p2 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c24.reshape(n, 16, 1)
     del _c24
     # p7 = (p0 ⊗ p6) -> 16x1o
     _c25 = t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -1158,14 +1158,14 @@ def _fusion_block_d(
     d__p43 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     _c73 = d__p43.reshape(n, 16, 1, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c73.reshape(n, 16, 1)
+    d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c73.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c73
     # ∂/∂x4: p43 = (p42 ⊗ p3) -> 16x0e
     _p42 = p42_15 + p42_16 + p42_17
     del p42_15, p42_16, p42_17
     _c74 = d__p43.reshape(n, 16, 1, 1) * _p42.reshape(n, 16, 1, 1)
     del _p42, d__p43
-    d_x4_281 = cg_0_0_0.reshape(1, 1, 1) * _c74.reshape(n, 16, 1)
+    d_x4_281 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c74.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c74
     d__p23_282 = d__p42.reshape(n, 16, 1) * (weight[944:960].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d_weight_283 = torch.bmm((d__p42 * 0.2581988897471611).permute(1, 0, 2).reshape(16, 1, n), _p23.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
@@ -1504,12 +1504,12 @@ def _fusion_block_d(
     d__p2 = d__p2_272 + d__p2_279 + d__p2_286
     del d__p2_272, d__p2_279, d__p2_286
     _c135 = d__p2.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d_t_348 = cg_0_0_0.reshape(1, 1, 1) * _c135.reshape(n, 16, 1)
+    d_t_348 = cg_0_0_0.reshape(1, 1, 1) * _c135.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c135
     # ∂/∂x3: p2 = (p0 ⊗ p1) -> 16x0e
     _c136 = d__p2.reshape(n, 16, 1, 1) * t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d__p2, t
-    d_x3_349 = cg_0_0_0.reshape(1, 1, 1) * _c136.reshape(n, 16, 1)
+    d_x3_349 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c136.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c136
     # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x1e
     d_t = torch.cat([
@@ -1646,11 +1646,11 @@ def _fusion_block_d(
     del _c165
     # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
     _c166 = d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d_x1_380 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 3, 3).transpose(1, 2), _c166.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,ijku->zui
+    d_x1_380 = (_c166.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c9 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c166
     # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
     _c167 = d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d_x2_381 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 3, 3).transpose(1, 2), _c167.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,ijku->zuj
+    d_x2_381 = (_c167.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c9 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c9
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c168 = torch.bmm(_c167.permute(1, 0, 3, 2).reshape(16, n, 3).transpose(1, 2), x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n).transpose(1, 2)).view(16, 3, 1, 3)  # zuj,zuki->uikj
@@ -1659,7 +1659,7 @@ def _fusion_block_d(
     del _c168
     # ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
     _c169 = d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d_x1_383 = torch.bmm((_c7 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 3, 3).transpose(1, 2), _c169.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    d_x1_383 = (_c169.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c7 * 0.8660254037844386).reshape(1, 16, 3, 3)).sum((3,))
     del _c169
     # ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
     d_x2_384 = torch.bmm((_c7 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c158.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,uijk->zuj
@@ -1686,7 +1686,7 @@ def _fusion_block_d(
     del _c149
     # ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
     _c173 = d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d_x2_390 = torch.bmm((_c3 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3).transpose(1, 2), _c173.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    d_x2_390 = (_c173.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c3 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(1, 16, 3, 3)).sum((3,))
     del _c3
     # ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c174 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c173.permute(1, 0, 3, 2).reshape(16, n, 3)).view(16, 3, 1, 3)  # zuj,zuki->ujik
@@ -1695,12 +1695,12 @@ def _fusion_block_d(
     del _c174
     # ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
     _c175 = d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d_x1_392 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 1, 1).transpose(1, 2), _c175.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,ijku->zui
+    d_x1_392 = _c175.permute(0, 1, 3, 2).reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(1, 16, 1)
     del _c175
     # ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
     _c176 = d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d_t
-    d_x2_393 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 1, 1).transpose(1, 2), _c176.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,ijku->zuj
+    d_x2_393 = _c176.permute(0, 1, 3, 2).reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 1)
     del _c1
     # ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c177 = torch.bmm(x2[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c176.permute(1, 0, 3, 2).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuki->ujik
@@ -2020,7 +2020,7 @@ def _fusion_block_d2_x1(
     d__p43 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     _c17 = d__p43.reshape(n, 16, 1, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c17.reshape(n, 16, 1)
+    d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c17.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c17
     d__p23_80 = d__p42.reshape(n, 16, 1) * (weight[944:960].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d__p12_81 = d__p42.reshape(n, 16, 1) * (weight[480:496].view(16) * 0.2581988897471611).reshape(1, 16, 1)
@@ -2203,12 +2203,12 @@ def _fusion_block_d2_x1(
     d__p2 = d__p2_76 + d__p2_79 + d__p2_82
     del d__p2_76, d__p2_79, d__p2_82
     _c48 = d__p2.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d_t_113 = cg_0_0_0.reshape(1, 1, 1) * _c48.reshape(n, 16, 1)
+    d_t_113 = cg_0_0_0.reshape(1, 1, 1) * _c48.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c48
     # ∂/∂d_t: ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
     _c49 = d2_d_x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c50 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    d2_d_t_114 = torch.bmm((_c50 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1).transpose(1, 2), _c49.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    d2_d_t_114 = _c49.reshape(n, 16, 1) * (_c50 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(1, 16, 1)
     del _c49
     # ∂/∂x2: ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
     d_t = torch.cat([
@@ -2220,7 +2220,7 @@ def _fusion_block_d2_x1(
     ], dim=-1)
     del d_t_100, d_t_101, d_t_102, d_t_103, d_t_104, d_t_105, d_t_106, d_t_107, d_t_108, d_t_109, d_t_110, d_t_111, d_t_112, d_t_113, d_t_83, d_t_84, d_t_85, d_t_86, d_t_87, d_t_88, d_t_89, d_t_90, d_t_91, d_t_92, d_t_93, d_t_94, d_t_95, d_t_96, d_t_97, d_t_98, d_t_99
     _c51 = d2_d_x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x2_115 = torch.bmm((_c50 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 1, 1).transpose(1, 2), _c51.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuik,ijku->zuj
+    d2_x2_115 = _c51.reshape(n, 16, 1) * (_c50 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 1)
     del _c50
     # ∂/∂weight: ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
     _c52 = torch.bmm(x2[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c51.permute(1, 0, 2, 3).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuik->ujik
@@ -2230,11 +2230,11 @@ def _fusion_block_d2_x1(
     # ∂/∂d_t: ∂/∂x1: 16x0e ⊗ 16x1o -> 16x1o
     _c53 = d2_d_x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c54 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    d2_d_t_117 = torch.bmm((_c54 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c53.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    d2_d_t_117 = (_c53.reshape(n, 16, 1, 3) * (_c54 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c53
     # ∂/∂x2: ∂/∂x1: 16x0e ⊗ 16x1o -> 16x1o
     _c55 = d2_d_x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_118 = torch.bmm((_c54 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 3, 3).transpose(1, 2), _c55.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    d2_x2_118 = (_c55.reshape(n, 16, 1, 3) * (_c54 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(1, 16, 3, 3)).sum((3,))
     del _c54
     # ∂/∂weight: ∂/∂x1: 16x0e ⊗ 16x1o -> 16x1o
     _c56 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c55.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 1, 3)  # zuj,zuik->ujik
@@ -2258,7 +2258,7 @@ def _fusion_block_d2_x1(
     # ∂/∂d_t: ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
     _c61 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c62 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    d2_d_t_123 = torch.bmm((_c62 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c61.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    d2_d_t_123 = (_c61.reshape(n, 16, 1, 3) * (_c62 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c61
     # ∂/∂x2: ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
     _c63 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -2274,7 +2274,7 @@ def _fusion_block_d2_x1(
     d2_d_t_126 = torch.bmm((_c66 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c65.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
     # ∂/∂x2: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
     _c67 = d2_d_x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x2_127 = torch.bmm((_c66 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 3, 3).transpose(1, 2), _c67.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,ijku->zuj
+    d2_x2_127 = (_c67.reshape(n, 16, 1, 3) * (_c66 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c66
     # ∂/∂weight: ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
     _c68 = torch.bmm(_c67.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2), x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n).transpose(1, 2)).view(16, 3, 1, 3)  # zuj,zuik->uikj
@@ -2418,12 +2418,12 @@ def _fusion_block_d2_x1(
     ], dim=-1)
     del d2_d_t_114, d2_d_t_117, d2_d_t_120, d2_d_t_123, d2_d_t_126, d2_d_t_129, d2_d_t_132, d2_d_t_135, d2_d_t_138, d2_d_t_141, d2_d_t_144, d2_d_t_147, d2_d_t_150, d2_d_t_153, d2_d_t_156
     _c101 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p2 = cg_0_0_0.reshape(1, 1, 1) * _c101.reshape(n, 16, 1)
+    d2_d__p2 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c101.reshape(n, 16, 1)
     del _c101
     # ∂/∂x3: ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
     _c102 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p2.reshape(n, 16, 1, 1)
     del d__p2
-    d2_x3_159 = cg_0_0_0.reshape(1, 1, 1) * _c102.reshape(n, 16, 1)
+    d2_x3_159 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c102.reshape(n, 16, 1)
     del _c102
     # ∂/∂d__p7: ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
     _c103 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -2674,12 +2674,12 @@ def _fusion_block_d2_x1(
     d2_d__p42 = d2_d__p42_190 + d2_d__p42_192 + d2_d__p42_194
     del d2_d__p42_190, d2_d__p42_192, d2_d__p42_194
     _c147 = d2_d__p42.reshape(n, 16, 1, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p43 = cg_0_0_0.reshape(1, 1, 1) * _c147.reshape(n, 16, 1)
+    d2_d__p43 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c147.reshape(n, 16, 1)
     del _c147
     # ∂/∂x4: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     _c148 = d2_d__p42.reshape(n, 16, 1, 1) * d__p43.reshape(n, 16, 1, 1)
     del d2_d__p42, d__p43
-    d2_x4_196 = cg_0_0_0.reshape(1, 1, 1) * _c148.reshape(n, 16, 1)
+    d2_x4_196 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c148.reshape(n, 16, 1)
     del _c148
     d2_d_y_197 = d2_d__p43
     del d2_d__p43
@@ -3425,7 +3425,7 @@ def _fusion_block_d2_x2(
     d__p43 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     _c17 = d__p43.reshape(n, 16, 1, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c17.reshape(n, 16, 1)
+    d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c17.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c17
     d__p23_80 = d__p42.reshape(n, 16, 1) * (weight[944:960].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d__p12_81 = d__p42.reshape(n, 16, 1) * (weight[480:496].view(16) * 0.2581988897471611).reshape(1, 16, 1)
@@ -3608,12 +3608,12 @@ def _fusion_block_d2_x2(
     d__p2 = d__p2_76 + d__p2_79 + d__p2_82
     del d__p2_76, d__p2_79, d__p2_82
     _c48 = d__p2.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d_t_113 = cg_0_0_0.reshape(1, 1, 1) * _c48.reshape(n, 16, 1)
+    d_t_113 = cg_0_0_0.reshape(1, 1, 1) * _c48.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c48
     # ∂/∂d_t: ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
     _c49 = d2_d_x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c50 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    d2_d_t_114 = torch.bmm((_c50 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(16, 1, 1).transpose(1, 2), _c49.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuji,ijku->zuk
+    d2_d_t_114 = _c49.permute(0, 1, 3, 2).reshape(n, 16, 1) * (_c50 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(1, 16, 1)
     del _c49
     # ∂/∂x1: ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
     d_t = torch.cat([
@@ -3625,7 +3625,7 @@ def _fusion_block_d2_x2(
     ], dim=-1)
     del d_t_100, d_t_101, d_t_102, d_t_103, d_t_104, d_t_105, d_t_106, d_t_107, d_t_108, d_t_109, d_t_110, d_t_111, d_t_112, d_t_113, d_t_83, d_t_84, d_t_85, d_t_86, d_t_87, d_t_88, d_t_89, d_t_90, d_t_91, d_t_92, d_t_93, d_t_94, d_t_95, d_t_96, d_t_97, d_t_98, d_t_99
     _c51 = d2_d_x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_115 = torch.bmm((_c50 * 0.5773502691896257).permute(3, 1, 2, 0).reshape(16, 1, 1).transpose(1, 2), _c51.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zujk,ijku->zui
+    d2_x1_115 = _c51.reshape(n, 16, 1) * (_c50 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(1, 16, 1)
     del _c50
     # ∂/∂weight: ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
     _c52 = torch.bmm(x1[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c51.permute(1, 0, 2, 3).reshape(16, n, 1)).view(16, 1, 1, 1)  # zui,zujk->uijk
@@ -3635,7 +3635,7 @@ def _fusion_block_d2_x2(
     # ∂/∂d_t: ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
     _c53 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c54 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    d2_d_t_117 = torch.bmm((_c54 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 3, 3).transpose(1, 2), _c53.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,uijk->zuk
+    d2_d_t_117 = (_c53.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c54 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c53
     # ∂/∂x1: ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
     _c55 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -3661,11 +3661,11 @@ def _fusion_block_d2_x2(
     # ∂/∂d_t: ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
     _c61 = d2_d_x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c62 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    d2_d_t_123 = torch.bmm((_c62 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 3, 3).transpose(1, 2), _c61.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,uijk->zuk
+    d2_d_t_123 = (_c61.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c62 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c61
     # ∂/∂x1: ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
     _c63 = d2_d_x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_124 = torch.bmm((_c62 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 3, 3).transpose(1, 2), _c63.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,uijk->zui
+    d2_x1_124 = (_c63.reshape(n, 16, 1, 3) * (_c62 * 0.8660254037844386).reshape(1, 16, 3, 3)).sum((3,))
     del _c62
     # ∂/∂weight: ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
     _c64 = torch.bmm(x1[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c63.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 1, 3)  # zui,zujk->uijk
@@ -3678,7 +3678,7 @@ def _fusion_block_d2_x2(
     d2_d_t_126 = torch.bmm((_c66 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c65.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuji,jiku->zuk
     # ∂/∂x1: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
     _c67 = d2_d_x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_127 = torch.bmm((_c66 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 3, 3).transpose(1, 2), _c67.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,jiku->zui
+    d2_x1_127 = (_c67.reshape(n, 16, 1, 3) * (_c66 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c66
     # ∂/∂weight: ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
     _c68 = torch.bmm(x1[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c67.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 3, 1)  # zui,zujk->uijk
@@ -3823,12 +3823,12 @@ def _fusion_block_d2_x2(
     ], dim=-1)
     del d2_d_t_114, d2_d_t_117, d2_d_t_120, d2_d_t_123, d2_d_t_126, d2_d_t_129, d2_d_t_132, d2_d_t_135, d2_d_t_138, d2_d_t_141, d2_d_t_144, d2_d_t_147, d2_d_t_150, d2_d_t_153, d2_d_t_156
     _c101 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p2 = cg_0_0_0.reshape(1, 1, 1) * _c101.reshape(n, 16, 1)
+    d2_d__p2 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c101.reshape(n, 16, 1)
     del _c101
     # ∂/∂x3: ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
     _c102 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p2.reshape(n, 16, 1, 1)
     del d__p2
-    d2_x3_159 = cg_0_0_0.reshape(1, 1, 1) * _c102.reshape(n, 16, 1)
+    d2_x3_159 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c102.reshape(n, 16, 1)
     del _c102
     # ∂/∂d__p7: ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
     _c103 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -4079,12 +4079,12 @@ def _fusion_block_d2_x2(
     d2_d__p42 = d2_d__p42_190 + d2_d__p42_192 + d2_d__p42_194
     del d2_d__p42_190, d2_d__p42_192, d2_d__p42_194
     _c147 = d2_d__p42.reshape(n, 16, 1, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p43 = cg_0_0_0.reshape(1, 1, 1) * _c147.reshape(n, 16, 1)
+    d2_d__p43 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c147.reshape(n, 16, 1)
     del _c147
     # ∂/∂x4: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     _c148 = d2_d__p42.reshape(n, 16, 1, 1) * d__p43.reshape(n, 16, 1, 1)
     del d2_d__p42, d__p43
-    d2_x4_196 = cg_0_0_0.reshape(1, 1, 1) * _c148.reshape(n, 16, 1)
+    d2_x4_196 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c148.reshape(n, 16, 1)
     del _c148
     d2_d_y_197 = d2_d__p43
     del d2_d__p43
@@ -4662,12 +4662,12 @@ def _fusion_block_d2_x3(
     # 16x0e ⊗ 16x0e -> 16x0e
     _c0 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    t_0 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1).transpose(1, 2), _c0.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    t_0 = _c0.reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(1, 16, 1)
     del _c0
     # 16x0e ⊗ 16x1o -> 16x1o
     _c2 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c3 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    t_1 = torch.bmm((_c3 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c2.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    t_1 = (_c2.reshape(n, 16, 1, 3) * (_c3 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c2
     # 16x0e ⊗ 16x2e -> 16x2e
     _c4 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
@@ -4677,7 +4677,7 @@ def _fusion_block_d2_x3(
     # 16x1o ⊗ 16x0e -> 16x1o
     _c6 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c7 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    t_3 = torch.bmm((_c7 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    t_3 = (_c6.reshape(n, 16, 1, 3) * (_c7 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c6
     # 16x1o ⊗ 16x1o -> 16x0e
     _c8 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -4893,7 +4893,7 @@ def _fusion_block_d2_x3(
     d__p43 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     _c41 = d__p43.reshape(n, 16, 1, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c41.reshape(n, 16, 1)
+    d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c41.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c41
     d__p23_95 = d__p42.reshape(n, 16, 1) * (weight[944:960].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d__p12_96 = d__p42.reshape(n, 16, 1) * (weight[480:496].view(16) * 0.2581988897471611).reshape(1, 16, 1)
@@ -4908,7 +4908,7 @@ def _fusion_block_d2_x3(
     ], dim=-1)
     del t_0, t_1, t_10, t_11, t_12, t_13, t_14, t_2, t_3, t_4, t_5, t_6, t_7, t_8, t_9
     _c42 = d2_d_x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p2 = cg_0_0_0.reshape(1, 1, 1) * _c42.reshape(n, 16, 1)
+    d2_d__p2 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c42.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c42
     # ∂/∂t: ∂/∂x3: p2 = (p0 ⊗ p1) -> 16x0e
     d__p2 = d__p2_91 + d__p2_94 + d__p2_97
@@ -5221,12 +5221,12 @@ def _fusion_block_d2_x3(
     d2_d__p42 = d2_d__p42_129 + d2_d__p42_131 + d2_d__p42_133
     del d2_d__p42_129, d2_d__p42_131, d2_d__p42_133
     _c88 = d2_d__p42.reshape(n, 16, 1, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p43 = cg_0_0_0.reshape(1, 1, 1) * _c88.reshape(n, 16, 1)
+    d2_d__p43 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c88.reshape(n, 16, 1)
     del _c88
     # ∂/∂x4: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     _c89 = d2_d__p42.reshape(n, 16, 1, 1) * d__p43.reshape(n, 16, 1, 1)
     del d2_d__p42, d__p43
-    d2_x4_135 = cg_0_0_0.reshape(1, 1, 1) * _c89.reshape(n, 16, 1)
+    d2_x4_135 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c89.reshape(n, 16, 1)
     del _c89
     d2_d_y_136 = d2_d__p43
     del d2_d__p43
@@ -5793,11 +5793,11 @@ def _fusion_block_d2_x3(
     del _c152
     # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
     _c153 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_367 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 3, 3).transpose(1, 2), _c153.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,ijku->zui
+    d2_x1_367 = (_c153.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c9 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c153
     # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
     _c154 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_368 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 3, 3).transpose(1, 2), _c154.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,ijku->zuj
+    d2_x2_368 = (_c154.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c9 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c9
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c155 = torch.bmm(_c154.permute(1, 0, 3, 2).reshape(16, n, 3).transpose(1, 2), x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n).transpose(1, 2)).view(16, 3, 1, 3)  # zuj,zuki->uikj
@@ -5806,7 +5806,7 @@ def _fusion_block_d2_x3(
     del _c155
     # ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
     _c156 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_370 = torch.bmm((_c7 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 3, 3).transpose(1, 2), _c156.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    d2_x1_370 = (_c156.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c7 * 0.8660254037844386).reshape(1, 16, 3, 3)).sum((3,))
     del _c156
     # ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
     d2_x2_371 = torch.bmm((_c7 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c145.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,uijk->zuj
@@ -5833,7 +5833,7 @@ def _fusion_block_d2_x3(
     del _c136
     # ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
     _c160 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x2_377 = torch.bmm((_c3 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3).transpose(1, 2), _c160.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    d2_x2_377 = (_c160.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c3 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(1, 16, 3, 3)).sum((3,))
     del _c3
     # ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c161 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c160.permute(1, 0, 3, 2).reshape(16, n, 3)).view(16, 3, 1, 3)  # zuj,zuki->ujik
@@ -5842,12 +5842,12 @@ def _fusion_block_d2_x3(
     del _c161
     # ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
     _c162 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_379 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 1, 1).transpose(1, 2), _c162.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,ijku->zui
+    d2_x1_379 = _c162.permute(0, 1, 3, 2).reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(1, 16, 1)
     del _c162
     # ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
     _c163 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d2_t
-    d2_x2_380 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 1, 1).transpose(1, 2), _c163.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,ijku->zuj
+    d2_x2_380 = _c163.permute(0, 1, 3, 2).reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 1)
     del _c1
     # ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c164 = torch.bmm(x2[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c163.permute(1, 0, 3, 2).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuki->ujik
@@ -6000,12 +6000,12 @@ def _fusion_block_d2_x4(
     # 16x0e ⊗ 16x0e -> 16x0e
     _c0 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    t_0 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1).transpose(1, 2), _c0.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    t_0 = _c0.reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(1, 16, 1)
     del _c0
     # 16x0e ⊗ 16x1o -> 16x1o
     _c2 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c3 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    t_1 = torch.bmm((_c3 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c2.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    t_1 = (_c2.reshape(n, 16, 1, 3) * (_c3 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c2
     # 16x0e ⊗ 16x2e -> 16x2e
     _c4 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
@@ -6015,7 +6015,7 @@ def _fusion_block_d2_x4(
     # 16x1o ⊗ 16x0e -> 16x1o
     _c6 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c7 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    t_3 = torch.bmm((_c7 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    t_3 = (_c6.reshape(n, 16, 1, 3) * (_c7 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c6
     # 16x1o ⊗ 16x1o -> 16x0e
     _c8 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -6070,7 +6070,7 @@ def _fusion_block_d2_x4(
     ], dim=-1)
     del t_0, t_1, t_10, t_11, t_12, t_13, t_14, t_2, t_3, t_4, t_5, t_6, t_7, t_8, t_9
     _c24 = t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    _p2 = cg_0_0_0.reshape(1, 1, 1) * _c24.reshape(n, 16, 1)
+    _p2 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c24.reshape(n, 16, 1)
     del _c24
     # p7 = (p0 ⊗ p6) -> 16x1o
     _c25 = t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -6269,7 +6269,7 @@ def _fusion_block_d2_x4(
     del p42_15, p42_16, p42_17
     _c39 = d2_d_x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _p42.reshape(n, 16, 1, 1)
     del _p42
-    d2_d__p43 = cg_0_0_0.reshape(1, 1, 1) * _c39.reshape(n, 16, 1)
+    d2_d__p43 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c39.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c39
     # ∂/∂_p42: ∂/∂x4: p43 = (p42 ⊗ p3) -> 16x0e
     _c40 = d2_d_x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p43.reshape(n, 16, 1, 1)
@@ -7058,12 +7058,12 @@ def _fusion_block_d2_x4(
     d2__p2 = d2__p2_274 + d2__p2_280 + d2__p2_286
     del d2__p2_274, d2__p2_280, d2__p2_286
     _c135 = d2__p2.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_t_348 = cg_0_0_0.reshape(1, 1, 1) * _c135.reshape(n, 16, 1)
+    d2_t_348 = cg_0_0_0.reshape(1, 1, 1) * _c135.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c135
     # ∂/∂x3: p2 = (p0 ⊗ p1) -> 16x0e
     _c136 = d2__p2.reshape(n, 16, 1, 1) * t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d2__p2, t
-    d2_x3_349 = cg_0_0_0.reshape(1, 1, 1) * _c136.reshape(n, 16, 1)
+    d2_x3_349 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c136.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c136
     # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x1e
     d2_t = torch.cat([
@@ -7200,11 +7200,11 @@ def _fusion_block_d2_x4(
     del _c165
     # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
     _c166 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_380 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 3, 3).transpose(1, 2), _c166.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,ijku->zui
+    d2_x1_380 = (_c166.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c9 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c166
     # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
     _c167 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_381 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 3, 3).transpose(1, 2), _c167.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,ijku->zuj
+    d2_x2_381 = (_c167.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c9 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c9
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c168 = torch.bmm(_c167.permute(1, 0, 3, 2).reshape(16, n, 3).transpose(1, 2), x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n).transpose(1, 2)).view(16, 3, 1, 3)  # zuj,zuki->uikj
@@ -7213,7 +7213,7 @@ def _fusion_block_d2_x4(
     del _c168
     # ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
     _c169 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_383 = torch.bmm((_c7 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 3, 3).transpose(1, 2), _c169.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    d2_x1_383 = (_c169.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c7 * 0.8660254037844386).reshape(1, 16, 3, 3)).sum((3,))
     del _c169
     # ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
     d2_x2_384 = torch.bmm((_c7 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c158.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,uijk->zuj
@@ -7240,7 +7240,7 @@ def _fusion_block_d2_x4(
     del _c149
     # ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
     _c173 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x2_390 = torch.bmm((_c3 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3).transpose(1, 2), _c173.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    d2_x2_390 = (_c173.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c3 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(1, 16, 3, 3)).sum((3,))
     del _c3
     # ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c174 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c173.permute(1, 0, 3, 2).reshape(16, n, 3)).view(16, 3, 1, 3)  # zuj,zuki->ujik
@@ -7249,12 +7249,12 @@ def _fusion_block_d2_x4(
     del _c174
     # ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
     _c175 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_392 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 1, 1).transpose(1, 2), _c175.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,ijku->zui
+    d2_x1_392 = _c175.permute(0, 1, 3, 2).reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(1, 16, 1)
     del _c175
     # ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
     _c176 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d2_t
-    d2_x2_393 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 1, 1).transpose(1, 2), _c176.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,ijku->zuj
+    d2_x2_393 = _c176.permute(0, 1, 3, 2).reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 1)
     del _c1
     # ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c177 = torch.bmm(x2[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c176.permute(1, 0, 3, 2).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuki->ujik
@@ -7407,11 +7407,11 @@ def _fusion_block_d2_weight(
     # 16x0e ⊗ 16x0e -> 16x0e
     _c0 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    t_0 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1).transpose(1, 2), _c0.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    t_0 = _c0.reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(1, 16, 1)
     # 16x0e ⊗ 16x1o -> 16x1o
     _c2 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c3 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    t_1 = torch.bmm((_c3 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c2.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    t_1 = (_c2.reshape(n, 16, 1, 3) * (_c3 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     # 16x0e ⊗ 16x2e -> 16x2e
     _c4 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 64:144].reshape(n, 16, 5).reshape(n, 16, 1, 5)
     _c5 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
@@ -7419,7 +7419,7 @@ def _fusion_block_d2_weight(
     # 16x1o ⊗ 16x0e -> 16x1o
     _c6 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c7 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    t_3 = torch.bmm((_c7 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    t_3 = (_c6.reshape(n, 16, 1, 3) * (_c7 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     # 16x1o ⊗ 16x1o -> 16x0e
     _c8 = x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c9 = torch.mm(cg_1_1_0.reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->ijku
@@ -7468,7 +7468,7 @@ def _fusion_block_d2_weight(
     ], dim=-1)
     del t_0, t_1, t_10, t_11, t_12, t_13, t_14, t_2, t_3, t_4, t_5, t_6, t_7, t_8, t_9
     _c24 = t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    _p2 = cg_0_0_0.reshape(1, 1, 1) * _c24.reshape(n, 16, 1)
+    _p2 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c24.reshape(n, 16, 1)
     del _c24
     # p7 = (p0 ⊗ p6) -> 16x1o
     _c25 = t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -7729,7 +7729,7 @@ def _fusion_block_d2_weight(
     d__p43 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     _c56 = d__p43.reshape(n, 16, 1, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c56.reshape(n, 16, 1)
+    d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c56.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c56
     d__p23_95 = d__p42.reshape(n, 16, 1) * (weight[944:960].view(16) * 0.2581988897471611).reshape(1, 16, 1)
     d__p12_96 = d__p42.reshape(n, 16, 1) * (weight[480:496].view(16) * 0.2581988897471611).reshape(1, 16, 1)
@@ -7912,11 +7912,11 @@ def _fusion_block_d2_weight(
     d__p2 = d__p2_91 + d__p2_94 + d__p2_97
     del d__p2_91, d__p2_94, d__p2_97
     _c87 = d__p2.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d_t_128 = cg_0_0_0.reshape(1, 1, 1) * _c87.reshape(n, 16, 1)
+    d_t_128 = cg_0_0_0.reshape(1, 1, 1) * _c87.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c87
     # ∂/∂d_t: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c88 = torch.mm(d2_d_weight[0:16].view(16).reshape(16, 1), cg_0_0_0.reshape(1, 1)).view(16, 1, 1, 1)  # u,ijk->uijk
-    d2_d_t_129 = (_c88 * 0.5773502691896257).reshape(1, 16, 1) * _c0.reshape(n, 16, 1)
+    d2_d_t_129 = (_c88 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(1, 16, 1) * _c0.reshape(n, 16, 1)
     del _c0
     # ∂/∂x1: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     d_t = torch.cat([
@@ -7928,22 +7928,22 @@ def _fusion_block_d2_weight(
     ], dim=-1)
     del d_t_100, d_t_101, d_t_102, d_t_103, d_t_104, d_t_105, d_t_106, d_t_107, d_t_108, d_t_109, d_t_110, d_t_111, d_t_112, d_t_113, d_t_114, d_t_115, d_t_116, d_t_117, d_t_118, d_t_119, d_t_120, d_t_121, d_t_122, d_t_123, d_t_124, d_t_125, d_t_126, d_t_127, d_t_128, d_t_98, d_t_99
     _c89 = d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_130 = (_c88 * 0.5773502691896257).reshape(1, 16, 1) * _c89.reshape(n, 16, 1)
+    d2_x1_130 = (_c88 * 0.5773502691896257).reshape(1, 16, 1) * _c89.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c89
     # ∂/∂x2: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c90 = d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x2_131 = (_c88 * 0.5773502691896257).reshape(1, 16, 1) * _c90.reshape(n, 16, 1)
+    d2_x2_131 = (_c88 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(1, 16, 1) * _c90.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c88, _c90
     # ∂/∂d_t: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c91 = torch.mm(d2_d_weight[16:32].view(16).reshape(16, 1), cg_0_1_1.reshape(1, 9)).view(16, 1, 3, 3)  # u,ijk->uijk
-    d2_d_t_132 = torch.bmm((_c91 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3), _c2.permute(1, 2, 3, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    d2_d_t_132 = ((_c91 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3) * _c2.reshape(n, 16, 1, 3)).sum((3,))
     del _c2
     # ∂/∂x1: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c92 = d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_x1_133 = torch.bmm((_c91 * 0.8660254037844386).reshape(16, 1, 9), _c92.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zujk->zui
     # ∂/∂x2: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c93 = d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x2_134 = torch.bmm((_c91 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 3, 3), _c93.permute(1, 3, 2, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    d2_x2_134 = ((_c91 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(1, 16, 3, 3) * _c93.permute(0, 1, 3, 2).reshape(n, 16, 1, 3)).sum((3,))
     del _c91, _c93
     # ∂/∂d_t: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
     _c94 = torch.mm(d2_d_weight[32:48].view(16).reshape(16, 1), cg_0_2_2.reshape(1, 25)).view(16, 1, 5, 5)  # u,ijk->uijk
@@ -7958,11 +7958,11 @@ def _fusion_block_d2_weight(
     del _c94, _c96
     # ∂/∂d_t: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
     _c97 = torch.mm(d2_d_weight[48:64].view(16).reshape(16, 1), cg_1_0_1.reshape(1, 9)).view(16, 3, 1, 3)  # u,ijk->uijk
-    d2_d_t_138 = torch.bmm((_c97 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3), _c6.permute(1, 2, 3, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    d2_d_t_138 = ((_c97 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3) * _c6.reshape(n, 16, 1, 3)).sum((3,))
     del _c6
     # ∂/∂x1: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
     _c98 = d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_139 = torch.bmm((_c97 * 0.8660254037844386).reshape(16, 3, 3), _c98.permute(1, 3, 2, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zukj->zui
+    d2_x1_139 = ((_c97 * 0.8660254037844386).reshape(1, 16, 3, 3) * _c98.permute(0, 1, 3, 2).reshape(n, 16, 1, 3)).sum((3,))
     del _c98
     # ∂/∂x2: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
     _c99 = d_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
@@ -7973,11 +7973,11 @@ def _fusion_block_d2_weight(
     d2_d_t_141 = torch.bmm((_c100 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 1, 9), _c8.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂x1: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c101 = d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_142 = torch.bmm((_c100 * 0.5773502691896257).reshape(16, 3, 3), _c101.permute(1, 3, 2, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zukj->zui
+    d2_x1_142 = ((_c100 * 0.5773502691896257).reshape(1, 16, 3, 3) * _c101.permute(0, 1, 3, 2).reshape(n, 16, 1, 3)).sum((3,))
     del _c101
     # ∂/∂x2: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c102 = d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_143 = torch.bmm((_c100 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(16, 3, 3), _c102.permute(1, 3, 2, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    d2_x2_143 = ((_c100 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(1, 16, 3, 3) * _c102.permute(0, 1, 3, 2).reshape(n, 16, 1, 3)).sum((3,))
     del _c100, _c102
     # ∂/∂d_t: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
     _c103 = torch.mm(d2_d_weight[80:96].view(16).reshape(16, 1), cg_1_1_2.reshape(1, 45)).view(16, 3, 3, 5)  # u,ijk->uijk
@@ -8101,12 +8101,12 @@ def _fusion_block_d2_weight(
     ], dim=-1)
     del d2_d_t_129, d2_d_t_132, d2_d_t_135, d2_d_t_138, d2_d_t_141, d2_d_t_144, d2_d_t_147, d2_d_t_150, d2_d_t_153, d2_d_t_156, d2_d_t_159, d2_d_t_162, d2_d_t_165, d2_d_t_168, d2_d_t_171
     _c129 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p2 = cg_0_0_0.reshape(1, 1, 1) * _c129.reshape(n, 16, 1)
+    d2_d__p2 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c129.reshape(n, 16, 1)
     del _c129
     # ∂/∂x3: ∂/∂t: p2 = (p0 ⊗ p1) -> 16x0e
     _c130 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p2.reshape(n, 16, 1, 1)
     del d__p2
-    d2_x3_174 = cg_0_0_0.reshape(1, 1, 1) * _c130.reshape(n, 16, 1)
+    d2_x3_174 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c130.reshape(n, 16, 1)
     del _c130
     # ∂/∂d__p7: ∂/∂t: p7 = (p0 ⊗ p6) -> 16x1o
     _c131 = d2_d_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x3[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -8363,12 +8363,12 @@ def _fusion_block_d2_weight(
     d2_d__p42 = d2_d__p42_205 + d2_d__p42_207 + d2_d__p42_209 + d2_d__p42_211 + d2_d__p42_213 + d2_d__p42_215
     del d2_d__p42_205, d2_d__p42_207, d2_d__p42_209, d2_d__p42_211, d2_d__p42_213, d2_d__p42_215
     _c175 = d2_d__p42.reshape(n, 16, 1, 1) * x4[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p43 = cg_0_0_0.reshape(1, 1, 1) * _c175.reshape(n, 16, 1)
+    d2_d__p43 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c175.reshape(n, 16, 1)
     del _c175
     # ∂/∂x4: ∂/∂_p42: p43 = (p42 ⊗ p3) -> 16x0e
     _c176 = d2_d__p42.reshape(n, 16, 1, 1) * d__p43.reshape(n, 16, 1, 1)
     del d2_d__p42, d__p43
-    d2_x4_217 = cg_0_0_0.reshape(1, 1, 1) * _c176.reshape(n, 16, 1)
+    d2_x4_217 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c176.reshape(n, 16, 1)
     del _c176
     d2_d_y_218 = d2_d__p43
     del d2_d__p43
@@ -9325,12 +9325,12 @@ def _fusion_block_d2_weight(
     d2__p2 = d2__p2_206 + d2__p2_220 + d2__p2_234
     del d2__p2_206, d2__p2_220, d2__p2_234
     _c271 = d2__p2.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_t_642 = cg_0_0_0.reshape(1, 1, 1) * _c271.reshape(n, 16, 1)
+    d2_t_642 = cg_0_0_0.reshape(1, 1, 1) * _c271.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c271
     # ∂/∂x3: p2 = (p0 ⊗ p1) -> 16x0e
     _c272 = d2__p2.reshape(n, 16, 1, 1) * t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d2__p2, t
-    d2_x3_643 = cg_0_0_0.reshape(1, 1, 1) * _c272.reshape(n, 16, 1)
+    d2_x3_643 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c272.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c272
     # ∂/∂x1: 16x2e ⊗ 16x2e -> 16x1e
     d2_t = torch.cat([
@@ -9467,11 +9467,11 @@ def _fusion_block_d2_weight(
     del _c301
     # ∂/∂x1: 16x1o ⊗ 16x1o -> 16x0e
     _c302 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x1_674 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 3, 3).transpose(1, 2), _c302.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,ijku->zui
+    d2_x1_674 = (_c302.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c9 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c302
     # ∂/∂x2: 16x1o ⊗ 16x1o -> 16x0e
     _c303 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_x2_675 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 3, 3).transpose(1, 2), _c303.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,ijku->zuj
+    d2_x2_675 = (_c303.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c9 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c9
     # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c304 = torch.bmm(_c303.permute(1, 0, 3, 2).reshape(16, n, 3).transpose(1, 2), x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n).transpose(1, 2)).view(16, 3, 1, 3)  # zuj,zuki->uikj
@@ -9480,7 +9480,7 @@ def _fusion_block_d2_weight(
     del _c304
     # ∂/∂x1: 16x1o ⊗ 16x0e -> 16x1o
     _c305 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_677 = torch.bmm((_c7 * 0.8660254037844386).permute(0, 3, 2, 1).reshape(16, 3, 3).transpose(1, 2), _c305.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uijk->zui
+    d2_x1_677 = (_c305.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c7 * 0.8660254037844386).reshape(1, 16, 3, 3)).sum((3,))
     del _c305
     # ∂/∂x2: 16x1o ⊗ 16x0e -> 16x1o
     d2_x2_678 = torch.bmm((_c7 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c294.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,uijk->zuj
@@ -9507,7 +9507,7 @@ def _fusion_block_d2_weight(
     del _c285
     # ∂/∂x2: 16x0e ⊗ 16x1o -> 16x1o
     _c309 = d2_t[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x2_684 = torch.bmm((_c3 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3).transpose(1, 2), _c309.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    d2_x2_684 = (_c309.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c3 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(1, 16, 3, 3)).sum((3,))
     del _c3
     # ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c310 = torch.bmm(x2[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c309.permute(1, 0, 3, 2).reshape(16, n, 3)).view(16, 3, 1, 3)  # zuj,zuki->ujik
@@ -9516,12 +9516,12 @@ def _fusion_block_d2_weight(
     del _c310
     # ∂/∂x1: 16x0e ⊗ 16x0e -> 16x0e
     _c311 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_686 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 2, 1, 0).reshape(16, 1, 1).transpose(1, 2), _c311.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,ijku->zui
+    d2_x1_686 = _c311.permute(0, 1, 3, 2).reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(1, 16, 1)
     del _c311
     # ∂/∂x2: 16x0e ⊗ 16x0e -> 16x0e
     _c312 = d2_t[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d2_t
-    d2_x2_687 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(16, 1, 1).transpose(1, 2), _c312.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,ijku->zuj
+    d2_x2_687 = _c312.permute(0, 1, 3, 2).reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 1)
     del _c1
     # ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c313 = torch.bmm(x2[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c312.permute(1, 0, 3, 2).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuki->ujik
@@ -9689,7 +9689,7 @@ def _fusion_block_3(
     n = x1.shape[0]
     # p2 = (p0 ⊗ p1) -> 16x0e
     _c0 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    _p2 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
+    _p2 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
     del _c0
     # p7 = (p0 ⊗ p6) -> 16x1o
     _c1 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -9751,7 +9751,7 @@ def _fusion_block_3(
     del p28_0, p28_1, p28_2
     _c9 = _p28.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del _p28
-    _p29 = cg_0_0_0.reshape(1, 1, 1) * _c9.reshape(n, 16, 1)
+    _p29 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c9.reshape(n, 16, 1)
     del _c9
     y_3 = _p29
     del _p29
@@ -10002,7 +10002,7 @@ def _fusion_block_3_d(
     n = x1.shape[0]
     # p2 = (p0 ⊗ p1) -> 16x0e
     _c0 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    _p2 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
+    _p2 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
     del _c0
     # p7 = (p0 ⊗ p6) -> 16x1o
     _c1 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -10461,14 +10461,14 @@ def _fusion_block_3_d(
     d__p29 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
     _c47 = d__p29.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d__p28 = cg_0_0_0.reshape(1, 1, 1) * _c47.reshape(n, 16, 1)
+    d__p28 = cg_0_0_0.reshape(1, 1, 1) * _c47.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c47
     # ∂/∂x3: p29 = (p28 ⊗ p3) -> 16x0e
     _p28 = p28_0 + p28_1 + p28_2
     del p28_0, p28_1, p28_2
     _c48 = d__p29.reshape(n, 16, 1, 1) * _p28.reshape(n, 16, 1, 1)
     del _p28, d__p29
-    d_x3_173 = cg_0_0_0.reshape(1, 1, 1) * _c48.reshape(n, 16, 1)
+    d_x3_173 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c48.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c48
     d__p23_174 = d__p28.reshape(n, 16, 1) * (weight[704:720].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d_weight_175 = torch.bmm((d__p28 * 0.30151134457776363).permute(1, 0, 2).reshape(16, 1, n), _p23.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
@@ -10677,12 +10677,12 @@ def _fusion_block_3_d(
     d__p2 = d__p2_164 + d__p2_171 + d__p2_178
     del d__p2_164, d__p2_171, d__p2_178
     _c85 = d__p2.reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d_x1_216 = cg_0_0_0.reshape(1, 1, 1) * _c85.reshape(n, 16, 1)
+    d_x1_216 = cg_0_0_0.reshape(1, 1, 1) * _c85.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c85
     # ∂/∂x2: p2 = (p0 ⊗ p1) -> 16x0e
     _c86 = d__p2.reshape(n, 16, 1, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d__p2
-    d_x2_217 = cg_0_0_0.reshape(1, 1, 1) * _c86.reshape(n, 16, 1)
+    d_x2_217 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c86.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c86
     d_x1 = torch.cat([
         (d_x1_212 + d_x1_214 + d_x1_216).reshape(n, 16),
@@ -10918,21 +10918,21 @@ def _fusion_block_3_d2_x1(
     d__p29 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
     _c18 = d__p29.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d__p28 = cg_0_0_0.reshape(1, 1, 1) * _c18.reshape(n, 16, 1)
+    d__p28 = cg_0_0_0.reshape(1, 1, 1) * _c18.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c18
     d__p23_50 = d__p28.reshape(n, 16, 1) * (weight[704:720].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d__p12_51 = d__p28.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d__p2_52 = d__p28.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     # ∂/∂d__p2: ∂/∂x1: p2 = (p0 ⊗ p1) -> 16x0e
     _c19 = d2_d_x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p2 = cg_0_0_0.reshape(1, 1, 1) * _c19.reshape(n, 16, 1)
+    d2_d__p2 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c19.reshape(n, 16, 1)
     del _c19
     # ∂/∂x2: ∂/∂x1: p2 = (p0 ⊗ p1) -> 16x0e
     d__p2 = d__p2_46 + d__p2_49 + d__p2_52
     del d__p2_46, d__p2_49, d__p2_52
     _c20 = d2_d_x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p2.reshape(n, 16, 1, 1)
     del d__p2
-    d2_x2_53 = cg_0_0_0.reshape(1, 1, 1) * _c20.reshape(n, 16, 1)
+    d2_x2_53 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c20.reshape(n, 16, 1)
     del _c20
     # ∂/∂d__p7: ∂/∂x1: p7 = (p0 ⊗ p6) -> 16x1o
     _c21 = d2_d_x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -11119,12 +11119,12 @@ def _fusion_block_3_d2_x1(
     d2_d__p28 = d2_d__p28_72 + d2_d__p28_74 + d2_d__p28_76
     del d2_d__p28_72, d2_d__p28_74, d2_d__p28_76
     _c47 = d2_d__p28.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p29 = cg_0_0_0.reshape(1, 1, 1) * _c47.reshape(n, 16, 1)
+    d2_d__p29 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c47.reshape(n, 16, 1)
     del _c47
     # ∂/∂x3: ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
     _c48 = d2_d__p28.reshape(n, 16, 1, 1) * d__p29.reshape(n, 16, 1, 1)
     del d2_d__p28, d__p29
-    d2_x3_78 = cg_0_0_0.reshape(1, 1, 1) * _c48.reshape(n, 16, 1)
+    d2_x3_78 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c48.reshape(n, 16, 1)
     del _c48
     d2_d_y_79 = d2_d__p29
     del d2_d__p29
@@ -11722,14 +11722,14 @@ def _fusion_block_3_d2_x2(
     d__p29 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
     _c18 = d__p29.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d__p28 = cg_0_0_0.reshape(1, 1, 1) * _c18.reshape(n, 16, 1)
+    d__p28 = cg_0_0_0.reshape(1, 1, 1) * _c18.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c18
     d__p23_50 = d__p28.reshape(n, 16, 1) * (weight[704:720].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d__p12_51 = d__p28.reshape(n, 16, 1) * (weight[240:256].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     d__p2_52 = d__p28.reshape(n, 16, 1) * (weight[0:16].view(16) * 0.30151134457776363).reshape(1, 16, 1)
     # ∂/∂d__p2: ∂/∂x2: p2 = (p0 ⊗ p1) -> 16x0e
     _c19 = d2_d_x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p2 = cg_0_0_0.reshape(1, 1, 1) * _c19.reshape(n, 16, 1)
+    d2_d__p2 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c19.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c19
     # ∂/∂x1: ∂/∂x2: p2 = (p0 ⊗ p1) -> 16x0e
     d__p2 = d__p2_46 + d__p2_49 + d__p2_52
@@ -11923,12 +11923,12 @@ def _fusion_block_3_d2_x2(
     d2_d__p28 = d2_d__p28_72 + d2_d__p28_74 + d2_d__p28_76
     del d2_d__p28_72, d2_d__p28_74, d2_d__p28_76
     _c47 = d2_d__p28.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p29 = cg_0_0_0.reshape(1, 1, 1) * _c47.reshape(n, 16, 1)
+    d2_d__p29 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c47.reshape(n, 16, 1)
     del _c47
     # ∂/∂x3: ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
     _c48 = d2_d__p28.reshape(n, 16, 1, 1) * d__p29.reshape(n, 16, 1, 1)
     del d2_d__p28, d__p29
-    d2_x3_78 = cg_0_0_0.reshape(1, 1, 1) * _c48.reshape(n, 16, 1)
+    d2_x3_78 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c48.reshape(n, 16, 1)
     del _c48
     d2_d_y_79 = d2_d__p29
     del d2_d__p29
@@ -12385,7 +12385,7 @@ def _fusion_block_3_d2_x3(
     n = x1.shape[0]
     # p2 = (p0 ⊗ p1) -> 16x0e
     _c0 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    _p2 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
+    _p2 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
     del _c0
     # p7 = (p0 ⊗ p6) -> 16x1o
     _c1 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -12516,7 +12516,7 @@ def _fusion_block_3_d2_x3(
     del p28_0, p28_1, p28_2
     _c9 = d2_d_x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * _p28.reshape(n, 16, 1, 1)
     del _p28
-    d2_d__p29 = cg_0_0_0.reshape(1, 1, 1) * _c9.reshape(n, 16, 1)
+    d2_d__p29 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c9.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c9
     # ∂/∂_p28: ∂/∂x3: p29 = (p28 ⊗ p3) -> 16x0e
     _c10 = d2_d_x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d__p29.reshape(n, 16, 1, 1)
@@ -13107,12 +13107,12 @@ def _fusion_block_3_d2_x3(
     d2__p2 = d2__p2_166 + d2__p2_172 + d2__p2_178
     del d2__p2_166, d2__p2_172, d2__p2_178
     _c83 = d2__p2.reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_216 = cg_0_0_0.reshape(1, 1, 1) * _c83.reshape(n, 16, 1)
+    d2_x1_216 = cg_0_0_0.reshape(1, 1, 1) * _c83.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c83
     # ∂/∂x2: p2 = (p0 ⊗ p1) -> 16x0e
     _c84 = d2__p2.reshape(n, 16, 1, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d2__p2
-    d2_x2_217 = cg_0_0_0.reshape(1, 1, 1) * _c84.reshape(n, 16, 1)
+    d2_x2_217 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c84.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c84
     d2_x1 = torch.cat([
         (d2_x1_212 + d2_x1_214 + d2_x1_216).reshape(n, 16),
@@ -13208,7 +13208,7 @@ def _fusion_block_3_d2_weight(
     n = x1.shape[0]
     # p2 = (p0 ⊗ p1) -> 16x0e
     _c0 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    _p2 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
+    _p2 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 16, 1)
     del _c0
     # p7 = (p0 ⊗ p6) -> 16x1o
     _c1 = x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * x2[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -13353,7 +13353,7 @@ def _fusion_block_3_d2_weight(
     d__p29 = d_y[:, 0:16].reshape(n, 16, 1)
     # ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
     _c27 = d__p29.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d__p28 = cg_0_0_0.reshape(1, 1, 1) * _c27.reshape(n, 16, 1)
+    d__p28 = cg_0_0_0.reshape(1, 1, 1) * _c27.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c27
     d2_d__p28_0 = (d2_d_weight[0:16].view(16) * 0.30151134457776363).reshape(1, 16, 1) * _p2.reshape(n, 16, 1)
     d2__p2_1 = (d2_d_weight[0:16].view(16) * 0.30151134457776363).reshape(1, 16, 1) * d__p28.reshape(n, 16, 1)
@@ -13366,12 +13366,12 @@ def _fusion_block_3_d2_weight(
     d2_d__p28 = d2_d__p28_0 + d2_d__p28_2 + d2_d__p28_4
     del d2_d__p28_0, d2_d__p28_2, d2_d__p28_4
     _c28 = d2_d__p28.reshape(n, 16, 1, 1) * x3[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d__p29 = cg_0_0_0.reshape(1, 1, 1) * _c28.reshape(n, 16, 1)
+    d2_d__p29 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c28.reshape(n, 16, 1)
     del _c28
     # ∂/∂x3: ∂/∂_p28: p29 = (p28 ⊗ p3) -> 16x0e
     _c29 = d2_d__p28.reshape(n, 16, 1, 1) * d__p29.reshape(n, 16, 1, 1)
     del d2_d__p28, d__p29
-    d2_x3_6 = cg_0_0_0.reshape(1, 1, 1) * _c29.reshape(n, 16, 1)
+    d2_x3_6 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c29.reshape(n, 16, 1)
     del _c29
     d2_d_y_7 = d2_d__p29
     del d2_d__p29
@@ -13938,12 +13938,12 @@ def _fusion_block_3_d2_weight(
     d2__p2 = d2__p2_1 + d2__p2_9 + d2__p2_17
     del d2__p2_1, d2__p2_17, d2__p2_9
     _c102 = d2__p2.reshape(n, 16, 1, 1) * x2[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_x1_180 = cg_0_0_0.reshape(1, 1, 1) * _c102.reshape(n, 16, 1)
+    d2_x1_180 = cg_0_0_0.reshape(1, 1, 1) * _c102.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c102
     # ∂/∂x2: p2 = (p0 ⊗ p1) -> 16x0e
     _c103 = d2__p2.reshape(n, 16, 1, 1) * x1[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     del d2__p2
-    d2_x2_181 = cg_0_0_0.reshape(1, 1, 1) * _c103.reshape(n, 16, 1)
+    d2_x2_181 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c103.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c103
     d2_x1 = torch.cat([
         (d2_x1_176 + d2_x1_178 + d2_x1_180).reshape(n, 16),

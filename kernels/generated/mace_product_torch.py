@@ -14,7 +14,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['mace_product', 'mace_product_2', 'mace_product_4']
 
-_ops = rt.OpNamespace("fusionc_3d240eb291a00339")
+_ops = rt.OpNamespace("fusionc_d37e5fe40d1548df")
 
 
 def _mace_product(
@@ -37,7 +37,7 @@ def _mace_product(
     _w_B_1 = weight[1280:5760].view(4480).reshape(10, 448)[z]
     # p1 = (p0 ⊗ p0) -> 64x0e
     _c0 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
     del _c0
     B_2 = (_p1 * 0.5).reshape(n, 64, 1) * _w_B_1[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
     # p3 = (p0 ⊗ p2) -> 64x1o
@@ -90,7 +90,7 @@ def _mace_product(
     del p15_10, p15_11, p15_12, p15_9
     _c7 = _p15.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     del _p15
-    _p16 = cg_0_0_0.reshape(1, 1, 1) * _c7.reshape(n, 64, 1)
+    _p16 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c7.reshape(n, 64, 1)
     del _c7
     B_13 = _p16
     del _p16
@@ -210,7 +210,7 @@ def _mace_product_d(
     _w_B_1 = weight[1280:5760].view(4480).reshape(10, 448)[z]
     # p1 = (p0 ⊗ p0) -> 64x0e
     _c0 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
     del _c0
     # p3 = (p0 ⊗ p2) -> 64x1o
     _c1 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
@@ -270,7 +270,7 @@ def _mace_product_d(
     _p31 = torch.mm(_c7.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_1.permute(2, 0, 1).reshape(3, 25).t()).view(n, 64, 3)  # ijk,zuij->zuk
     del _c7
     d__p31 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * (_w_B_2[:, 896:960].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d__w_B_2_18 = torch.bmm((d_B[:, 64:256].reshape(n, 64, 3) * 1.118033988749895).reshape(n * 64, 1, 3), _p31.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d__w_B_2_18 = ((d_B[:, 64:256].reshape(n, 64, 3) * 1.118033988749895).reshape(n, 64, 3) * _p31.reshape(n, 64, 3)).sum((2,))
     del _p31
     # ∂/∂_p13: p31 = (p13 ⊗ p5) -> 64x1o
     _c8 = d__p31.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
@@ -292,7 +292,7 @@ def _mace_product_d(
     d_A_20 = torch.mm(_c11.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_0_1.permute(1, 0, 2).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuik->zuj
     del _c11
     d__p9_21 = d__p29.reshape(n, 64, 3) * (_w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
-    d__w_B_2_22 = torch.bmm((d__p29 * 0.8660254037844386).reshape(n * 64, 1, 3), _p9.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d__w_B_2_22 = ((d__p29 * 0.8660254037844386).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,))
     del d__p29
     d__p28 = d_B[:, 0:64].reshape(n, 64, 1)
     # ∂/∂_p27: p28 = (p27 ⊗ p5) -> 64x0e
@@ -307,9 +307,9 @@ def _mace_product_d(
     d_A_23 = torch.mm(_c13.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuki->zuj
     del _c13
     d__p14_24 = d__p27.reshape(n, 64, 5) * (_w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
-    d__w_B_2_25 = torch.bmm((d__p27 * 0.7905694150420949).reshape(n * 64, 1, 5), _p14.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    d__w_B_2_25 = ((d__p27 * 0.7905694150420949).reshape(n, 64, 5) * _p14.reshape(n, 64, 5)).sum((2,))
     d__p12_26 = d__p27.reshape(n, 64, 5) * (_w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
-    d__w_B_2_27 = torch.bmm((d__p27 * 0.7905694150420949).reshape(n * 64, 1, 5), _p12.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    d__w_B_2_27 = ((d__p27 * 0.7905694150420949).reshape(n, 64, 5) * _p12.reshape(n, 64, 5)).sum((2,))
     del d__p27
     d__p26 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p25: p26 = (p25 ⊗ p2) -> 64x1o
@@ -324,9 +324,9 @@ def _mace_product_d(
     d_A_28 = torch.mm(_c15.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 64, 3)  # ijk,zuki->zuj
     del _c15
     d__p14_29 = d__p25.reshape(n, 64, 5) * (_w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d__w_B_2_30 = torch.bmm((d__p25 * 1.118033988749895).reshape(n * 64, 1, 5), _p14.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    d__w_B_2_30 = ((d__p25 * 1.118033988749895).reshape(n, 64, 5) * _p14.reshape(n, 64, 5)).sum((2,))
     d__p12_31 = d__p25.reshape(n, 64, 5) * (_w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d__w_B_2_32 = torch.bmm((d__p25 * 1.118033988749895).reshape(n * 64, 1, 5), _p12.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    d__w_B_2_32 = ((d__p25 * 1.118033988749895).reshape(n, 64, 5) * _p12.reshape(n, 64, 5)).sum((2,))
     del _p12, d__p25
     d__p24 = d_B[:, 0:64].reshape(n, 64, 1)
     # ∂/∂_p23: p24 = (p23 ⊗ p2) -> 64x0e
@@ -341,9 +341,9 @@ def _mace_product_d(
     d_A_33 = torch.mm(_c17.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
     del _c17
     d__p9_34 = d__p23.reshape(n, 64, 3) * (_w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
-    d__w_B_2_35 = torch.bmm((d__p23 * 0.6123724356957945).reshape(n * 64, 1, 3), _p9.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d__w_B_2_35 = ((d__p23 * 0.6123724356957945).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,))
     d__p6_36 = d__p23.reshape(n, 64, 3) * (_w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
-    d__w_B_2_37 = torch.bmm((d__p23 * 0.6123724356957945).reshape(n * 64, 1, 3), _p6.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d__w_B_2_37 = ((d__p23 * 0.6123724356957945).reshape(n, 64, 3) * _p6.reshape(n, 64, 3)).sum((2,))
     del d__p23
     d__p22 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p21: p22 = (p21 ⊗ p8) -> 64x1o
@@ -358,10 +358,10 @@ def _mace_product_d(
     d_A_38 = torch.mm(_c19.permute(2, 3, 0, 1).reshape(15, n * 64).t(), cg_2_3_1.permute(1, 2, 0).reshape(7, 15).t()).view(n, 64, 7)  # ijk,zuki->zuj
     del _c19
     d__p14_39 = d__p21.reshape(n, 64, 5) * (_w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d__w_B_2_40 = torch.bmm((d__p21 * 1.118033988749895).reshape(n * 64, 1, 5), _p14.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    d__w_B_2_40 = ((d__p21 * 1.118033988749895).reshape(n, 64, 5) * _p14.reshape(n, 64, 5)).sum((2,))
     del _p14
     d__p11 = d__p21.reshape(n, 64, 5) * (_w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d__w_B_2_41 = torch.bmm((d__p21 * 1.118033988749895).reshape(n * 64, 1, 5), _p11.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    d__w_B_2_41 = ((d__p21 * 1.118033988749895).reshape(n, 64, 5) * _p11.reshape(n, 64, 5)).sum((2,))
     del _p11, d__p21
     d__p20 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p19: p20 = (p19 ⊗ p5) -> 64x1o
@@ -376,9 +376,9 @@ def _mace_product_d(
     d_A_42 = torch.mm(_c21.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 64, 5)  # ijk,zuki->zuj
     del _c21
     d__p9_43 = d__p19.reshape(n, 64, 3) * (_w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
-    d__w_B_2_44 = torch.bmm((d__p19 * 0.8660254037844386).reshape(n * 64, 1, 3), _p9.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d__w_B_2_44 = ((d__p19 * 0.8660254037844386).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,))
     d__p3_45 = d__p19.reshape(n, 64, 3) * (_w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
-    d__w_B_2_46 = torch.bmm((d__p19 * 0.8660254037844386).reshape(n * 64, 1, 3), _p3.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d__w_B_2_46 = ((d__p19 * 0.8660254037844386).reshape(n, 64, 3) * _p3.reshape(n, 64, 3)).sum((2,))
     del d__p19
     d__p18 = d_B[:, 64:256].reshape(n, 64, 3)
     # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 64x1o
@@ -404,14 +404,14 @@ def _mace_product_d(
     d__p16 = d_B[:, 0:64].reshape(n, 64, 1)
     # ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
     _c24 = d__p16.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d__p15 = cg_0_0_0.reshape(1, 1, 1) * _c24.reshape(n, 64, 1)
+    d__p15 = cg_0_0_0.reshape(1, 1, 1) * _c24.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c24
     # ∂/∂A: p16 = (p15 ⊗ p0) -> 64x0e
     _p15 = p15_0 + p15_1 + p15_2 + p15_3
     del p15_0, p15_1, p15_2, p15_3
     _c25 = d__p16.reshape(n, 64, 1, 1) * _p15.reshape(n, 64, 1, 1)
     del _p15, d__p16
-    d_A_56 = cg_0_0_0.reshape(1, 1, 1) * _c25.reshape(n, 64, 1)
+    d_A_56 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c25.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c25
     d__p10_57 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 960:1024].reshape(n, 64).reshape(n, 64, 1)
     d__w_B_2_58 = (d__p15 * 0.3535533905932738).reshape(n, 64) * _p10.reshape(n, 64)
@@ -504,7 +504,7 @@ def _mace_product_d(
     d_A_77 = torch.mm(_c35.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7)  # ijk,zuki->zuj
     del _c35
     d__p9_78 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_1[:, 320:384].reshape(n, 64).reshape(n, 64, 1)
-    d__w_B_1_79 = torch.bmm(d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 1, 3), _p9.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d__w_B_1_79 = (d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,))
     del _p9
     # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     d__p9 = d__p9_21 + d__p9_34 + d__p9_43 + d__p9_78
@@ -532,7 +532,7 @@ def _mace_product_d(
     d_A_85 = torch.mm(_c39.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuki->zuj
     del _c39
     d__p6_86 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_1[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
-    d__w_B_1_87 = torch.bmm(d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 1, 3), _p6.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d__w_B_1_87 = (d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _p6.reshape(n, 64, 3)).sum((2,))
     del _p6
     # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     d__p6 = d__p6_36 + d__p6_86
@@ -560,7 +560,7 @@ def _mace_product_d(
     d_A_93 = torch.mm(_c43.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
     del _c43
     d__p3_94 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_1[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
-    d__w_B_1_95 = torch.bmm(d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 1, 3), _p3.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d__w_B_1_95 = (d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _p3.reshape(n, 64, 3)).sum((2,))
     del _p3
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     d__p3 = d__p3_45 + d__p3_94
@@ -581,12 +581,12 @@ def _mace_product_d(
     d__p1 = d__p1_54 + d__p1_63 + d__p1_98
     del d__p1_54, d__p1_63, d__p1_98
     _c46 = d__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d_A_100 = cg_0_0_0.reshape(1, 1, 1) * _c46.reshape(n, 64, 1)
+    d_A_100 = cg_0_0_0.reshape(1, 1, 1) * _c46.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c46
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c47 = d__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     del d__p1
-    d_A_101 = cg_0_0_0.reshape(1, 1, 1) * _c47.reshape(n, 64, 1)
+    d_A_101 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c47.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c47
     # weight gradient per index value
     d__w_B_1 = torch.cat([
@@ -604,7 +604,7 @@ def _mace_product_d(
     # ∂/∂A: 64x1o -> 64x1o
     d_A_103 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_0[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
     # ∂/∂_w_B_0: 64x1o -> 64x1o
-    d__w_B_0_104 = torch.bmm(d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 1, 3), A[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d__w_B_0_104 = (d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
     # ∂/∂A: 64x0e -> 64x0e
     d_A_105 = d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) * _w_B_0[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
     del _w_B_0
@@ -649,7 +649,7 @@ def _mace_product_d2_A(
     _w_B_1 = weight[1280:5760].view(4480).reshape(10, 448)[z]
     # p1 = (p0 ⊗ p0) -> 64x0e
     _c0 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
     del _c0
     # p3 = (p0 ⊗ p2) -> 64x1o
     _c1 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
@@ -762,7 +762,7 @@ def _mace_product_d2_A(
     d__p16 = d_B[:, 0:64].reshape(n, 64, 1)
     # ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
     _c15 = d__p16.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d__p15 = cg_0_0_0.reshape(1, 1, 1) * _c15.reshape(n, 64, 1)
+    d__p15 = cg_0_0_0.reshape(1, 1, 1) * _c15.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c15
     d__p10_32 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 960:1024].reshape(n, 64).reshape(n, 64, 1)
     d__p7_33 = (d__p15 * 0.3535533905932738).reshape(n, 64, 1) * _w_B_2[:, 448:512].reshape(n, 64).reshape(n, 64, 1)
@@ -783,10 +783,10 @@ def _mace_product_d2_A(
     d2_d_B_45 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_0[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
     del _w_B_0
     # ∂/∂_w_B_0: ∂/∂A: 64x1o -> 64x1o
-    d2__w_B_0_46 = torch.bmm(d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 1, 3), d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_0_46 = (d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c16 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d2_d__p1_47 = cg_0_0_0.reshape(1, 1, 1) * _c16.reshape(n, 64, 1)
+    d2_d__p1_47 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c16.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c16
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     d__p1 = d__p1_31 + d__p1_35 + d__p1_42
@@ -796,12 +796,12 @@ def _mace_product_d2_A(
     del _c17
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c18 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d2_d__p1_49 = cg_0_0_0.reshape(1, 1, 1) * _c18.reshape(n, 64, 1)
+    d2_d__p1_49 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c18.reshape(n, 64, 1)
     del _c18
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c19 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p1.reshape(n, 64, 1, 1)
     del d__p1
-    d2_A_50 = cg_0_0_0.reshape(1, 1, 1) * _c19.reshape(n, 64, 1)
+    d2_A_50 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c19.reshape(n, 64, 1)
     del _c19
     d2_d__p1 = d2_d__p1_47 + d2_d__p1_49
     del d2_d__p1_47, d2_d__p1_49
@@ -829,7 +829,7 @@ def _mace_product_d2_A(
     d2_d__p3 = d2_d__p3_53 + d2_d__p3_55
     del d2_d__p3_53, d2_d__p3_55
     d2_d_B_57 = d2_d__p3.reshape(n, 64, 3) * _w_B_1[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_1_58 = torch.bmm(d2_d__p3.reshape(n * 64, 1, 3), d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_1_58 = (d2_d__p3.reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
     # ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c24 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
     d2_d__p4_59 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(9, n * 64).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 64, 1)  # ijk,zuij->zuk
@@ -873,7 +873,7 @@ def _mace_product_d2_A(
     d2_d__p6 = d2_d__p6_65 + d2_d__p6_67
     del d2_d__p6_65, d2_d__p6_67
     d2_d_B_69 = d2_d__p6.reshape(n, 64, 3) * _w_B_1[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_1_70 = torch.bmm(d2_d__p6.reshape(n * 64, 1, 3), d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_1_70 = (d2_d__p6.reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
     # ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c32 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
     d2_d__p7_71 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 64).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 64, 1)  # ijk,zuij->zuk
@@ -915,7 +915,7 @@ def _mace_product_d2_A(
     d2_d__p9 = d2_d__p9_77 + d2_d__p9_79
     del d2_d__p9_77, d2_d__p9_79
     d2_d_B_81 = d2_d__p9.reshape(n, 64, 3) * _w_B_1[:, 320:384].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_1_82 = torch.bmm(d2_d__p9.reshape(n * 64, 1, 3), d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_1_82 = (d2_d__p9.reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
     # ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c40 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
     d2_d__p10_83 = torch.mm(_c40.permute(2, 3, 0, 1).reshape(49, n * 64).t(), cg_3_3_0.permute(2, 0, 1).reshape(1, 49).t()).view(n, 64, 1)  # ijk,zuij->zuk
@@ -1016,7 +1016,7 @@ def _mace_product_d2_A(
     del p15_0, p15_1, p15_2, p15_3
     _c52 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * _p15.reshape(n, 64, 1, 1)
     del _p15
-    d2_d__p16_113 = cg_0_0_0.reshape(1, 1, 1) * _c52.reshape(n, 64, 1)
+    d2_d__p16_113 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c52.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c52
     # ∂/∂_p15: ∂/∂A: p16 = (p15 ⊗ p0) -> 64x0e
     _c53 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p16.reshape(n, 64, 1, 1)
@@ -1026,12 +1026,12 @@ def _mace_product_d2_A(
     d2_d__p15 = d2_d__p15_105 + d2_d__p15_107 + d2_d__p15_109 + d2_d__p15_111
     del d2_d__p15_105, d2_d__p15_107, d2_d__p15_109, d2_d__p15_111
     _c54 = d2_d__p15.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d2_d__p16_114 = cg_0_0_0.reshape(1, 1, 1) * _c54.reshape(n, 64, 1)
+    d2_d__p16_114 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c54.reshape(n, 64, 1)
     del _c54
     # ∂/∂A: ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
     _c55 = d2_d__p15.reshape(n, 64, 1, 1) * d__p16.reshape(n, 64, 1, 1)
     del d2_d__p15, d__p16
-    d2_A_115 = cg_0_0_0.reshape(1, 1, 1) * _c55.reshape(n, 64, 1)
+    d2_A_115 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c55.reshape(n, 64, 1)
     del _c55
     d2_d__p16 = d2_d__p16_113 + d2_d__p16_114
     del d2_d__p16_113, d2_d__p16_114
@@ -1076,10 +1076,10 @@ def _mace_product_d2_A(
     d2_d_B_128 = d2_d__p18
     del d2_d__p18
     d2_d__p19_129 = d2_d__p3.reshape(n, 64, 3) * (_w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
-    d2__w_B_2_130 = torch.bmm((d2_d__p3 * 0.8660254037844386).reshape(n * 64, 1, 3), d__p19.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_130 = ((d2_d__p3 * 0.8660254037844386).reshape(n, 64, 3) * d__p19.reshape(n, 64, 3)).sum((2,))
     del d2_d__p3
     d2_d__p19_131 = d2_d__p9.reshape(n, 64, 3) * (_w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
-    d2__w_B_2_132 = torch.bmm((d2_d__p9 * 0.8660254037844386).reshape(n * 64, 1, 3), d__p19.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_132 = ((d2_d__p9 * 0.8660254037844386).reshape(n, 64, 3) * d__p19.reshape(n, 64, 3)).sum((2,))
     del d__p19
     # ∂/∂d__p20: ∂/∂A: p20 = (p19 ⊗ p5) -> 64x1o
     _p19 = p19_8 + p19_9
@@ -1110,12 +1110,12 @@ def _mace_product_d2_A(
     d2_d__p11 = d2_d__p11_89 + d2_d__p11_91
     del d2_d__p11_89, d2_d__p11_91
     d2_d__p21_137 = d2_d__p11.reshape(n, 64, 5) * (_w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d2__w_B_2_138 = torch.bmm((d2_d__p11 * 1.118033988749895).reshape(n * 64, 1, 5), d__p21.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_138 = ((d2_d__p11 * 1.118033988749895).reshape(n, 64, 5) * d__p21.reshape(n, 64, 5)).sum((2,))
     del d2_d__p11
     d2_d__p14 = d2_d__p14_101 + d2_d__p14_103
     del d2_d__p14_101, d2_d__p14_103
     d2_d__p21_139 = d2_d__p14.reshape(n, 64, 5) * (_w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d2__w_B_2_140 = torch.bmm((d2_d__p14 * 1.118033988749895).reshape(n * 64, 1, 5), d__p21.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_140 = ((d2_d__p14 * 1.118033988749895).reshape(n, 64, 5) * d__p21.reshape(n, 64, 5)).sum((2,))
     del d__p21
     # ∂/∂d__p22: ∂/∂A: p22 = (p21 ⊗ p8) -> 64x1o
     _p21 = p21_10 + p21_11
@@ -1144,10 +1144,10 @@ def _mace_product_d2_A(
     d2_d_B_144 = d2_d__p22
     del d2_d__p22
     d2_d__p23_145 = d2_d__p6.reshape(n, 64, 3) * (_w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
-    d2__w_B_2_146 = torch.bmm((d2_d__p6 * 0.6123724356957945).reshape(n * 64, 1, 3), d__p23.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_146 = ((d2_d__p6 * 0.6123724356957945).reshape(n, 64, 3) * d__p23.reshape(n, 64, 3)).sum((2,))
     del d2_d__p6
     d2_d__p23_147 = d2_d__p9.reshape(n, 64, 3) * (_w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
-    d2__w_B_2_148 = torch.bmm((d2_d__p9 * 0.6123724356957945).reshape(n * 64, 1, 3), d__p23.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_148 = ((d2_d__p9 * 0.6123724356957945).reshape(n, 64, 3) * d__p23.reshape(n, 64, 3)).sum((2,))
     del d__p23
     # ∂/∂d__p24: ∂/∂A: p24 = (p23 ⊗ p2) -> 64x0e
     _p23 = p23_12 + p23_13
@@ -1178,9 +1178,9 @@ def _mace_product_d2_A(
     d2_d__p12 = d2_d__p12_93 + d2_d__p12_95
     del d2_d__p12_93, d2_d__p12_95
     d2_d__p25_153 = d2_d__p12.reshape(n, 64, 5) * (_w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d2__w_B_2_154 = torch.bmm((d2_d__p12 * 1.118033988749895).reshape(n * 64, 1, 5), d__p25.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_154 = ((d2_d__p12 * 1.118033988749895).reshape(n, 64, 5) * d__p25.reshape(n, 64, 5)).sum((2,))
     d2_d__p25_155 = d2_d__p14.reshape(n, 64, 5) * (_w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d2__w_B_2_156 = torch.bmm((d2_d__p14 * 1.118033988749895).reshape(n * 64, 1, 5), d__p25.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_156 = ((d2_d__p14 * 1.118033988749895).reshape(n, 64, 5) * d__p25.reshape(n, 64, 5)).sum((2,))
     del d__p25
     # ∂/∂d__p26: ∂/∂A: p26 = (p25 ⊗ p2) -> 64x1o
     _p25 = p25_14 + p25_15
@@ -1209,10 +1209,10 @@ def _mace_product_d2_A(
     d2_d_B_160 = d2_d__p26
     del d2_d__p26
     d2_d__p27_161 = d2_d__p12.reshape(n, 64, 5) * (_w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
-    d2__w_B_2_162 = torch.bmm((d2_d__p12 * 0.7905694150420949).reshape(n * 64, 1, 5), d__p27.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_162 = ((d2_d__p12 * 0.7905694150420949).reshape(n, 64, 5) * d__p27.reshape(n, 64, 5)).sum((2,))
     del d2_d__p12
     d2_d__p27_163 = d2_d__p14.reshape(n, 64, 5) * (_w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
-    d2__w_B_2_164 = torch.bmm((d2_d__p14 * 0.7905694150420949).reshape(n * 64, 1, 5), d__p27.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_164 = ((d2_d__p14 * 0.7905694150420949).reshape(n, 64, 5) * d__p27.reshape(n, 64, 5)).sum((2,))
     del d2_d__p14, d__p27
     # ∂/∂d__p28: ∂/∂A: p28 = (p27 ⊗ p5) -> 64x0e
     _p27 = p27_16 + p27_17
@@ -1241,7 +1241,7 @@ def _mace_product_d2_A(
     d2_d_B_168 = d2_d__p28
     del d2_d__p28
     d2_d__p29 = d2_d__p9.reshape(n, 64, 3) * (_w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
-    d2__w_B_2_169 = torch.bmm((d2_d__p9 * 0.8660254037844386).reshape(n * 64, 1, 3), d__p29.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_169 = ((d2_d__p9 * 0.8660254037844386).reshape(n, 64, 3) * d__p29.reshape(n, 64, 3)).sum((2,))
     del d2_d__p9, d__p29
     # ∂/∂d__p30: ∂/∂A: p30 = (p29 ⊗ p0) -> 64x1o
     _c80 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * _p29.reshape(n, 64, 1, 3)
@@ -1288,37 +1288,37 @@ def _mace_product_d2_A(
     d2_d__p31 = d2_d__p31_174 + d2_d__p31_175
     del d2_d__p31_174, d2_d__p31_175
     d2_d_B_177 = d2_d__p31.reshape(n, 64, 3) * (_w_B_2[:, 896:960].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d2__w_B_2_178 = torch.bmm((d2_d__p31 * 1.118033988749895).reshape(n * 64, 1, 3), d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_178 = ((d2_d__p31 * 1.118033988749895).reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
     del d2_d__p31
     d2__p9_179 = d2__p29.reshape(n, 64, 3) * (_w_B_2[:, 704:768].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
-    d2__w_B_2_180 = torch.bmm((d2__p29 * 0.8660254037844386).reshape(n * 64, 1, 3), _p9.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_180 = ((d2__p29 * 0.8660254037844386).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,))
     del d2__p29
     d2__p14_181 = d2__p27.reshape(n, 64, 5) * (_w_B_2[:, 1152:1216].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
-    d2__w_B_2_182 = torch.bmm((d2__p27 * 0.7905694150420949).reshape(n * 64, 1, 5), _p14.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_182 = ((d2__p27 * 0.7905694150420949).reshape(n, 64, 5) * _p14.reshape(n, 64, 5)).sum((2,))
     d2__p12_183 = d2__p27.reshape(n, 64, 5) * (_w_B_2[:, 640:704].reshape(n, 64) * 0.7905694150420949).reshape(n, 64, 1)
-    d2__w_B_2_184 = torch.bmm((d2__p27 * 0.7905694150420949).reshape(n * 64, 1, 5), _p12.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_184 = ((d2__p27 * 0.7905694150420949).reshape(n, 64, 5) * _p12.reshape(n, 64, 5)).sum((2,))
     del d2__p27
     d2__p14_185 = d2__p25.reshape(n, 64, 5) * (_w_B_2[:, 1088:1152].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d2__w_B_2_186 = torch.bmm((d2__p25 * 1.118033988749895).reshape(n * 64, 1, 5), _p14.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_186 = ((d2__p25 * 1.118033988749895).reshape(n, 64, 5) * _p14.reshape(n, 64, 5)).sum((2,))
     d2__p12_187 = d2__p25.reshape(n, 64, 5) * (_w_B_2[:, 576:640].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d2__w_B_2_188 = torch.bmm((d2__p25 * 1.118033988749895).reshape(n * 64, 1, 5), _p12.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_188 = ((d2__p25 * 1.118033988749895).reshape(n, 64, 5) * _p12.reshape(n, 64, 5)).sum((2,))
     del _p12, d2__p25
     d2__p9_189 = d2__p23.reshape(n, 64, 3) * (_w_B_2[:, 768:832].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
-    d2__w_B_2_190 = torch.bmm((d2__p23 * 0.6123724356957945).reshape(n * 64, 1, 3), _p9.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_190 = ((d2__p23 * 0.6123724356957945).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,))
     d2__p6 = d2__p23.reshape(n, 64, 3) * (_w_B_2[:, 384:448].reshape(n, 64) * 0.6123724356957945).reshape(n, 64, 1)
-    d2__w_B_2_191 = torch.bmm((d2__p23 * 0.6123724356957945).reshape(n * 64, 1, 3), _p6.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_191 = ((d2__p23 * 0.6123724356957945).reshape(n, 64, 3) * _p6.reshape(n, 64, 3)).sum((2,))
     del _p6, d2__p23
     d2__p14_192 = d2__p21.reshape(n, 64, 5) * (_w_B_2[:, 1216:1280].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d2__w_B_2_193 = torch.bmm((d2__p21 * 1.118033988749895).reshape(n * 64, 1, 5), _p14.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_193 = ((d2__p21 * 1.118033988749895).reshape(n, 64, 5) * _p14.reshape(n, 64, 5)).sum((2,))
     del _p14
     d2__p11 = d2__p21.reshape(n, 64, 5) * (_w_B_2[:, 320:384].reshape(n, 64) * 1.118033988749895).reshape(n, 64, 1)
-    d2__w_B_2_194 = torch.bmm((d2__p21 * 1.118033988749895).reshape(n * 64, 1, 5), _p11.reshape(n * 64, 5, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_194 = ((d2__p21 * 1.118033988749895).reshape(n, 64, 5) * _p11.reshape(n, 64, 5)).sum((2,))
     del _p11, d2__p21
     d2__p9_195 = d2__p19.reshape(n, 64, 3) * (_w_B_2[:, 832:896].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
-    d2__w_B_2_196 = torch.bmm((d2__p19 * 0.8660254037844386).reshape(n * 64, 1, 3), _p9.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_196 = ((d2__p19 * 0.8660254037844386).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,))
     del _p9
     d2__p3 = d2__p19.reshape(n, 64, 3) * (_w_B_2[:, 128:192].reshape(n, 64) * 0.8660254037844386).reshape(n, 64, 1)
-    d2__w_B_2_197 = torch.bmm((d2__p19 * 0.8660254037844386).reshape(n * 64, 1, 3), _p3.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_2_197 = ((d2__p19 * 0.8660254037844386).reshape(n, 64, 3) * _p3.reshape(n, 64, 3)).sum((2,))
     del _p3, d2__p19
     d2__p10_198 = (d2__p17 * 0.5).reshape(n, 64, 1) * _w_B_2[:, 1024:1088].reshape(n, 64).reshape(n, 64, 1)
     d2__w_B_2_199 = (d2__p17 * 0.5).reshape(n, 64) * _p10.reshape(n, 64)
@@ -1474,12 +1474,12 @@ def _mace_product_d2_A(
     d2__p1 = d2__p1_204 + d2__p1_212
     del d2__p1_204, d2__p1_212
     _c108 = d2__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d2_A_235 = cg_0_0_0.reshape(1, 1, 1) * _c108.reshape(n, 64, 1)
+    d2_A_235 = cg_0_0_0.reshape(1, 1, 1) * _c108.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c108
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c109 = d2__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     del d2__p1
-    d2_A_236 = cg_0_0_0.reshape(1, 1, 1) * _c109.reshape(n, 64, 1)
+    d2_A_236 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c109.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c109
     # weight gradient per index value
     d2__w_B_1 = torch.cat([
@@ -1534,7 +1534,7 @@ def _mace_product_d2_weight(
     n = A.shape[0]
     # p1 = (p0 ⊗ p0) -> 64x0e
     _c0 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
     del _c0
     # p3 = (p0 ⊗ p2) -> 64x1o
     _c1 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
@@ -1610,7 +1610,7 @@ def _mace_product_d2_weight(
     d__p16 = d_B[:, 0:64].reshape(n, 64, 1)
     # ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
     _c15 = d__p16.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d__p15 = cg_0_0_0.reshape(1, 1, 1) * _c15.reshape(n, 64, 1)
+    d__p15 = cg_0_0_0.reshape(1, 1, 1) * _c15.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c15
     d2_d__w_B_0 = d2_d_weight[0:1280].view(1280).reshape(10, 128)[z]
     # ∂/∂d_B: ∂/∂_w_B_0: 64x0e -> 64x0e
@@ -1652,12 +1652,12 @@ def _mace_product_d2_weight(
     d2_d__p15 = d2_d__p15_18 + d2_d__p15_20 + d2_d__p15_22 + d2_d__p15_24
     del d2_d__p15_18, d2_d__p15_20, d2_d__p15_22, d2_d__p15_24
     _c16 = d2_d__p15.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d2_d__p16 = cg_0_0_0.reshape(1, 1, 1) * _c16.reshape(n, 64, 1)
+    d2_d__p16 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c16.reshape(n, 64, 1)
     del _c16
     # ∂/∂A: ∂/∂_p15: p16 = (p15 ⊗ p0) -> 64x0e
     _c17 = d2_d__p15.reshape(n, 64, 1, 1) * d__p16.reshape(n, 64, 1, 1)
     del d2_d__p15, d__p16
-    d2_A_26 = cg_0_0_0.reshape(1, 1, 1) * _c17.reshape(n, 64, 1)
+    d2_A_26 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c17.reshape(n, 64, 1)
     del _c17
     d2_d_B_27 = d2_d__p16
     del d2_d__p16
@@ -1920,12 +1920,12 @@ def _mace_product_d2_weight(
     d2__p1 = d2__p1_5 + d2__p1_19 + d2__p1_29
     del d2__p1_19, d2__p1_29, d2__p1_5
     _c54 = d2__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d2_A_92 = cg_0_0_0.reshape(1, 1, 1) * _c54.reshape(n, 64, 1)
+    d2_A_92 = cg_0_0_0.reshape(1, 1, 1) * _c54.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c54
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c55 = d2__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     del d2__p1
-    d2_A_93 = cg_0_0_0.reshape(1, 1, 1) * _c55.reshape(n, 64, 1)
+    d2_A_93 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c55.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c55
     d2_A = torch.cat([
         (d2_A_1 + d2_A_26 + d2_A_68 + d2_A_90 + d2_A_92 + d2_A_93).reshape(n, 64),
@@ -1969,7 +1969,7 @@ def _mace_product_2(
     _w_B_1 = weight[1280:5760].view(4480).reshape(10, 448)[z]
     # p1 = (p0 ⊗ p0) -> 64x0e
     _c0 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
     del _c0
     B_2 = (_p1 * 0.5).reshape(n, 64, 1) * _w_B_1[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
     del _p1
@@ -2030,7 +2030,7 @@ def _mace_product_2_d(
     _w_B_1 = weight[1280:5760].view(4480).reshape(10, 448)[z]
     # p1 = (p0 ⊗ p0) -> 64x0e
     _c0 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
     del _c0
     # p3 = (p0 ⊗ p2) -> 64x1o
     _c1 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
@@ -2069,7 +2069,7 @@ def _mace_product_2_d(
     d_A_2 = torch.mm(_c8.permute(3, 2, 0, 1).reshape(7, n * 64).t(), cg_3_3_0.permute(1, 0, 2).reshape(7, 7).t()).view(n, 64, 7)  # ijk,zuki->zuj
     del _c8
     d__p9 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_1[:, 320:384].reshape(n, 64).reshape(n, 64, 1)
-    d__w_B_1_3 = torch.bmm(d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 1, 3), _p9.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d__w_B_1_3 = (d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _p9.reshape(n, 64, 3)).sum((2,))
     del _p9
     # ∂/∂A: p9 = (p5 ⊗ p8) -> 64x1o
     _c9 = d__p9.reshape(n, 64, 1, 3) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
@@ -2093,7 +2093,7 @@ def _mace_product_2_d(
     d_A_8 = torch.mm(_c12.permute(3, 2, 0, 1).reshape(5, n * 64).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 64, 5)  # ijk,zuki->zuj
     del _c12
     d__p6 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_1[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
-    d__w_B_1_9 = torch.bmm(d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 1, 3), _p6.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d__w_B_1_9 = (d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _p6.reshape(n, 64, 3)).sum((2,))
     del _p6
     # ∂/∂A: p6 = (p2 ⊗ p5) -> 64x1o
     _c13 = d__p6.reshape(n, 64, 1, 3) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
@@ -2117,7 +2117,7 @@ def _mace_product_2_d(
     d_A_14 = torch.mm(_c16.permute(3, 2, 0, 1).reshape(3, n * 64).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 64, 3)  # ijk,zuki->zuj
     del _c16
     d__p3 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_1[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
-    d__w_B_1_15 = torch.bmm(d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 1, 3), _p3.reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d__w_B_1_15 = (d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _p3.reshape(n, 64, 3)).sum((2,))
     del _p3
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 64x1o
     _c17 = d__p3.reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
@@ -2134,12 +2134,12 @@ def _mace_product_2_d(
     del _p1
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c19 = d__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d_A_19 = cg_0_0_0.reshape(1, 1, 1) * _c19.reshape(n, 64, 1)
+    d_A_19 = cg_0_0_0.reshape(1, 1, 1) * _c19.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c19
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c20 = d__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     del d__p1
-    d_A_20 = cg_0_0_0.reshape(1, 1, 1) * _c20.reshape(n, 64, 1)
+    d_A_20 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c20.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c20
     # weight gradient per index value
     d__w_B_1 = torch.cat([
@@ -2157,7 +2157,7 @@ def _mace_product_2_d(
     # ∂/∂A: 64x1o -> 64x1o
     d_A_22 = d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_0[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
     # ∂/∂_w_B_0: 64x1o -> 64x1o
-    d__w_B_0_23 = torch.bmm(d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 1, 3), A[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d__w_B_0_23 = (d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
     # ∂/∂A: 64x0e -> 64x0e
     d_A_24 = d_B[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1) * _w_B_0[:, 0:64].reshape(n, 64).reshape(n, 64, 1)
     del _w_B_0
@@ -2212,10 +2212,10 @@ def _mace_product_2_d2_A(
     d2_d_B_2 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * _w_B_0[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
     del _w_B_0
     # ∂/∂_w_B_0: ∂/∂A: 64x1o -> 64x1o
-    d2__w_B_0_3 = torch.bmm(d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 1, 3), d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_0_3 = (d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c0 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d2_d__p1_4 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
+    d2_d__p1_4 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c0
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c1 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p1.reshape(n, 64, 1, 1)
@@ -2223,12 +2223,12 @@ def _mace_product_2_d2_A(
     del _c1
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c2 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d2_d__p1_6 = cg_0_0_0.reshape(1, 1, 1) * _c2.reshape(n, 64, 1)
+    d2_d__p1_6 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c2.reshape(n, 64, 1)
     del _c2
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c3 = d2_d_A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * d__p1.reshape(n, 64, 1, 1)
     del d__p1
-    d2_A_7 = cg_0_0_0.reshape(1, 1, 1) * _c3.reshape(n, 64, 1)
+    d2_A_7 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c3.reshape(n, 64, 1)
     del _c3
     d2_d__p1 = d2_d__p1_4 + d2_d__p1_6
     del d2_d__p1_4, d2_d__p1_6
@@ -2255,7 +2255,7 @@ def _mace_product_2_d2_A(
     d2_d__p3 = d2_d__p3_10 + d2_d__p3_12
     del d2_d__p3_10, d2_d__p3_12
     d2_d_B_14 = d2_d__p3.reshape(n, 64, 3) * _w_B_1[:, 64:128].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_1_15 = torch.bmm(d2_d__p3.reshape(n * 64, 1, 3), d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_1_15 = (d2_d__p3.reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
     del d2_d__p3
     # ∂/∂d__p4: ∂/∂A: p4 = (p2 ⊗ p2) -> 64x0e
     _c8 = d2_d_A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3, 1)
@@ -2299,7 +2299,7 @@ def _mace_product_2_d2_A(
     d2_d__p6 = d2_d__p6_22 + d2_d__p6_24
     del d2_d__p6_22, d2_d__p6_24
     d2_d_B_26 = d2_d__p6.reshape(n, 64, 3) * _w_B_1[:, 192:256].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_1_27 = torch.bmm(d2_d__p6.reshape(n * 64, 1, 3), d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_1_27 = (d2_d__p6.reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
     del d2_d__p6
     # ∂/∂d__p7: ∂/∂A: p7 = (p5 ⊗ p5) -> 64x0e
     _c16 = d2_d_A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 1, 5) * A[:, 256:576].reshape(n, 64, 5).reshape(n, 64, 5, 1)
@@ -2343,7 +2343,7 @@ def _mace_product_2_d2_A(
     d2_d__p9 = d2_d__p9_34 + d2_d__p9_36
     del d2_d__p9_34, d2_d__p9_36
     d2_d_B_38 = d2_d__p9.reshape(n, 64, 3) * _w_B_1[:, 320:384].reshape(n, 64).reshape(n, 64, 1)
-    d2__w_B_1_39 = torch.bmm(d2_d__p9.reshape(n * 64, 1, 3), d_B[:, 64:256].reshape(n, 64, 3).reshape(n * 64, 3, 1)).view(n, 64)  # zui,zui->zu
+    d2__w_B_1_39 = (d2_d__p9.reshape(n, 64, 3) * d_B[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 3)).sum((2,))
     del d2_d__p9
     # ∂/∂d__p10: ∂/∂A: p10 = (p8 ⊗ p8) -> 64x0e
     _c24 = d2_d_A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 1, 7) * A[:, 576:1024].reshape(n, 64, 7).reshape(n, 64, 7, 1)
@@ -2418,7 +2418,7 @@ def _mace_product_2_d2_weight(
     n = A.shape[0]
     # p1 = (p0 ⊗ p0) -> 64x0e
     _c0 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 64, 1)
     del _c0
     # p3 = (p0 ⊗ p2) -> 64x1o
     _c1 = A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1) * A[:, 64:256].reshape(n, 64, 3).reshape(n, 64, 1, 3)
@@ -2533,12 +2533,12 @@ def _mace_product_2_d2_weight(
     del _c18
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c19 = d2__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
-    d2_A_23 = cg_0_0_0.reshape(1, 1, 1) * _c19.reshape(n, 64, 1)
+    d2_A_23 = cg_0_0_0.reshape(1, 1, 1) * _c19.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c19
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 64x0e
     _c20 = d2__p1.reshape(n, 64, 1, 1) * A[:, 0:64].reshape(n, 64, 1).reshape(n, 64, 1, 1)
     del d2__p1
-    d2_A_24 = cg_0_0_0.reshape(1, 1, 1) * _c20.reshape(n, 64, 1)
+    d2_A_24 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c20.permute(0, 1, 3, 2).reshape(n, 64, 1)
     del _c20
     d2_A = torch.cat([
         (d2_A_1 + d2_A_21 + d2_A_23 + d2_A_24).reshape(n, 64),
@@ -2585,7 +2585,7 @@ def _mace_product_4(
     _w_B_1 = weight[384:1408].view(1024).reshape(4, 256)[z]
     # p1 = (p0 ⊗ p0) -> 32x0e
     _c0 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 32, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 32, 1)
     del _c0
     B_3 = (_p1 * 0.5773502691896257).reshape(n, 32, 1) * _w_B_1[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
     # p3 = (p0 ⊗ p2) -> 32x1o
@@ -2629,7 +2629,7 @@ def _mace_product_4(
     del p11_11, p11_12, p11_13
     _c6 = _p11.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     del _p11
-    _p12 = cg_0_0_0.reshape(1, 1, 1) * _c6.reshape(n, 32, 1)
+    _p12 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c6.reshape(n, 32, 1)
     del _c6
     B_14 = _p12
     del _p12
@@ -2706,7 +2706,7 @@ def _mace_product_4(
     _w_B_3 = weight[3456:7424].view(3968).reshape(4, 992)[z]
     # p26 = (p1 ⊗ p0) -> 32x0e
     _c15 = _p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _p26 = cg_0_0_0.reshape(1, 1, 1) * _c15.reshape(n, 32, 1)
+    _p26 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c15.reshape(n, 32, 1)
     del _c15
     # p27 = (p1 ⊗ p2) -> 32x1o
     _c16 = _p1.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
@@ -2733,7 +2733,7 @@ def _mace_product_4(
     del _c19
     # p33 = (p6 ⊗ p0) -> 32x0e
     _c20 = _p6.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _p33 = cg_0_0_0.reshape(1, 1, 1) * _c20.reshape(n, 32, 1)
+    _p33 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c20.reshape(n, 32, 1)
     del _c20
     # p34 = (p6 ⊗ p2) -> 32x1o
     _c21 = _p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
@@ -2755,7 +2755,7 @@ def _mace_product_4(
     del _c22
     # p39 = (p9 ⊗ p0) -> 32x0e
     _c23 = _p9.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _p39 = cg_0_0_0.reshape(1, 1, 1) * _c23.reshape(n, 32, 1)
+    _p39 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c23.reshape(n, 32, 1)
     del _c23
     # p40 = (p9 ⊗ p2) -> 32x1o
     _c24 = _p9.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
@@ -2776,7 +2776,7 @@ def _mace_product_4(
     del p42_31, p42_32, p42_33, p42_34, p42_35
     _c26 = _p42.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     del _p42
-    _p43 = cg_0_0_0.reshape(1, 1, 1) * _c26.reshape(n, 32, 1)
+    _p43 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c26.reshape(n, 32, 1)
     del _c26
     B_36 = _p43
     del _p43
@@ -2927,7 +2927,7 @@ def _mace_product_4_d(
     _w_B_1 = weight[384:1408].view(1024).reshape(4, 256)[z]
     # p1 = (p0 ⊗ p0) -> 32x0e
     _c0 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 32, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 32, 1)
     del _c0
     # p3 = (p0 ⊗ p2) -> 32x1o
     _c1 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
@@ -2982,7 +2982,7 @@ def _mace_product_4_d(
     _w_B_3 = weight[3456:7424].view(3968).reshape(4, 992)[z]
     # p26 = (p1 ⊗ p0) -> 32x0e
     _c9 = _p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _p26 = cg_0_0_0.reshape(1, 1, 1) * _c9.reshape(n, 32, 1)
+    _p26 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c9.reshape(n, 32, 1)
     del _c9
     # p27 = (p1 ⊗ p2) -> 32x1o
     _c10 = _p1.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
@@ -3006,7 +3006,7 @@ def _mace_product_4_d(
     del _c13
     # p33 = (p6 ⊗ p0) -> 32x0e
     _c14 = _p6.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _p33 = cg_0_0_0.reshape(1, 1, 1) * _c14.reshape(n, 32, 1)
+    _p33 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c14.reshape(n, 32, 1)
     del _c14
     # p34 = (p6 ⊗ p2) -> 32x1o
     _c15 = _p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
@@ -3026,7 +3026,7 @@ def _mace_product_4_d(
     del _c16
     # p39 = (p9 ⊗ p0) -> 32x0e
     _c17 = _p9.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _p39 = cg_0_0_0.reshape(1, 1, 1) * _c17.reshape(n, 32, 1)
+    _p39 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c17.reshape(n, 32, 1)
     del _c17
     # p40 = (p9 ⊗ p2) -> 32x1o
     _c18 = _p9.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
@@ -3093,7 +3093,7 @@ def _mace_product_4_d(
     d_A_41 = torch.mm(_c24.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c24
     d__p35_42 = d__p60.reshape(n, 32, 3) * (_w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1)
-    d__w_B_3_43 = torch.bmm((d__p60 * 1.860521018838127).reshape(n * 32, 1, 3), _p35.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_3_43 = ((d__p60 * 1.860521018838127).reshape(n, 32, 3) * _p35.reshape(n, 32, 3)).sum((2,))
     del d__p60
     d__p59 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p58: p59 = (p58 ⊗ p2) -> 32x1o
@@ -3106,7 +3106,7 @@ def _mace_product_4_d(
     d_A_44 = torch.mm(_c26.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_1.permute(1, 2, 0).reshape(3, 9).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c26
     d__p35_45 = d__p58.reshape(n, 32, 3) * (_w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
-    d__w_B_3_46 = torch.bmm((d__p58 * 1.7320508075688772).reshape(n * 32, 1, 3), _p35.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_3_46 = ((d__p58 * 1.7320508075688772).reshape(n, 32, 3) * _p35.reshape(n, 32, 3)).sum((2,))
     del _p35, d__p58
     d__p57 = d_B[:, 0:32].reshape(n, 32, 1)
     # ∂/∂_p56: p57 = (p56 ⊗ p2) -> 32x0e
@@ -3121,12 +3121,12 @@ def _mace_product_4_d(
     d_A_47 = torch.mm(_c28.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c28
     d__p24_48 = d__p56.reshape(n, 32, 3) * (_w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d__w_B_3_49 = torch.bmm((d__p56 * 1.2909944487358056).reshape(n * 32, 1, 3), _p24.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_3_49 = ((d__p56 * 1.2909944487358056).reshape(n, 32, 3) * _p24.reshape(n, 32, 3)).sum((2,))
     d__p40 = d__p56.reshape(n, 32, 3) * (_w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
-    d__w_B_3_50 = torch.bmm((d__p56 * 0.5773502691896257).reshape(n * 32, 1, 3), _p40.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_3_50 = ((d__p56 * 0.5773502691896257).reshape(n, 32, 3) * _p40.reshape(n, 32, 3)).sum((2,))
     del _p40
     d__p34_51 = d__p56.reshape(n, 32, 3) * (_w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
-    d__w_B_3_52 = torch.bmm((d__p56 * 0.5773502691896257).reshape(n * 32, 1, 3), _p34.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_3_52 = ((d__p56 * 0.5773502691896257).reshape(n, 32, 3) * _p34.reshape(n, 32, 3)).sum((2,))
     del d__p56
     d__p55 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p54: p55 = (p54 ⊗ p2) -> 32x1o
@@ -3141,9 +3141,9 @@ def _mace_product_4_d(
     d_A_53 = torch.mm(_c30.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_2_1_1.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c30
     d__p41_54 = d__p54.reshape(n, 32, 5) * (_w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d__w_B_3_55 = torch.bmm((d__p54 * 1.2909944487358056).reshape(n * 32, 1, 5), _p41.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_3_55 = ((d__p54 * 1.2909944487358056).reshape(n, 32, 5) * _p41.reshape(n, 32, 5)).sum((2,))
     d__p32 = d__p54.reshape(n, 32, 5) * (_w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1)
-    d__w_B_3_56 = torch.bmm((d__p54 * 2.886751345948129).reshape(n * 32, 1, 5), _p32.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_3_56 = ((d__p54 * 2.886751345948129).reshape(n, 32, 5) * _p32.reshape(n, 32, 5)).sum((2,))
     del _p32, d__p54
     d__p53 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p52: p53 = (p52 ⊗ p4) -> 32x2e
@@ -3158,19 +3158,19 @@ def _mace_product_4_d(
     d_A_57 = torch.mm(_c32.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c32
     d__p41_58 = d__p52.reshape(n, 32, 5) * (_w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
-    d__w_B_3_59 = torch.bmm((d__p52 * 1.3867504905630728).reshape(n * 32, 1, 5), _p41.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_3_59 = ((d__p52 * 1.3867504905630728).reshape(n, 32, 5) * _p41.reshape(n, 32, 5)).sum((2,))
     del _p41
     d__p38 = d__p52.reshape(n, 32, 5) * (_w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1)
-    d__w_B_3_60 = torch.bmm((d__p52 * 3.1008683647302115).reshape(n * 32, 1, 5), _p38.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_3_60 = ((d__p52 * 3.1008683647302115).reshape(n, 32, 5) * _p38.reshape(n, 32, 5)).sum((2,))
     del _p38
     d__p36 = d__p52.reshape(n, 32, 5) * (_w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
-    d__w_B_3_61 = torch.bmm((d__p52 * 2.401922307076307).reshape(n * 32, 1, 5), _p36.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_3_61 = ((d__p52 * 2.401922307076307).reshape(n, 32, 5) * _p36.reshape(n, 32, 5)).sum((2,))
     del _p36
     d__p30 = d__p52.reshape(n, 32, 5) * (_w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
-    d__w_B_3_62 = torch.bmm((d__p52 * 2.401922307076307).reshape(n * 32, 1, 5), _p30.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_3_62 = ((d__p52 * 2.401922307076307).reshape(n, 32, 5) * _p30.reshape(n, 32, 5)).sum((2,))
     del _p30
     d__p28 = d__p52.reshape(n, 32, 5) * (_w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
-    d__w_B_3_63 = torch.bmm((d__p52 * 1.3867504905630728).reshape(n * 32, 1, 5), _p28.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_3_63 = ((d__p52 * 1.3867504905630728).reshape(n, 32, 5) * _p28.reshape(n, 32, 5)).sum((2,))
     del _p28, d__p52
     d__p51 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p50: p51 = (p50 ⊗ p4) -> 32x1o
@@ -3183,7 +3183,7 @@ def _mace_product_4_d(
     d_A_64 = torch.mm(_c34.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c34
     d__p27_65 = d__p50.reshape(n, 32, 3) * _w_B_3[:, 128:160].reshape(n, 32).reshape(n, 32, 1)
-    d__w_B_3_66 = torch.bmm(d__p50.reshape(n * 32, 1, 3), _p27.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_3_66 = (d__p50.reshape(n, 32, 3) * _p27.reshape(n, 32, 3)).sum((2,))
     del d__p50
     d__p49 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p48: p49 = (p48 ⊗ p2) -> 32x2e
@@ -3198,10 +3198,10 @@ def _mace_product_4_d(
     d_A_67 = torch.mm(_c36.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c36
     d__p34_68 = d__p48.reshape(n, 32, 3) * (_w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
-    d__w_B_3_69 = torch.bmm((d__p48 * 1.0741723110591492).reshape(n * 32, 1, 3), _p34.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_3_69 = ((d__p48 * 1.0741723110591492).reshape(n, 32, 3) * _p34.reshape(n, 32, 3)).sum((2,))
     del _p34
     d__p27_70 = d__p48.reshape(n, 32, 3) * (_w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
-    d__w_B_3_71 = torch.bmm((d__p48 * 1.0741723110591492).reshape(n * 32, 1, 3), _p27.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_3_71 = ((d__p48 * 1.0741723110591492).reshape(n, 32, 3) * _p27.reshape(n, 32, 3)).sum((2,))
     del _p27, d__p48
     d__p47 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p46: p47 = (p46 ⊗ p4) -> 32x2e
@@ -3254,14 +3254,14 @@ def _mace_product_4_d(
     d__p43 = d_B[:, 0:32].reshape(n, 32, 1)
     # ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
     _c41 = d__p43.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c41.reshape(n, 32, 1)
+    d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c41.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c41
     # ∂/∂A: p43 = (p42 ⊗ p0) -> 32x0e
     _p42 = p42_11 + p42_12 + p42_13 + p42_14 + p42_15
     del p42_11, p42_12, p42_13, p42_14, p42_15
     _c42 = d__p43.reshape(n, 32, 1, 1) * _p42.reshape(n, 32, 1, 1)
     del _p42, d__p43
-    d_A_92 = cg_0_0_0.reshape(1, 1, 1) * _c42.reshape(n, 32, 1)
+    d_A_92 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c42.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c42
     d__p25_93 = (d__p42 * 0.7453559924999299).reshape(n, 32, 1) * _w_B_3[:, 800:832].reshape(n, 32).reshape(n, 32, 1)
     d__w_B_3_94 = (d__p42 * 0.7453559924999299).reshape(n, 32) * _p25.reshape(n, 32)
@@ -3301,12 +3301,12 @@ def _mace_product_4_d(
     d__p39 = d__p39_75 + d__p39_95
     del d__p39_75, d__p39_95
     _c47 = d__p39.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d__p9_107 = cg_0_0_0.reshape(1, 1, 1) * _c47.reshape(n, 32, 1)
+    d__p9_107 = cg_0_0_0.reshape(1, 1, 1) * _c47.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c47
     # ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
     _c48 = d__p39.reshape(n, 32, 1, 1) * _p9.reshape(n, 32, 1, 1)
     del d__p39
-    d_A_108 = cg_0_0_0.reshape(1, 1, 1) * _c48.reshape(n, 32, 1)
+    d_A_108 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c48.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c48
     # ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
     _c49 = d__p38.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
@@ -3361,12 +3361,12 @@ def _mace_product_4_d(
     d__p33 = d__p33_87 + d__p33_99
     del d__p33_87, d__p33_99
     _c59 = d__p33.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d__p6_118 = cg_0_0_0.reshape(1, 1, 1) * _c59.reshape(n, 32, 1)
+    d__p6_118 = cg_0_0_0.reshape(1, 1, 1) * _c59.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c59
     # ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
     _c60 = d__p33.reshape(n, 32, 1, 1) * _p6.reshape(n, 32, 1, 1)
     del d__p33
-    d_A_119 = cg_0_0_0.reshape(1, 1, 1) * _c60.reshape(n, 32, 1)
+    d_A_119 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c60.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c60
     # ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
     _c61 = d__p32.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
@@ -3428,12 +3428,12 @@ def _mace_product_4_d(
     d__p26 = d__p26_80 + d__p26_90 + d__p26_101
     del d__p26_101, d__p26_80, d__p26_90
     _c73 = d__p26.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d__p1_132 = cg_0_0_0.reshape(1, 1, 1) * _c73.reshape(n, 32, 1)
+    d__p1_132 = cg_0_0_0.reshape(1, 1, 1) * _c73.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c73
     # ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
     _c74 = d__p26.reshape(n, 32, 1, 1) * _p1.reshape(n, 32, 1, 1)
     del d__p26
-    d_A_133 = cg_0_0_0.reshape(1, 1, 1) * _c74.reshape(n, 32, 1)
+    d_A_133 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c74.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c74
     # weight gradient per index value
     d__w_B_3 = torch.cat([
@@ -3487,7 +3487,7 @@ def _mace_product_4_d(
     d_A_138 = torch.mm(_c76.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c76
     d__p24_139 = d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B_2[:, 416:448].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
-    d__w_B_2_140 = torch.bmm((d_B[:, 32:128].reshape(n, 32, 3) * 1.7320508075688772).reshape(n * 32, 1, 3), _p24.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_2_140 = ((d_B[:, 32:128].reshape(n, 32, 3) * 1.7320508075688772).reshape(n, 32, 3) * _p24.reshape(n, 32, 3)).sum((2,))
     del _p24
     # ∂/∂_p10: p24 = (p10 ⊗ p2) -> 32x1o
     d__p24 = d__p24_48 + d__p24_139
@@ -3527,9 +3527,9 @@ def _mace_product_4_d(
     d_A_147 = torch.mm(_c82.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c82
     d__p7_148 = d__p21.reshape(n, 32, 5) * (_w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
-    d__w_B_2_149 = torch.bmm((d__p21 * 2.041241452319315).reshape(n * 32, 1, 5), _p7.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_2_149 = ((d__p21 * 2.041241452319315).reshape(n, 32, 5) * _p7.reshape(n, 32, 5)).sum((2,))
     d__p5_150 = d__p21.reshape(n, 32, 5) * (_w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
-    d__w_B_2_151 = torch.bmm((d__p21 * 2.041241452319315).reshape(n * 32, 1, 5), _p5.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_2_151 = ((d__p21 * 2.041241452319315).reshape(n, 32, 5) * _p5.reshape(n, 32, 5)).sum((2,))
     del d__p21
     d__p20 = d_B[:, 32:128].reshape(n, 32, 3)
     # ∂/∂_p19: p20 = (p19 ⊗ p4) -> 32x1o
@@ -3542,7 +3542,7 @@ def _mace_product_4_d(
     d_A_152 = torch.mm(_c84.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c84
     d__p3_153 = d__p19.reshape(n, 32, 3) * (_w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1)
-    d__w_B_2_154 = torch.bmm((d__p19 * 1.3416407864998738).reshape(n * 32, 1, 3), _p3.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_2_154 = ((d__p19 * 1.3416407864998738).reshape(n, 32, 3) * _p3.reshape(n, 32, 3)).sum((2,))
     del d__p19
     d__p18 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p17: p18 = (p17 ⊗ p2) -> 32x2e
@@ -3555,7 +3555,7 @@ def _mace_product_4_d(
     d_A_155 = torch.mm(_c86.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c86
     d__p3_156 = d__p17.reshape(n, 32, 3) * (_w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1)
-    d__w_B_2_157 = torch.bmm((d__p17 * 1.5811388300841898).reshape(n * 32, 1, 3), _p3.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_2_157 = ((d__p17 * 1.5811388300841898).reshape(n, 32, 3) * _p3.reshape(n, 32, 3)).sum((2,))
     del d__p17
     d__p16 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p15: p16 = (p15 ⊗ p4) -> 32x2e
@@ -3598,14 +3598,14 @@ def _mace_product_4_d(
     d__p12 = d_B[:, 0:32].reshape(n, 32, 1)
     # ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
     _c91 = d__p12.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d__p11 = cg_0_0_0.reshape(1, 1, 1) * _c91.reshape(n, 32, 1)
+    d__p11 = cg_0_0_0.reshape(1, 1, 1) * _c91.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c91
     # ∂/∂A: p12 = (p11 ⊗ p0) -> 32x0e
     _p11 = p11_0 + p11_1 + p11_2
     del p11_0, p11_1, p11_2
     _c92 = d__p12.reshape(n, 32, 1, 1) * _p11.reshape(n, 32, 1, 1)
     del _p11, d__p12
-    d_A_172 = cg_0_0_0.reshape(1, 1, 1) * _c92.reshape(n, 32, 1)
+    d_A_172 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c92.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c92
     d__p9_173 = (d__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
     d__w_B_2_174 = (d__p11 * 0.4472135954999579).reshape(n, 32) * _p9.reshape(n, 32)
@@ -3638,7 +3638,7 @@ def _mace_product_4_d(
     d_weight_179 = weight.new_zeros(4, 512).index_add(0, z, d__w_B_2.reshape(n, 512)).reshape(2048)
     del d__w_B_2
     d__p10_180 = d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B_1[:, 224:256].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d__w_B_1_181 = torch.bmm((d_B[:, 128:288].reshape(n, 32, 5) * 1.2909944487358056).reshape(n * 32, 1, 5), _p10.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_1_181 = ((d_B[:, 128:288].reshape(n, 32, 5) * 1.2909944487358056).reshape(n, 32, 5) * _p10.reshape(n, 32, 5)).sum((2,))
     del _p10
     # ∂/∂A: p10 = (p4 ⊗ p4) -> 32x2e
     d__p10 = d__p10_137 + d__p10_141 + d__p10_180
@@ -3666,7 +3666,7 @@ def _mace_product_4_d(
     d_A_187 = torch.mm(_c96.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_2_2_0.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c96
     d__p8_188 = d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B_1[:, 160:192].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1)
-    d__w_B_1_189 = torch.bmm((d_B[:, 32:128].reshape(n, 32, 3) * 1.224744871391589).reshape(n * 32, 1, 3), _p8.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_1_189 = ((d_B[:, 32:128].reshape(n, 32, 3) * 1.224744871391589).reshape(n, 32, 3) * _p8.reshape(n, 32, 3)).sum((2,))
     del _p8
     # ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
     d__p8 = d__p8_112 + d__p8_114 + d__p8_145 + d__p8_188
@@ -3680,7 +3680,7 @@ def _mace_product_4_d(
     d_A_191 = torch.mm(_c98.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c98
     d__p7_192 = d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B_1[:, 128:160].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d__w_B_1_193 = torch.bmm((d_B[:, 128:288].reshape(n, 32, 5) * 1.2909944487358056).reshape(n * 32, 1, 5), _p7.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_1_193 = ((d_B[:, 128:288].reshape(n, 32, 5) * 1.2909944487358056).reshape(n, 32, 5) * _p7.reshape(n, 32, 5)).sum((2,))
     del _p7
     # ∂/∂A: p7 = (p2 ⊗ p2) -> 32x2e
     d__p7 = d__p7_148 + d__p7_192
@@ -3708,7 +3708,7 @@ def _mace_product_4_d(
     d_A_199 = torch.mm(_c102.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c102
     d__p5_200 = d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * (_w_B_1[:, 64:96].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d__w_B_1_201 = torch.bmm((d_B[:, 128:288].reshape(n, 32, 5) * 1.2909944487358056).reshape(n * 32, 1, 5), _p5.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_1_201 = ((d_B[:, 128:288].reshape(n, 32, 5) * 1.2909944487358056).reshape(n, 32, 5) * _p5.reshape(n, 32, 5)).sum((2,))
     del _p5
     # ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
     d__p5 = d__p5_120 + d__p5_122 + d__p5_150 + d__p5_200
@@ -3722,7 +3722,7 @@ def _mace_product_4_d(
     d_A_203 = torch.mm(_c104.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(1, 0, 2).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuki->zuj
     del _c104
     d__p3_204 = d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * (_w_B_1[:, 32:64].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1)
-    d__w_B_1_205 = torch.bmm((d_B[:, 32:128].reshape(n, 32, 3) * 1.224744871391589).reshape(n * 32, 1, 3), _p3.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_1_205 = ((d_B[:, 32:128].reshape(n, 32, 3) * 1.224744871391589).reshape(n, 32, 3) * _p3.reshape(n, 32, 3)).sum((2,))
     del _p3
     # ∂/∂A: p3 = (p0 ⊗ p2) -> 32x1o
     d__p3 = d__p3_124 + d__p3_126 + d__p3_153 + d__p3_156 + d__p3_204
@@ -3743,12 +3743,12 @@ def _mace_product_4_d(
     d__p1 = d__p1_128 + d__p1_130 + d__p1_132 + d__p1_163 + d__p1_170 + d__p1_177 + d__p1_208
     del d__p1_128, d__p1_130, d__p1_132, d__p1_163, d__p1_170, d__p1_177, d__p1_208
     _c107 = d__p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d_A_210 = cg_0_0_0.reshape(1, 1, 1) * _c107.reshape(n, 32, 1)
+    d_A_210 = cg_0_0_0.reshape(1, 1, 1) * _c107.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c107
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     _c108 = d__p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     del d__p1
-    d_A_211 = cg_0_0_0.reshape(1, 1, 1) * _c108.reshape(n, 32, 1)
+    d_A_211 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c108.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c108
     # weight gradient per index value
     d__w_B_1 = torch.cat([
@@ -3767,11 +3767,11 @@ def _mace_product_4_d(
     # ∂/∂A: 32x2e -> 32x2e
     d_A_213 = d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * _w_B_0[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
     # ∂/∂_w_B_0: 32x2e -> 32x2e
-    d__w_B_0_214 = torch.bmm(d_B[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 1, 5), A[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_0_214 = (d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)).sum((2,))
     # ∂/∂A: 32x1o -> 32x1o
     d_A_215 = d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * _w_B_0[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
     # ∂/∂_w_B_0: 32x1o -> 32x1o
-    d__w_B_0_216 = torch.bmm(d_B[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 1, 3), A[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d__w_B_0_216 = (d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)).sum((2,))
     # ∂/∂A: 32x0e -> 32x0e
     d_A_217 = d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1) * _w_B_0[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
     del _w_B_0
@@ -3817,7 +3817,7 @@ def _mace_product_4_d2_A(
     _w_B_1 = weight[384:1408].view(1024).reshape(4, 256)[z]
     # p1 = (p0 ⊗ p0) -> 32x0e
     _c0 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 32, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 32, 1)
     del _c0
     # p3 = (p0 ⊗ p2) -> 32x1o
     _c1 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
@@ -3872,7 +3872,7 @@ def _mace_product_4_d2_A(
     _w_B_3 = weight[3456:7424].view(3968).reshape(4, 992)[z]
     # p26 = (p1 ⊗ p0) -> 32x0e
     _c9 = _p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _p26 = cg_0_0_0.reshape(1, 1, 1) * _c9.reshape(n, 32, 1)
+    _p26 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c9.reshape(n, 32, 1)
     del _c9
     # p27 = (p1 ⊗ p2) -> 32x1o
     _c10 = _p1.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
@@ -3896,7 +3896,7 @@ def _mace_product_4_d2_A(
     del _c13
     # p33 = (p6 ⊗ p0) -> 32x0e
     _c14 = _p6.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _p33 = cg_0_0_0.reshape(1, 1, 1) * _c14.reshape(n, 32, 1)
+    _p33 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c14.reshape(n, 32, 1)
     del _c14
     # p34 = (p6 ⊗ p2) -> 32x1o
     _c15 = _p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
@@ -3916,7 +3916,7 @@ def _mace_product_4_d2_A(
     del _c16
     # p39 = (p9 ⊗ p0) -> 32x0e
     _c17 = _p9.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _p39 = cg_0_0_0.reshape(1, 1, 1) * _c17.reshape(n, 32, 1)
+    _p39 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c17.reshape(n, 32, 1)
     del _c17
     # p40 = (p9 ⊗ p2) -> 32x1o
     _c18 = _p9.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
@@ -4034,7 +4034,7 @@ def _mace_product_4_d2_A(
     d__p43 = d_B[:, 0:32].reshape(n, 32, 1)
     # ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
     _c30 = d__p43.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c30.reshape(n, 32, 1)
+    d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c30.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c30
     d__p25_56 = (d__p42 * 0.7453559924999299).reshape(n, 32, 1) * _w_B_3[:, 800:832].reshape(n, 32).reshape(n, 32, 1)
     d__p39_57 = (d__p42 * 0.3333333333333333).reshape(n, 32, 1) * _w_B_3[:, 672:704].reshape(n, 32).reshape(n, 32, 1)
@@ -4055,7 +4055,7 @@ def _mace_product_4_d2_A(
     d__p39 = d__p39_49 + d__p39_57
     del d__p39_49, d__p39_57
     _c33 = d__p39.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d__p9_63 = cg_0_0_0.reshape(1, 1, 1) * _c33.reshape(n, 32, 1)
+    d__p9_63 = cg_0_0_0.reshape(1, 1, 1) * _c33.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c33
     # ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
     _c34 = d__p38.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
@@ -4081,7 +4081,7 @@ def _mace_product_4_d2_A(
     d__p33 = d__p33_54 + d__p33_59
     del d__p33_54, d__p33_59
     _c38 = d__p33.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d__p6_67 = cg_0_0_0.reshape(1, 1, 1) * _c38.reshape(n, 32, 1)
+    d__p6_67 = cg_0_0_0.reshape(1, 1, 1) * _c38.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c38
     # ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
     _c39 = d__p32.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
@@ -4113,7 +4113,7 @@ def _mace_product_4_d2_A(
     d__p26 = d__p26_51 + d__p26_55 + d__p26_60
     del d__p26_51, d__p26_55, d__p26_60
     _c45 = d__p26.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d__p1_74 = cg_0_0_0.reshape(1, 1, 1) * _c45.reshape(n, 32, 1)
+    d__p1_74 = cg_0_0_0.reshape(1, 1, 1) * _c45.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c45
     d__p25_75 = d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1) * _w_B_2[:, 480:512].reshape(n, 32).reshape(n, 32, 1)
     # ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
@@ -4174,7 +4174,7 @@ def _mace_product_4_d2_A(
     d__p12 = d_B[:, 0:32].reshape(n, 32, 1)
     # ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
     _c54 = d__p12.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d__p11 = cg_0_0_0.reshape(1, 1, 1) * _c54.reshape(n, 32, 1)
+    d__p11 = cg_0_0_0.reshape(1, 1, 1) * _c54.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c54
     d__p9_91 = (d__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 352:384].reshape(n, 32).reshape(n, 32, 1)
     d__p6_92 = (d__p11 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
@@ -4194,15 +4194,15 @@ def _mace_product_4_d2_A(
     # ∂/∂d_B: ∂/∂A: 32x1o -> 32x1o
     d2_d_B_104 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * _w_B_0[:, 32:64].reshape(n, 32).reshape(n, 32, 1)
     # ∂/∂_w_B_0: ∂/∂A: 32x1o -> 32x1o
-    d2__w_B_0_105 = torch.bmm(d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 1, 3), d_B[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_0_105 = (d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)).sum((2,))
     # ∂/∂d_B: ∂/∂A: 32x2e -> 32x2e
     d2_d_B_106 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * _w_B_0[:, 64:96].reshape(n, 32).reshape(n, 32, 1)
     del _w_B_0
     # ∂/∂_w_B_0: ∂/∂A: 32x2e -> 32x2e
-    d2__w_B_0_107 = torch.bmm(d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 1, 5), d_B[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_0_107 = (d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)).sum((2,))
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     _c55 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d__p1_108 = cg_0_0_0.reshape(1, 1, 1) * _c55.reshape(n, 32, 1)
+    d2_d__p1_108 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c55.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c55
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     d__p1 = d__p1_72 + d__p1_73 + d__p1_74 + d__p1_87 + d__p1_90 + d__p1_93 + d__p1_101
@@ -4212,12 +4212,12 @@ def _mace_product_4_d2_A(
     del _c56
     # ∂/∂d__p1: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     _c57 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d__p1_110 = cg_0_0_0.reshape(1, 1, 1) * _c57.reshape(n, 32, 1)
+    d2_d__p1_110 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c57.reshape(n, 32, 1)
     del _c57
     # ∂/∂A: ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     _c58 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p1.reshape(n, 32, 1, 1)
     del d__p1
-    d2_A_111 = cg_0_0_0.reshape(1, 1, 1) * _c58.reshape(n, 32, 1)
+    d2_A_111 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c58.reshape(n, 32, 1)
     del _c58
     d2_d__p1 = d2_d__p1_108 + d2_d__p1_110
     del d2_d__p1_108, d2_d__p1_110
@@ -4245,7 +4245,7 @@ def _mace_product_4_d2_A(
     d2_d__p3 = d2_d__p3_114 + d2_d__p3_116
     del d2_d__p3_114, d2_d__p3_116
     d2_d_B_118 = d2_d__p3.reshape(n, 32, 3) * (_w_B_1[:, 32:64].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1)
-    d2__w_B_1_119 = torch.bmm((d2_d__p3 * 1.224744871391589).reshape(n * 32, 1, 3), d_B[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_1_119 = ((d2_d__p3 * 1.224744871391589).reshape(n, 32, 3) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)).sum((2,))
     # ∂/∂d__p5: ∂/∂A: p5 = (p0 ⊗ p4) -> 32x2e
     _c63 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2_d__p5_120 = torch.mm(_c63.permute(3, 2, 0, 1).reshape(5, n * 32).t(), cg_0_2_2.permute(2, 0, 1).reshape(5, 5).t()).view(n, 32, 5)  # ijk,zuji->zuk
@@ -4268,7 +4268,7 @@ def _mace_product_4_d2_A(
     d2_d__p5 = d2_d__p5_120 + d2_d__p5_122
     del d2_d__p5_120, d2_d__p5_122
     d2_d_B_124 = d2_d__p5.reshape(n, 32, 5) * (_w_B_1[:, 64:96].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d2__w_B_1_125 = torch.bmm((d2_d__p5 * 1.2909944487358056).reshape(n * 32, 1, 5), d_B[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_1_125 = ((d2_d__p5 * 1.2909944487358056).reshape(n, 32, 5) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)).sum((2,))
     # ∂/∂d__p6: ∂/∂A: p6 = (p2 ⊗ p2) -> 32x0e
     _c67 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2_d__p6_126 = torch.mm(_c67.permute(2, 3, 0, 1).reshape(9, n * 32).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 32, 1)  # ijk,zuij->zuk
@@ -4310,7 +4310,7 @@ def _mace_product_4_d2_A(
     d2_d__p7 = d2_d__p7_132 + d2_d__p7_134
     del d2_d__p7_132, d2_d__p7_134
     d2_d_B_136 = d2_d__p7.reshape(n, 32, 5) * (_w_B_1[:, 128:160].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d2__w_B_1_137 = torch.bmm((d2_d__p7 * 1.2909944487358056).reshape(n * 32, 1, 5), d_B[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_1_137 = ((d2_d__p7 * 1.2909944487358056).reshape(n, 32, 5) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)).sum((2,))
     # ∂/∂d__p8: ∂/∂A: p8 = (p2 ⊗ p4) -> 32x1o
     _c73 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
     d2_d__p8_138 = torch.mm(_c73.permute(2, 3, 0, 1).reshape(15, n * 32).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 32, 3)  # ijk,zuij->zuk
@@ -4331,7 +4331,7 @@ def _mace_product_4_d2_A(
     d2_d__p8 = d2_d__p8_138 + d2_d__p8_140
     del d2_d__p8_138, d2_d__p8_140
     d2_d_B_142 = d2_d__p8.reshape(n, 32, 3) * (_w_B_1[:, 160:192].reshape(n, 32) * 1.224744871391589).reshape(n, 32, 1)
-    d2__w_B_1_143 = torch.bmm((d2_d__p8 * 1.224744871391589).reshape(n * 32, 1, 3), d_B[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_1_143 = ((d2_d__p8 * 1.224744871391589).reshape(n, 32, 3) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)).sum((2,))
     # ∂/∂d__p9: ∂/∂A: p9 = (p4 ⊗ p4) -> 32x0e
     _c77 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
     d2_d__p9_144 = torch.mm(_c77.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
@@ -4374,7 +4374,7 @@ def _mace_product_4_d2_A(
     del d2_d__p10_150, d2_d__p10_152
     d2_d_B_154 = d2_d__p10.reshape(n, 32, 5) * (_w_B_1[:, 224:256].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
     del _w_B_1
-    d2__w_B_1_155 = torch.bmm((d2_d__p10 * 1.2909944487358056).reshape(n * 32, 1, 5), d_B[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_1_155 = ((d2_d__p10 * 1.2909944487358056).reshape(n, 32, 5) * d_B[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5)).sum((2,))
     d2_d__p11_156 = (d2_d__p1 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 0:32].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_2_157 = (d2_d__p1 * 0.4472135954999579).reshape(n, 32) * d__p11.reshape(n, 32)
     d2_d__p11_158 = (d2_d__p6 * 0.4472135954999579).reshape(n, 32, 1) * _w_B_2[:, 192:224].reshape(n, 32).reshape(n, 32, 1)
@@ -4387,7 +4387,7 @@ def _mace_product_4_d2_A(
     del p11_0, p11_1, p11_2
     _c83 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p11.reshape(n, 32, 1, 1)
     del _p11
-    d2_d__p12_162 = cg_0_0_0.reshape(1, 1, 1) * _c83.reshape(n, 32, 1)
+    d2_d__p12_162 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c83.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c83
     # ∂/∂_p11: ∂/∂A: p12 = (p11 ⊗ p0) -> 32x0e
     _c84 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p12.reshape(n, 32, 1, 1)
@@ -4397,12 +4397,12 @@ def _mace_product_4_d2_A(
     d2_d__p11 = d2_d__p11_156 + d2_d__p11_158 + d2_d__p11_160
     del d2_d__p11_156, d2_d__p11_158, d2_d__p11_160
     _c85 = d2_d__p11.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d__p12_163 = cg_0_0_0.reshape(1, 1, 1) * _c85.reshape(n, 32, 1)
+    d2_d__p12_163 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c85.reshape(n, 32, 1)
     del _c85
     # ∂/∂A: ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
     _c86 = d2_d__p11.reshape(n, 32, 1, 1) * d__p12.reshape(n, 32, 1, 1)
     del d2_d__p11, d__p12
-    d2_A_164 = cg_0_0_0.reshape(1, 1, 1) * _c86.reshape(n, 32, 1)
+    d2_A_164 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c86.reshape(n, 32, 1)
     del _c86
     d2_d__p12 = d2_d__p12_162 + d2_d__p12_163
     del d2_d__p12_162, d2_d__p12_163
@@ -4475,7 +4475,7 @@ def _mace_product_4_d2_A(
     d2_d_B_185 = d2_d__p16
     del d2_d__p16
     d2_d__p17 = d2_d__p3.reshape(n, 32, 3) * (_w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1)
-    d2__w_B_2_186 = torch.bmm((d2_d__p3 * 1.5811388300841898).reshape(n * 32, 1, 3), d__p17.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_2_186 = ((d2_d__p3 * 1.5811388300841898).reshape(n, 32, 3) * d__p17.reshape(n, 32, 3)).sum((2,))
     del d__p17
     # ∂/∂d__p18: ∂/∂A: p18 = (p17 ⊗ p2) -> 32x2e
     _c95 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p17.reshape(n, 32, 3, 1)
@@ -4500,7 +4500,7 @@ def _mace_product_4_d2_A(
     d2_d_B_190 = d2_d__p18
     del d2_d__p18
     d2_d__p19 = d2_d__p3.reshape(n, 32, 3) * (_w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1)
-    d2__w_B_2_191 = torch.bmm((d2_d__p3 * 1.3416407864998738).reshape(n * 32, 1, 3), d__p19.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_2_191 = ((d2_d__p3 * 1.3416407864998738).reshape(n, 32, 3) * d__p19.reshape(n, 32, 3)).sum((2,))
     del d__p19
     # ∂/∂d__p20: ∂/∂A: p20 = (p19 ⊗ p4) -> 32x1o
     _c99 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p19.reshape(n, 32, 3, 1)
@@ -4525,9 +4525,9 @@ def _mace_product_4_d2_A(
     d2_d_B_195 = d2_d__p20
     del d2_d__p20
     d2_d__p21_196 = d2_d__p5.reshape(n, 32, 5) * (_w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
-    d2__w_B_2_197 = torch.bmm((d2_d__p5 * 2.041241452319315).reshape(n * 32, 1, 5), d__p21.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_2_197 = ((d2_d__p5 * 2.041241452319315).reshape(n, 32, 5) * d__p21.reshape(n, 32, 5)).sum((2,))
     d2_d__p21_198 = d2_d__p7.reshape(n, 32, 5) * (_w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
-    d2__w_B_2_199 = torch.bmm((d2_d__p7 * 2.041241452319315).reshape(n * 32, 1, 5), d__p21.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_2_199 = ((d2_d__p7 * 2.041241452319315).reshape(n, 32, 5) * d__p21.reshape(n, 32, 5)).sum((2,))
     del d2_d__p7, d__p21
     # ∂/∂d__p22: ∂/∂A: p22 = (p21 ⊗ p4) -> 32x2e
     _p21 = p21_9 + p21_10
@@ -4594,7 +4594,7 @@ def _mace_product_4_d2_A(
     d2_d__p24 = d2_d__p24_210 + d2_d__p24_212
     del d2_d__p24_210, d2_d__p24_212
     d2_d_B_214 = d2_d__p24.reshape(n, 32, 3) * (_w_B_2[:, 416:448].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
-    d2__w_B_2_215 = torch.bmm((d2_d__p24 * 1.7320508075688772).reshape(n * 32, 1, 3), d_B[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_2_215 = ((d2_d__p24 * 1.7320508075688772).reshape(n, 32, 3) * d_B[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3)).sum((2,))
     # ∂/∂d__p25: ∂/∂A: p25 = (p10 ⊗ p4) -> 32x0e
     _c115 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p10.reshape(n, 32, 5, 1)
     d2_d__p25_216 = torch.mm(_c115.permute(2, 3, 0, 1).reshape(25, n * 32).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 32, 1)  # ijk,zuij->zuk
@@ -4618,7 +4618,7 @@ def _mace_product_4_d2_A(
     d2__w_B_2_221 = d2_d__p25.reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
     # ∂/∂d__p26: ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
     _c119 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p1.reshape(n, 32, 1, 1)
-    d2_d__p26_222 = cg_0_0_0.reshape(1, 1, 1) * _c119.reshape(n, 32, 1)
+    d2_d__p26_222 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c119.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c119
     # ∂/∂_p1: ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
     _c120 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p26.reshape(n, 32, 1, 1)
@@ -4626,12 +4626,12 @@ def _mace_product_4_d2_A(
     del _c120
     # ∂/∂d__p26: ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
     _c121 = d2_d__p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d__p26_224 = cg_0_0_0.reshape(1, 1, 1) * _c121.reshape(n, 32, 1)
+    d2_d__p26_224 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c121.reshape(n, 32, 1)
     del _c121
     # ∂/∂A: ∂/∂_p1: p26 = (p1 ⊗ p0) -> 32x0e
     _c122 = d2_d__p1.reshape(n, 32, 1, 1) * d__p26.reshape(n, 32, 1, 1)
     del d__p26
-    d2_A_225 = cg_0_0_0.reshape(1, 1, 1) * _c122.reshape(n, 32, 1)
+    d2_A_225 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c122.reshape(n, 32, 1)
     del _c122
     # ∂/∂d__p27: ∂/∂A: p27 = (p1 ⊗ p2) -> 32x1o
     _c123 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p1.reshape(n, 32, 1, 1)
@@ -4729,7 +4729,7 @@ def _mace_product_4_d2_A(
     del _c142
     # ∂/∂d__p33: ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
     _c143 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p6.reshape(n, 32, 1, 1)
-    d2_d__p33_250 = cg_0_0_0.reshape(1, 1, 1) * _c143.reshape(n, 32, 1)
+    d2_d__p33_250 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c143.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c143
     # ∂/∂_p6: ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
     _c144 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p33.reshape(n, 32, 1, 1)
@@ -4737,12 +4737,12 @@ def _mace_product_4_d2_A(
     del _c144
     # ∂/∂d__p33: ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
     _c145 = d2_d__p6.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d__p33_252 = cg_0_0_0.reshape(1, 1, 1) * _c145.reshape(n, 32, 1)
+    d2_d__p33_252 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c145.reshape(n, 32, 1)
     del _c145
     # ∂/∂A: ∂/∂_p6: p33 = (p6 ⊗ p0) -> 32x0e
     _c146 = d2_d__p6.reshape(n, 32, 1, 1) * d__p33.reshape(n, 32, 1, 1)
     del d__p33
-    d2_A_253 = cg_0_0_0.reshape(1, 1, 1) * _c146.reshape(n, 32, 1)
+    d2_A_253 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c146.reshape(n, 32, 1)
     del _c146
     # ∂/∂d__p34: ∂/∂A: p34 = (p6 ⊗ p2) -> 32x1o
     _c147 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p6.reshape(n, 32, 1, 1)
@@ -4825,7 +4825,7 @@ def _mace_product_4_d2_A(
     del _c160
     # ∂/∂d__p39: ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
     _c161 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p9.reshape(n, 32, 1, 1)
-    d2_d__p39_274 = cg_0_0_0.reshape(1, 1, 1) * _c161.reshape(n, 32, 1)
+    d2_d__p39_274 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c161.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c161
     # ∂/∂_p9: ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
     _c162 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p39.reshape(n, 32, 1, 1)
@@ -4833,12 +4833,12 @@ def _mace_product_4_d2_A(
     del _c162
     # ∂/∂d__p39: ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
     _c163 = d2_d__p9.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d__p39_276 = cg_0_0_0.reshape(1, 1, 1) * _c163.reshape(n, 32, 1)
+    d2_d__p39_276 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c163.reshape(n, 32, 1)
     del _c163
     # ∂/∂A: ∂/∂_p9: p39 = (p9 ⊗ p0) -> 32x0e
     _c164 = d2_d__p9.reshape(n, 32, 1, 1) * d__p39.reshape(n, 32, 1, 1)
     del d__p39
-    d2_A_277 = cg_0_0_0.reshape(1, 1, 1) * _c164.reshape(n, 32, 1)
+    d2_A_277 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c164.reshape(n, 32, 1)
     del _c164
     # ∂/∂d__p40: ∂/∂A: p40 = (p9 ⊗ p2) -> 32x1o
     _c165 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1) * _p9.reshape(n, 32, 1, 1)
@@ -4896,7 +4896,7 @@ def _mace_product_4_d2_A(
     del p42_11, p42_12, p42_13, p42_14, p42_15
     _c173 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _p42.reshape(n, 32, 1, 1)
     del _p42
-    d2_d__p43_296 = cg_0_0_0.reshape(1, 1, 1) * _c173.reshape(n, 32, 1)
+    d2_d__p43_296 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c173.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c173
     # ∂/∂_p42: ∂/∂A: p43 = (p42 ⊗ p0) -> 32x0e
     _c174 = d2_d_A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * d__p43.reshape(n, 32, 1, 1)
@@ -4906,12 +4906,12 @@ def _mace_product_4_d2_A(
     d2_d__p42 = d2_d__p42_286 + d2_d__p42_288 + d2_d__p42_290 + d2_d__p42_292 + d2_d__p42_294
     del d2_d__p42_286, d2_d__p42_288, d2_d__p42_290, d2_d__p42_292, d2_d__p42_294
     _c175 = d2_d__p42.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d__p43_297 = cg_0_0_0.reshape(1, 1, 1) * _c175.reshape(n, 32, 1)
+    d2_d__p43_297 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c175.reshape(n, 32, 1)
     del _c175
     # ∂/∂A: ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
     _c176 = d2_d__p42.reshape(n, 32, 1, 1) * d__p43.reshape(n, 32, 1, 1)
     del d2_d__p42, d__p43
-    d2_A_298 = cg_0_0_0.reshape(1, 1, 1) * _c176.reshape(n, 32, 1)
+    d2_A_298 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c176.reshape(n, 32, 1)
     del _c176
     d2_d__p43 = d2_d__p43_296 + d2_d__p43_297
     del d2_d__p43_296, d2_d__p43_297
@@ -5004,11 +5004,11 @@ def _mace_product_4_d2_A(
     d2_d__p27 = d2_d__p27_226 + d2_d__p27_228
     del d2_d__p27_226, d2_d__p27_228
     d2_d__p48_328 = d2_d__p27.reshape(n, 32, 3) * (_w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
-    d2__w_B_3_329 = torch.bmm((d2_d__p27 * 1.0741723110591492).reshape(n * 32, 1, 3), d__p48.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_329 = ((d2_d__p27 * 1.0741723110591492).reshape(n, 32, 3) * d__p48.reshape(n, 32, 3)).sum((2,))
     d2_d__p34 = d2_d__p34_254 + d2_d__p34_256
     del d2_d__p34_254, d2_d__p34_256
     d2_d__p48_330 = d2_d__p34.reshape(n, 32, 3) * (_w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
-    d2__w_B_3_331 = torch.bmm((d2_d__p34 * 1.0741723110591492).reshape(n * 32, 1, 3), d__p48.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_331 = ((d2_d__p34 * 1.0741723110591492).reshape(n, 32, 3) * d__p48.reshape(n, 32, 3)).sum((2,))
     del d__p48
     # ∂/∂d__p49: ∂/∂A: p49 = (p48 ⊗ p2) -> 32x2e
     _p48 = p48_26 + p48_27
@@ -5037,7 +5037,7 @@ def _mace_product_4_d2_A(
     d2_d_B_335 = d2_d__p49
     del d2_d__p49
     d2_d__p50 = d2_d__p27.reshape(n, 32, 3) * _w_B_3[:, 128:160].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_336 = torch.bmm(d2_d__p27.reshape(n * 32, 1, 3), d__p50.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_336 = (d2_d__p27.reshape(n, 32, 3) * d__p50.reshape(n, 32, 3)).sum((2,))
     del d2_d__p27, d__p50
     # ∂/∂d__p51: ∂/∂A: p51 = (p50 ⊗ p4) -> 32x1o
     _c189 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p50.reshape(n, 32, 3, 1)
@@ -5064,27 +5064,27 @@ def _mace_product_4_d2_A(
     d2_d__p28 = d2_d__p28_230 + d2_d__p28_232
     del d2_d__p28_230, d2_d__p28_232
     d2_d__p52_341 = d2_d__p28.reshape(n, 32, 5) * (_w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
-    d2__w_B_3_342 = torch.bmm((d2_d__p28 * 1.3867504905630728).reshape(n * 32, 1, 5), d__p52.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_342 = ((d2_d__p28 * 1.3867504905630728).reshape(n, 32, 5) * d__p52.reshape(n, 32, 5)).sum((2,))
     del d2_d__p28
     d2_d__p30 = d2_d__p30_238 + d2_d__p30_240
     del d2_d__p30_238, d2_d__p30_240
     d2_d__p52_343 = d2_d__p30.reshape(n, 32, 5) * (_w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
-    d2__w_B_3_344 = torch.bmm((d2_d__p30 * 2.401922307076307).reshape(n * 32, 1, 5), d__p52.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_344 = ((d2_d__p30 * 2.401922307076307).reshape(n, 32, 5) * d__p52.reshape(n, 32, 5)).sum((2,))
     del d2_d__p30
     d2_d__p36 = d2_d__p36_262 + d2_d__p36_264
     del d2_d__p36_262, d2_d__p36_264
     d2_d__p52_345 = d2_d__p36.reshape(n, 32, 5) * (_w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
-    d2__w_B_3_346 = torch.bmm((d2_d__p36 * 2.401922307076307).reshape(n * 32, 1, 5), d__p52.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_346 = ((d2_d__p36 * 2.401922307076307).reshape(n, 32, 5) * d__p52.reshape(n, 32, 5)).sum((2,))
     del d2_d__p36
     d2_d__p38 = d2_d__p38_270 + d2_d__p38_272
     del d2_d__p38_270, d2_d__p38_272
     d2_d__p52_347 = d2_d__p38.reshape(n, 32, 5) * (_w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1)
-    d2__w_B_3_348 = torch.bmm((d2_d__p38 * 3.1008683647302115).reshape(n * 32, 1, 5), d__p52.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_348 = ((d2_d__p38 * 3.1008683647302115).reshape(n, 32, 5) * d__p52.reshape(n, 32, 5)).sum((2,))
     del d2_d__p38
     d2_d__p41 = d2_d__p41_282 + d2_d__p41_284
     del d2_d__p41_282, d2_d__p41_284
     d2_d__p52_349 = d2_d__p41.reshape(n, 32, 5) * (_w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
-    d2__w_B_3_350 = torch.bmm((d2_d__p41 * 1.3867504905630728).reshape(n * 32, 1, 5), d__p52.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_350 = ((d2_d__p41 * 1.3867504905630728).reshape(n, 32, 5) * d__p52.reshape(n, 32, 5)).sum((2,))
     del d__p52
     # ∂/∂d__p53: ∂/∂A: p53 = (p52 ⊗ p4) -> 32x2e
     _p52 = p52_28 + p52_29 + p52_30 + p52_31 + p52_32
@@ -5115,10 +5115,10 @@ def _mace_product_4_d2_A(
     d2_d__p32 = d2_d__p32_246 + d2_d__p32_248
     del d2_d__p32_246, d2_d__p32_248
     d2_d__p54_355 = d2_d__p32.reshape(n, 32, 5) * (_w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1)
-    d2__w_B_3_356 = torch.bmm((d2_d__p32 * 2.886751345948129).reshape(n * 32, 1, 5), d__p54.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_356 = ((d2_d__p32 * 2.886751345948129).reshape(n, 32, 5) * d__p54.reshape(n, 32, 5)).sum((2,))
     del d2_d__p32
     d2_d__p54_357 = d2_d__p41.reshape(n, 32, 5) * (_w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d2__w_B_3_358 = torch.bmm((d2_d__p41 * 1.2909944487358056).reshape(n * 32, 1, 5), d__p54.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_358 = ((d2_d__p41 * 1.2909944487358056).reshape(n, 32, 5) * d__p54.reshape(n, 32, 5)).sum((2,))
     del d__p54
     # ∂/∂d__p55: ∂/∂A: p55 = (p54 ⊗ p2) -> 32x1o
     _p54 = p54_33 + p54_34
@@ -5147,15 +5147,15 @@ def _mace_product_4_d2_A(
     d2_d_B_362 = d2_d__p55
     del d2_d__p55
     d2_d__p56_363 = d2_d__p34.reshape(n, 32, 3) * (_w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
-    d2__w_B_3_364 = torch.bmm((d2_d__p34 * 0.5773502691896257).reshape(n * 32, 1, 3), d__p56.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_364 = ((d2_d__p34 * 0.5773502691896257).reshape(n, 32, 3) * d__p56.reshape(n, 32, 3)).sum((2,))
     del d2_d__p34
     d2_d__p40 = d2_d__p40_278 + d2_d__p40_280
     del d2_d__p40_278, d2_d__p40_280
     d2_d__p56_365 = d2_d__p40.reshape(n, 32, 3) * (_w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
-    d2__w_B_3_366 = torch.bmm((d2_d__p40 * 0.5773502691896257).reshape(n * 32, 1, 3), d__p56.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_366 = ((d2_d__p40 * 0.5773502691896257).reshape(n, 32, 3) * d__p56.reshape(n, 32, 3)).sum((2,))
     del d2_d__p40
     d2_d__p56_367 = d2_d__p24.reshape(n, 32, 3) * (_w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d2__w_B_3_368 = torch.bmm((d2_d__p24 * 1.2909944487358056).reshape(n * 32, 1, 3), d__p56.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_368 = ((d2_d__p24 * 1.2909944487358056).reshape(n, 32, 3) * d__p56.reshape(n, 32, 3)).sum((2,))
     del d2_d__p24, d__p56
     # ∂/∂d__p57: ∂/∂A: p57 = (p56 ⊗ p2) -> 32x0e
     _p56 = p56_35 + p56_36 + p56_37
@@ -5186,7 +5186,7 @@ def _mace_product_4_d2_A(
     d2_d__p35 = d2_d__p35_258 + d2_d__p35_260
     del d2_d__p35_258, d2_d__p35_260
     d2_d__p58 = d2_d__p35.reshape(n, 32, 3) * (_w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
-    d2__w_B_3_373 = torch.bmm((d2_d__p35 * 1.7320508075688772).reshape(n * 32, 1, 3), d__p58.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_373 = ((d2_d__p35 * 1.7320508075688772).reshape(n, 32, 3) * d__p58.reshape(n, 32, 3)).sum((2,))
     del d__p58
     # ∂/∂d__p59: ∂/∂A: p59 = (p58 ⊗ p2) -> 32x1o
     _c205 = d2_d_A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _p58.reshape(n, 32, 3, 1)
@@ -5211,7 +5211,7 @@ def _mace_product_4_d2_A(
     d2_d_B_377 = d2_d__p59
     del d2_d__p59
     d2_d__p60 = d2_d__p35.reshape(n, 32, 3) * (_w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1)
-    d2__w_B_3_378 = torch.bmm((d2_d__p35 * 1.860521018838127).reshape(n * 32, 1, 3), d__p60.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_378 = ((d2_d__p35 * 1.860521018838127).reshape(n, 32, 3) * d__p60.reshape(n, 32, 3)).sum((2,))
     del d2_d__p35, d__p60
     # ∂/∂d__p61: ∂/∂A: p61 = (p60 ⊗ p4) -> 32x2e
     _c209 = d2_d_A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _p60.reshape(n, 32, 3, 1)
@@ -5258,48 +5258,48 @@ def _mace_product_4_d2_A(
     d2__w_B_3_388 = (d2_d__p62 * 0.7453559924999299).reshape(n, 32) * d_B[:, 0:32].reshape(n, 32, 1).reshape(n, 32)
     del d2_d__p62
     d2__p35_389 = d2__p60.reshape(n, 32, 3) * (_w_B_3[:, 576:608].reshape(n, 32) * 1.860521018838127).reshape(n, 32, 1)
-    d2__w_B_3_390 = torch.bmm((d2__p60 * 1.860521018838127).reshape(n * 32, 1, 3), _p35.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_390 = ((d2__p60 * 1.860521018838127).reshape(n, 32, 3) * _p35.reshape(n, 32, 3)).sum((2,))
     del d2__p60
     d2__p35_391 = d2__p58.reshape(n, 32, 3) * (_w_B_3[:, 512:544].reshape(n, 32) * 1.7320508075688772).reshape(n, 32, 1)
-    d2__w_B_3_392 = torch.bmm((d2__p58 * 1.7320508075688772).reshape(n * 32, 1, 3), _p35.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_392 = ((d2__p58 * 1.7320508075688772).reshape(n, 32, 3) * _p35.reshape(n, 32, 3)).sum((2,))
     del _p35, d2__p58
     d2__p24 = d2__p56.reshape(n, 32, 3) * (_w_B_3[:, 768:800].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d2__w_B_3_393 = torch.bmm((d2__p56 * 1.2909944487358056).reshape(n * 32, 1, 3), _p24.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_393 = ((d2__p56 * 1.2909944487358056).reshape(n, 32, 3) * _p24.reshape(n, 32, 3)).sum((2,))
     del _p24
     d2__p40 = d2__p56.reshape(n, 32, 3) * (_w_B_3[:, 736:768].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
-    d2__w_B_3_394 = torch.bmm((d2__p56 * 0.5773502691896257).reshape(n * 32, 1, 3), _p40.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_394 = ((d2__p56 * 0.5773502691896257).reshape(n, 32, 3) * _p40.reshape(n, 32, 3)).sum((2,))
     del _p40
     d2__p34_395 = d2__p56.reshape(n, 32, 3) * (_w_B_3[:, 384:416].reshape(n, 32) * 0.5773502691896257).reshape(n, 32, 1)
-    d2__w_B_3_396 = torch.bmm((d2__p56 * 0.5773502691896257).reshape(n * 32, 1, 3), _p34.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_396 = ((d2__p56 * 0.5773502691896257).reshape(n, 32, 3) * _p34.reshape(n, 32, 3)).sum((2,))
     del d2__p56
     d2__p41_397 = d2__p54.reshape(n, 32, 5) * (_w_B_3[:, 832:864].reshape(n, 32) * 1.2909944487358056).reshape(n, 32, 1)
-    d2__w_B_3_398 = torch.bmm((d2__p54 * 1.2909944487358056).reshape(n * 32, 1, 5), _p41.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_398 = ((d2__p54 * 1.2909944487358056).reshape(n, 32, 5) * _p41.reshape(n, 32, 5)).sum((2,))
     d2__p32 = d2__p54.reshape(n, 32, 5) * (_w_B_3[:, 288:320].reshape(n, 32) * 2.886751345948129).reshape(n, 32, 1)
-    d2__w_B_3_399 = torch.bmm((d2__p54 * 2.886751345948129).reshape(n * 32, 1, 5), _p32.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_399 = ((d2__p54 * 2.886751345948129).reshape(n, 32, 5) * _p32.reshape(n, 32, 5)).sum((2,))
     del _p32, d2__p54
     d2__p41_400 = d2__p52.reshape(n, 32, 5) * (_w_B_3[:, 928:960].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
-    d2__w_B_3_401 = torch.bmm((d2__p52 * 1.3867504905630728).reshape(n * 32, 1, 5), _p41.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_401 = ((d2__p52 * 1.3867504905630728).reshape(n, 32, 5) * _p41.reshape(n, 32, 5)).sum((2,))
     del _p41
     d2__p38 = d2__p52.reshape(n, 32, 5) * (_w_B_3[:, 640:672].reshape(n, 32) * 3.1008683647302115).reshape(n, 32, 1)
-    d2__w_B_3_402 = torch.bmm((d2__p52 * 3.1008683647302115).reshape(n * 32, 1, 5), _p38.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_402 = ((d2__p52 * 3.1008683647302115).reshape(n, 32, 5) * _p38.reshape(n, 32, 5)).sum((2,))
     del _p38
     d2__p36 = d2__p52.reshape(n, 32, 5) * (_w_B_3[:, 608:640].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
-    d2__w_B_3_403 = torch.bmm((d2__p52 * 2.401922307076307).reshape(n * 32, 1, 5), _p36.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_403 = ((d2__p52 * 2.401922307076307).reshape(n, 32, 5) * _p36.reshape(n, 32, 5)).sum((2,))
     del _p36
     d2__p30 = d2__p52.reshape(n, 32, 5) * (_w_B_3[:, 224:256].reshape(n, 32) * 2.401922307076307).reshape(n, 32, 1)
-    d2__w_B_3_404 = torch.bmm((d2__p52 * 2.401922307076307).reshape(n * 32, 1, 5), _p30.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_404 = ((d2__p52 * 2.401922307076307).reshape(n, 32, 5) * _p30.reshape(n, 32, 5)).sum((2,))
     del _p30
     d2__p28 = d2__p52.reshape(n, 32, 5) * (_w_B_3[:, 160:192].reshape(n, 32) * 1.3867504905630728).reshape(n, 32, 1)
-    d2__w_B_3_405 = torch.bmm((d2__p52 * 1.3867504905630728).reshape(n * 32, 1, 5), _p28.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_405 = ((d2__p52 * 1.3867504905630728).reshape(n, 32, 5) * _p28.reshape(n, 32, 5)).sum((2,))
     del _p28, d2__p52
     d2__p27_406 = d2__p50.reshape(n, 32, 3) * _w_B_3[:, 128:160].reshape(n, 32).reshape(n, 32, 1)
-    d2__w_B_3_407 = torch.bmm(d2__p50.reshape(n * 32, 1, 3), _p27.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_407 = (d2__p50.reshape(n, 32, 3) * _p27.reshape(n, 32, 3)).sum((2,))
     del d2__p50
     d2__p34_408 = d2__p48.reshape(n, 32, 3) * (_w_B_3[:, 416:448].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
-    d2__w_B_3_409 = torch.bmm((d2__p48 * 1.0741723110591492).reshape(n * 32, 1, 3), _p34.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_409 = ((d2__p48 * 1.0741723110591492).reshape(n, 32, 3) * _p34.reshape(n, 32, 3)).sum((2,))
     del _p34
     d2__p27_410 = d2__p48.reshape(n, 32, 3) * (_w_B_3[:, 96:128].reshape(n, 32) * 1.0741723110591492).reshape(n, 32, 1)
-    d2__w_B_3_411 = torch.bmm((d2__p48 * 1.0741723110591492).reshape(n * 32, 1, 3), _p27.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_3_411 = ((d2__p48 * 1.0741723110591492).reshape(n, 32, 3) * _p27.reshape(n, 32, 3)).sum((2,))
     del _p27, d2__p48
     d2__p25_412 = (d2__p46 * 1.3867504905630728).reshape(n, 32, 1) * _w_B_3[:, 960:992].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_3_413 = (d2__p46 * 1.3867504905630728).reshape(n, 32) * _p25.reshape(n, 32)
@@ -5365,12 +5365,12 @@ def _mace_product_4_d2_A(
     d2__p39 = d2__p39_414 + d2__p39_432
     del d2__p39_414, d2__p39_432
     _c221 = d2__p39.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2__p9_444 = cg_0_0_0.reshape(1, 1, 1) * _c221.reshape(n, 32, 1)
+    d2__p9_444 = cg_0_0_0.reshape(1, 1, 1) * _c221.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c221
     # ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
     _c222 = d2__p39.reshape(n, 32, 1, 1) * _p9.reshape(n, 32, 1, 1)
     del d2__p39
-    d2_A_445 = cg_0_0_0.reshape(1, 1, 1) * _c222.reshape(n, 32, 1)
+    d2_A_445 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c222.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c222
     # ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
     _c223 = d2__p38.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
@@ -5427,12 +5427,12 @@ def _mace_product_4_d2_A(
     d2__p33 = d2__p33_425 + d2__p33_436
     del d2__p33_425, d2__p33_436
     _c233 = d2__p33.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2__p6_456 = cg_0_0_0.reshape(1, 1, 1) * _c233.reshape(n, 32, 1)
+    d2__p6_456 = cg_0_0_0.reshape(1, 1, 1) * _c233.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c233
     # ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
     _c234 = d2__p33.reshape(n, 32, 1, 1) * _p6.reshape(n, 32, 1, 1)
     del d2__p33
-    d2_A_457 = cg_0_0_0.reshape(1, 1, 1) * _c234.reshape(n, 32, 1)
+    d2_A_457 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c234.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c234
     # ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
     _c235 = d2__p32.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
@@ -5494,12 +5494,12 @@ def _mace_product_4_d2_A(
     d2__p26 = d2__p26_419 + d2__p26_428 + d2__p26_438
     del d2__p26_419, d2__p26_428, d2__p26_438
     _c247 = d2__p26.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2__p1_470 = cg_0_0_0.reshape(1, 1, 1) * _c247.reshape(n, 32, 1)
+    d2__p1_470 = cg_0_0_0.reshape(1, 1, 1) * _c247.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c247
     # ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
     _c248 = d2__p26.reshape(n, 32, 1, 1) * _p1.reshape(n, 32, 1, 1)
     del d2__p26
-    d2_A_471 = cg_0_0_0.reshape(1, 1, 1) * _c248.reshape(n, 32, 1)
+    d2_A_471 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c248.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c248
     # weight gradient per index value
     d2__w_B_3 = torch.cat([
@@ -5570,16 +5570,16 @@ def _mace_product_4_d2_A(
     d2_A_478 = torch.mm(_c254.permute(3, 2, 0, 1).reshape(3, n * 32).t(), cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t()).view(n, 32, 3)  # ijk,zuki->zuj
     del _c254
     d2__p7 = d2__p21.reshape(n, 32, 5) * (_w_B_2[:, 288:320].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
-    d2__w_B_2_479 = torch.bmm((d2__p21 * 2.041241452319315).reshape(n * 32, 1, 5), _p7.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_2_479 = ((d2__p21 * 2.041241452319315).reshape(n, 32, 5) * _p7.reshape(n, 32, 5)).sum((2,))
     del _p7
     d2__p5_480 = d2__p21.reshape(n, 32, 5) * (_w_B_2[:, 160:192].reshape(n, 32) * 2.041241452319315).reshape(n, 32, 1)
-    d2__w_B_2_481 = torch.bmm((d2__p21 * 2.041241452319315).reshape(n * 32, 1, 5), _p5.reshape(n * 32, 5, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_2_481 = ((d2__p21 * 2.041241452319315).reshape(n, 32, 5) * _p5.reshape(n, 32, 5)).sum((2,))
     del _p5, d2__p21
     d2__p3_482 = d2__p19.reshape(n, 32, 3) * (_w_B_2[:, 128:160].reshape(n, 32) * 1.3416407864998738).reshape(n, 32, 1)
-    d2__w_B_2_483 = torch.bmm((d2__p19 * 1.3416407864998738).reshape(n * 32, 1, 3), _p3.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_2_483 = ((d2__p19 * 1.3416407864998738).reshape(n, 32, 3) * _p3.reshape(n, 32, 3)).sum((2,))
     del d2__p19
     d2__p3_484 = d2__p17.reshape(n, 32, 3) * (_w_B_2[:, 96:128].reshape(n, 32) * 1.5811388300841898).reshape(n, 32, 1)
-    d2__w_B_2_485 = torch.bmm((d2__p17 * 1.5811388300841898).reshape(n * 32, 1, 3), _p3.reshape(n * 32, 3, 1)).view(n, 32)  # zui,zui->zu
+    d2__w_B_2_485 = ((d2__p17 * 1.5811388300841898).reshape(n, 32, 3) * _p3.reshape(n, 32, 3)).sum((2,))
     del _p3, d2__p17
     d2__p9_486 = (d2__p15 * 0.9128709291752769).reshape(n, 32, 1) * _w_B_2[:, 448:480].reshape(n, 32).reshape(n, 32, 1)
     d2__w_B_2_487 = (d2__p15 * 0.9128709291752769).reshape(n, 32) * _p9.reshape(n, 32)
@@ -5706,12 +5706,12 @@ def _mace_product_4_d2_A(
     d2__p1 = d2__p1_223 + d2__p1_227 + d2__p1_231 + d2__p1_466 + d2__p1_468 + d2__p1_470 + d2__p1_490 + d2__p1_496 + d2__p1_502
     del d2__p1_223, d2__p1_227, d2__p1_231, d2__p1_466, d2__p1_468, d2__p1_470, d2__p1_490, d2__p1_496, d2__p1_502
     _c269 = d2__p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_A_519 = cg_0_0_0.reshape(1, 1, 1) * _c269.reshape(n, 32, 1)
+    d2_A_519 = cg_0_0_0.reshape(1, 1, 1) * _c269.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c269
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     _c270 = d2__p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     del d2__p1
-    d2_A_520 = cg_0_0_0.reshape(1, 1, 1) * _c270.reshape(n, 32, 1)
+    d2_A_520 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c270.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c270
     # weight gradient per index value
     d2__w_B_1 = torch.cat([
@@ -5769,7 +5769,7 @@ def _mace_product_4_d2_weight(
     n = A.shape[0]
     # p1 = (p0 ⊗ p0) -> 32x0e
     _c0 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _p1 = cg_0_0_0.reshape(1, 1, 1) * _c0.reshape(n, 32, 1)
+    _p1 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c0.reshape(n, 32, 1)
     del _c0
     # p3 = (p0 ⊗ p2) -> 32x1o
     _c1 = A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
@@ -5807,7 +5807,7 @@ def _mace_product_4_d2_weight(
     del _c8
     # p26 = (p1 ⊗ p0) -> 32x0e
     _c9 = _p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _p26 = cg_0_0_0.reshape(1, 1, 1) * _c9.reshape(n, 32, 1)
+    _p26 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c9.reshape(n, 32, 1)
     del _c9
     # p27 = (p1 ⊗ p2) -> 32x1o
     _c10 = _p1.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
@@ -5831,7 +5831,7 @@ def _mace_product_4_d2_weight(
     del _c13
     # p33 = (p6 ⊗ p0) -> 32x0e
     _c14 = _p6.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _p33 = cg_0_0_0.reshape(1, 1, 1) * _c14.reshape(n, 32, 1)
+    _p33 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c14.reshape(n, 32, 1)
     del _c14
     # p34 = (p6 ⊗ p2) -> 32x1o
     _c15 = _p6.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
@@ -5851,7 +5851,7 @@ def _mace_product_4_d2_weight(
     del _c16
     # p39 = (p9 ⊗ p0) -> 32x0e
     _c17 = _p9.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    _p39 = cg_0_0_0.reshape(1, 1, 1) * _c17.reshape(n, 32, 1)
+    _p39 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c17.reshape(n, 32, 1)
     del _c17
     # p40 = (p9 ⊗ p2) -> 32x1o
     _c18 = _p9.reshape(n, 32, 1, 1) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
@@ -5913,7 +5913,7 @@ def _mace_product_4_d2_weight(
     d__p43 = d_B[:, 0:32].reshape(n, 32, 1)
     # ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
     _c30 = d__p43.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c30.reshape(n, 32, 1)
+    d__p42 = cg_0_0_0.reshape(1, 1, 1) * _c30.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c30
     d__p22 = d_B[:, 128:288].reshape(n, 32, 5)
     # ∂/∂_p21: p22 = (p21 ⊗ p4) -> 32x2e
@@ -5943,7 +5943,7 @@ def _mace_product_4_d2_weight(
     d__p12 = d_B[:, 0:32].reshape(n, 32, 1)
     # ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
     _c36 = d__p12.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d__p11 = cg_0_0_0.reshape(1, 1, 1) * _c36.reshape(n, 32, 1)
+    d__p11 = cg_0_0_0.reshape(1, 1, 1) * _c36.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c36
     d2_d__w_B_0 = d2_d_weight[0:384].view(384).reshape(4, 96)[z]
     # ∂/∂d_B: ∂/∂_w_B_0: 32x0e -> 32x0e
@@ -5989,12 +5989,12 @@ def _mace_product_4_d2_weight(
     d2_d__p11 = d2_d__p11_22 + d2_d__p11_24 + d2_d__p11_26
     del d2_d__p11_22, d2_d__p11_24, d2_d__p11_26
     _c37 = d2_d__p11.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d__p12 = cg_0_0_0.reshape(1, 1, 1) * _c37.reshape(n, 32, 1)
+    d2_d__p12 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c37.reshape(n, 32, 1)
     del _c37
     # ∂/∂A: ∂/∂_p11: p12 = (p11 ⊗ p0) -> 32x0e
     _c38 = d2_d__p11.reshape(n, 32, 1, 1) * d__p12.reshape(n, 32, 1, 1)
     del d2_d__p11, d__p12
-    d2_A_28 = cg_0_0_0.reshape(1, 1, 1) * _c38.reshape(n, 32, 1)
+    d2_A_28 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c38.reshape(n, 32, 1)
     del _c38
     d2_d_B_29 = d2_d__p12
     del d2_d__p12
@@ -6108,12 +6108,12 @@ def _mace_product_4_d2_weight(
     d2_d__p42 = d2_d__p42_64 + d2_d__p42_66 + d2_d__p42_68 + d2_d__p42_70 + d2_d__p42_72
     del d2_d__p42_64, d2_d__p42_66, d2_d__p42_68, d2_d__p42_70, d2_d__p42_72
     _c49 = d2_d__p42.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_d__p43 = cg_0_0_0.reshape(1, 1, 1) * _c49.reshape(n, 32, 1)
+    d2_d__p43 = cg_0_0_0.permute(2, 0, 1).reshape(1, 1, 1) * _c49.reshape(n, 32, 1)
     del _c49
     # ∂/∂A: ∂/∂_p42: p43 = (p42 ⊗ p0) -> 32x0e
     _c50 = d2_d__p42.reshape(n, 32, 1, 1) * d__p43.reshape(n, 32, 1, 1)
     del d2_d__p42, d__p43
-    d2_A_74 = cg_0_0_0.reshape(1, 1, 1) * _c50.reshape(n, 32, 1)
+    d2_A_74 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c50.reshape(n, 32, 1)
     del _c50
     d2_d_B_75 = d2_d__p43
     del d2_d__p43
@@ -6341,12 +6341,12 @@ def _mace_product_4_d2_weight(
     d2__p39 = d2__p39_71 + d2__p39_93
     del d2__p39_71, d2__p39_93
     _c75 = d2__p39.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2__p9_140 = cg_0_0_0.reshape(1, 1, 1) * _c75.reshape(n, 32, 1)
+    d2__p9_140 = cg_0_0_0.reshape(1, 1, 1) * _c75.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c75
     # ∂/∂A: p39 = (p9 ⊗ p0) -> 32x0e
     _c76 = d2__p39.reshape(n, 32, 1, 1) * _p9.reshape(n, 32, 1, 1)
     del _p9, d2__p39
-    d2_A_141 = cg_0_0_0.reshape(1, 1, 1) * _c76.reshape(n, 32, 1)
+    d2_A_141 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c76.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c76
     # ∂/∂_p37: p38 = (p37 ⊗ p2) -> 32x2e
     _c77 = d2__p38.reshape(n, 32, 1, 5) * A[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 3, 1)
@@ -6401,12 +6401,12 @@ def _mace_product_4_d2_weight(
     d2__p33 = d2__p33_67 + d2__p33_80
     del d2__p33_67, d2__p33_80
     _c87 = d2__p33.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2__p6_151 = cg_0_0_0.reshape(1, 1, 1) * _c87.reshape(n, 32, 1)
+    d2__p6_151 = cg_0_0_0.reshape(1, 1, 1) * _c87.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c87
     # ∂/∂A: p33 = (p6 ⊗ p0) -> 32x0e
     _c88 = d2__p33.reshape(n, 32, 1, 1) * _p6.reshape(n, 32, 1, 1)
     del _p6, d2__p33
-    d2_A_152 = cg_0_0_0.reshape(1, 1, 1) * _c88.reshape(n, 32, 1)
+    d2_A_152 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c88.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c88
     # ∂/∂_p5: p32 = (p5 ⊗ p4) -> 32x2e
     _c89 = d2__p32.reshape(n, 32, 1, 5) * A[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 5, 1)
@@ -6468,12 +6468,12 @@ def _mace_product_4_d2_weight(
     d2__p26 = d2__p26_65 + d2__p26_77 + d2__p26_88
     del d2__p26_65, d2__p26_77, d2__p26_88
     _c101 = d2__p26.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2__p1_165 = cg_0_0_0.reshape(1, 1, 1) * _c101.reshape(n, 32, 1)
+    d2__p1_165 = cg_0_0_0.reshape(1, 1, 1) * _c101.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c101
     # ∂/∂A: p26 = (p1 ⊗ p0) -> 32x0e
     _c102 = d2__p26.reshape(n, 32, 1, 1) * _p1.reshape(n, 32, 1, 1)
     del _p1, d2__p26
-    d2_A_166 = cg_0_0_0.reshape(1, 1, 1) * _c102.reshape(n, 32, 1)
+    d2_A_166 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c102.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c102
     # ∂/∂_p10: p25 = (p10 ⊗ p4) -> 32x0e
     d2__p25 = d2__p25_63 + d2__p25_73 + d2__p25_84 + d2__p25_95
@@ -6589,12 +6589,12 @@ def _mace_product_4_d2_weight(
     d2__p1 = d2__p1_7 + d2__p1_23 + d2__p1_31 + d2__p1_39 + d2__p1_161 + d2__p1_163 + d2__p1_165
     del d2__p1_161, d2__p1_163, d2__p1_165, d2__p1_23, d2__p1_31, d2__p1_39, d2__p1_7
     _c123 = d2__p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
-    d2_A_187 = cg_0_0_0.reshape(1, 1, 1) * _c123.reshape(n, 32, 1)
+    d2_A_187 = cg_0_0_0.reshape(1, 1, 1) * _c123.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c123
     # ∂/∂A: p1 = (p0 ⊗ p0) -> 32x0e
     _c124 = d2__p1.reshape(n, 32, 1, 1) * A[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     del d2__p1
-    d2_A_188 = cg_0_0_0.reshape(1, 1, 1) * _c124.reshape(n, 32, 1)
+    d2_A_188 = cg_0_0_0.permute(1, 0, 2).reshape(1, 1, 1) * _c124.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _c124
     d2_A = torch.cat([
         (d2_A_1 + d2_A_28 + d2_A_74 + d2_A_141 + d2_A_152 + d2_A_166 + d2_A_183 + d2_A_185 + d2_A_187 + d2_A_188).reshape(n, 32),

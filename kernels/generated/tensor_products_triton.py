@@ -16,7 +16,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_bdac1075b9c356bc")
+_ops = rt.OpNamespace("fusionc_c45cebefeaf2ed9b")
 
 
 @triton.jit
@@ -2031,7 +2031,7 @@ def _fc_tp_d2_x(
     w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
     w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
     # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    _c0 = d2_d_x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
+    _c0 = d2_d_x[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_z_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1)
     d2_d_z_8 = torch.mm(_c0.permute(3, 1, 0, 2).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zukp->zwk
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
     _c1 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
@@ -2042,7 +2042,7 @@ def _fc_tp_d2_x(
     del _c0
     # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
     _c2 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
-    d2_d_z_11 = _m_z_0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3) * _c2.reshape(n, 32, 1)
+    d2_d_z_11 = _m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c2.permute(0, 3, 1, 2).reshape(n, 32, 1)
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
     d2__m_z_0_12 = torch.bmm(_c2.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 1, 3, 2)  # zwk,zipw->zikp
     del _c2
@@ -2052,7 +2052,7 @@ def _fc_tp_d2_x(
     del _c3
     # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
     _c4 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
-    d2_d_z_14 = _m_z_0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5) * _c4.reshape(n, 32, 1)
+    d2_d_z_14 = _m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 1, 5) * _c4.permute(0, 3, 1, 2).reshape(n, 32, 1)
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
     d2__m_z_0_15 = torch.bmm(_c4.permute(0, 3, 1, 2).reshape(n, 32, 1).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 1, 3, 2)  # zwk,zipw->zikp
     del _c4
@@ -3197,18 +3197,18 @@ def _fc_tp_d2_y(
     # ∂/∂d__m_z_0: ∂/∂y: every path's (i, k) map at once: y · G
     d2_d__m_z_0 = torch.mm(d2_d_y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
     # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
-    _c0 = d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * x[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 1, 32)
+    _c0 = d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1) * x[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 1, 32)
     d2_d_z_8 = torch.mm(_c0.permute(2, 3, 0, 1).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     del _c0
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
-    _c1 = d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * d_z[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 1, 32)
+    _c1 = d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1, 1) * d_z[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 1, 32)
     d2_x_9 = torch.mm(_c1.permute(2, 3, 0, 1).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zipw->zui
     # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
     d2_weight_10 = torch.mm(_c1.reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
     del _c1
     # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
     _c2 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
-    d2_d_z_11 = d2_d__m_z_0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3) * _c2.reshape(n, 32, 1)
+    d2_d_z_11 = d2_d__m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c2.permute(0, 3, 1, 2).reshape(n, 32, 1)
     del _c2
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
     _c3 = torch.bmm(d2_d__m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3), d_z[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 1, 1, 32)  # zikp,zwk->zipw
@@ -3218,7 +3218,7 @@ def _fc_tp_d2_y(
     del _c3
     # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
     _c4 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
-    d2_d_z_14 = d2_d__m_z_0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5) * _c4.reshape(n, 32, 1)
+    d2_d_z_14 = d2_d__m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 1, 5) * _c4.permute(0, 3, 1, 2).reshape(n, 32, 1)
     del _c4
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
     _c5 = torch.bmm(d2_d__m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5), d_z[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 1, 1, 32)  # zikp,zwk->zipw
@@ -3231,7 +3231,7 @@ def _fc_tp_d2_y(
     d2_d_z_17 = torch.mm(_c6.permute(2, 3, 0, 1).reshape(32, n).t(), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
     _c7 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
-    d2_x_18 = d2_d__m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c7.reshape(n, 32, 1)
+    d2_x_18 = d2_d__m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c7.permute(0, 3, 1, 2).reshape(n, 32, 1)
     del _c7
     # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
     d2_weight_19 = torch.mm(_c6.reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zkpu->puw
@@ -3273,7 +3273,7 @@ def _fc_tp_d2_y(
     d2_d_z_24 = torch.mm(_c12.permute(2, 3, 0, 1).reshape(32, n).t(), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zkpu->zwk
     # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
     _c13 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
-    d2_x_25 = d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5) * _c13.reshape(n, 32, 1)
+    d2_x_25 = d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5) * _c13.permute(0, 3, 1, 2).reshape(n, 32, 1)
     del _c13
     # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
     d2_weight_26 = torch.mm(_c12.reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zkpu->puw
@@ -4304,17 +4304,17 @@ def _fc_tp_d2_weight(
     _m_z_0 = torch.mm(y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
     # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
     _c0 = torch.mm(d2_d_weight[0:1024].view(1, 32, 32).permute(0, 2, 1).reshape(32, 32), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zui->pwzi
-    d2_d_z_0 = torch.bmm(_c0.permute(2, 3, 0, 1).reshape(n, 1, 32).transpose(1, 2), _m_z_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 1, 3).reshape(n, 1, 1).transpose(1, 2)).view(n, 32, 1)  # zikp,pwzi->zwk
+    d2_d_z_0 = _m_z_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 1, 3).reshape(n, 1, 1) * _c0.permute(2, 1, 3, 0).reshape(n, 32, 1)
     del _c0
     # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
     _c1 = torch.mm(d2_d_weight[0:1024].view(1, 32, 32).reshape(32, 32), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zwk->puzk
-    d2_x_1 = torch.bmm(_c1.permute(2, 3, 0, 1).reshape(n, 1, 32).transpose(1, 2), _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1).transpose(1, 2)).view(n, 32, 1)  # zikp,puzk->zui
+    d2_x_1 = _m_z_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * _c1.permute(2, 1, 3, 0).reshape(n, 32, 1)
     # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
     d2__m_z_0_2 = torch.bmm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), _c1.permute(2, 1, 3, 0).reshape(n, 32, 1)).view(n, 1, 1, 1)  # zui,puzk->zikp
     del _c1
     # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
     _c2 = torch.mm(d2_d_weight[1024:2048].view(1, 32, 32).permute(0, 2, 1).reshape(32, 32), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zui->pwzi
-    d2_d_z_3 = torch.bmm(_c2.permute(2, 3, 0, 1).reshape(n, 1, 32).transpose(1, 2), _m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2)).view(n, 32, 3)  # zikp,pwzi->zwk
+    d2_d_z_3 = _m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c2.permute(2, 1, 3, 0).reshape(n, 32, 1)
     # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
     _c3 = torch.bmm(_m_z_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d_z[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zwk,zikp->zwip
     d2_x_4 = torch.mm(_c3.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zwip->zui
@@ -4324,7 +4324,7 @@ def _fc_tp_d2_weight(
     del _c2
     # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
     _c4 = torch.mm(d2_d_weight[2048:3072].view(1, 32, 32).permute(0, 2, 1).reshape(32, 32), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zui->pwzi
-    d2_d_z_6 = torch.bmm(_c4.permute(2, 3, 0, 1).reshape(n, 1, 32).transpose(1, 2), _m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 5, 1).transpose(1, 2)).view(n, 32, 5)  # zikp,pwzi->zwk
+    d2_d_z_6 = _m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 1, 5) * _c4.permute(2, 1, 3, 0).reshape(n, 32, 1)
     # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
     _c5 = torch.bmm(_m_z_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 2, 1, 3).reshape(n, 5, 1).transpose(1, 2), d_z[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 1, 2)  # zwk,zikp->zwip
     d2_x_7 = torch.mm(_c5.permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32).permute(0, 2, 1)  # puw,zwip->zui
@@ -4338,7 +4338,7 @@ def _fc_tp_d2_weight(
     del _c6
     # ∂/∂x: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
     _c7 = torch.mm(d2_d_weight[4096:5120].view(1, 32, 32).reshape(32, 32), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zwk->puzk
-    d2_x_10 = torch.bmm(_c7.permute(2, 3, 0, 1).reshape(n, 1, 32).transpose(1, 2), _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2)).view(n, 32, 3)  # zikp,puzk->zui
+    d2_x_10 = _m_z_0[:, 9:12].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c7.permute(2, 1, 3, 0).reshape(n, 32, 1)
     # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
     d2__m_z_0_11 = torch.bmm(x[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), _c7.permute(2, 1, 3, 0).reshape(n, 32, 1)).view(n, 3, 1, 1)  # zui,puzk->zikp
     del _c7
@@ -4383,7 +4383,7 @@ def _fc_tp_d2_weight(
     del _c12
     # ∂/∂x: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
     _c13 = torch.mm(d2_d_weight[10240:11264].view(1, 32, 32).reshape(32, 32), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zwk->puzk
-    d2_x_23 = torch.bmm(_c13.permute(2, 3, 0, 1).reshape(n, 1, 32).transpose(1, 2), _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2)).view(n, 32, 5)  # zikp,puzk->zui
+    d2_x_23 = _m_z_0[:, 60:65].reshape(n, 5, 1, 1).reshape(n, 1, 5) * _c13.permute(2, 1, 3, 0).reshape(n, 32, 1)
     # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
     d2__m_z_0_24 = torch.bmm(x[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), _c13.permute(2, 1, 3, 0).reshape(n, 32, 1)).view(n, 5, 1, 1)  # zui,puzk->zikp
     del _c13
@@ -8289,102 +8289,102 @@ def _conv_tp_d2_h(
     w_m_0_2_4_9 = w[:, 704:736].reshape(n, 32)
     w_m_0_2_5_10 = w[:, 512:544].reshape(n, 32)
     w_m_0_2_5_11 = w[:, 736:768].reshape(n, 32)
-    d__t_m_0_2_6 = torch.bmm(w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
+    d__t_m_0_2_6 = d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
     _w_m_0_2_5 = torch.cat([
         w_m_0_2_5_10.reshape(n, 32),
         w_m_0_2_5_11.reshape(n, 32),
     ], dim=-1)
     del w_m_0_2_5_10, w_m_0_2_5_11
-    d__t_m_0_2_5 = torch.bmm(_w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 2, 7)  # zuk,zpu->zupk
+    d__t_m_0_2_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * _w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
     _w_m_0_2_4 = torch.cat([
         w_m_0_2_4_8.reshape(n, 32),
         w_m_0_2_4_9.reshape(n, 32),
     ], dim=-1)
     del w_m_0_2_4_8, w_m_0_2_4_9
-    d__t_m_0_2_4 = torch.bmm(_w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
-    d__t_m_0_2_3 = torch.bmm(w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zuk,zpu->zupk
+    d__t_m_0_2_4 = d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    d__t_m_0_2_3 = d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
     _w_m_0_2_2 = torch.cat([
         w_m_0_2_2_6.reshape(n, 32),
         w_m_0_2_2_7.reshape(n, 32),
     ], dim=-1)
     del w_m_0_2_2_6, w_m_0_2_2_7
-    d__t_m_0_2_2 = torch.bmm(_w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
+    d__t_m_0_2_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
     _w_m_0_2_1 = torch.cat([
         w_m_0_2_1_4.reshape(n, 32),
         w_m_0_2_1_5.reshape(n, 32),
     ], dim=-1)
     del w_m_0_2_1_4, w_m_0_2_1_5
-    d__t_m_0_2_1 = torch.bmm(_w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 2, 3)  # zuk,zpu->zupk
-    d__t_m_0_2_0 = torch.bmm(w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zuk,zpu->zupk
-    d__t_m_0_1_6 = torch.bmm(w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
-    d__t_m_0_1_5 = torch.bmm(w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
-    d__t_m_0_1_4 = torch.bmm(w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 1, 5)  # zuk,zpu->zupk
-    d__t_m_0_1_3 = torch.bmm(w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zuk,zpu->zupk
+    d__t_m_0_2_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    d__t_m_0_2_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m_0_1_6 = d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m_0_1_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m_0_1_4 = d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5) * w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m_0_1_3 = d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
     _w_m_0_1_2 = torch.cat([
         w_m_0_1_2_2.reshape(n, 32),
         w_m_0_1_2_3.reshape(n, 32),
     ], dim=-1)
     del w_m_0_1_2_2, w_m_0_1_2_3
-    d__t_m_0_1_2 = torch.bmm(_w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
+    d__t_m_0_1_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
     _w_m_0_1_1 = torch.cat([
         w_m_0_1_1_0.reshape(n, 32),
         w_m_0_1_1_1.reshape(n, 32),
     ], dim=-1)
     del w_m_0_1_1_0, w_m_0_1_1_1
-    d__t_m_0_1_1 = torch.bmm(_w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 2, 3)  # zuk,zpu->zupk
-    d__t_m_0_1_0 = torch.bmm(w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zuk,zpu->zupk
-    d__t_m_0_0_5 = torch.bmm(w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
-    d__t_m_0_0_2 = torch.bmm(w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 1, 5)  # zuk,zpu->zupk
-    d__t_m_0_0_1 = torch.bmm(w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zuk,zpu->zupk
-    d__t_m_0_0_0 = torch.bmm(w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zuk,zpu->zupk
+    d__t_m_0_1_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    d__t_m_0_1_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m_0_0_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m_0_0_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m_0_0_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m_0_0_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
     # ∂/∂d__t_m_0_0_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
-    d2_d__t_m_0_0_0 = torch.bmm(_m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1).transpose(1, 2), d2_d_h[:, 0:32].reshape(n, 32, 1).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    d2_d__t_m_0_0_0 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
     d2__m_m_0_12 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m_0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1)).view(n, 1, 1, 1)  # zui,zupk->zikp
     del d__t_m_0_0_0
-    d2_d_m_13 = d2_d__t_m_0_0_0.reshape(n, 32, 1) * w[:, 0:32].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_14 = torch.bmm(d2_d__t_m_0_0_0.reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_13 = d2_d__t_m_0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_14 = d2_d__t_m_0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32)
     del d2_d__t_m_0_0_0
     # ∂/∂d__t_m_0_0_1: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
-    d2_d__t_m_0_0_1 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 32, 1, 3)  # zui,zikp->zupk
+    d2_d__t_m_0_0_1 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
     d2__m_m_0_15 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m_0_0_1.permute(0, 1, 3, 2).reshape(n, 32, 3)).view(n, 1, 3, 1)  # zui,zupk->zikp
     del d__t_m_0_0_1
-    d2_d_m_16 = d2_d__t_m_0_0_1.reshape(n, 32, 3) * w[:, 32:64].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_17 = torch.bmm(d2_d__t_m_0_0_1.reshape(n * 32, 1, 3), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_16 = d2_d__t_m_0_0_1.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_17 = (d2_d__t_m_0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
     del d2_d__t_m_0_0_1
     # ∂/∂d__t_m_0_0_2: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
-    d2_d__t_m_0_0_2 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 32, 1, 5)  # zui,zikp->zupk
+    d2_d__t_m_0_0_2 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
     d2__m_m_0_18 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m_0_0_2.permute(0, 1, 3, 2).reshape(n, 32, 5)).view(n, 1, 5, 1)  # zui,zupk->zikp
     del d__t_m_0_0_2
-    d2_d_m_19 = d2_d__t_m_0_0_2.reshape(n, 32, 5) * w[:, 64:96].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_20 = torch.bmm(d2_d__t_m_0_0_2.reshape(n * 32, 1, 5), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_19 = d2_d__t_m_0_0_2.permute(0, 1, 3, 2).reshape(n, 32, 5) * w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_20 = (d2_d__t_m_0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
     del d2_d__t_m_0_0_2
     # ∂/∂d__t_m_0_0_5: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
-    d2_d__t_m_0_0_5 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 1, 3, 2).reshape(n, 1, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
+    d2_d__t_m_0_0_5 = d2_d_h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 7)
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
     d2__m_m_0_21 = torch.bmm(d2_d_h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32), d__t_m_0_0_5.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 1, 7, 1)  # zui,zupk->zikp
     del d__t_m_0_0_5
-    d2_d_m_22 = d2_d__t_m_0_0_5.reshape(n, 32, 7) * w[:, 96:128].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_23 = torch.bmm(d2_d__t_m_0_0_5.reshape(n * 32, 1, 7), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_22 = d2_d__t_m_0_0_5.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_23 = (d2_d__t_m_0_0_5.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
     del d2_d__t_m_0_0_5
     # ∂/∂d__t_m_0_1_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
     d2_d__t_m_0_1_0 = torch.bmm(_m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
     d2__m_m_0_24 = torch.bmm(d__t_m_0_1_0.reshape(n, 32, 1).transpose(1, 2), d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zui,zupk->zikp
     del d__t_m_0_1_0
-    d2_d_m_25 = d2_d__t_m_0_1_0.reshape(n, 32, 1) * w[:, 160:192].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_26 = torch.bmm(d2_d__t_m_0_1_0.reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_25 = d2_d__t_m_0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_26 = d2_d__t_m_0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32)
     del d2_d__t_m_0_1_0
     # ∂/∂d__t_m_0_1_1: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
     d2_d__t_m_0_1_1 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6)).view(n, 32, 2, 3)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
     d2__m_m_0_27 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_1.reshape(n, 32, 6)).view(n, 3, 2, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
     del d__t_m_0_1_1
-    d2_d_m_28 = torch.bmm(_w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_1_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 2).transpose(1, 2)).view(n, 32, 3)  # zupk,zpu->zuk
+    d2_d_m_28 = (d2_d__t_m_0_1_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2) * _w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2)).sum((3,))
     del _w_m_0_1_1
-    d2__w_m_0_1_1 = torch.bmm(d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2), d2_d__t_m_0_1_1.reshape(n * 32, 2, 3).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2__w_m_0_1_1 = (d2_d__t_m_0_1_1.permute(0, 2, 1, 3).reshape(n, 2, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
     del d2_d__t_m_0_1_1
     # ∂/∂d__t_m_0_1_2: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
     d2_d__t_m_0_1_2 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 1, 3, 2).reshape(n, 3, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
@@ -8393,56 +8393,56 @@ def _conv_tp_d2_h(
     del d__t_m_0_1_2
     d2_d_m_30 = torch.bmm(_w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_1_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
     del _w_m_0_1_2
-    d2__w_m_0_1_2 = torch.bmm(d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2), d2_d__t_m_0_1_2.reshape(n * 32, 2, 5).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2__w_m_0_1_2 = (d2_d__t_m_0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
     del d2_d__t_m_0_1_2
     # ∂/∂d__t_m_0_1_3: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
     d2_d__t_m_0_1_3 = torch.bmm(_m_m_0[:, 67:76].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), d2_d_h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
     d2__m_m_0_31 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_3.permute(0, 1, 3, 2).reshape(n, 32, 3)).view(n, 3, 3, 1)  # zui,zupk->zikp
     del d__t_m_0_1_3
-    d2_d_m_32 = d2_d__t_m_0_1_3.reshape(n, 32, 3) * w[:, 224:256].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_33 = torch.bmm(d2_d__t_m_0_1_3.reshape(n * 32, 1, 3), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_32 = d2_d__t_m_0_1_3.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_33 = (d2_d__t_m_0_1_3.permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
     del d2_d__t_m_0_1_3
     # ∂/∂d__t_m_0_1_4: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
     d2_d__t_m_0_1_4 = torch.bmm(_m_m_0[:, 76:91].reshape(n, 3, 5, 1).reshape(n, 3, 5).transpose(1, 2), d2_d_h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 5, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
     d2__m_m_0_34 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_4.permute(0, 1, 3, 2).reshape(n, 32, 5)).view(n, 3, 5, 1)  # zui,zupk->zikp
     del d__t_m_0_1_4
-    d2_d_m_35 = d2_d__t_m_0_1_4.reshape(n, 32, 5) * w[:, 288:320].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_36 = torch.bmm(d2_d__t_m_0_1_4.reshape(n * 32, 1, 5), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_35 = d2_d__t_m_0_1_4.permute(0, 1, 3, 2).reshape(n, 32, 5) * w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_36 = (d2_d__t_m_0_1_4.permute(0, 2, 1, 3).reshape(n, 1, 32, 5) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
     del d2_d__t_m_0_1_4
     # ∂/∂d__t_m_0_1_5: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
     d2_d__t_m_0_1_5 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
     d2__m_m_0_37 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_5.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 3, 7, 1)  # zui,zupk->zikp
     del d__t_m_0_1_5
-    d2_d_m_38 = d2_d__t_m_0_1_5.reshape(n, 32, 7) * w[:, 320:352].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_39 = torch.bmm(d2_d__t_m_0_1_5.reshape(n * 32, 1, 7), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_38 = d2_d__t_m_0_1_5.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_39 = (d2_d__t_m_0_1_5.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
     del d2_d__t_m_0_1_5
     # ∂/∂d__t_m_0_1_6: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
     d2_d__t_m_0_1_6 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 1, 3, 2).reshape(n, 3, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
     d2__m_m_0_40 = torch.bmm(d2_d_h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32), d__t_m_0_1_6.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 3, 7, 1)  # zui,zupk->zikp
     del d__t_m_0_1_6
-    d2_d_m_41 = d2_d__t_m_0_1_6.reshape(n, 32, 7) * w[:, 384:416].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_42 = torch.bmm(d2_d__t_m_0_1_6.reshape(n * 32, 1, 7), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_41 = d2_d__t_m_0_1_6.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_42 = (d2_d__t_m_0_1_6.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
     del d2_d__t_m_0_1_6
     # ∂/∂d__t_m_0_2_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
     d2_d__t_m_0_2_0 = torch.bmm(_m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 5, 1).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
     d2__m_m_0_43 = torch.bmm(d__t_m_0_2_0.reshape(n, 32, 1).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zui,zupk->zikp
     del d__t_m_0_2_0
-    d2_d_m_44 = d2_d__t_m_0_2_0.reshape(n, 32, 1) * w[:, 544:576].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_45 = torch.bmm(d2_d__t_m_0_2_0.reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_44 = d2_d__t_m_0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_45 = d2_d__t_m_0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32)
     del d2_d__t_m_0_2_0
     # ∂/∂d__t_m_0_2_1: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
     d2_d__t_m_0_2_1 = torch.bmm(_m_m_0[:, 138:168].reshape(n, 5, 3, 2).reshape(n, 5, 6).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 2, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
     d2__m_m_0_46 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_1.reshape(n, 32, 6)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zui,zupk->zikp
     del d__t_m_0_2_1
-    d2_d_m_47 = torch.bmm(_w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 2).transpose(1, 2)).view(n, 32, 3)  # zupk,zpu->zuk
+    d2_d_m_47 = (d2_d__t_m_0_2_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2) * _w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2)).sum((3,))
     del _w_m_0_2_1
-    d2__w_m_0_2_1 = torch.bmm(d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2), d2_d__t_m_0_2_1.reshape(n * 32, 2, 3).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2__w_m_0_2_1 = (d2_d__t_m_0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
     del d2_d__t_m_0_2_1
     # ∂/∂d__t_m_0_2_2: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
     d2_d__t_m_0_2_2 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
@@ -8451,15 +8451,15 @@ def _conv_tp_d2_h(
     del d__t_m_0_2_2
     d2_d_m_49 = torch.bmm(_w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
     del _w_m_0_2_2
-    d2__w_m_0_2_2 = torch.bmm(d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2), d2_d__t_m_0_2_2.reshape(n * 32, 2, 5).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2__w_m_0_2_2 = (d2_d__t_m_0_2_2.permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
     del d2_d__t_m_0_2_2
     # ∂/∂d__t_m_0_2_3: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
     d2_d__t_m_0_2_3 = torch.bmm(_m_m_0[:, 218:233].reshape(n, 5, 3, 1).reshape(n, 5, 3).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
     d2__m_m_0_50 = torch.bmm(d__t_m_0_2_3.reshape(n, 32, 3).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2)).view(n, 1, 3, 5).permute(0, 3, 2, 1)  # zui,zupk->zikp
     del d__t_m_0_2_3
-    d2_d_m_51 = d2_d__t_m_0_2_3.reshape(n, 32, 3) * w[:, 608:640].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_52 = torch.bmm(d2_d__t_m_0_2_3.reshape(n * 32, 1, 3), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_51 = d2_d__t_m_0_2_3.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_52 = (d2_d__t_m_0_2_3.permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
     del d2_d__t_m_0_2_3
     # ∂/∂d__t_m_0_2_4: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
     d2_d__t_m_0_2_4 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 1, 3, 2).reshape(n, 5, 10)).view(n, 32, 2, 5)  # zui,zikp->zupk
@@ -8468,7 +8468,7 @@ def _conv_tp_d2_h(
     del d__t_m_0_2_4
     d2_d_m_54 = torch.bmm(_w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_4.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
     del _w_m_0_2_4
-    d2__w_m_0_2_4 = torch.bmm(d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2), d2_d__t_m_0_2_4.reshape(n * 32, 2, 5).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2__w_m_0_2_4 = (d2_d__t_m_0_2_4.permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
     del d2_d__t_m_0_2_4
     # ∂/∂d__t_m_0_2_5: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
     d2_d__t_m_0_2_5 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14)).view(n, 32, 2, 7)  # zui,zikp->zupk
@@ -8477,7 +8477,7 @@ def _conv_tp_d2_h(
     del d__t_m_0_2_5
     d2_d_m_56 = torch.bmm(_w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_5.permute(0, 1, 3, 2).reshape(n * 32, 7, 2).transpose(1, 2)).view(n, 32, 7)  # zupk,zpu->zuk
     del _w_m_0_2_5
-    d2__w_m_0_2_5 = torch.bmm(d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2), d2_d__t_m_0_2_5.reshape(n * 32, 2, 7).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2__w_m_0_2_5 = (d2_d__t_m_0_2_5.permute(0, 2, 1, 3).reshape(n, 2, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
     del d2_d__t_m_0_2_5
     # ∂/∂d__t_m_0_2_6: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
     d2_d__t_m_0_2_6 = torch.bmm(_m_m_0[:, 353:388].reshape(n, 5, 7, 1).reshape(n, 5, 7).transpose(1, 2), d2_d_h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 7, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
@@ -8485,8 +8485,8 @@ def _conv_tp_d2_h(
     # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
     d2__m_m_0_57 = torch.bmm(d2_d_h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32), d__t_m_0_2_6.permute(0, 1, 3, 2).reshape(n, 32, 7)).view(n, 5, 7, 1)  # zui,zupk->zikp
     del d__t_m_0_2_6
-    d2_d_m_58 = d2_d__t_m_0_2_6.reshape(n, 32, 7) * w[:, 640:672].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_59 = torch.bmm(d2_d__t_m_0_2_6.reshape(n * 32, 1, 7), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_58 = d2_d__t_m_0_2_6.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_59 = (d2_d__t_m_0_2_6.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
     del d2_d__t_m_0_2_6
     d2_w_60 = d2__w_m_0_2_5.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d2_w_61 = d2__w_m_0_2_5.reshape(n, -1)[:, 0:32].reshape(n, 32)
@@ -10296,104 +10296,104 @@ def _conv_tp_d2_sh(
     w_m_0_2_4_9 = w[:, 704:736].reshape(n, 32)
     w_m_0_2_5_10 = w[:, 512:544].reshape(n, 32)
     w_m_0_2_5_11 = w[:, 736:768].reshape(n, 32)
-    d__t_m_0_2_6 = torch.bmm(w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
+    d__t_m_0_2_6 = d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
     _w_m_0_2_5 = torch.cat([
         w_m_0_2_5_10.reshape(n, 32),
         w_m_0_2_5_11.reshape(n, 32),
     ], dim=-1)
     del w_m_0_2_5_10, w_m_0_2_5_11
-    d__t_m_0_2_5 = torch.bmm(_w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 2, 7)  # zuk,zpu->zupk
+    d__t_m_0_2_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * _w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
     _w_m_0_2_4 = torch.cat([
         w_m_0_2_4_8.reshape(n, 32),
         w_m_0_2_4_9.reshape(n, 32),
     ], dim=-1)
     del w_m_0_2_4_8, w_m_0_2_4_9
-    d__t_m_0_2_4 = torch.bmm(_w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
-    d__t_m_0_2_3 = torch.bmm(w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zuk,zpu->zupk
+    d__t_m_0_2_4 = d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    d__t_m_0_2_3 = d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
     _w_m_0_2_2 = torch.cat([
         w_m_0_2_2_6.reshape(n, 32),
         w_m_0_2_2_7.reshape(n, 32),
     ], dim=-1)
     del w_m_0_2_2_6, w_m_0_2_2_7
-    d__t_m_0_2_2 = torch.bmm(_w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
+    d__t_m_0_2_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
     _w_m_0_2_1 = torch.cat([
         w_m_0_2_1_4.reshape(n, 32),
         w_m_0_2_1_5.reshape(n, 32),
     ], dim=-1)
     del w_m_0_2_1_4, w_m_0_2_1_5
-    d__t_m_0_2_1 = torch.bmm(_w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 2, 3)  # zuk,zpu->zupk
-    d__t_m_0_2_0 = torch.bmm(w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zuk,zpu->zupk
-    d__t_m_0_1_6 = torch.bmm(w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
-    d__t_m_0_1_5 = torch.bmm(w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
-    d__t_m_0_1_4 = torch.bmm(w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 1, 5)  # zuk,zpu->zupk
-    d__t_m_0_1_3 = torch.bmm(w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zuk,zpu->zupk
+    d__t_m_0_2_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    d__t_m_0_2_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m_0_1_6 = d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m_0_1_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m_0_1_4 = d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5) * w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m_0_1_3 = d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
     _w_m_0_1_2 = torch.cat([
         w_m_0_1_2_2.reshape(n, 32),
         w_m_0_1_2_3.reshape(n, 32),
     ], dim=-1)
     del w_m_0_1_2_2, w_m_0_1_2_3
-    d__t_m_0_1_2 = torch.bmm(_w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 2, 5)  # zuk,zpu->zupk
+    d__t_m_0_1_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * _w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
     _w_m_0_1_1 = torch.cat([
         w_m_0_1_1_0.reshape(n, 32),
         w_m_0_1_1_1.reshape(n, 32),
     ], dim=-1)
     del w_m_0_1_1_0, w_m_0_1_1_1
-    d__t_m_0_1_1 = torch.bmm(_w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2).transpose(1, 2), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 2, 3)  # zuk,zpu->zupk
-    d__t_m_0_1_0 = torch.bmm(w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zuk,zpu->zupk
-    d__t_m_0_0_5 = torch.bmm(w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zuk,zpu->zupk
-    d__t_m_0_0_2 = torch.bmm(w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2)).view(n, 32, 1, 5)  # zuk,zpu->zupk
-    d__t_m_0_0_1 = torch.bmm(w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zuk,zpu->zupk
-    d__t_m_0_0_0 = torch.bmm(w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1).transpose(1, 2), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1).transpose(1, 2)).view(n, 32, 1, 1)  # zuk,zpu->zupk
+    d__t_m_0_1_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * _w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1)
+    d__t_m_0_1_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m_0_0_5 = d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7) * w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m_0_0_2 = d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5) * w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m_0_0_1 = d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3) * w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
+    d__t_m_0_0_0 = d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1)
     # ∂/∂d__m_m_0: ∂/∂sh: every path's (i, k) map at once: sh · G
     d2_d__m_m_0 = torch.mm(d2_d_sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
     # ∂/∂d__t_m_0_0_0: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
-    d2_d__t_m_0_0_0 = torch.bmm(d2_d__m_m_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1), h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
+    d2_d__t_m_0_0_0 = d2_d__m_m_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
-    d2_h_12 = d2_d__m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_m_0_0_0.reshape(n, 32, 1)
+    d2_h_12 = d2_d__m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * d__t_m_0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del d__t_m_0_0_0
-    d2_d_m_13 = d2_d__t_m_0_0_0.reshape(n, 32, 1) * w[:, 0:32].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_14 = torch.bmm(d2_d__t_m_0_0_0.reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_13 = d2_d__t_m_0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_14 = d2_d__t_m_0_0_0.permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32)
     del d2_d__t_m_0_0_0
     # ∂/∂d__t_m_0_0_1: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
-    d2_d__t_m_0_0_1 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32).transpose(1, 2), d2_d__m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 3, 1).transpose(1, 2)).view(n, 32, 1, 3)  # zikp,zui->zupk
+    d2_d__t_m_0_0_1 = d2_d__m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
     d2_h_15 = torch.bmm(d2_d__m_m_0[:, 1:4].reshape(n, 1, 3, 1).reshape(n, 1, 3), d__t_m_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 32)).view(n, 1, 32).permute(0, 2, 1)  # zikp,zupk->zui
     del d__t_m_0_0_1
-    d2_d_m_16 = d2_d__t_m_0_0_1.reshape(n, 32, 3) * w[:, 32:64].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_17 = torch.bmm(d2_d__t_m_0_0_1.reshape(n * 32, 1, 3), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_16 = d2_d__t_m_0_0_1.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_17 = (d2_d__t_m_0_0_1.permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
     del d2_d__t_m_0_0_1
     # ∂/∂d__t_m_0_0_2: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
-    d2_d__t_m_0_0_2 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32).transpose(1, 2), d2_d__m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 5, 1).transpose(1, 2)).view(n, 32, 1, 5)  # zikp,zui->zupk
+    d2_d__t_m_0_0_2 = d2_d__m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
     d2_h_18 = torch.bmm(d2_d__m_m_0[:, 4:9].reshape(n, 1, 5, 1).reshape(n, 1, 5), d__t_m_0_0_2.permute(0, 3, 2, 1).reshape(n, 5, 32)).view(n, 1, 32).permute(0, 2, 1)  # zikp,zupk->zui
     del d__t_m_0_0_2
-    d2_d_m_19 = d2_d__t_m_0_0_2.reshape(n, 32, 5) * w[:, 64:96].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_20 = torch.bmm(d2_d__t_m_0_0_2.reshape(n * 32, 1, 5), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_19 = d2_d__t_m_0_0_2.permute(0, 1, 3, 2).reshape(n, 32, 5) * w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_20 = (d2_d__t_m_0_0_2.permute(0, 2, 1, 3).reshape(n, 1, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
     del d2_d__t_m_0_0_2
     # ∂/∂d__t_m_0_0_5: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
-    d2_d__t_m_0_0_5 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 1, 32).transpose(1, 2), d2_d__m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 1).transpose(1, 2)).view(n, 32, 1, 7)  # zikp,zui->zupk
+    d2_d__t_m_0_0_5 = d2_d__m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 7) * h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
     d2_h_21 = torch.bmm(d2_d__m_m_0[:, 9:16].reshape(n, 1, 7, 1).reshape(n, 1, 7), d__t_m_0_0_5.permute(0, 3, 2, 1).reshape(n, 7, 32)).view(n, 1, 32).permute(0, 2, 1)  # zikp,zupk->zui
     del d__t_m_0_0_5
-    d2_d_m_22 = d2_d__t_m_0_0_5.reshape(n, 32, 7) * w[:, 96:128].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_23 = torch.bmm(d2_d__t_m_0_0_5.reshape(n * 32, 1, 7), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_22 = d2_d__t_m_0_0_5.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_23 = (d2_d__t_m_0_0_5.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
     del d2_d__t_m_0_0_5
     # ∂/∂d__t_m_0_1_0: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
     d2_d__t_m_0_1_0 = torch.bmm(d2_d__m_m_0[:, 16:19].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
-    d2_h_24 = d2_d__m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_m_0_1_0.reshape(n, 32, 1)
+    d2_h_24 = d2_d__m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 1, 3) * d__t_m_0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del d__t_m_0_1_0
-    d2_d_m_25 = d2_d__t_m_0_1_0.reshape(n, 32, 1) * w[:, 160:192].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_26 = torch.bmm(d2_d__t_m_0_1_0.reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_25 = d2_d__t_m_0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_26 = d2_d__t_m_0_1_0.permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32)
     del d2_d__t_m_0_1_0
     # ∂/∂d__t_m_0_1_1: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
     d2_d__t_m_0_1_1 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 3, 2, 1).reshape(n, 6, 3).transpose(1, 2)).view(n, 32, 2, 3)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
     d2_h_27 = torch.bmm(d2_d__m_m_0[:, 19:37].reshape(n, 3, 3, 2).permute(0, 1, 3, 2).reshape(n, 3, 6), d__t_m_0_1_1.permute(0, 2, 3, 1).reshape(n, 6, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
     del d__t_m_0_1_1
-    d2_d_m_28 = torch.bmm(_w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_1_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 2).transpose(1, 2)).view(n, 32, 3)  # zupk,zpu->zuk
+    d2_d_m_28 = (d2_d__t_m_0_1_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2) * _w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2)).sum((3,))
     del _w_m_0_1_1
-    d2__w_m_0_1_1 = torch.bmm(d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2), d2_d__t_m_0_1_1.reshape(n * 32, 2, 3).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2__w_m_0_1_1 = (d2_d__t_m_0_1_1.permute(0, 2, 1, 3).reshape(n, 2, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
     del d2_d__t_m_0_1_1
     # ∂/∂d__t_m_0_1_2: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
     d2_d__t_m_0_1_2 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 37:67].reshape(n, 3, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 3).transpose(1, 2)).view(n, 32, 2, 5)  # zikp,zui->zupk
@@ -10402,56 +10402,56 @@ def _conv_tp_d2_sh(
     del d__t_m_0_1_2
     d2_d_m_30 = torch.bmm(_w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_1_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
     del _w_m_0_1_2
-    d2__w_m_0_1_2 = torch.bmm(d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2), d2_d__t_m_0_1_2.reshape(n * 32, 2, 5).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2__w_m_0_1_2 = (d2_d__t_m_0_1_2.permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
     del d2_d__t_m_0_1_2
     # ∂/∂d__t_m_0_1_3: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
     d2_d__t_m_0_1_3 = torch.bmm(d2_d__m_m_0[:, 67:76].reshape(n, 3, 3, 1).permute(0, 2, 3, 1).reshape(n, 3, 3), h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
     d2_h_31 = torch.bmm(d2_d__m_m_0[:, 67:76].reshape(n, 3, 3, 1).reshape(n, 3, 3), d__t_m_0_1_3.permute(0, 3, 2, 1).reshape(n, 3, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
     del d__t_m_0_1_3
-    d2_d_m_32 = d2_d__t_m_0_1_3.reshape(n, 32, 3) * w[:, 224:256].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_33 = torch.bmm(d2_d__t_m_0_1_3.reshape(n * 32, 1, 3), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_32 = d2_d__t_m_0_1_3.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_33 = (d2_d__t_m_0_1_3.permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
     del d2_d__t_m_0_1_3
     # ∂/∂d__t_m_0_1_4: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
     d2_d__t_m_0_1_4 = torch.bmm(d2_d__m_m_0[:, 76:91].reshape(n, 3, 5, 1).permute(0, 2, 3, 1).reshape(n, 5, 3), h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32)).view(n, 5, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
     d2_h_34 = torch.bmm(d2_d__m_m_0[:, 76:91].reshape(n, 3, 5, 1).reshape(n, 3, 5), d__t_m_0_1_4.permute(0, 3, 2, 1).reshape(n, 5, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
     del d__t_m_0_1_4
-    d2_d_m_35 = d2_d__t_m_0_1_4.reshape(n, 32, 5) * w[:, 288:320].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_36 = torch.bmm(d2_d__t_m_0_1_4.reshape(n * 32, 1, 5), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_35 = d2_d__t_m_0_1_4.permute(0, 1, 3, 2).reshape(n, 32, 5) * w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_36 = (d2_d__t_m_0_1_4.permute(0, 2, 1, 3).reshape(n, 1, 32, 5) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
     del d2_d__t_m_0_1_4
     # ∂/∂d__t_m_0_1_5: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
     d2_d__t_m_0_1_5 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 91:112].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2)).view(n, 32, 1, 7)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
     d2_h_37 = torch.bmm(d2_d__m_m_0[:, 91:112].reshape(n, 3, 7, 1).reshape(n, 3, 7), d__t_m_0_1_5.permute(0, 3, 2, 1).reshape(n, 7, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
     del d__t_m_0_1_5
-    d2_d_m_38 = d2_d__t_m_0_1_5.reshape(n, 32, 7) * w[:, 320:352].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_39 = torch.bmm(d2_d__t_m_0_1_5.reshape(n * 32, 1, 7), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_38 = d2_d__t_m_0_1_5.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_39 = (d2_d__t_m_0_1_5.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
     del d2_d__t_m_0_1_5
     # ∂/∂d__t_m_0_1_6: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
     d2_d__t_m_0_1_6 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).permute(0, 2, 1).reshape(n, 3, 32).transpose(1, 2), d2_d__m_m_0[:, 112:133].reshape(n, 3, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 3).transpose(1, 2)).view(n, 32, 1, 7)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
     d2_h_40 = torch.bmm(d2_d__m_m_0[:, 112:133].reshape(n, 3, 7, 1).reshape(n, 3, 7), d__t_m_0_1_6.permute(0, 3, 2, 1).reshape(n, 7, 32)).view(n, 3, 32).permute(0, 2, 1)  # zikp,zupk->zui
     del d__t_m_0_1_6
-    d2_d_m_41 = d2_d__t_m_0_1_6.reshape(n, 32, 7) * w[:, 384:416].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_42 = torch.bmm(d2_d__t_m_0_1_6.reshape(n * 32, 1, 7), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_41 = d2_d__t_m_0_1_6.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_42 = (d2_d__t_m_0_1_6.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
     del d2_d__t_m_0_1_6
     # ∂/∂d__t_m_0_2_0: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
     d2_d__t_m_0_2_0 = torch.bmm(d2_d__m_m_0[:, 133:138].reshape(n, 5, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 5), h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
-    d2_h_43 = d2_d__m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_m_0_2_0.reshape(n, 32, 1)
+    d2_h_43 = d2_d__m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 1, 5) * d__t_m_0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del d__t_m_0_2_0
-    d2_d_m_44 = d2_d__t_m_0_2_0.reshape(n, 32, 1) * w[:, 544:576].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_45 = torch.bmm(d2_d__t_m_0_2_0.reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_44 = d2_d__t_m_0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_45 = d2_d__t_m_0_2_0.permute(0, 2, 1, 3).reshape(n, 1, 32) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 1, 32)
     del d2_d__t_m_0_2_0
     # ∂/∂d__t_m_0_2_1: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
     d2_d__t_m_0_2_1 = torch.bmm(d2_d__m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 2, 3, 1).reshape(n, 6, 5), h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 3, 2, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
     d2_h_46 = torch.bmm(d2_d__m_m_0[:, 138:168].reshape(n, 5, 3, 2).permute(0, 1, 3, 2).reshape(n, 5, 6), d__t_m_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
     del d__t_m_0_2_1
-    d2_d_m_47 = torch.bmm(_w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_1.permute(0, 1, 3, 2).reshape(n * 32, 3, 2).transpose(1, 2)).view(n, 32, 3)  # zupk,zpu->zuk
+    d2_d_m_47 = (d2_d__t_m_0_2_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2) * _w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2)).sum((3,))
     del _w_m_0_2_1
-    d2__w_m_0_2_1 = torch.bmm(d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 3, 1).transpose(1, 2), d2_d__t_m_0_2_1.reshape(n * 32, 2, 3).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2__w_m_0_2_1 = (d2_d__t_m_0_2_1.permute(0, 2, 1, 3).reshape(n, 2, 32, 3) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
     del d2_d__t_m_0_2_1
     # ∂/∂d__t_m_0_2_2: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
     d2_d__t_m_0_2_2 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 168:218].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2)).view(n, 32, 2, 5)  # zikp,zui->zupk
@@ -10460,15 +10460,15 @@ def _conv_tp_d2_sh(
     del d__t_m_0_2_2
     d2_d_m_49 = torch.bmm(_w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_2.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
     del _w_m_0_2_2
-    d2__w_m_0_2_2 = torch.bmm(d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2), d2_d__t_m_0_2_2.reshape(n * 32, 2, 5).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2__w_m_0_2_2 = (d2_d__t_m_0_2_2.permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
     del d2_d__t_m_0_2_2
     # ∂/∂d__t_m_0_2_3: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
     d2_d__t_m_0_2_3 = torch.bmm(d2_d__m_m_0[:, 218:233].reshape(n, 5, 3, 1).permute(0, 2, 3, 1).reshape(n, 3, 5), h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 3, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
     d2_h_50 = torch.bmm(d2_d__m_m_0[:, 218:233].reshape(n, 5, 3, 1).reshape(n, 5, 3), d__t_m_0_2_3.permute(0, 3, 2, 1).reshape(n, 3, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
     del d__t_m_0_2_3
-    d2_d_m_51 = d2_d__t_m_0_2_3.reshape(n, 32, 3) * w[:, 608:640].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_52 = torch.bmm(d2_d__t_m_0_2_3.reshape(n * 32, 1, 3), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 3, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_51 = d2_d__t_m_0_2_3.permute(0, 1, 3, 2).reshape(n, 32, 3) * w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_52 = (d2_d__t_m_0_2_3.permute(0, 2, 1, 3).reshape(n, 1, 32, 3) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 1, 32, 3)).sum((3,))
     del d2_d__t_m_0_2_3
     # ∂/∂d__t_m_0_2_4: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
     d2_d__t_m_0_2_4 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 233:283].reshape(n, 5, 5, 2).permute(0, 3, 2, 1).reshape(n, 10, 5).transpose(1, 2)).view(n, 32, 2, 5)  # zikp,zui->zupk
@@ -10477,7 +10477,7 @@ def _conv_tp_d2_sh(
     del d__t_m_0_2_4
     d2_d_m_54 = torch.bmm(_w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_4.permute(0, 1, 3, 2).reshape(n * 32, 5, 2).transpose(1, 2)).view(n, 32, 5)  # zupk,zpu->zuk
     del _w_m_0_2_4
-    d2__w_m_0_2_4 = torch.bmm(d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 5, 1).transpose(1, 2), d2_d__t_m_0_2_4.reshape(n * 32, 2, 5).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2__w_m_0_2_4 = (d2_d__t_m_0_2_4.permute(0, 2, 1, 3).reshape(n, 2, 32, 5) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 1, 32, 5)).sum((3,))
     del d2_d__t_m_0_2_4
     # ∂/∂d__t_m_0_2_5: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
     d2_d__t_m_0_2_5 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32).transpose(1, 2), d2_d__m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 3, 2, 1).reshape(n, 14, 5).transpose(1, 2)).view(n, 32, 2, 7)  # zikp,zui->zupk
@@ -10486,15 +10486,15 @@ def _conv_tp_d2_sh(
     del d__t_m_0_2_5
     d2_d_m_56 = torch.bmm(_w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1).transpose(1, 2), d2_d__t_m_0_2_5.permute(0, 1, 3, 2).reshape(n * 32, 7, 2).transpose(1, 2)).view(n, 32, 7)  # zupk,zpu->zuk
     del _w_m_0_2_5
-    d2__w_m_0_2_5 = torch.bmm(d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 7, 1).transpose(1, 2), d2_d__t_m_0_2_5.reshape(n * 32, 2, 7).transpose(1, 2)).view(n, 32, 2).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2__w_m_0_2_5 = (d2_d__t_m_0_2_5.permute(0, 2, 1, 3).reshape(n, 2, 32, 7) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
     del d2_d__t_m_0_2_5
     # ∂/∂d__t_m_0_2_6: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
     d2_d__t_m_0_2_6 = torch.bmm(d2_d__m_m_0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 2, 3, 1).reshape(n, 7, 5), h[:, 128:288].reshape(n, 32, 5).permute(0, 2, 1).reshape(n, 5, 32)).view(n, 7, 1, 32).permute(0, 3, 2, 1)  # zikp,zui->zupk
     # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
     d2_h_57 = torch.bmm(d2_d__m_m_0[:, 353:388].reshape(n, 5, 7, 1).reshape(n, 5, 7), d__t_m_0_2_6.permute(0, 3, 2, 1).reshape(n, 7, 32)).view(n, 5, 32).permute(0, 2, 1)  # zikp,zupk->zui
     del d2_d__m_m_0, d__t_m_0_2_6
-    d2_d_m_58 = d2_d__t_m_0_2_6.reshape(n, 32, 7) * w[:, 640:672].reshape(n, 1, 32).reshape(n, 32, 1)
-    d2_w_59 = torch.bmm(d2_d__t_m_0_2_6.reshape(n * 32, 1, 7), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 7, 1)).view(n, 32, 1).permute(0, 2, 1)  # zupk,zuk->zpu
+    d2_d_m_58 = d2_d__t_m_0_2_6.permute(0, 1, 3, 2).reshape(n, 32, 7) * w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1)
+    d2_w_59 = (d2_d__t_m_0_2_6.permute(0, 2, 1, 3).reshape(n, 1, 32, 7) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 1, 32, 7)).sum((3,))
     del d2_d__t_m_0_2_6
     d2_w_60 = d2__w_m_0_2_5.reshape(n, -1)[:, 32:64].reshape(n, 32)
     d2_w_61 = d2__w_m_0_2_5.reshape(n, -1)[:, 0:32].reshape(n, 32)
@@ -12251,13 +12251,13 @@ def _conv_tp_d2_w(
     # every path's (i, k) map at once: sh · G
     _m_m_0 = torch.mm(sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
     # 1 paths 32x0e ⊗ sh -> 32x0e
-    _t_m_0_0_0 = torch.bmm(_m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1).transpose(1, 2), h[:, 0:32].reshape(n, 32, 1).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
+    _t_m_0_0_0 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1)
     # 1 paths 32x0e ⊗ sh -> 32x1o
-    _t_m_0_0_1 = torch.bmm(h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3)).view(n, 32, 1, 3)  # zui,zikp->zupk
+    _t_m_0_0_1 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 3)
     # 1 paths 32x0e ⊗ sh -> 32x2e
-    _t_m_0_0_2 = torch.bmm(h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 1, 3, 2).reshape(n, 1, 5)).view(n, 32, 1, 5)  # zui,zikp->zupk
+    _t_m_0_0_2 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 4:9].reshape(n, 1, 5, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 5)
     # 1 paths 32x0e ⊗ sh -> 32x3o
-    _t_m_0_0_5 = torch.bmm(h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 1, 3, 2).reshape(n, 1, 7)).view(n, 32, 1, 7)  # zui,zikp->zupk
+    _t_m_0_0_5 = h[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1) * _m_m_0[:, 9:16].reshape(n, 1, 7, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 7)
     # 1 paths 32x1o ⊗ sh -> 32x0e
     _t_m_0_1_0 = torch.bmm(_m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), h[:, 32:128].reshape(n, 32, 3).transpose(1, 2)).view(n, 1, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
     # 2 paths 32x1o ⊗ sh -> 32x1o
@@ -12286,21 +12286,21 @@ def _conv_tp_d2_w(
     _t_m_0_2_5 = torch.bmm(h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 283:353].reshape(n, 5, 7, 2).permute(0, 1, 3, 2).reshape(n, 5, 14)).view(n, 32, 2, 7)  # zui,zikp->zupk
     # 1 paths 32x2e ⊗ sh -> 32x3e
     _t_m_0_2_6 = torch.bmm(_m_m_0[:, 353:388].reshape(n, 5, 7, 1).reshape(n, 5, 7).transpose(1, 2), h[:, 128:288].reshape(n, 32, 5).transpose(1, 2)).view(n, 7, 1, 32).permute(0, 3, 2, 1)  # zui,zikp->zupk
-    d2_d_m_0 = d2_d_w[:, 0:32].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_0_0.reshape(n, 32, 1)
+    d2_d_m_0 = d2_d_w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _t_m_0_0_0
-    d2__t_m_0_0_0 = torch.bmm(d2_d_w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1, 1)  # zpu,zuk->zupk
-    d2_d_m_1 = d2_d_w[:, 32:64].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_0_1.reshape(n, 32, 3)
+    d2__t_m_0_0_0 = d2_d_w[:, 0:32].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
+    d2_d_m_1 = d2_d_w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_0_1.permute(0, 1, 3, 2).reshape(n, 32, 3)
     del _t_m_0_0_1
-    d2__t_m_0_0_1 = torch.bmm(d2_d_w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 1, 3)).view(n, 32, 1, 3)  # zpu,zuk->zupk
-    d2_d_m_2 = d2_d_w[:, 64:96].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_0_2.reshape(n, 32, 5)
+    d2__t_m_0_0_1 = d2_d_w[:, 32:64].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    d2_d_m_2 = d2_d_w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_0_2.permute(0, 1, 3, 2).reshape(n, 32, 5)
     del _t_m_0_0_2
-    d2__t_m_0_0_2 = torch.bmm(d2_d_w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 1, 5)).view(n, 32, 1, 5)  # zpu,zuk->zupk
-    d2_d_m_3 = d2_d_w[:, 96:128].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_0_5.reshape(n, 32, 7)
+    d2__t_m_0_0_2 = d2_d_w[:, 64:96].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    d2_d_m_3 = d2_d_w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_0_5.permute(0, 1, 3, 2).reshape(n, 32, 7)
     del _t_m_0_0_5
-    d2__t_m_0_0_5 = torch.bmm(d2_d_w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 1, 7)).view(n, 32, 1, 7)  # zpu,zuk->zupk
-    d2_d_m_4 = d2_d_w[:, 160:192].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_1_0.reshape(n, 32, 1)
+    d2__t_m_0_0_5 = d2_d_w[:, 96:128].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7)
+    d2_d_m_4 = d2_d_w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _t_m_0_1_0
-    d2__t_m_0_1_0 = torch.bmm(d2_d_w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1, 1)  # zpu,zuk->zupk
+    d2__t_m_0_1_0 = d2_d_w[:, 160:192].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2_d__w_m_0_1_1_5 = d2_d_w[:, 128:160].reshape(n, 32)
     d2_d__w_m_0_1_1_6 = d2_d_w[:, 256:288].reshape(n, 32)
     d2_d__w_m_0_1_1 = torch.cat([
@@ -12308,9 +12308,9 @@ def _conv_tp_d2_w(
         d2_d__w_m_0_1_1_6.reshape(n, 32),
     ], dim=-1)
     del d2_d__w_m_0_1_1_5, d2_d__w_m_0_1_1_6
-    d2_d_m_7 = torch.bmm(d2_d__w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_1_1.reshape(n * 32, 2, 3)).view(n, 32, 3)  # zpu,zupk->zuk
+    d2_d_m_7 = (d2_d__w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2) * _t_m_0_1_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2)).sum((3,))
     del _t_m_0_1_1
-    d2__t_m_0_1_1 = torch.bmm(d2_d__w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 1, 3)).view(n, 32, 2, 3)  # zpu,zuk->zupk
+    d2__t_m_0_1_1 = d2_d__w_m_0_1_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     del d2_d__w_m_0_1_1
     d2_d__w_m_0_1_2_8 = d2_d_w[:, 192:224].reshape(n, 32)
     d2_d__w_m_0_1_2_9 = d2_d_w[:, 352:384].reshape(n, 32)
@@ -12321,23 +12321,23 @@ def _conv_tp_d2_w(
     del d2_d__w_m_0_1_2_8, d2_d__w_m_0_1_2_9
     d2_d_m_10 = torch.bmm(d2_d__w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_1_2.reshape(n * 32, 2, 5)).view(n, 32, 5)  # zpu,zupk->zuk
     del _t_m_0_1_2
-    d2__t_m_0_1_2 = torch.bmm(d2_d__w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 1, 5)).view(n, 32, 2, 5)  # zpu,zuk->zupk
+    d2__t_m_0_1_2 = d2_d__w_m_0_1_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     del d2_d__w_m_0_1_2
-    d2_d_m_11 = d2_d_w[:, 224:256].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_1_3.reshape(n, 32, 3)
+    d2_d_m_11 = d2_d_w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_1_3.permute(0, 1, 3, 2).reshape(n, 32, 3)
     del _t_m_0_1_3
-    d2__t_m_0_1_3 = torch.bmm(d2_d_w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 1, 3)).view(n, 32, 1, 3)  # zpu,zuk->zupk
-    d2_d_m_12 = d2_d_w[:, 288:320].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_1_4.reshape(n, 32, 5)
+    d2__t_m_0_1_3 = d2_d_w[:, 224:256].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3)
+    d2_d_m_12 = d2_d_w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_1_4.permute(0, 1, 3, 2).reshape(n, 32, 5)
     del _t_m_0_1_4
-    d2__t_m_0_1_4 = torch.bmm(d2_d_w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 1, 5)).view(n, 32, 1, 5)  # zpu,zuk->zupk
-    d2_d_m_13 = d2_d_w[:, 320:352].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_1_5.reshape(n, 32, 7)
+    d2__t_m_0_1_4 = d2_d_w[:, 288:320].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5)
+    d2_d_m_13 = d2_d_w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_1_5.permute(0, 1, 3, 2).reshape(n, 32, 7)
     del _t_m_0_1_5
-    d2__t_m_0_1_5 = torch.bmm(d2_d_w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 1, 7)).view(n, 32, 1, 7)  # zpu,zuk->zupk
-    d2_d_m_14 = d2_d_w[:, 384:416].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_1_6.reshape(n, 32, 7)
+    d2__t_m_0_1_5 = d2_d_w[:, 320:352].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7)
+    d2_d_m_14 = d2_d_w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_1_6.permute(0, 1, 3, 2).reshape(n, 32, 7)
     del _t_m_0_1_6
-    d2__t_m_0_1_6 = torch.bmm(d2_d_w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 1, 7)).view(n, 32, 1, 7)  # zpu,zuk->zupk
-    d2_d_m_15 = d2_d_w[:, 544:576].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_2_0.reshape(n, 32, 1)
+    d2__t_m_0_1_6 = d2_d_w[:, 384:416].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7)
+    d2_d_m_15 = d2_d_w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1)
     del _t_m_0_2_0
-    d2__t_m_0_2_0 = torch.bmm(d2_d_w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 0:32].reshape(n, 32, 1).reshape(n * 32, 1, 1)).view(n, 32, 1, 1)  # zpu,zuk->zupk
+    d2__t_m_0_2_0 = d2_d_w[:, 544:576].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 0:32].reshape(n, 32, 1).reshape(n, 32, 1, 1)
     d2_d__w_m_0_2_1_16 = d2_d_w[:, 448:480].reshape(n, 32)
     d2_d__w_m_0_2_1_17 = d2_d_w[:, 672:704].reshape(n, 32)
     d2_d__w_m_0_2_1 = torch.cat([
@@ -12345,9 +12345,9 @@ def _conv_tp_d2_w(
         d2_d__w_m_0_2_1_17.reshape(n, 32),
     ], dim=-1)
     del d2_d__w_m_0_2_1_16, d2_d__w_m_0_2_1_17
-    d2_d_m_18 = torch.bmm(d2_d__w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_2_1.reshape(n * 32, 2, 3)).view(n, 32, 3)  # zpu,zupk->zuk
+    d2_d_m_18 = (d2_d__w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 1, 2) * _t_m_0_2_1.permute(0, 1, 3, 2).reshape(n, 32, 3, 2)).sum((3,))
     del _t_m_0_2_1
-    d2__t_m_0_2_1 = torch.bmm(d2_d__w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1), d_m[:, 32:128].reshape(n, 32, 3).reshape(n * 32, 1, 3)).view(n, 32, 2, 3)  # zpu,zuk->zupk
+    d2__t_m_0_2_1 = d2_d__w_m_0_2_1.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 32:128].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     del d2_d__w_m_0_2_1
     d2_d__w_m_0_2_2_19 = d2_d_w[:, 416:448].reshape(n, 32)
     d2_d__w_m_0_2_2_20 = d2_d_w[:, 576:608].reshape(n, 32)
@@ -12358,11 +12358,11 @@ def _conv_tp_d2_w(
     del d2_d__w_m_0_2_2_19, d2_d__w_m_0_2_2_20
     d2_d_m_21 = torch.bmm(d2_d__w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_2_2.reshape(n * 32, 2, 5)).view(n, 32, 5)  # zpu,zupk->zuk
     del _t_m_0_2_2
-    d2__t_m_0_2_2 = torch.bmm(d2_d__w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1), d_m[:, 128:288].reshape(n, 32, 5).reshape(n * 32, 1, 5)).view(n, 32, 2, 5)  # zpu,zuk->zupk
+    d2__t_m_0_2_2 = d2_d__w_m_0_2_2.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 128:288].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     del d2_d__w_m_0_2_2
-    d2_d_m_22 = d2_d_w[:, 608:640].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_2_3.reshape(n, 32, 3)
+    d2_d_m_22 = d2_d_w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_2_3.permute(0, 1, 3, 2).reshape(n, 32, 3)
     del _t_m_0_2_3
-    d2__t_m_0_2_3 = torch.bmm(d2_d_w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 288:384].reshape(n, 32, 3).reshape(n * 32, 1, 3)).view(n, 32, 1, 3)  # zpu,zuk->zupk
+    d2__t_m_0_2_3 = d2_d_w[:, 608:640].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 288:384].reshape(n, 32, 3).reshape(n, 32, 1, 3)
     d2_d__w_m_0_2_4_23 = d2_d_w[:, 480:512].reshape(n, 32)
     d2_d__w_m_0_2_4_24 = d2_d_w[:, 704:736].reshape(n, 32)
     d2_d__w_m_0_2_4 = torch.cat([
@@ -12372,7 +12372,7 @@ def _conv_tp_d2_w(
     del d2_d__w_m_0_2_4_23, d2_d__w_m_0_2_4_24
     d2_d_m_25 = torch.bmm(d2_d__w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_2_4.reshape(n * 32, 2, 5)).view(n, 32, 5)  # zpu,zupk->zuk
     del _t_m_0_2_4
-    d2__t_m_0_2_4 = torch.bmm(d2_d__w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1), d_m[:, 384:544].reshape(n, 32, 5).reshape(n * 32, 1, 5)).view(n, 32, 2, 5)  # zpu,zuk->zupk
+    d2__t_m_0_2_4 = d2_d__w_m_0_2_4.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 384:544].reshape(n, 32, 5).reshape(n, 32, 1, 5)
     del d2_d__w_m_0_2_4
     d2_d__w_m_0_2_5_26 = d2_d_w[:, 512:544].reshape(n, 32)
     d2_d__w_m_0_2_5_27 = d2_d_w[:, 736:768].reshape(n, 32)
@@ -12383,11 +12383,11 @@ def _conv_tp_d2_w(
     del d2_d__w_m_0_2_5_26, d2_d__w_m_0_2_5_27
     d2_d_m_28 = torch.bmm(d2_d__w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 1, 2), _t_m_0_2_5.reshape(n * 32, 2, 7)).view(n, 32, 7)  # zpu,zupk->zuk
     del _t_m_0_2_5
-    d2__t_m_0_2_5 = torch.bmm(d2_d__w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n * 32, 2, 1), d_m[:, 544:768].reshape(n, 32, 7).reshape(n * 32, 1, 7)).view(n, 32, 2, 7)  # zpu,zuk->zupk
+    d2__t_m_0_2_5 = d2_d__w_m_0_2_5.reshape(n, 2, 32).permute(0, 2, 1).reshape(n, 32, 2, 1) * d_m[:, 544:768].reshape(n, 32, 7).reshape(n, 32, 1, 7)
     del d2_d__w_m_0_2_5
-    d2_d_m_29 = d2_d_w[:, 640:672].reshape(n, 1, 32).reshape(n, 32, 1) * _t_m_0_2_6.reshape(n, 32, 7)
+    d2_d_m_29 = d2_d_w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1) * _t_m_0_2_6.permute(0, 1, 3, 2).reshape(n, 32, 7)
     del _t_m_0_2_6
-    d2__t_m_0_2_6 = torch.bmm(d2_d_w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n * 32, 1, 1), d_m[:, 768:992].reshape(n, 32, 7).reshape(n * 32, 1, 7)).view(n, 32, 1, 7)  # zpu,zuk->zupk
+    d2__t_m_0_2_6 = d2_d_w[:, 640:672].reshape(n, 1, 32).permute(0, 2, 1).reshape(n, 32, 1, 1) * d_m[:, 768:992].reshape(n, 32, 7).reshape(n, 32, 1, 7)
     # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
     d2_h_30 = torch.bmm(_m_m_0[:, 353:388].reshape(n, 5, 7, 1).permute(0, 3, 2, 1).reshape(n, 7, 5).transpose(1, 2), d2__t_m_0_2_6.reshape(n, 32, 7).transpose(1, 2)).view(n, 5, 32).permute(0, 2, 1)  # zupk,zikp->zui
     # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
@@ -12419,7 +12419,7 @@ def _conv_tp_d2_w(
     d2__m_m_0_41 = torch.bmm(h[:, 128:288].reshape(n, 32, 5).transpose(1, 2), d2__t_m_0_2_1.permute(0, 2, 3, 1).reshape(n, 6, 32).transpose(1, 2)).view(n, 5, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
     del d2__t_m_0_2_1
     # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
-    d2_h_42 = d2__t_m_0_2_0.reshape(n, 32, 1) * _m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 1, 5)
+    d2_h_42 = d2__t_m_0_2_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * _m_m_0[:, 133:138].reshape(n, 5, 1, 1).reshape(n, 1, 5)
     # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
     d2__m_m_0_43 = torch.bmm(d2__t_m_0_2_0.permute(0, 2, 3, 1).reshape(n, 1, 32), h[:, 128:288].reshape(n, 32, 5)).view(n, 1, 1, 5).permute(0, 3, 2, 1)  # zupk,zui->zikp
     del d2__t_m_0_2_0
@@ -12454,7 +12454,7 @@ def _conv_tp_d2_w(
     d2__m_m_0_55 = torch.bmm(h[:, 32:128].reshape(n, 32, 3).transpose(1, 2), d2__t_m_0_1_1.permute(0, 2, 3, 1).reshape(n, 6, 32).transpose(1, 2)).view(n, 3, 2, 3).permute(0, 1, 3, 2)  # zupk,zui->zikp
     del d2__t_m_0_1_1
     # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
-    d2_h_56 = d2__t_m_0_1_0.reshape(n, 32, 1) * _m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 1, 3)
+    d2_h_56 = d2__t_m_0_1_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * _m_m_0[:, 16:19].reshape(n, 3, 1, 1).reshape(n, 1, 3)
     # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
     d2__m_m_0_57 = torch.bmm(d2__t_m_0_1_0.permute(0, 2, 3, 1).reshape(n, 1, 32), h[:, 32:128].reshape(n, 32, 3)).view(n, 1, 1, 3).permute(0, 3, 2, 1)  # zupk,zui->zikp
     del d2__t_m_0_1_0
@@ -12474,7 +12474,7 @@ def _conv_tp_d2_w(
     d2__m_m_0_63 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m_0_0_1.permute(0, 3, 2, 1).reshape(n, 3, 32).transpose(1, 2)).view(n, 1, 3, 1)  # zupk,zui->zikp
     del d2__t_m_0_0_1
     # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
-    d2_h_64 = d2__t_m_0_0_0.reshape(n, 32, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
+    d2_h_64 = d2__t_m_0_0_0.permute(0, 1, 3, 2).reshape(n, 32, 1) * _m_m_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1)
     del _m_m_0
     # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
     d2__m_m_0_65 = torch.bmm(h[:, 0:32].reshape(n, 32, 1).transpose(1, 2), d2__t_m_0_0_0.permute(0, 3, 2, 1).reshape(n, 1, 32).transpose(1, 2)).view(n, 1, 1, 1)  # zupk,zui->zikp
@@ -15989,11 +15989,11 @@ def _elementwise_tp_d2_a(
     # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
     _c0 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    d2_d_c_0 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 1, 1).transpose(1, 2), _c0.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    d2_d_c_0 = _c0.reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(1, 16, 1)
     del _c0
     # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
     _c2 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_b_1 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 1, 1).transpose(1, 2), _c2.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuik,ijku->zuj
+    d2_b_1 = _c2.reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 1)
     del _c1
     # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
     _c3 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c2.permute(1, 0, 2, 3).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuik->ujik
@@ -16003,11 +16003,11 @@ def _elementwise_tp_d2_a(
     # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
     _c4 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c5 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    d2_d_c_3 = torch.bmm((_c5 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c4.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    d2_d_c_3 = (_c4.reshape(n, 16, 1, 3) * (_c5 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c4
     # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
     _c6 = d2_d_a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_b_4 = torch.bmm((_c5 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 3, 3).transpose(1, 2), _c6.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    d2_b_4 = (_c6.reshape(n, 16, 1, 3) * (_c5 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(1, 16, 3, 3)).sum((3,))
     del _c5
     # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
     _c7 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c6.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 1, 3)  # zuj,zuik->ujik
@@ -16031,7 +16031,7 @@ def _elementwise_tp_d2_a(
     # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
     _c12 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c13 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    d2_d_c_9 = torch.bmm((_c13 * 0.8660254037844386).reshape(16, 3, 3).transpose(1, 2), _c12.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    d2_d_c_9 = (_c12.reshape(n, 16, 1, 3) * (_c13 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c12
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
     _c14 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -16047,7 +16047,7 @@ def _elementwise_tp_d2_a(
     d2_d_c_12 = torch.bmm((_c17 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
     # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
     _c18 = d2_d_a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_b_13 = torch.bmm((_c17 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 3, 3).transpose(1, 2), _c18.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,ijku->zuj
+    d2_b_13 = (_c18.reshape(n, 16, 1, 3) * (_c17 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c17
     # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
     _c19 = torch.bmm(_c18.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2), b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n).transpose(1, 2)).view(16, 3, 1, 3)  # zuj,zuik->uikj
@@ -17614,11 +17614,11 @@ def _elementwise_tp_d2_b(
     # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
     _c0 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
-    d2_d_c_0 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(16, 1, 1).transpose(1, 2), _c0.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuji,ijku->zuk
+    d2_d_c_0 = _c0.permute(0, 1, 3, 2).reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 2, 0, 1).reshape(1, 16, 1)
     del _c0
     # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
     _c2 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_a_1 = torch.bmm((_c1 * 0.5773502691896257).permute(3, 1, 2, 0).reshape(16, 1, 1).transpose(1, 2), _c2.permute(1, 0, 2, 3).reshape(16, n, 1).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zujk,ijku->zui
+    d2_a_1 = _c2.reshape(n, 16, 1) * (_c1 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(1, 16, 1)
     del _c1
     # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
     _c3 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c2.permute(1, 0, 2, 3).reshape(16, n, 1)).view(16, 1, 1, 1)  # zui,zujk->uijk
@@ -17628,7 +17628,7 @@ def _elementwise_tp_d2_b(
     # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
     _c4 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
     _c5 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
-    d2_d_c_3 = torch.bmm((_c5 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 3, 3).transpose(1, 2), _c4.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,uijk->zuk
+    d2_d_c_3 = (_c4.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c5 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c4
     # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
     _c6 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
@@ -17654,11 +17654,11 @@ def _elementwise_tp_d2_b(
     # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
     _c12 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
     _c13 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
-    d2_d_c_9 = torch.bmm((_c13 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 3, 3).transpose(1, 2), _c12.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,uijk->zuk
+    d2_d_c_9 = (_c12.permute(0, 1, 3, 2).reshape(n, 16, 1, 3) * (_c13 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c12
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
     _c14 = d2_d_b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_a_10 = torch.bmm((_c13 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 3, 3).transpose(1, 2), _c14.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,uijk->zui
+    d2_a_10 = (_c14.reshape(n, 16, 1, 3) * (_c13 * 0.8660254037844386).reshape(1, 16, 3, 3)).sum((3,))
     del _c13
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
     _c15 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c14.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 1, 3)  # zui,zujk->uijk
@@ -17671,7 +17671,7 @@ def _elementwise_tp_d2_b(
     d2_d_c_12 = torch.bmm((_c17 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c16.permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuji,jiku->zuk
     # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
     _c18 = d2_d_b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_a_13 = torch.bmm((_c17 * 0.5773502691896257).permute(3, 0, 2, 1).reshape(16, 3, 3).transpose(1, 2), _c18.permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,jiku->zui
+    d2_a_13 = (_c18.reshape(n, 16, 1, 3) * (_c17 * 0.5773502691896257).permute(3, 1, 0, 2).reshape(1, 16, 3, 3)).sum((3,))
     del _c17
     # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
     _c19 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c18.permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 3, 1)  # zui,zujk->uijk
@@ -19224,27 +19224,27 @@ def _elementwise_tp_d2_weight(
     # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c0 = torch.mm(d2_d_weight[0:16].view(16).reshape(16, 1), cg_0_0_0.reshape(1, 1)).view(16, 1, 1, 1)  # u,ijk->uijk
     _c1 = a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d_c_0 = (_c0 * 0.5773502691896257).reshape(1, 16, 1) * _c1.reshape(n, 16, 1)
+    d2_d_c_0 = (_c0 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(1, 16, 1) * _c1.reshape(n, 16, 1)
     del _c1
     # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c2 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_a_1 = (_c0 * 0.5773502691896257).reshape(1, 16, 1) * _c2.reshape(n, 16, 1)
+    d2_a_1 = (_c0 * 0.5773502691896257).reshape(1, 16, 1) * _c2.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c2
     # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
     _c3 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_b_2 = (_c0 * 0.5773502691896257).reshape(1, 16, 1) * _c3.reshape(n, 16, 1)
+    d2_b_2 = (_c0 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(1, 16, 1) * _c3.permute(0, 1, 3, 2).reshape(n, 16, 1)
     del _c0, _c3
     # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c4 = torch.mm(d2_d_weight[16:32].view(16).reshape(16, 1), cg_0_1_1.reshape(1, 9)).view(16, 1, 3, 3)  # u,ijk->uijk
     _c5 = a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_d_c_3 = torch.bmm((_c4 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3), _c5.permute(1, 2, 3, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    d2_d_c_3 = ((_c4 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3) * _c5.reshape(n, 16, 1, 3)).sum((3,))
     del _c5
     # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c6 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
     d2_a_4 = torch.bmm((_c4 * 0.8660254037844386).reshape(16, 1, 9), _c6.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zujk->zui
     # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     _c7 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * a[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_b_5 = torch.bmm((_c4 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 3, 3), _c7.permute(1, 3, 2, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    d2_b_5 = ((_c4 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(1, 16, 3, 3) * _c7.permute(0, 1, 3, 2).reshape(n, 16, 1, 3)).sum((3,))
     del _c4, _c7
     # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
     _c8 = torch.mm(d2_d_weight[32:48].view(16).reshape(16, 1), cg_0_2_2.reshape(1, 25)).view(16, 1, 5, 5)  # u,ijk->uijk
@@ -19261,11 +19261,11 @@ def _elementwise_tp_d2_weight(
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
     _c12 = torch.mm(d2_d_weight[48:64].view(16).reshape(16, 1), cg_1_0_1.reshape(1, 9)).view(16, 3, 1, 3)  # u,ijk->uijk
     _c13 = a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_d_c_9 = torch.bmm((_c12 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 3), _c13.permute(1, 2, 3, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    d2_d_c_9 = ((_c12 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(1, 16, 3, 3) * _c13.reshape(n, 16, 1, 3)).sum((3,))
     del _c13
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
     _c14 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1) * b[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1)
-    d2_a_10 = torch.bmm((_c12 * 0.8660254037844386).reshape(16, 3, 3), _c14.permute(1, 3, 2, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zukj->zui
+    d2_a_10 = ((_c12 * 0.8660254037844386).reshape(1, 16, 3, 3) * _c14.permute(0, 1, 3, 2).reshape(n, 16, 1, 3)).sum((3,))
     del _c14
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
     _c15 = d_c[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 3, 1)
@@ -19277,11 +19277,11 @@ def _elementwise_tp_d2_weight(
     d2_d_c_12 = torch.bmm((_c16 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 1, 9), _c17.permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c18 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * b[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_a_13 = torch.bmm((_c16 * 0.5773502691896257).reshape(16, 3, 3), _c18.permute(1, 3, 2, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zukj->zui
+    d2_a_13 = ((_c16 * 0.5773502691896257).reshape(1, 16, 3, 3) * _c18.permute(0, 1, 3, 2).reshape(n, 16, 1, 3)).sum((3,))
     del _c18
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     _c19 = d_c[:, 0:16].reshape(n, 16, 1).reshape(n, 16, 1, 1) * a[:, 16:64].reshape(n, 16, 3).reshape(n, 16, 1, 3)
-    d2_b_14 = torch.bmm((_c16 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(16, 3, 3), _c19.permute(1, 3, 2, 0).reshape(16, 3, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    d2_b_14 = ((_c16 * 0.5773502691896257).permute(0, 2, 1, 3).reshape(1, 16, 3, 3) * _c19.permute(0, 1, 3, 2).reshape(n, 16, 1, 3)).sum((3,))
     del _c16, _c19
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
     _c20 = torch.mm(d2_d_weight[80:96].view(16).reshape(16, 1), cg_1_1_2.reshape(1, 45)).view(16, 3, 3, 5)  # u,ijk->uijk
@@ -20876,13 +20876,13 @@ def _full_tp_d2_a(
     """the vector-Jacobian product of full_tp_d for the cotangent of d_a: a (n, 16), b (n, 32), d_c (n, 224), d2_d_a (n, 16) -> d2_a (n, 16), d2_b (n, 32), d2_d_c (n, 224), d2_weight (160,)."""
     n = a.shape[0]
     # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    _c0 = torch.bmm(d2_d_a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8)).view(n, 1, 4, 1, 8)  # zui,zvj->ziujv
+    _c0 = d2_d_a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 4, 1, 1) * b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 1, 1, 8)
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
-    d2_d_c_0 = torch.bmm((_c1 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 1, 1).transpose(1, 2), _c0.permute(2, 4, 0, 1, 3).reshape(32, n, 1).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # ziujv,ijkuv->zuvk
+    d2_d_c_0 = _c0.permute(0, 2, 4, 1, 3).reshape(n, 4, 8, 1) * (_c1 * 0.7071067811865476).permute(3, 4, 2, 0, 1).reshape(1, 4, 8, 1)
     del _c0
     # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    _c2 = torch.bmm(d2_d_a[:, 0:4].reshape(n, 4, 1).reshape(n * 4, 1, 1), d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n * 4, 1, 8)).view(n, 4, 1, 1, 8)  # zui,zuvk->zuikv
-    d2_b_1 = torch.bmm((_c1 * 0.7071067811865476).permute(4, 3, 0, 2, 1).reshape(8, 4, 1).transpose(1, 2), _c2.permute(4, 0, 1, 2, 3).reshape(8, n, 4).transpose(1, 2)).view(8, 1, n).permute(2, 0, 1)  # zuikv,ijkuv->zvj
+    _c2 = d2_d_a[:, 0:4].reshape(n, 4, 1).reshape(n, 4, 1, 1, 1) * d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 1, 8)
+    d2_b_1 = (_c2.permute(0, 4, 2, 3, 1).reshape(n, 8, 1, 4) * (_c1 * 0.7071067811865476).permute(4, 1, 0, 2, 3).reshape(1, 8, 1, 4)).sum((3,))
     del _c1
     # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
     _c3 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _c2.permute(4, 0, 2, 3, 1).reshape(8, n, 4)).view(8, 1, 1, 1, 4)  # zvj,zuikv->vjiku
@@ -20890,13 +20890,13 @@ def _full_tp_d2_a(
     d2_weight_2 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
     del _c3
     # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    _c4 = torch.bmm(d2_d_a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 24)).view(n, 1, 4, 3, 8)  # zui,zvj->ziujv
+    _c4 = d2_d_a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 4, 1, 1) * b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 1, 3, 8)
     _c5 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
-    d2_d_c_3 = torch.bmm((_c5 * 1.224744871391589).reshape(32, 3, 3).transpose(1, 2), _c4.permute(2, 4, 0, 1, 3).reshape(32, n, 3).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # ziujv,uvijk->zuvk
+    d2_d_c_3 = (_c4.permute(0, 2, 4, 1, 3).reshape(n, 4, 8, 1, 3) * (_c5 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3)).sum((4,))
     del _c4, _c5
     # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    _c6 = torch.bmm(d2_d_a[:, 0:4].reshape(n, 4, 1).reshape(n * 4, 1, 1), d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n * 4, 1, 24)).view(n, 4, 1, 3, 8)  # zui,zuvk->zuikv
-    _c7 = torch.bmm(weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c6.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 3)).view(8, n, 1, 3)  # uv,zuikv->vzik
+    _c6 = d2_d_a[:, 0:4].reshape(n, 4, 1).reshape(n, 4, 1, 1, 1) * d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 1, 3, 8)
+    _c7 = (weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _c6.permute(4, 0, 2, 3, 1).reshape(8, n, 1, 3, 4)).sum((4,))
     d2_b_4 = torch.mm(_c7.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_0_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
     del _c7
     # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
@@ -20904,27 +20904,27 @@ def _full_tp_d2_a(
     d2_weight_5 = torch.bmm((_c8 * 1.224744871391589).permute(3, 2, 0, 1).reshape(8, n * 3, 1).transpose(1, 2), _c6.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zuikv,ikzv->uv
     del _c6, _c8
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    _c9 = torch.bmm(d2_d_a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 12, 1), b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8)).view(n, 3, 4, 1, 8)  # zui,zvj->ziujv
+    _c9 = d2_d_a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 3, 4, 1, 1) * b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 1, 1, 8)
     _c10 = torch.mm(weight[64:96].view(4, 8).reshape(1, 32).t(), cg_1_0_1.reshape(9, 1).t()).view(4, 8, 3, 1, 3)  # ijk,uv->uvijk
-    d2_d_c_6 = torch.bmm((_c10 * 1.224744871391589).reshape(32, 3, 3).transpose(1, 2), _c9.permute(2, 4, 0, 1, 3).reshape(32, n, 3).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # ziujv,uvijk->zuvk
+    d2_d_c_6 = (_c9.permute(0, 2, 4, 1, 3).reshape(n, 4, 8, 1, 3) * (_c10 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3)).sum((4,))
     del _c9
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    _c11 = torch.bmm(d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3, 1), d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n * 4, 1, 24)).view(n, 4, 3, 3, 8)  # zui,zuvk->zuikv
+    _c11 = d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 3, 1, 1) * d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 1, 3, 8)
     d2_b_7 = torch.bmm((_c10 * 1.224744871391589).permute(1, 0, 2, 4, 3).reshape(8, 36, 1).transpose(1, 2), _c11.permute(4, 0, 1, 2, 3).reshape(8, n, 36).transpose(1, 2)).view(8, 1, n).permute(2, 0, 1)  # zuikv,uvijk->zvj
     del _c10, _c11
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
     _c12 = torch.mm(d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3), cg_1_0_1.reshape(3, 3)).view(n, 4, 1, 3)  # zui,ijk->zujk
-    _c13 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).reshape(n * 8, 1, 1).transpose(1, 2), d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 1, 3).reshape(n * 8, 12, 1).transpose(1, 2)).view(n, 8, 1, 4, 3).permute(0, 1, 4, 3, 2)  # zuvk,zvj->zvkuj
+    _c13 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 3, 4, 1) * b[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1, 1)
     d2_weight_8 = torch.bmm((_c12 * 1.224744871391589).permute(1, 0, 2, 3).reshape(4, 1, n * 3), _c13.permute(3, 0, 4, 2, 1).reshape(4, n * 3, 8)).view(4, 8)  # zujk,zvkuj->uv
     del _c12, _c13
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    _c14 = torch.bmm(d2_d_a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 12, 1), b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 24)).view(n, 3, 4, 3, 8)  # zui,zvj->ziujv
+    _c14 = d2_d_a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 3, 4, 1, 1) * b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 1, 3, 8)
     _c15 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
     d2_d_c_9 = torch.bmm((_c15 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _c14.permute(2, 4, 0, 1, 3).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # ziujv,ijkuv->zuvk
     del _c15
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    _c16 = torch.bmm(d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3, 1), d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n * 4, 1, 8)).view(n, 4, 3, 1, 8)  # zui,zuvk->zuikv
-    _c17 = torch.bmm(weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c16.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 3)).view(8, n, 3, 1)  # uv,zuikv->vzik
+    _c16 = d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 3, 1, 1) * d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 1, 8)
+    _c17 = (weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _c16.permute(4, 0, 2, 3, 1).reshape(8, n, 3, 1, 4)).sum((4,))
     d2_b_10 = torch.mm(_c17.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_1_1_0 * 0.7071067811865476).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
     del _c17
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
@@ -20936,7 +20936,7 @@ def _full_tp_d2_a(
     d2_d_c_12 = torch.bmm((_c19 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _c14.permute(2, 4, 0, 1, 3).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # ziujv,uvijk->zuvk
     del _c14, _c19
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
-    _c20 = torch.bmm(d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3, 1), d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n * 4, 1, 24)).view(n, 4, 3, 3, 8)  # zui,zuvk->zuikv
+    _c20 = d2_d_a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 3, 1, 1) * d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 1, 3, 8)
     _c21 = torch.bmm(weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c20.permute(4, 1, 0, 2, 3).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zuikv->vzik
     d2_b_13 = torch.mm(_c21.permute(2, 3, 1, 0).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,vzik->zvj
     del _c21
@@ -21609,13 +21609,13 @@ def _full_tp_d2_b(
     """the vector-Jacobian product of full_tp_d for the cotangent of d_b: a (n, 16), b (n, 32), d_c (n, 224), d2_d_b (n, 32) -> d2_a (n, 16), d2_b (n, 32), d2_d_c (n, 224), d2_weight (160,)."""
     n = a.shape[0]
     # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    _c0 = torch.bmm(d2_d_b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8, 1), a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 4)).view(n, 1, 8, 1, 4)  # zvj,zui->zjviu
+    _c0 = d2_d_b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8, 1, 1) * a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 1, 1, 4)
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8).permute(0, 1, 2, 4, 3)  # ijk,uv->ijkvu
-    d2_d_c_0 = torch.bmm((_c1 * 0.7071067811865476).permute(3, 4, 1, 0, 2).reshape(32, 1, 1).transpose(1, 2), _c0.permute(2, 4, 0, 1, 3).reshape(32, n, 1).transpose(1, 2)).view(8, 4, 1, n).permute(3, 1, 0, 2)  # zjviu,ijkvu->zuvk
+    d2_d_c_0 = _c0.permute(0, 4, 2, 3, 1).reshape(n, 4, 8, 1) * (_c1 * 0.7071067811865476).permute(4, 3, 2, 0, 1).reshape(1, 4, 8, 1)
     del _c0
     # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    _c2 = torch.bmm(d2_d_b[:, 0:8].reshape(n, 8, 1).reshape(n * 8, 1, 1), d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n * 8, 1, 4)).view(n, 8, 1, 1, 4)  # zvj,zuvk->zvjku
-    d2_a_1 = torch.bmm((_c1 * 0.7071067811865476).permute(4, 3, 1, 2, 0).reshape(4, 8, 1).transpose(1, 2), _c2.permute(4, 0, 1, 2, 3).reshape(4, n, 8).transpose(1, 2)).view(4, 1, n).permute(2, 0, 1)  # zvjku,ijkvu->zui
+    _c2 = d2_d_b[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1, 1) * d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n, 8, 1, 1, 4)
+    d2_a_1 = (_c2.permute(0, 4, 2, 3, 1).reshape(n, 4, 1, 8) * (_c1 * 0.7071067811865476).permute(4, 0, 1, 2, 3).reshape(1, 4, 1, 8)).sum((3,))
     del _c1
     # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
     _c3 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(1, 2, 0).reshape(4, 1, n), _c2.permute(4, 0, 2, 3, 1).reshape(4, n, 8)).view(4, 1, 1, 1, 8)  # zui,zvjku->uijkv
@@ -21623,12 +21623,12 @@ def _full_tp_d2_b(
     d2_weight_2 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.permute(1, 2, 3, 0, 4).reshape(1, 32)).view(4, 8)  # ijk,uijkv->uv
     del _c3
     # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    _c4 = torch.bmm(d2_d_b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 24, 1), a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 4)).view(n, 3, 8, 1, 4)  # zvj,zui->zjviu
+    _c4 = d2_d_b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8, 1, 1) * a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 1, 1, 4)
     _c5 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
-    d2_d_c_3 = torch.bmm((_c5 * 1.224744871391589).permute(0, 1, 3, 2, 4).reshape(32, 3, 3).transpose(1, 2), _c4.permute(4, 2, 0, 1, 3).reshape(32, n, 3).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # zjviu,uvijk->zuvk
+    d2_d_c_3 = (_c4.permute(0, 4, 2, 3, 1).reshape(n, 4, 8, 1, 3) * (_c5 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3)).sum((4,))
     del _c4
     # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    _c6 = torch.bmm(d2_d_b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3, 1), d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 1, 12)).view(n, 8, 3, 3, 4)  # zvj,zuvk->zvjku
+    _c6 = d2_d_b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 3, 1, 1) * d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 1, 3, 4)
     d2_a_4 = torch.bmm((_c5 * 1.224744871391589).permute(0, 1, 3, 4, 2).reshape(4, 72, 1).transpose(1, 2), _c6.permute(4, 0, 1, 2, 3).reshape(4, n, 72).transpose(1, 2)).view(4, 1, n).permute(2, 0, 1)  # zvjku,uvijk->zui
     del _c5
     # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
@@ -21637,13 +21637,13 @@ def _full_tp_d2_b(
     d2_weight_5 = torch.mm((cg_0_1_1 * 1.224744871391589).reshape(1, 9), _c7.permute(1, 3, 4, 0, 2).reshape(9, 32)).view(4, 8)  # ijk,uivjk->uv
     del _c7
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    _c8 = torch.bmm(d2_d_b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8, 1), a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 1, 12)).view(n, 1, 8, 3, 4)  # zvj,zui->zjviu
+    _c8 = d2_d_b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8, 1, 1) * a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 1, 1, 3, 4)
     _c9 = torch.mm(weight[64:96].view(4, 8).reshape(1, 32).t(), cg_1_0_1.reshape(9, 1).t()).view(4, 8, 3, 1, 3)  # ijk,uv->uvijk
-    d2_d_c_6 = torch.bmm((_c9 * 1.224744871391589).permute(0, 1, 3, 2, 4).reshape(32, 3, 3).transpose(1, 2), _c8.permute(4, 2, 0, 1, 3).reshape(32, n, 3).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # zjviu,uvijk->zuvk
+    d2_d_c_6 = (_c8.permute(0, 4, 2, 3, 1).reshape(n, 4, 8, 1, 3) * (_c9 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3)).sum((4,))
     del _c8, _c9
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    _c10 = torch.bmm(d2_d_b[:, 0:8].reshape(n, 8, 1).reshape(n * 8, 1, 1), d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 1, 12)).view(n, 8, 1, 3, 4)  # zvj,zuvk->zvjku
-    _c11 = torch.bmm(weight[64:96].view(4, 8).reshape(4, 1, 8), _c10.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 3)).view(4, n, 1, 3)  # uv,zvjku->uzjk
+    _c10 = d2_d_b[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1, 1) * d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 1, 3, 4)
+    _c11 = (weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _c10.permute(4, 0, 2, 3, 1).reshape(4, n, 1, 3, 8)).sum((4,))
     d2_a_7 = torch.mm(_c11.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_0_1 * 1.224744871391589).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
     del _c11
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
@@ -21651,13 +21651,13 @@ def _full_tp_d2_b(
     d2_weight_8 = torch.bmm((_c12 * 1.224744871391589).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _c10.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zvjku,jkzu->uv
     del _c10, _c12
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _c13 = torch.bmm(d2_d_b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 24, 1), a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 1, 12)).view(n, 3, 8, 3, 4)  # zvj,zui->zjviu
+    _c13 = d2_d_b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8, 1, 1) * a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 1, 1, 3, 4)
     _c14 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
     d2_d_c_9 = torch.bmm((_c14 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _c13.permute(4, 2, 0, 3, 1).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # zjviu,ijkuv->zuvk
     del _c14
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _c15 = torch.bmm(d2_d_b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3, 1), d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n * 8, 1, 4)).view(n, 8, 3, 1, 4)  # zvj,zuvk->zvjku
-    _c16 = torch.bmm(weight[96:128].view(4, 8).reshape(4, 1, 8), _c15.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 3)).view(4, n, 3, 1)  # uv,zvjku->uzjk
+    _c15 = d2_d_b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 3, 1, 1) * d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n, 8, 1, 1, 4)
+    _c16 = (weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _c15.permute(4, 0, 2, 3, 1).reshape(4, n, 3, 1, 8)).sum((4,))
     d2_a_10 = torch.mm(_c16.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_1_0 * 0.7071067811865476).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
     del _c16
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
@@ -21669,7 +21669,7 @@ def _full_tp_d2_b(
     d2_d_c_12 = torch.bmm((_c18 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _c13.permute(4, 2, 0, 3, 1).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # zjviu,uvijk->zuvk
     del _c13, _c18
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    _c19 = torch.bmm(d2_d_b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 3, 1), d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 1, 12)).view(n, 8, 3, 3, 4)  # zvj,zuvk->zvjku
+    _c19 = d2_d_b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 3, 1, 1) * d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 1, 3, 4)
     _c20 = torch.bmm(weight[128:160].view(4, 8).reshape(4, 1, 8), _c19.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zvjku->uzjk
     d2_a_13 = torch.mm(_c20.permute(2, 3, 1, 0).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,uzjk->zui
     del _c20
@@ -22393,61 +22393,61 @@ def _full_tp_d2_weight(
     n = a.shape[0]
     # ∂/∂d_c: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
     _c0 = torch.mm(d2_d_weight[0:32].view(4, 8).reshape(32, 1), cg_0_0_0.reshape(1, 1)).view(4, 8, 1, 1, 1)  # uv,ijk->uvijk
-    _c1 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8)).view(n, 1, 4, 1, 8)  # zui,zvj->ziujv
-    d2_d_c_0 = (_c0 * 0.7071067811865476).reshape(1, 4, 8, 1) * _c1.reshape(n, 4, 8, 1)
+    _c1 = a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 4, 1, 1) * b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 1, 1, 8)
+    d2_d_c_0 = (_c0 * 0.7071067811865476).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 1) * _c1.permute(0, 2, 4, 1, 3).reshape(n, 4, 8, 1)
     del _c1
     # ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    _c2 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).reshape(n * 8, 1, 1).transpose(1, 2), d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 1, 3).reshape(n * 8, 4, 1).transpose(1, 2)).view(n, 8, 1, 4, 1).permute(0, 1, 4, 3, 2)  # zuvk,zvj->zvkuj
-    d2_a_1 = torch.bmm((_c0 * 0.7071067811865476).permute(0, 2, 1, 3, 4).reshape(4, 1, 8), _c2.permute(3, 1, 4, 2, 0).reshape(4, 8, n)).view(4, 1, n).permute(2, 0, 1)  # uvijk,zvkuj->zui
+    _c2 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n, 8, 1, 4, 1) * b[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1, 1)
+    d2_a_1 = ((_c0 * 0.7071067811865476).permute(0, 2, 3, 4, 1).reshape(1, 4, 1, 8) * _c2.permute(0, 3, 4, 2, 1).reshape(n, 4, 1, 8)).sum((3,))
     del _c2
     # ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    _c3 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).reshape(n * 4, 1, 1).transpose(1, 2), d_c[:, 0:32].reshape(n, 4, 8, 1).reshape(n * 4, 8, 1).transpose(1, 2)).view(n, 4, 1, 8, 1).permute(0, 1, 4, 3, 2)  # zuvk,zui->zukvi
-    d2_b_2 = torch.bmm((_c0 * 0.7071067811865476).permute(1, 3, 0, 2, 4).reshape(8, 1, 4), _c3.permute(3, 1, 4, 2, 0).reshape(8, 4, n)).view(8, 1, n).permute(2, 0, 1)  # uvijk,zukvi->zvj
+    _c3 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 8, 1) * a[:, 0:4].reshape(n, 4, 1).reshape(n, 4, 1, 1, 1)
+    d2_b_2 = ((_c0 * 0.7071067811865476).permute(1, 3, 2, 4, 0).reshape(1, 8, 1, 4) * _c3.permute(0, 3, 4, 2, 1).reshape(n, 8, 1, 4)).sum((3,))
     del _c0, _c3
     # ∂/∂d_c: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
     _c4 = torch.mm(d2_d_weight[32:64].view(4, 8).reshape(32, 1), cg_0_1_1.reshape(1, 9)).view(4, 8, 1, 3, 3)  # uv,ijk->uvijk
-    _c5 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3).reshape(n, 1, 24)).view(n, 1, 4, 8, 3)  # zui,zvj->ziuvj
-    d2_d_c_3 = torch.bmm((_c4 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(32, 3, 3), _c5.permute(2, 3, 1, 4, 0).reshape(32, 3, n)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # uvijk,ziuvj->zuvk
+    _c5 = a[:, 0:4].reshape(n, 4, 1).permute(0, 2, 1).reshape(n, 1, 4, 1, 1) * b[:, 8:32].reshape(n, 8, 3).reshape(n, 1, 1, 8, 3)
+    d2_d_c_3 = ((_c4 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3) * _c5.permute(0, 2, 3, 1, 4).reshape(n, 4, 8, 1, 3)).sum((4,))
     del _c5
     # ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    _c6 = torch.bmm(d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 12, 1), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 1, 3)).view(n, 8, 3, 4, 3)  # zuvk,zvj->zvkuj
+    _c6 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 3, 4, 1) * b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 1, 1, 3)
     d2_a_4 = torch.bmm((_c4 * 1.224744871391589).permute(0, 2, 1, 3, 4).reshape(4, 1, 72), _c6.permute(3, 1, 4, 2, 0).reshape(4, 72, n)).view(4, 1, n).permute(2, 0, 1)  # uvijk,zvkuj->zui
     del _c4, _c6
     # ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    _c7 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).reshape(n * 4, 1, 1).transpose(1, 2), d_c[:, 32:128].reshape(n, 4, 8, 3).reshape(n * 4, 24, 1).transpose(1, 2)).view(n, 4, 1, 8, 3).permute(0, 1, 4, 3, 2)  # zuvk,zui->zukvi
-    _c8 = torch.bmm(d2_d_weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c7.permute(3, 1, 0, 4, 2).reshape(8, 4, n * 3)).view(8, n, 1, 3)  # uv,zukvi->vzik
+    _c7 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 3, 8, 1) * a[:, 0:4].reshape(n, 4, 1).reshape(n, 4, 1, 1, 1)
+    _c8 = (d2_d_weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _c7.permute(3, 0, 4, 2, 1).reshape(8, n, 1, 3, 4)).sum((4,))
     del _c7
     d2_b_5 = torch.mm(_c8.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_0_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
     del _c8
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
     _c9 = torch.mm(d2_d_weight[64:96].view(4, 8).reshape(32, 1), cg_1_0_1.reshape(1, 9)).view(4, 8, 3, 1, 3)  # uv,ijk->uvijk
-    _c10 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8).transpose(1, 2), a[:, 4:16].reshape(n, 4, 3).reshape(n, 12, 1).transpose(1, 2)).view(n, 1, 8, 4, 3)  # zui,zvj->zjvui
-    d2_d_c_6 = torch.bmm((_c9 * 1.224744871391589).permute(1, 0, 4, 2, 3).reshape(32, 3, 3), _c10.permute(2, 3, 4, 1, 0).reshape(32, 3, n)).view(8, 4, 3, n).permute(3, 1, 0, 2)  # uvijk,zjvui->zuvk
+    _c10 = a[:, 4:16].reshape(n, 4, 3).reshape(n, 1, 1, 4, 3) * b[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 1, 8, 1, 1)
+    d2_d_c_6 = ((_c9 * 1.224744871391589).permute(0, 1, 4, 2, 3).reshape(1, 4, 8, 3, 3) * _c10.permute(0, 3, 2, 4, 1).reshape(n, 4, 8, 1, 3)).sum((4,))
     del _c10
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    _c11 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).reshape(n * 8, 1, 1).transpose(1, 2), d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 1, 3).reshape(n * 8, 12, 1).transpose(1, 2)).view(n, 8, 1, 4, 3).permute(0, 1, 4, 3, 2)  # zuvk,zvj->zvkuj
-    _c12 = torch.bmm(d2_d_weight[64:96].view(4, 8).reshape(4, 1, 8), _c11.permute(3, 1, 0, 4, 2).reshape(4, 8, n * 3)).view(4, n, 1, 3)  # uv,zvkuj->uzjk
+    _c11 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 3, 4, 1) * b[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1, 1)
+    _c12 = (d2_d_weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _c11.permute(3, 0, 4, 2, 1).reshape(4, n, 1, 3, 8)).sum((4,))
     del _c11
     d2_a_7 = torch.mm(_c12.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_0_1 * 1.224744871391589).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
     del _c12
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    _c13 = torch.bmm(d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n * 4, 24, 1), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 1, 3)).view(n, 4, 3, 8, 3)  # zuvk,zui->zukvi
+    _c13 = d_c[:, 32:128].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 3, 8, 1) * a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 1, 1, 3)
     d2_b_8 = torch.bmm((_c9 * 1.224744871391589).permute(1, 3, 0, 2, 4).reshape(8, 1, 36), _c13.permute(3, 1, 4, 2, 0).reshape(8, 36, n)).view(8, 1, n).permute(2, 0, 1)  # uvijk,zukvi->zvj
     del _c13, _c9
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
     _c14 = torch.mm(d2_d_weight[96:128].view(4, 8).reshape(32, 1), cg_1_1_0.reshape(1, 9)).view(4, 8, 3, 3, 1)  # uv,ijk->uvijk
-    _c15 = torch.bmm(a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 12, 1), b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 24)).view(n, 3, 4, 3, 8)  # zui,zvj->ziujv
+    _c15 = a[:, 4:16].reshape(n, 4, 3).permute(0, 2, 1).reshape(n, 3, 4, 1, 1) * b[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 1, 1, 3, 8)
     d2_d_c_9 = torch.bmm((_c14 * 0.7071067811865476).permute(0, 1, 4, 2, 3).reshape(32, 1, 9), _c15.permute(2, 4, 1, 3, 0).reshape(32, 9, n)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # uvijk,ziujv->zuvk
     del _c14
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
-    _c16 = torch.bmm(d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n * 8, 4, 1), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 1, 3)).view(n, 8, 1, 4, 3)  # zuvk,zvj->zvkuj
-    _c17 = torch.bmm(d2_d_weight[96:128].view(4, 8).reshape(4, 1, 8), _c16.permute(3, 1, 0, 4, 2).reshape(4, 8, n * 3)).view(4, n, 3, 1)  # uv,zvkuj->uzjk
+    _c16 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 2, 3, 1).reshape(n, 8, 1, 4, 1) * b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 1, 1, 3)
+    _c17 = (d2_d_weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _c16.permute(3, 0, 4, 2, 1).reshape(4, n, 3, 1, 8)).sum((4,))
     del _c16
     d2_a_10 = torch.mm(_c17.permute(2, 3, 1, 0).reshape(3, n * 4).t(), (cg_1_1_0 * 0.7071067811865476).reshape(3, 3).t()).view(n, 4, 3)  # ijk,uzjk->zui
     del _c17
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
-    _c18 = torch.bmm(d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n * 4, 8, 1), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 1, 3)).view(n, 4, 1, 8, 3)  # zuvk,zui->zukvi
-    _c19 = torch.bmm(d2_d_weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c18.permute(3, 1, 0, 4, 2).reshape(8, 4, n * 3)).view(8, n, 3, 1)  # uv,zukvi->vzik
+    _c18 = d_c[:, 0:32].reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 8, 1) * a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 1, 1, 3)
+    _c19 = (d2_d_weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _c18.permute(3, 0, 4, 2, 1).reshape(8, n, 3, 1, 4)).sum((4,))
     del _c18
     d2_b_11 = torch.mm(_c19.permute(2, 3, 1, 0).reshape(3, n * 8).t(), (cg_1_1_0 * 0.7071067811865476).permute(1, 0, 2).reshape(3, 3).t()).view(n, 8, 3)  # ijk,vzik->zvj
     del _c19
@@ -22456,13 +22456,13 @@ def _full_tp_d2_weight(
     d2_d_c_12 = torch.bmm((_c20 * 1.7320508075688772).permute(0, 1, 4, 2, 3).reshape(32, 3, 9), _c15.permute(2, 4, 1, 3, 0).reshape(32, 9, n)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # uvijk,ziujv->zuvk
     del _c15, _c20
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
-    _c21 = torch.bmm(d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n * 8, 12, 1), b[:, 8:32].reshape(n, 8, 3).reshape(n * 8, 1, 3)).view(n, 8, 3, 4, 3)  # zuvk,zvj->zvkuj
+    _c21 = d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 2, 3, 1).reshape(n, 8, 3, 4, 1) * b[:, 8:32].reshape(n, 8, 3).reshape(n, 8, 1, 1, 3)
     _c22 = torch.bmm(d2_d_weight[128:160].view(4, 8).reshape(4, 1, 8), _c21.permute(3, 1, 0, 4, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zvkuj->uzjk
     del _c21
     d2_a_13 = torch.mm(_c22.permute(2, 3, 1, 0).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,uzjk->zui
     del _c22
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
-    _c23 = torch.bmm(d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n * 4, 24, 1), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 1, 3)).view(n, 4, 3, 8, 3)  # zuvk,zui->zukvi
+    _c23 = d_c[:, 128:224].reshape(n, 4, 8, 3).permute(0, 1, 3, 2).reshape(n, 4, 3, 8, 1) * a[:, 4:16].reshape(n, 4, 3).reshape(n, 4, 1, 1, 3)
     _c24 = torch.bmm(d2_d_weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _c23.permute(3, 1, 0, 4, 2).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zukvi->vzik
     del _c23
     d2_b_14 = torch.mm(_c24.permute(2, 3, 1, 0).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,vzik->zvj
@@ -24147,8 +24147,8 @@ def _tp_then_linear_d2_x(
     # ∂/∂t: 8x0e -> 8x0e
     d_t_1 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    _c0 = d2_d_x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
-    d2_d_t_2 = weight[0:8].view(1, 8).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
+    _c0 = d2_d_x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1)
+    d2_d_t_2 = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
     del _c0
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
     d_t = torch.cat([
@@ -24158,26 +24158,26 @@ def _tp_then_linear_d2_x(
     ], dim=-1)
     del d_t_0, d_t_1
     _c1 = d2_d_x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1)
-    d2__m_t_0_3 = torch.mm(_c1.permute(1, 0, 2, 3).reshape(8, n).t(), weight[0:8].view(1, 8).t()).view(n, 1, 1, 1)  # pu,zuik->zikp
+    d2__m_t_0_3 = (weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c1.permute(0, 2, 3, 1).reshape(n, 1, 1, 1, 8)).sum((4,))
     # ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
     d2_weight_4 = torch.mm(_m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c1.permute(0, 2, 3, 1).reshape(n, 8)).view(1, 8)  # zikp,zuik->pu
     del _c1
     # ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    _c2 = torch.bmm(weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1).transpose(1, 2), d2_d_x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1).transpose(1, 2)).view(8, 1, n, 1).permute(0, 2, 3, 1)  # zui,pu->uzip
-    d2_d_t_5 = torch.bmm(_c2.permute(1, 2, 3, 0).reshape(n, 1, 8).transpose(1, 2), _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,uzip->zuk
+    _c2 = d2_d_x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    d2_d_t_5 = _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c2.permute(1, 0, 2, 3).reshape(n, 8, 1)
     del _c2
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    _c3 = torch.bmm(d2_d_x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1), d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 1, 3)).view(8, n, 1, 3)  # zui,zuk->uzik
-    d2__m_t_0_6 = torch.mm(_c3.reshape(8, n * 3).t(), weight[8:16].view(1, 8).t()).view(n, 1, 3, 1)  # pu,uzik->zikp
+    _c3 = d2_d_x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    d2__m_t_0_6 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _c3.permute(1, 2, 3, 0).reshape(n, 1, 3, 1, 8)).sum((4,))
     # ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
     d2_weight_7 = torch.mm(_m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(3, 0, 1, 2).reshape(1, n * 3), _c3.permute(1, 2, 3, 0).reshape(n * 3, 8)).view(1, 8)  # zikp,uzik->pu
     del _c3
     # ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
     _c4 = torch.bmm(_m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), d2_d_x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2)  # zui,zikp->zukp
-    d2_d_t_8 = weight[24:32].view(1, 8).reshape(1, 8, 1) * _c4.reshape(n, 8, 1)
+    d2_d_t_8 = weight[24:32].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c4.reshape(n, 8, 1)
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _c5 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1).transpose(1, 2), d2_d_x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1).transpose(1, 2)).view(8, n, 1, 3).permute(0, 1, 3, 2)  # zui,zuk->uzik
-    d2__m_t_0_9 = torch.mm(_c5.reshape(8, n * 3).t(), weight[24:32].view(1, 8).t()).view(n, 3, 1, 1)  # pu,uzik->zikp
+    _c5 = d2_d_x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
+    d2__m_t_0_9 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _c5.permute(1, 2, 3, 0).reshape(n, 3, 1, 1, 8)).sum((4,))
     del _c5
     # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
     d2_weight_10 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c4.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
@@ -24185,9 +24185,9 @@ def _tp_then_linear_d2_x(
     # ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
     _c6 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), d2_d_x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zui,zikp->zkpu
     del _m_t_0
-    d2_d_t_11 = torch.bmm(weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c6.permute(3, 2, 0, 1).reshape(8, 1, n * 3)).view(8, n, 3).permute(1, 0, 2)  # pu,zkpu->zuk
+    d2_d_t_11 = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c6.permute(0, 3, 1, 2).reshape(n, 8, 3)
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    _c7 = torch.bmm(d2_d_x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1), d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 1, 3)).view(8, n, 3, 3)  # zui,zuk->uzik
+    _c7 = d2_d_x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
     d2__m_t_0_12 = torch.mm(_c7.reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,uzik->zikp
     del _c7
     # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
@@ -24683,8 +24683,8 @@ def _tp_then_linear_d2_y(
     # ∂/∂d__m_t_0: ∂/∂y: every path's (i, k) map at once: y · G
     d2_d__m_t_0 = torch.mm(d2_d_y.reshape(n, 4), _g_t_0).view(n, 16)  # zj,jc->zc
     # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
-    _c0 = d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 1, 1, 8)
-    d2_d_t_2 = torch.bmm(weight[0:8].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c0.permute(3, 2, 0, 1).reshape(8, 1, n)).view(8, n, 1).permute(1, 0, 2)  # pu,zkpu->zuk
+    _c0 = d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 1, 1, 8)
+    d2_d_t_2 = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c0.permute(0, 3, 1, 2).reshape(n, 8, 1)
     del _c0
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
     d_t = torch.cat([
@@ -24693,39 +24693,39 @@ def _tp_then_linear_d2_y(
         weight.new_zeros(n, 24),
     ], dim=-1)
     del d_t_0, d_t_1
-    _c1 = d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 1, 1, 8)
-    d2_x_3 = torch.bmm(weight[0:8].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c1.permute(3, 2, 0, 1).reshape(8, 1, n)).view(8, n, 1).permute(1, 0, 2)  # pu,zipu->zui
+    _c1 = d2_d__m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 1, 1, 8)
+    d2_x_3 = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c1.permute(0, 3, 1, 2).reshape(n, 8, 1)
     # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
     d2_weight_4 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c1.permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
     del _c1
     # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    _c2 = torch.bmm(weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1).transpose(1, 2), x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1).transpose(1, 2)).view(8, 1, n, 1).permute(0, 2, 3, 1)  # zui,pu->uzip
-    d2_d_t_5 = torch.bmm(_c2.permute(1, 2, 3, 0).reshape(n, 1, 8).transpose(1, 2), d2_d__m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,uzip->zuk
+    _c2 = x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    d2_d_t_5 = d2_d__m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c2.permute(1, 0, 2, 3).reshape(n, 8, 1)
     del _c2
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
     _c3 = torch.bmm(d2_d__m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 1, 3, 2).reshape(n, 1, 3), d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 1, 1, 8)  # zikp,zuk->zipu
-    d2_x_6 = torch.bmm(weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c3.permute(3, 2, 0, 1).reshape(8, 1, n)).view(8, n, 1).permute(1, 0, 2)  # pu,zipu->zui
+    d2_x_6 = weight[8:16].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c3.permute(0, 3, 1, 2).reshape(n, 8, 1)
     # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
     d2_weight_7 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c3.permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
     del _c3
     # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
     _c4 = torch.bmm(d2_d__m_t_0[:, 4:7].reshape(n, 3, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 3), x[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 1, 1, 8)  # zikp,zui->zkpu
-    d2_d_t_8 = torch.bmm(weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c4.permute(3, 2, 0, 1).reshape(8, 1, n)).view(8, n, 1).permute(1, 0, 2)  # pu,zkpu->zuk
+    d2_d_t_8 = weight[24:32].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c4.permute(0, 3, 1, 2).reshape(n, 8, 1)
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    _c5 = torch.bmm(weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1).transpose(1, 2), d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1).transpose(1, 2)).view(8, 1, n, 1).permute(0, 2, 3, 1)  # zuk,pu->uzkp
-    d2_x_9 = torch.bmm(_c5.permute(1, 2, 3, 0).reshape(n, 1, 8).transpose(1, 2), d2_d__m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,uzkp->zui
+    _c5 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    d2_x_9 = d2_d__m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c5.permute(1, 0, 2, 3).reshape(n, 8, 1)
     del _c5
     # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
     d2_weight_10 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c4.permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zkpu->pu
     del _c4
     # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
     _c6 = torch.bmm(d2_d__m_t_0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 2, 3, 1).reshape(n, 3, 3), x[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 3, 1, 8)  # zikp,zui->zkpu
-    d2_d_t_11 = torch.bmm(weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c6.permute(3, 2, 0, 1).reshape(8, 1, n * 3)).view(8, n, 3).permute(1, 0, 2)  # pu,zkpu->zuk
+    d2_d_t_11 = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c6.permute(0, 3, 1, 2).reshape(n, 8, 3)
     del _c6
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
     _c7 = torch.bmm(d2_d__m_t_0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 1, 3, 2).reshape(n, 3, 3), d_t[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n, 3, 8)).view(n, 3, 1, 8)  # zikp,zuk->zipu
     del d2_d__m_t_0, d_t
-    d2_x_12 = torch.bmm(weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c7.permute(3, 2, 0, 1).reshape(8, 1, n * 3)).view(8, n, 3).permute(1, 0, 2)  # pu,zipu->zui
+    d2_x_12 = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c7.permute(0, 3, 1, 2).reshape(n, 8, 3)
     # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
     d2_weight_13 = torch.bmm(x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3), _c7.permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
     del _c7
@@ -25711,24 +25711,24 @@ def _tp_then_linear_d2_weight(
     # every path's (i, k) map at once: y · G
     _m_t_0 = torch.mm(y.reshape(n, 4), _g_t_0).view(n, 16)  # zj,jc->zc
     # 1 paths 8x0e ⊗ y -> 8x0e
-    _c0 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
-    t_0 = weight[0:8].view(1, 8).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
+    _c0 = x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1)
+    t_0 = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
     # 1 paths 8x0e ⊗ y -> 8x1o
-    _c1 = torch.bmm(weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1).transpose(1, 2), x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1).transpose(1, 2)).view(8, 1, n, 1).permute(0, 2, 3, 1)  # zui,pu->uzip
-    t_1 = torch.bmm(_c1.permute(1, 2, 3, 0).reshape(n, 1, 8).transpose(1, 2), _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,uzip->zuk
+    _c1 = x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    t_1 = _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c1.permute(1, 0, 2, 3).reshape(n, 8, 1)
     del _c1
     # 1 paths 8x1o ⊗ y -> 8x0e
     _c2 = torch.bmm(_m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2), x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2)  # zui,zikp->zukp
-    t_2 = weight[24:32].view(1, 8).reshape(1, 8, 1) * _c2.reshape(n, 8, 1)
+    t_2 = weight[24:32].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c2.reshape(n, 8, 1)
     # 1 paths 8x1o ⊗ y -> 8x1o
     _c3 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).reshape(n, 3, 3).transpose(1, 2), x[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zui,zikp->zkpu
-    t_3 = torch.bmm(weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c3.permute(3, 2, 0, 1).reshape(8, 1, n * 3)).view(8, n, 3).permute(1, 0, 2)  # pu,zkpu->zuk
+    t_3 = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c3.permute(0, 3, 1, 2).reshape(n, 8, 3)
     # ∂/∂t: 8x1o -> 8x1o
     d_t_4 = torch.mm(d_z[:, 8:32].reshape(n, 8, 3).permute(0, 2, 1).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂t: 8x0e -> 8x0e
     d_t_5 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8).permute(0, 2, 1)  # zwi,uw->zui
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
-    d2_d_t_6 = d2_d_weight[0:8].view(1, 8).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
+    d2_d_t_6 = d2_d_weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c0.reshape(n, 8, 1)
     del _c0
     # ∂/∂x: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
     d_t = torch.cat([
@@ -25737,44 +25737,44 @@ def _tp_then_linear_d2_weight(
         weight.new_zeros(n, 24),
     ], dim=-1)
     del d_t_4, d_t_5
-    _c4 = torch.bmm(d2_d_weight[0:8].view(1, 8).permute(1, 0).reshape(8, 1, 1), d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n)).view(8, 1, n, 1)  # pu,zuk->upzk
-    d2_x_7 = torch.bmm(_m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1), _c4.permute(2, 3, 1, 0).reshape(n, 1, 8)).view(n, 1, 8).permute(0, 2, 1)  # zikp,upzk->zui
+    _c4 = d2_d_weight[0:8].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n, 1)
+    d2_x_7 = _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1) * _c4.permute(2, 0, 3, 1).reshape(n, 8, 1)
     del _c4
     # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
     _c5 = d_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1)
-    d2__m_t_0_8 = torch.mm(_c5.permute(1, 0, 3, 2).reshape(8, n).t(), d2_d_weight[0:8].view(1, 8).t()).view(n, 1, 1, 1)  # pu,zuki->zikp
+    d2__m_t_0_8 = (d2_d_weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c5.permute(0, 3, 2, 1).reshape(n, 1, 1, 1, 8)).sum((4,))
     del _c5
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    _c6 = torch.bmm(d2_d_weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1), x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n)).view(8, 1, n, 1)  # pu,zui->upzi
-    d2_d_t_9 = torch.bmm(_c6.permute(2, 3, 1, 0).reshape(n, 1, 8).transpose(1, 2), _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,upzi->zuk
+    _c6 = d2_d_weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n, 1)
+    d2_d_t_9 = _m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 1, 3) * _c6.permute(2, 0, 3, 1).reshape(n, 8, 1)
     del _c6
     # ∂/∂x: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
     _c7 = torch.bmm(_m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2)  # zuk,zikp->zuip
-    d2_x_10 = d2_d_weight[8:16].view(1, 8).reshape(1, 8, 1) * _c7.reshape(n, 8, 1)
+    d2_x_10 = d2_d_weight[8:16].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c7.reshape(n, 8, 1)
     del _c7
     # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    _c8 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1).transpose(1, 2), d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1).transpose(1, 2)).view(8, n, 1, 3).permute(0, 1, 3, 2)  # zuk,zui->uzki
-    d2__m_t_0_11 = torch.mm(_c8.permute(0, 1, 3, 2).reshape(8, n * 3).t(), d2_d_weight[8:16].view(1, 8).t()).view(n, 1, 3, 1)  # pu,uzki->zikp
+    _c8 = d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
+    d2__m_t_0_11 = (d2_d_weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _c8.permute(1, 3, 2, 0).reshape(n, 1, 3, 1, 8)).sum((4,))
     del _c8
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
-    d2_d_t_12 = d2_d_weight[24:32].view(1, 8).reshape(1, 8, 1) * _c2.reshape(n, 8, 1)
+    d2_d_t_12 = d2_d_weight[24:32].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c2.reshape(n, 8, 1)
     # ∂/∂x: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
-    _c9 = torch.bmm(d2_d_weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1), d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n)).view(8, 1, n, 1)  # pu,zuk->upzk
-    d2_x_13 = torch.bmm(_c9.permute(2, 3, 1, 0).reshape(n, 1, 8).transpose(1, 2), _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,upzk->zui
+    _c9 = d2_d_weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n, 1)
+    d2_x_13 = _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c9.permute(2, 0, 3, 1).reshape(n, 8, 1)
     del _c9
     # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
-    _c10 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1), x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 1, 3)).view(8, n, 1, 3)  # zuk,zui->uzki
-    d2__m_t_0_14 = torch.mm(_c10.permute(0, 1, 3, 2).reshape(8, n * 3).t(), d2_d_weight[24:32].view(1, 8).t()).view(n, 3, 1, 1)  # pu,uzki->zikp
+    _c10 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    d2__m_t_0_14 = (d2_d_weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _c10.permute(1, 3, 2, 0).reshape(n, 3, 1, 1, 8)).sum((4,))
     del _c10
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    d2_d_t_15 = torch.bmm(d2_d_weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c3.permute(3, 2, 0, 1).reshape(8, 1, n * 3)).view(8, n, 3).permute(1, 0, 2)  # pu,zkpu->zuk
+    d2_d_t_15 = d2_d_weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c3.permute(0, 3, 1, 2).reshape(n, 8, 3)
     del _c3
     # ∂/∂x: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    _c11 = torch.bmm(d2_d_weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3)).view(8, 1, n, 3)  # pu,zuk->upzk
+    _c11 = d2_d_weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n, 3)
     d2_x_16 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 1, 3, 2).reshape(n, 3, 3), _c11.permute(2, 1, 3, 0).reshape(n, 3, 8)).view(n, 3, 8).permute(0, 2, 1)  # zikp,upzk->zui
     del _c11
     # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    _c12 = torch.bmm(d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1), x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 1, 3)).view(8, n, 3, 3)  # zuk,zui->uzki
+    _c12 = d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
     del d_t
     d2__m_t_0_17 = torch.mm(_c12.permute(0, 1, 3, 2).reshape(8, n * 9).t(), d2_d_weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,uzki->zikp
     del _c12
@@ -25816,43 +25816,43 @@ def _tp_then_linear_d2_weight(
     ], dim=-1)
     del d2_t_19, d2_t_23
     _c13 = torch.bmm(_m_t_0[:, 7:16].reshape(n, 3, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 3).transpose(1, 2), d2_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 3, 1, 8)  # zuk,zikp->zipu
-    d2_x_26 = torch.bmm(weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1), _c13.permute(3, 2, 0, 1).reshape(8, 1, n * 3)).view(8, n, 3).permute(1, 0, 2)  # pu,zipu->zui
+    d2_x_26 = weight[16:24].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c13.permute(0, 3, 1, 2).reshape(n, 8, 3)
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
-    _c14 = torch.bmm(d2_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1), x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 1, 3)).view(8, n, 3, 3)  # zuk,zui->uzki
+    _c14 = d2_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
     d2__m_t_0_27 = torch.mm(_c14.permute(0, 1, 3, 2).reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,uzki->zikp
     del _c14
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
     d2_weight_28 = torch.bmm(x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n * 3), _c13.permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
     del _c13
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _c15 = torch.bmm(weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1).transpose(1, 2), d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1).transpose(1, 2)).view(8, 1, n, 1).permute(0, 2, 3, 1)  # zuk,pu->uzkp
-    d2_x_29 = torch.bmm(_c15.permute(1, 2, 3, 0).reshape(n, 1, 8).transpose(1, 2), _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 3, 1).transpose(1, 2)).view(n, 8, 3)  # zikp,uzkp->zui
+    _c15 = d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    d2_x_29 = _m_t_0[:, 4:7].reshape(n, 3, 1, 1).reshape(n, 1, 3) * _c15.permute(1, 0, 2, 3).reshape(n, 8, 1)
     del _c15
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    _c16 = torch.bmm(d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1), x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 1, 3)).view(8, n, 1, 3)  # zuk,zui->uzki
-    d2__m_t_0_30 = torch.mm(_c16.permute(0, 1, 3, 2).reshape(8, n * 3).t(), weight[24:32].view(1, 8).t()).view(n, 3, 1, 1)  # pu,uzki->zikp
+    _c16 = d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    d2__m_t_0_30 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _c16.permute(1, 3, 2, 0).reshape(n, 3, 1, 1, 8)).sum((4,))
     del _c16
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
     d2_weight_31 = torch.bmm(d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c2.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
     del _c2
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
     _c17 = torch.bmm(_m_t_0[:, 1:4].reshape(n, 1, 3, 1).permute(0, 2, 1, 3).reshape(n, 3, 1).transpose(1, 2), d2_t[:, 8:32].reshape(n, 8, 3).transpose(1, 2)).view(n, 1, 1, 8).permute(0, 3, 1, 2)  # zuk,zikp->zuip
-    d2_x_32 = weight[8:16].view(1, 8).reshape(1, 8, 1) * _c17.reshape(n, 8, 1)
+    d2_x_32 = weight[8:16].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c17.reshape(n, 8, 1)
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    _c18 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(n * 8, 1, 1).transpose(1, 2), d2_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(n * 8, 3, 1).transpose(1, 2)).view(8, n, 1, 3).permute(0, 1, 3, 2)  # zuk,zui->uzki
-    d2__m_t_0_33 = torch.mm(_c18.permute(0, 1, 3, 2).reshape(8, n * 3).t(), weight[8:16].view(1, 8).t()).view(n, 1, 3, 1)  # pu,uzki->zikp
+    _c18 = d2_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
+    d2__m_t_0_33 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _c18.permute(1, 3, 2, 0).reshape(n, 1, 3, 1, 8)).sum((4,))
     del _c18
     # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
     d2_weight_34 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c17.permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zuip->pu
     del _c17
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
-    _c19 = d2_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).reshape(n, 1, 1, 1)
-    d2_x_35 = weight[0:8].view(1, 8).reshape(1, 8, 1) * _c19.reshape(n, 8, 1)
+    _c19 = d2_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * _m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(0, 1, 3, 2).reshape(n, 1, 1, 1)
+    d2_x_35 = weight[0:8].view(1, 8).permute(1, 0).reshape(1, 8, 1) * _c19.reshape(n, 8, 1)
     del _c19
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
     _c20 = d2_t[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1) * x[:, 0:8].reshape(n, 8, 1).reshape(n, 8, 1, 1)
     del d2_t
-    d2__m_t_0_36 = torch.mm(_c20.permute(1, 0, 3, 2).reshape(8, n).t(), weight[0:8].view(1, 8).t()).view(n, 1, 1, 1)  # pu,zuki->zikp
+    d2__m_t_0_36 = (weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c20.permute(0, 3, 2, 1).reshape(n, 1, 1, 1, 8)).sum((4,))
     # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
     d2_weight_37 = torch.mm(_m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c20.permute(0, 3, 2, 1).reshape(n, 8)).view(1, 8)  # zikp,zuki->pu
     del _c20, _m_t_0
