@@ -469,6 +469,13 @@ def pair_cost(a: str, b: str, kept: str, sizes: dict[str, int]) -> float:
     return flops * (BATCHED_PENALTY if batched else 1) + prod(sizes[c] for c in kept)
 
 
+def view_layout(v: View, t: Tensor, rows: int = PLANNING_ROWS) -> Strided:
+    """The layout a back end reads view v of tensor t in: a slice of (rows × size) for a row
+    tensor, contiguous within the row; a temporary as its product wrote it, in label order
+    (`factorize` lays intermediates out that way)."""
+    return row_view(v.labels, (rows, *v.shape) if t.rows else v.shape, t.size if t.rows else None)
+
+
 def factorize(p: Program, rows: int = PLANNING_ROWS) -> Program:
     """Split every contraction of three or more operands into pairwise ones, in the order of least
     `pair_cost`; a pairwise intermediate that several statements form (the cotangent with the
@@ -481,9 +488,7 @@ def factorize(p: Program, rows: int = PLANNING_ROWS) -> Program:
     statements: list[Statement] = []
 
     def strided(v: View) -> Strided:
-        t = tensors[v.tensor]
-        sizes = tuple(rows if c == "z" else n for c, n in zip(v.labels, (1, *v.shape) if t.rows else v.shape))
-        return row_view(v.labels, sizes, t.size if t.rows else None)
+        return view_layout(v, tensors[v.tensor], rows)
 
     def layout(a: View, b: View, kept: str, rest: list[View], out: View, sizes: dict[str, int]) -> str:
         """The order of an intermediate's labels: one its product writes without a copy and, where

@@ -18,10 +18,10 @@ from typing import Callable
 
 from math import prod
 
-from fusionc.analysis.layout import Strided, plan_pair, row_view
+from fusionc.analysis.layout import plan_pair
 from fusionc.analysis.plan import DiagramPlan, plan_diagram
 from fusionc.analysis.program import (Einsum, Gather, Program, Statement, Tensor, View, derivative, factorize,
-                                      lower, PLANNING_ROWS)
+                                      lower, view_layout, PLANNING_ROWS)
 from fusionc.ir.diagram import CouplingVertex, Diagram
 from fusionc.version import __version__
 
@@ -210,20 +210,13 @@ class _ProgramWriter:
         self.ready[name] = (name, (t.size,))
         return self.ready[name]
 
-    def _strided(self, v: View) -> Strided:
-        """The layout `read` gives a view: an input's or a param's slice, or a temporary as its
-        product wrote it (in label order: `factorize` lays intermediates out that way)."""
-        t = self.p.tensors[v.tensor]
-        sizes = (PLANNING_ROWS, *v.shape) if t.rows else v.shape
-        return row_view(v.labels, sizes, t.size if t.rows else None)
-
     def _matrix_product(self, s: Einsum, operands: list[str]) -> str | None:
         """A pairwise contraction as one torch.mm / torch.bmm, its operands viewed as matrices in
         the layout `plan_pair` chooses (None where it is not one matrix product)."""
         if len(operands) != 2:
             return None
         a, b = s.operands
-        plan = plan_pair(self._strided(a), self._strided(b), s.out.labels)
+        plan = plan_pair(*(view_layout(v, self.p.tensors[v.tensor]) for v in (a, b)), s.out.labels)
         if plan is None:
             return None
         sizes = {"z": "n"}
