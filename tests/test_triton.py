@@ -28,6 +28,8 @@ KERNEL_FILES = sorted(p.name for p in (REPO / "kernels").glob("*.fus"))
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FUSIONC_POISON_OUTPUTS", "1")
+    # the reference is the torch back end's torch code (its native CPU kernels: test_native)
+    monkeypatch.setenv("FUSIONC_NATIVE", "0")
 
 
 def _pair(source: str, filename: str):

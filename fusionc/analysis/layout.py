@@ -67,6 +67,11 @@ def _matrix_view(t: Strided, batch: str, rows: str, cols: str) -> tuple[int, boo
     return t.numel, False
 
 
+def matrix_copies(t: Strided, batch: str, rows: str, cols: str) -> int:
+    """Elements copied to view t as (batch, rows, cols) matrices (0: it is one already)."""
+    return _matrix_view(t, batch, rows, cols)[0]
+
+
 @dataclass(frozen=True)
 class PairPlan:
     """out = a · b as a matrix product: a as (batch, left, summed), b as (batch, summed, right);

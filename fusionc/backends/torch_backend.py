@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import ast
 import hashlib
+from dataclasses import replace
+from itertools import permutations
 from typing import Callable
 
 from math import prod
 
-from fusionc.analysis.layout import plan_pair
+from fusionc.analysis.layout import matrix_copies, plan_pair, row_view
+from fusionc.backends import native
 from fusionc.analysis.plan import DiagramPlan, plan_diagram
 from fusionc.analysis.program import (Einsum, Gather, Program, Statement, Tensor, View, derivative, factorize,
                                       lower, view_layout, PLANNING_ROWS)
@@ -313,10 +316,224 @@ def _broadcast_product(s: Einsum, operands: list[str]) -> str | None:
     return f"({product}).sum(({', '.join(str(k) for k in range(len(out), len(kept)))},))"
 
 
-def _emit_program(w: CodeWriter, p: Program) -> None:
-    """A program as a plain function of tensors on rows: the body of its custom op."""
+#: Summed elements beyond which a product with a shared operand (weights, a constant matrix) is a
+#: matrix product for the BLAS, not a row-local statement for native code.
+GEMM_SUM = 8
+
+
+class _NativeWriter(_ProgramWriter):
+    """Writes a program as torch code in which every run of consecutive row-local statements is
+    one call of a native kernel (`fusionc.backends.native`): products within a row, with per-row
+    or small shared operands. Matrix products against shared weights or constants (torch.mm),
+    weight gradients (sums over rows), gathers and scatters stay torch code.
+
+    A row tensor that only native code writes (a matrix product into it is written to a temporary
+    in the product's own layout, which a native statement then adds in) is one flat (n, size)
+    tensor the kernels accumulate into, in place: no pieces to sum, no concatenation, no permuted
+    copies. Temporaries written and read only within one kernel live in per-row buffers."""
+
+    def __init__(self, w: CodeWriter, p: Program, kernels: dict[str, tuple[str, str]]) -> None:
+        super().__init__(w, replace(p, tensors=dict(p.tensors)))  # products' temporaries are added
+        self.kernels = kernels  # C function name -> (source, argument kinds)
+        self.segment: list[tuple[int, Einsum]] = []
+        self.position = 0
+        self.written_at: dict[str, list[int]] = {}
+        self.read_at: dict[str, list[int]] = {}
+        for k, s in enumerate(p.statements):
+            self.written_at.setdefault(s.out.tensor, []).append(k)
+            for v in p.reads(s):
+                self.read_at.setdefault(v.tensor, []).append(k)
+        self.natives = {k for k, s in enumerate(p.statements) if self.row_local(s) or self.added_in(s)}
+        self.owned = {t for t, ks in self.written_at.items() if all(k in self.natives for k in ks)}
+        self.allocated: set[str] = set()
+        self.relayouts: dict[tuple[View, str], View] = {}  # (view, label order) -> its native copy
+
+    def row_local(self, s: Statement) -> bool:
+        """Whether s runs within each row: no sum over rows, no large sum against a shared operand."""
+        if not isinstance(s, Einsum) or not s.out.labels.startswith("z"):
+            return False
+        sizes = {}
+        for v in s.operands:
+            sizes.update(zip(v.labels.replace("z", ""), v.shape))
+        summed = set("".join(v.labels for v in s.operands)) - set(s.out.labels)
+        shared = any(not self.p.tensors[v.tensor].rows for v in s.operands)
+        return "z" not in summed and not (shared and prod(sizes[c] for c in summed) >= GEMM_SUM)
+
+    def added_in(self, s: Statement) -> bool:
+        """Whether s is a matrix product into a row tensor that others write too, or an output:
+        written to a temporary in the product's layout, and added in by a native statement."""
+        if not isinstance(s, Einsum) or len(s.operands) != 2 or not s.out.labels.startswith("z"):
+            return False
+        t = s.out.tensor
+        if self.p.tensors[t].kind != "output" and len(self.written_at[t]) == 1:
+            return False
+        plan = plan_pair(*(view_layout(v, self.p.tensors[v.tensor]) for v in s.operands), s.out.labels)
+        return plan is not None and plan.natural.startswith("z")
+
+    def statement(self, s: Statement) -> None:
+        position, self.position = self.position, self.position + 1
+        if position not in self.natives:
+            if isinstance(s, Einsum):
+                s = self.relaid(s, position)
+            touched = {v.tensor for _, t in self.segment for v in (t.out, *t.operands)}
+            if any(v.tensor in touched for v in (s.out, *self.p.reads(s))):
+                self.flush()  # it depends on the segment, or the segment on it; else it runs first
+            super().statement(s)
+            return
+        if not self.row_local(s):  # the product into a temporary, then added in natively
+            s = self.relaid(s, position)
+            self.flush()
+            plan = plan_pair(*(view_layout(v, self.p.tensors[v.tensor]) for v in s.operands), s.out.labels)
+            sizes = dict(zip(s.out.labels.replace("z", ""), s.out.shape))
+            shape = tuple(sizes[c] for c in plan.natural if c != "z")
+            name = self.fresh("_mm")
+            self.p.tensors[name] = Tensor(name, "temp", prod(shape), True)
+            self.writers[name] = 1
+            product = View(name, 0, shape, plan.natural)
+            super().statement(replace(s, out=product))
+            s = Einsum(s.out, (product,), note="")
+        self.enqueue(position, s)
+
+    def fresh(self, prefix: str) -> str:
+        """A tensor name the program does not use."""
+        k = 0
+        while f"{prefix}{k}" in self.p.tensors:
+            k += 1
+        return f"{prefix}{k}"
+
+    def enqueue(self, position: float, s: Einsum) -> None:
+        inside = {k for k, _ in self.segment}
+        for v in s.operands:  # a tensor partly written outside the segment is read as torch assembles it
+            writers = self.written_at.get(v.tensor, [])
+            if v.tensor not in self.owned and any(k in inside for k in writers) and not all(
+                    k in inside for k in writers):
+                self.flush()
+                break
+        self.segment.append((position, s))
+
+    def relaid(self, s: Einsum, position: int) -> Einsum:
+        """s with each row operand that its matrix product would copy (a block of x in (u, i)
+        order read as ((rows, i), u), say) replaced by a copy a native statement makes, in an order
+        the product reads as it is; a copy serves every product of the program that needs it."""
+        if len(s.operands) != 2:
+            return s
+        layouts = [view_layout(v, self.p.tensors[v.tensor]) for v in s.operands]
+        plan = plan_pair(*layouts, s.out.labels)
+        if plan is None or not plan.copies:
+            return s
+        operands = list(s.operands)
+        for k, v in enumerate(s.operands):
+            groups = (plan.batch, plan.left, plan.summed) if k == 0 else (plan.batch, plan.summed, plan.right)
+            if not self.p.tensors[v.tensor].rows or not matrix_copies(layouts[k], *groups):
+                continue
+            sizes = dict(zip(v.labels.replace("z", ""), v.shape))
+            preferred = "z" + "".join(c for c in "".join(groups) if c in v.labels and c != "z")
+            for order in [preferred] + ["z" + "".join(q) for q in permutations(preferred[1:])]:
+                key = (v, order)
+                if key in self.relayouts:
+                    break
+                trial = list(layouts)
+                trial[k] = row_view(order, (PLANNING_ROWS, *(sizes[c] for c in order[1:])))
+                again = plan_pair(*trial, s.out.labels)
+                mine = (again.batch, again.left, again.summed) if k == 0 else (again.batch, again.summed, again.right)
+                if not matrix_copies(trial[k], *mine):
+                    shape = tuple(sizes[c] for c in order[1:])
+                    name = self.fresh("_copy")
+                    self.p.tensors[name] = Tensor(name, "temp", prod(shape), True)
+                    self.writers[name] = 1
+                    self.written_at[name] = [position - 0.5]
+                    self.owned.add(name)
+                    self.relayouts[key] = View(name, 0, shape, order)
+                    self.enqueue(position - 0.5, Einsum(self.relayouts[key], (v,), note=""))
+                    break
+            else:
+                continue
+            self.read_at.setdefault(self.relayouts[key].tensor, []).append(position)
+            operands[k] = self.relayouts[key]
+        return replace(s, operands=tuple(operands))
+
+    def flush(self) -> None:
+        if not self.segment:
+            return
+        segment, self.segment = self.segment, []
+        inside = {k for k, _ in segment}
+        last = max(inside)
+        p = self.p
+        name = f"{p.name}_s{sum(1 for k in self.kernels if k.startswith(p.name + '_s'))}"
+        arguments: list[native.Argument] = []
+        expressions: list[str] = []
+        locals_: dict[str, int] = {}  # C buffer -> elements per row
+        home: dict[str, str] = {}  # tensor written here, whole -> its C buffer (per-row local or accumulator)
+
+        def argument(expression: str, rows: bool, numel: int, kind: str) -> str:
+            arg = f"a{len(arguments)}"
+            arguments.append(native.Argument(arg, rows, numel, kind))
+            expressions.append(expression)
+            return arg
+
+        for _, s in segment:
+            t = s.out.tensor
+            if t in home or t not in self.owned:
+                continue
+            if (t in p.outputs or t in self.allocated or any(k not in inside for k in self.written_at[t])
+                    or any(k not in inside for k in self.read_at.get(t, []))):
+                first = t not in self.allocated  # its first kernel zeroes each row, the others add in
+                if first:
+                    self.w(f"{t} = weight.new_empty(n, {p.tensors[t].size})")
+                    self.allocated.add(t)
+                home[t] = argument(t, True, p.tensors[t].size, "o" if first else "a")
+                if max(self.written_at[t]) <= last:
+                    self.ready[t] = (t, (p.tensors[t].size,))
+            else:
+                home[t] = f"l{len(locals_)}"
+                locals_[home[t]] = p.tensors[t].size
+        reads: dict[View, str] = {}
+        pieces: dict[tuple[str, int, tuple[int, ...]], str] = {}
+        body = native.SegmentWriter()
+        written = {s.out.tensor for _, s in segment}
+        for _, s in segment:
+            operands = []
+            for v in s.operands:
+                labels = v.labels.replace("z", "")
+                if v.tensor in home or v.tensor in self.allocated:  # complete: its writers come before
+                    if v.tensor not in home:
+                        home[v.tensor] = argument(v.tensor, True, p.tensors[v.tensor].size, "r")
+                    buffer = native.Buffer(f"({home[v.tensor]} + {v.start})", labels, v.shape)
+                    operands.append((buffer, v.tensor not in written))
+                    continue
+                if v not in reads:
+                    expression = self.read(v)
+                    if "z" in v.labels[1:]:  # kernels take rows first
+                        order = [v.labels.index("z")] + [k for k, c in enumerate(v.labels) if c != "z"]
+                        expression += f".permute({', '.join(map(str, order))})"
+                    reads[v] = argument(expression, p.tensors[v.tensor].rows, v.numel, "r" if
+                                        p.tensors[v.tensor].rows else "s")
+                operands.append((native.Buffer(reads[v], labels, v.shape), True))
+            o = s.out
+            if o.tensor in home:
+                base = f"({home[o.tensor]} + {o.start})"
+            else:  # a piece of a tensor torch code writes too
+                key = (o.tensor, o.start, o.shape)
+                if key not in pieces:
+                    local = f"{o.tensor.lstrip('_')}_{self.locals}"
+                    self.locals += 1
+                    self.w(f"{local} = weight.new_empty(n, {', '.join(map(str, o.shape))})")
+                    self.pieces.setdefault(o.tensor, {}).setdefault((o.start, o.shape), []).append(local)
+                    pieces[key] = argument(local, True, o.numel, "o")
+                base = pieces[key]
+            body.statement(s, native.Buffer(base, o.labels.replace("z", ""), o.shape), operands)
+            if s.note:
+                self.w(f"# {s.note}")
+        kinds = "".join(a.kind for a in arguments)
+        self.kernels[name] = (native.segment_function(name, arguments, locals_, body.lines), kinds)
+        self.w(f"_native.run({name!r}, n, {', '.join(expressions)})")
+
+
+def _emit_program(w: CodeWriter, p: Program, kernels: dict[str, tuple[str, str]] | None = None) -> None:
+    """A program as a plain function of tensors on rows: the body of its custom op; with `kernels`,
+    its CPU version, whose row-local statements run as native kernels (collected there)."""
     names = list(p.inputs) + ["weight"] + list(p.constants)
-    w(f"def _{p.name}(")
+    w(f"def _{p.name}{'_cpu' if kernels is not None else ''}(")
     w.indent()
     for start in range(0, len(names), 4):
         w(" ".join(f"{name}: torch.Tensor," for name in names[start:start + 4]))
@@ -333,9 +550,11 @@ def _emit_program(w: CodeWriter, p: Program) -> None:
     w(f'"""{p.doc or p.name + " on rows"}: {summary}."""')
     first = next(i for i in p.inputs if p.tensors[i].rows)
     w(f"n = {first}.shape[0]")
-    writer = _ProgramWriter(w, p)
+    writer = _ProgramWriter(w, p) if kernels is None else _NativeWriter(w, p, kernels)
     for s in p.statements:
         writer.statement(s)
+    if isinstance(writer, _NativeWriter):
+        writer.flush()
     results = []
     for o in p.outputs:
         local, shape = writer.materialize(o)
@@ -424,6 +643,9 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
     w(f"__all__ = {[d.name for d in diagrams]!r}")
     plans = {d.name: plan_diagram(d) for d in diagrams}
     functions = []
+    # native CPU kernels for the torch code's row-local statements (not with another back end's kernels)
+    kernels: dict[str, tuple[str, str]] | None = None if lowering else {}
+    cpu: dict[str, str] = {}  # program -> its CPU version
     for d in diagrams:
         forward, firsts, seconds = programs(d, plans[d.name])
         chain = [forward, *firsts, *(p for group in seconds for p in group)]
@@ -440,6 +662,13 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
                 f = CodeWriter()
                 _emit_program(f, factorized)
                 blocks.append(_free_dead_locals(f.lines))
+                if kernels is not None:
+                    count = len(kernels)
+                    f = CodeWriter()
+                    _emit_program(f, factorized, kernels)
+                    if len(kernels) > count:  # it has row-local statements
+                        blocks.append(_free_dead_locals(f.lines))
+                        cpu[p.name] = f"_{p.name}_cpu"
         lowered = lowering(d, plans[d.name]) if lowering else ([], None)
         functions.append((d, (forward, firsts, seconds), blocks, lowered, runners))
     # ops are named by a hash of their code: the same name always means the same computation
@@ -460,18 +689,47 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
             for second in group:
                 run = runners.get(second.name)
                 reference = f", reference=_{second.name}" if run else ""
-                w(f'_ops.register("{second.name}", {run or "_" + second.name}, {_signature(second)}{reference})')
+                w(f'_ops.register("{second.name}", {run or "_" + second.name}, {_signature(second)}{reference}'
+                  f'{_native_impl(cpu, second)})')
             backward = ", ".join(f"_ops.{s.name}" for s in group)
             w(f'_ops.register("{first.name}", {runners.get(first.name, "_" + first.name)}, {_signature(first)}, '
-              f'backward=[{backward}])')
+              f'backward=[{backward}]{_native_impl(cpu, first)})')
         backward = ", ".join(f"_ops.{f.name}" for f in firsts)
         w(f'_ops.register("{d.name}", {runner or "_" + d.name}, {_signature(forward)}, '
-          f'backward=[{backward}], check_indices=True)')
+          f'backward=[{backward}], check_indices=True{_native_impl(cpu, forward)})')
     for d, (forward, _, _), _, _, _ in functions:
         w()
         w()
         _emit_class(w, d, forward)
+    if kernels:
+        w()
+        w()
+        w("# the CPU versions' native kernels: C per program, compiled on first use (fusionc.runtime.native)")
+        w("_native = rt.NativeKernels(")
+        w.indent()
+        w("{")
+        programs_: dict[str, list[str]] = {}
+        for name, (source, _) in kernels.items():
+            programs_.setdefault(name.rsplit("_s", 1)[0], []).append(source)
+        for program, sources in programs_.items():
+            w(f'"{program}": """\\')
+            w.lines.extend("\n\n".join(sources).split("\n"))
+            w('""",')
+        w("},")
+        w("{")
+        w.indent()
+        for name, (_, kinds) in kernels.items():
+            w(f"{name!r}: {kinds!r},")
+        w.dedent()
+        w("},")
+        w.dedent()
+        w(")")
+        w("_ops.kernels = _native")
     return "\n".join(w.lines) + "\n"
+
+
+def _native_impl(cpu: dict[str, str], p: Program) -> str:
+    return f", cpu={cpu[p.name]}" if p.name in cpu else ""
 
 
 def emit(diagrams: tuple[Diagram, ...], source: str, filename: str) -> str:

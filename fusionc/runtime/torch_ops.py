@@ -9,6 +9,7 @@ import os
 import torch
 
 from fusionc.algebra.cg import wigner_3j as _wigner_3j
+from fusionc.runtime.native import NativeKernels  # noqa: F401  (generated modules use it as rt.NativeKernels)
 
 
 def wigner_3j(l1: int, l2: int, l3: int, dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
@@ -153,17 +154,21 @@ class OpNamespace:
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
+        self.kernels: NativeKernels | None = None  # the module's native CPU kernels, set after its ops
 
     def register(self, name: str, fn, outputs: tuple[tuple[int, bool], ...],
                  index_ranges: dict[int, tuple[str, int]], backward=None, check_indices: bool = False,
-                 reference=None) -> None:
+                 reference=None, cpu=None) -> None:
         """Register `fn` as op `name`. `outputs` are (size, rows) per output: (n, size) or (size,).
         `index_ranges` maps the position of each index input to its name and size; with
         `check_indices` the values are checked when the op runs (not when it is traced). `backward`
         holds, per output, the op computing this one's vector-Jacobian product for that output's
         cotangent from (inputs + [cotangent], weight, constants); the products of the cotangents
         present are summed. Without it, the VJP of `reference` (torch code computing what `fn`
-        computes, for an `fn` that runs a kernel autograd cannot see through), else of `fn` itself."""
+        computes, for an `fn` that runs a kernel autograd cannot see through), else of `fn` itself.
+        `cpu`, where given, computes the same with native kernels for its row-local statements, and
+        runs instead of `fn` on CPU tensors of float32 or float64 when those kernels can be built
+        (`fusionc.runtime.native`)."""
         qualname = f"{self.namespace}::{name}"
         try:  # the namespace is a hash of the code: an op of that name is this very op
             setattr(self, name, getattr(getattr(torch.ops, self.namespace), name))
@@ -178,7 +183,10 @@ class OpNamespace:
             if check_indices:
                 for position, (input_name, size) in index_ranges.items():
                     check_index_range(inputs[position], size, input_name)
-            return fn(*inputs, weight, *constants)
+            run = fn
+            if cpu is not None and weight.device.type == "cpu" and self.kernels.usable(weight.dtype):
+                run = cpu
+            return run(*inputs, weight, *constants)
 
         @op.register_fake
         def _(inputs, weight, constants):

@@ -14,7 +14,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_582dbe603a0ab39e")
+_ops = rt.OpNamespace("fusionc_fa5ebd7ced5f7905")
 
 
 def _cormorant_cg(
@@ -97,6 +97,78 @@ def _cormorant_cg(
         (g_11 + g_14).reshape(n, 80),
     ], dim=-1)
     del g_10, g_11, g_12, g_13, g_14, g_9
+    return [g]
+
+
+def _cormorant_cg_cpu(
+    f: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor,
+    cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
+    cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """cormorant_cg on rows: f (n, 144) -> g (n, 144)."""
+    n = f.shape[0]
+    p = weight.new_empty(n, 144)
+    _c3 = weight.new_empty(n, 144)
+    # p1 = (p0 ⊗ p0) -> 16x0
+    # p3 = (p0 ⊗ p2) -> 16x1
+    # p5 = (p0 ⊗ p4) -> 16x2
+    # p6 = (p2 ⊗ p2) -> 16x0
+    _native.run('cormorant_cg_s0', n, p, _c3, f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16), f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16), f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16), f[:, 16:64].reshape(n, 16, 3))
+    _p6 = torch.mm(_c3.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    # p7 = (p2 ⊗ p2) -> 16x2
+    _p7 = torch.mm(_c3.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c3
+    _c4 = weight.new_empty(n, 240)
+    # p8 = (p2 ⊗ p4) -> 16x1
+    _native.run('cormorant_cg_s1', n, p, _c4, _p6, weight[48:64].view(16), _p7, weight[64:80].view(16), f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
+    del _p6, _p7
+    _p8 = torch.mm(_c4.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    # p9 = (p2 ⊗ p4) -> 16x2
+    _p9 = torch.mm(_c4.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c4
+    _c5 = weight.new_empty(n, 400)
+    # p10 = (p4 ⊗ p4) -> 16x0
+    _native.run('cormorant_cg_s2', n, p, _c5, _p8, weight[80:96].view(16), _p9, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
+    del _p8, _p9
+    _p10 = torch.mm(_c5.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    # p11 = (p4 ⊗ p4) -> 16x2
+    _p11 = torch.mm(_c5.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c5
+    _native.run('cormorant_cg_s3', n, p, _p10, weight[112:128].view(16), _p11, weight[128:144].view(16))
+    del _p10, _p11
+    # 16x0 -> 16x0
+    _mm0 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16)  # zui,uw->ziw
+    g = weight.new_empty(n, 144)
+    _copy0 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_s4', n, g, _copy0, _mm0, p)
+    del _mm0
+    # 16x1 -> 16x1
+    _mm1 = torch.mm(_copy0.reshape(n, 3, 16).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
+    del _copy0
+    _copy1 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_s5', n, g, _copy1, _mm1, p)
+    del _mm1, p
+    # 16x2 -> 16x2
+    _mm2 = torch.mm(_copy1.reshape(n, 5, 16).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16)  # ziu,uw->ziw
+    del _copy1
+    _native.run('cormorant_cg_s6', n, g, _mm2)
+    del _mm2
+    # 16x0 -> 16x0
+    _mm3 = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25)).view(n, 1, 16)  # zui,uw->ziw
+    _copy2 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_s7', n, g, _copy2, _mm3, f[:, 16:64].reshape(n, 16, 3))
+    del _mm3
+    # 16x1 -> 16x1
+    _mm4 = torch.mm(_copy2.reshape(n, 3, 16).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
+    del _copy2
+    _copy3 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_s8', n, g, _copy3, _mm4, f[:, 64:144].reshape(n, 16, 5))
+    del _mm4
+    # 16x2 -> 16x2
+    _mm5 = torch.mm(_copy3.reshape(n, 5, 16).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25)).view(n, 5, 16)  # ziu,uw->ziw
+    del _copy3
+    _native.run('cormorant_cg_s9', n, g, _mm5)
+    del _mm5
     return [g]
 
 
@@ -315,6 +387,228 @@ def _cormorant_cg_d(
         d_weight_10.reshape(256),
     ], dim=-1)
     del d_weight_10, d_weight_12, d_weight_14, d_weight_16, d_weight_18, d_weight_20, d_weight_21, d_weight_24, d_weight_27, d_weight_30, d_weight_33, d_weight_36, d_weight_39, d_weight_42, d_weight_45
+    return [d_f, d_weight]
+
+
+def _cormorant_cg_d_cpu(
+    f: torch.Tensor, d_g: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_2: torch.Tensor,
+    cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_cg: f (n, 144), d_g (n, 144) -> d_f (n, 144), d_weight (1680,)."""
+    n = f.shape[0]
+    _p1 = weight.new_empty(n, 16)
+    p = weight.new_empty(n, 144)
+    _p3 = weight.new_empty(n, 48)
+    _p5 = weight.new_empty(n, 80)
+    _c3 = weight.new_empty(n, 144)
+    # p1 = (p0 ⊗ p0) -> 16x0
+    # p3 = (p0 ⊗ p2) -> 16x1
+    # p5 = (p0 ⊗ p4) -> 16x2
+    # p6 = (p2 ⊗ p2) -> 16x0
+    _native.run('cormorant_cg_d_s0', n, _p1, p, _p3, _p5, _c3, f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16), f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16), f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16), f[:, 16:64].reshape(n, 16, 3))
+    _p6 = torch.mm(_c3.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    # p7 = (p2 ⊗ p2) -> 16x2
+    _p7 = torch.mm(_c3.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c3
+    _c4 = weight.new_empty(n, 240)
+    # p8 = (p2 ⊗ p4) -> 16x1
+    _native.run('cormorant_cg_d_s1', n, p, _c4, _p6, weight[48:64].view(16), _p7, weight[64:80].view(16), f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
+    _p8 = torch.mm(_c4.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    # p9 = (p2 ⊗ p4) -> 16x2
+    _p9 = torch.mm(_c4.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c4
+    _c5 = weight.new_empty(n, 400)
+    # p10 = (p4 ⊗ p4) -> 16x0
+    _native.run('cormorant_cg_d_s2', n, p, _c5, _p8, weight[80:96].view(16), _p9, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
+    _p10 = torch.mm(_c5.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    # p11 = (p4 ⊗ p4) -> 16x2
+    _p11 = torch.mm(_c5.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c5
+    _copy0 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d_s3', n, p, _copy0, _p10, weight[112:128].view(16), _p11, weight[128:144].view(16), d_g[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂f: 16x2 -> 16x2
+    _mm0 = torch.mm(_copy0.reshape(n, 5, 16).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16)  # ziw,uw->ziu
+    d_f = weight.new_empty(n, 144)
+    _copy1 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d_s4', n, d_f, _copy1, _mm0, f[:, 64:144].reshape(n, 16, 5))
+    del _mm0
+    # ∂/∂weight: 16x2 -> 16x2
+    d_weight_0 = torch.mm(_copy1.reshape(n, 5, 16).reshape(n * 5, 16).t(), (_copy0.reshape(n, 5, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 5).t()).view(16, 16)  # ziw,ziu->uw
+    del _copy1
+    _copy2 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_d_s5', n, _copy2, d_g[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂f: 16x1 -> 16x1
+    _mm1 = torch.mm(_copy2.reshape(n, 3, 16).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16)  # ziw,uw->ziu
+    _copy3 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_d_s6', n, d_f, _copy3, _mm1, f[:, 16:64].reshape(n, 16, 3))
+    del _mm1
+    # ∂/∂weight: 16x1 -> 16x1
+    d_weight_1 = torch.mm(_copy3.reshape(n, 3, 16).reshape(n * 3, 16).t(), (_copy2.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3).t()).view(16, 16)  # ziw,ziu->uw
+    del _copy3
+    # ∂/∂f: 16x0 -> 16x0
+    _mm2 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16)  # zwi,uw->ziu
+    # ∂/∂weight: 16x0 -> 16x0
+    d_weight_2 = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_g[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
+    _native.run('cormorant_cg_d_s7', n, d_f, _mm2)
+    del _mm2
+    # ∂/∂p: 16x2 -> 16x2
+    _mm3 = torch.mm(_copy0.reshape(n, 5, 16).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16)  # ziw,uw->ziu
+    d_p = weight.new_empty(n, 144)
+    _copy4 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d_s8', n, d_p, _copy4, _mm3, p)
+    del _mm3
+    # ∂/∂weight: 16x2 -> 16x2
+    d_weight_3 = torch.mm(_copy4.reshape(n, 5, 16).reshape(n * 5, 16).t(), (_copy0.reshape(n, 5, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 5).t()).view(16, 16)  # ziw,ziu->uw
+    del _copy0, _copy4
+    # ∂/∂p: 16x1 -> 16x1
+    _mm4 = torch.mm(_copy2.reshape(n, 3, 16).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16)  # ziw,uw->ziu
+    _copy5 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_d_s9', n, d_p, _copy5, _mm4, p)
+    del _mm4
+    # ∂/∂weight: 16x1 -> 16x1
+    d_weight_4 = torch.mm(_copy5.reshape(n, 3, 16).reshape(n * 3, 16).t(), (_copy2.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3).t()).view(16, 16)  # ziw,ziu->uw
+    del _copy2, _copy5
+    # ∂/∂p: 16x0 -> 16x0
+    _mm5 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16)  # zwi,uw->ziu
+    # ∂/∂weight: 16x0 -> 16x0
+    d_weight_5 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_g[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
+    del p
+    d__p11 = weight.new_empty(n, 80)
+    _copy6 = weight.new_empty(n, 80)
+    _copy7 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d_s10', n, d_p, d__p11, _copy6, _copy7, _mm5, weight[128:144].view(16), _p11)
+    del _mm5, _p11
+    d_weight_6 = torch.bmm((_copy6.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy7.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
+    del _copy7
+    _c6 = weight.new_empty(n, 400)
+    # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d_s11', n, _c6, d__p11, f[:, 64:144].reshape(n, 16, 5))
+    _mm6 = torch.mm(_c6.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c6
+    _c7 = weight.new_empty(n, 400)
+    # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d_s12', n, d_f, _c7, _mm6, d__p11, f[:, 64:144].reshape(n, 16, 5))
+    del _mm6, d__p11
+    _mm7 = torch.mm(_c7.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c7
+    d__p10 = weight.new_empty(n, 16)
+    _native.run('cormorant_cg_d_s13', n, d_f, d__p10, _mm7, d_p, weight[112:128].view(16))
+    del _mm7
+    d_weight_7 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p10
+    d__p9 = weight.new_empty(n, 80)
+    _copy8 = weight.new_empty(n, 80)
+    # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    _native.run('cormorant_cg_d_s14', n, d_f, d__p9, _copy8, d__p10, f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, f[:, 64:144].reshape(n, 16, 5), d_p, weight[96:112].view(16), _p9)
+    del _p9, d__p10
+    d_weight_8 = torch.bmm((_copy6.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy8.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
+    del _copy8
+    _c10 = weight.new_empty(n, 400)
+    # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d_s15', n, _c10, d__p9, f[:, 64:144].reshape(n, 16, 5))
+    _mm8 = torch.mm(_c10.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c10
+    _c11 = weight.new_empty(n, 240)
+    # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d_s16', n, d_f, _c11, _mm8, d__p9, f[:, 16:64].reshape(n, 16, 3))
+    del _mm8, d__p9
+    _mm9 = torch.mm(_c11.reshape(n, 16, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c11
+    d__p8 = weight.new_empty(n, 48)
+    _copy9 = weight.new_empty(n, 48)
+    _copy10 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_d_s17', n, d_f, d__p8, _copy9, _copy10, _mm9, d_p, weight[80:96].view(16), _p8)
+    del _mm9, _p8
+    d_weight_9 = torch.bmm((_copy9.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy10.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
+    del _copy10
+    _c12 = weight.new_empty(n, 240)
+    # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    _native.run('cormorant_cg_d_s18', n, _c12, d__p8, f[:, 64:144].reshape(n, 16, 5))
+    _mm10 = torch.mm(_c12.reshape(n, 16, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c12
+    _c13 = weight.new_empty(n, 144)
+    # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    _native.run('cormorant_cg_d_s19', n, d_f, _c13, _mm10, d__p8, f[:, 16:64].reshape(n, 16, 3))
+    del _mm10, d__p8
+    _mm11 = torch.mm(_c13.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c13
+    d__p7 = weight.new_empty(n, 80)
+    _copy11 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d_s20', n, d_f, d__p7, _copy11, _mm11, d_p, weight[64:80].view(16), _p7)
+    del _mm11, _p7
+    d_weight_10 = torch.bmm((_copy6.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy11.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
+    del _copy11
+    _c14 = weight.new_empty(n, 240)
+    # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    _native.run('cormorant_cg_d_s21', n, _c14, d__p7, f[:, 16:64].reshape(n, 16, 3))
+    _mm12 = torch.mm(_c14.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c14
+    _c15 = weight.new_empty(n, 240)
+    # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    _native.run('cormorant_cg_d_s22', n, d_f, _c15, _mm12, d__p7, f[:, 16:64].reshape(n, 16, 3))
+    del _mm12, d__p7
+    _mm13 = torch.mm(_c15.reshape(n, 16, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c15
+    d__p6 = weight.new_empty(n, 16)
+    _native.run('cormorant_cg_d_s23', n, d_f, d__p6, _mm13, d_p, weight[48:64].view(16))
+    del _mm13
+    d_weight_11 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p6
+    d__p5 = weight.new_empty(n, 80)
+    _copy12 = weight.new_empty(n, 80)
+    # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    _native.run('cormorant_cg_d_s24', n, d_f, d__p5, _copy12, d__p6, f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, f[:, 16:64].reshape(n, 16, 3), d_p, weight[32:48].view(16), _p5)
+    del _p5, d__p6
+    d_weight_12 = torch.bmm((_copy6.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy12.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
+    del _copy12, _copy6
+    _c18 = weight.new_empty(n, 400)
+    # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d_s25', n, _c18, d__p5, f[:, 64:144].reshape(n, 16, 5))
+    _mm14 = torch.mm(_c18.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c18
+    d__p3 = weight.new_empty(n, 48)
+    _copy13 = weight.new_empty(n, 48)
+    # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d_s26', n, d_f, d__p3, _copy13, _mm14, d__p5, f[:, 0:16].reshape(n, 16, 1), cg_0_2_2, d_p, weight[16:32].view(16), _p3)
+    del _mm14, _p3, d__p5
+    d_weight_13 = torch.bmm((_copy9.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy13.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
+    del _copy13, _copy9
+    _c20 = weight.new_empty(n, 144)
+    # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    _native.run('cormorant_cg_d_s27', n, _c20, d__p3, f[:, 16:64].reshape(n, 16, 3))
+    _mm15 = torch.mm(_c20.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c20
+    d__p1 = weight.new_empty(n, 16)
+    # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    _native.run('cormorant_cg_d_s28', n, d_f, d__p1, _mm15, d__p3, f[:, 0:16].reshape(n, 16, 1), cg_0_1_1, d_p, weight[0:16].view(16))
+    del _mm15, d__p3
+    d_weight_14 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p1, d_p
+    # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    _native.run('cormorant_cg_d_s29', n, d_f, d__p1, f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, f[:, 0:16].reshape(n, 16, 1))
+    del d__p1
+    d_weight = torch.cat([
+        d_weight_14.reshape(16),
+        d_weight_13.reshape(16),
+        d_weight_12.reshape(16),
+        d_weight_11.reshape(16),
+        d_weight_10.reshape(16),
+        d_weight_9.reshape(16),
+        d_weight_8.reshape(16),
+        d_weight_7.reshape(16),
+        d_weight_6.reshape(16),
+        d_weight_5.reshape(256),
+        d_weight_4.reshape(256),
+        d_weight_3.reshape(256),
+        d_weight_2.reshape(256),
+        d_weight_1.reshape(256),
+        d_weight_0.reshape(256),
+    ], dim=-1)
+    del d_weight_0, d_weight_1, d_weight_10, d_weight_11, d_weight_12, d_weight_13, d_weight_14, d_weight_2, d_weight_3, d_weight_4, d_weight_5, d_weight_6, d_weight_7, d_weight_8, d_weight_9
     return [d_f, d_weight]
 
 
@@ -594,6 +888,280 @@ def _cormorant_cg_d2_f(
         d2_weight_68.reshape(256),
     ], dim=-1)
     del d2_weight_14, d2_weight_20, d2_weight_26, d2_weight_32, d2_weight_38, d2_weight_44, d2_weight_50, d2_weight_56, d2_weight_58, d2_weight_60, d2_weight_62, d2_weight_64, d2_weight_66, d2_weight_68, d2_weight_8
+    return [d2_f, d2_d_g, d2_weight]
+
+
+def _cormorant_cg_d2_f_cpu(
+    f: torch.Tensor, d_g: torch.Tensor, d2_d_f: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor,
+    cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_f: f (n, 144), d_g (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
+    n = f.shape[0]
+    _copy0 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d2_f_s0', n, _copy0, d_g[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂p: 16x2 -> 16x2
+    _mm0 = torch.mm(_copy0.reshape(n, 5, 16).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16)  # ziw,uw->ziu
+    d_p = weight.new_empty(n, 144)
+    _copy1 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_d2_f_s1', n, d_p, _copy1, _mm0, d_g[:, 16:64].reshape(n, 16, 3))
+    del _mm0
+    # ∂/∂p: 16x1 -> 16x1
+    _mm1 = torch.mm(_copy1.reshape(n, 3, 16).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16)  # ziw,uw->ziu
+    _native.run('cormorant_cg_d2_f_s2', n, d_p, _mm1)
+    del _mm1
+    # ∂/∂p: 16x0 -> 16x0
+    _mm2 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16)  # zwi,uw->ziu
+    d__p11 = weight.new_empty(n, 80)
+    d__p10 = weight.new_empty(n, 16)
+    d__p9 = weight.new_empty(n, 80)
+    d__p8 = weight.new_empty(n, 48)
+    d__p7 = weight.new_empty(n, 80)
+    d__p6 = weight.new_empty(n, 16)
+    d__p5 = weight.new_empty(n, 80)
+    d__p3 = weight.new_empty(n, 48)
+    d2_d__p1 = weight.new_empty(n, 16)
+    d2_f = weight.new_empty(n, 144)
+    d2_d_p = weight.new_empty(n, 144)
+    # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    # ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    # ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    _native.run('cormorant_cg_d2_f_s3', n, d_p, d__p11, d__p10, d__p9, d__p8, d__p7, d__p6, d__p5, d__p3, d2_d__p1, d2_f, d2_d_p, _mm2, weight[128:144].view(16), weight[112:128].view(16), weight[96:112].view(16), weight[80:96].view(16), weight[64:80].view(16), weight[48:64].view(16), weight[32:48].view(16), weight[16:32].view(16), weight[0:16].view(16), d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1))
+    del _mm2
+    d2_weight_0 = torch.bmm((d2_d__p1.reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p1
+    d2_d__p3 = weight.new_empty(n, 48)
+    _c5 = weight.new_empty(n, 144)
+    # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    _native.run('cormorant_cg_d2_f_s4', n, d2_d__p3, _c5, d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 0:16].reshape(n, 16, 1), cg_0_1_1, d__p3)
+    _mm3 = torch.mm(_c5.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c5
+    _copy2 = weight.new_empty(n, 48)
+    _copy3 = weight.new_empty(n, 48)
+    # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    _native.run('cormorant_cg_d2_f_s5', n, d2_f, d2_d__p3, d2_d_p, _copy2, _copy3, _mm3, d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, d__p3, weight[16:32].view(16), d_p)
+    del _mm3, d2_d__p3, d__p3
+    d2_weight_1 = torch.bmm((_copy2.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy3.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
+    del _copy2
+    d2_d__p5 = weight.new_empty(n, 80)
+    _c9 = weight.new_empty(n, 400)
+    # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d2_f_s6', n, d2_d__p5, _c9, d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 0:16].reshape(n, 16, 1), cg_0_2_2, d__p5)
+    _mm4 = torch.mm(_c9.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c9
+    _copy4 = weight.new_empty(n, 80)
+    _copy5 = weight.new_empty(n, 80)
+    # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d2_f_s7', n, d2_f, d2_d__p5, d2_d_p, _copy4, _copy5, _mm4, d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, d__p5, weight[32:48].view(16), d_p)
+    del _mm4, d2_d__p5, d__p5
+    d2_weight_2 = torch.bmm((_copy4.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy5.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
+    del _copy4
+    _c12 = weight.new_empty(n, 144)
+    # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    _native.run('cormorant_cg_d2_f_s8', n, _c12, d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
+    _mm5 = torch.mm(_c12.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    d2_d__p6 = weight.new_empty(n, 16)
+    _c14 = weight.new_empty(n, 144)
+    # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    _native.run('cormorant_cg_d2_f_s9', n, d2_d__p6, d2_f, _c14, _mm5, d2_d_f[:, 16:64].reshape(n, 16, 3), d__p6, cg_1_1_0, d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
+    del _mm5
+    _mm6 = torch.mm(_c14.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    _native.run('cormorant_cg_d2_f_s10', n, d2_d__p6, d2_f, d2_d_p, _mm6, d2_d_f[:, 16:64].reshape(n, 16, 3), d__p6, cg_1_1_0, weight[48:64].view(16))
+    del _mm6, d__p6
+    d2_weight_3 = torch.bmm((d2_d__p6.reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p6
+    # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    _mm7 = torch.mm(_c12.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c12
+    d2_d__p7 = weight.new_empty(n, 80)
+    _c16 = weight.new_empty(n, 240)
+    # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    _native.run('cormorant_cg_d2_f_s11', n, d2_d__p7, _c16, _mm7, d2_d_f[:, 16:64].reshape(n, 16, 3), d__p7)
+    del _mm7
+    _mm8 = torch.mm(_c16.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c16
+    _native.run('cormorant_cg_d2_f_s12', n, d2_f, _mm8)
+    del _mm8
+    # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    _mm9 = torch.mm(_c14.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c14
+    _c17 = weight.new_empty(n, 240)
+    # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    _native.run('cormorant_cg_d2_f_s13', n, d2_d__p7, _c17, _mm9, d2_d_f[:, 16:64].reshape(n, 16, 3), d__p7)
+    del _mm9, d__p7
+    _mm10 = torch.mm(_c17.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
+    del _c17
+    _copy6 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d2_f_s14', n, d2_f, d2_d_p, _copy6, _mm10, d2_d__p7, weight[64:80].view(16))
+    del _mm10, d2_d__p7
+    d2_weight_4 = torch.bmm((_copy6.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy5.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
+    del _copy6
+    _c18 = weight.new_empty(n, 240)
+    # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    _native.run('cormorant_cg_d2_f_s15', n, _c18, d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 16:64].reshape(n, 16, 3))
+    _mm11 = torch.mm(_c18.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    d2_d__p8 = weight.new_empty(n, 48)
+    _c19 = weight.new_empty(n, 240)
+    # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    _native.run('cormorant_cg_d2_f_s16', n, d2_d__p8, _c19, _mm11, d2_d_f[:, 64:144].reshape(n, 16, 5), d__p8)
+    del _mm11
+    _mm12 = torch.mm(_c19.reshape(n, 16, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c19
+    _c20 = weight.new_empty(n, 240)
+    # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    _native.run('cormorant_cg_d2_f_s17', n, d2_f, _c20, _mm12, d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
+    del _mm12
+    _mm13 = torch.mm(_c20.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    _c21 = weight.new_empty(n, 144)
+    # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    _native.run('cormorant_cg_d2_f_s18', n, d2_d__p8, _c21, _mm13, d2_d_f[:, 16:64].reshape(n, 16, 3), d__p8)
+    del _mm13, d__p8
+    _mm14 = torch.mm(_c21.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c21
+    _copy7 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_d2_f_s19', n, d2_f, d2_d_p, _copy7, _mm14, d2_d__p8, weight[80:96].view(16))
+    del _mm14, d2_d__p8
+    d2_weight_5 = torch.bmm((_copy7.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy3.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
+    del _copy3, _copy7
+    # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    _mm15 = torch.mm(_c18.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c18
+    d2_d__p9 = weight.new_empty(n, 80)
+    _c22 = weight.new_empty(n, 400)
+    # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d2_f_s20', n, d2_d__p9, _c22, _mm15, d2_d_f[:, 64:144].reshape(n, 16, 5), d__p9)
+    del _mm15
+    _mm16 = torch.mm(_c22.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c22
+    _native.run('cormorant_cg_d2_f_s21', n, d2_f, _mm16)
+    del _mm16
+    # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    _mm17 = torch.mm(_c20.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c20
+    _c23 = weight.new_empty(n, 240)
+    # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d2_f_s22', n, d2_d__p9, _c23, _mm17, d2_d_f[:, 16:64].reshape(n, 16, 3), d__p9)
+    del _mm17, d__p9
+    _mm18 = torch.mm(_c23.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c23
+    _copy8 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d2_f_s23', n, d2_f, d2_d_p, _copy8, _mm18, d2_d__p9, weight[96:112].view(16))
+    del _mm18, d2_d__p9
+    d2_weight_6 = torch.bmm((_copy8.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy5.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
+    del _copy8
+    _c24 = weight.new_empty(n, 400)
+    # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    _native.run('cormorant_cg_d2_f_s24', n, _c24, d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
+    _mm19 = torch.mm(_c24.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    d2_d__p10 = weight.new_empty(n, 16)
+    _c26 = weight.new_empty(n, 400)
+    # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    _native.run('cormorant_cg_d2_f_s25', n, d2_d__p10, d2_f, _c26, _mm19, d2_d_f[:, 64:144].reshape(n, 16, 5), d__p10, cg_2_2_0, d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
+    del _mm19
+    _mm20 = torch.mm(_c26.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    _native.run('cormorant_cg_d2_f_s26', n, d2_d__p10, d2_f, d2_d_p, _mm20, d2_d_f[:, 64:144].reshape(n, 16, 5), d__p10, cg_2_2_0, weight[112:128].view(16))
+    del _mm20, d__p10
+    d2_weight_7 = torch.bmm((d2_d__p10.reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del d2_d__p10, d_p
+    # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    _mm21 = torch.mm(_c24.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c24
+    d2_d__p11 = weight.new_empty(n, 80)
+    _c28 = weight.new_empty(n, 400)
+    # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d2_f_s27', n, d2_d__p11, _c28, _mm21, d2_d_f[:, 64:144].reshape(n, 16, 5), d__p11)
+    del _mm21
+    _mm22 = torch.mm(_c28.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c28
+    _native.run('cormorant_cg_d2_f_s28', n, d2_f, _mm22)
+    del _mm22
+    # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    _mm23 = torch.mm(_c26.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c26
+    _c29 = weight.new_empty(n, 400)
+    # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d2_f_s29', n, d2_d__p11, _c29, _mm23, d2_d_f[:, 64:144].reshape(n, 16, 5), d__p11)
+    del _mm23, d__p11
+    _mm24 = torch.mm(_c29.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c29
+    _copy9 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d2_f_s30', n, d2_f, d2_d_p, _copy9, _mm24, d2_d__p11, weight[128:144].view(16))
+    del _mm24, d2_d__p11
+    d2_weight_8 = torch.bmm((_copy9.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy5.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
+    del _copy5, _copy9
+    # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
+    _mm25 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16)  # zui,uw->ziw
+    # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
+    d2_weight_9 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
+    d2_d_g = weight.new_empty(n, 144)
+    _copy10 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_d2_f_s31', n, d2_d_g, _copy10, _mm25, d2_d_p)
+    del _mm25
+    # ∂/∂d_g: ∂/∂p: 16x1 -> 16x1
+    _mm26 = torch.mm(_copy10.reshape(n, 3, 16).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
+    # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
+    d2_weight_10 = torch.mm((_copy10.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # ziu,ziw->uw
+    del _copy10
+    _copy11 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d2_f_s32', n, d2_d_g, _copy11, _mm26, d2_d_p)
+    del _mm26, d2_d_p
+    # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
+    _mm27 = torch.mm(_copy11.reshape(n, 5, 16).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16)  # ziu,uw->ziw
+    # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
+    d2_weight_11 = torch.mm((_copy11.reshape(n, 5, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # ziu,ziw->uw
+    del _copy11
+    _native.run('cormorant_cg_d2_f_s33', n, d2_d_g, _mm27)
+    del _mm27
+    # ∂/∂d_g: ∂/∂f: 16x0 -> 16x0
+    _mm28 = torch.mm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25)).view(n, 1, 16)  # zui,uw->ziw
+    # ∂/∂weight: ∂/∂f: 16x0 -> 16x0
+    d2_weight_12 = torch.mm((d2_d_f[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
+    _copy12 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_d2_f_s34', n, d2_d_g, _copy12, _mm28, d2_d_f[:, 16:64].reshape(n, 16, 3))
+    del _mm28
+    # ∂/∂d_g: ∂/∂f: 16x1 -> 16x1
+    _mm29 = torch.mm(_copy12.reshape(n, 3, 16).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
+    # ∂/∂weight: ∂/∂f: 16x1 -> 16x1
+    d2_weight_13 = torch.mm((_copy12.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # ziu,ziw->uw
+    del _copy1, _copy12
+    _copy13 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d2_f_s35', n, d2_d_g, _copy13, _mm29, d2_d_f[:, 64:144].reshape(n, 16, 5))
+    del _mm29
+    # ∂/∂d_g: ∂/∂f: 16x2 -> 16x2
+    _mm30 = torch.mm(_copy13.reshape(n, 5, 16).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25)).view(n, 5, 16)  # ziu,uw->ziw
+    # ∂/∂weight: ∂/∂f: 16x2 -> 16x2
+    d2_weight_14 = torch.mm((_copy13.reshape(n, 5, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # ziu,ziw->uw
+    del _copy0, _copy13
+    _native.run('cormorant_cg_d2_f_s36', n, d2_d_g, _mm30)
+    del _mm30
+    d2_weight = torch.cat([
+        d2_weight_0.reshape(16),
+        d2_weight_1.reshape(16),
+        d2_weight_2.reshape(16),
+        d2_weight_3.reshape(16),
+        d2_weight_4.reshape(16),
+        d2_weight_5.reshape(16),
+        d2_weight_6.reshape(16),
+        d2_weight_7.reshape(16),
+        d2_weight_8.reshape(16),
+        d2_weight_9.reshape(256),
+        d2_weight_10.reshape(256),
+        d2_weight_11.reshape(256),
+        d2_weight_12.reshape(256),
+        d2_weight_13.reshape(256),
+        d2_weight_14.reshape(256),
+    ], dim=-1)
+    del d2_weight_0, d2_weight_1, d2_weight_10, d2_weight_11, d2_weight_12, d2_weight_13, d2_weight_14, d2_weight_2, d2_weight_3, d2_weight_4, d2_weight_5, d2_weight_6, d2_weight_7, d2_weight_8, d2_weight_9
     return [d2_f, d2_d_g, d2_weight]
 
 
@@ -888,12 +1456,282 @@ def _cormorant_cg_d2_weight(
     return [d2_f, d2_d_g, d2_weight]
 
 
+def _cormorant_cg_d2_weight_cpu(
+    f: torch.Tensor, d_g: torch.Tensor, d2_d_weight: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_1_2_2: torch.Tensor, cg_2_2_0: torch.Tensor,
+    cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_cg_d for the cotangent of d_weight: f (n, 144), d_g (n, 144), d2_d_weight (1680,) -> d2_f (n, 144), d2_d_g (n, 144), d2_weight (1680,)."""
+    n = f.shape[0]
+    _p1 = weight.new_empty(n, 16)
+    p = weight.new_empty(n, 144)
+    _p3 = weight.new_empty(n, 48)
+    _p5 = weight.new_empty(n, 80)
+    _c3 = weight.new_empty(n, 144)
+    # p1 = (p0 ⊗ p0) -> 16x0
+    # p3 = (p0 ⊗ p2) -> 16x1
+    # p5 = (p0 ⊗ p4) -> 16x2
+    # p6 = (p2 ⊗ p2) -> 16x0
+    _native.run('cormorant_cg_d2_weight_s0', n, _p1, p, _p3, _p5, _c3, f[:, 0:16].reshape(n, 16, 1), f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, weight[0:16].view(16), f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, weight[16:32].view(16), f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, weight[32:48].view(16), f[:, 16:64].reshape(n, 16, 3))
+    _p6 = torch.mm(_c3.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    # p7 = (p2 ⊗ p2) -> 16x2
+    _p7 = torch.mm(_c3.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c3
+    _c4 = weight.new_empty(n, 240)
+    # p8 = (p2 ⊗ p4) -> 16x1
+    _native.run('cormorant_cg_d2_weight_s1', n, p, _c4, _p6, weight[48:64].view(16), _p7, weight[64:80].view(16), f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
+    _p8 = torch.mm(_c4.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    # p9 = (p2 ⊗ p4) -> 16x2
+    _p9 = torch.mm(_c4.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c4
+    _c5 = weight.new_empty(n, 400)
+    # p10 = (p4 ⊗ p4) -> 16x0
+    _native.run('cormorant_cg_d2_weight_s2', n, p, _c5, _p8, weight[80:96].view(16), _p9, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
+    _p10 = torch.mm(_c5.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    # p11 = (p4 ⊗ p4) -> 16x2
+    _p11 = torch.mm(_c5.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c5
+    _copy0 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d2_weight_s3', n, p, _copy0, _p10, weight[112:128].view(16), _p11, weight[128:144].view(16), d_g[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂p: 16x2 -> 16x2
+    _mm0 = torch.mm(_copy0.reshape(n, 5, 16).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16)  # ziw,uw->ziu
+    d_p = weight.new_empty(n, 144)
+    _copy1 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_d2_weight_s4', n, d_p, _copy1, _mm0, d_g[:, 16:64].reshape(n, 16, 3))
+    del _mm0
+    # ∂/∂p: 16x1 -> 16x1
+    _mm1 = torch.mm(_copy1.reshape(n, 3, 16).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16)  # ziw,uw->ziu
+    _native.run('cormorant_cg_d2_weight_s5', n, d_p, _mm1)
+    del _mm1
+    # ∂/∂p: 16x0 -> 16x0
+    _mm2 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16)  # zwi,uw->ziu
+    d2_d_p = weight.new_empty(n, 144)
+    d2__p1 = weight.new_empty(n, 16)
+    d2__p3 = weight.new_empty(n, 48)
+    d2__p5 = weight.new_empty(n, 80)
+    d2__p6 = weight.new_empty(n, 16)
+    d2__p7 = weight.new_empty(n, 80)
+    d2__p8 = weight.new_empty(n, 48)
+    d2__p9 = weight.new_empty(n, 80)
+    d2__p10 = weight.new_empty(n, 16)
+    d2__p11 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d2_weight_s6', n, d_p, d2_d_p, d2__p1, d2__p3, d2__p5, d2__p6, d2__p7, d2__p8, d2__p9, d2__p10, d2__p11, _mm2, d2_d_weight[0:16].view(16), _p1, d2_d_weight[16:32].view(16), _p3, d2_d_weight[32:48].view(16), _p5, d2_d_weight[48:64].view(16), _p6, d2_d_weight[64:80].view(16), _p7, d2_d_weight[80:96].view(16), _p8, d2_d_weight[96:112].view(16), _p9, d2_d_weight[112:128].view(16), _p10, d2_d_weight[128:144].view(16), _p11)
+    del _mm2, d_p
+    # ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0
+    _mm3 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[144:400].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16)  # uw,zui->ziw
+    d2_d_g = weight.new_empty(n, 144)
+    _native.run('cormorant_cg_d2_weight_s7', n, d2_d_g, _mm3)
+    del _mm3
+    # ∂/∂p: ∂/∂weight: 16x0 -> 16x0
+    _mm4 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[144:400].view(16, 16) * 0.25).t()).view(n, 1, 16)  # uw,zwi->ziu
+    d2_p = weight.new_empty(n, 144)
+    _native.run('cormorant_cg_d2_weight_s8', n, d2_p, _mm4)
+    del _mm4
+    # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
+    _mm5 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16)  # zui,uw->ziw
+    # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
+    d2_weight_0 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
+    _copy2 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_d2_weight_s9', n, d2_d_g, _copy2, _mm5, p)
+    del _mm5
+    # ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1
+    _mm6 = torch.mm(_copy2.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3).t(), (d2_d_weight[400:656].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16)  # uw,ziu->ziw
+    del _copy2
+    _native.run('cormorant_cg_d2_weight_s10', n, d2_d_g, _mm6)
+    del _mm6
+    # ∂/∂p: ∂/∂weight: 16x1 -> 16x1
+    _mm7 = torch.mm(_copy1.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3).t(), (d2_d_weight[400:656].view(16, 16) * 0.25).t()).view(n, 3, 16)  # uw,ziw->ziu
+    _copy3 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_d2_weight_s11', n, d2_p, _copy3, _mm7, d2_d_p)
+    del _mm7
+    # ∂/∂d_g: ∂/∂p: 16x1 -> 16x1
+    _mm8 = torch.mm(_copy3.reshape(n, 3, 16).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
+    # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
+    d2_weight_1 = torch.mm((_copy3.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # ziu,ziw->uw
+    del _copy3
+    _copy4 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d2_weight_s12', n, d2_d_g, _copy4, _mm8, p)
+    del _mm8, p
+    # ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2
+    _mm9 = torch.mm(_copy4.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5).t(), (d2_d_weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16)  # uw,ziu->ziw
+    del _copy4
+    _native.run('cormorant_cg_d2_weight_s13', n, d2_d_g, _mm9)
+    del _mm9
+    # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
+    _mm10 = torch.mm(_copy0.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5).t(), (d2_d_weight[656:912].view(16, 16) * 0.25).t()).view(n, 5, 16)  # uw,ziw->ziu
+    _copy5 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d2_weight_s14', n, d2_p, _copy5, _mm10, d2_d_p)
+    del _mm10, d2_d_p
+    # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
+    _mm11 = torch.mm(_copy5.reshape(n, 5, 16).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16)  # ziu,uw->ziw
+    # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
+    d2_weight_2 = torch.mm((_copy5.reshape(n, 5, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # ziu,ziw->uw
+    del _copy5
+    _native.run('cormorant_cg_d2_weight_s15', n, d2_d_g, _mm11)
+    del _mm11
+    # ∂/∂d_g: ∂/∂weight: 16x0 -> 16x0
+    _mm12 = torch.mm(f[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[912:1168].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16)  # uw,zui->ziw
+    _native.run('cormorant_cg_d2_weight_s16', n, d2_d_g, _mm12)
+    del _mm12
+    # ∂/∂f: ∂/∂weight: 16x0 -> 16x0
+    _mm13 = torch.mm(d_g[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[912:1168].view(16, 16) * 0.25).t()).view(n, 1, 16)  # uw,zwi->ziu
+    d2_f = weight.new_empty(n, 144)
+    _copy6 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_d2_weight_s17', n, d2_f, _copy6, _mm13, f[:, 16:64].reshape(n, 16, 3))
+    del _mm13
+    # ∂/∂d_g: ∂/∂weight: 16x1 -> 16x1
+    _mm14 = torch.mm(_copy6.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3).t(), (d2_d_weight[1168:1424].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16)  # uw,ziu->ziw
+    del _copy6
+    _native.run('cormorant_cg_d2_weight_s18', n, d2_d_g, _mm14)
+    del _mm14
+    # ∂/∂f: ∂/∂weight: 16x1 -> 16x1
+    _mm15 = torch.mm(_copy1.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3).t(), (d2_d_weight[1168:1424].view(16, 16) * 0.25).t()).view(n, 3, 16)  # uw,ziw->ziu
+    del _copy1
+    _copy7 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d2_weight_s19', n, d2_f, _copy7, _mm15, f[:, 64:144].reshape(n, 16, 5))
+    del _mm15
+    # ∂/∂d_g: ∂/∂weight: 16x2 -> 16x2
+    _mm16 = torch.mm(_copy7.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5).t(), (d2_d_weight[1424:1680].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16)  # uw,ziu->ziw
+    del _copy7
+    _native.run('cormorant_cg_d2_weight_s20', n, d2_d_g, _mm16)
+    del _mm16
+    # ∂/∂f: ∂/∂weight: 16x2 -> 16x2
+    _mm17 = torch.mm(_copy0.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5).t(), (d2_d_weight[1424:1680].view(16, 16) * 0.25).t()).view(n, 5, 16)  # uw,ziw->ziu
+    del _copy0
+    _copy8 = weight.new_empty(n, 80)
+    _copy9 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d2_weight_s21', n, d2_f, d2__p11, _copy8, _copy9, _mm17, d2_p, weight[128:144].view(16), _p11)
+    del _mm17, _p11
+    d2_weight_3 = torch.bmm((_copy8.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy9.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
+    del _copy9
+    _c6 = weight.new_empty(n, 400)
+    # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d2_weight_s22', n, _c6, d2__p11, f[:, 64:144].reshape(n, 16, 5))
+    _mm18 = torch.mm(_c6.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c6
+    _c7 = weight.new_empty(n, 400)
+    # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d2_weight_s23', n, d2_f, _c7, _mm18, d2__p11, f[:, 64:144].reshape(n, 16, 5))
+    del _mm18, d2__p11
+    _mm19 = torch.mm(_c7.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c7
+    _native.run('cormorant_cg_d2_weight_s24', n, d2_f, d2__p10, _mm19, d2_p, weight[112:128].view(16))
+    del _mm19
+    d2_weight_4 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p10
+    _copy10 = weight.new_empty(n, 80)
+    # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
+    _native.run('cormorant_cg_d2_weight_s25', n, d2_f, d2__p9, _copy10, d2__p10, f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, f[:, 64:144].reshape(n, 16, 5), d2_p, weight[96:112].view(16), _p9)
+    del _p9, d2__p10
+    d2_weight_5 = torch.bmm((_copy8.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy10.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
+    del _copy10
+    _c10 = weight.new_empty(n, 400)
+    # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d2_weight_s26', n, _c10, d2__p9, f[:, 64:144].reshape(n, 16, 5))
+    _mm20 = torch.mm(_c10.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c10
+    _c11 = weight.new_empty(n, 240)
+    # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d2_weight_s27', n, d2_f, _c11, _mm20, d2__p9, f[:, 16:64].reshape(n, 16, 3))
+    del _mm20, d2__p9
+    _mm21 = torch.mm(_c11.reshape(n, 16, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c11
+    _copy11 = weight.new_empty(n, 48)
+    _copy12 = weight.new_empty(n, 48)
+    _native.run('cormorant_cg_d2_weight_s28', n, d2_f, d2__p8, _copy11, _copy12, _mm21, d2_p, weight[80:96].view(16), _p8)
+    del _mm21, _p8
+    d2_weight_6 = torch.bmm((_copy11.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy12.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
+    del _copy12
+    _c12 = weight.new_empty(n, 240)
+    # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    _native.run('cormorant_cg_d2_weight_s29', n, _c12, d2__p8, f[:, 64:144].reshape(n, 16, 5))
+    _mm22 = torch.mm(_c12.reshape(n, 16, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c12
+    _c13 = weight.new_empty(n, 144)
+    # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    _native.run('cormorant_cg_d2_weight_s30', n, d2_f, _c13, _mm22, d2__p8, f[:, 16:64].reshape(n, 16, 3))
+    del _mm22, d2__p8
+    _mm23 = torch.mm(_c13.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c13
+    _copy13 = weight.new_empty(n, 80)
+    _native.run('cormorant_cg_d2_weight_s31', n, d2_f, d2__p7, _copy13, _mm23, d2_p, weight[64:80].view(16), _p7)
+    del _mm23, _p7
+    d2_weight_7 = torch.bmm((_copy8.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy13.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
+    del _copy13
+    _c14 = weight.new_empty(n, 240)
+    # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    _native.run('cormorant_cg_d2_weight_s32', n, _c14, d2__p7, f[:, 16:64].reshape(n, 16, 3))
+    _mm24 = torch.mm(_c14.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c14
+    _c15 = weight.new_empty(n, 240)
+    # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    _native.run('cormorant_cg_d2_weight_s33', n, d2_f, _c15, _mm24, d2__p7, f[:, 16:64].reshape(n, 16, 3))
+    del _mm24, d2__p7
+    _mm25 = torch.mm(_c15.reshape(n, 16, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
+    del _c15
+    _native.run('cormorant_cg_d2_weight_s34', n, d2_f, d2__p6, _mm25, d2_p, weight[48:64].view(16))
+    del _mm25
+    d2_weight_8 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p6
+    _copy14 = weight.new_empty(n, 80)
+    # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
+    _native.run('cormorant_cg_d2_weight_s35', n, d2_f, d2__p5, _copy14, d2__p6, f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, f[:, 16:64].reshape(n, 16, 3), d2_p, weight[32:48].view(16), _p5)
+    del _p5, d2__p6
+    d2_weight_9 = torch.bmm((_copy8.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy14.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
+    del _copy14, _copy8
+    _c18 = weight.new_empty(n, 400)
+    # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d2_weight_s36', n, _c18, d2__p5, f[:, 64:144].reshape(n, 16, 5))
+    _mm26 = torch.mm(_c18.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c18
+    _copy15 = weight.new_empty(n, 48)
+    # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d2_weight_s37', n, d2_f, d2__p3, _copy15, _mm26, d2__p5, f[:, 0:16].reshape(n, 16, 1), cg_0_2_2, d2_p, weight[16:32].view(16), _p3)
+    del _mm26, _p3, d2__p5
+    d2_weight_10 = torch.bmm((_copy11.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy15.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
+    del _copy11, _copy15
+    _c20 = weight.new_empty(n, 144)
+    # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    _native.run('cormorant_cg_d2_weight_s38', n, _c20, d2__p3, f[:, 16:64].reshape(n, 16, 3))
+    _mm27 = torch.mm(_c20.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
+    del _c20
+    # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    _native.run('cormorant_cg_d2_weight_s39', n, d2_f, d2__p1, _mm27, d2__p3, f[:, 0:16].reshape(n, 16, 1), cg_0_1_1, d2_p, weight[0:16].view(16))
+    del _mm27, d2__p3
+    d2_weight_11 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    del _p1, d2_p
+    # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
+    _native.run('cormorant_cg_d2_weight_s40', n, d2_f, d2__p1, f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, f[:, 0:16].reshape(n, 16, 1))
+    del d2__p1
+    d2_weight = torch.cat([
+        d2_weight_11.reshape(16),
+        d2_weight_10.reshape(16),
+        d2_weight_9.reshape(16),
+        d2_weight_8.reshape(16),
+        d2_weight_7.reshape(16),
+        d2_weight_6.reshape(16),
+        d2_weight_5.reshape(16),
+        d2_weight_4.reshape(16),
+        d2_weight_3.reshape(16),
+        d2_weight_0.reshape(256),
+        d2_weight_1.reshape(256),
+        d2_weight_2.reshape(256),
+        weight.new_zeros(768),
+    ], dim=-1)
+    del d2_weight_0, d2_weight_1, d2_weight_10, d2_weight_11, d2_weight_2, d2_weight_3, d2_weight_4, d2_weight_5, d2_weight_6, d2_weight_7, d2_weight_8, d2_weight_9
+    return [d2_f, d2_d_g, d2_weight]
+
+
 # cormorant_cg: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("cormorant_cg_d2_f", _cormorant_cg_d2_f, outputs=((144, True), (144, True), (1680, False)), index_ranges={})
-_ops.register("cormorant_cg_d2_weight", _cormorant_cg_d2_weight, outputs=((144, True), (144, True), (1680, False)), index_ranges={})
-_ops.register("cormorant_cg_d", _cormorant_cg_d, outputs=((144, True), (1680, False)), index_ranges={}, backward=[_ops.cormorant_cg_d2_f, _ops.cormorant_cg_d2_weight])
-_ops.register("cormorant_cg", _cormorant_cg, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_cg_d], check_indices=True)
+_ops.register("cormorant_cg_d2_f", _cormorant_cg_d2_f, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, cpu=_cormorant_cg_d2_f_cpu)
+_ops.register("cormorant_cg_d2_weight", _cormorant_cg_d2_weight, outputs=((144, True), (144, True), (1680, False)), index_ranges={}, cpu=_cormorant_cg_d2_weight_cpu)
+_ops.register("cormorant_cg_d", _cormorant_cg_d, outputs=((144, True), (1680, False)), index_ranges={}, backward=[_ops.cormorant_cg_d2_f, _ops.cormorant_cg_d2_weight], cpu=_cormorant_cg_d_cpu)
+_ops.register("cormorant_cg", _cormorant_cg, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_cg_d], check_indices=True, cpu=_cormorant_cg_cpu)
 
 
 def _cormorant_message(
@@ -992,6 +1830,46 @@ def _cormorant_message(
         m_21.reshape(n, 80),
     ], dim=-1)
     del m_19, m_20, m_21
+    return [m]
+
+
+def _cormorant_message_cpu(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, weight: torch.Tensor,
+    _g_p_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """cormorant_message on rows: f (n, 144), sh (n, 9), w (n, 240) -> m (n, 144)."""
+    n = f.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    p = weight.new_empty(n, 144)
+    # 1 paths 16x0 ⊗ sh -> 16x0
+    # 1 paths 16x0 ⊗ sh -> 16x1
+    # 1 paths 16x0 ⊗ sh -> 16x2
+    # 1 paths 16x1 ⊗ sh -> 16x0
+    # 3 paths 16x1 ⊗ sh -> 16x1
+    # 2 paths 16x1 ⊗ sh -> 16x2
+    # 1 paths 16x2 ⊗ sh -> 16x0
+    # 2 paths 16x2 ⊗ sh -> 16x1
+    # 3 paths 16x2 ⊗ sh -> 16x2
+    _native.run('cormorant_message_s0', n, p, f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1), w[:, 0:16].reshape(n, 1, 16), _m_p_0[:, 1:4].reshape(n, 1, 3, 1), w[:, 16:32].reshape(n, 1, 16), _m_p_0[:, 4:9].reshape(n, 1, 5, 1), w[:, 32:48].reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1), w[:, 64:80].reshape(n, 1, 16), w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), _m_p_0[:, 12:39].reshape(n, 3, 3, 3), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), _m_p_0[:, 39:69].reshape(n, 3, 5, 2), f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1), w[:, 192:208].reshape(n, 1, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), _m_p_0[:, 74:104].reshape(n, 5, 3, 2), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), _m_p_0[:, 104:179].reshape(n, 5, 5, 3))
+    del _m_p_0
+    # 16x0 -> 16x0
+    _mm0 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16)  # zui,uw->ziw
+    m = weight.new_empty(n, 144)
+    _copy0 = weight.new_empty(n, 48)
+    _native.run('cormorant_message_s1', n, m, _copy0, _mm0, p)
+    del _mm0
+    # 16x1 -> 16x1
+    _mm1 = torch.mm(_copy0.reshape(n, 3, 16).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
+    del _copy0
+    _copy1 = weight.new_empty(n, 80)
+    _native.run('cormorant_message_s2', n, m, _copy1, _mm1, p)
+    del _mm1, p
+    # 16x2 -> 16x2
+    _mm2 = torch.mm(_copy1.reshape(n, 5, 16).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16)  # ziu,uw->ziw
+    del _copy1
+    _native.run('cormorant_message_s3', n, m, _mm2)
+    del _mm2
     return [m]
 
 
@@ -1228,6 +2106,101 @@ def _cormorant_message_d(
     return [d_f, d_sh, d_w, d_weight]
 
 
+def _cormorant_message_d_cpu(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    weight: torch.Tensor, _g_p_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_message: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144) -> d_f (n, 144), d_sh (n, 9), d_w (n, 240), d_weight (768,)."""
+    n = f.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    _t_p_0_0_0 = weight.new_empty(n, 16)
+    p = weight.new_empty(n, 144)
+    _t_p_0_0_1 = weight.new_empty(n, 48)
+    _t_p_0_0_2 = weight.new_empty(n, 80)
+    _t_p_0_1_0 = weight.new_empty(n, 16)
+    _w_p_0_1_1 = weight.new_empty(n, 48)
+    _t_p_0_1_1 = weight.new_empty(n, 144)
+    _w_p_0_1_2 = weight.new_empty(n, 32)
+    _t_p_0_1_2 = weight.new_empty(n, 160)
+    _t_p_0_2_0 = weight.new_empty(n, 16)
+    _w_p_0_2_1 = weight.new_empty(n, 32)
+    _t_p_0_2_1 = weight.new_empty(n, 96)
+    _w_p_0_2_2 = weight.new_empty(n, 48)
+    _t_p_0_2_2 = weight.new_empty(n, 240)
+    _copy0 = weight.new_empty(n, 80)
+    # 1 paths 16x0 ⊗ sh -> 16x0
+    # 1 paths 16x0 ⊗ sh -> 16x1
+    # 1 paths 16x0 ⊗ sh -> 16x2
+    # 1 paths 16x1 ⊗ sh -> 16x0
+    # 3 paths 16x1 ⊗ sh -> 16x1
+    # 2 paths 16x1 ⊗ sh -> 16x2
+    # 1 paths 16x2 ⊗ sh -> 16x0
+    # 2 paths 16x2 ⊗ sh -> 16x1
+    # 3 paths 16x2 ⊗ sh -> 16x2
+    _native.run('cormorant_message_d_s0', n, _t_p_0_0_0, p, _t_p_0_0_1, _t_p_0_0_2, _t_p_0_1_0, _w_p_0_1_1, _t_p_0_1_1, _w_p_0_1_2, _t_p_0_1_2, _t_p_0_2_0, _w_p_0_2_1, _t_p_0_2_1, _w_p_0_2_2, _t_p_0_2_2, _copy0, f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1), w[:, 0:16].reshape(n, 1, 16), _m_p_0[:, 1:4].reshape(n, 1, 3, 1), w[:, 16:32].reshape(n, 1, 16), _m_p_0[:, 4:9].reshape(n, 1, 5, 1), w[:, 32:48].reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1), w[:, 64:80].reshape(n, 1, 16), w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), _m_p_0[:, 12:39].reshape(n, 3, 3, 3), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), _m_p_0[:, 39:69].reshape(n, 3, 5, 2), f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1), w[:, 192:208].reshape(n, 1, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), _m_p_0[:, 74:104].reshape(n, 5, 3, 2), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), _m_p_0[:, 104:179].reshape(n, 5, 5, 3), d_m[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂p: 16x2 -> 16x2
+    _mm0 = torch.mm(_copy0.reshape(n, 5, 16).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16)  # ziw,uw->ziu
+    d_p = weight.new_empty(n, 144)
+    _copy1 = weight.new_empty(n, 80)
+    _native.run('cormorant_message_d_s1', n, d_p, _copy1, _mm0, p)
+    del _mm0
+    # ∂/∂weight: 16x2 -> 16x2
+    d_weight_0 = torch.mm(_copy1.reshape(n, 5, 16).reshape(n * 5, 16).t(), (_copy0.reshape(n, 5, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 5).t()).view(16, 16)  # ziw,ziu->uw
+    del _copy0, _copy1
+    _copy2 = weight.new_empty(n, 48)
+    _native.run('cormorant_message_d_s2', n, _copy2, d_m[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂p: 16x1 -> 16x1
+    _mm1 = torch.mm(_copy2.reshape(n, 3, 16).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16)  # ziw,uw->ziu
+    _copy3 = weight.new_empty(n, 48)
+    _native.run('cormorant_message_d_s3', n, d_p, _copy3, _mm1, p)
+    del _mm1
+    # ∂/∂weight: 16x1 -> 16x1
+    d_weight_1 = torch.mm(_copy3.reshape(n, 3, 16).reshape(n * 3, 16).t(), (_copy2.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3).t()).view(16, 16)  # ziw,ziu->uw
+    del _copy2, _copy3
+    # ∂/∂p: 16x0 -> 16x0
+    _mm2 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16)  # zwi,uw->ziu
+    # ∂/∂weight: 16x0 -> 16x0
+    d_weight_2 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16).t(), (d_m[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n).t()).view(16, 16)  # zwi,zui->uw
+    del p
+    d_f = weight.new_empty(n, 144)
+    d__m_p_0 = weight.new_empty(n, 179)
+    d_w = weight.new_empty(n, 240)
+    # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    _native.run('cormorant_message_d_s4', n, d_p, d_f, d__m_p_0, d_w, _mm2, _w_p_0_2_2, _t_p_0_2_2, _m_p_0[:, 104:179].reshape(n, 5, 5, 3), f[:, 64:144].reshape(n, 16, 5), _w_p_0_2_1, _t_p_0_2_1, _m_p_0[:, 74:104].reshape(n, 5, 3, 2), w[:, 192:208].reshape(n, 1, 16), _t_p_0_2_0, _m_p_0[:, 69:74].reshape(n, 5, 1, 1), _w_p_0_1_2, _t_p_0_1_2, _m_p_0[:, 39:69].reshape(n, 3, 5, 2), f[:, 16:64].reshape(n, 16, 3), _w_p_0_1_1, _t_p_0_1_1, _m_p_0[:, 12:39].reshape(n, 3, 3, 3), w[:, 64:80].reshape(n, 1, 16), _t_p_0_1_0, _m_p_0[:, 9:12].reshape(n, 3, 1, 1), w[:, 32:48].reshape(n, 1, 16), _t_p_0_0_2, _m_p_0[:, 4:9].reshape(n, 1, 5, 1), f[:, 0:16].reshape(n, 16, 1), w[:, 16:32].reshape(n, 1, 16), _t_p_0_0_1, _m_p_0[:, 1:4].reshape(n, 1, 3, 1), w[:, 0:16].reshape(n, 1, 16), _t_p_0_0_0, _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
+    del _m_p_0, _mm2, _t_p_0_0_0, _t_p_0_0_1, _t_p_0_0_2, _t_p_0_1_0, _t_p_0_1_1, _t_p_0_1_2, _t_p_0_2_0, _t_p_0_2_1, _t_p_0_2_2, _w_p_0_1_1, _w_p_0_1_2, _w_p_0_2_1, _w_p_0_2_2, d_p
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    _mm3 = torch.mm(d__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
+    del d__m_p_0
+    d_sh = weight.new_empty(n, 9)
+    _native.run('cormorant_message_d_s5', n, d_sh, _mm3)
+    del _mm3
+    d_weight = torch.cat([
+        d_weight_2.reshape(256),
+        d_weight_1.reshape(256),
+        d_weight_0.reshape(256),
+    ], dim=-1)
+    del d_weight_0, d_weight_1, d_weight_2
+    return [d_f, d_sh, d_w, d_weight]
+
+
 def _cormorant_message_d2_f(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
     d2_d_f: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
@@ -1450,6 +2423,98 @@ def _cormorant_message_d2_f(
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
+def _cormorant_message_d2_f_cpu(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    d2_d_f: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_f: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_f (n, 144) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
+    n = f.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    _w_p_0_1_1 = weight.new_empty(n, 48)
+    _w_p_0_1_2 = weight.new_empty(n, 32)
+    _w_p_0_2_1 = weight.new_empty(n, 32)
+    _w_p_0_2_2 = weight.new_empty(n, 48)
+    _copy0 = weight.new_empty(n, 80)
+    _native.run('cormorant_message_d2_f_s0', n, _w_p_0_1_1, _w_p_0_1_2, _w_p_0_2_1, _w_p_0_2_2, _copy0, w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂p: 16x2 -> 16x2
+    _mm0 = torch.mm(_copy0.reshape(n, 5, 16).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16)  # ziw,uw->ziu
+    d_p = weight.new_empty(n, 144)
+    _copy1 = weight.new_empty(n, 48)
+    _native.run('cormorant_message_d2_f_s1', n, d_p, _copy1, _mm0, d_m[:, 16:64].reshape(n, 16, 3))
+    del _mm0
+    # ∂/∂p: 16x1 -> 16x1
+    _mm1 = torch.mm(_copy1.reshape(n, 3, 16).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16)  # ziw,uw->ziu
+    _native.run('cormorant_message_d2_f_s2', n, d_p, _mm1)
+    del _mm1
+    # ∂/∂p: 16x0 -> 16x0
+    _mm2 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16)  # zwi,uw->ziu
+    d2__m_p_0 = weight.new_empty(n, 179)
+    d2_d_p = weight.new_empty(n, 144)
+    d2_w = weight.new_empty(n, 240)
+    d2__w_p_0_1_1 = weight.new_empty(n, 48)
+    d2__w_p_0_1_2 = weight.new_empty(n, 32)
+    d2__w_p_0_2_1 = weight.new_empty(n, 32)
+    d2__w_p_0_2_2 = weight.new_empty(n, 48)
+    # ∂/∂d__t_p_0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂d__t_p_0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂d__t_p_0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂d__t_p_0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂d__t_p_0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂d__t_p_0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂d__t_p_0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂_m_p_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂d__t_p_0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂_m_p_0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂d__t_p_0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂_m_p_0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    _native.run('cormorant_message_d2_f_s3', n, d_p, d2__m_p_0, d2_d_p, d2_w, d2__w_p_0_1_1, d2__w_p_0_1_2, d2__w_p_0_2_1, d2__w_p_0_2_2, _mm2, _w_p_0_2_2, _w_p_0_2_1, w[:, 192:208].reshape(n, 1, 16), _w_p_0_1_2, _w_p_0_1_1, w[:, 64:80].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 0:16].reshape(n, 1, 16), d2_d_f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1), _m_p_0[:, 1:4].reshape(n, 1, 3, 1), _m_p_0[:, 4:9].reshape(n, 1, 5, 1), d2_d_f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1), _m_p_0[:, 12:39].reshape(n, 3, 3, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2), d2_d_f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1), _m_p_0[:, 74:104].reshape(n, 5, 3, 2), _m_p_0[:, 104:179].reshape(n, 5, 5, 3))
+    del _m_p_0, _mm2, _w_p_0_1_1, _w_p_0_1_2, _w_p_0_2_1, _w_p_0_2_2, d_p
+    # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
+    _mm3 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16)  # zui,uw->ziw
+    # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
+    d2_weight_0 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
+    d2_d_m = weight.new_empty(n, 144)
+    _copy2 = weight.new_empty(n, 48)
+    _native.run('cormorant_message_d2_f_s4', n, d2_d_m, _copy2, _mm3, d2_d_p)
+    del _mm3
+    # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
+    _mm4 = torch.mm(_copy2.reshape(n, 3, 16).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
+    # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
+    d2_weight_1 = torch.mm((_copy2.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # ziu,ziw->uw
+    del _copy1, _copy2
+    _copy3 = weight.new_empty(n, 80)
+    _native.run('cormorant_message_d2_f_s5', n, d2_d_m, _copy3, _mm4, d2_d_p)
+    del _mm4, d2_d_p
+    # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
+    _mm5 = torch.mm(_copy3.reshape(n, 5, 16).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16)  # ziu,uw->ziw
+    # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
+    d2_weight_2 = torch.mm((_copy3.reshape(n, 5, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # ziu,ziw->uw
+    del _copy0, _copy3
+    _native.run('cormorant_message_d2_f_s6', n, d2_d_m, d2_w, _mm5, d2__w_p_0_2_2, d2__w_p_0_2_1, d2__w_p_0_1_2, d2__w_p_0_1_1)
+    del _mm5, d2__w_p_0_1_1, d2__w_p_0_1_2, d2__w_p_0_2_1, d2__w_p_0_2_2
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    _mm6 = torch.mm(d2__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
+    del d2__m_p_0
+    d2_sh = weight.new_empty(n, 9)
+    _native.run('cormorant_message_d2_f_s7', n, d2_sh, _mm6)
+    del _mm6
+    d2_f = weight.new_zeros(n, 144)
+    d2_weight = torch.cat([
+        d2_weight_0.reshape(256),
+        d2_weight_1.reshape(256),
+        d2_weight_2.reshape(256),
+    ], dim=-1)
+    del d2_weight_0, d2_weight_1, d2_weight_2
+    return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
+
+
 def _cormorant_message_d2_sh(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
     d2_d_sh: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
@@ -1660,6 +2725,92 @@ def _cormorant_message_d2_sh(
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
+def _cormorant_message_d2_sh_cpu(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    d2_d_sh: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_sh: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_sh (n, 9) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
+    n = f.shape[0]
+    _w_p_0_1_1 = weight.new_empty(n, 48)
+    _w_p_0_1_2 = weight.new_empty(n, 32)
+    _w_p_0_2_1 = weight.new_empty(n, 32)
+    _w_p_0_2_2 = weight.new_empty(n, 48)
+    _copy0 = weight.new_empty(n, 80)
+    _native.run('cormorant_message_d2_sh_s0', n, _w_p_0_1_1, _w_p_0_1_2, _w_p_0_2_1, _w_p_0_2_2, _copy0, w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), d_m[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂p: 16x2 -> 16x2
+    _mm0 = torch.mm(_copy0.reshape(n, 5, 16).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16)  # ziw,uw->ziu
+    d_p = weight.new_empty(n, 144)
+    _copy1 = weight.new_empty(n, 48)
+    _native.run('cormorant_message_d2_sh_s1', n, d_p, _copy1, _mm0, d_m[:, 16:64].reshape(n, 16, 3))
+    del _mm0
+    # ∂/∂p: 16x1 -> 16x1
+    _mm1 = torch.mm(_copy1.reshape(n, 3, 16).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16)  # ziw,uw->ziu
+    _native.run('cormorant_message_d2_sh_s2', n, d_p, _mm1)
+    del _mm1
+    # ∂/∂p: 16x0 -> 16x0
+    _mm2 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16)  # zwi,uw->ziu
+    # ∂/∂d__m_p_0: ∂/∂sh: every path's (i, k) map at once: sh · G
+    d2_d__m_p_0 = torch.mm(d2_d_sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    d2_f = weight.new_empty(n, 144)
+    d2_d_p = weight.new_empty(n, 144)
+    d2_w = weight.new_empty(n, 240)
+    d2__w_p_0_1_1 = weight.new_empty(n, 48)
+    d2__w_p_0_1_2 = weight.new_empty(n, 32)
+    d2__w_p_0_2_1 = weight.new_empty(n, 32)
+    d2__w_p_0_2_2 = weight.new_empty(n, 48)
+    # ∂/∂d__t_p_0_0_0: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂d__t_p_0_0_1: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂d__t_p_0_0_2: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂d__t_p_0_1_0: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂d__t_p_0_1_1: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂d__t_p_0_1_2: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂d__t_p_0_2_0: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂f: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂d__t_p_0_2_1: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂f: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂d__t_p_0_2_2: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂f: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    _native.run('cormorant_message_d2_sh_s3', n, d_p, d2_f, d2_d_p, d2_w, d2__w_p_0_1_1, d2__w_p_0_1_2, d2__w_p_0_2_1, d2__w_p_0_2_2, _mm2, _w_p_0_2_2, _w_p_0_2_1, w[:, 192:208].reshape(n, 1, 16), _w_p_0_1_2, _w_p_0_1_1, w[:, 64:80].reshape(n, 1, 16), w[:, 32:48].reshape(n, 1, 16), w[:, 16:32].reshape(n, 1, 16), w[:, 0:16].reshape(n, 1, 16), d2_d__m_p_0[:, 0:1].reshape(n, 1, 1, 1), f[:, 0:16].reshape(n, 16, 1), d2_d__m_p_0[:, 1:4].reshape(n, 1, 3, 1), d2_d__m_p_0[:, 4:9].reshape(n, 1, 5, 1), d2_d__m_p_0[:, 9:12].reshape(n, 3, 1, 1), f[:, 16:64].reshape(n, 16, 3), d2_d__m_p_0[:, 12:39].reshape(n, 3, 3, 3), d2_d__m_p_0[:, 39:69].reshape(n, 3, 5, 2), d2_d__m_p_0[:, 69:74].reshape(n, 5, 1, 1), f[:, 64:144].reshape(n, 16, 5), d2_d__m_p_0[:, 74:104].reshape(n, 5, 3, 2), d2_d__m_p_0[:, 104:179].reshape(n, 5, 5, 3))
+    del _mm2, _w_p_0_1_1, _w_p_0_1_2, _w_p_0_2_1, _w_p_0_2_2, d2_d__m_p_0, d_p
+    # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
+    _mm3 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16)  # zui,uw->ziw
+    # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
+    d2_weight_0 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
+    d2_d_m = weight.new_empty(n, 144)
+    _copy2 = weight.new_empty(n, 48)
+    _native.run('cormorant_message_d2_sh_s4', n, d2_d_m, _copy2, _mm3, d2_d_p)
+    del _mm3
+    # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
+    _mm4 = torch.mm(_copy2.reshape(n, 3, 16).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
+    # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
+    d2_weight_1 = torch.mm((_copy2.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # ziu,ziw->uw
+    del _copy1, _copy2
+    _copy3 = weight.new_empty(n, 80)
+    _native.run('cormorant_message_d2_sh_s5', n, d2_d_m, _copy3, _mm4, d2_d_p)
+    del _mm4, d2_d_p
+    # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
+    _mm5 = torch.mm(_copy3.reshape(n, 5, 16).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16)  # ziu,uw->ziw
+    # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
+    d2_weight_2 = torch.mm((_copy3.reshape(n, 5, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # ziu,ziw->uw
+    del _copy0, _copy3
+    _native.run('cormorant_message_d2_sh_s6', n, d2_d_m, d2_w, _mm5, d2__w_p_0_2_2, d2__w_p_0_2_1, d2__w_p_0_1_2, d2__w_p_0_1_1)
+    del _mm5, d2__w_p_0_1_1, d2__w_p_0_1_2, d2__w_p_0_2_1, d2__w_p_0_2_2
+    d2_sh = weight.new_zeros(n, 9)
+    d2_weight = torch.cat([
+        d2_weight_0.reshape(256),
+        d2_weight_1.reshape(256),
+        d2_weight_2.reshape(256),
+    ], dim=-1)
+    del d2_weight_0, d2_weight_1, d2_weight_2
+    return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
+
+
 def _cormorant_message_d2_w(
     f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
     d2_d_w: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
@@ -1862,6 +3013,117 @@ def _cormorant_message_d2_w(
         d2_weight_27.reshape(256),
     ], dim=-1)
     del d2_weight_23, d2_weight_25, d2_weight_27
+    return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
+
+
+def _cormorant_message_d2_w_cpu(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    d2_d_w: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_w: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_w (n, 240) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
+    n = f.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    _t_p_0_0_0 = weight.new_empty(n, 16)
+    _t_p_0_0_1 = weight.new_empty(n, 48)
+    _t_p_0_0_2 = weight.new_empty(n, 80)
+    _t_p_0_1_0 = weight.new_empty(n, 16)
+    _t_p_0_1_1 = weight.new_empty(n, 144)
+    _t_p_0_1_2 = weight.new_empty(n, 160)
+    _t_p_0_2_0 = weight.new_empty(n, 16)
+    _t_p_0_2_1 = weight.new_empty(n, 96)
+    _t_p_0_2_2 = weight.new_empty(n, 240)
+    _copy0 = weight.new_empty(n, 80)
+    # 1 paths 16x0 ⊗ sh -> 16x0
+    # 1 paths 16x0 ⊗ sh -> 16x1
+    # 1 paths 16x0 ⊗ sh -> 16x2
+    # 1 paths 16x1 ⊗ sh -> 16x0
+    # 3 paths 16x1 ⊗ sh -> 16x1
+    # 2 paths 16x1 ⊗ sh -> 16x2
+    # 1 paths 16x2 ⊗ sh -> 16x0
+    # 2 paths 16x2 ⊗ sh -> 16x1
+    # 3 paths 16x2 ⊗ sh -> 16x2
+    _native.run('cormorant_message_d2_w_s0', n, _t_p_0_0_0, _t_p_0_0_1, _t_p_0_0_2, _t_p_0_1_0, _t_p_0_1_1, _t_p_0_1_2, _t_p_0_2_0, _t_p_0_2_1, _t_p_0_2_2, _copy0, f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1), _m_p_0[:, 1:4].reshape(n, 1, 3, 1), _m_p_0[:, 4:9].reshape(n, 1, 5, 1), f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1), _m_p_0[:, 12:39].reshape(n, 3, 3, 3), _m_p_0[:, 39:69].reshape(n, 3, 5, 2), f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1), _m_p_0[:, 74:104].reshape(n, 5, 3, 2), _m_p_0[:, 104:179].reshape(n, 5, 5, 3), d_m[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂p: 16x2 -> 16x2
+    _mm0 = torch.mm(_copy0.reshape(n, 5, 16).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16)  # ziw,uw->ziu
+    d_p = weight.new_empty(n, 144)
+    _copy1 = weight.new_empty(n, 48)
+    _native.run('cormorant_message_d2_w_s1', n, d_p, _copy1, _mm0, d_m[:, 16:64].reshape(n, 16, 3))
+    del _mm0
+    # ∂/∂p: 16x1 -> 16x1
+    _mm1 = torch.mm(_copy1.reshape(n, 3, 16).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16)  # ziw,uw->ziu
+    _native.run('cormorant_message_d2_w_s2', n, d_p, _mm1)
+    del _mm1
+    # ∂/∂p: 16x0 -> 16x0
+    _mm2 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 1, 16)  # zwi,uw->ziu
+    d2_d_p = weight.new_empty(n, 144)
+    d2__t_p_0_0_0 = weight.new_empty(n, 16)
+    d2__t_p_0_0_1 = weight.new_empty(n, 48)
+    d2__t_p_0_0_2 = weight.new_empty(n, 80)
+    d2__t_p_0_1_0 = weight.new_empty(n, 16)
+    d2__t_p_0_1_1 = weight.new_empty(n, 144)
+    d2__t_p_0_1_2 = weight.new_empty(n, 160)
+    d2__t_p_0_2_0 = weight.new_empty(n, 16)
+    d2__t_p_0_2_1 = weight.new_empty(n, 96)
+    d2__t_p_0_2_2 = weight.new_empty(n, 240)
+    _native.run('cormorant_message_d2_w_s3', n, d_p, d2_d_p, d2__t_p_0_0_0, d2__t_p_0_0_1, d2__t_p_0_0_2, d2__t_p_0_1_0, d2__t_p_0_1_1, d2__t_p_0_1_2, d2__t_p_0_2_0, d2__t_p_0_2_1, d2__t_p_0_2_2, _mm2, d2_d_w[:, 0:16].reshape(n, 1, 16), _t_p_0_0_0, d2_d_w[:, 16:32].reshape(n, 1, 16), _t_p_0_0_1, d2_d_w[:, 32:48].reshape(n, 1, 16), _t_p_0_0_2, d2_d_w[:, 64:80].reshape(n, 1, 16), _t_p_0_1_0, d2_d_w[:, 48:64].reshape(n, 16), d2_d_w[:, 80:96].reshape(n, 16), d2_d_w[:, 112:128].reshape(n, 16), _t_p_0_1_1, d2_d_w[:, 96:112].reshape(n, 16), d2_d_w[:, 128:144].reshape(n, 16), _t_p_0_1_2, d2_d_w[:, 192:208].reshape(n, 1, 16), _t_p_0_2_0, d2_d_w[:, 160:176].reshape(n, 16), d2_d_w[:, 208:224].reshape(n, 16), _t_p_0_2_1, d2_d_w[:, 144:160].reshape(n, 16), d2_d_w[:, 176:192].reshape(n, 16), d2_d_w[:, 224:240].reshape(n, 16), _t_p_0_2_2)
+    del _mm2, _t_p_0_0_0, _t_p_0_0_1, _t_p_0_0_2, _t_p_0_1_0, _t_p_0_1_1, _t_p_0_1_2, _t_p_0_2_0, _t_p_0_2_1, _t_p_0_2_2, d_p
+    # ∂/∂d_m: ∂/∂p: 16x0 -> 16x0
+    _mm3 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:256].view(16, 16) * 0.25)).view(n, 1, 16)  # zui,uw->ziw
+    # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
+    d2_weight_0 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_m[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
+    d2_d_m = weight.new_empty(n, 144)
+    _copy2 = weight.new_empty(n, 48)
+    _native.run('cormorant_message_d2_w_s4', n, d2_d_m, _copy2, _mm3, d2_d_p)
+    del _mm3
+    # ∂/∂d_m: ∂/∂p: 16x1 -> 16x1
+    _mm4 = torch.mm(_copy2.reshape(n, 3, 16).reshape(n * 3, 16), (weight[256:512].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
+    # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
+    d2_weight_1 = torch.mm((_copy2.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # ziu,ziw->uw
+    del _copy1, _copy2
+    _copy3 = weight.new_empty(n, 80)
+    _native.run('cormorant_message_d2_w_s5', n, d2_d_m, _copy3, _mm4, d2_d_p)
+    del _mm4, d2_d_p
+    # ∂/∂d_m: ∂/∂p: 16x2 -> 16x2
+    _mm5 = torch.mm(_copy3.reshape(n, 5, 16).reshape(n * 5, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 5, 16)  # ziu,uw->ziw
+    # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
+    d2_weight_2 = torch.mm((_copy3.reshape(n, 5, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # ziu,ziw->uw
+    del _copy0, _copy3
+    d2_f = weight.new_empty(n, 144)
+    d2__m_p_0 = weight.new_empty(n, 179)
+    # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    _native.run('cormorant_message_d2_w_s6', n, d2_d_m, d2_f, d2__m_p_0, _mm5, d2__t_p_0_2_2, _m_p_0[:, 104:179].reshape(n, 5, 5, 3), f[:, 64:144].reshape(n, 16, 5), d2__t_p_0_2_1, _m_p_0[:, 74:104].reshape(n, 5, 3, 2), d2__t_p_0_2_0, _m_p_0[:, 69:74].reshape(n, 5, 1, 1), d2__t_p_0_1_2, _m_p_0[:, 39:69].reshape(n, 3, 5, 2), f[:, 16:64].reshape(n, 16, 3), d2__t_p_0_1_1, _m_p_0[:, 12:39].reshape(n, 3, 3, 3), d2__t_p_0_1_0, _m_p_0[:, 9:12].reshape(n, 3, 1, 1), d2__t_p_0_0_2, _m_p_0[:, 4:9].reshape(n, 1, 5, 1), f[:, 0:16].reshape(n, 16, 1), d2__t_p_0_0_1, _m_p_0[:, 1:4].reshape(n, 1, 3, 1), d2__t_p_0_0_0, _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
+    del _m_p_0, _mm5, d2__t_p_0_0_0, d2__t_p_0_0_1, d2__t_p_0_0_2, d2__t_p_0_1_0, d2__t_p_0_1_1, d2__t_p_0_1_2, d2__t_p_0_2_0, d2__t_p_0_2_1, d2__t_p_0_2_2
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    _mm6 = torch.mm(d2__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
+    del d2__m_p_0
+    d2_sh = weight.new_empty(n, 9)
+    _native.run('cormorant_message_d2_w_s7', n, d2_sh, _mm6)
+    del _mm6
+    d2_w = weight.new_zeros(n, 240)
+    d2_weight = torch.cat([
+        d2_weight_0.reshape(256),
+        d2_weight_1.reshape(256),
+        d2_weight_2.reshape(256),
+    ], dim=-1)
+    del d2_weight_0, d2_weight_1, d2_weight_2
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
@@ -2099,14 +3361,111 @@ def _cormorant_message_d2_weight(
     return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
+def _cormorant_message_d2_weight_cpu(
+    f: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    d2_d_weight: torch.Tensor, weight: torch.Tensor, _g_p_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of cormorant_message_d for the cotangent of d_weight: f (n, 144), sh (n, 9), w (n, 240), d_m (n, 144), d2_d_weight (768,) -> d2_f (n, 144), d2_sh (n, 9), d2_w (n, 240), d2_d_m (n, 144), d2_weight (768,)."""
+    n = f.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_p_0 = torch.mm(sh.reshape(n, 9), _g_p_0).view(n, 179)  # zj,jc->zc
+    _t_p_0_0_0 = weight.new_empty(n, 16)
+    p = weight.new_empty(n, 144)
+    _t_p_0_0_1 = weight.new_empty(n, 48)
+    _t_p_0_0_2 = weight.new_empty(n, 80)
+    _t_p_0_1_0 = weight.new_empty(n, 16)
+    _w_p_0_1_1 = weight.new_empty(n, 48)
+    _t_p_0_1_1 = weight.new_empty(n, 144)
+    _w_p_0_1_2 = weight.new_empty(n, 32)
+    _t_p_0_1_2 = weight.new_empty(n, 160)
+    _t_p_0_2_0 = weight.new_empty(n, 16)
+    _w_p_0_2_1 = weight.new_empty(n, 32)
+    _t_p_0_2_1 = weight.new_empty(n, 96)
+    _w_p_0_2_2 = weight.new_empty(n, 48)
+    _t_p_0_2_2 = weight.new_empty(n, 240)
+    # 1 paths 16x0 ⊗ sh -> 16x0
+    # 1 paths 16x0 ⊗ sh -> 16x1
+    # 1 paths 16x0 ⊗ sh -> 16x2
+    # 1 paths 16x1 ⊗ sh -> 16x0
+    # 3 paths 16x1 ⊗ sh -> 16x1
+    # 2 paths 16x1 ⊗ sh -> 16x2
+    # 1 paths 16x2 ⊗ sh -> 16x0
+    # 2 paths 16x2 ⊗ sh -> 16x1
+    # 3 paths 16x2 ⊗ sh -> 16x2
+    _native.run('cormorant_message_d2_weight_s0', n, _t_p_0_0_0, p, _t_p_0_0_1, _t_p_0_0_2, _t_p_0_1_0, _w_p_0_1_1, _t_p_0_1_1, _w_p_0_1_2, _t_p_0_1_2, _t_p_0_2_0, _w_p_0_2_1, _t_p_0_2_1, _w_p_0_2_2, _t_p_0_2_2, f[:, 0:16].reshape(n, 16, 1), _m_p_0[:, 0:1].reshape(n, 1, 1, 1), w[:, 0:16].reshape(n, 1, 16), _m_p_0[:, 1:4].reshape(n, 1, 3, 1), w[:, 16:32].reshape(n, 1, 16), _m_p_0[:, 4:9].reshape(n, 1, 5, 1), w[:, 32:48].reshape(n, 1, 16), f[:, 16:64].reshape(n, 16, 3), _m_p_0[:, 9:12].reshape(n, 3, 1, 1), w[:, 64:80].reshape(n, 1, 16), w[:, 48:64].reshape(n, 16), w[:, 80:96].reshape(n, 16), w[:, 112:128].reshape(n, 16), _m_p_0[:, 12:39].reshape(n, 3, 3, 3), w[:, 96:112].reshape(n, 16), w[:, 128:144].reshape(n, 16), _m_p_0[:, 39:69].reshape(n, 3, 5, 2), f[:, 64:144].reshape(n, 16, 5), _m_p_0[:, 69:74].reshape(n, 5, 1, 1), w[:, 192:208].reshape(n, 1, 16), w[:, 160:176].reshape(n, 16), w[:, 208:224].reshape(n, 16), _m_p_0[:, 74:104].reshape(n, 5, 3, 2), w[:, 144:160].reshape(n, 16), w[:, 176:192].reshape(n, 16), w[:, 224:240].reshape(n, 16), _m_p_0[:, 104:179].reshape(n, 5, 5, 3))
+    # ∂/∂d_m: ∂/∂weight: 16x0 -> 16x0
+    _mm0 = torch.mm(p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:256].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 1, 16)  # uw,zui->ziw
+    d2_d_m = weight.new_empty(n, 144)
+    _native.run('cormorant_message_d2_weight_s1', n, d2_d_m, _mm0)
+    del _mm0
+    # ∂/∂p: ∂/∂weight: 16x0 -> 16x0
+    _mm1 = torch.mm(d_m[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:256].view(16, 16) * 0.25).t()).view(n, 1, 16)  # uw,zwi->ziu
+    d2_p = weight.new_empty(n, 144)
+    _copy0 = weight.new_empty(n, 48)
+    _native.run('cormorant_message_d2_weight_s2', n, d2_p, _copy0, _mm1, p)
+    del _mm1
+    # ∂/∂d_m: ∂/∂weight: 16x1 -> 16x1
+    _mm2 = torch.mm(_copy0.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3).t(), (d2_d_weight[256:512].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16)  # uw,ziu->ziw
+    del _copy0
+    _copy1 = weight.new_empty(n, 48)
+    _native.run('cormorant_message_d2_weight_s3', n, d2_d_m, _copy1, _mm2, d_m[:, 16:64].reshape(n, 16, 3))
+    del _mm2
+    # ∂/∂p: ∂/∂weight: 16x1 -> 16x1
+    _mm3 = torch.mm(_copy1.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3).t(), (d2_d_weight[256:512].view(16, 16) * 0.25).t()).view(n, 3, 16)  # uw,ziw->ziu
+    del _copy1
+    _copy2 = weight.new_empty(n, 80)
+    _native.run('cormorant_message_d2_weight_s4', n, d2_p, _copy2, _mm3, p)
+    del _mm3, p
+    # ∂/∂d_m: ∂/∂weight: 16x2 -> 16x2
+    _mm4 = torch.mm(_copy2.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 5, 16)  # uw,ziu->ziw
+    del _copy2
+    _copy3 = weight.new_empty(n, 80)
+    _native.run('cormorant_message_d2_weight_s5', n, d2_d_m, _copy3, _mm4, d_m[:, 64:144].reshape(n, 16, 5))
+    del _mm4
+    # ∂/∂p: ∂/∂weight: 16x2 -> 16x2
+    _mm5 = torch.mm(_copy3.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).t()).view(n, 5, 16)  # uw,ziw->ziu
+    del _copy3
+    d2_f = weight.new_empty(n, 144)
+    d2__m_p_0 = weight.new_empty(n, 179)
+    d2_w = weight.new_empty(n, 240)
+    # ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2
+    # ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1
+    # ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0
+    # ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2
+    # ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1
+    # ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1
+    # ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0
+    # ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0
+    _native.run('cormorant_message_d2_weight_s6', n, d2_p, d2_f, d2__m_p_0, d2_w, _mm5, _w_p_0_2_2, _t_p_0_2_2, _m_p_0[:, 104:179].reshape(n, 5, 5, 3), f[:, 64:144].reshape(n, 16, 5), _w_p_0_2_1, _t_p_0_2_1, _m_p_0[:, 74:104].reshape(n, 5, 3, 2), w[:, 192:208].reshape(n, 1, 16), _t_p_0_2_0, _m_p_0[:, 69:74].reshape(n, 5, 1, 1), _w_p_0_1_2, _t_p_0_1_2, _m_p_0[:, 39:69].reshape(n, 3, 5, 2), f[:, 16:64].reshape(n, 16, 3), _w_p_0_1_1, _t_p_0_1_1, _m_p_0[:, 12:39].reshape(n, 3, 3, 3), w[:, 64:80].reshape(n, 1, 16), _t_p_0_1_0, _m_p_0[:, 9:12].reshape(n, 3, 1, 1), w[:, 32:48].reshape(n, 1, 16), _t_p_0_0_2, _m_p_0[:, 4:9].reshape(n, 1, 5, 1), f[:, 0:16].reshape(n, 16, 1), w[:, 16:32].reshape(n, 1, 16), _t_p_0_0_1, _m_p_0[:, 1:4].reshape(n, 1, 3, 1), w[:, 0:16].reshape(n, 1, 16), _t_p_0_0_0, _m_p_0[:, 0:1].reshape(n, 1, 1, 1))
+    del _m_p_0, _mm5, _t_p_0_0_0, _t_p_0_0_1, _t_p_0_0_2, _t_p_0_1_0, _t_p_0_1_1, _t_p_0_1_2, _t_p_0_2_0, _t_p_0_2_1, _t_p_0_2_2, _w_p_0_1_1, _w_p_0_1_2, _w_p_0_2_1, _w_p_0_2_2, d2_p
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    _mm6 = torch.mm(d2__m_p_0, _g_p_0.permute(1, 0).reshape(179, 9)).view(n, 9)  # zc,jc->zj
+    del d2__m_p_0
+    d2_sh = weight.new_empty(n, 9)
+    _native.run('cormorant_message_d2_weight_s7', n, d2_sh, _mm6)
+    del _mm6
+    d2_weight = weight.new_zeros(768)
+    return [d2_f, d2_sh, d2_w, d2_d_m, d2_weight]
+
+
 # cormorant_message: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("cormorant_message_d2_f", _cormorant_message_d2_f, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={})
-_ops.register("cormorant_message_d2_sh", _cormorant_message_d2_sh, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={})
-_ops.register("cormorant_message_d2_w", _cormorant_message_d2_w, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={})
-_ops.register("cormorant_message_d2_weight", _cormorant_message_d2_weight, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={})
-_ops.register("cormorant_message_d", _cormorant_message_d, outputs=((144, True), (9, True), (240, True), (768, False)), index_ranges={}, backward=[_ops.cormorant_message_d2_f, _ops.cormorant_message_d2_sh, _ops.cormorant_message_d2_w, _ops.cormorant_message_d2_weight])
-_ops.register("cormorant_message", _cormorant_message, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_message_d], check_indices=True)
+_ops.register("cormorant_message_d2_f", _cormorant_message_d2_f, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, cpu=_cormorant_message_d2_f_cpu)
+_ops.register("cormorant_message_d2_sh", _cormorant_message_d2_sh, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, cpu=_cormorant_message_d2_sh_cpu)
+_ops.register("cormorant_message_d2_w", _cormorant_message_d2_w, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, cpu=_cormorant_message_d2_w_cpu)
+_ops.register("cormorant_message_d2_weight", _cormorant_message_d2_weight, outputs=((144, True), (9, True), (240, True), (144, True), (768, False)), index_ranges={}, cpu=_cormorant_message_d2_weight_cpu)
+_ops.register("cormorant_message_d", _cormorant_message_d, outputs=((144, True), (9, True), (240, True), (768, False)), index_ranges={}, backward=[_ops.cormorant_message_d2_f, _ops.cormorant_message_d2_sh, _ops.cormorant_message_d2_w, _ops.cormorant_message_d2_weight], cpu=_cormorant_message_d_cpu)
+_ops.register("cormorant_message", _cormorant_message, outputs=((144, True),), index_ranges={}, backward=[_ops.cormorant_message_d], check_indices=True, cpu=_cormorant_message_cpu)
 
 
 class cormorant_cg(rt.FusionModule):
@@ -2210,3 +3569,8705 @@ class cormorant_message(rt.FusionModule):
             rt.weight_rows(w, batch, 240),
         ], self.weight, self.constants())
         return outputs[0].reshape(*batch, 144)
+
+
+# the CPU versions' native kernels: C per program, compiled on first use (fusionc.runtime.native)
+_native = rt.NativeKernels(
+    {
+    "cormorant_cg": """\
+void cormorant_cg_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 144);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10;
+        const real *restrict a11 = A11;
+        const real *restrict a12 = A12 + z * a12_stride;
+        real l0[16] = {0};
+        real l1[16] = {0};
+        real l2[48] = {0};
+        real l3[48] = {0};
+        real l4[80] = {0};
+        real l5[80] = {0};
+        /* p1 = (p0 ⊗ p0) -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (l0 + 0)[_u] += a2[_u] * a3[_u];
+        /* ijk,zuij->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l1 + 0)[_u] += a4[0] * (l0 + 0)[_u];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += (real)0.5773502691896257 * (l1 + 0)[_u] * a5[_u];
+        /* p3 = (p0 ⊗ p2) -> 16x1 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a6[_u * 3 + _j];
+        real w2[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += a2[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l2 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+        /* ijk,zuij->zuk */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 16 + _u] = (l2 + 0)[_u * 3 + _j];
+        real w4[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_k * 16 + _u] += a7[_j * 3 + _k] * t3[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l3 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
+        /* zui,u->zui */
+        real t5[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t5[_i * 16 + _u] = (l3 + 0)[_u * 3 + _i];
+        real w6[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_i * 16 + _u] += (real)1.224744871391589 * t5[_i * 16 + _u] * a8[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += w6[_i * 16 + _u];
+        /* p5 = (p0 ⊗ p4) -> 16x2 */
+        real t7[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t7[_j * 16 + _u] = a9[_u * 5 + _j];
+        real w8[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w8[_j * 16 + _u] += a2[_u] * t7[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l4 + 0)[_u * 5 + _j] += w8[_j * 16 + _u];
+        /* ijk,zuij->zuk */
+        real t9[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t9[_j * 16 + _u] = (l4 + 0)[_u * 5 + _j];
+        real w10[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w10[_k * 16 + _u] += a10[_j * 5 + _k] * t9[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l5 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
+        /* zui,u->zui */
+        real t11[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t11[_i * 16 + _u] = (l5 + 0)[_u * 5 + _i];
+        real w12[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w12[_i * 16 + _u] += (real)1.118033988749895 * t11[_i * 16 + _u] * a11[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += w12[_i * 16 + _u];
+        /* p6 = (p2 ⊗ p2) -> 16x0 */
+        real t13[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t13[_i * 16 + _u] = a12[_u * 3 + _i];
+        real w14[144] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w14[_i * 48 + _j * 16 + _u] += t13[_i * 16 + _u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a1 + 0)[_u * 9 + _i * 3 + _j] += w14[_i * 48 + _j * 16 + _u];
+    }
+}
+
+void cormorant_cg_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 240);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += (real)0.5773502691896257 * a2[_u] * a3[_u];
+        /* zui,u->zui */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a4[_u * 5 + _i];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* p8 = (p2 ⊗ p4) -> 16x1 */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 16 + _u] = a6[_u * 3 + _i];
+        real t4[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t4[_j * 16 + _u] = a7[_u * 5 + _j];
+        real w5[240] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 80 + _j * 16 + _u] += t3[_i * 16 + _u] * t4[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a1 + 0)[_u * 15 + _i * 5 + _j] += w5[_i * 80 + _j * 16 + _u];
+    }
+}
+
+void cormorant_cg_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 400);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* zui,u->zui */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a2[_u * 3 + _i];
+        real w2[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.224744871391589 * t1[_i * 16 + _u] * a3[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += w2[_i * 16 + _u];
+        /* zui,u->zui */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 16 + _u] = a4[_u * 5 + _i];
+        real w4[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w4[_i * 16 + _u] += (real)1.118033988749895 * t3[_i * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
+        /* p10 = (p4 ⊗ p4) -> 16x0 */
+        real t5[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t5[_i * 16 + _u] = a6[_u * 5 + _i];
+        real t6[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t6[_j * 16 + _u] = a7[_u * 5 + _j];
+        real w7[400] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_i * 80 + _j * 16 + _u] += t5[_i * 16 + _u] * t6[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a1 + 0)[_u * 25 + _i * 5 + _j] += w7[_i * 80 + _j * 16 + _u];
+    }
+}
+
+void cormorant_cg_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += (real)0.5773502691896257 * a1[_u] * a2[_u];
+        /* zui,u->zui */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a3[_u * 5 + _i];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a4[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
+    }
+}
+
+void cormorant_cg_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            (a0 + 0)[_w] += a2[_w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 16)[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_w * 3 + _i] += a2[_i * 16 + _w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 64)[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_w * 5 + _i] += a1[_i * 16 + _w];
+    }
+}
+
+void cormorant_cg_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            (a0 + 0)[_w] += a2[_w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += a3[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_w * 3 + _i] += a2[_i * 16 + _w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += a3[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_w * 5 + _i] += a1[_i * 16 + _w];
+    }
+}
+    """,
+    "cormorant_cg_d": """\
+void cormorant_cg_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 144);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 48);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 80);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 144);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10;
+        const real *restrict a11 = A11;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13;
+        const real *restrict a14 = A14;
+        const real *restrict a15 = A15 + z * a15_stride;
+        real l0[16] = {0};
+        real l1[48] = {0};
+        real l2[80] = {0};
+        /* p1 = (p0 ⊗ p0) -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (l0 + 0)[_u] += a5[_u] * a6[_u];
+        /* ijk,zuij->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a7[0] * (l0 + 0)[_u];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a8[_u];
+        /* p3 = (p0 ⊗ p2) -> 16x1 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a9[_u * 3 + _j];
+        real w2[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += a5[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l1 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+        /* ijk,zuij->zuk */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 16 + _u] = (l1 + 0)[_u * 3 + _j];
+        real w4[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_k * 16 + _u] += a10[_j * 3 + _k] * t3[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a2 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
+        /* zui,u->zui */
+        real t5[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t5[_i * 16 + _u] = (a2 + 0)[_u * 3 + _i];
+        real w6[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_i * 16 + _u] += (real)1.224744871391589 * t5[_i * 16 + _u] * a11[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w6[_i * 16 + _u];
+        /* p5 = (p0 ⊗ p4) -> 16x2 */
+        real t7[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t7[_j * 16 + _u] = a12[_u * 5 + _j];
+        real w8[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w8[_j * 16 + _u] += a5[_u] * t7[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l2 + 0)[_u * 5 + _j] += w8[_j * 16 + _u];
+        /* ijk,zuij->zuk */
+        real t9[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t9[_j * 16 + _u] = (l2 + 0)[_u * 5 + _j];
+        real w10[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w10[_k * 16 + _u] += a13[_j * 5 + _k] * t9[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a3 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
+        /* zui,u->zui */
+        real t11[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t11[_i * 16 + _u] = (a3 + 0)[_u * 5 + _i];
+        real w12[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w12[_i * 16 + _u] += (real)1.118033988749895 * t11[_i * 16 + _u] * a14[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w12[_i * 16 + _u];
+        /* p6 = (p2 ⊗ p2) -> 16x0 */
+        real t13[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t13[_i * 16 + _u] = a15[_u * 3 + _i];
+        real w14[144] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w14[_i * 48 + _j * 16 + _u] += t13[_i * 16 + _u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a4 + 0)[_u * 9 + _i * 3 + _j] += w14[_i * 48 + _j * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 240);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += (real)0.5773502691896257 * a2[_u] * a3[_u];
+        /* zui,u->zui */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a4[_u * 5 + _i];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* p8 = (p2 ⊗ p4) -> 16x1 */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 16 + _u] = a6[_u * 3 + _i];
+        real t4[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t4[_j * 16 + _u] = a7[_u * 5 + _j];
+        real w5[240] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 80 + _j * 16 + _u] += t3[_i * 16 + _u] * t4[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a1 + 0)[_u * 15 + _i * 5 + _j] += w5[_i * 80 + _j * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 400);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* zui,u->zui */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a2[_u * 3 + _i];
+        real w2[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.224744871391589 * t1[_i * 16 + _u] * a3[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += w2[_i * 16 + _u];
+        /* zui,u->zui */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 16 + _u] = a4[_u * 5 + _i];
+        real w4[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w4[_i * 16 + _u] += (real)1.118033988749895 * t3[_i * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
+        /* p10 = (p4 ⊗ p4) -> 16x0 */
+        real t5[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t5[_i * 16 + _u] = a6[_u * 5 + _i];
+        real t6[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t6[_j * 16 + _u] = a7[_u * 5 + _j];
+        real w7[400] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_i * 80 + _j * 16 + _u] += t5[_i * 16 + _u] * t6[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a1 + 0)[_u * 25 + _i * 5 + _j] += w7[_i * 80 + _j * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += (real)0.5773502691896257 * a2[_u] * a3[_u];
+        /* zui,u->zui */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a4[_u * 5 + _i];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a1 + 0)[_i * 16 + _w] += a6[_w * 5 + _i];
+    }
+}
+
+void cormorant_cg_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += a3[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a0 + 0)[_i * 16 + _w] += a1[_w * 3 + _i];
+    }
+}
+
+void cormorant_cg_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += a3[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a1[_u];
+    }
+}
+
+void cormorant_cg_d_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 64)[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 16)[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 80);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 80);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a4[_u];
+        /* zui,u->zui */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_i * 16 + _u] += (a0 + 64)[_u * 5 + _i];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a3 + 0)[_i * 16 + _u] += a6[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a1 + 0)[_u * 5 + _k];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[400] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 0)[_u * 25 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 400);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a2[_u * 5 + _i];
+        /* ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 16 + _u] = a4[_u * 5 + _i];
+        real w3[400] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a1 + 0)[_u * 25 + _k * 5 + _i] += w3[_k * 80 + _i * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 16);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        /* zuj->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += a2[_u * 5 + _j];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (real)0.5773502691896257 * (a3 + 0)[_u] * a4[_u];
+    }
+}
+
+void cormorant_cg_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 80);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9 + z * a9_stride;
+        real l0[80] = {0};
+        real l1[80] = {0};
+        /* ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a4[_u * 5 + _j];
+        real w2[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += (a3 + 0)[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
+        /* ijk,zukj->zui */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
+        real w4[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_i * 16 + _u] += a5[_i * 5 + _j] * t3[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
+        /* ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+        real t5[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t5[_i * 16 + _u] = a6[_u * 5 + _i];
+        real w6[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_i * 16 + _u] += (a3 + 0)[_u] * t5[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l1 + 0)[_u * 5 + _i] += w6[_i * 16 + _u];
+        /* ijk,zuki->zuj */
+        real t7[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t7[_i * 16 + _u] = (l1 + 0)[_u * 5 + _i];
+        real w8[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_j * 16 + _u] += a5[_i * 5 + _j] * t7[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += w8[_j * 16 + _u];
+        /* zui,u->zui */
+        real t9[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t9[_i * 16 + _u] = (a7 + 64)[_u * 5 + _i];
+        real w10[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w10[_i * 16 + _u] += (real)1.118033988749895 * t9[_i * 16 + _u] * a8[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 0)[_u * 5 + _i] += w10[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_i * 16 + _u] += a9[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d_s15(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a1 + 0)[_u * 5 + _k];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[400] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 0)[_u * 25 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_s16(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 240);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a2[_u * 3 + _i];
+        /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a4[_u * 3 + _i];
+        real w3[240] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 0)[_u * 15 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 48);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 48);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* zuj->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += a4[_u * 5 + _j];
+        /* zui,u->zui */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = (a5 + 16)[_u * 3 + _i];
+        real w2[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.224744871391589 * t1[_i * 16 + _u] * a6[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 0)[_u * 3 + _i] += w2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_i * 16 + _u] += (a5 + 16)[_u * 3 + _i];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a3 + 0)[_i * 16 + _u] += a7[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_d_s18(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = (a1 + 0)[_u * 3 + _k];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[240] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 48 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 15 + _j * 3 + _k] += w3[_j * 48 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_s19(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 144);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a2[_u * 3 + _i];
+        /* ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = (a3 + 0)[_u * 3 + _k];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a4[_u * 3 + _i];
+        real w3[144] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 0)[_u * 9 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_s20(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 80);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* zuj->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += a3[_u * 5 + _j];
+        /* zui,u->zui */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = (a4 + 64)[_u * 5 + _i];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_i * 16 + _u] += a6[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d_s21(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a1 + 0)[_u * 5 + _k];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w3[240] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 0)[_u * 15 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_s22(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 240);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a2[_u * 3 + _i];
+        /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a4[_u * 3 + _i];
+        real w3[240] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 0)[_u * 15 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_s23(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 16);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        /* zuj->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 16)[_u * 3 + _j] += a2[_u * 3 + _j];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (real)0.5773502691896257 * (a3 + 0)[_u] * a4[_u];
+    }
+}
+
+void cormorant_cg_d_s24(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 80);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9 + z * a9_stride;
+        real l0[48] = {0};
+        real l1[48] = {0};
+        /* ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a4[_u * 3 + _j];
+        real w2[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += (a3 + 0)[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+        /* ijk,zukj->zui */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
+        real w4[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_i * 16 + _u] += a5[_i * 3 + _j] * t3[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += w4[_i * 16 + _u];
+        /* ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
+        real t5[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t5[_i * 16 + _u] = a6[_u * 3 + _i];
+        real w6[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_i * 16 + _u] += (a3 + 0)[_u] * t5[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l1 + 0)[_u * 3 + _i] += w6[_i * 16 + _u];
+        /* ijk,zuki->zuj */
+        real t7[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t7[_i * 16 + _u] = (l1 + 0)[_u * 3 + _i];
+        real w8[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_j * 16 + _u] += a5[_i * 3 + _j] * t7[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 16)[_u * 3 + _j] += w8[_j * 16 + _u];
+        /* zui,u->zui */
+        real t9[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t9[_i * 16 + _u] = (a7 + 64)[_u * 5 + _i];
+        real w10[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w10[_i * 16 + _u] += (real)1.118033988749895 * t9[_i * 16 + _u] * a8[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 0)[_u * 5 + _i] += w10[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_i * 16 + _u] += (a9 + 0)[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d_s25(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a1 + 0)[_u * 5 + _k];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[400] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 0)[_u * 25 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_s26(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 48);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9 + z * a9_stride;
+        real l0[80] = {0};
+        /* zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a3[_u];
+        /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
+        real w2[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
+        /* ijk,zuki->zuj */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 16 + _u] = (l0 + 0)[_u * 5 + _k];
+        real w4[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_j * 16 + _u] += a6[_j * 5 + _k] * t3[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += w4[_j * 16 + _u];
+        /* zui,u->zui */
+        real t5[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t5[_i * 16 + _u] = (a7 + 16)[_u * 3 + _i];
+        real w6[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_i * 16 + _u] += (real)1.224744871391589 * t5[_i * 16 + _u] * a8[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 0)[_u * 3 + _i] += w6[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_i * 16 + _u] += (a9 + 0)[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_d_s27(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = (a1 + 0)[_u * 3 + _k];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w3[144] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 48 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 9 + _j * 3 + _k] += w3[_j * 48 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d_s28(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 16);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        real l0[48] = {0};
+        /* zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a2[_u];
+        /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = (a3 + 0)[_u * 3 + _k];
+        real w2[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a4[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l0 + 0)[_u * 3 + _k] += w2[_k * 16 + _u];
+        /* ijk,zuki->zuj */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t3[_k * 16 + _u] = (l0 + 0)[_u * 3 + _k];
+        real w4[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_j * 16 + _u] += a5[_j * 3 + _k] * t3[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 16)[_u * 3 + _j] += w4[_j * 16 + _u];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (real)0.5773502691896257 * (a6 + 0)[_u] * a7[_u];
+    }
+}
+
+void cormorant_cg_d_s29(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        real l0[16] = {0};
+        real l1[16] = {0};
+        /* ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (l0 + 0)[_u] += (a1 + 0)[_u] * a2[_u];
+        /* ijk,zukj->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a3[0] * (l0 + 0)[_u];
+        /* ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (l1 + 0)[_u] += (a1 + 0)[_u] * a4[_u];
+        /* ijk,zuki->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a3[0] * (l1 + 0)[_u];
+    }
+}
+    """,
+    "cormorant_cg_d2_f": """\
+void cormorant_cg_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zwi->ziw */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a0 + 0)[_i * 16 + _w] += a1[_w * 5 + _i];
+    }
+}
+
+void cormorant_cg_d2_f_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a2[_i * 16 + _u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a1 + 0)[_i * 16 + _w] += a3[_w * 3 + _i];
+    }
+}
+
+void cormorant_cg_d2_f_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a1[_i * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 16);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 80);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 48);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 80);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 16);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 80);
+        real *restrict a8 = A8 + z * a8_stride;
+        memset(a8, 0, sizeof(real) * 48);
+        real *restrict a9 = A9 + z * a9_stride;
+        memset(a9, 0, sizeof(real) * 16);
+        real *restrict a10 = A10 + z * a10_stride;
+        memset(a10, 0, sizeof(real) * 144);
+        real *restrict a11 = A11 + z * a11_stride;
+        memset(a11, 0, sizeof(real) * 144);
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13;
+        const real *restrict a14 = A14;
+        const real *restrict a15 = A15;
+        const real *restrict a16 = A16;
+        const real *restrict a17 = A17;
+        const real *restrict a18 = A18;
+        const real *restrict a19 = A19;
+        const real *restrict a20 = A20;
+        const real *restrict a21 = A21;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        real l0[16] = {0};
+        real l1[16] = {0};
+        real l2[16] = {0};
+        real l3[16] = {0};
+        real l4[16] = {0};
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a12[_u];
+        /* zui,u->zui */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a13[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a2 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a14[_u];
+        /* zui,u->zui */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
+        real w4[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w4[_i * 16 + _u] += (real)1.118033988749895 * t3[_i * 16 + _u] * a15[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a3 + 0)[_u * 5 + _i] += w4[_i * 16 + _u];
+        /* zui,u->zui */
+        real t5[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t5[_i * 16 + _u] = (a0 + 16)[_u * 3 + _i];
+        real w6[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_i * 16 + _u] += (real)1.224744871391589 * t5[_i * 16 + _u] * a16[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a4 + 0)[_u * 3 + _i] += w6[_i * 16 + _u];
+        /* zui,u->zui */
+        real t7[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t7[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
+        real w8[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w8[_i * 16 + _u] += (real)1.118033988749895 * t7[_i * 16 + _u] * a17[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a5 + 0)[_u * 5 + _i] += w8[_i * 16 + _u];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a6 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a18[_u];
+        /* zui,u->zui */
+        real t9[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t9[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
+        real w10[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w10[_i * 16 + _u] += (real)1.118033988749895 * t9[_i * 16 + _u] * a19[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a7 + 0)[_u * 5 + _i] += w10[_i * 16 + _u];
+        /* zui,u->zui */
+        real t11[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t11[_i * 16 + _u] = (a0 + 16)[_u * 3 + _i];
+        real w12[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w12[_i * 16 + _u] += (real)1.224744871391589 * t11[_i * 16 + _u] * a20[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a8 + 0)[_u * 3 + _i] += w12[_i * 16 + _u];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (l0 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a21[_u];
+        /* ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (l1 + 0)[_u] += a22[_u] * a23[_u];
+        /* ijk,zuji->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a9 + 0)[_u] += a24[0] * (l1 + 0)[_u];
+        /* ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (l2 + 0)[_u] += a22[_u] * (l0 + 0)[_u];
+        /* ijk,zujk->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a10 + 0)[_u] += a24[0] * (l2 + 0)[_u];
+        /* ∂/∂d__p1: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (l3 + 0)[_u] += a25[_u] * a26[_u];
+        /* ijk,zuij->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a9 + 0)[_u] += a24[0] * (l3 + 0)[_u];
+        /* ∂/∂f: ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (l4 + 0)[_u] += a25[_u] * (l0 + 0)[_u];
+        /* ijk,zuik->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            (a10 + 0)[_u] += a24[0] * (l4 + 0)[_u];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a11 + 0)[_u] += (real)0.5773502691896257 * (a9 + 0)[_u] * a21[_u];
+    }
+}
+
+void cormorant_cg_d2_f_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 144);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        const real *restrict a5 = A5 + z * a5_stride;
+        real l0[48] = {0};
+        /* ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w2[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += t1[_j * 16 + _u] * a3[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+        /* ijk,zuji->zuk */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
+        real w4[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_k * 16 + _u] += a4[_j * 3 + _k] * t3[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
+        /* ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+        real t5[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t5[_k * 16 + _u] = (a5 + 0)[_u * 3 + _k];
+        real w6[144] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w6[_j * 48 + _k * 16 + _u] += t1[_j * 16 + _u] * t5[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a1 + 0)[_u * 9 + _j * 3 + _k] += w6[_j * 48 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_f_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 48);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 48);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10;
+        const real *restrict a11 = A11 + z * a11_stride;
+        real l0[48] = {0};
+        real l1[48] = {0};
+        /* zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a5[_u];
+        /* ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a7[_u * 3 + _j];
+        real w2[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += a6[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+        /* ijk,zuij->zuk */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
+        real w4[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_k * 16 + _u] += a8[_j * 3 + _k] * t3[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
+        /* ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+        real t5[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t5[_k * 16 + _u] = (a9 + 0)[_u * 3 + _k];
+        real w6[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_k * 16 + _u] += a6[_u] * t5[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l1 + 0)[_u * 3 + _k] += w6[_k * 16 + _u];
+        /* ijk,zuik->zuj */
+        real t7[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t7[_k * 16 + _u] = (l1 + 0)[_u * 3 + _k];
+        real w8[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_j * 16 + _u] += a8[_j * 3 + _k] * t7[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 16)[_u * 3 + _j] += w8[_j * 16 + _u];
+        /* zui,u->zui */
+        real t9[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t9[_i * 16 + _u] = (a1 + 0)[_u * 3 + _i];
+        real w10[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w10[_i * 16 + _u] += (real)1.224744871391589 * t9[_i * 16 + _u] * a10[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a2 + 16)[_u * 3 + _i] += w10[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a3 + 0)[_i * 16 + _u] += (a1 + 0)[_u * 3 + _i];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a4 + 0)[_i * 16 + _u] += (a11 + 16)[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_d2_f_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 400);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        const real *restrict a5 = A5 + z * a5_stride;
+        real l0[80] = {0};
+        /* ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w2[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += t1[_j * 16 + _u] * a3[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
+        /* ijk,zuji->zuk */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
+        real w4[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_k * 16 + _u] += a4[_j * 5 + _k] * t3[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 0)[_u * 5 + _k] += w4[_k * 16 + _u];
+        /* ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+        real t5[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t5[_k * 16 + _u] = (a5 + 0)[_u * 5 + _k];
+        real w6[400] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w6[_j * 80 + _k * 16 + _u] += t1[_j * 16 + _u] * t5[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a1 + 0)[_u * 25 + _j * 5 + _k] += w6[_j * 80 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_f_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 80);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10;
+        const real *restrict a11 = A11 + z * a11_stride;
+        real l0[80] = {0};
+        real l1[80] = {0};
+        /* zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a5[_u];
+        /* ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a7[_u * 5 + _j];
+        real w2[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += a6[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
+        /* ijk,zuij->zuk */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
+        real w4[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_k * 16 + _u] += a8[_j * 5 + _k] * t3[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 0)[_u * 5 + _k] += w4[_k * 16 + _u];
+        /* ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+        real t5[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t5[_k * 16 + _u] = (a9 + 0)[_u * 5 + _k];
+        real w6[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_k * 16 + _u] += a6[_u] * t5[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l1 + 0)[_u * 5 + _k] += w6[_k * 16 + _u];
+        /* ijk,zuik->zuj */
+        real t7[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t7[_k * 16 + _u] = (l1 + 0)[_u * 5 + _k];
+        real w8[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_j * 16 + _u] += a8[_j * 5 + _k] * t7[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += w8[_j * 16 + _u];
+        /* zui,u->zui */
+        real t9[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t9[_i * 16 + _u] = (a1 + 0)[_u * 5 + _i];
+        real w10[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w10[_i * 16 + _u] += (real)1.118033988749895 * t9[_i * 16 + _u] * a10[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a2 + 64)[_u * 5 + _i] += w10[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a3 + 0)[_i * 16 + _u] += (a1 + 0)[_u * 5 + _i];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a4 + 0)[_i * 16 + _u] += (a11 + 64)[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d2_f_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a1[_u * 3 + _j];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 3 + _i];
+        real w3[144] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 48 + _j * 16 + _u] += t1[_j * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_u * 9 + _i * 3 + _j] += w3[_i * 48 + _j * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_f_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 144);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        real l0[48] = {0};
+        /* zuk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a3[_u];
+        /* ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a4[_u * 3 + _j];
+        real w2[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += t1[_j * 16 + _u] * (a5 + 0)[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+        /* ijk,zujk->zui */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
+        real w4[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_i * 16 + _u] += a6[_i * 3 + _j] * t3[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w4[_i * 16 + _u];
+        /* ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
+        real t5[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t5[_i * 16 + _u] = a7[_u * 3 + _i];
+        real t6[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t6[_j * 16 + _u] = a8[_u * 3 + _j];
+        real w7[144] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_i * 48 + _j * 16 + _u] += t5[_i * 16 + _u] * t6[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a2 + 0)[_u * 9 + _i * 3 + _j] += w7[_i * 48 + _j * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_f_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7;
+        real l0[48] = {0};
+        /* zuk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a3[_u];
+        /* ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a4[_u * 3 + _i];
+        real w2[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += t1[_i * 16 + _u] * (a5 + 0)[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l0 + 0)[_u * 3 + _i] += w2[_i * 16 + _u];
+        /* ijk,zuik->zuj */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 16 + _u] = (l0 + 0)[_u * 3 + _i];
+        real w4[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_j * 16 + _u] += a6[_i * 3 + _j] * t3[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a1 + 16)[_u * 3 + _j] += w4[_j * 16 + _u];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a2 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a7[_u];
+    }
+}
+
+void cormorant_cg_d2_f_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 240);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zuk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 0)[_u * 5 + _k] += a2[_u * 5 + _k];
+        /* ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a3[_u * 3 + _j];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t2[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
+        real w3[240] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 80 + _k * 16 + _u] += t1[_j * 16 + _u] * t2[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a1 + 0)[_u * 15 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_f_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a1[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_d2_f_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 240);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zuk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 0)[_u * 5 + _k] += a2[_u * 5 + _k];
+        /* ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a3[_u * 3 + _i];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t2[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
+        real w3[240] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 80 + _k * 16 + _u] += t1[_i * 16 + _u] * t2[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a1 + 0)[_u * 15 + _i * 5 + _k] += w3[_i * 80 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_f_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 80);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        /* zuj->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 16)[_u * 3 + _j] += a3[_u * 3 + _j];
+        /* zui,u->zui */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = (a4 + 0)[_u * 5 + _i];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_i * 16 + _u] += (a4 + 0)[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d2_f_s15(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a1[_u * 5 + _j];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 3 + _i];
+        real w3[240] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 80 + _j * 16 + _u] += t1[_j * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 15 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_f_s16(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 240);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zuk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 0)[_u * 3 + _k] += a2[_u * 3 + _k];
+        /* ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a3[_u * 5 + _j];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 16 + _u] = (a4 + 0)[_u * 3 + _k];
+        real w3[240] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 48 + _k * 16 + _u] += t1[_j * 16 + _u] * t2[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a1 + 0)[_u * 15 + _j * 3 + _k] += w3[_j * 48 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_f_s17(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 240);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a2[_u * 3 + _i];
+        /* ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a3[_u * 3 + _i];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a4[_u * 5 + _j];
+        real w3[240] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 80 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a1 + 0)[_u * 15 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_f_s18(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 144);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zuk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 0)[_u * 3 + _k] += a2[_u * 3 + _k];
+        /* ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a3[_u * 3 + _i];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 16 + _u] = (a4 + 0)[_u * 3 + _k];
+        real w3[144] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 48 + _k * 16 + _u] += t1[_i * 16 + _u] * t2[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a1 + 0)[_u * 9 + _i * 3 + _k] += w3[_i * 48 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_f_s19(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 48);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        /* zuj->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += a3[_u * 5 + _j];
+        /* zui,u->zui */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = (a4 + 0)[_u * 3 + _i];
+        real w2[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.224744871391589 * t1[_i * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_i * 16 + _u] += (a4 + 0)[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_d2_f_s20(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 400);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zuk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 0)[_u * 5 + _k] += a2[_u * 5 + _k];
+        /* ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a3[_u * 5 + _j];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t2[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
+        real w3[400] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 80 + _k * 16 + _u] += t1[_j * 16 + _u] * t2[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a1 + 0)[_u * 25 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_f_s21(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a1[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_d2_f_s22(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 240);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zuk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 0)[_u * 5 + _k] += a2[_u * 5 + _k];
+        /* ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a3[_u * 3 + _i];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t2[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
+        real w3[240] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 80 + _k * 16 + _u] += t1[_i * 16 + _u] * t2[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a1 + 0)[_u * 15 + _i * 5 + _k] += w3[_i * 80 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_f_s23(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 80);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        /* zuj->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += a3[_u * 5 + _j];
+        /* zui,u->zui */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = (a4 + 0)[_u * 5 + _i];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_i * 16 + _u] += (a4 + 0)[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d2_f_s24(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a1[_u * 5 + _j];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 5 + _i];
+        real w3[400] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 80 + _j * 16 + _u] += t1[_j * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 25 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_f_s25(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 400);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        real l0[80] = {0};
+        /* zuk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a3[_u];
+        /* ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a4[_u * 5 + _j];
+        real w2[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += t1[_j * 16 + _u] * (a5 + 0)[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
+        /* ijk,zujk->zui */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
+        real w4[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_i * 16 + _u] += a6[_i * 5 + _j] * t3[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
+        /* ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+        real t5[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t5[_i * 16 + _u] = a7[_u * 5 + _i];
+        real t6[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t6[_j * 16 + _u] = a8[_u * 5 + _j];
+        real w7[400] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_i * 80 + _j * 16 + _u] += t5[_i * 16 + _u] * t6[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a2 + 0)[_u * 25 + _i * 5 + _j] += w7[_i * 80 + _j * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_f_s26(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7;
+        real l0[80] = {0};
+        /* zuk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a3[_u];
+        /* ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a4[_u * 5 + _i];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += t1[_i * 16 + _u] * (a5 + 0)[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* ijk,zuik->zuj */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
+        real w4[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_j * 16 + _u] += a6[_i * 5 + _j] * t3[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a1 + 64)[_u * 5 + _j] += w4[_j * 16 + _u];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a2 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a7[_u];
+    }
+}
+
+void cormorant_cg_d2_f_s27(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 400);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zuk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 0)[_u * 5 + _k] += a2[_u * 5 + _k];
+        /* ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a3[_u * 5 + _j];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t2[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
+        real w3[400] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 80 + _k * 16 + _u] += t1[_j * 16 + _u] * t2[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a1 + 0)[_u * 25 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_f_s28(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a1[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d2_f_s29(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 400);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zuk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 0)[_u * 5 + _k] += a2[_u * 5 + _k];
+        /* ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a3[_u * 5 + _i];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t2[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
+        real w3[400] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 80 + _k * 16 + _u] += t1[_i * 16 + _u] * t2[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a1 + 0)[_u * 25 + _i * 5 + _k] += w3[_i * 80 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_f_s30(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 80);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        /* zuj->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += a3[_u * 5 + _j];
+        /* zui,u->zui */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = (a4 + 0)[_u * 5 + _i];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_i * 16 + _u] += (a4 + 0)[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d2_f_s31(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            (a0 + 0)[_w] += a2[_w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 16)[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_d2_f_s32(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_w * 3 + _i] += a2[_i * 16 + _w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 64)[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d2_f_s33(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_w * 5 + _i] += a1[_i * 16 + _w];
+    }
+}
+
+void cormorant_cg_d2_f_s34(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            (a0 + 0)[_w] += a2[_w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += a3[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_d2_f_s35(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_w * 3 + _i] += a2[_i * 16 + _w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += a3[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d2_f_s36(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_w * 5 + _i] += a1[_i * 16 + _w];
+    }
+}
+    """,
+    "cormorant_cg_d2_weight": """\
+void cormorant_cg_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 144);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 48);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 80);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 144);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10;
+        const real *restrict a11 = A11;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13;
+        const real *restrict a14 = A14;
+        const real *restrict a15 = A15 + z * a15_stride;
+        real l0[16] = {0};
+        real l1[48] = {0};
+        real l2[80] = {0};
+        /* p1 = (p0 ⊗ p0) -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (l0 + 0)[_u] += a5[_u] * a6[_u];
+        /* ijk,zuij->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a7[0] * (l0 + 0)[_u];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a8[_u];
+        /* p3 = (p0 ⊗ p2) -> 16x1 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a9[_u * 3 + _j];
+        real w2[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += a5[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l1 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+        /* ijk,zuij->zuk */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 16 + _u] = (l1 + 0)[_u * 3 + _j];
+        real w4[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_k * 16 + _u] += a10[_j * 3 + _k] * t3[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a2 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
+        /* zui,u->zui */
+        real t5[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t5[_i * 16 + _u] = (a2 + 0)[_u * 3 + _i];
+        real w6[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_i * 16 + _u] += (real)1.224744871391589 * t5[_i * 16 + _u] * a11[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w6[_i * 16 + _u];
+        /* p5 = (p0 ⊗ p4) -> 16x2 */
+        real t7[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t7[_j * 16 + _u] = a12[_u * 5 + _j];
+        real w8[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w8[_j * 16 + _u] += a5[_u] * t7[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l2 + 0)[_u * 5 + _j] += w8[_j * 16 + _u];
+        /* ijk,zuij->zuk */
+        real t9[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t9[_j * 16 + _u] = (l2 + 0)[_u * 5 + _j];
+        real w10[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w10[_k * 16 + _u] += a13[_j * 5 + _k] * t9[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a3 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
+        /* zui,u->zui */
+        real t11[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t11[_i * 16 + _u] = (a3 + 0)[_u * 5 + _i];
+        real w12[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w12[_i * 16 + _u] += (real)1.118033988749895 * t11[_i * 16 + _u] * a14[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w12[_i * 16 + _u];
+        /* p6 = (p2 ⊗ p2) -> 16x0 */
+        real t13[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t13[_i * 16 + _u] = a15[_u * 3 + _i];
+        real w14[144] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w14[_i * 48 + _j * 16 + _u] += t13[_i * 16 + _u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a4 + 0)[_u * 9 + _i * 3 + _j] += w14[_i * 48 + _j * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 240);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += (real)0.5773502691896257 * a2[_u] * a3[_u];
+        /* zui,u->zui */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a4[_u * 5 + _i];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* p8 = (p2 ⊗ p4) -> 16x1 */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 16 + _u] = a6[_u * 3 + _i];
+        real t4[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t4[_j * 16 + _u] = a7[_u * 5 + _j];
+        real w5[240] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 80 + _j * 16 + _u] += t3[_i * 16 + _u] * t4[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a1 + 0)[_u * 15 + _i * 5 + _j] += w5[_i * 80 + _j * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 400);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* zui,u->zui */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a2[_u * 3 + _i];
+        real w2[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.224744871391589 * t1[_i * 16 + _u] * a3[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += w2[_i * 16 + _u];
+        /* zui,u->zui */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 16 + _u] = a4[_u * 5 + _i];
+        real w4[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w4[_i * 16 + _u] += (real)1.118033988749895 * t3[_i * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
+        /* p10 = (p4 ⊗ p4) -> 16x0 */
+        real t5[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t5[_i * 16 + _u] = a6[_u * 5 + _i];
+        real t6[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t6[_j * 16 + _u] = a7[_u * 5 + _j];
+        real w7[400] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_i * 80 + _j * 16 + _u] += t5[_i * 16 + _u] * t6[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a1 + 0)[_u * 25 + _i * 5 + _j] += w7[_i * 80 + _j * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += (real)0.5773502691896257 * a2[_u] * a3[_u];
+        /* zui,u->zui */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a4[_u * 5 + _i];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a1 + 0)[_i * 16 + _w] += a6[_w * 5 + _i];
+    }
+}
+
+void cormorant_cg_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a2[_i * 16 + _u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a1 + 0)[_i * 16 + _w] += a3[_w * 3 + _i];
+    }
+}
+
+void cormorant_cg_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a1[_i * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 144);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 16);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 48);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 16);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 80);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 48);
+        real *restrict a8 = A8 + z * a8_stride;
+        memset(a8, 0, sizeof(real) * 80);
+        real *restrict a9 = A9 + z * a9_stride;
+        memset(a9, 0, sizeof(real) * 16);
+        real *restrict a10 = A10 + z * a10_stride;
+        memset(a10, 0, sizeof(real) * 80);
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28;
+        const real *restrict a29 = A29 + z * a29_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a11[_u];
+        /* u,zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (real)0.5773502691896257 * a12[_u] * (a13 + 0)[_u];
+        /* u,zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a2 + 0)[_u] += (real)0.5773502691896257 * a12[_u] * (a0 + 0)[_u];
+        /* u,zui->zui */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = (a15 + 0)[_u * 3 + _i];
+        real w2[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.224744871391589 * a14[_u] * t1[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w2[_i * 16 + _u];
+        /* u,zui->zui */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 16 + _u] = (a0 + 16)[_u * 3 + _i];
+        real w4[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w4[_i * 16 + _u] += (real)1.224744871391589 * a14[_u] * t3[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a3 + 0)[_u * 3 + _i] += w4[_i * 16 + _u];
+        /* u,zui->zui */
+        real t5[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t5[_i * 16 + _u] = (a17 + 0)[_u * 5 + _i];
+        real w6[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_i * 16 + _u] += (real)1.118033988749895 * a16[_u] * t5[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w6[_i * 16 + _u];
+        /* u,zui->zui */
+        real t7[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t7[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
+        real w8[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w8[_i * 16 + _u] += (real)1.118033988749895 * a16[_u] * t7[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a4 + 0)[_u * 5 + _i] += w8[_i * 16 + _u];
+        /* u,zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (real)0.5773502691896257 * a18[_u] * a19[_u];
+        /* u,zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a5 + 0)[_u] += (real)0.5773502691896257 * a18[_u] * (a0 + 0)[_u];
+        /* u,zui->zui */
+        real t9[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t9[_i * 16 + _u] = a21[_u * 5 + _i];
+        real w10[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w10[_i * 16 + _u] += (real)1.118033988749895 * a20[_u] * t9[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w10[_i * 16 + _u];
+        /* u,zui->zui */
+        real t11[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t11[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
+        real w12[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w12[_i * 16 + _u] += (real)1.118033988749895 * a20[_u] * t11[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a6 + 0)[_u * 5 + _i] += w12[_i * 16 + _u];
+        /* u,zui->zui */
+        real t13[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t13[_i * 16 + _u] = a23[_u * 3 + _i];
+        real w14[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w14[_i * 16 + _u] += (real)1.224744871391589 * a22[_u] * t13[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w14[_i * 16 + _u];
+        /* u,zui->zui */
+        real t15[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t15[_i * 16 + _u] = (a0 + 16)[_u * 3 + _i];
+        real w16[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w16[_i * 16 + _u] += (real)1.224744871391589 * a22[_u] * t15[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a7 + 0)[_u * 3 + _i] += w16[_i * 16 + _u];
+        /* u,zui->zui */
+        real t17[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t17[_i * 16 + _u] = a25[_u * 5 + _i];
+        real w18[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w18[_i * 16 + _u] += (real)1.118033988749895 * a24[_u] * t17[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w18[_i * 16 + _u];
+        /* u,zui->zui */
+        real t19[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t19[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
+        real w20[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w20[_i * 16 + _u] += (real)1.118033988749895 * a24[_u] * t19[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a8 + 0)[_u * 5 + _i] += w20[_i * 16 + _u];
+        /* u,zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (real)0.5773502691896257 * a26[_u] * a27[_u];
+        /* u,zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a9 + 0)[_u] += (real)0.5773502691896257 * a26[_u] * (a0 + 0)[_u];
+        /* u,zui->zui */
+        real t21[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t21[_i * 16 + _u] = a29[_u * 5 + _i];
+        real w22[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w22[_i * 16 + _u] += (real)1.118033988749895 * a28[_u] * t21[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w22[_i * 16 + _u];
+        /* u,zui->zui */
+        real t23[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t23[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
+        real w24[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w24[_i * 16 + _u] += (real)1.118033988749895 * a28[_u] * t23[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a10 + 0)[_u * 5 + _i] += w24[_i * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            (a0 + 0)[_w] += a1[_w];
+    }
+}
+
+void cormorant_cg_d2_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a1[_u];
+    }
+}
+
+void cormorant_cg_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            (a0 + 0)[_w] += a2[_w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 16)[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_d2_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_w * 3 + _i] += a1[_i * 16 + _w];
+    }
+}
+
+void cormorant_cg_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 16)[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_d2_weight_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_w * 3 + _i] += a2[_i * 16 + _w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 64)[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d2_weight_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_w * 5 + _i] += a1[_i * 16 + _w];
+    }
+}
+
+void cormorant_cg_d2_weight_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 64)[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d2_weight_s15(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_w * 5 + _i] += a1[_i * 16 + _w];
+    }
+}
+
+void cormorant_cg_d2_weight_s16(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            (a0 + 0)[_w] += a1[_w];
+    }
+}
+
+void cormorant_cg_d2_weight_s17(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a2[_u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += a3[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_d2_weight_s18(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_w * 3 + _i] += a1[_i * 16 + _w];
+    }
+}
+
+void cormorant_cg_d2_weight_s19(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += a3[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d2_weight_s20(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_w * 5 + _i] += a1[_i * 16 + _w];
+    }
+}
+
+void cormorant_cg_d2_weight_s21(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 80);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 80);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a4[_i * 16 + _u];
+        /* zui,u->zui */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = (a5 + 64)[_u * 5 + _i];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a6[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_i * 16 + _u] += (a5 + 64)[_u * 5 + _i];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a3 + 0)[_i * 16 + _u] += a7[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d2_weight_s22(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a1 + 0)[_u * 5 + _k];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[400] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 0)[_u * 25 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_weight_s23(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 400);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a2[_u * 5 + _i];
+        /* ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 16 + _u] = a4[_u * 5 + _i];
+        real w3[400] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a1 + 0)[_u * 25 + _k * 5 + _i] += w3[_k * 80 + _i * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_weight_s24(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        /* zuj->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += a2[_u * 5 + _j];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (real)0.5773502691896257 * (a3 + 0)[_u] * a4[_u];
+    }
+}
+
+void cormorant_cg_d2_weight_s25(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 80);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9 + z * a9_stride;
+        real l0[80] = {0};
+        real l1[80] = {0};
+        /* ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a4[_u * 5 + _j];
+        real w2[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += (a3 + 0)[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
+        /* ijk,zukj->zui */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
+        real w4[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_i * 16 + _u] += a5[_i * 5 + _j] * t3[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
+        /* ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+        real t5[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t5[_i * 16 + _u] = a6[_u * 5 + _i];
+        real w6[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_i * 16 + _u] += (a3 + 0)[_u] * t5[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l1 + 0)[_u * 5 + _i] += w6[_i * 16 + _u];
+        /* ijk,zuki->zuj */
+        real t7[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t7[_i * 16 + _u] = (l1 + 0)[_u * 5 + _i];
+        real w8[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_j * 16 + _u] += a5[_i * 5 + _j] * t7[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += w8[_j * 16 + _u];
+        /* zui,u->zui */
+        real t9[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t9[_i * 16 + _u] = (a7 + 64)[_u * 5 + _i];
+        real w10[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w10[_i * 16 + _u] += (real)1.118033988749895 * t9[_i * 16 + _u] * a8[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 0)[_u * 5 + _i] += w10[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_i * 16 + _u] += a9[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d2_weight_s26(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a1 + 0)[_u * 5 + _k];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[400] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 0)[_u * 25 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_weight_s27(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 240);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a2[_u * 3 + _i];
+        /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a4[_u * 3 + _i];
+        real w3[240] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 0)[_u * 15 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_weight_s28(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 48);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 48);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* zuj->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += a4[_u * 5 + _j];
+        /* zui,u->zui */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = (a5 + 16)[_u * 3 + _i];
+        real w2[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.224744871391589 * t1[_i * 16 + _u] * a6[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 0)[_u * 3 + _i] += w2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_i * 16 + _u] += (a5 + 16)[_u * 3 + _i];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a3 + 0)[_i * 16 + _u] += a7[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_d2_weight_s29(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = (a1 + 0)[_u * 3 + _k];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[240] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 48 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 15 + _j * 3 + _k] += w3[_j * 48 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_weight_s30(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 144);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a2[_u * 3 + _i];
+        /* ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = (a3 + 0)[_u * 3 + _k];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a4[_u * 3 + _i];
+        real w3[144] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 0)[_u * 9 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_weight_s31(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 80);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* zuj->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += a3[_u * 5 + _j];
+        /* zui,u->zui */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = (a4 + 64)[_u * 5 + _i];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_i * 16 + _u] += a6[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d2_weight_s32(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a1 + 0)[_u * 5 + _k];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w3[240] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 0)[_u * 15 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_weight_s33(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 240);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a2[_u * 3 + _i];
+        /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a4[_u * 3 + _i];
+        real w3[240] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a1 + 0)[_u * 15 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_weight_s34(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        /* zuj->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 16)[_u * 3 + _j] += a2[_u * 3 + _j];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (real)0.5773502691896257 * (a3 + 0)[_u] * a4[_u];
+    }
+}
+
+void cormorant_cg_d2_weight_s35(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 80);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9 + z * a9_stride;
+        real l0[48] = {0};
+        real l1[48] = {0};
+        /* ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a4[_u * 3 + _j];
+        real w2[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += (a3 + 0)[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+        /* ijk,zukj->zui */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
+        real w4[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_i * 16 + _u] += a5[_i * 3 + _j] * t3[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += w4[_i * 16 + _u];
+        /* ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
+        real t5[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t5[_i * 16 + _u] = a6[_u * 3 + _i];
+        real w6[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_i * 16 + _u] += (a3 + 0)[_u] * t5[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l1 + 0)[_u * 3 + _i] += w6[_i * 16 + _u];
+        /* ijk,zuki->zuj */
+        real t7[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t7[_i * 16 + _u] = (l1 + 0)[_u * 3 + _i];
+        real w8[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_j * 16 + _u] += a5[_i * 3 + _j] * t7[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 16)[_u * 3 + _j] += w8[_j * 16 + _u];
+        /* zui,u->zui */
+        real t9[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t9[_i * 16 + _u] = (a7 + 64)[_u * 5 + _i];
+        real w10[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w10[_i * 16 + _u] += (real)1.118033988749895 * t9[_i * 16 + _u] * a8[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 0)[_u * 5 + _i] += w10[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_i * 16 + _u] += (a9 + 0)[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d2_weight_s36(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a1 + 0)[_u * 5 + _k];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[400] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 0)[_u * 25 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_weight_s37(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 48);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9 + z * a9_stride;
+        real l0[80] = {0};
+        /* zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a3[_u];
+        /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
+        real w2[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
+        /* ijk,zuki->zuj */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 16 + _u] = (l0 + 0)[_u * 5 + _k];
+        real w4[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_j * 16 + _u] += a6[_j * 5 + _k] * t3[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += w4[_j * 16 + _u];
+        /* zui,u->zui */
+        real t5[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t5[_i * 16 + _u] = (a7 + 16)[_u * 3 + _i];
+        real w6[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_i * 16 + _u] += (real)1.224744871391589 * t5[_i * 16 + _u] * a8[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 0)[_u * 3 + _i] += w6[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_i * 16 + _u] += (a9 + 0)[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_d2_weight_s38(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = (a1 + 0)[_u * 3 + _k];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w3[144] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 48 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 9 + _j * 3 + _k] += w3[_j * 48 + _k * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_weight_s39(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        real l0[48] = {0};
+        /* zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a2[_u];
+        /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = (a3 + 0)[_u * 3 + _k];
+        real w2[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a4[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l0 + 0)[_u * 3 + _k] += w2[_k * 16 + _u];
+        /* ijk,zuki->zuj */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t3[_k * 16 + _u] = (l0 + 0)[_u * 3 + _k];
+        real w4[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_j * 16 + _u] += a5[_j * 3 + _k] * t3[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 16)[_u * 3 + _j] += w4[_j * 16 + _u];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (real)0.5773502691896257 * (a6 + 0)[_u] * a7[_u];
+    }
+}
+
+void cormorant_cg_d2_weight_s40(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        real l0[16] = {0};
+        real l1[16] = {0};
+        /* ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (l0 + 0)[_u] += (a1 + 0)[_u] * a2[_u];
+        /* ijk,zukj->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a3[0] * (l0 + 0)[_u];
+        /* ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (l1 + 0)[_u] += (a1 + 0)[_u] * a4[_u];
+        /* ijk,zuki->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a3[0] * (l1 + 0)[_u];
+    }
+}
+    """,
+    "cormorant_message": """\
+void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        real l0[16] = {0};
+        real l1[48] = {0};
+        real l2[80] = {0};
+        real l3[16] = {0};
+        real l4[48] = {0};
+        real l5[144] = {0};
+        real l6[32] = {0};
+        real l7[160] = {0};
+        real l8[16] = {0};
+        real l9[32] = {0};
+        real l10[96] = {0};
+        real l11[48] = {0};
+        real l12[240] = {0};
+        /* 1 paths 16x0 ⊗ sh -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (l0 + 0)[_u] += a1[_u] * a2[0];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += (l0 + 0)[_u] * a3[_u];
+        /* 1 paths 16x0 ⊗ sh -> 16x1 */
+        real w1[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w1[_k * 16 + _u] += a1[_u] * a4[_k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l1 + 0)[_u * 3 + _k] += w1[_k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 16 + _u] = (l1 + 0)[_u * 3 + _k];
+        real w3[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w3[_k * 16 + _u] += t2[_k * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 16)[_u * 3 + _k] += w3[_k * 16 + _u];
+        /* 1 paths 16x0 ⊗ sh -> 16x2 */
+        real w4[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w4[_k * 16 + _u] += a1[_u] * a6[_k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l2 + 0)[_u * 5 + _k] += w4[_k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t5[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t5[_k * 16 + _u] = (l2 + 0)[_u * 5 + _k];
+        real w6[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_k * 16 + _u] += t5[_k * 16 + _u] * a7[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 64)[_u * 5 + _k] += w6[_k * 16 + _u];
+        /* 1 paths 16x1 ⊗ sh -> 16x0 */
+        real t7[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t7[_i * 16 + _u] = a8[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (l3 + 0)[_u] += t7[_i * 16 + _u] * a9[_i];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += (l3 + 0)[_u] * a10[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l4 + 0)[_u] += a11[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l4 + 16)[_u] += a12[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l4 + 32)[_u] += a13[_u];
+        /* 3 paths 16x1 ⊗ sh -> 16x1 */
+        real w8[144] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_p * 48 + _k * 16 + _u] += t7[_i * 16 + _u] * a14[_i * 9 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l5 + 0)[_u * 9 + _p * 3 + _k] += w8[_p * 48 + _k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t9[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t9[_p * 48 + _k * 16 + _u] = (l5 + 0)[_u * 9 + _p * 3 + _k];
+        real w10[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w10[_k * 16 + _u] += t9[_p * 48 + _k * 16 + _u] * (l4 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 16)[_u * 3 + _k] += w10[_k * 16 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l6 + 0)[_u] += a15[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l6 + 16)[_u] += a16[_u];
+        /* 2 paths 16x1 ⊗ sh -> 16x2 */
+        real w11[160] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w11[_p * 80 + _k * 16 + _u] += t7[_i * 16 + _u] * a17[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l7 + 0)[_u * 10 + _p * 5 + _k] += w11[_p * 80 + _k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t12[160];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t12[_p * 80 + _k * 16 + _u] = (l7 + 0)[_u * 10 + _p * 5 + _k];
+        real w13[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w13[_k * 16 + _u] += t12[_p * 80 + _k * 16 + _u] * (l6 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 64)[_u * 5 + _k] += w13[_k * 16 + _u];
+        /* 1 paths 16x2 ⊗ sh -> 16x0 */
+        real t14[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t14[_i * 16 + _u] = a18[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (l8 + 0)[_u] += t14[_i * 16 + _u] * a19[_i];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += (l8 + 0)[_u] * a20[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l9 + 0)[_u] += a21[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l9 + 16)[_u] += a22[_u];
+        /* 2 paths 16x2 ⊗ sh -> 16x1 */
+        real w15[96] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w15[_p * 48 + _k * 16 + _u] += t14[_i * 16 + _u] * a23[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l10 + 0)[_u * 6 + _p * 3 + _k] += w15[_p * 48 + _k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t16[96];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t16[_p * 48 + _k * 16 + _u] = (l10 + 0)[_u * 6 + _p * 3 + _k];
+        real w17[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w17[_k * 16 + _u] += t16[_p * 48 + _k * 16 + _u] * (l9 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 16)[_u * 3 + _k] += w17[_k * 16 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l11 + 0)[_u] += a24[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l11 + 16)[_u] += a25[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l11 + 32)[_u] += a26[_u];
+        /* 3 paths 16x2 ⊗ sh -> 16x2 */
+        real w18[240] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w18[_p * 80 + _k * 16 + _u] += t14[_i * 16 + _u] * a27[_i * 15 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l12 + 0)[_u * 15 + _p * 5 + _k] += w18[_p * 80 + _k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t19[240];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t19[_p * 80 + _k * 16 + _u] = (l12 + 0)[_u * 15 + _p * 5 + _k];
+        real w20[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w20[_k * 16 + _u] += t19[_p * 80 + _k * 16 + _u] * (l11 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 64)[_u * 5 + _k] += w20[_k * 16 + _u];
+    }
+}
+
+void cormorant_message_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            (a0 + 0)[_w] += a2[_w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 16)[_u * 3 + _i];
+    }
+}
+
+void cormorant_message_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_w * 3 + _i] += a2[_i * 16 + _w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 64)[_u * 5 + _i];
+    }
+}
+
+void cormorant_message_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_w * 5 + _i] += a1[_i * 16 + _w];
+    }
+}
+    """,
+    "cormorant_message_d": """\
+void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, real *restrict A11, int64_t a11_stride, real *restrict A12, int64_t a12_stride, real *restrict A13, int64_t a13_stride, real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride, const real *restrict A38, int64_t a38_stride, const real *restrict A39, int64_t a39_stride, const real *restrict A40, int64_t a40_stride, const real *restrict A41, int64_t a41_stride, const real *restrict A42, int64_t a42_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 144);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 48);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 80);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 16);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 48);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 144);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 32);
+        real *restrict a8 = A8 + z * a8_stride;
+        memset(a8, 0, sizeof(real) * 160);
+        real *restrict a9 = A9 + z * a9_stride;
+        memset(a9, 0, sizeof(real) * 16);
+        real *restrict a10 = A10 + z * a10_stride;
+        memset(a10, 0, sizeof(real) * 32);
+        real *restrict a11 = A11 + z * a11_stride;
+        memset(a11, 0, sizeof(real) * 96);
+        real *restrict a12 = A12 + z * a12_stride;
+        memset(a12, 0, sizeof(real) * 48);
+        real *restrict a13 = A13 + z * a13_stride;
+        memset(a13, 0, sizeof(real) * 240);
+        real *restrict a14 = A14 + z * a14_stride;
+        memset(a14, 0, sizeof(real) * 80);
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        const real *restrict a30 = A30 + z * a30_stride;
+        const real *restrict a31 = A31 + z * a31_stride;
+        const real *restrict a32 = A32 + z * a32_stride;
+        const real *restrict a33 = A33 + z * a33_stride;
+        const real *restrict a34 = A34 + z * a34_stride;
+        const real *restrict a35 = A35 + z * a35_stride;
+        const real *restrict a36 = A36 + z * a36_stride;
+        const real *restrict a37 = A37 + z * a37_stride;
+        const real *restrict a38 = A38 + z * a38_stride;
+        const real *restrict a39 = A39 + z * a39_stride;
+        const real *restrict a40 = A40 + z * a40_stride;
+        const real *restrict a41 = A41 + z * a41_stride;
+        const real *restrict a42 = A42 + z * a42_stride;
+        /* 1 paths 16x0 ⊗ sh -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a15[_u] * a16[0];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (a0 + 0)[_u] * a17[_u];
+        /* 1 paths 16x0 ⊗ sh -> 16x1 */
+        real w1[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w1[_k * 16 + _u] += a15[_u] * a18[_k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a2 + 0)[_u * 3 + _k] += w1[_k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 16 + _u] = (a2 + 0)[_u * 3 + _k];
+        real w3[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w3[_k * 16 + _u] += t2[_k * 16 + _u] * a19[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 16)[_u * 3 + _k] += w3[_k * 16 + _u];
+        /* 1 paths 16x0 ⊗ sh -> 16x2 */
+        real w4[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w4[_k * 16 + _u] += a15[_u] * a20[_k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a3 + 0)[_u * 5 + _k] += w4[_k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t5[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t5[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
+        real w6[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_k * 16 + _u] += t5[_k * 16 + _u] * a21[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 64)[_u * 5 + _k] += w6[_k * 16 + _u];
+        /* 1 paths 16x1 ⊗ sh -> 16x0 */
+        real t7[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t7[_i * 16 + _u] = a22[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a4 + 0)[_u] += t7[_i * 16 + _u] * a23[_i];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (a4 + 0)[_u] * a24[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a5 + 0)[_u] += a25[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a5 + 16)[_u] += a26[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a5 + 32)[_u] += a27[_u];
+        /* 3 paths 16x1 ⊗ sh -> 16x1 */
+        real w8[144] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_p * 48 + _k * 16 + _u] += t7[_i * 16 + _u] * a28[_i * 9 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a6 + 0)[_u * 9 + _p * 3 + _k] += w8[_p * 48 + _k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t9[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t9[_p * 48 + _k * 16 + _u] = (a6 + 0)[_u * 9 + _p * 3 + _k];
+        real w10[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w10[_k * 16 + _u] += t9[_p * 48 + _k * 16 + _u] * (a5 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 16)[_u * 3 + _k] += w10[_k * 16 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a7 + 0)[_u] += a29[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a7 + 16)[_u] += a30[_u];
+        /* 2 paths 16x1 ⊗ sh -> 16x2 */
+        real w11[160] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w11[_p * 80 + _k * 16 + _u] += t7[_i * 16 + _u] * a31[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a8 + 0)[_u * 10 + _p * 5 + _k] += w11[_p * 80 + _k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t12[160];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t12[_p * 80 + _k * 16 + _u] = (a8 + 0)[_u * 10 + _p * 5 + _k];
+        real w13[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w13[_k * 16 + _u] += t12[_p * 80 + _k * 16 + _u] * (a7 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 64)[_u * 5 + _k] += w13[_k * 16 + _u];
+        /* 1 paths 16x2 ⊗ sh -> 16x0 */
+        real t14[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t14[_i * 16 + _u] = a32[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a9 + 0)[_u] += t14[_i * 16 + _u] * a33[_i];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (a9 + 0)[_u] * a34[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a10 + 0)[_u] += a35[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a10 + 16)[_u] += a36[_u];
+        /* 2 paths 16x2 ⊗ sh -> 16x1 */
+        real w15[96] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w15[_p * 48 + _k * 16 + _u] += t14[_i * 16 + _u] * a37[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a11 + 0)[_u * 6 + _p * 3 + _k] += w15[_p * 48 + _k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t16[96];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t16[_p * 48 + _k * 16 + _u] = (a11 + 0)[_u * 6 + _p * 3 + _k];
+        real w17[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w17[_k * 16 + _u] += t16[_p * 48 + _k * 16 + _u] * (a10 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 16)[_u * 3 + _k] += w17[_k * 16 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a12 + 0)[_u] += a38[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a12 + 16)[_u] += a39[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a12 + 32)[_u] += a40[_u];
+        /* 3 paths 16x2 ⊗ sh -> 16x2 */
+        real w18[240] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w18[_p * 80 + _k * 16 + _u] += t14[_i * 16 + _u] * a41[_i * 15 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a13 + 0)[_u * 15 + _p * 5 + _k] += w18[_p * 80 + _k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t19[240];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t19[_p * 80 + _k * 16 + _u] = (a13 + 0)[_u * 15 + _p * 5 + _k];
+        real w20[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w20[_k * 16 + _u] += t19[_p * 80 + _k * 16 + _u] * (a12 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 64)[_u * 5 + _k] += w20[_k * 16 + _u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a14 + 0)[_i * 16 + _w] += a42[_w * 5 + _i];
+    }
+}
+
+void cormorant_message_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 64)[_u * 5 + _i];
+    }
+}
+
+void cormorant_message_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a0 + 0)[_i * 16 + _w] += a1[_w * 3 + _i];
+    }
+}
+
+void cormorant_message_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 16)[_u * 3 + _i];
+    }
+}
+
+void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 144);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 179);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 240);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        const real *restrict a30 = A30 + z * a30_stride;
+        const real *restrict a31 = A31 + z * a31_stride;
+        const real *restrict a32 = A32 + z * a32_stride;
+        const real *restrict a33 = A33 + z * a33_stride;
+        const real *restrict a34 = A34 + z * a34_stride;
+        real l0[240] = {0};
+        real l1[48] = {0};
+        real l2[96] = {0};
+        real l3[32] = {0};
+        real l4[16] = {0};
+        real l5[160] = {0};
+        real l6[32] = {0};
+        real l7[144] = {0};
+        real l8[48] = {0};
+        real l9[16] = {0};
+        real l10[80] = {0};
+        real l11[48] = {0};
+        real l12[16] = {0};
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a4[_u];
+        /* zuk,zpu->zupk */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w2[240] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_p * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * (a5 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l0 + 0)[_u * 15 + _p * 5 + _k] += w2[_p * 80 + _k * 16 + _u];
+        /* zuk,zupk->zpu */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real t4[240];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t4[_p * 80 + _k * 16 + _u] = (a6 + 0)[_u * 15 + _p * 5 + _k];
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (l1 + 0)[_p * 16 + _u] += t3[_k * 16 + _u] * t4[_p * 80 + _k * 16 + _u];
+        /* ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
+        real t5[240];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t5[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
+        real w6[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w6[_i * 16 + _u] += t5[_p * 80 + _k * 16 + _u] * a7[_i * 15 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w6[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
+        real t7[240];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t7[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
+        real t8[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t8[_i * 16 + _u] = a8[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t7[_p * 80 + _k * 16 + _u] * t8[_i * 16 + _u];
+                        (a2 + 104)[_i * 15 + _k * 3 + _p] += acc;
+                    }
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 224)[_u] += (l1 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 176)[_u] += (l1 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 144)[_u] += (l1 + 0)[_u];
+        /* zuk,zpu->zupk */
+        real t9[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t9[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w10[96] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w10[_p * 48 + _k * 16 + _u] += t9[_k * 16 + _u] * (a9 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l2 + 0)[_u * 6 + _p * 3 + _k] += w10[_p * 48 + _k * 16 + _u];
+        /* zuk,zupk->zpu */
+        real t11[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t11[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real t12[96];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t12[_p * 48 + _k * 16 + _u] = (a10 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (l3 + 0)[_p * 16 + _u] += t11[_k * 16 + _u] * t12[_p * 48 + _k * 16 + _u];
+        /* ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
+        real t13[96];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t13[_p * 48 + _k * 16 + _u] = (l2 + 0)[_u * 6 + _p * 3 + _k];
+        real w14[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w14[_i * 16 + _u] += t13[_p * 48 + _k * 16 + _u] * a11[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w14[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
+        real t15[96];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t15[_p * 48 + _k * 16 + _u] = (l2 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t15[_p * 48 + _k * 16 + _u] * t8[_i * 16 + _u];
+                        (a2 + 74)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 208)[_u] += (l3 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 160)[_u] += (l3 + 0)[_u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l4 + 0)[_u] += (a0 + 0)[_u] * a12[_u];
+        /* zuk,zupk->zpu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 192)[_u] += (a0 + 0)[_u] * (a13 + 0)[_u];
+        /* ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
+        real w16[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w16[_i * 16 + _u] += (l4 + 0)[_u] * a14[_i];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w16[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
+        for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += (l4 + 0)[_u] * t8[_i * 16 + _u];
+                (a2 + 69)[_i] += acc;
+            }
+        /* zuk,zpu->zupk */
+        real t17[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t17[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w18[160] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w18[_p * 80 + _k * 16 + _u] += t17[_k * 16 + _u] * (a15 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l5 + 0)[_u * 10 + _p * 5 + _k] += w18[_p * 80 + _k * 16 + _u];
+        /* zuk,zupk->zpu */
+        real t19[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t19[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real t20[160];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t20[_p * 80 + _k * 16 + _u] = (a16 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (l6 + 0)[_p * 16 + _u] += t19[_k * 16 + _u] * t20[_p * 80 + _k * 16 + _u];
+        /* ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
+        real t21[160];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t21[_p * 80 + _k * 16 + _u] = (l5 + 0)[_u * 10 + _p * 5 + _k];
+        real w22[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w22[_i * 16 + _u] += t21[_p * 80 + _k * 16 + _u] * a17[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w22[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
+        real t23[160];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t23[_p * 80 + _k * 16 + _u] = (l5 + 0)[_u * 10 + _p * 5 + _k];
+        real t24[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t24[_i * 16 + _u] = a18[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t23[_p * 80 + _k * 16 + _u] * t24[_i * 16 + _u];
+                        (a2 + 39)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 128)[_u] += (l6 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 96)[_u] += (l6 + 0)[_u];
+        /* zuk,zpu->zupk */
+        real t25[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t25[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w26[144] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w26[_p * 48 + _k * 16 + _u] += t25[_k * 16 + _u] * (a19 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l7 + 0)[_u * 9 + _p * 3 + _k] += w26[_p * 48 + _k * 16 + _u];
+        /* zuk,zupk->zpu */
+        real t27[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t27[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real t28[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t28[_p * 48 + _k * 16 + _u] = (a20 + 0)[_u * 9 + _p * 3 + _k];
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (l8 + 0)[_p * 16 + _u] += t27[_k * 16 + _u] * t28[_p * 48 + _k * 16 + _u];
+        /* ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
+        real t29[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t29[_p * 48 + _k * 16 + _u] = (l7 + 0)[_u * 9 + _p * 3 + _k];
+        real w30[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w30[_i * 16 + _u] += t29[_p * 48 + _k * 16 + _u] * a21[_i * 9 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w30[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
+        real t31[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t31[_p * 48 + _k * 16 + _u] = (l7 + 0)[_u * 9 + _p * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t31[_p * 48 + _k * 16 + _u] * t24[_i * 16 + _u];
+                        (a2 + 12)[_i * 9 + _k * 3 + _p] += acc;
+                    }
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 112)[_u] += (l8 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 80)[_u] += (l8 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 48)[_u] += (l8 + 0)[_u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l9 + 0)[_u] += (a0 + 0)[_u] * a22[_u];
+        /* zuk,zupk->zpu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 64)[_u] += (a0 + 0)[_u] * (a23 + 0)[_u];
+        /* ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
+        real w32[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w32[_i * 16 + _u] += (l9 + 0)[_u] * a24[_i];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w32[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
+        for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += (l9 + 0)[_u] * t24[_i * 16 + _u];
+                (a2 + 9)[_i] += acc;
+            }
+        /* zuk,zpu->zupk */
+        real t33[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t33[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w34[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w34[_k * 16 + _u] += t33[_k * 16 + _u] * a25[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l10 + 0)[_u * 5 + _k] += w34[_k * 16 + _u];
+        /* zuk,zupk->zpu */
+        real t35[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t35[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real t36[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t36[_k * 16 + _u] = (a26 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a3 + 32)[_u] += t35[_k * 16 + _u] * t36[_k * 16 + _u];
+        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
+        real t37[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t37[_k * 16 + _u] = (l10 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += t37[_k * 16 + _u] * a27[_k];
+        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
+        real t38[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t38[_k * 16 + _u] = (l10 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += t38[_k * 16 + _u] * a28[_u];
+                (a2 + 4)[_k] += acc;
+            }
+        /* zuk,zpu->zupk */
+        real t39[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t39[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w40[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w40[_k * 16 + _u] += t39[_k * 16 + _u] * a29[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l11 + 0)[_u * 3 + _k] += w40[_k * 16 + _u];
+        /* zuk,zupk->zpu */
+        real t41[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t41[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real t42[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t42[_k * 16 + _u] = (a30 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a3 + 16)[_u] += t41[_k * 16 + _u] * t42[_k * 16 + _u];
+        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
+        real t43[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t43[_k * 16 + _u] = (l11 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += t43[_k * 16 + _u] * a31[_k];
+        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
+        real t44[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t44[_k * 16 + _u] = (l11 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += t44[_k * 16 + _u] * a28[_u];
+                (a2 + 1)[_k] += acc;
+            }
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l12 + 0)[_u] += (a0 + 0)[_u] * a32[_u];
+        /* zuk,zupk->zpu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 0)[_u] += (a0 + 0)[_u] * (a33 + 0)[_u];
+        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (l12 + 0)[_u] * a34[0];
+        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
+        {
+            real acc = 0;
+            for (int _u = 0; _u < 16; ++_u)
+                acc += (l12 + 0)[_u] * a28[_u];
+            (a2 + 0)[0] += acc;
+        }
+    }
+}
+
+void cormorant_message_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 9);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zj->zj */
+        for (int _j = 0; _j < 9; ++_j)
+            (a0 + 0)[_j] += a1[_j];
+    }
+}
+    """,
+    "cormorant_message_d2_f": """\
+void cormorant_message_d2_f_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 48);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a5[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 16)[_u] += a6[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 32)[_u] += a7[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += a8[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 16)[_u] += a9[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a2 + 0)[_u] += a10[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a2 + 16)[_u] += a11[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 0)[_u] += a12[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 16)[_u] += a13[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 32)[_u] += a14[_u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a4 + 0)[_i * 16 + _w] += a15[_w * 5 + _i];
+    }
+}
+
+void cormorant_message_d2_f_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a2[_i * 16 + _u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a1 + 0)[_i * 16 + _w] += a3[_w * 3 + _i];
+    }
+}
+
+void cormorant_message_d2_f_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a1[_i * 16 + _u];
+    }
+}
+
+void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 179);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 144);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 240);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 48);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 32);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 32);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 48);
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        real l0[240] = {0};
+        real l1[96] = {0};
+        real l2[16] = {0};
+        real l3[160] = {0};
+        real l4[144] = {0};
+        real l5[16] = {0};
+        real l6[80] = {0};
+        real l7[48] = {0};
+        real l8[16] = {0};
+        real l9[16] = {0};
+        real l10[48] = {0};
+        real l11[80] = {0};
+        real l12[16] = {0};
+        real l13[144] = {0};
+        real l14[160] = {0};
+        real l15[16] = {0};
+        real l16[96] = {0};
+        real l17[240] = {0};
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a8[_u];
+        /* zuk,zpu->zupk */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w2[240] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_p * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * (a9 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l0 + 0)[_u * 15 + _p * 5 + _k] += w2[_p * 80 + _k * 16 + _u];
+        /* zuk,zpu->zupk */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t3[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w4[96] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_p * 48 + _k * 16 + _u] += t3[_k * 16 + _u] * (a10 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l1 + 0)[_u * 6 + _p * 3 + _k] += w4[_p * 48 + _k * 16 + _u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l2 + 0)[_u] += (a0 + 0)[_u] * a11[_u];
+        /* zuk,zpu->zupk */
+        real t5[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t5[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w6[160] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w6[_p * 80 + _k * 16 + _u] += t5[_k * 16 + _u] * (a12 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l3 + 0)[_u * 10 + _p * 5 + _k] += w6[_p * 80 + _k * 16 + _u];
+        /* zuk,zpu->zupk */
+        real t7[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t7[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w8[144] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_p * 48 + _k * 16 + _u] += t7[_k * 16 + _u] * (a13 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l4 + 0)[_u * 9 + _p * 3 + _k] += w8[_p * 48 + _k * 16 + _u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l5 + 0)[_u] += (a0 + 0)[_u] * a14[_u];
+        /* zuk,zpu->zupk */
+        real t9[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t9[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w10[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w10[_k * 16 + _u] += t9[_k * 16 + _u] * a15[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l6 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
+        /* zuk,zpu->zupk */
+        real t11[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t11[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w12[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w12[_k * 16 + _u] += t11[_k * 16 + _u] * a16[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l7 + 0)[_u * 3 + _k] += w12[_k * 16 + _u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l8 + 0)[_u] += (a0 + 0)[_u] * a17[_u];
+        /* ∂/∂d__t_p_0_0_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (l9 + 0)[_u] += a18[_u] * a19[0];
+        /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
+        {
+            real acc = 0;
+            for (int _u = 0; _u < 16; ++_u)
+                acc += a18[_u] * (l8 + 0)[_u];
+            (a1 + 0)[0] += acc;
+        }
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a2 + 0)[_u] += (l9 + 0)[_u] * a17[_u];
+        /* zupk,zuk->zpu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 0)[_u] += (l9 + 0)[_u] * (a0 + 0)[_u];
+        /* ∂/∂d__t_p_0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
+        real w13[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w13[_k * 16 + _u] += a18[_u] * a20[_k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l10 + 0)[_u * 3 + _k] += w13[_k * 16 + _u];
+        /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
+        real t14[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t14[_k * 16 + _u] = (l7 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += a18[_u] * t14[_k * 16 + _u];
+                (a1 + 1)[_k] += acc;
+            }
+        /* zupk,zpu->zuk */
+        real t15[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t15[_k * 16 + _u] = (l10 + 0)[_u * 3 + _k];
+        real w16[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w16[_k * 16 + _u] += t15[_k * 16 + _u] * a16[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a2 + 16)[_u * 3 + _k] += w16[_k * 16 + _u];
+        /* zupk,zuk->zpu */
+        real t17[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t17[_k * 16 + _u] = (l10 + 0)[_u * 3 + _k];
+        real t18[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t18[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a3 + 16)[_u] += t17[_k * 16 + _u] * t18[_k * 16 + _u];
+        /* ∂/∂d__t_p_0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
+        real w19[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w19[_k * 16 + _u] += a18[_u] * a21[_k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l11 + 0)[_u * 5 + _k] += w19[_k * 16 + _u];
+        /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
+        real t20[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t20[_k * 16 + _u] = (l6 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += a18[_u] * t20[_k * 16 + _u];
+                (a1 + 4)[_k] += acc;
+            }
+        /* zupk,zpu->zuk */
+        real t21[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t21[_k * 16 + _u] = (l11 + 0)[_u * 5 + _k];
+        real w22[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w22[_k * 16 + _u] += t21[_k * 16 + _u] * a15[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a2 + 64)[_u * 5 + _k] += w22[_k * 16 + _u];
+        /* zupk,zuk->zpu */
+        real t23[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t23[_k * 16 + _u] = (l11 + 0)[_u * 5 + _k];
+        real t24[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t24[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a3 + 32)[_u] += t23[_k * 16 + _u] * t24[_k * 16 + _u];
+        /* ∂/∂d__t_p_0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
+        real t25[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t25[_i * 16 + _u] = a22[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (l12 + 0)[_u] += t25[_i * 16 + _u] * a23[_i];
+        /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
+        for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += t25[_i * 16 + _u] * (l5 + 0)[_u];
+                (a1 + 9)[_i] += acc;
+            }
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a2 + 0)[_u] += (l12 + 0)[_u] * a14[_u];
+        /* zupk,zuk->zpu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 64)[_u] += (l12 + 0)[_u] * (a0 + 0)[_u];
+        /* ∂/∂d__t_p_0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
+        real w26[144] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w26[_p * 48 + _k * 16 + _u] += t25[_i * 16 + _u] * a24[_i * 9 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l13 + 0)[_u * 9 + _p * 3 + _k] += w26[_p * 48 + _k * 16 + _u];
+        /* ∂/∂_m_p_0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
+        real t27[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t27[_p * 48 + _k * 16 + _u] = (l4 + 0)[_u * 9 + _p * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t25[_i * 16 + _u] * t27[_p * 48 + _k * 16 + _u];
+                        (a1 + 12)[_i * 9 + _k * 3 + _p] += acc;
+                    }
+        /* zupk,zpu->zuk */
+        real t28[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t28[_p * 48 + _k * 16 + _u] = (l13 + 0)[_u * 9 + _p * 3 + _k];
+        real w29[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w29[_k * 16 + _u] += t28[_p * 48 + _k * 16 + _u] * (a13 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a2 + 16)[_u * 3 + _k] += w29[_k * 16 + _u];
+        /* zupk,zuk->zpu */
+        real t30[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t30[_p * 48 + _k * 16 + _u] = (l13 + 0)[_u * 9 + _p * 3 + _k];
+        real t31[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t31[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (a4 + 0)[_p * 16 + _u] += t30[_p * 48 + _k * 16 + _u] * t31[_k * 16 + _u];
+        /* ∂/∂d__t_p_0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
+        real w32[160] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w32[_p * 80 + _k * 16 + _u] += t25[_i * 16 + _u] * a25[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l14 + 0)[_u * 10 + _p * 5 + _k] += w32[_p * 80 + _k * 16 + _u];
+        /* ∂/∂_m_p_0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
+        real t33[160];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t33[_p * 80 + _k * 16 + _u] = (l3 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t25[_i * 16 + _u] * t33[_p * 80 + _k * 16 + _u];
+                        (a1 + 39)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* zupk,zpu->zuk */
+        real t34[160];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t34[_p * 80 + _k * 16 + _u] = (l14 + 0)[_u * 10 + _p * 5 + _k];
+        real w35[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w35[_k * 16 + _u] += t34[_p * 80 + _k * 16 + _u] * (a12 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a2 + 64)[_u * 5 + _k] += w35[_k * 16 + _u];
+        /* zupk,zuk->zpu */
+        real t36[160];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t36[_p * 80 + _k * 16 + _u] = (l14 + 0)[_u * 10 + _p * 5 + _k];
+        real t37[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t37[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (a5 + 0)[_p * 16 + _u] += t36[_p * 80 + _k * 16 + _u] * t37[_k * 16 + _u];
+        /* ∂/∂d__t_p_0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
+        real t38[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t38[_i * 16 + _u] = a26[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (l15 + 0)[_u] += t38[_i * 16 + _u] * a27[_i];
+        /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
+        for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += t38[_i * 16 + _u] * (l2 + 0)[_u];
+                (a1 + 69)[_i] += acc;
+            }
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a2 + 0)[_u] += (l15 + 0)[_u] * a11[_u];
+        /* zupk,zuk->zpu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 192)[_u] += (l15 + 0)[_u] * (a0 + 0)[_u];
+        /* ∂/∂d__t_p_0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
+        real w39[96] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w39[_p * 48 + _k * 16 + _u] += t38[_i * 16 + _u] * a28[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l16 + 0)[_u * 6 + _p * 3 + _k] += w39[_p * 48 + _k * 16 + _u];
+        /* ∂/∂_m_p_0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
+        real t40[96];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t40[_p * 48 + _k * 16 + _u] = (l1 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t38[_i * 16 + _u] * t40[_p * 48 + _k * 16 + _u];
+                        (a1 + 74)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* zupk,zpu->zuk */
+        real t41[96];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t41[_p * 48 + _k * 16 + _u] = (l16 + 0)[_u * 6 + _p * 3 + _k];
+        real w42[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w42[_k * 16 + _u] += t41[_p * 48 + _k * 16 + _u] * (a10 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a2 + 16)[_u * 3 + _k] += w42[_k * 16 + _u];
+        /* zupk,zuk->zpu */
+        real t43[96];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t43[_p * 48 + _k * 16 + _u] = (l16 + 0)[_u * 6 + _p * 3 + _k];
+        real t44[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t44[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (a6 + 0)[_p * 16 + _u] += t43[_p * 48 + _k * 16 + _u] * t44[_k * 16 + _u];
+        /* ∂/∂d__t_p_0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
+        real w45[240] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w45[_p * 80 + _k * 16 + _u] += t38[_i * 16 + _u] * a29[_i * 15 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l17 + 0)[_u * 15 + _p * 5 + _k] += w45[_p * 80 + _k * 16 + _u];
+        /* ∂/∂_m_p_0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
+        real t46[240];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t46[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t38[_i * 16 + _u] * t46[_p * 80 + _k * 16 + _u];
+                        (a1 + 104)[_i * 15 + _k * 3 + _p] += acc;
+                    }
+        /* zupk,zpu->zuk */
+        real t47[240];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t47[_p * 80 + _k * 16 + _u] = (l17 + 0)[_u * 15 + _p * 5 + _k];
+        real w48[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w48[_k * 16 + _u] += t47[_p * 80 + _k * 16 + _u] * (a9 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a2 + 64)[_u * 5 + _k] += w48[_k * 16 + _u];
+        /* zupk,zuk->zpu */
+        real t49[240];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t49[_p * 80 + _k * 16 + _u] = (l17 + 0)[_u * 15 + _p * 5 + _k];
+        real t50[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t50[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (a7 + 0)[_p * 16 + _u] += t49[_p * 80 + _k * 16 + _u] * t50[_k * 16 + _u];
+    }
+}
+
+void cormorant_message_d2_f_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            (a0 + 0)[_w] += a2[_w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 16)[_u * 3 + _i];
+    }
+}
+
+void cormorant_message_d2_f_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_w * 3 + _i] += a2[_i * 16 + _w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 64)[_u * 5 + _i];
+    }
+}
+
+void cormorant_message_d2_f_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_w * 5 + _i] += a2[_i * 16 + _w];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 224)[_u] += (a3 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 176)[_u] += (a3 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 144)[_u] += (a3 + 0)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 208)[_u] += (a4 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 160)[_u] += (a4 + 0)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 128)[_u] += (a5 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 96)[_u] += (a5 + 0)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 112)[_u] += (a6 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 80)[_u] += (a6 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 48)[_u] += (a6 + 0)[_u];
+    }
+}
+
+void cormorant_message_d2_f_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 9);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zj->zj */
+        for (int _j = 0; _j < 9; ++_j)
+            (a0 + 0)[_j] += a1[_j];
+    }
+}
+    """,
+    "cormorant_message_d2_sh": """\
+void cormorant_message_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 48);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a5[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 16)[_u] += a6[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 32)[_u] += a7[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += a8[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 16)[_u] += a9[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a2 + 0)[_u] += a10[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a2 + 16)[_u] += a11[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 0)[_u] += a12[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 16)[_u] += a13[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 32)[_u] += a14[_u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a4 + 0)[_i * 16 + _w] += a15[_w * 5 + _i];
+    }
+}
+
+void cormorant_message_d2_sh_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a2[_i * 16 + _u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a1 + 0)[_i * 16 + _w] += a3[_w * 3 + _i];
+    }
+}
+
+void cormorant_message_d2_sh_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a1[_i * 16 + _u];
+    }
+}
+
+void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 144);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 144);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 240);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 48);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 32);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 32);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 48);
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        real l0[240] = {0};
+        real l1[96] = {0};
+        real l2[16] = {0};
+        real l3[160] = {0};
+        real l4[144] = {0};
+        real l5[16] = {0};
+        real l6[80] = {0};
+        real l7[48] = {0};
+        real l8[16] = {0};
+        real l9[16] = {0};
+        real l10[48] = {0};
+        real l11[80] = {0};
+        real l12[16] = {0};
+        real l13[144] = {0};
+        real l14[160] = {0};
+        real l15[16] = {0};
+        real l16[96] = {0};
+        real l17[240] = {0};
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a8[_u];
+        /* zuk,zpu->zupk */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w2[240] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_p * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * (a9 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l0 + 0)[_u * 15 + _p * 5 + _k] += w2[_p * 80 + _k * 16 + _u];
+        /* zuk,zpu->zupk */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t3[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w4[96] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_p * 48 + _k * 16 + _u] += t3[_k * 16 + _u] * (a10 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l1 + 0)[_u * 6 + _p * 3 + _k] += w4[_p * 48 + _k * 16 + _u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l2 + 0)[_u] += (a0 + 0)[_u] * a11[_u];
+        /* zuk,zpu->zupk */
+        real t5[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t5[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w6[160] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w6[_p * 80 + _k * 16 + _u] += t5[_k * 16 + _u] * (a12 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l3 + 0)[_u * 10 + _p * 5 + _k] += w6[_p * 80 + _k * 16 + _u];
+        /* zuk,zpu->zupk */
+        real t7[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t7[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w8[144] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_p * 48 + _k * 16 + _u] += t7[_k * 16 + _u] * (a13 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l4 + 0)[_u * 9 + _p * 3 + _k] += w8[_p * 48 + _k * 16 + _u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l5 + 0)[_u] += (a0 + 0)[_u] * a14[_u];
+        /* zuk,zpu->zupk */
+        real t9[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t9[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w10[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w10[_k * 16 + _u] += t9[_k * 16 + _u] * a15[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l6 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
+        /* zuk,zpu->zupk */
+        real t11[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t11[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w12[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w12[_k * 16 + _u] += t11[_k * 16 + _u] * a16[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l7 + 0)[_u * 3 + _k] += w12[_k * 16 + _u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l8 + 0)[_u] += (a0 + 0)[_u] * a17[_u];
+        /* ∂/∂d__t_p_0_0_0: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (l9 + 0)[_u] += a18[0] * a19[_u];
+        /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += a18[0] * (l8 + 0)[_u];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a2 + 0)[_u] += (l9 + 0)[_u] * a17[_u];
+        /* zupk,zuk->zpu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 0)[_u] += (l9 + 0)[_u] * (a0 + 0)[_u];
+        /* ∂/∂d__t_p_0_0_1: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
+        real w13[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w13[_k * 16 + _u] += a20[_k] * a19[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l10 + 0)[_u * 3 + _k] += w13[_k * 16 + _u];
+        /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
+        real t14[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t14[_k * 16 + _u] = (l7 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += a20[_k] * t14[_k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t15[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t15[_k * 16 + _u] = (l10 + 0)[_u * 3 + _k];
+        real w16[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w16[_k * 16 + _u] += t15[_k * 16 + _u] * a16[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a2 + 16)[_u * 3 + _k] += w16[_k * 16 + _u];
+        /* zupk,zuk->zpu */
+        real t17[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t17[_k * 16 + _u] = (l10 + 0)[_u * 3 + _k];
+        real t18[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t18[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a3 + 16)[_u] += t17[_k * 16 + _u] * t18[_k * 16 + _u];
+        /* ∂/∂d__t_p_0_0_2: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
+        real w19[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w19[_k * 16 + _u] += a21[_k] * a19[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l11 + 0)[_u * 5 + _k] += w19[_k * 16 + _u];
+        /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
+        real t20[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t20[_k * 16 + _u] = (l6 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += a21[_k] * t20[_k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t21[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t21[_k * 16 + _u] = (l11 + 0)[_u * 5 + _k];
+        real w22[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w22[_k * 16 + _u] += t21[_k * 16 + _u] * a15[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a2 + 64)[_u * 5 + _k] += w22[_k * 16 + _u];
+        /* zupk,zuk->zpu */
+        real t23[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t23[_k * 16 + _u] = (l11 + 0)[_u * 5 + _k];
+        real t24[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t24[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a3 + 32)[_u] += t23[_k * 16 + _u] * t24[_k * 16 + _u];
+        /* ∂/∂d__t_p_0_1_0: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
+        real t25[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t25[_i * 16 + _u] = a23[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (l12 + 0)[_u] += a22[_i] * t25[_i * 16 + _u];
+        /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
+        real w26[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w26[_i * 16 + _u] += a22[_i] * (l5 + 0)[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w26[_i * 16 + _u];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a2 + 0)[_u] += (l12 + 0)[_u] * a14[_u];
+        /* zupk,zuk->zpu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 64)[_u] += (l12 + 0)[_u] * (a0 + 0)[_u];
+        /* ∂/∂d__t_p_0_1_1: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
+        real w27[144] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w27[_p * 48 + _k * 16 + _u] += a24[_i * 9 + _k * 3 + _p] * t25[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l13 + 0)[_u * 9 + _p * 3 + _k] += w27[_p * 48 + _k * 16 + _u];
+        /* ∂/∂f: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
+        real t28[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t28[_p * 48 + _k * 16 + _u] = (l4 + 0)[_u * 9 + _p * 3 + _k];
+        real w29[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w29[_i * 16 + _u] += a24[_i * 9 + _k * 3 + _p] * t28[_p * 48 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w29[_i * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t30[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t30[_p * 48 + _k * 16 + _u] = (l13 + 0)[_u * 9 + _p * 3 + _k];
+        real w31[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w31[_k * 16 + _u] += t30[_p * 48 + _k * 16 + _u] * (a13 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a2 + 16)[_u * 3 + _k] += w31[_k * 16 + _u];
+        /* zupk,zuk->zpu */
+        real t32[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t32[_p * 48 + _k * 16 + _u] = (l13 + 0)[_u * 9 + _p * 3 + _k];
+        real t33[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t33[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (a4 + 0)[_p * 16 + _u] += t32[_p * 48 + _k * 16 + _u] * t33[_k * 16 + _u];
+        /* ∂/∂d__t_p_0_1_2: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
+        real w34[160] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w34[_p * 80 + _k * 16 + _u] += a25[_i * 10 + _k * 2 + _p] * t25[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l14 + 0)[_u * 10 + _p * 5 + _k] += w34[_p * 80 + _k * 16 + _u];
+        /* ∂/∂f: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
+        real t35[160];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t35[_p * 80 + _k * 16 + _u] = (l3 + 0)[_u * 10 + _p * 5 + _k];
+        real w36[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w36[_i * 16 + _u] += a25[_i * 10 + _k * 2 + _p] * t35[_p * 80 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w36[_i * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t37[160];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t37[_p * 80 + _k * 16 + _u] = (l14 + 0)[_u * 10 + _p * 5 + _k];
+        real w38[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w38[_k * 16 + _u] += t37[_p * 80 + _k * 16 + _u] * (a12 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a2 + 64)[_u * 5 + _k] += w38[_k * 16 + _u];
+        /* zupk,zuk->zpu */
+        real t39[160];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t39[_p * 80 + _k * 16 + _u] = (l14 + 0)[_u * 10 + _p * 5 + _k];
+        real t40[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t40[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (a5 + 0)[_p * 16 + _u] += t39[_p * 80 + _k * 16 + _u] * t40[_k * 16 + _u];
+        /* ∂/∂d__t_p_0_2_0: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
+        real t41[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t41[_i * 16 + _u] = a27[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (l15 + 0)[_u] += a26[_i] * t41[_i * 16 + _u];
+        /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
+        real w42[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w42[_i * 16 + _u] += a26[_i] * (l2 + 0)[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w42[_i * 16 + _u];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a2 + 0)[_u] += (l15 + 0)[_u] * a11[_u];
+        /* zupk,zuk->zpu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 192)[_u] += (l15 + 0)[_u] * (a0 + 0)[_u];
+        /* ∂/∂d__t_p_0_2_1: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
+        real w43[96] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w43[_p * 48 + _k * 16 + _u] += a28[_i * 6 + _k * 2 + _p] * t41[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l16 + 0)[_u * 6 + _p * 3 + _k] += w43[_p * 48 + _k * 16 + _u];
+        /* ∂/∂f: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
+        real t44[96];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t44[_p * 48 + _k * 16 + _u] = (l1 + 0)[_u * 6 + _p * 3 + _k];
+        real w45[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w45[_i * 16 + _u] += a28[_i * 6 + _k * 2 + _p] * t44[_p * 48 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w45[_i * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t46[96];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t46[_p * 48 + _k * 16 + _u] = (l16 + 0)[_u * 6 + _p * 3 + _k];
+        real w47[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w47[_k * 16 + _u] += t46[_p * 48 + _k * 16 + _u] * (a10 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a2 + 16)[_u * 3 + _k] += w47[_k * 16 + _u];
+        /* zupk,zuk->zpu */
+        real t48[96];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t48[_p * 48 + _k * 16 + _u] = (l16 + 0)[_u * 6 + _p * 3 + _k];
+        real t49[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t49[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (a6 + 0)[_p * 16 + _u] += t48[_p * 48 + _k * 16 + _u] * t49[_k * 16 + _u];
+        /* ∂/∂d__t_p_0_2_2: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
+        real w50[240] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w50[_p * 80 + _k * 16 + _u] += a29[_i * 15 + _k * 3 + _p] * t41[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l17 + 0)[_u * 15 + _p * 5 + _k] += w50[_p * 80 + _k * 16 + _u];
+        /* ∂/∂f: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
+        real t51[240];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t51[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
+        real w52[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w52[_i * 16 + _u] += a29[_i * 15 + _k * 3 + _p] * t51[_p * 80 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w52[_i * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t53[240];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t53[_p * 80 + _k * 16 + _u] = (l17 + 0)[_u * 15 + _p * 5 + _k];
+        real w54[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w54[_k * 16 + _u] += t53[_p * 80 + _k * 16 + _u] * (a9 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a2 + 64)[_u * 5 + _k] += w54[_k * 16 + _u];
+        /* zupk,zuk->zpu */
+        real t55[240];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t55[_p * 80 + _k * 16 + _u] = (l17 + 0)[_u * 15 + _p * 5 + _k];
+        real t56[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t56[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (a7 + 0)[_p * 16 + _u] += t55[_p * 80 + _k * 16 + _u] * t56[_k * 16 + _u];
+    }
+}
+
+void cormorant_message_d2_sh_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            (a0 + 0)[_w] += a2[_w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 16)[_u * 3 + _i];
+    }
+}
+
+void cormorant_message_d2_sh_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_w * 3 + _i] += a2[_i * 16 + _w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 64)[_u * 5 + _i];
+    }
+}
+
+void cormorant_message_d2_sh_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_w * 5 + _i] += a2[_i * 16 + _w];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 224)[_u] += (a3 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 176)[_u] += (a3 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 144)[_u] += (a3 + 0)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 208)[_u] += (a4 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 160)[_u] += (a4 + 0)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 128)[_u] += (a5 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 96)[_u] += (a5 + 0)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 112)[_u] += (a6 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 80)[_u] += (a6 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 48)[_u] += (a6 + 0)[_u];
+    }
+}
+    """,
+    "cormorant_message_d2_w": """\
+void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 80);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 16);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 144);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 160);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 16);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 96);
+        real *restrict a8 = A8 + z * a8_stride;
+        memset(a8, 0, sizeof(real) * 240);
+        real *restrict a9 = A9 + z * a9_stride;
+        memset(a9, 0, sizeof(real) * 80);
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        /* 1 paths 16x0 ⊗ sh -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a10[_u] * a11[0];
+        /* 1 paths 16x0 ⊗ sh -> 16x1 */
+        real w1[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w1[_k * 16 + _u] += a10[_u] * a12[_k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 0)[_u * 3 + _k] += w1[_k * 16 + _u];
+        /* 1 paths 16x0 ⊗ sh -> 16x2 */
+        real w2[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_k * 16 + _u] += a10[_u] * a13[_k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a2 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
+        /* 1 paths 16x1 ⊗ sh -> 16x0 */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 16 + _u] = a14[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a3 + 0)[_u] += t3[_i * 16 + _u] * a15[_i];
+        /* 3 paths 16x1 ⊗ sh -> 16x1 */
+        real w4[144] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w4[_p * 48 + _k * 16 + _u] += t3[_i * 16 + _u] * a16[_i * 9 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a4 + 0)[_u * 9 + _p * 3 + _k] += w4[_p * 48 + _k * 16 + _u];
+        /* 2 paths 16x1 ⊗ sh -> 16x2 */
+        real w5[160] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_p * 80 + _k * 16 + _u] += t3[_i * 16 + _u] * a17[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a5 + 0)[_u * 10 + _p * 5 + _k] += w5[_p * 80 + _k * 16 + _u];
+        /* 1 paths 16x2 ⊗ sh -> 16x0 */
+        real t6[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t6[_i * 16 + _u] = a18[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a6 + 0)[_u] += t6[_i * 16 + _u] * a19[_i];
+        /* 2 paths 16x2 ⊗ sh -> 16x1 */
+        real w7[96] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w7[_p * 48 + _k * 16 + _u] += t6[_i * 16 + _u] * a20[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a7 + 0)[_u * 6 + _p * 3 + _k] += w7[_p * 48 + _k * 16 + _u];
+        /* 3 paths 16x2 ⊗ sh -> 16x2 */
+        real w8[240] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_p * 80 + _k * 16 + _u] += t6[_i * 16 + _u] * a21[_i * 15 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a8 + 0)[_u * 15 + _p * 5 + _k] += w8[_p * 80 + _k * 16 + _u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a9 + 0)[_i * 16 + _w] += a22[_w * 5 + _i];
+    }
+}
+
+void cormorant_message_d2_w_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a2[_i * 16 + _u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a1 + 0)[_i * 16 + _w] += a3[_w * 3 + _i];
+    }
+}
+
+void cormorant_message_d2_w_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a1[_i * 16 + _u];
+    }
+}
+
+void cormorant_message_d2_w_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 144);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 16);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 48);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 16);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 144);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 160);
+        real *restrict a8 = A8 + z * a8_stride;
+        memset(a8, 0, sizeof(real) * 16);
+        real *restrict a9 = A9 + z * a9_stride;
+        memset(a9, 0, sizeof(real) * 96);
+        real *restrict a10 = A10 + z * a10_stride;
+        memset(a10, 0, sizeof(real) * 240);
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        const real *restrict a30 = A30 + z * a30_stride;
+        const real *restrict a31 = A31 + z * a31_stride;
+        const real *restrict a32 = A32 + z * a32_stride;
+        const real *restrict a33 = A33 + z * a33_stride;
+        const real *restrict a34 = A34 + z * a34_stride;
+        const real *restrict a35 = A35 + z * a35_stride;
+        real l0[48] = {0};
+        real l1[32] = {0};
+        real l2[32] = {0};
+        real l3[48] = {0};
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a11[_u];
+        /* zpu,zupk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += a12[_u] * (a13 + 0)[_u];
+        /* zpu,zuk->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a2 + 0)[_u] += a12[_u] * (a0 + 0)[_u];
+        /* zpu,zupk->zuk */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = (a15 + 0)[_u * 3 + _k];
+        real w2[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_k * 16 + _u] += a14[_u] * t1[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 16)[_u * 3 + _k] += w2[_k * 16 + _u];
+        /* zpu,zuk->zupk */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t3[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w4[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w4[_k * 16 + _u] += a14[_u] * t3[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a3 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
+        /* zpu,zupk->zuk */
+        real t5[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t5[_k * 16 + _u] = (a17 + 0)[_u * 5 + _k];
+        real w6[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_k * 16 + _u] += a16[_u] * t5[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 64)[_u * 5 + _k] += w6[_k * 16 + _u];
+        /* zpu,zuk->zupk */
+        real t7[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t7[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w8[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w8[_k * 16 + _u] += a16[_u] * t7[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a4 + 0)[_u * 5 + _k] += w8[_k * 16 + _u];
+        /* zpu,zupk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += a18[_u] * (a19 + 0)[_u];
+        /* zpu,zuk->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a5 + 0)[_u] += a18[_u] * (a0 + 0)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l0 + 0)[_u] += a20[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l0 + 16)[_u] += a21[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l0 + 32)[_u] += a22[_u];
+        /* zpu,zupk->zuk */
+        real t9[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t9[_p * 48 + _k * 16 + _u] = (a23 + 0)[_u * 9 + _p * 3 + _k];
+        real w10[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w10[_k * 16 + _u] += (l0 + 0)[_p * 16 + _u] * t9[_p * 48 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 16)[_u * 3 + _k] += w10[_k * 16 + _u];
+        /* zpu,zuk->zupk */
+        real t11[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t11[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w12[144] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w12[_p * 48 + _k * 16 + _u] += (l0 + 0)[_p * 16 + _u] * t11[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a6 + 0)[_u * 9 + _p * 3 + _k] += w12[_p * 48 + _k * 16 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l1 + 0)[_u] += a24[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l1 + 16)[_u] += a25[_u];
+        /* zpu,zupk->zuk */
+        real t13[160];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t13[_p * 80 + _k * 16 + _u] = (a26 + 0)[_u * 10 + _p * 5 + _k];
+        real w14[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w14[_k * 16 + _u] += (l1 + 0)[_p * 16 + _u] * t13[_p * 80 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 64)[_u * 5 + _k] += w14[_k * 16 + _u];
+        /* zpu,zuk->zupk */
+        real t15[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t15[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w16[160] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w16[_p * 80 + _k * 16 + _u] += (l1 + 0)[_p * 16 + _u] * t15[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a7 + 0)[_u * 10 + _p * 5 + _k] += w16[_p * 80 + _k * 16 + _u];
+        /* zpu,zupk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += a27[_u] * (a28 + 0)[_u];
+        /* zpu,zuk->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a8 + 0)[_u] += a27[_u] * (a0 + 0)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l2 + 0)[_u] += a29[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l2 + 16)[_u] += a30[_u];
+        /* zpu,zupk->zuk */
+        real t17[96];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t17[_p * 48 + _k * 16 + _u] = (a31 + 0)[_u * 6 + _p * 3 + _k];
+        real w18[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w18[_k * 16 + _u] += (l2 + 0)[_p * 16 + _u] * t17[_p * 48 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 16)[_u * 3 + _k] += w18[_k * 16 + _u];
+        /* zpu,zuk->zupk */
+        real t19[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t19[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w20[96] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w20[_p * 48 + _k * 16 + _u] += (l2 + 0)[_p * 16 + _u] * t19[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a9 + 0)[_u * 6 + _p * 3 + _k] += w20[_p * 48 + _k * 16 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l3 + 0)[_u] += a32[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l3 + 16)[_u] += a33[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (l3 + 32)[_u] += a34[_u];
+        /* zpu,zupk->zuk */
+        real t21[240];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t21[_p * 80 + _k * 16 + _u] = (a35 + 0)[_u * 15 + _p * 5 + _k];
+        real w22[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w22[_k * 16 + _u] += (l3 + 0)[_p * 16 + _u] * t21[_p * 80 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 64)[_u * 5 + _k] += w22[_k * 16 + _u];
+        /* zpu,zuk->zupk */
+        real t23[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t23[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w24[240] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w24[_p * 80 + _k * 16 + _u] += (l3 + 0)[_p * 16 + _u] * t23[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a10 + 0)[_u * 15 + _p * 5 + _k] += w24[_p * 80 + _k * 16 + _u];
+    }
+}
+
+void cormorant_message_d2_w_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            (a0 + 0)[_w] += a2[_w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 16)[_u * 3 + _i];
+    }
+}
+
+void cormorant_message_d2_w_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_w * 3 + _i] += a2[_i * 16 + _w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 64)[_u * 5 + _i];
+    }
+}
+
+void cormorant_message_d2_w_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 144);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 179);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_w * 5 + _i] += a3[_i * 16 + _w];
+        /* ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
+        real t1[240];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t1[_p * 80 + _k * 16 + _u] = (a4 + 0)[_u * 15 + _p * 5 + _k];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w2[_i * 16 + _u] += t1[_p * 80 + _k * 16 + _u] * a5[_i * 15 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 16 + _u] = a6[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t1[_p * 80 + _k * 16 + _u] * t3[_i * 16 + _u];
+                        (a2 + 104)[_i * 15 + _k * 3 + _p] += acc;
+                    }
+        /* ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
+        real t4[96];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t4[_p * 48 + _k * 16 + _u] = (a7 + 0)[_u * 6 + _p * 3 + _k];
+        real w5[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w5[_i * 16 + _u] += t4[_p * 48 + _k * 16 + _u] * a8[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w5[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t4[_p * 48 + _k * 16 + _u] * t3[_i * 16 + _u];
+                        (a2 + 74)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
+        real w6[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_i * 16 + _u] += (a9 + 0)[_u] * a10[_i];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w6[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
+        for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += (a9 + 0)[_u] * t3[_i * 16 + _u];
+                (a2 + 69)[_i] += acc;
+            }
+        /* ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
+        real t7[160];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t7[_p * 80 + _k * 16 + _u] = (a11 + 0)[_u * 10 + _p * 5 + _k];
+        real w8[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_i * 16 + _u] += t7[_p * 80 + _k * 16 + _u] * a12[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w8[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
+        real t9[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t9[_i * 16 + _u] = a13[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t7[_p * 80 + _k * 16 + _u] * t9[_i * 16 + _u];
+                        (a2 + 39)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
+        real t10[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t10[_p * 48 + _k * 16 + _u] = (a14 + 0)[_u * 9 + _p * 3 + _k];
+        real w11[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w11[_i * 16 + _u] += t10[_p * 48 + _k * 16 + _u] * a15[_i * 9 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w11[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t10[_p * 48 + _k * 16 + _u] * t9[_i * 16 + _u];
+                        (a2 + 12)[_i * 9 + _k * 3 + _p] += acc;
+                    }
+        /* ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
+        real w12[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w12[_i * 16 + _u] += (a16 + 0)[_u] * a17[_i];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w12[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
+        for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += (a16 + 0)[_u] * t9[_i * 16 + _u];
+                (a2 + 9)[_i] += acc;
+            }
+        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
+        real t13[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t13[_k * 16 + _u] = (a18 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += t13[_k * 16 + _u] * a19[_k];
+        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
+        for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += t13[_k * 16 + _u] * a20[_u];
+                (a2 + 4)[_k] += acc;
+            }
+        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
+        real t14[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t14[_k * 16 + _u] = (a21 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += t14[_k * 16 + _u] * a22[_k];
+        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
+        for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += t14[_k * 16 + _u] * a20[_u];
+                (a2 + 1)[_k] += acc;
+            }
+        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (a23 + 0)[_u] * a24[0];
+        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
+        {
+            real acc = 0;
+            for (int _u = 0; _u < 16; ++_u)
+                acc += (a23 + 0)[_u] * a20[_u];
+            (a2 + 0)[0] += acc;
+        }
+    }
+}
+
+void cormorant_message_d2_w_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 9);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zj->zj */
+        for (int _j = 0; _j < 9; ++_j)
+            (a0 + 0)[_j] += a1[_j];
+    }
+}
+    """,
+    "cormorant_message_d2_weight": """\
+void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, real *restrict A11, int64_t a11_stride, real *restrict A12, int64_t a12_stride, real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride, const real *restrict A38, int64_t a38_stride, const real *restrict A39, int64_t a39_stride, const real *restrict A40, int64_t a40_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 144);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 48);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 80);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 16);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 48);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 144);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 32);
+        real *restrict a8 = A8 + z * a8_stride;
+        memset(a8, 0, sizeof(real) * 160);
+        real *restrict a9 = A9 + z * a9_stride;
+        memset(a9, 0, sizeof(real) * 16);
+        real *restrict a10 = A10 + z * a10_stride;
+        memset(a10, 0, sizeof(real) * 32);
+        real *restrict a11 = A11 + z * a11_stride;
+        memset(a11, 0, sizeof(real) * 96);
+        real *restrict a12 = A12 + z * a12_stride;
+        memset(a12, 0, sizeof(real) * 48);
+        real *restrict a13 = A13 + z * a13_stride;
+        memset(a13, 0, sizeof(real) * 240);
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        const real *restrict a30 = A30 + z * a30_stride;
+        const real *restrict a31 = A31 + z * a31_stride;
+        const real *restrict a32 = A32 + z * a32_stride;
+        const real *restrict a33 = A33 + z * a33_stride;
+        const real *restrict a34 = A34 + z * a34_stride;
+        const real *restrict a35 = A35 + z * a35_stride;
+        const real *restrict a36 = A36 + z * a36_stride;
+        const real *restrict a37 = A37 + z * a37_stride;
+        const real *restrict a38 = A38 + z * a38_stride;
+        const real *restrict a39 = A39 + z * a39_stride;
+        const real *restrict a40 = A40 + z * a40_stride;
+        /* 1 paths 16x0 ⊗ sh -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a14[_u] * a15[0];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (a0 + 0)[_u] * a16[_u];
+        /* 1 paths 16x0 ⊗ sh -> 16x1 */
+        real w1[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w1[_k * 16 + _u] += a14[_u] * a17[_k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a2 + 0)[_u * 3 + _k] += w1[_k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 16 + _u] = (a2 + 0)[_u * 3 + _k];
+        real w3[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w3[_k * 16 + _u] += t2[_k * 16 + _u] * a18[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 16)[_u * 3 + _k] += w3[_k * 16 + _u];
+        /* 1 paths 16x0 ⊗ sh -> 16x2 */
+        real w4[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w4[_k * 16 + _u] += a14[_u] * a19[_k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a3 + 0)[_u * 5 + _k] += w4[_k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t5[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t5[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
+        real w6[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_k * 16 + _u] += t5[_k * 16 + _u] * a20[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 64)[_u * 5 + _k] += w6[_k * 16 + _u];
+        /* 1 paths 16x1 ⊗ sh -> 16x0 */
+        real t7[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t7[_i * 16 + _u] = a21[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a4 + 0)[_u] += t7[_i * 16 + _u] * a22[_i];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (a4 + 0)[_u] * a23[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a5 + 0)[_u] += a24[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a5 + 16)[_u] += a25[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a5 + 32)[_u] += a26[_u];
+        /* 3 paths 16x1 ⊗ sh -> 16x1 */
+        real w8[144] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w8[_p * 48 + _k * 16 + _u] += t7[_i * 16 + _u] * a27[_i * 9 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a6 + 0)[_u * 9 + _p * 3 + _k] += w8[_p * 48 + _k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t9[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t9[_p * 48 + _k * 16 + _u] = (a6 + 0)[_u * 9 + _p * 3 + _k];
+        real w10[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w10[_k * 16 + _u] += t9[_p * 48 + _k * 16 + _u] * (a5 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 16)[_u * 3 + _k] += w10[_k * 16 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a7 + 0)[_u] += a28[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a7 + 16)[_u] += a29[_u];
+        /* 2 paths 16x1 ⊗ sh -> 16x2 */
+        real w11[160] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w11[_p * 80 + _k * 16 + _u] += t7[_i * 16 + _u] * a30[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a8 + 0)[_u * 10 + _p * 5 + _k] += w11[_p * 80 + _k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t12[160];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t12[_p * 80 + _k * 16 + _u] = (a8 + 0)[_u * 10 + _p * 5 + _k];
+        real w13[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w13[_k * 16 + _u] += t12[_p * 80 + _k * 16 + _u] * (a7 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 64)[_u * 5 + _k] += w13[_k * 16 + _u];
+        /* 1 paths 16x2 ⊗ sh -> 16x0 */
+        real t14[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t14[_i * 16 + _u] = a31[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a9 + 0)[_u] += t14[_i * 16 + _u] * a32[_i];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (a9 + 0)[_u] * a33[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a10 + 0)[_u] += a34[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a10 + 16)[_u] += a35[_u];
+        /* 2 paths 16x2 ⊗ sh -> 16x1 */
+        real w15[96] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w15[_p * 48 + _k * 16 + _u] += t14[_i * 16 + _u] * a36[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a11 + 0)[_u * 6 + _p * 3 + _k] += w15[_p * 48 + _k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t16[96];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t16[_p * 48 + _k * 16 + _u] = (a11 + 0)[_u * 6 + _p * 3 + _k];
+        real w17[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w17[_k * 16 + _u] += t16[_p * 48 + _k * 16 + _u] * (a10 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 16)[_u * 3 + _k] += w17[_k * 16 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a12 + 0)[_u] += a37[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a12 + 16)[_u] += a38[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a12 + 32)[_u] += a39[_u];
+        /* 3 paths 16x2 ⊗ sh -> 16x2 */
+        real w18[240] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w18[_p * 80 + _k * 16 + _u] += t14[_i * 16 + _u] * a40[_i * 15 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a13 + 0)[_u * 15 + _p * 5 + _k] += w18[_p * 80 + _k * 16 + _u];
+        /* zupk,zpu->zuk */
+        real t19[240];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t19[_p * 80 + _k * 16 + _u] = (a13 + 0)[_u * 15 + _p * 5 + _k];
+        real w20[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _u = 0; _u < 16; ++_u)
+                    w20[_k * 16 + _u] += t19[_p * 80 + _k * 16 + _u] * (a12 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 64)[_u * 5 + _k] += w20[_k * 16 + _u];
+    }
+}
+
+void cormorant_message_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            (a0 + 0)[_w] += a1[_w];
+    }
+}
+
+void cormorant_message_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a2[_u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 16)[_u * 3 + _i];
+    }
+}
+
+void cormorant_message_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_w * 3 + _i] += a2[_i * 16 + _w];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a1 + 0)[_i * 16 + _w] += a3[_w * 3 + _i];
+    }
+}
+
+void cormorant_message_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += a2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += (a3 + 64)[_u * 5 + _i];
+    }
+}
+
+void cormorant_message_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_w * 5 + _i] += a2[_i * 16 + _w];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a1 + 0)[_i * 16 + _w] += a3[_w * 5 + _i];
+    }
+}
+
+void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 144);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 179);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 240);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        const real *restrict a30 = A30 + z * a30_stride;
+        const real *restrict a31 = A31 + z * a31_stride;
+        const real *restrict a32 = A32 + z * a32_stride;
+        const real *restrict a33 = A33 + z * a33_stride;
+        const real *restrict a34 = A34 + z * a34_stride;
+        real l0[240] = {0};
+        real l1[48] = {0};
+        real l2[96] = {0};
+        real l3[32] = {0};
+        real l4[16] = {0};
+        real l5[160] = {0};
+        real l6[32] = {0};
+        real l7[144] = {0};
+        real l8[48] = {0};
+        real l9[16] = {0};
+        real l10[80] = {0};
+        real l11[48] = {0};
+        real l12[16] = {0};
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a4[_i * 16 + _u];
+        /* zuk,zpu->zupk */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w2[240] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_p * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * (a5 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l0 + 0)[_u * 15 + _p * 5 + _k] += w2[_p * 80 + _k * 16 + _u];
+        /* zuk,zupk->zpu */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real t4[240];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t4[_p * 80 + _k * 16 + _u] = (a6 + 0)[_u * 15 + _p * 5 + _k];
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (l1 + 0)[_p * 16 + _u] += t3[_k * 16 + _u] * t4[_p * 80 + _k * 16 + _u];
+        /* ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
+        real t5[240];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t5[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
+        real w6[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w6[_i * 16 + _u] += t5[_p * 80 + _k * 16 + _u] * a7[_i * 15 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w6[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
+        real t7[240];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t7[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
+        real t8[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t8[_i * 16 + _u] = a8[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t7[_p * 80 + _k * 16 + _u] * t8[_i * 16 + _u];
+                        (a2 + 104)[_i * 15 + _k * 3 + _p] += acc;
+                    }
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 224)[_u] += (l1 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 176)[_u] += (l1 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 144)[_u] += (l1 + 0)[_u];
+        /* zuk,zpu->zupk */
+        real t9[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t9[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w10[96] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w10[_p * 48 + _k * 16 + _u] += t9[_k * 16 + _u] * (a9 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l2 + 0)[_u * 6 + _p * 3 + _k] += w10[_p * 48 + _k * 16 + _u];
+        /* zuk,zupk->zpu */
+        real t11[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t11[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real t12[96];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t12[_p * 48 + _k * 16 + _u] = (a10 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (l3 + 0)[_p * 16 + _u] += t11[_k * 16 + _u] * t12[_p * 48 + _k * 16 + _u];
+        /* ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
+        real t13[96];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t13[_p * 48 + _k * 16 + _u] = (l2 + 0)[_u * 6 + _p * 3 + _k];
+        real w14[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w14[_i * 16 + _u] += t13[_p * 48 + _k * 16 + _u] * a11[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w14[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
+        real t15[96];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t15[_p * 48 + _k * 16 + _u] = (l2 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t15[_p * 48 + _k * 16 + _u] * t8[_i * 16 + _u];
+                        (a2 + 74)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 208)[_u] += (l3 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 160)[_u] += (l3 + 0)[_u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l4 + 0)[_u] += (a0 + 0)[_u] * a12[_u];
+        /* zuk,zupk->zpu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 192)[_u] += (a0 + 0)[_u] * (a13 + 0)[_u];
+        /* ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
+        real w16[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w16[_i * 16 + _u] += (l4 + 0)[_u] * a14[_i];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w16[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
+        for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += (l4 + 0)[_u] * t8[_i * 16 + _u];
+                (a2 + 69)[_i] += acc;
+            }
+        /* zuk,zpu->zupk */
+        real t17[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t17[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w18[160] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w18[_p * 80 + _k * 16 + _u] += t17[_k * 16 + _u] * (a15 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l5 + 0)[_u * 10 + _p * 5 + _k] += w18[_p * 80 + _k * 16 + _u];
+        /* zuk,zupk->zpu */
+        real t19[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t19[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real t20[160];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t20[_p * 80 + _k * 16 + _u] = (a16 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (l6 + 0)[_p * 16 + _u] += t19[_k * 16 + _u] * t20[_p * 80 + _k * 16 + _u];
+        /* ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
+        real t21[160];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t21[_p * 80 + _k * 16 + _u] = (l5 + 0)[_u * 10 + _p * 5 + _k];
+        real w22[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w22[_i * 16 + _u] += t21[_p * 80 + _k * 16 + _u] * a17[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w22[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
+        real t23[160];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t23[_p * 80 + _k * 16 + _u] = (l5 + 0)[_u * 10 + _p * 5 + _k];
+        real t24[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t24[_i * 16 + _u] = a18[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t23[_p * 80 + _k * 16 + _u] * t24[_i * 16 + _u];
+                        (a2 + 39)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 128)[_u] += (l6 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 96)[_u] += (l6 + 0)[_u];
+        /* zuk,zpu->zupk */
+        real t25[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t25[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w26[144] = {0};
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w26[_p * 48 + _k * 16 + _u] += t25[_k * 16 + _u] * (a19 + 0)[_p * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l7 + 0)[_u * 9 + _p * 3 + _k] += w26[_p * 48 + _k * 16 + _u];
+        /* zuk,zupk->zpu */
+        real t27[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t27[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real t28[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t28[_p * 48 + _k * 16 + _u] = (a20 + 0)[_u * 9 + _p * 3 + _k];
+        for (int _p = 0; _p < 3; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    (l8 + 0)[_p * 16 + _u] += t27[_k * 16 + _u] * t28[_p * 48 + _k * 16 + _u];
+        /* ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
+        real t29[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t29[_p * 48 + _k * 16 + _u] = (l7 + 0)[_u * 9 + _p * 3 + _k];
+        real w30[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w30[_i * 16 + _u] += t29[_p * 48 + _k * 16 + _u] * a21[_i * 9 + _k * 3 + _p];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w30[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
+        real t31[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _p = 0; _p < 3; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t31[_p * 48 + _k * 16 + _u] = (l7 + 0)[_u * 9 + _p * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 3; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 16; ++_u)
+                            acc += t31[_p * 48 + _k * 16 + _u] * t24[_i * 16 + _u];
+                        (a2 + 12)[_i * 9 + _k * 3 + _p] += acc;
+                    }
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 112)[_u] += (l8 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 80)[_u] += (l8 + 16)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 48)[_u] += (l8 + 0)[_u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l9 + 0)[_u] += (a0 + 0)[_u] * a22[_u];
+        /* zuk,zupk->zpu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 64)[_u] += (a0 + 0)[_u] * (a23 + 0)[_u];
+        /* ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
+        real w32[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w32[_i * 16 + _u] += (l9 + 0)[_u] * a24[_i];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 16)[_u * 3 + _i] += w32[_i * 16 + _u];
+        /* ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
+        for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += (l9 + 0)[_u] * t24[_i * 16 + _u];
+                (a2 + 9)[_i] += acc;
+            }
+        /* zuk,zpu->zupk */
+        real t33[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t33[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real w34[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w34[_k * 16 + _u] += t33[_k * 16 + _u] * a25[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l10 + 0)[_u * 5 + _k] += w34[_k * 16 + _u];
+        /* zuk,zupk->zpu */
+        real t35[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t35[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
+        real t36[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t36[_k * 16 + _u] = (a26 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a3 + 32)[_u] += t35[_k * 16 + _u] * t36[_k * 16 + _u];
+        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
+        real t37[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t37[_k * 16 + _u] = (l10 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += t37[_k * 16 + _u] * a27[_k];
+        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
+        real t38[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t38[_k * 16 + _u] = (l10 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += t38[_k * 16 + _u] * a28[_u];
+                (a2 + 4)[_k] += acc;
+            }
+        /* zuk,zpu->zupk */
+        real t39[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t39[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real w40[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w40[_k * 16 + _u] += t39[_k * 16 + _u] * a29[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l11 + 0)[_u * 3 + _k] += w40[_k * 16 + _u];
+        /* zuk,zupk->zpu */
+        real t41[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t41[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
+        real t42[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t42[_k * 16 + _u] = (a30 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a3 + 16)[_u] += t41[_k * 16 + _u] * t42[_k * 16 + _u];
+        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
+        real t43[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t43[_k * 16 + _u] = (l11 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += t43[_k * 16 + _u] * a31[_k];
+        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
+        real t44[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t44[_k * 16 + _u] = (l11 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 16; ++_u)
+                    acc += t44[_k * 16 + _u] * a28[_u];
+                (a2 + 1)[_k] += acc;
+            }
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 16; ++_u)
+            (l12 + 0)[_u] += (a0 + 0)[_u] * a32[_u];
+        /* zuk,zupk->zpu */
+        for (int _u = 0; _u < 16; ++_u)
+            (a3 + 0)[_u] += (a0 + 0)[_u] * (a33 + 0)[_u];
+        /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x0 */
+        for (int _u = 0; _u < 16; ++_u)
+            (a1 + 0)[_u] += (l12 + 0)[_u] * a34[0];
+        /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x0 */
+        {
+            real acc = 0;
+            for (int _u = 0; _u < 16; ++_u)
+                acc += (l12 + 0)[_u] * a28[_u];
+            (a2 + 0)[0] += acc;
+        }
+    }
+}
+
+void cormorant_message_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 9);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zj->zj */
+        for (int _j = 0; _j < 9; ++_j)
+            (a0 + 0)[_j] += a1[_j];
+    }
+}
+    """,
+    },
+    {
+        'cormorant_cg_s0': 'oorrssrssrssr',
+        'cormorant_cg_s1': 'aorsrsrr',
+        'cormorant_cg_s2': 'aorsrsrr',
+        'cormorant_cg_s3': 'arsrs',
+        'cormorant_cg_s4': 'oorr',
+        'cormorant_cg_s5': 'aorr',
+        'cormorant_cg_s6': 'ar',
+        'cormorant_cg_s7': 'aorr',
+        'cormorant_cg_s8': 'aorr',
+        'cormorant_cg_s9': 'ar',
+        'cormorant_cg_d_s0': 'ooooorrssrssrssr',
+        'cormorant_cg_d_s1': 'aorsrsrr',
+        'cormorant_cg_d_s2': 'aorsrsrr',
+        'cormorant_cg_d_s3': 'aorsrsr',
+        'cormorant_cg_d_s4': 'oorr',
+        'cormorant_cg_d_s5': 'or',
+        'cormorant_cg_d_s6': 'aorr',
+        'cormorant_cg_d_s7': 'ar',
+        'cormorant_cg_d_s8': 'oorr',
+        'cormorant_cg_d_s9': 'aorr',
+        'cormorant_cg_d_s10': 'aooorsr',
+        'cormorant_cg_d_s11': 'orr',
+        'cormorant_cg_d_s12': 'aorrr',
+        'cormorant_cg_d_s13': 'aorrs',
+        'cormorant_cg_d_s14': 'aoorrsrrsr',
+        'cormorant_cg_d_s15': 'orr',
+        'cormorant_cg_d_s16': 'aorrr',
+        'cormorant_cg_d_s17': 'aooorrsr',
+        'cormorant_cg_d_s18': 'orr',
+        'cormorant_cg_d_s19': 'aorrr',
+        'cormorant_cg_d_s20': 'aoorrsr',
+        'cormorant_cg_d_s21': 'orr',
+        'cormorant_cg_d_s22': 'aorrr',
+        'cormorant_cg_d_s23': 'aorrs',
+        'cormorant_cg_d_s24': 'aoorrsrrsr',
+        'cormorant_cg_d_s25': 'orr',
+        'cormorant_cg_d_s26': 'aoorrrsrsr',
+        'cormorant_cg_d_s27': 'orr',
+        'cormorant_cg_d_s28': 'aorrrsrs',
+        'cormorant_cg_d_s29': 'arrsr',
+        'cormorant_cg_d2_f_s0': 'or',
+        'cormorant_cg_d2_f_s1': 'oorr',
+        'cormorant_cg_d2_f_s2': 'ar',
+        'cormorant_cg_d2_f_s3': 'aooooooooooorsssssssssrrsrr',
+        'cormorant_cg_d2_f_s4': 'oorrsr',
+        'cormorant_cg_d2_f_s5': 'aaaoorrrsrsr',
+        'cormorant_cg_d2_f_s6': 'oorrsr',
+        'cormorant_cg_d2_f_s7': 'aaaoorrrsrsr',
+        'cormorant_cg_d2_f_s8': 'orr',
+        'cormorant_cg_d2_f_s9': 'oaorrrsrr',
+        'cormorant_cg_d2_f_s10': 'aaarrrss',
+        'cormorant_cg_d2_f_s11': 'oorrr',
+        'cormorant_cg_d2_f_s12': 'ar',
+        'cormorant_cg_d2_f_s13': 'aorrr',
+        'cormorant_cg_d2_f_s14': 'aaorrs',
+        'cormorant_cg_d2_f_s15': 'orr',
+        'cormorant_cg_d2_f_s16': 'oorrr',
+        'cormorant_cg_d2_f_s17': 'aorrr',
+        'cormorant_cg_d2_f_s18': 'aorrr',
+        'cormorant_cg_d2_f_s19': 'aaorrs',
+        'cormorant_cg_d2_f_s20': 'oorrr',
+        'cormorant_cg_d2_f_s21': 'ar',
+        'cormorant_cg_d2_f_s22': 'aorrr',
+        'cormorant_cg_d2_f_s23': 'aaorrs',
+        'cormorant_cg_d2_f_s24': 'orr',
+        'cormorant_cg_d2_f_s25': 'oaorrrsrr',
+        'cormorant_cg_d2_f_s26': 'aaarrrss',
+        'cormorant_cg_d2_f_s27': 'oorrr',
+        'cormorant_cg_d2_f_s28': 'ar',
+        'cormorant_cg_d2_f_s29': 'aorrr',
+        'cormorant_cg_d2_f_s30': 'aaorrs',
+        'cormorant_cg_d2_f_s31': 'oorr',
+        'cormorant_cg_d2_f_s32': 'aorr',
+        'cormorant_cg_d2_f_s33': 'ar',
+        'cormorant_cg_d2_f_s34': 'aorr',
+        'cormorant_cg_d2_f_s35': 'aorr',
+        'cormorant_cg_d2_f_s36': 'ar',
+        'cormorant_cg_d2_weight_s0': 'ooooorrssrssrssr',
+        'cormorant_cg_d2_weight_s1': 'aorsrsrr',
+        'cormorant_cg_d2_weight_s2': 'aorsrsrr',
+        'cormorant_cg_d2_weight_s3': 'aorsrsr',
+        'cormorant_cg_d2_weight_s4': 'oorr',
+        'cormorant_cg_d2_weight_s5': 'ar',
+        'cormorant_cg_d2_weight_s6': 'aoooooooooorsrsrsrsrsrsrsrsrsr',
+        'cormorant_cg_d2_weight_s7': 'or',
+        'cormorant_cg_d2_weight_s8': 'or',
+        'cormorant_cg_d2_weight_s9': 'aorr',
+        'cormorant_cg_d2_weight_s10': 'ar',
+        'cormorant_cg_d2_weight_s11': 'aorr',
+        'cormorant_cg_d2_weight_s12': 'aorr',
+        'cormorant_cg_d2_weight_s13': 'ar',
+        'cormorant_cg_d2_weight_s14': 'aorr',
+        'cormorant_cg_d2_weight_s15': 'ar',
+        'cormorant_cg_d2_weight_s16': 'ar',
+        'cormorant_cg_d2_weight_s17': 'oorr',
+        'cormorant_cg_d2_weight_s18': 'ar',
+        'cormorant_cg_d2_weight_s19': 'aorr',
+        'cormorant_cg_d2_weight_s20': 'ar',
+        'cormorant_cg_d2_weight_s21': 'aaoorrsr',
+        'cormorant_cg_d2_weight_s22': 'orr',
+        'cormorant_cg_d2_weight_s23': 'aorrr',
+        'cormorant_cg_d2_weight_s24': 'aarrs',
+        'cormorant_cg_d2_weight_s25': 'aaorrsrrsr',
+        'cormorant_cg_d2_weight_s26': 'orr',
+        'cormorant_cg_d2_weight_s27': 'aorrr',
+        'cormorant_cg_d2_weight_s28': 'aaoorrsr',
+        'cormorant_cg_d2_weight_s29': 'orr',
+        'cormorant_cg_d2_weight_s30': 'aorrr',
+        'cormorant_cg_d2_weight_s31': 'aaorrsr',
+        'cormorant_cg_d2_weight_s32': 'orr',
+        'cormorant_cg_d2_weight_s33': 'aorrr',
+        'cormorant_cg_d2_weight_s34': 'aarrs',
+        'cormorant_cg_d2_weight_s35': 'aaorrsrrsr',
+        'cormorant_cg_d2_weight_s36': 'orr',
+        'cormorant_cg_d2_weight_s37': 'aaorrrsrsr',
+        'cormorant_cg_d2_weight_s38': 'orr',
+        'cormorant_cg_d2_weight_s39': 'aarrrsrs',
+        'cormorant_cg_d2_weight_s40': 'arrsr',
+        'cormorant_message_s0': 'orrrrrrrrrrrrrrrrrrrrrrrrrrr',
+        'cormorant_message_s1': 'oorr',
+        'cormorant_message_s2': 'aorr',
+        'cormorant_message_s3': 'ar',
+        'cormorant_message_d_s0': 'ooooooooooooooorrrrrrrrrrrrrrrrrrrrrrrrrrrr',
+        'cormorant_message_d_s1': 'oorr',
+        'cormorant_message_d_s2': 'or',
+        'cormorant_message_d_s3': 'aorr',
+        'cormorant_message_d_s4': 'aooorrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr',
+        'cormorant_message_d_s5': 'or',
+        'cormorant_message_d2_f_s0': 'ooooorrrrrrrrrrr',
+        'cormorant_message_d2_f_s1': 'oorr',
+        'cormorant_message_d2_f_s2': 'ar',
+        'cormorant_message_d2_f_s3': 'aooooooorrrrrrrrrrrrrrrrrrrrrr',
+        'cormorant_message_d2_f_s4': 'oorr',
+        'cormorant_message_d2_f_s5': 'aorr',
+        'cormorant_message_d2_f_s6': 'aarrrrr',
+        'cormorant_message_d2_f_s7': 'or',
+        'cormorant_message_d2_sh_s0': 'ooooorrrrrrrrrrr',
+        'cormorant_message_d2_sh_s1': 'oorr',
+        'cormorant_message_d2_sh_s2': 'ar',
+        'cormorant_message_d2_sh_s3': 'aooooooorrrrrrrrrrrrrrrrrrrrrr',
+        'cormorant_message_d2_sh_s4': 'oorr',
+        'cormorant_message_d2_sh_s5': 'aorr',
+        'cormorant_message_d2_sh_s6': 'aarrrrr',
+        'cormorant_message_d2_w_s0': 'oooooooooorrrrrrrrrrrrr',
+        'cormorant_message_d2_w_s1': 'oorr',
+        'cormorant_message_d2_w_s2': 'ar',
+        'cormorant_message_d2_w_s3': 'aoooooooooorrrrrrrrrrrrrrrrrrrrrrrrr',
+        'cormorant_message_d2_w_s4': 'oorr',
+        'cormorant_message_d2_w_s5': 'aorr',
+        'cormorant_message_d2_w_s6': 'aoorrrrrrrrrrrrrrrrrrrrrr',
+        'cormorant_message_d2_w_s7': 'or',
+        'cormorant_message_d2_weight_s0': 'oooooooooooooorrrrrrrrrrrrrrrrrrrrrrrrrrr',
+        'cormorant_message_d2_weight_s1': 'or',
+        'cormorant_message_d2_weight_s2': 'oorr',
+        'cormorant_message_d2_weight_s3': 'aorr',
+        'cormorant_message_d2_weight_s4': 'aorr',
+        'cormorant_message_d2_weight_s5': 'aorr',
+        'cormorant_message_d2_weight_s6': 'aooorrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr',
+        'cormorant_message_d2_weight_s7': 'or',
+    },
+)
+_ops.kernels = _native

@@ -14,7 +14,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_7a26867820c16714")
+_ops = rt.OpNamespace("fusionc_aa85598aa8869f28")
 
 
 def _fc_tp(
@@ -96,6 +96,92 @@ def _fc_tp(
         (z_2 + z_9 + z_16).reshape(n, 160),
     ], dim=-1)
     del z_0, z_1, z_10, z_13, z_16, z_2, z_3, z_6, z_9
+    return [z]
+
+
+def _fc_tp_cpu(
+    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, _g_z_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """fc_tp on rows: x (n, 288), y (n, 16) -> z (n, 288)."""
+    n = x.shape[0]
+    # every path's (i, k) map at once: y · G
+    _m_z_0 = torch.mm(y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
+    _c0 = weight.new_empty(n, 32)
+    # 1 paths 32x0e ⊗ y -> 32x0e
+    _native.run('fc_tp_s0', n, _c0, x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
+    _mm0 = torch.mm(_c0.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32)  # puw,zukp->zkw
+    del _c0
+    # 1 paths 32x0e ⊗ y -> 32x1o
+    _c1 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    # 1 paths 32x0e ⊗ y -> 32x2e
+    _c2 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    z = weight.new_empty(n, 288)
+    _c3 = weight.new_empty(n, 32)
+    # 1 paths 32x1o ⊗ y -> 32x0e
+    _native.run('fc_tp_s1', n, z, _c3, _mm0, _m_z_0[:, 1:4].reshape(n, 1, 3, 1), _c1, _m_z_0[:, 4:9].reshape(n, 1, 5, 1), _c2, x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
+    del _c1, _c2, _mm0
+    _mm1 = torch.mm(_c3.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32)  # puw,zukp->zkw
+    del _c3
+    w_z_0_1_1_0 = weight[3072:4096].view(32, 32)
+    w_z_0_1_1_1 = weight[6144:7168].view(32, 32)
+    _c4 = weight.new_empty(n, 192)
+    # 2 paths 32x1o ⊗ y -> 32x1o
+    _native.run('fc_tp_s2', n, z, _c4, _mm1, x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 3, 2))
+    del _mm1
+    _w_z_0_1_1 = torch.cat([
+        w_z_0_1_1_0.reshape(1024),
+        w_z_0_1_1_1.reshape(1024),
+    ], dim=-1)
+    del w_z_0_1_1_0, w_z_0_1_1_1
+    _mm2 = torch.mm(_c4.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32)  # puw,zkpu->zkw
+    del _c4, _w_z_0_1_1
+    w_z_0_1_2_2 = weight[5120:6144].view(32, 32)
+    w_z_0_1_2_3 = weight[7168:8192].view(32, 32)
+    _copy0 = weight.new_empty(n, 96)
+    _native.run('fc_tp_s3', n, z, _copy0, _mm2, x[:, 32:128].reshape(n, 32, 3))
+    del _mm2
+    # 2 paths 32x1o ⊗ y -> 32x2e
+    _w_z_0_1_2 = torch.cat([
+        w_z_0_1_2_2.reshape(1024),
+        w_z_0_1_2_3.reshape(1024),
+    ], dim=-1)
+    del w_z_0_1_2_2, w_z_0_1_2_3
+    _c5 = torch.mm(_copy0.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # ziu,puw->zipw
+    del _copy0, _w_z_0_1_2
+    _c6 = weight.new_empty(n, 32)
+    # 1 paths 32x2e ⊗ y -> 32x0e
+    _native.run('fc_tp_s4', n, z, _c6, _m_z_0[:, 30:60].reshape(n, 3, 5, 2), _c5, x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
+    del _c5
+    _mm3 = torch.mm(_c6.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32)  # puw,zukp->zkw
+    del _c6
+    w_z_0_2_1_4 = weight[9216:10240].view(32, 32)
+    w_z_0_2_1_5 = weight[12288:13312].view(32, 32)
+    _c7 = weight.new_empty(n, 192)
+    # 2 paths 32x2e ⊗ y -> 32x1o
+    _native.run('fc_tp_s5', n, z, _c7, _mm3, x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 3, 2))
+    del _mm3
+    _w_z_0_2_1 = torch.cat([
+        w_z_0_2_1_4.reshape(1024),
+        w_z_0_2_1_5.reshape(1024),
+    ], dim=-1)
+    del w_z_0_2_1_4, w_z_0_2_1_5
+    _mm4 = torch.mm(_c7.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32)  # puw,zkpu->zkw
+    del _c7, _w_z_0_2_1
+    w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
+    w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
+    _c8 = weight.new_empty(n, 320)
+    # 2 paths 32x2e ⊗ y -> 32x2e
+    _native.run('fc_tp_s6', n, z, _c8, _mm4, x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 5, 2))
+    del _m_z_0, _mm4
+    _w_z_0_2_2 = torch.cat([
+        w_z_0_2_2_6.reshape(1024),
+        w_z_0_2_2_7.reshape(1024),
+    ], dim=-1)
+    del w_z_0_2_2_6, w_z_0_2_2_7
+    _mm5 = torch.mm(_c8.reshape(n, 5, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 5, 32)  # puw,zkpu->zkw
+    del _c8, _w_z_0_2_2
+    _native.run('fc_tp_s7', n, z, _mm5)
+    del _mm5
     return [z]
 
 
@@ -281,6 +367,182 @@ def _fc_tp_d(
         d_weight_14.reshape(1024),
     ], dim=-1)
     del d_weight_10, d_weight_11, d_weight_14, d_weight_15, d_weight_18, d_weight_21, d_weight_22, d_weight_25, d_weight_26, d_weight_29, d_weight_32, d_weight_35, d_weight_38
+    return [d_x, d_y, d_weight]
+
+
+def _fc_tp_d_cpu(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, weight: torch.Tensor,
+    _g_z_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fc_tp: x (n, 288), y (n, 16), d_z (n, 288) -> d_x (n, 288), d_y (n, 16), d_weight (13312,)."""
+    n = x.shape[0]
+    # every path's (i, k) map at once: y · G
+    _m_z_0 = torch.mm(y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
+    w_z_0_1_1_0 = weight[3072:4096].view(32, 32)
+    w_z_0_1_1_1 = weight[6144:7168].view(32, 32)
+    w_z_0_1_2_2 = weight[5120:6144].view(32, 32)
+    w_z_0_1_2_3 = weight[7168:8192].view(32, 32)
+    w_z_0_2_1_4 = weight[9216:10240].view(32, 32)
+    w_z_0_2_1_5 = weight[12288:13312].view(32, 32)
+    w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
+    w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
+    _c0 = weight.new_empty(n, 320)
+    # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
+    _native.run('fc_tp_d_s0', n, _c0, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 5, 2))
+    _w_z_0_2_2 = torch.cat([
+        w_z_0_2_2_6.reshape(1024),
+        w_z_0_2_2_7.reshape(1024),
+    ], dim=-1)
+    del w_z_0_2_2_6, w_z_0_2_2_7
+    _mm0 = torch.mm(_c0.reshape(n, 5, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 5, 32)  # puw,zipw->ziu
+    d_x = weight.new_empty(n, 288)
+    _copy0 = weight.new_empty(n, 160)
+    _native.run('fc_tp_d_s1', n, d_x, _copy0, _mm0, d_z[:, 128:288].reshape(n, 32, 5))
+    del _mm0
+    # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
+    _c1 = torch.mm(_copy0.reshape(n, 5, 32).reshape(n * 5, 32), _w_z_0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 5, 2, 32)  # zkw,puw->zkpu
+    del _copy0, _w_z_0_2_2
+    d__m_z_0 = weight.new_empty(n, 145)
+    _copy1 = weight.new_empty(n, 160)
+    _native.run('fc_tp_d_s2', n, d__m_z_0, _copy1, x[:, 128:288].reshape(n, 32, 5), _c1)
+    del _c1
+    # ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
+    d__w_z_0_2_2 = torch.mm(_c0.reshape(n, 5, 2, 32).reshape(n * 5, 64).t(), _copy1.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5).t()).view(2, 32, 32).permute(0, 2, 1)  # ziu,zipw->puw
+    del _c0, _copy1
+    d_weight_8 = d__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
+    d_weight_9 = d__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
+    del d__w_z_0_2_2
+    _copy2 = weight.new_empty(n, 96)
+    _native.run('fc_tp_d_s3', n, _copy2, d_z[:, 32:128].reshape(n, 32, 3))
+    # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
+    _w_z_0_2_1 = torch.cat([
+        w_z_0_2_1_4.reshape(1024),
+        w_z_0_2_1_5.reshape(1024),
+    ], dim=-1)
+    del w_z_0_2_1_4, w_z_0_2_1_5
+    _c2 = torch.mm(_copy2.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
+    del _w_z_0_2_1
+    _c3 = weight.new_empty(n, 192)
+    # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
+    # ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
+    _native.run('fc_tp_d_s4', n, d_x, d__m_z_0, _c3, _m_z_0[:, 65:95].reshape(n, 5, 3, 2), _c2, x[:, 128:288].reshape(n, 32, 5))
+    del _c2
+    d__w_z_0_2_1 = torch.mm(_c3.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy2.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32)  # zkw,zkpu->puw
+    del _c3
+    d_weight_10 = d__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
+    d_weight_11 = d__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
+    del d__w_z_0_2_1
+    # ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
+    _c4 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    _c5 = weight.new_empty(n, 32)
+    # ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
+    # ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
+    _native.run('fc_tp_d_s5', n, d_x, d__m_z_0, _c5, _m_z_0[:, 60:65].reshape(n, 5, 1, 1), _c4, x[:, 128:288].reshape(n, 32, 5))
+    del _c4
+    d_weight_12 = torch.mm(_c5.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
+    del _c5
+    _c6 = weight.new_empty(n, 192)
+    # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
+    _native.run('fc_tp_d_s6', n, _c6, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 30:60].reshape(n, 3, 5, 2))
+    _w_z_0_1_2 = torch.cat([
+        w_z_0_1_2_2.reshape(1024),
+        w_z_0_1_2_3.reshape(1024),
+    ], dim=-1)
+    del w_z_0_1_2_2, w_z_0_1_2_3
+    _mm1 = torch.mm(_c6.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32)  # puw,zipw->ziu
+    _copy3 = weight.new_empty(n, 96)
+    _native.run('fc_tp_d_s7', n, d_x, _copy3, _mm1, x[:, 32:128].reshape(n, 32, 3))
+    del _mm1
+    # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
+    _c7 = torch.mm(_copy3.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # ziu,puw->zipw
+    del _w_z_0_1_2
+    # ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
+    d__w_z_0_1_2 = torch.mm(_c6.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy3.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # ziu,zipw->puw
+    del _c6
+    d_weight_13 = d__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
+    d_weight_14 = d__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
+    del d__w_z_0_1_2
+    _c8 = weight.new_empty(n, 192)
+    # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
+    _native.run('fc_tp_d_s8', n, d__m_z_0, _c8, d_z[:, 128:288].reshape(n, 32, 5), _c7, d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 3, 2))
+    del _c7
+    _w_z_0_1_1 = torch.cat([
+        w_z_0_1_1_0.reshape(1024),
+        w_z_0_1_1_1.reshape(1024),
+    ], dim=-1)
+    del w_z_0_1_1_0, w_z_0_1_1_1
+    _mm2 = torch.mm(_c8.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32)  # puw,zipw->ziu
+    # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
+    _c9 = torch.mm(_copy2.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
+    del _copy2, _w_z_0_1_1
+    # ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
+    d__w_z_0_1_1 = torch.mm(_c8.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy3.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # ziu,zipw->puw
+    del _c8, _copy3
+    d_weight_15 = d__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
+    d_weight_16 = d__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
+    del d__w_z_0_1_1
+    # ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
+    _c10 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    _c11 = weight.new_empty(n, 32)
+    # ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
+    # ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
+    _native.run('fc_tp_d_s9', n, d_x, d__m_z_0, _c11, _mm2, x[:, 32:128].reshape(n, 32, 3), _c9, _m_z_0[:, 9:12].reshape(n, 3, 1, 1), _c10)
+    del _c10, _c9, _mm2
+    d_weight_17 = torch.mm(_c11.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
+    del _c11
+    _c12 = weight.new_empty(n, 32)
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
+    _native.run('fc_tp_d_s10', n, _c12, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 4:9].reshape(n, 1, 5, 1))
+    _mm3 = torch.mm(_c12.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32)  # puw,zwip->ziu
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
+    _c13 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    # ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
+    d_weight_18 = torch.mm(_c12.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
+    del _c12
+    _c14 = weight.new_empty(n, 32)
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
+    _native.run('fc_tp_d_s11', n, d_x, d__m_z_0, _c14, _mm3, d_z[:, 128:288].reshape(n, 32, 5), _c13, d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 1:4].reshape(n, 1, 3, 1))
+    del _c13, _mm3
+    _mm4 = torch.mm(_c14.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32)  # puw,zwip->ziu
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
+    _c15 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    # ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
+    d_weight_19 = torch.mm(_c14.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
+    del _c14
+    _c16 = weight.new_empty(n, 32)
+    # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
+    _native.run('fc_tp_d_s12', n, d_x, d__m_z_0, _c16, _mm4, d_z[:, 32:128].reshape(n, 32, 3), _c15, d_z[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
+    del _c15, _m_z_0, _mm4
+    _mm5 = torch.mm(_c16.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32)  # puw,zwip->ziu
+    # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
+    _c17 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    _native.run('fc_tp_d_s13', n, d_x, d__m_z_0, _mm5, x[:, 0:32].reshape(n, 32, 1), _c17)
+    del _c17, _mm5
+    # ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
+    d_weight_20 = torch.mm(_c16.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
+    del _c16
+    # ∂/∂y: every path's (i, k) map at once: y · G
+    _mm6 = torch.mm(d__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
+    del d__m_z_0
+    d_y = weight.new_empty(n, 16)
+    _native.run('fc_tp_d_s14', n, d_y, _mm6)
+    del _mm6
+    d_weight = torch.cat([
+        d_weight_20.reshape(1024),
+        d_weight_19.reshape(1024),
+        d_weight_18.reshape(1024),
+        d_weight_16.reshape(1024),
+        d_weight_17.reshape(1024),
+        d_weight_14.reshape(1024),
+        d_weight_15.reshape(1024),
+        d_weight_13.reshape(1024),
+        d_weight_9.reshape(1024),
+        d_weight_11.reshape(1024),
+        d_weight_12.reshape(1024),
+        d_weight_8.reshape(1024),
+        d_weight_10.reshape(1024),
+    ], dim=-1)
+    del d_weight_10, d_weight_11, d_weight_12, d_weight_13, d_weight_14, d_weight_15, d_weight_16, d_weight_17, d_weight_18, d_weight_19, d_weight_20, d_weight_8, d_weight_9
     return [d_x, d_y, d_weight]
 
 
@@ -470,6 +732,184 @@ def _fc_tp_d2_x(
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
+def _fc_tp_d2_x_cpu(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_x: torch.Tensor,
+    weight: torch.Tensor, _g_z_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fc_tp_d for the cotangent of d_x: x (n, 288), y (n, 16), d_z (n, 288), d2_d_x (n, 288) -> d2_x (n, 288), d2_y (n, 16), d2_d_z (n, 288), d2_weight (13312,)."""
+    n = x.shape[0]
+    # every path's (i, k) map at once: y · G
+    _m_z_0 = torch.mm(y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
+    w_z_0_1_1_0 = weight[3072:4096].view(32, 32)
+    w_z_0_1_1_1 = weight[6144:7168].view(32, 32)
+    w_z_0_1_2_2 = weight[5120:6144].view(32, 32)
+    w_z_0_1_2_3 = weight[7168:8192].view(32, 32)
+    w_z_0_2_1_4 = weight[9216:10240].view(32, 32)
+    w_z_0_2_1_5 = weight[12288:13312].view(32, 32)
+    w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
+    w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
+    _c0 = weight.new_empty(n, 32)
+    # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
+    _native.run('fc_tp_d2_x_s0', n, _c0, d2_d_x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
+    _mm0 = torch.mm(_c0.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32)  # puw,zukp->zkw
+    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
+    _c1 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    d2_d_z = weight.new_empty(n, 288)
+    d2__m_z_0 = weight.new_empty(n, 145)
+    _native.run('fc_tp_d2_x_s1', n, d2_d_z, d2__m_z_0, _mm0, d_z[:, 0:32].reshape(n, 32, 1), _c1)
+    del _c1, _mm0
+    # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
+    d2_weight_8 = torch.mm(_c0.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
+    del _c0
+    # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
+    _c2 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    _c3 = weight.new_empty(n, 32)
+    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
+    # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
+    _native.run('fc_tp_d2_x_s2', n, d2_d_z, d2__m_z_0, _c3, _m_z_0[:, 1:4].reshape(n, 1, 3, 1), _c2, d_z[:, 32:128].reshape(n, 32, 3))
+    del _c2
+    d2_weight_9 = torch.mm(_c3.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
+    del _c3
+    # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
+    _c4 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    _c5 = weight.new_empty(n, 32)
+    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
+    # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
+    _native.run('fc_tp_d2_x_s3', n, d2_d_z, d2__m_z_0, _c5, _m_z_0[:, 4:9].reshape(n, 1, 5, 1), _c4, d_z[:, 128:288].reshape(n, 32, 5))
+    del _c4
+    d2_weight_10 = torch.mm(_c5.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
+    del _c5
+    _c6 = weight.new_empty(n, 32)
+    # ∂/∂d_z: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
+    _native.run('fc_tp_d2_x_s4', n, _c6, d2_d_x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
+    _mm1 = torch.mm(_c6.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32)  # puw,zukp->zkw
+    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
+    _c7 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    # ∂/∂weight: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
+    d2_weight_11 = torch.mm(_c6.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
+    del _c6
+    _c8 = weight.new_empty(n, 192)
+    # ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
+    _native.run('fc_tp_d2_x_s5', n, d2_d_z, d2__m_z_0, _c8, _mm1, d2_d_x[:, 32:128].reshape(n, 32, 3), _c7, _m_z_0[:, 12:30].reshape(n, 3, 3, 2))
+    del _c7, _mm1
+    _w_z_0_1_1 = torch.cat([
+        w_z_0_1_1_0.reshape(1024),
+        w_z_0_1_1_1.reshape(1024),
+    ], dim=-1)
+    del w_z_0_1_1_0, w_z_0_1_1_1
+    _mm2 = torch.mm(_c8.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32)  # puw,zkpu->zkw
+    _copy0 = weight.new_empty(n, 96)
+    _native.run('fc_tp_d2_x_s6', n, d2_d_z, _copy0, _mm2, d2_d_x[:, 32:128].reshape(n, 32, 3))
+    del _mm2
+    # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
+    _c9 = torch.mm(_copy0.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # ziu,puw->zipw
+    del _w_z_0_1_1
+    _copy1 = weight.new_empty(n, 96)
+    _native.run('fc_tp_d2_x_s7', n, d2__m_z_0, _copy1, d_z[:, 32:128].reshape(n, 32, 3), _c9)
+    del _c9
+    # ∂/∂_w_z_0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
+    d2__w_z_0_1_1 = torch.mm(_c8.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy1.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32)  # zkw,zkpu->puw
+    del _c8
+    # ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
+    _w_z_0_1_2 = torch.cat([
+        w_z_0_1_2_2.reshape(1024),
+        w_z_0_1_2_3.reshape(1024),
+    ], dim=-1)
+    del w_z_0_1_2_2, w_z_0_1_2_3
+    _c10 = torch.mm(_copy0.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # ziu,puw->zipw
+    del _w_z_0_1_2
+    _c11 = weight.new_empty(n, 192)
+    # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
+    # ∂/∂_w_z_0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
+    _native.run('fc_tp_d2_x_s8', n, d2_d_z, d2__m_z_0, _c11, _m_z_0[:, 30:60].reshape(n, 3, 5, 2), _c10, d_z[:, 128:288].reshape(n, 32, 5))
+    del _c10
+    d2__w_z_0_1_2 = torch.mm(_c11.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy0.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # ziu,zipw->puw
+    del _c11, _copy0
+    _c12 = weight.new_empty(n, 32)
+    # ∂/∂d_z: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
+    _native.run('fc_tp_d2_x_s9', n, _c12, d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
+    _mm3 = torch.mm(_c12.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32)  # puw,zukp->zkw
+    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
+    _c13 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    # ∂/∂weight: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
+    d2_weight_12 = torch.mm(_c12.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
+    del _c12
+    _c14 = weight.new_empty(n, 192)
+    # ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
+    _native.run('fc_tp_d2_x_s10', n, d2_d_z, d2__m_z_0, _c14, _mm3, d2_d_x[:, 128:288].reshape(n, 32, 5), _c13, _m_z_0[:, 65:95].reshape(n, 5, 3, 2))
+    del _c13, _mm3
+    _w_z_0_2_1 = torch.cat([
+        w_z_0_2_1_4.reshape(1024),
+        w_z_0_2_1_5.reshape(1024),
+    ], dim=-1)
+    del w_z_0_2_1_4, w_z_0_2_1_5
+    _mm4 = torch.mm(_c14.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32)  # puw,zkpu->zkw
+    # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
+    _c15 = torch.mm(_copy1.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
+    del _w_z_0_2_1
+    # ∂/∂_w_z_0_2_1: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
+    d2__w_z_0_2_1 = torch.mm(_c14.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy1.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32)  # zkw,zkpu->puw
+    del _c14, _copy1
+    _c16 = weight.new_empty(n, 320)
+    # ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
+    _native.run('fc_tp_d2_x_s11', n, d2_d_z, d2__m_z_0, _c16, _mm4, d2_d_x[:, 128:288].reshape(n, 32, 5), _c15, _m_z_0[:, 95:145].reshape(n, 5, 5, 2))
+    del _c15, _m_z_0, _mm4
+    _w_z_0_2_2 = torch.cat([
+        w_z_0_2_2_6.reshape(1024),
+        w_z_0_2_2_7.reshape(1024),
+    ], dim=-1)
+    del w_z_0_2_2_6, w_z_0_2_2_7
+    _mm5 = torch.mm(_c16.reshape(n, 5, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 5, 32)  # puw,zkpu->zkw
+    _copy2 = weight.new_empty(n, 160)
+    _native.run('fc_tp_d2_x_s12', n, d2_d_z, _copy2, _mm5, d2_d_x[:, 128:288].reshape(n, 32, 5))
+    del _mm5
+    # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
+    _c17 = torch.mm(_copy2.reshape(n, 5, 32).reshape(n * 5, 32), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 5, 2, 32)  # ziu,puw->zipw
+    del _copy2, _w_z_0_2_2
+    _copy3 = weight.new_empty(n, 160)
+    _native.run('fc_tp_d2_x_s13', n, d2__m_z_0, _copy3, d_z[:, 128:288].reshape(n, 32, 5), _c17)
+    del _c17
+    # ∂/∂_w_z_0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
+    d2__w_z_0_2_2 = torch.mm(_c16.reshape(n, 5, 2, 32).reshape(n * 5, 64).t(), _copy3.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5).t()).view(2, 32, 32)  # zkw,zkpu->puw
+    del _c16, _copy3
+    d2_weight_13 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
+    d2_weight_14 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
+    del d2__w_z_0_2_2
+    d2_weight_15 = d2__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
+    d2_weight_16 = d2__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
+    del d2__w_z_0_2_1
+    d2_weight_17 = d2__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
+    d2_weight_18 = d2__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
+    del d2__w_z_0_1_2
+    d2_weight_19 = d2__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
+    d2_weight_20 = d2__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
+    del d2__w_z_0_1_1
+    # ∂/∂y: every path's (i, k) map at once: y · G
+    _mm6 = torch.mm(d2__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
+    del d2__m_z_0
+    d2_y = weight.new_empty(n, 16)
+    _native.run('fc_tp_d2_x_s14', n, d2_y, _mm6)
+    del _mm6
+    d2_x = weight.new_zeros(n, 288)
+    d2_weight = torch.cat([
+        d2_weight_8.reshape(1024),
+        d2_weight_9.reshape(1024),
+        d2_weight_10.reshape(1024),
+        d2_weight_20.reshape(1024),
+        d2_weight_11.reshape(1024),
+        d2_weight_18.reshape(1024),
+        d2_weight_19.reshape(1024),
+        d2_weight_17.reshape(1024),
+        d2_weight_14.reshape(1024),
+        d2_weight_16.reshape(1024),
+        d2_weight_12.reshape(1024),
+        d2_weight_13.reshape(1024),
+        d2_weight_15.reshape(1024),
+    ], dim=-1)
+    del d2_weight_10, d2_weight_11, d2_weight_12, d2_weight_13, d2_weight_14, d2_weight_15, d2_weight_16, d2_weight_17, d2_weight_18, d2_weight_19, d2_weight_20, d2_weight_8, d2_weight_9
+    return [d2_x, d2_y, d2_d_z, d2_weight]
+
+
 def _fc_tp_d2_y(
     x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_y: torch.Tensor,
     weight: torch.Tensor, _g_z_0: torch.Tensor,
@@ -645,6 +1085,190 @@ def _fc_tp_d2_y(
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
+def _fc_tp_d2_y_cpu(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_y: torch.Tensor,
+    weight: torch.Tensor, _g_z_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fc_tp_d for the cotangent of d_y: x (n, 288), y (n, 16), d_z (n, 288), d2_d_y (n, 16) -> d2_x (n, 288), d2_y (n, 16), d2_d_z (n, 288), d2_weight (13312,)."""
+    n = x.shape[0]
+    w_z_0_1_1_0 = weight[3072:4096].view(32, 32)
+    w_z_0_1_1_1 = weight[6144:7168].view(32, 32)
+    w_z_0_1_2_2 = weight[5120:6144].view(32, 32)
+    w_z_0_1_2_3 = weight[7168:8192].view(32, 32)
+    w_z_0_2_1_4 = weight[9216:10240].view(32, 32)
+    w_z_0_2_1_5 = weight[12288:13312].view(32, 32)
+    w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
+    w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
+    # ∂/∂d__m_z_0: ∂/∂y: every path's (i, k) map at once: y · G
+    d2_d__m_z_0 = torch.mm(d2_d_y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
+    _c0 = weight.new_empty(n, 32)
+    # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
+    _native.run('fc_tp_d2_y_s0', n, _c0, d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1), x[:, 0:32].reshape(n, 32, 1))
+    _mm0 = torch.mm(_c0.reshape(n, 1, 1, 32).permute(2, 3, 0, 1).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32)  # puw,zkpu->zkw
+    del _c0
+    d2_d_z = weight.new_empty(n, 288)
+    _c1 = weight.new_empty(n, 32)
+    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
+    _native.run('fc_tp_d2_y_s1', n, d2_d_z, _c1, _mm0, d2_d__m_z_0[:, 0:1].reshape(n, 1, 1, 1), d_z[:, 0:32].reshape(n, 32, 1))
+    del _mm0
+    _mm1 = torch.mm(_c1.reshape(n, 1, 1, 32).permute(2, 3, 0, 1).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32)  # puw,zipw->ziu
+    # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
+    d2_weight_8 = torch.mm(_c1.reshape(n, 1, 1, 32).reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    del _c1
+    # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
+    _c2 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    d2_x = weight.new_empty(n, 288)
+    _c3 = weight.new_empty(n, 32)
+    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
+    _native.run('fc_tp_d2_y_s2', n, d2_x, d2_d_z, _c3, _mm1, d2_d__m_z_0[:, 1:4].reshape(n, 1, 3, 1), _c2, d_z[:, 32:128].reshape(n, 32, 3))
+    del _c2, _mm1
+    _mm2 = torch.mm(_c3.reshape(n, 1, 1, 32).permute(2, 3, 0, 1).reshape(32, n).t(), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32)  # puw,zipw->ziu
+    # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
+    d2_weight_9 = torch.mm(_c3.reshape(n, 1, 1, 32).reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    del _c3
+    # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
+    _c4 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    _c5 = weight.new_empty(n, 32)
+    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
+    _native.run('fc_tp_d2_y_s3', n, d2_x, d2_d_z, _c5, _mm2, d2_d__m_z_0[:, 4:9].reshape(n, 1, 5, 1), _c4, d_z[:, 128:288].reshape(n, 32, 5))
+    del _c4, _mm2
+    _mm3 = torch.mm(_c5.reshape(n, 1, 1, 32).permute(2, 3, 0, 1).reshape(32, n).t(), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32)  # puw,zipw->ziu
+    # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
+    d2_weight_10 = torch.mm(_c5.reshape(n, 1, 1, 32).reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zipw->puw
+    del _c5
+    _c6 = weight.new_empty(n, 32)
+    # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
+    _native.run('fc_tp_d2_y_s4', n, d2_x, _c6, _mm3, d2_d__m_z_0[:, 9:12].reshape(n, 3, 1, 1), x[:, 32:128].reshape(n, 32, 3))
+    del _mm3
+    _mm4 = torch.mm(_c6.reshape(n, 1, 1, 32).permute(2, 3, 0, 1).reshape(32, n).t(), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32)  # puw,zkpu->zkw
+    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
+    _c7 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
+    d2_weight_11 = torch.mm(_c6.reshape(n, 1, 1, 32).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zkpu->puw
+    del _c6
+    _c8 = weight.new_empty(n, 192)
+    # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
+    _native.run('fc_tp_d2_y_s5', n, d2_d_z, d2_x, _c8, _mm4, d2_d__m_z_0[:, 9:12].reshape(n, 3, 1, 1), _c7, d2_d__m_z_0[:, 12:30].reshape(n, 3, 3, 2), x[:, 32:128].reshape(n, 32, 3))
+    del _c7, _mm4
+    _w_z_0_1_1 = torch.cat([
+        w_z_0_1_1_0.reshape(1024),
+        w_z_0_1_1_1.reshape(1024),
+    ], dim=-1)
+    del w_z_0_1_1_0, w_z_0_1_1_1
+    _mm5 = torch.mm(_c8.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32)  # puw,zkpu->zkw
+    del _c8
+    _c9 = weight.new_empty(n, 192)
+    # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
+    _native.run('fc_tp_d2_y_s6', n, d2_d_z, _c9, _mm5, d2_d__m_z_0[:, 12:30].reshape(n, 3, 3, 2), d_z[:, 32:128].reshape(n, 32, 3))
+    del _mm5
+    _mm6 = torch.mm(_c9.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32)  # puw,zipw->ziu
+    del _w_z_0_1_1
+    _copy0 = weight.new_empty(n, 96)
+    _native.run('fc_tp_d2_y_s7', n, d2_x, _copy0, _mm6, x[:, 32:128].reshape(n, 32, 3))
+    del _mm6
+    # ∂/∂_w_z_0_1_1: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
+    d2__w_z_0_1_1 = torch.mm(_c9.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy0.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # ziu,zipw->puw
+    del _c9
+    # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
+    _w_z_0_1_2 = torch.cat([
+        w_z_0_1_2_2.reshape(1024),
+        w_z_0_1_2_3.reshape(1024),
+    ], dim=-1)
+    del w_z_0_1_2_2, w_z_0_1_2_3
+    _c10 = torch.mm(_copy0.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # ziu,puw->zipw
+    _c11 = weight.new_empty(n, 192)
+    # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
+    _native.run('fc_tp_d2_y_s8', n, d2_d_z, _c11, d2_d__m_z_0[:, 30:60].reshape(n, 3, 5, 2), _c10, d_z[:, 128:288].reshape(n, 32, 5))
+    del _c10
+    _mm7 = torch.mm(_c11.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32)  # puw,zipw->ziu
+    del _w_z_0_1_2
+    # ∂/∂_w_z_0_1_2: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
+    d2__w_z_0_1_2 = torch.mm(_c11.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy0.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # ziu,zipw->puw
+    del _c11, _copy0
+    _c12 = weight.new_empty(n, 32)
+    # ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
+    _native.run('fc_tp_d2_y_s9', n, d2_x, _c12, _mm7, d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1), x[:, 128:288].reshape(n, 32, 5))
+    del _mm7
+    _mm8 = torch.mm(_c12.reshape(n, 1, 1, 32).permute(2, 3, 0, 1).reshape(32, n).t(), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32)  # puw,zkpu->zkw
+    # ∂/∂x: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
+    _c13 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    # ∂/∂weight: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
+    d2_weight_12 = torch.mm(_c12.reshape(n, 1, 1, 32).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zkpu->puw
+    del _c12
+    _c14 = weight.new_empty(n, 192)
+    # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
+    _native.run('fc_tp_d2_y_s10', n, d2_d_z, d2_x, _c14, _mm8, d2_d__m_z_0[:, 60:65].reshape(n, 5, 1, 1), _c13, d2_d__m_z_0[:, 65:95].reshape(n, 5, 3, 2), x[:, 128:288].reshape(n, 32, 5))
+    del _c13, _mm8
+    _w_z_0_2_1 = torch.cat([
+        w_z_0_2_1_4.reshape(1024),
+        w_z_0_2_1_5.reshape(1024),
+    ], dim=-1)
+    del w_z_0_2_1_4, w_z_0_2_1_5
+    _mm9 = torch.mm(_c14.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32)  # puw,zkpu->zkw
+    _copy1 = weight.new_empty(n, 96)
+    _native.run('fc_tp_d2_y_s11', n, d2_d_z, _copy1, _mm9, d_z[:, 32:128].reshape(n, 32, 3))
+    del _mm9
+    # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
+    _c15 = torch.mm(_copy1.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
+    del _w_z_0_2_1
+    # ∂/∂_w_z_0_2_1: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
+    d2__w_z_0_2_1 = torch.mm(_c14.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy1.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32)  # zkw,zkpu->puw
+    del _c14, _copy1
+    _c16 = weight.new_empty(n, 320)
+    # ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
+    _native.run('fc_tp_d2_y_s12', n, d2_x, _c16, d2_d__m_z_0[:, 65:95].reshape(n, 5, 3, 2), _c15, d2_d__m_z_0[:, 95:145].reshape(n, 5, 5, 2), x[:, 128:288].reshape(n, 32, 5))
+    del _c15
+    _w_z_0_2_2 = torch.cat([
+        w_z_0_2_2_6.reshape(1024),
+        w_z_0_2_2_7.reshape(1024),
+    ], dim=-1)
+    del w_z_0_2_2_6, w_z_0_2_2_7
+    _mm10 = torch.mm(_c16.reshape(n, 5, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 5, 32)  # puw,zkpu->zkw
+    del _c16
+    _c17 = weight.new_empty(n, 320)
+    # ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
+    _native.run('fc_tp_d2_y_s13', n, d2_d_z, _c17, _mm10, d2_d__m_z_0[:, 95:145].reshape(n, 5, 5, 2), d_z[:, 128:288].reshape(n, 32, 5))
+    del _mm10, d2_d__m_z_0
+    _mm11 = torch.mm(_c17.reshape(n, 5, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 5, 32)  # puw,zipw->ziu
+    del _w_z_0_2_2
+    _copy2 = weight.new_empty(n, 160)
+    _native.run('fc_tp_d2_y_s14', n, d2_x, _copy2, _mm11, x[:, 128:288].reshape(n, 32, 5))
+    del _mm11
+    # ∂/∂_w_z_0_2_2: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
+    d2__w_z_0_2_2 = torch.mm(_c17.reshape(n, 5, 2, 32).reshape(n * 5, 64).t(), _copy2.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5).t()).view(2, 32, 32).permute(0, 2, 1)  # ziu,zipw->puw
+    del _c17, _copy2
+    d2_weight_13 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
+    d2_weight_14 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
+    del d2__w_z_0_2_2
+    d2_weight_15 = d2__w_z_0_2_1.reshape(-1)[1024:2048].view(32, 32)
+    d2_weight_16 = d2__w_z_0_2_1.reshape(-1)[0:1024].view(32, 32)
+    del d2__w_z_0_2_1
+    d2_weight_17 = d2__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
+    d2_weight_18 = d2__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
+    del d2__w_z_0_1_2
+    d2_weight_19 = d2__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
+    d2_weight_20 = d2__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
+    del d2__w_z_0_1_1
+    d2_y = weight.new_zeros(n, 16)
+    d2_weight = torch.cat([
+        d2_weight_8.reshape(1024),
+        d2_weight_9.reshape(1024),
+        d2_weight_10.reshape(1024),
+        d2_weight_20.reshape(1024),
+        d2_weight_11.reshape(1024),
+        d2_weight_18.reshape(1024),
+        d2_weight_19.reshape(1024),
+        d2_weight_17.reshape(1024),
+        d2_weight_14.reshape(1024),
+        d2_weight_16.reshape(1024),
+        d2_weight_12.reshape(1024),
+        d2_weight_13.reshape(1024),
+        d2_weight_15.reshape(1024),
+    ], dim=-1)
+    del d2_weight_10, d2_weight_11, d2_weight_12, d2_weight_13, d2_weight_14, d2_weight_15, d2_weight_16, d2_weight_17, d2_weight_18, d2_weight_19, d2_weight_20, d2_weight_8, d2_weight_9
+    return [d2_x, d2_y, d2_d_z, d2_weight]
+
+
 def _fc_tp_d2_weight(
     x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_weight: torch.Tensor,
     weight: torch.Tensor, _g_z_0: torch.Tensor,
@@ -808,13 +1432,151 @@ def _fc_tp_d2_weight(
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
+def _fc_tp_d2_weight_cpu(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_weight: torch.Tensor,
+    weight: torch.Tensor, _g_z_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of fc_tp_d for the cotangent of d_weight: x (n, 288), y (n, 16), d_z (n, 288), d2_d_weight (13312,) -> d2_x (n, 288), d2_y (n, 16), d2_d_z (n, 288), d2_weight (13312,)."""
+    n = x.shape[0]
+    # every path's (i, k) map at once: y · G
+    _m_z_0 = torch.mm(y.reshape(n, 16), _g_z_0).view(n, 145)  # zj,jc->zc
+    # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
+    _c0 = torch.mm(d2_d_weight[0:1024].view(1, 32, 32).permute(0, 2, 1).reshape(32, 32), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zui->pwzi
+    # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
+    _c1 = torch.mm(d2_d_weight[0:1024].view(1, 32, 32).reshape(32, 32), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zwk->puzk
+    d2_d_z = weight.new_empty(n, 288)
+    d2_x = weight.new_empty(n, 288)
+    d2__m_z_0 = weight.new_empty(n, 145)
+    # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
+    _native.run('fc_tp_d2_weight_s0', n, d2_d_z, d2_x, d2__m_z_0, _m_z_0[:, 0:1].reshape(n, 1, 1, 1), _c0.permute(2, 0, 1, 3), _c1.permute(2, 0, 1, 3), x[:, 0:32].reshape(n, 32, 1))
+    del _c0, _c1
+    # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
+    _c2 = torch.mm(d2_d_weight[1024:2048].view(1, 32, 32).permute(0, 2, 1).reshape(32, 32), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zui->pwzi
+    _c3 = weight.new_empty(n, 32)
+    # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
+    _native.run('fc_tp_d2_weight_s1', n, d2_d_z, _c3, _m_z_0[:, 1:4].reshape(n, 1, 3, 1), _c2.permute(2, 0, 1, 3), d_z[:, 32:128].reshape(n, 32, 3))
+    _mm0 = torch.mm(_c3.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32)  # puw,zwip->ziu
+    del _c3
+    # ∂/∂d_z: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
+    _c4 = torch.mm(d2_d_weight[2048:3072].view(1, 32, 32).permute(0, 2, 1).reshape(32, 32), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zui->pwzi
+    _c5 = weight.new_empty(n, 32)
+    # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
+    # ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
+    _native.run('fc_tp_d2_weight_s2', n, d2_x, d2__m_z_0, d2_d_z, _c5, _mm0, d_z[:, 32:128].reshape(n, 32, 3), _c2.permute(2, 0, 1, 3), _m_z_0[:, 4:9].reshape(n, 1, 5, 1), _c4.permute(2, 0, 1, 3), d_z[:, 128:288].reshape(n, 32, 5))
+    del _c2, _mm0
+    _mm1 = torch.mm(_c5.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32)  # puw,zwip->ziu
+    del _c5
+    _c6 = weight.new_empty(n, 32)
+    # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
+    # ∂/∂d_z: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
+    _native.run('fc_tp_d2_weight_s3', n, d2_x, d2__m_z_0, _c6, _mm1, d_z[:, 128:288].reshape(n, 32, 5), _c4.permute(2, 0, 1, 3), x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
+    del _c4, _mm1
+    _mm2 = torch.mm(_c6.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32)  # puw,zukp->zkw
+    del _c6
+    # ∂/∂x: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
+    _c7 = torch.mm(d2_d_weight[4096:5120].view(1, 32, 32).reshape(32, 32), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zwk->puzk
+    d2_d__w_z_0_1_1_0 = d2_d_weight[3072:4096].view(32, 32)
+    d2_d__w_z_0_1_1_1 = d2_d_weight[6144:7168].view(32, 32)
+    _copy0 = weight.new_empty(n, 96)
+    # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
+    _native.run('fc_tp_d2_weight_s4', n, d2_d_z, d2_x, d2__m_z_0, _copy0, _mm2, _m_z_0[:, 9:12].reshape(n, 3, 1, 1), _c7.permute(2, 0, 1, 3), x[:, 32:128].reshape(n, 32, 3))
+    del _c7, _mm2
+    # ∂/∂d_z: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
+    d2_d__w_z_0_1_1 = torch.cat([
+        d2_d__w_z_0_1_1_0.reshape(1024),
+        d2_d__w_z_0_1_1_1.reshape(1024),
+    ], dim=-1)
+    del d2_d__w_z_0_1_1_0, d2_d__w_z_0_1_1_1
+    _c8 = torch.mm(_copy0.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t(), d2_d__w_z_0_1_1.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,ziu->zipw
+    _copy1 = weight.new_empty(n, 96)
+    _native.run('fc_tp_d2_weight_s5', n, d2_d_z, _copy1, _m_z_0[:, 12:30].reshape(n, 3, 3, 2), _c8, d_z[:, 32:128].reshape(n, 32, 3))
+    del _c8
+    # ∂/∂x: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
+    _c9 = torch.mm(_copy1.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t(), d2_d__w_z_0_1_1.view(2, 32, 32).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,zkw->zkpu
+    del d2_d__w_z_0_1_1
+    d2_d__w_z_0_1_2_2 = d2_d_weight[5120:6144].view(32, 32)
+    d2_d__w_z_0_1_2_3 = d2_d_weight[7168:8192].view(32, 32)
+    # ∂/∂d_z: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
+    d2_d__w_z_0_1_2 = torch.cat([
+        d2_d__w_z_0_1_2_2.reshape(1024),
+        d2_d__w_z_0_1_2_3.reshape(1024),
+    ], dim=-1)
+    del d2_d__w_z_0_1_2_2, d2_d__w_z_0_1_2_3
+    _c10 = torch.mm(_copy0.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t(), d2_d__w_z_0_1_2.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,ziu->zipw
+    del _copy0
+    _c11 = weight.new_empty(n, 192)
+    # ∂/∂_m_z_0: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
+    # ∂/∂x: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
+    _native.run('fc_tp_d2_weight_s6', n, d2_x, d2__m_z_0, d2_d_z, _c11, _m_z_0[:, 12:30].reshape(n, 3, 3, 2), _c9, x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 30:60].reshape(n, 3, 5, 2), _c10, d_z[:, 128:288].reshape(n, 32, 5))
+    del _c9
+    _mm3 = torch.mm(_c11.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), d2_d__w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32)  # puw,zipw->ziu
+    del _c11, d2_d__w_z_0_1_2
+    _c12 = weight.new_empty(n, 32)
+    # ∂/∂_m_z_0: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
+    # ∂/∂d_z: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
+    _native.run('fc_tp_d2_weight_s7', n, d2_x, d2__m_z_0, _c12, _mm3, d_z[:, 128:288].reshape(n, 32, 5), _c10, x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
+    del _c10, _mm3
+    _mm4 = torch.mm(_c12.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32)  # puw,zukp->zkw
+    del _c12
+    # ∂/∂x: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
+    _c13 = torch.mm(d2_d_weight[10240:11264].view(1, 32, 32).reshape(32, 32), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zwk->puzk
+    d2_d__w_z_0_2_1_4 = d2_d_weight[9216:10240].view(32, 32)
+    d2_d__w_z_0_2_1_5 = d2_d_weight[12288:13312].view(32, 32)
+    _c14 = weight.new_empty(n, 192)
+    # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
+    # ∂/∂d_z: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
+    _native.run('fc_tp_d2_weight_s8', n, d2_d_z, d2_x, d2__m_z_0, _c14, _mm4, _m_z_0[:, 60:65].reshape(n, 5, 1, 1), _c13.permute(2, 0, 1, 3), x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 3, 2))
+    del _c13, _mm4
+    d2_d__w_z_0_2_1 = torch.cat([
+        d2_d__w_z_0_2_1_4.reshape(1024),
+        d2_d__w_z_0_2_1_5.reshape(1024),
+    ], dim=-1)
+    del d2_d__w_z_0_2_1_4, d2_d__w_z_0_2_1_5
+    _mm5 = torch.mm(_c14.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), d2_d__w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32)  # puw,zkpu->zkw
+    del _c14
+    # ∂/∂x: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
+    _c15 = torch.mm(_copy1.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t(), d2_d__w_z_0_2_1.view(2, 32, 32).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,zkw->zkpu
+    del _copy1, d2_d__w_z_0_2_1
+    d2_d__w_z_0_2_2_6 = d2_d_weight[8192:9216].view(32, 32)
+    d2_d__w_z_0_2_2_7 = d2_d_weight[11264:12288].view(32, 32)
+    _copy2 = weight.new_empty(n, 160)
+    # ∂/∂_m_z_0: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
+    _native.run('fc_tp_d2_weight_s9', n, d2_d_z, d2_x, d2__m_z_0, _copy2, _mm5, _m_z_0[:, 65:95].reshape(n, 5, 3, 2), _c15, x[:, 128:288].reshape(n, 32, 5))
+    del _c15, _mm5
+    # ∂/∂d_z: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
+    d2_d__w_z_0_2_2 = torch.cat([
+        d2_d__w_z_0_2_2_6.reshape(1024),
+        d2_d__w_z_0_2_2_7.reshape(1024),
+    ], dim=-1)
+    del d2_d__w_z_0_2_2_6, d2_d__w_z_0_2_2_7
+    _c16 = torch.mm(_copy2.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5).t(), d2_d__w_z_0_2_2.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 5, 2, 32)  # puw,ziu->zipw
+    del _copy2
+    _copy3 = weight.new_empty(n, 160)
+    _native.run('fc_tp_d2_weight_s10', n, d2_d_z, _copy3, _m_z_0[:, 95:145].reshape(n, 5, 5, 2), _c16, d_z[:, 128:288].reshape(n, 32, 5))
+    del _c16
+    # ∂/∂x: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
+    _c17 = torch.mm(_copy3.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5).t(), d2_d__w_z_0_2_2.view(2, 32, 32).reshape(64, 32).t()).view(n, 5, 2, 32)  # puw,zkw->zkpu
+    del _copy3, d2_d__w_z_0_2_2
+    # ∂/∂_m_z_0: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
+    _native.run('fc_tp_d2_weight_s11', n, d2_x, d2__m_z_0, _m_z_0[:, 95:145].reshape(n, 5, 5, 2), _c17, x[:, 128:288].reshape(n, 32, 5))
+    del _c17, _m_z_0
+    # ∂/∂y: every path's (i, k) map at once: y · G
+    _mm6 = torch.mm(d2__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
+    del d2__m_z_0
+    d2_y = weight.new_empty(n, 16)
+    _native.run('fc_tp_d2_weight_s12', n, d2_y, _mm6)
+    del _mm6
+    d2_weight = weight.new_zeros(13312)
+    return [d2_x, d2_y, d2_d_z, d2_weight]
+
+
 # fc_tp: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("fc_tp_d2_x", _fc_tp_d2_x, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={})
-_ops.register("fc_tp_d2_y", _fc_tp_d2_y, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={})
-_ops.register("fc_tp_d2_weight", _fc_tp_d2_weight, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={})
-_ops.register("fc_tp_d", _fc_tp_d, outputs=((288, True), (16, True), (13312, False)), index_ranges={}, backward=[_ops.fc_tp_d2_x, _ops.fc_tp_d2_y, _ops.fc_tp_d2_weight])
-_ops.register("fc_tp", _fc_tp, outputs=((288, True),), index_ranges={}, backward=[_ops.fc_tp_d], check_indices=True)
+_ops.register("fc_tp_d2_x", _fc_tp_d2_x, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, cpu=_fc_tp_d2_x_cpu)
+_ops.register("fc_tp_d2_y", _fc_tp_d2_y, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, cpu=_fc_tp_d2_y_cpu)
+_ops.register("fc_tp_d2_weight", _fc_tp_d2_weight, outputs=((288, True), (16, True), (288, True), (13312, False)), index_ranges={}, cpu=_fc_tp_d2_weight_cpu)
+_ops.register("fc_tp_d", _fc_tp_d, outputs=((288, True), (16, True), (13312, False)), index_ranges={}, backward=[_ops.fc_tp_d2_x, _ops.fc_tp_d2_y, _ops.fc_tp_d2_weight], cpu=_fc_tp_d_cpu)
+_ops.register("fc_tp", _fc_tp, outputs=((288, True),), index_ranges={}, backward=[_ops.fc_tp_d], check_indices=True, cpu=_fc_tp_cpu)
 
 
 def _conv_tp(
@@ -950,6 +1712,38 @@ def _conv_tp(
         (m_14 + m_29).reshape(n, 224),
     ], dim=-1)
     del m_0, m_1, m_10, m_11, m_12, m_13, m_14, m_15, m_18, m_2, m_21, m_22, m_25, m_28, m_29, m_3, m_4, m_7
+    return [m]
+
+
+def _conv_tp_cpu(
+    h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, weight: torch.Tensor,
+    _g_m_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """conv_tp on rows: h (n, 288), sh (n, 16), w (n, 768) -> m (n, 992)."""
+    n = h.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_m_0 = torch.mm(sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
+    m = weight.new_empty(n, 992)
+    # 1 paths 32x0e ⊗ sh -> 32x0e
+    # 1 paths 32x0e ⊗ sh -> 32x1o
+    # 1 paths 32x0e ⊗ sh -> 32x2e
+    # 1 paths 32x0e ⊗ sh -> 32x3o
+    # 1 paths 32x1o ⊗ sh -> 32x0e
+    # 2 paths 32x1o ⊗ sh -> 32x1o
+    # 2 paths 32x1o ⊗ sh -> 32x2e
+    # 1 paths 32x1o ⊗ sh -> 32x1e
+    # 1 paths 32x1o ⊗ sh -> 32x2o
+    # 1 paths 32x1o ⊗ sh -> 32x3o
+    # 1 paths 32x1o ⊗ sh -> 32x3e
+    # 1 paths 32x2e ⊗ sh -> 32x0e
+    # 2 paths 32x2e ⊗ sh -> 32x1o
+    # 2 paths 32x2e ⊗ sh -> 32x2e
+    # 1 paths 32x2e ⊗ sh -> 32x1e
+    # 2 paths 32x2e ⊗ sh -> 32x2o
+    # 2 paths 32x2e ⊗ sh -> 32x3o
+    # 1 paths 32x2e ⊗ sh -> 32x3e
+    _native.run('conv_tp_s0', n, m, h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 0:1].reshape(n, 1, 1, 1), w[:, 0:32].reshape(n, 1, 32), _m_m_0[:, 1:4].reshape(n, 1, 3, 1), w[:, 32:64].reshape(n, 1, 32), _m_m_0[:, 4:9].reshape(n, 1, 5, 1), w[:, 64:96].reshape(n, 1, 32), _m_m_0[:, 9:16].reshape(n, 1, 7, 1), w[:, 96:128].reshape(n, 1, 32), h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1), w[:, 160:192].reshape(n, 1, 32), w[:, 128:160].reshape(n, 32), w[:, 256:288].reshape(n, 32), _m_m_0[:, 19:37].reshape(n, 3, 3, 2), w[:, 192:224].reshape(n, 32), w[:, 352:384].reshape(n, 32), _m_m_0[:, 37:67].reshape(n, 3, 5, 2), _m_m_0[:, 67:76].reshape(n, 3, 3, 1), w[:, 224:256].reshape(n, 1, 32), _m_m_0[:, 76:91].reshape(n, 3, 5, 1), w[:, 288:320].reshape(n, 1, 32), _m_m_0[:, 91:112].reshape(n, 3, 7, 1), w[:, 320:352].reshape(n, 1, 32), _m_m_0[:, 112:133].reshape(n, 3, 7, 1), w[:, 384:416].reshape(n, 1, 32), h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1), w[:, 544:576].reshape(n, 1, 32), w[:, 448:480].reshape(n, 32), w[:, 672:704].reshape(n, 32), _m_m_0[:, 138:168].reshape(n, 5, 3, 2), w[:, 416:448].reshape(n, 32), w[:, 576:608].reshape(n, 32), _m_m_0[:, 168:218].reshape(n, 5, 5, 2), _m_m_0[:, 218:233].reshape(n, 5, 3, 1), w[:, 608:640].reshape(n, 1, 32), w[:, 480:512].reshape(n, 32), w[:, 704:736].reshape(n, 32), _m_m_0[:, 233:283].reshape(n, 5, 5, 2), w[:, 512:544].reshape(n, 32), w[:, 736:768].reshape(n, 32), _m_m_0[:, 283:353].reshape(n, 5, 7, 2), _m_m_0[:, 353:388].reshape(n, 5, 7, 1), w[:, 640:672].reshape(n, 1, 32))
+    del _m_m_0
     return [m]
 
 
@@ -1271,6 +2065,83 @@ def _conv_tp_d(
     return [d_h, d_sh, d_w, d_weight]
 
 
+def _conv_tp_d_cpu(
+    h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    weight: torch.Tensor, _g_m_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of conv_tp: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992) -> d_h (n, 288), d_sh (n, 16), d_w (n, 768), d_weight (0,)."""
+    n = h.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_m_0 = torch.mm(sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
+    d_w = weight.new_empty(n, 768)
+    d_h = weight.new_empty(n, 288)
+    d__m_m_0 = weight.new_empty(n, 388)
+    # 1 paths 32x0e ⊗ sh -> 32x0e
+    # 1 paths 32x0e ⊗ sh -> 32x1o
+    # 1 paths 32x0e ⊗ sh -> 32x2e
+    # 1 paths 32x0e ⊗ sh -> 32x3o
+    # 1 paths 32x1o ⊗ sh -> 32x0e
+    # 2 paths 32x1o ⊗ sh -> 32x1o
+    # 2 paths 32x1o ⊗ sh -> 32x2e
+    # 1 paths 32x1o ⊗ sh -> 32x1e
+    # 1 paths 32x1o ⊗ sh -> 32x2o
+    # 1 paths 32x1o ⊗ sh -> 32x3o
+    # 1 paths 32x1o ⊗ sh -> 32x3e
+    # 1 paths 32x2e ⊗ sh -> 32x0e
+    # 2 paths 32x2e ⊗ sh -> 32x1o
+    # 2 paths 32x2e ⊗ sh -> 32x2e
+    # 1 paths 32x2e ⊗ sh -> 32x1e
+    # 2 paths 32x2e ⊗ sh -> 32x2o
+    # 2 paths 32x2e ⊗ sh -> 32x3o
+    # 1 paths 32x2e ⊗ sh -> 32x3e
+    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
+    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
+    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
+    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
+    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
+    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
+    # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
+    # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
+    # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
+    # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
+    _native.run('conv_tp_d_s0', n, d_w, d_h, d__m_m_0, h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 0:1].reshape(n, 1, 1, 1), _m_m_0[:, 1:4].reshape(n, 1, 3, 1), _m_m_0[:, 4:9].reshape(n, 1, 5, 1), _m_m_0[:, 9:16].reshape(n, 1, 7, 1), h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1), w[:, 128:160].reshape(n, 32), w[:, 256:288].reshape(n, 32), _m_m_0[:, 19:37].reshape(n, 3, 3, 2), w[:, 192:224].reshape(n, 32), w[:, 352:384].reshape(n, 32), _m_m_0[:, 37:67].reshape(n, 3, 5, 2), _m_m_0[:, 67:76].reshape(n, 3, 3, 1), _m_m_0[:, 76:91].reshape(n, 3, 5, 1), _m_m_0[:, 91:112].reshape(n, 3, 7, 1), _m_m_0[:, 112:133].reshape(n, 3, 7, 1), h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1), w[:, 448:480].reshape(n, 32), w[:, 672:704].reshape(n, 32), _m_m_0[:, 138:168].reshape(n, 5, 3, 2), w[:, 416:448].reshape(n, 32), w[:, 576:608].reshape(n, 32), _m_m_0[:, 168:218].reshape(n, 5, 5, 2), _m_m_0[:, 218:233].reshape(n, 5, 3, 1), w[:, 480:512].reshape(n, 32), w[:, 704:736].reshape(n, 32), _m_m_0[:, 233:283].reshape(n, 5, 5, 2), w[:, 512:544].reshape(n, 32), w[:, 736:768].reshape(n, 32), _m_m_0[:, 283:353].reshape(n, 5, 7, 2), _m_m_0[:, 353:388].reshape(n, 5, 7, 1), d_m[:, 768:992].reshape(n, 32, 7), w[:, 640:672].reshape(n, 1, 32), d_m[:, 544:768].reshape(n, 32, 7), d_m[:, 384:544].reshape(n, 32, 5), d_m[:, 288:384].reshape(n, 32, 3), w[:, 608:640].reshape(n, 1, 32), d_m[:, 128:288].reshape(n, 32, 5), d_m[:, 32:128].reshape(n, 32, 3), d_m[:, 0:32].reshape(n, 32, 1), w[:, 544:576].reshape(n, 1, 32), w[:, 384:416].reshape(n, 1, 32), w[:, 320:352].reshape(n, 1, 32), w[:, 288:320].reshape(n, 1, 32), w[:, 224:256].reshape(n, 1, 32), w[:, 160:192].reshape(n, 1, 32), w[:, 96:128].reshape(n, 1, 32), w[:, 64:96].reshape(n, 1, 32), w[:, 32:64].reshape(n, 1, 32), w[:, 0:32].reshape(n, 1, 32))
+    del _m_m_0
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    _mm0 = torch.mm(d__m_m_0, _g_m_0.permute(1, 0).reshape(388, 16)).view(n, 16)  # zc,jc->zj
+    del d__m_m_0
+    d_sh = weight.new_empty(n, 16)
+    _native.run('conv_tp_d_s1', n, d_sh, _mm0)
+    del _mm0
+    d_weight = weight.new_zeros(0)
+    return [d_h, d_sh, d_w, d_weight]
+
+
 def _conv_tp_d2_h(
     h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
     d2_d_h: torch.Tensor, weight: torch.Tensor, _g_m_0: torch.Tensor,
@@ -1576,6 +2447,66 @@ def _conv_tp_d2_h(
     return [d2_h, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
+def _conv_tp_d2_h_cpu(
+    h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    d2_d_h: torch.Tensor, weight: torch.Tensor, _g_m_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of conv_tp_d for the cotangent of d_h: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992), d2_d_h (n, 288) -> d2_h (n, 288), d2_sh (n, 16), d2_w (n, 768), d2_d_m (n, 992), d2_weight (0,)."""
+    n = h.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_m_0 = torch.mm(sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
+    d2__m_m_0 = weight.new_empty(n, 388)
+    d2_d_m = weight.new_empty(n, 992)
+    d2_w = weight.new_empty(n, 768)
+    # ∂/∂d__t_m_0_0_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
+    # ∂/∂d__t_m_0_0_1: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
+    # ∂/∂d__t_m_0_0_2: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
+    # ∂/∂d__t_m_0_0_5: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
+    # ∂/∂d__t_m_0_1_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
+    # ∂/∂d__t_m_0_1_1: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
+    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
+    # ∂/∂d__t_m_0_1_2: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
+    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
+    # ∂/∂d__t_m_0_1_3: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
+    # ∂/∂d__t_m_0_1_4: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
+    # ∂/∂d__t_m_0_1_5: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
+    # ∂/∂d__t_m_0_1_6: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
+    # ∂/∂d__t_m_0_2_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
+    # ∂/∂d__t_m_0_2_1: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
+    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
+    # ∂/∂d__t_m_0_2_2: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
+    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
+    # ∂/∂d__t_m_0_2_3: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
+    # ∂/∂d__t_m_0_2_4: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
+    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
+    # ∂/∂d__t_m_0_2_5: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
+    # ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
+    # ∂/∂d__t_m_0_2_6: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
+    # ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
+    _native.run('conv_tp_d2_h_s0', n, d2__m_m_0, d2_d_m, d2_w, w[:, 128:160].reshape(n, 32), w[:, 256:288].reshape(n, 32), w[:, 192:224].reshape(n, 32), w[:, 352:384].reshape(n, 32), w[:, 448:480].reshape(n, 32), w[:, 672:704].reshape(n, 32), w[:, 416:448].reshape(n, 32), w[:, 576:608].reshape(n, 32), w[:, 480:512].reshape(n, 32), w[:, 704:736].reshape(n, 32), w[:, 512:544].reshape(n, 32), w[:, 736:768].reshape(n, 32), d_m[:, 768:992].reshape(n, 32, 7), w[:, 640:672].reshape(n, 1, 32), d_m[:, 544:768].reshape(n, 32, 7), d_m[:, 384:544].reshape(n, 32, 5), d_m[:, 288:384].reshape(n, 32, 3), w[:, 608:640].reshape(n, 1, 32), d_m[:, 128:288].reshape(n, 32, 5), d_m[:, 32:128].reshape(n, 32, 3), d_m[:, 0:32].reshape(n, 32, 1), w[:, 544:576].reshape(n, 1, 32), w[:, 384:416].reshape(n, 1, 32), w[:, 320:352].reshape(n, 1, 32), w[:, 288:320].reshape(n, 1, 32), w[:, 224:256].reshape(n, 1, 32), w[:, 160:192].reshape(n, 1, 32), w[:, 96:128].reshape(n, 1, 32), w[:, 64:96].reshape(n, 1, 32), w[:, 32:64].reshape(n, 1, 32), w[:, 0:32].reshape(n, 1, 32), d2_d_h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 0:1].reshape(n, 1, 1, 1), _m_m_0[:, 1:4].reshape(n, 1, 3, 1), _m_m_0[:, 4:9].reshape(n, 1, 5, 1), _m_m_0[:, 9:16].reshape(n, 1, 7, 1), d2_d_h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1), _m_m_0[:, 19:37].reshape(n, 3, 3, 2), _m_m_0[:, 37:67].reshape(n, 3, 5, 2), _m_m_0[:, 67:76].reshape(n, 3, 3, 1), _m_m_0[:, 76:91].reshape(n, 3, 5, 1), _m_m_0[:, 91:112].reshape(n, 3, 7, 1), _m_m_0[:, 112:133].reshape(n, 3, 7, 1), d2_d_h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1), _m_m_0[:, 138:168].reshape(n, 5, 3, 2), _m_m_0[:, 168:218].reshape(n, 5, 5, 2), _m_m_0[:, 218:233].reshape(n, 5, 3, 1), _m_m_0[:, 233:283].reshape(n, 5, 5, 2), _m_m_0[:, 283:353].reshape(n, 5, 7, 2), _m_m_0[:, 353:388].reshape(n, 5, 7, 1))
+    del _m_m_0
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    _mm0 = torch.mm(d2__m_m_0, _g_m_0.permute(1, 0).reshape(388, 16)).view(n, 16)  # zc,jc->zj
+    del d2__m_m_0
+    d2_sh = weight.new_empty(n, 16)
+    _native.run('conv_tp_d2_h_s1', n, d2_sh, _mm0)
+    del _mm0
+    d2_h = weight.new_zeros(n, 288)
+    d2_weight = weight.new_zeros(0)
+    return [d2_h, d2_sh, d2_w, d2_d_m, d2_weight]
+
+
 def _conv_tp_d2_sh(
     h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
     d2_d_sh: torch.Tensor, weight: torch.Tensor, _g_m_0: torch.Tensor,
@@ -1856,6 +2787,60 @@ def _conv_tp_d2_sh(
         (d2_d_m_41 + d2_d_m_58).reshape(n, 224),
     ], dim=-1)
     del d2_d_m_13, d2_d_m_16, d2_d_m_19, d2_d_m_22, d2_d_m_25, d2_d_m_28, d2_d_m_30, d2_d_m_32, d2_d_m_35, d2_d_m_38, d2_d_m_41, d2_d_m_44, d2_d_m_47, d2_d_m_49, d2_d_m_51, d2_d_m_54, d2_d_m_56, d2_d_m_58
+    d2_weight = weight.new_zeros(0)
+    return [d2_h, d2_sh, d2_w, d2_d_m, d2_weight]
+
+
+def _conv_tp_d2_sh_cpu(
+    h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    d2_d_sh: torch.Tensor, weight: torch.Tensor, _g_m_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of conv_tp_d for the cotangent of d_sh: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992), d2_d_sh (n, 16) -> d2_h (n, 288), d2_sh (n, 16), d2_w (n, 768), d2_d_m (n, 992), d2_weight (0,)."""
+    n = h.shape[0]
+    # ∂/∂d__m_m_0: ∂/∂sh: every path's (i, k) map at once: sh · G
+    d2_d__m_m_0 = torch.mm(d2_d_sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
+    d2_h = weight.new_empty(n, 288)
+    d2_d_m = weight.new_empty(n, 992)
+    d2_w = weight.new_empty(n, 768)
+    # ∂/∂d__t_m_0_0_0: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
+    # ∂/∂d__t_m_0_0_1: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
+    # ∂/∂d__t_m_0_0_2: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
+    # ∂/∂d__t_m_0_0_5: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
+    # ∂/∂d__t_m_0_1_0: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
+    # ∂/∂d__t_m_0_1_1: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
+    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
+    # ∂/∂d__t_m_0_1_2: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
+    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
+    # ∂/∂d__t_m_0_1_3: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
+    # ∂/∂d__t_m_0_1_4: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
+    # ∂/∂d__t_m_0_1_5: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
+    # ∂/∂d__t_m_0_1_6: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
+    # ∂/∂d__t_m_0_2_0: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
+    # ∂/∂d__t_m_0_2_1: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
+    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
+    # ∂/∂d__t_m_0_2_2: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
+    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
+    # ∂/∂d__t_m_0_2_3: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
+    # ∂/∂d__t_m_0_2_4: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
+    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
+    # ∂/∂d__t_m_0_2_5: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
+    # ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
+    # ∂/∂d__t_m_0_2_6: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
+    # ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
+    _native.run('conv_tp_d2_sh_s0', n, d2_h, d2_d_m, d2_w, w[:, 128:160].reshape(n, 32), w[:, 256:288].reshape(n, 32), w[:, 192:224].reshape(n, 32), w[:, 352:384].reshape(n, 32), w[:, 448:480].reshape(n, 32), w[:, 672:704].reshape(n, 32), w[:, 416:448].reshape(n, 32), w[:, 576:608].reshape(n, 32), w[:, 480:512].reshape(n, 32), w[:, 704:736].reshape(n, 32), w[:, 512:544].reshape(n, 32), w[:, 736:768].reshape(n, 32), d_m[:, 768:992].reshape(n, 32, 7), w[:, 640:672].reshape(n, 1, 32), d_m[:, 544:768].reshape(n, 32, 7), d_m[:, 384:544].reshape(n, 32, 5), d_m[:, 288:384].reshape(n, 32, 3), w[:, 608:640].reshape(n, 1, 32), d_m[:, 128:288].reshape(n, 32, 5), d_m[:, 32:128].reshape(n, 32, 3), d_m[:, 0:32].reshape(n, 32, 1), w[:, 544:576].reshape(n, 1, 32), w[:, 384:416].reshape(n, 1, 32), w[:, 320:352].reshape(n, 1, 32), w[:, 288:320].reshape(n, 1, 32), w[:, 224:256].reshape(n, 1, 32), w[:, 160:192].reshape(n, 1, 32), w[:, 96:128].reshape(n, 1, 32), w[:, 64:96].reshape(n, 1, 32), w[:, 32:64].reshape(n, 1, 32), w[:, 0:32].reshape(n, 1, 32), d2_d__m_m_0[:, 0:1].reshape(n, 1, 1, 1), h[:, 0:32].reshape(n, 32, 1), d2_d__m_m_0[:, 1:4].reshape(n, 1, 3, 1), d2_d__m_m_0[:, 4:9].reshape(n, 1, 5, 1), d2_d__m_m_0[:, 9:16].reshape(n, 1, 7, 1), d2_d__m_m_0[:, 16:19].reshape(n, 3, 1, 1), h[:, 32:128].reshape(n, 32, 3), d2_d__m_m_0[:, 19:37].reshape(n, 3, 3, 2), d2_d__m_m_0[:, 37:67].reshape(n, 3, 5, 2), d2_d__m_m_0[:, 67:76].reshape(n, 3, 3, 1), d2_d__m_m_0[:, 76:91].reshape(n, 3, 5, 1), d2_d__m_m_0[:, 91:112].reshape(n, 3, 7, 1), d2_d__m_m_0[:, 112:133].reshape(n, 3, 7, 1), d2_d__m_m_0[:, 133:138].reshape(n, 5, 1, 1), h[:, 128:288].reshape(n, 32, 5), d2_d__m_m_0[:, 138:168].reshape(n, 5, 3, 2), d2_d__m_m_0[:, 168:218].reshape(n, 5, 5, 2), d2_d__m_m_0[:, 218:233].reshape(n, 5, 3, 1), d2_d__m_m_0[:, 233:283].reshape(n, 5, 5, 2), d2_d__m_m_0[:, 283:353].reshape(n, 5, 7, 2), d2_d__m_m_0[:, 353:388].reshape(n, 5, 7, 1))
+    del d2_d__m_m_0
+    d2_sh = weight.new_zeros(n, 16)
     d2_weight = weight.new_zeros(0)
     return [d2_h, d2_sh, d2_w, d2_d_m, d2_weight]
 
@@ -2144,6 +3129,84 @@ def _conv_tp_d2_w(
     return [d2_h, d2_sh, d2_w, d2_d_m, d2_weight]
 
 
+def _conv_tp_d2_w_cpu(
+    h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
+    d2_d_w: torch.Tensor, weight: torch.Tensor, _g_m_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of conv_tp_d for the cotangent of d_w: h (n, 288), sh (n, 16), w (n, 768), d_m (n, 992), d2_d_w (n, 768) -> d2_h (n, 288), d2_sh (n, 16), d2_w (n, 768), d2_d_m (n, 992), d2_weight (0,)."""
+    n = h.shape[0]
+    # every path's (i, k) map at once: sh · G
+    _m_m_0 = torch.mm(sh.reshape(n, 16), _g_m_0).view(n, 388)  # zj,jc->zc
+    d2_d_m = weight.new_empty(n, 992)
+    d2_h = weight.new_empty(n, 288)
+    d2__m_m_0 = weight.new_empty(n, 388)
+    # 1 paths 32x0e ⊗ sh -> 32x0e
+    # 1 paths 32x0e ⊗ sh -> 32x1o
+    # 1 paths 32x0e ⊗ sh -> 32x2e
+    # 1 paths 32x0e ⊗ sh -> 32x3o
+    # 1 paths 32x1o ⊗ sh -> 32x0e
+    # 2 paths 32x1o ⊗ sh -> 32x1o
+    # 2 paths 32x1o ⊗ sh -> 32x2e
+    # 1 paths 32x1o ⊗ sh -> 32x1e
+    # 1 paths 32x1o ⊗ sh -> 32x2o
+    # 1 paths 32x1o ⊗ sh -> 32x3o
+    # 1 paths 32x1o ⊗ sh -> 32x3e
+    # 1 paths 32x2e ⊗ sh -> 32x0e
+    # 2 paths 32x2e ⊗ sh -> 32x1o
+    # 2 paths 32x2e ⊗ sh -> 32x2e
+    # 1 paths 32x2e ⊗ sh -> 32x1e
+    # 2 paths 32x2e ⊗ sh -> 32x2o
+    # 2 paths 32x2e ⊗ sh -> 32x3o
+    # 1 paths 32x2e ⊗ sh -> 32x3e
+    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e
+    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o
+    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e
+    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e
+    # ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o
+    # ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o
+    # ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e
+    # ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e
+    # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e
+    # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e
+    # ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o
+    # ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o
+    # ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e
+    # ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o
+    # ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e
+    # ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e
+    _native.run('conv_tp_d2_w_s0', n, d2_d_m, d2_h, d2__m_m_0, h[:, 0:32].reshape(n, 32, 1), _m_m_0[:, 0:1].reshape(n, 1, 1, 1), _m_m_0[:, 1:4].reshape(n, 1, 3, 1), _m_m_0[:, 4:9].reshape(n, 1, 5, 1), _m_m_0[:, 9:16].reshape(n, 1, 7, 1), h[:, 32:128].reshape(n, 32, 3), _m_m_0[:, 16:19].reshape(n, 3, 1, 1), _m_m_0[:, 19:37].reshape(n, 3, 3, 2), _m_m_0[:, 37:67].reshape(n, 3, 5, 2), _m_m_0[:, 67:76].reshape(n, 3, 3, 1), _m_m_0[:, 76:91].reshape(n, 3, 5, 1), _m_m_0[:, 91:112].reshape(n, 3, 7, 1), _m_m_0[:, 112:133].reshape(n, 3, 7, 1), h[:, 128:288].reshape(n, 32, 5), _m_m_0[:, 133:138].reshape(n, 5, 1, 1), _m_m_0[:, 138:168].reshape(n, 5, 3, 2), _m_m_0[:, 168:218].reshape(n, 5, 5, 2), _m_m_0[:, 218:233].reshape(n, 5, 3, 1), _m_m_0[:, 233:283].reshape(n, 5, 5, 2), _m_m_0[:, 283:353].reshape(n, 5, 7, 2), _m_m_0[:, 353:388].reshape(n, 5, 7, 1), d2_d_w[:, 0:32].reshape(n, 1, 32), d_m[:, 0:32].reshape(n, 32, 1), d2_d_w[:, 32:64].reshape(n, 1, 32), d_m[:, 32:128].reshape(n, 32, 3), d2_d_w[:, 64:96].reshape(n, 1, 32), d_m[:, 128:288].reshape(n, 32, 5), d2_d_w[:, 96:128].reshape(n, 1, 32), d_m[:, 544:768].reshape(n, 32, 7), d2_d_w[:, 160:192].reshape(n, 1, 32), d2_d_w[:, 128:160].reshape(n, 32), d2_d_w[:, 256:288].reshape(n, 32), d2_d_w[:, 192:224].reshape(n, 32), d2_d_w[:, 352:384].reshape(n, 32), d2_d_w[:, 224:256].reshape(n, 1, 32), d_m[:, 288:384].reshape(n, 32, 3), d2_d_w[:, 288:320].reshape(n, 1, 32), d_m[:, 384:544].reshape(n, 32, 5), d2_d_w[:, 320:352].reshape(n, 1, 32), d2_d_w[:, 384:416].reshape(n, 1, 32), d_m[:, 768:992].reshape(n, 32, 7), d2_d_w[:, 544:576].reshape(n, 1, 32), d2_d_w[:, 448:480].reshape(n, 32), d2_d_w[:, 672:704].reshape(n, 32), d2_d_w[:, 416:448].reshape(n, 32), d2_d_w[:, 576:608].reshape(n, 32), d2_d_w[:, 608:640].reshape(n, 1, 32), d2_d_w[:, 480:512].reshape(n, 32), d2_d_w[:, 704:736].reshape(n, 32), d2_d_w[:, 512:544].reshape(n, 32), d2_d_w[:, 736:768].reshape(n, 32), d2_d_w[:, 640:672].reshape(n, 1, 32))
+    del _m_m_0
+    # ∂/∂sh: every path's (i, k) map at once: sh · G
+    _mm0 = torch.mm(d2__m_m_0, _g_m_0.permute(1, 0).reshape(388, 16)).view(n, 16)  # zc,jc->zj
+    del d2__m_m_0
+    d2_sh = weight.new_empty(n, 16)
+    _native.run('conv_tp_d2_w_s1', n, d2_sh, _mm0)
+    del _mm0
+    d2_w = weight.new_zeros(n, 768)
+    d2_weight = weight.new_zeros(0)
+    return [d2_h, d2_sh, d2_w, d2_d_m, d2_weight]
+
+
 def _conv_tp_d2_weight(
     h: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, d_m: torch.Tensor,
     d2_d_weight: torch.Tensor, weight: torch.Tensor, _g_m_0: torch.Tensor,
@@ -2160,12 +3223,12 @@ def _conv_tp_d2_weight(
 
 # conv_tp: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("conv_tp_d2_h", _conv_tp_d2_h, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={})
-_ops.register("conv_tp_d2_sh", _conv_tp_d2_sh, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={})
-_ops.register("conv_tp_d2_w", _conv_tp_d2_w, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={})
+_ops.register("conv_tp_d2_h", _conv_tp_d2_h, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, cpu=_conv_tp_d2_h_cpu)
+_ops.register("conv_tp_d2_sh", _conv_tp_d2_sh, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, cpu=_conv_tp_d2_sh_cpu)
+_ops.register("conv_tp_d2_w", _conv_tp_d2_w, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={}, cpu=_conv_tp_d2_w_cpu)
 _ops.register("conv_tp_d2_weight", _conv_tp_d2_weight, outputs=((288, True), (16, True), (768, True), (992, True), (0, False)), index_ranges={})
-_ops.register("conv_tp_d", _conv_tp_d, outputs=((288, True), (16, True), (768, True), (0, False)), index_ranges={}, backward=[_ops.conv_tp_d2_h, _ops.conv_tp_d2_sh, _ops.conv_tp_d2_w, _ops.conv_tp_d2_weight])
-_ops.register("conv_tp", _conv_tp, outputs=((992, True),), index_ranges={}, backward=[_ops.conv_tp_d], check_indices=True)
+_ops.register("conv_tp_d", _conv_tp_d, outputs=((288, True), (16, True), (768, True), (0, False)), index_ranges={}, backward=[_ops.conv_tp_d2_h, _ops.conv_tp_d2_sh, _ops.conv_tp_d2_w, _ops.conv_tp_d2_weight], cpu=_conv_tp_d_cpu)
+_ops.register("conv_tp", _conv_tp, outputs=((992, True),), index_ranges={}, backward=[_ops.conv_tp_d], check_indices=True, cpu=_conv_tp_cpu)
 
 
 def _elementwise_tp(
@@ -2244,6 +3307,80 @@ def _elementwise_tp(
         (c_6 + c_12).reshape(n, 48),
     ], dim=-1)
     del c_0, c_1, c_10, c_11, c_12, c_2, c_3, c_4, c_5, c_6, c_7, c_8, c_9
+    return [c]
+
+
+def _elementwise_tp_cpu(
+    a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor, cg_2_0_2: torch.Tensor,
+    cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """elementwise_tp on rows: a (n, 144), b (n, 144) -> c (n, 192)."""
+    n = a.shape[0]
+    _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
+    _c3 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
+    _c5 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
+    _c7 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
+    _c9 = torch.mm(cg_1_1_0.reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->ijku
+    _c8 = weight.new_empty(n, 144)
+    # 16x0e ⊗ 16x0e -> 16x0e
+    c_0 = weight.new_empty(n, 16, 1)
+    # 16x0e ⊗ 16x1o -> 16x1o
+    c_1 = weight.new_empty(n, 16, 3)
+    # 16x0e ⊗ 16x2e -> 16x2e
+    c_2 = weight.new_empty(n, 16, 5)
+    # 16x1o ⊗ 16x0e -> 16x1o
+    # 16x1o ⊗ 16x1o -> 16x0e
+    _native.run('elementwise_tp_s0', n, _c8, a[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1), _c1, c_0, b[:, 16:64].reshape(n, 16, 3), _c3, c_1, b[:, 64:144].reshape(n, 16, 5), _c5, c_2, a[:, 16:64].reshape(n, 16, 3), _c7)
+    del _c1, _c3, _c5, _c7
+    c_3 = torch.bmm((_c9 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c8.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    del _c9
+    # 16x1o ⊗ 16x1o -> 16x2e
+    _c10 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uijk
+    c_4 = torch.bmm((_c10 * 1.118033988749895).reshape(16, 9, 5).transpose(1, 2), _c8.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c10
+    # 16x1o ⊗ 16x1o -> 16x1e
+    _c11 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uijk
+    c_5 = torch.bmm((_c11 * 1.224744871391589).reshape(16, 9, 3).transpose(1, 2), _c8.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c11, _c8
+    _c13 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->uijk
+    _c12 = weight.new_empty(n, 240)
+    # 16x1o ⊗ 16x2e -> 16x1o
+    _native.run('elementwise_tp_s1', n, _c12, a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    c_6 = torch.bmm((_c13 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c12.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c12, _c13
+    _c15 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
+    _c17 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uijk
+    _c16 = weight.new_empty(n, 240)
+    # 16x2e ⊗ 16x0e -> 16x2e
+    c_7 = weight.new_empty(n, 16, 5)
+    # 16x2e ⊗ 16x1o -> 16x1o
+    _native.run('elementwise_tp_s2', n, _c16, a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), _c15, c_7, b[:, 16:64].reshape(n, 16, 3))
+    del _c15
+    c_8 = torch.bmm((_c17 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c16.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c16, _c17
+    _c19 = torch.mm(cg_2_2_0.reshape(25, 1), weight[160:176].view(16).reshape(1, 16)).view(5, 5, 1, 16)  # ijk,u->ijku
+    _c18 = weight.new_empty(n, 400)
+    # 16x2e ⊗ 16x2e -> 16x0e
+    _native.run('elementwise_tp_s3', n, _c18, a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
+    c_9 = torch.bmm((_c19 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c18.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    del _c19
+    # 16x2e ⊗ 16x2e -> 16x2e
+    _c20 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uijk
+    c_10 = torch.bmm((_c20 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c18.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c20
+    # 16x2e ⊗ 16x2e -> 16x1e
+    _c21 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->uijk
+    c_11 = torch.bmm((_c21 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c18.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c18, _c21
+    c = torch.cat([
+        (c_0 + c_3 + c_9).reshape(n, 16),
+        (c_1 + c_6 + c_8).reshape(n, 48),
+        (c_2 + c_4 + c_7 + c_10).reshape(n, 80),
+        (c_5 + c_11).reshape(n, 48),
+    ], dim=-1)
+    del c_0, c_1, c_10, c_11, c_2, c_3, c_4, c_5, c_6, c_7, c_8, c_9
     return [c]
 
 
@@ -2461,6 +3598,229 @@ def _elementwise_tp_d(
     return [d_a, d_b, d_weight]
 
 
+def _elementwise_tp_d_cpu(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor, cg_1_0_1: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor, cg_1_2_1: torch.Tensor,
+    cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor, cg_2_2_1: torch.Tensor,
+    cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of elementwise_tp: a (n, 144), b (n, 144), d_c (n, 192) -> d_a (n, 144), d_b (n, 144), d_weight (208,)."""
+    n = a.shape[0]
+    _c1 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.permute(0, 2, 1).reshape(75, 1).t()).view(16, 5, 3, 5)  # ijk,u->uikj
+    _c0 = weight.new_empty(n, 240)
+    # ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
+    _native.run('elementwise_tp_d_s0', n, _c0, d_c[:, 144:192].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    d_a_0 = torch.bmm((_c1 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 15, 5).transpose(1, 2), _c0.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c0
+    _c2 = weight.new_empty(n, 240)
+    # ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
+    _native.run('elementwise_tp_d_s1', n, _c2, d_c[:, 144:192].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
+    d_b_1 = torch.bmm((_c1 * 1.224744871391589).permute(0, 2, 1, 3).reshape(16, 15, 5).transpose(1, 2), _c2.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uikj->zuj
+    del _c1
+    # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
+    _c3 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c2.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 3, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c2
+    d_weight_2 = torch.mm((cg_2_2_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 75), _c3.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    del _c3
+    _c5 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.permute(0, 2, 1).reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uikj
+    _c4 = weight.new_empty(n, 400)
+    # ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
+    _native.run('elementwise_tp_d_s2', n, _c4, d_c[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
+    d_a_3 = torch.bmm((_c5 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 25, 5).transpose(1, 2), _c4.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uikj->zui
+    _c6 = weight.new_empty(n, 400)
+    # ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
+    _native.run('elementwise_tp_d_s3', n, _c6, d_c[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5))
+    d_b_4 = torch.bmm((_c5 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 25, 5).transpose(1, 2), _c6.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uikj->zuj
+    del _c5
+    # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
+    _c7 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c6.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    d_weight_5 = torch.mm((cg_2_2_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 125), _c7.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,ujik->u
+    del _c7
+    _c9 = torch.mm(weight[160:176].view(16).reshape(1, 16).t(), cg_2_2_0.reshape(25, 1).t()).view(16, 5, 5, 1)  # ijk,u->uijk
+    _c10 = weight.new_empty(n, 80)
+    # ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
+    d_a_6 = weight.new_empty(n, 16, 5)
+    # ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
+    d_b_7 = weight.new_empty(n, 16, 5)
+    _native.run('elementwise_tp_d_s4', n, _c10, d_c[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5), _c9, d_a_6, a[:, 64:144].reshape(n, 16, 5), d_b_7)
+    del _c9
+    # ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
+    _c11 = torch.bmm(_c10.reshape(n, 16, 1, 5).permute(1, 0, 3, 2).reshape(16, n, 5).transpose(1, 2), b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n).transpose(1, 2)).view(16, 5, 1, 5)  # zuj,zuki->uikj
+    del _c10
+    d_weight_8 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c11.permute(1, 3, 2, 0).reshape(25, 16)).view(16)  # ijk,uikj->u
+    del _c11
+    _c13 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.permute(0, 2, 1).reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uikj
+    _c12 = weight.new_empty(n, 144)
+    # ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
+    _native.run('elementwise_tp_d_s5', n, _c12, d_c[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    d_a_9 = torch.bmm((_c13 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 9, 5).transpose(1, 2), _c12.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zukj,uikj->zui
+    _c14 = weight.new_empty(n, 240)
+    # ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
+    _native.run('elementwise_tp_d_s6', n, _c14, d_c[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
+    d_b_10 = torch.bmm((_c13 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 15, 3).transpose(1, 2), _c14.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uikj->zuj
+    del _c13
+    # ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
+    _c15 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c14.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c14
+    d_weight_11 = torch.mm((cg_2_1_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c15.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c15
+    _c17 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
+    # ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
+    d_a_12 = weight.new_empty(n, 16, 5)
+    _native.run('elementwise_tp_d_s7', n, d_c[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), _c17, d_a_12)
+    # ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
+    d_b_13 = torch.bmm((_c17 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c6.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c17
+    # ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
+    _c18 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c6.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c6
+    d_weight_14 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c18.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    del _c18
+    _c20 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.permute(0, 2, 1).reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uikj
+    _c19 = weight.new_empty(n, 240)
+    # ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
+    _native.run('elementwise_tp_d_s8', n, _c19, d_c[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    d_a_15 = torch.bmm((_c20 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 15, 3).transpose(1, 2), _c19.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c19
+    _c21 = weight.new_empty(n, 144)
+    # ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
+    _native.run('elementwise_tp_d_s9', n, _c21, d_c[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
+    d_b_16 = torch.bmm((_c20 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 9, 5).transpose(1, 2), _c21.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuki,uikj->zuj
+    del _c20
+    # ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
+    _c22 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c21.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    d_weight_17 = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c22.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c22
+    _c24 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.permute(0, 2, 1).reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uikj
+    _c23 = weight.new_empty(n, 144)
+    # ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
+    _native.run('elementwise_tp_d_s10', n, _c23, d_c[:, 144:192].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    d_a_18 = torch.bmm((_c24 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 9, 3).transpose(1, 2), _c23.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c23
+    _c25 = weight.new_empty(n, 144)
+    # ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
+    _native.run('elementwise_tp_d_s11', n, _c25, d_c[:, 144:192].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
+    d_b_19 = torch.bmm((_c24 * 1.224744871391589).permute(0, 2, 1, 3).reshape(16, 9, 3).transpose(1, 2), _c25.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uikj->zuj
+    del _c24
+    # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
+    _c26 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c25.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c25
+    d_weight_20 = torch.mm((cg_1_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 27), _c26.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,ujik->u
+    del _c26
+    _c28 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.permute(0, 2, 1).reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->uikj
+    _c27 = weight.new_empty(n, 240)
+    # ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
+    _native.run('elementwise_tp_d_s12', n, _c27, d_c[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
+    d_a_21 = torch.bmm((_c28 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 15, 3).transpose(1, 2), _c27.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zukj,uikj->zui
+    del _c27
+    _c29 = weight.new_empty(n, 240)
+    # ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
+    _native.run('elementwise_tp_d_s13', n, _c29, d_c[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3))
+    d_b_22 = torch.bmm((_c28 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 15, 3).transpose(1, 2), _c29.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuki,uikj->zuj
+    del _c28
+    # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
+    _c30 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c29.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c29
+    d_weight_23 = torch.mm((cg_1_1_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 45), _c30.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c30
+    _c32 = torch.mm(weight[64:80].view(16).reshape(1, 16).t(), cg_1_1_0.reshape(9, 1).t()).view(16, 3, 3, 1)  # ijk,u->uijk
+    _c33 = weight.new_empty(n, 48)
+    # ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
+    d_a_24 = weight.new_empty(n, 16, 3)
+    # ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
+    d_b_25 = weight.new_empty(n, 16, 3)
+    _native.run('elementwise_tp_d_s14', n, _c33, d_c[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3), _c32, d_a_24, a[:, 16:64].reshape(n, 16, 3), d_b_25)
+    del _c32
+    # ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
+    _c34 = torch.bmm(_c33.reshape(n, 16, 1, 3).permute(1, 0, 3, 2).reshape(16, n, 3).transpose(1, 2), b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n).transpose(1, 2)).view(16, 3, 1, 3)  # zuj,zuki->uikj
+    del _c33
+    d_weight_26 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c34.permute(1, 3, 2, 0).reshape(9, 16)).view(16)  # ijk,uikj->u
+    del _c34
+    _c36 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
+    # ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
+    d_a_27 = weight.new_empty(n, 16, 3)
+    _native.run('elementwise_tp_d_s15', n, d_c[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1), _c36, d_a_27)
+    # ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
+    d_b_28 = torch.bmm((_c36 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c21.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuki,uijk->zuj
+    del _c36
+    # ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
+    _c37 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c21.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3).permute(0, 1, 3, 2)  # zuj,zuki->ujik
+    del _c21
+    d_weight_29 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c37.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    del _c37
+    # ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
+    _c38 = torch.mm(cg_0_2_2.permute(0, 2, 1).reshape(25, 1), weight[32:48].view(16).reshape(1, 16)).view(1, 5, 5, 16)  # ijk,u->ikju
+    d_a_30 = torch.bmm((_c38 * 1.118033988749895).permute(3, 1, 2, 0).reshape(16, 25, 1).transpose(1, 2), _c4.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,ikju->zui
+    del _c4
+    _c39 = weight.new_empty(n, 80)
+    # ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
+    d_b_31 = weight.new_empty(n, 16, 5)
+    _native.run('elementwise_tp_d_s16', n, _c39, d_c[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1), _c38, d_b_31)
+    del _c38
+    # ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
+    _c40 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c39.reshape(n, 16, 5, 1).permute(1, 0, 3, 2).reshape(16, n, 5)).view(16, 5, 1, 5)  # zuj,zuki->ujik
+    del _c39
+    d_weight_32 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c40.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    del _c40
+    # ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
+    _c41 = torch.mm(cg_0_1_1.permute(0, 2, 1).reshape(9, 1), weight[16:32].view(16).reshape(1, 16)).view(1, 3, 3, 16)  # ijk,u->ikju
+    d_a_33 = torch.bmm((_c41 * 0.8660254037844386).permute(3, 1, 2, 0).reshape(16, 9, 1).transpose(1, 2), _c12.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zukj,ikju->zui
+    del _c12
+    _c42 = weight.new_empty(n, 48)
+    # ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
+    d_b_34 = weight.new_empty(n, 16, 3)
+    _native.run('elementwise_tp_d_s17', n, _c42, d_c[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1), _c41, d_b_34)
+    del _c41
+    # ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
+    _c43 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c42.reshape(n, 16, 3, 1).permute(1, 0, 3, 2).reshape(16, n, 3)).view(16, 3, 1, 3)  # zuj,zuki->ujik
+    del _c42
+    d_weight_35 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c43.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    del _c43
+    _c45 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
+    _c46 = weight.new_empty(n, 16)
+    # ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
+    d_a_36 = weight.new_empty(n, 16, 1)
+    # ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
+    d_b_37 = weight.new_empty(n, 16, 1)
+    _native.run('elementwise_tp_d_s18', n, _c46, d_c[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1), _c45, d_a_36, a[:, 0:16].reshape(n, 16, 1), d_b_37)
+    del _c45
+    # ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
+    _c47 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c46.reshape(n, 16, 1, 1).permute(1, 0, 3, 2).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuki->ujik
+    del _c46
+    d_weight_38 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c47.permute(2, 1, 3, 0).reshape(1, 16)).view(16)  # ijk,ujik->u
+    del _c47
+    d_a = torch.cat([
+        (d_a_30 + d_a_33 + d_a_36).reshape(n, 16),
+        (d_a_15 + d_a_18 + d_a_21 + d_a_24 + d_a_27).reshape(n, 48),
+        (d_a_0 + d_a_3 + d_a_6 + d_a_9 + d_a_12).reshape(n, 80),
+    ], dim=-1)
+    del d_a_0, d_a_12, d_a_15, d_a_18, d_a_21, d_a_24, d_a_27, d_a_3, d_a_30, d_a_33, d_a_36, d_a_6, d_a_9
+    d_b = torch.cat([
+        (d_b_13 + d_b_28 + d_b_37).reshape(n, 16),
+        (d_b_10 + d_b_19 + d_b_22 + d_b_25 + d_b_34).reshape(n, 48),
+        (d_b_1 + d_b_4 + d_b_7 + d_b_16 + d_b_31).reshape(n, 80),
+    ], dim=-1)
+    del d_b_1, d_b_10, d_b_13, d_b_16, d_b_19, d_b_22, d_b_25, d_b_28, d_b_31, d_b_34, d_b_37, d_b_4, d_b_7
+    d_weight = torch.cat([
+        d_weight_38.reshape(16),
+        d_weight_35.reshape(16),
+        d_weight_32.reshape(16),
+        d_weight_29.reshape(16),
+        d_weight_26.reshape(16),
+        d_weight_23.reshape(16),
+        d_weight_20.reshape(16),
+        d_weight_17.reshape(16),
+        d_weight_14.reshape(16),
+        d_weight_11.reshape(16),
+        d_weight_8.reshape(16),
+        d_weight_5.reshape(16),
+        d_weight_2.reshape(16),
+    ], dim=-1)
+    del d_weight_11, d_weight_14, d_weight_17, d_weight_2, d_weight_20, d_weight_23, d_weight_26, d_weight_29, d_weight_32, d_weight_35, d_weight_38, d_weight_5, d_weight_8
+    return [d_a, d_b, d_weight]
+
+
 def _elementwise_tp_d2_a(
     a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_a: torch.Tensor,
     weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
@@ -2637,6 +3997,223 @@ def _elementwise_tp_d2_a(
     del _c43
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
     _c45 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c44.permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 5, 3)  # zuj,zuik->ujik
+    del _c44
+    d2_weight_38 = torch.mm((cg_2_2_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 75), _c45.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
+    del _c45
+    d2_a = weight.new_zeros(n, 144)
+    d2_b = torch.cat([
+        (d2_b_1 + d2_b_10 + d2_b_25).reshape(n, 16),
+        (d2_b_4 + d2_b_13 + d2_b_16 + d2_b_19 + d2_b_28).reshape(n, 48),
+        (d2_b_7 + d2_b_22 + d2_b_31 + d2_b_34 + d2_b_37).reshape(n, 80),
+    ], dim=-1)
+    del d2_b_1, d2_b_10, d2_b_13, d2_b_16, d2_b_19, d2_b_22, d2_b_25, d2_b_28, d2_b_31, d2_b_34, d2_b_37, d2_b_4, d2_b_7
+    d2_d_c = torch.cat([
+        (d2_d_c_0 + d2_d_c_12 + d2_d_c_30).reshape(n, 16),
+        (d2_d_c_3 + d2_d_c_9 + d2_d_c_21 + d2_d_c_27).reshape(n, 48),
+        (d2_d_c_6 + d2_d_c_15 + d2_d_c_24 + d2_d_c_33).reshape(n, 80),
+        (d2_d_c_18 + d2_d_c_36).reshape(n, 48),
+    ], dim=-1)
+    del d2_d_c_0, d2_d_c_12, d2_d_c_15, d2_d_c_18, d2_d_c_21, d2_d_c_24, d2_d_c_27, d2_d_c_3, d2_d_c_30, d2_d_c_33, d2_d_c_36, d2_d_c_6, d2_d_c_9
+    d2_weight = torch.cat([
+        d2_weight_2.reshape(16),
+        d2_weight_5.reshape(16),
+        d2_weight_8.reshape(16),
+        d2_weight_11.reshape(16),
+        d2_weight_14.reshape(16),
+        d2_weight_17.reshape(16),
+        d2_weight_20.reshape(16),
+        d2_weight_23.reshape(16),
+        d2_weight_26.reshape(16),
+        d2_weight_29.reshape(16),
+        d2_weight_32.reshape(16),
+        d2_weight_35.reshape(16),
+        d2_weight_38.reshape(16),
+    ], dim=-1)
+    del d2_weight_11, d2_weight_14, d2_weight_17, d2_weight_2, d2_weight_20, d2_weight_23, d2_weight_26, d2_weight_29, d2_weight_32, d2_weight_35, d2_weight_38, d2_weight_5, d2_weight_8
+    return [d2_a, d2_b, d2_d_c, d2_weight]
+
+
+def _elementwise_tp_d2_a_cpu(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_a: torch.Tensor,
+    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
+    cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor,
+    cg_1_2_1: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor,
+    cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_a: a (n, 144), b (n, 144), d_c (n, 192), d2_d_a (n, 144) -> d2_a (n, 144), d2_b (n, 144), d2_d_c (n, 192), d2_weight (208,)."""
+    n = a.shape[0]
+    _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
+    _c2 = weight.new_empty(n, 16)
+    # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
+    d2_d_c_0 = weight.new_empty(n, 16, 1)
+    # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
+    d2_b_1 = weight.new_empty(n, 16, 1)
+    _native.run('elementwise_tp_d2_a_s0', n, _c2, d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1), _c1, d2_d_c_0, d_c[:, 0:16].reshape(n, 16, 1), d2_b_1)
+    del _c1
+    # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e
+    _c3 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c2.reshape(n, 16, 1, 1).permute(1, 0, 2, 3).reshape(16, n, 1)).view(16, 1, 1, 1)  # zuj,zuik->ujik
+    del _c2
+    d2_weight_2 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c3.permute(2, 1, 3, 0).reshape(1, 16)).view(16)  # ijk,ujik->u
+    del _c3
+    _c5 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
+    _c6 = weight.new_empty(n, 48)
+    # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
+    d2_d_c_3 = weight.new_empty(n, 16, 3)
+    # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
+    d2_b_4 = weight.new_empty(n, 16, 3)
+    _native.run('elementwise_tp_d2_a_s1', n, _c6, d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3), _c5, d2_d_c_3, d_c[:, 16:64].reshape(n, 16, 3), d2_b_4)
+    del _c5
+    # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o
+    _c7 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c6.reshape(n, 16, 1, 3).permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 1, 3)  # zuj,zuik->ujik
+    del _c6
+    d2_weight_5 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c7.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    del _c7
+    _c9 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
+    _c10 = weight.new_empty(n, 80)
+    # ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
+    d2_d_c_6 = weight.new_empty(n, 16, 5)
+    # ∂/∂b: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
+    d2_b_7 = weight.new_empty(n, 16, 5)
+    _native.run('elementwise_tp_d2_a_s2', n, _c10, d2_d_a[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5), _c9, d2_d_c_6, d_c[:, 64:144].reshape(n, 16, 5), d2_b_7)
+    del _c9
+    # ∂/∂weight: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e
+    _c11 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c10.reshape(n, 16, 1, 5).permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 1, 5)  # zuj,zuik->ujik
+    del _c10
+    d2_weight_8 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c11.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    del _c11
+    _c13 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
+    _c14 = weight.new_empty(n, 144)
+    # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
+    d2_d_c_9 = weight.new_empty(n, 16, 3)
+    # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
+    _native.run('elementwise_tp_d2_a_s3', n, _c14, d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1), _c13, d2_d_c_9, d_c[:, 16:64].reshape(n, 16, 3))
+    d2_b_10 = torch.bmm((_c13 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 1).transpose(1, 2), _c14.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c13
+    # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o
+    _c15 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c14.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3)  # zuj,zuik->ujik
+    d2_weight_11 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c15.permute(2, 1, 3, 0).reshape(9, 16)).view(16)  # ijk,ujik->u
+    del _c15
+    _c17 = torch.mm(cg_1_1_0.reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->ijku
+    _c16 = weight.new_empty(n, 144)
+    # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
+    _native.run('elementwise_tp_d2_a_s4', n, _c16, d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    d2_d_c_12 = torch.bmm((_c17 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c16.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    _c18 = weight.new_empty(n, 48)
+    # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
+    d2_b_13 = weight.new_empty(n, 16, 3)
+    _native.run('elementwise_tp_d2_a_s5', n, _c18, d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 0:16].reshape(n, 16, 1), _c17, d2_b_13)
+    del _c17
+    # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e
+    _c19 = torch.bmm(_c18.reshape(n, 16, 3, 1).permute(1, 0, 2, 3).reshape(16, n, 3).transpose(1, 2), b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n).transpose(1, 2)).view(16, 3, 1, 3)  # zuj,zuik->uikj
+    del _c18
+    d2_weight_14 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c19.permute(1, 3, 2, 0).reshape(9, 16)).view(16)  # ijk,uikj->u
+    del _c19
+    # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
+    _c20 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->uijk
+    d2_d_c_15 = torch.bmm((_c20 * 1.118033988749895).reshape(16, 9, 5).transpose(1, 2), _c16.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    _c21 = weight.new_empty(n, 240)
+    # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
+    _native.run('elementwise_tp_d2_a_s6', n, _c21, d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 64:144].reshape(n, 16, 5))
+    d2_b_16 = torch.bmm((_c20 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c21.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c20
+    # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e
+    _c22 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c21.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5)  # zuj,zuik->ujik
+    del _c21
+    d2_weight_17 = torch.mm((cg_1_1_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 45), _c22.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c22
+    # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
+    _c23 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->uijk
+    d2_d_c_18 = torch.bmm((_c23 * 1.224744871391589).reshape(16, 9, 3).transpose(1, 2), _c16.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c16
+    _c24 = weight.new_empty(n, 144)
+    # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
+    _native.run('elementwise_tp_d2_a_s7', n, _c24, d2_d_a[:, 16:64].reshape(n, 16, 3), d_c[:, 144:192].reshape(n, 16, 3))
+    d2_b_19 = torch.bmm((_c23 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 9, 3).transpose(1, 2), _c24.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c23
+    # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e
+    _c25 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c24.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3)  # zuj,zuik->ujik
+    del _c24
+    d2_weight_20 = torch.mm((cg_1_1_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 27), _c25.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,ujik->u
+    del _c25
+    _c27 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->uijk
+    _c26 = weight.new_empty(n, 240)
+    # ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
+    _native.run('elementwise_tp_d2_a_s8', n, _c26, d2_d_a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    d2_d_c_21 = torch.bmm((_c27 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c26.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c26
+    # ∂/∂b: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
+    d2_b_22 = torch.bmm((_c27 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 5).transpose(1, 2), _c14.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c27
+    # ∂/∂weight: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o
+    _c28 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c14.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3)  # zuj,zuik->ujik
+    del _c14
+    d2_weight_23 = torch.mm((cg_1_2_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c28.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c28
+    _c30 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
+    _c31 = weight.new_empty(n, 400)
+    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
+    d2_d_c_24 = weight.new_empty(n, 16, 5)
+    # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
+    _native.run('elementwise_tp_d2_a_s9', n, _c31, d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), _c30, d2_d_c_24, d_c[:, 64:144].reshape(n, 16, 5))
+    d2_b_25 = torch.bmm((_c30 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 1).transpose(1, 2), _c31.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c30
+    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e
+    _c32 = torch.bmm(b[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c31.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5)  # zuj,zuik->ujik
+    d2_weight_26 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c32.permute(2, 1, 3, 0).reshape(25, 16)).view(16)  # ijk,ujik->u
+    del _c32
+    _c34 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->uijk
+    _c33 = weight.new_empty(n, 240)
+    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
+    _native.run('elementwise_tp_d2_a_s10', n, _c33, d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
+    d2_d_c_27 = torch.bmm((_c34 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c33.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c33
+    _c35 = weight.new_empty(n, 240)
+    # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
+    _native.run('elementwise_tp_d2_a_s11', n, _c35, d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 16:64].reshape(n, 16, 3))
+    d2_b_28 = torch.bmm((_c34 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c35.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c34
+    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o
+    _c36 = torch.bmm(b[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c35.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3)  # zuj,zuik->ujik
+    del _c35
+    d2_weight_29 = torch.mm((cg_2_1_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c36.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
+    del _c36
+    _c38 = torch.mm(cg_2_2_0.reshape(25, 1), weight[160:176].view(16).reshape(1, 16)).view(5, 5, 1, 16)  # ijk,u->ijku
+    _c37 = weight.new_empty(n, 400)
+    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
+    _native.run('elementwise_tp_d2_a_s12', n, _c37, d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
+    d2_d_c_30 = torch.bmm((_c38 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c37.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
+    _c39 = weight.new_empty(n, 80)
+    # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
+    d2_b_31 = weight.new_empty(n, 16, 5)
+    _native.run('elementwise_tp_d2_a_s13', n, _c39, d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 0:16].reshape(n, 16, 1), _c38, d2_b_31)
+    del _c38
+    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
+    _c40 = torch.bmm(_c39.reshape(n, 16, 5, 1).permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2), b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n).transpose(1, 2)).view(16, 5, 1, 5)  # zuj,zuik->uikj
+    del _c39
+    d2_weight_32 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c40.permute(1, 3, 2, 0).reshape(25, 16)).view(16)  # ijk,uikj->u
+    del _c40
+    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
+    _c41 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uijk
+    d2_d_c_33 = torch.bmm((_c41 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c37.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
+    d2_b_34 = torch.bmm((_c41 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 5).transpose(1, 2), _c31.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c41
+    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
+    _c42 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c31.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5)  # zuj,zuik->ujik
+    del _c31
+    d2_weight_35 = torch.mm((cg_2_2_2 * 1.118033988749895).permute(1, 0, 2).reshape(1, 125), _c42.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,ujik->u
+    del _c42
+    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
+    _c43 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->uijk
+    d2_d_c_36 = torch.bmm((_c43 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c37.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c37
+    _c44 = weight.new_empty(n, 240)
+    # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
+    _native.run('elementwise_tp_d2_a_s14', n, _c44, d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3))
+    d2_b_37 = torch.bmm((_c43 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 15, 5).transpose(1, 2), _c44.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
+    del _c43
+    # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
+    _c45 = torch.bmm(b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c44.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 5, 3)  # zuj,zuik->ujik
     del _c44
     d2_weight_38 = torch.mm((cg_2_2_1 * 1.224744871391589).permute(1, 0, 2).reshape(1, 75), _c45.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,ujik->u
     del _c45
@@ -2885,6 +4462,223 @@ def _elementwise_tp_d2_b(
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
+def _elementwise_tp_d2_b_cpu(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_b: torch.Tensor,
+    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
+    cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor,
+    cg_1_2_1: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor,
+    cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_b: a (n, 144), b (n, 144), d_c (n, 192), d2_d_b (n, 144) -> d2_a (n, 144), d2_b (n, 144), d2_d_c (n, 192), d2_weight (208,)."""
+    n = a.shape[0]
+    _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:16].view(16).reshape(1, 16)).view(1, 1, 1, 16)  # ijk,u->ijku
+    _c2 = weight.new_empty(n, 16)
+    # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
+    d2_d_c_0 = weight.new_empty(n, 16, 1)
+    # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
+    d2_a_1 = weight.new_empty(n, 16, 1)
+    _native.run('elementwise_tp_d2_b_s0', n, _c2, d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 0:16].reshape(n, 16, 1), _c1, d2_d_c_0, d_c[:, 0:16].reshape(n, 16, 1), d2_a_1)
+    del _c1
+    # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e
+    _c3 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c2.reshape(n, 16, 1, 1).permute(1, 0, 2, 3).reshape(16, n, 1)).view(16, 1, 1, 1)  # zui,zujk->uijk
+    del _c2
+    d2_weight_2 = torch.mm((cg_0_0_0 * 0.5773502691896257).reshape(1, 1), _c3.permute(1, 2, 3, 0).reshape(1, 16)).view(16)  # ijk,uijk->u
+    del _c3
+    _c5 = torch.mm(weight[16:32].view(16).reshape(1, 16).t(), cg_0_1_1.reshape(9, 1).t()).view(16, 1, 3, 3)  # ijk,u->uijk
+    _c6 = weight.new_empty(n, 144)
+    # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
+    d2_d_c_3 = weight.new_empty(n, 16, 3)
+    # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
+    _native.run('elementwise_tp_d2_b_s1', n, _c6, d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1), _c5, d2_d_c_3, d_c[:, 16:64].reshape(n, 16, 3))
+    d2_a_4 = torch.bmm((_c5 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 9, 1).transpose(1, 2), _c6.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zujk,uijk->zui
+    del _c5
+    # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o
+    _c7 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c6.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 1, 3, 3)  # zui,zujk->uijk
+    d2_weight_5 = torch.mm((cg_0_1_1 * 0.8660254037844386).reshape(1, 9), _c7.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
+    del _c7
+    _c9 = torch.mm(weight[32:48].view(16).reshape(1, 16).t(), cg_0_2_2.reshape(25, 1).t()).view(16, 1, 5, 5)  # ijk,u->uijk
+    _c10 = weight.new_empty(n, 400)
+    # ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
+    d2_d_c_6 = weight.new_empty(n, 16, 5)
+    # ∂/∂a: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
+    _native.run('elementwise_tp_d2_b_s2', n, _c10, d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1), _c9, d2_d_c_6, d_c[:, 64:144].reshape(n, 16, 5))
+    d2_a_7 = torch.bmm((_c9 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 25, 1).transpose(1, 2), _c10.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zujk,uijk->zui
+    del _c9
+    # ∂/∂weight: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e
+    _c11 = torch.bmm(a[:, 0:16].reshape(n, 16, 1).permute(1, 2, 0).reshape(16, 1, n), _c10.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 1, 5, 5)  # zui,zujk->uijk
+    d2_weight_8 = torch.mm((cg_0_2_2 * 1.118033988749895).reshape(1, 25), _c11.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
+    del _c11
+    _c13 = torch.mm(weight[48:64].view(16).reshape(1, 16).t(), cg_1_0_1.reshape(9, 1).t()).view(16, 3, 1, 3)  # ijk,u->uijk
+    _c14 = weight.new_empty(n, 48)
+    # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
+    d2_d_c_9 = weight.new_empty(n, 16, 3)
+    # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
+    d2_a_10 = weight.new_empty(n, 16, 3)
+    _native.run('elementwise_tp_d2_b_s3', n, _c14, d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 16:64].reshape(n, 16, 3), _c13, d2_d_c_9, d_c[:, 16:64].reshape(n, 16, 3), d2_a_10)
+    del _c13
+    # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o
+    _c15 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c14.reshape(n, 16, 1, 3).permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 1, 3)  # zui,zujk->uijk
+    del _c14
+    d2_weight_11 = torch.mm((cg_1_0_1 * 0.8660254037844386).reshape(1, 9), _c15.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
+    del _c15
+    _c17 = torch.mm(cg_1_1_0.permute(1, 0, 2).reshape(9, 1), weight[64:80].view(16).reshape(1, 16)).view(3, 3, 1, 16)  # ijk,u->jiku
+    _c16 = weight.new_empty(n, 144)
+    # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
+    _native.run('elementwise_tp_d2_b_s4', n, _c16, d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
+    d2_d_c_12 = torch.bmm((_c17 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 9, 1).transpose(1, 2), _c16.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuji,jiku->zuk
+    _c18 = weight.new_empty(n, 48)
+    # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
+    d2_a_13 = weight.new_empty(n, 16, 3)
+    _native.run('elementwise_tp_d2_b_s5', n, _c18, d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 0:16].reshape(n, 16, 1), _c17, d2_a_13)
+    del _c17
+    # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e
+    _c19 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c18.reshape(n, 16, 3, 1).permute(1, 0, 2, 3).reshape(16, n, 3)).view(16, 3, 3, 1)  # zui,zujk->uijk
+    del _c18
+    d2_weight_14 = torch.mm((cg_1_1_0 * 0.5773502691896257).reshape(1, 9), _c19.permute(1, 2, 3, 0).reshape(9, 16)).view(16)  # ijk,uijk->u
+    del _c19
+    # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
+    _c20 = torch.mm(weight[80:96].view(16).reshape(1, 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(45, 1).t()).view(16, 3, 3, 5)  # ijk,u->ujik
+    d2_d_c_15 = torch.bmm((_c20 * 1.118033988749895).reshape(16, 9, 5).transpose(1, 2), _c16.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    _c21 = weight.new_empty(n, 240)
+    # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
+    _native.run('elementwise_tp_d2_b_s6', n, _c21, d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 64:144].reshape(n, 16, 5))
+    d2_a_16 = torch.bmm((_c20 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c21.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,ujik->zui
+    del _c20
+    # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e
+    _c22 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c21.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 3, 5)  # zui,zujk->uijk
+    del _c21
+    d2_weight_17 = torch.mm((cg_1_1_2 * 1.118033988749895).reshape(1, 45), _c22.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    del _c22
+    # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
+    _c23 = torch.mm(weight[96:112].view(16).reshape(1, 16).t(), cg_1_1_1.permute(1, 0, 2).reshape(27, 1).t()).view(16, 3, 3, 3)  # ijk,u->ujik
+    d2_d_c_18 = torch.bmm((_c23 * 1.224744871391589).reshape(16, 9, 3).transpose(1, 2), _c16.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    del _c16
+    _c24 = weight.new_empty(n, 144)
+    # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
+    _native.run('elementwise_tp_d2_b_s7', n, _c24, d2_d_b[:, 16:64].reshape(n, 16, 3), d_c[:, 144:192].reshape(n, 16, 3))
+    d2_a_19 = torch.bmm((_c23 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 9, 3).transpose(1, 2), _c24.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,ujik->zui
+    del _c23
+    # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e
+    _c25 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c24.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 3, 3, 3)  # zui,zujk->uijk
+    del _c24
+    d2_weight_20 = torch.mm((cg_1_1_1 * 1.224744871391589).reshape(1, 27), _c25.permute(1, 2, 3, 0).reshape(27, 16)).view(16)  # ijk,uijk->u
+    del _c25
+    _c27 = torch.mm(weight[112:128].view(16).reshape(1, 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(45, 1).t()).view(16, 5, 3, 3)  # ijk,u->ujik
+    _c26 = weight.new_empty(n, 240)
+    # ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
+    _native.run('elementwise_tp_d2_b_s8', n, _c26, d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3))
+    d2_d_c_21 = torch.bmm((_c27 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c26.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    del _c26
+    _c28 = weight.new_empty(n, 240)
+    # ∂/∂a: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
+    _native.run('elementwise_tp_d2_b_s9', n, _c28, d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 16:64].reshape(n, 16, 3))
+    d2_a_22 = torch.bmm((_c27 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 15, 3).transpose(1, 2), _c28.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zujk,ujik->zui
+    del _c27
+    # ∂/∂weight: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o
+    _c29 = torch.bmm(a[:, 16:64].reshape(n, 16, 3).permute(1, 2, 0).reshape(16, 3, n), _c28.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 3, 5, 3)  # zui,zujk->uijk
+    del _c28
+    d2_weight_23 = torch.mm((cg_1_2_1 * 0.8660254037844386).reshape(1, 45), _c29.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    del _c29
+    _c31 = torch.mm(weight[128:144].view(16).reshape(1, 16).t(), cg_2_0_2.reshape(25, 1).t()).view(16, 5, 1, 5)  # ijk,u->uijk
+    _c32 = weight.new_empty(n, 80)
+    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
+    d2_d_c_24 = weight.new_empty(n, 16, 5)
+    # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
+    d2_a_25 = weight.new_empty(n, 16, 5)
+    _native.run('elementwise_tp_d2_b_s10', n, _c32, d2_d_b[:, 0:16].reshape(n, 16, 1), a[:, 64:144].reshape(n, 16, 5), _c31, d2_d_c_24, d_c[:, 64:144].reshape(n, 16, 5), d2_a_25)
+    del _c31
+    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e
+    _c33 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c32.reshape(n, 16, 1, 5).permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 1, 5)  # zui,zujk->uijk
+    del _c32
+    d2_weight_26 = torch.mm((cg_2_0_2 * 1.118033988749895).reshape(1, 25), _c33.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
+    del _c33
+    _c35 = torch.mm(weight[144:160].view(16).reshape(1, 16).t(), cg_2_1_1.permute(1, 0, 2).reshape(45, 1).t()).view(16, 3, 5, 3)  # ijk,u->ujik
+    _c34 = weight.new_empty(n, 240)
+    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
+    _native.run('elementwise_tp_d2_b_s11', n, _c34, d2_d_b[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
+    d2_d_c_27 = torch.bmm((_c35 * 0.8660254037844386).reshape(16, 15, 3).transpose(1, 2), _c34.reshape(n, 16, 3, 5).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    del _c34
+    # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
+    d2_a_28 = torch.bmm((_c35 * 0.8660254037844386).permute(0, 1, 3, 2).reshape(16, 9, 5).transpose(1, 2), _c6.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,ujik->zui
+    del _c35
+    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o
+    _c36 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c6.reshape(n, 16, 3, 3).permute(1, 0, 2, 3).reshape(16, n, 9)).view(16, 5, 3, 3)  # zui,zujk->uijk
+    del _c6
+    d2_weight_29 = torch.mm((cg_2_1_1 * 0.8660254037844386).reshape(1, 45), _c36.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
+    del _c36
+    _c38 = torch.mm(cg_2_2_0.permute(1, 0, 2).reshape(25, 1), weight[160:176].view(16).reshape(1, 16)).view(5, 5, 1, 16)  # ijk,u->jiku
+    _c37 = weight.new_empty(n, 400)
+    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
+    _native.run('elementwise_tp_d2_b_s12', n, _c37, d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5))
+    d2_d_c_30 = torch.bmm((_c38 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c37.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuji,jiku->zuk
+    _c39 = weight.new_empty(n, 80)
+    # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
+    d2_a_31 = weight.new_empty(n, 16, 5)
+    _native.run('elementwise_tp_d2_b_s13', n, _c39, d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 0:16].reshape(n, 16, 1), _c38, d2_a_31)
+    del _c38
+    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
+    _c40 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c39.reshape(n, 16, 5, 1).permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 5, 1)  # zui,zujk->uijk
+    del _c39
+    d2_weight_32 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c40.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
+    del _c40
+    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
+    _c41 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->ujik
+    d2_d_c_33 = torch.bmm((_c41 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c37.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
+    d2_a_34 = torch.bmm((_c41 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 5).transpose(1, 2), _c10.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,ujik->zui
+    del _c41
+    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
+    _c42 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c10.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25)).view(16, 5, 5, 5)  # zui,zujk->uijk
+    del _c10
+    d2_weight_35 = torch.mm((cg_2_2_2 * 1.118033988749895).reshape(1, 125), _c42.permute(1, 2, 3, 0).reshape(125, 16)).view(16)  # ijk,uijk->u
+    del _c42
+    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
+    _c43 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->ujik
+    d2_d_c_36 = torch.bmm((_c43 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c37.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    del _c37
+    _c44 = weight.new_empty(n, 240)
+    # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
+    _native.run('elementwise_tp_d2_b_s14', n, _c44, d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3))
+    d2_a_37 = torch.bmm((_c43 * 1.224744871391589).permute(0, 1, 3, 2).reshape(16, 15, 5).transpose(1, 2), _c44.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,ujik->zui
+    del _c43
+    # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
+    _c45 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c44.reshape(n, 16, 5, 3).permute(1, 0, 2, 3).reshape(16, n, 15)).view(16, 5, 5, 3)  # zui,zujk->uijk
+    del _c44
+    d2_weight_38 = torch.mm((cg_2_2_1 * 1.224744871391589).reshape(1, 75), _c45.permute(1, 2, 3, 0).reshape(75, 16)).view(16)  # ijk,uijk->u
+    del _c45
+    d2_a = torch.cat([
+        (d2_a_1 + d2_a_4 + d2_a_7).reshape(n, 16),
+        (d2_a_10 + d2_a_13 + d2_a_16 + d2_a_19 + d2_a_22).reshape(n, 48),
+        (d2_a_25 + d2_a_28 + d2_a_31 + d2_a_34 + d2_a_37).reshape(n, 80),
+    ], dim=-1)
+    del d2_a_1, d2_a_10, d2_a_13, d2_a_16, d2_a_19, d2_a_22, d2_a_25, d2_a_28, d2_a_31, d2_a_34, d2_a_37, d2_a_4, d2_a_7
+    d2_b = weight.new_zeros(n, 144)
+    d2_d_c = torch.cat([
+        (d2_d_c_0 + d2_d_c_12 + d2_d_c_30).reshape(n, 16),
+        (d2_d_c_3 + d2_d_c_9 + d2_d_c_21 + d2_d_c_27).reshape(n, 48),
+        (d2_d_c_6 + d2_d_c_15 + d2_d_c_24 + d2_d_c_33).reshape(n, 80),
+        (d2_d_c_18 + d2_d_c_36).reshape(n, 48),
+    ], dim=-1)
+    del d2_d_c_0, d2_d_c_12, d2_d_c_15, d2_d_c_18, d2_d_c_21, d2_d_c_24, d2_d_c_27, d2_d_c_3, d2_d_c_30, d2_d_c_33, d2_d_c_36, d2_d_c_6, d2_d_c_9
+    d2_weight = torch.cat([
+        d2_weight_2.reshape(16),
+        d2_weight_5.reshape(16),
+        d2_weight_8.reshape(16),
+        d2_weight_11.reshape(16),
+        d2_weight_14.reshape(16),
+        d2_weight_17.reshape(16),
+        d2_weight_20.reshape(16),
+        d2_weight_23.reshape(16),
+        d2_weight_26.reshape(16),
+        d2_weight_29.reshape(16),
+        d2_weight_32.reshape(16),
+        d2_weight_35.reshape(16),
+        d2_weight_38.reshape(16),
+    ], dim=-1)
+    del d2_weight_11, d2_weight_14, d2_weight_17, d2_weight_2, d2_weight_20, d2_weight_23, d2_weight_26, d2_weight_29, d2_weight_32, d2_weight_35, d2_weight_38, d2_weight_5, d2_weight_8
+    return [d2_a, d2_b, d2_d_c, d2_weight]
+
+
 def _elementwise_tp_d2_weight(
     a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_weight: torch.Tensor,
     weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
@@ -3072,13 +4866,192 @@ def _elementwise_tp_d2_weight(
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
+def _elementwise_tp_d2_weight_cpu(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_weight: torch.Tensor,
+    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_0_2_2: torch.Tensor,
+    cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor, cg_1_1_2: torch.Tensor,
+    cg_1_2_1: torch.Tensor, cg_2_0_2: torch.Tensor, cg_2_1_1: torch.Tensor, cg_2_2_0: torch.Tensor,
+    cg_2_2_1: torch.Tensor, cg_2_2_2: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of elementwise_tp_d for the cotangent of d_weight: a (n, 144), b (n, 144), d_c (n, 192), d2_d_weight (208,) -> d2_a (n, 144), d2_b (n, 144), d2_d_c (n, 192), d2_weight (208,)."""
+    n = a.shape[0]
+    # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
+    _c0 = torch.mm(d2_d_weight[0:16].view(16).reshape(16, 1), cg_0_0_0.reshape(1, 1)).view(16, 1, 1, 1)  # u,ijk->uijk
+    # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
+    _c4 = torch.mm(d2_d_weight[16:32].view(16).reshape(16, 1), cg_0_1_1.reshape(1, 9)).view(16, 1, 3, 3)  # u,ijk->uijk
+    _c6 = weight.new_empty(n, 144)
+    d2_d_c_0 = weight.new_empty(n, 16, 1)
+    # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
+    d2_a_1 = weight.new_empty(n, 16, 1)
+    # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e
+    d2_b_2 = weight.new_empty(n, 16, 1)
+    d2_d_c_3 = weight.new_empty(n, 16, 3)
+    # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
+    _native.run('elementwise_tp_d2_weight_s0', n, _c6, a[:, 0:16].reshape(n, 16, 1), b[:, 0:16].reshape(n, 16, 1), _c0, d2_d_c_0, d_c[:, 0:16].reshape(n, 16, 1), d2_a_1, d2_b_2, b[:, 16:64].reshape(n, 16, 3), _c4, d2_d_c_3, d_c[:, 16:64].reshape(n, 16, 3))
+    del _c0
+    d2_a_4 = torch.bmm((_c4 * 0.8660254037844386).reshape(16, 1, 9), _c6.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zujk->zui
+    # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
+    _c8 = torch.mm(d2_d_weight[32:48].view(16).reshape(16, 1), cg_0_2_2.reshape(1, 25)).view(16, 1, 5, 5)  # u,ijk->uijk
+    _c10 = weight.new_empty(n, 400)
+    # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
+    d2_b_5 = weight.new_empty(n, 16, 3)
+    d2_d_c_6 = weight.new_empty(n, 16, 5)
+    # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
+    _native.run('elementwise_tp_d2_weight_s1', n, _c10, d_c[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1), _c4, d2_b_5, b[:, 64:144].reshape(n, 16, 5), _c8, d2_d_c_6, d_c[:, 64:144].reshape(n, 16, 5))
+    del _c4
+    d2_a_7 = torch.bmm((_c8 * 1.118033988749895).reshape(16, 1, 25), _c10.reshape(n, 16, 5, 5).permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zujk->zui
+    # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
+    _c12 = torch.mm(d2_d_weight[48:64].view(16).reshape(16, 1), cg_1_0_1.reshape(1, 9)).view(16, 3, 1, 3)  # u,ijk->uijk
+    _c15 = weight.new_empty(n, 144)
+    # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
+    d2_b_8 = weight.new_empty(n, 16, 5)
+    d2_d_c_9 = weight.new_empty(n, 16, 3)
+    # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
+    d2_a_10 = weight.new_empty(n, 16, 3)
+    # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
+    _native.run('elementwise_tp_d2_weight_s2', n, _c15, d_c[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1), _c8, d2_b_8, a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1), _c12, d2_d_c_9, d_c[:, 16:64].reshape(n, 16, 3), d2_a_10)
+    del _c8
+    d2_b_11 = torch.bmm((_c12 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 1, 9), _c15.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuik->zuj
+    del _c12
+    # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
+    _c16 = torch.mm(d2_d_weight[64:80].view(16).reshape(16, 1), cg_1_1_0.reshape(1, 9)).view(16, 3, 3, 1)  # u,ijk->uijk
+    _c17 = weight.new_empty(n, 144)
+    _native.run('elementwise_tp_d2_weight_s3', n, _c17, a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    d2_d_c_12 = torch.bmm((_c16 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 1, 9), _c17.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
+    _c20 = torch.mm(d2_d_weight[80:96].view(16).reshape(16, 1), cg_1_1_2.reshape(1, 45)).view(16, 3, 3, 5)  # u,ijk->uijk
+    d2_d_c_13 = torch.bmm((_c20 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 9), _c17.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    _c21 = weight.new_empty(n, 240)
+    # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
+    d2_a_14 = weight.new_empty(n, 16, 3)
+    # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
+    d2_b_15 = weight.new_empty(n, 16, 3)
+    # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
+    _native.run('elementwise_tp_d2_weight_s4', n, _c21, d_c[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3), _c16, d2_a_14, a[:, 16:64].reshape(n, 16, 3), d2_b_15, d_c[:, 64:144].reshape(n, 16, 5))
+    del _c16
+    d2_a_16 = torch.bmm((_c20 * 1.118033988749895).reshape(16, 3, 15), _c21.reshape(n, 16, 3, 5).permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c21
+    _c22 = weight.new_empty(n, 240)
+    # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
+    _native.run('elementwise_tp_d2_weight_s5', n, _c22, d_c[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3))
+    d2_b_17 = torch.bmm((_c20 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 3, 15), _c22.reshape(n, 16, 5, 3).permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c20, _c22
+    # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
+    _c23 = torch.mm(d2_d_weight[96:112].view(16).reshape(16, 1), cg_1_1_1.reshape(1, 27)).view(16, 3, 3, 3)  # u,ijk->uijk
+    d2_d_c_18 = torch.bmm((_c23 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 3, 9), _c17.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c17
+    _c24 = weight.new_empty(n, 144)
+    # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
+    _native.run('elementwise_tp_d2_weight_s6', n, _c24, d_c[:, 144:192].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    d2_a_19 = torch.bmm((_c23 * 1.224744871391589).reshape(16, 3, 9), _c24.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c24
+    _c25 = weight.new_empty(n, 144)
+    # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
+    _native.run('elementwise_tp_d2_weight_s7', n, _c25, d_c[:, 144:192].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
+    d2_b_20 = torch.bmm((_c23 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 3, 9), _c25.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c23, _c25
+    # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
+    _c26 = torch.mm(d2_d_weight[112:128].view(16).reshape(16, 1), cg_1_2_1.reshape(1, 45)).view(16, 3, 5, 3)  # u,ijk->uijk
+    _c27 = weight.new_empty(n, 240)
+    _native.run('elementwise_tp_d2_weight_s8', n, _c27, a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    d2_d_c_21 = torch.bmm((_c26 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 15), _c27.reshape(n, 16, 3, 5).permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c27
+    _c28 = weight.new_empty(n, 240)
+    # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
+    _native.run('elementwise_tp_d2_weight_s9', n, _c28, d_c[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    d2_a_22 = torch.bmm((_c26 * 0.8660254037844386).reshape(16, 3, 15), _c28.reshape(n, 16, 5, 3).permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c28
+    # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
+    d2_b_23 = torch.bmm((_c26 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 5, 9), _c15.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuik->zuj
+    del _c15, _c26
+    # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
+    _c29 = torch.mm(d2_d_weight[128:144].view(16).reshape(16, 1), cg_2_0_2.reshape(1, 25)).view(16, 5, 1, 5)  # u,ijk->uijk
+    _c32 = weight.new_empty(n, 400)
+    d2_d_c_24 = weight.new_empty(n, 16, 5)
+    # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
+    d2_a_25 = weight.new_empty(n, 16, 5)
+    # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
+    _native.run('elementwise_tp_d2_weight_s10', n, _c32, a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), _c29, d2_d_c_24, d_c[:, 64:144].reshape(n, 16, 5), d2_a_25)
+    d2_b_26 = torch.bmm((_c29 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 1, 25), _c32.reshape(n, 16, 5, 5).permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuik->zuj
+    del _c29
+    # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
+    _c33 = torch.mm(d2_d_weight[144:160].view(16).reshape(16, 1), cg_2_1_1.reshape(1, 45)).view(16, 5, 3, 3)  # u,ijk->uijk
+    _c34 = weight.new_empty(n, 240)
+    _native.run('elementwise_tp_d2_weight_s11', n, _c34, a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
+    d2_d_c_27 = torch.bmm((_c33 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 15), _c34.reshape(n, 16, 5, 3).permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c34
+    # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
+    d2_a_28 = torch.bmm((_c33 * 0.8660254037844386).reshape(16, 5, 9), _c6.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c6
+    _c35 = weight.new_empty(n, 240)
+    # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
+    _native.run('elementwise_tp_d2_weight_s12', n, _c35, d_c[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
+    d2_b_29 = torch.bmm((_c33 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 3, 15), _c35.reshape(n, 16, 3, 5).permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c33, _c35
+    # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
+    _c36 = torch.mm(d2_d_weight[160:176].view(16).reshape(16, 1), cg_2_2_0.reshape(1, 25)).view(16, 5, 5, 1)  # u,ijk->uijk
+    _c37 = weight.new_empty(n, 400)
+    _native.run('elementwise_tp_d2_weight_s13', n, _c37, a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
+    d2_d_c_30 = torch.bmm((_c36 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 1, 25), _c37.reshape(n, 16, 5, 5).permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
+    _c40 = torch.mm(d2_d_weight[176:192].view(16).reshape(16, 1), cg_2_2_2.reshape(1, 125)).view(16, 5, 5, 5)  # u,ijk->uijk
+    d2_d_c_31 = torch.bmm((_c40 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 25), _c37.reshape(n, 16, 5, 5).permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
+    d2_a_32 = weight.new_empty(n, 16, 5)
+    # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
+    d2_b_33 = weight.new_empty(n, 16, 5)
+    _native.run('elementwise_tp_d2_weight_s14', n, d_c[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5), _c36, d2_a_32, a[:, 64:144].reshape(n, 16, 5), d2_b_33)
+    del _c36
+    # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
+    d2_a_34 = torch.bmm((_c40 * 1.118033988749895).reshape(16, 5, 25), _c10.reshape(n, 16, 5, 5).permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c10
+    # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
+    d2_b_35 = torch.bmm((_c40 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 25), _c32.reshape(n, 16, 5, 5).permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuik->zuj
+    del _c32, _c40
+    # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
+    _c41 = torch.mm(d2_d_weight[192:208].view(16).reshape(16, 1), cg_2_2_1.reshape(1, 75)).view(16, 5, 5, 3)  # u,ijk->uijk
+    d2_d_c_36 = torch.bmm((_c41 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 3, 25), _c37.reshape(n, 16, 5, 5).permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c37
+    _c42 = weight.new_empty(n, 240)
+    # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
+    _native.run('elementwise_tp_d2_weight_s15', n, _c42, d_c[:, 144:192].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    d2_a_37 = torch.bmm((_c41 * 1.224744871391589).reshape(16, 5, 15), _c42.reshape(n, 16, 5, 3).permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c42
+    _c43 = weight.new_empty(n, 240)
+    # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
+    _native.run('elementwise_tp_d2_weight_s16', n, _c43, d_c[:, 144:192].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
+    d2_b_38 = torch.bmm((_c41 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 5, 15), _c43.reshape(n, 16, 3, 5).permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c41, _c43
+    d2_a = torch.cat([
+        (d2_a_1 + d2_a_4 + d2_a_7).reshape(n, 16),
+        (d2_a_10 + d2_a_14 + d2_a_16 + d2_a_19 + d2_a_22).reshape(n, 48),
+        (d2_a_25 + d2_a_28 + d2_a_32 + d2_a_34 + d2_a_37).reshape(n, 80),
+    ], dim=-1)
+    del d2_a_1, d2_a_10, d2_a_14, d2_a_16, d2_a_19, d2_a_22, d2_a_25, d2_a_28, d2_a_32, d2_a_34, d2_a_37, d2_a_4, d2_a_7
+    d2_b = torch.cat([
+        (d2_b_2 + d2_b_11 + d2_b_26).reshape(n, 16),
+        (d2_b_5 + d2_b_15 + d2_b_17 + d2_b_20 + d2_b_29).reshape(n, 48),
+        (d2_b_8 + d2_b_23 + d2_b_33 + d2_b_35 + d2_b_38).reshape(n, 80),
+    ], dim=-1)
+    del d2_b_11, d2_b_15, d2_b_17, d2_b_2, d2_b_20, d2_b_23, d2_b_26, d2_b_29, d2_b_33, d2_b_35, d2_b_38, d2_b_5, d2_b_8
+    d2_d_c = torch.cat([
+        (d2_d_c_0 + d2_d_c_12 + d2_d_c_30).reshape(n, 16),
+        (d2_d_c_3 + d2_d_c_9 + d2_d_c_21 + d2_d_c_27).reshape(n, 48),
+        (d2_d_c_6 + d2_d_c_13 + d2_d_c_24 + d2_d_c_31).reshape(n, 80),
+        (d2_d_c_18 + d2_d_c_36).reshape(n, 48),
+    ], dim=-1)
+    del d2_d_c_0, d2_d_c_12, d2_d_c_13, d2_d_c_18, d2_d_c_21, d2_d_c_24, d2_d_c_27, d2_d_c_3, d2_d_c_30, d2_d_c_31, d2_d_c_36, d2_d_c_6, d2_d_c_9
+    d2_weight = weight.new_zeros(208)
+    return [d2_a, d2_b, d2_d_c, d2_weight]
+
+
 # elementwise_tp: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("elementwise_tp_d2_a", _elementwise_tp_d2_a, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={})
-_ops.register("elementwise_tp_d2_b", _elementwise_tp_d2_b, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={})
-_ops.register("elementwise_tp_d2_weight", _elementwise_tp_d2_weight, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={})
-_ops.register("elementwise_tp_d", _elementwise_tp_d, outputs=((144, True), (144, True), (208, False)), index_ranges={}, backward=[_ops.elementwise_tp_d2_a, _ops.elementwise_tp_d2_b, _ops.elementwise_tp_d2_weight])
-_ops.register("elementwise_tp", _elementwise_tp, outputs=((192, True),), index_ranges={}, backward=[_ops.elementwise_tp_d], check_indices=True)
+_ops.register("elementwise_tp_d2_a", _elementwise_tp_d2_a, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, cpu=_elementwise_tp_d2_a_cpu)
+_ops.register("elementwise_tp_d2_b", _elementwise_tp_d2_b, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, cpu=_elementwise_tp_d2_b_cpu)
+_ops.register("elementwise_tp_d2_weight", _elementwise_tp_d2_weight, outputs=((144, True), (144, True), (192, True), (208, False)), index_ranges={}, cpu=_elementwise_tp_d2_weight_cpu)
+_ops.register("elementwise_tp_d", _elementwise_tp_d, outputs=((144, True), (144, True), (208, False)), index_ranges={}, backward=[_ops.elementwise_tp_d2_a, _ops.elementwise_tp_d2_b, _ops.elementwise_tp_d2_weight], cpu=_elementwise_tp_d_cpu)
+_ops.register("elementwise_tp", _elementwise_tp, outputs=((192, True),), index_ranges={}, backward=[_ops.elementwise_tp_d], check_indices=True, cpu=_elementwise_tp_cpu)
 
 
 def _full_tp(
@@ -3117,6 +5090,41 @@ def _full_tp(
         c_4.reshape(n, 96),
     ], dim=-1)
     del c_0, c_1, c_2, c_3, c_4
+    return [c]
+
+
+def _full_tp_cpu(
+    a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, cg_0_0_0: torch.Tensor,
+    cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
+) -> list[torch.Tensor]:
+    """full_tp on rows: a (n, 16), b (n, 32) -> c (n, 224)."""
+    n = a.shape[0]
+    _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
+    _c3 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
+    _c5 = torch.mm(weight[64:96].view(4, 8).reshape(1, 32).t(), cg_1_0_1.reshape(9, 1).t()).view(4, 8, 3, 1, 3)  # ijk,uv->uvijk
+    _c7 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
+    _c6 = weight.new_empty(n, 288)
+    _copy0 = weight.new_empty(n, 288)
+    # 4x0e ⊗ 8x0e -> 32x0e
+    c_0 = weight.new_empty(n, 4, 8, 1)
+    # 4x0e ⊗ 8x1o -> 32x1o
+    c_1 = weight.new_empty(n, 4, 8, 3)
+    # 4x1o ⊗ 8x0e -> 32x1o
+    # 4x1o ⊗ 8x1o -> 32x0e
+    _native.run('full_tp_s0', n, _c6, _copy0, a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1), _c1, c_0, b[:, 8:32].reshape(n, 8, 3), _c3, c_1, a[:, 4:16].reshape(n, 4, 3), _c5)
+    del _c1, _c3, _c5, _c6
+    c_2 = torch.bmm((_c7 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _copy0.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # zuvij,ijkuv->zuvk
+    del _c7
+    # 4x1o ⊗ 8x1o -> 32x1e
+    _c8 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3)  # ijk,uv->uvijk
+    c_3 = torch.bmm((_c8 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _copy0.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # zuvij,uvijk->zuvk
+    del _c8, _copy0
+    c = torch.cat([
+        (c_0 + c_2).reshape(n, 32),
+        c_1.reshape(n, 96),
+        c_3.reshape(n, 96),
+    ], dim=-1)
+    del c_0, c_1, c_2, c_3
     return [c]
 
 
@@ -3197,6 +5205,163 @@ def _full_tp_d(
     # ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
     _c23 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _c22.permute(3, 0, 4, 2, 1).reshape(8, n, 4)).view(8, 1, 1, 1, 4)  # zvj,zukvi->vjiku
     del _c22
+    d_weight_14 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c23.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
+    del _c23
+    d_a = torch.cat([
+        (d_a_9 + d_a_12).reshape(n, 4),
+        (d_a_0 + d_a_3 + d_a_6).reshape(n, 12),
+    ], dim=-1)
+    del d_a_0, d_a_12, d_a_3, d_a_6, d_a_9
+    d_b = torch.cat([
+        (d_b_7 + d_b_13).reshape(n, 8),
+        (d_b_1 + d_b_4 + d_b_10).reshape(n, 24),
+    ], dim=-1)
+    del d_b_1, d_b_10, d_b_13, d_b_4, d_b_7
+    d_weight = torch.cat([
+        d_weight_14.reshape(32),
+        d_weight_11.reshape(32),
+        d_weight_8.reshape(32),
+        d_weight_5.reshape(32),
+        d_weight_2.reshape(32),
+    ], dim=-1)
+    del d_weight_11, d_weight_14, d_weight_2, d_weight_5, d_weight_8
+    return [d_a, d_b, d_weight]
+
+
+def _full_tp_d_cpu(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, weight: torch.Tensor,
+    cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor, cg_1_1_0: torch.Tensor,
+    cg_1_1_1: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of full_tp: a (n, 16), b (n, 32), d_c (n, 224) -> d_a (n, 16), d_b (n, 32), d_weight (160,)."""
+    n = a.shape[0]
+    _c0 = weight.new_empty(n, 288)
+    _copy0 = weight.new_empty(n, 288)
+    # ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
+    _native.run('full_tp_d_s0', n, _c0, _copy0, d_c[:, 128:224].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3))
+    _c1 = torch.bmm(weight[128:160].view(4, 8).reshape(4, 1, 8), _copy0.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zjkuv->uzjk
+    del _copy0
+    _copy1 = weight.new_empty(n, 36)
+    _native.run('full_tp_d_s1', n, _copy1, _c1.permute(1, 0, 2, 3))
+    del _c1
+    _mm0 = torch.mm(_copy1.reshape(n, 4, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,zujk->zui
+    del _copy1
+    _c2 = weight.new_empty(n, 288)
+    _copy2 = weight.new_empty(n, 288)
+    d_a_0 = weight.new_empty(n, 4, 3)
+    # ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
+    _native.run('full_tp_d_s2', n, _c2, _copy2, _mm0, d_a_0, d_c[:, 128:224].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
+    del _c2, _mm0
+    _c3 = torch.bmm(weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _copy2.reshape(n, 3, 3, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zikvu->vzik
+    del _copy2
+    _copy3 = weight.new_empty(n, 72)
+    _native.run('full_tp_d_s3', n, _copy3, _c3.permute(1, 0, 2, 3))
+    del _c3
+    _mm1 = torch.mm(_copy3.reshape(n, 8, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,zvik->zvj
+    del _copy3
+    _copy4 = weight.new_empty(n, 12)
+    d_b_1 = weight.new_empty(n, 8, 3)
+    _native.run('full_tp_d_s4', n, _copy4, _mm1, d_b_1, a[:, 4:16].reshape(n, 4, 3))
+    del _mm1
+    # ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
+    _c4 = torch.mm(cg_1_1_1.reshape(3, 9).t(), _copy4.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 3, n, 4)  # zui,ijk->jkzu
+    _copy5 = weight.new_empty(n, 288)
+    _copy6 = weight.new_empty(n, 36)
+    _native.run('full_tp_d_s5', n, _copy5, _copy6, _c0, _c4.permute(2, 0, 1, 3))
+    del _c0, _c4
+    d_weight_2 = torch.bmm((_copy6.reshape(n, 3, 3, 4) * 1.7320508075688772).permute(3, 0, 1, 2).reshape(4, n * 9, 1).transpose(1, 2), _copy5.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9).transpose(1, 2)).view(4, 8)  # zkjuv,zkju->uv
+    del _copy5, _copy6
+    _c5 = weight.new_empty(n, 96)
+    _copy7 = weight.new_empty(n, 96)
+    # ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
+    _native.run('full_tp_d_s6', n, _c5, _copy7, d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 8:32].reshape(n, 8, 3))
+    del _c5
+    _c6 = (weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy7.reshape(n, 3, 4, 8, 1).permute(2, 0, 1, 4, 3).reshape(4, n, 3, 1, 8)).sum((4,))
+    _c7 = weight.new_empty(n, 96)
+    _copy8 = weight.new_empty(n, 96)
+    d_a_3 = weight.new_empty(n, 4, 3)
+    # ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
+    _native.run('full_tp_d_s7', n, _c7, _copy8, cg_1_1_0, _c6.permute(1, 0, 2, 3), d_a_3, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3))
+    del _c6, _c7
+    _c8 = (weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy8.reshape(n, 3, 8, 4, 1).permute(2, 0, 1, 4, 3).reshape(8, n, 3, 1, 4)).sum((4,))
+    del _copy8
+    d_b_4 = weight.new_empty(n, 8, 3)
+    _native.run('full_tp_d_s8', n, cg_1_1_0, _c8.permute(1, 0, 2, 3), d_b_4)
+    del _c8
+    # ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
+    _c9 = torch.mm(cg_1_1_0.reshape(3, 3).t(), _copy4.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 1, n, 4)  # zui,ijk->jkzu
+    d_weight_5 = torch.bmm((_c9 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _copy7.reshape(n, 3, 4, 8, 1).permute(2, 3, 0, 1, 4).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zjuvk,jkzu->uv
+    del _c9, _copy7
+    _c10 = weight.new_empty(n, 96)
+    _copy9 = weight.new_empty(n, 96)
+    # ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
+    _native.run('full_tp_d_s9', n, _c10, _copy9, d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1))
+    _c11 = (weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy9.reshape(n, 1, 3, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n, 1, 3, 8)).sum((4,))
+    del _copy9
+    _c12 = weight.new_empty(n, 288)
+    d_a_6 = weight.new_empty(n, 4, 3)
+    # ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
+    _native.run('full_tp_d_s10', n, _c12, cg_1_0_1, _c11.permute(1, 0, 2, 3), d_a_6, d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
+    del _c11
+    _c13 = torch.mm(cg_1_0_1.reshape(9, 1), weight[64:96].view(4, 8).reshape(1, 32)).view(3, 1, 3, 4, 8)  # ijk,uv->ijkuv
+    _copy10 = weight.new_empty(n, 288)
+    _native.run('full_tp_d_s11', n, _copy10, _c12)
+    del _c12
+    d_b_7 = torch.bmm((_c13 * 1.224744871391589).permute(4, 0, 2, 3, 1).reshape(8, 36, 1).transpose(1, 2), _copy10.reshape(n, 8, 3, 3, 4).permute(1, 0, 2, 3, 4).reshape(8, n, 36).transpose(1, 2)).view(8, 1, n).permute(2, 0, 1)  # zviku,ijkuv->zvj
+    del _c13, _copy10
+    # ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
+    _c14 = torch.mm(cg_1_0_1.reshape(3, 3).t(), _copy4.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(1, 3, n, 4)  # zui,ijk->jkzu
+    del _copy4
+    _copy11 = weight.new_empty(n, 96)
+    _copy12 = weight.new_empty(n, 12)
+    _native.run('full_tp_d_s12', n, _copy11, _copy12, _c10, _c14.permute(2, 0, 1, 3))
+    del _c10, _c14
+    d_weight_8 = torch.bmm((_copy12.reshape(n, 3, 4, 1) * 1.224744871391589).permute(2, 0, 1, 3).reshape(4, n * 3, 1).transpose(1, 2), _copy11.reshape(n, 3, 4, 8, 1).permute(2, 3, 0, 1, 4).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zkuvj,zkuj->uv
+    del _copy11, _copy12
+    _c16 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
+    _c15 = weight.new_empty(n, 288)
+    _copy13 = weight.new_empty(n, 288)
+    # ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
+    _native.run('full_tp_d_s13', n, _c15, _copy13, d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3))
+    del _c15
+    d_a_9 = torch.bmm((_c16 * 1.224744871391589).permute(0, 1, 3, 4, 2).reshape(4, 72, 1).transpose(1, 2), _copy13.reshape(n, 4, 8, 3, 3).permute(1, 0, 2, 3, 4).reshape(4, n, 72).transpose(1, 2)).view(4, 1, n).permute(2, 0, 1)  # zuvjk,uvijk->zui
+    del _c16, _copy13
+    _c17 = weight.new_empty(n, 96)
+    _copy14 = weight.new_empty(n, 96)
+    # ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
+    _native.run('full_tp_d_s14', n, _c17, _copy14, d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1))
+    _c18 = (weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy14.reshape(n, 1, 3, 8, 4).permute(3, 0, 1, 2, 4).reshape(8, n, 1, 3, 4)).sum((4,))
+    del _copy14
+    _copy15 = weight.new_empty(n, 24)
+    d_b_10 = weight.new_empty(n, 8, 3)
+    _native.run('full_tp_d_s15', n, _copy15, cg_0_1_1, _c18.permute(1, 0, 2, 3), d_b_10, b[:, 8:32].reshape(n, 8, 3))
+    del _c18
+    # ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
+    _c19 = torch.mm(cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t(), _copy15.reshape(n, 8, 3).reshape(n * 8, 3).t()).view(1, 3, n, 8)  # zvj,ijk->ikzv
+    del _copy15
+    _copy16 = weight.new_empty(n, 96)
+    _copy17 = weight.new_empty(n, 24)
+    _native.run('full_tp_d_s16', n, _copy16, _copy17, _c17, _c19.permute(2, 0, 1, 3))
+    del _c17, _c19
+    d_weight_11 = torch.bmm((_copy17.reshape(n, 3, 8, 1) * 1.224744871391589).permute(2, 0, 1, 3).reshape(8, n * 3, 1).transpose(1, 2), _copy16.reshape(n, 3, 8, 4, 1).permute(2, 3, 0, 1, 4).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zkvui,zkvi->uv
+    del _copy16, _copy17
+    _c21 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
+    _c20 = weight.new_empty(n, 32)
+    _copy18 = weight.new_empty(n, 32)
+    # ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
+    _native.run('full_tp_d_s17', n, _c20, _copy18, d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 0:8].reshape(n, 8, 1))
+    del _c20
+    d_a_12 = (_copy18.reshape(n, 4, 8, 1, 1).permute(0, 1, 4, 3, 2).reshape(n, 4, 1, 8) * (_c21 * 0.7071067811865476).permute(3, 0, 1, 2, 4).reshape(1, 4, 1, 8)).sum((3,))
+    del _copy18
+    _c22 = weight.new_empty(n, 32)
+    _copy19 = weight.new_empty(n, 32)
+    # ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
+    d_b_13 = weight.new_empty(n, 8, 1)
+    _native.run('full_tp_d_s18', n, _c22, _copy19, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1), _c21, d_b_13)
+    del _c21, _c22
+    # ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
+    _c23 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _copy19.reshape(n, 8, 1, 1, 4).permute(1, 0, 2, 3, 4).reshape(8, n, 4)).view(8, 1, 1, 1, 4)  # zvj,zviku->vjiku
+    del _copy19
     d_weight_14 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c23.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
     del _c23
     d_a = torch.cat([
@@ -3319,6 +5484,134 @@ def _full_tp_d2_a(
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
+def _full_tp_d2_a_cpu(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_a: torch.Tensor,
+    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of full_tp_d for the cotangent of d_a: a (n, 16), b (n, 32), d_c (n, 224), d2_d_a (n, 16) -> d2_a (n, 16), d2_b (n, 32), d2_d_c (n, 224), d2_weight (160,)."""
+    n = a.shape[0]
+    _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
+    _c2 = weight.new_empty(n, 32)
+    _copy0 = weight.new_empty(n, 32)
+    # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
+    d2_d_c_0 = weight.new_empty(n, 4, 8, 1)
+    # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
+    d2_b_1 = weight.new_empty(n, 8, 1)
+    _native.run('full_tp_d2_a_s0', n, _c2, _copy0, d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1), _c1, d2_d_c_0, d_c[:, 0:32].reshape(n, 4, 8, 1), d2_b_1)
+    del _c1, _c2
+    # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
+    _c3 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _copy0.reshape(n, 8, 1, 1, 4).permute(1, 0, 2, 3, 4).reshape(8, n, 4)).view(8, 1, 1, 1, 4)  # zvj,zviku->vjiku
+    del _copy0
+    d2_weight_2 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
+    del _c3
+    _c5 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
+    _c6 = weight.new_empty(n, 96)
+    _copy1 = weight.new_empty(n, 96)
+    # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
+    d2_d_c_3 = weight.new_empty(n, 4, 8, 3)
+    # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
+    _native.run('full_tp_d2_a_s1', n, _c6, _copy1, d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3), _c5, d2_d_c_3, d_c[:, 32:128].reshape(n, 4, 8, 3))
+    del _c5, _c6
+    _c7 = (weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy1.reshape(n, 1, 3, 8, 4).permute(3, 0, 1, 2, 4).reshape(8, n, 1, 3, 4)).sum((4,))
+    _copy2 = weight.new_empty(n, 24)
+    d2_b_4 = weight.new_empty(n, 8, 3)
+    _native.run('full_tp_d2_a_s2', n, _copy2, cg_0_1_1, _c7.permute(1, 0, 2, 3), d2_b_4, b[:, 8:32].reshape(n, 8, 3))
+    del _c7
+    # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
+    _c8 = torch.mm(cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t(), _copy2.reshape(n, 8, 3).reshape(n * 8, 3).t()).view(1, 3, n, 8)  # zvj,ijk->ikzv
+    _copy3 = weight.new_empty(n, 24)
+    _native.run('full_tp_d2_a_s3', n, _copy3, _c8.permute(2, 0, 1, 3))
+    del _c8
+    d2_weight_5 = torch.bmm((_copy3.reshape(n, 1, 3, 8) * 1.224744871391589).permute(3, 0, 1, 2).reshape(8, n * 3, 1).transpose(1, 2), _copy1.reshape(n, 1, 3, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zikvu,zikv->uv
+    del _copy1, _copy3
+    _c10 = torch.mm(weight[64:96].view(4, 8).reshape(1, 32).t(), cg_1_0_1.reshape(9, 1).t()).view(4, 8, 3, 1, 3)  # ijk,uv->uvijk
+    _c11 = weight.new_empty(n, 288)
+    _copy4 = weight.new_empty(n, 288)
+    # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
+    d2_d_c_6 = weight.new_empty(n, 4, 8, 3)
+    # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
+    _native.run('full_tp_d2_a_s4', n, _c11, _copy4, d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1), _c10, d2_d_c_6, d_c[:, 32:128].reshape(n, 4, 8, 3))
+    del _c11
+    d2_b_7 = torch.bmm((_c10 * 1.224744871391589).permute(1, 0, 2, 4, 3).reshape(8, 36, 1).transpose(1, 2), _copy4.reshape(n, 8, 4, 3, 3).permute(1, 0, 2, 3, 4).reshape(8, n, 36).transpose(1, 2)).view(8, 1, n).permute(2, 0, 1)  # zvuik,uvijk->zvj
+    del _c10, _copy4
+    _c12 = weight.new_empty(n, 12)
+    _c13 = weight.new_empty(n, 96)
+    _copy5 = weight.new_empty(n, 12)
+    _copy6 = weight.new_empty(n, 96)
+    # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
+    _native.run('full_tp_d2_a_s5', n, _c12, _c13, _copy5, _copy6, d2_d_a[:, 4:16].reshape(n, 4, 3), cg_1_0_1, d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1))
+    del _c12, _c13
+    d2_weight_8 = torch.bmm((_copy5.reshape(n, 1, 3, 4) * 1.224744871391589).permute(3, 0, 1, 2).reshape(4, 1, n * 3), _copy6.reshape(n, 1, 3, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n * 3, 8)).view(4, 8)  # zjku,zjkuv->uv
+    del _copy5, _copy6
+    _c15 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
+    _c14 = weight.new_empty(n, 288)
+    _copy7 = weight.new_empty(n, 288)
+    # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
+    _native.run('full_tp_d2_a_s6', n, _c14, _copy7, d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3))
+    del _c14
+    d2_d_c_9 = torch.bmm((_c15 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _copy7.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # zuvij,ijkuv->zuvk
+    del _c15
+    _c16 = weight.new_empty(n, 96)
+    _copy8 = weight.new_empty(n, 96)
+    # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
+    _native.run('full_tp_d2_a_s7', n, _c16, _copy8, d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 0:32].reshape(n, 4, 8, 1))
+    del _c16
+    _c17 = (weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy8.reshape(n, 3, 8, 4, 1).permute(2, 0, 1, 4, 3).reshape(8, n, 3, 1, 4)).sum((4,))
+    d2_b_10 = weight.new_empty(n, 8, 3)
+    _native.run('full_tp_d2_a_s8', n, cg_1_1_0, _c17.permute(1, 0, 2, 3), d2_b_10)
+    del _c17
+    # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
+    _c18 = torch.mm(cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t(), _copy2.reshape(n, 8, 3).reshape(n * 8, 3).t()).view(3, 1, n, 8)  # zvj,ijk->ikzv
+    d2_weight_11 = torch.bmm((_c18 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(8, n * 3, 1).transpose(1, 2), _copy8.reshape(n, 3, 8, 4, 1).permute(2, 3, 0, 1, 4).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zivuk,ikzv->uv
+    del _c18, _copy8
+    # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
+    _c19 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3)  # ijk,uv->uvijk
+    d2_d_c_12 = torch.bmm((_c19 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _copy7.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # zuvij,uvijk->zuvk
+    del _c19, _copy7
+    _c20 = weight.new_empty(n, 288)
+    _copy9 = weight.new_empty(n, 288)
+    # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
+    _native.run('full_tp_d2_a_s9', n, _c20, _copy9, d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 128:224].reshape(n, 4, 8, 3))
+    del _c20
+    _c21 = torch.bmm(weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _copy9.reshape(n, 3, 3, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zikvu->vzik
+    _copy10 = weight.new_empty(n, 72)
+    _native.run('full_tp_d2_a_s10', n, _copy10, _c21.permute(1, 0, 2, 3))
+    del _c21
+    _mm0 = torch.mm(_copy10.reshape(n, 8, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,zvik->zvj
+    del _copy10
+    # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
+    _c22 = torch.mm(cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t(), _copy2.reshape(n, 8, 3).reshape(n * 8, 3).t()).view(3, 3, n, 8)  # zvj,ijk->ikzv
+    del _copy2
+    _copy11 = weight.new_empty(n, 72)
+    d2_b_13 = weight.new_empty(n, 8, 3)
+    _native.run('full_tp_d2_a_s11', n, _copy11, _mm0, d2_b_13, _c22.permute(2, 0, 1, 3))
+    del _c22, _mm0
+    d2_weight_14 = torch.bmm((_copy11.reshape(n, 3, 3, 8) * 1.7320508075688772).permute(3, 0, 1, 2).reshape(8, n * 9, 1).transpose(1, 2), _copy9.reshape(n, 3, 3, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 9).transpose(1, 2)).view(8, 4).permute(1, 0)  # zikvu,zikv->uv
+    del _copy11, _copy9
+    d2_a = weight.new_zeros(n, 16)
+    d2_b = torch.cat([
+        (d2_b_1 + d2_b_7).reshape(n, 8),
+        (d2_b_4 + d2_b_10 + d2_b_13).reshape(n, 24),
+    ], dim=-1)
+    del d2_b_1, d2_b_10, d2_b_13, d2_b_4, d2_b_7
+    d2_d_c = torch.cat([
+        (d2_d_c_0 + d2_d_c_9).reshape(n, 32),
+        (d2_d_c_3 + d2_d_c_6).reshape(n, 96),
+        d2_d_c_12.reshape(n, 96),
+    ], dim=-1)
+    del d2_d_c_0, d2_d_c_12, d2_d_c_3, d2_d_c_6, d2_d_c_9
+    d2_weight = torch.cat([
+        d2_weight_2.reshape(32),
+        d2_weight_5.reshape(32),
+        d2_weight_8.reshape(32),
+        d2_weight_11.reshape(32),
+        d2_weight_14.reshape(32),
+    ], dim=-1)
+    del d2_weight_11, d2_weight_14, d2_weight_2, d2_weight_5, d2_weight_8
+    return [d2_a, d2_b, d2_d_c, d2_weight]
+
+
 def _full_tp_d2_b(
     a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_b: torch.Tensor,
     weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor,
@@ -3395,6 +5688,133 @@ def _full_tp_d2_b(
     _c21 = torch.mm(cg_1_1_1.reshape(3, 9).t(), a[:, 4:16].reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 3, n, 4)  # zui,ijk->jkzu
     d2_weight_14 = torch.bmm((_c21 * 1.7320508075688772).permute(3, 2, 0, 1).reshape(4, n * 9, 1).transpose(1, 2), _c19.permute(4, 1, 0, 2, 3).reshape(4, 8, n * 9).transpose(1, 2)).view(4, 8)  # zvjku,jkzu->uv
     del _c19, _c21
+    d2_a = torch.cat([
+        (d2_a_1 + d2_a_4).reshape(n, 4),
+        (d2_a_7 + d2_a_10 + d2_a_13).reshape(n, 12),
+    ], dim=-1)
+    del d2_a_1, d2_a_10, d2_a_13, d2_a_4, d2_a_7
+    d2_b = weight.new_zeros(n, 32)
+    d2_d_c = torch.cat([
+        (d2_d_c_0 + d2_d_c_9).reshape(n, 32),
+        (d2_d_c_3 + d2_d_c_6).reshape(n, 96),
+        d2_d_c_12.reshape(n, 96),
+    ], dim=-1)
+    del d2_d_c_0, d2_d_c_12, d2_d_c_3, d2_d_c_6, d2_d_c_9
+    d2_weight = torch.cat([
+        d2_weight_2.reshape(32),
+        d2_weight_5.reshape(32),
+        d2_weight_8.reshape(32),
+        d2_weight_11.reshape(32),
+        d2_weight_14.reshape(32),
+    ], dim=-1)
+    del d2_weight_11, d2_weight_14, d2_weight_2, d2_weight_5, d2_weight_8
+    return [d2_a, d2_b, d2_d_c, d2_weight]
+
+
+def _full_tp_d2_b_cpu(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_b: torch.Tensor,
+    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of full_tp_d for the cotangent of d_b: a (n, 16), b (n, 32), d_c (n, 224), d2_d_b (n, 32) -> d2_a (n, 16), d2_b (n, 32), d2_d_c (n, 224), d2_weight (160,)."""
+    n = a.shape[0]
+    _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8).permute(0, 1, 2, 4, 3)  # ijk,uv->ijkvu
+    _c2 = weight.new_empty(n, 32)
+    _copy0 = weight.new_empty(n, 32)
+    # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
+    d2_d_c_0 = weight.new_empty(n, 4, 8, 1)
+    # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
+    _native.run('full_tp_d2_b_s0', n, _c2, _copy0, d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 0:4].reshape(n, 4, 1), _c1, d2_d_c_0, d_c[:, 0:32].reshape(n, 4, 8, 1))
+    d2_a_1 = (_copy0.reshape(n, 4, 8, 1, 1).permute(0, 1, 3, 4, 2).reshape(n, 4, 1, 8) * (_c1 * 0.7071067811865476).permute(4, 0, 1, 2, 3).reshape(1, 4, 1, 8)).sum((3,))
+    del _c1, _copy0
+    _copy1 = weight.new_empty(n, 32)
+    _native.run('full_tp_d2_b_s1', n, _copy1, _c2)
+    del _c2
+    # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
+    _c3 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(1, 2, 0).reshape(4, 1, n), _copy1.reshape(n, 4, 1, 1, 8).permute(1, 0, 2, 3, 4).reshape(4, n, 8)).view(4, 1, 1, 1, 8)  # zui,zujkv->uijkv
+    del _copy1
+    d2_weight_2 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.permute(1, 2, 3, 0, 4).reshape(1, 32)).view(4, 8)  # ijk,uijkv->uv
+    del _c3
+    _c5 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
+    _c6 = weight.new_empty(n, 288)
+    _copy2 = weight.new_empty(n, 288)
+    # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
+    d2_d_c_3 = weight.new_empty(n, 4, 8, 3)
+    # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
+    _native.run('full_tp_d2_b_s2', n, _c6, _copy2, d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 0:4].reshape(n, 4, 1), _c5, d2_d_c_3, d_c[:, 32:128].reshape(n, 4, 8, 3))
+    del _c6
+    d2_a_4 = torch.bmm((_c5 * 1.224744871391589).permute(0, 1, 3, 4, 2).reshape(4, 72, 1).transpose(1, 2), _copy2.reshape(n, 4, 8, 3, 3).permute(1, 0, 2, 3, 4).reshape(4, n, 72).transpose(1, 2)).view(4, 1, n).permute(2, 0, 1)  # zuvjk,uvijk->zui
+    del _c5
+    # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
+    _c7 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(1, 2, 0).reshape(4, 1, n), _copy2.reshape(n, 4, 8, 3, 3).permute(1, 0, 2, 3, 4).reshape(4, n, 72)).view(4, 1, 8, 3, 3)  # zui,zuvjk->uivjk
+    del _copy2
+    d2_weight_5 = torch.mm((cg_0_1_1 * 1.224744871391589).reshape(1, 9), _c7.permute(1, 3, 4, 0, 2).reshape(9, 32)).view(4, 8)  # ijk,uivjk->uv
+    del _c7
+    _c9 = torch.mm(weight[64:96].view(4, 8).reshape(1, 32).t(), cg_1_0_1.reshape(9, 1).t()).view(4, 8, 3, 1, 3)  # ijk,uv->uvijk
+    _c10 = weight.new_empty(n, 96)
+    _copy3 = weight.new_empty(n, 96)
+    # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
+    d2_d_c_6 = weight.new_empty(n, 4, 8, 3)
+    # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
+    _native.run('full_tp_d2_b_s3', n, _c10, _copy3, d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 4:16].reshape(n, 4, 3), _c9, d2_d_c_6, d_c[:, 32:128].reshape(n, 4, 8, 3))
+    del _c10, _c9
+    _c11 = (weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy3.reshape(n, 1, 3, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n, 1, 3, 8)).sum((4,))
+    _copy4 = weight.new_empty(n, 12)
+    d2_a_7 = weight.new_empty(n, 4, 3)
+    _native.run('full_tp_d2_b_s4', n, _copy4, cg_1_0_1, _c11.permute(1, 0, 2, 3), d2_a_7, a[:, 4:16].reshape(n, 4, 3))
+    del _c11
+    # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
+    _c12 = torch.mm(cg_1_0_1.reshape(3, 3).t(), _copy4.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(1, 3, n, 4)  # zui,ijk->jkzu
+    _copy5 = weight.new_empty(n, 12)
+    _native.run('full_tp_d2_b_s5', n, _copy5, _c12.permute(2, 0, 1, 3))
+    del _c12
+    d2_weight_8 = torch.bmm((_copy5.reshape(n, 1, 3, 4) * 1.224744871391589).permute(3, 0, 1, 2).reshape(4, n * 3, 1).transpose(1, 2), _copy3.reshape(n, 1, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zjkuv,zjku->uv
+    del _copy3, _copy5
+    _c14 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
+    _c13 = weight.new_empty(n, 288)
+    _copy6 = weight.new_empty(n, 288)
+    # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
+    _native.run('full_tp_d2_b_s6', n, _c13, _copy6, d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 4:16].reshape(n, 4, 3))
+    del _c13
+    d2_d_c_9 = torch.bmm((_c14 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _copy6.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # zuvij,ijkuv->zuvk
+    del _c14
+    _c15 = weight.new_empty(n, 96)
+    _copy7 = weight.new_empty(n, 96)
+    # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
+    _native.run('full_tp_d2_b_s7', n, _c15, _copy7, d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 0:32].reshape(n, 4, 8, 1))
+    del _c15
+    _c16 = (weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy7.reshape(n, 3, 4, 8, 1).permute(2, 0, 1, 4, 3).reshape(4, n, 3, 1, 8)).sum((4,))
+    d2_a_10 = weight.new_empty(n, 4, 3)
+    _native.run('full_tp_d2_b_s8', n, cg_1_1_0, _c16.permute(1, 0, 2, 3), d2_a_10)
+    del _c16
+    # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
+    _c17 = torch.mm(cg_1_1_0.reshape(3, 3).t(), _copy4.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 1, n, 4)  # zui,ijk->jkzu
+    d2_weight_11 = torch.bmm((_c17 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _copy7.reshape(n, 3, 4, 8, 1).permute(2, 3, 0, 1, 4).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zjuvk,jkzu->uv
+    del _c17, _copy7
+    # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
+    _c18 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3)  # ijk,uv->uvijk
+    d2_d_c_12 = torch.bmm((_c18 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _copy6.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # zuvij,uvijk->zuvk
+    del _c18, _copy6
+    _c19 = weight.new_empty(n, 288)
+    _copy8 = weight.new_empty(n, 288)
+    # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
+    _native.run('full_tp_d2_b_s9', n, _c19, _copy8, d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 128:224].reshape(n, 4, 8, 3))
+    del _c19
+    _c20 = torch.bmm(weight[128:160].view(4, 8).reshape(4, 1, 8), _copy8.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zjkuv->uzjk
+    _copy9 = weight.new_empty(n, 36)
+    _native.run('full_tp_d2_b_s10', n, _copy9, _c20.permute(1, 0, 2, 3))
+    del _c20
+    _mm0 = torch.mm(_copy9.reshape(n, 4, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,zujk->zui
+    del _copy9
+    # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
+    _c21 = torch.mm(cg_1_1_1.reshape(3, 9).t(), _copy4.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 3, n, 4)  # zui,ijk->jkzu
+    del _copy4
+    _copy10 = weight.new_empty(n, 36)
+    d2_a_13 = weight.new_empty(n, 4, 3)
+    _native.run('full_tp_d2_b_s11', n, _copy10, _mm0, d2_a_13, _c21.permute(2, 0, 1, 3))
+    del _c21, _mm0
+    d2_weight_14 = torch.bmm((_copy10.reshape(n, 3, 3, 4) * 1.7320508075688772).permute(3, 0, 1, 2).reshape(4, n * 9, 1).transpose(1, 2), _copy8.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9).transpose(1, 2)).view(4, 8)  # zjkuv,zjku->uv
+    del _copy10, _copy8
     d2_a = torch.cat([
         (d2_a_1 + d2_a_4).reshape(n, 4),
         (d2_a_7 + d2_a_10 + d2_a_13).reshape(n, 12),
@@ -3521,13 +5941,144 @@ def _full_tp_d2_weight(
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
+def _full_tp_d2_weight_cpu(
+    a: torch.Tensor, b: torch.Tensor, d_c: torch.Tensor, d2_d_weight: torch.Tensor,
+    weight: torch.Tensor, cg_0_0_0: torch.Tensor, cg_0_1_1: torch.Tensor, cg_1_0_1: torch.Tensor,
+    cg_1_1_0: torch.Tensor, cg_1_1_1: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of full_tp_d for the cotangent of d_weight: a (n, 16), b (n, 32), d_c (n, 224), d2_d_weight (160,) -> d2_a (n, 16), d2_b (n, 32), d2_d_c (n, 224), d2_weight (160,)."""
+    n = a.shape[0]
+    # ∂/∂d_c: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
+    _c0 = torch.mm(d2_d_weight[0:32].view(4, 8).reshape(32, 1), cg_0_0_0.reshape(1, 1)).view(4, 8, 1, 1, 1)  # uv,ijk->uvijk
+    _c2 = weight.new_empty(n, 32)
+    _copy0 = weight.new_empty(n, 32)
+    d2_d_c_0 = weight.new_empty(n, 4, 8, 1)
+    # ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
+    _native.run('full_tp_d2_weight_s0', n, _c2, _copy0, a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1), _c0, d2_d_c_0, d_c[:, 0:32].reshape(n, 4, 8, 1))
+    del _c2
+    d2_a_1 = ((_c0 * 0.7071067811865476).permute(0, 2, 3, 4, 1).reshape(1, 4, 1, 8) * _copy0.reshape(n, 4, 8, 1, 1).permute(0, 1, 3, 4, 2).reshape(n, 4, 1, 8)).sum((3,))
+    del _copy0
+    # ∂/∂d_c: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
+    _c4 = torch.mm(d2_d_weight[32:64].view(4, 8).reshape(32, 1), cg_0_1_1.reshape(1, 9)).view(4, 8, 1, 3, 3)  # uv,ijk->uvijk
+    _c6 = weight.new_empty(n, 288)
+    _copy1 = weight.new_empty(n, 288)
+    # ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
+    d2_b_2 = weight.new_empty(n, 8, 1)
+    d2_d_c_3 = weight.new_empty(n, 4, 8, 3)
+    # ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
+    _native.run('full_tp_d2_weight_s1', n, _c6, _copy1, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1), _c0, d2_b_2, b[:, 8:32].reshape(n, 8, 3), _c4, d2_d_c_3, d_c[:, 32:128].reshape(n, 4, 8, 3))
+    del _c0, _c6
+    d2_a_4 = torch.bmm((_c4 * 1.224744871391589).permute(0, 2, 1, 3, 4).reshape(4, 1, 72), _copy1.reshape(n, 4, 8, 3, 3).permute(1, 2, 3, 4, 0).reshape(4, 72, n)).view(4, 1, n).permute(2, 0, 1)  # uvijk,zuvjk->zui
+    del _c4, _copy1
+    _c7 = weight.new_empty(n, 96)
+    _copy2 = weight.new_empty(n, 96)
+    # ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
+    _native.run('full_tp_d2_weight_s2', n, _c7, _copy2, d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1))
+    del _c7
+    _c8 = (d2_d_weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy2.reshape(n, 1, 3, 8, 4).permute(3, 0, 1, 2, 4).reshape(8, n, 1, 3, 4)).sum((4,))
+    del _copy2
+    # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
+    _c9 = torch.mm(d2_d_weight[64:96].view(4, 8).reshape(32, 1), cg_1_0_1.reshape(1, 9)).view(4, 8, 3, 1, 3)  # uv,ijk->uvijk
+    _c11 = weight.new_empty(n, 96)
+    _copy3 = weight.new_empty(n, 96)
+    d2_b_5 = weight.new_empty(n, 8, 3)
+    d2_d_c_6 = weight.new_empty(n, 4, 8, 3)
+    # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
+    _native.run('full_tp_d2_weight_s3', n, _c11, _copy3, cg_0_1_1, _c8.permute(1, 0, 2, 3), d2_b_5, a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1), _c9, d2_d_c_6, d_c[:, 32:128].reshape(n, 4, 8, 3))
+    del _c11, _c8
+    _c12 = (d2_d_weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy3.reshape(n, 1, 3, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n, 1, 3, 8)).sum((4,))
+    del _copy3
+    _c13 = weight.new_empty(n, 288)
+    _copy4 = weight.new_empty(n, 288)
+    d2_a_7 = weight.new_empty(n, 4, 3)
+    # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
+    _native.run('full_tp_d2_weight_s4', n, _c13, _copy4, cg_1_0_1, _c12.permute(1, 0, 2, 3), d2_a_7, d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
+    del _c12, _c13
+    d2_b_8 = torch.bmm((_c9 * 1.224744871391589).permute(1, 3, 0, 2, 4).reshape(8, 1, 36), _copy4.reshape(n, 8, 4, 3, 3).permute(1, 2, 3, 4, 0).reshape(8, 36, n)).view(8, 1, n).permute(2, 0, 1)  # uvijk,zvuik->zvj
+    del _c9, _copy4
+    # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
+    _c14 = torch.mm(d2_d_weight[96:128].view(4, 8).reshape(32, 1), cg_1_1_0.reshape(1, 9)).view(4, 8, 3, 3, 1)  # uv,ijk->uvijk
+    _c15 = weight.new_empty(n, 288)
+    _copy5 = weight.new_empty(n, 288)
+    _native.run('full_tp_d2_weight_s5', n, _c15, _copy5, a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3))
+    del _c15
+    d2_d_c_9 = torch.bmm((_c14 * 0.7071067811865476).permute(0, 1, 4, 2, 3).reshape(32, 1, 9), _copy5.reshape(n, 4, 8, 3, 3).permute(1, 2, 3, 4, 0).reshape(32, 9, n)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # uvijk,zuvij->zuvk
+    del _c14
+    _c16 = weight.new_empty(n, 96)
+    _copy6 = weight.new_empty(n, 96)
+    # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
+    _native.run('full_tp_d2_weight_s6', n, _c16, _copy6, d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 8:32].reshape(n, 8, 3))
+    del _c16
+    _c17 = (d2_d_weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy6.reshape(n, 3, 4, 8, 1).permute(2, 0, 1, 4, 3).reshape(4, n, 3, 1, 8)).sum((4,))
+    del _copy6
+    _c18 = weight.new_empty(n, 96)
+    _copy7 = weight.new_empty(n, 96)
+    d2_a_10 = weight.new_empty(n, 4, 3)
+    # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
+    _native.run('full_tp_d2_weight_s7', n, _c18, _copy7, cg_1_1_0, _c17.permute(1, 0, 2, 3), d2_a_10, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3))
+    del _c17, _c18
+    _c19 = (d2_d_weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy7.reshape(n, 3, 8, 4, 1).permute(2, 0, 1, 4, 3).reshape(8, n, 3, 1, 4)).sum((4,))
+    del _copy7
+    # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
+    _c20 = torch.mm(d2_d_weight[128:160].view(4, 8).reshape(32, 1), cg_1_1_1.reshape(1, 27)).view(4, 8, 3, 3, 3)  # uv,ijk->uvijk
+    d2_d_c_11 = torch.bmm((_c20 * 1.7320508075688772).permute(0, 1, 4, 2, 3).reshape(32, 3, 9), _copy5.reshape(n, 4, 8, 3, 3).permute(1, 2, 3, 4, 0).reshape(32, 9, n)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # uvijk,zuvij->zuvk
+    del _c20, _copy5
+    _c21 = weight.new_empty(n, 288)
+    _copy8 = weight.new_empty(n, 288)
+    d2_b_12 = weight.new_empty(n, 8, 3)
+    # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
+    _native.run('full_tp_d2_weight_s8', n, _c21, _copy8, cg_1_1_0, _c19.permute(1, 0, 2, 3), d2_b_12, d_c[:, 128:224].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3))
+    del _c19, _c21
+    _c22 = torch.bmm(d2_d_weight[128:160].view(4, 8).reshape(4, 1, 8), _copy8.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zjkuv->uzjk
+    del _copy8
+    _copy9 = weight.new_empty(n, 36)
+    _native.run('full_tp_d2_weight_s9', n, _copy9, _c22.permute(1, 0, 2, 3))
+    del _c22
+    _mm0 = torch.mm(_copy9.reshape(n, 4, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,zujk->zui
+    del _copy9
+    _c23 = weight.new_empty(n, 288)
+    _copy10 = weight.new_empty(n, 288)
+    d2_a_13 = weight.new_empty(n, 4, 3)
+    # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
+    _native.run('full_tp_d2_weight_s10', n, _c23, _copy10, _mm0, d2_a_13, d_c[:, 128:224].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
+    del _c23, _mm0
+    _c24 = torch.bmm(d2_d_weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _copy10.reshape(n, 3, 3, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zikvu->vzik
+    del _copy10
+    _copy11 = weight.new_empty(n, 72)
+    _native.run('full_tp_d2_weight_s11', n, _copy11, _c24.permute(1, 0, 2, 3))
+    del _c24
+    _mm1 = torch.mm(_copy11.reshape(n, 8, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,zvik->zvj
+    del _copy11
+    d2_b_14 = weight.new_empty(n, 8, 3)
+    _native.run('full_tp_d2_weight_s12', n, _mm1, d2_b_14)
+    del _mm1
+    d2_a = torch.cat([
+        (d2_a_1 + d2_a_4).reshape(n, 4),
+        (d2_a_7 + d2_a_10 + d2_a_13).reshape(n, 12),
+    ], dim=-1)
+    del d2_a_1, d2_a_10, d2_a_13, d2_a_4, d2_a_7
+    d2_b = torch.cat([
+        (d2_b_2 + d2_b_8).reshape(n, 8),
+        (d2_b_5 + d2_b_12 + d2_b_14).reshape(n, 24),
+    ], dim=-1)
+    del d2_b_12, d2_b_14, d2_b_2, d2_b_5, d2_b_8
+    d2_d_c = torch.cat([
+        (d2_d_c_0 + d2_d_c_9).reshape(n, 32),
+        (d2_d_c_3 + d2_d_c_6).reshape(n, 96),
+        d2_d_c_11.reshape(n, 96),
+    ], dim=-1)
+    del d2_d_c_0, d2_d_c_11, d2_d_c_3, d2_d_c_6, d2_d_c_9
+    d2_weight = weight.new_zeros(160)
+    return [d2_a, d2_b, d2_d_c, d2_weight]
+
+
 # full_tp: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("full_tp_d2_a", _full_tp_d2_a, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={})
-_ops.register("full_tp_d2_b", _full_tp_d2_b, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={})
-_ops.register("full_tp_d2_weight", _full_tp_d2_weight, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={})
-_ops.register("full_tp_d", _full_tp_d, outputs=((16, True), (32, True), (160, False)), index_ranges={}, backward=[_ops.full_tp_d2_a, _ops.full_tp_d2_b, _ops.full_tp_d2_weight])
-_ops.register("full_tp", _full_tp, outputs=((224, True),), index_ranges={}, backward=[_ops.full_tp_d], check_indices=True)
+_ops.register("full_tp_d2_a", _full_tp_d2_a, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, cpu=_full_tp_d2_a_cpu)
+_ops.register("full_tp_d2_b", _full_tp_d2_b, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, cpu=_full_tp_d2_b_cpu)
+_ops.register("full_tp_d2_weight", _full_tp_d2_weight, outputs=((16, True), (32, True), (224, True), (160, False)), index_ranges={}, cpu=_full_tp_d2_weight_cpu)
+_ops.register("full_tp_d", _full_tp_d, outputs=((16, True), (32, True), (160, False)), index_ranges={}, backward=[_ops.full_tp_d2_a, _ops.full_tp_d2_b, _ops.full_tp_d2_weight], cpu=_full_tp_d_cpu)
+_ops.register("full_tp", _full_tp, outputs=((224, True),), index_ranges={}, backward=[_ops.full_tp_d], check_indices=True, cpu=_full_tp_cpu)
 
 
 def _linear(
@@ -3547,6 +6098,31 @@ def _linear(
         y_2.reshape(n, 80),
     ], dim=-1)
     del y_0, y_1, y_2
+    return [y]
+
+
+def _linear_cpu(
+    x: torch.Tensor, weight: torch.Tensor,
+) -> list[torch.Tensor]:
+    """linear on rows: x (n, 120) -> y (n, 144)."""
+    n = x.shape[0]
+    # 32x0e -> 16x0e
+    _mm0 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), (weight[0:512].view(32, 16) * 0.17677669529663687)).view(n, 1, 16)  # zui,uw->ziw
+    y = weight.new_empty(n, 144)
+    _copy0 = weight.new_empty(n, 48)
+    _native.run('linear_s0', n, y, _copy0, _mm0, x[:, 32:80].reshape(n, 16, 3))
+    del _mm0
+    # 16x1o -> 16x1o
+    _mm1 = torch.mm(_copy0.reshape(n, 3, 16).reshape(n * 3, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
+    del _copy0
+    _copy1 = weight.new_empty(n, 40)
+    _native.run('linear_s1', n, y, _copy1, _mm1, x[:, 80:120].reshape(n, 8, 5))
+    del _mm1
+    # 8x2e -> 16x2e
+    _mm2 = torch.mm(_copy1.reshape(n, 5, 8).reshape(n * 5, 8), (weight[768:896].view(8, 16) * 0.35355339059327373)).view(n, 5, 16)  # ziu,uw->ziw
+    del _copy1
+    _native.run('linear_s2', n, y, _mm2)
+    del _mm2
     return [y]
 
 
@@ -3579,6 +6155,47 @@ def _linear_d(
         d_weight_1.reshape(128),
     ], dim=-1)
     del d_weight_1, d_weight_3, d_weight_5
+    return [d_x, d_weight]
+
+
+def _linear_d_cpu(
+    x: torch.Tensor, d_y: torch.Tensor, weight: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of linear: x (n, 120), d_y (n, 144) -> d_x (n, 120), d_weight (896,)."""
+    n = x.shape[0]
+    _copy0 = weight.new_empty(n, 80)
+    _native.run('linear_d_s0', n, _copy0, d_y[:, 64:144].reshape(n, 16, 5))
+    # ∂/∂x: 8x2e -> 16x2e
+    _mm0 = torch.mm(_copy0.reshape(n, 5, 16).reshape(n * 5, 16), (weight[768:896].view(8, 16) * 0.35355339059327373).permute(1, 0).reshape(16, 8)).view(n, 5, 8)  # ziw,uw->ziu
+    d_x = weight.new_empty(n, 120)
+    _copy1 = weight.new_empty(n, 40)
+    _native.run('linear_d_s1', n, d_x, _copy1, _mm0, x[:, 80:120].reshape(n, 8, 5))
+    del _mm0
+    # ∂/∂weight: 8x2e -> 16x2e
+    d_weight_0 = torch.mm((_copy1.reshape(n, 5, 8) * 0.35355339059327373).reshape(n * 5, 8).t(), _copy0.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5).t()).view(8, 16)  # ziw,ziu->uw
+    del _copy0, _copy1
+    _copy2 = weight.new_empty(n, 48)
+    _native.run('linear_d_s2', n, _copy2, d_y[:, 16:64].reshape(n, 16, 3))
+    # ∂/∂x: 16x1o -> 16x1o
+    _mm1 = torch.mm(_copy2.reshape(n, 3, 16).reshape(n * 3, 16), (weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 3, 16)  # ziw,uw->ziu
+    _copy3 = weight.new_empty(n, 48)
+    _native.run('linear_d_s3', n, d_x, _copy3, _mm1, x[:, 32:80].reshape(n, 16, 3))
+    del _mm1
+    # ∂/∂weight: 16x1o -> 16x1o
+    d_weight_1 = torch.mm(_copy3.reshape(n, 3, 16).reshape(n * 3, 16).t(), (_copy2.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3).t()).view(16, 16)  # ziw,ziu->uw
+    del _copy2, _copy3
+    # ∂/∂x: 32x0e -> 16x0e
+    _mm2 = torch.mm(d_y[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[0:512].view(32, 16) * 0.17677669529663687).permute(1, 0).reshape(16, 32)).view(n, 1, 32)  # zwi,uw->ziu
+    # ∂/∂weight: 32x0e -> 16x0e
+    d_weight_2 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32).t(), (d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(1, 0, 2).reshape(16, n).t()).view(32, 16)  # zwi,zui->uw
+    _native.run('linear_d_s4', n, d_x, _mm2)
+    del _mm2
+    d_weight = torch.cat([
+        d_weight_2.reshape(512),
+        d_weight_1.reshape(256),
+        d_weight_0.reshape(128),
+    ], dim=-1)
+    del d_weight_0, d_weight_1, d_weight_2
     return [d_x, d_weight]
 
 
@@ -3615,6 +6232,47 @@ def _linear_d2_x(
     return [d2_x, d2_d_y, d2_weight]
 
 
+def _linear_d2_x_cpu(
+    x: torch.Tensor, d_y: torch.Tensor, d2_d_x: torch.Tensor, weight: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of linear_d for the cotangent of d_x: x (n, 120), d_y (n, 144), d2_d_x (n, 120) -> d2_x (n, 120), d2_d_y (n, 144), d2_weight (896,)."""
+    n = x.shape[0]
+    # ∂/∂d_y: ∂/∂x: 32x0e -> 16x0e
+    _mm0 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), (weight[0:512].view(32, 16) * 0.17677669529663687)).view(n, 1, 16)  # zui,uw->ziw
+    # ∂/∂weight: ∂/∂x: 32x0e -> 16x0e
+    d2_weight_0 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n), (d_y[:, 0:16].reshape(n, 16, 1) * 0.17677669529663687).permute(0, 2, 1).reshape(n, 16)).view(32, 16)  # zui,zwi->uw
+    d2_d_y = weight.new_empty(n, 144)
+    _copy0 = weight.new_empty(n, 48)
+    _native.run('linear_d2_x_s0', n, d2_d_y, _copy0, _mm0, d2_d_x[:, 32:80].reshape(n, 16, 3))
+    del _mm0
+    # ∂/∂d_y: ∂/∂x: 16x1o -> 16x1o
+    _mm1 = torch.mm(_copy0.reshape(n, 3, 16).reshape(n * 3, 16), (weight[512:768].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
+    _copy1 = weight.new_empty(n, 48)
+    _native.run('linear_d2_x_s1', n, d2_d_y, _copy1, _mm1, d_y[:, 16:64].reshape(n, 16, 3))
+    del _mm1
+    # ∂/∂weight: ∂/∂x: 16x1o -> 16x1o
+    d2_weight_1 = torch.mm((_copy0.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # ziu,ziw->uw
+    del _copy0, _copy1
+    _copy2 = weight.new_empty(n, 40)
+    _native.run('linear_d2_x_s2', n, _copy2, d2_d_x[:, 80:120].reshape(n, 8, 5))
+    # ∂/∂d_y: ∂/∂x: 8x2e -> 16x2e
+    _mm2 = torch.mm(_copy2.reshape(n, 5, 8).reshape(n * 5, 8), (weight[768:896].view(8, 16) * 0.35355339059327373)).view(n, 5, 16)  # ziu,uw->ziw
+    _copy3 = weight.new_empty(n, 80)
+    _native.run('linear_d2_x_s3', n, d2_d_y, _copy3, _mm2, d_y[:, 64:144].reshape(n, 16, 5))
+    del _mm2
+    # ∂/∂weight: ∂/∂x: 8x2e -> 16x2e
+    d2_weight_2 = torch.mm((_copy2.reshape(n, 5, 8) * 0.35355339059327373).permute(2, 0, 1).reshape(8, n * 5), _copy3.reshape(n, 5, 16).reshape(n * 5, 16)).view(8, 16)  # ziu,ziw->uw
+    del _copy2, _copy3
+    d2_x = weight.new_zeros(n, 120)
+    d2_weight = torch.cat([
+        d2_weight_0.reshape(512),
+        d2_weight_1.reshape(256),
+        d2_weight_2.reshape(128),
+    ], dim=-1)
+    del d2_weight_0, d2_weight_1, d2_weight_2
+    return [d2_x, d2_d_y, d2_weight]
+
+
 def _linear_d2_weight(
     x: torch.Tensor, d_y: torch.Tensor, d2_d_weight: torch.Tensor, weight: torch.Tensor,
 ) -> list[torch.Tensor]:
@@ -3648,12 +6306,55 @@ def _linear_d2_weight(
     return [d2_x, d2_d_y, d2_weight]
 
 
+def _linear_d2_weight_cpu(
+    x: torch.Tensor, d_y: torch.Tensor, d2_d_weight: torch.Tensor, weight: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of linear_d for the cotangent of d_weight: x (n, 120), d_y (n, 144), d2_d_weight (896,) -> d2_x (n, 120), d2_d_y (n, 144), d2_weight (896,)."""
+    n = x.shape[0]
+    # ∂/∂d_y: ∂/∂weight: 32x0e -> 16x0e
+    _mm0 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t(), (d2_d_weight[0:512].view(32, 16) * 0.17677669529663687).permute(1, 0).reshape(16, 32).t()).view(n, 1, 16)  # uw,zui->ziw
+    d2_d_y = weight.new_empty(n, 144)
+    _native.run('linear_d2_weight_s0', n, d2_d_y, _mm0)
+    del _mm0
+    # ∂/∂x: ∂/∂weight: 32x0e -> 16x0e
+    _mm1 = torch.mm(d_y[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n).t(), (d2_d_weight[0:512].view(32, 16) * 0.17677669529663687).t()).view(n, 1, 32)  # uw,zwi->ziu
+    d2_x = weight.new_empty(n, 120)
+    _copy0 = weight.new_empty(n, 48)
+    _native.run('linear_d2_weight_s1', n, d2_x, _copy0, _mm1, x[:, 32:80].reshape(n, 16, 3))
+    del _mm1
+    # ∂/∂d_y: ∂/∂weight: 16x1o -> 16x1o
+    _mm2 = torch.mm(_copy0.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16).t()).view(n, 3, 16)  # uw,ziu->ziw
+    del _copy0
+    _copy1 = weight.new_empty(n, 48)
+    _native.run('linear_d2_weight_s2', n, d2_d_y, _copy1, _mm2, d_y[:, 16:64].reshape(n, 16, 3))
+    del _mm2
+    # ∂/∂x: ∂/∂weight: 16x1o -> 16x1o
+    _mm3 = torch.mm(_copy1.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3).t(), (d2_d_weight[512:768].view(16, 16) * 0.25).t()).view(n, 3, 16)  # uw,ziw->ziu
+    del _copy1
+    _copy2 = weight.new_empty(n, 40)
+    _native.run('linear_d2_weight_s3', n, d2_x, _copy2, _mm3, x[:, 80:120].reshape(n, 8, 5))
+    del _mm3
+    # ∂/∂d_y: ∂/∂weight: 8x2e -> 16x2e
+    _mm4 = torch.mm(_copy2.reshape(n, 5, 8).permute(2, 0, 1).reshape(8, n * 5).t(), (d2_d_weight[768:896].view(8, 16) * 0.35355339059327373).permute(1, 0).reshape(16, 8).t()).view(n, 5, 16)  # uw,ziu->ziw
+    del _copy2
+    _copy3 = weight.new_empty(n, 80)
+    _native.run('linear_d2_weight_s4', n, d2_d_y, _copy3, _mm4, d_y[:, 64:144].reshape(n, 16, 5))
+    del _mm4
+    # ∂/∂x: ∂/∂weight: 8x2e -> 16x2e
+    _mm5 = torch.mm(_copy3.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5).t(), (d2_d_weight[768:896].view(8, 16) * 0.35355339059327373).t()).view(n, 5, 8)  # uw,ziw->ziu
+    del _copy3
+    _native.run('linear_d2_weight_s5', n, d2_x, _mm5)
+    del _mm5
+    d2_weight = weight.new_zeros(896)
+    return [d2_x, d2_d_y, d2_weight]
+
+
 # linear: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("linear_d2_x", _linear_d2_x, outputs=((120, True), (144, True), (896, False)), index_ranges={})
-_ops.register("linear_d2_weight", _linear_d2_weight, outputs=((120, True), (144, True), (896, False)), index_ranges={})
-_ops.register("linear_d", _linear_d, outputs=((120, True), (896, False)), index_ranges={}, backward=[_ops.linear_d2_x, _ops.linear_d2_weight])
-_ops.register("linear", _linear, outputs=((144, True),), index_ranges={}, backward=[_ops.linear_d], check_indices=True)
+_ops.register("linear_d2_x", _linear_d2_x, outputs=((120, True), (144, True), (896, False)), index_ranges={}, cpu=_linear_d2_x_cpu)
+_ops.register("linear_d2_weight", _linear_d2_weight, outputs=((120, True), (144, True), (896, False)), index_ranges={}, cpu=_linear_d2_weight_cpu)
+_ops.register("linear_d", _linear_d, outputs=((120, True), (896, False)), index_ranges={}, backward=[_ops.linear_d2_x, _ops.linear_d2_weight], cpu=_linear_d_cpu)
+_ops.register("linear", _linear, outputs=((144, True),), index_ranges={}, backward=[_ops.linear_d], check_indices=True, cpu=_linear_cpu)
 
 
 def _tp_then_linear(
@@ -3700,6 +6401,38 @@ def _tp_then_linear(
         (z_5 + z_7).reshape(n, 24),
     ], dim=-1)
     del z_4, z_5, z_6, z_7
+    return [z]
+
+
+def _tp_then_linear_cpu(
+    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, _g_t_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """tp_then_linear on rows: x (n, 32), y (n, 4) -> z (n, 32)."""
+    n = x.shape[0]
+    _m_t_0 = weight.new_empty(n, 16)
+    t = weight.new_empty(n, 56)
+    # every path's (i, k) map at once: y · G
+    # 1 paths 8x0e ⊗ y -> 8x0e
+    _native.run('tp_then_linear_s0', n, _m_t_0, t, y.reshape(n, 4), _g_t_0, x[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8))
+    # 1 paths 8x0e ⊗ y -> 8x1o
+    _c1 = x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    # 1 paths 8x1o ⊗ y -> 8x0e
+    # 1 paths 8x1o ⊗ y -> 8x1o
+    _native.run('tp_then_linear_s1', n, t, _m_t_0, _c1.permute(1, 0, 2, 3), x[:, 8:32].reshape(n, 8, 3), weight[24:32].view(1, 8), weight[16:24].view(1, 8))
+    del _c1, _m_t_0
+    # 8x0e -> 8x0e
+    _mm0 = torch.mm(t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8)  # zui,uw->ziw
+    z = weight.new_empty(n, 32)
+    _copy0 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_s2', n, z, _copy0, _mm0, t)
+    del _mm0, t
+    # 8x1o -> 8x1o
+    _mm1 = torch.mm(_copy0.reshape(n, 3, 8).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8)  # ziu,uw->ziw
+    del _copy0
+    # 8x0e -> 8x0e
+    # 8x1o -> 8x1o
+    _native.run('tp_then_linear_s3', n, z, _mm1, x[:, 0:8].reshape(n, 8, 1), x[:, 8:32].reshape(n, 8, 3))
+    del _mm1
     return [z]
 
 
@@ -3822,6 +6555,119 @@ def _tp_then_linear_d(
     return [d_x, d_y, d_weight]
 
 
+def _tp_then_linear_d_cpu(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, weight: torch.Tensor,
+    _g_t_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of tp_then_linear: x (n, 32), y (n, 4), d_z (n, 32) -> d_x (n, 32), d_y (n, 4), d_weight (160,)."""
+    n = x.shape[0]
+    _m_t_0 = weight.new_empty(n, 16)
+    t = weight.new_empty(n, 56)
+    # every path's (i, k) map at once: y · G
+    # 1 paths 8x0e ⊗ y -> 8x0e
+    _native.run('tp_then_linear_d_s0', n, _m_t_0, t, y.reshape(n, 4), _g_t_0, x[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8))
+    # 1 paths 8x0e ⊗ y -> 8x1o
+    _c1 = x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    _c2 = weight.new_empty(n, 8)
+    d_x = weight.new_empty(n, 32)
+    _copy0 = weight.new_empty(n, 24)
+    # 1 paths 8x1o ⊗ y -> 8x0e
+    # 1 paths 8x1o ⊗ y -> 8x1o
+    # ∂/∂x: 8x1o -> 8x1o
+    # ∂/∂x: 8x0e -> 8x0e
+    _native.run('tp_then_linear_d_s1', n, t, _c2, d_x, _copy0, _m_t_0, _c1.permute(1, 0, 2, 3), x[:, 8:32].reshape(n, 8, 3), weight[24:32].view(1, 8), weight[16:24].view(1, 8), d_z[:, 8:32].reshape(n, 8, 3), d_z[:, 0:8].reshape(n, 8, 1), d_z[:, 8:32].reshape(n, 8, 3))
+    del _c1
+    # ∂/∂t: 8x1o -> 8x1o
+    _mm0 = torch.mm(_copy0.reshape(n, 3, 8).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8)  # ziw,uw->ziu
+    d_t = weight.new_empty(n, 56)
+    _copy1 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d_s2', n, d_t, _copy1, _mm0, t)
+    del _mm0
+    # ∂/∂weight: 8x1o -> 8x1o
+    d_weight_0 = torch.mm(_copy1.reshape(n, 3, 8).reshape(n * 3, 8).t(), (_copy0.reshape(n, 3, 8) * 0.35355339059327373).permute(2, 0, 1).reshape(8, n * 3).t()).view(8, 8)  # ziw,ziu->uw
+    del _copy0, _copy1
+    # ∂/∂t: 8x0e -> 8x0e
+    _mm1 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8)  # zwi,uw->ziu
+    # ∂/∂weight: 8x0e -> 8x0e
+    d_weight_1 = torch.mm(t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8).t(), (d_z[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n).t()).view(8, 8)  # zwi,zui->uw
+    del t
+    _c4 = weight.new_empty(n, 24)
+    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
+    _native.run('tp_then_linear_d_s3', n, d_t, _c4, d_x, _mm1, _m_t_0, weight[16:24].view(1, 8))
+    del _mm1
+    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    _c5 = d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    _copy2 = weight.new_empty(n, 72)
+    _native.run('tp_then_linear_d_s4', n, _copy2, _c5.permute(1, 0, 2, 3))
+    del _c5
+    _mm2 = torch.mm(_copy2.reshape(n, 3, 3, 8).permute(3, 0, 1, 2).reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,ziku->zikp
+    del _copy2
+    d__m_t_0 = weight.new_empty(n, 16)
+    _copy3 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d_s5', n, d__m_t_0, _copy3, _mm2, x[:, 8:32].reshape(n, 8, 3))
+    del _mm2
+    # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
+    d_weight_2 = torch.bmm(_copy3.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c4.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # ziu,zipu->pu
+    del _c4
+    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
+    _c6 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    _c7 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * _copy3.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, n, 1, 3)
+    del _copy3
+    _copy4 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d_s6', n, d_x, _copy4, _m_t_0, _c6.permute(1, 0, 2, 3), _c7.permute(1, 0, 2, 3))
+    del _c6, _c7
+    _mm3 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy4.reshape(n, 3, 8, 1).permute(0, 1, 3, 2).reshape(n, 3, 1, 1, 8)).sum((4,))
+    del _copy4
+    # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
+    d_weight_3 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c2.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
+    del _c2
+    _c8 = weight.new_empty(n, 8)
+    _copy5 = weight.new_empty(n, 24)
+    _copy6 = weight.new_empty(n, 8)
+    # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
+    _native.run('tp_then_linear_d_s7', n, d__m_t_0, _c8, d_x, _copy5, _copy6, _mm3, d_t, _m_t_0, weight[8:16].view(1, 8), x[:, 0:8].reshape(n, 8, 1))
+    del _mm3
+    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    _c9 = _copy5.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy6.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
+    del _copy5, _copy6
+    _copy7 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d_s8', n, _copy7, _c9.permute(1, 0, 2, 3))
+    del _c9
+    _mm4 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy7.reshape(n, 1, 3, 8).reshape(n, 1, 3, 1, 8)).sum((4,))
+    del _copy7
+    # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
+    d_weight_4 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c8.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zuip->pu
+    del _c8
+    _c11 = weight.new_empty(n, 8)
+    # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
+    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    _native.run('tp_then_linear_d_s9', n, d__m_t_0, d_x, _c11, _mm4, d_t, _m_t_0, weight[0:8].view(1, 8), x[:, 0:8].reshape(n, 8, 1))
+    del _mm4, d_t
+    _mm5 = (weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c11.reshape(n, 8, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1, 8)).sum((4,))
+    # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
+    d_weight_5 = torch.mm(_m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c11.reshape(n, 8, 1, 1).permute(0, 3, 2, 1).reshape(n, 8)).view(1, 8)  # zikp,zuki->pu
+    del _c11, _m_t_0
+    _native.run('tp_then_linear_d_s10', n, d__m_t_0, _mm5)
+    del _mm5
+    # ∂/∂y: every path's (i, k) map at once: y · G
+    _mm6 = torch.mm(d__m_t_0, _g_t_0.permute(1, 0).reshape(16, 4)).view(n, 4)  # zc,jc->zj
+    del d__m_t_0
+    d_y = weight.new_empty(n, 4)
+    _native.run('tp_then_linear_d_s11', n, d_y, _mm6)
+    del _mm6
+    d_weight = torch.cat([
+        d_weight_5.reshape(8),
+        d_weight_4.reshape(8),
+        d_weight_2.reshape(8),
+        d_weight_3.reshape(8),
+        d_weight_1.reshape(64),
+        d_weight_0.reshape(64),
+    ], dim=-1)
+    del d_weight_0, d_weight_1, d_weight_2, d_weight_3, d_weight_4, d_weight_5
+    return [d_x, d_y, d_weight]
+
+
 def _tp_then_linear_d2_x(
     x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_x: torch.Tensor,
     weight: torch.Tensor, _g_t_0: torch.Tensor,
@@ -3930,6 +6776,116 @@ def _tp_then_linear_d2_x(
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
+def _tp_then_linear_d2_x_cpu(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_x: torch.Tensor,
+    weight: torch.Tensor, _g_t_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_x: x (n, 32), y (n, 4), d_z (n, 32), d2_d_x (n, 32) -> d2_x (n, 32), d2_y (n, 4), d2_d_z (n, 32), d2_weight (160,)."""
+    n = x.shape[0]
+    _m_t_0 = weight.new_empty(n, 16)
+    _copy0 = weight.new_empty(n, 24)
+    # every path's (i, k) map at once: y · G
+    _native.run('tp_then_linear_d2_x_s0', n, _m_t_0, _copy0, y.reshape(n, 4), _g_t_0, d_z[:, 8:32].reshape(n, 8, 3))
+    # ∂/∂t: 8x1o -> 8x1o
+    _mm0 = torch.mm(_copy0.reshape(n, 3, 8).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8)  # ziw,uw->ziu
+    d_t = weight.new_empty(n, 56)
+    _native.run('tp_then_linear_d2_x_s1', n, d_t, _mm0)
+    del _mm0
+    # ∂/∂t: 8x0e -> 8x0e
+    _mm1 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8)  # zwi,uw->ziu
+    d2_d_t = weight.new_empty(n, 56)
+    _c1 = weight.new_empty(n, 8)
+    # ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
+    # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
+    _native.run('tp_then_linear_d2_x_s2', n, d_t, d2_d_t, _c1, _mm1, d2_d_x[:, 0:8].reshape(n, 8, 1), _m_t_0, weight[0:8].view(1, 8))
+    del _mm1
+    _mm2 = (weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c1.reshape(n, 8, 1, 1).permute(0, 2, 3, 1).reshape(n, 1, 1, 1, 8)).sum((4,))
+    # ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
+    d2_weight_0 = torch.mm(_m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c1.reshape(n, 8, 1, 1).permute(0, 2, 3, 1).reshape(n, 8)).view(1, 8)  # zikp,zuik->pu
+    del _c1
+    # ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
+    _c2 = d2_d_x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
+    _c3 = d2_d_x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    d2__m_t_0 = weight.new_empty(n, 16)
+    _copy1 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d2_x_s3', n, d2__m_t_0, d2_d_t, _copy1, _mm2, _m_t_0, _c2.permute(1, 0, 2, 3), _c3.permute(1, 0, 2, 3))
+    del _c2, _c3, _mm2
+    _mm3 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy1.reshape(n, 1, 3, 8).reshape(n, 1, 3, 1, 8)).sum((4,))
+    _copy2 = weight.new_empty(n, 3)
+    _native.run('tp_then_linear_d2_x_s4', n, d2__m_t_0, _copy2, _mm3, _m_t_0)
+    del _mm3
+    # ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
+    d2_weight_1 = torch.mm(_copy2.reshape(n, 1, 1, 3).permute(1, 0, 2, 3).reshape(1, n * 3), _copy1.reshape(n, 1, 3, 8).reshape(n * 3, 8)).view(1, 8)  # zpik,ziku->pu
+    del _copy1, _copy2
+    _c4 = weight.new_empty(n, 8)
+    _copy3 = weight.new_empty(n, 24)
+    _copy4 = weight.new_empty(n, 8)
+    # ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
+    _native.run('tp_then_linear_d2_x_s5', n, _c4, d2_d_t, _copy3, _copy4, d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0, weight[24:32].view(1, 8), d_t)
+    # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
+    _c5 = _copy3.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy4.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
+    del _copy4
+    _copy5 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d2_x_s6', n, _copy5, _c5.permute(1, 0, 2, 3))
+    del _c5
+    _mm4 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy5.reshape(n, 3, 8, 1).permute(0, 1, 3, 2).reshape(n, 3, 1, 1, 8)).sum((4,))
+    del _copy5
+    # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
+    d2_weight_2 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c4.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
+    del _c4
+    # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
+    _c7 = _copy3.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    del _copy3
+    _c6 = weight.new_empty(n, 24)
+    _copy6 = weight.new_empty(n, 72)
+    # ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
+    _native.run('tp_then_linear_d2_x_s7', n, d2__m_t_0, _c6, d2_d_t, _copy6, _mm4, d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0, weight[16:24].view(1, 8), _c7.permute(1, 0, 2, 3))
+    del _c7, _m_t_0, _mm4
+    _mm5 = torch.mm(_copy6.reshape(n, 3, 3, 8).permute(3, 0, 1, 2).reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,ziku->zikp
+    del _copy6
+    _copy7 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d2_x_s8', n, d2__m_t_0, _copy7, _mm5, d_t)
+    del _mm5, d_t
+    # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
+    d2_weight_3 = torch.bmm(_copy7.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c6.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zku,zkpu->pu
+    del _c6, _copy7
+    # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
+    _mm6 = torch.mm(d2_d_t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8)  # zui,uw->ziw
+    # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
+    d2_weight_4 = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
+    d2_d_z = weight.new_empty(n, 32)
+    _copy8 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d2_x_s9', n, d2_d_z, _copy8, _mm6, d2_d_t)
+    del _mm6, d2_d_t
+    # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
+    _mm7 = torch.mm(_copy8.reshape(n, 3, 8).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8)  # ziu,uw->ziw
+    # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
+    d2_weight_5 = torch.mm((_copy8.reshape(n, 3, 8) * 0.35355339059327373).permute(2, 0, 1).reshape(8, n * 3), _copy0.reshape(n, 3, 8).reshape(n * 3, 8)).view(8, 8)  # ziu,ziw->uw
+    del _copy0, _copy8
+    # ∂/∂d_z: ∂/∂x: 8x0e -> 8x0e
+    # ∂/∂d_z: ∂/∂x: 8x1o -> 8x1o
+    _native.run('tp_then_linear_d2_x_s10', n, d2_d_z, _mm7, d2_d_x[:, 0:8].reshape(n, 8, 1), d2_d_x[:, 8:32].reshape(n, 8, 3))
+    del _mm7
+    # ∂/∂y: every path's (i, k) map at once: y · G
+    _mm8 = torch.mm(d2__m_t_0, _g_t_0.permute(1, 0).reshape(16, 4)).view(n, 4)  # zc,jc->zj
+    del d2__m_t_0
+    d2_y = weight.new_empty(n, 4)
+    _native.run('tp_then_linear_d2_x_s11', n, d2_y, _mm8)
+    del _mm8
+    d2_x = weight.new_zeros(n, 32)
+    d2_weight = torch.cat([
+        d2_weight_0.reshape(8),
+        d2_weight_1.reshape(8),
+        d2_weight_3.reshape(8),
+        d2_weight_2.reshape(8),
+        d2_weight_4.reshape(64),
+        d2_weight_5.reshape(64),
+    ], dim=-1)
+    del d2_weight_0, d2_weight_1, d2_weight_2, d2_weight_3, d2_weight_4, d2_weight_5
+    return [d2_x, d2_y, d2_d_z, d2_weight]
+
+
 def _tp_then_linear_d2_y(
     x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_y: torch.Tensor,
     weight: torch.Tensor, _g_t_0: torch.Tensor,
@@ -4024,6 +6980,87 @@ def _tp_then_linear_d2_y(
         d2_weight_17.reshape(64),
     ], dim=-1)
     del d2_weight_10, d2_weight_13, d2_weight_15, d2_weight_17, d2_weight_4, d2_weight_7
+    return [d2_x, d2_y, d2_d_z, d2_weight]
+
+
+def _tp_then_linear_d2_y_cpu(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_y: torch.Tensor,
+    weight: torch.Tensor, _g_t_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_y: x (n, 32), y (n, 4), d_z (n, 32), d2_d_y (n, 4) -> d2_x (n, 32), d2_y (n, 4), d2_d_z (n, 32), d2_weight (160,)."""
+    n = x.shape[0]
+    _copy0 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d2_y_s0', n, _copy0, d_z[:, 8:32].reshape(n, 8, 3))
+    # ∂/∂t: 8x1o -> 8x1o
+    _mm0 = torch.mm(_copy0.reshape(n, 3, 8).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8)  # ziw,uw->ziu
+    d_t = weight.new_empty(n, 56)
+    _native.run('tp_then_linear_d2_y_s1', n, d_t, _mm0)
+    del _mm0
+    # ∂/∂t: 8x0e -> 8x0e
+    _mm1 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8)  # zwi,uw->ziu
+    d2_d__m_t_0 = weight.new_empty(n, 16)
+    d2_d_t = weight.new_empty(n, 56)
+    _c1 = weight.new_empty(n, 8)
+    d2_x = weight.new_empty(n, 32)
+    # ∂/∂d__m_t_0: ∂/∂y: every path's (i, k) map at once: y · G
+    # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    _native.run('tp_then_linear_d2_y_s2', n, d_t, d2_d__m_t_0, d2_d_t, _c1, d2_x, _mm1, d2_d_y.reshape(n, 4), _g_t_0, x[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8))
+    del _mm1
+    # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    d2_weight_0 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c1.reshape(n, 1, 1, 8).permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
+    del _c1
+    # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    _c2 = x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    _c3 = weight.new_empty(n, 8)
+    # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    _native.run('tp_then_linear_d2_y_s3', n, d2_d_t, _c3, d2_x, d2_d__m_t_0, _c2.permute(1, 0, 2, 3), d_t, weight[8:16].view(1, 8))
+    del _c2
+    # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    d2_weight_1 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c3.reshape(n, 1, 1, 8).permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
+    del _c3
+    _c4 = weight.new_empty(n, 8)
+    # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    _native.run('tp_then_linear_d2_y_s4', n, _c4, d2_d_t, d2_d__m_t_0, x[:, 8:32].reshape(n, 8, 3), weight[24:32].view(1, 8))
+    # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    _c5 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    d2_weight_2 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c4.reshape(n, 1, 1, 8).permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zkpu->pu
+    del _c4
+    _c7 = weight.new_empty(n, 24)
+    _copy1 = weight.new_empty(n, 24)
+    # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    _native.run('tp_then_linear_d2_y_s5', n, d2_x, d2_d_t, _c7, _copy1, d2_d__m_t_0, _c5.permute(1, 0, 2, 3), x[:, 8:32].reshape(n, 8, 3), weight[16:24].view(1, 8), d_t)
+    del _c5, d2_d__m_t_0, d_t
+    # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    d2_weight_3 = torch.bmm(_copy1.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c7.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # ziu,zipu->pu
+    del _c7, _copy1
+    # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
+    _mm2 = torch.mm(d2_d_t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8)  # zui,uw->ziw
+    # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
+    d2_weight_4 = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
+    d2_d_z = weight.new_empty(n, 32)
+    _copy2 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d2_y_s6', n, d2_d_z, _copy2, _mm2, d2_d_t)
+    del _mm2, d2_d_t
+    # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
+    _mm3 = torch.mm(_copy2.reshape(n, 3, 8).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8)  # ziu,uw->ziw
+    # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
+    d2_weight_5 = torch.mm((_copy2.reshape(n, 3, 8) * 0.35355339059327373).permute(2, 0, 1).reshape(8, n * 3), _copy0.reshape(n, 3, 8).reshape(n * 3, 8)).view(8, 8)  # ziu,ziw->uw
+    del _copy0, _copy2
+    _native.run('tp_then_linear_d2_y_s7', n, d2_d_z, _mm3)
+    del _mm3
+    d2_y = weight.new_zeros(n, 4)
+    d2_weight = torch.cat([
+        d2_weight_0.reshape(8),
+        d2_weight_1.reshape(8),
+        d2_weight_3.reshape(8),
+        d2_weight_2.reshape(8),
+        d2_weight_4.reshape(64),
+        d2_weight_5.reshape(64),
+    ], dim=-1)
+    del d2_weight_0, d2_weight_1, d2_weight_2, d2_weight_3, d2_weight_4, d2_weight_5
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
@@ -4215,13 +7252,204 @@ def _tp_then_linear_d2_weight(
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
 
+def _tp_then_linear_d2_weight_cpu(
+    x: torch.Tensor, y: torch.Tensor, d_z: torch.Tensor, d2_d_weight: torch.Tensor,
+    weight: torch.Tensor, _g_t_0: torch.Tensor,
+) -> list[torch.Tensor]:
+    """the vector-Jacobian product of tp_then_linear_d for the cotangent of d_weight: x (n, 32), y (n, 4), d_z (n, 32), d2_d_weight (160,) -> d2_x (n, 32), d2_y (n, 4), d2_d_z (n, 32), d2_weight (160,)."""
+    n = x.shape[0]
+    _m_t_0 = weight.new_empty(n, 16)
+    _c0 = weight.new_empty(n, 8)
+    t = weight.new_empty(n, 56)
+    # every path's (i, k) map at once: y · G
+    # 1 paths 8x0e ⊗ y -> 8x0e
+    _native.run('tp_then_linear_d2_weight_s0', n, _m_t_0, _c0, t, y.reshape(n, 4), _g_t_0, x[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8))
+    # 1 paths 8x0e ⊗ y -> 8x1o
+    _c1 = x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    _c2 = weight.new_empty(n, 8)
+    _c3 = weight.new_empty(n, 24)
+    _copy0 = weight.new_empty(n, 24)
+    # 1 paths 8x1o ⊗ y -> 8x0e
+    # 1 paths 8x1o ⊗ y -> 8x1o
+    _native.run('tp_then_linear_d2_weight_s1', n, t, _c2, _c3, _copy0, _m_t_0, _c1.permute(1, 0, 2, 3), x[:, 8:32].reshape(n, 8, 3), weight[24:32].view(1, 8), weight[16:24].view(1, 8), d_z[:, 8:32].reshape(n, 8, 3))
+    del _c1
+    # ∂/∂t: 8x1o -> 8x1o
+    _mm0 = torch.mm(_copy0.reshape(n, 3, 8).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8)  # ziw,uw->ziu
+    d_t = weight.new_empty(n, 56)
+    _native.run('tp_then_linear_d2_weight_s2', n, d_t, _mm0)
+    del _mm0
+    # ∂/∂t: 8x0e -> 8x0e
+    _mm1 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8)  # zwi,uw->ziu
+    d2_d_t = weight.new_empty(n, 56)
+    # ∂/∂d_t: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
+    _native.run('tp_then_linear_d2_weight_s3', n, d_t, d2_d_t, _mm1, d2_d_weight[0:8].view(1, 8), _c0)
+    del _c0, _mm1
+    # ∂/∂x: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
+    _c4 = d2_d_weight[0:8].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n, 1)
+    d2_x = weight.new_empty(n, 32)
+    _c5 = weight.new_empty(n, 8)
+    # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
+    _native.run('tp_then_linear_d2_weight_s4', n, d2_x, _c5, _m_t_0, _c4.permute(2, 0, 1, 3), d_t, x[:, 0:8].reshape(n, 8, 1))
+    del _c4
+    _mm2 = (d2_d_weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c5.reshape(n, 8, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1, 8)).sum((4,))
+    del _c5
+    # ∂/∂d_t: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
+    _c6 = d2_d_weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n, 1)
+    d2__m_t_0 = weight.new_empty(n, 16)
+    _copy1 = weight.new_empty(n, 24)
+    _copy2 = weight.new_empty(n, 8)
+    # ∂/∂x: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
+    _native.run('tp_then_linear_d2_weight_s5', n, d2__m_t_0, d2_d_t, d2_x, _copy1, _copy2, _mm2, _m_t_0, _c6.permute(2, 0, 1, 3), d_t, d2_d_weight[8:16].view(1, 8), x[:, 0:8].reshape(n, 8, 1))
+    del _c6, _mm2
+    # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
+    _c8 = _copy1.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy2.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
+    _copy3 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d2_weight_s6', n, _copy3, _c8.permute(1, 0, 2, 3))
+    del _c8
+    _mm3 = (d2_d_weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy3.reshape(n, 1, 3, 8).reshape(n, 1, 3, 1, 8)).sum((4,))
+    del _copy3
+    # ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
+    _native.run('tp_then_linear_d2_weight_s7', n, d2__m_t_0, d2_d_t, _mm3, d2_d_weight[24:32].view(1, 8), _c2)
+    del _mm3
+    # ∂/∂x: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
+    _c9 = d2_d_weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n, 1)
+    # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
+    _c10 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    del d_t
+    _copy4 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d2_weight_s8', n, d2_x, _copy4, _m_t_0, _c9.permute(2, 0, 1, 3), _c10.permute(1, 0, 2, 3))
+    del _c10, _c9
+    _mm4 = (d2_d_weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy4.reshape(n, 3, 8, 1).permute(0, 1, 3, 2).reshape(n, 3, 1, 1, 8)).sum((4,))
+    del _copy4
+    # ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
+    _native.run('tp_then_linear_d2_weight_s9', n, d2__m_t_0, d2_d_t, _mm4, d2_d_weight[16:24].view(1, 8), _c3)
+    del _c3, _mm4
+    # ∂/∂x: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
+    _c11 = d2_d_weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * _copy1.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n, 3)
+    # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
+    _c12 = _copy1.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    del _copy1
+    _copy5 = weight.new_empty(n, 72)
+    _native.run('tp_then_linear_d2_weight_s10', n, d2_x, _copy5, _m_t_0, _c11.permute(2, 0, 1, 3), _c12.permute(1, 0, 2, 3))
+    del _c11, _c12
+    _mm5 = torch.mm(_copy5.reshape(n, 3, 3, 8).permute(3, 0, 1, 2).reshape(8, n * 9).t(), d2_d_weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,ziku->zikp
+    del _copy5
+    _native.run('tp_then_linear_d2_weight_s11', n, d2__m_t_0, _mm5)
+    del _mm5
+    # ∂/∂d_z: ∂/∂weight: 8x0e -> 8x0e
+    _mm6 = torch.mm(t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n).t(), (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8).t()).view(n, 1, 8)  # uw,zui->ziw
+    d2_d_z = weight.new_empty(n, 32)
+    _native.run('tp_then_linear_d2_weight_s12', n, d2_d_z, _mm6)
+    del _mm6
+    # ∂/∂t: ∂/∂weight: 8x0e -> 8x0e
+    _mm7 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n).t(), (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373).t()).view(n, 1, 8)  # uw,zwi->ziu
+    d2_t = weight.new_empty(n, 56)
+    _native.run('tp_then_linear_d2_weight_s13', n, d2_t, _mm7)
+    del _mm7
+    # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
+    _mm8 = torch.mm(d2_d_t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8)  # zui,uw->ziw
+    # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
+    d2_weight_0 = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
+    _copy6 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d2_weight_s14', n, d2_d_z, _copy6, _mm8, t)
+    del _mm8, t
+    # ∂/∂d_z: ∂/∂weight: 8x1o -> 8x1o
+    _mm9 = torch.mm(_copy6.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, n * 3).t(), (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8).t()).view(n, 3, 8)  # uw,ziu->ziw
+    del _copy6
+    _native.run('tp_then_linear_d2_weight_s15', n, d2_d_z, _mm9)
+    del _mm9
+    # ∂/∂t: ∂/∂weight: 8x1o -> 8x1o
+    _mm10 = torch.mm(_copy0.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, n * 3).t(), (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373).t()).view(n, 3, 8)  # uw,ziw->ziu
+    _copy7 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d2_weight_s16', n, d2_t, _copy7, _mm10, d2_d_t)
+    del _mm10, d2_d_t
+    # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
+    _mm11 = torch.mm(_copy7.reshape(n, 3, 8).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8)  # ziu,uw->ziw
+    # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
+    d2_weight_1 = torch.mm((_copy7.reshape(n, 3, 8) * 0.35355339059327373).permute(2, 0, 1).reshape(8, n * 3), _copy0.reshape(n, 3, 8).reshape(n * 3, 8)).view(8, 8)  # ziu,ziw->uw
+    del _copy0, _copy7
+    _c13 = weight.new_empty(n, 24)
+    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
+    _native.run('tp_then_linear_d2_weight_s17', n, d2_d_z, _c13, d2_x, _mm11, d2_t, _m_t_0, weight[16:24].view(1, 8))
+    del _mm11
+    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
+    _c14 = d2_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    _copy8 = weight.new_empty(n, 72)
+    _native.run('tp_then_linear_d2_weight_s18', n, _copy8, _c14.permute(1, 0, 2, 3))
+    del _c14
+    _mm12 = torch.mm(_copy8.reshape(n, 3, 3, 8).permute(3, 0, 1, 2).reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,ziku->zikp
+    del _copy8
+    _copy9 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d2_weight_s19', n, d2__m_t_0, _copy9, _mm12, x[:, 8:32].reshape(n, 8, 3))
+    del _mm12
+    # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
+    d2_weight_2 = torch.bmm(_copy9.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c13.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # ziu,zipu->pu
+    del _c13
+    # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
+    _c15 = d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
+    _c16 = d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * _copy9.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, n, 1, 3)
+    del _copy9
+    _copy10 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d2_weight_s20', n, d2_x, _copy10, _m_t_0, _c15.permute(1, 0, 2, 3), _c16.permute(1, 0, 2, 3))
+    del _c15, _c16
+    _mm13 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy10.reshape(n, 3, 8, 1).permute(0, 1, 3, 2).reshape(n, 3, 1, 1, 8)).sum((4,))
+    del _copy10
+    # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
+    d2_weight_3 = torch.bmm(d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c2.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
+    del _c2
+    _c17 = weight.new_empty(n, 8)
+    _copy11 = weight.new_empty(n, 24)
+    # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
+    _native.run('tp_then_linear_d2_weight_s21', n, d2__m_t_0, _c17, d2_x, _copy11, _mm13, d2_t, _m_t_0, weight[8:16].view(1, 8))
+    del _mm13
+    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
+    _c18 = _copy11.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy2.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
+    del _copy11, _copy2
+    _copy12 = weight.new_empty(n, 24)
+    _native.run('tp_then_linear_d2_weight_s22', n, _copy12, _c18.permute(1, 0, 2, 3))
+    del _c18
+    _mm14 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy12.reshape(n, 1, 3, 8).reshape(n, 1, 3, 1, 8)).sum((4,))
+    del _copy12
+    # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
+    d2_weight_4 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c17.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zuip->pu
+    del _c17
+    _c20 = weight.new_empty(n, 8)
+    # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
+    # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
+    _native.run('tp_then_linear_d2_weight_s23', n, d2__m_t_0, d2_x, _c20, _mm14, d2_t, _m_t_0, weight[0:8].view(1, 8), x[:, 0:8].reshape(n, 8, 1))
+    del _mm14, d2_t
+    _mm15 = (weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c20.reshape(n, 8, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1, 8)).sum((4,))
+    # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
+    d2_weight_5 = torch.mm(_m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c20.reshape(n, 8, 1, 1).permute(0, 3, 2, 1).reshape(n, 8)).view(1, 8)  # zikp,zuki->pu
+    del _c20, _m_t_0
+    _native.run('tp_then_linear_d2_weight_s24', n, d2__m_t_0, _mm15)
+    del _mm15
+    # ∂/∂y: every path's (i, k) map at once: y · G
+    _mm16 = torch.mm(d2__m_t_0, _g_t_0.permute(1, 0).reshape(16, 4)).view(n, 4)  # zc,jc->zj
+    del d2__m_t_0
+    d2_y = weight.new_empty(n, 4)
+    _native.run('tp_then_linear_d2_weight_s25', n, d2_y, _mm16)
+    del _mm16
+    d2_weight = torch.cat([
+        d2_weight_5.reshape(8),
+        d2_weight_4.reshape(8),
+        d2_weight_2.reshape(8),
+        d2_weight_3.reshape(8),
+        d2_weight_0.reshape(64),
+        d2_weight_1.reshape(64),
+    ], dim=-1)
+    del d2_weight_0, d2_weight_1, d2_weight_2, d2_weight_3, d2_weight_4, d2_weight_5
+    return [d2_x, d2_y, d2_d_z, d2_weight]
+
+
 # tp_then_linear: an op's autograd runs, per cotangent present, the op of its derivative program;
 # the last ones differentiate through their own torch code
-_ops.register("tp_then_linear_d2_x", _tp_then_linear_d2_x, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={})
-_ops.register("tp_then_linear_d2_y", _tp_then_linear_d2_y, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={})
-_ops.register("tp_then_linear_d2_weight", _tp_then_linear_d2_weight, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={})
-_ops.register("tp_then_linear_d", _tp_then_linear_d, outputs=((32, True), (4, True), (160, False)), index_ranges={}, backward=[_ops.tp_then_linear_d2_x, _ops.tp_then_linear_d2_y, _ops.tp_then_linear_d2_weight])
-_ops.register("tp_then_linear", _tp_then_linear, outputs=((32, True),), index_ranges={}, backward=[_ops.tp_then_linear_d], check_indices=True)
+_ops.register("tp_then_linear_d2_x", _tp_then_linear_d2_x, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, cpu=_tp_then_linear_d2_x_cpu)
+_ops.register("tp_then_linear_d2_y", _tp_then_linear_d2_y, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, cpu=_tp_then_linear_d2_y_cpu)
+_ops.register("tp_then_linear_d2_weight", _tp_then_linear_d2_weight, outputs=((32, True), (4, True), (32, True), (160, False)), index_ranges={}, cpu=_tp_then_linear_d2_weight_cpu)
+_ops.register("tp_then_linear_d", _tp_then_linear_d, outputs=((32, True), (4, True), (160, False)), index_ranges={}, backward=[_ops.tp_then_linear_d2_x, _ops.tp_then_linear_d2_y, _ops.tp_then_linear_d2_weight], cpu=_tp_then_linear_d_cpu)
+_ops.register("tp_then_linear", _tp_then_linear, outputs=((32, True),), index_ranges={}, backward=[_ops.tp_then_linear_d], check_indices=True, cpu=_tp_then_linear_cpu)
 
 
 class fc_tp(rt.FusionModule):
@@ -4542,3 +7770,14011 @@ class tp_then_linear(rt.FusionModule):
             rt.rows(y, batch, 4),
         ], self.weight, self.constants())
         return outputs[0].reshape(*batch, 32)
+
+
+# the CPU versions' native kernels: C per program, compiled on first use (fusionc.runtime.native)
+_native = rt.NativeKernels(
+    {
+    "fc_tp": """\
+void fc_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* 1 paths 32x0e ⊗ y -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a1[_u] * a2[0];
+    }
+}
+
+void fc_tp_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            (a0 + 0)[_w] += a2[_w];
+        /* zikp,zipw->zwk */
+        real w1[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                w1[_k * 32 + _w] += a3[_k] * a4[_w];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 32)[_w * 3 + _k] += w1[_k * 32 + _w];
+        /* zikp,zipw->zwk */
+        real w2[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                w2[_k * 32 + _w] += a5[_k] * a6[_w];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 128)[_w * 5 + _k] += w2[_k * 32 + _w];
+        /* 1 paths 32x1o ⊗ y -> 32x0e */
+        real t3[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 32 + _u] = a7[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_u] += t3[_i * 32 + _u] * a8[_i];
+    }
+}
+
+void fc_tp_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 192);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            (a0 + 0)[_w] += a2[_w];
+        /* 2 paths 32x1o ⊗ y -> 32x1o */
+        real t1[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 32 + _u] = a3[_u * 3 + _i];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        (a1 + 0)[_k * 64 + _p * 32 + _u] += t1[_i * 32 + _u] * a4[_i * 6 + _k * 2 + _p];
+    }
+}
+
+void fc_tp_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 32)[_w * 3 + _k] += a2[_k * 32 + _w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_i * 32 + _u] += a3[_u * 3 + _i];
+    }
+}
+
+void fc_tp_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* zikp,zipw->zwk */
+        real w1[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _w = 0; _w < 32; ++_w)
+                        w1[_k * 32 + _w] += a2[_i * 10 + _k * 2 + _p] * a3[_i * 64 + _p * 32 + _w];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
+        /* 1 paths 32x2e ⊗ y -> 32x0e */
+        real t2[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 32 + _u] = a4[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_u] += t2[_i * 32 + _u] * a5[_i];
+    }
+}
+
+void fc_tp_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 192);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            (a0 + 0)[_w] += a2[_w];
+        /* 2 paths 32x2e ⊗ y -> 32x1o */
+        real t1[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = a3[_u * 5 + _i];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        (a1 + 0)[_k * 64 + _p * 32 + _u] += t1[_i * 32 + _u] * a4[_i * 6 + _k * 2 + _p];
+    }
+}
+
+void fc_tp_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 320);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 32)[_w * 3 + _k] += a2[_k * 32 + _w];
+        /* 2 paths 32x2e ⊗ y -> 32x2e */
+        real t1[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = a3[_u * 5 + _i];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        (a1 + 0)[_k * 64 + _p * 32 + _u] += t1[_i * 32 + _u] * a4[_i * 10 + _k * 2 + _p];
+    }
+}
+
+void fc_tp_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 128)[_w * 5 + _k] += a1[_k * 32 + _w];
+    }
+}
+    """,
+    "fc_tp_d": """\
+void fc_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 320);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e */
+        real t1[160];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 32 + _w] = a1[_w * 5 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _w = 0; _w < 32; ++_w)
+                        (a0 + 0)[_i * 64 + _p * 32 + _w] += t1[_k * 32 + _w] * a2[_i * 10 + _k * 2 + _p];
+    }
+}
+
+void fc_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 160);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += a2[_i * 32 + _u];
+        /* zwk->zkw */
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a1 + 0)[_k * 32 + _w] += a3[_w * 5 + _k];
+    }
+}
+
+void fc_tp_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 145);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 160);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zui,zkpu->zikp */
+        real t1[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = a2[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t1[_i * 32 + _u] * a3[_k * 64 + _p * 32 + _u];
+                        (a0 + 95)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_i * 32 + _u] += a2[_u * 5 + _i];
+    }
+}
+
+void fc_tp_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zwk->zkw */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a0 + 0)[_k * 32 + _w] += a1[_w * 3 + _k];
+    }
+}
+
+void fc_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 192);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* zikp,zkpu->zui */
+        real w1[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w1[_i * 32 + _u] += a3[_i * 6 + _k * 2 + _p] * a4[_k * 64 + _p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
+        /* ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o */
+        real t2[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 32 + _u] = a5[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t2[_i * 32 + _u] * a4[_k * 64 + _p * 32 + _u];
+                        (a1 + 65)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        (a2 + 0)[_k * 64 + _p * 32 + _u] += t2[_i * 32 + _u] * a3[_i * 6 + _k * 2 + _p];
+    }
+}
+
+void fc_tp_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* zikp,zkpu->zui */
+        real w1[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w1[_i * 32 + _u] += a3[_i] * a4[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
+        /* ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e */
+        real t2[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 32 + _u] = a5[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t2[_i * 32 + _u] * a4[_u];
+                (a1 + 60)[_i] += acc;
+            }
+        /* ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 0)[_u] += t2[_i * 32 + _u] * a3[_i];
+    }
+}
+
+void fc_tp_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 192);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e */
+        real t1[160];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 32 + _w] = a1[_w * 5 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _w = 0; _w < 32; ++_w)
+                        (a0 + 0)[_i * 64 + _p * 32 + _w] += t1[_k * 32 + _w] * a2[_i * 10 + _k * 2 + _p];
+    }
+}
+
+void fc_tp_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += a2[_i * 32 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_i * 32 + _u] += a3[_u * 3 + _i];
+    }
+}
+
+void fc_tp_d_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 192);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* zwk,zipw->zikp */
+        real t1[160];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 32 + _w] = a2[_w * 5 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc += t1[_k * 32 + _w] * a3[_i * 64 + _p * 32 + _w];
+                        (a0 + 30)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o */
+        real t2[96];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 32 + _w] = a4[_w * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _w = 0; _w < 32; ++_w)
+                        (a1 + 0)[_i * 64 + _p * 32 + _w] += t2[_k * 32 + _w] * a5[_i * 6 + _k * 2 + _p];
+    }
+}
+
+void fc_tp_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += a3[_i * 32 + _u];
+        /* zui,zkpu->zikp */
+        real t1[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 32 + _u] = a4[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t1[_i * 32 + _u] * a5[_k * 64 + _p * 32 + _u];
+                        (a1 + 12)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* zikp,zkpu->zui */
+        real w2[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_i * 32 + _u] += a6[_i] * a7[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w2[_i * 32 + _u];
+        /* ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e */
+        for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t1[_i * 32 + _u] * a7[_u];
+                (a1 + 9)[_i] += acc;
+            }
+        /* ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 0)[_u] += t1[_i * 32 + _u] * a6[_i];
+    }
+}
+
+void fc_tp_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e */
+        real t1[160];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 32 + _w] = a1[_w * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a0 + 0)[_w] += t1[_k * 32 + _w] * a2[_k];
+    }
+}
+
+void fc_tp_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a3[_u];
+        /* zwk,zipw->zikp */
+        real t1[160];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 32 + _w] = a4[_w * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc = 0;
+                for (int _w = 0; _w < 32; ++_w)
+                    acc += t1[_k * 32 + _w] * a5[_w];
+                (a1 + 4)[_k] += acc;
+            }
+        /* ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o */
+        real t2[96];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 32 + _w] = a6[_w * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a2 + 0)[_w] += t2[_k * 32 + _w] * a7[_k];
+    }
+}
+
+void fc_tp_d_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a3[_u];
+        /* zwk,zipw->zikp */
+        real t1[96];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 32 + _w] = a4[_w * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc = 0;
+                for (int _w = 0; _w < 32; ++_w)
+                    acc += t1[_k * 32 + _w] * a5[_w];
+                (a1 + 1)[_k] += acc;
+            }
+        /* ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e */
+        for (int _w = 0; _w < 32; ++_w)
+            (a2 + 0)[_w] += a6[_w] * a7[0];
+    }
+}
+
+void fc_tp_d_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a2[_u];
+        /* zui,zkpu->zikp */
+        {
+            real acc = 0;
+            for (int _u = 0; _u < 32; ++_u)
+                acc += a3[_u] * a4[_u];
+            (a1 + 0)[0] += acc;
+        }
+    }
+}
+
+void fc_tp_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zj->zj */
+        for (int _j = 0; _j < 16; ++_j)
+            (a0 + 0)[_j] += a1[_j];
+    }
+}
+    """,
+    "fc_tp_d2_x": """\
+void fc_tp_d2_x_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a1[_u] * a2[0];
+    }
+}
+
+void fc_tp_d2_x_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 145);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            (a0 + 0)[_w] += a2[_w];
+        /* zwk,zipw->zikp */
+        {
+            real acc = 0;
+            for (int _w = 0; _w < 32; ++_w)
+                acc += a3[_w] * a4[_w];
+            (a1 + 0)[0] += acc;
+        }
+    }
+}
+
+void fc_tp_d2_x_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* zikp,zipw->zwk */
+        real w1[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                w1[_k * 32 + _w] += a3[_k] * a4[_w];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 32)[_w * 3 + _k] += w1[_k * 32 + _w];
+        /* ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o */
+        real t2[96];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 32 + _w] = a5[_w * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc = 0;
+                for (int _w = 0; _w < 32; ++_w)
+                    acc += t2[_k * 32 + _w] * a4[_w];
+                (a1 + 1)[_k] += acc;
+            }
+        /* ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a2 + 0)[_w] += t2[_k * 32 + _w] * a3[_k];
+    }
+}
+
+void fc_tp_d2_x_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* zikp,zipw->zwk */
+        real w1[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                w1[_k * 32 + _w] += a3[_k] * a4[_w];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
+        /* ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e */
+        real t2[160];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t2[_k * 32 + _w] = a5[_w * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc = 0;
+                for (int _w = 0; _w < 32; ++_w)
+                    acc += t2[_k * 32 + _w] * a4[_w];
+                (a1 + 4)[_k] += acc;
+            }
+        /* ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e */
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a2 + 0)[_w] += t2[_k * 32 + _w] * a3[_k];
+    }
+}
+
+void fc_tp_d2_x_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂d_z: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e */
+        real t1[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 32 + _u] = a1[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 0)[_u] += t1[_i * 32 + _u] * a2[_i];
+    }
+}
+
+void fc_tp_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 192);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            (a0 + 0)[_w] += a3[_w];
+        /* zui,zkpu->zikp */
+        real t1[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 32 + _u] = a4[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t1[_i * 32 + _u] * a5[_u];
+                (a1 + 9)[_i] += acc;
+            }
+        /* ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        (a2 + 0)[_k * 64 + _p * 32 + _u] += t1[_i * 32 + _u] * a6[_i * 6 + _k * 2 + _p];
+    }
+}
+
+void fc_tp_d2_x_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 32)[_w * 3 + _k] += a2[_k * 32 + _w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_i * 32 + _u] += a3[_u * 3 + _i];
+    }
+}
+
+void fc_tp_d2_x_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zwk,zipw->zikp */
+        real t1[96];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 32 + _w] = a2[_w * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc += t1[_k * 32 + _w] * a3[_i * 64 + _p * 32 + _w];
+                        (a0 + 12)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* zwk->zkw */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a1 + 0)[_k * 32 + _w] += a2[_w * 3 + _k];
+    }
+}
+
+void fc_tp_d2_x_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 192);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* zikp,zipw->zwk */
+        real w1[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _w = 0; _w < 32; ++_w)
+                        w1[_k * 32 + _w] += a3[_i * 10 + _k * 2 + _p] * a4[_i * 64 + _p * 32 + _w];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
+        /* ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e */
+        real t2[160];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t2[_k * 32 + _w] = a5[_w * 5 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc += t2[_k * 32 + _w] * a4[_i * 64 + _p * 32 + _w];
+                        (a1 + 30)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* ∂/∂_w_z_0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _w = 0; _w < 32; ++_w)
+                        (a2 + 0)[_i * 64 + _p * 32 + _w] += t2[_k * 32 + _w] * a3[_i * 10 + _k * 2 + _p];
+    }
+}
+
+void fc_tp_d2_x_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂d_z: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e */
+        real t1[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = a1[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 0)[_u] += t1[_i * 32 + _u] * a2[_i];
+    }
+}
+
+void fc_tp_d2_x_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 192);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            (a0 + 0)[_w] += a3[_w];
+        /* zui,zkpu->zikp */
+        real t1[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = a4[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t1[_i * 32 + _u] * a5[_u];
+                (a1 + 60)[_i] += acc;
+            }
+        /* ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        (a2 + 0)[_k * 64 + _p * 32 + _u] += t1[_i * 32 + _u] * a6[_i * 6 + _k * 2 + _p];
+    }
+}
+
+void fc_tp_d2_x_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 320);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 32)[_w * 3 + _k] += a3[_k * 32 + _w];
+        /* zui,zkpu->zikp */
+        real t1[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = a4[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t1[_i * 32 + _u] * a5[_k * 64 + _p * 32 + _u];
+                        (a1 + 65)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e */
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        (a2 + 0)[_k * 64 + _p * 32 + _u] += t1[_i * 32 + _u] * a6[_i * 10 + _k * 2 + _p];
+    }
+}
+
+void fc_tp_d2_x_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 160);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 128)[_w * 5 + _k] += a2[_k * 32 + _w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_i * 32 + _u] += a3[_u * 5 + _i];
+    }
+}
+
+void fc_tp_d2_x_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 160);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zwk,zipw->zikp */
+        real t1[160];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 32 + _w] = a2[_w * 5 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc += t1[_k * 32 + _w] * a3[_i * 64 + _p * 32 + _w];
+                        (a0 + 95)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* zwk->zkw */
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a1 + 0)[_k * 32 + _w] += a2[_w * 5 + _k];
+    }
+}
+
+void fc_tp_d2_x_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zj->zj */
+        for (int _j = 0; _j < 16; ++_j)
+            (a0 + 0)[_j] += a1[_j];
+    }
+}
+    """,
+    "fc_tp_d2_y": """\
+void fc_tp_d2_y_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a1[0] * a2[_u];
+    }
+}
+
+void fc_tp_d2_y_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            (a0 + 0)[_w] += a2[_w];
+        /* ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e */
+        for (int _w = 0; _w < 32; ++_w)
+            (a1 + 0)[_w] += a3[0] * a4[_w];
+    }
+}
+
+void fc_tp_d2_y_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a3[_u];
+        /* zikp,zipw->zwk */
+        real w1[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                w1[_k * 32 + _w] += a4[_k] * a5[_w];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 32)[_w * 3 + _k] += w1[_k * 32 + _w];
+        /* ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o */
+        real t2[96];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 32 + _w] = a6[_w * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a2 + 0)[_w] += a4[_k] * t2[_k * 32 + _w];
+    }
+}
+
+void fc_tp_d2_y_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a3[_u];
+        /* zikp,zipw->zwk */
+        real w1[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                w1[_k * 32 + _w] += a4[_k] * a5[_w];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
+        /* ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e */
+        real t2[160];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t2[_k * 32 + _w] = a6[_w * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a2 + 0)[_w] += a4[_k] * t2[_k * 32 + _w];
+    }
+}
+
+void fc_tp_d2_y_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a2[_u];
+        /* ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e */
+        real t1[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 32 + _u] = a4[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_u] += a3[_i] * t1[_i * 32 + _u];
+    }
+}
+
+void fc_tp_d2_y_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 192);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            (a0 + 0)[_w] += a3[_w];
+        /* zikp,zkpu->zui */
+        real w1[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w1[_i * 32 + _u] += a4[_i] * a5[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 32)[_u * 3 + _i] += w1[_i * 32 + _u];
+        /* ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o */
+        real t2[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 32 + _u] = a7[_u * 3 + _i];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        (a2 + 0)[_k * 64 + _p * 32 + _u] += a6[_i * 6 + _k * 2 + _p] * t2[_i * 32 + _u];
+    }
+}
+
+void fc_tp_d2_y_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 192);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 32)[_w * 3 + _k] += a2[_k * 32 + _w];
+        /* ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o */
+        real t1[96];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 32 + _w] = a4[_w * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _w = 0; _w < 32; ++_w)
+                        (a1 + 0)[_i * 64 + _p * 32 + _w] += a3[_i * 6 + _k * 2 + _p] * t1[_k * 32 + _w];
+    }
+}
+
+void fc_tp_d2_y_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += a2[_i * 32 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_i * 32 + _u] += a3[_u * 3 + _i];
+    }
+}
+
+void fc_tp_d2_y_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 192);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zikp,zipw->zwk */
+        real w1[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _w = 0; _w < 32; ++_w)
+                        w1[_k * 32 + _w] += a2[_i * 10 + _k * 2 + _p] * a3[_i * 64 + _p * 32 + _w];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
+        /* ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e */
+        real t2[160];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t2[_k * 32 + _w] = a4[_w * 5 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _w = 0; _w < 32; ++_w)
+                        (a1 + 0)[_i * 64 + _p * 32 + _w] += a2[_i * 10 + _k * 2 + _p] * t2[_k * 32 + _w];
+    }
+}
+
+void fc_tp_d2_y_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += a2[_i * 32 + _u];
+        /* ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e */
+        real t1[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 32 + _u] = a4[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_u] += a3[_i] * t1[_i * 32 + _u];
+    }
+}
+
+void fc_tp_d2_y_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 192);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            (a0 + 0)[_w] += a3[_w];
+        /* zikp,zkpu->zui */
+        real w1[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w1[_i * 32 + _u] += a4[_i] * a5[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
+        /* ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o */
+        real t2[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 32 + _u] = a7[_u * 5 + _i];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        (a2 + 0)[_k * 64 + _p * 32 + _u] += a6[_i * 6 + _k * 2 + _p] * t2[_i * 32 + _u];
+    }
+}
+
+void fc_tp_d2_y_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 32)[_w * 3 + _k] += a2[_k * 32 + _w];
+        /* zwk->zkw */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a1 + 0)[_k * 32 + _w] += a3[_w * 3 + _k];
+    }
+}
+
+void fc_tp_d2_y_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 320);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* zikp,zkpu->zui */
+        real w1[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w1[_i * 32 + _u] += a2[_i * 6 + _k * 2 + _p] * a3[_k * 64 + _p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
+        /* ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e */
+        real t2[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 32 + _u] = a5[_u * 5 + _i];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        (a1 + 0)[_k * 64 + _p * 32 + _u] += a4[_i * 10 + _k * 2 + _p] * t2[_i * 32 + _u];
+    }
+}
+
+void fc_tp_d2_y_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 320);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 128)[_w * 5 + _k] += a2[_k * 32 + _w];
+        /* ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e */
+        real t1[160];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 32 + _w] = a4[_w * 5 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _w = 0; _w < 32; ++_w)
+                        (a1 + 0)[_i * 64 + _p * 32 + _w] += a3[_i * 10 + _k * 2 + _p] * t1[_k * 32 + _w];
+    }
+}
+
+void fc_tp_d2_y_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 160);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += a2[_i * 32 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_i * 32 + _u] += a3[_u * 5 + _i];
+    }
+}
+    """,
+    "fc_tp_d2_weight": """\
+void fc_tp_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 145);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* zikp,pwzi->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            (a0 + 0)[_w] += a3[0] * a4[_w];
+        /* zikp,puzk->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a1 + 0)[_u] += a3[0] * a5[_u];
+        /* ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e */
+        {
+            real acc = 0;
+            for (int _u = 0; _u < 32; ++_u)
+                acc += a6[_u] * a5[_u];
+            (a2 + 0)[0] += acc;
+        }
+    }
+}
+
+void fc_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zikp,pwzi->zwk */
+        real w1[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                w1[_k * 32 + _w] += a2[_k] * a3[_w];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 32)[_w * 3 + _k] += w1[_k * 32 + _w];
+        /* ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o */
+        real t2[96];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 32 + _w] = a4[_w * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a1 + 0)[_w] += t2[_k * 32 + _w] * a2[_k];
+    }
+}
+
+void fc_tp_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 32);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a4[_u];
+        /* ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o */
+        real t1[96];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 32 + _w] = a5[_w * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc = 0;
+                for (int _w = 0; _w < 32; ++_w)
+                    acc += t1[_k * 32 + _w] * a6[_w];
+                (a1 + 1)[_k] += acc;
+            }
+        /* zikp,pwzi->zwk */
+        real w2[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                w2[_k * 32 + _w] += a7[_k] * a8[_w];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                (a2 + 128)[_w * 5 + _k] += w2[_k * 32 + _w];
+        /* ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e */
+        real t3[160];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 32 + _w] = a9[_w * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a3 + 0)[_w] += t3[_k * 32 + _w] * a7[_k];
+    }
+}
+
+void fc_tp_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a3[_u];
+        /* ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e */
+        real t1[160];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 32 + _w] = a4[_w * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc = 0;
+                for (int _w = 0; _w < 32; ++_w)
+                    acc += t1[_k * 32 + _w] * a5[_w];
+                (a1 + 4)[_k] += acc;
+            }
+        /* ∂/∂d_z: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e */
+        real t2[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 32 + _u] = a6[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 0)[_u] += t2[_i * 32 + _u] * a7[_i];
+    }
+}
+
+void fc_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 96);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            (a0 + 0)[_w] += a4[_w];
+        /* zikp,puzk->zui */
+        real w1[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w1[_i * 32 + _u] += a5[_i] * a6[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 32)[_u * 3 + _i] += w1[_i * 32 + _u];
+        /* ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e */
+        real t2[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 32 + _u] = a7[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t2[_i * 32 + _u] * a6[_u];
+                (a2 + 9)[_i] += acc;
+            }
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a3 + 0)[_i * 32 + _u] += a7[_u * 3 + _i];
+    }
+}
+
+void fc_tp_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zikp,zipw->zwk */
+        real w1[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _w = 0; _w < 32; ++_w)
+                        w1[_k * 32 + _w] += a2[_i * 6 + _k * 2 + _p] * a3[_i * 64 + _p * 32 + _w];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 32)[_w * 3 + _k] += w1[_k * 32 + _w];
+        /* zwk->zkw */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a1 + 0)[_k * 32 + _w] += a4[_w * 3 + _k];
+    }
+}
+
+void fc_tp_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 192);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        /* zikp,zkpu->zui */
+        real w1[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w1[_i * 32 + _u] += a4[_i * 6 + _k * 2 + _p] * a5[_k * 64 + _p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w1[_i * 32 + _u];
+        /* ∂/∂_m_z_0: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o */
+        real t2[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 32 + _u] = a6[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t2[_i * 32 + _u] * a5[_k * 64 + _p * 32 + _u];
+                        (a1 + 12)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* zikp,zipw->zwk */
+        real w3[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _w = 0; _w < 32; ++_w)
+                        w3[_k * 32 + _w] += a7[_i * 10 + _k * 2 + _p] * a8[_i * 64 + _p * 32 + _w];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                (a2 + 128)[_w * 5 + _k] += w3[_k * 32 + _w];
+        /* ∂/∂x: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e */
+        real t4[160];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t4[_k * 32 + _w] = a9[_w * 5 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _w = 0; _w < 32; ++_w)
+                        (a3 + 0)[_i * 64 + _p * 32 + _w] += t4[_k * 32 + _w] * a7[_i * 10 + _k * 2 + _p];
+    }
+}
+
+void fc_tp_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += a3[_i * 32 + _u];
+        /* ∂/∂_m_z_0: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e */
+        real t1[160];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 32 + _w] = a4[_w * 5 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _w = 0; _w < 32; ++_w)
+                            acc += t1[_k * 32 + _w] * a5[_i * 64 + _p * 32 + _w];
+                        (a1 + 30)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* ∂/∂d_z: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e */
+        real t2[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 32 + _u] = a6[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 0)[_u] += t2[_i * 32 + _u] * a7[_i];
+    }
+}
+
+void fc_tp_d2_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 192);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            (a0 + 0)[_w] += a4[_w];
+        /* zikp,puzk->zui */
+        real w1[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w1[_i * 32 + _u] += a5[_i] * a6[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
+        /* ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e */
+        real t2[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 32 + _u] = a7[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t2[_i * 32 + _u] * a6[_u];
+                (a2 + 60)[_i] += acc;
+            }
+        /* ∂/∂d_z: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        (a3 + 0)[_k * 64 + _p * 32 + _u] += t2[_i * 32 + _u] * a8[_i * 6 + _k * 2 + _p];
+    }
+}
+
+void fc_tp_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 160);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* zkw->zwk */
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 32)[_w * 3 + _k] += a4[_k * 32 + _w];
+        /* zikp,zkpu->zui */
+        real w1[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w1[_i * 32 + _u] += a5[_i * 6 + _k * 2 + _p] * a6[_k * 64 + _p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
+        /* ∂/∂_m_z_0: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o */
+        real t2[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 32 + _u] = a7[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t2[_i * 32 + _u] * a6[_k * 64 + _p * 32 + _u];
+                        (a2 + 65)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (a3 + 0)[_i * 32 + _u] += a7[_u * 5 + _i];
+    }
+}
+
+void fc_tp_d2_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 160);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zikp,zipw->zwk */
+        real w1[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _w = 0; _w < 32; ++_w)
+                        w1[_k * 32 + _w] += a2[_i * 10 + _k * 2 + _p] * a3[_i * 64 + _p * 32 + _w];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
+        /* zwk->zkw */
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a1 + 0)[_k * 32 + _w] += a4[_w * 5 + _k];
+    }
+}
+
+void fc_tp_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zikp,zkpu->zui */
+        real w1[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w1[_i * 32 + _u] += a2[_i * 10 + _k * 2 + _p] * a3[_k * 64 + _p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
+        /* ∂/∂_m_z_0: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e */
+        real t2[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 32 + _u] = a4[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t2[_i * 32 + _u] * a3[_k * 64 + _p * 32 + _u];
+                        (a1 + 95)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+    }
+}
+
+void fc_tp_d2_weight_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zj->zj */
+        for (int _j = 0; _j < 16; ++_j)
+            (a0 + 0)[_j] += a1[_j];
+    }
+}
+    """,
+    "conv_tp": """\
+void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride, const real *restrict A38, int64_t a38_stride, const real *restrict A39, int64_t a39_stride, const real *restrict A40, int64_t a40_stride, const real *restrict A41, int64_t a41_stride, const real *restrict A42, int64_t a42_stride, const real *restrict A43, int64_t a43_stride, const real *restrict A44, int64_t a44_stride, const real *restrict A45, int64_t a45_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 992);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        const real *restrict a30 = A30 + z * a30_stride;
+        const real *restrict a31 = A31 + z * a31_stride;
+        const real *restrict a32 = A32 + z * a32_stride;
+        const real *restrict a33 = A33 + z * a33_stride;
+        const real *restrict a34 = A34 + z * a34_stride;
+        const real *restrict a35 = A35 + z * a35_stride;
+        const real *restrict a36 = A36 + z * a36_stride;
+        const real *restrict a37 = A37 + z * a37_stride;
+        const real *restrict a38 = A38 + z * a38_stride;
+        const real *restrict a39 = A39 + z * a39_stride;
+        const real *restrict a40 = A40 + z * a40_stride;
+        const real *restrict a41 = A41 + z * a41_stride;
+        const real *restrict a42 = A42 + z * a42_stride;
+        const real *restrict a43 = A43 + z * a43_stride;
+        const real *restrict a44 = A44 + z * a44_stride;
+        const real *restrict a45 = A45 + z * a45_stride;
+        real l0[32] = {0};
+        real l1[96] = {0};
+        real l2[160] = {0};
+        real l3[224] = {0};
+        real l4[32] = {0};
+        real l5[64] = {0};
+        real l6[192] = {0};
+        real l7[64] = {0};
+        real l8[320] = {0};
+        real l9[96] = {0};
+        real l10[160] = {0};
+        real l11[224] = {0};
+        real l12[224] = {0};
+        real l13[32] = {0};
+        real l14[64] = {0};
+        real l15[192] = {0};
+        real l16[64] = {0};
+        real l17[320] = {0};
+        real l18[96] = {0};
+        real l19[64] = {0};
+        real l20[320] = {0};
+        real l21[64] = {0};
+        real l22[448] = {0};
+        real l23[224] = {0};
+        /* 1 paths 32x0e ⊗ sh -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 0)[_u] += a1[_u] * a2[0];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += (l0 + 0)[_u] * a3[_u];
+        /* 1 paths 32x0e ⊗ sh -> 32x1o */
+        real w1[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w1[_k * 32 + _u] += a1[_u] * a4[_k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l1 + 0)[_u * 3 + _k] += w1[_k * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t2[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 32 + _u] = (l1 + 0)[_u * 3 + _k];
+        real w3[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w3[_k * 32 + _u] += t2[_k * 32 + _u] * a5[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 32)[_u * 3 + _k] += w3[_k * 32 + _u];
+        /* 1 paths 32x0e ⊗ sh -> 32x2e */
+        real w4[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w4[_k * 32 + _u] += a1[_u] * a6[_k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l2 + 0)[_u * 5 + _k] += w4[_k * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t5[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t5[_k * 32 + _u] = (l2 + 0)[_u * 5 + _k];
+        real w6[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w6[_k * 32 + _u] += t5[_k * 32 + _u] * a7[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 128)[_u * 5 + _k] += w6[_k * 32 + _u];
+        /* 1 paths 32x0e ⊗ sh -> 32x3o */
+        real w7[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w7[_k * 32 + _u] += a1[_u] * a8[_k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l3 + 0)[_u * 7 + _k] += w7[_k * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t8[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t8[_k * 32 + _u] = (l3 + 0)[_u * 7 + _k];
+        real w9[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w9[_k * 32 + _u] += t8[_k * 32 + _u] * a9[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (a0 + 544)[_u * 7 + _k] += w9[_k * 32 + _u];
+        /* 1 paths 32x1o ⊗ sh -> 32x0e */
+        real t10[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t10[_i * 32 + _u] = a10[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (l4 + 0)[_u] += t10[_i * 32 + _u] * a11[_i];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += (l4 + 0)[_u] * a12[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l5 + 0)[_u] += a13[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l5 + 32)[_u] += a14[_u];
+        /* 2 paths 32x1o ⊗ sh -> 32x1o */
+        real w11[192] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w11[_p * 96 + _k * 32 + _u] += t10[_i * 32 + _u] * a15[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l6 + 0)[_u * 6 + _p * 3 + _k] += w11[_p * 96 + _k * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t12[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t12[_p * 96 + _k * 32 + _u] = (l6 + 0)[_u * 6 + _p * 3 + _k];
+        real w13[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w13[_k * 32 + _u] += t12[_p * 96 + _k * 32 + _u] * (l5 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 32)[_u * 3 + _k] += w13[_k * 32 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l7 + 0)[_u] += a16[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l7 + 32)[_u] += a17[_u];
+        /* 2 paths 32x1o ⊗ sh -> 32x2e */
+        real w14[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w14[_p * 160 + _k * 32 + _u] += t10[_i * 32 + _u] * a18[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l8 + 0)[_u * 10 + _p * 5 + _k] += w14[_p * 160 + _k * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t15[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t15[_p * 160 + _k * 32 + _u] = (l8 + 0)[_u * 10 + _p * 5 + _k];
+        real w16[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w16[_k * 32 + _u] += t15[_p * 160 + _k * 32 + _u] * (l7 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 128)[_u * 5 + _k] += w16[_k * 32 + _u];
+        /* 1 paths 32x1o ⊗ sh -> 32x1e */
+        real w17[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w17[_k * 32 + _u] += t10[_i * 32 + _u] * a19[_i * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l9 + 0)[_u * 3 + _k] += w17[_k * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t18[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t18[_k * 32 + _u] = (l9 + 0)[_u * 3 + _k];
+        real w19[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w19[_k * 32 + _u] += t18[_k * 32 + _u] * a20[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 288)[_u * 3 + _k] += w19[_k * 32 + _u];
+        /* 1 paths 32x1o ⊗ sh -> 32x2o */
+        real w20[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w20[_k * 32 + _u] += t10[_i * 32 + _u] * a21[_i * 5 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l10 + 0)[_u * 5 + _k] += w20[_k * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t21[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t21[_k * 32 + _u] = (l10 + 0)[_u * 5 + _k];
+        real w22[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w22[_k * 32 + _u] += t21[_k * 32 + _u] * a22[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 384)[_u * 5 + _k] += w22[_k * 32 + _u];
+        /* 1 paths 32x1o ⊗ sh -> 32x3o */
+        real w23[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w23[_k * 32 + _u] += t10[_i * 32 + _u] * a23[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l11 + 0)[_u * 7 + _k] += w23[_k * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t24[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t24[_k * 32 + _u] = (l11 + 0)[_u * 7 + _k];
+        real w25[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w25[_k * 32 + _u] += t24[_k * 32 + _u] * a24[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (a0 + 544)[_u * 7 + _k] += w25[_k * 32 + _u];
+        /* 1 paths 32x1o ⊗ sh -> 32x3e */
+        real w26[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w26[_k * 32 + _u] += t10[_i * 32 + _u] * a25[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l12 + 0)[_u * 7 + _k] += w26[_k * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t27[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t27[_k * 32 + _u] = (l12 + 0)[_u * 7 + _k];
+        real w28[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w28[_k * 32 + _u] += t27[_k * 32 + _u] * a26[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (a0 + 768)[_u * 7 + _k] += w28[_k * 32 + _u];
+        /* 1 paths 32x2e ⊗ sh -> 32x0e */
+        real t29[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t29[_i * 32 + _u] = a27[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (l13 + 0)[_u] += t29[_i * 32 + _u] * a28[_i];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += (l13 + 0)[_u] * a29[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l14 + 0)[_u] += a30[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l14 + 32)[_u] += a31[_u];
+        /* 2 paths 32x2e ⊗ sh -> 32x1o */
+        real w30[192] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w30[_p * 96 + _k * 32 + _u] += t29[_i * 32 + _u] * a32[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l15 + 0)[_u * 6 + _p * 3 + _k] += w30[_p * 96 + _k * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t31[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t31[_p * 96 + _k * 32 + _u] = (l15 + 0)[_u * 6 + _p * 3 + _k];
+        real w32[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w32[_k * 32 + _u] += t31[_p * 96 + _k * 32 + _u] * (l14 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 32)[_u * 3 + _k] += w32[_k * 32 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l16 + 0)[_u] += a33[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l16 + 32)[_u] += a34[_u];
+        /* 2 paths 32x2e ⊗ sh -> 32x2e */
+        real w33[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w33[_p * 160 + _k * 32 + _u] += t29[_i * 32 + _u] * a35[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l17 + 0)[_u * 10 + _p * 5 + _k] += w33[_p * 160 + _k * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t34[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t34[_p * 160 + _k * 32 + _u] = (l17 + 0)[_u * 10 + _p * 5 + _k];
+        real w35[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w35[_k * 32 + _u] += t34[_p * 160 + _k * 32 + _u] * (l16 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 128)[_u * 5 + _k] += w35[_k * 32 + _u];
+        /* 1 paths 32x2e ⊗ sh -> 32x1e */
+        real w36[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w36[_k * 32 + _u] += t29[_i * 32 + _u] * a36[_i * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l18 + 0)[_u * 3 + _k] += w36[_k * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t37[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t37[_k * 32 + _u] = (l18 + 0)[_u * 3 + _k];
+        real w38[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w38[_k * 32 + _u] += t37[_k * 32 + _u] * a37[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 288)[_u * 3 + _k] += w38[_k * 32 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l19 + 0)[_u] += a38[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l19 + 32)[_u] += a39[_u];
+        /* 2 paths 32x2e ⊗ sh -> 32x2o */
+        real w39[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w39[_p * 160 + _k * 32 + _u] += t29[_i * 32 + _u] * a40[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l20 + 0)[_u * 10 + _p * 5 + _k] += w39[_p * 160 + _k * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t40[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t40[_p * 160 + _k * 32 + _u] = (l20 + 0)[_u * 10 + _p * 5 + _k];
+        real w41[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w41[_k * 32 + _u] += t40[_p * 160 + _k * 32 + _u] * (l19 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 384)[_u * 5 + _k] += w41[_k * 32 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l21 + 0)[_u] += a41[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l21 + 32)[_u] += a42[_u];
+        /* 2 paths 32x2e ⊗ sh -> 32x3o */
+        real w42[448] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w42[_p * 224 + _k * 32 + _u] += t29[_i * 32 + _u] * a43[_i * 14 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    (l22 + 0)[_u * 14 + _p * 7 + _k] += w42[_p * 224 + _k * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t43[448];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    t43[_p * 224 + _k * 32 + _u] = (l22 + 0)[_u * 14 + _p * 7 + _k];
+        real w44[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w44[_k * 32 + _u] += t43[_p * 224 + _k * 32 + _u] * (l21 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (a0 + 544)[_u * 7 + _k] += w44[_k * 32 + _u];
+        /* 1 paths 32x2e ⊗ sh -> 32x3e */
+        real w45[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w45[_k * 32 + _u] += t29[_i * 32 + _u] * a44[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l23 + 0)[_u * 7 + _k] += w45[_k * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t46[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t46[_k * 32 + _u] = (l23 + 0)[_u * 7 + _k];
+        real w47[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w47[_k * 32 + _u] += t46[_k * 32 + _u] * a45[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (a0 + 768)[_u * 7 + _k] += w47[_k * 32 + _u];
+    }
+}
+    """,
+    "conv_tp_d": """\
+void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride, const real *restrict A38, int64_t a38_stride, const real *restrict A39, int64_t a39_stride, const real *restrict A40, int64_t a40_stride, const real *restrict A41, int64_t a41_stride, const real *restrict A42, int64_t a42_stride, const real *restrict A43, int64_t a43_stride, const real *restrict A44, int64_t a44_stride, const real *restrict A45, int64_t a45_stride, const real *restrict A46, int64_t a46_stride, const real *restrict A47, int64_t a47_stride, const real *restrict A48, int64_t a48_stride, const real *restrict A49, int64_t a49_stride, const real *restrict A50, int64_t a50_stride, const real *restrict A51, int64_t a51_stride, const real *restrict A52, int64_t a52_stride, const real *restrict A53, int64_t a53_stride, const real *restrict A54, int64_t a54_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 768);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 388);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        const real *restrict a30 = A30 + z * a30_stride;
+        const real *restrict a31 = A31 + z * a31_stride;
+        const real *restrict a32 = A32 + z * a32_stride;
+        const real *restrict a33 = A33 + z * a33_stride;
+        const real *restrict a34 = A34 + z * a34_stride;
+        const real *restrict a35 = A35 + z * a35_stride;
+        const real *restrict a36 = A36 + z * a36_stride;
+        const real *restrict a37 = A37 + z * a37_stride;
+        const real *restrict a38 = A38 + z * a38_stride;
+        const real *restrict a39 = A39 + z * a39_stride;
+        const real *restrict a40 = A40 + z * a40_stride;
+        const real *restrict a41 = A41 + z * a41_stride;
+        const real *restrict a42 = A42 + z * a42_stride;
+        const real *restrict a43 = A43 + z * a43_stride;
+        const real *restrict a44 = A44 + z * a44_stride;
+        const real *restrict a45 = A45 + z * a45_stride;
+        const real *restrict a46 = A46 + z * a46_stride;
+        const real *restrict a47 = A47 + z * a47_stride;
+        const real *restrict a48 = A48 + z * a48_stride;
+        const real *restrict a49 = A49 + z * a49_stride;
+        const real *restrict a50 = A50 + z * a50_stride;
+        const real *restrict a51 = A51 + z * a51_stride;
+        const real *restrict a52 = A52 + z * a52_stride;
+        const real *restrict a53 = A53 + z * a53_stride;
+        const real *restrict a54 = A54 + z * a54_stride;
+        real l0[32] = {0};
+        real l1[96] = {0};
+        real l2[160] = {0};
+        real l3[224] = {0};
+        real l4[32] = {0};
+        real l5[64] = {0};
+        real l6[192] = {0};
+        real l7[64] = {0};
+        real l8[320] = {0};
+        real l9[96] = {0};
+        real l10[160] = {0};
+        real l11[224] = {0};
+        real l12[224] = {0};
+        real l13[32] = {0};
+        real l14[64] = {0};
+        real l15[192] = {0};
+        real l16[64] = {0};
+        real l17[320] = {0};
+        real l18[96] = {0};
+        real l19[64] = {0};
+        real l20[320] = {0};
+        real l21[64] = {0};
+        real l22[448] = {0};
+        real l23[224] = {0};
+        real l24[224] = {0};
+        real l25[448] = {0};
+        real l26[64] = {0};
+        real l27[320] = {0};
+        real l28[64] = {0};
+        real l29[96] = {0};
+        real l30[320] = {0};
+        real l31[64] = {0};
+        real l32[192] = {0};
+        real l33[64] = {0};
+        real l34[32] = {0};
+        real l35[224] = {0};
+        real l36[224] = {0};
+        real l37[160] = {0};
+        real l38[96] = {0};
+        real l39[320] = {0};
+        real l40[64] = {0};
+        real l41[192] = {0};
+        real l42[64] = {0};
+        real l43[32] = {0};
+        real l44[224] = {0};
+        real l45[160] = {0};
+        real l46[96] = {0};
+        real l47[32] = {0};
+        /* 1 paths 32x0e ⊗ sh -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 0)[_u] += a3[_u] * a4[0];
+        /* 1 paths 32x0e ⊗ sh -> 32x1o */
+        real w1[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w1[_k * 32 + _u] += a3[_u] * a5[_k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l1 + 0)[_u * 3 + _k] += w1[_k * 32 + _u];
+        /* 1 paths 32x0e ⊗ sh -> 32x2e */
+        real w2[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_k * 32 + _u] += a3[_u] * a6[_k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l2 + 0)[_u * 5 + _k] += w2[_k * 32 + _u];
+        /* 1 paths 32x0e ⊗ sh -> 32x3o */
+        real w3[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w3[_k * 32 + _u] += a3[_u] * a7[_k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l3 + 0)[_u * 7 + _k] += w3[_k * 32 + _u];
+        /* 1 paths 32x1o ⊗ sh -> 32x0e */
+        real t4[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t4[_i * 32 + _u] = a8[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (l4 + 0)[_u] += t4[_i * 32 + _u] * a9[_i];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l5 + 0)[_u] += a10[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l5 + 32)[_u] += a11[_u];
+        /* 2 paths 32x1o ⊗ sh -> 32x1o */
+        real w5[192] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w5[_p * 96 + _k * 32 + _u] += t4[_i * 32 + _u] * a12[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l6 + 0)[_u * 6 + _p * 3 + _k] += w5[_p * 96 + _k * 32 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l7 + 0)[_u] += a13[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l7 + 32)[_u] += a14[_u];
+        /* 2 paths 32x1o ⊗ sh -> 32x2e */
+        real w6[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w6[_p * 160 + _k * 32 + _u] += t4[_i * 32 + _u] * a15[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l8 + 0)[_u * 10 + _p * 5 + _k] += w6[_p * 160 + _k * 32 + _u];
+        /* 1 paths 32x1o ⊗ sh -> 32x1e */
+        real w7[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w7[_k * 32 + _u] += t4[_i * 32 + _u] * a16[_i * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l9 + 0)[_u * 3 + _k] += w7[_k * 32 + _u];
+        /* 1 paths 32x1o ⊗ sh -> 32x2o */
+        real w8[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w8[_k * 32 + _u] += t4[_i * 32 + _u] * a17[_i * 5 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l10 + 0)[_u * 5 + _k] += w8[_k * 32 + _u];
+        /* 1 paths 32x1o ⊗ sh -> 32x3o */
+        real w9[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w9[_k * 32 + _u] += t4[_i * 32 + _u] * a18[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l11 + 0)[_u * 7 + _k] += w9[_k * 32 + _u];
+        /* 1 paths 32x1o ⊗ sh -> 32x3e */
+        real w10[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w10[_k * 32 + _u] += t4[_i * 32 + _u] * a19[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l12 + 0)[_u * 7 + _k] += w10[_k * 32 + _u];
+        /* 1 paths 32x2e ⊗ sh -> 32x0e */
+        real t11[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t11[_i * 32 + _u] = a20[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (l13 + 0)[_u] += t11[_i * 32 + _u] * a21[_i];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l14 + 0)[_u] += a22[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l14 + 32)[_u] += a23[_u];
+        /* 2 paths 32x2e ⊗ sh -> 32x1o */
+        real w12[192] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w12[_p * 96 + _k * 32 + _u] += t11[_i * 32 + _u] * a24[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l15 + 0)[_u * 6 + _p * 3 + _k] += w12[_p * 96 + _k * 32 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l16 + 0)[_u] += a25[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l16 + 32)[_u] += a26[_u];
+        /* 2 paths 32x2e ⊗ sh -> 32x2e */
+        real w13[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w13[_p * 160 + _k * 32 + _u] += t11[_i * 32 + _u] * a27[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l17 + 0)[_u * 10 + _p * 5 + _k] += w13[_p * 160 + _k * 32 + _u];
+        /* 1 paths 32x2e ⊗ sh -> 32x1e */
+        real w14[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w14[_k * 32 + _u] += t11[_i * 32 + _u] * a28[_i * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l18 + 0)[_u * 3 + _k] += w14[_k * 32 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l19 + 0)[_u] += a29[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l19 + 32)[_u] += a30[_u];
+        /* 2 paths 32x2e ⊗ sh -> 32x2o */
+        real w15[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w15[_p * 160 + _k * 32 + _u] += t11[_i * 32 + _u] * a31[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l20 + 0)[_u * 10 + _p * 5 + _k] += w15[_p * 160 + _k * 32 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l21 + 0)[_u] += a32[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l21 + 32)[_u] += a33[_u];
+        /* 2 paths 32x2e ⊗ sh -> 32x3o */
+        real w16[448] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w16[_p * 224 + _k * 32 + _u] += t11[_i * 32 + _u] * a34[_i * 14 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    (l22 + 0)[_u * 14 + _p * 7 + _k] += w16[_p * 224 + _k * 32 + _u];
+        /* 1 paths 32x2e ⊗ sh -> 32x3e */
+        real w17[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w17[_k * 32 + _u] += t11[_i * 32 + _u] * a35[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l23 + 0)[_u * 7 + _k] += w17[_k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real t18[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t18[_k * 32 + _u] = a36[_u * 7 + _k];
+        real w19[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w19[_k * 32 + _u] += t18[_k * 32 + _u] * a37[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l24 + 0)[_u * 7 + _k] += w19[_k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t20[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t20[_k * 32 + _u] = (l23 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 640)[_u] += t18[_k * 32 + _u] * t20[_k * 32 + _u];
+        /* ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e */
+        real t21[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t21[_k * 32 + _u] = (l24 + 0)[_u * 7 + _k];
+        real w22[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w22[_i * 32 + _u] += t21[_k * 32 + _u] * a35[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 128)[_u * 5 + _i] += w22[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e */
+        real t23[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t23[_k * 32 + _u] = (l24 + 0)[_u * 7 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t23[_k * 32 + _u] * t11[_i * 32 + _u];
+                    (a2 + 353)[_i * 7 + _k] += acc;
+                }
+        /* zuk,zpu->zupk */
+        real t24[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t24[_k * 32 + _u] = a38[_u * 7 + _k];
+        real w25[448] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w25[_p * 224 + _k * 32 + _u] += t24[_k * 32 + _u] * (l21 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    (l25 + 0)[_u * 14 + _p * 7 + _k] += w25[_p * 224 + _k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t26[448];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    t26[_p * 224 + _k * 32 + _u] = (l22 + 0)[_u * 14 + _p * 7 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l26 + 0)[_p * 32 + _u] += t24[_k * 32 + _u] * t26[_p * 224 + _k * 32 + _u];
+        /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o */
+        real t27[448];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    t27[_p * 224 + _k * 32 + _u] = (l25 + 0)[_u * 14 + _p * 7 + _k];
+        real w28[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w28[_i * 32 + _u] += t27[_p * 224 + _k * 32 + _u] * a34[_i * 14 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 128)[_u * 5 + _i] += w28[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o */
+        real t29[448];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    t29[_p * 224 + _k * 32 + _u] = (l25 + 0)[_u * 14 + _p * 7 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t29[_p * 224 + _k * 32 + _u] * t11[_i * 32 + _u];
+                        (a2 + 283)[_i * 14 + _k * 2 + _p] += acc;
+                    }
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 736)[_u] += (l26 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 512)[_u] += (l26 + 0)[_u];
+        /* zuk,zpu->zupk */
+        real t30[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t30[_k * 32 + _u] = a39[_u * 5 + _k];
+        real w31[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w31[_p * 160 + _k * 32 + _u] += t30[_k * 32 + _u] * (l19 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l27 + 0)[_u * 10 + _p * 5 + _k] += w31[_p * 160 + _k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t32[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t32[_p * 160 + _k * 32 + _u] = (l20 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l28 + 0)[_p * 32 + _u] += t30[_k * 32 + _u] * t32[_p * 160 + _k * 32 + _u];
+        /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o */
+        real t33[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t33[_p * 160 + _k * 32 + _u] = (l27 + 0)[_u * 10 + _p * 5 + _k];
+        real w34[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w34[_i * 32 + _u] += t33[_p * 160 + _k * 32 + _u] * a31[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 128)[_u * 5 + _i] += w34[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o */
+        real t35[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t35[_p * 160 + _k * 32 + _u] = (l27 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t35[_p * 160 + _k * 32 + _u] * t11[_i * 32 + _u];
+                        (a2 + 233)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 704)[_u] += (l28 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 480)[_u] += (l28 + 0)[_u];
+        /* zuk,zpu->zupk */
+        real t36[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t36[_k * 32 + _u] = a40[_u * 3 + _k];
+        real w37[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w37[_k * 32 + _u] += t36[_k * 32 + _u] * a41[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l29 + 0)[_u * 3 + _k] += w37[_k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t38[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t38[_k * 32 + _u] = (l18 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 608)[_u] += t36[_k * 32 + _u] * t38[_k * 32 + _u];
+        /* ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e */
+        real t39[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t39[_k * 32 + _u] = (l29 + 0)[_u * 3 + _k];
+        real w40[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w40[_i * 32 + _u] += t39[_k * 32 + _u] * a28[_i * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 128)[_u * 5 + _i] += w40[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e */
+        real t41[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t41[_k * 32 + _u] = (l29 + 0)[_u * 3 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t41[_k * 32 + _u] * t11[_i * 32 + _u];
+                    (a2 + 218)[_i * 3 + _k] += acc;
+                }
+        /* zuk,zpu->zupk */
+        real t42[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t42[_k * 32 + _u] = a42[_u * 5 + _k];
+        real w43[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w43[_p * 160 + _k * 32 + _u] += t42[_k * 32 + _u] * (l16 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l30 + 0)[_u * 10 + _p * 5 + _k] += w43[_p * 160 + _k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t44[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t44[_p * 160 + _k * 32 + _u] = (l17 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l31 + 0)[_p * 32 + _u] += t42[_k * 32 + _u] * t44[_p * 160 + _k * 32 + _u];
+        /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e */
+        real t45[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t45[_p * 160 + _k * 32 + _u] = (l30 + 0)[_u * 10 + _p * 5 + _k];
+        real w46[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w46[_i * 32 + _u] += t45[_p * 160 + _k * 32 + _u] * a27[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 128)[_u * 5 + _i] += w46[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e */
+        real t47[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t47[_p * 160 + _k * 32 + _u] = (l30 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t47[_p * 160 + _k * 32 + _u] * t11[_i * 32 + _u];
+                        (a2 + 168)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 576)[_u] += (l31 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 416)[_u] += (l31 + 0)[_u];
+        /* zuk,zpu->zupk */
+        real t48[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t48[_k * 32 + _u] = a43[_u * 3 + _k];
+        real w49[192] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w49[_p * 96 + _k * 32 + _u] += t48[_k * 32 + _u] * (l14 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l32 + 0)[_u * 6 + _p * 3 + _k] += w49[_p * 96 + _k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t50[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t50[_p * 96 + _k * 32 + _u] = (l15 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l33 + 0)[_p * 32 + _u] += t48[_k * 32 + _u] * t50[_p * 96 + _k * 32 + _u];
+        /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o */
+        real t51[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t51[_p * 96 + _k * 32 + _u] = (l32 + 0)[_u * 6 + _p * 3 + _k];
+        real w52[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w52[_i * 32 + _u] += t51[_p * 96 + _k * 32 + _u] * a24[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 128)[_u * 5 + _i] += w52[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o */
+        real t53[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t53[_p * 96 + _k * 32 + _u] = (l32 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t53[_p * 96 + _k * 32 + _u] * t11[_i * 32 + _u];
+                        (a2 + 138)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 672)[_u] += (l33 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 448)[_u] += (l33 + 0)[_u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 32; ++_u)
+            (l34 + 0)[_u] += a44[_u] * a45[_u];
+        /* zuk,zupk->zpu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 544)[_u] += a44[_u] * (l13 + 0)[_u];
+        /* ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e */
+        real w54[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w54[_i * 32 + _u] += (l34 + 0)[_u] * a21[_i];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 128)[_u * 5 + _i] += w54[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e */
+        for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += (l34 + 0)[_u] * t11[_i * 32 + _u];
+                (a2 + 133)[_i] += acc;
+            }
+        /* zuk,zpu->zupk */
+        real w55[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w55[_k * 32 + _u] += t18[_k * 32 + _u] * a46[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l35 + 0)[_u * 7 + _k] += w55[_k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t56[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t56[_k * 32 + _u] = (l12 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 384)[_u] += t18[_k * 32 + _u] * t56[_k * 32 + _u];
+        /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e */
+        real t57[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t57[_k * 32 + _u] = (l35 + 0)[_u * 7 + _k];
+        real w58[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w58[_i * 32 + _u] += t57[_k * 32 + _u] * a19[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 32)[_u * 3 + _i] += w58[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e */
+        real t59[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t59[_k * 32 + _u] = (l35 + 0)[_u * 7 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t59[_k * 32 + _u] * t4[_i * 32 + _u];
+                    (a2 + 112)[_i * 7 + _k] += acc;
+                }
+        /* zuk,zpu->zupk */
+        real w60[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w60[_k * 32 + _u] += t24[_k * 32 + _u] * a47[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l36 + 0)[_u * 7 + _k] += w60[_k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t61[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t61[_k * 32 + _u] = (l11 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 320)[_u] += t24[_k * 32 + _u] * t61[_k * 32 + _u];
+        /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o */
+        real t62[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t62[_k * 32 + _u] = (l36 + 0)[_u * 7 + _k];
+        real w63[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w63[_i * 32 + _u] += t62[_k * 32 + _u] * a18[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 32)[_u * 3 + _i] += w63[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o */
+        real t64[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t64[_k * 32 + _u] = (l36 + 0)[_u * 7 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t64[_k * 32 + _u] * t4[_i * 32 + _u];
+                    (a2 + 91)[_i * 7 + _k] += acc;
+                }
+        /* zuk,zpu->zupk */
+        real w65[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w65[_k * 32 + _u] += t30[_k * 32 + _u] * a48[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l37 + 0)[_u * 5 + _k] += w65[_k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t66[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t66[_k * 32 + _u] = (l10 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 288)[_u] += t30[_k * 32 + _u] * t66[_k * 32 + _u];
+        /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o */
+        real t67[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t67[_k * 32 + _u] = (l37 + 0)[_u * 5 + _k];
+        real w68[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w68[_i * 32 + _u] += t67[_k * 32 + _u] * a17[_i * 5 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 32)[_u * 3 + _i] += w68[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o */
+        real t69[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t69[_k * 32 + _u] = (l37 + 0)[_u * 5 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t69[_k * 32 + _u] * t4[_i * 32 + _u];
+                    (a2 + 76)[_i * 5 + _k] += acc;
+                }
+        /* zuk,zpu->zupk */
+        real w70[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w70[_k * 32 + _u] += t36[_k * 32 + _u] * a49[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l38 + 0)[_u * 3 + _k] += w70[_k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t71[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t71[_k * 32 + _u] = (l9 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 224)[_u] += t36[_k * 32 + _u] * t71[_k * 32 + _u];
+        /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e */
+        real t72[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t72[_k * 32 + _u] = (l38 + 0)[_u * 3 + _k];
+        real w73[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w73[_i * 32 + _u] += t72[_k * 32 + _u] * a16[_i * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 32)[_u * 3 + _i] += w73[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e */
+        real t74[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t74[_k * 32 + _u] = (l38 + 0)[_u * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t74[_k * 32 + _u] * t4[_i * 32 + _u];
+                    (a2 + 67)[_i * 3 + _k] += acc;
+                }
+        /* zuk,zpu->zupk */
+        real w75[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w75[_p * 160 + _k * 32 + _u] += t42[_k * 32 + _u] * (l7 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l39 + 0)[_u * 10 + _p * 5 + _k] += w75[_p * 160 + _k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t76[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t76[_p * 160 + _k * 32 + _u] = (l8 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l40 + 0)[_p * 32 + _u] += t42[_k * 32 + _u] * t76[_p * 160 + _k * 32 + _u];
+        /* ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e */
+        real t77[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t77[_p * 160 + _k * 32 + _u] = (l39 + 0)[_u * 10 + _p * 5 + _k];
+        real w78[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w78[_i * 32 + _u] += t77[_p * 160 + _k * 32 + _u] * a15[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 32)[_u * 3 + _i] += w78[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e */
+        real t79[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t79[_p * 160 + _k * 32 + _u] = (l39 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t79[_p * 160 + _k * 32 + _u] * t4[_i * 32 + _u];
+                        (a2 + 37)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 352)[_u] += (l40 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 192)[_u] += (l40 + 0)[_u];
+        /* zuk,zpu->zupk */
+        real w80[192] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w80[_p * 96 + _k * 32 + _u] += t48[_k * 32 + _u] * (l5 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l41 + 0)[_u * 6 + _p * 3 + _k] += w80[_p * 96 + _k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t81[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t81[_p * 96 + _k * 32 + _u] = (l6 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l42 + 0)[_p * 32 + _u] += t48[_k * 32 + _u] * t81[_p * 96 + _k * 32 + _u];
+        /* ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o */
+        real t82[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t82[_p * 96 + _k * 32 + _u] = (l41 + 0)[_u * 6 + _p * 3 + _k];
+        real w83[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w83[_i * 32 + _u] += t82[_p * 96 + _k * 32 + _u] * a12[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 32)[_u * 3 + _i] += w83[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o */
+        real t84[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t84[_p * 96 + _k * 32 + _u] = (l41 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t84[_p * 96 + _k * 32 + _u] * t4[_i * 32 + _u];
+                        (a2 + 19)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 256)[_u] += (l42 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 128)[_u] += (l42 + 0)[_u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 32; ++_u)
+            (l43 + 0)[_u] += a44[_u] * a50[_u];
+        /* zuk,zupk->zpu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 160)[_u] += a44[_u] * (l4 + 0)[_u];
+        /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e */
+        real w85[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w85[_i * 32 + _u] += (l43 + 0)[_u] * a9[_i];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 32)[_u * 3 + _i] += w85[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e */
+        for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += (l43 + 0)[_u] * t4[_i * 32 + _u];
+                (a2 + 16)[_i] += acc;
+            }
+        /* zuk,zpu->zupk */
+        real w86[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w86[_k * 32 + _u] += t24[_k * 32 + _u] * a51[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l44 + 0)[_u * 7 + _k] += w86[_k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t87[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t87[_k * 32 + _u] = (l3 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 96)[_u] += t24[_k * 32 + _u] * t87[_k * 32 + _u];
+        /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o */
+        real t88[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t88[_k * 32 + _u] = (l44 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_u] += t88[_k * 32 + _u] * a7[_k];
+        /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o */
+        real t89[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t89[_k * 32 + _u] = (l44 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t89[_k * 32 + _u] * a3[_u];
+                (a2 + 9)[_k] += acc;
+            }
+        /* zuk,zpu->zupk */
+        real w90[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w90[_k * 32 + _u] += t42[_k * 32 + _u] * a52[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l45 + 0)[_u * 5 + _k] += w90[_k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t91[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t91[_k * 32 + _u] = (l2 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 64)[_u] += t42[_k * 32 + _u] * t91[_k * 32 + _u];
+        /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e */
+        real t92[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t92[_k * 32 + _u] = (l45 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_u] += t92[_k * 32 + _u] * a6[_k];
+        /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e */
+        real t93[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t93[_k * 32 + _u] = (l45 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t93[_k * 32 + _u] * a3[_u];
+                (a2 + 4)[_k] += acc;
+            }
+        /* zuk,zpu->zupk */
+        real w94[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w94[_k * 32 + _u] += t48[_k * 32 + _u] * a53[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l46 + 0)[_u * 3 + _k] += w94[_k * 32 + _u];
+        /* zuk,zupk->zpu */
+        real t95[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t95[_k * 32 + _u] = (l1 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 32)[_u] += t48[_k * 32 + _u] * t95[_k * 32 + _u];
+        /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o */
+        real t96[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t96[_k * 32 + _u] = (l46 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_u] += t96[_k * 32 + _u] * a5[_k];
+        /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o */
+        real t97[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t97[_k * 32 + _u] = (l46 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t97[_k * 32 + _u] * a3[_u];
+                (a2 + 1)[_k] += acc;
+            }
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 32; ++_u)
+            (l47 + 0)[_u] += a44[_u] * a54[_u];
+        /* zuk,zupk->zpu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a44[_u] * (l0 + 0)[_u];
+        /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (a1 + 0)[_u] += (l47 + 0)[_u] * a4[0];
+        /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e */
+        {
+            real acc = 0;
+            for (int _u = 0; _u < 32; ++_u)
+                acc += (l47 + 0)[_u] * a3[_u];
+            (a2 + 0)[0] += acc;
+        }
+    }
+}
+
+void conv_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zj->zj */
+        for (int _j = 0; _j < 16; ++_j)
+            (a0 + 0)[_j] += a1[_j];
+    }
+}
+    """,
+    "conv_tp_d2_h": """\
+void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride, const real *restrict A38, int64_t a38_stride, const real *restrict A39, int64_t a39_stride, const real *restrict A40, int64_t a40_stride, const real *restrict A41, int64_t a41_stride, const real *restrict A42, int64_t a42_stride, const real *restrict A43, int64_t a43_stride, const real *restrict A44, int64_t a44_stride, const real *restrict A45, int64_t a45_stride, const real *restrict A46, int64_t a46_stride, const real *restrict A47, int64_t a47_stride, const real *restrict A48, int64_t a48_stride, const real *restrict A49, int64_t a49_stride, const real *restrict A50, int64_t a50_stride, const real *restrict A51, int64_t a51_stride, const real *restrict A52, int64_t a52_stride, const real *restrict A53, int64_t a53_stride, const real *restrict A54, int64_t a54_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 388);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 992);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 768);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        const real *restrict a30 = A30 + z * a30_stride;
+        const real *restrict a31 = A31 + z * a31_stride;
+        const real *restrict a32 = A32 + z * a32_stride;
+        const real *restrict a33 = A33 + z * a33_stride;
+        const real *restrict a34 = A34 + z * a34_stride;
+        const real *restrict a35 = A35 + z * a35_stride;
+        const real *restrict a36 = A36 + z * a36_stride;
+        const real *restrict a37 = A37 + z * a37_stride;
+        const real *restrict a38 = A38 + z * a38_stride;
+        const real *restrict a39 = A39 + z * a39_stride;
+        const real *restrict a40 = A40 + z * a40_stride;
+        const real *restrict a41 = A41 + z * a41_stride;
+        const real *restrict a42 = A42 + z * a42_stride;
+        const real *restrict a43 = A43 + z * a43_stride;
+        const real *restrict a44 = A44 + z * a44_stride;
+        const real *restrict a45 = A45 + z * a45_stride;
+        const real *restrict a46 = A46 + z * a46_stride;
+        const real *restrict a47 = A47 + z * a47_stride;
+        const real *restrict a48 = A48 + z * a48_stride;
+        const real *restrict a49 = A49 + z * a49_stride;
+        const real *restrict a50 = A50 + z * a50_stride;
+        const real *restrict a51 = A51 + z * a51_stride;
+        const real *restrict a52 = A52 + z * a52_stride;
+        const real *restrict a53 = A53 + z * a53_stride;
+        const real *restrict a54 = A54 + z * a54_stride;
+        real l0[64] = {0};
+        real l1[64] = {0};
+        real l2[64] = {0};
+        real l3[64] = {0};
+        real l4[64] = {0};
+        real l5[64] = {0};
+        real l6[224] = {0};
+        real l7[448] = {0};
+        real l8[320] = {0};
+        real l9[96] = {0};
+        real l10[320] = {0};
+        real l11[192] = {0};
+        real l12[32] = {0};
+        real l13[224] = {0};
+        real l14[224] = {0};
+        real l15[160] = {0};
+        real l16[96] = {0};
+        real l17[320] = {0};
+        real l18[192] = {0};
+        real l19[32] = {0};
+        real l20[224] = {0};
+        real l21[160] = {0};
+        real l22[96] = {0};
+        real l23[32] = {0};
+        real l24[32] = {0};
+        real l25[96] = {0};
+        real l26[160] = {0};
+        real l27[224] = {0};
+        real l28[32] = {0};
+        real l29[192] = {0};
+        real l30[64] = {0};
+        real l31[320] = {0};
+        real l32[64] = {0};
+        real l33[96] = {0};
+        real l34[160] = {0};
+        real l35[224] = {0};
+        real l36[224] = {0};
+        real l37[32] = {0};
+        real l38[192] = {0};
+        real l39[64] = {0};
+        real l40[320] = {0};
+        real l41[64] = {0};
+        real l42[96] = {0};
+        real l43[320] = {0};
+        real l44[64] = {0};
+        real l45[448] = {0};
+        real l46[64] = {0};
+        real l47[224] = {0};
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 0)[_u] += a3[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 32)[_u] += a4[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l1 + 0)[_u] += a5[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l1 + 32)[_u] += a6[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l2 + 0)[_u] += a7[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l2 + 32)[_u] += a8[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l3 + 0)[_u] += a9[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l3 + 32)[_u] += a10[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l4 + 0)[_u] += a11[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l4 + 32)[_u] += a12[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l5 + 0)[_u] += a13[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l5 + 32)[_u] += a14[_u];
+        /* zuk,zpu->zupk */
+        real t1[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t1[_k * 32 + _u] = a15[_u * 7 + _k];
+        real w2[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_k * 32 + _u] += t1[_k * 32 + _u] * a16[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l6 + 0)[_u * 7 + _k] += w2[_k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real t3[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t3[_k * 32 + _u] = a17[_u * 7 + _k];
+        real w4[448] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w4[_p * 224 + _k * 32 + _u] += t3[_k * 32 + _u] * (l5 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    (l7 + 0)[_u * 14 + _p * 7 + _k] += w4[_p * 224 + _k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real t5[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t5[_k * 32 + _u] = a18[_u * 5 + _k];
+        real w6[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w6[_p * 160 + _k * 32 + _u] += t5[_k * 32 + _u] * (l4 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l8 + 0)[_u * 10 + _p * 5 + _k] += w6[_p * 160 + _k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real t7[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t7[_k * 32 + _u] = a19[_u * 3 + _k];
+        real w8[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w8[_k * 32 + _u] += t7[_k * 32 + _u] * a20[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l9 + 0)[_u * 3 + _k] += w8[_k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real t9[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t9[_k * 32 + _u] = a21[_u * 5 + _k];
+        real w10[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w10[_p * 160 + _k * 32 + _u] += t9[_k * 32 + _u] * (l3 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l10 + 0)[_u * 10 + _p * 5 + _k] += w10[_p * 160 + _k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real t11[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t11[_k * 32 + _u] = a22[_u * 3 + _k];
+        real w12[192] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w12[_p * 96 + _k * 32 + _u] += t11[_k * 32 + _u] * (l2 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l11 + 0)[_u * 6 + _p * 3 + _k] += w12[_p * 96 + _k * 32 + _u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 32; ++_u)
+            (l12 + 0)[_u] += a23[_u] * a24[_u];
+        /* zuk,zpu->zupk */
+        real w13[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w13[_k * 32 + _u] += t1[_k * 32 + _u] * a25[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l13 + 0)[_u * 7 + _k] += w13[_k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w14[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w14[_k * 32 + _u] += t3[_k * 32 + _u] * a26[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l14 + 0)[_u * 7 + _k] += w14[_k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w15[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w15[_k * 32 + _u] += t5[_k * 32 + _u] * a27[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l15 + 0)[_u * 5 + _k] += w15[_k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w16[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w16[_k * 32 + _u] += t7[_k * 32 + _u] * a28[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l16 + 0)[_u * 3 + _k] += w16[_k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w17[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w17[_p * 160 + _k * 32 + _u] += t9[_k * 32 + _u] * (l1 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l17 + 0)[_u * 10 + _p * 5 + _k] += w17[_p * 160 + _k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w18[192] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w18[_p * 96 + _k * 32 + _u] += t11[_k * 32 + _u] * (l0 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l18 + 0)[_u * 6 + _p * 3 + _k] += w18[_p * 96 + _k * 32 + _u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 32; ++_u)
+            (l19 + 0)[_u] += a23[_u] * a29[_u];
+        /* zuk,zpu->zupk */
+        real w19[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w19[_k * 32 + _u] += t3[_k * 32 + _u] * a30[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l20 + 0)[_u * 7 + _k] += w19[_k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w20[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w20[_k * 32 + _u] += t9[_k * 32 + _u] * a31[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l21 + 0)[_u * 5 + _k] += w20[_k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w21[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w21[_k * 32 + _u] += t11[_k * 32 + _u] * a32[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l22 + 0)[_u * 3 + _k] += w21[_k * 32 + _u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 32; ++_u)
+            (l23 + 0)[_u] += a23[_u] * a33[_u];
+        /* ∂/∂d__t_m_0_0_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l24 + 0)[_u] += a34[_u] * a35[0];
+        /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e */
+        {
+            real acc = 0;
+            for (int _u = 0; _u < 32; ++_u)
+                acc += a34[_u] * (l23 + 0)[_u];
+            (a0 + 0)[0] += acc;
+        }
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 32; ++_u)
+            (a1 + 0)[_u] += (l24 + 0)[_u] * a33[_u];
+        /* zupk,zuk->zpu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 0)[_u] += (l24 + 0)[_u] * a23[_u];
+        /* ∂/∂d__t_m_0_0_1: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o */
+        real w22[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w22[_k * 32 + _u] += a34[_u] * a36[_k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l25 + 0)[_u * 3 + _k] += w22[_k * 32 + _u];
+        /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o */
+        real t23[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t23[_k * 32 + _u] = (l22 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += a34[_u] * t23[_k * 32 + _u];
+                (a0 + 1)[_k] += acc;
+            }
+        /* zupk,zpu->zuk */
+        real t24[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t24[_k * 32 + _u] = (l25 + 0)[_u * 3 + _k];
+        real w25[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w25[_k * 32 + _u] += t24[_k * 32 + _u] * a32[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 32)[_u * 3 + _k] += w25[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t26[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t26[_k * 32 + _u] = (l25 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 32)[_u] += t26[_k * 32 + _u] * t11[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_0_2: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e */
+        real w27[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w27[_k * 32 + _u] += a34[_u] * a37[_k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l26 + 0)[_u * 5 + _k] += w27[_k * 32 + _u];
+        /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e */
+        real t28[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t28[_k * 32 + _u] = (l21 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += a34[_u] * t28[_k * 32 + _u];
+                (a0 + 4)[_k] += acc;
+            }
+        /* zupk,zpu->zuk */
+        real t29[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t29[_k * 32 + _u] = (l26 + 0)[_u * 5 + _k];
+        real w30[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w30[_k * 32 + _u] += t29[_k * 32 + _u] * a31[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 128)[_u * 5 + _k] += w30[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t31[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t31[_k * 32 + _u] = (l26 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 64)[_u] += t31[_k * 32 + _u] * t9[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_0_5: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o */
+        real w32[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w32[_k * 32 + _u] += a34[_u] * a38[_k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l27 + 0)[_u * 7 + _k] += w32[_k * 32 + _u];
+        /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o */
+        real t33[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t33[_k * 32 + _u] = (l20 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += a34[_u] * t33[_k * 32 + _u];
+                (a0 + 9)[_k] += acc;
+            }
+        /* zupk,zpu->zuk */
+        real t34[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t34[_k * 32 + _u] = (l27 + 0)[_u * 7 + _k];
+        real w35[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w35[_k * 32 + _u] += t34[_k * 32 + _u] * a30[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (a1 + 544)[_u * 7 + _k] += w35[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t36[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t36[_k * 32 + _u] = (l27 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 96)[_u] += t36[_k * 32 + _u] * t3[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_1_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e */
+        real t37[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t37[_i * 32 + _u] = a39[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (l28 + 0)[_u] += t37[_i * 32 + _u] * a40[_i];
+        /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e */
+        for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t37[_i * 32 + _u] * (l19 + 0)[_u];
+                (a0 + 16)[_i] += acc;
+            }
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 32; ++_u)
+            (a1 + 0)[_u] += (l28 + 0)[_u] * a29[_u];
+        /* zupk,zuk->zpu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 160)[_u] += (l28 + 0)[_u] * a23[_u];
+        /* ∂/∂d__t_m_0_1_1: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o */
+        real w38[192] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w38[_p * 96 + _k * 32 + _u] += t37[_i * 32 + _u] * a41[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l29 + 0)[_u * 6 + _p * 3 + _k] += w38[_p * 96 + _k * 32 + _u];
+        /* ∂/∂_m_m_0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o */
+        real t39[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t39[_p * 96 + _k * 32 + _u] = (l18 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t37[_i * 32 + _u] * t39[_p * 96 + _k * 32 + _u];
+                        (a0 + 19)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* zupk,zpu->zuk */
+        real t40[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t40[_p * 96 + _k * 32 + _u] = (l29 + 0)[_u * 6 + _p * 3 + _k];
+        real w41[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w41[_k * 32 + _u] += t40[_p * 96 + _k * 32 + _u] * (l0 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 32)[_u * 3 + _k] += w41[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t42[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t42[_p * 96 + _k * 32 + _u] = (l29 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l30 + 0)[_p * 32 + _u] += t42[_p * 96 + _k * 32 + _u] * t11[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_1_2: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e */
+        real w43[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w43[_p * 160 + _k * 32 + _u] += t37[_i * 32 + _u] * a42[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l31 + 0)[_u * 10 + _p * 5 + _k] += w43[_p * 160 + _k * 32 + _u];
+        /* ∂/∂_m_m_0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e */
+        real t44[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t44[_p * 160 + _k * 32 + _u] = (l17 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t37[_i * 32 + _u] * t44[_p * 160 + _k * 32 + _u];
+                        (a0 + 37)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* zupk,zpu->zuk */
+        real t45[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t45[_p * 160 + _k * 32 + _u] = (l31 + 0)[_u * 10 + _p * 5 + _k];
+        real w46[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w46[_k * 32 + _u] += t45[_p * 160 + _k * 32 + _u] * (l1 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 128)[_u * 5 + _k] += w46[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t47[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t47[_p * 160 + _k * 32 + _u] = (l31 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l32 + 0)[_p * 32 + _u] += t47[_p * 160 + _k * 32 + _u] * t9[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_1_3: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e */
+        real w48[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w48[_k * 32 + _u] += t37[_i * 32 + _u] * a43[_i * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l33 + 0)[_u * 3 + _k] += w48[_k * 32 + _u];
+        /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e */
+        real t49[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t49[_k * 32 + _u] = (l16 + 0)[_u * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t37[_i * 32 + _u] * t49[_k * 32 + _u];
+                    (a0 + 67)[_i * 3 + _k] += acc;
+                }
+        /* zupk,zpu->zuk */
+        real t50[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t50[_k * 32 + _u] = (l33 + 0)[_u * 3 + _k];
+        real w51[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w51[_k * 32 + _u] += t50[_k * 32 + _u] * a28[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 288)[_u * 3 + _k] += w51[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t52[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t52[_k * 32 + _u] = (l33 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 224)[_u] += t52[_k * 32 + _u] * t7[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_1_4: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o */
+        real w53[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w53[_k * 32 + _u] += t37[_i * 32 + _u] * a44[_i * 5 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l34 + 0)[_u * 5 + _k] += w53[_k * 32 + _u];
+        /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o */
+        real t54[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t54[_k * 32 + _u] = (l15 + 0)[_u * 5 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t37[_i * 32 + _u] * t54[_k * 32 + _u];
+                    (a0 + 76)[_i * 5 + _k] += acc;
+                }
+        /* zupk,zpu->zuk */
+        real t55[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t55[_k * 32 + _u] = (l34 + 0)[_u * 5 + _k];
+        real w56[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w56[_k * 32 + _u] += t55[_k * 32 + _u] * a27[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 384)[_u * 5 + _k] += w56[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t57[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t57[_k * 32 + _u] = (l34 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 288)[_u] += t57[_k * 32 + _u] * t5[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_1_5: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o */
+        real w58[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w58[_k * 32 + _u] += t37[_i * 32 + _u] * a45[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l35 + 0)[_u * 7 + _k] += w58[_k * 32 + _u];
+        /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o */
+        real t59[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t59[_k * 32 + _u] = (l14 + 0)[_u * 7 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t37[_i * 32 + _u] * t59[_k * 32 + _u];
+                    (a0 + 91)[_i * 7 + _k] += acc;
+                }
+        /* zupk,zpu->zuk */
+        real t60[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t60[_k * 32 + _u] = (l35 + 0)[_u * 7 + _k];
+        real w61[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w61[_k * 32 + _u] += t60[_k * 32 + _u] * a26[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (a1 + 544)[_u * 7 + _k] += w61[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t62[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t62[_k * 32 + _u] = (l35 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 320)[_u] += t62[_k * 32 + _u] * t3[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_1_6: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e */
+        real w63[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w63[_k * 32 + _u] += t37[_i * 32 + _u] * a46[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l36 + 0)[_u * 7 + _k] += w63[_k * 32 + _u];
+        /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e */
+        real t64[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t64[_k * 32 + _u] = (l13 + 0)[_u * 7 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t37[_i * 32 + _u] * t64[_k * 32 + _u];
+                    (a0 + 112)[_i * 7 + _k] += acc;
+                }
+        /* zupk,zpu->zuk */
+        real t65[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t65[_k * 32 + _u] = (l36 + 0)[_u * 7 + _k];
+        real w66[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w66[_k * 32 + _u] += t65[_k * 32 + _u] * a25[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (a1 + 768)[_u * 7 + _k] += w66[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t67[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t67[_k * 32 + _u] = (l36 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 384)[_u] += t67[_k * 32 + _u] * t1[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_2_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e */
+        real t68[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t68[_i * 32 + _u] = a47[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (l37 + 0)[_u] += t68[_i * 32 + _u] * a48[_i];
+        /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e */
+        for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t68[_i * 32 + _u] * (l12 + 0)[_u];
+                (a0 + 133)[_i] += acc;
+            }
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 32; ++_u)
+            (a1 + 0)[_u] += (l37 + 0)[_u] * a24[_u];
+        /* zupk,zuk->zpu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 544)[_u] += (l37 + 0)[_u] * a23[_u];
+        /* ∂/∂d__t_m_0_2_1: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o */
+        real w69[192] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w69[_p * 96 + _k * 32 + _u] += t68[_i * 32 + _u] * a49[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l38 + 0)[_u * 6 + _p * 3 + _k] += w69[_p * 96 + _k * 32 + _u];
+        /* ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o */
+        real t70[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t70[_p * 96 + _k * 32 + _u] = (l11 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t68[_i * 32 + _u] * t70[_p * 96 + _k * 32 + _u];
+                        (a0 + 138)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* zupk,zpu->zuk */
+        real t71[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t71[_p * 96 + _k * 32 + _u] = (l38 + 0)[_u * 6 + _p * 3 + _k];
+        real w72[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w72[_k * 32 + _u] += t71[_p * 96 + _k * 32 + _u] * (l2 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 32)[_u * 3 + _k] += w72[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t73[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t73[_p * 96 + _k * 32 + _u] = (l38 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l39 + 0)[_p * 32 + _u] += t73[_p * 96 + _k * 32 + _u] * t11[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_2_2: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e */
+        real w74[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w74[_p * 160 + _k * 32 + _u] += t68[_i * 32 + _u] * a50[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l40 + 0)[_u * 10 + _p * 5 + _k] += w74[_p * 160 + _k * 32 + _u];
+        /* ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e */
+        real t75[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t75[_p * 160 + _k * 32 + _u] = (l10 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t68[_i * 32 + _u] * t75[_p * 160 + _k * 32 + _u];
+                        (a0 + 168)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* zupk,zpu->zuk */
+        real t76[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t76[_p * 160 + _k * 32 + _u] = (l40 + 0)[_u * 10 + _p * 5 + _k];
+        real w77[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w77[_k * 32 + _u] += t76[_p * 160 + _k * 32 + _u] * (l3 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 128)[_u * 5 + _k] += w77[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t78[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t78[_p * 160 + _k * 32 + _u] = (l40 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l41 + 0)[_p * 32 + _u] += t78[_p * 160 + _k * 32 + _u] * t9[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_2_3: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e */
+        real w79[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w79[_k * 32 + _u] += t68[_i * 32 + _u] * a51[_i * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l42 + 0)[_u * 3 + _k] += w79[_k * 32 + _u];
+        /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e */
+        real t80[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t80[_k * 32 + _u] = (l9 + 0)[_u * 3 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t68[_i * 32 + _u] * t80[_k * 32 + _u];
+                    (a0 + 218)[_i * 3 + _k] += acc;
+                }
+        /* zupk,zpu->zuk */
+        real t81[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t81[_k * 32 + _u] = (l42 + 0)[_u * 3 + _k];
+        real w82[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w82[_k * 32 + _u] += t81[_k * 32 + _u] * a20[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 288)[_u * 3 + _k] += w82[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t83[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t83[_k * 32 + _u] = (l42 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 608)[_u] += t83[_k * 32 + _u] * t7[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_2_4: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o */
+        real w84[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w84[_p * 160 + _k * 32 + _u] += t68[_i * 32 + _u] * a52[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l43 + 0)[_u * 10 + _p * 5 + _k] += w84[_p * 160 + _k * 32 + _u];
+        /* ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o */
+        real t85[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t85[_p * 160 + _k * 32 + _u] = (l8 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t68[_i * 32 + _u] * t85[_p * 160 + _k * 32 + _u];
+                        (a0 + 233)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* zupk,zpu->zuk */
+        real t86[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t86[_p * 160 + _k * 32 + _u] = (l43 + 0)[_u * 10 + _p * 5 + _k];
+        real w87[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w87[_k * 32 + _u] += t86[_p * 160 + _k * 32 + _u] * (l4 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 384)[_u * 5 + _k] += w87[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t88[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t88[_p * 160 + _k * 32 + _u] = (l43 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l44 + 0)[_p * 32 + _u] += t88[_p * 160 + _k * 32 + _u] * t5[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_2_5: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o */
+        real w89[448] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w89[_p * 224 + _k * 32 + _u] += t68[_i * 32 + _u] * a53[_i * 14 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    (l45 + 0)[_u * 14 + _p * 7 + _k] += w89[_p * 224 + _k * 32 + _u];
+        /* ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o */
+        real t90[448];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    t90[_p * 224 + _k * 32 + _u] = (l7 + 0)[_u * 14 + _p * 7 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t68[_i * 32 + _u] * t90[_p * 224 + _k * 32 + _u];
+                        (a0 + 283)[_i * 14 + _k * 2 + _p] += acc;
+                    }
+        /* zupk,zpu->zuk */
+        real t91[448];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    t91[_p * 224 + _k * 32 + _u] = (l45 + 0)[_u * 14 + _p * 7 + _k];
+        real w92[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w92[_k * 32 + _u] += t91[_p * 224 + _k * 32 + _u] * (l5 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (a1 + 544)[_u * 7 + _k] += w92[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t93[448];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    t93[_p * 224 + _k * 32 + _u] = (l45 + 0)[_u * 14 + _p * 7 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l46 + 0)[_p * 32 + _u] += t93[_p * 224 + _k * 32 + _u] * t3[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_2_6: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e */
+        real w94[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w94[_k * 32 + _u] += t68[_i * 32 + _u] * a54[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l47 + 0)[_u * 7 + _k] += w94[_k * 32 + _u];
+        /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e */
+        real t95[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t95[_k * 32 + _u] = (l6 + 0)[_u * 7 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t68[_i * 32 + _u] * t95[_k * 32 + _u];
+                    (a0 + 353)[_i * 7 + _k] += acc;
+                }
+        /* zupk,zpu->zuk */
+        real t96[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t96[_k * 32 + _u] = (l47 + 0)[_u * 7 + _k];
+        real w97[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w97[_k * 32 + _u] += t96[_k * 32 + _u] * a16[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (a1 + 768)[_u * 7 + _k] += w97[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t98[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t98[_k * 32 + _u] = (l47 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 640)[_u] += t98[_k * 32 + _u] * t1[_k * 32 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 736)[_u] += (l46 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 512)[_u] += (l46 + 0)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 704)[_u] += (l44 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 480)[_u] += (l44 + 0)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 576)[_u] += (l41 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 416)[_u] += (l41 + 0)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 672)[_u] += (l39 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 448)[_u] += (l39 + 0)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 352)[_u] += (l32 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 192)[_u] += (l32 + 0)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 256)[_u] += (l30 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 128)[_u] += (l30 + 0)[_u];
+    }
+}
+
+void conv_tp_d2_h_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zj->zj */
+        for (int _j = 0; _j < 16; ++_j)
+            (a0 + 0)[_j] += a1[_j];
+    }
+}
+    """,
+    "conv_tp_d2_sh": """\
+void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride, const real *restrict A38, int64_t a38_stride, const real *restrict A39, int64_t a39_stride, const real *restrict A40, int64_t a40_stride, const real *restrict A41, int64_t a41_stride, const real *restrict A42, int64_t a42_stride, const real *restrict A43, int64_t a43_stride, const real *restrict A44, int64_t a44_stride, const real *restrict A45, int64_t a45_stride, const real *restrict A46, int64_t a46_stride, const real *restrict A47, int64_t a47_stride, const real *restrict A48, int64_t a48_stride, const real *restrict A49, int64_t a49_stride, const real *restrict A50, int64_t a50_stride, const real *restrict A51, int64_t a51_stride, const real *restrict A52, int64_t a52_stride, const real *restrict A53, int64_t a53_stride, const real *restrict A54, int64_t a54_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 992);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 768);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        const real *restrict a30 = A30 + z * a30_stride;
+        const real *restrict a31 = A31 + z * a31_stride;
+        const real *restrict a32 = A32 + z * a32_stride;
+        const real *restrict a33 = A33 + z * a33_stride;
+        const real *restrict a34 = A34 + z * a34_stride;
+        const real *restrict a35 = A35 + z * a35_stride;
+        const real *restrict a36 = A36 + z * a36_stride;
+        const real *restrict a37 = A37 + z * a37_stride;
+        const real *restrict a38 = A38 + z * a38_stride;
+        const real *restrict a39 = A39 + z * a39_stride;
+        const real *restrict a40 = A40 + z * a40_stride;
+        const real *restrict a41 = A41 + z * a41_stride;
+        const real *restrict a42 = A42 + z * a42_stride;
+        const real *restrict a43 = A43 + z * a43_stride;
+        const real *restrict a44 = A44 + z * a44_stride;
+        const real *restrict a45 = A45 + z * a45_stride;
+        const real *restrict a46 = A46 + z * a46_stride;
+        const real *restrict a47 = A47 + z * a47_stride;
+        const real *restrict a48 = A48 + z * a48_stride;
+        const real *restrict a49 = A49 + z * a49_stride;
+        const real *restrict a50 = A50 + z * a50_stride;
+        const real *restrict a51 = A51 + z * a51_stride;
+        const real *restrict a52 = A52 + z * a52_stride;
+        const real *restrict a53 = A53 + z * a53_stride;
+        const real *restrict a54 = A54 + z * a54_stride;
+        real l0[64] = {0};
+        real l1[64] = {0};
+        real l2[64] = {0};
+        real l3[64] = {0};
+        real l4[64] = {0};
+        real l5[64] = {0};
+        real l6[224] = {0};
+        real l7[448] = {0};
+        real l8[320] = {0};
+        real l9[96] = {0};
+        real l10[320] = {0};
+        real l11[192] = {0};
+        real l12[32] = {0};
+        real l13[224] = {0};
+        real l14[224] = {0};
+        real l15[160] = {0};
+        real l16[96] = {0};
+        real l17[320] = {0};
+        real l18[192] = {0};
+        real l19[32] = {0};
+        real l20[224] = {0};
+        real l21[160] = {0};
+        real l22[96] = {0};
+        real l23[32] = {0};
+        real l24[32] = {0};
+        real l25[96] = {0};
+        real l26[160] = {0};
+        real l27[224] = {0};
+        real l28[32] = {0};
+        real l29[192] = {0};
+        real l30[64] = {0};
+        real l31[320] = {0};
+        real l32[64] = {0};
+        real l33[96] = {0};
+        real l34[160] = {0};
+        real l35[224] = {0};
+        real l36[224] = {0};
+        real l37[32] = {0};
+        real l38[192] = {0};
+        real l39[64] = {0};
+        real l40[320] = {0};
+        real l41[64] = {0};
+        real l42[96] = {0};
+        real l43[320] = {0};
+        real l44[64] = {0};
+        real l45[448] = {0};
+        real l46[64] = {0};
+        real l47[224] = {0};
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 0)[_u] += a3[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 32)[_u] += a4[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l1 + 0)[_u] += a5[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l1 + 32)[_u] += a6[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l2 + 0)[_u] += a7[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l2 + 32)[_u] += a8[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l3 + 0)[_u] += a9[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l3 + 32)[_u] += a10[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l4 + 0)[_u] += a11[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l4 + 32)[_u] += a12[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l5 + 0)[_u] += a13[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l5 + 32)[_u] += a14[_u];
+        /* zuk,zpu->zupk */
+        real t1[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t1[_k * 32 + _u] = a15[_u * 7 + _k];
+        real w2[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_k * 32 + _u] += t1[_k * 32 + _u] * a16[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l6 + 0)[_u * 7 + _k] += w2[_k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real t3[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t3[_k * 32 + _u] = a17[_u * 7 + _k];
+        real w4[448] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w4[_p * 224 + _k * 32 + _u] += t3[_k * 32 + _u] * (l5 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    (l7 + 0)[_u * 14 + _p * 7 + _k] += w4[_p * 224 + _k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real t5[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t5[_k * 32 + _u] = a18[_u * 5 + _k];
+        real w6[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w6[_p * 160 + _k * 32 + _u] += t5[_k * 32 + _u] * (l4 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l8 + 0)[_u * 10 + _p * 5 + _k] += w6[_p * 160 + _k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real t7[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t7[_k * 32 + _u] = a19[_u * 3 + _k];
+        real w8[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w8[_k * 32 + _u] += t7[_k * 32 + _u] * a20[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l9 + 0)[_u * 3 + _k] += w8[_k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real t9[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t9[_k * 32 + _u] = a21[_u * 5 + _k];
+        real w10[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w10[_p * 160 + _k * 32 + _u] += t9[_k * 32 + _u] * (l3 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l10 + 0)[_u * 10 + _p * 5 + _k] += w10[_p * 160 + _k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real t11[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t11[_k * 32 + _u] = a22[_u * 3 + _k];
+        real w12[192] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w12[_p * 96 + _k * 32 + _u] += t11[_k * 32 + _u] * (l2 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l11 + 0)[_u * 6 + _p * 3 + _k] += w12[_p * 96 + _k * 32 + _u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 32; ++_u)
+            (l12 + 0)[_u] += a23[_u] * a24[_u];
+        /* zuk,zpu->zupk */
+        real w13[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w13[_k * 32 + _u] += t1[_k * 32 + _u] * a25[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l13 + 0)[_u * 7 + _k] += w13[_k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w14[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w14[_k * 32 + _u] += t3[_k * 32 + _u] * a26[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l14 + 0)[_u * 7 + _k] += w14[_k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w15[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w15[_k * 32 + _u] += t5[_k * 32 + _u] * a27[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l15 + 0)[_u * 5 + _k] += w15[_k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w16[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w16[_k * 32 + _u] += t7[_k * 32 + _u] * a28[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l16 + 0)[_u * 3 + _k] += w16[_k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w17[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w17[_p * 160 + _k * 32 + _u] += t9[_k * 32 + _u] * (l1 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l17 + 0)[_u * 10 + _p * 5 + _k] += w17[_p * 160 + _k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w18[192] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w18[_p * 96 + _k * 32 + _u] += t11[_k * 32 + _u] * (l0 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l18 + 0)[_u * 6 + _p * 3 + _k] += w18[_p * 96 + _k * 32 + _u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 32; ++_u)
+            (l19 + 0)[_u] += a23[_u] * a29[_u];
+        /* zuk,zpu->zupk */
+        real w19[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w19[_k * 32 + _u] += t3[_k * 32 + _u] * a30[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l20 + 0)[_u * 7 + _k] += w19[_k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w20[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w20[_k * 32 + _u] += t9[_k * 32 + _u] * a31[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l21 + 0)[_u * 5 + _k] += w20[_k * 32 + _u];
+        /* zuk,zpu->zupk */
+        real w21[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w21[_k * 32 + _u] += t11[_k * 32 + _u] * a32[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l22 + 0)[_u * 3 + _k] += w21[_k * 32 + _u];
+        /* zuk,zpu->zupk */
+        for (int _u = 0; _u < 32; ++_u)
+            (l23 + 0)[_u] += a23[_u] * a33[_u];
+        /* ∂/∂d__t_m_0_0_0: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l24 + 0)[_u] += a34[0] * a35[_u];
+        /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a34[0] * (l23 + 0)[_u];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 32; ++_u)
+            (a1 + 0)[_u] += (l24 + 0)[_u] * a33[_u];
+        /* zupk,zuk->zpu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 0)[_u] += (l24 + 0)[_u] * a23[_u];
+        /* ∂/∂d__t_m_0_0_1: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o */
+        real w22[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w22[_k * 32 + _u] += a36[_k] * a35[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l25 + 0)[_u * 3 + _k] += w22[_k * 32 + _u];
+        /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o */
+        real t23[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t23[_k * 32 + _u] = (l22 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 0)[_u] += a36[_k] * t23[_k * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t24[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t24[_k * 32 + _u] = (l25 + 0)[_u * 3 + _k];
+        real w25[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w25[_k * 32 + _u] += t24[_k * 32 + _u] * a32[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 32)[_u * 3 + _k] += w25[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t26[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t26[_k * 32 + _u] = (l25 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 32)[_u] += t26[_k * 32 + _u] * t11[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_0_2: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e */
+        real w27[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w27[_k * 32 + _u] += a37[_k] * a35[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l26 + 0)[_u * 5 + _k] += w27[_k * 32 + _u];
+        /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e */
+        real t28[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t28[_k * 32 + _u] = (l21 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 0)[_u] += a37[_k] * t28[_k * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t29[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t29[_k * 32 + _u] = (l26 + 0)[_u * 5 + _k];
+        real w30[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w30[_k * 32 + _u] += t29[_k * 32 + _u] * a31[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 128)[_u * 5 + _k] += w30[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t31[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t31[_k * 32 + _u] = (l26 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 64)[_u] += t31[_k * 32 + _u] * t9[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_0_5: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o */
+        real w32[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w32[_k * 32 + _u] += a38[_k] * a35[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l27 + 0)[_u * 7 + _k] += w32[_k * 32 + _u];
+        /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o */
+        real t33[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t33[_k * 32 + _u] = (l20 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a0 + 0)[_u] += a38[_k] * t33[_k * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t34[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t34[_k * 32 + _u] = (l27 + 0)[_u * 7 + _k];
+        real w35[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w35[_k * 32 + _u] += t34[_k * 32 + _u] * a30[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (a1 + 544)[_u * 7 + _k] += w35[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t36[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t36[_k * 32 + _u] = (l27 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 96)[_u] += t36[_k * 32 + _u] * t3[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_1_0: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e */
+        real t37[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t37[_i * 32 + _u] = a40[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (l28 + 0)[_u] += a39[_i] * t37[_i * 32 + _u];
+        /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e */
+        real w38[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w38[_i * 32 + _u] += a39[_i] * (l19 + 0)[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w38[_i * 32 + _u];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 32; ++_u)
+            (a1 + 0)[_u] += (l28 + 0)[_u] * a29[_u];
+        /* zupk,zuk->zpu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 160)[_u] += (l28 + 0)[_u] * a23[_u];
+        /* ∂/∂d__t_m_0_1_1: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o */
+        real w39[192] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w39[_p * 96 + _k * 32 + _u] += a41[_i * 6 + _k * 2 + _p] * t37[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l29 + 0)[_u * 6 + _p * 3 + _k] += w39[_p * 96 + _k * 32 + _u];
+        /* ∂/∂h: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o */
+        real t40[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t40[_p * 96 + _k * 32 + _u] = (l18 + 0)[_u * 6 + _p * 3 + _k];
+        real w41[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w41[_i * 32 + _u] += a41[_i * 6 + _k * 2 + _p] * t40[_p * 96 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w41[_i * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t42[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t42[_p * 96 + _k * 32 + _u] = (l29 + 0)[_u * 6 + _p * 3 + _k];
+        real w43[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w43[_k * 32 + _u] += t42[_p * 96 + _k * 32 + _u] * (l0 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 32)[_u * 3 + _k] += w43[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t44[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t44[_p * 96 + _k * 32 + _u] = (l29 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l30 + 0)[_p * 32 + _u] += t44[_p * 96 + _k * 32 + _u] * t11[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_1_2: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e */
+        real w45[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w45[_p * 160 + _k * 32 + _u] += a42[_i * 10 + _k * 2 + _p] * t37[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l31 + 0)[_u * 10 + _p * 5 + _k] += w45[_p * 160 + _k * 32 + _u];
+        /* ∂/∂h: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e */
+        real t46[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t46[_p * 160 + _k * 32 + _u] = (l17 + 0)[_u * 10 + _p * 5 + _k];
+        real w47[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w47[_i * 32 + _u] += a42[_i * 10 + _k * 2 + _p] * t46[_p * 160 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w47[_i * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t48[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t48[_p * 160 + _k * 32 + _u] = (l31 + 0)[_u * 10 + _p * 5 + _k];
+        real w49[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w49[_k * 32 + _u] += t48[_p * 160 + _k * 32 + _u] * (l1 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 128)[_u * 5 + _k] += w49[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t50[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t50[_p * 160 + _k * 32 + _u] = (l31 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l32 + 0)[_p * 32 + _u] += t50[_p * 160 + _k * 32 + _u] * t9[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_1_3: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e */
+        real w51[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w51[_k * 32 + _u] += a43[_i * 3 + _k] * t37[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l33 + 0)[_u * 3 + _k] += w51[_k * 32 + _u];
+        /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e */
+        real t52[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t52[_k * 32 + _u] = (l16 + 0)[_u * 3 + _k];
+        real w53[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w53[_i * 32 + _u] += a43[_i * 3 + _k] * t52[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w53[_i * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t54[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t54[_k * 32 + _u] = (l33 + 0)[_u * 3 + _k];
+        real w55[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w55[_k * 32 + _u] += t54[_k * 32 + _u] * a28[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 288)[_u * 3 + _k] += w55[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t56[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t56[_k * 32 + _u] = (l33 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 224)[_u] += t56[_k * 32 + _u] * t7[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_1_4: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o */
+        real w57[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w57[_k * 32 + _u] += a44[_i * 5 + _k] * t37[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l34 + 0)[_u * 5 + _k] += w57[_k * 32 + _u];
+        /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o */
+        real t58[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t58[_k * 32 + _u] = (l15 + 0)[_u * 5 + _k];
+        real w59[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w59[_i * 32 + _u] += a44[_i * 5 + _k] * t58[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w59[_i * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t60[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t60[_k * 32 + _u] = (l34 + 0)[_u * 5 + _k];
+        real w61[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w61[_k * 32 + _u] += t60[_k * 32 + _u] * a27[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 384)[_u * 5 + _k] += w61[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t62[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t62[_k * 32 + _u] = (l34 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 288)[_u] += t62[_k * 32 + _u] * t5[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_1_5: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o */
+        real w63[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w63[_k * 32 + _u] += a45[_i * 7 + _k] * t37[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l35 + 0)[_u * 7 + _k] += w63[_k * 32 + _u];
+        /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o */
+        real t64[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t64[_k * 32 + _u] = (l14 + 0)[_u * 7 + _k];
+        real w65[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w65[_i * 32 + _u] += a45[_i * 7 + _k] * t64[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w65[_i * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t66[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t66[_k * 32 + _u] = (l35 + 0)[_u * 7 + _k];
+        real w67[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w67[_k * 32 + _u] += t66[_k * 32 + _u] * a26[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (a1 + 544)[_u * 7 + _k] += w67[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t68[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t68[_k * 32 + _u] = (l35 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 320)[_u] += t68[_k * 32 + _u] * t3[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_1_6: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e */
+        real w69[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w69[_k * 32 + _u] += a46[_i * 7 + _k] * t37[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l36 + 0)[_u * 7 + _k] += w69[_k * 32 + _u];
+        /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e */
+        real t70[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t70[_k * 32 + _u] = (l13 + 0)[_u * 7 + _k];
+        real w71[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w71[_i * 32 + _u] += a46[_i * 7 + _k] * t70[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += w71[_i * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t72[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t72[_k * 32 + _u] = (l36 + 0)[_u * 7 + _k];
+        real w73[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w73[_k * 32 + _u] += t72[_k * 32 + _u] * a25[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (a1 + 768)[_u * 7 + _k] += w73[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t74[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t74[_k * 32 + _u] = (l36 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 384)[_u] += t74[_k * 32 + _u] * t1[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_2_0: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e */
+        real t75[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t75[_i * 32 + _u] = a48[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (l37 + 0)[_u] += a47[_i] * t75[_i * 32 + _u];
+        /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e */
+        real w76[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w76[_i * 32 + _u] += a47[_i] * (l12 + 0)[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w76[_i * 32 + _u];
+        /* zupk,zpu->zuk */
+        for (int _u = 0; _u < 32; ++_u)
+            (a1 + 0)[_u] += (l37 + 0)[_u] * a24[_u];
+        /* zupk,zuk->zpu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 544)[_u] += (l37 + 0)[_u] * a23[_u];
+        /* ∂/∂d__t_m_0_2_1: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o */
+        real w77[192] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w77[_p * 96 + _k * 32 + _u] += a49[_i * 6 + _k * 2 + _p] * t75[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l38 + 0)[_u * 6 + _p * 3 + _k] += w77[_p * 96 + _k * 32 + _u];
+        /* ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o */
+        real t78[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t78[_p * 96 + _k * 32 + _u] = (l11 + 0)[_u * 6 + _p * 3 + _k];
+        real w79[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w79[_i * 32 + _u] += a49[_i * 6 + _k * 2 + _p] * t78[_p * 96 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w79[_i * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t80[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t80[_p * 96 + _k * 32 + _u] = (l38 + 0)[_u * 6 + _p * 3 + _k];
+        real w81[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w81[_k * 32 + _u] += t80[_p * 96 + _k * 32 + _u] * (l2 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 32)[_u * 3 + _k] += w81[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t82[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t82[_p * 96 + _k * 32 + _u] = (l38 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l39 + 0)[_p * 32 + _u] += t82[_p * 96 + _k * 32 + _u] * t11[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_2_2: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e */
+        real w83[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w83[_p * 160 + _k * 32 + _u] += a50[_i * 10 + _k * 2 + _p] * t75[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l40 + 0)[_u * 10 + _p * 5 + _k] += w83[_p * 160 + _k * 32 + _u];
+        /* ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e */
+        real t84[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t84[_p * 160 + _k * 32 + _u] = (l10 + 0)[_u * 10 + _p * 5 + _k];
+        real w85[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w85[_i * 32 + _u] += a50[_i * 10 + _k * 2 + _p] * t84[_p * 160 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w85[_i * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t86[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t86[_p * 160 + _k * 32 + _u] = (l40 + 0)[_u * 10 + _p * 5 + _k];
+        real w87[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w87[_k * 32 + _u] += t86[_p * 160 + _k * 32 + _u] * (l3 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 128)[_u * 5 + _k] += w87[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t88[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t88[_p * 160 + _k * 32 + _u] = (l40 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l41 + 0)[_p * 32 + _u] += t88[_p * 160 + _k * 32 + _u] * t9[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_2_3: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e */
+        real w89[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w89[_k * 32 + _u] += a51[_i * 3 + _k] * t75[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l42 + 0)[_u * 3 + _k] += w89[_k * 32 + _u];
+        /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e */
+        real t90[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t90[_k * 32 + _u] = (l9 + 0)[_u * 3 + _k];
+        real w91[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w91[_i * 32 + _u] += a51[_i * 3 + _k] * t90[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w91[_i * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t92[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t92[_k * 32 + _u] = (l42 + 0)[_u * 3 + _k];
+        real w93[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w93[_k * 32 + _u] += t92[_k * 32 + _u] * a20[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 288)[_u * 3 + _k] += w93[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t94[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t94[_k * 32 + _u] = (l42 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 608)[_u] += t94[_k * 32 + _u] * t7[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_2_4: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o */
+        real w95[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w95[_p * 160 + _k * 32 + _u] += a52[_i * 10 + _k * 2 + _p] * t75[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l43 + 0)[_u * 10 + _p * 5 + _k] += w95[_p * 160 + _k * 32 + _u];
+        /* ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o */
+        real t96[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t96[_p * 160 + _k * 32 + _u] = (l8 + 0)[_u * 10 + _p * 5 + _k];
+        real w97[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w97[_i * 32 + _u] += a52[_i * 10 + _k * 2 + _p] * t96[_p * 160 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w97[_i * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t98[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t98[_p * 160 + _k * 32 + _u] = (l43 + 0)[_u * 10 + _p * 5 + _k];
+        real w99[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w99[_k * 32 + _u] += t98[_p * 160 + _k * 32 + _u] * (l4 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a1 + 384)[_u * 5 + _k] += w99[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t100[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t100[_p * 160 + _k * 32 + _u] = (l43 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l44 + 0)[_p * 32 + _u] += t100[_p * 160 + _k * 32 + _u] * t5[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_2_5: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o */
+        real w101[448] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w101[_p * 224 + _k * 32 + _u] += a53[_i * 14 + _k * 2 + _p] * t75[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    (l45 + 0)[_u * 14 + _p * 7 + _k] += w101[_p * 224 + _k * 32 + _u];
+        /* ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o */
+        real t102[448];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    t102[_p * 224 + _k * 32 + _u] = (l7 + 0)[_u * 14 + _p * 7 + _k];
+        real w103[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w103[_i * 32 + _u] += a53[_i * 14 + _k * 2 + _p] * t102[_p * 224 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w103[_i * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t104[448];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    t104[_p * 224 + _k * 32 + _u] = (l45 + 0)[_u * 14 + _p * 7 + _k];
+        real w105[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w105[_k * 32 + _u] += t104[_p * 224 + _k * 32 + _u] * (l5 + 0)[_p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (a1 + 544)[_u * 7 + _k] += w105[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t106[448];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    t106[_p * 224 + _k * 32 + _u] = (l45 + 0)[_u * 14 + _p * 7 + _k];
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    (l46 + 0)[_p * 32 + _u] += t106[_p * 224 + _k * 32 + _u] * t3[_k * 32 + _u];
+        /* ∂/∂d__t_m_0_2_6: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e */
+        real w107[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w107[_k * 32 + _u] += a54[_i * 7 + _k] * t75[_i * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l47 + 0)[_u * 7 + _k] += w107[_k * 32 + _u];
+        /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e */
+        real t108[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t108[_k * 32 + _u] = (l6 + 0)[_u * 7 + _k];
+        real w109[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w109[_i * 32 + _u] += a54[_i * 7 + _k] * t108[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 128)[_u * 5 + _i] += w109[_i * 32 + _u];
+        /* zupk,zpu->zuk */
+        real t110[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t110[_k * 32 + _u] = (l47 + 0)[_u * 7 + _k];
+        real w111[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w111[_k * 32 + _u] += t110[_k * 32 + _u] * a16[_u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (a1 + 768)[_u * 7 + _k] += w111[_k * 32 + _u];
+        /* zupk,zuk->zpu */
+        real t112[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t112[_k * 32 + _u] = (l47 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a2 + 640)[_u] += t112[_k * 32 + _u] * t1[_k * 32 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 736)[_u] += (l46 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 512)[_u] += (l46 + 0)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 704)[_u] += (l44 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 480)[_u] += (l44 + 0)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 576)[_u] += (l41 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 416)[_u] += (l41 + 0)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 672)[_u] += (l39 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 448)[_u] += (l39 + 0)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 352)[_u] += (l32 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 192)[_u] += (l32 + 0)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 256)[_u] += (l30 + 32)[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 128)[_u] += (l30 + 0)[_u];
+    }
+}
+    """,
+    "conv_tp_d2_w": """\
+void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride, const real *restrict A16, int64_t a16_stride, const real *restrict A17, int64_t a17_stride, const real *restrict A18, int64_t a18_stride, const real *restrict A19, int64_t a19_stride, const real *restrict A20, int64_t a20_stride, const real *restrict A21, int64_t a21_stride, const real *restrict A22, int64_t a22_stride, const real *restrict A23, int64_t a23_stride, const real *restrict A24, int64_t a24_stride, const real *restrict A25, int64_t a25_stride, const real *restrict A26, int64_t a26_stride, const real *restrict A27, int64_t a27_stride, const real *restrict A28, int64_t a28_stride, const real *restrict A29, int64_t a29_stride, const real *restrict A30, int64_t a30_stride, const real *restrict A31, int64_t a31_stride, const real *restrict A32, int64_t a32_stride, const real *restrict A33, int64_t a33_stride, const real *restrict A34, int64_t a34_stride, const real *restrict A35, int64_t a35_stride, const real *restrict A36, int64_t a36_stride, const real *restrict A37, int64_t a37_stride, const real *restrict A38, int64_t a38_stride, const real *restrict A39, int64_t a39_stride, const real *restrict A40, int64_t a40_stride, const real *restrict A41, int64_t a41_stride, const real *restrict A42, int64_t a42_stride, const real *restrict A43, int64_t a43_stride, const real *restrict A44, int64_t a44_stride, const real *restrict A45, int64_t a45_stride, const real *restrict A46, int64_t a46_stride, const real *restrict A47, int64_t a47_stride, const real *restrict A48, int64_t a48_stride, const real *restrict A49, int64_t a49_stride, const real *restrict A50, int64_t a50_stride, const real *restrict A51, int64_t a51_stride, const real *restrict A52, int64_t a52_stride, const real *restrict A53, int64_t a53_stride, const real *restrict A54, int64_t a54_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 992);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 388);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        const real *restrict a16 = A16 + z * a16_stride;
+        const real *restrict a17 = A17 + z * a17_stride;
+        const real *restrict a18 = A18 + z * a18_stride;
+        const real *restrict a19 = A19 + z * a19_stride;
+        const real *restrict a20 = A20 + z * a20_stride;
+        const real *restrict a21 = A21 + z * a21_stride;
+        const real *restrict a22 = A22 + z * a22_stride;
+        const real *restrict a23 = A23 + z * a23_stride;
+        const real *restrict a24 = A24 + z * a24_stride;
+        const real *restrict a25 = A25 + z * a25_stride;
+        const real *restrict a26 = A26 + z * a26_stride;
+        const real *restrict a27 = A27 + z * a27_stride;
+        const real *restrict a28 = A28 + z * a28_stride;
+        const real *restrict a29 = A29 + z * a29_stride;
+        const real *restrict a30 = A30 + z * a30_stride;
+        const real *restrict a31 = A31 + z * a31_stride;
+        const real *restrict a32 = A32 + z * a32_stride;
+        const real *restrict a33 = A33 + z * a33_stride;
+        const real *restrict a34 = A34 + z * a34_stride;
+        const real *restrict a35 = A35 + z * a35_stride;
+        const real *restrict a36 = A36 + z * a36_stride;
+        const real *restrict a37 = A37 + z * a37_stride;
+        const real *restrict a38 = A38 + z * a38_stride;
+        const real *restrict a39 = A39 + z * a39_stride;
+        const real *restrict a40 = A40 + z * a40_stride;
+        const real *restrict a41 = A41 + z * a41_stride;
+        const real *restrict a42 = A42 + z * a42_stride;
+        const real *restrict a43 = A43 + z * a43_stride;
+        const real *restrict a44 = A44 + z * a44_stride;
+        const real *restrict a45 = A45 + z * a45_stride;
+        const real *restrict a46 = A46 + z * a46_stride;
+        const real *restrict a47 = A47 + z * a47_stride;
+        const real *restrict a48 = A48 + z * a48_stride;
+        const real *restrict a49 = A49 + z * a49_stride;
+        const real *restrict a50 = A50 + z * a50_stride;
+        const real *restrict a51 = A51 + z * a51_stride;
+        const real *restrict a52 = A52 + z * a52_stride;
+        const real *restrict a53 = A53 + z * a53_stride;
+        const real *restrict a54 = A54 + z * a54_stride;
+        real l0[32] = {0};
+        real l1[96] = {0};
+        real l2[160] = {0};
+        real l3[224] = {0};
+        real l4[32] = {0};
+        real l5[192] = {0};
+        real l6[320] = {0};
+        real l7[96] = {0};
+        real l8[160] = {0};
+        real l9[224] = {0};
+        real l10[224] = {0};
+        real l11[32] = {0};
+        real l12[192] = {0};
+        real l13[320] = {0};
+        real l14[96] = {0};
+        real l15[320] = {0};
+        real l16[448] = {0};
+        real l17[224] = {0};
+        real l18[32] = {0};
+        real l19[96] = {0};
+        real l20[160] = {0};
+        real l21[224] = {0};
+        real l22[32] = {0};
+        real l23[64] = {0};
+        real l24[192] = {0};
+        real l25[64] = {0};
+        real l26[320] = {0};
+        real l27[96] = {0};
+        real l28[160] = {0};
+        real l29[224] = {0};
+        real l30[224] = {0};
+        real l31[32] = {0};
+        real l32[64] = {0};
+        real l33[192] = {0};
+        real l34[64] = {0};
+        real l35[320] = {0};
+        real l36[96] = {0};
+        real l37[64] = {0};
+        real l38[320] = {0};
+        real l39[64] = {0};
+        real l40[448] = {0};
+        real l41[224] = {0};
+        /* 1 paths 32x0e ⊗ sh -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (l0 + 0)[_u] += a3[_u] * a4[0];
+        /* 1 paths 32x0e ⊗ sh -> 32x1o */
+        real w1[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w1[_k * 32 + _u] += a3[_u] * a5[_k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l1 + 0)[_u * 3 + _k] += w1[_k * 32 + _u];
+        /* 1 paths 32x0e ⊗ sh -> 32x2e */
+        real w2[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w2[_k * 32 + _u] += a3[_u] * a6[_k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l2 + 0)[_u * 5 + _k] += w2[_k * 32 + _u];
+        /* 1 paths 32x0e ⊗ sh -> 32x3o */
+        real w3[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w3[_k * 32 + _u] += a3[_u] * a7[_k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l3 + 0)[_u * 7 + _k] += w3[_k * 32 + _u];
+        /* 1 paths 32x1o ⊗ sh -> 32x0e */
+        real t4[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t4[_i * 32 + _u] = a8[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (l4 + 0)[_u] += t4[_i * 32 + _u] * a9[_i];
+        /* 2 paths 32x1o ⊗ sh -> 32x1o */
+        real w5[192] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w5[_p * 96 + _k * 32 + _u] += t4[_i * 32 + _u] * a10[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l5 + 0)[_u * 6 + _p * 3 + _k] += w5[_p * 96 + _k * 32 + _u];
+        /* 2 paths 32x1o ⊗ sh -> 32x2e */
+        real w6[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w6[_p * 160 + _k * 32 + _u] += t4[_i * 32 + _u] * a11[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l6 + 0)[_u * 10 + _p * 5 + _k] += w6[_p * 160 + _k * 32 + _u];
+        /* 1 paths 32x1o ⊗ sh -> 32x1e */
+        real w7[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w7[_k * 32 + _u] += t4[_i * 32 + _u] * a12[_i * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l7 + 0)[_u * 3 + _k] += w7[_k * 32 + _u];
+        /* 1 paths 32x1o ⊗ sh -> 32x2o */
+        real w8[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w8[_k * 32 + _u] += t4[_i * 32 + _u] * a13[_i * 5 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l8 + 0)[_u * 5 + _k] += w8[_k * 32 + _u];
+        /* 1 paths 32x1o ⊗ sh -> 32x3o */
+        real w9[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w9[_k * 32 + _u] += t4[_i * 32 + _u] * a14[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l9 + 0)[_u * 7 + _k] += w9[_k * 32 + _u];
+        /* 1 paths 32x1o ⊗ sh -> 32x3e */
+        real w10[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w10[_k * 32 + _u] += t4[_i * 32 + _u] * a15[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l10 + 0)[_u * 7 + _k] += w10[_k * 32 + _u];
+        /* 1 paths 32x2e ⊗ sh -> 32x0e */
+        real t11[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t11[_i * 32 + _u] = a16[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                (l11 + 0)[_u] += t11[_i * 32 + _u] * a17[_i];
+        /* 2 paths 32x2e ⊗ sh -> 32x1o */
+        real w12[192] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w12[_p * 96 + _k * 32 + _u] += t11[_i * 32 + _u] * a18[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l12 + 0)[_u * 6 + _p * 3 + _k] += w12[_p * 96 + _k * 32 + _u];
+        /* 2 paths 32x2e ⊗ sh -> 32x2e */
+        real w13[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w13[_p * 160 + _k * 32 + _u] += t11[_i * 32 + _u] * a19[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l13 + 0)[_u * 10 + _p * 5 + _k] += w13[_p * 160 + _k * 32 + _u];
+        /* 1 paths 32x2e ⊗ sh -> 32x1e */
+        real w14[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w14[_k * 32 + _u] += t11[_i * 32 + _u] * a20[_i * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l14 + 0)[_u * 3 + _k] += w14[_k * 32 + _u];
+        /* 2 paths 32x2e ⊗ sh -> 32x2o */
+        real w15[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w15[_p * 160 + _k * 32 + _u] += t11[_i * 32 + _u] * a21[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l15 + 0)[_u * 10 + _p * 5 + _k] += w15[_p * 160 + _k * 32 + _u];
+        /* 2 paths 32x2e ⊗ sh -> 32x3o */
+        real w16[448] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w16[_p * 224 + _k * 32 + _u] += t11[_i * 32 + _u] * a22[_i * 14 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    (l16 + 0)[_u * 14 + _p * 7 + _k] += w16[_p * 224 + _k * 32 + _u];
+        /* 1 paths 32x2e ⊗ sh -> 32x3e */
+        real w17[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 32; ++_u)
+                    w17[_k * 32 + _u] += t11[_i * 32 + _u] * a23[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l17 + 0)[_u * 7 + _k] += w17[_k * 32 + _u];
+        /* zpu,zupk->zuk */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a24[_u] * (l0 + 0)[_u];
+        /* zpu,zuk->zupk */
+        for (int _u = 0; _u < 32; ++_u)
+            (l18 + 0)[_u] += a24[_u] * a25[_u];
+        /* zpu,zupk->zuk */
+        real t18[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t18[_k * 32 + _u] = (l1 + 0)[_u * 3 + _k];
+        real w19[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w19[_k * 32 + _u] += a26[_u] * t18[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 32)[_u * 3 + _k] += w19[_k * 32 + _u];
+        /* zpu,zuk->zupk */
+        real t20[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t20[_k * 32 + _u] = a27[_u * 3 + _k];
+        real w21[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w21[_k * 32 + _u] += a26[_u] * t20[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l19 + 0)[_u * 3 + _k] += w21[_k * 32 + _u];
+        /* zpu,zupk->zuk */
+        real t22[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t22[_k * 32 + _u] = (l2 + 0)[_u * 5 + _k];
+        real w23[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w23[_k * 32 + _u] += a28[_u] * t22[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 128)[_u * 5 + _k] += w23[_k * 32 + _u];
+        /* zpu,zuk->zupk */
+        real t24[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t24[_k * 32 + _u] = a29[_u * 5 + _k];
+        real w25[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w25[_k * 32 + _u] += a28[_u] * t24[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l20 + 0)[_u * 5 + _k] += w25[_k * 32 + _u];
+        /* zpu,zupk->zuk */
+        real t26[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t26[_k * 32 + _u] = (l3 + 0)[_u * 7 + _k];
+        real w27[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w27[_k * 32 + _u] += a30[_u] * t26[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (a0 + 544)[_u * 7 + _k] += w27[_k * 32 + _u];
+        /* zpu,zuk->zupk */
+        real t28[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t28[_k * 32 + _u] = a31[_u * 7 + _k];
+        real w29[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w29[_k * 32 + _u] += a30[_u] * t28[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l21 + 0)[_u * 7 + _k] += w29[_k * 32 + _u];
+        /* zpu,zupk->zuk */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a32[_u] * (l4 + 0)[_u];
+        /* zpu,zuk->zupk */
+        for (int _u = 0; _u < 32; ++_u)
+            (l22 + 0)[_u] += a32[_u] * a25[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l23 + 0)[_u] += a33[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l23 + 32)[_u] += a34[_u];
+        /* zpu,zupk->zuk */
+        real t30[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t30[_p * 96 + _k * 32 + _u] = (l5 + 0)[_u * 6 + _p * 3 + _k];
+        real w31[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w31[_k * 32 + _u] += (l23 + 0)[_p * 32 + _u] * t30[_p * 96 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 32)[_u * 3 + _k] += w31[_k * 32 + _u];
+        /* zpu,zuk->zupk */
+        real w32[192] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w32[_p * 96 + _k * 32 + _u] += (l23 + 0)[_p * 32 + _u] * t20[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l24 + 0)[_u * 6 + _p * 3 + _k] += w32[_p * 96 + _k * 32 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l25 + 0)[_u] += a35[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l25 + 32)[_u] += a36[_u];
+        /* zpu,zupk->zuk */
+        real t33[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t33[_p * 160 + _k * 32 + _u] = (l6 + 0)[_u * 10 + _p * 5 + _k];
+        real w34[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w34[_k * 32 + _u] += (l25 + 0)[_p * 32 + _u] * t33[_p * 160 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 128)[_u * 5 + _k] += w34[_k * 32 + _u];
+        /* zpu,zuk->zupk */
+        real w35[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w35[_p * 160 + _k * 32 + _u] += (l25 + 0)[_p * 32 + _u] * t24[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l26 + 0)[_u * 10 + _p * 5 + _k] += w35[_p * 160 + _k * 32 + _u];
+        /* zpu,zupk->zuk */
+        real t36[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t36[_k * 32 + _u] = (l7 + 0)[_u * 3 + _k];
+        real w37[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w37[_k * 32 + _u] += a37[_u] * t36[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 288)[_u * 3 + _k] += w37[_k * 32 + _u];
+        /* zpu,zuk->zupk */
+        real t38[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t38[_k * 32 + _u] = a38[_u * 3 + _k];
+        real w39[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w39[_k * 32 + _u] += a37[_u] * t38[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l27 + 0)[_u * 3 + _k] += w39[_k * 32 + _u];
+        /* zpu,zupk->zuk */
+        real t40[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t40[_k * 32 + _u] = (l8 + 0)[_u * 5 + _k];
+        real w41[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w41[_k * 32 + _u] += a39[_u] * t40[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 384)[_u * 5 + _k] += w41[_k * 32 + _u];
+        /* zpu,zuk->zupk */
+        real t42[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t42[_k * 32 + _u] = a40[_u * 5 + _k];
+        real w43[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w43[_k * 32 + _u] += a39[_u] * t42[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l28 + 0)[_u * 5 + _k] += w43[_k * 32 + _u];
+        /* zpu,zupk->zuk */
+        real t44[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t44[_k * 32 + _u] = (l9 + 0)[_u * 7 + _k];
+        real w45[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w45[_k * 32 + _u] += a41[_u] * t44[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (a0 + 544)[_u * 7 + _k] += w45[_k * 32 + _u];
+        /* zpu,zuk->zupk */
+        real w46[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w46[_k * 32 + _u] += a41[_u] * t28[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l29 + 0)[_u * 7 + _k] += w46[_k * 32 + _u];
+        /* zpu,zupk->zuk */
+        real t47[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t47[_k * 32 + _u] = (l10 + 0)[_u * 7 + _k];
+        real w48[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w48[_k * 32 + _u] += a42[_u] * t47[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (a0 + 768)[_u * 7 + _k] += w48[_k * 32 + _u];
+        /* zpu,zuk->zupk */
+        real t49[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t49[_k * 32 + _u] = a43[_u * 7 + _k];
+        real w50[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w50[_k * 32 + _u] += a42[_u] * t49[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l30 + 0)[_u * 7 + _k] += w50[_k * 32 + _u];
+        /* zpu,zupk->zuk */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a44[_u] * (l11 + 0)[_u];
+        /* zpu,zuk->zupk */
+        for (int _u = 0; _u < 32; ++_u)
+            (l31 + 0)[_u] += a44[_u] * a25[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l32 + 0)[_u] += a45[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l32 + 32)[_u] += a46[_u];
+        /* zpu,zupk->zuk */
+        real t51[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t51[_p * 96 + _k * 32 + _u] = (l12 + 0)[_u * 6 + _p * 3 + _k];
+        real w52[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w52[_k * 32 + _u] += (l32 + 0)[_p * 32 + _u] * t51[_p * 96 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 32)[_u * 3 + _k] += w52[_k * 32 + _u];
+        /* zpu,zuk->zupk */
+        real w53[192] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w53[_p * 96 + _k * 32 + _u] += (l32 + 0)[_p * 32 + _u] * t20[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l33 + 0)[_u * 6 + _p * 3 + _k] += w53[_p * 96 + _k * 32 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l34 + 0)[_u] += a47[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l34 + 32)[_u] += a48[_u];
+        /* zpu,zupk->zuk */
+        real t54[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t54[_p * 160 + _k * 32 + _u] = (l13 + 0)[_u * 10 + _p * 5 + _k];
+        real w55[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w55[_k * 32 + _u] += (l34 + 0)[_p * 32 + _u] * t54[_p * 160 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 128)[_u * 5 + _k] += w55[_k * 32 + _u];
+        /* zpu,zuk->zupk */
+        real w56[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w56[_p * 160 + _k * 32 + _u] += (l34 + 0)[_p * 32 + _u] * t24[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l35 + 0)[_u * 10 + _p * 5 + _k] += w56[_p * 160 + _k * 32 + _u];
+        /* zpu,zupk->zuk */
+        real t57[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t57[_k * 32 + _u] = (l14 + 0)[_u * 3 + _k];
+        real w58[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w58[_k * 32 + _u] += a49[_u] * t57[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 288)[_u * 3 + _k] += w58[_k * 32 + _u];
+        /* zpu,zuk->zupk */
+        real w59[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w59[_k * 32 + _u] += a49[_u] * t38[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l36 + 0)[_u * 3 + _k] += w59[_k * 32 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l37 + 0)[_u] += a50[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l37 + 32)[_u] += a51[_u];
+        /* zpu,zupk->zuk */
+        real t60[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t60[_p * 160 + _k * 32 + _u] = (l15 + 0)[_u * 10 + _p * 5 + _k];
+        real w61[160] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w61[_k * 32 + _u] += (l37 + 0)[_p * 32 + _u] * t60[_p * 160 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 384)[_u * 5 + _k] += w61[_k * 32 + _u];
+        /* zpu,zuk->zupk */
+        real w62[320] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w62[_p * 160 + _k * 32 + _u] += (l37 + 0)[_p * 32 + _u] * t42[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    (l38 + 0)[_u * 10 + _p * 5 + _k] += w62[_p * 160 + _k * 32 + _u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l39 + 0)[_u] += a52[_u];
+        /* zu->zu */
+        for (int _u = 0; _u < 32; ++_u)
+            (l39 + 32)[_u] += a53[_u];
+        /* zpu,zupk->zuk */
+        real t63[448];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    t63[_p * 224 + _k * 32 + _u] = (l16 + 0)[_u * 14 + _p * 7 + _k];
+        real w64[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _u = 0; _u < 32; ++_u)
+                    w64[_k * 32 + _u] += (l39 + 0)[_p * 32 + _u] * t63[_p * 224 + _k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (a0 + 544)[_u * 7 + _k] += w64[_k * 32 + _u];
+        /* zpu,zuk->zupk */
+        real w65[448] = {0};
+        for (int _p = 0; _p < 2; ++_p)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w65[_p * 224 + _k * 32 + _u] += (l39 + 0)[_p * 32 + _u] * t28[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    (l40 + 0)[_u * 14 + _p * 7 + _k] += w65[_p * 224 + _k * 32 + _u];
+        /* zpu,zupk->zuk */
+        real t66[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t66[_k * 32 + _u] = (l17 + 0)[_u * 7 + _k];
+        real w67[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w67[_k * 32 + _u] += a54[_u] * t66[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (a0 + 768)[_u * 7 + _k] += w67[_k * 32 + _u];
+        /* zpu,zuk->zupk */
+        real w68[224] = {0};
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                w68[_k * 32 + _u] += a54[_u] * t49[_k * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                (l41 + 0)[_u * 7 + _k] += w68[_k * 32 + _u];
+        /* ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e */
+        real t69[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t69[_k * 32 + _u] = (l41 + 0)[_u * 7 + _k];
+        real w70[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w70[_i * 32 + _u] += t69[_k * 32 + _u] * a23[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 128)[_u * 5 + _i] += w70[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e */
+        real t71[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t71[_k * 32 + _u] = (l41 + 0)[_u * 7 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t71[_k * 32 + _u] * t11[_i * 32 + _u];
+                    (a2 + 353)[_i * 7 + _k] += acc;
+                }
+        /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o */
+        real t72[448];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    t72[_p * 224 + _k * 32 + _u] = (l40 + 0)[_u * 14 + _p * 7 + _k];
+        real w73[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w73[_i * 32 + _u] += t72[_p * 224 + _k * 32 + _u] * a22[_i * 14 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 128)[_u * 5 + _i] += w73[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o */
+        real t74[448];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 7; ++_k)
+                    t74[_p * 224 + _k * 32 + _u] = (l40 + 0)[_u * 14 + _p * 7 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t74[_p * 224 + _k * 32 + _u] * t11[_i * 32 + _u];
+                        (a2 + 283)[_i * 14 + _k * 2 + _p] += acc;
+                    }
+        /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o */
+        real t75[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t75[_p * 160 + _k * 32 + _u] = (l38 + 0)[_u * 10 + _p * 5 + _k];
+        real w76[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w76[_i * 32 + _u] += t75[_p * 160 + _k * 32 + _u] * a21[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 128)[_u * 5 + _i] += w76[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o */
+        real t77[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t77[_p * 160 + _k * 32 + _u] = (l38 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t77[_p * 160 + _k * 32 + _u] * t11[_i * 32 + _u];
+                        (a2 + 233)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e */
+        real t78[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t78[_k * 32 + _u] = (l36 + 0)[_u * 3 + _k];
+        real w79[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w79[_i * 32 + _u] += t78[_k * 32 + _u] * a20[_i * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 128)[_u * 5 + _i] += w79[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e */
+        real t80[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t80[_k * 32 + _u] = (l36 + 0)[_u * 3 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t80[_k * 32 + _u] * t11[_i * 32 + _u];
+                    (a2 + 218)[_i * 3 + _k] += acc;
+                }
+        /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e */
+        real t81[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t81[_p * 160 + _k * 32 + _u] = (l35 + 0)[_u * 10 + _p * 5 + _k];
+        real w82[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w82[_i * 32 + _u] += t81[_p * 160 + _k * 32 + _u] * a19[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 128)[_u * 5 + _i] += w82[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e */
+        real t83[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t83[_p * 160 + _k * 32 + _u] = (l35 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t83[_p * 160 + _k * 32 + _u] * t11[_i * 32 + _u];
+                        (a2 + 168)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o */
+        real t84[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t84[_p * 96 + _k * 32 + _u] = (l33 + 0)[_u * 6 + _p * 3 + _k];
+        real w85[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w85[_i * 32 + _u] += t84[_p * 96 + _k * 32 + _u] * a18[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 128)[_u * 5 + _i] += w85[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o */
+        real t86[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t86[_p * 96 + _k * 32 + _u] = (l33 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t86[_p * 96 + _k * 32 + _u] * t11[_i * 32 + _u];
+                        (a2 + 138)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e */
+        real w87[160] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w87[_i * 32 + _u] += (l31 + 0)[_u] * a17[_i];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 128)[_u * 5 + _i] += w87[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e */
+        for (int _i = 0; _i < 5; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += (l31 + 0)[_u] * t11[_i * 32 + _u];
+                (a2 + 133)[_i] += acc;
+            }
+        /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e */
+        real t88[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t88[_k * 32 + _u] = (l30 + 0)[_u * 7 + _k];
+        real w89[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w89[_i * 32 + _u] += t88[_k * 32 + _u] * a15[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 32)[_u * 3 + _i] += w89[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e */
+        real t90[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t90[_k * 32 + _u] = (l30 + 0)[_u * 7 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t90[_k * 32 + _u] * t4[_i * 32 + _u];
+                    (a2 + 112)[_i * 7 + _k] += acc;
+                }
+        /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o */
+        real t91[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t91[_k * 32 + _u] = (l29 + 0)[_u * 7 + _k];
+        real w92[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w92[_i * 32 + _u] += t91[_k * 32 + _u] * a14[_i * 7 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 32)[_u * 3 + _i] += w92[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o */
+        real t93[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t93[_k * 32 + _u] = (l29 + 0)[_u * 7 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 7; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t93[_k * 32 + _u] * t4[_i * 32 + _u];
+                    (a2 + 91)[_i * 7 + _k] += acc;
+                }
+        /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o */
+        real t94[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t94[_k * 32 + _u] = (l28 + 0)[_u * 5 + _k];
+        real w95[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w95[_i * 32 + _u] += t94[_k * 32 + _u] * a13[_i * 5 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 32)[_u * 3 + _i] += w95[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o */
+        real t96[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t96[_k * 32 + _u] = (l28 + 0)[_u * 5 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t96[_k * 32 + _u] * t4[_i * 32 + _u];
+                    (a2 + 76)[_i * 5 + _k] += acc;
+                }
+        /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e */
+        real t97[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t97[_k * 32 + _u] = (l27 + 0)[_u * 3 + _k];
+        real w98[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 32; ++_u)
+                    w98[_i * 32 + _u] += t97[_k * 32 + _u] * a12[_i * 3 + _k];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 32)[_u * 3 + _i] += w98[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e */
+        real t99[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t99[_k * 32 + _u] = (l27 + 0)[_u * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                {
+                    real acc = 0;
+                    for (int _u = 0; _u < 32; ++_u)
+                        acc += t99[_k * 32 + _u] * t4[_i * 32 + _u];
+                    (a2 + 67)[_i * 3 + _k] += acc;
+                }
+        /* ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e */
+        real t100[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t100[_p * 160 + _k * 32 + _u] = (l26 + 0)[_u * 10 + _p * 5 + _k];
+        real w101[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w101[_i * 32 + _u] += t100[_p * 160 + _k * 32 + _u] * a11[_i * 10 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 32)[_u * 3 + _i] += w101[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e */
+        real t102[320];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    t102[_p * 160 + _k * 32 + _u] = (l26 + 0)[_u * 10 + _p * 5 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t102[_p * 160 + _k * 32 + _u] * t4[_i * 32 + _u];
+                        (a2 + 37)[_i * 10 + _k * 2 + _p] += acc;
+                    }
+        /* ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o */
+        real t103[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t103[_p * 96 + _k * 32 + _u] = (l24 + 0)[_u * 6 + _p * 3 + _k];
+        real w104[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w104[_i * 32 + _u] += t103[_p * 96 + _k * 32 + _u] * a10[_i * 6 + _k * 2 + _p];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 32)[_u * 3 + _i] += w104[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o */
+        real t105[192];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 3; ++_k)
+                    t105[_p * 96 + _k * 32 + _u] = (l24 + 0)[_u * 6 + _p * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t105[_p * 96 + _k * 32 + _u] * t4[_i * 32 + _u];
+                        (a2 + 19)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e */
+        real w106[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 32; ++_u)
+                w106[_i * 32 + _u] += (l22 + 0)[_u] * a9[_i];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 32)[_u * 3 + _i] += w106[_i * 32 + _u];
+        /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e */
+        for (int _i = 0; _i < 3; ++_i)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += (l22 + 0)[_u] * t4[_i * 32 + _u];
+                (a2 + 16)[_i] += acc;
+            }
+        /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o */
+        real t107[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t107[_k * 32 + _u] = (l21 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_u] += t107[_k * 32 + _u] * a7[_k];
+        /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o */
+        real t108[224];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 7; ++_k)
+                t108[_k * 32 + _u] = (l21 + 0)[_u * 7 + _k];
+        for (int _k = 0; _k < 7; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t108[_k * 32 + _u] * a3[_u];
+                (a2 + 9)[_k] += acc;
+            }
+        /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e */
+        real t109[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t109[_k * 32 + _u] = (l20 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_u] += t109[_k * 32 + _u] * a6[_k];
+        /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e */
+        real t110[160];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t110[_k * 32 + _u] = (l20 + 0)[_u * 5 + _k];
+        for (int _k = 0; _k < 5; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t110[_k * 32 + _u] * a3[_u];
+                (a2 + 4)[_k] += acc;
+            }
+        /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o */
+        real t111[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t111[_k * 32 + _u] = (l19 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 32; ++_u)
+                (a1 + 0)[_u] += t111[_k * 32 + _u] * a5[_k];
+        /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o */
+        real t112[96];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t112[_k * 32 + _u] = (l19 + 0)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t112[_k * 32 + _u] * a3[_u];
+                (a2 + 1)[_k] += acc;
+            }
+        /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (a1 + 0)[_u] += (l18 + 0)[_u] * a4[0];
+        /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x0e */
+        {
+            real acc = 0;
+            for (int _u = 0; _u < 32; ++_u)
+                acc += (l18 + 0)[_u] * a3[_u];
+            (a2 + 0)[0] += acc;
+        }
+    }
+}
+
+void conv_tp_d2_w_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zj->zj */
+        for (int _j = 0; _j < 16; ++_j)
+            (a0 + 0)[_j] += a1[_j];
+    }
+}
+    """,
+    "elementwise_tp": """\
+void elementwise_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 16);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 48);
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        real *restrict a10 = A10 + z * a10_stride;
+        memset(a10, 0, sizeof(real) * 80);
+        const real *restrict a11 = A11 + z * a11_stride;
+        const real *restrict a12 = A12;
+        real l0[16] = {0};
+        real l1[48] = {0};
+        real l2[80] = {0};
+        real l3[48] = {0};
+        /* 16x0e ⊗ 16x0e -> 16x0e */
+        for (int _u = 0; _u < 16; ++_u)
+            (l0 + 0)[_u] += a1[_u] * a2[_u];
+        /* zuij,ijku->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            a4[_u] += (real)0.5773502691896257 * (l0 + 0)[_u] * a3[_u];
+        /* 16x0e ⊗ 16x1o -> 16x1o */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a5[_u * 3 + _j];
+        real w2[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += a1[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l1 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+        /* zuij,uijk->zuk */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 16 + _u] = (l1 + 0)[_u * 3 + _j];
+        real t4[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    t4[_j * 48 + _k * 16 + _u] = a6[_u * 9 + _j * 3 + _k];
+        real w5[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_k * 16 + _u] += (real)0.8660254037844386 * t3[_j * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                a7[_u * 3 + _k] += w5[_k * 16 + _u];
+        /* 16x0e ⊗ 16x2e -> 16x2e */
+        real t6[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t6[_j * 16 + _u] = a8[_u * 5 + _j];
+        real w7[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w7[_j * 16 + _u] += a1[_u] * t6[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l2 + 0)[_u * 5 + _j] += w7[_j * 16 + _u];
+        /* zuij,uijk->zuk */
+        real t8[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t8[_j * 16 + _u] = (l2 + 0)[_u * 5 + _j];
+        real t9[400];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    t9[_j * 80 + _k * 16 + _u] = a9[_u * 25 + _j * 5 + _k];
+        real w10[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w10[_k * 16 + _u] += (real)1.118033988749895 * t8[_j * 16 + _u] * t9[_j * 80 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                a10[_u * 5 + _k] += w10[_k * 16 + _u];
+        /* 16x1o ⊗ 16x0e -> 16x1o */
+        real t11[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t11[_i * 16 + _u] = a11[_u * 3 + _i];
+        real w12[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w12[_i * 16 + _u] += t11[_i * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l3 + 0)[_u * 3 + _i] += w12[_i * 16 + _u];
+        /* zuij,uijk->zuk */
+        real t13[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t13[_i * 16 + _u] = (l3 + 0)[_u * 3 + _i];
+        real t14[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t14[_i * 48 + _k * 16 + _u] = a12[_u * 9 + _i * 3 + _k];
+        real w15[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w15[_k * 16 + _u] += (real)0.8660254037844386 * t13[_i * 16 + _u] * t14[_i * 48 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                a7[_u * 3 + _k] += w15[_k * 16 + _u];
+        /* 16x1o ⊗ 16x1o -> 16x0e */
+        real w16[144] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w16[_i * 48 + _j * 16 + _u] += t11[_i * 16 + _u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_u * 9 + _i * 3 + _j] += w16[_i * 48 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* 16x1o ⊗ 16x2e -> 16x1o */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 3 + _i];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[240] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 80 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 15 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        const real *restrict a5 = A5 + z * a5_stride;
+        real l0[80] = {0};
+        /* 16x2e ⊗ 16x0e -> 16x2e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 5 + _i];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += t1[_i * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* zuij,uijk->zuk */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
+        real t4[400];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t4[_i * 80 + _k * 16 + _u] = a3[_u * 25 + _i * 5 + _k];
+        real w5[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_k * 16 + _u] += (real)1.118033988749895 * t3[_i * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                a4[_u * 5 + _k] += w5[_k * 16 + _u];
+        /* 16x2e ⊗ 16x1o -> 16x1o */
+        real t6[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t6[_j * 16 + _u] = a5[_u * 3 + _j];
+        real w7[240] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_i * 48 + _j * 16 + _u] += t1[_i * 16 + _u] * t6[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_u * 15 + _i * 3 + _j] += w7[_i * 48 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* 16x2e ⊗ 16x2e -> 16x0e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 5 + _i];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[400] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 80 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 25 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
+    }
+}
+    """,
+    "elementwise_tp_d": """\
+void elementwise_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[240] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 15 + _k * 5 + _j] += w3[_k * 80 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 5 + _i];
+        real w3[240] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 0)[_u * 15 + _k * 5 + _i] += w3[_k * 80 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 5 + _k];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[400] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 25 + _k * 5 + _j] += w3[_k * 80 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 5 + _k];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 5 + _i];
+        real w3[400] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 0)[_u * 25 + _k * 5 + _i] += w3[_k * 80 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        const real *restrict a5 = A5 + z * a5_stride;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 80);
+        real l0[80] = {0};
+        /* ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w2[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += a1[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
+        /* zukj,uijk->zui */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
+        real t4[400];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    t4[_i * 80 + _j * 16 + _u] = a3[_u * 25 + _i * 5 + _j];
+        real w5[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 16 + _u] += (real)0.5773502691896257 * t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                a4[_u * 5 + _i] += w5[_i * 16 + _u];
+        /* ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e */
+        real t6[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t6[_i * 16 + _u] = a5[_u * 5 + _i];
+        real w7[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w7[_i * 16 + _u] += a1[_u] * t6[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 0)[_u * 5 + _i] += w7[_i * 16 + _u];
+        /* zuki,uijk->zuj */
+        real t8[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t8[_i * 16 + _u] = (a0 + 0)[_u * 5 + _i];
+        real w9[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w9[_j * 16 + _u] += (real)0.5773502691896257 * t8[_i * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                a6[_u * 5 + _j] += w9[_j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w3[144] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_u * 9 + _k * 3 + _j] += w3[_k * 48 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 5 + _i];
+        real w3[240] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 0)[_u * 15 + _k * 5 + _i] += w3[_k * 80 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_s7(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        const real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 80);
+        real l0[80] = {0};
+        /* ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a0[_u * 5 + _k];
+        real w2[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a1[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
+        /* zukj,uijk->zui */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 16 + _u] = (l0 + 0)[_u * 5 + _k];
+        real t4[400];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t4[_i * 80 + _k * 16 + _u] = a2[_u * 25 + _i * 5 + _k];
+        real w5[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 16 + _u] += (real)1.118033988749895 * t3[_k * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                a3[_u * 5 + _i] += w5[_i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[240] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 15 + _k * 5 + _j] += w3[_k * 80 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 3 + _i];
+        real w3[144] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 0)[_u * 9 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w3[144] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_u * 9 + _k * 3 + _j] += w3[_k * 48 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 3 + _i];
+        real w3[144] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 0)[_u * 9 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 5 + _k];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w3[240] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_u * 15 + _k * 3 + _j] += w3[_k * 48 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 5 + _k];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 3 + _i];
+        real w3[240] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 0)[_u * 15 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 48);
+        const real *restrict a5 = A5 + z * a5_stride;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 48);
+        real l0[48] = {0};
+        /* ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w2[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += a1[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+        /* zukj,uijk->zui */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
+        real t4[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t4[_i * 48 + _j * 16 + _u] = a3[_u * 9 + _i * 3 + _j];
+        real w5[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 16 + _u] += (real)0.5773502691896257 * t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a4[_u * 3 + _i] += w5[_i * 16 + _u];
+        /* ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e */
+        real t6[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t6[_i * 16 + _u] = a5[_u * 3 + _i];
+        real w7[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w7[_i * 16 + _u] += a1[_u] * t6[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 0)[_u * 3 + _i] += w7[_i * 16 + _u];
+        /* zuki,uijk->zuj */
+        real t8[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t8[_i * 16 + _u] = (a0 + 0)[_u * 3 + _i];
+        real w9[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w9[_j * 16 + _u] += (real)0.5773502691896257 * t8[_i * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                a6[_u * 3 + _j] += w9[_j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_s15(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        const real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 48);
+        real l0[48] = {0};
+        /* ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a0[_u * 3 + _k];
+        real w2[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a1[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l0 + 0)[_u * 3 + _k] += w2[_k * 16 + _u];
+        /* zukj,uijk->zui */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t3[_k * 16 + _u] = (l0 + 0)[_u * 3 + _k];
+        real t4[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t4[_i * 48 + _k * 16 + _u] = a2[_u * 9 + _i * 3 + _k];
+        real w5[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 16 + _u] += (real)0.8660254037844386 * t3[_k * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a3[_u * 3 + _i] += w5[_i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_s16(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        /* ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 5 + _k];
+        real w2[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
+        /* zuki,ikju->zuj */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 16 + _u] = (a0 + 0)[_u * 5 + _k];
+        real w4[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_j * 16 + _u] += (real)1.118033988749895 * t3[_k * 16 + _u] * a3[_k * 80 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                a4[_u * 5 + _j] += w4[_j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 48);
+        /* ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real w2[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 0)[_u * 3 + _k] += w2[_k * 16 + _u];
+        /* zuki,ikju->zuj */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t3[_k * 16 + _u] = (a0 + 0)[_u * 3 + _k];
+        real w4[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_j * 16 + _u] += (real)0.8660254037844386 * t3[_k * 16 + _u] * a3[_k * 48 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                a4[_u * 3 + _j] += w4[_j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d_s18(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 16);
+        const real *restrict a5 = A5 + z * a5_stride;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 16);
+        real l0[16] = {0};
+        /* ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e */
+        for (int _u = 0; _u < 16; ++_u)
+            (l0 + 0)[_u] += a1[_u] * a2[_u];
+        /* zukj,ijku->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            a4[_u] += (real)0.5773502691896257 * (l0 + 0)[_u] * a3[_u];
+        /* ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a1[_u] * a5[_u];
+        /* zuki,ijku->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            a6[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a3[_u];
+    }
+}
+    """,
+    "elementwise_tp_d2_a": """\
+void elementwise_tp_d2_a_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 16);
+        const real *restrict a5 = A5 + z * a5_stride;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 16);
+        real l0[16] = {0};
+        /* ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e */
+        for (int _u = 0; _u < 16; ++_u)
+            (l0 + 0)[_u] += a1[_u] * a2[_u];
+        /* zuij,ijku->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            a4[_u] += (real)0.5773502691896257 * (l0 + 0)[_u] * a3[_u];
+        /* ∂/∂b: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a1[_u] * a5[_u];
+        /* zuik,ijku->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            a6[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a3[_u];
+    }
+}
+
+void elementwise_tp_d2_a_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 48);
+        const real *restrict a5 = A5 + z * a5_stride;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 48);
+        real l0[48] = {0};
+        /* ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w2[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += a1[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+        /* zuij,uijk->zuk */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
+        real t4[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    t4[_j * 48 + _k * 16 + _u] = a3[_u * 9 + _j * 3 + _k];
+        real w5[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_k * 16 + _u] += (real)0.8660254037844386 * t3[_j * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                a4[_u * 3 + _k] += w5[_k * 16 + _u];
+        /* ∂/∂b: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o */
+        real t6[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t6[_k * 16 + _u] = a5[_u * 3 + _k];
+        real w7[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w7[_k * 16 + _u] += a1[_u] * t6[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 0)[_u * 3 + _k] += w7[_k * 16 + _u];
+        /* zuik,uijk->zuj */
+        real t8[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t8[_k * 16 + _u] = (a0 + 0)[_u * 3 + _k];
+        real w9[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w9[_j * 16 + _u] += (real)0.8660254037844386 * t8[_k * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                a6[_u * 3 + _j] += w9[_j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_a_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        const real *restrict a5 = A5 + z * a5_stride;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 80);
+        real l0[80] = {0};
+        /* ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w2[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += a1[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
+        /* zuij,uijk->zuk */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
+        real t4[400];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    t4[_j * 80 + _k * 16 + _u] = a3[_u * 25 + _j * 5 + _k];
+        real w5[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_k * 16 + _u] += (real)1.118033988749895 * t3[_j * 16 + _u] * t4[_j * 80 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                a4[_u * 5 + _k] += w5[_k * 16 + _u];
+        /* ∂/∂b: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e */
+        real t6[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t6[_k * 16 + _u] = a5[_u * 5 + _k];
+        real w7[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w7[_k * 16 + _u] += a1[_u] * t6[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 0)[_u * 5 + _k] += w7[_k * 16 + _u];
+        /* zuik,uijk->zuj */
+        real t8[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t8[_k * 16 + _u] = (a0 + 0)[_u * 5 + _k];
+        real w9[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w9[_j * 16 + _u] += (real)1.118033988749895 * t8[_k * 16 + _u] * t4[_j * 80 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                a6[_u * 5 + _j] += w9[_j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_a_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 48);
+        const real *restrict a5 = A5 + z * a5_stride;
+        real l0[48] = {0};
+        /* ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 3 + _i];
+        real w2[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += t1[_i * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l0 + 0)[_u * 3 + _i] += w2[_i * 16 + _u];
+        /* zuij,uijk->zuk */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 16 + _u] = (l0 + 0)[_u * 3 + _i];
+        real t4[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t4[_i * 48 + _k * 16 + _u] = a3[_u * 9 + _i * 3 + _k];
+        real w5[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_k * 16 + _u] += (real)0.8660254037844386 * t3[_i * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                a4[_u * 3 + _k] += w5[_k * 16 + _u];
+        /* ∂/∂b: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o */
+        real t6[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t6[_k * 16 + _u] = a5[_u * 3 + _k];
+        real w7[144] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_i * 48 + _k * 16 + _u] += t1[_i * 16 + _u] * t6[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 9 + _i * 3 + _k] += w7[_i * 48 + _k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_a_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 3 + _i];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w3[144] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 48 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_u * 9 + _i * 3 + _j] += w3[_i * 48 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_a_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 48);
+        /* ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 3 + _i];
+        real w2[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += t1[_i * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 0)[_u * 3 + _i] += w2[_i * 16 + _u];
+        /* zuik,ijku->zuj */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 16 + _u] = (a0 + 0)[_u * 3 + _i];
+        real w4[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_j * 16 + _u] += (real)0.5773502691896257 * t3[_i * 16 + _u] * a3[_i * 48 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                a4[_u * 3 + _j] += w4[_j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_a_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 3 + _i];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t2[_k * 16 + _u] = a2[_u * 5 + _k];
+        real w3[240] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 80 + _k * 16 + _u] += t1[_i * 16 + _u] * t2[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 0)[_u * 15 + _i * 5 + _k] += w3[_i * 80 + _k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_a_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 3 + _i];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 16 + _u] = a2[_u * 3 + _k];
+        real w3[144] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 48 + _k * 16 + _u] += t1[_i * 16 + _u] * t2[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 9 + _i * 3 + _k] += w3[_i * 48 + _k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_a_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 3 + _i];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[240] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 80 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 15 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_a_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        const real *restrict a5 = A5 + z * a5_stride;
+        real l0[80] = {0};
+        /* ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 5 + _i];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += t1[_i * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* zuij,uijk->zuk */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
+        real t4[400];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t4[_i * 80 + _k * 16 + _u] = a3[_u * 25 + _i * 5 + _k];
+        real w5[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_k * 16 + _u] += (real)1.118033988749895 * t3[_i * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                a4[_u * 5 + _k] += w5[_k * 16 + _u];
+        /* ∂/∂b: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e */
+        real t6[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t6[_k * 16 + _u] = a5[_u * 5 + _k];
+        real w7[400] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_i * 80 + _k * 16 + _u] += t1[_i * 16 + _u] * t6[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 0)[_u * 25 + _i * 5 + _k] += w7[_i * 80 + _k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_a_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 5 + _i];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w3[240] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 48 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_u * 15 + _i * 3 + _j] += w3[_i * 48 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_a_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 5 + _i];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 16 + _u] = a2[_u * 3 + _k];
+        real w3[240] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 48 + _k * 16 + _u] += t1[_i * 16 + _u] * t2[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 15 + _i * 3 + _k] += w3[_i * 48 + _k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_a_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 5 + _i];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[400] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 80 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 25 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_a_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        /* ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 5 + _i];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += t1[_i * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* zuik,ijku->zuj */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 16 + _u] = (a0 + 0)[_u * 5 + _i];
+        real w4[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_j * 16 + _u] += (real)0.5773502691896257 * t3[_i * 16 + _u] * a3[_i * 80 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                a4[_u * 5 + _j] += w4[_j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_a_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 5 + _i];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 16 + _u] = a2[_u * 3 + _k];
+        real w3[240] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 48 + _k * 16 + _u] += t1[_i * 16 + _u] * t2[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 15 + _i * 3 + _k] += w3[_i * 48 + _k * 16 + _u];
+    }
+}
+    """,
+    "elementwise_tp_d2_b": """\
+void elementwise_tp_d2_b_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 16);
+        const real *restrict a5 = A5 + z * a5_stride;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 16);
+        real l0[16] = {0};
+        /* ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e */
+        for (int _u = 0; _u < 16; ++_u)
+            (l0 + 0)[_u] += a1[_u] * a2[_u];
+        /* zuji,ijku->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            a4[_u] += (real)0.5773502691896257 * (l0 + 0)[_u] * a3[_u];
+        /* ∂/∂a: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += a1[_u] * a5[_u];
+        /* zujk,ijku->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            a6[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a3[_u];
+    }
+}
+
+void elementwise_tp_d2_b_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 48);
+        const real *restrict a5 = A5 + z * a5_stride;
+        real l0[48] = {0};
+        /* ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a1[_u * 3 + _j];
+        real w2[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += t1[_j * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+        /* zuji,uijk->zuk */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
+        real t4[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    t4[_j * 48 + _k * 16 + _u] = a3[_u * 9 + _j * 3 + _k];
+        real w5[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_k * 16 + _u] += (real)0.8660254037844386 * t3[_j * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                a4[_u * 3 + _k] += w5[_k * 16 + _u];
+        /* ∂/∂a: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o */
+        real t6[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t6[_k * 16 + _u] = a5[_u * 3 + _k];
+        real w7[144] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_j * 48 + _k * 16 + _u] += t1[_j * 16 + _u] * t6[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 9 + _j * 3 + _k] += w7[_j * 48 + _k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_b_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        const real *restrict a5 = A5 + z * a5_stride;
+        real l0[80] = {0};
+        /* ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a1[_u * 5 + _j];
+        real w2[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += t1[_j * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
+        /* zuji,uijk->zuk */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
+        real t4[400];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    t4[_j * 80 + _k * 16 + _u] = a3[_u * 25 + _j * 5 + _k];
+        real w5[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_k * 16 + _u] += (real)1.118033988749895 * t3[_j * 16 + _u] * t4[_j * 80 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                a4[_u * 5 + _k] += w5[_k * 16 + _u];
+        /* ∂/∂a: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e */
+        real t6[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t6[_k * 16 + _u] = a5[_u * 5 + _k];
+        real w7[400] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_j * 80 + _k * 16 + _u] += t1[_j * 16 + _u] * t6[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 0)[_u * 25 + _j * 5 + _k] += w7[_j * 80 + _k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_b_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 48);
+        const real *restrict a5 = A5 + z * a5_stride;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 48);
+        real l0[48] = {0};
+        /* ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a2[_u * 3 + _i];
+        real w2[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += a1[_u] * t1[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l0 + 0)[_u * 3 + _i] += w2[_i * 16 + _u];
+        /* zuji,uijk->zuk */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 16 + _u] = (l0 + 0)[_u * 3 + _i];
+        real t4[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t4[_i * 48 + _k * 16 + _u] = a3[_u * 9 + _i * 3 + _k];
+        real w5[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_k * 16 + _u] += (real)0.8660254037844386 * t3[_i * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                a4[_u * 3 + _k] += w5[_k * 16 + _u];
+        /* ∂/∂a: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o */
+        real t6[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t6[_k * 16 + _u] = a5[_u * 3 + _k];
+        real w7[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w7[_k * 16 + _u] += a1[_u] * t6[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 0)[_u * 3 + _k] += w7[_k * 16 + _u];
+        /* zujk,uijk->zui */
+        real t8[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t8[_k * 16 + _u] = (a0 + 0)[_u * 3 + _k];
+        real w9[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w9[_i * 16 + _u] += (real)0.8660254037844386 * t8[_k * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a6[_u * 3 + _i] += w9[_i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_b_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a1[_u * 3 + _j];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 3 + _i];
+        real w3[144] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 48 + _i * 16 + _u] += t1[_j * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 0)[_u * 9 + _j * 3 + _i] += w3[_j * 48 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_b_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 48);
+        /* ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a1[_u * 3 + _j];
+        real w2[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += t1[_j * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+        /* zujk,jiku->zui */
+        real t3[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 16 + _u] = (a0 + 0)[_u * 3 + _j];
+        real w4[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_i * 16 + _u] += (real)0.5773502691896257 * t3[_j * 16 + _u] * a3[_j * 48 + _i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a4[_u * 3 + _i] += w4[_i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_b_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a1[_u * 3 + _j];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t2[_k * 16 + _u] = a2[_u * 5 + _k];
+        real w3[240] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 80 + _k * 16 + _u] += t1[_j * 16 + _u] * t2[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 0)[_u * 15 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_b_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a1[_u * 3 + _j];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 16 + _u] = a2[_u * 3 + _k];
+        real w3[144] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 48 + _k * 16 + _u] += t1[_j * 16 + _u] * t2[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 9 + _j * 3 + _k] += w3[_j * 48 + _k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_b_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a1[_u * 5 + _j];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 3 + _i];
+        real w3[240] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 48 + _i * 16 + _u] += t1[_j * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 0)[_u * 15 + _j * 3 + _i] += w3[_j * 48 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_b_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a1[_u * 5 + _j];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 16 + _u] = a2[_u * 3 + _k];
+        real w3[240] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 48 + _k * 16 + _u] += t1[_j * 16 + _u] * t2[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 15 + _j * 3 + _k] += w3[_j * 48 + _k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_b_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        const real *restrict a5 = A5 + z * a5_stride;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 80);
+        real l0[80] = {0};
+        /* ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a2[_u * 5 + _i];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += a1[_u] * t1[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* zuji,uijk->zuk */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
+        real t4[400];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t4[_i * 80 + _k * 16 + _u] = a3[_u * 25 + _i * 5 + _k];
+        real w5[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_k * 16 + _u] += (real)1.118033988749895 * t3[_i * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                a4[_u * 5 + _k] += w5[_k * 16 + _u];
+        /* ∂/∂a: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e */
+        real t6[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t6[_k * 16 + _u] = a5[_u * 5 + _k];
+        real w7[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w7[_k * 16 + _u] += a1[_u] * t6[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 0)[_u * 5 + _k] += w7[_k * 16 + _u];
+        /* zujk,uijk->zui */
+        real t8[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t8[_k * 16 + _u] = (a0 + 0)[_u * 5 + _k];
+        real w9[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w9[_i * 16 + _u] += (real)1.118033988749895 * t8[_k * 16 + _u] * t4[_i * 80 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                a6[_u * 5 + _i] += w9[_i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_b_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a1[_u * 3 + _j];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 5 + _i];
+        real w3[240] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 80 + _i * 16 + _u] += t1[_j * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 0)[_u * 15 + _j * 5 + _i] += w3[_j * 80 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_b_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a1[_u * 5 + _j];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 5 + _i];
+        real w3[400] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 80 + _i * 16 + _u] += t1[_j * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 0)[_u * 25 + _j * 5 + _i] += w3[_j * 80 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_b_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        /* ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a1[_u * 5 + _j];
+        real w2[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += t1[_j * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
+        /* zujk,jiku->zui */
+        real t3[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t3[_j * 16 + _u] = (a0 + 0)[_u * 5 + _j];
+        real w4[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w4[_i * 16 + _u] += (real)0.5773502691896257 * t3[_j * 16 + _u] * a3[_j * 80 + _i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                a4[_u * 5 + _i] += w4[_i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_b_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a1[_u * 5 + _j];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 16 + _u] = a2[_u * 3 + _k];
+        real w3[240] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 48 + _k * 16 + _u] += t1[_j * 16 + _u] * t2[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 15 + _j * 3 + _k] += w3[_j * 48 + _k * 16 + _u];
+    }
+}
+    """,
+    "elementwise_tp_d2_weight": """\
+void elementwise_tp_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 16);
+        const real *restrict a5 = A5 + z * a5_stride;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 16);
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 16);
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        real *restrict a10 = A10 + z * a10_stride;
+        memset(a10, 0, sizeof(real) * 48);
+        const real *restrict a11 = A11 + z * a11_stride;
+        real l0[16] = {0};
+        real l1[16] = {0};
+        real l2[16] = {0};
+        real l3[48] = {0};
+        /* zui,zuj->zuij */
+        for (int _u = 0; _u < 16; ++_u)
+            (l0 + 0)[_u] += a1[_u] * a2[_u];
+        /* uijk,zuij->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            a4[_u] += (real)0.5773502691896257 * a3[_u] * (l0 + 0)[_u];
+        /* ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e */
+        for (int _u = 0; _u < 16; ++_u)
+            (l1 + 0)[_u] += a5[_u] * a2[_u];
+        /* uijk,zukj->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            a6[_u] += (real)0.5773502691896257 * a3[_u] * (l1 + 0)[_u];
+        /* ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x0e -> 16x0e */
+        for (int _u = 0; _u < 16; ++_u)
+            (l2 + 0)[_u] += a5[_u] * a1[_u];
+        /* uijk,zuki->zuj */
+        for (int _u = 0; _u < 16; ++_u)
+            a7[_u] += (real)0.5773502691896257 * a3[_u] * (l2 + 0)[_u];
+        /* zui,zuj->zuij */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a8[_u * 3 + _j];
+        real w2[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += a1[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l3 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+        /* uijk,zuij->zuk */
+        real t3[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    t3[_j * 48 + _k * 16 + _u] = a9[_u * 9 + _j * 3 + _k];
+        real t4[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t4[_j * 16 + _u] = (l3 + 0)[_u * 3 + _j];
+        real w5[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_k * 16 + _u] += (real)0.8660254037844386 * t3[_j * 48 + _k * 16 + _u] * t4[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                a10[_u * 3 + _k] += w5[_k * 16 + _u];
+        /* ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o */
+        real t6[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t6[_k * 16 + _u] = a11[_u * 3 + _k];
+        real w7[144] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w7[_j * 48 + _k * 16 + _u] += t6[_k * 16 + _u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 9 + _j * 3 + _k] += w7[_j * 48 + _k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 48);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 80);
+        const real *restrict a8 = A8 + z * a8_stride;
+        real l0[48] = {0};
+        real l1[80] = {0};
+        /* ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real w2[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l0 + 0)[_u * 3 + _k] += w2[_k * 16 + _u];
+        /* uijk,zuki->zuj */
+        real t3[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    t3[_j * 48 + _k * 16 + _u] = a3[_u * 9 + _j * 3 + _k];
+        real t4[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t4[_k * 16 + _u] = (l0 + 0)[_u * 3 + _k];
+        real w5[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_j * 16 + _u] += (real)0.8660254037844386 * t3[_j * 48 + _k * 16 + _u] * t4[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                a4[_u * 3 + _j] += w5[_j * 16 + _u];
+        /* zui,zuj->zuij */
+        real t6[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t6[_j * 16 + _u] = a5[_u * 5 + _j];
+        real w7[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w7[_j * 16 + _u] += a2[_u] * t6[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l1 + 0)[_u * 5 + _j] += w7[_j * 16 + _u];
+        /* uijk,zuij->zuk */
+        real t8[400];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    t8[_j * 80 + _k * 16 + _u] = a6[_u * 25 + _j * 5 + _k];
+        real t9[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t9[_j * 16 + _u] = (l1 + 0)[_u * 5 + _j];
+        real w10[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w10[_k * 16 + _u] += (real)1.118033988749895 * t8[_j * 80 + _k * 16 + _u] * t9[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                a7[_u * 5 + _k] += w10[_k * 16 + _u];
+        /* ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e */
+        real t11[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t11[_k * 16 + _u] = a8[_u * 5 + _k];
+        real w12[400] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w12[_j * 80 + _k * 16 + _u] += t11[_k * 16 + _u] * t6[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 0)[_u * 25 + _j * 5 + _k] += w12[_j * 80 + _k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        real *restrict a8 = A8 + z * a8_stride;
+        memset(a8, 0, sizeof(real) * 48);
+        const real *restrict a9 = A9 + z * a9_stride;
+        real *restrict a10 = A10 + z * a10_stride;
+        memset(a10, 0, sizeof(real) * 48);
+        real l0[80] = {0};
+        real l1[48] = {0};
+        real l2[48] = {0};
+        /* ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 5 + _k];
+        real w2[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
+        /* uijk,zuki->zuj */
+        real t3[400];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    t3[_j * 80 + _k * 16 + _u] = a3[_u * 25 + _j * 5 + _k];
+        real t4[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t4[_k * 16 + _u] = (l0 + 0)[_u * 5 + _k];
+        real w5[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_j * 16 + _u] += (real)1.118033988749895 * t3[_j * 80 + _k * 16 + _u] * t4[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                a4[_u * 5 + _j] += w5[_j * 16 + _u];
+        /* zui,zuj->zuij */
+        real t6[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t6[_i * 16 + _u] = a5[_u * 3 + _i];
+        real w7[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w7[_i * 16 + _u] += t6[_i * 16 + _u] * a6[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l1 + 0)[_u * 3 + _i] += w7[_i * 16 + _u];
+        /* uijk,zuij->zuk */
+        real t8[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t8[_i * 48 + _k * 16 + _u] = a7[_u * 9 + _i * 3 + _k];
+        real t9[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t9[_i * 16 + _u] = (l1 + 0)[_u * 3 + _i];
+        real w10[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w10[_k * 16 + _u] += (real)0.8660254037844386 * t8[_i * 48 + _k * 16 + _u] * t9[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                a8[_u * 3 + _k] += w10[_k * 16 + _u];
+        /* ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o */
+        real t11[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t11[_k * 16 + _u] = a9[_u * 3 + _k];
+        real w12[48] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w12[_k * 16 + _u] += t11[_k * 16 + _u] * a6[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l2 + 0)[_u * 3 + _k] += w12[_k * 16 + _u];
+        /* uijk,zukj->zui */
+        real t13[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t13[_k * 16 + _u] = (l2 + 0)[_u * 3 + _k];
+        real w14[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w14[_i * 16 + _u] += (real)0.8660254037844386 * t8[_i * 48 + _k * 16 + _u] * t13[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a10[_u * 3 + _i] += w14[_i * 16 + _u];
+        /* ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o */
+        real w15[144] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w15[_i * 48 + _k * 16 + _u] += t11[_k * 16 + _u] * t6[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 9 + _i * 3 + _k] += w15[_i * 48 + _k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* zui,zuj->zuij */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 3 + _i];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w3[144] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 48 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_u * 9 + _i * 3 + _j] += w3[_i * 48 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 48);
+        const real *restrict a5 = A5 + z * a5_stride;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 48);
+        const real *restrict a7 = A7 + z * a7_stride;
+        real l0[48] = {0};
+        real l1[48] = {0};
+        /* ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w2[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += a1[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+        /* uijk,zukj->zui */
+        real t3[144];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t3[_i * 48 + _j * 16 + _u] = a3[_u * 9 + _i * 3 + _j];
+        real t4[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t4[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
+        real w5[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 16 + _u] += (real)0.5773502691896257 * t3[_i * 48 + _j * 16 + _u] * t4[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a4[_u * 3 + _i] += w5[_i * 16 + _u];
+        /* ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e */
+        real t6[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t6[_i * 16 + _u] = a5[_u * 3 + _i];
+        real w7[48] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w7[_i * 16 + _u] += a1[_u] * t6[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (l1 + 0)[_u * 3 + _i] += w7[_i * 16 + _u];
+        /* uijk,zuki->zuj */
+        real t8[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t8[_i * 16 + _u] = (l1 + 0)[_u * 3 + _i];
+        real w9[48] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w9[_j * 16 + _u] += (real)0.5773502691896257 * t3[_i * 48 + _j * 16 + _u] * t8[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                a6[_u * 3 + _j] += w9[_j * 16 + _u];
+        /* ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e */
+        real t10[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t10[_k * 16 + _u] = a7[_u * 5 + _k];
+        real w11[240] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w11[_j * 80 + _k * 16 + _u] += t10[_k * 16 + _u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 0)[_u * 15 + _j * 5 + _k] += w11[_j * 80 + _k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 5 + _k];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 3 + _i];
+        real w3[240] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 0)[_u * 15 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w3[144] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 48 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 9 + _j * 3 + _k] += w3[_j * 48 + _k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 3 + _i];
+        real w3[144] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 0)[_u * 9 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* zui,zuj->zuij */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 3 + _i];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[240] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 80 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 15 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[240] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 48 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 15 + _j * 3 + _k] += w3[_j * 48 + _k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 80);
+        const real *restrict a5 = A5 + z * a5_stride;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 80);
+        real l0[80] = {0};
+        real l1[80] = {0};
+        /* zui,zuj->zuij */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 5 + _i];
+        real w2[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += t1[_i * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* uijk,zuij->zuk */
+        real t3[400];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t3[_i * 80 + _k * 16 + _u] = a3[_u * 25 + _i * 5 + _k];
+        real t4[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t4[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
+        real w5[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_k * 16 + _u] += (real)1.118033988749895 * t3[_i * 80 + _k * 16 + _u] * t4[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                a4[_u * 5 + _k] += w5[_k * 16 + _u];
+        /* ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e */
+        real t6[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t6[_k * 16 + _u] = a5[_u * 5 + _k];
+        real w7[80] = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w7[_k * 16 + _u] += t6[_k * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l1 + 0)[_u * 5 + _k] += w7[_k * 16 + _u];
+        /* uijk,zukj->zui */
+        real t8[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t8[_k * 16 + _u] = (l1 + 0)[_u * 5 + _k];
+        real w9[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w9[_i * 16 + _u] += (real)1.118033988749895 * t3[_i * 80 + _k * 16 + _u] * t8[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                a6[_u * 5 + _i] += w9[_i * 16 + _u];
+        /* ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e */
+        real w10[400] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w10[_i * 80 + _k * 16 + _u] += t6[_k * 16 + _u] * t1[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 0)[_u * 25 + _i * 5 + _k] += w10[_i * 80 + _k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* zui,zuj->zuij */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 5 + _i];
+        real t2[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 3 + _j];
+        real w3[240] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 48 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_u * 15 + _i * 3 + _j] += w3[_i * 48 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_weight_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 5 + _i];
+        real w3[240] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 0)[_u * 15 + _k * 5 + _i] += w3[_k * 80 + _i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_weight_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* zui,zuj->zuij */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 5 + _i];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[400] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 80 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 25 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_weight_s14(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        const real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 80);
+        const real *restrict a4 = A4 + z * a4_stride;
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 80);
+        real l0[80] = {0};
+        real l1[80] = {0};
+        /* ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e */
+        real t1[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a1[_u * 5 + _j];
+        real w2[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += a0[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
+        /* uijk,zukj->zui */
+        real t3[400];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    t3[_i * 80 + _j * 16 + _u] = a2[_u * 25 + _i * 5 + _j];
+        real t4[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t4[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
+        real w5[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 16 + _u] += (real)0.5773502691896257 * t3[_i * 80 + _j * 16 + _u] * t4[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                a3[_u * 5 + _i] += w5[_i * 16 + _u];
+        /* ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e */
+        real t6[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t6[_i * 16 + _u] = a4[_u * 5 + _i];
+        real w7[80] = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w7[_i * 16 + _u] += a0[_u] * t6[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l1 + 0)[_u * 5 + _i] += w7[_i * 16 + _u];
+        /* uijk,zuki->zuj */
+        real t8[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t8[_i * 16 + _u] = (l1 + 0)[_u * 5 + _i];
+        real w9[80] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w9[_j * 16 + _u] += (real)0.5773502691896257 * t3[_i * 80 + _j * 16 + _u] * t8[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                a5[_u * 5 + _j] += w9[_j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_weight_s15(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[240] = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 48 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 15 + _j * 3 + _k] += w3[_j * 48 + _k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_weight_s16(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 240);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e */
+        real t1[48];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[80];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 5 + _i];
+        real w3[240] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    (a0 + 0)[_u * 15 + _k * 5 + _i] += w3[_k * 80 + _i * 16 + _u];
+    }
+}
+    """,
+    "full_tp": """\
+void full_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 32);
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        real *restrict a8 = A8 + z * a8_stride;
+        memset(a8, 0, sizeof(real) * 96);
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10;
+        real l0[32] = {0};
+        real l1[96] = {0};
+        real l2[96] = {0};
+        /* 4x0e ⊗ 8x0e -> 32x0e */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (l0 + 0)[_u * 8 + _v] += a2[_u] * a3[_v];
+        /* ziujv,ijkuv->zuvk */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                a5[_u * 8 + _v] += (real)0.7071067811865476 * (l0 + 0)[_u * 8 + _v] * a4[_u * 8 + _v];
+        /* 4x0e ⊗ 8x1o -> 32x1o */
+        real t1[24];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 8 + _v] = a6[_v * 3 + _j];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _v = 0; _v < 8; ++_v)
+                    (l1 + 0)[_u * 24 + _j * 8 + _v] += a2[_u] * t1[_j * 8 + _v];
+        /* ziujv,uvijk->zuvk */
+        real t2[288];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t2[_u * 72 + _j * 24 + _k * 8 + _v] = a7[_u * 72 + _v * 9 + _j * 3 + _k];
+        real w3[96] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w3[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * (l1 + 0)[_u * 24 + _j * 8 + _v] * t2[_u * 72 + _j * 24 + _k * 8 + _v];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    a8[_u * 24 + _v * 3 + _k] += w3[_u * 24 + _k * 8 + _v];
+        /* 4x1o ⊗ 8x0e -> 32x1o */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (l2 + 0)[_i * 32 + _u * 8 + _v] += a9[_u * 3 + _i] * a3[_v];
+        /* ziujv,uvijk->zuvk */
+        real t4[288];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t4[_u * 72 + _i * 24 + _k * 8 + _v] = a10[_u * 72 + _v * 9 + _i * 3 + _k];
+        real w5[96] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w5[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * (l2 + 0)[_i * 32 + _u * 8 + _v] * t4[_u * 72 + _i * 24 + _k * 8 + _v];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    a8[_u * 24 + _v * 3 + _k] += w5[_u * 24 + _k * 8 + _v];
+        /* 4x1o ⊗ 8x1o -> 32x0e */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        (a0 + 0)[_i * 96 + _u * 24 + _j * 8 + _v] += a9[_u * 3 + _i] * t1[_j * 8 + _v];
+        /* ziujv->zuvij */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (a1 + 0)[_u * 72 + _v * 9 + _i * 3 + _j] += (a0 + 0)[_i * 96 + _u * 24 + _j * 8 + _v];
+    }
+}
+    """,
+    "full_tp_d": """\
+void full_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e */
+        real t1[96];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_u * 24 + _k * 8 + _v] = a2[_u * 24 + _v * 3 + _k];
+        real t2[24];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 8 + _v] = a3[_v * 3 + _j];
+        real w3[288] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w3[_k * 96 + _u * 24 + _j * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * t2[_j * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (a0 + 0)[_v * 36 + _k * 12 + _u * 3 + _j] += w3[_k * 96 + _u * 24 + _j * 8 + _v];
+        /* zvkuj->zjkuv */
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _v = 0; _v < 8; ++_v)
+                        (a1 + 0)[_j * 96 + _k * 32 + _u * 8 + _v] += (a0 + 0)[_v * 36 + _k * 12 + _u * 3 + _j];
+    }
+}
+
+void full_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 36);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* uzjk->zujk */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 9 + _j * 3 + _k] += a1[_u * 9 + _j * 3 + _k];
+    }
+}
+
+void full_tp_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 12);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a3[_u * 3 + _i] += a2[_u * 3 + _i];
+        /* ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e */
+        real t1[96];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_u * 24 + _k * 8 + _v] = a4[_u * 24 + _v * 3 + _k];
+        real w2[288] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w2[_u * 72 + _k * 24 + _i * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * a5[_u * 3 + _i];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _i = 0; _i < 3; ++_i)
+                        (a0 + 0)[_u * 72 + _k * 24 + _v * 3 + _i] += w2[_u * 72 + _k * 24 + _i * 8 + _v];
+        /* zukvi->zikvu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _u = 0; _u < 4; ++_u)
+                        (a1 + 0)[_i * 96 + _k * 32 + _v * 4 + _u] += (a0 + 0)[_u * 72 + _k * 24 + _v * 3 + _i];
+    }
+}
+
+void full_tp_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 72);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* vzik->zvik */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_v * 9 + _i * 3 + _k] += a1[_v * 9 + _i * 3 + _k];
+    }
+}
+
+void full_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 12);
+        const real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 24);
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zvj->zvj */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                a2[_v * 3 + _j] += a1[_v * 3 + _j];
+        /* zui->zui */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 0)[_u * 3 + _i] += a3[_u * 3 + _i];
+    }
+}
+
+void full_tp_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 36);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zvkuj->zkjuv */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _v = 0; _v < 8; ++_v)
+                        (a0 + 0)[_k * 96 + _j * 32 + _u * 8 + _v] += (a2 + 0)[_v * 36 + _k * 12 + _u * 3 + _j];
+        /* jkzu->zkju */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a1 + 0)[_k * 12 + _j * 4 + _u] += a3[_j * 12 + _k * 4 + _u];
+    }
+}
+
+void full_tp_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e */
+        real t1[24];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 8 + _v] = a3[_v * 3 + _j];
+        real w2[96] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_u * 24 + _j * 8 + _v] += a2[_u * 8 + _v] * t1[_j * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_v * 12 + _u * 3 + _j] += w2[_u * 24 + _j * 8 + _v];
+        /* zvkuj->zjuvk */
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a1 + 0)[_j * 32 + _u * 8 + _v] += (a0 + 0)[_v * 12 + _u * 3 + _j];
+    }
+}
+
+void full_tp_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2;
+        const real *restrict a3 = A3 + z * a3_stride;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 12);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* ijk,uzjk->zui */
+        real t1[12];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 4 + _u] = a3[_u * 3 + _j];
+        real w2[12] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 4; ++_u)
+                    w2[_i * 4 + _u] += (real)0.7071067811865476 * a2[_i * 3 + _j] * t1[_j * 4 + _u];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a4[_u * 3 + _i] += w2[_i * 4 + _u];
+        /* ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e */
+        real w3[96] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _v = 0; _v < 8; ++_v)
+                    w3[_u * 24 + _i * 8 + _v] += a5[_u * 8 + _v] * a6[_u * 3 + _i];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 0)[_u * 24 + _v * 3 + _i] += w3[_u * 24 + _i * 8 + _v];
+        /* zukvi->zivuk */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a1 + 0)[_i * 32 + _v * 4 + _u] += (a0 + 0)[_u * 24 + _v * 3 + _i];
+    }
+}
+
+void full_tp_d_s8(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        const real *restrict a0 = A0;
+        const real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 24);
+        /* ijk,vzik->zvj */
+        real t1[24];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 8 + _v] = a1[_v * 3 + _i];
+        real w2[24] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_j * 8 + _v] += (real)0.7071067811865476 * a0[_i * 3 + _j] * t1[_i * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                a2[_v * 3 + _j] += w2[_j * 8 + _v];
+    }
+}
+
+void full_tp_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o */
+        real t1[96];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_u * 24 + _k * 8 + _v] = a2[_u * 24 + _v * 3 + _k];
+        real w2[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_k * 32 + _u * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * a3[_v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a0 + 0)[_v * 12 + _k * 4 + _u] += w2[_k * 32 + _u * 8 + _v];
+        /* zvkuj->zjkuv */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a1 + 0)[_k * 32 + _u * 8 + _v] += (a0 + 0)[_v * 12 + _k * 4 + _u];
+    }
+}
+
+void full_tp_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        const real *restrict a1 = A1;
+        const real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 12);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* ijk,uzjk->zui */
+        real t1[12];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 4 + _u] = a2[_u * 3 + _k];
+        real w2[12] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    w2[_i * 4 + _u] += (real)1.224744871391589 * a1[_i * 3 + _k] * t1[_k * 4 + _u];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a3[_u * 3 + _i] += w2[_i * 4 + _u];
+        /* ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o */
+        real t3[96];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t3[_u * 24 + _k * 8 + _v] = a4[_u * 24 + _v * 3 + _k];
+        real w4[288] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w4[_u * 72 + _k * 24 + _i * 8 + _v] += t3[_u * 24 + _k * 8 + _v] * a5[_u * 3 + _i];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _i = 0; _i < 3; ++_i)
+                        (a0 + 0)[_u * 72 + _k * 24 + _v * 3 + _i] += w4[_u * 72 + _k * 24 + _i * 8 + _v];
+    }
+}
+
+void full_tp_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zukvi->zviku */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 4; ++_u)
+                        (a0 + 0)[_v * 36 + _i * 12 + _k * 4 + _u] += (a1 + 0)[_u * 72 + _k * 24 + _v * 3 + _i];
+    }
+}
+
+void full_tp_d_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 12);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zvkuj->zkuvj */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a0 + 0)[_k * 32 + _u * 8 + _v] += (a2 + 0)[_v * 12 + _k * 4 + _u];
+        /* jkzu->zkuj */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                (a1 + 0)[_k * 4 + _u] += a3[_k * 4 + _u];
+    }
+}
+
+void full_tp_d_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o */
+        real t1[96];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_u * 24 + _k * 8 + _v] = a2[_u * 24 + _v * 3 + _k];
+        real t2[24];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t2[_j * 8 + _v] = a3[_v * 3 + _j];
+        real w3[288] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w3[_k * 96 + _u * 24 + _j * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * t2[_j * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (a0 + 0)[_v * 36 + _k * 12 + _u * 3 + _j] += w3[_k * 96 + _u * 24 + _j * 8 + _v];
+        /* zvkuj->zuvjk */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (a1 + 0)[_u * 72 + _v * 9 + _j * 3 + _k] += (a0 + 0)[_v * 36 + _k * 12 + _u * 3 + _j];
+    }
+}
+
+void full_tp_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o */
+        real t1[96];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_u * 24 + _k * 8 + _v] = a2[_u * 24 + _v * 3 + _k];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a0 + 0)[_u * 24 + _k * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * a3[_u];
+        /* zukvi->zikvu */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a1 + 0)[_k * 32 + _v * 4 + _u] += (a0 + 0)[_u * 24 + _k * 8 + _v];
+    }
+}
+
+void full_tp_d_s15(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 24);
+        const real *restrict a1 = A1;
+        const real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 24);
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* ijk,vzik->zvj */
+        real t1[24];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 8 + _v] = a2[_v * 3 + _k];
+        real w2[24] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_j * 8 + _v] += (real)1.224744871391589 * a1[_j * 3 + _k] * t1[_k * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                a3[_v * 3 + _j] += w2[_j * 8 + _v];
+        /* zvj->zvj */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 0)[_v * 3 + _j] += a4[_v * 3 + _j];
+    }
+}
+
+void full_tp_d_s16(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zukvi->zkvui */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a0 + 0)[_k * 32 + _v * 4 + _u] += (a2 + 0)[_u * 24 + _k * 8 + _v];
+        /* ikzv->zkvi */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _v = 0; _v < 8; ++_v)
+                (a1 + 0)[_k * 8 + _v] += a3[_k * 8 + _v];
+    }
+}
+
+void full_tp_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e */
+        real w1[32] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                w1[_u * 8 + _v] += a2[_u * 8 + _v] * a3[_v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                (a0 + 0)[_v * 4 + _u] += w1[_u * 8 + _v];
+        /* zvkuj->zuvkj */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a1 + 0)[_u * 8 + _v] += (a0 + 0)[_v * 4 + _u];
+    }
+}
+
+void full_tp_d_s18(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 8);
+        /* ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a0 + 0)[_u * 8 + _v] += a2[_u * 8 + _v] * a3[_u];
+        /* zukvi,ijkuv->zvj */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                a5[_v] += (real)0.7071067811865476 * (a0 + 0)[_u * 8 + _v] * a4[_u * 8 + _v];
+        /* zukvi->zviku */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                (a1 + 0)[_v * 4 + _u] += (a0 + 0)[_u * 8 + _v];
+    }
+}
+    """,
+    "full_tp_d2_a": """\
+void full_tp_d2_a_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 32);
+        const real *restrict a6 = A6 + z * a6_stride;
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 8);
+        real l0[32] = {0};
+        /* ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (l0 + 0)[_u * 8 + _v] += a2[_u] * a3[_v];
+        /* ziujv,ijkuv->zuvk */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                a5[_u * 8 + _v] += (real)0.7071067811865476 * (l0 + 0)[_u * 8 + _v] * a4[_u * 8 + _v];
+        /* ∂/∂b: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a0 + 0)[_u * 8 + _v] += a2[_u] * a6[_u * 8 + _v];
+        /* zuikv,ijkuv->zvj */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                a7[_v] += (real)0.7071067811865476 * (a0 + 0)[_u * 8 + _v] * a4[_u * 8 + _v];
+        /* zuikv->zviku */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                (a1 + 0)[_v * 4 + _u] += (a0 + 0)[_u * 8 + _v];
+    }
+}
+
+void full_tp_d2_a_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 96);
+        const real *restrict a6 = A6 + z * a6_stride;
+        real l0[96] = {0};
+        /* ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o */
+        real t1[24];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 8 + _v] = a3[_v * 3 + _j];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _v = 0; _v < 8; ++_v)
+                    (l0 + 0)[_u * 24 + _j * 8 + _v] += a2[_u] * t1[_j * 8 + _v];
+        /* ziujv,uvijk->zuvk */
+        real t2[288];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t2[_u * 72 + _j * 24 + _k * 8 + _v] = a4[_u * 72 + _v * 9 + _j * 3 + _k];
+        real w3[96] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w3[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * (l0 + 0)[_u * 24 + _j * 8 + _v] * t2[_u * 72 + _j * 24 + _k * 8 + _v];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    a5[_u * 24 + _v * 3 + _k] += w3[_u * 24 + _k * 8 + _v];
+        /* ∂/∂b: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o */
+        real t4[96];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t4[_u * 24 + _k * 8 + _v] = a6[_u * 24 + _v * 3 + _k];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a0 + 0)[_u * 24 + _k * 8 + _v] += a2[_u] * t4[_u * 24 + _k * 8 + _v];
+        /* zuikv->zikvu */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a1 + 0)[_k * 32 + _v * 4 + _u] += (a0 + 0)[_u * 24 + _k * 8 + _v];
+    }
+}
+
+void full_tp_d2_a_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 24);
+        const real *restrict a1 = A1;
+        const real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 24);
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* ijk,vzik->zvj */
+        real t1[24];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 8 + _v] = a2[_v * 3 + _k];
+        real w2[24] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_j * 8 + _v] += (real)1.224744871391589 * a1[_j * 3 + _k] * t1[_k * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                a3[_v * 3 + _j] += w2[_j * 8 + _v];
+        /* zvj->zvj */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 0)[_v * 3 + _j] += a4[_v * 3 + _j];
+    }
+}
+
+void full_tp_d2_a_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 24);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ikzv->zikv */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _v = 0; _v < 8; ++_v)
+                (a0 + 0)[_k * 8 + _v] += a1[_k * 8 + _v];
+    }
+}
+
+void full_tp_d2_a_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 96);
+        const real *restrict a6 = A6 + z * a6_stride;
+        real l0[96] = {0};
+        /* ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (l0 + 0)[_i * 32 + _u * 8 + _v] += a2[_u * 3 + _i] * a3[_v];
+        /* ziujv,uvijk->zuvk */
+        real t1[288];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t1[_u * 72 + _i * 24 + _k * 8 + _v] = a4[_u * 72 + _v * 9 + _i * 3 + _k];
+        real w2[96] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w2[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * (l0 + 0)[_i * 32 + _u * 8 + _v] * t1[_u * 72 + _i * 24 + _k * 8 + _v];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    a5[_u * 24 + _v * 3 + _k] += w2[_u * 24 + _k * 8 + _v];
+        /* ∂/∂b: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o */
+        real t3[96];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t3[_u * 24 + _k * 8 + _v] = a6[_u * 24 + _v * 3 + _k];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _v = 0; _v < 8; ++_v)
+                        (a0 + 0)[_u * 72 + _i * 24 + _k * 8 + _v] += a2[_u * 3 + _i] * t3[_u * 24 + _k * 8 + _v];
+        /* zuikv->zvuik */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (a1 + 0)[_v * 36 + _u * 9 + _i * 3 + _k] += (a0 + 0)[_u * 72 + _i * 24 + _k * 8 + _v];
+    }
+}
+
+void full_tp_d2_a_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 12);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 12);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 96);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o */
+        real t1[12];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 4 + _u] = a4[_u * 3 + _i];
+        real w2[12] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 4; ++_u)
+                    w2[_k * 4 + _u] += t1[_i * 4 + _u] * a5[_i * 3 + _k];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 0)[_u * 3 + _k] += w2[_k * 4 + _u];
+        /* zuvk,zvj->zvkuj */
+        real t3[96];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t3[_u * 24 + _k * 8 + _v] = a6[_u * 24 + _v * 3 + _k];
+        real w4[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    w4[_k * 32 + _u * 8 + _v] += t3[_u * 24 + _k * 8 + _v] * a7[_v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a1 + 0)[_v * 12 + _k * 4 + _u] += w4[_k * 32 + _u * 8 + _v];
+        /* zujk->zjku */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                (a2 + 0)[_k * 4 + _u] += (a0 + 0)[_u * 3 + _k];
+        /* zvkuj->zjkuv */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a3 + 0)[_k * 32 + _u * 8 + _v] += (a1 + 0)[_v * 12 + _k * 4 + _u];
+    }
+}
+
+void full_tp_d2_a_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e */
+        real t1[24];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 8 + _v] = a3[_v * 3 + _j];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        (a0 + 0)[_i * 96 + _u * 24 + _j * 8 + _v] += a2[_u * 3 + _i] * t1[_j * 8 + _v];
+        /* ziujv->zuvij */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (a1 + 0)[_u * 72 + _v * 9 + _i * 3 + _j] += (a0 + 0)[_i * 96 + _u * 24 + _j * 8 + _v];
+    }
+}
+
+void full_tp_d2_a_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a0 + 0)[_u * 24 + _i * 8 + _v] += a2[_u * 3 + _i] * a3[_u * 8 + _v];
+        /* zuikv->zivuk */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a1 + 0)[_i * 32 + _v * 4 + _u] += (a0 + 0)[_u * 24 + _i * 8 + _v];
+    }
+}
+
+void full_tp_d2_a_s8(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        const real *restrict a0 = A0;
+        const real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 24);
+        /* ijk,vzik->zvj */
+        real t1[24];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 8 + _v] = a1[_v * 3 + _i];
+        real w2[24] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_j * 8 + _v] += (real)0.7071067811865476 * a0[_i * 3 + _j] * t1[_i * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                a2[_v * 3 + _j] += w2[_j * 8 + _v];
+    }
+}
+
+void full_tp_d2_a_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e */
+        real t1[96];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_u * 24 + _k * 8 + _v] = a3[_u * 24 + _v * 3 + _k];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _v = 0; _v < 8; ++_v)
+                        (a0 + 0)[_u * 72 + _i * 24 + _k * 8 + _v] += a2[_u * 3 + _i] * t1[_u * 24 + _k * 8 + _v];
+        /* zuikv->zikvu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _u = 0; _u < 4; ++_u)
+                        (a1 + 0)[_i * 96 + _k * 32 + _v * 4 + _u] += (a0 + 0)[_u * 72 + _i * 24 + _k * 8 + _v];
+    }
+}
+
+void full_tp_d2_a_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 72);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* vzik->zvik */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_v * 9 + _i * 3 + _k] += a1[_v * 9 + _i * 3 + _k];
+    }
+}
+
+void full_tp_d2_a_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 72);
+        const real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 24);
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zvj->zvj */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                a2[_v * 3 + _j] += a1[_v * 3 + _j];
+        /* ikzv->zikv */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a0 + 0)[_i * 24 + _k * 8 + _v] += a3[_i * 24 + _k * 8 + _v];
+    }
+}
+    """,
+    "full_tp_d2_b": """\
+void full_tp_d2_b_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 32);
+        const real *restrict a6 = A6 + z * a6_stride;
+        real l0[32] = {0};
+        /* ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e */
+        real w1[32] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                w1[_u * 8 + _v] += a2[_v] * a3[_u];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                (l0 + 0)[_v * 4 + _u] += w1[_u * 8 + _v];
+        /* zjviu,ijkvu->zuvk */
+        real t2[32];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                t2[_u * 8 + _v] = (l0 + 0)[_v * 4 + _u];
+        real t3[32];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                t3[_u * 8 + _v] = a4[_v * 4 + _u];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                a5[_u * 8 + _v] += (real)0.7071067811865476 * t2[_u * 8 + _v] * t3[_u * 8 + _v];
+        /* ∂/∂a: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e */
+        real w4[32] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                w4[_u * 8 + _v] += a2[_v] * a6[_u * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                (a0 + 0)[_v * 4 + _u] += w4[_u * 8 + _v];
+        /* zvjku->zuvjk */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a1 + 0)[_u * 8 + _v] += (a0 + 0)[_v * 4 + _u];
+    }
+}
+
+void full_tp_d2_b_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zvjku->zujkv */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a0 + 0)[_u * 8 + _v] += (a1 + 0)[_v * 4 + _u];
+    }
+}
+
+void full_tp_d2_b_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 96);
+        const real *restrict a6 = A6 + z * a6_stride;
+        real l0[96] = {0};
+        /* ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o */
+        real t1[24];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 8 + _v] = a2[_v * 3 + _j];
+        real w2[96] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_j * 32 + _u * 8 + _v] += t1[_j * 8 + _v] * a3[_u];
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    (l0 + 0)[_j * 32 + _v * 4 + _u] += w2[_j * 32 + _u * 8 + _v];
+        /* zjviu,uvijk->zuvk */
+        real t3[96];
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    t3[_j * 32 + _u * 8 + _v] = (l0 + 0)[_j * 32 + _v * 4 + _u];
+        real t4[288];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t4[_u * 72 + _j * 24 + _k * 8 + _v] = a4[_u * 72 + _v * 9 + _j * 3 + _k];
+        real w5[96] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w5[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * t3[_j * 32 + _u * 8 + _v] * t4[_u * 72 + _j * 24 + _k * 8 + _v];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    a5[_u * 24 + _v * 3 + _k] += w5[_u * 24 + _k * 8 + _v];
+        /* ∂/∂a: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o */
+        real t6[96];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t6[_u * 24 + _k * 8 + _v] = a6[_u * 24 + _v * 3 + _k];
+        real w7[288] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w7[_j * 96 + _k * 32 + _u * 8 + _v] += t1[_j * 8 + _v] * t6[_u * 24 + _k * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 4; ++_u)
+                        (a0 + 0)[_v * 36 + _j * 12 + _k * 4 + _u] += w7[_j * 96 + _k * 32 + _u * 8 + _v];
+        /* zvjku->zuvjk */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (a1 + 0)[_u * 72 + _v * 9 + _j * 3 + _k] += (a0 + 0)[_v * 36 + _j * 12 + _k * 4 + _u];
+    }
+}
+
+void full_tp_d2_b_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 96);
+        const real *restrict a6 = A6 + z * a6_stride;
+        real l0[96] = {0};
+        /* ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o */
+        real w1[96] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    w1[_i * 32 + _u * 8 + _v] += a2[_v] * a3[_u * 3 + _i];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 4; ++_u)
+                    (l0 + 0)[_v * 12 + _i * 4 + _u] += w1[_i * 32 + _u * 8 + _v];
+        /* zjviu,uvijk->zuvk */
+        real t2[96];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 4; ++_u)
+                    t2[_i * 32 + _u * 8 + _v] = (l0 + 0)[_v * 12 + _i * 4 + _u];
+        real t3[288];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t3[_u * 72 + _i * 24 + _k * 8 + _v] = a4[_u * 72 + _v * 9 + _i * 3 + _k];
+        real w4[96] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w4[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * t2[_i * 32 + _u * 8 + _v] * t3[_u * 72 + _i * 24 + _k * 8 + _v];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    a5[_u * 24 + _v * 3 + _k] += w4[_u * 24 + _k * 8 + _v];
+        /* ∂/∂a: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o */
+        real t5[96];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t5[_u * 24 + _k * 8 + _v] = a6[_u * 24 + _v * 3 + _k];
+        real w6[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    w6[_k * 32 + _u * 8 + _v] += a2[_v] * t5[_u * 24 + _k * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a0 + 0)[_v * 12 + _k * 4 + _u] += w6[_k * 32 + _u * 8 + _v];
+        /* zvjku->zjkuv */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a1 + 0)[_k * 32 + _u * 8 + _v] += (a0 + 0)[_v * 12 + _k * 4 + _u];
+    }
+}
+
+void full_tp_d2_b_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 12);
+        const real *restrict a1 = A1;
+        const real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 12);
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* ijk,uzjk->zui */
+        real t1[12];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 4 + _u] = a2[_u * 3 + _k];
+        real w2[12] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    w2[_i * 4 + _u] += (real)1.224744871391589 * a1[_i * 3 + _k] * t1[_k * 4 + _u];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a3[_u * 3 + _i] += w2[_i * 4 + _u];
+        /* zui->zui */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 0)[_u * 3 + _i] += a4[_u * 3 + _i];
+    }
+}
+
+void full_tp_d2_b_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 12);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* jkzu->zjku */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                (a0 + 0)[_k * 4 + _u] += a1[_k * 4 + _u];
+    }
+}
+
+void full_tp_d2_b_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e */
+        real t1[24];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 8 + _v] = a2[_v * 3 + _j];
+        real w2[288] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w2[_j * 96 + _i * 32 + _u * 8 + _v] += t1[_j * 8 + _v] * a3[_u * 3 + _i];
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 4; ++_u)
+                        (a0 + 0)[_j * 96 + _v * 12 + _i * 4 + _u] += w2[_j * 96 + _i * 32 + _u * 8 + _v];
+        /* zjviu->zuvij */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (a1 + 0)[_u * 72 + _v * 9 + _i * 3 + _j] += (a0 + 0)[_j * 96 + _v * 12 + _i * 4 + _u];
+    }
+}
+
+void full_tp_d2_b_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e */
+        real t1[24];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 8 + _v] = a2[_v * 3 + _j];
+        real w2[96] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_j * 32 + _u * 8 + _v] += t1[_j * 8 + _v] * a3[_u * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a0 + 0)[_v * 12 + _j * 4 + _u] += w2[_j * 32 + _u * 8 + _v];
+        /* zvjku->zjuvk */
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a1 + 0)[_j * 32 + _u * 8 + _v] += (a0 + 0)[_v * 12 + _j * 4 + _u];
+    }
+}
+
+void full_tp_d2_b_s8(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        const real *restrict a0 = A0;
+        const real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 12);
+        /* ijk,uzjk->zui */
+        real t1[12];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 4 + _u] = a1[_u * 3 + _j];
+        real w2[12] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 4; ++_u)
+                    w2[_i * 4 + _u] += (real)0.7071067811865476 * a0[_i * 3 + _j] * t1[_j * 4 + _u];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a2[_u * 3 + _i] += w2[_i * 4 + _u];
+    }
+}
+
+void full_tp_d2_b_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e */
+        real t1[24];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 8 + _v] = a2[_v * 3 + _j];
+        real t2[96];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t2[_u * 24 + _k * 8 + _v] = a3[_u * 24 + _v * 3 + _k];
+        real w3[288] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w3[_j * 96 + _k * 32 + _u * 8 + _v] += t1[_j * 8 + _v] * t2[_u * 24 + _k * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    for (int _u = 0; _u < 4; ++_u)
+                        (a0 + 0)[_v * 36 + _j * 12 + _k * 4 + _u] += w3[_j * 96 + _k * 32 + _u * 8 + _v];
+        /* zvjku->zjkuv */
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _v = 0; _v < 8; ++_v)
+                        (a1 + 0)[_j * 96 + _k * 32 + _u * 8 + _v] += (a0 + 0)[_v * 36 + _j * 12 + _k * 4 + _u];
+    }
+}
+
+void full_tp_d2_b_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 36);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* uzjk->zujk */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 9 + _j * 3 + _k] += a1[_u * 9 + _j * 3 + _k];
+    }
+}
+
+void full_tp_d2_b_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 36);
+        const real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 12);
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a2[_u * 3 + _i] += a1[_u * 3 + _i];
+        /* jkzu->zjku */
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a0 + 0)[_j * 12 + _k * 4 + _u] += a3[_j * 12 + _k * 4 + _u];
+    }
+}
+    """,
+    "full_tp_d2_weight": """\
+void full_tp_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 32);
+        const real *restrict a6 = A6 + z * a6_stride;
+        real l0[32] = {0};
+        /* zui,zvj->ziujv */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (l0 + 0)[_u * 8 + _v] += a2[_u] * a3[_v];
+        /* uvijk,ziujv->zuvk */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                a5[_u * 8 + _v] += (real)0.7071067811865476 * a4[_u * 8 + _v] * (l0 + 0)[_u * 8 + _v];
+        /* ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e */
+        real w1[32] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                w1[_u * 8 + _v] += a6[_u * 8 + _v] * a3[_v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                (a0 + 0)[_v * 4 + _u] += w1[_u * 8 + _v];
+        /* zvkuj->zuvjk */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a1 + 0)[_u * 8 + _v] += (a0 + 0)[_v * 4 + _u];
+    }
+}
+
+void full_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 8);
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        real *restrict a8 = A8 + z * a8_stride;
+        memset(a8, 0, sizeof(real) * 96);
+        const real *restrict a9 = A9 + z * a9_stride;
+        real l0[32] = {0};
+        real l1[96] = {0};
+        /* ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (l0 + 0)[_u * 8 + _v] += a2[_u * 8 + _v] * a3[_u];
+        /* uvijk,zukvi->zvj */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                a5[_v] += (real)0.7071067811865476 * a4[_u * 8 + _v] * (l0 + 0)[_u * 8 + _v];
+        /* zui,zvj->ziuvj */
+        real t1[24];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 8 + _v] = a6[_v * 3 + _j];
+        real w2[96] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_u * 24 + _j * 8 + _v] += a3[_u] * t1[_j * 8 + _v];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l1 + 0)[_u * 24 + _v * 3 + _j] += w2[_u * 24 + _j * 8 + _v];
+        /* uvijk,ziuvj->zuvk */
+        real t3[288];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t3[_u * 72 + _j * 24 + _k * 8 + _v] = a7[_u * 72 + _v * 9 + _j * 3 + _k];
+        real t4[96];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _j = 0; _j < 3; ++_j)
+                    t4[_u * 24 + _j * 8 + _v] = (l1 + 0)[_u * 24 + _v * 3 + _j];
+        real w5[96] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w5[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * t3[_u * 72 + _j * 24 + _k * 8 + _v] * t4[_u * 24 + _j * 8 + _v];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    a8[_u * 24 + _v * 3 + _k] += w5[_u * 24 + _k * 8 + _v];
+        /* ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o */
+        real t6[96];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t6[_u * 24 + _k * 8 + _v] = a9[_u * 24 + _v * 3 + _k];
+        real w7[288] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w7[_k * 96 + _u * 24 + _j * 8 + _v] += t6[_u * 24 + _k * 8 + _v] * t1[_j * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (a0 + 0)[_v * 36 + _k * 12 + _u * 3 + _j] += w7[_k * 96 + _u * 24 + _j * 8 + _v];
+        /* zvkuj->zuvjk */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (a1 + 0)[_u * 72 + _v * 9 + _j * 3 + _k] += (a0 + 0)[_v * 36 + _k * 12 + _u * 3 + _j];
+    }
+}
+
+void full_tp_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o */
+        real t1[96];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_u * 24 + _k * 8 + _v] = a2[_u * 24 + _v * 3 + _k];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a0 + 0)[_u * 24 + _k * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * a3[_u];
+        /* zukvi->zikvu */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a1 + 0)[_k * 32 + _v * 4 + _u] += (a0 + 0)[_u * 24 + _k * 8 + _v];
+    }
+}
+
+void full_tp_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2;
+        const real *restrict a3 = A3 + z * a3_stride;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 24);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        real *restrict a8 = A8 + z * a8_stride;
+        memset(a8, 0, sizeof(real) * 96);
+        const real *restrict a9 = A9 + z * a9_stride;
+        real l0[96] = {0};
+        /* ijk,vzik->zvj */
+        real t1[24];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 8 + _v] = a3[_v * 3 + _k];
+        real w2[24] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_j * 8 + _v] += (real)1.224744871391589 * a2[_j * 3 + _k] * t1[_k * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                a4[_v * 3 + _j] += w2[_j * 8 + _v];
+        /* zui,zvj->zjvui */
+        real w3[96] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _v = 0; _v < 8; ++_v)
+                    w3[_u * 24 + _i * 8 + _v] += a5[_u * 3 + _i] * a6[_v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    (l0 + 0)[_v * 12 + _u * 3 + _i] += w3[_u * 24 + _i * 8 + _v];
+        /* uvijk,zjvui->zuvk */
+        real t4[288];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        t4[_u * 72 + _i * 24 + _k * 8 + _v] = a7[_u * 72 + _v * 9 + _i * 3 + _k];
+        real t5[96];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    t5[_u * 24 + _i * 8 + _v] = (l0 + 0)[_v * 12 + _u * 3 + _i];
+        real w6[96] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w6[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * t4[_u * 72 + _i * 24 + _k * 8 + _v] * t5[_u * 24 + _i * 8 + _v];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    a8[_u * 24 + _v * 3 + _k] += w6[_u * 24 + _k * 8 + _v];
+        /* ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o */
+        real t7[96];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t7[_u * 24 + _k * 8 + _v] = a9[_u * 24 + _v * 3 + _k];
+        real w8[96] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    w8[_k * 32 + _u * 8 + _v] += t7[_u * 24 + _k * 8 + _v] * a6[_v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a0 + 0)[_v * 12 + _k * 4 + _u] += w8[_k * 32 + _u * 8 + _v];
+        /* zvkuj->zjkuv */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a1 + 0)[_k * 32 + _u * 8 + _v] += (a0 + 0)[_v * 12 + _k * 4 + _u];
+    }
+}
+
+void full_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2;
+        const real *restrict a3 = A3 + z * a3_stride;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 12);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* ijk,uzjk->zui */
+        real t1[12];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 4 + _u] = a3[_u * 3 + _k];
+        real w2[12] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    w2[_i * 4 + _u] += (real)1.224744871391589 * a2[_i * 3 + _k] * t1[_k * 4 + _u];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a4[_u * 3 + _i] += w2[_i * 4 + _u];
+        /* ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o */
+        real t3[96];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t3[_u * 24 + _k * 8 + _v] = a5[_u * 24 + _v * 3 + _k];
+        real w4[288] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w4[_u * 72 + _k * 24 + _i * 8 + _v] += t3[_u * 24 + _k * 8 + _v] * a6[_u * 3 + _i];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _i = 0; _i < 3; ++_i)
+                        (a0 + 0)[_u * 72 + _k * 24 + _v * 3 + _i] += w4[_u * 72 + _k * 24 + _i * 8 + _v];
+        /* zukvi->zvuik */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _k = 0; _k < 3; ++_k)
+                        (a1 + 0)[_v * 36 + _u * 9 + _i * 3 + _k] += (a0 + 0)[_u * 72 + _k * 24 + _v * 3 + _i];
+    }
+}
+
+void full_tp_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zui,zvj->ziujv */
+        real t1[24];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 8 + _v] = a3[_v * 3 + _j];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        (a0 + 0)[_i * 96 + _u * 24 + _j * 8 + _v] += a2[_u * 3 + _i] * t1[_j * 8 + _v];
+        /* ziujv->zuvij */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (a1 + 0)[_u * 72 + _v * 9 + _i * 3 + _j] += (a0 + 0)[_i * 96 + _u * 24 + _j * 8 + _v];
+    }
+}
+
+void full_tp_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e */
+        real t1[24];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 8 + _v] = a3[_v * 3 + _j];
+        real w2[96] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_u * 24 + _j * 8 + _v] += a2[_u * 8 + _v] * t1[_j * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_v * 12 + _u * 3 + _j] += w2[_u * 24 + _j * 8 + _v];
+        /* zvkuj->zjuvk */
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a1 + 0)[_j * 32 + _u * 8 + _v] += (a0 + 0)[_v * 12 + _u * 3 + _j];
+    }
+}
+
+void full_tp_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 96);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 96);
+        const real *restrict a2 = A2;
+        const real *restrict a3 = A3 + z * a3_stride;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 12);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* ijk,uzjk->zui */
+        real t1[12];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 4 + _u] = a3[_u * 3 + _j];
+        real w2[12] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 4; ++_u)
+                    w2[_i * 4 + _u] += (real)0.7071067811865476 * a2[_i * 3 + _j] * t1[_j * 4 + _u];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a4[_u * 3 + _i] += w2[_i * 4 + _u];
+        /* ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e */
+        real w3[96] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _v = 0; _v < 8; ++_v)
+                    w3[_u * 24 + _i * 8 + _v] += a5[_u * 8 + _v] * a6[_u * 3 + _i];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _i = 0; _i < 3; ++_i)
+                    (a0 + 0)[_u * 24 + _v * 3 + _i] += w3[_u * 24 + _i * 8 + _v];
+        /* zukvi->zivuk */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _u = 0; _u < 4; ++_u)
+                    (a1 + 0)[_i * 32 + _v * 4 + _u] += (a0 + 0)[_u * 24 + _v * 3 + _i];
+    }
+}
+
+void full_tp_d2_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2;
+        const real *restrict a3 = A3 + z * a3_stride;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 24);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* ijk,vzik->zvj */
+        real t1[24];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 8 + _v] = a3[_v * 3 + _i];
+        real w2[24] = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_j * 8 + _v] += (real)0.7071067811865476 * a2[_i * 3 + _j] * t1[_i * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                a4[_v * 3 + _j] += w2[_j * 8 + _v];
+        /* ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e */
+        real t3[96];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t3[_u * 24 + _k * 8 + _v] = a5[_u * 24 + _v * 3 + _k];
+        real t4[24];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t4[_j * 8 + _v] = a6[_v * 3 + _j];
+        real w5[288] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w5[_k * 96 + _u * 24 + _j * 8 + _v] += t3[_u * 24 + _k * 8 + _v] * t4[_j * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _j = 0; _j < 3; ++_j)
+                        (a0 + 0)[_v * 36 + _k * 12 + _u * 3 + _j] += w5[_k * 96 + _u * 24 + _j * 8 + _v];
+        /* zvkuj->zjkuv */
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 4; ++_u)
+                    for (int _v = 0; _v < 8; ++_v)
+                        (a1 + 0)[_j * 96 + _k * 32 + _u * 8 + _v] += (a0 + 0)[_v * 36 + _k * 12 + _u * 3 + _j];
+    }
+}
+
+void full_tp_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 36);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* uzjk->zujk */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 9 + _j * 3 + _k] += a1[_u * 9 + _j * 3 + _k];
+    }
+}
+
+void full_tp_d2_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 12);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* zui->zui */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a3[_u * 3 + _i] += a2[_u * 3 + _i];
+        /* ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e */
+        real t1[96];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t1[_u * 24 + _k * 8 + _v] = a4[_u * 24 + _v * 3 + _k];
+        real w2[288] = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w2[_u * 72 + _k * 24 + _i * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * a5[_u * 3 + _i];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _i = 0; _i < 3; ++_i)
+                        (a0 + 0)[_u * 72 + _k * 24 + _v * 3 + _i] += w2[_u * 72 + _k * 24 + _i * 8 + _v];
+        /* zukvi->zikvu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    for (int _u = 0; _u < 4; ++_u)
+                        (a1 + 0)[_i * 96 + _k * 32 + _v * 4 + _u] += (a0 + 0)[_u * 72 + _k * 24 + _v * 3 + _i];
+    }
+}
+
+void full_tp_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 72);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* vzik->zvik */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_v * 9 + _i * 3 + _k] += a1[_v * 9 + _i * 3 + _k];
+    }
+}
+
+void full_tp_d2_weight_s12(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        const real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        /* zvj->zvj */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                a1[_v * 3 + _j] += a0[_v * 3 + _j];
+    }
+}
+    """,
+    "linear": """\
+void linear_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            (a0 + 0)[_w] += a2[_w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += a3[_u * 3 + _i];
+    }
+}
+
+void linear_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 40);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_w * 3 + _i] += a2[_i * 16 + _w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_i * 8 + _u] += a3[_u * 5 + _i];
+    }
+}
+
+void linear_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_w * 5 + _i] += a1[_i * 16 + _w];
+    }
+}
+    """,
+    "linear_d": """\
+void linear_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zwi->ziw */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a0 + 0)[_i * 16 + _w] += a1[_w * 5 + _i];
+    }
+}
+
+void linear_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 120);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 40);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 80)[_u * 5 + _i] += a2[_i * 8 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_i * 8 + _u] += a3[_u * 5 + _i];
+    }
+}
+
+void linear_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 48);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a0 + 0)[_i * 16 + _w] += a1[_w * 3 + _i];
+    }
+}
+
+void linear_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += a2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += a3[_u * 3 + _i];
+    }
+}
+
+void linear_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a1[_u];
+    }
+}
+    """,
+    "linear_d2_x": """\
+void linear_d2_x_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            (a0 + 0)[_w] += a2[_w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += a3[_u * 3 + _i];
+    }
+}
+
+void linear_d2_x_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_w * 3 + _i] += a2[_i * 16 + _w];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a1 + 0)[_i * 16 + _w] += a3[_w * 3 + _i];
+    }
+}
+
+void linear_d2_x_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 40);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a0 + 0)[_i * 8 + _u] += a1[_u * 5 + _i];
+    }
+}
+
+void linear_d2_x_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_w * 5 + _i] += a2[_i * 16 + _w];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a1 + 0)[_i * 16 + _w] += a3[_w * 5 + _i];
+    }
+}
+    """,
+    "linear_d2_weight": """\
+void linear_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            (a0 + 0)[_w] += a1[_w];
+    }
+}
+
+void linear_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 120);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a2[_u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += a3[_u * 3 + _i];
+    }
+}
+
+void linear_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_w * 3 + _i] += a2[_i * 16 + _w];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a1 + 0)[_i * 16 + _w] += a3[_w * 3 + _i];
+    }
+}
+
+void linear_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 40);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 32)[_u * 3 + _i] += a2[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_i * 8 + _u] += a3[_u * 5 + _i];
+    }
+}
+
+void linear_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 80);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 16; ++_w)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_w * 5 + _i] += a2[_i * 16 + _w];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _w = 0; _w < 16; ++_w)
+                (a1 + 0)[_i * 16 + _w] += a3[_w * 5 + _i];
+    }
+}
+
+void linear_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 80)[_u * 5 + _i] += a1[_i * 8 + _u];
+    }
+}
+    """,
+    "tp_then_linear": """\
+void tp_then_linear_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 56);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        real l0[8] = {0};
+        /* every path's (i, k) map at once: y · G */
+        for (int _j = 0; _j < 4; ++_j)
+            for (int _c = 0; _c < 16; ++_c)
+                (a0 + 0)[_c] += a2[_j] * a3[_j * 16 + _c];
+        /* 1 paths 8x0e ⊗ y -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (l0 + 0)[_u] += a4[_u] * (a0 + 0)[0];
+        /* pu,zukp->zuk */
+        for (int _u = 0; _u < 8; ++_u)
+            (a1 + 0)[_u] += a5[_u] * (l0 + 0)[_u];
+    }
+}
+
+void tp_then_linear_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        const real *restrict a5 = A5;
+        real l0[8] = {0};
+        real l1[24] = {0};
+        /* zikp,uzip->zuk */
+        real w1[24] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                w1[_k * 8 + _u] += (a1 + 1)[_k] * a2[_u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
+        /* 1 paths 8x1o ⊗ y -> 8x0e */
+        real t2[24];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 8 + _u] = a3[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (l0 + 0)[_u] += t2[_i * 8 + _u] * (a1 + 4)[_i];
+        /* pu,zukp->zuk */
+        for (int _u = 0; _u < 8; ++_u)
+            (a0 + 0)[_u] += a4[_u] * (l0 + 0)[_u];
+        /* 1 paths 8x1o ⊗ y -> 8x1o */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 8; ++_u)
+                    (l1 + 0)[_k * 8 + _u] += t2[_i * 8 + _u] * (a1 + 7)[_i * 3 + _k];
+        /* pu,zkpu->zuk */
+        real w3[24] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                w3[_k * 8 + _u] += a5[_u] * (l1 + 0)[_k * 8 + _u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 8)[_u * 3 + _k] += w3[_k * 8 + _u];
+    }
+}
+
+void tp_then_linear_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 8; ++_w)
+            (a0 + 0)[_w] += a2[_w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_i * 8 + _u] += (a3 + 8)[_u * 3 + _i];
+    }
+}
+
+void tp_then_linear_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 8; ++_w)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_w * 3 + _i] += a1[_i * 8 + _w];
+        /* 8x0e -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (a0 + 0)[_u] += a2[_u];
+        /* 8x1o -> 8x1o */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_u * 3 + _i] += a3[_u * 3 + _i];
+    }
+}
+    """,
+    "tp_then_linear_d": """\
+void tp_then_linear_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 56);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        real l0[8] = {0};
+        /* every path's (i, k) map at once: y · G */
+        for (int _j = 0; _j < 4; ++_j)
+            for (int _c = 0; _c < 16; ++_c)
+                (a0 + 0)[_c] += a2[_j] * a3[_j * 16 + _c];
+        /* 1 paths 8x0e ⊗ y -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (l0 + 0)[_u] += a4[_u] * (a0 + 0)[0];
+        /* pu,zukp->zuk */
+        for (int _u = 0; _u < 8; ++_u)
+            (a1 + 0)[_u] += a5[_u] * (l0 + 0)[_u];
+    }
+}
+
+void tp_then_linear_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 8);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 24);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
+        real l0[24] = {0};
+        /* zikp,uzip->zuk */
+        real w1[24] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                w1[_k * 8 + _u] += (a4 + 1)[_k] * a5[_u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
+        /* 1 paths 8x1o ⊗ y -> 8x0e */
+        real t2[24];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 8 + _u] = a6[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_u] += t2[_i * 8 + _u] * (a4 + 4)[_i];
+        /* pu,zukp->zuk */
+        for (int _u = 0; _u < 8; ++_u)
+            (a0 + 0)[_u] += a7[_u] * (a1 + 0)[_u];
+        /* 1 paths 8x1o ⊗ y -> 8x1o */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 8; ++_u)
+                    (l0 + 0)[_k * 8 + _u] += t2[_i * 8 + _u] * (a4 + 7)[_i * 3 + _k];
+        /* pu,zkpu->zuk */
+        real w3[24] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                w3[_k * 8 + _u] += a8[_u] * (l0 + 0)[_k * 8 + _u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 8)[_u * 3 + _k] += w3[_k * 8 + _u];
+        /* ∂/∂x: 8x1o -> 8x1o */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a2 + 8)[_u * 3 + _i] += a9[_u * 3 + _i];
+        /* ∂/∂x: 8x0e -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (a2 + 0)[_u] += a10[_u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 8; ++_w)
+                (a3 + 0)[_i * 8 + _w] += a11[_w * 3 + _i];
+    }
+}
+
+void tp_then_linear_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 56);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_u * 3 + _i] += a2[_i * 8 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_i * 8 + _u] += (a3 + 8)[_u * 3 + _i];
+    }
+}
+
+void tp_then_linear_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a0 + 0)[_u] += a3[_u];
+        /* ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o */
+        real t1[24];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 8 + _u] = (a0 + 8)[_u * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    (a1 + 0)[_i * 8 + _u] += t1[_k * 8 + _u] * (a4 + 7)[_i * 3 + _k];
+        /* pu,zipu->zui */
+        real w2[24] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                w2[_i * 8 + _u] += a5[_u] * (a1 + 0)[_i * 8 + _u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a2 + 8)[_u * 3 + _i] += w2[_i * 8 + _u];
+    }
+}
+
+void tp_then_linear_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 72);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* uzki->ziku */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    (a0 + 0)[_i * 24 + _k * 8 + _u] += a1[_u * 9 + _k * 3 + _i];
+    }
+}
+
+void tp_then_linear_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zikp->zikp */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 7)[_i * 3 + _k] += a2[_i * 3 + _k];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_i * 8 + _u] += a3[_u * 3 + _i];
+    }
+}
+
+void tp_then_linear_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zikp,uzkp->zui */
+        real w1[24] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                w1[_i * 8 + _u] += (a2 + 4)[_i] * a3[_u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_u * 3 + _i] += w1[_i * 8 + _u];
+        /* uzki->ziuk */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_i * 8 + _u] += a4[_u * 3 + _i];
+    }
+}
+
+void tp_then_linear_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 8);
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 24);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 8);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9 + z * a9_stride;
+        /* zikp->zikp */
+        for (int _i = 0; _i < 3; ++_i)
+            (a0 + 4)[_i] += a5[_i];
+        /* ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o */
+        real t1[24];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 8 + _u] = (a6 + 8)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_u] += t1[_k * 8 + _u] * (a7 + 1)[_k];
+        /* pu,zuip->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a2 + 0)[_u] += a8[_u] * (a1 + 0)[_u];
+        /* zuk->zuk */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a3 + 0)[_u * 3 + _k] += (a6 + 8)[_u * 3 + _k];
+        /* zui->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a4 + 0)[_u] += a9[_u];
+    }
+}
+
+void tp_then_linear_d_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 24);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* uzki->ziku */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                (a0 + 0)[_k * 8 + _u] += a1[_u * 3 + _k];
+    }
+}
+
+void tp_then_linear_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 8);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7 + z * a7_stride;
+        real l0[8] = {0};
+        /* zikp->zikp */
+        for (int _k = 0; _k < 3; ++_k)
+            (a0 + 1)[_k] += a3[_k];
+        /* ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (l0 + 0)[_u] += (a4 + 0)[_u] * (a5 + 0)[0];
+        /* pu,zuip->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a1 + 0)[_u] += a6[_u] * (l0 + 0)[_u];
+        /* ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (a2 + 0)[_u] += (a4 + 0)[_u] * a7[_u];
+    }
+}
+
+void tp_then_linear_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zikp->zikp */
+        (a0 + 0)[0] += a1[0];
+    }
+}
+
+void tp_then_linear_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 4);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zj->zj */
+        for (int _j = 0; _j < 4; ++_j)
+            (a0 + 0)[_j] += a1[_j];
+    }
+}
+    """,
+    "tp_then_linear_d2_x": """\
+void tp_then_linear_d2_x_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* every path's (i, k) map at once: y · G */
+        for (int _j = 0; _j < 4; ++_j)
+            for (int _c = 0; _c < 16; ++_c)
+                (a0 + 0)[_c] += a2[_j] * a3[_j * 16 + _c];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 8; ++_w)
+                (a1 + 0)[_i * 8 + _w] += a4[_w * 3 + _i];
+    }
+}
+
+void tp_then_linear_d2_x_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 56);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_u * 3 + _i] += a1[_i * 8 + _u];
+    }
+}
+
+void tp_then_linear_d2_x_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 56);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 8);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        real l0[8] = {0};
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a0 + 0)[_u] += a3[_u];
+        /* ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (l0 + 0)[_u] += a4[_u] * (a5 + 0)[0];
+        /* pu,zukp->zuk */
+        for (int _u = 0; _u < 8; ++_u)
+            (a1 + 0)[_u] += a6[_u] * (l0 + 0)[_u];
+        /* ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (a2 + 0)[_u] += a4[_u] * (a0 + 0)[_u];
+    }
+}
+
+void tp_then_linear_d2_x_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 24);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* zikp->zikp */
+        (a0 + 0)[0] += a3[0];
+        /* zikp,uzip->zuk */
+        real w1[24] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                w1[_k * 8 + _u] += (a4 + 1)[_k] * a5[_u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
+        /* uzik->ziku */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                (a2 + 0)[_k * 8 + _u] += a6[_u * 3 + _k];
+    }
+}
+
+void tp_then_linear_d2_x_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 3);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zikp->zikp */
+        for (int _k = 0; _k < 3; ++_k)
+            (a0 + 1)[_k] += a2[_k];
+        /* zikp->zpik */
+        for (int _k = 0; _k < 3; ++_k)
+            (a1 + 0)[_k] += (a3 + 1)[_k];
+    }
+}
+
+void tp_then_linear_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 8);
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 24);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 8);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e */
+        real t1[24];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 8 + _u] = a4[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a0 + 0)[_u] += t1[_i * 8 + _u] * (a5 + 4)[_i];
+        /* pu,zukp->zuk */
+        for (int _u = 0; _u < 8; ++_u)
+            (a1 + 0)[_u] += a6[_u] * (a0 + 0)[_u];
+        /* zui->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a2 + 0)[_u * 3 + _i] += a4[_u * 3 + _i];
+        /* zuk->zuk */
+        for (int _u = 0; _u < 8; ++_u)
+            (a3 + 0)[_u] += (a7 + 0)[_u];
+    }
+}
+
+void tp_then_linear_d2_x_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 24);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* uzik->ziuk */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a0 + 0)[_i * 8 + _u] += a1[_u * 3 + _i];
+    }
+}
+
+void tp_then_linear_d2_x_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 72);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8 + z * a8_stride;
+        /* zikp->zikp */
+        for (int _i = 0; _i < 3; ++_i)
+            (a0 + 4)[_i] += a4[_i];
+        /* ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o */
+        real t1[24];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 8 + _u] = a5[_u * 3 + _i];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 8; ++_u)
+                    (a1 + 0)[_k * 8 + _u] += t1[_i * 8 + _u] * (a6 + 7)[_i * 3 + _k];
+        /* pu,zkpu->zuk */
+        real w2[24] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                w2[_k * 8 + _u] += a7[_u] * (a1 + 0)[_k * 8 + _u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a2 + 8)[_u * 3 + _k] += w2[_k * 8 + _u];
+        /* uzik->ziku */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    (a3 + 0)[_i * 24 + _k * 8 + _u] += a8[_u * 9 + _i * 3 + _k];
+    }
+}
+
+void tp_then_linear_d2_x_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zikp->zikp */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 7)[_i * 3 + _k] += a2[_i * 3 + _k];
+        /* zuk->zku */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_k * 8 + _u] += (a3 + 8)[_u * 3 + _k];
+    }
+}
+
+void tp_then_linear_d2_x_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 8; ++_w)
+            (a0 + 0)[_w] += a2[_w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_i * 8 + _u] += (a3 + 8)[_u * 3 + _i];
+    }
+}
+
+void tp_then_linear_d2_x_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 8; ++_w)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_w * 3 + _i] += a1[_i * 8 + _w];
+        /* ∂/∂d_z: ∂/∂x: 8x0e -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (a0 + 0)[_u] += a2[_u];
+        /* ∂/∂d_z: ∂/∂x: 8x1o -> 8x1o */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_u * 3 + _i] += a3[_u * 3 + _i];
+    }
+}
+
+void tp_then_linear_d2_x_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 4);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zj->zj */
+        for (int _j = 0; _j < 4; ++_j)
+            (a0 + 0)[_j] += a1[_j];
+    }
+}
+    """,
+    "tp_then_linear_d2_y": """\
+void tp_then_linear_d2_y_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 24);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 8; ++_w)
+                (a0 + 0)[_i * 8 + _w] += a1[_w * 3 + _i];
+    }
+}
+
+void tp_then_linear_d2_y_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 56);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_u * 3 + _i] += a1[_i * 8 + _u];
+    }
+}
+
+void tp_then_linear_d2_y_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 16);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 56);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 8);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 32);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        real l0[8] = {0};
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a0 + 0)[_u] += a5[_u];
+        /* ∂/∂d__m_t_0: ∂/∂y: every path's (i, k) map at once: y · G */
+        for (int _j = 0; _j < 4; ++_j)
+            for (int _c = 0; _c < 16; ++_c)
+                (a1 + 0)[_c] += a6[_j] * a7[_j * 16 + _c];
+        /* ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (l0 + 0)[_u] += (a1 + 0)[0] * a8[_u];
+        /* pu,zkpu->zuk */
+        for (int _u = 0; _u < 8; ++_u)
+            (a2 + 0)[_u] += a9[_u] * (l0 + 0)[_u];
+        /* ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (a3 + 0)[_u] += (a1 + 0)[0] * (a0 + 0)[_u];
+        /* pu,zipu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a4 + 0)[_u] += a9[_u] * (a3 + 0)[_u];
+    }
+}
+
+void tp_then_linear_d2_y_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 8);
+        real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        /* zikp,uzip->zuk */
+        real w1[24] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                w1[_k * 8 + _u] += (a3 + 1)[_k] * a4[_u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
+        /* ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o */
+        real t2[24];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 8 + _u] = (a5 + 8)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_u] += (a3 + 1)[_k] * t2[_k * 8 + _u];
+        /* pu,zipu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a2 + 0)[_u] += a6[_u] * (a1 + 0)[_u];
+    }
+}
+
+void tp_then_linear_d2_y_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 8);
+        real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        /* ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e */
+        real t1[24];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 8 + _u] = a3[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a0 + 0)[_u] += (a2 + 4)[_i] * t1[_i * 8 + _u];
+        /* pu,zkpu->zuk */
+        for (int _u = 0; _u < 8; ++_u)
+            (a1 + 0)[_u] += a4[_u] * (a0 + 0)[_u];
+    }
+}
+
+void tp_then_linear_d2_y_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 24);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 24);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8 + z * a8_stride;
+        real l0[24] = {0};
+        /* zikp,uzkp->zui */
+        real w1[24] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                w1[_i * 8 + _u] += (a4 + 4)[_i] * a5[_u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_u * 3 + _i] += w1[_i * 8 + _u];
+        /* ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o */
+        real t2[24];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 8 + _u] = a6[_u * 3 + _i];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 8; ++_u)
+                    (l0 + 0)[_k * 8 + _u] += (a4 + 7)[_i * 3 + _k] * t2[_i * 8 + _u];
+        /* pu,zkpu->zuk */
+        real w3[24] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                w3[_k * 8 + _u] += a7[_u] * (l0 + 0)[_k * 8 + _u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 8)[_u * 3 + _k] += w3[_k * 8 + _u];
+        /* ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o */
+        real t4[24];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t4[_k * 8 + _u] = (a8 + 8)[_u * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    (a2 + 0)[_i * 8 + _u] += (a4 + 7)[_i * 3 + _k] * t4[_k * 8 + _u];
+        /* pu,zipu->zui */
+        real w5[24] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                w5[_i * 8 + _u] += a7[_u] * (a2 + 0)[_i * 8 + _u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_u * 3 + _i] += w5[_i * 8 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a3 + 0)[_i * 8 + _u] += a6[_u * 3 + _i];
+    }
+}
+
+void tp_then_linear_d2_y_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 8; ++_w)
+            (a0 + 0)[_w] += a2[_w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_i * 8 + _u] += (a3 + 8)[_u * 3 + _i];
+    }
+}
+
+void tp_then_linear_d2_y_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 8; ++_w)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_w * 3 + _i] += a1[_i * 8 + _w];
+    }
+}
+    """,
+    "tp_then_linear_d2_weight": """\
+void tp_then_linear_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 8);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 56);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        /* every path's (i, k) map at once: y · G */
+        for (int _j = 0; _j < 4; ++_j)
+            for (int _c = 0; _c < 16; ++_c)
+                (a0 + 0)[_c] += a3[_j] * a4[_j * 16 + _c];
+        /* 1 paths 8x0e ⊗ y -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (a1 + 0)[_u] += a5[_u] * (a0 + 0)[0];
+        /* pu,zukp->zuk */
+        for (int _u = 0; _u < 8; ++_u)
+            (a2 + 0)[_u] += a6[_u] * (a1 + 0)[_u];
+    }
+}
+
+void tp_then_linear_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 8);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 24);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 24);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9 + z * a9_stride;
+        /* zikp,uzip->zuk */
+        real w1[24] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                w1[_k * 8 + _u] += (a4 + 1)[_k] * a5[_u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
+        /* 1 paths 8x1o ⊗ y -> 8x0e */
+        real t2[24];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 8 + _u] = a6[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_u] += t2[_i * 8 + _u] * (a4 + 4)[_i];
+        /* pu,zukp->zuk */
+        for (int _u = 0; _u < 8; ++_u)
+            (a0 + 0)[_u] += a7[_u] * (a1 + 0)[_u];
+        /* 1 paths 8x1o ⊗ y -> 8x1o */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 8; ++_u)
+                    (a2 + 0)[_k * 8 + _u] += t2[_i * 8 + _u] * (a4 + 7)[_i * 3 + _k];
+        /* pu,zkpu->zuk */
+        real w3[24] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                w3[_k * 8 + _u] += a8[_u] * (a2 + 0)[_k * 8 + _u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 8)[_u * 3 + _k] += w3[_k * 8 + _u];
+        /* zwi->ziw */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _w = 0; _w < 8; ++_w)
+                (a3 + 0)[_i * 8 + _w] += a9[_w * 3 + _i];
+    }
+}
+
+void tp_then_linear_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 56);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_u * 3 + _i] += a1[_i * 8 + _u];
+    }
+}
+
+void tp_then_linear_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 56);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a0 + 0)[_u] += a2[_u];
+        /* ∂/∂d_t: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (a1 + 0)[_u] += a3[_u] * (a4 + 0)[_u];
+    }
+}
+
+void tp_then_linear_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 8);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* zikp,upzk->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a0 + 0)[_u] += (a2 + 0)[0] * a3[_u];
+        /* ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (a1 + 0)[_u] += (a4 + 0)[_u] * a5[_u];
+    }
+}
+
+void tp_then_linear_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 24);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 8);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10 + z * a10_stride;
+        real l0[8] = {0};
+        /* zikp->zikp */
+        (a0 + 0)[0] += a5[0];
+        /* zikp,upzi->zuk */
+        real w1[24] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                w1[_k * 8 + _u] += (a6 + 1)[_k] * a7[_u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
+        /* ∂/∂x: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o */
+        real t2[24];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 8 + _u] = (a8 + 8)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                (l0 + 0)[_u] += t2[_k * 8 + _u] * (a6 + 1)[_k];
+        /* pu,zuip->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a2 + 0)[_u] += a9[_u] * (l0 + 0)[_u];
+        /* zuk->zuk */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a3 + 0)[_u * 3 + _k] += (a8 + 8)[_u * 3 + _k];
+        /* zui->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a4 + 0)[_u] += a10[_u];
+    }
+}
+
+void tp_then_linear_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 24);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* uzki->ziku */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                (a0 + 0)[_k * 8 + _u] += a1[_u * 3 + _k];
+    }
+}
+
+void tp_then_linear_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zikp->zikp */
+        for (int _k = 0; _k < 3; ++_k)
+            (a0 + 1)[_k] += a2[_k];
+        /* ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (a1 + 0)[_u] += a3[_u] * (a4 + 0)[_u];
+    }
+}
+
+void tp_then_linear_d2_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zikp,upzk->zui */
+        real w1[24] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                w1[_i * 8 + _u] += (a2 + 4)[_i] * a3[_u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_u * 3 + _i] += w1[_i * 8 + _u];
+        /* uzki->ziuk */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_i * 8 + _u] += a4[_u * 3 + _i];
+    }
+}
+
+void tp_then_linear_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zikp->zikp */
+        for (int _i = 0; _i < 3; ++_i)
+            (a0 + 4)[_i] += a2[_i];
+        /* ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o */
+        real w1[24] = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                w1[_k * 8 + _u] += a3[_u] * (a4 + 0)[_k * 8 + _u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a1 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
+    }
+}
+
+void tp_then_linear_d2_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 72);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zikp,upzk->zui */
+        real t1[24];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 8 + _u] = a3[_u * 3 + _k];
+        real w2[24] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    w2[_i * 8 + _u] += (a2 + 7)[_i * 3 + _k] * t1[_k * 8 + _u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_u * 3 + _i] += w2[_i * 8 + _u];
+        /* uzki->ziku */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    (a1 + 0)[_i * 24 + _k * 8 + _u] += a4[_u * 9 + _k * 3 + _i];
+    }
+}
+
+void tp_then_linear_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zikp->zikp */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 7)[_i * 3 + _k] += a1[_i * 3 + _k];
+    }
+}
+
+void tp_then_linear_d2_weight_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 8; ++_w)
+            (a0 + 0)[_w] += a1[_w];
+    }
+}
+
+void tp_then_linear_d2_weight_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 56);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a0 + 0)[_u] += a1[_u];
+    }
+}
+
+void tp_then_linear_d2_weight_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 8; ++_w)
+            (a0 + 0)[_w] += a2[_w];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_i * 8 + _u] += (a3 + 8)[_u * 3 + _i];
+    }
+}
+
+void tp_then_linear_d2_weight_s15(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 8; ++_w)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_w * 3 + _i] += a1[_i * 8 + _w];
+    }
+}
+
+void tp_then_linear_d2_weight_s16(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* ziu->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_u * 3 + _i] += a2[_i * 8 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_i * 8 + _u] += (a3 + 8)[_u * 3 + _i];
+    }
+}
+
+void tp_then_linear_d2_weight_s17(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        /* ziw->zwi */
+        for (int _w = 0; _w < 8; ++_w)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_w * 3 + _i] += a3[_i * 8 + _w];
+        /* ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o */
+        real t1[24];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 8 + _u] = (a4 + 8)[_u * 3 + _k];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    (a1 + 0)[_i * 8 + _u] += t1[_k * 8 + _u] * (a5 + 7)[_i * 3 + _k];
+        /* pu,zipu->zui */
+        real w2[24] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                w2[_i * 8 + _u] += a6[_u] * (a1 + 0)[_i * 8 + _u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a2 + 8)[_u * 3 + _i] += w2[_i * 8 + _u];
+    }
+}
+
+void tp_then_linear_d2_weight_s18(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 72);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* uzki->ziku */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 8; ++_u)
+                    (a0 + 0)[_i * 24 + _k * 8 + _u] += a1[_u * 9 + _k * 3 + _i];
+    }
+}
+
+void tp_then_linear_d2_weight_s19(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        /* zikp->zikp */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 7)[_i * 3 + _k] += a2[_i * 3 + _k];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_i * 8 + _u] += a3[_u * 3 + _i];
+    }
+}
+
+void tp_then_linear_d2_weight_s20(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        /* zikp,uzkp->zui */
+        real w1[24] = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                w1[_i * 8 + _u] += (a2 + 4)[_i] * a3[_u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 8)[_u * 3 + _i] += w1[_i * 8 + _u];
+        /* uzki->ziuk */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_i * 8 + _u] += a4[_u * 3 + _i];
+    }
+}
+
+void tp_then_linear_d2_weight_s21(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 8);
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 24);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        /* zikp->zikp */
+        for (int _i = 0; _i < 3; ++_i)
+            (a0 + 4)[_i] += a4[_i];
+        /* ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o */
+        real t1[24];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 8 + _u] = (a5 + 8)[_u * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                (a1 + 0)[_u] += t1[_k * 8 + _u] * (a6 + 1)[_k];
+        /* pu,zuip->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a2 + 0)[_u] += a7[_u] * (a1 + 0)[_u];
+        /* zuk->zuk */
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a3 + 0)[_u * 3 + _k] += (a5 + 8)[_u * 3 + _k];
+    }
+}
+
+void tp_then_linear_d2_weight_s22(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 24);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* uzki->ziku */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                (a0 + 0)[_k * 8 + _u] += a1[_u * 3 + _k];
+    }
+}
+
+void tp_then_linear_d2_weight_s23(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 8);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7 + z * a7_stride;
+        real l0[8] = {0};
+        /* zikp->zikp */
+        for (int _k = 0; _k < 3; ++_k)
+            (a0 + 1)[_k] += a3[_k];
+        /* ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (l0 + 0)[_u] += (a4 + 0)[_u] * (a5 + 0)[0];
+        /* pu,zuip->zui */
+        for (int _u = 0; _u < 8; ++_u)
+            (a1 + 0)[_u] += a6[_u] * (l0 + 0)[_u];
+        /* ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e */
+        for (int _u = 0; _u < 8; ++_u)
+            (a2 + 0)[_u] += (a4 + 0)[_u] * a7[_u];
+    }
+}
+
+void tp_then_linear_d2_weight_s24(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zikp->zikp */
+        (a0 + 0)[0] += a1[0];
+    }
+}
+
+void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 4);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zj->zj */
+        for (int _j = 0; _j < 4; ++_j)
+            (a0 + 0)[_j] += a1[_j];
+    }
+}
+    """,
+    },
+    {
+        'fc_tp_s0': 'orr',
+        'fc_tp_s1': 'oorrrrrrr',
+        'fc_tp_s2': 'aorrr',
+        'fc_tp_s3': 'aorr',
+        'fc_tp_s4': 'aorrrr',
+        'fc_tp_s5': 'aorrr',
+        'fc_tp_s6': 'aorrr',
+        'fc_tp_s7': 'ar',
+        'fc_tp_d_s0': 'orr',
+        'fc_tp_d_s1': 'oorr',
+        'fc_tp_d_s2': 'oorr',
+        'fc_tp_d_s3': 'or',
+        'fc_tp_d_s4': 'aaorrr',
+        'fc_tp_d_s5': 'aaorrr',
+        'fc_tp_d_s6': 'orr',
+        'fc_tp_d_s7': 'aorr',
+        'fc_tp_d_s8': 'aorrrr',
+        'fc_tp_d_s9': 'aaorrrrr',
+        'fc_tp_d_s10': 'orr',
+        'fc_tp_d_s11': 'aaorrrrr',
+        'fc_tp_d_s12': 'aaorrrrr',
+        'fc_tp_d_s13': 'aarrr',
+        'fc_tp_d_s14': 'or',
+        'fc_tp_d2_x_s0': 'orr',
+        'fc_tp_d2_x_s1': 'oorrr',
+        'fc_tp_d2_x_s2': 'aaorrr',
+        'fc_tp_d2_x_s3': 'aaorrr',
+        'fc_tp_d2_x_s4': 'orr',
+        'fc_tp_d2_x_s5': 'aaorrrr',
+        'fc_tp_d2_x_s6': 'aorr',
+        'fc_tp_d2_x_s7': 'aorr',
+        'fc_tp_d2_x_s8': 'aaorrr',
+        'fc_tp_d2_x_s9': 'orr',
+        'fc_tp_d2_x_s10': 'aaorrrr',
+        'fc_tp_d2_x_s11': 'aaorrrr',
+        'fc_tp_d2_x_s12': 'aorr',
+        'fc_tp_d2_x_s13': 'aorr',
+        'fc_tp_d2_x_s14': 'or',
+        'fc_tp_d2_y_s0': 'orr',
+        'fc_tp_d2_y_s1': 'oorrr',
+        'fc_tp_d2_y_s2': 'oaorrrr',
+        'fc_tp_d2_y_s3': 'aaorrrr',
+        'fc_tp_d2_y_s4': 'aorrr',
+        'fc_tp_d2_y_s5': 'aaorrrrr',
+        'fc_tp_d2_y_s6': 'aorrr',
+        'fc_tp_d2_y_s7': 'aorr',
+        'fc_tp_d2_y_s8': 'aorrr',
+        'fc_tp_d2_y_s9': 'aorrr',
+        'fc_tp_d2_y_s10': 'aaorrrrr',
+        'fc_tp_d2_y_s11': 'aorr',
+        'fc_tp_d2_y_s12': 'aorrrr',
+        'fc_tp_d2_y_s13': 'aorrr',
+        'fc_tp_d2_y_s14': 'aorr',
+        'fc_tp_d2_weight_s0': 'ooorrrr',
+        'fc_tp_d2_weight_s1': 'aorrr',
+        'fc_tp_d2_weight_s2': 'aaaorrrrrr',
+        'fc_tp_d2_weight_s3': 'aaorrrrr',
+        'fc_tp_d2_weight_s4': 'aaaorrrr',
+        'fc_tp_d2_weight_s5': 'aorrr',
+        'fc_tp_d2_weight_s6': 'aaaorrrrrr',
+        'fc_tp_d2_weight_s7': 'aaorrrrr',
+        'fc_tp_d2_weight_s8': 'aaaorrrrr',
+        'fc_tp_d2_weight_s9': 'aaaorrrr',
+        'fc_tp_d2_weight_s10': 'aorrr',
+        'fc_tp_d2_weight_s11': 'aarrr',
+        'fc_tp_d2_weight_s12': 'or',
+        'conv_tp_s0': 'orrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr',
+        'conv_tp_d_s0': 'ooorrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr',
+        'conv_tp_d_s1': 'or',
+        'conv_tp_d2_h_s0': 'ooorrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr',
+        'conv_tp_d2_h_s1': 'or',
+        'conv_tp_d2_sh_s0': 'ooorrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr',
+        'conv_tp_d2_w_s0': 'ooorrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr',
+        'conv_tp_d2_w_s1': 'or',
+        'elementwise_tp_s0': 'orrsorsorsors',
+        'elementwise_tp_s1': 'orr',
+        'elementwise_tp_s2': 'orrsor',
+        'elementwise_tp_s3': 'orr',
+        'elementwise_tp_d_s0': 'orr',
+        'elementwise_tp_d_s1': 'orr',
+        'elementwise_tp_d_s2': 'orr',
+        'elementwise_tp_d_s3': 'orr',
+        'elementwise_tp_d_s4': 'orrsoro',
+        'elementwise_tp_d_s5': 'orr',
+        'elementwise_tp_d_s6': 'orr',
+        'elementwise_tp_d_s7': 'rrso',
+        'elementwise_tp_d_s8': 'orr',
+        'elementwise_tp_d_s9': 'orr',
+        'elementwise_tp_d_s10': 'orr',
+        'elementwise_tp_d_s11': 'orr',
+        'elementwise_tp_d_s12': 'orr',
+        'elementwise_tp_d_s13': 'orr',
+        'elementwise_tp_d_s14': 'orrsoro',
+        'elementwise_tp_d_s15': 'rrso',
+        'elementwise_tp_d_s16': 'orrso',
+        'elementwise_tp_d_s17': 'orrso',
+        'elementwise_tp_d_s18': 'orrsoro',
+        'elementwise_tp_d2_a_s0': 'orrsoro',
+        'elementwise_tp_d2_a_s1': 'orrsoro',
+        'elementwise_tp_d2_a_s2': 'orrsoro',
+        'elementwise_tp_d2_a_s3': 'orrsor',
+        'elementwise_tp_d2_a_s4': 'orr',
+        'elementwise_tp_d2_a_s5': 'orrso',
+        'elementwise_tp_d2_a_s6': 'orr',
+        'elementwise_tp_d2_a_s7': 'orr',
+        'elementwise_tp_d2_a_s8': 'orr',
+        'elementwise_tp_d2_a_s9': 'orrsor',
+        'elementwise_tp_d2_a_s10': 'orr',
+        'elementwise_tp_d2_a_s11': 'orr',
+        'elementwise_tp_d2_a_s12': 'orr',
+        'elementwise_tp_d2_a_s13': 'orrso',
+        'elementwise_tp_d2_a_s14': 'orr',
+        'elementwise_tp_d2_b_s0': 'orrsoro',
+        'elementwise_tp_d2_b_s1': 'orrsor',
+        'elementwise_tp_d2_b_s2': 'orrsor',
+        'elementwise_tp_d2_b_s3': 'orrsoro',
+        'elementwise_tp_d2_b_s4': 'orr',
+        'elementwise_tp_d2_b_s5': 'orrso',
+        'elementwise_tp_d2_b_s6': 'orr',
+        'elementwise_tp_d2_b_s7': 'orr',
+        'elementwise_tp_d2_b_s8': 'orr',
+        'elementwise_tp_d2_b_s9': 'orr',
+        'elementwise_tp_d2_b_s10': 'orrsoro',
+        'elementwise_tp_d2_b_s11': 'orr',
+        'elementwise_tp_d2_b_s12': 'orr',
+        'elementwise_tp_d2_b_s13': 'orrso',
+        'elementwise_tp_d2_b_s14': 'orr',
+        'elementwise_tp_d2_weight_s0': 'orrsoroorsor',
+        'elementwise_tp_d2_weight_s1': 'orrsorsor',
+        'elementwise_tp_d2_weight_s2': 'orrsorrsoro',
+        'elementwise_tp_d2_weight_s3': 'orr',
+        'elementwise_tp_d2_weight_s4': 'orrsoror',
+        'elementwise_tp_d2_weight_s5': 'orr',
+        'elementwise_tp_d2_weight_s6': 'orr',
+        'elementwise_tp_d2_weight_s7': 'orr',
+        'elementwise_tp_d2_weight_s8': 'orr',
+        'elementwise_tp_d2_weight_s9': 'orr',
+        'elementwise_tp_d2_weight_s10': 'orrsoro',
+        'elementwise_tp_d2_weight_s11': 'orr',
+        'elementwise_tp_d2_weight_s12': 'orr',
+        'elementwise_tp_d2_weight_s13': 'orr',
+        'elementwise_tp_d2_weight_s14': 'rrsoro',
+        'elementwise_tp_d2_weight_s15': 'orr',
+        'elementwise_tp_d2_weight_s16': 'orr',
+        'full_tp_s0': 'oorrsorsors',
+        'full_tp_d_s0': 'oorr',
+        'full_tp_d_s1': 'or',
+        'full_tp_d_s2': 'oororr',
+        'full_tp_d_s3': 'or',
+        'full_tp_d_s4': 'oror',
+        'full_tp_d_s5': 'oorr',
+        'full_tp_d_s6': 'oorr',
+        'full_tp_d_s7': 'oosrorr',
+        'full_tp_d_s8': 'sro',
+        'full_tp_d_s9': 'oorr',
+        'full_tp_d_s10': 'osrorr',
+        'full_tp_d_s11': 'or',
+        'full_tp_d_s12': 'oorr',
+        'full_tp_d_s13': 'oorr',
+        'full_tp_d_s14': 'oorr',
+        'full_tp_d_s15': 'osror',
+        'full_tp_d_s16': 'oorr',
+        'full_tp_d_s17': 'oorr',
+        'full_tp_d_s18': 'oorrso',
+        'full_tp_d2_a_s0': 'oorrsoro',
+        'full_tp_d2_a_s1': 'oorrsor',
+        'full_tp_d2_a_s2': 'osror',
+        'full_tp_d2_a_s3': 'or',
+        'full_tp_d2_a_s4': 'oorrsor',
+        'full_tp_d2_a_s5': 'oooorsrr',
+        'full_tp_d2_a_s6': 'oorr',
+        'full_tp_d2_a_s7': 'oorr',
+        'full_tp_d2_a_s8': 'sro',
+        'full_tp_d2_a_s9': 'oorr',
+        'full_tp_d2_a_s10': 'or',
+        'full_tp_d2_a_s11': 'oror',
+        'full_tp_d2_b_s0': 'oorrsor',
+        'full_tp_d2_b_s1': 'or',
+        'full_tp_d2_b_s2': 'oorrsor',
+        'full_tp_d2_b_s3': 'oorrsor',
+        'full_tp_d2_b_s4': 'osror',
+        'full_tp_d2_b_s5': 'or',
+        'full_tp_d2_b_s6': 'oorr',
+        'full_tp_d2_b_s7': 'oorr',
+        'full_tp_d2_b_s8': 'sro',
+        'full_tp_d2_b_s9': 'oorr',
+        'full_tp_d2_b_s10': 'or',
+        'full_tp_d2_b_s11': 'oror',
+        'full_tp_d2_weight_s0': 'oorrsor',
+        'full_tp_d2_weight_s1': 'oorrsorsor',
+        'full_tp_d2_weight_s2': 'oorr',
+        'full_tp_d2_weight_s3': 'oosrorrsor',
+        'full_tp_d2_weight_s4': 'oosrorr',
+        'full_tp_d2_weight_s5': 'oorr',
+        'full_tp_d2_weight_s6': 'oorr',
+        'full_tp_d2_weight_s7': 'oosrorr',
+        'full_tp_d2_weight_s8': 'oosrorr',
+        'full_tp_d2_weight_s9': 'or',
+        'full_tp_d2_weight_s10': 'oororr',
+        'full_tp_d2_weight_s11': 'or',
+        'full_tp_d2_weight_s12': 'ro',
+        'linear_s0': 'oorr',
+        'linear_s1': 'aorr',
+        'linear_s2': 'ar',
+        'linear_d_s0': 'or',
+        'linear_d_s1': 'oorr',
+        'linear_d_s2': 'or',
+        'linear_d_s3': 'aorr',
+        'linear_d_s4': 'ar',
+        'linear_d2_x_s0': 'oorr',
+        'linear_d2_x_s1': 'aorr',
+        'linear_d2_x_s2': 'or',
+        'linear_d2_x_s3': 'aorr',
+        'linear_d2_weight_s0': 'or',
+        'linear_d2_weight_s1': 'oorr',
+        'linear_d2_weight_s2': 'aorr',
+        'linear_d2_weight_s3': 'aorr',
+        'linear_d2_weight_s4': 'aorr',
+        'linear_d2_weight_s5': 'ar',
+        'tp_then_linear_s0': 'oorsrs',
+        'tp_then_linear_s1': 'arrrss',
+        'tp_then_linear_s2': 'oorr',
+        'tp_then_linear_s3': 'arrr',
+        'tp_then_linear_d_s0': 'oorsrs',
+        'tp_then_linear_d_s1': 'aooorrrssrrr',
+        'tp_then_linear_d_s2': 'oorr',
+        'tp_then_linear_d_s3': 'aoarrs',
+        'tp_then_linear_d_s4': 'or',
+        'tp_then_linear_d_s5': 'oorr',
+        'tp_then_linear_d_s6': 'aorrr',
+        'tp_then_linear_d_s7': 'aoaoorrrsr',
+        'tp_then_linear_d_s8': 'or',
+        'tp_then_linear_d_s9': 'aaorrrsr',
+        'tp_then_linear_d_s10': 'ar',
+        'tp_then_linear_d_s11': 'or',
+        'tp_then_linear_d2_x_s0': 'oorsr',
+        'tp_then_linear_d2_x_s1': 'or',
+        'tp_then_linear_d2_x_s2': 'aoorrrs',
+        'tp_then_linear_d2_x_s3': 'oaorrrr',
+        'tp_then_linear_d2_x_s4': 'aorr',
+        'tp_then_linear_d2_x_s5': 'oaoorrsr',
+        'tp_then_linear_d2_x_s6': 'or',
+        'tp_then_linear_d2_x_s7': 'aoaorrrsr',
+        'tp_then_linear_d2_x_s8': 'aorr',
+        'tp_then_linear_d2_x_s9': 'oorr',
+        'tp_then_linear_d2_x_s10': 'arrr',
+        'tp_then_linear_d2_x_s11': 'or',
+        'tp_then_linear_d2_y_s0': 'or',
+        'tp_then_linear_d2_y_s1': 'or',
+        'tp_then_linear_d2_y_s2': 'aoooorrsrs',
+        'tp_then_linear_d2_y_s3': 'aoarrrs',
+        'tp_then_linear_d2_y_s4': 'oarrs',
+        'tp_then_linear_d2_y_s5': 'aaoorrrsr',
+        'tp_then_linear_d2_y_s6': 'oorr',
+        'tp_then_linear_d2_y_s7': 'ar',
+        'tp_then_linear_d2_weight_s0': 'ooorsrs',
+        'tp_then_linear_d2_weight_s1': 'aooorrrssr',
+        'tp_then_linear_d2_weight_s2': 'or',
+        'tp_then_linear_d2_weight_s3': 'aorsr',
+        'tp_then_linear_d2_weight_s4': 'oorrrr',
+        'tp_then_linear_d2_weight_s5': 'oaaoorrrrsr',
+        'tp_then_linear_d2_weight_s6': 'or',
+        'tp_then_linear_d2_weight_s7': 'aarsr',
+        'tp_then_linear_d2_weight_s8': 'aorrr',
+        'tp_then_linear_d2_weight_s9': 'aarsr',
+        'tp_then_linear_d2_weight_s10': 'aorrr',
+        'tp_then_linear_d2_weight_s11': 'ar',
+        'tp_then_linear_d2_weight_s12': 'or',
+        'tp_then_linear_d2_weight_s13': 'or',
+        'tp_then_linear_d2_weight_s14': 'aorr',
+        'tp_then_linear_d2_weight_s15': 'ar',
+        'tp_then_linear_d2_weight_s16': 'aorr',
+        'tp_then_linear_d2_weight_s17': 'aoarrrs',
+        'tp_then_linear_d2_weight_s18': 'or',
+        'tp_then_linear_d2_weight_s19': 'aorr',
+        'tp_then_linear_d2_weight_s20': 'aorrr',
+        'tp_then_linear_d2_weight_s21': 'aoaorrrs',
+        'tp_then_linear_d2_weight_s22': 'or',
+        'tp_then_linear_d2_weight_s23': 'aaorrrsr',
+        'tp_then_linear_d2_weight_s24': 'ar',
+        'tp_then_linear_d2_weight_s25': 'or',
+    },
+)
+_ops.kernels = _native

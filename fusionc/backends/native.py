@@ -1,0 +1,179 @@
+"""Native CPU kernels: the row-local statements of a program as C, compiled at first use.
+
+The torch back end runs matrix products against shared weights and constants as torch.mm (the
+BLAS is as fast as it gets there), but most of a diagram's statements are small contractions
+within one row: x (32 × 3) with that row's (3 × 5·paths) CG map, per-row weights times a CG
+product, the adjoints of these. torch runs each as a batch of thousands of tiny matrix products
+(`bmm`, 13 GFLOP/s) or a chain of broadcast multiplications, with a dispatch and a trip through
+memory per step. Here every run of consecutive row-local statements becomes one C function: one
+loop over rows (split between threads), and per row each statement as a loop nest with static
+sizes, its temporaries in per-row buffers that never leave the cache.
+
+Per statement, the loop nest vectorises over one label (the largest; channels u/v/w when
+present): the operands that carry it are copied, per row, to buffers where it is the
+innermost axis, so the innermost loop is a contiguous multiply-add the C compiler turns into
+SIMD (or, when the label is summed, a vector reduction).
+
+The source is plain C99 + OpenMP, one function per segment, written for a `real` type the
+runtime defines as float or double. This module writes text only (no torch, no compiler).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+from fusionc.analysis.program import Einsum
+
+#: Labels at least this long are worth vectorising over.
+VECTOR_MIN = 4
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """Where a view lives inside a segment's row loop: a C pointer expression to the row's first
+    element of the view, contiguous in `labels` order (`shape` by label)."""
+
+    base: str
+    labels: str
+    shape: tuple[int, ...]
+
+    def squeezed(self) -> "Buffer":
+        kept = [(c, s) for c, s in zip(self.labels, self.shape) if s > 1]
+        return Buffer(self.base, "".join(c for c, _ in kept), tuple(s for _, s in kept))
+
+
+def _index(b: Buffer) -> str:
+    """The offset of element (labels...) in b, from the loop variables `_<label>`."""
+    terms, stride = [], 1
+    for c, s in reversed(list(zip(b.labels, b.shape))):
+        terms.append(f"_{c}" if stride == 1 else f"_{c} * {stride}")
+        stride *= s
+    return " + ".join(reversed(terms)) or "0"
+
+
+def _loops(labels: str, sizes: dict[str, int], depth: int) -> tuple[list[str], int]:
+    lines = []
+    for c in labels:
+        lines.append("    " * depth + f"for (int _{c} = 0; _{c} < {sizes[c]}; ++_{c})")
+        depth += 1
+    return lines, depth
+
+
+class SegmentWriter:
+    """The body of one segment's row loop, statement by statement."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.scratch = 0
+        self.copies: dict[tuple[str, str], Buffer] = {}  # (base, order) -> per-row copy of a read-only view
+
+    def _emit(self, lines: list[str], depth: int = 2) -> None:
+        self.lines.extend("    " * depth + line for line in lines)
+
+    def _name(self, prefix: str) -> str:
+        self.scratch += 1
+        return f"{prefix}{self.scratch}"
+
+    def _reordered(self, b: Buffer, order: str, read_only: bool) -> Buffer:
+        """b copied to a per-row buffer whose labels are in `order`."""
+        key = (b.base, order)
+        if read_only and key in self.copies:
+            return self.copies[key]
+        sizes = dict(zip(b.labels, b.shape))
+        out = Buffer(self._name("t"), order, tuple(sizes[c] for c in order))
+        loops, depth = _loops(b.labels, sizes, 0)
+        self._emit([f"real {out.base}[{prod(out.shape)}];", *loops,
+                    "    " * depth + f"{out.base}[{_index(out)}] = {b.base}[{_index(b)}];"])
+        if read_only:
+            self.copies[key] = out
+        return out
+
+    def statement(self, s: Einsum, out: Buffer, operands: list[tuple[Buffer, bool]]) -> None:
+        """out += s.coeff · Π operands, summed over the labels out lacks. `operands` pairs each
+        buffer with whether it is read-only within the segment (its copies can be shared)."""
+        out = out.squeezed()
+        ops = [(b.squeezed(), ro) for b, ro in operands]
+        sizes: dict[str, int] = {}
+        for b in [out] + [b for b, _ in ops]:
+            sizes.update(zip(b.labels, b.shape))
+        summed = "".join(sorted(set("".join(b.labels for b, _ in ops)) - set(out.labels)))
+        long = [c for c in sizes if sizes[c] >= VECTOR_MIN]
+        vector = max(long, key=lambda c: (sizes[c], c in out.labels, c)) if long else None
+        self._emit([f"/* {s.note} */" if s.note else f"/* {','.join(v.labels for v in s.operands)}->{s.out.labels} */"])
+        coeff = "" if s.coeff == 1.0 else f"(real){s.coeff!r} * "
+        if len(ops) == 1 and not summed:  # a (scaled, reordered) copy: one pass in the output's order
+            (a, _), = ops
+            loops, depth = _loops(out.labels, sizes, 0)
+            self._emit([*loops, "    " * depth + f"{out.base}[{_index(out)}] += {coeff}{a.base}[{_index(a)}];"])
+            return
+        if vector is not None:
+            ops = [(self._reordered(b, b.labels.replace(vector, "") + vector, ro)
+                    if vector in b.labels and b.labels[-1] != vector else b, ro) for b, ro in ops]
+        work = out
+        if vector is not None and vector in out.labels and out.labels[-1] != vector:
+            order = out.labels.replace(vector, "") + vector
+            work = Buffer(self._name("w"), order, tuple(sizes[c] for c in order))
+            self._emit([f"real {work.base}[{prod(work.shape)}] = {{0}};"])
+        product = " * ".join(f"{b.base}[{_index(b)}]" for b, _ in ops) or "(real)1"
+        if vector is not None and vector in summed:  # a vector reduction per output element
+            outer = "".join(c for c in work.labels)
+            loops, depth = _loops(outer, sizes, 0)
+            inner, end = _loops(summed.replace(vector, "") + vector, sizes, depth + 1)
+            self._emit([*loops, "    " * depth + "{", "    " * (depth + 1) + "real acc = 0;", *inner,
+                        "    " * end + f"acc += {product};",
+                        "    " * (depth + 1) + f"{work.base}[{_index(work)}] += {coeff}acc;", "    " * depth + "}"])
+        else:
+            first = "".join(c for c in work.labels if c != vector) + summed
+            loops, depth = _loops(first + (vector or ""), sizes, 0)
+            self._emit([*loops, "    " * depth + f"{work.base}[{_index(work)}] += {coeff}{product};"])
+        if work is not out:
+            loops, depth = _loops(out.labels, sizes, 0)
+            self._emit([*loops, "    " * depth + f"{out.base}[{_index(out)}] += {work.base}[{_index(work)}];"])
+
+
+@dataclass(frozen=True)
+class Argument:
+    """A tensor the segment reads or writes: a C parameter named `name`; `rows` when it is (n, ...)
+    with a row stride, `numel` the elements per row (or in all, for a shared one). `kind`: `r` read
+    (rows), `s` read (shared), `o` written (zeroed per row first), `a` accumulated into."""
+
+    name: str
+    rows: bool
+    numel: int
+    kind: str
+
+
+def segment_function(name: str, arguments: list[Argument], locals_: dict[str, int], body: list[str]) -> str:
+    """A C function running `body` for every row: `void name(int64_t n, int threads, <per argument:
+    pointer, row stride>)`. Outputs `o` are zeroed per row before the body accumulates into them."""
+    params = ["int64_t n", "int threads"]
+    setup = []
+    for a in arguments:
+        const = "" if a.kind in "oa" else "const "
+        params.append(f"{const}real *restrict {a.name.upper()}")
+        params.append(f"int64_t {a.name}_stride")
+        if a.rows:
+            setup.append(f"{const}real *restrict {a.name} = {a.name.upper()} + z * {a.name}_stride;")
+        else:
+            setup.append(f"{const}real *restrict {a.name} = {a.name.upper()};")
+        if a.kind == "o":
+            setup.append(f"memset({a.name}, 0, sizeof(real) * {a.numel});")
+    for local, size in locals_.items():
+        setup.append(f"real {local}[{size}] = {{0}};")
+    lines = [f"void {name}({', '.join(params)})", "{",
+             "    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)",
+             "    for (int64_t z = 0; z < n; ++z) {"]
+    lines += ["        " + line for line in setup]
+    lines += body
+    lines += ["    }", "}"]
+    return "\n".join(lines)
+
+
+#: What the runtime puts before a program's functions when it compiles them.
+HEADER = """\
+/* Row-local statements of a fusionc program as C (fusionc/backends/native.py): per function,
+ * one loop over rows. `real` is float or double, defined when the runtime compiles. */
+#include <stdint.h>
+#include <string.h>
+"""

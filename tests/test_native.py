@@ -1,0 +1,190 @@
+"""Native CPU kernels: every program's CPU version (its row-local statements as compiled C) gives
+what its torch code gives, for every diagram of the standard library and random diagrams of each
+mode, in float64 and float32; the ops run them on the CPU by default; a missing compiler, a
+failing one and FUSIONC_NATIVE=0 behave as documented. The torch code itself is checked against
+autograd (test_derivatives), dense einsums and e3nn (test_numeric, test_e3nn_parity)."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import pytest
+import torch
+
+import fusionc
+from fusionc.runtime import native
+from fusionc.testing import random_diagram, random_inputs, random_nary_diagram
+
+from conftest import KERNELS
+
+
+def _programs(module):
+    """(name, torch function, CPU function) of every program that has a CPU version."""
+    for name, cpu in sorted(vars(module).items()):
+        if name.endswith("_cpu") and callable(cpu):
+            yield name[:-4], getattr(module, name[:-4]), cpu
+
+
+def _arguments(fn, diagram, module_cls, rows: int, dtype: torch.dtype, g: torch.Generator) -> list:
+    """Inputs for a program: the diagram's rows, then cotangents of the sizes its docstring gives."""
+    module = module_cls(dtype=dtype)
+    inputs = random_inputs(module, diagram, rows, g, dtype)
+    names = list(inspect.signature(fn).parameters)
+    given = {i.name: x for i, x in zip(diagram.inputs, inputs)}
+    doc = fn.__doc__.split("->")[0]
+    args = []
+    for name in names[:names.index("weight")]:
+        if name in given:
+            args.append(given[name])
+        elif f"{name} (n, " in doc:
+            size = int(doc.split(f"{name} (n, ")[1].split(")")[0])
+            args.append(torch.randn(rows, size, generator=g, dtype=dtype))
+        else:
+            size = int(doc.split(f"{name} (")[1].split(",)")[0])
+            args.append(torch.randn(size, generator=g, dtype=dtype))
+    weight = torch.randn(module.weight.shape, generator=g, dtype=dtype)
+    return args + [weight, *module.constants()]
+
+
+def _check_module(ops, rows: int = 37) -> int:
+    checked = 0
+    for diagram in ops.diagrams:
+        for name, reference, cpu in _programs(ops.module):
+            if name != f"_{diagram.name}" and not name.startswith(f"_{diagram.name}_d"):
+                continue
+            for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
+                g = torch.Generator().manual_seed(7)
+                args = _arguments(reference, diagram, getattr(ops, diagram.name), rows, dtype, g)
+                want, got = reference(*args), cpu(*args)
+                assert len(got) == len(want)
+                for a, b in zip(got, want):
+                    assert a.shape == b.shape and a.dtype == b.dtype
+                    scale = b.abs().max() if b.numel() else 0
+                    assert not b.numel() or (a - b).abs().max() <= tolerance * max(float(scale), 1.0), name
+            checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("path", KERNELS, ids=lambda p: p.stem)
+def test_every_program_of_the_standard_library(path):
+    assert _check_module(fusionc.load(path)) > 0
+
+
+@pytest.mark.parametrize("mode", ["uvw", "uvu", "uuu", "uvuv"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_products(mode, seed):
+    assert _check_module(fusionc.loads(random_diagram(seed, mode, lmax=3, max_mul=8)), rows=19) > 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_nary_diagrams(seed):
+    assert _check_module(fusionc.loads(random_nary_diagram(seed)), rows=19) > 0
+
+
+_SOURCE = """
+group O3
+diagram tp {
+    in  x : 8x0e + 8x1o + 8x2e
+    in  y : 0e + 1o + 2e
+    out z : 8x0e + 8x1o + 8x2e
+    z = fuse(x, y) mix uvw
+}
+"""
+
+
+def _counting(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    run = native.NativeKernels.run
+
+    def counted(self, name, n, *tensors):
+        calls.append(name)
+        return run(self, name, n, *tensors)
+
+    monkeypatch.setattr(native.NativeKernels, "run", counted)
+    return calls
+
+
+def test_cpu_ops_run_native_kernels_by_default_and_torch_code_when_disabled(monkeypatch):
+    ops = fusionc.loads(_SOURCE)
+    module = ops.tp(dtype=torch.float64)
+    x = torch.randn(50, 72, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(50, 9, dtype=torch.float64, requires_grad=True)
+    calls = _counting(monkeypatch)
+    out = module(x, y)
+    grads = torch.autograd.grad(out.pow(2).sum(), (x, y, module.weight))
+    assert any(c.startswith("tp_s") for c in calls) and any(c.startswith("tp_d_s") for c in calls)
+    calls.clear()
+    monkeypatch.setenv("FUSIONC_NATIVE", "0")
+    out0 = module(x, y)
+    grads0 = torch.autograd.grad(out0.pow(2).sum(), (x, y, module.weight))
+    assert calls == []
+    torch.testing.assert_close(out, out0, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads, grads0):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_gradcheck_through_native_kernels():
+    ops = fusionc.loads(_SOURCE)
+    module = ops.tp(dtype=torch.float64)
+    x = torch.randn(4, 72, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(4, 9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(module, (x, y))
+    assert torch.autograd.gradgradcheck(module, (x, y))
+
+
+def test_strided_inputs_and_thread_counts_give_the_same_result():
+    ops = fusionc.loads(_SOURCE)
+    module = ops.tp(dtype=torch.float64)
+    wide = torch.randn(300, 100, dtype=torch.float64)
+    x, y = wide[:, 3:75], wide[:, 80:89]  # rows of a wider tensor: a row stride of 100
+    want = module(x.contiguous(), y.contiguous())
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            torch.testing.assert_close(module(x, y), want, rtol=1e-13, atol=1e-13)
+    finally:
+        torch.set_num_threads(threads)
+    assert module(x[:0], y[:0]).shape == (0, 72)
+
+
+def test_without_a_compiler_ops_warn_once_and_run_torch_code(monkeypatch):
+    ops = fusionc.loads(_SOURCE)
+    module = ops.tp(dtype=torch.float32)
+    x, y = torch.randn(20, 72), torch.randn(20, 9)
+    want = module(x, y)
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setattr(native, "_warned", False)
+    calls = _counting(monkeypatch)
+    with pytest.warns(UserWarning, match="no C compiler"):
+        got = module(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module(x, y)  # once only
+    assert calls == []
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_failing_compile_is_an_error_and_leaves_no_cache_entry(monkeypatch, tmp_path):
+    monkeypatch.setenv("FUSIONC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("FUSIONC_NATIVE_FLAGS", "-O1 -this-flag-does-not-exist")
+    ops = fusionc.loads(_SOURCE.replace("tp", "tq"))
+    module = ops.tq(dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="compiling native kernels"):
+        module(torch.randn(3, 72), torch.randn(3, 9))
+    assert not list((tmp_path / "native").glob("*.so"))
+    assert not [p for p in (tmp_path / "native").iterdir() if p.name.startswith(".build")]
+    monkeypatch.delenv("FUSIONC_NATIVE_FLAGS")
+    assert module(torch.randn(3, 72), torch.randn(3, 9)).shape == (3, 72)
+    assert list((tmp_path / "native").glob("*.so"))
+
+
+def test_kernel_arguments_are_checked():
+    ops = fusionc.loads(_SOURCE)
+    kernels = ops.module._native
+    name = next(n for n in kernels.kinds if n.startswith("tp_s"))
+    tensors = [torch.zeros(4, 200) for _ in kernels.kinds[name]]
+    tensors[-1] = tensors[-1].double()
+    with pytest.raises(ValueError, match="must be torch.float32 on the CPU, got torch.float64"):
+        kernels.run(name, 4, *tensors)
