@@ -77,6 +77,12 @@ def test_random_products(mode, seed):
     assert _check_module(fusionc.loads(random_diagram(seed, mode, lmax=3, max_mul=8)), rows=19) > 0
 
 
+def test_random_product_whose_float64_kernels_faulted():
+    """gcc placed a per-row buffer 16 bytes off the alignment its vector stores assumed (before
+    buffers were declared aligned): a segmentation fault in float64."""
+    assert _check_module(fusionc.loads(random_diagram(24, "uvw")), rows=8) > 0
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_nary_diagrams(seed):
     assert _check_module(fusionc.loads(random_nary_diagram(seed)), rows=19) > 0

@@ -459,14 +459,20 @@ def prune(p: Program) -> Program:
 #: against about 95 GFLOP/s for (2,000·5 × 32)·(32 × 32).
 BATCHED_PENALTY = 16
 
+#: The same for the CPU's native kernels (`fusionc.backends.native`), which run such products
+#: within each row: fc_tp's (32 × 5)·(5 × 10) per row at about 30 GFLOP/s, against about 130 for
+#: its matrix products in the same program.
+NATIVE_PENALTY = 4
 
-def pair_cost(a: str, b: str, kept: str, sizes: dict[str, int]) -> float:
+
+def pair_cost(a: str, b: str, kept: str, sizes: dict[str, int], penalty: float = BATCHED_PENALTY) -> float:
     """Cost of forming `kept` from operands labelled `a` and `b`: FLOPs, weighted by how well the
-    CPU runs that kind of product, plus the elements written."""
+    CPU runs that kind of product (`penalty` for products batched over rows), plus the elements
+    written."""
     labels = set(a) | set(b)
     flops = 2 * prod(sizes[c] for c in labels)
     batched = "z" in a and "z" in b and "z" in kept and labels - set(kept)
-    return flops * (BATCHED_PENALTY if batched else 1) + prod(sizes[c] for c in kept)
+    return flops * (penalty if batched else 1) + prod(sizes[c] for c in kept)
 
 
 def view_layout(v: View, t: Tensor, rows: int = PLANNING_ROWS) -> Strided:
@@ -476,13 +482,17 @@ def view_layout(v: View, t: Tensor, rows: int = PLANNING_ROWS) -> Strided:
     return row_view(v.labels, (rows, *v.shape) if t.rows else v.shape, t.size if t.rows else None)
 
 
-def factorize(p: Program, rows: int = PLANNING_ROWS) -> Program:
+def factorize(p: Program, rows: int = PLANNING_ROWS, penalty: float = BATCHED_PENALTY,
+              ahead: bool = False) -> Program:
     """Split every contraction of three or more operands into pairwise ones, in the order of least
     `pair_cost`; a pairwise intermediate that several statements form (the cotangent with the
     weights, shared by the gradients of both operands) is formed once, and costs nothing the
     second time, so orders that share are preferred. Each intermediate's labels are ordered as
     its matrix product writes them and, if it can be, as the product reading it needs them
-    (`fusionc.analysis.layout`), so that neither copies it."""
+    (`fusionc.analysis.layout`), so that neither copies it. With `ahead`, a pair that later
+    statements could share too costs its share only: for fc_tp's gradients, cotangent·weights,
+    shared by those of x and of y's map, rather than cotangent·map, which ties with it for x's
+    alone (three matrix products per group of paths become two)."""
     tensors = dict(p.tensors)
     formed: dict[tuple, View] = {}
     statements: list[Statement] = []
@@ -503,10 +513,11 @@ def factorize(p: Program, rows: int = PLANNING_ROWS) -> Program:
 
         return min(candidates, key=copies)
 
-    for s in p.statements:
+    for position, s in enumerate(p.statements):
         if not isinstance(s, Einsum) or len(s.operands) < 3:
             statements.append(s)
             continue
+        upcoming = [t.operands for t in p.statements[position:] if isinstance(t, Einsum) and len(t.operands) >= 3]
         sizes = {"z": rows}
         for v in s.operands:
             sizes.update(zip(v.labels.replace("z", ""), v.shape))
@@ -519,7 +530,7 @@ def factorize(p: Program, rows: int = PLANNING_ROWS) -> Program:
             for step, pair in enumerate(order):
                 a, b = (operands[k] for k in pair)
                 if step == len(order) - 1:  # the statement itself: out = a · b
-                    total += pair_cost(a.labels, b.labels, s.out.labels, sizes)
+                    total += pair_cost(a.labels, b.labels, s.out.labels, sizes, penalty)
                     break
                 for k in sorted(pair, reverse=True):
                     operands.pop(k)
@@ -527,7 +538,8 @@ def factorize(p: Program, rows: int = PLANNING_ROWS) -> Program:
                 kept = "".join(sorted(set(a.labels + b.labels) & later, key=lambda c: (c != "z", c)))
                 found = (tuple(sorted((a, b), key=repr)), kept)  # formed once, whatever its layout
                 if found not in formed:
-                    total += pair_cost(a.labels, b.labels, kept, sizes)
+                    sharers = sum(1 for ops in upcoming if a in ops and b in ops) if ahead else 1
+                    total += pair_cost(a.labels, b.labels, kept, sizes, penalty) / max(sharers, 1)
                     if not build:
                         operands.append(View("?", 0, tuple(sizes[c] for c in kept if c != "z"), kept))
                         continue

@@ -23,8 +23,8 @@ from math import prod
 from fusionc.analysis.layout import matrix_copies, plan_pair, row_view
 from fusionc.backends import native
 from fusionc.analysis.plan import DiagramPlan, plan_diagram
-from fusionc.analysis.program import (Einsum, Gather, Program, Statement, Tensor, View, derivative, factorize,
-                                      lower, view_layout, PLANNING_ROWS)
+from fusionc.analysis.program import (NATIVE_PENALTY, PLANNING_ROWS, Einsum, Gather, Program, Statement, Tensor,
+                                      View, derivative, factorize, lower, view_layout)
 from fusionc.ir.diagram import CouplingVertex, Diagram
 from fusionc.version import __version__
 
@@ -665,7 +665,7 @@ def emit_module(diagrams: tuple[Diagram, ...], source: str, filename: str, backe
                 if kernels is not None:
                     count = len(kernels)
                     f = CodeWriter()
-                    _emit_program(f, factorized, kernels)
+                    _emit_program(f, factorize(p, penalty=NATIVE_PENALTY, ahead=True), kernels)
                     if len(kernels) > count:  # it has row-local statements
                         blocks.append(_free_dead_locals(f.lines))
                         cpu[p.name] = f"_{p.name}_cpu"

@@ -14,7 +14,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['cormorant_cg', 'cormorant_message']
 
-_ops = rt.OpNamespace("fusionc_fa5ebd7ced5f7905")
+_ops = rt.OpNamespace("fusionc_626a1cb6462b3dfa")
 
 
 def _cormorant_cg(
@@ -418,15 +418,16 @@ def _cormorant_cg_d_cpu(
     # p9 = (p2 ⊗ p4) -> 16x2
     _p9 = torch.mm(_c4.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c4
-    _c5 = weight.new_empty(n, 400)
+    _c5 = weight.new_empty(n, 80)
+    _p10 = weight.new_empty(n, 16)
+    _c6 = weight.new_empty(n, 400)
     # p10 = (p4 ⊗ p4) -> 16x0
-    _native.run('cormorant_cg_d_s2', n, p, _c5, _p8, weight[80:96].view(16), _p9, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
-    _p10 = torch.mm(_c5.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # p11 = (p4 ⊗ p4) -> 16x2
-    _p11 = torch.mm(_c5.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
-    del _c5
+    _native.run('cormorant_cg_d_s2', n, p, _c5, _p10, _c6, _p8, weight[80:96].view(16), _p9, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, f[:, 64:144].reshape(n, 16, 5), weight[112:128].view(16))
+    _p11 = torch.mm(_c6.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c6
     _copy0 = weight.new_empty(n, 80)
-    _native.run('cormorant_cg_d_s3', n, p, _copy0, _p10, weight[112:128].view(16), _p11, weight[128:144].view(16), d_g[:, 64:144].reshape(n, 16, 5))
+    _native.run('cormorant_cg_d_s3', n, p, _copy0, _p11, weight[128:144].view(16), d_g[:, 64:144].reshape(n, 16, 5))
     # ∂/∂f: 16x2 -> 16x2
     _mm0 = torch.mm(_copy0.reshape(n, 5, 16).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16)  # ziw,uw->ziu
     d_f = weight.new_empty(n, 144)
@@ -481,115 +482,89 @@ def _cormorant_cg_d_cpu(
     del _mm5, _p11
     d_weight_6 = torch.bmm((_copy6.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy7.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
     del _copy7
-    _c6 = weight.new_empty(n, 400)
-    # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d_s11', n, _c6, d__p11, f[:, 64:144].reshape(n, 16, 5))
-    _mm6 = torch.mm(_c6.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
-    del _c6
     _c7 = weight.new_empty(n, 400)
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d_s12', n, d_f, _c7, _mm6, d__p11, f[:, 64:144].reshape(n, 16, 5))
-    del _mm6, d__p11
-    _mm7 = torch.mm(_c7.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _native.run('cormorant_cg_d_s11', n, _c7, d__p11, f[:, 64:144].reshape(n, 16, 5))
+    _mm6 = torch.mm(_c7.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
     del _c7
+    _c8 = weight.new_empty(n, 400)
+    # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d_s12', n, d_f, _c8, _mm6, d__p11, f[:, 64:144].reshape(n, 16, 5))
+    del _mm6, d__p11
+    _mm7 = torch.mm(_c8.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c8
     d__p10 = weight.new_empty(n, 16)
     _native.run('cormorant_cg_d_s13', n, d_f, d__p10, _mm7, d_p, weight[112:128].view(16))
     del _mm7
-    d_weight_7 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    d_weight_7 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del _p10
     d__p9 = weight.new_empty(n, 80)
     _copy8 = weight.new_empty(n, 80)
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _native.run('cormorant_cg_d_s14', n, d_f, d__p9, _copy8, d__p10, f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, f[:, 64:144].reshape(n, 16, 5), d_p, weight[96:112].view(16), _p9)
-    del _p9, d__p10
+    _native.run('cormorant_cg_d_s14', n, d_f, d__p9, _copy8, d__p10, f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, _c5, d_p, weight[96:112].view(16), _p9)
+    del _c5, _p9, d__p10
     d_weight_8 = torch.bmm((_copy6.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy8.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
     del _copy8
-    _c10 = weight.new_empty(n, 400)
-    # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d_s15', n, _c10, d__p9, f[:, 64:144].reshape(n, 16, 5))
-    _mm8 = torch.mm(_c10.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
-    del _c10
-    _c11 = weight.new_empty(n, 240)
-    # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d_s16', n, d_f, _c11, _mm8, d__p9, f[:, 16:64].reshape(n, 16, 3))
-    del _mm8, d__p9
-    _mm9 = torch.mm(_c11.reshape(n, 16, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
-    del _c11
     d__p8 = weight.new_empty(n, 48)
     _copy9 = weight.new_empty(n, 48)
     _copy10 = weight.new_empty(n, 48)
-    _native.run('cormorant_cg_d_s17', n, d_f, d__p8, _copy9, _copy10, _mm9, d_p, weight[80:96].view(16), _p8)
-    del _mm9, _p8
+    # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d_s15', n, d_f, d__p8, _copy9, _copy10, d__p9, cg_1_2_2, f[:, 64:144].reshape(n, 16, 5), f[:, 16:64].reshape(n, 16, 3), d_p, weight[80:96].view(16), _p8)
+    del _p8, d__p9
     d_weight_9 = torch.bmm((_copy9.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy10.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
     del _copy10
-    _c12 = weight.new_empty(n, 240)
+    _c11 = weight.new_empty(n, 240)
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _native.run('cormorant_cg_d_s18', n, _c12, d__p8, f[:, 64:144].reshape(n, 16, 5))
-    _mm10 = torch.mm(_c12.reshape(n, 16, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _native.run('cormorant_cg_d_s16', n, _c11, d__p8, f[:, 64:144].reshape(n, 16, 5))
+    _mm8 = torch.mm(_c11.reshape(n, 16, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c11
+    _c12 = weight.new_empty(n, 144)
+    # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    _native.run('cormorant_cg_d_s17', n, d_f, _c12, _mm8, d__p8, f[:, 16:64].reshape(n, 16, 3))
+    del _mm8, d__p8
+    _mm9 = torch.mm(_c12.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c12
-    _c13 = weight.new_empty(n, 144)
-    # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _native.run('cormorant_cg_d_s19', n, d_f, _c13, _mm10, d__p8, f[:, 16:64].reshape(n, 16, 3))
-    del _mm10, d__p8
-    _mm11 = torch.mm(_c13.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
-    del _c13
     d__p7 = weight.new_empty(n, 80)
     _copy11 = weight.new_empty(n, 80)
-    _native.run('cormorant_cg_d_s20', n, d_f, d__p7, _copy11, _mm11, d_p, weight[64:80].view(16), _p7)
-    del _mm11, _p7
+    _native.run('cormorant_cg_d_s18', n, d_f, d__p7, _copy11, _mm9, d_p, weight[64:80].view(16), _p7)
+    del _mm9, _p7
     d_weight_10 = torch.bmm((_copy6.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy11.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
     del _copy11
-    _c14 = weight.new_empty(n, 240)
-    # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _native.run('cormorant_cg_d_s21', n, _c14, d__p7, f[:, 16:64].reshape(n, 16, 3))
-    _mm12 = torch.mm(_c14.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
-    del _c14
-    _c15 = weight.new_empty(n, 240)
-    # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _native.run('cormorant_cg_d_s22', n, d_f, _c15, _mm12, d__p7, f[:, 16:64].reshape(n, 16, 3))
-    del _mm12, d__p7
-    _mm13 = torch.mm(_c15.reshape(n, 16, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
-    del _c15
     d__p6 = weight.new_empty(n, 16)
-    _native.run('cormorant_cg_d_s23', n, d_f, d__p6, _mm13, d_p, weight[48:64].view(16))
-    del _mm13
+    # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    _native.run('cormorant_cg_d_s19', n, d_f, d__p6, d__p7, cg_1_1_2, f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3), d_p, weight[48:64].view(16))
+    del d__p7
     d_weight_11 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del _p6
     d__p5 = weight.new_empty(n, 80)
     _copy12 = weight.new_empty(n, 80)
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _native.run('cormorant_cg_d_s24', n, d_f, d__p5, _copy12, d__p6, f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, f[:, 16:64].reshape(n, 16, 3), d_p, weight[32:48].view(16), _p5)
+    _native.run('cormorant_cg_d_s20', n, d_f, d__p5, _copy12, d__p6, f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, f[:, 16:64].reshape(n, 16, 3), d_p, weight[32:48].view(16), _p5)
     del _p5, d__p6
     d_weight_12 = torch.bmm((_copy6.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy12.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
     del _copy12, _copy6
-    _c18 = weight.new_empty(n, 400)
-    # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d_s25', n, _c18, d__p5, f[:, 64:144].reshape(n, 16, 5))
-    _mm14 = torch.mm(_c18.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
-    del _c18
     d__p3 = weight.new_empty(n, 48)
     _copy13 = weight.new_empty(n, 48)
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d_s26', n, d_f, d__p3, _copy13, _mm14, d__p5, f[:, 0:16].reshape(n, 16, 1), cg_0_2_2, d_p, weight[16:32].view(16), _p3)
-    del _mm14, _p3, d__p5
+    # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d_s21', n, d_f, d__p3, _copy13, d__p5, cg_0_2_2, f[:, 64:144].reshape(n, 16, 5), f[:, 0:16].reshape(n, 16, 1), d_p, weight[16:32].view(16), _p3)
+    del _p3, d__p5
     d_weight_13 = torch.bmm((_copy9.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy13.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
     del _copy13, _copy9
-    _c20 = weight.new_empty(n, 144)
-    # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _native.run('cormorant_cg_d_s27', n, _c20, d__p3, f[:, 16:64].reshape(n, 16, 3))
-    _mm15 = torch.mm(_c20.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
-    del _c20
     d__p1 = weight.new_empty(n, 16)
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _native.run('cormorant_cg_d_s28', n, d_f, d__p1, _mm15, d__p3, f[:, 0:16].reshape(n, 16, 1), cg_0_1_1, d_p, weight[0:16].view(16))
-    del _mm15, d__p3
+    # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    _native.run('cormorant_cg_d_s22', n, d_f, d__p1, d__p3, cg_0_1_1, f[:, 16:64].reshape(n, 16, 3), f[:, 0:16].reshape(n, 16, 1), d_p, weight[0:16].view(16))
+    del d__p3
     d_weight_14 = torch.bmm((d_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del _p1, d_p
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _native.run('cormorant_cg_d_s29', n, d_f, d__p1, f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, f[:, 0:16].reshape(n, 16, 1))
+    _native.run('cormorant_cg_d_s23', n, d_f, d__p1, f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, f[:, 0:16].reshape(n, 16, 1))
     del d__p1
     d_weight = torch.cat([
         d_weight_14.reshape(16),
@@ -933,217 +908,187 @@ def _cormorant_cg_d2_f_cpu(
     d2_weight_0 = torch.bmm((d2_d__p1.reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del d2_d__p1
     d2_d__p3 = weight.new_empty(n, 48)
-    _c5 = weight.new_empty(n, 144)
-    # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _native.run('cormorant_cg_d2_f_s4', n, d2_d__p3, _c5, d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 0:16].reshape(n, 16, 1), cg_0_1_1, d__p3)
-    _mm3 = torch.mm(_c5.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
-    del _c5
     _copy2 = weight.new_empty(n, 48)
     _copy3 = weight.new_empty(n, 48)
     # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
     # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _native.run('cormorant_cg_d2_f_s5', n, d2_f, d2_d__p3, d2_d_p, _copy2, _copy3, _mm3, d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3), cg_0_1_1, d__p3, weight[16:32].view(16), d_p)
-    del _mm3, d2_d__p3, d__p3
+    # ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    # ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
+    _native.run('cormorant_cg_d2_f_s4', n, d2_d__p3, d2_f, d2_d_p, _copy2, _copy3, d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 0:16].reshape(n, 16, 1), cg_0_1_1, d__p3, d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 16:64].reshape(n, 16, 3), weight[16:32].view(16), d_p)
+    del d2_d__p3, d__p3
     d2_weight_1 = torch.bmm((_copy2.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy3.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
     del _copy2
     d2_d__p5 = weight.new_empty(n, 80)
-    _c9 = weight.new_empty(n, 400)
-    # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d2_f_s6', n, d2_d__p5, _c9, d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 0:16].reshape(n, 16, 1), cg_0_2_2, d__p5)
-    _mm4 = torch.mm(_c9.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
-    del _c9
     _copy4 = weight.new_empty(n, 80)
     _copy5 = weight.new_empty(n, 80)
     # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
     # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d2_f_s7', n, d2_f, d2_d__p5, d2_d_p, _copy4, _copy5, _mm4, d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 64:144].reshape(n, 16, 5), cg_0_2_2, d__p5, weight[32:48].view(16), d_p)
-    del _mm4, d2_d__p5, d__p5
+    # ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    # ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d2_f_s5', n, d2_d__p5, d2_f, d2_d_p, _copy4, _copy5, d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 0:16].reshape(n, 16, 1), cg_0_2_2, d__p5, d2_d_f[:, 0:16].reshape(n, 16, 1), f[:, 64:144].reshape(n, 16, 5), weight[32:48].view(16), d_p)
+    del d2_d__p5, d__p5
     d2_weight_2 = torch.bmm((_copy4.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy5.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
     del _copy4
-    _c12 = weight.new_empty(n, 144)
+    _c10 = weight.new_empty(n, 144)
     # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _native.run('cormorant_cg_d2_f_s8', n, _c12, d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
-    _mm5 = torch.mm(_c12.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    _native.run('cormorant_cg_d2_f_s6', n, _c10, d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
+    _mm3 = torch.mm(_c10.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     d2_d__p6 = weight.new_empty(n, 16)
-    _c14 = weight.new_empty(n, 144)
+    _c12 = weight.new_empty(n, 144)
     # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     # ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _native.run('cormorant_cg_d2_f_s9', n, d2_d__p6, d2_f, _c14, _mm5, d2_d_f[:, 16:64].reshape(n, 16, 3), d__p6, cg_1_1_0, d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
-    del _mm5
-    _mm6 = torch.mm(_c14.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
+    _native.run('cormorant_cg_d2_f_s7', n, d2_d__p6, d2_f, _c12, _mm3, d2_d_f[:, 16:64].reshape(n, 16, 3), d__p6, cg_1_1_0, d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3))
+    del _mm3
+    _mm4 = torch.mm(_c12.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_0.permute(2, 0, 1).reshape(1, 9).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _native.run('cormorant_cg_d2_f_s10', n, d2_d__p6, d2_f, d2_d_p, _mm6, d2_d_f[:, 16:64].reshape(n, 16, 3), d__p6, cg_1_1_0, weight[48:64].view(16))
-    del _mm6, d__p6
+    _native.run('cormorant_cg_d2_f_s8', n, d2_d__p6, d2_f, d2_d_p, _mm4, d2_d_f[:, 16:64].reshape(n, 16, 3), d__p6, cg_1_1_0, weight[48:64].view(16))
+    del _mm4, d__p6
     d2_weight_3 = torch.bmm((d2_d__p6.reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del d2_d__p6
     # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _mm7 = torch.mm(_c12.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
-    del _c12
+    _mm5 = torch.mm(_c10.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c10
     d2_d__p7 = weight.new_empty(n, 80)
-    _c16 = weight.new_empty(n, 240)
+    _c14 = weight.new_empty(n, 144)
     # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _native.run('cormorant_cg_d2_f_s11', n, d2_d__p7, _c16, _mm7, d2_d_f[:, 16:64].reshape(n, 16, 3), d__p7)
-    del _mm7
-    _mm8 = torch.mm(_c16.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
-    del _c16
-    _native.run('cormorant_cg_d2_f_s12', n, d2_f, _mm8)
-    del _mm8
+    _native.run('cormorant_cg_d2_f_s9', n, d2_d__p7, _c14, d2_f, _mm5, d__p7, cg_1_1_2, d2_d_f[:, 16:64].reshape(n, 16, 3))
+    del _mm5, d__p7
     # ∂/∂d__p7: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _mm9 = torch.mm(_c14.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
-    del _c14
-    _c17 = weight.new_empty(n, 240)
-    # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _native.run('cormorant_cg_d2_f_s13', n, d2_d__p7, _c17, _mm9, d2_d_f[:, 16:64].reshape(n, 16, 3), d__p7)
-    del _mm9, d__p7
-    _mm10 = torch.mm(_c17.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 0, 2).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuik->zuj
-    del _c17
+    _mm6 = torch.mm(_c12.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_1_2.permute(2, 0, 1).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c12
     _copy6 = weight.new_empty(n, 80)
-    _native.run('cormorant_cg_d2_f_s14', n, d2_f, d2_d_p, _copy6, _mm10, d2_d__p7, weight[64:80].view(16))
-    del _mm10, d2_d__p7
+    # ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
+    _native.run('cormorant_cg_d2_f_s10', n, d2_d__p7, d2_f, d2_d_p, _copy6, _mm6, d2_d_f[:, 16:64].reshape(n, 16, 3), _c14, weight[64:80].view(16))
+    del _c14, _mm6, d2_d__p7
     d2_weight_4 = torch.bmm((_copy6.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy5.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
     del _copy6
-    _c18 = weight.new_empty(n, 240)
+    _c15 = weight.new_empty(n, 240)
     # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _native.run('cormorant_cg_d2_f_s15', n, _c18, d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 16:64].reshape(n, 16, 3))
-    _mm11 = torch.mm(_c18.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    _native.run('cormorant_cg_d2_f_s11', n, _c15, d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 16:64].reshape(n, 16, 3))
+    _mm7 = torch.mm(_c15.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
     d2_d__p8 = weight.new_empty(n, 48)
-    _c19 = weight.new_empty(n, 240)
+    _c16 = weight.new_empty(n, 240)
     # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _native.run('cormorant_cg_d2_f_s16', n, d2_d__p8, _c19, _mm11, d2_d_f[:, 64:144].reshape(n, 16, 5), d__p8)
-    del _mm11
-    _mm12 = torch.mm(_c19.reshape(n, 16, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
-    del _c19
-    _c20 = weight.new_empty(n, 240)
+    _native.run('cormorant_cg_d2_f_s12', n, d2_d__p8, _c16, _mm7, d2_d_f[:, 64:144].reshape(n, 16, 5), d__p8)
+    del _mm7
+    _mm8 = torch.mm(_c16.reshape(n, 16, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c16
+    _c17 = weight.new_empty(n, 240)
     # ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _native.run('cormorant_cg_d2_f_s17', n, d2_f, _c20, _mm12, d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
-    del _mm12
-    _mm13 = torch.mm(_c20.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
-    _c21 = weight.new_empty(n, 144)
+    _native.run('cormorant_cg_d2_f_s13', n, d2_f, _c17, _mm8, d2_d_f[:, 16:64].reshape(n, 16, 3), f[:, 64:144].reshape(n, 16, 5))
+    del _mm8
+    _mm9 = torch.mm(_c17.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.permute(2, 0, 1).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuij->zuk
+    _c18 = weight.new_empty(n, 144)
     # ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _native.run('cormorant_cg_d2_f_s18', n, d2_d__p8, _c21, _mm13, d2_d_f[:, 16:64].reshape(n, 16, 3), d__p8)
-    del _mm13, d__p8
-    _mm14 = torch.mm(_c21.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
-    del _c21
+    _native.run('cormorant_cg_d2_f_s14', n, d2_d__p8, _c18, _mm9, d2_d_f[:, 16:64].reshape(n, 16, 3), d__p8)
+    del _mm9, d__p8
+    _mm10 = torch.mm(_c18.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 0, 2).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c18
     _copy7 = weight.new_empty(n, 48)
-    _native.run('cormorant_cg_d2_f_s19', n, d2_f, d2_d_p, _copy7, _mm14, d2_d__p8, weight[80:96].view(16))
-    del _mm14, d2_d__p8
+    _native.run('cormorant_cg_d2_f_s15', n, d2_f, d2_d_p, _copy7, _mm10, d2_d__p8, weight[80:96].view(16))
+    del _mm10, d2_d__p8
     d2_weight_5 = torch.bmm((_copy7.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy3.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
     del _copy3, _copy7
     # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _mm15 = torch.mm(_c18.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
-    del _c18
+    _mm11 = torch.mm(_c15.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c15
     d2_d__p9 = weight.new_empty(n, 80)
-    _c22 = weight.new_empty(n, 400)
+    _c19 = weight.new_empty(n, 240)
     # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d2_f_s20', n, d2_d__p9, _c22, _mm15, d2_d_f[:, 64:144].reshape(n, 16, 5), d__p9)
-    del _mm15
-    _mm16 = torch.mm(_c22.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
-    del _c22
-    _native.run('cormorant_cg_d2_f_s21', n, d2_f, _mm16)
-    del _mm16
+    _native.run('cormorant_cg_d2_f_s16', n, d2_d__p9, _c19, d2_f, _mm11, d__p9, cg_1_2_2, d2_d_f[:, 64:144].reshape(n, 16, 5))
+    del _mm11, d__p9
     # ∂/∂d__p9: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _mm17 = torch.mm(_c20.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
-    del _c20
-    _c23 = weight.new_empty(n, 240)
-    # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d2_f_s22', n, d2_d__p9, _c23, _mm17, d2_d_f[:, 16:64].reshape(n, 16, 3), d__p9)
-    del _mm17, d__p9
-    _mm18 = torch.mm(_c23.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 0, 2).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuik->zuj
-    del _c23
+    _mm12 = torch.mm(_c17.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c17
     _copy8 = weight.new_empty(n, 80)
-    _native.run('cormorant_cg_d2_f_s23', n, d2_f, d2_d_p, _copy8, _mm18, d2_d__p9, weight[96:112].view(16))
-    del _mm18, d2_d__p9
+    # ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d2_f_s17', n, d2_d__p9, d2_f, d2_d_p, _copy8, _mm12, d2_d_f[:, 16:64].reshape(n, 16, 3), _c19, weight[96:112].view(16))
+    del _c19, _mm12, d2_d__p9
     d2_weight_6 = torch.bmm((_copy8.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy5.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
     del _copy8
-    _c24 = weight.new_empty(n, 400)
-    # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _native.run('cormorant_cg_d2_f_s24', n, _c24, d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
-    _mm19 = torch.mm(_c24.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     d2_d__p10 = weight.new_empty(n, 16)
-    _c26 = weight.new_empty(n, 400)
+    # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     # ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _native.run('cormorant_cg_d2_f_s25', n, d2_d__p10, d2_f, _c26, _mm19, d2_d_f[:, 64:144].reshape(n, 16, 5), d__p10, cg_2_2_0, d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
-    del _mm19
-    _mm20 = torch.mm(_c26.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _native.run('cormorant_cg_d2_f_s26', n, d2_d__p10, d2_f, d2_d_p, _mm20, d2_d_f[:, 64:144].reshape(n, 16, 5), d__p10, cg_2_2_0, weight[112:128].view(16))
-    del _mm20, d__p10
+    _native.run('cormorant_cg_d2_f_s18', n, d2_d__p10, d2_f, d2_d_p, d2_d_f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, f[:, 64:144].reshape(n, 16, 5), d__p10, d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5), weight[112:128].view(16))
+    del d__p10
     d2_weight_7 = torch.bmm((d2_d__p10.reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), d_p[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del d2_d__p10, d_p
+    _c22 = weight.new_empty(n, 400)
     # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _mm21 = torch.mm(_c24.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
-    del _c24
+    _native.run('cormorant_cg_d2_f_s19', n, _c22, d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
+    _mm13 = torch.mm(_c22.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c22
     d2_d__p11 = weight.new_empty(n, 80)
-    _c28 = weight.new_empty(n, 400)
+    _c23 = weight.new_empty(n, 400)
     # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d2_f_s27', n, d2_d__p11, _c28, _mm21, d2_d_f[:, 64:144].reshape(n, 16, 5), d__p11)
-    del _mm21
-    _mm22 = torch.mm(_c28.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
-    del _c28
-    _native.run('cormorant_cg_d2_f_s28', n, d2_f, _mm22)
-    del _mm22
+    _native.run('cormorant_cg_d2_f_s20', n, d2_d__p11, _c23, _mm13, d2_d_f[:, 64:144].reshape(n, 16, 5), d__p11)
+    del _mm13
+    _mm14 = torch.mm(_c23.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
+    del _c23
+    _c24 = weight.new_empty(n, 400)
     # ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _mm23 = torch.mm(_c26.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
-    del _c26
-    _c29 = weight.new_empty(n, 400)
+    _native.run('cormorant_cg_d2_f_s21', n, d2_f, _c24, _mm14, d2_d_f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
+    del _mm14
+    _mm15 = torch.mm(_c24.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c24
+    _c25 = weight.new_empty(n, 400)
     # ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d2_f_s29', n, d2_d__p11, _c29, _mm23, d2_d_f[:, 64:144].reshape(n, 16, 5), d__p11)
-    del _mm23, d__p11
-    _mm24 = torch.mm(_c29.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
-    del _c29
+    _native.run('cormorant_cg_d2_f_s22', n, d2_d__p11, _c25, _mm15, d2_d_f[:, 64:144].reshape(n, 16, 5), d__p11)
+    del _mm15, d__p11
+    _mm16 = torch.mm(_c25.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuik->zuj
+    del _c25
     _copy9 = weight.new_empty(n, 80)
-    _native.run('cormorant_cg_d2_f_s30', n, d2_f, d2_d_p, _copy9, _mm24, d2_d__p11, weight[128:144].view(16))
-    del _mm24, d2_d__p11
+    _native.run('cormorant_cg_d2_f_s23', n, d2_f, d2_d_p, _copy9, _mm16, d2_d__p11, weight[128:144].view(16))
+    del _mm16, d2_d__p11
     d2_weight_8 = torch.bmm((_copy9.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy5.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
     del _copy5, _copy9
     # ∂/∂d_g: ∂/∂p: 16x0 -> 16x0
-    _mm25 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16)  # zui,uw->ziw
+    _mm17 = torch.mm(d2_d_p[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[144:400].view(16, 16) * 0.25)).view(n, 1, 16)  # zui,uw->ziw
     # ∂/∂weight: ∂/∂p: 16x0 -> 16x0
     d2_weight_9 = torch.mm((d2_d_p[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     d2_d_g = weight.new_empty(n, 144)
     _copy10 = weight.new_empty(n, 48)
-    _native.run('cormorant_cg_d2_f_s31', n, d2_d_g, _copy10, _mm25, d2_d_p)
-    del _mm25
+    _native.run('cormorant_cg_d2_f_s24', n, d2_d_g, _copy10, _mm17, d2_d_p)
+    del _mm17
     # ∂/∂d_g: ∂/∂p: 16x1 -> 16x1
-    _mm26 = torch.mm(_copy10.reshape(n, 3, 16).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
+    _mm18 = torch.mm(_copy10.reshape(n, 3, 16).reshape(n * 3, 16), (weight[400:656].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
     # ∂/∂weight: ∂/∂p: 16x1 -> 16x1
     d2_weight_10 = torch.mm((_copy10.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # ziu,ziw->uw
     del _copy10
     _copy11 = weight.new_empty(n, 80)
-    _native.run('cormorant_cg_d2_f_s32', n, d2_d_g, _copy11, _mm26, d2_d_p)
-    del _mm26, d2_d_p
+    _native.run('cormorant_cg_d2_f_s25', n, d2_d_g, _copy11, _mm18, d2_d_p)
+    del _mm18, d2_d_p
     # ∂/∂d_g: ∂/∂p: 16x2 -> 16x2
-    _mm27 = torch.mm(_copy11.reshape(n, 5, 16).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16)  # ziu,uw->ziw
+    _mm19 = torch.mm(_copy11.reshape(n, 5, 16).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25)).view(n, 5, 16)  # ziu,uw->ziw
     # ∂/∂weight: ∂/∂p: 16x2 -> 16x2
     d2_weight_11 = torch.mm((_copy11.reshape(n, 5, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # ziu,ziw->uw
     del _copy11
-    _native.run('cormorant_cg_d2_f_s33', n, d2_d_g, _mm27)
-    del _mm27
+    _native.run('cormorant_cg_d2_f_s26', n, d2_d_g, _mm19)
+    del _mm19
     # ∂/∂d_g: ∂/∂f: 16x0 -> 16x0
-    _mm28 = torch.mm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25)).view(n, 1, 16)  # zui,uw->ziw
+    _mm20 = torch.mm(d2_d_f[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16), (weight[912:1168].view(16, 16) * 0.25)).view(n, 1, 16)  # zui,uw->ziw
     # ∂/∂weight: ∂/∂f: 16x0 -> 16x0
     d2_weight_12 = torch.mm((d2_d_f[:, 0:16].reshape(n, 16, 1) * 0.25).permute(1, 0, 2).reshape(16, n), d_g[:, 0:16].reshape(n, 16, 1).permute(0, 2, 1).reshape(n, 16)).view(16, 16)  # zui,zwi->uw
     _copy12 = weight.new_empty(n, 48)
-    _native.run('cormorant_cg_d2_f_s34', n, d2_d_g, _copy12, _mm28, d2_d_f[:, 16:64].reshape(n, 16, 3))
-    del _mm28
+    _native.run('cormorant_cg_d2_f_s27', n, d2_d_g, _copy12, _mm20, d2_d_f[:, 16:64].reshape(n, 16, 3))
+    del _mm20
     # ∂/∂d_g: ∂/∂f: 16x1 -> 16x1
-    _mm29 = torch.mm(_copy12.reshape(n, 3, 16).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
+    _mm21 = torch.mm(_copy12.reshape(n, 3, 16).reshape(n * 3, 16), (weight[1168:1424].view(16, 16) * 0.25)).view(n, 3, 16)  # ziu,uw->ziw
     # ∂/∂weight: ∂/∂f: 16x1 -> 16x1
     d2_weight_13 = torch.mm((_copy12.reshape(n, 3, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 3), _copy1.reshape(n, 3, 16).reshape(n * 3, 16)).view(16, 16)  # ziu,ziw->uw
     del _copy1, _copy12
     _copy13 = weight.new_empty(n, 80)
-    _native.run('cormorant_cg_d2_f_s35', n, d2_d_g, _copy13, _mm29, d2_d_f[:, 64:144].reshape(n, 16, 5))
-    del _mm29
+    _native.run('cormorant_cg_d2_f_s28', n, d2_d_g, _copy13, _mm21, d2_d_f[:, 64:144].reshape(n, 16, 5))
+    del _mm21
     # ∂/∂d_g: ∂/∂f: 16x2 -> 16x2
-    _mm30 = torch.mm(_copy13.reshape(n, 5, 16).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25)).view(n, 5, 16)  # ziu,uw->ziw
+    _mm22 = torch.mm(_copy13.reshape(n, 5, 16).reshape(n * 5, 16), (weight[1424:1680].view(16, 16) * 0.25)).view(n, 5, 16)  # ziu,uw->ziw
     # ∂/∂weight: ∂/∂f: 16x2 -> 16x2
     d2_weight_14 = torch.mm((_copy13.reshape(n, 5, 16) * 0.25).permute(2, 0, 1).reshape(16, n * 5), _copy0.reshape(n, 5, 16).reshape(n * 5, 16)).view(16, 16)  # ziu,ziw->uw
     del _copy0, _copy13
-    _native.run('cormorant_cg_d2_f_s36', n, d2_d_g, _mm30)
-    del _mm30
+    _native.run('cormorant_cg_d2_f_s29', n, d2_d_g, _mm22)
+    del _mm22
     d2_weight = torch.cat([
         d2_weight_0.reshape(16),
         d2_weight_1.reshape(16),
@@ -1485,15 +1430,16 @@ def _cormorant_cg_d2_weight_cpu(
     # p9 = (p2 ⊗ p4) -> 16x2
     _p9 = torch.mm(_c4.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(2, 0, 1).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuij->zuk
     del _c4
-    _c5 = weight.new_empty(n, 400)
+    _c5 = weight.new_empty(n, 80)
+    _p10 = weight.new_empty(n, 16)
+    _c6 = weight.new_empty(n, 400)
     # p10 = (p4 ⊗ p4) -> 16x0
-    _native.run('cormorant_cg_d2_weight_s2', n, p, _c5, _p8, weight[80:96].view(16), _p9, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), f[:, 64:144].reshape(n, 16, 5))
-    _p10 = torch.mm(_c5.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_0.permute(2, 0, 1).reshape(1, 25).t()).view(n, 16, 1)  # ijk,zuij->zuk
     # p11 = (p4 ⊗ p4) -> 16x2
-    _p11 = torch.mm(_c5.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
-    del _c5
+    _native.run('cormorant_cg_d2_weight_s2', n, p, _c5, _p10, _c6, _p8, weight[80:96].view(16), _p9, weight[96:112].view(16), f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, f[:, 64:144].reshape(n, 16, 5), weight[112:128].view(16))
+    _p11 = torch.mm(_c6.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(2, 0, 1).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuij->zuk
+    del _c6
     _copy0 = weight.new_empty(n, 80)
-    _native.run('cormorant_cg_d2_weight_s3', n, p, _copy0, _p10, weight[112:128].view(16), _p11, weight[128:144].view(16), d_g[:, 64:144].reshape(n, 16, 5))
+    _native.run('cormorant_cg_d2_weight_s3', n, p, _copy0, _p11, weight[128:144].view(16), d_g[:, 64:144].reshape(n, 16, 5))
     # ∂/∂p: 16x2 -> 16x2
     _mm0 = torch.mm(_copy0.reshape(n, 5, 16).reshape(n * 5, 16), (weight[656:912].view(16, 16) * 0.25).permute(1, 0).reshape(16, 16)).view(n, 5, 16)  # ziw,uw->ziu
     d_p = weight.new_empty(n, 144)
@@ -1605,107 +1551,81 @@ def _cormorant_cg_d2_weight_cpu(
     del _mm17, _p11
     d2_weight_3 = torch.bmm((_copy8.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy9.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
     del _copy9
-    _c6 = weight.new_empty(n, 400)
-    # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d2_weight_s22', n, _c6, d2__p11, f[:, 64:144].reshape(n, 16, 5))
-    _mm18 = torch.mm(_c6.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
-    del _c6
     _c7 = weight.new_empty(n, 400)
     # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d2_weight_s23', n, d2_f, _c7, _mm18, d2__p11, f[:, 64:144].reshape(n, 16, 5))
-    del _mm18, d2__p11
-    _mm19 = torch.mm(_c7.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    _native.run('cormorant_cg_d2_weight_s22', n, _c7, d2__p11, f[:, 64:144].reshape(n, 16, 5))
+    _mm18 = torch.mm(_c7.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.reshape(5, 25).t()).view(n, 16, 5)  # ijk,zujk->zui
     del _c7
+    _c8 = weight.new_empty(n, 400)
+    # ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d2_weight_s23', n, d2_f, _c8, _mm18, d2__p11, f[:, 64:144].reshape(n, 16, 5))
+    del _mm18, d2__p11
+    _mm19 = torch.mm(_c8.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_2_2_2.permute(1, 2, 0).reshape(5, 25).t()).view(n, 16, 5)  # ijk,zuki->zuj
+    del _c8
     _native.run('cormorant_cg_d2_weight_s24', n, d2_f, d2__p10, _mm19, d2_p, weight[112:128].view(16))
     del _mm19
-    d2_weight_4 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
+    d2_weight_4 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p10.reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del _p10
     _copy10 = weight.new_empty(n, 80)
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
     # ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0
-    _native.run('cormorant_cg_d2_weight_s25', n, d2_f, d2__p9, _copy10, d2__p10, f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, f[:, 64:144].reshape(n, 16, 5), d2_p, weight[96:112].view(16), _p9)
-    del _p9, d2__p10
+    _native.run('cormorant_cg_d2_weight_s25', n, d2_f, d2__p9, _copy10, d2__p10, f[:, 64:144].reshape(n, 16, 5), cg_2_2_0, _c5, d2_p, weight[96:112].view(16), _p9)
+    del _c5, _p9, d2__p10
     d2_weight_5 = torch.bmm((_copy8.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy10.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
     del _copy10
-    _c10 = weight.new_empty(n, 400)
-    # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d2_weight_s26', n, _c10, d2__p9, f[:, 64:144].reshape(n, 16, 5))
-    _mm20 = torch.mm(_c10.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_1_2_2.reshape(3, 25).t()).view(n, 16, 3)  # ijk,zujk->zui
-    del _c10
-    _c11 = weight.new_empty(n, 240)
-    # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d2_weight_s27', n, d2_f, _c11, _mm20, d2__p9, f[:, 16:64].reshape(n, 16, 3))
-    del _mm20, d2__p9
-    _mm21 = torch.mm(_c11.reshape(n, 16, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_2.permute(1, 2, 0).reshape(5, 15).t()).view(n, 16, 5)  # ijk,zuki->zuj
-    del _c11
     _copy11 = weight.new_empty(n, 48)
     _copy12 = weight.new_empty(n, 48)
-    _native.run('cormorant_cg_d2_weight_s28', n, d2_f, d2__p8, _copy11, _copy12, _mm21, d2_p, weight[80:96].view(16), _p8)
-    del _mm21, _p8
+    # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    # ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d2_weight_s26', n, d2_f, d2__p8, _copy11, _copy12, d2__p9, cg_1_2_2, f[:, 64:144].reshape(n, 16, 5), f[:, 16:64].reshape(n, 16, 3), d2_p, weight[80:96].view(16), _p8)
+    del _p8, d2__p9
     d2_weight_6 = torch.bmm((_copy11.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy12.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
     del _copy12
-    _c12 = weight.new_empty(n, 240)
+    _c11 = weight.new_empty(n, 240)
     # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _native.run('cormorant_cg_d2_weight_s29', n, _c12, d2__p8, f[:, 64:144].reshape(n, 16, 5))
-    _mm22 = torch.mm(_c12.reshape(n, 16, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    _native.run('cormorant_cg_d2_weight_s27', n, _c11, d2__p8, f[:, 64:144].reshape(n, 16, 5))
+    _mm20 = torch.mm(_c11.reshape(n, 16, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_2_1.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
+    del _c11
+    _c12 = weight.new_empty(n, 144)
+    # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
+    _native.run('cormorant_cg_d2_weight_s28', n, d2_f, _c12, _mm20, d2__p8, f[:, 16:64].reshape(n, 16, 3))
+    del _mm20, d2__p8
+    _mm21 = torch.mm(_c12.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
     del _c12
-    _c13 = weight.new_empty(n, 144)
-    # ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1
-    _native.run('cormorant_cg_d2_weight_s30', n, d2_f, _c13, _mm22, d2__p8, f[:, 16:64].reshape(n, 16, 3))
-    del _mm22, d2__p8
-    _mm23 = torch.mm(_c13.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_1_2_1.permute(1, 2, 0).reshape(5, 9).t()).view(n, 16, 5)  # ijk,zuki->zuj
-    del _c13
     _copy13 = weight.new_empty(n, 80)
-    _native.run('cormorant_cg_d2_weight_s31', n, d2_f, d2__p7, _copy13, _mm23, d2_p, weight[64:80].view(16), _p7)
-    del _mm23, _p7
+    _native.run('cormorant_cg_d2_weight_s29', n, d2_f, d2__p7, _copy13, _mm21, d2_p, weight[64:80].view(16), _p7)
+    del _mm21, _p7
     d2_weight_7 = torch.bmm((_copy8.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy13.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
     del _copy13
-    _c14 = weight.new_empty(n, 240)
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _native.run('cormorant_cg_d2_weight_s32', n, _c14, d2__p7, f[:, 16:64].reshape(n, 16, 3))
-    _mm24 = torch.mm(_c14.reshape(n, 16, 3, 5).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.reshape(3, 15).t()).view(n, 16, 3)  # ijk,zujk->zui
-    del _c14
-    _c15 = weight.new_empty(n, 240)
     # ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2
-    _native.run('cormorant_cg_d2_weight_s33', n, d2_f, _c15, _mm24, d2__p7, f[:, 16:64].reshape(n, 16, 3))
-    del _mm24, d2__p7
-    _mm25 = torch.mm(_c15.reshape(n, 16, 5, 3).permute(2, 3, 0, 1).reshape(15, n * 16).t(), cg_1_1_2.permute(1, 2, 0).reshape(3, 15).t()).view(n, 16, 3)  # ijk,zuki->zuj
-    del _c15
-    _native.run('cormorant_cg_d2_weight_s34', n, d2_f, d2__p6, _mm25, d2_p, weight[48:64].view(16))
-    del _mm25
+    _native.run('cormorant_cg_d2_weight_s30', n, d2_f, d2__p6, d2__p7, cg_1_1_2, f[:, 16:64].reshape(n, 16, 3), f[:, 16:64].reshape(n, 16, 3), d2_p, weight[48:64].view(16))
+    del d2__p7
     d2_weight_8 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p6.permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del _p6
     _copy14 = weight.new_empty(n, 80)
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
     # ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0
-    _native.run('cormorant_cg_d2_weight_s35', n, d2_f, d2__p5, _copy14, d2__p6, f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, f[:, 16:64].reshape(n, 16, 3), d2_p, weight[32:48].view(16), _p5)
+    _native.run('cormorant_cg_d2_weight_s31', n, d2_f, d2__p5, _copy14, d2__p6, f[:, 16:64].reshape(n, 16, 3), cg_1_1_0, f[:, 16:64].reshape(n, 16, 3), d2_p, weight[32:48].view(16), _p5)
     del _p5, d2__p6
     d2_weight_9 = torch.bmm((_copy8.reshape(n, 5, 16) * 1.118033988749895).permute(2, 0, 1).reshape(16, 1, n * 5), _copy14.reshape(n, 5, 16).permute(2, 0, 1).reshape(16, n * 5, 1)).view(16)  # ziu,ziu->u
     del _copy14, _copy8
-    _c18 = weight.new_empty(n, 400)
-    # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d2_weight_s36', n, _c18, d2__p5, f[:, 64:144].reshape(n, 16, 5))
-    _mm26 = torch.mm(_c18.reshape(n, 16, 5, 5).permute(2, 3, 0, 1).reshape(25, n * 16).t(), cg_0_2_2.reshape(1, 25).t()).view(n, 16, 1)  # ijk,zujk->zui
-    del _c18
     _copy15 = weight.new_empty(n, 48)
     # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
-    _native.run('cormorant_cg_d2_weight_s37', n, d2_f, d2__p3, _copy15, _mm26, d2__p5, f[:, 0:16].reshape(n, 16, 1), cg_0_2_2, d2_p, weight[16:32].view(16), _p3)
-    del _mm26, _p3, d2__p5
+    # ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2
+    _native.run('cormorant_cg_d2_weight_s32', n, d2_f, d2__p3, _copy15, d2__p5, cg_0_2_2, f[:, 64:144].reshape(n, 16, 5), f[:, 0:16].reshape(n, 16, 1), d2_p, weight[16:32].view(16), _p3)
+    del _p3, d2__p5
     d2_weight_10 = torch.bmm((_copy11.reshape(n, 3, 16) * 1.224744871391589).permute(2, 0, 1).reshape(16, 1, n * 3), _copy15.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n * 3, 1)).view(16)  # ziu,ziu->u
     del _copy11, _copy15
-    _c20 = weight.new_empty(n, 144)
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _native.run('cormorant_cg_d2_weight_s38', n, _c20, d2__p3, f[:, 16:64].reshape(n, 16, 3))
-    _mm27 = torch.mm(_c20.reshape(n, 16, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 16).t(), cg_0_1_1.reshape(1, 9).t()).view(n, 16, 1)  # ijk,zujk->zui
-    del _c20
     # ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1
-    _native.run('cormorant_cg_d2_weight_s39', n, d2_f, d2__p1, _mm27, d2__p3, f[:, 0:16].reshape(n, 16, 1), cg_0_1_1, d2_p, weight[0:16].view(16))
-    del _mm27, d2__p3
+    _native.run('cormorant_cg_d2_weight_s33', n, d2_f, d2__p1, d2__p3, cg_0_1_1, f[:, 16:64].reshape(n, 16, 3), f[:, 0:16].reshape(n, 16, 1), d2_p, weight[0:16].view(16))
+    del d2__p3
     d2_weight_11 = torch.bmm((d2_p[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _p1.reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zui,zui->u
     del _p1, d2_p
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
     # ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0
-    _native.run('cormorant_cg_d2_weight_s40', n, d2_f, d2__p1, f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, f[:, 0:16].reshape(n, 16, 1))
+    _native.run('cormorant_cg_d2_weight_s34', n, d2_f, d2__p1, f[:, 0:16].reshape(n, 16, 1), cg_0_0_0, f[:, 0:16].reshape(n, 16, 1))
     del d2__p1
     d2_weight = torch.cat([
         d2_weight_11.reshape(16),
@@ -3594,12 +3514,12 @@ void cormorant_cg_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         const real *restrict a10 = A10;
         const real *restrict a11 = A11;
         const real *restrict a12 = A12 + z * a12_stride;
-        real l0[16] = {0};
-        real l1[16] = {0};
-        real l2[48] = {0};
-        real l3[48] = {0};
-        real l4[80] = {0};
-        real l5[80] = {0};
+        real l0[16] __attribute__((aligned(64))) = {0};
+        real l1[16] __attribute__((aligned(64))) = {0};
+        real l2[48] __attribute__((aligned(64))) = {0};
+        real l3[48] __attribute__((aligned(64))) = {0};
+        real l4[80] __attribute__((aligned(64))) = {0};
+        real l5[80] __attribute__((aligned(64))) = {0};
         /* p1 = (p0 ⊗ p0) -> 16x0 */
         for (int _u = 0; _u < 16; ++_u)
             (l0 + 0)[_u] += a2[_u] * a3[_u];
@@ -3610,11 +3530,11 @@ void cormorant_cg_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += (real)0.5773502691896257 * (l1 + 0)[_u] * a5[_u];
         /* p3 = (p0 ⊗ p2) -> 16x1 */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 16 + _u] = a6[_u * 3 + _j];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_j * 16 + _u] += a2[_u] * t1[_j * 16 + _u];
@@ -3622,11 +3542,11 @@ void cormorant_cg_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _j = 0; _j < 3; ++_j)
                 (l2 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
         /* ijk,zuij->zuk */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t3[_j * 16 + _u] = (l2 + 0)[_u * 3 + _j];
-        real w4[48] = {0};
+        real w4[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -3635,11 +3555,11 @@ void cormorant_cg_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (l3 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
         /* zui,u->zui */
-        real t5[48];
+        real t5[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t5[_i * 16 + _u] = (l3 + 0)[_u * 3 + _i];
-        real w6[48] = {0};
+        real w6[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w6[_i * 16 + _u] += (real)1.224744871391589 * t5[_i * 16 + _u] * a8[_u];
@@ -3647,11 +3567,11 @@ void cormorant_cg_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += w6[_i * 16 + _u];
         /* p5 = (p0 ⊗ p4) -> 16x2 */
-        real t7[80];
+        real t7[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t7[_j * 16 + _u] = a9[_u * 5 + _j];
-        real w8[80] = {0};
+        real w8[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w8[_j * 16 + _u] += a2[_u] * t7[_j * 16 + _u];
@@ -3659,11 +3579,11 @@ void cormorant_cg_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _j = 0; _j < 5; ++_j)
                 (l4 + 0)[_u * 5 + _j] += w8[_j * 16 + _u];
         /* ijk,zuij->zuk */
-        real t9[80];
+        real t9[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t9[_j * 16 + _u] = (l4 + 0)[_u * 5 + _j];
-        real w10[80] = {0};
+        real w10[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -3672,11 +3592,11 @@ void cormorant_cg_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 5; ++_k)
                 (l5 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
         /* zui,u->zui */
-        real t11[80];
+        real t11[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t11[_i * 16 + _u] = (l5 + 0)[_u * 5 + _i];
-        real w12[80] = {0};
+        real w12[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w12[_i * 16 + _u] += (real)1.118033988749895 * t11[_i * 16 + _u] * a11[_u];
@@ -3684,11 +3604,11 @@ void cormorant_cg_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += w12[_i * 16 + _u];
         /* p6 = (p2 ⊗ p2) -> 16x0 */
-        real t13[48];
+        real t13[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t13[_i * 16 + _u] = a12[_u * 3 + _i];
-        real w14[144] = {0};
+        real w14[144] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -3717,11 +3637,11 @@ void cormorant_cg_s1(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += (real)0.5773502691896257 * a2[_u] * a3[_u];
         /* zui,u->zui */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 16 + _u] = a4[_u * 5 + _i];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
@@ -3729,15 +3649,15 @@ void cormorant_cg_s1(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
         /* p8 = (p2 ⊗ p4) -> 16x1 */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 16 + _u] = a6[_u * 3 + _i];
-        real t4[80];
+        real t4[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t4[_j * 16 + _u] = a7[_u * 5 + _j];
-        real w5[240] = {0};
+        real w5[240] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -3763,11 +3683,11 @@ void cormorant_cg_s2(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         const real *restrict a6 = A6 + z * a6_stride;
         const real *restrict a7 = A7 + z * a7_stride;
         /* zui,u->zui */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 16 + _u] = a2[_u * 3 + _i];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_i * 16 + _u] += (real)1.224744871391589 * t1[_i * 16 + _u] * a3[_u];
@@ -3775,11 +3695,11 @@ void cormorant_cg_s2(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += w2[_i * 16 + _u];
         /* zui,u->zui */
-        real t3[80];
+        real t3[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 16 + _u] = a4[_u * 5 + _i];
-        real w4[80] = {0};
+        real w4[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w4[_i * 16 + _u] += (real)1.118033988749895 * t3[_i * 16 + _u] * a5[_u];
@@ -3787,15 +3707,15 @@ void cormorant_cg_s2(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
         /* p10 = (p4 ⊗ p4) -> 16x0 */
-        real t5[80];
+        real t5[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t5[_i * 16 + _u] = a6[_u * 5 + _i];
-        real t6[80];
+        real t6[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t6[_j * 16 + _u] = a7[_u * 5 + _j];
-        real w7[400] = {0};
+        real w7[400] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -3820,11 +3740,11 @@ void cormorant_cg_s3(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += (real)0.5773502691896257 * a1[_u] * a2[_u];
         /* zui,u->zui */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 16 + _u] = a3[_u * 5 + _i];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a4[_u];
@@ -3965,9 +3885,9 @@ void cormorant_cg_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
         const real *restrict a13 = A13;
         const real *restrict a14 = A14;
         const real *restrict a15 = A15 + z * a15_stride;
-        real l0[16] = {0};
-        real l1[48] = {0};
-        real l2[80] = {0};
+        real l0[16] __attribute__((aligned(64))) = {0};
+        real l1[48] __attribute__((aligned(64))) = {0};
+        real l2[80] __attribute__((aligned(64))) = {0};
         /* p1 = (p0 ⊗ p0) -> 16x0 */
         for (int _u = 0; _u < 16; ++_u)
             (l0 + 0)[_u] += a5[_u] * a6[_u];
@@ -3978,11 +3898,11 @@ void cormorant_cg_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 16; ++_u)
             (a1 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a8[_u];
         /* p3 = (p0 ⊗ p2) -> 16x1 */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 16 + _u] = a9[_u * 3 + _j];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_j * 16 + _u] += a5[_u] * t1[_j * 16 + _u];
@@ -3990,11 +3910,11 @@ void cormorant_cg_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
             for (int _j = 0; _j < 3; ++_j)
                 (l1 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
         /* ijk,zuij->zuk */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t3[_j * 16 + _u] = (l1 + 0)[_u * 3 + _j];
-        real w4[48] = {0};
+        real w4[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -4003,11 +3923,11 @@ void cormorant_cg_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
         /* zui,u->zui */
-        real t5[48];
+        real t5[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t5[_i * 16 + _u] = (a2 + 0)[_u * 3 + _i];
-        real w6[48] = {0};
+        real w6[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w6[_i * 16 + _u] += (real)1.224744871391589 * t5[_i * 16 + _u] * a11[_u];
@@ -4015,11 +3935,11 @@ void cormorant_cg_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w6[_i * 16 + _u];
         /* p5 = (p0 ⊗ p4) -> 16x2 */
-        real t7[80];
+        real t7[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t7[_j * 16 + _u] = a12[_u * 5 + _j];
-        real w8[80] = {0};
+        real w8[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w8[_j * 16 + _u] += a5[_u] * t7[_j * 16 + _u];
@@ -4027,11 +3947,11 @@ void cormorant_cg_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
             for (int _j = 0; _j < 5; ++_j)
                 (l2 + 0)[_u * 5 + _j] += w8[_j * 16 + _u];
         /* ijk,zuij->zuk */
-        real t9[80];
+        real t9[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t9[_j * 16 + _u] = (l2 + 0)[_u * 5 + _j];
-        real w10[80] = {0};
+        real w10[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -4040,11 +3960,11 @@ void cormorant_cg_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
         /* zui,u->zui */
-        real t11[80];
+        real t11[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t11[_i * 16 + _u] = (a3 + 0)[_u * 5 + _i];
-        real w12[80] = {0};
+        real w12[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w12[_i * 16 + _u] += (real)1.118033988749895 * t11[_i * 16 + _u] * a14[_u];
@@ -4052,11 +3972,11 @@ void cormorant_cg_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w12[_i * 16 + _u];
         /* p6 = (p2 ⊗ p2) -> 16x0 */
-        real t13[48];
+        real t13[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t13[_i * 16 + _u] = a15[_u * 3 + _i];
-        real w14[144] = {0};
+        real w14[144] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -4085,11 +4005,11 @@ void cormorant_cg_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += (real)0.5773502691896257 * a2[_u] * a3[_u];
         /* zui,u->zui */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 16 + _u] = a4[_u * 5 + _i];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
@@ -4097,15 +4017,15 @@ void cormorant_cg_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_str
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
         /* p8 = (p2 ⊗ p4) -> 16x1 */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 16 + _u] = a6[_u * 3 + _i];
-        real t4[80];
+        real t4[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t4[_j * 16 + _u] = a7[_u * 5 + _j];
-        real w5[240] = {0};
+        real w5[240] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -4117,65 +4037,91 @@ void cormorant_cg_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_str
     }
 }
 
-void cormorant_cg_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void cormorant_cg_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 400);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3;
+        memset(a1, 0, sizeof(real) * 80);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 16);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 400);
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5;
         const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11;
         /* zui,u->zui */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 16 + _u] = a2[_u * 3 + _i];
-        real w2[48] = {0};
+                t1[_i * 16 + _u] = a4[_u * 3 + _i];
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                w2[_i * 16 + _u] += (real)1.224744871391589 * t1[_i * 16 + _u] * a3[_u];
+                w2[_i * 16 + _u] += (real)1.224744871391589 * t1[_i * 16 + _u] * a5[_u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += w2[_i * 16 + _u];
         /* zui,u->zui */
-        real t3[80];
+        real t3[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                t3[_i * 16 + _u] = a4[_u * 5 + _i];
-        real w4[80] = {0};
+                t3[_i * 16 + _u] = a6[_u * 5 + _i];
+        real w4[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                w4[_i * 16 + _u] += (real)1.118033988749895 * t3[_i * 16 + _u] * a5[_u];
+                w4[_i * 16 + _u] += (real)1.118033988749895 * t3[_i * 16 + _u] * a7[_u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
         /* p10 = (p4 ⊗ p4) -> 16x0 */
-        real t5[80];
+        real t5[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                t5[_i * 16 + _u] = a6[_u * 5 + _i];
-        real t6[80];
+                t5[_i * 16 + _u] = a8[_u * 5 + _i];
+        real w6[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w6[_j * 16 + _u] += t5[_i * 16 + _u] * a9[_i * 5 + _j];
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
-                t6[_j * 16 + _u] = a7[_u * 5 + _j];
-        real w7[400] = {0};
+                (a1 + 0)[_u * 5 + _j] += w6[_j * 16 + _u];
+        /* zuj,zujk->zuk */
+        real t7[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t7[_j * 16 + _u] = a10[_u * 5 + _j];
+        real t8[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t8[_j * 16 + _u] = (a1 + 0)[_u * 5 + _j];
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_u] += t7[_j * 16 + _u] * t8[_j * 16 + _u];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += (real)0.5773502691896257 * (a2 + 0)[_u] * a11[_u];
+        /* p11 = (p4 ⊗ p4) -> 16x2 */
+        real w9[400] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w7[_i * 80 + _j * 16 + _u] += t5[_i * 16 + _u] * t6[_j * 16 + _u];
+                    w9[_i * 80 + _j * 16 + _u] += t5[_i * 16 + _u] * t7[_j * 16 + _u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
-                    (a1 + 0)[_u * 25 + _i * 5 + _j] += w7[_i * 80 + _j * 16 + _u];
+                    (a3 + 0)[_u * 25 + _i * 5 + _j] += w9[_i * 80 + _j * 16 + _u];
     }
 }
 
-void cormorant_cg_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void cormorant_cg_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -4185,27 +4131,22 @@ void cormorant_cg_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_str
         const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3;
         const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5;
-        const real *restrict a6 = A6 + z * a6_stride;
         /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += (real)0.5773502691896257 * a2[_u] * a3[_u];
-        /* zui,u->zui */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 16 + _u] = a4[_u * 5 + _i];
-        real w2[80] = {0};
+                t1[_i * 16 + _u] = a2[_u * 5 + _i];
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
+                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a3[_u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
         /* zwi->ziw */
         for (int _i = 0; _i < 5; ++_i)
             for (int _w = 0; _w < 16; ++_w)
-                (a1 + 0)[_i * 16 + _w] += a6[_w * 5 + _i];
+                (a1 + 0)[_i * 16 + _w] += a4[_w * 5 + _i];
     }
 }
 
@@ -4335,11 +4276,11 @@ void cormorant_cg_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_st
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += a4[_u];
         /* zui,u->zui */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
@@ -4366,15 +4307,15 @@ void cormorant_cg_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_st
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 16 + _u] = (a1 + 0)[_u * 5 + _k];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t2[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w3[400] = {0};
+        real w3[400] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -4401,15 +4342,15 @@ void cormorant_cg_d_s12(int64_t n, int threads, real *restrict A0, int64_t a0_st
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += a2[_u * 5 + _i];
         /* ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 16 + _u] = a4[_u * 5 + _i];
-        real w3[400] = {0};
+        real w3[400] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -4457,14 +4398,13 @@ void cormorant_cg_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_st
         const real *restrict a7 = A7 + z * a7_stride;
         const real *restrict a8 = A8;
         const real *restrict a9 = A9 + z * a9_stride;
-        real l0[80] = {0};
-        real l1[80] = {0};
+        real l0[80] __attribute__((aligned(64))) = {0};
         /* ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t1[_j * 16 + _u] = a4[_u * 5 + _j];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_j * 16 + _u] += (a3 + 0)[_u] * t1[_j * 16 + _u];
@@ -4472,11 +4412,11 @@ void cormorant_cg_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_st
             for (int _j = 0; _j < 5; ++_j)
                 (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
         /* ijk,zukj->zui */
-        real t3[80];
+        real t3[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        real w4[80] = {0};
+        real w4[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -4485,42 +4425,29 @@ void cormorant_cg_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_st
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
         /* ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
-        real t5[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t5[_i * 16 + _u] = a6[_u * 5 + _i];
-        real w6[80] = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w6[_i * 16 + _u] += (a3 + 0)[_u] * t5[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (l1 + 0)[_u * 5 + _i] += w6[_i * 16 + _u];
-        /* ijk,zuki->zuj */
-        real t7[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t7[_i * 16 + _u] = (l1 + 0)[_u * 5 + _i];
-        real w8[80] = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += a5[_i * 5 + _j] * t7[_i * 16 + _u];
+        real t5[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
-                (a0 + 64)[_u * 5 + _j] += w8[_j * 16 + _u];
+                t5[_j * 16 + _u] = (a6 + 0)[_u * 5 + _j];
+        real w6[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_j * 16 + _u] += (a3 + 0)[_u] * t5[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += w6[_j * 16 + _u];
         /* zui,u->zui */
-        real t9[80];
+        real t7[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                t9[_i * 16 + _u] = (a7 + 64)[_u * 5 + _i];
-        real w10[80] = {0};
+                t7[_i * 16 + _u] = (a7 + 64)[_u * 5 + _i];
+        real w8[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                w10[_i * 16 + _u] += (real)1.118033988749895 * t9[_i * 16 + _u] * a8[_u];
+                w8[_i * 16 + _u] += (real)1.118033988749895 * t7[_i * 16 + _u] * a8[_u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                (a1 + 0)[_u * 5 + _i] += w10[_i * 16 + _u];
+                (a1 + 0)[_u * 5 + _i] += w8[_i * 16 + _u];
         /* zui->ziu */
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
@@ -4528,71 +4455,7 @@ void cormorant_cg_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_st
     }
 }
 
-void cormorant_cg_d_s15(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 400);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a1 + 0)[_u * 5 + _k];
-        real t2[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t2[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w3[400] = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    (a0 + 0)[_u * 25 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
-    }
-}
-
-void cormorant_cg_d_s16(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 240);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* zui->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += a2[_u * 3 + _i];
-        /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
-        real t2[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t2[_i * 16 + _u] = a4[_u * 3 + _i];
-        real w3[240] = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    (a1 + 0)[_u * 15 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
-    }
-}
-
-void cormorant_cg_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void cormorant_cg_d_s15(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -4604,37 +4467,88 @@ void cormorant_cg_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_st
         real *restrict a3 = A3 + z * a3_stride;
         memset(a3, 0, sizeof(real) * 48);
         const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
         const real *restrict a7 = A7 + z * a7_stride;
-        /* zuj->zuj */
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10 + z * a10_stride;
+        real l0[240] __attribute__((aligned(64))) = {0};
+        /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
+        real w2[240] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w2[_i * 80 + _j * 16 + _u] += t1[_k * 16 + _u] * a5[_i * 25 + _j * 5 + _k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (l0 + 0)[_u * 15 + _i * 5 + _j] += w2[_i * 80 + _j * 16 + _u];
+        /* zuj,zuij->zui */
+        real t3[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
-                (a0 + 64)[_u * 5 + _j] += a4[_u * 5 + _j];
+                t3[_j * 16 + _u] = a6[_u * 5 + _j];
+        real t4[240] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    t4[_i * 80 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _i * 5 + _j];
+        real w5[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 16 + _u] += t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
+        /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+        real t6[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t6[_i * 16 + _u] = a7[_u * 3 + _i];
+        real t7[240] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    t7[_i * 80 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _i * 5 + _j];
+        real w8[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_j * 16 + _u] += t6[_i * 16 + _u] * t7[_i * 80 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += w8[_j * 16 + _u];
         /* zui,u->zui */
-        real t1[48];
+        real t9[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 16 + _u] = (a5 + 16)[_u * 3 + _i];
-        real w2[48] = {0};
+                t9[_i * 16 + _u] = (a8 + 16)[_u * 3 + _i];
+        real w10[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                w2[_i * 16 + _u] += (real)1.224744871391589 * t1[_i * 16 + _u] * a6[_u];
+                w10[_i * 16 + _u] += (real)1.224744871391589 * t9[_i * 16 + _u] * a9[_u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                (a1 + 0)[_u * 3 + _i] += w2[_i * 16 + _u];
+                (a1 + 0)[_u * 3 + _i] += w10[_i * 16 + _u];
         /* zui->ziu */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_i * 16 + _u] += (a5 + 16)[_u * 3 + _i];
+                (a2 + 0)[_i * 16 + _u] += (a8 + 16)[_u * 3 + _i];
         /* zui->ziu */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                (a3 + 0)[_i * 16 + _u] += a7[_u * 3 + _i];
+                (a3 + 0)[_i * 16 + _u] += a10[_u * 3 + _i];
     }
 }
 
-void cormorant_cg_d_s18(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void cormorant_cg_d_s16(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -4643,15 +4557,15 @@ void cormorant_cg_d_s18(int64_t n, int threads, real *restrict A0, int64_t a0_st
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 16 + _u] = (a1 + 0)[_u * 3 + _k];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t2[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -4663,7 +4577,7 @@ void cormorant_cg_d_s18(int64_t n, int threads, real *restrict A0, int64_t a0_st
     }
 }
 
-void cormorant_cg_d_s19(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void cormorant_cg_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -4678,15 +4592,15 @@ void cormorant_cg_d_s19(int64_t n, int threads, real *restrict A0, int64_t a0_st
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += a2[_u * 3 + _i];
         /* ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 16 + _u] = (a3 + 0)[_u * 3 + _k];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 16 + _u] = a4[_u * 3 + _i];
-        real w3[144] = {0};
+        real w3[144] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -4698,7 +4612,7 @@ void cormorant_cg_d_s19(int64_t n, int threads, real *restrict A0, int64_t a0_st
     }
 }
 
-void cormorant_cg_d_s20(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void cormorant_cg_d_s18(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -4716,11 +4630,11 @@ void cormorant_cg_d_s20(int64_t n, int threads, real *restrict A0, int64_t a0_st
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 64)[_u * 5 + _j] += a3[_u * 5 + _j];
         /* zui,u->zui */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 16 + _u] = (a4 + 64)[_u * 5 + _i];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
@@ -4734,71 +4648,7 @@ void cormorant_cg_d_s20(int64_t n, int threads, real *restrict A0, int64_t a0_st
     }
 }
 
-void cormorant_cg_d_s21(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 240);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a1 + 0)[_u * 5 + _k];
-        real t2[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t2[_j * 16 + _u] = a2[_u * 3 + _j];
-        real w3[240] = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    (a0 + 0)[_u * 15 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
-    }
-}
-
-void cormorant_cg_d_s22(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 240);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* zui->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += a2[_u * 3 + _i];
-        /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
-        real t2[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t2[_i * 16 + _u] = a4[_u * 3 + _i];
-        real w3[240] = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    (a1 + 0)[_u * 15 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
-    }
-}
-
-void cormorant_cg_d_s23(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void cormorant_cg_d_s19(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -4806,19 +4656,70 @@ void cormorant_cg_d_s23(int64_t n, int threads, real *restrict A0, int64_t a0_st
         real *restrict a1 = A1 + z * a1_stride;
         memset(a1, 0, sizeof(real) * 16);
         const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4;
-        /* zuj->zuj */
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        real l0[144] __attribute__((aligned(64))) = {0};
+        /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a2 + 0)[_u * 5 + _k];
+        real w2[144] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w2[_i * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * a3[_i * 15 + _j * 5 + _k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    (l0 + 0)[_u * 9 + _i * 3 + _j] += w2[_i * 48 + _j * 16 + _u];
+        /* zuj,zuij->zui */
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
-                (a0 + 16)[_u * 3 + _j] += a2[_u * 3 + _j];
+                t3[_j * 16 + _u] = a4[_u * 3 + _j];
+        real t4[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t4[_i * 48 + _j * 16 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
+        real w5[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 16 + _u] += t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
+        /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
+        real t6[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t6[_i * 16 + _u] = a5[_u * 3 + _i];
+        real t7[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t7[_i * 48 + _j * 16 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
+        real w8[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_j * 16 + _u] += t6[_i * 16 + _u] * t7[_i * 48 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 16)[_u * 3 + _j] += w8[_j * 16 + _u];
         /* zui,u->zui */
         for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (real)0.5773502691896257 * (a3 + 0)[_u] * a4[_u];
+            (a1 + 0)[_u] += (real)0.5773502691896257 * (a6 + 0)[_u] * a7[_u];
     }
 }
 
-void cormorant_cg_d_s24(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+void cormorant_cg_d_s20(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -4834,14 +4735,14 @@ void cormorant_cg_d_s24(int64_t n, int threads, real *restrict A0, int64_t a0_st
         const real *restrict a7 = A7 + z * a7_stride;
         const real *restrict a8 = A8;
         const real *restrict a9 = A9 + z * a9_stride;
-        real l0[48] = {0};
-        real l1[48] = {0};
+        real l0[48] __attribute__((aligned(64))) = {0};
+        real l1[48] __attribute__((aligned(64))) = {0};
         /* ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 16 + _u] = a4[_u * 3 + _j];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_j * 16 + _u] += (a3 + 0)[_u] * t1[_j * 16 + _u];
@@ -4849,11 +4750,11 @@ void cormorant_cg_d_s24(int64_t n, int threads, real *restrict A0, int64_t a0_st
             for (int _j = 0; _j < 3; ++_j)
                 (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
         /* ijk,zukj->zui */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        real w4[48] = {0};
+        real w4[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -4862,11 +4763,11 @@ void cormorant_cg_d_s24(int64_t n, int threads, real *restrict A0, int64_t a0_st
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += w4[_i * 16 + _u];
         /* ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
-        real t5[48];
+        real t5[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t5[_i * 16 + _u] = a6[_u * 3 + _i];
-        real w6[48] = {0};
+        real w6[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w6[_i * 16 + _u] += (a3 + 0)[_u] * t5[_i * 16 + _u];
@@ -4874,11 +4775,11 @@ void cormorant_cg_d_s24(int64_t n, int threads, real *restrict A0, int64_t a0_st
             for (int _i = 0; _i < 3; ++_i)
                 (l1 + 0)[_u * 3 + _i] += w6[_i * 16 + _u];
         /* ijk,zuki->zuj */
-        real t7[48];
+        real t7[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t7[_i * 16 + _u] = (l1 + 0)[_u * 3 + _i];
-        real w8[48] = {0};
+        real w8[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -4887,11 +4788,11 @@ void cormorant_cg_d_s24(int64_t n, int threads, real *restrict A0, int64_t a0_st
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 16)[_u * 3 + _j] += w8[_j * 16 + _u];
         /* zui,u->zui */
-        real t9[80];
+        real t9[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t9[_i * 16 + _u] = (a7 + 64)[_u * 5 + _i];
-        real w10[80] = {0};
+        real w10[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w10[_i * 16 + _u] += (real)1.118033988749895 * t9[_i * 16 + _u] * a8[_u];
@@ -4905,36 +4806,7 @@ void cormorant_cg_d_s24(int64_t n, int threads, real *restrict A0, int64_t a0_st
     }
 }
 
-void cormorant_cg_d_s25(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 400);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a1 + 0)[_u * 5 + _k];
-        real t2[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t2[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w3[400] = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    (a0 + 0)[_u * 25 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
-    }
-}
-
-void cormorant_cg_d_s26(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+void cormorant_cg_d_s21(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -4944,53 +4816,62 @@ void cormorant_cg_d_s26(int64_t n, int threads, real *restrict A0, int64_t a0_st
         real *restrict a2 = A2 + z * a2_stride;
         memset(a2, 0, sizeof(real) * 48);
         const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a4 = A4;
         const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6;
+        const real *restrict a6 = A6 + z * a6_stride;
         const real *restrict a7 = A7 + z * a7_stride;
         const real *restrict a8 = A8;
         const real *restrict a9 = A9 + z * a9_stride;
-        real l0[80] = {0};
-        /* zui->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += a3[_u];
+        real l0[80] __attribute__((aligned(64))) = {0};
         /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
-        real w2[80] = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a5[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (l0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
-        /* ijk,zuki->zuj */
-        real t3[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t3[_k * 16 + _u] = (l0 + 0)[_u * 5 + _k];
-        real w4[80] = {0};
+                t1[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_j * 16 + _u] += a6[_j * 5 + _k] * t3[_k * 16 + _u];
+                    w2[_j * 16 + _u] += t1[_k * 16 + _u] * a4[_j * 5 + _k];
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
-                (a0 + 64)[_u * 5 + _j] += w4[_j * 16 + _u];
+                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
+        /* zuj,zuij->zui */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t3[_j * 16 + _u] = a5[_u * 5 + _j];
+        real t4[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t4[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_u] += t3[_j * 16 + _u] * t4[_j * 16 + _u];
+        /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+        real t5[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t5[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
+        real w6[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_j * 16 + _u] += a6[_u] * t5[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += w6[_j * 16 + _u];
         /* zui,u->zui */
-        real t5[48];
+        real t7[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                t5[_i * 16 + _u] = (a7 + 16)[_u * 3 + _i];
-        real w6[48] = {0};
+                t7[_i * 16 + _u] = (a7 + 16)[_u * 3 + _i];
+        real w8[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                w6[_i * 16 + _u] += (real)1.224744871391589 * t5[_i * 16 + _u] * a8[_u];
+                w8[_i * 16 + _u] += (real)1.224744871391589 * t7[_i * 16 + _u] * a8[_u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                (a1 + 0)[_u * 3 + _i] += w6[_i * 16 + _u];
+                (a1 + 0)[_u * 3 + _i] += w8[_i * 16 + _u];
         /* zui->ziu */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
@@ -4998,36 +4879,7 @@ void cormorant_cg_d_s26(int64_t n, int threads, real *restrict A0, int64_t a0_st
     }
 }
 
-void cormorant_cg_d_s27(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 144);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
-        real t1[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 16 + _u] = (a1 + 0)[_u * 3 + _k];
-        real t2[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t2[_j * 16 + _u] = a2[_u * 3 + _j];
-        real w3[144] = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 48 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 3; ++_k)
-                    (a0 + 0)[_u * 9 + _j * 3 + _k] += w3[_j * 48 + _k * 16 + _u];
-    }
-}
-
-void cormorant_cg_d_s28(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void cormorant_cg_d_s22(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -5035,47 +4887,56 @@ void cormorant_cg_d_s28(int64_t n, int threads, real *restrict A0, int64_t a0_st
         real *restrict a1 = A1 + z * a1_stride;
         memset(a1, 0, sizeof(real) * 16);
         const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a3 = A3;
         const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5;
+        const real *restrict a5 = A5 + z * a5_stride;
         const real *restrict a6 = A6 + z * a6_stride;
         const real *restrict a7 = A7;
-        real l0[48] = {0};
-        /* zui->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += a2[_u];
+        real l0[48] __attribute__((aligned(64))) = {0};
         /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 16 + _u] = (a3 + 0)[_u * 3 + _k];
-        real w2[48] = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a4[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (l0 + 0)[_u * 3 + _k] += w2[_k * 16 + _u];
-        /* ijk,zuki->zuj */
-        real t3[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t3[_k * 16 + _u] = (l0 + 0)[_u * 3 + _k];
-        real w4[48] = {0};
+                t1[_k * 16 + _u] = (a2 + 0)[_u * 3 + _k];
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_j * 16 + _u] += a5[_j * 3 + _k] * t3[_k * 16 + _u];
+                    w2[_j * 16 + _u] += t1[_k * 16 + _u] * a3[_j * 3 + _k];
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
-                (a0 + 16)[_u * 3 + _j] += w4[_j * 16 + _u];
+                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+        /* zuj,zuij->zui */
+        real t3[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 16 + _u] = a4[_u * 3 + _j];
+        real t4[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t4[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_u] += t3[_j * 16 + _u] * t4[_j * 16 + _u];
+        /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+        real t5[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t5[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
+        real w6[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_j * 16 + _u] += a5[_u] * t5[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 16)[_u * 3 + _j] += w6[_j * 16 + _u];
         /* zui,u->zui */
         for (int _u = 0; _u < 16; ++_u)
             (a1 + 0)[_u] += (real)0.5773502691896257 * (a6 + 0)[_u] * a7[_u];
     }
 }
 
-void cormorant_cg_d_s29(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void cormorant_cg_d_s23(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -5084,8 +4945,8 @@ void cormorant_cg_d_s29(int64_t n, int threads, real *restrict A0, int64_t a0_st
         const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3;
         const real *restrict a4 = A4 + z * a4_stride;
-        real l0[16] = {0};
-        real l1[16] = {0};
+        real l0[16] __attribute__((aligned(64))) = {0};
+        real l1[16] __attribute__((aligned(64))) = {0};
         /* ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
         for (int _u = 0; _u < 16; ++_u)
             (l0 + 0)[_u] += (a1 + 0)[_u] * a2[_u];
@@ -5192,20 +5053,20 @@ void cormorant_cg_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
         const real *restrict a24 = A24;
         const real *restrict a25 = A25 + z * a25_stride;
         const real *restrict a26 = A26 + z * a26_stride;
-        real l0[16] = {0};
-        real l1[16] = {0};
-        real l2[16] = {0};
-        real l3[16] = {0};
-        real l4[16] = {0};
+        real l0[16] __attribute__((aligned(64))) = {0};
+        real l1[16] __attribute__((aligned(64))) = {0};
+        real l2[16] __attribute__((aligned(64))) = {0};
+        real l3[16] __attribute__((aligned(64))) = {0};
+        real l4[16] __attribute__((aligned(64))) = {0};
         /* ziu->zui */
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += a12[_u];
         /* zui,u->zui */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a13[_u];
@@ -5216,11 +5077,11 @@ void cormorant_cg_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 16; ++_u)
             (a2 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a14[_u];
         /* zui,u->zui */
-        real t3[80];
+        real t3[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
-        real w4[80] = {0};
+        real w4[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w4[_i * 16 + _u] += (real)1.118033988749895 * t3[_i * 16 + _u] * a15[_u];
@@ -5228,11 +5089,11 @@ void cormorant_cg_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _i = 0; _i < 5; ++_i)
                 (a3 + 0)[_u * 5 + _i] += w4[_i * 16 + _u];
         /* zui,u->zui */
-        real t5[48];
+        real t5[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t5[_i * 16 + _u] = (a0 + 16)[_u * 3 + _i];
-        real w6[48] = {0};
+        real w6[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w6[_i * 16 + _u] += (real)1.224744871391589 * t5[_i * 16 + _u] * a16[_u];
@@ -5240,11 +5101,11 @@ void cormorant_cg_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _i = 0; _i < 3; ++_i)
                 (a4 + 0)[_u * 3 + _i] += w6[_i * 16 + _u];
         /* zui,u->zui */
-        real t7[80];
+        real t7[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t7[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
-        real w8[80] = {0};
+        real w8[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w8[_i * 16 + _u] += (real)1.118033988749895 * t7[_i * 16 + _u] * a17[_u];
@@ -5255,11 +5116,11 @@ void cormorant_cg_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 16; ++_u)
             (a6 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a18[_u];
         /* zui,u->zui */
-        real t9[80];
+        real t9[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t9[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
-        real w10[80] = {0};
+        real w10[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w10[_i * 16 + _u] += (real)1.118033988749895 * t9[_i * 16 + _u] * a19[_u];
@@ -5267,11 +5128,11 @@ void cormorant_cg_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _i = 0; _i < 5; ++_i)
                 (a7 + 0)[_u * 5 + _i] += w10[_i * 16 + _u];
         /* zui,u->zui */
-        real t11[48];
+        real t11[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t11[_i * 16 + _u] = (a0 + 16)[_u * 3 + _i];
-        real w12[48] = {0};
+        real w12[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w12[_i * 16 + _u] += (real)1.224744871391589 * t11[_i * 16 + _u] * a20[_u];
@@ -5311,66 +5172,12 @@ void cormorant_cg_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_t a0_
     }
 }
 
-void cormorant_cg_d2_f_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void cormorant_cg_d2_f_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         memset(a0, 0, sizeof(real) * 48);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 144);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4;
-        const real *restrict a5 = A5 + z * a5_stride;
-        real l0[48] = {0};
-        /* ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
-        real t1[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 16 + _u] = a2[_u * 3 + _j];
-        real w2[48] = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += t1[_j * 16 + _u] * a3[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
-        /* ijk,zuji->zuk */
-        real t3[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        real w4[48] = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w4[_k * 16 + _u] += a4[_j * 3 + _k] * t3[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (a0 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
-        /* ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
-        real t5[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t5[_k * 16 + _u] = (a5 + 0)[_u * 3 + _k];
-        real w6[144] = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w6[_j * 48 + _k * 16 + _u] += t1[_j * 16 + _u] * t5[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 3; ++_k)
-                    (a1 + 0)[_u * 9 + _j * 3 + _k] += w6[_j * 48 + _k * 16 + _u];
-    }
-}
-
-void cormorant_cg_d2_f_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
         real *restrict a1 = A1 + z * a1_stride;
         real *restrict a2 = A2 + z * a2_stride;
         real *restrict a3 = A3 + z * a3_stride;
@@ -5379,149 +5186,127 @@ void cormorant_cg_d2_f_s5(int64_t n, int threads, real *restrict A0, int64_t a0_
         memset(a4, 0, sizeof(real) * 48);
         const real *restrict a5 = A5 + z * a5_stride;
         const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a8 = A8;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8 + z * a8_stride;
         const real *restrict a9 = A9 + z * a9_stride;
-        const real *restrict a10 = A10;
-        const real *restrict a11 = A11 + z * a11_stride;
-        real l0[48] = {0};
-        real l1[48] = {0};
-        /* zui->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += a5[_u];
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11;
+        const real *restrict a12 = A12 + z * a12_stride;
+        real l0[48] __attribute__((aligned(64))) = {0};
+        real l1[48] __attribute__((aligned(64))) = {0};
+        real l2[48] __attribute__((aligned(64))) = {0};
         /* ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 16 + _u] = a7[_u * 3 + _j];
-        real w2[48] = {0};
+                t1[_j * 16 + _u] = a5[_u * 3 + _j];
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += a6[_u] * t1[_j * 16 + _u];
+                w2[_j * 16 + _u] += t1[_j * 16 + _u] * a6[_u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t3[48];
+        /* ijk,zuji->zuk */
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        real w4[48] = {0};
+        real w4[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_k * 16 + _u] += a8[_j * 3 + _k] * t3[_j * 16 + _u];
+                    w4[_k * 16 + _u] += a7[_j * 3 + _k] * t3[_j * 16 + _u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                (a1 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
+                (a0 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
         /* ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
-        real t5[48];
+        real t5[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                t5[_k * 16 + _u] = (a9 + 0)[_u * 3 + _k];
-        real w6[48] = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w6[_k * 16 + _u] += a6[_u] * t5[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (l1 + 0)[_u * 3 + _k] += w6[_k * 16 + _u];
-        /* ijk,zuik->zuj */
-        real t7[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t7[_k * 16 + _u] = (l1 + 0)[_u * 3 + _k];
-        real w8[48] = {0};
+                t5[_k * 16 + _u] = (a8 + 0)[_u * 3 + _k];
+        real w6[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += a8[_j * 3 + _k] * t7[_k * 16 + _u];
+                    w6[_j * 16 + _u] += t5[_k * 16 + _u] * a7[_j * 3 + _k];
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
-                (a0 + 16)[_u * 3 + _j] += w8[_j * 16 + _u];
+                (l1 + 0)[_u * 3 + _j] += w6[_j * 16 + _u];
+        /* zuj,zuij->zui */
+        real t7[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t7[_j * 16 + _u] = (l1 + 0)[_u * 3 + _j];
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += t1[_j * 16 + _u] * t7[_j * 16 + _u];
+        /* ∂/∂d__p3: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+        real t8[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t8[_j * 16 + _u] = a10[_u * 3 + _j];
+        real w9[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w9[_j * 16 + _u] += a9[_u] * t8[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l2 + 0)[_u * 3 + _j] += w9[_j * 16 + _u];
+        /* ijk,zuij->zuk */
+        real t10[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t10[_j * 16 + _u] = (l2 + 0)[_u * 3 + _j];
+        real w11[48] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w11[_k * 16 + _u] += a7[_j * 3 + _k] * t10[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 0)[_u * 3 + _k] += w11[_k * 16 + _u];
+        /* ∂/∂f: ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+        real t12[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t12[_j * 16 + _u] = (l1 + 0)[_u * 3 + _j];
+        real w13[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w13[_j * 16 + _u] += a9[_u] * t12[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a1 + 16)[_u * 3 + _j] += w13[_j * 16 + _u];
         /* zui,u->zui */
-        real t9[48];
+        real t14[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                t9[_i * 16 + _u] = (a1 + 0)[_u * 3 + _i];
-        real w10[48] = {0};
+                t14[_i * 16 + _u] = (a0 + 0)[_u * 3 + _i];
+        real w15[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                w10[_i * 16 + _u] += (real)1.224744871391589 * t9[_i * 16 + _u] * a10[_u];
+                w15[_i * 16 + _u] += (real)1.224744871391589 * t14[_i * 16 + _u] * a11[_u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                (a2 + 16)[_u * 3 + _i] += w10[_i * 16 + _u];
+                (a2 + 16)[_u * 3 + _i] += w15[_i * 16 + _u];
         /* zui->ziu */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                (a3 + 0)[_i * 16 + _u] += (a1 + 0)[_u * 3 + _i];
+                (a3 + 0)[_i * 16 + _u] += (a0 + 0)[_u * 3 + _i];
         /* zui->ziu */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                (a4 + 0)[_i * 16 + _u] += (a11 + 16)[_u * 3 + _i];
+                (a4 + 0)[_i * 16 + _u] += (a12 + 16)[_u * 3 + _i];
     }
 }
 
-void cormorant_cg_d2_f_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void cormorant_cg_d2_f_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         memset(a0, 0, sizeof(real) * 80);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 400);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4;
-        const real *restrict a5 = A5 + z * a5_stride;
-        real l0[80] = {0};
-        /* ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t1[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w2[80] = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += t1[_j * 16 + _u] * a3[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
-        /* ijk,zuji->zuk */
-        real t3[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        real w4[80] = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w4[_k * 16 + _u] += a4[_j * 5 + _k] * t3[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 0)[_u * 5 + _k] += w4[_k * 16 + _u];
-        /* ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
-        real t5[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t5[_k * 16 + _u] = (a5 + 0)[_u * 5 + _k];
-        real w6[400] = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w6[_j * 80 + _k * 16 + _u] += t1[_j * 16 + _u] * t5[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    (a1 + 0)[_u * 25 + _j * 5 + _k] += w6[_j * 80 + _k * 16 + _u];
-    }
-}
-
-void cormorant_cg_d2_f_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
         real *restrict a1 = A1 + z * a1_stride;
         real *restrict a2 = A2 + z * a2_stride;
         real *restrict a3 = A3 + z * a3_stride;
@@ -5530,90 +5315,122 @@ void cormorant_cg_d2_f_s7(int64_t n, int threads, real *restrict A0, int64_t a0_
         memset(a4, 0, sizeof(real) * 80);
         const real *restrict a5 = A5 + z * a5_stride;
         const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a8 = A8;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8 + z * a8_stride;
         const real *restrict a9 = A9 + z * a9_stride;
-        const real *restrict a10 = A10;
-        const real *restrict a11 = A11 + z * a11_stride;
-        real l0[80] = {0};
-        real l1[80] = {0};
-        /* zui->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += a5[_u];
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11;
+        const real *restrict a12 = A12 + z * a12_stride;
+        real l0[80] __attribute__((aligned(64))) = {0};
+        real l1[80] __attribute__((aligned(64))) = {0};
+        real l2[80] __attribute__((aligned(64))) = {0};
         /* ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
-                t1[_j * 16 + _u] = a7[_u * 5 + _j];
-        real w2[80] = {0};
+                t1[_j * 16 + _u] = a5[_u * 5 + _j];
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += a6[_u] * t1[_j * 16 + _u];
+                w2[_j * 16 + _u] += t1[_j * 16 + _u] * a6[_u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
-        /* ijk,zuij->zuk */
-        real t3[80];
+        /* ijk,zuji->zuk */
+        real t3[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        real w4[80] = {0};
+        real w4[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_k * 16 + _u] += a8[_j * 5 + _k] * t3[_j * 16 + _u];
+                    w4[_k * 16 + _u] += a7[_j * 5 + _k] * t3[_j * 16 + _u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
-                (a1 + 0)[_u * 5 + _k] += w4[_k * 16 + _u];
+                (a0 + 0)[_u * 5 + _k] += w4[_k * 16 + _u];
         /* ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
-        real t5[80];
+        real t5[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
-                t5[_k * 16 + _u] = (a9 + 0)[_u * 5 + _k];
-        real w6[80] = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w6[_k * 16 + _u] += a6[_u] * t5[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (l1 + 0)[_u * 5 + _k] += w6[_k * 16 + _u];
-        /* ijk,zuik->zuj */
-        real t7[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t7[_k * 16 + _u] = (l1 + 0)[_u * 5 + _k];
-        real w8[80] = {0};
+                t5[_k * 16 + _u] = (a8 + 0)[_u * 5 + _k];
+        real w6[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += a8[_j * 5 + _k] * t7[_k * 16 + _u];
+                    w6[_j * 16 + _u] += t5[_k * 16 + _u] * a7[_j * 5 + _k];
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
-                (a0 + 64)[_u * 5 + _j] += w8[_j * 16 + _u];
+                (l1 + 0)[_u * 5 + _j] += w6[_j * 16 + _u];
+        /* zuj,zuij->zui */
+        real t7[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t7[_j * 16 + _u] = (l1 + 0)[_u * 5 + _j];
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += t1[_j * 16 + _u] * t7[_j * 16 + _u];
+        /* ∂/∂d__p5: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+        real t8[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t8[_j * 16 + _u] = a10[_u * 5 + _j];
+        real w9[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w9[_j * 16 + _u] += a9[_u] * t8[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l2 + 0)[_u * 5 + _j] += w9[_j * 16 + _u];
+        /* ijk,zuij->zuk */
+        real t10[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t10[_j * 16 + _u] = (l2 + 0)[_u * 5 + _j];
+        real w11[80] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w11[_k * 16 + _u] += a7[_j * 5 + _k] * t10[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 0)[_u * 5 + _k] += w11[_k * 16 + _u];
+        /* ∂/∂f: ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+        real t12[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t12[_j * 16 + _u] = (l1 + 0)[_u * 5 + _j];
+        real w13[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w13[_j * 16 + _u] += a9[_u] * t12[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a1 + 64)[_u * 5 + _j] += w13[_j * 16 + _u];
         /* zui,u->zui */
-        real t9[80];
+        real t14[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                t9[_i * 16 + _u] = (a1 + 0)[_u * 5 + _i];
-        real w10[80] = {0};
+                t14[_i * 16 + _u] = (a0 + 0)[_u * 5 + _i];
+        real w15[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                w10[_i * 16 + _u] += (real)1.118033988749895 * t9[_i * 16 + _u] * a10[_u];
+                w15[_i * 16 + _u] += (real)1.118033988749895 * t14[_i * 16 + _u] * a11[_u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                (a2 + 64)[_u * 5 + _i] += w10[_i * 16 + _u];
+                (a2 + 64)[_u * 5 + _i] += w15[_i * 16 + _u];
         /* zui->ziu */
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                (a3 + 0)[_i * 16 + _u] += (a1 + 0)[_u * 5 + _i];
+                (a3 + 0)[_i * 16 + _u] += (a0 + 0)[_u * 5 + _i];
         /* zui->ziu */
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                (a4 + 0)[_i * 16 + _u] += (a11 + 64)[_u * 5 + _i];
+                (a4 + 0)[_i * 16 + _u] += (a12 + 64)[_u * 5 + _i];
     }
 }
 
-void cormorant_cg_d2_f_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void cormorant_cg_d2_f_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -5622,15 +5439,15 @@ void cormorant_cg_d2_f_s8(int64_t n, int threads, real *restrict A0, int64_t a0_
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 16 + _u] = a1[_u * 3 + _j];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 16 + _u] = a2[_u * 3 + _i];
-        real w3[144] = {0};
+        real w3[144] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -5642,7 +5459,7 @@ void cormorant_cg_d2_f_s8(int64_t n, int threads, real *restrict A0, int64_t a0_
     }
 }
 
-void cormorant_cg_d2_f_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+void cormorant_cg_d2_f_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -5657,16 +5474,16 @@ void cormorant_cg_d2_f_s9(int64_t n, int threads, real *restrict A0, int64_t a0_
         const real *restrict a6 = A6;
         const real *restrict a7 = A7 + z * a7_stride;
         const real *restrict a8 = A8 + z * a8_stride;
-        real l0[48] = {0};
+        real l0[48] __attribute__((aligned(64))) = {0};
         /* zuk->zuk */
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += a3[_u];
         /* ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 16 + _u] = a4[_u * 3 + _j];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_j * 16 + _u] += t1[_j * 16 + _u] * (a5 + 0)[_u];
@@ -5674,11 +5491,11 @@ void cormorant_cg_d2_f_s9(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _j = 0; _j < 3; ++_j)
                 (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
         /* ijk,zujk->zui */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        real w4[48] = {0};
+        real w4[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -5687,15 +5504,15 @@ void cormorant_cg_d2_f_s9(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w4[_i * 16 + _u];
         /* ∂/∂d__p6: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
-        real t5[48];
+        real t5[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t5[_i * 16 + _u] = a7[_u * 3 + _i];
-        real t6[48];
+        real t6[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t6[_j * 16 + _u] = a8[_u * 3 + _j];
-        real w7[144] = {0};
+        real w7[144] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -5707,7 +5524,7 @@ void cormorant_cg_d2_f_s9(int64_t n, int threads, real *restrict A0, int64_t a0_
     }
 }
 
-void cormorant_cg_d2_f_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void cormorant_cg_d2_f_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -5719,16 +5536,16 @@ void cormorant_cg_d2_f_s10(int64_t n, int threads, real *restrict A0, int64_t a0
         const real *restrict a5 = A5 + z * a5_stride;
         const real *restrict a6 = A6;
         const real *restrict a7 = A7;
-        real l0[48] = {0};
+        real l0[48] __attribute__((aligned(64))) = {0};
         /* zuk->zuk */
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += a3[_u];
         /* ∂/∂f: ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 16 + _u] = a4[_u * 3 + _i];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_i * 16 + _u] += t1[_i * 16 + _u] * (a5 + 0)[_u];
@@ -5736,11 +5553,11 @@ void cormorant_cg_d2_f_s10(int64_t n, int threads, real *restrict A0, int64_t a0
             for (int _i = 0; _i < 3; ++_i)
                 (l0 + 0)[_u * 3 + _i] += w2[_i * 16 + _u];
         /* ijk,zuik->zuj */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 16 + _u] = (l0 + 0)[_u * 3 + _i];
-        real w4[48] = {0};
+        real w4[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -5754,125 +5571,114 @@ void cormorant_cg_d2_f_s10(int64_t n, int threads, real *restrict A0, int64_t a0
     }
 }
 
-void cormorant_cg_d2_f_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void cormorant_cg_d2_f_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         memset(a0, 0, sizeof(real) * 80);
         real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 240);
-        const real *restrict a2 = A2 + z * a2_stride;
+        memset(a1, 0, sizeof(real) * 144);
+        real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
         /* zuk->zuk */
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
-                (a0 + 0)[_u * 5 + _k] += a2[_u * 5 + _k];
+                (a0 + 0)[_u * 5 + _k] += a3[_u * 5 + _k];
         /* ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
-        real t1[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 16 + _u] = a3[_u * 3 + _j];
-        real t2[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
-                t2[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
-        real w3[240] = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 80 + _k * 16 + _u] += t1[_j * 16 + _u] * t2[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    (a1 + 0)[_u * 15 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
-    }
-}
-
-void cormorant_cg_d2_f_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* zui->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += a1[_u * 3 + _i];
-    }
-}
-
-void cormorant_cg_d2_f_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 240);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* zuk->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 0)[_u * 5 + _k] += a2[_u * 5 + _k];
-        /* ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
-        real t1[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 16 + _u] = a3[_u * 3 + _i];
-        real t2[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t2[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
-        real w3[240] = {0};
+                t1[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
+        real w2[144] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_i * 80 + _k * 16 + _u] += t1[_i * 16 + _u] * t2[_k * 16 + _u];
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w2[_i * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * a5[_i * 15 + _j * 5 + _k];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                for (int _k = 0; _k < 5; ++_k)
-                    (a1 + 0)[_u * 15 + _i * 5 + _k] += w3[_i * 80 + _k * 16 + _u];
+                for (int _j = 0; _j < 3; ++_j)
+                    (a1 + 0)[_u * 9 + _i * 3 + _j] += w2[_i * 48 + _j * 16 + _u];
+        /* zuj,zuij->zui */
+        real t3[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 16 + _u] = a6[_u * 3 + _j];
+        real t4[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t4[_i * 48 + _j * 16 + _u] = (a1 + 0)[_u * 9 + _i * 3 + _j];
+        real w5[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 16 + _u] += t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a2 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
     }
 }
 
-void cormorant_cg_d2_f_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void cormorant_cg_d2_f_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         real *restrict a1 = A1 + z * a1_stride;
         real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 80);
-        const real *restrict a3 = A3 + z * a3_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 80);
         const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5;
-        /* zuj->zuj */
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        /* zuk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 0)[_u * 5 + _k] += a4[_u * 5 + _k];
+        /* ∂/∂f: ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a5[_u * 3 + _i];
+        real t2[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t2[_i * 48 + _j * 16 + _u] = (a6 + 0)[_u * 9 + _i * 3 + _j];
+        real w3[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 16 + _u] += t1[_i * 16 + _u] * t2[_i * 48 + _j * 16 + _u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
-                (a0 + 16)[_u * 3 + _j] += a3[_u * 3 + _j];
+                (a1 + 16)[_u * 3 + _j] += w3[_j * 16 + _u];
         /* zui,u->zui */
-        real t1[80];
+        real t4[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 16 + _u] = (a4 + 0)[_u * 5 + _i];
-        real w2[80] = {0};
+                t4[_i * 16 + _u] = (a0 + 0)[_u * 5 + _i];
+        real w5[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
+                w5[_i * 16 + _u] += (real)1.118033988749895 * t4[_i * 16 + _u] * a7[_u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
+                (a2 + 64)[_u * 5 + _i] += w5[_i * 16 + _u];
         /* zui->ziu */
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_i * 16 + _u] += (a4 + 0)[_u * 5 + _i];
+                (a3 + 0)[_i * 16 + _u] += (a0 + 0)[_u * 5 + _i];
     }
 }
 
-void cormorant_cg_d2_f_s15(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void cormorant_cg_d2_f_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -5881,15 +5687,15 @@ void cormorant_cg_d2_f_s15(int64_t n, int threads, real *restrict A0, int64_t a0
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t1[_j * 16 + _u] = a1[_u * 5 + _j];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 16 + _u] = a2[_u * 3 + _i];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -5901,7 +5707,7 @@ void cormorant_cg_d2_f_s15(int64_t n, int threads, real *restrict A0, int64_t a0
     }
 }
 
-void cormorant_cg_d2_f_s16(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void cormorant_cg_d2_f_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -5917,15 +5723,15 @@ void cormorant_cg_d2_f_s16(int64_t n, int threads, real *restrict A0, int64_t a0
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 0)[_u * 3 + _k] += a2[_u * 3 + _k];
         /* ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t1[_j * 16 + _u] = a3[_u * 5 + _j];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 16 + _u] = (a4 + 0)[_u * 3 + _k];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -5937,7 +5743,7 @@ void cormorant_cg_d2_f_s16(int64_t n, int threads, real *restrict A0, int64_t a0
     }
 }
 
-void cormorant_cg_d2_f_s17(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void cormorant_cg_d2_f_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -5952,15 +5758,15 @@ void cormorant_cg_d2_f_s17(int64_t n, int threads, real *restrict A0, int64_t a0
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += a2[_u * 3 + _i];
         /* ∂/∂d__p8: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 16 + _u] = a3[_u * 3 + _i];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t2[_j * 16 + _u] = a4[_u * 5 + _j];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -5972,7 +5778,7 @@ void cormorant_cg_d2_f_s17(int64_t n, int threads, real *restrict A0, int64_t a0
     }
 }
 
-void cormorant_cg_d2_f_s18(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void cormorant_cg_d2_f_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -5987,15 +5793,15 @@ void cormorant_cg_d2_f_s18(int64_t n, int threads, real *restrict A0, int64_t a0
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 0)[_u * 3 + _k] += a2[_u * 3 + _k];
         /* ∂/∂f: ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 16 + _u] = a3[_u * 3 + _i];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 16 + _u] = (a4 + 0)[_u * 3 + _k];
-        real w3[144] = {0};
+        real w3[144] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -6007,7 +5813,7 @@ void cormorant_cg_d2_f_s18(int64_t n, int threads, real *restrict A0, int64_t a0
     }
 }
 
-void cormorant_cg_d2_f_s19(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void cormorant_cg_d2_f_s15(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -6023,11 +5829,11 @@ void cormorant_cg_d2_f_s19(int64_t n, int threads, real *restrict A0, int64_t a0
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 64)[_u * 5 + _j] += a3[_u * 5 + _j];
         /* zui,u->zui */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 16 + _u] = (a4 + 0)[_u * 3 + _i];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_i * 16 + _u] += (real)1.224744871391589 * t1[_i * 16 + _u] * a5[_u];
@@ -6038,6 +5844,239 @@ void cormorant_cg_d2_f_s19(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 (a2 + 0)[_i * 16 + _u] += (a4 + 0)[_u * 3 + _i];
+    }
+}
+
+void cormorant_cg_d2_f_s16(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 240);
+        real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* zuk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 0)[_u * 5 + _k] += a3[_u * 5 + _k];
+        /* ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
+        real w2[240] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w2[_i * 80 + _j * 16 + _u] += t1[_k * 16 + _u] * a5[_i * 25 + _j * 5 + _k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a1 + 0)[_u * 15 + _i * 5 + _j] += w2[_i * 80 + _j * 16 + _u];
+        /* zuj,zuij->zui */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t3[_j * 16 + _u] = a6[_u * 5 + _j];
+        real t4[240] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    t4[_i * 80 + _j * 16 + _u] = (a1 + 0)[_u * 15 + _i * 5 + _j];
+        real w5[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 16 + _u] += t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a2 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
+    }
+}
+
+void cormorant_cg_d2_f_s17(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 80);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        /* zuk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (a0 + 0)[_u * 5 + _k] += a4[_u * 5 + _k];
+        /* ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a5[_u * 3 + _i];
+        real t2[240] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    t2[_i * 80 + _j * 16 + _u] = (a6 + 0)[_u * 15 + _i * 5 + _j];
+        real w3[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 16 + _u] += t1[_i * 16 + _u] * t2[_i * 80 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a1 + 64)[_u * 5 + _j] += w3[_j * 16 + _u];
+        /* zui,u->zui */
+        real t4[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t4[_i * 16 + _u] = (a0 + 0)[_u * 5 + _i];
+        real w5[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w5[_i * 16 + _u] += (real)1.118033988749895 * t4[_i * 16 + _u] * a7[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a2 + 64)[_u * 5 + _i] += w5[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a3 + 0)[_i * 16 + _u] += (a0 + 0)[_u * 5 + _i];
+    }
+}
+
+void cormorant_cg_d2_f_s18(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 16);
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        real l0[80] __attribute__((aligned(64))) = {0};
+        real l1[80] __attribute__((aligned(64))) = {0};
+        /* ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a3[_u * 5 + _j];
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_i * 16 + _u] += t1[_j * 16 + _u] * a4[_i * 5 + _j];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* zui,zuik->zuk */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 16 + _u] = a5[_u * 5 + _i];
+        real t4[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t4[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_u] += t3[_i * 16 + _u] * t4[_i * 16 + _u];
+        /* ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+        real t5[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t5[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
+        real w6[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_i * 16 + _u] += (a6 + 0)[_u] * t5[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 64)[_u * 5 + _i] += w6[_i * 16 + _u];
+        /* ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+        real t7[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t7[_i * 16 + _u] = a7[_u * 5 + _i];
+        real w8[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_j * 16 + _u] += t7[_i * 16 + _u] * a4[_i * 5 + _j];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (l1 + 0)[_u * 5 + _j] += w8[_j * 16 + _u];
+        /* zuj,zujk->zuk */
+        real t9[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t9[_j * 16 + _u] = a8[_u * 5 + _j];
+        real t10[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t10[_j * 16 + _u] = (l1 + 0)[_u * 5 + _j];
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_u] += t9[_j * 16 + _u] * t10[_j * 16 + _u];
+        /* ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
+        real t11[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t11[_j * 16 + _u] = (l1 + 0)[_u * 5 + _j];
+        real w12[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w12[_j * 16 + _u] += (a6 + 0)[_u] * t11[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a1 + 64)[_u * 5 + _j] += w12[_j * 16 + _u];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a2 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a9[_u];
+    }
+}
+
+void cormorant_cg_d2_f_s19(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a1[_u * 5 + _j];
+        real t2[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t2[_i * 16 + _u] = a2[_u * 5 + _i];
+        real w3[400] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 80 + _j * 16 + _u] += t1[_j * 16 + _u] * t2[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 25 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
     }
 }
 
@@ -6056,16 +6095,16 @@ void cormorant_cg_d2_f_s20(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 0)[_u * 5 + _k] += a2[_u * 5 + _k];
-        /* ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
-        real t1[80];
+        /* ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t1[_j * 16 + _u] = a3[_u * 5 + _j];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t2[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
-        real w3[400] = {0};
+        real w3[400] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -6077,16 +6116,38 @@ void cormorant_cg_d2_f_s20(int64_t n, int threads, real *restrict A0, int64_t a0
     }
 }
 
-void cormorant_cg_d2_f_s21(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void cormorant_cg_d2_f_s21(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        const real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 400);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
         /* zui->zui */
         for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += a1[_u * 3 + _i];
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 64)[_u * 5 + _i] += a2[_u * 5 + _i];
+        /* ∂/∂d__p11: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a3[_u * 5 + _i];
+        real t2[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a4[_u * 5 + _j];
+        real w3[400] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_i * 80 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a1 + 0)[_u * 25 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
     }
 }
 
@@ -6096,7 +6157,7 @@ void cormorant_cg_d2_f_s22(int64_t n, int threads, real *restrict A0, int64_t a0
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 240);
+        memset(a1, 0, sizeof(real) * 400);
         const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
@@ -6104,24 +6165,24 @@ void cormorant_cg_d2_f_s22(int64_t n, int threads, real *restrict A0, int64_t a0
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 0)[_u * 5 + _k] += a2[_u * 5 + _k];
-        /* ∂/∂f: ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
-        real t1[48];
+        /* ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 16 + _u] = a3[_u * 3 + _i];
-        real t2[80];
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a3[_u * 5 + _i];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t2[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
-        real w3[240] = {0};
-        for (int _i = 0; _i < 3; ++_i)
+        real w3[400] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
                     w3[_i * 80 + _k * 16 + _u] += t1[_i * 16 + _u] * t2[_k * 16 + _u];
         for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
+            for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
-                    (a1 + 0)[_u * 15 + _i * 5 + _k] += w3[_i * 80 + _k * 16 + _u];
+                    (a1 + 0)[_u * 25 + _i * 5 + _k] += w3[_i * 80 + _k * 16 + _u];
     }
 }
 
@@ -6141,11 +6202,11 @@ void cormorant_cg_d2_f_s23(int64_t n, int threads, real *restrict A0, int64_t a0
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 64)[_u * 5 + _j] += a3[_u * 5 + _j];
         /* zui,u->zui */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 16 + _u] = (a4 + 0)[_u * 5 + _i];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
@@ -6159,266 +6220,7 @@ void cormorant_cg_d2_f_s23(int64_t n, int threads, real *restrict A0, int64_t a0
     }
 }
 
-void cormorant_cg_d2_f_s24(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 400);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t1[_j * 16 + _u] = a1[_u * 5 + _j];
-        real t2[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t2[_i * 16 + _u] = a2[_u * 5 + _i];
-        real w3[400] = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_i * 80 + _j * 16 + _u] += t1[_j * 16 + _u] * t2[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    (a0 + 0)[_u * 25 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
-    }
-}
-
-void cormorant_cg_d2_f_s25(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 16);
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 400);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        real l0[80] = {0};
-        /* zuk->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += a3[_u];
-        /* ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t1[_j * 16 + _u] = a4[_u * 5 + _j];
-        real w2[80] = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += t1[_j * 16 + _u] * (a5 + 0)[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
-        /* ijk,zujk->zui */
-        real t3[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        real w4[80] = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w4[_i * 16 + _u] += a6[_i * 5 + _j] * t3[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
-        /* ∂/∂d__p10: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
-        real t5[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t5[_i * 16 + _u] = a7[_u * 5 + _i];
-        real t6[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t6[_j * 16 + _u] = a8[_u * 5 + _j];
-        real w7[400] = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w7[_i * 80 + _j * 16 + _u] += t5[_i * 16 + _u] * t6[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    (a2 + 0)[_u * 25 + _i * 5 + _j] += w7[_i * 80 + _j * 16 + _u];
-    }
-}
-
-void cormorant_cg_d2_f_s26(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6;
-        const real *restrict a7 = A7;
-        real l0[80] = {0};
-        /* zuk->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += a3[_u];
-        /* ∂/∂f: ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 16 + _u] = a4[_u * 5 + _i];
-        real w2[80] = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w2[_i * 16 + _u] += t1[_i * 16 + _u] * (a5 + 0)[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (l0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
-        /* ijk,zuik->zuj */
-        real t3[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t3[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
-        real w4[80] = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w4[_j * 16 + _u] += a6[_i * 5 + _j] * t3[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a1 + 64)[_u * 5 + _j] += w4[_j * 16 + _u];
-        /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a2 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a7[_u];
-    }
-}
-
-void cormorant_cg_d2_f_s27(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 80);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 400);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* zuk->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 0)[_u * 5 + _k] += a2[_u * 5 + _k];
-        /* ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t1[_j * 16 + _u] = a3[_u * 5 + _j];
-        real t2[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t2[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
-        real w3[400] = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 80 + _k * 16 + _u] += t1[_j * 16 + _u] * t2[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    (a1 + 0)[_u * 25 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
-    }
-}
-
-void cormorant_cg_d2_f_s28(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* zui->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 64)[_u * 5 + _i] += a1[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d2_f_s29(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 400);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* zuk->zuk */
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 0)[_u * 5 + _k] += a2[_u * 5 + _k];
-        /* ∂/∂f: ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 16 + _u] = a3[_u * 5 + _i];
-        real t2[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t2[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
-        real w3[400] = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_i * 80 + _k * 16 + _u] += t1[_i * 16 + _u] * t2[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _k = 0; _k < 5; ++_k)
-                    (a1 + 0)[_u * 25 + _i * 5 + _k] += w3[_i * 80 + _k * 16 + _u];
-    }
-}
-
-void cormorant_cg_d2_f_s30(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 80);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5;
-        /* zuj->zuj */
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a0 + 64)[_u * 5 + _j] += a3[_u * 5 + _j];
-        /* zui,u->zui */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 16 + _u] = (a4 + 0)[_u * 5 + _i];
-        real w2[80] = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
-        /* zui->ziu */
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_i * 16 + _u] += (a4 + 0)[_u * 5 + _i];
-    }
-}
-
-void cormorant_cg_d2_f_s31(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void cormorant_cg_d2_f_s24(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -6438,7 +6240,7 @@ void cormorant_cg_d2_f_s31(int64_t n, int threads, real *restrict A0, int64_t a0
     }
 }
 
-void cormorant_cg_d2_f_s32(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void cormorant_cg_d2_f_s25(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -6458,7 +6260,7 @@ void cormorant_cg_d2_f_s32(int64_t n, int threads, real *restrict A0, int64_t a0
     }
 }
 
-void cormorant_cg_d2_f_s33(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void cormorant_cg_d2_f_s26(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -6471,7 +6273,7 @@ void cormorant_cg_d2_f_s33(int64_t n, int threads, real *restrict A0, int64_t a0
     }
 }
 
-void cormorant_cg_d2_f_s34(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void cormorant_cg_d2_f_s27(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -6490,7 +6292,7 @@ void cormorant_cg_d2_f_s34(int64_t n, int threads, real *restrict A0, int64_t a0
     }
 }
 
-void cormorant_cg_d2_f_s35(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void cormorant_cg_d2_f_s28(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -6510,7 +6312,7 @@ void cormorant_cg_d2_f_s35(int64_t n, int threads, real *restrict A0, int64_t a0
     }
 }
 
-void cormorant_cg_d2_f_s36(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void cormorant_cg_d2_f_s29(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -6549,9 +6351,9 @@ void cormorant_cg_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
         const real *restrict a13 = A13;
         const real *restrict a14 = A14;
         const real *restrict a15 = A15 + z * a15_stride;
-        real l0[16] = {0};
-        real l1[48] = {0};
-        real l2[80] = {0};
+        real l0[16] __attribute__((aligned(64))) = {0};
+        real l1[48] __attribute__((aligned(64))) = {0};
+        real l2[80] __attribute__((aligned(64))) = {0};
         /* p1 = (p0 ⊗ p0) -> 16x0 */
         for (int _u = 0; _u < 16; ++_u)
             (l0 + 0)[_u] += a5[_u] * a6[_u];
@@ -6562,11 +6364,11 @@ void cormorant_cg_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             (a1 + 0)[_u] += (real)0.5773502691896257 * (a0 + 0)[_u] * a8[_u];
         /* p3 = (p0 ⊗ p2) -> 16x1 */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 16 + _u] = a9[_u * 3 + _j];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_j * 16 + _u] += a5[_u] * t1[_j * 16 + _u];
@@ -6574,11 +6376,11 @@ void cormorant_cg_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
             for (int _j = 0; _j < 3; ++_j)
                 (l1 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
         /* ijk,zuij->zuk */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t3[_j * 16 + _u] = (l1 + 0)[_u * 3 + _j];
-        real w4[48] = {0};
+        real w4[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -6587,11 +6389,11 @@ void cormorant_cg_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
         /* zui,u->zui */
-        real t5[48];
+        real t5[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t5[_i * 16 + _u] = (a2 + 0)[_u * 3 + _i];
-        real w6[48] = {0};
+        real w6[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w6[_i * 16 + _u] += (real)1.224744871391589 * t5[_i * 16 + _u] * a11[_u];
@@ -6599,11 +6401,11 @@ void cormorant_cg_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w6[_i * 16 + _u];
         /* p5 = (p0 ⊗ p4) -> 16x2 */
-        real t7[80];
+        real t7[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t7[_j * 16 + _u] = a12[_u * 5 + _j];
-        real w8[80] = {0};
+        real w8[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w8[_j * 16 + _u] += a5[_u] * t7[_j * 16 + _u];
@@ -6611,11 +6413,11 @@ void cormorant_cg_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
             for (int _j = 0; _j < 5; ++_j)
                 (l2 + 0)[_u * 5 + _j] += w8[_j * 16 + _u];
         /* ijk,zuij->zuk */
-        real t9[80];
+        real t9[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t9[_j * 16 + _u] = (l2 + 0)[_u * 5 + _j];
-        real w10[80] = {0};
+        real w10[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -6624,11 +6426,11 @@ void cormorant_cg_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
         /* zui,u->zui */
-        real t11[80];
+        real t11[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t11[_i * 16 + _u] = (a3 + 0)[_u * 5 + _i];
-        real w12[80] = {0};
+        real w12[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w12[_i * 16 + _u] += (real)1.118033988749895 * t11[_i * 16 + _u] * a14[_u];
@@ -6636,11 +6438,11 @@ void cormorant_cg_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w12[_i * 16 + _u];
         /* p6 = (p2 ⊗ p2) -> 16x0 */
-        real t13[48];
+        real t13[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t13[_i * 16 + _u] = a15[_u * 3 + _i];
-        real w14[144] = {0};
+        real w14[144] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -6669,11 +6471,11 @@ void cormorant_cg_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += (real)0.5773502691896257 * a2[_u] * a3[_u];
         /* zui,u->zui */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 16 + _u] = a4[_u * 5 + _i];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
@@ -6681,15 +6483,15 @@ void cormorant_cg_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
         /* p8 = (p2 ⊗ p4) -> 16x1 */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 16 + _u] = a6[_u * 3 + _i];
-        real t4[80];
+        real t4[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t4[_j * 16 + _u] = a7[_u * 5 + _j];
-        real w5[240] = {0};
+        real w5[240] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -6701,65 +6503,91 @@ void cormorant_cg_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_
     }
 }
 
-void cormorant_cg_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void cormorant_cg_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 400);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3;
+        memset(a1, 0, sizeof(real) * 80);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 16);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 400);
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5;
         const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11;
         /* zui,u->zui */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 16 + _u] = a2[_u * 3 + _i];
-        real w2[48] = {0};
+                t1[_i * 16 + _u] = a4[_u * 3 + _i];
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                w2[_i * 16 + _u] += (real)1.224744871391589 * t1[_i * 16 + _u] * a3[_u];
+                w2[_i * 16 + _u] += (real)1.224744871391589 * t1[_i * 16 + _u] * a5[_u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += w2[_i * 16 + _u];
         /* zui,u->zui */
-        real t3[80];
+        real t3[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                t3[_i * 16 + _u] = a4[_u * 5 + _i];
-        real w4[80] = {0};
+                t3[_i * 16 + _u] = a6[_u * 5 + _i];
+        real w4[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                w4[_i * 16 + _u] += (real)1.118033988749895 * t3[_i * 16 + _u] * a5[_u];
+                w4[_i * 16 + _u] += (real)1.118033988749895 * t3[_i * 16 + _u] * a7[_u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
         /* p10 = (p4 ⊗ p4) -> 16x0 */
-        real t5[80];
+        real t5[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                t5[_i * 16 + _u] = a6[_u * 5 + _i];
-        real t6[80];
+                t5[_i * 16 + _u] = a8[_u * 5 + _i];
+        real w6[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w6[_j * 16 + _u] += t5[_i * 16 + _u] * a9[_i * 5 + _j];
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
-                t6[_j * 16 + _u] = a7[_u * 5 + _j];
-        real w7[400] = {0};
+                (a1 + 0)[_u * 5 + _j] += w6[_j * 16 + _u];
+        /* zuj,zujk->zuk */
+        real t7[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t7[_j * 16 + _u] = a10[_u * 5 + _j];
+        real t8[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t8[_j * 16 + _u] = (a1 + 0)[_u * 5 + _j];
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                (a2 + 0)[_u] += t7[_j * 16 + _u] * t8[_j * 16 + _u];
+        /* zui,u->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            (a0 + 0)[_u] += (real)0.5773502691896257 * (a2 + 0)[_u] * a11[_u];
+        /* p11 = (p4 ⊗ p4) -> 16x2 */
+        real w9[400] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w7[_i * 80 + _j * 16 + _u] += t5[_i * 16 + _u] * t6[_j * 16 + _u];
+                    w9[_i * 80 + _j * 16 + _u] += t5[_i * 16 + _u] * t7[_j * 16 + _u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
-                    (a1 + 0)[_u * 25 + _i * 5 + _j] += w7[_i * 80 + _j * 16 + _u];
+                    (a3 + 0)[_u * 25 + _i * 5 + _j] += w9[_i * 80 + _j * 16 + _u];
     }
 }
 
-void cormorant_cg_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void cormorant_cg_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -6769,27 +6597,22 @@ void cormorant_cg_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_
         const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3;
         const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5;
-        const real *restrict a6 = A6 + z * a6_stride;
         /* zui,u->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += (real)0.5773502691896257 * a2[_u] * a3[_u];
-        /* zui,u->zui */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 16 + _u] = a4[_u * 5 + _i];
-        real w2[80] = {0};
+                t1[_i * 16 + _u] = a2[_u * 5 + _i];
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
+                w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a3[_u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
         /* zwi->ziw */
         for (int _i = 0; _i < 5; ++_i)
             for (int _w = 0; _w < 16; ++_w)
-                (a1 + 0)[_i * 16 + _w] += a6[_w * 5 + _i];
+                (a1 + 0)[_i * 16 + _w] += a4[_w * 5 + _i];
     }
 }
 
@@ -6881,11 +6704,11 @@ void cormorant_cg_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             (a2 + 0)[_u] += (real)0.5773502691896257 * a12[_u] * (a0 + 0)[_u];
         /* u,zui->zui */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 16 + _u] = (a15 + 0)[_u * 3 + _i];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_i * 16 + _u] += (real)1.224744871391589 * a14[_u] * t1[_i * 16 + _u];
@@ -6893,11 +6716,11 @@ void cormorant_cg_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w2[_i * 16 + _u];
         /* u,zui->zui */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 16 + _u] = (a0 + 16)[_u * 3 + _i];
-        real w4[48] = {0};
+        real w4[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w4[_i * 16 + _u] += (real)1.224744871391589 * a14[_u] * t3[_i * 16 + _u];
@@ -6905,11 +6728,11 @@ void cormorant_cg_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_
             for (int _i = 0; _i < 3; ++_i)
                 (a3 + 0)[_u * 3 + _i] += w4[_i * 16 + _u];
         /* u,zui->zui */
-        real t5[80];
+        real t5[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t5[_i * 16 + _u] = (a17 + 0)[_u * 5 + _i];
-        real w6[80] = {0};
+        real w6[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w6[_i * 16 + _u] += (real)1.118033988749895 * a16[_u] * t5[_i * 16 + _u];
@@ -6917,11 +6740,11 @@ void cormorant_cg_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w6[_i * 16 + _u];
         /* u,zui->zui */
-        real t7[80];
+        real t7[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t7[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
-        real w8[80] = {0};
+        real w8[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w8[_i * 16 + _u] += (real)1.118033988749895 * a16[_u] * t7[_i * 16 + _u];
@@ -6935,11 +6758,11 @@ void cormorant_cg_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             (a5 + 0)[_u] += (real)0.5773502691896257 * a18[_u] * (a0 + 0)[_u];
         /* u,zui->zui */
-        real t9[80];
+        real t9[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t9[_i * 16 + _u] = a21[_u * 5 + _i];
-        real w10[80] = {0};
+        real w10[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w10[_i * 16 + _u] += (real)1.118033988749895 * a20[_u] * t9[_i * 16 + _u];
@@ -6947,11 +6770,11 @@ void cormorant_cg_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w10[_i * 16 + _u];
         /* u,zui->zui */
-        real t11[80];
+        real t11[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t11[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
-        real w12[80] = {0};
+        real w12[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w12[_i * 16 + _u] += (real)1.118033988749895 * a20[_u] * t11[_i * 16 + _u];
@@ -6959,11 +6782,11 @@ void cormorant_cg_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_
             for (int _i = 0; _i < 5; ++_i)
                 (a6 + 0)[_u * 5 + _i] += w12[_i * 16 + _u];
         /* u,zui->zui */
-        real t13[48];
+        real t13[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t13[_i * 16 + _u] = a23[_u * 3 + _i];
-        real w14[48] = {0};
+        real w14[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w14[_i * 16 + _u] += (real)1.224744871391589 * a22[_u] * t13[_i * 16 + _u];
@@ -6971,11 +6794,11 @@ void cormorant_cg_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w14[_i * 16 + _u];
         /* u,zui->zui */
-        real t15[48];
+        real t15[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t15[_i * 16 + _u] = (a0 + 16)[_u * 3 + _i];
-        real w16[48] = {0};
+        real w16[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w16[_i * 16 + _u] += (real)1.224744871391589 * a22[_u] * t15[_i * 16 + _u];
@@ -6983,11 +6806,11 @@ void cormorant_cg_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_
             for (int _i = 0; _i < 3; ++_i)
                 (a7 + 0)[_u * 3 + _i] += w16[_i * 16 + _u];
         /* u,zui->zui */
-        real t17[80];
+        real t17[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t17[_i * 16 + _u] = a25[_u * 5 + _i];
-        real w18[80] = {0};
+        real w18[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w18[_i * 16 + _u] += (real)1.118033988749895 * a24[_u] * t17[_i * 16 + _u];
@@ -6995,11 +6818,11 @@ void cormorant_cg_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w18[_i * 16 + _u];
         /* u,zui->zui */
-        real t19[80];
+        real t19[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t19[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
-        real w20[80] = {0};
+        real w20[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w20[_i * 16 + _u] += (real)1.118033988749895 * a24[_u] * t19[_i * 16 + _u];
@@ -7008,16 +6831,16 @@ void cormorant_cg_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_
                 (a8 + 0)[_u * 5 + _i] += w20[_i * 16 + _u];
         /* u,zui->zui */
         for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (real)0.5773502691896257 * a26[_u] * a27[_u];
+            (a1 + 0)[_u] += (real)0.5773502691896257 * a26[_u] * (a27 + 0)[_u];
         /* u,zui->zui */
         for (int _u = 0; _u < 16; ++_u)
             (a9 + 0)[_u] += (real)0.5773502691896257 * a26[_u] * (a0 + 0)[_u];
         /* u,zui->zui */
-        real t21[80];
+        real t21[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t21[_i * 16 + _u] = a29[_u * 5 + _i];
-        real w22[80] = {0};
+        real w22[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w22[_i * 16 + _u] += (real)1.118033988749895 * a28[_u] * t21[_i * 16 + _u];
@@ -7025,11 +6848,11 @@ void cormorant_cg_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w22[_i * 16 + _u];
         /* u,zui->zui */
-        real t23[80];
+        real t23[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t23[_i * 16 + _u] = (a0 + 64)[_u * 5 + _i];
-        real w24[80] = {0};
+        real w24[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w24[_i * 16 + _u] += (real)1.118033988749895 * a28[_u] * t23[_i * 16 + _u];
@@ -7280,11 +7103,11 @@ void cormorant_cg_d2_weight_s21(int64_t n, int threads, real *restrict A0, int64
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += a4[_i * 16 + _u];
         /* zui,u->zui */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 16 + _u] = (a5 + 64)[_u * 5 + _i];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a6[_u];
@@ -7311,15 +7134,15 @@ void cormorant_cg_d2_weight_s22(int64_t n, int threads, real *restrict A0, int64
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 16 + _u] = (a1 + 0)[_u * 5 + _k];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t2[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w3[400] = {0};
+        real w3[400] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -7346,15 +7169,15 @@ void cormorant_cg_d2_weight_s23(int64_t n, int threads, real *restrict A0, int64
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += a2[_u * 5 + _i];
         /* ∂/∂f: p11 = (p4 ⊗ p4) -> 16x2 */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 16 + _u] = a4[_u * 5 + _i];
-        real w3[400] = {0};
+        real w3[400] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -7400,14 +7223,13 @@ void cormorant_cg_d2_weight_s25(int64_t n, int threads, real *restrict A0, int64
         const real *restrict a7 = A7 + z * a7_stride;
         const real *restrict a8 = A8;
         const real *restrict a9 = A9 + z * a9_stride;
-        real l0[80] = {0};
-        real l1[80] = {0};
+        real l0[80] __attribute__((aligned(64))) = {0};
         /* ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t1[_j * 16 + _u] = a4[_u * 5 + _j];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_j * 16 + _u] += (a3 + 0)[_u] * t1[_j * 16 + _u];
@@ -7415,11 +7237,11 @@ void cormorant_cg_d2_weight_s25(int64_t n, int threads, real *restrict A0, int64
             for (int _j = 0; _j < 5; ++_j)
                 (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
         /* ijk,zukj->zui */
-        real t3[80];
+        real t3[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        real w4[80] = {0};
+        real w4[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -7428,42 +7250,29 @@ void cormorant_cg_d2_weight_s25(int64_t n, int threads, real *restrict A0, int64
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += w4[_i * 16 + _u];
         /* ∂/∂f: p10 = (p4 ⊗ p4) -> 16x0 */
-        real t5[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t5[_i * 16 + _u] = a6[_u * 5 + _i];
-        real w6[80] = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w6[_i * 16 + _u] += (a3 + 0)[_u] * t5[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (l1 + 0)[_u * 5 + _i] += w6[_i * 16 + _u];
-        /* ijk,zuki->zuj */
-        real t7[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t7[_i * 16 + _u] = (l1 + 0)[_u * 5 + _i];
-        real w8[80] = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w8[_j * 16 + _u] += a5[_i * 5 + _j] * t7[_i * 16 + _u];
+        real t5[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
-                (a0 + 64)[_u * 5 + _j] += w8[_j * 16 + _u];
+                t5[_j * 16 + _u] = (a6 + 0)[_u * 5 + _j];
+        real w6[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_j * 16 + _u] += (a3 + 0)[_u] * t5[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += w6[_j * 16 + _u];
         /* zui,u->zui */
-        real t9[80];
+        real t7[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                t9[_i * 16 + _u] = (a7 + 64)[_u * 5 + _i];
-        real w10[80] = {0};
+                t7[_i * 16 + _u] = (a7 + 64)[_u * 5 + _i];
+        real w8[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                w10[_i * 16 + _u] += (real)1.118033988749895 * t9[_i * 16 + _u] * a8[_u];
+                w8[_i * 16 + _u] += (real)1.118033988749895 * t7[_i * 16 + _u] * a8[_u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                (a1 + 0)[_u * 5 + _i] += w10[_i * 16 + _u];
+                (a1 + 0)[_u * 5 + _i] += w8[_i * 16 + _u];
         /* zui->ziu */
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
@@ -7471,71 +7280,7 @@ void cormorant_cg_d2_weight_s25(int64_t n, int threads, real *restrict A0, int64
     }
 }
 
-void cormorant_cg_d2_weight_s26(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 400);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a1 + 0)[_u * 5 + _k];
-        real t2[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t2[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w3[400] = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    (a0 + 0)[_u * 25 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
-    }
-}
-
-void cormorant_cg_d2_weight_s27(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 240);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* zui->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += a2[_u * 3 + _i];
-        /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
-        real t2[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t2[_i * 16 + _u] = a4[_u * 3 + _i];
-        real w3[240] = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    (a1 + 0)[_u * 15 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
-    }
-}
-
-void cormorant_cg_d2_weight_s28(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void cormorant_cg_d2_weight_s26(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -7546,37 +7291,88 @@ void cormorant_cg_d2_weight_s28(int64_t n, int threads, real *restrict A0, int64
         real *restrict a3 = A3 + z * a3_stride;
         memset(a3, 0, sizeof(real) * 48);
         const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
         const real *restrict a7 = A7 + z * a7_stride;
-        /* zuj->zuj */
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10 + z * a10_stride;
+        real l0[240] __attribute__((aligned(64))) = {0};
+        /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
+        real w2[240] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w2[_i * 80 + _j * 16 + _u] += t1[_k * 16 + _u] * a5[_i * 25 + _j * 5 + _k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (l0 + 0)[_u * 15 + _i * 5 + _j] += w2[_i * 80 + _j * 16 + _u];
+        /* zuj,zuij->zui */
+        real t3[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
-                (a0 + 64)[_u * 5 + _j] += a4[_u * 5 + _j];
+                t3[_j * 16 + _u] = a6[_u * 5 + _j];
+        real t4[240] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    t4[_i * 80 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _i * 5 + _j];
+        real w5[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 16 + _u] += t3[_j * 16 + _u] * t4[_i * 80 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
+        /* ∂/∂f: p9 = (p2 ⊗ p4) -> 16x2 */
+        real t6[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t6[_i * 16 + _u] = a7[_u * 3 + _i];
+        real t7[240] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    t7[_i * 80 + _j * 16 + _u] = (l0 + 0)[_u * 15 + _i * 5 + _j];
+        real w8[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_j * 16 + _u] += t6[_i * 16 + _u] * t7[_i * 80 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += w8[_j * 16 + _u];
         /* zui,u->zui */
-        real t1[48];
+        real t9[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 16 + _u] = (a5 + 16)[_u * 3 + _i];
-        real w2[48] = {0};
+                t9[_i * 16 + _u] = (a8 + 16)[_u * 3 + _i];
+        real w10[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                w2[_i * 16 + _u] += (real)1.224744871391589 * t1[_i * 16 + _u] * a6[_u];
+                w10[_i * 16 + _u] += (real)1.224744871391589 * t9[_i * 16 + _u] * a9[_u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                (a1 + 0)[_u * 3 + _i] += w2[_i * 16 + _u];
+                (a1 + 0)[_u * 3 + _i] += w10[_i * 16 + _u];
         /* zui->ziu */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                (a2 + 0)[_i * 16 + _u] += (a5 + 16)[_u * 3 + _i];
+                (a2 + 0)[_i * 16 + _u] += (a8 + 16)[_u * 3 + _i];
         /* zui->ziu */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                (a3 + 0)[_i * 16 + _u] += a7[_u * 3 + _i];
+                (a3 + 0)[_i * 16 + _u] += a10[_u * 3 + _i];
     }
 }
 
-void cormorant_cg_d2_weight_s29(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void cormorant_cg_d2_weight_s27(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -7585,15 +7381,15 @@ void cormorant_cg_d2_weight_s29(int64_t n, int threads, real *restrict A0, int64
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 16 + _u] = (a1 + 0)[_u * 3 + _k];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t2[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -7605,7 +7401,7 @@ void cormorant_cg_d2_weight_s29(int64_t n, int threads, real *restrict A0, int64
     }
 }
 
-void cormorant_cg_d2_weight_s30(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void cormorant_cg_d2_weight_s28(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -7620,15 +7416,15 @@ void cormorant_cg_d2_weight_s30(int64_t n, int threads, real *restrict A0, int64
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += a2[_u * 3 + _i];
         /* ∂/∂f: p8 = (p2 ⊗ p4) -> 16x1 */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 16 + _u] = (a3 + 0)[_u * 3 + _k];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 16 + _u] = a4[_u * 3 + _i];
-        real w3[144] = {0};
+        real w3[144] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -7640,7 +7436,7 @@ void cormorant_cg_d2_weight_s30(int64_t n, int threads, real *restrict A0, int64
     }
 }
 
-void cormorant_cg_d2_weight_s31(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void cormorant_cg_d2_weight_s29(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -7657,11 +7453,11 @@ void cormorant_cg_d2_weight_s31(int64_t n, int threads, real *restrict A0, int64
             for (int _j = 0; _j < 5; ++_j)
                 (a0 + 64)[_u * 5 + _j] += a3[_u * 5 + _j];
         /* zui,u->zui */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 16 + _u] = (a4 + 64)[_u * 5 + _i];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_i * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * a5[_u];
@@ -7675,90 +7471,77 @@ void cormorant_cg_d2_weight_s31(int64_t n, int threads, real *restrict A0, int64
     }
 }
 
-void cormorant_cg_d2_weight_s32(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void cormorant_cg_d2_weight_s30(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 240);
-        const real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        real l0[144] __attribute__((aligned(64))) = {0};
         /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a1 + 0)[_u * 5 + _k];
-        real t2[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t2[_j * 16 + _u] = a2[_u * 3 + _j];
-        real w3[240] = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
+                t1[_k * 16 + _u] = (a2 + 0)[_u * 5 + _k];
+        real w2[144] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 5; ++_k)
-                    (a0 + 0)[_u * 15 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
-    }
-}
-
-void cormorant_cg_d2_weight_s33(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 240);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* zui->zui */
+                    for (int _u = 0; _u < 16; ++_u)
+                        w2[_i * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * a3[_i * 15 + _j * 5 + _k];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                (a0 + 16)[_u * 3 + _i] += a2[_u * 3 + _i];
-        /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
-        real t2[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t2[_i * 16 + _u] = a4[_u * 3 + _i];
-        real w3[240] = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    (a1 + 0)[_u * 15 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
-    }
-}
-
-void cormorant_cg_d2_weight_s34(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4;
-        /* zuj->zuj */
+                for (int _j = 0; _j < 3; ++_j)
+                    (l0 + 0)[_u * 9 + _i * 3 + _j] += w2[_i * 48 + _j * 16 + _u];
+        /* zuj,zuij->zui */
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
-                (a0 + 16)[_u * 3 + _j] += a2[_u * 3 + _j];
+                t3[_j * 16 + _u] = a4[_u * 3 + _j];
+        real t4[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t4[_i * 48 + _j * 16 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
+        real w5[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 16 + _u] += t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a0 + 16)[_u * 3 + _i] += w5[_i * 16 + _u];
+        /* ∂/∂f: p7 = (p2 ⊗ p2) -> 16x2 */
+        real t6[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t6[_i * 16 + _u] = a5[_u * 3 + _i];
+        real t7[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t7[_i * 48 + _j * 16 + _u] = (l0 + 0)[_u * 9 + _i * 3 + _j];
+        real w8[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_j * 16 + _u] += t6[_i * 16 + _u] * t7[_i * 48 + _j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 16)[_u * 3 + _j] += w8[_j * 16 + _u];
         /* zui,u->zui */
         for (int _u = 0; _u < 16; ++_u)
-            (a1 + 0)[_u] += (real)0.5773502691896257 * (a3 + 0)[_u] * a4[_u];
+            (a1 + 0)[_u] += (real)0.5773502691896257 * (a6 + 0)[_u] * a7[_u];
     }
 }
 
-void cormorant_cg_d2_weight_s35(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+void cormorant_cg_d2_weight_s31(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -7773,14 +7556,14 @@ void cormorant_cg_d2_weight_s35(int64_t n, int threads, real *restrict A0, int64
         const real *restrict a7 = A7 + z * a7_stride;
         const real *restrict a8 = A8;
         const real *restrict a9 = A9 + z * a9_stride;
-        real l0[48] = {0};
-        real l1[48] = {0};
+        real l0[48] __attribute__((aligned(64))) = {0};
+        real l1[48] __attribute__((aligned(64))) = {0};
         /* ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 16 + _u] = a4[_u * 3 + _j];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_j * 16 + _u] += (a3 + 0)[_u] * t1[_j * 16 + _u];
@@ -7788,11 +7571,11 @@ void cormorant_cg_d2_weight_s35(int64_t n, int threads, real *restrict A0, int64
             for (int _j = 0; _j < 3; ++_j)
                 (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
         /* ijk,zukj->zui */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        real w4[48] = {0};
+        real w4[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -7801,11 +7584,11 @@ void cormorant_cg_d2_weight_s35(int64_t n, int threads, real *restrict A0, int64
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 16)[_u * 3 + _i] += w4[_i * 16 + _u];
         /* ∂/∂f: p6 = (p2 ⊗ p2) -> 16x0 */
-        real t5[48];
+        real t5[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t5[_i * 16 + _u] = a6[_u * 3 + _i];
-        real w6[48] = {0};
+        real w6[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w6[_i * 16 + _u] += (a3 + 0)[_u] * t5[_i * 16 + _u];
@@ -7813,11 +7596,11 @@ void cormorant_cg_d2_weight_s35(int64_t n, int threads, real *restrict A0, int64
             for (int _i = 0; _i < 3; ++_i)
                 (l1 + 0)[_u * 3 + _i] += w6[_i * 16 + _u];
         /* ijk,zuki->zuj */
-        real t7[48];
+        real t7[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t7[_i * 16 + _u] = (l1 + 0)[_u * 3 + _i];
-        real w8[48] = {0};
+        real w8[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -7826,11 +7609,11 @@ void cormorant_cg_d2_weight_s35(int64_t n, int threads, real *restrict A0, int64
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 16)[_u * 3 + _j] += w8[_j * 16 + _u];
         /* zui,u->zui */
-        real t9[80];
+        real t9[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t9[_i * 16 + _u] = (a7 + 64)[_u * 5 + _i];
-        real w10[80] = {0};
+        real w10[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w10[_i * 16 + _u] += (real)1.118033988749895 * t9[_i * 16 + _u] * a8[_u];
@@ -7844,36 +7627,7 @@ void cormorant_cg_d2_weight_s35(int64_t n, int threads, real *restrict A0, int64
     }
 }
 
-void cormorant_cg_d2_weight_s36(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 400);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a1 + 0)[_u * 5 + _k];
-        real t2[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t2[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w3[400] = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    (a0 + 0)[_u * 25 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
-    }
-}
-
-void cormorant_cg_d2_weight_s37(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+void cormorant_cg_d2_weight_s32(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -7882,53 +7636,62 @@ void cormorant_cg_d2_weight_s37(int64_t n, int threads, real *restrict A0, int64
         real *restrict a2 = A2 + z * a2_stride;
         memset(a2, 0, sizeof(real) * 48);
         const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a4 = A4;
         const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6;
+        const real *restrict a6 = A6 + z * a6_stride;
         const real *restrict a7 = A7 + z * a7_stride;
         const real *restrict a8 = A8;
         const real *restrict a9 = A9 + z * a9_stride;
-        real l0[80] = {0};
-        /* zui->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += a3[_u];
+        real l0[80] __attribute__((aligned(64))) = {0};
         /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = (a4 + 0)[_u * 5 + _k];
-        real w2[80] = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a5[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (l0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
-        /* ijk,zuki->zuj */
-        real t3[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t3[_k * 16 + _u] = (l0 + 0)[_u * 5 + _k];
-        real w4[80] = {0};
+                t1[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_j * 16 + _u] += a6[_j * 5 + _k] * t3[_k * 16 + _u];
+                    w2[_j * 16 + _u] += t1[_k * 16 + _u] * a4[_j * 5 + _k];
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
-                (a0 + 64)[_u * 5 + _j] += w4[_j * 16 + _u];
+                (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
+        /* zuj,zuij->zui */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t3[_j * 16 + _u] = a5[_u * 5 + _j];
+        real t4[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t4[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_u] += t3[_j * 16 + _u] * t4[_j * 16 + _u];
+        /* ∂/∂f: p5 = (p0 ⊗ p4) -> 16x2 */
+        real t5[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t5[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
+        real w6[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_j * 16 + _u] += a6[_u] * t5[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 64)[_u * 5 + _j] += w6[_j * 16 + _u];
         /* zui,u->zui */
-        real t5[48];
+        real t7[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                t5[_i * 16 + _u] = (a7 + 16)[_u * 3 + _i];
-        real w6[48] = {0};
+                t7[_i * 16 + _u] = (a7 + 16)[_u * 3 + _i];
+        real w8[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                w6[_i * 16 + _u] += (real)1.224744871391589 * t5[_i * 16 + _u] * a8[_u];
+                w8[_i * 16 + _u] += (real)1.224744871391589 * t7[_i * 16 + _u] * a8[_u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                (a1 + 0)[_u * 3 + _i] += w6[_i * 16 + _u];
+                (a1 + 0)[_u * 3 + _i] += w8[_i * 16 + _u];
         /* zui->ziu */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
@@ -7936,83 +7699,63 @@ void cormorant_cg_d2_weight_s37(int64_t n, int threads, real *restrict A0, int64
     }
 }
 
-void cormorant_cg_d2_weight_s38(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 144);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
-        real t1[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 16 + _u] = (a1 + 0)[_u * 3 + _k];
-        real t2[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t2[_j * 16 + _u] = a2[_u * 3 + _j];
-        real w3[144] = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 48 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 3; ++_k)
-                    (a0 + 0)[_u * 9 + _j * 3 + _k] += w3[_j * 48 + _k * 16 + _u];
-    }
-}
-
-void cormorant_cg_d2_weight_s39(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void cormorant_cg_d2_weight_s33(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a3 = A3;
         const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5;
+        const real *restrict a5 = A5 + z * a5_stride;
         const real *restrict a6 = A6 + z * a6_stride;
         const real *restrict a7 = A7;
-        real l0[48] = {0};
-        /* zui->zui */
-        for (int _u = 0; _u < 16; ++_u)
-            (a0 + 0)[_u] += a2[_u];
+        real l0[48] __attribute__((aligned(64))) = {0};
         /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 16 + _u] = (a3 + 0)[_u * 3 + _k];
-        real w2[48] = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a4[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                (l0 + 0)[_u * 3 + _k] += w2[_k * 16 + _u];
-        /* ijk,zuki->zuj */
-        real t3[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t3[_k * 16 + _u] = (l0 + 0)[_u * 3 + _k];
-        real w4[48] = {0};
+                t1[_k * 16 + _u] = (a2 + 0)[_u * 3 + _k];
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
-                    w4[_j * 16 + _u] += a5[_j * 3 + _k] * t3[_k * 16 + _u];
+                    w2[_j * 16 + _u] += t1[_k * 16 + _u] * a3[_j * 3 + _k];
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
-                (a0 + 16)[_u * 3 + _j] += w4[_j * 16 + _u];
+                (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
+        /* zuj,zuij->zui */
+        real t3[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 16 + _u] = a4[_u * 3 + _j];
+        real t4[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t4[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_u] += t3[_j * 16 + _u] * t4[_j * 16 + _u];
+        /* ∂/∂f: p3 = (p0 ⊗ p2) -> 16x1 */
+        real t5[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t5[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
+        real w6[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w6[_j * 16 + _u] += a5[_u] * t5[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (a0 + 16)[_u * 3 + _j] += w6[_j * 16 + _u];
         /* zui,u->zui */
         for (int _u = 0; _u < 16; ++_u)
             (a1 + 0)[_u] += (real)0.5773502691896257 * (a6 + 0)[_u] * a7[_u];
     }
 }
 
-void cormorant_cg_d2_weight_s40(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void cormorant_cg_d2_weight_s34(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8021,8 +7764,8 @@ void cormorant_cg_d2_weight_s40(int64_t n, int threads, real *restrict A0, int64
         const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3;
         const real *restrict a4 = A4 + z * a4_stride;
-        real l0[16] = {0};
-        real l1[16] = {0};
+        real l0[16] __attribute__((aligned(64))) = {0};
+        real l1[16] __attribute__((aligned(64))) = {0};
         /* ∂/∂f: p1 = (p0 ⊗ p0) -> 16x0 */
         for (int _u = 0; _u < 16; ++_u)
             (l0 + 0)[_u] += (a1 + 0)[_u] * a2[_u];
@@ -8072,19 +7815,19 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
         const real *restrict a25 = A25 + z * a25_stride;
         const real *restrict a26 = A26 + z * a26_stride;
         const real *restrict a27 = A27 + z * a27_stride;
-        real l0[16] = {0};
-        real l1[48] = {0};
-        real l2[80] = {0};
-        real l3[16] = {0};
-        real l4[48] = {0};
-        real l5[144] = {0};
-        real l6[32] = {0};
-        real l7[160] = {0};
-        real l8[16] = {0};
-        real l9[32] = {0};
-        real l10[96] = {0};
-        real l11[48] = {0};
-        real l12[240] = {0};
+        real l0[16] __attribute__((aligned(64))) = {0};
+        real l1[48] __attribute__((aligned(64))) = {0};
+        real l2[80] __attribute__((aligned(64))) = {0};
+        real l3[16] __attribute__((aligned(64))) = {0};
+        real l4[48] __attribute__((aligned(64))) = {0};
+        real l5[144] __attribute__((aligned(64))) = {0};
+        real l6[32] __attribute__((aligned(64))) = {0};
+        real l7[160] __attribute__((aligned(64))) = {0};
+        real l8[16] __attribute__((aligned(64))) = {0};
+        real l9[32] __attribute__((aligned(64))) = {0};
+        real l10[96] __attribute__((aligned(64))) = {0};
+        real l11[48] __attribute__((aligned(64))) = {0};
+        real l12[240] __attribute__((aligned(64))) = {0};
         /* 1 paths 16x0 ⊗ sh -> 16x0 */
         for (int _u = 0; _u < 16; ++_u)
             (l0 + 0)[_u] += a1[_u] * a2[0];
@@ -8092,7 +7835,7 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += (l0 + 0)[_u] * a3[_u];
         /* 1 paths 16x0 ⊗ sh -> 16x1 */
-        real w1[48] = {0};
+        real w1[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w1[_k * 16 + _u] += a1[_u] * a4[_k];
@@ -8100,11 +7843,11 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _k = 0; _k < 3; ++_k)
                 (l1 + 0)[_u * 3 + _k] += w1[_k * 16 + _u];
         /* zupk,zpu->zuk */
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 16 + _u] = (l1 + 0)[_u * 3 + _k];
-        real w3[48] = {0};
+        real w3[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w3[_k * 16 + _u] += t2[_k * 16 + _u] * a5[_u];
@@ -8112,7 +7855,7 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 16)[_u * 3 + _k] += w3[_k * 16 + _u];
         /* 1 paths 16x0 ⊗ sh -> 16x2 */
-        real w4[80] = {0};
+        real w4[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w4[_k * 16 + _u] += a1[_u] * a6[_k];
@@ -8120,11 +7863,11 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _k = 0; _k < 5; ++_k)
                 (l2 + 0)[_u * 5 + _k] += w4[_k * 16 + _u];
         /* zupk,zpu->zuk */
-        real t5[80];
+        real t5[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t5[_k * 16 + _u] = (l2 + 0)[_u * 5 + _k];
-        real w6[80] = {0};
+        real w6[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w6[_k * 16 + _u] += t5[_k * 16 + _u] * a7[_u];
@@ -8132,7 +7875,7 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 64)[_u * 5 + _k] += w6[_k * 16 + _u];
         /* 1 paths 16x1 ⊗ sh -> 16x0 */
-        real t7[48];
+        real t7[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t7[_i * 16 + _u] = a8[_u * 3 + _i];
@@ -8152,7 +7895,7 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 16; ++_u)
             (l4 + 32)[_u] += a13[_u];
         /* 3 paths 16x1 ⊗ sh -> 16x1 */
-        real w8[144] = {0};
+        real w8[144] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -8163,12 +7906,12 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
                 for (int _k = 0; _k < 3; ++_k)
                     (l5 + 0)[_u * 9 + _p * 3 + _k] += w8[_p * 48 + _k * 16 + _u];
         /* zupk,zpu->zuk */
-        real t9[144];
+        real t9[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t9[_p * 48 + _k * 16 + _u] = (l5 + 0)[_u * 9 + _p * 3 + _k];
-        real w10[48] = {0};
+        real w10[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -8183,7 +7926,7 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 16; ++_u)
             (l6 + 16)[_u] += a16[_u];
         /* 2 paths 16x1 ⊗ sh -> 16x2 */
-        real w11[160] = {0};
+        real w11[160] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -8194,12 +7937,12 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
                 for (int _k = 0; _k < 5; ++_k)
                     (l7 + 0)[_u * 10 + _p * 5 + _k] += w11[_p * 80 + _k * 16 + _u];
         /* zupk,zpu->zuk */
-        real t12[160];
+        real t12[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t12[_p * 80 + _k * 16 + _u] = (l7 + 0)[_u * 10 + _p * 5 + _k];
-        real w13[80] = {0};
+        real w13[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -8208,7 +7951,7 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 64)[_u * 5 + _k] += w13[_k * 16 + _u];
         /* 1 paths 16x2 ⊗ sh -> 16x0 */
-        real t14[80];
+        real t14[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t14[_i * 16 + _u] = a18[_u * 5 + _i];
@@ -8225,7 +7968,7 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 16; ++_u)
             (l9 + 16)[_u] += a22[_u];
         /* 2 paths 16x2 ⊗ sh -> 16x1 */
-        real w15[96] = {0};
+        real w15[96] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -8236,12 +7979,12 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
                 for (int _k = 0; _k < 3; ++_k)
                     (l10 + 0)[_u * 6 + _p * 3 + _k] += w15[_p * 48 + _k * 16 + _u];
         /* zupk,zpu->zuk */
-        real t16[96];
+        real t16[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t16[_p * 48 + _k * 16 + _u] = (l10 + 0)[_u * 6 + _p * 3 + _k];
-        real w17[48] = {0};
+        real w17[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -8259,7 +8002,7 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 16; ++_u)
             (l11 + 32)[_u] += a26[_u];
         /* 3 paths 16x2 ⊗ sh -> 16x2 */
-        real w18[240] = {0};
+        real w18[240] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -8270,12 +8013,12 @@ void cormorant_message_s0(int64_t n, int threads, real *restrict A0, int64_t a0_
                 for (int _k = 0; _k < 5; ++_k)
                     (l12 + 0)[_u * 15 + _p * 5 + _k] += w18[_p * 80 + _k * 16 + _u];
         /* zupk,zpu->zuk */
-        real t19[240];
+        real t19[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t19[_p * 80 + _k * 16 + _u] = (l12 + 0)[_u * 15 + _p * 5 + _k];
-        real w20[80] = {0};
+        real w20[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -8409,7 +8152,7 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 16; ++_u)
             (a1 + 0)[_u] += (a0 + 0)[_u] * a17[_u];
         /* 1 paths 16x0 ⊗ sh -> 16x1 */
-        real w1[48] = {0};
+        real w1[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w1[_k * 16 + _u] += a15[_u] * a18[_k];
@@ -8417,11 +8160,11 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 0)[_u * 3 + _k] += w1[_k * 16 + _u];
         /* zupk,zpu->zuk */
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 16 + _u] = (a2 + 0)[_u * 3 + _k];
-        real w3[48] = {0};
+        real w3[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w3[_k * 16 + _u] += t2[_k * 16 + _u] * a19[_u];
@@ -8429,7 +8172,7 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 16)[_u * 3 + _k] += w3[_k * 16 + _u];
         /* 1 paths 16x0 ⊗ sh -> 16x2 */
-        real w4[80] = {0};
+        real w4[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w4[_k * 16 + _u] += a15[_u] * a20[_k];
@@ -8437,11 +8180,11 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w4[_k * 16 + _u];
         /* zupk,zpu->zuk */
-        real t5[80];
+        real t5[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t5[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
-        real w6[80] = {0};
+        real w6[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w6[_k * 16 + _u] += t5[_k * 16 + _u] * a21[_u];
@@ -8449,7 +8192,7 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 64)[_u * 5 + _k] += w6[_k * 16 + _u];
         /* 1 paths 16x1 ⊗ sh -> 16x0 */
-        real t7[48];
+        real t7[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t7[_i * 16 + _u] = a22[_u * 3 + _i];
@@ -8469,7 +8212,7 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 16; ++_u)
             (a5 + 32)[_u] += a27[_u];
         /* 3 paths 16x1 ⊗ sh -> 16x1 */
-        real w8[144] = {0};
+        real w8[144] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -8480,12 +8223,12 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
                 for (int _k = 0; _k < 3; ++_k)
                     (a6 + 0)[_u * 9 + _p * 3 + _k] += w8[_p * 48 + _k * 16 + _u];
         /* zupk,zpu->zuk */
-        real t9[144];
+        real t9[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t9[_p * 48 + _k * 16 + _u] = (a6 + 0)[_u * 9 + _p * 3 + _k];
-        real w10[48] = {0};
+        real w10[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -8500,7 +8243,7 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 16; ++_u)
             (a7 + 16)[_u] += a30[_u];
         /* 2 paths 16x1 ⊗ sh -> 16x2 */
-        real w11[160] = {0};
+        real w11[160] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -8511,12 +8254,12 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
                 for (int _k = 0; _k < 5; ++_k)
                     (a8 + 0)[_u * 10 + _p * 5 + _k] += w11[_p * 80 + _k * 16 + _u];
         /* zupk,zpu->zuk */
-        real t12[160];
+        real t12[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t12[_p * 80 + _k * 16 + _u] = (a8 + 0)[_u * 10 + _p * 5 + _k];
-        real w13[80] = {0};
+        real w13[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -8525,7 +8268,7 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 64)[_u * 5 + _k] += w13[_k * 16 + _u];
         /* 1 paths 16x2 ⊗ sh -> 16x0 */
-        real t14[80];
+        real t14[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t14[_i * 16 + _u] = a32[_u * 5 + _i];
@@ -8542,7 +8285,7 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 16; ++_u)
             (a10 + 16)[_u] += a36[_u];
         /* 2 paths 16x2 ⊗ sh -> 16x1 */
-        real w15[96] = {0};
+        real w15[96] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -8553,12 +8296,12 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
                 for (int _k = 0; _k < 3; ++_k)
                     (a11 + 0)[_u * 6 + _p * 3 + _k] += w15[_p * 48 + _k * 16 + _u];
         /* zupk,zpu->zuk */
-        real t16[96];
+        real t16[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t16[_p * 48 + _k * 16 + _u] = (a11 + 0)[_u * 6 + _p * 3 + _k];
-        real w17[48] = {0};
+        real w17[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -8576,7 +8319,7 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 16; ++_u)
             (a12 + 32)[_u] += a40[_u];
         /* 3 paths 16x2 ⊗ sh -> 16x2 */
-        real w18[240] = {0};
+        real w18[240] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -8587,12 +8330,12 @@ void cormorant_message_d_s0(int64_t n, int threads, real *restrict A0, int64_t a
                 for (int _k = 0; _k < 5; ++_k)
                     (a13 + 0)[_u * 15 + _p * 5 + _k] += w18[_p * 80 + _k * 16 + _u];
         /* zupk,zpu->zuk */
-        real t19[240];
+        real t19[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t19[_p * 80 + _k * 16 + _u] = (a13 + 0)[_u * 15 + _p * 5 + _k];
-        real w20[80] = {0};
+        real w20[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -8704,28 +8447,28 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
         const real *restrict a32 = A32 + z * a32_stride;
         const real *restrict a33 = A33 + z * a33_stride;
         const real *restrict a34 = A34 + z * a34_stride;
-        real l0[240] = {0};
-        real l1[48] = {0};
-        real l2[96] = {0};
-        real l3[32] = {0};
-        real l4[16] = {0};
-        real l5[160] = {0};
-        real l6[32] = {0};
-        real l7[144] = {0};
-        real l8[48] = {0};
-        real l9[16] = {0};
-        real l10[80] = {0};
-        real l11[48] = {0};
-        real l12[16] = {0};
+        real l0[240] __attribute__((aligned(64))) = {0};
+        real l1[48] __attribute__((aligned(64))) = {0};
+        real l2[96] __attribute__((aligned(64))) = {0};
+        real l3[32] __attribute__((aligned(64))) = {0};
+        real l4[16] __attribute__((aligned(64))) = {0};
+        real l5[160] __attribute__((aligned(64))) = {0};
+        real l6[32] __attribute__((aligned(64))) = {0};
+        real l7[144] __attribute__((aligned(64))) = {0};
+        real l8[48] __attribute__((aligned(64))) = {0};
+        real l9[16] __attribute__((aligned(64))) = {0};
+        real l10[80] __attribute__((aligned(64))) = {0};
+        real l11[48] __attribute__((aligned(64))) = {0};
+        real l12[16] __attribute__((aligned(64))) = {0};
         /* ziu->zui */
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += a4[_u];
         /* zuk,zpu->zupk */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real w2[240] = {0};
+        real w2[240] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -8735,11 +8478,11 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
                 for (int _k = 0; _k < 5; ++_k)
                     (l0 + 0)[_u * 15 + _p * 5 + _k] += w2[_p * 80 + _k * 16 + _u];
         /* zuk,zupk->zpu */
-        real t3[80];
+        real t3[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t3[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real t4[240];
+        real t4[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -8749,12 +8492,12 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
                 for (int _u = 0; _u < 16; ++_u)
                     (l1 + 0)[_p * 16 + _u] += t3[_k * 16 + _u] * t4[_p * 80 + _k * 16 + _u];
         /* ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
-        real t5[240];
+        real t5[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t5[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
-        real w6[80] = {0};
+        real w6[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 3; ++_p)
@@ -8764,12 +8507,12 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w6[_i * 16 + _u];
         /* ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
-        real t7[240];
+        real t7[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t7[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
-        real t8[80];
+        real t8[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t8[_i * 16 + _u] = a8[_u * 5 + _i];
@@ -8792,11 +8535,11 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 16; ++_u)
             (a3 + 144)[_u] += (l1 + 0)[_u];
         /* zuk,zpu->zupk */
-        real t9[48];
+        real t9[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t9[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real w10[96] = {0};
+        real w10[96] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -8806,11 +8549,11 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
                 for (int _k = 0; _k < 3; ++_k)
                     (l2 + 0)[_u * 6 + _p * 3 + _k] += w10[_p * 48 + _k * 16 + _u];
         /* zuk,zupk->zpu */
-        real t11[48];
+        real t11[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t11[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real t12[96];
+        real t12[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -8820,12 +8563,12 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
                 for (int _u = 0; _u < 16; ++_u)
                     (l3 + 0)[_p * 16 + _u] += t11[_k * 16 + _u] * t12[_p * 48 + _k * 16 + _u];
         /* ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
-        real t13[96];
+        real t13[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t13[_p * 48 + _k * 16 + _u] = (l2 + 0)[_u * 6 + _p * 3 + _k];
-        real w14[80] = {0};
+        real w14[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -8835,7 +8578,7 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w14[_i * 16 + _u];
         /* ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
-        real t15[96];
+        real t15[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -8862,7 +8605,7 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 16; ++_u)
             (a3 + 192)[_u] += (a0 + 0)[_u] * (a13 + 0)[_u];
         /* ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
-        real w16[80] = {0};
+        real w16[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w16[_i * 16 + _u] += (l4 + 0)[_u] * a14[_i];
@@ -8878,11 +8621,11 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
                 (a2 + 69)[_i] += acc;
             }
         /* zuk,zpu->zupk */
-        real t17[80];
+        real t17[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t17[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real w18[160] = {0};
+        real w18[160] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -8892,11 +8635,11 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
                 for (int _k = 0; _k < 5; ++_k)
                     (l5 + 0)[_u * 10 + _p * 5 + _k] += w18[_p * 80 + _k * 16 + _u];
         /* zuk,zupk->zpu */
-        real t19[80];
+        real t19[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t19[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real t20[160];
+        real t20[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -8906,12 +8649,12 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
                 for (int _u = 0; _u < 16; ++_u)
                     (l6 + 0)[_p * 16 + _u] += t19[_k * 16 + _u] * t20[_p * 80 + _k * 16 + _u];
         /* ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
-        real t21[160];
+        real t21[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t21[_p * 80 + _k * 16 + _u] = (l5 + 0)[_u * 10 + _p * 5 + _k];
-        real w22[48] = {0};
+        real w22[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -8921,12 +8664,12 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w22[_i * 16 + _u];
         /* ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
-        real t23[160];
+        real t23[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t23[_p * 80 + _k * 16 + _u] = (l5 + 0)[_u * 10 + _p * 5 + _k];
-        real t24[48];
+        real t24[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t24[_i * 16 + _u] = a18[_u * 3 + _i];
@@ -8946,11 +8689,11 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 16; ++_u)
             (a3 + 96)[_u] += (l6 + 0)[_u];
         /* zuk,zpu->zupk */
-        real t25[48];
+        real t25[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t25[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real w26[144] = {0};
+        real w26[144] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -8960,11 +8703,11 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
                 for (int _k = 0; _k < 3; ++_k)
                     (l7 + 0)[_u * 9 + _p * 3 + _k] += w26[_p * 48 + _k * 16 + _u];
         /* zuk,zupk->zpu */
-        real t27[48];
+        real t27[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t27[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real t28[144];
+        real t28[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -8974,12 +8717,12 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
                 for (int _u = 0; _u < 16; ++_u)
                     (l8 + 0)[_p * 16 + _u] += t27[_k * 16 + _u] * t28[_p * 48 + _k * 16 + _u];
         /* ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
-        real t29[144];
+        real t29[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t29[_p * 48 + _k * 16 + _u] = (l7 + 0)[_u * 9 + _p * 3 + _k];
-        real w30[48] = {0};
+        real w30[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 3; ++_p)
@@ -8989,7 +8732,7 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w30[_i * 16 + _u];
         /* ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
-        real t31[144];
+        real t31[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -9019,7 +8762,7 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _u = 0; _u < 16; ++_u)
             (a3 + 64)[_u] += (a0 + 0)[_u] * (a23 + 0)[_u];
         /* ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
-        real w32[48] = {0};
+        real w32[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w32[_i * 16 + _u] += (l9 + 0)[_u] * a24[_i];
@@ -9035,11 +8778,11 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
                 (a2 + 9)[_i] += acc;
             }
         /* zuk,zpu->zupk */
-        real t33[80];
+        real t33[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t33[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real w34[80] = {0};
+        real w34[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w34[_k * 16 + _u] += t33[_k * 16 + _u] * a25[_u];
@@ -9047,11 +8790,11 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _k = 0; _k < 5; ++_k)
                 (l10 + 0)[_u * 5 + _k] += w34[_k * 16 + _u];
         /* zuk,zupk->zpu */
-        real t35[80];
+        real t35[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t35[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real t36[80];
+        real t36[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t36[_k * 16 + _u] = (a26 + 0)[_u * 5 + _k];
@@ -9059,7 +8802,7 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _u = 0; _u < 16; ++_u)
                 (a3 + 32)[_u] += t35[_k * 16 + _u] * t36[_k * 16 + _u];
         /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
-        real t37[80];
+        real t37[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t37[_k * 16 + _u] = (l10 + 0)[_u * 5 + _k];
@@ -9067,7 +8810,7 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _u = 0; _u < 16; ++_u)
                 (a1 + 0)[_u] += t37[_k * 16 + _u] * a27[_k];
         /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
-        real t38[80];
+        real t38[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t38[_k * 16 + _u] = (l10 + 0)[_u * 5 + _k];
@@ -9079,11 +8822,11 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
                 (a2 + 4)[_k] += acc;
             }
         /* zuk,zpu->zupk */
-        real t39[48];
+        real t39[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t39[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real w40[48] = {0};
+        real w40[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w40[_k * 16 + _u] += t39[_k * 16 + _u] * a29[_u];
@@ -9091,11 +8834,11 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _k = 0; _k < 3; ++_k)
                 (l11 + 0)[_u * 3 + _k] += w40[_k * 16 + _u];
         /* zuk,zupk->zpu */
-        real t41[48];
+        real t41[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t41[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real t42[48];
+        real t42[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t42[_k * 16 + _u] = (a30 + 0)[_u * 3 + _k];
@@ -9103,7 +8846,7 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _u = 0; _u < 16; ++_u)
                 (a3 + 16)[_u] += t41[_k * 16 + _u] * t42[_k * 16 + _u];
         /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
-        real t43[48];
+        real t43[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t43[_k * 16 + _u] = (l11 + 0)[_u * 3 + _k];
@@ -9111,7 +8854,7 @@ void cormorant_message_d_s4(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _u = 0; _u < 16; ++_u)
                 (a1 + 0)[_u] += t43[_k * 16 + _u] * a31[_k];
         /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
-        real t44[48];
+        real t44[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t44[_k * 16 + _u] = (l11 + 0)[_u * 3 + _k];
@@ -9292,33 +9035,33 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
         const real *restrict a27 = A27 + z * a27_stride;
         const real *restrict a28 = A28 + z * a28_stride;
         const real *restrict a29 = A29 + z * a29_stride;
-        real l0[240] = {0};
-        real l1[96] = {0};
-        real l2[16] = {0};
-        real l3[160] = {0};
-        real l4[144] = {0};
-        real l5[16] = {0};
-        real l6[80] = {0};
-        real l7[48] = {0};
-        real l8[16] = {0};
-        real l9[16] = {0};
-        real l10[48] = {0};
-        real l11[80] = {0};
-        real l12[16] = {0};
-        real l13[144] = {0};
-        real l14[160] = {0};
-        real l15[16] = {0};
-        real l16[96] = {0};
-        real l17[240] = {0};
+        real l0[240] __attribute__((aligned(64))) = {0};
+        real l1[96] __attribute__((aligned(64))) = {0};
+        real l2[16] __attribute__((aligned(64))) = {0};
+        real l3[160] __attribute__((aligned(64))) = {0};
+        real l4[144] __attribute__((aligned(64))) = {0};
+        real l5[16] __attribute__((aligned(64))) = {0};
+        real l6[80] __attribute__((aligned(64))) = {0};
+        real l7[48] __attribute__((aligned(64))) = {0};
+        real l8[16] __attribute__((aligned(64))) = {0};
+        real l9[16] __attribute__((aligned(64))) = {0};
+        real l10[48] __attribute__((aligned(64))) = {0};
+        real l11[80] __attribute__((aligned(64))) = {0};
+        real l12[16] __attribute__((aligned(64))) = {0};
+        real l13[144] __attribute__((aligned(64))) = {0};
+        real l14[160] __attribute__((aligned(64))) = {0};
+        real l15[16] __attribute__((aligned(64))) = {0};
+        real l16[96] __attribute__((aligned(64))) = {0};
+        real l17[240] __attribute__((aligned(64))) = {0};
         /* ziu->zui */
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += a8[_u];
         /* zuk,zpu->zupk */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real w2[240] = {0};
+        real w2[240] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -9328,11 +9071,11 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
                 for (int _k = 0; _k < 5; ++_k)
                     (l0 + 0)[_u * 15 + _p * 5 + _k] += w2[_p * 80 + _k * 16 + _u];
         /* zuk,zpu->zupk */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t3[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real w4[96] = {0};
+        real w4[96] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -9345,11 +9088,11 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             (l2 + 0)[_u] += (a0 + 0)[_u] * a11[_u];
         /* zuk,zpu->zupk */
-        real t5[80];
+        real t5[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t5[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real w6[160] = {0};
+        real w6[160] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -9359,11 +9102,11 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
                 for (int _k = 0; _k < 5; ++_k)
                     (l3 + 0)[_u * 10 + _p * 5 + _k] += w6[_p * 80 + _k * 16 + _u];
         /* zuk,zpu->zupk */
-        real t7[48];
+        real t7[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t7[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real w8[144] = {0};
+        real w8[144] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -9376,11 +9119,11 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             (l5 + 0)[_u] += (a0 + 0)[_u] * a14[_u];
         /* zuk,zpu->zupk */
-        real t9[80];
+        real t9[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t9[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real w10[80] = {0};
+        real w10[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w10[_k * 16 + _u] += t9[_k * 16 + _u] * a15[_u];
@@ -9388,11 +9131,11 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 5; ++_k)
                 (l6 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
         /* zuk,zpu->zupk */
-        real t11[48];
+        real t11[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t11[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real w12[48] = {0};
+        real w12[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w12[_k * 16 + _u] += t11[_k * 16 + _u] * a16[_u];
@@ -9419,7 +9162,7 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             (a3 + 0)[_u] += (l9 + 0)[_u] * (a0 + 0)[_u];
         /* ∂/∂d__t_p_0_0_1: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
-        real w13[48] = {0};
+        real w13[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w13[_k * 16 + _u] += a18[_u] * a20[_k];
@@ -9427,7 +9170,7 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 3; ++_k)
                 (l10 + 0)[_u * 3 + _k] += w13[_k * 16 + _u];
         /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
-        real t14[48];
+        real t14[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t14[_k * 16 + _u] = (l7 + 0)[_u * 3 + _k];
@@ -9439,11 +9182,11 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
                 (a1 + 1)[_k] += acc;
             }
         /* zupk,zpu->zuk */
-        real t15[48];
+        real t15[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t15[_k * 16 + _u] = (l10 + 0)[_u * 3 + _k];
-        real w16[48] = {0};
+        real w16[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w16[_k * 16 + _u] += t15[_k * 16 + _u] * a16[_u];
@@ -9451,11 +9194,11 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 16)[_u * 3 + _k] += w16[_k * 16 + _u];
         /* zupk,zuk->zpu */
-        real t17[48];
+        real t17[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t17[_k * 16 + _u] = (l10 + 0)[_u * 3 + _k];
-        real t18[48];
+        real t18[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t18[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
@@ -9463,7 +9206,7 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _u = 0; _u < 16; ++_u)
                 (a3 + 16)[_u] += t17[_k * 16 + _u] * t18[_k * 16 + _u];
         /* ∂/∂d__t_p_0_0_2: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
-        real w19[80] = {0};
+        real w19[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w19[_k * 16 + _u] += a18[_u] * a21[_k];
@@ -9471,7 +9214,7 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 5; ++_k)
                 (l11 + 0)[_u * 5 + _k] += w19[_k * 16 + _u];
         /* ∂/∂_m_p_0: ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
-        real t20[80];
+        real t20[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t20[_k * 16 + _u] = (l6 + 0)[_u * 5 + _k];
@@ -9483,11 +9226,11 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
                 (a1 + 4)[_k] += acc;
             }
         /* zupk,zpu->zuk */
-        real t21[80];
+        real t21[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t21[_k * 16 + _u] = (l11 + 0)[_u * 5 + _k];
-        real w22[80] = {0};
+        real w22[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w22[_k * 16 + _u] += t21[_k * 16 + _u] * a15[_u];
@@ -9495,11 +9238,11 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 5; ++_k)
                 (a2 + 64)[_u * 5 + _k] += w22[_k * 16 + _u];
         /* zupk,zuk->zpu */
-        real t23[80];
+        real t23[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t23[_k * 16 + _u] = (l11 + 0)[_u * 5 + _k];
-        real t24[80];
+        real t24[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t24[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
@@ -9507,7 +9250,7 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _u = 0; _u < 16; ++_u)
                 (a3 + 32)[_u] += t23[_k * 16 + _u] * t24[_k * 16 + _u];
         /* ∂/∂d__t_p_0_1_0: ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
-        real t25[48];
+        real t25[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t25[_i * 16 + _u] = a22[_u * 3 + _i];
@@ -9529,7 +9272,7 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             (a3 + 64)[_u] += (l12 + 0)[_u] * (a0 + 0)[_u];
         /* ∂/∂d__t_p_0_1_1: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
-        real w26[144] = {0};
+        real w26[144] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -9540,7 +9283,7 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
                 for (int _k = 0; _k < 3; ++_k)
                     (l13 + 0)[_u * 9 + _p * 3 + _k] += w26[_p * 48 + _k * 16 + _u];
         /* ∂/∂_m_p_0: ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
-        real t27[144];
+        real t27[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -9555,12 +9298,12 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
                         (a1 + 12)[_i * 9 + _k * 3 + _p] += acc;
                     }
         /* zupk,zpu->zuk */
-        real t28[144];
+        real t28[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t28[_p * 48 + _k * 16 + _u] = (l13 + 0)[_u * 9 + _p * 3 + _k];
-        real w29[48] = {0};
+        real w29[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -9569,12 +9312,12 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 16)[_u * 3 + _k] += w29[_k * 16 + _u];
         /* zupk,zuk->zpu */
-        real t30[144];
+        real t30[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t30[_p * 48 + _k * 16 + _u] = (l13 + 0)[_u * 9 + _p * 3 + _k];
-        real t31[48];
+        real t31[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t31[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
@@ -9583,7 +9326,7 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
                 for (int _u = 0; _u < 16; ++_u)
                     (a4 + 0)[_p * 16 + _u] += t30[_p * 48 + _k * 16 + _u] * t31[_k * 16 + _u];
         /* ∂/∂d__t_p_0_1_2: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
-        real w32[160] = {0};
+        real w32[160] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -9594,7 +9337,7 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
                 for (int _k = 0; _k < 5; ++_k)
                     (l14 + 0)[_u * 10 + _p * 5 + _k] += w32[_p * 80 + _k * 16 + _u];
         /* ∂/∂_m_p_0: ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
-        real t33[160];
+        real t33[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -9609,12 +9352,12 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
                         (a1 + 39)[_i * 10 + _k * 2 + _p] += acc;
                     }
         /* zupk,zpu->zuk */
-        real t34[160];
+        real t34[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t34[_p * 80 + _k * 16 + _u] = (l14 + 0)[_u * 10 + _p * 5 + _k];
-        real w35[80] = {0};
+        real w35[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -9623,12 +9366,12 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 5; ++_k)
                 (a2 + 64)[_u * 5 + _k] += w35[_k * 16 + _u];
         /* zupk,zuk->zpu */
-        real t36[160];
+        real t36[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t36[_p * 80 + _k * 16 + _u] = (l14 + 0)[_u * 10 + _p * 5 + _k];
-        real t37[80];
+        real t37[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t37[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
@@ -9637,7 +9380,7 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
                 for (int _u = 0; _u < 16; ++_u)
                     (a5 + 0)[_p * 16 + _u] += t36[_p * 80 + _k * 16 + _u] * t37[_k * 16 + _u];
         /* ∂/∂d__t_p_0_2_0: ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
-        real t38[80];
+        real t38[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t38[_i * 16 + _u] = a26[_u * 5 + _i];
@@ -9659,7 +9402,7 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             (a3 + 192)[_u] += (l15 + 0)[_u] * (a0 + 0)[_u];
         /* ∂/∂d__t_p_0_2_1: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
-        real w39[96] = {0};
+        real w39[96] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -9670,7 +9413,7 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
                 for (int _k = 0; _k < 3; ++_k)
                     (l16 + 0)[_u * 6 + _p * 3 + _k] += w39[_p * 48 + _k * 16 + _u];
         /* ∂/∂_m_p_0: ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
-        real t40[96];
+        real t40[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -9685,12 +9428,12 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
                         (a1 + 74)[_i * 6 + _k * 2 + _p] += acc;
                     }
         /* zupk,zpu->zuk */
-        real t41[96];
+        real t41[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t41[_p * 48 + _k * 16 + _u] = (l16 + 0)[_u * 6 + _p * 3 + _k];
-        real w42[48] = {0};
+        real w42[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -9699,12 +9442,12 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 16)[_u * 3 + _k] += w42[_k * 16 + _u];
         /* zupk,zuk->zpu */
-        real t43[96];
+        real t43[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t43[_p * 48 + _k * 16 + _u] = (l16 + 0)[_u * 6 + _p * 3 + _k];
-        real t44[48];
+        real t44[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t44[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
@@ -9713,7 +9456,7 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
                 for (int _u = 0; _u < 16; ++_u)
                     (a6 + 0)[_p * 16 + _u] += t43[_p * 48 + _k * 16 + _u] * t44[_k * 16 + _u];
         /* ∂/∂d__t_p_0_2_2: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
-        real w45[240] = {0};
+        real w45[240] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -9724,7 +9467,7 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
                 for (int _k = 0; _k < 5; ++_k)
                     (l17 + 0)[_u * 15 + _p * 5 + _k] += w45[_p * 80 + _k * 16 + _u];
         /* ∂/∂_m_p_0: ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
-        real t46[240];
+        real t46[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -9739,12 +9482,12 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
                         (a1 + 104)[_i * 15 + _k * 3 + _p] += acc;
                     }
         /* zupk,zpu->zuk */
-        real t47[240];
+        real t47[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t47[_p * 80 + _k * 16 + _u] = (l17 + 0)[_u * 15 + _p * 5 + _k];
-        real w48[80] = {0};
+        real w48[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -9753,12 +9496,12 @@ void cormorant_message_d2_f_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 5; ++_k)
                 (a2 + 64)[_u * 5 + _k] += w48[_k * 16 + _u];
         /* zupk,zuk->zpu */
-        real t49[240];
+        real t49[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t49[_p * 80 + _k * 16 + _u] = (l17 + 0)[_u * 15 + _p * 5 + _k];
-        real t50[80];
+        real t50[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t50[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
@@ -10008,33 +9751,33 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
         const real *restrict a27 = A27 + z * a27_stride;
         const real *restrict a28 = A28 + z * a28_stride;
         const real *restrict a29 = A29 + z * a29_stride;
-        real l0[240] = {0};
-        real l1[96] = {0};
-        real l2[16] = {0};
-        real l3[160] = {0};
-        real l4[144] = {0};
-        real l5[16] = {0};
-        real l6[80] = {0};
-        real l7[48] = {0};
-        real l8[16] = {0};
-        real l9[16] = {0};
-        real l10[48] = {0};
-        real l11[80] = {0};
-        real l12[16] = {0};
-        real l13[144] = {0};
-        real l14[160] = {0};
-        real l15[16] = {0};
-        real l16[96] = {0};
-        real l17[240] = {0};
+        real l0[240] __attribute__((aligned(64))) = {0};
+        real l1[96] __attribute__((aligned(64))) = {0};
+        real l2[16] __attribute__((aligned(64))) = {0};
+        real l3[160] __attribute__((aligned(64))) = {0};
+        real l4[144] __attribute__((aligned(64))) = {0};
+        real l5[16] __attribute__((aligned(64))) = {0};
+        real l6[80] __attribute__((aligned(64))) = {0};
+        real l7[48] __attribute__((aligned(64))) = {0};
+        real l8[16] __attribute__((aligned(64))) = {0};
+        real l9[16] __attribute__((aligned(64))) = {0};
+        real l10[48] __attribute__((aligned(64))) = {0};
+        real l11[80] __attribute__((aligned(64))) = {0};
+        real l12[16] __attribute__((aligned(64))) = {0};
+        real l13[144] __attribute__((aligned(64))) = {0};
+        real l14[160] __attribute__((aligned(64))) = {0};
+        real l15[16] __attribute__((aligned(64))) = {0};
+        real l16[96] __attribute__((aligned(64))) = {0};
+        real l17[240] __attribute__((aligned(64))) = {0};
         /* ziu->zui */
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += a8[_u];
         /* zuk,zpu->zupk */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real w2[240] = {0};
+        real w2[240] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -10044,11 +9787,11 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
                 for (int _k = 0; _k < 5; ++_k)
                     (l0 + 0)[_u * 15 + _p * 5 + _k] += w2[_p * 80 + _k * 16 + _u];
         /* zuk,zpu->zupk */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t3[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real w4[96] = {0};
+        real w4[96] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -10061,11 +9804,11 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
         for (int _u = 0; _u < 16; ++_u)
             (l2 + 0)[_u] += (a0 + 0)[_u] * a11[_u];
         /* zuk,zpu->zupk */
-        real t5[80];
+        real t5[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t5[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real w6[160] = {0};
+        real w6[160] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -10075,11 +9818,11 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
                 for (int _k = 0; _k < 5; ++_k)
                     (l3 + 0)[_u * 10 + _p * 5 + _k] += w6[_p * 80 + _k * 16 + _u];
         /* zuk,zpu->zupk */
-        real t7[48];
+        real t7[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t7[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real w8[144] = {0};
+        real w8[144] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -10092,11 +9835,11 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
         for (int _u = 0; _u < 16; ++_u)
             (l5 + 0)[_u] += (a0 + 0)[_u] * a14[_u];
         /* zuk,zpu->zupk */
-        real t9[80];
+        real t9[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t9[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real w10[80] = {0};
+        real w10[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w10[_k * 16 + _u] += t9[_k * 16 + _u] * a15[_u];
@@ -10104,11 +9847,11 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _k = 0; _k < 5; ++_k)
                 (l6 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
         /* zuk,zpu->zupk */
-        real t11[48];
+        real t11[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t11[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real w12[48] = {0};
+        real w12[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w12[_k * 16 + _u] += t11[_k * 16 + _u] * a16[_u];
@@ -10131,7 +9874,7 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
         for (int _u = 0; _u < 16; ++_u)
             (a3 + 0)[_u] += (l9 + 0)[_u] * (a0 + 0)[_u];
         /* ∂/∂d__t_p_0_0_1: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
-        real w13[48] = {0};
+        real w13[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w13[_k * 16 + _u] += a20[_k] * a19[_u];
@@ -10139,7 +9882,7 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _k = 0; _k < 3; ++_k)
                 (l10 + 0)[_u * 3 + _k] += w13[_k * 16 + _u];
         /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
-        real t14[48];
+        real t14[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t14[_k * 16 + _u] = (l7 + 0)[_u * 3 + _k];
@@ -10147,11 +9890,11 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _u = 0; _u < 16; ++_u)
                 (a1 + 0)[_u] += a20[_k] * t14[_k * 16 + _u];
         /* zupk,zpu->zuk */
-        real t15[48];
+        real t15[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t15[_k * 16 + _u] = (l10 + 0)[_u * 3 + _k];
-        real w16[48] = {0};
+        real w16[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w16[_k * 16 + _u] += t15[_k * 16 + _u] * a16[_u];
@@ -10159,11 +9902,11 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 16)[_u * 3 + _k] += w16[_k * 16 + _u];
         /* zupk,zuk->zpu */
-        real t17[48];
+        real t17[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t17[_k * 16 + _u] = (l10 + 0)[_u * 3 + _k];
-        real t18[48];
+        real t18[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t18[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
@@ -10171,7 +9914,7 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _u = 0; _u < 16; ++_u)
                 (a3 + 16)[_u] += t17[_k * 16 + _u] * t18[_k * 16 + _u];
         /* ∂/∂d__t_p_0_0_2: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
-        real w19[80] = {0};
+        real w19[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w19[_k * 16 + _u] += a21[_k] * a19[_u];
@@ -10179,7 +9922,7 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _k = 0; _k < 5; ++_k)
                 (l11 + 0)[_u * 5 + _k] += w19[_k * 16 + _u];
         /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
-        real t20[80];
+        real t20[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t20[_k * 16 + _u] = (l6 + 0)[_u * 5 + _k];
@@ -10187,11 +9930,11 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _u = 0; _u < 16; ++_u)
                 (a1 + 0)[_u] += a21[_k] * t20[_k * 16 + _u];
         /* zupk,zpu->zuk */
-        real t21[80];
+        real t21[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t21[_k * 16 + _u] = (l11 + 0)[_u * 5 + _k];
-        real w22[80] = {0};
+        real w22[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w22[_k * 16 + _u] += t21[_k * 16 + _u] * a15[_u];
@@ -10199,11 +9942,11 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _k = 0; _k < 5; ++_k)
                 (a2 + 64)[_u * 5 + _k] += w22[_k * 16 + _u];
         /* zupk,zuk->zpu */
-        real t23[80];
+        real t23[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t23[_k * 16 + _u] = (l11 + 0)[_u * 5 + _k];
-        real t24[80];
+        real t24[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t24[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
@@ -10211,7 +9954,7 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _u = 0; _u < 16; ++_u)
                 (a3 + 32)[_u] += t23[_k * 16 + _u] * t24[_k * 16 + _u];
         /* ∂/∂d__t_p_0_1_0: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
-        real t25[48];
+        real t25[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t25[_i * 16 + _u] = a23[_u * 3 + _i];
@@ -10219,7 +9962,7 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _u = 0; _u < 16; ++_u)
                 (l12 + 0)[_u] += a22[_i] * t25[_i * 16 + _u];
         /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x1 ⊗ sh -> 16x0 */
-        real w26[48] = {0};
+        real w26[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w26[_i * 16 + _u] += a22[_i] * (l5 + 0)[_u];
@@ -10233,7 +9976,7 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
         for (int _u = 0; _u < 16; ++_u)
             (a3 + 64)[_u] += (l12 + 0)[_u] * (a0 + 0)[_u];
         /* ∂/∂d__t_p_0_1_1: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
-        real w27[144] = {0};
+        real w27[144] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -10244,12 +9987,12 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
                 for (int _k = 0; _k < 3; ++_k)
                     (l13 + 0)[_u * 9 + _p * 3 + _k] += w27[_p * 48 + _k * 16 + _u];
         /* ∂/∂f: ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
-        real t28[144];
+        real t28[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t28[_p * 48 + _k * 16 + _u] = (l4 + 0)[_u * 9 + _p * 3 + _k];
-        real w29[48] = {0};
+        real w29[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 3; ++_p)
@@ -10259,12 +10002,12 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w29[_i * 16 + _u];
         /* zupk,zpu->zuk */
-        real t30[144];
+        real t30[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t30[_p * 48 + _k * 16 + _u] = (l13 + 0)[_u * 9 + _p * 3 + _k];
-        real w31[48] = {0};
+        real w31[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -10273,12 +10016,12 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 16)[_u * 3 + _k] += w31[_k * 16 + _u];
         /* zupk,zuk->zpu */
-        real t32[144];
+        real t32[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t32[_p * 48 + _k * 16 + _u] = (l13 + 0)[_u * 9 + _p * 3 + _k];
-        real t33[48];
+        real t33[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t33[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
@@ -10287,7 +10030,7 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
                 for (int _u = 0; _u < 16; ++_u)
                     (a4 + 0)[_p * 16 + _u] += t32[_p * 48 + _k * 16 + _u] * t33[_k * 16 + _u];
         /* ∂/∂d__t_p_0_1_2: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
-        real w34[160] = {0};
+        real w34[160] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -10298,12 +10041,12 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
                 for (int _k = 0; _k < 5; ++_k)
                     (l14 + 0)[_u * 10 + _p * 5 + _k] += w34[_p * 80 + _k * 16 + _u];
         /* ∂/∂f: ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
-        real t35[160];
+        real t35[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t35[_p * 80 + _k * 16 + _u] = (l3 + 0)[_u * 10 + _p * 5 + _k];
-        real w36[48] = {0};
+        real w36[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -10313,12 +10056,12 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w36[_i * 16 + _u];
         /* zupk,zpu->zuk */
-        real t37[160];
+        real t37[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t37[_p * 80 + _k * 16 + _u] = (l14 + 0)[_u * 10 + _p * 5 + _k];
-        real w38[80] = {0};
+        real w38[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -10327,12 +10070,12 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _k = 0; _k < 5; ++_k)
                 (a2 + 64)[_u * 5 + _k] += w38[_k * 16 + _u];
         /* zupk,zuk->zpu */
-        real t39[160];
+        real t39[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t39[_p * 80 + _k * 16 + _u] = (l14 + 0)[_u * 10 + _p * 5 + _k];
-        real t40[80];
+        real t40[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t40[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
@@ -10341,7 +10084,7 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
                 for (int _u = 0; _u < 16; ++_u)
                     (a5 + 0)[_p * 16 + _u] += t39[_p * 80 + _k * 16 + _u] * t40[_k * 16 + _u];
         /* ∂/∂d__t_p_0_2_0: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
-        real t41[80];
+        real t41[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t41[_i * 16 + _u] = a27[_u * 5 + _i];
@@ -10349,7 +10092,7 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _u = 0; _u < 16; ++_u)
                 (l15 + 0)[_u] += a26[_i] * t41[_i * 16 + _u];
         /* ∂/∂f: ∂/∂_m_p_0: 1 paths 16x2 ⊗ sh -> 16x0 */
-        real w42[80] = {0};
+        real w42[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w42[_i * 16 + _u] += a26[_i] * (l2 + 0)[_u];
@@ -10363,7 +10106,7 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
         for (int _u = 0; _u < 16; ++_u)
             (a3 + 192)[_u] += (l15 + 0)[_u] * (a0 + 0)[_u];
         /* ∂/∂d__t_p_0_2_1: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
-        real w43[96] = {0};
+        real w43[96] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -10374,12 +10117,12 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
                 for (int _k = 0; _k < 3; ++_k)
                     (l16 + 0)[_u * 6 + _p * 3 + _k] += w43[_p * 48 + _k * 16 + _u];
         /* ∂/∂f: ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
-        real t44[96];
+        real t44[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t44[_p * 48 + _k * 16 + _u] = (l1 + 0)[_u * 6 + _p * 3 + _k];
-        real w45[80] = {0};
+        real w45[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -10389,12 +10132,12 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w45[_i * 16 + _u];
         /* zupk,zpu->zuk */
-        real t46[96];
+        real t46[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t46[_p * 48 + _k * 16 + _u] = (l16 + 0)[_u * 6 + _p * 3 + _k];
-        real w47[48] = {0};
+        real w47[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -10403,12 +10146,12 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 16)[_u * 3 + _k] += w47[_k * 16 + _u];
         /* zupk,zuk->zpu */
-        real t48[96];
+        real t48[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t48[_p * 48 + _k * 16 + _u] = (l16 + 0)[_u * 6 + _p * 3 + _k];
-        real t49[48];
+        real t49[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t49[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
@@ -10417,7 +10160,7 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
                 for (int _u = 0; _u < 16; ++_u)
                     (a6 + 0)[_p * 16 + _u] += t48[_p * 48 + _k * 16 + _u] * t49[_k * 16 + _u];
         /* ∂/∂d__t_p_0_2_2: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
-        real w50[240] = {0};
+        real w50[240] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -10428,12 +10171,12 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
                 for (int _k = 0; _k < 5; ++_k)
                     (l17 + 0)[_u * 15 + _p * 5 + _k] += w50[_p * 80 + _k * 16 + _u];
         /* ∂/∂f: ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
-        real t51[240];
+        real t51[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t51[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
-        real w52[80] = {0};
+        real w52[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 3; ++_p)
@@ -10443,12 +10186,12 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w52[_i * 16 + _u];
         /* zupk,zpu->zuk */
-        real t53[240];
+        real t53[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t53[_p * 80 + _k * 16 + _u] = (l17 + 0)[_u * 15 + _p * 5 + _k];
-        real w54[80] = {0};
+        real w54[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -10457,12 +10200,12 @@ void cormorant_message_d2_sh_s3(int64_t n, int threads, real *restrict A0, int64
             for (int _k = 0; _k < 5; ++_k)
                 (a2 + 64)[_u * 5 + _k] += w54[_k * 16 + _u];
         /* zupk,zuk->zpu */
-        real t55[240];
+        real t55[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t55[_p * 80 + _k * 16 + _u] = (l17 + 0)[_u * 15 + _p * 5 + _k];
-        real t56[80];
+        real t56[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t56[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
@@ -10603,7 +10346,7 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += a10[_u] * a11[0];
         /* 1 paths 16x0 ⊗ sh -> 16x1 */
-        real w1[48] = {0};
+        real w1[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w1[_k * 16 + _u] += a10[_u] * a12[_k];
@@ -10611,7 +10354,7 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 0)[_u * 3 + _k] += w1[_k * 16 + _u];
         /* 1 paths 16x0 ⊗ sh -> 16x2 */
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_k * 16 + _u] += a10[_u] * a13[_k];
@@ -10619,7 +10362,7 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 5; ++_k)
                 (a2 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
         /* 1 paths 16x1 ⊗ sh -> 16x0 */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 16 + _u] = a14[_u * 3 + _i];
@@ -10627,7 +10370,7 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
             for (int _u = 0; _u < 16; ++_u)
                 (a3 + 0)[_u] += t3[_i * 16 + _u] * a15[_i];
         /* 3 paths 16x1 ⊗ sh -> 16x1 */
-        real w4[144] = {0};
+        real w4[144] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -10638,7 +10381,7 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
                 for (int _k = 0; _k < 3; ++_k)
                     (a4 + 0)[_u * 9 + _p * 3 + _k] += w4[_p * 48 + _k * 16 + _u];
         /* 2 paths 16x1 ⊗ sh -> 16x2 */
-        real w5[160] = {0};
+        real w5[160] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -10649,7 +10392,7 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
                 for (int _k = 0; _k < 5; ++_k)
                     (a5 + 0)[_u * 10 + _p * 5 + _k] += w5[_p * 80 + _k * 16 + _u];
         /* 1 paths 16x2 ⊗ sh -> 16x0 */
-        real t6[80];
+        real t6[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t6[_i * 16 + _u] = a18[_u * 5 + _i];
@@ -10657,7 +10400,7 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
             for (int _u = 0; _u < 16; ++_u)
                 (a6 + 0)[_u] += t6[_i * 16 + _u] * a19[_i];
         /* 2 paths 16x2 ⊗ sh -> 16x1 */
-        real w7[96] = {0};
+        real w7[96] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -10668,7 +10411,7 @@ void cormorant_message_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_
                 for (int _k = 0; _k < 3; ++_k)
                     (a7 + 0)[_u * 6 + _p * 3 + _k] += w7[_p * 48 + _k * 16 + _u];
         /* 3 paths 16x2 ⊗ sh -> 16x2 */
-        real w8[240] = {0};
+        real w8[240] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -10769,10 +10512,10 @@ void cormorant_message_d2_w_s3(int64_t n, int threads, real *restrict A0, int64_
         const real *restrict a33 = A33 + z * a33_stride;
         const real *restrict a34 = A34 + z * a34_stride;
         const real *restrict a35 = A35 + z * a35_stride;
-        real l0[48] = {0};
-        real l1[32] = {0};
-        real l2[32] = {0};
-        real l3[48] = {0};
+        real l0[48] __attribute__((aligned(64))) = {0};
+        real l1[32] __attribute__((aligned(64))) = {0};
+        real l2[32] __attribute__((aligned(64))) = {0};
+        real l3[48] __attribute__((aligned(64))) = {0};
         /* ziu->zui */
         for (int _u = 0; _u < 16; ++_u)
             (a0 + 0)[_u] += a11[_u];
@@ -10783,11 +10526,11 @@ void cormorant_message_d2_w_s3(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             (a2 + 0)[_u] += a12[_u] * (a0 + 0)[_u];
         /* zpu,zupk->zuk */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 16 + _u] = (a15 + 0)[_u * 3 + _k];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_k * 16 + _u] += a14[_u] * t1[_k * 16 + _u];
@@ -10795,11 +10538,11 @@ void cormorant_message_d2_w_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 16)[_u * 3 + _k] += w2[_k * 16 + _u];
         /* zpu,zuk->zupk */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t3[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real w4[48] = {0};
+        real w4[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w4[_k * 16 + _u] += a14[_u] * t3[_k * 16 + _u];
@@ -10807,11 +10550,11 @@ void cormorant_message_d2_w_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 3; ++_k)
                 (a3 + 0)[_u * 3 + _k] += w4[_k * 16 + _u];
         /* zpu,zupk->zuk */
-        real t5[80];
+        real t5[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t5[_k * 16 + _u] = (a17 + 0)[_u * 5 + _k];
-        real w6[80] = {0};
+        real w6[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w6[_k * 16 + _u] += a16[_u] * t5[_k * 16 + _u];
@@ -10819,11 +10562,11 @@ void cormorant_message_d2_w_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 64)[_u * 5 + _k] += w6[_k * 16 + _u];
         /* zpu,zuk->zupk */
-        real t7[80];
+        real t7[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t7[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real w8[80] = {0};
+        real w8[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w8[_k * 16 + _u] += a16[_u] * t7[_k * 16 + _u];
@@ -10846,12 +10589,12 @@ void cormorant_message_d2_w_s3(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             (l0 + 32)[_u] += a22[_u];
         /* zpu,zupk->zuk */
-        real t9[144];
+        real t9[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t9[_p * 48 + _k * 16 + _u] = (a23 + 0)[_u * 9 + _p * 3 + _k];
-        real w10[48] = {0};
+        real w10[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -10860,11 +10603,11 @@ void cormorant_message_d2_w_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 16)[_u * 3 + _k] += w10[_k * 16 + _u];
         /* zpu,zuk->zupk */
-        real t11[48];
+        real t11[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t11[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real w12[144] = {0};
+        real w12[144] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -10880,12 +10623,12 @@ void cormorant_message_d2_w_s3(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             (l1 + 16)[_u] += a25[_u];
         /* zpu,zupk->zuk */
-        real t13[160];
+        real t13[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t13[_p * 80 + _k * 16 + _u] = (a26 + 0)[_u * 10 + _p * 5 + _k];
-        real w14[80] = {0};
+        real w14[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -10894,11 +10637,11 @@ void cormorant_message_d2_w_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 64)[_u * 5 + _k] += w14[_k * 16 + _u];
         /* zpu,zuk->zupk */
-        real t15[80];
+        real t15[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t15[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real w16[160] = {0};
+        real w16[160] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -10920,12 +10663,12 @@ void cormorant_message_d2_w_s3(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             (l2 + 16)[_u] += a30[_u];
         /* zpu,zupk->zuk */
-        real t17[96];
+        real t17[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t17[_p * 48 + _k * 16 + _u] = (a31 + 0)[_u * 6 + _p * 3 + _k];
-        real w18[48] = {0};
+        real w18[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -10934,11 +10677,11 @@ void cormorant_message_d2_w_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 16)[_u * 3 + _k] += w18[_k * 16 + _u];
         /* zpu,zuk->zupk */
-        real t19[48];
+        real t19[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t19[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real w20[96] = {0};
+        real w20[96] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -10957,12 +10700,12 @@ void cormorant_message_d2_w_s3(int64_t n, int threads, real *restrict A0, int64_
         for (int _u = 0; _u < 16; ++_u)
             (l3 + 32)[_u] += a34[_u];
         /* zpu,zupk->zuk */
-        real t21[240];
+        real t21[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t21[_p * 80 + _k * 16 + _u] = (a35 + 0)[_u * 15 + _p * 5 + _k];
-        real w22[80] = {0};
+        real w22[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -10971,11 +10714,11 @@ void cormorant_message_d2_w_s3(int64_t n, int threads, real *restrict A0, int64_
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 64)[_u * 5 + _k] += w22[_k * 16 + _u];
         /* zpu,zuk->zupk */
-        real t23[80];
+        real t23[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t23[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real w24[240] = {0};
+        real w24[240] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -11063,12 +10806,12 @@ void cormorant_message_d2_w_s6(int64_t n, int threads, real *restrict A0, int64_
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_w * 5 + _i] += a3[_i * 16 + _w];
         /* ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
-        real t1[240];
+        real t1[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t1[_p * 80 + _k * 16 + _u] = (a4 + 0)[_u * 15 + _p * 5 + _k];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 3; ++_p)
@@ -11078,7 +10821,7 @@ void cormorant_message_d2_w_s6(int64_t n, int threads, real *restrict A0, int64_
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w2[_i * 16 + _u];
         /* ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
-        real t3[80];
+        real t3[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 16 + _u] = a6[_u * 5 + _i];
@@ -11092,12 +10835,12 @@ void cormorant_message_d2_w_s6(int64_t n, int threads, real *restrict A0, int64_
                         (a2 + 104)[_i * 15 + _k * 3 + _p] += acc;
                     }
         /* ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
-        real t4[96];
+        real t4[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t4[_p * 48 + _k * 16 + _u] = (a7 + 0)[_u * 6 + _p * 3 + _k];
-        real w5[80] = {0};
+        real w5[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -11117,7 +10860,7 @@ void cormorant_message_d2_w_s6(int64_t n, int threads, real *restrict A0, int64_
                         (a2 + 74)[_i * 6 + _k * 2 + _p] += acc;
                     }
         /* ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
-        real w6[80] = {0};
+        real w6[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w6[_i * 16 + _u] += (a9 + 0)[_u] * a10[_i];
@@ -11133,12 +10876,12 @@ void cormorant_message_d2_w_s6(int64_t n, int threads, real *restrict A0, int64_
                 (a2 + 69)[_i] += acc;
             }
         /* ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
-        real t7[160];
+        real t7[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t7[_p * 80 + _k * 16 + _u] = (a11 + 0)[_u * 10 + _p * 5 + _k];
-        real w8[48] = {0};
+        real w8[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -11148,7 +10891,7 @@ void cormorant_message_d2_w_s6(int64_t n, int threads, real *restrict A0, int64_
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w8[_i * 16 + _u];
         /* ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
-        real t9[48];
+        real t9[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t9[_i * 16 + _u] = a13[_u * 3 + _i];
@@ -11162,12 +10905,12 @@ void cormorant_message_d2_w_s6(int64_t n, int threads, real *restrict A0, int64_
                         (a2 + 39)[_i * 10 + _k * 2 + _p] += acc;
                     }
         /* ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
-        real t10[144];
+        real t10[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t10[_p * 48 + _k * 16 + _u] = (a14 + 0)[_u * 9 + _p * 3 + _k];
-        real w11[48] = {0};
+        real w11[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 3; ++_p)
@@ -11187,7 +10930,7 @@ void cormorant_message_d2_w_s6(int64_t n, int threads, real *restrict A0, int64_
                         (a2 + 12)[_i * 9 + _k * 3 + _p] += acc;
                     }
         /* ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
-        real w12[48] = {0};
+        real w12[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w12[_i * 16 + _u] += (a16 + 0)[_u] * a17[_i];
@@ -11203,7 +10946,7 @@ void cormorant_message_d2_w_s6(int64_t n, int threads, real *restrict A0, int64_
                 (a2 + 9)[_i] += acc;
             }
         /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
-        real t13[80];
+        real t13[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t13[_k * 16 + _u] = (a18 + 0)[_u * 5 + _k];
@@ -11219,7 +10962,7 @@ void cormorant_message_d2_w_s6(int64_t n, int threads, real *restrict A0, int64_
                 (a2 + 4)[_k] += acc;
             }
         /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
-        real t14[48];
+        real t14[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t14[_k * 16 + _u] = (a21 + 0)[_u * 3 + _k];
@@ -11327,7 +11070,7 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             (a1 + 0)[_u] += (a0 + 0)[_u] * a16[_u];
         /* 1 paths 16x0 ⊗ sh -> 16x1 */
-        real w1[48] = {0};
+        real w1[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w1[_k * 16 + _u] += a14[_u] * a17[_k];
@@ -11335,11 +11078,11 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
             for (int _k = 0; _k < 3; ++_k)
                 (a2 + 0)[_u * 3 + _k] += w1[_k * 16 + _u];
         /* zupk,zpu->zuk */
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 16 + _u] = (a2 + 0)[_u * 3 + _k];
-        real w3[48] = {0};
+        real w3[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w3[_k * 16 + _u] += t2[_k * 16 + _u] * a18[_u];
@@ -11347,7 +11090,7 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 16)[_u * 3 + _k] += w3[_k * 16 + _u];
         /* 1 paths 16x0 ⊗ sh -> 16x2 */
-        real w4[80] = {0};
+        real w4[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w4[_k * 16 + _u] += a14[_u] * a19[_k];
@@ -11355,11 +11098,11 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
             for (int _k = 0; _k < 5; ++_k)
                 (a3 + 0)[_u * 5 + _k] += w4[_k * 16 + _u];
         /* zupk,zpu->zuk */
-        real t5[80];
+        real t5[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t5[_k * 16 + _u] = (a3 + 0)[_u * 5 + _k];
-        real w6[80] = {0};
+        real w6[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w6[_k * 16 + _u] += t5[_k * 16 + _u] * a20[_u];
@@ -11367,7 +11110,7 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 64)[_u * 5 + _k] += w6[_k * 16 + _u];
         /* 1 paths 16x1 ⊗ sh -> 16x0 */
-        real t7[48];
+        real t7[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t7[_i * 16 + _u] = a21[_u * 3 + _i];
@@ -11387,7 +11130,7 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             (a5 + 32)[_u] += a26[_u];
         /* 3 paths 16x1 ⊗ sh -> 16x1 */
-        real w8[144] = {0};
+        real w8[144] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -11398,12 +11141,12 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
                 for (int _k = 0; _k < 3; ++_k)
                     (a6 + 0)[_u * 9 + _p * 3 + _k] += w8[_p * 48 + _k * 16 + _u];
         /* zupk,zpu->zuk */
-        real t9[144];
+        real t9[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t9[_p * 48 + _k * 16 + _u] = (a6 + 0)[_u * 9 + _p * 3 + _k];
-        real w10[48] = {0};
+        real w10[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -11418,7 +11161,7 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             (a7 + 16)[_u] += a29[_u];
         /* 2 paths 16x1 ⊗ sh -> 16x2 */
-        real w11[160] = {0};
+        real w11[160] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -11429,12 +11172,12 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
                 for (int _k = 0; _k < 5; ++_k)
                     (a8 + 0)[_u * 10 + _p * 5 + _k] += w11[_p * 80 + _k * 16 + _u];
         /* zupk,zpu->zuk */
-        real t12[160];
+        real t12[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t12[_p * 80 + _k * 16 + _u] = (a8 + 0)[_u * 10 + _p * 5 + _k];
-        real w13[80] = {0};
+        real w13[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -11443,7 +11186,7 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 64)[_u * 5 + _k] += w13[_k * 16 + _u];
         /* 1 paths 16x2 ⊗ sh -> 16x0 */
-        real t14[80];
+        real t14[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t14[_i * 16 + _u] = a31[_u * 5 + _i];
@@ -11460,7 +11203,7 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             (a10 + 16)[_u] += a35[_u];
         /* 2 paths 16x2 ⊗ sh -> 16x1 */
-        real w15[96] = {0};
+        real w15[96] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -11471,12 +11214,12 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
                 for (int _k = 0; _k < 3; ++_k)
                     (a11 + 0)[_u * 6 + _p * 3 + _k] += w15[_p * 48 + _k * 16 + _u];
         /* zupk,zpu->zuk */
-        real t16[96];
+        real t16[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t16[_p * 48 + _k * 16 + _u] = (a11 + 0)[_u * 6 + _p * 3 + _k];
-        real w17[48] = {0};
+        real w17[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -11494,7 +11237,7 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             (a12 + 32)[_u] += a39[_u];
         /* 3 paths 16x2 ⊗ sh -> 16x2 */
-        real w18[240] = {0};
+        real w18[240] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -11505,12 +11248,12 @@ void cormorant_message_d2_weight_s0(int64_t n, int threads, real *restrict A0, i
                 for (int _k = 0; _k < 5; ++_k)
                     (a13 + 0)[_u * 15 + _p * 5 + _k] += w18[_p * 80 + _k * 16 + _u];
         /* zupk,zpu->zuk */
-        real t19[240];
+        real t19[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t19[_p * 80 + _k * 16 + _u] = (a13 + 0)[_u * 15 + _p * 5 + _k];
-        real w20[80] = {0};
+        real w20[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _u = 0; _u < 16; ++_u)
@@ -11656,29 +11399,29 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
         const real *restrict a32 = A32 + z * a32_stride;
         const real *restrict a33 = A33 + z * a33_stride;
         const real *restrict a34 = A34 + z * a34_stride;
-        real l0[240] = {0};
-        real l1[48] = {0};
-        real l2[96] = {0};
-        real l3[32] = {0};
-        real l4[16] = {0};
-        real l5[160] = {0};
-        real l6[32] = {0};
-        real l7[144] = {0};
-        real l8[48] = {0};
-        real l9[16] = {0};
-        real l10[80] = {0};
-        real l11[48] = {0};
-        real l12[16] = {0};
+        real l0[240] __attribute__((aligned(64))) = {0};
+        real l1[48] __attribute__((aligned(64))) = {0};
+        real l2[96] __attribute__((aligned(64))) = {0};
+        real l3[32] __attribute__((aligned(64))) = {0};
+        real l4[16] __attribute__((aligned(64))) = {0};
+        real l5[160] __attribute__((aligned(64))) = {0};
+        real l6[32] __attribute__((aligned(64))) = {0};
+        real l7[144] __attribute__((aligned(64))) = {0};
+        real l8[48] __attribute__((aligned(64))) = {0};
+        real l9[16] __attribute__((aligned(64))) = {0};
+        real l10[80] __attribute__((aligned(64))) = {0};
+        real l11[48] __attribute__((aligned(64))) = {0};
+        real l12[16] __attribute__((aligned(64))) = {0};
         /* ziu->zui */
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 64)[_u * 5 + _i] += a4[_i * 16 + _u];
         /* zuk,zpu->zupk */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real w2[240] = {0};
+        real w2[240] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -11688,11 +11431,11 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
                 for (int _k = 0; _k < 5; ++_k)
                     (l0 + 0)[_u * 15 + _p * 5 + _k] += w2[_p * 80 + _k * 16 + _u];
         /* zuk,zupk->zpu */
-        real t3[80];
+        real t3[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t3[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real t4[240];
+        real t4[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -11702,12 +11445,12 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
                 for (int _u = 0; _u < 16; ++_u)
                     (l1 + 0)[_p * 16 + _u] += t3[_k * 16 + _u] * t4[_p * 80 + _k * 16 + _u];
         /* ∂/∂f: 3 paths 16x2 ⊗ sh -> 16x2 */
-        real t5[240];
+        real t5[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t5[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
-        real w6[80] = {0};
+        real w6[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 3; ++_p)
@@ -11717,12 +11460,12 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w6[_i * 16 + _u];
         /* ∂/∂_m_p_0: 3 paths 16x2 ⊗ sh -> 16x2 */
-        real t7[240];
+        real t7[240] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t7[_p * 80 + _k * 16 + _u] = (l0 + 0)[_u * 15 + _p * 5 + _k];
-        real t8[80];
+        real t8[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t8[_i * 16 + _u] = a8[_u * 5 + _i];
@@ -11745,11 +11488,11 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             (a3 + 144)[_u] += (l1 + 0)[_u];
         /* zuk,zpu->zupk */
-        real t9[48];
+        real t9[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t9[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real w10[96] = {0};
+        real w10[96] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -11759,11 +11502,11 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
                 for (int _k = 0; _k < 3; ++_k)
                     (l2 + 0)[_u * 6 + _p * 3 + _k] += w10[_p * 48 + _k * 16 + _u];
         /* zuk,zupk->zpu */
-        real t11[48];
+        real t11[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t11[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real t12[96];
+        real t12[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -11773,12 +11516,12 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
                 for (int _u = 0; _u < 16; ++_u)
                     (l3 + 0)[_p * 16 + _u] += t11[_k * 16 + _u] * t12[_p * 48 + _k * 16 + _u];
         /* ∂/∂f: 2 paths 16x2 ⊗ sh -> 16x1 */
-        real t13[96];
+        real t13[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t13[_p * 48 + _k * 16 + _u] = (l2 + 0)[_u * 6 + _p * 3 + _k];
-        real w14[80] = {0};
+        real w14[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -11788,7 +11531,7 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 64)[_u * 5 + _i] += w14[_i * 16 + _u];
         /* ∂/∂_m_p_0: 2 paths 16x2 ⊗ sh -> 16x1 */
-        real t15[96];
+        real t15[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -11815,7 +11558,7 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             (a3 + 192)[_u] += (a0 + 0)[_u] * (a13 + 0)[_u];
         /* ∂/∂f: 1 paths 16x2 ⊗ sh -> 16x0 */
-        real w16[80] = {0};
+        real w16[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w16[_i * 16 + _u] += (l4 + 0)[_u] * a14[_i];
@@ -11831,11 +11574,11 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
                 (a2 + 69)[_i] += acc;
             }
         /* zuk,zpu->zupk */
-        real t17[80];
+        real t17[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t17[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real w18[160] = {0};
+        real w18[160] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -11845,11 +11588,11 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
                 for (int _k = 0; _k < 5; ++_k)
                     (l5 + 0)[_u * 10 + _p * 5 + _k] += w18[_p * 80 + _k * 16 + _u];
         /* zuk,zupk->zpu */
-        real t19[80];
+        real t19[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t19[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real t20[160];
+        real t20[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -11859,12 +11602,12 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
                 for (int _u = 0; _u < 16; ++_u)
                     (l6 + 0)[_p * 16 + _u] += t19[_k * 16 + _u] * t20[_p * 80 + _k * 16 + _u];
         /* ∂/∂f: 2 paths 16x1 ⊗ sh -> 16x2 */
-        real t21[160];
+        real t21[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t21[_p * 80 + _k * 16 + _u] = (l5 + 0)[_u * 10 + _p * 5 + _k];
-        real w22[48] = {0};
+        real w22[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -11874,12 +11617,12 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w22[_i * 16 + _u];
         /* ∂/∂_m_p_0: 2 paths 16x1 ⊗ sh -> 16x2 */
-        real t23[160];
+        real t23[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t23[_p * 80 + _k * 16 + _u] = (l5 + 0)[_u * 10 + _p * 5 + _k];
-        real t24[48];
+        real t24[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t24[_i * 16 + _u] = a18[_u * 3 + _i];
@@ -11899,11 +11642,11 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             (a3 + 96)[_u] += (l6 + 0)[_u];
         /* zuk,zpu->zupk */
-        real t25[48];
+        real t25[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t25[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real w26[144] = {0};
+        real w26[144] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 3; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -11913,11 +11656,11 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
                 for (int _k = 0; _k < 3; ++_k)
                     (l7 + 0)[_u * 9 + _p * 3 + _k] += w26[_p * 48 + _k * 16 + _u];
         /* zuk,zupk->zpu */
-        real t27[48];
+        real t27[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t27[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real t28[144];
+        real t28[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -11927,12 +11670,12 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
                 for (int _u = 0; _u < 16; ++_u)
                     (l8 + 0)[_p * 16 + _u] += t27[_k * 16 + _u] * t28[_p * 48 + _k * 16 + _u];
         /* ∂/∂f: 3 paths 16x1 ⊗ sh -> 16x1 */
-        real t29[144];
+        real t29[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t29[_p * 48 + _k * 16 + _u] = (l7 + 0)[_u * 9 + _p * 3 + _k];
-        real w30[48] = {0};
+        real w30[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 3; ++_p)
@@ -11942,7 +11685,7 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 16)[_u * 3 + _i] += w30[_i * 16 + _u];
         /* ∂/∂_m_p_0: 3 paths 16x1 ⊗ sh -> 16x1 */
-        real t31[144];
+        real t31[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _p = 0; _p < 3; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -11972,7 +11715,7 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
         for (int _u = 0; _u < 16; ++_u)
             (a3 + 64)[_u] += (a0 + 0)[_u] * (a23 + 0)[_u];
         /* ∂/∂f: 1 paths 16x1 ⊗ sh -> 16x0 */
-        real w32[48] = {0};
+        real w32[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w32[_i * 16 + _u] += (l9 + 0)[_u] * a24[_i];
@@ -11988,11 +11731,11 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
                 (a2 + 9)[_i] += acc;
             }
         /* zuk,zpu->zupk */
-        real t33[80];
+        real t33[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t33[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real w34[80] = {0};
+        real w34[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w34[_k * 16 + _u] += t33[_k * 16 + _u] * a25[_u];
@@ -12000,11 +11743,11 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
             for (int _k = 0; _k < 5; ++_k)
                 (l10 + 0)[_u * 5 + _k] += w34[_k * 16 + _u];
         /* zuk,zupk->zpu */
-        real t35[80];
+        real t35[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t35[_k * 16 + _u] = (a0 + 64)[_u * 5 + _k];
-        real t36[80];
+        real t36[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t36[_k * 16 + _u] = (a26 + 0)[_u * 5 + _k];
@@ -12012,7 +11755,7 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
             for (int _u = 0; _u < 16; ++_u)
                 (a3 + 32)[_u] += t35[_k * 16 + _u] * t36[_k * 16 + _u];
         /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x2 */
-        real t37[80];
+        real t37[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t37[_k * 16 + _u] = (l10 + 0)[_u * 5 + _k];
@@ -12020,7 +11763,7 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
             for (int _u = 0; _u < 16; ++_u)
                 (a1 + 0)[_u] += t37[_k * 16 + _u] * a27[_k];
         /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x2 */
-        real t38[80];
+        real t38[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t38[_k * 16 + _u] = (l10 + 0)[_u * 5 + _k];
@@ -12032,11 +11775,11 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
                 (a2 + 4)[_k] += acc;
             }
         /* zuk,zpu->zupk */
-        real t39[48];
+        real t39[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t39[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real w40[48] = {0};
+        real w40[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w40[_k * 16 + _u] += t39[_k * 16 + _u] * a29[_u];
@@ -12044,11 +11787,11 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
             for (int _k = 0; _k < 3; ++_k)
                 (l11 + 0)[_u * 3 + _k] += w40[_k * 16 + _u];
         /* zuk,zupk->zpu */
-        real t41[48];
+        real t41[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t41[_k * 16 + _u] = (a0 + 16)[_u * 3 + _k];
-        real t42[48];
+        real t42[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t42[_k * 16 + _u] = (a30 + 0)[_u * 3 + _k];
@@ -12056,7 +11799,7 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
             for (int _u = 0; _u < 16; ++_u)
                 (a3 + 16)[_u] += t41[_k * 16 + _u] * t42[_k * 16 + _u];
         /* ∂/∂f: 1 paths 16x0 ⊗ sh -> 16x1 */
-        real t43[48];
+        real t43[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t43[_k * 16 + _u] = (l11 + 0)[_u * 3 + _k];
@@ -12064,7 +11807,7 @@ void cormorant_message_d2_weight_s6(int64_t n, int threads, real *restrict A0, i
             for (int _u = 0; _u < 16; ++_u)
                 (a1 + 0)[_u] += t43[_k * 16 + _u] * a31[_k];
         /* ∂/∂_m_p_0: 1 paths 16x0 ⊗ sh -> 16x1 */
-        real t44[48];
+        real t44[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t44[_k * 16 + _u] = (l11 + 0)[_u * 3 + _k];
@@ -12121,8 +11864,8 @@ void cormorant_message_d2_weight_s7(int64_t n, int threads, real *restrict A0, i
         'cormorant_cg_s9': 'ar',
         'cormorant_cg_d_s0': 'ooooorrssrssrssr',
         'cormorant_cg_d_s1': 'aorsrsrr',
-        'cormorant_cg_d_s2': 'aorsrsrr',
-        'cormorant_cg_d_s3': 'aorsrsr',
+        'cormorant_cg_d_s2': 'aooorsrsrsrs',
+        'cormorant_cg_d_s3': 'aorsr',
         'cormorant_cg_d_s4': 'oorr',
         'cormorant_cg_d_s5': 'or',
         'cormorant_cg_d_s6': 'aorr',
@@ -12134,62 +11877,49 @@ void cormorant_message_d2_weight_s7(int64_t n, int threads, real *restrict A0, i
         'cormorant_cg_d_s12': 'aorrr',
         'cormorant_cg_d_s13': 'aorrs',
         'cormorant_cg_d_s14': 'aoorrsrrsr',
-        'cormorant_cg_d_s15': 'orr',
-        'cormorant_cg_d_s16': 'aorrr',
-        'cormorant_cg_d_s17': 'aooorrsr',
-        'cormorant_cg_d_s18': 'orr',
-        'cormorant_cg_d_s19': 'aorrr',
-        'cormorant_cg_d_s20': 'aoorrsr',
-        'cormorant_cg_d_s21': 'orr',
-        'cormorant_cg_d_s22': 'aorrr',
-        'cormorant_cg_d_s23': 'aorrs',
-        'cormorant_cg_d_s24': 'aoorrsrrsr',
-        'cormorant_cg_d_s25': 'orr',
-        'cormorant_cg_d_s26': 'aoorrrsrsr',
-        'cormorant_cg_d_s27': 'orr',
-        'cormorant_cg_d_s28': 'aorrrsrs',
-        'cormorant_cg_d_s29': 'arrsr',
+        'cormorant_cg_d_s15': 'aooorsrrrsr',
+        'cormorant_cg_d_s16': 'orr',
+        'cormorant_cg_d_s17': 'aorrr',
+        'cormorant_cg_d_s18': 'aoorrsr',
+        'cormorant_cg_d_s19': 'aorsrrrs',
+        'cormorant_cg_d_s20': 'aoorrsrrsr',
+        'cormorant_cg_d_s21': 'aoorsrrrsr',
+        'cormorant_cg_d_s22': 'aorsrrrs',
+        'cormorant_cg_d_s23': 'arrsr',
         'cormorant_cg_d2_f_s0': 'or',
         'cormorant_cg_d2_f_s1': 'oorr',
         'cormorant_cg_d2_f_s2': 'ar',
         'cormorant_cg_d2_f_s3': 'aooooooooooorsssssssssrrsrr',
-        'cormorant_cg_d2_f_s4': 'oorrsr',
-        'cormorant_cg_d2_f_s5': 'aaaoorrrsrsr',
-        'cormorant_cg_d2_f_s6': 'oorrsr',
-        'cormorant_cg_d2_f_s7': 'aaaoorrrsrsr',
-        'cormorant_cg_d2_f_s8': 'orr',
-        'cormorant_cg_d2_f_s9': 'oaorrrsrr',
-        'cormorant_cg_d2_f_s10': 'aaarrrss',
-        'cormorant_cg_d2_f_s11': 'oorrr',
-        'cormorant_cg_d2_f_s12': 'ar',
+        'cormorant_cg_d2_f_s4': 'oaaoorrsrrrsr',
+        'cormorant_cg_d2_f_s5': 'oaaoorrsrrrsr',
+        'cormorant_cg_d2_f_s6': 'orr',
+        'cormorant_cg_d2_f_s7': 'oaorrrsrr',
+        'cormorant_cg_d2_f_s8': 'aaarrrss',
+        'cormorant_cg_d2_f_s9': 'ooarrsr',
+        'cormorant_cg_d2_f_s10': 'aaaorrrs',
+        'cormorant_cg_d2_f_s11': 'orr',
+        'cormorant_cg_d2_f_s12': 'oorrr',
         'cormorant_cg_d2_f_s13': 'aorrr',
-        'cormorant_cg_d2_f_s14': 'aaorrs',
-        'cormorant_cg_d2_f_s15': 'orr',
-        'cormorant_cg_d2_f_s16': 'oorrr',
-        'cormorant_cg_d2_f_s17': 'aorrr',
-        'cormorant_cg_d2_f_s18': 'aorrr',
-        'cormorant_cg_d2_f_s19': 'aaorrs',
+        'cormorant_cg_d2_f_s14': 'aorrr',
+        'cormorant_cg_d2_f_s15': 'aaorrs',
+        'cormorant_cg_d2_f_s16': 'ooarrsr',
+        'cormorant_cg_d2_f_s17': 'aaaorrrs',
+        'cormorant_cg_d2_f_s18': 'oaarsrrrrs',
+        'cormorant_cg_d2_f_s19': 'orr',
         'cormorant_cg_d2_f_s20': 'oorrr',
-        'cormorant_cg_d2_f_s21': 'ar',
+        'cormorant_cg_d2_f_s21': 'aorrr',
         'cormorant_cg_d2_f_s22': 'aorrr',
         'cormorant_cg_d2_f_s23': 'aaorrs',
-        'cormorant_cg_d2_f_s24': 'orr',
-        'cormorant_cg_d2_f_s25': 'oaorrrsrr',
-        'cormorant_cg_d2_f_s26': 'aaarrrss',
-        'cormorant_cg_d2_f_s27': 'oorrr',
-        'cormorant_cg_d2_f_s28': 'ar',
-        'cormorant_cg_d2_f_s29': 'aorrr',
-        'cormorant_cg_d2_f_s30': 'aaorrs',
-        'cormorant_cg_d2_f_s31': 'oorr',
-        'cormorant_cg_d2_f_s32': 'aorr',
-        'cormorant_cg_d2_f_s33': 'ar',
-        'cormorant_cg_d2_f_s34': 'aorr',
-        'cormorant_cg_d2_f_s35': 'aorr',
-        'cormorant_cg_d2_f_s36': 'ar',
+        'cormorant_cg_d2_f_s24': 'oorr',
+        'cormorant_cg_d2_f_s25': 'aorr',
+        'cormorant_cg_d2_f_s26': 'ar',
+        'cormorant_cg_d2_f_s27': 'aorr',
+        'cormorant_cg_d2_f_s28': 'aorr',
+        'cormorant_cg_d2_f_s29': 'ar',
         'cormorant_cg_d2_weight_s0': 'ooooorrssrssrssr',
         'cormorant_cg_d2_weight_s1': 'aorsrsrr',
-        'cormorant_cg_d2_weight_s2': 'aorsrsrr',
-        'cormorant_cg_d2_weight_s3': 'aorsrsr',
+        'cormorant_cg_d2_weight_s2': 'aooorsrsrsrs',
+        'cormorant_cg_d2_weight_s3': 'aorsr',
         'cormorant_cg_d2_weight_s4': 'oorr',
         'cormorant_cg_d2_weight_s5': 'ar',
         'cormorant_cg_d2_weight_s6': 'aoooooooooorsrsrsrsrsrsrsrsrsr',
@@ -12212,21 +11942,15 @@ void cormorant_message_d2_weight_s7(int64_t n, int threads, real *restrict A0, i
         'cormorant_cg_d2_weight_s23': 'aorrr',
         'cormorant_cg_d2_weight_s24': 'aarrs',
         'cormorant_cg_d2_weight_s25': 'aaorrsrrsr',
-        'cormorant_cg_d2_weight_s26': 'orr',
-        'cormorant_cg_d2_weight_s27': 'aorrr',
-        'cormorant_cg_d2_weight_s28': 'aaoorrsr',
-        'cormorant_cg_d2_weight_s29': 'orr',
-        'cormorant_cg_d2_weight_s30': 'aorrr',
-        'cormorant_cg_d2_weight_s31': 'aaorrsr',
-        'cormorant_cg_d2_weight_s32': 'orr',
-        'cormorant_cg_d2_weight_s33': 'aorrr',
-        'cormorant_cg_d2_weight_s34': 'aarrs',
-        'cormorant_cg_d2_weight_s35': 'aaorrsrrsr',
-        'cormorant_cg_d2_weight_s36': 'orr',
-        'cormorant_cg_d2_weight_s37': 'aaorrrsrsr',
-        'cormorant_cg_d2_weight_s38': 'orr',
-        'cormorant_cg_d2_weight_s39': 'aarrrsrs',
-        'cormorant_cg_d2_weight_s40': 'arrsr',
+        'cormorant_cg_d2_weight_s26': 'aaoorsrrrsr',
+        'cormorant_cg_d2_weight_s27': 'orr',
+        'cormorant_cg_d2_weight_s28': 'aorrr',
+        'cormorant_cg_d2_weight_s29': 'aaorrsr',
+        'cormorant_cg_d2_weight_s30': 'aarsrrrs',
+        'cormorant_cg_d2_weight_s31': 'aaorrsrrsr',
+        'cormorant_cg_d2_weight_s32': 'aaorsrrrsr',
+        'cormorant_cg_d2_weight_s33': 'aarsrrrs',
+        'cormorant_cg_d2_weight_s34': 'arrsr',
         'cormorant_message_s0': 'orrrrrrrrrrrrrrrrrrrrrrrrrrr',
         'cormorant_message_s1': 'oorr',
         'cormorant_message_s2': 'aorr',

@@ -14,7 +14,7 @@ from fusionc.runtime import torch_ops as rt
 
 __all__ = ['fc_tp', 'conv_tp', 'elementwise_tp', 'full_tp', 'linear', 'tp_then_linear']
 
-_ops = rt.OpNamespace("fusionc_aa85598aa8869f28")
+_ops = rt.OpNamespace("fusionc_eed7e9fb987209fc")
 
 
 def _fc_tp(
@@ -386,34 +386,31 @@ def _fc_tp_d_cpu(
     w_z_0_2_1_5 = weight[12288:13312].view(32, 32)
     w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
     w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
-    _c0 = weight.new_empty(n, 320)
+    _copy0 = weight.new_empty(n, 160)
+    _native.run('fc_tp_d_s0', n, _copy0, d_z[:, 128:288].reshape(n, 32, 5))
     # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    _native.run('fc_tp_d_s0', n, _c0, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 5, 2))
     _w_z_0_2_2 = torch.cat([
         w_z_0_2_2_6.reshape(1024),
         w_z_0_2_2_7.reshape(1024),
     ], dim=-1)
     del w_z_0_2_2_6, w_z_0_2_2_7
-    _mm0 = torch.mm(_c0.reshape(n, 5, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 5, 32)  # puw,zipw->ziu
-    d_x = weight.new_empty(n, 288)
-    _copy0 = weight.new_empty(n, 160)
-    _native.run('fc_tp_d_s1', n, d_x, _copy0, _mm0, d_z[:, 128:288].reshape(n, 32, 5))
-    del _mm0
-    # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
-    _c1 = torch.mm(_copy0.reshape(n, 5, 32).reshape(n * 5, 32), _w_z_0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 5, 2, 32)  # zkw,puw->zkpu
+    _c0 = torch.mm(_copy0.reshape(n, 5, 32).reshape(n * 5, 32), _w_z_0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 5, 2, 32)  # zkw,puw->zkpu
     del _copy0, _w_z_0_2_2
+    d_x = weight.new_empty(n, 288)
     d__m_z_0 = weight.new_empty(n, 145)
+    _c1 = weight.new_empty(n, 320)
     _copy1 = weight.new_empty(n, 160)
-    _native.run('fc_tp_d_s2', n, d__m_z_0, _copy1, x[:, 128:288].reshape(n, 32, 5), _c1)
-    del _c1
+    # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e
     # ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
-    d__w_z_0_2_2 = torch.mm(_c0.reshape(n, 5, 2, 32).reshape(n * 5, 64).t(), _copy1.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5).t()).view(2, 32, 32).permute(0, 2, 1)  # ziu,zipw->puw
-    del _c0, _copy1
+    _native.run('fc_tp_d_s1', n, d_x, d__m_z_0, _c1, _copy1, _m_z_0[:, 95:145].reshape(n, 5, 5, 2), _c0, x[:, 128:288].reshape(n, 32, 5), d_z[:, 128:288].reshape(n, 32, 5))
+    del _c0
+    d__w_z_0_2_2 = torch.mm(_c1.reshape(n, 5, 2, 32).reshape(n * 5, 64).t(), _copy1.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5).t()).view(2, 32, 32).permute(0, 2, 1)  # ziu,zipw->puw
+    del _c1, _copy1
     d_weight_8 = d__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d_weight_9 = d__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
     del d__w_z_0_2_2
     _copy2 = weight.new_empty(n, 96)
-    _native.run('fc_tp_d_s3', n, _copy2, d_z[:, 32:128].reshape(n, 32, 3))
+    _native.run('fc_tp_d_s2', n, _copy2, d_z[:, 32:128].reshape(n, 32, 3))
     # ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
     _w_z_0_2_1 = torch.cat([
         w_z_0_2_1_4.reshape(1024),
@@ -425,7 +422,7 @@ def _fc_tp_d_cpu(
     _c3 = weight.new_empty(n, 192)
     # ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o
     # ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
-    _native.run('fc_tp_d_s4', n, d_x, d__m_z_0, _c3, _m_z_0[:, 65:95].reshape(n, 5, 3, 2), _c2, x[:, 128:288].reshape(n, 32, 5))
+    _native.run('fc_tp_d_s3', n, d_x, d__m_z_0, _c3, _m_z_0[:, 65:95].reshape(n, 5, 3, 2), _c2, x[:, 128:288].reshape(n, 32, 5))
     del _c2
     d__w_z_0_2_1 = torch.mm(_c3.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy2.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32)  # zkw,zkpu->puw
     del _c3
@@ -437,22 +434,22 @@ def _fc_tp_d_cpu(
     _c5 = weight.new_empty(n, 32)
     # ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e
     # ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
-    _native.run('fc_tp_d_s5', n, d_x, d__m_z_0, _c5, _m_z_0[:, 60:65].reshape(n, 5, 1, 1), _c4, x[:, 128:288].reshape(n, 32, 5))
+    _native.run('fc_tp_d_s4', n, d_x, d__m_z_0, _c5, _m_z_0[:, 60:65].reshape(n, 5, 1, 1), _c4, x[:, 128:288].reshape(n, 32, 5))
     del _c4
     d_weight_12 = torch.mm(_c5.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
     del _c5
     _c6 = weight.new_empty(n, 192)
     # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
-    _native.run('fc_tp_d_s6', n, _c6, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 30:60].reshape(n, 3, 5, 2))
+    _native.run('fc_tp_d_s5', n, _c6, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 30:60].reshape(n, 3, 5, 2))
     _w_z_0_1_2 = torch.cat([
         w_z_0_1_2_2.reshape(1024),
         w_z_0_1_2_3.reshape(1024),
     ], dim=-1)
     del w_z_0_1_2_2, w_z_0_1_2_3
-    _mm1 = torch.mm(_c6.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32)  # puw,zipw->ziu
+    _mm0 = torch.mm(_c6.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32)  # puw,zipw->ziu
     _copy3 = weight.new_empty(n, 96)
-    _native.run('fc_tp_d_s7', n, d_x, _copy3, _mm1, x[:, 32:128].reshape(n, 32, 3))
-    del _mm1
+    _native.run('fc_tp_d_s6', n, d_x, _copy3, _mm0, x[:, 32:128].reshape(n, 32, 3))
+    del _mm0
     # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e
     _c7 = torch.mm(_copy3.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # ziu,puw->zipw
     del _w_z_0_1_2
@@ -462,22 +459,21 @@ def _fc_tp_d_cpu(
     d_weight_13 = d__w_z_0_1_2.reshape(-1)[1024:2048].view(32, 32)
     d_weight_14 = d__w_z_0_1_2.reshape(-1)[0:1024].view(32, 32)
     del d__w_z_0_1_2
-    _c8 = weight.new_empty(n, 192)
     # ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    _native.run('fc_tp_d_s8', n, d__m_z_0, _c8, d_z[:, 128:288].reshape(n, 32, 5), _c7, d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 12:30].reshape(n, 3, 3, 2))
-    del _c7
     _w_z_0_1_1 = torch.cat([
         w_z_0_1_1_0.reshape(1024),
         w_z_0_1_1_1.reshape(1024),
     ], dim=-1)
     del w_z_0_1_1_0, w_z_0_1_1_1
-    _mm2 = torch.mm(_c8.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32)  # puw,zipw->ziu
-    # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
-    _c9 = torch.mm(_copy2.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
+    _c8 = torch.mm(_copy2.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
     del _copy2, _w_z_0_1_1
+    _c9 = weight.new_empty(n, 192)
+    # ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o
     # ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
-    d__w_z_0_1_1 = torch.mm(_c8.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy3.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # ziu,zipw->puw
-    del _c8, _copy3
+    _native.run('fc_tp_d_s7', n, d__m_z_0, d_x, _c9, d_z[:, 128:288].reshape(n, 32, 5), _c7, _m_z_0[:, 12:30].reshape(n, 3, 3, 2), _c8, x[:, 32:128].reshape(n, 32, 3), d_z[:, 32:128].reshape(n, 32, 3))
+    del _c7, _c8
+    d__w_z_0_1_1 = torch.mm(_c9.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy3.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # ziu,zipw->puw
+    del _c9, _copy3
     d_weight_15 = d__w_z_0_1_1.reshape(-1)[1024:2048].view(32, 32)
     d_weight_16 = d__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
     del d__w_z_0_1_1
@@ -486,14 +482,14 @@ def _fc_tp_d_cpu(
     _c11 = weight.new_empty(n, 32)
     # ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e
     # ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e
-    _native.run('fc_tp_d_s9', n, d_x, d__m_z_0, _c11, _mm2, x[:, 32:128].reshape(n, 32, 3), _c9, _m_z_0[:, 9:12].reshape(n, 3, 1, 1), _c10)
-    del _c10, _c9, _mm2
+    _native.run('fc_tp_d_s8', n, d_x, d__m_z_0, _c11, _m_z_0[:, 9:12].reshape(n, 3, 1, 1), _c10, x[:, 32:128].reshape(n, 32, 3))
+    del _c10
     d_weight_17 = torch.mm(_c11.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
     del _c11
     _c12 = weight.new_empty(n, 32)
     # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
-    _native.run('fc_tp_d_s10', n, _c12, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 4:9].reshape(n, 1, 5, 1))
-    _mm3 = torch.mm(_c12.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32)  # puw,zwip->ziu
+    _native.run('fc_tp_d_s9', n, _c12, d_z[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 4:9].reshape(n, 1, 5, 1))
+    _mm1 = torch.mm(_c12.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32)  # puw,zwip->ziu
     # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e
     _c13 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[2048:3072].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
     # ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e
@@ -501,32 +497,31 @@ def _fc_tp_d_cpu(
     del _c12
     _c14 = weight.new_empty(n, 32)
     # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
-    _native.run('fc_tp_d_s11', n, d_x, d__m_z_0, _c14, _mm3, d_z[:, 128:288].reshape(n, 32, 5), _c13, d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 1:4].reshape(n, 1, 3, 1))
-    del _c13, _mm3
-    _mm4 = torch.mm(_c14.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32)  # puw,zwip->ziu
+    _native.run('fc_tp_d_s10', n, d_x, d__m_z_0, _c14, _mm1, d_z[:, 128:288].reshape(n, 32, 5), _c13, d_z[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 1:4].reshape(n, 1, 3, 1))
+    del _c13, _mm1
+    _mm2 = torch.mm(_c14.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32)  # puw,zwip->ziu
     # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o
     _c15 = torch.mm(x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
     # ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o
     d_weight_19 = torch.mm(_c14.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
     del _c14
-    _c16 = weight.new_empty(n, 32)
+    _native.run('fc_tp_d_s11', n, d_x, d__m_z_0, _mm2, d_z[:, 32:128].reshape(n, 32, 3), _c15)
+    del _c15, _mm2
     # ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    _native.run('fc_tp_d_s12', n, d_x, d__m_z_0, _c16, _mm4, d_z[:, 32:128].reshape(n, 32, 3), _c15, d_z[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
-    del _c15, _m_z_0, _mm4
-    _mm5 = torch.mm(_c16.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32).t()).view(n, 1, 32)  # puw,zwip->ziu
+    _c16 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
+    _c17 = weight.new_empty(n, 32)
     # ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e
-    _c17 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
-    _native.run('fc_tp_d_s13', n, d_x, d__m_z_0, _mm5, x[:, 0:32].reshape(n, 32, 1), _c17)
-    del _c17, _mm5
     # ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e
-    d_weight_20 = torch.mm(_c16.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
-    del _c16
+    _native.run('fc_tp_d_s12', n, d_x, d__m_z_0, _c17, _m_z_0[:, 0:1].reshape(n, 1, 1, 1), _c16, x[:, 0:32].reshape(n, 32, 1), d_z[:, 0:32].reshape(n, 32, 1))
+    del _c16, _m_z_0
+    d_weight_20 = torch.mm(_c17.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
+    del _c17
     # ∂/∂y: every path's (i, k) map at once: y · G
-    _mm6 = torch.mm(d__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
+    _mm3 = torch.mm(d__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
     del d__m_z_0
     d_y = weight.new_empty(n, 16)
-    _native.run('fc_tp_d_s14', n, d_y, _mm6)
-    del _mm6
+    _native.run('fc_tp_d_s13', n, d_y, _mm3)
+    del _mm3
     d_weight = torch.cat([
         d_weight_20.reshape(1024),
         d_weight_19.reshape(1024),
@@ -748,25 +743,23 @@ def _fc_tp_d2_x_cpu(
     w_z_0_2_1_5 = weight[12288:13312].view(32, 32)
     w_z_0_2_2_6 = weight[8192:9216].view(32, 32)
     w_z_0_2_2_7 = weight[11264:12288].view(32, 32)
-    _c0 = weight.new_empty(n, 32)
     # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    _native.run('fc_tp_d2_x_s0', n, _c0, d2_d_x[:, 0:32].reshape(n, 32, 1), _m_z_0[:, 0:1].reshape(n, 1, 1, 1))
-    _mm0 = torch.mm(_c0.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[0:1024].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32)  # puw,zukp->zkw
-    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    _c1 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
+    _c0 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[0:1024].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
     d2_d_z = weight.new_empty(n, 288)
     d2__m_z_0 = weight.new_empty(n, 145)
-    _native.run('fc_tp_d2_x_s1', n, d2_d_z, d2__m_z_0, _mm0, d_z[:, 0:32].reshape(n, 32, 1), _c1)
-    del _c1, _mm0
+    _c1 = weight.new_empty(n, 32)
+    # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
     # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e
-    d2_weight_8 = torch.mm(_c0.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
+    _native.run('fc_tp_d2_x_s0', n, d2_d_z, d2__m_z_0, _c1, _m_z_0[:, 0:1].reshape(n, 1, 1, 1), _c0, d_z[:, 0:32].reshape(n, 32, 1), d2_d_x[:, 0:32].reshape(n, 32, 1))
     del _c0
+    d2_weight_8 = torch.mm(_c1.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
+    del _c1
     # ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
     _c2 = torch.mm(d2_d_x[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[1024:2048].view(1, 32, 32).permute(1, 0, 2).reshape(32, 32)).view(n, 1, 1, 32)  # zui,puw->zipw
     _c3 = weight.new_empty(n, 32)
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
     # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o
-    _native.run('fc_tp_d2_x_s2', n, d2_d_z, d2__m_z_0, _c3, _m_z_0[:, 1:4].reshape(n, 1, 3, 1), _c2, d_z[:, 32:128].reshape(n, 32, 3))
+    _native.run('fc_tp_d2_x_s1', n, d2_d_z, d2__m_z_0, _c3, _m_z_0[:, 1:4].reshape(n, 1, 3, 1), _c2, d_z[:, 32:128].reshape(n, 32, 3))
     del _c2
     d2_weight_9 = torch.mm(_c3.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
     del _c3
@@ -775,41 +768,38 @@ def _fc_tp_d2_x_cpu(
     _c5 = weight.new_empty(n, 32)
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
     # ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e
-    _native.run('fc_tp_d2_x_s3', n, d2_d_z, d2__m_z_0, _c5, _m_z_0[:, 4:9].reshape(n, 1, 5, 1), _c4, d_z[:, 128:288].reshape(n, 32, 5))
+    _native.run('fc_tp_d2_x_s2', n, d2_d_z, d2__m_z_0, _c5, _m_z_0[:, 4:9].reshape(n, 1, 5, 1), _c4, d_z[:, 128:288].reshape(n, 32, 5))
     del _c4
     d2_weight_10 = torch.mm(_c5.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d2_d_x[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32).permute(0, 2, 1)  # zui,zwip->puw
     del _c5
     _c6 = weight.new_empty(n, 32)
     # ∂/∂d_z: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
-    _native.run('fc_tp_d2_x_s4', n, _c6, d2_d_x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
-    _mm1 = torch.mm(_c6.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32)  # puw,zukp->zkw
+    _native.run('fc_tp_d2_x_s3', n, _c6, d2_d_x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 9:12].reshape(n, 3, 1, 1))
+    _mm0 = torch.mm(_c6.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32)  # puw,zukp->zkw
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
     _c7 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[4096:5120].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
     # ∂/∂weight: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e
     d2_weight_11 = torch.mm(_c6.reshape(n, 32, 1, 1).permute(0, 2, 3, 1).reshape(n, 32).t(), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n).t()).view(1, 32, 32)  # zwk,zukp->puw
     del _c6
-    _c8 = weight.new_empty(n, 192)
+    _copy0 = weight.new_empty(n, 96)
+    _native.run('fc_tp_d2_x_s4', n, d2_d_z, d2__m_z_0, _copy0, _mm0, d2_d_x[:, 32:128].reshape(n, 32, 3), _c7)
+    del _c7, _mm0
     # ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    _native.run('fc_tp_d2_x_s5', n, d2_d_z, d2__m_z_0, _c8, _mm1, d2_d_x[:, 32:128].reshape(n, 32, 3), _c7, _m_z_0[:, 12:30].reshape(n, 3, 3, 2))
-    del _c7, _mm1
     _w_z_0_1_1 = torch.cat([
         w_z_0_1_1_0.reshape(1024),
         w_z_0_1_1_1.reshape(1024),
     ], dim=-1)
     del w_z_0_1_1_0, w_z_0_1_1_1
-    _mm2 = torch.mm(_c8.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_1_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32)  # puw,zkpu->zkw
-    _copy0 = weight.new_empty(n, 96)
-    _native.run('fc_tp_d2_x_s6', n, d2_d_z, _copy0, _mm2, d2_d_x[:, 32:128].reshape(n, 32, 3))
-    del _mm2
-    # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    _c9 = torch.mm(_copy0.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # ziu,puw->zipw
+    _c8 = torch.mm(_copy0.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_1_1.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 3, 2, 32)  # ziu,puw->zipw
     del _w_z_0_1_1
+    _c9 = weight.new_empty(n, 192)
     _copy1 = weight.new_empty(n, 96)
-    _native.run('fc_tp_d2_x_s7', n, d2__m_z_0, _copy1, d_z[:, 32:128].reshape(n, 32, 3), _c9)
-    del _c9
+    # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
     # ∂/∂_w_z_0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o
-    d2__w_z_0_1_1 = torch.mm(_c8.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy1.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32)  # zkw,zkpu->puw
+    _native.run('fc_tp_d2_x_s5', n, d2_d_z, d2__m_z_0, _c9, _copy1, _m_z_0[:, 12:30].reshape(n, 3, 3, 2), _c8, d_z[:, 32:128].reshape(n, 32, 3), d2_d_x[:, 32:128].reshape(n, 32, 3))
     del _c8
+    d2__w_z_0_1_1 = torch.mm(_c9.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy1.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32)  # zkw,zkpu->puw
+    del _c9
     # ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     _w_z_0_1_2 = torch.cat([
         w_z_0_1_2_2.reshape(1024),
@@ -821,14 +811,14 @@ def _fc_tp_d2_x_cpu(
     _c11 = weight.new_empty(n, 192)
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
     # ∂/∂_w_z_0_1_2: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e
-    _native.run('fc_tp_d2_x_s8', n, d2_d_z, d2__m_z_0, _c11, _m_z_0[:, 30:60].reshape(n, 3, 5, 2), _c10, d_z[:, 128:288].reshape(n, 32, 5))
+    _native.run('fc_tp_d2_x_s6', n, d2_d_z, d2__m_z_0, _c11, _m_z_0[:, 30:60].reshape(n, 3, 5, 2), _c10, d_z[:, 128:288].reshape(n, 32, 5))
     del _c10
     d2__w_z_0_1_2 = torch.mm(_c11.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy0.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32).permute(0, 2, 1)  # ziu,zipw->puw
     del _c11, _copy0
     _c12 = weight.new_empty(n, 32)
     # ∂/∂d_z: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
-    _native.run('fc_tp_d2_x_s9', n, _c12, d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
-    _mm3 = torch.mm(_c12.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32)  # puw,zukp->zkw
+    _native.run('fc_tp_d2_x_s7', n, _c12, d2_d_x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
+    _mm1 = torch.mm(_c12.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32)  # puw,zukp->zkw
     # ∂/∂_m_z_0: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
     _c13 = torch.mm(d_z[:, 0:32].reshape(n, 32, 1).permute(0, 2, 1).reshape(n, 32), weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32)).view(n, 1, 1, 32)  # zwk,puw->zkpu
     # ∂/∂weight: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e
@@ -836,42 +826,39 @@ def _fc_tp_d2_x_cpu(
     del _c12
     _c14 = weight.new_empty(n, 192)
     # ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
-    _native.run('fc_tp_d2_x_s10', n, d2_d_z, d2__m_z_0, _c14, _mm3, d2_d_x[:, 128:288].reshape(n, 32, 5), _c13, _m_z_0[:, 65:95].reshape(n, 5, 3, 2))
-    del _c13, _mm3
+    _native.run('fc_tp_d2_x_s8', n, d2_d_z, d2__m_z_0, _c14, _mm1, d2_d_x[:, 128:288].reshape(n, 32, 5), _c13, _m_z_0[:, 65:95].reshape(n, 5, 3, 2))
+    del _c13, _mm1
     _w_z_0_2_1 = torch.cat([
         w_z_0_2_1_4.reshape(1024),
         w_z_0_2_1_5.reshape(1024),
     ], dim=-1)
     del w_z_0_2_1_4, w_z_0_2_1_5
-    _mm4 = torch.mm(_c14.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32)  # puw,zkpu->zkw
+    _mm2 = torch.mm(_c14.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32)  # puw,zkpu->zkw
     # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
     _c15 = torch.mm(_copy1.reshape(n, 3, 32).reshape(n * 3, 32), _w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64)).view(n, 3, 2, 32)  # zkw,puw->zkpu
     del _w_z_0_2_1
     # ∂/∂_w_z_0_2_1: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x1o
     d2__w_z_0_2_1 = torch.mm(_c14.reshape(n, 3, 2, 32).reshape(n * 3, 64).t(), _copy1.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t()).view(2, 32, 32)  # zkw,zkpu->puw
     del _c14, _copy1
-    _c16 = weight.new_empty(n, 320)
+    _copy2 = weight.new_empty(n, 160)
+    _native.run('fc_tp_d2_x_s9', n, d2_d_z, d2__m_z_0, _copy2, _mm2, d2_d_x[:, 128:288].reshape(n, 32, 5), _c15)
+    del _c15, _mm2
     # ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    _native.run('fc_tp_d2_x_s11', n, d2_d_z, d2__m_z_0, _c16, _mm4, d2_d_x[:, 128:288].reshape(n, 32, 5), _c15, _m_z_0[:, 95:145].reshape(n, 5, 5, 2))
-    del _c15, _m_z_0, _mm4
     _w_z_0_2_2 = torch.cat([
         w_z_0_2_2_6.reshape(1024),
         w_z_0_2_2_7.reshape(1024),
     ], dim=-1)
     del w_z_0_2_2_6, w_z_0_2_2_7
-    _mm5 = torch.mm(_c16.reshape(n, 5, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 5).t(), _w_z_0_2_2.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 5, 32)  # puw,zkpu->zkw
-    _copy2 = weight.new_empty(n, 160)
-    _native.run('fc_tp_d2_x_s12', n, d2_d_z, _copy2, _mm5, d2_d_x[:, 128:288].reshape(n, 32, 5))
-    del _mm5
-    # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    _c17 = torch.mm(_copy2.reshape(n, 5, 32).reshape(n * 5, 32), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 5, 2, 32)  # ziu,puw->zipw
+    _c16 = torch.mm(_copy2.reshape(n, 5, 32).reshape(n * 5, 32), _w_z_0_2_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64)).view(n, 5, 2, 32)  # ziu,puw->zipw
     del _copy2, _w_z_0_2_2
+    _c17 = weight.new_empty(n, 320)
     _copy3 = weight.new_empty(n, 160)
-    _native.run('fc_tp_d2_x_s13', n, d2__m_z_0, _copy3, d_z[:, 128:288].reshape(n, 32, 5), _c17)
-    del _c17
+    # ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
     # ∂/∂_w_z_0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e
-    d2__w_z_0_2_2 = torch.mm(_c16.reshape(n, 5, 2, 32).reshape(n * 5, 64).t(), _copy3.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5).t()).view(2, 32, 32)  # zkw,zkpu->puw
-    del _c16, _copy3
+    _native.run('fc_tp_d2_x_s10', n, d2_d_z, d2__m_z_0, _c17, _copy3, _m_z_0[:, 95:145].reshape(n, 5, 5, 2), _c16, d_z[:, 128:288].reshape(n, 32, 5), d2_d_x[:, 128:288].reshape(n, 32, 5))
+    del _c16, _m_z_0
+    d2__w_z_0_2_2 = torch.mm(_c17.reshape(n, 5, 2, 32).reshape(n * 5, 64).t(), _copy3.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5).t()).view(2, 32, 32)  # zkw,zkpu->puw
+    del _c17, _copy3
     d2_weight_13 = d2__w_z_0_2_2.reshape(-1)[1024:2048].view(32, 32)
     d2_weight_14 = d2__w_z_0_2_2.reshape(-1)[0:1024].view(32, 32)
     del d2__w_z_0_2_2
@@ -885,11 +872,11 @@ def _fc_tp_d2_x_cpu(
     d2_weight_20 = d2__w_z_0_1_1.reshape(-1)[0:1024].view(32, 32)
     del d2__w_z_0_1_1
     # ∂/∂y: every path's (i, k) map at once: y · G
-    _mm6 = torch.mm(d2__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
+    _mm3 = torch.mm(d2__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
     del d2__m_z_0
     d2_y = weight.new_empty(n, 16)
-    _native.run('fc_tp_d2_x_s14', n, d2_y, _mm6)
-    del _mm6
+    _native.run('fc_tp_d2_x_s11', n, d2_y, _mm3)
+    del _mm3
     d2_x = weight.new_zeros(n, 288)
     d2_weight = torch.cat([
         d2_weight_8.reshape(1024),
@@ -1504,68 +1491,61 @@ def _fc_tp_d2_weight_cpu(
     del d2_d__w_z_0_1_2_2, d2_d__w_z_0_1_2_3
     _c10 = torch.mm(_copy0.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t(), d2_d__w_z_0_1_2.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,ziu->zipw
     del _copy0
-    _c11 = weight.new_empty(n, 192)
+    _copy2 = weight.new_empty(n, 160)
     # ∂/∂_m_z_0: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o
+    _native.run('fc_tp_d2_weight_s6', n, d2_x, d2__m_z_0, d2_d_z, _copy2, _m_z_0[:, 12:30].reshape(n, 3, 3, 2), _c9, x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 30:60].reshape(n, 3, 5, 2), _c10, d_z[:, 128:288].reshape(n, 32, 5))
+    del _c10, _c9
     # ∂/∂x: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
-    _native.run('fc_tp_d2_weight_s6', n, d2_x, d2__m_z_0, d2_d_z, _c11, _m_z_0[:, 12:30].reshape(n, 3, 3, 2), _c9, x[:, 32:128].reshape(n, 32, 3), _m_z_0[:, 30:60].reshape(n, 3, 5, 2), _c10, d_z[:, 128:288].reshape(n, 32, 5))
-    del _c9
-    _mm3 = torch.mm(_c11.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), d2_d__w_z_0_1_2.view(2, 32, 32).permute(1, 0, 2).reshape(32, 64).t()).view(n, 3, 32)  # puw,zipw->ziu
-    del _c11, d2_d__w_z_0_1_2
+    _c11 = torch.mm(_copy2.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5).t(), d2_d__w_z_0_1_2.view(2, 32, 32).reshape(64, 32).t()).view(n, 5, 2, 32)  # puw,zkw->zkpu
+    del d2_d__w_z_0_1_2
     _c12 = weight.new_empty(n, 32)
     # ∂/∂_m_z_0: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e
     # ∂/∂d_z: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
-    _native.run('fc_tp_d2_weight_s7', n, d2_x, d2__m_z_0, _c12, _mm3, d_z[:, 128:288].reshape(n, 32, 5), _c10, x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
-    del _c10, _mm3
-    _mm4 = torch.mm(_c12.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32)  # puw,zukp->zkw
+    _native.run('fc_tp_d2_weight_s7', n, d2_x, d2__m_z_0, _c12, _m_z_0[:, 30:60].reshape(n, 3, 5, 2), _c11, x[:, 32:128].reshape(n, 32, 3), x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 60:65].reshape(n, 5, 1, 1))
+    del _c11
+    _mm3 = torch.mm(_c12.reshape(n, 32, 1, 1).permute(3, 1, 0, 2).reshape(32, n).t(), d2_d_weight[10240:11264].view(1, 32, 32).permute(2, 0, 1).reshape(32, 32).t()).view(n, 1, 32)  # puw,zukp->zkw
     del _c12
     # ∂/∂x: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
     _c13 = torch.mm(d2_d_weight[10240:11264].view(1, 32, 32).reshape(32, 32), d_z[:, 0:32].reshape(n, 32, 1).permute(1, 0, 2).reshape(32, n)).view(1, 32, n, 1)  # puw,zwk->puzk
     d2_d__w_z_0_2_1_4 = d2_d_weight[9216:10240].view(32, 32)
     d2_d__w_z_0_2_1_5 = d2_d_weight[12288:13312].view(32, 32)
-    _c14 = weight.new_empty(n, 192)
+    _copy3 = weight.new_empty(n, 160)
     # ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e
+    _native.run('fc_tp_d2_weight_s8', n, d2_d_z, d2_x, d2__m_z_0, _copy3, _mm3, _m_z_0[:, 60:65].reshape(n, 5, 1, 1), _c13.permute(2, 0, 1, 3), x[:, 128:288].reshape(n, 32, 5))
+    del _c13, _mm3
     # ∂/∂d_z: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
-    _native.run('fc_tp_d2_weight_s8', n, d2_d_z, d2_x, d2__m_z_0, _c14, _mm4, _m_z_0[:, 60:65].reshape(n, 5, 1, 1), _c13.permute(2, 0, 1, 3), x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 65:95].reshape(n, 5, 3, 2))
-    del _c13, _mm4
     d2_d__w_z_0_2_1 = torch.cat([
         d2_d__w_z_0_2_1_4.reshape(1024),
         d2_d__w_z_0_2_1_5.reshape(1024),
     ], dim=-1)
     del d2_d__w_z_0_2_1_4, d2_d__w_z_0_2_1_5
-    _mm5 = torch.mm(_c14.reshape(n, 3, 2, 32).permute(2, 3, 0, 1).reshape(64, n * 3).t(), d2_d__w_z_0_2_1.view(2, 32, 32).permute(2, 0, 1).reshape(32, 64).t()).view(n, 3, 32)  # puw,zkpu->zkw
-    del _c14
+    _c14 = torch.mm(_copy3.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5).t(), d2_d__w_z_0_2_1.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 5, 2, 32)  # puw,ziu->zipw
     # ∂/∂x: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
     _c15 = torch.mm(_copy1.reshape(n, 3, 32).permute(2, 0, 1).reshape(32, n * 3).t(), d2_d__w_z_0_2_1.view(2, 32, 32).reshape(64, 32).t()).view(n, 3, 2, 32)  # puw,zkw->zkpu
     del _copy1, d2_d__w_z_0_2_1
     d2_d__w_z_0_2_2_6 = d2_d_weight[8192:9216].view(32, 32)
     d2_d__w_z_0_2_2_7 = d2_d_weight[11264:12288].view(32, 32)
-    _copy2 = weight.new_empty(n, 160)
-    # ∂/∂_m_z_0: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
-    _native.run('fc_tp_d2_weight_s9', n, d2_d_z, d2_x, d2__m_z_0, _copy2, _mm5, _m_z_0[:, 65:95].reshape(n, 5, 3, 2), _c15, x[:, 128:288].reshape(n, 32, 5))
-    del _c15, _mm5
     # ∂/∂d_z: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
     d2_d__w_z_0_2_2 = torch.cat([
         d2_d__w_z_0_2_2_6.reshape(1024),
         d2_d__w_z_0_2_2_7.reshape(1024),
     ], dim=-1)
     del d2_d__w_z_0_2_2_6, d2_d__w_z_0_2_2_7
-    _c16 = torch.mm(_copy2.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5).t(), d2_d__w_z_0_2_2.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 5, 2, 32)  # puw,ziu->zipw
-    del _copy2
-    _copy3 = weight.new_empty(n, 160)
-    _native.run('fc_tp_d2_weight_s10', n, d2_d_z, _copy3, _m_z_0[:, 95:145].reshape(n, 5, 5, 2), _c16, d_z[:, 128:288].reshape(n, 32, 5))
-    del _c16
+    _c16 = torch.mm(_copy3.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5).t(), d2_d__w_z_0_2_2.view(2, 32, 32).permute(0, 2, 1).reshape(64, 32).t()).view(n, 5, 2, 32)  # puw,ziu->zipw
+    del _copy3
     # ∂/∂x: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
-    _c17 = torch.mm(_copy3.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5).t(), d2_d__w_z_0_2_2.view(2, 32, 32).reshape(64, 32).t()).view(n, 5, 2, 32)  # puw,zkw->zkpu
-    del _copy3, d2_d__w_z_0_2_2
+    _c17 = torch.mm(_copy2.reshape(n, 5, 32).permute(2, 0, 1).reshape(32, n * 5).t(), d2_d__w_z_0_2_2.view(2, 32, 32).reshape(64, 32).t()).view(n, 5, 2, 32)  # puw,zkw->zkpu
+    del _copy2, d2_d__w_z_0_2_2
+    # ∂/∂_m_z_0: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o
     # ∂/∂_m_z_0: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e
-    _native.run('fc_tp_d2_weight_s11', n, d2_x, d2__m_z_0, _m_z_0[:, 95:145].reshape(n, 5, 5, 2), _c17, x[:, 128:288].reshape(n, 32, 5))
-    del _c17, _m_z_0
+    _native.run('fc_tp_d2_weight_s9', n, d2_d_z, d2_x, d2__m_z_0, _m_z_0[:, 65:95].reshape(n, 5, 3, 2), _c14, _c15, x[:, 128:288].reshape(n, 32, 5), _m_z_0[:, 95:145].reshape(n, 5, 5, 2), _c16, _c17)
+    del _c14, _c15, _c16, _c17, _m_z_0
     # ∂/∂y: every path's (i, k) map at once: y · G
-    _mm6 = torch.mm(d2__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
+    _mm4 = torch.mm(d2__m_z_0, _g_z_0.permute(1, 0).reshape(145, 16)).view(n, 16)  # zc,jc->zj
     del d2__m_z_0
     d2_y = weight.new_empty(n, 16)
-    _native.run('fc_tp_d2_weight_s12', n, d2_y, _mm6)
-    del _mm6
+    _native.run('fc_tp_d2_weight_s10', n, d2_y, _mm4)
+    del _mm4
     d2_weight = weight.new_zeros(13312)
     return [d2_x, d2_y, d2_d_z, d2_weight]
 
@@ -4177,24 +4157,23 @@ def _elementwise_tp_d2_a_cpu(
     del _c35
     d2_weight_29 = torch.mm((cg_2_1_1 * 0.8660254037844386).permute(1, 0, 2).reshape(1, 45), _c36.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,ujik->u
     del _c36
-    _c38 = torch.mm(cg_2_2_0.reshape(25, 1), weight[160:176].view(16).reshape(1, 16)).view(5, 5, 1, 16)  # ijk,u->ijku
-    _c37 = weight.new_empty(n, 400)
+    _c37 = weight.new_empty(n, 80)
+    _c38 = weight.new_empty(n, 16)
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
-    _native.run('elementwise_tp_d2_a_s12', n, _c37, d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
-    d2_d_c_30 = torch.bmm((_c38 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c37.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuij,ijku->zuk
-    _c39 = weight.new_empty(n, 80)
+    d2_d_c_30 = weight.new_empty(n, 16, 1)
+    _native.run('elementwise_tp_d2_a_s12', n, _c37, _c38, d2_d_a[:, 64:144].reshape(n, 16, 5), cg_2_2_0, b[:, 64:144].reshape(n, 16, 5), weight[160:176].view(16), d2_d_c_30)
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
-    d2_b_31 = weight.new_empty(n, 16, 5)
-    _native.run('elementwise_tp_d2_a_s13', n, _c39, d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 0:16].reshape(n, 16, 1), _c38, d2_b_31)
-    del _c38
+    _c39 = d_c[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1) * weight[160:176].view(16).reshape(16, 1, 1)
     # ∂/∂weight: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e
-    _c40 = torch.bmm(_c39.reshape(n, 16, 5, 1).permute(1, 0, 2, 3).reshape(16, n, 5).transpose(1, 2), b[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n).transpose(1, 2)).view(16, 5, 1, 5)  # zuj,zuik->uikj
-    del _c39
-    d2_weight_32 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c40.permute(1, 3, 2, 0).reshape(25, 16)).view(16)  # ijk,uikj->u
-    del _c40
-    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
+    d2_weight_31 = torch.bmm((d_c[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _c38.reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zuk,zuk->u
+    del _c38
     _c41 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->uijk
-    d2_d_c_33 = torch.bmm((_c41 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c37.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    _c40 = weight.new_empty(n, 400)
+    d2_b_32 = weight.new_empty(n, 16, 5)
+    # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
+    _native.run('elementwise_tp_d2_a_s13', n, _c40, _c37, _c39.permute(1, 0, 2), d2_b_32, d2_d_a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
+    del _c37, _c39
+    d2_d_c_33 = torch.bmm((_c41 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c40.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuij,uijk->zuk
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e
     d2_b_34 = torch.bmm((_c41 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 5).transpose(1, 2), _c31.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuik,uijk->zuj
     del _c41
@@ -4205,8 +4184,8 @@ def _elementwise_tp_d2_a_cpu(
     del _c42
     # ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
     _c43 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->uijk
-    d2_d_c_36 = torch.bmm((_c43 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c37.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
-    del _c37
+    d2_d_c_36 = torch.bmm((_c43 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c40.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuij,uijk->zuk
+    del _c40
     _c44 = weight.new_empty(n, 240)
     # ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e
     _native.run('elementwise_tp_d2_a_s14', n, _c44, d2_d_a[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3))
@@ -4221,9 +4200,9 @@ def _elementwise_tp_d2_a_cpu(
     d2_b = torch.cat([
         (d2_b_1 + d2_b_10 + d2_b_25).reshape(n, 16),
         (d2_b_4 + d2_b_13 + d2_b_16 + d2_b_19 + d2_b_28).reshape(n, 48),
-        (d2_b_7 + d2_b_22 + d2_b_31 + d2_b_34 + d2_b_37).reshape(n, 80),
+        (d2_b_7 + d2_b_22 + d2_b_32 + d2_b_34 + d2_b_37).reshape(n, 80),
     ], dim=-1)
-    del d2_b_1, d2_b_10, d2_b_13, d2_b_16, d2_b_19, d2_b_22, d2_b_25, d2_b_28, d2_b_31, d2_b_34, d2_b_37, d2_b_4, d2_b_7
+    del d2_b_1, d2_b_10, d2_b_13, d2_b_16, d2_b_19, d2_b_22, d2_b_25, d2_b_28, d2_b_32, d2_b_34, d2_b_37, d2_b_4, d2_b_7
     d2_d_c = torch.cat([
         (d2_d_c_0 + d2_d_c_12 + d2_d_c_30).reshape(n, 16),
         (d2_d_c_3 + d2_d_c_9 + d2_d_c_21 + d2_d_c_27).reshape(n, 48),
@@ -4242,11 +4221,11 @@ def _elementwise_tp_d2_a_cpu(
         d2_weight_23.reshape(16),
         d2_weight_26.reshape(16),
         d2_weight_29.reshape(16),
-        d2_weight_32.reshape(16),
+        d2_weight_31.reshape(16),
         d2_weight_35.reshape(16),
         d2_weight_38.reshape(16),
     ], dim=-1)
-    del d2_weight_11, d2_weight_14, d2_weight_17, d2_weight_2, d2_weight_20, d2_weight_23, d2_weight_26, d2_weight_29, d2_weight_32, d2_weight_35, d2_weight_38, d2_weight_5, d2_weight_8
+    del d2_weight_11, d2_weight_14, d2_weight_17, d2_weight_2, d2_weight_20, d2_weight_23, d2_weight_26, d2_weight_29, d2_weight_31, d2_weight_35, d2_weight_38, d2_weight_5, d2_weight_8
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
@@ -4606,24 +4585,23 @@ def _elementwise_tp_d2_b_cpu(
     del _c6
     d2_weight_29 = torch.mm((cg_2_1_1 * 0.8660254037844386).reshape(1, 45), _c36.permute(1, 2, 3, 0).reshape(45, 16)).view(16)  # ijk,uijk->u
     del _c36
-    _c38 = torch.mm(cg_2_2_0.permute(1, 0, 2).reshape(25, 1), weight[160:176].view(16).reshape(1, 16)).view(5, 5, 1, 16)  # ijk,u->jiku
-    _c37 = weight.new_empty(n, 400)
+    _c37 = weight.new_empty(n, 80)
+    _c38 = weight.new_empty(n, 16)
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
-    _native.run('elementwise_tp_d2_b_s12', n, _c37, d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5))
-    d2_d_c_30 = torch.bmm((_c38 * 0.5773502691896257).permute(3, 0, 1, 2).reshape(16, 25, 1).transpose(1, 2), _c37.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 1, n).permute(2, 0, 1)  # zuji,jiku->zuk
-    _c39 = weight.new_empty(n, 80)
+    d2_d_c_30 = weight.new_empty(n, 16, 1)
+    _native.run('elementwise_tp_d2_b_s12', n, _c37, _c38, d2_d_b[:, 64:144].reshape(n, 16, 5), cg_2_2_0, a[:, 64:144].reshape(n, 16, 5), weight[160:176].view(16), d2_d_c_30)
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
-    d2_a_31 = weight.new_empty(n, 16, 5)
-    _native.run('elementwise_tp_d2_b_s13', n, _c39, d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 0:16].reshape(n, 16, 1), _c38, d2_a_31)
-    del _c38
+    _c39 = d_c[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1) * weight[160:176].view(16).reshape(16, 1, 1)
     # ∂/∂weight: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e
-    _c40 = torch.bmm(a[:, 64:144].reshape(n, 16, 5).permute(1, 2, 0).reshape(16, 5, n), _c39.reshape(n, 16, 5, 1).permute(1, 0, 2, 3).reshape(16, n, 5)).view(16, 5, 5, 1)  # zui,zujk->uijk
-    del _c39
-    d2_weight_32 = torch.mm((cg_2_2_0 * 0.5773502691896257).reshape(1, 25), _c40.permute(1, 2, 3, 0).reshape(25, 16)).view(16)  # ijk,uijk->u
-    del _c40
-    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
+    d2_weight_31 = torch.bmm((d_c[:, 0:16].reshape(n, 16, 1) * 0.5773502691896257).permute(1, 0, 2).reshape(16, 1, n), _c38.reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)).view(16)  # zuk,zuk->u
+    del _c38
     _c41 = torch.mm(weight[176:192].view(16).reshape(1, 16).t(), cg_2_2_2.permute(1, 0, 2).reshape(125, 1).t()).view(16, 5, 5, 5)  # ijk,u->ujik
-    d2_d_c_33 = torch.bmm((_c41 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c37.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    _c40 = weight.new_empty(n, 400)
+    d2_a_32 = weight.new_empty(n, 16, 5)
+    # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
+    _native.run('elementwise_tp_d2_b_s13', n, _c40, _c37, _c39.permute(1, 0, 2), d2_a_32, d2_d_b[:, 64:144].reshape(n, 16, 5), a[:, 64:144].reshape(n, 16, 5))
+    del _c37, _c39
+    d2_d_c_33 = torch.bmm((_c41 * 1.118033988749895).reshape(16, 25, 5).transpose(1, 2), _c40.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zuji,ujik->zuk
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e
     d2_a_34 = torch.bmm((_c41 * 1.118033988749895).permute(0, 1, 3, 2).reshape(16, 25, 5).transpose(1, 2), _c10.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 5, n).permute(2, 0, 1)  # zujk,ujik->zui
     del _c41
@@ -4634,8 +4612,8 @@ def _elementwise_tp_d2_b_cpu(
     del _c42
     # ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
     _c43 = torch.mm(weight[192:208].view(16).reshape(1, 16).t(), cg_2_2_1.permute(1, 0, 2).reshape(75, 1).t()).view(16, 5, 5, 3)  # ijk,u->ujik
-    d2_d_c_36 = torch.bmm((_c43 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c37.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
-    del _c37
+    d2_d_c_36 = torch.bmm((_c43 * 1.224744871391589).reshape(16, 25, 3).transpose(1, 2), _c40.reshape(n, 16, 5, 5).permute(1, 0, 2, 3).reshape(16, n, 25).transpose(1, 2)).view(16, 3, n).permute(2, 0, 1)  # zuji,ujik->zuk
+    del _c40
     _c44 = weight.new_empty(n, 240)
     # ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e
     _native.run('elementwise_tp_d2_b_s14', n, _c44, d2_d_b[:, 64:144].reshape(n, 16, 5), d_c[:, 144:192].reshape(n, 16, 3))
@@ -4649,9 +4627,9 @@ def _elementwise_tp_d2_b_cpu(
     d2_a = torch.cat([
         (d2_a_1 + d2_a_4 + d2_a_7).reshape(n, 16),
         (d2_a_10 + d2_a_13 + d2_a_16 + d2_a_19 + d2_a_22).reshape(n, 48),
-        (d2_a_25 + d2_a_28 + d2_a_31 + d2_a_34 + d2_a_37).reshape(n, 80),
+        (d2_a_25 + d2_a_28 + d2_a_32 + d2_a_34 + d2_a_37).reshape(n, 80),
     ], dim=-1)
-    del d2_a_1, d2_a_10, d2_a_13, d2_a_16, d2_a_19, d2_a_22, d2_a_25, d2_a_28, d2_a_31, d2_a_34, d2_a_37, d2_a_4, d2_a_7
+    del d2_a_1, d2_a_10, d2_a_13, d2_a_16, d2_a_19, d2_a_22, d2_a_25, d2_a_28, d2_a_32, d2_a_34, d2_a_37, d2_a_4, d2_a_7
     d2_b = weight.new_zeros(n, 144)
     d2_d_c = torch.cat([
         (d2_d_c_0 + d2_d_c_12 + d2_d_c_30).reshape(n, 16),
@@ -4671,11 +4649,11 @@ def _elementwise_tp_d2_b_cpu(
         d2_weight_23.reshape(16),
         d2_weight_26.reshape(16),
         d2_weight_29.reshape(16),
-        d2_weight_32.reshape(16),
+        d2_weight_31.reshape(16),
         d2_weight_35.reshape(16),
         d2_weight_38.reshape(16),
     ], dim=-1)
-    del d2_weight_11, d2_weight_14, d2_weight_17, d2_weight_2, d2_weight_20, d2_weight_23, d2_weight_26, d2_weight_29, d2_weight_32, d2_weight_35, d2_weight_38, d2_weight_5, d2_weight_8
+    del d2_weight_11, d2_weight_14, d2_weight_17, d2_weight_2, d2_weight_20, d2_weight_23, d2_weight_26, d2_weight_29, d2_weight_31, d2_weight_35, d2_weight_38, d2_weight_5, d2_weight_8
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
@@ -4892,155 +4870,170 @@ def _elementwise_tp_d2_weight_cpu(
     d2_a_4 = torch.bmm((_c4 * 0.8660254037844386).reshape(16, 1, 9), _c6.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zujk->zui
     # ∂/∂d_c: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
     _c8 = torch.mm(d2_d_weight[32:48].view(16).reshape(16, 1), cg_0_2_2.reshape(1, 25)).view(16, 1, 5, 5)  # u,ijk->uijk
-    _c10 = weight.new_empty(n, 400)
+    _c10 = weight.new_empty(n, 80)
     # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o
     d2_b_5 = weight.new_empty(n, 16, 3)
     d2_d_c_6 = weight.new_empty(n, 16, 5)
     # ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
-    _native.run('elementwise_tp_d2_weight_s1', n, _c10, d_c[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1), _c4, d2_b_5, b[:, 64:144].reshape(n, 16, 5), _c8, d2_d_c_6, d_c[:, 64:144].reshape(n, 16, 5))
-    del _c4
-    d2_a_7 = torch.bmm((_c8 * 1.118033988749895).reshape(16, 1, 25), _c10.reshape(n, 16, 5, 5).permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zujk->zui
-    # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    _c12 = torch.mm(d2_d_weight[48:64].view(16).reshape(16, 1), cg_1_0_1.reshape(1, 9)).view(16, 3, 1, 3)  # u,ijk->uijk
-    _c15 = weight.new_empty(n, 144)
+    d2_a_7 = weight.new_empty(n, 16, 1)
+    _native.run('elementwise_tp_d2_weight_s1', n, _c10, d_c[:, 16:64].reshape(n, 16, 3), a[:, 0:16].reshape(n, 16, 1), _c4, d2_b_5, b[:, 64:144].reshape(n, 16, 5), _c8, d2_d_c_6, d_c[:, 64:144].reshape(n, 16, 5), cg_0_2_2, d2_d_weight[32:48].view(16), d2_a_7)
+    del _c4, _c8
     # ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e
+    _c12 = d2_d_weight[32:48].view(16).reshape(16, 1, 1) * a[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)
+    # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
+    _c13 = torch.mm(d2_d_weight[48:64].view(16).reshape(16, 1), cg_1_0_1.reshape(1, 9)).view(16, 3, 1, 3)  # u,ijk->uijk
+    _c16 = weight.new_empty(n, 144)
     d2_b_8 = weight.new_empty(n, 16, 5)
     d2_d_c_9 = weight.new_empty(n, 16, 3)
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
     d2_a_10 = weight.new_empty(n, 16, 3)
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o
-    _native.run('elementwise_tp_d2_weight_s2', n, _c15, d_c[:, 64:144].reshape(n, 16, 5), a[:, 0:16].reshape(n, 16, 1), _c8, d2_b_8, a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1), _c12, d2_d_c_9, d_c[:, 16:64].reshape(n, 16, 3), d2_a_10)
-    del _c8
-    d2_b_11 = torch.bmm((_c12 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 1, 9), _c15.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuik->zuj
-    del _c12
+    _native.run('elementwise_tp_d2_weight_s2', n, _c16, _c12.permute(1, 0, 2), _c10, d2_b_8, a[:, 16:64].reshape(n, 16, 3), b[:, 0:16].reshape(n, 16, 1), _c13, d2_d_c_9, d_c[:, 16:64].reshape(n, 16, 3), d2_a_10)
+    del _c10, _c12
+    d2_b_11 = torch.bmm((_c13 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 1, 9), _c16.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuik->zuj
+    del _c13
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
-    _c16 = torch.mm(d2_d_weight[64:80].view(16).reshape(16, 1), cg_1_1_0.reshape(1, 9)).view(16, 3, 3, 1)  # u,ijk->uijk
-    _c17 = weight.new_empty(n, 144)
-    _native.run('elementwise_tp_d2_weight_s3', n, _c17, a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
-    d2_d_c_12 = torch.bmm((_c16 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 1, 9), _c17.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    _c17 = torch.mm(d2_d_weight[64:80].view(16).reshape(16, 1), cg_1_1_0.reshape(1, 9)).view(16, 3, 3, 1)  # u,ijk->uijk
+    _c18 = weight.new_empty(n, 144)
+    _native.run('elementwise_tp_d2_weight_s3', n, _c18, a[:, 16:64].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    d2_d_c_12 = torch.bmm((_c17 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 1, 9), _c18.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuij->zuk
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    _c20 = torch.mm(d2_d_weight[80:96].view(16).reshape(16, 1), cg_1_1_2.reshape(1, 45)).view(16, 3, 3, 5)  # u,ijk->uijk
-    d2_d_c_13 = torch.bmm((_c20 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 9), _c17.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
-    _c21 = weight.new_empty(n, 240)
+    _c21 = torch.mm(d2_d_weight[80:96].view(16).reshape(16, 1), cg_1_1_2.reshape(1, 45)).view(16, 3, 3, 5)  # u,ijk->uijk
+    d2_d_c_13 = torch.bmm((_c21 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 9), _c18.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c21
+    _copy0 = weight.new_empty(n, 48)
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     d2_a_14 = weight.new_empty(n, 16, 3)
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e
     d2_b_15 = weight.new_empty(n, 16, 3)
-    # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    _native.run('elementwise_tp_d2_weight_s4', n, _c21, d_c[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3), _c16, d2_a_14, a[:, 16:64].reshape(n, 16, 3), d2_b_15, d_c[:, 64:144].reshape(n, 16, 5))
-    del _c16
-    d2_a_16 = torch.bmm((_c20 * 1.118033988749895).reshape(16, 3, 15), _c21.reshape(n, 16, 3, 5).permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
-    del _c21
-    _c22 = weight.new_empty(n, 240)
-    # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
-    _native.run('elementwise_tp_d2_weight_s5', n, _c22, d_c[:, 64:144].reshape(n, 16, 5), a[:, 16:64].reshape(n, 16, 3))
-    d2_b_17 = torch.bmm((_c20 * 1.118033988749895).permute(0, 2, 3, 1).reshape(16, 3, 15), _c22.reshape(n, 16, 5, 3).permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
-    del _c20, _c22
-    # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    _c23 = torch.mm(d2_d_weight[96:112].view(16).reshape(16, 1), cg_1_1_1.reshape(1, 27)).view(16, 3, 3, 3)  # u,ijk->uijk
-    d2_d_c_18 = torch.bmm((_c23 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 3, 9), _c17.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    _native.run('elementwise_tp_d2_weight_s4', n, _copy0, d_c[:, 0:16].reshape(n, 16, 1), b[:, 16:64].reshape(n, 16, 3), _c17, d2_a_14, a[:, 16:64].reshape(n, 16, 3), d2_b_15)
     del _c17
-    _c24 = weight.new_empty(n, 144)
+    # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
+    _c22 = d2_d_weight[80:96].view(16).reshape(16, 1, 1) * _copy0.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n, 3)
+    _c23 = weight.new_empty(n, 144)
+    _copy1 = weight.new_empty(n, 48)
+    d2_a_16 = weight.new_empty(n, 16, 3)
+    _native.run('elementwise_tp_d2_weight_s5', n, _c23, _copy1, d_c[:, 64:144].reshape(n, 16, 5), cg_1_1_2, _c22.permute(1, 0, 2), d2_a_16, a[:, 16:64].reshape(n, 16, 3))
+    del _c22
+    # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e
+    _c24 = d2_d_weight[80:96].view(16).reshape(16, 1, 1) * _copy1.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n, 3)
+    # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
+    _c25 = torch.mm(d2_d_weight[96:112].view(16).reshape(16, 1), cg_1_1_1.reshape(1, 27)).view(16, 3, 3, 3)  # u,ijk->uijk
+    d2_d_c_17 = torch.bmm((_c25 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 3, 9), _c18.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c18
+    _c26 = weight.new_empty(n, 144)
+    d2_b_18 = weight.new_empty(n, 16, 3)
     # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    _native.run('elementwise_tp_d2_weight_s6', n, _c24, d_c[:, 144:192].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
-    d2_a_19 = torch.bmm((_c23 * 1.224744871391589).reshape(16, 3, 9), _c24.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
-    del _c24
-    _c25 = weight.new_empty(n, 144)
+    _native.run('elementwise_tp_d2_weight_s6', n, _c26, _c24.permute(1, 0, 2), _c23, d2_b_18, d_c[:, 144:192].reshape(n, 16, 3), b[:, 16:64].reshape(n, 16, 3))
+    del _c23, _c24
+    d2_a_19 = torch.bmm((_c25 * 1.224744871391589).reshape(16, 3, 9), _c26.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c26
+    _c27 = weight.new_empty(n, 144)
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e
-    _native.run('elementwise_tp_d2_weight_s7', n, _c25, d_c[:, 144:192].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
-    d2_b_20 = torch.bmm((_c23 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 3, 9), _c25.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
-    del _c23, _c25
+    _native.run('elementwise_tp_d2_weight_s7', n, _c27, d_c[:, 144:192].reshape(n, 16, 3), a[:, 16:64].reshape(n, 16, 3))
+    d2_b_20 = torch.bmm((_c25 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 3, 9), _c27.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c25, _c27
     # ∂/∂d_c: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    _c26 = torch.mm(d2_d_weight[112:128].view(16).reshape(16, 1), cg_1_2_1.reshape(1, 45)).view(16, 3, 5, 3)  # u,ijk->uijk
-    _c27 = weight.new_empty(n, 240)
-    _native.run('elementwise_tp_d2_weight_s8', n, _c27, a[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
-    d2_d_c_21 = torch.bmm((_c26 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 15), _c27.reshape(n, 16, 3, 5).permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
-    del _c27
-    _c28 = weight.new_empty(n, 240)
-    # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    _native.run('elementwise_tp_d2_weight_s9', n, _c28, d_c[:, 16:64].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
-    d2_a_22 = torch.bmm((_c26 * 0.8660254037844386).reshape(16, 3, 15), _c28.reshape(n, 16, 5, 3).permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zujk->zui
+    _c28 = d2_d_weight[112:128].view(16).reshape(16, 1, 1) * _copy1.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n, 3)
+    del _copy1
+    _c29 = weight.new_empty(n, 144)
+    _copy2 = weight.new_empty(n, 48)
+    d2_d_c_21 = weight.new_empty(n, 16, 3)
+    _native.run('elementwise_tp_d2_weight_s8', n, _c29, _copy2, b[:, 64:144].reshape(n, 16, 5), cg_1_2_1, _c28.permute(1, 0, 2), d2_d_c_21, d_c[:, 16:64].reshape(n, 16, 3))
     del _c28
+    # ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
+    _c30 = d2_d_weight[112:128].view(16).reshape(16, 1, 1) * _copy2.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n, 3)
     # ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o
-    d2_b_23 = torch.bmm((_c26 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 5, 9), _c15.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuik->zuj
-    del _c15, _c26
+    _c31 = torch.mm(d2_d_weight[112:128].view(16).reshape(16, 1), cg_1_2_1.reshape(1, 45)).view(16, 3, 5, 3)  # u,ijk->uijk
+    d2_b_22 = torch.bmm((_c31 * 0.8660254037844386).permute(0, 2, 1, 3).reshape(16, 5, 9), _c16.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuik->zuj
+    del _c16, _c31
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    _c29 = torch.mm(d2_d_weight[128:144].view(16).reshape(16, 1), cg_2_0_2.reshape(1, 25)).view(16, 5, 1, 5)  # u,ijk->uijk
-    _c32 = weight.new_empty(n, 400)
+    _c32 = torch.mm(d2_d_weight[128:144].view(16).reshape(16, 1), cg_2_0_2.reshape(1, 25)).view(16, 5, 1, 5)  # u,ijk->uijk
+    _c35 = weight.new_empty(n, 400)
+    d2_a_23 = weight.new_empty(n, 16, 3)
     d2_d_c_24 = weight.new_empty(n, 16, 5)
     # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
     d2_a_25 = weight.new_empty(n, 16, 5)
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e
-    _native.run('elementwise_tp_d2_weight_s10', n, _c32, a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), _c29, d2_d_c_24, d_c[:, 64:144].reshape(n, 16, 5), d2_a_25)
-    d2_b_26 = torch.bmm((_c29 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 1, 25), _c32.reshape(n, 16, 5, 5).permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuik->zuj
-    del _c29
+    _native.run('elementwise_tp_d2_weight_s9', n, _c35, _c30.permute(1, 0, 2), _c29, d2_a_23, a[:, 64:144].reshape(n, 16, 5), b[:, 0:16].reshape(n, 16, 1), _c32, d2_d_c_24, d_c[:, 64:144].reshape(n, 16, 5), d2_a_25)
+    del _c29, _c30
+    d2_b_26 = torch.bmm((_c32 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 1, 25), _c35.reshape(n, 16, 5, 5).permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuik->zuj
+    del _c32
     # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    _c33 = torch.mm(d2_d_weight[144:160].view(16).reshape(16, 1), cg_2_1_1.reshape(1, 45)).view(16, 5, 3, 3)  # u,ijk->uijk
-    _c34 = weight.new_empty(n, 240)
-    _native.run('elementwise_tp_d2_weight_s11', n, _c34, a[:, 64:144].reshape(n, 16, 5), b[:, 16:64].reshape(n, 16, 3))
-    d2_d_c_27 = torch.bmm((_c33 * 0.8660254037844386).permute(0, 3, 1, 2).reshape(16, 3, 15), _c34.reshape(n, 16, 5, 3).permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
-    del _c34
-    # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    d2_a_28 = torch.bmm((_c33 * 0.8660254037844386).reshape(16, 5, 9), _c6.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
-    del _c6
-    _c35 = weight.new_empty(n, 240)
-    # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
-    _native.run('elementwise_tp_d2_weight_s12', n, _c35, d_c[:, 16:64].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
-    d2_b_29 = torch.bmm((_c33 * 0.8660254037844386).permute(0, 2, 3, 1).reshape(16, 3, 15), _c35.reshape(n, 16, 3, 5).permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuki->zuj
-    del _c33, _c35
-    # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    _c36 = torch.mm(d2_d_weight[160:176].view(16).reshape(16, 1), cg_2_2_0.reshape(1, 25)).view(16, 5, 5, 1)  # u,ijk->uijk
-    _c37 = weight.new_empty(n, 400)
-    _native.run('elementwise_tp_d2_weight_s13', n, _c37, a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
-    d2_d_c_30 = torch.bmm((_c36 * 0.5773502691896257).permute(0, 3, 1, 2).reshape(16, 1, 25), _c37.reshape(n, 16, 5, 5).permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 1, n).permute(2, 0, 1)  # uijk,zuij->zuk
-    # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    _c40 = torch.mm(d2_d_weight[176:192].view(16).reshape(16, 1), cg_2_2_2.reshape(1, 125)).view(16, 5, 5, 5)  # u,ijk->uijk
-    d2_d_c_31 = torch.bmm((_c40 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 25), _c37.reshape(n, 16, 5, 5).permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
-    # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    d2_a_32 = weight.new_empty(n, 16, 5)
-    # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
-    d2_b_33 = weight.new_empty(n, 16, 5)
-    _native.run('elementwise_tp_d2_weight_s14', n, d_c[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5), _c36, d2_a_32, a[:, 64:144].reshape(n, 16, 5), d2_b_33)
+    _c36 = d2_d_weight[144:160].view(16).reshape(16, 1, 1) * _copy0.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n, 3)
+    del _copy0
+    _c37 = weight.new_empty(n, 144)
+    d2_d_c_27 = weight.new_empty(n, 16, 3)
+    _native.run('elementwise_tp_d2_weight_s10', n, _c37, a[:, 64:144].reshape(n, 16, 5), cg_2_1_1, _c36.permute(1, 0, 2), d2_d_c_27)
     del _c36
-    # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    d2_a_34 = torch.bmm((_c40 * 1.118033988749895).reshape(16, 5, 25), _c10.reshape(n, 16, 5, 5).permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
-    del _c10
-    # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
-    d2_b_35 = torch.bmm((_c40 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 25), _c32.reshape(n, 16, 5, 5).permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuik->zuj
-    del _c32, _c40
-    # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    _c41 = torch.mm(d2_d_weight[192:208].view(16).reshape(16, 1), cg_2_2_1.reshape(1, 75)).view(16, 5, 5, 3)  # u,ijk->uijk
-    d2_d_c_36 = torch.bmm((_c41 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 3, 25), _c37.reshape(n, 16, 5, 5).permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
-    del _c37
-    _c42 = weight.new_empty(n, 240)
-    # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    _native.run('elementwise_tp_d2_weight_s15', n, _c42, d_c[:, 144:192].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
-    d2_a_37 = torch.bmm((_c41 * 1.224744871391589).reshape(16, 5, 15), _c42.reshape(n, 16, 5, 3).permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
+    # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
+    _c38 = torch.mm(d2_d_weight[144:160].view(16).reshape(16, 1), cg_2_1_1.reshape(1, 45)).view(16, 5, 3, 3)  # u,ijk->uijk
+    d2_a_28 = torch.bmm((_c38 * 0.8660254037844386).reshape(16, 5, 9), _c6.reshape(n, 16, 3, 3).permute(1, 2, 3, 0).reshape(16, 9, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c38, _c6
+    # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o
+    _c39 = d2_d_weight[144:160].view(16).reshape(16, 1, 1) * _copy2.reshape(n, 3, 16).permute(2, 0, 1).reshape(16, n, 3)
+    del _copy2
+    _c40 = weight.new_empty(n, 80)
+    d2_b_29 = weight.new_empty(n, 16, 3)
+    # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
+    d2_d_c_30 = weight.new_empty(n, 16, 1)
+    _native.run('elementwise_tp_d2_weight_s11', n, _c40, _c39.permute(1, 0, 2), _c37, d2_b_29, a[:, 64:144].reshape(n, 16, 5), cg_2_2_0, b[:, 64:144].reshape(n, 16, 5), d2_d_weight[160:176].view(16), d2_d_c_30)
+    del _c37, _c39
+    # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
+    _c42 = torch.mm(d2_d_weight[160:176].view(16).reshape(16, 1), cg_2_2_0.reshape(1, 25)).view(16, 5, 5, 1)  # u,ijk->uijk
+    d2_a_31 = weight.new_empty(n, 16, 5)
+    _native.run('elementwise_tp_d2_weight_s12', n, d_c[:, 0:16].reshape(n, 16, 1), b[:, 64:144].reshape(n, 16, 5), _c42, d2_a_31)
     del _c42
-    _c43 = weight.new_empty(n, 240)
+    # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e
+    _c44 = d2_d_weight[160:176].view(16).reshape(16, 1, 1) * d_c[:, 0:16].reshape(n, 16, 1).permute(1, 0, 2).reshape(16, n, 1)
+    # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
+    _c45 = torch.mm(d2_d_weight[176:192].view(16).reshape(16, 1), cg_2_2_2.reshape(1, 125)).view(16, 5, 5, 5)  # u,ijk->uijk
+    _c46 = weight.new_empty(n, 400)
+    d2_b_32 = weight.new_empty(n, 16, 5)
+    _native.run('elementwise_tp_d2_weight_s13', n, _c46, _c44.permute(1, 0, 2), _c40, d2_b_32, a[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
+    del _c40, _c44
+    d2_d_c_33 = torch.bmm((_c45 * 1.118033988749895).permute(0, 3, 1, 2).reshape(16, 5, 25), _c46.reshape(n, 16, 5, 5).permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    _c47 = weight.new_empty(n, 400)
+    # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
+    _native.run('elementwise_tp_d2_weight_s14', n, _c47, d_c[:, 64:144].reshape(n, 16, 5), b[:, 64:144].reshape(n, 16, 5))
+    d2_a_34 = torch.bmm((_c45 * 1.118033988749895).reshape(16, 5, 25), _c47.reshape(n, 16, 5, 5).permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c47
+    # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e
+    d2_b_35 = torch.bmm((_c45 * 1.118033988749895).permute(0, 2, 1, 3).reshape(16, 5, 25), _c35.reshape(n, 16, 5, 5).permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuik->zuj
+    del _c35, _c45
+    # ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
+    _c48 = torch.mm(d2_d_weight[192:208].view(16).reshape(16, 1), cg_2_2_1.reshape(1, 75)).view(16, 5, 5, 3)  # u,ijk->uijk
+    d2_d_c_36 = torch.bmm((_c48 * 1.224744871391589).permute(0, 3, 1, 2).reshape(16, 3, 25), _c46.reshape(n, 16, 5, 5).permute(1, 2, 3, 0).reshape(16, 25, n)).view(16, 3, n).permute(2, 0, 1)  # uijk,zuij->zuk
+    del _c46
+    _c49 = weight.new_empty(n, 240)
+    # ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
+    _native.run('elementwise_tp_d2_weight_s15', n, _c49, d_c[:, 144:192].reshape(n, 16, 3), b[:, 64:144].reshape(n, 16, 5))
+    d2_a_37 = torch.bmm((_c48 * 1.224744871391589).reshape(16, 5, 15), _c49.reshape(n, 16, 5, 3).permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zujk->zui
+    del _c49
+    _c50 = weight.new_empty(n, 240)
     # ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e
-    _native.run('elementwise_tp_d2_weight_s16', n, _c43, d_c[:, 144:192].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
-    d2_b_38 = torch.bmm((_c41 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 5, 15), _c43.reshape(n, 16, 3, 5).permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuki->zuj
-    del _c41, _c43
+    _native.run('elementwise_tp_d2_weight_s16', n, _c50, d_c[:, 144:192].reshape(n, 16, 3), a[:, 64:144].reshape(n, 16, 5))
+    d2_b_38 = torch.bmm((_c48 * 1.224744871391589).permute(0, 2, 3, 1).reshape(16, 5, 15), _c50.reshape(n, 16, 3, 5).permute(1, 2, 3, 0).reshape(16, 15, n)).view(16, 5, n).permute(2, 0, 1)  # uijk,zuki->zuj
+    del _c48, _c50
     d2_a = torch.cat([
         (d2_a_1 + d2_a_4 + d2_a_7).reshape(n, 16),
-        (d2_a_10 + d2_a_14 + d2_a_16 + d2_a_19 + d2_a_22).reshape(n, 48),
-        (d2_a_25 + d2_a_28 + d2_a_32 + d2_a_34 + d2_a_37).reshape(n, 80),
+        (d2_a_10 + d2_a_14 + d2_a_16 + d2_a_19 + d2_a_23).reshape(n, 48),
+        (d2_a_25 + d2_a_28 + d2_a_31 + d2_a_34 + d2_a_37).reshape(n, 80),
     ], dim=-1)
-    del d2_a_1, d2_a_10, d2_a_14, d2_a_16, d2_a_19, d2_a_22, d2_a_25, d2_a_28, d2_a_32, d2_a_34, d2_a_37, d2_a_4, d2_a_7
+    del d2_a_1, d2_a_10, d2_a_14, d2_a_16, d2_a_19, d2_a_23, d2_a_25, d2_a_28, d2_a_31, d2_a_34, d2_a_37, d2_a_4, d2_a_7
     d2_b = torch.cat([
         (d2_b_2 + d2_b_11 + d2_b_26).reshape(n, 16),
-        (d2_b_5 + d2_b_15 + d2_b_17 + d2_b_20 + d2_b_29).reshape(n, 48),
-        (d2_b_8 + d2_b_23 + d2_b_33 + d2_b_35 + d2_b_38).reshape(n, 80),
+        (d2_b_5 + d2_b_15 + d2_b_18 + d2_b_20 + d2_b_29).reshape(n, 48),
+        (d2_b_8 + d2_b_22 + d2_b_32 + d2_b_35 + d2_b_38).reshape(n, 80),
     ], dim=-1)
-    del d2_b_11, d2_b_15, d2_b_17, d2_b_2, d2_b_20, d2_b_23, d2_b_26, d2_b_29, d2_b_33, d2_b_35, d2_b_38, d2_b_5, d2_b_8
+    del d2_b_11, d2_b_15, d2_b_18, d2_b_2, d2_b_20, d2_b_22, d2_b_26, d2_b_29, d2_b_32, d2_b_35, d2_b_38, d2_b_5, d2_b_8
     d2_d_c = torch.cat([
         (d2_d_c_0 + d2_d_c_12 + d2_d_c_30).reshape(n, 16),
         (d2_d_c_3 + d2_d_c_9 + d2_d_c_21 + d2_d_c_27).reshape(n, 48),
-        (d2_d_c_6 + d2_d_c_13 + d2_d_c_24 + d2_d_c_31).reshape(n, 80),
-        (d2_d_c_18 + d2_d_c_36).reshape(n, 48),
+        (d2_d_c_6 + d2_d_c_13 + d2_d_c_24 + d2_d_c_33).reshape(n, 80),
+        (d2_d_c_17 + d2_d_c_36).reshape(n, 48),
     ], dim=-1)
-    del d2_d_c_0, d2_d_c_12, d2_d_c_13, d2_d_c_18, d2_d_c_21, d2_d_c_24, d2_d_c_27, d2_d_c_3, d2_d_c_30, d2_d_c_31, d2_d_c_36, d2_d_c_6, d2_d_c_9
+    del d2_d_c_0, d2_d_c_12, d2_d_c_13, d2_d_c_17, d2_d_c_21, d2_d_c_24, d2_d_c_27, d2_d_c_3, d2_d_c_30, d2_d_c_33, d2_d_c_36, d2_d_c_6, d2_d_c_9
     d2_weight = weight.new_zeros(208)
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
@@ -5102,29 +5095,28 @@ def _full_tp_cpu(
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
     _c3 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
     _c5 = torch.mm(weight[64:96].view(4, 8).reshape(1, 32).t(), cg_1_0_1.reshape(9, 1).t()).view(4, 8, 3, 1, 3)  # ijk,uv->uvijk
-    _c7 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
-    _c6 = weight.new_empty(n, 288)
-    _copy0 = weight.new_empty(n, 288)
+    _c8 = weight.new_empty(n, 288)
     # 4x0e ⊗ 8x0e -> 32x0e
     c_0 = weight.new_empty(n, 4, 8, 1)
     # 4x0e ⊗ 8x1o -> 32x1o
     c_1 = weight.new_empty(n, 4, 8, 3)
     # 4x1o ⊗ 8x0e -> 32x1o
     # 4x1o ⊗ 8x1o -> 32x0e
-    _native.run('full_tp_s0', n, _c6, _copy0, a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1), _c1, c_0, b[:, 8:32].reshape(n, 8, 3), _c3, c_1, a[:, 4:16].reshape(n, 4, 3), _c5)
-    del _c1, _c3, _c5, _c6
-    c_2 = torch.bmm((_c7 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _copy0.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # zuvij,ijkuv->zuvk
-    del _c7
     # 4x1o ⊗ 8x1o -> 32x1e
-    _c8 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3)  # ijk,uv->uvijk
-    c_3 = torch.bmm((_c8 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _copy0.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # zuvij,uvijk->zuvk
-    del _c8, _copy0
+    _native.run('full_tp_s0', n, _c8, a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1), _c1, c_0, b[:, 8:32].reshape(n, 8, 3), _c3, c_1, a[:, 4:16].reshape(n, 4, 3), _c5, cg_1_1_0, weight[96:128].view(4, 8))
+    del _c1, _c3, _c5
+    _c9 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3)  # ijk,uv->uvijk
+    _copy0 = weight.new_empty(n, 288)
+    _native.run('full_tp_s1', n, _copy0, _c8)
+    del _c8
+    c_2 = torch.bmm((_c9 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _copy0.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # zuvij,uvijk->zuvk
+    del _c9, _copy0
     c = torch.cat([
-        (c_0 + c_2).reshape(n, 32),
+        c_0.reshape(n, 32),
         c_1.reshape(n, 96),
-        c_3.reshape(n, 96),
+        c_2.reshape(n, 96),
     ], dim=-1)
-    del c_0, c_1, c_2, c_3
+    del c_0, c_1, c_2
     return [c]
 
 
@@ -5259,9 +5251,9 @@ def _full_tp_d_cpu(
     del _c3
     _mm1 = torch.mm(_copy3.reshape(n, 8, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,zvik->zvj
     del _copy3
+    d_b = weight.new_empty(n, 32)
     _copy4 = weight.new_empty(n, 12)
-    d_b_1 = weight.new_empty(n, 8, 3)
-    _native.run('full_tp_d_s4', n, _copy4, _mm1, d_b_1, a[:, 4:16].reshape(n, 4, 3))
+    _native.run('full_tp_d_s4', n, d_b, _copy4, _mm1, a[:, 4:16].reshape(n, 4, 3))
     del _mm1
     # ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
     _c4 = torch.mm(cg_1_1_1.reshape(3, 9).t(), _copy4.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 3, n, 4)  # zui,ijk->jkzu
@@ -5269,7 +5261,7 @@ def _full_tp_d_cpu(
     _copy6 = weight.new_empty(n, 36)
     _native.run('full_tp_d_s5', n, _copy5, _copy6, _c0, _c4.permute(2, 0, 1, 3))
     del _c0, _c4
-    d_weight_2 = torch.bmm((_copy6.reshape(n, 3, 3, 4) * 1.7320508075688772).permute(3, 0, 1, 2).reshape(4, n * 9, 1).transpose(1, 2), _copy5.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9).transpose(1, 2)).view(4, 8)  # zkjuv,zkju->uv
+    d_weight_1 = torch.bmm((_copy6.reshape(n, 3, 3, 4) * 1.7320508075688772).permute(3, 0, 1, 2).reshape(4, n * 9, 1).transpose(1, 2), _copy5.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9).transpose(1, 2)).view(4, 8)  # zkjuv,zkju->uv
     del _copy5, _copy6
     _c5 = weight.new_empty(n, 96)
     _copy7 = weight.new_empty(n, 96)
@@ -5279,109 +5271,85 @@ def _full_tp_d_cpu(
     _c6 = (weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy7.reshape(n, 3, 4, 8, 1).permute(2, 0, 1, 4, 3).reshape(4, n, 3, 1, 8)).sum((4,))
     _c7 = weight.new_empty(n, 96)
     _copy8 = weight.new_empty(n, 96)
-    d_a_3 = weight.new_empty(n, 4, 3)
+    d_a_2 = weight.new_empty(n, 4, 3)
     # ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _native.run('full_tp_d_s7', n, _c7, _copy8, cg_1_1_0, _c6.permute(1, 0, 2, 3), d_a_3, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3))
+    _native.run('full_tp_d_s7', n, _c7, _copy8, cg_1_1_0, _c6.permute(1, 0, 2, 3), d_a_2, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3))
     del _c6, _c7
     _c8 = (weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy8.reshape(n, 3, 8, 4, 1).permute(2, 0, 1, 4, 3).reshape(8, n, 3, 1, 4)).sum((4,))
     del _copy8
-    d_b_4 = weight.new_empty(n, 8, 3)
-    _native.run('full_tp_d_s8', n, cg_1_1_0, _c8.permute(1, 0, 2, 3), d_b_4)
+    _native.run('full_tp_d_s8', n, d_b, cg_1_1_0, _c8.permute(1, 0, 2, 3))
     del _c8
     # ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
     _c9 = torch.mm(cg_1_1_0.reshape(3, 3).t(), _copy4.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 1, n, 4)  # zui,ijk->jkzu
-    d_weight_5 = torch.bmm((_c9 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _copy7.reshape(n, 3, 4, 8, 1).permute(2, 3, 0, 1, 4).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zjuvk,jkzu->uv
+    del _copy4
+    d_weight_3 = torch.bmm((_c9 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _copy7.reshape(n, 3, 4, 8, 1).permute(2, 3, 0, 1, 4).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zjuvk,jkzu->uv
     del _c9, _copy7
     _c10 = weight.new_empty(n, 96)
     _copy9 = weight.new_empty(n, 96)
     # ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
     _native.run('full_tp_d_s9', n, _c10, _copy9, d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1))
+    del _c10
     _c11 = (weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy9.reshape(n, 1, 3, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n, 1, 3, 8)).sum((4,))
     del _copy9
-    _c12 = weight.new_empty(n, 288)
-    d_a_6 = weight.new_empty(n, 4, 3)
+    _c13 = weight.new_empty(n, 32)
+    _copy10 = weight.new_empty(n, 32)
+    d_a_4 = weight.new_empty(n, 4, 3)
     # ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    _native.run('full_tp_d_s10', n, _c12, cg_1_0_1, _c11.permute(1, 0, 2, 3), d_a_6, d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
-    del _c11
-    _c13 = torch.mm(cg_1_0_1.reshape(9, 1), weight[64:96].view(4, 8).reshape(1, 32)).view(3, 1, 3, 4, 8)  # ijk,uv->ijkuv
-    _copy10 = weight.new_empty(n, 288)
-    _native.run('full_tp_d_s11', n, _copy10, _c12)
-    del _c12
-    d_b_7 = torch.bmm((_c13 * 1.224744871391589).permute(4, 0, 2, 3, 1).reshape(8, 36, 1).transpose(1, 2), _copy10.reshape(n, 8, 3, 3, 4).permute(1, 0, 2, 3, 4).reshape(8, n, 36).transpose(1, 2)).view(8, 1, n).permute(2, 0, 1)  # zviku,ijkuv->zvj
-    del _c13, _copy10
+    _native.run('full_tp_d_s10', n, _c13, d_b, _copy10, cg_1_0_1, _c11.permute(1, 0, 2, 3), d_a_4, a[:, 4:16].reshape(n, 4, 3), d_c[:, 32:128].reshape(n, 4, 8, 3), weight[64:96].view(4, 8))
+    del _c11, _c13
     # ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    _c14 = torch.mm(cg_1_0_1.reshape(3, 3).t(), _copy4.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(1, 3, n, 4)  # zui,ijk->jkzu
-    del _copy4
-    _copy11 = weight.new_empty(n, 96)
-    _copy12 = weight.new_empty(n, 12)
-    _native.run('full_tp_d_s12', n, _copy11, _copy12, _c10, _c14.permute(2, 0, 1, 3))
-    del _c10, _c14
-    d_weight_8 = torch.bmm((_copy12.reshape(n, 3, 4, 1) * 1.224744871391589).permute(2, 0, 1, 3).reshape(4, n * 3, 1).transpose(1, 2), _copy11.reshape(n, 3, 4, 8, 1).permute(2, 3, 0, 1, 4).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zkuvj,zkuj->uv
-    del _copy11, _copy12
-    _c16 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
-    _c15 = weight.new_empty(n, 288)
-    _copy13 = weight.new_empty(n, 288)
+    d_weight_5 = torch.bmm((b[:, 0:8].reshape(n, 8, 1) * 1.224744871391589).permute(1, 0, 2).reshape(8, 1, n), _copy10.reshape(n, 8, 1, 4).permute(1, 0, 2, 3).reshape(8, n, 4)).view(8, 4).permute(1, 0)  # zvj,zvju->uv
+    del _copy10
+    _c15 = weight.new_empty(n, 32)
+    _copy11 = weight.new_empty(n, 32)
     # ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    _native.run('full_tp_d_s13', n, _c15, _copy13, d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3))
-    del _c15
-    d_a_9 = torch.bmm((_c16 * 1.224744871391589).permute(0, 1, 3, 4, 2).reshape(4, 72, 1).transpose(1, 2), _copy13.reshape(n, 4, 8, 3, 3).permute(1, 0, 2, 3, 4).reshape(4, n, 72).transpose(1, 2)).view(4, 1, n).permute(2, 0, 1)  # zuvjk,uvijk->zui
-    del _c16, _copy13
-    _c17 = weight.new_empty(n, 96)
-    _copy14 = weight.new_empty(n, 96)
+    _native.run('full_tp_d_s11', n, _c15, _copy11, b[:, 8:32].reshape(n, 8, 3), cg_0_1_1, d_c[:, 32:128].reshape(n, 4, 8, 3))
+    d_a_6 = ((weight[32:64].view(4, 8) * 1.224744871391589).reshape(1, 4, 1, 8) * _copy11.reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 8)).sum((3,))
+    del _copy11
+    _c16 = weight.new_empty(n, 96)
+    _copy12 = weight.new_empty(n, 96)
     # ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    _native.run('full_tp_d_s14', n, _c17, _copy14, d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1))
-    _c18 = (weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy14.reshape(n, 1, 3, 8, 4).permute(3, 0, 1, 2, 4).reshape(8, n, 1, 3, 4)).sum((4,))
-    del _copy14
-    _copy15 = weight.new_empty(n, 24)
-    d_b_10 = weight.new_empty(n, 8, 3)
-    _native.run('full_tp_d_s15', n, _copy15, cg_0_1_1, _c18.permute(1, 0, 2, 3), d_b_10, b[:, 8:32].reshape(n, 8, 3))
-    del _c18
+    _native.run('full_tp_d_s12', n, _c16, _copy12, d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1))
+    del _c16
+    _c17 = (weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy12.reshape(n, 1, 3, 8, 4).permute(3, 0, 1, 2, 4).reshape(8, n, 1, 3, 4)).sum((4,))
+    del _copy12
+    _copy13 = weight.new_empty(n, 32)
+    _native.run('full_tp_d_s13', n, d_b, _copy13, cg_0_1_1, _c17.permute(1, 0, 2, 3), _c15)
+    del _c15, _c17
     # ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    _c19 = torch.mm(cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t(), _copy15.reshape(n, 8, 3).reshape(n * 8, 3).t()).view(1, 3, n, 8)  # zvj,ijk->ikzv
-    del _copy15
-    _copy16 = weight.new_empty(n, 96)
-    _copy17 = weight.new_empty(n, 24)
-    _native.run('full_tp_d_s16', n, _copy16, _copy17, _c17, _c19.permute(2, 0, 1, 3))
-    del _c17, _c19
-    d_weight_11 = torch.bmm((_copy17.reshape(n, 3, 8, 1) * 1.224744871391589).permute(2, 0, 1, 3).reshape(8, n * 3, 1).transpose(1, 2), _copy16.reshape(n, 3, 8, 4, 1).permute(2, 3, 0, 1, 4).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zkvui,zkvi->uv
-    del _copy16, _copy17
-    _c21 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
-    _c20 = weight.new_empty(n, 32)
-    _copy18 = weight.new_empty(n, 32)
+    d_weight_7 = torch.bmm((a[:, 0:4].reshape(n, 4, 1) * 1.224744871391589).permute(1, 0, 2).reshape(4, 1, n), _copy13.reshape(n, 4, 1, 8).permute(1, 0, 2, 3).reshape(4, n, 8)).view(4, 8)  # zui,zuiv->uv
+    del _copy13
+    _c19 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
+    _c18 = weight.new_empty(n, 32)
+    _copy14 = weight.new_empty(n, 32)
     # ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    _native.run('full_tp_d_s17', n, _c20, _copy18, d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 0:8].reshape(n, 8, 1))
-    del _c20
-    d_a_12 = (_copy18.reshape(n, 4, 8, 1, 1).permute(0, 1, 4, 3, 2).reshape(n, 4, 1, 8) * (_c21 * 0.7071067811865476).permute(3, 0, 1, 2, 4).reshape(1, 4, 1, 8)).sum((3,))
-    del _copy18
-    _c22 = weight.new_empty(n, 32)
-    _copy19 = weight.new_empty(n, 32)
+    _native.run('full_tp_d_s14', n, _c18, _copy14, d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 0:8].reshape(n, 8, 1))
+    del _c18
+    d_a_8 = (_copy14.reshape(n, 4, 8, 1, 1).permute(0, 1, 4, 3, 2).reshape(n, 4, 1, 8) * (_c19 * 0.7071067811865476).permute(3, 0, 1, 2, 4).reshape(1, 4, 1, 8)).sum((3,))
+    del _copy14
+    _c20 = weight.new_empty(n, 32)
+    _copy15 = weight.new_empty(n, 32)
     # ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e
-    d_b_13 = weight.new_empty(n, 8, 1)
-    _native.run('full_tp_d_s18', n, _c22, _copy19, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1), _c21, d_b_13)
-    del _c21, _c22
+    _native.run('full_tp_d_s15', n, _c20, d_b, _copy15, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1), _c19)
+    del _c19, _c20
     # ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    _c23 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _copy19.reshape(n, 8, 1, 1, 4).permute(1, 0, 2, 3, 4).reshape(8, n, 4)).view(8, 1, 1, 1, 4)  # zvj,zviku->vjiku
-    del _copy19
-    d_weight_14 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c23.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
-    del _c23
+    _c21 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _copy15.reshape(n, 8, 1, 1, 4).permute(1, 0, 2, 3, 4).reshape(8, n, 4)).view(8, 1, 1, 1, 4)  # zvj,zviku->vjiku
+    del _copy15
+    d_weight_9 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c21.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
+    del _c21
     d_a = torch.cat([
-        (d_a_9 + d_a_12).reshape(n, 4),
-        (d_a_0 + d_a_3 + d_a_6).reshape(n, 12),
+        (d_a_6 + d_a_8).reshape(n, 4),
+        (d_a_0 + d_a_2 + d_a_4).reshape(n, 12),
     ], dim=-1)
-    del d_a_0, d_a_12, d_a_3, d_a_6, d_a_9
-    d_b = torch.cat([
-        (d_b_7 + d_b_13).reshape(n, 8),
-        (d_b_1 + d_b_4 + d_b_10).reshape(n, 24),
-    ], dim=-1)
-    del d_b_1, d_b_10, d_b_13, d_b_4, d_b_7
+    del d_a_0, d_a_2, d_a_4, d_a_6, d_a_8
     d_weight = torch.cat([
-        d_weight_14.reshape(32),
-        d_weight_11.reshape(32),
-        d_weight_8.reshape(32),
+        d_weight_9.reshape(32),
+        d_weight_7.reshape(32),
         d_weight_5.reshape(32),
-        d_weight_2.reshape(32),
+        d_weight_3.reshape(32),
+        d_weight_1.reshape(32),
     ], dim=-1)
-    del d_weight_11, d_weight_14, d_weight_2, d_weight_5, d_weight_8
+    del d_weight_1, d_weight_3, d_weight_5, d_weight_7, d_weight_9
     return [d_a, d_b, d_weight]
 
 
@@ -5493,122 +5461,106 @@ def _full_tp_d2_a_cpu(
     n = a.shape[0]
     _c1 = torch.mm(cg_0_0_0.reshape(1, 1), weight[0:32].view(4, 8).reshape(1, 32)).view(1, 1, 1, 4, 8)  # ijk,uv->ijkuv
     _c2 = weight.new_empty(n, 32)
+    d2_b = weight.new_empty(n, 32)
     _copy0 = weight.new_empty(n, 32)
     # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
     d2_d_c_0 = weight.new_empty(n, 4, 8, 1)
     # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
-    d2_b_1 = weight.new_empty(n, 8, 1)
-    _native.run('full_tp_d2_a_s0', n, _c2, _copy0, d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1), _c1, d2_d_c_0, d_c[:, 0:32].reshape(n, 4, 8, 1), d2_b_1)
+    _native.run('full_tp_d2_a_s0', n, _c2, d2_b, _copy0, d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1), _c1, d2_d_c_0, d_c[:, 0:32].reshape(n, 4, 8, 1))
     del _c1, _c2
     # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e
     _c3 = torch.bmm(b[:, 0:8].reshape(n, 8, 1).permute(1, 2, 0).reshape(8, 1, n), _copy0.reshape(n, 8, 1, 1, 4).permute(1, 0, 2, 3, 4).reshape(8, n, 4)).view(8, 1, 1, 1, 4)  # zvj,zviku->vjiku
     del _copy0
-    d2_weight_2 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
+    d2_weight_1 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.permute(2, 1, 3, 4, 0).reshape(1, 32)).view(4, 8)  # ijk,vjiku->uv
     del _c3
     _c5 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
     _c6 = weight.new_empty(n, 96)
     _copy1 = weight.new_empty(n, 96)
     # ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    d2_d_c_3 = weight.new_empty(n, 4, 8, 3)
+    d2_d_c_2 = weight.new_empty(n, 4, 8, 3)
     # ∂/∂b: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
-    _native.run('full_tp_d2_a_s1', n, _c6, _copy1, d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3), _c5, d2_d_c_3, d_c[:, 32:128].reshape(n, 4, 8, 3))
+    _native.run('full_tp_d2_a_s1', n, _c6, _copy1, d2_d_a[:, 0:4].reshape(n, 4, 1), b[:, 8:32].reshape(n, 8, 3), _c5, d2_d_c_2, d_c[:, 32:128].reshape(n, 4, 8, 3))
     del _c5, _c6
     _c7 = (weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy1.reshape(n, 1, 3, 8, 4).permute(3, 0, 1, 2, 4).reshape(8, n, 1, 3, 4)).sum((4,))
     _copy2 = weight.new_empty(n, 24)
-    d2_b_4 = weight.new_empty(n, 8, 3)
-    _native.run('full_tp_d2_a_s2', n, _copy2, cg_0_1_1, _c7.permute(1, 0, 2, 3), d2_b_4, b[:, 8:32].reshape(n, 8, 3))
+    _native.run('full_tp_d2_a_s2', n, d2_b, _copy2, cg_0_1_1, _c7.permute(1, 0, 2, 3), b[:, 8:32].reshape(n, 8, 3))
     del _c7
     # ∂/∂weight: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o
     _c8 = torch.mm(cg_0_1_1.permute(1, 0, 2).reshape(3, 3).t(), _copy2.reshape(n, 8, 3).reshape(n * 8, 3).t()).view(1, 3, n, 8)  # zvj,ijk->ikzv
     _copy3 = weight.new_empty(n, 24)
     _native.run('full_tp_d2_a_s3', n, _copy3, _c8.permute(2, 0, 1, 3))
     del _c8
-    d2_weight_5 = torch.bmm((_copy3.reshape(n, 1, 3, 8) * 1.224744871391589).permute(3, 0, 1, 2).reshape(8, n * 3, 1).transpose(1, 2), _copy1.reshape(n, 1, 3, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zikvu,zikv->uv
+    d2_weight_3 = torch.bmm((_copy3.reshape(n, 1, 3, 8) * 1.224744871391589).permute(3, 0, 1, 2).reshape(8, n * 3, 1).transpose(1, 2), _copy1.reshape(n, 1, 3, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zikvu,zikv->uv
     del _copy1, _copy3
     _c10 = torch.mm(weight[64:96].view(4, 8).reshape(1, 32).t(), cg_1_0_1.reshape(9, 1).t()).view(4, 8, 3, 1, 3)  # ijk,uv->uvijk
-    _c11 = weight.new_empty(n, 288)
-    _copy4 = weight.new_empty(n, 288)
+    _c12 = weight.new_empty(n, 32)
+    _copy4 = weight.new_empty(n, 32)
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    d2_d_c_6 = weight.new_empty(n, 4, 8, 3)
+    d2_d_c_4 = weight.new_empty(n, 4, 8, 3)
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    _native.run('full_tp_d2_a_s4', n, _c11, _copy4, d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1), _c10, d2_d_c_6, d_c[:, 32:128].reshape(n, 4, 8, 3))
-    del _c11
-    d2_b_7 = torch.bmm((_c10 * 1.224744871391589).permute(1, 0, 2, 4, 3).reshape(8, 36, 1).transpose(1, 2), _copy4.reshape(n, 8, 4, 3, 3).permute(1, 0, 2, 3, 4).reshape(8, n, 36).transpose(1, 2)).view(8, 1, n).permute(2, 0, 1)  # zvuik,uvijk->zvj
-    del _c10, _copy4
-    _c12 = weight.new_empty(n, 12)
-    _c13 = weight.new_empty(n, 96)
-    _copy5 = weight.new_empty(n, 12)
-    _copy6 = weight.new_empty(n, 96)
+    _native.run('full_tp_d2_a_s4', n, _c12, d2_b, _copy4, d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1), _c10, d2_d_c_4, cg_1_0_1, d_c[:, 32:128].reshape(n, 4, 8, 3), weight[64:96].view(4, 8))
+    del _c10, _c12
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o
-    _native.run('full_tp_d2_a_s5', n, _c12, _c13, _copy5, _copy6, d2_d_a[:, 4:16].reshape(n, 4, 3), cg_1_0_1, d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1))
-    del _c12, _c13
-    d2_weight_8 = torch.bmm((_copy5.reshape(n, 1, 3, 4) * 1.224744871391589).permute(3, 0, 1, 2).reshape(4, 1, n * 3), _copy6.reshape(n, 1, 3, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n * 3, 8)).view(4, 8)  # zjku,zjkuv->uv
-    del _copy5, _copy6
-    _c15 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
-    _c14 = weight.new_empty(n, 288)
-    _copy7 = weight.new_empty(n, 288)
+    d2_weight_5 = torch.bmm((b[:, 0:8].reshape(n, 8, 1) * 1.224744871391589).permute(1, 0, 2).reshape(8, 1, n), _copy4.reshape(n, 8, 1, 4).permute(1, 0, 2, 3).reshape(8, n, 4)).view(8, 4).permute(1, 0)  # zvj,zvju->uv
+    del _copy4
+    _c14 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
+    _c13 = weight.new_empty(n, 288)
+    _copy5 = weight.new_empty(n, 288)
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    _native.run('full_tp_d2_a_s6', n, _c14, _copy7, d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3))
+    _native.run('full_tp_d2_a_s5', n, _c13, _copy5, d2_d_a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3))
+    del _c13
+    d2_d_c_6 = torch.bmm((_c14 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _copy5.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # zuvij,ijkuv->zuvk
     del _c14
-    d2_d_c_9 = torch.bmm((_c15 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _copy7.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # zuvij,ijkuv->zuvk
-    del _c15
-    _c16 = weight.new_empty(n, 96)
-    _copy8 = weight.new_empty(n, 96)
+    _c15 = weight.new_empty(n, 96)
+    _copy6 = weight.new_empty(n, 96)
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    _native.run('full_tp_d2_a_s7', n, _c16, _copy8, d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 0:32].reshape(n, 4, 8, 1))
+    _native.run('full_tp_d2_a_s6', n, _c15, _copy6, d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 0:32].reshape(n, 4, 8, 1))
+    del _c15
+    _c16 = (weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy6.reshape(n, 3, 8, 4, 1).permute(2, 0, 1, 4, 3).reshape(8, n, 3, 1, 4)).sum((4,))
+    _native.run('full_tp_d2_a_s7', n, d2_b, cg_1_1_0, _c16.permute(1, 0, 2, 3))
     del _c16
-    _c17 = (weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy8.reshape(n, 3, 8, 4, 1).permute(2, 0, 1, 4, 3).reshape(8, n, 3, 1, 4)).sum((4,))
-    d2_b_10 = weight.new_empty(n, 8, 3)
-    _native.run('full_tp_d2_a_s8', n, cg_1_1_0, _c17.permute(1, 0, 2, 3), d2_b_10)
-    del _c17
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e
-    _c18 = torch.mm(cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t(), _copy2.reshape(n, 8, 3).reshape(n * 8, 3).t()).view(3, 1, n, 8)  # zvj,ijk->ikzv
-    d2_weight_11 = torch.bmm((_c18 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(8, n * 3, 1).transpose(1, 2), _copy8.reshape(n, 3, 8, 4, 1).permute(2, 3, 0, 1, 4).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zivuk,ikzv->uv
-    del _c18, _copy8
+    _c17 = torch.mm(cg_1_1_0.permute(1, 0, 2).reshape(3, 3).t(), _copy2.reshape(n, 8, 3).reshape(n * 8, 3).t()).view(3, 1, n, 8)  # zvj,ijk->ikzv
+    d2_weight_7 = torch.bmm((_c17 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(8, n * 3, 1).transpose(1, 2), _copy6.reshape(n, 3, 8, 4, 1).permute(2, 3, 0, 1, 4).reshape(8, 4, n * 3).transpose(1, 2)).view(8, 4).permute(1, 0)  # zivuk,ikzv->uv
+    del _c17, _copy6
     # ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
-    _c19 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3)  # ijk,uv->uvijk
-    d2_d_c_12 = torch.bmm((_c19 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _copy7.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # zuvij,uvijk->zuvk
-    del _c19, _copy7
-    _c20 = weight.new_empty(n, 288)
-    _copy9 = weight.new_empty(n, 288)
+    _c18 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3)  # ijk,uv->uvijk
+    d2_d_c_8 = torch.bmm((_c18 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _copy5.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # zuvij,uvijk->zuvk
+    del _c18, _copy5
+    _c19 = weight.new_empty(n, 288)
+    _copy7 = weight.new_empty(n, 288)
     # ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
-    _native.run('full_tp_d2_a_s9', n, _c20, _copy9, d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 128:224].reshape(n, 4, 8, 3))
+    _native.run('full_tp_d2_a_s8', n, _c19, _copy7, d2_d_a[:, 4:16].reshape(n, 4, 3), d_c[:, 128:224].reshape(n, 4, 8, 3))
+    del _c19
+    _c20 = torch.bmm(weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _copy7.reshape(n, 3, 3, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zikvu->vzik
+    _copy8 = weight.new_empty(n, 72)
+    _native.run('full_tp_d2_a_s9', n, _copy8, _c20.permute(1, 0, 2, 3))
     del _c20
-    _c21 = torch.bmm(weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _copy9.reshape(n, 3, 3, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zikvu->vzik
-    _copy10 = weight.new_empty(n, 72)
-    _native.run('full_tp_d2_a_s10', n, _copy10, _c21.permute(1, 0, 2, 3))
-    del _c21
-    _mm0 = torch.mm(_copy10.reshape(n, 8, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,zvik->zvj
-    del _copy10
+    _mm0 = torch.mm(_copy8.reshape(n, 8, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,zvik->zvj
+    del _copy8
     # ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e
-    _c22 = torch.mm(cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t(), _copy2.reshape(n, 8, 3).reshape(n * 8, 3).t()).view(3, 3, n, 8)  # zvj,ijk->ikzv
+    _c21 = torch.mm(cg_1_1_1.permute(1, 0, 2).reshape(3, 9).t(), _copy2.reshape(n, 8, 3).reshape(n * 8, 3).t()).view(3, 3, n, 8)  # zvj,ijk->ikzv
     del _copy2
-    _copy11 = weight.new_empty(n, 72)
-    d2_b_13 = weight.new_empty(n, 8, 3)
-    _native.run('full_tp_d2_a_s11', n, _copy11, _mm0, d2_b_13, _c22.permute(2, 0, 1, 3))
-    del _c22, _mm0
-    d2_weight_14 = torch.bmm((_copy11.reshape(n, 3, 3, 8) * 1.7320508075688772).permute(3, 0, 1, 2).reshape(8, n * 9, 1).transpose(1, 2), _copy9.reshape(n, 3, 3, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 9).transpose(1, 2)).view(8, 4).permute(1, 0)  # zikvu,zikv->uv
-    del _copy11, _copy9
+    _copy9 = weight.new_empty(n, 72)
+    _native.run('full_tp_d2_a_s10', n, d2_b, _copy9, _mm0, _c21.permute(2, 0, 1, 3))
+    del _c21, _mm0
+    d2_weight_9 = torch.bmm((_copy9.reshape(n, 3, 3, 8) * 1.7320508075688772).permute(3, 0, 1, 2).reshape(8, n * 9, 1).transpose(1, 2), _copy7.reshape(n, 3, 3, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 9).transpose(1, 2)).view(8, 4).permute(1, 0)  # zikvu,zikv->uv
+    del _copy7, _copy9
     d2_a = weight.new_zeros(n, 16)
-    d2_b = torch.cat([
-        (d2_b_1 + d2_b_7).reshape(n, 8),
-        (d2_b_4 + d2_b_10 + d2_b_13).reshape(n, 24),
-    ], dim=-1)
-    del d2_b_1, d2_b_10, d2_b_13, d2_b_4, d2_b_7
     d2_d_c = torch.cat([
-        (d2_d_c_0 + d2_d_c_9).reshape(n, 32),
-        (d2_d_c_3 + d2_d_c_6).reshape(n, 96),
-        d2_d_c_12.reshape(n, 96),
+        (d2_d_c_0 + d2_d_c_6).reshape(n, 32),
+        (d2_d_c_2 + d2_d_c_4).reshape(n, 96),
+        d2_d_c_8.reshape(n, 96),
     ], dim=-1)
-    del d2_d_c_0, d2_d_c_12, d2_d_c_3, d2_d_c_6, d2_d_c_9
+    del d2_d_c_0, d2_d_c_2, d2_d_c_4, d2_d_c_6, d2_d_c_8
     d2_weight = torch.cat([
-        d2_weight_2.reshape(32),
+        d2_weight_1.reshape(32),
+        d2_weight_3.reshape(32),
         d2_weight_5.reshape(32),
-        d2_weight_8.reshape(32),
-        d2_weight_11.reshape(32),
-        d2_weight_14.reshape(32),
+        d2_weight_7.reshape(32),
+        d2_weight_9.reshape(32),
     ], dim=-1)
-    del d2_weight_11, d2_weight_14, d2_weight_2, d2_weight_5, d2_weight_8
+    del d2_weight_1, d2_weight_3, d2_weight_5, d2_weight_7, d2_weight_9
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
 
@@ -5736,85 +5688,86 @@ def _full_tp_d2_b_cpu(
     d2_weight_2 = torch.mm((cg_0_0_0 * 0.7071067811865476).reshape(1, 1), _c3.permute(1, 2, 3, 0, 4).reshape(1, 32)).view(4, 8)  # ijk,uijkv->uv
     del _c3
     _c5 = torch.mm(weight[32:64].view(4, 8).reshape(1, 32).t(), cg_0_1_1.reshape(9, 1).t()).view(4, 8, 1, 3, 3)  # ijk,uv->uvijk
-    _c6 = weight.new_empty(n, 288)
-    _copy2 = weight.new_empty(n, 288)
+    _c7 = weight.new_empty(n, 32)
+    _copy2 = weight.new_empty(n, 32)
     # ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
     d2_d_c_3 = weight.new_empty(n, 4, 8, 3)
     # ∂/∂a: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    _native.run('full_tp_d2_b_s2', n, _c6, _copy2, d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 0:4].reshape(n, 4, 1), _c5, d2_d_c_3, d_c[:, 32:128].reshape(n, 4, 8, 3))
-    del _c6
-    d2_a_4 = torch.bmm((_c5 * 1.224744871391589).permute(0, 1, 3, 4, 2).reshape(4, 72, 1).transpose(1, 2), _copy2.reshape(n, 4, 8, 3, 3).permute(1, 0, 2, 3, 4).reshape(4, n, 72).transpose(1, 2)).view(4, 1, n).permute(2, 0, 1)  # zuvjk,uvijk->zui
+    _native.run('full_tp_d2_b_s2', n, _c7, _copy2, d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 0:4].reshape(n, 4, 1), _c5, d2_d_c_3, cg_0_1_1, d_c[:, 32:128].reshape(n, 4, 8, 3))
     del _c5
-    # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
-    _c7 = torch.bmm(a[:, 0:4].reshape(n, 4, 1).permute(1, 2, 0).reshape(4, 1, n), _copy2.reshape(n, 4, 8, 3, 3).permute(1, 0, 2, 3, 4).reshape(4, n, 72)).view(4, 1, 8, 3, 3)  # zui,zuvjk->uivjk
+    d2_a_4 = ((weight[32:64].view(4, 8) * 1.224744871391589).reshape(1, 4, 1, 8) * _copy2.reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 8)).sum((3,))
     del _copy2
-    d2_weight_5 = torch.mm((cg_0_1_1 * 1.224744871391589).reshape(1, 9), _c7.permute(1, 3, 4, 0, 2).reshape(9, 32)).view(4, 8)  # ijk,uivjk->uv
+    _copy3 = weight.new_empty(n, 32)
+    _native.run('full_tp_d2_b_s3', n, _copy3, _c7)
     del _c7
+    # ∂/∂weight: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o
+    d2_weight_5 = torch.bmm((a[:, 0:4].reshape(n, 4, 1) * 1.224744871391589).permute(1, 0, 2).reshape(4, 1, n), _copy3.reshape(n, 4, 1, 8).permute(1, 0, 2, 3).reshape(4, n, 8)).view(4, 8)  # zui,zuiv->uv
+    del _copy3
     _c9 = torch.mm(weight[64:96].view(4, 8).reshape(1, 32).t(), cg_1_0_1.reshape(9, 1).t()).view(4, 8, 3, 1, 3)  # ijk,uv->uvijk
     _c10 = weight.new_empty(n, 96)
-    _copy3 = weight.new_empty(n, 96)
+    _copy4 = weight.new_empty(n, 96)
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
     d2_d_c_6 = weight.new_empty(n, 4, 8, 3)
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    _native.run('full_tp_d2_b_s3', n, _c10, _copy3, d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 4:16].reshape(n, 4, 3), _c9, d2_d_c_6, d_c[:, 32:128].reshape(n, 4, 8, 3))
+    _native.run('full_tp_d2_b_s4', n, _c10, _copy4, d2_d_b[:, 0:8].reshape(n, 8, 1), a[:, 4:16].reshape(n, 4, 3), _c9, d2_d_c_6, d_c[:, 32:128].reshape(n, 4, 8, 3))
     del _c10, _c9
-    _c11 = (weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy3.reshape(n, 1, 3, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n, 1, 3, 8)).sum((4,))
-    _copy4 = weight.new_empty(n, 12)
+    _c11 = (weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy4.reshape(n, 1, 3, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n, 1, 3, 8)).sum((4,))
+    _copy5 = weight.new_empty(n, 12)
     d2_a_7 = weight.new_empty(n, 4, 3)
-    _native.run('full_tp_d2_b_s4', n, _copy4, cg_1_0_1, _c11.permute(1, 0, 2, 3), d2_a_7, a[:, 4:16].reshape(n, 4, 3))
+    _native.run('full_tp_d2_b_s5', n, _copy5, cg_1_0_1, _c11.permute(1, 0, 2, 3), d2_a_7, a[:, 4:16].reshape(n, 4, 3))
     del _c11
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o
-    _c12 = torch.mm(cg_1_0_1.reshape(3, 3).t(), _copy4.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(1, 3, n, 4)  # zui,ijk->jkzu
-    _copy5 = weight.new_empty(n, 12)
-    _native.run('full_tp_d2_b_s5', n, _copy5, _c12.permute(2, 0, 1, 3))
+    _c12 = torch.mm(cg_1_0_1.reshape(3, 3).t(), _copy5.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(1, 3, n, 4)  # zui,ijk->jkzu
+    _copy6 = weight.new_empty(n, 12)
+    _native.run('full_tp_d2_b_s6', n, _copy6, _c12.permute(2, 0, 1, 3))
     del _c12
-    d2_weight_8 = torch.bmm((_copy5.reshape(n, 1, 3, 4) * 1.224744871391589).permute(3, 0, 1, 2).reshape(4, n * 3, 1).transpose(1, 2), _copy3.reshape(n, 1, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zjkuv,zjku->uv
-    del _copy3, _copy5
+    d2_weight_8 = torch.bmm((_copy6.reshape(n, 1, 3, 4) * 1.224744871391589).permute(3, 0, 1, 2).reshape(4, n * 3, 1).transpose(1, 2), _copy4.reshape(n, 1, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zjkuv,zjku->uv
+    del _copy4, _copy6
     _c14 = torch.mm(cg_1_1_0.reshape(9, 1), weight[96:128].view(4, 8).reshape(1, 32)).view(3, 3, 1, 4, 8)  # ijk,uv->ijkuv
     _c13 = weight.new_empty(n, 288)
-    _copy6 = weight.new_empty(n, 288)
+    _copy7 = weight.new_empty(n, 288)
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _native.run('full_tp_d2_b_s6', n, _c13, _copy6, d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 4:16].reshape(n, 4, 3))
+    _native.run('full_tp_d2_b_s7', n, _c13, _copy7, d2_d_b[:, 8:32].reshape(n, 8, 3), a[:, 4:16].reshape(n, 4, 3))
     del _c13
-    d2_d_c_9 = torch.bmm((_c14 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _copy6.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # zuvij,ijkuv->zuvk
+    d2_d_c_9 = torch.bmm((_c14 * 0.7071067811865476).permute(3, 4, 0, 1, 2).reshape(32, 9, 1).transpose(1, 2), _copy7.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # zuvij,ijkuv->zuvk
     del _c14
     _c15 = weight.new_empty(n, 96)
-    _copy7 = weight.new_empty(n, 96)
+    _copy8 = weight.new_empty(n, 96)
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _native.run('full_tp_d2_b_s7', n, _c15, _copy7, d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 0:32].reshape(n, 4, 8, 1))
+    _native.run('full_tp_d2_b_s8', n, _c15, _copy8, d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 0:32].reshape(n, 4, 8, 1))
     del _c15
-    _c16 = (weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy7.reshape(n, 3, 4, 8, 1).permute(2, 0, 1, 4, 3).reshape(4, n, 3, 1, 8)).sum((4,))
+    _c16 = (weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy8.reshape(n, 3, 4, 8, 1).permute(2, 0, 1, 4, 3).reshape(4, n, 3, 1, 8)).sum((4,))
     d2_a_10 = weight.new_empty(n, 4, 3)
-    _native.run('full_tp_d2_b_s8', n, cg_1_1_0, _c16.permute(1, 0, 2, 3), d2_a_10)
+    _native.run('full_tp_d2_b_s9', n, cg_1_1_0, _c16.permute(1, 0, 2, 3), d2_a_10)
     del _c16
     # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e
-    _c17 = torch.mm(cg_1_1_0.reshape(3, 3).t(), _copy4.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 1, n, 4)  # zui,ijk->jkzu
-    d2_weight_11 = torch.bmm((_c17 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _copy7.reshape(n, 3, 4, 8, 1).permute(2, 3, 0, 1, 4).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zjuvk,jkzu->uv
-    del _c17, _copy7
+    _c17 = torch.mm(cg_1_1_0.reshape(3, 3).t(), _copy5.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 1, n, 4)  # zui,ijk->jkzu
+    d2_weight_11 = torch.bmm((_c17 * 0.7071067811865476).permute(3, 2, 0, 1).reshape(4, n * 3, 1).transpose(1, 2), _copy8.reshape(n, 3, 4, 8, 1).permute(2, 3, 0, 1, 4).reshape(4, 8, n * 3).transpose(1, 2)).view(4, 8)  # zjuvk,jkzu->uv
+    del _c17, _copy8
     # ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
     _c18 = torch.mm(weight[128:160].view(4, 8).reshape(1, 32).t(), cg_1_1_1.reshape(27, 1).t()).view(4, 8, 3, 3, 3)  # ijk,uv->uvijk
-    d2_d_c_12 = torch.bmm((_c18 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _copy6.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # zuvij,uvijk->zuvk
-    del _c18, _copy6
+    d2_d_c_12 = torch.bmm((_c18 * 1.7320508075688772).reshape(32, 9, 3).transpose(1, 2), _copy7.reshape(n, 4, 8, 3, 3).permute(1, 2, 0, 3, 4).reshape(32, n, 9).transpose(1, 2)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # zuvij,uvijk->zuvk
+    del _c18, _copy7
     _c19 = weight.new_empty(n, 288)
-    _copy8 = weight.new_empty(n, 288)
+    _copy9 = weight.new_empty(n, 288)
     # ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    _native.run('full_tp_d2_b_s9', n, _c19, _copy8, d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 128:224].reshape(n, 4, 8, 3))
+    _native.run('full_tp_d2_b_s10', n, _c19, _copy9, d2_d_b[:, 8:32].reshape(n, 8, 3), d_c[:, 128:224].reshape(n, 4, 8, 3))
     del _c19
-    _c20 = torch.bmm(weight[128:160].view(4, 8).reshape(4, 1, 8), _copy8.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zjkuv->uzjk
-    _copy9 = weight.new_empty(n, 36)
-    _native.run('full_tp_d2_b_s10', n, _copy9, _c20.permute(1, 0, 2, 3))
-    del _c20
-    _mm0 = torch.mm(_copy9.reshape(n, 4, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,zujk->zui
-    del _copy9
-    # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
-    _c21 = torch.mm(cg_1_1_1.reshape(3, 9).t(), _copy4.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 3, n, 4)  # zui,ijk->jkzu
-    del _copy4
+    _c20 = torch.bmm(weight[128:160].view(4, 8).reshape(4, 1, 8), _copy9.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zjkuv->uzjk
     _copy10 = weight.new_empty(n, 36)
+    _native.run('full_tp_d2_b_s11', n, _copy10, _c20.permute(1, 0, 2, 3))
+    del _c20
+    _mm0 = torch.mm(_copy10.reshape(n, 4, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,zujk->zui
+    del _copy10
+    # ∂/∂weight: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e
+    _c21 = torch.mm(cg_1_1_1.reshape(3, 9).t(), _copy5.reshape(n, 4, 3).reshape(n * 4, 3).t()).view(3, 3, n, 4)  # zui,ijk->jkzu
+    del _copy5
+    _copy11 = weight.new_empty(n, 36)
     d2_a_13 = weight.new_empty(n, 4, 3)
-    _native.run('full_tp_d2_b_s11', n, _copy10, _mm0, d2_a_13, _c21.permute(2, 0, 1, 3))
+    _native.run('full_tp_d2_b_s12', n, _copy11, _mm0, d2_a_13, _c21.permute(2, 0, 1, 3))
     del _c21, _mm0
-    d2_weight_14 = torch.bmm((_copy10.reshape(n, 3, 3, 4) * 1.7320508075688772).permute(3, 0, 1, 2).reshape(4, n * 9, 1).transpose(1, 2), _copy8.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9).transpose(1, 2)).view(4, 8)  # zjkuv,zjku->uv
-    del _copy10, _copy8
+    d2_weight_14 = torch.bmm((_copy11.reshape(n, 3, 3, 4) * 1.7320508075688772).permute(3, 0, 1, 2).reshape(4, n * 9, 1).transpose(1, 2), _copy9.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9).transpose(1, 2)).view(4, 8)  # zjkuv,zjku->uv
+    del _copy11, _copy9
     d2_a = torch.cat([
         (d2_a_1 + d2_a_4).reshape(n, 4),
         (d2_a_7 + d2_a_10 + d2_a_13).reshape(n, 12),
@@ -5950,124 +5903,98 @@ def _full_tp_d2_weight_cpu(
     n = a.shape[0]
     # ∂/∂d_c: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
     _c0 = torch.mm(d2_d_weight[0:32].view(4, 8).reshape(32, 1), cg_0_0_0.reshape(1, 1)).view(4, 8, 1, 1, 1)  # uv,ijk->uvijk
+    d2_d_c = weight.new_empty(n, 224)
     _c2 = weight.new_empty(n, 32)
     _copy0 = weight.new_empty(n, 32)
-    d2_d_c_0 = weight.new_empty(n, 4, 8, 1)
     # ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    _native.run('full_tp_d2_weight_s0', n, _c2, _copy0, a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1), _c0, d2_d_c_0, d_c[:, 0:32].reshape(n, 4, 8, 1))
+    _native.run('full_tp_d2_weight_s0', n, d2_d_c, _c2, _copy0, a[:, 0:4].reshape(n, 4, 1), b[:, 0:8].reshape(n, 8, 1), _c0, d_c[:, 0:32].reshape(n, 4, 8, 1))
     del _c2
-    d2_a_1 = ((_c0 * 0.7071067811865476).permute(0, 2, 3, 4, 1).reshape(1, 4, 1, 8) * _copy0.reshape(n, 4, 8, 1, 1).permute(0, 1, 3, 4, 2).reshape(n, 4, 1, 8)).sum((3,))
+    d2_a_0 = ((_c0 * 0.7071067811865476).permute(0, 2, 3, 4, 1).reshape(1, 4, 1, 8) * _copy0.reshape(n, 4, 8, 1, 1).permute(0, 1, 3, 4, 2).reshape(n, 4, 1, 8)).sum((3,))
     del _copy0
     # ∂/∂d_c: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
     _c4 = torch.mm(d2_d_weight[32:64].view(4, 8).reshape(32, 1), cg_0_1_1.reshape(1, 9)).view(4, 8, 1, 3, 3)  # uv,ijk->uvijk
-    _c6 = weight.new_empty(n, 288)
-    _copy1 = weight.new_empty(n, 288)
+    d2_b = weight.new_empty(n, 32)
+    _c7 = weight.new_empty(n, 32)
+    _copy1 = weight.new_empty(n, 32)
     # ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e
-    d2_b_2 = weight.new_empty(n, 8, 1)
-    d2_d_c_3 = weight.new_empty(n, 4, 8, 3)
     # ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    _native.run('full_tp_d2_weight_s1', n, _c6, _copy1, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1), _c0, d2_b_2, b[:, 8:32].reshape(n, 8, 3), _c4, d2_d_c_3, d_c[:, 32:128].reshape(n, 4, 8, 3))
-    del _c0, _c6
-    d2_a_4 = torch.bmm((_c4 * 1.224744871391589).permute(0, 2, 1, 3, 4).reshape(4, 1, 72), _copy1.reshape(n, 4, 8, 3, 3).permute(1, 2, 3, 4, 0).reshape(4, 72, n)).view(4, 1, n).permute(2, 0, 1)  # uvijk,zuvjk->zui
-    del _c4, _copy1
-    _c7 = weight.new_empty(n, 96)
+    _native.run('full_tp_d2_weight_s1', n, d2_b, d2_d_c, _c7, _copy1, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 0:4].reshape(n, 4, 1), _c0, b[:, 8:32].reshape(n, 8, 3), _c4, cg_0_1_1, d_c[:, 32:128].reshape(n, 4, 8, 3))
+    del _c0, _c4, _c7
+    d2_a_1 = ((d2_d_weight[32:64].view(4, 8) * 1.224744871391589).reshape(1, 4, 1, 8) * _copy1.reshape(n, 4, 8, 1).permute(0, 1, 3, 2).reshape(n, 4, 1, 8)).sum((3,))
+    del _copy1
+    _c8 = weight.new_empty(n, 96)
     _copy2 = weight.new_empty(n, 96)
     # ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o
-    _native.run('full_tp_d2_weight_s2', n, _c7, _copy2, d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1))
-    del _c7
-    _c8 = (d2_d_weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy2.reshape(n, 1, 3, 8, 4).permute(3, 0, 1, 2, 4).reshape(8, n, 1, 3, 4)).sum((4,))
+    _native.run('full_tp_d2_weight_s2', n, _c8, _copy2, d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 0:4].reshape(n, 4, 1))
+    del _c8
+    _c9 = (d2_d_weight[32:64].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy2.reshape(n, 1, 3, 8, 4).permute(3, 0, 1, 2, 4).reshape(8, n, 1, 3, 4)).sum((4,))
     del _copy2
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    _c9 = torch.mm(d2_d_weight[64:96].view(4, 8).reshape(32, 1), cg_1_0_1.reshape(1, 9)).view(4, 8, 3, 1, 3)  # uv,ijk->uvijk
-    _c11 = weight.new_empty(n, 96)
+    _c10 = d2_d_weight[64:96].view(4, 8).permute(1, 0).reshape(8, 4, 1, 1) * b[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n, 1)
+    _c11 = weight.new_empty(n, 12)
+    _c12 = weight.new_empty(n, 96)
     _copy3 = weight.new_empty(n, 96)
-    d2_b_5 = weight.new_empty(n, 8, 3)
-    d2_d_c_6 = weight.new_empty(n, 4, 8, 3)
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    _native.run('full_tp_d2_weight_s3', n, _c11, _copy3, cg_0_1_1, _c8.permute(1, 0, 2, 3), d2_b_5, a[:, 4:16].reshape(n, 4, 3), b[:, 0:8].reshape(n, 8, 1), _c9, d2_d_c_6, d_c[:, 32:128].reshape(n, 4, 8, 3))
-    del _c11, _c8
-    _c12 = (d2_d_weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy3.reshape(n, 1, 3, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n, 1, 3, 8)).sum((4,))
+    _native.run('full_tp_d2_weight_s3', n, d2_b, _c11, d2_d_c, _c12, _copy3, cg_0_1_1, _c9.permute(1, 0, 2, 3), a[:, 4:16].reshape(n, 4, 3), cg_1_0_1, _c10.permute(2, 0, 1, 3), d_c[:, 32:128].reshape(n, 4, 8, 3), b[:, 0:8].reshape(n, 8, 1))
+    del _c10, _c12, _c9
+    _c13 = (d2_d_weight[64:96].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy3.reshape(n, 1, 3, 4, 8).permute(3, 0, 1, 2, 4).reshape(4, n, 1, 3, 8)).sum((4,))
     del _copy3
-    _c13 = weight.new_empty(n, 288)
-    _copy4 = weight.new_empty(n, 288)
-    d2_a_7 = weight.new_empty(n, 4, 3)
+    _c17 = weight.new_empty(n, 96)
+    _copy4 = weight.new_empty(n, 96)
+    d2_a_2 = weight.new_empty(n, 4, 3)
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o
-    _native.run('full_tp_d2_weight_s4', n, _c13, _copy4, cg_1_0_1, _c12.permute(1, 0, 2, 3), d2_a_7, d_c[:, 32:128].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
-    del _c12, _c13
-    d2_b_8 = torch.bmm((_c9 * 1.224744871391589).permute(1, 3, 0, 2, 4).reshape(8, 1, 36), _copy4.reshape(n, 8, 4, 3, 3).permute(1, 2, 3, 4, 0).reshape(8, 36, n)).view(8, 1, n).permute(2, 0, 1)  # uvijk,zvuik->zvj
-    del _c9, _copy4
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
-    _c14 = torch.mm(d2_d_weight[96:128].view(4, 8).reshape(32, 1), cg_1_1_0.reshape(1, 9)).view(4, 8, 3, 3, 1)  # uv,ijk->uvijk
-    _c15 = weight.new_empty(n, 288)
-    _copy5 = weight.new_empty(n, 288)
-    _native.run('full_tp_d2_weight_s5', n, _c15, _copy5, a[:, 4:16].reshape(n, 4, 3), b[:, 8:32].reshape(n, 8, 3))
-    del _c15
-    d2_d_c_9 = torch.bmm((_c14 * 0.7071067811865476).permute(0, 1, 4, 2, 3).reshape(32, 1, 9), _copy5.reshape(n, 4, 8, 3, 3).permute(1, 2, 3, 4, 0).reshape(32, 9, n)).view(4, 8, 1, n).permute(3, 0, 1, 2)  # uvijk,zuvij->zuvk
-    del _c14
-    _c16 = weight.new_empty(n, 96)
-    _copy6 = weight.new_empty(n, 96)
     # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
-    _native.run('full_tp_d2_weight_s6', n, _c16, _copy6, d_c[:, 0:32].reshape(n, 4, 8, 1), b[:, 8:32].reshape(n, 8, 3))
-    del _c16
-    _c17 = (d2_d_weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy6.reshape(n, 3, 4, 8, 1).permute(2, 0, 1, 4, 3).reshape(4, n, 3, 1, 8)).sum((4,))
-    del _copy6
-    _c18 = weight.new_empty(n, 96)
-    _copy7 = weight.new_empty(n, 96)
-    d2_a_10 = weight.new_empty(n, 4, 3)
+    _native.run('full_tp_d2_weight_s4', n, d2_b, d2_d_c, _c17, _copy4, cg_1_0_1, _c13.permute(1, 0, 2, 3), d2_a_2, d_c[:, 32:128].reshape(n, 4, 8, 3), _c11, d2_d_weight[64:96].view(4, 8), a[:, 4:16].reshape(n, 4, 3), cg_1_1_0, b[:, 8:32].reshape(n, 8, 3), d2_d_weight[96:128].view(4, 8), d_c[:, 0:32].reshape(n, 4, 8, 1))
+    del _c11, _c13, _c17
+    _c18 = (d2_d_weight[96:128].view(4, 8).reshape(4, 1, 1, 1, 8) * _copy4.reshape(n, 3, 4, 8, 1).permute(2, 0, 1, 4, 3).reshape(4, n, 3, 1, 8)).sum((4,))
+    del _copy4
+    _c19 = weight.new_empty(n, 96)
+    _copy5 = weight.new_empty(n, 96)
+    d2_a_3 = weight.new_empty(n, 4, 3)
     # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e
-    _native.run('full_tp_d2_weight_s7', n, _c18, _copy7, cg_1_1_0, _c17.permute(1, 0, 2, 3), d2_a_10, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3))
-    del _c17, _c18
-    _c19 = (d2_d_weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy7.reshape(n, 3, 8, 4, 1).permute(2, 0, 1, 4, 3).reshape(8, n, 3, 1, 4)).sum((4,))
-    del _copy7
+    _native.run('full_tp_d2_weight_s5', n, _c19, _copy5, cg_1_1_0, _c18.permute(1, 0, 2, 3), d2_a_3, d_c[:, 0:32].reshape(n, 4, 8, 1), a[:, 4:16].reshape(n, 4, 3))
+    del _c18, _c19
+    _c20 = (d2_d_weight[96:128].view(4, 8).permute(1, 0).reshape(8, 1, 1, 1, 4) * _copy5.reshape(n, 3, 8, 4, 1).permute(2, 0, 1, 4, 3).reshape(8, n, 3, 1, 4)).sum((4,))
+    del _copy5
+    _copy6 = weight.new_empty(n, 24)
+    _native.run('full_tp_d2_weight_s6', n, d2_b, _copy6, cg_1_1_0, _c20.permute(1, 0, 2, 3), b[:, 8:32].reshape(n, 8, 3))
+    del _c20
     # ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
-    _c20 = torch.mm(d2_d_weight[128:160].view(4, 8).reshape(32, 1), cg_1_1_1.reshape(1, 27)).view(4, 8, 3, 3, 3)  # uv,ijk->uvijk
-    d2_d_c_11 = torch.bmm((_c20 * 1.7320508075688772).permute(0, 1, 4, 2, 3).reshape(32, 3, 9), _copy5.reshape(n, 4, 8, 3, 3).permute(1, 2, 3, 4, 0).reshape(32, 9, n)).view(4, 8, 3, n).permute(3, 0, 1, 2)  # uvijk,zuvij->zuvk
-    del _c20, _copy5
-    _c21 = weight.new_empty(n, 288)
-    _copy8 = weight.new_empty(n, 288)
-    d2_b_12 = weight.new_empty(n, 8, 3)
-    # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
-    _native.run('full_tp_d2_weight_s8', n, _c21, _copy8, cg_1_1_0, _c19.permute(1, 0, 2, 3), d2_b_12, d_c[:, 128:224].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3))
-    del _c19, _c21
-    _c22 = torch.bmm(d2_d_weight[128:160].view(4, 8).reshape(4, 1, 8), _copy8.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zjkuv->uzjk
-    del _copy8
-    _copy9 = weight.new_empty(n, 36)
-    _native.run('full_tp_d2_weight_s9', n, _copy9, _c22.permute(1, 0, 2, 3))
-    del _c22
-    _mm0 = torch.mm(_copy9.reshape(n, 4, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,zujk->zui
-    del _copy9
+    _c21 = d2_d_weight[128:160].view(4, 8).permute(1, 0).reshape(8, 4, 1, 1) * _copy6.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n, 3)
+    del _copy6
     _c23 = weight.new_empty(n, 288)
-    _copy10 = weight.new_empty(n, 288)
-    d2_a_13 = weight.new_empty(n, 4, 3)
-    # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
-    _native.run('full_tp_d2_weight_s10', n, _c23, _copy10, _mm0, d2_a_13, d_c[:, 128:224].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
-    del _c23, _mm0
-    _c24 = torch.bmm(d2_d_weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _copy10.reshape(n, 3, 3, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zikvu->vzik
-    del _copy10
-    _copy11 = weight.new_empty(n, 72)
-    _native.run('full_tp_d2_weight_s11', n, _copy11, _c24.permute(1, 0, 2, 3))
+    _copy7 = weight.new_empty(n, 288)
+    # ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
+    _native.run('full_tp_d2_weight_s7', n, d2_d_c, _c23, _copy7, a[:, 4:16].reshape(n, 4, 3), cg_1_1_1, _c21.permute(2, 0, 1, 3), d_c[:, 128:224].reshape(n, 4, 8, 3), b[:, 8:32].reshape(n, 8, 3))
+    del _c21, _c23
+    _c24 = torch.bmm(d2_d_weight[128:160].view(4, 8).reshape(4, 1, 8), _copy7.reshape(n, 3, 3, 4, 8).permute(3, 4, 0, 1, 2).reshape(4, 8, n * 9)).view(4, n, 3, 3)  # uv,zjkuv->uzjk
+    del _copy7
+    _copy8 = weight.new_empty(n, 36)
+    _native.run('full_tp_d2_weight_s8', n, _copy8, _c24.permute(1, 0, 2, 3))
     del _c24
-    _mm1 = torch.mm(_copy11.reshape(n, 8, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,zvik->zvj
-    del _copy11
-    d2_b_14 = weight.new_empty(n, 8, 3)
-    _native.run('full_tp_d2_weight_s12', n, _mm1, d2_b_14)
+    _mm0 = torch.mm(_copy8.reshape(n, 4, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 4).t(), (cg_1_1_1 * 1.7320508075688772).reshape(3, 9).t()).view(n, 4, 3)  # ijk,zujk->zui
+    del _copy8
+    _c25 = weight.new_empty(n, 288)
+    _copy9 = weight.new_empty(n, 288)
+    d2_a_4 = weight.new_empty(n, 4, 3)
+    # ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e
+    _native.run('full_tp_d2_weight_s9', n, _c25, _copy9, _mm0, d2_a_4, d_c[:, 128:224].reshape(n, 4, 8, 3), a[:, 4:16].reshape(n, 4, 3))
+    del _c25, _mm0
+    _c26 = torch.bmm(d2_d_weight[128:160].view(4, 8).permute(1, 0).reshape(8, 1, 4), _copy9.reshape(n, 3, 3, 8, 4).permute(3, 4, 0, 1, 2).reshape(8, 4, n * 9)).view(8, n, 3, 3)  # uv,zikvu->vzik
+    del _copy9
+    _copy10 = weight.new_empty(n, 72)
+    _native.run('full_tp_d2_weight_s10', n, _copy10, _c26.permute(1, 0, 2, 3))
+    del _c26
+    _mm1 = torch.mm(_copy10.reshape(n, 8, 3, 3).permute(2, 3, 0, 1).reshape(9, n * 8).t(), (cg_1_1_1 * 1.7320508075688772).permute(1, 0, 2).reshape(3, 9).t()).view(n, 8, 3)  # ijk,zvik->zvj
+    del _copy10
+    _native.run('full_tp_d2_weight_s11', n, d2_b, _mm1)
     del _mm1
     d2_a = torch.cat([
-        (d2_a_1 + d2_a_4).reshape(n, 4),
-        (d2_a_7 + d2_a_10 + d2_a_13).reshape(n, 12),
+        (d2_a_0 + d2_a_1).reshape(n, 4),
+        (d2_a_2 + d2_a_3 + d2_a_4).reshape(n, 12),
     ], dim=-1)
-    del d2_a_1, d2_a_10, d2_a_13, d2_a_4, d2_a_7
-    d2_b = torch.cat([
-        (d2_b_2 + d2_b_8).reshape(n, 8),
-        (d2_b_5 + d2_b_12 + d2_b_14).reshape(n, 24),
-    ], dim=-1)
-    del d2_b_12, d2_b_14, d2_b_2, d2_b_5, d2_b_8
-    d2_d_c = torch.cat([
-        (d2_d_c_0 + d2_d_c_9).reshape(n, 32),
-        (d2_d_c_3 + d2_d_c_6).reshape(n, 96),
-        d2_d_c_11.reshape(n, 96),
-    ], dim=-1)
-    del d2_d_c_0, d2_d_c_11, d2_d_c_3, d2_d_c_6, d2_d_c_9
+    del d2_a_0, d2_a_1, d2_a_2, d2_a_3, d2_a_4
     d2_weight = weight.new_zeros(160)
     return [d2_a, d2_b, d2_d_c, d2_weight]
 
@@ -6563,25 +6490,22 @@ def _tp_then_linear_d_cpu(
     n = x.shape[0]
     _m_t_0 = weight.new_empty(n, 16)
     t = weight.new_empty(n, 56)
-    # every path's (i, k) map at once: y · G
-    # 1 paths 8x0e ⊗ y -> 8x0e
-    _native.run('tp_then_linear_d_s0', n, _m_t_0, t, y.reshape(n, 4), _g_t_0, x[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8))
-    # 1 paths 8x0e ⊗ y -> 8x1o
-    _c1 = x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
     _c2 = weight.new_empty(n, 8)
     d_x = weight.new_empty(n, 32)
     _copy0 = weight.new_empty(n, 24)
+    # every path's (i, k) map at once: y · G
+    # 1 paths 8x0e ⊗ y -> 8x0e
+    # 1 paths 8x0e ⊗ y -> 8x1o
     # 1 paths 8x1o ⊗ y -> 8x0e
     # 1 paths 8x1o ⊗ y -> 8x1o
     # ∂/∂x: 8x1o -> 8x1o
     # ∂/∂x: 8x0e -> 8x0e
-    _native.run('tp_then_linear_d_s1', n, t, _c2, d_x, _copy0, _m_t_0, _c1.permute(1, 0, 2, 3), x[:, 8:32].reshape(n, 8, 3), weight[24:32].view(1, 8), weight[16:24].view(1, 8), d_z[:, 8:32].reshape(n, 8, 3), d_z[:, 0:8].reshape(n, 8, 1), d_z[:, 8:32].reshape(n, 8, 3))
-    del _c1
+    _native.run('tp_then_linear_d_s0', n, _m_t_0, t, _c2, d_x, _copy0, y.reshape(n, 4), _g_t_0, x[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8), weight[8:16].view(1, 8), x[:, 8:32].reshape(n, 8, 3), weight[24:32].view(1, 8), weight[16:24].view(1, 8), d_z[:, 8:32].reshape(n, 8, 3), d_z[:, 0:8].reshape(n, 8, 1), d_z[:, 8:32].reshape(n, 8, 3))
     # ∂/∂t: 8x1o -> 8x1o
     _mm0 = torch.mm(_copy0.reshape(n, 3, 8).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8)  # ziw,uw->ziu
     d_t = weight.new_empty(n, 56)
     _copy1 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d_s2', n, d_t, _copy1, _mm0, t)
+    _native.run('tp_then_linear_d_s1', n, d_t, _copy1, _mm0, t)
     del _mm0
     # ∂/∂weight: 8x1o -> 8x1o
     d_weight_0 = torch.mm(_copy1.reshape(n, 3, 8).reshape(n * 3, 8).t(), (_copy0.reshape(n, 3, 8) * 0.35355339059327373).permute(2, 0, 1).reshape(8, n * 3).t()).view(8, 8)  # ziw,ziu->uw
@@ -6593,30 +6517,30 @@ def _tp_then_linear_d_cpu(
     del t
     _c4 = weight.new_empty(n, 24)
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    _native.run('tp_then_linear_d_s3', n, d_t, _c4, d_x, _mm1, _m_t_0, weight[16:24].view(1, 8))
+    _native.run('tp_then_linear_d_s2', n, d_t, _c4, d_x, _mm1, _m_t_0, weight[16:24].view(1, 8))
     del _mm1
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
     _c5 = d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
     _copy2 = weight.new_empty(n, 72)
-    _native.run('tp_then_linear_d_s4', n, _copy2, _c5.permute(1, 0, 2, 3))
+    _native.run('tp_then_linear_d_s3', n, _copy2, _c5.permute(1, 0, 2, 3))
     del _c5
     _mm2 = torch.mm(_copy2.reshape(n, 3, 3, 8).permute(3, 0, 1, 2).reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,ziku->zikp
     del _copy2
     d__m_t_0 = weight.new_empty(n, 16)
     _copy3 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d_s5', n, d__m_t_0, _copy3, _mm2, x[:, 8:32].reshape(n, 8, 3))
+    _native.run('tp_then_linear_d_s4', n, d__m_t_0, _copy3, _mm2, x[:, 8:32].reshape(n, 8, 3))
     del _mm2
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
     d_weight_2 = torch.bmm(_copy3.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c4.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # ziu,zipu->pu
     del _c4
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _c6 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    _native.run('tp_then_linear_d_s5', n, d_x, d_t, _m_t_0, weight[24:32].view(1, 8))
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
     _c7 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * _copy3.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, n, 1, 3)
     del _copy3
     _copy4 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d_s6', n, d_x, _copy4, _m_t_0, _c6.permute(1, 0, 2, 3), _c7.permute(1, 0, 2, 3))
-    del _c6, _c7
+    _native.run('tp_then_linear_d_s6', n, _copy4, _c7.permute(1, 0, 2, 3))
+    del _c7
     _mm3 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy4.reshape(n, 3, 8, 1).permute(0, 1, 3, 2).reshape(n, 3, 1, 1, 8)).sum((4,))
     del _copy4
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
@@ -6803,17 +6727,18 @@ def _tp_then_linear_d2_x_cpu(
     # ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
     d2_weight_0 = torch.mm(_m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c1.reshape(n, 8, 1, 1).permute(0, 2, 3, 1).reshape(n, 8)).view(1, 8)  # zikp,zuik->pu
     del _c1
+    d2__m_t_0 = weight.new_empty(n, 16)
     # ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    _c2 = d2_d_x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    _native.run('tp_then_linear_d2_x_s3', n, d2__m_t_0, d2_d_t, _mm2, d2_d_x[:, 0:8].reshape(n, 8, 1), _m_t_0, weight[8:16].view(1, 8))
+    del _mm2
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
     _c3 = d2_d_x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * d_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
-    d2__m_t_0 = weight.new_empty(n, 16)
     _copy1 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_x_s3', n, d2__m_t_0, d2_d_t, _copy1, _mm2, _m_t_0, _c2.permute(1, 0, 2, 3), _c3.permute(1, 0, 2, 3))
-    del _c2, _c3, _mm2
+    _native.run('tp_then_linear_d2_x_s4', n, _copy1, _c3.permute(1, 0, 2, 3))
+    del _c3
     _mm3 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy1.reshape(n, 1, 3, 8).reshape(n, 1, 3, 1, 8)).sum((4,))
     _copy2 = weight.new_empty(n, 3)
-    _native.run('tp_then_linear_d2_x_s4', n, d2__m_t_0, _copy2, _mm3, _m_t_0)
+    _native.run('tp_then_linear_d2_x_s5', n, d2__m_t_0, _copy2, _mm3, _m_t_0)
     del _mm3
     # ∂/∂weight: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
     d2_weight_1 = torch.mm(_copy2.reshape(n, 1, 1, 3).permute(1, 0, 2, 3).reshape(1, n * 3), _copy1.reshape(n, 1, 3, 8).reshape(n * 3, 8)).view(1, 8)  # zpik,ziku->pu
@@ -6822,12 +6747,12 @@ def _tp_then_linear_d2_x_cpu(
     _copy3 = weight.new_empty(n, 24)
     _copy4 = weight.new_empty(n, 8)
     # ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _native.run('tp_then_linear_d2_x_s5', n, _c4, d2_d_t, _copy3, _copy4, d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0, weight[24:32].view(1, 8), d_t)
+    _native.run('tp_then_linear_d2_x_s6', n, _c4, d2_d_t, _copy3, _copy4, d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0, weight[24:32].view(1, 8), d_t)
     # ∂/∂_m_t_0: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
     _c5 = _copy3.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy4.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
     del _copy4
     _copy5 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_x_s6', n, _copy5, _c5.permute(1, 0, 2, 3))
+    _native.run('tp_then_linear_d2_x_s7', n, _copy5, _c5.permute(1, 0, 2, 3))
     del _c5
     _mm4 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy5.reshape(n, 3, 8, 1).permute(0, 1, 3, 2).reshape(n, 3, 1, 1, 8)).sum((4,))
     del _copy5
@@ -6840,12 +6765,12 @@ def _tp_then_linear_d2_x_cpu(
     _c6 = weight.new_empty(n, 24)
     _copy6 = weight.new_empty(n, 72)
     # ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    _native.run('tp_then_linear_d2_x_s7', n, d2__m_t_0, _c6, d2_d_t, _copy6, _mm4, d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0, weight[16:24].view(1, 8), _c7.permute(1, 0, 2, 3))
+    _native.run('tp_then_linear_d2_x_s8', n, d2__m_t_0, _c6, d2_d_t, _copy6, _mm4, d2_d_x[:, 8:32].reshape(n, 8, 3), _m_t_0, weight[16:24].view(1, 8), _c7.permute(1, 0, 2, 3))
     del _c7, _m_t_0, _mm4
     _mm5 = torch.mm(_copy6.reshape(n, 3, 3, 8).permute(3, 0, 1, 2).reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,ziku->zikp
     del _copy6
     _copy7 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_x_s8', n, d2__m_t_0, _copy7, _mm5, d_t)
+    _native.run('tp_then_linear_d2_x_s9', n, d2__m_t_0, _copy7, _mm5, d_t)
     del _mm5, d_t
     # ∂/∂weight: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
     d2_weight_3 = torch.bmm(_copy7.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c6.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # zku,zkpu->pu
@@ -6856,7 +6781,7 @@ def _tp_then_linear_d2_x_cpu(
     d2_weight_4 = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
     d2_d_z = weight.new_empty(n, 32)
     _copy8 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_x_s9', n, d2_d_z, _copy8, _mm6, d2_d_t)
+    _native.run('tp_then_linear_d2_x_s10', n, d2_d_z, _copy8, _mm6, d2_d_t)
     del _mm6, d2_d_t
     # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
     _mm7 = torch.mm(_copy8.reshape(n, 3, 8).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8)  # ziu,uw->ziw
@@ -6865,13 +6790,13 @@ def _tp_then_linear_d2_x_cpu(
     del _copy0, _copy8
     # ∂/∂d_z: ∂/∂x: 8x0e -> 8x0e
     # ∂/∂d_z: ∂/∂x: 8x1o -> 8x1o
-    _native.run('tp_then_linear_d2_x_s10', n, d2_d_z, _mm7, d2_d_x[:, 0:8].reshape(n, 8, 1), d2_d_x[:, 8:32].reshape(n, 8, 3))
+    _native.run('tp_then_linear_d2_x_s11', n, d2_d_z, _mm7, d2_d_x[:, 0:8].reshape(n, 8, 1), d2_d_x[:, 8:32].reshape(n, 8, 3))
     del _mm7
     # ∂/∂y: every path's (i, k) map at once: y · G
     _mm8 = torch.mm(d2__m_t_0, _g_t_0.permute(1, 0).reshape(16, 4)).view(n, 4)  # zc,jc->zj
     del d2__m_t_0
     d2_y = weight.new_empty(n, 4)
-    _native.run('tp_then_linear_d2_x_s11', n, d2_y, _mm8)
+    _native.run('tp_then_linear_d2_x_s12', n, d2_y, _mm8)
     del _mm8
     d2_x = weight.new_zeros(n, 32)
     d2_weight = torch.cat([
@@ -7010,20 +6935,17 @@ def _tp_then_linear_d2_y_cpu(
     # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
     d2_weight_0 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c1.reshape(n, 1, 1, 8).permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
     del _c1
-    # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    _c2 = x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
     _c3 = weight.new_empty(n, 8)
+    # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    _native.run('tp_then_linear_d2_y_s3', n, d2_d_t, _c3, d2_x, d2_d__m_t_0, _c2.permute(1, 0, 2, 3), d_t, weight[8:16].view(1, 8))
-    del _c2
+    _native.run('tp_then_linear_d2_y_s3', n, d2_d_t, _c3, d2_x, d2_d__m_t_0, x[:, 0:8].reshape(n, 8, 1), weight[8:16].view(1, 8), d_t)
     # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
     d2_weight_1 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c3.reshape(n, 1, 1, 8).permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zipu->pu
     del _c3
     _c4 = weight.new_empty(n, 8)
     # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    _native.run('tp_then_linear_d2_y_s4', n, _c4, d2_d_t, d2_d__m_t_0, x[:, 8:32].reshape(n, 8, 3), weight[24:32].view(1, 8))
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    _c5 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    _native.run('tp_then_linear_d2_y_s4', n, _c4, d2_d_t, d2_x, d2_d__m_t_0, x[:, 8:32].reshape(n, 8, 3), weight[24:32].view(1, 8), d_t)
     # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
     d2_weight_2 = torch.bmm(d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c4.reshape(n, 1, 1, 8).permute(3, 0, 1, 2).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zkpu->pu
     del _c4
@@ -7031,8 +6953,8 @@ def _tp_then_linear_d2_y_cpu(
     _copy1 = weight.new_empty(n, 24)
     # ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
     # ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
-    _native.run('tp_then_linear_d2_y_s5', n, d2_x, d2_d_t, _c7, _copy1, d2_d__m_t_0, _c5.permute(1, 0, 2, 3), x[:, 8:32].reshape(n, 8, 3), weight[16:24].view(1, 8), d_t)
-    del _c5, d2_d__m_t_0, d_t
+    _native.run('tp_then_linear_d2_y_s5', n, d2_d_t, _c7, d2_x, _copy1, d2_d__m_t_0, x[:, 8:32].reshape(n, 8, 3), weight[16:24].view(1, 8), d_t)
+    del d2_d__m_t_0, d_t
     # ∂/∂weight: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
     d2_weight_3 = torch.bmm(_copy1.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c7.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # ziu,zipu->pu
     del _c7, _copy1
@@ -7261,168 +7183,165 @@ def _tp_then_linear_d2_weight_cpu(
     _m_t_0 = weight.new_empty(n, 16)
     _c0 = weight.new_empty(n, 8)
     t = weight.new_empty(n, 56)
-    # every path's (i, k) map at once: y · G
-    # 1 paths 8x0e ⊗ y -> 8x0e
-    _native.run('tp_then_linear_d2_weight_s0', n, _m_t_0, _c0, t, y.reshape(n, 4), _g_t_0, x[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8))
-    # 1 paths 8x0e ⊗ y -> 8x1o
-    _c1 = x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    _c1 = weight.new_empty(n, 24)
     _c2 = weight.new_empty(n, 8)
     _c3 = weight.new_empty(n, 24)
     _copy0 = weight.new_empty(n, 24)
+    # every path's (i, k) map at once: y · G
+    # 1 paths 8x0e ⊗ y -> 8x0e
+    # 1 paths 8x0e ⊗ y -> 8x1o
     # 1 paths 8x1o ⊗ y -> 8x0e
     # 1 paths 8x1o ⊗ y -> 8x1o
-    _native.run('tp_then_linear_d2_weight_s1', n, t, _c2, _c3, _copy0, _m_t_0, _c1.permute(1, 0, 2, 3), x[:, 8:32].reshape(n, 8, 3), weight[24:32].view(1, 8), weight[16:24].view(1, 8), d_z[:, 8:32].reshape(n, 8, 3))
-    del _c1
+    _native.run('tp_then_linear_d2_weight_s0', n, _m_t_0, _c0, t, _c1, _c2, _c3, _copy0, y.reshape(n, 4), _g_t_0, x[:, 0:8].reshape(n, 8, 1), weight[0:8].view(1, 8), weight[8:16].view(1, 8), x[:, 8:32].reshape(n, 8, 3), weight[24:32].view(1, 8), weight[16:24].view(1, 8), d_z[:, 8:32].reshape(n, 8, 3))
     # ∂/∂t: 8x1o -> 8x1o
     _mm0 = torch.mm(_copy0.reshape(n, 3, 8).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 3, 8)  # ziw,uw->ziu
     d_t = weight.new_empty(n, 56)
-    _native.run('tp_then_linear_d2_weight_s2', n, d_t, _mm0)
+    _native.run('tp_then_linear_d2_weight_s1', n, d_t, _mm0)
     del _mm0
     # ∂/∂t: 8x0e -> 8x0e
     _mm1 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8)).view(n, 1, 8)  # zwi,uw->ziu
     d2_d_t = weight.new_empty(n, 56)
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
-    _native.run('tp_then_linear_d2_weight_s3', n, d_t, d2_d_t, _mm1, d2_d_weight[0:8].view(1, 8), _c0)
+    _native.run('tp_then_linear_d2_weight_s2', n, d_t, d2_d_t, _mm1, d2_d_weight[0:8].view(1, 8), _c0)
     del _c0, _mm1
     # ∂/∂x: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
     _c4 = d2_d_weight[0:8].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n, 1)
     d2_x = weight.new_empty(n, 32)
     _c5 = weight.new_empty(n, 8)
     # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
-    _native.run('tp_then_linear_d2_weight_s4', n, d2_x, _c5, _m_t_0, _c4.permute(2, 0, 1, 3), d_t, x[:, 0:8].reshape(n, 8, 1))
+    _native.run('tp_then_linear_d2_weight_s3', n, d2_x, _c5, _m_t_0, _c4.permute(2, 0, 1, 3), d_t, x[:, 0:8].reshape(n, 8, 1))
     del _c4
     _mm2 = (d2_d_weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c5.reshape(n, 8, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1, 8)).sum((4,))
     del _c5
-    # ∂/∂d_t: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    _c6 = d2_d_weight[8:16].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n, 1)
     d2__m_t_0 = weight.new_empty(n, 16)
     _copy1 = weight.new_empty(n, 24)
     _copy2 = weight.new_empty(n, 8)
+    # ∂/∂d_t: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
     # ∂/∂x: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    _native.run('tp_then_linear_d2_weight_s5', n, d2__m_t_0, d2_d_t, d2_x, _copy1, _copy2, _mm2, _m_t_0, _c6.permute(2, 0, 1, 3), d_t, d2_d_weight[8:16].view(1, 8), x[:, 0:8].reshape(n, 8, 1))
-    del _c6, _mm2
+    _native.run('tp_then_linear_d2_weight_s4', n, d2__m_t_0, d2_d_t, d2_x, _copy1, _copy2, _mm2, d2_d_weight[8:16].view(1, 8), _c1, d_t, _m_t_0, x[:, 0:8].reshape(n, 8, 1))
+    del _c1, _mm2
     # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    _c8 = _copy1.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy2.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
+    _c7 = _copy1.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy2.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
     _copy3 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_weight_s6', n, _copy3, _c8.permute(1, 0, 2, 3))
-    del _c8
+    _native.run('tp_then_linear_d2_weight_s5', n, _copy3, _c7.permute(1, 0, 2, 3))
+    del _c7
     _mm3 = (d2_d_weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy3.reshape(n, 1, 3, 8).reshape(n, 1, 3, 1, 8)).sum((4,))
     del _copy3
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
-    _native.run('tp_then_linear_d2_weight_s7', n, d2__m_t_0, d2_d_t, _mm3, d2_d_weight[24:32].view(1, 8), _c2)
+    _native.run('tp_then_linear_d2_weight_s6', n, d2__m_t_0, d2_d_t, _mm3, d2_d_weight[24:32].view(1, 8), _c2)
     del _mm3
     # ∂/∂x: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
-    _c9 = d2_d_weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n, 1)
+    _c8 = d2_d_weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n, 1)
     # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
-    _c10 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    _c9 = d_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
     del d_t
     _copy4 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_weight_s8', n, d2_x, _copy4, _m_t_0, _c9.permute(2, 0, 1, 3), _c10.permute(1, 0, 2, 3))
-    del _c10, _c9
+    _native.run('tp_then_linear_d2_weight_s7', n, d2_x, _copy4, _m_t_0, _c8.permute(2, 0, 1, 3), _c9.permute(1, 0, 2, 3))
+    del _c8, _c9
     _mm4 = (d2_d_weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy4.reshape(n, 3, 8, 1).permute(0, 1, 3, 2).reshape(n, 3, 1, 1, 8)).sum((4,))
     del _copy4
     # ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    _native.run('tp_then_linear_d2_weight_s9', n, d2__m_t_0, d2_d_t, _mm4, d2_d_weight[16:24].view(1, 8), _c3)
+    _native.run('tp_then_linear_d2_weight_s8', n, d2__m_t_0, d2_d_t, _mm4, d2_d_weight[16:24].view(1, 8), _c3)
     del _c3, _mm4
     # ∂/∂x: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    _c11 = d2_d_weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * _copy1.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n, 3)
+    _c10 = d2_d_weight[16:24].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1) * _copy1.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, 1, n, 3)
     # ∂/∂_m_t_0: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    _c12 = _copy1.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    _c11 = _copy1.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
     del _copy1
     _copy5 = weight.new_empty(n, 72)
-    _native.run('tp_then_linear_d2_weight_s10', n, d2_x, _copy5, _m_t_0, _c11.permute(2, 0, 1, 3), _c12.permute(1, 0, 2, 3))
-    del _c11, _c12
+    _native.run('tp_then_linear_d2_weight_s9', n, d2_x, _copy5, _m_t_0, _c10.permute(2, 0, 1, 3), _c11.permute(1, 0, 2, 3))
+    del _c10, _c11
     _mm5 = torch.mm(_copy5.reshape(n, 3, 3, 8).permute(3, 0, 1, 2).reshape(8, n * 9).t(), d2_d_weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,ziku->zikp
     del _copy5
-    _native.run('tp_then_linear_d2_weight_s11', n, d2__m_t_0, _mm5)
+    _native.run('tp_then_linear_d2_weight_s10', n, d2__m_t_0, _mm5)
     del _mm5
     # ∂/∂d_z: ∂/∂weight: 8x0e -> 8x0e
     _mm6 = torch.mm(t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n).t(), (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8).t()).view(n, 1, 8)  # uw,zui->ziw
     d2_d_z = weight.new_empty(n, 32)
-    _native.run('tp_then_linear_d2_weight_s12', n, d2_d_z, _mm6)
+    _native.run('tp_then_linear_d2_weight_s11', n, d2_d_z, _mm6)
     del _mm6
     # ∂/∂t: ∂/∂weight: 8x0e -> 8x0e
     _mm7 = torch.mm(d_z[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n).t(), (d2_d_weight[32:96].view(8, 8) * 0.35355339059327373).t()).view(n, 1, 8)  # uw,zwi->ziu
     d2_t = weight.new_empty(n, 56)
-    _native.run('tp_then_linear_d2_weight_s13', n, d2_t, _mm7)
+    _native.run('tp_then_linear_d2_weight_s12', n, d2_t, _mm7)
     del _mm7
     # ∂/∂d_z: ∂/∂t: 8x0e -> 8x0e
     _mm8 = torch.mm(d2_d_t[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8), (weight[32:96].view(8, 8) * 0.35355339059327373)).view(n, 1, 8)  # zui,uw->ziw
     # ∂/∂weight: ∂/∂t: 8x0e -> 8x0e
     d2_weight_0 = torch.mm((d2_d_t[:, 0:8].reshape(n, 8, 1) * 0.35355339059327373).permute(1, 0, 2).reshape(8, n), d_z[:, 0:8].reshape(n, 8, 1).permute(0, 2, 1).reshape(n, 8)).view(8, 8)  # zui,zwi->uw
     _copy6 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_weight_s14', n, d2_d_z, _copy6, _mm8, t)
+    _native.run('tp_then_linear_d2_weight_s13', n, d2_d_z, _copy6, _mm8, t)
     del _mm8, t
     # ∂/∂d_z: ∂/∂weight: 8x1o -> 8x1o
     _mm9 = torch.mm(_copy6.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, n * 3).t(), (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373).permute(1, 0).reshape(8, 8).t()).view(n, 3, 8)  # uw,ziu->ziw
     del _copy6
-    _native.run('tp_then_linear_d2_weight_s15', n, d2_d_z, _mm9)
+    _native.run('tp_then_linear_d2_weight_s14', n, d2_d_z, _mm9)
     del _mm9
     # ∂/∂t: ∂/∂weight: 8x1o -> 8x1o
     _mm10 = torch.mm(_copy0.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, n * 3).t(), (d2_d_weight[96:160].view(8, 8) * 0.35355339059327373).t()).view(n, 3, 8)  # uw,ziw->ziu
     _copy7 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_weight_s16', n, d2_t, _copy7, _mm10, d2_d_t)
+    _native.run('tp_then_linear_d2_weight_s15', n, d2_t, _copy7, _mm10, d2_d_t)
     del _mm10, d2_d_t
     # ∂/∂d_z: ∂/∂t: 8x1o -> 8x1o
     _mm11 = torch.mm(_copy7.reshape(n, 3, 8).reshape(n * 3, 8), (weight[96:160].view(8, 8) * 0.35355339059327373)).view(n, 3, 8)  # ziu,uw->ziw
     # ∂/∂weight: ∂/∂t: 8x1o -> 8x1o
     d2_weight_1 = torch.mm((_copy7.reshape(n, 3, 8) * 0.35355339059327373).permute(2, 0, 1).reshape(8, n * 3), _copy0.reshape(n, 3, 8).reshape(n * 3, 8)).view(8, 8)  # ziu,ziw->uw
     del _copy0, _copy7
-    _c13 = weight.new_empty(n, 24)
+    _c12 = weight.new_empty(n, 24)
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o
-    _native.run('tp_then_linear_d2_weight_s17', n, d2_d_z, _c13, d2_x, _mm11, d2_t, _m_t_0, weight[16:24].view(1, 8))
+    _native.run('tp_then_linear_d2_weight_s16', n, d2_d_z, _c12, d2_x, _mm11, d2_t, _m_t_0, weight[16:24].view(1, 8))
     del _mm11
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o
-    _c14 = d2_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
+    _c13 = d2_t[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * x[:, 8:32].reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 1, 3)
     _copy8 = weight.new_empty(n, 72)
-    _native.run('tp_then_linear_d2_weight_s18', n, _copy8, _c14.permute(1, 0, 2, 3))
-    del _c14
+    _native.run('tp_then_linear_d2_weight_s17', n, _copy8, _c13.permute(1, 0, 2, 3))
+    del _c13
     _mm12 = torch.mm(_copy8.reshape(n, 3, 3, 8).permute(3, 0, 1, 2).reshape(8, n * 9).t(), weight[16:24].view(1, 8).t()).view(n, 3, 3, 1)  # pu,ziku->zikp
     del _copy8
     _copy9 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_weight_s19', n, d2__m_t_0, _copy9, _mm12, x[:, 8:32].reshape(n, 8, 3))
+    _native.run('tp_then_linear_d2_weight_s18', n, d2__m_t_0, _copy9, _mm12, x[:, 8:32].reshape(n, 8, 3))
     del _mm12
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o
-    d2_weight_2 = torch.bmm(_copy9.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c13.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # ziu,zipu->pu
-    del _c13
+    d2_weight_2 = torch.bmm(_copy9.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, 1, n * 3), _c12.reshape(n, 3, 1, 8).permute(3, 0, 1, 2).reshape(8, n * 3, 1)).view(8, 1).permute(1, 0)  # ziu,zipu->pu
+    del _c12
     # ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e
-    _c15 = d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * weight[24:32].view(1, 8).permute(1, 0).reshape(8, 1, 1, 1)
+    _native.run('tp_then_linear_d2_weight_s19', n, d2_x, d2_t, _m_t_0, weight[24:32].view(1, 8))
     # ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e
-    _c16 = d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * _copy9.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, n, 1, 3)
+    _c15 = d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1) * _copy9.reshape(n, 3, 8).permute(2, 0, 1).reshape(8, n, 1, 3)
     del _copy9
     _copy10 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_weight_s20', n, d2_x, _copy10, _m_t_0, _c15.permute(1, 0, 2, 3), _c16.permute(1, 0, 2, 3))
-    del _c15, _c16
+    _native.run('tp_then_linear_d2_weight_s20', n, _copy10, _c15.permute(1, 0, 2, 3))
+    del _c15
     _mm13 = (weight[24:32].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy10.reshape(n, 3, 8, 1).permute(0, 1, 3, 2).reshape(n, 3, 1, 1, 8)).sum((4,))
     del _copy10
     # ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x0e
     d2_weight_3 = torch.bmm(d2_t[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c2.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zuk,zukp->pu
     del _c2
-    _c17 = weight.new_empty(n, 8)
+    _c16 = weight.new_empty(n, 8)
     _copy11 = weight.new_empty(n, 24)
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o
-    _native.run('tp_then_linear_d2_weight_s21', n, d2__m_t_0, _c17, d2_x, _copy11, _mm13, d2_t, _m_t_0, weight[8:16].view(1, 8))
+    _native.run('tp_then_linear_d2_weight_s21', n, d2__m_t_0, _c16, d2_x, _copy11, _mm13, d2_t, _m_t_0, weight[8:16].view(1, 8))
     del _mm13
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o
-    _c18 = _copy11.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy2.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
+    _c17 = _copy11.reshape(n, 8, 3).permute(1, 0, 2).reshape(8, n, 3, 1) * _copy2.reshape(n, 8, 1).permute(1, 0, 2).reshape(8, n, 1, 1)
     del _copy11, _copy2
     _copy12 = weight.new_empty(n, 24)
-    _native.run('tp_then_linear_d2_weight_s22', n, _copy12, _c18.permute(1, 0, 2, 3))
-    del _c18
+    _native.run('tp_then_linear_d2_weight_s22', n, _copy12, _c17.permute(1, 0, 2, 3))
+    del _c17
     _mm14 = (weight[8:16].view(1, 8).reshape(1, 1, 1, 1, 8) * _copy12.reshape(n, 1, 3, 8).reshape(n, 1, 3, 1, 8)).sum((4,))
     del _copy12
     # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o
-    d2_weight_4 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c17.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zuip->pu
-    del _c17
-    _c20 = weight.new_empty(n, 8)
+    d2_weight_4 = torch.bmm(x[:, 0:8].reshape(n, 8, 1).permute(1, 0, 2).reshape(8, 1, n), _c16.reshape(n, 8, 1, 1).permute(1, 0, 2, 3).reshape(8, n, 1)).view(8, 1).permute(1, 0)  # zui,zuip->pu
+    del _c16
+    _c19 = weight.new_empty(n, 8)
     # ∂/∂x: 1 paths 8x0e ⊗ y -> 8x0e
     # ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x0e
-    _native.run('tp_then_linear_d2_weight_s23', n, d2__m_t_0, d2_x, _c20, _mm14, d2_t, _m_t_0, weight[0:8].view(1, 8), x[:, 0:8].reshape(n, 8, 1))
+    _native.run('tp_then_linear_d2_weight_s23', n, d2__m_t_0, d2_x, _c19, _mm14, d2_t, _m_t_0, weight[0:8].view(1, 8), x[:, 0:8].reshape(n, 8, 1))
     del _mm14, d2_t
-    _mm15 = (weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c20.reshape(n, 8, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1, 8)).sum((4,))
+    _mm15 = (weight[0:8].view(1, 8).reshape(1, 1, 1, 1, 8) * _c19.reshape(n, 8, 1, 1).permute(0, 3, 2, 1).reshape(n, 1, 1, 1, 8)).sum((4,))
     # ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x0e
-    d2_weight_5 = torch.mm(_m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c20.reshape(n, 8, 1, 1).permute(0, 3, 2, 1).reshape(n, 8)).view(1, 8)  # zikp,zuki->pu
-    del _c20, _m_t_0
+    d2_weight_5 = torch.mm(_m_t_0[:, 0:1].reshape(n, 1, 1, 1).permute(3, 0, 1, 2).reshape(1, n), _c19.reshape(n, 8, 1, 1).permute(0, 3, 2, 1).reshape(n, 8)).view(1, 8)  # zikp,zuki->pu
+    del _c19, _m_t_0
     _native.run('tp_then_linear_d2_weight_s24', n, d2__m_t_0, _mm15)
     del _mm15
     # ∂/∂y: every path's (i, k) map at once: y · G
@@ -7809,7 +7728,7 @@ void fc_tp_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real
         for (int _w = 0; _w < 32; ++_w)
             (a0 + 0)[_w] += a2[_w];
         /* zikp,zipw->zwk */
-        real w1[96] = {0};
+        real w1[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _w = 0; _w < 32; ++_w)
                 w1[_k * 32 + _w] += a3[_k] * a4[_w];
@@ -7817,7 +7736,7 @@ void fc_tp_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 32)[_w * 3 + _k] += w1[_k * 32 + _w];
         /* zikp,zipw->zwk */
-        real w2[160] = {0};
+        real w2[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _w = 0; _w < 32; ++_w)
                 w2[_k * 32 + _w] += a5[_k] * a6[_w];
@@ -7825,7 +7744,7 @@ void fc_tp_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_w * 5 + _k] += w2[_k * 32 + _w];
         /* 1 paths 32x1o ⊗ y -> 32x0e */
-        real t3[96];
+        real t3[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 32 + _u] = a7[_u * 3 + _i];
@@ -7849,7 +7768,7 @@ void fc_tp_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real
         for (int _w = 0; _w < 32; ++_w)
             (a0 + 0)[_w] += a2[_w];
         /* 2 paths 32x1o ⊗ y -> 32x1o */
-        real t1[96];
+        real t1[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 32 + _u] = a3[_u * 3 + _i];
@@ -7893,7 +7812,7 @@ void fc_tp_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
         /* zikp,zipw->zwk */
-        real w1[160] = {0};
+        real w1[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _p = 0; _p < 2; ++_p)
@@ -7903,7 +7822,7 @@ void fc_tp_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
         /* 1 paths 32x2e ⊗ y -> 32x0e */
-        real t2[160];
+        real t2[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 32 + _u] = a4[_u * 5 + _i];
@@ -7927,7 +7846,7 @@ void fc_tp_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real
         for (int _w = 0; _w < 32; ++_w)
             (a0 + 0)[_w] += a2[_w];
         /* 2 paths 32x2e ⊗ y -> 32x1o */
-        real t1[160];
+        real t1[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 32 + _u] = a3[_u * 5 + _i];
@@ -7954,7 +7873,7 @@ void fc_tp_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 32)[_w * 3 + _k] += a2[_k * 32 + _w];
         /* 2 paths 32x2e ⊗ y -> 32x2e */
-        real t1[160];
+        real t1[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 32 + _u] = a3[_u * 5 + _i];
@@ -7980,80 +7899,78 @@ void fc_tp_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, cons
 }
     """,
     "fc_tp_d": """\
-void fc_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void fc_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 320);
+        memset(a0, 0, sizeof(real) * 160);
         const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e */
-        real t1[160];
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 32 + _w] = a1[_w * 5 + _k];
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    for (int _w = 0; _w < 32; ++_w)
-                        (a0 + 0)[_i * 64 + _p * 32 + _w] += t1[_k * 32 + _w] * a2[_i * 10 + _k * 2 + _p];
+        /* zwk->zkw */
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a0 + 0)[_k * 32 + _w] += a1[_w * 5 + _k];
     }
 }
 
-void fc_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void fc_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         memset(a0, 0, sizeof(real) * 288);
         real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 160);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* ziu->zui */
+        memset(a1, 0, sizeof(real) * 145);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 320);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 160);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* zikp,zkpu->zui */
+        real w1[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w1[_i * 32 + _u] += a4[_i * 10 + _k * 2 + _p] * a5[_k * 64 + _p * 32 + _u];
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                (a0 + 128)[_u * 5 + _i] += a2[_i * 32 + _u];
-        /* zwk->zkw */
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _w = 0; _w < 32; ++_w)
-                (a1 + 0)[_k * 32 + _w] += a3[_w * 5 + _k];
-    }
-}
-
-void fc_tp_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 145);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 160);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* zui,zkpu->zikp */
-        real t1[160];
+                (a0 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
+        /* ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e */
+        real t2[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 32 + _u] = a2[_u * 5 + _i];
+                t2[_i * 32 + _u] = a6[_u * 5 + _i];
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     {
                         real acc = 0;
                         for (int _u = 0; _u < 32; ++_u)
-                            acc += t1[_i * 32 + _u] * a3[_k * 64 + _p * 32 + _u];
-                        (a0 + 95)[_i * 10 + _k * 2 + _p] += acc;
+                            acc += t2[_i * 32 + _u] * a5[_k * 64 + _p * 32 + _u];
+                        (a1 + 95)[_i * 10 + _k * 2 + _p] += acc;
                     }
+        /* ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e */
+        real t3[160] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t3[_k * 32 + _w] = a7[_w * 5 + _k];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _w = 0; _w < 32; ++_w)
+                        (a2 + 0)[_i * 64 + _p * 32 + _w] += t3[_k * 32 + _w] * a4[_i * 10 + _k * 2 + _p];
         /* zui->ziu */
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_i * 32 + _u] += a2[_u * 5 + _i];
+                (a3 + 0)[_i * 32 + _u] += a6[_u * 5 + _i];
     }
 }
 
-void fc_tp_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void fc_tp_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8067,7 +7984,7 @@ void fc_tp_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
     }
 }
 
-void fc_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void fc_tp_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8079,7 +7996,7 @@ void fc_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
         /* zikp,zkpu->zui */
-        real w1[160] = {0};
+        real w1[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -8089,7 +8006,7 @@ void fc_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
         /* ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o */
-        real t2[160];
+        real t2[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 32 + _u] = a5[_u * 5 + _i];
@@ -8111,7 +8028,7 @@ void fc_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
     }
 }
 
-void fc_tp_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void fc_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8123,7 +8040,7 @@ void fc_tp_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
         /* zikp,zkpu->zui */
-        real w1[160] = {0};
+        real w1[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 32; ++_u)
                 w1[_i * 32 + _u] += a3[_i] * a4[_u];
@@ -8131,7 +8048,7 @@ void fc_tp_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
         /* ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e */
-        real t2[160];
+        real t2[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 32 + _u] = a5[_u * 5 + _i];
@@ -8149,7 +8066,7 @@ void fc_tp_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
     }
 }
 
-void fc_tp_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void fc_tp_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8158,7 +8075,7 @@ void fc_tp_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e */
-        real t1[160];
+        real t1[160] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 32 + _w] = a1[_w * 5 + _k];
@@ -8170,7 +8087,7 @@ void fc_tp_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
     }
 }
 
-void fc_tp_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void fc_tp_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8190,45 +8107,72 @@ void fc_tp_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
     }
 }
 
-void fc_tp_d_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void fc_tp_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 192);
-        const real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 192);
         const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
         /* zwk,zipw->zikp */
-        real t1[160];
+        real t1[160] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 32 + _w] = a2[_w * 5 + _k];
+                t1[_k * 32 + _w] = a3[_w * 5 + _k];
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     {
                         real acc = 0;
                         for (int _w = 0; _w < 32; ++_w)
-                            acc += t1[_k * 32 + _w] * a3[_i * 64 + _p * 32 + _w];
+                            acc += t1[_k * 32 + _w] * a4[_i * 64 + _p * 32 + _w];
                         (a0 + 30)[_i * 10 + _k * 2 + _p] += acc;
                     }
-        /* ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o */
-        real t2[96];
+        /* zikp,zkpu->zui */
+        real w2[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w2[_i * 32 + _u] += a5[_i * 6 + _k * 2 + _p] * a6[_k * 64 + _p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a1 + 32)[_u * 3 + _i] += w2[_i * 32 + _u];
+        /* ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o */
+        real t3[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 32 + _u] = a7[_u * 3 + _i];
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t3[_i * 32 + _u] * a6[_k * 64 + _p * 32 + _u];
+                        (a0 + 12)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o */
+        real t4[96] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
-                t2[_k * 32 + _w] = a4[_w * 3 + _k];
+                t4[_k * 32 + _w] = a8[_w * 3 + _k];
         for (int _i = 0; _i < 3; ++_i)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     for (int _w = 0; _w < 32; ++_w)
-                        (a1 + 0)[_i * 64 + _p * 32 + _w] += t2[_k * 32 + _w] * a5[_i * 6 + _k * 2 + _p];
+                        (a2 + 0)[_i * 64 + _p * 32 + _w] += t4[_k * 32 + _w] * a5[_i * 6 + _k * 2 + _p];
     }
 }
 
-void fc_tp_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void fc_tp_d_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8239,50 +8183,34 @@ void fc_tp_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
         const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        /* ziu->zui */
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 32)[_u * 3 + _i] += a3[_i * 32 + _u];
-        /* zui,zkpu->zikp */
-        real t1[96];
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 32 + _u] = a4[_u * 3 + _i];
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    {
-                        real acc = 0;
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc += t1[_i * 32 + _u] * a5[_k * 64 + _p * 32 + _u];
-                        (a1 + 12)[_i * 6 + _k * 2 + _p] += acc;
-                    }
         /* zikp,zkpu->zui */
-        real w2[96] = {0};
+        real w1[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 32; ++_u)
-                w2[_i * 32 + _u] += a6[_i] * a7[_u];
+                w1[_i * 32 + _u] += a3[_i] * a4[_u];
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                (a0 + 32)[_u * 3 + _i] += w2[_i * 32 + _u];
+                (a0 + 32)[_u * 3 + _i] += w1[_i * 32 + _u];
         /* ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e */
+        real t2[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 32 + _u] = a5[_u * 3 + _i];
         for (int _i = 0; _i < 3; ++_i)
             {
                 real acc = 0;
                 for (int _u = 0; _u < 32; ++_u)
-                    acc += t1[_i * 32 + _u] * a7[_u];
+                    acc += t2[_i * 32 + _u] * a4[_u];
                 (a1 + 9)[_i] += acc;
             }
         /* ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 0)[_u] += t1[_i * 32 + _u] * a6[_i];
+                (a2 + 0)[_u] += t2[_i * 32 + _u] * a3[_i];
     }
 }
 
-void fc_tp_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void fc_tp_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8291,7 +8219,7 @@ void fc_tp_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, c
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e */
-        real t1[160];
+        real t1[160] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 32 + _w] = a1[_w * 5 + _k];
@@ -8301,7 +8229,7 @@ void fc_tp_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, c
     }
 }
 
-void fc_tp_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void fc_tp_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8318,7 +8246,7 @@ void fc_tp_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, r
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 0)[_u] += a3[_u];
         /* zwk,zipw->zikp */
-        real t1[160];
+        real t1[160] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 32 + _w] = a4[_w * 5 + _k];
@@ -8330,7 +8258,7 @@ void fc_tp_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, r
                 (a1 + 4)[_k] += acc;
             }
         /* ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o */
-        real t2[96];
+        real t2[96] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 32 + _w] = a6[_w * 3 + _k];
@@ -8340,41 +8268,7 @@ void fc_tp_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, r
     }
 }
 
-void fc_tp_d_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 32);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        /* ziu->zui */
-        for (int _u = 0; _u < 32; ++_u)
-            (a0 + 0)[_u] += a3[_u];
-        /* zwk,zipw->zikp */
-        real t1[96];
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 32 + _w] = a4[_w * 3 + _k];
-        for (int _k = 0; _k < 3; ++_k)
-            {
-                real acc = 0;
-                for (int _w = 0; _w < 32; ++_w)
-                    acc += t1[_k * 32 + _w] * a5[_w];
-                (a1 + 1)[_k] += acc;
-            }
-        /* ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e */
-        for (int _w = 0; _w < 32; ++_w)
-            (a2 + 0)[_w] += a6[_w] * a7[0];
-    }
-}
-
-void fc_tp_d_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void fc_tp_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8386,17 +8280,50 @@ void fc_tp_d_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, r
         /* ziu->zui */
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 0)[_u] += a2[_u];
-        /* zui,zkpu->zikp */
-        {
-            real acc = 0;
-            for (int _u = 0; _u < 32; ++_u)
-                acc += a3[_u] * a4[_u];
-            (a1 + 0)[0] += acc;
-        }
+        /* zwk,zipw->zikp */
+        real t1[96] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 32 + _w] = a3[_w * 3 + _k];
+        for (int _k = 0; _k < 3; ++_k)
+            {
+                real acc = 0;
+                for (int _w = 0; _w < 32; ++_w)
+                    acc += t1[_k * 32 + _w] * a4[_w];
+                (a1 + 1)[_k] += acc;
+            }
     }
 }
 
-void fc_tp_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void fc_tp_d_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* zikp,zkpu->zui */
+        for (int _u = 0; _u < 32; ++_u)
+            (a0 + 0)[_u] += a3[0] * a4[_u];
+        /* ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x0e */
+        {
+            real acc = 0;
+            for (int _u = 0; _u < 32; ++_u)
+                acc += a5[_u] * a4[_u];
+            (a1 + 0)[0] += acc;
+        }
+        /* ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x0e */
+        for (int _w = 0; _w < 32; ++_w)
+            (a2 + 0)[_w] += a6[_w] * a3[0];
+    }
+}
+
+void fc_tp_d_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8410,21 +8337,7 @@ void fc_tp_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, c
 }
     """,
     "fc_tp_d2_x": """\
-void fc_tp_d2_x_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 32);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂d_z: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e */
-        for (int _u = 0; _u < 32; ++_u)
-            (a0 + 0)[_u] += a1[_u] * a2[0];
-    }
-}
-
-void fc_tp_d2_x_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void fc_tp_d2_x_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8432,23 +8345,29 @@ void fc_tp_d2_x_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         memset(a0, 0, sizeof(real) * 288);
         real *restrict a1 = A1 + z * a1_stride;
         memset(a1, 0, sizeof(real) * 145);
-        const real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
         const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
-        /* zkw->zwk */
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* zikp,zipw->zwk */
         for (int _w = 0; _w < 32; ++_w)
-            (a0 + 0)[_w] += a2[_w];
-        /* zwk,zipw->zikp */
+            (a0 + 0)[_w] += a3[0] * a4[_w];
+        /* ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e */
         {
             real acc = 0;
             for (int _w = 0; _w < 32; ++_w)
-                acc += a3[_w] * a4[_w];
+                acc += a5[_w] * a4[_w];
             (a1 + 0)[0] += acc;
         }
+        /* ∂/∂weight: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x0e */
+        for (int _u = 0; _u < 32; ++_u)
+            (a2 + 0)[_u] += a6[_u] * a3[0];
     }
 }
 
-void fc_tp_d2_x_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void fc_tp_d2_x_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8460,7 +8379,7 @@ void fc_tp_d2_x_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
         /* zikp,zipw->zwk */
-        real w1[96] = {0};
+        real w1[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _w = 0; _w < 32; ++_w)
                 w1[_k * 32 + _w] += a3[_k] * a4[_w];
@@ -8468,7 +8387,7 @@ void fc_tp_d2_x_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 32)[_w * 3 + _k] += w1[_k * 32 + _w];
         /* ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x1o */
-        real t2[96];
+        real t2[96] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 32 + _w] = a5[_w * 3 + _k];
@@ -8486,7 +8405,7 @@ void fc_tp_d2_x_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
     }
 }
 
-void fc_tp_d2_x_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void fc_tp_d2_x_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8498,7 +8417,7 @@ void fc_tp_d2_x_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
         /* zikp,zipw->zwk */
-        real w1[160] = {0};
+        real w1[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _w = 0; _w < 32; ++_w)
                 w1[_k * 32 + _w] += a3[_k] * a4[_w];
@@ -8506,7 +8425,7 @@ void fc_tp_d2_x_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
         /* ∂/∂_m_z_0: ∂/∂x: 1 paths 32x0e ⊗ y -> 32x2e */
-        real t2[160];
+        real t2[160] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 t2[_k * 32 + _w] = a5[_w * 5 + _k];
@@ -8524,7 +8443,7 @@ void fc_tp_d2_x_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
     }
 }
 
-void fc_tp_d2_x_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void fc_tp_d2_x_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8533,7 +8452,7 @@ void fc_tp_d2_x_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂d_z: ∂/∂x: 1 paths 32x1o ⊗ y -> 32x0e */
-        real t1[96];
+        real t1[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 32 + _u] = a1[_u * 3 + _i];
@@ -8543,23 +8462,22 @@ void fc_tp_d2_x_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
     }
 }
 
-void fc_tp_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void fc_tp_d2_x_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         real *restrict a1 = A1 + z * a1_stride;
         real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 192);
+        memset(a2, 0, sizeof(real) * 96);
         const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
         /* zkw->zwk */
         for (int _w = 0; _w < 32; ++_w)
             (a0 + 0)[_w] += a3[_w];
         /* zui,zkpu->zikp */
-        real t1[96];
+        real t1[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 32 + _u] = a4[_u * 3 + _i];
@@ -8570,66 +8488,69 @@ void fc_tp_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
                     acc += t1[_i * 32 + _u] * a5[_u];
                 (a1 + 9)[_i] += acc;
             }
-        /* ∂/∂d_z: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _u = 0; _u < 32; ++_u)
-                        (a2 + 0)[_k * 64 + _p * 32 + _u] += t1[_i * 32 + _u] * a6[_i * 6 + _k * 2 + _p];
-    }
-}
-
-void fc_tp_d2_x_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 96);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* zkw->zwk */
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 3; ++_k)
-                (a0 + 32)[_w * 3 + _k] += a2[_k * 32 + _w];
         /* zui->ziu */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_i * 32 + _u] += a3[_u * 3 + _i];
+                (a2 + 0)[_i * 32 + _u] += a4[_u * 3 + _i];
     }
 }
 
-void fc_tp_d2_x_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void fc_tp_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 96);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* zwk,zipw->zikp */
-        real t1[96];
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 192);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 96);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* zikp,zipw->zwk */
+        real w1[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _w = 0; _w < 32; ++_w)
+                        w1[_k * 32 + _w] += a4[_i * 6 + _k * 2 + _p] * a5[_i * 64 + _p * 32 + _w];
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 32 + _w] = a2[_w * 3 + _k];
+                (a0 + 32)[_w * 3 + _k] += w1[_k * 32 + _w];
+        /* ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o */
+        real t2[96] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                t2[_k * 32 + _w] = a6[_w * 3 + _k];
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     {
                         real acc = 0;
                         for (int _w = 0; _w < 32; ++_w)
-                            acc += t1[_k * 32 + _w] * a3[_i * 64 + _p * 32 + _w];
-                        (a0 + 12)[_i * 6 + _k * 2 + _p] += acc;
+                            acc += t2[_k * 32 + _w] * a5[_i * 64 + _p * 32 + _w];
+                        (a1 + 12)[_i * 6 + _k * 2 + _p] += acc;
                     }
+        /* ∂/∂_w_z_0_1_1: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x1o */
+        real t3[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 32 + _u] = a7[_u * 3 + _i];
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        (a2 + 0)[_k * 64 + _p * 32 + _u] += t3[_i * 32 + _u] * a4[_i * 6 + _k * 2 + _p];
         /* zwk->zkw */
         for (int _k = 0; _k < 3; ++_k)
             for (int _w = 0; _w < 32; ++_w)
-                (a1 + 0)[_k * 32 + _w] += a2[_w * 3 + _k];
+                (a3 + 0)[_k * 32 + _w] += a6[_w * 3 + _k];
     }
 }
 
-void fc_tp_d2_x_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void fc_tp_d2_x_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8641,7 +8562,7 @@ void fc_tp_d2_x_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
         /* zikp,zipw->zwk */
-        real w1[160] = {0};
+        real w1[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _p = 0; _p < 2; ++_p)
@@ -8651,7 +8572,7 @@ void fc_tp_d2_x_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
         /* ∂/∂_m_z_0: ∂/∂x: 2 paths 32x1o ⊗ y -> 32x2e */
-        real t2[160];
+        real t2[160] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 t2[_k * 32 + _w] = a5[_w * 5 + _k];
@@ -8673,7 +8594,7 @@ void fc_tp_d2_x_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
     }
 }
 
-void fc_tp_d2_x_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void fc_tp_d2_x_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8682,7 +8603,7 @@ void fc_tp_d2_x_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂d_z: ∂/∂x: 1 paths 32x2e ⊗ y -> 32x0e */
-        real t1[160];
+        real t1[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 32 + _u] = a1[_u * 5 + _i];
@@ -8692,7 +8613,7 @@ void fc_tp_d2_x_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
     }
 }
 
-void fc_tp_d2_x_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void fc_tp_d2_x_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8708,7 +8629,7 @@ void fc_tp_d2_x_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride
         for (int _w = 0; _w < 32; ++_w)
             (a0 + 0)[_w] += a3[_w];
         /* zui,zkpu->zikp */
-        real t1[160];
+        real t1[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 32 + _u] = a4[_u * 5 + _i];
@@ -8728,24 +8649,23 @@ void fc_tp_d2_x_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride
     }
 }
 
-void fc_tp_d2_x_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void fc_tp_d2_x_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         real *restrict a1 = A1 + z * a1_stride;
         real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 320);
+        memset(a2, 0, sizeof(real) * 160);
         const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
         /* zkw->zwk */
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 32)[_w * 3 + _k] += a3[_k * 32 + _w];
         /* zui,zkpu->zikp */
-        real t1[160];
+        real t1[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 32 + _u] = a4[_u * 5 + _i];
@@ -8758,66 +8678,69 @@ void fc_tp_d2_x_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride
                             acc += t1[_i * 32 + _u] * a5[_k * 64 + _p * 32 + _u];
                         (a1 + 65)[_i * 6 + _k * 2 + _p] += acc;
                     }
-        /* ∂/∂d_z: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e */
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _i = 0; _i < 5; ++_i)
-                    for (int _u = 0; _u < 32; ++_u)
-                        (a2 + 0)[_k * 64 + _p * 32 + _u] += t1[_i * 32 + _u] * a6[_i * 10 + _k * 2 + _p];
-    }
-}
-
-void fc_tp_d2_x_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 160);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* zkw->zwk */
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 5; ++_k)
-                (a0 + 128)[_w * 5 + _k] += a2[_k * 32 + _w];
         /* zui->ziu */
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 32; ++_u)
-                (a1 + 0)[_i * 32 + _u] += a3[_u * 5 + _i];
+                (a2 + 0)[_i * 32 + _u] += a4[_u * 5 + _i];
     }
 }
 
-void fc_tp_d2_x_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void fc_tp_d2_x_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 160);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* zwk,zipw->zikp */
-        real t1[160];
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 320);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 160);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        /* zikp,zipw->zwk */
+        real w1[160] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _w = 0; _w < 32; ++_w)
+                        w1[_k * 32 + _w] += a4[_i * 10 + _k * 2 + _p] * a5[_i * 64 + _p * 32 + _w];
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 32 + _w] = a2[_w * 5 + _k];
+                (a0 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
+        /* ∂/∂_m_z_0: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e */
+        real t2[160] __attribute__((aligned(64)));
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 5; ++_k)
+                t2[_k * 32 + _w] = a6[_w * 5 + _k];
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     {
                         real acc = 0;
                         for (int _w = 0; _w < 32; ++_w)
-                            acc += t1[_k * 32 + _w] * a3[_i * 64 + _p * 32 + _w];
-                        (a0 + 95)[_i * 10 + _k * 2 + _p] += acc;
+                            acc += t2[_k * 32 + _w] * a5[_i * 64 + _p * 32 + _w];
+                        (a1 + 95)[_i * 10 + _k * 2 + _p] += acc;
                     }
+        /* ∂/∂_w_z_0_2_2: ∂/∂x: 2 paths 32x2e ⊗ y -> 32x2e */
+        real t3[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 32 + _u] = a7[_u * 5 + _i];
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _p = 0; _p < 2; ++_p)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 32; ++_u)
+                        (a2 + 0)[_k * 64 + _p * 32 + _u] += t3[_i * 32 + _u] * a4[_i * 10 + _k * 2 + _p];
         /* zwk->zkw */
         for (int _k = 0; _k < 5; ++_k)
             for (int _w = 0; _w < 32; ++_w)
-                (a1 + 0)[_k * 32 + _w] += a2[_w * 5 + _k];
+                (a3 + 0)[_k * 32 + _w] += a6[_w * 5 + _k];
     }
 }
 
-void fc_tp_d2_x_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void fc_tp_d2_x_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -8882,7 +8805,7 @@ void fc_tp_d2_y_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 0)[_u] += a3[_u];
         /* zikp,zipw->zwk */
-        real w1[96] = {0};
+        real w1[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _w = 0; _w < 32; ++_w)
                 w1[_k * 32 + _w] += a4[_k] * a5[_w];
@@ -8890,7 +8813,7 @@ void fc_tp_d2_y_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 32)[_w * 3 + _k] += w1[_k * 32 + _w];
         /* ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x1o */
-        real t2[96];
+        real t2[96] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 32 + _w] = a6[_w * 3 + _k];
@@ -8916,7 +8839,7 @@ void fc_tp_d2_y_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 0)[_u] += a3[_u];
         /* zikp,zipw->zwk */
-        real w1[160] = {0};
+        real w1[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _w = 0; _w < 32; ++_w)
                 w1[_k * 32 + _w] += a4[_k] * a5[_w];
@@ -8924,7 +8847,7 @@ void fc_tp_d2_y_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
         /* ∂/∂x: ∂/∂_m_z_0: 1 paths 32x0e ⊗ y -> 32x2e */
-        real t2[160];
+        real t2[160] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 t2[_k * 32 + _w] = a6[_w * 5 + _k];
@@ -8948,7 +8871,7 @@ void fc_tp_d2_y_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 0)[_u] += a2[_u];
         /* ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x1o ⊗ y -> 32x0e */
-        real t1[96];
+        real t1[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 32 + _u] = a4[_u * 3 + _i];
@@ -8975,7 +8898,7 @@ void fc_tp_d2_y_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         for (int _w = 0; _w < 32; ++_w)
             (a0 + 0)[_w] += a3[_w];
         /* zikp,zkpu->zui */
-        real w1[96] = {0};
+        real w1[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 32; ++_u)
                 w1[_i * 32 + _u] += a4[_i] * a5[_u];
@@ -8983,7 +8906,7 @@ void fc_tp_d2_y_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w1[_i * 32 + _u];
         /* ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o */
-        real t2[96];
+        real t2[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 32 + _u] = a7[_u * 3 + _i];
@@ -9010,7 +8933,7 @@ void fc_tp_d2_y_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 32)[_w * 3 + _k] += a2[_k * 32 + _w];
         /* ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x1o */
-        real t1[96];
+        real t1[96] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 32 + _w] = a4[_w * 3 + _k];
@@ -9053,7 +8976,7 @@ void fc_tp_d2_y_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
         /* zikp,zipw->zwk */
-        real w1[160] = {0};
+        real w1[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _p = 0; _p < 2; ++_p)
@@ -9063,7 +8986,7 @@ void fc_tp_d2_y_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
         /* ∂/∂x: ∂/∂_m_z_0: 2 paths 32x1o ⊗ y -> 32x2e */
-        real t2[160];
+        real t2[160] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 t2[_k * 32 + _w] = a4[_w * 5 + _k];
@@ -9090,7 +9013,7 @@ void fc_tp_d2_y_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += a2[_i * 32 + _u];
         /* ∂/∂d_z: ∂/∂_m_z_0: 1 paths 32x2e ⊗ y -> 32x0e */
-        real t1[160];
+        real t1[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 32 + _u] = a4[_u * 5 + _i];
@@ -9117,7 +9040,7 @@ void fc_tp_d2_y_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride
         for (int _w = 0; _w < 32; ++_w)
             (a0 + 0)[_w] += a3[_w];
         /* zikp,zkpu->zui */
-        real w1[160] = {0};
+        real w1[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 32; ++_u)
                 w1[_i * 32 + _u] += a4[_i] * a5[_u];
@@ -9125,7 +9048,7 @@ void fc_tp_d2_y_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
         /* ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x1o */
-        real t2[160];
+        real t2[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 32 + _u] = a7[_u * 5 + _i];
@@ -9169,7 +9092,7 @@ void fc_tp_d2_y_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
         /* zikp,zkpu->zui */
-        real w1[160] = {0};
+        real w1[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -9179,7 +9102,7 @@ void fc_tp_d2_y_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
         /* ∂/∂d_z: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e */
-        real t2[160];
+        real t2[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 32 + _u] = a5[_u * 5 + _i];
@@ -9206,7 +9129,7 @@ void fc_tp_d2_y_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_w * 5 + _k] += a2[_k * 32 + _w];
         /* ∂/∂x: ∂/∂_m_z_0: 2 paths 32x2e ⊗ y -> 32x2e */
-        real t1[160];
+        real t1[160] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 32 + _w] = a4[_w * 5 + _k];
@@ -9280,7 +9203,7 @@ void fc_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_st
         const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
         /* zikp,pwzi->zwk */
-        real w1[96] = {0};
+        real w1[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _w = 0; _w < 32; ++_w)
                 w1[_k * 32 + _w] += a2[_k] * a3[_w];
@@ -9288,7 +9211,7 @@ void fc_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_st
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 32)[_w * 3 + _k] += w1[_k * 32 + _w];
         /* ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o */
-        real t2[96];
+        real t2[96] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 32 + _w] = a4[_w * 3 + _k];
@@ -9317,7 +9240,7 @@ void fc_tp_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_st
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 0)[_u] += a4[_u];
         /* ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x1o */
-        real t1[96];
+        real t1[96] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 32 + _w] = a5[_w * 3 + _k];
@@ -9329,7 +9252,7 @@ void fc_tp_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_st
                 (a1 + 1)[_k] += acc;
             }
         /* zikp,pwzi->zwk */
-        real w2[160] = {0};
+        real w2[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _w = 0; _w < 32; ++_w)
                 w2[_k * 32 + _w] += a7[_k] * a8[_w];
@@ -9337,7 +9260,7 @@ void fc_tp_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_st
             for (int _k = 0; _k < 5; ++_k)
                 (a2 + 128)[_w * 5 + _k] += w2[_k * 32 + _w];
         /* ∂/∂x: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e */
-        real t3[160];
+        real t3[160] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 t3[_k * 32 + _w] = a9[_w * 5 + _k];
@@ -9364,7 +9287,7 @@ void fc_tp_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_st
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 0)[_u] += a3[_u];
         /* ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x0e ⊗ y -> 32x2e */
-        real t1[160];
+        real t1[160] __attribute__((aligned(64)));
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 32 + _w] = a4[_w * 5 + _k];
@@ -9376,7 +9299,7 @@ void fc_tp_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_st
                 (a1 + 4)[_k] += acc;
             }
         /* ∂/∂d_z: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e */
-        real t2[96];
+        real t2[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 32 + _u] = a6[_u * 3 + _i];
@@ -9403,7 +9326,7 @@ void fc_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_st
         for (int _w = 0; _w < 32; ++_w)
             (a0 + 0)[_w] += a4[_w];
         /* zikp,puzk->zui */
-        real w1[96] = {0};
+        real w1[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 32; ++_u)
                 w1[_i * 32 + _u] += a5[_i] * a6[_u];
@@ -9411,7 +9334,7 @@ void fc_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_st
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w1[_i * 32 + _u];
         /* ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x1o ⊗ y -> 32x0e */
-        real t2[96];
+        real t2[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 32 + _u] = a7[_u * 3 + _i];
@@ -9440,7 +9363,7 @@ void fc_tp_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_st
         const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
         /* zikp,zipw->zwk */
-        real w1[96] = {0};
+        real w1[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _p = 0; _p < 2; ++_p)
@@ -9464,7 +9387,7 @@ void fc_tp_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_st
         real *restrict a1 = A1 + z * a1_stride;
         real *restrict a2 = A2 + z * a2_stride;
         real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 192);
+        memset(a3, 0, sizeof(real) * 160);
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
         const real *restrict a6 = A6 + z * a6_stride;
@@ -9472,7 +9395,7 @@ void fc_tp_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_st
         const real *restrict a8 = A8 + z * a8_stride;
         const real *restrict a9 = A9 + z * a9_stride;
         /* zikp,zkpu->zui */
-        real w1[96] = {0};
+        real w1[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -9482,7 +9405,7 @@ void fc_tp_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_st
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w1[_i * 32 + _u];
         /* ∂/∂_m_z_0: ∂/∂_w_z_0_1_1: 2 paths 32x1o ⊗ y -> 32x1o */
-        real t2[96];
+        real t2[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 32 + _u] = a6[_u * 3 + _i];
@@ -9496,7 +9419,7 @@ void fc_tp_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_st
                         (a1 + 12)[_i * 6 + _k * 2 + _p] += acc;
                     }
         /* zikp,zipw->zwk */
-        real w3[160] = {0};
+        real w3[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _p = 0; _p < 2; ++_p)
@@ -9505,16 +9428,10 @@ void fc_tp_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_st
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
                 (a2 + 128)[_w * 5 + _k] += w3[_k * 32 + _w];
-        /* ∂/∂x: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e */
-        real t4[160];
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 5; ++_k)
-                t4[_k * 32 + _w] = a9[_w * 5 + _k];
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _k = 0; _k < 5; ++_k)
-                    for (int _w = 0; _w < 32; ++_w)
-                        (a3 + 0)[_i * 64 + _p * 32 + _w] += t4[_k * 32 + _w] * a7[_i * 10 + _k * 2 + _p];
+        /* zwk->zkw */
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _w = 0; _w < 32; ++_w)
+                (a3 + 0)[_k * 32 + _w] += a9[_w * 5 + _k];
     }
 }
 
@@ -9531,82 +9448,42 @@ void fc_tp_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_st
         const real *restrict a5 = A5 + z * a5_stride;
         const real *restrict a6 = A6 + z * a6_stride;
         const real *restrict a7 = A7 + z * a7_stride;
-        /* ziu->zui */
+        /* zikp,zkpu->zui */
+        real w1[96] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w1[_i * 32 + _u] += a3[_i * 10 + _k * 2 + _p] * a4[_k * 64 + _p * 32 + _u];
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                (a0 + 32)[_u * 3 + _i] += a3[_i * 32 + _u];
+                (a0 + 32)[_u * 3 + _i] += w1[_i * 32 + _u];
         /* ∂/∂_m_z_0: ∂/∂_w_z_0_1_2: 2 paths 32x1o ⊗ y -> 32x2e */
-        real t1[160];
-        for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 32 + _w] = a4[_w * 5 + _k];
+        real t2[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t2[_i * 32 + _u] = a5[_u * 3 + _i];
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     {
                         real acc = 0;
-                        for (int _w = 0; _w < 32; ++_w)
-                            acc += t1[_k * 32 + _w] * a5[_i * 64 + _p * 32 + _w];
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t2[_i * 32 + _u] * a4[_k * 64 + _p * 32 + _u];
                         (a1 + 30)[_i * 10 + _k * 2 + _p] += acc;
                     }
         /* ∂/∂d_z: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e */
-        real t2[160];
+        real t3[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                t2[_i * 32 + _u] = a6[_u * 5 + _i];
+                t3[_i * 32 + _u] = a6[_u * 5 + _i];
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 32; ++_u)
-                (a2 + 0)[_u] += t2[_i * 32 + _u] * a7[_i];
+                (a2 + 0)[_u] += t3[_i * 32 + _u] * a7[_i];
     }
 }
 
-void fc_tp_d2_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 192);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        const real *restrict a8 = A8 + z * a8_stride;
-        /* zkw->zwk */
-        for (int _w = 0; _w < 32; ++_w)
-            (a0 + 0)[_w] += a4[_w];
-        /* zikp,puzk->zui */
-        real w1[160] = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 32; ++_u)
-                w1[_i * 32 + _u] += a5[_i] * a6[_u];
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a1 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
-        /* ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e */
-        real t2[160];
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t2[_i * 32 + _u] = a7[_u * 5 + _i];
-        for (int _i = 0; _i < 5; ++_i)
-            {
-                real acc = 0;
-                for (int _u = 0; _u < 32; ++_u)
-                    acc += t2[_i * 32 + _u] * a6[_u];
-                (a2 + 60)[_i] += acc;
-            }
-        /* ∂/∂d_z: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _p = 0; _p < 2; ++_p)
-                for (int _i = 0; _i < 5; ++_i)
-                    for (int _u = 0; _u < 32; ++_u)
-                        (a3 + 0)[_k * 64 + _p * 32 + _u] += t2[_i * 32 + _u] * a8[_i * 6 + _k * 2 + _p];
-    }
-}
-
-void fc_tp_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void fc_tp_d2_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -9621,32 +9498,27 @@ void fc_tp_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_st
         const real *restrict a7 = A7 + z * a7_stride;
         /* zkw->zwk */
         for (int _w = 0; _w < 32; ++_w)
-            for (int _k = 0; _k < 3; ++_k)
-                (a0 + 32)[_w * 3 + _k] += a4[_k * 32 + _w];
-        /* zikp,zkpu->zui */
-        real w1[160] = {0};
+            (a0 + 0)[_w] += a4[_w];
+        /* zikp,puzk->zui */
+        real w1[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    for (int _u = 0; _u < 32; ++_u)
-                        w1[_i * 32 + _u] += a5[_i * 6 + _k * 2 + _p] * a6[_k * 64 + _p * 32 + _u];
+            for (int _u = 0; _u < 32; ++_u)
+                w1[_i * 32 + _u] += a5[_i] * a6[_u];
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
-        /* ∂/∂_m_z_0: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o */
-        real t2[160];
+        /* ∂/∂_m_z_0: ∂/∂weight: 1 paths 32x2e ⊗ y -> 32x0e */
+        real t2[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 32 + _u] = a7[_u * 5 + _i];
         for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _p = 0; _p < 2; ++_p)
-                    {
-                        real acc = 0;
-                        for (int _u = 0; _u < 32; ++_u)
-                            acc += t2[_i * 32 + _u] * a6[_k * 64 + _p * 32 + _u];
-                        (a2 + 65)[_i * 6 + _k * 2 + _p] += acc;
-                    }
+            {
+                real acc = 0;
+                for (int _u = 0; _u < 32; ++_u)
+                    acc += t2[_i * 32 + _u] * a6[_u];
+                (a2 + 60)[_i] += acc;
+            }
         /* zui->ziu */
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 32; ++_u)
@@ -9654,70 +9526,88 @@ void fc_tp_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_st
     }
 }
 
-void fc_tp_d2_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void fc_tp_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 160);
-        const real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9 + z * a9_stride;
         /* zikp,zipw->zwk */
-        real w1[160] = {0};
+        real w1[96] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _w = 0; _w < 32; ++_w)
+                        w1[_k * 32 + _w] += a3[_i * 6 + _k * 2 + _p] * a4[_i * 64 + _p * 32 + _w];
+        for (int _w = 0; _w < 32; ++_w)
+            for (int _k = 0; _k < 3; ++_k)
+                (a0 + 32)[_w * 3 + _k] += w1[_k * 32 + _w];
+        /* zikp,zkpu->zui */
+        real w2[160] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    for (int _u = 0; _u < 32; ++_u)
+                        w2[_i * 32 + _u] += a3[_i * 6 + _k * 2 + _p] * a5[_k * 64 + _p * 32 + _u];
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a1 + 128)[_u * 5 + _i] += w2[_i * 32 + _u];
+        /* ∂/∂_m_z_0: ∂/∂_w_z_0_2_1: 2 paths 32x2e ⊗ y -> 32x1o */
+        real t3[160] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 32; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 32 + _u] = a6[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _p = 0; _p < 2; ++_p)
+                    {
+                        real acc = 0;
+                        for (int _u = 0; _u < 32; ++_u)
+                            acc += t3[_i * 32 + _u] * a5[_k * 64 + _p * 32 + _u];
+                        (a2 + 65)[_i * 6 + _k * 2 + _p] += acc;
+                    }
+        /* zikp,zipw->zwk */
+        real w4[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _p = 0; _p < 2; ++_p)
                     for (int _w = 0; _w < 32; ++_w)
-                        w1[_k * 32 + _w] += a2[_i * 10 + _k * 2 + _p] * a3[_i * 64 + _p * 32 + _w];
+                        w4[_k * 32 + _w] += a7[_i * 10 + _k * 2 + _p] * a8[_i * 64 + _p * 32 + _w];
         for (int _w = 0; _w < 32; ++_w)
             for (int _k = 0; _k < 5; ++_k)
-                (a0 + 128)[_w * 5 + _k] += w1[_k * 32 + _w];
-        /* zwk->zkw */
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _w = 0; _w < 32; ++_w)
-                (a1 + 0)[_k * 32 + _w] += a4[_w * 5 + _k];
-    }
-}
-
-void fc_tp_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
+                (a0 + 128)[_w * 5 + _k] += w4[_k * 32 + _w];
         /* zikp,zkpu->zui */
-        real w1[160] = {0};
+        real w5[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     for (int _u = 0; _u < 32; ++_u)
-                        w1[_i * 32 + _u] += a2[_i * 10 + _k * 2 + _p] * a3[_k * 64 + _p * 32 + _u];
+                        w5[_i * 32 + _u] += a7[_i * 10 + _k * 2 + _p] * a9[_k * 64 + _p * 32 + _u];
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                (a0 + 128)[_u * 5 + _i] += w1[_i * 32 + _u];
+                (a1 + 128)[_u * 5 + _i] += w5[_i * 32 + _u];
         /* ∂/∂_m_z_0: ∂/∂_w_z_0_2_2: 2 paths 32x2e ⊗ y -> 32x2e */
-        real t2[160];
-        for (int _u = 0; _u < 32; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t2[_i * 32 + _u] = a4[_u * 5 + _i];
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
                     {
                         real acc = 0;
                         for (int _u = 0; _u < 32; ++_u)
-                            acc += t2[_i * 32 + _u] * a3[_k * 64 + _p * 32 + _u];
-                        (a1 + 95)[_i * 10 + _k * 2 + _p] += acc;
+                            acc += t3[_i * 32 + _u] * a9[_k * 64 + _p * 32 + _u];
+                        (a2 + 95)[_i * 10 + _k * 2 + _p] += acc;
                     }
     }
 }
 
-void fc_tp_d2_weight_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void fc_tp_d2_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -9782,30 +9672,30 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         const real *restrict a43 = A43 + z * a43_stride;
         const real *restrict a44 = A44 + z * a44_stride;
         const real *restrict a45 = A45 + z * a45_stride;
-        real l0[32] = {0};
-        real l1[96] = {0};
-        real l2[160] = {0};
-        real l3[224] = {0};
-        real l4[32] = {0};
-        real l5[64] = {0};
-        real l6[192] = {0};
-        real l7[64] = {0};
-        real l8[320] = {0};
-        real l9[96] = {0};
-        real l10[160] = {0};
-        real l11[224] = {0};
-        real l12[224] = {0};
-        real l13[32] = {0};
-        real l14[64] = {0};
-        real l15[192] = {0};
-        real l16[64] = {0};
-        real l17[320] = {0};
-        real l18[96] = {0};
-        real l19[64] = {0};
-        real l20[320] = {0};
-        real l21[64] = {0};
-        real l22[448] = {0};
-        real l23[224] = {0};
+        real l0[32] __attribute__((aligned(64))) = {0};
+        real l1[96] __attribute__((aligned(64))) = {0};
+        real l2[160] __attribute__((aligned(64))) = {0};
+        real l3[224] __attribute__((aligned(64))) = {0};
+        real l4[32] __attribute__((aligned(64))) = {0};
+        real l5[64] __attribute__((aligned(64))) = {0};
+        real l6[192] __attribute__((aligned(64))) = {0};
+        real l7[64] __attribute__((aligned(64))) = {0};
+        real l8[320] __attribute__((aligned(64))) = {0};
+        real l9[96] __attribute__((aligned(64))) = {0};
+        real l10[160] __attribute__((aligned(64))) = {0};
+        real l11[224] __attribute__((aligned(64))) = {0};
+        real l12[224] __attribute__((aligned(64))) = {0};
+        real l13[32] __attribute__((aligned(64))) = {0};
+        real l14[64] __attribute__((aligned(64))) = {0};
+        real l15[192] __attribute__((aligned(64))) = {0};
+        real l16[64] __attribute__((aligned(64))) = {0};
+        real l17[320] __attribute__((aligned(64))) = {0};
+        real l18[96] __attribute__((aligned(64))) = {0};
+        real l19[64] __attribute__((aligned(64))) = {0};
+        real l20[320] __attribute__((aligned(64))) = {0};
+        real l21[64] __attribute__((aligned(64))) = {0};
+        real l22[448] __attribute__((aligned(64))) = {0};
+        real l23[224] __attribute__((aligned(64))) = {0};
         /* 1 paths 32x0e ⊗ sh -> 32x0e */
         for (int _u = 0; _u < 32; ++_u)
             (l0 + 0)[_u] += a1[_u] * a2[0];
@@ -9813,7 +9703,7 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 0)[_u] += (l0 + 0)[_u] * a3[_u];
         /* 1 paths 32x0e ⊗ sh -> 32x1o */
-        real w1[96] = {0};
+        real w1[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w1[_k * 32 + _u] += a1[_u] * a4[_k];
@@ -9821,11 +9711,11 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
             for (int _k = 0; _k < 3; ++_k)
                 (l1 + 0)[_u * 3 + _k] += w1[_k * 32 + _u];
         /* zupk,zpu->zuk */
-        real t2[96];
+        real t2[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 32 + _u] = (l1 + 0)[_u * 3 + _k];
-        real w3[96] = {0};
+        real w3[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w3[_k * 32 + _u] += t2[_k * 32 + _u] * a5[_u];
@@ -9833,7 +9723,7 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 32)[_u * 3 + _k] += w3[_k * 32 + _u];
         /* 1 paths 32x0e ⊗ sh -> 32x2e */
-        real w4[160] = {0};
+        real w4[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w4[_k * 32 + _u] += a1[_u] * a6[_k];
@@ -9841,11 +9731,11 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
             for (int _k = 0; _k < 5; ++_k)
                 (l2 + 0)[_u * 5 + _k] += w4[_k * 32 + _u];
         /* zupk,zpu->zuk */
-        real t5[160];
+        real t5[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t5[_k * 32 + _u] = (l2 + 0)[_u * 5 + _k];
-        real w6[160] = {0};
+        real w6[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w6[_k * 32 + _u] += t5[_k * 32 + _u] * a7[_u];
@@ -9853,7 +9743,7 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_u * 5 + _k] += w6[_k * 32 + _u];
         /* 1 paths 32x0e ⊗ sh -> 32x3o */
-        real w7[224] = {0};
+        real w7[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w7[_k * 32 + _u] += a1[_u] * a8[_k];
@@ -9861,11 +9751,11 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
             for (int _k = 0; _k < 7; ++_k)
                 (l3 + 0)[_u * 7 + _k] += w7[_k * 32 + _u];
         /* zupk,zpu->zuk */
-        real t8[224];
+        real t8[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t8[_k * 32 + _u] = (l3 + 0)[_u * 7 + _k];
-        real w9[224] = {0};
+        real w9[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w9[_k * 32 + _u] += t8[_k * 32 + _u] * a9[_u];
@@ -9873,7 +9763,7 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
             for (int _k = 0; _k < 7; ++_k)
                 (a0 + 544)[_u * 7 + _k] += w9[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x0e */
-        real t10[96];
+        real t10[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t10[_i * 32 + _u] = a10[_u * 3 + _i];
@@ -9890,7 +9780,7 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         for (int _u = 0; _u < 32; ++_u)
             (l5 + 32)[_u] += a14[_u];
         /* 2 paths 32x1o ⊗ sh -> 32x1o */
-        real w11[192] = {0};
+        real w11[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -9901,12 +9791,12 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
                 for (int _k = 0; _k < 3; ++_k)
                     (l6 + 0)[_u * 6 + _p * 3 + _k] += w11[_p * 96 + _k * 32 + _u];
         /* zupk,zpu->zuk */
-        real t12[192];
+        real t12[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t12[_p * 96 + _k * 32 + _u] = (l6 + 0)[_u * 6 + _p * 3 + _k];
-        real w13[96] = {0};
+        real w13[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -9921,7 +9811,7 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         for (int _u = 0; _u < 32; ++_u)
             (l7 + 32)[_u] += a17[_u];
         /* 2 paths 32x1o ⊗ sh -> 32x2e */
-        real w14[320] = {0};
+        real w14[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -9932,12 +9822,12 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
                 for (int _k = 0; _k < 5; ++_k)
                     (l8 + 0)[_u * 10 + _p * 5 + _k] += w14[_p * 160 + _k * 32 + _u];
         /* zupk,zpu->zuk */
-        real t15[320];
+        real t15[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t15[_p * 160 + _k * 32 + _u] = (l8 + 0)[_u * 10 + _p * 5 + _k];
-        real w16[160] = {0};
+        real w16[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -9946,7 +9836,7 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_u * 5 + _k] += w16[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x1e */
-        real w17[96] = {0};
+        real w17[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -9955,11 +9845,11 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
             for (int _k = 0; _k < 3; ++_k)
                 (l9 + 0)[_u * 3 + _k] += w17[_k * 32 + _u];
         /* zupk,zpu->zuk */
-        real t18[96];
+        real t18[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t18[_k * 32 + _u] = (l9 + 0)[_u * 3 + _k];
-        real w19[96] = {0};
+        real w19[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w19[_k * 32 + _u] += t18[_k * 32 + _u] * a20[_u];
@@ -9967,7 +9857,7 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 288)[_u * 3 + _k] += w19[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x2o */
-        real w20[160] = {0};
+        real w20[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -9976,11 +9866,11 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
             for (int _k = 0; _k < 5; ++_k)
                 (l10 + 0)[_u * 5 + _k] += w20[_k * 32 + _u];
         /* zupk,zpu->zuk */
-        real t21[160];
+        real t21[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t21[_k * 32 + _u] = (l10 + 0)[_u * 5 + _k];
-        real w22[160] = {0};
+        real w22[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w22[_k * 32 + _u] += t21[_k * 32 + _u] * a22[_u];
@@ -9988,7 +9878,7 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 384)[_u * 5 + _k] += w22[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x3o */
-        real w23[224] = {0};
+        real w23[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -9997,11 +9887,11 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
             for (int _k = 0; _k < 7; ++_k)
                 (l11 + 0)[_u * 7 + _k] += w23[_k * 32 + _u];
         /* zupk,zpu->zuk */
-        real t24[224];
+        real t24[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t24[_k * 32 + _u] = (l11 + 0)[_u * 7 + _k];
-        real w25[224] = {0};
+        real w25[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w25[_k * 32 + _u] += t24[_k * 32 + _u] * a24[_u];
@@ -10009,7 +9899,7 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
             for (int _k = 0; _k < 7; ++_k)
                 (a0 + 544)[_u * 7 + _k] += w25[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x3e */
-        real w26[224] = {0};
+        real w26[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10018,11 +9908,11 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
             for (int _k = 0; _k < 7; ++_k)
                 (l12 + 0)[_u * 7 + _k] += w26[_k * 32 + _u];
         /* zupk,zpu->zuk */
-        real t27[224];
+        real t27[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t27[_k * 32 + _u] = (l12 + 0)[_u * 7 + _k];
-        real w28[224] = {0};
+        real w28[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w28[_k * 32 + _u] += t27[_k * 32 + _u] * a26[_u];
@@ -10030,7 +9920,7 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
             for (int _k = 0; _k < 7; ++_k)
                 (a0 + 768)[_u * 7 + _k] += w28[_k * 32 + _u];
         /* 1 paths 32x2e ⊗ sh -> 32x0e */
-        real t29[160];
+        real t29[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t29[_i * 32 + _u] = a27[_u * 5 + _i];
@@ -10047,7 +9937,7 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         for (int _u = 0; _u < 32; ++_u)
             (l14 + 32)[_u] += a31[_u];
         /* 2 paths 32x2e ⊗ sh -> 32x1o */
-        real w30[192] = {0};
+        real w30[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -10058,12 +9948,12 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
                 for (int _k = 0; _k < 3; ++_k)
                     (l15 + 0)[_u * 6 + _p * 3 + _k] += w30[_p * 96 + _k * 32 + _u];
         /* zupk,zpu->zuk */
-        real t31[192];
+        real t31[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t31[_p * 96 + _k * 32 + _u] = (l15 + 0)[_u * 6 + _p * 3 + _k];
-        real w32[96] = {0};
+        real w32[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10078,7 +9968,7 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         for (int _u = 0; _u < 32; ++_u)
             (l16 + 32)[_u] += a34[_u];
         /* 2 paths 32x2e ⊗ sh -> 32x2e */
-        real w33[320] = {0};
+        real w33[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -10089,12 +9979,12 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
                 for (int _k = 0; _k < 5; ++_k)
                     (l17 + 0)[_u * 10 + _p * 5 + _k] += w33[_p * 160 + _k * 32 + _u];
         /* zupk,zpu->zuk */
-        real t34[320];
+        real t34[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t34[_p * 160 + _k * 32 + _u] = (l17 + 0)[_u * 10 + _p * 5 + _k];
-        real w35[160] = {0};
+        real w35[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10103,7 +9993,7 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_u * 5 + _k] += w35[_k * 32 + _u];
         /* 1 paths 32x2e ⊗ sh -> 32x1e */
-        real w36[96] = {0};
+        real w36[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10112,11 +10002,11 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
             for (int _k = 0; _k < 3; ++_k)
                 (l18 + 0)[_u * 3 + _k] += w36[_k * 32 + _u];
         /* zupk,zpu->zuk */
-        real t37[96];
+        real t37[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t37[_k * 32 + _u] = (l18 + 0)[_u * 3 + _k];
-        real w38[96] = {0};
+        real w38[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w38[_k * 32 + _u] += t37[_k * 32 + _u] * a37[_u];
@@ -10130,7 +10020,7 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         for (int _u = 0; _u < 32; ++_u)
             (l19 + 32)[_u] += a39[_u];
         /* 2 paths 32x2e ⊗ sh -> 32x2o */
-        real w39[320] = {0};
+        real w39[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -10141,12 +10031,12 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
                 for (int _k = 0; _k < 5; ++_k)
                     (l20 + 0)[_u * 10 + _p * 5 + _k] += w39[_p * 160 + _k * 32 + _u];
         /* zupk,zpu->zuk */
-        real t40[320];
+        real t40[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t40[_p * 160 + _k * 32 + _u] = (l20 + 0)[_u * 10 + _p * 5 + _k];
-        real w41[160] = {0};
+        real w41[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10161,7 +10051,7 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
         for (int _u = 0; _u < 32; ++_u)
             (l21 + 32)[_u] += a42[_u];
         /* 2 paths 32x2e ⊗ sh -> 32x3o */
-        real w42[448] = {0};
+        real w42[448] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -10172,12 +10062,12 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
                 for (int _k = 0; _k < 7; ++_k)
                     (l22 + 0)[_u * 14 + _p * 7 + _k] += w42[_p * 224 + _k * 32 + _u];
         /* zupk,zpu->zuk */
-        real t43[448];
+        real t43[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 7; ++_k)
                     t43[_p * 224 + _k * 32 + _u] = (l22 + 0)[_u * 14 + _p * 7 + _k];
-        real w44[224] = {0};
+        real w44[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10186,7 +10076,7 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
             for (int _k = 0; _k < 7; ++_k)
                 (a0 + 544)[_u * 7 + _k] += w44[_k * 32 + _u];
         /* 1 paths 32x2e ⊗ sh -> 32x3e */
-        real w45[224] = {0};
+        real w45[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10195,11 +10085,11 @@ void conv_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, co
             for (int _k = 0; _k < 7; ++_k)
                 (l23 + 0)[_u * 7 + _k] += w45[_k * 32 + _u];
         /* zupk,zpu->zuk */
-        real t46[224];
+        real t46[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t46[_k * 32 + _u] = (l23 + 0)[_u * 7 + _k];
-        real w47[224] = {0};
+        real w47[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w47[_k * 32 + _u] += t46[_k * 32 + _u] * a45[_u];
@@ -10272,59 +10162,59 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         const real *restrict a52 = A52 + z * a52_stride;
         const real *restrict a53 = A53 + z * a53_stride;
         const real *restrict a54 = A54 + z * a54_stride;
-        real l0[32] = {0};
-        real l1[96] = {0};
-        real l2[160] = {0};
-        real l3[224] = {0};
-        real l4[32] = {0};
-        real l5[64] = {0};
-        real l6[192] = {0};
-        real l7[64] = {0};
-        real l8[320] = {0};
-        real l9[96] = {0};
-        real l10[160] = {0};
-        real l11[224] = {0};
-        real l12[224] = {0};
-        real l13[32] = {0};
-        real l14[64] = {0};
-        real l15[192] = {0};
-        real l16[64] = {0};
-        real l17[320] = {0};
-        real l18[96] = {0};
-        real l19[64] = {0};
-        real l20[320] = {0};
-        real l21[64] = {0};
-        real l22[448] = {0};
-        real l23[224] = {0};
-        real l24[224] = {0};
-        real l25[448] = {0};
-        real l26[64] = {0};
-        real l27[320] = {0};
-        real l28[64] = {0};
-        real l29[96] = {0};
-        real l30[320] = {0};
-        real l31[64] = {0};
-        real l32[192] = {0};
-        real l33[64] = {0};
-        real l34[32] = {0};
-        real l35[224] = {0};
-        real l36[224] = {0};
-        real l37[160] = {0};
-        real l38[96] = {0};
-        real l39[320] = {0};
-        real l40[64] = {0};
-        real l41[192] = {0};
-        real l42[64] = {0};
-        real l43[32] = {0};
-        real l44[224] = {0};
-        real l45[160] = {0};
-        real l46[96] = {0};
-        real l47[32] = {0};
+        real l0[32] __attribute__((aligned(64))) = {0};
+        real l1[96] __attribute__((aligned(64))) = {0};
+        real l2[160] __attribute__((aligned(64))) = {0};
+        real l3[224] __attribute__((aligned(64))) = {0};
+        real l4[32] __attribute__((aligned(64))) = {0};
+        real l5[64] __attribute__((aligned(64))) = {0};
+        real l6[192] __attribute__((aligned(64))) = {0};
+        real l7[64] __attribute__((aligned(64))) = {0};
+        real l8[320] __attribute__((aligned(64))) = {0};
+        real l9[96] __attribute__((aligned(64))) = {0};
+        real l10[160] __attribute__((aligned(64))) = {0};
+        real l11[224] __attribute__((aligned(64))) = {0};
+        real l12[224] __attribute__((aligned(64))) = {0};
+        real l13[32] __attribute__((aligned(64))) = {0};
+        real l14[64] __attribute__((aligned(64))) = {0};
+        real l15[192] __attribute__((aligned(64))) = {0};
+        real l16[64] __attribute__((aligned(64))) = {0};
+        real l17[320] __attribute__((aligned(64))) = {0};
+        real l18[96] __attribute__((aligned(64))) = {0};
+        real l19[64] __attribute__((aligned(64))) = {0};
+        real l20[320] __attribute__((aligned(64))) = {0};
+        real l21[64] __attribute__((aligned(64))) = {0};
+        real l22[448] __attribute__((aligned(64))) = {0};
+        real l23[224] __attribute__((aligned(64))) = {0};
+        real l24[224] __attribute__((aligned(64))) = {0};
+        real l25[448] __attribute__((aligned(64))) = {0};
+        real l26[64] __attribute__((aligned(64))) = {0};
+        real l27[320] __attribute__((aligned(64))) = {0};
+        real l28[64] __attribute__((aligned(64))) = {0};
+        real l29[96] __attribute__((aligned(64))) = {0};
+        real l30[320] __attribute__((aligned(64))) = {0};
+        real l31[64] __attribute__((aligned(64))) = {0};
+        real l32[192] __attribute__((aligned(64))) = {0};
+        real l33[64] __attribute__((aligned(64))) = {0};
+        real l34[32] __attribute__((aligned(64))) = {0};
+        real l35[224] __attribute__((aligned(64))) = {0};
+        real l36[224] __attribute__((aligned(64))) = {0};
+        real l37[160] __attribute__((aligned(64))) = {0};
+        real l38[96] __attribute__((aligned(64))) = {0};
+        real l39[320] __attribute__((aligned(64))) = {0};
+        real l40[64] __attribute__((aligned(64))) = {0};
+        real l41[192] __attribute__((aligned(64))) = {0};
+        real l42[64] __attribute__((aligned(64))) = {0};
+        real l43[32] __attribute__((aligned(64))) = {0};
+        real l44[224] __attribute__((aligned(64))) = {0};
+        real l45[160] __attribute__((aligned(64))) = {0};
+        real l46[96] __attribute__((aligned(64))) = {0};
+        real l47[32] __attribute__((aligned(64))) = {0};
         /* 1 paths 32x0e ⊗ sh -> 32x0e */
         for (int _u = 0; _u < 32; ++_u)
             (l0 + 0)[_u] += a3[_u] * a4[0];
         /* 1 paths 32x0e ⊗ sh -> 32x1o */
-        real w1[96] = {0};
+        real w1[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w1[_k * 32 + _u] += a3[_u] * a5[_k];
@@ -10332,7 +10222,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _k = 0; _k < 3; ++_k)
                 (l1 + 0)[_u * 3 + _k] += w1[_k * 32 + _u];
         /* 1 paths 32x0e ⊗ sh -> 32x2e */
-        real w2[160] = {0};
+        real w2[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w2[_k * 32 + _u] += a3[_u] * a6[_k];
@@ -10340,7 +10230,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _k = 0; _k < 5; ++_k)
                 (l2 + 0)[_u * 5 + _k] += w2[_k * 32 + _u];
         /* 1 paths 32x0e ⊗ sh -> 32x3o */
-        real w3[224] = {0};
+        real w3[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w3[_k * 32 + _u] += a3[_u] * a7[_k];
@@ -10348,7 +10238,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _k = 0; _k < 7; ++_k)
                 (l3 + 0)[_u * 7 + _k] += w3[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x0e */
-        real t4[96];
+        real t4[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t4[_i * 32 + _u] = a8[_u * 3 + _i];
@@ -10362,7 +10252,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             (l5 + 32)[_u] += a11[_u];
         /* 2 paths 32x1o ⊗ sh -> 32x1o */
-        real w5[192] = {0};
+        real w5[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -10379,7 +10269,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             (l7 + 32)[_u] += a14[_u];
         /* 2 paths 32x1o ⊗ sh -> 32x2e */
-        real w6[320] = {0};
+        real w6[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -10390,7 +10280,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _k = 0; _k < 5; ++_k)
                     (l8 + 0)[_u * 10 + _p * 5 + _k] += w6[_p * 160 + _k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x1e */
-        real w7[96] = {0};
+        real w7[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10399,7 +10289,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _k = 0; _k < 3; ++_k)
                 (l9 + 0)[_u * 3 + _k] += w7[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x2o */
-        real w8[160] = {0};
+        real w8[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10408,7 +10298,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _k = 0; _k < 5; ++_k)
                 (l10 + 0)[_u * 5 + _k] += w8[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x3o */
-        real w9[224] = {0};
+        real w9[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10417,7 +10307,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _k = 0; _k < 7; ++_k)
                 (l11 + 0)[_u * 7 + _k] += w9[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x3e */
-        real w10[224] = {0};
+        real w10[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10426,7 +10316,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _k = 0; _k < 7; ++_k)
                 (l12 + 0)[_u * 7 + _k] += w10[_k * 32 + _u];
         /* 1 paths 32x2e ⊗ sh -> 32x0e */
-        real t11[160];
+        real t11[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t11[_i * 32 + _u] = a20[_u * 5 + _i];
@@ -10440,7 +10330,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             (l14 + 32)[_u] += a23[_u];
         /* 2 paths 32x2e ⊗ sh -> 32x1o */
-        real w12[192] = {0};
+        real w12[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -10457,7 +10347,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             (l16 + 32)[_u] += a26[_u];
         /* 2 paths 32x2e ⊗ sh -> 32x2e */
-        real w13[320] = {0};
+        real w13[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -10468,7 +10358,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _k = 0; _k < 5; ++_k)
                     (l17 + 0)[_u * 10 + _p * 5 + _k] += w13[_p * 160 + _k * 32 + _u];
         /* 1 paths 32x2e ⊗ sh -> 32x1e */
-        real w14[96] = {0};
+        real w14[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10483,7 +10373,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             (l19 + 32)[_u] += a30[_u];
         /* 2 paths 32x2e ⊗ sh -> 32x2o */
-        real w15[320] = {0};
+        real w15[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -10500,7 +10390,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             (l21 + 32)[_u] += a33[_u];
         /* 2 paths 32x2e ⊗ sh -> 32x3o */
-        real w16[448] = {0};
+        real w16[448] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -10511,7 +10401,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _k = 0; _k < 7; ++_k)
                     (l22 + 0)[_u * 14 + _p * 7 + _k] += w16[_p * 224 + _k * 32 + _u];
         /* 1 paths 32x2e ⊗ sh -> 32x3e */
-        real w17[224] = {0};
+        real w17[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10520,11 +10410,11 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _k = 0; _k < 7; ++_k)
                 (l23 + 0)[_u * 7 + _k] += w17[_k * 32 + _u];
         /* zuk,zpu->zupk */
-        real t18[224];
+        real t18[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t18[_k * 32 + _u] = a36[_u * 7 + _k];
-        real w19[224] = {0};
+        real w19[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w19[_k * 32 + _u] += t18[_k * 32 + _u] * a37[_u];
@@ -10532,7 +10422,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _k = 0; _k < 7; ++_k)
                 (l24 + 0)[_u * 7 + _k] += w19[_k * 32 + _u];
         /* zuk,zupk->zpu */
-        real t20[224];
+        real t20[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t20[_k * 32 + _u] = (l23 + 0)[_u * 7 + _k];
@@ -10540,11 +10430,11 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _u = 0; _u < 32; ++_u)
                 (a0 + 640)[_u] += t18[_k * 32 + _u] * t20[_k * 32 + _u];
         /* ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e */
-        real t21[224];
+        real t21[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t21[_k * 32 + _u] = (l24 + 0)[_u * 7 + _k];
-        real w22[160] = {0};
+        real w22[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10553,7 +10443,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w22[_i * 32 + _u];
         /* ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e */
-        real t23[224];
+        real t23[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t23[_k * 32 + _u] = (l24 + 0)[_u * 7 + _k];
@@ -10566,11 +10456,11 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                     (a2 + 353)[_i * 7 + _k] += acc;
                 }
         /* zuk,zpu->zupk */
-        real t24[224];
+        real t24[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t24[_k * 32 + _u] = a38[_u * 7 + _k];
-        real w25[448] = {0};
+        real w25[448] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10580,7 +10470,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _k = 0; _k < 7; ++_k)
                     (l25 + 0)[_u * 14 + _p * 7 + _k] += w25[_p * 224 + _k * 32 + _u];
         /* zuk,zupk->zpu */
-        real t26[448];
+        real t26[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 7; ++_k)
@@ -10590,12 +10480,12 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _u = 0; _u < 32; ++_u)
                     (l26 + 0)[_p * 32 + _u] += t24[_k * 32 + _u] * t26[_p * 224 + _k * 32 + _u];
         /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o */
-        real t27[448];
+        real t27[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 7; ++_k)
                     t27[_p * 224 + _k * 32 + _u] = (l25 + 0)[_u * 14 + _p * 7 + _k];
-        real w28[160] = {0};
+        real w28[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -10605,7 +10495,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w28[_i * 32 + _u];
         /* ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o */
-        real t29[448];
+        real t29[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 7; ++_k)
@@ -10626,11 +10516,11 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 512)[_u] += (l26 + 0)[_u];
         /* zuk,zpu->zupk */
-        real t30[160];
+        real t30[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t30[_k * 32 + _u] = a39[_u * 5 + _k];
-        real w31[320] = {0};
+        real w31[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10640,7 +10530,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _k = 0; _k < 5; ++_k)
                     (l27 + 0)[_u * 10 + _p * 5 + _k] += w31[_p * 160 + _k * 32 + _u];
         /* zuk,zupk->zpu */
-        real t32[320];
+        real t32[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -10650,12 +10540,12 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _u = 0; _u < 32; ++_u)
                     (l28 + 0)[_p * 32 + _u] += t30[_k * 32 + _u] * t32[_p * 160 + _k * 32 + _u];
         /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o */
-        real t33[320];
+        real t33[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t33[_p * 160 + _k * 32 + _u] = (l27 + 0)[_u * 10 + _p * 5 + _k];
-        real w34[160] = {0};
+        real w34[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -10665,7 +10555,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w34[_i * 32 + _u];
         /* ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o */
-        real t35[320];
+        real t35[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -10686,11 +10576,11 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 480)[_u] += (l28 + 0)[_u];
         /* zuk,zpu->zupk */
-        real t36[96];
+        real t36[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t36[_k * 32 + _u] = a40[_u * 3 + _k];
-        real w37[96] = {0};
+        real w37[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w37[_k * 32 + _u] += t36[_k * 32 + _u] * a41[_u];
@@ -10698,7 +10588,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _k = 0; _k < 3; ++_k)
                 (l29 + 0)[_u * 3 + _k] += w37[_k * 32 + _u];
         /* zuk,zupk->zpu */
-        real t38[96];
+        real t38[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t38[_k * 32 + _u] = (l18 + 0)[_u * 3 + _k];
@@ -10706,11 +10596,11 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _u = 0; _u < 32; ++_u)
                 (a0 + 608)[_u] += t36[_k * 32 + _u] * t38[_k * 32 + _u];
         /* ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e */
-        real t39[96];
+        real t39[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t39[_k * 32 + _u] = (l29 + 0)[_u * 3 + _k];
-        real w40[160] = {0};
+        real w40[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10719,7 +10609,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w40[_i * 32 + _u];
         /* ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e */
-        real t41[96];
+        real t41[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t41[_k * 32 + _u] = (l29 + 0)[_u * 3 + _k];
@@ -10732,11 +10622,11 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                     (a2 + 218)[_i * 3 + _k] += acc;
                 }
         /* zuk,zpu->zupk */
-        real t42[160];
+        real t42[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t42[_k * 32 + _u] = a42[_u * 5 + _k];
-        real w43[320] = {0};
+        real w43[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10746,7 +10636,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _k = 0; _k < 5; ++_k)
                     (l30 + 0)[_u * 10 + _p * 5 + _k] += w43[_p * 160 + _k * 32 + _u];
         /* zuk,zupk->zpu */
-        real t44[320];
+        real t44[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -10756,12 +10646,12 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _u = 0; _u < 32; ++_u)
                     (l31 + 0)[_p * 32 + _u] += t42[_k * 32 + _u] * t44[_p * 160 + _k * 32 + _u];
         /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e */
-        real t45[320];
+        real t45[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t45[_p * 160 + _k * 32 + _u] = (l30 + 0)[_u * 10 + _p * 5 + _k];
-        real w46[160] = {0};
+        real w46[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -10771,7 +10661,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w46[_i * 32 + _u];
         /* ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e */
-        real t47[320];
+        real t47[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -10792,11 +10682,11 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 416)[_u] += (l31 + 0)[_u];
         /* zuk,zpu->zupk */
-        real t48[96];
+        real t48[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t48[_k * 32 + _u] = a43[_u * 3 + _k];
-        real w49[192] = {0};
+        real w49[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10806,7 +10696,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _k = 0; _k < 3; ++_k)
                     (l32 + 0)[_u * 6 + _p * 3 + _k] += w49[_p * 96 + _k * 32 + _u];
         /* zuk,zupk->zpu */
-        real t50[192];
+        real t50[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -10816,12 +10706,12 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _u = 0; _u < 32; ++_u)
                     (l33 + 0)[_p * 32 + _u] += t48[_k * 32 + _u] * t50[_p * 96 + _k * 32 + _u];
         /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o */
-        real t51[192];
+        real t51[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t51[_p * 96 + _k * 32 + _u] = (l32 + 0)[_u * 6 + _p * 3 + _k];
-        real w52[160] = {0};
+        real w52[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -10831,7 +10721,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w52[_i * 32 + _u];
         /* ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o */
-        real t53[192];
+        real t53[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -10858,7 +10748,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 544)[_u] += a44[_u] * (l13 + 0)[_u];
         /* ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e */
-        real w54[160] = {0};
+        real w54[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 32; ++_u)
                 w54[_i * 32 + _u] += (l34 + 0)[_u] * a21[_i];
@@ -10874,7 +10764,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 (a2 + 133)[_i] += acc;
             }
         /* zuk,zpu->zupk */
-        real w55[224] = {0};
+        real w55[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w55[_k * 32 + _u] += t18[_k * 32 + _u] * a46[_u];
@@ -10882,7 +10772,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _k = 0; _k < 7; ++_k)
                 (l35 + 0)[_u * 7 + _k] += w55[_k * 32 + _u];
         /* zuk,zupk->zpu */
-        real t56[224];
+        real t56[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t56[_k * 32 + _u] = (l12 + 0)[_u * 7 + _k];
@@ -10890,11 +10780,11 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _u = 0; _u < 32; ++_u)
                 (a0 + 384)[_u] += t18[_k * 32 + _u] * t56[_k * 32 + _u];
         /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e */
-        real t57[224];
+        real t57[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t57[_k * 32 + _u] = (l35 + 0)[_u * 7 + _k];
-        real w58[96] = {0};
+        real w58[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10903,7 +10793,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w58[_i * 32 + _u];
         /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e */
-        real t59[224];
+        real t59[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t59[_k * 32 + _u] = (l35 + 0)[_u * 7 + _k];
@@ -10916,7 +10806,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                     (a2 + 112)[_i * 7 + _k] += acc;
                 }
         /* zuk,zpu->zupk */
-        real w60[224] = {0};
+        real w60[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w60[_k * 32 + _u] += t24[_k * 32 + _u] * a47[_u];
@@ -10924,7 +10814,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _k = 0; _k < 7; ++_k)
                 (l36 + 0)[_u * 7 + _k] += w60[_k * 32 + _u];
         /* zuk,zupk->zpu */
-        real t61[224];
+        real t61[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t61[_k * 32 + _u] = (l11 + 0)[_u * 7 + _k];
@@ -10932,11 +10822,11 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _u = 0; _u < 32; ++_u)
                 (a0 + 320)[_u] += t24[_k * 32 + _u] * t61[_k * 32 + _u];
         /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o */
-        real t62[224];
+        real t62[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t62[_k * 32 + _u] = (l36 + 0)[_u * 7 + _k];
-        real w63[96] = {0};
+        real w63[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10945,7 +10835,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w63[_i * 32 + _u];
         /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o */
-        real t64[224];
+        real t64[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t64[_k * 32 + _u] = (l36 + 0)[_u * 7 + _k];
@@ -10958,7 +10848,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                     (a2 + 91)[_i * 7 + _k] += acc;
                 }
         /* zuk,zpu->zupk */
-        real w65[160] = {0};
+        real w65[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w65[_k * 32 + _u] += t30[_k * 32 + _u] * a48[_u];
@@ -10966,7 +10856,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _k = 0; _k < 5; ++_k)
                 (l37 + 0)[_u * 5 + _k] += w65[_k * 32 + _u];
         /* zuk,zupk->zpu */
-        real t66[160];
+        real t66[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t66[_k * 32 + _u] = (l10 + 0)[_u * 5 + _k];
@@ -10974,11 +10864,11 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _u = 0; _u < 32; ++_u)
                 (a0 + 288)[_u] += t30[_k * 32 + _u] * t66[_k * 32 + _u];
         /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o */
-        real t67[160];
+        real t67[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t67[_k * 32 + _u] = (l37 + 0)[_u * 5 + _k];
-        real w68[96] = {0};
+        real w68[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -10987,7 +10877,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w68[_i * 32 + _u];
         /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o */
-        real t69[160];
+        real t69[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t69[_k * 32 + _u] = (l37 + 0)[_u * 5 + _k];
@@ -11000,7 +10890,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                     (a2 + 76)[_i * 5 + _k] += acc;
                 }
         /* zuk,zpu->zupk */
-        real w70[96] = {0};
+        real w70[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w70[_k * 32 + _u] += t36[_k * 32 + _u] * a49[_u];
@@ -11008,7 +10898,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _k = 0; _k < 3; ++_k)
                 (l38 + 0)[_u * 3 + _k] += w70[_k * 32 + _u];
         /* zuk,zupk->zpu */
-        real t71[96];
+        real t71[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t71[_k * 32 + _u] = (l9 + 0)[_u * 3 + _k];
@@ -11016,11 +10906,11 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _u = 0; _u < 32; ++_u)
                 (a0 + 224)[_u] += t36[_k * 32 + _u] * t71[_k * 32 + _u];
         /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e */
-        real t72[96];
+        real t72[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t72[_k * 32 + _u] = (l38 + 0)[_u * 3 + _k];
-        real w73[96] = {0};
+        real w73[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -11029,7 +10919,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w73[_i * 32 + _u];
         /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e */
-        real t74[96];
+        real t74[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t74[_k * 32 + _u] = (l38 + 0)[_u * 3 + _k];
@@ -11042,7 +10932,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                     (a2 + 67)[_i * 3 + _k] += acc;
                 }
         /* zuk,zpu->zupk */
-        real w75[320] = {0};
+        real w75[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -11052,7 +10942,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _k = 0; _k < 5; ++_k)
                     (l39 + 0)[_u * 10 + _p * 5 + _k] += w75[_p * 160 + _k * 32 + _u];
         /* zuk,zupk->zpu */
-        real t76[320];
+        real t76[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -11062,12 +10952,12 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _u = 0; _u < 32; ++_u)
                     (l40 + 0)[_p * 32 + _u] += t42[_k * 32 + _u] * t76[_p * 160 + _k * 32 + _u];
         /* ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e */
-        real t77[320];
+        real t77[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t77[_p * 160 + _k * 32 + _u] = (l39 + 0)[_u * 10 + _p * 5 + _k];
-        real w78[96] = {0};
+        real w78[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -11077,7 +10967,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w78[_i * 32 + _u];
         /* ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e */
-        real t79[320];
+        real t79[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -11098,7 +10988,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 192)[_u] += (l40 + 0)[_u];
         /* zuk,zpu->zupk */
-        real w80[192] = {0};
+        real w80[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -11108,7 +10998,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _k = 0; _k < 3; ++_k)
                     (l41 + 0)[_u * 6 + _p * 3 + _k] += w80[_p * 96 + _k * 32 + _u];
         /* zuk,zupk->zpu */
-        real t81[192];
+        real t81[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -11118,12 +11008,12 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 for (int _u = 0; _u < 32; ++_u)
                     (l42 + 0)[_p * 32 + _u] += t48[_k * 32 + _u] * t81[_p * 96 + _k * 32 + _u];
         /* ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o */
-        real t82[192];
+        real t82[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t82[_p * 96 + _k * 32 + _u] = (l41 + 0)[_u * 6 + _p * 3 + _k];
-        real w83[96] = {0};
+        real w83[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -11133,7 +11023,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w83[_i * 32 + _u];
         /* ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o */
-        real t84[192];
+        real t84[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -11160,7 +11050,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         for (int _u = 0; _u < 32; ++_u)
             (a0 + 160)[_u] += a44[_u] * (l4 + 0)[_u];
         /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e */
-        real w85[96] = {0};
+        real w85[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 32; ++_u)
                 w85[_i * 32 + _u] += (l43 + 0)[_u] * a9[_i];
@@ -11176,7 +11066,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 (a2 + 16)[_i] += acc;
             }
         /* zuk,zpu->zupk */
-        real w86[224] = {0};
+        real w86[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w86[_k * 32 + _u] += t24[_k * 32 + _u] * a51[_u];
@@ -11184,7 +11074,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _k = 0; _k < 7; ++_k)
                 (l44 + 0)[_u * 7 + _k] += w86[_k * 32 + _u];
         /* zuk,zupk->zpu */
-        real t87[224];
+        real t87[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t87[_k * 32 + _u] = (l3 + 0)[_u * 7 + _k];
@@ -11192,7 +11082,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _u = 0; _u < 32; ++_u)
                 (a0 + 96)[_u] += t24[_k * 32 + _u] * t87[_k * 32 + _u];
         /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o */
-        real t88[224];
+        real t88[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t88[_k * 32 + _u] = (l44 + 0)[_u * 7 + _k];
@@ -11200,7 +11090,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _u = 0; _u < 32; ++_u)
                 (a1 + 0)[_u] += t88[_k * 32 + _u] * a7[_k];
         /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o */
-        real t89[224];
+        real t89[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t89[_k * 32 + _u] = (l44 + 0)[_u * 7 + _k];
@@ -11212,7 +11102,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 (a2 + 9)[_k] += acc;
             }
         /* zuk,zpu->zupk */
-        real w90[160] = {0};
+        real w90[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w90[_k * 32 + _u] += t42[_k * 32 + _u] * a52[_u];
@@ -11220,7 +11110,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _k = 0; _k < 5; ++_k)
                 (l45 + 0)[_u * 5 + _k] += w90[_k * 32 + _u];
         /* zuk,zupk->zpu */
-        real t91[160];
+        real t91[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t91[_k * 32 + _u] = (l2 + 0)[_u * 5 + _k];
@@ -11228,7 +11118,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _u = 0; _u < 32; ++_u)
                 (a0 + 64)[_u] += t42[_k * 32 + _u] * t91[_k * 32 + _u];
         /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e */
-        real t92[160];
+        real t92[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t92[_k * 32 + _u] = (l45 + 0)[_u * 5 + _k];
@@ -11236,7 +11126,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _u = 0; _u < 32; ++_u)
                 (a1 + 0)[_u] += t92[_k * 32 + _u] * a6[_k];
         /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e */
-        real t93[160];
+        real t93[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t93[_k * 32 + _u] = (l45 + 0)[_u * 5 + _k];
@@ -11248,7 +11138,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
                 (a2 + 4)[_k] += acc;
             }
         /* zuk,zpu->zupk */
-        real w94[96] = {0};
+        real w94[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w94[_k * 32 + _u] += t48[_k * 32 + _u] * a53[_u];
@@ -11256,7 +11146,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _k = 0; _k < 3; ++_k)
                 (l46 + 0)[_u * 3 + _k] += w94[_k * 32 + _u];
         /* zuk,zupk->zpu */
-        real t95[96];
+        real t95[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t95[_k * 32 + _u] = (l1 + 0)[_u * 3 + _k];
@@ -11264,7 +11154,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _u = 0; _u < 32; ++_u)
                 (a0 + 32)[_u] += t48[_k * 32 + _u] * t95[_k * 32 + _u];
         /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o */
-        real t96[96];
+        real t96[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t96[_k * 32 + _u] = (l46 + 0)[_u * 3 + _k];
@@ -11272,7 +11162,7 @@ void conv_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _u = 0; _u < 32; ++_u)
                 (a1 + 0)[_u] += t96[_k * 32 + _u] * a5[_k];
         /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o */
-        real t97[96];
+        real t97[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t97[_k * 32 + _u] = (l46 + 0)[_u * 3 + _k];
@@ -11378,54 +11268,54 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         const real *restrict a52 = A52 + z * a52_stride;
         const real *restrict a53 = A53 + z * a53_stride;
         const real *restrict a54 = A54 + z * a54_stride;
-        real l0[64] = {0};
-        real l1[64] = {0};
-        real l2[64] = {0};
-        real l3[64] = {0};
-        real l4[64] = {0};
-        real l5[64] = {0};
-        real l6[224] = {0};
-        real l7[448] = {0};
-        real l8[320] = {0};
-        real l9[96] = {0};
-        real l10[320] = {0};
-        real l11[192] = {0};
-        real l12[32] = {0};
-        real l13[224] = {0};
-        real l14[224] = {0};
-        real l15[160] = {0};
-        real l16[96] = {0};
-        real l17[320] = {0};
-        real l18[192] = {0};
-        real l19[32] = {0};
-        real l20[224] = {0};
-        real l21[160] = {0};
-        real l22[96] = {0};
-        real l23[32] = {0};
-        real l24[32] = {0};
-        real l25[96] = {0};
-        real l26[160] = {0};
-        real l27[224] = {0};
-        real l28[32] = {0};
-        real l29[192] = {0};
-        real l30[64] = {0};
-        real l31[320] = {0};
-        real l32[64] = {0};
-        real l33[96] = {0};
-        real l34[160] = {0};
-        real l35[224] = {0};
-        real l36[224] = {0};
-        real l37[32] = {0};
-        real l38[192] = {0};
-        real l39[64] = {0};
-        real l40[320] = {0};
-        real l41[64] = {0};
-        real l42[96] = {0};
-        real l43[320] = {0};
-        real l44[64] = {0};
-        real l45[448] = {0};
-        real l46[64] = {0};
-        real l47[224] = {0};
+        real l0[64] __attribute__((aligned(64))) = {0};
+        real l1[64] __attribute__((aligned(64))) = {0};
+        real l2[64] __attribute__((aligned(64))) = {0};
+        real l3[64] __attribute__((aligned(64))) = {0};
+        real l4[64] __attribute__((aligned(64))) = {0};
+        real l5[64] __attribute__((aligned(64))) = {0};
+        real l6[224] __attribute__((aligned(64))) = {0};
+        real l7[448] __attribute__((aligned(64))) = {0};
+        real l8[320] __attribute__((aligned(64))) = {0};
+        real l9[96] __attribute__((aligned(64))) = {0};
+        real l10[320] __attribute__((aligned(64))) = {0};
+        real l11[192] __attribute__((aligned(64))) = {0};
+        real l12[32] __attribute__((aligned(64))) = {0};
+        real l13[224] __attribute__((aligned(64))) = {0};
+        real l14[224] __attribute__((aligned(64))) = {0};
+        real l15[160] __attribute__((aligned(64))) = {0};
+        real l16[96] __attribute__((aligned(64))) = {0};
+        real l17[320] __attribute__((aligned(64))) = {0};
+        real l18[192] __attribute__((aligned(64))) = {0};
+        real l19[32] __attribute__((aligned(64))) = {0};
+        real l20[224] __attribute__((aligned(64))) = {0};
+        real l21[160] __attribute__((aligned(64))) = {0};
+        real l22[96] __attribute__((aligned(64))) = {0};
+        real l23[32] __attribute__((aligned(64))) = {0};
+        real l24[32] __attribute__((aligned(64))) = {0};
+        real l25[96] __attribute__((aligned(64))) = {0};
+        real l26[160] __attribute__((aligned(64))) = {0};
+        real l27[224] __attribute__((aligned(64))) = {0};
+        real l28[32] __attribute__((aligned(64))) = {0};
+        real l29[192] __attribute__((aligned(64))) = {0};
+        real l30[64] __attribute__((aligned(64))) = {0};
+        real l31[320] __attribute__((aligned(64))) = {0};
+        real l32[64] __attribute__((aligned(64))) = {0};
+        real l33[96] __attribute__((aligned(64))) = {0};
+        real l34[160] __attribute__((aligned(64))) = {0};
+        real l35[224] __attribute__((aligned(64))) = {0};
+        real l36[224] __attribute__((aligned(64))) = {0};
+        real l37[32] __attribute__((aligned(64))) = {0};
+        real l38[192] __attribute__((aligned(64))) = {0};
+        real l39[64] __attribute__((aligned(64))) = {0};
+        real l40[320] __attribute__((aligned(64))) = {0};
+        real l41[64] __attribute__((aligned(64))) = {0};
+        real l42[96] __attribute__((aligned(64))) = {0};
+        real l43[320] __attribute__((aligned(64))) = {0};
+        real l44[64] __attribute__((aligned(64))) = {0};
+        real l45[448] __attribute__((aligned(64))) = {0};
+        real l46[64] __attribute__((aligned(64))) = {0};
+        real l47[224] __attribute__((aligned(64))) = {0};
         /* zu->zu */
         for (int _u = 0; _u < 32; ++_u)
             (l0 + 0)[_u] += a3[_u];
@@ -11463,11 +11353,11 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             (l5 + 32)[_u] += a14[_u];
         /* zuk,zpu->zupk */
-        real t1[224];
+        real t1[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t1[_k * 32 + _u] = a15[_u * 7 + _k];
-        real w2[224] = {0};
+        real w2[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w2[_k * 32 + _u] += t1[_k * 32 + _u] * a16[_u];
@@ -11475,11 +11365,11 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (l6 + 0)[_u * 7 + _k] += w2[_k * 32 + _u];
         /* zuk,zpu->zupk */
-        real t3[224];
+        real t3[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t3[_k * 32 + _u] = a17[_u * 7 + _k];
-        real w4[448] = {0};
+        real w4[448] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -11489,11 +11379,11 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 7; ++_k)
                     (l7 + 0)[_u * 14 + _p * 7 + _k] += w4[_p * 224 + _k * 32 + _u];
         /* zuk,zpu->zupk */
-        real t5[160];
+        real t5[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t5[_k * 32 + _u] = a18[_u * 5 + _k];
-        real w6[320] = {0};
+        real w6[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -11503,11 +11393,11 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 5; ++_k)
                     (l8 + 0)[_u * 10 + _p * 5 + _k] += w6[_p * 160 + _k * 32 + _u];
         /* zuk,zpu->zupk */
-        real t7[96];
+        real t7[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t7[_k * 32 + _u] = a19[_u * 3 + _k];
-        real w8[96] = {0};
+        real w8[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w8[_k * 32 + _u] += t7[_k * 32 + _u] * a20[_u];
@@ -11515,11 +11405,11 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (l9 + 0)[_u * 3 + _k] += w8[_k * 32 + _u];
         /* zuk,zpu->zupk */
-        real t9[160];
+        real t9[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t9[_k * 32 + _u] = a21[_u * 5 + _k];
-        real w10[320] = {0};
+        real w10[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -11529,11 +11419,11 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 5; ++_k)
                     (l10 + 0)[_u * 10 + _p * 5 + _k] += w10[_p * 160 + _k * 32 + _u];
         /* zuk,zpu->zupk */
-        real t11[96];
+        real t11[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t11[_k * 32 + _u] = a22[_u * 3 + _k];
-        real w12[192] = {0};
+        real w12[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -11546,7 +11436,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             (l12 + 0)[_u] += a23[_u] * a24[_u];
         /* zuk,zpu->zupk */
-        real w13[224] = {0};
+        real w13[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w13[_k * 32 + _u] += t1[_k * 32 + _u] * a25[_u];
@@ -11554,7 +11444,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (l13 + 0)[_u * 7 + _k] += w13[_k * 32 + _u];
         /* zuk,zpu->zupk */
-        real w14[224] = {0};
+        real w14[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w14[_k * 32 + _u] += t3[_k * 32 + _u] * a26[_u];
@@ -11562,7 +11452,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (l14 + 0)[_u * 7 + _k] += w14[_k * 32 + _u];
         /* zuk,zpu->zupk */
-        real w15[160] = {0};
+        real w15[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w15[_k * 32 + _u] += t5[_k * 32 + _u] * a27[_u];
@@ -11570,7 +11460,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 5; ++_k)
                 (l15 + 0)[_u * 5 + _k] += w15[_k * 32 + _u];
         /* zuk,zpu->zupk */
-        real w16[96] = {0};
+        real w16[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w16[_k * 32 + _u] += t7[_k * 32 + _u] * a28[_u];
@@ -11578,7 +11468,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (l16 + 0)[_u * 3 + _k] += w16[_k * 32 + _u];
         /* zuk,zpu->zupk */
-        real w17[320] = {0};
+        real w17[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -11588,7 +11478,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 5; ++_k)
                     (l17 + 0)[_u * 10 + _p * 5 + _k] += w17[_p * 160 + _k * 32 + _u];
         /* zuk,zpu->zupk */
-        real w18[192] = {0};
+        real w18[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -11601,7 +11491,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             (l19 + 0)[_u] += a23[_u] * a29[_u];
         /* zuk,zpu->zupk */
-        real w19[224] = {0};
+        real w19[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w19[_k * 32 + _u] += t3[_k * 32 + _u] * a30[_u];
@@ -11609,7 +11499,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (l20 + 0)[_u * 7 + _k] += w19[_k * 32 + _u];
         /* zuk,zpu->zupk */
-        real w20[160] = {0};
+        real w20[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w20[_k * 32 + _u] += t9[_k * 32 + _u] * a31[_u];
@@ -11617,7 +11507,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 5; ++_k)
                 (l21 + 0)[_u * 5 + _k] += w20[_k * 32 + _u];
         /* zuk,zpu->zupk */
-        real w21[96] = {0};
+        real w21[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w21[_k * 32 + _u] += t11[_k * 32 + _u] * a32[_u];
@@ -11644,7 +11534,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             (a2 + 0)[_u] += (l24 + 0)[_u] * a23[_u];
         /* ∂/∂d__t_m_0_0_1: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o */
-        real w22[96] = {0};
+        real w22[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w22[_k * 32 + _u] += a34[_u] * a36[_k];
@@ -11652,7 +11542,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (l25 + 0)[_u * 3 + _k] += w22[_k * 32 + _u];
         /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o */
-        real t23[96];
+        real t23[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t23[_k * 32 + _u] = (l22 + 0)[_u * 3 + _k];
@@ -11664,11 +11554,11 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 (a0 + 1)[_k] += acc;
             }
         /* zupk,zpu->zuk */
-        real t24[96];
+        real t24[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t24[_k * 32 + _u] = (l25 + 0)[_u * 3 + _k];
-        real w25[96] = {0};
+        real w25[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w25[_k * 32 + _u] += t24[_k * 32 + _u] * a32[_u];
@@ -11676,7 +11566,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 32)[_u * 3 + _k] += w25[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t26[96];
+        real t26[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t26[_k * 32 + _u] = (l25 + 0)[_u * 3 + _k];
@@ -11684,7 +11574,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _u = 0; _u < 32; ++_u)
                 (a2 + 32)[_u] += t26[_k * 32 + _u] * t11[_k * 32 + _u];
         /* ∂/∂d__t_m_0_0_2: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e */
-        real w27[160] = {0};
+        real w27[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w27[_k * 32 + _u] += a34[_u] * a37[_k];
@@ -11692,7 +11582,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 5; ++_k)
                 (l26 + 0)[_u * 5 + _k] += w27[_k * 32 + _u];
         /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e */
-        real t28[160];
+        real t28[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t28[_k * 32 + _u] = (l21 + 0)[_u * 5 + _k];
@@ -11704,11 +11594,11 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 (a0 + 4)[_k] += acc;
             }
         /* zupk,zpu->zuk */
-        real t29[160];
+        real t29[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t29[_k * 32 + _u] = (l26 + 0)[_u * 5 + _k];
-        real w30[160] = {0};
+        real w30[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w30[_k * 32 + _u] += t29[_k * 32 + _u] * a31[_u];
@@ -11716,7 +11606,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 128)[_u * 5 + _k] += w30[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t31[160];
+        real t31[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t31[_k * 32 + _u] = (l26 + 0)[_u * 5 + _k];
@@ -11724,7 +11614,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _u = 0; _u < 32; ++_u)
                 (a2 + 64)[_u] += t31[_k * 32 + _u] * t9[_k * 32 + _u];
         /* ∂/∂d__t_m_0_0_5: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o */
-        real w32[224] = {0};
+        real w32[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w32[_k * 32 + _u] += a34[_u] * a38[_k];
@@ -11732,7 +11622,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (l27 + 0)[_u * 7 + _k] += w32[_k * 32 + _u];
         /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o */
-        real t33[224];
+        real t33[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t33[_k * 32 + _u] = (l20 + 0)[_u * 7 + _k];
@@ -11744,11 +11634,11 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 (a0 + 9)[_k] += acc;
             }
         /* zupk,zpu->zuk */
-        real t34[224];
+        real t34[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t34[_k * 32 + _u] = (l27 + 0)[_u * 7 + _k];
-        real w35[224] = {0};
+        real w35[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w35[_k * 32 + _u] += t34[_k * 32 + _u] * a30[_u];
@@ -11756,7 +11646,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (a1 + 544)[_u * 7 + _k] += w35[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t36[224];
+        real t36[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t36[_k * 32 + _u] = (l27 + 0)[_u * 7 + _k];
@@ -11764,7 +11654,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _u = 0; _u < 32; ++_u)
                 (a2 + 96)[_u] += t36[_k * 32 + _u] * t3[_k * 32 + _u];
         /* ∂/∂d__t_m_0_1_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e */
-        real t37[96];
+        real t37[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t37[_i * 32 + _u] = a39[_u * 3 + _i];
@@ -11786,7 +11676,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             (a2 + 160)[_u] += (l28 + 0)[_u] * a23[_u];
         /* ∂/∂d__t_m_0_1_1: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o */
-        real w38[192] = {0};
+        real w38[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -11797,7 +11687,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 3; ++_k)
                     (l29 + 0)[_u * 6 + _p * 3 + _k] += w38[_p * 96 + _k * 32 + _u];
         /* ∂/∂_m_m_0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o */
-        real t39[192];
+        real t39[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -11812,12 +11702,12 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                         (a0 + 19)[_i * 6 + _k * 2 + _p] += acc;
                     }
         /* zupk,zpu->zuk */
-        real t40[192];
+        real t40[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t40[_p * 96 + _k * 32 + _u] = (l29 + 0)[_u * 6 + _p * 3 + _k];
-        real w41[96] = {0};
+        real w41[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -11826,7 +11716,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 32)[_u * 3 + _k] += w41[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t42[192];
+        real t42[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -11836,7 +11726,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _u = 0; _u < 32; ++_u)
                     (l30 + 0)[_p * 32 + _u] += t42[_p * 96 + _k * 32 + _u] * t11[_k * 32 + _u];
         /* ∂/∂d__t_m_0_1_2: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e */
-        real w43[320] = {0};
+        real w43[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -11847,7 +11737,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 5; ++_k)
                     (l31 + 0)[_u * 10 + _p * 5 + _k] += w43[_p * 160 + _k * 32 + _u];
         /* ∂/∂_m_m_0: ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e */
-        real t44[320];
+        real t44[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -11862,12 +11752,12 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                         (a0 + 37)[_i * 10 + _k * 2 + _p] += acc;
                     }
         /* zupk,zpu->zuk */
-        real t45[320];
+        real t45[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t45[_p * 160 + _k * 32 + _u] = (l31 + 0)[_u * 10 + _p * 5 + _k];
-        real w46[160] = {0};
+        real w46[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -11876,7 +11766,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 128)[_u * 5 + _k] += w46[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t47[320];
+        real t47[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -11886,7 +11776,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _u = 0; _u < 32; ++_u)
                     (l32 + 0)[_p * 32 + _u] += t47[_p * 160 + _k * 32 + _u] * t9[_k * 32 + _u];
         /* ∂/∂d__t_m_0_1_3: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e */
-        real w48[96] = {0};
+        real w48[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -11895,7 +11785,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (l33 + 0)[_u * 3 + _k] += w48[_k * 32 + _u];
         /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e */
-        real t49[96];
+        real t49[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t49[_k * 32 + _u] = (l16 + 0)[_u * 3 + _k];
@@ -11908,11 +11798,11 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     (a0 + 67)[_i * 3 + _k] += acc;
                 }
         /* zupk,zpu->zuk */
-        real t50[96];
+        real t50[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t50[_k * 32 + _u] = (l33 + 0)[_u * 3 + _k];
-        real w51[96] = {0};
+        real w51[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w51[_k * 32 + _u] += t50[_k * 32 + _u] * a28[_u];
@@ -11920,7 +11810,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 288)[_u * 3 + _k] += w51[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t52[96];
+        real t52[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t52[_k * 32 + _u] = (l33 + 0)[_u * 3 + _k];
@@ -11928,7 +11818,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _u = 0; _u < 32; ++_u)
                 (a2 + 224)[_u] += t52[_k * 32 + _u] * t7[_k * 32 + _u];
         /* ∂/∂d__t_m_0_1_4: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o */
-        real w53[160] = {0};
+        real w53[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -11937,7 +11827,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 5; ++_k)
                 (l34 + 0)[_u * 5 + _k] += w53[_k * 32 + _u];
         /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o */
-        real t54[160];
+        real t54[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t54[_k * 32 + _u] = (l15 + 0)[_u * 5 + _k];
@@ -11950,11 +11840,11 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     (a0 + 76)[_i * 5 + _k] += acc;
                 }
         /* zupk,zpu->zuk */
-        real t55[160];
+        real t55[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t55[_k * 32 + _u] = (l34 + 0)[_u * 5 + _k];
-        real w56[160] = {0};
+        real w56[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w56[_k * 32 + _u] += t55[_k * 32 + _u] * a27[_u];
@@ -11962,7 +11852,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 384)[_u * 5 + _k] += w56[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t57[160];
+        real t57[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t57[_k * 32 + _u] = (l34 + 0)[_u * 5 + _k];
@@ -11970,7 +11860,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _u = 0; _u < 32; ++_u)
                 (a2 + 288)[_u] += t57[_k * 32 + _u] * t5[_k * 32 + _u];
         /* ∂/∂d__t_m_0_1_5: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o */
-        real w58[224] = {0};
+        real w58[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -11979,7 +11869,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (l35 + 0)[_u * 7 + _k] += w58[_k * 32 + _u];
         /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o */
-        real t59[224];
+        real t59[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t59[_k * 32 + _u] = (l14 + 0)[_u * 7 + _k];
@@ -11992,11 +11882,11 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     (a0 + 91)[_i * 7 + _k] += acc;
                 }
         /* zupk,zpu->zuk */
-        real t60[224];
+        real t60[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t60[_k * 32 + _u] = (l35 + 0)[_u * 7 + _k];
-        real w61[224] = {0};
+        real w61[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w61[_k * 32 + _u] += t60[_k * 32 + _u] * a26[_u];
@@ -12004,7 +11894,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (a1 + 544)[_u * 7 + _k] += w61[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t62[224];
+        real t62[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t62[_k * 32 + _u] = (l35 + 0)[_u * 7 + _k];
@@ -12012,7 +11902,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _u = 0; _u < 32; ++_u)
                 (a2 + 320)[_u] += t62[_k * 32 + _u] * t3[_k * 32 + _u];
         /* ∂/∂d__t_m_0_1_6: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e */
-        real w63[224] = {0};
+        real w63[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -12021,7 +11911,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (l36 + 0)[_u * 7 + _k] += w63[_k * 32 + _u];
         /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e */
-        real t64[224];
+        real t64[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t64[_k * 32 + _u] = (l13 + 0)[_u * 7 + _k];
@@ -12034,11 +11924,11 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     (a0 + 112)[_i * 7 + _k] += acc;
                 }
         /* zupk,zpu->zuk */
-        real t65[224];
+        real t65[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t65[_k * 32 + _u] = (l36 + 0)[_u * 7 + _k];
-        real w66[224] = {0};
+        real w66[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w66[_k * 32 + _u] += t65[_k * 32 + _u] * a25[_u];
@@ -12046,7 +11936,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (a1 + 768)[_u * 7 + _k] += w66[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t67[224];
+        real t67[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t67[_k * 32 + _u] = (l36 + 0)[_u * 7 + _k];
@@ -12054,7 +11944,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _u = 0; _u < 32; ++_u)
                 (a2 + 384)[_u] += t67[_k * 32 + _u] * t1[_k * 32 + _u];
         /* ∂/∂d__t_m_0_2_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e */
-        real t68[160];
+        real t68[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t68[_i * 32 + _u] = a47[_u * 5 + _i];
@@ -12076,7 +11966,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             (a2 + 544)[_u] += (l37 + 0)[_u] * a23[_u];
         /* ∂/∂d__t_m_0_2_1: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o */
-        real w69[192] = {0};
+        real w69[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -12087,7 +11977,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 3; ++_k)
                     (l38 + 0)[_u * 6 + _p * 3 + _k] += w69[_p * 96 + _k * 32 + _u];
         /* ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o */
-        real t70[192];
+        real t70[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -12102,12 +11992,12 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                         (a0 + 138)[_i * 6 + _k * 2 + _p] += acc;
                     }
         /* zupk,zpu->zuk */
-        real t71[192];
+        real t71[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t71[_p * 96 + _k * 32 + _u] = (l38 + 0)[_u * 6 + _p * 3 + _k];
-        real w72[96] = {0};
+        real w72[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -12116,7 +12006,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 32)[_u * 3 + _k] += w72[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t73[192];
+        real t73[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -12126,7 +12016,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _u = 0; _u < 32; ++_u)
                     (l39 + 0)[_p * 32 + _u] += t73[_p * 96 + _k * 32 + _u] * t11[_k * 32 + _u];
         /* ∂/∂d__t_m_0_2_2: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e */
-        real w74[320] = {0};
+        real w74[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -12137,7 +12027,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 5; ++_k)
                     (l40 + 0)[_u * 10 + _p * 5 + _k] += w74[_p * 160 + _k * 32 + _u];
         /* ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e */
-        real t75[320];
+        real t75[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -12152,12 +12042,12 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                         (a0 + 168)[_i * 10 + _k * 2 + _p] += acc;
                     }
         /* zupk,zpu->zuk */
-        real t76[320];
+        real t76[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t76[_p * 160 + _k * 32 + _u] = (l40 + 0)[_u * 10 + _p * 5 + _k];
-        real w77[160] = {0};
+        real w77[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -12166,7 +12056,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 128)[_u * 5 + _k] += w77[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t78[320];
+        real t78[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -12176,7 +12066,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _u = 0; _u < 32; ++_u)
                     (l41 + 0)[_p * 32 + _u] += t78[_p * 160 + _k * 32 + _u] * t9[_k * 32 + _u];
         /* ∂/∂d__t_m_0_2_3: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e */
-        real w79[96] = {0};
+        real w79[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -12185,7 +12075,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (l42 + 0)[_u * 3 + _k] += w79[_k * 32 + _u];
         /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e */
-        real t80[96];
+        real t80[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t80[_k * 32 + _u] = (l9 + 0)[_u * 3 + _k];
@@ -12198,11 +12088,11 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     (a0 + 218)[_i * 3 + _k] += acc;
                 }
         /* zupk,zpu->zuk */
-        real t81[96];
+        real t81[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t81[_k * 32 + _u] = (l42 + 0)[_u * 3 + _k];
-        real w82[96] = {0};
+        real w82[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w82[_k * 32 + _u] += t81[_k * 32 + _u] * a20[_u];
@@ -12210,7 +12100,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 288)[_u * 3 + _k] += w82[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t83[96];
+        real t83[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t83[_k * 32 + _u] = (l42 + 0)[_u * 3 + _k];
@@ -12218,7 +12108,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _u = 0; _u < 32; ++_u)
                 (a2 + 608)[_u] += t83[_k * 32 + _u] * t7[_k * 32 + _u];
         /* ∂/∂d__t_m_0_2_4: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o */
-        real w84[320] = {0};
+        real w84[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -12229,7 +12119,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 5; ++_k)
                     (l43 + 0)[_u * 10 + _p * 5 + _k] += w84[_p * 160 + _k * 32 + _u];
         /* ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o */
-        real t85[320];
+        real t85[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -12244,12 +12134,12 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                         (a0 + 233)[_i * 10 + _k * 2 + _p] += acc;
                     }
         /* zupk,zpu->zuk */
-        real t86[320];
+        real t86[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t86[_p * 160 + _k * 32 + _u] = (l43 + 0)[_u * 10 + _p * 5 + _k];
-        real w87[160] = {0};
+        real w87[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -12258,7 +12148,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 384)[_u * 5 + _k] += w87[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t88[320];
+        real t88[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -12268,7 +12158,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _u = 0; _u < 32; ++_u)
                     (l44 + 0)[_p * 32 + _u] += t88[_p * 160 + _k * 32 + _u] * t5[_k * 32 + _u];
         /* ∂/∂d__t_m_0_2_5: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o */
-        real w89[448] = {0};
+        real w89[448] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -12279,7 +12169,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 7; ++_k)
                     (l45 + 0)[_u * 14 + _p * 7 + _k] += w89[_p * 224 + _k * 32 + _u];
         /* ∂/∂_m_m_0: ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o */
-        real t90[448];
+        real t90[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 7; ++_k)
@@ -12294,12 +12184,12 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                         (a0 + 283)[_i * 14 + _k * 2 + _p] += acc;
                     }
         /* zupk,zpu->zuk */
-        real t91[448];
+        real t91[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 7; ++_k)
                     t91[_p * 224 + _k * 32 + _u] = (l45 + 0)[_u * 14 + _p * 7 + _k];
-        real w92[224] = {0};
+        real w92[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -12308,7 +12198,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (a1 + 544)[_u * 7 + _k] += w92[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t93[448];
+        real t93[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 7; ++_k)
@@ -12318,7 +12208,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _u = 0; _u < 32; ++_u)
                     (l46 + 0)[_p * 32 + _u] += t93[_p * 224 + _k * 32 + _u] * t3[_k * 32 + _u];
         /* ∂/∂d__t_m_0_2_6: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e */
-        real w94[224] = {0};
+        real w94[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -12327,7 +12217,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (l47 + 0)[_u * 7 + _k] += w94[_k * 32 + _u];
         /* ∂/∂_m_m_0: ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e */
-        real t95[224];
+        real t95[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t95[_k * 32 + _u] = (l6 + 0)[_u * 7 + _k];
@@ -12340,11 +12230,11 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     (a0 + 353)[_i * 7 + _k] += acc;
                 }
         /* zupk,zpu->zuk */
-        real t96[224];
+        real t96[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t96[_k * 32 + _u] = (l47 + 0)[_u * 7 + _k];
-        real w97[224] = {0};
+        real w97[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w97[_k * 32 + _u] += t96[_k * 32 + _u] * a16[_u];
@@ -12352,7 +12242,7 @@ void conv_tp_d2_h_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (a1 + 768)[_u * 7 + _k] += w97[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t98[224];
+        real t98[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t98[_k * 32 + _u] = (l47 + 0)[_u * 7 + _k];
@@ -12474,54 +12364,54 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         const real *restrict a52 = A52 + z * a52_stride;
         const real *restrict a53 = A53 + z * a53_stride;
         const real *restrict a54 = A54 + z * a54_stride;
-        real l0[64] = {0};
-        real l1[64] = {0};
-        real l2[64] = {0};
-        real l3[64] = {0};
-        real l4[64] = {0};
-        real l5[64] = {0};
-        real l6[224] = {0};
-        real l7[448] = {0};
-        real l8[320] = {0};
-        real l9[96] = {0};
-        real l10[320] = {0};
-        real l11[192] = {0};
-        real l12[32] = {0};
-        real l13[224] = {0};
-        real l14[224] = {0};
-        real l15[160] = {0};
-        real l16[96] = {0};
-        real l17[320] = {0};
-        real l18[192] = {0};
-        real l19[32] = {0};
-        real l20[224] = {0};
-        real l21[160] = {0};
-        real l22[96] = {0};
-        real l23[32] = {0};
-        real l24[32] = {0};
-        real l25[96] = {0};
-        real l26[160] = {0};
-        real l27[224] = {0};
-        real l28[32] = {0};
-        real l29[192] = {0};
-        real l30[64] = {0};
-        real l31[320] = {0};
-        real l32[64] = {0};
-        real l33[96] = {0};
-        real l34[160] = {0};
-        real l35[224] = {0};
-        real l36[224] = {0};
-        real l37[32] = {0};
-        real l38[192] = {0};
-        real l39[64] = {0};
-        real l40[320] = {0};
-        real l41[64] = {0};
-        real l42[96] = {0};
-        real l43[320] = {0};
-        real l44[64] = {0};
-        real l45[448] = {0};
-        real l46[64] = {0};
-        real l47[224] = {0};
+        real l0[64] __attribute__((aligned(64))) = {0};
+        real l1[64] __attribute__((aligned(64))) = {0};
+        real l2[64] __attribute__((aligned(64))) = {0};
+        real l3[64] __attribute__((aligned(64))) = {0};
+        real l4[64] __attribute__((aligned(64))) = {0};
+        real l5[64] __attribute__((aligned(64))) = {0};
+        real l6[224] __attribute__((aligned(64))) = {0};
+        real l7[448] __attribute__((aligned(64))) = {0};
+        real l8[320] __attribute__((aligned(64))) = {0};
+        real l9[96] __attribute__((aligned(64))) = {0};
+        real l10[320] __attribute__((aligned(64))) = {0};
+        real l11[192] __attribute__((aligned(64))) = {0};
+        real l12[32] __attribute__((aligned(64))) = {0};
+        real l13[224] __attribute__((aligned(64))) = {0};
+        real l14[224] __attribute__((aligned(64))) = {0};
+        real l15[160] __attribute__((aligned(64))) = {0};
+        real l16[96] __attribute__((aligned(64))) = {0};
+        real l17[320] __attribute__((aligned(64))) = {0};
+        real l18[192] __attribute__((aligned(64))) = {0};
+        real l19[32] __attribute__((aligned(64))) = {0};
+        real l20[224] __attribute__((aligned(64))) = {0};
+        real l21[160] __attribute__((aligned(64))) = {0};
+        real l22[96] __attribute__((aligned(64))) = {0};
+        real l23[32] __attribute__((aligned(64))) = {0};
+        real l24[32] __attribute__((aligned(64))) = {0};
+        real l25[96] __attribute__((aligned(64))) = {0};
+        real l26[160] __attribute__((aligned(64))) = {0};
+        real l27[224] __attribute__((aligned(64))) = {0};
+        real l28[32] __attribute__((aligned(64))) = {0};
+        real l29[192] __attribute__((aligned(64))) = {0};
+        real l30[64] __attribute__((aligned(64))) = {0};
+        real l31[320] __attribute__((aligned(64))) = {0};
+        real l32[64] __attribute__((aligned(64))) = {0};
+        real l33[96] __attribute__((aligned(64))) = {0};
+        real l34[160] __attribute__((aligned(64))) = {0};
+        real l35[224] __attribute__((aligned(64))) = {0};
+        real l36[224] __attribute__((aligned(64))) = {0};
+        real l37[32] __attribute__((aligned(64))) = {0};
+        real l38[192] __attribute__((aligned(64))) = {0};
+        real l39[64] __attribute__((aligned(64))) = {0};
+        real l40[320] __attribute__((aligned(64))) = {0};
+        real l41[64] __attribute__((aligned(64))) = {0};
+        real l42[96] __attribute__((aligned(64))) = {0};
+        real l43[320] __attribute__((aligned(64))) = {0};
+        real l44[64] __attribute__((aligned(64))) = {0};
+        real l45[448] __attribute__((aligned(64))) = {0};
+        real l46[64] __attribute__((aligned(64))) = {0};
+        real l47[224] __attribute__((aligned(64))) = {0};
         /* zu->zu */
         for (int _u = 0; _u < 32; ++_u)
             (l0 + 0)[_u] += a3[_u];
@@ -12559,11 +12449,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         for (int _u = 0; _u < 32; ++_u)
             (l5 + 32)[_u] += a14[_u];
         /* zuk,zpu->zupk */
-        real t1[224];
+        real t1[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t1[_k * 32 + _u] = a15[_u * 7 + _k];
-        real w2[224] = {0};
+        real w2[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w2[_k * 32 + _u] += t1[_k * 32 + _u] * a16[_u];
@@ -12571,11 +12461,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 7; ++_k)
                 (l6 + 0)[_u * 7 + _k] += w2[_k * 32 + _u];
         /* zuk,zpu->zupk */
-        real t3[224];
+        real t3[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t3[_k * 32 + _u] = a17[_u * 7 + _k];
-        real w4[448] = {0};
+        real w4[448] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -12585,11 +12475,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _k = 0; _k < 7; ++_k)
                     (l7 + 0)[_u * 14 + _p * 7 + _k] += w4[_p * 224 + _k * 32 + _u];
         /* zuk,zpu->zupk */
-        real t5[160];
+        real t5[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t5[_k * 32 + _u] = a18[_u * 5 + _k];
-        real w6[320] = {0};
+        real w6[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -12599,11 +12489,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _k = 0; _k < 5; ++_k)
                     (l8 + 0)[_u * 10 + _p * 5 + _k] += w6[_p * 160 + _k * 32 + _u];
         /* zuk,zpu->zupk */
-        real t7[96];
+        real t7[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t7[_k * 32 + _u] = a19[_u * 3 + _k];
-        real w8[96] = {0};
+        real w8[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w8[_k * 32 + _u] += t7[_k * 32 + _u] * a20[_u];
@@ -12611,11 +12501,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 3; ++_k)
                 (l9 + 0)[_u * 3 + _k] += w8[_k * 32 + _u];
         /* zuk,zpu->zupk */
-        real t9[160];
+        real t9[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t9[_k * 32 + _u] = a21[_u * 5 + _k];
-        real w10[320] = {0};
+        real w10[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -12625,11 +12515,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _k = 0; _k < 5; ++_k)
                     (l10 + 0)[_u * 10 + _p * 5 + _k] += w10[_p * 160 + _k * 32 + _u];
         /* zuk,zpu->zupk */
-        real t11[96];
+        real t11[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t11[_k * 32 + _u] = a22[_u * 3 + _k];
-        real w12[192] = {0};
+        real w12[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -12642,7 +12532,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         for (int _u = 0; _u < 32; ++_u)
             (l12 + 0)[_u] += a23[_u] * a24[_u];
         /* zuk,zpu->zupk */
-        real w13[224] = {0};
+        real w13[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w13[_k * 32 + _u] += t1[_k * 32 + _u] * a25[_u];
@@ -12650,7 +12540,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 7; ++_k)
                 (l13 + 0)[_u * 7 + _k] += w13[_k * 32 + _u];
         /* zuk,zpu->zupk */
-        real w14[224] = {0};
+        real w14[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w14[_k * 32 + _u] += t3[_k * 32 + _u] * a26[_u];
@@ -12658,7 +12548,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 7; ++_k)
                 (l14 + 0)[_u * 7 + _k] += w14[_k * 32 + _u];
         /* zuk,zpu->zupk */
-        real w15[160] = {0};
+        real w15[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w15[_k * 32 + _u] += t5[_k * 32 + _u] * a27[_u];
@@ -12666,7 +12556,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 5; ++_k)
                 (l15 + 0)[_u * 5 + _k] += w15[_k * 32 + _u];
         /* zuk,zpu->zupk */
-        real w16[96] = {0};
+        real w16[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w16[_k * 32 + _u] += t7[_k * 32 + _u] * a28[_u];
@@ -12674,7 +12564,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 3; ++_k)
                 (l16 + 0)[_u * 3 + _k] += w16[_k * 32 + _u];
         /* zuk,zpu->zupk */
-        real w17[320] = {0};
+        real w17[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -12684,7 +12574,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _k = 0; _k < 5; ++_k)
                     (l17 + 0)[_u * 10 + _p * 5 + _k] += w17[_p * 160 + _k * 32 + _u];
         /* zuk,zpu->zupk */
-        real w18[192] = {0};
+        real w18[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -12697,7 +12587,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         for (int _u = 0; _u < 32; ++_u)
             (l19 + 0)[_u] += a23[_u] * a29[_u];
         /* zuk,zpu->zupk */
-        real w19[224] = {0};
+        real w19[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w19[_k * 32 + _u] += t3[_k * 32 + _u] * a30[_u];
@@ -12705,7 +12595,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 7; ++_k)
                 (l20 + 0)[_u * 7 + _k] += w19[_k * 32 + _u];
         /* zuk,zpu->zupk */
-        real w20[160] = {0};
+        real w20[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w20[_k * 32 + _u] += t9[_k * 32 + _u] * a31[_u];
@@ -12713,7 +12603,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 5; ++_k)
                 (l21 + 0)[_u * 5 + _k] += w20[_k * 32 + _u];
         /* zuk,zpu->zupk */
-        real w21[96] = {0};
+        real w21[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w21[_k * 32 + _u] += t11[_k * 32 + _u] * a32[_u];
@@ -12736,7 +12626,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         for (int _u = 0; _u < 32; ++_u)
             (a2 + 0)[_u] += (l24 + 0)[_u] * a23[_u];
         /* ∂/∂d__t_m_0_0_1: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o */
-        real w22[96] = {0};
+        real w22[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w22[_k * 32 + _u] += a36[_k] * a35[_u];
@@ -12744,7 +12634,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 3; ++_k)
                 (l25 + 0)[_u * 3 + _k] += w22[_k * 32 + _u];
         /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o */
-        real t23[96];
+        real t23[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t23[_k * 32 + _u] = (l22 + 0)[_u * 3 + _k];
@@ -12752,11 +12642,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _u = 0; _u < 32; ++_u)
                 (a0 + 0)[_u] += a36[_k] * t23[_k * 32 + _u];
         /* zupk,zpu->zuk */
-        real t24[96];
+        real t24[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t24[_k * 32 + _u] = (l25 + 0)[_u * 3 + _k];
-        real w25[96] = {0};
+        real w25[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w25[_k * 32 + _u] += t24[_k * 32 + _u] * a32[_u];
@@ -12764,7 +12654,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 32)[_u * 3 + _k] += w25[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t26[96];
+        real t26[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t26[_k * 32 + _u] = (l25 + 0)[_u * 3 + _k];
@@ -12772,7 +12662,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _u = 0; _u < 32; ++_u)
                 (a2 + 32)[_u] += t26[_k * 32 + _u] * t11[_k * 32 + _u];
         /* ∂/∂d__t_m_0_0_2: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e */
-        real w27[160] = {0};
+        real w27[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w27[_k * 32 + _u] += a37[_k] * a35[_u];
@@ -12780,7 +12670,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 5; ++_k)
                 (l26 + 0)[_u * 5 + _k] += w27[_k * 32 + _u];
         /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e */
-        real t28[160];
+        real t28[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t28[_k * 32 + _u] = (l21 + 0)[_u * 5 + _k];
@@ -12788,11 +12678,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _u = 0; _u < 32; ++_u)
                 (a0 + 0)[_u] += a37[_k] * t28[_k * 32 + _u];
         /* zupk,zpu->zuk */
-        real t29[160];
+        real t29[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t29[_k * 32 + _u] = (l26 + 0)[_u * 5 + _k];
-        real w30[160] = {0};
+        real w30[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w30[_k * 32 + _u] += t29[_k * 32 + _u] * a31[_u];
@@ -12800,7 +12690,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 128)[_u * 5 + _k] += w30[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t31[160];
+        real t31[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t31[_k * 32 + _u] = (l26 + 0)[_u * 5 + _k];
@@ -12808,7 +12698,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _u = 0; _u < 32; ++_u)
                 (a2 + 64)[_u] += t31[_k * 32 + _u] * t9[_k * 32 + _u];
         /* ∂/∂d__t_m_0_0_5: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o */
-        real w32[224] = {0};
+        real w32[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w32[_k * 32 + _u] += a38[_k] * a35[_u];
@@ -12816,7 +12706,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 7; ++_k)
                 (l27 + 0)[_u * 7 + _k] += w32[_k * 32 + _u];
         /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o */
-        real t33[224];
+        real t33[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t33[_k * 32 + _u] = (l20 + 0)[_u * 7 + _k];
@@ -12824,11 +12714,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _u = 0; _u < 32; ++_u)
                 (a0 + 0)[_u] += a38[_k] * t33[_k * 32 + _u];
         /* zupk,zpu->zuk */
-        real t34[224];
+        real t34[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t34[_k * 32 + _u] = (l27 + 0)[_u * 7 + _k];
-        real w35[224] = {0};
+        real w35[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w35[_k * 32 + _u] += t34[_k * 32 + _u] * a30[_u];
@@ -12836,7 +12726,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 7; ++_k)
                 (a1 + 544)[_u * 7 + _k] += w35[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t36[224];
+        real t36[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t36[_k * 32 + _u] = (l27 + 0)[_u * 7 + _k];
@@ -12844,7 +12734,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _u = 0; _u < 32; ++_u)
                 (a2 + 96)[_u] += t36[_k * 32 + _u] * t3[_k * 32 + _u];
         /* ∂/∂d__t_m_0_1_0: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e */
-        real t37[96];
+        real t37[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t37[_i * 32 + _u] = a40[_u * 3 + _i];
@@ -12852,7 +12742,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _u = 0; _u < 32; ++_u)
                 (l28 + 0)[_u] += a39[_i] * t37[_i * 32 + _u];
         /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x0e */
-        real w38[96] = {0};
+        real w38[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 32; ++_u)
                 w38[_i * 32 + _u] += a39[_i] * (l19 + 0)[_u];
@@ -12866,7 +12756,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         for (int _u = 0; _u < 32; ++_u)
             (a2 + 160)[_u] += (l28 + 0)[_u] * a23[_u];
         /* ∂/∂d__t_m_0_1_1: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o */
-        real w39[192] = {0};
+        real w39[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -12877,12 +12767,12 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _k = 0; _k < 3; ++_k)
                     (l29 + 0)[_u * 6 + _p * 3 + _k] += w39[_p * 96 + _k * 32 + _u];
         /* ∂/∂h: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o */
-        real t40[192];
+        real t40[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t40[_p * 96 + _k * 32 + _u] = (l18 + 0)[_u * 6 + _p * 3 + _k];
-        real w41[96] = {0};
+        real w41[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -12892,12 +12782,12 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w41[_i * 32 + _u];
         /* zupk,zpu->zuk */
-        real t42[192];
+        real t42[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t42[_p * 96 + _k * 32 + _u] = (l29 + 0)[_u * 6 + _p * 3 + _k];
-        real w43[96] = {0};
+        real w43[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -12906,7 +12796,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 32)[_u * 3 + _k] += w43[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t44[192];
+        real t44[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -12916,7 +12806,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _u = 0; _u < 32; ++_u)
                     (l30 + 0)[_p * 32 + _u] += t44[_p * 96 + _k * 32 + _u] * t11[_k * 32 + _u];
         /* ∂/∂d__t_m_0_1_2: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e */
-        real w45[320] = {0};
+        real w45[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -12927,12 +12817,12 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _k = 0; _k < 5; ++_k)
                     (l31 + 0)[_u * 10 + _p * 5 + _k] += w45[_p * 160 + _k * 32 + _u];
         /* ∂/∂h: ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e */
-        real t46[320];
+        real t46[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t46[_p * 160 + _k * 32 + _u] = (l17 + 0)[_u * 10 + _p * 5 + _k];
-        real w47[96] = {0};
+        real w47[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -12942,12 +12832,12 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w47[_i * 32 + _u];
         /* zupk,zpu->zuk */
-        real t48[320];
+        real t48[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t48[_p * 160 + _k * 32 + _u] = (l31 + 0)[_u * 10 + _p * 5 + _k];
-        real w49[160] = {0};
+        real w49[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -12956,7 +12846,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 128)[_u * 5 + _k] += w49[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t50[320];
+        real t50[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -12966,7 +12856,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _u = 0; _u < 32; ++_u)
                     (l32 + 0)[_p * 32 + _u] += t50[_p * 160 + _k * 32 + _u] * t9[_k * 32 + _u];
         /* ∂/∂d__t_m_0_1_3: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e */
-        real w51[96] = {0};
+        real w51[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -12975,11 +12865,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 3; ++_k)
                 (l33 + 0)[_u * 3 + _k] += w51[_k * 32 + _u];
         /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e */
-        real t52[96];
+        real t52[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t52[_k * 32 + _u] = (l16 + 0)[_u * 3 + _k];
-        real w53[96] = {0};
+        real w53[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -12988,11 +12878,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w53[_i * 32 + _u];
         /* zupk,zpu->zuk */
-        real t54[96];
+        real t54[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t54[_k * 32 + _u] = (l33 + 0)[_u * 3 + _k];
-        real w55[96] = {0};
+        real w55[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w55[_k * 32 + _u] += t54[_k * 32 + _u] * a28[_u];
@@ -13000,7 +12890,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 288)[_u * 3 + _k] += w55[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t56[96];
+        real t56[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t56[_k * 32 + _u] = (l33 + 0)[_u * 3 + _k];
@@ -13008,7 +12898,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _u = 0; _u < 32; ++_u)
                 (a2 + 224)[_u] += t56[_k * 32 + _u] * t7[_k * 32 + _u];
         /* ∂/∂d__t_m_0_1_4: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o */
-        real w57[160] = {0};
+        real w57[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13017,11 +12907,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 5; ++_k)
                 (l34 + 0)[_u * 5 + _k] += w57[_k * 32 + _u];
         /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o */
-        real t58[160];
+        real t58[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t58[_k * 32 + _u] = (l15 + 0)[_u * 5 + _k];
-        real w59[96] = {0};
+        real w59[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13030,11 +12920,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w59[_i * 32 + _u];
         /* zupk,zpu->zuk */
-        real t60[160];
+        real t60[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t60[_k * 32 + _u] = (l34 + 0)[_u * 5 + _k];
-        real w61[160] = {0};
+        real w61[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w61[_k * 32 + _u] += t60[_k * 32 + _u] * a27[_u];
@@ -13042,7 +12932,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 384)[_u * 5 + _k] += w61[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t62[160];
+        real t62[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t62[_k * 32 + _u] = (l34 + 0)[_u * 5 + _k];
@@ -13050,7 +12940,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _u = 0; _u < 32; ++_u)
                 (a2 + 288)[_u] += t62[_k * 32 + _u] * t5[_k * 32 + _u];
         /* ∂/∂d__t_m_0_1_5: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o */
-        real w63[224] = {0};
+        real w63[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13059,11 +12949,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 7; ++_k)
                 (l35 + 0)[_u * 7 + _k] += w63[_k * 32 + _u];
         /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o */
-        real t64[224];
+        real t64[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t64[_k * 32 + _u] = (l14 + 0)[_u * 7 + _k];
-        real w65[96] = {0};
+        real w65[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13072,11 +12962,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w65[_i * 32 + _u];
         /* zupk,zpu->zuk */
-        real t66[224];
+        real t66[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t66[_k * 32 + _u] = (l35 + 0)[_u * 7 + _k];
-        real w67[224] = {0};
+        real w67[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w67[_k * 32 + _u] += t66[_k * 32 + _u] * a26[_u];
@@ -13084,7 +12974,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 7; ++_k)
                 (a1 + 544)[_u * 7 + _k] += w67[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t68[224];
+        real t68[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t68[_k * 32 + _u] = (l35 + 0)[_u * 7 + _k];
@@ -13092,7 +12982,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _u = 0; _u < 32; ++_u)
                 (a2 + 320)[_u] += t68[_k * 32 + _u] * t3[_k * 32 + _u];
         /* ∂/∂d__t_m_0_1_6: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e */
-        real w69[224] = {0};
+        real w69[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13101,11 +12991,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 7; ++_k)
                 (l36 + 0)[_u * 7 + _k] += w69[_k * 32 + _u];
         /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e */
-        real t70[224];
+        real t70[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t70[_k * 32 + _u] = (l13 + 0)[_u * 7 + _k];
-        real w71[96] = {0};
+        real w71[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13114,11 +13004,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 32)[_u * 3 + _i] += w71[_i * 32 + _u];
         /* zupk,zpu->zuk */
-        real t72[224];
+        real t72[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t72[_k * 32 + _u] = (l36 + 0)[_u * 7 + _k];
-        real w73[224] = {0};
+        real w73[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w73[_k * 32 + _u] += t72[_k * 32 + _u] * a25[_u];
@@ -13126,7 +13016,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 7; ++_k)
                 (a1 + 768)[_u * 7 + _k] += w73[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t74[224];
+        real t74[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t74[_k * 32 + _u] = (l36 + 0)[_u * 7 + _k];
@@ -13134,7 +13024,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _u = 0; _u < 32; ++_u)
                 (a2 + 384)[_u] += t74[_k * 32 + _u] * t1[_k * 32 + _u];
         /* ∂/∂d__t_m_0_2_0: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e */
-        real t75[160];
+        real t75[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t75[_i * 32 + _u] = a48[_u * 5 + _i];
@@ -13142,7 +13032,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _u = 0; _u < 32; ++_u)
                 (l37 + 0)[_u] += a47[_i] * t75[_i * 32 + _u];
         /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x0e */
-        real w76[160] = {0};
+        real w76[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 32; ++_u)
                 w76[_i * 32 + _u] += a47[_i] * (l12 + 0)[_u];
@@ -13156,7 +13046,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
         for (int _u = 0; _u < 32; ++_u)
             (a2 + 544)[_u] += (l37 + 0)[_u] * a23[_u];
         /* ∂/∂d__t_m_0_2_1: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o */
-        real w77[192] = {0};
+        real w77[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -13167,12 +13057,12 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _k = 0; _k < 3; ++_k)
                     (l38 + 0)[_u * 6 + _p * 3 + _k] += w77[_p * 96 + _k * 32 + _u];
         /* ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o */
-        real t78[192];
+        real t78[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t78[_p * 96 + _k * 32 + _u] = (l11 + 0)[_u * 6 + _p * 3 + _k];
-        real w79[160] = {0};
+        real w79[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -13182,12 +13072,12 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w79[_i * 32 + _u];
         /* zupk,zpu->zuk */
-        real t80[192];
+        real t80[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t80[_p * 96 + _k * 32 + _u] = (l38 + 0)[_u * 6 + _p * 3 + _k];
-        real w81[96] = {0};
+        real w81[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13196,7 +13086,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 32)[_u * 3 + _k] += w81[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t82[192];
+        real t82[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -13206,7 +13096,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _u = 0; _u < 32; ++_u)
                     (l39 + 0)[_p * 32 + _u] += t82[_p * 96 + _k * 32 + _u] * t11[_k * 32 + _u];
         /* ∂/∂d__t_m_0_2_2: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e */
-        real w83[320] = {0};
+        real w83[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -13217,12 +13107,12 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _k = 0; _k < 5; ++_k)
                     (l40 + 0)[_u * 10 + _p * 5 + _k] += w83[_p * 160 + _k * 32 + _u];
         /* ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e */
-        real t84[320];
+        real t84[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t84[_p * 160 + _k * 32 + _u] = (l10 + 0)[_u * 10 + _p * 5 + _k];
-        real w85[160] = {0};
+        real w85[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -13232,12 +13122,12 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w85[_i * 32 + _u];
         /* zupk,zpu->zuk */
-        real t86[320];
+        real t86[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t86[_p * 160 + _k * 32 + _u] = (l40 + 0)[_u * 10 + _p * 5 + _k];
-        real w87[160] = {0};
+        real w87[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13246,7 +13136,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 128)[_u * 5 + _k] += w87[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t88[320];
+        real t88[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -13256,7 +13146,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _u = 0; _u < 32; ++_u)
                     (l41 + 0)[_p * 32 + _u] += t88[_p * 160 + _k * 32 + _u] * t9[_k * 32 + _u];
         /* ∂/∂d__t_m_0_2_3: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e */
-        real w89[96] = {0};
+        real w89[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13265,11 +13155,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 3; ++_k)
                 (l42 + 0)[_u * 3 + _k] += w89[_k * 32 + _u];
         /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e */
-        real t90[96];
+        real t90[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t90[_k * 32 + _u] = (l9 + 0)[_u * 3 + _k];
-        real w91[160] = {0};
+        real w91[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13278,11 +13168,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w91[_i * 32 + _u];
         /* zupk,zpu->zuk */
-        real t92[96];
+        real t92[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t92[_k * 32 + _u] = (l42 + 0)[_u * 3 + _k];
-        real w93[96] = {0};
+        real w93[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w93[_k * 32 + _u] += t92[_k * 32 + _u] * a20[_u];
@@ -13290,7 +13180,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 288)[_u * 3 + _k] += w93[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t94[96];
+        real t94[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t94[_k * 32 + _u] = (l42 + 0)[_u * 3 + _k];
@@ -13298,7 +13188,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _u = 0; _u < 32; ++_u)
                 (a2 + 608)[_u] += t94[_k * 32 + _u] * t7[_k * 32 + _u];
         /* ∂/∂d__t_m_0_2_4: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o */
-        real w95[320] = {0};
+        real w95[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -13309,12 +13199,12 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _k = 0; _k < 5; ++_k)
                     (l43 + 0)[_u * 10 + _p * 5 + _k] += w95[_p * 160 + _k * 32 + _u];
         /* ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o */
-        real t96[320];
+        real t96[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t96[_p * 160 + _k * 32 + _u] = (l8 + 0)[_u * 10 + _p * 5 + _k];
-        real w97[160] = {0};
+        real w97[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -13324,12 +13214,12 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w97[_i * 32 + _u];
         /* zupk,zpu->zuk */
-        real t98[320];
+        real t98[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t98[_p * 160 + _k * 32 + _u] = (l43 + 0)[_u * 10 + _p * 5 + _k];
-        real w99[160] = {0};
+        real w99[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13338,7 +13228,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 5; ++_k)
                 (a1 + 384)[_u * 5 + _k] += w99[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t100[320];
+        real t100[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -13348,7 +13238,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _u = 0; _u < 32; ++_u)
                     (l44 + 0)[_p * 32 + _u] += t100[_p * 160 + _k * 32 + _u] * t5[_k * 32 + _u];
         /* ∂/∂d__t_m_0_2_5: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o */
-        real w101[448] = {0};
+        real w101[448] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -13359,12 +13249,12 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _k = 0; _k < 7; ++_k)
                     (l45 + 0)[_u * 14 + _p * 7 + _k] += w101[_p * 224 + _k * 32 + _u];
         /* ∂/∂h: ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o */
-        real t102[448];
+        real t102[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 7; ++_k)
                     t102[_p * 224 + _k * 32 + _u] = (l7 + 0)[_u * 14 + _p * 7 + _k];
-        real w103[160] = {0};
+        real w103[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -13374,12 +13264,12 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w103[_i * 32 + _u];
         /* zupk,zpu->zuk */
-        real t104[448];
+        real t104[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 7; ++_k)
                     t104[_p * 224 + _k * 32 + _u] = (l45 + 0)[_u * 14 + _p * 7 + _k];
-        real w105[224] = {0};
+        real w105[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13388,7 +13278,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 7; ++_k)
                 (a1 + 544)[_u * 7 + _k] += w105[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t106[448];
+        real t106[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 7; ++_k)
@@ -13398,7 +13288,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
                 for (int _u = 0; _u < 32; ++_u)
                     (l46 + 0)[_p * 32 + _u] += t106[_p * 224 + _k * 32 + _u] * t3[_k * 32 + _u];
         /* ∂/∂d__t_m_0_2_6: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e */
-        real w107[224] = {0};
+        real w107[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13407,11 +13297,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 7; ++_k)
                 (l47 + 0)[_u * 7 + _k] += w107[_k * 32 + _u];
         /* ∂/∂h: ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e */
-        real t108[224];
+        real t108[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t108[_k * 32 + _u] = (l6 + 0)[_u * 7 + _k];
-        real w109[160] = {0};
+        real w109[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13420,11 +13310,11 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 128)[_u * 5 + _i] += w109[_i * 32 + _u];
         /* zupk,zpu->zuk */
-        real t110[224];
+        real t110[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t110[_k * 32 + _u] = (l47 + 0)[_u * 7 + _k];
-        real w111[224] = {0};
+        real w111[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w111[_k * 32 + _u] += t110[_k * 32 + _u] * a16[_u];
@@ -13432,7 +13322,7 @@ void conv_tp_d2_sh_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stri
             for (int _k = 0; _k < 7; ++_k)
                 (a1 + 768)[_u * 7 + _k] += w111[_k * 32 + _u];
         /* zupk,zuk->zpu */
-        real t112[224];
+        real t112[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t112[_k * 32 + _u] = (l47 + 0)[_u * 7 + _k];
@@ -13541,53 +13431,53 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         const real *restrict a52 = A52 + z * a52_stride;
         const real *restrict a53 = A53 + z * a53_stride;
         const real *restrict a54 = A54 + z * a54_stride;
-        real l0[32] = {0};
-        real l1[96] = {0};
-        real l2[160] = {0};
-        real l3[224] = {0};
-        real l4[32] = {0};
-        real l5[192] = {0};
-        real l6[320] = {0};
-        real l7[96] = {0};
-        real l8[160] = {0};
-        real l9[224] = {0};
-        real l10[224] = {0};
-        real l11[32] = {0};
-        real l12[192] = {0};
-        real l13[320] = {0};
-        real l14[96] = {0};
-        real l15[320] = {0};
-        real l16[448] = {0};
-        real l17[224] = {0};
-        real l18[32] = {0};
-        real l19[96] = {0};
-        real l20[160] = {0};
-        real l21[224] = {0};
-        real l22[32] = {0};
-        real l23[64] = {0};
-        real l24[192] = {0};
-        real l25[64] = {0};
-        real l26[320] = {0};
-        real l27[96] = {0};
-        real l28[160] = {0};
-        real l29[224] = {0};
-        real l30[224] = {0};
-        real l31[32] = {0};
-        real l32[64] = {0};
-        real l33[192] = {0};
-        real l34[64] = {0};
-        real l35[320] = {0};
-        real l36[96] = {0};
-        real l37[64] = {0};
-        real l38[320] = {0};
-        real l39[64] = {0};
-        real l40[448] = {0};
-        real l41[224] = {0};
+        real l0[32] __attribute__((aligned(64))) = {0};
+        real l1[96] __attribute__((aligned(64))) = {0};
+        real l2[160] __attribute__((aligned(64))) = {0};
+        real l3[224] __attribute__((aligned(64))) = {0};
+        real l4[32] __attribute__((aligned(64))) = {0};
+        real l5[192] __attribute__((aligned(64))) = {0};
+        real l6[320] __attribute__((aligned(64))) = {0};
+        real l7[96] __attribute__((aligned(64))) = {0};
+        real l8[160] __attribute__((aligned(64))) = {0};
+        real l9[224] __attribute__((aligned(64))) = {0};
+        real l10[224] __attribute__((aligned(64))) = {0};
+        real l11[32] __attribute__((aligned(64))) = {0};
+        real l12[192] __attribute__((aligned(64))) = {0};
+        real l13[320] __attribute__((aligned(64))) = {0};
+        real l14[96] __attribute__((aligned(64))) = {0};
+        real l15[320] __attribute__((aligned(64))) = {0};
+        real l16[448] __attribute__((aligned(64))) = {0};
+        real l17[224] __attribute__((aligned(64))) = {0};
+        real l18[32] __attribute__((aligned(64))) = {0};
+        real l19[96] __attribute__((aligned(64))) = {0};
+        real l20[160] __attribute__((aligned(64))) = {0};
+        real l21[224] __attribute__((aligned(64))) = {0};
+        real l22[32] __attribute__((aligned(64))) = {0};
+        real l23[64] __attribute__((aligned(64))) = {0};
+        real l24[192] __attribute__((aligned(64))) = {0};
+        real l25[64] __attribute__((aligned(64))) = {0};
+        real l26[320] __attribute__((aligned(64))) = {0};
+        real l27[96] __attribute__((aligned(64))) = {0};
+        real l28[160] __attribute__((aligned(64))) = {0};
+        real l29[224] __attribute__((aligned(64))) = {0};
+        real l30[224] __attribute__((aligned(64))) = {0};
+        real l31[32] __attribute__((aligned(64))) = {0};
+        real l32[64] __attribute__((aligned(64))) = {0};
+        real l33[192] __attribute__((aligned(64))) = {0};
+        real l34[64] __attribute__((aligned(64))) = {0};
+        real l35[320] __attribute__((aligned(64))) = {0};
+        real l36[96] __attribute__((aligned(64))) = {0};
+        real l37[64] __attribute__((aligned(64))) = {0};
+        real l38[320] __attribute__((aligned(64))) = {0};
+        real l39[64] __attribute__((aligned(64))) = {0};
+        real l40[448] __attribute__((aligned(64))) = {0};
+        real l41[224] __attribute__((aligned(64))) = {0};
         /* 1 paths 32x0e ⊗ sh -> 32x0e */
         for (int _u = 0; _u < 32; ++_u)
             (l0 + 0)[_u] += a3[_u] * a4[0];
         /* 1 paths 32x0e ⊗ sh -> 32x1o */
-        real w1[96] = {0};
+        real w1[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w1[_k * 32 + _u] += a3[_u] * a5[_k];
@@ -13595,7 +13485,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (l1 + 0)[_u * 3 + _k] += w1[_k * 32 + _u];
         /* 1 paths 32x0e ⊗ sh -> 32x2e */
-        real w2[160] = {0};
+        real w2[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w2[_k * 32 + _u] += a3[_u] * a6[_k];
@@ -13603,7 +13493,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 5; ++_k)
                 (l2 + 0)[_u * 5 + _k] += w2[_k * 32 + _u];
         /* 1 paths 32x0e ⊗ sh -> 32x3o */
-        real w3[224] = {0};
+        real w3[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w3[_k * 32 + _u] += a3[_u] * a7[_k];
@@ -13611,7 +13501,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (l3 + 0)[_u * 7 + _k] += w3[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x0e */
-        real t4[96];
+        real t4[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t4[_i * 32 + _u] = a8[_u * 3 + _i];
@@ -13619,7 +13509,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _u = 0; _u < 32; ++_u)
                 (l4 + 0)[_u] += t4[_i * 32 + _u] * a9[_i];
         /* 2 paths 32x1o ⊗ sh -> 32x1o */
-        real w5[192] = {0};
+        real w5[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -13630,7 +13520,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 3; ++_k)
                     (l5 + 0)[_u * 6 + _p * 3 + _k] += w5[_p * 96 + _k * 32 + _u];
         /* 2 paths 32x1o ⊗ sh -> 32x2e */
-        real w6[320] = {0};
+        real w6[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -13641,7 +13531,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 5; ++_k)
                     (l6 + 0)[_u * 10 + _p * 5 + _k] += w6[_p * 160 + _k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x1e */
-        real w7[96] = {0};
+        real w7[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13650,7 +13540,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (l7 + 0)[_u * 3 + _k] += w7[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x2o */
-        real w8[160] = {0};
+        real w8[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13659,7 +13549,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 5; ++_k)
                 (l8 + 0)[_u * 5 + _k] += w8[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x3o */
-        real w9[224] = {0};
+        real w9[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13668,7 +13558,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (l9 + 0)[_u * 7 + _k] += w9[_k * 32 + _u];
         /* 1 paths 32x1o ⊗ sh -> 32x3e */
-        real w10[224] = {0};
+        real w10[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13677,7 +13567,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (l10 + 0)[_u * 7 + _k] += w10[_k * 32 + _u];
         /* 1 paths 32x2e ⊗ sh -> 32x0e */
-        real t11[160];
+        real t11[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t11[_i * 32 + _u] = a16[_u * 5 + _i];
@@ -13685,7 +13575,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _u = 0; _u < 32; ++_u)
                 (l11 + 0)[_u] += t11[_i * 32 + _u] * a17[_i];
         /* 2 paths 32x2e ⊗ sh -> 32x1o */
-        real w12[192] = {0};
+        real w12[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -13696,7 +13586,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 3; ++_k)
                     (l12 + 0)[_u * 6 + _p * 3 + _k] += w12[_p * 96 + _k * 32 + _u];
         /* 2 paths 32x2e ⊗ sh -> 32x2e */
-        real w13[320] = {0};
+        real w13[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -13707,7 +13597,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 5; ++_k)
                     (l13 + 0)[_u * 10 + _p * 5 + _k] += w13[_p * 160 + _k * 32 + _u];
         /* 1 paths 32x2e ⊗ sh -> 32x1e */
-        real w14[96] = {0};
+        real w14[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13716,7 +13606,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (l14 + 0)[_u * 3 + _k] += w14[_k * 32 + _u];
         /* 2 paths 32x2e ⊗ sh -> 32x2o */
-        real w15[320] = {0};
+        real w15[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -13727,7 +13617,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 5; ++_k)
                     (l15 + 0)[_u * 10 + _p * 5 + _k] += w15[_p * 160 + _k * 32 + _u];
         /* 2 paths 32x2e ⊗ sh -> 32x3o */
-        real w16[448] = {0};
+        real w16[448] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _i = 0; _i < 5; ++_i)
@@ -13738,7 +13628,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 7; ++_k)
                     (l16 + 0)[_u * 14 + _p * 7 + _k] += w16[_p * 224 + _k * 32 + _u];
         /* 1 paths 32x2e ⊗ sh -> 32x3e */
-        real w17[224] = {0};
+        real w17[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13753,11 +13643,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             (l18 + 0)[_u] += a24[_u] * a25[_u];
         /* zpu,zupk->zuk */
-        real t18[96];
+        real t18[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t18[_k * 32 + _u] = (l1 + 0)[_u * 3 + _k];
-        real w19[96] = {0};
+        real w19[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w19[_k * 32 + _u] += a26[_u] * t18[_k * 32 + _u];
@@ -13765,11 +13655,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 32)[_u * 3 + _k] += w19[_k * 32 + _u];
         /* zpu,zuk->zupk */
-        real t20[96];
+        real t20[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t20[_k * 32 + _u] = a27[_u * 3 + _k];
-        real w21[96] = {0};
+        real w21[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w21[_k * 32 + _u] += a26[_u] * t20[_k * 32 + _u];
@@ -13777,11 +13667,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (l19 + 0)[_u * 3 + _k] += w21[_k * 32 + _u];
         /* zpu,zupk->zuk */
-        real t22[160];
+        real t22[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t22[_k * 32 + _u] = (l2 + 0)[_u * 5 + _k];
-        real w23[160] = {0};
+        real w23[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w23[_k * 32 + _u] += a28[_u] * t22[_k * 32 + _u];
@@ -13789,11 +13679,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_u * 5 + _k] += w23[_k * 32 + _u];
         /* zpu,zuk->zupk */
-        real t24[160];
+        real t24[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t24[_k * 32 + _u] = a29[_u * 5 + _k];
-        real w25[160] = {0};
+        real w25[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w25[_k * 32 + _u] += a28[_u] * t24[_k * 32 + _u];
@@ -13801,11 +13691,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 5; ++_k)
                 (l20 + 0)[_u * 5 + _k] += w25[_k * 32 + _u];
         /* zpu,zupk->zuk */
-        real t26[224];
+        real t26[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t26[_k * 32 + _u] = (l3 + 0)[_u * 7 + _k];
-        real w27[224] = {0};
+        real w27[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w27[_k * 32 + _u] += a30[_u] * t26[_k * 32 + _u];
@@ -13813,11 +13703,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (a0 + 544)[_u * 7 + _k] += w27[_k * 32 + _u];
         /* zpu,zuk->zupk */
-        real t28[224];
+        real t28[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t28[_k * 32 + _u] = a31[_u * 7 + _k];
-        real w29[224] = {0};
+        real w29[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w29[_k * 32 + _u] += a30[_u] * t28[_k * 32 + _u];
@@ -13837,12 +13727,12 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             (l23 + 32)[_u] += a34[_u];
         /* zpu,zupk->zuk */
-        real t30[192];
+        real t30[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t30[_p * 96 + _k * 32 + _u] = (l5 + 0)[_u * 6 + _p * 3 + _k];
-        real w31[96] = {0};
+        real w31[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13851,7 +13741,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 32)[_u * 3 + _k] += w31[_k * 32 + _u];
         /* zpu,zuk->zupk */
-        real w32[192] = {0};
+        real w32[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13867,12 +13757,12 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             (l25 + 32)[_u] += a36[_u];
         /* zpu,zupk->zuk */
-        real t33[320];
+        real t33[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t33[_p * 160 + _k * 32 + _u] = (l6 + 0)[_u * 10 + _p * 5 + _k];
-        real w34[160] = {0};
+        real w34[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13881,7 +13771,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_u * 5 + _k] += w34[_k * 32 + _u];
         /* zpu,zuk->zupk */
-        real w35[320] = {0};
+        real w35[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -13891,11 +13781,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 5; ++_k)
                     (l26 + 0)[_u * 10 + _p * 5 + _k] += w35[_p * 160 + _k * 32 + _u];
         /* zpu,zupk->zuk */
-        real t36[96];
+        real t36[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t36[_k * 32 + _u] = (l7 + 0)[_u * 3 + _k];
-        real w37[96] = {0};
+        real w37[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w37[_k * 32 + _u] += a37[_u] * t36[_k * 32 + _u];
@@ -13903,11 +13793,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 288)[_u * 3 + _k] += w37[_k * 32 + _u];
         /* zpu,zuk->zupk */
-        real t38[96];
+        real t38[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t38[_k * 32 + _u] = a38[_u * 3 + _k];
-        real w39[96] = {0};
+        real w39[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w39[_k * 32 + _u] += a37[_u] * t38[_k * 32 + _u];
@@ -13915,11 +13805,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (l27 + 0)[_u * 3 + _k] += w39[_k * 32 + _u];
         /* zpu,zupk->zuk */
-        real t40[160];
+        real t40[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t40[_k * 32 + _u] = (l8 + 0)[_u * 5 + _k];
-        real w41[160] = {0};
+        real w41[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w41[_k * 32 + _u] += a39[_u] * t40[_k * 32 + _u];
@@ -13927,11 +13817,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 384)[_u * 5 + _k] += w41[_k * 32 + _u];
         /* zpu,zuk->zupk */
-        real t42[160];
+        real t42[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t42[_k * 32 + _u] = a40[_u * 5 + _k];
-        real w43[160] = {0};
+        real w43[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w43[_k * 32 + _u] += a39[_u] * t42[_k * 32 + _u];
@@ -13939,11 +13829,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 5; ++_k)
                 (l28 + 0)[_u * 5 + _k] += w43[_k * 32 + _u];
         /* zpu,zupk->zuk */
-        real t44[224];
+        real t44[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t44[_k * 32 + _u] = (l9 + 0)[_u * 7 + _k];
-        real w45[224] = {0};
+        real w45[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w45[_k * 32 + _u] += a41[_u] * t44[_k * 32 + _u];
@@ -13951,7 +13841,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (a0 + 544)[_u * 7 + _k] += w45[_k * 32 + _u];
         /* zpu,zuk->zupk */
-        real w46[224] = {0};
+        real w46[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w46[_k * 32 + _u] += a41[_u] * t28[_k * 32 + _u];
@@ -13959,11 +13849,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (l29 + 0)[_u * 7 + _k] += w46[_k * 32 + _u];
         /* zpu,zupk->zuk */
-        real t47[224];
+        real t47[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t47[_k * 32 + _u] = (l10 + 0)[_u * 7 + _k];
-        real w48[224] = {0};
+        real w48[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w48[_k * 32 + _u] += a42[_u] * t47[_k * 32 + _u];
@@ -13971,11 +13861,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (a0 + 768)[_u * 7 + _k] += w48[_k * 32 + _u];
         /* zpu,zuk->zupk */
-        real t49[224];
+        real t49[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t49[_k * 32 + _u] = a43[_u * 7 + _k];
-        real w50[224] = {0};
+        real w50[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w50[_k * 32 + _u] += a42[_u] * t49[_k * 32 + _u];
@@ -13995,12 +13885,12 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             (l32 + 32)[_u] += a46[_u];
         /* zpu,zupk->zuk */
-        real t51[192];
+        real t51[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t51[_p * 96 + _k * 32 + _u] = (l12 + 0)[_u * 6 + _p * 3 + _k];
-        real w52[96] = {0};
+        real w52[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -14009,7 +13899,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 32)[_u * 3 + _k] += w52[_k * 32 + _u];
         /* zpu,zuk->zupk */
-        real w53[192] = {0};
+        real w53[192] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -14025,12 +13915,12 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             (l34 + 32)[_u] += a48[_u];
         /* zpu,zupk->zuk */
-        real t54[320];
+        real t54[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t54[_p * 160 + _k * 32 + _u] = (l13 + 0)[_u * 10 + _p * 5 + _k];
-        real w55[160] = {0};
+        real w55[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -14039,7 +13929,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 128)[_u * 5 + _k] += w55[_k * 32 + _u];
         /* zpu,zuk->zupk */
-        real w56[320] = {0};
+        real w56[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -14049,11 +13939,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 5; ++_k)
                     (l35 + 0)[_u * 10 + _p * 5 + _k] += w56[_p * 160 + _k * 32 + _u];
         /* zpu,zupk->zuk */
-        real t57[96];
+        real t57[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t57[_k * 32 + _u] = (l14 + 0)[_u * 3 + _k];
-        real w58[96] = {0};
+        real w58[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w58[_k * 32 + _u] += a49[_u] * t57[_k * 32 + _u];
@@ -14061,7 +13951,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 288)[_u * 3 + _k] += w58[_k * 32 + _u];
         /* zpu,zuk->zupk */
-        real w59[96] = {0};
+        real w59[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w59[_k * 32 + _u] += a49[_u] * t38[_k * 32 + _u];
@@ -14075,12 +13965,12 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             (l37 + 32)[_u] += a51[_u];
         /* zpu,zupk->zuk */
-        real t60[320];
+        real t60[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t60[_p * 160 + _k * 32 + _u] = (l15 + 0)[_u * 10 + _p * 5 + _k];
-        real w61[160] = {0};
+        real w61[160] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -14089,7 +13979,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 384)[_u * 5 + _k] += w61[_k * 32 + _u];
         /* zpu,zuk->zupk */
-        real w62[320] = {0};
+        real w62[320] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -14105,12 +13995,12 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 32; ++_u)
             (l39 + 32)[_u] += a53[_u];
         /* zpu,zupk->zuk */
-        real t63[448];
+        real t63[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 7; ++_k)
                     t63[_p * 224 + _k * 32 + _u] = (l16 + 0)[_u * 14 + _p * 7 + _k];
-        real w64[224] = {0};
+        real w64[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _u = 0; _u < 32; ++_u)
@@ -14119,7 +14009,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (a0 + 544)[_u * 7 + _k] += w64[_k * 32 + _u];
         /* zpu,zuk->zupk */
-        real w65[448] = {0};
+        real w65[448] __attribute__((aligned(64))) = {0};
         for (int _p = 0; _p < 2; ++_p)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -14129,11 +14019,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 7; ++_k)
                     (l40 + 0)[_u * 14 + _p * 7 + _k] += w65[_p * 224 + _k * 32 + _u];
         /* zpu,zupk->zuk */
-        real t66[224];
+        real t66[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t66[_k * 32 + _u] = (l17 + 0)[_u * 7 + _k];
-        real w67[224] = {0};
+        real w67[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w67[_k * 32 + _u] += a54[_u] * t66[_k * 32 + _u];
@@ -14141,7 +14031,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (a0 + 768)[_u * 7 + _k] += w67[_k * 32 + _u];
         /* zpu,zuk->zupk */
-        real w68[224] = {0};
+        real w68[224] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 7; ++_k)
             for (int _u = 0; _u < 32; ++_u)
                 w68[_k * 32 + _u] += a54[_u] * t49[_k * 32 + _u];
@@ -14149,11 +14039,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _k = 0; _k < 7; ++_k)
                 (l41 + 0)[_u * 7 + _k] += w68[_k * 32 + _u];
         /* ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x3e */
-        real t69[224];
+        real t69[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t69[_k * 32 + _u] = (l41 + 0)[_u * 7 + _k];
-        real w70[160] = {0};
+        real w70[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -14162,7 +14052,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w70[_i * 32 + _u];
         /* ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x3e */
-        real t71[224];
+        real t71[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t71[_k * 32 + _u] = (l41 + 0)[_u * 7 + _k];
@@ -14175,12 +14065,12 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     (a2 + 353)[_i * 7 + _k] += acc;
                 }
         /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x3o */
-        real t72[448];
+        real t72[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 7; ++_k)
                     t72[_p * 224 + _k * 32 + _u] = (l40 + 0)[_u * 14 + _p * 7 + _k];
-        real w73[160] = {0};
+        real w73[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -14190,7 +14080,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w73[_i * 32 + _u];
         /* ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x3o */
-        real t74[448];
+        real t74[448] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 7; ++_k)
@@ -14205,12 +14095,12 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                         (a2 + 283)[_i * 14 + _k * 2 + _p] += acc;
                     }
         /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2o */
-        real t75[320];
+        real t75[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t75[_p * 160 + _k * 32 + _u] = (l38 + 0)[_u * 10 + _p * 5 + _k];
-        real w76[160] = {0};
+        real w76[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -14220,7 +14110,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w76[_i * 32 + _u];
         /* ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2o */
-        real t77[320];
+        real t77[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -14235,11 +14125,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                         (a2 + 233)[_i * 10 + _k * 2 + _p] += acc;
                     }
         /* ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x1e */
-        real t78[96];
+        real t78[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t78[_k * 32 + _u] = (l36 + 0)[_u * 3 + _k];
-        real w79[160] = {0};
+        real w79[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -14248,7 +14138,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w79[_i * 32 + _u];
         /* ∂/∂_m_m_0: 1 paths 32x2e ⊗ sh -> 32x1e */
-        real t80[96];
+        real t80[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t80[_k * 32 + _u] = (l36 + 0)[_u * 3 + _k];
@@ -14261,12 +14151,12 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     (a2 + 218)[_i * 3 + _k] += acc;
                 }
         /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x2e */
-        real t81[320];
+        real t81[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t81[_p * 160 + _k * 32 + _u] = (l35 + 0)[_u * 10 + _p * 5 + _k];
-        real w82[160] = {0};
+        real w82[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -14276,7 +14166,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w82[_i * 32 + _u];
         /* ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x2e */
-        real t83[320];
+        real t83[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -14291,12 +14181,12 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                         (a2 + 168)[_i * 10 + _k * 2 + _p] += acc;
                     }
         /* ∂/∂h: 2 paths 32x2e ⊗ sh -> 32x1o */
-        real t84[192];
+        real t84[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t84[_p * 96 + _k * 32 + _u] = (l33 + 0)[_u * 6 + _p * 3 + _k];
-        real w85[160] = {0};
+        real w85[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -14306,7 +14196,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _i = 0; _i < 5; ++_i)
                 (a1 + 128)[_u * 5 + _i] += w85[_i * 32 + _u];
         /* ∂/∂_m_m_0: 2 paths 32x2e ⊗ sh -> 32x1o */
-        real t86[192];
+        real t86[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -14321,7 +14211,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                         (a2 + 138)[_i * 6 + _k * 2 + _p] += acc;
                     }
         /* ∂/∂h: 1 paths 32x2e ⊗ sh -> 32x0e */
-        real w87[160] = {0};
+        real w87[160] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 32; ++_u)
                 w87[_i * 32 + _u] += (l31 + 0)[_u] * a17[_i];
@@ -14337,11 +14227,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 (a2 + 133)[_i] += acc;
             }
         /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3e */
-        real t88[224];
+        real t88[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t88[_k * 32 + _u] = (l30 + 0)[_u * 7 + _k];
-        real w89[96] = {0};
+        real w89[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -14350,7 +14240,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w89[_i * 32 + _u];
         /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3e */
-        real t90[224];
+        real t90[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t90[_k * 32 + _u] = (l30 + 0)[_u * 7 + _k];
@@ -14363,11 +14253,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     (a2 + 112)[_i * 7 + _k] += acc;
                 }
         /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x3o */
-        real t91[224];
+        real t91[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t91[_k * 32 + _u] = (l29 + 0)[_u * 7 + _k];
-        real w92[96] = {0};
+        real w92[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 7; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -14376,7 +14266,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w92[_i * 32 + _u];
         /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x3o */
-        real t93[224];
+        real t93[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t93[_k * 32 + _u] = (l29 + 0)[_u * 7 + _k];
@@ -14389,11 +14279,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     (a2 + 91)[_i * 7 + _k] += acc;
                 }
         /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x2o */
-        real t94[160];
+        real t94[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t94[_k * 32 + _u] = (l28 + 0)[_u * 5 + _k];
-        real w95[96] = {0};
+        real w95[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -14402,7 +14292,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w95[_i * 32 + _u];
         /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x2o */
-        real t96[160];
+        real t96[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t96[_k * 32 + _u] = (l28 + 0)[_u * 5 + _k];
@@ -14415,11 +14305,11 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     (a2 + 76)[_i * 5 + _k] += acc;
                 }
         /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x1e */
-        real t97[96];
+        real t97[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t97[_k * 32 + _u] = (l27 + 0)[_u * 3 + _k];
-        real w98[96] = {0};
+        real w98[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 32; ++_u)
@@ -14428,7 +14318,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w98[_i * 32 + _u];
         /* ∂/∂_m_m_0: 1 paths 32x1o ⊗ sh -> 32x1e */
-        real t99[96];
+        real t99[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t99[_k * 32 + _u] = (l27 + 0)[_u * 3 + _k];
@@ -14441,12 +14331,12 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                     (a2 + 67)[_i * 3 + _k] += acc;
                 }
         /* ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x2e */
-        real t100[320];
+        real t100[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
                     t100[_p * 160 + _k * 32 + _u] = (l26 + 0)[_u * 10 + _p * 5 + _k];
-        real w101[96] = {0};
+        real w101[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -14456,7 +14346,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w101[_i * 32 + _u];
         /* ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x2e */
-        real t102[320];
+        real t102[320] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 5; ++_k)
@@ -14471,12 +14361,12 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                         (a2 + 37)[_i * 10 + _k * 2 + _p] += acc;
                     }
         /* ∂/∂h: 2 paths 32x1o ⊗ sh -> 32x1o */
-        real t103[192];
+        real t103[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
                     t103[_p * 96 + _k * 32 + _u] = (l24 + 0)[_u * 6 + _p * 3 + _k];
-        real w104[96] = {0};
+        real w104[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _p = 0; _p < 2; ++_p)
@@ -14486,7 +14376,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _i = 0; _i < 3; ++_i)
                 (a1 + 32)[_u * 3 + _i] += w104[_i * 32 + _u];
         /* ∂/∂_m_m_0: 2 paths 32x1o ⊗ sh -> 32x1o */
-        real t105[192];
+        real t105[192] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _p = 0; _p < 2; ++_p)
                 for (int _k = 0; _k < 3; ++_k)
@@ -14501,7 +14391,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                         (a2 + 19)[_i * 6 + _k * 2 + _p] += acc;
                     }
         /* ∂/∂h: 1 paths 32x1o ⊗ sh -> 32x0e */
-        real w106[96] = {0};
+        real w106[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 32; ++_u)
                 w106[_i * 32 + _u] += (l22 + 0)[_u] * a9[_i];
@@ -14517,7 +14407,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 (a2 + 16)[_i] += acc;
             }
         /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x3o */
-        real t107[224];
+        real t107[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t107[_k * 32 + _u] = (l21 + 0)[_u * 7 + _k];
@@ -14525,7 +14415,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _u = 0; _u < 32; ++_u)
                 (a1 + 0)[_u] += t107[_k * 32 + _u] * a7[_k];
         /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x3o */
-        real t108[224];
+        real t108[224] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 7; ++_k)
                 t108[_k * 32 + _u] = (l21 + 0)[_u * 7 + _k];
@@ -14537,7 +14427,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 (a2 + 9)[_k] += acc;
             }
         /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x2e */
-        real t109[160];
+        real t109[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t109[_k * 32 + _u] = (l20 + 0)[_u * 5 + _k];
@@ -14545,7 +14435,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _u = 0; _u < 32; ++_u)
                 (a1 + 0)[_u] += t109[_k * 32 + _u] * a6[_k];
         /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x2e */
-        real t110[160];
+        real t110[160] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t110[_k * 32 + _u] = (l20 + 0)[_u * 5 + _k];
@@ -14557,7 +14447,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 (a2 + 4)[_k] += acc;
             }
         /* ∂/∂h: 1 paths 32x0e ⊗ sh -> 32x1o */
-        real t111[96];
+        real t111[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t111[_k * 32 + _u] = (l19 + 0)[_u * 3 + _k];
@@ -14565,7 +14455,7 @@ void conv_tp_d2_w_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _u = 0; _u < 32; ++_u)
                 (a1 + 0)[_u] += t111[_k * 32 + _u] * a5[_k];
         /* ∂/∂_m_m_0: 1 paths 32x0e ⊗ sh -> 32x1o */
-        real t112[96];
+        real t112[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 32; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t112[_k * 32 + _u] = (l19 + 0)[_u * 3 + _k];
@@ -14624,10 +14514,10 @@ void elementwise_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
         memset(a10, 0, sizeof(real) * 80);
         const real *restrict a11 = A11 + z * a11_stride;
         const real *restrict a12 = A12;
-        real l0[16] = {0};
-        real l1[48] = {0};
-        real l2[80] = {0};
-        real l3[48] = {0};
+        real l0[16] __attribute__((aligned(64))) = {0};
+        real l1[48] __attribute__((aligned(64))) = {0};
+        real l2[80] __attribute__((aligned(64))) = {0};
+        real l3[48] __attribute__((aligned(64))) = {0};
         /* 16x0e ⊗ 16x0e -> 16x0e */
         for (int _u = 0; _u < 16; ++_u)
             (l0 + 0)[_u] += a1[_u] * a2[_u];
@@ -14635,11 +14525,11 @@ void elementwise_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
         for (int _u = 0; _u < 16; ++_u)
             a4[_u] += (real)0.5773502691896257 * (l0 + 0)[_u] * a3[_u];
         /* 16x0e ⊗ 16x1o -> 16x1o */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 16 + _u] = a5[_u * 3 + _j];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_j * 16 + _u] += a1[_u] * t1[_j * 16 + _u];
@@ -14647,16 +14537,16 @@ void elementwise_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
             for (int _j = 0; _j < 3; ++_j)
                 (l1 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
         /* zuij,uijk->zuk */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t3[_j * 16 + _u] = (l1 + 0)[_u * 3 + _j];
-        real t4[144];
+        real t4[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
                     t4[_j * 48 + _k * 16 + _u] = a6[_u * 9 + _j * 3 + _k];
-        real w5[48] = {0};
+        real w5[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -14665,11 +14555,11 @@ void elementwise_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
             for (int _k = 0; _k < 3; ++_k)
                 a7[_u * 3 + _k] += w5[_k * 16 + _u];
         /* 16x0e ⊗ 16x2e -> 16x2e */
-        real t6[80];
+        real t6[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t6[_j * 16 + _u] = a8[_u * 5 + _j];
-        real w7[80] = {0};
+        real w7[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w7[_j * 16 + _u] += a1[_u] * t6[_j * 16 + _u];
@@ -14677,16 +14567,16 @@ void elementwise_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
             for (int _j = 0; _j < 5; ++_j)
                 (l2 + 0)[_u * 5 + _j] += w7[_j * 16 + _u];
         /* zuij,uijk->zuk */
-        real t8[80];
+        real t8[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t8[_j * 16 + _u] = (l2 + 0)[_u * 5 + _j];
-        real t9[400];
+        real t9[400] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _k = 0; _k < 5; ++_k)
                     t9[_j * 80 + _k * 16 + _u] = a9[_u * 25 + _j * 5 + _k];
-        real w10[80] = {0};
+        real w10[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -14695,11 +14585,11 @@ void elementwise_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
             for (int _k = 0; _k < 5; ++_k)
                 a10[_u * 5 + _k] += w10[_k * 16 + _u];
         /* 16x1o ⊗ 16x0e -> 16x1o */
-        real t11[48];
+        real t11[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t11[_i * 16 + _u] = a11[_u * 3 + _i];
-        real w12[48] = {0};
+        real w12[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w12[_i * 16 + _u] += t11[_i * 16 + _u] * a2[_u];
@@ -14707,16 +14597,16 @@ void elementwise_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
             for (int _i = 0; _i < 3; ++_i)
                 (l3 + 0)[_u * 3 + _i] += w12[_i * 16 + _u];
         /* zuij,uijk->zuk */
-        real t13[48];
+        real t13[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t13[_i * 16 + _u] = (l3 + 0)[_u * 3 + _i];
-        real t14[144];
+        real t14[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
                     t14[_i * 48 + _k * 16 + _u] = a12[_u * 9 + _i * 3 + _k];
-        real w15[48] = {0};
+        real w15[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -14725,7 +14615,7 @@ void elementwise_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
             for (int _k = 0; _k < 3; ++_k)
                 a7[_u * 3 + _k] += w15[_k * 16 + _u];
         /* 16x1o ⊗ 16x1o -> 16x0e */
-        real w16[144] = {0};
+        real w16[144] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -14746,15 +14636,15 @@ void elementwise_tp_s1(int64_t n, int threads, real *restrict A0, int64_t a0_str
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* 16x1o ⊗ 16x2e -> 16x1o */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 16 + _u] = a1[_u * 3 + _i];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t2[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -14778,13 +14668,13 @@ void elementwise_tp_s2(int64_t n, int threads, real *restrict A0, int64_t a0_str
         real *restrict a4 = A4 + z * a4_stride;
         memset(a4, 0, sizeof(real) * 80);
         const real *restrict a5 = A5 + z * a5_stride;
-        real l0[80] = {0};
+        real l0[80] __attribute__((aligned(64))) = {0};
         /* 16x2e ⊗ 16x0e -> 16x2e */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 16 + _u] = a1[_u * 5 + _i];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_i * 16 + _u] += t1[_i * 16 + _u] * a2[_u];
@@ -14792,16 +14682,16 @@ void elementwise_tp_s2(int64_t n, int threads, real *restrict A0, int64_t a0_str
             for (int _i = 0; _i < 5; ++_i)
                 (l0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
         /* zuij,uijk->zuk */
-        real t3[80];
+        real t3[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
-        real t4[400];
+        real t4[400] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
                     t4[_i * 80 + _k * 16 + _u] = a3[_u * 25 + _i * 5 + _k];
-        real w5[80] = {0};
+        real w5[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -14810,11 +14700,11 @@ void elementwise_tp_s2(int64_t n, int threads, real *restrict A0, int64_t a0_str
             for (int _k = 0; _k < 5; ++_k)
                 a4[_u * 5 + _k] += w5[_k * 16 + _u];
         /* 16x2e ⊗ 16x1o -> 16x1o */
-        real t6[48];
+        real t6[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t6[_j * 16 + _u] = a5[_u * 3 + _j];
-        real w7[240] = {0};
+        real w7[240] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -14835,15 +14725,15 @@ void elementwise_tp_s3(int64_t n, int threads, real *restrict A0, int64_t a0_str
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* 16x2e ⊗ 16x2e -> 16x0e */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 16 + _u] = a1[_u * 5 + _i];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t2[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w3[400] = {0};
+        real w3[400] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -14865,15 +14755,15 @@ void elementwise_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 16 + _u] = a1[_u * 3 + _k];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t2[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -14894,15 +14784,15 @@ void elementwise_tp_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_s
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 16 + _u] = a1[_u * 3 + _k];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 16 + _u] = a2[_u * 5 + _i];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -14923,15 +14813,15 @@ void elementwise_tp_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_s
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 16 + _u] = a1[_u * 5 + _k];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t2[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w3[400] = {0};
+        real w3[400] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -14952,15 +14842,15 @@ void elementwise_tp_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_s
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 16 + _u] = a1[_u * 5 + _k];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 16 + _u] = a2[_u * 5 + _i];
-        real w3[400] = {0};
+        real w3[400] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -14986,13 +14876,13 @@ void elementwise_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_s
         const real *restrict a5 = A5 + z * a5_stride;
         real *restrict a6 = A6 + z * a6_stride;
         memset(a6, 0, sizeof(real) * 80);
-        real l0[80] = {0};
+        real l0[80] __attribute__((aligned(64))) = {0};
         /* ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t1[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_j * 16 + _u] += a1[_u] * t1[_j * 16 + _u];
@@ -15000,16 +14890,16 @@ void elementwise_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_s
             for (int _j = 0; _j < 5; ++_j)
                 (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
         /* zukj,uijk->zui */
-        real t3[80];
+        real t3[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        real t4[400];
+        real t4[400] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
                     t4[_i * 80 + _j * 16 + _u] = a3[_u * 25 + _i * 5 + _j];
-        real w5[80] = {0};
+        real w5[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15018,11 +14908,11 @@ void elementwise_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_s
             for (int _i = 0; _i < 5; ++_i)
                 a4[_u * 5 + _i] += w5[_i * 16 + _u];
         /* ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e */
-        real t6[80];
+        real t6[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t6[_i * 16 + _u] = a5[_u * 5 + _i];
-        real w7[80] = {0};
+        real w7[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w7[_i * 16 + _u] += a1[_u] * t6[_i * 16 + _u];
@@ -15030,11 +14920,11 @@ void elementwise_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_s
             for (int _i = 0; _i < 5; ++_i)
                 (a0 + 0)[_u * 5 + _i] += w7[_i * 16 + _u];
         /* zuki,uijk->zuj */
-        real t8[80];
+        real t8[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t8[_i * 16 + _u] = (a0 + 0)[_u * 5 + _i];
-        real w9[80] = {0};
+        real w9[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15054,15 +14944,15 @@ void elementwise_tp_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_s
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 16 + _u] = a1[_u * 3 + _k];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t2[_j * 16 + _u] = a2[_u * 3 + _j];
-        real w3[144] = {0};
+        real w3[144] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15083,15 +14973,15 @@ void elementwise_tp_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_s
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 16 + _u] = a1[_u * 3 + _k];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 16 + _u] = a2[_u * 5 + _i];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15112,13 +15002,13 @@ void elementwise_tp_d_s7(int64_t n, int threads, const real *restrict A0, int64_
         const real *restrict a2 = A2;
         real *restrict a3 = A3 + z * a3_stride;
         memset(a3, 0, sizeof(real) * 80);
-        real l0[80] = {0};
+        real l0[80] __attribute__((aligned(64))) = {0};
         /* ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 16 + _u] = a0[_u * 5 + _k];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_k * 16 + _u] += t1[_k * 16 + _u] * a1[_u];
@@ -15126,16 +15016,16 @@ void elementwise_tp_d_s7(int64_t n, int threads, const real *restrict A0, int64_
             for (int _k = 0; _k < 5; ++_k)
                 (l0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
         /* zukj,uijk->zui */
-        real t3[80];
+        real t3[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t3[_k * 16 + _u] = (l0 + 0)[_u * 5 + _k];
-        real t4[400];
+        real t4[400] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
                     t4[_i * 80 + _k * 16 + _u] = a2[_u * 25 + _i * 5 + _k];
-        real w5[80] = {0};
+        real w5[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15155,15 +15045,15 @@ void elementwise_tp_d_s8(int64_t n, int threads, real *restrict A0, int64_t a0_s
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 16 + _u] = a1[_u * 3 + _k];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t2[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15184,15 +15074,15 @@ void elementwise_tp_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_s
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 16 + _u] = a1[_u * 3 + _k];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 16 + _u] = a2[_u * 3 + _i];
-        real w3[144] = {0};
+        real w3[144] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15213,15 +15103,15 @@ void elementwise_tp_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 16 + _u] = a1[_u * 3 + _k];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t2[_j * 16 + _u] = a2[_u * 3 + _j];
-        real w3[144] = {0};
+        real w3[144] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15242,15 +15132,15 @@ void elementwise_tp_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 16 + _u] = a1[_u * 3 + _k];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 16 + _u] = a2[_u * 3 + _i];
-        real w3[144] = {0};
+        real w3[144] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15271,15 +15161,15 @@ void elementwise_tp_d_s12(int64_t n, int threads, real *restrict A0, int64_t a0_
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 16 + _u] = a1[_u * 5 + _k];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t2[_j * 16 + _u] = a2[_u * 3 + _j];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15300,15 +15190,15 @@ void elementwise_tp_d_s13(int64_t n, int threads, real *restrict A0, int64_t a0_
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 16 + _u] = a1[_u * 5 + _k];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 16 + _u] = a2[_u * 3 + _i];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15334,13 +15224,13 @@ void elementwise_tp_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_
         const real *restrict a5 = A5 + z * a5_stride;
         real *restrict a6 = A6 + z * a6_stride;
         memset(a6, 0, sizeof(real) * 48);
-        real l0[48] = {0};
+        real l0[48] __attribute__((aligned(64))) = {0};
         /* ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 16 + _u] = a2[_u * 3 + _j];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_j * 16 + _u] += a1[_u] * t1[_j * 16 + _u];
@@ -15348,16 +15238,16 @@ void elementwise_tp_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _j = 0; _j < 3; ++_j)
                 (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
         /* zukj,uijk->zui */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        real t4[144];
+        real t4[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
                     t4[_i * 48 + _j * 16 + _u] = a3[_u * 9 + _i * 3 + _j];
-        real w5[48] = {0};
+        real w5[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15366,11 +15256,11 @@ void elementwise_tp_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _i = 0; _i < 3; ++_i)
                 a4[_u * 3 + _i] += w5[_i * 16 + _u];
         /* ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e */
-        real t6[48];
+        real t6[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t6[_i * 16 + _u] = a5[_u * 3 + _i];
-        real w7[48] = {0};
+        real w7[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w7[_i * 16 + _u] += a1[_u] * t6[_i * 16 + _u];
@@ -15378,11 +15268,11 @@ void elementwise_tp_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 0)[_u * 3 + _i] += w7[_i * 16 + _u];
         /* zuki,uijk->zuj */
-        real t8[48];
+        real t8[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t8[_i * 16 + _u] = (a0 + 0)[_u * 3 + _i];
-        real w9[48] = {0};
+        real w9[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15402,13 +15292,13 @@ void elementwise_tp_d_s15(int64_t n, int threads, const real *restrict A0, int64
         const real *restrict a2 = A2;
         real *restrict a3 = A3 + z * a3_stride;
         memset(a3, 0, sizeof(real) * 48);
-        real l0[48] = {0};
+        real l0[48] __attribute__((aligned(64))) = {0};
         /* ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 16 + _u] = a0[_u * 3 + _k];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_k * 16 + _u] += t1[_k * 16 + _u] * a1[_u];
@@ -15416,16 +15306,16 @@ void elementwise_tp_d_s15(int64_t n, int threads, const real *restrict A0, int64
             for (int _k = 0; _k < 3; ++_k)
                 (l0 + 0)[_u * 3 + _k] += w2[_k * 16 + _u];
         /* zukj,uijk->zui */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t3[_k * 16 + _u] = (l0 + 0)[_u * 3 + _k];
-        real t4[144];
+        real t4[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
                     t4[_i * 48 + _k * 16 + _u] = a2[_u * 9 + _i * 3 + _k];
-        real w5[48] = {0};
+        real w5[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15448,11 +15338,11 @@ void elementwise_tp_d_s16(int64_t n, int threads, real *restrict A0, int64_t a0_
         real *restrict a4 = A4 + z * a4_stride;
         memset(a4, 0, sizeof(real) * 80);
         /* ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t1[_k * 16 + _u] = a1[_u * 5 + _k];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_k * 16 + _u] += t1[_k * 16 + _u] * a2[_u];
@@ -15460,11 +15350,11 @@ void elementwise_tp_d_s16(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
         /* zuki,ikju->zuj */
-        real t3[80];
+        real t3[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t3[_k * 16 + _u] = (a0 + 0)[_u * 5 + _k];
-        real w4[80] = {0};
+        real w4[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15487,11 +15377,11 @@ void elementwise_tp_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_
         real *restrict a4 = A4 + z * a4_stride;
         memset(a4, 0, sizeof(real) * 48);
         /* ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 16 + _u] = a1[_u * 3 + _k];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_k * 16 + _u] += t1[_k * 16 + _u] * a2[_u];
@@ -15499,11 +15389,11 @@ void elementwise_tp_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 0)[_u * 3 + _k] += w2[_k * 16 + _u];
         /* zuki,ikju->zuj */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t3[_k * 16 + _u] = (a0 + 0)[_u * 3 + _k];
-        real w4[48] = {0};
+        real w4[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15528,7 +15418,7 @@ void elementwise_tp_d_s18(int64_t n, int threads, real *restrict A0, int64_t a0_
         const real *restrict a5 = A5 + z * a5_stride;
         real *restrict a6 = A6 + z * a6_stride;
         memset(a6, 0, sizeof(real) * 16);
-        real l0[16] = {0};
+        real l0[16] __attribute__((aligned(64))) = {0};
         /* ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e */
         for (int _u = 0; _u < 16; ++_u)
             (l0 + 0)[_u] += a1[_u] * a2[_u];
@@ -15559,7 +15449,7 @@ void elementwise_tp_d2_a_s0(int64_t n, int threads, real *restrict A0, int64_t a
         const real *restrict a5 = A5 + z * a5_stride;
         real *restrict a6 = A6 + z * a6_stride;
         memset(a6, 0, sizeof(real) * 16);
-        real l0[16] = {0};
+        real l0[16] __attribute__((aligned(64))) = {0};
         /* ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x0e -> 16x0e */
         for (int _u = 0; _u < 16; ++_u)
             (l0 + 0)[_u] += a1[_u] * a2[_u];
@@ -15589,13 +15479,13 @@ void elementwise_tp_d2_a_s1(int64_t n, int threads, real *restrict A0, int64_t a
         const real *restrict a5 = A5 + z * a5_stride;
         real *restrict a6 = A6 + z * a6_stride;
         memset(a6, 0, sizeof(real) * 48);
-        real l0[48] = {0};
+        real l0[48] __attribute__((aligned(64))) = {0};
         /* ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 16 + _u] = a2[_u * 3 + _j];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_j * 16 + _u] += a1[_u] * t1[_j * 16 + _u];
@@ -15603,16 +15493,16 @@ void elementwise_tp_d2_a_s1(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _j = 0; _j < 3; ++_j)
                 (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
         /* zuij,uijk->zuk */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        real t4[144];
+        real t4[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
                     t4[_j * 48 + _k * 16 + _u] = a3[_u * 9 + _j * 3 + _k];
-        real w5[48] = {0};
+        real w5[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15621,11 +15511,11 @@ void elementwise_tp_d2_a_s1(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _k = 0; _k < 3; ++_k)
                 a4[_u * 3 + _k] += w5[_k * 16 + _u];
         /* ∂/∂b: ∂/∂a: 16x0e ⊗ 16x1o -> 16x1o */
-        real t6[48];
+        real t6[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t6[_k * 16 + _u] = a5[_u * 3 + _k];
-        real w7[48] = {0};
+        real w7[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w7[_k * 16 + _u] += a1[_u] * t6[_k * 16 + _u];
@@ -15633,11 +15523,11 @@ void elementwise_tp_d2_a_s1(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 0)[_u * 3 + _k] += w7[_k * 16 + _u];
         /* zuik,uijk->zuj */
-        real t8[48];
+        real t8[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t8[_k * 16 + _u] = (a0 + 0)[_u * 3 + _k];
-        real w9[48] = {0};
+        real w9[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15662,13 +15552,13 @@ void elementwise_tp_d2_a_s2(int64_t n, int threads, real *restrict A0, int64_t a
         const real *restrict a5 = A5 + z * a5_stride;
         real *restrict a6 = A6 + z * a6_stride;
         memset(a6, 0, sizeof(real) * 80);
-        real l0[80] = {0};
+        real l0[80] __attribute__((aligned(64))) = {0};
         /* ∂/∂d_c: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t1[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_j * 16 + _u] += a1[_u] * t1[_j * 16 + _u];
@@ -15676,16 +15566,16 @@ void elementwise_tp_d2_a_s2(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _j = 0; _j < 5; ++_j)
                 (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
         /* zuij,uijk->zuk */
-        real t3[80];
+        real t3[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        real t4[400];
+        real t4[400] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _k = 0; _k < 5; ++_k)
                     t4[_j * 80 + _k * 16 + _u] = a3[_u * 25 + _j * 5 + _k];
-        real w5[80] = {0};
+        real w5[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15694,11 +15584,11 @@ void elementwise_tp_d2_a_s2(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _k = 0; _k < 5; ++_k)
                 a4[_u * 5 + _k] += w5[_k * 16 + _u];
         /* ∂/∂b: ∂/∂a: 16x0e ⊗ 16x2e -> 16x2e */
-        real t6[80];
+        real t6[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t6[_k * 16 + _u] = a5[_u * 5 + _k];
-        real w7[80] = {0};
+        real w7[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w7[_k * 16 + _u] += a1[_u] * t6[_k * 16 + _u];
@@ -15706,11 +15596,11 @@ void elementwise_tp_d2_a_s2(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 0)[_u * 5 + _k] += w7[_k * 16 + _u];
         /* zuik,uijk->zuj */
-        real t8[80];
+        real t8[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t8[_k * 16 + _u] = (a0 + 0)[_u * 5 + _k];
-        real w9[80] = {0};
+        real w9[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15733,13 +15623,13 @@ void elementwise_tp_d2_a_s3(int64_t n, int threads, real *restrict A0, int64_t a
         real *restrict a4 = A4 + z * a4_stride;
         memset(a4, 0, sizeof(real) * 48);
         const real *restrict a5 = A5 + z * a5_stride;
-        real l0[48] = {0};
+        real l0[48] __attribute__((aligned(64))) = {0};
         /* ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 16 + _u] = a1[_u * 3 + _i];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_i * 16 + _u] += t1[_i * 16 + _u] * a2[_u];
@@ -15747,16 +15637,16 @@ void elementwise_tp_d2_a_s3(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _i = 0; _i < 3; ++_i)
                 (l0 + 0)[_u * 3 + _i] += w2[_i * 16 + _u];
         /* zuij,uijk->zuk */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 16 + _u] = (l0 + 0)[_u * 3 + _i];
-        real t4[144];
+        real t4[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
                     t4[_i * 48 + _k * 16 + _u] = a3[_u * 9 + _i * 3 + _k];
-        real w5[48] = {0};
+        real w5[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15765,11 +15655,11 @@ void elementwise_tp_d2_a_s3(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _k = 0; _k < 3; ++_k)
                 a4[_u * 3 + _k] += w5[_k * 16 + _u];
         /* ∂/∂b: ∂/∂a: 16x1o ⊗ 16x0e -> 16x1o */
-        real t6[48];
+        real t6[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t6[_k * 16 + _u] = a5[_u * 3 + _k];
-        real w7[144] = {0};
+        real w7[144] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15790,15 +15680,15 @@ void elementwise_tp_d2_a_s4(int64_t n, int threads, real *restrict A0, int64_t a
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 16 + _u] = a1[_u * 3 + _i];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t2[_j * 16 + _u] = a2[_u * 3 + _j];
-        real w3[144] = {0};
+        real w3[144] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15822,11 +15712,11 @@ void elementwise_tp_d2_a_s5(int64_t n, int threads, real *restrict A0, int64_t a
         real *restrict a4 = A4 + z * a4_stride;
         memset(a4, 0, sizeof(real) * 48);
         /* ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x0e */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 16 + _u] = a1[_u * 3 + _i];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_i * 16 + _u] += t1[_i * 16 + _u] * a2[_u];
@@ -15834,11 +15724,11 @@ void elementwise_tp_d2_a_s5(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 0)[_u * 3 + _i] += w2[_i * 16 + _u];
         /* zuik,ijku->zuj */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 16 + _u] = (a0 + 0)[_u * 3 + _i];
-        real w4[48] = {0};
+        real w4[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15858,15 +15748,15 @@ void elementwise_tp_d2_a_s6(int64_t n, int threads, real *restrict A0, int64_t a
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x2e */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 16 + _u] = a1[_u * 3 + _i];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t2[_k * 16 + _u] = a2[_u * 5 + _k];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15887,15 +15777,15 @@ void elementwise_tp_d2_a_s7(int64_t n, int threads, real *restrict A0, int64_t a
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂b: ∂/∂a: 16x1o ⊗ 16x1o -> 16x1e */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 16 + _u] = a1[_u * 3 + _i];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 16 + _u] = a2[_u * 3 + _k];
-        real w3[144] = {0};
+        real w3[144] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15916,15 +15806,15 @@ void elementwise_tp_d2_a_s8(int64_t n, int threads, real *restrict A0, int64_t a
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂d_c: ∂/∂a: 16x1o ⊗ 16x2e -> 16x1o */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 16 + _u] = a1[_u * 3 + _i];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t2[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15948,13 +15838,13 @@ void elementwise_tp_d2_a_s9(int64_t n, int threads, real *restrict A0, int64_t a
         real *restrict a4 = A4 + z * a4_stride;
         memset(a4, 0, sizeof(real) * 80);
         const real *restrict a5 = A5 + z * a5_stride;
-        real l0[80] = {0};
+        real l0[80] __attribute__((aligned(64))) = {0};
         /* ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 16 + _u] = a1[_u * 5 + _i];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_i * 16 + _u] += t1[_i * 16 + _u] * a2[_u];
@@ -15962,16 +15852,16 @@ void elementwise_tp_d2_a_s9(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _i = 0; _i < 5; ++_i)
                 (l0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
         /* zuij,uijk->zuk */
-        real t3[80];
+        real t3[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
-        real t4[400];
+        real t4[400] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
                     t4[_i * 80 + _k * 16 + _u] = a3[_u * 25 + _i * 5 + _k];
-        real w5[80] = {0};
+        real w5[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -15980,11 +15870,11 @@ void elementwise_tp_d2_a_s9(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _k = 0; _k < 5; ++_k)
                 a4[_u * 5 + _k] += w5[_k * 16 + _u];
         /* ∂/∂b: ∂/∂a: 16x2e ⊗ 16x0e -> 16x2e */
-        real t6[80];
+        real t6[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t6[_k * 16 + _u] = a5[_u * 5 + _k];
-        real w7[400] = {0};
+        real w7[400] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16005,15 +15895,15 @@ void elementwise_tp_d2_a_s10(int64_t n, int threads, real *restrict A0, int64_t 
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 16 + _u] = a1[_u * 5 + _i];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t2[_j * 16 + _u] = a2[_u * 3 + _j];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16034,15 +15924,15 @@ void elementwise_tp_d2_a_s11(int64_t n, int threads, real *restrict A0, int64_t 
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂b: ∂/∂a: 16x2e ⊗ 16x1o -> 16x1o */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 16 + _u] = a1[_u * 5 + _i];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 16 + _u] = a2[_u * 3 + _k];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16054,7 +15944,52 @@ void elementwise_tp_d2_a_s11(int64_t n, int threads, real *restrict A0, int64_t 
     }
 }
 
-void elementwise_tp_d2_a_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void elementwise_tp_d2_a_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 16);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 16);
+        /* ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a2[_u * 5 + _i];
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_j * 16 + _u] += t1[_i * 16 + _u] * a3[_i * 5 + _j];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
+        /* zuj,zujk->zuk */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t3[_j * 16 + _u] = a4[_u * 5 + _j];
+        real t4[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t4[_j * 16 + _u] = (a0 + 0)[_u * 5 + _j];
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += t3[_j * 16 + _u] * t4[_j * 16 + _u];
+        /* u,zuk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            a6[_u] += (real)0.5773502691896257 * a5[_u] * (a1 + 0)[_u];
+    }
+}
+
+void elementwise_tp_d2_a_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -16062,63 +15997,40 @@ void elementwise_tp_d2_a_s12(int64_t n, int threads, real *restrict A0, int64_t 
         memset(a0, 0, sizeof(real) * 400);
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 16 + _u] = a1[_u * 5 + _i];
-        real t2[80];
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 80);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* zujk,uzk->zuj */
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
-                t2[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w3[400] = {0};
+                t1[_j * 16 + _u] = (a1 + 0)[_u * 5 + _j];
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += (real)0.5773502691896257 * t1[_j * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                a3[_u * 5 + _j] += w2[_j * 16 + _u];
+        /* ∂/∂d_c: ∂/∂a: 16x2e ⊗ 16x2e -> 16x2e */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 16 + _u] = a4[_u * 5 + _i];
+        real t4[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t4[_j * 16 + _u] = a5[_u * 5 + _j];
+        real w5[400] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w3[_i * 80 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
+                    w5[_i * 80 + _j * 16 + _u] += t3[_i * 16 + _u] * t4[_j * 16 + _u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
-                    (a0 + 0)[_u * 25 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
-    }
-}
-
-void elementwise_tp_d2_a_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 80);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3;
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 80);
-        /* ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x0e */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 16 + _u] = a1[_u * 5 + _i];
-        real w2[80] = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w2[_i * 16 + _u] += t1[_i * 16 + _u] * a2[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (a0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
-        /* zuik,ijku->zuj */
-        real t3[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t3[_i * 16 + _u] = (a0 + 0)[_u * 5 + _i];
-        real w4[80] = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w4[_j * 16 + _u] += (real)0.5773502691896257 * t3[_i * 16 + _u] * a3[_i * 80 + _j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                a4[_u * 5 + _j] += w4[_j * 16 + _u];
+                    (a0 + 0)[_u * 25 + _i * 5 + _j] += w5[_i * 80 + _j * 16 + _u];
     }
 }
 
@@ -16131,15 +16043,15 @@ void elementwise_tp_d2_a_s14(int64_t n, int threads, real *restrict A0, int64_t 
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂b: ∂/∂a: 16x2e ⊗ 16x2e -> 16x1e */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 16 + _u] = a1[_u * 5 + _i];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 16 + _u] = a2[_u * 3 + _k];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16166,7 +16078,7 @@ void elementwise_tp_d2_b_s0(int64_t n, int threads, real *restrict A0, int64_t a
         const real *restrict a5 = A5 + z * a5_stride;
         real *restrict a6 = A6 + z * a6_stride;
         memset(a6, 0, sizeof(real) * 16);
-        real l0[16] = {0};
+        real l0[16] __attribute__((aligned(64))) = {0};
         /* ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x0e -> 16x0e */
         for (int _u = 0; _u < 16; ++_u)
             (l0 + 0)[_u] += a1[_u] * a2[_u];
@@ -16194,13 +16106,13 @@ void elementwise_tp_d2_b_s1(int64_t n, int threads, real *restrict A0, int64_t a
         real *restrict a4 = A4 + z * a4_stride;
         memset(a4, 0, sizeof(real) * 48);
         const real *restrict a5 = A5 + z * a5_stride;
-        real l0[48] = {0};
+        real l0[48] __attribute__((aligned(64))) = {0};
         /* ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 16 + _u] = a1[_u * 3 + _j];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_j * 16 + _u] += t1[_j * 16 + _u] * a2[_u];
@@ -16208,16 +16120,16 @@ void elementwise_tp_d2_b_s1(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _j = 0; _j < 3; ++_j)
                 (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
         /* zuji,uijk->zuk */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t3[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        real t4[144];
+        real t4[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
                     t4[_j * 48 + _k * 16 + _u] = a3[_u * 9 + _j * 3 + _k];
-        real w5[48] = {0};
+        real w5[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16226,11 +16138,11 @@ void elementwise_tp_d2_b_s1(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _k = 0; _k < 3; ++_k)
                 a4[_u * 3 + _k] += w5[_k * 16 + _u];
         /* ∂/∂a: ∂/∂b: 16x0e ⊗ 16x1o -> 16x1o */
-        real t6[48];
+        real t6[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t6[_k * 16 + _u] = a5[_u * 3 + _k];
-        real w7[144] = {0};
+        real w7[144] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16254,13 +16166,13 @@ void elementwise_tp_d2_b_s2(int64_t n, int threads, real *restrict A0, int64_t a
         real *restrict a4 = A4 + z * a4_stride;
         memset(a4, 0, sizeof(real) * 80);
         const real *restrict a5 = A5 + z * a5_stride;
-        real l0[80] = {0};
+        real l0[80] __attribute__((aligned(64))) = {0};
         /* ∂/∂d_c: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t1[_j * 16 + _u] = a1[_u * 5 + _j];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_j * 16 + _u] += t1[_j * 16 + _u] * a2[_u];
@@ -16268,16 +16180,16 @@ void elementwise_tp_d2_b_s2(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _j = 0; _j < 5; ++_j)
                 (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
         /* zuji,uijk->zuk */
-        real t3[80];
+        real t3[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t3[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        real t4[400];
+        real t4[400] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _k = 0; _k < 5; ++_k)
                     t4[_j * 80 + _k * 16 + _u] = a3[_u * 25 + _j * 5 + _k];
-        real w5[80] = {0};
+        real w5[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16286,11 +16198,11 @@ void elementwise_tp_d2_b_s2(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _k = 0; _k < 5; ++_k)
                 a4[_u * 5 + _k] += w5[_k * 16 + _u];
         /* ∂/∂a: ∂/∂b: 16x0e ⊗ 16x2e -> 16x2e */
-        real t6[80];
+        real t6[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t6[_k * 16 + _u] = a5[_u * 5 + _k];
-        real w7[400] = {0};
+        real w7[400] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16316,13 +16228,13 @@ void elementwise_tp_d2_b_s3(int64_t n, int threads, real *restrict A0, int64_t a
         const real *restrict a5 = A5 + z * a5_stride;
         real *restrict a6 = A6 + z * a6_stride;
         memset(a6, 0, sizeof(real) * 48);
-        real l0[48] = {0};
+        real l0[48] __attribute__((aligned(64))) = {0};
         /* ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 16 + _u] = a2[_u * 3 + _i];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_i * 16 + _u] += a1[_u] * t1[_i * 16 + _u];
@@ -16330,16 +16242,16 @@ void elementwise_tp_d2_b_s3(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _i = 0; _i < 3; ++_i)
                 (l0 + 0)[_u * 3 + _i] += w2[_i * 16 + _u];
         /* zuji,uijk->zuk */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t3[_i * 16 + _u] = (l0 + 0)[_u * 3 + _i];
-        real t4[144];
+        real t4[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
                     t4[_i * 48 + _k * 16 + _u] = a3[_u * 9 + _i * 3 + _k];
-        real w5[48] = {0};
+        real w5[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16348,11 +16260,11 @@ void elementwise_tp_d2_b_s3(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _k = 0; _k < 3; ++_k)
                 a4[_u * 3 + _k] += w5[_k * 16 + _u];
         /* ∂/∂a: ∂/∂b: 16x1o ⊗ 16x0e -> 16x1o */
-        real t6[48];
+        real t6[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t6[_k * 16 + _u] = a5[_u * 3 + _k];
-        real w7[48] = {0};
+        real w7[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w7[_k * 16 + _u] += a1[_u] * t6[_k * 16 + _u];
@@ -16360,11 +16272,11 @@ void elementwise_tp_d2_b_s3(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 0)[_u * 3 + _k] += w7[_k * 16 + _u];
         /* zujk,uijk->zui */
-        real t8[48];
+        real t8[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t8[_k * 16 + _u] = (a0 + 0)[_u * 3 + _k];
-        real w9[48] = {0};
+        real w9[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16384,15 +16296,15 @@ void elementwise_tp_d2_b_s4(int64_t n, int threads, real *restrict A0, int64_t a
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 16 + _u] = a1[_u * 3 + _j];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 16 + _u] = a2[_u * 3 + _i];
-        real w3[144] = {0};
+        real w3[144] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16416,11 +16328,11 @@ void elementwise_tp_d2_b_s5(int64_t n, int threads, real *restrict A0, int64_t a
         real *restrict a4 = A4 + z * a4_stride;
         memset(a4, 0, sizeof(real) * 48);
         /* ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x0e */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 16 + _u] = a1[_u * 3 + _j];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_j * 16 + _u] += t1[_j * 16 + _u] * a2[_u];
@@ -16428,11 +16340,11 @@ void elementwise_tp_d2_b_s5(int64_t n, int threads, real *restrict A0, int64_t a
             for (int _j = 0; _j < 3; ++_j)
                 (a0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
         /* zujk,jiku->zui */
-        real t3[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t3[_j * 16 + _u] = (a0 + 0)[_u * 3 + _j];
-        real w4[48] = {0};
+        real w4[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16452,15 +16364,15 @@ void elementwise_tp_d2_b_s6(int64_t n, int threads, real *restrict A0, int64_t a
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x2e */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 16 + _u] = a1[_u * 3 + _j];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t2[_k * 16 + _u] = a2[_u * 5 + _k];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16481,15 +16393,15 @@ void elementwise_tp_d2_b_s7(int64_t n, int threads, real *restrict A0, int64_t a
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂a: ∂/∂b: 16x1o ⊗ 16x1o -> 16x1e */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 16 + _u] = a1[_u * 3 + _j];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 16 + _u] = a2[_u * 3 + _k];
-        real w3[144] = {0};
+        real w3[144] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16510,15 +16422,15 @@ void elementwise_tp_d2_b_s8(int64_t n, int threads, real *restrict A0, int64_t a
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂d_c: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t1[_j * 16 + _u] = a1[_u * 5 + _j];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 16 + _u] = a2[_u * 3 + _i];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16539,15 +16451,15 @@ void elementwise_tp_d2_b_s9(int64_t n, int threads, real *restrict A0, int64_t a
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂a: ∂/∂b: 16x1o ⊗ 16x2e -> 16x1o */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t1[_j * 16 + _u] = a1[_u * 5 + _j];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 16 + _u] = a2[_u * 3 + _k];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16573,13 +16485,13 @@ void elementwise_tp_d2_b_s10(int64_t n, int threads, real *restrict A0, int64_t 
         const real *restrict a5 = A5 + z * a5_stride;
         real *restrict a6 = A6 + z * a6_stride;
         memset(a6, 0, sizeof(real) * 80);
-        real l0[80] = {0};
+        real l0[80] __attribute__((aligned(64))) = {0};
         /* ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t1[_i * 16 + _u] = a2[_u * 5 + _i];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_i * 16 + _u] += a1[_u] * t1[_i * 16 + _u];
@@ -16587,16 +16499,16 @@ void elementwise_tp_d2_b_s10(int64_t n, int threads, real *restrict A0, int64_t 
             for (int _i = 0; _i < 5; ++_i)
                 (l0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
         /* zuji,uijk->zuk */
-        real t3[80];
+        real t3[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t3[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
-        real t4[400];
+        real t4[400] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _k = 0; _k < 5; ++_k)
                     t4[_i * 80 + _k * 16 + _u] = a3[_u * 25 + _i * 5 + _k];
-        real w5[80] = {0};
+        real w5[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16605,11 +16517,11 @@ void elementwise_tp_d2_b_s10(int64_t n, int threads, real *restrict A0, int64_t 
             for (int _k = 0; _k < 5; ++_k)
                 a4[_u * 5 + _k] += w5[_k * 16 + _u];
         /* ∂/∂a: ∂/∂b: 16x2e ⊗ 16x0e -> 16x2e */
-        real t6[80];
+        real t6[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t6[_k * 16 + _u] = a5[_u * 5 + _k];
-        real w7[80] = {0};
+        real w7[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w7[_k * 16 + _u] += a1[_u] * t6[_k * 16 + _u];
@@ -16617,11 +16529,11 @@ void elementwise_tp_d2_b_s10(int64_t n, int threads, real *restrict A0, int64_t 
             for (int _k = 0; _k < 5; ++_k)
                 (a0 + 0)[_u * 5 + _k] += w7[_k * 16 + _u];
         /* zujk,uijk->zui */
-        real t8[80];
+        real t8[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t8[_k * 16 + _u] = (a0 + 0)[_u * 5 + _k];
-        real w9[80] = {0};
+        real w9[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16641,15 +16553,15 @@ void elementwise_tp_d2_b_s11(int64_t n, int threads, real *restrict A0, int64_t 
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x1o -> 16x1o */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 16 + _u] = a1[_u * 3 + _j];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 16 + _u] = a2[_u * 5 + _i];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16661,7 +16573,52 @@ void elementwise_tp_d2_b_s11(int64_t n, int threads, real *restrict A0, int64_t 
     }
 }
 
-void elementwise_tp_d2_b_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void elementwise_tp_d2_b_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 16);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 16);
+        /* ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w2[_i * 16 + _u] += t1[_j * 16 + _u] * a3[_i * 5 + _j];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (a0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* zui,zuik->zuk */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 16 + _u] = a4[_u * 5 + _i];
+        real t4[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t4[_i * 16 + _u] = (a0 + 0)[_u * 5 + _i];
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_u] += t3[_i * 16 + _u] * t4[_i * 16 + _u];
+        /* u,zuk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            a6[_u] += (real)0.5773502691896257 * a5[_u] * (a1 + 0)[_u];
+    }
+}
+
+void elementwise_tp_d2_b_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -16669,63 +16626,40 @@ void elementwise_tp_d2_b_s12(int64_t n, int threads, real *restrict A0, int64_t 
         memset(a0, 0, sizeof(real) * 400);
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t1[_j * 16 + _u] = a1[_u * 5 + _j];
-        real t2[80];
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 80);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* zuik,uzk->zui */
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                t2[_i * 16 + _u] = a2[_u * 5 + _i];
-        real w3[400] = {0};
+                t1[_i * 16 + _u] = (a1 + 0)[_u * 5 + _i];
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_i * 16 + _u] += (real)0.5773502691896257 * t1[_i * 16 + _u] * a2[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                a3[_u * 5 + _i] += w2[_i * 16 + _u];
+        /* ∂/∂d_c: ∂/∂b: 16x2e ⊗ 16x2e -> 16x2e */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t3[_j * 16 + _u] = a4[_u * 5 + _j];
+        real t4[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t4[_i * 16 + _u] = a5[_u * 5 + _i];
+        real w5[400] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 80 + _i * 16 + _u] += t1[_j * 16 + _u] * t2[_i * 16 + _u];
+                    w5[_j * 80 + _i * 16 + _u] += t3[_j * 16 + _u] * t4[_i * 16 + _u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _i = 0; _i < 5; ++_i)
-                    (a0 + 0)[_u * 25 + _j * 5 + _i] += w3[_j * 80 + _i * 16 + _u];
-    }
-}
-
-void elementwise_tp_d2_b_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 80);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3;
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 80);
-        /* ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x0e */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t1[_j * 16 + _u] = a1[_u * 5 + _j];
-        real w2[80] = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _u = 0; _u < 16; ++_u)
-                w2[_j * 16 + _u] += t1[_j * 16 + _u] * a2[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                (a0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
-        /* zujk,jiku->zui */
-        real t3[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t3[_j * 16 + _u] = (a0 + 0)[_u * 5 + _j];
-        real w4[80] = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w4[_i * 16 + _u] += (real)0.5773502691896257 * t3[_j * 16 + _u] * a3[_j * 80 + _i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                a4[_u * 5 + _i] += w4[_i * 16 + _u];
+                    (a0 + 0)[_u * 25 + _j * 5 + _i] += w5[_j * 80 + _i * 16 + _u];
     }
 }
 
@@ -16738,15 +16672,15 @@ void elementwise_tp_d2_b_s14(int64_t n, int threads, real *restrict A0, int64_t 
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂a: ∂/∂b: 16x2e ⊗ 16x2e -> 16x1e */
-        real t1[80];
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t1[_j * 16 + _u] = a1[_u * 5 + _j];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 16 + _u] = a2[_u * 3 + _k];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16780,10 +16714,10 @@ void elementwise_tp_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
         real *restrict a10 = A10 + z * a10_stride;
         memset(a10, 0, sizeof(real) * 48);
         const real *restrict a11 = A11 + z * a11_stride;
-        real l0[16] = {0};
-        real l1[16] = {0};
-        real l2[16] = {0};
-        real l3[48] = {0};
+        real l0[16] __attribute__((aligned(64))) = {0};
+        real l1[16] __attribute__((aligned(64))) = {0};
+        real l2[16] __attribute__((aligned(64))) = {0};
+        real l3[48] __attribute__((aligned(64))) = {0};
         /* zui,zuj->zuij */
         for (int _u = 0; _u < 16; ++_u)
             (l0 + 0)[_u] += a1[_u] * a2[_u];
@@ -16803,11 +16737,11 @@ void elementwise_tp_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 16; ++_u)
             a7[_u] += (real)0.5773502691896257 * a3[_u] * (l2 + 0)[_u];
         /* zui,zuj->zuij */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 16 + _u] = a8[_u * 3 + _j];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_j * 16 + _u] += a1[_u] * t1[_j * 16 + _u];
@@ -16815,16 +16749,16 @@ void elementwise_tp_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
             for (int _j = 0; _j < 3; ++_j)
                 (l3 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
         /* uijk,zuij->zuk */
-        real t3[144];
+        real t3[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
                     t3[_j * 48 + _k * 16 + _u] = a9[_u * 9 + _j * 3 + _k];
-        real t4[48];
+        real t4[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t4[_j * 16 + _u] = (l3 + 0)[_u * 3 + _j];
-        real w5[48] = {0};
+        real w5[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16833,11 +16767,11 @@ void elementwise_tp_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
             for (int _k = 0; _k < 3; ++_k)
                 a10[_u * 3 + _k] += w5[_k * 16 + _u];
         /* ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o */
-        real t6[48];
+        real t6[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t6[_k * 16 + _u] = a11[_u * 3 + _k];
-        real w7[144] = {0};
+        real w7[144] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16849,12 +16783,12 @@ void elementwise_tp_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
     }
 }
 
-void elementwise_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+void elementwise_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, real *restrict A11, int64_t a11_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 400);
+        memset(a0, 0, sizeof(real) * 80);
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3;
@@ -16865,14 +16799,19 @@ void elementwise_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int6
         real *restrict a7 = A7 + z * a7_stride;
         memset(a7, 0, sizeof(real) * 80);
         const real *restrict a8 = A8 + z * a8_stride;
-        real l0[48] = {0};
-        real l1[80] = {0};
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10;
+        real *restrict a11 = A11 + z * a11_stride;
+        memset(a11, 0, sizeof(real) * 16);
+        real l0[48] __attribute__((aligned(64))) = {0};
+        real l1[80] __attribute__((aligned(64))) = {0};
+        real l2[16] __attribute__((aligned(64))) = {0};
         /* ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x1o -> 16x1o */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 16 + _u] = a1[_u * 3 + _k];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_k * 16 + _u] += t1[_k * 16 + _u] * a2[_u];
@@ -16880,16 +16819,16 @@ void elementwise_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int6
             for (int _k = 0; _k < 3; ++_k)
                 (l0 + 0)[_u * 3 + _k] += w2[_k * 16 + _u];
         /* uijk,zuki->zuj */
-        real t3[144];
+        real t3[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
                     t3[_j * 48 + _k * 16 + _u] = a3[_u * 9 + _j * 3 + _k];
-        real t4[48];
+        real t4[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t4[_k * 16 + _u] = (l0 + 0)[_u * 3 + _k];
-        real w5[48] = {0};
+        real w5[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16898,11 +16837,11 @@ void elementwise_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int6
             for (int _j = 0; _j < 3; ++_j)
                 a4[_u * 3 + _j] += w5[_j * 16 + _u];
         /* zui,zuj->zuij */
-        real t6[80];
+        real t6[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t6[_j * 16 + _u] = a5[_u * 5 + _j];
-        real w7[80] = {0};
+        real w7[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w7[_j * 16 + _u] += a2[_u] * t6[_j * 16 + _u];
@@ -16910,16 +16849,16 @@ void elementwise_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int6
             for (int _j = 0; _j < 5; ++_j)
                 (l1 + 0)[_u * 5 + _j] += w7[_j * 16 + _u];
         /* uijk,zuij->zuk */
-        real t8[400];
+        real t8[400] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _k = 0; _k < 5; ++_k)
                     t8[_j * 80 + _k * 16 + _u] = a6[_u * 25 + _j * 5 + _k];
-        real t9[80];
+        real t9[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t9[_j * 16 + _u] = (l1 + 0)[_u * 5 + _j];
-        real w10[80] = {0};
+        real w10[80] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 5; ++_k)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -16928,23 +16867,33 @@ void elementwise_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int6
             for (int _k = 0; _k < 5; ++_k)
                 a7[_u * 5 + _k] += w10[_k * 16 + _u];
         /* ∂/∂a: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e */
-        real t11[80];
+        real t11[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
                 t11[_k * 16 + _u] = a8[_u * 5 + _k];
-        real w12[400] = {0};
+        real w12[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 5; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
-                    w12[_j * 80 + _k * 16 + _u] += t11[_k * 16 + _u] * t6[_j * 16 + _u];
+                    w12[_j * 16 + _u] += t11[_k * 16 + _u] * a9[_j * 5 + _k];
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    (a0 + 0)[_u * 25 + _j * 5 + _k] += w12[_j * 80 + _k * 16 + _u];
+                (a0 + 0)[_u * 5 + _j] += w12[_j * 16 + _u];
+        /* zuj,zuij->zui */
+        real t13[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t13[_j * 16 + _u] = (a0 + 0)[_u * 5 + _j];
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                (l2 + 0)[_u] += t6[_j * 16 + _u] * t13[_j * 16 + _u];
+        /* u,zui->zui */
+        for (int _u = 0; _u < 16; ++_u)
+            a11[_u] += (real)1.118033988749895 * a10[_u] * (l2 + 0)[_u];
     }
 }
 
-void elementwise_tp_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, real *restrict A10, int64_t a10_stride)
+void elementwise_tp_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -16952,115 +16901,95 @@ void elementwise_tp_d2_weight_s2(int64_t n, int threads, real *restrict A0, int6
         memset(a0, 0, sizeof(real) * 144);
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3;
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 80);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 80);
+        const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7;
-        real *restrict a8 = A8 + z * a8_stride;
-        memset(a8, 0, sizeof(real) * 48);
-        const real *restrict a9 = A9 + z * a9_stride;
-        real *restrict a10 = A10 + z * a10_stride;
-        memset(a10, 0, sizeof(real) * 48);
-        real l0[80] = {0};
-        real l1[48] = {0};
-        real l2[48] = {0};
-        /* ∂/∂b: ∂/∂weight: 16x0e ⊗ 16x2e -> 16x2e */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = a1[_u * 5 + _k];
-        real w2[80] = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w2[_k * 16 + _u] += t1[_k * 16 + _u] * a2[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (l0 + 0)[_u * 5 + _k] += w2[_k * 16 + _u];
-        /* uijk,zuki->zuj */
-        real t3[400];
+        const real *restrict a6 = A6;
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 48);
+        const real *restrict a8 = A8 + z * a8_stride;
+        real *restrict a9 = A9 + z * a9_stride;
+        memset(a9, 0, sizeof(real) * 48);
+        real l0[48] __attribute__((aligned(64))) = {0};
+        real l1[48] __attribute__((aligned(64))) = {0};
+        /* uzi,zuij->zuj */
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    t3[_j * 80 + _k * 16 + _u] = a3[_u * 25 + _j * 5 + _k];
-        real t4[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t4[_k * 16 + _u] = (l0 + 0)[_u * 5 + _k];
-        real w5[80] = {0};
+                t1[_j * 16 + _u] = (a2 + 0)[_u * 5 + _j];
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w5[_j * 16 + _u] += (real)1.118033988749895 * t3[_j * 80 + _k * 16 + _u] * t4[_k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += (real)1.118033988749895 * a1[_u] * t1[_j * 16 + _u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
-                a4[_u * 5 + _j] += w5[_j * 16 + _u];
+                a3[_u * 5 + _j] += w2[_j * 16 + _u];
         /* zui,zuj->zuij */
-        real t6[48];
+        real t3[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                t6[_i * 16 + _u] = a5[_u * 3 + _i];
-        real w7[48] = {0};
+                t3[_i * 16 + _u] = a4[_u * 3 + _i];
+        real w4[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
-                w7[_i * 16 + _u] += t6[_i * 16 + _u] * a6[_u];
+                w4[_i * 16 + _u] += t3[_i * 16 + _u] * a5[_u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                (l1 + 0)[_u * 3 + _i] += w7[_i * 16 + _u];
+                (l0 + 0)[_u * 3 + _i] += w4[_i * 16 + _u];
         /* uijk,zuij->zuk */
-        real t8[144];
+        real t5[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
-                    t8[_i * 48 + _k * 16 + _u] = a7[_u * 9 + _i * 3 + _k];
-        real t9[48];
+                    t5[_i * 48 + _k * 16 + _u] = a6[_u * 9 + _i * 3 + _k];
+        real t6[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                t9[_i * 16 + _u] = (l1 + 0)[_u * 3 + _i];
-        real w10[48] = {0};
+                t6[_i * 16 + _u] = (l0 + 0)[_u * 3 + _i];
+        real w7[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
-                    w10[_k * 16 + _u] += (real)0.8660254037844386 * t8[_i * 48 + _k * 16 + _u] * t9[_i * 16 + _u];
+                    w7[_k * 16 + _u] += (real)0.8660254037844386 * t5[_i * 48 + _k * 16 + _u] * t6[_i * 16 + _u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                a8[_u * 3 + _k] += w10[_k * 16 + _u];
+                a7[_u * 3 + _k] += w7[_k * 16 + _u];
         /* ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o */
-        real t11[48];
+        real t8[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                t11[_k * 16 + _u] = a9[_u * 3 + _k];
-        real w12[48] = {0};
+                t8[_k * 16 + _u] = a8[_u * 3 + _k];
+        real w9[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 16; ++_u)
-                w12[_k * 16 + _u] += t11[_k * 16 + _u] * a6[_u];
+                w9[_k * 16 + _u] += t8[_k * 16 + _u] * a5[_u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                (l2 + 0)[_u * 3 + _k] += w12[_k * 16 + _u];
+                (l1 + 0)[_u * 3 + _k] += w9[_k * 16 + _u];
         /* uijk,zukj->zui */
-        real t13[48];
+        real t10[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                t13[_k * 16 + _u] = (l2 + 0)[_u * 3 + _k];
-        real w14[48] = {0};
+                t10[_k * 16 + _u] = (l1 + 0)[_u * 3 + _k];
+        real w11[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
-                    w14[_i * 16 + _u] += (real)0.8660254037844386 * t8[_i * 48 + _k * 16 + _u] * t13[_k * 16 + _u];
+                    w11[_i * 16 + _u] += (real)0.8660254037844386 * t5[_i * 48 + _k * 16 + _u] * t10[_k * 16 + _u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                a10[_u * 3 + _i] += w14[_i * 16 + _u];
+                a9[_u * 3 + _i] += w11[_i * 16 + _u];
         /* ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x0e -> 16x1o */
-        real w15[144] = {0};
+        real w12[144] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
-                    w15[_i * 48 + _k * 16 + _u] += t11[_k * 16 + _u] * t6[_i * 16 + _u];
+                    w12[_i * 48 + _k * 16 + _u] += t8[_k * 16 + _u] * t3[_i * 16 + _u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _k = 0; _k < 3; ++_k)
-                    (a0 + 0)[_u * 9 + _i * 3 + _k] += w15[_i * 48 + _k * 16 + _u];
+                    (a0 + 0)[_u * 9 + _i * 3 + _k] += w12[_i * 48 + _k * 16 + _u];
     }
 }
 
@@ -17073,15 +17002,15 @@ void elementwise_tp_d2_weight_s3(int64_t n, int threads, real *restrict A0, int6
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* zui,zuj->zuij */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 16 + _u] = a1[_u * 3 + _i];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t2[_j * 16 + _u] = a2[_u * 3 + _j];
-        real w3[144] = {0};
+        real w3[144] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -17093,12 +17022,12 @@ void elementwise_tp_d2_weight_s3(int64_t n, int threads, real *restrict A0, int6
     }
 }
 
-void elementwise_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void elementwise_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 240);
+        memset(a0, 0, sizeof(real) * 48);
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3;
@@ -17107,15 +17036,14 @@ void elementwise_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int6
         const real *restrict a5 = A5 + z * a5_stride;
         real *restrict a6 = A6 + z * a6_stride;
         memset(a6, 0, sizeof(real) * 48);
-        const real *restrict a7 = A7 + z * a7_stride;
-        real l0[48] = {0};
-        real l1[48] = {0};
+        real l0[48] __attribute__((aligned(64))) = {0};
+        real l1[48] __attribute__((aligned(64))) = {0};
         /* ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 16 + _u] = a2[_u * 3 + _j];
-        real w2[48] = {0};
+        real w2[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_j * 16 + _u] += a1[_u] * t1[_j * 16 + _u];
@@ -17123,16 +17051,16 @@ void elementwise_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int6
             for (int _j = 0; _j < 3; ++_j)
                 (l0 + 0)[_u * 3 + _j] += w2[_j * 16 + _u];
         /* uijk,zukj->zui */
-        real t3[144];
+        real t3[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _j = 0; _j < 3; ++_j)
                     t3[_i * 48 + _j * 16 + _u] = a3[_u * 9 + _i * 3 + _j];
-        real t4[48];
+        real t4[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t4[_j * 16 + _u] = (l0 + 0)[_u * 3 + _j];
-        real w5[48] = {0};
+        real w5[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -17141,11 +17069,11 @@ void elementwise_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int6
             for (int _i = 0; _i < 3; ++_i)
                 a4[_u * 3 + _i] += w5[_i * 16 + _u];
         /* ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x0e */
-        real t6[48];
+        real t6[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t6[_i * 16 + _u] = a5[_u * 3 + _i];
-        real w7[48] = {0};
+        real w7[48] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 16; ++_u)
                 w7[_i * 16 + _u] += a1[_u] * t6[_i * 16 + _u];
@@ -17153,11 +17081,11 @@ void elementwise_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int6
             for (int _i = 0; _i < 3; ++_i)
                 (l1 + 0)[_u * 3 + _i] += w7[_i * 16 + _u];
         /* uijk,zuki->zuj */
-        real t8[48];
+        real t8[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t8[_i * 16 + _u] = (l1 + 0)[_u * 3 + _i];
-        real w9[48] = {0};
+        real w9[48] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -17165,53 +17093,68 @@ void elementwise_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int6
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 a6[_u * 3 + _j] += w9[_j * 16 + _u];
-        /* ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e */
-        real t10[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t10[_k * 16 + _u] = a7[_u * 5 + _k];
-        real w11[240] = {0};
+        /* zuj->zju */
         for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w11[_j * 80 + _k * 16 + _u] += t10[_k * 16 + _u] * t1[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 5; ++_k)
-                    (a0 + 0)[_u * 15 + _j * 5 + _k] += w11[_j * 80 + _k * 16 + _u];
+            for (int _u = 0; _u < 16; ++_u)
+                (a0 + 0)[_j * 16 + _u] += a2[_u * 3 + _j];
     }
 }
 
-void elementwise_tp_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void elementwise_tp_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 240);
-        const real *restrict a1 = A1 + z * a1_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
         const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x2e */
-        real t1[80];
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 48);
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* zuk,ijk->zuij */
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 5; ++_k)
-                t1[_k * 16 + _u] = a1[_u * 5 + _k];
-        real t2[48];
+                t1[_k * 16 + _u] = a2[_u * 5 + _k];
+        real w2[144] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w2[_i * 48 + _j * 16 + _u] += t1[_k * 16 + _u] * a3[_i * 15 + _j * 5 + _k];
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                t2[_i * 16 + _u] = a2[_u * 3 + _i];
-        real w3[240] = {0};
-        for (int _k = 0; _k < 5; ++_k)
+                for (int _j = 0; _j < 3; ++_j)
+                    (a0 + 0)[_u * 9 + _i * 3 + _j] += w2[_i * 48 + _j * 16 + _u];
+        /* uzj,zuij->zui */
+        real t3[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 16 + _u] = a4[_u * 3 + _j];
+        real t4[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t4[_i * 48 + _j * 16 + _u] = (a0 + 0)[_u * 9 + _i * 3 + _j];
+        real w5[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
-                    w3[_k * 48 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+                    w5[_i * 16 + _u] += (real)1.118033988749895 * t3[_j * 16 + _u] * t4[_i * 48 + _j * 16 + _u];
         for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    (a0 + 0)[_u * 15 + _k * 3 + _i] += w3[_k * 48 + _i * 16 + _u];
+            for (int _i = 0; _i < 3; ++_i)
+                a5[_u * 3 + _i] += w5[_i * 16 + _u];
+        /* zui->ziu */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_i * 16 + _u] += a6[_u * 3 + _i];
     }
 }
 
-void elementwise_tp_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void elementwise_tp_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -17219,24 +17162,46 @@ void elementwise_tp_d2_weight_s6(int64_t n, int threads, real *restrict A0, int6
         memset(a0, 0, sizeof(real) * 144);
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e */
-        real t1[48];
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 48);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* uzi,zuij->zuj */
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 16 + _u] = a1[_u * 3 + _k];
-        real t2[48];
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 3 + _i];
+        real t2[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _j = 0; _j < 3; ++_j)
+                    t2[_i * 48 + _j * 16 + _u] = (a2 + 0)[_u * 9 + _i * 3 + _j];
+        real w3[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 16 + _u] += (real)1.118033988749895 * t1[_i * 16 + _u] * t2[_i * 48 + _j * 16 + _u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
-                t2[_j * 16 + _u] = a2[_u * 3 + _j];
-        real w3[144] = {0};
+                a3[_u * 3 + _j] += w3[_j * 16 + _u];
+        /* ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e */
+        real t4[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t4[_k * 16 + _u] = a4[_u * 3 + _k];
+        real t5[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t5[_j * 16 + _u] = a5[_u * 3 + _j];
+        real w6[144] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 48 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+                    w6[_j * 48 + _k * 16 + _u] += t4[_k * 16 + _u] * t5[_j * 16 + _u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _k = 0; _k < 3; ++_k)
-                    (a0 + 0)[_u * 9 + _j * 3 + _k] += w3[_j * 48 + _k * 16 + _u];
+                    (a0 + 0)[_u * 9 + _j * 3 + _k] += w6[_j * 48 + _k * 16 + _u];
     }
 }
 
@@ -17249,15 +17214,15 @@ void elementwise_tp_d2_weight_s7(int64_t n, int threads, real *restrict A0, int6
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂b: ∂/∂weight: 16x1o ⊗ 16x1o -> 16x1e */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 16 + _u] = a1[_u * 3 + _k];
-        real t2[48];
+        real t2[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 16 + _u] = a2[_u * 3 + _i];
-        real w3[144] = {0};
+        real w3[144] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -17269,207 +17234,61 @@ void elementwise_tp_d2_weight_s7(int64_t n, int threads, real *restrict A0, int6
     }
 }
 
-void elementwise_tp_d2_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void elementwise_tp_d2_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 240);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* zui,zuj->zuij */
-        real t1[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 16 + _u] = a1[_u * 3 + _i];
-        real t2[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t2[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w3[240] = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_i * 80 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    (a0 + 0)[_u * 15 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
-    }
-}
-
-void elementwise_tp_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 240);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂a: ∂/∂weight: 16x1o ⊗ 16x2e -> 16x1o */
-        real t1[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 16 + _u] = a1[_u * 3 + _k];
-        real t2[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t2[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w3[240] = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_j * 48 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                for (int _k = 0; _k < 3; ++_k)
-                    (a0 + 0)[_u * 15 + _j * 3 + _k] += w3[_j * 48 + _k * 16 + _u];
-    }
-}
-
-void elementwise_tp_d2_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 400);
-        const real *restrict a1 = A1 + z * a1_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 48);
         const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3;
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 80);
-        const real *restrict a5 = A5 + z * a5_stride;
-        real *restrict a6 = A6 + z * a6_stride;
-        memset(a6, 0, sizeof(real) * 80);
-        real l0[80] = {0};
-        real l1[80] = {0};
-        /* zui,zuj->zuij */
-        real t1[80];
+        const real *restrict a4 = A4 + z * a4_stride;
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 48);
+        const real *restrict a6 = A6 + z * a6_stride;
+        /* zuj,ijk->zuik */
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 16 + _u] = a1[_u * 5 + _i];
-        real w2[80] = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w2[_i * 16 + _u] += t1[_i * 16 + _u] * a2[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (l0 + 0)[_u * 5 + _i] += w2[_i * 16 + _u];
-        /* uijk,zuij->zuk */
-        real t3[400];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _k = 0; _k < 5; ++_k)
-                    t3[_i * 80 + _k * 16 + _u] = a3[_u * 25 + _i * 5 + _k];
-        real t4[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t4[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
-        real w5[80] = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w5[_k * 16 + _u] += (real)1.118033988749895 * t3[_i * 80 + _k * 16 + _u] * t4[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                a4[_u * 5 + _k] += w5[_k * 16 + _u];
-        /* ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e */
-        real t6[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t6[_k * 16 + _u] = a5[_u * 5 + _k];
-        real w7[80] = {0};
-        for (int _k = 0; _k < 5; ++_k)
-            for (int _u = 0; _u < 16; ++_u)
-                w7[_k * 16 + _u] += t6[_k * 16 + _u] * a2[_u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                (l1 + 0)[_u * 5 + _k] += w7[_k * 16 + _u];
-        /* uijk,zukj->zui */
-        real t8[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _k = 0; _k < 5; ++_k)
-                t8[_k * 16 + _u] = (l1 + 0)[_u * 5 + _k];
-        real w9[80] = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w9[_i * 16 + _u] += (real)1.118033988749895 * t3[_i * 80 + _k * 16 + _u] * t8[_k * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                a6[_u * 5 + _i] += w9[_i * 16 + _u];
-        /* ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e */
-        real w10[400] = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _k = 0; _k < 5; ++_k)
-                for (int _u = 0; _u < 16; ++_u)
-                    w10[_i * 80 + _k * 16 + _u] += t6[_k * 16 + _u] * t1[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _k = 0; _k < 5; ++_k)
-                    (a0 + 0)[_u * 25 + _i * 5 + _k] += w10[_i * 80 + _k * 16 + _u];
-    }
-}
-
-void elementwise_tp_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 240);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* zui,zuj->zuij */
-        real t1[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 16 + _u] = a1[_u * 5 + _i];
-        real t2[48];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 3; ++_j)
-                t2[_j * 16 + _u] = a2[_u * 3 + _j];
-        real w3[240] = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 3; ++_j)
-                for (int _u = 0; _u < 16; ++_u)
-                    w3[_i * 48 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _j = 0; _j < 3; ++_j)
-                    (a0 + 0)[_u * 15 + _i * 3 + _j] += w3[_i * 48 + _j * 16 + _u];
-    }
-}
-
-void elementwise_tp_d2_weight_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 240);
-        const real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
-        /* ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x1o -> 16x1o */
-        real t1[48];
-        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t1[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w2[144] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 16 + _u] = a1[_u * 3 + _k];
-        real t2[80];
+                for (int _j = 0; _j < 5; ++_j)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w2[_i * 48 + _k * 16 + _u] += t1[_j * 16 + _u] * a3[_i * 15 + _j * 3 + _k];
         for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t2[_i * 16 + _u] = a2[_u * 5 + _i];
-        real w3[240] = {0};
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 9 + _i * 3 + _k] += w2[_i * 48 + _k * 16 + _u];
+        /* uzi,zuik->zuk */
+        real t3[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 16 + _u] = a4[_u * 3 + _i];
+        real t4[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t4[_i * 48 + _k * 16 + _u] = (a0 + 0)[_u * 9 + _i * 3 + _k];
+        real w5[48] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
-            for (int _i = 0; _i < 5; ++_i)
+            for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
-                    w3[_k * 80 + _i * 16 + _u] += t1[_k * 16 + _u] * t2[_i * 16 + _u];
+                    w5[_k * 16 + _u] += (real)0.8660254037844386 * t3[_i * 16 + _u] * t4[_i * 48 + _k * 16 + _u];
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 5; ++_i)
-                    (a0 + 0)[_u * 15 + _k * 5 + _i] += w3[_k * 80 + _i * 16 + _u];
+                a5[_u * 3 + _k] += w5[_k * 16 + _u];
+        /* zuk->zku */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                (a1 + 0)[_k * 16 + _u] += a6[_u * 3 + _k];
     }
 }
 
-void elementwise_tp_d2_weight_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+void elementwise_tp_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, real *restrict A9, int64_t a9_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -17477,28 +17296,218 @@ void elementwise_tp_d2_weight_s13(int64_t n, int threads, real *restrict A0, int
         memset(a0, 0, sizeof(real) * 400);
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
-        /* zui,zuj->zuij */
-        real t1[80];
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 48);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 80);
+        const real *restrict a8 = A8 + z * a8_stride;
+        real *restrict a9 = A9 + z * a9_stride;
+        memset(a9, 0, sizeof(real) * 80);
+        real l0[80] __attribute__((aligned(64))) = {0};
+        real l1[80] __attribute__((aligned(64))) = {0};
+        /* uzk,zuik->zui */
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t1[_i * 16 + _u] = a1[_u * 5 + _i];
-        real t2[80];
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[144] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
-            for (int _j = 0; _j < 5; ++_j)
-                t2[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w3[400] = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _k = 0; _k < 3; ++_k)
+                    t2[_i * 48 + _k * 16 + _u] = (a2 + 0)[_u * 9 + _i * 3 + _k];
+        real w3[48] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
-                    w3[_i * 80 + _j * 16 + _u] += t1[_i * 16 + _u] * t2[_j * 16 + _u];
+                    w3[_i * 16 + _u] += (real)0.8660254037844386 * t1[_k * 16 + _u] * t2[_i * 48 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                a3[_u * 3 + _i] += w3[_i * 16 + _u];
+        /* zui,zuj->zuij */
+        real t4[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
-                for (int _j = 0; _j < 5; ++_j)
-                    (a0 + 0)[_u * 25 + _i * 5 + _j] += w3[_i * 80 + _j * 16 + _u];
+                t4[_i * 16 + _u] = a4[_u * 5 + _i];
+        real w5[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _u = 0; _u < 16; ++_u)
+                w5[_i * 16 + _u] += t4[_i * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                (l0 + 0)[_u * 5 + _i] += w5[_i * 16 + _u];
+        /* uijk,zuij->zuk */
+        real t6[400] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    t6[_i * 80 + _k * 16 + _u] = a6[_u * 25 + _i * 5 + _k];
+        real t7[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t7[_i * 16 + _u] = (l0 + 0)[_u * 5 + _i];
+        real w8[80] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w8[_k * 16 + _u] += (real)1.118033988749895 * t6[_i * 80 + _k * 16 + _u] * t7[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                a7[_u * 5 + _k] += w8[_k * 16 + _u];
+        /* ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e */
+        real t9[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t9[_k * 16 + _u] = a8[_u * 5 + _k];
+        real w10[80] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 5; ++_k)
+            for (int _u = 0; _u < 16; ++_u)
+                w10[_k * 16 + _u] += t9[_k * 16 + _u] * a5[_u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                (l1 + 0)[_u * 5 + _k] += w10[_k * 16 + _u];
+        /* uijk,zukj->zui */
+        real t11[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t11[_k * 16 + _u] = (l1 + 0)[_u * 5 + _k];
+        real w12[80] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w12[_i * 16 + _u] += (real)1.118033988749895 * t6[_i * 80 + _k * 16 + _u] * t11[_k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                a9[_u * 5 + _i] += w12[_i * 16 + _u];
+        /* ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x0e -> 16x2e */
+        real w13[400] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w13[_i * 80 + _k * 16 + _u] += t9[_k * 16 + _u] * t4[_i * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 0)[_u * 25 + _i * 5 + _k] += w13[_i * 80 + _k * 16 + _u];
     }
 }
 
-void elementwise_tp_d2_weight_s14(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride)
+void elementwise_tp_d2_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 144);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2;
+        const real *restrict a3 = A3 + z * a3_stride;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 48);
+        /* zui,ijk->zujk */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t1[_i * 16 + _u] = a1[_u * 5 + _i];
+        real w2[144] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 5; ++_i)
+                    for (int _u = 0; _u < 16; ++_u)
+                        w2[_j * 48 + _k * 16 + _u] += t1[_i * 16 + _u] * a2[_i * 9 + _j * 3 + _k];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (a0 + 0)[_u * 9 + _j * 3 + _k] += w2[_j * 48 + _k * 16 + _u];
+        /* uzj,zujk->zuk */
+        real t3[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                t3[_j * 16 + _u] = a3[_u * 3 + _j];
+        real t4[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    t4[_j * 48 + _k * 16 + _u] = (a0 + 0)[_u * 9 + _j * 3 + _k];
+        real w5[48] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_k * 16 + _u] += (real)0.8660254037844386 * t3[_j * 16 + _u] * t4[_j * 48 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                a4[_u * 3 + _k] += w5[_k * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 80);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 48);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7;
+        real *restrict a8 = A8 + z * a8_stride;
+        memset(a8, 0, sizeof(real) * 16);
+        real l0[16] __attribute__((aligned(64))) = {0};
+        /* uzk,zujk->zuj */
+        real t1[48] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 3 + _k];
+        real t2[144] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    t2[_j * 48 + _k * 16 + _u] = (a2 + 0)[_u * 9 + _j * 3 + _k];
+        real w3[48] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 16 + _u] += (real)0.8660254037844386 * t1[_k * 16 + _u] * t2[_j * 48 + _k * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                a3[_u * 3 + _j] += w3[_j * 16 + _u];
+        /* ∂/∂d_c: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e */
+        real t4[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t4[_i * 16 + _u] = a4[_u * 5 + _i];
+        real w5[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_j * 16 + _u] += t4[_i * 16 + _u] * a5[_i * 5 + _j];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                (a0 + 0)[_u * 5 + _j] += w5[_j * 16 + _u];
+        /* zuj,zujk->zuk */
+        real t6[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t6[_j * 16 + _u] = a6[_u * 5 + _j];
+        real t7[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t7[_j * 16 + _u] = (a0 + 0)[_u * 5 + _j];
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                (l0 + 0)[_u] += t6[_j * 16 + _u] * t7[_j * 16 + _u];
+        /* u,zuk->zuk */
+        for (int _u = 0; _u < 16; ++_u)
+            a8[_u] += (real)0.5773502691896257 * a7[_u] * (l0 + 0)[_u];
+    }
+}
+
+void elementwise_tp_d2_weight_s12(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -17507,17 +17516,13 @@ void elementwise_tp_d2_weight_s14(int64_t n, int threads, const real *restrict A
         const real *restrict a2 = A2;
         real *restrict a3 = A3 + z * a3_stride;
         memset(a3, 0, sizeof(real) * 80);
-        const real *restrict a4 = A4 + z * a4_stride;
-        real *restrict a5 = A5 + z * a5_stride;
-        memset(a5, 0, sizeof(real) * 80);
-        real l0[80] = {0};
-        real l1[80] = {0};
-        /* ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e */
-        real t1[80];
+        real l0[80] __attribute__((aligned(64))) = {0};
+        /* zuk,zuj->zukj */
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t1[_j * 16 + _u] = a1[_u * 5 + _j];
-        real w2[80] = {0};
+        real w2[80] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _u = 0; _u < 16; ++_u)
                 w2[_j * 16 + _u] += a0[_u] * t1[_j * 16 + _u];
@@ -17525,16 +17530,16 @@ void elementwise_tp_d2_weight_s14(int64_t n, int threads, const real *restrict A
             for (int _j = 0; _j < 5; ++_j)
                 (l0 + 0)[_u * 5 + _j] += w2[_j * 16 + _u];
         /* uijk,zukj->zui */
-        real t3[400];
+        real t3[400] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _j = 0; _j < 5; ++_j)
                     t3[_i * 80 + _j * 16 + _u] = a2[_u * 25 + _i * 5 + _j];
-        real t4[80];
+        real t4[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t4[_j * 16 + _u] = (l0 + 0)[_u * 5 + _j];
-        real w5[80] = {0};
+        real w5[80] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 5; ++_i)
             for (int _j = 0; _j < 5; ++_j)
                 for (int _u = 0; _u < 16; ++_u)
@@ -17542,31 +17547,80 @@ void elementwise_tp_d2_weight_s14(int64_t n, int threads, const real *restrict A
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 a3[_u * 5 + _i] += w5[_i * 16 + _u];
-        /* ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x0e */
-        real t6[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t6[_i * 16 + _u] = a4[_u * 5 + _i];
-        real w7[80] = {0};
-        for (int _i = 0; _i < 5; ++_i)
-            for (int _u = 0; _u < 16; ++_u)
-                w7[_i * 16 + _u] += a0[_u] * t6[_i * 16 + _u];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                (l1 + 0)[_u * 5 + _i] += w7[_i * 16 + _u];
-        /* uijk,zuki->zuj */
-        real t8[80];
-        for (int _u = 0; _u < 16; ++_u)
-            for (int _i = 0; _i < 5; ++_i)
-                t8[_i * 16 + _u] = (l1 + 0)[_u * 5 + _i];
-        real w9[80] = {0};
-        for (int _j = 0; _j < 5; ++_j)
-            for (int _i = 0; _i < 5; ++_i)
-                for (int _u = 0; _u < 16; ++_u)
-                    w9[_j * 16 + _u] += (real)0.5773502691896257 * t3[_i * 80 + _j * 16 + _u] * t8[_i * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_weight_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 80);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        /* uzk,zujk->zuj */
+        real t1[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
-                a5[_u * 5 + _j] += w9[_j * 16 + _u];
+                t1[_j * 16 + _u] = (a2 + 0)[_u * 5 + _j];
+        real w2[80] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _u = 0; _u < 16; ++_u)
+                w2[_j * 16 + _u] += (real)0.5773502691896257 * a1[_u] * t1[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                a3[_u * 5 + _j] += w2[_j * 16 + _u];
+        /* zui,zuj->zuij */
+        real t3[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                t3[_i * 16 + _u] = a4[_u * 5 + _i];
+        real t4[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t4[_j * 16 + _u] = a5[_u * 5 + _j];
+        real w5[400] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 5; ++_i)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _u = 0; _u < 16; ++_u)
+                    w5[_i * 80 + _j * 16 + _u] += t3[_i * 16 + _u] * t4[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _i = 0; _i < 5; ++_i)
+                for (int _j = 0; _j < 5; ++_j)
+                    (a0 + 0)[_u * 25 + _i * 5 + _j] += w5[_i * 80 + _j * 16 + _u];
+    }
+}
+
+void elementwise_tp_d2_weight_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 400);
+        const real *restrict a1 = A1 + z * a1_stride;
+        const real *restrict a2 = A2 + z * a2_stride;
+        /* ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x2e */
+        real t1[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _k = 0; _k < 5; ++_k)
+                t1[_k * 16 + _u] = a1[_u * 5 + _k];
+        real t2[80] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                t2[_j * 16 + _u] = a2[_u * 5 + _j];
+        real w3[400] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 5; ++_j)
+            for (int _k = 0; _k < 5; ++_k)
+                for (int _u = 0; _u < 16; ++_u)
+                    w3[_j * 80 + _k * 16 + _u] += t1[_k * 16 + _u] * t2[_j * 16 + _u];
+        for (int _u = 0; _u < 16; ++_u)
+            for (int _j = 0; _j < 5; ++_j)
+                for (int _k = 0; _k < 5; ++_k)
+                    (a0 + 0)[_u * 25 + _j * 5 + _k] += w3[_j * 80 + _k * 16 + _u];
     }
 }
 
@@ -17579,15 +17633,15 @@ void elementwise_tp_d2_weight_s15(int64_t n, int threads, real *restrict A0, int
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂a: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 16 + _u] = a1[_u * 3 + _k];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _j = 0; _j < 5; ++_j)
                 t2[_j * 16 + _u] = a2[_u * 5 + _j];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 5; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 16; ++_u)
@@ -17608,15 +17662,15 @@ void elementwise_tp_d2_weight_s16(int64_t n, int threads, real *restrict A0, int
         const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
         /* ∂/∂b: ∂/∂weight: 16x2e ⊗ 16x2e -> 16x1e */
-        real t1[48];
+        real t1[48] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 16 + _u] = a1[_u * 3 + _k];
-        real t2[80];
+        real t2[80] __attribute__((aligned(64)));
         for (int _u = 0; _u < 16; ++_u)
             for (int _i = 0; _i < 5; ++_i)
                 t2[_i * 16 + _u] = a2[_u * 5 + _i];
-        real w3[240] = {0};
+        real w3[240] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 5; ++_i)
                 for (int _u = 0; _u < 16; ++_u)
@@ -17629,53 +17683,55 @@ void elementwise_tp_d2_weight_s16(int64_t n, int threads, real *restrict A0, int
 }
     """,
     "full_tp": """\
-void full_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
+void full_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         memset(a0, 0, sizeof(real) * 288);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 288);
+        const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4;
-        real *restrict a5 = A5 + z * a5_stride;
-        memset(a5, 0, sizeof(real) * 32);
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7;
-        real *restrict a8 = A8 + z * a8_stride;
-        memset(a8, 0, sizeof(real) * 96);
-        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a3 = A3;
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 32);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        real *restrict a7 = A7 + z * a7_stride;
+        memset(a7, 0, sizeof(real) * 96);
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
         const real *restrict a10 = A10;
-        real l0[32] = {0};
-        real l1[96] = {0};
-        real l2[96] = {0};
+        const real *restrict a11 = A11;
+        real l0[32] __attribute__((aligned(64))) = {0};
+        real l1[96] __attribute__((aligned(64))) = {0};
+        real l2[96] __attribute__((aligned(64))) = {0};
+        real l3[12] __attribute__((aligned(64))) = {0};
+        real l4[32] __attribute__((aligned(64))) = {0};
         /* 4x0e ⊗ 8x0e -> 32x0e */
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
-                (l0 + 0)[_u * 8 + _v] += a2[_u] * a3[_v];
+                (l0 + 0)[_u * 8 + _v] += a1[_u] * a2[_v];
         /* ziujv,ijkuv->zuvk */
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
-                a5[_u * 8 + _v] += (real)0.7071067811865476 * (l0 + 0)[_u * 8 + _v] * a4[_u * 8 + _v];
+                a4[_u * 8 + _v] += (real)0.7071067811865476 * (l0 + 0)[_u * 8 + _v] * a3[_u * 8 + _v];
         /* 4x0e ⊗ 8x1o -> 32x1o */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 8 + _v] = a6[_v * 3 + _j];
+                t1[_j * 8 + _v] = a5[_v * 3 + _j];
         for (int _u = 0; _u < 4; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _v = 0; _v < 8; ++_v)
-                    (l1 + 0)[_u * 24 + _j * 8 + _v] += a2[_u] * t1[_j * 8 + _v];
+                    (l1 + 0)[_u * 24 + _j * 8 + _v] += a1[_u] * t1[_j * 8 + _v];
         /* ziujv,uvijk->zuvk */
-        real t2[288];
+        real t2[288] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _j = 0; _j < 3; ++_j)
                     for (int _k = 0; _k < 3; ++_k)
-                        t2[_u * 72 + _j * 24 + _k * 8 + _v] = a7[_u * 72 + _v * 9 + _j * 3 + _k];
-        real w3[96] = {0};
+                        t2[_u * 72 + _j * 24 + _k * 8 + _v] = a6[_u * 72 + _v * 9 + _j * 3 + _k];
+        real w3[96] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _j = 0; _j < 3; ++_j)
@@ -17684,20 +17740,20 @@ void full_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
-                    a8[_u * 24 + _v * 3 + _k] += w3[_u * 24 + _k * 8 + _v];
+                    a7[_u * 24 + _v * 3 + _k] += w3[_u * 24 + _k * 8 + _v];
         /* 4x1o ⊗ 8x0e -> 32x1o */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
-                    (l2 + 0)[_i * 32 + _u * 8 + _v] += a9[_u * 3 + _i] * a3[_v];
+                    (l2 + 0)[_i * 32 + _u * 8 + _v] += a8[_u * 3 + _i] * a2[_v];
         /* ziujv,uvijk->zuvk */
-        real t4[288];
+        real t4[288] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _k = 0; _k < 3; ++_k)
-                        t4[_u * 72 + _i * 24 + _k * 8 + _v] = a10[_u * 72 + _v * 9 + _i * 3 + _k];
-        real w5[96] = {0};
+                        t4[_u * 72 + _i * 24 + _k * 8 + _v] = a9[_u * 72 + _v * 9 + _i * 3 + _k];
+        real w5[96] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -17706,19 +17762,51 @@ void full_tp_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, re
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
-                    a8[_u * 24 + _v * 3 + _k] += w5[_u * 24 + _k * 8 + _v];
+                    a7[_u * 24 + _v * 3 + _k] += w5[_u * 24 + _k * 8 + _v];
         /* 4x1o ⊗ 8x1o -> 32x0e */
+        real t6[12] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t6[_i * 4 + _u] = a8[_u * 3 + _i];
+        real w7[12] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 4; ++_u)
+                    w7[_j * 4 + _u] += t6[_i * 4 + _u] * a10[_i * 3 + _j];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l3 + 0)[_u * 3 + _j] += w7[_j * 4 + _u];
+        /* zvj,zujk->zkuv */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _v = 0; _v < 8; ++_v)
+                    (l4 + 0)[_u * 8 + _v] += t1[_j * 8 + _v] * (l3 + 0)[_u * 3 + _j];
+        /* uv,zkuv->zuvk */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                a4[_u * 8 + _v] += (real)0.7071067811865476 * a11[_u * 8 + _v] * (l4 + 0)[_u * 8 + _v];
+        /* 4x1o ⊗ 8x1o -> 32x1e */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 4; ++_u)
                 for (int _j = 0; _j < 3; ++_j)
                     for (int _v = 0; _v < 8; ++_v)
-                        (a0 + 0)[_i * 96 + _u * 24 + _j * 8 + _v] += a9[_u * 3 + _i] * t1[_j * 8 + _v];
+                        (a0 + 0)[_i * 96 + _u * 24 + _j * 8 + _v] += a8[_u * 3 + _i] * t1[_j * 8 + _v];
+    }
+}
+
+void full_tp_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 288);
+        const real *restrict a1 = A1 + z * a1_stride;
         /* ziujv->zuvij */
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _j = 0; _j < 3; ++_j)
-                        (a1 + 0)[_u * 72 + _v * 9 + _i * 3 + _j] += (a0 + 0)[_i * 96 + _u * 24 + _j * 8 + _v];
+                        (a0 + 0)[_u * 72 + _v * 9 + _i * 3 + _j] += (a1 + 0)[_i * 96 + _u * 24 + _j * 8 + _v];
     }
 }
     """,
@@ -17734,16 +17822,16 @@ void full_tp_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
         /* ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e */
-        real t1[96];
+        real t1[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
                     t1[_u * 24 + _k * 8 + _v] = a2[_u * 24 + _v * 3 + _k];
-        real t2[24];
+        real t2[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
                 t2[_j * 8 + _v] = a3[_v * 3 + _j];
-        real w3[288] = {0};
+        real w3[288] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 4; ++_u)
                 for (int _j = 0; _j < 3; ++_j)
@@ -17796,12 +17884,12 @@ void full_tp_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _i = 0; _i < 3; ++_i)
                 a3[_u * 3 + _i] += a2[_u * 3 + _i];
         /* ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e */
-        real t1[96];
+        real t1[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
                     t1[_u * 24 + _k * 8 + _v] = a4[_u * 24 + _v * 3 + _k];
-        real w2[288] = {0};
+        real w2[288] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -17836,24 +17924,24 @@ void full_tp_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
     }
 }
 
-void full_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void full_tp_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 12);
-        const real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 24);
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 12);
+        const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
         /* zvj->zvj */
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
-                a2[_v * 3 + _j] += a1[_v * 3 + _j];
+                (a0 + 8)[_v * 3 + _j] += a2[_v * 3 + _j];
         /* zui->zui */
         for (int _u = 0; _u < 4; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                (a0 + 0)[_u * 3 + _i] += a3[_u * 3 + _i];
+                (a1 + 0)[_u * 3 + _i] += a3[_u * 3 + _i];
     }
 }
 
@@ -17892,11 +17980,11 @@ void full_tp_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
         /* ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 8 + _v] = a3[_v * 3 + _j];
-        real w2[96] = {0};
+        real w2[96] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _v = 0; _v < 8; ++_v)
@@ -17928,11 +18016,11 @@ void full_tp_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         const real *restrict a5 = A5 + z * a5_stride;
         const real *restrict a6 = A6 + z * a6_stride;
         /* ijk,uzjk->zui */
-        real t1[12];
+        real t1[12] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 4 + _u] = a3[_u * 3 + _j];
-        real w2[12] = {0};
+        real w2[12] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 4; ++_u)
@@ -17941,7 +18029,7 @@ void full_tp_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
             for (int _i = 0; _i < 3; ++_i)
                 a4[_u * 3 + _i] += w2[_i * 4 + _u];
         /* ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e */
-        real w3[96] = {0};
+        real w3[96] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _v = 0; _v < 8; ++_v)
@@ -17958,27 +18046,26 @@ void full_tp_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
     }
 }
 
-void full_tp_d_s8(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride)
+void full_tp_d_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
-        const real *restrict a0 = A0;
-        const real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 24);
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1;
+        const real *restrict a2 = A2 + z * a2_stride;
         /* ijk,vzik->zvj */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 8 + _v] = a1[_v * 3 + _i];
-        real w2[24] = {0};
+                t1[_i * 8 + _v] = a2[_v * 3 + _i];
+        real w2[24] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_j * 8 + _v] += (real)0.7071067811865476 * a0[_i * 3 + _j] * t1[_i * 8 + _v];
+                    w2[_j * 8 + _v] += (real)0.7071067811865476 * a1[_i * 3 + _j] * t1[_i * 8 + _v];
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
-                a2[_v * 3 + _j] += w2[_j * 8 + _v];
+                (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
     }
 }
 
@@ -17993,12 +18080,12 @@ void full_tp_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
         const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
         /* ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o */
-        real t1[96];
+        real t1[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
                     t1[_u * 24 + _k * 8 + _v] = a2[_u * 24 + _v * 3 + _k];
-        real w2[96] = {0};
+        real w2[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
@@ -18015,64 +18102,117 @@ void full_tp_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, 
     }
 }
 
-void full_tp_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void full_tp_d_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 288);
-        const real *restrict a1 = A1;
-        const real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 12);
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        const real *restrict a3 = A3;
         const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 12);
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8;
+        real l0[12] __attribute__((aligned(64))) = {0};
         /* ijk,uzjk->zui */
-        real t1[12];
+        real t1[12] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 4 + _u] = a2[_u * 3 + _k];
-        real w2[12] = {0};
+                t1[_k * 4 + _u] = a4[_u * 3 + _k];
+        real w2[12] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 4; ++_u)
-                    w2[_i * 4 + _u] += (real)1.224744871391589 * a1[_i * 3 + _k] * t1[_k * 4 + _u];
+                    w2[_i * 4 + _u] += (real)1.224744871391589 * a3[_i * 3 + _k] * t1[_k * 4 + _u];
         for (int _u = 0; _u < 4; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                a3[_u * 3 + _i] += w2[_i * 4 + _u];
+                a5[_u * 3 + _i] += w2[_i * 4 + _u];
         /* ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o */
-        real t3[96];
+        real t3[12] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t3[_i * 4 + _u] = a6[_u * 3 + _i];
+        real w4[12] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 4; ++_u)
+                    w4[_k * 4 + _u] += t3[_i * 4 + _u] * a3[_i * 3 + _k];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                (l0 + 0)[_u * 3 + _k] += w4[_k * 4 + _u];
+        /* zuvk,zujk->zuvj */
+        real t5[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t5[_u * 24 + _k * 8 + _v] = a7[_u * 24 + _v * 3 + _k];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    (a0 + 0)[_u * 8 + _v] += t5[_u * 24 + _k * 8 + _v] * (l0 + 0)[_u * 3 + _k];
+        /* uv,zuvj->zvj */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a1 + 0)[_v] += (real)1.224744871391589 * a8[_u * 8 + _v] * (a0 + 0)[_u * 8 + _v];
+        /* zuvj->zvju */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                (a2 + 0)[_v * 4 + _u] += (a0 + 0)[_u * 8 + _v];
+    }
+}
+
+void full_tp_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        const real *restrict a2 = A2 + z * a2_stride;
+        const real *restrict a3 = A3;
+        const real *restrict a4 = A4 + z * a4_stride;
+        real l0[24] __attribute__((aligned(64))) = {0};
+        /* ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o */
+        real t1[24] __attribute__((aligned(64)));
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _j = 0; _j < 3; ++_j)
+                t1[_j * 8 + _v] = a2[_v * 3 + _j];
+        real w2[24] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _v = 0; _v < 8; ++_v)
+                    w2[_k * 8 + _v] += t1[_j * 8 + _v] * a3[_j * 3 + _k];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                (l0 + 0)[_v * 3 + _k] += w2[_k * 8 + _v];
+        /* zuvk,zvik->zvui */
+        real t3[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
                     t3[_u * 24 + _k * 8 + _v] = a4[_u * 24 + _v * 3 + _k];
-        real w4[288] = {0};
-        for (int _u = 0; _u < 4; ++_u)
+        real t4[24] __attribute__((aligned(64)));
+        for (int _v = 0; _v < 8; ++_v)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _v = 0; _v < 8; ++_v)
-                        w4[_u * 72 + _k * 24 + _i * 8 + _v] += t3[_u * 24 + _k * 8 + _v] * a5[_u * 3 + _i];
+                t4[_k * 8 + _v] = (l0 + 0)[_v * 3 + _k];
+        real w5[32] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _v = 0; _v < 8; ++_v)
-                    for (int _i = 0; _i < 3; ++_i)
-                        (a0 + 0)[_u * 72 + _k * 24 + _v * 3 + _i] += w4[_u * 72 + _k * 24 + _i * 8 + _v];
-    }
-}
-
-void full_tp_d_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 288);
-        const real *restrict a1 = A1 + z * a1_stride;
-        /* zukvi->zviku */
+                    w5[_u * 8 + _v] += t3[_u * 24 + _k * 8 + _v] * t4[_k * 8 + _v];
         for (int _v = 0; _v < 8; ++_v)
-            for (int _i = 0; _i < 3; ++_i)
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _u = 0; _u < 4; ++_u)
-                        (a0 + 0)[_v * 36 + _i * 12 + _k * 4 + _u] += (a1 + 0)[_u * 72 + _k * 24 + _v * 3 + _i];
+            for (int _u = 0; _u < 4; ++_u)
+                (a0 + 0)[_v * 4 + _u] += w5[_u * 8 + _v];
+        /* zvui->zuvi */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a1 + 0)[_u * 8 + _v] += (a0 + 0)[_v * 4 + _u];
     }
 }
 
@@ -18083,73 +18223,11 @@ void full_tp_d_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         real *restrict a0 = A0 + z * a0_stride;
         memset(a0, 0, sizeof(real) * 96);
         real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 12);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* zvkuj->zkuvj */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 4; ++_u)
-                for (int _v = 0; _v < 8; ++_v)
-                    (a0 + 0)[_k * 32 + _u * 8 + _v] += (a2 + 0)[_v * 12 + _k * 4 + _u];
-        /* jkzu->zkuj */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 4; ++_u)
-                (a1 + 0)[_k * 4 + _u] += a3[_k * 4 + _u];
-    }
-}
-
-void full_tp_d_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 288);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 288);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o */
-        real t1[96];
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                for (int _k = 0; _k < 3; ++_k)
-                    t1[_u * 24 + _k * 8 + _v] = a2[_u * 24 + _v * 3 + _k];
-        real t2[24];
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _j = 0; _j < 3; ++_j)
-                t2[_j * 8 + _v] = a3[_v * 3 + _j];
-        real w3[288] = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 4; ++_u)
-                for (int _j = 0; _j < 3; ++_j)
-                    for (int _v = 0; _v < 8; ++_v)
-                        w3[_k * 96 + _u * 24 + _j * 8 + _v] += t1[_u * 24 + _k * 8 + _v] * t2[_j * 8 + _v];
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 4; ++_u)
-                    for (int _j = 0; _j < 3; ++_j)
-                        (a0 + 0)[_v * 36 + _k * 12 + _u * 3 + _j] += w3[_k * 96 + _u * 24 + _j * 8 + _v];
-        /* zvkuj->zuvjk */
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                for (int _j = 0; _j < 3; ++_j)
-                    for (int _k = 0; _k < 3; ++_k)
-                        (a1 + 0)[_u * 72 + _v * 9 + _j * 3 + _k] += (a0 + 0)[_v * 36 + _k * 12 + _u * 3 + _j];
-    }
-}
-
-void full_tp_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 96);
-        real *restrict a1 = A1 + z * a1_stride;
         memset(a1, 0, sizeof(real) * 96);
         const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
         /* ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o */
-        real t1[96];
+        real t1[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
@@ -18166,60 +18244,37 @@ void full_tp_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
     }
 }
 
-void full_tp_d_s15(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void full_tp_d_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 24);
-        const real *restrict a1 = A1;
-        const real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 24);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        const real *restrict a2 = A2;
+        const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
         /* ijk,vzik->zvj */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 8 + _v] = a2[_v * 3 + _k];
-        real w2[24] = {0};
+                t1[_k * 8 + _v] = a3[_v * 3 + _k];
+        real w2[24] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_j * 8 + _v] += (real)1.224744871391589 * a1[_j * 3 + _k] * t1[_k * 8 + _v];
+                    w2[_j * 8 + _v] += (real)1.224744871391589 * a2[_j * 3 + _k] * t1[_k * 8 + _v];
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
-                a3[_v * 3 + _j] += w2[_j * 8 + _v];
-        /* zvj->zvj */
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _j = 0; _j < 3; ++_j)
-                (a0 + 0)[_v * 3 + _j] += a4[_v * 3 + _j];
+                (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
+        /* zvui->zuiv */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a1 + 0)[_u * 8 + _v] += (a4 + 0)[_v * 4 + _u];
     }
 }
 
-void full_tp_d_s16(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 96);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 24);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* zukvi->zkvui */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _v = 0; _v < 8; ++_v)
-                for (int _u = 0; _u < 4; ++_u)
-                    (a0 + 0)[_k * 32 + _v * 4 + _u] += (a2 + 0)[_u * 24 + _k * 8 + _v];
-        /* ikzv->zkvi */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _v = 0; _v < 8; ++_v)
-                (a1 + 0)[_k * 8 + _v] += a3[_k * 8 + _v];
-    }
-}
-
-void full_tp_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void full_tp_d_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -18230,7 +18285,7 @@ void full_tp_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
         const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
         /* ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e */
-        real w1[32] = {0};
+        real w1[32] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 w1[_u * 8 + _v] += a2[_u * 8 + _v] * a3[_v];
@@ -18244,36 +18299,35 @@ void full_tp_d_s17(int64_t n, int threads, real *restrict A0, int64_t a0_stride,
     }
 }
 
-void full_tp_d_s18(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride)
+void full_tp_d_s15(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         memset(a0, 0, sizeof(real) * 32);
         real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 32);
-        const real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
         const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4;
-        real *restrict a5 = A5 + z * a5_stride;
-        memset(a5, 0, sizeof(real) * 8);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
         /* ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e */
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
-                (a0 + 0)[_u * 8 + _v] += a2[_u * 8 + _v] * a3[_u];
+                (a0 + 0)[_u * 8 + _v] += a3[_u * 8 + _v] * a4[_u];
         /* zukvi,ijkuv->zvj */
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
-                a5[_v] += (real)0.7071067811865476 * (a0 + 0)[_u * 8 + _v] * a4[_u * 8 + _v];
+                (a1 + 0)[_v] += (real)0.7071067811865476 * (a0 + 0)[_u * 8 + _v] * a5[_u * 8 + _v];
         /* zukvi->zviku */
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
-                (a1 + 0)[_v * 4 + _u] += (a0 + 0)[_u * 8 + _v];
+                (a2 + 0)[_v * 4 + _u] += (a0 + 0)[_u * 8 + _v];
     }
 }
     """,
     "full_tp_d2_a": """\
-void full_tp_d2_a_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, real *restrict A7, int64_t a7_stride)
+void full_tp_d2_a_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -18281,35 +18335,35 @@ void full_tp_d2_a_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         memset(a0, 0, sizeof(real) * 32);
         real *restrict a1 = A1 + z * a1_stride;
         memset(a1, 0, sizeof(real) * 32);
-        const real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
         const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4;
-        real *restrict a5 = A5 + z * a5_stride;
-        memset(a5, 0, sizeof(real) * 32);
-        const real *restrict a6 = A6 + z * a6_stride;
-        real *restrict a7 = A7 + z * a7_stride;
-        memset(a7, 0, sizeof(real) * 8);
-        real l0[32] = {0};
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 32);
+        const real *restrict a7 = A7 + z * a7_stride;
+        real l0[32] __attribute__((aligned(64))) = {0};
         /* ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e */
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
-                (l0 + 0)[_u * 8 + _v] += a2[_u] * a3[_v];
+                (l0 + 0)[_u * 8 + _v] += a3[_u] * a4[_v];
         /* ziujv,ijkuv->zuvk */
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
-                a5[_u * 8 + _v] += (real)0.7071067811865476 * (l0 + 0)[_u * 8 + _v] * a4[_u * 8 + _v];
+                a6[_u * 8 + _v] += (real)0.7071067811865476 * (l0 + 0)[_u * 8 + _v] * a5[_u * 8 + _v];
         /* ∂/∂b: ∂/∂a: 4x0e ⊗ 8x0e -> 32x0e */
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
-                (a0 + 0)[_u * 8 + _v] += a2[_u] * a6[_u * 8 + _v];
+                (a0 + 0)[_u * 8 + _v] += a3[_u] * a7[_u * 8 + _v];
         /* zuikv,ijkuv->zvj */
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
-                a7[_v] += (real)0.7071067811865476 * (a0 + 0)[_u * 8 + _v] * a4[_u * 8 + _v];
+                (a1 + 0)[_v] += (real)0.7071067811865476 * (a0 + 0)[_u * 8 + _v] * a5[_u * 8 + _v];
         /* zuikv->zviku */
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
-                (a1 + 0)[_v * 4 + _u] += (a0 + 0)[_u * 8 + _v];
+                (a2 + 0)[_v * 4 + _u] += (a0 + 0)[_u * 8 + _v];
     }
 }
 
@@ -18327,9 +18381,9 @@ void full_tp_d2_a_s1(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         real *restrict a5 = A5 + z * a5_stride;
         memset(a5, 0, sizeof(real) * 96);
         const real *restrict a6 = A6 + z * a6_stride;
-        real l0[96] = {0};
+        real l0[96] __attribute__((aligned(64))) = {0};
         /* ∂/∂d_c: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 8 + _v] = a3[_v * 3 + _j];
@@ -18338,13 +18392,13 @@ void full_tp_d2_a_s1(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _v = 0; _v < 8; ++_v)
                     (l0 + 0)[_u * 24 + _j * 8 + _v] += a2[_u] * t1[_j * 8 + _v];
         /* ziujv,uvijk->zuvk */
-        real t2[288];
+        real t2[288] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _j = 0; _j < 3; ++_j)
                     for (int _k = 0; _k < 3; ++_k)
                         t2[_u * 72 + _j * 24 + _k * 8 + _v] = a4[_u * 72 + _v * 9 + _j * 3 + _k];
-        real w3[96] = {0};
+        real w3[96] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _j = 0; _j < 3; ++_j)
@@ -18355,7 +18409,7 @@ void full_tp_d2_a_s1(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 3; ++_k)
                     a5[_u * 24 + _v * 3 + _k] += w3[_u * 24 + _k * 8 + _v];
         /* ∂/∂b: ∂/∂a: 4x0e ⊗ 8x1o -> 32x1o */
-        real t4[96];
+        real t4[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
@@ -18372,34 +18426,33 @@ void full_tp_d2_a_s1(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_a_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void full_tp_d2_a_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 24);
-        const real *restrict a1 = A1;
-        const real *restrict a2 = A2 + z * a2_stride;
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 24);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2;
+        const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
         /* ijk,vzik->zvj */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 8 + _v] = a2[_v * 3 + _k];
-        real w2[24] = {0};
+                t1[_k * 8 + _v] = a3[_v * 3 + _k];
+        real w2[24] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_j * 8 + _v] += (real)1.224744871391589 * a1[_j * 3 + _k] * t1[_k * 8 + _v];
+                    w2[_j * 8 + _v] += (real)1.224744871391589 * a2[_j * 3 + _k] * t1[_k * 8 + _v];
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
-                a3[_v * 3 + _j] += w2[_j * 8 + _v];
+                (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
         /* zvj->zvj */
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
-                (a0 + 0)[_v * 3 + _j] += a4[_v * 3 + _j];
+                (a1 + 0)[_v * 3 + _j] += a4[_v * 3 + _j];
     }
 }
 
@@ -18417,34 +18470,38 @@ void full_tp_d2_a_s3(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_a_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void full_tp_d2_a_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 288);
+        memset(a0, 0, sizeof(real) * 32);
         real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 288);
-        const real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
         const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4;
-        real *restrict a5 = A5 + z * a5_stride;
-        memset(a5, 0, sizeof(real) * 96);
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[96] = {0};
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 96);
+        const real *restrict a7 = A7;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        real l0[96] __attribute__((aligned(64))) = {0};
+        real l1[12] __attribute__((aligned(64))) = {0};
         /* ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
-                    (l0 + 0)[_i * 32 + _u * 8 + _v] += a2[_u * 3 + _i] * a3[_v];
+                    (l0 + 0)[_i * 32 + _u * 8 + _v] += a3[_u * 3 + _i] * a4[_v];
         /* ziujv,uvijk->zuvk */
-        real t1[288];
+        real t1[288] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _k = 0; _k < 3; ++_k)
-                        t1[_u * 72 + _i * 24 + _k * 8 + _v] = a4[_u * 72 + _v * 9 + _i * 3 + _k];
-        real w2[96] = {0};
+                        t1[_u * 72 + _i * 24 + _k * 8 + _v] = a5[_u * 72 + _v * 9 + _i * 3 + _k];
+        real w2[96] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -18453,84 +18510,42 @@ void full_tp_d2_a_s4(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
-                    a5[_u * 24 + _v * 3 + _k] += w2[_u * 24 + _k * 8 + _v];
+                    a6[_u * 24 + _v * 3 + _k] += w2[_u * 24 + _k * 8 + _v];
         /* ∂/∂b: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o */
-        real t3[96];
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                for (int _k = 0; _k < 3; ++_k)
-                    t3[_u * 24 + _k * 8 + _v] = a6[_u * 24 + _v * 3 + _k];
+        real t3[12] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _v = 0; _v < 8; ++_v)
-                        (a0 + 0)[_u * 72 + _i * 24 + _k * 8 + _v] += a2[_u * 3 + _i] * t3[_u * 24 + _k * 8 + _v];
-        /* zuikv->zvuik */
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _u = 0; _u < 4; ++_u)
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _k = 0; _k < 3; ++_k)
-                        (a1 + 0)[_v * 36 + _u * 9 + _i * 3 + _k] += (a0 + 0)[_u * 72 + _i * 24 + _k * 8 + _v];
-    }
-}
-
-void full_tp_d2_a_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 12);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 96);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 12);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 96);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7 + z * a7_stride;
-        /* ∂/∂weight: ∂/∂a: 4x1o ⊗ 8x0e -> 32x1o */
-        real t1[12];
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 4 + _u] = a4[_u * 3 + _i];
-        real w2[12] = {0};
+                t3[_i * 4 + _u] = a3[_u * 3 + _i];
+        real w4[12] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 4; ++_u)
-                    w2[_k * 4 + _u] += t1[_i * 4 + _u] * a5[_i * 3 + _k];
+                    w4[_k * 4 + _u] += t3[_i * 4 + _u] * a7[_i * 3 + _k];
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                (a0 + 0)[_u * 3 + _k] += w2[_k * 4 + _u];
-        /* zuvk,zvj->zvkuj */
-        real t3[96];
+                (l1 + 0)[_u * 3 + _k] += w4[_k * 4 + _u];
+        /* zuvk,zujk->zuvj */
+        real t5[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
-                    t3[_u * 24 + _k * 8 + _v] = a6[_u * 24 + _v * 3 + _k];
-        real w4[96] = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 4; ++_u)
-                for (int _v = 0; _v < 8; ++_v)
-                    w4[_k * 32 + _u * 8 + _v] += t3[_u * 24 + _k * 8 + _v] * a7[_v];
-        for (int _v = 0; _v < 8; ++_v)
+                    t5[_u * 24 + _k * 8 + _v] = a8[_u * 24 + _v * 3 + _k];
+        for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 4; ++_u)
-                    (a1 + 0)[_v * 12 + _k * 4 + _u] += w4[_k * 32 + _u * 8 + _v];
-        /* zujk->zjku */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 4; ++_u)
-                (a2 + 0)[_k * 4 + _u] += (a0 + 0)[_u * 3 + _k];
-        /* zvkuj->zjkuv */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
-                    (a3 + 0)[_k * 32 + _u * 8 + _v] += (a1 + 0)[_v * 12 + _k * 4 + _u];
+                    (a0 + 0)[_u * 8 + _v] += t5[_u * 24 + _k * 8 + _v] * (l1 + 0)[_u * 3 + _k];
+        /* uv,zuvj->zvj */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a1 + 0)[_v] += (real)1.224744871391589 * a9[_u * 8 + _v] * (a0 + 0)[_u * 8 + _v];
+        /* zuvj->zvju */
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                (a2 + 0)[_v * 4 + _u] += (a0 + 0)[_u * 8 + _v];
     }
 }
 
-void full_tp_d2_a_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void full_tp_d2_a_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -18541,7 +18556,7 @@ void full_tp_d2_a_s6(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
         /* ∂/∂d_c: ∂/∂a: 4x1o ⊗ 8x1o -> 32x0e */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 8 + _v] = a3[_v * 3 + _j];
@@ -18559,7 +18574,7 @@ void full_tp_d2_a_s6(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_a_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void full_tp_d2_a_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -18582,31 +18597,30 @@ void full_tp_d2_a_s7(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_a_s8(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride)
+void full_tp_d2_a_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
-        const real *restrict a0 = A0;
-        const real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 24);
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1;
+        const real *restrict a2 = A2 + z * a2_stride;
         /* ijk,vzik->zvj */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 8 + _v] = a1[_v * 3 + _i];
-        real w2[24] = {0};
+                t1[_i * 8 + _v] = a2[_v * 3 + _i];
+        real w2[24] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_j * 8 + _v] += (real)0.7071067811865476 * a0[_i * 3 + _j] * t1[_i * 8 + _v];
+                    w2[_j * 8 + _v] += (real)0.7071067811865476 * a1[_i * 3 + _j] * t1[_i * 8 + _v];
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
-                a2[_v * 3 + _j] += w2[_j * 8 + _v];
+                (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
     }
 }
 
-void full_tp_d2_a_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void full_tp_d2_a_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -18617,7 +18631,7 @@ void full_tp_d2_a_s9(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
         /* ∂/∂b: ∂/∂a: 4x1o ⊗ 8x1o -> 32x1e */
-        real t1[96];
+        real t1[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
@@ -18636,7 +18650,7 @@ void full_tp_d2_a_s9(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_a_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void full_tp_d2_a_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -18651,25 +18665,24 @@ void full_tp_d2_a_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stri
     }
 }
 
-void full_tp_d2_a_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void full_tp_d2_a_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 72);
-        const real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 24);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 72);
+        const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
         /* zvj->zvj */
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
-                a2[_v * 3 + _j] += a1[_v * 3 + _j];
+                (a0 + 8)[_v * 3 + _j] += a2[_v * 3 + _j];
         /* ikzv->zikv */
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _v = 0; _v < 8; ++_v)
-                    (a0 + 0)[_i * 24 + _k * 8 + _v] += a3[_i * 24 + _k * 8 + _v];
+                    (a1 + 0)[_i * 24 + _k * 8 + _v] += a3[_i * 24 + _k * 8 + _v];
     }
 }
     """,
@@ -18688,9 +18701,9 @@ void full_tp_d2_b_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         real *restrict a5 = A5 + z * a5_stride;
         memset(a5, 0, sizeof(real) * 32);
         const real *restrict a6 = A6 + z * a6_stride;
-        real l0[32] = {0};
+        real l0[32] __attribute__((aligned(64))) = {0};
         /* ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e */
-        real w1[32] = {0};
+        real w1[32] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 w1[_u * 8 + _v] += a2[_v] * a3[_u];
@@ -18698,11 +18711,11 @@ void full_tp_d2_b_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _u = 0; _u < 4; ++_u)
                 (l0 + 0)[_v * 4 + _u] += w1[_u * 8 + _v];
         /* zjviu,ijkvu->zuvk */
-        real t2[32];
+        real t2[32] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
                 t2[_u * 8 + _v] = (l0 + 0)[_v * 4 + _u];
-        real t3[32];
+        real t3[32] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
                 t3[_u * 8 + _v] = a4[_v * 4 + _u];
@@ -18710,7 +18723,7 @@ void full_tp_d2_b_s0(int64_t n, int threads, real *restrict A0, int64_t a0_strid
             for (int _v = 0; _v < 8; ++_v)
                 a5[_u * 8 + _v] += (real)0.7071067811865476 * t2[_u * 8 + _v] * t3[_u * 8 + _v];
         /* ∂/∂a: ∂/∂b: 4x0e ⊗ 8x0e -> 32x0e */
-        real w4[32] = {0};
+        real w4[32] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 w4[_u * 8 + _v] += a2[_v] * a6[_u * 8 + _v];
@@ -18738,27 +18751,29 @@ void full_tp_d2_b_s1(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_b_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void full_tp_d2_b_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 288);
+        memset(a0, 0, sizeof(real) * 32);
         real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 288);
+        memset(a1, 0, sizeof(real) * 32);
         const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4;
         real *restrict a5 = A5 + z * a5_stride;
         memset(a5, 0, sizeof(real) * 96);
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[96] = {0};
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7 + z * a7_stride;
+        real l0[96] __attribute__((aligned(64))) = {0};
+        real l1[24] __attribute__((aligned(64))) = {0};
         /* ∂/∂d_c: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 8 + _v] = a2[_v * 3 + _j];
-        real w2[96] = {0};
+        real w2[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
@@ -18768,18 +18783,18 @@ void full_tp_d2_b_s2(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _u = 0; _u < 4; ++_u)
                     (l0 + 0)[_j * 32 + _v * 4 + _u] += w2[_j * 32 + _u * 8 + _v];
         /* zjviu,uvijk->zuvk */
-        real t3[96];
+        real t3[96] __attribute__((aligned(64)));
         for (int _j = 0; _j < 3; ++_j)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _u = 0; _u < 4; ++_u)
                     t3[_j * 32 + _u * 8 + _v] = (l0 + 0)[_j * 32 + _v * 4 + _u];
-        real t4[288];
+        real t4[288] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _j = 0; _j < 3; ++_j)
                     for (int _k = 0; _k < 3; ++_k)
                         t4[_u * 72 + _j * 24 + _k * 8 + _v] = a4[_u * 72 + _v * 9 + _j * 3 + _k];
-        real w5[96] = {0};
+        real w5[96] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _j = 0; _j < 3; ++_j)
@@ -18790,32 +18805,54 @@ void full_tp_d2_b_s2(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 3; ++_k)
                     a5[_u * 24 + _v * 3 + _k] += w5[_u * 24 + _k * 8 + _v];
         /* ∂/∂a: ∂/∂b: 4x0e ⊗ 8x1o -> 32x1o */
-        real t6[96];
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                for (int _k = 0; _k < 3; ++_k)
-                    t6[_u * 24 + _k * 8 + _v] = a6[_u * 24 + _v * 3 + _k];
-        real w7[288] = {0};
-        for (int _j = 0; _j < 3; ++_j)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 4; ++_u)
-                    for (int _v = 0; _v < 8; ++_v)
-                        w7[_j * 96 + _k * 32 + _u * 8 + _v] += t1[_j * 8 + _v] * t6[_u * 24 + _k * 8 + _v];
-        for (int _v = 0; _v < 8; ++_v)
+        real w6[24] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
             for (int _j = 0; _j < 3; ++_j)
-                for (int _k = 0; _k < 3; ++_k)
-                    for (int _u = 0; _u < 4; ++_u)
-                        (a0 + 0)[_v * 36 + _j * 12 + _k * 4 + _u] += w7[_j * 96 + _k * 32 + _u * 8 + _v];
-        /* zvjku->zuvjk */
+                for (int _v = 0; _v < 8; ++_v)
+                    w6[_k * 8 + _v] += t1[_j * 8 + _v] * a6[_j * 3 + _k];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                (l1 + 0)[_v * 3 + _k] += w6[_k * 8 + _v];
+        /* zuvk,zvik->zvui */
+        real t7[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
-                for (int _j = 0; _j < 3; ++_j)
-                    for (int _k = 0; _k < 3; ++_k)
-                        (a1 + 0)[_u * 72 + _v * 9 + _j * 3 + _k] += (a0 + 0)[_v * 36 + _j * 12 + _k * 4 + _u];
+                for (int _k = 0; _k < 3; ++_k)
+                    t7[_u * 24 + _k * 8 + _v] = a7[_u * 24 + _v * 3 + _k];
+        real t8[24] __attribute__((aligned(64)));
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                t8[_k * 8 + _v] = (l1 + 0)[_v * 3 + _k];
+        real w9[32] __attribute__((aligned(64))) = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    w9[_u * 8 + _v] += t7[_u * 24 + _k * 8 + _v] * t8[_k * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                (a0 + 0)[_v * 4 + _u] += w9[_u * 8 + _v];
+        /* zvui->zuvi */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a1 + 0)[_u * 8 + _v] += (a0 + 0)[_v * 4 + _u];
     }
 }
 
-void full_tp_d2_b_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void full_tp_d2_b_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 32);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* zvui->zuiv */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a0 + 0)[_u * 8 + _v] += (a1 + 0)[_v * 4 + _u];
+    }
+}
+
+void full_tp_d2_b_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -18829,9 +18866,9 @@ void full_tp_d2_b_s3(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         real *restrict a5 = A5 + z * a5_stride;
         memset(a5, 0, sizeof(real) * 96);
         const real *restrict a6 = A6 + z * a6_stride;
-        real l0[96] = {0};
+        real l0[96] __attribute__((aligned(64))) = {0};
         /* ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o */
-        real w1[96] = {0};
+        real w1[96] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
@@ -18841,18 +18878,18 @@ void full_tp_d2_b_s3(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _u = 0; _u < 4; ++_u)
                     (l0 + 0)[_v * 12 + _i * 4 + _u] += w1[_i * 32 + _u * 8 + _v];
         /* zjviu,uvijk->zuvk */
-        real t2[96];
+        real t2[96] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 4; ++_u)
                     t2[_i * 32 + _u * 8 + _v] = (l0 + 0)[_v * 12 + _i * 4 + _u];
-        real t3[288];
+        real t3[288] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _i = 0; _i < 3; ++_i)
                     for (int _k = 0; _k < 3; ++_k)
                         t3[_u * 72 + _i * 24 + _k * 8 + _v] = a4[_u * 72 + _v * 9 + _i * 3 + _k];
-        real w4[96] = {0};
+        real w4[96] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -18863,12 +18900,12 @@ void full_tp_d2_b_s3(int64_t n, int threads, real *restrict A0, int64_t a0_strid
                 for (int _k = 0; _k < 3; ++_k)
                     a5[_u * 24 + _v * 3 + _k] += w4[_u * 24 + _k * 8 + _v];
         /* ∂/∂a: ∂/∂b: 4x1o ⊗ 8x0e -> 32x1o */
-        real t5[96];
+        real t5[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
                     t5[_u * 24 + _k * 8 + _v] = a6[_u * 24 + _v * 3 + _k];
-        real w6[96] = {0};
+        real w6[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
@@ -18885,7 +18922,7 @@ void full_tp_d2_b_s3(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_b_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void full_tp_d2_b_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -18897,11 +18934,11 @@ void full_tp_d2_b_s4(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         memset(a3, 0, sizeof(real) * 12);
         const real *restrict a4 = A4 + z * a4_stride;
         /* ijk,uzjk->zui */
-        real t1[12];
+        real t1[12] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 4 + _u] = a2[_u * 3 + _k];
-        real w2[12] = {0};
+        real w2[12] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 4; ++_u)
@@ -18916,7 +18953,7 @@ void full_tp_d2_b_s4(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_b_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void full_tp_d2_b_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -18930,7 +18967,7 @@ void full_tp_d2_b_s5(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_b_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void full_tp_d2_b_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -18941,11 +18978,11 @@ void full_tp_d2_b_s6(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
         /* ∂/∂d_c: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 8 + _v] = a2[_v * 3 + _j];
-        real w2[288] = {0};
+        real w2[288] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 4; ++_u)
@@ -18965,7 +19002,7 @@ void full_tp_d2_b_s6(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_b_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void full_tp_d2_b_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -18976,11 +19013,11 @@ void full_tp_d2_b_s7(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
         /* ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x0e */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 8 + _v] = a2[_v * 3 + _j];
-        real w2[96] = {0};
+        real w2[96] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
@@ -18997,7 +19034,7 @@ void full_tp_d2_b_s7(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_b_s8(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride)
+void full_tp_d2_b_s9(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -19006,11 +19043,11 @@ void full_tp_d2_b_s8(int64_t n, int threads, const real *restrict A0, int64_t a0
         real *restrict a2 = A2 + z * a2_stride;
         memset(a2, 0, sizeof(real) * 12);
         /* ijk,uzjk->zui */
-        real t1[12];
+        real t1[12] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 4 + _u] = a1[_u * 3 + _j];
-        real w2[12] = {0};
+        real w2[12] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 4; ++_u)
@@ -19021,7 +19058,7 @@ void full_tp_d2_b_s8(int64_t n, int threads, const real *restrict A0, int64_t a0
     }
 }
 
-void full_tp_d2_b_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void full_tp_d2_b_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -19032,16 +19069,16 @@ void full_tp_d2_b_s9(int64_t n, int threads, real *restrict A0, int64_t a0_strid
         const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
         /* ∂/∂a: ∂/∂b: 4x1o ⊗ 8x1o -> 32x1e */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 8 + _v] = a2[_v * 3 + _j];
-        real t2[96];
+        real t2[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
                     t2[_u * 24 + _k * 8 + _v] = a3[_u * 24 + _v * 3 + _k];
-        real w3[288] = {0};
+        real w3[288] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 4; ++_u)
@@ -19061,7 +19098,7 @@ void full_tp_d2_b_s9(int64_t n, int threads, real *restrict A0, int64_t a0_strid
     }
 }
 
-void full_tp_d2_b_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void full_tp_d2_b_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -19076,7 +19113,7 @@ void full_tp_d2_b_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stri
     }
 }
 
-void full_tp_d2_b_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void full_tp_d2_b_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -19099,99 +19136,100 @@ void full_tp_d2_b_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stri
 }
     """,
     "full_tp_d2_weight": """\
-void full_tp_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void full_tp_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 224);
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 32);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        real l0[32] __attribute__((aligned(64))) = {0};
+        /* zui,zvj->ziujv */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (l0 + 0)[_u * 8 + _v] += a3[_u] * a4[_v];
+        /* uvijk,ziujv->zuvk */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a0 + 0)[_u * 8 + _v] += (real)0.7071067811865476 * a5[_u * 8 + _v] * (l0 + 0)[_u * 8 + _v];
+        /* ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e */
+        real w1[32] __attribute__((aligned(64))) = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                w1[_u * 8 + _v] += a6[_u * 8 + _v] * a4[_v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                (a1 + 0)[_v * 4 + _u] += w1[_u * 8 + _v];
+        /* zvkuj->zuvjk */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a2 + 0)[_u * 8 + _v] += (a1 + 0)[_v * 4 + _u];
+    }
+}
+
+void full_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         memset(a0, 0, sizeof(real) * 32);
         real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 32);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4;
-        real *restrict a5 = A5 + z * a5_stride;
-        memset(a5, 0, sizeof(real) * 32);
-        const real *restrict a6 = A6 + z * a6_stride;
-        real l0[32] = {0};
-        /* zui,zvj->ziujv */
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                (l0 + 0)[_u * 8 + _v] += a2[_u] * a3[_v];
-        /* uvijk,ziujv->zuvk */
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                a5[_u * 8 + _v] += (real)0.7071067811865476 * a4[_u * 8 + _v] * (l0 + 0)[_u * 8 + _v];
-        /* ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e */
-        real w1[32] = {0};
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                w1[_u * 8 + _v] += a6[_u * 8 + _v] * a3[_v];
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _u = 0; _u < 4; ++_u)
-                (a0 + 0)[_v * 4 + _u] += w1[_u * 8 + _v];
-        /* zvkuj->zuvjk */
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                (a1 + 0)[_u * 8 + _v] += (a0 + 0)[_v * 4 + _u];
-    }
-}
-
-void full_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 288);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 288);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4;
-        real *restrict a5 = A5 + z * a5_stride;
-        memset(a5, 0, sizeof(real) * 8);
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7;
-        real *restrict a8 = A8 + z * a8_stride;
-        memset(a8, 0, sizeof(real) * 96);
-        const real *restrict a9 = A9 + z * a9_stride;
-        real l0[32] = {0};
-        real l1[96] = {0};
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 32);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 32);
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10 + z * a10_stride;
+        real l0[32] __attribute__((aligned(64))) = {0};
+        real l1[96] __attribute__((aligned(64))) = {0};
+        real l2[24] __attribute__((aligned(64))) = {0};
         /* ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x0e -> 32x0e */
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
-                (l0 + 0)[_u * 8 + _v] += a2[_u * 8 + _v] * a3[_u];
+                (l0 + 0)[_u * 8 + _v] += a4[_u * 8 + _v] * a5[_u];
         /* uvijk,zukvi->zvj */
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
-                a5[_v] += (real)0.7071067811865476 * a4[_u * 8 + _v] * (l0 + 0)[_u * 8 + _v];
+                (a0 + 0)[_v] += (real)0.7071067811865476 * a6[_u * 8 + _v] * (l0 + 0)[_u * 8 + _v];
         /* zui,zvj->ziuvj */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 8 + _v] = a6[_v * 3 + _j];
-        real w2[96] = {0};
+                t1[_j * 8 + _v] = a7[_v * 3 + _j];
+        real w2[96] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_u * 24 + _j * 8 + _v] += a3[_u] * t1[_j * 8 + _v];
+                    w2[_u * 24 + _j * 8 + _v] += a5[_u] * t1[_j * 8 + _v];
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _j = 0; _j < 3; ++_j)
                     (l1 + 0)[_u * 24 + _v * 3 + _j] += w2[_u * 24 + _j * 8 + _v];
         /* uvijk,ziuvj->zuvk */
-        real t3[288];
+        real t3[288] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _j = 0; _j < 3; ++_j)
                     for (int _k = 0; _k < 3; ++_k)
-                        t3[_u * 72 + _j * 24 + _k * 8 + _v] = a7[_u * 72 + _v * 9 + _j * 3 + _k];
-        real t4[96];
+                        t3[_u * 72 + _j * 24 + _k * 8 + _v] = a8[_u * 72 + _v * 9 + _j * 3 + _k];
+        real t4[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _j = 0; _j < 3; ++_j)
                     t4[_u * 24 + _j * 8 + _v] = (l1 + 0)[_u * 24 + _v * 3 + _j];
-        real w5[96] = {0};
+        real w5[96] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _j = 0; _j < 3; ++_j)
@@ -19200,30 +19238,38 @@ void full_tp_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
-                    a8[_u * 24 + _v * 3 + _k] += w5[_u * 24 + _k * 8 + _v];
+                    (a1 + 32)[_u * 24 + _v * 3 + _k] += w5[_u * 24 + _k * 8 + _v];
         /* ∂/∂a: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o */
-        real t6[96];
+        real w6[24] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _v = 0; _v < 8; ++_v)
+                    w6[_k * 8 + _v] += t1[_j * 8 + _v] * a9[_j * 3 + _k];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _k = 0; _k < 3; ++_k)
+                (l2 + 0)[_v * 3 + _k] += w6[_k * 8 + _v];
+        /* zuvk,zvik->zvui */
+        real t7[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
-                    t6[_u * 24 + _k * 8 + _v] = a9[_u * 24 + _v * 3 + _k];
-        real w7[288] = {0};
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 4; ++_u)
-                for (int _j = 0; _j < 3; ++_j)
-                    for (int _v = 0; _v < 8; ++_v)
-                        w7[_k * 96 + _u * 24 + _j * 8 + _v] += t6[_u * 24 + _k * 8 + _v] * t1[_j * 8 + _v];
+                    t7[_u * 24 + _k * 8 + _v] = a10[_u * 24 + _v * 3 + _k];
+        real t8[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _u = 0; _u < 4; ++_u)
-                    for (int _j = 0; _j < 3; ++_j)
-                        (a0 + 0)[_v * 36 + _k * 12 + _u * 3 + _j] += w7[_k * 96 + _u * 24 + _j * 8 + _v];
-        /* zvkuj->zuvjk */
+                t8[_k * 8 + _v] = (l2 + 0)[_v * 3 + _k];
+        real w9[32] __attribute__((aligned(64))) = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    w9[_u * 8 + _v] += t7[_u * 24 + _k * 8 + _v] * t8[_k * 8 + _v];
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                (a2 + 0)[_v * 4 + _u] += w9[_u * 8 + _v];
+        /* zvui->zuvi */
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
-                for (int _j = 0; _j < 3; ++_j)
-                    for (int _k = 0; _k < 3; ++_k)
-                        (a1 + 0)[_u * 72 + _v * 9 + _j * 3 + _k] += (a0 + 0)[_v * 36 + _k * 12 + _u * 3 + _j];
+                (a3 + 0)[_u * 8 + _v] += (a2 + 0)[_v * 4 + _u];
     }
 }
 
@@ -19238,7 +19284,7 @@ void full_tp_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_
         const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
         /* ∂/∂b: ∂/∂weight: 4x0e ⊗ 8x1o -> 32x1o */
-        real t1[96];
+        real t1[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
@@ -19255,208 +19301,185 @@ void full_tp_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_
     }
 }
 
-void full_tp_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
+void full_tp_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 96);
         real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 96);
-        const real *restrict a2 = A2;
-        const real *restrict a3 = A3 + z * a3_stride;
+        memset(a1, 0, sizeof(real) * 12);
+        real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 96);
         real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 24);
-        const real *restrict a5 = A5 + z * a5_stride;
+        memset(a4, 0, sizeof(real) * 96);
+        const real *restrict a5 = A5;
         const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7;
-        real *restrict a8 = A8 + z * a8_stride;
-        memset(a8, 0, sizeof(real) * 96);
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8;
         const real *restrict a9 = A9 + z * a9_stride;
-        real l0[96] = {0};
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11 + z * a11_stride;
         /* ijk,vzik->zvj */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 8 + _v] = a3[_v * 3 + _k];
-        real w2[24] = {0};
+                t1[_k * 8 + _v] = a6[_v * 3 + _k];
+        real w2[24] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_j * 8 + _v] += (real)1.224744871391589 * a2[_j * 3 + _k] * t1[_k * 8 + _v];
+                    w2[_j * 8 + _v] += (real)1.224744871391589 * a5[_j * 3 + _k] * t1[_k * 8 + _v];
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
-                a4[_v * 3 + _j] += w2[_j * 8 + _v];
-        /* zui,zvj->zjvui */
-        real w3[96] = {0};
+                (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
+        /* zui,ijk->zujk */
+        real t3[12] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                for (int _v = 0; _v < 8; ++_v)
-                    w3[_u * 24 + _i * 8 + _v] += a5[_u * 3 + _i] * a6[_v];
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _u = 0; _u < 4; ++_u)
-                for (int _i = 0; _i < 3; ++_i)
-                    (l0 + 0)[_v * 12 + _u * 3 + _i] += w3[_u * 24 + _i * 8 + _v];
-        /* uvijk,zjvui->zuvk */
-        real t4[288];
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _v = 0; _v < 8; ++_v)
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _k = 0; _k < 3; ++_k)
-                        t4[_u * 72 + _i * 24 + _k * 8 + _v] = a7[_u * 72 + _v * 9 + _i * 3 + _k];
-        real t5[96];
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _u = 0; _u < 4; ++_u)
-                for (int _i = 0; _i < 3; ++_i)
-                    t5[_u * 24 + _i * 8 + _v] = (l0 + 0)[_v * 12 + _u * 3 + _i];
-        real w6[96] = {0};
+                t3[_i * 4 + _u] = a7[_u * 3 + _i];
+        real w4[12] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 4; ++_u)
+                    w4[_k * 4 + _u] += t3[_i * 4 + _u] * a8[_i * 3 + _k];
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _v = 0; _v < 8; ++_v)
-                        w6[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * t4[_u * 72 + _i * 24 + _k * 8 + _v] * t5[_u * 24 + _i * 8 + _v];
+                (a1 + 0)[_u * 3 + _k] += w4[_k * 4 + _u];
+        /* vuzj,zujk->zuvk */
+        real t5[32] __attribute__((aligned(64)));
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                t5[_u * 8 + _v] = a9[_v * 4 + _u];
+        real w6[96] __attribute__((aligned(64))) = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _v = 0; _v < 8; ++_v)
+                    w6[_u * 24 + _k * 8 + _v] += (real)1.224744871391589 * t5[_u * 8 + _v] * (a1 + 0)[_u * 3 + _k];
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
-                    a8[_u * 24 + _v * 3 + _k] += w6[_u * 24 + _k * 8 + _v];
+                    (a2 + 32)[_u * 24 + _v * 3 + _k] += w6[_u * 24 + _k * 8 + _v];
         /* ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o */
-        real t7[96];
+        real t7[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
-                    t7[_u * 24 + _k * 8 + _v] = a9[_u * 24 + _v * 3 + _k];
-        real w8[96] = {0};
+                    t7[_u * 24 + _k * 8 + _v] = a10[_u * 24 + _v * 3 + _k];
+        real w8[96] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
-                    w8[_k * 32 + _u * 8 + _v] += t7[_u * 24 + _k * 8 + _v] * a6[_v];
+                    w8[_k * 32 + _u * 8 + _v] += t7[_u * 24 + _k * 8 + _v] * a11[_v];
         for (int _v = 0; _v < 8; ++_v)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 4; ++_u)
-                    (a0 + 0)[_v * 12 + _k * 4 + _u] += w8[_k * 32 + _u * 8 + _v];
+                    (a3 + 0)[_v * 12 + _k * 4 + _u] += w8[_k * 32 + _u * 8 + _v];
         /* zvkuj->zjkuv */
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
-                    (a1 + 0)[_k * 32 + _u * 8 + _v] += (a0 + 0)[_v * 12 + _k * 4 + _u];
+                    (a4 + 0)[_k * 32 + _u * 8 + _v] += (a3 + 0)[_v * 12 + _k * 4 + _u];
     }
 }
 
-void full_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void full_tp_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 288);
         real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 288);
-        const real *restrict a2 = A2;
-        const real *restrict a3 = A3 + z * a3_stride;
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 12);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 96);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 96);
+        const real *restrict a4 = A4;
         const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 12);
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8 + z * a8_stride;
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13;
+        const real *restrict a14 = A14 + z * a14_stride;
+        real l0[32] __attribute__((aligned(64))) = {0};
+        real l1[12] __attribute__((aligned(64))) = {0};
+        real l2[32] __attribute__((aligned(64))) = {0};
         /* ijk,uzjk->zui */
-        real t1[12];
+        real t1[12] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                t1[_k * 4 + _u] = a3[_u * 3 + _k];
-        real w2[12] = {0};
+                t1[_k * 4 + _u] = a5[_u * 3 + _k];
+        real w2[12] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 4; ++_u)
-                    w2[_i * 4 + _u] += (real)1.224744871391589 * a2[_i * 3 + _k] * t1[_k * 4 + _u];
+                    w2[_i * 4 + _u] += (real)1.224744871391589 * a4[_i * 3 + _k] * t1[_k * 4 + _u];
         for (int _u = 0; _u < 4; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                a4[_u * 3 + _i] += w2[_i * 4 + _u];
+                a6[_u * 3 + _i] += w2[_i * 4 + _u];
         /* ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x0e -> 32x1o */
-        real t3[96];
+        real t3[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
-                    t3[_u * 24 + _k * 8 + _v] = a5[_u * 24 + _v * 3 + _k];
-        real w4[288] = {0};
-        for (int _u = 0; _u < 4; ++_u)
-            for (int _k = 0; _k < 3; ++_k)
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _v = 0; _v < 8; ++_v)
-                        w4[_u * 72 + _k * 24 + _i * 8 + _v] += t3[_u * 24 + _k * 8 + _v] * a6[_u * 3 + _i];
+                    t3[_u * 24 + _k * 8 + _v] = a7[_u * 24 + _v * 3 + _k];
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _v = 0; _v < 8; ++_v)
-                    for (int _i = 0; _i < 3; ++_i)
-                        (a0 + 0)[_u * 72 + _k * 24 + _v * 3 + _i] += w4[_u * 72 + _k * 24 + _i * 8 + _v];
-        /* zukvi->zvuik */
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _u = 0; _u < 4; ++_u)
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _k = 0; _k < 3; ++_k)
-                        (a1 + 0)[_v * 36 + _u * 9 + _i * 3 + _k] += (a0 + 0)[_u * 72 + _k * 24 + _v * 3 + _i];
-    }
-}
-
-void full_tp_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 288);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 288);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* zui,zvj->ziujv */
-        real t1[24];
-        for (int _v = 0; _v < 8; ++_v)
-            for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 8 + _v] = a3[_v * 3 + _j];
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 4; ++_u)
-                for (int _j = 0; _j < 3; ++_j)
-                    for (int _v = 0; _v < 8; ++_v)
-                        (a0 + 0)[_i * 96 + _u * 24 + _j * 8 + _v] += a2[_u * 3 + _i] * t1[_j * 8 + _v];
-        /* ziujv->zuvij */
+                    (l0 + 0)[_u * 8 + _v] += t3[_u * 24 + _k * 8 + _v] * (a8 + 0)[_u * 3 + _k];
+        /* uv,zuvj->zvj */
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
-                for (int _i = 0; _i < 3; ++_i)
-                    for (int _j = 0; _j < 3; ++_j)
-                        (a1 + 0)[_u * 72 + _v * 9 + _i * 3 + _j] += (a0 + 0)[_i * 96 + _u * 24 + _j * 8 + _v];
-    }
-}
-
-void full_tp_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 96);
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 96);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        /* ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e */
-        real t1[24];
+                (a0 + 0)[_v] += (real)1.224744871391589 * a9[_u * 8 + _v] * (l0 + 0)[_u * 8 + _v];
+        /* ∂/∂d_c: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e */
+        real t4[12] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t4[_i * 4 + _u] = a10[_u * 3 + _i];
+        real w5[12] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _i = 0; _i < 3; ++_i)
+                for (int _u = 0; _u < 4; ++_u)
+                    w5[_j * 4 + _u] += t4[_i * 4 + _u] * a11[_i * 3 + _j];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                (l1 + 0)[_u * 3 + _j] += w5[_j * 4 + _u];
+        /* zvj,zujk->zkuv */
+        real t6[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
-                t1[_j * 8 + _v] = a3[_v * 3 + _j];
-        real w2[96] = {0};
+                t6[_j * 8 + _v] = a12[_v * 3 + _j];
         for (int _u = 0; _u < 4; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _v = 0; _v < 8; ++_v)
-                    w2[_u * 24 + _j * 8 + _v] += a2[_u * 8 + _v] * t1[_j * 8 + _v];
+                    (l2 + 0)[_u * 8 + _v] += t6[_j * 8 + _v] * (l1 + 0)[_u * 3 + _j];
+        /* uv,zkuv->zuvk */
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                (a1 + 0)[_u * 8 + _v] += (real)0.7071067811865476 * a13[_u * 8 + _v] * (l2 + 0)[_u * 8 + _v];
+        /* ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e */
+        real w7[96] __attribute__((aligned(64))) = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _v = 0; _v < 8; ++_v)
+                    w7[_u * 24 + _j * 8 + _v] += a14[_u * 8 + _v] * t6[_j * 8 + _v];
         for (int _v = 0; _v < 8; ++_v)
             for (int _u = 0; _u < 4; ++_u)
                 for (int _j = 0; _j < 3; ++_j)
-                    (a0 + 0)[_v * 12 + _u * 3 + _j] += w2[_u * 24 + _j * 8 + _v];
+                    (a2 + 0)[_v * 12 + _u * 3 + _j] += w7[_u * 24 + _j * 8 + _v];
         /* zvkuj->zjuvk */
         for (int _j = 0; _j < 3; ++_j)
             for (int _u = 0; _u < 4; ++_u)
                 for (int _v = 0; _v < 8; ++_v)
-                    (a1 + 0)[_j * 32 + _u * 8 + _v] += (a0 + 0)[_v * 12 + _u * 3 + _j];
+                    (a3 + 0)[_j * 32 + _u * 8 + _v] += (a2 + 0)[_v * 12 + _u * 3 + _j];
     }
 }
 
-void full_tp_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void full_tp_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -19471,11 +19494,11 @@ void full_tp_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_
         const real *restrict a5 = A5 + z * a5_stride;
         const real *restrict a6 = A6 + z * a6_stride;
         /* ijk,uzjk->zui */
-        real t1[12];
+        real t1[12] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _j = 0; _j < 3; ++_j)
                 t1[_j * 4 + _u] = a3[_u * 3 + _j];
-        real w2[12] = {0};
+        real w2[12] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _j = 0; _j < 3; ++_j)
                 for (int _u = 0; _u < 4; ++_u)
@@ -19484,7 +19507,7 @@ void full_tp_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_
             for (int _i = 0; _i < 3; ++_i)
                 a4[_u * 3 + _i] += w2[_i * 4 + _u];
         /* ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x0e */
-        real w3[96] = {0};
+        real w3[96] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _v = 0; _v < 8; ++_v)
@@ -19501,64 +19524,113 @@ void full_tp_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_
     }
 }
 
-void full_tp_d2_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void full_tp_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        memset(a0, 0, sizeof(real) * 288);
         real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 288);
+        memset(a1, 0, sizeof(real) * 24);
         const real *restrict a2 = A2;
         const real *restrict a3 = A3 + z * a3_stride;
-        real *restrict a4 = A4 + z * a4_stride;
-        memset(a4, 0, sizeof(real) * 24);
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a4 = A4 + z * a4_stride;
         /* ijk,vzik->zvj */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 8 + _v] = a3[_v * 3 + _i];
-        real w2[24] = {0};
+        real w2[24] __attribute__((aligned(64))) = {0};
         for (int _j = 0; _j < 3; ++_j)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _v = 0; _v < 8; ++_v)
                     w2[_j * 8 + _v] += (real)0.7071067811865476 * a2[_i * 3 + _j] * t1[_i * 8 + _v];
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
-                a4[_v * 3 + _j] += w2[_j * 8 + _v];
-        /* ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e */
-        real t3[96];
+                (a0 + 8)[_v * 3 + _j] += w2[_j * 8 + _v];
+        /* zvj->zjv */
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _v = 0; _v < 8; ++_v)
+                (a1 + 0)[_j * 8 + _v] += a4[_v * 3 + _j];
+    }
+}
+
+void full_tp_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 288);
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 288);
+        const real *restrict a3 = A3 + z * a3_stride;
+        const real *restrict a4 = A4;
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a7 = A7 + z * a7_stride;
+        real l0[36] __attribute__((aligned(64))) = {0};
+        /* zui,ijk->zujk */
+        real t1[12] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                t1[_i * 4 + _u] = a3[_u * 3 + _i];
+        real w2[36] __attribute__((aligned(64))) = {0};
+        for (int _j = 0; _j < 3; ++_j)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _i = 0; _i < 3; ++_i)
+                    for (int _u = 0; _u < 4; ++_u)
+                        w2[_j * 12 + _k * 4 + _u] += t1[_i * 4 + _u] * a4[_i * 9 + _j * 3 + _k];
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _j = 0; _j < 3; ++_j)
+                for (int _k = 0; _k < 3; ++_k)
+                    (l0 + 0)[_u * 9 + _j * 3 + _k] += w2[_j * 12 + _k * 4 + _u];
+        /* vuzj,zujk->zuvk */
+        real t3[96] __attribute__((aligned(64)));
+        for (int _v = 0; _v < 8; ++_v)
+            for (int _u = 0; _u < 4; ++_u)
+                for (int _j = 0; _j < 3; ++_j)
+                    t3[_u * 24 + _j * 8 + _v] = a5[_v * 12 + _u * 3 + _j];
+        real w4[96] __attribute__((aligned(64))) = {0};
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _k = 0; _k < 3; ++_k)
+                for (int _j = 0; _j < 3; ++_j)
+                    for (int _v = 0; _v < 8; ++_v)
+                        w4[_u * 24 + _k * 8 + _v] += (real)1.7320508075688772 * t3[_u * 24 + _j * 8 + _v] * (l0 + 0)[_u * 9 + _j * 3 + _k];
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
-                    t3[_u * 24 + _k * 8 + _v] = a5[_u * 24 + _v * 3 + _k];
-        real t4[24];
+                    (a0 + 128)[_u * 24 + _v * 3 + _k] += w4[_u * 24 + _k * 8 + _v];
+        /* ∂/∂a: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e */
+        real t5[96] __attribute__((aligned(64)));
+        for (int _u = 0; _u < 4; ++_u)
+            for (int _v = 0; _v < 8; ++_v)
+                for (int _k = 0; _k < 3; ++_k)
+                    t5[_u * 24 + _k * 8 + _v] = a6[_u * 24 + _v * 3 + _k];
+        real t6[24] __attribute__((aligned(64)));
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
-                t4[_j * 8 + _v] = a6[_v * 3 + _j];
-        real w5[288] = {0};
+                t6[_j * 8 + _v] = a7[_v * 3 + _j];
+        real w7[288] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 4; ++_u)
                 for (int _j = 0; _j < 3; ++_j)
                     for (int _v = 0; _v < 8; ++_v)
-                        w5[_k * 96 + _u * 24 + _j * 8 + _v] += t3[_u * 24 + _k * 8 + _v] * t4[_j * 8 + _v];
+                        w7[_k * 96 + _u * 24 + _j * 8 + _v] += t5[_u * 24 + _k * 8 + _v] * t6[_j * 8 + _v];
         for (int _v = 0; _v < 8; ++_v)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 4; ++_u)
                     for (int _j = 0; _j < 3; ++_j)
-                        (a0 + 0)[_v * 36 + _k * 12 + _u * 3 + _j] += w5[_k * 96 + _u * 24 + _j * 8 + _v];
+                        (a1 + 0)[_v * 36 + _k * 12 + _u * 3 + _j] += w7[_k * 96 + _u * 24 + _j * 8 + _v];
         /* zvkuj->zjkuv */
         for (int _j = 0; _j < 3; ++_j)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 4; ++_u)
                     for (int _v = 0; _v < 8; ++_v)
-                        (a1 + 0)[_j * 96 + _k * 32 + _u * 8 + _v] += (a0 + 0)[_v * 36 + _k * 12 + _u * 3 + _j];
+                        (a2 + 0)[_j * 96 + _k * 32 + _u * 8 + _v] += (a1 + 0)[_v * 36 + _k * 12 + _u * 3 + _j];
     }
 }
 
-void full_tp_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void full_tp_d2_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -19573,7 +19645,7 @@ void full_tp_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_
     }
 }
 
-void full_tp_d2_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void full_tp_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -19591,12 +19663,12 @@ void full_tp_d2_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0
             for (int _i = 0; _i < 3; ++_i)
                 a3[_u * 3 + _i] += a2[_u * 3 + _i];
         /* ∂/∂b: ∂/∂weight: 4x1o ⊗ 8x1o -> 32x1e */
-        real t1[96];
+        real t1[96] __attribute__((aligned(64)));
         for (int _u = 0; _u < 4; ++_u)
             for (int _v = 0; _v < 8; ++_v)
                 for (int _k = 0; _k < 3; ++_k)
                     t1[_u * 24 + _k * 8 + _v] = a4[_u * 24 + _v * 3 + _k];
-        real w2[288] = {0};
+        real w2[288] __attribute__((aligned(64))) = {0};
         for (int _u = 0; _u < 4; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _i = 0; _i < 3; ++_i)
@@ -19616,7 +19688,7 @@ void full_tp_d2_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0
     }
 }
 
-void full_tp_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void full_tp_d2_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -19631,17 +19703,16 @@ void full_tp_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64_t a0
     }
 }
 
-void full_tp_d2_weight_s12(int64_t n, int threads, const real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride)
+void full_tp_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
-        const real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 24);
+        real *restrict a0 = A0 + z * a0_stride;
+        const real *restrict a1 = A1 + z * a1_stride;
         /* zvj->zvj */
         for (int _v = 0; _v < 8; ++_v)
             for (int _j = 0; _j < 3; ++_j)
-                a1[_v * 3 + _j] += a0[_v * 3 + _j];
+                (a0 + 8)[_v * 3 + _j] += a1[_v * 3 + _j];
     }
 }
     """,
@@ -19976,7 +20047,7 @@ void tp_then_linear_s0(int64_t n, int threads, real *restrict A0, int64_t a0_str
         const real *restrict a3 = A3;
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5;
-        real l0[8] = {0};
+        real l0[8] __attribute__((aligned(64))) = {0};
         /* every path's (i, k) map at once: y · G */
         for (int _j = 0; _j < 4; ++_j)
             for (int _c = 0; _c < 16; ++_c)
@@ -20000,10 +20071,10 @@ void tp_then_linear_s1(int64_t n, int threads, real *restrict A0, int64_t a0_str
         const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4;
         const real *restrict a5 = A5;
-        real l0[8] = {0};
-        real l1[24] = {0};
+        real l0[8] __attribute__((aligned(64))) = {0};
+        real l1[24] __attribute__((aligned(64))) = {0};
         /* zikp,uzip->zuk */
-        real w1[24] = {0};
+        real w1[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 8; ++_u)
                 w1[_k * 8 + _u] += (a1 + 1)[_k] * a2[_u];
@@ -20011,7 +20082,7 @@ void tp_then_linear_s1(int64_t n, int threads, real *restrict A0, int64_t a0_str
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
         /* 1 paths 8x1o ⊗ y -> 8x0e */
-        real t2[24];
+        real t2[24] __attribute__((aligned(64)));
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t2[_i * 8 + _u] = a3[_u * 3 + _i];
@@ -20027,7 +20098,7 @@ void tp_then_linear_s1(int64_t n, int threads, real *restrict A0, int64_t a0_str
                 for (int _u = 0; _u < 8; ++_u)
                     (l1 + 0)[_k * 8 + _u] += t2[_i * 8 + _u] * (a1 + 7)[_i * 3 + _k];
         /* pu,zkpu->zuk */
-        real w3[24] = {0};
+        real w3[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 8; ++_u)
                 w3[_k * 8 + _u] += a5[_u] * (l1 + 0)[_k * 8 + _u];
@@ -20080,7 +20151,7 @@ void tp_then_linear_s3(int64_t n, int threads, real *restrict A0, int64_t a0_str
 }
     """,
     "tp_then_linear_d": """\
-void tp_then_linear_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void tp_then_linear_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -20088,91 +20159,87 @@ void tp_then_linear_d_s0(int64_t n, int threads, real *restrict A0, int64_t a0_s
         memset(a0, 0, sizeof(real) * 16);
         real *restrict a1 = A1 + z * a1_stride;
         memset(a1, 0, sizeof(real) * 56);
-        const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3;
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5;
-        real l0[8] = {0};
+        real *restrict a2 = A2 + z * a2_stride;
+        memset(a2, 0, sizeof(real) * 8);
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 32);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 24);
+        const real *restrict a5 = A5 + z * a5_stride;
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9;
+        const real *restrict a10 = A10 + z * a10_stride;
+        const real *restrict a11 = A11;
+        const real *restrict a12 = A12;
+        const real *restrict a13 = A13 + z * a13_stride;
+        const real *restrict a14 = A14 + z * a14_stride;
+        const real *restrict a15 = A15 + z * a15_stride;
+        real l0[8] __attribute__((aligned(64))) = {0};
+        real l1[24] __attribute__((aligned(64))) = {0};
+        real l2[24] __attribute__((aligned(64))) = {0};
         /* every path's (i, k) map at once: y · G */
         for (int _j = 0; _j < 4; ++_j)
             for (int _c = 0; _c < 16; ++_c)
-                (a0 + 0)[_c] += a2[_j] * a3[_j * 16 + _c];
+                (a0 + 0)[_c] += a5[_j] * a6[_j * 16 + _c];
         /* 1 paths 8x0e ⊗ y -> 8x0e */
         for (int _u = 0; _u < 8; ++_u)
-            (l0 + 0)[_u] += a4[_u] * (a0 + 0)[0];
+            (l0 + 0)[_u] += a7[_u] * (a0 + 0)[0];
         /* pu,zukp->zuk */
         for (int _u = 0; _u < 8; ++_u)
-            (a1 + 0)[_u] += a5[_u] * (l0 + 0)[_u];
-    }
-}
-
-void tp_then_linear_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 8);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 32);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 24);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7;
-        const real *restrict a8 = A8;
-        const real *restrict a9 = A9 + z * a9_stride;
-        const real *restrict a10 = A10 + z * a10_stride;
-        const real *restrict a11 = A11 + z * a11_stride;
-        real l0[24] = {0};
-        /* zikp,uzip->zuk */
-        real w1[24] = {0};
+            (a1 + 0)[_u] += a8[_u] * (l0 + 0)[_u];
+        /* 1 paths 8x0e ⊗ y -> 8x1o */
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 8; ++_u)
-                w1[_k * 8 + _u] += (a4 + 1)[_k] * a5[_u];
+                (l1 + 0)[_k * 8 + _u] += a7[_u] * (a0 + 1)[_k];
+        /* pu,zkpu->zuk */
+        real w1[24] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                w1[_k * 8 + _u] += a9[_u] * (l1 + 0)[_k * 8 + _u];
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                (a0 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
+                (a1 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
         /* 1 paths 8x1o ⊗ y -> 8x0e */
-        real t2[24];
+        real t2[24] __attribute__((aligned(64)));
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                t2[_i * 8 + _u] = a6[_u * 3 + _i];
+                t2[_i * 8 + _u] = a10[_u * 3 + _i];
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 8; ++_u)
-                (a1 + 0)[_u] += t2[_i * 8 + _u] * (a4 + 4)[_i];
+                (a2 + 0)[_u] += t2[_i * 8 + _u] * (a0 + 4)[_i];
         /* pu,zukp->zuk */
         for (int _u = 0; _u < 8; ++_u)
-            (a0 + 0)[_u] += a7[_u] * (a1 + 0)[_u];
+            (a1 + 0)[_u] += a11[_u] * (a2 + 0)[_u];
         /* 1 paths 8x1o ⊗ y -> 8x1o */
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 8; ++_u)
-                    (l0 + 0)[_k * 8 + _u] += t2[_i * 8 + _u] * (a4 + 7)[_i * 3 + _k];
+                    (l2 + 0)[_k * 8 + _u] += t2[_i * 8 + _u] * (a0 + 7)[_i * 3 + _k];
         /* pu,zkpu->zuk */
-        real w3[24] = {0};
+        real w3[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 8; ++_u)
-                w3[_k * 8 + _u] += a8[_u] * (l0 + 0)[_k * 8 + _u];
+                w3[_k * 8 + _u] += a12[_u] * (l2 + 0)[_k * 8 + _u];
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                (a0 + 8)[_u * 3 + _k] += w3[_k * 8 + _u];
+                (a1 + 8)[_u * 3 + _k] += w3[_k * 8 + _u];
         /* ∂/∂x: 8x1o -> 8x1o */
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                (a2 + 8)[_u * 3 + _i] += a9[_u * 3 + _i];
+                (a3 + 8)[_u * 3 + _i] += a13[_u * 3 + _i];
         /* ∂/∂x: 8x0e -> 8x0e */
         for (int _u = 0; _u < 8; ++_u)
-            (a2 + 0)[_u] += a10[_u];
+            (a3 + 0)[_u] += a14[_u];
         /* zwi->ziw */
         for (int _i = 0; _i < 3; ++_i)
             for (int _w = 0; _w < 8; ++_w)
-                (a3 + 0)[_i * 8 + _w] += a11[_w * 3 + _i];
+                (a4 + 0)[_i * 8 + _w] += a15[_w * 3 + _i];
     }
 }
 
-void tp_then_linear_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void tp_then_linear_d_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -20193,7 +20260,7 @@ void tp_then_linear_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_s
     }
 }
 
-void tp_then_linear_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void tp_then_linear_d_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -20208,7 +20275,7 @@ void tp_then_linear_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _u = 0; _u < 8; ++_u)
             (a0 + 0)[_u] += a3[_u];
         /* ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 8 + _u] = (a0 + 8)[_u * 3 + _k];
@@ -20217,7 +20284,7 @@ void tp_then_linear_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_s
                 for (int _u = 0; _u < 8; ++_u)
                     (a1 + 0)[_i * 8 + _u] += t1[_k * 8 + _u] * (a4 + 7)[_i * 3 + _k];
         /* pu,zipu->zui */
-        real w2[24] = {0};
+        real w2[24] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 8; ++_u)
                 w2[_i * 8 + _u] += a5[_u] * (a1 + 0)[_i * 8 + _u];
@@ -20227,7 +20294,7 @@ void tp_then_linear_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_s
     }
 }
 
-void tp_then_linear_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void tp_then_linear_d_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -20242,7 +20309,7 @@ void tp_then_linear_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_s
     }
 }
 
-void tp_then_linear_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void tp_then_linear_d_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -20263,28 +20330,41 @@ void tp_then_linear_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_s
     }
 }
 
-void tp_then_linear_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void tp_then_linear_d_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* zikp,uzkp->zui */
-        real w1[24] = {0};
+        const real *restrict a3 = A3;
+        real l0[24] __attribute__((aligned(64))) = {0};
+        /* ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 8; ++_u)
-                w1[_i * 8 + _u] += (a2 + 4)[_i] * a3[_u];
+                (l0 + 0)[_i * 8 + _u] += (a1 + 0)[_u] * (a2 + 4)[_i];
+        /* pu,zipu->zui */
+        real w1[24] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                w1[_i * 8 + _u] += a3[_u] * (l0 + 0)[_i * 8 + _u];
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 8)[_u * 3 + _i] += w1[_i * 8 + _u];
+    }
+}
+
+void tp_then_linear_d_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 24);
+        const real *restrict a1 = A1 + z * a1_stride;
         /* uzki->ziuk */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 8; ++_u)
-                (a1 + 0)[_i * 8 + _u] += a4[_u * 3 + _i];
+                (a0 + 0)[_i * 8 + _u] += a1[_u * 3 + _i];
     }
 }
 
@@ -20309,7 +20389,7 @@ void tp_then_linear_d_s7(int64_t n, int threads, real *restrict A0, int64_t a0_s
         for (int _i = 0; _i < 3; ++_i)
             (a0 + 4)[_i] += a5[_i];
         /* ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 8 + _u] = (a6 + 8)[_u * 3 + _k];
@@ -20356,7 +20436,7 @@ void tp_then_linear_d_s9(int64_t n, int threads, real *restrict A0, int64_t a0_s
         const real *restrict a5 = A5 + z * a5_stride;
         const real *restrict a6 = A6;
         const real *restrict a7 = A7 + z * a7_stride;
-        real l0[8] = {0};
+        real l0[8] __attribute__((aligned(64))) = {0};
         /* zikp->zikp */
         for (int _k = 0; _k < 3; ++_k)
             (a0 + 1)[_k] += a3[_k];
@@ -20446,7 +20526,7 @@ void tp_then_linear_d2_x_s2(int64_t n, int threads, real *restrict A0, int64_t a
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
         const real *restrict a6 = A6;
-        real l0[8] = {0};
+        real l0[8] __attribute__((aligned(64))) = {0};
         /* ziu->zui */
         for (int _u = 0; _u < 8; ++_u)
             (a0 + 0)[_u] += a3[_u];
@@ -20462,37 +20542,50 @@ void tp_then_linear_d2_x_s2(int64_t n, int threads, real *restrict A0, int64_t a
     }
 }
 
-void tp_then_linear_d2_x_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void tp_then_linear_d2_x_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         memset(a0, 0, sizeof(real) * 16);
         real *restrict a1 = A1 + z * a1_stride;
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 24);
+        const real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a5 = A5;
+        real l0[24] __attribute__((aligned(64))) = {0};
         /* zikp->zikp */
-        (a0 + 0)[0] += a3[0];
-        /* zikp,uzip->zuk */
-        real w1[24] = {0};
+        (a0 + 0)[0] += a2[0];
+        /* ∂/∂d_t: ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o */
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 8; ++_u)
-                w1[_k * 8 + _u] += (a4 + 1)[_k] * a5[_u];
+                (l0 + 0)[_k * 8 + _u] += a3[_u] * (a4 + 1)[_k];
+        /* pu,zkpu->zuk */
+        real w1[24] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                w1[_k * 8 + _u] += a5[_u] * (l0 + 0)[_k * 8 + _u];
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
-        /* uzik->ziku */
-        for (int _k = 0; _k < 3; ++_k)
-            for (int _u = 0; _u < 8; ++_u)
-                (a2 + 0)[_k * 8 + _u] += a6[_u * 3 + _k];
     }
 }
 
-void tp_then_linear_d2_x_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void tp_then_linear_d2_x_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 24);
+        const real *restrict a1 = A1 + z * a1_stride;
+        /* uzik->ziku */
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                (a0 + 0)[_k * 8 + _u] += a1[_u * 3 + _k];
+    }
+}
+
+void tp_then_linear_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -20510,7 +20603,7 @@ void tp_then_linear_d2_x_s4(int64_t n, int threads, real *restrict A0, int64_t a
     }
 }
 
-void tp_then_linear_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
+void tp_then_linear_d2_x_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -20526,7 +20619,7 @@ void tp_then_linear_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a
         const real *restrict a6 = A6;
         const real *restrict a7 = A7 + z * a7_stride;
         /* ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 8 + _u] = a4[_u * 3 + _i];
@@ -20546,7 +20639,7 @@ void tp_then_linear_d2_x_s5(int64_t n, int threads, real *restrict A0, int64_t a
     }
 }
 
-void tp_then_linear_d2_x_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void tp_then_linear_d2_x_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -20560,7 +20653,7 @@ void tp_then_linear_d2_x_s6(int64_t n, int threads, real *restrict A0, int64_t a
     }
 }
 
-void tp_then_linear_d2_x_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+void tp_then_linear_d2_x_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -20579,7 +20672,7 @@ void tp_then_linear_d2_x_s7(int64_t n, int threads, real *restrict A0, int64_t a
         for (int _i = 0; _i < 3; ++_i)
             (a0 + 4)[_i] += a4[_i];
         /* ∂/∂d_t: ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 t1[_i * 8 + _u] = a5[_u * 3 + _i];
@@ -20588,7 +20681,7 @@ void tp_then_linear_d2_x_s7(int64_t n, int threads, real *restrict A0, int64_t a
                 for (int _u = 0; _u < 8; ++_u)
                     (a1 + 0)[_k * 8 + _u] += t1[_i * 8 + _u] * (a6 + 7)[_i * 3 + _k];
         /* pu,zkpu->zuk */
-        real w2[24] = {0};
+        real w2[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 8; ++_u)
                 w2[_k * 8 + _u] += a7[_u] * (a1 + 0)[_k * 8 + _u];
@@ -20603,7 +20696,7 @@ void tp_then_linear_d2_x_s7(int64_t n, int threads, real *restrict A0, int64_t a
     }
 }
 
-void tp_then_linear_d2_x_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void tp_then_linear_d2_x_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -20623,7 +20716,7 @@ void tp_then_linear_d2_x_s8(int64_t n, int threads, real *restrict A0, int64_t a
     }
 }
 
-void tp_then_linear_d2_x_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void tp_then_linear_d2_x_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -20643,7 +20736,7 @@ void tp_then_linear_d2_x_s9(int64_t n, int threads, real *restrict A0, int64_t a
     }
 }
 
-void tp_then_linear_d2_x_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void tp_then_linear_d2_x_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -20665,7 +20758,7 @@ void tp_then_linear_d2_x_s10(int64_t n, int threads, real *restrict A0, int64_t 
     }
 }
 
-void tp_then_linear_d2_x_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void tp_then_linear_d2_x_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -20725,7 +20818,7 @@ void tp_then_linear_d2_y_s2(int64_t n, int threads, real *restrict A0, int64_t a
         const real *restrict a7 = A7;
         const real *restrict a8 = A8 + z * a8_stride;
         const real *restrict a9 = A9;
-        real l0[8] = {0};
+        real l0[8] __attribute__((aligned(64))) = {0};
         /* ziu->zui */
         for (int _u = 0; _u < 8; ++_u)
             (a0 + 0)[_u] += a5[_u];
@@ -20758,116 +20851,127 @@ void tp_then_linear_d2_y_s3(int64_t n, int threads, real *restrict A0, int64_t a
         real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6;
-        /* zikp,uzip->zuk */
-        real w1[24] = {0};
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        real l0[24] __attribute__((aligned(64))) = {0};
+        /* ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o */
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 8; ++_u)
-                w1[_k * 8 + _u] += (a3 + 1)[_k] * a4[_u];
+                (l0 + 0)[_k * 8 + _u] += (a3 + 1)[_k] * a4[_u];
+        /* pu,zkpu->zuk */
+        real w1[24] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                w1[_k * 8 + _u] += a5[_u] * (l0 + 0)[_k * 8 + _u];
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a0 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
         /* ∂/∂x: ∂/∂_m_t_0: 1 paths 8x0e ⊗ y -> 8x1o */
-        real t2[24];
+        real t2[24] __attribute__((aligned(64)));
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                t2[_k * 8 + _u] = (a5 + 8)[_u * 3 + _k];
+                t2[_k * 8 + _u] = (a6 + 8)[_u * 3 + _k];
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 8; ++_u)
                 (a1 + 0)[_u] += (a3 + 1)[_k] * t2[_k * 8 + _u];
         /* pu,zipu->zui */
         for (int _u = 0; _u < 8; ++_u)
-            (a2 + 0)[_u] += a6[_u] * (a1 + 0)[_u];
+            (a2 + 0)[_u] += a5[_u] * (a1 + 0)[_u];
     }
 }
 
-void tp_then_linear_d2_y_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void tp_then_linear_d2_y_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         memset(a0, 0, sizeof(real) * 8);
         real *restrict a1 = A1 + z * a1_stride;
-        const real *restrict a2 = A2 + z * a2_stride;
+        real *restrict a2 = A2 + z * a2_stride;
         const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4;
+        const real *restrict a4 = A4 + z * a4_stride;
+        const real *restrict a5 = A5;
+        const real *restrict a6 = A6 + z * a6_stride;
+        real l0[24] __attribute__((aligned(64))) = {0};
         /* ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                t1[_i * 8 + _u] = a3[_u * 3 + _i];
+                t1[_i * 8 + _u] = a4[_u * 3 + _i];
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 8; ++_u)
-                (a0 + 0)[_u] += (a2 + 4)[_i] * t1[_i * 8 + _u];
+                (a0 + 0)[_u] += (a3 + 4)[_i] * t1[_i * 8 + _u];
         /* pu,zkpu->zuk */
         for (int _u = 0; _u < 8; ++_u)
-            (a1 + 0)[_u] += a4[_u] * (a0 + 0)[_u];
+            (a1 + 0)[_u] += a5[_u] * (a0 + 0)[_u];
+        /* ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x0e */
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                (l0 + 0)[_i * 8 + _u] += (a3 + 4)[_i] * (a6 + 0)[_u];
+        /* pu,zipu->zui */
+        real w2[24] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                w2[_i * 8 + _u] += a5[_u] * (l0 + 0)[_i * 8 + _u];
+        for (int _u = 0; _u < 8; ++_u)
+            for (int _i = 0; _i < 3; ++_i)
+                (a2 + 8)[_u * 3 + _i] += w2[_i * 8 + _u];
     }
 }
 
-void tp_then_linear_d2_y_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride)
+void tp_then_linear_d2_y_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
         real *restrict a1 = A1 + z * a1_stride;
+        memset(a1, 0, sizeof(real) * 24);
         real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 24);
         real *restrict a3 = A3 + z * a3_stride;
         memset(a3, 0, sizeof(real) * 24);
         const real *restrict a4 = A4 + z * a4_stride;
         const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7;
-        const real *restrict a8 = A8 + z * a8_stride;
-        real l0[24] = {0};
-        /* zikp,uzkp->zui */
-        real w1[24] = {0};
-        for (int _i = 0; _i < 3; ++_i)
-            for (int _u = 0; _u < 8; ++_u)
-                w1[_i * 8 + _u] += (a4 + 4)[_i] * a5[_u];
-        for (int _u = 0; _u < 8; ++_u)
-            for (int _i = 0; _i < 3; ++_i)
-                (a0 + 8)[_u * 3 + _i] += w1[_i * 8 + _u];
+        const real *restrict a6 = A6;
+        const real *restrict a7 = A7 + z * a7_stride;
+        real l0[24] __attribute__((aligned(64))) = {0};
         /* ∂/∂d_t: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o */
-        real t2[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                t2[_i * 8 + _u] = a6[_u * 3 + _i];
+                t1[_i * 8 + _u] = a5[_u * 3 + _i];
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 8; ++_u)
-                    (l0 + 0)[_k * 8 + _u] += (a4 + 7)[_i * 3 + _k] * t2[_i * 8 + _u];
+                    (l0 + 0)[_k * 8 + _u] += (a4 + 7)[_i * 3 + _k] * t1[_i * 8 + _u];
         /* pu,zkpu->zuk */
-        real w3[24] = {0};
+        real w2[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 8; ++_u)
-                w3[_k * 8 + _u] += a7[_u] * (l0 + 0)[_k * 8 + _u];
+                w2[_k * 8 + _u] += a6[_u] * (l0 + 0)[_k * 8 + _u];
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                (a1 + 8)[_u * 3 + _k] += w3[_k * 8 + _u];
+                (a0 + 8)[_u * 3 + _k] += w2[_k * 8 + _u];
         /* ∂/∂x: ∂/∂_m_t_0: 1 paths 8x1o ⊗ y -> 8x1o */
-        real t4[24];
+        real t3[24] __attribute__((aligned(64)));
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                t4[_k * 8 + _u] = (a8 + 8)[_u * 3 + _k];
+                t3[_k * 8 + _u] = (a7 + 8)[_u * 3 + _k];
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 8; ++_u)
-                    (a2 + 0)[_i * 8 + _u] += (a4 + 7)[_i * 3 + _k] * t4[_k * 8 + _u];
+                    (a1 + 0)[_i * 8 + _u] += (a4 + 7)[_i * 3 + _k] * t3[_k * 8 + _u];
         /* pu,zipu->zui */
-        real w5[24] = {0};
+        real w4[24] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 8; ++_u)
-                w5[_i * 8 + _u] += a7[_u] * (a2 + 0)[_i * 8 + _u];
+                w4[_i * 8 + _u] += a6[_u] * (a1 + 0)[_i * 8 + _u];
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                (a0 + 8)[_u * 3 + _i] += w5[_i * 8 + _u];
+                (a2 + 8)[_u * 3 + _i] += w4[_i * 8 + _u];
         /* zui->ziu */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 8; ++_u)
-                (a3 + 0)[_i * 8 + _u] += a6[_u * 3 + _i];
+                (a3 + 0)[_i * 8 + _u] += a5[_u * 3 + _i];
     }
 }
 
@@ -20905,7 +21009,7 @@ void tp_then_linear_d2_y_s7(int64_t n, int threads, real *restrict A0, int64_t a
 }
     """,
     "tp_then_linear_d2_weight": """\
-void tp_then_linear_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void tp_then_linear_d2_weight_s0(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, real *restrict A5, int64_t a5_stride, real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride, const real *restrict A11, int64_t a11_stride, const real *restrict A12, int64_t a12_stride, const real *restrict A13, int64_t a13_stride, const real *restrict A14, int64_t a14_stride, const real *restrict A15, int64_t a15_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -20915,80 +21019,77 @@ void tp_then_linear_d2_weight_s0(int64_t n, int threads, real *restrict A0, int6
         memset(a1, 0, sizeof(real) * 8);
         real *restrict a2 = A2 + z * a2_stride;
         memset(a2, 0, sizeof(real) * 56);
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6;
+        real *restrict a3 = A3 + z * a3_stride;
+        memset(a3, 0, sizeof(real) * 24);
+        real *restrict a4 = A4 + z * a4_stride;
+        memset(a4, 0, sizeof(real) * 8);
+        real *restrict a5 = A5 + z * a5_stride;
+        memset(a5, 0, sizeof(real) * 24);
+        real *restrict a6 = A6 + z * a6_stride;
+        memset(a6, 0, sizeof(real) * 24);
+        const real *restrict a7 = A7 + z * a7_stride;
+        const real *restrict a8 = A8;
+        const real *restrict a9 = A9 + z * a9_stride;
+        const real *restrict a10 = A10;
+        const real *restrict a11 = A11;
+        const real *restrict a12 = A12 + z * a12_stride;
+        const real *restrict a13 = A13;
+        const real *restrict a14 = A14;
+        const real *restrict a15 = A15 + z * a15_stride;
         /* every path's (i, k) map at once: y · G */
         for (int _j = 0; _j < 4; ++_j)
             for (int _c = 0; _c < 16; ++_c)
-                (a0 + 0)[_c] += a3[_j] * a4[_j * 16 + _c];
+                (a0 + 0)[_c] += a7[_j] * a8[_j * 16 + _c];
         /* 1 paths 8x0e ⊗ y -> 8x0e */
         for (int _u = 0; _u < 8; ++_u)
-            (a1 + 0)[_u] += a5[_u] * (a0 + 0)[0];
+            (a1 + 0)[_u] += a9[_u] * (a0 + 0)[0];
         /* pu,zukp->zuk */
         for (int _u = 0; _u < 8; ++_u)
-            (a2 + 0)[_u] += a6[_u] * (a1 + 0)[_u];
-    }
-}
-
-void tp_then_linear_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride)
-{
-    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
-    for (int64_t z = 0; z < n; ++z) {
-        real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 8);
-        real *restrict a2 = A2 + z * a2_stride;
-        memset(a2, 0, sizeof(real) * 24);
-        real *restrict a3 = A3 + z * a3_stride;
-        memset(a3, 0, sizeof(real) * 24);
-        const real *restrict a4 = A4 + z * a4_stride;
-        const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
-        const real *restrict a7 = A7;
-        const real *restrict a8 = A8;
-        const real *restrict a9 = A9 + z * a9_stride;
-        /* zikp,uzip->zuk */
-        real w1[24] = {0};
+            (a2 + 0)[_u] += a10[_u] * (a1 + 0)[_u];
+        /* 1 paths 8x0e ⊗ y -> 8x1o */
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 8; ++_u)
-                w1[_k * 8 + _u] += (a4 + 1)[_k] * a5[_u];
+                (a3 + 0)[_k * 8 + _u] += a9[_u] * (a0 + 1)[_k];
+        /* pu,zkpu->zuk */
+        real w1[24] __attribute__((aligned(64))) = {0};
+        for (int _k = 0; _k < 3; ++_k)
+            for (int _u = 0; _u < 8; ++_u)
+                w1[_k * 8 + _u] += a11[_u] * (a3 + 0)[_k * 8 + _u];
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                (a0 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
+                (a2 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
         /* 1 paths 8x1o ⊗ y -> 8x0e */
-        real t2[24];
+        real t2[24] __attribute__((aligned(64)));
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
-                t2[_i * 8 + _u] = a6[_u * 3 + _i];
+                t2[_i * 8 + _u] = a12[_u * 3 + _i];
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 8; ++_u)
-                (a1 + 0)[_u] += t2[_i * 8 + _u] * (a4 + 4)[_i];
+                (a4 + 0)[_u] += t2[_i * 8 + _u] * (a0 + 4)[_i];
         /* pu,zukp->zuk */
         for (int _u = 0; _u < 8; ++_u)
-            (a0 + 0)[_u] += a7[_u] * (a1 + 0)[_u];
+            (a2 + 0)[_u] += a13[_u] * (a4 + 0)[_u];
         /* 1 paths 8x1o ⊗ y -> 8x1o */
         for (int _k = 0; _k < 3; ++_k)
             for (int _i = 0; _i < 3; ++_i)
                 for (int _u = 0; _u < 8; ++_u)
-                    (a2 + 0)[_k * 8 + _u] += t2[_i * 8 + _u] * (a4 + 7)[_i * 3 + _k];
+                    (a5 + 0)[_k * 8 + _u] += t2[_i * 8 + _u] * (a0 + 7)[_i * 3 + _k];
         /* pu,zkpu->zuk */
-        real w3[24] = {0};
+        real w3[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 8; ++_u)
-                w3[_k * 8 + _u] += a8[_u] * (a2 + 0)[_k * 8 + _u];
+                w3[_k * 8 + _u] += a14[_u] * (a5 + 0)[_k * 8 + _u];
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
-                (a0 + 8)[_u * 3 + _k] += w3[_k * 8 + _u];
+                (a2 + 8)[_u * 3 + _k] += w3[_k * 8 + _u];
         /* zwi->ziw */
         for (int _i = 0; _i < 3; ++_i)
             for (int _w = 0; _w < 8; ++_w)
-                (a3 + 0)[_i * 8 + _w] += a9[_w * 3 + _i];
+                (a6 + 0)[_i * 8 + _w] += a15[_w * 3 + _i];
     }
 }
 
-void tp_then_linear_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void tp_then_linear_d2_weight_s1(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -21002,7 +21103,7 @@ void tp_then_linear_d2_weight_s2(int64_t n, int threads, real *restrict A0, int6
     }
 }
 
-void tp_then_linear_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void tp_then_linear_d2_weight_s2(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -21021,7 +21122,7 @@ void tp_then_linear_d2_weight_s3(int64_t n, int threads, real *restrict A0, int6
     }
 }
 
-void tp_then_linear_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
+void tp_then_linear_d2_weight_s3(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -21042,7 +21143,7 @@ void tp_then_linear_d2_weight_s4(int64_t n, int threads, real *restrict A0, int6
     }
 }
 
-void tp_then_linear_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
+void tp_then_linear_d2_weight_s4(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, real *restrict A3, int64_t a3_stride, real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride, const real *restrict A7, int64_t a7_stride, const real *restrict A8, int64_t a8_stride, const real *restrict A9, int64_t a9_stride, const real *restrict A10, int64_t a10_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -21055,33 +21156,33 @@ void tp_then_linear_d2_weight_s5(int64_t n, int threads, real *restrict A0, int6
         real *restrict a4 = A4 + z * a4_stride;
         memset(a4, 0, sizeof(real) * 8);
         const real *restrict a5 = A5 + z * a5_stride;
-        const real *restrict a6 = A6 + z * a6_stride;
+        const real *restrict a6 = A6;
         const real *restrict a7 = A7 + z * a7_stride;
         const real *restrict a8 = A8 + z * a8_stride;
-        const real *restrict a9 = A9;
+        const real *restrict a9 = A9 + z * a9_stride;
         const real *restrict a10 = A10 + z * a10_stride;
-        real l0[8] = {0};
+        real l0[8] __attribute__((aligned(64))) = {0};
         /* zikp->zikp */
         (a0 + 0)[0] += a5[0];
-        /* zikp,upzi->zuk */
-        real w1[24] = {0};
+        /* ∂/∂d_t: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o */
+        real w1[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 8; ++_u)
-                w1[_k * 8 + _u] += (a6 + 1)[_k] * a7[_u];
+                w1[_k * 8 + _u] += a6[_u] * (a7 + 0)[_k * 8 + _u];
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 (a1 + 8)[_u * 3 + _k] += w1[_k * 8 + _u];
         /* ∂/∂x: ∂/∂weight: 1 paths 8x0e ⊗ y -> 8x1o */
-        real t2[24];
+        real t2[24] __attribute__((aligned(64)));
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t2[_k * 8 + _u] = (a8 + 8)[_u * 3 + _k];
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 8; ++_u)
-                (l0 + 0)[_u] += t2[_k * 8 + _u] * (a6 + 1)[_k];
+                (l0 + 0)[_u] += t2[_k * 8 + _u] * (a9 + 1)[_k];
         /* pu,zuip->zui */
         for (int _u = 0; _u < 8; ++_u)
-            (a2 + 0)[_u] += a9[_u] * (l0 + 0)[_u];
+            (a2 + 0)[_u] += a6[_u] * (l0 + 0)[_u];
         /* zuk->zuk */
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
@@ -21092,7 +21193,7 @@ void tp_then_linear_d2_weight_s5(int64_t n, int threads, real *restrict A0, int6
     }
 }
 
-void tp_then_linear_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void tp_then_linear_d2_weight_s5(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -21106,7 +21207,7 @@ void tp_then_linear_d2_weight_s6(int64_t n, int threads, real *restrict A0, int6
     }
 }
 
-void tp_then_linear_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void tp_then_linear_d2_weight_s6(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -21124,7 +21225,7 @@ void tp_then_linear_d2_weight_s7(int64_t n, int threads, real *restrict A0, int6
     }
 }
 
-void tp_then_linear_d2_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void tp_then_linear_d2_weight_s7(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -21135,7 +21236,7 @@ void tp_then_linear_d2_weight_s8(int64_t n, int threads, real *restrict A0, int6
         const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
         /* zikp,upzk->zui */
-        real w1[24] = {0};
+        real w1[24] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 8; ++_u)
                 w1[_i * 8 + _u] += (a2 + 4)[_i] * a3[_u];
@@ -21149,7 +21250,7 @@ void tp_then_linear_d2_weight_s8(int64_t n, int threads, real *restrict A0, int6
     }
 }
 
-void tp_then_linear_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void tp_then_linear_d2_weight_s8(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -21162,7 +21263,7 @@ void tp_then_linear_d2_weight_s9(int64_t n, int threads, real *restrict A0, int6
         for (int _i = 0; _i < 3; ++_i)
             (a0 + 4)[_i] += a2[_i];
         /* ∂/∂d_t: ∂/∂weight: 1 paths 8x1o ⊗ y -> 8x1o */
-        real w1[24] = {0};
+        real w1[24] __attribute__((aligned(64))) = {0};
         for (int _k = 0; _k < 3; ++_k)
             for (int _u = 0; _u < 8; ++_u)
                 w1[_k * 8 + _u] += a3[_u] * (a4 + 0)[_k * 8 + _u];
@@ -21172,7 +21273,7 @@ void tp_then_linear_d2_weight_s9(int64_t n, int threads, real *restrict A0, int6
     }
 }
 
-void tp_then_linear_d2_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void tp_then_linear_d2_weight_s9(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -21183,11 +21284,11 @@ void tp_then_linear_d2_weight_s10(int64_t n, int threads, real *restrict A0, int
         const real *restrict a3 = A3 + z * a3_stride;
         const real *restrict a4 = A4 + z * a4_stride;
         /* zikp,upzk->zui */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 8 + _u] = a3[_u * 3 + _k];
-        real w2[24] = {0};
+        real w2[24] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _k = 0; _k < 3; ++_k)
                 for (int _u = 0; _u < 8; ++_u)
@@ -21203,7 +21304,7 @@ void tp_then_linear_d2_weight_s10(int64_t n, int threads, real *restrict A0, int
     }
 }
 
-void tp_then_linear_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void tp_then_linear_d2_weight_s10(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -21216,7 +21317,7 @@ void tp_then_linear_d2_weight_s11(int64_t n, int threads, real *restrict A0, int
     }
 }
 
-void tp_then_linear_d2_weight_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void tp_then_linear_d2_weight_s11(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -21229,7 +21330,7 @@ void tp_then_linear_d2_weight_s12(int64_t n, int threads, real *restrict A0, int
     }
 }
 
-void tp_then_linear_d2_weight_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void tp_then_linear_d2_weight_s12(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -21242,7 +21343,7 @@ void tp_then_linear_d2_weight_s13(int64_t n, int threads, real *restrict A0, int
     }
 }
 
-void tp_then_linear_d2_weight_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void tp_then_linear_d2_weight_s13(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -21261,7 +21362,7 @@ void tp_then_linear_d2_weight_s14(int64_t n, int threads, real *restrict A0, int
     }
 }
 
-void tp_then_linear_d2_weight_s15(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void tp_then_linear_d2_weight_s14(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -21274,7 +21375,7 @@ void tp_then_linear_d2_weight_s15(int64_t n, int threads, real *restrict A0, int
     }
 }
 
-void tp_then_linear_d2_weight_s16(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void tp_then_linear_d2_weight_s15(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -21294,7 +21395,7 @@ void tp_then_linear_d2_weight_s16(int64_t n, int threads, real *restrict A0, int
     }
 }
 
-void tp_then_linear_d2_weight_s17(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
+void tp_then_linear_d2_weight_s16(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride, const real *restrict A5, int64_t a5_stride, const real *restrict A6, int64_t a6_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -21311,7 +21412,7 @@ void tp_then_linear_d2_weight_s17(int64_t n, int threads, real *restrict A0, int
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 8)[_w * 3 + _i] += a3[_i * 8 + _w];
         /* ∂/∂x: 1 paths 8x1o ⊗ y -> 8x1o */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 8 + _u] = (a4 + 8)[_u * 3 + _k];
@@ -21320,7 +21421,7 @@ void tp_then_linear_d2_weight_s17(int64_t n, int threads, real *restrict A0, int
                 for (int _u = 0; _u < 8; ++_u)
                     (a1 + 0)[_i * 8 + _u] += t1[_k * 8 + _u] * (a5 + 7)[_i * 3 + _k];
         /* pu,zipu->zui */
-        real w2[24] = {0};
+        real w2[24] __attribute__((aligned(64))) = {0};
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 8; ++_u)
                 w2[_i * 8 + _u] += a6[_u] * (a1 + 0)[_i * 8 + _u];
@@ -21330,7 +21431,7 @@ void tp_then_linear_d2_weight_s17(int64_t n, int threads, real *restrict A0, int
     }
 }
 
-void tp_then_linear_d2_weight_s18(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+void tp_then_linear_d2_weight_s17(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -21345,7 +21446,7 @@ void tp_then_linear_d2_weight_s18(int64_t n, int threads, real *restrict A0, int
     }
 }
 
-void tp_then_linear_d2_weight_s19(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
+void tp_then_linear_d2_weight_s18(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
@@ -21365,28 +21466,41 @@ void tp_then_linear_d2_weight_s19(int64_t n, int threads, real *restrict A0, int
     }
 }
 
-void tp_then_linear_d2_weight_s20(int64_t n, int threads, real *restrict A0, int64_t a0_stride, real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride, const real *restrict A4, int64_t a4_stride)
+void tp_then_linear_d2_weight_s19(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride, const real *restrict A2, int64_t a2_stride, const real *restrict A3, int64_t a3_stride)
 {
     #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
     for (int64_t z = 0; z < n; ++z) {
         real *restrict a0 = A0 + z * a0_stride;
-        real *restrict a1 = A1 + z * a1_stride;
-        memset(a1, 0, sizeof(real) * 24);
+        const real *restrict a1 = A1 + z * a1_stride;
         const real *restrict a2 = A2 + z * a2_stride;
-        const real *restrict a3 = A3 + z * a3_stride;
-        const real *restrict a4 = A4 + z * a4_stride;
-        /* zikp,uzkp->zui */
-        real w1[24] = {0};
+        const real *restrict a3 = A3;
+        real l0[24] __attribute__((aligned(64))) = {0};
+        /* ∂/∂x: 1 paths 8x1o ⊗ y -> 8x0e */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 8; ++_u)
-                w1[_i * 8 + _u] += (a2 + 4)[_i] * a3[_u];
+                (l0 + 0)[_i * 8 + _u] += (a1 + 0)[_u] * (a2 + 4)[_i];
+        /* pu,zipu->zui */
+        real w1[24] __attribute__((aligned(64))) = {0};
+        for (int _i = 0; _i < 3; ++_i)
+            for (int _u = 0; _u < 8; ++_u)
+                w1[_i * 8 + _u] += a3[_u] * (l0 + 0)[_i * 8 + _u];
         for (int _u = 0; _u < 8; ++_u)
             for (int _i = 0; _i < 3; ++_i)
                 (a0 + 8)[_u * 3 + _i] += w1[_i * 8 + _u];
+    }
+}
+
+void tp_then_linear_d2_weight_s20(int64_t n, int threads, real *restrict A0, int64_t a0_stride, const real *restrict A1, int64_t a1_stride)
+{
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 64)
+    for (int64_t z = 0; z < n; ++z) {
+        real *restrict a0 = A0 + z * a0_stride;
+        memset(a0, 0, sizeof(real) * 24);
+        const real *restrict a1 = A1 + z * a1_stride;
         /* uzki->ziuk */
         for (int _i = 0; _i < 3; ++_i)
             for (int _u = 0; _u < 8; ++_u)
-                (a1 + 0)[_i * 8 + _u] += a4[_u * 3 + _i];
+                (a0 + 0)[_i * 8 + _u] += a1[_u * 3 + _i];
     }
 }
 
@@ -21408,7 +21522,7 @@ void tp_then_linear_d2_weight_s21(int64_t n, int threads, real *restrict A0, int
         for (int _i = 0; _i < 3; ++_i)
             (a0 + 4)[_i] += a4[_i];
         /* ∂/∂x: 1 paths 8x0e ⊗ y -> 8x1o */
-        real t1[24];
+        real t1[24] __attribute__((aligned(64)));
         for (int _u = 0; _u < 8; ++_u)
             for (int _k = 0; _k < 3; ++_k)
                 t1[_k * 8 + _u] = (a5 + 8)[_u * 3 + _k];
@@ -21452,7 +21566,7 @@ void tp_then_linear_d2_weight_s23(int64_t n, int threads, real *restrict A0, int
         const real *restrict a5 = A5 + z * a5_stride;
         const real *restrict a6 = A6;
         const real *restrict a7 = A7 + z * a7_stride;
-        real l0[8] = {0};
+        real l0[8] __attribute__((aligned(64))) = {0};
         /* zikp->zikp */
         for (int _k = 0; _k < 3; ++_k)
             (a0 + 1)[_k] += a3[_k];
@@ -21502,36 +21616,32 @@ void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int
         'fc_tp_s5': 'aorrr',
         'fc_tp_s6': 'aorrr',
         'fc_tp_s7': 'ar',
-        'fc_tp_d_s0': 'orr',
-        'fc_tp_d_s1': 'oorr',
-        'fc_tp_d_s2': 'oorr',
-        'fc_tp_d_s3': 'or',
+        'fc_tp_d_s0': 'or',
+        'fc_tp_d_s1': 'oooorrrr',
+        'fc_tp_d_s2': 'or',
+        'fc_tp_d_s3': 'aaorrr',
         'fc_tp_d_s4': 'aaorrr',
-        'fc_tp_d_s5': 'aaorrr',
-        'fc_tp_d_s6': 'orr',
-        'fc_tp_d_s7': 'aorr',
-        'fc_tp_d_s8': 'aorrrr',
-        'fc_tp_d_s9': 'aaorrrrr',
-        'fc_tp_d_s10': 'orr',
-        'fc_tp_d_s11': 'aaorrrrr',
-        'fc_tp_d_s12': 'aaorrrrr',
-        'fc_tp_d_s13': 'aarrr',
-        'fc_tp_d_s14': 'or',
-        'fc_tp_d2_x_s0': 'orr',
-        'fc_tp_d2_x_s1': 'oorrr',
+        'fc_tp_d_s5': 'orr',
+        'fc_tp_d_s6': 'aorr',
+        'fc_tp_d_s7': 'aaorrrrrr',
+        'fc_tp_d_s8': 'aaorrr',
+        'fc_tp_d_s9': 'orr',
+        'fc_tp_d_s10': 'aaorrrrr',
+        'fc_tp_d_s11': 'aarrr',
+        'fc_tp_d_s12': 'aaorrrr',
+        'fc_tp_d_s13': 'or',
+        'fc_tp_d2_x_s0': 'ooorrrr',
+        'fc_tp_d2_x_s1': 'aaorrr',
         'fc_tp_d2_x_s2': 'aaorrr',
-        'fc_tp_d2_x_s3': 'aaorrr',
-        'fc_tp_d2_x_s4': 'orr',
-        'fc_tp_d2_x_s5': 'aaorrrr',
-        'fc_tp_d2_x_s6': 'aorr',
-        'fc_tp_d2_x_s7': 'aorr',
-        'fc_tp_d2_x_s8': 'aaorrr',
-        'fc_tp_d2_x_s9': 'orr',
-        'fc_tp_d2_x_s10': 'aaorrrr',
-        'fc_tp_d2_x_s11': 'aaorrrr',
-        'fc_tp_d2_x_s12': 'aorr',
-        'fc_tp_d2_x_s13': 'aorr',
-        'fc_tp_d2_x_s14': 'or',
+        'fc_tp_d2_x_s3': 'orr',
+        'fc_tp_d2_x_s4': 'aaorrr',
+        'fc_tp_d2_x_s5': 'aaoorrrr',
+        'fc_tp_d2_x_s6': 'aaorrr',
+        'fc_tp_d2_x_s7': 'orr',
+        'fc_tp_d2_x_s8': 'aaorrrr',
+        'fc_tp_d2_x_s9': 'aaorrr',
+        'fc_tp_d2_x_s10': 'aaoorrrr',
+        'fc_tp_d2_x_s11': 'or',
         'fc_tp_d2_y_s0': 'orr',
         'fc_tp_d2_y_s1': 'oorrr',
         'fc_tp_d2_y_s2': 'oaorrrr',
@@ -21555,11 +21665,9 @@ void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int
         'fc_tp_d2_weight_s5': 'aorrr',
         'fc_tp_d2_weight_s6': 'aaaorrrrrr',
         'fc_tp_d2_weight_s7': 'aaorrrrr',
-        'fc_tp_d2_weight_s8': 'aaaorrrrr',
-        'fc_tp_d2_weight_s9': 'aaaorrrr',
-        'fc_tp_d2_weight_s10': 'aorrr',
-        'fc_tp_d2_weight_s11': 'aarrr',
-        'fc_tp_d2_weight_s12': 'or',
+        'fc_tp_d2_weight_s8': 'aaaorrrr',
+        'fc_tp_d2_weight_s9': 'aaarrrrrrr',
+        'fc_tp_d2_weight_s10': 'or',
         'conv_tp_s0': 'orrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr',
         'conv_tp_d_s0': 'ooorrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr',
         'conv_tp_d_s1': 'or',
@@ -21603,8 +21711,8 @@ void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int
         'elementwise_tp_d2_a_s9': 'orrsor',
         'elementwise_tp_d2_a_s10': 'orr',
         'elementwise_tp_d2_a_s11': 'orr',
-        'elementwise_tp_d2_a_s12': 'orr',
-        'elementwise_tp_d2_a_s13': 'orrso',
+        'elementwise_tp_d2_a_s12': 'oorsrso',
+        'elementwise_tp_d2_a_s13': 'orrorr',
         'elementwise_tp_d2_a_s14': 'orr',
         'elementwise_tp_d2_b_s0': 'orrsoro',
         'elementwise_tp_d2_b_s1': 'orrsor',
@@ -21618,83 +21726,80 @@ void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int
         'elementwise_tp_d2_b_s9': 'orr',
         'elementwise_tp_d2_b_s10': 'orrsoro',
         'elementwise_tp_d2_b_s11': 'orr',
-        'elementwise_tp_d2_b_s12': 'orr',
-        'elementwise_tp_d2_b_s13': 'orrso',
+        'elementwise_tp_d2_b_s12': 'oorsrso',
+        'elementwise_tp_d2_b_s13': 'orrorr',
         'elementwise_tp_d2_b_s14': 'orr',
         'elementwise_tp_d2_weight_s0': 'orrsoroorsor',
-        'elementwise_tp_d2_weight_s1': 'orrsorsor',
-        'elementwise_tp_d2_weight_s2': 'orrsorrsoro',
+        'elementwise_tp_d2_weight_s1': 'orrsorsorsso',
+        'elementwise_tp_d2_weight_s2': 'orrorrsoro',
         'elementwise_tp_d2_weight_s3': 'orr',
-        'elementwise_tp_d2_weight_s4': 'orrsoror',
-        'elementwise_tp_d2_weight_s5': 'orr',
-        'elementwise_tp_d2_weight_s6': 'orr',
+        'elementwise_tp_d2_weight_s4': 'orrsoro',
+        'elementwise_tp_d2_weight_s5': 'oorsror',
+        'elementwise_tp_d2_weight_s6': 'orrorr',
         'elementwise_tp_d2_weight_s7': 'orr',
-        'elementwise_tp_d2_weight_s8': 'orr',
-        'elementwise_tp_d2_weight_s9': 'orr',
-        'elementwise_tp_d2_weight_s10': 'orrsoro',
-        'elementwise_tp_d2_weight_s11': 'orr',
-        'elementwise_tp_d2_weight_s12': 'orr',
-        'elementwise_tp_d2_weight_s13': 'orr',
-        'elementwise_tp_d2_weight_s14': 'rrsoro',
+        'elementwise_tp_d2_weight_s8': 'oorsror',
+        'elementwise_tp_d2_weight_s9': 'orrorrsoro',
+        'elementwise_tp_d2_weight_s10': 'orsro',
+        'elementwise_tp_d2_weight_s11': 'orrorsrso',
+        'elementwise_tp_d2_weight_s12': 'rrso',
+        'elementwise_tp_d2_weight_s13': 'orrorr',
+        'elementwise_tp_d2_weight_s14': 'orr',
         'elementwise_tp_d2_weight_s15': 'orr',
         'elementwise_tp_d2_weight_s16': 'orr',
-        'full_tp_s0': 'oorrsorsors',
+        'full_tp_s0': 'orrsorsorsss',
+        'full_tp_s1': 'or',
         'full_tp_d_s0': 'oorr',
         'full_tp_d_s1': 'or',
         'full_tp_d_s2': 'oororr',
         'full_tp_d_s3': 'or',
-        'full_tp_d_s4': 'oror',
+        'full_tp_d_s4': 'oorr',
         'full_tp_d_s5': 'oorr',
         'full_tp_d_s6': 'oorr',
         'full_tp_d_s7': 'oosrorr',
-        'full_tp_d_s8': 'sro',
+        'full_tp_d_s8': 'asr',
         'full_tp_d_s9': 'oorr',
-        'full_tp_d_s10': 'osrorr',
-        'full_tp_d_s11': 'or',
+        'full_tp_d_s10': 'oaosrorrs',
+        'full_tp_d_s11': 'oorsr',
         'full_tp_d_s12': 'oorr',
-        'full_tp_d_s13': 'oorr',
+        'full_tp_d_s13': 'aosrr',
         'full_tp_d_s14': 'oorr',
-        'full_tp_d_s15': 'osror',
-        'full_tp_d_s16': 'oorr',
-        'full_tp_d_s17': 'oorr',
-        'full_tp_d_s18': 'oorrso',
-        'full_tp_d2_a_s0': 'oorrsoro',
+        'full_tp_d_s15': 'oaorrs',
+        'full_tp_d2_a_s0': 'ooorrsor',
         'full_tp_d2_a_s1': 'oorrsor',
-        'full_tp_d2_a_s2': 'osror',
+        'full_tp_d2_a_s2': 'aosrr',
         'full_tp_d2_a_s3': 'or',
-        'full_tp_d2_a_s4': 'oorrsor',
-        'full_tp_d2_a_s5': 'oooorsrr',
+        'full_tp_d2_a_s4': 'oaorrsosrs',
+        'full_tp_d2_a_s5': 'oorr',
         'full_tp_d2_a_s6': 'oorr',
-        'full_tp_d2_a_s7': 'oorr',
-        'full_tp_d2_a_s8': 'sro',
-        'full_tp_d2_a_s9': 'oorr',
-        'full_tp_d2_a_s10': 'or',
-        'full_tp_d2_a_s11': 'oror',
+        'full_tp_d2_a_s7': 'asr',
+        'full_tp_d2_a_s8': 'oorr',
+        'full_tp_d2_a_s9': 'or',
+        'full_tp_d2_a_s10': 'aorr',
         'full_tp_d2_b_s0': 'oorrsor',
         'full_tp_d2_b_s1': 'or',
-        'full_tp_d2_b_s2': 'oorrsor',
-        'full_tp_d2_b_s3': 'oorrsor',
-        'full_tp_d2_b_s4': 'osror',
-        'full_tp_d2_b_s5': 'or',
-        'full_tp_d2_b_s6': 'oorr',
+        'full_tp_d2_b_s2': 'oorrsosr',
+        'full_tp_d2_b_s3': 'or',
+        'full_tp_d2_b_s4': 'oorrsor',
+        'full_tp_d2_b_s5': 'osror',
+        'full_tp_d2_b_s6': 'or',
         'full_tp_d2_b_s7': 'oorr',
-        'full_tp_d2_b_s8': 'sro',
-        'full_tp_d2_b_s9': 'oorr',
-        'full_tp_d2_b_s10': 'or',
-        'full_tp_d2_b_s11': 'oror',
-        'full_tp_d2_weight_s0': 'oorrsor',
-        'full_tp_d2_weight_s1': 'oorrsorsor',
+        'full_tp_d2_b_s8': 'oorr',
+        'full_tp_d2_b_s9': 'sro',
+        'full_tp_d2_b_s10': 'oorr',
+        'full_tp_d2_b_s11': 'or',
+        'full_tp_d2_b_s12': 'oror',
+        'full_tp_d2_weight_s0': 'ooorrsr',
+        'full_tp_d2_weight_s1': 'oaoorrsrssr',
         'full_tp_d2_weight_s2': 'oorr',
-        'full_tp_d2_weight_s3': 'oosrorrsor',
-        'full_tp_d2_weight_s4': 'oosrorr',
-        'full_tp_d2_weight_s5': 'oorr',
-        'full_tp_d2_weight_s6': 'oorr',
-        'full_tp_d2_weight_s7': 'oosrorr',
-        'full_tp_d2_weight_s8': 'oosrorr',
-        'full_tp_d2_weight_s9': 'or',
-        'full_tp_d2_weight_s10': 'oororr',
-        'full_tp_d2_weight_s11': 'or',
-        'full_tp_d2_weight_s12': 'ro',
+        'full_tp_d2_weight_s3': 'aoaoosrrsrrr',
+        'full_tp_d2_weight_s4': 'aaoosrorrsrsrsr',
+        'full_tp_d2_weight_s5': 'oosrorr',
+        'full_tp_d2_weight_s6': 'aosrr',
+        'full_tp_d2_weight_s7': 'aoorsrrr',
+        'full_tp_d2_weight_s8': 'or',
+        'full_tp_d2_weight_s9': 'oororr',
+        'full_tp_d2_weight_s10': 'or',
+        'full_tp_d2_weight_s11': 'ar',
         'linear_s0': 'oorr',
         'linear_s1': 'aorr',
         'linear_s2': 'ar',
@@ -21717,13 +21822,13 @@ void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int
         'tp_then_linear_s1': 'arrrss',
         'tp_then_linear_s2': 'oorr',
         'tp_then_linear_s3': 'arrr',
-        'tp_then_linear_d_s0': 'oorsrs',
-        'tp_then_linear_d_s1': 'aooorrrssrrr',
-        'tp_then_linear_d_s2': 'oorr',
-        'tp_then_linear_d_s3': 'aoarrs',
-        'tp_then_linear_d_s4': 'or',
-        'tp_then_linear_d_s5': 'oorr',
-        'tp_then_linear_d_s6': 'aorrr',
+        'tp_then_linear_d_s0': 'ooooorsrssrssrrr',
+        'tp_then_linear_d_s1': 'oorr',
+        'tp_then_linear_d_s2': 'aoarrs',
+        'tp_then_linear_d_s3': 'or',
+        'tp_then_linear_d_s4': 'oorr',
+        'tp_then_linear_d_s5': 'arrs',
+        'tp_then_linear_d_s6': 'or',
         'tp_then_linear_d_s7': 'aoaoorrrsr',
         'tp_then_linear_d_s8': 'or',
         'tp_then_linear_d_s9': 'aaorrrsr',
@@ -21732,44 +21837,45 @@ void tp_then_linear_d2_weight_s25(int64_t n, int threads, real *restrict A0, int
         'tp_then_linear_d2_x_s0': 'oorsr',
         'tp_then_linear_d2_x_s1': 'or',
         'tp_then_linear_d2_x_s2': 'aoorrrs',
-        'tp_then_linear_d2_x_s3': 'oaorrrr',
-        'tp_then_linear_d2_x_s4': 'aorr',
-        'tp_then_linear_d2_x_s5': 'oaoorrsr',
-        'tp_then_linear_d2_x_s6': 'or',
-        'tp_then_linear_d2_x_s7': 'aoaorrrsr',
-        'tp_then_linear_d2_x_s8': 'aorr',
-        'tp_then_linear_d2_x_s9': 'oorr',
-        'tp_then_linear_d2_x_s10': 'arrr',
-        'tp_then_linear_d2_x_s11': 'or',
+        'tp_then_linear_d2_x_s3': 'oarrrs',
+        'tp_then_linear_d2_x_s4': 'or',
+        'tp_then_linear_d2_x_s5': 'aorr',
+        'tp_then_linear_d2_x_s6': 'oaoorrsr',
+        'tp_then_linear_d2_x_s7': 'or',
+        'tp_then_linear_d2_x_s8': 'aoaorrrsr',
+        'tp_then_linear_d2_x_s9': 'aorr',
+        'tp_then_linear_d2_x_s10': 'oorr',
+        'tp_then_linear_d2_x_s11': 'arrr',
+        'tp_then_linear_d2_x_s12': 'or',
         'tp_then_linear_d2_y_s0': 'or',
         'tp_then_linear_d2_y_s1': 'or',
         'tp_then_linear_d2_y_s2': 'aoooorrsrs',
-        'tp_then_linear_d2_y_s3': 'aoarrrs',
-        'tp_then_linear_d2_y_s4': 'oarrs',
-        'tp_then_linear_d2_y_s5': 'aaoorrrsr',
+        'tp_then_linear_d2_y_s3': 'aoarrsr',
+        'tp_then_linear_d2_y_s4': 'oaarrsr',
+        'tp_then_linear_d2_y_s5': 'aoaorrsr',
         'tp_then_linear_d2_y_s6': 'oorr',
         'tp_then_linear_d2_y_s7': 'ar',
-        'tp_then_linear_d2_weight_s0': 'ooorsrs',
-        'tp_then_linear_d2_weight_s1': 'aooorrrssr',
-        'tp_then_linear_d2_weight_s2': 'or',
-        'tp_then_linear_d2_weight_s3': 'aorsr',
-        'tp_then_linear_d2_weight_s4': 'oorrrr',
-        'tp_then_linear_d2_weight_s5': 'oaaoorrrrsr',
-        'tp_then_linear_d2_weight_s6': 'or',
-        'tp_then_linear_d2_weight_s7': 'aarsr',
-        'tp_then_linear_d2_weight_s8': 'aorrr',
-        'tp_then_linear_d2_weight_s9': 'aarsr',
-        'tp_then_linear_d2_weight_s10': 'aorrr',
-        'tp_then_linear_d2_weight_s11': 'ar',
+        'tp_then_linear_d2_weight_s0': 'ooooooorsrssrssr',
+        'tp_then_linear_d2_weight_s1': 'or',
+        'tp_then_linear_d2_weight_s2': 'aorsr',
+        'tp_then_linear_d2_weight_s3': 'oorrrr',
+        'tp_then_linear_d2_weight_s4': 'oaaoorsrrrr',
+        'tp_then_linear_d2_weight_s5': 'or',
+        'tp_then_linear_d2_weight_s6': 'aarsr',
+        'tp_then_linear_d2_weight_s7': 'aorrr',
+        'tp_then_linear_d2_weight_s8': 'aarsr',
+        'tp_then_linear_d2_weight_s9': 'aorrr',
+        'tp_then_linear_d2_weight_s10': 'ar',
+        'tp_then_linear_d2_weight_s11': 'or',
         'tp_then_linear_d2_weight_s12': 'or',
-        'tp_then_linear_d2_weight_s13': 'or',
-        'tp_then_linear_d2_weight_s14': 'aorr',
-        'tp_then_linear_d2_weight_s15': 'ar',
-        'tp_then_linear_d2_weight_s16': 'aorr',
-        'tp_then_linear_d2_weight_s17': 'aoarrrs',
-        'tp_then_linear_d2_weight_s18': 'or',
-        'tp_then_linear_d2_weight_s19': 'aorr',
-        'tp_then_linear_d2_weight_s20': 'aorrr',
+        'tp_then_linear_d2_weight_s13': 'aorr',
+        'tp_then_linear_d2_weight_s14': 'ar',
+        'tp_then_linear_d2_weight_s15': 'aorr',
+        'tp_then_linear_d2_weight_s16': 'aoarrrs',
+        'tp_then_linear_d2_weight_s17': 'or',
+        'tp_then_linear_d2_weight_s18': 'aorr',
+        'tp_then_linear_d2_weight_s19': 'arrs',
+        'tp_then_linear_d2_weight_s20': 'or',
         'tp_then_linear_d2_weight_s21': 'aoaorrrs',
         'tp_then_linear_d2_weight_s22': 'or',
         'tp_then_linear_d2_weight_s23': 'aaorrrsr',
