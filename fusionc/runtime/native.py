@@ -140,17 +140,21 @@ class NativeKernels:
             return
         dtype = tensors[0].dtype
         arguments: list = [n, torch.get_num_threads()]
-        keep = []
+        keep = []  # copies made here live until the call returns
         for t, kind in zip(tensors, self.kinds[name]):
-            if t.dtype != dtype or t.device.type != "cpu":
+            if t.dtype is not dtype or not t.is_cpu:
                 raise ValueError(f"native kernel {name}: every tensor must be {dtype} on the CPU, got {t.dtype} "
                                  f"on {t.device}")
             if kind == "s":
-                t = t.contiguous()
-            elif not _row_major(t):
+                if not t.is_contiguous():
+                    t = t.contiguous()
+                    keep.append(t)
+                arguments += (t.data_ptr(), 0)
+                continue
+            if not t.is_contiguous() and not _row_major(t):
                 if kind in "oa":
                     raise ValueError(f"native kernel {name}: an output must be row-major, got strides {t.stride()}")
                 t = t.contiguous()
-            keep.append(t)
-            arguments += [t.data_ptr(), t.stride(0) if kind != "s" and t.dim() else 0]
+                keep.append(t)
+            arguments += (t.data_ptr(), t.stride(0))
         self._function(name, dtype)(*arguments)
